@@ -1,0 +1,109 @@
+"""Client API: :class:`Producer` sends events to the daemon, :class:`Consumer` receives.
+
+Both wrap one ZeroMQ socket of the process-wide ``zmq.Context.instance()`` with explicit
+high-water marks and linger, and are context managers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import zmq
+
+from streamtrk.event import Event
+from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
+
+
+class _Endpoint:
+    """One socket, bound or connected to ``endpoint``, closed with LINGER ``linger_ms``."""
+
+    def __init__(
+        self, kind: int, endpoint: str, *, bind: bool, hwm_option: int, hwm: int, linger_ms: int
+    ) -> None:
+        self.linger_ms = linger_ms
+        self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
+        try:
+            self.socket.setsockopt(hwm_option, hwm)
+            self.socket.setsockopt(zmq.LINGER, linger_ms)
+            (self.socket.bind if bind else self.socket.connect)(endpoint)
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
+
+    @property
+    def endpoint(self) -> str:
+        """The last bound or connected endpoint (with the real port after binding ``:*``)."""
+        return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def close(self) -> None:
+        self.socket.close(linger=self.linger_ms)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Producer(_Endpoint):
+    """PUSH socket sending ``hits`` messages (connects to the daemon unless ``bind``)."""
+
+    def __init__(
+        self, endpoint: str, *, bind: bool = False, sndhwm: int = 1000, linger_ms: int = 1000
+    ) -> None:
+        super().__init__(
+            zmq.PUSH, endpoint, bind=bind, hwm_option=zmq.SNDHWM, hwm=sndhwm, linger_ms=linger_ms
+        )
+
+    def send_event(
+        self, event: Event, deadline_ms: float | None = None, *, timeout_ms: int | None = None
+    ) -> bool:
+        """Send ``event``'s hits; see :meth:`send_frames`. Do not modify the hit arrays
+        until the message has left (the frames are sent without copying)."""
+        return self.send_frames(encode_hits(event, deadline_ms=deadline_ms), timeout_ms=timeout_ms)
+
+    def send_frames(self, frames: Sequence[Any], *, timeout_ms: int | None = None) -> bool:
+        """Send one multipart message zero-copy; block while the high-water mark is reached,
+        at most ``timeout_ms`` (then return False) or forever if None."""
+        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        flags = 0 if timeout_ms is None else zmq.NOBLOCK
+        try:
+            self.socket.send_multipart(frames, flags=flags, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+
+class Consumer(_Endpoint):
+    """PULL socket receiving and decoding messages (connects unless ``bind``)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = False,
+        rcvhwm: int = 1000,
+        linger_ms: int = 1000,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        super().__init__(
+            zmq.PULL, endpoint, bind=bind, hwm_option=zmq.RCVHWM, hwm=rcvhwm, linger_ms=linger_ms
+        )
+        self.limits = limits
+
+    def recv_frames(self, timeout_ms: int | None = None) -> list[zmq.Frame] | None:
+        """The next message's frames (zero-copy), or None after ``timeout_ms``."""
+        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return None
+        return self.socket.recv_multipart(copy=False)
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """The next decoded message, or None after ``timeout_ms``; raises WireError if it is
+        malformed."""
+        frames = self.recv_frames(timeout_ms)
+        return None if frames is None else decode(frames, limits=self.limits)

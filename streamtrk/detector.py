@@ -1,0 +1,181 @@
+"""Detector description, loaded from a TOML file (the TrackML-like default ships in the package).
+
+The layers are flattened into one table of NumPy arrays (one entry per barrel cylinder or
+endcap disk) so that the simulator and the graph builder can work on all layers at once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+BARREL, ENDCAP = 0, 1
+DEFAULT_DETECTOR = "trackml_detector.toml"
+
+
+@dataclass(frozen=True, eq=False)
+class Detector:
+    """Flattened layer table. Index ``i`` is one layer; ``kind`` is BARREL or ENDCAP.
+
+    Barrel layers use ``r`` and ``half_length``; endcap disks use ``z``, ``r_min``, ``r_max``.
+    ``res_a``/``res_b`` are the hit resolutions (r-phi, and z for barrels or r for disks).
+    """
+
+    name: str
+    version: int
+    bfield: float
+    envelope_r: float
+    envelope_z: float
+    volume_id: np.ndarray
+    layer_id: np.ndarray
+    kind: np.ndarray
+    r: np.ndarray
+    z: np.ndarray
+    half_length: np.ndarray
+    r_min: np.ndarray
+    r_max: np.ndarray
+    x0: np.ndarray
+    res_a: np.ndarray
+    res_b: np.ndarray
+    inefficiency: np.ndarray
+    n_phi: np.ndarray
+    n_z: np.ndarray
+    rings: tuple[tuple[int, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.volume_id)
+
+    @property
+    def n_modules(self) -> np.ndarray:
+        """Modules per layer."""
+        return np.array(
+            [
+                self.n_phi[i] * self.n_z[i] if self.kind[i] == BARREL else sum(self.rings[i])
+                for i in range(len(self))
+            ],
+            dtype=np.int64,
+        )
+
+    def layer_index(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
+        """Table index of each (volume_id, layer_id) pair; -1 where unknown."""
+        key = self.volume_id.astype(np.int64) * 1000 + self.layer_id
+        order = np.argsort(key)
+        q = np.asarray(volume_id, dtype=np.int64) * 1000 + np.asarray(layer_id)
+        pos = np.clip(np.searchsorted(key[order], q), 0, len(key) - 1)
+        return np.where(key[order][pos] == q, order[pos], -1)
+
+    def module_id(
+        self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
+    ) -> np.ndarray:
+        """Module id (from 1) of points on the given layers (table indices)."""
+        phi = np.mod(np.arctan2(y, x), 2 * np.pi) / (2 * np.pi)
+        out = np.zeros(len(layer), dtype=np.int32)
+        barrel = self.kind[layer] == BARREL
+        if barrel.any():
+            lb = layer[barrel]
+            nphi, nz, hl = self.n_phi[lb], self.n_z[lb], self.half_length[lb]
+            iphi = np.minimum((phi[barrel] * nphi).astype(np.int64), nphi - 1)
+            iz = np.clip(((z[barrel] + hl) / (2 * hl) * nz).astype(np.int64), 0, nz - 1)
+            out[barrel] = iz * nphi + iphi + 1
+        for i in np.unique(layer[~barrel]):
+            sel = layer == i
+            rings = np.asarray(self.rings[i])
+            width = (self.r_max[i] - self.r_min[i]) / len(rings)
+            r = np.hypot(x[sel], y[sel])
+            ring = np.clip(((r - self.r_min[i]) / width).astype(np.int64), 0, len(rings) - 1)
+            first = np.concatenate([[0], np.cumsum(rings)[:-1]])
+            iphi = np.minimum((phi[sel] * rings[ring]).astype(np.int64), rings[ring] - 1)
+            out[sel] = first[ring] + iphi + 1
+        return out
+
+
+def _float(d: dict, key: str, where: str) -> float:
+    if key not in d:
+        raise ValueError(f"detector file: {where} lacks {key!r}")
+    return float(d[key])
+
+
+def parse_detector(doc: dict) -> Detector:
+    """Build a :class:`Detector` from a parsed TOML document."""
+    rows: list[dict] = []
+    for vol in doc["volumes"]:
+        kind = {"barrel": BARREL, "endcap": ENDCAP}[vol["kind"]]
+        res_a, res_b = (float(v) for v in vol["resolution"])
+        for lay in vol["layers"]:
+            where = f"volume {vol['id']} layer {lay.get('id')}"
+            row = {
+                "volume_id": int(vol["id"]),
+                "layer_id": int(lay["id"]),
+                "kind": kind,
+                "res_a": res_a,
+                "res_b": res_b,
+                "inefficiency": float(vol.get("inefficiency", 0.0)),
+                "x0": float(lay.get("x0", vol.get("x0", 0.0))),
+                "r": np.nan,
+                "z": np.nan,
+                "half_length": np.nan,
+                "r_min": np.nan,
+                "r_max": np.nan,
+                "n_phi": 0,
+                "n_z": 0,
+                "rings": (),
+            }
+            if kind == BARREL:
+                row |= {
+                    "r": _float(lay, "r", where),
+                    "half_length": _float(lay, "half_length", where),
+                    "n_phi": int(lay["n_phi"]),
+                    "n_z": int(lay["n_z"]),
+                }
+            else:
+                row |= {
+                    "z": _float(lay, "z", where),
+                    "r_min": _float(vol, "r_min", where),
+                    "r_max": _float(vol, "r_max", where),
+                    "rings": tuple(int(n) for n in vol["rings"]),
+                }
+            rows.append(row)
+
+    def col(name: str, dtype: type) -> np.ndarray:
+        return np.array([r[name] for r in rows], dtype=dtype)
+
+    return Detector(
+        name=str(doc["name"]),
+        version=int(doc["version"]),
+        bfield=float(doc["bfield_tesla"]),
+        envelope_r=float(doc["envelope_r"]),
+        envelope_z=float(doc["envelope_z"]),
+        volume_id=col("volume_id", np.int32),
+        layer_id=col("layer_id", np.int32),
+        kind=col("kind", np.int8),
+        r=col("r", np.float64),
+        z=col("z", np.float64),
+        half_length=col("half_length", np.float64),
+        r_min=col("r_min", np.float64),
+        r_max=col("r_max", np.float64),
+        x0=col("x0", np.float64),
+        res_a=col("res_a", np.float64),
+        res_b=col("res_b", np.float64),
+        inefficiency=col("inefficiency", np.float64),
+        n_phi=col("n_phi", np.int64),
+        n_z=col("n_z", np.int64),
+        rings=tuple(r["rings"] for r in rows),
+    )
+
+
+@cache
+def load_detector(path: str | Path | None = None) -> Detector:
+    """Load a detector file; ``None`` loads the shipped TrackML-like detector."""
+    if path is None:
+        text = resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text()
+    else:
+        text = Path(path).read_text()
+    try:
+        return parse_detector(tomllib.loads(text))
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"invalid detector file {path or DEFAULT_DETECTOR}: {exc}") from exc

@@ -1,0 +1,155 @@
+"""TrackML score, track-to-particle matching and physics metrics (efficiency, fakes, duplicates).
+
+Definitions follow docs/trackml-scoring.md in the shared folder. Track id 0 means "in no
+track": such hits belong to no track and never count as well reconstructed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamtrk.event import Event
+
+RECONSTRUCTABLE_MIN_PT = 1.0  # GeV
+RECONSTRUCTABLE_MIN_HITS = 5
+RECONSTRUCTABLE_MAX_VR = 10.0  # mm
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Per-track majority matching; tracks sorted by id (track 0 excluded).
+
+    The majority particle has the most hits in the track (ties: smallest particle_id;
+    0 is noise). ``particle_hits`` counts its hits among all hits of the event.
+    """
+
+    track_id: np.ndarray
+    size: np.ndarray
+    particle_id: np.ndarray
+    majority_hits: np.ndarray
+    particle_hits: np.ndarray
+    majority_weight: np.ndarray  # summed truth weight of the majority hits (0 without weights)
+
+    def __len__(self) -> int:
+        return len(self.track_id)
+
+    @property
+    def pure(self) -> np.ndarray:
+        """The majority particle owns > 50% of the track's hits."""
+        return 2 * self.majority_hits > self.size
+
+    @property
+    def matched(self) -> np.ndarray:
+        """Good in the TrackML score sense: pure and holds > 50% of the particle's hits."""
+        return self.pure & (2 * self.majority_hits > self.particle_hits)
+
+
+def _occurrences(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """How often each of ``values`` occurs in ``among``."""
+    srt = np.sort(among)
+    return np.searchsorted(srt, values, "right") - np.searchsorted(srt, values, "left")
+
+
+def match_tracks(
+    track_id_per_hit: np.ndarray,
+    particle_id_per_hit: np.ndarray,
+    weight_per_hit: np.ndarray | None = None,
+) -> MatchResult:
+    """Match each track (hits sharing a non-zero track id) to its majority particle."""
+    track = np.asarray(track_id_per_hit, dtype=np.int64)
+    pid = np.asarray(particle_id_per_hit, dtype=np.int64)
+    if track.shape != pid.shape or track.ndim != 1:
+        raise ValueError(f"track ids {track.shape} and particle ids {pid.shape} must be equal 1-D")
+    weight = np.zeros(len(pid)) if weight_per_hit is None else np.asarray(weight_per_hit, float)
+    if weight.shape != pid.shape:
+        raise ValueError(f"weights {weight.shape} do not match particle ids {pid.shape}")
+    assigned = track != 0
+    srt = np.lexsort((pid[assigned], track[assigned]))
+    t, p, w = track[assigned][srt], pid[assigned][srt], weight[assigned][srt]
+    if len(t) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return MatchResult(empty, empty, empty, empty, empty, np.zeros(0))
+    # (track, particle) pairs and their hit counts / weights
+    pair_start = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (p[1:] != p[:-1])])
+    pair_t, pair_p = t[pair_start], p[pair_start]
+    pair_n = np.diff(np.r_[pair_start, len(t)])
+    pair_w = np.add.reduceat(w, pair_start)
+    # per track: the pair with most hits, ties to the smallest particle id
+    best = np.lexsort((pair_p, -pair_n, pair_t))
+    first = best[np.r_[True, pair_t[best][1:] != pair_t[best][:-1]]]
+    track_start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    return MatchResult(
+        track_id=pair_t[first],
+        size=np.diff(np.r_[track_start, len(t)]),
+        particle_id=pair_p[first],
+        majority_hits=pair_n[first],
+        particle_hits=_occurrences(pair_p[first], pid),
+        majority_weight=pair_w[first],
+    )
+
+
+def trackml_score(
+    truth_particle_id: np.ndarray, truth_weight: np.ndarray, track_id: np.ndarray
+) -> float:
+    """TrackML score of one event (arrays aligned per hit; track id 0: hit in no track).
+
+    The truth weight of the majority hits in good tracks over the total truth weight;
+    NaN if the total weight is 0.
+    """
+    weight = np.asarray(truth_weight, dtype=np.float64)
+    total = weight.sum()
+    if total == 0:
+        return float("nan")
+    m = match_tracks(track_id, truth_particle_id, weight)
+    return float(m.majority_weight[m.matched].sum() / total)
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else float("nan")
+
+
+def physics_metrics(event: Event, track_id_per_hit: np.ndarray) -> dict[str, float]:
+    """Tracking efficiency, fake and duplicate rates of one event's track labels.
+
+    - ``tracking_efficiency``: matched / reconstructable particles (pT >= 1 GeV, >= 5 hits
+      in this event, production vertex r < 10 mm); ``tracking_efficiency_all`` drops the
+      vertex cut. A particle is matched when some track is good for it (see ``matched``).
+    - ``fake_rate``: tracks with no majority particle over 50% of the hits, or a noise
+      majority, over all tracks.
+    - ``duplicate_rate``: pure (non-noise) tracks whose particle already has another pure
+      track, over all pure tracks.
+    Also returns the counts behind them. Rates with an empty denominator are NaN.
+    """
+    if event.truth is None:
+        raise ValueError(f"event {event.event} has no truth")
+    hit_pid = event.truth.hits.to(np).particle_id
+    particles = event.truth.particles.to(np)
+    m = match_tracks(track_id_per_hit, hit_pid)
+
+    nhits = _occurrences(particles.particle_id, hit_pid)  # in this event, not the nhits column
+    selected = (
+        (particles.particle_id != 0)
+        & (particles.pt >= RECONSTRUCTABLE_MIN_PT)
+        & (nhits >= RECONSTRUCTABLE_MIN_HITS)
+    )
+    central = selected & (particles.vr < RECONSTRUCTABLE_MAX_VR)
+    found = np.isin(particles.particle_id, m.particle_id[m.matched & (m.particle_id != 0)])
+
+    real = m.pure & (m.particle_id != 0)
+    n_real = int(real.sum())
+    n_duplicate = n_real - len(np.unique(m.particle_id[real]))
+    n_fake = len(m) - n_real
+    return {
+        "tracking_efficiency": _ratio(int((found & central).sum()), int(central.sum())),
+        "tracking_efficiency_all": _ratio(int((found & selected).sum()), int(selected.sum())),
+        "fake_rate": _ratio(n_fake, len(m)),
+        "duplicate_rate": _ratio(n_duplicate, n_real),
+        "n_tracks": len(m),
+        "n_reconstructable": int(central.sum()),
+        "n_reconstructable_all": int(selected.sum()),
+        "n_reconstructed": int((found & central).sum()),
+        "n_fake": n_fake,
+        "n_duplicate": n_duplicate,
+    }

@@ -1,0 +1,273 @@
+"""Struct-of-arrays event model: hits, optional truth, and reconstructed tracks.
+
+Arrays are NumPy or CuPy (anything with the array API used here); dtypes are fixed
+so that the wire codec and the TrackML reader agree on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+HIT_DTYPES: dict[str, str] = {
+    "hit_id": "<i8",
+    "x": "<f4",
+    "y": "<f4",
+    "z": "<f4",
+    "volume_id": "<i4",
+    "layer_id": "<i4",
+    "module_id": "<i4",
+}
+HIT_TRUTH_DTYPES: dict[str, str] = {
+    "particle_id": "<i8",
+    "tx": "<f4",
+    "ty": "<f4",
+    "tz": "<f4",
+    "tpx": "<f4",
+    "tpy": "<f4",
+    "tpz": "<f4",
+    "weight": "<f4",
+    "hit_order": "<i4",
+}
+PARTICLE_DTYPES: dict[str, str] = {
+    "particle_id": "<i8",
+    "vx": "<f4",
+    "vy": "<f4",
+    "vz": "<f4",
+    "px": "<f4",
+    "py": "<f4",
+    "pz": "<f4",
+    "q": "<i4",
+    "nhits": "<i4",
+}
+TRACK_PARAM_DTYPES: dict[str, str] = {
+    "pt": "<f4",
+    "eta": "<f4",
+    "phi": "<f4",
+    "d0": "<f4",
+    "z0": "<f4",
+    "charge": "<i4",
+    "chi2": "<f4",
+}
+
+
+def _xp(a: Array) -> Any:
+    """The array module (numpy or cupy) of ``a``."""
+    mod = type(a).__module__.split(".")[0]
+    if mod == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _check_columns(obj: Any, dtypes: dict[str, str], what: str) -> int:
+    n = None
+    for name, dt in dtypes.items():
+        a = getattr(obj, name)
+        if a.ndim != 1:
+            raise ValueError(f"{what}.{name} must be 1-D, got shape {a.shape}")
+        if np.dtype(a.dtype) != np.dtype(dt):
+            raise TypeError(f"{what}.{name} must have dtype {np.dtype(dt)}, got {a.dtype}")
+        if n is None:
+            n = len(a)
+        elif len(a) != n:
+            raise ValueError(f"{what}.{name} has length {len(a)}, expected {n}")
+    return int(n or 0)
+
+
+class _Columns:
+    """Shared helpers for the column dataclasses."""
+
+    DTYPES: ClassVar[dict[str, str]] = {}
+
+    def columns(self) -> dict[str, Array]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_columns(cls, cols: dict[str, Any]):
+        xp = _xp(next(iter(cols.values()))) if cols else np
+        return cls(**{k: xp.asarray(cols[k], dtype=dt) for k, dt in cls.DTYPES.items()})
+
+    @classmethod
+    def empty(cls):
+        return cls(**{k: np.zeros(0, dtype=dt) for k, dt in cls.DTYPES.items()})
+
+    def take(self, idx: Array):
+        return type(self)(**{k: v[idx] for k, v in self.columns().items()})
+
+    def to(self, xp: Any):
+        """Copy to the array module ``xp`` (numpy or cupy)."""
+        conv = (lambda a: a.get()) if xp is np else xp.asarray
+        return type(self)(
+            **{k: (conv(v) if _xp(v) is not xp else v) for k, v in self.columns().items()}
+        )
+
+    def equals(self, other: _Columns) -> bool:
+        return type(self) is type(other) and all(
+            np.array_equal(_host(a), _host(b))
+            for a, b in zip(self.columns().values(), other.columns().values(), strict=True)
+        )
+
+
+def _host(a: Array) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+@dataclass(eq=False)
+class Hits(_Columns):
+    """Measured 3-D points of one event (mm)."""
+
+    hit_id: Array
+    x: Array
+    y: Array
+    z: Array
+    volume_id: Array
+    layer_id: Array
+    module_id: Array
+    DTYPES: ClassVar[dict[str, str]] = HIT_DTYPES
+
+    def __post_init__(self) -> None:
+        self._n = _check_columns(self, HIT_DTYPES, "Hits")
+
+    def __len__(self) -> int:
+        return self._n
+
+
+@dataclass(eq=False)
+class Particles(_Columns):
+    """Truth particles of one event (mm, GeV, elementary charge)."""
+
+    particle_id: Array
+    vx: Array
+    vy: Array
+    vz: Array
+    px: Array
+    py: Array
+    pz: Array
+    q: Array
+    nhits: Array
+    DTYPES: ClassVar[dict[str, str]] = PARTICLE_DTYPES
+
+    def __post_init__(self) -> None:
+        self._n = _check_columns(self, PARTICLE_DTYPES, "Particles")
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def pt(self) -> Array:
+        xp = _xp(self.px)
+        return xp.hypot(self.px, self.py)
+
+    @property
+    def eta(self) -> Array:
+        xp = _xp(self.px)
+        return xp.arcsinh(self.pz / xp.maximum(self.pt, 1e-12))
+
+    @property
+    def vr(self) -> Array:
+        xp = _xp(self.vx)
+        return xp.hypot(self.vx, self.vy)
+
+
+@dataclass(eq=False)
+class HitTruth(_Columns):
+    """Per-hit truth, aligned with :class:`Hits` (particle_id 0 is noise).
+
+    ``hit_order`` is the hit's index along its particle's trajectory (0 first, -1 noise).
+    """
+
+    particle_id: Array
+    tx: Array
+    ty: Array
+    tz: Array
+    tpx: Array
+    tpy: Array
+    tpz: Array
+    weight: Array
+    hit_order: Array
+    DTYPES: ClassVar[dict[str, str]] = HIT_TRUTH_DTYPES
+
+    def __post_init__(self) -> None:
+        self._n = _check_columns(self, HIT_TRUTH_DTYPES, "HitTruth")
+
+    def __len__(self) -> int:
+        return self._n
+
+
+@dataclass(eq=False)
+class Truth:
+    """Simulation truth of one event: per-hit (aligned with the hits) and per-particle."""
+
+    hits: HitTruth
+    particles: Particles
+
+    def equals(self, other: Truth) -> bool:
+        return self.hits.equals(other.hits) and self.particles.equals(other.particles)
+
+
+@dataclass(eq=False)
+class Event:
+    """One bunch crossing: run and event numbers, hits, and optional truth."""
+
+    run: int
+    event: int
+    hits: Hits
+    truth: Truth | None = None
+
+    def __post_init__(self) -> None:
+        if self.truth is not None and len(self.truth.hits) != len(self.hits):
+            raise ValueError(f"truth has {len(self.truth.hits)} hits, event has {len(self.hits)}")
+
+
+@dataclass(eq=False)
+class Tracks:
+    """Track candidates of one event: CSR hit-index lists plus helix parameters.
+
+    Track ``i`` holds hits ``hit_index[offsets[i]:offsets[i + 1]]`` (indices into the
+    event's :class:`Hits`, ordered along the track).
+    """
+
+    offsets: Array
+    hit_index: Array
+    params: dict[str, Array] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.offsets.ndim != 1 or len(self.offsets) < 1:
+            raise ValueError("Tracks.offsets must be 1-D with at least one entry")
+        n = len(self.offsets) - 1
+        for k, v in self.params.items():
+            if len(v) != n:
+                raise ValueError(f"Tracks.params[{k!r}] has length {len(v)}, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> Array:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @classmethod
+    def empty(cls) -> Tracks:
+        return cls(
+            offsets=np.zeros(1, dtype=np.int64),
+            hit_index=np.zeros(0, dtype=np.int64),
+            params={k: np.zeros(0, dtype=dt) for k, dt in TRACK_PARAM_DTYPES.items()},
+        )
+
+    def hit_lists(self) -> list[np.ndarray]:
+        """Per-track hit-index arrays (host); for inspection and tests, not hot paths."""
+        off, idx = _host(self.offsets), _host(self.hit_index)
+        return [idx[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+
+    def track_id_per_hit(self, n_hits: int) -> np.ndarray:
+        """TrackML submission labels: track ids from 1, 0 for hits in no track."""
+        off, idx = _host(self.offsets), _host(self.hit_index)
+        labels = np.zeros(n_hits, dtype=np.int64)
+        labels[idx] = np.repeat(np.arange(1, len(off), dtype=np.int64), np.diff(off))
+        return labels

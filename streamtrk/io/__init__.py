@@ -1,0 +1,1 @@
+"""Event file formats: recordings (and readers of external data sets)."""

@@ -1,0 +1,311 @@
+"""Recordings (``.stk`` files): wire messages stored exactly as they go over the socket.
+
+Layout, all integers little-endian::
+
+    file     := magic version reserved record*
+    magic    := b"STKREC\\r\\n"                          (8 bytes)
+    version  := uint16, = 1
+    reserved := uint16, = 0
+    record   := n_frames:uint32 crc:uint32 frame{n_frames}
+    frame    := length:uint64 bytes[length]
+
+``crc`` is the CRC-32 (``zlib.crc32``) of the record's bytes in file order, less the crc
+field itself: the ``n_frames`` field, then each frame's ``length`` field and bytes.
+A record holds 1 to 1024 frames. Replaying a record sends its frames unchanged, so a
+replay is byte-identical to what was recorded.
+
+Readers stream record by record and raise :class:`RecordingError`, naming the byte
+offset of the bad record, once they reach a truncated or corrupt one.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Literal, Self
+
+from streamtrk.event import Event
+from streamtrk.wire import (
+    DEFAULT_LIMITS,
+    Limits,
+    Message,
+    WireError,
+    decode,
+    encode_hits,
+    encode_truth,
+    frame_view,
+    peek_header,
+)
+
+MAGIC = b"STKREC\r\n"
+FORMAT_VERSION = 1
+MAX_FRAMES = 1024
+
+_FILE_HEADER = struct.Struct("<8sHH")
+_RECORD_HEADER = struct.Struct("<II")
+_COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
+
+StrPath = str | os.PathLike[str]
+Record = tuple[int, list[bytes]]
+
+
+class RecordingError(ValueError):
+    """A recording is truncated or corrupt; the message names the byte offset."""
+
+
+def _crc(frames: list[memoryview]) -> int:
+    crc = zlib.crc32(_COUNT.pack(len(frames)))
+    for f in frames:
+        crc = zlib.crc32(f, zlib.crc32(_LENGTH.pack(f.nbytes), crc))
+    return crc
+
+
+def _read_file_header(f: BinaryIO, path: Path) -> int:
+    """Check the file header at the start of ``f``; return the format version."""
+    head = f.read(_FILE_HEADER.size)
+    if len(head) < _FILE_HEADER.size:
+        raise RecordingError(
+            f"{path}: offset 0: truncated file header ({len(head)} of {_FILE_HEADER.size} bytes)"
+        )
+    magic, version, reserved = _FILE_HEADER.unpack(head)
+    if magic != MAGIC:
+        raise RecordingError(f"{path}: offset 0: bad magic {magic!r}, not a streamtrk recording")
+    if version != FORMAT_VERSION:
+        raise RecordingError(
+            f"{path}: offset 8: unsupported format version {version} "
+            f"(this reader knows {FORMAT_VERSION})"
+        )
+    if reserved != 0:
+        raise RecordingError(f"{path}: offset 10: reserved field is {reserved}, expected 0")
+    return version
+
+
+class RecordingReader:
+    """Streams ``(offset, frames)`` records of a recording; iterate it, or use :meth:`events`."""
+
+    def __init__(self, path: StrPath) -> None:
+        self.path = Path(path)
+        self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            self.version = _read_file_header(self._file, self.path)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __iter__(self) -> Iterator[Record]:
+        f = self._file
+        f.seek(_FILE_HEADER.size)
+        size = os.fstat(f.fileno()).st_size
+        while True:
+            offset = f.tell()
+            head = f.read(_RECORD_HEADER.size)
+            if not head:
+                return
+            yield offset, self._read_record(f, offset, head, size)
+
+    def _read_record(self, f: BinaryIO, offset: int, head: bytes, size: int) -> list[bytes]:
+        def fail(what: str) -> RecordingError:
+            return RecordingError(f"{self.path}: record at offset {offset}: {what}")
+
+        if len(head) < _RECORD_HEADER.size:
+            raise fail(f"truncated frame count/CRC ({len(head)} of {_RECORD_HEADER.size} bytes)")
+        n, crc = _RECORD_HEADER.unpack(head)
+        if not 1 <= n <= MAX_FRAMES:
+            raise fail(f"frame count {n} outside 1..{MAX_FRAMES}")
+        frames = []
+        for i in range(n):
+            field = f.read(_LENGTH.size)
+            if len(field) < _LENGTH.size:
+                raise fail(f"truncated length of frame {i} at offset {f.tell() - len(field)}")
+            (length,) = _LENGTH.unpack(field)
+            left = size - f.tell()
+            if length > left:
+                raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
+            data = f.read(length)
+            if len(data) < length:
+                raise fail(f"truncated payload of frame {i} ({len(data)} of {length} bytes)")
+            frames.append(data)
+        computed = _crc([memoryview(b) for b in frames])
+        if computed != crc:
+            raise fail(f"CRC mismatch (stored {crc:#010x}, computed {computed:#010x})")
+        return frames
+
+    def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
+        """Decoded ``hits`` messages as events, with ``.truth`` from a directly following
+        ``truth`` message of the same (run, event); other messages are skipped."""
+        pending: Event | None = None
+        try:
+            for offset, frames in self:
+                msg = self._decode(offset, frames, limits)
+                if (
+                    msg.kind == "truth"
+                    and pending is not None
+                    and (msg.run, msg.event) == (pending.run, pending.event)
+                ):
+                    yield self._with_truth(offset, pending, msg)
+                    pending = None
+                    continue
+                if pending is not None:
+                    yield pending
+                pending = msg.to_event() if msg.kind == "hits" else None
+        except RecordingError:
+            if pending is not None:
+                yield pending
+            raise
+        if pending is not None:
+            yield pending
+
+    def _decode(self, offset: int, frames: list[bytes], limits: Limits) -> Message:
+        try:
+            return decode(frames, limits=limits)
+        except WireError as e:
+            raise RecordingError(f"{self.path}: record at offset {offset}: {e}") from e
+
+    def _with_truth(self, offset: int, event: Event, msg: Message) -> Event:
+        try:
+            return Event(event.run, event.event, event.hits, msg.to_truth())
+        except ValueError as e:
+            raise RecordingError(f"{self.path}: record at offset {offset}: {e}") from e
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def iter_records(path: StrPath) -> Iterator[Record]:
+    """Stream ``(byte offset, frames)`` of every record in ``path``."""
+    with RecordingReader(path) as reader:
+        yield from reader
+
+
+def iter_events(path: StrPath, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
+    """Stream the events of ``path`` (see :meth:`RecordingReader.events`)."""
+    with RecordingReader(path) as reader:
+        yield from reader.events(limits=limits)
+
+
+class RecordingWriter:
+    """Writes records to a recording; ``mode="a"`` appends to a valid existing file."""
+
+    def __init__(self, path: StrPath, mode: Literal["w", "a"] = "w") -> None:
+        if mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
+        self.path = Path(path)
+        if mode == "a" and self.path.exists() and self.path.stat().st_size > 0:
+            end = _end_of_records(self.path)
+            self._file: BinaryIO = open(self.path, "r+b")  # noqa: SIM115 - closed by close()
+            self._file.seek(end)
+        else:
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+            self._file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+
+    def write(self, frames: Iterable[Any]) -> int:
+        """Append one message's frames as a record; return the record's byte offset."""
+        views = [frame_view(f) for f in frames]
+        if not 1 <= len(views) <= MAX_FRAMES:
+            raise ValueError(f"a record holds 1 to {MAX_FRAMES} frames, got {len(views)}")
+        offset = self._file.tell()
+        self._file.write(_RECORD_HEADER.pack(len(views), _crc(views)))
+        for v in views:
+            self._file.write(_LENGTH.pack(v.nbytes))
+            self._file.write(v)
+        return offset
+
+    def write_event(self, event: Event) -> int:
+        """Record an event: its hits message, then its truth message when it has truth."""
+        offset = self.write(encode_hits(event, t_send_ns=0))
+        if event.truth is not None:
+            self.write(encode_truth(event.run, event.event, event.truth, t_send_ns=0))
+        return offset
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _end_of_records(path: Path) -> int:
+    """Byte offset after the last record; RecordingError if the file is not clean."""
+    end = _FILE_HEADER.size
+    try:
+        with RecordingReader(path) as reader:
+            for offset, frames in reader:
+                end = offset + _RECORD_HEADER.size + sum(_LENGTH.size + len(b) for b in frames)
+    except RecordingError as e:
+        raise RecordingError(f"cannot append: {e}") from e
+    return end
+
+
+def summarize(path: StrPath) -> dict[str, Any]:
+    """Counts for ``streamtrk inspect``.
+
+    Keys: path, file_bytes, records, events (hits messages), hits_mean, hits_max,
+    events_with_truth, versions (schema versions seen), kinds (count per message kind),
+    invalid (count per WireError reason), error (RecordingError text of a corrupt tail,
+    or None; the counts cover the records before it). A bad file header raises
+    :class:`RecordingError`.
+    """
+    kinds: Counter[str] = Counter()
+    invalid: Counter[str] = Counter()
+    versions: set[int] = set()
+    records = hits_total = hits_max = with_truth = 0
+    last_hits: tuple[int, int] | None = None
+    error = None
+    with RecordingReader(path) as reader:
+        try:
+            for _, frames in reader:
+                records += 1
+                version = (peek_header(frames) or {}).get("version")
+                if isinstance(version, int) and not isinstance(version, bool):
+                    versions.add(version)
+                try:
+                    msg = decode(frames)
+                except WireError as e:
+                    invalid[e.reason] += 1
+                    last_hits = None
+                    continue
+                kinds[msg.kind] += 1
+                if msg.kind == "truth" and last_hits == (msg.run, msg.event):
+                    with_truth += 1
+                if msg.kind == "hits":
+                    n = len(msg.columns["hit_id"])
+                    hits_total, hits_max = hits_total + n, max(hits_max, n)
+                last_hits = (msg.run, msg.event) if msg.kind == "hits" else None
+        except RecordingError as e:
+            error = str(e)
+    events = kinds["hits"]
+    return {
+        "path": str(path),
+        "file_bytes": os.path.getsize(path),
+        "records": records,
+        "events": events,
+        "hits_mean": hits_total / events if events else 0.0,
+        "hits_max": hits_max,
+        "events_with_truth": with_truth,
+        "versions": sorted(versions),
+        "kinds": dict(kinds),
+        "invalid": dict(invalid),
+        "error": error,
+    }

@@ -1,0 +1,309 @@
+"""TrackML CSV files: events (hits, truth, particles) and submissions.
+
+An event is a path prefix such as ``.../event000001000`` naming ``<prefix>-hits.csv`` and,
+optionally, ``-truth.csv``, ``-particles.csv`` (and ``-cells.csv``, ignored); each may be
+gzipped (``.csv.gz``). Columns are found by header name, so their order does not matter.
+
+Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
+to the identical float32, so a write/read round trip reproduces every array exactly and the
+output stays as short as the original files. Output is deterministic (gzip with mtime 0).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from streamtrk.event import (
+    HIT_DTYPES,
+    HIT_TRUTH_DTYPES,
+    PARTICLE_DTYPES,
+    Event,
+    Hits,
+    HitTruth,
+    Particles,
+    Truth,
+)
+from streamtrk.sim.weights import hit_order, hit_weights
+
+TRUTH_COLUMNS = ("hit_id", "particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
+_TRUTH_CSV_DTYPES = {"hit_id": "<i8", **{k: HIT_TRUTH_DTYPES[k] for k in TRUTH_COLUMNS[1:]}}
+_SUBMISSION_DTYPES = {"event_id": "<i8", "hit_id": "<i8", "track_id": "<i8"}
+_EVENT_RE = re.compile(r"event(\d+)")
+_HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
+_POW10 = 10.0 ** np.arange(23)
+
+Columns = dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
+
+
+def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = ()) -> Columns:
+    """Columns of a headed CSV file, parsed by header name into ``dtypes``.
+
+    Floats are parsed as float64 and rounded to the target dtype. Columns in ``optional``
+    may be missing (then absent from the result); other missing columns raise ValueError.
+    """
+    header, _, body = _read_bytes(path).replace(b"\r", b"").partition(b"\n")
+    index = {name.strip(): i for i, name in enumerate(header.decode().split(","))}
+    for name in dtypes:
+        if name not in index and name not in optional:
+            raise ValueError(f"{path}: missing column {name!r} (header: {header.decode()!r})")
+    names = [name for name in dtypes if name in index]
+    parse = [(n, np.int64 if np.dtype(dtypes[n]).kind == "i" else np.float64) for n in names]
+    cols = [index[n] for n in names]
+    table = np.zeros(0, dtype=parse)
+    if body.strip():
+        try:
+            table = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+    return {n: table[n].astype(dtypes[n]) for n in names}
+
+
+def _find(prefix: Path, kind: str) -> Path | None:
+    for suffix in (".csv", ".csv.gz"):
+        path = prefix.with_name(f"{prefix.name}-{kind}{suffix}")
+        if path.is_file():
+            return path
+    return None
+
+
+def _event_number(prefix: Path) -> int:
+    match = _EVENT_RE.fullmatch(prefix.name)
+    if match is None:
+        raise ValueError(f"cannot parse an event number from {prefix.name!r}; pass event_number")
+    return int(match.group(1))
+
+
+def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
+    """Rows of ``file_ids`` holding each of ``hit_id`` (unique, all present, else ValueError)."""
+    srt = np.argsort(file_ids, kind="stable")
+    sorted_ids = file_ids[srt]
+    if np.any(sorted_ids[1:] == sorted_ids[:-1]):
+        raise ValueError(f"{path}: duplicate hit_id")
+    pos = np.minimum(np.searchsorted(sorted_ids, hit_id), max(len(sorted_ids) - 1, 0))
+    found = sorted_ids[pos] == hit_id if len(sorted_ids) else np.zeros(len(hit_id), bool)
+    if not found.all():
+        raise ValueError(f"{path}: no row for hit_id {hit_id[~found][0]}")
+    return srt[pos]
+
+
+def _particles_from_truth(particle_id: np.ndarray) -> Particles:
+    """Particles with only ids and hit counts (kinematics NaN, q 0) when particles.csv is absent."""
+    ids, nhits = np.unique(particle_id[particle_id != 0], return_counts=True)
+    cols = dict.fromkeys(("vx", "vy", "vz", "px", "py", "pz"), np.full(len(ids), np.nan))
+    return Particles.from_columns(
+        {**cols, "particle_id": ids, "q": np.zeros(len(ids)), "nhits": nhits}
+    )
+
+
+def _per_hit(particles: Particles, particle_id: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (per particle) looked up for each hit's particle; NaN where unknown."""
+    srt = np.argsort(particles.particle_id, kind="stable")
+    ids = particles.particle_id[srt]
+    if len(ids) == 0:
+        return np.full(len(particle_id), np.nan)
+    pos = np.minimum(np.searchsorted(ids, particle_id), len(ids) - 1)
+    return np.where(ids[pos] == particle_id, values[srt][pos].astype(np.float64), np.nan)
+
+
+def _pt_per_hit(particles: Particles, pid: np.ndarray, cols: Columns) -> np.ndarray:
+    """Each hit's particle pT; where unknown, the truth pT at the particle's first hit."""
+    pt = _per_hit(particles, pid, particles.pt)
+    unknown = np.isnan(pt) & (pid != 0)
+    if unknown.any():
+        first = cols["hit_order"] == 0
+        ids, at_first = pid[first], np.hypot(cols["tpx"][first], cols["tpy"][first])
+        srt = np.argsort(ids)
+        pos = np.searchsorted(ids[srt], pid[unknown])
+        pt[unknown] = at_first[srt][pos]
+    return pt
+
+
+def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarray) -> Truth:
+    cols = _read_csv(truth_path, _TRUTH_CSV_DTYPES, optional=("weight",))
+    rows = _align(cols.pop("hit_id"), hit_id, truth_path)
+    cols = {k: v[rows] for k, v in cols.items()}
+    pid = cols["particle_id"]
+    if particles_path is None:
+        particles = _particles_from_truth(pid)
+    else:
+        particles = Particles.from_columns(_read_csv(particles_path, PARTICLE_DTYPES))
+    vz = np.nan_to_num(_per_hit(particles, pid, particles.vz), nan=0.0)  # unknown: vz = 0
+    distance = np.abs(cols["tz"] - vz)
+    cols["hit_order"] = hit_order(pid, distance)
+    if "weight" not in cols:
+        cols["weight"] = hit_weights(pid, distance, _pt_per_hit(particles, pid, cols))
+    return Truth(hits=HitTruth.from_columns(cols), particles=particles)
+
+
+def read_event(path: str | Path, *, event_number: int | None = None, run: int = 0) -> Event:
+    """Read one TrackML event from its path prefix (e.g. ``.../event000001000``).
+
+    The event number is parsed from the prefix unless given. Truth is read when
+    ``-truth.csv`` exists; ``hit_order`` is computed from |tz - vz| and, when the truth has
+    no ``weight`` column, official weights are computed. Without ``-particles.csv`` the
+    particles are the truth's ids with NaN kinematics, q 0 and nhits counted from the truth.
+    """
+    prefix = Path(path)
+    hits_path = _find(prefix, "hits")
+    if hits_path is None:
+        raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")
+    number = _event_number(prefix) if event_number is None else event_number
+    hits = Hits.from_columns(_read_csv(hits_path, HIT_DTYPES))
+    if len(np.unique(hits.hit_id)) != len(hits):
+        raise ValueError(f"{hits_path}: duplicate hit_id")
+    truth_path = _find(prefix, "truth")
+    truth = None
+    if truth_path is not None:
+        truth = _read_truth(truth_path, _find(prefix, "particles"), hits.hit_id)
+    return Event(run=run, event=number, hits=hits, truth=truth)
+
+
+def event_prefixes(directory: str | Path) -> list[Path]:
+    """Prefixes of the TrackML events in ``directory``, sorted by event number."""
+    names = {
+        m.group(1) for f in Path(directory).iterdir() if (m := _HITS_FILE_RE.fullmatch(f.name))
+    }
+    return sorted((Path(directory) / n for n in names), key=_event_number)
+
+
+def iter_events(path: str | Path, *, run: int = 0) -> Iterator[Event]:
+    """Events of a directory (sorted by event number) or of a single event prefix."""
+    path = Path(path)
+    prefixes = event_prefixes(path) if path.is_dir() else [path]
+    if not prefixes:
+        raise FileNotFoundError(f"no TrackML events (event*-hits.csv) in {path}")
+    for prefix in prefixes:
+        yield read_event(prefix, run=run)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _float32_digits(x: np.ndarray) -> np.ndarray:
+    """Per value, the fewest significant digits p (at least the integer digits, so that
+    ``'%.*g' % (p, v)`` is positional for |v| >= 1e-4) that parse back to the float32 ``v``.
+
+    Binary search over p <= 9 (9 always round-trips a float32), testing each p by decimal
+    rounding in float64, which is exact for 1e-10 <= |v| < 1e15 (the powers of ten used are
+    exact); other values, NaN and inf get 9.
+    """
+    x = np.abs(np.asarray(x, dtype=np.float32))
+    with np.errstate(invalid="ignore"):  # signalling NaNs
+        x64 = x.astype(np.float64)
+    exact = (x64 >= 1e-10) & (x64 < 1e15)
+    exponent = np.floor(np.log10(np.where(exact, x64, 1.0))).astype(np.int64)
+    lo = np.where(exact, np.maximum(exponent + 1, 1), 9)
+    lo[x64 == 0] = 1
+    hi = np.maximum(lo, 9)
+    hi[x64 == 0] = 1
+    while np.any(active := lo < hi):
+        mid = (lo + hi) // 2
+        scale = _POW10[np.where(active, mid - 1 - exponent, 0)]
+        ok = (np.rint(x64 * scale) / scale).astype(np.float32) == x
+        hi = np.where(active & ok, mid, hi)
+        lo = np.where(active & ~ok, mid + 1, lo)
+    return hi
+
+
+def _csv_bytes(header: Sequence[str], columns: Sequence[np.ndarray]) -> bytes:
+    """A CSV file: integer columns as ints, float32 columns with round-trip digits."""
+    formats: list[str] = []
+    args: list[list] = []
+    for col in columns:
+        col = np.asarray(col)
+        if col.dtype.kind == "f":
+            formats.append("%.*g")
+            args.append(_float32_digits(col).tolist())
+        else:
+            formats.append("%d")
+        args.append(col.tolist())
+    row = ",".join(formats)
+    lines = [row % values for values in zip(*args, strict=True)]
+    return "\n".join([",".join(header), *lines, ""]).encode()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    if path.name.endswith(".gz"):
+        with path.open("wb") as raw, gzip.GzipFile("", "wb", 1, raw, mtime=0) as gz:
+            gz.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def _write_table(path: Path, table: Columns) -> None:
+    _write_bytes(path, _csv_bytes(list(table), list(table.values())))
+
+
+def write_event(event: Event, directory: str | Path, *, compress: bool = False) -> Path:
+    """Write ``event`` as TrackML CSV files in ``directory``; returns the event prefix.
+
+    Writes ``eventNNNNNNNNN-hits.csv`` and, with truth, ``-truth.csv`` and
+    ``-particles.csv`` in the official column order (``.csv.gz`` when ``compress``).
+    ``hit_order`` is not written: reading recomputes it from |tz - vz|.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = directory / f"event{event.event:09d}"
+    suffix = ".csv.gz" if compress else ".csv"
+    hits = event.hits.to(np)
+    _write_table(prefix.with_name(f"{prefix.name}-hits{suffix}"), hits.columns())
+    if event.truth is not None:
+        truth = {"hit_id": hits.hit_id, **event.truth.hits.to(np).columns()}
+        truth_path = prefix.with_name(f"{prefix.name}-truth{suffix}")
+        _write_table(truth_path, {k: truth[k] for k in TRUTH_COLUMNS})
+        particles_path = prefix.with_name(f"{prefix.name}-particles{suffix}")
+        _write_table(particles_path, event.truth.particles.to(np).columns())
+    return prefix
+
+
+# --------------------------------------------------------------------------- submissions
+
+
+def write_submission(
+    path: str | Path, submission: Mapping[int, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """Write one submission CSV (``event_id,hit_id,track_id``) for several events.
+
+    ``submission`` maps event id to (hit_id, track_id) arrays, one entry per hit; track ids
+    start at 1 and 0 marks a hit in no track (see ``Tracks.track_id_per_hit``). Events are
+    written in increasing id order; ``.gz`` paths are gzipped.
+    """
+    event_ids, hit_ids, track_ids = [], [], []
+    for event_id in sorted(submission):
+        hit_id, track_id = (np.asarray(a, dtype=np.int64) for a in submission[event_id])
+        if hit_id.shape != track_id.shape or hit_id.ndim != 1:
+            raise ValueError(f"event {event_id}: hit_id and track_id must be equal-length 1-D")
+        event_ids.append(np.full(len(hit_id), event_id, dtype=np.int64))
+        hit_ids.append(hit_id)
+        track_ids.append(track_id)
+    columns = [
+        np.concatenate(c) if c else np.zeros(0, np.int64) for c in (event_ids, hit_ids, track_ids)
+    ]
+    _write_bytes(Path(path), _csv_bytes(list(_SUBMISSION_DTYPES), columns))
+
+
+def read_submission(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Read a submission CSV: event id -> (hit_id, track_id) in file order."""
+    cols = _read_csv(Path(path), _SUBMISSION_DTYPES)
+    event_id = cols["event_id"]
+    srt = np.argsort(event_id, kind="stable")
+    ids, starts = np.unique(event_id[srt], return_index=True)
+    bounds = np.r_[starts, len(srt)]
+    return {
+        int(e): (cols["hit_id"][srt[a:b]], cols["track_id"][srt[a:b]])
+        for e, a, b in zip(ids, bounds[:-1], bounds[1:], strict=True)
+    }

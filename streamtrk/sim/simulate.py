@@ -1,0 +1,151 @@
+"""Event simulation: generation, propagation, digitisation, noise, truth.
+
+Each event has its own random stream, spawned from the run seed, so the same seed gives
+byte-identical events whatever the number of events or the order they are made in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamtrk.detector import BARREL, Detector
+from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
+from streamtrk.sim.generator import GeneratorConfig, generate
+from streamtrk.sim.propagate import Crossings, propagate
+from streamtrk.sim.weights import hit_order, hit_weights
+
+SIMULATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Simulation settings. ``noise_fraction`` is the fraction of all hits that are noise."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    noise_fraction: float = 0.19
+    max_turns: float = 0.5
+    min_pt: float = 0.15  # GeV; as in TrackML, softer particles are generated but not propagated
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.noise_fraction < 1:
+            raise ValueError(f"noise fraction must be in [0, 1), got {self.noise_fraction}")
+        if self.generator.mu < 0:
+            raise ValueError(f"mu must be >= 0, got {self.generator.mu}")
+        if self.max_turns <= 0:
+            raise ValueError(f"max_turns must be > 0, got {self.max_turns}")
+
+
+def _smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
+    """Measured positions: true crossings smeared by the layer resolution, on the surface."""
+    x, y, z = c.position.T
+    r, phi = np.hypot(x, y), np.arctan2(y, x)
+    a = rng.normal(size=len(x)) * det.res_a[c.layer]
+    b = rng.normal(size=len(x)) * det.res_b[c.layer]
+    barrel = det.kind[c.layer] == BARREL
+    r_m = np.where(barrel, r, r + b)
+    z_m = np.where(barrel, z + b, z)
+    phi_m = phi + a / r_m
+    return np.stack([r_m * np.cos(phi_m), r_m * np.sin(phi_m), z_m], axis=1)
+
+
+def _noise(det: Detector, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` noise hits, uniform over modules (as in real TrackML data): (layer, position)."""
+    weight = det.n_modules / det.n_modules.sum()
+    layer = rng.choice(len(det), size=n, p=weight)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    u = rng.random(n)
+    barrel = det.kind[layer] == BARREL
+    r = np.where(barrel, det.r[layer], 0.0)
+    z = np.where(barrel, (2 * u - 1) * det.half_length[layer], det.z[layer])
+    for i in np.unique(layer[~barrel]):
+        sel = layer == i
+        rings = np.asarray(det.rings[i], dtype=float)
+        width = (det.r_max[i] - det.r_min[i]) / len(rings)
+        ring = rng.choice(len(rings), size=int(sel.sum()), p=rings / rings.sum())
+        r[sel] = det.r_min[i] + (ring + u[sel]) * width
+    return layer, np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def simulate_event(
+    det: Detector, cfg: SimConfig, rng: np.random.Generator, *, run: int = 0, event: int = 0
+) -> Event:
+    """Simulate one bunch crossing with truth."""
+    gen = generate(cfg.generator, rng)
+    cross = propagate(det, gen, rng, max_turns=cfg.max_turns, min_pt=cfg.min_pt)
+    keep = rng.random(len(cross.layer)) >= det.inefficiency[cross.layer]
+    c = Crossings(
+        *(
+            a[keep]
+            for a in (cross.particle, cross.layer, cross.position, cross.momentum, cross.order)
+        )
+    )
+    measured = _smear(det, c, rng)
+    n_sig = len(c.layer)
+    f = cfg.noise_fraction
+    n_noise = int(rng.poisson(n_sig * f / (1 - f))) if f > 0 else 0
+    noise_layer, noise_pos = _noise(det, n_noise, rng)
+
+    layer = np.concatenate([c.layer, noise_layer])
+    pos = np.concatenate([measured, noise_pos])
+    true_pos = np.concatenate([c.position, noise_pos])
+    true_mom = np.concatenate([c.momentum, np.zeros((n_noise, 3))])
+    particle_id = np.concatenate([c.particle + 1, np.zeros(n_noise, dtype=np.int64)])
+    module = det.module_id(layer, pos[:, 0], pos[:, 1], pos[:, 2])
+
+    # TrackML convention: hits sorted by volume, layer, module, ids from 1.
+    perm = rng.permutation(len(layer))
+    srt = perm[np.lexsort((module[perm], det.layer_id[layer][perm], det.volume_id[layer][perm]))]
+    nhits = np.bincount(c.particle, minlength=len(gen)).astype(np.int32)
+    p_pt = np.hypot(gen.momentum[:, 0], gen.momentum[:, 1])
+    pid_s = particle_id[srt]
+    pidx = np.maximum(pid_s - 1, 0)
+    # Order along the track by |z - vz| (the TrackML convention, also what the CSV reader
+    # recomputes), so that the recording and the CSV files hold the same truth.
+    dist = np.abs(true_pos[srt, 2].astype(np.float32) - gen.vertex[pidx, 2].astype(np.float32))
+    order = hit_order(pid_s, dist)
+    weight = hit_weights(pid_s, dist, np.where(pid_s > 0, p_pt[pidx], 0.0))
+    hits = Hits(
+        hit_id=np.arange(1, len(srt) + 1, dtype=np.int64),
+        x=pos[srt, 0].astype(np.float32),
+        y=pos[srt, 1].astype(np.float32),
+        z=pos[srt, 2].astype(np.float32),
+        volume_id=det.volume_id[layer[srt]].astype(np.int32),
+        layer_id=det.layer_id[layer[srt]].astype(np.int32),
+        module_id=module[srt].astype(np.int32),
+    )
+    f32 = np.float32
+    hit_truth = HitTruth(
+        particle_id=pid_s.astype(np.int64),
+        tx=true_pos[srt, 0].astype(f32),
+        ty=true_pos[srt, 1].astype(f32),
+        tz=true_pos[srt, 2].astype(f32),
+        tpx=true_mom[srt, 0].astype(f32),
+        tpy=true_mom[srt, 1].astype(f32),
+        tpz=true_mom[srt, 2].astype(f32),
+        weight=weight.astype(f32),
+        hit_order=order.astype(np.int32),
+    )
+    particles = Particles(
+        particle_id=np.arange(1, len(gen) + 1, dtype=np.int64),
+        vx=gen.vertex[:, 0].astype(f32),
+        vy=gen.vertex[:, 1].astype(f32),
+        vz=gen.vertex[:, 2].astype(f32),
+        px=gen.momentum[:, 0].astype(f32),
+        py=gen.momentum[:, 1].astype(f32),
+        pz=gen.momentum[:, 2].astype(f32),
+        q=gen.charge.astype(np.int32),
+        nhits=nhits,
+    )
+    return Event(run=run, event=event, hits=hits, truth=Truth(hits=hit_truth, particles=particles))
+
+
+def simulate(
+    det: Detector, cfg: SimConfig, seed: int, n_events: int, *, run: int = 0, first_event: int = 0
+) -> Iterator[Event]:
+    """Simulate ``n_events`` events; event ``i`` uses its own stream spawned from ``seed``."""
+    streams = np.random.SeedSequence(seed).spawn(n_events)
+    for i, ss in enumerate(streams):
+        yield simulate_event(det, cfg, np.random.default_rng(ss), run=run, event=first_event + i)

@@ -1,0 +1,68 @@
+"""Official TrackML hit weights (see docs/trackml-scoring.md in the shared folder).
+
+weight(hit) = pT weight(particle) x order weight(hit along its particle), normalised so
+that the event's weights sum to 1. Noise hits and particles with fewer than 4 hits weigh 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ORDER_PROPOSAL = (10.0, 8.0, 6.0, 5.0, 3.0, 3.0, 3.0, 5.0, 6.0)
+MIN_HITS = 4
+MAX_HITS = 20
+
+
+def _order_weight_table() -> np.ndarray:
+    """Table ``[n, order]`` (21 x 20): the proposal interpolated onto n hits, each row summing
+    to 1; rows n < 4 are zero."""
+    table = np.zeros((MAX_HITS + 1, MAX_HITS))
+    for n in range(MIN_HITS, MAX_HITS + 1):
+        row = np.interp(np.arange(n), np.linspace(0, n - 1, len(ORDER_PROPOSAL)), ORDER_PROPOSAL)
+        table[n, :n] = row / row.sum()
+    return table
+
+
+ORDER_WEIGHTS = _order_weight_table()
+ORDER_WEIGHTS.flags.writeable = False
+
+
+def pt_weight(pt: np.ndarray) -> np.ndarray:
+    """Per-particle pT weight: 0 below 0.05 GeV (and for NaN), 0.2 up to 0.5 GeV, rising
+    linearly to 1.0 at 3 GeV, 1.0 above."""
+    pt = np.asarray(pt, dtype=np.float64)
+    ramp = 0.2 + 0.8 * np.clip((pt - 0.5) / 2.5, 0.0, 1.0)
+    return np.where(pt >= 0.05, ramp, 0.0)
+
+
+def hit_order(particle_id: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Index (int32) of each hit along its particle, by increasing ``distance`` (the TrackML
+    reference uses |z - vz|); ties keep input order; -1 for noise (particle_id 0)."""
+    pid = np.asarray(particle_id)
+    n = len(pid)
+    srt = np.lexsort((np.asarray(distance), pid))  # stable: ties keep input order
+    spid = pid[srt]
+    first = np.ones(n, dtype=bool)
+    first[1:] = spid[1:] != spid[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    order = np.empty(n, dtype=np.int32)
+    order[srt] = np.arange(n) - group_start
+    order[pid == 0] = -1
+    return order
+
+
+def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -> np.ndarray:
+    """Official TrackML weights (float32, summing to 1 unless all are 0) of one event's hits.
+
+    ``particle_id``, ``distance`` (|z - vz| of the hit) and ``pt`` (its particle's
+    production pT, GeV) are per hit. A particle's hit count is its number of hits here;
+    beyond 20 hits the n = 20 row is used with the order clipped to 19.
+    """
+    pid = np.asarray(particle_id)
+    _, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
+    nhits = counts[inverse]
+    order = hit_order(pid, distance)
+    w_order = ORDER_WEIGHTS[np.minimum(nhits, MAX_HITS), np.clip(order, 0, MAX_HITS - 1)]
+    w = np.where((pid != 0) & (nhits >= MIN_HITS), pt_weight(pt) * w_order, 0.0)
+    total = w.sum()
+    return (w / total if total > 0 else w).astype(np.float32)

@@ -1,0 +1,39 @@
+"""Wire protocol: ZeroMQ multipart messages with a msgpack header and raw column frames."""
+
+from streamtrk.wire.codec import (
+    Message,
+    TrackReply,
+    decode,
+    encode_hits,
+    encode_tracks,
+    encode_truth,
+    frame_view,
+    peek_header,
+    peek_identity,
+)
+from streamtrk.wire.schema import (
+    DEFAULT_LIMITS,
+    REASONS,
+    SUPPORTED_VERSIONS,
+    VERSION,
+    Limits,
+    WireError,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "REASONS",
+    "SUPPORTED_VERSIONS",
+    "VERSION",
+    "Limits",
+    "Message",
+    "TrackReply",
+    "WireError",
+    "decode",
+    "encode_hits",
+    "encode_tracks",
+    "encode_truth",
+    "frame_view",
+    "peek_header",
+    "peek_identity",
+]

@@ -1,0 +1,480 @@
+"""Encode and strictly decode wire messages (schema v1).
+
+A message is a list of ZeroMQ frames: frame 0 is a msgpack header map, frames 1..N are
+raw little-endian column buffers in the order the header's ``columns`` lists them.
+Encoding and decoding are zero-copy: encoders return ``memoryview`` s of the column
+arrays, :func:`decode` returns read-only ``numpy.frombuffer`` views of the frames.
+
+:func:`decode` raises :class:`~streamtrk.wire.schema.WireError` for every malformed
+input and never allocates memory in proportion to a number written in a header.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from streamtrk.event import (
+    TRACK_PARAM_DTYPES,
+    Event,
+    Hits,
+    HitTruth,
+    Particles,
+    Tracks,
+    Truth,
+)
+from streamtrk.wire.schema import (
+    ALLOWED_DTYPES,
+    COLUMNS,
+    COMMON_KEYS,
+    DEFAULT_LIMITS,
+    KIND_KEYS,
+    MAX_INT,
+    SCHEMA,
+    STATUSES,
+    SUPPORTED_VERSIONS,
+    VERSION,
+    Limits,
+    WireError,
+)
+
+OutFrame = bytes | memoryview
+Frames = Iterable[Any]  # bytes, bytearray, memoryview, zmq.Frame or other buffers
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _host(a: Any) -> Any:
+    """Host copy of a CuPy array; anything else unchanged."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
+
+
+def _frames(
+    kind: str, run: int, event: int, t_send_ns: int | None, cols: dict[str, Any], **extra: Any
+) -> list[OutFrame]:
+    spec = COLUMNS[kind]
+    arrays = [np.ascontiguousarray(_host(cols[name]), dtype=dt) for name, dt in spec.items()]
+    header = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "kind": kind,
+        "run": int(run),
+        "event": int(event),
+        "t_send_ns": time.time_ns() if t_send_ns is None else int(t_send_ns),
+        "columns": [[n, dt, len(a)] for (n, dt), a in zip(spec.items(), arrays, strict=True)],
+        **extra,
+    }
+    head: bytes = msgpack.packb(header, use_bin_type=True)
+    return [head, *(memoryview(a.view(np.uint8)) for a in arrays)]
+
+
+def encode_hits(
+    event: Event, *, t_send_ns: int | None = None, deadline_ms: float | None = None
+) -> list[OutFrame]:
+    """Frames of a ``hits`` message; ``t_send_ns`` defaults to now."""
+    extra = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
+    return _frames("hits", event.run, event.event, t_send_ns, event.hits.columns(), **extra)
+
+
+def encode_truth(
+    run: int, event: int, truth: Truth, *, t_send_ns: int | None = None
+) -> list[OutFrame]:
+    """Frames of a ``truth`` message (per-hit and per-particle truth of one event)."""
+    cols = {f"hit.{k}": v for k, v in truth.hits.columns().items()}
+    cols |= {f"particle.{k}": v for k, v in truth.particles.columns().items()}
+    return _frames("truth", run, event, t_send_ns, cols)
+
+
+def encode_tracks(
+    run: int,
+    event: int,
+    hit_ids: Any,
+    tracks: Tracks | None,
+    *,
+    status: str = "ok",
+    reason: str = "",
+    timings: dict[str, float] | None = None,
+    t_send_ns: int | None = None,
+) -> list[OutFrame]:
+    """Frames of a ``tracks`` reply.
+
+    ``tracks.hit_index`` indexes ``hit_ids`` (the event's hit ids); the message carries the
+    hit ids themselves. ``tracks=None`` means no tracks, as an error reply requires.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {sorted(STATUSES)}, got {status!r}")
+    if (status == "ok") == bool(reason):
+        raise ValueError("reason must be empty for status 'ok' and non-empty for 'error'")
+    tracks = Tracks.empty() if tracks is None else tracks
+    if status == "error" and len(tracks):
+        raise ValueError("an error reply carries no tracks")
+    missing = TRACK_PARAM_DTYPES.keys() - tracks.params.keys()
+    if missing:
+        raise ValueError(f"tracks.params lacks {sorted(missing)}")
+    hit_id = np.asarray(_host(hit_ids))[np.asarray(_host(tracks.hit_index), dtype=np.int64)]
+    cols = {"offsets": tracks.offsets, "hit_id": hit_id, **tracks.params}
+    times = {str(k): float(v) for k, v in (timings or {}).items()}
+    return _frames(
+        "tracks", run, event, t_send_ns, cols, status=status, reason=reason, timings=times
+    )
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, eq=False)
+class TrackReply:
+    """The daemon's answer for one event: status, stage timings, and CSR track lists."""
+
+    run: int
+    event: int
+    status: str
+    reason: str
+    timings: dict[str, float]
+    offsets: np.ndarray
+    hit_id: np.ndarray
+    params: dict[str, np.ndarray]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def to_tracks(self, hit_ids: np.ndarray) -> Tracks:
+        """Tracks with ``hit_index`` into ``hit_ids`` (the event's hit ids, all unique)."""
+        hit_ids = np.asarray(hit_ids)
+        order = np.argsort(hit_ids, kind="stable")
+        pos = np.searchsorted(hit_ids[order], self.hit_id)
+        found = pos < len(hit_ids)
+        found[found] = hit_ids[order[pos[found]]] == self.hit_id[found]
+        if not found.all():
+            raise ValueError(f"reply references {int((~found).sum())} hit ids not in the event")
+        return Tracks(offsets=self.offsets, hit_index=order[pos], params=dict(self.params))
+
+
+@dataclass(frozen=True, eq=False)
+class Message:
+    """A validated message: header fields plus zero-copy column views."""
+
+    kind: str
+    run: int
+    event: int
+    t_send_ns: int
+    header: dict[str, Any]
+    columns: dict[str, np.ndarray]
+
+    @property
+    def version(self) -> int:
+        return int(self.header["version"])
+
+    @property
+    def deadline_ms(self) -> float | None:
+        """Per-event deadline override of a ``hits`` message, if any."""
+        d = self.header.get("deadline_ms")
+        return None if d is None else float(d)
+
+    def _expect(self, kind: str) -> None:
+        if self.kind != kind:
+            raise WireError("bad_kind", f"expected a {kind!r} message, got {self.kind!r}")
+
+    def to_event(self) -> Event:
+        """The :class:`Event` of a ``hits`` message (no truth)."""
+        self._expect("hits")
+        return Event(self.run, self.event, Hits(**self.columns))
+
+    def to_truth(self) -> Truth:
+        """The :class:`Truth` of a ``truth`` message."""
+        self._expect("truth")
+        hits = {k[4:]: v for k, v in self.columns.items() if k.startswith("hit.")}
+        parts = {k[9:]: v for k, v in self.columns.items() if k.startswith("particle.")}
+        return Truth(hits=HitTruth(**hits), particles=Particles(**parts))
+
+    def to_reply(self) -> TrackReply:
+        """The :class:`TrackReply` of a ``tracks`` message."""
+        self._expect("tracks")
+        h, c = self.header, self.columns
+        params = {k: c[k] for k in TRACK_PARAM_DTYPES}
+        return TrackReply(
+            self.run,
+            self.event,
+            h["status"],
+            h["reason"],
+            dict(h["timings"]),
+            c["offsets"],
+            c["hit_id"],
+            params,
+        )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _short(x: Any, n: int = 80) -> str:
+    r = repr(x)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    """A finite int or float (not bool)."""
+    return _is_int(x) or (isinstance(x, float) and math.isfinite(x))
+
+
+def frame_view(frame: Any) -> memoryview:
+    """Flat unsigned-byte view of one frame (bytes, memoryview, zmq.Frame, any buffer)."""
+    try:
+        if not isinstance(frame, bytes | bytearray | memoryview) and hasattr(frame, "buffer"):
+            frame = frame.buffer
+        view = memoryview(frame)
+        if not view.c_contiguous:
+            raise BufferError("not C-contiguous")
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    except Exception as e:
+        raise WireError(
+            "bad_frame", f"a {type(frame).__name__} frame is not a contiguous byte buffer"
+        ) from e
+
+
+def _frame_list(frames: Frames, limits: Limits) -> list[Any]:
+    try:
+        out = list(itertools.islice(frames, limits.max_columns + 2))
+    except Exception as e:
+        raise WireError("bad_frame", "frames must be an iterable of buffers") from e
+    if not out or len(out) > limits.max_columns + 1:
+        raise WireError("frame_count", f"expected 1 to {limits.max_columns + 1} frames")
+    return out
+
+
+def _unpack_header(view: memoryview, limits: Limits) -> Any:
+    if view.nbytes > limits.max_header_bytes:
+        raise WireError(
+            "header_too_large", f"header is {view.nbytes} bytes, limit {limits.max_header_bytes}"
+        )
+    try:
+        return msgpack.unpackb(
+            view,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_header_bytes,
+            max_bin_len=limits.max_header_bytes,
+            max_array_len=max(limits.max_columns, 3),
+            max_map_len=limits.max_map_entries,
+            max_ext_len=0,
+        )
+    except Exception as e:
+        # Well-formed msgpack over the size limits, or with a non-string map key.
+        if any(s in str(e) for s in ("exceeds max_", "not allowed for map key")):
+            raise WireError("bad_header", f"header not acceptable: {e}") from e
+        raise WireError("not_msgpack", f"frame 0 is not one msgpack object ({e})") from e
+
+
+def _check_envelope(header: Any) -> str:
+    """Check the fields common to all kinds; return the kind."""
+    if not isinstance(header, dict):
+        raise WireError("bad_header", f"header must be a map, got {type(header).__name__}")
+    if header.get("schema") != SCHEMA:
+        raise WireError(
+            "bad_schema", f"schema must be {SCHEMA!r}, got {_short(header.get('schema'))}"
+        )
+    version = header.get("version")
+    if not (_is_int(version) and version in SUPPORTED_VERSIONS):
+        raise WireError(
+            "bad_version",
+            f"version {_short(version)} not supported (supported: {sorted(SUPPORTED_VERSIONS)})",
+        )
+    kind = header.get("kind")
+    if not (isinstance(kind, str) and kind in COLUMNS):
+        raise WireError("bad_kind", f"unknown kind {_short(kind)}")
+    required, optional = KIND_KEYS[kind]
+    missing = (COMMON_KEYS | required) - header.keys()
+    unknown = header.keys() - COMMON_KEYS - required - optional
+    if missing or unknown:
+        raise WireError(
+            "bad_header",
+            f"{kind} header lacks {sorted(missing)}, "
+            f"has unknown keys {_short(sorted(map(repr, unknown)))}",
+        )
+    for key in ("run", "event", "t_send_ns"):
+        if not (_is_int(header[key]) and 0 <= header[key] < MAX_INT):
+            raise WireError(
+                "bad_header", f"{key} must be an int in [0, 2**63), got {_short(header[key])}"
+            )
+    return kind
+
+
+def _column_specs(header: dict[str, Any], kind: str) -> dict[str, tuple[str, int]]:
+    cols = header["columns"]
+    if not isinstance(cols, list):
+        raise WireError("bad_header", "columns must be a list of [name, dtype, length]")
+    for i, c in enumerate(cols):
+        if not (
+            isinstance(c, list)
+            and len(c) == 3
+            and isinstance(c[0], str)
+            and isinstance(c[1], str)
+            and _is_int(c[2])
+        ):
+            raise WireError(
+                "bad_header", f"columns[{i}] must be [name, dtype, length], got {_short(c)}"
+            )
+    expected = COLUMNS[kind]
+    names = [c[0] for c in cols]
+    if names != list(expected):
+        raise WireError(
+            "bad_column", f"{kind} columns must be {list(expected)}, got {_short(names, 200)}"
+        )
+    for name, dt, n in cols:
+        if dt not in ALLOWED_DTYPES:
+            raise WireError(
+                "bad_dtype",
+                f"column {name!r}: {_short(dt)} is not an allowed little-endian numeric dtype",
+            )
+        if dt != expected[name]:
+            raise WireError("bad_dtype", f"column {name!r} must be {expected[name]}, got {dt}")
+        if not 0 <= n < MAX_INT:
+            raise WireError("bad_column", f"column {name!r} length {n} out of range")
+    return {name: (dt, n) for name, dt, n in cols}
+
+
+def _common_length(specs: dict[str, tuple[str, int]], names: Iterable[str], what: str) -> int:
+    lengths = {specs[k][1] for k in names}
+    if len(lengths) != 1:
+        raise WireError("bad_column", f"{what} columns have different lengths {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _check_lengths(kind: str, specs: dict[str, tuple[str, int]], limits: Limits) -> None:
+    """Row-count consistency and limits, from the header alone."""
+
+    def limit(n: int, most: int, what: str) -> None:
+        if n > most:
+            raise WireError(f"too_many_{what}", f"{n} {what}, limit {most}")
+
+    if kind == "hits":
+        limit(_common_length(specs, specs, "hit"), limits.max_hits, "hits")
+    elif kind == "truth":
+        hits = _common_length(specs, (k for k in specs if k.startswith("hit.")), "hit truth")
+        limit(hits, limits.max_hits, "hits")
+        parts = _common_length(specs, (k for k in specs if k.startswith("particle.")), "particle")
+        limit(parts, limits.max_particles, "particles")
+    else:
+        n_off = specs["offsets"][1]
+        if n_off < 1:
+            raise WireError("bad_offsets", "offsets must have n_tracks + 1 >= 1 entries")
+        n_tracks = _common_length(specs, TRACK_PARAM_DTYPES, "track parameter")
+        if n_tracks != n_off - 1:
+            raise WireError("bad_column", f"{n_tracks} track parameters for {n_off - 1} tracks")
+        limit(n_tracks, limits.max_tracks, "tracks")
+        limit(specs["hit_id"][1], limits.max_hits, "hits")
+
+
+def _arrays(frames: list[Any], specs: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+    if len(frames) != 1 + len(specs):
+        raise WireError(
+            "frame_count", f"{len(frames)} frames for {len(specs)} columns (expected 1 + columns)"
+        )
+    out = {}
+    for (name, (dt, n)), frame in zip(specs.items(), frames[1:], strict=True):
+        view = frame_view(frame)
+        want = n * np.dtype(dt).itemsize
+        if view.nbytes != want:
+            raise WireError(
+                "buffer_length",
+                f"column {name!r}: frame has {view.nbytes} bytes, {n} x {dt} needs {want}",
+            )
+        out[name] = np.frombuffer(view, dtype=dt)
+    return out
+
+
+def _nonneg(cols: dict[str, np.ndarray], names: Iterable[str]) -> None:
+    for k in names:
+        if cols[k].size and cols[k].min() < 0:
+            raise WireError("id_range", f"column {k!r} has negative values")
+
+
+def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    if "deadline_ms" in header:
+        d = header["deadline_ms"]
+        if not (_is_number(d) and d > 0):
+            raise WireError("bad_header", f"deadline_ms must be a positive number, got {_short(d)}")
+    for k in ("x", "y", "z"):
+        if not np.isfinite(cols[k]).all():
+            raise WireError("non_finite", f"column {k!r} has NaN or infinite values")
+    _nonneg(cols, ("hit_id", "volume_id", "layer_id", "module_id"))
+    ids = cols["hit_id"]
+    if (ids[1:] > ids[:-1]).all():  # ascending ids (the usual case) need no sort
+        return
+    ids = np.sort(ids)
+    if (ids[1:] == ids[:-1]).any():
+        raise WireError("duplicate_hit_id", "hit_id values are not unique")
+
+
+def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    _nonneg(cols, ("hit.particle_id", "particle.particle_id"))
+
+
+def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    status, reason, timings = header["status"], header["reason"], header["timings"]
+    if not (isinstance(status, str) and status in STATUSES):
+        raise WireError("bad_header", f"status must be 'ok' or 'error', got {_short(status)}")
+    if not isinstance(reason, str) or (status == "ok") == bool(reason):
+        raise WireError("bad_header", "reason must be '' when ok and a non-empty str on error")
+    if not (
+        isinstance(timings, dict)
+        and all(isinstance(k, str) and _is_number(v) and v >= 0 for k, v in timings.items())
+    ):
+        raise WireError("bad_header", "timings must map stage names to seconds >= 0")
+    off, hit_id = cols["offsets"], cols["hit_id"]
+    if off[0] != 0 or off[-1] != len(hit_id) or (off[1:] < off[:-1]).any():
+        raise WireError("bad_offsets", f"offsets must rise monotonically from 0 to {len(hit_id)}")
+    if status == "error" and len(off) > 1:
+        raise WireError("bad_header", "an error reply must carry zero tracks")
+    _nonneg(cols, ("hit_id",))
+
+
+_CHECKS = {"hits": _check_hits, "truth": _check_truth, "tracks": _check_tracks}
+
+
+def decode(frames: Frames, *, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate and decode one multipart message; raise :class:`WireError` if malformed."""
+    frames = _frame_list(frames, limits)
+    header = _unpack_header(frame_view(frames[0]), limits)
+    kind = _check_envelope(header)
+    specs = _column_specs(header, kind)
+    _check_lengths(kind, specs, limits)
+    cols = _arrays(frames, specs)
+    _CHECKS[kind](header, cols)
+    return Message(kind, header["run"], header["event"], header["t_send_ns"], header, cols)
+
+
+def peek_header(frames: Frames) -> dict[str, Any] | None:
+    """The unvalidated header map of a message, or None; never raises."""
+    try:
+        header = _unpack_header(frame_view(next(iter(frames))), DEFAULT_LIMITS)
+    except Exception:
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def peek_identity(frames: Frames) -> tuple[int, int] | None:
+    """Best-effort ``(run, event)`` of a possibly invalid message, or None; never raises."""
+    header = peek_header(frames)
+    if header is None:
+        return None
+    run, event = header.get("run"), header.get("event")
+    if _is_int(run) and _is_int(event) and 0 <= run < MAX_INT and 0 <= event < MAX_INT:
+        return run, event
+    return None

@@ -1,0 +1,96 @@
+"""Wire schema v1: header keys, column layouts per message kind, limits, and errors.
+
+See ``docs/wire-protocol.md`` for the full specification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamtrk.event import HIT_DTYPES, HIT_TRUTH_DTYPES, PARTICLE_DTYPES, TRACK_PARAM_DTYPES
+
+SCHEMA = "streamtrk"
+VERSION = 1
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({VERSION})
+
+#: Little-endian numeric dtypes a column may declare (``numpy.dtype(...).str`` spelling).
+ALLOWED_DTYPES: frozenset[str] = frozenset(
+    {"|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"}
+)
+
+#: Column name -> dtype, in wire order, per message kind.
+COLUMNS: dict[str, dict[str, str]] = {
+    "hits": dict(HIT_DTYPES),
+    "tracks": {"offsets": "<i8", "hit_id": "<i8", **TRACK_PARAM_DTYPES},
+    "truth": {
+        **{f"hit.{k}": v for k, v in HIT_TRUTH_DTYPES.items()},
+        **{f"particle.{k}": v for k, v in PARTICLE_DTYPES.items()},
+    },
+}
+KINDS: tuple[str, ...] = tuple(COLUMNS)
+
+#: Header keys every message carries.
+COMMON_KEYS: frozenset[str] = frozenset(
+    {"schema", "version", "kind", "run", "event", "t_send_ns", "columns"}
+)
+#: Extra header keys per kind: (required, optional).
+KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "hits": (frozenset(), frozenset({"deadline_ms"})),
+    "tracks": (frozenset({"status", "reason", "timings"}), frozenset()),
+    "truth": (frozenset(), frozenset()),
+}
+STATUSES: frozenset[str] = frozenset({"ok", "error"})
+
+#: Exclusive upper bound of run, event, t_send_ns and column lengths.
+MAX_INT = 2**63
+
+#: Machine-readable :class:`WireError` reasons.
+REASONS: frozenset[str] = frozenset(
+    {
+        "bad_frame",  # a frame is not a contiguous byte buffer, or frames is not a sequence
+        "frame_count",  # no frames, or not 1 + number of declared columns
+        "header_too_large",  # frame 0 exceeds Limits.max_header_bytes
+        "not_msgpack",  # frame 0 is not exactly one msgpack object
+        "bad_header",  # not a map; missing, unknown or ill-typed field; array/map too long
+        "bad_schema",  # header "schema" is not "streamtrk"
+        "bad_version",  # header "version" is not a supported version
+        "bad_kind",  # header "kind" unknown (or wrong kind for a conversion)
+        "bad_column",  # column names/order wrong, or inconsistent row counts
+        "bad_dtype",  # dtype not allowed or not the schema's dtype for that column
+        "buffer_length",  # frame byte length != declared length * itemsize
+        "too_many_hits",  # more hits (or track hit entries) than Limits.max_hits
+        "too_many_tracks",  # more tracks than Limits.max_tracks
+        "too_many_particles",  # more truth particles than Limits.max_particles
+        "non_finite",  # NaN or infinity in hit coordinates
+        "id_range",  # negative hit, detector or particle id
+        "duplicate_hit_id",  # the same hit_id twice in one hits message
+        "bad_offsets",  # track offsets not monotone from 0 to len(hit_id)
+    }
+)
+
+
+class WireError(ValueError):
+    """A message violates the wire schema; ``reason`` is a code from :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits the decoder enforces before touching column data.
+
+    ``max_columns`` bounds the frame count and every header array, ``max_map_entries`` every
+    header map (such as ``timings``); ``max_hits`` also bounds a reply's ``hit_id`` column.
+    """
+
+    max_header_bytes: int = 64 * 1024
+    max_hits: int = 1_000_000
+    max_columns: int = 64
+    max_tracks: int = 200_000
+    max_particles: int = 1_000_000
+    max_map_entries: int = 64
+
+
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,148 @@
+"""TrackML score, track matching and physics metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrk.eval.score import match_tracks, physics_metrics, trackml_score
+from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
+from streamtrk.io.trackml import read_event
+from streamtrk.sim.weights import hit_weights
+
+
+def _many_particles(seed: int = 0, n_particles: int = 3000):
+    """Per-hit particle ids (with noise) and official weights of a large random event."""
+    rng = np.random.default_rng(seed)
+    nhits = rng.integers(4, 16, n_particles)
+    pid = np.r_[np.repeat(np.arange(1, n_particles + 1), nhits), np.zeros(2000, np.int64)]
+    pt = np.r_[np.repeat(rng.uniform(0.1, 5.0, n_particles), nhits), np.zeros(2000)]
+    return pid, hit_weights(pid, rng.uniform(0, 1000, len(pid)), pt)
+
+
+def test_perfect_and_empty_submissions():
+    pid, weight = _many_particles()
+    assert trackml_score(pid, weight, pid) == pytest.approx(1.0)
+    assert trackml_score(pid, weight, np.zeros_like(pid)) == 0.0
+    noise_as_tracks = np.where(pid == 0, np.arange(len(pid)) + 10**6, pid)
+    assert trackml_score(pid, weight, noise_as_tracks) == pytest.approx(1.0)
+
+
+def test_random_reassignment_scores_about_095():
+    pid, weight = _many_particles(seed=1)
+    rng = np.random.default_rng(1)
+    track = pid.copy()
+    moved = rng.random(len(pid)) < 0.05
+    track[moved] = rng.integers(1, pid.max() + 1, moved.sum())
+    assert trackml_score(pid, weight, track) == pytest.approx(0.95, abs=0.02)
+
+
+def test_hand_computed_score():
+    # particle:  1  1  1  1  2  2  2  3  3  0
+    pid = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 0])
+    weight = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.15, 0.15, 0.0])
+    # track 5: 1,1,1 + 2 -> majority 1 (3/4 track, 3/4 particle): good, 0.3
+    # track 6: 1 + 2,2   -> majority 2 (2/3 track, 2/3 particle): good, 0.2
+    # track 7: 3 + 0     -> tie 1-1, majority 0 (smallest id): 1/2 of the track, not good
+    # one hit of particle 3 unassigned
+    track = np.array([5, 5, 5, 6, 5, 6, 6, 7, 0, 7])
+    assert trackml_score(pid, weight, track) == pytest.approx(0.5)
+    m = match_tracks(track, pid)
+    assert m.track_id.tolist() == [5, 6, 7]
+    assert m.size.tolist() == [4, 3, 2]
+    assert m.particle_id.tolist() == [1, 2, 0]
+    assert m.majority_hits.tolist() == [3, 2, 1]
+    assert m.particle_hits.tolist() == [4, 3, 1]
+    assert m.pure.tolist() == [True, True, False]
+    assert m.matched.tolist() == [True, True, False]
+
+
+def test_tie_goes_to_smallest_particle_and_strict_half():
+    pid = np.array([9, 9, 4, 4, 4, 4])
+    weight = np.full(6, 1 / 6)
+    track = np.array([1, 1, 1, 1, 2, 2])
+    m = match_tracks(track, pid)
+    assert m.particle_id.tolist() == [4, 4]
+    assert not m.pure[0]  # 2 of 4 is not > 50%
+    assert not m.matched[1]  # holds 2 of particle 4's 4 hits: not > 50%
+    assert trackml_score(pid, weight, track) == 0.0
+
+
+def test_zero_total_weight_is_nan():
+    assert np.isnan(trackml_score(np.array([1, 1]), np.zeros(2), np.array([1, 1])))
+
+
+def _metrics_event(hit_pid: list[int], particles: dict[int, tuple[float, float, int]]) -> Event:
+    """An event with the given per-hit particle ids; particles: id -> (pT, vertex r, nhits)."""
+    n = len(hit_pid)
+    z = np.zeros(n, np.float32)
+    ints = np.zeros(n, np.int32)
+    ids = np.array(list(particles), dtype=np.int64)
+    pt, vr, nh = (np.array(v) for v in zip(*particles.values(), strict=True))
+    zp = np.zeros(len(ids), np.float32)
+    return Event(
+        run=0,
+        event=1,
+        hits=Hits(np.arange(n, dtype=np.int64), z, z, z, ints, ints, ints),
+        truth=Truth(
+            HitTruth(np.array(hit_pid, np.int64), z, z, z, z, z, z, z, ints),
+            Particles(
+                ids,
+                vr.astype(np.float32),
+                zp,
+                zp,
+                pt.astype(np.float32),
+                zp,
+                zp,
+                np.ones(len(ids), np.int32),
+                nh.astype(np.int32),
+            ),
+        ),
+    )
+
+
+def test_physics_metrics():
+    # particle 1: 6 hits, reconstructed twice (one duplicate)
+    # particle 2: 5 hits, not found (track is fake: no > 50% majority)
+    # particle 3: 5 hits, displaced (vr 50 mm): counts only in tracking_efficiency_all
+    # particle 4: 0.5 GeV, not reconstructable; particle 5: only 4 hits here (10 in the file)
+    hit_pid = [1] * 6 + [2] * 5 + [3] * 5 + [4] * 5 + [5] * 4 + [0] * 3
+    particles = {
+        1: (2.0, 0.0, 6),
+        2: (2.0, 1.0, 5),
+        3: (2.0, 50.0, 5),
+        4: (0.5, 0.0, 5),
+        5: (2.0, 0.0, 10),
+        6: (2.0, 0.0, 8),  # no hits in this event
+    }
+    track = np.zeros(len(hit_pid), np.int64)
+    track[[0, 1, 2, 3]] = 1  # particle 1, 4 of 6 hits: reconstructed
+    track[[4, 5]] = 2  # particle 1 again: duplicate
+    track[[6, 7, 25]] = 3  # particle 2 x2 + noise: 2/3 pure, 2/5 of particle: not matched
+    track[[8, 9, 16, 17]] = 4  # 2 + 2: no majority above 50%: fake
+    track[[11, 12, 13]] = 5  # particle 3: reconstructed
+    track[[26, 27]] = 6  # noise: fake
+    metrics = physics_metrics(_metrics_event(hit_pid, particles), track)
+    assert metrics["n_reconstructable"] == 2  # particles 1 and 2
+    assert metrics["n_reconstructable_all"] == 3  # + particle 3
+    assert metrics["tracking_efficiency"] == pytest.approx(1 / 2)
+    assert metrics["tracking_efficiency_all"] == pytest.approx(2 / 3)
+    assert metrics["n_tracks"] == 6
+    assert metrics["fake_rate"] == pytest.approx(2 / 6)
+    assert metrics["duplicate_rate"] == pytest.approx(1 / 4)  # pure: tracks 1, 2, 3, 5
+
+
+def test_physics_metrics_empty_tracks():
+    metrics = physics_metrics(_metrics_event([1] * 5, {1: (2.0, 0.0, 5)}), np.zeros(5))
+    assert metrics["tracking_efficiency"] == 0.0 and metrics["n_tracks"] == 0
+    assert np.isnan(metrics["fake_rate"]) and np.isnan(metrics["duplicate_rate"])
+
+
+@pytest.mark.realdata
+def test_real_perfect_submission(shared_trackml):
+    event = read_event(shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000")
+    pid = event.truth.hits.particle_id
+    assert trackml_score(pid, event.truth.hits.weight, pid) == pytest.approx(1.0, abs=1e-6)
+    metrics = physics_metrics(event, pid)
+    assert metrics["tracking_efficiency"] == 1.0 and metrics["fake_rate"] == 0.0
+    assert metrics["duplicate_rate"] == 0.0

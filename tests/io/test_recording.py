@@ -1,0 +1,262 @@
+"""Recording files: round trip, append, streaming, truncation and corruption."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+
+from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
+from streamtrk.io.recording import (
+    MAGIC,
+    RecordingError,
+    RecordingReader,
+    RecordingWriter,
+    iter_events,
+    iter_records,
+    summarize,
+)
+from streamtrk.wire import encode_hits, encode_tracks, encode_truth
+
+
+def make_event(rng: np.random.Generator, n: int, event: int) -> Event:
+    def cols(dtypes: dict[str, str], rows: int) -> dict[str, np.ndarray]:
+        return {k: rng.integers(0, 100, rows).astype(dt) for k, dt in dtypes.items()}
+
+    hits = cols(Hits.DTYPES, n)
+    hits["hit_id"] = np.arange(n, dtype=np.int64)
+    truth = Truth(HitTruth(**cols(HitTruth.DTYPES, n)), Particles(**cols(Particles.DTYPES, 2)))
+    return Event(3, event, Hits(**hits), truth)
+
+
+def write(path: Path, messages: list[list[Any]], mode: Literal["w", "a"] = "w") -> list[int]:
+    with RecordingWriter(path, mode) as w:
+        return [w.write(m) for m in messages]
+
+
+def collect(path: Path) -> tuple[list[tuple[int, list[bytes]]], RecordingError | None]:
+    """Records yielded before the first error, and the error."""
+    out = []
+    try:
+        for rec in iter_records(path):
+            out.append(rec)
+    except RecordingError as e:
+        return out, e
+    return out, None
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(5)
+
+
+@pytest.fixture
+def small(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, list[int], list[list[bytes]]]:
+    """A 3-record file: its path, record offsets, and frames."""
+    ev = make_event(rng, 2, 0)
+    messages = [
+        encode_hits(ev, t_send_ns=1),
+        encode_truth(3, 0, ev.truth, t_send_ns=1),
+        encode_hits(make_event(rng, 1, 1), t_send_ns=1),
+    ]
+    path = tmp_path / "small.stk"
+    return path, write(path, messages), [[bytes(f) for f in m] for m in messages]
+
+
+def test_round_trip_and_replay_byte_identity(tmp_path: Path, rng: np.random.Generator) -> None:
+    events = [make_event(rng, n, i) for i, n in enumerate([0, 5, 50, 7])]
+    messages = []
+    for ev in events:
+        messages += [encode_hits(ev, deadline_ms=2.0), encode_truth(ev.run, ev.event, ev.truth)]
+    path = tmp_path / "r.stk"
+    offsets = write(path, messages)
+    assert path.read_bytes()[:12] == MAGIC + b"\x01\x00\x00\x00"
+    records = list(iter_records(path))
+    assert [off for off, _ in records] == offsets
+    for (_, got), sent in zip(records, messages, strict=True):
+        assert got == [bytes(f) for f in sent]
+    back = list(iter_events(path))
+    assert len(back) == len(events)
+    for a, b in zip(back, events, strict=True):
+        assert (a.run, a.event) == (b.run, b.event)
+        assert a.hits.equals(b.hits)
+        assert a.truth is not None and a.truth.equals(b.truth)
+
+
+def test_events_pairing(tmp_path: Path, rng: np.random.Generator) -> None:
+    e0, e1, e2 = (make_event(rng, 4, i) for i in range(3))
+    path = tmp_path / "p.stk"
+    write(
+        path,
+        [
+            encode_hits(e0),  # no truth
+            encode_hits(e1),
+            encode_tracks(3, 1, e1.hits.hit_id, None),  # skipped; separates e1 from its truth
+            encode_truth(3, 1, e1.truth),  # orphan: skipped
+            encode_hits(e2),
+            encode_truth(3, 0, e0.truth),  # other event: skipped
+        ],
+    )
+    back = list(iter_events(path))
+    assert [(e.event, e.truth) for e in back] == [(0, None), (1, None), (2, None)]
+
+
+def test_append(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = tmp_path / "a.stk"
+    msgs = [encode_hits(make_event(rng, 3, i)) for i in range(3)]
+    first = write(path, msgs[:2], mode="a")  # creates the file
+    appended = write(path, msgs[2:], mode="a")
+    records = list(iter_records(path))
+    assert [o for o, _ in records] == [*first, *appended]
+    assert [r for _, r in records] == [[bytes(f) for f in m] for m in msgs]
+    write(path, msgs[:1])  # "w" truncates
+    assert len(list(iter_records(path))) == 1
+
+
+def test_append_refuses_truncated_or_foreign_file(small: Any) -> None:
+    path, offsets, _ = small
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    with pytest.raises(RecordingError, match=f"cannot append: .*record at offset {offsets[2]}"):
+        RecordingWriter(path, "a")
+    assert path.read_bytes() == data[:-1]
+    path.write_bytes(b"not a recording")
+    with pytest.raises(RecordingError, match="bad magic"):
+        RecordingWriter(path, "a")
+
+
+def test_writer_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        RecordingWriter(tmp_path / "x.stk", "r")  # type: ignore[arg-type]
+    with RecordingWriter(tmp_path / "x.stk") as w, pytest.raises(ValueError, match="1 to 1024"):
+        w.write([])
+
+
+def test_streaming_many_records(tmp_path: Path) -> None:
+    path = tmp_path / "many.stk"
+    n = 20_000
+    with RecordingWriter(path) as w:
+        for i in range(n):
+            w.write([struct.pack("<I", i), b"x" * (i % 64)])
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        count = 0
+        for count, (_, frames) in enumerate(iter_records(path), 1):
+            assert frames == [struct.pack("<I", count - 1), b"x" * ((count - 1) % 64)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    assert peak < size / 10, f"peak {peak} bytes for a {size}-byte file: not streaming"
+
+
+def test_truncation_at_every_byte(small: Any, tmp_path: Path) -> None:
+    path, offsets, frames = small
+    data = path.read_bytes()
+    ends = [*offsets[1:], len(data)]
+    cut = tmp_path / "cut.stk"
+    for p in range(len(data)):
+        cut.write_bytes(data[:p])
+        got, err = collect(cut)
+        if p < 12:
+            assert got == [] and err is not None and "offset 0:" in str(err), p
+            continue
+        k = sum(e <= p for e in ends)
+        assert got == list(zip(offsets[:k], frames[:k], strict=True)), p
+        if p in (12, *ends):
+            assert err is None, p
+        else:
+            assert err is not None and f"record at offset {offsets[k]}:" in str(err), (p, err)
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "match"),
+    [
+        (0, b"X", "bad magic"),
+        (8, b"\x02", "unsupported format version 2"),
+        (10, b"\x01", "reserved field"),
+    ],
+)
+def test_bad_file_header(small: Any, where: int, value: bytes, match: str) -> None:
+    path = small[0]
+    data = bytearray(path.read_bytes())
+    data[where : where + 1] = value
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError, match=match):
+        list(iter_records(path))
+    with pytest.raises(RecordingError, match=match):
+        RecordingReader(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("payload", None, "CRC mismatch"),
+        ("crc", None, "CRC mismatch"),
+        ("count", struct.pack("<I", 5000), "frame count 5000"),
+        ("count", struct.pack("<I", 0), "frame count 0"),
+        ("length", struct.pack("<Q", 2**40), "exceeds"),
+    ],
+)
+def test_corrupt_record(small: Any, field: str, value: bytes | None, match: str) -> None:
+    path, offsets, frames = small
+    data = bytearray(path.read_bytes())
+    at = {"count": 0, "crc": 4, "length": 8, "payload": 20}[field] + offsets[1]
+    if value is None:
+        data[at] ^= 0x40
+    else:
+        data[at : at + len(value)] = value
+    path.write_bytes(bytes(data))
+    got, err = collect(path)
+    assert got == [(offsets[0], frames[0])]
+    assert err is not None and f"record at offset {offsets[1]}:" in str(err)
+    assert match in str(err)
+
+
+def test_iter_events_yields_complete_events_before_error(small: Any) -> None:
+    path, offsets, _ = small
+    path.write_bytes(path.read_bytes()[:-1])
+    events = []
+    with pytest.raises(RecordingError, match=f"offset {offsets[2]}"):
+        for ev in iter_events(path):
+            events.append(ev)
+    assert [(e.event, e.truth is not None) for e in events] == [(0, True)]
+
+
+def test_iter_events_rejects_invalid_message(tmp_path: Path) -> None:
+    path = tmp_path / "bad.stk"
+    write(path, [[b"\xc1"]])
+    with pytest.raises(RecordingError, match="record at offset 12: not_msgpack"):
+        list(iter_events(path))
+
+
+def test_summarize(small: Any, tmp_path: Path) -> None:
+    path = small[0]
+    with RecordingWriter(path, "a") as w:
+        w.write([b"\xc1"])
+    s = summarize(path)
+    assert s == {
+        "path": str(path),
+        "file_bytes": path.stat().st_size,
+        "records": 4,
+        "events": 2,
+        "hits_mean": 1.5,
+        "hits_max": 2,
+        "events_with_truth": 1,
+        "versions": [1],
+        "kinds": {"hits": 2, "truth": 1},
+        "invalid": {"not_msgpack": 1},
+        "error": None,
+    }
+    path.write_bytes(path.read_bytes()[:-1])
+    s = summarize(path)
+    assert (s["records"], s["events"]) == (3, 2)
+    assert "record at offset" in s["error"]
+    empty = tmp_path / "empty.stk"
+    write(empty, [])
+    assert summarize(empty)["events"] == 0

@@ -1,0 +1,308 @@
+"""TrackML CSV reading/writing and submissions."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamtrk.event import Event, Hits, HitTruth, Particles, Tracks, Truth
+from streamtrk.io.trackml import (
+    iter_events,
+    read_event,
+    read_submission,
+    write_event,
+    write_submission,
+)
+from streamtrk.sim.weights import hit_order, hit_weights
+
+
+def synthetic_event(seed: int = 0, n_particles: int = 40, n_noise: int = 25) -> Event:
+    """A random event with truth: large particle ids, one particle without hits, noise."""
+    rng = np.random.default_rng(seed)
+    pids = rng.choice(2**62, n_particles + 1, replace=False).astype(np.int64) + 1
+    nhits = rng.integers(1, 15, n_particles)
+    hit_pid = rng.permutation(np.r_[np.repeat(pids[:-1], nhits), np.zeros(n_noise, np.int64)])
+    n = len(hit_pid)
+
+    def f32(scale: float, size: int = n) -> np.ndarray:
+        return rng.normal(0.0, scale, size).astype(np.float32)
+
+    hits = Hits(
+        hit_id=rng.choice(10 * n, n, replace=False).astype(np.int64) + 1,
+        x=f32(500),
+        y=f32(500),
+        z=f32(1000),
+        volume_id=rng.integers(7, 19, n).astype(np.int32),
+        layer_id=rng.integers(2, 15, n).astype(np.int32),
+        module_id=rng.integers(1, 3000, n).astype(np.int32),
+    )
+    counts = np.array([np.count_nonzero(hit_pid == p) for p in pids], dtype=np.int32)
+    particles = Particles(
+        particle_id=pids,
+        vx=f32(0.1, len(pids)),
+        vy=f32(0.1, len(pids)),
+        vz=f32(50, len(pids)),
+        px=f32(2, len(pids)),
+        py=f32(2, len(pids)),
+        pz=f32(5, len(pids)),
+        q=rng.choice([-1, 1], len(pids)).astype(np.int32),
+        nhits=counts,
+    )
+    tz = f32(1000)
+    lookup = {int(p): i for i, p in enumerate(pids)}
+    idx = np.array([lookup.get(int(p), 0) for p in hit_pid])
+    distance = np.abs(tz - np.where(hit_pid != 0, particles.vz[idx], 0))
+    pt = np.where(hit_pid != 0, particles.pt[idx], 0)
+    truth_hits = HitTruth(
+        particle_id=hit_pid,
+        tx=f32(500),
+        ty=f32(500),
+        tz=tz,
+        tpx=f32(1),
+        tpy=f32(1),
+        tpz=f32(1),
+        weight=hit_weights(hit_pid, distance, pt),
+        hit_order=hit_order(hit_pid, distance),
+    )
+    return Event(run=0, event=42, hits=hits, truth=Truth(truth_hits, particles))
+
+
+def _rewrite_csv(path: Path, transform) -> None:
+    """Rewrite a CSV file through ``transform(header, rows) -> (header, rows)``."""
+    with path.open() as f:
+        header, *rows = list(csv.reader(f))
+    header, rows = transform(header, rows)
+    with path.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header, *rows])
+
+
+def _drop_column(name: str):
+    def transform(header, rows):
+        i = header.index(name)
+        return header[:i] + header[i + 1 :], [r[:i] + r[i + 1 :] for r in rows]
+
+    return transform
+
+
+def test_round_trip(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    assert prefix == tmp_path / "event000000042"
+    back = read_event(prefix)
+    assert (back.run, back.event) == (0, 42)
+    assert back.hits.equals(event.hits)
+    assert back.truth is not None and back.truth.equals(event.truth)
+    assert len(back.truth.particles) == 41  # the particle without hits is kept
+
+
+def test_output_format_and_determinism(tmp_path):
+    event = synthetic_event()
+    for sub in ("a", "b"):
+        write_event(event, tmp_path / sub)
+        write_event(event, tmp_path / sub / "gz", compress=True)
+    headers = {
+        "hits": "hit_id,x,y,z,volume_id,layer_id,module_id",
+        "truth": "hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz,weight",
+        "particles": "particle_id,vx,vy,vz,px,py,pz,q,nhits",
+    }
+    for kind, header in headers.items():
+        for name in (f"event000000042-{kind}.csv", f"gz/event000000042-{kind}.csv.gz"):
+            data = (tmp_path / "a" / name).read_bytes()
+            assert data == (tmp_path / "b" / name).read_bytes()
+        text = (tmp_path / "a" / f"event000000042-{kind}.csv").read_text()
+        assert text.splitlines()[0] == header
+
+
+def test_gzip_round_trip(tmp_path):
+    event = synthetic_event(seed=1)
+    prefix = write_event(event, tmp_path, compress=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "event000000042-hits.csv.gz",
+        "event000000042-particles.csv.gz",
+        "event000000042-truth.csv.gz",
+    ]
+    back = read_event(prefix)
+    assert back.hits.equals(event.hits) and back.truth.equals(event.truth)
+
+
+def test_float32_values_round_trip_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    special = np.array([0.0, -0.0, 1.0, 0.1, 1e-5, 1e-40, 3.4e38, 123456.7, 1e15], np.float32)
+    values = np.r_[special, bits[np.isfinite(bits)]]
+    n = len(values)
+    ints = np.arange(n, dtype=np.int32)
+    hits = Hits(np.arange(n, dtype=np.int64), values, -values, values[::-1], ints, ints, ints)
+    back = read_event(write_event(Event(0, 7, hits), tmp_path))
+    for name in ("x", "y", "z"):
+        assert np.array_equal(
+            getattr(back.hits, name).view(np.uint32), getattr(hits, name).view(np.uint32)
+        )
+    assert back.truth is None
+
+
+def test_columns_by_name_and_missing_column(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+
+    def permute(header, rows):
+        order = [6, 3, 0, 5, 1, 4, 2]
+        return ["extra", *(header[i] for i in order)], [["9", *(r[i] for i in order)] for r in rows]
+
+    _rewrite_csv(hits_path, permute)
+    assert read_event(prefix).hits.equals(event.hits)
+    _rewrite_csv(hits_path, _drop_column("volume_id"))
+    with pytest.raises(ValueError, match=r"event000000042-hits\.csv: missing column 'volume_id'"):
+        read_event(prefix)
+
+
+def test_single_row_and_malformed_row(tmp_path):
+    event = synthetic_event()
+    one = Event(0, 42, event.hits.take(np.array([3])))
+    prefix = write_event(one, tmp_path)
+    assert read_event(prefix).hits.equals(one.hits)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    hits_path.write_text(hits_path.read_text() + "7,1.0,2.0\n")
+    with pytest.raises(ValueError, match=r"event000000042-hits\.csv: "):
+        read_event(prefix)
+
+
+def test_truth_aligned_by_hit_id(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    truth_path = tmp_path / "event000000042-truth.csv"
+    _rewrite_csv(truth_path, lambda h, rows: (h, rows[::-1]))
+    assert read_event(prefix).truth.equals(event.truth)
+    _rewrite_csv(truth_path, lambda h, rows: (h, rows[1:]))
+    with pytest.raises(ValueError, match="no row for hit_id"):
+        read_event(prefix)
+
+
+def test_missing_particles_and_weights(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    _rewrite_csv(tmp_path / "event000000042-truth.csv", _drop_column("weight"))
+    back = read_event(prefix)
+    assert np.allclose(back.truth.hits.weight, event.truth.hits.weight, rtol=1e-6, atol=0)
+
+    (tmp_path / "event000000042-particles.csv").unlink()
+    back = read_event(prefix)
+    particles = back.truth.particles
+    ids = np.unique(event.truth.hits.particle_id)
+    assert np.array_equal(particles.particle_id, ids[ids != 0])
+    assert np.all(np.isnan(particles.vz)) and np.all(particles.q == 0)
+    expected = [np.count_nonzero(event.truth.hits.particle_id == p) for p in ids[ids != 0]]
+    assert np.array_equal(particles.nhits, expected)
+    assert back.truth.hits.weight.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hit_order_hand_built(tmp_path):
+    (tmp_path / "event000000005-hits.csv").write_text(
+        "hit_id,x,y,z,volume_id,layer_id,module_id\n"
+        + "".join(f"{i},0,0,0,8,2,1\n" for i in (10, 11, 12, 13, 14, 15))
+    )
+    # particle 7 has vz = 10: |tz - vz| = 40, 20, 5, 20 (tie: file order); hit 14 is noise
+    (tmp_path / "event000000005-truth.csv").write_text(
+        "hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz,weight\n"
+        "10,7,0,0,50,0,0,1,0\n11,7,0,0,-10,0,0,1,0\n12,7,0,0,15,0,0,1,0\n"
+        "13,7,0,0,30,0,0,1,0\n14,0,0,0,3,0,0,0,0\n15,8,0,0,-2,0,0,1,0\n"
+    )
+    (tmp_path / "event000000005-particles.csv").write_text(
+        "particle_id,vx,vy,vz,px,py,pz,q,nhits\n7,0,0,10,1,0,0,1,4\n8,0,0,0,1,0,0,-1,1\n"
+    )
+    event = read_event(tmp_path / "event000000005", run=3)
+    assert (event.run, event.event) == (3, 5)
+    assert event.truth.hits.hit_order.tolist() == [3, 1, 0, 2, -1, 0]
+
+
+def test_iter_events(tmp_path):
+    for number in (5, 3):
+        event = synthetic_event(seed=number)
+        write_event(Event(0, number, event.hits, event.truth), tmp_path)
+    (tmp_path / "notes.txt").write_text("not an event")
+    assert [e.event for e in iter_events(tmp_path)] == [3, 5]
+    assert [e.event for e in iter_events(tmp_path / "event000000005")] == [5]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError):
+        next(iter_events(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError):
+        read_event(tmp_path / "event000000004")
+
+
+def test_submission(tmp_path):
+    tracks = Tracks(offsets=np.array([0, 2, 3]), hit_index=np.array([4, 0, 2]))
+    labels = tracks.track_id_per_hit(6)
+    hit_id = np.arange(100, 106, dtype=np.int64)
+    path = tmp_path / "submission.csv"
+    write_submission(path, {9: (hit_id[:2], np.array([0, 1])), 2: (hit_id, labels)})
+    assert path.read_text().splitlines() == [
+        "event_id,hit_id,track_id",
+        "2,100,1",
+        "2,101,0",
+        "2,102,2",
+        "2,103,0",
+        "2,104,1",
+        "2,105,0",
+        "9,100,0",
+        "9,101,1",
+    ]
+    back = read_submission(path)
+    assert list(back) == [2, 9]
+    assert np.array_equal(back[2][0], hit_id) and np.array_equal(back[2][1], labels)
+    assert back[9][1].tolist() == [0, 1]
+
+
+# --------------------------------------------------------------------------- real data
+
+REAL_EVENT = "qallse_ez-0.5_hpt-1.0/event000001000"
+
+
+def _parse_float32(path: Path, names: list[str]) -> dict[int, np.ndarray]:
+    """hit_id -> float32 parse of ``names`` columns, with Python's csv and float()."""
+    with path.open() as f:
+        return {
+            int(row["hit_id"]): np.array([float(row[n]) for n in names], dtype=np.float32)
+            for row in csv.DictReader(f)
+        }
+
+
+@pytest.mark.realdata
+def test_real_event_values(shared_trackml):
+    prefix = shared_trackml / REAL_EVENT
+    event = read_event(prefix)
+    assert len(event.hits) == 27_543 and event.event == 1000
+    assert len(event.truth.particles) == 4_093
+
+    hit_vals = _parse_float32(prefix.with_name(prefix.name + "-hits.csv"), ["x", "y", "z"])
+    expected = np.array([hit_vals[h] for h in event.hits.hit_id.tolist()])
+    got = np.stack([event.hits.x, event.hits.y, event.hits.z], axis=1)
+    assert np.array_equal(got, expected)
+
+    names = ["particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight"]
+    with prefix.with_name(prefix.name + "-truth.csv").open() as f:
+        rows = {int(r["hit_id"]): r for r in csv.DictReader(f)}
+    truth = event.truth.hits
+    for i, h in enumerate(event.hits.hit_id.tolist()):
+        row = rows[h]
+        assert truth.particle_id[i] == int(row["particle_id"])
+        for n in names[1:]:
+            assert getattr(truth, n)[i] == np.float32(float(row[n]))
+    assert truth.weight.sum() == pytest.approx(1.0, abs=1e-4)
+    assert np.all((truth.hit_order >= 0) == (truth.particle_id != 0))
+
+
+@pytest.mark.realdata
+def test_real_event_round_trip(shared_trackml, tmp_path):
+    event = read_event(shared_trackml / REAL_EVENT)
+    back = read_event(write_event(event, tmp_path))
+    assert back.hits.equals(event.hits) and back.truth.equals(event.truth)
+
+
+@pytest.mark.realdata
+def test_real_event_without_truth(shared_trackml):
+    event = read_event(shared_trackml / "qallse_ez-1.0_hpt-1.0_no_truth" / "event000001000")
+    assert len(event.hits) == 55_446 and event.truth is None

@@ -1,0 +1,122 @@
+"""Simulator: determinism, truth consistency, geometry, propagation and scattering physics."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from streamtrk.detector import BARREL, load_detector
+from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig
+from streamtrk.sim.propagate import _highland, propagate
+from streamtrk.sim.simulate import SimConfig, simulate, simulate_event
+
+DET = load_detector()
+SMALL = SimConfig(generator=GeneratorConfig(mu=10))
+
+
+def _one(pt: float, eta: float, phi: float, q: int, n: int = 1) -> GeneratedParticles:
+    mom = np.tile([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], (n, 1))
+    return GeneratedParticles(np.zeros((n, 3)), mom, np.full(n, q, np.int32), np.ones(n, bool))
+
+
+def test_same_seed_same_events_different_seed_differs():
+    a = list(simulate(DET, SMALL, seed=5, n_events=2))
+    b = list(simulate(DET, SMALL, seed=5, n_events=2))
+    c = list(simulate(DET, SMALL, seed=6, n_events=1))
+    for x, y in zip(a, b, strict=True):
+        assert x.hits.equals(y.hits) and x.truth.equals(y.truth)
+    assert not a[0].hits.equals(c[0].hits)
+
+
+def test_event_streams_do_not_depend_on_run_length():
+    short = list(simulate(DET, SMALL, seed=9, n_events=1))
+    long = list(simulate(DET, SMALL, seed=9, n_events=3))
+    assert short[0].hits.equals(long[0].hits)
+
+
+def test_truth_is_consistent():
+    ev = simulate_event(DET, SMALL, np.random.default_rng(3))
+    h, t = ev.hits, ev.truth
+    assert len(h) > 1000 and np.array_equal(h.hit_id, np.arange(1, len(h) + 1))
+    pid = t.hits.particle_id
+    # nhits per particle equals the hits in the event; hit order is 0..n-1 per particle.
+    counts = np.bincount(pid, minlength=len(t.particles) + 1)[1:]
+    assert np.array_equal(counts, t.particles.nhits)
+    sig = pid > 0
+    o = np.lexsort((t.hits.hit_order[sig], pid[sig]))
+    p_sorted, ord_sorted = pid[sig][o], t.hits.hit_order[sig][o]
+    first = np.searchsorted(p_sorted, p_sorted)
+    assert np.array_equal(ord_sorted, np.arange(len(p_sorted)) - first)
+    assert np.all(t.hits.hit_order[~sig] == -1)
+    assert t.hits.weight.sum() == pytest.approx(1.0, rel=1e-4)
+    assert np.all(t.hits.weight[~sig] == 0)
+    # Hits sorted by volume, layer, module as in TrackML files.
+    key = (h.volume_id.astype(np.int64) * 100 + h.layer_id) * 100_000 + h.module_id
+    assert np.all(np.diff(key) >= 0)
+
+
+def test_hits_lie_on_their_surfaces_with_valid_modules():
+    ev = simulate_event(DET, SMALL, np.random.default_rng(4))
+    h = ev.hits
+    layer = DET.layer_index(h.volume_id, h.layer_id)
+    assert np.all(layer >= 0)
+    barrel = DET.kind[layer] == BARREL
+    r = np.hypot(h.x, h.y)
+    assert np.allclose(r[barrel], DET.r[layer[barrel]], atol=1e-3)
+    assert np.all(np.abs(h.z[barrel]) <= DET.half_length[layer[barrel]] + 15)
+    assert np.allclose(h.z[~barrel], DET.z[layer[~barrel]], atol=1e-3)
+    assert np.all((h.module_id >= 1) & (h.module_id <= DET.n_modules[layer]))
+    assert set(np.unique(h.volume_id)) == {7, 8, 9, 12, 13, 14, 16, 17, 18}
+
+
+def test_noise_fraction_follows_setting():
+    cfg = replace(SMALL, noise_fraction=0.3)
+    ev = simulate_event(DET, cfg, np.random.default_rng(5))
+    assert (ev.truth.hits.particle_id == 0).mean() == pytest.approx(0.3, abs=0.03)
+    quiet = simulate_event(DET, replace(SMALL, noise_fraction=0.0), np.random.default_rng(5))
+    assert np.all(quiet.truth.hits.particle_id > 0)
+
+
+@pytest.mark.parametrize("q", [1, -1])
+def test_helix_crossings_match_analytic_circle(q):
+    det = replace(DET, x0=np.full(len(DET), 1e-12))  # no scattering
+    pt, phi0 = 1.0, 0.3
+    c = propagate(det, _one(pt, 0.1, phi0, q), np.random.default_rng(0))
+    barrel = det.kind[c.layer] == BARREL
+    assert barrel.sum() == 10
+    x, y = c.position[barrel, 0], c.position[barrel, 1]
+    rho = np.hypot(x, y)
+    R = pt / (0.0003 * det.bfield)
+    # A track from the origin reaches radius rho at phi0 - q * asin(rho / 2R) in +B_z.
+    expect = phi0 - q * np.arcsin(rho / (2 * R))
+    assert np.allclose(np.arctan2(y, x), expect, atol=1e-9)
+    assert np.allclose(c.position[barrel, 2], R * 2 * np.arcsin(rho / (2 * R)) * np.sinh(0.1))
+    assert np.array_equal(c.order, np.arange(len(c.order)))
+
+
+def test_loopers_are_bounded_by_turns():
+    p = _one(0.3, 0.05, 0.0, 1)
+    half = propagate(DET, p, np.random.default_rng(0), max_turns=0.5)
+    more = propagate(DET, p, np.random.default_rng(0), max_turns=3.0)
+    assert 0 < len(half.layer) < len(more.layer)
+    # Outgoing half turn: each layer the circle reaches is crossed once.
+    assert len(np.unique(half.layer)) == len(half.layer)
+
+
+def test_multiple_scattering_width_follows_highland():
+    det = replace(DET, x0=np.where(np.arange(len(DET)) == 0, 0.05, 1e-12))
+    n, p = 4000, 2.0
+    c = propagate(det, _one(p, 0.0, 0.0, 1, n), np.random.default_rng(1), max_turns=0.5)
+    first = c.order == 0
+    assert np.all(c.layer[first] == 0)
+    # Deflection of the momentum in the z direction after the first (thick) layer.
+    theta_z = np.arctan2(c.momentum[first, 2], np.hypot(*c.momentum[first, :2].T))
+    expect = _highland(np.array([p]), np.array([0.05]))[0]
+    assert np.std(theta_z) == pytest.approx(expect, rel=0.06)
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="noise"):
+        SimConfig(noise_fraction=1.0)
+    with pytest.raises(ValueError, match="mu"):
+        SimConfig(generator=GeneratorConfig(mu=-1))

@@ -1,0 +1,76 @@
+"""Official TrackML hit weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrk.sim.weights import ORDER_PROPOSAL, ORDER_WEIGHTS, hit_order, hit_weights, pt_weight
+
+
+def _event(nhits: list[int], pts: list[float], n_noise: int = 5, seed: int = 0):
+    """Per-hit (particle_id, distance, pt) of particles 1..n, shuffled, plus noise."""
+    rng = np.random.default_rng(seed)
+    pid = np.r_[np.repeat(np.arange(1, len(nhits) + 1), nhits), np.zeros(n_noise, np.int64)]
+    pt = np.r_[np.repeat(pts, nhits), np.zeros(n_noise)]
+    perm = rng.permutation(len(pid))
+    return pid[perm], rng.uniform(0, 1000, len(pid)), pt[perm]
+
+
+def test_pt_weight_values():
+    pts = np.array([0.04, 0.05, 0.3, 0.5, 1.75, 3.0, 5.0, np.nan])
+    assert pt_weight(pts) == pytest.approx([0.0, 0.2, 0.2, 0.2, 0.6, 1.0, 1.0, 0.0])
+
+
+def test_order_table():
+    assert ORDER_WEIGHTS.shape == (21, 20)
+    assert not ORDER_WEIGHTS[:4].any()
+    proposal = np.array(ORDER_PROPOSAL)
+    assert ORDER_WEIGHTS[9, :9] == pytest.approx(proposal / proposal.sum())
+    for n in range(4, 21):
+        row = ORDER_WEIGHTS[n]
+        assert row[:n].sum() == pytest.approx(1.0)
+        assert not row[n:].any() and np.all(row[:n] > 0)
+        # first and last hits weigh most; the first the most of all
+        assert row[0] == row[:n].max() and row[n - 1] > row[n // 2]
+
+
+def test_weights_sum_to_one_and_zero_cases():
+    pid, distance, pt = _event([3, 4, 10, 25, 6], [5.0, 5.0, 0.3, 1.0, 0.01])
+    w = hit_weights(pid, distance, pt)
+    assert w.dtype == np.float32
+    assert float(w.sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-6)
+    assert not w[pid == 0].any()  # noise
+    assert not w[pid == 1].any()  # fewer than 4 hits
+    assert not w[pid == 5].any()  # pT below 0.05 GeV
+    for p in (2, 3, 4):
+        assert np.all(w[pid == p] > 0)
+
+
+def test_weights_per_particle():
+    pid, distance, pt = _event([4, 9, 25], [3.0, 1.75, 10.0], n_noise=0)
+    w = hit_weights(pid, distance, pt).astype(np.float64)
+    per_particle = np.array([w[pid == p].sum() for p in (1, 2, 3)])
+    # 4 and 9 hits: each particle's weights sum to its pT weight (1, 0.6, ...)
+    assert per_particle[0] / per_particle[1] == pytest.approx(1.0 / 0.6, rel=1e-5)
+    # 9 hits along increasing distance follow the proposal
+    sel = pid == 2
+    along = w[sel][np.argsort(distance[sel])]
+    assert along / along.sum() == pytest.approx(np.array(ORDER_PROPOSAL) / sum(ORDER_PROPOSAL))
+    # 25 hits: the n = 20 row, orders beyond 19 use its last entry
+    sel = pid == 3
+    along = w[sel][np.argsort(distance[sel])]
+    scale = 1.0 / per_particle[0]  # weight units of a pT-weight-1 particle
+    expected = ORDER_WEIGHTS[20, np.minimum(np.arange(25), 19)]
+    assert along * scale == pytest.approx(expected, rel=1e-5)
+
+
+def test_hit_order():
+    pid = np.array([5, 0, 5, 7, 5, 7])
+    distance = np.array([3.0, 1.0, 1.0, 2.0, 1.0, 0.5])
+    assert hit_order(pid, distance).tolist() == [2, -1, 0, 1, 1, 0]
+
+
+def test_all_zero_weights():
+    w = hit_weights(np.array([0, 0, 1]), np.zeros(3), np.ones(3))
+    assert not w.any()

@@ -1,0 +1,97 @@
+"""The ``streamtrk`` command: simulate, inspect, import/export TrackML, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamtrk.cli import main
+from streamtrk.io.recording import iter_events
+from streamtrk.io.trackml import read_event
+
+
+def _simulate(out: Path) -> None:
+    rc = main(
+        [
+            "simulate",
+            "--events",
+            "2",
+            "--mu",
+            "20",
+            "--seed",
+            "1",
+            "-q",
+            "-o",
+            str(out / "a.stk"),
+            "--trackml-dir",
+            str(out / "csv"),
+        ]
+    )
+    assert rc == 0
+
+
+def test_simulate_is_byte_identical_and_outputs_agree(tmp_path):
+    _simulate(tmp_path / "one")
+    _simulate(tmp_path / "two")
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.*"))
+    assert len(files) == 1 + 2 * 3
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+    # The recording and the CSV files hold the same events, truth included.
+    for ev in iter_events(tmp_path / "one" / "a.stk"):
+        csv = read_event(tmp_path / "one" / "csv" / f"event{ev.event:09d}")
+        assert csv.hits.equals(ev.hits)
+        assert csv.truth.equals(ev.truth)
+
+
+def test_inspect_reports_events_and_truth(tmp_path, capsys):
+    _simulate(tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "a.stk")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == 2 and summary["events_with_truth"] == 2
+    assert summary["hits_max"] >= summary["hits_mean"] > 1000
+    assert summary["versions"] == [1] and summary["error"] is None
+
+
+def test_inspect_names_the_offset_of_a_truncated_file(tmp_path, capsys):
+    _simulate(tmp_path)
+    data = (tmp_path / "a.stk").read_bytes()
+    (tmp_path / "cut.stk").write_bytes(data[:-100])
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "cut.stk")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == 2 and summary["events_with_truth"] == 1
+    assert "offset" in summary["error"]
+
+
+@pytest.mark.realdata
+def test_import_trackml_round_trips_to_csv(tmp_path, shared_trackml):
+    prefix = shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000"
+    assert main(["import-trackml", str(prefix), "-o", str(tmp_path / "real.stk"), "-q"]) == 0
+    assert main(["export-trackml", str(tmp_path / "real.stk"), "-o", str(tmp_path / "out")]) == 0
+    before, after = read_event(prefix), read_event(tmp_path / "out" / "event000001000")
+    assert len(after.hits) == 27_543
+    assert after.hits.equals(before.hits) and after.truth.equals(before.truth)
+    # Numerically unchanged: every value equals the float32 parse of the original text.
+    orig = np.loadtxt(f"{prefix}-hits.csv", delimiter=",", skiprows=1)
+    assert np.array_equal(after.hits.x, orig[:, 1].astype(np.float32))
+
+
+def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
+    assert main(["import-trackml", str(tmp_path / "nope"), "-o", str(tmp_path / "x.stk")]) == 1
+    (tmp_path / "bad.stk").write_bytes(b"not a recording")
+    assert main(["inspect", str(tmp_path / "bad.stk")]) == 1
+    err = capsys.readouterr().err
+    assert "streamtrk import-trackml: error" in err and "streamtrk inspect: error" in err
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for cmd in ("simulate", "import-trackml", "inspect"):
+        assert cmd in out

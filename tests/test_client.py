@@ -1,0 +1,67 @@
+"""Producer -> Consumer over real TCP sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from streamtrk.client import Consumer, Producer
+from streamtrk.event import Event, Hits
+from streamtrk.wire import WireError, encode_tracks
+
+
+def make_event(rng: np.random.Generator, event: int) -> Event:
+    n = int(rng.integers(0, 300))
+    cols = {k: rng.normal(0, 100, n).astype(dt) for k, dt in Hits.DTYPES.items()}
+    cols |= {k: rng.integers(0, 50, n).astype(np.int32) for k in ("volume_id", "layer_id")}
+    cols["module_id"] = rng.integers(0, 50, n).astype(np.int32)
+    cols["hit_id"] = rng.permutation(n).astype(np.int64) + 1
+    return Event(run=9, event=event, hits=Hits(**cols))
+
+
+def test_send_and_receive_events() -> None:
+    rng = np.random.default_rng(3)
+    events = [make_event(rng, i) for i in range(50)]
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True, rcvhwm=100) as consumer,
+        Producer(consumer.endpoint, sndhwm=100) as producer,
+    ):
+        assert consumer.endpoint.startswith("tcp://127.0.0.1:")
+        assert consumer.socket.getsockopt(zmq.RCVHWM) == 100
+        assert producer.socket.getsockopt(zmq.SNDHWM) == 100
+        assert producer.socket.getsockopt(zmq.LINGER) == 1000
+        for i, ev in enumerate(events):
+            assert producer.send_event(ev, deadline_ms=float(i + 1) if i % 2 else None)
+        for i, ev in enumerate(events):
+            msg = consumer.recv(timeout_ms=5000)
+            assert msg is not None, f"event {i} not received"
+            assert msg.deadline_ms == (float(i + 1) if i % 2 else None)
+            back = msg.to_event()
+            assert (back.run, back.event) == (ev.run, ev.event)
+            assert back.hits.equals(ev.hits)
+        assert consumer.recv(timeout_ms=10) is None
+
+
+def test_frames_and_malformed_messages() -> None:
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True) as consumer,
+        Producer(consumer.endpoint) as producer,
+    ):
+        reply = encode_tracks(1, 2, np.arange(3), None, status="error", reason="timeout")
+        assert producer.send_frames(reply, timeout_ms=1000)
+        msg = consumer.recv(timeout_ms=5000)
+        assert msg is not None and msg.to_reply().reason == "timeout"
+        assert producer.send_frames([b"\xc1"])
+        with pytest.raises(WireError, match="not_msgpack"):
+            consumer.recv(timeout_ms=5000)
+        assert producer.send_frames([b"raw", b"frames"])
+        frames = consumer.recv_frames(timeout_ms=5000)
+        assert frames is not None and [f.bytes for f in frames] == [b"raw", b"frames"]
+        assert consumer.recv_frames(timeout_ms=10) is None
+
+
+def test_send_times_out_without_peer() -> None:
+    with Producer("tcp://127.0.0.1:1", sndhwm=1, linger_ms=0) as producer:
+        sent = [producer.send_frames([b"x"], timeout_ms=50) for _ in range(5)]
+    assert sent[0] and not all(sent)  # queued up to the high-water mark, then refused

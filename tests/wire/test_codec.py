@@ -1,0 +1,405 @@
+"""Round trips, zero-copy decoding, and one test per WireError reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from streamtrk.event import TRACK_PARAM_DTYPES, Event, Hits, HitTruth, Particles, Tracks, Truth
+from streamtrk.wire import (
+    REASONS,
+    Limits,
+    WireError,
+    decode,
+    encode_hits,
+    encode_tracks,
+    encode_truth,
+    peek_identity,
+)
+
+DROP = object()
+FLOATS = ("vx", "vy", "vz", "px", "py", "pz")
+TRUTH_FLOATS = ("tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
+
+
+def random_event(rng: np.random.Generator, n: int, run: int = 1, event: int = 0) -> Event:
+    hits = Hits.from_columns(
+        {
+            "hit_id": rng.choice(10 * n + 10, n, replace=False) + 1,
+            **{k: rng.normal(0, 500, n) for k in "xyz"},
+            **{k: rng.integers(0, 20, n) for k in ("volume_id", "layer_id", "module_id")},
+        }
+    )
+    n_p = max(1, n // 10)
+    pid = rng.integers(1, 2**62, n_p)
+    particles = Particles.from_columns(
+        {
+            "particle_id": pid,
+            **{k: rng.normal(size=n_p) for k in FLOATS},
+            "q": rng.choice([-1, 1], n_p),
+            "nhits": rng.integers(0, 20, n_p),
+        }
+    )
+    truth_hits = HitTruth.from_columns(
+        {
+            "particle_id": rng.choice(np.append(pid, 0), n),
+            **{k: rng.normal(size=n) for k in TRUTH_FLOATS},
+            "hit_order": rng.integers(-1, 15, n),
+        }
+    )
+    return Event(run, event, hits, Truth(truth_hits, particles))
+
+
+def random_tracks(rng: np.random.Generator, n_hits: int, n_tracks: int) -> Tracks:
+    cuts = np.sort(rng.integers(0, n_hits + 1, n_tracks - 1)) if n_tracks else []
+    offsets = np.concatenate([[0], cuts, [n_hits]]) if n_tracks else np.zeros(1)
+    params = {k: rng.normal(size=n_tracks).astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    hit_index = rng.permutation(n_hits)[: int(offsets[-1])]
+    return Tracks(offsets.astype(np.int32), hit_index, params)
+
+
+def patch(frames: list[Any], **changes: Any) -> list[Any]:
+    """Frames with header keys replaced (or removed with DROP)."""
+    header = msgpack.unpackb(frames[0])
+    for k, v in changes.items():
+        if v is DROP:
+            del header[k]
+        else:
+            header[k] = v
+    return [msgpack.packb(header), *frames[1:]]
+
+
+def columns(frames: list[Any]) -> list[list[Any]]:
+    return msgpack.unpackb(frames[0])["columns"]
+
+
+def with_column(frames: list[Any], name: str, values: np.ndarray, dtype: str = "") -> list[Any]:
+    """Frames with column ``name`` replaced by ``values`` (declared as ``dtype``)."""
+    header = msgpack.unpackb(frames[0])
+    i = [c[0] for c in header["columns"]].index(name)
+    header["columns"][i] = [name, dtype or values.dtype.str, len(values)]
+    out = [msgpack.packb(header), *frames[1:]]
+    out[1 + i] = values.tobytes()
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def hits(rng: np.random.Generator) -> list[Any]:
+    return encode_hits(random_event(rng, 10, run=7, event=42), t_send_ns=5)
+
+
+@pytest.fixture
+def tracks(rng: np.random.Generator) -> list[Any]:
+    ev = random_event(rng, 10)
+    return encode_tracks(1, 2, ev.hits.hit_id, random_tracks(rng, 10, 3))
+
+
+@pytest.fixture
+def truth(rng: np.random.Generator) -> list[Any]:
+    return encode_truth(1, 2, random_event(rng, 10).truth)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_hits_round_trip(rng: np.random.Generator, n: int) -> None:
+    ev = random_event(rng, n, run=3, event=2**40)
+    msg = decode([bytes(f) for f in encode_hits(ev, t_send_ns=99, deadline_ms=2.5)])
+    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 1)
+    assert msg.deadline_ms == 2.5
+    back = msg.to_event()
+    assert (back.run, back.event, back.truth) == (3, 2**40, None)
+    assert back.hits.equals(ev.hits)
+
+
+def test_hits_defaults(rng: np.random.Generator) -> None:
+    msg = decode(encode_hits(random_event(rng, 5)))
+    assert msg.deadline_ms is None
+    assert "deadline_ms" not in msg.header
+    assert msg.t_send_ns > 0
+
+
+@pytest.mark.parametrize("n", [0, 50])
+def test_truth_round_trip(rng: np.random.Generator, n: int) -> None:
+    ev = random_event(rng, n)
+    msg = decode(encode_truth(5, 6, ev.truth, t_send_ns=1))
+    assert (msg.kind, msg.run, msg.event) == ("truth", 5, 6)
+    assert len(msg.columns["hit.particle_id"]) != len(msg.columns["particle.particle_id"])
+    assert msg.to_truth().equals(ev.truth)
+
+
+@pytest.mark.parametrize("n_tracks", [0, 1, 7])
+def test_tracks_round_trip(rng: np.random.Generator, n_tracks: int) -> None:
+    ev = random_event(rng, 40)
+    trk = random_tracks(rng, 30, n_tracks)
+    timings = {"decode": 1e-4, "gnn": 0.002}
+    reply = decode(encode_tracks(1, 2, ev.hits.hit_id, trk, timings=timings)).to_reply()
+    assert (reply.run, reply.event, reply.status, reply.reason, reply.ok) == (1, 2, "ok", "", True)
+    assert reply.timings == timings
+    assert len(reply) == n_tracks
+    np.testing.assert_array_equal(reply.hit_id, ev.hits.hit_id[trk.hit_index])
+    for k, dt in TRACK_PARAM_DTYPES.items():
+        assert reply.params[k].dtype == np.dtype(dt)
+        np.testing.assert_array_equal(reply.params[k], trk.params[k])
+    back = reply.to_tracks(ev.hits.hit_id)
+    for a, b in zip(back.hit_lists(), trk.hit_lists(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_error_reply_round_trip(rng: np.random.Generator) -> None:
+    reply = decode(encode_tracks(1, 2, np.arange(3), None, status="error", reason="deadline"))
+    r = reply.to_reply()
+    assert (r.status, r.reason, r.ok, len(r), r.timings) == ("error", "deadline", False, 0, {})
+    np.testing.assert_array_equal(r.offsets, [0])
+
+
+def test_to_tracks_unknown_hit_id(rng: np.random.Generator) -> None:
+    ev = random_event(rng, 10)
+    reply = decode(encode_tracks(1, 2, ev.hits.hit_id, random_tracks(rng, 10, 2))).to_reply()
+    with pytest.raises(ValueError, match="not in the event"):
+        reply.to_tracks(ev.hits.hit_id[:5])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"status": "maybe"}, "status"),
+        ({"status": "error"}, "reason"),
+        ({"reason": "why"}, "reason"),
+    ],
+)
+def test_encode_tracks_rejects_bad_arguments(kwargs: dict[str, str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        encode_tracks(1, 2, np.arange(3), None, **kwargs)
+
+
+def test_encode_tracks_rejects_error_with_tracks_and_missing_params(
+    rng: np.random.Generator,
+) -> None:
+    trk = random_tracks(rng, 5, 2)
+    with pytest.raises(ValueError, match="no tracks"):
+        encode_tracks(1, 2, np.arange(5), trk, status="error", reason="x")
+    del trk.params["chi2"]
+    with pytest.raises(ValueError, match="chi2"):
+        encode_tracks(1, 2, np.arange(5), trk)
+
+
+# --------------------------------------------------------------------------- zero copy, frames
+
+
+def test_encode_is_zero_copy(rng: np.random.Generator) -> None:
+    ev = random_event(rng, 100)
+    frames = encode_hits(ev)
+    assert isinstance(frames[0], bytes)
+    assert all(isinstance(f, memoryview) for f in frames[1:])
+    assert np.shares_memory(np.frombuffer(frames[2], np.float32), ev.hits.x)
+
+
+def test_decode_is_zero_copy(rng: np.random.Generator) -> None:
+    frames = [bytes(f) for f in encode_hits(random_event(rng, 100))]
+    msg = decode(frames)
+    for name, frame in zip(msg.columns, frames[1:], strict=True):
+        assert np.shares_memory(msg.columns[name], np.frombuffer(frame, np.uint8))
+        assert not msg.columns[name].flags.writeable
+
+
+def test_decode_accepts_buffer_kinds(rng: np.random.Generator) -> None:
+    class FrameLike:  # like zmq.Frame
+        def __init__(self, data: bytes) -> None:
+            self.buffer = memoryview(data)
+
+    ev = random_event(rng, 20)
+    raw = [bytes(f) for f in encode_hits(ev)]
+    typed = np.frombuffer(raw[2], np.float32)  # a memoryview of format "f"
+    variants = [
+        [bytearray(f) for f in raw],
+        [memoryview(f) for f in raw],
+        [FrameLike(f) for f in raw],
+        [raw[0], raw[1], memoryview(typed), *raw[3:]],
+        tuple(raw),
+        iter(raw),
+    ]
+    for frames in variants:
+        assert decode(frames).to_event().hits.equals(ev.hits)
+
+
+def test_encode_converts_dtypes(rng: np.random.Generator) -> None:
+    trk = random_tracks(rng, 6, 2)  # int32 offsets, int64 hit_index
+    reply = decode(encode_tracks(0, 0, np.arange(6, dtype=np.int32), trk)).to_reply()
+    assert reply.offsets.dtype == np.dtype("<i8")
+    assert reply.hit_id.dtype == np.dtype("<i8")
+
+
+def test_huge_declared_length_allocates_nothing(hits: list[Any]) -> None:
+    header = msgpack.unpackb(hits[0])
+    for c in header["columns"]:
+        c[2] = 2**62
+    with pytest.raises(WireError) as e:
+        decode([msgpack.packb(header), *hits[1:]], limits=Limits(max_hits=2**63))
+    assert e.value.reason == "buffer_length"
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
+    """(reason, id, f(hits, tracks, truth) -> frames or (frames, limits))."""
+    big = [["c", "<f4", 0]] * 65
+    nan = np.array([0.0, np.nan], np.float32)
+    return [
+        ("bad_frame", "not_iterable", lambda h, t, u: 42),
+        ("bad_frame", "str_frame", lambda h, t, u: [h[0], "text", *h[2:]]),
+        ("bad_frame", "none_frame", lambda h, t, u: [h[0], None, *h[2:]]),
+        ("bad_frame", "non_contiguous", lambda h, t, u: [memoryview(bytes(h[0]) * 2)[::2]]),
+        ("frame_count", "empty", lambda h, t, u: []),
+        ("frame_count", "missing", lambda h, t, u: h[:-1]),
+        ("frame_count", "extra", lambda h, t, u: [*h, b""]),
+        ("frame_count", "too_many", lambda h, t, u: [h[0]] * 100),
+        ("header_too_large", "big", lambda h, t, u: [b"\x00" * (64 * 1024 + 1)]),
+        ("header_too_large", "limit", lambda h, t, u: (h, Limits(max_header_bytes=10))),
+        ("not_msgpack", "garbage", lambda h, t, u: [b"\xc1", *h[1:]]),
+        ("not_msgpack", "trailing", lambda h, t, u: [bytes(h[0]) + b"\x00", *h[1:]]),
+        ("not_msgpack", "truncated", lambda h, t, u: [bytes(h[0])[:-3], *h[1:]]),
+        ("not_msgpack", "empty", lambda h, t, u: [b"", *h[1:]]),
+        ("not_msgpack", "bad_utf8", lambda h, t, u: [b"\xa1\xff"]),
+        ("bad_header", "not_map", lambda h, t, u: [msgpack.packb([1, 2]), *h[1:]]),
+        ("bad_header", "big_array", lambda h, t, u: [b"\xdd\xff\xff\xff\xff"]),
+        ("bad_header", "ext", lambda h, t, u: [msgpack.packb(msgpack.ExtType(1, b"x"))]),
+        ("bad_header", "missing_run", lambda h, t, u: patch(h, run=DROP)),
+        ("bad_header", "unknown_key", lambda h, t, u: patch(h, extra=1)),
+        ("bad_header", "int_key", lambda h, t, u: [b"\x81\x01\x02", *h[1:]]),
+        (
+            "bad_header",
+            "bytes_key",
+            lambda h, t, u: [msgpack.packb({**msgpack.unpackb(h[0]), b"run2": 1}), *h[1:]],
+        ),
+        ("bad_header", "negative_run", lambda h, t, u: patch(h, run=-1)),
+        ("bad_header", "bool_event", lambda h, t, u: patch(h, event=True)),
+        ("bad_header", "float_t_send", lambda h, t, u: patch(h, t_send_ns=1.0)),
+        ("bad_header", "nan_deadline", lambda h, t, u: patch(h, deadline_ms=float("nan"))),
+        ("bad_header", "zero_deadline", lambda h, t, u: patch(h, deadline_ms=0)),
+        ("bad_header", "str_deadline", lambda h, t, u: patch(h, deadline_ms="5")),
+        ("bad_header", "columns_map", lambda h, t, u: patch(h, columns={})),
+        ("bad_header", "column_pair", lambda h, t, u: patch(h, columns=[["hit_id", "<i8"]])),
+        ("bad_header", "deadline_on_tracks", lambda h, t, u: patch(t, deadline_ms=1.0)),
+        ("bad_header", "status", lambda h, t, u: patch(t, status="fine")),
+        ("bad_header", "status_type", lambda h, t, u: patch(t, status=[1])),
+        ("bad_header", "reason_when_ok", lambda h, t, u: patch(t, reason="x")),
+        ("bad_header", "no_reason_error", lambda h, t, u: patch(t, status="error")),
+        ("bad_header", "error_with_tracks", lambda h, t, u: patch(t, status="error", reason="x")),
+        ("bad_header", "timings", lambda h, t, u: patch(t, timings={"a": -1.0})),
+        ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
+        ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
+        ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
+        ("bad_version", "two", lambda h, t, u: patch(h, version=2)),
+        ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
+        ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
+        ("bad_kind", "unknown", lambda h, t, u: patch(h, kind="photons")),
+        ("bad_kind", "type", lambda h, t, u: patch(h, kind=[1])),
+        ("bad_column", "order", lambda h, t, u: patch(h, columns=columns(h)[::-1])),
+        ("bad_column", "missing", lambda h, t, u: patch(h, columns=columns(h)[:-1])[:-1]),
+        ("bad_header", "too_many_columns", lambda h, t, u: patch(h, columns=big)),
+        ("bad_column", "lengths", lambda h, t, u: with_column(h, "x", np.zeros(3, "<f4"))),
+        (
+            "bad_column",
+            "particle_lengths",
+            lambda h, t, u: with_column(u, "particle.q", np.zeros(30, "<i4")),
+        ),
+        ("bad_column", "track_params", lambda h, t, u: with_column(t, "chi2", np.zeros(30, "<f4"))),
+        ("bad_dtype", "big_endian", lambda h, t, u: with_column(h, "x", np.zeros(10, ">f4"))),
+        ("bad_dtype", "f8", lambda h, t, u: with_column(h, "x", np.zeros(10, "<f8"))),
+        ("bad_dtype", "object", lambda h, t, u: with_column(h, "x", np.zeros(10), "O")),
+        ("bad_dtype", "native_name", lambda h, t, u: with_column(h, "x", np.zeros(10), "f")),
+        ("buffer_length", "short", lambda h, t, u: [*h[:-1], bytes(h[-1])[:-1]]),
+        ("buffer_length", "long", lambda h, t, u: [*h[:-1], bytes(h[-1]) + b"\x00"]),
+        ("too_many_hits", "hits", lambda h, t, u: (h, Limits(max_hits=9))),
+        ("too_many_hits", "truth", lambda h, t, u: (u, Limits(max_hits=9))),
+        ("too_many_hits", "track_hits", lambda h, t, u: (t, Limits(max_hits=9))),
+        ("too_many_tracks", "tracks", lambda h, t, u: (t, Limits(max_tracks=2))),
+        ("too_many_particles", "truth", lambda h, t, u: (u, Limits(max_particles=0))),
+        ("non_finite", "nan_x", lambda h, t, u: with_column(h, "x", np.resize(nan, 10))),
+        ("non_finite", "inf_z", lambda h, t, u: with_column(h, "z", np.full(10, np.inf, "<f4"))),
+        ("id_range", "hit_id", lambda h, t, u: with_column(h, "hit_id", -np.arange(10))),
+        ("id_range", "layer", lambda h, t, u: with_column(h, "layer_id", np.full(10, -1, "<i4"))),
+        ("id_range", "track_hit", lambda h, t, u: with_column(t, "hit_id", np.full(10, -5))),
+        (
+            "id_range",
+            "particle",
+            lambda h, t, u: with_column(u, "particle.particle_id", np.full(1, -1)),
+        ),
+        ("duplicate_hit_id", "dup", lambda h, t, u: with_column(h, "hit_id", np.ones(10, "<i8"))),
+        ("bad_offsets", "empty", lambda h, t, u: with_column(t, "offsets", np.zeros(0, "<i8"))),
+        (
+            "bad_offsets",
+            "start",
+            lambda h, t, u: with_column(t, "offsets", np.array([1, 2, 3, 10])),
+        ),
+        ("bad_offsets", "end", lambda h, t, u: with_column(t, "offsets", np.array([0, 2, 3, 9]))),
+        (
+            "bad_offsets",
+            "order",
+            lambda h, t, u: with_column(t, "offsets", np.array([0, 5, 3, 10])),
+        ),
+    ]
+
+
+CASES = _cases()
+
+
+def test_every_reason_has_a_case() -> None:
+    assert {c[0] for c in CASES} == REASONS
+
+
+@pytest.mark.parametrize(
+    ("reason", "build"), [(c[0], c[2]) for c in CASES], ids=[f"{c[0]}-{c[1]}" for c in CASES]
+)
+def test_reason(
+    reason: str, build: Callable[..., Any], hits: list[Any], tracks: list[Any], truth: list[Any]
+) -> None:
+    built = build(hits, tracks, truth)
+    frames, limits = built if isinstance(built, tuple) else (built, Limits())
+    with pytest.raises(WireError) as e:
+        decode(frames, limits=limits)
+    assert e.value.reason == reason, str(e.value)
+    assert str(e.value).startswith(reason + ": ")
+    assert isinstance(e.value, ValueError)
+
+
+def test_conversion_to_wrong_kind(hits: list[Any], tracks: list[Any]) -> None:
+    with pytest.raises(WireError, match="bad_kind"):
+        decode(tracks).to_event()
+    with pytest.raises(WireError, match="bad_kind"):
+        decode(hits).to_truth()
+    with pytest.raises(WireError, match="bad_kind"):
+        decode(hits).to_reply()
+
+
+# --------------------------------------------------------------------------- peek_identity
+
+
+def test_peek_identity(hits: list[Any]) -> None:
+    assert peek_identity(hits) == (7, 42)
+    assert peek_identity(patch(hits, version=99, kind="?")) == (7, 42)
+    assert peek_identity(patch(hits, columns=None)[:1]) == (7, 42)
+    for bad in (
+        [],
+        42,
+        [b"\xc1"],
+        [msgpack.packb([7, 42])],
+        patch(hits, run=-1),
+        patch(hits, event="42"),
+        patch(hits, run=DROP),
+        [b"\x00" * 70_000],
+        ["text"],
+    ):
+        assert peek_identity(bad) is None
