@@ -110,6 +110,53 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else float("nan")
 
 
+@dataclass(frozen=True)
+class Classification:
+    """One event's particles and tracks classified by the definitions in physics_metrics."""
+
+    particle_pt: np.ndarray
+    particle_eta: np.ndarray
+    reconstructable: np.ndarray  # pT >= 1 GeV, >= 5 hits, vertex r < 10 mm
+    reconstructable_all: np.ndarray  # the same without the vertex cut
+    found: np.ndarray  # some track is good for the particle
+    track_id: np.ndarray
+    track_fake: np.ndarray
+    track_duplicate: np.ndarray
+
+
+def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
+    """Classify particles (reconstructable, found) and tracks (fake, duplicate)."""
+    if event.truth is None:
+        raise ValueError(f"event {event.event} has no truth")
+    hit_pid = event.truth.hits.to(np).particle_id
+    particles = event.truth.particles.to(np)
+    m = match_tracks(track_id_per_hit, hit_pid)
+    nhits = _occurrences(particles.particle_id, hit_pid)  # in this event, not the nhits column
+    selected = (
+        (particles.particle_id != 0)
+        & (particles.pt >= RECONSTRUCTABLE_MIN_PT)
+        & (nhits >= RECONSTRUCTABLE_MIN_HITS)
+    )
+    central = selected & (particles.vr < RECONSTRUCTABLE_MAX_VR)
+    found = np.isin(particles.particle_id, m.particle_id[m.matched & (m.particle_id != 0)])
+    real = m.pure & (m.particle_id != 0)
+    # A duplicate is a real track whose particle already has an earlier real track.
+    order = np.lexsort((m.track_id, ~real, m.particle_id))
+    later = np.zeros(len(m), dtype=bool)
+    same = m.particle_id[order][1:] == m.particle_id[order][:-1]
+    later[order[1:]] = same & real[order][1:] & real[order][:-1]
+    return Classification(
+        particle_pt=particles.pt,
+        particle_eta=particles.eta,
+        reconstructable=central,
+        reconstructable_all=selected,
+        found=found,
+        track_id=m.track_id,
+        track_fake=~real,
+        track_duplicate=later,
+    )
+
+
 def physics_metrics(event: Event, track_id_per_hit: np.ndarray) -> dict[str, float]:
     """Tracking efficiency, fake and duplicate rates of one event's track labels.
 
@@ -122,34 +169,28 @@ def physics_metrics(event: Event, track_id_per_hit: np.ndarray) -> dict[str, flo
       track, over all pure tracks.
     Also returns the counts behind them. Rates with an empty denominator are NaN.
     """
-    if event.truth is None:
-        raise ValueError(f"event {event.event} has no truth")
-    hit_pid = event.truth.hits.to(np).particle_id
-    particles = event.truth.particles.to(np)
-    m = match_tracks(track_id_per_hit, hit_pid)
+    return metrics_from_counts(counts(classify(event, track_id_per_hit)))
 
-    nhits = _occurrences(particles.particle_id, hit_pid)  # in this event, not the nhits column
-    selected = (
-        (particles.particle_id != 0)
-        & (particles.pt >= RECONSTRUCTABLE_MIN_PT)
-        & (nhits >= RECONSTRUCTABLE_MIN_HITS)
-    )
-    central = selected & (particles.vr < RECONSTRUCTABLE_MAX_VR)
-    found = np.isin(particles.particle_id, m.particle_id[m.matched & (m.particle_id != 0)])
 
-    real = m.pure & (m.particle_id != 0)
-    n_real = int(real.sum())
-    n_duplicate = n_real - len(np.unique(m.particle_id[real]))
-    n_fake = len(m) - n_real
+def counts(c: Classification) -> dict[str, int]:
+    """The counts behind the physics metrics (they add up over events)."""
     return {
-        "tracking_efficiency": _ratio(int((found & central).sum()), int(central.sum())),
-        "tracking_efficiency_all": _ratio(int((found & selected).sum()), int(selected.sum())),
-        "fake_rate": _ratio(n_fake, len(m)),
-        "duplicate_rate": _ratio(n_duplicate, n_real),
-        "n_tracks": len(m),
-        "n_reconstructable": int(central.sum()),
-        "n_reconstructable_all": int(selected.sum()),
-        "n_reconstructed": int((found & central).sum()),
-        "n_fake": n_fake,
-        "n_duplicate": n_duplicate,
+        "n_tracks": len(c.track_id),
+        "n_reconstructable": int(c.reconstructable.sum()),
+        "n_reconstructable_all": int(c.reconstructable_all.sum()),
+        "n_reconstructed": int((c.found & c.reconstructable).sum()),
+        "n_reconstructed_all": int((c.found & c.reconstructable_all).sum()),
+        "n_fake": int(c.track_fake.sum()),
+        "n_duplicate": int(c.track_duplicate.sum()),
+    }
+
+
+def metrics_from_counts(n: dict[str, int]) -> dict[str, float]:
+    """Rates from (summed) counts; NaN where a denominator is empty."""
+    return {
+        "tracking_efficiency": _ratio(n["n_reconstructed"], n["n_reconstructable"]),
+        "tracking_efficiency_all": _ratio(n["n_reconstructed_all"], n["n_reconstructable_all"]),
+        "fake_rate": _ratio(n["n_fake"], n["n_tracks"]),
+        "duplicate_rate": _ratio(n["n_duplicate"], n["n_tracks"] - n["n_fake"]),
+        **n,
     }

@@ -1,0 +1,228 @@
+"""Offline evaluation: reconstruct events in batches and score them against truth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamtrk.eval.score import classify, counts, metrics_from_counts, trackml_score
+from streamtrk.event import Event, Tracks
+from streamtrk.recon.reconstructor import STAGES, ReconResult, Reconstructor
+from streamtrk.recon.truth import particle_pt, true_segments
+
+EDGE_PT_MIN = 1.0  # GeV: target particles of the edge efficiency and purity
+
+
+def _host(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def edge_counts(event: Event, edges: np.ndarray) -> dict[str, int]:
+    """Edge-level truth counts of one event's edges (local hit numbering).
+
+    Targets are segments (consecutive hits) of particles with pT >= 1 GeV; ``central`` ones
+    also come from within 10 mm of the beam line. Purity ignores true segments of softer
+    particles (they are neither targets nor wrong).
+    """
+    n = len(event.hits)
+    seg = true_segments(event, 0.0)
+    pid = event.truth.hits.particle_id[seg[0]]
+    pt = particle_pt(event, pid)
+    p = event.truth.particles
+    srt = np.argsort(p.particle_id)
+    vr = p.vr[srt][np.clip(np.searchsorted(p.particle_id[srt], pid), 0, max(len(p) - 1, 0))]
+    target = pt >= EDGE_PT_MIN
+    central = target & (vr < 10.0)
+    seg_key = seg[0].astype(np.int64) * n + seg[1]
+    key = np.sort(edges[0].astype(np.int64) * n + edges[1])
+    in_graph = np.isin(seg_key, key, assume_unique=False)
+    n_soft_true = int(np.isin(seg_key[~target], key).sum())
+    return {
+        "targets": int(target.sum()),
+        "targets_found": int((target & in_graph).sum()),
+        "central": int(central.sum()),
+        "central_found": int((central & in_graph).sum()),
+        "edges": len(key),
+        "edges_counted": len(key) - n_soft_true,
+    }
+
+
+@dataclass
+class Evaluation:
+    """Accumulates physics, edge and timing figures over batches."""
+
+    n_events: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    physics: dict[str, int] = field(default_factory=dict)
+    graph_edges: dict[str, int] = field(default_factory=dict)
+    gnn_edges: dict[str, int] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)
+    particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
+    track_eta_fake: list[np.ndarray] = field(default_factory=list)
+    submission: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    n_hits: int = 0
+    n_graph_edges: int = 0
+
+    def add(
+        self, events: list[Event], result: ReconResult, seconds: float, threshold: float
+    ) -> None:
+        self.n_events += len(events)
+        self.seconds += seconds
+        for k, v in result.timings.items():
+            self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
+        edges = _host(result.graph.edge_index)
+        scores = _host(result.scores)
+        event_of = np.searchsorted(result.node_offsets[1:], edges[0], side="right")
+        self.n_graph_edges += edges.shape[1]
+        for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
+            labels = tracks.track_id_per_hit(len(ev.hits))
+            self.n_hits += len(ev.hits)
+            self.submission[ev.event] = (np.asarray(ev.hits.hit_id), labels)
+            if ev.truth is None:
+                continue
+            local = edges[:, event_of == k] - result.node_offsets[k]
+            _add(self.graph_edges, edge_counts(ev, local))
+            _add(self.gnn_edges, edge_counts(ev, local[:, scores[event_of == k] > threshold]))
+            c = classify(ev, labels)
+            _add(self.physics, counts(c))
+            self.scores.append(
+                trackml_score(ev.truth.hits.particle_id, ev.truth.hits.weight, labels)
+            )
+            self.particles.append(
+                np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
+            )
+            eta = _track_param(tracks, c.track_id, "eta")
+            self.track_eta_fake.append(np.stack([eta, c.track_fake], 1))
+
+    def report(self) -> dict[str, Any]:
+        """The report JSON (keys documented in ``streamtrk evaluate --help``)."""
+        n = max(self.n_events, 1)
+        out: dict[str, Any] = {
+            "events": self.n_events,
+            "seconds_per_event": self.seconds / n,
+            "stage_seconds": {k: v / n for k, v in self.stage_seconds.items()},
+            "hits_per_event": self.n_hits / n,
+            "edges_per_hit": self.n_graph_edges / max(self.n_hits, 1),
+        }
+        if self.physics:
+            out |= metrics_from_counts(self.physics)
+            out["trackml_score"] = float(np.nanmean(self.scores))
+            for name, c in (("graph", self.graph_edges), ("gnn", self.gnn_edges)):
+                out[f"{name}_edge_efficiency"] = _div(c["central_found"], c["central"])
+                out[f"{name}_edge_efficiency_all"] = _div(c["targets_found"], c["targets"])
+                out[f"{name}_edge_purity"] = _div(c["targets_found"], c["edges_counted"])
+        return out
+
+
+def _track_param(tracks: Tracks, track_id: np.ndarray, name: str) -> np.ndarray:
+    values = tracks.params.get(name, np.full(len(tracks), np.nan))
+    return np.asarray(values, dtype=float)[track_id - 1]
+
+
+def _div(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def _add(total: dict[str, int], part: dict[str, int]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+
+
+def batches(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
+    it = iter(events)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def evaluate(
+    rec: Reconstructor, events: Iterable[Event], *, batch_size: int = 1, progress: bool = False
+) -> Evaluation:
+    """Reconstruct ``events`` batch by batch and accumulate the evaluation."""
+    from tqdm import tqdm
+
+    ev = Evaluation()
+    bar = tqdm(desc="evaluate", unit="event", disable=not progress)
+    for batch in batches(events, batch_size):
+        t0 = time.perf_counter()
+        result = rec.reconstruct(batch)
+        ev.add(batch, result, time.perf_counter() - t0, rec.threshold)
+        bar.update(len(batch))
+    bar.close()
+    return ev
+
+
+def plot(ev: Evaluation, directory: Path) -> list[Path]:
+    """PNG plots: efficiency against pT and eta, fake rate against eta."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = np.concatenate(ev.particles) if ev.particles else np.zeros((0, 4))
+    pt, eta, reco, found = parts.T
+    reco, found = reco.astype(bool), found.astype(bool)
+    trk = np.concatenate(ev.track_eta_fake) if ev.track_eta_fake else np.zeros((0, 2))
+    made = []
+
+    def binned(x: np.ndarray, ok: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, ...]:
+        idx = np.digitize(x, bins) - 1
+        inside = (idx >= 0) & (idx < len(bins) - 1)
+        n = np.bincount(idx[inside], minlength=len(bins) - 1)
+        k = np.bincount(idx[inside], weights=ok[inside], minlength=len(bins) - 1)
+        frac = np.divide(k, n, out=np.full(len(n), np.nan), where=n > 0)
+        err = np.sqrt(np.divide(frac * (1 - frac), n, out=np.zeros(len(n)), where=n > 0))
+        return (bins[1:] + bins[:-1]) / 2, frac, err
+
+    specs = [
+        (
+            "efficiency_vs_pt.png",
+            pt[reco],
+            found[reco],
+            np.geomspace(1, 50, 13),
+            "pT [GeV]",
+            "tracking efficiency",
+            True,
+        ),
+        (
+            "efficiency_vs_eta.png",
+            eta[reco],
+            found[reco],
+            np.linspace(-4, 4, 17),
+            "eta",
+            "tracking efficiency",
+            False,
+        ),
+        (
+            "fake_rate_vs_eta.png",
+            trk[:, 0],
+            trk[:, 1].astype(bool),
+            np.linspace(-4, 4, 17),
+            "track eta",
+            "fake rate",
+            False,
+        ),
+    ]
+    for name, x, ok, bins, xlabel, ylabel, logx in specs:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        c, f, e = binned(x, ok.astype(float), bins)
+        ax.errorbar(c, f, yerr=e, fmt="o", capsize=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_title(f"{ylabel} ({ev.n_events} events)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = directory / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path)
+    return made

@@ -1,0 +1,318 @@
+"""Hit-graph construction: doublets between detector layers, one code path for NumPy and CuPy.
+
+A batch of events is one disjoint graph: hits are sorted by (event, layer, phi) with every
+hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For every layer
+pair and every hit of the inner layer, two binary searches give the window of candidate
+outer hits; candidates are expanded in one vectorised step and cut on phi slope, z0 and
+eta consistency. The work grows with hits x candidates per window, never hits squared, and
+the number of host synchronisations per batch is constant (two), not per layer pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from streamtrk.detector import BARREL, Detector
+
+Array = Any
+
+
+def array_module(a: Array) -> Any:
+    """numpy or cupy, whichever owns ``a``."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Doublet cuts, aimed by default at pT >= 1 GeV particles from the luminous region."""
+
+    pt_min: float = 1.0  # GeV
+    phi_slope_margin: float = 1.5  # times the slope of a pt_min track from the beam line
+    phi_tolerance: float = 0.002  # rad, added to every phi window (resolution, scattering)
+    z0_max: float = 30.0  # mm: luminous region (5 sigma), plus the segment's own z0 error
+    z0_sigmas: float = 5.0  # z0 error allowance, in standard deviations from hit resolutions
+    z0_lever_max: float = 25.0  # z0 error bound for disk pairs: lever x worst hit resolution
+    z0_limit: float = 250.0  # mm: hard bound on |z0|
+    deta_max: float = 0.5  # |eta(segment) - eta(outer hit seen from the origin)|
+    skip_layers: bool = True  # also connect layer i to i + 2
+    n_bins: int = 32  # search grid: bins along z (barrel) or r (disk) per layer
+    n_phi_bins: int = 256  # search grid: bins in phi per layer
+
+    def phi_slope_max(self, bfield: float) -> float:
+        """Largest |dphi/dr| (rad/mm) accepted."""
+        return self.phi_slope_margin * 0.0003 * bfield / (2 * self.pt_min)
+
+
+@cache
+def layer_pairs(det: Detector, z0_max: float = 50.0, skip: bool = True) -> np.ndarray:
+    """Ordered layer pairs (inner, outer, gap) crossed in sequence by straight lines.
+
+    Lines from the beam axis (z0 in [-z0_max, z0_max]) at every pseudorapidity up to the
+    detector's reach; consecutive crossings give the pairs (gap 1) and, with ``skip``, the
+    crossings two apart (gap 2). Shaped only by the detector file.
+    """
+    eta = np.linspace(-4.5, 4.5, 3601)
+    pairs: set[tuple[int, int, int]] = set()
+    barrel = det.kind == BARREL
+    for z0 in (-z0_max, 0.0, z0_max):
+        t = np.sinh(eta)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r_disk = (det.z[None, :] - z0) / t
+            r = np.where(barrel[None, :], det.r[None, :], r_disk)
+            z = z0 + t * r
+        ok = np.where(
+            barrel[None, :],
+            np.abs(z) <= det.half_length[None, :],
+            (r >= det.r_min[None, :]) & (r <= det.r_max[None, :]),
+        )
+        r = np.where(ok, r, np.inf)
+        order = np.argsort(r, axis=1)
+        n_ok = ok.sum(axis=1)
+        for row, n in zip(order, n_ok, strict=True):
+            seq = row[:n]
+            pairs.update((int(a), int(b), 1) for a, b in pairwise(seq))
+            if skip:
+                pairs.update((int(a), int(b), 2) for a, b in zip(seq[:-2], seq[2:], strict=True))
+    # A pair seen both adjacent and across a layer keeps gap 1: one entry per (inner, outer).
+    best: dict[tuple[int, int], int] = {}
+    for a, b, gap in sorted(pairs, key=lambda p: p[2], reverse=True):
+        best[(a, b)] = gap
+    return np.array(sorted((a, b, g) for (a, b), g in best.items()), dtype=np.int64).reshape(-1, 3)
+
+
+@dataclass
+class Graph:
+    """A (batched) hit graph. Edges point outwards along the track, inner -> outer hit."""
+
+    node_features: Array  # (n, 3) float32: r/1000, phi/pi, z/1000
+    edge_index: Array  # (2, e) int64
+    edge_features: Array  # (e, 6) float32
+    node_offsets: Array  # (events + 1,) host int64: hits of event k are [o[k], o[k+1])
+    layer: Array  # (n,) int64 detector layer index per hit (0 for hits off the detector)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_features.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+    def event_edges(self, k: int) -> Array:
+        """Edge index of event ``k`` in its own hit numbering."""
+        lo, hi = self.node_offsets[k], self.node_offsets[k + 1]
+        src = self.edge_index[0]
+        sel = (src >= lo) & (src < hi)
+        return self.edge_index[:, sel] - lo
+
+
+def _expand(lo: Array, hi: Array, xp: Any) -> tuple[Array, Array]:
+    """Flatten ranges [lo, hi): (range id, position) for every element. One host sync."""
+    counts = xp.maximum(hi - lo, 0)
+    ends = xp.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    flat = xp.arange(total, dtype=xp.int64)
+    if xp is np:  # same result; repeat is the fast primitive on the CPU, search on the GPU
+        rid = np.repeat(np.arange(len(counts)), counts)
+    else:
+        rid = xp.searchsorted(ends, flat, side="right")
+    return rid, lo[rid] + flat - (ends[rid] - counts[rid])
+
+
+@cache
+def _device_tables(det: Detector, z0_max: float, skip: bool, xp: Any) -> dict[str, Array]:
+    pairs = layer_pairs(det, z0_max=min(z0_max, 50.0), skip=skip)
+    lut = np.full(32 * 32, -1, dtype=np.int64)
+    lut[det.volume_id.astype(np.int64) * 32 + det.layer_id] = np.arange(len(det))
+    barrel = det.kind == BARREL
+    tables = {
+        "lut": lut,
+        "pair_inner": pairs[:, 0],
+        "pair_outer": pairs[:, 1],
+        "barrel": barrel,
+        "r": np.nan_to_num(det.r),
+        "z": np.nan_to_num(det.z),
+        # The binned coordinate: z along a barrel layer, r across a disk.
+        "u_min": np.where(barrel, -det.half_length, det.r_min),
+        "u_max": np.where(barrel, det.half_length, det.r_max),
+        # Hit resolution along z (barrel layers) and along r (disks).
+        "sigma_z": np.where(barrel, det.res_b, 0.0),
+        "sigma_r": np.where(barrel, 0.0, det.res_b),
+        "sigma": det.res_b,
+    }
+    return {k: xp.asarray(v) for k, v in tables.items()}
+
+
+def _target_range(
+    ri: Array,
+    zi: Array,
+    barrel: Array,
+    r_t: Array,
+    z_t: Array,
+    u_max: Array,
+    zmax: Array,
+    xp: Any,
+) -> tuple[Array, Array]:
+    """Range of the target layer's coordinate (z or r) on lines from (r_i, z_i) to |z0| <= zmax."""
+    # Barrel target at radius r_t: z = z0 + (z_i - z0) r_t / r_i, linear in z0.
+    s = r_t / ri
+    za, zb = -zmax + (zi + zmax) * s, zmax + (zi - zmax) * s
+    # Disk target at z_t: r = r_i (z_t - z0) / (z_i - z0), monotonic in z0 when |z_i| > zmax.
+    far = xp.abs(zi) > zmax
+    den_a = xp.where(far, zi + zmax, 1.0)
+    den_b = xp.where(far, zi - zmax, 1.0)
+    ra, rb = ri * (z_t + zmax) / den_a, ri * (z_t - zmax) / den_b
+    r_lo = xp.where(far, xp.maximum(xp.minimum(ra, rb), ri), ri)
+    r_hi = xp.where(far, xp.minimum(xp.maximum(ra, rb), u_max), u_max)
+    lo = xp.where(barrel, xp.minimum(za, zb), r_lo) - 1.0
+    hi = xp.where(barrel, xp.maximum(za, zb), r_hi) + 1.0
+    return lo, hi
+
+
+def build_graph(
+    x: Array,
+    y: Array,
+    z: Array,
+    volume_id: Array,
+    layer_id: Array,
+    node_offsets: np.ndarray,
+    det: Detector,
+    cfg: GraphConfig = GraphConfig(),
+) -> Graph:
+    """Build the doublet graph of a batch of events (hits concatenated, ``node_offsets``)."""
+    xp = array_module(x)
+    t = _device_tables(det, cfg.z0_limit, cfg.skip_layers, xp)
+    n = int(x.shape[0])
+    n_layers, nb = len(det), cfg.n_bins
+    x, y, z = (a.astype(xp.float32) for a in (x, y, z))
+    r = xp.hypot(x, y)
+    phi = xp.arctan2(y, x)
+    phi_p = phi.astype(xp.float64) + np.pi  # in [0, 2 pi]
+    event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
+    code = volume_id.astype(xp.int64) * 32 + layer_id.astype(xp.int64)
+    valid = (volume_id >= 0) & (volume_id < 32) & (layer_id >= 0) & (layer_id < 32)
+    layer = xp.where(valid, t["lut"][xp.where(valid, code, 0)], -1)
+    on = layer >= 0
+    lay0 = xp.where(on, layer, 0)
+
+    def bin_of(u: Array, lay: Array) -> Array:
+        frac = (u - t["u_min"][lay]) / (t["u_max"][lay] - t["u_min"][lay])
+        return xp.clip(xp.floor(frac * nb), 0, nb - 1).astype(xp.int64)
+
+    # Grid cells (event, layer, u bin, phi bin); each hit also in phi bin + n_phi, so that a
+    # phi window never wraps. Cells are contiguous in phi: a window is one slice of ``hit_of``.
+    nphi = cfg.n_phi_bins
+    u = xp.where(t["barrel"][lay0], z, r)
+    pbin = xp.minimum((phi_p * (nphi / (2 * np.pi))).astype(xp.int64), nphi - 1)
+    row = ((event * n_layers + lay0) * nb + bin_of(u, lay0)) * (2 * nphi)
+    n_cells = int(node_offsets.shape[0] - 1) * n_layers * nb * 2 * nphi
+    cell = xp.concatenate(
+        [xp.where(on, row + pbin, n_cells), xp.where(on, row + pbin + nphi, n_cells)]
+    )
+    order = xp.argsort(cell, kind="stable")
+    hit_of = order % n
+    cell_start = xp.concatenate(
+        [xp.zeros(1, dtype=xp.int64), xp.cumsum(xp.bincount(cell, minlength=n_cells + 1))]
+    )
+
+    # Queries: (inner hit, layer pair), then one per bin of the outer layer it can reach.
+    starts = xp.searchsorted(t["pair_inner"], xp.arange(n_layers + 1), side="left")
+    hits_on = xp.nonzero(on)[0]
+    lay_on = layer[hits_on]
+    q_hit, q_pair = _expand(starts[lay_on], starts[lay_on + 1], xp)
+    qi = hits_on[q_hit]
+    outer = t["pair_outer"][q_pair]
+    ob = t["barrel"][outer]
+    ri, zi = r[qi], z[qi]
+    # z0 reach of a query: the exact resolution term between barrel layers, else the bound.
+    inner = lay0[qi]
+    dr_b = xp.maximum(t["r"][outer] - ri, 1.0)
+    sig = xp.where(
+        ob & t["barrel"][inner],
+        xp.hypot(t["sigma_z"][inner] * t["r"][outer] / dr_b, t["sigma_z"][outer] * ri / dr_b),
+        cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
+    )
+    z0_reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
+    u_lo, u_hi = _target_range(
+        ri, zi, ob, t["r"][outer], t["z"][outer], t["u_max"][outer], z0_reach, xp
+    )
+    dr_max = xp.where(ob, t["r"][outer] - ri, u_hi - ri)
+    w = cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance
+    b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
+    # phi-bin range of each query, shifted up by n_phi when it would start below bin 0.
+    p_lo = xp.floor((phi_p[qi] - w) * (nphi / (2 * np.pi))).astype(xp.int64)
+    p_hi = xp.floor((phi_p[qi] + w) * (nphi / (2 * np.pi))).astype(xp.int64)
+    shift = xp.where(p_lo < 0, nphi, 0)
+    p_lo, p_hi = p_lo + shift, xp.minimum(p_hi + shift, 2 * nphi - 1)
+    q, b = _expand(b_lo, b_hi + 1, xp)
+    row = ((event[qi[q]] * n_layers + outer[q]) * nb + b) * (2 * nphi)
+    cand, pos = _expand(cell_start[row + p_lo[q]], cell_start[row + p_hi[q] + 1], xp)
+    i = qi[q[cand]]
+    j = hit_of[pos]
+    return _apply_cuts(i, j, r, phi, z, lay0, t, node_offsets, det, cfg, xp)
+
+
+def _z0_error(
+    i: Array, j: Array, r: Array, dr: Array, dz: Array, lay: Array, t: dict[str, Array], xp: Any
+) -> Array:
+    """Standard deviation of the segment's z0 from the two hits' resolutions."""
+    li, lj = lay[i], lay[j]
+    ri, rj = r[i], r[j]
+    return xp.sqrt(
+        (t["sigma_z"][li] * rj / dr) ** 2
+        + (t["sigma_z"][lj] * ri / dr) ** 2
+        + (t["sigma_r"][li] * dz * rj / dr**2) ** 2
+        + (t["sigma_r"][lj] * dz * ri / dr**2) ** 2
+    )
+
+
+def _apply_cuts(
+    i: Array,
+    j: Array,
+    r: Array,
+    phi: Array,
+    z: Array,
+    lay: Array,
+    t: dict[str, Array],
+    node_offsets: np.ndarray,
+    det: Detector,
+    cfg: GraphConfig,
+    xp: Any,
+) -> Graph:
+    slope = cfg.phi_slope_max(det.bfield)
+    # Cheap cuts first (radial step, phi slope, hard z0 bound), then the resolution-aware z0.
+    dr = r[j] - r[i]
+    dz = z[j] - z[i]
+    dphi = xp.mod(phi[j] - phi[i] + np.pi, 2 * np.pi) - np.pi
+    safe_dr = xp.where(dr > 0, dr, 1.0)
+    z0 = z[i] - r[i] * dz / safe_dr
+    keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
+    keep &= xp.abs(z0) <= cfg.z0_limit
+    i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
+    deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
+    cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
+    sig = xp.minimum(_z0_error(i, j, r, dr, dz, lay, t, xp), cap)
+    z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
+    keep = (xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max)
+    i, j, dr, dz, dphi, z0, deta = (a[keep] for a in (i, j, dr, dz, dphi, z0, deta))
+    node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
+    edge_features = xp.stack(
+        [dr / 100.0, dphi / 0.01, dz / 100.0, deta / 0.1, (dphi / dr) / slope, z0 / cfg.z0_limit],
+        axis=1,
+    ).astype(xp.float32)
+    return Graph(
+        node_features=node_features,
+        edge_index=xp.stack([i, j]).astype(xp.int64),
+        edge_features=edge_features,
+        node_offsets=np.asarray(node_offsets, dtype=np.int64),
+        layer=lay,
+    )
