@@ -46,6 +46,7 @@ class GraphConfig:
     skip_layers: bool = True  # also connect layer i to i + 2
     n_bins: int = 32  # search grid: bins along z (barrel) or r (disk) per layer
     n_phi_bins: int = 256  # search grid: bins in phi per layer
+    layer_margin: float = 10.0  # mm: hits may lie this far off their layer's nominal surface
 
     def phi_slope_max(self, bfield: float) -> float:
         """Largest |dphi/dr| (rad/mm) accepted."""
@@ -120,34 +121,34 @@ def _expand(lo: Array, hi: Array, xp: Any) -> tuple[Array, Array]:
     counts = xp.maximum(hi - lo, 0)
     ends = xp.cumsum(counts)
     total = int(ends[-1]) if len(ends) else 0
-    flat = xp.arange(total, dtype=xp.int64)
     if xp is np:  # same result; repeat is the fast primitive on the CPU, search on the GPU
         rid = np.repeat(np.arange(len(counts)), counts)
     else:
-        rid = xp.searchsorted(ends, flat, side="right")
-    return rid, lo[rid] + flat - (ends[rid] - counts[rid])
+        rid = xp.searchsorted(ends, xp.arange(total), side="right")
+    return rid, xp.arange(total) + (lo - ends + counts)[rid]
 
 
 @cache
-def _device_tables(det: Detector, z0_max: float, skip: bool, xp: Any) -> dict[str, Array]:
-    pairs = layer_pairs(det, z0_max=min(z0_max, 50.0), skip=skip)
+def _device_tables(det: Detector, z0_limit: float, skip: bool, xp: Any) -> dict[str, Array]:
+    pairs = layer_pairs(det, z0_max=min(z0_limit, 50.0), skip=skip)
     lut = np.full(32 * 32, -1, dtype=np.int64)
     lut[det.volume_id.astype(np.int64) * 32 + det.layer_id] = np.arange(len(det))
     barrel = det.kind == BARREL
+    f32 = np.float32
     tables = {
         "lut": lut,
         "pair_inner": pairs[:, 0],
         "pair_outer": pairs[:, 1],
         "barrel": barrel,
-        "r": np.nan_to_num(det.r),
-        "z": np.nan_to_num(det.z),
+        "r": np.nan_to_num(det.r).astype(f32),
+        "z": np.nan_to_num(det.z).astype(f32),
         # The binned coordinate: z along a barrel layer, r across a disk.
-        "u_min": np.where(barrel, -det.half_length, det.r_min),
-        "u_max": np.where(barrel, det.half_length, det.r_max),
+        "u_min": np.where(barrel, -det.half_length, det.r_min).astype(f32),
+        "u_max": np.where(barrel, det.half_length, det.r_max).astype(f32),
         # Hit resolution along z (barrel layers) and along r (disks).
-        "sigma_z": np.where(barrel, det.res_b, 0.0),
-        "sigma_r": np.where(barrel, 0.0, det.res_b),
-        "sigma": det.res_b,
+        "sigma_z": np.where(barrel, det.res_b, 0.0).astype(f32),
+        "sigma_r": np.where(barrel, 0.0, det.res_b).astype(f32),
+        "sigma": det.res_b.astype(f32),
     }
     return {k: xp.asarray(v) for k, v in tables.items()}
 
@@ -160,22 +161,30 @@ def _target_range(
     z_t: Array,
     u_max: Array,
     zmax: Array,
+    margin: float,
     xp: Any,
 ) -> tuple[Array, Array]:
-    """Range of the target layer's coordinate (z or r) on lines from (r_i, z_i) to |z0| <= zmax."""
-    # Barrel target at radius r_t: z = z0 + (z_i - z0) r_t / r_i, linear in z0.
-    s = r_t / ri
-    za, zb = -zmax + (zi + zmax) * s, zmax + (zi - zmax) * s
+    """Range of the target layer's coordinate (z or r) on lines from (r_i, z_i) to |z0| <= zmax.
+
+    ``margin`` (mm) widens it for hits off the nominal surface (modules are not exact
+    cylinders and disks, and strip measurements along r are coarse).
+    """
+    # Barrel target at radius r_t (+- margin): z = z0 + (z_i - z0) r / r_i, linear in z0.
+    lo = hi = None
+    for rt in (r_t - margin, r_t + margin):
+        s = rt / ri
+        za, zb = -zmax + (zi + zmax) * s, zmax + (zi - zmax) * s
+        lo = xp.minimum(za, zb) if lo is None else xp.minimum(lo, xp.minimum(za, zb))
+        hi = xp.maximum(za, zb) if hi is None else xp.maximum(hi, xp.maximum(za, zb))
     # Disk target at z_t: r = r_i (z_t - z0) / (z_i - z0), monotonic in z0 when |z_i| > zmax.
     far = xp.abs(zi) > zmax
     den_a = xp.where(far, zi + zmax, 1.0)
     den_b = xp.where(far, zi - zmax, 1.0)
     ra, rb = ri * (z_t + zmax) / den_a, ri * (z_t - zmax) / den_b
-    r_lo = xp.where(far, xp.maximum(xp.minimum(ra, rb), ri), ri)
-    r_hi = xp.where(far, xp.minimum(xp.maximum(ra, rb), u_max), u_max)
-    lo = xp.where(barrel, xp.minimum(za, zb), r_lo) - 1.0
-    hi = xp.where(barrel, xp.maximum(za, zb), r_hi) + 1.0
-    return lo, hi
+    r_lo = xp.where(far, xp.maximum(xp.minimum(ra, rb), ri), ri) - margin
+    r_hi = xp.where(far, xp.minimum(xp.maximum(ra, rb), u_max), u_max) + margin
+    # 1 mm of slack keeps rounding at the range ends from losing candidates.
+    return xp.where(barrel, lo, r_lo) - 1.0, xp.where(barrel, hi, r_hi) + 1.0
 
 
 def build_graph(
@@ -192,11 +201,13 @@ def build_graph(
     xp = array_module(x)
     t = _device_tables(det, cfg.z0_limit, cfg.skip_layers, xp)
     n = int(x.shape[0])
-    n_layers, nb = len(det), cfg.n_bins
+    n_layers, nb, nphi = len(det), cfg.n_bins, cfg.n_phi_bins
+    two_pi = np.float32(2 * np.pi)
+    to_bin = np.float32(nphi / (2 * np.pi))
     x, y, z = (a.astype(xp.float32) for a in (x, y, z))
     r = xp.hypot(x, y)
     phi = xp.arctan2(y, x)
-    phi_p = phi.astype(xp.float64) + np.pi  # in [0, 2 pi]
+    phi_p = phi + np.float32(np.pi)  # in [0, 2 pi]
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
     code = volume_id.astype(xp.int64) * 32 + layer_id.astype(xp.int64)
     valid = (volume_id >= 0) & (volume_id < 32) & (layer_id >= 0) & (layer_id < 32)
@@ -208,11 +219,10 @@ def build_graph(
         frac = (u - t["u_min"][lay]) / (t["u_max"][lay] - t["u_min"][lay])
         return xp.clip(xp.floor(frac * nb), 0, nb - 1).astype(xp.int64)
 
-    # Grid cells (event, layer, u bin, phi bin); each hit also in phi bin + n_phi, so that a
-    # phi window never wraps. Cells are contiguous in phi: a window is one slice of ``hit_of``.
-    nphi = cfg.n_phi_bins
+    # Grid cells (event, layer, u bin, phi bin); each hit also in phi bin + n_phi, at phi
+    # + 2 pi, so that a window never wraps. Cells are contiguous in phi: a window is a slice.
     u = xp.where(t["barrel"][lay0], z, r)
-    pbin = xp.minimum((phi_p * (nphi / (2 * np.pi))).astype(xp.int64), nphi - 1)
+    pbin = xp.minimum((phi_p * to_bin).astype(xp.int64), nphi - 1)
     row = ((event * n_layers + lay0) * nb + bin_of(u, lay0)) * (2 * nphi)
     n_cells = int(node_offsets.shape[0] - 1) * n_layers * nb * 2 * nphi
     cell = xp.concatenate(
@@ -220,6 +230,7 @@ def build_graph(
     )
     order = xp.argsort(cell, kind="stable")
     hit_of = order % n
+    phi_sorted = xp.concatenate([phi_p, phi_p + two_pi])[order]
     cell_start = xp.concatenate(
         [xp.zeros(1, dtype=xp.int64), xp.cumsum(xp.bincount(cell, minlength=n_cells + 1))]
     )
@@ -235,30 +246,44 @@ def build_graph(
     ri, zi = r[qi], z[qi]
     # z0 reach of a query: the exact resolution term between barrel layers, else the bound.
     inner = lay0[qi]
-    dr_b = xp.maximum(t["r"][outer] - ri, 1.0)
+    r_out = t["r"][outer]
+    dr_b = xp.maximum(r_out - ri, 1.0)
     sig = xp.where(
         ob & t["barrel"][inner],
-        xp.hypot(t["sigma_z"][inner] * t["r"][outer] / dr_b, t["sigma_z"][outer] * ri / dr_b),
+        xp.hypot(t["sigma_z"][inner] * r_out / dr_b, t["sigma_z"][outer] * ri / dr_b),
         cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
     )
-    z0_reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-    u_lo, u_hi = _target_range(
-        ri, zi, ob, t["r"][outer], t["z"][outer], t["u_max"][outer], z0_reach, xp
-    )
-    dr_max = xp.where(ob, t["r"][outer] - ri, u_hi - ri)
+    reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit).astype(xp.float32)
+    m = cfg.layer_margin
+    u_lo, u_hi = _target_range(ri, zi, ob, r_out, t["z"][outer], t["u_max"][outer], reach, m, xp)
+    dr_max = xp.where(ob, r_out + m, u_hi) - ri
     w = cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance
     b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
-    # phi-bin range of each query, shifted up by n_phi when it would start below bin 0.
-    p_lo = xp.floor((phi_p[qi] - w) * (nphi / (2 * np.pi))).astype(xp.int64)
-    p_hi = xp.floor((phi_p[qi] + w) * (nphi / (2 * np.pi))).astype(xp.int64)
-    shift = xp.where(p_lo < 0, nphi, 0)
-    p_lo, p_hi = p_lo + shift, xp.minimum(p_hi + shift, 2 * nphi - 1)
+    # phi-bin range of each query, moved up by n_phi (and 2 pi) when it would start below 0.
+    p_lo = xp.floor((phi_p[qi] - w) * to_bin).astype(xp.int64)
+    p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
+    low = p_lo < 0
+    p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
+    centre = phi_p[qi] + low * two_pi
     q, b = _expand(b_lo, b_hi + 1, xp)
     row = ((event[qi[q]] * n_layers + outer[q]) * nb + b) * (2 * nphi)
     cand, pos = _expand(cell_start[row + p_lo[q]], cell_start[row + p_hi[q] + 1], xp)
-    i = qi[q[cand]]
-    j = hit_of[pos]
-    return _apply_cuts(i, j, r, phi, z, lay0, t, node_offsets, det, cfg, xp)
+    qq = q[cand]
+    return _apply_cuts(
+        qi[qq],
+        hit_of[pos],
+        phi_sorted[pos] - centre[qq],
+        reach[qq],
+        r,
+        phi,
+        z,
+        lay0,
+        t,
+        node_offsets,
+        det,
+        cfg,
+        xp,
+    )
 
 
 def _z0_error(
@@ -278,6 +303,8 @@ def _z0_error(
 def _apply_cuts(
     i: Array,
     j: Array,
+    dphi: Array,
+    reach: Array,
     r: Array,
     phi: Array,
     z: Array,
@@ -288,15 +315,14 @@ def _apply_cuts(
     cfg: GraphConfig,
     xp: Any,
 ) -> Graph:
+    """Cut candidates (i, j): cheap cuts first, the resolution-aware z0 and eta on survivors."""
     slope = cfg.phi_slope_max(det.bfield)
-    # Cheap cuts first (radial step, phi slope, hard z0 bound), then the resolution-aware z0.
     dr = r[j] - r[i]
-    dz = z[j] - z[i]
-    dphi = xp.mod(phi[j] - phi[i] + np.pi, 2 * np.pi) - np.pi
-    safe_dr = xp.where(dr > 0, dr, 1.0)
-    z0 = z[i] - r[i] * dz / safe_dr
     keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
-    keep &= xp.abs(z0) <= cfg.z0_limit
+    i, j, dr, dphi, reach = (a[keep] for a in (i, j, dr, dphi, reach))
+    dz = z[j] - z[i]
+    z0 = z[i] - r[i] * dz / dr
+    keep = xp.abs(z0) <= reach
     i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
     deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
     cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])

@@ -1,0 +1,118 @@
+"""Graph construction: exact against brute force, batching, wrap-around, efficiency."""
+
+import numpy as np
+import pytest
+
+from streamtrk.detector import BARREL
+from streamtrk.event import Event, Hits
+from streamtrk.recon.graph import GraphConfig, build_graph, layer_pairs
+from streamtrk.recon.truth import true_segments
+
+
+def _graph(events, det, cfg=GraphConfig()):
+    cols = {
+        k: np.concatenate([getattr(e.hits, k) for e in events])
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    }
+    offsets = np.cumsum([0] + [len(e.hits) for e in events])
+    return build_graph(
+        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det, cfg
+    )
+
+
+def _keys(g):
+    n = g.num_nodes
+    return np.sort(g.edge_index[0] * n + g.edge_index[1])
+
+
+def test_grid_search_equals_brute_force(small_events, det):
+    # One cell per layer (1 bin in u, 1 in phi) makes the search test every hit pair of
+    # every layer pair: the fine grid must find exactly the same edges.
+    fine = _graph(small_events[:1], det)
+    brute = _graph(small_events[:1], det, GraphConfig(n_bins=1, n_phi_bins=1))
+    assert fine.num_edges > 10_000
+    assert np.array_equal(_keys(fine), _keys(brute))
+
+
+def test_edges_are_unique_outward_and_within_layer_pairs(small_events, det):
+    g = _graph(small_events[:1], det)
+    i, j = g.edge_index
+    assert len(np.unique(_keys(g))) == g.num_edges
+    r = g.node_features[:, 0]
+    assert np.all(r[j] > r[i])
+    pairs = {(a, b) for a, b, _ in layer_pairs(det).tolist()}
+    assert {(a, b) for a, b in zip(g.layer[i].tolist(), g.layer[j].tolist(), strict=True)} <= pairs
+    assert np.isfinite(g.edge_features).all() and g.edge_features.shape == (g.num_edges, 6)
+
+
+def test_layer_pairs_follow_the_detector(det):
+    pairs = layer_pairs(det)
+    names = {
+        (
+            int(det.volume_id[a]) * 100 + int(det.layer_id[a]),
+            int(det.volume_id[b]) * 100 + int(det.layer_id[b]),
+            int(gap),
+        )
+        for a, b, gap in pairs
+    }
+    assert (802, 804, 1) in names and (802, 806, 2) in names  # barrel next and skip-one
+    assert (808, 1302, 1) in names  # pixel to strip barrel
+    assert (902, 904, 1) in names and (1412, 1312, 1) not in names  # disks outwards only
+    assert any(det.kind[a] == BARREL and det.kind[b] != BARREL for a, b, _ in pairs)
+
+
+def test_batch_is_the_disjoint_union_of_events(small_events, det):
+    both = _graph(small_events, det)
+    offset = len(small_events[0].hits)
+    i, j = both.edge_index
+    assert np.all((i < offset) == (j < offset))
+    for k, ev in enumerate(small_events):
+        alone = _graph([ev], det)
+        assert set(map(tuple, both.event_edges(k).T.tolist())) == set(
+            map(tuple, alone.edge_index.T.tolist())
+        )
+    assert both.num_edges == sum(_graph([ev], det).num_edges for ev in small_events)
+
+
+def test_phi_wrap_around_connects_a_track(det):
+    # A straight radial track at phi = pi (x < 0, y changes sign between layers).
+    radii = det.r[det.kind == BARREL][:4]
+    phis = np.array([np.pi - 1e-4, -np.pi + 1e-4, np.pi - 2e-4, -np.pi + 2e-4])
+    hits = Hits(
+        hit_id=np.arange(1, 5, dtype=np.int64),
+        x=(radii * np.cos(phis)).astype(np.float32),
+        y=(radii * np.sin(phis)).astype(np.float32),
+        z=np.zeros(4, np.float32) + radii.astype(np.float32) * 0.1,
+        volume_id=np.full(4, 8, np.int32),
+        layer_id=np.array([2, 4, 6, 8], np.int32),
+        module_id=np.ones(4, np.int32),
+    )
+    g = _graph([Event(0, 0, hits)], det)
+    edges = set(map(tuple, g.edge_index.T.tolist()))
+    assert {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)} <= edges
+
+
+def test_edge_efficiency_on_mu200(mu200_events, det):
+    found = total = 0
+    for ev in mu200_events:
+        g = _graph([ev], det)
+        seg = true_segments(ev, 1.0)
+        p = ev.truth.particles
+        pid = ev.truth.hits.particle_id[seg[0]]
+        central = p.vr[pid - 1] < 10
+        n = len(ev.hits)
+        hit = np.isin(seg[0] * n + seg[1], _keys(g))
+        found += hit[central].sum()
+        total += central.sum()
+    assert found / total >= 0.99
+
+
+@pytest.mark.realdata
+def test_real_event_graph_efficiency(shared_trackml, det):
+    from streamtrk.io.trackml import read_event
+
+    ev = read_event(shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000")
+    g = _graph([ev], det)
+    seg = true_segments(ev, 1.0)
+    n = len(ev.hits)
+    assert np.isin(seg[0] * n + seg[1], _keys(g)).mean() >= 0.98

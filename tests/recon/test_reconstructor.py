@@ -1,0 +1,93 @@
+"""The reconstruction chain with oracle edge scores, and the evaluate command."""
+
+import json
+
+import numpy as np
+import pytest
+
+from streamtrk.cli import main
+from streamtrk.eval.evaluate import evaluate
+from streamtrk.io.trackml import read_submission
+from streamtrk.recon.reconstructor import STAGES, Reconstructor
+
+REPORT_KEYS = {
+    "tracking_efficiency",
+    "tracking_efficiency_all",
+    "fake_rate",
+    "duplicate_rate",
+    "trackml_score",
+    "graph_edge_efficiency",
+    "graph_edge_purity",
+    "gnn_edge_efficiency",
+    "gnn_edge_purity",
+    "events",
+    "seconds_per_event",
+    "stage_seconds",
+}
+
+
+def test_oracle_reaches_the_ceiling_on_mu200(mu200_events):
+    report = evaluate(Reconstructor.oracle(), mu200_events, batch_size=3).report()
+    assert report["events"] == 3
+    assert report["tracking_efficiency"] >= 0.99
+    assert report["fake_rate"] <= 0.01
+    assert report["graph_edge_efficiency"] >= 0.99
+    assert set(report["stage_seconds"]) == set(STAGES)
+
+
+def test_batching_does_not_change_tracks(small_events):
+    rec = Reconstructor.oracle()
+    both = rec.reconstruct(small_events).tracks
+    for ev, batched in zip(small_events, both, strict=True):
+        alone = rec.reconstruct([ev]).tracks[0]
+        assert np.array_equal(alone.offsets, batched.offsets)
+        assert np.array_equal(alone.hit_index, batched.hit_index)
+        assert np.array_equal(alone.params["pt"], batched.params["pt"])
+
+
+def test_tracks_are_disjoint_and_long_enough(small_events):
+    tracks = Reconstructor.oracle().reconstruct(small_events[:1]).tracks[0]
+    assert len(tracks) > 100
+    assert np.all(tracks.sizes >= 3)
+    assert len(np.unique(tracks.hit_index)) == len(tracks.hit_index)
+    assert set(tracks.params) == {"pt", "eta", "phi", "d0", "z0", "charge", "chi2"}
+
+
+def test_evaluate_command_writes_report_plots_and_submission(tmp_path, small_events, capsys):
+    rec = tmp_path / "run.stk"
+    assert (
+        main(["simulate", "--events", "2", "--mu", "20", "--seed", "3", "-q", "-o", str(rec)]) == 0
+    )
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "evaluate",
+            str(rec),
+            "--oracle",
+            "-q",
+            "--report",
+            str(out / "r.json"),
+            "--plots",
+            str(out / "plots"),
+            "--submission",
+            str(out / "sub.csv"),
+        ]
+    )
+    assert rc == 0
+    report = json.loads((out / "r.json").read_text())
+    assert set(report) >= REPORT_KEYS
+    assert json.loads(capsys.readouterr().out) == report
+    for name in ("efficiency_vs_pt.png", "efficiency_vs_eta.png", "fake_rate_vs_eta.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    sub = read_submission(out / "sub.csv")
+    assert sorted(sub) == [0, 1]
+    assert all(tid.min() >= 0 and tid.max() >= 1 for _, tid in sub.values())
+
+
+@pytest.mark.realdata
+def test_oracle_on_the_real_event(shared_trackml, capsys):
+    prefix = shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000"
+    assert main(["evaluate", str(prefix), "--oracle", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tracking_efficiency"] >= 0.98
+    assert report["graph_edge_efficiency"] >= 0.98
