@@ -269,21 +269,20 @@ def build_graph(
     row = ((event[qi[q]] * n_layers + outer[q]) * nb + b) * (2 * nphi)
     cand, pos = _expand(cell_start[row + p_lo[q]], cell_start[row + p_hi[q] + 1], xp)
     qq = q[cand]
-    return _apply_cuts(
-        qi[qq],
-        hit_of[pos],
-        phi_sorted[pos] - centre[qq],
-        reach[qq],
-        r,
-        phi,
-        z,
-        lay0,
-        t,
-        node_offsets,
-        det,
-        cfg,
-        xp,
-    )
+    # Cuts read per-query values through qq and per-hit values through the sorted slots
+    # (both gathers run mostly forward in memory); hit ids are gathered for survivors only.
+    slope = cfg.phi_slope_max(det.bfield)
+    r_s = xp.concatenate([r, r])[order]
+    dr = r_s[pos] - ri[qq]
+    dphi = phi_sorted[pos] - centre[qq]
+    keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
+    qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
+    i, j = qi[qq], hit_of[pos]
+    dz = z[j] - zi[qq]
+    z0 = zi[qq] - ri[qq] * dz / dr
+    keep = xp.abs(z0) <= reach[qq]
+    i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
+    return _finish(i, j, dr, dz, dphi, z0, r, phi, z, lay0, t, node_offsets, det, cfg, xp)
 
 
 def _z0_error(
@@ -300,11 +299,13 @@ def _z0_error(
     )
 
 
-def _apply_cuts(
+def _finish(
     i: Array,
     j: Array,
+    dr: Array,
+    dz: Array,
     dphi: Array,
-    reach: Array,
+    z0: Array,
     r: Array,
     phi: Array,
     z: Array,
@@ -315,15 +316,8 @@ def _apply_cuts(
     cfg: GraphConfig,
     xp: Any,
 ) -> Graph:
-    """Cut candidates (i, j): cheap cuts first, the resolution-aware z0 and eta on survivors."""
+    """The resolution-aware z0 and eta cuts on the survivors, then features."""
     slope = cfg.phi_slope_max(det.bfield)
-    dr = r[j] - r[i]
-    keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
-    i, j, dr, dphi, reach = (a[keep] for a in (i, j, dr, dphi, reach))
-    dz = z[j] - z[i]
-    z0 = z[i] - r[i] * dz / dr
-    keep = xp.abs(z0) <= reach
-    i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
     deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
     cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
     sig = xp.minimum(_z0_error(i, j, r, dr, dz, lay, t, xp), cap)
