@@ -10,6 +10,7 @@ the number of host synchronisations per batch is constant (two), not per layer p
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
@@ -46,6 +47,7 @@ class GraphConfig:
     skip_layers: bool = True  # also connect layer i to i + 2
     n_bins: int = 32  # search grid: bins along z (barrel) or r (disk) per layer
     n_phi_bins: int = 256  # search grid: bins in phi per layer
+    threads: int = 2  # CPU threads for the candidate search (NumPy only)
     layer_margin: float = 10.0  # mm: hits may lie this far off their layer's nominal surface
 
     def phi_slope_max(self, bfield: float) -> float:
@@ -134,21 +136,21 @@ def _device_tables(det: Detector, z0_limit: float, skip: bool, xp: Any) -> dict[
     lut = np.full(32 * 32, -1, dtype=np.int64)
     lut[det.volume_id.astype(np.int64) * 32 + det.layer_id] = np.arange(len(det))
     barrel = det.kind == BARREL
-    f32 = np.float32
+    f64 = np.float64
     tables = {
         "lut": lut,
         "pair_inner": pairs[:, 0],
         "pair_outer": pairs[:, 1],
         "barrel": barrel,
-        "r": np.nan_to_num(det.r).astype(f32),
-        "z": np.nan_to_num(det.z).astype(f32),
+        "r": np.nan_to_num(det.r).astype(f64),
+        "z": np.nan_to_num(det.z).astype(f64),
         # The binned coordinate: z along a barrel layer, r across a disk.
-        "u_min": np.where(barrel, -det.half_length, det.r_min).astype(f32),
-        "u_max": np.where(barrel, det.half_length, det.r_max).astype(f32),
+        "u_min": np.where(barrel, -det.half_length, det.r_min).astype(f64),
+        "u_max": np.where(barrel, det.half_length, det.r_max).astype(f64),
         # Hit resolution along z (barrel layers) and along r (disks).
-        "sigma_z": np.where(barrel, det.res_b, 0.0).astype(f32),
-        "sigma_r": np.where(barrel, 0.0, det.res_b).astype(f32),
-        "sigma": det.res_b.astype(f32),
+        "sigma_z": np.where(barrel, det.res_b, 0.0).astype(f64),
+        "sigma_r": np.where(barrel, 0.0, det.res_b).astype(f64),
+        "sigma": det.res_b.astype(f64),
     }
     return {k: xp.asarray(v) for k, v in tables.items()}
 
@@ -202,12 +204,14 @@ def build_graph(
     t = _device_tables(det, cfg.z0_limit, cfg.skip_layers, xp)
     n = int(x.shape[0])
     n_layers, nb, nphi = len(det), cfg.n_bins, cfg.n_phi_bins
-    two_pi = np.float32(2 * np.pi)
-    to_bin = np.float32(nphi / (2 * np.pi))
-    x, y, z = (a.astype(xp.float32) for a in (x, y, z))
+    # Geometry in float64 so that the NumPy and CuPy paths agree on every cut decision
+    # (float32 rounding differs between CPU and GPU maths libraries at cut boundaries).
+    two_pi = 2 * np.pi
+    to_bin = nphi / (2 * np.pi)
+    x, y, z = (a.astype(xp.float64) for a in (x, y, z))
     r = xp.hypot(x, y)
     phi = xp.arctan2(y, x)
-    phi_p = phi + np.float32(np.pi)  # in [0, 2 pi]
+    phi_p = phi + np.pi  # in [0, 2 pi]
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
     code = volume_id.astype(xp.int64) * 32 + layer_id.astype(xp.int64)
     valid = (volume_id >= 0) & (volume_id < 32) & (layer_id >= 0) & (layer_id < 32)
@@ -253,7 +257,7 @@ def build_graph(
         xp.hypot(t["sigma_z"][inner] * r_out / dr_b, t["sigma_z"][outer] * ri / dr_b),
         cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
     )
-    reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit).astype(xp.float32)
+    reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
     m = cfg.layer_margin
     u_lo, u_hi = _target_range(ri, zi, ob, r_out, t["z"][outer], t["u_max"][outer], reach, m, xp)
     dr_max = xp.where(ob, r_out + m, u_hi) - ri
@@ -265,24 +269,115 @@ def build_graph(
     low = p_lo < 0
     p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
     centre = phi_p[qi] + low * two_pi
-    q, b = _expand(b_lo, b_hi + 1, xp)
-    row = ((event[qi[q]] * n_layers + outer[q]) * nb + b) * (2 * nphi)
-    cand, pos = _expand(cell_start[row + p_lo[q]], cell_start[row + p_hi[q] + 1], xp)
-    qq = q[cand]
-    # Cuts read per-query values through qq and per-hit values through the sorted slots
-    # (both gathers run mostly forward in memory); hit ids are gathered for survivors only.
-    slope = cfg.phi_slope_max(det.bfield)
     r_s = xp.concatenate([r, r])[order]
-    dr = r_s[pos] - ri[qq]
-    dphi = phi_sorted[pos] - centre[qq]
-    keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
-    qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
-    i, j = qi[qq], hit_of[pos]
-    dz = z[j] - zi[qq]
-    z0 = zi[qq] - ri[qq] * dz / dr
-    keep = xp.abs(z0) <= reach[qq]
-    i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
-    return _finish(i, j, dr, dz, dphi, z0, r, phi, z, lay0, t, node_offsets, det, cfg, xp)
+    ctx = _Search(
+        qi,
+        ri,
+        zi,
+        outer,
+        reach,
+        centre,
+        p_lo,
+        p_hi,
+        event,
+        cell_start,
+        hit_of,
+        phi_sorted,
+        r_s,
+        r,
+        z,
+        lay0,
+        t,
+        n_layers,
+        nb,
+        nphi,
+        det,
+        cfg,
+        xp,
+    )
+    q_all, b_all = _expand(b_lo, b_hi + 1, xp)
+    # On the CPU, chunks of queries run on threads (NumPy releases the GIL in its loops);
+    # on the GPU one chunk keeps the launch count down. Edges come out in the same order.
+    n_chunks = 1 if xp is not np else max(1, min(cfg.threads, len(q_all) // 50_000))
+    bounds = np.linspace(0, len(q_all), n_chunks + 1).astype(np.int64)
+    chunks = [(q_all[lo:hi], b_all[lo:hi]) for lo, hi in pairwise(bounds)]
+    if n_chunks == 1:
+        parts = [ctx.run(*c) for c in chunks]
+    else:
+        with ThreadPoolExecutor(n_chunks) as pool:
+            parts = list(pool.map(lambda c: ctx.run(*c), chunks))
+    i, j, dr, dz, dphi, z0, deta = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
+    slope = cfg.phi_slope_max(det.bfield)
+    node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
+    edge_features = xp.stack(
+        [dr / 100.0, dphi / 0.01, dz / 100.0, deta / 0.1, (dphi / dr) / slope, z0 / cfg.z0_limit],
+        axis=1,
+    ).astype(xp.float32)
+    return Graph(
+        node_features=node_features,
+        edge_index=xp.stack([i, j]).astype(xp.int64),
+        edge_features=edge_features,
+        node_offsets=np.asarray(node_offsets, dtype=np.int64),
+        layer=lay0,
+    )
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What the candidate search of one chunk of (query, bin) pairs reads."""
+
+    qi: Array
+    ri: Array
+    zi: Array
+    outer: Array
+    reach: Array
+    centre: Array
+    p_lo: Array
+    p_hi: Array
+    event: Array
+    cell_start: Array
+    hit_of: Array
+    phi_sorted: Array
+    r_sorted: Array
+    r: Array
+    z: Array
+    lay: Array
+    t: dict[str, Array]
+    n_layers: int
+    nb: int
+    nphi: int
+    det: Detector
+    cfg: GraphConfig
+    xp: Any
+
+    def run(self, q: Array, b: Array) -> tuple[Array, ...]:
+        """Edges (i, j) and their dr, dz, dphi, z0, deta for bin queries ``(q, b)``."""
+        xp, cfg, t = self.xp, self.cfg, self.t
+        row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
+        row *= 2 * self.nphi
+        lo = self.cell_start[row + self.p_lo[q]]
+        cand, pos = _expand(lo, self.cell_start[row + self.p_hi[q] + 1], xp)
+        qq = q[cand]
+        # Per-query values are read through qq, per-hit ones through the sorted slots (both
+        # gathers run mostly forward in memory); hit ids are gathered for survivors only.
+        dr = self.r_sorted[pos] - self.ri[qq]
+        dphi = self.phi_sorted[pos] - self.centre[qq]
+        slope = cfg.phi_slope_max(self.det.bfield)
+        keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
+        qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
+        i, j = self.qi[qq], self.hit_of[pos]
+        dz = self.z[j] - self.zi[qq]
+        z0 = self.zi[qq] - self.ri[qq] * dz / dr
+        keep = xp.abs(z0) <= self.reach[qq]
+        i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
+        # The resolution-aware z0 cut and eta consistency on the survivors.
+        r, z, lay = self.r, self.z, self.lay
+        deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
+        cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
+        sig = xp.minimum(_z0_error(i, j, r, dr, dz, lay, t, xp), cap)
+        z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
+        keep = (xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max)
+        return tuple(a[keep] for a in (i, j, dr, dz, dphi, z0, deta))
 
 
 def _z0_error(
@@ -296,43 +391,4 @@ def _z0_error(
         + (t["sigma_z"][lj] * ri / dr) ** 2
         + (t["sigma_r"][li] * dz * rj / dr**2) ** 2
         + (t["sigma_r"][lj] * dz * ri / dr**2) ** 2
-    )
-
-
-def _finish(
-    i: Array,
-    j: Array,
-    dr: Array,
-    dz: Array,
-    dphi: Array,
-    z0: Array,
-    r: Array,
-    phi: Array,
-    z: Array,
-    lay: Array,
-    t: dict[str, Array],
-    node_offsets: np.ndarray,
-    det: Detector,
-    cfg: GraphConfig,
-    xp: Any,
-) -> Graph:
-    """The resolution-aware z0 and eta cuts on the survivors, then features."""
-    slope = cfg.phi_slope_max(det.bfield)
-    deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
-    cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
-    sig = xp.minimum(_z0_error(i, j, r, dr, dz, lay, t, xp), cap)
-    z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-    keep = (xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max)
-    i, j, dr, dz, dphi, z0, deta = (a[keep] for a in (i, j, dr, dz, dphi, z0, deta))
-    node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
-    edge_features = xp.stack(
-        [dr / 100.0, dphi / 0.01, dz / 100.0, deta / 0.1, (dphi / dr) / slope, z0 / cfg.z0_limit],
-        axis=1,
-    ).astype(xp.float32)
-    return Graph(
-        node_features=node_features,
-        edge_index=xp.stack([i, j]).astype(xp.int64),
-        edge_features=edge_features,
-        node_offsets=np.asarray(node_offsets, dtype=np.int64),
-        layer=lay,
     )

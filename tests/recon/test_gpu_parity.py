@@ -1,0 +1,54 @@
+"""CuPy against NumPy on the same events: graph edges, components, tracks, fit (GPU only)."""
+
+import numpy as np
+import pytest
+
+from streamtrk.recon.graph import build_graph
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.recon.tracks import components_label_propagation, components_scipy
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
+pytestmark = pytest.mark.gpu
+try:
+    _HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0
+except cupy.cuda.runtime.CUDARuntimeError:
+    _HAS_GPU = False
+if not _HAS_GPU:
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+
+def _edges(events, det, xp):
+    cols = {
+        k: xp.asarray(np.concatenate([getattr(e.hits, k) for e in events]))
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    }
+    offsets = np.cumsum([0] + [len(e.hits) for e in events])
+    g = build_graph(
+        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det
+    )
+    ei = g.edge_index.get() if xp is cupy else g.edge_index
+    return {tuple(e) for e in ei.T.tolist()}, g
+
+
+def test_cupy_graph_equals_numpy(mu200_events, det):
+    cpu, _ = _edges(mu200_events[:2], det, np)
+    gpu, g = _edges(mu200_events[:2], det, cupy)
+    assert isinstance(g.edge_index, cupy.ndarray)
+    assert cpu == gpu
+
+
+def test_label_propagation_on_gpu_equals_scipy():
+    rng = np.random.default_rng(3)
+    edges = rng.integers(0, 20000, size=(2, 15000))
+    gpu = components_label_propagation(cupy.asarray(edges), 20000).get()
+    assert np.array_equal(gpu, components_scipy(edges, 20000))
+
+
+def test_oracle_tracks_identical_on_both_devices(mu200_events):
+    cpu = Reconstructor.oracle(device="cpu").reconstruct(mu200_events[:2]).tracks
+    gpu = Reconstructor.oracle(device="cuda").reconstruct(mu200_events[:2]).tracks
+    for a, b in zip(cpu, gpu, strict=True):
+        assert np.array_equal(a.offsets, b.offsets)
+        assert np.array_equal(a.hit_index, b.hit_index)
+        for k in a.params:
+            np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-4, atol=1e-4)
