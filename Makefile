@@ -15,6 +15,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The service tests start a real Prometheus server (Debian's package; no service started).
+	@if ! command -v prometheus >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus; } \
+	    || echo "warning: could not install prometheus; the Prometheus scrape test will skip"; \
+	  else \
+	    echo "note: prometheus is not on PATH and installing it needs root;" \
+	      "the Prometheus scrape test will be skipped (apt-get install prometheus)"; \
+	  fi; \
+	fi
 	touch $@
 
 lint: $(STAMP)

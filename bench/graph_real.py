@@ -37,10 +37,18 @@ def main() -> None:
         t0 = time.perf_counter()
         build_graph(*call)
         times.append(time.perf_counter() - t0)
-    print(json.dumps({
-        "hits": len(h), "edges": g.num_edges, "edges_per_hit": g.num_edges / len(h),
-        "median_s": float(np.median(times)), "min_s": float(np.min(times)),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "hits": len(h),
+                "edges": g.num_edges,
+                "edges_per_hit": g.num_edges / len(h),
+                "median_s": float(np.median(times)),
+                "min_s": float(np.min(times)),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -123,28 +123,172 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from streamtrk.recon.onnx_export import export_model_dir
+
+    path = export_model_dir(args.onnx, args.output)
+    print(f"wrote {path} ({path.stat().st_size} bytes): ONNX edge classifier of {args.onnx}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from streamtrk.service.config import ConfigError, ServeConfig, flags_from_args, load_config
+
+    flags = flags_from_args(args)
+
+    def load() -> ServeConfig:
+        return load_config(args.config, os.environ, flags)
+
+    try:
+        cfg = load()
+    except ConfigError as e:
+        print(f"streamtrk serve: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
+    from streamtrk.service.serve import serve
+
+    return serve(cfg, load)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from streamtrk.io.trackml import write_submission
+    from streamtrk.replay import (
+        ReplayOptions,
+        format_report,
+        labels_of,
+        load_recording,
+        plot_latency,
+        replay,
+    )
+
+    events = load_recording(args.recording, args.events)
+    if not events:
+        print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
+        return 1
+    opts = ReplayOptions(
+        to=args.to,
+        from_=args.from_,
+        bind=args.bind,
+        rate=args.rate,
+        loop=args.loop,
+        timeout_s=args.timeout,
+        progress=not args.quiet,
+    )
+    result = replay(events, opts)
+    report = {"recording": str(args.recording)} | result.report(events, args.rate)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if args.submission:
+        labels = labels_of(events, result.first_replies)
+        hit_ids = {ev.key: ev.event.hits.hit_id for ev in events}
+        args.submission.parent.mkdir(parents=True, exist_ok=True)
+        write_submission(args.submission, {k[1]: (hit_ids[k], v) for k, v in labels.items()})
+    if args.plot:
+        plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
+
+
+def _record(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streamtrk.record import record
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    counts = record(
+        args.from_,
+        args.output,
+        bind=args.bind,
+        events=args.events,
+        duration_s=args.duration,
+        stop=stop,
+    )
+    print(
+        f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
+        f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
+    )
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _train(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from streamtrk.train import load_config, train
+
+    cfg = load_config(args.config)
+    out = args.out or Path("models") / cfg.name
+    command = shlex.join(["streamtrk", "train", "--config", str(args.config), "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        card = train(
+            cfg, out, config_text=args.config.read_text(), command=command, progress=not args.quiet
+        )
+    finally:
+        torch.set_num_threads(threads)
+    summary = {
+        "model": str(out),
+        "threshold": card["model"]["threshold"],
+        "seconds": card["training"]["seconds_total"],
+        "metrics": card["metrics"],
+    }
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
     import tempfile
+
+    from streamtrk.service.health import wait_ready
 
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
         run = str(Path(tmp) / "demo.stk")
-        print(f"simulating {args.events} events at mu={args.mu} -> {run}")
-        rc = main(
-            [
-                "simulate",
-                "--events",
-                str(args.events),
-                "--mu",
-                str(args.mu),
-                "--seed",
-                "1",
-                "-o",
-                run,
-            ]
-        )
-        if rc:
+        print(f"simulating {args.events} events at mu={args.mu:g} -> {run}", flush=True)
+        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "1"]
+        if rc := main([*sim, "-o", run]):
             return rc
-        return main(["inspect", run])
+        ports = [_free_port() for _ in range(3)]
+        endpoints = [f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}"]
+        http = f"127.0.0.1:{ports[2]}"
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", endpoints[0]]
+        cmd += ["--output", endpoints[1], "--http", http]
+        print(f"starting the daemon: {' '.join(cmd[1:])}", flush=True)
+        daemon = subprocess.Popen(cmd)
+        try:
+            if not wait_ready(http, args.ready_timeout, daemon):
+                print("streamtrk demo: error: the daemon did not become ready", file=sys.stderr)
+                return 1
+            print(f"daemon ready (http://{http}/metrics); replaying {run}", flush=True)
+            rc = main(["replay", run, "--to", endpoints[0], "--from", endpoints[1]])
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                code = daemon.wait()
+        print(f"daemon stopped with SIGTERM, exit code {code}")
+        return rc or code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,9 +361,96 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_evaluate)
 
-    s = sub.add_parser("demo", help="the `make demo` job")
-    s.add_argument("--events", type=int, default=5)
-    s.add_argument("--mu", type=float, default=200.0)
+    s = sub.add_parser(
+        "export",
+        help="export the edge classifier of a model directory (ONNX)",
+        description="Write the edge classifier as an ONNX graph: inputs x (nodes, 3) float32, "
+        "edge_index (2, edges) int64, edge_attr (edges, 6) float32, nodes and edges dynamic; "
+        "output scores (edges,) float32, the sigmoid the model's threshold applies to. The "
+        "model card's name, threshold and feature version go into the ONNX metadata.",
+    )
+    s.add_argument("--onnx", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser(
+        "serve",
+        help="run the daemon: hits in, tracks out, metrics and health over HTTP",
+        description="Run the reconstruction daemon. Settings come from the embedded defaults, "
+        "then --config FILE (TOML, keys named like the flags with underscores), then "
+        "STREAMTRK_<SETTING> environment variables, then these flags. Signals: SIGTERM/SIGINT "
+        "drain and exit, SIGHUP reloads configuration and model.",
+    )
+    s.add_argument("--config", type=Path, help="TOML configuration file")
+    s.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    from streamtrk.service.config import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(func=_serve)
+
+    s = sub.add_parser(
+        "replay",
+        help="replay a recording through the daemon and report throughput, latency, physics",
+        description="Send a recording's hits messages byte-identical to the daemon and "
+        "receive the replies. Report keys: sent, received, missing (no reply within the "
+        "timeout), ok, errors (by reason), events_per_second, latency_p50/p90/p99/max/mean_ms "
+        "(send to reply), send_rate_hz, plus tracking_efficiency, fake_rate, duplicate_rate, "
+        "trackml_score and their counts when the recording has truth. Exit status 1 when "
+        "events are missing.",
+    )
+    s.add_argument("recording", type=Path, help="a .stk recording")
+    s.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon input endpoint")
+    s.add_argument(
+        "--from", dest="from_", default="tcp://127.0.0.1:5556", help="daemon output endpoint"
+    )
+    s.add_argument("--bind", action="store_true", help="bind both sockets (daemons connect)")
+    s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
+    s.add_argument("--events", type=int, help="only the first N events of the recording")
+    s.add_argument("--loop", type=int, default=1, help="send the events K times (default 1)")
+    s.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
+    )
+    s.add_argument("--report", type=Path, help="write the report JSON here")
+    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_replay)
+
+    s = sub.add_parser("record", help="tap a hits stream into a recording")
+    s.add_argument("--from", dest="from_", required=True, help="endpoint of a PUSH stream")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--bind", action="store_true", help="bind instead of connecting")
+    s.add_argument("--events", type=int, help="stop after N hits messages")
+    s.add_argument("--duration", type=float, help="stop after S seconds")
+    s.set_defaults(func=_record)
+
+    s = sub.add_parser(
+        "train",
+        help="train the edge classifier on simulated events",
+        description="Train the edge classifier on simulated events (or a recording) as the "
+        "config file says, choose its threshold on the validation events, evaluate it, and "
+        "write weights.pt, card.toml, training.png and checkpoints/ into the output directory.",
+    )
+    s.add_argument("--config", type=Path, required=True, help="training config (TOML)")
+    s.add_argument("--out", type=Path, help="model directory (default: models/<config name>)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser(
+        "demo",
+        help="the `make demo` job",
+        description="Simulate a small run, start the daemon with the embedded default "
+        "configuration (on free ports), replay the run through it, print the report, stop "
+        "the daemon with SIGTERM.",
+    )
+    s.add_argument("--events", type=int, default=20, help="events to simulate (default 20)")
+    s.add_argument("--mu", type=float, default=200.0, help="mean pileup (default 200)")
+    s.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness"
+    )
     s.set_defaults(func=_demo)
     return p
 

@@ -1,0 +1,238 @@
+"""The daemon against the reconstruction API: throughput ratio, latency against offered
+rate, and the real TrackML barrel event replayed through it.
+
+1. Throughput: the same simulated events reconstructed by calling
+   ``Reconstructor.reconstruct`` directly (batches of ``max_batch_events``, in this
+   process), and replayed as fast as the daemon takes them through a ``streamtrk serve``
+   subprocess with the embedded default configuration; ``--repeats`` alternating passes,
+   medians compared. Target: daemon >= 90% of direct.
+2. Latency against offered rate: replays at fixed fractions of the direct throughput
+   (about ``--rate-seconds`` each); p50/p90/p99 (send to reply) per rate, plotted to a PNG.
+3. The real barrel event (``qallse_ez-1.0_hpt-1.0_no_truth/event000001000``, 55k hits),
+   imported with ``streamtrk import-trackml`` and replayed ``--real-loops`` times.
+
+Prints a JSON summary (also written to ``--json``).
+
+Run: .venv/bin/python bench/daemon_bench.py [--events 32] [--mu 50] [--repeats 3]
+     [--real-loops 100] [--png docs/daemon-latency.png] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = "qallse_ez-1.0_hpt-1.0_no_truth/event000001000"
+RATE_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shared_trackml() -> Path:
+    base = os.environ.get("STREAMTRK_SHARED")
+    return (Path(base) if base else ROOT.parent / "shared") / "data" / "trackml"
+
+
+class Direct:
+    """The reconstruction API called directly, in this process, on the daemon's device.
+
+    Calls run in a thread of their own, as in the daemon's worker: on a small machine shared
+    with other jobs, torch's OpenMP workers driven from the main thread were seen up to 12x
+    slower than from another thread, which would flatter the daemon.
+    """
+
+    def __init__(self, warmup: Any) -> None:
+        from streamtrk.recon.model import load_reconstructor
+        from streamtrk.service.engine import resolve_device
+
+        self.rec = load_reconstructor(device=resolve_device("auto"))
+        self.events_per_second(warmup, 1)
+
+    def events_per_second(self, events: list[Any], batch: int) -> float:
+        seconds: list[float] = []
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            for i in range(0, len(events), batch):
+                self.rec.reconstruct(events[i : i + batch])
+            seconds.append(time.perf_counter() - t0)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        return len(events) / seconds[0]
+
+
+class Daemon:
+    """``python -m streamtrk serve`` on free ports, embedded defaults otherwise."""
+
+    def __init__(self, log: Path) -> None:
+        from streamtrk.service.health import wait_ready
+
+        self.input = f"tcp://127.0.0.1:{free_port()}"
+        self.output = f"tcp://127.0.0.1:{free_port()}"
+        self.http = f"127.0.0.1:{free_port()}"
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", self.input]
+        cmd += ["--output", self.output, "--http", self.http]
+        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        if not wait_ready(self.http, 300, self.process):
+            raise RuntimeError(f"daemon not ready, see {log}")
+
+    def metrics(self) -> dict[str, Any]:
+        """What the daemon says about itself: build labels, batch sizes, device memory."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        get = samples.get
+        build = [dict(k[1]) for k in samples if k[0] == "streamtrk_build_info"]
+        return {
+            "build_info": build[0] if build else {},
+            "mean_batch_events": get(("streamtrk_batch_events_sum", ()), 0)
+            / max(get(("streamtrk_batch_events_count", ()), 0), 1),
+            "device_memory_bytes": {
+                dict(k[1])["kind"]: v
+                for k, v in samples.items()
+                if k[0] == "streamtrk_device_memory_bytes"
+            },
+        }
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=300)
+        self._log.close()
+        return code
+
+
+def replayed(daemon: Daemon, events: list[Any], **options: Any) -> dict[str, Any]:
+    from streamtrk.replay import ReplayOptions, replay
+
+    opts = ReplayOptions(to=daemon.input, from_=daemon.output, timeout_s=120, **options)
+    result = replay(events, opts)
+    report = result.report(events, opts.rate)
+    return {k: v for k, v in report.items() if not k.startswith("n_")}
+
+
+def plot(rows: list[dict[str, Any]], path: Path, capacity: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = [r["offered_rate_hz"] for r in rows]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (
+        ("latency_p50_ms", "o-"),
+        ("latency_p90_ms", "s--"),
+        ("latency_p99_ms", "^:"),
+    ):
+        ax.plot(rate, [r[key] for r in rows], style, label=key.split("_")[1])
+    ax.axvline(capacity, color="grey", lw=0.8, label="direct API throughput")
+    ax.set_xlabel("offered rate [events/s]")
+    ax.set_ylabel("latency, send to reply [ms]")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    bx.plot(rate, [r["events_per_second"] for r in rows], "o-", label="daemon")
+    bx.plot(rate, rate, ":", color="grey", label="offered")
+    bx.axhline(capacity, color="grey", lw=0.8, label="direct API")
+    bx.set_xlabel("offered rate [events/s]")
+    bx.set_ylabel("replies per second")
+    bx.legend()
+    bx.grid(alpha=0.3)
+    fig.suptitle("streamtrk serve, CPU, embedded default configuration")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--events", type=int, default=32, help="simulated events (default 32)")
+    p.add_argument("--mu", type=float, default=50.0, help="their pileup (default 50)")
+    p.add_argument("--repeats", type=int, default=3, help="direct/daemon passes (default 3)")
+    p.add_argument("--rate-seconds", type=float, default=20.0, help="per offered rate (20)")
+    p.add_argument("--real-loops", type=int, default=100, help="real event replays (100)")
+    p.add_argument("--png", type=Path, default=ROOT / "docs" / "daemon-latency.png")
+    p.add_argument("--json", type=Path, help="also write the summary here")
+    args = p.parse_args()
+
+    from streamtrk.cli import main as cli
+    from streamtrk.replay import load_recording
+    from streamtrk.service.config import ServeConfig
+
+    batch = ServeConfig().max_batch_events
+    out: dict[str, Any] = {"events": args.events, "mu": args.mu, "batch": batch}
+    with tempfile.TemporaryDirectory(prefix="daemon-bench-") as tmp:
+        run = Path(tmp) / "run.stk"
+        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "7"]
+        assert cli([*sim, "-q", "-o", str(run)]) == 0
+        events = load_recording(run)
+        plain = [e.event for e in events]
+        out["hits_per_event"] = sum(len(e.hits) for e in plain) / len(plain)
+        daemon = Daemon(Path(tmp) / "daemon.log")
+        try:
+            api = Direct(plain[:1])
+            out["device"] = api.rec.device
+            # Alternate direct and daemon passes so that both see the same machine load.
+            passes = []
+            for _ in range(args.repeats):
+                direct_eps = api.events_per_second(plain, batch)
+                daemon_eps = replayed(daemon, events)["events_per_second"]
+                passes.append({"direct": direct_eps, "daemon": daemon_eps})
+            out["passes"] = passes
+            capacity = statistics.median(p["direct"] for p in passes)
+            out["direct_events_per_second"] = capacity
+            out["daemon_events_per_second"] = statistics.median(p["daemon"] for p in passes)
+            out["ratio"] = out["daemon_events_per_second"] / capacity
+            out["daemon_metrics"] = daemon.metrics()  # after the full-speed passes
+            out["rates"] = []
+            for f in RATE_FRACTIONS:
+                n = min(len(events), max(10, round(f * capacity * args.rate_seconds)))
+                out["rates"].append(replayed(daemon, events[:n], rate=f * capacity))
+            real_dir = shared_trackml() / REAL
+            if real_dir.parent.is_dir():
+                real = Path(tmp) / "real.stk"
+                assert cli(["import-trackml", str(real_dir), "-o", str(real), "-q"]) == 0
+                real_events = load_recording(real)
+                out["real_hits"] = len(real_events[0].event.hits)
+                out["real_direct_events_per_second"] = api.events_per_second(
+                    [real_events[0].event] * 3, 1
+                )
+                out["real"] = replayed(daemon, real_events, loop=args.real_loops)
+        finally:
+            out["daemon_exit_code"] = daemon.stop()
+    plot(out["rates"], args.png, capacity)
+    text = json.dumps(out, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

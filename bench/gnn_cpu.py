@@ -1,0 +1,74 @@
+"""Edge-classifier CPU time per event (graph construction excluded) and the model size.
+
+For each MU: simulate events, build their graphs, then time the shipped model's scorer
+(torch -> network -> scores) on each graph, after one warm-up call. Prints JSON.
+
+Run: .venv/bin/python bench/gnn_cpu.py [--mu 10 50 100 200] [--events 5] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamtrk.detector import load_detector
+from streamtrk.recon.model import WEIGHTS, default_model_path, load_reconstructor
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.train import event_graph
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--mu", type=float, nargs="+", default=[10, 50, 100, 200])
+    ap.add_argument("--events", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--model", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    path = args.model or default_model_path()
+    rec = load_reconstructor(path)
+    det = load_detector()
+    rows = []
+    for mu in args.mu:
+        cfg = SimConfig(generator=replace(GeneratorConfig(), mu=mu))
+        times, edges, hits = [], [], []
+        for ev in simulate(det, cfg, args.seed, args.events):
+            g = event_graph(ev, det, rec.graph_config)
+            rec.scorer(g, [ev])  # warm-up: allocator and kernel caches
+            t0 = time.perf_counter()
+            rec.scorer(g, [ev])
+            times.append(time.perf_counter() - t0)
+            edges.append(g.num_edges)
+            hits.append(g.num_nodes)
+        rows.append(
+            {
+                "mu": mu,
+                "events": args.events,
+                "median_gnn_seconds": round(float(np.median(times)), 3),
+                "max_gnn_seconds": round(float(np.max(times)), 3),
+                "mean_hits": int(np.mean(hits)),
+                "mean_edges": int(np.mean(edges)),
+            }
+        )
+    model = rec.scorer.model
+    out = {
+        "model": str(path),
+        "architecture": asdict(model.config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_bytes": (path / WEIGHTS).stat().st_size,
+        "torch_threads": torch.get_num_threads(),
+        "results": rows,
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

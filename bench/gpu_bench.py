@@ -1,0 +1,573 @@
+"""GPU benchmark of the reconstruction chain: stages, throughput, latency, memory, daemon.
+
+On MU=200 simulated events (simulated once, in a process pool, then reused):
+
+1. ``info``: GPU, versions, model, hits and edges per event.
+2. ``transfers``: host-to-device time of an event's hit columns, device-to-host time of its
+   tracks (per event, medians).
+3. ``eager_fp32``, ``compile_fp32``, ``compile_bf16``, ``eager_bf16``,
+   ``compile_bf16_cudagraphs``: for batch sizes 1, 4, 16, 64, ``Reconstructor.reconstruct``
+   timed end to end (events/s, wall percentiles; p99 at batch 1 is the latency figure) and
+   per stage (graph, gnn, tracks, fit; "other" is the host-side batching, the hit upload
+   and the track download); first-call seconds (compilation included), peak device memory.
+4. ``bf16_parity``: edge-score differences and physics, bf16 against fp32 (target: tracking
+   efficiency within 0.2% absolute).
+5. ``daemon``: ``streamtrk serve --device cuda`` as a subprocess, the events replayed through
+   ZeroMQ with ``streamtrk replay`` as fast as taken and at 100 Hz; start-up to ready.
+
+Every part is timed against a budget (``--budget-s``) and skipped with a note when too
+little is left; a part that fails records its error and the run goes on. The JSON is
+rewritten after every part (``OUT/gpu_bench.json``) and printed at the end.
+
+Device command, one line (repository not installed; pyzmq from the wheel carried in .whl/;
+GPU tests first, so that the benchmark finds torch's compile caches warm; 9.5 min at most):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl;
+    PYTHONPATH=/tmp/site:$PWD timeout 200 python3 -m pytest -m gpu -q -rs
+        -p no:cacheprovider tests/recon 2>&1 | tee $OUT/gpu-tests.txt;
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_bench.py --out $OUT --budget-s 300
+
+A CPU dry run of the script itself (small events, eager only; no transfers part):
+
+    .venv/bin/python bench/gpu_bench.py --device cpu --events 2 --mu 10 --batches 1 2
+        --configs eager_fp32 --out /tmp/gpu-bench --budget-s 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamtrk.detector import load_detector
+from streamtrk.event import Event
+from streamtrk.recon.engine import EngineScorer
+from streamtrk.recon.fit import fit_tracks
+from streamtrk.recon.gnn import InteractionNetwork
+from streamtrk.recon.graph import GraphConfig, build_graph
+from streamtrk.recon.reconstructor import STAGES, Reconstructor
+from streamtrk.recon.tracks import build_tracks
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate_event
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("x", "y", "z", "volume_id", "layer_id")
+CONFIGS = {  # name: (engine, precision, CUDA graphs, seconds the part needs at least)
+    "eager_fp32": ("eager", "fp32", False, 30),
+    "compile_fp32": ("compile", "fp32", False, 120),
+    "compile_bf16": ("compile", "bf16", False, 120),
+    "eager_bf16": ("eager", "bf16", False, 30),
+    "compile_bf16_cudagraphs": ("compile", "bf16", True, 120),
+}
+ITERATIONS = {1: 100, 4: 20, 16: 8, 64: 3}  # timed batches per batch size
+RANDOM = "random (seed 0): no shipped model"
+TARGETS = {"events_per_s_batch16": 500.0, "p99_ms_batch1": 25.0}
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def _simulate_one(args: tuple[float, np.random.SeedSequence, int]) -> Event:
+    mu, seed, i = args
+    cfg = SimConfig(generator=replace(GeneratorConfig(), mu=mu))
+    return simulate_event(load_detector(), cfg, np.random.default_rng(seed), run=1, event=i)
+
+
+def simulate_events(n: int, mu: float, seed: int, workers: int) -> list[Event]:
+    """``n`` events in a process pool (forked before any CUDA use)."""
+    jobs = [(mu, s, i) for i, s in enumerate(np.random.SeedSequence(seed).spawn(n))]
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        return list(pool.map(_simulate_one, jobs))
+
+
+def batch(events: list[Event], size: int, k: int) -> list[Event]:
+    """The ``k``-th batch of ``size`` events, cycling through ``events``."""
+    return [events[(k * size + j) % len(events)] for j in range(size)]
+
+
+# --------------------------------------------------------------------------- device
+
+
+class Device:
+    """Synchronisation and memory figures for ``cpu`` or ``cuda`` (CuPy and torch pools)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cuda = name == "cuda"
+        if self.cuda:
+            import cupy
+
+            self.cupy = cupy
+            self.xp: Any = cupy
+        else:
+            self.xp = np
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.cupy.cuda.get_current_stream().synchronize()
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def memory(self) -> dict[str, Any]:
+        if not self.cuda:
+            return {}
+        free, total = torch.cuda.mem_get_info()
+        return {
+            "torch_peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "cupy_pool_gib": self.cupy.get_default_memory_pool().total_bytes() / 2**30,
+            "device_used_gib": (total - free) / 2**30,
+        }
+
+    def release(self) -> None:
+        gc.collect()
+        if self.cuda:
+            self.cupy.get_default_memory_pool().free_all_blocks()
+            torch.cuda.empty_cache()
+
+
+def ms_stats(seconds: list[float]) -> dict[str, float]:
+    a = np.asarray(seconds) * 1000
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+    }
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_network() -> tuple[InteractionNetwork, float, GraphConfig, str]:
+    """The shipped model (network, threshold, graph settings, name), else a random one."""
+    from streamtrk.recon.model import check_card, default_model_path, load_model
+
+    path = default_model_path()
+    try:
+        model, card = load_model(path)
+    except FileNotFoundError:
+        torch.manual_seed(0)
+        return InteractionNetwork(), 0.5, GraphConfig(), RANDOM
+    _, graph, threshold = check_card(card)
+    return model, threshold, graph, str(path)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+class Bench:
+    """Parts run in order against a time budget; results rewritten after each part."""
+
+    def __init__(self, out: Path, budget_s: float) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+        self.budget_s = budget_s
+        self.result: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv),
+            "summary": {},
+            "parts": {},
+        }
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.t0)
+
+    def part(self, name: str, need_s: float, fn: Callable[[], dict[str, Any]]) -> None:
+        if self.left() < need_s:
+            self.result["parts"][name] = {
+                "skipped": f"time budget: {self.left():.0f} s left, the part needs ~{need_s} s"
+            }
+            log(f"{name}: skipped (budget)")
+            self.write()
+            return
+        log(f"{name}: start ({self.left():.0f} s of budget left)")
+        t = time.monotonic()
+        try:
+            data = fn()
+        except Exception as exc:
+            data = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            log(f"{name}: FAILED {data['error']}")
+        data["part_seconds"] = round(time.monotonic() - t, 2)
+        self.result["parts"][name] = data
+        log(f"{name}: done in {data['part_seconds']} s")
+        self.write()
+
+    def write(self) -> None:
+        self.result["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        self.result["summary"] = summary(self.result["parts"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / "gpu_bench.json.tmp"
+        tmp.write_text(json.dumps(self.result, indent=2, default=str) + "\n")
+        tmp.replace(self.out / "gpu_bench.json")
+
+
+def summary(parts: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures of the configurations measured so far, against the issue's targets."""
+    rows: dict[str, Any] = {}
+    for name, p in parts.items():
+        b = p.get("batches", {})
+        if not b:
+            continue
+        rows[name] = {
+            "events_per_s": {k: v.get("events_per_s") for k, v in b.items()},
+            "p99_ms_batch1": b.get("1", {}).get("wall_ms", {}).get("p99"),
+            "first_call_s": p.get("first_call_s"),
+        }
+    rates = [r["events_per_s"]["16"] for r in rows.values() if r["events_per_s"].get("16")]
+    p99s = [r["p99_ms_batch1"] for r in rows.values() if r["p99_ms_batch1"]]
+    return {
+        "configs": rows,
+        "best_events_per_s_batch16": max(rates, default=None),
+        "target_events_per_s_batch16": TARGETS["events_per_s_batch16"],
+        "best_p99_ms_batch1": min(p99s, default=None),
+        "target_p99_ms_batch1": TARGETS["p99_ms_batch1"],
+    }
+
+
+def info_part(dev: Device, events: list[Event], model_name: str, graph_cfg: GraphConfig) -> dict:
+    out: dict[str, Any] = {
+        "device": dev.name,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+        "model": model_name,
+        "events": len(events),
+        "hits_per_event": float(np.mean([len(e.hits) for e in events])),
+    }
+    if dev.cuda:
+        props = torch.cuda.get_device_properties(0)
+        out |= {
+            "gpu": props.name,
+            "gpu_memory_gib": props.total_memory / 2**30,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "cuda_runtime": torch.version.cuda,
+            "cupy": dev.cupy.__version__,
+        }
+    ev = events[0]
+    cols = [dev.xp.asarray(getattr(ev.hits, k)) for k in COLUMNS]
+    g = build_graph(*cols, np.array([0, len(ev.hits)]), load_detector(), graph_cfg)
+    out["edges_per_event_first"] = g.num_edges
+    return out
+
+
+def transfers_part(dev: Device, events: list[Event], scorer: EngineScorer, rec: Reconstructor):
+    """Host-to-device of hit columns and device-to-host of tracks, per event (medians)."""
+    cp, det = dev.cupy, rec.detector
+    h2d, d2h, bytes_in, bytes_out = [], [], [], []
+    for ev in events[:16]:
+        host = [np.ascontiguousarray(getattr(ev.hits, k)) for k in COLUMNS]
+        dev.sync()
+        t = time.perf_counter()
+        cols = [cp.asarray(a) for a in host]
+        dev.sync()
+        h2d.append(time.perf_counter() - t)
+        bytes_in.append(sum(a.nbytes for a in host))
+        g = build_graph(*cols, np.array([0, len(ev.hits)]), det, rec.graph_config)
+        scores = scorer(g, [ev])
+        r = g.node_features[:, 0]
+        offsets, hits = build_tracks(g.edge_index, scores, r, threshold=rec.threshold)
+        params = fit_tracks(offsets, hits, cols[0], cols[1], cols[2], g.layer, det)
+        arrays = [offsets, hits, *params.values()]
+        dev.sync()
+        t = time.perf_counter()
+        back = [a.get() for a in arrays]
+        d2h.append(time.perf_counter() - t)
+        bytes_out.append(sum(a.nbytes for a in back))
+    return {
+        "events": len(h2d),
+        "h2d_ms_per_event": float(np.median(h2d) * 1000),
+        "d2h_ms_per_event": float(np.median(d2h) * 1000),
+        "h2d_bytes_per_event": float(np.median(bytes_in)),
+        "d2h_bytes_per_event": float(np.median(bytes_out)),
+        "note": "pageable host memory, the default stream; d2h of the batch's track arrays",
+    }
+
+
+def config_part(
+    bench: Bench,
+    dev: Device,
+    events: list[Event],
+    model: InteractionNetwork,
+    threshold: float,
+    graph_cfg: GraphConfig,
+    config: str,
+    batches: list[int],
+    scale: float,
+) -> dict[str, Any]:
+    from torch._dynamo.utils import counters
+
+    engine, precision, graphs, _ = CONFIGS[config]
+    torch._dynamo.reset()
+    graphs_before = counters["stats"]["unique_graphs"]
+    scorer = EngineScorer(model, dev.name, engine, precision, cuda_graphs=graphs)
+    rec = Reconstructor(scorer, device=dev.name, graph_config=graph_cfg, threshold=threshold)
+    dev.reset_peak()
+    t = time.perf_counter()
+    rec.reconstruct(events[:1])
+    out: dict[str, Any] = {
+        "engine": scorer.engine,
+        "precision": precision,
+        "cuda_graphs": scorer.cuda_graphs,
+        "fallback_reason": scorer.fallback_reason,
+        "first_call_s": round(time.perf_counter() - t, 2),
+        "batches": {},
+    }
+    for size in batches:
+        if bench.left() < 10:
+            out["batches"][str(size)] = {"skipped": "time budget"}
+            continue
+        try:
+            out["batches"][str(size)] = time_batches(rec, dev, events, size, scale)
+        except Exception as exc:  # e.g. out of memory at the largest batch
+            out["batches"][str(size)] = {"error": f"{type(exc).__name__}: {exc}"}
+            dev.release()
+        log(f"  {config} batch {size}: {out['batches'][str(size)].get('events_per_s')}")
+    out["compiled_graphs"] = counters["stats"]["unique_graphs"] - graphs_before
+    out["memory"] = dev.memory()
+    if engine == "compile" and bench.left() > 60:
+        out["warm_up_all_buckets_s"] = round(scorer.warm_up(), 2)
+    del rec, scorer
+    dev.release()
+    return out
+
+
+def time_batches(
+    rec: Reconstructor, dev: Device, events: list[Event], size: int, scale: float
+) -> dict[str, Any]:
+    iterations = max(2, round(ITERATIONS.get(size, 3) * scale))
+    rec.reconstruct(batch(events, size, 0))  # this bucket's first run: capture, autotuning
+    walls: list[float] = []
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    edges: list[int] = []
+    for k in range(iterations):
+        b = batch(events, size, k + 1)
+        dev.sync()
+        t = time.perf_counter()
+        result = rec.reconstruct(b)  # returns host tracks: synchronised
+        walls.append(time.perf_counter() - t)
+        for s in STAGES:
+            stages[s].append(result.timings[s])
+        edges.append(result.graph.num_edges)
+    wall = float(np.median(walls))
+    stage_ms = {s: float(np.median(v) * 1000) for s, v in stages.items()}
+    return {
+        "iterations": iterations,
+        "events_per_s": size / wall,
+        "wall_ms": ms_stats(walls),
+        "per_event_ms": wall * 1000 / size,
+        "stage_ms": stage_ms,
+        "other_ms": wall * 1000 - sum(stage_ms.values()),
+        "edges_per_batch": float(np.median(edges)),
+        "memory": dev.memory(),
+    }
+
+
+def parity_part(
+    dev: Device, events: list[Event], model: InteractionNetwork, threshold: float, graph_cfg
+) -> dict[str, Any]:
+    from streamtrk.recon.precision import precision_parity
+
+    n = min(8, len(events))
+    return precision_parity(
+        model,
+        events[:n],
+        precision="bf16",
+        device=dev.name,
+        engine="eager",
+        threshold=threshold,
+        graph_config=graph_cfg,
+        batch_size=n,
+    )
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def daemon_part(
+    bench: Bench,
+    dev: Device,
+    events: list[Event],
+    model: InteractionNetwork,
+    threshold: float,
+    graph_cfg: GraphConfig,
+    shipped: bool,
+) -> dict[str, Any]:
+    """``streamtrk serve`` in a subprocess, replayed through ZeroMQ by ``streamtrk replay``
+    (serving the benchmark's random network from a temporary model directory when there is
+    no shipped model)."""
+    if not (ROOT / "streamtrk" / "service" / "serve.py").is_file():
+        return {"skipped": "streamtrk serve is not in this checkout"}
+    try:
+        import zmq  # noqa: F401
+    except ImportError as exc:
+        return {"skipped": f"pyzmq is not importable ({exc}); put the wheel on PYTHONPATH"}
+    from streamtrk.io.recording import RecordingWriter
+    from streamtrk.service.config import ServeConfig
+    from streamtrk.service.health import wait_ready
+
+    settings = {f.name for f in fields(ServeConfig)}
+    flags = ["--device", dev.name]
+    if "engine" in settings:
+        flags += ["--engine", "compile" if dev.cuda else "eager"]
+    if "precision" in settings:
+        flags += ["--precision", "bf16"]
+    tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    if not shipped:
+        from streamtrk.recon.model import model_card, save_model
+
+        card = model_card("random-seed0", model.config, graph_cfg, threshold)
+        save_model(tmp / "model", model, card)
+        flags += ["--model", str(tmp / "model")]
+    run = tmp / "run.stk"
+    with RecordingWriter(run) as w:
+        for ev in events:
+            w.write_event(ev)
+    ports = [_free_port() for _ in range(3)]
+    ep_in, ep_out = f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}"
+    http = f"127.0.0.1:{ports[2]}"
+    cmd = [sys.executable, "-m", "streamtrk", "serve", *flags]
+    cmd += ["--input", ep_in, "--output", ep_out, "--http", http]
+    log_path = tmp / "serve.log"
+    out: dict[str, Any] = {"serve_flags": flags, "recording_events": len(events)}
+    t = time.monotonic()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            ready = wait_ready(http, max(10.0, min(240.0, bench.left() - 40)), proc)
+            out["start_to_ready_s"] = round(time.monotonic() - t, 2)
+            if not ready:
+                out["error"] = f"not ready (exit code {proc.poll()})"
+                return out
+            replays = (
+                ("replay_max_rate", ["--loop", "4"]),
+                ("replay_100hz", ["--rate", "100", "--loop", "4"]),
+            )
+            for name, extra in replays:
+                if bench.left() < 15:
+                    out[name] = {"skipped": "time budget"}
+                    continue
+                report = tmp / f"{name}.json"
+                replay = [sys.executable, "-m", "streamtrk", "replay", str(run), "--quiet"]
+                replay += ["--to", ep_in, "--from", ep_out, "--report", str(report), *extra]
+                done = subprocess.run(
+                    replay,
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=max(15.0, bench.left() - 10),
+                )
+                if report.is_file():
+                    out[name] = json.loads(report.read_text()) | {"exit_code": done.returncode}
+                else:
+                    out[name] = {"exit_code": done.returncode, "stderr": done.stderr[-2000:]}
+                log(f"  daemon {name}: {out[name].get('events_per_second')} events/s")
+            out["metrics"] = _scrape(http)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out["exit_code"] = proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out["exit_code"] = proc.wait()
+            out["log_tail"] = log_path.read_text(errors="replace")[-3000:]
+    return out
+
+
+def _scrape(http: str) -> list[str]:
+    """The build-info and per-stage lines of the daemon's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    keep = ("streamtrk_build_info", "streamtrk_stage_seconds_sum", "streamtrk_stage_seconds_count")
+    return [line for line in text.splitlines() if line.startswith(keep)]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--events", type=int, default=32, help="events simulated (then reused)")
+    ap.add_argument("--mu", type=float, default=200.0)
+    ap.add_argument("--seed", type=int, default=20261128)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--iterations-scale", type=float, default=1.0, help="scales ITERATIONS")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="wall-clock budget")
+    ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    args = ap.parse_args()
+
+    bench = Bench(args.out, args.budget_s)
+    log(f"simulating {args.events} events at mu={args.mu:g} on {args.workers} processes")
+    t = time.monotonic()
+    events = simulate_events(args.events, args.mu, args.seed, args.workers)
+    bench.result["simulation_s"] = round(time.monotonic() - t, 1)
+    dev = Device(args.device)
+    model, threshold, graph_cfg, model_name = load_network()
+    bench.part("info", 5, lambda: info_part(dev, events, model_name, graph_cfg))
+    if dev.cuda:
+        eager = EngineScorer(model, "cuda", "eager")
+        rec = Reconstructor(eager, device="cuda", graph_config=graph_cfg, threshold=threshold)
+        bench.part("transfers", 10, lambda: transfers_part(dev, events, eager, rec))
+    net = (model, threshold, graph_cfg)
+    shipped = model_name != RANDOM
+
+    def config(name: str) -> Callable[[], dict[str, Any]]:
+        return lambda: config_part(
+            bench, dev, events, *net, name, args.batches, args.iterations_scale
+        )
+
+    parts: list[tuple[str, float, Callable[[], dict[str, Any]]]] = [
+        ("eager_fp32", CONFIGS["eager_fp32"][3], config("eager_fp32")),
+        ("bf16_parity", 40, lambda: parity_part(dev, events, *net)),
+    ]
+    parts += [(c, CONFIGS[c][3], config(c)) for c in ("compile_fp32", "compile_bf16")]
+    parts.append(("daemon", 60, lambda: daemon_part(bench, dev, events, *net, shipped)))
+    parts += [(c, CONFIGS[c][3], config(c)) for c in ("eager_bf16", "compile_bf16_cudagraphs")]
+    for name, need_s, fn in parts:
+        if name in CONFIGS and name not in args.configs:
+            continue
+        bench.part(name, need_s, fn)
+    bench.write()
+    print(json.dumps(bench.result, indent=2, default=str))
+    print("SUMMARY " + json.dumps(bench.result["summary"], default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

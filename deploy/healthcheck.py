@@ -1,0 +1,48 @@
+"""Container health probe: GET /healthz (or the path given) of the local daemon.
+
+Usage: python healthcheck.py [PATH] [CONFIG]. The port comes from $STREAMTRK_HTTP, else
+from the ``http`` key of CONFIG (default /etc/streamtrk/streamtrk.toml), else 9100; a
+wildcard host (0.0.0.0, ::, *) is probed on the loopback address. Exit status 0 when the
+daemon answers 200, 1 otherwise. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+import urllib.request
+
+DEFAULT_CONFIG = "/etc/streamtrk/streamtrk.toml"
+WILDCARDS = {"", "0.0.0.0", "::", "[::]", "*"}
+
+
+def address(config_path: str) -> str:
+    http = os.environ.get("STREAMTRK_HTTP")
+    if not http:
+        try:
+            with open(config_path, "rb") as f:
+                http = tomllib.load(f).get("http")
+        except (OSError, tomllib.TOMLDecodeError):
+            http = None
+    host, _, port = (http or "127.0.0.1:9100").rpartition(":")
+    if host in WILDCARDS:
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def main(argv: list[str]) -> int:
+    path = argv[0] if argv else "/healthz"
+    config = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
+    url = f"http://{address(config)}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as r:
+            ok = r.status == 200
+    except OSError as e:
+        print(f"{url}: {e}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,92 @@
+"""Shape buckets: graphs padded to a few fixed sizes so that compiled code is reused.
+
+A batched graph of ``n`` hits and ``e`` edges is padded to the smallest node bucket above
+``n`` (there is always at least one padding hit) and the smallest edge bucket at or above
+``e``. Padding hits have zero features; padding edges join the first padding hit to itself,
+so no real hit or edge ever reads them: the network's outputs for the real edges are those
+of the unpadded graph, and the padded ones are sliced off.
+
+Buckets form a geometric ladder (``steps`` per doubling, rounded up to a multiple of
+``ALIGN``); sizes above the top bucket round up to a multiple of it, so the set of shapes
+stays bounded for any input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+ALIGN = 1024
+
+
+def ladder(lo: int, hi: int, steps: int = 2) -> tuple[int, ...]:
+    """Sizes from ``lo`` to ``hi``, ``steps`` per doubling, multiples of ``ALIGN``."""
+    if not 0 < lo <= hi or steps < 1:
+        raise ValueError(f"need 0 < lo <= hi and steps >= 1, got {lo}, {hi}, {steps}")
+    n = math.ceil(steps * math.log2(hi / lo) - 1e-9)
+    sizes = {-(-round(lo * 2 ** (i / steps)) // ALIGN) * ALIGN for i in range(n + 1)}
+    return tuple(sorted(sizes))
+
+
+def bucket(n: int, sizes: tuple[int, ...]) -> int:
+    """The smallest size >= ``n``; above the top, ``n`` rounded up to a multiple of it."""
+    for s in sizes:
+        if s >= n:
+            return s
+    top = sizes[-1]
+    return -(-n // top) * top
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Node and edge ladders. ``edges_per_node`` pairs them for warm-up (see ``pairs``)."""
+
+    min_nodes: int = 16 * 1024
+    max_nodes: int = 2 * 1024 * 1024
+    min_edges: int = 16 * 1024
+    max_edges: int = 16 * 1024 * 1024
+    steps: int = 2
+    edges_per_node: float = 8.0
+    opt_edges: int = 1024 * 1024  # TensorRT tunes for this size: about one MU=200 event
+
+    @cached_property
+    def nodes(self) -> tuple[int, ...]:
+        return ladder(self.min_nodes, self.max_nodes, self.steps)
+
+    @cached_property
+    def edges(self) -> tuple[int, ...]:
+        return ladder(self.min_edges, self.max_edges, self.steps)
+
+    def shape(self, n_nodes: int, n_edges: int) -> tuple[int, int]:
+        """Padded (nodes, edges) of a graph: one padding hit at least."""
+        return bucket(n_nodes + 1, self.nodes), bucket(max(n_edges, 1), self.edges)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every edge bucket once, with the node bucket of ``edges_per_node`` edges a hit
+        (the shapes a warm-up runs; other pairs reuse the same compiled code)."""
+        return [(bucket(max(round(e / self.edges_per_node), 1), self.nodes), e) for e in self.edges]
+
+    def opt_pair(self) -> tuple[int, int]:
+        """The pair of ``pairs`` with the smallest edge bucket >= ``opt_edges``."""
+        pairs = self.pairs()
+        return next((p for p in pairs if p[1] >= self.opt_edges), pairs[-1])
+
+
+def pad_graph(
+    x: Tensor, edge_index: Tensor, edge_attr: Tensor, n_to: int, e_to: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The graph padded to ``n_to`` hits (> n) and ``e_to`` edges (>= e); see module doc."""
+    n, e = x.shape[0], edge_index.shape[1]
+    if n_to <= n or e_to < e:
+        raise ValueError(f"cannot pad {n} hits, {e} edges to {n_to} hits, {e_to} edges")
+    xp = x.new_zeros((n_to, x.shape[1]))
+    xp[:n] = x
+    ei = torch.full((2, e_to), n, dtype=edge_index.dtype, device=edge_index.device)
+    ei[:, :e] = edge_index
+    ea = edge_attr.new_zeros((e_to, edge_attr.shape[1]))
+    ea[:e] = edge_attr
+    return xp, ei, ea

@@ -1,0 +1,327 @@
+"""Inference engines for the edge classifier: eager, ``torch.compile`` and TensorRT.
+
+``EngineScorer`` is an EdgeScorer (like ``GNNScorer``) that runs an InteractionNetwork
+through one of
+
+- ``eager``: the model as written; blocked ``infer`` on the CPU, ``forward`` on CUDA;
+- ``compile``: ``torch.compile`` of ``forward`` on graphs padded to shape buckets
+  (``streamtrk.recon.buckets``), the node and edge dimensions marked dynamic: one
+  compilation serves every bucket, and with ``cuda_graphs`` (``mode="reduce-overhead"``)
+  each bucket shape is captured once as a CUDA graph and replayed;
+- ``tensorrt``: torch-tensorrt's dynamo frontend (``torch.export`` with dynamic node and edge
+  dimensions over the bucket range, then ``torch_tensorrt.dynamo.compile``), the built
+  program cached on disk under a key of model hash, GPU name and TensorRT version;
+- ``auto``: ``tensorrt`` on CUDA when torch_tensorrt imports, else ``compile``; ``eager`` on
+  the CPU. A failure to build or warm up an engine chosen by ``auto`` falls back to the next
+  one (tensorrt -> compile -> eager). ``engine`` and ``fallback_reason`` say what happened.
+
+``precision`` ``bf16``/``fp16`` runs the network under ``torch.autocast`` (sums over edges
+stay float32, see ``streamtrk.recon.gnn``); TensorRT gets the same through its own autocast.
+Scores come back as float32 sigmoids of the logits, on the graph's device (DLPack to CuPy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from streamtrk.event import Event
+from streamtrk.recon.buckets import Buckets, pad_graph
+from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork
+from streamtrk.recon.graph import Graph, array_module
+
+ENGINES = ("auto", "eager", "compile", "tensorrt")
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+FALLBACK = {"tensorrt": "compile", "compile": "eager"}
+ENGINE_CACHE_ENV = "STREAMTRK_ENGINE_CACHE"
+
+Run = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot run here; the message says why and what to choose instead."""
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why ``torch_tensorrt`` cannot be used here, or None when it imports."""
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return f"torch_tensorrt cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def resolve_engine(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """The engine to start with and, when it is not what was asked for, the reason."""
+    if requested not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {requested!r}")
+    cuda = device.type == "cuda"
+    if requested == "tensorrt":
+        if not cuda:
+            raise EngineError("engine=tensorrt needs device=cuda")
+        if why := tensorrt_unavailable():
+            raise EngineError(
+                f"engine=tensorrt: {why}; install torch-tensorrt built for torch "
+                f"{torch.__version__}, or choose engine=compile or engine=auto"
+            )
+    if requested != "auto":
+        return requested, None
+    if not cuda:
+        return "eager", "auto on the CPU: eager (TensorRT and compiled kernels target CUDA)"
+    if why := tensorrt_unavailable():
+        return "compile", f"auto: {why}; using compile"
+    return "tensorrt", None
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of the parameters and buffers: names, dtypes, shapes, bytes."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def engine_cache_key(
+    model_digest: str, gpu: str, tensorrt_version: str, precision: str, buckets: Buckets
+) -> str:
+    """File stem of a cached TensorRT program: readable parts, then a hash of everything."""
+    parts = (
+        model_digest,
+        gpu,
+        tensorrt_version,
+        precision,
+        torch.__version__,
+        f"{buckets.nodes[0]}-{buckets.nodes[-1]}",
+        f"{buckets.edges[0]}-{buckets.edges[-1]}",
+    )
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+    gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu).strip("-").lower()
+    return f"{model_digest}-{gpu_slug}-trt{tensorrt_version}-{precision}-{digest}"
+
+
+def default_cache_dir() -> Path:
+    """``$STREAMTRK_ENGINE_CACHE``, else ``~/.cache/streamtrk/engines``."""
+    env = os.environ.get(ENGINE_CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "streamtrk" / "engines"
+
+
+def synthetic_graph(
+    n: int, e: int, device: torch.device, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Random features and edges of the model's input shapes (warm-up, tracing), made on
+    ``device``."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(n, NODE_FEATURES, generator=g, device=device)
+    ei = torch.randint(0, n, (2, e), generator=g, device=device)
+    ea = torch.randn(e, EDGE_FEATURES, generator=g, device=device)
+    return x, ei, ea
+
+
+class Logits(nn.Module):
+    """The network's float32 logits, under autocast to ``dtype`` when given."""
+
+    def __init__(self, model: InteractionNetwork, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        if self.dtype is None:
+            return self.model(x, edge_index, edge_attr).float()
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.model(x, edge_index, edge_attr).float()
+
+
+class EngineScorer:
+    """EdgeScorer through the chosen engine and precision (see the module docstring).
+
+    ``buckets`` bound the padded shapes (compile, tensorrt); ``cuda_graphs`` replays CUDA
+    graphs per bucket (compile on CUDA); ``backend`` is torch.compile's (tests use
+    ``"eager"`` to check tracing without code generation); ``cache_dir`` keeps TensorRT
+    programs. Call :meth:`warm_up` before serving.
+    """
+
+    def __init__(
+        self,
+        model: InteractionNetwork,
+        device: str | torch.device = "cpu",
+        engine: str = "auto",
+        precision: str = "fp32",
+        *,
+        buckets: Buckets | None = None,
+        cuda_graphs: bool = False,
+        backend: str = "inductor",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.requested = engine
+        self.buckets = buckets or Buckets()
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.backend = backend
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.engine, self.fallback_reason = resolve_engine(engine, self.device)
+        self._logits = Logits(self.model, PRECISIONS[precision])
+        self._run: Run = self._make(self.engine)
+
+    # ------------------------------------------------------------------ engines
+
+    def _make(self, engine: str) -> Run:
+        if engine == "eager":
+            return self._eager
+        if engine == "compile":
+            mode = "reduce-overhead" if self.cuda_graphs else None
+            return self._padded(torch.compile(self._logits, backend=self.backend, mode=mode))
+        built: list[Run] = []
+
+        def tensorrt(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+            if not built:  # built (or loaded from the cache) on first use: the warm-up
+                built.append(self._tensorrt())
+            return built[0](x, edge_index, edge_attr)
+
+        return self._padded(tensorrt, eager_above_range=True)
+
+    def _eager(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        dtype = PRECISIONS[self.precision]
+        if self.device.type != "cpu":
+            return self._logits(x, edge_index, edge_attr)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return self.model.infer(x, edge_index, edge_attr).float()
+
+    def _padded(self, run: Run, eager_above_range: bool = False) -> Run:
+        """``run`` on the graph padded to its bucket, the padding edges sliced off."""
+        marks = ((0, 0), (1, 1), (2, 0))  # (input, dimension) that vary with the graph
+
+        def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+            n, e = self.buckets.shape(x.shape[0], edge_index.shape[1])
+            if eager_above_range and (n > self.buckets.nodes[-1] or e > self.buckets.edges[-1]):
+                return self._logits(x, edge_index, edge_attr)
+            padded = pad_graph(x, edge_index, edge_attr, n, e)
+            for i, dim in marks:
+                torch._dynamo.mark_dynamic(padded[i], dim)
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return run(*padded)[: edge_index.shape[1]]
+
+        return call
+
+    def _tensorrt(self) -> Run:
+        """The TensorRT program for the bucket range: from the cache, else built and cached."""
+        import tensorrt
+        import torch_tensorrt
+
+        b = self.buckets
+        key = engine_cache_key(
+            model_hash(self.model),
+            torch.cuda.get_device_name(self.device),
+            tensorrt.__version__,
+            self.precision,
+            b,
+        )
+        path = self.cache_dir / f"{key}.ep"
+        if path.is_file():
+            return torch_tensorrt.load(str(path)).module()
+        nodes = torch.export.Dim("nodes", min=b.nodes[0], max=b.nodes[-1])
+        edges = torch.export.Dim("edges", min=b.edges[0], max=b.edges[-1])
+        dynamic = {"x": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges}}
+        n_opt, e_opt = b.opt_pair()
+        example = pad_graph(*synthetic_graph(n_opt - 1, e_opt, self.device), n_opt, e_opt)
+        program = torch.export.export(Logits(self.model, None), example, dynamic_shapes=dynamic)
+        shapes = [
+            ((b.nodes[0], NODE_FEATURES), (n_opt, NODE_FEATURES), (b.nodes[-1], NODE_FEATURES)),
+            ((2, b.edges[0]), (2, e_opt), (2, b.edges[-1])),
+            ((b.edges[0], EDGE_FEATURES), (e_opt, EDGE_FEATURES), (b.edges[-1], EDGE_FEATURES)),
+        ]
+        inputs = [
+            torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
+            for (lo, opt, hi), t in zip(shapes, example, strict=True)
+        ]
+        low = PRECISIONS[self.precision]
+        options: dict[str, Any] = {"use_explicit_typing": True, "min_block_size": 1}
+        if low is not None:
+            options |= {"enable_autocast": True, "low_precision_type": low}
+        module = torch_tensorrt.dynamo.compile(program, arg_inputs=inputs, **options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.ep")
+        torch_tensorrt.save(
+            module,
+            str(tmp),
+            output_format="exported_program",
+            arg_inputs=list(example),
+            dynamic_shapes=dynamic,
+            retrace=True,
+        )
+        tmp.replace(path)
+        return module
+
+    # ------------------------------------------------------------------ use
+
+    def logits(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """Float32 logits of the real edges (call under ``torch.inference_mode``)."""
+        return self._run(x, edge_index, edge_attr)
+
+    def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:
+        x, ei, ea = (
+            to_torch(a, self.device)
+            for a in (graph.node_features, graph.edge_index, graph.edge_features)
+        )
+        with torch.inference_mode():
+            scores = torch.sigmoid(self.logits(x, ei, ea))
+        xp = array_module(graph.edge_index)
+        return scores.cpu().numpy() if xp is np else xp.from_dlpack(scores)
+
+    def warm_up(self) -> float:
+        """Run every bucket once (one small graph for eager); seconds taken.
+
+        Compilation, autotuning, CUDA-graph capture and TensorRT engine building happen here.
+        With ``engine="auto"``, a failure moves to the next engine and records why.
+        """
+        t0 = time.perf_counter()
+        while True:
+            try:
+                self._warm()
+                break
+            except Exception as exc:
+                if self.requested != "auto" or self.engine not in FALLBACK:
+                    raise
+                nxt = FALLBACK[self.engine]
+                self.fallback_reason = (
+                    f"{self.engine} failed to warm up ({type(exc).__name__}: {exc}); using {nxt}"
+                )
+                self.engine = nxt
+                self._run = self._make(nxt)
+        return time.perf_counter() - t0
+
+    def _warm(self) -> None:
+        # Largest shapes first: the allocator grows once, to the size every later one fits in.
+        shapes = [(1000, 8000)]
+        if self.engine != "eager":
+            shapes = [(n - 1, e) for n, e in sorted(self.buckets.pairs(), reverse=True)]
+        with torch.inference_mode():
+            for k, (n, e) in enumerate(shapes):
+                self._run(*synthetic_graph(n, e, self.device, seed=k))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def to_torch(a: Any, device: torch.device) -> Tensor:
+    """A NumPy array or a DLPack-capable device array (CuPy) as a tensor on ``device``."""
+    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    return t.to(device)

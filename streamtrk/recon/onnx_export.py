@@ -1,0 +1,84 @@
+"""ONNX export of the edge classifier (the entry point for TensorRT's trtexec and Triton).
+
+The graph takes ``x`` (nodes, 3) float32, ``edge_index`` (2, edges) int64 and ``edge_attr``
+(edges, 6) float32, with ``nodes`` and ``edges`` dynamic, and returns ``scores`` (edges,)
+float32: the sigmoid of the logits, the number the model card's threshold applies to. The
+card's identity (name, threshold, feature version) goes into the model's metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from streamtrk.recon.gnn import InteractionNetwork
+
+INPUTS = ("x", "edge_index", "edge_attr")
+OUTPUT = "scores"
+OPSET = 20  # ScatterND with reduction="add" (index_add) needs 16 or later
+
+
+class EdgeScores(nn.Module):
+    """``sigmoid(model(x, edge_index, edge_attr))``: one score per edge."""
+
+    def __init__(self, model: InteractionNetwork) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        return torch.sigmoid(self.model(x, edge_index, edge_attr))
+
+
+def export_onnx(
+    model: InteractionNetwork, path: Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``model`` as an ONNX file (weights inside) with dynamic node and edge axes."""
+    from streamtrk.recon.engine import synthetic_graph
+
+    module = EdgeScores(copy.deepcopy(model).cpu()).eval()
+    example = synthetic_graph(40, 120, torch.device("cpu"))
+    nodes = torch.export.Dim("nodes", min=2)
+    edges = torch.export.Dim("edges", min=2)
+    dynamic = {"x": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges}}
+    with warnings.catch_warnings():
+        # torch's own pytree code, inside the exporter (torch 2.13).
+        warnings.filterwarnings(
+            "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+        )
+        # edge_index and edge_attr share the edge axis: its name is kept once, as meant.
+        warnings.filterwarnings("ignore", r"(# )?The axis name: .* will not be used", UserWarning)
+        program: Any = torch.onnx.export(
+            module,
+            example,
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+        )
+    program.model.metadata_props.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def export_model_dir(model_dir: Path, path: Path) -> Path:
+    """Export a model directory (weights and card) to ``path``, the card's identity in the
+    ONNX metadata."""
+    from streamtrk.recon.model import load_model
+
+    model, card = load_model(model_dir)
+    info = card["model"]
+    metadata = {
+        "streamtrk.model": str(info.get("name", model_dir.name)),
+        "streamtrk.threshold": repr(float(info["threshold"])),
+        "streamtrk.feature_version": str(info["feature_version"]),
+        "streamtrk.inputs": "x: r/1000, phi/pi, z/1000; edge_attr: dr, dphi, dz, deta, "
+        "phi slope, z0 (see streamtrk/recon/graph.py)",
+    }
+    return export_onnx(model, path, metadata)

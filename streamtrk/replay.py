@@ -1,0 +1,292 @@
+"""Replay a recording through the daemon and report throughput, latency and physics.
+
+A sender thread pushes the recording's ``hits`` messages exactly as recorded (the
+frames of ``iter_records``), at a fixed rate or as fast as the daemon takes them; the
+calling thread receives the replies and matches them to the sends by (run, event), the
+oldest outstanding send first (so ``loop`` may repeat events). Latency runs from just
+before a send to the reply's arrival. ``truth`` messages are not sent: they score the
+replies (tracking efficiency, fake and duplicate rates, TrackML score).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamtrk.client import Consumer, Producer
+from streamtrk.eval.score import classify, counts, metrics_from_counts, trackml_score
+from streamtrk.event import Event
+from streamtrk.io.recording import iter_records
+from streamtrk.wire import Message, WireError, decode
+
+Key = tuple[int, int]
+
+
+@dataclass(eq=False)
+class Recorded:
+    """One recorded event: its raw hits frames, and the decoded event (truth if any)."""
+
+    frames: list[bytes]
+    event: Event
+
+    @property
+    def key(self) -> Key:
+        return self.event.run, self.event.event
+
+
+def load_recording(path: Path, limit: int | None = None) -> list[Recorded]:
+    """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
+    directly following ``truth`` record of the same event; other records are skipped."""
+    out: list[Recorded] = []
+    for _, frames in iter_records(path):
+        try:
+            msg = decode(frames)
+        except WireError:
+            continue
+        if msg.kind == "hits":
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(Recorded(frames, msg.to_event()))
+        elif msg.kind == "truth" and out and out[-1].key == (msg.run, msg.event):
+            last = out[-1].event
+            out[-1].event = Event(last.run, last.event, last.hits, msg.to_truth())
+    return out
+
+
+@dataclass
+class ReplayOptions:
+    """Where to send and receive, how fast, how often, and how long to wait for replies."""
+
+    to: str = "tcp://127.0.0.1:5555"
+    from_: str = "tcp://127.0.0.1:5556"
+    bind: bool = False  # bind both sockets (for daemons in connect mode)
+    rate: float | None = None  # events per second; None: as fast as the daemon accepts
+    loop: int = 1
+    timeout_s: float = 30.0
+    hwm: int = 100
+    progress: bool = False
+
+
+@dataclass
+class ReplayResult:
+    """Raw outcome of a replay; :meth:`report` turns it into the report dict."""
+
+    sent: int = 0
+    unsent: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    unexpected: int = 0
+    invalid_replies: int = 0
+    first_replies: dict[Key, Message] = field(default_factory=dict)
+    t_first_send: float = 0.0
+    t_last_send: float = 0.0
+    t_last_reply: float = 0.0
+
+    @property
+    def received(self) -> int:
+        return len(self.latencies)
+
+    def report(self, events: list[Recorded], rate: float | None) -> dict[str, Any]:
+        lat_ms = np.asarray(self.latencies) * 1000
+        span = max(self.t_last_reply, self.t_last_send) - self.t_first_send
+        send_span = self.t_last_send - self.t_first_send
+
+        def pct(q: float) -> float | None:
+            return float(np.percentile(lat_ms, q)) if len(lat_ms) else None
+
+        out: dict[str, Any] = {
+            "sent": self.sent,
+            "received": self.received,
+            "missing": self.sent - self.received,
+            "ok": self.received - sum(self.errors.values()),
+            "errors": dict(sorted(self.errors.items())),
+            "unsent": self.unsent,
+            "unexpected": self.unexpected,
+            "invalid_replies": self.invalid_replies,
+            "duration_s": span,
+            "events_per_second": self.received / span if span > 0 else None,
+            "offered_rate_hz": rate,
+            "send_rate_hz": (self.sent - 1) / send_span if send_span > 0 else None,
+            "latency_p50_ms": pct(50),
+            "latency_p90_ms": pct(90),
+            "latency_p99_ms": pct(99),
+            "latency_max_ms": float(lat_ms.max()) if len(lat_ms) else None,
+            "latency_mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
+        }
+        return out | physics(events, self.first_replies)
+
+
+def _schedule(n: int, rate: float | None) -> Iterator[None]:
+    """Yields ``n`` times, paced at ``rate`` per second when given."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        if rate:
+            wait = t0 + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        yield
+
+
+class _Sender(threading.Thread):
+    def __init__(
+        self, producer: Producer, events: list[Recorded], opts: ReplayOptions, result: ReplayResult
+    ) -> None:
+        super().__init__(name="replay-send", daemon=True)
+        self.producer, self.events, self.opts, self.result = producer, events, opts, result
+        self.pending: dict[Key, deque[float]] = defaultdict(deque)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        r, timeout_ms = self.result, int(self.opts.timeout_s * 1000)
+        order = [ev for _ in range(self.opts.loop) for ev in self.events]
+        for i, _ in enumerate(_schedule(len(order), self.opts.rate)):
+            ev = order[i]
+            if self.stop.is_set():
+                r.unsent = len(order) - i
+                return
+            t = time.perf_counter()
+            with self.lock:
+                self.pending[ev.key].append(t)
+                r.t_first_send = r.t_first_send or t
+            if not self.producer.send_frames(ev.frames, timeout_ms=timeout_ms):
+                with self.lock:
+                    self.pending[ev.key].pop()
+                r.unsent = len(order) - i
+                return
+            r.sent += 1
+            r.t_last_send = t
+
+    def match(self, key: Key) -> float | None:
+        """The send time of the oldest unanswered send of ``key``."""
+        with self.lock:
+            sends = self.pending.get(key)
+            return sends.popleft() if sends else None
+
+
+def replay(events: list[Recorded], opts: ReplayOptions) -> ReplayResult:
+    """Send ``events`` (``opts.loop`` times over) and collect the replies."""
+    from tqdm import tqdm
+
+    result = ReplayResult()
+    total = len(events) * opts.loop
+    with (
+        Consumer(opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0) as consumer,
+        Producer(opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0) as producer,
+    ):
+        sender = _Sender(producer, events, opts, result)
+        bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
+        sender.start()
+        try:
+            while sender.is_alive() or result.received < result.sent:
+                last = max(result.t_last_send, result.t_last_reply)
+                if not sender.is_alive() and time.perf_counter() - last > opts.timeout_s:
+                    break
+                frames = consumer.recv_frames(timeout_ms=100)
+                if frames is not None:
+                    _receive(frames, sender, result)
+                    bar.update(result.received - bar.n)
+        finally:
+            sender.stop.set()
+            sender.join()
+            bar.close()
+    return result
+
+
+def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
+    t = time.perf_counter()
+    try:
+        msg = decode(frames)
+        reply = msg.to_reply()
+    except WireError:
+        result.invalid_replies += 1
+        return
+    t_send = sender.match((reply.run, reply.event))
+    if t_send is None:
+        result.unexpected += 1
+        return
+    result.latencies.append(t - t_send)
+    result.t_last_reply = t
+    if not reply.ok:
+        result.errors[reply.reason] += 1
+    result.first_replies.setdefault((reply.run, reply.event), msg)
+
+
+def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray]:
+    """Per-hit track ids (TrackML submission labels) of every event with an ok reply."""
+    out = {}
+    for rec in events:
+        msg = replies.get(rec.key)
+        if msg is None or rec.key in out:
+            continue
+        reply = msg.to_reply()
+        if reply.ok:
+            hit_ids = rec.event.hits.hit_id
+            out[rec.key] = reply.to_tracks(hit_ids).track_id_per_hit(len(hit_ids))
+    return out
+
+
+def physics(events: list[Recorded], replies: dict[Key, Message]) -> dict[str, Any]:
+    """Physics metrics over the events that have truth and an ok reply ({} if none)."""
+    total: Counter[str] = Counter()
+    scores = []
+    labels = labels_of(events, replies)
+    for rec in events:
+        ev, lab = rec.event, labels.pop(rec.key, None)
+        if ev.truth is None or lab is None:
+            continue
+        total.update(counts(classify(ev, lab)))
+        scores.append(trackml_score(ev.truth.hits.particle_id, ev.truth.hits.weight, lab))
+    if not scores:
+        return {}
+    return metrics_from_counts(dict(total)) | {
+        "trackml_score": float(np.nanmean(scores)),
+        "events_scored": len(scores),
+    }
+
+
+def plot_latency(latencies_s: list[float], path: Path, title: str = "replay") -> None:
+    """Histogram of reply latencies (log-spaced bins) with p50/p90/p99 marked, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = np.asarray(latencies_s) * 1000
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(ms):
+        bins = np.geomspace(max(ms.min(), 1e-3), max(ms.max(), 1e-2) * 1.01, 40)
+        ax.hist(ms, bins=bins)
+        for q, style in ((50, "-"), (90, "--"), (99, ":")):
+            v = float(np.percentile(ms, q))
+            ax.axvline(v, color="k", linestyle=style, label=f"p{q} = {v:.1f} ms")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, send to reply [ms]")
+    ax.set_ylabel("events")
+    ax.set_title(f"{title}: {len(ms)} replies")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as an aligned two-column table."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, dict):
+            return ", ".join(f"{k}: {n}" for k, n in v.items()) or "none"
+        return "-" if v is None else str(v)
+
+    width = max(map(len, report))
+    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in report.items())

@@ -1,0 +1,99 @@
+"""Dynamic batching with Triton-like semantics.
+
+A batch starts with the oldest waiting event and closes when it holds ``max_events``
+events, when the next event would take it past ``max_hits`` hits (that event opens the
+next batch; an event over the limit alone is a batch of its own), or ``max_queue_delay_ms``
+after its first event was queued, whichever comes first. Events that waited while the
+worker was busy are therefore batched at once, without further delay. An event whose
+deadline has passed when the batcher reaches it is set aside, unprocessed.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+
+from streamtrk.service.job import Job
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Batch limits; the daemon swaps in a new one on a configuration reload."""
+
+    max_events: int = 8
+    max_hits: int = 1_000_000
+    max_queue_delay_ms: float = 5.0
+
+
+@dataclass(eq=False)
+class Batch:
+    """Events to reconstruct together, and those found past their deadline."""
+
+    jobs: list[Job] = field(default_factory=list)
+    expired: list[Job] = field(default_factory=list)
+
+    @property
+    def n_hits(self) -> int:
+        return sum(j.n_hits for j in self.jobs)
+
+
+class Batcher:
+    """A bounded queue of jobs (filled by the ingest thread) and the batching rule
+    (applied by the worker thread; :meth:`next_batch` must be called from one thread)."""
+
+    def __init__(self, capacity: int, policy: BatchPolicy) -> None:
+        self.queue: queue.Queue[Job] = queue.Queue(capacity)
+        self.policy = policy
+        self._held: Job | None = None  # the event that did not fit into the last batch
+
+    def put(self, job: Job, *, block: bool = True) -> bool:
+        """Queue ``job``; when the queue is full, wait (``block``) or return False."""
+        job.t_queued = time.perf_counter()
+        try:
+            self.queue.put(job, block=block)
+        except queue.Full:
+            return False
+        return True
+
+    def depth(self) -> int:
+        """Events waiting, the held one included."""
+        return self.queue.qsize() + (self._held is not None)
+
+    def next_batch(self, timeout: float) -> Batch | None:
+        """The next batch, or None when no event arrives within ``timeout`` seconds."""
+        first = self._take_held()
+        if first is None:
+            try:
+                first = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                return None
+        policy = self.policy
+        batch = Batch()
+        close_at = first.t_queued + policy.max_queue_delay_ms / 1000
+        hits = 0
+        job: Job | None = first
+        while job is not None:
+            if job.deadline is not None and time.perf_counter() > job.deadline:
+                batch.expired.append(job)
+            elif batch.jobs and hits + job.n_hits > policy.max_hits:
+                self._held = job
+                break
+            else:
+                batch.jobs.append(job)
+                hits += job.n_hits
+                if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
+                    break
+            job = self._next(close_at)
+        return batch
+
+    def _take_held(self) -> Job | None:
+        job, self._held = self._held, None
+        return job
+
+    def _next(self, close_at: float) -> Job | None:
+        wait = close_at - time.perf_counter()
+        try:
+            return self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None

@@ -1,0 +1,285 @@
+"""The daemon's configuration: one typed dataclass, loaded from TOML, environment and flags.
+
+Precedence, lowest first: the embedded defaults, the TOML file (``--config``), the
+``STREAMTRK_<SETTING>`` environment variables, the command-line flags. Every setting has
+all three spellings: ``max_batch_events`` in TOML, ``STREAMTRK_MAX_BATCH_EVENTS`` in the
+environment, ``--max-batch-events`` on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "STREAMTRK_"
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "overload": ("block", "reject"),
+    "log_format": ("plain", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+#: Settings a SIGHUP cannot change (they shape sockets, queues or the HTTP server).
+RESTART_ONLY: frozenset[str] = frozenset(
+    {
+        "input",
+        "output",
+        "connect",
+        "http",
+        "queue_capacity",
+        "reply_capacity",
+        "sndhwm",
+        "rcvhwm",
+        "max_hits",
+        "dead_letter",
+        "dead_letter_max_bytes",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names it and where its value came from."""
+
+    def __init__(self, message: str, *settings: str) -> None:
+        super().__init__(message)
+        self.settings = settings
+
+
+def _s(help_: str, **extra: Any) -> Any:
+    return {"help": help_, **extra}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every setting of ``streamtrk serve`` (see ``streamtrk serve --help``)."""
+
+    device: str = field(
+        default="auto", metadata=_s("auto (cuda if torch sees a GPU and cupy imports), cpu, cuda")
+    )
+    model: Path | None = field(default=None, metadata=_s("model directory (default: shipped)"))
+    threshold: float | None = field(
+        default=None, metadata=_s("edge-score threshold (default: the model's)")
+    )
+    input: str = field(default="tcp://127.0.0.1:5555", metadata=_s("hits in (PULL socket)"))
+    output: str = field(default="tcp://127.0.0.1:5556", metadata=_s("tracks out (PUSH socket)"))
+    connect: bool = field(
+        default=False, metadata=_s("connect both sockets instead of binding (farm mode)")
+    )
+    http: str = field(default="127.0.0.1:9100", metadata=_s("HOST:PORT of /metrics and health"))
+    max_batch_events: int = field(default=8, metadata=_s("most events in one batch"))
+    max_batch_hits: int = field(default=1_000_000, metadata=_s("most hits in one batch"))
+    max_queue_delay_ms: float = field(
+        default=5.0, metadata=_s("longest wait for a batch to fill after its first event")
+    )
+    deadline_ms: float | None = field(
+        default=None, metadata=_s("default per-event deadline from receipt (none: no deadline)")
+    )
+    queue_capacity: int = field(default=64, metadata=_s("events waiting to be batched"))
+    reply_capacity: int = field(default=64, metadata=_s("replies waiting to be sent"))
+    overload: str = field(
+        default="block", metadata=_s("full queue: block the sender, or reject with 'overloaded'")
+    )
+    sndhwm: int = field(default=100, metadata=_s("ZeroMQ send high-water mark (messages)"))
+    rcvhwm: int = field(default=100, metadata=_s("ZeroMQ receive high-water mark (messages)"))
+    linger_ms: int = field(default=1000, metadata=_s("ZeroMQ LINGER when closing sockets"))
+    drain_timeout_s: float = field(
+        default=30.0, metadata=_s("longest drain on SIGTERM/SIGINT before exiting")
+    )
+    dead_letter: Path | None = field(
+        default=None, metadata=_s("recording file for unidentifiable input (none: not kept)")
+    )
+    dead_letter_max_bytes: int = field(
+        default=64 * 1024 * 1024, metadata=_s("size cap of the dead-letter file")
+    )
+    log_format: str = field(default="plain", metadata=_s("plain or json (one object a line)"))
+    log_level: str = field(default="info", metadata=_s("debug, info, warning or error"))
+    max_hits: int = field(default=1_000_000, metadata=_s("decoder limit: most hits per event"))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+        if self.queue_capacity < self.max_batch_events:
+            raise ConfigError(
+                f"queue_capacity ({self.queue_capacity}) must be at least "
+                f"max_batch_events ({self.max_batch_events})",
+                "queue_capacity",
+                "max_batch_events",
+            )
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        host, _, port = self.http.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def to_toml(self) -> str:
+        """The configuration as TOML; unset optional settings appear commented out."""
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(
+                f"# {f.name} = (unset)" if value is None else f"{f.name} = {_toml_value(value)}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+# --------------------------------------------------------------------------- checks
+
+_POSITIVE_INT = (
+    "max_batch_events",
+    "max_batch_hits",
+    "queue_capacity",
+    "reply_capacity",
+    "dead_letter_max_bytes",
+    "max_hits",
+)
+_NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms")
+
+
+def _check(name: str, value: Any) -> None:
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{name} {why}, got {value!r}", name)
+
+    if name in CHOICES and value not in CHOICES[name]:
+        raise bad(f"must be one of {', '.join(CHOICES[name])}")
+    if name in _POSITIVE_INT and value < 1:
+        raise bad("must be a positive integer")
+    if name in _NONNEG_INT and value < 0:
+        raise bad("must be a non-negative integer")
+    if name in ("max_queue_delay_ms", "drain_timeout_s") and not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise bad("must be a finite number >= 0")
+    if name == "deadline_ms" and value is not None and not (math.isfinite(value) and value > 0):
+        raise bad("must be a finite number > 0")
+    if name == "threshold" and value is not None and not 0 <= value <= 1:
+        raise bad("must lie in [0, 1]")
+    if name in ("input", "output"):
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+            raise bad("must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
+    if name == "http":
+        host, sep, port = value.rpartition(":")
+        if not (sep and host and port.isdigit() and int(port) < 65536):
+            raise bad("must be HOST:PORT, such as 127.0.0.1:9100")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _converter(f: Any) -> Callable[[Any], Any]:
+    """Converts a TOML value or an environment string to the field's type."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    optional = "None" in kind
+    base = kind.replace(" | None", "")
+
+    def convert(v: Any) -> Any:
+        if optional and (v is None or v == ""):
+            return None
+        if base == "bool":
+            if isinstance(v, bool):
+                return v
+            s = str(v).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("must be true or false")
+        if base == "int":
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError("must be an integer")
+            return int(v)
+        if base == "float":
+            if isinstance(v, bool):
+                raise ValueError("must be a number")
+            return float(v)
+        if base == "Path":
+            return Path(str(v))
+        if not isinstance(v, str):
+            raise ValueError("must be a string")
+        return v
+
+    return convert
+
+
+_FIELDS = {f.name: f for f in fields(ServeConfig)}
+
+
+def _convert(values: dict[str, tuple[Any, str]], key: str, raw: Any, source: str) -> None:
+    name = key.replace("-", "_")
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {key!r} in {source}", key)
+    try:
+        values[name] = (_converter(_FIELDS[name])(raw), source)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name} {e}, got {raw!r} (from {source})", name) from None
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> ServeConfig:
+    """Defaults, then the TOML file, then ``STREAMTRK_*`` variables, then ``flags``
+    (setting name -> value, None meaning not given). Raises :class:`ConfigError`."""
+    values: dict[str, tuple[Any, str]] = {}
+    if path is not None:
+        try:
+            doc = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        for key, raw in doc.items():
+            _convert(values, key, raw, f"config file {path}")
+    env = os.environ if env is None else env
+    for name in _FIELDS:
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            _convert(values, name, env[var], f"environment variable {var}")
+    for name, raw in (flags or {}).items():
+        if raw is not None:
+            _convert(values, name, raw, f"flag --{name.replace('_', '-')}")
+    try:
+        return ServeConfig(**{k: v for k, (v, _) in values.items()})
+    except ConfigError as e:
+        sources = [values[k][1] if k in values else "the default" for k in e.settings]
+        where = ", ".join(
+            f"{k} from {src}" if len(sources) > 1 else f"from {src}"
+            for k, src in zip(e.settings, sources, strict=True)
+        )
+        raise ConfigError(f"{e} ({where})", *e.settings) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (default None: not given)."""
+    for f in fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = "unset" if f.default in (None, MISSING) else f.default
+        help_ = f"{f.metadata['help']} [{env}; default {default}]"
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_)
+
+
+def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The setting flags of parsed arguments (None where not given)."""
+    return {name: getattr(args, name, None) for name in _FIELDS}

@@ -1,0 +1,57 @@
+"""A size-capped recording of input the daemon could not attribute to any event.
+
+Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is a msgpack
+map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames received
+(at most 1023 of them; ``frames`` gives the count received). Read it with
+``iter_records``. Once the file would pass its cap, further messages are only counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from streamtrk.io.recording import MAX_FRAMES, RecordingWriter
+from streamtrk.wire import WireError, frame_view
+
+_RECORD_OVERHEAD = 8  # n_frames and crc
+_FRAME_OVERHEAD = 8  # length field
+
+
+class DeadLetters:
+    """Appends rejected messages to ``path`` until it reaches ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = RecordingWriter(path, "a")
+        self.max_bytes = max_bytes
+        self.size = path.stat().st_size
+
+    def write(self, frames: Sequence[Any], error: WireError) -> bool:
+        """Record ``frames`` with the error; False (nothing written) when over the cap."""
+        head = msgpack.packb(
+            {
+                "reason": error.reason,
+                "detail": str(error),
+                "t_recv_ns": time.time_ns(),
+                "frames": len(frames),
+            }
+        )
+        try:
+            views = [frame_view(f) for f in frames[: MAX_FRAMES - 1]]
+        except WireError:
+            views = []
+        size = _RECORD_OVERHEAD + sum(_FRAME_OVERHEAD + len(memoryview(v)) for v in [head, *views])
+        if self.size + size > self.max_bytes:
+            return False
+        self.writer.write([head, *views])
+        self.writer.flush()
+        self.size += size
+        return True
+
+    def close(self) -> None:
+        self.writer.close()

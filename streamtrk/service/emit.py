@@ -1,0 +1,120 @@
+"""The emit thread: owns the PUSH socket, encodes replies and sends them zero-copy.
+
+A reply carries the event's hit ids (not indices) and the seconds the event spent in each
+stage (``decode``, ``queue``, the batch's ``graph``, ``gnn``, ``tracks``, ``fit``, and
+``encode``). When no downstream peer takes replies, sending waits (backpressure up the
+pipeline); once a drain deadline is set and passed, unsent replies are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import zmq
+
+from streamtrk.service.job import Reply
+from streamtrk.service.telemetry import Metrics
+from streamtrk.wire import encode_tracks
+from streamtrk.wire.codec import OutFrame
+
+log = logging.getLogger(__name__)
+POLL_MS = 100
+
+
+def _with_timing(frames: list[OutFrame], stage: str, seconds: float) -> list[OutFrame]:
+    """``frames`` with ``timings[stage]`` added to the header (frame 0)."""
+    header = msgpack.unpackb(frames[0])
+    header["timings"][stage] = seconds
+    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+
+
+def _encode(reply: Reply) -> list[OutFrame]:
+    return encode_tracks(
+        reply.run,
+        reply.event,
+        reply.hit_ids,
+        reply.tracks,
+        status=reply.status,
+        reason=reply.reason,
+        timings=reply.timings,
+    )
+
+
+class Emitter(threading.Thread):
+    """Sends replies until ``upstream_done()`` and the queue is empty, then closes the
+    socket with ``linger_ms``."""
+
+    def __init__(
+        self,
+        socket: zmq.Socket[Any],
+        replies: queue.Queue[Reply],
+        metrics: Metrics,
+        upstream_done: Callable[[], bool],
+        linger_ms: int,
+    ) -> None:
+        super().__init__(name="emit", daemon=True)
+        self.socket = socket
+        self.replies = replies
+        self.metrics = metrics
+        self.upstream_done = upstream_done
+        self.linger_ms = linger_ms
+        self.give_up_at: float | None = None  # perf_counter time; set when draining
+        self.dropped = 0
+
+    def run(self) -> None:
+        try:
+            while True:
+                try:
+                    reply = self.replies.get(timeout=POLL_MS / 1000)
+                except queue.Empty:
+                    if self.upstream_done():
+                        return
+                    continue
+                self.emit(reply)
+        finally:
+            self.socket.close(linger=self._linger())
+
+    def _linger(self) -> int:
+        if self.give_up_at is None:
+            return self.linger_ms
+        left_ms = int((self.give_up_at - time.perf_counter()) * 1000)
+        return max(0, min(self.linger_ms, left_ms))
+
+    def emit(self, reply: Reply) -> None:
+        m = self.metrics
+        t0 = time.perf_counter()
+        try:
+            frames = _encode(reply)
+        except Exception:
+            log.exception("cannot encode the reply of run %d event %d", reply.run, reply.event)
+            m.rejected.labels("internal").inc()
+            reply = Reply(reply.run, reply.event, reply.t_recv, reply.timings, reason="internal")
+            frames = _encode(reply)
+        encode_s = time.perf_counter() - t0
+        frames = _with_timing(frames, "encode", encode_s)
+        if self._send(frames):
+            m.stage.labels("encode").observe(encode_s)
+            m.latency.observe(time.perf_counter() - reply.t_recv)
+            m.completed.labels(reply.status).inc()
+            if reply.tracks is not None:
+                m.tracks.inc(len(reply.tracks))
+        else:
+            self.dropped += 1
+        m.inflight.dec()  # last, so that inflight 0 means every counter is up to date
+
+    def _send(self, frames: list[OutFrame]) -> bool:
+        while True:
+            if self.socket.poll(POLL_MS, zmq.POLLOUT):
+                try:
+                    self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    return True
+                except zmq.Again:
+                    pass
+            if self.give_up_at is not None and time.perf_counter() > self.give_up_at:
+                return False

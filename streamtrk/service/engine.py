@@ -1,0 +1,89 @@
+"""Loading the served model: device choice, ``load_reconstructor``, warm-up, identity."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamtrk.event import Event
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service.config import ServeConfig
+
+WARMUP_MU = 5.0
+WARMUP_SEED = 20261128
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when torch sees a GPU and CuPy imports, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        import cupy  # noqa: F401 - graph construction on the GPU needs it
+    except ImportError:
+        return "cpu"
+    return "cuda"
+
+
+def model_digest(path: Path) -> str:
+    """SHA-256 (first 16 hex digits) of a model file, or of a directory's files in order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def warmup_event() -> Event:
+    """A small simulated event that exercises every stage once."""
+    from streamtrk.detector import load_detector
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate_event
+
+    cfg = SimConfig(generator=GeneratorConfig(mu=WARMUP_MU))
+    return simulate_event(load_detector(), cfg, np.random.default_rng(WARMUP_SEED))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A warmed-up reconstructor and what identifies it."""
+
+    reconstructor: Reconstructor
+    device: str
+    engine: str
+    name: str
+    path: str
+    digest: str
+    threshold: float
+    warmup_s: float
+
+
+def load_model(cfg: ServeConfig) -> LoadedModel:
+    """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` and warm it up with one
+    ``reconstruct`` call; raises whatever loading or the warm-up raises."""
+    from streamtrk.recon.model import default_model_path, load_reconstructor, read_card
+
+    device = resolve_device(cfg.device)
+    path = (cfg.model or default_model_path()).resolve()
+    rec = load_reconstructor(path, device=device, threshold=cfg.threshold)
+    t0 = time.perf_counter()
+    rec.reconstruct([warmup_event()])
+    warmup_s = time.perf_counter() - t0
+    return LoadedModel(
+        reconstructor=rec,
+        device=device,
+        engine=str(getattr(rec.scorer, "engine", "eager")),
+        name=str(read_card(path)["model"].get("name", path.name)),
+        path=str(path),
+        digest=model_digest(path),
+        threshold=float(rec.threshold),
+        warmup_s=warmup_s,
+    )

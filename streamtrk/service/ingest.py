@@ -1,0 +1,116 @@
+"""The ingest thread: owns the PULL socket, decodes and validates, queues for batching.
+
+Every message taken off the socket is counted. A valid ``hits`` message becomes a
+:class:`Job`; anything else is rejected with the decoder's reason, answered with an error
+reply when its header names a (run, event), else counted as unidentified and offered to
+the dead-letter file. A full batch queue blocks this thread (so ZeroMQ's high-water marks
+push back on the sender) or, with ``overload = "reject"``, answers ``overloaded``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from streamtrk.service.batcher import Batcher
+from streamtrk.service.config import ServeConfig
+from streamtrk.service.deadletter import DeadLetters
+from streamtrk.service.job import Job, Reply
+from streamtrk.service.telemetry import Metrics
+from streamtrk.wire import Limits, WireError, decode, peek_identity
+
+log = logging.getLogger(__name__)
+POLL_MS = 100
+
+
+class Ingest(threading.Thread):
+    """Receives until ``stop`` is set, then closes its socket (unread messages stay unread)."""
+
+    def __init__(
+        self,
+        socket: zmq.Socket[Any],
+        batcher: Batcher,
+        replies: queue.Queue[Reply],
+        metrics: Metrics,
+        config: Callable[[], ServeConfig],
+        stop: threading.Event,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
+        super().__init__(name="ingest", daemon=True)
+        self.socket = socket
+        self.batcher = batcher
+        self.replies = replies
+        self.metrics = metrics
+        self.config = config
+        self.stop = stop
+        self.dead_letters = dead_letters
+        self.limits = Limits(max_hits=config().max_hits)
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if not self.socket.poll(POLL_MS, zmq.POLLIN):
+                    continue
+                try:
+                    frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    continue
+                self.handle(frames)
+        finally:
+            self.socket.close(linger=0)
+
+    def handle(self, frames: list[zmq.Frame]) -> None:
+        """Decode one message and queue its event, or reject it; never raises."""
+        t_recv = time.perf_counter()
+        self.metrics.received.inc()
+        try:
+            self._accept(frames, t_recv)
+        except WireError as e:
+            self._reject(frames, e.reason, t_recv, e)
+        except Exception:
+            log.exception("unexpected failure while decoding a message")
+            self._reject(frames, "internal", t_recv)
+
+    def _accept(self, frames: list[zmq.Frame], t_recv: float) -> None:
+        msg = decode(frames, limits=self.limits)
+        event = msg.to_event()  # WireError bad_kind for truth or tracks messages
+        decode_s = time.perf_counter() - t_recv
+        self.metrics.stage.labels("decode").observe(decode_s)
+        cfg = self.config()
+        deadline_ms = msg.deadline_ms or cfg.deadline_ms
+        deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
+        job = Job(event, t_recv, deadline, {"decode": decode_s})
+        self.metrics.inflight.inc()
+        if not self.batcher.put(job, block=cfg.overload == "block"):
+            self.metrics.rejected.labels("overloaded").inc()
+            self.replies.put(Reply.error(job, "overloaded"))
+
+    def _reject(
+        self, frames: list[zmq.Frame], reason: str, t_recv: float, error: WireError | None = None
+    ) -> None:
+        # Counted last, so that counters never show a rejection whose work is still pending.
+        identity = peek_identity(frames)
+        if identity is not None:
+            self.metrics.inflight.inc()
+            timings = {"decode": time.perf_counter() - t_recv}
+            self.replies.put(Reply(*identity, t_recv, timings, reason=reason))
+        else:
+            if self.dead_letters is not None:
+                err = error or WireError(reason, "unexpected failure")
+                self._dead_letter(self.dead_letters, frames, err)
+            self.metrics.unidentified.inc()
+        self.metrics.rejected.labels(reason).inc()
+
+    def _dead_letter(self, dead: DeadLetters, frames: list[zmq.Frame], error: WireError) -> None:
+        try:
+            result = "written" if dead.write(frames, error) else "over_cap"
+        except OSError as e:
+            log.warning("cannot write to the dead-letter file: %s", e)
+            result = "failed"
+        self.metrics.dead_letters.labels(result).inc()

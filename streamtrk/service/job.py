@@ -1,0 +1,55 @@
+"""What travels between the daemon's threads: received events and their replies.
+
+Times are ``time.perf_counter()`` seconds of this process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamtrk.event import Event, Tracks
+
+NO_HITS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(eq=False)
+class Job:
+    """A decoded event waiting for reconstruction (its arrays view the received frames)."""
+
+    event: Event
+    t_recv: float
+    deadline: float | None  # answer ``deadline`` instead of processing after this time
+    timings: dict[str, float] = field(default_factory=dict)
+    t_queued: float = 0.0
+
+    @property
+    def n_hits(self) -> int:
+        return len(self.event.hits)
+
+
+@dataclass(eq=False)
+class Reply:
+    """One answer to send: tracks on success, a reason on error."""
+
+    run: int
+    event: int
+    t_recv: float
+    timings: dict[str, float]
+    hit_ids: np.ndarray = field(default_factory=lambda: NO_HITS)
+    tracks: Tracks | None = None
+    reason: str = ""
+
+    @property
+    def status(self) -> str:
+        return "error" if self.reason else "ok"
+
+    @classmethod
+    def ok(cls, job: Job, tracks: Tracks, timings: dict[str, float]) -> Reply:
+        ev = job.event
+        return cls(ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks)
+
+    @classmethod
+    def error(cls, job: Job, reason: str) -> Reply:
+        return cls(job.event.run, job.event.event, job.t_recv, dict(job.timings), reason=reason)

@@ -1,0 +1,278 @@
+"""``streamtrk serve``: wiring of sockets, threads, model, HTTP endpoints and signals.
+
+Threads: ``ingest`` (PULL socket) -> bounded batch queue -> ``worker`` (reconstruct) ->
+bounded reply queue -> ``emit`` (PUSH socket); ``http`` serves metrics and health; the main
+thread waits for signals. Each socket is created here and then used and closed only by the
+thread it is handed to.
+
+SIGTERM/SIGINT: readiness goes false, ingest stops receiving and closes its socket, the
+worker and the emitter finish everything already received, the emitter closes its socket
+with a LINGER bounded by what is left of ``drain_timeout_s``; exit status 0, or 1 when
+the drain could not finish in time. SIGHUP: reload the configuration and the model, keep
+the old ones when that fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import fields, replace
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from streamtrk import __version__
+from streamtrk.service import logs
+from streamtrk.service.batcher import Batcher, BatchPolicy
+from streamtrk.service.config import RESTART_ONLY, ServeConfig
+from streamtrk.service.deadletter import DeadLetters
+from streamtrk.service.emit import Emitter
+from streamtrk.service.engine import LoadedModel, load_model
+from streamtrk.service.health import HealthServer, Readiness
+from streamtrk.service.ingest import Ingest
+from streamtrk.service.job import Reply
+from streamtrk.service.telemetry import Metrics
+from streamtrk.service.worker import Worker
+
+log = logging.getLogger("streamtrk.serve")
+HEADER_BYTES = 64 * 1024
+
+
+def _policy(cfg: ServeConfig) -> BatchPolicy:
+    return BatchPolicy(cfg.max_batch_events, cfg.max_batch_hits, cfg.max_queue_delay_ms)
+
+
+def _fields(**kv: Any) -> dict[str, Any]:
+    return {"fields": kv}
+
+
+class Daemon:
+    """One daemon process; :meth:`run` returns the exit status."""
+
+    def __init__(self, cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> None:
+        self.config = cfg
+        self.reload_config = reload_config
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self.metrics.ready.set_function(lambda: float(self.readiness.ready))
+        self.model: LoadedModel | None = None
+        self.batcher = Batcher(cfg.queue_capacity, _policy(cfg))
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self._reloading = threading.Lock()
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested.set()
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        cfg = self.config
+        logs.configure(cfg.log_format, cfg.log_level)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        ctx = zmq.Context()
+        try:
+            return self._run(ctx)
+        finally:
+            ctx.destroy(linger=0)  # closes only sockets no thread closed (after an error)
+
+    def _sockets(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        cfg = self.config
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_hits * 8, HEADER_BYTES))
+        push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        push.setsockopt(zmq.LINGER, cfg.linger_ms)
+        for sock, endpoint in ((pull, cfg.input), (push, cfg.output)):
+            try:
+                (sock.connect if cfg.connect else sock.bind)(endpoint)
+            except zmq.ZMQError as e:
+                verb = "connect" if cfg.connect else "bind"
+                raise OSError(f"cannot {verb} {endpoint}: {e}") from None
+        return pull, push
+
+    def _run(self, ctx: zmq.Context[Any]) -> int:
+        cfg = self.config
+        with ExitStack() as stack:
+            try:
+                pull, push = self._sockets(ctx)
+                dead = None
+                if cfg.dead_letter is not None:
+                    dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
+                    stack.callback(dead.close)
+                http = HealthServer(cfg.http_address, self.metrics, self.readiness)
+                stack.callback(http.close)
+            except (OSError, ValueError) as e:
+                log.error("start-up failed: %s", e)
+                return 1
+            http.start()
+            return self._serve(pull, push, dead)
+
+    def _serve(self, pull: zmq.Socket[Any], push: zmq.Socket[Any], dead: DeadLetters | None) -> int:
+        cfg = self.config
+        log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
+        try:
+            self._install(load_model(cfg))
+        except Exception as e:
+            log.exception("cannot load the model: %s", e)
+            return 1
+        batcher = self.batcher
+        replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
+        self.metrics.watch_queue("batch", batcher.depth, cfg.queue_capacity)
+        self.metrics.watch_queue("reply", replies.qsize, cfg.reply_capacity)
+        stop_intake = threading.Event()
+        ingest = Ingest(
+            pull, batcher, replies, self.metrics, lambda: self.config, stop_intake, dead
+        )
+        worker = Worker(
+            batcher,
+            replies,
+            self.metrics,
+            lambda: self._model().reconstructor,
+            lambda: not ingest.is_alive(),
+        )
+        emitter = Emitter(push, replies, self.metrics, lambda: not worker.is_alive(), cfg.linger_ms)
+        for t in (ingest, worker, emitter):
+            t.start()
+        if not self.stop_requested.is_set():
+            self.readiness.set("ready")
+        self._banner()
+        while not self.stop_requested.wait(0.2):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                threading.Thread(target=self.reload, name="reload", daemon=True).start()
+        return self._drain(stop_intake, (ingest, worker, emitter), emitter)
+
+    def _drain(
+        self, stop_intake: threading.Event, threads: tuple[threading.Thread, ...], emitter: Emitter
+    ) -> int:
+        t0 = time.perf_counter()
+        deadline = t0 + self.config.drain_timeout_s
+        self.readiness.set("draining")
+        log.info("draining", extra=_fields(drain_timeout_s=self.config.drain_timeout_s))
+        emitter.give_up_at = deadline
+        stop_intake.set()
+        for t in threads:
+            t.join(max(0.0, deadline - time.perf_counter()) + 0.5)
+        stuck = [t.name for t in threads if t.is_alive()]
+        value = self.metrics.registry.get_sample_value
+        summary = _fields(
+            received=int(value("streamtrk_events_received_total") or 0),
+            replies_ok=int(value("streamtrk_events_completed_total", {"status": "ok"}) or 0),
+            replies_error=int(value("streamtrk_events_completed_total", {"status": "error"}) or 0),
+            unidentified=int(value("streamtrk_events_unidentified_total") or 0),
+            dropped=emitter.dropped,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        if stuck or emitter.dropped:
+            log.error(
+                "drain incomplete (threads still running: %s)", stuck or "none", extra=summary
+            )
+            return 1
+        log.info("drained, exiting", extra=summary)
+        return 0
+
+    # ------------------------------------------------------------------ model
+
+    def _model(self) -> LoadedModel:
+        assert self.model is not None
+        return self.model
+
+    def _install(self, model: LoadedModel) -> None:
+        self.model = model
+        m = self.metrics
+        m.set_model(model.name, model.path, model.digest, model.threshold)
+        m.build_info.clear()
+        m.build_info.labels(
+            __version__,
+            platform.python_version(),
+            torch.__version__,
+            np.__version__,
+            zmq.__version__,
+            zmq.zmq_version(),
+            model.device,
+            model.engine,
+        ).set(1)
+        if model.device == "cuda":
+            m.watch_cuda_memory()
+
+    def reload(self) -> None:
+        """Reload configuration and model (SIGHUP); on failure keep serving the old ones."""
+        if not self._reloading.acquire(blocking=False):
+            log.warning("reload already in progress; SIGHUP ignored")
+            return
+        try:
+            old = self.config
+            new = self.reload_config()
+            kept = {f.name: getattr(old, f.name) for f in fields(old) if f.name in RESTART_ONLY}
+            changed = sorted(k for k, v in kept.items() if getattr(new, k) != v)
+            if changed:
+                log.warning("settings that need a restart kept: %s", ", ".join(changed))
+            new = replace(new, **kept)
+            model = load_model(new)
+            self._install(model)
+            self.config = new
+            self.batcher.policy = _policy(new)
+            logs.configure(new.log_format, new.log_level)
+        except Exception as e:
+            self.metrics.model_reloads.labels("failure").inc()
+            log.error("reload failed, still serving the previous model: %s", e)
+            return
+        finally:
+            self._reloading.release()
+        self.metrics.model_reloads.labels("success").inc()
+        log.info(
+            "reloaded",
+            extra=_fields(model=model.path, hash=model.digest, threshold=model.threshold),
+        )
+
+    def _banner(self) -> None:
+        cfg, model = self.config, self._model()
+        mode = "connect" if cfg.connect else "bind"
+        log.info(
+            "streamtrk serve ready",
+            extra=_fields(
+                version=__version__,
+                python=platform.python_version(),
+                torch=torch.__version__,
+                numpy=np.__version__,
+                pyzmq=zmq.__version__,
+                libzmq=zmq.zmq_version(),
+                device=model.device,
+                engine=model.engine,
+                model=model.path,
+                model_hash=model.digest,
+                threshold=model.threshold,
+                warmup_s=round(model.warmup_s, 3),
+                input=f"{cfg.input} (PULL, {mode})",
+                output=f"{cfg.output} (PUSH, {mode})",
+                http=f"http://{cfg.http}",
+                max_batch_events=cfg.max_batch_events,
+                max_batch_hits=cfg.max_batch_hits,
+                max_queue_delay_ms=cfg.max_queue_delay_ms,
+                overload=cfg.overload,
+                deadline_ms=cfg.deadline_ms,
+            ),
+        )
+
+
+def serve(cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
+    return Daemon(cfg, reload_config).run()

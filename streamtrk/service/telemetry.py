@@ -1,0 +1,139 @@
+"""Prometheus metrics of the daemon, in a registry of their own (see ``docs/metrics.md``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Pipeline stages, in order; the per-batch ones come from ``Reconstructor.reconstruct``.
+STAGES = ("decode", "queue", "graph", "gnn", "tracks", "fit", "encode")
+BATCH_STAGES = ("graph", "gnn", "tracks", "fit")
+
+# 100 us to 10 s, about three buckets a decade.
+LATENCY_BUCKETS = (
+    1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_EVENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+BATCH_HIT_BUCKETS = (1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6)
+
+
+class Metrics:
+    """Every metric the daemon exports; ``render()`` gives the exposition text."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.received = Counter(
+            "streamtrk_events_received", "Messages taken off the input socket.", registry=r
+        )
+        self.completed = Counter(
+            "streamtrk_events_completed", "Replies sent, by status.", ["status"], registry=r
+        )
+        self.rejected = Counter(
+            "streamtrk_events_rejected",
+            "Events not answered ok, by reason (wire reasons, deadline, overloaded, internal).",
+            ["reason"],
+            registry=r,
+        )
+        self.unidentified = Counter(
+            "streamtrk_events_unidentified",
+            "Invalid messages whose header names no event: counted, never answered.",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "streamtrk_dead_letters",
+            "Unidentifiable messages offered to the dead-letter file, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "streamtrk_event_latency_seconds",
+            "Receipt to reply sent, per event.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "streamtrk_stage_seconds",
+            "Seconds per stage: per event for decode, queue and encode, per batch otherwise.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_delay = Histogram(
+            "streamtrk_queue_delay_seconds",
+            "Seconds an event waited between decoding and its batch's start.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "streamtrk_batch_events", "Events per batch.", buckets=BATCH_EVENT_BUCKETS, registry=r
+        )
+        self.batch_hits = Histogram(
+            "streamtrk_batch_hits", "Hits per batch.", buckets=BATCH_HIT_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "streamtrk_queue_depth", "Items waiting in an internal queue.", ["queue"], registry=r
+        )
+        self.queue_capacity = Gauge(
+            "streamtrk_queue_capacity", "Capacity of an internal queue.", ["queue"], registry=r
+        )
+        self.ready = Gauge("streamtrk_ready", "1 while /readyz answers 200, else 0.", registry=r)
+        self.inflight = Gauge(
+            "streamtrk_inflight_events", "Events received and not yet answered.", registry=r
+        )
+        self.hits = Counter("streamtrk_hits", "Hits of the events reconstructed.", registry=r)
+        self.tracks = Counter("streamtrk_tracks", "Tracks sent in ok replies.", registry=r)
+        self.build_info = Gauge(
+            "streamtrk_build_info",
+            "Constant 1; the labels name the versions, device and engine.",
+            ["version", "python", "torch", "numpy", "pyzmq", "libzmq", "device", "engine"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "streamtrk_model_info",
+            "Constant 1; the labels name the model being served.",
+            ["name", "path", "hash", "threshold"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "streamtrk_model_reloads", "SIGHUP reloads, by result.", ["result"], registry=r
+        )
+        self.device_memory = Gauge(
+            "streamtrk_device_memory_bytes",
+            "GPU memory of this process, by kind (only on CUDA).",
+            ["kind"],
+            registry=r,
+        )
+        for status in ("ok", "error"):
+            self.completed.labels(status)
+        for result in ("success", "failure"):
+            self.model_reloads.labels(result)
+        for stage in STAGES:
+            self.stage.labels(stage)
+
+    def watch_queue(self, name: str, depth: Callable[[], int], capacity: int) -> None:
+        """Report ``depth()`` as ``streamtrk_queue_depth{queue=name}`` at every scrape."""
+        self.queue_depth.labels(name).set_function(depth)
+        self.queue_capacity.labels(name).set(capacity)
+
+    def set_model(self, name: str, path: str, digest: str, threshold: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, path, digest, f"{threshold:g}").set(1)
+
+    def watch_cuda_memory(self) -> None:
+        """Export torch's allocated/reserved and cupy's pool bytes of the current device."""
+        import cupy
+        import torch
+
+        pool = cupy.get_default_memory_pool()
+        sources: dict[str, Callable[[], float]] = {
+            "torch_allocated": torch.cuda.memory_allocated,
+            "torch_reserved": torch.cuda.memory_reserved,
+            "cupy_used": pool.used_bytes,
+            "cupy_pool": pool.total_bytes,
+        }
+        for kind, fn in sources.items():
+            self.device_memory.labels(kind).set_function(fn)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,130 @@
+"""Prometheus configuration, recording rules and alerts: promtool checks and conventions."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from deploy_helpers import DEPLOY, K8S, REPO, RULES, exported_series, load_yaml_documents, rules
+
+PROMETHEUS = DEPLOY / "prometheus"
+RULE_TESTS = PROMETHEUS / "tests" / "streamtrk.rules.test.yml"
+RUNBOOK = REPO / "docs" / "operations.md"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool not found (Debian's `prometheus` package, installed by `make setup`)",
+)
+RECORD_NAME = re.compile(
+    r"^(?P<level>[a-z_]+):(?P<metric>streamtrk_[a-z0-9_]+):(?P<ops>[a-z0-9_]+)$"
+)
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run(
+        [PROMTOOL, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
+    )
+
+
+@needs_promtool
+def test_promtool_check_config() -> None:
+    r = promtool("check", "config", "prometheus.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 rule files found" in r.stdout
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    r = promtool("check", "rules", str(RULES.relative_to(PROMETHEUS)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in r.stdout
+
+
+@needs_promtool
+def test_promtool_test_rules() -> None:
+    r = promtool("test", "rules", str(RULE_TESTS.relative_to(PROMETHEUS)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    alerts = {rule["alert"] for rule in rules() if "alert" in rule}
+    firing, quiet = set(), set()
+    for case in load_yaml_documents(RULE_TESTS)[0]["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert alerts - firing == set(), "alerts without a firing test"
+    assert alerts - quiet == set(), "alerts without a not-firing test"
+    assert (firing | quiet) <= alerts
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if m := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line):
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_alerts_have_for_severity_annotations_and_a_runbook_section() -> None:
+    anchors = _anchors(RUNBOOK.read_text())
+    alerts = [rule for rule in rules() if "alert" in rule]
+    assert {a["alert"] for a in alerts} >= {
+        "StreamtrkLatencyP99High",
+        "StreamtrkErrorRatioHigh",
+        "StreamtrkQueueSaturated",
+        "StreamtrkNoOutput",
+        "StreamtrkDown",
+        "StreamtrkReadinessFlapping",
+    }
+    for alert in alerts:
+        name = alert["alert"]
+        assert re.fullmatch(r"\d+[smh]", alert.get("for", "")), name
+        assert alert["labels"]["severity"] in ("warning", "critical"), name
+        notes = alert["annotations"]
+        assert notes["summary"] and notes["description"], name
+        assert notes["runbook_url"] == f"docs/operations.md#{name.lower()}", name
+        assert name.lower() in anchors, f"docs/operations.md has no section {name}"
+
+
+def test_recording_rules_follow_level_metric_operations() -> None:
+    names, _ = exported_series()
+    families = {n.removesuffix("_total") for n in names} | {
+        n.removesuffix(s) for n in names for s in ("_bucket", "_sum", "_count")
+    }
+    records = [rule["record"] for rule in rules() if "record" in rule]
+    assert len(records) == len(set(records))
+    for record in records:
+        m = RECORD_NAME.match(record)
+        assert m, record
+        assert m["metric"] in families, f"{record}: {m['metric']} is not a daemon metric"
+        # the level names the labels kept: job always, plus the others it lists
+        assert m["level"].split("_")[0] in ("job", "instance"), record
+    assert {
+        "job:streamtrk_event_latency_seconds:p50_5m",
+        "job:streamtrk_event_latency_seconds:p90_5m",
+        "job:streamtrk_event_latency_seconds:p99_5m",
+        "job:streamtrk_events_received:rate5m",
+        "job:streamtrk_events_completed:error_ratio_rate5m",
+        "job_reason:streamtrk_events_rejected:ratio_rate5m",
+    } <= set(records)
+
+
+def test_prometheus_config_scrapes_the_daemon_and_loads_the_rules() -> None:
+    config = load_yaml_documents(PROMETHEUS / "prometheus.yml")[0]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "streamtrk"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["streamtrk:9100"]
+    rule_files = [p for pattern in config["rule_files"] for p in PROMETHEUS.glob(pattern)]
+    assert RULES in rule_files
+
+
+def test_kubernetes_prometheusrule_equals_the_rules_file() -> None:
+    (doc,) = load_yaml_documents(K8S / "prometheusrule.yaml")
+    assert doc["kind"] == "PrometheusRule"
+    assert doc["spec"]["groups"] == load_yaml_documents(RULES)[0]["groups"]

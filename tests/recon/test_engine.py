@@ -1,0 +1,163 @@
+"""Inference engines on the CPU: buckets and padding, engine choice and fallback, the TensorRT
+cache key, and compiled tracing reused across graph sizes (torch.compile's ``eager``
+backend: dynamo's tracing and guards without code generation)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from streamtrk.recon.buckets import ALIGN, Buckets, bucket, ladder, pad_graph
+from streamtrk.recon.engine import (
+    EngineError,
+    EngineScorer,
+    engine_cache_key,
+    model_hash,
+    resolve_engine,
+    synthetic_graph,
+)
+from streamtrk.recon.gnn import GNNConfig, GNNScorer, InteractionNetwork
+from streamtrk.recon.graph import Graph
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+SMALL = Buckets(min_nodes=1024, max_nodes=8192, min_edges=2048, max_edges=16384, steps=1)
+
+
+@pytest.fixture(scope="module")
+def model() -> InteractionNetwork:
+    torch.manual_seed(0)
+    return InteractionNetwork(GNNConfig(hidden=16, edge_hidden=8, steps=3)).eval()
+
+
+def _graph(n: int, e: int, seed: int) -> Graph:
+    x, ei, ea = synthetic_graph(n, e, CPU, seed)
+    return Graph(x.numpy(), ei.numpy(), ea.numpy(), np.array([0, n]), np.zeros(n, np.int64))
+
+
+def test_ladder_and_bucket() -> None:
+    sizes = ladder(16 * 1024, 16 * 1024 * 1024, steps=2)
+    assert sizes[0] == 16 * 1024 and sizes[-1] >= 16 * 1024 * 1024
+    assert all(s % ALIGN == 0 for s in sizes)
+    ratios = np.diff(np.log2(sizes))
+    assert (ratios > 0).all() and (ratios < 0.53).all()  # steps of about sqrt(2)
+    assert bucket(1, sizes) == sizes[0] and bucket(sizes[3], sizes) == sizes[3]
+    assert bucket(sizes[3] + 1, sizes) == sizes[4]
+    assert bucket(sizes[-1] + 1, sizes) == 2 * sizes[-1]  # above the top: multiples of it
+    with pytest.raises(ValueError):
+        ladder(10, 5)
+
+
+def test_bucket_shapes_keep_a_padding_hit() -> None:
+    b = SMALL
+    assert b.shape(1024, 0) == (2048, 2048)  # 1024 hits need a 1025th, the padding hit
+    assert b.shape(1023, 2049) == (1024, 4096)
+    assert all(n in b.nodes and e in b.edges for n, e in b.pairs())
+    assert [e for _, e in b.pairs()] == list(b.edges)
+    assert b.opt_pair() == (2048, 16384)  # opt_edges above the top: the largest pair
+    assert Buckets().opt_pair()[1] == 1024 * 1024
+
+
+def test_padding_leaves_real_edges_unchanged(model: InteractionNetwork) -> None:
+    x, ei, ea = synthetic_graph(300, 2000, CPU, seed=1)
+    xp, eip, eap = pad_graph(x, ei, ea, 1024, 4096)
+    assert (eip[:, 2000:] == 300).all() and (xp[300:] == 0).all() and (eap[2000:] == 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(model(xp, eip, eap)[:2000], model(x, ei, ea))
+    with pytest.raises(ValueError, match="cannot pad"):
+        pad_graph(x, ei, ea, 300, 4096)
+
+
+def test_engine_choice() -> None:
+    assert resolve_engine("eager", CUDA) == ("eager", None)
+    assert resolve_engine("compile", CPU) == ("compile", None)
+    engine, why = resolve_engine("auto", CPU)
+    assert engine == "eager" and "CPU" in why
+    with pytest.raises(EngineError, match="needs device=cuda"):
+        resolve_engine("tensorrt", CPU)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        resolve_engine("onnx", CPU)
+
+
+def test_without_tensorrt_auto_falls_back_and_tensorrt_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import raises ImportError
+    engine, why = resolve_engine("auto", CUDA)
+    assert engine == "compile" and "torch_tensorrt cannot be imported" in why
+    with pytest.raises(EngineError, match=r"torch_tensorrt cannot be imported.*engine=compile"):
+        resolve_engine("tensorrt", CUDA)
+
+
+def test_model_hash_and_engine_cache_key(model: InteractionNetwork) -> None:
+    digest = model_hash(model)
+    other = InteractionNetwork(model.config)
+    other.load_state_dict(model.state_dict())
+    assert model_hash(other) == digest
+    with torch.no_grad():
+        other.head[0].bias[0] += 1e-3
+    assert model_hash(other) != digest
+    args = (digest, "NVIDIA H200", "10.9.0", "bf16", Buckets())
+    key = engine_cache_key(*args)
+    assert key == engine_cache_key(*args)
+    assert key.startswith(f"{digest}-nvidia-h200-trt10.9.0-bf16-")
+    assert all(c.isalnum() or c in "-." for c in key)
+    changed = [
+        (model_hash(other), *args[1:]),
+        (digest, "NVIDIA A100-SXM4-80GB", *args[2:]),
+        (*args[:2], "10.10.0", *args[3:]),
+        (*args[:3], "fp16", args[4]),
+        (*args[:4], Buckets(max_edges=32 * 1024 * 1024)),
+    ]
+    assert len({engine_cache_key(*a) for a in changed} | {key}) == 6
+
+
+def test_eager_engine_matches_gnn_scorer(model: InteractionNetwork) -> None:
+    g = _graph(500, 3000, 2)
+    ref = GNNScorer(model)(g, [])
+    scorer = EngineScorer(model, "cpu", "eager")
+    assert scorer.warm_up() > 0
+    out = scorer(g, [])
+    assert out.dtype == np.float32 and out.shape == (3000,)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6)
+    low = EngineScorer(model, "cpu", "eager", "bf16")(g, [])
+    np.testing.assert_allclose(low, ref, rtol=0, atol=0.03)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        EngineScorer(model, "cpu", "eager", "int8")
+
+
+def test_compiled_tracing_is_reused_across_buckets(model: InteractionNetwork) -> None:
+    torch._dynamo.reset()
+    counters.clear()
+    scorer = EngineScorer(model, "cpu", "compile", buckets=SMALL, backend="eager")
+    scorer.warm_up()
+    assert counters["stats"]["unique_graphs"] == 1  # every bucket ran, one trace
+    ref = EngineScorer(model, "cpu", "eager")
+    for n, e in ((700, 3000), (5000, 12000), (9000, 40000)):  # the last is above the top
+        g = _graph(n, e, n)
+        np.testing.assert_allclose(scorer(g, []), ref(g, []), rtol=0, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def test_auto_falls_back_when_an_engine_fails_to_warm_up(
+    model: InteractionNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("no compiler")
+
+    scorer = EngineScorer(model, "cpu", "compile", buckets=SMALL, backend="eager")
+    monkeypatch.setattr(scorer, "_run", broken)
+    with pytest.raises(RuntimeError, match="no compiler"):
+        scorer.warm_up()  # asked for explicitly: no fallback
+    monkeypatch.setattr(scorer, "requested", "auto")
+    scorer.warm_up()
+    assert scorer.engine == "eager"
+    assert scorer.fallback_reason == (
+        "compile failed to warm up (RuntimeError: no compiler); using eager"
+    )
+    g = _graph(200, 900, 3)
+    np.testing.assert_allclose(scorer(g, []), GNNScorer(model)(g, []), rtol=0, atol=1e-6)

@@ -1,0 +1,88 @@
+"""The Interaction Network and its edge scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamtrk.recon.gnn import GNNConfig, GNNScorer, InteractionNetwork
+from streamtrk.recon.graph import Graph
+
+
+def _graph(n: int, e: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    edge_index = torch.randint(0, n, (2, e), generator=g)
+    return x, edge_index, torch.randn(e, 6, generator=g)
+
+
+@pytest.fixture(scope="module")
+def model() -> InteractionNetwork:
+    torch.manual_seed(0)
+    return InteractionNetwork(GNNConfig(hidden=16, edge_hidden=8, steps=3)).eval()
+
+
+def test_shapes_and_score_range(model: InteractionNetwork) -> None:
+    x, ei, ea = _graph(50, 200, 1)
+    assert model(x, ei, ea).shape == (200,)
+    graph = Graph(
+        node_features=x.numpy(),
+        edge_index=ei.numpy(),
+        edge_features=ea.numpy(),
+        node_offsets=np.array([0, 50]),
+        layer=np.zeros(50, dtype=np.int64),
+    )
+    scores = GNNScorer(model)(graph, [])
+    assert isinstance(scores, np.ndarray)
+    assert scores.shape == (200,) and scores.dtype == np.float32
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_blocked_inference_equals_forward(model: InteractionNetwork) -> None:
+    x, ei, ea = _graph(80, 1000, 2)
+    with torch.no_grad():
+        full = model(x, ei, ea)
+    torch.testing.assert_close(model.infer(x, ei, ea, block=64), full)
+    assert model.infer(x, ei[:, :0], ea[:0]).shape == (0,)
+
+
+def test_batching_and_permutation_invariance(model: InteractionNetwork) -> None:
+    a, b = _graph(40, 150, 3), _graph(60, 250, 4)
+    with torch.no_grad():
+        alone = [model(*g) for g in (a, b)]
+        batched = model(
+            torch.cat([a[0], b[0]]),
+            torch.cat([a[1], b[1] + 40], dim=1),
+            torch.cat([a[2], b[2]]),
+        )
+        torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-5, atol=1e-5)
+        x, ei, ea = b
+        node_perm, edge_perm = torch.randperm(60), torch.randperm(250)
+        inverse = torch.argsort(node_perm)
+        permuted = model(x[node_perm], inverse[ei[:, edge_perm]], ea[edge_perm])
+        torch.testing.assert_close(permuted, alone[1][edge_perm], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_close_to_fp32(model: InteractionNetwork) -> None:
+    x, ei, ea = _graph(100, 400, 5)
+    with torch.no_grad():
+        ref = torch.sigmoid(model(x, ei, ea))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = torch.sigmoid(model(x, ei, ea).float())
+            blocked = torch.sigmoid(model.infer(x, ei, ea, block=128).float())
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ref, atol=0.03, rtol=0)
+    torch.testing.assert_close(blocked, ref, atol=0.03, rtol=0)
+
+
+def test_torch_export_with_dynamic_graph_size(model: InteractionNetwork) -> None:
+    nodes, edges = torch.export.Dim("nodes", min=2), torch.export.Dim("edges", min=2)
+    exported = torch.export.export(
+        model,
+        _graph(30, 90, 6),
+        dynamic_shapes={"x": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges}},
+    )
+    other = _graph(70, 333, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(*other), model(*other))

@@ -1,0 +1,137 @@
+"""Model directories: card round trip, refusal of mismatched models, the shipped model."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
+from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.model import (
+    CARD,
+    WEIGHTS,
+    ModelCardError,
+    default_model_path,
+    dumps_toml,
+    load_model,
+    load_reconstructor,
+    model_card,
+    read_card,
+    save_model,
+)
+
+ARCH = GNNConfig(hidden=8, edge_hidden=4, steps=2)
+
+
+def test_toml_writer_round_trip() -> None:
+    data = {
+        "name": 'quote " and \\ and\nnewline',
+        "n": 3,
+        "x": 0.1,
+        "tiny": 1e-7,
+        "flag": True,
+        "values": [0.3, 0.5],
+        "empty": [],
+        "skipped": None,
+        "table": {"a": 1, "nested": {"b": "c", "odd key": -2.5}},
+        "only_tables": {"inner": {"z": False}},
+    }
+    back = tomllib.loads(dumps_toml(data))
+    expected = {k: v for k, v in data.items() if v is not None}
+    assert back == expected
+    assert math.isnan(tomllib.loads(dumps_toml({"v": math.nan}))["v"])
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, InteractionNetwork]:
+    torch.manual_seed(0)
+    model = InteractionNetwork(ARCH)
+    card = model_card("test", ARCH, GraphConfig(), 0.7, metrics={"sim": {"eff": 0.9}})
+    save_model(tmp_path / "m", model, card)
+    return tmp_path / "m", model
+
+
+def test_model_round_trip(saved: tuple[Path, InteractionNetwork]) -> None:
+    path, model = saved
+    loaded, card = load_model(path)
+    assert card["model"]["name"] == "test" and card["metrics"]["sim"]["eff"] == 0.9
+    assert loaded.config == ARCH
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    rec = load_reconstructor(path)
+    assert rec.threshold == 0.7 and rec.graph_config == GraphConfig()
+    assert load_reconstructor(path, threshold=0.4).threshold == 0.4
+
+
+def _edit_card(path: Path, edit: str, new: str) -> None:
+    text = (path / CARD).read_text()
+    assert edit in text
+    (path / CARD).write_text(text.replace(edit, new))
+
+
+@pytest.mark.parametrize(
+    ("edit", "new", "message"),
+    [
+        ("feature_version = 1", "feature_version = 99", "features version 99"),
+        ("card_format = 1", "card_format = 2", "card format 2"),
+        ("steps = 2\n", "", r"missing \['steps'\]"),
+        ("n_bins = ", "n_bins_old = ", r"\[graph\].*unknown \['n_bins_old'\]"),
+        ("edge_in = 6", "edge_in = 7", "7 edge features"),
+        ("threshold = 0.7", "threshold = 1.5", "threshold"),
+    ],
+)
+def test_mismatched_card_refused(
+    saved: tuple[Path, InteractionNetwork], edit: str, new: str, message: str
+) -> None:
+    path, _ = saved
+    _edit_card(path, edit, new)
+    with pytest.raises(ModelCardError, match=message):
+        load_reconstructor(path)
+
+
+def test_weights_of_another_size_refused(saved: tuple[Path, InteractionNetwork]) -> None:
+    path, _ = saved
+    torch.save(
+        InteractionNetwork(GNNConfig(hidden=16, edge_hidden=4, steps=2)).state_dict(),
+        path / WEIGHTS,
+    )
+    with pytest.raises(ModelCardError, match=r"weights .* do not match"):
+        load_model(path)
+
+
+def test_missing_model_explains(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"streamtrk train.*--oracle"):
+        load_reconstructor(tmp_path / "nothing")
+
+
+def test_env_var_selects_model(
+    saved: tuple[Path, InteractionNetwork], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = saved
+    monkeypatch.setenv("STREAMTRK_MODEL", str(path))
+    assert default_model_path() == path
+    assert load_reconstructor().threshold == 0.7
+
+
+def test_shipped_model_reconstructs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from streamtrk.detector import load_detector
+    from streamtrk.eval.evaluate import evaluate
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+
+    monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
+    card = read_card(default_model_path())
+    rec = load_reconstructor()
+    assert rec.threshold == card["model"]["threshold"]
+    cfg = SimConfig(generator=replace(GeneratorConfig(), mu=50))
+    report = evaluate(rec, simulate(load_detector(), cfg, 4242, 1)).report()
+    # The shipped weights are an interim checkpoint (see its card): a floor, not the issue-4
+    # targets, which it does not meet yet.
+    assert report["tracking_efficiency"] >= 0.75
+    assert report["fake_rate"] <= 0.05

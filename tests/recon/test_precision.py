@@ -1,0 +1,34 @@
+"""bf16 against fp32 on simulated events: the report's mechanics (a random network; the real
+figures come from the shipped model on the GPU, bench/gpu_bench.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamtrk.recon.engine import EngineScorer
+from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
+from streamtrk.recon.precision import precision_parity, tracks_agreement
+from streamtrk.recon.reconstructor import Reconstructor
+
+
+def test_bf16_parity_report(small_events) -> None:
+    torch.manual_seed(1)
+    model = InteractionNetwork(GNNConfig(hidden=16, edge_hidden=8, steps=3)).eval()
+    # A random network's scores crowd together: keep its top fifth of edges.
+    one = small_events[:1]
+    scores = Reconstructor(EngineScorer(model, "cpu", "eager")).reconstruct(one).scores
+    threshold = float(np.quantile(scores, 0.8))
+    same = precision_parity(model, one, precision="fp32", threshold=threshold)
+    assert same["score_abs_diff_max"] == 0 and same["edge_decisions_flipped"] == 0
+    assert same["tracking_efficiency_change"] == 0
+    assert same["tracks_common"] == same["tracks_a"] == same["tracks_b"] > 0
+    r = precision_parity(model, small_events, precision="bf16", threshold=threshold, batch_size=2)
+    assert r["events"] == 2 and r["edges"] > same["edges"]
+    assert 0 < r["score_abs_diff_max"] < 0.05
+    assert r["score_abs_diff_mean"] <= r["score_abs_diff_p99"] <= r["score_abs_diff_max"]
+    assert 0 <= r["edge_decisions_flipped_fraction"] < 0.05
+    for k in ("tracking_efficiency", "fake_rate", "duplicate_rate", "trackml_score"):
+        assert r[f"{k}_change"] == r[f"{k}_bf16"] - r[f"{k}_fp32"]
+        assert 0 <= r[f"{k}_fp32"] <= 1
+    assert tracks_agreement([], []) == {"tracks_a": 0, "tracks_b": 0, "tracks_common": 0}

@@ -1,0 +1,125 @@
+"""Helpers of the service tests: a live ``streamtrk serve`` subprocess on free loopback
+ports, metric samples, track partitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamtrk.service.health import wait_ready
+
+# Acceptance runs use MU=2 pileup (about 900 hits per event) so that 200 events are
+# reconstructed twice (daemon and offline) in well under a minute on two shared CPU cores.
+ACCEPT_EVENTS = 200
+ACCEPT_MU = 2
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(keep: tuple[str, ...] = ("STREAMTRK_MODEL",)) -> dict[str, str]:
+    """This process's environment without ``STREAMTRK_*`` settings (other than ``keep``;
+    ``STREAMTRK_MODEL`` names the model that stands for the shipped one)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRK_") or k in keep}
+
+
+class Daemon:
+    """``python -m streamtrk serve`` with JSON logs in ``log_path``; stop with :meth:`stop`."""
+
+    def __init__(
+        self, tmp: Path, *args: str, env: dict[str, str] | None = None, keep_model: bool = True
+    ) -> None:
+        self.input = f"tcp://127.0.0.1:{free_port()}"
+        self.output = f"tcp://127.0.0.1:{free_port()}"
+        self.http = f"127.0.0.1:{free_port()}"
+        self.log_path = tmp / f"daemon-{self.http.rsplit(':', 1)[1]}.log"
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", self.input]
+        cmd += ["--output", self.output, "--http", self.http, "--log-format", "json", *args]
+        base = clean_env() if keep_model else clean_env(keep=())
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**base, **(env or {})}
+        )
+        if not wait_ready(self.http, READY_TIMEOUT_S, self.process):
+            self.stop()
+            pytest.fail(f"daemon not ready; log:\n{self.log_path.read_text()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read().decode()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of ``/metrics``: (name, sorted labels) -> value."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def settled(
+        self, received: int | None = None, timeout: float = 60
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """:meth:`metrics` once ``received`` messages (if given) have been taken off the socket
+        and nothing is in flight (a reply counts just after its send)."""
+        t_end = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            got = sample(m, "streamtrk_events_received_total")
+            done = sum(v for k, v in m.items() if k[0] == "streamtrk_events_rejected_total")
+            done += sample(m, "streamtrk_events_completed_total", status="ok")
+            idle = got == done and sample(m, "streamtrk_inflight_events") == 0
+            if (idle and received in (None, got)) or time.monotonic() > t_end:
+                return m
+            time.sleep(0.1)
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+
+def sample(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def partitions(submission: dict[int, tuple[Any, Any]]) -> dict[int, set[frozenset[int]]]:
+    """Per event, the tracks as sets of hit ids (independent of track numbering)."""
+    out = {}
+    for event, (hit_ids, track_ids) in submission.items():
+        tracks: dict[int, set[int]] = {}
+        for h, t in zip(hit_ids.tolist(), track_ids.tolist(), strict=True):
+            if t:
+                tracks.setdefault(t, set()).add(h)
+        out[event] = {frozenset(s) for s in tracks.values()}
+    return out

@@ -1,0 +1,84 @@
+"""Dynamic batching rules, in-process (no sockets, no model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from streamtrk.event import Event, Hits
+from streamtrk.service.batcher import Batcher, BatchPolicy
+from streamtrk.service.job import Job
+
+
+def job(n_hits: int, event: int = 0, deadline_s: float | None = None) -> Job:
+    cols = {k: np.zeros(n_hits, dt) for k, dt in Hits.DTYPES.items()}
+    cols["hit_id"] = np.arange(n_hits, dtype=np.int64)
+    t = time.perf_counter()
+    return Job(Event(1, event, Hits(**cols)), t, None if deadline_s is None else t + deadline_s)
+
+
+def events(batch) -> list[int]:
+    return [j.event.event for j in batch.jobs]
+
+
+def test_waiting_events_form_full_batches_at_once() -> None:
+    b = Batcher(16, BatchPolicy(max_events=4, max_hits=10**6, max_queue_delay_ms=10_000))
+    for i in range(10):
+        assert b.put(job(10, i))
+    t0 = time.perf_counter()
+    assert events(b.next_batch(1)) == [0, 1, 2, 3]
+    assert events(b.next_batch(1)) == [4, 5, 6, 7]
+    assert time.perf_counter() - t0 < 5  # full batches never wait for the queue delay
+    assert b.depth() == 2
+
+
+def test_hit_limit_closes_a_batch_and_the_next_event_opens_the_next() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=100, max_queue_delay_ms=0))
+    for i, n in enumerate([40, 40, 40, 500, 10]):
+        b.put(job(n, i))
+    first = b.next_batch(1)
+    assert events(first) == [0, 1] and first.n_hits == 80
+    assert events(b.next_batch(1)) == [2]  # event 3 would pass the limit
+    assert events(b.next_batch(1)) == [3]  # alone over the limit: a batch of its own
+    assert events(b.next_batch(1)) == [4]
+    assert b.next_batch(0.01) is None and b.depth() == 0
+
+
+def test_queue_delay_waits_for_late_events_then_closes() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=1500))
+    b.put(job(5, 0))
+    late = threading.Timer(0.2, lambda: b.put(job(5, 1)))
+    late.start()
+    t0 = time.perf_counter()
+    batch = b.next_batch(1)
+    waited = time.perf_counter() - t0
+    late.join()
+    assert events(batch) == [0, 1]
+    assert waited >= 1.0  # the batch stayed open for the whole delay, not just until event 1
+
+
+def test_zero_delay_sends_what_is_there() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=0))
+    b.put(job(5, 0))
+    assert events(b.next_batch(1)) == [0]
+    assert b.next_batch(0.01) is None
+
+
+def test_expired_events_are_set_aside_unprocessed() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=0))
+    b.put(job(5, 0, deadline_s=1e-6))
+    b.put(job(5, 1, deadline_s=3600))
+    b.put(job(5, 2))
+    time.sleep(0.01)
+    batch = b.next_batch(1)
+    assert events(batch) == [1, 2]
+    assert [j.event.event for j in batch.expired] == [0]
+
+
+def test_full_queue_rejects_without_blocking() -> None:
+    b = Batcher(2, BatchPolicy())
+    assert b.put(job(1, 0), block=False) and b.put(job(1, 1), block=False)
+    assert not b.put(job(1, 2), block=False)
+    assert b.depth() == 2

@@ -1,0 +1,104 @@
+"""Configuration: precedence (defaults < file < environment < flags) and invalid settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from live_daemon import clean_env
+
+from streamtrk.service.config import ConfigError, ServeConfig, load_config
+
+
+def test_defaults_are_the_documented_endpoints() -> None:
+    cfg = load_config(env={})
+    assert cfg == ServeConfig()
+    assert (cfg.input, cfg.output, cfg.http) == (
+        "tcp://127.0.0.1:5555",
+        "tcp://127.0.0.1:5556",
+        "127.0.0.1:9100",
+    )
+    assert (cfg.device, cfg.model, cfg.connect, cfg.overload) == ("auto", None, False, "block")
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text('max_batch_events = 3\nmax_queue_delay_ms = 7\nlog_format = "json"\n')
+    env = {"STREAMTRK_MAX_QUEUE_DELAY_MS": "2.5", "STREAMTRK_CONNECT": "yes"}
+    cfg = load_config(path, env, {"max_queue_delay_ms": "1", "deadline_ms": None})
+    assert cfg.max_batch_events == 3  # file
+    assert cfg.log_format == "json"  # file
+    assert cfg.connect is True  # environment
+    assert cfg.max_queue_delay_ms == 1.0  # flag over environment over file
+    assert cfg.deadline_ms is None  # a flag not given changes nothing
+    assert load_config(path, env).max_queue_delay_ms == 2.5
+
+
+def test_cross_checks_see_the_final_values() -> None:
+    env = {"STREAMTRK_MAX_BATCH_EVENTS": "100"}
+    assert load_config(env=env, flags={"queue_capacity": "200"}).max_batch_events == 100
+    with pytest.raises(ConfigError, match=r"queue_capacity .* environment variable"):
+        load_config(env=env)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "match"),
+    [
+        ("max_batch_events = 0", {}, r"max_batch_events must be a positive integer.*config file"),
+        ('overload = "drop"', {}, r"overload must be one of block, reject"),
+        ("batch_size = 4", {}, r"unknown setting 'batch_size'"),
+        ("max_batch_events = [", {}, r"not valid TOML"),
+        ("", {"STREAMTRK_DEVICE": "gpu"}, r"device .*STREAMTRK_DEVICE"),
+        ("", {"STREAMTRK_CONNECT": "maybe"}, r"connect must be true or false"),
+        ("", {"STREAMTRK_HTTP": "9100"}, r"http must be HOST:PORT"),
+        ("", {"STREAMTRK_INPUT": "127.0.0.1:5555"}, r"input must be a ZeroMQ endpoint"),
+        ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\]"),
+        ("", {"STREAMTRK_DEADLINE_MS": "-1"}, r"deadline_ms must be a finite number > 0"),
+    ],
+)
+def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match: str) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=match):
+        load_config(path, env)
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamtrk", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean_env(keep=()), **(env or {})},
+    )
+
+
+def test_print_config_shows_the_effective_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text('max_batch_events = 3\nhttp = "127.0.0.1:9999"\n')
+    out = _serve(
+        "--config",
+        str(path),
+        "--http",
+        "127.0.0.1:9123",
+        "--print-config",
+        env={"STREAMTRK_MAX_BATCH_EVENTS": "5", "STREAMTRK_DEADLINE_MS": "20"},
+    )
+    assert out.returncode == 0, out.stderr
+    printed = tomllib.loads(out.stdout)
+    assert printed["max_batch_events"] == 5 and printed["deadline_ms"] == 20.0
+    assert printed["http"] == "127.0.0.1:9123"
+    # The printed configuration loads back to the same configuration.
+    (tmp_path / "printed.toml").write_text(out.stdout)
+    cfg = load_config(tmp_path / "printed.toml", {})
+    assert cfg.max_batch_events == 5 and cfg.http == "127.0.0.1:9123" and cfg.model is None
+
+
+def test_invalid_configuration_exits_2_before_serving() -> None:
+    out = _serve("--max-queue-delay-ms", "soon", env={"STREAMTRK_LOG_FORMAT": "json"})
+    assert out.returncode == 2
+    assert "max_queue_delay_ms" in out.stderr and "--max-queue-delay-ms" in out.stderr
+    assert out.stdout == ""

@@ -1,0 +1,73 @@
+"""Health endpoints, start-up banner, SIGHUP reload (failing, then working), and a drain
+that runs out of time."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from live_daemon import sample
+
+from streamtrk.client import Producer
+from streamtrk.io.recording import iter_events
+from streamtrk.recon.model import default_model_path
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition, timeout: float = 180) -> None:
+    t_end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < t_end, "timed out"
+        time.sleep(0.2)
+
+
+def model_labels(d) -> dict[str, str]:
+    [labels] = [dict(k[1]) for k in d.metrics() if k[0] == "streamtrk_model_info"]
+    return labels
+
+
+def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: Path) -> None:
+    # The model comes from the configuration file (which SIGHUP re-reads), not the environment.
+    model = f'model = "{default_model_path()}"\n'
+    config = tmp_path / "serve.toml"
+    config.write_text(model + "threshold = 0.5\n")
+    d = daemon_factory("--config", str(config), keep_model=False)
+    assert d.get("/healthz") == (200, "ok\n")
+    assert d.get("/readyz") == (200, "ready\n")
+    assert d.get("/nowhere")[0] == 404
+    [banner] = [line for line in d.logs() if line["message"] == "streamtrk serve ready"]
+    for key in ("version", "torch", "device", "engine", "model", "model_hash", "input", "http"):
+        assert banner[key] not in (None, ""), key
+    assert banner["device"] == "cpu" and d.input in banner["input"]
+    m = d.metrics()
+    assert sample(m, "streamtrk_ready") == 1
+    assert sample(m, "streamtrk_queue_capacity", queue="batch") == 64
+    [build] = [dict(k[1]) for k in m if k[0] == "streamtrk_build_info"]
+    assert build["device"] == "cpu" and build["engine"] == banner["engine"]
+    before = model_labels(d)
+    assert before["threshold"] == "0.5" and before["hash"] == banner["model_hash"]
+
+    # A configuration naming a missing model: the reload fails, the old model keeps serving.
+    config.write_text(f'model = "{tmp_path / "no-such-model"}"\n')
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 1)
+    assert d.get("/readyz")[0] == 200 and model_labels(d) == before
+    assert any(line["message"].startswith("reload failed") for line in d.logs())
+
+    # A good one (and a setting that needs a restart, which is kept).
+    config.write_text(model + "threshold = 0.7\nrcvhwm = 5\ndrain_timeout_s = 2\n")
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
+    assert model_labels(d)["threshold"] == "0.7"
+    assert any("need a restart" in line["message"] for line in d.logs())
+
+    # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
+    with Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(next(iter_events(sim_run)), timeout_ms=30_000)
+        wait_for(lambda: sample(d.metrics(), "streamtrk_hits_total") > 0)
+    assert d.stop(signal.SIGINT) == 1
+    last = d.logs()[-1]
+    assert last["message"].startswith("drain incomplete") and last["dropped"] == 1
