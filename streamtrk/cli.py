@@ -446,8 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
         "configuration (on free ports), replay the run through it, print the report, stop "
         "the daemon with SIGTERM.",
     )
-    s.add_argument("--events", type=int, default=20, help="events to simulate (default 20)")
-    s.add_argument("--mu", type=float, default=200.0, help="mean pileup (default 200)")
+    # MU=50 keeps the demo to about a minute on a 2-core CPU with the eager GNN; MU=200 events
+    # take seconds each there (see bench/RESULTS.md).
+    s.add_argument("--events", type=int, default=10, help="events to simulate (default 10)")
+    s.add_argument("--mu", type=float, default=50.0, help="mean pileup (default 50)")
     s.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness"
     )
