@@ -2,10 +2,10 @@
 rate, and the real TrackML barrel event replayed through it.
 
 1. Throughput: the same simulated events reconstructed by calling
-   ``Reconstructor.reconstruct`` directly (batches of ``max_batch_events``, in this
-   process), and replayed as fast as the daemon takes them through a ``streamtrk serve``
-   subprocess with the embedded default configuration; ``--repeats`` alternating passes,
-   medians compared. Target: daemon >= 90% of direct.
+   ``Reconstructor.reconstruct`` directly (batches of ``max_batch_events``, in a fresh
+   process set up like the daemon's), and replayed as fast as the daemon takes them
+   through a ``streamtrk serve`` subprocess with the embedded default configuration;
+   ``--repeats`` alternating passes, medians compared. Target: daemon >= 90% of direct.
 2. Latency against offered rate: replays at fixed fractions of the direct throughput
    (about ``--rate-seconds`` each); p50/p90/p99 (send to reply) per rate, plotted to a PNG.
 3. The real barrel event (``qallse_ez-1.0_hpt-1.0_no_truth/event000001000``, 55k hits),
@@ -49,34 +49,40 @@ def shared_trackml() -> Path:
     return (Path(base) if base else ROOT.parent / "shared") / "data" / "trackml"
 
 
-class Direct:
-    """The reconstruction API called directly, in this process, on the daemon's device.
-
-    Calls run in a thread of their own, as in the daemon's worker: on a small machine shared
-    with other jobs, torch's OpenMP workers driven from the main thread were seen up to 12x
-    slower than from another thread, which would flatter the daemon.
+def direct(recording: Path, batch: int, repeat: int = 1) -> float:
+    """Events per second of ``reconstruct`` called directly on ``recording``'s events, in
+    batches of ``batch``, in a fresh process set up like the daemon's: model loaded and warmed
+    up by the main thread, the timed calls made from a worker thread, on the daemon's default
+    device. (The arrangement matters on a loaded 2-core machine: torch's OpenMP regions ran
+    up to 15x slower when the calling thread was the first or only one to use torch.)
     """
+    cmd = [sys.executable, __file__, "--direct", str(recording), "--batch", str(batch)]
+    done = subprocess.run([*cmd, "--repeat", str(repeat)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    return float(done.stdout.split()[-1])
 
-    def __init__(self, warmup: Any) -> None:
-        from streamtrk.recon.model import load_reconstructor
-        from streamtrk.service.engine import resolve_device
 
-        self.rec = load_reconstructor(device=resolve_device("auto"))
-        self.events_per_second(warmup, 1)
+def _direct_process(recording: Path, batch: int, repeat: int) -> None:
+    from streamtrk.recon.model import load_reconstructor
+    from streamtrk.replay import load_recording
+    from streamtrk.service.engine import resolve_device
 
-    def events_per_second(self, events: list[Any], batch: int) -> float:
-        seconds: list[float] = []
+    rec = load_reconstructor(device=resolve_device("auto"))
+    events = [r.event for r in load_recording(recording)] * repeat
+    rec.reconstruct(events[:1])  # warm-up, as the daemon does
+    seconds: list[float] = []
 
-        def run() -> None:
-            t0 = time.perf_counter()
-            for i in range(0, len(events), batch):
-                self.rec.reconstruct(events[i : i + batch])
-            seconds.append(time.perf_counter() - t0)
+    def run() -> None:
+        t0 = time.perf_counter()
+        for i in range(0, len(events), batch):
+            rec.reconstruct(events[i : i + batch])
+        seconds.append(time.perf_counter() - t0)
 
-        worker = threading.Thread(target=run)
-        worker.start()
-        worker.join()
-        return len(events) / seconds[0]
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    print(len(events) / seconds[0])
 
 
 class Daemon:
@@ -180,7 +186,13 @@ def main() -> None:
     p.add_argument("--real-loops", type=int, default=100, help="real event replays (100)")
     p.add_argument("--png", type=Path, default=ROOT / "docs" / "daemon-latency.png")
     p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--direct", type=Path, help=argparse.SUPPRESS)  # one direct pass
+    p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.direct:
+        _direct_process(args.direct, args.batch, args.repeat)
+        return
 
     from streamtrk.cli import main as cli
     from streamtrk.replay import load_recording
@@ -193,16 +205,13 @@ def main() -> None:
         sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "7"]
         assert cli([*sim, "-q", "-o", str(run)]) == 0
         events = load_recording(run)
-        plain = [e.event for e in events]
-        out["hits_per_event"] = sum(len(e.hits) for e in plain) / len(plain)
+        out["hits_per_event"] = sum(len(e.event.hits) for e in events) / len(events)
         daemon = Daemon(Path(tmp) / "daemon.log")
         try:
-            api = Direct(plain[:1])
-            out["device"] = api.rec.device
             # Alternate direct and daemon passes so that both see the same machine load.
             passes = []
             for _ in range(args.repeats):
-                direct_eps = api.events_per_second(plain, batch)
+                direct_eps = direct(run, batch)
                 daemon_eps = replayed(daemon, events)["events_per_second"]
                 passes.append({"direct": direct_eps, "daemon": daemon_eps})
             out["passes"] = passes
@@ -221,9 +230,7 @@ def main() -> None:
                 assert cli(["import-trackml", str(real_dir), "-o", str(real), "-q"]) == 0
                 real_events = load_recording(real)
                 out["real_hits"] = len(real_events[0].event.hits)
-                out["real_direct_events_per_second"] = api.events_per_second(
-                    [real_events[0].event] * 3, 1
-                )
+                out["real_direct_events_per_second"] = direct(real, 1, repeat=3)
                 out["real"] = replayed(daemon, real_events, loop=args.real_loops)
         finally:
             out["daemon_exit_code"] = daemon.stop()
