@@ -110,11 +110,12 @@ class Emitter(threading.Thread):
 
     def _send(self, frames: list[OutFrame]) -> bool:
         while True:
-            if self.socket.poll(POLL_MS, zmq.POLLOUT):
+            late = self.give_up_at is not None and time.perf_counter() > self.give_up_at
+            if self.socket.poll(0 if late else POLL_MS, zmq.POLLOUT):
                 try:
                     self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                     return True
                 except zmq.Again:
                     pass
-            if self.give_up_at is not None and time.perf_counter() > self.give_up_at:
+            if late:
                 return False

@@ -5,6 +5,7 @@ Times are ``time.perf_counter()`` seconds of this process.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,10 +24,16 @@ class Job:
     deadline: float | None  # answer ``deadline`` instead of processing after this time
     timings: dict[str, float] = field(default_factory=dict)
     t_queued: float = 0.0
+    _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def n_hits(self) -> int:
         return len(self.event.hits)
+
+    def claim(self) -> bool:
+        """True for the first caller only: whoever claims a job sends its one reply (the
+        worker, or the drain answering ``shutdown`` when the worker overruns)."""
+        return self._claim.acquire(blocking=False)
 
 
 @dataclass(eq=False)

@@ -7,17 +7,20 @@ thread it is handed to.
 
 SIGTERM/SIGINT: readiness goes false, ingest stops receiving and closes its socket, the
 worker and the emitter finish everything already received, the emitter closes its socket
-with a LINGER bounded by what is left of ``drain_timeout_s``; exit status 0, or 1 when
-the drain could not finish in time. SIGHUP: reload the configuration and the model, keep
-the old ones when that fails.
+with a LINGER bounded by what is left of ``drain_timeout_s``. Work that cannot finish in
+time is answered ``shutdown`` instead (see ``Worker``), so every received event still gets
+its reply; exit status 0, or 1 when replies could not be sent (no downstream peer).
+SIGHUP: reload the configuration and the model, keep the old ones when that fails.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +48,8 @@ from streamtrk.service.worker import Worker
 
 log = logging.getLogger("streamtrk.serve")
 HEADER_BYTES = 64 * 1024
+DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
+DRAIN_RESERVE_SHARE = 0.25
 
 
 def _policy(cfg: ServeConfig) -> BatchPolicy:
@@ -69,6 +74,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self._reloading = threading.Lock()
+        self.worker_overran = False  # the drain left a batch running inside the model
 
     # ------------------------------------------------------------------ signals
 
@@ -148,7 +154,7 @@ class Daemon:
             lambda: self._model().reconstructor,
             lambda: not ingest.is_alive(),
         )
-        emitter = Emitter(push, replies, self.metrics, lambda: not worker.is_alive(), cfg.linger_ms)
+        emitter = Emitter(push, replies, self.metrics, worker.done.is_set, cfg.linger_ms)
         for t in (ingest, worker, emitter):
             t.start()
         if not self.stop_requested.is_set():
@@ -158,33 +164,40 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 threading.Thread(target=self.reload, name="reload", daemon=True).start()
-        return self._drain(stop_intake, (ingest, worker, emitter), emitter)
+        return self._drain(stop_intake, ingest, worker, emitter)
 
     def _drain(
-        self, stop_intake: threading.Event, threads: tuple[threading.Thread, ...], emitter: Emitter
+        self, stop_intake: threading.Event, ingest: Ingest, worker: Worker, emitter: Emitter
     ) -> int:
+        """Answer everything received, within ``drain_timeout_s``: processed when there is
+        time for it, else ``shutdown``; 0 when every reply was sent."""
         t0 = time.perf_counter()
-        deadline = t0 + self.config.drain_timeout_s
+        timeout = self.config.drain_timeout_s
+        deadline = t0 + timeout
         self.readiness.set("draining")
-        log.info("draining", extra=_fields(drain_timeout_s=self.config.drain_timeout_s))
+        log.info("draining", extra=_fields(drain_timeout_s=timeout))
         emitter.give_up_at = deadline
+        worker.drain_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
         stop_intake.set()
-        for t in threads:
-            t.join(max(0.0, deadline - time.perf_counter()) + 0.5)
-        stuck = [t.name for t in threads if t.is_alive()]
+        ingest.join(timeout)
+        worker.join(max(0.0, worker.drain_by - time.perf_counter()))
+        if worker.is_alive():
+            self.worker_overran = True
+            n = worker.abandon()
+            log.warning("the batch in progress overran the drain; %d events answered 'shutdown'", n)
+        emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         value = self.metrics.registry.get_sample_value
         summary = _fields(
             received=int(value("streamtrk_events_received_total") or 0),
             replies_ok=int(value("streamtrk_events_completed_total", {"status": "ok"}) or 0),
             replies_error=int(value("streamtrk_events_completed_total", {"status": "error"}) or 0),
+            shutdown=int(value("streamtrk_events_rejected_total", {"reason": "shutdown"}) or 0),
             unidentified=int(value("streamtrk_events_unidentified_total") or 0),
             dropped=emitter.dropped,
             seconds=round(time.perf_counter() - t0, 3),
         )
-        if stuck or emitter.dropped:
-            log.error(
-                "drain incomplete (threads still running: %s)", stuck or "none", extra=summary
-            )
+        if emitter.is_alive() or emitter.dropped:
+            log.error("drain incomplete: replies could not be sent", extra=summary)
             return 1
         log.info("drained, exiting", extra=summary)
         return 0
@@ -274,5 +287,16 @@ class Daemon:
 
 
 def serve(cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the exit status."""
-    return Daemon(cfg, reload_config).run()
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status.
+
+    When the drain left a batch running inside torch, the process ends here with
+    ``os._exit``: a normal interpreter exit would tear torch down under that thread
+    (``terminate called without an active exception``, status -6)."""
+    daemon = Daemon(cfg, reload_config)
+    status = daemon.run()
+    if daemon.worker_overran:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

@@ -31,7 +31,7 @@ class Metrics:
         )
         self.rejected = Counter(
             "streamtrk_events_rejected",
-            "Events not answered ok, by reason (wire reasons, deadline, overloaded, internal).",
+            "Events not answered ok, by reason (wire reasons, deadline, overloaded, internal, shutdown).",
             ["reason"],
             registry=r,
         )

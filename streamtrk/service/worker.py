@@ -2,6 +2,11 @@
 
 Expired events are answered ``deadline`` unprocessed; an exception inside reconstruction
 fails that batch's events with ``internal`` and the worker carries on with the next batch.
+
+Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
+the seconds per hit of the batches so far) is answered ``shutdown`` instead of started, and
+:meth:`abandon` answers ``shutdown`` for the batch in progress and everything still queued
+when the worker overruns. Each job is answered once: by whoever claims it first.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from collections.abc import Callable
 
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.batcher import Batch, Batcher
-from streamtrk.service.job import Reply
+from streamtrk.service.job import Job, Reply
 from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
+SAFETY = 1.5  # a batch is started while draining only if SAFETY x its estimate fits
 
 
 class Worker(threading.Thread):
@@ -38,28 +44,53 @@ class Worker(threading.Thread):
         self.metrics = metrics
         self.reconstructor = reconstructor
         self.intake_done = intake_done
+        self.drain_by: float | None = None  # perf_counter time; set when draining
+        self.abandoned = threading.Event()
+        self.done = threading.Event()  # no more replies will come from this worker
+        self.seconds_per_hit = 0.0  # running estimate, for the drain
+        self._current: list[Job] = []
+        self._taking = threading.Lock()  # held while a batch is taken off the queue
 
     def run(self) -> None:
-        while True:
-            batch = self.batcher.next_batch(POLL_S)
-            if batch is not None:
-                self.process(batch)
-            elif self.intake_done() and self.batcher.depth() == 0:
-                return
+        try:
+            while not self.abandoned.is_set():
+                with self._taking:
+                    batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
+                    self._current = [] if batch is None else batch.jobs
+                if batch is not None:
+                    self.process(batch)
+                elif self.intake_done() and self.batcher.depth() == 0:
+                    return
+        finally:
+            if not self.abandoned.is_set():
+                self.done.set()
+
+    def _answer(self, job: Job, reply: Reply) -> None:
+        if job.claim():
+            self.replies.put(reply)
+
+    def _reject(self, jobs: list[Job], reason: str) -> int:
+        claimed = [job for job in jobs if job.claim()]
+        self.metrics.rejected.labels(reason).inc(len(claimed))
+        for job in claimed:
+            self.replies.put(Reply.error(job, reason))
+        return len(claimed)
 
     def process(self, batch: Batch) -> None:
         m = self.metrics
-        for job in batch.expired:
-            m.rejected.labels("deadline").inc()
-            self.replies.put(Reply.error(job, "deadline"))
+        self._reject(batch.expired, "deadline")
         if not batch.jobs:
             return
         t0 = time.perf_counter()
+        n_hits = batch.n_hits
+        estimate = SAFETY * self.seconds_per_hit * n_hits
+        if self.drain_by is not None and t0 + estimate > self.drain_by:
+            self._reject(batch.jobs, "shutdown")
+            return
         for job in batch.jobs:
             job.timings["queue"] = t0 - job.t_queued
             m.stage.labels("queue").observe(job.timings["queue"])
             m.queue_delay.observe(job.timings["queue"])
-        n_hits = batch.n_hits
         m.batch_events.observe(len(batch.jobs))
         m.batch_hits.observe(n_hits)
         try:
@@ -70,12 +101,24 @@ class Worker(threading.Thread):
             ]
         except Exception:
             log.exception("reconstruction failed; answering %d events 'internal'", len(batch.jobs))
-            m.rejected.labels("internal").inc(len(batch.jobs))
-            for job in batch.jobs:
-                self.replies.put(Reply.error(job, "internal"))
+            self._reject(batch.jobs, "internal")
             return
+        per_hit = (time.perf_counter() - t0) / max(n_hits, 1)
+        self.seconds_per_hit = max(per_hit, 0.8 * self.seconds_per_hit + 0.2 * per_hit)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         m.hits.inc(n_hits)
-        for reply in replies:
-            self.replies.put(reply)
+        for job, reply in zip(batch.jobs, replies, strict=True):
+            self._answer(job, reply)
+
+    def abandon(self) -> int:
+        """Answer ``shutdown`` for the batch in progress and every queued event; the worker
+        stops at its next step. Returns how many events this answered."""
+        self.abandoned.set()
+        with self._taking:
+            jobs = list(self._current)
+            while (batch := self.batcher.next_batch(0.0)) is not None:
+                jobs += batch.jobs + batch.expired
+        answered = self._reject(jobs, "shutdown")
+        self.done.set()
+        return answered

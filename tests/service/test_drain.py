@@ -1,4 +1,5 @@
-"""Acceptance: SIGTERM while a replay runs at full speed answers every event received."""
+"""Acceptance: SIGTERM while a replay runs at full speed answers every event received; a
+batch longer than the drain timeout is answered 'shutdown' and the daemon still exits 0."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from pathlib import Path
 
 import pytest
 from live_daemon import ACCEPT_EVENTS, sample
+
+from streamtrk.client import Consumer, Producer
+from streamtrk.detector import load_detector
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -41,3 +47,30 @@ def test_sigterm_during_full_speed_replay(daemon_factory, sim_run: Path, tmp_pat
     assert got["unexpected"] == 0 and got["errors"] == {}
     assert got["missing"] + got["unsent"] > 0 and replay_code == 1
     assert any(line["message"] == "draining" for line in d.logs())
+
+
+def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) -> None:
+    # Three MU=200 events in one batch take many seconds on a CPU: far over a 2 s drain.
+    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=200)), 8, 3))
+    d = daemon_factory(
+        "--drain-timeout-s", "2", "--max-batch-events", "3", "--max-queue-delay-ms", "5000"
+    )
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        t_end = time.monotonic() + 120
+        while sample(d.metrics(), "streamtrk_batch_events_count") < 1:  # the batch has started
+            assert time.monotonic() < t_end, "the batch never started"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        code = d.stop(signal.SIGTERM)
+        stopped_s = time.monotonic() - t0
+        replies = [consumer.recv(timeout_ms=10_000) for _ in events]
+    assert code == 0 and stopped_s < 2 + 3  # drain_timeout_s, plus process exit on a busy CPU
+    assert all(r is not None for r in replies)
+    got = sorted((r.event, r.to_reply().reason) for r in replies if r is not None)
+    assert got == [(ev.event, "shutdown") for ev in events]
+    logs = d.logs()
+    assert any("overran the drain" in line["message"] for line in logs)
+    drained = next(line for line in logs if line["message"].startswith("drained"))
+    assert drained["shutdown"] == drained["received"] == len(events) and drained["dropped"] == 0

@@ -1,8 +1,10 @@
-"""The worker thread: a failing batch is answered 'internal' and the next one is served."""
+"""The worker thread: a failing batch is answered 'internal' and the next one is served;
+work that cannot finish within the drain is answered 'shutdown', once."""
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 
 import numpy as np
@@ -52,3 +54,72 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_batch_events_count") == 3
+
+
+class Gate:
+    """Edge scorer that blocks until released: a batch that overruns the drain."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, graph, events):
+        self.entered.set()
+        assert self.release.wait(60)
+        return np.zeros(graph.num_edges, dtype=np.float32)
+
+
+def _drained(replies: queue.Queue[Reply]) -> list[Reply]:
+    out = []
+    while True:
+        try:
+            out.append(replies.get(timeout=1))
+        except queue.Empty:
+            return out
+
+
+def test_abandon_answers_the_running_batch_and_the_queue_once() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 5))
+    batcher = Batcher(8, BatchPolicy(max_events=2, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    gate = Gate()
+    worker = Worker(
+        batcher, replies, metrics, lambda: Reconstructor(gate, detector=det), lambda: True
+    )
+    for ev in events:
+        batcher.put(Job(ev, time.perf_counter(), None))
+    worker.start()
+    assert gate.entered.wait(60)  # the first batch (2 events) is inside the model
+    assert worker.abandon() == len(events)
+    assert worker.done.is_set()
+    gate.release.set()  # the overrunning batch finishes: its replies were already sent
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    got = _drained(replies)
+    assert sorted(r.event for r in got) == [ev.event for ev in events]
+    assert {(r.status, r.reason) for r in got} == {("error", "shutdown")}
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == len(events)
+
+
+def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    gate = Gate()
+    gate.release.set()
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
+    )
+    worker.seconds_per_hit = 1.0  # as measured on earlier batches: far too slow to start
+    worker.drain_by = time.perf_counter() + 5.0
+    for ev in events:
+        batcher.put(Job(ev, time.perf_counter(), None))
+    worker.start()
+    worker.join(timeout=60)
+    assert not gate.entered.is_set() and worker.done.is_set()
+    got = _drained(replies)
+    assert sorted((r.event, r.reason) for r in got) == [(ev.event, "shutdown") for ev in events]
