@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from streamtrk import __version__
+from streamtrk.service.config import CHOICES
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -100,7 +101,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         from streamtrk.recon.model import load_reconstructor
 
-        rec = load_reconstructor(args.model, device=args.device, threshold=args.threshold)
+        rec = load_reconstructor(
+            args.model,
+            device=args.device,
+            threshold=args.threshold,
+            engine=args.engine,
+            precision=args.precision,
+            warm_up=args.engine != "eager",
+        )
     ev = evaluate(
         rec, _read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
     )
@@ -353,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--oracle", action="store_true", help="edge scores from truth")
     s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument(
+        "--engine", default="eager", choices=CHOICES["engine"], help="edge classifier engine"
+    )
+    s.add_argument("--precision", default="fp32", choices=CHOICES["precision"])
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
+from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import (
     EDGE_FEATURES,
     NODE_FEATURES,
     GNNConfig,
-    GNNScorer,
     InteractionNetwork,
 )
 from streamtrk.recon.graph import GraphConfig
@@ -196,14 +196,27 @@ def load_model(directory: Path) -> tuple[InteractionNetwork, dict[str, Any]]:
 
 
 def load_reconstructor(
-    path: Path | None = None, *, device: str = "cpu", threshold: float | None = None
+    path: Path | None = None,
+    *,
+    device: str = "cpu",
+    threshold: float | None = None,
+    engine: str = "eager",
+    precision: str = "fp32",
+    cuda_graphs: bool = False,
+    warm_up: bool = False,
 ) -> Reconstructor:
-    """A Reconstructor scoring edges with a trained model (default: the shipped one)."""
+    """A Reconstructor scoring edges with a trained model (default: the shipped one)
+    through ``EngineScorer`` (``engine``, ``precision``, ``cuda_graphs``: see
+    ``streamtrk.recon.engine``); ``warm_up`` compiles and runs every shape bucket before
+    returning."""
     directory = path or default_model_path()
     model, card = load_model(directory)
     _, graph, default_threshold = check_card(card)
+    scorer = EngineScorer(model, device, engine, precision, cuda_graphs=cuda_graphs)
+    if warm_up:
+        scorer.warm_up()
     return Reconstructor(
-        GNNScorer(model, device),
+        scorer,
         device=device,
         graph_config=graph,
         threshold=default_threshold if threshold is None else threshold,

@@ -20,6 +20,8 @@ from typing import Any
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
+    "engine": ("auto", "eager", "compile", "tensorrt"),
+    "precision": ("fp32", "bf16", "fp16"),
     "overload": ("block", "reject"),
     "log_format": ("plain", "json"),
     "log_level": ("debug", "info", "warning", "error"),
@@ -38,6 +40,7 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "max_hits",
         "dead_letter",
         "dead_letter_max_bytes",
+        "torch_threads",
     }
 )
 
@@ -60,6 +63,20 @@ class ServeConfig:
 
     device: str = field(
         default="auto", metadata=_s("auto (cuda if torch sees a GPU and cupy imports), cpu, cuda")
+    )
+    engine: str = field(
+        default="auto",
+        metadata=_s(
+            "edge classifier engine: auto (tensorrt, else compile on CUDA; eager on CPU), "
+            "eager, compile, tensorrt"
+        ),
+    )
+    precision: str = field(default="fp32", metadata=_s("network precision: fp32, bf16, fp16"))
+    cuda_graphs: bool = field(
+        default=False, metadata=_s("replay CUDA graphs per shape bucket (engine compile on CUDA)")
+    )
+    torch_threads: int = field(
+        default=0, metadata=_s("torch CPU threads (0: torch's default, one per core)")
     )
     model: Path | None = field(default=None, metadata=_s("model directory (default: shipped)"))
     threshold: float | None = field(
@@ -103,6 +120,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
+        if self.engine == "tensorrt" and self.device == "cpu":
+            raise ConfigError("engine tensorrt needs device cuda (or auto)", "engine", "device")
         if self.queue_capacity < self.max_batch_events:
             raise ConfigError(
                 f"queue_capacity ({self.queue_capacity}) must be at least "
@@ -147,7 +166,7 @@ _POSITIVE_INT = (
     "dead_letter_max_bytes",
     "max_hits",
 )
-_NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms")
+_NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms", "torch_threads")
 
 
 def _check(name: str, value: Any) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtrk.event import Event
+from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.config import ServeConfig
 
@@ -58,7 +59,10 @@ class LoadedModel:
 
     reconstructor: Reconstructor
     device: str
-    engine: str
+    engine: str  # in use; see ``engine_note`` when it is not the one asked for
+    engine_requested: str
+    engine_note: str | None
+    precision: str
     name: str
     path: str
     digest: str
@@ -67,20 +71,34 @@ class LoadedModel:
 
 
 def load_model(cfg: ServeConfig) -> LoadedModel:
-    """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` and warm it up with one
-    ``reconstruct`` call; raises whatever loading or the warm-up raises."""
+    """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine`` and
+    ``cfg.precision``, warm up the engine over its shape buckets, then run one ``reconstruct``
+    call; raises whatever loading or the warm-up raises."""
     from streamtrk.recon.model import default_model_path, load_reconstructor, read_card
 
     device = resolve_device(cfg.device)
     path = (cfg.model or default_model_path()).resolve()
-    rec = load_reconstructor(path, device=device, threshold=cfg.threshold)
     t0 = time.perf_counter()
+    rec = load_reconstructor(
+        path,
+        device=device,
+        threshold=cfg.threshold,
+        engine=cfg.engine,
+        precision=cfg.precision,
+        cuda_graphs=cfg.cuda_graphs,
+        warm_up=True,
+    )
     rec.reconstruct([warmup_event()])
+    scorer = rec.scorer
+    assert isinstance(scorer, EngineScorer)
     warmup_s = time.perf_counter() - t0
     return LoadedModel(
         reconstructor=rec,
         device=device,
-        engine=str(getattr(rec.scorer, "engine", "eager")),
+        engine=scorer.engine,
+        engine_requested=cfg.engine,
+        engine_note=scorer.fallback_reason,
+        precision=cfg.precision,
         name=str(read_card(path)["model"].get("name", path.name)),
         path=str(path),
         digest=model_digest(path),

@@ -92,6 +92,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         ctx = zmq.Context()
         try:
             return self._run(ctx)
@@ -222,7 +224,16 @@ class Daemon:
             zmq.zmq_version(),
             model.device,
             model.engine,
+            model.engine_requested,
+            model.precision,
         ).set(1)
+        if model.engine_note:
+            log.info(
+                "engine %s (asked for %s): %s",
+                model.engine,
+                model.engine_requested,
+                model.engine_note,
+            )
         if model.device == "cuda":
             m.watch_cuda_memory()
 
@@ -270,6 +281,10 @@ class Daemon:
                 libzmq=zmq.zmq_version(),
                 device=model.device,
                 engine=model.engine,
+                engine_requested=model.engine_requested,
+                engine_note=model.engine_note,
+                precision=model.precision,
+                torch_threads=torch.get_num_threads(),
                 model=model.path,
                 model_hash=model.digest,
                 threshold=model.threshold,

@@ -31,7 +31,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "streamtrk_events_rejected",
-            "Events not answered ok, by reason (wire reasons, deadline, overloaded, internal, shutdown).",
+            "Events not answered ok, by reason "
+            "(wire reasons, deadline, overloaded, internal, shutdown).",
             ["reason"],
             registry=r,
         )
@@ -85,8 +86,19 @@ class Metrics:
         self.tracks = Counter("streamtrk_tracks", "Tracks sent in ok replies.", registry=r)
         self.build_info = Gauge(
             "streamtrk_build_info",
-            "Constant 1; the labels name the versions, device and engine.",
-            ["version", "python", "torch", "numpy", "pyzmq", "libzmq", "device", "engine"],
+            "Constant 1; the labels name the versions, device, engine and precision.",
+            [
+                "version",
+                "python",
+                "torch",
+                "numpy",
+                "pyzmq",
+                "libzmq",
+                "device",
+                "engine",
+                "engine_requested",
+                "precision",
+            ],
             registry=r,
         )
         self.model_info = Gauge(

@@ -8,7 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from live_daemon import clean_env
+import torch
+from live_daemon import clean_env, free_port
 
 from streamtrk.service.config import ConfigError, ServeConfig, load_config
 
@@ -57,6 +58,10 @@ def test_cross_checks_see_the_final_values() -> None:
         ("", {"STREAMTRK_INPUT": "127.0.0.1:5555"}, r"input must be a ZeroMQ endpoint"),
         ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\]"),
         ("", {"STREAMTRK_DEADLINE_MS": "-1"}, r"deadline_ms must be a finite number > 0"),
+        ('engine = "trt"', {}, r"engine must be one of auto, eager, compile, tensorrt"),
+        ('precision = "int8"', {}, r"precision must be one of fp32, bf16, fp16"),
+        ('engine = "tensorrt"\ndevice = "cpu"', {}, r"engine tensorrt needs device cuda"),
+        ("", {"STREAMTRK_TORCH_THREADS": "-1"}, r"torch_threads must be a non-negative"),
     ],
 )
 def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match: str) -> None:
@@ -102,3 +107,23 @@ def test_invalid_configuration_exits_2_before_serving() -> None:
     assert out.returncode == 2
     assert "max_queue_delay_ms" in out.stderr and "--max-queue-delay-ms" in out.stderr
     assert out.stdout == ""
+
+
+def test_tensorrt_without_a_gpu_or_torch_tensorrt_refuses_to_start() -> None:
+    if torch_tensorrt_importable() and torch.cuda.is_available():
+        pytest.skip("this machine could run engine=tensorrt")
+    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    out = _serve(
+        "--engine", "tensorrt", "--input", endpoints[0], "--output", endpoints[1],
+        "--http", f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    assert out.returncode == 1
+    why = ("needs device=cuda", "torch_tensorrt cannot be imported")
+    assert "engine=tensorrt" in out.stderr and any(w in out.stderr for w in why)
+    assert "streamtrk serve ready" not in out.stderr
+
+
+def torch_tensorrt_importable() -> bool:
+    from streamtrk.recon.engine import tensorrt_unavailable
+
+    return tensorrt_unavailable() is None

@@ -46,7 +46,8 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert sample(m, "streamtrk_ready") == 1
     assert sample(m, "streamtrk_queue_capacity", queue="batch") == 64
     [build] = [dict(k[1]) for k in m if k[0] == "streamtrk_build_info"]
-    assert build["device"] == "cpu" and build["engine"] == banner["engine"]
+    assert build["device"] == "cpu" and build["engine"] == banner["engine"] == "eager"
+    assert (build["engine_requested"], build["precision"]) == ("auto", "fp32")
     before = model_labels(d)
     assert before["threshold"] == "0.5" and before["hash"] == banner["model_hash"]
 
