@@ -1,7 +1,9 @@
 """Edge-classifier CPU time per event (graph construction excluded) and the model size.
 
 For each MU: simulate events, build their graphs, then time the shipped model's scorer
-(torch -> network -> scores) on each graph, after one warm-up call. Prints JSON.
+(torch -> network -> scores) on each graph, after one warm-up call; the same on the real
+TrackML barrel event (55k hits; the reference Exa.TrkX Interaction Network, H=128 and 6
+steps, takes 11.9 s a forward there on these 2-core CPUs). Prints JSON.
 
 Run: .venv/bin/python bench/gnn_cpu.py [--mu 10 50 100 200] [--events 5] [--model DIR]
 """
@@ -14,6 +16,7 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +27,28 @@ from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.train import event_graph
 
+REAL = Path(__file__).resolve().parents[1].parent / (
+    "shared/data/trackml/qallse_ez-1.0_hpt-1.0_no_truth/event000001000"
+)
+
+
+def _time(rec: Any, graphs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    times, edges, hits = [], [], []
+    for g, ev in graphs:
+        rec.scorer(g, [ev])  # warm-up: allocator and kernel caches
+        t0 = time.perf_counter()
+        rec.scorer(g, [ev])
+        times.append(time.perf_counter() - t0)
+        edges.append(g.num_edges)
+        hits.append(g.num_nodes)
+    return {
+        "events": len(graphs),
+        "median_gnn_seconds": round(float(np.median(times)), 3),
+        "max_gnn_seconds": round(float(np.max(times)), 3),
+        "mean_hits": int(np.mean(hits)),
+        "mean_edges": int(np.mean(edges)),
+    }
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -31,6 +56,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=5)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--real", type=Path, default=REAL, help="TrackML event prefix ('' to skip)")
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     path = args.model or default_model_path()
@@ -39,24 +65,19 @@ def main() -> None:
     rows = []
     for mu in args.mu:
         cfg = SimConfig(generator=replace(GeneratorConfig(), mu=mu))
-        times, edges, hits = [], [], []
-        for ev in simulate(det, cfg, args.seed, args.events):
-            g = event_graph(ev, det, rec.graph_config)
-            rec.scorer(g, [ev])  # warm-up: allocator and kernel caches
-            t0 = time.perf_counter()
-            rec.scorer(g, [ev])
-            times.append(time.perf_counter() - t0)
-            edges.append(g.num_edges)
-            hits.append(g.num_nodes)
+        events = simulate(det, cfg, args.seed, args.events)
         rows.append(
             {
                 "mu": mu,
-                "events": args.events,
-                "median_gnn_seconds": round(float(np.median(times)), 3),
-                "max_gnn_seconds": round(float(np.max(times)), 3),
-                "mean_hits": int(np.mean(hits)),
-                "mean_edges": int(np.mean(edges)),
+                **_time(rec, [(event_graph(ev, det, rec.graph_config), ev) for ev in events]),
             }
+        )
+    if args.real and Path(f"{args.real}-hits.csv").exists():
+        from streamtrk.io.trackml import read_event
+
+        ev = read_event(args.real)
+        rows.append(
+            {"input": str(args.real), **_time(rec, [(event_graph(ev, det, rec.graph_config), ev)])}
         )
     model = rec.scorer.model
     out = {

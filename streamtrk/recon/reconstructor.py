@@ -64,8 +64,10 @@ class Reconstructor:
         detector: Detector | None = None,
         graph_config: GraphConfig | None = None,
         threshold: float = 0.5,
+        junction_passes: int = 1,
     ) -> None:
         self.scorer = scorer
+        self.junction_passes = junction_passes
         self.device = device
         self.detector = detector or load_detector()
         self.graph_config = graph_config or GraphConfig()
@@ -122,7 +124,13 @@ class Reconstructor:
         offsets, hit_index = self._timed(
             timings,
             "tracks",
-            lambda: build_tracks(graph.edge_index, scores, r, threshold=self.threshold),
+            lambda: build_tracks(
+                graph.edge_index,
+                scores,
+                r,
+                threshold=self.threshold,
+                junction_passes=self.junction_passes,
+            ),
         )
         params = self._timed(
             timings,

@@ -19,13 +19,8 @@ from streamtrk.recon.graph import array_module
 Array = Any
 
 
-def resolve_junctions(edge_index: Array, scores: Array, threshold: float) -> Array:
-    """Edges (2, k) kept: above threshold and the best-scored edge at both of their ends."""
-    xp = array_module(edge_index)
-    keep = scores > threshold
-    e, s = edge_index[:, keep], scores[keep]
-    if e.shape[1] == 0:
-        return e
+def _mutual_best(e: Array, s: Array, xp: Any) -> Array:
+    """Mask of the edges that are the best-scored one at both of their ends."""
     idx = xp.arange(e.shape[1])
     best = xp.ones(e.shape[1], dtype=bool)
     for end in (0, 1):  # best outgoing edge per source, best incoming per target
@@ -35,7 +30,33 @@ def resolve_junctions(edge_index: Array, scores: Array, threshold: float) -> Arr
         is_best = xp.zeros(e.shape[1], dtype=bool)
         is_best[order[first]] = True
         best &= is_best
-    return e[:, best]
+    return best
+
+
+def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes: int = 1) -> Array:
+    """Edges (2, k) kept: above threshold and the best-scored edge at both of their ends.
+
+    With ``passes`` > 1 the selection is repeated on the edges whose two ends are still free
+    (a hit has at most one kept outgoing and one kept incoming edge): a chain that lost a
+    junction continues on its next-best edge, like a greedy walk through the scored graph.
+    """
+    xp = array_module(edge_index)
+    keep = scores > threshold
+    e, s = edge_index[:, keep], scores[keep]
+    if e.shape[1] == 0 or passes < 1:
+        return e[:, :0]
+    n = int(e.max()) + 1
+    chosen = xp.zeros(e.shape[1], dtype=bool)
+    out_used, in_used = xp.zeros(n, dtype=bool), xp.zeros(n, dtype=bool)
+    for _ in range(passes):
+        free = xp.nonzero(~chosen & ~out_used[e[0]] & ~in_used[e[1]])[0]
+        if len(free) == 0:
+            break
+        new = free[_mutual_best(e[:, free], s[free], xp)]
+        chosen[new] = True
+        out_used[e[0, new]] = True
+        in_used[e[1, new]] = True
+    return e[:, chosen]
 
 
 def _canonical(labels: Array, xp: Any) -> Array:
@@ -96,6 +117,7 @@ def build_tracks(
     *,
     threshold: float = 0.5,
     min_hits: int = 3,
+    junction_passes: int = 1,
 ) -> tuple[Array, Array]:
     """Track candidates of a batch as CSR ``(offsets, hit_index)``, batch hit numbering.
 
@@ -105,7 +127,7 @@ def build_tracks(
     """
     xp = array_module(edge_index)
     n = int(r.shape[0])
-    kept = resolve_junctions(edge_index, scores, threshold)
+    kept = resolve_junctions(edge_index, scores, threshold, junction_passes)
     if xp is np:
         labels = components_scipy(kept, n)
     else:

@@ -23,6 +23,27 @@ def test_junctions_keep_the_mutual_best_edges():
     assert out_deg.max() <= 1 and in_deg.max() <= 1
 
 
+def test_a_second_junction_pass_continues_the_chain_that_lost():
+    # Same graph: after pass 1 (3->1, 1->4), hit 0 lost its best edge; its next-best 0->2
+    # has both ends free, so pass 2 keeps it. 2->4 stays below threshold.
+    edges = np.array([[0, 0, 3, 1, 2], [1, 2, 1, 4, 4]])
+    scores = np.array([0.9, 0.8, 0.95, 0.7, 0.2])
+    kept = resolve_junctions(edges, scores, threshold=0.5, passes=3)
+    assert set(map(tuple, kept.T.tolist())) == {(3, 1), (1, 4), (0, 2)}
+
+
+def test_repeated_passes_keep_at_most_one_edge_per_hit_end():
+    rng = np.random.default_rng(1)
+    edges = rng.integers(0, 400, size=(2, 3000))
+    scores = rng.random(3000)
+    one = resolve_junctions(edges, scores, 0.3)
+    many = resolve_junctions(edges, scores, 0.3, passes=10)
+    assert set(map(tuple, one.T.tolist())) <= set(map(tuple, many.T.tolist()))
+    assert many.shape[1] > one.shape[1]
+    for end in (0, 1):
+        assert np.bincount(many[end]).max() == 1
+
+
 def test_label_propagation_equals_scipy_on_random_graphs():
     rng = np.random.default_rng(0)
     for n, e in [(1, 0), (10, 0), (50, 30), (2000, 1500), (5000, 12000)]:
