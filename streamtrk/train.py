@@ -348,7 +348,7 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
 # --- threshold and evaluation ---
 
 
-class _CachedScorer:
+class CachedScorer:
     """Scores each batch of events once, whatever the threshold it is reconstructed at."""
 
     def __init__(self, scorer: GNNScorer) -> None:
@@ -368,7 +368,7 @@ def scan_thresholds(
     """Reconstruction metrics at each candidate threshold, and the best one."""
     from streamtrk.eval.evaluate import evaluate
 
-    scorer = _CachedScorer(GNNScorer(model))
+    scorer = CachedScorer(GNNScorer(model))
     keys = ("tracking_efficiency", "fake_rate", "duplicate_rate")
     scan: dict[str, Any] = {"thresholds": [float(t) for t in cfg.thresholds]}
     scan |= {k: [] for k in (*keys, "objective")}
