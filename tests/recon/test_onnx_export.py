@@ -59,3 +59,21 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> N
         np.testing.assert_allclose(scores, ref.numpy(), rtol=0, atol=1e-5)
         sizes.add((g.num_nodes, g.num_edges))
     assert len(sizes) == 2
+
+
+def test_shipped_model_exports_and_agrees(tmp_path: Path, small_events, det) -> None:
+    from streamtrk.recon.model import default_model_path, load_reconstructor
+
+    out = tmp_path / "shipped.onnx"
+    assert main(["export", "--onnx", str(default_model_path()), "-o", str(out)]) == 0
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # see test_onnx_export_runs_in_onnxruntime
+    session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    rec = load_reconstructor(default_model_path())
+    g = _graph(small_events, det)
+    feeds = dict(zip(INPUTS, (g.node_features, g.edge_index, g.edge_features), strict=True))
+    (scores,) = session.run([OUTPUT], feeds)
+    ref = rec.scorer(g, small_events)
+    np.testing.assert_allclose(scores, ref, rtol=0, atol=1e-4)
+    flipped = np.count_nonzero((scores > rec.threshold) != (ref > rec.threshold))
+    assert flipped <= 1e-4 * len(ref)
