@@ -1,0 +1,55 @@
+"""Edge-classifier engines and precisions on the CPU: why ``engine = auto`` is eager fp32
+there. Times the shipped model's scorer on simulated MU=200 events (seed 3000) for each
+``ENGINE:PRECISION`` given (first call, which compiles, and each later event).
+
+Run: .venv/bin/python bench/cpu_engines.py eager:fp32 eager:bf16 compile:fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from streamtrk.detector import load_detector
+from streamtrk.recon.engine import EngineScorer
+from streamtrk.recon.model import check_card, default_model_path, load_model
+from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.train import event_graph
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("variants", nargs="+", help="ENGINE:PRECISION, e.g. eager:fp32")
+    ap.add_argument("--events", type=int, default=2)
+    args = ap.parse_args()
+    model, card = load_model(default_model_path())
+    _, graph, _ = check_card(card)
+    det = load_detector()
+    events = list(simulate(det, SimConfig(), 3000, args.events))
+    graphs = [event_graph(ev, det, graph) for ev in events]
+    rows = []
+    for variant in args.variants:
+        engine, precision = variant.split(":")
+        scorer = EngineScorer(model, "cpu", engine, precision)
+        t0 = time.perf_counter()
+        scorer(graphs[0], events[:1])
+        first = time.perf_counter() - t0
+        seconds = []
+        for g, ev in zip(graphs, events, strict=True):
+            t0 = time.perf_counter()
+            scorer(g, [ev])
+            seconds.append(round(time.perf_counter() - t0, 3))
+        rows.append(
+            {
+                "engine": engine,
+                "precision": precision,
+                "first_call_s": round(first, 1),
+                "seconds_per_event": seconds,
+            }
+        )
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
