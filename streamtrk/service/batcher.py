@@ -5,7 +5,8 @@ events, when the next event would take it past ``max_hits`` hits (that event ope
 next batch; an event over the limit alone is a batch of its own), or ``max_queue_delay_ms``
 after its first event was queued, whichever comes first. Events that waited while the
 worker was busy are therefore batched at once, without further delay. An event whose
-deadline has passed when the batcher reaches it is set aside, unprocessed.
+deadline has passed when the batcher reaches it is set aside, unprocessed. Once ``flush``
+is set (intake has stopped: nothing more will arrive) batches close without waiting.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Batcher:
     def __init__(self, capacity: int, policy: BatchPolicy) -> None:
         self.queue: queue.Queue[Job] = queue.Queue(capacity)
         self.policy = policy
+        self.flush = False
         self._held: Job | None = None  # the event that did not fit into the last batch
 
     def put(self, job: Job, *, block: bool = True) -> bool:
@@ -92,7 +94,7 @@ class Batcher:
         return job
 
     def _next(self, close_at: float) -> Job | None:
-        wait = close_at - time.perf_counter()
+        wait = 0.0 if self.flush else close_at - time.perf_counter()
         try:
             return self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
         except queue.Empty:

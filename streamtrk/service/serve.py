@@ -182,6 +182,7 @@ class Daemon:
         worker.drain_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
         stop_intake.set()
         ingest.join(timeout)
+        self.batcher.flush = True  # nothing more will arrive: no batch waits to fill
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():
             self.worker_overran = True

@@ -79,7 +79,7 @@ class Worker(threading.Thread):
     def process(self, batch: Batch) -> None:
         m = self.metrics
         self._reject(batch.expired, "deadline")
-        if not batch.jobs:
+        if not batch.jobs or self.abandoned.is_set():  # abandon() answered them
             return
         t0 = time.perf_counter()
         n_hits = batch.n_hits

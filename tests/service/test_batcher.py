@@ -59,6 +59,15 @@ def test_queue_delay_waits_for_late_events_then_closes() -> None:
     assert waited >= 1.0  # the batch stayed open for the whole delay, not just until event 1
 
 
+def test_flush_closes_a_batch_without_waiting_for_the_delay() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.put(job(5, 0))
+    b.flush = True  # set by the drain once intake has stopped
+    t0 = time.perf_counter()
+    assert events(b.next_batch(1)) == [0]
+    assert time.perf_counter() - t0 < 5  # not the 60 s delay
+
+
 def test_zero_delay_sends_what_is_there() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=0))
     b.put(job(5, 0))
