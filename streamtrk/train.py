@@ -40,7 +40,7 @@ from streamtrk.event import Event
 from streamtrk.recon.gnn import GNNConfig, GNNScorer, InteractionNetwork
 from streamtrk.recon.graph import Graph, GraphConfig, build_graph
 from streamtrk.recon.model import model_card, save_model
-from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.recon.reconstructor import EdgeScorer, Reconstructor
 from streamtrk.recon.truth import edge_labels
 
 CARD_METRICS = (
@@ -351,7 +351,7 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
 class CachedScorer:
     """Scores each batch of events once, whatever the threshold it is reconstructed at."""
 
-    def __init__(self, scorer: GNNScorer) -> None:
+    def __init__(self, scorer: EdgeScorer) -> None:
         self.scorer = scorer
         self.cache: dict[tuple[int, ...], Any] = {}
 

@@ -29,14 +29,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from streamtrk.event import Event
 from streamtrk.recon.buckets import Buckets, pad_graph
-from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork
-from streamtrk.recon.graph import Graph, array_module
+from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork, edge_scores
+from streamtrk.recon.graph import Graph
 
 ENGINES = ("auto", "eager", "compile", "tensorrt")
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -278,14 +277,7 @@ class EngineScorer:
         return self._run(x, edge_index, edge_attr)
 
     def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:
-        x, ei, ea = (
-            to_torch(a, self.device)
-            for a in (graph.node_features, graph.edge_index, graph.edge_features)
-        )
-        with torch.inference_mode():
-            scores = torch.sigmoid(self.logits(x, ei, ea))
-        xp = array_module(graph.edge_index)
-        return scores.cpu().numpy() if xp is np else xp.from_dlpack(scores)
+        return edge_scores(graph, self.device, self.logits)
 
     def warm_up(self) -> float:
         """Run every bucket once (one small graph for eager); seconds taken.
@@ -319,9 +311,3 @@ class EngineScorer:
                 self._run(*synthetic_graph(n, e, self.device, seed=k))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def to_torch(a: Any, device: torch.device) -> Tensor:
-    """A NumPy array or a DLPack-capable device array (CuPy) as a tensor on ``device``."""
-    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
-    return t.to(device)

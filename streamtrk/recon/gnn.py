@@ -14,7 +14,7 @@ under autocast.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +144,20 @@ def _to_torch(a: Any, device: torch.device) -> Tensor:
     return t.to(device)
 
 
+def edge_scores(
+    graph: Graph, device: torch.device, logits: Callable[[Tensor, Tensor, Tensor], Tensor]
+) -> Any:
+    """Sigmoid of ``logits`` of the graph's features on ``device``, returned in the graph's
+    array module (NumPy, or CuPy through DLPack without a copy)."""
+    x, ei, ea = (
+        _to_torch(a, device) for a in (graph.node_features, graph.edge_index, graph.edge_features)
+    )
+    with torch.inference_mode():
+        scores = torch.sigmoid(logits(x, ei, ea).float())
+    xp = array_module(graph.edge_index)
+    return scores.cpu().numpy() if xp is np else xp.from_dlpack(scores)
+
+
 class GNNScorer:
     """EdgeScorer: sigmoid of the network's logits, returned in the graph's array module."""
 
@@ -152,13 +166,6 @@ class GNNScorer:
         self.model = model.to(self.device).eval()
 
     def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:
-        x, ei, ea = (
-            _to_torch(a, self.device)
-            for a in (graph.node_features, graph.edge_index, graph.edge_features)
-        )
         # Blocks pay off on the CPU; a GPU wants few large kernels.
         run = self.model.infer if self.device.type == "cpu" else self.model
-        with torch.inference_mode():
-            scores = torch.sigmoid(run(x, ei, ea).float())
-        xp = array_module(graph.edge_index)
-        return scores.cpu().numpy() if xp is np else xp.from_dlpack(scores)
+        return edge_scores(graph, self.device, run)
