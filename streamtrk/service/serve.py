@@ -60,6 +60,22 @@ def _fields(**kv: Any) -> dict[str, Any]:
     return {"fields": kv}
 
 
+def _build_labels(model: LoadedModel) -> dict[str, str]:
+    """What runs: the ``streamtrk_build_info`` labels, also in the start-up banner."""
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "device": model.device,
+        "engine": model.engine,
+        "engine_requested": model.engine_requested,
+        "precision": model.precision,
+    }
+
+
 class Daemon:
     """One daemon process; :meth:`run` returns the exit status."""
 
@@ -216,18 +232,7 @@ class Daemon:
         m = self.metrics
         m.set_model(model.name, model.path, model.digest, model.threshold)
         m.build_info.clear()
-        m.build_info.labels(
-            __version__,
-            platform.python_version(),
-            torch.__version__,
-            np.__version__,
-            zmq.__version__,
-            zmq.zmq_version(),
-            model.device,
-            model.engine,
-            model.engine_requested,
-            model.precision,
-        ).set(1)
+        m.build_info.labels(**_build_labels(model)).set(1)
         if model.engine_note:
             log.info(
                 "engine %s (asked for %s): %s",
@@ -274,17 +279,8 @@ class Daemon:
         log.info(
             "streamtrk serve ready",
             extra=_fields(
-                version=__version__,
-                python=platform.python_version(),
-                torch=torch.__version__,
-                numpy=np.__version__,
-                pyzmq=zmq.__version__,
-                libzmq=zmq.zmq_version(),
-                device=model.device,
-                engine=model.engine,
-                engine_requested=model.engine_requested,
+                **_build_labels(model),
                 engine_note=model.engine_note,
-                precision=model.precision,
                 torch_threads=torch.get_num_threads(),
                 model=model.path,
                 model_hash=model.digest,
