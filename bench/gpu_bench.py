@@ -228,7 +228,7 @@ class Bench:
 
 
 def summary(parts: dict[str, Any]) -> dict[str, Any]:
-    """Headline figures of the configurations measured so far, against the issue's targets."""
+    """Headline figures of the configurations measured so far, against the targets in docs/gpu.md."""
     rows: dict[str, Any] = {}
     for name, p in parts.items():
         b = p.get("batches", {})
@@ -392,7 +392,7 @@ def time_batches(
 def parity_part(
     dev: Device, events: list[Event], model: InteractionNetwork, threshold: float, graph_cfg
 ) -> dict[str, Any]:
-    from streamtrk.recon.precision import precision_parity
+    from streamtrk.eval.precision import precision_parity
 
     n = min(8, len(events))
     return precision_parity(

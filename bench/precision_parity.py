@@ -1,5 +1,5 @@
 """Low precision against fp32 with the shipped model: edge-score differences and the change
-in tracking physics (issue 6 target: tracking efficiency within 0.2% absolute).
+in tracking physics (target: tracking efficiency within 0.2% absolute).
 
 Simulates MU=200 events from the test seed of the training recipe (3000, never trained on),
 reconstructs them in fp32 and in ``--precision`` on ``--device`` and prints the comparison
@@ -14,8 +14,8 @@ import argparse
 import json
 
 from streamtrk.detector import load_detector
+from streamtrk.eval.precision import precision_parity
 from streamtrk.recon.model import check_card, default_model_path, load_model
-from streamtrk.recon.precision import precision_parity
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from streamtrk import __version__
-from streamtrk.service.config import CHOICES
+from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -360,11 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     src.add_argument("--oracle", action="store_true", help="edge scores from truth")
     s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--device", default="cpu", choices=DEVICES)
     s.add_argument(
-        "--engine", default="eager", choices=CHOICES["engine"], help="edge classifier engine"
+        "--engine", default="eager", choices=ENGINES, help="edge classifier engine"
     )
-    s.add_argument("--precision", default="fp32", choices=CHOICES["precision"])
+    s.add_argument("--precision", default="fp32", choices=PRECISIONS)
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")

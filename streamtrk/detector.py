@@ -14,7 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from streamtrk.xp import index_of
+
 BARREL, ENDCAP = 0, 1
+#: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = 0.0003 B R.
+GEV_PER_TESLA_MM = 0.0003
 DEFAULT_DETECTOR = "trackml_detector.toml"
 
 
@@ -64,10 +68,9 @@ class Detector:
     def layer_index(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
         """Table index of each (volume_id, layer_id) pair; -1 where unknown."""
         key = self.volume_id.astype(np.int64) * 1000 + self.layer_id
-        order = np.argsort(key)
         q = np.asarray(volume_id, dtype=np.int64) * 1000 + np.asarray(layer_id)
-        pos = np.clip(np.searchsorted(key[order], q), 0, len(key) - 1)
-        return np.where(key[order][pos] == q, order[pos], -1)
+        index, found = index_of(key, q)
+        return np.where(found, index, -1)
 
     def module_id(
         self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray

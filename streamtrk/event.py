@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-Array = Any  # numpy.ndarray or cupy.ndarray
+from streamtrk.xp import Array, array_module, to_host
 
 HIT_DTYPES: dict[str, str] = {
     "hit_id": "<i8",
@@ -55,16 +55,6 @@ TRACK_PARAM_DTYPES: dict[str, str] = {
 }
 
 
-def _xp(a: Array) -> Any:
-    """The array module (numpy or cupy) of ``a``."""
-    mod = type(a).__module__.split(".")[0]
-    if mod == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
 def _check_columns(obj: Any, dtypes: dict[str, str], what: str) -> int:
     n = None
     for name, dt in dtypes.items():
@@ -90,7 +80,7 @@ class _Columns:
 
     @classmethod
     def from_columns(cls, cols: dict[str, Any]):
-        xp = _xp(next(iter(cols.values()))) if cols else np
+        xp = array_module(next(iter(cols.values()))) if cols else np
         return cls(**{k: xp.asarray(cols[k], dtype=dt) for k, dt in cls.DTYPES.items()})
 
     @classmethod
@@ -104,18 +94,14 @@ class _Columns:
         """Copy to the array module ``xp`` (numpy or cupy)."""
         conv = (lambda a: a.get()) if xp is np else xp.asarray
         return type(self)(
-            **{k: (conv(v) if _xp(v) is not xp else v) for k, v in self.columns().items()}
+            **{k: (conv(v) if array_module(v) is not xp else v) for k, v in self.columns().items()}
         )
 
     def equals(self, other: _Columns) -> bool:
         return type(self) is type(other) and all(
-            np.array_equal(_host(a), _host(b))
+            np.array_equal(to_host(a), to_host(b))
             for a, b in zip(self.columns().values(), other.columns().values(), strict=True)
         )
-
-
-def _host(a: Array) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 @dataclass(eq=False)
@@ -161,17 +147,17 @@ class Particles(_Columns):
 
     @property
     def pt(self) -> Array:
-        xp = _xp(self.px)
+        xp = array_module(self.px)
         return xp.hypot(self.px, self.py)
 
     @property
     def eta(self) -> Array:
-        xp = _xp(self.px)
+        xp = array_module(self.px)
         return xp.arcsinh(self.pz / xp.maximum(self.pt, 1e-12))
 
     @property
     def vr(self) -> Array:
-        xp = _xp(self.vx)
+        xp = array_module(self.vx)
         return xp.hypot(self.vx, self.vy)
 
 
@@ -262,12 +248,12 @@ class Tracks:
 
     def hit_lists(self) -> list[np.ndarray]:
         """Per-track hit-index arrays (host); for inspection and tests, not hot paths."""
-        off, idx = _host(self.offsets), _host(self.hit_index)
+        off, idx = to_host(self.offsets), to_host(self.hit_index)
         return [idx[off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
     def track_id_per_hit(self, n_hits: int) -> np.ndarray:
         """TrackML submission labels: track ids from 1, 0 for hits in no track."""
-        off, idx = _host(self.offsets), _host(self.hit_index)
+        off, idx = to_host(self.offsets), to_host(self.hit_index)
         labels = np.zeros(n_hits, dtype=np.int64)
         labels[idx] = np.repeat(np.arange(1, len(off), dtype=np.int64), np.diff(off))
         return labels

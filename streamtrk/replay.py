@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.client import Consumer, Producer
-from streamtrk.eval.score import classify, counts, metrics_from_counts, trackml_score
+from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import iter_records
 from streamtrk.wire import Message, WireError, decode
@@ -235,21 +235,13 @@ def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, 
 
 def physics(events: list[Recorded], replies: dict[Key, Message]) -> dict[str, Any]:
     """Physics metrics over the events that have truth and an ok reply ({} if none)."""
-    total: Counter[str] = Counter()
-    scores = []
+    totals = PhysicsTotals()
     labels = labels_of(events, replies)
     for rec in events:
         ev, lab = rec.event, labels.pop(rec.key, None)
-        if ev.truth is None or lab is None:
-            continue
-        total.update(counts(classify(ev, lab)))
-        scores.append(trackml_score(ev.truth.hits.particle_id, ev.truth.hits.weight, lab))
-    if not scores:
-        return {}
-    return metrics_from_counts(dict(total)) | {
-        "trackml_score": float(np.nanmean(scores)),
-        "events_scored": len(scores),
-    }
+        if ev.truth is not None and lab is not None:
+            totals.add(ev, lab)
+    return totals.report()
 
 
 def plot_latency(latencies_s: list[float], path: Path, title: str = "replay") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -11,34 +12,35 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.eval.score import classify, counts, metrics_from_counts, trackml_score
+from streamtrk.eval.score import (
+    RECONSTRUCTABLE_MAX_VR,
+    RECONSTRUCTABLE_MIN_PT,
+    PhysicsTotals,
+    ratio,
+)
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.reconstructor import STAGES, ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
+from streamtrk.xp import index_of, to_host
 
-EDGE_PT_MIN = 1.0  # GeV: target particles of the edge efficiency and purity
-
-
-def _host(a: Any) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+EDGE_PT_MIN = RECONSTRUCTABLE_MIN_PT  # GeV: target particles of the edge efficiency, purity
 
 
 def edge_counts(event: Event, edges: np.ndarray) -> dict[str, int]:
     """Edge-level truth counts of one event's edges (local hit numbering).
 
     Targets are segments (consecutive hits) of particles with pT >= 1 GeV; ``central`` ones
-    also come from within 10 mm of the beam line. Purity ignores true segments of softer
-    particles (they are neither targets nor wrong).
+    also come from within 10 mm of the beam line (the cuts of reconstructable particles).
+    Purity ignores true segments of softer particles (they are neither targets nor wrong).
     """
     n = len(event.hits)
     seg = true_segments(event, 0.0)
     pid = event.truth.hits.particle_id[seg[0]]
     pt = particle_pt(event, pid)
-    p = event.truth.particles
-    srt = np.argsort(p.particle_id)
-    vr = p.vr[srt][np.clip(np.searchsorted(p.particle_id[srt], pid), 0, max(len(p) - 1, 0))]
+    idx, known = index_of(event.truth.particles.particle_id, pid)
+    vr = np.where(known, event.truth.particles.vr[idx], np.inf)
     target = pt >= EDGE_PT_MIN
-    central = target & (vr < 10.0)
+    central = target & (vr < RECONSTRUCTABLE_MAX_VR)
     seg_key = seg[0].astype(np.int64) * n + seg[1]
     key = np.sort(edges[0].astype(np.int64) * n + edges[1])
     in_graph = np.isin(seg_key, key, assume_unique=False)
@@ -60,10 +62,9 @@ class Evaluation:
     n_events: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    physics: dict[str, int] = field(default_factory=dict)
-    graph_edges: dict[str, int] = field(default_factory=dict)
-    gnn_edges: dict[str, int] = field(default_factory=dict)
-    scores: list[float] = field(default_factory=list)
+    physics: PhysicsTotals = field(default_factory=PhysicsTotals)
+    graph_edges: Counter[str] = field(default_factory=Counter)
+    gnn_edges: Counter[str] = field(default_factory=Counter)
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
     track_eta_fake: list[np.ndarray] = field(default_factory=list)
     submission: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -77,8 +78,8 @@ class Evaluation:
         self.seconds += seconds
         for k, v in result.timings.items():
             self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
-        edges = _host(result.graph.edge_index)
-        scores = _host(result.scores)
+        edges = to_host(result.graph.edge_index)
+        scores = to_host(result.scores)
         event_of = np.searchsorted(result.node_offsets[1:], edges[0], side="right")
         self.n_graph_edges += edges.shape[1]
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
@@ -88,13 +89,9 @@ class Evaluation:
             if ev.truth is None:
                 continue
             local = edges[:, event_of == k] - result.node_offsets[k]
-            _add(self.graph_edges, edge_counts(ev, local))
-            _add(self.gnn_edges, edge_counts(ev, local[:, scores[event_of == k] > threshold]))
-            c = classify(ev, labels)
-            _add(self.physics, counts(c))
-            self.scores.append(
-                trackml_score(ev.truth.hits.particle_id, ev.truth.hits.weight, labels)
-            )
+            self.graph_edges.update(edge_counts(ev, local))
+            self.gnn_edges.update(edge_counts(ev, local[:, scores[event_of == k] > threshold]))
+            c = self.physics.add(ev, labels)
             self.particles.append(
                 np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
             )
@@ -111,28 +108,18 @@ class Evaluation:
             "hits_per_event": self.n_hits / n,
             "edges_per_hit": self.n_graph_edges / max(self.n_hits, 1),
         }
-        if self.physics:
-            out |= metrics_from_counts(self.physics)
-            out["trackml_score"] = float(np.nanmean(self.scores))
+        if physics := self.physics.report():
+            out |= physics
             for name, c in (("graph", self.graph_edges), ("gnn", self.gnn_edges)):
-                out[f"{name}_edge_efficiency"] = _div(c["central_found"], c["central"])
-                out[f"{name}_edge_efficiency_all"] = _div(c["targets_found"], c["targets"])
-                out[f"{name}_edge_purity"] = _div(c["targets_found"], c["edges_counted"])
+                out[f"{name}_edge_efficiency"] = ratio(c["central_found"], c["central"])
+                out[f"{name}_edge_efficiency_all"] = ratio(c["targets_found"], c["targets"])
+                out[f"{name}_edge_purity"] = ratio(c["targets_found"], c["edges_counted"])
         return out
 
 
 def _track_param(tracks: Tracks, track_id: np.ndarray, name: str) -> np.ndarray:
     values = tracks.params.get(name, np.full(len(tracks), np.nan))
     return np.asarray(values, dtype=float)[track_id - 1]
-
-
-def _div(a: int, b: int) -> float:
-    return a / b if b else float("nan")
-
-
-def _add(total: dict[str, int], part: dict[str, int]) -> None:
-    for k, v in part.items():
-        total[k] = total.get(k, 0) + v
 
 
 def batches(events: Iterable[Event], size: int) -> Iterator[list[Event]]:

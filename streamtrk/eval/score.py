@@ -6,7 +6,8 @@ track": such hits belong to no track and never count as well reconstructed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -106,7 +107,8 @@ def trackml_score(
     return float(m.majority_weight[m.matched].sum() / total)
 
 
-def _ratio(num: int, den: int) -> float:
+def ratio(num: float, den: float) -> float:
+    """``num / den``, NaN when ``den`` is 0."""
     return num / den if den else float("nan")
 
 
@@ -188,9 +190,35 @@ def counts(c: Classification) -> dict[str, int]:
 def metrics_from_counts(n: dict[str, int]) -> dict[str, float]:
     """Rates from (summed) counts; NaN where a denominator is empty."""
     return {
-        "tracking_efficiency": _ratio(n["n_reconstructed"], n["n_reconstructable"]),
-        "tracking_efficiency_all": _ratio(n["n_reconstructed_all"], n["n_reconstructable_all"]),
-        "fake_rate": _ratio(n["n_fake"], n["n_tracks"]),
-        "duplicate_rate": _ratio(n["n_duplicate"], n["n_tracks"] - n["n_fake"]),
+        "tracking_efficiency": ratio(n["n_reconstructed"], n["n_reconstructable"]),
+        "tracking_efficiency_all": ratio(n["n_reconstructed_all"], n["n_reconstructable_all"]),
+        "fake_rate": ratio(n["n_fake"], n["n_tracks"]),
+        "duplicate_rate": ratio(n["n_duplicate"], n["n_tracks"] - n["n_fake"]),
         **n,
     }
+
+
+@dataclass
+class PhysicsTotals:
+    """Physics counts and TrackML scores summed over events (offline and replayed alike)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, event: Event, track_id_per_hit: np.ndarray) -> Classification:
+        """Score one event's track labels; returns its classification."""
+        c = classify(event, track_id_per_hit)
+        self.counts.update(counts(c))
+        t = event.truth
+        self.scores.append(trackml_score(t.hits.particle_id, t.hits.weight, track_id_per_hit))
+        return c
+
+    def report(self) -> dict[str, float]:
+        """Rates and counts (``metrics_from_counts``), the mean TrackML score and
+        ``events_scored``; empty when no event was scored."""
+        if not self.scores:
+            return {}
+        return metrics_from_counts(dict(self.counts)) | {
+            "trackml_score": float(np.nanmean(self.scores)),
+            "events_scored": len(self.scores),
+        }

@@ -55,6 +55,11 @@ StrPath = str | os.PathLike[str]
 Record = tuple[int, list[bytes]]
 
 
+def record_bytes(frames: Iterable[Any]) -> int:
+    """Bytes a record of ``frames`` (buffers) takes in a recording."""
+    return _RECORD_HEADER.size + sum(_LENGTH.size + frame_view(f).nbytes for f in frames)
+
+
 class RecordingError(ValueError):
     """A recording is truncated or corrupt; the message names the byte offset."""
 

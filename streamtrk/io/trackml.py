@@ -29,7 +29,8 @@ from streamtrk.event import (
     Particles,
     Truth,
 )
-from streamtrk.sim.weights import hit_order, hit_weights
+from streamtrk.io.weights import hit_order, hit_weights
+from streamtrk.xp import index_of
 
 TRUTH_COLUMNS = ("hit_id", "particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
 _TRUTH_CSV_DTYPES = {"hit_id": "<i8", **{k: HIT_TRUTH_DTYPES[k] for k in TRUTH_COLUMNS[1:]}}
@@ -89,15 +90,12 @@ def _event_number(prefix: Path) -> int:
 
 def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
     """Rows of ``file_ids`` holding each of ``hit_id`` (unique, all present, else ValueError)."""
-    srt = np.argsort(file_ids, kind="stable")
-    sorted_ids = file_ids[srt]
-    if np.any(sorted_ids[1:] == sorted_ids[:-1]):
+    if len(np.unique(file_ids)) != len(file_ids):
         raise ValueError(f"{path}: duplicate hit_id")
-    pos = np.minimum(np.searchsorted(sorted_ids, hit_id), max(len(sorted_ids) - 1, 0))
-    found = sorted_ids[pos] == hit_id if len(sorted_ids) else np.zeros(len(hit_id), bool)
+    rows, found = index_of(file_ids, hit_id)
     if not found.all():
         raise ValueError(f"{path}: no row for hit_id {hit_id[~found][0]}")
-    return srt[pos]
+    return rows
 
 
 def _particles_from_truth(particle_id: np.ndarray) -> Particles:
@@ -111,12 +109,10 @@ def _particles_from_truth(particle_id: np.ndarray) -> Particles:
 
 def _per_hit(particles: Particles, particle_id: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``values`` (per particle) looked up for each hit's particle; NaN where unknown."""
-    srt = np.argsort(particles.particle_id, kind="stable")
-    ids = particles.particle_id[srt]
-    if len(ids) == 0:
+    if len(particles) == 0:
         return np.full(len(particle_id), np.nan)
-    pos = np.minimum(np.searchsorted(ids, particle_id), len(ids) - 1)
-    return np.where(ids[pos] == particle_id, values[srt][pos].astype(np.float64), np.nan)
+    index, found = index_of(particles.particle_id, particle_id)
+    return np.where(found, values[index].astype(np.float64), np.nan)
 
 
 def _pt_per_hit(particles: Particles, pid: np.ndarray, cols: Columns) -> np.ndarray:
@@ -125,10 +121,8 @@ def _pt_per_hit(particles: Particles, pid: np.ndarray, cols: Columns) -> np.ndar
     unknown = np.isnan(pt) & (pid != 0)
     if unknown.any():
         first = cols["hit_order"] == 0
-        ids, at_first = pid[first], np.hypot(cols["tpx"][first], cols["tpy"][first])
-        srt = np.argsort(ids)
-        pos = np.searchsorted(ids[srt], pid[unknown])
-        pt[unknown] = at_first[srt][pos]
+        at_first = np.hypot(cols["tpx"][first], cols["tpy"][first])
+        pt[unknown] = at_first[index_of(pid[first], pid[unknown])[0]]
     return pt
 
 

@@ -34,15 +34,16 @@ from torch import Tensor, nn
 
 from streamtrk.event import Event
 from streamtrk.recon.buckets import Buckets, pad_graph
+from streamtrk.recon.choices import ENGINES, PRECISIONS
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork, edge_scores
 from streamtrk.recon.graph import Graph
 
-ENGINES = ("auto", "eager", "compile", "tensorrt")
-PRECISIONS: dict[str, torch.dtype | None] = {
+DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+assert tuple(DTYPES) == PRECISIONS
 FALLBACK = {"tensorrt": "compile", "compile": "eager"}
 ENGINE_CACHE_ENV = "STREAMTRK_ENGINE_CACHE"
 
@@ -177,7 +178,7 @@ class EngineScorer:
         self.backend = backend
         self.cache_dir = cache_dir or default_cache_dir()
         self.engine, self.fallback_reason = resolve_engine(engine, self.device)
-        self._logits = Logits(self.model, PRECISIONS[precision])
+        self._logits = Logits(self.model, DTYPES[precision])
         self._run: Run = self._make(self.engine)
 
     # ------------------------------------------------------------------ engines
@@ -198,7 +199,7 @@ class EngineScorer:
         return self._padded(tensorrt, eager_above_range=True)
 
     def _eager(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        dtype = PRECISIONS[self.precision]
+        dtype = DTYPES[self.precision]
         if self.device.type != "cpu":
             return self._logits(x, edge_index, edge_attr)
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
@@ -252,7 +253,7 @@ class EngineScorer:
             torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
             for (lo, opt, hi), t in zip(shapes, example, strict=True)
         ]
-        low = PRECISIONS[self.precision]
+        low = DTYPES[self.precision]
         options: dict[str, Any] = {"use_explicit_typing": True, "min_block_size": 1}
         if low is not None:
             options |= {"enable_autocast": True, "low_precision_type": low}

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import BARREL, Detector
-from streamtrk.recon.graph import array_module
-
-Array = Any
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
+from streamtrk.event import TRACK_PARAM_DTYPES
+from streamtrk.xp import Array, array_module
 
 
 def fit_tracks(
@@ -32,13 +31,11 @@ def fit_tracks(
     layer: Array,
     det: Detector,
 ) -> dict[str, Array]:
-    """Helix parameters (pt, eta, phi, d0, z0, charge, chi2) of CSR tracks."""
+    """Helix parameters of CSR tracks (the keys and dtypes of ``TRACK_PARAM_DTYPES``)."""
     xp = array_module(offsets)
     n_tracks = len(offsets) - 1
     if n_tracks == 0:
-        return {
-            k: xp.zeros(0, dtype=xp.float32) for k in ("pt", "eta", "phi", "d0", "z0", "chi2")
-        } | {"charge": xp.zeros(0, dtype=xp.int32)}
+        return {k: xp.zeros(0, dtype=dt) for k, dt in TRACK_PARAM_DTYPES.items()}
     sizes = offsets[1:] - offsets[:-1]
     tid = xp.repeat(xp.arange(n_tracks), sizes) if xp is np else _track_ids(offsets, xp)
     hx = x[hit_index].astype(xp.float64)
@@ -94,16 +91,16 @@ def fit_tracks(
     ndf = xp.maximum(2 * n - 5, 1)
     chi2 = (tsum(rphi * rphi) + tsum(dz * dz)) / ndf
 
-    f32 = xp.float32
-    return {
-        "pt": (0.0003 * abs(det.bfield) * radius).astype(f32),
-        "eta": xp.arcsinh(tan_l).astype(f32),
-        "phi": phi.astype(f32),
-        "d0": d0.astype(f32),
-        "z0": z0.astype(f32),
+    params = {
+        "pt": GEV_PER_TESLA_MM * abs(det.bfield) * radius,
+        "eta": xp.arcsinh(tan_l),
+        "phi": phi,
+        "d0": d0,
+        "z0": z0,
         "charge": charge,
-        "chi2": chi2.astype(f32),
+        "chi2": chi2,
     }
+    return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
 
 
 def _track_ids(offsets: Array, xp: Any) -> Array:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from streamtrk.event import Event
-from streamtrk.recon.graph import Graph, array_module
+from streamtrk.recon.graph import Graph
+from streamtrk.xp import array_module
 
 NODE_FEATURES = 3  # Graph.node_features columns
 EDGE_FEATURES = 6  # Graph.edge_features columns

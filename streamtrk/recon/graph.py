@@ -18,18 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import BARREL, Detector
-
-Array = Any
-
-
-def array_module(a: Array) -> Any:
-    """numpy or cupy, whichever owns ``a``."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
+from streamtrk.xp import Array, array_module
 
 
 @dataclass(frozen=True)
@@ -52,7 +42,7 @@ class GraphConfig:
 
     def phi_slope_max(self, bfield: float) -> float:
         """Largest |dphi/dr| (rad/mm) accepted."""
-        return self.phi_slope_margin * 0.0003 * bfield / (2 * self.pt_min)
+        return self.phi_slope_margin * GEV_PER_TESLA_MM * bfield / (2 * self.pt_min)
 
 
 @cache

@@ -12,9 +12,10 @@ import numpy as np
 from streamtrk.detector import Detector, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.fit import fit_tracks
-from streamtrk.recon.graph import Graph, GraphConfig, array_module, build_graph
+from streamtrk.recon.graph import Graph, GraphConfig, build_graph
 from streamtrk.recon.tracks import build_tracks, split_by_event
 from streamtrk.recon.truth import edge_labels
+from streamtrk.xp import array_module, to_host
 
 STAGES = ("graph", "gnn", "tracks", "fit")
 
@@ -29,17 +30,13 @@ class OracleScorer:
     """Scores from truth: 1 for edges joining consecutive hits of one particle, else 0."""
 
     def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:
-        edges = _host(graph.edge_index)
+        edges = to_host(graph.edge_index)
         event_of = np.searchsorted(graph.node_offsets[1:], edges[0], side="right")
         out = np.zeros(graph.num_edges, dtype=np.float32)
         for k, ev in enumerate(events):
             sel = event_of == k
             out[sel] = edge_labels(ev, edges[:, sel] - graph.node_offsets[k])
         return array_module(graph.edge_index).asarray(out)
-
-
-def _host(a: Any) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 @dataclass
@@ -140,7 +137,7 @@ class Reconstructor:
             ),
         )
         tracks = [
-            Tracks(offsets=_host(o), hit_index=_host(h), params={k: _host(v) for k, v in p.items()})
+            Tracks(to_host(o), to_host(h), {k: to_host(v) for k, v in p.items()})
             for o, h, p in split_by_event(offsets, hit_index, params, node_offsets)
         ]
         return ReconResult(tracks, timings, graph, scores, node_offsets)

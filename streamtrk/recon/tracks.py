@@ -14,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.recon.graph import array_module
-
-Array = Any
+from streamtrk.xp import Array, array_module
 
 
 def _mutual_best(e: Array, s: Array, xp: Any) -> Array:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamtrk.event import Event
+from streamtrk.xp import index_of
 
 
 def true_segments(event: Event, pt_min: float = 1.0) -> np.ndarray:
@@ -24,19 +25,13 @@ def true_segments(event: Event, pt_min: float = 1.0) -> np.ndarray:
 def particle_pt(event: Event, particle_id: np.ndarray) -> np.ndarray:
     """pT of the given particles (0 for unknown ids and noise)."""
     p = event.truth.particles
-    srt = np.argsort(p.particle_id)
-    pos = np.clip(np.searchsorted(p.particle_id[srt], particle_id), 0, max(len(p) - 1, 0))
-    if len(p) == 0:
-        return np.zeros(len(particle_id))
-    found = p.particle_id[srt][pos] == particle_id
-    return np.where(found, np.nan_to_num(p.pt[srt][pos]), 0.0)
+    idx, found = index_of(p.particle_id, particle_id)
+    return np.where(found, np.nan_to_num(p.pt[idx]) if len(p) else 0.0, 0.0)
 
 
 def edge_labels(event: Event, edge_index: np.ndarray, pt_min: float = 0.0) -> np.ndarray:
     """1 where an edge joins consecutive hits of one particle with pT >= ``pt_min``."""
     seg = true_segments(event, pt_min)
     n = len(event.hits)
-    seg_key = np.sort(seg[0].astype(np.int64) * n + seg[1])
-    key = edge_index[0].astype(np.int64) * n + edge_index[1]
-    pos = np.clip(np.searchsorted(seg_key, key), 0, max(len(seg_key) - 1, 0))
-    return (seg_key[pos] == key) if len(seg_key) else np.zeros(len(key), bool)
+    seg_key = seg[0].astype(np.int64) * n + seg[1]
+    return index_of(seg_key, edge_index[0].astype(np.int64) * n + edge_index[1])[1]

@@ -17,11 +17,13 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "engine": ("auto", "eager", "compile", "tensorrt"),
-    "precision": ("fp32", "bf16", "fp16"),
+    "device": ("auto", *DEVICES),
+    "engine": ENGINES,
+    "precision": PRECISIONS,
     "overload": ("block", "reject"),
     "log_format": ("plain", "json"),
     "log_level": ("debug", "info", "warning", "error"),

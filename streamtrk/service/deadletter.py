@@ -15,11 +15,8 @@ from typing import Any
 
 import msgpack
 
-from streamtrk.io.recording import MAX_FRAMES, RecordingWriter
+from streamtrk.io.recording import MAX_FRAMES, RecordingWriter, record_bytes
 from streamtrk.wire import WireError, frame_view
-
-_RECORD_OVERHEAD = 8  # n_frames and crc
-_FRAME_OVERHEAD = 8  # length field
 
 
 class DeadLetters:
@@ -45,7 +42,7 @@ class DeadLetters:
             views = [frame_view(f) for f in frames[: MAX_FRAMES - 1]]
         except WireError:
             views = []
-        size = _RECORD_OVERHEAD + sum(_FRAME_OVERHEAD + len(memoryview(v)) for v in [head, *views])
+        size = record_bytes([head, *views])
         if self.size + size > self.max_bytes:
             return False
         self.writer.write([head, *views])

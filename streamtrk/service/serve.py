@@ -45,9 +45,9 @@ from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
+from streamtrk.wire import DEFAULT_LIMITS
 
 log = logging.getLogger("streamtrk.serve")
-HEADER_BYTES = 64 * 1024
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
 DRAIN_RESERVE_SHARE = 0.25
 
@@ -121,7 +121,7 @@ class Daemon:
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_hits * 8, HEADER_BYTES))
+        pull.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
         for sock, endpoint in ((pull, cfg.input), (push, cfg.output)):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamtrk.detector import BARREL, Detector
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
 from streamtrk.sim.generator import PION_MASS, GeneratedParticles
 
 TWO_PI = 2 * np.pi
@@ -86,7 +86,7 @@ def propagate(
     n_seen = np.zeros(len(charge), dtype=np.int64)
     active = np.flatnonzero((np.hypot(mom[:, 0], mom[:, 1]) > max(min_pt, 1e-3)) & (charge != 0))
     out: list[tuple[np.ndarray, ...]] = []
-    kappa = 0.0003 * det.bfield  # GeV per mm of radius
+    kappa = GEV_PER_TESLA_MM * det.bfield  # GeV per mm of radius
 
     for _ in range(max_crossings):
         if active.size == 0:

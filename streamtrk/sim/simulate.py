@@ -13,9 +13,9 @@ import numpy as np
 
 from streamtrk.detector import BARREL, Detector
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
+from streamtrk.io.weights import hit_order, hit_weights
 from streamtrk.sim.generator import GeneratorConfig, generate
 from streamtrk.sim.propagate import Crossings, propagate
-from streamtrk.sim.weights import hit_order, hit_weights
 
 SIMULATOR_VERSION = 1
 

@@ -44,6 +44,7 @@ from streamtrk.wire.schema import (
     Limits,
     WireError,
 )
+from streamtrk.xp import index_of, to_host
 
 OutFrame = bytes | memoryview
 Frames = Iterable[Any]  # bytes, bytearray, memoryview, zmq.Frame or other buffers
@@ -52,16 +53,11 @@ Frames = Iterable[Any]  # bytes, bytearray, memoryview, zmq.Frame or other buffe
 # --------------------------------------------------------------------------- encoding
 
 
-def _host(a: Any) -> Any:
-    """Host copy of a CuPy array; anything else unchanged."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
-
-
 def _frames(
     kind: str, run: int, event: int, t_send_ns: int | None, cols: dict[str, Any], **extra: Any
 ) -> list[OutFrame]:
     spec = COLUMNS[kind]
-    arrays = [np.ascontiguousarray(_host(cols[name]), dtype=dt) for name, dt in spec.items()]
+    arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
     header = {
         "schema": SCHEMA,
         "version": VERSION,
@@ -119,7 +115,7 @@ def encode_tracks(
     missing = TRACK_PARAM_DTYPES.keys() - tracks.params.keys()
     if missing:
         raise ValueError(f"tracks.params lacks {sorted(missing)}")
-    hit_id = np.asarray(_host(hit_ids))[np.asarray(_host(tracks.hit_index), dtype=np.int64)]
+    hit_id = np.asarray(to_host(hit_ids))[np.asarray(to_host(tracks.hit_index), dtype=np.int64)]
     cols = {"offsets": tracks.offsets, "hit_id": hit_id, **tracks.params}
     times = {str(k): float(v) for k, v in (timings or {}).items()}
     return _frames(
@@ -152,14 +148,10 @@ class TrackReply:
 
     def to_tracks(self, hit_ids: np.ndarray) -> Tracks:
         """Tracks with ``hit_index`` into ``hit_ids`` (the event's hit ids, all unique)."""
-        hit_ids = np.asarray(hit_ids)
-        order = np.argsort(hit_ids, kind="stable")
-        pos = np.searchsorted(hit_ids[order], self.hit_id)
-        found = pos < len(hit_ids)
-        found[found] = hit_ids[order[pos[found]]] == self.hit_id[found]
+        index, found = index_of(np.asarray(hit_ids), self.hit_id)
         if not found.all():
             raise ValueError(f"reply references {int((~found).sum())} hit ids not in the event")
-        return Tracks(offsets=self.offsets, hit_index=order[pos], params=dict(self.params))
+        return Tracks(offsets=self.offsets, hit_index=index, params=dict(self.params))
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ import pytest
 from streamtrk.eval.score import match_tracks, physics_metrics, trackml_score
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.trackml import read_event
-from streamtrk.sim.weights import hit_weights
+from streamtrk.io.weights import hit_weights
 
 
 def _many_particles(seed: int = 0, n_particles: int = 3000):

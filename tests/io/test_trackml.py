@@ -16,7 +16,7 @@ from streamtrk.io.trackml import (
     write_event,
     write_submission,
 )
-from streamtrk.sim.weights import hit_order, hit_weights
+from streamtrk.io.weights import hit_order, hit_weights
 
 
 def synthetic_event(seed: int = 0, n_particles: int = 40, n_noise: int = 25) -> Event:

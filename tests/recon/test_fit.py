@@ -1,4 +1,4 @@
-"""Helix fit: exact on ideal helices, and the issue's resolution targets on simulated tracks."""
+"""Helix fit: exact on ideal helices, and within the resolution targets on simulated tracks."""
 
 from dataclasses import replace
 

@@ -20,12 +20,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import build_graph
 from streamtrk.recon.model import default_model_path, load_reconstructor
-from streamtrk.recon.precision import precision_parity, tracks_agreement
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.xp import to_host
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
 pytestmark = [
@@ -43,10 +44,6 @@ if not _HAS_GPU:
     pytest.skip("no CUDA device (or torch without CUDA)", allow_module_level=True)
 
 
-def _host(a):
-    return a.get() if isinstance(a, cupy.ndarray) else np.asarray(a)
-
-
 @pytest.fixture(scope="module")
 def recs(mu200_events) -> tuple[Reconstructor, Reconstructor, bool]:
     """CPU and CUDA reconstructors of the same network, and whether it is the shipped one."""
@@ -57,15 +54,15 @@ def recs(mu200_events) -> tuple[Reconstructor, Reconstructor, bool]:
     cpu = Reconstructor(EngineScorer(copy.deepcopy(model), "cpu", "eager"), device="cpu")
     gpu = Reconstructor(EngineScorer(model, "cuda", "eager"), device="cuda")
     # A random network's scores crowd together: keep its top fifth of edges.
-    scores = _host(cpu.reconstruct(mu200_events[:1]).scores)
+    scores = to_host(cpu.reconstruct(mu200_events[:1]).scores)
     cpu.threshold = gpu.threshold = float(np.quantile(scores, 0.8))
     return cpu, gpu, False
 
 
 def _sorted_by_edge(edge_index, scores, n: int) -> tuple[np.ndarray, np.ndarray]:
-    keys = _host(edge_index[0]) * n + _host(edge_index[1])
+    keys = to_host(edge_index[0]) * n + to_host(edge_index[1])
     order = np.argsort(keys)
-    return keys[order], _host(scores)[order]
+    return keys[order], to_host(scores)[order]
 
 
 class _Given:
@@ -75,7 +72,7 @@ class _Given:
         self.keys, self.scores, self.n = keys, scores, n
 
     def __call__(self, graph, events):
-        keys = _host(graph.edge_index[0]) * self.n + _host(graph.edge_index[1])
+        keys = to_host(graph.edge_index[0]) * self.n + to_host(graph.edge_index[1])
         return cupy.asarray(self.scores[np.searchsorted(self.keys, keys)])
 
 
@@ -164,5 +161,5 @@ def test_bf16_keeps_tracking_efficiency(recs, mu200_events) -> None:
     )
     print(r)
     assert r["edges"] > 0 and r["score_abs_diff_max"] < 0.1
-    if shipped:  # the issue's target; a random network's physics means nothing
+    if shipped:  # the parity target; a random network's physics means nothing
         assert abs(r["tracking_efficiency_change"]) <= 0.002, r

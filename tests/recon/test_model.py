@@ -141,7 +141,7 @@ def test_shipped_model_reconstructs(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_shipped_model_on_the_real_barrel_event(
     shared_trackml: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 4 acceptance on real TrackML data, never trained or tuned on."""
+    """Physics on real TrackML data, never trained or tuned on."""
     from streamtrk.eval.evaluate import evaluate
     from streamtrk.io.trackml import iter_events
 

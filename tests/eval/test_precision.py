@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
-from streamtrk.recon.precision import precision_parity, tracks_agreement
 from streamtrk.recon.reconstructor import Reconstructor
 
 

@@ -2,8 +2,7 @@
 
 The same events are reconstructed twice with the same network and engine, once in fp32 and
 once under ``precision`` (bf16 or fp16 autocast); the graphs are the same, so the scores
-compare edge by edge. The issue's target is a tracking-efficiency change of at most 0.2%
-absolute.
+compare edge by edge. The target is a tracking-efficiency change of at most 0.2% absolute.
 """
 
 from __future__ import annotations
@@ -20,12 +19,9 @@ from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.xp import to_host
 
 PHYSICS = ("tracking_efficiency", "fake_rate", "duplicate_rate", "trackml_score")
-
-
-def _host(a: Any) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def track_sets(tracks: Sequence[Tracks]) -> list[set[tuple[int, ...]]]:
@@ -77,7 +73,7 @@ def precision_parity(
             batch = list(events[i : i + batch_size])
             result = rec.reconstruct(batch)
             ev.add(batch, result, sum(result.timings.values()), threshold)
-            s.append(_host(result.scores).astype(np.float64))
+            s.append(to_host(result.scores).astype(np.float64))
             t.extend(result.tracks)
         evals[p], scores[p], tracks[p] = ev.report(), np.concatenate(s), t
     ref, low = scores["fp32"], scores[precision]

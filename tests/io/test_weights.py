@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamtrk.sim.weights import ORDER_PROPOSAL, ORDER_WEIGHTS, hit_order, hit_weights, pt_weight
+from streamtrk.io.weights import ORDER_PROPOSAL, ORDER_WEIGHTS, hit_order, hit_weights, pt_weight
 
 
 def _event(nhits: list[int], pts: list[float], n_noise: int = 5, seed: int = 0):

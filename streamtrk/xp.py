@@ -1,0 +1,41 @@
+"""The array-module pattern: one code path for NumPy and CuPy arrays.
+
+``array_module(a)`` is ``numpy`` or ``cupy``, whichever owns ``a``; ``to_host(a)`` is a
+NumPy array of ``a`` (a device-to-host copy for CuPy, no copy for NumPy). CuPy is imported
+only when a CuPy array is seen, so CPU-only installs never need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+def array_module(a: Array) -> Any:
+    """``numpy`` or ``cupy``, whichever owns ``a``."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_host(a: Array) -> np.ndarray:
+    """``a`` as a NumPy array: CuPy arrays are copied to the host, anything else converted."""
+    return a.get() if array_module(a) is not np else np.asarray(a)
+
+
+def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
+    """Where each of ``queries`` sits in ``keys`` (unique values, any order): ``(index,
+    found)``; ``index`` is 0 where ``found`` is False. One sort of ``keys``, one search."""
+    xp = array_module(keys)
+    if len(keys) == 0:
+        return xp.zeros(len(queries), dtype=xp.int64), xp.zeros(len(queries), dtype=bool)
+    order = xp.argsort(keys, kind="stable")
+    pos = xp.minimum(xp.searchsorted(keys[order], queries), len(keys) - 1)
+    index = order[pos]
+    found = keys[index] == queries
+    return xp.where(found, index, 0), found
