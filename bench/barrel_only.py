@@ -18,7 +18,7 @@ import numpy as np
 from streamtrk.detector import load_detector
 from streamtrk.event import Event, Truth
 from streamtrk.io.trackml import read_event
-from streamtrk.recon.model import load_reconstructor
+from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.recon.truth import edge_labels
 from streamtrk.sim.simulate import SimConfig, simulate

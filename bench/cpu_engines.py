@@ -12,10 +12,11 @@ import json
 import time
 
 from streamtrk.detector import load_detector
+from streamtrk.recon.card import check_card
 from streamtrk.recon.engine import EngineScorer
-from streamtrk.recon.model import check_card, default_model_path, load_model
+from streamtrk.recon.graph import event_graph
+from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.train import event_graph
 
 
 def main() -> None:

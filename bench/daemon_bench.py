@@ -64,9 +64,9 @@ def direct(recording: Path, batch: int, repeat: int = 1) -> float:
 
 
 def _direct_process(recording: Path, batch: int, repeat: int) -> None:
-    from streamtrk.recon.model import load_reconstructor
+    from streamtrk.recon.load import load_reconstructor
     from streamtrk.replay import load_recording
-    from streamtrk.service.engine import resolve_device
+    from streamtrk.service.served_model import resolve_device
 
     rec = load_reconstructor(device=resolve_device("auto"))
     events = [r.event for r in load_recording(recording)] * repeat
@@ -89,7 +89,7 @@ class Daemon:
     """``python -m streamtrk serve`` on free ports, embedded defaults otherwise."""
 
     def __init__(self, log: Path) -> None:
-        from streamtrk.service.health import wait_ready
+        from streamtrk.client import wait_ready
 
         self.input = f"tcp://127.0.0.1:{free_port()}"
         self.output = f"tcp://127.0.0.1:{free_port()}"

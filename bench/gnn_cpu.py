@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from streamtrk.detector import load_detector
-from streamtrk.recon.model import WEIGHTS, default_model_path, load_reconstructor
+from streamtrk.recon.graph import event_graph
+from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.model import WEIGHTS, default_model_path
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.train import event_graph
 
 REAL = Path(__file__).resolve().parents[1].parent / (
     "shared/data/trackml/qallse_ez-1.0_hpt-1.0_no_truth/event000001000"

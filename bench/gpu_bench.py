@@ -166,7 +166,8 @@ def ms_stats(seconds: list[float]) -> dict[str, float]:
 
 def load_network() -> tuple[InteractionNetwork, float, GraphConfig, str]:
     """The shipped model (network, threshold, graph settings, name), else a random one."""
-    from streamtrk.recon.model import check_card, default_model_path, load_model
+    from streamtrk.recon.card import check_card
+    from streamtrk.recon.model import default_model_path, load_model
 
     path = default_model_path()
     try:
@@ -228,7 +229,7 @@ class Bench:
 
 
 def summary(parts: dict[str, Any]) -> dict[str, Any]:
-    """Headline figures of the configurations measured so far, against the targets in docs/gpu.md."""
+    """Headline figures of the configurations measured so far, against docs/gpu.md's targets."""
     rows: dict[str, Any] = {}
     for name, p in parts.items():
         b = p.get("batches", {})
@@ -434,9 +435,9 @@ def daemon_part(
         import zmq  # noqa: F401
     except ImportError as exc:
         return {"skipped": f"pyzmq is not importable ({exc}); put the wheel on PYTHONPATH"}
+    from streamtrk.client import wait_ready
     from streamtrk.io.recording import RecordingWriter
     from streamtrk.service.config import ServeConfig
-    from streamtrk.service.health import wait_ready
 
     settings = {f.name for f in fields(ServeConfig)}
     flags = ["--device", dev.name]
@@ -446,7 +447,8 @@ def daemon_part(
         flags += ["--precision", "bf16"]
     tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     if not shipped:
-        from streamtrk.recon.model import model_card, save_model
+        from streamtrk.recon.card import model_card
+        from streamtrk.recon.model import save_model
 
         card = model_card("random-seed0", model.config, graph_cfg, threshold)
         save_model(tmp / "model", model, card)

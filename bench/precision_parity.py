@@ -15,7 +15,8 @@ import json
 
 from streamtrk.detector import load_detector
 from streamtrk.eval.precision import precision_parity
-from streamtrk.recon.model import check_card, default_model_path, load_model
+from streamtrk.recon.card import check_card
+from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 

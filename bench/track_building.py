@@ -19,7 +19,8 @@ import torch
 
 from streamtrk.detector import load_detector
 from streamtrk.eval.evaluate import evaluate
-from streamtrk.recon.model import default_model_path, load_reconstructor, read_card
+from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.model import default_model_path, read_card
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.train import CachedScorer, load_config
 

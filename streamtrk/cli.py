@@ -80,26 +80,16 @@ def _export_trackml(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_events(path: str, limit: int | None):
-    """Events of a recording (``.stk``) or of TrackML CSV files (prefix or directory)."""
-    from itertools import islice
-
-    if str(path).endswith(".stk"):
-        from streamtrk.io.recording import iter_events
-    else:
-        from streamtrk.io.trackml import iter_events
-    return islice(iter_events(path), limit)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
+    from streamtrk.io.events import read_events
     from streamtrk.io.trackml import write_submission
     from streamtrk.recon.reconstructor import Reconstructor
 
     if args.oracle:
         rec = Reconstructor.oracle(device=args.device)
     else:
-        from streamtrk.recon.model import load_reconstructor
+        from streamtrk.recon.load import load_reconstructor
 
         rec = load_reconstructor(
             args.model,
@@ -110,7 +100,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             warm_up=args.engine != "eager",
         )
     ev = evaluate(
-        rec, _read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
+        rec, read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
     )
     if ev.n_events == 0:
         print(f"streamtrk evaluate: error: no events in {args.input}", file=sys.stderr)
@@ -267,7 +257,7 @@ def _demo(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from streamtrk.service.health import wait_ready
+    from streamtrk.client import wait_ready
 
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
         run = str(Path(tmp) / "demo.stk")
@@ -361,9 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--oracle", action="store_true", help="edge scores from truth")
     s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
     s.add_argument("--device", default="cpu", choices=DEVICES)
-    s.add_argument(
-        "--engine", default="eager", choices=ENGINES, help="edge classifier engine"
-    )
+    s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
     s.add_argument("--precision", default="fp32", choices=PRECISIONS)
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
     s.add_argument("--events", type=int, help="at most this many events")

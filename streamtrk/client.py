@@ -1,4 +1,5 @@
-"""Client API: :class:`Producer` sends events to the daemon, :class:`Consumer` receives.
+"""Client API: :class:`Producer` sends events to the daemon, :class:`Consumer` receives,
+:func:`wait_ready` waits for a daemon to answer ``/readyz``.
 
 Both wrap one ZeroMQ socket of the process-wide ``zmq.Context.instance()`` with explicit
 high-water marks and linger, and are context managers.
@@ -6,6 +7,9 @@ high-water marks and linger, and are context managers.
 
 from __future__ import annotations
 
+import subprocess
+import time
+import urllib.request
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -107,3 +111,20 @@ class Consumer(_Endpoint):
         malformed."""
         frames = self.recv_frames(timeout_ms)
         return None if frames is None else decode(frames, limits=self.limits)
+
+
+def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | None = None) -> bool:
+    """Poll ``http://HOST:PORT/readyz`` until it answers 200 (True), ``timeout_s`` passes or
+    ``process`` exits (False)."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False

@@ -10,10 +10,10 @@ import torch
 
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
-from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.graph import GraphConfig, event_graph
 from streamtrk.recon.model import DEFAULT_MODEL_NAME, load_model
 from streamtrk.recon.truth import edge_labels
-from streamtrk.train import EventSource, event_graph, load_config, make_samples
+from streamtrk.train import EventSource, load_config, make_samples
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
+from streamtrk.event import Event
 from streamtrk.xp import Array, array_module
 
 
@@ -100,12 +101,12 @@ class Graph:
     def num_edges(self) -> int:
         return int(self.edge_index.shape[1])
 
-    def event_edges(self, k: int) -> Array:
-        """Edge index of event ``k`` in its own hit numbering."""
-        lo, hi = self.node_offsets[k], self.node_offsets[k + 1]
-        src = self.edge_index[0]
-        sel = (src >= lo) & (src < hi)
-        return self.edge_index[:, sel] - lo
+
+def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -> Graph:
+    """The graph of one event."""
+    h = event.hits
+    offsets = np.array([0, len(h)], dtype=np.int64)
+    return build_graph(h.x, h.y, h.z, h.volume_id, h.layer_id, offsets, det, cfg)
 
 
 def _expand(lo: Array, hi: Array, xp: Any) -> tuple[Array, Array]:
@@ -261,29 +262,29 @@ def build_graph(
     centre = phi_p[qi] + low * two_pi
     r_s = xp.concatenate([r, r])[order]
     ctx = _Search(
-        qi,
-        ri,
-        zi,
-        outer,
-        reach,
-        centre,
-        p_lo,
-        p_hi,
-        event,
-        cell_start,
-        hit_of,
-        phi_sorted,
-        r_s,
-        r,
-        z,
-        lay0,
-        t,
-        n_layers,
-        nb,
-        nphi,
-        det,
-        cfg,
-        xp,
+        qi=qi,
+        ri=ri,
+        zi=zi,
+        outer=outer,
+        reach=reach,
+        centre=centre,
+        p_lo=p_lo,
+        p_hi=p_hi,
+        event=event,
+        cell_start=cell_start,
+        hit_of=hit_of,
+        phi_sorted=phi_sorted,
+        r_sorted=r_s,
+        r=r,
+        z=z,
+        lay=lay0,
+        t=t,
+        n_layers=n_layers,
+        nb=nb,
+        nphi=nphi,
+        det=det,
+        cfg=cfg,
+        xp=xp,
     )
     q_all, b_all = _expand(b_lo, b_hi + 1, xp)
     # On the CPU, chunks of queries run on threads (NumPy releases the GIL in its loops);
@@ -312,7 +313,7 @@ def build_graph(
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Search:
     """What the candidate search of one chunk of (query, bin) pairs reads."""
 

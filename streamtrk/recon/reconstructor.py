@@ -41,7 +41,8 @@ class OracleScorer:
 
 @dataclass
 class ReconResult:
-    """Tracks per event (host arrays) and the seconds spent in each stage."""
+    """Tracks per event (host arrays); the batch's graph and edge scores (arrays on the
+    reconstructor's device, NumPy or CuPy) and node offsets; seconds spent in each stage."""
 
     tracks: list[Tracks]
     timings: dict[str, float]

@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streamtrk import tomlio
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
 
 ENV_PREFIX = "STREAMTRK_"
@@ -55,8 +56,9 @@ class ConfigError(ValueError):
         self.settings = settings
 
 
-def _s(help_: str, **extra: Any) -> Any:
-    return {"help": help_, **extra}
+def _help(text: str) -> dict[str, str]:
+    """Field metadata: the setting's help text (flags, ``--print-config``)."""
+    return {"help": text}
 
 
 @dataclass(frozen=True)
@@ -64,60 +66,62 @@ class ServeConfig:
     """Every setting of ``streamtrk serve`` (see ``streamtrk serve --help``)."""
 
     device: str = field(
-        default="auto", metadata=_s("auto (cuda if torch sees a GPU and cupy imports), cpu, cuda")
+        default="auto",
+        metadata=_help("auto (cuda if torch sees a GPU and cupy imports), cpu, cuda"),
     )
     engine: str = field(
         default="auto",
-        metadata=_s(
+        metadata=_help(
             "edge classifier engine: auto (tensorrt, else compile on CUDA; eager on CPU), "
             "eager, compile, tensorrt"
         ),
     )
-    precision: str = field(default="fp32", metadata=_s("network precision: fp32, bf16, fp16"))
+    precision: str = field(default="fp32", metadata=_help("network precision: fp32, bf16, fp16"))
     cuda_graphs: bool = field(
-        default=False, metadata=_s("replay CUDA graphs per shape bucket (engine compile on CUDA)")
+        default=False,
+        metadata=_help("replay CUDA graphs per shape bucket (engine compile on CUDA)"),
     )
     torch_threads: int = field(
-        default=0, metadata=_s("torch CPU threads (0: torch's default, one per core)")
+        default=0, metadata=_help("torch CPU threads (0: torch's default, one per core)")
     )
-    model: Path | None = field(default=None, metadata=_s("model directory (default: shipped)"))
+    model: Path | None = field(default=None, metadata=_help("model directory (default: shipped)"))
     threshold: float | None = field(
-        default=None, metadata=_s("edge-score threshold (default: the model's)")
+        default=None, metadata=_help("edge-score threshold (default: the model's)")
     )
-    input: str = field(default="tcp://127.0.0.1:5555", metadata=_s("hits in (PULL socket)"))
-    output: str = field(default="tcp://127.0.0.1:5556", metadata=_s("tracks out (PUSH socket)"))
+    input: str = field(default="tcp://127.0.0.1:5555", metadata=_help("hits in (PULL socket)"))
+    output: str = field(default="tcp://127.0.0.1:5556", metadata=_help("tracks out (PUSH socket)"))
     connect: bool = field(
-        default=False, metadata=_s("connect both sockets instead of binding (farm mode)")
+        default=False, metadata=_help("connect both sockets instead of binding (farm mode)")
     )
-    http: str = field(default="127.0.0.1:9100", metadata=_s("HOST:PORT of /metrics and health"))
-    max_batch_events: int = field(default=8, metadata=_s("most events in one batch"))
-    max_batch_hits: int = field(default=1_000_000, metadata=_s("most hits in one batch"))
+    http: str = field(default="127.0.0.1:9100", metadata=_help("HOST:PORT of /metrics and health"))
+    max_batch_events: int = field(default=8, metadata=_help("most events in one batch"))
+    max_batch_hits: int = field(default=1_000_000, metadata=_help("most hits in one batch"))
     max_queue_delay_ms: float = field(
-        default=5.0, metadata=_s("longest wait for a batch to fill after its first event")
+        default=5.0, metadata=_help("longest wait for a batch to fill after its first event")
     )
     deadline_ms: float | None = field(
-        default=None, metadata=_s("default per-event deadline from receipt (none: no deadline)")
+        default=None, metadata=_help("default per-event deadline from receipt (none: no deadline)")
     )
-    queue_capacity: int = field(default=64, metadata=_s("events waiting to be batched"))
-    reply_capacity: int = field(default=64, metadata=_s("replies waiting to be sent"))
+    queue_capacity: int = field(default=64, metadata=_help("events waiting to be batched"))
+    reply_capacity: int = field(default=64, metadata=_help("replies waiting to be sent"))
     overload: str = field(
-        default="block", metadata=_s("full queue: block the sender, or reject with 'overloaded'")
+        default="block", metadata=_help("full queue: block the sender, or reject with 'overloaded'")
     )
-    sndhwm: int = field(default=100, metadata=_s("ZeroMQ send high-water mark (messages)"))
-    rcvhwm: int = field(default=100, metadata=_s("ZeroMQ receive high-water mark (messages)"))
-    linger_ms: int = field(default=1000, metadata=_s("ZeroMQ LINGER when closing sockets"))
+    sndhwm: int = field(default=100, metadata=_help("ZeroMQ send high-water mark (messages)"))
+    rcvhwm: int = field(default=100, metadata=_help("ZeroMQ receive high-water mark (messages)"))
+    linger_ms: int = field(default=1000, metadata=_help("ZeroMQ LINGER when closing sockets"))
     drain_timeout_s: float = field(
-        default=30.0, metadata=_s("longest drain on SIGTERM/SIGINT before exiting")
+        default=30.0, metadata=_help("longest drain on SIGTERM/SIGINT before exiting")
     )
     dead_letter: Path | None = field(
-        default=None, metadata=_s("recording file for unidentifiable input (none: not kept)")
+        default=None, metadata=_help("recording file for unidentifiable input (none: not kept)")
     )
     dead_letter_max_bytes: int = field(
-        default=64 * 1024 * 1024, metadata=_s("size cap of the dead-letter file")
+        default=64 * 1024 * 1024, metadata=_help("size cap of the dead-letter file")
     )
-    log_format: str = field(default="plain", metadata=_s("plain or json (one object a line)"))
-    log_level: str = field(default="info", metadata=_s("debug, info, warning or error"))
-    max_hits: int = field(default=1_000_000, metadata=_s("decoder limit: most hits per event"))
+    log_format: str = field(default="plain", metadata=_help("plain or json (one object a line)"))
+    log_level: str = field(default="info", metadata=_help("debug, info, warning or error"))
+    max_hits: int = field(default=1_000_000, metadata=_help("decoder limit: most hits per event"))
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -143,19 +147,13 @@ class ServeConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             lines.append(f"# {f.metadata['help']}")
-            lines.append(
-                f"# {f.name} = (unset)" if value is None else f"{f.name} = {_toml_value(value)}"
-            )
-        return "\n".join(lines) + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+            if value is None:
+                lines.append(f"# {f.name} = (unset)")
+            else:
+                lines.append(
+                    tomlio.dumps({f.name: str(value) if isinstance(value, Path) else value})
+                )
+        return "\n".join(line.rstrip("\n") for line in lines) + "\n"
 
 
 # --------------------------------------------------------------------------- checks

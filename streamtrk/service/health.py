@@ -1,13 +1,11 @@
-"""HTTP side of the daemon: ``/metrics`` (Prometheus), ``/healthz`` (live), ``/readyz``."""
+"""HTTP side of the daemon: ``/metrics`` (Prometheus), ``/healthz`` (live), ``/readyz``.
+
+The client side (polling ``/readyz``) is ``streamtrk.client.wait_ready``."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -82,20 +80,3 @@ class HealthServer:
             self.server.shutdown()
             self._thread.join()
         self.server.server_close()
-
-
-def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | None = None) -> bool:
-    """Poll ``http://HOST:PORT/readyz`` until it answers 200 (True), ``timeout_s`` passes or
-    ``process`` exits (False)."""
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        if process is not None and process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False

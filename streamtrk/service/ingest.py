@@ -89,7 +89,7 @@ class Ingest(threading.Thread):
         self.metrics.inflight.inc()
         if not self.batcher.put(job, block=cfg.overload == "block"):
             self.metrics.rejected.labels("overloaded").inc()
-            self.replies.put(Reply.error(job, "overloaded"))
+            self.replies.put(Reply.failure(job, "overloaded"))
 
     def _reject(
         self, frames: list[zmq.Frame], reason: str, t_recv: float, error: WireError | None = None

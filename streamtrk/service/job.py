@@ -53,10 +53,10 @@ class Reply:
         return "error" if self.reason else "ok"
 
     @classmethod
-    def ok(cls, job: Job, tracks: Tracks, timings: dict[str, float]) -> Reply:
+    def success(cls, job: Job, tracks: Tracks, timings: dict[str, float]) -> Reply:
         ev = job.event
         return cls(ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks)
 
     @classmethod
-    def error(cls, job: Job, reason: str) -> Reply:
+    def failure(cls, job: Job, reason: str) -> Reply:
         return cls(job.event.run, job.event.event, job.t_recv, dict(job.timings), reason=reason)

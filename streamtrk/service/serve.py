@@ -39,10 +39,10 @@ from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import RESTART_ONLY, ServeConfig
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.emit import Emitter
-from streamtrk.service.engine import LoadedModel, load_model
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
+from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.wire import DEFAULT_LIMITS
@@ -60,7 +60,7 @@ def _fields(**kv: Any) -> dict[str, Any]:
     return {"fields": kv}
 
 
-def _build_labels(model: LoadedModel) -> dict[str, str]:
+def _build_labels(model: ServedModel) -> dict[str, str]:
     """What runs: the ``streamtrk_build_info`` labels, also in the start-up banner."""
     return {
         "version": __version__,
@@ -85,7 +85,7 @@ class Daemon:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
-        self.model: LoadedModel | None = None
+        self.model: ServedModel | None = None
         self.batcher = Batcher(cfg.queue_capacity, _policy(cfg))
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
@@ -153,7 +153,7 @@ class Daemon:
         cfg = self.config
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
         try:
-            self._install(load_model(cfg))
+            self._install(load_served_model(cfg))
         except Exception as e:
             log.exception("cannot load the model: %s", e)
             return 1
@@ -223,11 +223,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ model
 
-    def _model(self) -> LoadedModel:
+    def _model(self) -> ServedModel:
         assert self.model is not None
         return self.model
 
-    def _install(self, model: LoadedModel) -> None:
+    def _install(self, model: ServedModel) -> None:
         self.model = model
         m = self.metrics
         m.set_model(model.name, model.path, model.digest, model.threshold)
@@ -256,7 +256,7 @@ class Daemon:
             if changed:
                 log.warning("settings that need a restart kept: %s", ", ".join(changed))
             new = replace(new, **kept)
-            model = load_model(new)
+            model = load_served_model(new)
             self._install(model)
             self.config = new
             self.batcher.policy = _policy(new)

@@ -8,7 +8,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 #: Pipeline stages, in order; the per-batch ones come from ``Reconstructor.reconstruct``.
 STAGES = ("decode", "queue", "graph", "gnn", "tracks", "fit", "encode")
-BATCH_STAGES = ("graph", "gnn", "tracks", "fit")
 
 # 100 us to 10 s, about three buckets a decade.
 LATENCY_BUCKETS = (

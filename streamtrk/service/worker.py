@@ -73,7 +73,7 @@ class Worker(threading.Thread):
         claimed = [job for job in jobs if job.claim()]
         self.metrics.rejected.labels(reason).inc(len(claimed))
         for job in claimed:
-            self.replies.put(Reply.error(job, reason))
+            self.replies.put(Reply.failure(job, reason))
         return len(claimed)
 
     def process(self, batch: Batch) -> None:
@@ -96,7 +96,7 @@ class Worker(threading.Thread):
         try:
             result = self.reconstructor().reconstruct([job.event for job in batch.jobs])
             replies = [
-                Reply.ok(job, tracks, {**job.timings, **result.timings})
+                Reply.success(job, tracks, {**job.timings, **result.timings})
                 for job, tracks in zip(batch.jobs, result.tracks, strict=True)
             ]
         except Exception:

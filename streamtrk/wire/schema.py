@@ -27,7 +27,6 @@ COLUMNS: dict[str, dict[str, str]] = {
         **{f"particle.{k}": v for k, v in PARTICLE_DTYPES.items()},
     },
 }
-KINDS: tuple[str, ...] = tuple(COLUMNS)
 
 #: Header keys every message carries.
 COMMON_KEYS: frozenset[str] = frozenset(

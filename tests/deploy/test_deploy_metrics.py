@@ -109,9 +109,8 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
     its deadline and one unidentifiable message, then check every metric the rules, the
     dashboard and the autoscaler name against ``/metrics``; also run the image's health
     probe against it and stop it with SIGTERM."""
-    from streamtrk.client import Consumer, Producer
+    from streamtrk.client import Consumer, Producer, wait_ready
     from streamtrk.detector import load_detector
-    from streamtrk.service.health import wait_ready
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 

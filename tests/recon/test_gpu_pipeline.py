@@ -24,7 +24,8 @@ from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import build_graph
-from streamtrk.recon.model import default_model_path, load_reconstructor
+from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.xp import to_host
 

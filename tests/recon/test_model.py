@@ -2,48 +2,25 @@
 
 from __future__ import annotations
 
-import math
-import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
+from streamtrk.recon.card import ModelCardError, model_card
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import (
     CARD,
     WEIGHTS,
-    ModelCardError,
     default_model_path,
-    dumps_toml,
     load_model,
-    load_reconstructor,
-    model_card,
     read_card,
     save_model,
 )
 
 ARCH = GNNConfig(hidden=8, edge_hidden=4, steps=2)
-
-
-def test_toml_writer_round_trip() -> None:
-    data = {
-        "name": 'quote " and \\ and\nnewline',
-        "n": 3,
-        "x": 0.1,
-        "tiny": 1e-7,
-        "flag": True,
-        "values": [0.3, 0.5],
-        "empty": [],
-        "skipped": None,
-        "table": {"a": 1, "nested": {"b": "c", "odd key": -2.5}},
-        "only_tables": {"inner": {"z": False}},
-    }
-    back = tomllib.loads(dumps_toml(data))
-    expected = {k: v for k, v in data.items() if v is not None}
-    assert back == expected
-    assert math.isnan(tomllib.loads(dumps_toml({"v": math.nan}))["v"])
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from streamtrk.cli import main
+from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig, build_graph
-from streamtrk.recon.model import model_card, save_model
+from streamtrk.recon.model import save_model
 from streamtrk.recon.onnx_export import INPUTS, OUTPUT
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (dev extra)")
@@ -62,7 +63,8 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> N
 
 
 def test_shipped_model_exports_and_agrees(tmp_path: Path, small_events, det) -> None:
-    from streamtrk.recon.model import default_model_path, load_reconstructor
+    from streamtrk.recon.load import load_reconstructor
+    from streamtrk.recon.model import default_model_path
 
     out = tmp_path / "shipped.onnx"
     assert main(["export", "--onnx", str(default_model_path()), "-o", str(out)]) == 0

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrk.service.health import wait_ready
+from streamtrk.client import wait_ready
 
 # Acceptance runs use MU=2 pileup (about 900 hits per event) so that 200 events are
 # reconstructed twice (daemon and offline) in well under a minute on two shared CPU cores.

@@ -102,6 +102,12 @@ def test_print_config_shows_the_effective_configuration(tmp_path: Path) -> None:
     assert cfg.max_batch_events == 5 and cfg.http == "127.0.0.1:9123" and cfg.model is None
 
 
+def test_printed_configuration_is_toml_for_any_string() -> None:
+    odd = Path('dir "quoted"\\back\nline\ttab/letters.stk')
+    printed = ServeConfig(dead_letter=odd).to_toml()
+    assert tomllib.loads(printed)["dead_letter"] == str(odd)
+
+
 def test_invalid_configuration_exits_2_before_serving() -> None:
     out = _serve("--max-queue-delay-ms", "soon", env={"STREAMTRK_LOG_FORMAT": "json"})
     assert out.returncode == 2

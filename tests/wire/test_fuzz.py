@@ -20,7 +20,7 @@ from streamtrk.wire import (
     encode_truth,
     peek_identity,
 )
-from streamtrk.wire.schema import ALLOWED_DTYPES, COLUMNS, KINDS
+from streamtrk.wire.schema import ALLOWED_DTYPES, COLUMNS
 
 
 def _columns(dtypes: dict[str, str], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -85,7 +85,11 @@ def check(frames: Any) -> None:
 
 
 header_like = st.fixed_dictionaries(
-    {"schema": st.just("streamtrk"), "version": st.just(1), "kind": st.sampled_from(KINDS)},
+    {
+        "schema": st.just("streamtrk"),
+        "version": st.just(1),
+        "kind": st.sampled_from(tuple(COLUMNS)),
+    },
     optional={k: scalars for k in ("run", "event", "t_send_ns", "deadline_ms")}
     | {"columns": st.lists(st.lists(scalars, max_size=3), max_size=3)},
 )

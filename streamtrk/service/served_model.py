@@ -54,7 +54,7 @@ def warmup_event() -> Event:
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class ServedModel:
     """A warmed-up reconstructor and what identifies it."""
 
     reconstructor: Reconstructor
@@ -70,11 +70,12 @@ class LoadedModel:
     warmup_s: float
 
 
-def load_model(cfg: ServeConfig) -> LoadedModel:
+def load_served_model(cfg: ServeConfig) -> ServedModel:
     """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine`` and
     ``cfg.precision``, warm up the engine over its shape buckets, then run one ``reconstruct``
     call; raises whatever loading or the warm-up raises."""
-    from streamtrk.recon.model import default_model_path, load_reconstructor, read_card
+    from streamtrk.recon.load import load_reconstructor
+    from streamtrk.recon.model import default_model_path, read_card
 
     device = resolve_device(cfg.device)
     path = (cfg.model or default_model_path()).resolve()
@@ -92,7 +93,7 @@ def load_model(cfg: ServeConfig) -> LoadedModel:
     scorer = rec.scorer
     assert isinstance(scorer, EngineScorer)
     warmup_s = time.perf_counter() - t0
-    return LoadedModel(
+    return ServedModel(
         reconstructor=rec,
         device=device,
         engine=scorer.engine,

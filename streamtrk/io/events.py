@@ -1,0 +1,19 @@
+"""Events from a file, whatever its format: a ``.stk`` recording, or TrackML CSV files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+from streamtrk.event import Event
+
+
+def read_events(path: str | Path, limit: int | None = None) -> Iterator[Event]:
+    """Events of a recording (``.stk``) or of TrackML CSV files (an event prefix such as
+    ``.../event000001000``, or a directory of events); at most ``limit``."""
+    if str(path).endswith(".stk"):
+        from streamtrk.io.recording import iter_events
+    else:
+        from streamtrk.io.trackml import iter_events
+    return islice(iter_events(path), limit)

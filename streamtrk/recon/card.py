@@ -1,0 +1,90 @@
+"""Model cards: what a trained model needs from the code, and what it is.
+
+A card (``card.toml`` beside the weights) records the card format, the graph-feature
+version, the architecture, the graph-construction settings and the default threshold, then
+free sections: training recipe, metrics, the command that reproduces them. A card that does
+not match the code is refused with :class:`ModelCardError` rather than run with the wrong
+inputs.
+
+Bump ``FEATURE_VERSION`` whenever the graph's node or edge features change meaning (their
+columns, scaling or order in ``streamtrk.recon.graph``): models trained before then are
+refused until retrained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, GNNConfig
+from streamtrk.recon.graph import GraphConfig
+from streamtrk.tomlio import dataclass_from
+
+CARD_FORMAT = 1
+FEATURE_VERSION = 1
+
+
+class ModelCardError(ValueError):
+    """A model directory whose card or weights do not match this code."""
+
+
+def _section(card: dict[str, Any], name: str) -> dict[str, Any]:
+    sec = card.get(name)
+    if not isinstance(sec, dict):
+        raise ModelCardError(f"model card has no [{name}] table")
+    return sec
+
+
+def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
+    """Architecture, graph settings and threshold of a card that matches this code."""
+    model = _section(card, "model")
+    if model.get("card_format") != CARD_FORMAT:
+        raise ModelCardError(
+            f"model card format {model.get('card_format')!r}, this code reads {CARD_FORMAT}"
+        )
+    if model.get("feature_version") != FEATURE_VERSION:
+        raise ModelCardError(
+            f"model trained on graph features version {model.get('feature_version')!r}, this "
+            f"code builds version {FEATURE_VERSION}: retrain it"
+        )
+    arch = dataclass_from(
+        GNNConfig,
+        _section(card, "architecture"),
+        "model card [architecture]",
+        defaults=False,
+        error=ModelCardError,
+    )
+    if (arch.node_in, arch.edge_in) != (NODE_FEATURES, EDGE_FEATURES):
+        raise ModelCardError(
+            f"model expects {arch.node_in} node and {arch.edge_in} edge features, the graph has "
+            f"{NODE_FEATURES} and {EDGE_FEATURES}"
+        )
+    # A graph setting added after the model was made takes its default: new settings must
+    # default to the old behaviour, or bump FEATURE_VERSION.
+    graph = dataclass_from(
+        GraphConfig, _section(card, "graph"), "model card [graph]", error=ModelCardError
+    )
+    threshold = model.get("threshold")
+    if not isinstance(threshold, float) or not 0 < threshold < 1:
+        raise ModelCardError(f"model card threshold must be a number in (0, 1), got {threshold!r}")
+    return arch, graph, threshold
+
+
+def model_card(
+    name: str, arch: GNNConfig, graph: GraphConfig, threshold: float, **sections: Any
+) -> dict[str, Any]:
+    """A card: the [model] identity, architecture, graph settings, then free ``sections``."""
+    from streamtrk import __version__
+
+    return {
+        "model": {
+            "name": name,
+            "card_format": CARD_FORMAT,
+            "feature_version": FEATURE_VERSION,
+            "streamtrk_version": __version__,
+            "threshold": float(threshold),
+        },
+        "architecture": asdict(arch),
+        "graph": asdict(graph),
+        **sections,
+    }

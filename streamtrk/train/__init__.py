@@ -1,0 +1,152 @@
+"""Training the edge classifier on simulated events, and the model card that comes with it.
+
+Recipe: events are simulated from the config's seeds (or read from a recording), their
+graphs built once and kept in memory. Training graphs are cut into overlapping phi sectors
+(small graphs train faster per edge on the CPU and give more optimiser steps); each edge
+counts in the loss of exactly one sector, the one holding its inner hit, and a margin of
+hits around the sector gives it its neighbourhood. Targets are true segments of particles
+with pT >= ``pt_min``; true segments of softer particles are left out of the loss (the
+network cannot tell 0.9 from 1.1 GeV) rather than counted as negatives. The loss is binary
+cross-entropy with ``pos_weight`` on the positives; Adam with a linear warm-up and a cosine
+decay; validation on full held-out events after every epoch; early stopping on the
+validation loss, keeping the best epoch.
+
+After training, the default edge-score threshold is chosen on the validation events: the
+full reconstruction is scored at each candidate threshold and the one maximising
+``tracking_efficiency - fake_rate - duplicate_rate`` is kept. The model is then evaluated on
+held-out test events and on the ``report`` inputs (reported in the card, never used for a
+choice).
+
+The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, sectors),
+``loop`` (optimisation), ``threshold`` (the default threshold), and ``train`` here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from streamtrk.detector import load_detector
+from streamtrk.event import Event
+from streamtrk.io.events import read_events
+from streamtrk.recon.card import model_card
+from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
+from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.model import save_model
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_config
+from streamtrk.train.loop import fit, plot_history
+from streamtrk.train.samples import Sample, make_samples
+from streamtrk.train.threshold import CachedScorer, scan_thresholds
+
+__all__ = [
+    "CachedScorer",
+    "EventSource",
+    "OptimConfig",
+    "Sample",
+    "TrainConfig",
+    "load_config",
+    "make_samples",
+    "scan_thresholds",
+    "train",
+]
+
+CARD_METRICS = (
+    "tracking_efficiency",
+    "tracking_efficiency_all",
+    "fake_rate",
+    "duplicate_rate",
+    "trackml_score",
+    "gnn_edge_efficiency",
+    "gnn_edge_efficiency_all",
+    "gnn_edge_purity",
+    "graph_edge_efficiency",
+    "graph_edge_purity",
+    "events",
+    "hits_per_event",
+    "edges_per_hit",
+    "seconds_per_event",
+)
+
+
+def evaluate_model(
+    model: InteractionNetwork, events: Iterable[Event], graph: GraphConfig, threshold: float
+) -> dict[str, float]:
+    """The ``streamtrk evaluate`` figures of the card (see CARD_METRICS)."""
+    from streamtrk.eval.evaluate import evaluate
+
+    rec = Reconstructor(GNNScorer(model), graph_config=graph, threshold=threshold)
+    report = evaluate(rec, events).report()
+    out = {k: report[k] for k in CARD_METRICS if k in report}
+    out["gnn_seconds_per_event"] = report["stage_seconds"]["gnn"]
+    return out
+
+
+def train(
+    cfg: TrainConfig, out: Path, *, config_text: str = "", command: str = "", progress: bool = True
+) -> dict[str, Any]:
+    """The whole recipe: data, fit, threshold, evaluation; writes the model into ``out``."""
+    t_start = time.perf_counter()
+    det = load_detector()
+    o = cfg.optim
+    train_events = cfg.train.load(det)
+    val_events = cfg.val.load(det)
+    train_samples = make_samples(
+        train_events, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin
+    )
+    del train_events
+    val_samples = make_samples(val_events, det, cfg.graph, cfg.pt_min)
+    t_data = time.perf_counter() - t_start
+    model, history = fit(cfg, train_samples, val_samples, out / "checkpoints", progress=progress)
+    t_fit = time.perf_counter() - t_start - t_data
+    out.mkdir(parents=True, exist_ok=True)
+    plot_history(history, out / "training.png")
+    scan = scan_thresholds(model, val_events, cfg)
+    best = min(history, key=lambda h: h["val_loss"])
+    metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
+    if cfg.test is not None:
+        test = evaluate_model(model, cfg.test.load(det), cfg.graph, scan["chosen"])
+        metrics["test"] = {**asdict(cfg.test), **test}
+    for label, path in cfg.report.items():
+        if Path(path).exists() or Path(path).parent.is_dir():
+            found = evaluate_model(model, read_events(path), cfg.graph, scan["chosen"])
+            metrics[label] = {"input": path, **found}
+        else:
+            metrics[label] = {"input": path, "skipped": "not found"}
+    card = model_card(
+        cfg.name,
+        cfg.model,
+        cfg.graph,
+        scan["chosen"],
+        training={
+            "simulator_version": _simulator_version(),
+            "pt_min": cfg.pt_min,
+            "seed": cfg.seed,
+            "threads": cfg.threads,
+            "train": asdict(cfg.train),
+            "validation": asdict(cfg.val),
+            "optim": asdict(o),
+            "epochs_run": len(history),
+            "best_epoch": int(best["epoch"]),
+            "train_edges": sum(s.num_edges for s in train_samples),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds_data": round(t_data, 1),
+            "seconds_fit": round(t_fit, 1),
+            "seconds_total": round(time.perf_counter() - t_start, 1),
+            "history": {k: [h[k] for h in history] for k in history[0]},
+        },
+        threshold_scan=scan,
+        metrics=metrics,
+        reproduce={"command": command, "config": config_text},
+    )
+    save_model(out, model, card)
+    return card
+
+
+def _simulator_version() -> int:
+    from streamtrk.sim.simulate import SIMULATOR_VERSION
+
+    return SIMULATOR_VERSION
