@@ -5,13 +5,54 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from streamtrk import __version__
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
 
+Handler = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+_COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
 
+
+def _command(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handler], Handler]:
+    """Register the decorated handler (parsed arguments -> exit status) as subcommand ``name``;
+    ``arguments`` adds its options, ``parser`` goes to ``add_parser`` (help, description)."""
+
+    def register(handler: Handler) -> Handler:
+        _COMMANDS.append((name, arguments, handler, parser))
+        return handler
+
+    return register
+
+
+def _simulate_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--events", type=int, default=10, help="number of events (default 10)")
+    s.add_argument("--mu", type=float, default=200.0, help="mean pileup interactions (200)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    s.add_argument(
+        "--noise",
+        type=float,
+        default=0.19,
+        help="fraction of all hits that are noise (default 0.19)",
+    )
+    s.add_argument(
+        "--hard-scatter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N high-pT particles (5-50 GeV) on the first vertex",
+    )
+    s.add_argument("--run", type=int, default=1, help="run number (default 1)")
+    s.add_argument("--detector", type=Path, default=None, help="detector TOML file")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--trackml-dir", type=Path, help="also write TrackML CSV files here")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command("simulate", _simulate_arguments, help="simulate TrackML-like events into a recording")
 def _simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -38,6 +79,16 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("path", help="event prefix (.../event000001000) or a directory of events")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--run", type=int, default=0, help="run number (default 0)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command(
+    "import-trackml", _import_trackml_arguments, help="convert TrackML CSV event(s) to a recording"
+)
 def _import_trackml(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -58,6 +109,12 @@ def _import_trackml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recording", type=Path)
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+
+@_command("inspect", _inspect_arguments, help="summarise a recording")
 def _inspect(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import summarize
 
@@ -71,6 +128,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recording", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+
+
+@_command(
+    "export-trackml", _export_trackml_arguments, help="write a recording's events as TrackML CSV"
+)
 def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events
     from streamtrk.io.trackml import write_event
@@ -80,6 +145,34 @@ def _export_trackml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("input", help="a .stk recording, or TrackML CSV (event prefix or directory)")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    src.add_argument("--oracle", action="store_true", help="edge scores from truth")
+    s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
+    s.add_argument("--device", default="cpu", choices=DEVICES)
+    s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
+    s.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
+    s.add_argument("--events", type=int, help="at most this many events")
+    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument("--report", type=Path, help="write the report JSON here")
+    s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command(
+    "evaluate",
+    _evaluate_arguments,
+    help="reconstruct offline and score against truth",
+    description="Reconstruct events offline (no daemon) and score them. Report keys: "
+    "tracking_efficiency (pT>=1 GeV, >=5 hits, vertex r<10 mm), tracking_efficiency_all "
+    "(no vertex cut), fake_rate, duplicate_rate, trackml_score, graph_/gnn_edge_efficiency "
+    "(pT>=1 GeV segments from r<10 mm; _all: any vertex), graph_/gnn_edge_purity (true "
+    "pT>=1 GeV segments over edges, segments of softer particles not counted), events, "
+    "seconds_per_event, stage_seconds (per event), edges_per_hit.",
+)
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
@@ -121,6 +214,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--onnx", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
+
+
+@_command(
+    "export",
+    _export_arguments,
+    help="export the edge classifier of a model directory (ONNX)",
+    description="Write the edge classifier as an ONNX graph: inputs x (nodes, 3) float32, "
+    "edge_index (2, edges) int64, edge_attr (edges, 6) float32, nodes and edges dynamic; "
+    "output scores (edges,) float32, the sigmoid the model's threshold applies to. The "
+    "model card's name, threshold and feature version go into the ONNX metadata.",
+)
 def _export(args: argparse.Namespace) -> int:
     from streamtrk.recon.onnx_export import export_model_dir
 
@@ -129,6 +236,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--config", type=Path, help="TOML configuration file")
+    s.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    from streamtrk.service.config import add_arguments
+
+    add_arguments(s)
+
+
+@_command(
+    "serve",
+    _serve_arguments,
+    help="run the daemon: hits in, tracks out, metrics and health over HTTP",
+    description="Run the reconstruction daemon. Settings come from the embedded defaults, "
+    "then --config FILE (TOML, keys named like the flags with underscores), then "
+    "STREAMTRK_<SETTING> environment variables, then these flags. Signals: SIGTERM/SIGINT "
+    "drain and exit, SIGHUP reloads configuration and model.",
+)
 def _serve(args: argparse.Namespace) -> int:
     import os
 
@@ -152,6 +278,37 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(cfg, load)
 
 
+def _replay_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recording", type=Path, help="a .stk recording")
+    s.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon input endpoint")
+    s.add_argument(
+        "--from", dest="from_", default="tcp://127.0.0.1:5556", help="daemon output endpoint"
+    )
+    s.add_argument("--bind", action="store_true", help="bind both sockets (daemons connect)")
+    s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
+    s.add_argument("--events", type=int, help="only the first N events of the recording")
+    s.add_argument("--loop", type=int, default=1, help="send the events K times (default 1)")
+    s.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
+    )
+    s.add_argument("--report", type=Path, help="write the report JSON here")
+    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command(
+    "replay",
+    _replay_arguments,
+    help="replay a recording through the daemon and report throughput, latency, physics",
+    description="Send a recording's hits messages byte-identical to the daemon and "
+    "receive the replies. Report keys: sent, received, missing (no reply within the "
+    "timeout), ok, errors (by reason), events_per_second, latency_p50/p90/p99/max/mean_ms "
+    "(send to reply), send_rate_hz, plus tracking_efficiency, fake_rate, duplicate_rate, "
+    "trackml_score and their counts when the recording has truth. Exit status 1 when "
+    "events are missing.",
+)
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import write_submission
     from streamtrk.replay import (
@@ -192,6 +349,15 @@ def _replay(args: argparse.Namespace) -> int:
     return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
 
 
+def _record_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--from", dest="from_", required=True, help="endpoint of a PUSH stream")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--bind", action="store_true", help="bind instead of connecting")
+    s.add_argument("--events", type=int, help="stop after N hits messages")
+    s.add_argument("--duration", type=float, help="stop after S seconds")
+
+
+@_command("record", _record_arguments, help="tap a hits stream into a recording")
 def _record(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -216,14 +382,20 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _train_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--config", type=Path, required=True, help="training config (TOML)")
+    s.add_argument("--out", type=Path, help="model directory (default: models/<config name>)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+@_command(
+    "train",
+    _train_arguments,
+    help="train the edge classifier on simulated events",
+    description="Train the edge classifier on simulated events (or a recording) as the "
+    "config file says, choose its threshold on the validation events, evaluate it, and "
+    "write weights.pt, card.toml, training.png and checkpoints/ into the output directory.",
+)
 def _train(args: argparse.Namespace) -> int:
     import shlex
 
@@ -252,200 +424,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import signal
-    import subprocess
-    import tempfile
-
-    from streamtrk.client import wait_ready
-
-    with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
-        run = str(Path(tmp) / "demo.stk")
-        print(f"simulating {args.events} events at mu={args.mu:g} -> {run}", flush=True)
-        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "1"]
-        if rc := main([*sim, "-o", run]):
-            return rc
-        ports = [_free_port() for _ in range(3)]
-        endpoints = [f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}"]
-        http = f"127.0.0.1:{ports[2]}"
-        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", endpoints[0]]
-        cmd += ["--output", endpoints[1], "--http", http]
-        print(f"starting the daemon: {' '.join(cmd[1:])}", flush=True)
-        daemon = subprocess.Popen(cmd)
-        try:
-            if not wait_ready(http, args.ready_timeout, daemon):
-                print("streamtrk demo: error: the daemon did not become ready", file=sys.stderr)
-                return 1
-            print(f"daemon ready (http://{http}/metrics); replaying {run}", flush=True)
-            rc = main(["replay", run, "--to", endpoints[0], "--from", endpoints[1]])
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                code = daemon.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                code = daemon.wait()
-        print(f"daemon stopped with SIGTERM, exit code {code}")
-        return rc or code
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamtrk", description=__doc__)
-    p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("simulate", help="simulate TrackML-like events into a recording")
-    s.add_argument("--events", type=int, default=10, help="number of events (default 10)")
-    s.add_argument("--mu", type=float, default=200.0, help="mean pileup interactions (200)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    s.add_argument(
-        "--noise",
-        type=float,
-        default=0.19,
-        help="fraction of all hits that are noise (default 0.19)",
-    )
-    s.add_argument(
-        "--hard-scatter",
-        type=int,
-        default=0,
-        metavar="N",
-        help="add N high-pT particles (5-50 GeV) on the first vertex",
-    )
-    s.add_argument("--run", type=int, default=1, help="run number (default 1)")
-    s.add_argument("--detector", type=Path, default=None, help="detector TOML file")
-    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
-    s.add_argument("--trackml-dir", type=Path, help="also write TrackML CSV files here")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_simulate)
-
-    s = sub.add_parser("import-trackml", help="convert TrackML CSV event(s) to a recording")
-    s.add_argument("path", help="event prefix (.../event000001000) or a directory of events")
-    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
-    s.add_argument("--run", type=int, default=0, help="run number (default 0)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_import_trackml)
-
-    s = sub.add_parser("export-trackml", help="write a recording's events as TrackML CSV")
-    s.add_argument("recording", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True, help="output directory")
-    s.set_defaults(func=_export_trackml)
-
-    s = sub.add_parser("inspect", help="summarise a recording")
-    s.add_argument("recording", type=Path)
-    s.add_argument("--json", action="store_true", help="print JSON")
-    s.set_defaults(func=_inspect)
-
-    s = sub.add_parser(
-        "evaluate",
-        help="reconstruct offline and score against truth",
-        description="Reconstruct events offline (no daemon) and score them. Report keys: "
-        "tracking_efficiency (pT>=1 GeV, >=5 hits, vertex r<10 mm), tracking_efficiency_all "
-        "(no vertex cut), fake_rate, duplicate_rate, trackml_score, graph_/gnn_edge_efficiency "
-        "(pT>=1 GeV segments from r<10 mm; _all: any vertex), graph_/gnn_edge_purity (true "
-        "pT>=1 GeV segments over edges, segments of softer particles not counted), events, "
-        "seconds_per_event, stage_seconds (per event), edges_per_hit.",
-    )
-    s.add_argument("input", help="a .stk recording, or TrackML CSV (event prefix or directory)")
-    src = s.add_mutually_exclusive_group()
-    src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
-    src.add_argument("--oracle", action="store_true", help="edge scores from truth")
-    s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
-    s.add_argument("--device", default="cpu", choices=DEVICES)
-    s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
-    s.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
-    s.add_argument("--events", type=int, help="at most this many events")
-    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
-    s.add_argument("--report", type=Path, help="write the report JSON here")
-    s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_evaluate)
-
-    s = sub.add_parser(
-        "export",
-        help="export the edge classifier of a model directory (ONNX)",
-        description="Write the edge classifier as an ONNX graph: inputs x (nodes, 3) float32, "
-        "edge_index (2, edges) int64, edge_attr (edges, 6) float32, nodes and edges dynamic; "
-        "output scores (edges,) float32, the sigmoid the model's threshold applies to. The "
-        "model card's name, threshold and feature version go into the ONNX metadata.",
-    )
-    s.add_argument("--onnx", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
-    s.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
-    s.set_defaults(func=_export)
-
-    s = sub.add_parser(
-        "serve",
-        help="run the daemon: hits in, tracks out, metrics and health over HTTP",
-        description="Run the reconstruction daemon. Settings come from the embedded defaults, "
-        "then --config FILE (TOML, keys named like the flags with underscores), then "
-        "STREAMTRK_<SETTING> environment variables, then these flags. Signals: SIGTERM/SIGINT "
-        "drain and exit, SIGHUP reloads configuration and model.",
-    )
-    s.add_argument("--config", type=Path, help="TOML configuration file")
-    s.add_argument(
-        "--print-config", action="store_true", help="print the effective configuration and exit"
-    )
-    from streamtrk.service.config import add_arguments
-
-    add_arguments(s)
-    s.set_defaults(func=_serve)
-
-    s = sub.add_parser(
-        "replay",
-        help="replay a recording through the daemon and report throughput, latency, physics",
-        description="Send a recording's hits messages byte-identical to the daemon and "
-        "receive the replies. Report keys: sent, received, missing (no reply within the "
-        "timeout), ok, errors (by reason), events_per_second, latency_p50/p90/p99/max/mean_ms "
-        "(send to reply), send_rate_hz, plus tracking_efficiency, fake_rate, duplicate_rate, "
-        "trackml_score and their counts when the recording has truth. Exit status 1 when "
-        "events are missing.",
-    )
-    s.add_argument("recording", type=Path, help="a .stk recording")
-    s.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon input endpoint")
-    s.add_argument(
-        "--from", dest="from_", default="tcp://127.0.0.1:5556", help="daemon output endpoint"
-    )
-    s.add_argument("--bind", action="store_true", help="bind both sockets (daemons connect)")
-    s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
-    s.add_argument("--events", type=int, help="only the first N events of the recording")
-    s.add_argument("--loop", type=int, default=1, help="send the events K times (default 1)")
-    s.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
-    )
-    s.add_argument("--report", type=Path, help="write the report JSON here")
-    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
-    s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
-    s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_replay)
-
-    s = sub.add_parser("record", help="tap a hits stream into a recording")
-    s.add_argument("--from", dest="from_", required=True, help="endpoint of a PUSH stream")
-    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
-    s.add_argument("--bind", action="store_true", help="bind instead of connecting")
-    s.add_argument("--events", type=int, help="stop after N hits messages")
-    s.add_argument("--duration", type=float, help="stop after S seconds")
-    s.set_defaults(func=_record)
-
-    s = sub.add_parser(
-        "train",
-        help="train the edge classifier on simulated events",
-        description="Train the edge classifier on simulated events (or a recording) as the "
-        "config file says, choose its threshold on the validation events, evaluate it, and "
-        "write weights.pt, card.toml, training.png and checkpoints/ into the output directory.",
-    )
-    s.add_argument("--config", type=Path, required=True, help="training config (TOML)")
-    s.add_argument("--out", type=Path, help="model directory (default: models/<config name>)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_train)
-
-    s = sub.add_parser(
-        "demo",
-        help="the `make demo` job",
-        description="Simulate a small run, start the daemon with the embedded default "
-        "configuration (on free ports), replay the run through it, print the report, stop "
-        "the daemon with SIGTERM.",
-    )
+def _demo_arguments(s: argparse.ArgumentParser) -> None:
     # MU=50 keeps the demo to about a minute on a 2-core CPU with the eager GNN; MU=200 events
     # take seconds each there (see bench/RESULTS.md).
     s.add_argument("--events", type=int, default=10, help="events to simulate (default 10)")
@@ -453,7 +432,83 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness"
     )
-    s.set_defaults(func=_demo)
+
+
+@_command(
+    "demo",
+    _demo_arguments,
+    help="the `make demo` job",
+    description="Simulate a small run, start the daemon with the embedded default "
+    "configuration (on ports it chooses), replay the run through it, print the report, stop "
+    "the daemon with SIGTERM.",
+)
+def _demo(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+    import tempfile
+
+    from streamtrk.client import wait_listening, wait_ready
+
+    with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
+        run, log_path = str(Path(tmp) / "demo.stk"), Path(tmp) / "daemon.log"
+        print(f"simulating {args.events} events at mu={args.mu:g} -> {run}", flush=True)
+        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "1"]
+        if rc := main([*sim, "-o", run]):
+            return rc
+        any_port = "tcp://127.0.0.1:*"
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port]
+        cmd += ["--output", any_port, "--http", "127.0.0.1:0", "--log-format", "json"]
+        print(f"starting the daemon: {' '.join(cmd[1:])}", flush=True)
+        with log_path.open("wb") as log:
+            daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            bound = wait_listening(log_path, args.ready_timeout, daemon)
+            if bound is None or not wait_ready(bound["http"], args.ready_timeout, daemon):
+                print("streamtrk demo: error: the daemon did not become ready", file=sys.stderr)
+                print(log_path.read_text(), file=sys.stderr)
+                return 1
+            _print_daemon_log(log_path, "streamtrk serve ready")
+            print(f"replaying {run} (metrics: http://{bound['http']}/metrics)", flush=True)
+            rc = main(["replay", run, "--to", bound["input"], "--from", bound["output"]])
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                code = daemon.wait()
+        _print_daemon_log(
+            log_path, "drained, exiting", "drain incomplete: replies could not be sent"
+        )
+        print(f"daemon stopped with SIGTERM, exit code {code}")
+        return rc or code
+
+
+def _print_daemon_log(path: Path, *messages: str) -> None:
+    """Print the daemon's JSON log records with these messages as ``daemon: message k=v``."""
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("message") in messages:
+            skip = ("time", "level", "logger", "message")
+            fields = " ".join(f"{k}={v}" for k, v in record.items() if k not in skip)
+            print(f"daemon: {record['message']} {fields}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streamtrk",
+        description="Streaming particle-track reconstruction: simulate, train, evaluate, serve, "
+        "replay. Run `streamtrk COMMAND --help` for a command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, arguments, handler, parser in _COMMANDS:
+        s = sub.add_parser(name, **parser)
+        arguments(s)
+        s.set_defaults(func=handler)
     return p
 
 

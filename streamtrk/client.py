@@ -7,10 +7,12 @@ high-water marks and linger, and are context managers.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -128,3 +130,25 @@ def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | Non
             pass
         time.sleep(0.2)
     return False
+
+
+def wait_listening(
+    log_path: Path, timeout_s: float, process: subprocess.Popen[Any] | None = None
+) -> dict[str, str] | None:
+    """The addresses a daemon listens on, read from its JSON log in ``log_path`` (the
+    ``listening`` record: ``input``, ``output``, ``http``, with the ports it was given as
+    ``*`` or 0 resolved), or None when ``timeout_s`` passes or ``process`` exits first."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if log_path.exists():
+            for line in log_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("message") == "listening":
+                    return {k: str(record[k]) for k in ("input", "output", "http")}
+        if process is not None and process.poll() is not None:
+            return None
+        time.sleep(0.05)
+    return None

@@ -89,9 +89,32 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert "streamtrk import-trackml: error" in err and "streamtrk inspect: error" in err
 
 
-def test_console_entry_point_runs():
+COMMANDS = (
+    "simulate", "import-trackml", "inspect", "export-trackml", "evaluate", "export", "serve",
+    "replay", "record", "train", "demo",
+)  # fmt: skip
+
+
+def test_help_lists_every_command_with_its_summary():
     out = subprocess.run(
         [sys.executable, "-m", "streamtrk", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for cmd in ("simulate", "import-trackml", "inspect"):
-        assert cmd in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ")]
+    assert [c for c in listed if c in COMMANDS] == list(COMMANDS), out
+    words = " ".join(out.split())  # help text is wrapped to the terminal's width
+    assert "serve run the daemon: hits in, tracks out, metrics and health over HTTP" in words
+    assert "demo the `make demo` job" in words
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_documents_its_options(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: streamtrk {command}")
+    assert "-h, --help" in out
+    expected = {"simulate": "--mu", "evaluate": "--report", "serve": "--max-batch-events",
+                "replay": "--rate", "train": "--config", "demo": "--ready-timeout"}  # fmt: skip
+    if command in expected:
+        assert expected[command] in out

@@ -91,6 +91,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self._reloading = threading.Lock()
         self.worker_overran = False  # the drain left a batch running inside the model
+        self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
 
     # ------------------------------------------------------------------ signals
 
@@ -146,6 +147,13 @@ class Daemon:
             except (OSError, ValueError) as e:
                 log.error("start-up failed: %s", e)
                 return 1
+            host, port = http.address
+            self.endpoints = {
+                "input": pull.getsockopt_string(zmq.LAST_ENDPOINT),
+                "output": push.getsockopt_string(zmq.LAST_ENDPOINT),
+                "http": f"{host}:{port}",
+            }
+            log.info("listening", extra=_fields(**self.endpoints))
             http.start()
             return self._serve(pull, push, dead)
 
@@ -286,9 +294,9 @@ class Daemon:
                 model_hash=model.digest,
                 threshold=model.threshold,
                 warmup_s=round(model.warmup_s, 3),
-                input=f"{cfg.input} (PULL, {mode})",
-                output=f"{cfg.output} (PUSH, {mode})",
-                http=f"http://{cfg.http}",
+                input=f"{self.endpoints['input']} (PULL, {mode})",
+                output=f"{self.endpoints['output']} (PUSH, {mode})",
+                http=f"http://{self.endpoints['http']}",
                 max_batch_events=cfg.max_batch_events,
                 max_batch_hits=cfg.max_batch_hits,
                 max_queue_delay_ms=cfg.max_queue_delay_ms,

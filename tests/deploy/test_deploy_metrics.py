@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -88,12 +87,6 @@ def test_names_are_documented() -> None:
 # ---------------------------------------------------------------- live daemon
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
@@ -109,19 +102,22 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
     its deadline and one unidentifiable message, then check every metric the rules, the
     dashboard and the autoscaler name against ``/metrics``; also run the image's health
     probe against it and stop it with SIGTERM."""
-    from streamtrk.client import Consumer, Producer, wait_ready
+    from streamtrk.client import Consumer, Producer, wait_listening, wait_ready
     from streamtrk.detector import load_detector
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
-    inp, out = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
-    http = f"127.0.0.1:{_free_port()}"
-    cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", inp, "--output", out]
-    cmd += ["--http", http, "--dead-letter", str(tmp_path / "dead.stk"), "--log-format", "json"]
+    any_port = "tcp://127.0.0.1:*"
+    cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port, "--output", any_port]
+    cmd += ["--http", "127.0.0.1:0", "--dead-letter", str(tmp_path / "dead.stk")]
+    cmd += ["--log-format", "json"]
     log_path = tmp_path / "daemon.log"
     with log_path.open("wb") as log:
         daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
+        bound = wait_listening(log_path, READY_TIMEOUT_S, daemon)
+        assert bound is not None, log_path.read_text()
+        inp, out, http = bound["input"], bound["output"], bound["http"]
         assert wait_ready(http, READY_TIMEOUT_S, daemon), log_path.read_text()
         events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 11, 2))
         with Consumer(out) as consumer, Producer(inp) as producer:

@@ -1,5 +1,5 @@
-"""Helpers of the service tests: a live ``streamtrk serve`` subprocess on free loopback
-ports, metric samples, track partitions."""
+"""Helpers of the service tests: a live ``streamtrk serve`` subprocess on loopback ports it
+chooses itself (bound to port 0, read back from its log), metric samples, track partitions."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrk.client import wait_ready
+from streamtrk.client import wait_listening, wait_ready
 
 # Acceptance runs use MU=2 pileup (about 900 hits per event) so that 200 events are
 # reconstructed twice (daemon and offline) in well under a minute on two shared CPU cores.
@@ -28,6 +28,8 @@ READY_TIMEOUT_S = 180
 
 
 def free_port() -> int:
+    """A port free just now, for programs that cannot bind port 0 and report the port they
+    got (Prometheus); another process can take it before it is used."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -42,20 +44,25 @@ def clean_env(keep: tuple[str, ...] = ("STREAMTRK_MODEL",)) -> dict[str, str]:
 class Daemon:
     """``python -m streamtrk serve`` with JSON logs in ``log_path``; stop with :meth:`stop`."""
 
+    started = 0  # daemons started by this process (log file names)
+
     def __init__(
         self, tmp: Path, *args: str, env: dict[str, str] | None = None, keep_model: bool = True
     ) -> None:
-        self.input = f"tcp://127.0.0.1:{free_port()}"
-        self.output = f"tcp://127.0.0.1:{free_port()}"
-        self.http = f"127.0.0.1:{free_port()}"
-        self.log_path = tmp / f"daemon-{self.http.rsplit(':', 1)[1]}.log"
-        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", self.input]
-        cmd += ["--output", self.output, "--http", self.http, "--log-format", "json", *args]
+        Daemon.started += 1
+        self.log_path = tmp / f"daemon-{Daemon.started}.log"
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*"]
+        cmd += ["--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--log-format", "json"]
         base = clean_env() if keep_model else clean_env(keep=())
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**base, **(env or {})}
+            [*cmd, *args], stdout=self._log, stderr=subprocess.STDOUT, env={**base, **(env or {})}
         )
+        bound = wait_listening(self.log_path, READY_TIMEOUT_S, self.process)
+        if bound is None:
+            self.stop()
+            pytest.fail(f"daemon not listening; log:\n{self.log_path.read_text()}")
+        self.input, self.output, self.http = bound["input"], bound["output"], bound["http"]
         if not wait_ready(self.http, READY_TIMEOUT_S, self.process):
             self.stop()
             pytest.fail(f"daemon not ready; log:\n{self.log_path.read_text()}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from live_daemon import clean_env, free_port
+from live_daemon import clean_env
 
 from streamtrk.service.config import ConfigError, ServeConfig, load_config
 
@@ -118,10 +118,9 @@ def test_invalid_configuration_exits_2_before_serving() -> None:
 def test_tensorrt_without_a_gpu_or_torch_tensorrt_refuses_to_start() -> None:
     if torch_tensorrt_importable() and torch.cuda.is_available():
         pytest.skip("this machine could run engine=tensorrt")
-    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
     out = _serve(
-        "--engine", "tensorrt", "--input", endpoints[0], "--output", endpoints[1],
-        "--http", f"127.0.0.1:{free_port()}",
+        "--engine", "tensorrt", "--input", "tcp://127.0.0.1:*", "--output",
+        "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
     )  # fmt: skip
     assert out.returncode == 1
     why = ("needs device=cuda", "torch_tensorrt cannot be imported")

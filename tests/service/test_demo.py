@@ -19,8 +19,12 @@ def test_demo_simulates_serves_replays_and_stops_cleanly() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     table = dict(line.split(None, 1) for line in out.stdout.splitlines() if "  " in line)
-    assert table["sent"].strip() == table["received"].strip() == "3"
-    assert table["missing"].strip() == "0"
-    assert "tracking_efficiency" in table and "latency_p99_ms" in table
-    assert "daemon stopped with SIGTERM, exit code 0" in out.stdout
-    assert "streamtrk serve ready" in out.stderr
+    assert table["sent"].strip() == table["received"].strip() == table["ok"].strip() == "3"
+    assert table["missing"].strip() == "0" and table["errors"].strip() == "none"
+    assert float(table["tracking_efficiency"]) >= 0.9 and float(table["fake_rate"]) <= 0.05
+    assert float(table["latency_p99_ms"]) > 0
+    lines = out.stdout.splitlines()
+    [ready] = [line for line in lines if line.startswith("daemon: streamtrk serve ready")]
+    assert "device=cpu" in ready and "engine=eager" in ready and "threshold=" in ready
+    assert "daemon: drained, exiting received=3 replies_ok=3 replies_error=0" in out.stdout
+    assert "daemon stopped with SIGTERM, exit code 0" in lines

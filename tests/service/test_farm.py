@@ -6,7 +6,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from live_daemon import free_port, sample
+from live_daemon import sample
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.io.recording import iter_events
@@ -16,11 +16,12 @@ N_EVENTS = 60
 
 
 def test_two_daemons_in_connect_mode(daemon_factory, sim_run: Path) -> None:
-    dist, coll = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    any_port = "tcp://127.0.0.1:*"
     with (
-        Producer(dist, bind=True, sndhwm=2, linger_ms=0) as distributor,
-        Consumer(coll, bind=True, linger_ms=0) as collector,
+        Producer(any_port, bind=True, sndhwm=2, linger_ms=0) as distributor,
+        Consumer(any_port, bind=True, linger_ms=0) as collector,
     ):
+        dist, coll = distributor.endpoint, collector.endpoint
         farm = [daemon_factory("--connect", "--input", dist, "--output", coll) for _ in range(2)]
         for ev in islice(iter_events(sim_run), N_EVENTS):
             assert distributor.send_event(ev, timeout_ms=60_000)

@@ -7,22 +7,21 @@ import sys
 from itertools import islice
 from pathlib import Path
 
-from live_daemon import free_port
-
 from streamtrk.client import Producer
 from streamtrk.io.recording import iter_records
 
 
 def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "tap.stk"
-    tap = subprocess.Popen(
-        [sys.executable, "-m", "streamtrk", "record", "--from", endpoint, "--bind", "-o",
-         str(out), "--events", "3", "--duration", "120"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     records = [frames for _, frames in islice(iter_records(sim_run), 6)]  # hits, truth x 3
-    with Producer(endpoint, linger_ms=5000) as producer:
+    # The producer binds (a port of its choice) and the tap connects: a bound PUSH socket
+    # holds messages until its peer is there, so nothing is sent before the tap listens.
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=5000) as producer:
+        tap = subprocess.Popen(
+            [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
+             str(out), "--events", "3", "--duration", "120"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
         assert producer.send_frames([b"not a message"], timeout_ms=60_000)
         for frames in records:
             assert producer.send_frames(frames, timeout_ms=60_000)
