@@ -256,6 +256,7 @@ class Daemon:
         if not self._reloading.acquire(blocking=False):
             log.warning("reload already in progress; SIGHUP ignored")
             return
+        log.info("reloading")
         try:
             old = self.config
             new = self.reload_config()

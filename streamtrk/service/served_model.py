@@ -12,6 +12,7 @@ import numpy as np
 from streamtrk.event import Event
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service import faults
 from streamtrk.service.config import ServeConfig
 
 WARMUP_MU = 5.0
@@ -80,6 +81,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     device = resolve_device(cfg.device)
     path = (cfg.model or default_model_path()).resolve()
     t0 = time.perf_counter()
+    faults.delay("load")
     rec = load_reconstructor(
         path,
         device=device,

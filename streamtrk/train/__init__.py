@@ -104,7 +104,7 @@ def train(
     t_fit = time.perf_counter() - t_start - t_data
     out.mkdir(parents=True, exist_ok=True)
     plot_history(history, out / "training.png")
-    scan = scan_thresholds(model, val_events, cfg)
+    scan = scan_thresholds(GNNScorer(model), val_events, cfg.graph, cfg.thresholds)
     best = min(history, key=lambda h: h["val_loss"])
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None:

@@ -10,10 +10,8 @@ from typing import Any
 import numpy as np
 
 from streamtrk.event import Event
-from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
-from streamtrk.recon.graph import Graph
+from streamtrk.recon.graph import Graph, GraphConfig
 from streamtrk.recon.reconstructor import EdgeScorer, Reconstructor
-from streamtrk.train.config import TrainConfig
 
 
 class CachedScorer:
@@ -31,17 +29,21 @@ class CachedScorer:
 
 
 def scan_thresholds(
-    model: InteractionNetwork, events: Sequence[Event], cfg: TrainConfig
+    scorer: EdgeScorer,
+    events: Sequence[Event],
+    graph: GraphConfig,
+    thresholds: Sequence[float],
 ) -> dict[str, Any]:
-    """Reconstruction metrics at each candidate threshold, and the best one."""
+    """Reconstruction metrics of ``events`` at each candidate threshold (edges scored once),
+    the objective, and the chosen threshold: the first with the highest objective."""
     from streamtrk.eval.evaluate import evaluate
 
-    scorer = CachedScorer(GNNScorer(model))
+    scorer = CachedScorer(scorer)
     keys = ("tracking_efficiency", "fake_rate", "duplicate_rate")
-    scan: dict[str, Any] = {"thresholds": [float(t) for t in cfg.thresholds]}
+    scan: dict[str, Any] = {"thresholds": [float(t) for t in thresholds]}
     scan |= {k: [] for k in (*keys, "objective")}
-    for t in cfg.thresholds:
-        rec = Reconstructor(scorer, graph_config=cfg.graph, threshold=t)
+    for t in thresholds:
+        rec = Reconstructor(scorer, graph_config=graph, threshold=t)
         report = evaluate(rec, events).report()
         for k in keys:
             scan[k].append(float(report[k]))

@@ -20,8 +20,10 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     """Start daemons with extra ``serve`` arguments; all are stopped at teardown."""
     started: list[Daemon] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, keep_model: bool = True) -> Daemon:
-        started.append(Daemon(tmp_path, *args, env=env, keep_model=keep_model))
+    def start(
+        *args: str, env: dict[str, str] | None = None, keep_model: bool = True, wait: bool = True
+    ) -> Daemon:
+        started.append(Daemon(tmp_path, *args, env=env, keep_model=keep_model, wait=wait))
         return started[-1]
 
     yield start

@@ -47,8 +47,14 @@ class Daemon:
     started = 0  # daemons started by this process (log file names)
 
     def __init__(
-        self, tmp: Path, *args: str, env: dict[str, str] | None = None, keep_model: bool = True
+        self,
+        tmp: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        keep_model: bool = True,
+        wait: bool = True,
     ) -> None:
+        """Start the daemon; return once it listens and, with ``wait``, once it is ready."""
         Daemon.started += 1
         self.log_path = tmp / f"daemon-{Daemon.started}.log"
         cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*"]
@@ -63,7 +69,7 @@ class Daemon:
             self.stop()
             pytest.fail(f"daemon not listening; log:\n{self.log_path.read_text()}")
         self.input, self.output, self.http = bound["input"], bound["output"], bound["http"]
-        if not wait_ready(self.http, READY_TIMEOUT_S, self.process):
+        if wait and not wait_ready(self.http, READY_TIMEOUT_S, self.process):
             self.stop()
             pytest.fail(f"daemon not ready; log:\n{self.log_path.read_text()}")
 

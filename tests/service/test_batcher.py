@@ -47,16 +47,21 @@ def test_hit_limit_closes_a_batch_and_the_next_event_opens_the_next() -> None:
 
 
 def test_queue_delay_waits_for_late_events_then_closes() -> None:
-    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=1500))
-    b.put(job(5, 0))
-    late = threading.Timer(0.2, lambda: b.put(job(5, 1)))
-    late.start()
-    t0 = time.perf_counter()
-    batch = b.next_batch(1)
-    waited = time.perf_counter() - t0
-    late.join()
-    assert events(batch) == [0, 1]
-    assert waited >= 1.0  # the batch stayed open for the whole delay, not just until event 1
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=3000))
+    first = job(5, 0)
+    b.put(first)
+    out: list = []
+    taker = threading.Thread(target=lambda: out.append(b.next_batch(1)))
+    taker.start()
+    t_end = time.monotonic() + 60
+    while b.depth():  # the batcher has taken event 0 and waits for more
+        assert time.monotonic() < t_end
+        time.sleep(0.001)
+    b.put(job(5, 1))  # late, but within the delay
+    taker.join()
+    waited = time.perf_counter() - first.t_queued
+    assert events(out[0]) == [0, 1]
+    assert waited >= 3.0  # the batch stayed open for the whole delay, not just until event 1
 
 
 def test_flush_closes_a_batch_without_waiting_for_the_delay() -> None:

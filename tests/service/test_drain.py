@@ -66,7 +66,9 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
         code = d.stop(signal.SIGTERM)
         stopped_s = time.monotonic() - t0
         replies = [consumer.recv(timeout_ms=10_000) for _ in events]
-    assert code == 0 and stopped_s < 2 + 3  # drain_timeout_s, plus process exit on a busy CPU
+    # The drain itself (the daemon's own clock) ends within drain_timeout_s and the emitter's
+    # last 0.5 s; the process exit around it only needs to be prompt, not timed to the second.
+    assert code == 0 and stopped_s < 30
     assert all(r is not None for r in replies)
     got = sorted((r.event, r.to_reply().reason) for r in replies if r is not None)
     assert got == [(ev.event, "shutdown") for ev in events]
@@ -74,3 +76,4 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
     assert any("overran the drain" in line["message"] for line in logs)
     drained = next(line for line in logs if line["message"].startswith("drained"))
     assert drained["shutdown"] == drained["received"] == len(events) and drained["dropped"] == 0
+    assert drained["seconds"] <= 2 + 0.5 + 0.25

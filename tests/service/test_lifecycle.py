@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 from live_daemon import sample
 
-from streamtrk.client import Producer
+from streamtrk.client import Consumer, Producer
+from streamtrk.detector import load_detector
 from streamtrk.io.recording import iter_events
 from streamtrk.recon.model import default_model_path
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
+
+
+SLOW_LOAD = {"STREAMTRK_TEST_FAULTS": "load_delay_s=5"}  # every model load takes 5 s more
 
 
 def wait_for(condition, timeout: float = 180) -> None:
@@ -72,3 +78,33 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert d.stop(signal.SIGINT) == 1
     last = d.logs()[-1]
     assert last["message"].startswith("drain incomplete") and last["dropped"] == 1
+
+
+def test_readyz_is_503_while_loading_and_while_draining(daemon_factory) -> None:
+    # Returned once the daemon listens, before the model is loaded (made to take 5 s).
+    d = daemon_factory("--drain-timeout-s", "120", wait=False, env=SLOW_LOAD)
+    assert d.get("/readyz") == (503, "loading\n")
+    assert d.get("/healthz") == (200, "ok\n")
+    wait_for(lambda: d.get("/readyz")[0] == 200)
+    event = simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=100)), 3, 1)
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(next(event), timeout_ms=30_000)
+        wait_for(lambda: sample(d.metrics(), "streamtrk_batch_events_count") == 1)
+        d.process.send_signal(signal.SIGTERM)  # the batch takes seconds: the drain waits
+        wait_for(lambda: d.get("/readyz") == (503, "draining\n"), timeout=30)
+        reply = consumer.recv(timeout_ms=120_000)
+    assert reply is not None and reply.to_reply().ok
+    assert d.stop() == 0
+
+
+def test_a_second_sighup_during_a_reload_is_ignored(daemon_factory) -> None:
+    d = daemon_factory(env=SLOW_LOAD)
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
+    d.process.send_signal(signal.SIGHUP)  # the reload loads the model again: 5 s
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
+    messages = [line["message"] for line in d.logs()]
+    assert "reload already in progress; SIGHUP ignored" in messages
+    assert messages.count("reloading") == 1 and messages.count("reloaded") == 1
+    assert d.get("/readyz") == (200, "ready\n")
+    assert sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 0

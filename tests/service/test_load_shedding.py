@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from itertools import islice
 
 import pytest
+from live_daemon import sample
 
 from streamtrk.client import Consumer, Producer
+from streamtrk.detector import load_detector
+from streamtrk.event import Event
 from streamtrk.io.recording import iter_events
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
+
+
+BUSY_RUN = 99
+
+
+def busy_event() -> Event:
+    """A MU=100 event (run 99): it keeps the worker busy for about a second or more."""
+    [ev] = simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=100)), 4, 1, run=99)
+    return ev
+
+
+def wait_for_batches(d, n: int, timeout: float = 120) -> None:
+    """Until the daemon has started ``n`` batches."""
+    t_end = time.monotonic() + timeout
+    while sample(d.metrics(), "streamtrk_batch_events_count") < n:
+        assert time.monotonic() < t_end, "the batch never started"
+        time.sleep(0.05)
 
 
 def test_deadlines_and_overload(daemon_factory, sim_run) -> None:
@@ -38,12 +61,18 @@ def test_deadlines_and_overload(daemon_factory, sim_run) -> None:
         r = ask(events[2], deadline_ms=0.001)
         assert r.reason == "deadline"
 
-        # A burst into a queue of one: what does not fit is answered 'overloaded'.
+        # A burst into a queue of one while the worker is busy with a large event: one burst
+        # event waits in the queue, what does not fit is answered 'overloaded'.
+        assert producer.send_event(busy_event(), deadline_ms=60_000, timeout_ms=30_000)
+        wait_for_batches(d, 2)
         for ev in events:
             assert producer.send_event(ev, deadline_ms=60_000, timeout_ms=30_000)
         replies = []
-        while len(replies) < len(events) and (msg := consumer.recv(timeout_ms=60_000)):
+        while len(replies) < len(events) + 1 and (msg := consumer.recv(timeout_ms=60_000)):
             replies.append(msg.to_reply())
+    busy = [r for r in replies if r.run == BUSY_RUN]
+    assert len(busy) == 1 and busy[0].ok
+    replies = [r for r in replies if r.run != BUSY_RUN]
     assert sorted(r.event for r in replies) == [ev.event for ev in events]  # one reply each
     outcome = Counter(r.reason or "ok" for r in replies)
     assert set(outcome) == {"ok", "overloaded"}, outcome
@@ -53,3 +82,32 @@ def test_deadlines_and_overload(daemon_factory, sim_run) -> None:
     )
     assert rejected == {"deadline": 2, "overloaded": outcome["overloaded"]}
     assert d.get("/readyz")[0] == 200
+
+
+def test_block_pushes_back_on_the_sender(daemon_factory) -> None:
+    # overload = block: a full queue stops the daemon reading, the sockets' high-water marks
+    # and buffers fill, and the sender cannot send; nothing is rejected, all is answered.
+    d = daemon_factory(
+        "--overload", "block", "--queue-capacity", "1", "--max-batch-events", "1",
+        "--rcvhwm", "1",
+    )  # fmt: skip
+    # MU=100 events: about 1.7 MB each, and seconds of reconstruction on this CPU.
+    events = simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=100)), 6, 40)
+    with (
+        Consumer(d.output, linger_ms=0) as consumer,
+        Producer(d.input, sndhwm=1, linger_ms=0) as producer,
+    ):
+        assert producer.send_event(busy_event(), timeout_ms=30_000)
+        wait_for_batches(d, 1)
+        sent = 0
+        for ev in events:
+            if not producer.send_event(ev, timeout_ms=300):
+                break  # pushed back
+            sent += 1
+        assert sent < 40, "the daemon took 40 large events at once"
+        replies = []
+        while len(replies) < sent + 1 and (msg := consumer.recv(timeout_ms=60_000)):
+            replies.append(msg.to_reply())
+    assert len(replies) == sent + 1 and all(r.ok for r in replies)
+    m = d.settled()
+    assert not [k for k, v in m.items() if k[0] == "streamtrk_events_rejected_total" and v]
