@@ -5,8 +5,11 @@ probe are checked here; the image itself is not built (docs/deployment.md)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import threading
@@ -28,6 +31,7 @@ from deploy_helpers import (
 )
 
 from streamtrk.cli import main
+from streamtrk.recon.model import CARD, DEFAULT_MODEL_NAME, WEIGHTS
 
 
 def _instructions(word: str) -> list[str]:
@@ -110,16 +114,15 @@ def test_dockerignore_lets_exactly_the_copied_paths_through() -> None:
         )
 
 
-def test_the_shipped_model_is_copied_and_selected() -> None:
-    from streamtrk.recon.model import CARD, DEFAULT_MODEL_NAME, WEIGHTS
-
+def test_the_shipped_model_is_copied_beside_the_package() -> None:
+    # The package data link streamtrk/data/models/NAME -> ../../../models/NAME must resolve
+    # in /src when pip installs; the image then serves the package's own model.
     name = dockerfile_args()["MODEL_NAME"]
     assert name == DEFAULT_MODEL_NAME
     model_dir = REPO / "models" / name
     assert (model_dir / CARD).is_file() and (model_dir / WEIGHTS).is_file()
-    assert dockerfile_env()["STREAMTRK_MODEL"].rstrip("/") == _dest_of(f"models/{name}/").rstrip(
-        "/"
-    )
+    assert _dest_of(f"models/{name}/") == f"models/{name}/"
+    assert "STREAMTRK_MODEL" not in dockerfile_env()
 
 
 def test_entrypoint_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,75 +135,79 @@ def test_entrypoint_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_image_configuration_is_valid(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``streamtrk serve --config /etc/streamtrk/streamtrk.toml`` with the image's ENV (the
-    model path mapped back into the repository) prints its configuration."""
-    model_dest = dockerfile_env()["STREAMTRK_MODEL"]
+    """``streamtrk serve --config /etc/streamtrk/streamtrk.toml`` with the image's ENV
+    prints its configuration: the package's model (``model`` unset)."""
     for key, value in dockerfile_env().items():
         if key.startswith("STREAMTRK_"):
             monkeypatch.setenv(key, value)
-    local_model = REPO / "models" / Path(model_dest).name
-    monkeypatch.setenv("STREAMTRK_MODEL", str(local_model))
+    monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
     assert main(["serve", "--config", str(DEPLOY / "streamtrk.toml"), "--print-config"]) == 0
     out = capsys.readouterr().out
     assert 'http = "0.0.0.0:9100"' in out
     assert 'input = "tcp://0.0.0.0:5555"' in out
     assert 'output = "tcp://0.0.0.0:5556"' in out
-    assert f'model = "{local_model}"' in out
+    assert "# model = (unset)" in out
 
 
 @pytest.mark.slow
 def test_package_builds_and_runs_from_the_copied_paths(tmp_path: Path) -> None:
     """The Dockerfile's ``pip install .`` without an engine: build a wheel from exactly
-    the paths it copies into /src, install it (no editable install, no repository on the
-    path) and check that the package, its data files and the entry point work."""
+    the paths it copies into /src, install it into a fresh virtual environment outside the
+    checkout and run ``streamtrk evaluate`` from another directory: the package finds its
+    shipped model and detector as data files."""
     src = tmp_path / "src"
     src.mkdir()
     for source, dest in _copies():
-        if not dest.startswith(("./", "streamtrk/")):
+        if not dest.startswith(("./", "streamtrk/", "models/")):
             continue  # copied outside /src, after the install
         target = src / (Path(source).name if dest == "./" else dest)
         if (REPO / source).is_dir():
-            shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            # Links stay links, as COPY leaves them: the model must be copied on its own.
+            shutil.copytree(
+                REPO / source,
+                target,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__", "checkpoints"),
+            )
         else:
             shutil.copy2(REPO / source, target)
+
+    def run(*cmd: str | Path, cwd: Path = tmp_path) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMTRK_", "PYTHON"))}
+        out = subprocess.run(
+            [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    dist, site = tmp_path / "dist", tmp_path / "site"
-    build = subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", dist, src],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
+    dist = tmp_path / "dist"
+    run(*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", dist, src)
     (wheel,) = dist.glob("streamtrk-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "streamtrk = streamtrk.cli:main" in z.read(entry_points).decode()
+    model = f"streamtrk/data/models/{DEFAULT_MODEL_NAME}"
     assert {"streamtrk/data/trackml_detector.toml", "streamtrk/service/serve.py"} <= names
-    install = subprocess.run(
-        [*pip, "install", "--no-deps", "--no-index", "--target", site, wheel],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stderr
-    check = (
-        "import streamtrk, streamtrk.service.serve\n"
-        "from streamtrk.detector import load_detector\n"
-        "load_detector()\n"
-        "print(streamtrk.__file__)\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
-    assert Path(run.stdout.strip()).is_relative_to(site)
+    assert {f"{model}/{CARD}", f"{model}/{WEIGHTS}"} <= names
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    run(*pip, "--python", python, "install", "--no-deps", "--no-index", wheel)
+    # The dependencies (torch and the rest) come from this environment's site-packages, added
+    # as a plain path: its .pth files, the checkout's editable install among them, do not run.
+    [venv_site] = (venv / "lib").glob("python3*/site-packages")
+    (venv_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = run(python, "-c", "import streamtrk; print(streamtrk.__file__)", cwd=work)
+    assert Path(where.strip()).is_relative_to(venv_site)
+    streamtrk = venv / "bin" / "streamtrk"
+    run(streamtrk, "simulate", "--events", "1", "--mu", "5", "-q", "-o", "ev.stk", cwd=work)
+    report = json.loads(run(streamtrk, "evaluate", "ev.stk", "-q", cwd=work))
+    assert report["scorer"] == "shipped model" and report["events"] == 1
+    assert report["tracking_efficiency"] >= 0.9
 
 
 # ---------------------------------------------------------------- the health probe

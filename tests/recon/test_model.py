@@ -13,11 +13,13 @@ from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import (
     CARD,
+    DEFAULT_MODEL_NAME,
     WEIGHTS,
     default_model_path,
     load_model,
     read_card,
     save_model,
+    shipped_model_path,
 )
 
 ARCH = GNNConfig(hidden=8, edge_hidden=4, steps=2)
@@ -127,3 +129,10 @@ def test_shipped_model_on_the_real_barrel_event(
     report = evaluate(load_reconstructor(), events).report()
     assert report["tracking_efficiency"] >= 0.90
     assert report["fake_rate"] <= 0.10
+
+
+def test_packaged_model_is_the_repository_model() -> None:
+    # One copy: the package data links to models/, where models are trained and versioned.
+    repo = Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
+    for name in (CARD, WEIGHTS):
+        assert (shipped_model_path() / name).read_bytes() == (repo / name).read_bytes()
