@@ -28,7 +28,6 @@ from deploy_helpers import (
 )
 
 from streamtrk.cli import build_parser
-from streamtrk.recon.model import DEFAULT_MODEL_NAME
 from streamtrk.service.config import ServeConfig, load_config
 
 COMPOSE = DEPLOY / "compose.yaml"
@@ -326,7 +325,7 @@ def test_systemd_unit() -> None:
     assert service["StateDirectory"] == "streamtrk"
     assert "/var/lib/streamtrk" in {p.lstrip("-") for p in service["ReadWritePaths"].split()}
     assert str(cfg.dead_letter).startswith("/var/lib/streamtrk/")
-    assert cfg.model is not None and cfg.model.name == DEFAULT_MODEL_NAME
+    assert cfg.model is None  # the package's shipped model
     assert _unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
