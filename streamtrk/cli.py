@@ -258,7 +258,13 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import os
 
-    from streamtrk.service.config import ConfigError, ServeConfig, flags_from_args, load_config
+    from streamtrk.service.config import (
+        ConfigError,
+        ServeConfig,
+        flags_from_args,
+        load_config,
+        unknown_variables,
+    )
 
     flags = flags_from_args(args)
 
@@ -271,6 +277,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"streamtrk serve: invalid configuration: {e}", file=sys.stderr)
         return 2
     if args.print_config:
+        for warning in unknown_variables(os.environ):
+            print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
         print(cfg.to_toml(), end="")
         return 0
     from streamtrk.service.serve import serve

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from streamtrk.event import Event
 from streamtrk.recon.buckets import Buckets, pad_graph
-from streamtrk.recon.choices import ENGINES, PRECISIONS
+from streamtrk.recon.choices import ENGINE_CACHE_ENV, ENGINES, PRECISIONS
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork, edge_scores
 from streamtrk.recon.graph import Graph
 
@@ -45,7 +45,6 @@ DTYPES: dict[str, torch.dtype | None] = {
 }
 assert tuple(DTYPES) == PRECISIONS
 FALLBACK = {"tensorrt": "compile", "compile": "eager"}
-ENGINE_CACHE_ENV = "STREAMTRK_ENGINE_CACHE"
 
 Run = Callable[[Tensor, Tensor, Tensor], Tensor]
 

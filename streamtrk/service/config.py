@@ -9,6 +9,7 @@ environment, ``--max-batch-events`` on the command line.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import tomllib
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk import tomlio
-from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
+from streamtrk.service import faults
 
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -200,37 +202,41 @@ def _check(name: str, value: Any) -> None:
 # --------------------------------------------------------------------------- parsing
 
 
-def _converter(f: Any) -> Callable[[Any], Any]:
-    """Converts a TOML value or an environment string to the field's type."""
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number"}
+
+
+def _converter(f: Any) -> Callable[[Any, bool], Any]:
+    """Converts a setting's value to the field's type: a TOML value must already have it
+    (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed."""
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     optional = "None" in kind
     base = kind.replace(" | None", "")
+    want = _TYPE_NAMES.get(base, "a string")
 
-    def convert(v: Any) -> Any:
-        if optional and (v is None or v == ""):
+    def convert(v: Any, typed: bool) -> Any:
+        if optional and (v is None or (not typed and v == "")):
             return None
-        if base == "bool":
-            if isinstance(v, bool):
-                return v
+        if typed:
+            ok = {
+                "bool": isinstance(v, bool),
+                "int": isinstance(v, int) and not isinstance(v, bool),
+                "float": isinstance(v, int | float) and not isinstance(v, bool),
+            }.get(base, isinstance(v, str))
+            if not ok:
+                raise ValueError(f"must be {want}")
+        elif base == "bool":
             s = str(v).strip().lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("must be true or false")
-        if base == "int":
-            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-                raise ValueError("must be an integer")
-            return int(v)
-        if base == "float":
-            if isinstance(v, bool):
-                raise ValueError("must be a number")
-            return float(v)
-        if base == "Path":
-            return Path(str(v))
-        if not isinstance(v, str):
-            raise ValueError("must be a string")
-        return v
+            if s not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"must be {want}")
+            return s in ("1", "true", "yes", "on")
+        try:
+            if base == "int":
+                return int(str(v).strip())
+            if base == "float":
+                return float(v)
+        except ValueError:
+            raise ValueError(f"must be {want}") from None
+        return Path(v) if base == "Path" else v
 
     return convert
 
@@ -238,12 +244,16 @@ def _converter(f: Any) -> Callable[[Any], Any]:
 _FIELDS = {f.name: f for f in fields(ServeConfig)}
 
 
-def _convert(values: dict[str, tuple[Any, str]], key: str, raw: Any, source: str) -> None:
+def _convert(
+    values: dict[str, tuple[Any, str]], key: str, raw: Any, source: str, typed: bool = False
+) -> None:
     name = key.replace("-", "_")
     if name not in _FIELDS:
-        raise ConfigError(f"unknown setting {key!r} in {source}", key)
+        close = difflib.get_close_matches(name, _FIELDS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown setting {key!r} in {source}{hint}", key)
     try:
-        values[name] = (_converter(_FIELDS[name])(raw), source)
+        values[name] = (_converter(_FIELDS[name])(raw, typed), source)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name} {e}, got {raw!r} (from {source})", name) from None
 
@@ -264,7 +274,7 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         for key, raw in doc.items():
-            _convert(values, key, raw, f"config file {path}")
+            _convert(values, key, raw, f"config file {path}", typed=True)
     env = os.environ if env is None else env
     for name in _FIELDS:
         var = ENV_PREFIX + name.upper()
@@ -282,6 +292,22 @@ def load_config(
             for k, src in zip(e.settings, sources, strict=True)
         )
         raise ConfigError(f"{e} ({where})", *e.settings) from None
+
+
+#: ``STREAMTRK_*`` variables that are read elsewhere, not settings of the daemon.
+OTHER_VARIABLES = frozenset({ENGINE_CACHE_ENV, faults.ENV, "STREAMTRK_SHARED"})
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``STREAMTRK_*`` variable that names no setting (it would otherwise
+    be ignored without a word), with the settings' variables it is close to."""
+    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | OTHER_VARIABLES
+    out = []
+    for var in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
+        close = difflib.get_close_matches(var, sorted(known), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        out.append(f"environment variable {var} is not a setting and is ignored{hint}")
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ import zmq
 from streamtrk import __version__
 from streamtrk.service import logs
 from streamtrk.service.batcher import Batcher, BatchPolicy
-from streamtrk.service.config import RESTART_ONLY, ServeConfig
+from streamtrk.service.config import RESTART_ONLY, ServeConfig, unknown_variables
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.emit import Emitter
 from streamtrk.service.health import HealthServer, Readiness
@@ -106,6 +106,8 @@ class Daemon:
     def run(self) -> int:
         cfg = self.config
         logs.configure(cfg.log_format, cfg.log_level)
+        for warning in unknown_variables(os.environ):
+            log.warning(warning)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)

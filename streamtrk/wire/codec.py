@@ -270,7 +270,11 @@ def _unpack_header(view: memoryview, limits: Limits) -> Any:
         # Well-formed msgpack over the size limits, or with a non-string map key.
         if any(s in str(e) for s in ("exceeds max_", "not allowed for map key")):
             raise WireError("bad_header", f"header not acceptable: {e}") from e
-        raise WireError("not_msgpack", f"frame 0 is not one msgpack object ({e})") from e
+        why = {"ExtraData": "bytes follow the first object", "FormatError": "invalid format"}
+        detail = str(e) or why.get(type(e).__name__, type(e).__name__)
+        raise WireError(
+            "not_msgpack", f"frame 0 ({view.nbytes} bytes) is not one msgpack object: {detail}"
+        ) from e
 
 
 def _check_envelope(header: Any) -> str:
@@ -294,11 +298,12 @@ def _check_envelope(header: Any) -> str:
     missing = (COMMON_KEYS | required) - header.keys()
     unknown = header.keys() - COMMON_KEYS - required - optional
     if missing or unknown:
-        raise WireError(
-            "bad_header",
-            f"{kind} header lacks {sorted(missing)}, "
-            f"has unknown keys {_short(sorted(map(repr, unknown)))}",
-        )
+        parts = [f"lacks {', '.join(map(repr, sorted(missing)))}"] if missing else []
+        if unknown:
+            names = ", ".join(sorted(map(repr, unknown)))
+            names = names if len(names) <= 200 else names[:197] + "..."
+            parts.append(f"has unknown key{'s' if len(unknown) > 1 else ''} {names}")
+        raise WireError("bad_header", f"{kind} header {' and '.join(parts)}")
     for key in ("run", "event", "t_send_ns"):
         if not (_is_int(header[key]) and 0 <= header[key] < MAX_INT):
             raise WireError(
