@@ -66,7 +66,7 @@ def direct(recording: Path, batch: int, repeat: int = 1) -> float:
 def _direct_process(recording: Path, batch: int, repeat: int) -> None:
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.replay import load_recording
-    from streamtrk.service.served_model import resolve_device
+    from streamtrk.recon.device import resolve_device
 
     rec = load_reconstructor(device=resolve_device("auto"))
     events = [r.event for r in load_recording(recording)] * repeat

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,6 +126,9 @@ def _inspect(args: argparse.Namespace) -> int:
         width = max(len(k) for k in summary)
         for k, v in summary.items():
             print(f"{k:<{width}}  {v}")
+    if summary["error"]:
+        print(f"streamtrk inspect: error: {summary['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -177,21 +181,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
     from streamtrk.io.trackml import write_submission
+    from streamtrk.recon.device import cuda_unavailable
+    from streamtrk.recon.load import load_reconstructor
+    from streamtrk.recon.model import default_model_path
     from streamtrk.recon.reconstructor import Reconstructor
 
+    if args.device == "cuda" and (why := cuda_unavailable()):
+        print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
+        return 2
     if args.oracle:
-        rec = Reconstructor.oracle(device=args.device)
+        rec, scorer = Reconstructor.oracle(device=args.device), "oracle"
     else:
-        from streamtrk.recon.load import load_reconstructor
-
-        rec = load_reconstructor(
-            args.model,
-            device=args.device,
-            threshold=args.threshold,
-            engine=args.engine,
-            precision=args.precision,
-            warm_up=args.engine != "eager",
-        )
+        model = args.model or default_model_path()
+        try:
+            rec = load_reconstructor(
+                model,
+                device=args.device,
+                threshold=args.threshold,
+                engine=args.engine,
+                precision=args.precision,
+                warm_up=args.engine != "eager",
+            )
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}, or pass --oracle") from None
+        scorer = str(model)
     ev = evaluate(
         rec, read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
     )
@@ -200,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     report = ev.report()
     report["input"] = str(args.input)
-    report["scorer"] = "oracle" if args.oracle else str(args.model or "shipped model")
+    report["scorer"] = scorer
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -256,8 +269,8 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
     "drain and exit, SIGHUP reloads configuration and model.",
 )
 def _serve(args: argparse.Namespace) -> int:
-    import os
 
+    from streamtrk.recon.device import cuda_unavailable
     from streamtrk.service.config import (
         ConfigError,
         ServeConfig,
@@ -275,6 +288,9 @@ def _serve(args: argparse.Namespace) -> int:
         cfg = load()
     except ConfigError as e:
         print(f"streamtrk serve: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    if cfg.device == "cuda" and (why := cuda_unavailable()):
+        print(f"streamtrk serve: invalid configuration: device cuda: {why}", file=sys.stderr)
         return 2
     if args.print_config:
         for warning in unknown_variables(os.environ):
@@ -354,6 +370,19 @@ def _replay(args: argparse.Namespace) -> int:
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if report["sent"] and not report["received"]:
+        print(
+            f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
+            f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; is "
+            "a daemon listening there (and are --to and --from its input and output)?",
+            file=sys.stderr,
+        )
+    elif not report["sent"] and report["unsent"]:
+        print(
+            f"streamtrk replay: error: nothing could be sent to {args.to} within "
+            f"{args.timeout:g} s: is a daemon listening there?",
+            file=sys.stderr,
+        )
     return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
 
 
@@ -524,6 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of our output went away (``streamtrk replay ... | head``): stop quietly,
+        # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
     except (OSError, ValueError) as exc:
         print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
         return 1

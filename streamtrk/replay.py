@@ -41,7 +41,7 @@ class Recorded:
         return self.event.run, self.event.event
 
 
-def load_recording(path: Path, limit: int | None = None) -> list[Recorded]:
+def load_recording(path: str | Path, limit: int | None = None) -> list[Recorded]:
     """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
     directly following ``truth`` record of the same event; other records are skipped."""
     out: list[Recorded] = []
@@ -244,7 +244,7 @@ def physics(events: list[Recorded], replies: dict[Key, Message]) -> dict[str, An
     return totals.report()
 
 
-def plot_latency(latencies_s: list[float], path: Path, title: str = "replay") -> None:
+def plot_latency(latencies_s: list[float], path: str | Path, title: str = "replay") -> None:
     """Histogram of reply latencies (log-spaced bins) with p50/p90/p99 marked, as PNG."""
     import matplotlib
 
@@ -265,6 +265,7 @@ def plot_latency(latencies_s: list[float], path: Path, title: str = "replay") ->
     ax.set_ylabel("events")
     ax.set_title(f"{title}: {len(ms)} replies")
     fig.tight_layout()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

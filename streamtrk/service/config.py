@@ -111,7 +111,10 @@ class ServeConfig:
     )
     sndhwm: int = field(default=100, metadata=_help("ZeroMQ send high-water mark (messages)"))
     rcvhwm: int = field(default=100, metadata=_help("ZeroMQ receive high-water mark (messages)"))
-    linger_ms: int = field(default=1000, metadata=_help("ZeroMQ LINGER when closing sockets"))
+    linger_ms: int = field(
+        default=1000,
+        metadata=_help("ZeroMQ LINGER of the output socket when it closes (unsent replies)"),
+    )
     drain_timeout_s: float = field(
         default=30.0, metadata=_help("longest drain on SIGTERM/SIGINT before exiting")
     )

@@ -144,7 +144,10 @@ class Daemon:
                 if cfg.dead_letter is not None:
                     dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
                     stack.callback(dead.close)
-                http = HealthServer(cfg.http_address, self.metrics, self.readiness)
+                try:
+                    http = HealthServer(cfg.http_address, self.metrics, self.readiness, self.status)
+                except OSError as e:
+                    raise OSError(f"cannot serve HTTP on {cfg.http}: {e.strerror or e}") from None
                 stack.callback(http.close)
             except (OSError, ValueError) as e:
                 log.error("start-up failed: %s", e)
@@ -230,6 +233,31 @@ class Daemon:
             return 1
         log.info("drained, exiting", extra=summary)
         return 0
+
+    def status(self) -> dict[str, Any]:
+        """``/status``: state, versions, endpoints, settings in force and the served model."""
+        out: dict[str, Any] = {
+            "state": self.readiness.state,
+            "version": __version__,
+            "endpoints": self.endpoints,
+            "settings": {f.name: getattr(self.config, f.name) for f in fields(self.config)},
+            "model": None,
+        }
+        if (model := self.model) is not None:
+            out["model"] = {
+                "name": model.name,
+                "path": model.path,
+                "hash": model.digest,
+                "threshold": model.threshold,
+                "device": model.device,
+                "engine": model.engine,
+                "engine_requested": model.engine_requested,
+                "engine_note": model.engine_note,
+                "precision": model.precision,
+                "warmup_s": model.warmup_s,
+                "card": {k: model.card.get(k) for k in ("model", "graph", "metrics")},
+            }
+        return out
 
     # ------------------------------------------------------------------ model
 

@@ -206,7 +206,7 @@ def test_package_builds_and_runs_from_the_copied_paths(tmp_path: Path) -> None:
     streamtrk = venv / "bin" / "streamtrk"
     run(streamtrk, "simulate", "--events", "1", "--mu", "5", "-q", "-o", "ev.stk", cwd=work)
     report = json.loads(run(streamtrk, "evaluate", "ev.stk", "-q", cwd=work))
-    assert report["scorer"] == "shipped model" and report["events"] == 1
+    assert report["scorer"] == str(venv_site / model) and report["events"] == 1
     assert report["tracking_efficiency"] >= 0.9
 
 
