@@ -2,11 +2,14 @@
 
 A batch starts with the oldest waiting event and closes when it holds ``max_events``
 events, when the next event would take it past ``max_hits`` hits (that event opens the
-next batch; an event over the limit alone is a batch of its own), or ``max_queue_delay_ms``
-after its first event was queued, whichever comes first. Events that waited while the
-worker was busy are therefore batched at once, without further delay. An event whose
-deadline has passed when the batcher reaches it is set aside, unprocessed. Once ``flush``
-is set (intake has stopped: nothing more will arrive) batches close without waiting.
+next batch; an event over the limit alone is a batch of its own), ``max_queue_delay_ms``
+after its first event was queued, or in time for the earliest deadline among its events
+(that deadline less the batch's expected reconstruction time: ``seconds_per_hit``, a
+running estimate the worker keeps, times its hits), whichever comes first. Events that
+waited while the worker was busy are therefore batched at once, without further delay. An
+event whose deadline has passed when the batcher reaches it is set aside, unprocessed.
+Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
+waiting.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Batcher:
         self.queue: queue.Queue[Job] = queue.Queue(capacity)
         self.policy = policy
         self.flush = False
+        self.seconds_per_hit = 0.0  # expected reconstruction time per hit (set by the worker)
         self._held: Job | None = None  # the event that did not fit into the last batch
 
     def put(self, job: Job, *, block: bool = True) -> bool:
@@ -86,6 +90,8 @@ class Batcher:
                 hits += job.n_hits
                 if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
                     break
+                if job.deadline is not None:
+                    close_at = min(close_at, job.deadline - self.seconds_per_hit * hits)
             job = self._next(close_at)
         return batch
 

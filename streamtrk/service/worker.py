@@ -1,6 +1,7 @@
 """The worker thread: one ``reconstruct`` call per batch (one disjoint graph, one GNN call).
 
-Expired events are answered ``deadline`` unprocessed; an exception inside reconstruction
+Events whose deadline has passed when their batch starts (or that the batcher set aside)
+are answered ``deadline``, unprocessed; an exception inside reconstruction
 fails that batch's events with ``internal`` and the worker carries on with the next batch.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
@@ -47,7 +48,6 @@ class Worker(threading.Thread):
         self.drain_by: float | None = None  # perf_counter time; set when draining
         self.abandoned = threading.Event()
         self.done = threading.Event()  # no more replies will come from this worker
-        self.seconds_per_hit = 0.0  # running estimate, for the drain
         self._current: list[Job] = []
         self._taking = threading.Lock()  # held while a batch is taken off the queue
 
@@ -78,12 +78,14 @@ class Worker(threading.Thread):
 
     def process(self, batch: Batch) -> None:
         m = self.metrics
-        self._reject(batch.expired, "deadline")
+        t0 = time.perf_counter()
+        late = [j for j in batch.jobs if j.deadline is not None and j.deadline < t0]
+        self._reject(batch.expired + late, "deadline")
+        batch.jobs = [j for j in batch.jobs if j not in late]
         if not batch.jobs or self.abandoned.is_set():  # abandon() answered them
             return
-        t0 = time.perf_counter()
         n_hits = batch.n_hits
-        estimate = SAFETY * self.seconds_per_hit * n_hits
+        estimate = SAFETY * self.batcher.seconds_per_hit * n_hits
         if self.drain_by is not None and t0 + estimate > self.drain_by:
             self._reject(batch.jobs, "shutdown")
             return
@@ -104,7 +106,8 @@ class Worker(threading.Thread):
             self._reject(batch.jobs, "internal")
             return
         per_hit = (time.perf_counter() - t0) / max(n_hits, 1)
-        self.seconds_per_hit = max(per_hit, 0.8 * self.seconds_per_hit + 0.2 * per_hit)
+        b = self.batcher
+        b.seconds_per_hit = max(per_hit, 0.8 * b.seconds_per_hit + 0.2 * per_hit)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         m.hits.inc(n_hits)
