@@ -12,6 +12,7 @@ from typing import Any
 
 from streamtrk import __version__
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+from streamtrk.threads import set_torch_threads, wait_passively
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -149,6 +150,18 @@ def _export_trackml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) -> None:
+    first = "the recipe's `threads`; 0:" if default is None else "0,"
+    s.add_argument(
+        "--torch-threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"torch CPU threads (default {first} the CPUs this process may use: CPU "
+        "affinity, cgroup quota)",
+    )
+
+
 def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("input", help="a .stk recording, or TrackML CSV (event prefix or directory)")
     src = s.add_mutually_exclusive_group()
@@ -159,6 +172,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
     s.add_argument("--precision", default="fp32", choices=PRECISIONS)
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
+    _torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--report", type=Path, help="write the report JSON here")
@@ -189,6 +203,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
         return 2
+    print(f"streamtrk evaluate: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
     if args.oracle:
         rec, scorer = Reconstructor.oracle(device=args.device), "oracle"
     else:
@@ -422,6 +437,7 @@ def _record(args: argparse.Namespace) -> int:
 def _train_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     s.add_argument("--out", type=Path, help="model directory (default: models/<config name>)")
+    _torch_threads_argument(s, default=None)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -435,6 +451,7 @@ def _train_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _train(args: argparse.Namespace) -> int:
     import shlex
+    from dataclasses import replace
 
     import torch
 
@@ -442,9 +459,16 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or Path("models") / cfg.name
-    command = shlex.join(["streamtrk", "train", "--config", str(args.config), "--out", str(out)])
+    argv = ["streamtrk", "train", "--config", str(args.config), "--out", str(out)]
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    if args.torch_threads is None:
+        torch.set_num_threads(cfg.threads)
+        print(f"streamtrk train: torch threads {cfg.threads} (the recipe's)", file=sys.stderr)
+    else:
+        print(f"streamtrk train: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
+        cfg = replace(cfg, threads=torch.get_num_threads())
+        argv += ["--torch-threads", str(args.torch_threads)]
+    command = shlex.join(argv)
     try:
         card = train(
             cfg, out, config_text=args.config.read_text(), command=command, progress=not args.quiet
@@ -550,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    wait_passively()  # before any command imports torch
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

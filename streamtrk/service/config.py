@@ -84,7 +84,10 @@ class ServeConfig:
         metadata=_help("replay CUDA graphs per shape bucket (engine compile on CUDA)"),
     )
     torch_threads: int = field(
-        default=0, metadata=_help("torch CPU threads (0: torch's default, one per core)")
+        default=0,
+        metadata=_help(
+            "torch CPU threads (0: the CPUs this process may use: affinity mask, cgroup quota)"
+        ),
     )
     model: Path | None = field(default=None, metadata=_help("model directory (default: shipped)"))
     threshold: float | None = field(
@@ -95,7 +98,7 @@ class ServeConfig:
     connect: bool = field(
         default=False, metadata=_help("connect both sockets instead of binding (farm mode)")
     )
-    http: str = field(default="127.0.0.1:9100", metadata=_help("HOST:PORT of /metrics and health"))
+    http: str = field(default="127.0.0.1:10062", metadata=_help("HOST:PORT of /metrics and health"))
     max_batch_events: int = field(default=8, metadata=_help("most events in one batch"))
     max_batch_hits: int = field(default=1_000_000, metadata=_help("most hits in one batch"))
     max_queue_delay_ms: float = field(
@@ -199,7 +202,7 @@ def _check(name: str, value: Any) -> None:
     if name == "http":
         host, sep, port = value.rpartition(":")
         if not (sep and host and port.isdigit() and int(port) < 65536):
-            raise bad("must be HOST:PORT, such as 127.0.0.1:9100")
+            raise bad("must be HOST:PORT, such as 127.0.0.1:10062")
 
 
 # --------------------------------------------------------------------------- parsing

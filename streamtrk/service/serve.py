@@ -45,6 +45,7 @@ from streamtrk.service.job import Reply
 from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
+from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
 
 log = logging.getLogger("streamtrk.serve")
@@ -90,7 +91,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self._reloading = threading.Lock()
-        self.worker_overran = False  # the drain left a batch running inside the model
+        self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
 
     # ------------------------------------------------------------------ signals
@@ -111,8 +112,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        log.info(set_torch_threads(cfg.torch_threads))
         ctx = zmq.Context()
         try:
             return self._run(ctx)
@@ -165,11 +165,8 @@ class Daemon:
     def _serve(self, pull: zmq.Socket[Any], push: zmq.Socket[Any], dead: DeadLetters | None) -> int:
         cfg = self.config
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
-        try:
-            self._install(load_served_model(cfg))
-        except Exception as e:
-            log.exception("cannot load the model: %s", e)
-            return 1
+        if (status := self._load()) is not None:
+            return status
         batcher = self.batcher
         replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
         self.metrics.watch_queue("batch", batcher.depth, cfg.queue_capacity)
@@ -214,7 +211,7 @@ class Daemon:
         self.batcher.flush = True  # nothing more will arrive: no batch waits to fill
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():
-            self.worker_overran = True
+            self.abandoned_thread = True
             n = worker.abandon()
             log.warning("the batch in progress overran the drain; %d events answered 'shutdown'", n)
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
@@ -260,6 +257,32 @@ class Daemon:
         return out
 
     # ------------------------------------------------------------------ model
+
+    def _load(self) -> int | None:
+        """Load the model in a thread while this one watches for SIGTERM/SIGINT: None once
+        it is installed; 1 when loading fails; 0 when a stop comes first (nothing has been
+        received yet, so nothing is lost; the loading thread is left to the process exit)."""
+        outcome: list[ServedModel | BaseException] = []
+
+        def load() -> None:
+            try:
+                outcome.append(load_served_model(self.config))
+            except BaseException as e:
+                outcome.append(e)
+
+        loader = threading.Thread(target=load, name="load", daemon=True)
+        loader.start()
+        while loader.is_alive():
+            if self.stop_requested.wait(0.05):
+                log.info("stopped while loading the model; no event was received")
+                self.abandoned_thread = True
+                return 0
+        [result] = outcome
+        if isinstance(result, BaseException):
+            log.error("cannot load the model: %s", result, exc_info=result)
+            return 1
+        self._install(result)
+        return None
 
     def _model(self) -> ServedModel:
         assert self.model is not None
@@ -340,12 +363,13 @@ class Daemon:
 def serve(cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status.
 
-    When the drain left a batch running inside torch, the process ends here with
-    ``os._exit``: a normal interpreter exit would tear torch down under that thread
-    (``terminate called without an active exception``, status -6)."""
+    When a thread is left running inside torch (a batch that overran the drain, or a model
+    still loading at SIGTERM), the process ends here with ``os._exit``: a normal interpreter
+    exit would tear torch down under that thread (``terminate called without an active
+    exception``, status -6)."""
     daemon = Daemon(cfg, reload_config)
     status = daemon.run()
-    if daemon.worker_overran:
+    if daemon.abandoned_thread:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -20,7 +20,7 @@ def test_defaults_are_the_documented_endpoints() -> None:
     assert (cfg.input, cfg.output, cfg.http) == (
         "tcp://127.0.0.1:5555",
         "tcp://127.0.0.1:5556",
-        "127.0.0.1:9100",
+        "127.0.0.1:10062",
     )
     assert (cfg.device, cfg.model, cfg.connect, cfg.overload) == ("auto", None, False, "block")
 
@@ -54,7 +54,7 @@ def test_cross_checks_see_the_final_values() -> None:
         ("max_batch_events = [", {}, r"not valid TOML"),
         ("", {"STREAMTRK_DEVICE": "gpu"}, r"device .*STREAMTRK_DEVICE"),
         ("", {"STREAMTRK_CONNECT": "maybe"}, r"connect must be true or false"),
-        ("", {"STREAMTRK_HTTP": "9100"}, r"http must be HOST:PORT"),
+        ("", {"STREAMTRK_HTTP": "10062"}, r"http must be HOST:PORT"),
         ("", {"STREAMTRK_INPUT": "127.0.0.1:5555"}, r"input must be a ZeroMQ endpoint"),
         ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\]"),
         ("", {"STREAMTRK_DEADLINE_MS": "-1"}, r"deadline_ms must be a finite number > 0"),

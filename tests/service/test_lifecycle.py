@@ -134,3 +134,15 @@ def test_a_taken_http_port_is_named() -> None:
         )  # fmt: skip
     assert out.returncode == 1
     assert f"start-up failed: cannot serve HTTP on {http}: Address already in use" in out.stderr
+
+
+def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
+    d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
+    assert d.get("/readyz") == (503, "loading\n")
+    t0 = time.monotonic()
+    d.process.send_signal(signal.SIGTERM)
+    code = d.process.wait(timeout=60)
+    assert time.monotonic() - t0 < 2 and code == 0
+    assert "stopped while loading the model; no event was received" in [
+        line["message"] for line in d.logs()
+    ]
