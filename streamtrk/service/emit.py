@@ -94,6 +94,7 @@ class Emitter(threading.Thread):
         except Exception:
             log.exception("cannot encode the reply of run %d event %d", reply.run, reply.event)
             m.rejected.labels("internal").inc()
+            m.internal_errors.labels("encode").inc()
             reply = Reply(reply.run, reply.event, reply.t_recv, reply.timings, reason="internal")
             frames = _encode(reply)
         encode_s = time.perf_counter() - t0

@@ -75,6 +75,7 @@ class Ingest(threading.Thread):
             self._reject(frames, e.reason, t_recv, e)
         except Exception:
             log.exception("unexpected failure while decoding a message")
+            self.metrics.internal_errors.labels("decode").inc()
             self._reject(frames, "internal", t_recv)
 
     def _accept(self, frames: list[zmq.Frame], t_recv: float) -> None:

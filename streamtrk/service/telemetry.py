@@ -40,6 +40,12 @@ class Metrics:
             "Invalid messages whose header names no event: counted, never answered.",
             registry=r,
         )
+        self.internal_errors = Counter(
+            "streamtrk_internal_errors",
+            "Events answered 'internal', by the step that failed (decode, reconstruction, encode).",
+            ["cause"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "streamtrk_dead_letters",
             "Unidentifiable messages offered to the dead-letter file, by result.",
@@ -117,6 +123,8 @@ class Metrics:
         )
         for status in ("ok", "error"):
             self.completed.labels(status)
+        for cause in ("decode", "reconstruction", "encode"):
+            self.internal_errors.labels(cause)
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
         for stage in STAGES:

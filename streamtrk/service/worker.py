@@ -1,8 +1,9 @@
 """The worker thread: one ``reconstruct`` call per batch (one disjoint graph, one GNN call).
 
 Events whose deadline has passed when their batch starts (or that the batcher set aside)
-are answered ``deadline``, unprocessed; an exception inside reconstruction
-fails that batch's events with ``internal`` and the worker carries on with the next batch.
+are answered ``deadline``, unprocessed. When reconstruction of a batch raises, its events
+are retried one by one, so that only an event that fails on its own is answered
+``internal``; the worker carries on with the next batch.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
 the seconds per hit of the batches so far) is answered ``shutdown`` instead of started, and
@@ -95,24 +96,41 @@ class Worker(threading.Thread):
             m.queue_delay.observe(job.timings["queue"])
         m.batch_events.observe(len(batch.jobs))
         m.batch_hits.observe(n_hits)
+        if self._reconstruct(batch.jobs) or len(batch.jobs) == 1:
+            return
+        log.warning("retrying the %d events of the failed batch one by one", len(batch.jobs))
+        for job in batch.jobs:
+            if self.abandoned.is_set():  # abandon() answers what is left
+                return
+            self._reconstruct([job])
+
+    def _reconstruct(self, jobs: list[Job]) -> bool:
+        """Reconstruct ``jobs`` as one batch and answer them: True when it worked. A single
+        event that fails is answered ``internal``; a failed batch is left to the caller."""
+        m = self.metrics
+        t0 = time.perf_counter()
         try:
-            result = self.reconstructor().reconstruct([job.event for job in batch.jobs])
+            result = self.reconstructor().reconstruct([job.event for job in jobs])
             replies = [
                 Reply.success(job, tracks, {**job.timings, **result.timings})
-                for job, tracks in zip(batch.jobs, result.tracks, strict=True)
+                for job, tracks in zip(jobs, result.tracks, strict=True)
             ]
         except Exception:
-            log.exception("reconstruction failed; answering %d events 'internal'", len(batch.jobs))
-            self._reject(batch.jobs, "internal")
-            return
+            log.exception("reconstruction of %d events failed", len(jobs))
+            if len(jobs) == 1:
+                m.internal_errors.labels("reconstruction").inc()
+                self._reject(jobs, "internal")
+            return False
+        n_hits = sum(job.n_hits for job in jobs)
         per_hit = (time.perf_counter() - t0) / max(n_hits, 1)
         b = self.batcher
         b.seconds_per_hit = max(per_hit, 0.8 * b.seconds_per_hit + 0.2 * per_hit)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         m.hits.inc(n_hits)
-        for job, reply in zip(batch.jobs, replies, strict=True):
+        for job, reply in zip(jobs, replies, strict=True):
             self._answer(job, reply)
+        return True
 
     def abandon(self) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker

@@ -16,7 +16,7 @@ from live_daemon import sample
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
-from streamtrk.io.recording import iter_events
+from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.recon.model import default_model_path
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
@@ -146,3 +146,20 @@ def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
     assert "stopped while loading the model; no event was received" in [
         line["message"] for line in d.logs()
     ]
+
+
+def test_a_dead_letter_file_cut_short_is_repaired_at_start(daemon_factory, tmp_path) -> None:
+    dead = tmp_path / "dead.stk"
+    with RecordingWriter(dead) as w:
+        w.write([b"first"])
+        w.write([b"second, cut short by a crash"])
+    dead.write_bytes(dead.read_bytes()[:-5])
+    d = daemon_factory("--dead-letter", str(dead))  # starts (a crash loop before)
+    [line] = [line for line in d.logs() if line["message"].startswith("dead-letter file")]
+    assert line["bytes_cut"] == 8 + 8 + 28 - 5 and line["level"] == "warning"
+    with Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_frames([b"no header at all"], timeout_ms=30_000)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_dead_letters_total", result="written") == 1)
+    assert d.stop() == 0
+    records = [frames for _, frames in iter_records(dead)]
+    assert records[0] == [b"first"] and records[1][1:] == [b"no header at all"]

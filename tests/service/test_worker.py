@@ -143,3 +143,20 @@ def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed()
     got = {r.event: r.reason for r in _drained(replies)}
     assert got == {events[0].event: "deadline", events[1].event: ""}
     assert gate.batches == [[events[1].event]]  # the timely event was reconstructed, alone
+
+
+def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    rec = Reconstructor(FailOnEvent13(), detector=det)
+    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: True)
+    now = time.perf_counter()
+    worker.process(Batch(jobs=[Job(ev, now, None) for ev in events]))  # 12, 13, 14 together
+    got = {r.event: r.reason for r in _drained(replies)}
+    assert got == {12: "", 13: "internal", 14: ""}
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
+    assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 1
