@@ -74,11 +74,20 @@ class Emitter(threading.Thread):
                     reply = self.replies.get(timeout=POLL_MS / 1000)
                 except queue.Empty:
                     if self.upstream_done():
+                        # Done is set after the last reply was queued: send what is there.
+                        while (reply := self._next_now()) is not None:
+                            self.emit(reply)
                         return
                     continue
                 self.emit(reply)
         finally:
             self.socket.close(linger=self._linger())
+
+    def _next_now(self) -> Reply | None:
+        try:
+            return self.replies.get_nowait()
+        except queue.Empty:
+            return None
 
     def _linger(self) -> int:
         if self.give_up_at is None:

@@ -4,7 +4,8 @@ Every message taken off the socket is counted. A valid ``hits`` message becomes 
 :class:`Job`; anything else is rejected with the decoder's reason, answered with an error
 reply when its header names a (run, event), else counted as unidentified and offered to
 the dead-letter file. A full batch queue blocks this thread (so ZeroMQ's high-water marks
-push back on the sender) or, with ``overload = "reject"``, answers ``overloaded``.
+push back on the sender) or, with ``overload = "reject"``, answers ``overloaded``; an event
+still waiting for room when the drain stops intake is answered ``shutdown``.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ class Ingest(threading.Thread):
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
         job = Job(event, t_recv, deadline, {"decode": decode_s})
         self.metrics.inflight.inc()
-        if not self.batcher.put(job, block=cfg.overload == "block"):
-            self.metrics.rejected.labels("overloaded").inc()
-            self.replies.put(Reply.failure(job, "overloaded"))
+        if not self.batcher.put(job, block=cfg.overload == "block", stop=self.stop.is_set):
+            stopping = self.stop.is_set() or self.batcher.closed
+            reason = "shutdown" if stopping else "overloaded"
+            self.metrics.rejected.labels(reason).inc()
+            self.replies.put(Reply.failure(job, reason))
 
     def _reject(
         self, frames: list[zmq.Frame], reason: str, t_recv: float, error: WireError | None = None

@@ -136,6 +136,7 @@ class Worker(threading.Thread):
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker
         stops at its next step. Returns how many events this answered."""
         self.abandoned.set()
+        self.batcher.close()  # nothing queued after this point could be answered
         with self._taking:
             jobs = list(self._current)
             while (batch := self.batcher.next_batch(0.0)) is not None:
