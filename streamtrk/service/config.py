@@ -118,6 +118,13 @@ class ServeConfig:
         default=1000,
         metadata=_help("ZeroMQ LINGER of the output socket when it closes (unsent replies)"),
     )
+    stall_timeout_s: float = field(
+        default=300.0,
+        metadata=_help(
+            "/healthz fails when a thread with work makes no progress this long (longer than "
+            "the slowest batch)"
+        ),
+    )
     drain_timeout_s: float = field(
         default=30.0, metadata=_help("longest drain on SIGTERM/SIGINT before exiting")
     )
@@ -187,6 +194,8 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a positive integer")
     if name in _NONNEG_INT and value < 0:
         raise bad("must be a non-negative integer")
+    if name == "stall_timeout_s" and not (math.isfinite(value) and value > 0):
+        raise bad("must be a finite number > 0")
     if name in ("max_queue_delay_ms", "drain_timeout_s") and not (
         math.isfinite(value) and value >= 0
     ):

@@ -1,5 +1,6 @@
-"""HTTP side of the daemon: ``/metrics`` (Prometheus), ``/healthz`` (live), ``/readyz``
-(ready for events) and ``/status`` (JSON: what is served and how). GET and HEAD.
+"""HTTP side of the daemon: ``/metrics`` (Prometheus), ``/healthz`` (live: 503 naming the
+threads that died or stalled), ``/readyz`` (ready for events) and ``/status`` (JSON: what
+is served and how). GET and HEAD.
 
 The client side (polling ``/readyz``) is ``streamtrk.client.wait_ready``."""
 
@@ -47,6 +48,7 @@ class HealthServer:
         metrics: Metrics,
         readiness: Readiness,
         status: Callable[[], dict[str, Any]],
+        problems: Callable[[], list[str]],
     ) -> None:
         text = "text/plain; charset=utf-8"
 
@@ -54,7 +56,9 @@ class HealthServer:
             if path == "/metrics":
                 return 200, metrics.render(), CONTENT_TYPE_LATEST
             if path == "/healthz":
-                return 200, b"ok\n", text
+                found = problems()
+                body = "".join(f"{p}\n" for p in found) or "ok\n"
+                return (503 if found else 200), body.encode(), text
             if path == "/readyz":
                 state = readiness.state
                 return (200 if state == "ready" else 503), f"{state}\n".encode(), text

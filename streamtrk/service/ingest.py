@@ -19,10 +19,12 @@ from typing import Any
 
 import zmq
 
+from streamtrk.service import faults
 from streamtrk.service.batcher import Batcher
 from streamtrk.service.config import ServeConfig
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import Limits, WireError, decode, peek_identity
 
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 
 
-class Ingest(threading.Thread):
+class Ingest(Supervised):
     """Receives until ``stop`` is set, then closes its socket (unread messages stay unread)."""
 
     def __init__(
@@ -42,8 +44,9 @@ class Ingest(threading.Thread):
         config: Callable[[], ServeConfig],
         stop: threading.Event,
         dead_letters: DeadLetters | None = None,
+        on_failure: Callable[[Supervised], None] = lambda thread: None,
     ) -> None:
-        super().__init__(name="ingest", daemon=True)
+        super().__init__("ingest", on_failure)
         self.socket = socket
         self.batcher = batcher
         self.replies = replies
@@ -53,18 +56,28 @@ class Ingest(threading.Thread):
         self.dead_letters = dead_letters
         self.limits = Limits(max_hits=config().max_hits)
 
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                if not self.socket.poll(POLL_MS, zmq.POLLIN):
-                    continue
-                try:
-                    frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    continue
-                self.handle(frames)
-        finally:
-            self.socket.close(linger=0)
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            self.beat()
+            if not self.socket.poll(POLL_MS, zmq.POLLIN):
+                continue
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                continue
+            self.handle(frames)
+            faults.fail("ingest")
+
+    def cleanup(self) -> None:
+        self.socket.close(linger=0)
+
+    def has_work(self) -> bool:
+        return True  # it should always be polling its socket
+
+    def _stopping(self) -> bool:
+        """While waiting for room in the batch queue: alive, and told to stop?"""
+        self.beat()
+        return self.stop.is_set()
 
     def handle(self, frames: list[zmq.Frame]) -> None:
         """Decode one message and queue its event, or reject it; never raises."""
@@ -89,7 +102,7 @@ class Ingest(threading.Thread):
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
         job = Job(event, t_recv, deadline, {"decode": decode_s})
         self.metrics.inflight.inc()
-        if not self.batcher.put(job, block=cfg.overload == "block", stop=self.stop.is_set):
+        if not self.batcher.put(job, block=cfg.overload == "block", stop=self._stopping):
             stopping = self.stop.is_set() or self.batcher.closed
             reason = "shutdown" if stopping else "overloaded"
             self.metrics.rejected.labels(reason).inc()

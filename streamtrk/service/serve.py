@@ -43,6 +43,7 @@ from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
 from streamtrk.service.served_model import ServedModel, load_served_model
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.threads import set_torch_threads
@@ -93,6 +94,8 @@ class Daemon:
         self._reloading = threading.Lock()
         self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
+        self.threads: list[Supervised] = []  # ingest, worker, emit once serving
+        self.failed: list[str] = []  # threads that died from an unexpected exception
 
     # ------------------------------------------------------------------ signals
 
@@ -145,7 +148,13 @@ class Daemon:
                     dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
                     stack.callback(dead.close)
                 try:
-                    http = HealthServer(cfg.http_address, self.metrics, self.readiness, self.status)
+                    http = HealthServer(
+                        cfg.http_address,
+                        self.metrics,
+                        self.readiness,
+                        self.status,
+                        self.health_problems,
+                    )
                 except OSError as e:
                     raise OSError(f"cannot serve HTTP on {cfg.http}: {e.strerror or e}") from None
                 stack.callback(http.close)
@@ -173,7 +182,14 @@ class Daemon:
         self.metrics.watch_queue("reply", replies.qsize, cfg.reply_capacity)
         stop_intake = threading.Event()
         ingest = Ingest(
-            pull, batcher, replies, self.metrics, lambda: self.config, stop_intake, dead
+            pull,
+            batcher,
+            replies,
+            self.metrics,
+            lambda: self.config,
+            stop_intake,
+            dead,
+            on_failure=self._on_thread_failure,
         )
         worker = Worker(
             batcher,
@@ -181,9 +197,18 @@ class Daemon:
             self.metrics,
             lambda: self._model().reconstructor,
             lambda: not ingest.is_alive(),
+            on_failure=self._on_thread_failure,
         )
-        emitter = Emitter(push, replies, self.metrics, worker.done.is_set, cfg.linger_ms)
-        for t in (ingest, worker, emitter):
+        emitter = Emitter(
+            push,
+            replies,
+            self.metrics,
+            worker.done.is_set,
+            cfg.linger_ms,
+            on_failure=self._on_thread_failure,
+        )
+        self.threads = [ingest, worker, emitter]
+        for t in self.threads:
             t.start()
         if not self.stop_requested.is_set():
             self.readiness.set("ready")
@@ -195,7 +220,11 @@ class Daemon:
         return self._drain(stop_intake, ingest, worker, emitter)
 
     def _drain(
-        self, stop_intake: threading.Event, ingest: Ingest, worker: Worker, emitter: Emitter
+        self,
+        stop_intake: threading.Event,
+        ingest: Ingest,
+        worker: Worker,
+        emitter: Emitter,
     ) -> int:
         """Answer everything received, within ``drain_timeout_s``: processed when there is
         time for it, else ``shutdown``; 0 when every reply was sent."""
@@ -214,6 +243,9 @@ class Daemon:
             self.abandoned_thread = True
             n = worker.abandon()
             log.warning("the batch in progress overran the drain; %d events answered 'shutdown'", n)
+        elif worker.error is not None:
+            n = worker.abandon()
+            log.warning("the worker died; %d waiting events answered 'shutdown'", n)
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         value = self.metrics.registry.get_sample_value
         summary = _fields(
@@ -228,8 +260,25 @@ class Daemon:
         if emitter.is_alive() or emitter.dropped:
             log.error("drain incomplete: replies could not be sent", extra=summary)
             return 1
+        if self.failed:
+            log.error(
+                "drained after a thread died, exiting 1 for a restart",
+                extra=_fields(threads=", ".join(self.failed), **summary["fields"]),
+            )
+            return 1
         log.info("drained, exiting", extra=summary)
         return 0
+
+    def _on_thread_failure(self, thread: Supervised) -> None:
+        """A thread died from an unexpected exception: answer what can be, then exit 1."""
+        self.failed.append(thread.name)
+        self.readiness.set("draining")
+        self.stop_requested.set()
+
+    def health_problems(self) -> list[str]:
+        """Why ``/healthz`` fails: threads that died or stalled with work (none: healthy)."""
+        timeout = self.config.stall_timeout_s
+        return [p for t in self.threads if (p := t.problem(timeout)) is not None]
 
     def status(self) -> dict[str, Any]:
         """``/status``: state, versions, endpoints, settings in force and the served model."""

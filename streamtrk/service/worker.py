@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable
 
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ POLL_S = 0.1
 SAFETY = 1.5  # a batch is started while draining only if SAFETY x its estimate fits
 
 
-class Worker(threading.Thread):
+class Worker(Supervised):
     """Batches and reconstructs until ``intake_done`` is set and the queue is empty."""
 
     def __init__(
@@ -39,8 +41,9 @@ class Worker(threading.Thread):
         metrics: Metrics,
         reconstructor: Callable[[], Reconstructor],
         intake_done: Callable[[], bool],
+        on_failure: Callable[[Supervised], None] = lambda thread: None,
     ) -> None:
-        super().__init__(name="worker", daemon=True)
+        super().__init__("worker", on_failure)
         self.batcher = batcher
         self.replies = replies
         self.metrics = metrics
@@ -52,19 +55,25 @@ class Worker(threading.Thread):
         self._current: list[Job] = []
         self._taking = threading.Lock()  # held while a batch is taken off the queue
 
-    def run(self) -> None:
-        try:
-            while not self.abandoned.is_set():
-                with self._taking:
-                    batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
-                    self._current = [] if batch is None else batch.jobs
-                if batch is not None:
-                    self.process(batch)
-                elif self.intake_done() and self.batcher.depth() == 0:
-                    return
-        finally:
-            if not self.abandoned.is_set():
-                self.done.set()
+    def loop(self) -> None:
+        while not self.abandoned.is_set():
+            self.beat()
+            with self._taking:
+                batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
+                self._current = [] if batch is None else batch.jobs
+            if batch is not None:
+                self.process(batch)
+                faults.fail("worker")
+            elif self.intake_done() and self.batcher.depth() == 0:
+                return
+
+    def cleanup(self) -> None:
+        # A worker that died leaves its queue to abandon(), which sets done once answered.
+        if not self.abandoned.is_set() and self.error is None:
+            self.done.set()
+
+    def has_work(self) -> bool:
+        return bool(self._current) or self.batcher.depth() > 0
 
     def _answer(self, job: Job, reply: Reply) -> None:
         if job.claim():
@@ -110,6 +119,7 @@ class Worker(threading.Thread):
         m = self.metrics
         t0 = time.perf_counter()
         try:
+            faults.delay("batch")
             result = self.reconstructor().reconstruct([job.event for job in jobs])
             replies = [
                 Reply.success(job, tracks, {**job.timings, **result.timings})
