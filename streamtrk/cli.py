@@ -317,6 +317,16 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(cfg, load)
 
 
+def _curve_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--curve-key", type=Path, metavar="FILE", help="CURVE: own secret certificate")
+    s.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="FILE",
+        help="CURVE: the daemon's public certificate (with --curve-key)",
+    )
+
+
 def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("recording", type=Path, help="a .stk recording")
     s.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon input endpoint")
@@ -330,6 +340,13 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
     )
+    s.add_argument(
+        "--retries", type=int, default=0, metavar="N", help="resend an unanswered event N times"
+    )
+    s.add_argument(
+        "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
+    )
+    _curve_arguments(s)
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
@@ -341,12 +358,13 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "replay",
     _replay_arguments,
     help="replay a recording through the daemon and report throughput, latency, physics",
-    description="Send a recording's hits messages byte-identical to the daemon and "
-    "receive the replies. Report keys: sent, received, missing (no reply within the "
-    "timeout), ok, errors (by reason), events_per_second, latency_p50/p90/p99/max/mean_ms "
-    "(send to reply), send_rate_hz, plus tracking_efficiency, fake_rate, duplicate_rate, "
-    "trackml_score and their counts when the recording has truth. Exit status 1 when "
-    "events are missing.",
+    description="Send a recording's hits messages to the daemon (as recorded, the header "
+    "given a msg_id) and receive the replies, one per event. Report keys: sent, received, "
+    "missing (no reply within the timeout), ok, errors (by reason), resent, duplicates "
+    "(second replies to a resent event, not counted again), events_per_second, "
+    "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, plus "
+    "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
+    "recording has truth. Exit status 1 when events are missing.",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import write_submission
@@ -371,6 +389,10 @@ def _replay(args: argparse.Namespace) -> int:
         loop=args.loop,
         timeout_s=args.timeout,
         progress=not args.quiet,
+        retries=args.retries,
+        retry_after_s=args.retry_after,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
     )
     result = replay(events, opts)
     report = {"recording": str(args.recording)} | result.report(events, args.rate)
@@ -407,6 +429,7 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bind", action="store_true", help="bind instead of connecting")
     s.add_argument("--events", type=int, help="stop after N hits messages")
     s.add_argument("--duration", type=float, help="stop after S seconds")
+    _curve_arguments(s)
 
 
 @_command("record", _record_arguments, help="tap a hits stream into a recording")
@@ -426,6 +449,8 @@ def _record(args: argparse.Namespace) -> int:
         events=args.events,
         duration_s=args.duration,
         stop=stop,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
     )
     print(
         f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
@@ -482,6 +507,33 @@ def _train(args: argparse.Namespace) -> int:
         "metrics": card["metrics"],
     }
     print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def _keys_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("directory", type=Path, help="where to write the certificates")
+    s.add_argument("name", help="certificate name: NAME.key (public), NAME.key_secret")
+
+
+@_command(
+    "keys",
+    _keys_arguments,
+    help="write a CURVE certificate pair (NAME.key, NAME.key_secret)",
+    description="Write a CurveZMQ certificate pair in pyzmq's zmq.auth format: NAME.key holds "
+    "the public key (give it to the other side: a client's goes into the daemon's "
+    "curve_allowed_keys directory, the daemon's to its clients' --curve-server-key), "
+    "NAME.key_secret the public and the secret key (keep it; readable by its owner only). "
+    "See docs/operations.md, Keys.",
+)
+def _keys(args: argparse.Namespace) -> int:
+    from streamtrk.wire.curve import create_certificates
+
+    for path in (args.directory / f"{args.name}.key", args.directory / f"{args.name}.key_secret"):
+        if path.exists():
+            print(f"streamtrk keys: error: {path} exists; not overwritten", file=sys.stderr)
+            return 1
+    public, secret = create_certificates(args.directory, args.name)
+    print(f"wrote {public} (public) and {secret} (secret)")
     return 0
 
 

@@ -46,6 +46,8 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "dead_letter",
         "dead_letter_max_bytes",
         "torch_threads",
+        "curve_secret_key",
+        "allow_insecure",
     }
 )
 
@@ -98,6 +100,24 @@ class ServeConfig:
     connect: bool = field(
         default=False, metadata=_help("connect both sockets instead of binding (farm mode)")
     )
+    curve_secret_key: Path | None = field(
+        default=None,
+        metadata=_help(
+            "CURVE: the daemon's secret certificate (NAME.key_secret of `streamtrk keys`); "
+            "both sockets then admit only allowed clients"
+        ),
+    )
+    curve_allowed_keys: Path | None = field(
+        default=None,
+        metadata=_help(
+            "CURVE: directory of the allowed clients' public certificates (*.key), read at "
+            "every handshake (none: no client allowed)"
+        ),
+    )
+    allow_insecure: bool = field(
+        default=False,
+        metadata=_help("bind an address other than loopback without CURVE (refused otherwise)"),
+    )
     http: str = field(default="127.0.0.1:10062", metadata=_help("HOST:PORT of /metrics and health"))
     max_batch_events: int = field(default=8, metadata=_help("most events in one batch"))
     max_batch_hits: int = field(default=1_000_000, metadata=_help("most hits in one batch"))
@@ -141,6 +161,18 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
+        if not self.connect and self.curve_secret_key is None and not self.allow_insecure:
+            for name in ("input", "output"):
+                if not _local(getattr(self, name)):
+                    raise ConfigError(
+                        f"{name} {getattr(self, name)} is not a loopback address and CURVE is "
+                        "off: anyone who reaches it could send or take events. Set "
+                        "curve_secret_key and curve_allowed_keys (docs/operations.md, "
+                        '"Keys"), or allow_insecure = true on a trusted network',
+                        name,
+                        "curve_secret_key",
+                        "allow_insecure",
+                    )
         if self.engine == "tensorrt" and self.device == "cpu":
             raise ConfigError("engine tensorrt needs device cuda (or auto)", "engine", "device")
         if self.queue_capacity < self.max_batch_events:
@@ -172,6 +204,16 @@ class ServeConfig:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _local(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = rest.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
 
 _POSITIVE_INT = (
     "max_batch_events",

@@ -45,6 +45,7 @@ def _encode(reply: Reply) -> list[OutFrame]:
         status=reply.status,
         reason=reply.reason,
         timings=reply.timings,
+        msg_id=reply.msg_id,
     )
 
 
@@ -127,7 +128,14 @@ class Emitter(Supervised):
             log.exception("cannot encode the reply of run %d event %d", reply.run, reply.event)
             m.rejected.labels("internal").inc()
             m.internal_errors.labels("encode").inc()
-            reply = Reply(reply.run, reply.event, reply.t_recv, reply.timings, reason="internal")
+            reply = Reply(
+                reply.run,
+                reply.event,
+                reply.t_recv,
+                reply.timings,
+                reason="internal",
+                msg_id=reply.msg_id,
+            )
             frames = _encode(reply)
         encode_s = time.perf_counter() - t0
         frames = _with_timing(frames, "encode", encode_s)

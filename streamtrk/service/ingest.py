@@ -26,10 +26,11 @@ from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.job import Job, Reply
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
-from streamtrk.wire import Limits, WireError, decode, peek_identity
+from streamtrk.wire import Limits, WireError, decode, peek_identity, peek_msg_id
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
+LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
 
 
 class Ingest(Supervised):
@@ -45,8 +46,10 @@ class Ingest(Supervised):
         stop: threading.Event,
         dead_letters: DeadLetters | None = None,
         on_failure: Callable[[Supervised], None] = lambda thread: None,
+        disconnect_from: str | None = None,
     ) -> None:
         super().__init__("ingest", on_failure)
+        self.disconnect_from = disconnect_from
         self.socket = socket
         self.batcher = batcher
         self.replies = replies
@@ -67,6 +70,18 @@ class Ingest(Supervised):
                 continue
             self.handle(frames)
             faults.fail("ingest")
+        if self.disconnect_from is not None:
+            self._leave(self.disconnect_from)
+
+    def _leave(self, endpoint: str) -> None:
+        """Connect mode, on stop: take what has arrived, then disconnect so that the
+        distributor sends nothing more here (libzmq drops what is still in flight)."""
+        for _ in range(LEAVE_MAX):
+            if not self.socket.poll(0, zmq.POLLIN):
+                break
+            self.handle(self.socket.recv_multipart(copy=False))
+        self.socket.disconnect(endpoint)
+        log.info("disconnected the input from %s", endpoint)
 
     def cleanup(self) -> None:
         self.socket.close(linger=0)
@@ -100,7 +115,7 @@ class Ingest(Supervised):
         cfg = self.config()
         deadline_ms = msg.deadline_ms or cfg.deadline_ms
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
-        job = Job(event, t_recv, deadline, {"decode": decode_s})
+        job = Job(event, t_recv, deadline, {"decode": decode_s}, msg.msg_id)
         self.metrics.inflight.inc()
         if not self.batcher.put(job, block=cfg.overload == "block", stop=self._stopping):
             stopping = self.stop.is_set() or self.batcher.closed
@@ -116,7 +131,8 @@ class Ingest(Supervised):
         if identity is not None:
             self.metrics.inflight.inc()
             timings = {"decode": time.perf_counter() - t_recv}
-            self.replies.put(Reply(*identity, t_recv, timings, reason=reason))
+            msg_id = peek_msg_id(frames)
+            self.replies.put(Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
         else:
             if self.dead_letters is not None:
                 err = error or WireError(reason, "unexpected failure")

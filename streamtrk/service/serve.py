@@ -35,6 +35,7 @@ import zmq
 
 from streamtrk import __version__
 from streamtrk.service import logs
+from streamtrk.service.auth import start_authenticator
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import RESTART_ONLY, ServeConfig, unknown_variables
 from streamtrk.service.deadletter import DeadLetters
@@ -42,12 +43,14 @@ from streamtrk.service.emit import Emitter
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
+from streamtrk.service.monitor import SocketMonitor
 from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
+from streamtrk.wire.curve import make_server
 
 log = logging.getLogger("streamtrk.serve")
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
@@ -95,6 +98,7 @@ class Daemon:
         self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit once serving
+        self.monitor: SocketMonitor | None = None
         self.failed: list[str] = []  # threads that died from an unexpected exception
 
     # ------------------------------------------------------------------ signals
@@ -130,19 +134,36 @@ class Daemon:
         pull.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
-        for sock, endpoint in ((pull, cfg.input), (push, cfg.output)):
-            try:
-                (sock.connect if cfg.connect else sock.bind)(endpoint)
-            except zmq.ZMQError as e:
-                verb = "connect" if cfg.connect else "bind"
-                raise OSError(f"cannot {verb} {endpoint}: {e}") from None
+        if cfg.curve_secret_key is not None:
+            for sock in (pull, push):
+                make_server(sock, cfg.curve_secret_key)
+        self.monitor = SocketMonitor({"input": pull, "output": push}, self.metrics)
+        # In connect mode the input connects only once the model is ready (see _serve), so
+        # that a distributor never routes events to a daemon still loading.
+        attach = [(push, cfg.output)] + ([] if cfg.connect else [(pull, cfg.input)])
+        for sock, endpoint in attach:
+            self._attach(sock, endpoint)
         return pull, push
+
+    def _attach(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        verb = "connect" if self.config.connect else "bind"
+        try:
+            getattr(sock, verb)(endpoint)
+        except zmq.ZMQError as e:
+            raise OSError(f"cannot {verb} {endpoint}: {e}") from None
 
     def _run(self, ctx: zmq.Context[Any]) -> int:
         cfg = self.config
         with ExitStack() as stack:
             try:
+                if cfg.curve_secret_key is not None:
+                    if cfg.curve_allowed_keys is None:
+                        log.warning("CURVE is on and curve_allowed_keys is unset: no client "
+                                    "can connect")  # fmt: skip
+                    stack.callback(start_authenticator(ctx, cfg.curve_allowed_keys).stop)
                 pull, push = self._sockets(ctx)
+                self.monitor.start()
+                stack.callback(self.monitor.stop)
                 dead = None
                 if cfg.dead_letter is not None:
                     dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
@@ -163,7 +184,7 @@ class Daemon:
                 return 1
             host, port = http.address
             self.endpoints = {
-                "input": pull.getsockopt_string(zmq.LAST_ENDPOINT),
+                "input": cfg.input if cfg.connect else pull.getsockopt_string(zmq.LAST_ENDPOINT),
                 "output": push.getsockopt_string(zmq.LAST_ENDPOINT),
                 "http": f"{host}:{port}",
             }
@@ -176,6 +197,12 @@ class Daemon:
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
         if (status := self._load()) is not None:
             return status
+        if cfg.connect:
+            try:
+                self._attach(pull, cfg.input)
+            except OSError as e:
+                log.error("start-up failed: %s", e)
+                return 1
         batcher = self.batcher
         replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
         self.metrics.watch_queue("batch", batcher.depth, cfg.queue_capacity)
@@ -190,6 +217,7 @@ class Daemon:
             stop_intake,
             dead,
             on_failure=self._on_thread_failure,
+            disconnect_from=cfg.input if cfg.connect else None,
         )
         worker = Worker(
             batcher,

@@ -112,6 +112,25 @@ class Metrics:
             ["name", "path", "hash", "threshold"],
             registry=r,
         )
+        self.connections = Gauge(
+            "streamtrk_connections",
+            "Peers connected to a socket (handshake done), by socket.",
+            ["socket"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "streamtrk_disconnects",
+            "Connections ended, by socket and cause (auth, handshake, closed).",
+            ["socket", "cause"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "streamtrk_auth_failures",
+            "Handshakes refused, by socket and cause (auth: CURVE key not allowed; "
+            "handshake: no CURVE or another protocol mismatch).",
+            ["socket", "cause"],
+            registry=r,
+        )
         self.model_reloads = Counter(
             "streamtrk_model_reloads", "SIGHUP reloads, by result.", ["result"], registry=r
         )

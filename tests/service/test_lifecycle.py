@@ -157,7 +157,7 @@ def test_a_dead_letter_file_cut_short_is_repaired_at_start(daemon_factory, tmp_p
     d = daemon_factory("--dead-letter", str(dead))  # starts (a crash loop before)
     [line] = [line for line in d.logs() if line["message"].startswith("dead-letter file")]
     assert line["bytes_cut"] == 8 + 8 + 28 - 5 and line["level"] == "warning"
-    with Producer(d.input, linger_ms=0) as producer:
+    with Producer(d.input, linger_ms=30_000) as producer:  # sent before it closes
         assert producer.send_frames([b"no header at all"], timeout_ms=30_000)
     wait_for(lambda: sample(d.metrics(), "streamtrk_dead_letters_total", result="written") == 1)
     assert d.stop() == 0
