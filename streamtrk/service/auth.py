@@ -32,7 +32,7 @@ class AllowedKeys:
             allowed: set[bytes] = set()
         else:
             try:
-                allowed = {zmq.utils.z85.encode(k) for k in allowed_keys(self.directory)}
+                allowed = allowed_keys(self.directory)
             except (OSError, CurveError) as e:
                 log.error("cannot read the allowed CURVE keys: %s", e)
                 return False

@@ -43,6 +43,8 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "sndhwm",
         "rcvhwm",
         "max_hits",
+        "max_message_bytes",
+        "max_frames",
         "dead_letter",
         "dead_letter_max_bytes",
         "torch_threads",
@@ -133,7 +135,12 @@ class ServeConfig:
         default="block", metadata=_help("full queue: block the sender, or reject with 'overloaded'")
     )
     sndhwm: int = field(default=100, metadata=_help("ZeroMQ send high-water mark (messages)"))
-    rcvhwm: int = field(default=100, metadata=_help("ZeroMQ receive high-water mark (messages)"))
+    rcvhwm: int = field(
+        default=8,
+        metadata=_help(
+            "ZeroMQ receive high-water mark, messages per peer (each up to max_message_bytes)"
+        ),
+    )
     linger_ms: int = field(
         default=1000,
         metadata=_help("ZeroMQ LINGER of the output socket when it closes (unsent replies)"),
@@ -157,6 +164,13 @@ class ServeConfig:
     log_format: str = field(default="plain", metadata=_help("plain or json (one object a line)"))
     log_level: str = field(default="info", metadata=_help("debug, info, warning or error"))
     max_hits: int = field(default=1_000_000, metadata=_help("decoder limit: most hits per event"))
+    max_message_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata=_help("most bytes of one message (frames together); larger ones are refused"),
+    )
+    max_frames: int = field(
+        default=32, metadata=_help("most frames of one message; more are refused")
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -216,6 +230,8 @@ def _local(endpoint: str) -> bool:
 
 
 _POSITIVE_INT = (
+    "max_message_bytes",
+    "max_frames",
     "max_batch_events",
     "max_batch_hits",
     "queue_capacity",

@@ -1,11 +1,14 @@
 """The ingest thread: owns the PULL socket, decodes and validates, queues for batching.
 
-Every message taken off the socket is counted. A valid ``hits`` message becomes a
-:class:`Job`; anything else is rejected with the decoder's reason, answered with an error
-reply when its header names a (run, event), else counted as unidentified and offered to
-the dead-letter file. A full batch queue blocks this thread (so ZeroMQ's high-water marks
-push back on the sender) or, with ``overload = "reject"``, answers ``overloaded``; an event
-still waiting for room when the drain stops intake is answered ``shutdown``.
+Every message taken off the socket is counted. Messages are read frame by frame and one
+over ``max_frames`` frames or ``max_message_bytes`` bytes is refused as it is read
+(``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid ``hits``
+message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
+answered with an error reply when its header names a (run, event), else counted as
+unidentified and offered to the dead-letter file. A full batch queue blocks this thread
+(so ZeroMQ's high-water marks push back on the sender) or, with ``overload = "reject"``,
+answers ``overloaded``; an event still waiting for room when the drain stops intake is
+answered ``shutdown``.
 """
 
 from __future__ import annotations
@@ -65,10 +68,10 @@ class Ingest(Supervised):
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames, refused = self._receive(zmq.NOBLOCK)
             except zmq.Again:
                 continue
-            self.handle(frames)
+            self.handle(frames, refused)
             faults.fail("ingest")
         if self.disconnect_from is not None:
             self._leave(self.disconnect_from)
@@ -79,7 +82,7 @@ class Ingest(Supervised):
         for _ in range(LEAVE_MAX):
             if not self.socket.poll(0, zmq.POLLIN):
                 break
-            self.handle(self.socket.recv_multipart(copy=False))
+            self.handle(*self._receive())
         self.socket.disconnect(endpoint)
         log.info("disconnected the input from %s", endpoint)
 
@@ -94,10 +97,38 @@ class Ingest(Supervised):
         self.beat()
         return self.stop.is_set()
 
-    def handle(self, frames: list[zmq.Frame]) -> None:
-        """Decode one message and queue its event, or reject it; never raises."""
+    def _receive(self, flags: int = 0) -> tuple[list[zmq.Frame], str | None]:
+        """One message, frame by frame (zero-copy), and why it is refused, if it is: past
+        ``max_frames`` frames or ``max_message_bytes`` bytes, the rest of its frames are
+        read and dropped at once (only frame 0 is kept, for its identity)."""
+        cfg = self.config()
+        frames: list[zmq.Frame] = []
+        size, refused = 0, None
+        while True:
+            frame = self.socket.recv(flags=flags, copy=False)
+            flags = 0  # the parts of a message arrive together
+            size += len(frame)
+            if refused is None and len(frames) >= cfg.max_frames:
+                refused = "frame_count"
+            elif refused is None and size > cfg.max_message_bytes:
+                refused = "message_too_large"
+            if refused is None or not frames:
+                frames.append(frame)
+            if not frame.more:
+                return frames, refused
+
+    def handle(self, frames: list[zmq.Frame], refused: str | None = None) -> None:
+        """Decode one message and queue its event, or reject it (``refused``: already
+        refused for its size); never raises."""
         t_recv = time.perf_counter()
         self.metrics.received.inc()
+        if refused is not None:
+            cfg = self.config()
+            limit = {"frame_count": f"{cfg.max_frames} frames"}.get(
+                refused, f"{cfg.max_message_bytes} bytes"
+            )
+            self._reject(frames, refused, t_recv, WireError(refused, f"over {limit}"))
+            return
         try:
             self._accept(frames, t_recv)
         except WireError as e:

@@ -131,7 +131,10 @@ class Daemon:
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes))
+        # A frame over its limit makes libzmq drop the connection (counted by the monitor):
+        # the largest column (8 bytes a hit) of the largest event, and within the message's.
+        frame_limit = max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes)
+        pull.setsockopt(zmq.MAXMSGSIZE, min(frame_limit, cfg.max_message_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
         if cfg.curve_secret_key is not None:

@@ -43,7 +43,7 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
 
 
 def load_public(path: str | Path) -> bytes:
-    """The public key of a certificate file (``NAME.key`` or ``NAME.key_secret``)."""
+    """The public key (Z85 text) of a certificate file (``NAME.key`` or ``.key_secret``)."""
     try:
         return zmq.auth.load_certificate(Path(path))[0]
     except (OSError, ValueError) as e:
@@ -51,7 +51,7 @@ def load_public(path: str | Path) -> bytes:
 
 
 def allowed_keys(directory: str | Path) -> set[bytes]:
-    """Public keys of the ``*.key`` certificates in ``directory`` (empty when it has none)."""
+    """Public keys (Z85) of the ``*.key`` certificates in ``directory`` (maybe none)."""
     return {load_public(p) for p in sorted(Path(directory).glob("*.key"))}
 
 

@@ -1,0 +1,107 @@
+"""CurveZMQ: only clients whose keys the daemon allows get events in or replies out; every
+refused handshake is counted; keys rotate by adding or removing certificate files."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from live_daemon import sample
+
+from streamtrk.cli import main
+from streamtrk.client import Consumer, Producer
+from streamtrk.io.recording import iter_events
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """server, alice (allowed), mallory (not allowed); allowed/ holds alice's public key."""
+    for name in ("server", "alice", "mallory"):
+        assert main(["keys", str(tmp_path / "keys"), name]) == 0
+    (tmp_path / "keys" / "allowed").mkdir()
+    shutil.copy(tmp_path / "keys" / "alice.key", tmp_path / "keys" / "allowed")
+    return tmp_path / "keys"
+
+
+def client(keys: Path, name: str | None) -> dict[str, Path]:
+    if name is None:
+        return {}
+    return {"curve_key": keys / f"{name}.key_secret", "curve_server_key": keys / "server.key"}
+
+
+def refused(d, socket: str, cause: str) -> float:
+    return sample(d.metrics(), "streamtrk_auth_failures_total", socket=socket, cause=cause)
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    t_end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < t_end, "timed out"
+        time.sleep(0.1)
+
+
+def test_only_allowed_clients_get_through(daemon_factory, keys: Path, sim_run: Path) -> None:
+    d = daemon_factory(
+        "--curve-secret-key", str(keys / "server.key_secret"),
+        "--curve-allowed-keys", str(keys / "allowed"),
+    )  # fmt: skip
+    events = [ev for _, ev in zip(range(3), iter_events(sim_run), strict=False)]
+    # A sender without CURVE, and one whose key is not allowed: nothing gets through.
+    for name, cause in ((None, "handshake"), ("mallory", "auth")):
+        with Producer(d.input, linger_ms=0, **client(keys, name)) as producer:
+            producer.send_event(events[0], timeout_ms=500)  # queued; the handshake fails
+            wait_for(lambda c=cause: refused(d, "input", c) >= 1)
+    # A consumer whose key is not allowed never receives a reply; alice's do.
+    with (
+        Consumer(d.output, linger_ms=0, **client(keys, "mallory")) as thief,
+        Consumer(d.output, linger_ms=0, **client(keys, "alice")) as consumer,
+        Producer(d.input, linger_ms=0, **client(keys, "alice")) as producer,
+    ):
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        replies = [consumer.recv(timeout_ms=60_000) for _ in events]
+        assert thief.recv(timeout_ms=2_000) is None
+    assert [r.to_reply().event for r in replies if r is not None] == [ev.event for ev in events]
+    m = d.settled()
+    assert sample(m, "streamtrk_events_received_total") == len(events)  # no stranger's event
+    assert sample(m, "streamtrk_auth_failures_total", socket="output", cause="auth") >= 1
+    logs = d.logs()
+    denials = [line for line in logs if line["message"].startswith("refused a CURVE client")]
+    mallory = (keys / "mallory.key").read_text()
+    assert denials and all(line["client_key"] in mallory for line in denials)
+
+
+def test_keys_rotate_without_a_restart(daemon_factory, keys: Path, sim_run: Path) -> None:
+    d = daemon_factory(
+        "--curve-secret-key", str(keys / "server.key_secret"),
+        "--curve-allowed-keys", str(keys / "allowed"),
+    )  # fmt: skip
+    event = next(iter_events(sim_run))
+    shutil.copy(keys / "mallory.key", keys / "allowed")  # mallory is allowed from now on
+    (keys / "allowed" / "alice.key").unlink()  # and alice no longer
+    with (
+        Consumer(d.output, linger_ms=0, **client(keys, "mallory")) as consumer,
+        Producer(d.input, linger_ms=0, **client(keys, "mallory")) as producer,
+    ):
+        assert producer.send_event(event, timeout_ms=30_000)
+        assert consumer.recv(timeout_ms=60_000) is not None
+    with Producer(d.input, linger_ms=0, **client(keys, "alice")) as producer:
+        producer.send_event(event, timeout_ms=500)
+        wait_for(lambda: refused(d, "input", "auth") >= 1)
+
+
+def test_binding_every_interface_without_curve_is_refused() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://0.0.0.0:0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "input tcp://0.0.0.0:0 is not a loopback address and CURVE is off" in out.stderr
+    assert "allow_insecure" in out.stderr

@@ -1,0 +1,77 @@
+"""Memory bounded against a hostile sender: messages of thousands of frames are refused
+frame by frame as they are read, so the daemon's peak RSS stays far below what they carry,
+and valid events keep being served."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from live_daemon import sample
+
+from streamtrk.client import Consumer, Producer
+from streamtrk.detector import load_detector
+from streamtrk.io.recording import iter_events
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
+
+pytestmark = pytest.mark.slow
+
+MESSAGES, FRAMES, FRAME_BYTES = 100, 2_000, 60_000  # 12 GB in all
+BOUND_BYTES = 1.5 * 2**30  # docs/serve.md, "Memory": the bound with default settings
+
+
+def kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_a_flood_of_huge_messages_stays_bounded(daemon_factory, sim_run: Path) -> None:
+    d = daemon_factory()  # default settings
+    pid = d.process.pid
+    big = next(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=200)), 5, 1))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(big, timeout_ms=30_000)  # the worker is busy with it
+        t_end = time.monotonic() + 120
+        while sample(d.metrics(), "streamtrk_batch_events_count") < 1:
+            assert time.monotonic() < t_end, "the batch never started"
+            time.sleep(0.05)
+        idle_kib = kib(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS from here on
+
+        def flood() -> None:
+            ctx = zmq.Context.instance()
+            sock = ctx.socket(zmq.PUSH)
+            sock.connect(d.input)
+            junk = b"\x00" * FRAME_BYTES
+            for _ in range(MESSAGES):
+                sock.send_multipart([junk] * FRAMES, copy=False)
+            sock.close(linger=120_000)
+
+        attacker = threading.Thread(target=flood)
+        attacker.start()
+        attacker.join(600)
+        assert not attacker.is_alive()
+        t_end = time.monotonic() + 300
+        while sample(d.metrics(), "streamtrk_events_rejected_total", reason="frame_count") < (
+            MESSAGES
+        ):
+            assert time.monotonic() < t_end, "the flood was not read"
+            time.sleep(0.2)
+        peak_kib = kib(pid, "VmHWM")
+        # Valid events are still served.
+        replies = []
+        for ev in [e for _, e in zip(range(3), iter_events(sim_run), strict=False)]:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        while len(replies) < 4 and (msg := consumer.recv(timeout_ms=120_000)) is not None:
+            replies.append(msg.to_reply())
+    assert len(replies) == 4 and all(r.ok for r in replies)
+    grown = (peak_kib - idle_kib) * 1024
+    assert grown < BOUND_BYTES, f"peak RSS grew by {grown / 2**30:.2f} GiB"
+    m = d.settled()
+    assert sample(m, "streamtrk_events_unidentified_total") == MESSAGES
