@@ -41,7 +41,8 @@ GNN_US_PER_EDGE = 2.8  # shipped model on this CPU (bench/RESULTS.md, issue 4)
 
 
 def variants(scales: list[float]) -> dict[str, PruneConfig | None]:
-    base = PruneConfig()
+    """Variants by name; names ending in `` xS`` are one curve over the window scale S."""
+    base = replace(PruneConfig(), scale=1.0, min_hits=3)
     out: dict[str, PruneConfig | None] = {
         "none (graph as built)": None,
         "pair windows only": replace(base, triplet_cuts=False),
@@ -75,7 +76,23 @@ def graph_of(ev: Event) -> Graph:
     )
 
 
+class MLPFilter:
+    """The learned doublet filter of ``bench/mlp_filter.py`` at one threshold."""
+
+    def __init__(self, path: Path, k: int) -> None:
+        data = np.load(path)
+        self.weights = {n: data[n] for n in data.files if n[0] in "wb"}
+        self.threshold = float(data["thresholds"][k])
+        self.retention = float(data["retentions"][k])
+
+    def mask(self, g: Graph) -> np.ndarray:
+        from bench.mlp_filter import features, forward
+
+        return forward(self.weights, features(g, load_detector())) >= self.threshold
+
+
 def measure(events: list[Event], graphs: list[Graph], cfgs: dict, repeats: int) -> list[dict]:
+    """One row per variant: edges per event, efficiencies, pruning seconds per event."""
     det = load_detector()
     rows = []
     base = [edge_counts(ev, g.edge_index) for ev, g in zip(events, graphs, strict=True)]
@@ -88,7 +105,10 @@ def measure(events: list[Event], graphs: list[Graph], cfgs: dict, repeats: int) 
                 best = np.inf
                 for _ in range(repeats):
                     t0 = time.perf_counter()
-                    mask = prune_edges(g, cfg, det)
+                    if isinstance(cfg, MLPFilter):
+                        mask = cfg.mask(g)
+                    else:
+                        mask = prune_edges(g, cfg, det)
                     best = min(best, time.perf_counter() - t0)
             c = edge_counts(ev, g.edge_index[:, mask])
             for k, v in c.items():
@@ -250,6 +270,7 @@ def main() -> None:
     ap.add_argument("--gnn", type=int, default=0, help="time the shipped GNN on N events")
     ap.add_argument("--chain", action="store_true", help="full chain, shipped model")
     ap.add_argument("--final", action="store_true", help="allow the test seed 3000")
+    ap.add_argument("--mlp", type=Path, help="also the learned filter (bench/mlp_filter.py)")
     args = ap.parse_args()
     if args.seed == 3000 and not args.stk and not args.final:
         raise SystemExit("seed 3000 is the test seed: only with --final, once choices are frozen")
@@ -258,7 +279,13 @@ def main() -> None:
     graphs = [graph_of(ev) for ev in events]
     hits = np.mean([len(ev.hits) for ev in events])
     print(f"{len(events)} events, {hits:.0f} hits, graphs in {time.perf_counter() - t0:.0f} s")
-    rows = measure(events, graphs, variants(args.scales), args.repeats)
+    cfgs: dict = variants(args.scales)
+    if args.mlp:
+        n = len(np.load(args.mlp)["thresholds"])
+        for k in range(n):
+            f = MLPFilter(args.mlp, k)
+            cfgs[f"MLP filter x{f.retention:g}"] = f
+    rows = measure(events, graphs, cfgs, args.repeats)
     result: dict = {"events": len(events), "hits_per_event": hits, "rows": rows}
     if args.gnn:
         result["gnn"] = time_gnn(events[: args.gnn], graphs[: args.gnn], PruneConfig())

@@ -118,11 +118,11 @@ class PruneConfig:
 
     triplets: tuple[tuple[float, ...], ...] = field(default_factory=_shipped_triplets)
     pairs: tuple[tuple[float, ...], ...] = field(default_factory=_shipped_pairs)
-    scale: float = 1.0
+    scale: float = 1.5
     kappa_cut: bool = True  # the |kappa| (three-hit curvature) window
     pair_cuts: bool = True  # per layer-pair doublet windows before the triplet search
     triplet_cuts: bool = True  # False: the pair windows alone (a layer-pair module map)
-    min_hits: int = 3  # 3: in a compatible triplet; 4: in a chain of two (a quadruplet)
+    min_hits: int = 4  # 3: in a compatible triplet; 4: in a chain of two (a quadruplet)
 
     def __post_init__(self) -> None:
         if self.min_hits not in (3, 4):

@@ -101,10 +101,10 @@ def _reference(graph: Graph, cfg: PruneConfig, det) -> np.ndarray:
 
 
 CONFIGS = {
-    "default": {},
-    "quadruplets": {"min_hits": 4},
+    "default (quadruplets)": {},
+    "triplets": {"min_hits": 3, "scale": 1.0},
     "no pair cuts": {"pair_cuts": False},
-    "no kappa, wide": {"kappa_cut": False, "scale": 2.0},
+    "triplets, no kappa, wide": {"min_hits": 3, "kappa_cut": False, "scale": 3.0},
     "narrow": {"scale": 0.5},
 }
 
@@ -151,12 +151,12 @@ def test_mirror_layers_fold_minus_z_disks(det):
 
 def test_batched_mask_is_the_per_event_masks(small_events, det):
     both = _graph(small_events, det)
-    mask = prune_edges(both, PruneConfig(min_hits=4), det)
+    mask = prune_edges(both, PruneConfig(), det)
     src = both.edge_index[0]
     for k, ev in enumerate(small_events):
         lo, hi = both.node_offsets[k], both.node_offsets[k + 1]
         alone = _graph([ev], det)
-        single = prune_edges(alone, PruneConfig(min_hits=4), det)
+        single = prune_edges(alone, PruneConfig(), det)
         sel = (src >= lo) & (src < hi)
         assert np.array_equal(both.edge_index[:, sel] - lo, alone.edge_index)
         assert np.array_equal(mask[sel], single)
