@@ -34,7 +34,7 @@ from streamtrk.detector import load_detector
 from streamtrk.eval.evaluate import edge_counts
 from streamtrk.event import Event
 from streamtrk.recon.graph import Graph, build_graph
-from streamtrk.recon.prune import PruneConfig, prune_edges, prune_graph
+from streamtrk.recon.prune import PruneConfig, compact_graph, prune_edges, prune_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 GNN_US_PER_EDGE = 2.8  # shipped model on this CPU (bench/RESULTS.md, issue 4)
@@ -143,26 +143,34 @@ def measure(events: list[Event], graphs: list[Graph], cfgs: dict, repeats: int) 
     return rows
 
 
-def time_gnn(events: list[Event], graphs: list[Graph], cfg: PruneConfig) -> dict:
+def time_gnn(events: list[Event], graphs: list[Graph], cfg: PruneConfig, repeats: int) -> dict:
+    """Seconds of the shipped model's scorer (best of ``repeats``) on whole, pruned, and
+    pruned and compacted (hits without edges dropped) graphs; torch's thread count as set."""
     import torch
 
     from streamtrk.recon.model import load_reconstructor
 
     scorer = load_reconstructor().scorer
     det = load_detector()
-    out: dict[str, list[float]] = {"whole": [], "pruned": [], "edges_whole": [], "edges_pruned": []}
+    out: dict[str, list[float]] = {}
     with torch.inference_mode():
         scorer(graphs[0], events[:1])  # warm-up
         for ev, g in zip(events, graphs, strict=True):
             pg = prune_graph(g, prune_edges(g, cfg, det))
-            for key, gg in (("whole", g), ("pruned", pg)):
-                t0 = time.perf_counter()
-                scorer(gg, [ev])
-                out[key].append(time.perf_counter() - t0)
-                out[f"edges_{key}"].append(gg.num_edges)
+            cg, _ = compact_graph(pg)
+            same = np.allclose(scorer(cg, [ev]), scorer(pg, [ev]), atol=1e-5)
+            out.setdefault("compact_scores_equal", []).append(float(same))
+            for key, gg in (("whole", g), ("pruned", pg), ("compact", cg)):
+                best = np.inf
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    scorer(gg, [ev])
+                    best = min(best, time.perf_counter() - t0)
+                out.setdefault(key, []).append(best)
+                out.setdefault(f"edges_{key}", []).append(gg.num_edges)
+                out.setdefault(f"hits_{key}", []).append(gg.num_nodes)
     res = {k: float(np.mean(v)) for k, v in out.items()}
-    res["us_per_edge_whole"] = res["whole"] / res["edges_whole"] * 1e6
-    res["us_per_edge_pruned"] = res["pruned"] / res["edges_pruned"] * 1e6
+    res["torch_threads"] = torch.get_num_threads()
     print("GNN (shipped model, trained on unpruned graphs):", json.dumps(res))
     return res
 
@@ -269,6 +277,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--gnn", type=int, default=0, help="time the shipped GNN on N events")
     ap.add_argument("--chain", action="store_true", help="full chain, shipped model")
+    ap.add_argument("--only", nargs="*", help="measure only these variants (names)")
     ap.add_argument("--final", action="store_true", help="allow the test seed 3000")
     ap.add_argument("--mlp", type=Path, help="also the learned filter (bench/mlp_filter.py)")
     args = ap.parse_args()
@@ -285,10 +294,14 @@ def main() -> None:
         for k in range(n):
             f = MLPFilter(args.mlp, k)
             cfgs[f"MLP filter x{f.retention:g}"] = f
+    if args.only is not None:
+        cfgs = {k: v for k, v in cfgs.items() if k in args.only}
     rows = measure(events, graphs, cfgs, args.repeats)
     result: dict = {"events": len(events), "hits_per_event": hits, "rows": rows}
     if args.gnn:
-        result["gnn"] = time_gnn(events[: args.gnn], graphs[: args.gnn], PruneConfig())
+        result["gnn"] = time_gnn(
+            events[: args.gnn], graphs[: args.gnn], PruneConfig(), args.repeats
+        )
     if args.chain:
         result["chain"] = chain(events, PruneConfig())
     if args.json:

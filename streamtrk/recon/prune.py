@@ -326,3 +326,34 @@ def prune_graph(graph: Graph, mask: Array) -> Graph:
         node_offsets=graph.node_offsets,
         layer=graph.layer,
     )
+
+
+def compact_graph(graph: Graph) -> tuple[Graph, Array]:
+    """The graph without the hits that no edge touches, and the kept hits' old indices.
+
+    After pruning most hits have no edge left; the GNN's per-hit work (every step updates
+    every hit) shrinks with them, and its scores are unchanged (a hit without edges sends
+    and receives nothing). Hit ``k`` of the result is hit ``kept[k]`` of ``graph``;
+    ``node_offsets`` still delimit the events.
+    """
+    xp = array_module(graph.edge_index)
+    used = xp.zeros(graph.num_nodes, dtype=bool)
+    used[graph.edge_index[0]] = True
+    used[graph.edge_index[1]] = True
+    kept = xp.nonzero(used)[0]
+    new_id = xp.cumsum(used) - 1
+    offsets = np.searchsorted(_host(kept), graph.node_offsets, side="left").astype(np.int64)
+    return (
+        Graph(
+            node_features=graph.node_features[kept],
+            edge_index=new_id[graph.edge_index],
+            edge_features=graph.edge_features,
+            node_offsets=offsets,
+            layer=graph.layer[kept],
+        ),
+        kept,
+    )
+
+
+def _host(a: Array) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)

@@ -11,6 +11,7 @@ from streamtrk.detector import BARREL
 from streamtrk.recon.graph import Graph, build_graph
 from streamtrk.recon.prune import (
     PruneConfig,
+    compact_graph,
     edge_geometry,
     layer_code,
     mirror_layers,
@@ -183,6 +184,20 @@ def test_prune_graph_keeps_hits_and_selects_edges(small_events, det):
     p = prune_graph(g, mask)
     assert p.num_nodes == g.num_nodes and p.num_edges == int(mask.sum())
     assert np.array_equal(p.edge_features, g.edge_features[mask])
+
+
+def test_compact_graph_drops_hits_without_edges(small_events, det):
+    g = _graph(small_events, det)
+    p = prune_graph(g, prune_edges(g, PruneConfig(), det))
+    c, kept = compact_graph(p)
+    assert c.num_nodes == len(np.unique(p.edge_index)) < p.num_nodes
+    assert np.array_equal(kept[c.edge_index], p.edge_index)
+    assert np.array_equal(c.node_features, p.node_features[kept])
+    assert np.array_equal(c.layer, p.layer[kept])
+    # Events stay delimited: every hit of event k lies in [offsets[k], offsets[k + 1]).
+    event_old = np.searchsorted(p.node_offsets[1:], kept, side="right")
+    event_new = np.searchsorted(c.node_offsets[1:], np.arange(c.num_nodes), side="right")
+    assert np.array_equal(event_old, event_new)
 
 
 @pytest.mark.slow
