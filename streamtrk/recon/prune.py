@@ -120,6 +120,7 @@ class PruneConfig:
     pairs: tuple[tuple[float, ...], ...] = field(default_factory=_shipped_pairs)
     scale: float = 1.5
     kappa_cut: bool = True  # the |kappa| (three-hit curvature) window
+    kappa_scale: float = 1.1  # multiplies the |kappa| window (a pT threshold, not a resolution)
     pair_cuts: bool = True  # per layer-pair doublet windows before the triplet search
     triplet_cuts: bool = True  # False: the pair windows alone (a layer-pair module map)
     min_hits: int = 4  # 3: in a compatible triplet; 4: in a chain of two (a quadruplet)
@@ -127,8 +128,8 @@ class PruneConfig:
     def __post_init__(self) -> None:
         if self.min_hits not in (3, 4):
             raise ValueError(f"min_hits must be 3 or 4, got {self.min_hits}")
-        if self.scale <= 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
+        if self.scale <= 0 or self.kappa_scale <= 0:
+            raise ValueError(f"scales must be > 0, got {self.scale}, {self.kappa_scale}")
 
 
 @cache
@@ -145,7 +146,7 @@ def _tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
             t = (idx[int(ci)] * nl + idx[int(cj)]) * nl + idx[int(ck)]
             w_th[t] = min(th * cfg.scale, _THETA_JOIN_MAX)
             w_dk[t] = dk * cfg.scale
-            w_k[t] = k if cfg.kappa_cut else np.inf
+            w_k[t] = k * cfg.kappa_scale if cfg.kappa_cut else np.inf
     # A pair can open a triplet (inner role) or close one (outer role) only if some window
     # exists; the theta join window of an inner edge is the widest over its outer layers.
     w3 = w_th.reshape(nl * nl, nl)

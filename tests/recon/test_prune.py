@@ -73,7 +73,7 @@ def _reference(graph: Graph, cfg: PruneConfig, det) -> np.ndarray:
                     continue
                 w_th = min(w[0] * cfg.scale, 0.85)
                 w_dk = w[1] * cfg.scale
-                w_k = w[2] if cfg.kappa_cut else math.inf
+                w_k = w[2] * cfg.kappa_scale if cfg.kappa_cut else math.inf
                 dth = abs(float(g["theta"][b] - g["theta"][a]))
                 dk = abs(float(g["k2"][b] - g["k2"][a]))
                 dxa, dya, ca = g["dx"][a], g["dy"][a], g["c"][a]
@@ -106,7 +106,7 @@ CONFIGS = {
     "triplets": {"min_hits": 3, "scale": 1.0},
     "no pair cuts": {"pair_cuts": False},
     "triplets, no kappa, wide": {"min_hits": 3, "kappa_cut": False, "scale": 3.0},
-    "narrow": {"scale": 0.5},
+    "narrow": {"scale": 0.5, "kappa_scale": 0.8},
 }
 
 
@@ -174,7 +174,7 @@ def test_empty_graph_and_bad_config(det):
     assert prune_edges(g, PruneConfig(), det).shape == (0,)
     with pytest.raises(ValueError, match="min_hits"):
         PruneConfig(min_hits=5)
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ValueError, match="scales"):
         PruneConfig(scale=0)
 
 
