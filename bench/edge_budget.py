@@ -38,6 +38,7 @@ from streamtrk.recon.prune import PruneConfig, compact_graph, prune_edges, prune
 
 ROOT = Path(__file__).resolve().parents[1]
 GNN_US_PER_EDGE = 2.8  # shipped model on this CPU (bench/RESULTS.md, issue 4)
+DEFAULT_NAME = "quadruplets x1.5"  # PruneConfig() as shipped
 
 
 def variants(scales: list[float]) -> dict[str, PruneConfig | None]:
@@ -53,6 +54,7 @@ def variants(scales: list[float]) -> dict[str, PruneConfig | None]:
         out[f"triplets + kappa + pairs x{s:g}"] = replace(base, scale=s)
     for s in scales:
         out[f"quadruplets x{s:g}"] = replace(base, scale=s, min_hits=4)
+    assert out[DEFAULT_NAME] == PruneConfig()
     return out
 
 
@@ -245,6 +247,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                         xytext=(3, -9),
                         textcoords="offset points",
                     )
+        d = next((r for r in rows if r["variant"] == DEFAULT_NAME), None)
+        if d is not None:
+            ax.plot(
+                d["edges_per_event"] / 1000,
+                100 * d[key],
+                "*",
+                ms=16,
+                color="black",
+                label=f"default ({DEFAULT_NAME})",
+                zorder=0,
+            )
         ax.axvline(150, color="grey", ls="--", lw=1)
         if key == "pruned_edge_efficiency":
             ax.axhline(99.5, color="grey", ls="--", lw=1)
@@ -254,6 +267,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             ax.axhline(graph_all - 1.0, color="grey", ls="--", lw=1)
             ax.set_ylim(graph_all - 2.0, graph_all + 0.3)
         ax.set_xscale("log")
+        ticks = [30, 50, 100, 150, 200, 300, 500, 800]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("edges per event into the GNN (thousands)")
         ax.set_ylabel(f"edge efficiency, {label} [%]")
         ax.grid(alpha=0.3, which="both")
