@@ -59,6 +59,11 @@ def variants(scales: list[float]) -> dict[str, PruneConfig | None]:
 
 
 def load_events(args: argparse.Namespace) -> Iterator[Event]:
+    if args.trackml:
+        from streamtrk.io.trackml import read_event
+
+        yield read_event(args.trackml)
+        return
     if args.stk:
         from streamtrk.io.recording import iter_events
 
@@ -284,6 +289,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stk", type=Path, help="read events from a recording instead")
+    ap.add_argument("--trackml", type=Path, help="one TrackML event (prefix) with truth")
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--events", type=int, default=10)
     ap.add_argument("--mu", type=float, default=200)
@@ -292,13 +298,18 @@ def main() -> None:
     ap.add_argument("--png", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--gnn", type=int, default=0, help="time the shipped GNN on N events")
+    ap.add_argument("--torch-threads", type=int, help="torch threads for --gnn and --chain")
     ap.add_argument("--chain", action="store_true", help="full chain, shipped model")
     ap.add_argument("--only", nargs="*", help="measure only these variants (names)")
     ap.add_argument("--final", action="store_true", help="allow the test seed 3000")
     ap.add_argument("--mlp", type=Path, help="also the learned filter (bench/mlp_filter.py)")
     args = ap.parse_args()
-    if args.seed == 3000 and not args.stk and not args.final:
-        raise SystemExit("seed 3000 is the test seed: only with --final, once choices are frozen")
+    if (args.seed == 3000 or args.trackml) and not args.stk and not args.final:
+        raise SystemExit("test seed 3000 and real data only with --final, once choices are frozen")
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     t0 = time.perf_counter()
     events = list(load_events(args))
     graphs = [graph_of(ev) for ev in events]
@@ -324,7 +335,13 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     if args.png:
-        src = args.stk.name if args.stk else f"seed {args.seed}"
+        src = (
+            args.trackml.name
+            if args.trackml
+            else args.stk.name
+            if args.stk
+            else f"seed {args.seed}"
+        )
         plot(rows, args.png, f"Pruning: simulated MU={args.mu:g}, {len(events)} events ({src})")
 
 
