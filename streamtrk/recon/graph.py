@@ -263,6 +263,12 @@ def build_graph(
     dr_max = xp.where(ob, r_out + m, u_hi) - ri
     w = cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance
     b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
+    # A query whose bins hold no hit at all searches nothing: drop it before its bins are
+    # expanded (the disks of a barrel-only event, windows clipped onto an empty bin). Exact:
+    # the hits of rows [first, last] are a difference of two cell starts.
+    row0 = (event[qi] * n_layers + outer) * nb
+    in_rows = cell_start[(row0 + b_hi + 1) * (2 * nphi)] - cell_start[(row0 + b_lo) * (2 * nphi)]
+    b_hi = xp.where(in_rows > 0, b_hi, b_lo - 1)
     # phi-bin range of each query, moved up by n_phi (and 2 pi) when it would start below 0.
     p_lo = xp.floor((phi_p[qi] - w) * to_bin).astype(xp.int64)
     p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
@@ -270,6 +276,7 @@ def build_graph(
     p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
     centre = phi_p[qi] + low * two_pi
     r_s = xp.concatenate([r, r])[order]
+    z_s = z[hit_of]
     ctx = _Search(
         qi,
         ri,
@@ -284,6 +291,7 @@ def build_graph(
         hit_of,
         phi_sorted,
         r_s,
+        z_s,
         r,
         z,
         lay0,
@@ -339,6 +347,7 @@ class _Search:
     hit_of: Array
     phi_sorted: Array
     r_sorted: Array
+    z_sorted: Array
     r: Array
     z: Array
     lay: Array
@@ -365,11 +374,12 @@ class _Search:
         slope = cfg.phi_slope_max(self.det.bfield)
         keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
         qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
-        i, j = self.qi[qq], self.hit_of[pos]
-        dz = self.z[j] - self.zi[qq]
-        z0 = self.zi[qq] - self.ri[qq] * dz / dr
+        zi = self.zi[qq]
+        dz = self.z_sorted[pos] - zi
+        z0 = zi - self.ri[qq] * dz / dr
         keep = xp.abs(z0) <= self.reach[qq]
-        i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
+        qq, pos, dr, dz, dphi, z0 = (a[keep] for a in (qq, pos, dr, dz, dphi, z0))
+        i, j = self.qi[qq], self.hit_of[pos]
         # The resolution-aware z0 cut and eta consistency on the survivors.
         r, z, lay = self.r, self.z, self.lay
         deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
