@@ -5,7 +5,8 @@ hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For eve
 pair and every hit of the inner layer, two binary searches give the window of candidate
 outer hits; candidates are expanded in one vectorised step and cut on phi slope, z0 and
 eta consistency. The work grows with hits x candidates per window, never hits squared, and
-the number of host synchronisations per batch is constant (two), not per layer pair.
+the number of host synchronisations per batch is constant (one per expansion step, one to
+drop queries into empty layers), not per layer pair.
 """
 
 from __future__ import annotations
@@ -246,6 +247,12 @@ def build_graph(
     q_hit, q_pair = _expand(starts[lay_on], starts[lay_on + 1], xp)
     qi = hits_on[q_hit]
     outer = t["pair_outer"][q_pair]
+    # Layers without a hit in the query's event (the disks of a barrel-only event) get no
+    # queries: nothing to find there.
+    n_events = int(node_offsets.shape[0] - 1)
+    occupied = xp.bincount(event[hits_on] * n_layers + lay_on, minlength=n_events * n_layers)
+    alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
+    qi, outer = qi[alive], outer[alive]
     ob = t["barrel"][outer]
     ri, zi = r[qi], z[qi]
     # z0 reach of a query: the exact resolution term between barrel layers, else the bound.
