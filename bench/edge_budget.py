@@ -183,7 +183,8 @@ def time_gnn(events: list[Event], graphs: list[Graph], cfg: PruneConfig, repeats
 
 
 class PrunedScorer:
-    """Scores only the edges that survive pruning; the others get 0 (below any threshold)."""
+    """Scores only the edges that survive pruning (on the compacted graph: hits without
+    edges dropped); the others get 0, below any threshold. Pruning is timed apart."""
 
     def __init__(self, scorer, cfg: PruneConfig) -> None:
         self.scorer, self.cfg, self.seconds = scorer, cfg, 0.0
@@ -193,7 +194,8 @@ class PrunedScorer:
         mask = prune_edges(graph, self.cfg, load_detector())
         self.seconds += time.perf_counter() - t0
         scores = np.zeros(graph.num_edges, dtype=np.float32)
-        scores[mask] = np.asarray(self.scorer(prune_graph(graph, mask), events))
+        small, _ = compact_graph(prune_graph(graph, mask))  # edges keep their order
+        scores[mask] = np.asarray(self.scorer(small, events))
         return scores
 
 
