@@ -219,3 +219,38 @@ def test_mu200_keeps_target_segments_and_drops_most_edges(mu200_events, det):
     kept = np.isin(key, g.edge_index[0][mask] * n + g.edge_index[1][mask])
     assert kept.sum() >= 0.995 * in_graph.sum()
     assert mask.sum() <= g.num_edges / 5
+
+
+@pytest.mark.gpu
+def test_cupy_mask_equals_numpy(mu200_events, det):
+    """The same code on CuPy arrays (skips without a CUDA device). Cut decisions may differ
+    only where float rounding of sin, cos or arctan2 differs between the two libraries."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError:
+        pytest.skip("no CUDA device")
+    cpu = _graph(mu200_events[:2], det)
+    cols = {
+        k: cupy.asarray(np.concatenate([getattr(e.hits, k) for e in mu200_events[:2]]))
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    }
+    gpu = build_graph(
+        cols["x"],
+        cols["y"],
+        cols["z"],
+        cols["volume_id"],
+        cols["layer_id"],
+        cpu.node_offsets,
+        det,
+    )
+    assert np.array_equal(gpu.edge_index.get(), cpu.edge_index)
+    for cfg in (PruneConfig(), PruneConfig(min_hits=3, scale=1.0)):
+        m_cpu = prune_edges(cpu, cfg, det)
+        m_gpu = prune_edges(gpu, cfg, det)
+        assert isinstance(m_gpu, cupy.ndarray)
+        assert (m_gpu.get() != m_cpu).sum() <= max(1, cpu.num_edges // 100_000)
+    mask = prune_edges(gpu, PruneConfig(), det)
+    small, kept = compact_graph(prune_graph(gpu, mask))
+    assert np.array_equal(kept.get()[small.edge_index.get()], gpu.edge_index.get()[:, mask.get()])
