@@ -20,8 +20,10 @@ from the beam line, |z0|) drop edges before the triplet search.
 Work: per-edge geometry, two sorts (inner edges by (middle hit, theta), outer edges by
 (middle hit, theta)), two binary searches for each inner edge's theta window among the outer
 edges at its middle hit, one expansion of the candidate pairs and per-pair cuts. Nothing is
-per hit or per edge in Python; the only host synchronisation is the candidate count. Edges of
-different events never share a hit, so a batched graph needs nothing special.
+per hit or per edge in Python; host synchronisations are few and fixed in number (the
+candidate count and three compactions). Edges of different events never share a hit, so a
+batched graph needs nothing special. About 0.12-0.15 s per MU=200 event (780k edges) on the
+project's 2-core CPU.
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ def _tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
 
 
 def edge_geometry(graph: Graph, det: Detector, edges: Array | None = None) -> dict[str, Array]:
-    """Per-edge quantities the cuts read (float64), from the graph's node features.
+    """Per-edge quantities the cuts read, from the graph's node features (float32: the
+    node features are float32 already, and the windows are far wider than its rounding).
 
     For the edges ``edges`` (ids; all when None): ``pair`` is the folded layer pair (inner *
     n_layers + outer); ``lay_j`` the outer hit's folded layer; ``theta`` the polar angle of
