@@ -39,3 +39,17 @@ def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     index = order[pos]
     found = keys[index] == queries
     return xp.where(found, index, 0), found
+
+
+def expand_ranges(lo: Array, hi: Array) -> tuple[Array, Array]:
+    """Flatten ranges ``[lo, hi)``: (range id, position) of every element, range by range.
+    One host synchronisation (the total)."""
+    xp = array_module(lo)
+    counts = xp.maximum(hi - lo, 0)
+    ends = xp.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    if xp is np:  # same result; repeat is the fast primitive on the CPU, search on the GPU
+        rid = np.repeat(np.arange(len(counts)), counts)
+    else:
+        rid = xp.searchsorted(ends, xp.arange(total), side="right")
+    return rid, xp.arange(total) + (lo - ends + counts)[rid]

@@ -18,6 +18,7 @@ from typing import Any
 
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, GNNConfig
 from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.prune import PruneConfig
 from streamtrk.tomlio import dataclass_from
 
 CARD_FORMAT = 1
@@ -33,6 +34,18 @@ def _section(card: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(sec, dict):
         raise ModelCardError(f"model card has no [{name}] table")
     return sec
+
+
+def card_prune(card: dict[str, Any]) -> PruneConfig | None:
+    """The pruning settings of a card (its ``[prune]`` table), or None: the model was trained
+    on unpruned graphs and scores them unpruned."""
+    table = card.get("prune")
+    if table is None:
+        return None
+    try:
+        return dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
+    except ValueError as e:  # a setting out of range, or a windows file that is not there
+        raise ModelCardError(f"model card [prune]: {e}") from None
 
 
 def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
@@ -71,9 +84,15 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
 
 
 def model_card(
-    name: str, arch: GNNConfig, graph: GraphConfig, threshold: float, **sections: Any
+    name: str,
+    arch: GNNConfig,
+    graph: GraphConfig,
+    threshold: float,
+    prune: PruneConfig | None = None,
+    **sections: Any,
 ) -> dict[str, Any]:
-    """A card: the [model] identity, architecture, graph settings, then free ``sections``."""
+    """A card: the [model] identity, architecture, graph and pruning settings, then free
+    ``sections``."""
     from streamtrk import __version__
 
     return {
@@ -86,5 +105,6 @@ def model_card(
         },
         "architecture": asdict(arch),
         "graph": asdict(graph),
+        **({} if prune is None else {"prune": asdict(prune)}),
         **sections,
     }

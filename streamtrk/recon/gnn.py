@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from streamtrk.event import Event
-from streamtrk.recon.graph import Graph
+from streamtrk.recon.graph import Graph, without_isolated_hits
 from streamtrk.xp import array_module
 
 NODE_FEATURES = 3  # Graph.node_features columns
@@ -149,7 +149,9 @@ def edge_scores(
     graph: Graph, device: torch.device, logits: Callable[[Tensor, Tensor, Tensor], Tensor]
 ) -> Any:
     """Sigmoid of ``logits`` of the graph's features on ``device``, returned in the graph's
-    array module (NumPy, or CuPy through DLPack without a copy)."""
+    array module (NumPy, or CuPy through DLPack without a copy). Hits without an edge are
+    dropped first (the network's per-hit work shrinks; the edge scores do not change)."""
+    graph = without_isolated_hits(graph)
     x, ei, ea = (
         _to_torch(a, device) for a in (graph.node_features, graph.edge_index, graph.edge_features)
     )

@@ -5,7 +5,8 @@ hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For eve
 pair and every hit of the inner layer, two binary searches give the window of candidate
 outer hits; candidates are expanded in one vectorised step and cut on phi slope, z0 and
 eta consistency. The work grows with hits x candidates per window, never hits squared, and
-the number of host synchronisations per batch is constant (two), not per layer pair.
+the number of host synchronisations per batch is constant (one per expansion step, one to
+drop queries into empty layers), not per layer pair.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
 from streamtrk.event import Event
 from streamtrk.threads import available_cpus
-from streamtrk.xp import Array, array_module
+from streamtrk.xp import Array, array_module, expand_ranges, to_host
 
 
 @dataclass(frozen=True)
@@ -108,18 +109,6 @@ def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -
     h = event.hits
     offsets = np.array([0, len(h)], dtype=np.int64)
     return build_graph(h.x, h.y, h.z, h.volume_id, h.layer_id, offsets, det, cfg)
-
-
-def _expand(lo: Array, hi: Array, xp: Any) -> tuple[Array, Array]:
-    """Flatten ranges [lo, hi): (range id, position) for every element. One host sync."""
-    counts = xp.maximum(hi - lo, 0)
-    ends = xp.cumsum(counts)
-    total = int(ends[-1]) if len(ends) else 0
-    if xp is np:  # same result; repeat is the fast primitive on the CPU, search on the GPU
-        rid = np.repeat(np.arange(len(counts)), counts)
-    else:
-        rid = xp.searchsorted(ends, xp.arange(total), side="right")
-    return rid, xp.arange(total) + (lo - ends + counts)[rid]
 
 
 @cache
@@ -235,9 +224,15 @@ def build_graph(
     starts = xp.searchsorted(t["pair_inner"], xp.arange(n_layers + 1), side="left")
     hits_on = xp.nonzero(on)[0]
     lay_on = layer[hits_on]
-    q_hit, q_pair = _expand(starts[lay_on], starts[lay_on + 1], xp)
+    q_hit, q_pair = expand_ranges(starts[lay_on], starts[lay_on + 1])
     qi = hits_on[q_hit]
     outer = t["pair_outer"][q_pair]
+    # Layers without a hit in the query's event (the disks of a barrel-only event) get no
+    # queries: nothing to find there.
+    n_events = int(node_offsets.shape[0] - 1)
+    occupied = xp.bincount(event[hits_on] * n_layers + lay_on, minlength=n_events * n_layers)
+    alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
+    qi, outer = qi[alive], outer[alive]
     ob = t["barrel"][outer]
     ri, zi = r[qi], z[qi]
     # z0 reach of a query: the exact resolution term between barrel layers, else the bound.
@@ -255,6 +250,12 @@ def build_graph(
     dr_max = xp.where(ob, r_out + m, u_hi) - ri
     w = cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance
     b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
+    # A query whose bins hold no hit at all searches nothing: drop it before its bins are
+    # expanded (the disks of a barrel-only event, windows clipped onto an empty bin). Exact:
+    # the hits of rows [first, last] are a difference of two cell starts.
+    row0 = (event[qi] * n_layers + outer) * nb
+    in_rows = cell_start[(row0 + b_hi + 1) * (2 * nphi)] - cell_start[(row0 + b_lo) * (2 * nphi)]
+    b_hi = xp.where(in_rows > 0, b_hi, b_lo - 1)
     # phi-bin range of each query, moved up by n_phi (and 2 pi) when it would start below 0.
     p_lo = xp.floor((phi_p[qi] - w) * to_bin).astype(xp.int64)
     p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
@@ -262,6 +263,7 @@ def build_graph(
     p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
     centre = phi_p[qi] + low * two_pi
     r_s = xp.concatenate([r, r])[order]
+    z_s = z[hit_of]
     ctx = _Search(
         qi=qi,
         ri=ri,
@@ -276,6 +278,7 @@ def build_graph(
         hit_of=hit_of,
         phi_sorted=phi_sorted,
         r_sorted=r_s,
+        z_sorted=z_s,
         r=r,
         z=z,
         lay=lay0,
@@ -287,7 +290,7 @@ def build_graph(
         cfg=cfg,
         xp=xp,
     )
-    q_all, b_all = _expand(b_lo, b_hi + 1, xp)
+    q_all, b_all = expand_ranges(b_lo, b_hi + 1)
     # On the CPU, chunks of queries run on threads (NumPy releases the GIL in its loops);
     # on the GPU one chunk keeps the launch count down. Edges come out in the same order.
     threads = min(cfg.threads, available_cpus()[0])
@@ -332,6 +335,7 @@ class _Search:
     hit_of: Array
     phi_sorted: Array
     r_sorted: Array
+    z_sorted: Array
     r: Array
     z: Array
     lay: Array
@@ -349,7 +353,7 @@ class _Search:
         row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
         row *= 2 * self.nphi
         lo = self.cell_start[row + self.p_lo[q]]
-        cand, pos = _expand(lo, self.cell_start[row + self.p_hi[q] + 1], xp)
+        cand, pos = expand_ranges(lo, self.cell_start[row + self.p_hi[q] + 1])
         qq = q[cand]
         # Per-query values are read through qq, per-hit ones through the sorted slots (both
         # gathers run mostly forward in memory); hit ids are gathered for survivors only.
@@ -358,11 +362,12 @@ class _Search:
         slope = cfg.phi_slope_max(self.det.bfield)
         keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
         qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
-        i, j = self.qi[qq], self.hit_of[pos]
-        dz = self.z[j] - self.zi[qq]
-        z0 = self.zi[qq] - self.ri[qq] * dz / dr
+        zi = self.zi[qq]
+        dz = self.z_sorted[pos] - zi
+        z0 = zi - self.ri[qq] * dz / dr
         keep = xp.abs(z0) <= self.reach[qq]
-        i, j, dr, dz, dphi, z0 = (a[keep] for a in (i, j, dr, dz, dphi, z0))
+        qq, pos, dr, dz, dphi, z0 = (a[keep] for a in (qq, pos, dr, dz, dphi, z0))
+        i, j = self.qi[qq], self.hit_of[pos]
         # The resolution-aware z0 cut and eta consistency on the survivors.
         r, z, lay = self.r, self.z, self.lay
         deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
@@ -384,4 +389,38 @@ def _z0_error(
         + (t["sigma_z"][lj] * ri / dr) ** 2
         + (t["sigma_r"][li] * dz * rj / dr**2) ** 2
         + (t["sigma_r"][lj] * dz * ri / dr**2) ** 2
+    )
+
+
+def select_edges(graph: Graph, mask: Array) -> Graph:
+    """The graph with only the edges of ``mask`` (hits, their numbering and offsets kept)."""
+    return Graph(
+        node_features=graph.node_features,
+        edge_index=graph.edge_index[:, mask],
+        edge_features=graph.edge_features[mask],
+        node_offsets=graph.node_offsets,
+        layer=graph.layer,
+    )
+
+
+def without_isolated_hits(graph: Graph) -> Graph:
+    """The graph without the hits that no edge touches, edges in the same order.
+
+    After pruning most hits have no edge left; a GNN's per-hit work (every step updates
+    every hit) shrinks with them and its edge scores are unchanged (a hit without edges
+    sends and receives nothing). ``node_offsets`` still delimit the events.
+    """
+    xp = array_module(graph.edge_index)
+    used = xp.zeros(graph.num_nodes, dtype=bool)
+    used[graph.edge_index[0]] = True
+    used[graph.edge_index[1]] = True
+    kept = xp.nonzero(used)[0]
+    new_id = xp.cumsum(used) - 1
+    offsets = np.searchsorted(to_host(kept), graph.node_offsets, side="left").astype(np.int64)
+    return Graph(
+        node_features=graph.node_features[kept],
+        edge_index=new_id[graph.edge_index],
+        edge_features=graph.edge_features,
+        node_offsets=offsets,
+        layer=graph.layer[kept],
     )

@@ -12,12 +12,13 @@ import numpy as np
 from streamtrk.detector import Detector, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.fit import fit_tracks
-from streamtrk.recon.graph import Graph, GraphConfig, build_graph
+from streamtrk.recon.graph import Graph, GraphConfig, build_graph, select_edges
+from streamtrk.recon.prune import PruneConfig, prune_edges
 from streamtrk.recon.tracks import build_tracks, split_by_event
 from streamtrk.recon.truth import edge_labels
 from streamtrk.xp import array_module, to_host
 
-STAGES = ("graph", "gnn", "tracks", "fit")
+STAGES = ("graph", "prune", "gnn", "tracks", "fit")
 
 
 class EdgeScorer(Protocol):
@@ -41,14 +42,16 @@ class OracleScorer:
 
 @dataclass
 class ReconResult:
-    """Tracks per event (host arrays); the batch's graph and edge scores (arrays on the
-    reconstructor's device, NumPy or CuPy) and node offsets; seconds spent in each stage."""
+    """Tracks per event (host arrays); the batch's graph as built, the graph after pruning
+    (the one scored) and its edge scores (arrays on the reconstructor's device, NumPy or
+    CuPy), node offsets; seconds spent in each stage."""
 
     tracks: list[Tracks]
     timings: dict[str, float]
-    graph: Graph
+    graph: Graph  # scored: the built graph less the pruned edges
     scores: Any
     node_offsets: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1, np.int64))
+    built: Graph | None = None  # as built, before pruning (None: the same as ``graph``)
 
 
 class Reconstructor:
@@ -63,9 +66,11 @@ class Reconstructor:
         graph_config: GraphConfig | None = None,
         threshold: float = 0.5,
         junction_passes: int = 1,
+        prune: PruneConfig | None = None,
     ) -> None:
         self.scorer = scorer
         self.junction_passes = junction_passes
+        self.prune = prune
         self.device = device
         self.detector = detector or load_detector()
         self.graph_config = graph_config or GraphConfig()
@@ -117,6 +122,14 @@ class Reconstructor:
                 self.graph_config,
             ),
         )
+        built = graph
+        if self.prune is not None:
+            cfg = self.prune
+            graph = self._timed(
+                timings, "prune", lambda: select_edges(built, prune_edges(built, cfg, det))
+            )
+        else:
+            timings["prune"] = 0.0
         scores = self._timed(timings, "gnn", lambda: self.scorer(graph, events))
         r = graph.node_features[:, 0]
         offsets, hit_index = self._timed(
@@ -141,4 +154,4 @@ class Reconstructor:
             Tracks(to_host(o), to_host(h), {k: to_host(v) for k, v in p.items()})
             for o, h, p in split_by_event(offsets, hit_index, params, node_offsets)
         ]
-        return ReconResult(tracks, timings, graph, scores, node_offsets)
+        return ReconResult(tracks, timings, graph, scores, node_offsets, built)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Pipeline stages, in order; the per-batch ones come from ``Reconstructor.reconstruct``.
-STAGES = ("decode", "queue", "graph", "gnn", "tracks", "fit", "encode")
+STAGES = ("decode", "queue", "graph", "prune", "gnn", "tracks", "fit", "encode")
 
 # 100 us to 10 s, about three buckets a decade.
 LATENCY_BUCKETS = (

@@ -5,7 +5,13 @@ import pytest
 
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
-from streamtrk.recon.graph import GraphConfig, build_graph, layer_pairs
+from streamtrk.recon.graph import (
+    GraphConfig,
+    build_graph,
+    layer_pairs,
+    select_edges,
+    without_isolated_hits,
+)
 from streamtrk.recon.truth import true_segments
 
 
@@ -116,3 +122,26 @@ def test_real_event_graph_efficiency(shared_trackml, det):
     seg = true_segments(ev, 1.0)
     n = len(ev.hits)
     assert np.isin(seg[0] * n + seg[1], _keys(g)).mean() >= 0.98
+
+
+def test_select_edges_keeps_hits(small_events, det):
+    g = _graph(small_events[:1], det)
+    mask = np.arange(g.num_edges) % 3 == 0
+    p = select_edges(g, mask)
+    assert p.num_nodes == g.num_nodes and p.num_edges == int(mask.sum())
+    assert np.array_equal(p.edge_features, g.edge_features[mask])
+
+
+def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
+    g = _graph(small_events, det)
+    p = select_edges(g, np.arange(g.num_edges) % 7 == 0)  # most hits lose their edges
+    c = without_isolated_hits(p)
+    kept = np.unique(p.edge_index)
+    assert c.num_nodes == len(np.unique(p.edge_index)) < p.num_nodes
+    assert np.array_equal(kept[c.edge_index], p.edge_index)
+    assert np.array_equal(c.node_features, p.node_features[kept])
+    assert np.array_equal(c.layer, p.layer[kept])
+    # Events stay delimited: every hit of event k lies in [offsets[k], offsets[k + 1]).
+    event_old = np.searchsorted(p.node_offsets[1:], kept, side="right")
+    event_new = np.searchsorted(c.node_offsets[1:], np.arange(c.num_nodes), side="right")
+    assert np.array_equal(event_old, event_new)

@@ -1,0 +1,234 @@
+"""Edge pruning: the vectorised mask against a brute-force loop, batching, physics sanity."""
+
+import math
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from streamtrk.detector import BARREL
+from streamtrk.recon.graph import Graph, build_graph, select_edges, without_isolated_hits
+from streamtrk.recon.prune import (
+    PruneConfig,
+    edge_geometry,
+    layer_code,
+    mirror_layers,
+    prune_edges,
+)
+from streamtrk.recon.truth import particle_pt, true_segments
+
+F32 = np.float32
+
+
+def _graph(events, det):
+    cols = {
+        k: np.concatenate([getattr(e.hits, k) for e in events])
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    }
+    offsets = np.cumsum([0] + [len(e.hits) for e in events])
+    return build_graph(
+        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det
+    )
+
+
+def _reference(graph: Graph, cfg: PruneConfig, det) -> np.ndarray:
+    """Pure-Python loops over hits and their edge pairs, windows looked up in dicts.
+
+    Per-edge quantities come from ``edge_geometry`` (checked on its own against Python maths
+    below); the three-hit curvature is recomputed here in float32 scalars in the same order
+    of operations, so that every cut decision can be compared exactly.
+    """
+    g = {k: np.asarray(v) for k, v in edge_geometry(graph, det).items()}
+    code = layer_code(det).tolist()
+    fold = mirror_layers(det).tolist()
+    lay = [fold[int(v)] for v in np.asarray(graph.layer)]
+    trip = {(int(r[0]), int(r[1]), int(r[2])): r[3:6] for r in cfg.triplets}
+    pairs = {(int(r[0]), int(r[1])): r[2:4] for r in cfg.pairs}
+    i, j = (a.tolist() for a in np.asarray(graph.edge_index))
+    n_edges = len(i)
+    usable = []
+    for e in range(n_edges):
+        if not cfg.pair_cuts:
+            usable.append(True)
+            continue
+        w = pairs.get((code[lay[i[e]]], code[lay[j[e]]]))
+        usable.append(
+            w is not None and abs(float(g["k2"][e])) <= w[0] and abs(float(g["z0"][e])) <= w[1]
+        )
+    into, out_of = defaultdict(list), defaultdict(list)
+    for e in range(n_edges):
+        into[j[e]].append(e)
+        out_of[i[e]].append(e)
+    compatible = []
+    for h in into:
+        for a in into[h]:
+            for b in out_of.get(h, []):
+                if not (usable[a] and usable[b]):
+                    continue
+                w = trip.get((code[lay[i[a]]], code[lay[h]], code[lay[j[b]]]))
+                if w is None:
+                    continue
+                w_th = min(w[0] * cfg.scale, 0.85)
+                w_dk = w[1] * cfg.scale
+                w_k = w[2] * cfg.kappa_scale if cfg.kappa_cut else math.inf
+                dth = abs(float(g["theta"][b] - g["theta"][a]))
+                dk = abs(float(g["k2"][b] - g["k2"][a]))
+                dxa, dya, ca = g["dx"][a], g["dy"][a], g["c"][a]
+                dxb, dyb, cb = g["dx"][b], g["dy"][b], g["c"][b]
+                sx, sy = dxa + dxb, dya + dyb
+                kap = 2.0 * (dxa * dyb - dya * dxb) / (ca * cb * np.sqrt(sx * sx + sy * sy))
+                if dth <= w_th and dk <= w_dk and abs(float(kap)) <= w_k:
+                    compatible.append((a, b))
+    keep = np.zeros(n_edges, bool)
+    if cfg.min_hits == 3:
+        for a, b in compatible:
+            keep[a] = keep[b] = True
+        return keep
+    has_in, has_out = set(), set()
+    for a, b in compatible:
+        has_in.add(b)
+        has_out.add(a)
+    for e in has_in & has_out:
+        keep[e] = True
+    for a, b in compatible:
+        if a in has_in:
+            keep[b] = True
+        if b in has_out:
+            keep[a] = True
+    return keep
+
+
+CONFIGS = {
+    "default (quadruplets)": {},
+    "triplets": {"min_hits": 3, "scale": 1.0},
+    "no pair cuts": {"pair_cuts": False},
+    "triplets, no kappa, wide": {"min_hits": 3, "kappa_cut": False, "scale": 3.0},
+    "narrow": {"scale": 0.5, "kappa_scale": 0.8},
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_vectorised_mask_equals_brute_force(small_events, det, name):
+    g = _graph(small_events[:1], det)
+    cfg = replace(PruneConfig(), **CONFIGS[name])
+    ref = _reference(g, cfg, det)
+    mask = prune_edges(g, cfg, det)
+    assert mask.dtype == bool and mask.shape == (g.num_edges,)
+    assert 0 < ref.sum() < g.num_edges  # the comparison means something
+    assert np.array_equal(mask, ref)
+
+
+def test_edge_geometry_matches_python_maths(small_events, det):
+    g = _graph(small_events[:1], det)
+    geo = edge_geometry(g, det)
+    nf = g.node_features.astype(np.float64)
+    for e in range(0, g.num_edges, 97):
+        a, b = (int(v) for v in g.edge_index[:, e])
+        ra, rb = nf[a, 0] * 1000, nf[b, 0] * 1000
+        pa, pb = nf[a, 1] * math.pi, nf[b, 1] * math.pi
+        za, zb = nf[a, 2] * 1000, nf[b, 2] * 1000
+        dx = rb * math.cos(pb) - ra * math.cos(pa)
+        dy = rb * math.sin(pb) - ra * math.sin(pa)
+        c = math.hypot(dx, dy)
+        assert geo["theta"][e] == pytest.approx(math.atan2(rb - ra, zb - za), abs=2e-6)
+        assert geo["k2"][e] == pytest.approx(2 * math.sin(pb - pa) / c, rel=1e-3, abs=1e-7)
+        assert geo["z0"][e] == pytest.approx(za - ra * (zb - za) / (rb - ra), abs=1e-2)
+        assert geo["c"][e] == pytest.approx(c, rel=1e-5)
+
+
+def test_mirror_layers_fold_minus_z_disks(det):
+    fold = mirror_layers(det)
+    code = layer_code(det)
+    at = {int(c): k for k, c in enumerate(code)}
+    assert fold[at[702]] == at[914]  # pixel disk at z = -1500 onto z = +1500
+    assert fold[at[1212]] == at[1402]  # short-strip disk z = -1220 onto +1220
+    barrel = np.nonzero(det.kind == BARREL)[0]
+    assert np.array_equal(fold[barrel], barrel)
+    assert (det.z[fold][det.kind != BARREL] > 0).all()
+
+
+def test_batched_mask_is_the_per_event_masks(small_events, det):
+    both = _graph(small_events, det)
+    mask = prune_edges(both, PruneConfig(), det)
+    src = both.edge_index[0]
+    for k, ev in enumerate(small_events):
+        lo, hi = both.node_offsets[k], both.node_offsets[k + 1]
+        alone = _graph([ev], det)
+        single = prune_edges(alone, PruneConfig(), det)
+        sel = (src >= lo) & (src < hi)
+        assert np.array_equal(both.edge_index[:, sel] - lo, alone.edge_index)
+        assert np.array_equal(mask[sel], single)
+
+
+def test_empty_graph_and_bad_config(det):
+    g = Graph(
+        node_features=np.zeros((3, 3), np.float32),
+        edge_index=np.zeros((2, 0), np.int64),
+        edge_features=np.zeros((0, 6), np.float32),
+        node_offsets=np.array([0, 3]),
+        layer=np.zeros(3, np.int64),
+    )
+    assert prune_edges(g, PruneConfig(), det).shape == (0,)
+    with pytest.raises(ValueError, match="min_hits"):
+        PruneConfig(min_hits=5)
+    with pytest.raises(ValueError, match="scales"):
+        PruneConfig(scale=0)
+
+
+@pytest.mark.slow
+def test_mu200_keeps_target_segments_and_drops_most_edges(mu200_events, det):
+    """Seed 90210 (no tuning): at least 99.5% of the central pT >= 1 GeV segments in the
+    graph survive, and at most 1 edge in 5."""
+    ev = mu200_events[0]
+    g = _graph([ev], det)
+    mask = prune_edges(g, PruneConfig(), det)
+    n = len(ev.hits)
+    seg = true_segments(ev, 1.0)
+    p = ev.truth.particles
+    srt = np.argsort(p.particle_id)
+    pid = ev.truth.hits.particle_id[seg[0]]
+    assert (particle_pt(ev, pid) >= 1).all()
+    vr = p.vr[srt][np.searchsorted(p.particle_id[srt], pid)]
+    key = seg[0][vr < 10] * n + seg[1][vr < 10]
+    in_graph = np.isin(key, g.edge_index[0] * n + g.edge_index[1])
+    kept = np.isin(key, g.edge_index[0][mask] * n + g.edge_index[1][mask])
+    assert kept.sum() >= 0.995 * in_graph.sum()
+    assert mask.sum() <= g.num_edges / 5
+
+
+@pytest.mark.gpu
+def test_cupy_mask_equals_numpy(mu200_events, det):
+    """The same code on CuPy arrays (skips without a CUDA device). Cut decisions may differ
+    only where float rounding of sin, cos or arctan2 differs between the two libraries."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError:
+        pytest.skip("no CUDA device")
+    cpu = _graph(mu200_events[:2], det)
+    cols = {
+        k: cupy.asarray(np.concatenate([getattr(e.hits, k) for e in mu200_events[:2]]))
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    }
+    gpu = build_graph(
+        cols["x"],
+        cols["y"],
+        cols["z"],
+        cols["volume_id"],
+        cols["layer_id"],
+        cpu.node_offsets,
+        det,
+    )
+    assert np.array_equal(gpu.edge_index.get(), cpu.edge_index)
+    for cfg in (PruneConfig(), PruneConfig(min_hits=3, scale=1.0)):
+        m_cpu = prune_edges(cpu, cfg, det)
+        m_gpu = prune_edges(gpu, cfg, det)
+        assert isinstance(m_gpu, cupy.ndarray)
+        assert (m_gpu.get() != m_cpu).sum() <= max(1, cpu.num_edges // 100_000)
+    mask = prune_edges(gpu, PruneConfig(), det)
+    pruned = select_edges(gpu, mask)
+    small = without_isolated_hits(pruned)
+    kept = np.unique(pruned.edge_index.get())
+    assert np.array_equal(kept[small.edge_index.get()], gpu.edge_index.get()[:, mask.get()])
