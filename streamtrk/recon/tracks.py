@@ -10,6 +10,7 @@ returned in the same canonical form, labelled by their smallest hit index.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,18 +34,13 @@ def _mutual_best(e: Array, s: Array, xp: Any) -> Array:
     return best
 
 
-def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes: int = 1) -> Array:
-    """Edges (2, k) kept: above threshold and the best-scored edge at both of their ends.
-
-    With ``passes`` > 1 the selection is repeated on the edges whose two ends are still free
-    (a hit has at most one kept outgoing and one kept incoming edge): a chain that lost a
-    junction continues on its next-best edge, like a greedy walk through the scored graph.
-    """
+def _junction_edges(edge_index: Array, scores: Array, threshold: float, passes: int) -> Array:
+    """Indices of the edges kept by :func:`resolve_junctions`."""
     xp = array_module(edge_index)
-    keep = scores > threshold
-    e, s = edge_index[:, keep], scores[keep]
+    idx = xp.nonzero(scores > threshold)[0]
+    e, s = edge_index[:, idx], scores[idx]
     if e.shape[1] == 0 or passes < 1:
-        return e[:, :0]
+        return idx[:0]
     n = int(e.max()) + 1
     chosen = xp.zeros(e.shape[1], dtype=bool)
     out_used, in_used = xp.zeros(n, dtype=bool), xp.zeros(n, dtype=bool)
@@ -56,7 +52,70 @@ def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes
         chosen[new] = True
         out_used[e[0, new]] = True
         in_used[e[1, new]] = True
-    return e[:, chosen]
+    return idx[chosen]
+
+
+def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes: int = 1) -> Array:
+    """Edges (2, k) kept: above threshold and the best-scored edge at both of their ends.
+
+    With ``passes`` > 1 the selection is repeated on the edges whose two ends are still free
+    (a hit has at most one kept outgoing and one kept incoming edge): a chain that lost a
+    junction continues on its next-best edge, like a greedy walk through the scored graph.
+    """
+    return edge_index[:, _junction_edges(edge_index, scores, threshold, passes)]
+
+
+def _best_per(key: Array, s: Array, xp: Any) -> Array:
+    """Indices of the best-scored entry for each distinct ``key`` (ties: first index)."""
+    if len(key) == 0:
+        return xp.zeros(0, dtype=xp.int64)
+    order = xp.lexsort(xp.stack([xp.arange(len(key)), -s, key]))
+    first = xp.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    return order[first]
+
+
+def stitch_edges(
+    edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float
+) -> Array:
+    """Indices of the edges that join track pieces end to end (to add to ``kept``).
+
+    A piece is a chain of ``kept`` edges (``labels``: its component per hit). Candidates are
+    graph edges scored above ``threshold`` from a piece's last hit to another piece's first
+    hit, and bridges through one hit in no piece: the best edge from a piece's last hit into
+    that hit and its best edge out to another piece's first hit, scored by the weaker of the
+    two. A candidate is taken when it is the best one at both of its piece ends (mutual best,
+    as in :func:`resolve_junctions`), so every hit keeps at most one edge in and one out.
+    """
+    xp = array_module(edge_index)
+    n = len(labels)
+    out_deg = xp.bincount(kept[0], minlength=n)
+    in_deg = xp.bincount(kept[1], minlength=n)
+    piece = (out_deg + in_deg) > 0
+    last = piece & (out_deg == 0)
+    first = piece & (in_deg == 0)
+    a, b = edge_index[0], edge_index[1]
+    ok = scores > threshold
+    direct = xp.nonzero(ok & last[a] & first[b] & (labels[a] != labels[b]))[0]
+    into = xp.nonzero(ok & last[a] & ~piece[b])[0]
+    into = into[_best_per(b[into], scores[into], xp)]  # per free hit, its best entry
+    out = xp.nonzero(ok & ~piece[a] & first[b])[0]
+    out = out[_best_per(a[out], scores[out], xp)]  # per free hit, its best exit
+    has_in = xp.zeros(n, dtype=bool)
+    has_in[b[into]] = True
+    has_out = xp.zeros(n, dtype=bool)
+    has_out[a[out]] = True
+    # both lists are sorted by their free hit: keep the hits with both, aligned
+    into, out = into[has_out[b[into]]], out[has_in[a[out]]]
+    cross = labels[a[into]] != labels[b[out]]
+    into, out = into[cross], out[cross]
+    src = xp.concatenate([a[direct], a[into]])
+    dst = xp.concatenate([b[direct], b[out]])
+    s = xp.concatenate([scores[direct], xp.minimum(scores[into], scores[out])])
+    take = _mutual_best(xp.stack([src, dst]), s, xp)
+    nd = len(direct)
+    take_direct, take_bridge = take[:nd], take[nd:]
+    return xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])
 
 
 def _canonical(labels: Array, xp: Any) -> Array:
@@ -110,38 +169,87 @@ def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int 
     raise RuntimeError(f"label propagation did not converge in {max_iter} iterations")
 
 
+@dataclass(frozen=True)
+class TrackConfig:
+    """Track-building settings past the edge-score threshold (chosen on validation events
+    with ``bench/track_building.py``; the defaults are the plain chain without stitching).
+
+    - ``junction_passes``: rounds of mutual-best junction resolution (see resolve_junctions).
+    - ``stitch_threshold``: join pieces end to end over edges (or one-hit bridges) scored
+      above it (see stitch_edges); None: no stitching.
+    - ``min_hits``: shortest track kept.
+    - ``min_mean_score``: tracks whose edges' mean score is at or below it are dropped.
+    - ``max_chi2_ndf``: tracks whose fit has chi2 / ndf above it are dropped (after the fit,
+      see select_tracks); None: no cut.
+    """
+
+    junction_passes: int = 1
+    stitch_threshold: float | None = None
+    min_hits: int = 3
+    min_mean_score: float = 0.0
+    max_chi2_ndf: float | None = None
+
+
 def build_tracks(
     edge_index: Array,
     scores: Array,
     r: Array,
     *,
     threshold: float = 0.5,
-    min_hits: int = 3,
-    junction_passes: int = 1,
+    config: TrackConfig = TrackConfig(),
 ) -> tuple[Array, Array]:
     """Track candidates of a batch as CSR ``(offsets, hit_index)``, batch hit numbering.
 
-    Hits of a track are ordered by radius (edges point outwards, so chains do too). A hit
-    belongs to at most one track; tracks have at least ``min_hits`` hits; tracks are
-    ordered by their first hit, so the tracks of one event are contiguous.
+    Edges above ``threshold`` resolved at junctions, pieces stitched (``config``), connected
+    components. Hits of a track are ordered by radius (edges point outwards, so chains do
+    too). A hit belongs to at most one track; tracks have at least ``config.min_hits`` hits
+    and a mean edge score above ``config.min_mean_score``; tracks are ordered by their first
+    hit, so the tracks of one event are contiguous.
     """
     xp = array_module(edge_index)
     n = int(r.shape[0])
-    kept = resolve_junctions(edge_index, scores, threshold, junction_passes)
-    if xp is np:
-        labels = components_scipy(kept, n)
-    else:
-        labels = components_label_propagation(kept, n)
+    idx = _junction_edges(edge_index, scores, threshold, config.junction_passes)
+    components = components_scipy if xp is np else components_label_propagation
+    labels = components(edge_index[:, idx], n)
+    if config.stitch_threshold is not None:
+        extra = stitch_edges(edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold)
+        if len(extra):
+            idx = xp.concatenate([idx, extra])
+            labels = components(edge_index[:, idx], n)
+    kept, kept_scores = edge_index[:, idx], scores[idx]
     size = xp.bincount(labels, minlength=n)
-    in_track = size[labels] >= min_hits
-    hits = xp.nonzero(in_track)[0]
+    good = size >= config.min_hits
+    if config.min_mean_score > 0:
+        score_sum = xp.bincount(labels[kept[0]], weights=kept_scores, minlength=n)
+        good &= score_sum > config.min_mean_score * xp.maximum(size - 1, 1)
+    hits = xp.nonzero(good[labels])[0]
     order = hits[xp.lexsort(xp.stack([r[hits], labels[hits]]))]
-    lab = labels[order]
-    first = xp.ones(len(order), dtype=bool)
-    first[1:] = lab[1:] != lab[:-1]
+    return _csr(labels[order], xp), order
+
+
+def _csr(group: Array, xp: Any) -> Array:
+    """CSR offsets of consecutive runs of equal ``group`` values."""
+    first = xp.ones(len(group), dtype=bool)
+    first[1:] = group[1:] != group[:-1]
     starts = xp.nonzero(first)[0]
-    offsets = xp.concatenate([starts, xp.asarray([len(order)])]).astype(xp.int64)
-    return offsets, order
+    return xp.concatenate([starts, xp.asarray([len(group)])]).astype(xp.int64)
+
+
+def select_tracks(
+    offsets: Array, hit_index: Array, params: dict[str, Array], keep: Array
+) -> tuple[Array, Array, dict[str, Array]]:
+    """The CSR tracks (and their parameters) where ``keep`` is true, order preserved."""
+    xp = array_module(offsets)
+    sizes = offsets[1:] - offsets[:-1]
+    tid = xp.repeat(xp.arange(len(sizes)), sizes) if xp is np else xp.searchsorted(
+        offsets[1:], xp.arange(int(offsets[-1])), side="right"
+    )
+    new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[keep])])
+    return (
+        new_offsets.astype(xp.int64),
+        hit_index[keep[tid]],
+        {k: v[keep] for k, v in params.items()},
+    )
 
 
 def split_by_event(
