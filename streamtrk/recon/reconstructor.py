@@ -13,7 +13,13 @@ from streamtrk.detector import Detector, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.graph import Graph, GraphConfig, array_module, build_graph
-from streamtrk.recon.tracks import build_tracks, split_by_event
+from streamtrk.recon.tracks import (
+    TrackConfig,
+    build_tracks,
+    fit_cuts,
+    select_tracks,
+    split_by_event,
+)
 from streamtrk.recon.truth import edge_labels
 
 STAGES = ("graph", "gnn", "tracks", "fit")
@@ -64,10 +70,10 @@ class Reconstructor:
         detector: Detector | None = None,
         graph_config: GraphConfig | None = None,
         threshold: float = 0.5,
-        junction_passes: int = 1,
+        tracks: TrackConfig | None = None,
     ) -> None:
         self.scorer = scorer
-        self.junction_passes = junction_passes
+        self.tracks = tracks or TrackConfig()
         self.device = device
         self.detector = detector or load_detector()
         self.graph_config = graph_config or GraphConfig()
@@ -94,6 +100,16 @@ class Reconstructor:
         self._sync()
         timings[stage] = time.perf_counter() - t0
         return out
+
+    def _fit(
+        self, offsets: Any, hit_index: Any, cols: dict[str, Any], layer: Any
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """Helix fit, then the fit cuts of the track settings."""
+        params = fit_tracks(offsets, hit_index, cols["x"], cols["y"], cols["z"], layer, self.detector)
+        if self.tracks.max_chi2_ndf is None and self.tracks.max_d0 is None:
+            return offsets, hit_index, params
+        keep = fit_cuts(offsets[1:] - offsets[:-1], params, self.tracks)
+        return select_tracks(offsets, hit_index, params, keep)
 
     def reconstruct(self, events: Sequence[Event]) -> ReconResult:
         """Reconstruct a batch of events as one disjoint graph."""
@@ -129,15 +145,11 @@ class Reconstructor:
                 scores,
                 r,
                 threshold=self.threshold,
-                junction_passes=self.junction_passes,
+                config=self.tracks,
             ),
         )
-        params = self._timed(
-            timings,
-            "fit",
-            lambda: fit_tracks(
-                offsets, hit_index, cols["x"], cols["y"], cols["z"], graph.layer, det
-            ),
+        offsets, hit_index, params = self._timed(
+            timings, "fit", lambda: self._fit(offsets, hit_index, cols, graph.layer)
         )
         tracks = [
             Tracks(offsets=_host(o), hit_index=_host(h), params={k: _host(v) for k, v in p.items()})

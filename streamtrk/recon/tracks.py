@@ -94,13 +94,13 @@ def stitch_edges(
     piece = (out_deg + in_deg) > 0
     last = piece & (out_deg == 0)
     first = piece & (in_deg == 0)
-    a, b = edge_index[0], edge_index[1]
-    ok = scores > threshold
-    direct = xp.nonzero(ok & last[a] & first[b] & (labels[a] != labels[b]))[0]
-    into = xp.nonzero(ok & last[a] & ~piece[b])[0]
-    into = into[_best_per(b[into], scores[into], xp)]  # per free hit, its best entry
-    out = xp.nonzero(ok & ~piece[a] & first[b])[0]
-    out = out[_best_per(a[out], scores[out], xp)]  # per free hit, its best exit
+    cand = xp.nonzero(scores > threshold)[0]  # a few % of the graph: work on those only
+    a, b, sc = edge_index[0, cand], edge_index[1, cand], scores[cand]
+    direct = xp.nonzero(last[a] & first[b] & (labels[a] != labels[b]))[0]
+    into = xp.nonzero(last[a] & ~piece[b])[0]
+    into = into[_best_per(b[into], sc[into], xp)]  # per free hit, its best entry
+    out = xp.nonzero(~piece[a] & first[b])[0]
+    out = out[_best_per(a[out], sc[out], xp)]  # per free hit, its best exit
     has_in = xp.zeros(n, dtype=bool)
     has_in[b[into]] = True
     has_out = xp.zeros(n, dtype=bool)
@@ -111,11 +111,32 @@ def stitch_edges(
     into, out = into[cross], out[cross]
     src = xp.concatenate([a[direct], a[into]])
     dst = xp.concatenate([b[direct], b[out]])
-    s = xp.concatenate([scores[direct], xp.minimum(scores[into], scores[out])])
+    s = xp.concatenate([sc[direct], xp.minimum(sc[into], sc[out])])
     take = _mutual_best(xp.stack([src, dst]), s, xp)
     nd = len(direct)
     take_direct, take_bridge = take[:nd], take[nd:]
-    return xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])
+    return cand[xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])]
+
+
+def merge_labels(labels: Array, edges: Array) -> Array:
+    """Canonical component labels after adding ``edges`` (2, k) to the components ``labels``.
+
+    Connected components of the small graph of the labels the new edges join, so the cost
+    grows with the new edges, not with the hits.
+    """
+    xp = array_module(labels)
+    if edges.shape[1] == 0:
+        return labels
+    ends = labels[edges]
+    nodes = xp.unique(ends)
+    local = xp.searchsorted(nodes, ends)
+    if xp is np:
+        comp = components_scipy(local, len(nodes))
+    else:
+        comp = components_label_propagation(local, len(nodes))
+    root = nodes[comp]  # local labels are canonical: the smallest node, i.e. smallest label
+    pos = xp.clip(xp.searchsorted(nodes, labels), 0, len(nodes) - 1)
+    return xp.where(nodes[pos] == labels, root[pos], labels)
 
 
 def _canonical(labels: Array, xp: Any) -> Array:
@@ -172,22 +193,38 @@ def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int 
 @dataclass(frozen=True)
 class TrackConfig:
     """Track-building settings past the edge-score threshold (chosen on validation events
-    with ``bench/track_building.py``; the defaults are the plain chain without stitching).
+    with ``bench/track_building.py``; the defaults are the plain chain: no stitching, no cut).
 
     - ``junction_passes``: rounds of mutual-best junction resolution (see resolve_junctions).
     - ``stitch_threshold``: join pieces end to end over edges (or one-hit bridges) scored
       above it (see stitch_edges); None: no stitching.
     - ``min_hits``: shortest track kept.
-    - ``min_mean_score``: tracks whose edges' mean score is at or below it are dropped.
-    - ``max_chi2_ndf``: tracks whose fit has chi2 / ndf above it are dropped (after the fit,
-      see select_tracks); None: no cut.
+    - ``min_mean_score``: tracks whose edges' mean score is not above it are dropped.
+    - ``short_hits``, ``max_chi2_ndf``, ``max_d0``: after the fit, tracks with fewer than
+      ``short_hits`` hits are dropped when chi2/ndf > ``max_chi2_ndf`` or |d0| > ``max_d0``
+      (mm), each cut when set (see fit_cuts). Chance chains are short and do not point back
+      to the beam line; long tracks are left alone (a wrong hit raises their chi2 too).
     """
 
     junction_passes: int = 1
     stitch_threshold: float | None = None
     min_hits: int = 3
     min_mean_score: float = 0.0
+    short_hits: int = 5
     max_chi2_ndf: float | None = None
+    max_d0: float | None = None
+
+
+def fit_cuts(sizes: Array, params: dict[str, Array], config: TrackConfig) -> Array:
+    """Mask of the tracks kept by the fit cuts of ``config`` (see TrackConfig)."""
+    xp = array_module(sizes)
+    keep = xp.ones(len(sizes), dtype=bool)
+    short = sizes < config.short_hits
+    if config.max_chi2_ndf is not None:
+        keep &= ~short | (params["chi2"] <= config.max_chi2_ndf * params["ndf"])
+    if config.max_d0 is not None:
+        keep &= ~short | (xp.abs(params["d0"]) <= config.max_d0)
+    return keep
 
 
 def build_tracks(
@@ -213,9 +250,8 @@ def build_tracks(
     labels = components(edge_index[:, idx], n)
     if config.stitch_threshold is not None:
         extra = stitch_edges(edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold)
-        if len(extra):
-            idx = xp.concatenate([idx, extra])
-            labels = components(edge_index[:, idx], n)
+        labels = merge_labels(labels, edge_index[:, extra])
+        idx = xp.concatenate([idx, extra])
     kept, kept_scores = edge_index[:, idx], scores[idx]
     size = xp.bincount(labels, minlength=n)
     good = size >= config.min_hits
