@@ -302,7 +302,8 @@ def main() -> None:
               f"{np.percentile(chi[matched], 84):.2f}); median {np.median(chi[fake]):.2f} over "
               f"{fake.sum()} fake tracks")
         if name == "full" and args.plot:
-            plot(chi[matched], chi[fake], args.plot)
+            size = np.concatenate([t["size"] for t in tabs])
+            plot(chi, size, matched, fake, args.plot)
     graph = np.median([c.seconds["graph"] for c in sets["full"]])
     gnn = np.median([c.seconds["gnn"] for c in sets["full"]])
     ours = (best["tracks_ms"] + best["fit_ms"]) / 1000
@@ -314,23 +315,28 @@ def main() -> None:
              "chosen": best, "rows": rows}, indent=1))
 
 
-def plot(matched: np.ndarray, fake: np.ndarray, path: Path) -> None:
+def plot(chi: np.ndarray, size: np.ndarray, matched: np.ndarray, fake: np.ndarray,
+         path: Path) -> None:
+    """chi2/ndf of matched tracks and of fake ones (short and long), fractions per bin."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bins = np.geomspace(1e-2, 1e4, 61)
+    bins = np.geomspace(1e-3, 1e4, 57)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for v, label in ((matched, "matched"), (fake, "fake")):
-        ax.hist(np.clip(v, bins[0], bins[-1]), bins, histtype="step", density=True,
-                label=f"{label}: {len(v)} tracks, median {np.median(v):.2f}")
+    for sel, label in ((matched, "matched"), (fake & (size < 5), "fake, 3-4 hits"),
+                       (fake & (size >= 5), "fake, 5+ hits")):
+        v = np.clip(chi[sel], bins[0], bins[-1])
+        ax.hist(v, bins, histtype="step", weights=np.full(len(v), 1 / max(len(v), 1)),
+                label=f"{label}: {len(v)} tracks, median {np.median(chi[sel]):.2f}")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("chi2 / ndf of the helix fit")
-    ax.set_ylabel("tracks (normalised)")
-    ax.set_title("simulated MU=200 validation events, chosen track building", fontsize=10)
+    ax.set_xlabel("chi2 / ndf of the helix fit (under- and overflow in the end bins)")
+    ax.set_ylabel("fraction of tracks per bin")
+    ax.set_title("simulated MU=200 validation events, chosen track building, before the fit cuts",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
