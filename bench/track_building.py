@@ -64,7 +64,9 @@ def barrel_only(ev: Event) -> Event:
     """``ev`` with its barrel hits only (and their truth), like the shared real event."""
     assert ev.truth is not None
     keep = np.nonzero(np.isin(ev.hits.volume_id, BARREL_VOLUMES))[0]
-    return Event(ev.run, ev.event, ev.hits.take(keep), Truth(ev.truth.hits.take(keep), ev.truth.particles))
+    return Event(
+        ev.run, ev.event, ev.hits.take(keep), Truth(ev.truth.hits.take(keep), ev.truth.particles)
+    )
 
 
 def cached_events(
@@ -194,8 +196,13 @@ def scan(args: argparse.Namespace, sets: dict[str, list[Cached]]) -> tuple[list,
             if sh <= mh and (mc >= 0 or md >= 0):
                 continue  # the fit cuts would apply to no track
             cfg = TrackConfig(
-                junction_passes=passes, stitch_threshold=_none(st), min_hits=mh,
-                min_mean_score=ms, short_hits=sh, max_chi2_ndf=_none(mc), max_d0=_none(md),
+                junction_passes=passes,
+                stitch_threshold=_none(st),
+                min_hits=mh,
+                min_mean_score=ms,
+                short_hits=sh,
+                max_chi2_ndf=_none(mc),
+                max_d0=_none(md),
             )
             row: dict[str, Any] = {"threshold": t, **asdict(cfg)}
             for name, tab_list in tabs.items():
@@ -220,8 +227,11 @@ def _fmt(r: dict[str, Any], names: list[str]) -> str:
     cells = [v(r[k]) for k in (*BUILD, *CUTS)]
     for name in names:
         q = r[name]
-        cells += [f"{100 * q['tracking_efficiency']:.2f}%", f"{100 * q['fake_rate']:.2f}%",
-                  f"{100 * q['duplicate_rate']:.2f}%"]
+        cells += [
+            f"{100 * q['tracking_efficiency']:.2f}%",
+            f"{100 * q['fake_rate']:.2f}%",
+            f"{100 * q['duplicate_rate']:.2f}%",
+        ]
     cells.append(f"{r['tracks_ms']:.0f} + {r['fit_ms']:.0f}")
     return "| " + " | ".join(cells) + " |"
 
@@ -230,20 +240,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="default: the shipped model")
     ap.add_argument("--seeds", nargs="+", default=VALIDATION, help="seed:events, full events")
-    ap.add_argument("--barrel-seeds", nargs="*", default=BARREL_VALIDATION,
-                    help="seed:events cut to barrel hits (none: skip)")
+    ap.add_argument(
+        "--barrel-seeds",
+        nargs="*",
+        default=BARREL_VALIDATION,
+        help="seed:events cut to barrel hits (none: skip)",
+    )
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tracks-cache"))
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6])
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--stitch", type=float, nargs="+", default=[-1, 0.05, 0.1],
-                    help="stitch thresholds; negative: no stitching")
+    ap.add_argument(
+        "--stitch",
+        type=float,
+        nargs="+",
+        default=[-1, 0.05, 0.1],
+        help="stitch thresholds; negative: no stitching",
+    )
     ap.add_argument("--min-hits", type=int, nargs="+", default=[3, 4, 5])
     ap.add_argument("--min-mean-score", type=float, nargs="+", default=[0.0, 0.6, 0.65, 0.7])
     ap.add_argument("--short-hits", type=int, nargs="+", default=[5])
-    ap.add_argument("--max-chi2-ndf", type=float, nargs="+", default=[-1, 1.5, 2, 3],
-                    help="for short tracks; negative: no cut")
-    ap.add_argument("--max-d0", type=float, nargs="+", default=[-1, 0.5, 1, 2],
-                    help="mm, for short tracks; negative: no cut")
+    ap.add_argument(
+        "--max-chi2-ndf",
+        type=float,
+        nargs="+",
+        default=[-1, 1.5, 2, 3],
+        help="for short tracks; negative: no cut",
+    )
+    ap.add_argument(
+        "--max-d0",
+        type=float,
+        nargs="+",
+        default=[-1, 0.5, 1, 2],
+        help="mm, for short tracks; negative: no cut",
+    )
     ap.add_argument("--json", type=Path, help="write every row here")
     ap.add_argument("--plot", type=Path, help="PNG of chi2/ndf, matched and fake tracks")
     args = ap.parse_args()
@@ -256,12 +285,22 @@ def main() -> None:
     names = list(sets)
     best = max(rows, key=lambda r: (r["meets_targets"], r["score"]))
 
-    print(f"model {model.name} (card threshold {read_card(model)['model']['threshold']}); "
-          f"validation: {len(sets['full'])} full events ({' '.join(args.seeds)})"
-          + (f", {len(sets['barrel'])} barrel-only ({' '.join(args.barrel_seeds)})"
-             if "barrel" in sets else ""))
-    head = "| " + " | ".join([*BUILD, *CUTS] + [f"{n} {k}" for n in names
-                                              for k in ("eff.", "fake", "dup.")]) + " | ms tracks + fit |"
+    print(
+        f"model {model.name} (card threshold {read_card(model)['model']['threshold']}); "
+        f"validation: {len(sets['full'])} full events ({' '.join(args.seeds)})"
+        + (
+            f", {len(sets['barrel'])} barrel-only ({' '.join(args.barrel_seeds)})"
+            if "barrel" in sets
+            else ""
+        )
+    )
+    head = (
+        "| "
+        + " | ".join(
+            [*BUILD, *CUTS] + [f"{n} {k}" for n in names for k in ("eff.", "fake", "dup.")]
+        )
+        + " | ms tracks + fit |"
+    )
     sep = "|---" * (len(BUILD) + len(CUTS) + 3 * len(names) + 1) + "|"
 
     def same(r: dict[str, Any], keys: tuple[str, ...], ref: dict[str, Any]) -> bool:
@@ -272,10 +311,16 @@ def main() -> None:
     for key in tables:
         ref = dict(zip(BUILD, key, strict=True))
         sel = [r for r in rows if same(r, BUILD, ref)]
-        plain = [r for r in sel if r["min_hits"] == 3 and r["min_mean_score"] == 0
-                 and r["max_chi2_ndf"] is None and r["max_d0"] is None]
+        plain = [
+            r
+            for r in sel
+            if r["min_hits"] == 3
+            and r["min_mean_score"] == 0
+            and r["max_chi2_ndf"] is None
+            and r["max_d0"] is None
+        ]
         top = max(sel, key=lambda r: (r["meets_targets"], r["score"]))
-        for r in {id(x): x for x in plain + [top]}.values():
+        for r in {id(x): x for x in [*plain, top]}.values():
             print(_fmt(r, names) + (" **chosen**" if r is best else ""))
     print("\nThe chosen setting and its neighbours (one setting changed):")
     print(head + "\n" + sep)
@@ -292,31 +337,48 @@ def main() -> None:
         tabs = tables[tuple(best[k] for k in BUILD)][name]
         cfg = TrackConfig(**{k: best[k] for k in (*BUILD[1:], *CUTS)})
         chi = np.concatenate([t["params"]["chi2"] / t["params"]["ndf"] for t in tabs])
-        pre = np.concatenate([  # the cuts before the fit only: the chi2 of what the fit sees
-            kept(t, TrackConfig(min_hits=cfg.min_hits, min_mean_score=cfg.min_mean_score))
-            for t in tabs])
+        pre = np.concatenate(
+            [  # the cuts before the fit only: the chi2 of what the fit sees
+                kept(t, TrackConfig(min_hits=cfg.min_hits, min_mean_score=cfg.min_mean_score))
+                for t in tabs
+            ]
+        )
         matched = np.concatenate([t["matched"] for t in tabs]) & pre
         fake = ~np.concatenate([t["real"] for t in tabs]) & pre
-        print(f"{name}: chi2/ndf median {np.median(chi[matched]):.3f} over {matched.sum()} "
-              f"matched tracks (16-84%: {np.percentile(chi[matched], 16):.2f}-"
-              f"{np.percentile(chi[matched], 84):.2f}); median {np.median(chi[fake]):.2f} over "
-              f"{fake.sum()} fake tracks")
+        print(
+            f"{name}: chi2/ndf median {np.median(chi[matched]):.3f} over {matched.sum()} "
+            f"matched tracks (16-84%: {np.percentile(chi[matched], 16):.2f}-"
+            f"{np.percentile(chi[matched], 84):.2f}); median {np.median(chi[fake]):.2f} over "
+            f"{fake.sum()} fake tracks"
+        )
         if name == "full" and args.plot:
             size = np.concatenate([t["size"] for t in tabs])
             plot(chi, size, matched, fake, args.plot)
     graph = np.median([c.seconds["graph"] for c in sets["full"]])
     gnn = np.median([c.seconds["gnn"] for c in sets["full"]])
     ours = (best["tracks_ms"] + best["fit_ms"]) / 1000
-    print(f"time per full event: graph {graph:.3f} s and gnn {gnn:.3f} s (when cached), "
-          f"tracks + fit {ours:.3f} s: {100 * ours / (graph + gnn + ours):.1f}% of the chain")
+    print(
+        f"time per full event: graph {graph:.3f} s and gnn {gnn:.3f} s (when cached), "
+        f"tracks + fit {ours:.3f} s: {100 * ours / (graph + gnn + ours):.1f}% of the chain"
+    )
     if args.json:
-        args.json.write_text(json.dumps(
-            {"model": model.name, "seeds": args.seeds, "barrel_seeds": args.barrel_seeds,
-             "chosen": best, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": model.name,
+                    "seeds": args.seeds,
+                    "barrel_seeds": args.barrel_seeds,
+                    "chosen": best,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
 
 
-def plot(chi: np.ndarray, size: np.ndarray, matched: np.ndarray, fake: np.ndarray,
-         path: Path) -> None:
+def plot(
+    chi: np.ndarray, size: np.ndarray, matched: np.ndarray, fake: np.ndarray, path: Path
+) -> None:
     """chi2/ndf of matched tracks and of fake ones (short and long), fractions per bin."""
     import matplotlib
 
@@ -325,18 +387,27 @@ def plot(chi: np.ndarray, size: np.ndarray, matched: np.ndarray, fake: np.ndarra
 
     bins = np.geomspace(1e-3, 1e4, 57)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for sel, label in ((matched, "matched"), (fake & (size < 5), "fake, 3-4 hits"),
-                       (fake & (size >= 5), "fake, 5+ hits")):
+    for sel, label in (
+        (matched, "matched"),
+        (fake & (size < 5), "fake, 3-4 hits"),
+        (fake & (size >= 5), "fake, 5+ hits"),
+    ):
         v = np.clip(chi[sel], bins[0], bins[-1])
-        ax.hist(v, bins, histtype="step", weights=np.full(len(v), 1 / max(len(v), 1)),
-                label=f"{label}: {len(v)} tracks, median {np.median(chi[sel]):.2f}")
+        ax.hist(
+            v,
+            bins,
+            histtype="step",
+            weights=np.full(len(v), 1 / max(len(v), 1)),
+            label=f"{label}: {len(v)} tracks, median {np.median(chi[sel]):.2f}",
+        )
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("chi2 / ndf of the helix fit (under- and overflow in the end bins)")
     ax.set_ylabel("fraction of tracks per bin")
-    ax.set_title("simulated MU=200 validation events, chosen track building, before the fit cuts",
-                 fontsize=9)
+    ax.set_title(
+        "simulated MU=200 validation events, chosen track building, before the fit cuts", fontsize=9
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -33,9 +33,18 @@ from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.train import CachedScorer
 
-KEYS = ("tracking_efficiency", "tracking_efficiency_all", "fake_rate", "duplicate_rate",
-        "n_reconstructable", "n_reconstructed", "n_tracks", "n_fake", "n_duplicate",
-        "trackml_score")
+KEYS = (
+    "tracking_efficiency",
+    "tracking_efficiency_all",
+    "fake_rate",
+    "duplicate_rate",
+    "n_reconstructable",
+    "n_reconstructed",
+    "n_tracks",
+    "n_fake",
+    "n_duplicate",
+    "trackml_score",
+)
 
 
 class _Chi2:
@@ -80,14 +89,20 @@ def main() -> None:
     base = load_reconstructor(default_model_path())
     scorer = CachedScorer(base.scorer)  # score each event once for both settings
     chains = {  # the chosen first: it scores the events, so its GNN time is real
-        "chosen": Reconstructor(scorer, graph_config=base.graph_config, threshold=threshold,
-                                tracks=TrackConfig(**setting)),
+        "chosen": Reconstructor(
+            scorer,
+            graph_config=base.graph_config,
+            threshold=threshold,
+            tracks=TrackConfig(**setting),
+        ),
         "plain": Reconstructor(scorer, graph_config=base.graph_config, threshold=base.threshold),
     }
     sets: dict[str, list[Event]] = {}
     for spec in args.seeds:
         seed, n = (int(v) for v in spec.split(":"))
-        sets[f"sim seed {seed} ({n} events)"] = list(simulate(load_detector(), SimConfig(), seed, n))
+        sets[f"sim seed {seed} ({n} events)"] = list(
+            simulate(load_detector(), SimConfig(), seed, n)
+        )
     for prefix in args.real:
         sets[f"real {prefix.parent.name}/{prefix.name}"] = [read_event(prefix)]
     for evs in sets.values():  # warm-up (model, SciPy) outside the timings, scores not cached

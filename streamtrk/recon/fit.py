@@ -75,7 +75,6 @@ def fit_tracks(
     hx = x[hit_index].astype(xp.float64)
     hy = y[hit_index].astype(xp.float64)
     hz = z[hit_index].astype(xp.float64)
-    n = sizes.astype(xp.float64)
     first_hit = xp.zeros(len(hit_index), dtype=bool)
     first_hit[offsets[:-1]] = True
     last_hit = xp.zeros(len(hit_index), dtype=bool)
@@ -107,8 +106,10 @@ def fit_tracks(
         s = radius[tid] * turn  # transverse arc length from the perigee
         n_r = (dx * hx + dy * hy) / (rho * r)  # circle normal . radial direction
         n_phi = (dx * hy - dy * hx) / (rho * r)  # circle normal . azimuthal direction (+-)
-        var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(barrel, 0.0, res_b**2 * n_r**2)
-        tan_l, z0 = _fit_line(s, hz, 1 / (var_z + ms_z), tsum, tid, n_tracks, xp)
+        var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(
+            barrel, 0.0, res_b**2 * n_r**2
+        )
+        tan_l, z0 = _fit_line(s, hz, 1 / (var_z + ms_z), tsum, xp)
         var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
 
         # Scattering: theta at each hit's layer, 3-D path to the neighbouring hits.
@@ -152,7 +153,13 @@ def _fit_circle(
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
     q = u * u + v * v
-    suu, suv, svv, su, sv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v), tsum(w * u), tsum(w * v)
+    suu, suv, svv, su, sv = (
+        tsum(w * u * u),
+        tsum(w * u * v),
+        tsum(w * v * v),
+        tsum(w * u),
+        tsum(w * v),
+    )
     a = xp.stack(
         [xp.stack([suu, suv, su], -1), xp.stack([suv, svv, sv], -1), xp.stack([su, sv, ws], -1)],
         -2,
@@ -175,9 +182,7 @@ def _fit_circle(
     return xc + step[:, 0], yc + step[:, 1], xp.abs(radius + step[:, 2])
 
 
-def _fit_line(
-    s: Array, hz: Array, w: Array, tsum: Any, tid: Array, n_tracks: int, xp: Any
-) -> tuple[Array, Array]:
+def _fit_line(s: Array, hz: Array, w: Array, tsum: Any, xp: Any) -> tuple[Array, Array]:
     """Weighted least-squares line z = z0 + tan_l * s per track: (tan_l, z0)."""
     s0, s1, s2 = tsum(w), tsum(w * s), tsum(w * s * s)
     z1, sz = tsum(w * hz), tsum(w * s * hz)

@@ -105,7 +105,9 @@ class Reconstructor:
         self, offsets: Any, hit_index: Any, cols: dict[str, Any], layer: Any
     ) -> tuple[Any, Any, dict[str, Any]]:
         """Helix fit, then the fit cuts of the track settings."""
-        params = fit_tracks(offsets, hit_index, cols["x"], cols["y"], cols["z"], layer, self.detector)
+        params = fit_tracks(
+            offsets, hit_index, cols["x"], cols["y"], cols["z"], layer, self.detector
+        )
         if self.tracks.max_chi2_ndf is None and self.tracks.max_d0 is None:
             return offsets, hit_index, params
         keep = fit_cuts(offsets[1:] - offsets[:-1], params, self.tracks)

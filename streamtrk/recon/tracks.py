@@ -249,7 +249,9 @@ def build_tracks(
     components = components_scipy if xp is np else components_label_propagation
     labels = components(edge_index[:, idx], n)
     if config.stitch_threshold is not None:
-        extra = stitch_edges(edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold)
+        extra = stitch_edges(
+            edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold
+        )
         labels = merge_labels(labels, edge_index[:, extra])
         idx = xp.concatenate([idx, extra])
     kept, kept_scores = edge_index[:, idx], scores[idx]
@@ -277,8 +279,10 @@ def select_tracks(
     """The CSR tracks (and their parameters) where ``keep`` is true, order preserved."""
     xp = array_module(offsets)
     sizes = offsets[1:] - offsets[:-1]
-    tid = xp.repeat(xp.arange(len(sizes)), sizes) if xp is np else xp.searchsorted(
-        offsets[1:], xp.arange(int(offsets[-1])), side="right"
+    tid = (
+        xp.repeat(xp.arange(len(sizes)), sizes)
+        if xp is np
+        else xp.searchsorted(offsets[1:], xp.arange(int(offsets[-1])), side="right")
     )
     new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[keep])])
     return (

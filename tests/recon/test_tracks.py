@@ -1,16 +1,18 @@
 """Track building: junction resolution, components (SciPy vs label propagation), CSR tracks."""
 
+import itertools
+
 import numpy as np
 
 from streamtrk.recon.tracks import (
     TrackConfig,
     build_tracks,
     components_label_propagation,
-    fit_cuts,
     components_scipy,
+    fit_cuts,
+    merge_labels,
     resolve_junctions,
     select_tracks,
-    merge_labels,
     split_by_event,
     stitch_edges,
 )
@@ -88,14 +90,20 @@ def test_split_by_event_gives_local_numbering():
 
 def _tracks(edges, scores, n, **cfg):
     offsets, hits = build_tracks(
-        np.array(edges).T.copy(), np.array(scores), np.arange(n, dtype=float), threshold=0.6,
+        np.array(edges).T.copy(),
+        np.array(scores),
+        np.arange(n, dtype=float),
+        threshold=0.6,
         config=TrackConfig(**cfg),
     )
-    return [hits[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    return [hits[a:b].tolist() for a, b in itertools.pairwise(offsets)]
 
 
 # One particle, hits 0..7 by radius, cut in two pieces by a weak segment 3 -> 4.
-SPLIT = ([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)], [0.9, 0.9, 0.9, 0.4, 0.9, 0.9, 0.9])
+SPLIT = (
+    [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)],
+    [0.9, 0.9, 0.9, 0.4, 0.9, 0.9, 0.9],
+)
 
 
 def test_stitching_joins_two_pieces_over_a_weak_edge():
@@ -114,7 +122,9 @@ def test_stitching_reattaches_a_single_hit_between_two_pieces():
     assert _tracks(edges, scores, 7, stitch_threshold=0.35) == [[0, 1, 2], [4, 5, 6]]
     # a hit reached from a piece's end but leading nowhere is not attached
     assert _tracks(edges[:3] + edges[4:], [0.9, 0.9, 0.4, 0.9, 0.9], 7, stitch_threshold=0.2) == [
-        [0, 1, 2], [4, 5, 6]]
+        [0, 1, 2],
+        [4, 5, 6],
+    ]
 
 
 def test_stitching_does_not_join_two_particles():
@@ -122,13 +132,16 @@ def test_stitching_does_not_join_two_particles():
     # (8-9-10) and has a weak chance edge 10 -> 4 (0.25), and A's end has a chance edge to
     # B's start (3 -> 8 is impossible: 8 is inner), to B's middle (3 -> 9: not a start).
     edges = SPLIT[0] + [(8, 9), (9, 10), (10, 4), (3, 9), (2, 4)]
-    scores = SPLIT[1][:3] + [0.45] + SPLIT[1][4:] + [0.9, 0.9, 0.25, 0.5, 0.55]
+    scores = [*SPLIT[1][:3], 0.45, *SPLIT[1][4:], 0.9, 0.9, 0.25, 0.5, 0.55]
     got = _tracks(edges, scores, 11, stitch_threshold=0.2)
     assert sorted(got) == [list(range(8)), [8, 9, 10]]
     # Edges that start inside a piece (2 -> 4) or end inside one (3 -> 9) are never taken,
     # so a piece never branches: every hit keeps at most one edge in and one out.
     assert sorted(_tracks(edges, scores, 11, stitch_threshold=0.5)) == [
-        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10],
+    ]
 
 
 def test_stitching_takes_the_mutual_best_piece_end():
@@ -136,7 +149,10 @@ def test_stitching_takes_the_mutual_best_piece_end():
     # C's first hit takes B, its best; A stays alone.
     edges = [(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (2, 6), (5, 6)]
     scores = [0.9] * 6 + [0.3, 0.5]
-    assert sorted(_tracks(edges, scores, 9, stitch_threshold=0.2)) == [[0, 1, 2], [3, 4, 5, 6, 7, 8]]
+    assert sorted(_tracks(edges, scores, 9, stitch_threshold=0.2)) == [
+        [0, 1, 2],
+        [3, 4, 5, 6, 7, 8],
+    ]
 
 
 def test_min_hits_and_mean_score_drop_tracks():
@@ -184,8 +200,11 @@ def test_merge_labels_equals_components_of_all_edges():
 
 def test_fit_cuts_apply_to_short_tracks_only():
     sizes = np.array([3, 4, 5, 9])
-    params = {"chi2": np.array([5.0, 1.0, 500.0, 500.0]), "ndf": 2 * sizes - 5,
-              "d0": np.array([0.1, 3.0, 9.0, 9.0])}
+    params = {
+        "chi2": np.array([5.0, 1.0, 500.0, 500.0]),
+        "ndf": 2 * sizes - 5,
+        "d0": np.array([0.1, 3.0, 9.0, 9.0]),
+    }
     assert fit_cuts(sizes, params, TrackConfig()).tolist() == [True] * 4
     cfg = TrackConfig(max_chi2_ndf=2.0)
     assert fit_cuts(sizes, params, cfg).tolist() == [False, True, True, True]
