@@ -114,7 +114,7 @@ def fit_tracks(
 
         # Scattering: theta at each hit's layer, 3-D path to the neighbouring hits.
         cosh = xp.sqrt(1 + tan_l * tan_l)
-        p = 0.0003 * abs(det.bfield) * radius * cosh
+        p = xp.maximum(0.0003 * abs(det.bfield) * radius * cosh, 0.01)  # GeV
         cos_inc = xp.where(barrel, xp.abs(n_phi), xp.abs(tan_l[tid])) / cosh[tid]
         theta = highland(p[tid], x0 / xp.maximum(cos_inc, _MIN_COS_INCIDENCE), xp)
         path = s * cosh[tid]

@@ -1,11 +1,13 @@
-"""Track building from scored edges: threshold, junction resolution, connected components.
+"""Track building from scored edges: threshold, junction resolution, stitching, components.
 
 Every step is vectorised over all edges of a batch and runs on NumPy or CuPy arrays. Each
 hit keeps at most its best outgoing and its best incoming edge (an edge survives when it is
 the best of both of its ends), so what remains is a set of chains; their connected
-components are the track candidates. Components come from SciPy on the CPU and from a
-label-propagation kernel (min-label propagation with pointer jumping) on the GPU; both are
-returned in the same canonical form, labelled by their smallest hit index.
+components are the track pieces. Pieces of one particle cut by a weak segment are then
+joined end to end over weaker edges that are the best at both piece ends (stitching), and
+short or weak tracks are cut (``TrackConfig``). Components come from SciPy on the CPU and
+from a label-propagation kernel (min-label propagation with pointer jumping) on the GPU;
+both are returned in the same canonical form, labelled by their smallest hit index.
 """
 
 from __future__ import annotations
