@@ -51,7 +51,8 @@ TRACK_PARAM_DTYPES: dict[str, str] = {
     "d0": "<f4",
     "z0": "<f4",
     "charge": "<i4",
-    "chi2": "<f4",
+    "chi2": "<f4",  # total chi-square of the helix fit
+    "ndf": "<i4",  # its degrees of freedom: 2 x hits - 5
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, GNNConfig
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.tracks import TrackConfig
 from streamtrk.tomlio import dataclass_from
 
 CARD_FORMAT = 1
@@ -46,6 +47,14 @@ def card_prune(card: dict[str, Any]) -> PruneConfig | None:
         return dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
     except ValueError as e:  # a setting out of range, or a windows file that is not there
         raise ModelCardError(f"model card [prune]: {e}") from None
+
+
+def card_tracks(card: dict[str, Any]) -> TrackConfig:
+    """The track-building settings of a card (its ``[tracks]`` table; absent: the plain
+    chain, as models made before stitching and track cuts were built)."""
+    return dataclass_from(
+        TrackConfig, card.get("tracks", {}), "model card [tracks]", error=ModelCardError
+    )
 
 
 def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
@@ -89,10 +98,11 @@ def model_card(
     graph: GraphConfig,
     threshold: float,
     prune: PruneConfig | None = None,
+    tracks: TrackConfig | None = None,
     **sections: Any,
 ) -> dict[str, Any]:
-    """A card: the [model] identity, architecture, graph and pruning settings, then free
-    ``sections``."""
+    """A card: the [model] identity, architecture, graph, pruning and track-building
+    settings, then free ``sections``."""
     from streamtrk import __version__
 
     return {
@@ -106,5 +116,6 @@ def model_card(
         "architecture": asdict(arch),
         "graph": asdict(graph),
         **({} if prune is None else {"prune": asdict(prune)}),
+        **({} if tracks is None else {"tracks": asdict(tracks)}),
         **sections,
     }

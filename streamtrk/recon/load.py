@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamtrk.recon.card import card_prune, check_card
+from streamtrk.recon.card import card_prune, card_tracks, check_card
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.recon.reconstructor import Reconstructor
@@ -27,7 +27,7 @@ def load_reconstructor(
     returning."""
     model, card = load_model(Path(path) if path is not None else default_model_path())
     _, graph, default_threshold = check_card(card)
-    prune = card_prune(card)
+    prune, tracks = card_prune(card), card_tracks(card)
     scorer = EngineScorer(model, device, engine, precision, cuda_graphs=cuda_graphs)
     if warm_up:
         scorer.warm_up()
@@ -37,4 +37,5 @@ def load_reconstructor(
         graph_config=graph,
         threshold=default_threshold if threshold is None else threshold,
         prune=prune,
+        tracks=tracks,
     )

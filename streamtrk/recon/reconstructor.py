@@ -14,7 +14,13 @@ from streamtrk.event import Event, Tracks
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.graph import Graph, GraphConfig, build_graph, select_edges
 from streamtrk.recon.prune import PruneConfig, prune_edges
-from streamtrk.recon.tracks import build_tracks, split_by_event
+from streamtrk.recon.tracks import (
+    TrackConfig,
+    build_tracks,
+    fit_cuts,
+    select_tracks,
+    split_by_event,
+)
 from streamtrk.recon.truth import edge_labels
 from streamtrk.xp import array_module, to_host
 
@@ -65,11 +71,11 @@ class Reconstructor:
         detector: Detector | None = None,
         graph_config: GraphConfig | None = None,
         threshold: float = 0.5,
-        junction_passes: int = 1,
+        tracks: TrackConfig | None = None,
         prune: PruneConfig | None = None,
     ) -> None:
         self.scorer = scorer
-        self.junction_passes = junction_passes
+        self.tracks = tracks or TrackConfig()
         self.prune = prune
         self.device = device
         self.detector = detector or load_detector()
@@ -97,6 +103,18 @@ class Reconstructor:
         self._sync()
         timings[stage] = time.perf_counter() - t0
         return out
+
+    def _fit(
+        self, offsets: Any, hit_index: Any, cols: dict[str, Any], layer: Any
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """Helix fit, then the fit cuts of the track settings."""
+        params = fit_tracks(
+            offsets, hit_index, cols["x"], cols["y"], cols["z"], layer, self.detector
+        )
+        if self.tracks.max_chi2_ndf is None and self.tracks.max_d0 is None:
+            return offsets, hit_index, params
+        keep = fit_cuts(offsets[1:] - offsets[:-1], params, self.tracks)
+        return select_tracks(offsets, hit_index, params, keep)
 
     def reconstruct(self, events: Sequence[Event]) -> ReconResult:
         """Reconstruct a batch of events as one disjoint graph."""
@@ -140,15 +158,11 @@ class Reconstructor:
                 scores,
                 r,
                 threshold=self.threshold,
-                junction_passes=self.junction_passes,
+                config=self.tracks,
             ),
         )
-        params = self._timed(
-            timings,
-            "fit",
-            lambda: fit_tracks(
-                offsets, hit_index, cols["x"], cols["y"], cols["z"], graph.layer, det
-            ),
+        offsets, hit_index, params = self._timed(
+            timings, "fit", lambda: self._fit(offsets, hit_index, cols, graph.layer)
         )
         tracks = [
             Tracks(to_host(o), to_host(h), {k: to_host(v) for k, v in p.items()})

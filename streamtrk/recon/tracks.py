@@ -1,15 +1,18 @@
-"""Track building from scored edges: threshold, junction resolution, connected components.
+"""Track building from scored edges: threshold, junction resolution, stitching, components.
 
 Every step is vectorised over all edges of a batch and runs on NumPy or CuPy arrays. Each
 hit keeps at most its best outgoing and its best incoming edge (an edge survives when it is
 the best of both of its ends), so what remains is a set of chains; their connected
-components are the track candidates. Components come from SciPy on the CPU and from a
-label-propagation kernel (min-label propagation with pointer jumping) on the GPU; both are
-returned in the same canonical form, labelled by their smallest hit index.
+components are the track pieces. Pieces of one particle cut by a weak segment are then
+joined end to end over weaker edges that are the best at both piece ends (stitching), and
+short or weak tracks are cut (``TrackConfig``). Components come from SciPy on the CPU and
+from a label-propagation kernel (min-label propagation with pointer jumping) on the GPU;
+both are returned in the same canonical form, labelled by their smallest hit index.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,18 +34,13 @@ def _mutual_best(e: Array, s: Array, xp: Any) -> Array:
     return best
 
 
-def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes: int = 1) -> Array:
-    """Edges (2, k) kept: above threshold and the best-scored edge at both of their ends.
-
-    With ``passes`` > 1 the selection is repeated on the edges whose two ends are still free
-    (a hit has at most one kept outgoing and one kept incoming edge): a chain that lost a
-    junction continues on its next-best edge, like a greedy walk through the scored graph.
-    """
+def _junction_edges(edge_index: Array, scores: Array, threshold: float, passes: int) -> Array:
+    """Indices of the edges kept by :func:`resolve_junctions`."""
     xp = array_module(edge_index)
-    keep = scores > threshold
-    e, s = edge_index[:, keep], scores[keep]
+    idx = xp.nonzero(scores > threshold)[0]
+    e, s = edge_index[:, idx], scores[idx]
     if e.shape[1] == 0 or passes < 1:
-        return e[:, :0]
+        return idx[:0]
     n = int(e.max()) + 1
     chosen = xp.zeros(e.shape[1], dtype=bool)
     out_used, in_used = xp.zeros(n, dtype=bool), xp.zeros(n, dtype=bool)
@@ -54,7 +52,91 @@ def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes
         chosen[new] = True
         out_used[e[0, new]] = True
         in_used[e[1, new]] = True
-    return e[:, chosen]
+    return idx[chosen]
+
+
+def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes: int = 1) -> Array:
+    """Edges (2, k) kept: above threshold and the best-scored edge at both of their ends.
+
+    With ``passes`` > 1 the selection is repeated on the edges whose two ends are still free
+    (a hit has at most one kept outgoing and one kept incoming edge): a chain that lost a
+    junction continues on its next-best edge, like a greedy walk through the scored graph.
+    """
+    return edge_index[:, _junction_edges(edge_index, scores, threshold, passes)]
+
+
+def _best_per(key: Array, s: Array, xp: Any) -> Array:
+    """Indices of the best-scored entry for each distinct ``key`` (ties: first index)."""
+    if len(key) == 0:
+        return xp.zeros(0, dtype=xp.int64)
+    order = xp.lexsort(xp.stack([xp.arange(len(key)), -s, key]))
+    first = xp.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    return order[first]
+
+
+def stitch_edges(
+    edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float
+) -> Array:
+    """Indices of the edges that join track pieces end to end (to add to ``kept``).
+
+    A piece is a chain of ``kept`` edges (``labels``: its component per hit). Candidates are
+    graph edges scored above ``threshold`` from a piece's last hit to another piece's first
+    hit, and bridges through one hit in no piece: the best edge from a piece's last hit into
+    that hit and its best edge out to another piece's first hit, scored by the weaker of the
+    two. A candidate is taken when it is the best one at both of its piece ends (mutual best,
+    as in :func:`resolve_junctions`), so every hit keeps at most one edge in and one out.
+    """
+    xp = array_module(edge_index)
+    n = len(labels)
+    out_deg = xp.bincount(kept[0], minlength=n)
+    in_deg = xp.bincount(kept[1], minlength=n)
+    piece = (out_deg + in_deg) > 0
+    last = piece & (out_deg == 0)
+    first = piece & (in_deg == 0)
+    cand = xp.nonzero(scores > threshold)[0]  # a few % of the graph: work on those only
+    a, b, sc = edge_index[0, cand], edge_index[1, cand], scores[cand]
+    direct = xp.nonzero(last[a] & first[b] & (labels[a] != labels[b]))[0]
+    into = xp.nonzero(last[a] & ~piece[b])[0]
+    into = into[_best_per(b[into], sc[into], xp)]  # per free hit, its best entry
+    out = xp.nonzero(~piece[a] & first[b])[0]
+    out = out[_best_per(a[out], sc[out], xp)]  # per free hit, its best exit
+    has_in = xp.zeros(n, dtype=bool)
+    has_in[b[into]] = True
+    has_out = xp.zeros(n, dtype=bool)
+    has_out[a[out]] = True
+    # both lists are sorted by their free hit: keep the hits with both, aligned
+    into, out = into[has_out[b[into]]], out[has_in[a[out]]]
+    cross = labels[a[into]] != labels[b[out]]
+    into, out = into[cross], out[cross]
+    src = xp.concatenate([a[direct], a[into]])
+    dst = xp.concatenate([b[direct], b[out]])
+    s = xp.concatenate([sc[direct], xp.minimum(sc[into], sc[out])])
+    take = _mutual_best(xp.stack([src, dst]), s, xp)
+    nd = len(direct)
+    take_direct, take_bridge = take[:nd], take[nd:]
+    return cand[xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])]
+
+
+def merge_labels(labels: Array, edges: Array) -> Array:
+    """Canonical component labels after adding ``edges`` (2, k) to the components ``labels``.
+
+    Connected components of the small graph of the labels the new edges join, so the cost
+    grows with the new edges, not with the hits.
+    """
+    xp = array_module(labels)
+    if edges.shape[1] == 0:
+        return labels
+    ends = labels[edges]
+    nodes = xp.unique(ends)
+    local = xp.searchsorted(nodes, ends)
+    if xp is np:
+        comp = components_scipy(local, len(nodes))
+    else:
+        comp = components_label_propagation(local, len(nodes))
+    root = nodes[comp]  # local labels are canonical: the smallest node, i.e. smallest label
+    pos = xp.clip(xp.searchsorted(nodes, labels), 0, len(nodes) - 1)
+    return xp.where(nodes[pos] == labels, root[pos], labels)
 
 
 def _canonical(labels: Array, xp: Any) -> Array:
@@ -108,38 +190,106 @@ def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int 
     raise RuntimeError(f"label propagation did not converge in {max_iter} iterations")
 
 
+@dataclass(frozen=True)
+class TrackConfig:
+    """Track-building settings past the edge-score threshold (chosen on validation events
+    with ``bench/track_building.py``; the defaults are the plain chain: no stitching, no cut).
+
+    - ``junction_passes``: rounds of mutual-best junction resolution (see resolve_junctions).
+    - ``stitch_threshold``: join pieces end to end over edges (or one-hit bridges) scored
+      above it (see stitch_edges); None: no stitching.
+    - ``min_hits``: shortest track kept.
+    - ``min_mean_score``: tracks whose edges' mean score is not above it are dropped.
+    - ``short_hits``, ``max_chi2_ndf``, ``max_d0``: after the fit, tracks with fewer than
+      ``short_hits`` hits are dropped when chi2/ndf > ``max_chi2_ndf`` or |d0| > ``max_d0``
+      (mm), each cut when set (see fit_cuts). Chance chains are short and do not point back
+      to the beam line; long tracks are left alone (a wrong hit raises their chi2 too).
+    """
+
+    junction_passes: int = 1
+    stitch_threshold: float | None = None
+    min_hits: int = 3
+    min_mean_score: float = 0.0
+    short_hits: int = 5
+    max_chi2_ndf: float | None = None
+    max_d0: float | None = None
+
+
+def fit_cuts(sizes: Array, params: dict[str, Array], config: TrackConfig) -> Array:
+    """Mask of the tracks kept by the fit cuts of ``config`` (see TrackConfig)."""
+    xp = array_module(sizes)
+    keep = xp.ones(len(sizes), dtype=bool)
+    short = sizes < config.short_hits
+    if config.max_chi2_ndf is not None:
+        keep &= ~short | (params["chi2"] <= config.max_chi2_ndf * params["ndf"])
+    if config.max_d0 is not None:
+        keep &= ~short | (xp.abs(params["d0"]) <= config.max_d0)
+    return keep
+
+
 def build_tracks(
     edge_index: Array,
     scores: Array,
     r: Array,
     *,
     threshold: float = 0.5,
-    min_hits: int = 3,
-    junction_passes: int = 1,
+    config: TrackConfig = TrackConfig(),
 ) -> tuple[Array, Array]:
     """Track candidates of a batch as CSR ``(offsets, hit_index)``, batch hit numbering.
 
-    Hits of a track are ordered by radius (edges point outwards, so chains do too). A hit
-    belongs to at most one track; tracks have at least ``min_hits`` hits; tracks are
-    ordered by their first hit, so the tracks of one event are contiguous.
+    Edges above ``threshold`` resolved at junctions, pieces stitched (``config``), connected
+    components. Hits of a track are ordered by radius (edges point outwards, so chains do
+    too). A hit belongs to at most one track; tracks have at least ``config.min_hits`` hits
+    and a mean edge score above ``config.min_mean_score``; tracks are ordered by their first
+    hit, so the tracks of one event are contiguous.
     """
     xp = array_module(edge_index)
     n = int(r.shape[0])
-    kept = resolve_junctions(edge_index, scores, threshold, junction_passes)
-    if xp is np:
-        labels = components_scipy(kept, n)
-    else:
-        labels = components_label_propagation(kept, n)
+    idx = _junction_edges(edge_index, scores, threshold, config.junction_passes)
+    components = components_scipy if xp is np else components_label_propagation
+    labels = components(edge_index[:, idx], n)
+    if config.stitch_threshold is not None:
+        extra = stitch_edges(
+            edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold
+        )
+        labels = merge_labels(labels, edge_index[:, extra])
+        idx = xp.concatenate([idx, extra])
+    kept, kept_scores = edge_index[:, idx], scores[idx]
     size = xp.bincount(labels, minlength=n)
-    in_track = size[labels] >= min_hits
-    hits = xp.nonzero(in_track)[0]
+    good = size >= config.min_hits
+    if config.min_mean_score > 0:
+        score_sum = xp.bincount(labels[kept[0]], weights=kept_scores, minlength=n)
+        good &= score_sum > config.min_mean_score * xp.maximum(size - 1, 1)
+    hits = xp.nonzero(good[labels])[0]
     order = hits[xp.lexsort(xp.stack([r[hits], labels[hits]]))]
-    lab = labels[order]
-    first = xp.ones(len(order), dtype=bool)
-    first[1:] = lab[1:] != lab[:-1]
+    return _csr(labels[order], xp), order
+
+
+def _csr(group: Array, xp: Any) -> Array:
+    """CSR offsets of consecutive runs of equal ``group`` values."""
+    first = xp.ones(len(group), dtype=bool)
+    first[1:] = group[1:] != group[:-1]
     starts = xp.nonzero(first)[0]
-    offsets = xp.concatenate([starts, xp.asarray([len(order)])]).astype(xp.int64)
-    return offsets, order
+    return xp.concatenate([starts, xp.asarray([len(group)])]).astype(xp.int64)
+
+
+def select_tracks(
+    offsets: Array, hit_index: Array, params: dict[str, Array], keep: Array
+) -> tuple[Array, Array, dict[str, Array]]:
+    """The CSR tracks (and their parameters) where ``keep`` is true, order preserved."""
+    xp = array_module(offsets)
+    sizes = offsets[1:] - offsets[:-1]
+    tid = (
+        xp.repeat(xp.arange(len(sizes)), sizes)
+        if xp is np
+        else xp.searchsorted(offsets[1:], xp.arange(int(offsets[-1])), side="right")
+    )
+    new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[keep])])
+    return (
+        new_offsets.astype(xp.int64),
+        hit_index[keep[tid]],
+        {k: v[keep] for k, v in params.items()},
+    )
 
 
 def split_by_event(

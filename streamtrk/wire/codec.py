@@ -35,7 +35,6 @@ from streamtrk.wire.schema import (
     COLUMNS,
     COMMON_KEYS,
     DEFAULT_LIMITS,
-    KIND_KEYS,
     MAX_INT,
     SCHEMA,
     STATUSES,
@@ -43,6 +42,8 @@ from streamtrk.wire.schema import (
     VERSION,
     Limits,
     WireError,
+    columns_of,
+    keys_of,
 )
 from streamtrk.xp import index_of, to_host
 
@@ -218,7 +219,9 @@ class Message:
         """The :class:`TrackReply` of a ``tracks`` message."""
         self._expect("tracks")
         h, c = self.header, self.columns
-        params = {k: c[k] for k in TRACK_PARAM_DTYPES}
+        params = {k: c[k] for k in TRACK_PARAM_DTYPES if k in c}
+        if "ndf" not in params:  # a version 1 reply: ndf unknown, chi2 per ndf
+            params["ndf"] = np.full(len(c["offsets"]) - 1, -1, dtype=TRACK_PARAM_DTYPES["ndf"])
         return TrackReply(
             self.run,
             self.event,
@@ -318,7 +321,7 @@ def _check_envelope(header: Any) -> str:
     kind = header.get("kind")
     if not (isinstance(kind, str) and kind in COLUMNS):
         raise WireError("bad_kind", f"unknown kind {_short(kind)}")
-    required, optional = KIND_KEYS[kind]
+    required, optional = keys_of(kind, version)
     missing = (COMMON_KEYS | required) - header.keys()
     unknown = header.keys() - COMMON_KEYS - required - optional
     if missing or unknown:
@@ -351,7 +354,7 @@ def _column_specs(header: dict[str, Any], kind: str) -> dict[str, tuple[str, int
             raise WireError(
                 "bad_header", f"columns[{i}] must be [name, dtype, length], got {_short(c)}"
             )
-    expected = COLUMNS[kind]
+    expected = columns_of(kind, header["version"])
     names = [c[0] for c in cols]
     if names != list(expected):
         raise WireError(
@@ -395,7 +398,8 @@ def _check_lengths(kind: str, specs: dict[str, tuple[str, int]], limits: Limits)
         n_off = specs["offsets"][1]
         if n_off < 1:
             raise WireError("bad_offsets", "offsets must have n_tracks + 1 >= 1 entries")
-        n_tracks = _common_length(specs, TRACK_PARAM_DTYPES, "track parameter")
+        params = [k for k in TRACK_PARAM_DTYPES if k in specs]
+        n_tracks = _common_length(specs, params, "track parameter")
         if n_tracks != n_off - 1:
             raise WireError("bad_column", f"{n_tracks} track parameters for {n_off - 1} tracks")
         limit(n_tracks, limits.max_tracks, "tracks")

@@ -1,4 +1,6 @@
-"""Wire schema v1: header keys, column layouts per message kind, limits, and errors.
+"""Wire schema v2 (v1 still decoded): header keys, column layouts per message kind,
+limits, and errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
+the tracks column ``ndf``, and made ``chi2`` the total chi-square (v1: chi2 per ndf).
 
 See ``docs/wire-protocol.md`` for the full specification.
 """
@@ -10,8 +12,8 @@ from dataclasses import dataclass
 from streamtrk.event import HIT_DTYPES, HIT_TRUTH_DTYPES, PARTICLE_DTYPES, TRACK_PARAM_DTYPES
 
 SCHEMA = "streamtrk"
-VERSION = 1
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({VERSION})
+VERSION = 2
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, VERSION})
 
 #: Little-endian numeric dtypes a column may declare (``numpy.dtype(...).str`` spelling).
 ALLOWED_DTYPES: frozenset[str] = frozenset(
@@ -39,6 +41,20 @@ KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "truth": (frozenset(), frozenset()),
 }
 STATUSES: frozenset[str] = frozenset({"ok", "error"})
+
+#: Version 1's tracks columns: no ``ndf`` (``chi2`` was the chi-square per ndf).
+_V1_TRACKS = {k: v for k, v in COLUMNS["tracks"].items() if k != "ndf"}
+
+
+def columns_of(kind: str, version: int) -> dict[str, str]:
+    """Column name -> dtype, in wire order, of ``kind`` in ``version``."""
+    return _V1_TRACKS if (kind, version) == ("tracks", 1) else COLUMNS[kind]
+
+
+def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
+    """(required, optional) header keys of ``kind`` in ``version`` besides the common ones."""
+    required, optional = KIND_KEYS[kind]
+    return (required, optional - {"msg_id"}) if version == 1 else (required, optional)
 
 #: Exclusive upper bound of run, event, t_send_ns and column lengths.
 MAX_INT = 2**63

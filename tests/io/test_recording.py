@@ -267,7 +267,7 @@ def test_summarize(small: Any, tmp_path: Path) -> None:
         "hits_mean": 1.5,
         "hits_max": 2,
         "events_with_truth": 1,
-        "versions": [1],
+        "versions": [2],
         "kinds": {"hits": 2, "truth": 1},
         "invalid": {"not_msgpack": 1},
         "error": None,

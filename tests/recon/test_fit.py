@@ -1,4 +1,5 @@
-"""Helix fit: exact on ideal helices, and within the resolution targets on simulated tracks."""
+"""Helix fit: exact on ideal helices, a calibrated chi2, and the resolution targets on simulated
+tracks."""
 
 from dataclasses import replace
 
@@ -8,6 +9,7 @@ import pytest
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
+from streamtrk.sim.simulate import _smear
 
 
 def _csr(groups, key):
@@ -17,10 +19,8 @@ def _csr(groups, key):
     return np.concatenate([[0], np.cumsum(counts)]), order
 
 
-def test_ideal_helices_are_fitted_exactly(det):
-    ideal = replace(det, x0=np.full(len(det), 1e-12))
-    rng = np.random.default_rng(1)
-    n = 200
+def _helices(det, n, rng):
+    """Primary helices through ``det`` as CSR tracks: (offsets, hit order, crossings, truth)."""
     pt = rng.uniform(1, 10, n)
     eta = rng.uniform(-2.5, 2.5, n)
     phi = rng.uniform(-np.pi, np.pi, n)
@@ -32,18 +32,41 @@ def test_ideal_helices_are_fitted_exactly(det):
         q.astype(np.int32),
         np.ones(n, bool),
     )
-    c = propagate(ideal, parts, rng, max_turns=0.5)
+    c = propagate(det, parts, rng, max_turns=0.5)
     offsets, idx = _csr(c.particle, c.order)
-    x, y, z = c.position.T
-    p = fit_tracks(offsets, idx, x, y, z, c.layer, det)
     who = np.unique(c.particle)
-    assert np.allclose(p["pt"], pt[who], rtol=1e-3)
-    assert np.array_equal(p["charge"], q[who])
-    assert np.allclose(p["eta"], eta[who], atol=1e-3)
-    assert np.allclose(p["phi"], phi[who], atol=1e-3)
-    assert np.allclose(p["z0"], vz[who], atol=1e-2)
+    return offsets, idx, c, (pt[who], q[who], eta[who], phi[who], vz[who])
+
+
+def test_ideal_helices_are_fitted_exactly(det):
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    offsets, idx, c, (pt, q, eta, phi, vz) = _helices(ideal, 200, np.random.default_rng(1))
+    x, y, z = c.position.T
+    p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
+    assert np.allclose(p["pt"], pt, rtol=1e-3)
+    assert np.array_equal(p["charge"], q)
+    assert np.allclose(p["eta"], eta, atol=1e-3)
+    assert np.allclose(p["phi"], phi, atol=1e-3)
+    assert np.allclose(p["z0"], vz, atol=1e-2)
     assert np.allclose(p["d0"], 0, atol=1e-2)
     assert np.all(p["chi2"] < 1e-3)
+    assert np.array_equal(p["ndf"], 2 * np.diff(offsets) - 5)
+
+
+def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
+    # No material: the hits scatter only by the layer resolutions (pixels, strips, disks),
+    # so chi2 / ndf averages 1 and chi2 has the spread of a chi-square with ndf degrees.
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    rng = np.random.default_rng(2)
+    offsets, idx, c, _ = _helices(ideal, 600, rng)
+    x, y, z = _smear(ideal, c, rng).T
+    p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
+    ok = p["ndf"] >= 3
+    assert ok.sum() > 500
+    chi2, ndf = p["chi2"][ok].astype(float), p["ndf"][ok].astype(float)
+    assert chi2.sum() / ndf.sum() == pytest.approx(1, abs=0.06)
+    pull = (chi2 - ndf) / np.sqrt(2 * ndf)
+    assert np.std(pull) == pytest.approx(1, abs=0.15)
 
 
 def test_resolution_on_simulated_tracks(mu200_events, det):
@@ -73,3 +96,21 @@ def test_resolution_on_simulated_tracks(mu200_events, det):
     assert (hi - lo) / 2 < 0.05
     assert right / n_tracks > 0.99
     assert np.median(rel) == pytest.approx(0, abs=0.01)
+
+
+def test_chi2_is_calibrated_on_simulated_tracks(mu200_events, det):
+    # Measured hits with multiple scattering: the median chi2/ndf of true tracks is near 1.
+    ratios = []
+    for ev in mu200_events:
+        h, t = ev.hits, ev.truth
+        pid = t.hits.particle_id
+        pt = np.where(pid > 0, t.particles.pt[np.maximum(pid - 1, 0)], 0)
+        sel = (pt >= 1) & (np.bincount(pid, minlength=len(t.particles) + 1)[pid] >= 5)
+        offsets, idx = _csr(pid[sel], t.hits.hit_order[sel])
+        layer = det.layer_index(h.volume_id, h.layer_id)
+        p = fit_tracks(offsets, np.flatnonzero(sel)[idx], h.x, h.y, h.z, layer, det)
+        ratios.append(p["chi2"] / p["ndf"])
+    ratios = np.concatenate(ratios)
+    assert len(ratios) > 1000
+    assert 0.7 <= np.median(ratios) <= 1.5
+    assert np.mean(ratios > 10) < 0.02

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from streamtrk.recon.graph import build_graph
-from streamtrk.recon.reconstructor import Reconstructor
-from streamtrk.recon.tracks import components_label_propagation, components_scipy
+from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
+from streamtrk.recon.tracks import (
+    TrackConfig,
+    components_label_propagation,
+    components_scipy,
+)
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
 pytestmark = pytest.mark.gpu
@@ -48,6 +52,34 @@ def test_oracle_tracks_identical_on_both_devices(mu200_events):
     cpu = Reconstructor.oracle(device="cpu").reconstruct(mu200_events[:2]).tracks
     gpu = Reconstructor.oracle(device="cuda").reconstruct(mu200_events[:2]).tracks
     for a, b in zip(cpu, gpu, strict=True):
+        assert np.array_equal(a.offsets, b.offsets)
+        assert np.array_equal(a.hit_index, b.hit_index)
+        for k in a.params:
+            np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-4, atol=1e-4)
+
+
+class _NoisyOracle(OracleScorer):
+    """Truth scores blurred by a hash of each edge's ends (the same on both devices): true
+    segments 0.3-1, others 0-0.2, so stitching and the track cuts have work to do."""
+
+    def __call__(self, graph, events):
+        truth = super().__call__(graph, events)
+        xp = cupy.get_array_module(truth)
+        a, b = (graph.edge_index[k].astype(xp.int64) for k in (0, 1))
+        u = ((a * 2654435761 + b * 40503) % 1000003).astype(xp.float64) / 1000003
+        return xp.where(truth > 0, 0.3 + 0.7 * u, 0.2 * u).astype(xp.float32)
+
+
+def test_stitching_and_cuts_identical_on_both_devices(mu200_events):
+    cfg = TrackConfig(stitch_threshold=0.05, min_mean_score=0.65, max_chi2_ndf=1.5, max_d0=0.5)
+    out = {
+        dev: Reconstructor(_NoisyOracle(), device=dev, tracks=cfg, threshold=0.5)
+        .reconstruct(mu200_events[:2])
+        .tracks
+        for dev in ("cpu", "cuda")
+    }
+    for a, b in zip(out["cpu"], out["cuda"], strict=True):
+        assert len(a) > 1000
         assert np.array_equal(a.offsets, b.offsets)
         assert np.array_equal(a.hit_index, b.hit_index)
         for k in a.params:

@@ -9,6 +9,7 @@ from streamtrk.cli import main
 from streamtrk.eval.evaluate import evaluate
 from streamtrk.io.trackml import read_submission
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
+from streamtrk.recon.tracks import TrackConfig
 
 REPORT_KEYS = {
     "tracking_efficiency",
@@ -50,7 +51,19 @@ def test_tracks_are_disjoint_and_long_enough(small_events):
     assert len(tracks) > 100
     assert np.all(tracks.sizes >= 3)
     assert len(np.unique(tracks.hit_index)) == len(tracks.hit_index)
-    assert set(tracks.params) == {"pt", "eta", "phi", "d0", "z0", "charge", "chi2"}
+    assert set(tracks.params) == {"pt", "eta", "phi", "d0", "z0", "charge", "chi2", "ndf"}
+
+
+def test_track_settings_apply_in_the_chain(small_events):
+    cfg = TrackConfig(stitch_threshold=0.1, min_hits=4, short_hits=6, max_chi2_ndf=2.0, max_d0=1.0)
+    tracks = Reconstructor.oracle(tracks=cfg).reconstruct(small_events[:1]).tracks[0]
+    plain = Reconstructor.oracle().reconstruct(small_events[:1]).tracks[0]
+    assert 100 < len(tracks) < len(plain)
+    assert np.all(tracks.sizes >= 4)
+    p, short = tracks.params, tracks.sizes < 6
+    assert np.all(p["chi2"][short] <= 2.0 * p["ndf"][short])
+    assert np.all(np.abs(p["d0"][short]) <= 1.0)
+    assert len(np.unique(tracks.hit_index)) == len(tracks.hit_index)
 
 
 def test_evaluate_command_writes_report_plots_and_submission(tmp_path, small_events, capsys):

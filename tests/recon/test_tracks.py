@@ -1,13 +1,20 @@
 """Track building: junction resolution, components (SciPy vs label propagation), CSR tracks."""
 
+import itertools
+
 import numpy as np
 
 from streamtrk.recon.tracks import (
+    TrackConfig,
     build_tracks,
     components_label_propagation,
     components_scipy,
+    fit_cuts,
+    merge_labels,
     resolve_junctions,
+    select_tracks,
     split_by_event,
+    stitch_edges,
 )
 
 
@@ -79,3 +86,129 @@ def test_split_by_event_gives_local_numbering():
     assert [p[2]["pt"].tolist() for p in parts] == [[1.0], [2.0], [3.0]]
     empty = split_by_event(np.array([0]), np.array([], int), {"pt": np.array([])}, np.array([0, 4]))
     assert empty[0][0].tolist() == [0] and len(empty[0][1]) == 0
+
+
+def _tracks(edges, scores, n, **cfg):
+    offsets, hits = build_tracks(
+        np.array(edges).T.copy(),
+        np.array(scores),
+        np.arange(n, dtype=float),
+        threshold=0.6,
+        config=TrackConfig(**cfg),
+    )
+    return [hits[a:b].tolist() for a, b in itertools.pairwise(offsets)]
+
+
+# One particle, hits 0..7 by radius, cut in two pieces by a weak segment 3 -> 4.
+SPLIT = (
+    [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)],
+    [0.9, 0.9, 0.9, 0.4, 0.9, 0.9, 0.9],
+)
+
+
+def test_stitching_joins_two_pieces_over_a_weak_edge():
+    assert _tracks(*SPLIT, 8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _tracks(*SPLIT, 8, stitch_threshold=0.2) == [list(range(8))]
+    assert _tracks(*SPLIT, 8, stitch_threshold=0.5) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_stitching_reattaches_a_single_hit_between_two_pieces():
+    # Hit 3 lost both its segments (0.4, 0.3): pieces 0-1-2 and 4-5-6, hit 3 in none.
+    edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    scores = [0.9, 0.9, 0.4, 0.3, 0.9, 0.9]
+    assert _tracks(edges, scores, 7) == [[0, 1, 2], [4, 5, 6]]
+    assert _tracks(edges, scores, 7, stitch_threshold=0.2) == [list(range(7))]
+    # the bridge is as strong as its weaker edge
+    assert _tracks(edges, scores, 7, stitch_threshold=0.35) == [[0, 1, 2], [4, 5, 6]]
+    # a hit reached from a piece's end but leading nowhere is not attached
+    assert _tracks(edges[:3] + edges[4:], [0.9, 0.9, 0.4, 0.9, 0.9], 7, stitch_threshold=0.2) == [
+        [0, 1, 2],
+        [4, 5, 6],
+    ]
+
+
+def test_stitching_does_not_join_two_particles():
+    # Particle A: 0-1-2-3 and 4-5-6-7 split at 3 -> 4 (0.45). Particle B ends at 10
+    # (8-9-10) and has a weak chance edge 10 -> 4 (0.25), and A's end has a chance edge to
+    # B's start (3 -> 8 is impossible: 8 is inner), to B's middle (3 -> 9: not a start).
+    edges = SPLIT[0] + [(8, 9), (9, 10), (10, 4), (3, 9), (2, 4)]
+    scores = [*SPLIT[1][:3], 0.45, *SPLIT[1][4:], 0.9, 0.9, 0.25, 0.5, 0.55]
+    got = _tracks(edges, scores, 11, stitch_threshold=0.2)
+    assert sorted(got) == [list(range(8)), [8, 9, 10]]
+    # Edges that start inside a piece (2 -> 4) or end inside one (3 -> 9) are never taken,
+    # so a piece never branches: every hit keeps at most one edge in and one out.
+    assert sorted(_tracks(edges, scores, 11, stitch_threshold=0.5)) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10],
+    ]
+
+
+def test_stitching_takes_the_mutual_best_piece_end():
+    # Pieces A = 0-1-2 and B = 3-4-5 both end next to C = 6-7-8 (edges 2->6 0.3, 5->6 0.5):
+    # C's first hit takes B, its best; A stays alone.
+    edges = [(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (2, 6), (5, 6)]
+    scores = [0.9] * 6 + [0.3, 0.5]
+    assert sorted(_tracks(edges, scores, 9, stitch_threshold=0.2)) == [
+        [0, 1, 2],
+        [3, 4, 5, 6, 7, 8],
+    ]
+
+
+def test_min_hits_and_mean_score_drop_tracks():
+    edges = [(0, 1), (1, 2), (3, 4), (4, 5), (5, 6), (7, 8), (8, 9), (9, 10), (10, 11)]
+    scores = [0.9, 0.9, 0.9, 0.9, 0.9, 0.65, 0.7, 0.65, 0.7]
+    assert len(_tracks(edges, scores, 12)) == 3
+    assert _tracks(edges, scores, 12, min_hits=4) == [[3, 4, 5, 6], [7, 8, 9, 10, 11]]
+    assert _tracks(edges, scores, 12, min_mean_score=0.8) == [[0, 1, 2], [3, 4, 5, 6]]
+
+
+def test_select_tracks_keeps_csr_and_params_aligned():
+    offsets = np.array([0, 3, 7, 9])
+    hits = np.arange(9)
+    params = {"pt": np.array([1.0, 2.0, 3.0])}
+    o, h, p = select_tracks(offsets, hits, params, np.array([True, False, True]))
+    assert o.tolist() == [0, 3, 5] and h.tolist() == [0, 1, 2, 7, 8] and p["pt"].tolist() == [1, 3]
+
+
+def test_stitching_on_random_graphs_keeps_chains():
+    rng = np.random.default_rng(4)
+    n = 3000
+    edges = np.sort(rng.integers(0, n, size=(2, 6000)), axis=0)  # outwards, as in the graph
+    edges = edges[:, edges[0] != edges[1]]
+    scores = rng.random(edges.shape[1])
+    kept = resolve_junctions(edges, scores, 0.6)
+    extra = stitch_edges(edges, scores, kept, components_scipy(kept, n), 0.1)
+    assert len(extra) > 50 and np.all(scores[extra] > 0.1)
+    joined = np.concatenate([kept, edges[:, extra]], axis=1)
+    for end in (0, 1):
+        assert np.bincount(joined[end]).max() == 1
+    # only piece ends meet: a stitched edge starts where a piece ends and ends where one starts
+    assert not np.isin(edges[0, extra], kept[0]).any()
+    assert not np.isin(edges[1, extra], kept[1]).any()
+
+
+def test_merge_labels_equals_components_of_all_edges():
+    rng = np.random.default_rng(5)
+    n = 4000
+    for k_old, k_new in [(0, 5), (2000, 0), (2500, 300), (1000, 3000)]:
+        old = rng.integers(0, n, size=(2, k_old))
+        new = rng.integers(0, n, size=(2, k_new))
+        merged = merge_labels(components_scipy(old, n), new)
+        assert np.array_equal(merged, components_scipy(np.concatenate([old, new], 1), n))
+
+
+def test_fit_cuts_apply_to_short_tracks_only():
+    sizes = np.array([3, 4, 5, 9])
+    params = {
+        "chi2": np.array([5.0, 1.0, 500.0, 500.0]),
+        "ndf": 2 * sizes - 5,
+        "d0": np.array([0.1, 3.0, 9.0, 9.0]),
+    }
+    assert fit_cuts(sizes, params, TrackConfig()).tolist() == [True] * 4
+    cfg = TrackConfig(max_chi2_ndf=2.0)
+    assert fit_cuts(sizes, params, cfg).tolist() == [False, True, True, True]
+    cfg = TrackConfig(max_chi2_ndf=2.0, max_d0=1.0)
+    assert fit_cuts(sizes, params, cfg).tolist() == [False, False, True, True]
+    cfg = TrackConfig(short_hits=10, max_chi2_ndf=2.0)
+    assert fit_cuts(sizes, params, cfg).tolist() == [False, True, False, False]

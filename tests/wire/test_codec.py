@@ -19,6 +19,7 @@ from streamtrk.wire import (
     encode_tracks,
     encode_truth,
     peek_identity,
+    with_msg_id,
 )
 
 DROP = object()
@@ -115,7 +116,7 @@ def truth(rng: np.random.Generator) -> list[Any]:
 def test_hits_round_trip(rng: np.random.Generator, n: int) -> None:
     ev = random_event(rng, n, run=3, event=2**40)
     msg = decode([bytes(f) for f in encode_hits(ev, t_send_ns=99, deadline_ms=2.5)])
-    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 1)
+    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 2)
     assert msg.deadline_ms == 2.5
     back = msg.to_event()
     assert (back.run, back.event, back.truth) == (3, 2**40, None)
@@ -301,7 +302,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
-        ("bad_version", "two", lambda h, t, u: patch(h, version=2)),
+        ("bad_version", "three", lambda h, t, u: patch(h, version=3)),
         ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
         ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
         ("bad_kind", "unknown", lambda h, t, u: patch(h, kind="photons")),
@@ -419,3 +420,31 @@ def test_messages_name_the_problem_plainly(hits: list[Any]) -> None:
         "not_msgpack: frame 0 (1 bytes) is not one msgpack object: invalid format"
     )
     assert message([b"", *hits[1:]]).startswith("not_msgpack: frame 0 (0 bytes) is not one")
+
+
+def test_version_1_is_still_decoded(rng: np.random.Generator) -> None:
+    # A version 1 reply has no ndf column (chi2 was per ndf) and no msg_id: ndf comes back -1.
+    tr = random_tracks(rng, 30, 4)
+    frames = encode_tracks(1, 2, np.arange(30), tr, msg_id=5)
+    header = msgpack.unpackb(frames[0])
+    header["version"] = 1
+    del header["msg_id"]
+    at = [c[0] for c in header["columns"]].index("ndf")
+    del header["columns"][at]
+    v1 = [msgpack.packb(header), *frames[1 : at + 1], *frames[at + 2 :]]
+    reply = decode(v1).to_reply()
+    assert reply.msg_id is None and len(reply) == 4
+    assert (reply.params["ndf"] == -1).all()
+    np.testing.assert_array_equal(reply.params["chi2"], tr.params["chi2"])
+    # Keys that version 2 added are not version 1's.
+    with pytest.raises(WireError, match="unknown key 'msg_id'"):
+        decode([msgpack.packb({**header, "msg_id": 5}), *v1[1:]])
+
+
+def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
+    ev = random_event(rng, 5)
+    msg = decode(encode_hits(ev, msg_id=2**40))
+    assert msg.msg_id == 2**40
+    assert decode(with_msg_id(encode_hits(ev), 7)).msg_id == 7
+    with pytest.raises(WireError, match="msg_id must be an int"):
+        decode(patch(encode_hits(ev), msg_id=-1))

@@ -87,7 +87,7 @@ def check(frames: Any) -> None:
 header_like = st.fixed_dictionaries(
     {
         "schema": st.just("streamtrk"),
-        "version": st.just(1),
+        "version": st.sampled_from((1, 2)),
         "kind": st.sampled_from(tuple(COLUMNS)),
     },
     optional={k: scalars for k in ("run", "event", "t_send_ns", "deadline_ms")}
