@@ -203,7 +203,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
         return 2
-    print(f"streamtrk evaluate: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
+    threads = set_torch_threads(args.torch_threads)
     if args.oracle:
         rec, scorer = Reconstructor.oracle(device=args.device), "oracle"
     else:
@@ -220,6 +220,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}, or pass --oracle") from None
         scorer = str(model)
+    print(f"streamtrk evaluate: {threads}", file=sys.stderr)
     ev = evaluate(
         rec, read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
     )

@@ -57,7 +57,7 @@ def test_inspect_reports_events_and_truth(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["events"] == 2 and summary["events_with_truth"] == 2
     assert summary["hits_max"] >= summary["hits_mean"] > 1000
-    assert summary["versions"] == [1] and summary["error"] is None
+    assert summary["versions"] == [2] and summary["error"] is None
 
 
 def test_inspect_names_the_offset_of_a_truncated_file(tmp_path, capsys):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from streamtrk.service.job import Job
 
-PUT_POLL_S = 0.01  # how often a put waiting for room looks again (and at its stop)
+PUT_POLL_S = 0.01  # how often a put waiting for room looks again
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,11 @@ class Batcher:
         self._held: Job | None = None  # the event that did not fit into the last batch
 
     def put(
-        self, job: Job, *, block: bool = True, stop: Callable[[], bool] = lambda: False
+        self, job: Job, *, block: bool = True, waiting: Callable[[], None] = lambda: None
     ) -> bool:
-        """Queue ``job``: True once queued. False when the batcher is closed, or when the
-        queue is full and ``block`` is False or ``stop()`` turns true while waiting."""
+        """Queue ``job``: True once queued. False when the queue is full and ``block`` is
+        False, or when the batcher is (or gets) closed; ``waiting()`` is called while a
+        blocked put waits for room."""
         job.t_queued = time.perf_counter()
         while True:
             with self._lock:
@@ -74,8 +75,9 @@ class Batcher:
                     return True
                 except queue.Full:
                     pass
-            if not block or stop():
+            if not block:
                 return False
+            waiting()
             time.sleep(PUT_POLL_S)
 
     def close(self) -> None:

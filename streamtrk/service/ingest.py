@@ -7,8 +7,8 @@ message becomes a :class:`Job`; anything else is rejected with the decoder's rea
 answered with an error reply when its header names a (run, event), else counted as
 unidentified and offered to the dead-letter file. A full batch queue blocks this thread
 (so ZeroMQ's high-water marks push back on the sender) or, with ``overload = "reject"``,
-answers ``overloaded``; an event still waiting for room when the drain stops intake is
-answered ``shutdown``.
+answers ``overloaded``; an event still waiting for room when the drain gives up on the
+queue is answered ``shutdown``.
 """
 
 from __future__ import annotations
@@ -92,11 +92,6 @@ class Ingest(Supervised):
     def has_work(self) -> bool:
         return True  # it should always be polling its socket
 
-    def _stopping(self) -> bool:
-        """While waiting for room in the batch queue: alive, and told to stop?"""
-        self.beat()
-        return self.stop.is_set()
-
     def _receive(self, flags: int = 0) -> tuple[list[zmq.Frame], str | None]:
         """One message, frame by frame (zero-copy), and why it is refused, if it is: past
         ``max_frames`` frames or ``max_message_bytes`` bytes, the rest of its frames are
@@ -148,9 +143,8 @@ class Ingest(Supervised):
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
         job = Job(event, t_recv, deadline, {"decode": decode_s}, msg.msg_id)
         self.metrics.inflight.inc()
-        if not self.batcher.put(job, block=cfg.overload == "block", stop=self._stopping):
-            stopping = self.stop.is_set() or self.batcher.closed
-            reason = "shutdown" if stopping else "overloaded"
+        if not self.batcher.put(job, block=cfg.overload == "block", waiting=self.beat):
+            reason = "shutdown" if self.batcher.closed else "overloaded"
             self.metrics.rejected.labels(reason).inc()
             self.replies.put(Reply.failure(job, reason))
 

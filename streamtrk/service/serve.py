@@ -267,7 +267,9 @@ class Daemon:
         emitter.give_up_at = deadline
         worker.drain_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
         stop_intake.set()
-        ingest.join(timeout)
+        # Intake may be waiting for room with an event in hand: the worker makes room, or
+        # abandon() closes the batcher and intake answers that event 'shutdown'.
+        ingest.join(max(0.0, worker.drain_by - time.perf_counter()))
         self.batcher.flush = True  # nothing more will arrive: no batch waits to fill
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():
@@ -277,6 +279,7 @@ class Daemon:
         elif worker.error is not None:
             n = worker.abandon()
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)
+        ingest.join(max(0.0, deadline - time.perf_counter()))
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         value = self.metrics.registry.get_sample_value
         summary = _fields(
