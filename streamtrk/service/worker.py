@@ -93,8 +93,10 @@ class Worker(threading.Thread):
             m.queue_delay.observe(job.timings["queue"])
         m.batch_events.observe(len(batch.jobs))
         m.batch_hits.observe(n_hits)
+        events = [job.event for job in batch.jobs]
+        rec = self.reconstructor()
         try:
-            result = self.reconstructor().reconstruct([job.event for job in batch.jobs])
+            result = rec.reconstruct(events)
             replies = [
                 Reply.success(job, tracks, {**job.timings, **result.timings})
                 for job, tracks in zip(batch.jobs, result.tracks, strict=True)
@@ -110,6 +112,12 @@ class Worker(threading.Thread):
         m.hits.inc(n_hits)
         for job, reply in zip(batch.jobs, replies, strict=True):
             self._answer(job, reply)
+        t1 = time.perf_counter()
+        try:
+            m.physics.observe(events, result, rec.detector, rec.threshold)
+        except Exception:  # monitoring must never stop reconstruction
+            log.exception("physics metrics failed on a batch (its replies were sent)")
+        m.stage.labels("physics").observe(time.perf_counter() - t1)
 
     def abandon(self) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker
