@@ -69,17 +69,15 @@ def main() -> None:
 
     window = BeamSpotWindow()
     rng = np.random.default_rng(0)
-    d0, z0, phi = (
-        rng.normal(0, 0.2, WINDOW_TRACKS),
-        rng.normal(0, 6, WINDOW_TRACKS),
-        rng.uniform(-np.pi, np.pi, WINDOW_TRACKS),
-    )
+    n = WINDOW_TRACKS
+    event = np.arange(n) // 2000  # ten MU=200 events
+    window.add(rng.normal(0, 0.2, n), rng.normal(0, 6, n), rng.uniform(-np.pi, np.pi, n), event)
+    one = np.zeros(1)
 
     def estimate() -> None:
-        window.add(d0[:1], z0[:1], phi[:1])  # a change, so that nothing is cached
+        window.add(one, one, one, one + n)  # a change, so that nothing is cached
         window.estimate()
 
-    window.add(d0, z0, phi)
     med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     print(
         json.dumps(
