@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 REAL = "qallse_ez-1.0_hpt-1.0_no_truth/event000001000"
 RATE_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shared_trackml() -> Path:
@@ -64,9 +57,9 @@ def direct(recording: Path, batch: int, repeat: int = 1) -> float:
 
 
 def _direct_process(recording: Path, batch: int, repeat: int) -> None:
+    from streamtrk.recon.device import resolve_device
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.replay import load_recording
-    from streamtrk.service.served_model import resolve_device
 
     rec = load_reconstructor(device=resolve_device("auto"))
     events = [r.event for r in load_recording(recording)] * repeat
@@ -86,20 +79,23 @@ def _direct_process(recording: Path, batch: int, repeat: int) -> None:
 
 
 class Daemon:
-    """``python -m streamtrk serve`` on free ports, embedded defaults otherwise."""
+    """``python -m streamtrk serve`` on ports it picks, embedded defaults otherwise (plus
+    ``args``; ``env`` replaces the environment's variables it names)."""
 
-    def __init__(self, log: Path) -> None:
-        from streamtrk.client import wait_ready
+    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        from streamtrk.client import wait_listening, wait_ready
 
-        self.input = f"tcp://127.0.0.1:{free_port()}"
-        self.output = f"tcp://127.0.0.1:{free_port()}"
-        self.http = f"127.0.0.1:{free_port()}"
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", self.input]
-        cmd += ["--output", self.output, "--http", self.http]
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        if not wait_ready(self.http, 300, self.process):
+        any_port = "tcp://127.0.0.1:*"
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port, "--output"]
+        cmd += [any_port, "--http", "127.0.0.1:0", "--log-format", "json", *args]
+        self.process = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        bound = wait_listening(log, 300, self.process)
+        if bound is None or not wait_ready(bound["http"], 300, self.process):
             raise RuntimeError(f"daemon not ready, see {log}")
+        self.input, self.output, self.http = bound["input"], bound["output"], bound["http"]
 
     def metrics(self) -> dict[str, Any]:
         """What the daemon says about itself: build labels, batch sizes, device memory."""

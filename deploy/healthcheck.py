@@ -1,7 +1,7 @@
 """Container health probe: GET /healthz (or the path given) of the local daemon.
 
 Usage: python healthcheck.py [PATH] [CONFIG]. The port comes from $STREAMTRK_HTTP, else
-from the ``http`` key of CONFIG (default /etc/streamtrk/streamtrk.toml), else 9100; a
+from the ``http`` key of CONFIG (default /etc/streamtrk/streamtrk.toml), else 10062; a
 wildcard host (0.0.0.0, ::, *) is probed on the loopback address. Exit status 0 when the
 daemon answers 200, 1 otherwise. Standard library only.
 """
@@ -25,7 +25,7 @@ def address(config_path: str) -> str:
                 http = tomllib.load(f).get("http")
         except (OSError, tomllib.TOMLDecodeError):
             http = None
-    host, _, port = (http or "127.0.0.1:9100").rpartition(":")
+    host, _, port = (http or "127.0.0.1:10062").rpartition(":")
     if host in WILDCARDS:
         host = "127.0.0.1"
     return f"{host}:{port}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from streamtrk import __version__
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+from streamtrk.threads import set_torch_threads, wait_passively
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -182,6 +184,9 @@ def _inspect(args: argparse.Namespace) -> int:
         width = max(len(k) for k in summary)
         for k, v in summary.items():
             print(f"{k:<{width}}  {v}")
+    if summary["error"]:
+        print(f"streamtrk inspect: error: {summary['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -202,6 +207,18 @@ def _export_trackml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) -> None:
+    first = "the recipe's `threads`; 0:" if default is None else "0,"
+    s.add_argument(
+        "--torch-threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"torch CPU threads (default {first} the CPUs this process may use: CPU "
+        "affinity, cgroup quota)",
+    )
+
+
 def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("input", help="a .stk recording, or TrackML CSV (event prefix or directory)")
     src = s.add_mutually_exclusive_group()
@@ -212,6 +229,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
     s.add_argument("--precision", default="fp32", choices=PRECISIONS)
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
+    _torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--report", type=Path, help="write the report JSON here")
@@ -234,21 +252,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
     from streamtrk.io.trackml import write_submission
+    from streamtrk.recon.device import cuda_unavailable
+    from streamtrk.recon.load import load_reconstructor
+    from streamtrk.recon.model import default_model_path
     from streamtrk.recon.reconstructor import Reconstructor
 
+    if args.device == "cuda" and (why := cuda_unavailable()):
+        print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
+        return 2
+    print(f"streamtrk evaluate: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
     if args.oracle:
-        rec = Reconstructor.oracle(device=args.device)
+        rec, scorer = Reconstructor.oracle(device=args.device), "oracle"
     else:
-        from streamtrk.recon.load import load_reconstructor
-
-        rec = load_reconstructor(
-            args.model,
-            device=args.device,
-            threshold=args.threshold,
-            engine=args.engine,
-            precision=args.precision,
-            warm_up=args.engine != "eager",
-        )
+        model = args.model or default_model_path()
+        try:
+            rec = load_reconstructor(
+                model,
+                device=args.device,
+                threshold=args.threshold,
+                engine=args.engine,
+                precision=args.precision,
+                warm_up=args.engine != "eager",
+            )
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}, or pass --oracle") from None
+        scorer = str(model)
     ev = evaluate(
         rec, read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
     )
@@ -257,7 +285,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     report = ev.report()
     report["input"] = str(args.input)
-    report["scorer"] = "oracle" if args.oracle else str(args.model or "shipped model")
+    report["scorer"] = scorer
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -313,9 +341,15 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
     "drain and exit, SIGHUP reloads configuration and model.",
 )
 def _serve(args: argparse.Namespace) -> int:
-    import os
 
-    from streamtrk.service.config import ConfigError, ServeConfig, flags_from_args, load_config
+    from streamtrk.recon.device import cuda_unavailable
+    from streamtrk.service.config import (
+        ConfigError,
+        ServeConfig,
+        flags_from_args,
+        load_config,
+        unknown_variables,
+    )
 
     flags = flags_from_args(args)
 
@@ -327,12 +361,27 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"streamtrk serve: invalid configuration: {e}", file=sys.stderr)
         return 2
+    if cfg.device == "cuda" and (why := cuda_unavailable()):
+        print(f"streamtrk serve: invalid configuration: device cuda: {why}", file=sys.stderr)
+        return 2
     if args.print_config:
+        for warning in unknown_variables(os.environ):
+            print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
         print(cfg.to_toml(), end="")
         return 0
     from streamtrk.service.serve import serve
 
     return serve(cfg, load)
+
+
+def _curve_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--curve-key", type=Path, metavar="FILE", help="CURVE: own secret certificate")
+    s.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="FILE",
+        help="CURVE: the daemon's public certificate (with --curve-key)",
+    )
 
 
 def _replay_arguments(s: argparse.ArgumentParser) -> None:
@@ -348,6 +397,13 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
     )
+    s.add_argument(
+        "--retries", type=int, default=0, metavar="N", help="resend an unanswered event N times"
+    )
+    s.add_argument(
+        "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
+    )
+    _curve_arguments(s)
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
@@ -359,12 +415,13 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "replay",
     _replay_arguments,
     help="replay a recording through the daemon and report throughput, latency, physics",
-    description="Send a recording's hits messages byte-identical to the daemon and "
-    "receive the replies. Report keys: sent, received, missing (no reply within the "
-    "timeout), ok, errors (by reason), events_per_second, latency_p50/p90/p99/max/mean_ms "
-    "(send to reply), send_rate_hz, plus tracking_efficiency, fake_rate, duplicate_rate, "
-    "trackml_score and their counts when the recording has truth. Exit status 1 when "
-    "events are missing.",
+    description="Send a recording's hits messages to the daemon (as recorded, the header "
+    "given a msg_id) and receive the replies, one per event. Report keys: sent, received, "
+    "missing (no reply within the timeout), ok, errors (by reason), resent, duplicates "
+    "(second replies to a resent event, not counted again), events_per_second, "
+    "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, plus "
+    "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
+    "recording has truth. Exit status 1 when events are missing.",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import write_submission
@@ -389,6 +446,10 @@ def _replay(args: argparse.Namespace) -> int:
         loop=args.loop,
         timeout_s=args.timeout,
         progress=not args.quiet,
+        retries=args.retries,
+        retry_after_s=args.retry_after,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
     )
     result = replay(events, opts)
     report = {"recording": str(args.recording)} | result.report(events, args.rate)
@@ -403,6 +464,19 @@ def _replay(args: argparse.Namespace) -> int:
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if report["sent"] and not report["received"]:
+        print(
+            f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
+            f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; is "
+            "a daemon listening there (and are --to and --from its input and output)?",
+            file=sys.stderr,
+        )
+    elif not report["sent"] and report["unsent"]:
+        print(
+            f"streamtrk replay: error: nothing could be sent to {args.to} within "
+            f"{args.timeout:g} s: is a daemon listening there?",
+            file=sys.stderr,
+        )
     return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
 
 
@@ -412,6 +486,7 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bind", action="store_true", help="bind instead of connecting")
     s.add_argument("--events", type=int, help="stop after N hits messages")
     s.add_argument("--duration", type=float, help="stop after S seconds")
+    _curve_arguments(s)
 
 
 @_command("record", _record_arguments, help="tap a hits stream into a recording")
@@ -431,6 +506,8 @@ def _record(args: argparse.Namespace) -> int:
         events=args.events,
         duration_s=args.duration,
         stop=stop,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
     )
     print(
         f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
@@ -442,6 +519,7 @@ def _record(args: argparse.Namespace) -> int:
 def _train_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     s.add_argument("--out", type=Path, help="model directory (default: models/<config name>)")
+    _torch_threads_argument(s, default=None)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -455,6 +533,7 @@ def _train_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _train(args: argparse.Namespace) -> int:
     import shlex
+    from dataclasses import replace
 
     import torch
 
@@ -462,9 +541,16 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or Path("models") / cfg.name
-    command = shlex.join(["streamtrk", "train", "--config", str(args.config), "--out", str(out)])
+    argv = ["streamtrk", "train", "--config", str(args.config), "--out", str(out)]
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    if args.torch_threads is None:
+        torch.set_num_threads(cfg.threads)
+        print(f"streamtrk train: torch threads {cfg.threads} (the recipe's)", file=sys.stderr)
+    else:
+        print(f"streamtrk train: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
+        cfg = replace(cfg, threads=torch.get_num_threads())
+        argv += ["--torch-threads", str(args.torch_threads)]
+    command = shlex.join(argv)
     try:
         card = train(
             cfg, out, config_text=args.config.read_text(), command=command, progress=not args.quiet
@@ -478,6 +564,33 @@ def _train(args: argparse.Namespace) -> int:
         "metrics": card["metrics"],
     }
     print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def _keys_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("directory", type=Path, help="where to write the certificates")
+    s.add_argument("name", help="certificate name: NAME.key (public), NAME.key_secret")
+
+
+@_command(
+    "keys",
+    _keys_arguments,
+    help="write a CURVE certificate pair (NAME.key, NAME.key_secret)",
+    description="Write a CurveZMQ certificate pair in pyzmq's zmq.auth format: NAME.key holds "
+    "the public key (give it to the other side: a client's goes into the daemon's "
+    "curve_allowed_keys directory, the daemon's to its clients' --curve-server-key), "
+    "NAME.key_secret the public and the secret key (keep it; readable by its owner only). "
+    "See docs/operations.md, Keys.",
+)
+def _keys(args: argparse.Namespace) -> int:
+    from streamtrk.wire.curve import create_certificates
+
+    for path in (args.directory / f"{args.name}.key", args.directory / f"{args.name}.key_secret"):
+        if path.exists():
+            print(f"streamtrk keys: error: {path} exists; not overwritten", file=sys.stderr)
+            return 1
+    public, secret = create_certificates(args.directory, args.name)
+    print(f"wrote {public} (public) and {secret} (secret)")
     return 0
 
 
@@ -570,9 +683,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    wait_passively()  # before any command imports torch
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of our output went away (``streamtrk replay ... | head``): stop quietly,
+        # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
     except (OSError, ValueError) as exc:
         print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -20,19 +20,35 @@ import zmq
 
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
+from streamtrk.wire.curve import make_client
 
 
 class _Endpoint:
-    """One socket, bound or connected to ``endpoint``, closed with LINGER ``linger_ms``."""
+    """One socket, bound or connected to ``endpoint``, closed with LINGER ``linger_ms``; a
+    CURVE client when given its own secret certificate (``curve_key``) and the daemon's
+    public one (``curve_server_key``), see ``streamtrk.wire.curve``."""
 
     def __init__(
-        self, kind: int, endpoint: str, *, bind: bool, hwm_option: int, hwm: int, linger_ms: int
+        self,
+        kind: int,
+        endpoint: str,
+        *,
+        bind: bool,
+        hwm_option: int,
+        hwm: int,
+        linger_ms: int,
+        curve_key: str | Path | None = None,
+        curve_server_key: str | Path | None = None,
     ) -> None:
+        if (curve_key is None) != (curve_server_key is None):
+            raise ValueError("CURVE needs both curve_key (own secret) and curve_server_key")
         self.linger_ms = linger_ms
         self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
         try:
             self.socket.setsockopt(hwm_option, hwm)
             self.socket.setsockopt(zmq.LINGER, linger_ms)
+            if curve_key is not None and curve_server_key is not None:
+                make_client(self.socket, curve_key, curve_server_key)
             (self.socket.bind if bind else self.socket.connect)(endpoint)
         except BaseException:
             self.socket.close(linger=0)
@@ -59,10 +75,24 @@ class Producer(_Endpoint):
     """PUSH socket sending ``hits`` messages (connects to the daemon unless ``bind``)."""
 
     def __init__(
-        self, endpoint: str, *, bind: bool = False, sndhwm: int = 1000, linger_ms: int = 1000
+        self,
+        endpoint: str,
+        *,
+        bind: bool = False,
+        sndhwm: int = 1000,
+        linger_ms: int = 1000,
+        curve_key: str | Path | None = None,
+        curve_server_key: str | Path | None = None,
     ) -> None:
         super().__init__(
-            zmq.PUSH, endpoint, bind=bind, hwm_option=zmq.SNDHWM, hwm=sndhwm, linger_ms=linger_ms
+            zmq.PUSH,
+            endpoint,
+            bind=bind,
+            hwm_option=zmq.SNDHWM,
+            hwm=sndhwm,
+            linger_ms=linger_ms,
+            curve_key=curve_key,
+            curve_server_key=curve_server_key,
         )
 
     def send_event(
@@ -96,9 +126,18 @@ class Consumer(_Endpoint):
         rcvhwm: int = 1000,
         linger_ms: int = 1000,
         limits: Limits = DEFAULT_LIMITS,
+        curve_key: str | Path | None = None,
+        curve_server_key: str | Path | None = None,
     ) -> None:
         super().__init__(
-            zmq.PULL, endpoint, bind=bind, hwm_option=zmq.RCVHWM, hwm=rcvhwm, linger_ms=linger_ms
+            zmq.PULL,
+            endpoint,
+            bind=bind,
+            hwm_option=zmq.RCVHWM,
+            hwm=rcvhwm,
+            linger_ms=linger_ms,
+            curve_key=curve_key,
+            curve_server_key=curve_server_key,
         )
         self.limits = limits
 

@@ -1,18 +1,22 @@
 """Replay a recording through the daemon and report throughput, latency and physics.
 
-A sender thread pushes the recording's ``hits`` messages exactly as recorded (the
-frames of ``iter_records``), at a fixed rate or as fast as the daemon takes them; the
-calling thread receives the replies and matches them to the sends by (run, event), the
-oldest outstanding send first (so ``loop`` may repeat events). Latency runs from just
-before a send to the reply's arrival. ``truth`` messages are not sent: they score the
-replies (tracking efficiency, fake and duplicate rates, TrackML score).
+A sender thread pushes the recording's ``hits`` messages as recorded (the frames of
+``iter_records``; only the header gains a ``msg_id`` of its own for every send), at a fixed
+rate or as fast as the daemon takes them, then, with ``retries``, resends those still
+unanswered ``retry_after_s`` after their last send; the calling thread receives the
+replies and matches them to the sends by ``msg_id`` (the oldest unanswered send of the same
+(run, event) for a reply without one), so every event counts once: a second reply to the
+same message is counted as a duplicate. Latency runs from just before an event's first
+send to its reply. ``truth`` messages are not sent: they score the replies (tracking
+efficiency, fake and duplicate rates, TrackML score).
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ from streamtrk.client import Consumer, Producer
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import iter_records
-from streamtrk.wire import Message, WireError, decode
+from streamtrk.wire import Message, WireError, decode, with_msg_id
 
 Key = tuple[int, int]
 
@@ -41,7 +45,7 @@ class Recorded:
         return self.event.run, self.event.event
 
 
-def load_recording(path: Path, limit: int | None = None) -> list[Recorded]:
+def load_recording(path: str | Path, limit: int | None = None) -> list[Recorded]:
     """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
     directly following ``truth`` record of the same event; other records are skipped."""
     out: list[Recorded] = []
@@ -62,7 +66,8 @@ def load_recording(path: Path, limit: int | None = None) -> list[Recorded]:
 
 @dataclass
 class ReplayOptions:
-    """Where to send and receive, how fast, how often, and how long to wait for replies."""
+    """Where to send and receive, how fast, how often, how long to wait for replies, how
+    often to resend an event without one, and the CURVE certificates (client side)."""
 
     to: str = "tcp://127.0.0.1:5555"
     from_: str = "tcp://127.0.0.1:5556"
@@ -72,6 +77,10 @@ class ReplayOptions:
     timeout_s: float = 30.0
     hwm: int = 100
     progress: bool = False
+    retries: int = 0  # resends of an event still without a reply after retry_after_s
+    retry_after_s: float = 5.0
+    curve_key: Path | None = None  # own secret certificate
+    curve_server_key: Path | None = None  # the daemon's public certificate
 
 
 @dataclass
@@ -80,9 +89,11 @@ class ReplayResult:
 
     sent: int = 0
     unsent: int = 0
+    resent: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     unexpected: int = 0
+    duplicates: int = 0
     invalid_replies: int = 0
     first_replies: dict[Key, Message] = field(default_factory=dict)
     t_first_send: float = 0.0
@@ -108,6 +119,8 @@ class ReplayResult:
             "ok": self.received - sum(self.errors.values()),
             "errors": dict(sorted(self.errors.items())),
             "unsent": self.unsent,
+            "resent": self.resent,
+            "duplicates": self.duplicates,
             "unexpected": self.unexpected,
             "invalid_replies": self.invalid_replies,
             "duration_s": span,
@@ -134,15 +147,32 @@ def _schedule(n: int, rate: float | None) -> Iterator[None]:
         yield
 
 
+@dataclass(eq=False)
+class _Send:
+    """One event sent: its message id, frames, first and last send times, sends so far."""
+
+    key: Key
+    msg_id: int
+    frames: list[Any]
+    t_first: float
+    t_last: float
+    sends: int = 1
+
+
 class _Sender(threading.Thread):
+    """Sends every event with a message id of its own (the id prefix is random, so replays
+    sharing a collector do not mix), then resends those still unanswered."""
+
     def __init__(
         self, producer: Producer, events: list[Recorded], opts: ReplayOptions, result: ReplayResult
     ) -> None:
         super().__init__(name="replay-send", daemon=True)
         self.producer, self.events, self.opts, self.result = producer, events, opts, result
-        self.pending: dict[Key, deque[float]] = defaultdict(deque)
+        self.pending: dict[int, _Send] = {}
+        self.answered: set[int] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.prefix = random.getrandbits(30) << 32
 
     def run(self) -> None:
         r, timeout_ms = self.result, int(self.opts.timeout_s * 1000)
@@ -152,34 +182,67 @@ class _Sender(threading.Thread):
             if self.stop.is_set():
                 r.unsent = len(order) - i
                 return
+            msg_id = self.prefix | i
+            frames = with_msg_id(ev.frames, msg_id)
             t = time.perf_counter()
             with self.lock:
-                self.pending[ev.key].append(t)
+                self.pending[msg_id] = _Send(ev.key, msg_id, frames, t, t)
                 r.t_first_send = r.t_first_send or t
-            if not self.producer.send_frames(ev.frames, timeout_ms=timeout_ms):
+            if not self.producer.send_frames(frames, timeout_ms=timeout_ms):
                 with self.lock:
-                    self.pending[ev.key].pop()
+                    del self.pending[msg_id]
                 r.unsent = len(order) - i
                 return
             r.sent += 1
             r.t_last_send = t
+        self._resend(timeout_ms)
 
-    def match(self, key: Key) -> float | None:
-        """The send time of the oldest unanswered send of ``key``."""
+    def _resend(self, timeout_ms: int) -> None:
+        """Resend what has no reply ``retry_after_s`` after its last send, at most
+        ``retries`` times each, until everything is answered or out of resends."""
+        opts = self.opts
+        while not self.stop.wait(0.05):
+            now = time.perf_counter()
+            with self.lock:
+                todo = [p for p in self.pending.values() if p.sends <= opts.retries]
+                due = [p for p in todo if now - p.t_last >= opts.retry_after_s]
+            if not todo:
+                return
+            for p in due:
+                if not self.producer.send_frames(p.frames, timeout_ms=timeout_ms):
+                    return
+                p.t_last, p.sends = time.perf_counter(), p.sends + 1
+                self.result.resent += 1
+                self.result.t_last_send = p.t_last
+
+    def match(self, msg_id: int | None, key: Key) -> float | None:
+        """The first send time of the message this reply answers; None for a reply to a
+        message already answered (a duplicate: counted) or to none of ours."""
         with self.lock:
-            sends = self.pending.get(key)
-            return sends.popleft() if sends else None
+            if msg_id is None:  # a daemon that does not echo ids: the oldest send of key
+                msg_id = min((m for m, p in self.pending.items() if p.key == key), default=None)
+            sent = self.pending.pop(msg_id, None) if msg_id is not None else None
+            if sent is None:
+                if msg_id in self.answered:
+                    self.result.duplicates += 1
+                else:
+                    self.result.unexpected += 1
+                return None
+            self.answered.add(msg_id)
+            return sent.t_first
 
 
 def replay(events: list[Recorded], opts: ReplayOptions) -> ReplayResult:
-    """Send ``events`` (``opts.loop`` times over) and collect the replies."""
+    """Send ``events`` (``opts.loop`` times over) and collect the replies, one per event
+    (resends' duplicates are counted, not reported twice)."""
     from tqdm import tqdm
 
     result = ReplayResult()
     total = len(events) * opts.loop
+    curve = {"curve_key": opts.curve_key, "curve_server_key": opts.curve_server_key}
     with (
-        Consumer(opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0) as consumer,
-        Producer(opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0) as producer,
+        Consumer(opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0, **curve) as consumer,
+        Producer(opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0, **curve) as producer,
     ):
         sender = _Sender(producer, events, opts, result)
         bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
@@ -208,9 +271,8 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     except WireError:
         result.invalid_replies += 1
         return
-    t_send = sender.match((reply.run, reply.event))
+    t_send = sender.match(reply.msg_id, (reply.run, reply.event))
     if t_send is None:
-        result.unexpected += 1
         return
     result.latencies.append(t - t_send)
     result.t_last_reply = t
@@ -244,7 +306,7 @@ def physics(events: list[Recorded], replies: dict[Key, Message]) -> dict[str, An
     return totals.report()
 
 
-def plot_latency(latencies_s: list[float], path: Path, title: str = "replay") -> None:
+def plot_latency(latencies_s: list[float], path: str | Path, title: str = "replay") -> None:
     """Histogram of reply latencies (log-spaced bins) with p50/p90/p99 marked, as PNG."""
     import matplotlib
 
@@ -265,6 +327,7 @@ def plot_latency(latencies_s: list[float], path: Path, title: str = "replay") ->
     ax.set_ylabel("events")
     ax.set_title(f"{title}: {len(ms)} replies")
     fig.tight_layout()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """The ``streamtrk`` command: simulate, inspect, import/export TrackML, errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from streamtrk.cli import main
 from streamtrk.io.recording import iter_events
 from streamtrk.io.trackml import read_event
+from streamtrk.recon.device import cuda_unavailable
+from streamtrk.recon.model import default_model_path
 
 
 def _simulate(out: Path) -> None:
@@ -90,10 +93,12 @@ def test_inspect_names_the_offset_of_a_truncated_file(tmp_path, capsys):
     data = (tmp_path / "a.stk").read_bytes()
     (tmp_path / "cut.stk").write_bytes(data[:-100])
     capsys.readouterr()
-    assert main(["inspect", "--json", str(tmp_path / "cut.stk")]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    assert main(["inspect", "--json", str(tmp_path / "cut.stk")]) == 1  # counts, then the error
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
     assert summary["events"] == 2 and summary["events_with_truth"] == 1
     assert "offset" in summary["error"]
+    assert out.err == f"streamtrk inspect: error: {summary['error']}\n"
 
 
 @pytest.mark.realdata
@@ -146,3 +151,67 @@ def test_each_command_documents_its_options(command, capsys):
                 "replay": "--rate", "train": "--config", "demo": "--ready-timeout"}  # fmt: skip
     if command in expected:
         assert expected[command] in out
+
+
+def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "streamtrk", *args],
+        capture_output=True, text=True, timeout=300, env={**base, **(env or {})}, **kw,
+    )  # fmt: skip
+
+
+def test_evaluate_names_the_model_it_used(tmp_path):
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    model = default_model_path()
+    out = _run("evaluate", str(tmp_path / "e.stk"), "-q", env={"STREAMTRK_MODEL": str(model)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["scorer"] == str(model)
+    out = _run("evaluate", str(tmp_path / "e.stk"), "-q", "--model", str(tmp_path / "none"))
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"streamtrk evaluate: error: no model at {tmp_path / 'none'}")
+    assert out.stderr.rstrip().endswith(", or pass --oracle")
+
+
+def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
+    if cuda_unavailable() is None:
+        pytest.skip("this machine can run device=cuda")
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    for args, who in (
+        (["evaluate", str(tmp_path / "e.stk"), "--device", "cuda"], "streamtrk evaluate: error"),
+        (["serve", "--device", "cuda"], "streamtrk serve: invalid configuration"),
+    ):
+        out = _run(*args)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.startswith(f"{who}: device cuda: {cuda_unavailable()}")
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
+    _simulate(tmp_path)
+    with subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", "inspect", str(tmp_path / "a.stk")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141
+    assert "BrokenPipeError" not in err and "Traceback" not in err
+
+
+def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
+    main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    to, from_ = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"  # nothing listens on ports 1 and 2
+    out = _run("replay", str(tmp_path / "e.stk"), "--to", to, "--from", from_, "--timeout", "1")
+    assert out.returncode == 1
+    assert f"no reply at all: 2 events were sent to {to} and nothing came back from {from_}" in (
+        out.stderr
+    )
+
+
+def test_onnx_export_prints_one_line(tmp_path):
+    out = _run("export", "--onnx", str(default_model_path()), "-o", str(tmp_path / "m.onnx"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1 and out.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}")
+    assert out.stderr == ""

@@ -145,13 +145,14 @@ def evaluate(
     return ev
 
 
-def plot(ev: Evaluation, directory: Path) -> list[Path]:
+def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     """PNG plots: efficiency against pT and eta, fake rate against eta."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     parts = np.concatenate(ev.particles) if ev.particles else np.zeros((0, 4))
     pt, eta, reco, found = parts.T

@@ -251,6 +251,25 @@ class RecordingWriter:
         self.close()
 
 
+def repair(path: StrPath) -> tuple[int, str] | None:
+    """Cut a recording back to its last whole record, as a crash mid-write leaves it: the
+    bytes cut and why, or None when the file was intact. A bad file header is not repaired
+    (RecordingError)."""
+    path = Path(path)
+    end = _FILE_HEADER.size
+    with RecordingReader(path) as reader:
+        try:
+            for offset, frames in reader:
+                end = offset + _RECORD_HEADER.size + sum(_LENGTH.size + len(b) for b in frames)
+        except RecordingError as e:
+            why = str(e)
+        else:
+            return None
+    size = path.stat().st_size
+    os.truncate(path, end)
+    return size - end, why
+
+
 def _end_of_records(path: Path) -> int:
     """Byte offset after the last record; RecordingError if the file is not clean."""
     end = _FILE_HEADER.size

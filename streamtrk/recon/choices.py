@@ -9,3 +9,5 @@ from __future__ import annotations
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 ENGINES: tuple[str, ...] = ("auto", "eager", "compile", "tensorrt")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: Where built TensorRT programs are cached (default ``~/.cache/streamtrk/engines``).
+ENGINE_CACHE_ENV = "STREAMTRK_ENGINE_CACHE"

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from streamtrk.event import Event
 from streamtrk.recon.buckets import Buckets, pad_graph
-from streamtrk.recon.choices import ENGINES, PRECISIONS
+from streamtrk.recon.choices import ENGINE_CACHE_ENV, ENGINES, PRECISIONS
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork, edge_scores
 from streamtrk.recon.graph import Graph
 
@@ -45,7 +45,6 @@ DTYPES: dict[str, torch.dtype | None] = {
 }
 assert tuple(DTYPES) == PRECISIONS
 FALLBACK = {"tensorrt": "compile", "compile": "eager"}
-ENGINE_CACHE_ENV = "STREAMTRK_ENGINE_CACHE"
 
 Run = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -281,7 +280,8 @@ class EngineScorer:
         return edge_scores(graph, self.device, self.logits)
 
     def warm_up(self) -> float:
-        """Run every bucket once (one small graph for eager); seconds taken.
+        """Run every bucket once on CUDA (one small bucket on the CPU, a small graph for
+        eager); seconds taken.
 
         Compilation, autotuning, CUDA-graph capture and TensorRT engine building happen here.
         With ``engine="auto"``, a failure moves to the next engine and records why.
@@ -302,13 +302,22 @@ class EngineScorer:
                 self._run = self._make(nxt)
         return time.perf_counter() - t0
 
+    def warm_shapes(self) -> list[tuple[int, int]]:
+        """(hits, edges) of the graphs :meth:`warm_up` runs.
+
+        On CUDA every bucket once (CUDA graphs and TensorRT profiles are per shape), largest
+        first: the allocator grows once, to the size every later one fits in. On the CPU one
+        compilation with dynamic hit and edge counts serves every bucket, so the smallest
+        bucket compiles it (all of them took minutes and 8 GB there); eager, a small graph.
+        """
+        if self.engine == "eager":
+            return [(1000, 8000)]
+        pairs = sorted(self.buckets.pairs(), reverse=True)
+        return [(n - 1, e) for n, e in (pairs if self.device.type == "cuda" else pairs[-1:])]
+
     def _warm(self) -> None:
-        # Largest shapes first: the allocator grows once, to the size every later one fits in.
-        shapes = [(1000, 8000)]
-        if self.engine != "eager":
-            shapes = [(n - 1, e) for n, e in sorted(self.buckets.pairs(), reverse=True)]
         with torch.inference_mode():
-            for k, (n, e) in enumerate(shapes):
+            for k, (n, e) in enumerate(self.warm_shapes()):
                 self._run(*synthetic_graph(n, e, self.device, seed=k))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -20,6 +20,7 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
 from streamtrk.event import Event
+from streamtrk.threads import available_cpus
 from streamtrk.xp import Array, array_module
 
 
@@ -38,7 +39,7 @@ class GraphConfig:
     skip_layers: bool = True  # also connect layer i to i + 2
     n_bins: int = 32  # search grid: bins along z (barrel) or r (disk) per layer
     n_phi_bins: int = 256  # search grid: bins in phi per layer
-    threads: int = 2  # CPU threads for the candidate search (NumPy only)
+    threads: int = 2  # most CPU threads for the candidate search (NumPy; no more than usable)
     layer_margin: float = 10.0  # mm: hits may lie this far off their layer's nominal surface
 
     def phi_slope_max(self, bfield: float) -> float:
@@ -289,7 +290,8 @@ def build_graph(
     q_all, b_all = _expand(b_lo, b_hi + 1, xp)
     # On the CPU, chunks of queries run on threads (NumPy releases the GIL in its loops);
     # on the GPU one chunk keeps the launch count down. Edges come out in the same order.
-    n_chunks = 1 if xp is not np else max(1, min(cfg.threads, len(q_all) // 50_000))
+    threads = min(cfg.threads, available_cpus()[0])
+    n_chunks = 1 if xp is not np else max(1, min(threads, len(q_all) // 50_000))
     bounds = np.linspace(0, len(q_all), n_chunks + 1).astype(np.int64)
     chunks = [(q_all[lo:hi], b_all[lo:hi]) for lo, hi in pairwise(bounds)]
     if n_chunks == 1:

@@ -36,27 +36,27 @@ def default_model_path() -> Path:
     return Path(env) if env else shipped_model_path()
 
 
-def save_model(directory: Path, model: InteractionNetwork, card: dict[str, Any]) -> None:
+def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str, Any]) -> None:
     """Write ``weights.pt`` and ``card.toml`` (the card is checked first)."""
     check_card(card)
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / WEIGHTS)
     (directory / CARD).write_text(tomlio.dumps(card))
 
 
-def read_card(directory: Path) -> dict[str, Any]:
+def read_card(directory: str | Path) -> dict[str, Any]:
     with open(Path(directory) / CARD, "rb") as f:
         return tomllib.load(f)
 
 
-def load_model(directory: Path) -> tuple[InteractionNetwork, dict[str, Any]]:
+def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any]]:
     """The network and card of a model directory; refuses mismatches with ModelCardError."""
     directory = Path(directory)
     if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(
             f"no model at {directory} ({CARD} and {WEIGHTS} expected): train one with "
-            f"`streamtrk train --config models/configs/default.toml --out {directory}`, "
-            "or pass --oracle"
+            f"`streamtrk train --config models/configs/default.toml --out {directory}`"
         )
     card = read_card(directory)
     arch, _, _ = check_card(card)

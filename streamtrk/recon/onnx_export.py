@@ -9,6 +9,7 @@ card's identity (name, threshold, feature version) goes into the model's metadat
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ class EdgeScores(nn.Module):
 
 
 def export_onnx(
-    model: InteractionNetwork, path: Path, metadata: dict[str, str] | None = None
+    model: InteractionNetwork, path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
     """Write ``model`` as an ONNX file (weights inside) with dynamic node and edge axes."""
+    path = Path(path)
     from streamtrk.recon.engine import synthetic_graph
 
     module = EdgeScores(copy.deepcopy(model).cpu()).eval()
@@ -45,6 +47,21 @@ def export_onnx(
     nodes = torch.export.Dim("nodes", min=2)
     edges = torch.export.Dim("edges", min=2)
     dynamic = {"x": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges}}
+    # The exporter logs that torchvision's operators are skipped: this model uses none.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        program = _export(module, example, dynamic)
+    finally:
+        registration.setLevel(level)
+    program.model.metadata_props.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def _export(module: nn.Module, example: tuple[Tensor, ...], dynamic: dict[str, Any]) -> Any:
     with warnings.catch_warnings():
         # torch's own pytree code, inside the exporter (torch 2.13).
         warnings.filterwarnings(
@@ -52,7 +69,7 @@ def export_onnx(
         )
         # edge_index and edge_attr share the edge axis: its name is kept once, as meant.
         warnings.filterwarnings("ignore", r"(# )?The axis name: .* will not be used", UserWarning)
-        program: Any = torch.onnx.export(
+        return torch.onnx.export(
             module,
             example,
             input_names=list(INPUTS),
@@ -60,18 +77,16 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=True,
             dynamic_shapes=dynamic,
+            verbose=False,
         )
-    program.model.metadata_props.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=False)
-    return path
 
 
-def export_model_dir(model_dir: Path, path: Path) -> Path:
+def export_model_dir(model_dir: str | Path, path: str | Path) -> Path:
     """Export a model directory (weights and card) to ``path``, the card's identity in the
     ONNX metadata."""
     from streamtrk.recon.model import load_model
 
+    model_dir = Path(model_dir)
     model, card = load_model(model_dir)
     info = card["model"]
     metadata = {

@@ -2,20 +2,27 @@
 
 A batch starts with the oldest waiting event and closes when it holds ``max_events``
 events, when the next event would take it past ``max_hits`` hits (that event opens the
-next batch; an event over the limit alone is a batch of its own), or ``max_queue_delay_ms``
-after its first event was queued, whichever comes first. Events that waited while the
-worker was busy are therefore batched at once, without further delay. An event whose
-deadline has passed when the batcher reaches it is set aside, unprocessed. Once ``flush``
-is set (intake has stopped: nothing more will arrive) batches close without waiting.
+next batch; an event over the limit alone is a batch of its own), ``max_queue_delay_ms``
+after its first event was queued, or in time for the earliest deadline among its events
+(that deadline less the batch's expected reconstruction time: ``seconds_per_hit``, a
+running estimate the worker keeps, times its hits), whichever comes first. Events that
+waited while the worker was busy are therefore batched at once, without further delay. An
+event whose deadline has passed when the batcher reaches it is set aside, unprocessed.
+Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
+waiting; once :meth:`Batcher.close` is called nothing more is queued.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamtrk.service.job import Job
+
+PUT_POLL_S = 0.01  # how often a put waiting for room looks again (and at its stop)
 
 
 @dataclass(frozen=True)
@@ -47,16 +54,34 @@ class Batcher:
         self.queue: queue.Queue[Job] = queue.Queue(capacity)
         self.policy = policy
         self.flush = False
+        self.closed = False
+        self._lock = threading.Lock()
+        self.seconds_per_hit = 0.0  # expected reconstruction time per hit (set by the worker)
         self._held: Job | None = None  # the event that did not fit into the last batch
 
-    def put(self, job: Job, *, block: bool = True) -> bool:
-        """Queue ``job``; when the queue is full, wait (``block``) or return False."""
+    def put(
+        self, job: Job, *, block: bool = True, stop: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Queue ``job``: True once queued. False when the batcher is closed, or when the
+        queue is full and ``block`` is False or ``stop()`` turns true while waiting."""
         job.t_queued = time.perf_counter()
-        try:
-            self.queue.put(job, block=block)
-        except queue.Full:
-            return False
-        return True
+        while True:
+            with self._lock:
+                if self.closed:
+                    return False
+                try:
+                    self.queue.put_nowait(job)
+                    return True
+                except queue.Full:
+                    pass
+            if not block or stop():
+                return False
+            time.sleep(PUT_POLL_S)
+
+    def close(self) -> None:
+        """Take no more events (the drain has given up on what is queued)."""
+        with self._lock:
+            self.closed = True
 
     def depth(self) -> int:
         """Events waiting, the held one included."""
@@ -86,6 +111,8 @@ class Batcher:
                 hits += job.n_hits
                 if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
                     break
+                if job.deadline is not None:
+                    close_at = min(close_at, job.deadline - self.seconds_per_hit * hits)
             job = self._next(close_at)
         return batch
 

@@ -9,6 +9,7 @@ environment, ``--max-batch-events`` on the command line.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import tomllib
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk import tomlio
-from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
+from streamtrk.service import faults
 
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -44,6 +46,8 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "dead_letter",
         "dead_letter_max_bytes",
         "torch_threads",
+        "curve_secret_key",
+        "allow_insecure",
     }
 )
 
@@ -82,7 +86,10 @@ class ServeConfig:
         metadata=_help("replay CUDA graphs per shape bucket (engine compile on CUDA)"),
     )
     torch_threads: int = field(
-        default=0, metadata=_help("torch CPU threads (0: torch's default, one per core)")
+        default=0,
+        metadata=_help(
+            "torch CPU threads (0: the CPUs this process may use: affinity mask, cgroup quota)"
+        ),
     )
     model: Path | None = field(default=None, metadata=_help("model directory (default: shipped)"))
     threshold: float | None = field(
@@ -93,7 +100,25 @@ class ServeConfig:
     connect: bool = field(
         default=False, metadata=_help("connect both sockets instead of binding (farm mode)")
     )
-    http: str = field(default="127.0.0.1:9100", metadata=_help("HOST:PORT of /metrics and health"))
+    curve_secret_key: Path | None = field(
+        default=None,
+        metadata=_help(
+            "CURVE: the daemon's secret certificate (NAME.key_secret of `streamtrk keys`); "
+            "both sockets then admit only allowed clients"
+        ),
+    )
+    curve_allowed_keys: Path | None = field(
+        default=None,
+        metadata=_help(
+            "CURVE: directory of the allowed clients' public certificates (*.key), read at "
+            "every handshake (none: no client allowed)"
+        ),
+    )
+    allow_insecure: bool = field(
+        default=False,
+        metadata=_help("bind an address other than loopback without CURVE (refused otherwise)"),
+    )
+    http: str = field(default="127.0.0.1:10062", metadata=_help("HOST:PORT of /metrics and health"))
     max_batch_events: int = field(default=8, metadata=_help("most events in one batch"))
     max_batch_hits: int = field(default=1_000_000, metadata=_help("most hits in one batch"))
     max_queue_delay_ms: float = field(
@@ -109,7 +134,17 @@ class ServeConfig:
     )
     sndhwm: int = field(default=100, metadata=_help("ZeroMQ send high-water mark (messages)"))
     rcvhwm: int = field(default=100, metadata=_help("ZeroMQ receive high-water mark (messages)"))
-    linger_ms: int = field(default=1000, metadata=_help("ZeroMQ LINGER when closing sockets"))
+    linger_ms: int = field(
+        default=1000,
+        metadata=_help("ZeroMQ LINGER of the output socket when it closes (unsent replies)"),
+    )
+    stall_timeout_s: float = field(
+        default=300.0,
+        metadata=_help(
+            "/healthz fails when a thread with work makes no progress this long (longer than "
+            "the slowest batch)"
+        ),
+    )
     drain_timeout_s: float = field(
         default=30.0, metadata=_help("longest drain on SIGTERM/SIGINT before exiting")
     )
@@ -126,6 +161,18 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
+        if not self.connect and self.curve_secret_key is None and not self.allow_insecure:
+            for name in ("input", "output"):
+                if not _local(getattr(self, name)):
+                    raise ConfigError(
+                        f"{name} {getattr(self, name)} is not a loopback address and CURVE is "
+                        "off: anyone who reaches it could send or take events. Set "
+                        "curve_secret_key and curve_allowed_keys (docs/operations.md, "
+                        '"Keys"), or allow_insecure = true on a trusted network',
+                        name,
+                        "curve_secret_key",
+                        "allow_insecure",
+                    )
         if self.engine == "tensorrt" and self.device == "cpu":
             raise ConfigError("engine tensorrt needs device cuda (or auto)", "engine", "device")
         if self.queue_capacity < self.max_batch_events:
@@ -158,6 +205,16 @@ class ServeConfig:
 
 # --------------------------------------------------------------------------- checks
 
+
+def _local(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = rest.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 _POSITIVE_INT = (
     "max_batch_events",
     "max_batch_hits",
@@ -179,6 +236,8 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a positive integer")
     if name in _NONNEG_INT and value < 0:
         raise bad("must be a non-negative integer")
+    if name == "stall_timeout_s" and not (math.isfinite(value) and value > 0):
+        raise bad("must be a finite number > 0")
     if name in ("max_queue_delay_ms", "drain_timeout_s") and not (
         math.isfinite(value) and value >= 0
     ):
@@ -194,43 +253,47 @@ def _check(name: str, value: Any) -> None:
     if name == "http":
         host, sep, port = value.rpartition(":")
         if not (sep and host and port.isdigit() and int(port) < 65536):
-            raise bad("must be HOST:PORT, such as 127.0.0.1:9100")
+            raise bad("must be HOST:PORT, such as 127.0.0.1:10062")
 
 
 # --------------------------------------------------------------------------- parsing
 
 
-def _converter(f: Any) -> Callable[[Any], Any]:
-    """Converts a TOML value or an environment string to the field's type."""
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number"}
+
+
+def _converter(f: Any) -> Callable[[Any, bool], Any]:
+    """Converts a setting's value to the field's type: a TOML value must already have it
+    (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed."""
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     optional = "None" in kind
     base = kind.replace(" | None", "")
+    want = _TYPE_NAMES.get(base, "a string")
 
-    def convert(v: Any) -> Any:
-        if optional and (v is None or v == ""):
+    def convert(v: Any, typed: bool) -> Any:
+        if optional and (v is None or (not typed and v == "")):
             return None
-        if base == "bool":
-            if isinstance(v, bool):
-                return v
+        if typed:
+            ok = {
+                "bool": isinstance(v, bool),
+                "int": isinstance(v, int) and not isinstance(v, bool),
+                "float": isinstance(v, int | float) and not isinstance(v, bool),
+            }.get(base, isinstance(v, str))
+            if not ok:
+                raise ValueError(f"must be {want}")
+        elif base == "bool":
             s = str(v).strip().lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("must be true or false")
-        if base == "int":
-            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-                raise ValueError("must be an integer")
-            return int(v)
-        if base == "float":
-            if isinstance(v, bool):
-                raise ValueError("must be a number")
-            return float(v)
-        if base == "Path":
-            return Path(str(v))
-        if not isinstance(v, str):
-            raise ValueError("must be a string")
-        return v
+            if s not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"must be {want}")
+            return s in ("1", "true", "yes", "on")
+        try:
+            if base == "int":
+                return int(str(v).strip())
+            if base == "float":
+                return float(v)
+        except ValueError:
+            raise ValueError(f"must be {want}") from None
+        return Path(v) if base == "Path" else v
 
     return convert
 
@@ -238,12 +301,16 @@ def _converter(f: Any) -> Callable[[Any], Any]:
 _FIELDS = {f.name: f for f in fields(ServeConfig)}
 
 
-def _convert(values: dict[str, tuple[Any, str]], key: str, raw: Any, source: str) -> None:
+def _convert(
+    values: dict[str, tuple[Any, str]], key: str, raw: Any, source: str, typed: bool = False
+) -> None:
     name = key.replace("-", "_")
     if name not in _FIELDS:
-        raise ConfigError(f"unknown setting {key!r} in {source}", key)
+        close = difflib.get_close_matches(name, _FIELDS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown setting {key!r} in {source}{hint}", key)
     try:
-        values[name] = (_converter(_FIELDS[name])(raw), source)
+        values[name] = (_converter(_FIELDS[name])(raw, typed), source)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name} {e}, got {raw!r} (from {source})", name) from None
 
@@ -264,7 +331,7 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         for key, raw in doc.items():
-            _convert(values, key, raw, f"config file {path}")
+            _convert(values, key, raw, f"config file {path}", typed=True)
     env = os.environ if env is None else env
     for name in _FIELDS:
         var = ENV_PREFIX + name.upper()
@@ -282,6 +349,22 @@ def load_config(
             for k, src in zip(e.settings, sources, strict=True)
         )
         raise ConfigError(f"{e} ({where})", *e.settings) from None
+
+
+#: ``STREAMTRK_*`` variables that are read elsewhere, not settings of the daemon.
+OTHER_VARIABLES = frozenset({ENGINE_CACHE_ENV, faults.ENV, "STREAMTRK_SHARED"})
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``STREAMTRK_*`` variable that names no setting (it would otherwise
+    be ignored without a word), with the settings' variables it is close to."""
+    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | OTHER_VARIABLES
+    out = []
+    for var in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
+        close = difflib.get_close_matches(var, sorted(known), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        out.append(f"environment variable {var} is not a setting and is ignored{hint}")
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,11 +3,13 @@
 Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is a msgpack
 map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames received
 (at most 1023 of them; ``frames`` gives the count received). Read it with
-``iter_records``. Once the file would pass its cap, further messages are only counted.
+``iter_records``. Once the file would pass its cap, further messages are only counted. A
+file cut short by a crash mid-write is cut back to its last whole record at start-up.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +17,10 @@ from typing import Any
 
 import msgpack
 
-from streamtrk.io.recording import MAX_FRAMES, RecordingWriter, record_bytes
+from streamtrk.io.recording import MAX_FRAMES, RecordingWriter, record_bytes, repair
 from streamtrk.wire import WireError, frame_view
+
+log = logging.getLogger(__name__)
 
 
 class DeadLetters:
@@ -24,6 +28,9 @@ class DeadLetters:
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size > 0 and (cut := repair(path)):
+            log.warning("dead-letter file %s cut back to its last whole record", path,
+                        extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
         self.writer = RecordingWriter(path, "a")
         self.max_bytes = max_bytes
         self.size = path.stat().st_size

@@ -3,14 +3,14 @@
 A reply carries the event's hit ids (not indices) and the seconds the event spent in each
 stage (``decode``, ``queue``, the batch's ``graph``, ``gnn``, ``tracks``, ``fit``, and
 ``encode``). When no downstream peer takes replies, sending waits (backpressure up the
-pipeline); once a drain deadline is set and passed, unsent replies are dropped and counted.
+pipeline); once a drain deadline is set and passed, unsent replies are dropped and counted,
+and so are all replies after the thread failed.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +18,9 @@ from typing import Any
 import msgpack
 import zmq
 
+from streamtrk.service import faults
 from streamtrk.service.job import Reply
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import encode_tracks
 from streamtrk.wire.codec import OutFrame
@@ -43,10 +45,11 @@ def _encode(reply: Reply) -> list[OutFrame]:
         status=reply.status,
         reason=reply.reason,
         timings=reply.timings,
+        msg_id=reply.msg_id,
     )
 
 
-class Emitter(threading.Thread):
+class Emitter(Supervised):
     """Sends replies until ``upstream_done()`` and the queue is empty, then closes the
     socket with ``linger_ms``."""
 
@@ -57,8 +60,9 @@ class Emitter(threading.Thread):
         metrics: Metrics,
         upstream_done: Callable[[], bool],
         linger_ms: int,
+        on_failure: Callable[[Supervised], None] = lambda thread: None,
     ) -> None:
-        super().__init__(name="emit", daemon=True)
+        super().__init__("emit", on_failure)
         self.socket = socket
         self.replies = replies
         self.metrics = metrics
@@ -67,18 +71,47 @@ class Emitter(threading.Thread):
         self.give_up_at: float | None = None  # perf_counter time; set when draining
         self.dropped = 0
 
-    def run(self) -> None:
+    def loop(self) -> None:
+        while True:
+            self.beat()
+            try:
+                reply = self.replies.get(timeout=POLL_MS / 1000)
+            except queue.Empty:
+                if self.upstream_done():
+                    # Done is set after the last reply was queued: send what is there.
+                    while (reply := self._next_now()) is not None:
+                        self.emit(reply)
+                    return
+                continue
+            self.emit(reply)
+            faults.fail("emit")
+
+    def cleanup(self) -> None:
+        self.socket.close(linger=self._linger())
+        if self.error is not None:
+            self._discard()
+
+    def _discard(self) -> None:
+        """After a failure nothing can be sent: take the replies still coming, so that the
+        threads upstream never block on a full queue, and count each as dropped."""
+        while True:
+            try:
+                self.replies.get(timeout=POLL_MS / 1000)
+            except queue.Empty:
+                if self.upstream_done():
+                    return
+                continue
+            self.dropped += 1
+            self.metrics.inflight.dec()
+
+    def has_work(self) -> bool:
+        return not self.replies.empty()
+
+    def _next_now(self) -> Reply | None:
         try:
-            while True:
-                try:
-                    reply = self.replies.get(timeout=POLL_MS / 1000)
-                except queue.Empty:
-                    if self.upstream_done():
-                        return
-                    continue
-                self.emit(reply)
-        finally:
-            self.socket.close(linger=self._linger())
+            return self.replies.get_nowait()
+        except queue.Empty:
+            return None
 
     def _linger(self) -> int:
         if self.give_up_at is None:
@@ -94,7 +127,15 @@ class Emitter(threading.Thread):
         except Exception:
             log.exception("cannot encode the reply of run %d event %d", reply.run, reply.event)
             m.rejected.labels("internal").inc()
-            reply = Reply(reply.run, reply.event, reply.t_recv, reply.timings, reason="internal")
+            m.internal_errors.labels("encode").inc()
+            reply = Reply(
+                reply.run,
+                reply.event,
+                reply.t_recv,
+                reply.timings,
+                reason="internal",
+                msg_id=reply.msg_id,
+            )
             frames = _encode(reply)
         encode_s = time.perf_counter() - t0
         frames = _with_timing(frames, "encode", encode_s)
@@ -110,6 +151,7 @@ class Emitter(threading.Thread):
 
     def _send(self, frames: list[OutFrame]) -> bool:
         while True:
+            self.beat()  # waiting for a consumer is back-pressure, not a stall
             late = self.give_up_at is not None and time.perf_counter() > self.give_up_at
             if self.socket.poll(0 if late else POLL_MS, zmq.POLLOUT):
                 try:

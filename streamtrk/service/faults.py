@@ -2,14 +2,17 @@
 at named points, so that tests can check what an operator would see.
 
 The variable holds ``name=value`` pairs separated by commas, for example
-``load_delay_s=5``: ``<point>_delay_s`` sleeps that long at the point. Unset (always, outside
+``load_delay_s=5,worker_fail_after=2``: ``<point>_delay_s`` sleeps that long at the point,
+``<point>_fail_after`` raises :class:`InjectedFault` at its Nth pass. Unset (always, outside
 tests) every point does nothing.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import Counter
 
 ENV = "STREAMTRK_TEST_FAULTS"
 
@@ -25,6 +28,26 @@ def _parse(text: str) -> dict[str, float]:
 
 
 FAULTS = _parse(os.environ.get(ENV, ""))
+
+
+class InjectedFault(RuntimeError):
+    """Raised where the tests asked for a failure."""
+
+
+_passes: Counter[str] = Counter()
+_lock = threading.Lock()
+
+
+def fail(point: str) -> None:
+    """Raise :class:`InjectedFault` at the ``<point>_fail_after``-th pass, when asked for."""
+    after = FAULTS.get(f"{point}_fail_after")
+    if after is None:
+        return
+    with _lock:
+        _passes[point] += 1
+        n = _passes[point]
+    if n == int(after):
+        raise InjectedFault(f"fault injected at pass {n} of {point}")
 
 
 def delay(point: str) -> None:

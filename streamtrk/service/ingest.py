@@ -4,7 +4,8 @@ Every message taken off the socket is counted. A valid ``hits`` message becomes 
 :class:`Job`; anything else is rejected with the decoder's reason, answered with an error
 reply when its header names a (run, event), else counted as unidentified and offered to
 the dead-letter file. A full batch queue blocks this thread (so ZeroMQ's high-water marks
-push back on the sender) or, with ``overload = "reject"``, answers ``overloaded``.
+push back on the sender) or, with ``overload = "reject"``, answers ``overloaded``; an event
+still waiting for room when the drain stops intake is answered ``shutdown``.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ from typing import Any
 
 import zmq
 
+from streamtrk.service import faults
 from streamtrk.service.batcher import Batcher
 from streamtrk.service.config import ServeConfig
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
-from streamtrk.wire import Limits, WireError, decode, peek_identity
+from streamtrk.wire import Limits, WireError, decode, peek_identity, peek_msg_id
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
+LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
 
 
-class Ingest(threading.Thread):
+class Ingest(Supervised):
     """Receives until ``stop`` is set, then closes its socket (unread messages stay unread)."""
 
     def __init__(
@@ -41,8 +45,11 @@ class Ingest(threading.Thread):
         config: Callable[[], ServeConfig],
         stop: threading.Event,
         dead_letters: DeadLetters | None = None,
+        on_failure: Callable[[Supervised], None] = lambda thread: None,
+        disconnect_from: str | None = None,
     ) -> None:
-        super().__init__(name="ingest", daemon=True)
+        super().__init__("ingest", on_failure)
+        self.disconnect_from = disconnect_from
         self.socket = socket
         self.batcher = batcher
         self.replies = replies
@@ -52,18 +59,40 @@ class Ingest(threading.Thread):
         self.dead_letters = dead_letters
         self.limits = Limits(max_hits=config().max_hits)
 
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                if not self.socket.poll(POLL_MS, zmq.POLLIN):
-                    continue
-                try:
-                    frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    continue
-                self.handle(frames)
-        finally:
-            self.socket.close(linger=0)
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            self.beat()
+            if not self.socket.poll(POLL_MS, zmq.POLLIN):
+                continue
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                continue
+            self.handle(frames)
+            faults.fail("ingest")
+        if self.disconnect_from is not None:
+            self._leave(self.disconnect_from)
+
+    def _leave(self, endpoint: str) -> None:
+        """Connect mode, on stop: take what has arrived, then disconnect so that the
+        distributor sends nothing more here (libzmq drops what is still in flight)."""
+        for _ in range(LEAVE_MAX):
+            if not self.socket.poll(0, zmq.POLLIN):
+                break
+            self.handle(self.socket.recv_multipart(copy=False))
+        self.socket.disconnect(endpoint)
+        log.info("disconnected the input from %s", endpoint)
+
+    def cleanup(self) -> None:
+        self.socket.close(linger=0)
+
+    def has_work(self) -> bool:
+        return True  # it should always be polling its socket
+
+    def _stopping(self) -> bool:
+        """While waiting for room in the batch queue: alive, and told to stop?"""
+        self.beat()
+        return self.stop.is_set()
 
     def handle(self, frames: list[zmq.Frame]) -> None:
         """Decode one message and queue its event, or reject it; never raises."""
@@ -75,6 +104,7 @@ class Ingest(threading.Thread):
             self._reject(frames, e.reason, t_recv, e)
         except Exception:
             log.exception("unexpected failure while decoding a message")
+            self.metrics.internal_errors.labels("decode").inc()
             self._reject(frames, "internal", t_recv)
 
     def _accept(self, frames: list[zmq.Frame], t_recv: float) -> None:
@@ -85,11 +115,13 @@ class Ingest(threading.Thread):
         cfg = self.config()
         deadline_ms = msg.deadline_ms or cfg.deadline_ms
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
-        job = Job(event, t_recv, deadline, {"decode": decode_s})
+        job = Job(event, t_recv, deadline, {"decode": decode_s}, msg.msg_id)
         self.metrics.inflight.inc()
-        if not self.batcher.put(job, block=cfg.overload == "block"):
-            self.metrics.rejected.labels("overloaded").inc()
-            self.replies.put(Reply.failure(job, "overloaded"))
+        if not self.batcher.put(job, block=cfg.overload == "block", stop=self._stopping):
+            stopping = self.stop.is_set() or self.batcher.closed
+            reason = "shutdown" if stopping else "overloaded"
+            self.metrics.rejected.labels(reason).inc()
+            self.replies.put(Reply.failure(job, reason))
 
     def _reject(
         self, frames: list[zmq.Frame], reason: str, t_recv: float, error: WireError | None = None
@@ -99,7 +131,8 @@ class Ingest(threading.Thread):
         if identity is not None:
             self.metrics.inflight.inc()
             timings = {"decode": time.perf_counter() - t_recv}
-            self.replies.put(Reply(*identity, t_recv, timings, reason=reason))
+            msg_id = peek_msg_id(frames)
+            self.replies.put(Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
         else:
             if self.dead_letters is not None:
                 err = error or WireError(reason, "unexpected failure")

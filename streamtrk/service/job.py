@@ -23,6 +23,7 @@ class Job:
     t_recv: float
     deadline: float | None  # answer ``deadline`` instead of processing after this time
     timings: dict[str, float] = field(default_factory=dict)
+    msg_id: int | None = None  # the sender's identity of the message, echoed in the reply
     t_queued: float = 0.0
     _claim: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -47,6 +48,7 @@ class Reply:
     hit_ids: np.ndarray = field(default_factory=lambda: NO_HITS)
     tracks: Tracks | None = None
     reason: str = ""
+    msg_id: int | None = None
 
     @property
     def status(self) -> str:
@@ -55,8 +57,11 @@ class Reply:
     @classmethod
     def success(cls, job: Job, tracks: Tracks, timings: dict[str, float]) -> Reply:
         ev = job.event
-        return cls(ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks)
+        return cls(ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks, "", job.msg_id)
 
     @classmethod
     def failure(cls, job: Job, reason: str) -> Reply:
-        return cls(job.event.run, job.event.event, job.t_recv, dict(job.timings), reason=reason)
+        ev = job.event
+        return cls(
+            ev.run, ev.event, job.t_recv, dict(job.timings), reason=reason, msg_id=job.msg_id
+        )

@@ -35,17 +35,22 @@ import zmq
 
 from streamtrk import __version__
 from streamtrk.service import logs
+from streamtrk.service.auth import start_authenticator
 from streamtrk.service.batcher import Batcher, BatchPolicy
-from streamtrk.service.config import RESTART_ONLY, ServeConfig
+from streamtrk.service.config import RESTART_ONLY, ServeConfig, unknown_variables
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.emit import Emitter
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
+from streamtrk.service.monitor import SocketMonitor
 from streamtrk.service.served_model import ServedModel, load_served_model
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
+from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
+from streamtrk.wire.curve import make_server
 
 log = logging.getLogger("streamtrk.serve")
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
@@ -90,8 +95,11 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self._reloading = threading.Lock()
-        self.worker_overran = False  # the drain left a batch running inside the model
+        self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
+        self.threads: list[Supervised] = []  # ingest, worker, emit once serving
+        self.monitor: SocketMonitor | None = None
+        self.failed: list[str] = []  # threads that died from an unexpected exception
 
     # ------------------------------------------------------------------ signals
 
@@ -106,11 +114,12 @@ class Daemon:
     def run(self) -> int:
         cfg = self.config
         logs.configure(cfg.log_format, cfg.log_level)
+        for warning in unknown_variables(os.environ):
+            log.warning(warning)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        log.info(set_torch_threads(cfg.torch_threads))
         ctx = zmq.Context()
         try:
             return self._run(ctx)
@@ -125,31 +134,57 @@ class Daemon:
         pull.setsockopt(zmq.MAXMSGSIZE, max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
-        for sock, endpoint in ((pull, cfg.input), (push, cfg.output)):
-            try:
-                (sock.connect if cfg.connect else sock.bind)(endpoint)
-            except zmq.ZMQError as e:
-                verb = "connect" if cfg.connect else "bind"
-                raise OSError(f"cannot {verb} {endpoint}: {e}") from None
+        if cfg.curve_secret_key is not None:
+            for sock in (pull, push):
+                make_server(sock, cfg.curve_secret_key)
+        self.monitor = SocketMonitor({"input": pull, "output": push}, self.metrics)
+        # In connect mode the input connects only once the model is ready (see _serve), so
+        # that a distributor never routes events to a daemon still loading.
+        attach = [(push, cfg.output)] + ([] if cfg.connect else [(pull, cfg.input)])
+        for sock, endpoint in attach:
+            self._attach(sock, endpoint)
         return pull, push
+
+    def _attach(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        verb = "connect" if self.config.connect else "bind"
+        try:
+            getattr(sock, verb)(endpoint)
+        except zmq.ZMQError as e:
+            raise OSError(f"cannot {verb} {endpoint}: {e}") from None
 
     def _run(self, ctx: zmq.Context[Any]) -> int:
         cfg = self.config
         with ExitStack() as stack:
             try:
+                if cfg.curve_secret_key is not None:
+                    if cfg.curve_allowed_keys is None:
+                        log.warning("CURVE is on and curve_allowed_keys is unset: no client "
+                                    "can connect")  # fmt: skip
+                    stack.callback(start_authenticator(ctx, cfg.curve_allowed_keys).stop)
                 pull, push = self._sockets(ctx)
+                self.monitor.start()
+                stack.callback(self.monitor.stop)
                 dead = None
                 if cfg.dead_letter is not None:
                     dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
                     stack.callback(dead.close)
-                http = HealthServer(cfg.http_address, self.metrics, self.readiness)
+                try:
+                    http = HealthServer(
+                        cfg.http_address,
+                        self.metrics,
+                        self.readiness,
+                        self.status,
+                        self.health_problems,
+                    )
+                except OSError as e:
+                    raise OSError(f"cannot serve HTTP on {cfg.http}: {e.strerror or e}") from None
                 stack.callback(http.close)
             except (OSError, ValueError) as e:
                 log.error("start-up failed: %s", e)
                 return 1
             host, port = http.address
             self.endpoints = {
-                "input": pull.getsockopt_string(zmq.LAST_ENDPOINT),
+                "input": cfg.input if cfg.connect else pull.getsockopt_string(zmq.LAST_ENDPOINT),
                 "output": push.getsockopt_string(zmq.LAST_ENDPOINT),
                 "http": f"{host}:{port}",
             }
@@ -160,18 +195,29 @@ class Daemon:
     def _serve(self, pull: zmq.Socket[Any], push: zmq.Socket[Any], dead: DeadLetters | None) -> int:
         cfg = self.config
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
-        try:
-            self._install(load_served_model(cfg))
-        except Exception as e:
-            log.exception("cannot load the model: %s", e)
-            return 1
+        if (status := self._load()) is not None:
+            return status
+        if cfg.connect:
+            try:
+                self._attach(pull, cfg.input)
+            except OSError as e:
+                log.error("start-up failed: %s", e)
+                return 1
         batcher = self.batcher
         replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
         self.metrics.watch_queue("batch", batcher.depth, cfg.queue_capacity)
         self.metrics.watch_queue("reply", replies.qsize, cfg.reply_capacity)
         stop_intake = threading.Event()
         ingest = Ingest(
-            pull, batcher, replies, self.metrics, lambda: self.config, stop_intake, dead
+            pull,
+            batcher,
+            replies,
+            self.metrics,
+            lambda: self.config,
+            stop_intake,
+            dead,
+            on_failure=self._on_thread_failure,
+            disconnect_from=cfg.input if cfg.connect else None,
         )
         worker = Worker(
             batcher,
@@ -179,9 +225,18 @@ class Daemon:
             self.metrics,
             lambda: self._model().reconstructor,
             lambda: not ingest.is_alive(),
+            on_failure=self._on_thread_failure,
         )
-        emitter = Emitter(push, replies, self.metrics, worker.done.is_set, cfg.linger_ms)
-        for t in (ingest, worker, emitter):
+        emitter = Emitter(
+            push,
+            replies,
+            self.metrics,
+            worker.done.is_set,
+            cfg.linger_ms,
+            on_failure=self._on_thread_failure,
+        )
+        self.threads = [ingest, worker, emitter]
+        for t in self.threads:
             t.start()
         if not self.stop_requested.is_set():
             self.readiness.set("ready")
@@ -193,7 +248,11 @@ class Daemon:
         return self._drain(stop_intake, ingest, worker, emitter)
 
     def _drain(
-        self, stop_intake: threading.Event, ingest: Ingest, worker: Worker, emitter: Emitter
+        self,
+        stop_intake: threading.Event,
+        ingest: Ingest,
+        worker: Worker,
+        emitter: Emitter,
     ) -> int:
         """Answer everything received, within ``drain_timeout_s``: processed when there is
         time for it, else ``shutdown``; 0 when every reply was sent."""
@@ -209,9 +268,12 @@ class Daemon:
         self.batcher.flush = True  # nothing more will arrive: no batch waits to fill
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():
-            self.worker_overran = True
+            self.abandoned_thread = True
             n = worker.abandon()
             log.warning("the batch in progress overran the drain; %d events answered 'shutdown'", n)
+        elif worker.error is not None:
+            n = worker.abandon()
+            log.warning("the worker died; %d waiting events answered 'shutdown'", n)
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         value = self.metrics.registry.get_sample_value
         summary = _fields(
@@ -226,10 +288,78 @@ class Daemon:
         if emitter.is_alive() or emitter.dropped:
             log.error("drain incomplete: replies could not be sent", extra=summary)
             return 1
+        if self.failed:
+            log.error(
+                "drained after a thread died, exiting 1 for a restart",
+                extra=_fields(threads=", ".join(self.failed), **summary["fields"]),
+            )
+            return 1
         log.info("drained, exiting", extra=summary)
         return 0
 
+    def _on_thread_failure(self, thread: Supervised) -> None:
+        """A thread died from an unexpected exception: answer what can be, then exit 1."""
+        self.failed.append(thread.name)
+        self.readiness.set("draining")
+        self.stop_requested.set()
+
+    def health_problems(self) -> list[str]:
+        """Why ``/healthz`` fails: threads that died or stalled with work (none: healthy)."""
+        timeout = self.config.stall_timeout_s
+        return [p for t in self.threads if (p := t.problem(timeout)) is not None]
+
+    def status(self) -> dict[str, Any]:
+        """``/status``: state, versions, endpoints, settings in force and the served model."""
+        out: dict[str, Any] = {
+            "state": self.readiness.state,
+            "version": __version__,
+            "endpoints": self.endpoints,
+            "settings": {f.name: getattr(self.config, f.name) for f in fields(self.config)},
+            "model": None,
+        }
+        if (model := self.model) is not None:
+            out["model"] = {
+                "name": model.name,
+                "path": model.path,
+                "hash": model.digest,
+                "threshold": model.threshold,
+                "device": model.device,
+                "engine": model.engine,
+                "engine_requested": model.engine_requested,
+                "engine_note": model.engine_note,
+                "precision": model.precision,
+                "warmup_s": model.warmup_s,
+                "card": {k: model.card.get(k) for k in ("model", "graph", "metrics")},
+            }
+        return out
+
     # ------------------------------------------------------------------ model
+
+    def _load(self) -> int | None:
+        """Load the model in a thread while this one watches for SIGTERM/SIGINT: None once
+        it is installed; 1 when loading fails; 0 when a stop comes first (nothing has been
+        received yet, so nothing is lost; the loading thread is left to the process exit)."""
+        outcome: list[ServedModel | BaseException] = []
+
+        def load() -> None:
+            try:
+                outcome.append(load_served_model(self.config))
+            except BaseException as e:
+                outcome.append(e)
+
+        loader = threading.Thread(target=load, name="load", daemon=True)
+        loader.start()
+        while loader.is_alive():
+            if self.stop_requested.wait(0.05):
+                log.info("stopped while loading the model; no event was received")
+                self.abandoned_thread = True
+                return 0
+        [result] = outcome
+        if isinstance(result, BaseException):
+            log.error("cannot load the model: %s", result, exc_info=result)
+            return 1
+        self._install(result)
+        return None
 
     def _model(self) -> ServedModel:
         assert self.model is not None
@@ -310,12 +440,13 @@ class Daemon:
 def serve(cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status.
 
-    When the drain left a batch running inside torch, the process ends here with
-    ``os._exit``: a normal interpreter exit would tear torch down under that thread
-    (``terminate called without an active exception``, status -6)."""
+    When a thread is left running inside torch (a batch that overran the drain, or a model
+    still loading at SIGTERM), the process ends here with ``os._exit``: a normal interpreter
+    exit would tear torch down under that thread (``terminate called without an active
+    exception``, status -6)."""
     daemon = Daemon(cfg, reload_config)
     status = daemon.run()
-    if daemon.worker_overran:
+    if daemon.abandoned_thread:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -6,10 +6,12 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from streamtrk.event import Event
+from streamtrk.recon.device import resolve_device
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
@@ -17,21 +19,6 @@ from streamtrk.service.config import ServeConfig
 
 WARMUP_MU = 5.0
 WARMUP_SEED = 20261128
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` is ``cuda`` when torch sees a GPU and CuPy imports, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    try:
-        import cupy  # noqa: F401 - graph construction on the GPU needs it
-    except ImportError:
-        return "cpu"
-    return "cuda"
 
 
 def model_digest(path: Path) -> str:
@@ -69,6 +56,7 @@ class ServedModel:
     digest: str
     threshold: float
     warmup_s: float
+    card: dict[str, Any]
 
 
 def load_served_model(cfg: ServeConfig) -> ServedModel:
@@ -94,6 +82,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     rec.reconstruct([warmup_event()])
     scorer = rec.scorer
     assert isinstance(scorer, EngineScorer)
+    card = read_card(path)
     warmup_s = time.perf_counter() - t0
     return ServedModel(
         reconstructor=rec,
@@ -102,9 +91,10 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         engine_requested=cfg.engine,
         engine_note=scorer.fallback_reason,
         precision=cfg.precision,
-        name=str(read_card(path)["model"].get("name", path.name)),
+        name=str(card["model"].get("name", path.name)),
         path=str(path),
         digest=model_digest(path),
         threshold=float(rec.threshold),
         warmup_s=warmup_s,
+        card=card,
     )

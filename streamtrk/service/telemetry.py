@@ -43,6 +43,12 @@ class Metrics:
             "Invalid messages whose header names no event: counted, never answered.",
             registry=r,
         )
+        self.internal_errors = Counter(
+            "streamtrk_internal_errors",
+            "Events answered 'internal', by the step that failed (decode, reconstruction, encode).",
+            ["cause"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "streamtrk_dead_letters",
             "Unidentifiable messages offered to the dead-letter file, by result.",
@@ -109,6 +115,25 @@ class Metrics:
             ["name", "path", "hash", "threshold"],
             registry=r,
         )
+        self.connections = Gauge(
+            "streamtrk_connections",
+            "Peers connected to a socket (handshake done), by socket.",
+            ["socket"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "streamtrk_disconnects",
+            "Connections ended, by socket and cause (auth, handshake, closed).",
+            ["socket", "cause"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "streamtrk_auth_failures",
+            "Handshakes refused, by socket and cause (auth: CURVE key not allowed; "
+            "handshake: no CURVE or another protocol mismatch).",
+            ["socket", "cause"],
+            registry=r,
+        )
         self.model_reloads = Counter(
             "streamtrk_model_reloads", "SIGHUP reloads, by result.", ["result"], registry=r
         )
@@ -121,6 +146,8 @@ class Metrics:
         self.physics = PhysicsMetrics(r)
         for status in ("ok", "error"):
             self.completed.labels(status)
+        for cause in ("decode", "reconstruction", "encode"):
+            self.internal_errors.labels(cause)
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
         for stage in STAGES:

@@ -1,7 +1,9 @@
 """The worker thread: one ``reconstruct`` call per batch (one disjoint graph, one GNN call).
 
-Expired events are answered ``deadline`` unprocessed; an exception inside reconstruction
-fails that batch's events with ``internal`` and the worker carries on with the next batch.
+Events whose deadline has passed when their batch starts (or that the batcher set aside)
+are answered ``deadline``, unprocessed. When reconstruction of a batch raises, its events
+are retried one by one, so that only an event that fails on its own is answered
+``internal``; the worker carries on with the next batch.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
 the seconds per hit of the batches so far) is answered ``shutdown`` instead of started, and
@@ -18,8 +20,10 @@ import time
 from collections.abc import Callable
 
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -27,7 +31,7 @@ POLL_S = 0.1
 SAFETY = 1.5  # a batch is started while draining only if SAFETY x its estimate fits
 
 
-class Worker(threading.Thread):
+class Worker(Supervised):
     """Batches and reconstructs until ``intake_done`` is set and the queue is empty."""
 
     def __init__(
@@ -37,8 +41,9 @@ class Worker(threading.Thread):
         metrics: Metrics,
         reconstructor: Callable[[], Reconstructor],
         intake_done: Callable[[], bool],
+        on_failure: Callable[[Supervised], None] = lambda thread: None,
     ) -> None:
-        super().__init__(name="worker", daemon=True)
+        super().__init__("worker", on_failure)
         self.batcher = batcher
         self.replies = replies
         self.metrics = metrics
@@ -47,23 +52,28 @@ class Worker(threading.Thread):
         self.drain_by: float | None = None  # perf_counter time; set when draining
         self.abandoned = threading.Event()
         self.done = threading.Event()  # no more replies will come from this worker
-        self.seconds_per_hit = 0.0  # running estimate, for the drain
         self._current: list[Job] = []
         self._taking = threading.Lock()  # held while a batch is taken off the queue
 
-    def run(self) -> None:
-        try:
-            while not self.abandoned.is_set():
-                with self._taking:
-                    batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
-                    self._current = [] if batch is None else batch.jobs
-                if batch is not None:
-                    self.process(batch)
-                elif self.intake_done() and self.batcher.depth() == 0:
-                    return
-        finally:
-            if not self.abandoned.is_set():
-                self.done.set()
+    def loop(self) -> None:
+        while not self.abandoned.is_set():
+            self.beat()
+            with self._taking:
+                batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
+                self._current = [] if batch is None else batch.jobs
+            if batch is not None:
+                self.process(batch)
+                faults.fail("worker")
+            elif self.intake_done() and self.batcher.depth() == 0:
+                return
+
+    def cleanup(self) -> None:
+        # A worker that died leaves its queue to abandon(), which sets done once answered.
+        if not self.abandoned.is_set() and self.error is None:
+            self.done.set()
+
+    def has_work(self) -> bool:
+        return bool(self._current) or self.batcher.depth() > 0
 
     def _answer(self, job: Job, reply: Reply) -> None:
         if job.claim():
@@ -78,12 +88,14 @@ class Worker(threading.Thread):
 
     def process(self, batch: Batch) -> None:
         m = self.metrics
-        self._reject(batch.expired, "deadline")
+        t0 = time.perf_counter()
+        late = [j for j in batch.jobs if j.deadline is not None and j.deadline < t0]
+        self._reject(batch.expired + late, "deadline")
+        batch.jobs = [j for j in batch.jobs if j not in late]
         if not batch.jobs or self.abandoned.is_set():  # abandon() answered them
             return
-        t0 = time.perf_counter()
         n_hits = batch.n_hits
-        estimate = SAFETY * self.seconds_per_hit * n_hits
+        estimate = SAFETY * self.batcher.seconds_per_hit * n_hits
         if self.drain_by is not None and t0 + estimate > self.drain_by:
             self._reject(batch.jobs, "shutdown")
             return
@@ -93,24 +105,42 @@ class Worker(threading.Thread):
             m.queue_delay.observe(job.timings["queue"])
         m.batch_events.observe(len(batch.jobs))
         m.batch_hits.observe(n_hits)
-        events = [job.event for job in batch.jobs]
-        rec = self.reconstructor()
+        if self._reconstruct(batch.jobs) or len(batch.jobs) == 1:
+            return
+        log.warning("retrying the %d events of the failed batch one by one", len(batch.jobs))
+        for job in batch.jobs:
+            if self.abandoned.is_set():  # abandon() answers what is left
+                return
+            self._reconstruct([job])
+
+    def _reconstruct(self, jobs: list[Job]) -> bool:
+        """Reconstruct ``jobs`` as one batch and answer them: True when it worked. A single
+        event that fails is answered ``internal``; a failed batch is left to the caller."""
+        m = self.metrics
+        events = [job.event for job in jobs]
+        t0 = time.perf_counter()
         try:
+            faults.delay("batch")
+            rec = self.reconstructor()
             result = rec.reconstruct(events)
             replies = [
                 Reply.success(job, tracks, {**job.timings, **result.timings})
-                for job, tracks in zip(batch.jobs, result.tracks, strict=True)
+                for job, tracks in zip(jobs, result.tracks, strict=True)
             ]
         except Exception:
-            log.exception("reconstruction failed; answering %d events 'internal'", len(batch.jobs))
-            self._reject(batch.jobs, "internal")
-            return
+            log.exception("reconstruction of %d events failed", len(jobs))
+            if len(jobs) == 1:
+                m.internal_errors.labels("reconstruction").inc()
+                self._reject(jobs, "internal")
+            return False
+        n_hits = sum(job.n_hits for job in jobs)
         per_hit = (time.perf_counter() - t0) / max(n_hits, 1)
-        self.seconds_per_hit = max(per_hit, 0.8 * self.seconds_per_hit + 0.2 * per_hit)
+        b = self.batcher
+        b.seconds_per_hit = max(per_hit, 0.8 * b.seconds_per_hit + 0.2 * per_hit)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         m.hits.inc(n_hits)
-        for job, reply in zip(batch.jobs, replies, strict=True):
+        for job, reply in zip(jobs, replies, strict=True):
             self._answer(job, reply)
         t1 = time.perf_counter()
         try:
@@ -118,11 +148,13 @@ class Worker(threading.Thread):
         except Exception:  # monitoring must never stop reconstruction
             log.exception("physics metrics failed on a batch (its replies were sent)")
         m.stage.labels("physics").observe(time.perf_counter() - t1)
+        return True
 
     def abandon(self) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker
         stops at its next step. Returns how many events this answered."""
         self.abandoned.set()
+        self.batcher.close()  # nothing queued after this point could be answered
         with self._taking:
             jobs = list(self._current)
             while (batch := self.batcher.next_batch(0.0)) is not None:

@@ -73,7 +73,7 @@ class TrainConfig:
     report: dict[str, str] = field(default_factory=dict)
 
 
-def load_config(path: Path) -> TrainConfig:
+def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); unknown keys are errors."""
     with open(path, "rb") as f:
         raw = tomllib.load(f)

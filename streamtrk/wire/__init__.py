@@ -10,6 +10,8 @@ from streamtrk.wire.codec import (
     frame_view,
     peek_header,
     peek_identity,
+    peek_msg_id,
+    with_msg_id,
 )
 from streamtrk.wire.schema import (
     DEFAULT_LIMITS,
@@ -36,4 +38,6 @@ __all__ = [
     "frame_view",
     "peek_header",
     "peek_identity",
+    "peek_msg_id",
+    "with_msg_id",
 ]

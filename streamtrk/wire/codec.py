@@ -73,11 +73,25 @@ def _frames(
 
 
 def encode_hits(
-    event: Event, *, t_send_ns: int | None = None, deadline_ms: float | None = None
+    event: Event,
+    *,
+    t_send_ns: int | None = None,
+    deadline_ms: float | None = None,
+    msg_id: int | None = None,
 ) -> list[OutFrame]:
-    """Frames of a ``hits`` message; ``t_send_ns`` defaults to now."""
-    extra = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
+    """Frames of a ``hits`` message; ``t_send_ns`` defaults to now. ``msg_id`` identifies
+    this message (a resend carries the same one); the reply echoes it."""
+    extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
+    if msg_id is not None:
+        extra["msg_id"] = int(msg_id)
     return _frames("hits", event.run, event.event, t_send_ns, event.hits.columns(), **extra)
+
+
+def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
+    """A message's frames with ``msg_id`` set in its header; column frames are not copied."""
+    header = msgpack.unpackb(frame_view(frames[0]), raw=False)
+    header["msg_id"] = int(msg_id)
+    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
 
 def encode_truth(
@@ -99,8 +113,9 @@ def encode_tracks(
     reason: str = "",
     timings: dict[str, float] | None = None,
     t_send_ns: int | None = None,
+    msg_id: int | None = None,
 ) -> list[OutFrame]:
-    """Frames of a ``tracks`` reply.
+    """Frames of a ``tracks`` reply (``msg_id``: the one of the hits message answered).
 
     ``tracks.hit_index`` indexes ``hit_ids`` (the event's hit ids); the message carries the
     hit ids themselves. ``tracks=None`` means no tracks, as an error reply requires.
@@ -118,9 +133,10 @@ def encode_tracks(
     hit_id = np.asarray(to_host(hit_ids))[np.asarray(to_host(tracks.hit_index), dtype=np.int64)]
     cols = {"offsets": tracks.offsets, "hit_id": hit_id, **tracks.params}
     times = {str(k): float(v) for k, v in (timings or {}).items()}
-    return _frames(
-        "tracks", run, event, t_send_ns, cols, status=status, reason=reason, timings=times
-    )
+    extra: dict[str, Any] = {"status": status, "reason": reason, "timings": times}
+    if msg_id is not None:
+        extra["msg_id"] = int(msg_id)
+    return _frames("tracks", run, event, t_send_ns, cols, **extra)
 
 
 # --------------------------------------------------------------------------- messages
@@ -138,6 +154,7 @@ class TrackReply:
     offsets: np.ndarray
     hit_id: np.ndarray
     params: dict[str, np.ndarray]
+    msg_id: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -168,6 +185,12 @@ class Message:
     @property
     def version(self) -> int:
         return int(self.header["version"])
+
+    @property
+    def msg_id(self) -> int | None:
+        """The sender's identity of this message (hits), or of the one answered (tracks)."""
+        m = self.header.get("msg_id")
+        return None if m is None else int(m)
 
     @property
     def deadline_ms(self) -> float | None:
@@ -205,6 +228,7 @@ class Message:
             c["offsets"],
             c["hit_id"],
             params,
+            self.msg_id,
         )
 
 
@@ -270,7 +294,11 @@ def _unpack_header(view: memoryview, limits: Limits) -> Any:
         # Well-formed msgpack over the size limits, or with a non-string map key.
         if any(s in str(e) for s in ("exceeds max_", "not allowed for map key")):
             raise WireError("bad_header", f"header not acceptable: {e}") from e
-        raise WireError("not_msgpack", f"frame 0 is not one msgpack object ({e})") from e
+        why = {"ExtraData": "bytes follow the first object", "FormatError": "invalid format"}
+        detail = str(e) or why.get(type(e).__name__, type(e).__name__)
+        raise WireError(
+            "not_msgpack", f"frame 0 ({view.nbytes} bytes) is not one msgpack object: {detail}"
+        ) from e
 
 
 def _check_envelope(header: Any) -> str:
@@ -294,11 +322,12 @@ def _check_envelope(header: Any) -> str:
     missing = (COMMON_KEYS | required) - header.keys()
     unknown = header.keys() - COMMON_KEYS - required - optional
     if missing or unknown:
-        raise WireError(
-            "bad_header",
-            f"{kind} header lacks {sorted(missing)}, "
-            f"has unknown keys {_short(sorted(map(repr, unknown)))}",
-        )
+        parts = [f"lacks {', '.join(map(repr, sorted(missing)))}"] if missing else []
+        if unknown:
+            names = ", ".join(sorted(map(repr, unknown)))
+            names = names if len(names) <= 200 else names[:197] + "..."
+            parts.append(f"has unknown key{'s' if len(unknown) > 1 else ''} {names}")
+        raise WireError("bad_header", f"{kind} header {' and '.join(parts)}")
     for key in ("run", "event", "t_send_ns"):
         if not (_is_int(header[key]) and 0 <= header[key] < MAX_INT):
             raise WireError(
@@ -397,7 +426,15 @@ def _nonneg(cols: dict[str, np.ndarray], names: Iterable[str]) -> None:
             raise WireError("id_range", f"column {k!r} has negative values")
 
 
+def _check_msg_id(header: dict[str, Any]) -> None:
+    if "msg_id" in header and not (_is_int(header["msg_id"]) and 0 <= header["msg_id"] < MAX_INT):
+        raise WireError(
+            "bad_header", f"msg_id must be an int in [0, 2**63), got {_short(header['msg_id'])}"
+        )
+
+
 def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    _check_msg_id(header)
     if "deadline_ms" in header:
         d = header["deadline_ms"]
         if not (_is_number(d) and d > 0):
@@ -419,6 +456,7 @@ def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
 
 
 def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    _check_msg_id(header)
     status, reason, timings = header["status"], header["reason"], header["timings"]
     if not (isinstance(status, str) and status in STATUSES):
         raise WireError("bad_header", f"status must be 'ok' or 'error', got {_short(status)}")
@@ -470,3 +508,10 @@ def peek_identity(frames: Frames) -> tuple[int, int] | None:
     if _is_int(run) and _is_int(event) and 0 <= run < MAX_INT and 0 <= event < MAX_INT:
         return run, event
     return None
+
+
+def peek_msg_id(frames: Frames) -> int | None:
+    """Best-effort ``msg_id`` of a possibly invalid message, or None; never raises."""
+    header = peek_header(frames)
+    m = None if header is None else header.get("msg_id")
+    return m if _is_int(m) and 0 <= m < MAX_INT else None

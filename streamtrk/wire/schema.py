@@ -34,8 +34,8 @@ COMMON_KEYS: frozenset[str] = frozenset(
 )
 #: Extra header keys per kind: (required, optional).
 KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "hits": (frozenset(), frozenset({"deadline_ms"})),
-    "tracks": (frozenset({"status", "reason", "timings"}), frozenset()),
+    "hits": (frozenset(), frozenset({"deadline_ms", "msg_id"})),
+    "tracks": (frozenset({"status", "reason", "timings"}), frozenset({"msg_id"})),
     "truth": (frozenset(), frozenset()),
 }
 STATUSES: frozenset[str] = frozenset({"ok", "error"})

@@ -86,7 +86,7 @@ def test_runtime_instructions() -> None:
     probe = exec_form(command)
     assert probe[1] == _dest_of("deploy/healthcheck.py") and probe[2] == "/healthz"
     exposed = {p for line in _instructions("EXPOSE") for p in line.split()}
-    assert exposed == {"5555", "5556", "9100"}
+    assert exposed == {"5555", "5556", "10062"}
     (entrypoint,) = _instructions("ENTRYPOINT")
     assert exec_form(entrypoint) == ["streamtrk", "serve"]
     (cmd,) = _instructions("CMD")
@@ -143,7 +143,7 @@ def test_image_configuration_is_valid(
     monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
     assert main(["serve", "--config", str(DEPLOY / "streamtrk.toml"), "--print-config"]) == 0
     out = capsys.readouterr().out
-    assert 'http = "0.0.0.0:9100"' in out
+    assert 'http = "0.0.0.0:10062"' in out
     assert 'input = "tcp://0.0.0.0:5555"' in out
     assert 'output = "tcp://0.0.0.0:5556"' in out
     assert "# model = (unset)" in out
@@ -206,7 +206,7 @@ def test_package_builds_and_runs_from_the_copied_paths(tmp_path: Path) -> None:
     streamtrk = venv / "bin" / "streamtrk"
     run(streamtrk, "simulate", "--events", "1", "--mu", "5", "-q", "-o", "ev.stk", cwd=work)
     report = json.loads(run(streamtrk, "evaluate", "ev.stk", "-q", cwd=work))
-    assert report["scorer"] == "shipped model" and report["events"] == 1
+    assert report["scorer"] == str(venv_site / model) and report["events"] == 1
     assert report["tracking_efficiency"] >= 0.9
 
 
@@ -252,8 +252,8 @@ def test_healthcheck_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     config.write_text('http = "0.0.0.0:9200"\n')
     monkeypatch.delenv("STREAMTRK_HTTP", raising=False)
     assert hc.address(str(config)) == "127.0.0.1:9200"
-    assert hc.address(str(tmp_path / "missing.toml")) == "127.0.0.1:9100"
-    assert hc.address(str(DEPLOY / "streamtrk.toml")) == "127.0.0.1:9100"
+    assert hc.address(str(tmp_path / "missing.toml")) == "127.0.0.1:10062"
+    assert hc.address(str(DEPLOY / "streamtrk.toml")) == "127.0.0.1:10062"
     monkeypatch.setenv("STREAMTRK_HTTP", "10.1.2.3:9300")
     assert hc.address(str(config)) == "10.1.2.3:9300"
 

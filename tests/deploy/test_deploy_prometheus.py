@@ -119,7 +119,7 @@ def test_prometheus_config_scrapes_the_daemon_and_loads_the_rules() -> None:
     config = load_yaml_documents(PROMETHEUS / "prometheus.yml")[0]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "streamtrk"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == ["streamtrk:9100"]
+    assert job["static_configs"][0]["targets"] == ["streamtrk:10062"]
     rule_files = [p for pattern in config["rule_files"] for p in PROMETHEUS.glob(pattern)]
     assert RULES in rule_files
 

@@ -18,6 +18,7 @@ from streamtrk.io.recording import (
     RecordingWriter,
     iter_events,
     iter_records,
+    repair,
     summarize,
 )
 from streamtrk.wire import encode_hits, encode_tracks, encode_truth
@@ -127,6 +128,24 @@ def test_append_refuses_truncated_or_foreign_file(small: Any) -> None:
     path.write_bytes(b"not a recording")
     with pytest.raises(RecordingError, match="bad magic"):
         RecordingWriter(path, "a")
+
+
+def test_repair_cuts_back_to_the_last_whole_record(small: Any, tmp_path: Path) -> None:
+    path, offsets, frames = small
+    data = path.read_bytes()
+    assert repair(path) is None and path.read_bytes() == data  # intact: untouched
+    for cut_at in (offsets[2] + 1, len(data) - 1):
+        path.write_bytes(data[:cut_at])
+        cut, why = repair(path)
+        assert cut == cut_at - offsets[2] and f"record at offset {offsets[2]}" in why
+        assert path.read_bytes() == data[: offsets[2]]
+        assert [f for _, f in iter_records(path)] == frames[:2]
+        with RecordingWriter(path, "a") as w:  # and it can be appended to again
+            w.write(frames[2])
+        assert path.read_bytes() == data
+    path.write_bytes(b"not a recording")
+    with pytest.raises(RecordingError, match="bad magic"):
+        repair(path)
 
 
 def test_writer_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_weights_of_another_size_refused(saved: tuple[Path, InteractionNetwork])
 
 
 def test_missing_model_explains(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"streamtrk train.*--oracle"):
+    with pytest.raises(FileNotFoundError, match=r"no model at .*: train one with `streamtrk train"):
         load_reconstructor(tmp_path / "nothing")
 
 

@@ -83,6 +83,15 @@ class Daemon:
             with e:
                 return e.code, e.read().decode()
 
+    def head(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://{self.http}{path}", method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read().decode()
+
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of ``/metrics``: (name, sorted labels) -> value."""
         status, text = self.get("/metrics")

@@ -91,6 +91,23 @@ def test_expired_events_are_set_aside_unprocessed() -> None:
     assert [j.event.event for j in batch.expired] == [0]
 
 
+def test_a_deadline_closes_the_batch_before_the_queue_delay() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.put(job(5, 0, deadline_s=0.5))
+    t0 = time.perf_counter()
+    batch = b.next_batch(1)
+    assert events(batch) == [0] and time.perf_counter() - t0 < 30  # not the 60 s delay
+
+
+def test_the_expected_reconstruction_time_closes_the_batch_earlier() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.seconds_per_hit = 10.0  # 100 hits: 1,000 s of work, far past the deadline in 60 s
+    b.put(job(100, 0, deadline_s=60))
+    t0 = time.perf_counter()
+    assert events(b.next_batch(1)) == [0]
+    assert time.perf_counter() - t0 < 30  # closed at once: waiting can only make it later
+
+
 def test_full_queue_rejects_without_blocking() -> None:
     b = Batcher(2, BatchPolicy())
     assert b.put(job(1, 0), block=False) and b.put(job(1, 1), block=False)

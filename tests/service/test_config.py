@@ -11,7 +11,7 @@ import pytest
 import torch
 from live_daemon import clean_env
 
-from streamtrk.service.config import ConfigError, ServeConfig, load_config
+from streamtrk.service.config import ConfigError, ServeConfig, load_config, unknown_variables
 
 
 def test_defaults_are_the_documented_endpoints() -> None:
@@ -20,7 +20,7 @@ def test_defaults_are_the_documented_endpoints() -> None:
     assert (cfg.input, cfg.output, cfg.http) == (
         "tcp://127.0.0.1:5555",
         "tcp://127.0.0.1:5556",
-        "127.0.0.1:9100",
+        "127.0.0.1:10062",
     )
     assert (cfg.device, cfg.model, cfg.connect, cfg.overload) == ("auto", None, False, "block")
 
@@ -54,7 +54,7 @@ def test_cross_checks_see_the_final_values() -> None:
         ("max_batch_events = [", {}, r"not valid TOML"),
         ("", {"STREAMTRK_DEVICE": "gpu"}, r"device .*STREAMTRK_DEVICE"),
         ("", {"STREAMTRK_CONNECT": "maybe"}, r"connect must be true or false"),
-        ("", {"STREAMTRK_HTTP": "9100"}, r"http must be HOST:PORT"),
+        ("", {"STREAMTRK_HTTP": "10062"}, r"http must be HOST:PORT"),
         ("", {"STREAMTRK_INPUT": "127.0.0.1:5555"}, r"input must be a ZeroMQ endpoint"),
         ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\]"),
         ("", {"STREAMTRK_DEADLINE_MS": "-1"}, r"deadline_ms must be a finite number > 0"),
@@ -62,6 +62,26 @@ def test_cross_checks_see_the_final_values() -> None:
         ('precision = "int8"', {}, r"precision must be one of fp32, bf16, fp16"),
         ('engine = "tensorrt"\ndevice = "cpu"', {}, r"engine tensorrt needs device cuda"),
         ("", {"STREAMTRK_TORCH_THREADS": "-1"}, r"torch_threads must be a non-negative"),
+        # A TOML value must have the setting's type: a string is no integer.
+        (
+            'max_batch_events = "4"',
+            {},
+            r"max_batch_events must be an integer, got '4' \(from config file .*serve.toml\)",
+        ),
+        ("max_batch_events = 4.0", {}, r"max_batch_events must be an integer, got 4.0"),
+        ('connect = "yes"', {}, r"connect must be true or false, got 'yes'"),
+        ("input = 5555", {}, r"input must be a string, got 5555"),
+        (
+            "",
+            {"STREAMTRK_MAX_BATCH_EVENTS": "abc"},
+            r"^max_batch_events must be an integer, got 'abc' "
+            r"\(from environment variable STREAMTRK_MAX_BATCH_EVENTS\)$",
+        ),
+        (
+            "max_batch_event = 4",
+            {},
+            r"unknown setting 'max_batch_event' .*did you mean max_batch_events",
+        ),
     ],
 )
 def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match: str) -> None:
@@ -69,6 +89,17 @@ def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match:
     path.write_text(toml + "\n")
     with pytest.raises(ConfigError, match=match):
         load_config(path, env)
+
+
+def test_unknown_streamtrk_variables_are_named_with_close_settings() -> None:
+    env = {"STREAMTRK_MAX_BATCH_EVENT": "3", "STREAMTRK_MODEL": "m", "STREAMTRK_SHARED": "s"}
+    [warning] = unknown_variables(env)
+    assert warning.startswith("environment variable STREAMTRK_MAX_BATCH_EVENT is not a setting")
+    assert "did you mean STREAMTRK_MAX_BATCH_EVENTS" in warning
+    out = _serve("--print-config", env={"STREAMTRK_DEADLINE": "5"})
+    assert out.returncode == 0
+    assert "STREAMTRK_DEADLINE is not a setting and is ignored" in out.stderr
+    assert "STREAMTRK_DEADLINE_MS" in out.stderr
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

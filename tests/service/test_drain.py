@@ -77,3 +77,32 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
     drained = next(line for line in logs if line["message"].startswith("drained"))
     assert drained["shutdown"] == drained["received"] == len(events) and drained["dropped"] == 0
     assert drained["seconds"] <= 2 + 0.5 + 0.25
+
+
+def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory) -> None:
+    # A queue of one behind a busy worker: intake waits for room with an event in hand when
+    # SIGTERM comes. That event, and every other one received, must be answered.
+    big = next(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=200)), 9, 1))
+    small = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=2)), 9, 6))
+    d = daemon_factory(
+        "--drain-timeout-s", "2", "--queue-capacity", "1", "--max-batch-events", "1",
+        "--overload", "block",
+    )  # fmt: skip
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(big, timeout_ms=30_000)
+        t_end = time.monotonic() + 120
+        while sample(d.metrics(), "streamtrk_batch_events_count") < 1:  # the big one started
+            assert time.monotonic() < t_end, "the batch never started"
+            time.sleep(0.05)
+        for ev in small:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        while sample(d.metrics(), "streamtrk_events_received_total") < 3:  # one queued, one held
+            assert time.monotonic() < t_end, "intake never took the events"
+            time.sleep(0.05)
+        assert d.stop(signal.SIGTERM) == 0
+        replies = []
+        while (msg := consumer.recv(timeout_ms=5_000)) is not None:
+            replies.append(msg.to_reply())
+    drained = next(line for line in d.logs() if line["message"].startswith("drained"))
+    assert drained["received"] == len(replies) >= 3  # every event received got its reply
+    assert drained["dropped"] == 0 and {r.reason for r in replies} <= {"", "shutdown"}

@@ -38,3 +38,34 @@ def test_a_reply_that_cannot_be_encoded_is_sent_as_internal() -> None:
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_events_completed_total", {"status": "error"}) == 1
     assert value("streamtrk_inflight_events") == 0
+
+
+def test_a_reply_queued_just_before_upstream_finishes_is_sent() -> None:
+    # The worker queues its last reply, then says it is done; the emitter may have found the
+    # queue empty just before: it must still send that reply before it exits.
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    replies: queue.Queue[Reply] = queue.Queue()
+    last = Reply(7, 43, 0.0, {}, reason="deadline")
+    queued = []
+
+    def upstream_done() -> bool:  # called once the queue was found empty
+        if not queued:
+            queued.append(replies.put(last))
+        return True
+
+    try:
+        push.bind("inproc://emit-race")
+        pull.connect("inproc://emit-race")
+        metrics = Metrics()
+        metrics.inflight.inc()
+        emitter = Emitter(push, replies, metrics, upstream_done, linger_ms=1000)
+        emitter.start()
+        emitter.join(30)
+        assert not emitter.is_alive()
+        assert pull.poll(5000), "the last reply was never sent"
+        reply = decode(pull.recv_multipart()).to_reply()
+    finally:
+        pull.close(linger=0)
+        ctx.term()
+    assert (reply.event, reply.reason) == (43, "deadline")

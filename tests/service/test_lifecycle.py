@@ -3,7 +3,11 @@ that runs out of time."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from live_daemon import sample
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
-from streamtrk.io.recording import iter_events
+from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.recon.model import default_model_path
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
@@ -44,6 +48,13 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert d.get("/healthz") == (200, "ok\n")
     assert d.get("/readyz") == (200, "ready\n")
     assert d.get("/nowhere")[0] == 404
+    for path in ("/healthz", "/readyz", "/metrics", "/status"):  # load balancers use HEAD
+        assert d.head(path) == (200, ""), path
+    status = json.loads(d.get("/status")[1])
+    assert status["state"] == "ready" and status["endpoints"]["http"] == d.http
+    assert status["settings"]["threshold"] == 0.5 and status["model"]["threshold"] == 0.5
+    assert status["model"]["engine"] == "eager" and status["model"]["device"] == "cpu"
+    assert status["model"]["card"]["metrics"]["test"]["tracking_efficiency"] > 0.9
     [banner] = [line for line in d.logs() if line["message"] == "streamtrk serve ready"]
     for key in ("version", "torch", "device", "engine", "model", "model_hash", "input", "http"):
         assert banner[key] not in (None, ""), key
@@ -62,7 +73,8 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 1)
     assert d.get("/readyz")[0] == 200 and model_labels(d) == before
-    assert any(line["message"].startswith("reload failed") for line in d.logs())
+    [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
+    assert "no model at" in failed and "--oracle" not in failed  # serve has no --oracle
 
     # A good one (and a setting that needs a restart, which is kept).
     config.write_text(model + "threshold = 0.7\nrcvhwm = 5\ndrain_timeout_s = 2\n")
@@ -108,3 +120,46 @@ def test_a_second_sighup_during_a_reload_is_ignored(daemon_factory) -> None:
     assert messages.count("reloading") == 1 and messages.count("reloaded") == 1
     assert d.get("/readyz") == (200, "ready\n")
     assert sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 0
+
+
+def test_a_taken_http_port_is_named() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http = f"127.0.0.1:{taken.getsockname()[1]}"
+        out = subprocess.run(
+            [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*",
+             "--output", "tcp://127.0.0.1:*", "--http", http],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert f"start-up failed: cannot serve HTTP on {http}: Address already in use" in out.stderr
+
+
+def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
+    d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
+    assert d.get("/readyz") == (503, "loading\n")
+    t0 = time.monotonic()
+    d.process.send_signal(signal.SIGTERM)
+    code = d.process.wait(timeout=60)
+    assert time.monotonic() - t0 < 2 and code == 0
+    assert "stopped while loading the model; no event was received" in [
+        line["message"] for line in d.logs()
+    ]
+
+
+def test_a_dead_letter_file_cut_short_is_repaired_at_start(daemon_factory, tmp_path) -> None:
+    dead = tmp_path / "dead.stk"
+    with RecordingWriter(dead) as w:
+        w.write([b"first"])
+        w.write([b"second, cut short by a crash"])
+    dead.write_bytes(dead.read_bytes()[:-5])
+    d = daemon_factory("--dead-letter", str(dead))  # starts (a crash loop before)
+    [line] = [line for line in d.logs() if line["message"].startswith("dead-letter file")]
+    assert line["bytes_cut"] == 8 + 8 + 28 - 5 and line["level"] == "warning"
+    with Producer(d.input, linger_ms=30_000) as producer:  # sent before it closes
+        assert producer.send_frames([b"no header at all"], timeout_ms=30_000)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_dead_letters_total", result="written") == 1)
+    assert d.stop() == 0
+    records = [frames for _, frames in iter_records(dead)]
+    assert records[0] == [b"first"] and records[1][1:] == [b"no header at all"]

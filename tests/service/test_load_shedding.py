@@ -111,3 +111,18 @@ def test_block_pushes_back_on_the_sender(daemon_factory) -> None:
     assert len(replies) == sent + 1 and all(r.ok for r in replies)
     m = d.settled()
     assert not [k for k, v in m.items() if k[0] == "streamtrk_events_rejected_total" and v]
+
+
+def test_a_batch_waits_no_longer_than_its_deadlines_allow(daemon_factory, sim_run) -> None:
+    # Deadlines of 1 ms and a 50 ms queue delay: answered 'deadline', not 'ok' 50 ms later.
+    d = daemon_factory("--deadline-ms", "1", "--max-queue-delay-ms", "50")
+    events = list(islice(iter_events(sim_run), 5))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        replies = []
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+            msg = consumer.recv(timeout_ms=60_000)
+            assert msg is not None, "no reply"
+            replies.append(msg.to_reply())
+    assert [(r.event, r.reason) for r in replies] == [(ev.event, "deadline") for ev in events]
+    assert all("gnn" not in r.timings for r in replies)

@@ -11,7 +11,7 @@ import numpy as np
 
 from streamtrk.detector import load_detector
 from streamtrk.recon.reconstructor import Reconstructor
-from streamtrk.service.batcher import Batcher, BatchPolicy
+from streamtrk.service.batcher import Batch, Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
@@ -68,8 +68,10 @@ class Gate:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.batches: list[list[int]] = []  # event numbers of every batch scored
 
     def __call__(self, graph, events):
+        self.batches.append([ev.event for ev in events])
         self.entered.set()
         assert self.release.wait(60)
         return np.zeros(graph.num_edges, dtype=np.float32)
@@ -120,7 +122,7 @@ def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
     worker = Worker(
         batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
     )
-    worker.seconds_per_hit = 1.0  # as measured on earlier batches: far too slow to start
+    batcher.seconds_per_hit = 1.0  # as measured on earlier batches: far too slow to start
     worker.drain_by = time.perf_counter() + 5.0
     for ev in events:
         batcher.put(Job(ev, time.perf_counter(), None))
@@ -129,3 +131,38 @@ def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
     assert not gate.entered.is_set() and worker.done.is_set()
     got = _drained(replies)
     assert sorted((r.event, r.reason) for r in got) == [(ev.event, "shutdown") for ev in events]
+
+
+def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    gate = Gate()
+    gate.release.set()
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
+    )
+    now = time.perf_counter()
+    late, timely = Job(events[0], now, now - 1e-3), Job(events[1], now, now + 3600)
+    worker.process(Batch(jobs=[late, timely]))  # as the batcher closed it, just too late
+    got = {r.event: r.reason for r in _drained(replies)}
+    assert got == {events[0].event: "deadline", events[1].event: ""}
+    assert gate.batches == [[events[1].event]]  # the timely event was reconstructed, alone
+
+
+def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    rec = Reconstructor(FailOnEvent13(), detector=det)
+    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: True)
+    now = time.perf_counter()
+    worker.process(Batch(jobs=[Job(ev, now, None) for ev in events]))  # 12, 13, 14 together
+    got = {r.event: r.reason for r in _drained(replies)}
+    assert got == {12: "", 13: "internal", 14: ""}
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
+    assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 1

@@ -403,3 +403,19 @@ def test_peek_identity(hits: list[Any]) -> None:
         ["text"],
     ):
         assert peek_identity(bad) is None
+
+
+def test_messages_name_the_problem_plainly(hits: list[Any]) -> None:
+    def message(frames: list[Any]) -> str:
+        with pytest.raises(WireError) as e:
+            decode(frames)
+        return str(e.value)
+
+    assert message(patch(hits, extra=1)) == "bad_header: hits header has unknown key 'extra'"
+    assert message(patch(hits, run=DROP, t_send_ns=DROP, b=2, a=1)) == (
+        "bad_header: hits header lacks 'run', 't_send_ns' and has unknown keys 'a', 'b'"
+    )
+    assert message([b"\xc1", *hits[1:]]) == (
+        "not_msgpack: frame 0 (1 bytes) is not one msgpack object: invalid format"
+    )
+    assert message([b"", *hits[1:]]).startswith("not_msgpack: frame 0 (0 bytes) is not one")

@@ -1,4 +1,4 @@
-"""Loading the served model: the device ``auto`` resolves to."""
+"""The device: what ``auto`` resolves to, and why CUDA cannot be used."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from streamtrk.service.served_model import resolve_device
+from streamtrk.recon.device import cuda_unavailable, resolve_device
 
 
 def test_auto_is_cuda_only_with_a_gpu_and_cupy() -> None:
@@ -18,3 +18,10 @@ def test_auto_is_cuda_only_with_a_gpu_and_cupy() -> None:
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_explicit_devices_are_kept(device: str) -> None:
     assert resolve_device(device) == device
+
+
+def test_cuda_unavailable_says_why_in_one_line() -> None:
+    why = cuda_unavailable()
+    if why is None:
+        pytest.skip("this machine can run device=cuda")
+    assert "\n" not in why and ("CUDA" in why or "CuPy" in why)

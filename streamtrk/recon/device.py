@@ -1,0 +1,29 @@
+"""The device the chain runs on: ``auto`` resolved, and why CUDA cannot be used when asked for.
+
+CUDA needs both a CUDA build of torch that sees a GPU (the network) and CuPy (graph
+construction, track building and the fit run on CuPy arrays).
+"""
+
+from __future__ import annotations
+
+
+def cuda_unavailable() -> str | None:
+    """Why ``device = "cuda"`` cannot run here, in one line; None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"torch {torch.__version__} was built without CUDA"
+        return f"torch {torch.__version__} sees no CUDA device"
+    try:
+        import cupy  # noqa: F401
+    except ImportError as exc:
+        return f"CuPy cannot be imported ({exc}); install the [gpu] extra"
+    return None
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when torch sees a GPU and CuPy imports, else ``cpu``."""
+    if device != "auto":
+        return device
+    return "cuda" if cuda_unavailable() is None else "cpu"

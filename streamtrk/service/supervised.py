@@ -1,0 +1,60 @@
+"""Threads whose death and stalls the daemon sees: the base of ingest, worker and emitter.
+
+A supervised thread runs :meth:`Supervised.loop` and calls :meth:`beat` whenever it makes
+progress (every pass of its loop, at most a fraction of a second apart while it waits).
+It is unhealthy when it has died, or when it has work (:meth:`has_work`) and has not beaten
+for ``stall_timeout_s``. An exception escaping the loop is logged with its traceback and
+reported to ``on_failure`` (the daemon then drains and exits non-zero); :meth:`cleanup`
+runs in every case.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class Supervised(threading.Thread):
+    """A daemon thread with a heartbeat; subclasses implement :meth:`loop`."""
+
+    def __init__(self, name: str, on_failure: Callable[[Supervised], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.on_failure = on_failure
+        self.heartbeat = time.monotonic()
+        self.error: BaseException | None = None
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Runs when the loop ends, normally or not."""
+
+    def has_work(self) -> bool:
+        """Whether the thread has something to do now (a stall only counts then)."""
+        return False
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        except BaseException as e:
+            log.exception("the %s thread died: %s", self.name, e)
+            self.error = e
+            self.on_failure(self)
+        finally:
+            self.cleanup()
+
+    def problem(self, stall_timeout_s: float) -> str | None:
+        """Why this thread is unhealthy, or None."""
+        if self.error is not None:
+            return f"{self.name}: died ({type(self.error).__name__}: {self.error})"
+        idle = time.monotonic() - self.heartbeat
+        if self.is_alive() and idle > stall_timeout_s and self.has_work():
+            return f"{self.name}: no progress for {idle:.0f} s with work waiting"
+        return None

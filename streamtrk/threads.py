@@ -1,0 +1,61 @@
+"""CPU threads: how many this process may use, and torch's thread count chosen from that.
+
+A process may run on the CPUs of its affinity mask (``taskset``, cpusets) and, under a
+cgroup CPU quota (what a Kubernetes CPU limit sets), for quota / period CPUs' worth of time.
+Threads beyond that only take turns and, in OpenMP's barriers, wait for each other. OpenMP
+workers are also told to wait passively (``OMP_WAIT_POLICY=PASSIVE``, read once when the
+OpenMP runtime starts, so :func:`wait_passively` must run before torch is imported): a
+spinning worker would burn a core that another process on the node needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def wait_passively() -> None:
+    """Make OpenMP's idle workers sleep instead of spinning (unless the environment says
+    otherwise); effective only before torch starts its OpenMP runtime."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup quota allows (cgroup v2 ``cpu.max`` or v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None without a quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def available_cpus() -> tuple[int, str]:
+    """CPUs this process may keep busy, and where the figure comes from (for logs)."""
+    mask = len(os.sched_getaffinity(0))
+    quota = cpu_quota()
+    if quota is not None and math.ceil(quota) < mask:
+        return max(1, math.ceil(quota)), f"cgroup CPU quota {quota:g} CPUs ({mask} in the mask)"
+    return mask, f"{mask} CPUs in the affinity mask" + (
+        "" if quota is None else f", quota {quota:g}"
+    )
+
+
+def set_torch_threads(requested: int = 0) -> str:
+    """Set torch's intra-op threads to ``requested``, or with 0 to :func:`available_cpus`;
+    returns a line saying what was chosen and why."""
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+        return f"torch threads {requested} (asked for)"
+    n, why = available_cpus()
+    torch.set_num_threads(n)
+    return f"torch threads {n} ({why})"

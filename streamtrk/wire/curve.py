@@ -1,0 +1,72 @@
+"""CurveZMQ (authentication and encryption) for the daemon's sockets, with pyzmq's own
+``zmq.auth`` certificate files: ``NAME.key`` holds a public key, ``NAME.key_secret`` the
+public and the secret key (``streamtrk keys DIR NAME`` writes both).
+
+The daemon is the CURVE server on both of its sockets, whether it binds or connects: it
+holds a secret certificate, and a ZAP handler admits only the clients whose public
+certificates lie in its allowed-keys directory. Producers, consumers, distributors and
+collectors are clients: their own secret certificate, and the daemon's public one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+
+
+class CurveError(ValueError):
+    """A certificate file that cannot be used; the message names the file and the cause."""
+
+
+def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory`` (created if needed);
+    return their paths. The secret file is made readable by its owner only."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = (Path(p) for p in zmq.auth.create_certificates(directory, name))
+    secret.chmod(0o600)
+    return public, secret
+
+
+def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) keys of a secret certificate file."""
+    try:
+        public, secret = zmq.auth.load_certificate(Path(path))
+    except (OSError, ValueError) as e:
+        raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
+    if secret is None:
+        raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
+    return public, secret
+
+
+def load_public(path: str | Path) -> bytes:
+    """The public key of a certificate file (``NAME.key`` or ``NAME.key_secret``)."""
+    try:
+        return zmq.auth.load_certificate(Path(path))[0]
+    except (OSError, ValueError) as e:
+        raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
+
+
+def allowed_keys(directory: str | Path) -> set[bytes]:
+    """Public keys of the ``*.key`` certificates in ``directory`` (empty when it has none)."""
+    return {load_public(p) for p in sorted(Path(directory).glob("*.key"))}
+
+
+def make_server(socket: zmq.Socket[Any], secret_certificate: str | Path) -> None:
+    """Make ``socket`` a CURVE server with this secret certificate (before bind/connect)."""
+    public, secret = load_keypair(secret_certificate)
+    socket.curve_publickey, socket.curve_secretkey = public, secret
+    socket.curve_server = True
+
+
+def make_client(
+    socket: zmq.Socket[Any], secret_certificate: str | Path, server_certificate: str | Path
+) -> None:
+    """Make ``socket`` a CURVE client: its own secret certificate, and the public one of the
+    server it talks to (before bind/connect)."""
+    public, secret = load_keypair(secret_certificate)
+    socket.curve_publickey, socket.curve_secretkey = public, secret
+    socket.curve_serverkey = load_public(server_certificate)

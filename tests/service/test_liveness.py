@@ -1,0 +1,82 @@
+"""Liveness: a thread that dies is logged with its traceback and the daemon answers what it
+can, then exits 1 for its supervisor to restart it; a stalled thread fails /healthz.
+Faults are injected with STREAMTRK_TEST_FAULTS (streamtrk/service/faults.py)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from streamtrk.client import Consumer, Producer
+from streamtrk.io.recording import iter_events
+
+pytestmark = pytest.mark.slow
+
+
+def faults(spec: str) -> dict[str, str]:
+    return {"STREAMTRK_TEST_FAULTS": spec}
+
+
+def exits_by_itself(d, timeout: float = 120) -> int:
+    return d.process.wait(timeout=timeout)
+
+
+def test_a_dying_worker_is_logged_and_the_daemon_exits_1(daemon_factory, sim_run: Path) -> None:
+    d = daemon_factory("--max-batch-events", "1", env=faults("worker_fail_after=1"))
+    event = next(iter_events(sim_run))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(event, timeout_ms=30_000)
+        reply = consumer.recv(timeout_ms=60_000)  # answered, then the worker dies
+        assert exits_by_itself(d) == 1
+    assert reply is not None and reply.to_reply().ok
+    logs = d.logs()
+    [died] = [line for line in logs if line["message"].startswith("the worker thread died")]
+    assert "InjectedFault: fault injected at pass 1 of worker" in died["exception"]
+    assert "Traceback" in died["exception"] and died["level"] == "error"
+    [last] = [line for line in logs if "exiting 1 for a restart" in line["message"]]
+    assert last["threads"] == "worker" and last["received"] == 1 and last["replies_ok"] == 1
+
+
+def test_a_dying_ingest_still_answers_what_it_took(daemon_factory, sim_run: Path) -> None:
+    d = daemon_factory(env=faults("ingest_fail_after=2"))
+    events = list(islice(iter_events(sim_run), 2))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        replies = [consumer.recv(timeout_ms=60_000) for _ in events]
+        assert exits_by_itself(d) == 1
+    assert all(r is not None and r.to_reply().ok for r in replies)
+    assert any(line["message"].startswith("the ingest thread died") for line in d.logs())
+
+
+def test_a_dying_emitter_counts_what_it_could_not_send(daemon_factory, sim_run: Path) -> None:
+    d = daemon_factory("--max-batch-events", "1", env=faults("emit_fail_after=1"))
+    events = list(islice(iter_events(sim_run), 3))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        first = consumer.recv(timeout_ms=60_000)
+        assert exits_by_itself(d) == 1
+    assert first is not None and first.to_reply().ok
+    [line] = [line for line in d.logs() if line["message"].startswith("drain incomplete")]
+    assert line["replies_ok"] == 1 and line["dropped"] == line["received"] - 1
+
+
+def test_a_stalled_worker_fails_healthz(daemon_factory, sim_run: Path) -> None:
+    d = daemon_factory("--stall-timeout-s", "1", "--drain-timeout-s", "2",
+                       env=faults("batch_delay_s=120"))  # fmt: skip
+    assert d.get("/healthz") == (200, "ok\n")
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(next(iter_events(sim_run)), timeout_ms=30_000)
+        t_end = time.monotonic() + 60
+        while (health := d.get("/healthz"))[0] == 200:
+            assert time.monotonic() < t_end, "/healthz never failed"
+            time.sleep(0.2)
+        assert health[0] == 503 and health[1].startswith("worker: no progress for ")
+        assert d.stop(signal.SIGTERM) == 0  # the drain answers it 'shutdown'
+        reply = consumer.recv(timeout_ms=10_000)
+    assert reply is not None and reply.to_reply().reason == "shutdown"

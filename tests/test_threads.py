@@ -1,0 +1,59 @@
+"""CPU threads: the CPUs a process may use (affinity mask, cgroup quota) and torch's count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from streamtrk.threads import available_cpus, cpu_quota, set_torch_threads
+
+
+def test_cgroup_quotas_v2_and_v1(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(v2) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(v2) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path / "v1") == 0.5
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path / "v1") is None
+    assert cpu_quota(tmp_path / "nothing") is None
+
+
+def test_the_affinity_mask_bounds_the_threads() -> None:
+    n, why = available_cpus()
+    assert 1 <= n <= len(os.sched_getaffinity(0)) and why
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from streamtrk.threads import set_torch_threads; print(set_torch_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "torch threads 1 (1 CPUs in the affinity mask)"
+
+
+def test_asked_for_threads_win() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == "torch threads 1 (asked for)"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_openmp_workers_wait_passively_in_every_command() -> None:
+    code = (
+        "import os\nfrom streamtrk.cli import main\n"
+        "main(['inspect', 'missing.stk'])\nprint(os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout == "PASSIVE\n", out.stderr
