@@ -30,6 +30,32 @@ def _command(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handle
     return register
 
 
+def _split(text: str, sep: str, kinds: tuple[type, ...], what: str) -> list[Any]:
+    """``text`` split at ``sep`` into one value of each of ``kinds``, else a usage error."""
+    parts = text.split(sep)
+    if len(parts) == len(kinds):
+        try:
+            return [kind(part) for kind, part in zip(kinds, parts, strict=True)]
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+
+
+def _layer(text: str) -> tuple[int, int]:
+    vol, layer = _split(text, ":", (int, int), "VOL:LAYER (integers)")
+    return vol, layer
+
+
+def _noisy_layer(text: str) -> tuple[tuple[int, int], float]:
+    vol, layer, hits = _split(text, ":", (int, int, float), "VOL:LAYER:HITS")
+    return (vol, layer), hits
+
+
+def _beam_spot(text: str) -> tuple[float, float, float]:
+    x, y, z = _split(text, ",", (float, float, float), "X,Y,Z in mm")
+    return x, y, z
+
+
 def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--events", type=int, default=10, help="number of events (default 10)")
     s.add_argument("--mu", type=float, default=200.0, help="mean pileup interactions (200)")
@@ -46,6 +72,30 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="add N high-pT particles (5-50 GeV) on the first vertex",
+    )
+    s.add_argument(
+        "--dead-layer",
+        type=_layer,
+        action="append",
+        default=[],
+        metavar="VOL:LAYER",
+        help="a layer that reads nothing, e.g. 8:4 (repeatable)",
+    )
+    s.add_argument(
+        "--noisy-layer",
+        type=_noisy_layer,
+        action="append",
+        default=[],
+        metavar="VOL:LAYER:HITS",
+        help="add HITS noise hits per event (Poisson mean) on a layer (repeatable)",
+    )
+    s.add_argument(
+        "--beam-spot",
+        type=_beam_spot,
+        default=(0.0, 0.0, 0.0),
+        metavar="X,Y,Z",
+        help="centre of the pileup vertices in mm (default 0,0,0; "
+        "write --beam-spot=-1,0,0 for a leading minus)",
     )
     s.add_argument("--run", type=int, default=1, help="run number (default 1)")
     s.add_argument("--detector", type=Path, default=None, help="detector TOML file")
@@ -66,8 +116,15 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
-    gen = replace(GeneratorConfig(), mu=args.mu, hard_scatter=args.hard_scatter)
-    cfg = SimConfig(generator=gen, noise_fraction=args.noise)
+    gen = replace(
+        GeneratorConfig(), mu=args.mu, hard_scatter=args.hard_scatter, beam_spot=args.beam_spot
+    )
+    cfg = SimConfig(
+        generator=gen,
+        noise_fraction=args.noise,
+        dead_layers=frozenset(args.dead_layer),
+        noisy_layers=tuple(args.noisy_layer),
+    )
     det = load_detector(args.detector)
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     args.output.parent.mkdir(parents=True, exist_ok=True)

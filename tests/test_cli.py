@@ -50,6 +50,34 @@ def test_simulate_is_byte_identical_and_outputs_agree(tmp_path):
         assert csv.truth.equals(ev.truth)
 
 
+def test_simulate_provokes_detector_faults(tmp_path, capsys):
+    out = tmp_path / "faulty.stk"
+    args = ["simulate", "--events", "2", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]
+    faults = ["--dead-layer", "8:4", "--dead-layer", "13:2", "--noisy-layer", "17:2:300"]
+    assert main([*args, *faults, "--beam-spot=-0.5,0.25,3"]) == 0
+    for ev in iter_events(out):
+        layers = set(zip(ev.hits.volume_id.tolist(), ev.hits.layer_id.tolist(), strict=True))
+        assert (8, 4) not in layers and (13, 2) not in layers and (8, 2) in layers
+        noise = ev.truth.hits.particle_id == 0
+        on_17_2 = (ev.hits.volume_id == 17) & (ev.hits.layer_id == 2)
+        assert (noise & on_17_2).sum() > 200
+        p = ev.truth.particles
+        primary = np.hypot(p.vx + 0.5, p.vy - 0.25) < 0.1
+        assert primary.sum() > 0.5 * len(p)
+    # Malformed values are usage errors (exit 2) that say what was expected.
+    for bad, expected in [
+        (["--dead-layer", "8"], "expected VOL:LAYER"),
+        (["--noisy-layer", "8:2:many"], "expected VOL:LAYER:HITS"),
+        (["--beam-spot", "1,2"], "expected X,Y,Z in mm"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main([*args, *bad])
+        assert stop.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert main([*args, "--dead-layer", "8:3"]) == 1
+    assert "the detector has no layer 8:3" in capsys.readouterr().err
+
+
 def test_inspect_reports_events_and_truth(tmp_path, capsys):
     _simulate(tmp_path)
     capsys.readouterr()

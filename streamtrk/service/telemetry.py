@@ -6,8 +6,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-#: Pipeline stages, in order; the per-batch ones come from ``Reconstructor.reconstruct``.
-STAGES = ("decode", "queue", "graph", "prune", "gnn", "tracks", "fit", "encode")
+from streamtrk.service.physics import PhysicsMetrics
+
+#: Pipeline stages, in order; graph to fit come from ``Reconstructor.reconstruct``, physics
+#: is the physics metrics' bookkeeping of a batch (after its replies are queued).
+STAGES = ("decode", "queue", "graph", "prune", "gnn", "tracks", "fit", "physics", "encode")
 
 # 100 us to 10 s, about three buckets a decade.
 LATENCY_BUCKETS = (
@@ -140,6 +143,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.physics = PhysicsMetrics(r)
         for status in ("ok", "error"):
             self.completed.labels(status)
         for cause in ("decode", "reconstruction", "encode"):

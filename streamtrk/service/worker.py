@@ -117,10 +117,12 @@ class Worker(Supervised):
         """Reconstruct ``jobs`` as one batch and answer them: True when it worked. A single
         event that fails is answered ``internal``; a failed batch is left to the caller."""
         m = self.metrics
+        events = [job.event for job in jobs]
         t0 = time.perf_counter()
         try:
             faults.delay("batch")
-            result = self.reconstructor().reconstruct([job.event for job in jobs])
+            rec = self.reconstructor()
+            result = rec.reconstruct(events)
             replies = [
                 Reply.success(job, tracks, {**job.timings, **result.timings})
                 for job, tracks in zip(jobs, result.tracks, strict=True)
@@ -140,6 +142,12 @@ class Worker(Supervised):
         m.hits.inc(n_hits)
         for job, reply in zip(jobs, replies, strict=True):
             self._answer(job, reply)
+        t1 = time.perf_counter()
+        try:
+            m.physics.observe(events, result, rec.detector, rec.threshold)
+        except Exception:  # monitoring must never stop reconstruction
+            log.exception("physics metrics failed on a batch (its replies were sent)")
+        m.stage.labels("physics").observe(time.perf_counter() - t1)
         return True
 
     def abandon(self) -> int:

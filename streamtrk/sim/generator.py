@@ -1,5 +1,8 @@
 """Particle generation: pileup vertices, charged primaries, secondaries, optional hard scatter.
 
+Pileup vertices (and the hard scatter on the first one) are spread around ``beam_spot``;
+secondaries keep the production radii of the real ones, measured from the detector axis.
+
 Spectra are calibrated on the particle list of real TrackML event 1000 (mu ~ 200): the
 quantile tables below are read off that list (primaries: production radius < 1 mm).
 """
@@ -117,6 +120,7 @@ class GeneratorConfig:
     multiplicity_shape: float = 1.0  # negative-binomial k of the per-vertex multiplicity
     sigma_z: float = 6.0  # mm, luminous region
     sigma_r: float = 0.015  # mm
+    beam_spot: tuple[float, float, float] = (0.0, 0.0, 0.0)  # mm, centre of the pileup vertices
     eta_max: float = 4.0
     positive_fraction: float = 0.5
     secondary_fraction: float = 0.30  # of all particles
@@ -161,7 +165,7 @@ def generate(cfg: GeneratorConfig, rng: np.random.Generator) -> GeneratedParticl
             rng.normal(0, cfg.sigma_z, n_vtx),
         ],
         axis=1,
-    )
+    ) + np.asarray(cfg.beam_spot, dtype=float)
     n_prim = int(mult.sum())
     prim_vtx = np.repeat(vtx, mult, axis=0)
     prim_mom = _directions(

@@ -2,11 +2,13 @@
 
 Each event has its own random stream, spawned from the run seed, so the same seed gives
 byte-identical events whatever the number of events or the order they are made in.
+Detector faults for data-quality tests: dead layers read nothing (their hits are dropped
+after everything else is drawn), noisy layers get extra noise hits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,14 +22,22 @@ from streamtrk.sim.propagate import Crossings, propagate
 SIMULATOR_VERSION = 1
 
 
+#: A detector layer as (volume_id, layer_id).
+LayerId = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class SimConfig:
-    """Simulation settings. ``noise_fraction`` is the fraction of all hits that are noise."""
+    """Simulation settings. ``noise_fraction`` is the fraction of all hits that are noise;
+    ``dead_layers`` read nothing; ``noisy_layers`` maps a layer to the mean number of extra
+    noise hits per event on it."""
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     noise_fraction: float = 0.19
     max_turns: float = 0.5
     min_pt: float = 0.15  # GeV; as in TrackML, softer particles are generated but not propagated
+    dead_layers: frozenset[LayerId] = frozenset()
+    noisy_layers: tuple[tuple[LayerId, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_fraction < 1:
@@ -36,6 +46,22 @@ class SimConfig:
             raise ValueError(f"mu must be >= 0, got {self.generator.mu}")
         if self.max_turns <= 0:
             raise ValueError(f"max_turns must be > 0, got {self.max_turns}")
+        for layer, hits in self.noisy_layers:
+            if hits < 0:
+                raise ValueError(f"extra noise hits of layer {layer} must be >= 0, got {hits}")
+
+
+def layer_indices(det: Detector, layers: Iterable[LayerId]) -> np.ndarray:
+    """Table indices of (volume_id, layer_id) pairs; ValueError names one the detector lacks."""
+    pairs = list(layers)
+    if not pairs:
+        return np.zeros(0, dtype=np.int64)
+    vol, lay = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    index = det.layer_index(vol, lay)
+    for (v, la), i in zip(pairs, index, strict=True):
+        if i < 0:
+            raise ValueError(f"the detector has no layer {v}:{la} (volume:layer)")
+    return index
 
 
 def _smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
@@ -54,7 +80,14 @@ def _smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
 def _noise(det: Detector, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` noise hits, uniform over modules (as in real TrackML data): (layer, position)."""
     weight = det.n_modules / det.n_modules.sum()
-    layer = rng.choice(len(det), size=n, p=weight)
+    return _noise_on(det, rng.choice(len(det), size=n, p=weight), rng)
+
+
+def _noise_on(
+    det: Detector, layer: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One noise hit on each of ``layer`` (table indices), uniform over its modules."""
+    n = len(layer)
     phi = rng.uniform(-np.pi, np.pi, n)
     u = rng.random(n)
     barrel = det.kind[layer] == BARREL
@@ -87,18 +120,29 @@ def simulate_event(
     f = cfg.noise_fraction
     n_noise = int(rng.poisson(n_sig * f / (1 - f))) if f > 0 else 0
     noise_layer, noise_pos = _noise(det, n_noise, rng)
+    if cfg.noisy_layers:
+        index = layer_indices(det, (layer for layer, _ in cfg.noisy_layers))
+        extra = rng.poisson([hits for _, hits in cfg.noisy_layers])
+        extra_layer, extra_pos = _noise_on(det, np.repeat(index, extra), rng)
+        noise_layer = np.concatenate([noise_layer, extra_layer])
+        noise_pos = np.concatenate([noise_pos, extra_pos])
+        n_noise = len(noise_layer)
 
     layer = np.concatenate([c.layer, noise_layer])
     pos = np.concatenate([measured, noise_pos])
     true_pos = np.concatenate([c.position, noise_pos])
     true_mom = np.concatenate([c.momentum, np.zeros((n_noise, 3))])
     particle_id = np.concatenate([c.particle + 1, np.zeros(n_noise, dtype=np.int64)])
+    if cfg.dead_layers:
+        live = ~np.isin(layer, layer_indices(det, sorted(cfg.dead_layers)))
+        layer, pos, true_pos = layer[live], pos[live], true_pos[live]
+        true_mom, particle_id = true_mom[live], particle_id[live]
     module = det.module_id(layer, pos[:, 0], pos[:, 1], pos[:, 2])
 
     # TrackML convention: hits sorted by volume, layer, module, ids from 1.
     perm = rng.permutation(len(layer))
     srt = perm[np.lexsort((module[perm], det.layer_id[layer][perm], det.volume_id[layer][perm]))]
-    nhits = np.bincount(c.particle, minlength=len(gen)).astype(np.int32)
+    nhits = np.bincount(particle_id, minlength=len(gen) + 1)[1:].astype(np.int32)
     p_pt = np.hypot(gen.momentum[:, 0], gen.momentum[:, 1])
     pid_s = particle_id[srt]
     pidx = np.maximum(pid_s - 1, 0)
@@ -145,7 +189,11 @@ def simulate_event(
 def simulate(
     det: Detector, cfg: SimConfig, seed: int, n_events: int, *, run: int = 0, first_event: int = 0
 ) -> Iterator[Event]:
-    """Simulate ``n_events`` events; event ``i`` uses its own stream spawned from ``seed``."""
+    """Simulate ``n_events`` events; event ``i`` uses its own stream spawned from ``seed``.
+    Layers the detector lacks are refused here, before the first event."""
+    layer_indices(det, [*cfg.dead_layers, *(layer for layer, _ in cfg.noisy_layers)])
     streams = np.random.SeedSequence(seed).spawn(n_events)
-    for i, ss in enumerate(streams):
-        yield simulate_event(det, cfg, np.random.default_rng(ss), run=run, event=first_event + i)
+    return (
+        simulate_event(det, cfg, np.random.default_rng(ss), run=run, event=first_event + i)
+        for i, ss in enumerate(streams)
+    )

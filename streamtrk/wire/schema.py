@@ -56,6 +56,7 @@ def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
     required, optional = KIND_KEYS[kind]
     return (required, optional - {"msg_id"}) if version == 1 else (required, optional)
 
+
 #: Exclusive upper bound of run, event, t_send_ns and column lengths.
 MAX_INT = 2**63
 

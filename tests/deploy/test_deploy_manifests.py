@@ -153,7 +153,14 @@ def test_dashboard_panels() -> None:
         "Queue depth",
         "In-flight events",
         "Device memory",
+        "Hits per event by layer",
+        "Share of hits on tracks by layer",
+        "Tracks per event",
+        "Edges above threshold",
+        "Beam spot",
     }
+    rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
+    assert "Detector and physics" in rows
     variables = {v["name"]: v for v in d["templating"]["list"]}
     assert variables["instance"]["type"] == "query"
     assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
@@ -164,9 +171,11 @@ def test_dashboard_panels() -> None:
         for t in p["targets"]:
             assert 'instance=~"$instance"' in t["expr"], f"{p['title']}: {t['expr']}"
             assert t["datasource"]["uid"] == "${datasource}"
-    (heatmap,) = [p for p in panels if p["type"] == "heatmap"]
-    assert heatmap["targets"][0]["format"] == "heatmap"
-    assert "streamtrk_event_latency_seconds_bucket" in heatmap["targets"][0]["expr"]
+    for heatmap in [p for p in panels if p["type"] == "heatmap"]:
+        (target,) = heatmap["targets"]
+        assert target["format"] == "heatmap" and "_bucket{" in target["expr"], heatmap["title"]
+    latency = next(p for p in panels if p["title"] == "Latency heatmap")
+    assert "streamtrk_event_latency_seconds_bucket" in latency["targets"][0]["expr"]
     quantiles = next(p for p in panels if p["title"] == "Latency p50 / p90 / p99")
     assert [
         re.search(r"histogram_quantile\((0\.\d+)", t["expr"])[1] for t in quantiles["targets"]

@@ -150,6 +150,7 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
             "gnn",
             "tracks",
             "fit",
+            "physics",
             "encode",
         }
 

@@ -1,5 +1,6 @@
 """Helpers of the service tests: a live ``streamtrk serve`` subprocess on loopback ports it
-chooses itself (bound to port 0, read back from its log), metric samples, track partitions."""
+chooses itself (bound to port 0, read back from its log), a real Prometheus server scraping
+it, metric samples, track partitions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,59 @@ def partitions(submission: dict[int, tuple[Any, Any]]) -> dict[int, set[frozense
                 tracks.setdefault(t, set()).add(h)
         out[event] = {frozenset(s) for s in tracks.values()}
     return out
+
+
+class Prometheus:
+    """A real ``prometheus`` process scraping ``target`` every second, evaluating the rules of
+    ``rules`` (a rules file) every second too."""
+
+    def __init__(self, tmp: Path, target: str, rules: Path | None = None) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            + (f"rule_files: ['{rules}']\n" if rules is not None else "")
+            + "scrape_configs:\n  - job_name: streamtrk\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        self._log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": promql} | ({} if at is None else {"time": f"{at:.3f}"})
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def wait_scraping(self, timeout: float = 120) -> None:
+        """Until the target has been scraped successfully (so the replay's increase shows)."""
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end:
+            try:
+                up = self.query('up{job="streamtrk"}')
+            except OSError:
+                up = []
+            if up and up[0]["value"][1] == "1":
+                return
+            time.sleep(0.5)
+        raise AssertionError("prometheus never scraped the daemon")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()

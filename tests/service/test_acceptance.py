@@ -9,14 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from live_daemon import ACCEPT_EVENTS, Daemon, free_port, partitions, sample
+from live_daemon import ACCEPT_EVENTS, Daemon, Prometheus, partitions, sample
 
 from streamtrk.io.trackml import read_submission
 
@@ -25,60 +23,6 @@ pytestmark = pytest.mark.slow
 P99_QUERY = (
     "histogram_quantile(0.99, sum by (le) (rate(streamtrk_event_latency_seconds_bucket[1m])))"
 )
-
-
-class Prometheus:
-    """A real ``prometheus`` process scraping ``target`` every second."""
-
-    def __init__(self, tmp: Path, target: str) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: streamtrk\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
-        )
-        self._log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address={self.url.removeprefix('http://')}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-        params = {"query": promql} | ({} if at is None else {"time": f"{at:.3f}"})
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-    def wait_scraping(self, timeout: float = 120) -> None:
-        """Until the target has been scraped successfully (so the replay's increase shows)."""
-        t_end = time.monotonic() + timeout
-        while time.monotonic() < t_end:
-            try:
-                up = self.query('up{job="streamtrk"}')
-            except OSError:
-                up = []
-            if up and up[0]["value"][1] == "1":
-                return
-            time.sleep(0.5)
-        raise AssertionError("prometheus never scraped the daemon")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,12 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_batch_events_count") == 3
+    # The physics metrics count the batches that succeeded, after their replies.
+    assert value("streamtrk_stage_seconds_count", {"stage": "physics"}) == 2
+    assert value("streamtrk_event_tracks_count") == 2
+    hits = sum(len(ev.hits) for ev in events if ev.event != 13)
+    samples = metrics.physics.layer_hits.collect()[0].samples
+    assert sum(s.value for s in samples if s.name == "streamtrk_layer_hits_total") == hits
 
 
 class Gate:

@@ -120,3 +120,72 @@ def test_invalid_settings_are_refused():
         SimConfig(noise_fraction=1.0)
     with pytest.raises(ValueError, match="mu"):
         SimConfig(generator=GeneratorConfig(mu=-1))
+
+
+def _positions(ev, det, excluded) -> set[tuple[float, float, float]]:
+    """Hit positions of ``ev`` outside the layers ``excluded`` (table indices)."""
+    h = ev.hits
+    sel = ~np.isin(det.layer_index(h.volume_id, h.layer_id), excluded)
+    return set(zip(h.x[sel].tolist(), h.y[sel].tolist(), h.z[sel].tolist(), strict=True))
+
+
+def test_dead_layers_read_nothing_and_leave_the_others_alone():
+    dead = [(8, 4), (13, 6)]
+    index = DET.layer_index(np.array([8, 13]), np.array([4, 6]))
+    nominal = simulate_event(DET, SMALL, np.random.default_rng(21))
+    faulty = simulate_event(
+        DET, replace(SMALL, dead_layers=frozenset(dead)), np.random.default_rng(21)
+    )
+    layers = DET.layer_index(faulty.hits.volume_id, faulty.hits.layer_id)
+    assert not np.isin(layers, index).any()
+    lost = np.isin(DET.layer_index(nominal.hits.volume_id, nominal.hits.layer_id), index).sum()
+    assert lost > 500 and len(faulty.hits) == len(nominal.hits) - lost
+    # The same hits elsewhere (ids and order within a module aside), truth still consistent.
+    assert _positions(faulty, DET, index) == _positions(nominal, DET, index)
+    pid = faulty.truth.hits.particle_id
+    counts = np.bincount(pid, minlength=len(faulty.truth.particles) + 1)[1:]
+    assert np.array_equal(counts, faulty.truth.particles.nhits)
+
+
+def test_noisy_layers_get_extra_noise_hits_on_their_modules():
+    cfg = replace(SMALL, noisy_layers=(((9, 2), 2000.0), ((17, 4), 500.0)))
+    nominal = simulate_event(DET, SMALL, np.random.default_rng(22))
+    noisy = simulate_event(DET, cfg, np.random.default_rng(22))
+    index = DET.layer_index(np.array([9, 17]), np.array([2, 4]))
+    before = np.bincount(
+        DET.layer_index(nominal.hits.volume_id, nominal.hits.layer_id), minlength=len(DET)
+    )
+    layers = DET.layer_index(noisy.hits.volume_id, noisy.hits.layer_id)
+    after = np.bincount(layers, minlength=len(DET))
+    extra = after - before
+    assert extra[index[0]] == pytest.approx(2000, abs=4 * np.sqrt(2000))
+    assert extra[index[1]] == pytest.approx(500, abs=4 * np.sqrt(500))
+    assert np.all(np.delete(extra, index) == 0)
+    assert (noisy.truth.hits.particle_id == 0).sum() == (
+        nominal.truth.hits.particle_id == 0
+    ).sum() + extra.sum()
+    assert np.all((noisy.hits.module_id >= 1) & (noisy.hits.module_id <= DET.n_modules[layers]))
+    assert _positions(noisy, DET, index) == _positions(nominal, DET, index)
+
+
+def test_beam_spot_moves_the_pileup_vertices():
+    shift = (0.4, -0.3, 5.0)
+    gen = replace(SMALL.generator, beam_spot=shift)
+    nominal = simulate_event(DET, SMALL, np.random.default_rng(23)).truth.particles
+    moved = simulate_event(
+        DET, replace(SMALL, generator=gen), np.random.default_rng(23)
+    ).truth.particles
+    delta = np.stack([moved.vx - nominal.vx, moved.vy - nominal.vy, moved.vz - nominal.vz], 1)
+    primary = np.hypot(nominal.vx, nominal.vy) < 1.0  # secondaries start at r > 1 mm
+    assert primary.sum() > 100 and (~primary).sum() > 100
+    assert np.allclose(delta[primary], shift, atol=1e-5)
+    assert np.all(delta[~primary] == 0)  # secondaries keep their production points
+
+
+def test_unknown_fault_layers_are_refused_before_the_first_event():
+    with pytest.raises(ValueError, match="no layer 8:3"):
+        simulate(DET, replace(SMALL, dead_layers=frozenset({(8, 3)})), seed=1, n_events=1)
+    with pytest.raises(ValueError, match="no layer 99:2"):
+        simulate(DET, replace(SMALL, noisy_layers=(((99, 2), 10.0),)), seed=1, n_events=1)
+    with pytest.raises(ValueError, match="noise hits"):
+        replace(SMALL, noisy_layers=(((8, 2), -1.0),))

@@ -1,0 +1,88 @@
+"""The beam spot seen by the tracks over a sliding window of the last tracks: the luminous
+region along z (mean and width of z0) and the transverse position (x, y) from d0 against
+phi. For a track from the point (x, y), ``d0 = -x sin(phi) + y cos(phi)`` to first order
+(``streamtrk.recon.fit``'s sign convention), so (x, y) is a linear least-squares fit.
+
+The error of the mean z treats events as independent clusters: the tracks of one vertex
+share its z, so tracks are not independent, events are (a cluster-robust standard error)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW_TRACKS = 20_000  # about nine MU=200 events
+D0_MAX_MM = 10.0  # tracks farther than this from the axis are left out (secondaries, fakes)
+CLIP_SIGMAS = 4.0  # the fit's second pass drops residuals beyond this many robust sigmas
+
+
+@dataclass(frozen=True)
+class BeamSpot:
+    """Positions, width and the error of ``z`` in mm; ``tracks`` is how many tracks the
+    window holds (no estimate, all NaN, while they come from fewer than two events)."""
+
+    x: float
+    y: float
+    z: float
+    z_width: float
+    z_error: float
+    tracks: int
+
+
+def _fit_xy(d0: np.ndarray, phi: np.ndarray) -> tuple[float, float, np.ndarray]:
+    a = np.stack([-np.sin(phi), np.cos(phi)], axis=1)
+    (x, y), *_ = np.linalg.lstsq(a, d0, rcond=None)
+    return float(x), float(y), d0 - a @ np.array([x, y])
+
+
+def _mean_error(z: np.ndarray, event: np.ndarray) -> float:
+    """Cluster-robust standard error of ``z.mean()``, with the events as clusters."""
+    _, cluster = np.unique(event, return_inverse=True)
+    g = int(cluster.max()) + 1
+    sums = np.bincount(cluster, weights=z - z.mean(), minlength=g)
+    return float(np.sqrt(g / (g - 1) * np.sum(sums**2)) / len(z))
+
+
+class BeamSpotWindow:
+    """A ring buffer of (d0, z0, phi, event) of the last ``capacity`` tracks with |d0| <
+    ``D0_MAX_MM``; safe to fill from one thread and estimate from another."""
+
+    def __init__(self, capacity: int = WINDOW_TRACKS) -> None:
+        self._data = np.zeros((4, capacity))
+        self._next = 0  # tracks ever added; the slot of the next one is _next % capacity
+        self._lock = threading.Lock()
+        self._cached: tuple[int, BeamSpot] | None = None
+
+    def add(self, d0: np.ndarray, z0: np.ndarray, phi: np.ndarray, event: np.ndarray) -> None:
+        """Append tracks (mm, mm, rad, and a number that tells events apart); the oldest
+        ones leave when the window is full."""
+        keep = np.abs(d0) < D0_MAX_MM
+        rows = np.stack([d0[keep], z0[keep], phi[keep], event[keep]])[:, -self._data.shape[1] :]
+        n, capacity = rows.shape[1], self._data.shape[1]
+        with self._lock:
+            slots = (self._next + np.arange(n)) % capacity
+            self._data[:, slots] = rows
+            self._next += n
+
+    def estimate(self) -> BeamSpot:
+        """The beam spot of the tracks in the window; computed once per change."""
+        with self._lock:
+            added = self._next
+            if self._cached is not None and self._cached[0] == added:
+                return self._cached[1]
+            d0, z0, phi, event = self._data[:, : min(added, self._data.shape[1])].copy()
+        n = len(d0)
+        if n < 2 or np.all(event == event[0]):
+            spot = BeamSpot(np.nan, np.nan, np.nan, np.nan, np.nan, n)
+        else:
+            x, y, residual = _fit_xy(d0, phi)
+            sigma = 1.4826 * np.median(np.abs(residual))  # robust: secondaries have long tails
+            inlier = np.abs(residual) <= CLIP_SIGMAS * sigma
+            if inlier.sum() >= 2:
+                x, y, _ = _fit_xy(d0[inlier], phi[inlier])
+            spot = BeamSpot(x, y, float(z0.mean()), float(z0.std()), _mean_error(z0, event), n)
+        with self._lock:
+            self._cached = (added, spot)
+        return spot

@@ -1,0 +1,164 @@
+"""Physics metrics of the daemon (data-quality monitoring): what the detector delivered and
+what the reconstruction made of it, from each batch's hits, tracks and edge scores alone
+(the daemon has no truth). Buckets and healthy values: ``docs/metrics.md``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+from prometheus_client import Counter, Gauge
+from prometheus_client.registry import CollectorRegistry
+
+from streamtrk.detector import Detector
+from streamtrk.event import Event
+from streamtrk.recon.reconstructor import ReconResult
+from streamtrk.service.beamspot import BeamSpotWindow
+from streamtrk.service.histograms import ArrayHistogram
+from streamtrk.xp import array_module
+
+GEV = 1e9  # electronvolts
+MM = 1e-3  # meters
+
+#: Bucket bounds, in the base units of the metric names (eV, m, rad).
+PT_BUCKETS = tuple(GEV * b for b in (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100))
+ETA_BUCKETS = tuple(np.round(np.arange(-4.0, 4.01, 0.5), 1).tolist())
+PHI_BUCKETS = tuple((np.arange(-7, 9) * math.pi / 8).tolist())  # 16 octants of pi, up to pi
+D0_BUCKETS = (
+    -0.01, -0.005, -0.002, -0.001, -0.0005, -0.0002, -0.0001, -0.00005, 0.0,
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
+)  # fmt: skip
+Z0_BUCKETS = (
+    -0.25, -0.1, -0.05, -0.03, -0.02, -0.015, -0.01, -0.0075, -0.005, -0.0025, 0.0,
+    0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
+)  # fmt: skip
+TRACK_HIT_BUCKETS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20)
+EVENT_TRACK_BUCKETS = (0, 1, 3, 10, 30, 100, 300, 1000, 2000, 3000, 5000, 10000)
+EDGE_SCORE_BUCKETS = (
+    1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999,
+)  # fmt: skip
+
+
+class _Layers:
+    """Hit -> detector layer lookup, and the per-layer counter children, of one detector."""
+
+    def __init__(self, det: Detector, hits: Counter, track_hits: Counter) -> None:
+        self.detector = det
+        self.stride = int(det.layer_id.max()) + 1
+        self.lut = np.full((int(det.volume_id.max()) + 1) * self.stride, -1, dtype=np.int64)
+        self.lut[det.volume_id.astype(np.int64) * self.stride + det.layer_id] = np.arange(len(det))
+        labels = [(str(v), str(la)) for v, la in zip(det.volume_id, det.layer_id, strict=True)]
+        self.hits = [hits.labels(*lv) for lv in labels]
+        self.track_hits = [track_hits.labels(*lv) for lv in labels]
+
+    def of(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
+        """Table index of each hit's layer; -1 for layers this detector lacks."""
+        code = volume_id.astype(np.int64) * self.stride + layer_id
+        known = (layer_id < self.stride) & (code < len(self.lut))
+        return np.where(known, self.lut[np.where(known, code, 0)], -1)
+
+    def count(self, layers: np.ndarray, children: list[Counter]) -> None:
+        """Add the hits of ``layers`` (table indices, -1 left out) to ``children``."""
+        counts = np.bincount(layers + 1, minlength=len(children) + 1)[1:]  # -1: not counted
+        for child, n in zip(children, counts.tolist(), strict=True):
+            if n:
+                child.inc(n)
+
+
+class PhysicsMetrics:
+    """The physics metrics, in the daemon's registry; :meth:`observe` once per batch."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.layer_hits = Counter(
+            "streamtrk_layer_hits", "Hits per detector layer.", ["volume", "layer"], registry=r
+        )
+        self.layer_track_hits = Counter(
+            "streamtrk_layer_track_hits",
+            "Hits per detector layer that are on a track.",
+            ["volume", "layer"],
+            registry=r,
+        )
+        self.events_without_tracks = Counter(
+            "streamtrk_events_without_tracks",
+            "Events with hits whose reconstruction produced no track.",
+            registry=r,
+        )
+        self.edges_accepted = Counter(
+            "streamtrk_edges_accepted",
+            "Graph edges scored above the model's threshold.",
+            registry=r,
+        )
+
+        h = ArrayHistogram
+        self.pt = h("streamtrk_track_pt_electronvolts", "Track pT (eV/c).", PT_BUCKETS, r)
+        self.eta = h("streamtrk_track_eta", "Track pseudorapidity.", ETA_BUCKETS, r)
+        self.phi = h("streamtrk_track_phi_radians", "Track azimuth.", PHI_BUCKETS, r)
+        self.d0 = h("streamtrk_track_d0_meters", "Track transverse impact parameter.",
+                    D0_BUCKETS, r)  # fmt: skip
+        self.z0 = h("streamtrk_track_z0_meters", "Track z at the perigee.", Z0_BUCKETS, r)
+        self.track_hits = h("streamtrk_track_hits", "Hits per track.", TRACK_HIT_BUCKETS, r)
+        self.event_tracks = h("streamtrk_event_tracks", "Tracks per event reconstructed.",
+                              EVENT_TRACK_BUCKETS, r)  # fmt: skip
+        self.edge_score = h("streamtrk_edge_score", "Edge classifier scores, per graph edge.",
+                            EDGE_SCORE_BUCKETS, r)  # fmt: skip
+
+        self.beam_spot = BeamSpotWindow()
+        for name, doc, field, scale in (
+            ("streamtrk_beam_spot_x_meters", "Beam spot x, from the tracks' d0 against phi.",
+             "x", MM),
+            ("streamtrk_beam_spot_y_meters", "Beam spot y, from the tracks' d0 against phi.",
+             "y", MM),
+            ("streamtrk_beam_spot_z_meters", "Mean z0 of the tracks in the beam-spot window.",
+             "z", MM),
+            ("streamtrk_beam_spot_z_width_meters",
+             "Standard deviation of z0 of the tracks in the beam-spot window.", "z_width", MM),
+            ("streamtrk_beam_spot_z_error_meters",
+             "Statistical error of the beam spot z (events as independent samples).",
+             "z_error", MM),
+            ("streamtrk_beam_spot_tracks", "Tracks in the beam-spot window.", "tracks", 1.0),
+        ):  # fmt: skip
+            gauge = Gauge(name, doc, registry=r)
+            gauge.set_function(partial(self._beam_spot_value, field, scale))
+        self._layers: _Layers | None = None
+        self._events_seen = 0  # tells the beam-spot window's events apart
+
+    def _beam_spot_value(self, field: str, scale: float) -> float:
+        """One field of the window's estimate (computed at most once per change)."""
+        return float(getattr(self.beam_spot.estimate(), field)) * scale
+
+    def _layers_of(self, det: Detector) -> _Layers:
+        if self._layers is None or self._layers.detector is not det:
+            self._layers = _Layers(det, self.layer_hits, self.layer_track_hits)
+        return self._layers
+
+    def observe(
+        self, events: Sequence[Event], result: ReconResult, det: Detector, threshold: float
+    ) -> None:
+        """Count one reconstructed batch: its hits by layer, its tracks, its edge scores."""
+        layers = self._layers_of(det)
+        hit_layers = [layers.of(ev.hits.volume_id, ev.hits.layer_id) for ev in events]
+        layers.count(np.concatenate(hit_layers), layers.hits)
+        on_tracks = [lay[t.hit_index] for lay, t in zip(hit_layers, result.tracks, strict=True)]
+        layers.count(np.concatenate(on_tracks), layers.track_hits)
+
+        n_tracks = np.array([len(t) for t in result.tracks])
+        n_hits = np.array([len(ev.hits) for ev in events])
+        self.event_tracks.observe(n_tracks)
+        self.events_without_tracks.inc(int(np.sum((n_tracks == 0) & (n_hits > 0))))
+        params = {k: np.concatenate([t.params[k] for t in result.tracks]) for k in
+                  ("pt", "eta", "phi", "d0", "z0")}  # fmt: skip
+        self.pt.observe(params["pt"] * GEV)
+        self.eta.observe(params["eta"])
+        self.phi.observe(params["phi"])
+        self.d0.observe(params["d0"] * MM)
+        self.z0.observe(params["z0"] * MM)
+        self.track_hits.observe(np.concatenate([t.sizes for t in result.tracks]))
+        serial = self._events_seen + np.arange(len(events))
+        self._events_seen += len(events)
+        self.beam_spot.add(params["d0"], params["z0"], params["phi"], np.repeat(serial, n_tracks))
+
+        scores = result.scores
+        self.edge_score.observe(scores)
+        self.edges_accepted.inc(int(array_module(scores).count_nonzero(scores > threshold)))

@@ -1,0 +1,158 @@
+"""Physics metrics: array histograms against prometheus-client's own, the beam-spot window
+on known tracks, and one reconstructed batch counted by layer, track and edge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from streamtrk.detector import load_detector
+from streamtrk.event import Event, Truth
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service.beamspot import D0_MAX_MM, BeamSpotWindow
+from streamtrk.service.histograms import ArrayHistogram
+from streamtrk.service.physics import EDGE_SCORE_BUCKETS, PhysicsMetrics
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
+
+DET = load_detector()
+
+
+def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
+    return {
+        (s.name, s.labels.get("le", "")): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name.startswith(name) and not s.name.endswith("_created")
+    }
+
+
+def test_array_histogram_exports_what_prometheus_client_would() -> None:
+    bounds = (-1.0, 0.0, 0.5, 2.0)
+    values = np.array([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.5, 1.0, 2.0, 7.0], dtype=np.float32)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hist = ArrayHistogram("x_meters", "doc", bounds, ours)
+    reference = Histogram("x_meters", "doc", buckets=bounds, registry=theirs)
+    hist.observe(values[:4])
+    hist.observe(np.append(values[4:], np.nan))  # NaN is left out
+    for v in values:
+        reference.observe(float(v))
+    got = _samples(ours, "x_meters")
+    assert got == _samples(theirs, "x_meters")
+    # a value on a bound counts in that bound's bucket (le: less or equal)
+    assert got[("x_meters_bucket", "0.5")] == 7 and got[("x_meters_count", "")] == 10
+    with pytest.raises(ValueError, match="increasing"):
+        ArrayHistogram("y", "doc", (1.0, 1.0), CollectorRegistry())
+
+
+def _tracks_from(x: float, y: float, n: int, rng: np.random.Generator) -> tuple:
+    """(d0, z0, phi, event) of ``n`` tracks from (x, y), 50 per event, the events' vertices
+    at z ~ N(3, 6) mm and the tracks' z0 within 0.1 mm of their vertex."""
+    phi = rng.uniform(-np.pi, np.pi, n)
+    d0 = -x * np.sin(phi) + y * np.cos(phi) + rng.normal(0, 0.02, n)
+    event = np.arange(n) // 50
+    z0 = rng.normal(3.0, 6.0, event[-1] + 1)[event] + rng.normal(0, 0.1, n)
+    return d0, z0, phi, event
+
+
+def test_beam_spot_window_fits_the_tracks_it_holds() -> None:
+    rng = np.random.default_rng(1)
+    window = BeamSpotWindow(capacity=5000)
+    assert window.estimate().tracks == 0 and np.isnan(window.estimate().z)
+    d0, z0, phi, event = _tracks_from(-1.0, 2.0, 5000, rng)  # these leave the window below
+    window.add(d0, z0, phi, event)
+    d0, z0, phi, event = _tracks_from(0.4, -0.25, 5000, rng)
+    d0[:500] += rng.choice([-1.0, 1.0], 500) * rng.uniform(0.5, 8.0, 500)  # secondaries
+    window.add(d0, z0, phi, event + 100)
+    window.add(np.array([D0_MAX_MM + 1]), np.array([500.0]), np.array([0.0]), np.array([200]))
+    spot = window.estimate()
+    assert spot.tracks == 5000
+    error = 0.02 * np.sqrt(2 / 4500)
+    assert spot.x == pytest.approx(0.4, abs=4 * error)
+    assert spot.y == pytest.approx(-0.25, abs=4 * error)
+    # 100 events: the mean z is known to 6 / sqrt(100) mm, not 6 / sqrt(5000)
+    assert spot.z_error == pytest.approx(0.6, rel=0.25)
+    assert spot.z == pytest.approx(3.0, abs=3 * spot.z_error)
+    assert spot.z_width == pytest.approx(6.0, rel=0.2)
+    assert window.estimate() is spot  # computed once per change
+
+
+@pytest.fixture(scope="module")
+def observed() -> dict:
+    """24 MU=8 events with a dead layer (8:4), a noisy one (13:2) and the beam spot at
+    (0.3, -0.2, 4) mm, and one event of two hits, reconstructed (truth edge scores) and
+    observed as one batch."""
+    cfg = SimConfig(
+        generator=GeneratorConfig(mu=8, beam_spot=(0.3, -0.2, 4.0)),
+        dead_layers=frozenset({(8, 4)}),
+        noisy_layers=(((13, 2), 300.0),),
+    )
+    events = list(simulate(DET, cfg, seed=8, n_events=24))
+    first, two = events[0], np.array([0, 1])
+    truth = Truth(first.truth.hits.take(two), first.truth.particles)
+    lone = Event(1, 99, first.hits.take(two), truth)
+    rec = Reconstructor.oracle(detector=DET)
+    result = rec.reconstruct(events)
+    result.tracks.append(rec.reconstruct([lone]).tracks[0])  # no track
+    registry = CollectorRegistry()
+    physics = PhysicsMetrics(registry)
+    physics.observe([*events, lone], result, DET, rec.threshold)
+    return {"events": events, "batch": [*events, lone], "result": result, "registry": registry,
+            "threshold": rec.threshold}  # fmt: skip
+
+
+def _by_layer(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
+    return {
+        (s.labels["volume"], s.labels["layer"]): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def test_hits_are_counted_by_layer_and_on_tracks(observed: dict) -> None:
+    batch, result = observed["batch"], observed["result"]
+    volume = np.concatenate([e.hits.volume_id for e in batch])
+    layer = np.concatenate([e.hits.layer_id for e in batch])
+    expected = np.bincount(DET.layer_index(volume, layer), minlength=len(DET))
+    hits = _by_layer(observed["registry"], "streamtrk_layer_hits_total")
+    assert len(hits) == len(DET)  # every layer, the dead one at 0
+    for i, (v, la) in enumerate(zip(DET.volume_id, DET.layer_id, strict=True)):
+        assert hits[(str(v), str(la))] == expected[i]
+    assert hits[("8", "4")] == 0 and hits[("13", "2")] > 1.5 * hits[("13", "4")]
+    on_tracks = _by_layer(observed["registry"], "streamtrk_layer_track_hits_total")
+    assert sum(on_tracks.values()) == sum(len(t.hit_index) for t in result.tracks) > 0
+    assert all(on_tracks[k] <= hits[k] for k in hits)
+    # noise is on no track: the noisy layer's share falls below its neighbour's
+    share = {k: on_tracks[k] / hits[k] for k in [("13", "2"), ("13", "4")]}
+    assert share[("13", "2")] < 0.7 * share[("13", "4")]
+
+
+def test_tracks_edges_and_empty_events_are_counted(observed: dict) -> None:
+    result, value = observed["result"], observed["registry"].get_sample_value
+    assert value("streamtrk_event_tracks_count") == len(observed["batch"])
+    assert value("streamtrk_event_tracks_sum") == sum(len(t) for t in result.tracks)
+    assert value("streamtrk_event_tracks_bucket", {"le": "0.0"}) == 1  # the two-hit event
+    assert value("streamtrk_events_without_tracks_total") == 1
+    n_track_hits = sum(len(t.hit_index) for t in result.tracks)
+    assert value("streamtrk_track_hits_sum") == n_track_hits
+    assert value("streamtrk_track_z0_meters_count") == sum(len(t) for t in result.tracks)
+    scores = np.asarray(result.scores)
+    assert value("streamtrk_edge_score_count") == len(scores)
+    low = EDGE_SCORE_BUCKETS[0]
+    assert value("streamtrk_edge_score_bucket", {"le": str(low)}) == np.sum(scores <= low)
+    accepted = np.count_nonzero(scores > observed["threshold"])
+    assert value("streamtrk_edges_accepted_total") == accepted > 0
+
+
+def test_beam_spot_gauges_follow_the_simulated_beam_spot(observed: dict) -> None:
+    value = observed["registry"].get_sample_value
+    assert value("streamtrk_beam_spot_tracks") > 1000
+    z, error = value("streamtrk_beam_spot_z_meters"), value("streamtrk_beam_spot_z_error_meters")
+    assert 0 < error < 4e-3 / 5  # the 4 mm shift stands out ...
+    assert z == pytest.approx(4e-3, abs=3 * error)  # ... and z follows it within its error
+    # The transverse position within 20% of the shift: the graph's cuts assume the beam on
+    # the axis and thin out the tracks that stray most from it.
+    assert value("streamtrk_beam_spot_x_meters") == pytest.approx(0.3e-3, abs=0.06e-3)
+    assert value("streamtrk_beam_spot_y_meters") == pytest.approx(-0.2e-3, abs=0.04e-3)
