@@ -243,10 +243,15 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     help="reconstruct offline and score against truth",
     description="Reconstruct events offline (no daemon) and score them. Report keys: "
     "tracking_efficiency (pT>=1 GeV, >=5 hits, vertex r<10 mm), tracking_efficiency_all "
-    "(no vertex cut), fake_rate, duplicate_rate, trackml_score, graph_/gnn_edge_efficiency "
-    "(pT>=1 GeV segments from r<10 mm; _all: any vertex), graph_/gnn_edge_purity (true "
-    "pT>=1 GeV segments over edges, segments of softer particles not counted), events, "
-    "seconds_per_event, stage_seconds (per event), edges_per_hit.",
+    "(no vertex cut), fake_rate, duplicate_rate, trackml_score; fake_rate_by_pt, "
+    "duplicate_rate_by_pt, fake_rate_by_abs_eta, duplicate_rate_by_abs_eta (by the tracks' "
+    "fitted pT and |eta|), chi2_ndf_median (of matched tracks); graph_/pruned_/gnn_"
+    "edge_efficiency (pT>=1 GeV segments from r<10 mm found in the graph as built, after "
+    "pruning, above the threshold, all over the same segments; _all: any vertex), "
+    "graph_/pruned_/gnn_edge_purity (true pT>=1 GeV segments over edges, segments of softer "
+    "particles not counted); events, hits_per_event, graph_edges_per_event (built), "
+    "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
+    "seconds_per_event, stage_seconds (mean per event), timings (median per event).",
 )
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
@@ -565,6 +570,57 @@ def _train(args: argparse.Namespace) -> int:
         "metrics": card["metrics"],
     }
     print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def _farm_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("role", choices=("distributor", "collector"), help="which forwarder")
+    s.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        help="PULL endpoint to bind (producers connect to a distributor's, daemons' outputs "
+        "to a collector's)",
+    )
+    s.add_argument(
+        "--to",
+        required=True,
+        help="PUSH endpoint to bind (daemons' inputs connect to a distributor's, consumers "
+        "to a collector's)",
+    )
+    s.add_argument("--hwm", type=int, default=2, help="high-water marks, messages (default 2)")
+    _curve_arguments(s)
+
+
+@_command(
+    "farm",
+    _farm_arguments,
+    help="run a farm's distributor or collector (a PULL -> PUSH forwarder)",
+    description="Forward messages from a bound PULL socket to a bound PUSH socket: as the "
+    "distributor, from producers to daemons in connect mode (which join only when ready and "
+    "leave first when they stop); as the collector, from the daemons' outputs to consumers. "
+    "With --curve-key and --curve-server-key, the socket facing the daemons is a CURVE "
+    "client of theirs. Prints a JSON 'listening' line with the bound addresses (front, "
+    "back); stops on SIGTERM or SIGINT. See docs/farm-topology.md.",
+)
+def _farm(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streamtrk.farm import forward
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    forward(
+        args.role,
+        args.from_,
+        args.to,
+        hwm=args.hwm,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
+        stop=stop,
+    )
     return 0
 
 

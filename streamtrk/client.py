@@ -174,9 +174,10 @@ def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | Non
 def wait_listening(
     log_path: Path, timeout_s: float, process: subprocess.Popen[Any] | None = None
 ) -> dict[str, str] | None:
-    """The addresses a daemon listens on, read from its JSON log in ``log_path`` (the
-    ``listening`` record: ``input``, ``output``, ``http``, with the ports it was given as
-    ``*`` or 0 resolved), or None when ``timeout_s`` passes or ``process`` exits first."""
+    """The addresses a daemon (or a farm forwarder) listens on, read from its JSON log in
+    ``log_path``: the fields of its ``listening`` record (a daemon's ``input``, ``output``,
+    ``http``), with the ports it was given as ``*`` or 0 resolved; None when ``timeout_s``
+    passes or ``process`` exits first."""
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
         if log_path.exists():
@@ -186,7 +187,8 @@ def wait_listening(
                 except ValueError:
                     continue
                 if isinstance(record, dict) and record.get("message") == "listening":
-                    return {k: str(record[k]) for k in ("input", "output", "http")}
+                    skip = ("time", "level", "logger", "message")
+                    return {k: str(v) for k, v in record.items() if k not in skip}
         if process is not None and process.poll() is not None:
             return None
         time.sleep(0.05)

@@ -124,7 +124,7 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
 
 COMMANDS = (
     "simulate", "import-trackml", "inspect", "export-trackml", "evaluate", "export", "serve",
-    "replay", "record", "train", "demo",
+    "replay", "record", "train", "farm", "keys", "demo",
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"eval"},
     {"client", "train"},
     {"replay", "record", "service"},
+    {"farm"},
     {"cli"},
     {"__main__"},
 ]

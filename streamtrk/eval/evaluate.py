@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ from streamtrk.eval.score import (
     ratio,
 )
 from streamtrk.event import Event, Tracks
-from streamtrk.recon.reconstructor import STAGES, ReconResult, Reconstructor
+from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
 from streamtrk.xp import index_of, to_host
 
@@ -55,21 +56,29 @@ def edge_counts(event: Event, edges: np.ndarray) -> dict[str, int]:
     }
 
 
+#: Bins of the fake and duplicate rates by track pT (GeV, fitted) and by track |eta|.
+PT_BINS = (0.0, 0.5, 0.85, 1.0, 1.5, 3.0, 10.0, np.inf)
+ABS_ETA_BINS = (0.0, 1.0, 1.5, 2.5, 4.0, np.inf)
+
+
 @dataclass
 class Evaluation:
     """Accumulates physics, edge and timing figures over batches."""
 
     n_events: int = 0
     seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    stage_seconds: dict[str, list[float]] = field(default_factory=dict)  # per event, per batch
     physics: PhysicsTotals = field(default_factory=PhysicsTotals)
     graph_edges: Counter[str] = field(default_factory=Counter)
+    pruned_edges: Counter[str] = field(default_factory=Counter)
     gnn_edges: Counter[str] = field(default_factory=Counter)
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
-    track_eta_fake: list[np.ndarray] = field(default_factory=list)
+    # Per track: (fitted pt, eta, chi2/ndf, fake, duplicate, matched).
+    track_rows: list[np.ndarray] = field(default_factory=list)
     submission: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     n_hits: int = 0
-    n_graph_edges: int = 0
+    n_built_edges: int = 0
+    n_scored_edges: int = 0
 
     def add(
         self, events: list[Event], result: ReconResult, seconds: float, threshold: float
@@ -77,26 +86,34 @@ class Evaluation:
         self.n_events += len(events)
         self.seconds += seconds
         for k, v in result.timings.items():
-            self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
+            self.stage_seconds.setdefault(k, []).append(v / len(events))
+        built = to_host((result.built or result.graph).edge_index)
         edges = to_host(result.graph.edge_index)
         scores = to_host(result.scores)
-        event_of = np.searchsorted(result.node_offsets[1:], edges[0], side="right")
-        self.n_graph_edges += edges.shape[1]
+        offsets = result.node_offsets
+        built_of = np.searchsorted(offsets[1:], built[0], side="right")
+        event_of = np.searchsorted(offsets[1:], edges[0], side="right")
+        self.n_built_edges += built.shape[1]
+        self.n_scored_edges += edges.shape[1]
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
             labels = tracks.track_id_per_hit(len(ev.hits))
             self.n_hits += len(ev.hits)
             self.submission[ev.event] = (np.asarray(ev.hits.hit_id), labels)
             if ev.truth is None:
                 continue
-            local = edges[:, event_of == k] - result.node_offsets[k]
-            self.graph_edges.update(edge_counts(ev, local))
+            local = edges[:, event_of == k] - offsets[k]
+            self.graph_edges.update(edge_counts(ev, built[:, built_of == k] - offsets[k]))
+            self.pruned_edges.update(edge_counts(ev, local))
             self.gnn_edges.update(edge_counts(ev, local[:, scores[event_of == k] > threshold]))
             c = self.physics.add(ev, labels)
             self.particles.append(
                 np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
             )
-            eta = _track_param(tracks, c.track_id, "eta")
-            self.track_eta_fake.append(np.stack([eta, c.track_fake], 1))
+            p = {name: _track_param(tracks, c.track_id, name) for name in ("pt", "eta")}
+            ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
+            chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
+            flags = (c.track_fake, c.track_duplicate, c.track_matched)
+            self.track_rows.append(np.stack([p["pt"], p["eta"], chi2_ndf, *flags], 1))
 
     def report(self) -> dict[str, Any]:
         """The report JSON (keys documented in ``streamtrk evaluate --help``)."""
@@ -104,17 +121,46 @@ class Evaluation:
         out: dict[str, Any] = {
             "events": self.n_events,
             "seconds_per_event": self.seconds / n,
-            "stage_seconds": {k: v / n for k, v in self.stage_seconds.items()},
+            "stage_seconds": {k: sum(v) / len(v) for k, v in self.stage_seconds.items()},
+            "timings": {k: float(np.median(v)) for k, v in self.stage_seconds.items()},
             "hits_per_event": self.n_hits / n,
-            "edges_per_hit": self.n_graph_edges / max(self.n_hits, 1),
+            "edges_per_hit": self.n_built_edges / max(self.n_hits, 1),
+            "graph_edges_per_event": self.n_built_edges / n,
+            "gnn_edges_per_event": self.n_scored_edges / n,
         }
         if physics := self.physics.report():
             out |= physics
-            for name, c in (("graph", self.graph_edges), ("gnn", self.gnn_edges)):
+            counts = (
+                ("graph", self.graph_edges),
+                ("pruned", self.pruned_edges),
+                ("gnn", self.gnn_edges),
+            )
+            for name, c in counts:
                 out[f"{name}_edge_efficiency"] = ratio(c["central_found"], c["central"])
                 out[f"{name}_edge_efficiency_all"] = ratio(c["targets_found"], c["targets"])
                 out[f"{name}_edge_purity"] = ratio(c["targets_found"], c["edges_counted"])
+            out |= _track_rates(np.concatenate(self.track_rows))
         return out
+
+
+def _track_rates(rows: np.ndarray) -> dict[str, Any]:
+    """Fake and duplicate rates by track pT and |eta| bin, and the median chi2/ndf of
+    matched tracks (rows: pt, eta, chi2/ndf, fake, duplicate, matched)."""
+    pt, eta, chi2_ndf = rows[:, 0], rows[:, 1], rows[:, 2]
+    fake, dup, matched = (rows[:, i].astype(bool) for i in (3, 4, 5))
+    out: dict[str, Any] = {}
+    for name, x, bins in (("pt", pt, PT_BINS), ("abs_eta", np.abs(eta), ABS_ETA_BINS)):
+        fakes, dups = {}, {}
+        for lo, hi in itertools.pairwise(bins):
+            sel = (x >= lo) & (x < hi)
+            label = f"{lo:g}-{hi:g}"
+            fakes[label] = ratio(int((sel & fake).sum()), int(sel.sum()))
+            dups[label] = ratio(int((sel & dup).sum()), int((sel & ~fake).sum()))
+        out[f"fake_rate_by_{name}"] = fakes
+        out[f"duplicate_rate_by_{name}"] = dups
+    good = chi2_ndf[matched & np.isfinite(chi2_ndf)]
+    out["chi2_ndf_median"] = float(np.median(good)) if len(good) else float("nan")
+    return out
 
 
 def _track_param(tracks: Tracks, track_id: np.ndarray, name: str) -> np.ndarray:
@@ -157,7 +203,7 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     parts = np.concatenate(ev.particles) if ev.particles else np.zeros((0, 4))
     pt, eta, reco, found = parts.T
     reco, found = reco.astype(bool), found.astype(bool)
-    trk = np.concatenate(ev.track_eta_fake) if ev.track_eta_fake else np.zeros((0, 2))
+    trk = np.concatenate(ev.track_rows)[:, [1, 3]] if ev.track_rows else np.zeros((0, 2))
     made = []
 
     def binned(x: np.ndarray, ok: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, ...]:

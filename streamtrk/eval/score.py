@@ -124,6 +124,7 @@ class Classification:
     track_id: np.ndarray
     track_fake: np.ndarray
     track_duplicate: np.ndarray
+    track_matched: np.ndarray  # good in the TrackML sense (see MatchResult.matched)
 
 
 def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
@@ -156,6 +157,7 @@ def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
         track_id=m.track_id,
         track_fake=~real,
         track_duplicate=later,
+        track_matched=m.matched & (m.particle_id != 0),
     )
 
 

@@ -34,7 +34,6 @@ from streamtrk.event import Event
 from streamtrk.io.events import read_events
 from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
-from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.model import save_model
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_config
@@ -73,12 +72,18 @@ CARD_METRICS = (
 
 
 def evaluate_model(
-    model: InteractionNetwork, events: Iterable[Event], graph: GraphConfig, threshold: float
+    model: InteractionNetwork, events: Iterable[Event], cfg: TrainConfig, threshold: float
 ) -> dict[str, float]:
     """The ``streamtrk evaluate`` figures of the card (see CARD_METRICS)."""
     from streamtrk.eval.evaluate import evaluate
 
-    rec = Reconstructor(GNNScorer(model), graph_config=graph, threshold=threshold)
+    rec = Reconstructor(
+        GNNScorer(model),
+        graph_config=cfg.graph,
+        threshold=threshold,
+        prune=cfg.prune,
+        tracks=cfg.tracks,
+    )
     report = evaluate(rec, events).report()
     out = {k: report[k] for k in CARD_METRICS if k in report}
     out["gnn_seconds_per_event"] = report["stage_seconds"]["gnn"]
@@ -95,24 +100,31 @@ def train(
     train_events = cfg.train.load(det)
     val_events = cfg.val.load(det)
     train_samples = make_samples(
-        train_events, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin
+        train_events, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin, cfg.prune
     )
     del train_events
-    val_samples = make_samples(val_events, det, cfg.graph, cfg.pt_min)
+    val_samples = make_samples(val_events, det, cfg.graph, cfg.pt_min, prune=cfg.prune)
     t_data = time.perf_counter() - t_start
     model, history = fit(cfg, train_samples, val_samples, out / "checkpoints", progress=progress)
     t_fit = time.perf_counter() - t_start - t_data
     out.mkdir(parents=True, exist_ok=True)
     plot_history(history, out / "training.png")
-    scan = scan_thresholds(GNNScorer(model), val_events, cfg.graph, cfg.thresholds)
+    scan = scan_thresholds(
+        GNNScorer(model),
+        val_events,
+        cfg.graph,
+        cfg.thresholds,
+        prune=cfg.prune,
+        tracks=cfg.tracks,
+    )
     best = min(history, key=lambda h: h["val_loss"])
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None:
-        test = evaluate_model(model, cfg.test.load(det), cfg.graph, scan["chosen"])
+        test = evaluate_model(model, cfg.test.load(det), cfg, scan["chosen"])
         metrics["test"] = {**asdict(cfg.test), **test}
     for label, path in cfg.report.items():
         if Path(path).exists() or Path(path).parent.is_dir():
-            found = evaluate_model(model, read_events(path), cfg.graph, scan["chosen"])
+            found = evaluate_model(model, read_events(path), cfg, scan["chosen"])
             metrics[label] = {"input": path, **found}
         else:
             metrics[label] = {"input": path, "skipped": "not found"}
@@ -121,6 +133,8 @@ def train(
         cfg.model,
         cfg.graph,
         scan["chosen"],
+        prune=cfg.prune,
+        tracks=cfg.tracks,
         training={
             "simulator_version": _simulator_version(),
             "pt_min": cfg.pt_min,

@@ -15,6 +15,8 @@ from streamtrk.detector import Detector
 from streamtrk.event import Event
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.tracks import TrackConfig
 from streamtrk.tomlio import dataclass_from
 
 
@@ -68,6 +70,8 @@ class TrainConfig:
     train: EventSource = field(default_factory=EventSource)
     val: EventSource = field(default_factory=EventSource)
     test: EventSource | None = None
+    prune: PruneConfig | None = None  # [prune]: train on pruned graphs, ship the setting
+    tracks: TrackConfig = field(default_factory=TrackConfig)  # [tracks], into the card
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     # label -> TrackML prefix or recording, evaluated for the card only (never for a choice)
     report: dict[str, str] = field(default_factory=dict)
@@ -84,6 +88,8 @@ def load_config(path: str | Path) -> TrainConfig:
         "train": EventSource,
         "val": EventSource,
         "test": EventSource,
+        "prune": PruneConfig,
+        "tracks": TrackConfig,
     }
     top = {f.name for f in fields(TrainConfig)}
     unknown = sorted(raw.keys() - top)

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from streamtrk.detector import Detector
 from streamtrk.event import Event
-from streamtrk.recon.graph import Graph, GraphConfig, event_graph
+from streamtrk.recon.graph import Graph, GraphConfig, event_graph, select_edges
+from streamtrk.recon.prune import PruneConfig, prune_edges
 from streamtrk.recon.truth import edge_labels
 
 
@@ -70,11 +71,15 @@ def make_samples(
     pt_min: float,
     sectors: int = 1,
     margin: float = 0.0,
+    prune: PruneConfig | None = None,
 ) -> list[Sample]:
-    """Graphs with targets (pT >= ``pt_min`` segments) and loss masks (no softer segments)."""
+    """Graphs (pruned with ``prune``, as the model will see them) with targets (pT >=
+    ``pt_min`` segments) and loss masks (no softer segments)."""
     out = []
     for ev in events:
         g = event_graph(ev, det, cfg)
+        if prune is not None:
+            g = select_edges(g, prune_edges(g, prune, det))
         target = edge_labels(ev, g.edge_index, pt_min)
         soft = edge_labels(ev, g.edge_index, 0.0) & ~target
         out.extend(_sectors(g, target, ~soft, sectors, margin))

@@ -11,7 +11,9 @@ import numpy as np
 
 from streamtrk.event import Event
 from streamtrk.recon.graph import Graph, GraphConfig
+from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import EdgeScorer, Reconstructor
+from streamtrk.recon.tracks import TrackConfig
 
 
 class CachedScorer:
@@ -33,6 +35,9 @@ def scan_thresholds(
     events: Sequence[Event],
     graph: GraphConfig,
     thresholds: Sequence[float],
+    *,
+    prune: PruneConfig | None = None,
+    tracks: TrackConfig | None = None,
 ) -> dict[str, Any]:
     """Reconstruction metrics of ``events`` at each candidate threshold (edges scored once),
     the objective, and the chosen threshold: the first with the highest objective."""
@@ -43,7 +48,7 @@ def scan_thresholds(
     scan: dict[str, Any] = {"thresholds": [float(t) for t in thresholds]}
     scan |= {k: [] for k in (*keys, "objective")}
     for t in thresholds:
-        rec = Reconstructor(scorer, graph_config=graph, threshold=t)
+        rec = Reconstructor(scorer, graph_config=graph, threshold=t, prune=prune, tracks=tracks)
         report = evaluate(rec, events).report()
         for k in keys:
             scan[k].append(float(report[k]))

@@ -1,36 +1,100 @@
-"""Connect mode: two daemons share one distributor (PUSH) and one collector (PULL)."""
+"""A farm: producers -> distributor -> daemons in connect mode -> collector -> consumers,
+each a process of its own (streamtrk farm, streamtrk serve --connect, streamtrk replay)."""
 
 from __future__ import annotations
 
-from itertools import islice
+import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from live_daemon import sample
+from live_daemon import READY_TIMEOUT_S, sample
 
-from streamtrk.client import Consumer, Producer
-from streamtrk.io.recording import iter_events
+from streamtrk.client import wait_listening
 
 pytestmark = pytest.mark.slow
-N_EVENTS = 60
 
 
-def test_two_daemons_in_connect_mode(daemon_factory, sim_run: Path) -> None:
-    any_port = "tcp://127.0.0.1:*"
-    with (
-        Producer(any_port, bind=True, sndhwm=2, linger_ms=0) as distributor,
-        Consumer(any_port, bind=True, linger_ms=0) as collector,
-    ):
-        dist, coll = distributor.endpoint, collector.endpoint
-        farm = [daemon_factory("--connect", "--input", dist, "--output", coll) for _ in range(2)]
-        for ev in islice(iter_events(sim_run), N_EVENTS):
-            assert distributor.send_event(ev, timeout_ms=60_000)
-        replies = []
-        while len(replies) < N_EVENTS and (msg := collector.recv(timeout_ms=60_000)):
-            replies.append(msg.to_reply())
-    assert sorted(r.event for r in replies if r.ok) == list(range(N_EVENTS))
-    served = [sample(d.settled(), "streamtrk_events_completed_total", status="ok") for d in farm]
-    assert sum(served) == N_EVENTS and min(served) > 0, served
-    for d in farm:
-        [banner] = [line for line in d.logs() if line["message"] == "streamtrk serve ready"]
-        assert banner["input"] == f"{dist} (PULL, connect)"
+class Forwarder:
+    """``streamtrk farm ROLE`` on ports it picks; ``front``/``back`` as bound."""
+
+    def __init__(self, tmp: Path, role: str) -> None:
+        self.log = tmp / f"{role}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamtrk", "farm", role, "--from", "tcp://127.0.0.1:*",
+                 "--to", "tcp://127.0.0.1:*"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
+        assert bound is not None, self.log.read_text()
+        self.front, self.back = bound["front"], bound["back"]
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def replay(tmp: Path, run: Path, dist: Forwarder, coll: Forwarder, *extra: str):
+    report = tmp / f"replay-{len(list(tmp.glob('replay-*')))}.json"
+    cmd = [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", dist.front,
+           "--from", coll.back, "--events", "150", "--loop", "2", "-q", "--report",
+           str(report), *extra]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL), report
+
+
+def answered(daemons) -> float:
+    return sum(
+        sample(d.metrics(), "streamtrk_events_completed_total", status="ok")
+        for d in daemons
+        if d.process.poll() is None
+    )
+
+
+def wait_until(condition, timeout: float = 300) -> None:
+    t_end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < t_end, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def farm(tmp_path: Path, daemon_factory):
+    dist, coll = Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")
+    daemons = [
+        daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
+                       "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")
+        for _ in range(3)
+    ]  # fmt: skip
+    yield dist, coll, daemons
+    for f in (dist, coll):
+        assert f.stop() == 0
+
+
+def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp_path) -> None:
+    dist, coll, daemons = farm
+    proc, report = replay(tmp_path, sim_run, dist, coll, "--retries", "5", "--retry-after", "3")
+    wait_until(lambda: answered(daemons) >= 60)
+    daemons[0].process.kill()  # SIGKILL: what it held is lost, and resent
+    wait_until(lambda: answered(daemons[1:]) >= 120)
+    assert daemons[1].stop(signal.SIGTERM) == 0  # leaves the distributor, drains, exits 0
+    assert proc.wait(timeout=600) == 0
+    got = json.loads(report.read_text())
+    assert got["sent"] == got["received"] == got["ok"] == 300, got
+    assert got["missing"] == got["unsent"] == 0 and got["errors"] == {}
+    # One reply per event in the report; any second reply to a resent event is counted.
+    assert got["resent"] >= got["duplicates"] >= 0
+    assert [line for line in daemons[1].logs() if line["message"].startswith("disconnected")]
+
+
+def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> None:
+    dist, coll, daemons = farm
+    proc, report = replay(tmp_path, sim_run, dist, coll, "--timeout", "10")
+    wait_until(lambda: answered(daemons) >= 60)
+    daemons[0].process.kill()
+    assert proc.wait(timeout=600) == 1  # events are missing
+    got = json.loads(report.read_text())
+    assert got["missing"] > 0 and got["received"] + got["missing"] == got["sent"] == 300

@@ -1,0 +1,92 @@
+"""Farm plumbing: the distributor and the collector of docs/farm-topology.md.
+
+Each is a ZeroMQ forwarder (``zmq.proxy``) from a bound PULL socket to a bound PUSH socket,
+no protocol of its own. The **distributor** takes events from producers and hands each to
+one connected daemon: daemons in connect mode join it only once their model is ready and
+leave it first when they stop, and a daemon whose receive queue is full (``overload =
+"block"``) is skipped by PUSH's round-robin, so events go to ready daemons with room. Keep
+its high-water mark small, so few events wait at any one daemon. The **collector** takes
+every daemon's replies and hands them to consumers. With CURVE, the socket facing the
+daemons is a CURVE client of theirs (``curve_key``, ``curve_server_key``).
+
+Events in flight on a daemon that is killed are lost with it: producers resend what gets
+no reply (``streamtrk replay --retries``), and replies carry the message id so that a late
+duplicate is recognised.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from streamtrk.wire.curve import make_client
+
+ROLES = ("distributor", "collector")
+
+
+def forward(
+    role: str,
+    front: str,
+    back: str,
+    *,
+    hwm: int = 2,
+    curve_key: Path | None = None,
+    curve_server_key: Path | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Bind PULL ``front`` and PUSH ``back`` and forward until ``stop`` (or forever).
+
+    ``role`` says which side faces the daemons (``back`` for a distributor, ``front`` for a
+    collector): that socket gets the CURVE client keys, when given. A JSON ``listening``
+    line on stdout gives the bound addresses (``front``, ``back``).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        pull.setsockopt(zmq.RCVHWM, hwm)
+        push.setsockopt(zmq.SNDHWM, hwm)
+        for sock in (pull, push):
+            sock.setsockopt(zmq.LINGER, 0)
+        if curve_key is not None and curve_server_key is not None:
+            make_client(push if role == "distributor" else pull, curve_key, curve_server_key)
+        pull.bind(front)
+        push.bind(back)
+        bound = {
+            "message": "listening",
+            "role": role,
+            "front": pull.getsockopt_string(zmq.LAST_ENDPOINT),
+            "back": push.getsockopt_string(zmq.LAST_ENDPOINT),
+        }
+        print(json.dumps(bound), flush=True)
+        _proxy(ctx, pull, push, stop or threading.Event())
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _proxy(ctx: zmq.Context[Any], pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Any) -> None:
+    """``zmq.proxy_steerable`` until ``stop`` is set (a PAIR control socket ends it)."""
+    endpoint = f"inproc://farm-control-{id(stop)}"
+    control = ctx.socket(zmq.PAIR)
+    control.bind(endpoint)
+
+    def terminate() -> None:
+        stop.wait()
+        with ctx.socket(zmq.PAIR) as s:
+            s.connect(endpoint)
+            s.send(b"TERMINATE")
+
+    threading.Thread(target=terminate, daemon=True).start()
+    try:
+        zmq.proxy_steerable(pull, push, None, control)
+    except zmq.ContextTerminated:  # pragma: no cover - the context went away first
+        pass
+    finally:
+        control.close(linger=0)
+    sys.stdout.flush()
