@@ -232,6 +232,9 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     _torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument(
+        "--tracks", type=Path, help="write the tracks' parameters (pt ... chi2, ndf) as CSV"
+    )
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -256,7 +259,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
-    from streamtrk.io.trackml import write_submission
+    from streamtrk.io.trackml import write_submission, write_track_parameters
     from streamtrk.recon.device import cuda_unavailable
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path
@@ -299,6 +302,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.submission:
         args.submission.parent.mkdir(parents=True, exist_ok=True)
         write_submission(args.submission, ev.submission)
+    if args.tracks:
+        args.tracks.parent.mkdir(parents=True, exist_ok=True)
+        write_track_parameters(args.tracks, ev.tracks)
     if args.plots:
         plot(ev, args.plots)
     print(text)

@@ -76,6 +76,7 @@ class Evaluation:
     # Per track: (fitted pt, eta, chi2/ndf, fake, duplicate, matched).
     track_rows: list[np.ndarray] = field(default_factory=list)
     submission: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tracks: dict[int, Tracks] = field(default_factory=dict)  # per event id
     n_hits: int = 0
     n_built_edges: int = 0
     n_scored_edges: int = 0
@@ -99,6 +100,7 @@ class Evaluation:
             labels = tracks.track_id_per_hit(len(ev.hits))
             self.n_hits += len(ev.hits)
             self.submission[ev.event] = (np.asarray(ev.hits.hit_id), labels)
+            self.tracks[ev.event] = tracks
             if ev.truth is None:
                 continue
             local = edges[:, event_of == k] - offsets[k]

@@ -23,10 +23,12 @@ from streamtrk.event import (
     HIT_DTYPES,
     HIT_TRUTH_DTYPES,
     PARTICLE_DTYPES,
+    TRACK_PARAM_DTYPES,
     Event,
     Hits,
     HitTruth,
     Particles,
+    Tracks,
     Truth,
 )
 from streamtrk.io.weights import hit_order, hit_weights
@@ -288,6 +290,28 @@ def write_submission(
         np.concatenate(c) if c else np.zeros(0, np.int64) for c in (event_ids, hit_ids, track_ids)
     ]
     _write_bytes(Path(path), _csv_bytes(list(_SUBMISSION_DTYPES), columns))
+
+
+def write_track_parameters(path: str | Path, tracks: Mapping[int, Tracks]) -> None:
+    """Write the tracks' fitted parameters as CSV beside a submission: ``event_id,
+    track_id, hits`` then the columns of ``TRACK_PARAM_DTYPES`` (pt in GeV, eta, phi, d0 and
+    z0 in mm, charge, chi2, ndf), one row per track; track ids are the submission's (from 1,
+    in the order of ``Tracks``). ``.gz`` paths are gzipped."""
+    names = ["event_id", "track_id", "hits", *TRACK_PARAM_DTYPES]
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for event_id in sorted(tracks):
+        t = tracks[event_id]
+        n = len(t)
+        rows["event_id"].append(np.full(n, event_id, dtype=np.int64))
+        rows["track_id"].append(np.arange(1, n + 1, dtype=np.int64))
+        rows["hits"].append(np.asarray(t.sizes, dtype=np.int64))
+        for k, dt in TRACK_PARAM_DTYPES.items():
+            rows[k].append(np.asarray(t.params[k], dtype=dt))
+    columns = [
+        np.concatenate(rows[k]) if rows[k] else np.zeros(0, np.int64 if k in names[:3] else "<f4")
+        for k in names
+    ]
+    _write_bytes(Path(path), _csv_bytes(names, columns))
 
 
 def read_submission(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:

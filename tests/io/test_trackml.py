@@ -306,3 +306,20 @@ def test_real_event_round_trip(shared_trackml, tmp_path):
 def test_real_event_without_truth(shared_trackml):
     event = read_event(shared_trackml / "qallse_ez-1.0_hpt-1.0_no_truth" / "event000001000")
     assert len(event.hits) == 55_446 and event.truth is None
+
+
+def test_track_parameters_csv(tmp_path) -> None:
+    from streamtrk.event import TRACK_PARAM_DTYPES, Tracks
+    from streamtrk.io.trackml import write_track_parameters
+
+    rng = np.random.default_rng(3)
+    params = {k: rng.normal(size=2).astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    tracks = {7: Tracks(np.array([0, 3, 8]), np.arange(8), params), 2: Tracks.empty()}
+    path = tmp_path / "tracks.csv"
+    write_track_parameters(path, tracks)
+    header, *rows = path.read_text().splitlines()
+    assert header == "event_id,track_id,hits," + ",".join(TRACK_PARAM_DTYPES)
+    table = np.loadtxt(rows, delimiter=",", ndmin=2)
+    assert table[:, :3].tolist() == [[7, 1, 3], [7, 2, 5]]
+    for i, (k, dt) in enumerate(TRACK_PARAM_DTYPES.items(), start=3):
+        np.testing.assert_array_equal(table[:, i].astype(dt), params[k])  # exact round trip
