@@ -2,13 +2,16 @@
 
 A batched graph of ``n`` hits and ``e`` edges is padded to the smallest node bucket above
 ``n`` (there is always at least one padding hit) and the smallest edge bucket at or above
-``e``. Padding hits have zero features; padding edges join the first padding hit to itself,
+``e``. Padding hits have zero features; padding edges are self-loops spread over the padding
+hits (not all on one: their sums would pile onto one row, serialising a GPU's atomic adds),
 so no real hit or edge ever reads them: the network's outputs for the real edges are those
 of the unpadded graph, and the padded ones are sliced off.
 
 Buckets form a geometric ladder (``steps`` per doubling, rounded up to a multiple of
 ``ALIGN``); sizes above the top bucket round up to a multiple of it, so the set of shapes
-stays bounded for any input.
+stays bounded for any input, but never past ``MAX_PADDED_EDGES``: a larger graph keeps its
+size (rounded up to ``ALIGN``), so that edges x features stays within the 32-bit indexing
+that compiled kernels use.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 from torch import Tensor
 
 ALIGN = 1024
+#: Most padded edges: times the widest per-edge tensor (64 columns), below 2**31.
+MAX_PADDED_EDGES = 2**31 // 64 - ALIGN
 
 
 def ladder(lo: int, hi: int, steps: int = 2) -> tuple[int, ...]:
@@ -63,7 +68,10 @@ class Buckets:
 
     def shape(self, n_nodes: int, n_edges: int) -> tuple[int, int]:
         """Padded (nodes, edges) of a graph: one padding hit at least."""
-        return bucket(n_nodes + 1, self.nodes), bucket(max(n_edges, 1), self.edges)
+        edges = bucket(max(n_edges, 1), self.edges)
+        if edges > MAX_PADDED_EDGES:
+            edges = max(-(-n_edges // ALIGN) * ALIGN, 1)
+        return bucket(n_nodes + 1, self.nodes), edges
 
     def pairs(self) -> list[tuple[int, int]]:
         """Every edge bucket once, with the node bucket of ``edges_per_node`` edges a hit
@@ -85,8 +93,10 @@ def pad_graph(
         raise ValueError(f"cannot pad {n} hits, {e} edges to {n_to} hits, {e_to} edges")
     xp = x.new_zeros((n_to, x.shape[1]))
     xp[:n] = x
-    ei = torch.full((2, e_to), n, dtype=edge_index.dtype, device=edge_index.device)
+    pad = torch.arange(e_to - e, dtype=edge_index.dtype, device=edge_index.device)
+    ei = torch.empty((2, e_to), dtype=edge_index.dtype, device=edge_index.device)
     ei[:, :e] = edge_index
+    ei[:, e:] = n + pad % (n_to - n)  # self-loops, spread over the padding hits
     ea = edge_attr.new_zeros((e_to, edge_attr.shape[1]))
     ea[:e] = edge_attr
     return xp, ei, ea

@@ -59,12 +59,20 @@ def test_bucket_shapes_keep_a_padding_hit() -> None:
     assert [e for _, e in b.pairs()] == list(b.edges)
     assert b.opt_pair() == (2048, 16384)  # opt_edges above the top: the largest pair
     assert Buckets().opt_pair()[1] == 1024 * 1024
+    # Past the top bucket, multiples of it, but never so many edges that edges x 64
+    # features reach 2**31 (64 MU=200 events used to pad to exactly that).
+    assert Buckets().shape(10, 10_000_000)[1] == 16 * 1024 * 1024
+    assert Buckets().shape(10, 20_000_000)[1] == 20_000_768  # 32 Mi x 64 would be 2**31
+    assert Buckets().shape(10, 60_000_000)[1] == 60_000_256
 
 
 def test_padding_leaves_real_edges_unchanged(model: InteractionNetwork) -> None:
     x, ei, ea = synthetic_graph(300, 2000, CPU, seed=1)
     xp, eip, eap = pad_graph(x, ei, ea, 1024, 4096)
-    assert (eip[:, 2000:] == 300).all() and (xp[300:] == 0).all() and (eap[2000:] == 0).all()
+    pad = eip[:, 2000:]
+    assert (pad[0] == pad[1]).all() and (pad >= 300).all()  # self-loops on padding hits
+    assert len(pad[0].unique()) == 1024 - 300  # spread over all of them, not piled on one
+    assert (xp[300:] == 0).all() and (eap[2000:] == 0).all()
     with torch.no_grad():
         torch.testing.assert_close(model(xp, eip, eap)[:2000], model(x, ei, ea))
     with pytest.raises(ValueError, match="cannot pad"):
