@@ -61,7 +61,7 @@ def test_bucket_shapes_keep_a_padding_hit() -> None:
     assert Buckets().opt_pair()[1] == 1024 * 1024
     # Past the top bucket, multiples of it, but never so many edges that edges x 64
     # features reach 2**31 (64 MU=200 events used to pad to exactly that).
-    assert Buckets().shape(10, 10_000_000)[1] == 16 * 1024 * 1024
+    assert Buckets().shape(10, 16_000_000)[1] == 16 * 1024 * 1024
     assert Buckets().shape(10, 20_000_000)[1] == 20_000_768  # 32 Mi x 64 would be 2**31
     assert Buckets().shape(10, 60_000_000)[1] == 60_000_256
 
