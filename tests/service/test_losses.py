@@ -1,0 +1,78 @@
+"""Losses below the application are counted and logged, and resends recover them: a frame
+over ``ZMQ_MAXMSGSIZE`` (libzmq drops the sender's connection and what it had queued on
+it) and a consumer that restarts (libzmq drops the replies queued for it)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from live_daemon import sample
+
+from streamtrk.client import Consumer, Producer
+from streamtrk.detector import load_detector
+from streamtrk.replay import Recorded, ReplayOptions, load_recording, replay
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.wire.codec import encode_hits
+
+pytestmark = pytest.mark.slow
+
+# The daemon's frame limit is max(8 * max_hits, 64 KiB): a column of more than 8,192 hits
+# is over it with this setting, the small events are far below it.
+MAX_HITS = "8000"
+
+
+def options(d, **kw) -> ReplayOptions:
+    return ReplayOptions(to=d.input, from_=d.output, timeout_s=5.0, **kw)
+
+
+def disconnects(d, socket: str) -> float:
+    return sample(d.metrics(), "streamtrk_disconnects_total", socket=socket, cause="closed")
+
+
+def test_an_oversized_frame_is_counted_and_resends_recover(daemon_factory, sim_run: Path):
+    d = daemon_factory("--max-hits", MAX_HITS)
+    small = load_recording(sim_run, limit=25)
+    big_event = next(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=50)), 7, 1))
+    assert len(big_event.hits) > 8 * 1024
+    big = Recorded([bytes(f) for f in encode_hits(big_event)], big_event)
+    events = [*small[:5], big, *small[5:]]
+
+    plain = replay(events, options(d)).report(events, None)
+    assert disconnects(d, "input") >= 1  # counted ...
+    logged = [r for r in d.logs() if r.get("socket") == "input" and r.get("cause") == "closed"]
+    assert logged  # ... and logged
+    assert plain["missing"] >= 1  # the oversized one at least; the replay says so
+
+    resent = replay(events, options(d, retries=3, retry_after_s=2.0)).report(events, None)
+    assert resent["missing"] == 1  # only the oversized event, on every resend
+    assert resent["ok"] == len(small) and resent["resent"] >= 1
+
+
+def test_replies_lost_with_a_restarting_consumer_are_counted(daemon_factory, sim_run: Path):
+    d = daemon_factory("--sndhwm", "1000")
+    events = load_recording(sim_run, limit=100)
+    before = disconnects(d, "output")
+    with Consumer(d.output, linger_ms=0) as first, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_frames(ev.frames, timeout_ms=30_000)
+        taken = [first.recv(timeout_ms=60_000) for _ in range(3)]
+        assert all(m is not None for m in taken)
+        m = d.settled(received=len(events))
+    answered = {(r.run, r.event) for r in (m.to_reply() for m in taken if m is not None)}
+    # The consumer went away with the rest of the replies queued for it.
+    assert sample(m, "streamtrk_events_completed_total", status="ok") == len(events)
+    t_end = time.monotonic() + 10
+    while disconnects(d, "output") == before and time.monotonic() < t_end:
+        time.sleep(0.1)
+    assert disconnects(d, "output") == before + 1  # counted ...
+    logged = [r for r in d.logs() if r.get("socket") == "output" and r.get("cause") == "closed"]
+    assert logged  # ... and logged
+    with Consumer(d.output, linger_ms=0) as second:
+        assert second.recv(timeout_ms=2_000) is None  # the rest went with the first one
+    # The producer side resends what has no reply, and gets every reply.
+    todo = [ev for ev in events if ev.key not in answered]
+    again = replay(todo, options(d, retries=2, retry_after_s=2.0)).report(todo, None)
+    assert again["missing"] == 0 and again["ok"] == len(todo) == len(events) - 3
