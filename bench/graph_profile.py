@@ -31,9 +31,15 @@ REAL = "data/trackml/qallse_ez-1.0_hpt-1.0_no_truth/event000001000"
 STAGES: dict[str, list[float]] = {}
 
 
+CHUNKS: dict[str, float] = {}  # the search's stages, summed over the chunks of one build
+
+
 def _tick(name: str, t0: float) -> float:
     t1 = time.perf_counter()
-    STAGES.setdefault(name, []).append(t1 - t0)
+    if name.startswith("search:"):
+        CHUNKS[name] = CHUNKS.get(name, 0.0) + t1 - t0
+    else:
+        STAGES.setdefault(name, []).append(t1 - t0)
     return t1
 
 
@@ -44,37 +50,44 @@ def staged_run(self, q, b):
     row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
     row *= 2 * self.nphi
     lo = self.cell_start[row + self.p_lo[q]]
-    hi = self.cell_start[row + self.p_hi[q] + 1]
-    t0 = _tick("search: (query, bin) cell ranges", t0)
-    cand, pos = G._expand(lo, hi, xp)
-    t0 = _tick("search: expand candidates", t0)
+    cand, pos = G.expand_ranges(lo, self.cell_start[row + self.p_hi[q] + 1])
     qq = q[cand]
-    dr = self.r_sorted[pos] - self.ri[qq]
+    t0 = _tick("search: cell ranges, expand candidates", t0)
+    ri, zi = self.ri[qq], self.zi[qq]
+    dr = self.r_sorted[pos] - ri
     dphi = self.phi_sorted[pos] - self.centre[qq]
     slope = cfg.phi_slope_max(self.det.bfield)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z0 = zi - ri * (self.z_sorted[pos] - zi) / dr
     keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
-    t0 = _tick("search: dr, dphi cut", t0)
-    qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
-    t0 = _tick("search: compact 1", t0)
-    zi = self.zi[qq]
-    dz = self.z_sorted[pos] - zi
-    z0 = zi - self.ri[qq] * dz / dr
-    keep = xp.abs(z0) <= self.reach[qq]
-    qq, pos, dr, dz, dphi, z0 = (a[keep] for a in (qq, pos, dr, dz, dphi, z0))
+    keep &= xp.abs(z0) <= self.reach[qq]
+    t0 = _tick("search: phi window and z0 reach", t0)
+    k = xp.nonzero(keep)[0]
+    qq, pos, dr, dphi, z0 = qq[k], pos[k], dr[k], dphi[k], z0[k]
+    dz = self.z_sorted[pos] - self.zi[qq]
     i, j = self.qi[qq], self.hit_of[pos]
-    t0 = _tick("search: z0 reach cut, compact 2, hit ids", t0)
+    t0 = _tick("search: compaction, hit ids", t0)
     r, z, lay = self.r, self.z, self.lay
     deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
     cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
     sig = xp.minimum(G._z0_error(i, j, r, dr, dz, lay, t, xp), cap)
     z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-    keep = (xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max)
-    out = tuple(a[keep] for a in (i, j, dr, dz, dphi, z0, deta))
-    _tick("search: eta and z0-error cuts, compact 3", t0)
-    STAGES.setdefault("counts: (query, bin), candidates, edges", []).append(
-        (len(q), len(cand), len(out[0]))
+    k = xp.nonzero((xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max))[0]
+    t0 = _tick("search: eta and z0-error cuts", t0)
+    dr, dphi = dr[k], dphi[k]
+    features = xp.empty((len(k), 6), dtype=xp.float32)
+    features[:, 0] = dr / 100.0
+    features[:, 1] = dphi / 0.01
+    features[:, 2] = dz[k] / 100.0
+    features[:, 3] = deta[k] / 0.1
+    features[:, 4] = (dphi / dr) / slope
+    features[:, 5] = z0[k] / cfg.z0_limit
+    _tick("search: edge features", t0)
+    counts = CHUNKS.get("counts", (0, 0, 0))
+    CHUNKS["counts"] = tuple(
+        a + b for a, b in zip(counts, (len(q), len(cand), len(k)), strict=True)
     )
-    return out
+    return i[k], j[k], features
 
 
 # Anchors in build_graph's source: a timer goes in before each; the time up to an anchor is
@@ -82,10 +95,10 @@ def staged_run(self, q, b):
 ANCHORS = [
     ('    u = xp.where(t["barrel"][lay0], z, r)', "hits: r, phi, event, layer"),
     ("    # Queries: (inner hit, layer pair)", "grid: cells, sort, cell starts"),
-    ("    q_all, b_all = _expand(b_lo, b_hi + 1, xp)", "queries: (hit, pair) + windows"),
+    ("    q_all, b_all = expand_ranges(b_lo, b_hi + 1)", "queries: (hit, pair) + windows"),
     ("    n_chunks = 1 if", "queries: expand to (query, bin)"),
-    ("    i, j, dr, dz, dphi, z0, deta = (xp.concatenate", "candidate search (run)"),
-    ("    return Graph(", "features"),
+    ("    i, j, edge_features = (xp.concatenate", "candidate search (run, in chunks)"),
+    ("    return Graph(", "concatenation, node features"),
 ]
 
 
@@ -158,6 +171,9 @@ def main() -> None:
                 times.setdefault(name, []).append(time.perf_counter() - t0)
             finally:
                 G._Search.run = original
+            for key, value in CHUNKS.items():
+                STAGES.setdefault(key, []).append(value)
+            CHUNKS.clear()
             assert np.array_equal(_keys(g.edge_index, len(h)), _keys(ref.edge_index, len(h)))
     print(f"{len(h)} hits, {ref.num_edges} edges", end="")
     if naive_hits is not None:
@@ -168,8 +184,8 @@ def main() -> None:
         print(f"{name:45s} median {np.median(v) * 1e3:7.1f} ms  min {np.min(v) * 1e3:7.1f} ms")
     print("stages (staged copies of build_graph and _Search.run, min over repeats):")
     for name, v in STAGES.items():
-        if name.startswith("counts"):
-            print(f"  {name}: {v[0]}")
+        if name == "counts":
+            print(f"  counts: (query, bin) pairs, candidates, edges: {v[0]}")
         else:
             print(f"  {name:43s} {np.min(v) * 1e3:7.1f} ms")
 

@@ -24,6 +24,8 @@ from streamtrk.event import Event
 from streamtrk.threads import available_cpus
 from streamtrk.xp import Array, array_module, expand_ranges, to_host
 
+SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
+
 
 @dataclass(frozen=True)
 class GraphConfig:
@@ -291,27 +293,24 @@ def build_graph(
         xp=xp,
     )
     q_all, b_all = expand_ranges(b_lo, b_hi + 1)
-    # On the CPU, chunks of queries run on threads (NumPy releases the GIL in its loops);
-    # on the GPU one chunk keeps the launch count down. Edges come out in the same order.
-    threads = min(cfg.threads, available_cpus()[0])
-    n_chunks = 1 if xp is not np else max(1, min(threads, len(q_all) // 50_000))
+    # On the CPU the search runs over chunks of (query, bin) pairs small enough for their
+    # temporaries to stay in cache (1.5x faster at MU=200 than one pass), on threads when
+    # allowed (NumPy releases the GIL in its loops); on the GPU one chunk keeps the launch
+    # count down. Edges come out in the same order either way.
+    n_chunks = 1 if xp is not np else max(1, -(-len(q_all) // SEARCH_CHUNK))
+    threads = min(cfg.threads, available_cpus()[0], n_chunks)
     bounds = np.linspace(0, len(q_all), n_chunks + 1).astype(np.int64)
     chunks = [(q_all[lo:hi], b_all[lo:hi]) for lo, hi in pairwise(bounds)]
-    if n_chunks == 1:
+    if threads == 1:
         parts = [ctx.run(*c) for c in chunks]
     else:
-        with ThreadPoolExecutor(n_chunks) as pool:
+        with ThreadPoolExecutor(threads) as pool:
             parts = list(pool.map(lambda c: ctx.run(*c), chunks))
-    i, j, dr, dz, dphi, z0, deta = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
-    slope = cfg.phi_slope_max(det.bfield)
+    i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
-    edge_features = xp.stack(
-        [dr / 100.0, dphi / 0.01, dz / 100.0, deta / 0.1, (dphi / dr) / slope, z0 / cfg.z0_limit],
-        axis=1,
-    ).astype(xp.float32)
     return Graph(
         node_features=node_features,
-        edge_index=xp.stack([i, j]).astype(xp.int64),
+        edge_index=xp.stack([i, j]),
         edge_features=edge_features,
         node_offsets=np.asarray(node_offsets, dtype=np.int64),
         layer=lay0,
@@ -348,7 +347,9 @@ class _Search:
     xp: Any
 
     def run(self, q: Array, b: Array) -> tuple[Array, ...]:
-        """Edges (i, j) and their dr, dz, dphi, z0, deta for bin queries ``(q, b)``."""
+        """Edges (i, j) of bin queries ``(q, b)`` and their features (float32, one row an
+        edge: dr, dphi, dz, deta, dphi/dr over the largest slope, z0; each scaled to about
+        unit range)."""
         xp, cfg, t = self.xp, self.cfg, self.t
         row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
         row *= 2 * self.nphi
@@ -356,17 +357,20 @@ class _Search:
         cand, pos = expand_ranges(lo, self.cell_start[row + self.p_hi[q] + 1])
         qq = q[cand]
         # Per-query values are read through qq, per-hit ones through the sorted slots (both
-        # gathers run mostly forward in memory); hit ids are gathered for survivors only.
-        dr = self.r_sorted[pos] - self.ri[qq]
+        # gathers run mostly forward in memory). The phi window and the z0 reach are cut in
+        # one pass, and only the indices are compacted: cheaper than compacting every column
+        # after each cut. (dr <= 0 candidates divide by zero; the first term drops them.)
+        ri, zi = self.ri[qq], self.zi[qq]
+        dr = self.r_sorted[pos] - ri
         dphi = self.phi_sorted[pos] - self.centre[qq]
         slope = cfg.phi_slope_max(self.det.bfield)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z0 = zi - ri * (self.z_sorted[pos] - zi) / dr
         keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
-        qq, pos, dr, dphi = qq[keep], pos[keep], dr[keep], dphi[keep]
-        zi = self.zi[qq]
-        dz = self.z_sorted[pos] - zi
-        z0 = zi - self.ri[qq] * dz / dr
-        keep = xp.abs(z0) <= self.reach[qq]
-        qq, pos, dr, dz, dphi, z0 = (a[keep] for a in (qq, pos, dr, dz, dphi, z0))
+        keep &= xp.abs(z0) <= self.reach[qq]
+        k = xp.nonzero(keep)[0]
+        qq, pos, dr, dphi, z0 = qq[k], pos[k], dr[k], dphi[k], z0[k]
+        dz = self.z_sorted[pos] - self.zi[qq]
         i, j = self.qi[qq], self.hit_of[pos]
         # The resolution-aware z0 cut and eta consistency on the survivors.
         r, z, lay = self.r, self.z, self.lay
@@ -374,8 +378,16 @@ class _Search:
         cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
         sig = xp.minimum(_z0_error(i, j, r, dr, dz, lay, t, xp), cap)
         z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-        keep = (xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max)
-        return tuple(a[keep] for a in (i, j, dr, dz, dphi, z0, deta))
+        k = xp.nonzero((xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max))[0]
+        dr, dphi = dr[k], dphi[k]
+        features = xp.empty((len(k), 6), dtype=xp.float32)
+        features[:, 0] = dr / 100.0
+        features[:, 1] = dphi / 0.01
+        features[:, 2] = dz[k] / 100.0
+        features[:, 3] = deta[k] / 0.1
+        features[:, 4] = (dphi / dr) / slope
+        features[:, 5] = z0[k] / cfg.z0_limit
+        return i[k], j[k], features
 
 
 def _z0_error(
