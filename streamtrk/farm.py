@@ -1,13 +1,14 @@
 """Farm plumbing: the distributor and the collector of docs/farm-topology.md.
 
-Each is a ZeroMQ forwarder (``zmq.proxy``) from a bound PULL socket to a bound PUSH socket,
-no protocol of its own. The **distributor** takes events from producers and hands each to
-one connected daemon: daemons in connect mode join it only once their model is ready and
-leave it first when they stop, and a daemon whose receive queue is full (``overload =
-"block"``) is skipped by PUSH's round-robin, so events go to ready daemons with room. Keep
-its high-water mark small, so few events wait at any one daemon. The **collector** takes
-every daemon's replies and hands them to consumers. With CURVE, the socket facing the
-daemons is a CURVE client of theirs (``curve_key``, ``curve_server_key``).
+Each is a ZeroMQ forwarder from a bound PULL socket to a bound PUSH socket (``zmq.proxy``'s
+job, in a loop that also sees a stop when no peer is left), no protocol of its own. The
+**distributor** takes events from producers and hands each to one connected daemon:
+daemons in connect mode join it only once their model is ready and leave it first when
+they stop, and a daemon whose receive queue is full (``overload = "block"``) is skipped by
+PUSH's round-robin, so events go to ready daemons with room. Keep its high-water mark
+small, so few events wait at any one daemon. The **collector** takes every daemon's
+replies and hands them to consumers. With CURVE, the socket facing the daemons is a CURVE
+client of theirs (``curve_key``, ``curve_server_key``).
 
 Events in flight on a daemon that is killed are lost with it: producers resend what gets
 no reply (``streamtrk replay --retries``), and replies carry the message id so that a late
@@ -27,6 +28,7 @@ import zmq
 from streamtrk.wire.curve import make_client
 
 ROLES = ("distributor", "collector")
+POLL_MS = 100
 
 
 def forward(
@@ -65,28 +67,28 @@ def forward(
             "back": push.getsockopt_string(zmq.LAST_ENDPOINT),
         }
         print(json.dumps(bound), flush=True)
-        _proxy(ctx, pull, push, stop or threading.Event())
+        _proxy(pull, push, stop or threading.Event())
     finally:
         ctx.destroy(linger=0)
 
 
-def _proxy(ctx: zmq.Context[Any], pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Any) -> None:
-    """``zmq.proxy_steerable`` until ``stop`` is set (a PAIR control socket ends it)."""
-    endpoint = f"inproc://farm-control-{id(stop)}"
-    control = ctx.socket(zmq.PAIR)
-    control.bind(endpoint)
-
-    def terminate() -> None:
-        stop.wait()
-        with ctx.socket(zmq.PAIR) as s:
-            s.connect(endpoint)
-            s.send(b"TERMINATE")
-
-    threading.Thread(target=terminate, daemon=True).start()
-    try:
-        zmq.proxy_steerable(pull, push, None, control)
-    except zmq.ContextTerminated:  # pragma: no cover - the context went away first
-        pass
-    finally:
-        control.close(linger=0)
+def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: threading.Event) -> None:
+    """Forward whole messages (zero-copy) until ``stop``. A message is taken from ``pull``
+    only when ``push`` has a peer with room, so back-pressure reaches the producers; the
+    stop is seen within ``POLL_MS`` even when no peer is left (``zmq.proxy`` would block in
+    its send). A message taken just before its peer left waits for another peer; one still
+    waiting at the stop is dropped and said so on stderr."""
+    held: list[zmq.Frame] | None = None
+    while not stop.is_set():
+        if held is None:
+            if not (push.poll(POLL_MS, zmq.POLLOUT) and pull.poll(POLL_MS, zmq.POLLIN)):
+                continue
+            held = pull.recv_multipart(copy=False)
+        try:
+            push.send_multipart(held, flags=zmq.NOBLOCK, copy=False)
+            held = None
+        except zmq.Again:
+            push.poll(POLL_MS, zmq.POLLOUT)
+    if held is not None:
+        print("stopped with 1 message not forwarded (no peer took it)", file=sys.stderr)
     sys.stdout.flush()

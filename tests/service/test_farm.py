@@ -98,3 +98,18 @@ def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> No
     assert proc.wait(timeout=600) == 1  # events are missing
     got = json.loads(report.read_text())
     assert got["missing"] > 0 and got["received"] + got["missing"] == got["sent"] == 300
+
+
+def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
+    import zmq
+
+    dist = Forwarder(tmp_path, "distributor")
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.PUSH) as producer:
+        producer.setsockopt(zmq.LINGER, 0)
+        producer.connect(dist.front)
+        for k in range(3):  # no daemon to take them
+            producer.send(b"event %d" % k)
+        time.sleep(0.5)
+        dist.process.send_signal(signal.SIGTERM)
+        assert dist.process.wait(timeout=10) == 0
