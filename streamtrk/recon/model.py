@@ -20,7 +20,7 @@ from streamtrk import tomlio
 from streamtrk.recon.card import ModelCardError, check_card
 from streamtrk.recon.gnn import InteractionNetwork
 
-DEFAULT_MODEL_NAME = "in-h32-s6-v1"
+DEFAULT_MODEL_NAME = "in-h32-s6-v2"
 WEIGHTS, CARD = "weights.pt", "card.toml"
 MODEL_ENV = "STREAMTRK_MODEL"
 

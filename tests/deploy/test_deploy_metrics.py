@@ -147,6 +147,7 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
             "decode",
             "queue",
             "graph",
+            "prune",
             "gnn",
             "tracks",
             "fit",
