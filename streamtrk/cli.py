@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +18,22 @@ from streamtrk.threads import set_torch_threads, wait_passively
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 _COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
+
+
+def _json(obj: Any, **kw: Any) -> str:
+    """Strict JSON (what jq and browsers parse): NaN and infinities, the rates of empty
+    bins, are written as null."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False, **kw)
 
 
 def _command(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handler], Handler]:
@@ -179,7 +196,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     summary = summarize(args.recording)
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(_json(summary, indent=2, sort_keys=True))
     else:
         width = max(len(k) for k in summary)
         for k, v in summary.items():
@@ -295,7 +312,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = ev.report()
     report["input"] = str(args.input)
     report["scorer"] = scorer
-    text = json.dumps(report, indent=2, sort_keys=True)
+    text = _json(report, indent=2, sort_keys=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text + "\n")
@@ -467,7 +484,7 @@ def _replay(args: argparse.Namespace) -> int:
     report = {"recording": str(args.recording)} | result.report(events, args.rate)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        args.report.write_text(_json(report, indent=2) + "\n")
     if args.submission:
         labels = labels_of(events, result.first_replies)
         hit_ids = {ev.key: ev.event.hits.hit_id for ev in events}
@@ -475,7 +492,7 @@ def _replay(args: argparse.Namespace) -> int:
         write_submission(args.submission, {k[1]: (hit_ids[k], v) for k, v in labels.items()})
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(_json(report, indent=2) if args.json else format_report(report))
     if report["sent"] and not report["received"]:
         print(
             f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
@@ -575,7 +592,7 @@ def _train(args: argparse.Namespace) -> int:
         "seconds": card["training"]["seconds_total"],
         "metrics": card["metrics"],
     }
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(_json(summary, indent=2, sort_keys=True))
     return 0
 
 

@@ -166,7 +166,13 @@ def test_evaluate_names_the_model_it_used(tmp_path):
     model = default_model_path()
     out = _run("evaluate", str(tmp_path / "e.stk"), "-q", env={"STREAMTRK_MODEL": str(model)})
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["scorer"] == str(model)
+
+    def not_json(constant: str) -> None:
+        raise AssertionError(f"{constant} in the report: not JSON")
+
+    report = json.loads(out.stdout, parse_constant=not_json)
+    assert report["scorer"] == str(model)
+    assert None in report["fake_rate_by_pt"].values()  # an empty bin: null, not NaN
     out = _run("evaluate", str(tmp_path / "e.stk"), "-q", "--model", str(tmp_path / "none"))
     assert out.returncode == 1
     assert out.stderr.startswith(f"streamtrk evaluate: error: no model at {tmp_path / 'none'}")
