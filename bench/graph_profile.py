@@ -45,7 +45,7 @@ def _tick(name: str, t0: float) -> float:
 
 def staged_run(self, q, b):
     """``_Search.run`` with timers between its steps (same operations, same order)."""
-    xp, cfg, t = self.xp, self.cfg, self.t
+    xp, cfg = self.xp, self.cfg
     t0 = time.perf_counter()
     row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
     row *= 2 * self.nphi
@@ -67,10 +67,9 @@ def staged_run(self, q, b):
     dz = self.z_sorted[pos] - self.zi[qq]
     i, j = self.qi[qq], self.hit_of[pos]
     t0 = _tick("search: compaction, hit ids", t0)
-    r, z, lay = self.r, self.z, self.lay
-    deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
-    cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
-    sig = xp.minimum(G._z0_error(i, j, r, dr, dz, lay, t, xp), cap)
+    deta = xp.arcsinh(dz / dr) - self.eta0[j]
+    cap = cfg.z0_lever_max * xp.maximum(self.sigma[i], self.sigma[j])
+    sig = xp.minimum(self.z0_error(i, j, dr, dz), cap)
     z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
     k = xp.nonzero((xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max))[0]
     t0 = _tick("search: eta and z0-error cuts", t0)

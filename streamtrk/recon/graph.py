@@ -282,9 +282,10 @@ def build_graph(
         r_sorted=r_s,
         z_sorted=z_s,
         r=r,
-        z=z,
-        lay=lay0,
-        t=t,
+        eta0=xp.arcsinh(z / r),
+        sigma=t["sigma"][lay0],
+        sigma_z=t["sigma_z"][lay0],
+        sigma_r=t["sigma_r"][lay0],
         n_layers=n_layers,
         nb=nb,
         nphi=nphi,
@@ -336,9 +337,10 @@ class _Search:
     r_sorted: Array
     z_sorted: Array
     r: Array
-    z: Array
-    lay: Array
-    t: dict[str, Array]
+    eta0: Array  # per hit: eta seen from the origin
+    sigma: Array  # per hit: resolution, and its z (barrel) and r (disk) parts
+    sigma_z: Array
+    sigma_r: Array
     n_layers: int
     nb: int
     nphi: int
@@ -350,7 +352,7 @@ class _Search:
         """Edges (i, j) of bin queries ``(q, b)`` and their features (float32, one row an
         edge: dr, dphi, dz, deta, dphi/dr over the largest slope, z0; each scaled to about
         unit range)."""
-        xp, cfg, t = self.xp, self.cfg, self.t
+        xp, cfg = self.xp, self.cfg
         row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
         row *= 2 * self.nphi
         lo = self.cell_start[row + self.p_lo[q]]
@@ -373,10 +375,9 @@ class _Search:
         dz = self.z_sorted[pos] - self.zi[qq]
         i, j = self.qi[qq], self.hit_of[pos]
         # The resolution-aware z0 cut and eta consistency on the survivors.
-        r, z, lay = self.r, self.z, self.lay
-        deta = xp.arcsinh(dz / dr) - xp.arcsinh(z[j] / r[j])
-        cap = cfg.z0_lever_max * xp.maximum(t["sigma"][lay[i]], t["sigma"][lay[j]])
-        sig = xp.minimum(_z0_error(i, j, r, dr, dz, lay, t, xp), cap)
+        deta = xp.arcsinh(dz / dr) - self.eta0[j]
+        cap = cfg.z0_lever_max * xp.maximum(self.sigma[i], self.sigma[j])
+        sig = xp.minimum(self.z0_error(i, j, dr, dz), cap)
         z0_cut = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
         k = xp.nonzero((xp.abs(z0) <= z0_cut) & (xp.abs(deta) <= cfg.deta_max))[0]
         dr, dphi = dr[k], dphi[k]
@@ -389,19 +390,16 @@ class _Search:
         features[:, 5] = z0[k] / cfg.z0_limit
         return i[k], j[k], features
 
-
-def _z0_error(
-    i: Array, j: Array, r: Array, dr: Array, dz: Array, lay: Array, t: dict[str, Array], xp: Any
-) -> Array:
-    """Standard deviation of the segment's z0 from the two hits' resolutions."""
-    li, lj = lay[i], lay[j]
-    ri, rj = r[i], r[j]
-    return xp.sqrt(
-        (t["sigma_z"][li] * rj / dr) ** 2
-        + (t["sigma_z"][lj] * ri / dr) ** 2
-        + (t["sigma_r"][li] * dz * rj / dr**2) ** 2
-        + (t["sigma_r"][lj] * dz * ri / dr**2) ** 2
-    )
+    def z0_error(self, i: Array, j: Array, dr: Array, dz: Array) -> Array:
+        """Standard deviation of the segments' z0 from their two hits' resolutions."""
+        r, sz, sr, xp = self.r, self.sigma_z, self.sigma_r, self.xp
+        ri, rj = r[i], r[j]
+        return xp.sqrt(
+            (sz[i] * rj / dr) ** 2
+            + (sz[j] * ri / dr) ** 2
+            + (sr[i] * dz * rj / dr**2) ** 2
+            + (sr[j] * dz * ri / dr**2) ** 2
+        )
 
 
 def select_edges(graph: Graph, mask: Array) -> Graph:
