@@ -122,7 +122,10 @@ class ServeConfig:
     )
     http: str = field(default="127.0.0.1:10062", metadata=_help("HOST:PORT of /metrics and health"))
     max_batch_events: int = field(default=8, metadata=_help("most events in one batch"))
-    max_batch_hits: int = field(default=1_000_000, metadata=_help("most hits in one batch"))
+    max_batch_hits: int = field(
+        default=0,
+        metadata=_help("most hits in one batch; 0: 100000 on the CPU, 1000000 on a GPU"),
+    )
     max_queue_delay_ms: float = field(
         default=5.0, metadata=_help("longest wait for a batch to fill after its first event")
     )
@@ -233,13 +236,12 @@ _POSITIVE_INT = (
     "max_message_bytes",
     "max_frames",
     "max_batch_events",
-    "max_batch_hits",
     "queue_capacity",
     "reply_capacity",
     "dead_letter_max_bytes",
     "max_hits",
 )
-_NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms", "torch_threads")
+_NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms", "torch_threads", "max_batch_hits")
 
 
 def _check(name: str, value: Any) -> None:

@@ -57,8 +57,20 @@ DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the 
 DRAIN_RESERVE_SHARE = 0.25
 
 
-def _policy(cfg: ServeConfig) -> BatchPolicy:
-    return BatchPolicy(cfg.max_batch_events, cfg.max_batch_hits, cfg.max_queue_delay_ms)
+# max_batch_hits = 0 (the default) means these. On the CPU a batch past about 100k hits
+# costs more per event than its events one by one (graph, pruning and GNN working sets
+# leave the cache; bench/RESULTS.md, "Batch size on the CPU"); a GPU wants large batches.
+CPU_BATCH_HITS = 100_000
+GPU_BATCH_HITS = 1_000_000
+
+
+def batch_hits(cfg: ServeConfig, device: str) -> int:
+    """The hits a batch may hold: ``max_batch_hits``, or the device's default when 0."""
+    return cfg.max_batch_hits or (GPU_BATCH_HITS if device == "cuda" else CPU_BATCH_HITS)
+
+
+def _policy(cfg: ServeConfig, device: str) -> BatchPolicy:
+    return BatchPolicy(cfg.max_batch_events, batch_hits(cfg, device), cfg.max_queue_delay_ms)
 
 
 def _fields(**kv: Any) -> dict[str, Any]:
@@ -91,7 +103,7 @@ class Daemon:
         self.readiness = Readiness()
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
         self.model: ServedModel | None = None
-        self.batcher = Batcher(cfg.queue_capacity, _policy(cfg))
+        self.batcher = Batcher(cfg.queue_capacity, _policy(cfg, "cpu"))  # set at _install
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self._reloading = threading.Lock()
@@ -364,15 +376,16 @@ class Daemon:
         if isinstance(result, BaseException):
             log.error("cannot load the model: %s", result, exc_info=result)
             return 1
-        self._install(result)
+        self._install(result, self.config)
         return None
 
     def _model(self) -> ServedModel:
         assert self.model is not None
         return self.model
 
-    def _install(self, model: ServedModel) -> None:
+    def _install(self, model: ServedModel, cfg: ServeConfig) -> None:
         self.model = model
+        self.batcher.policy = _policy(cfg, model.device)
         m = self.metrics
         m.set_model(model.name, model.path, model.digest, model.threshold)
         m.build_info.clear()
@@ -402,9 +415,8 @@ class Daemon:
                 log.warning("settings that need a restart kept: %s", ", ".join(changed))
             new = replace(new, **kept)
             model = load_served_model(new)
-            self._install(model)
+            self._install(model, new)
             self.config = new
-            self.batcher.policy = _policy(new)
             logs.configure(new.log_format, new.log_level)
         except Exception as e:
             self.metrics.model_reloads.labels("failure").inc()
@@ -435,7 +447,7 @@ class Daemon:
                 output=f"{self.endpoints['output']} (PUSH, {mode})",
                 http=f"http://{self.endpoints['http']}",
                 max_batch_events=cfg.max_batch_events,
-                max_batch_hits=cfg.max_batch_hits,
+                max_batch_hits=batch_hits(cfg, model.device),
                 max_queue_delay_ms=cfg.max_queue_delay_ms,
                 overload=cfg.overload,
                 deadline_ms=cfg.deadline_ms,

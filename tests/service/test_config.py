@@ -163,3 +163,16 @@ def torch_tensorrt_importable() -> bool:
     from streamtrk.recon.engine import tensorrt_unavailable
 
     return tensorrt_unavailable() is None
+
+
+def test_max_batch_hits_zero_means_the_devices_default() -> None:
+    from dataclasses import replace
+
+    from streamtrk.service.serve import CPU_BATCH_HITS, GPU_BATCH_HITS, batch_hits
+
+    cfg = ServeConfig()
+    assert cfg.max_batch_hits == 0
+    assert (batch_hits(cfg, "cpu"), batch_hits(cfg, "cuda")) == (CPU_BATCH_HITS, GPU_BATCH_HITS)
+    assert batch_hits(replace(cfg, max_batch_hits=5000), "cuda") == 5000
+    with pytest.raises(ConfigError, match="max_batch_hits must be a non-negative integer"):
+        ServeConfig(max_batch_hits=-1)

@@ -18,6 +18,7 @@ from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.recon.model import default_model_path
+from streamtrk.service.serve import CPU_BATCH_HITS
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
@@ -59,6 +60,7 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     for key in ("version", "torch", "device", "engine", "model", "model_hash", "input", "http"):
         assert banner[key] not in (None, ""), key
     assert banner["device"] == "cpu" and d.input in banner["input"]
+    assert banner["max_batch_hits"] == CPU_BATCH_HITS  # max_batch_hits = 0: the CPU's
     m = d.metrics()
     assert sample(m, "streamtrk_ready") == 1
     assert sample(m, "streamtrk_queue_capacity", queue="batch") == 64
