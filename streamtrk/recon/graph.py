@@ -182,7 +182,48 @@ def build_graph(
     det: Detector,
     cfg: GraphConfig = GraphConfig(),
 ) -> Graph:
-    """Build the doublet graph of a batch of events (hits concatenated, ``node_offsets``)."""
+    """Build the doublet graph of a batch of events (hits concatenated, ``node_offsets``).
+
+    On the CPU the events are built one by one and joined (the same edges in the same
+    order: no edge joins two events): a batch's working set past a few 10k hits leaves
+    the cache, and built whole a batch of 8 MU=200 events cost 2.3 times its events one
+    by one. On the GPU the batch is built whole (launch count)."""
+    xp = array_module(x)
+    n_events = len(node_offsets) - 1
+    if xp is np and n_events > 1:
+        cols = (x, y, z, volume_id, layer_id)
+        parts = [
+            _build(*(c[lo:hi] for c in cols), np.array([0, hi - lo]), det, cfg)
+            for lo, hi in pairwise(int(o) for o in node_offsets)
+        ]
+        return _join(parts, np.asarray(node_offsets, dtype=np.int64))
+    return _build(x, y, z, volume_id, layer_id, node_offsets, det, cfg)
+
+
+def _join(parts: list[Graph], node_offsets: np.ndarray) -> Graph:
+    """One graph of the per-event graphs ``parts`` (hit numbers shifted by ``node_offsets``)."""
+    return Graph(
+        node_features=np.concatenate([g.node_features for g in parts]),
+        edge_index=np.concatenate(
+            [g.edge_index + off for g, off in zip(parts, node_offsets[:-1], strict=True)], axis=1
+        ),
+        edge_features=np.concatenate([g.edge_features for g in parts]),
+        node_offsets=node_offsets,
+        layer=np.concatenate([g.layer for g in parts]),
+    )
+
+
+def _build(
+    x: Array,
+    y: Array,
+    z: Array,
+    volume_id: Array,
+    layer_id: Array,
+    node_offsets: np.ndarray,
+    det: Detector,
+    cfg: GraphConfig,
+) -> Graph:
+    """``build_graph`` of one batch, built whole."""
     xp = array_module(x)
     t = _device_tables(det, cfg.z0_limit, cfg.skip_layers, xp)
     n = int(x.shape[0])
@@ -400,6 +441,26 @@ class _Search:
             + (sr[i] * dz * rj / dr**2) ** 2
             + (sr[j] * dz * ri / dr**2) ** 2
         )
+
+
+def event_graphs(graph: Graph) -> list[Graph]:
+    """The batch's graph cut into one graph per event (views; hits numbered from 0 in each).
+    Needs edges sorted by inner hit, as :func:`build_graph` makes them and selections keep."""
+    offsets = graph.node_offsets
+    source = to_host(graph.edge_index[0])
+    edge_bounds = np.searchsorted(source, offsets)
+    return [
+        Graph(
+            node_features=graph.node_features[lo:hi],
+            edge_index=graph.edge_index[:, e_lo:e_hi] - lo,
+            edge_features=graph.edge_features[e_lo:e_hi],
+            node_offsets=np.array([0, hi - lo], dtype=np.int64),
+            layer=graph.layer[lo:hi],
+        )
+        for lo, hi, e_lo, e_hi in zip(
+            offsets[:-1], offsets[1:], edge_bounds[:-1], edge_bounds[1:], strict=True
+        )
+    ]
 
 
 def select_edges(graph: Graph, mask: Array) -> Graph:

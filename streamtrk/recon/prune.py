@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.detector import BARREL, Detector
-from streamtrk.recon.graph import Graph
+from streamtrk.recon.graph import Graph, event_graphs
 from streamtrk.xp import Array, array_module, expand_ranges
 
 WINDOWS_FILE = "prune_windows.toml"
@@ -292,6 +292,9 @@ def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | No
     keep = xp.zeros(n_edges, dtype=bool)
     if n_edges == 0:
         return keep
+    if xp is np and len(graph.node_offsets) > 2:
+        # Event by event on the CPU: the same mask, from working sets that stay in cache.
+        return np.concatenate([prune_edges(e, cfg, det) for e in event_graphs(graph)])
     t = _tables(det, cfg, xp)
     g = edge_geometry(graph, det)
     usable = (xp.abs(g["k2"]) <= t["k2_max"][g["pair"]]) & (

@@ -7,7 +7,9 @@ from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
 from streamtrk.recon.graph import (
     GraphConfig,
+    _build,
     build_graph,
+    event_graphs,
     layer_pairs,
     select_edges,
     without_isolated_hits,
@@ -78,6 +80,25 @@ def test_batch_is_the_disjoint_union_of_events(small_events, det):
         mine = both.edge_index[:, (i >= lo) & (i < hi)] - lo
         assert set(map(tuple, mine.T.tolist())) == set(map(tuple, alone.edge_index.T.tolist()))
     assert both.num_edges == sum(_graph([ev], det).num_edges for ev in small_events)
+
+
+def test_the_cpu_builds_a_batch_event_by_event_as_the_gpu_builds_it_whole(small_events, det):
+    batch = _graph(small_events, det)
+    cols = [np.concatenate([getattr(e.hits, k) for e in small_events]) for k in
+            ("x", "y", "z", "volume_id", "layer_id")]  # fmt: skip
+    whole = _build(*cols, batch.node_offsets, det, GraphConfig())
+    for name in ("node_features", "edge_index", "edge_features", "node_offsets", "layer"):
+        assert np.array_equal(getattr(batch, name), getattr(whole, name)), name
+    assert np.all(np.diff(batch.edge_index[0]) >= 0)  # sorted by inner hit
+
+
+def test_event_graphs_are_the_events_own_graphs(small_events, det):
+    parts = event_graphs(_graph(small_events, det))
+    assert len(parts) == len(small_events)
+    for part, ev in zip(parts, small_events, strict=True):
+        alone = _graph([ev], det)
+        for name in ("node_features", "edge_index", "edge_features", "node_offsets", "layer"):
+            assert np.array_equal(getattr(part, name), getattr(alone, name)), name
 
 
 def test_phi_wrap_around_connects_a_track(det):
