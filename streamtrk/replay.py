@@ -17,7 +17,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,15 +135,7 @@ class ReplayResult:
         return out | physics(events, self.first_replies)
 
 
-def _schedule(n: int, rate: float | None) -> Iterator[None]:
-    """Yields ``n`` times, paced at ``rate`` per second when given."""
-    t0 = time.perf_counter()
-    for i in range(n):
-        if rate:
-            wait = t0 + i / rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-        yield
+RESEND_POLL_S = 0.05
 
 
 @dataclass(eq=False)
@@ -161,7 +152,8 @@ class _Send:
 
 class _Sender(threading.Thread):
     """Sends every event with a message id of its own (the id prefix is random, so replays
-    sharing a collector do not mix), then resends those still unanswered."""
+    sharing a collector do not mix), paced at ``rate`` when given; meanwhile, and after
+    the last, resends those still unanswered ``retry_after_s`` after their last send."""
 
     def __init__(
         self, producer: Producer, events: list[Recorded], opts: ReplayOptions, result: ReplayResult
@@ -173,12 +165,19 @@ class _Sender(threading.Thread):
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.prefix = random.getrandbits(30) << 32
+        self.timeout_ms = int(opts.timeout_s * 1000)
+        self._next_check = 0.0  # when resends are next looked for
 
     def run(self) -> None:
-        r, timeout_ms = self.result, int(self.opts.timeout_s * 1000)
+        r, rate = self.result, self.opts.rate
         order = [ev for _ in range(self.opts.loop) for ev in self.events]
-        for i, _ in enumerate(_schedule(len(order), self.opts.rate)):
-            ev = order[i]
+        t0 = time.perf_counter()
+        for i, ev in enumerate(order):
+            while rate and (wait := t0 + i / rate - time.perf_counter()) > 0:
+                if self.stop.wait(min(wait, RESEND_POLL_S)):
+                    break
+                self._resend_due()
+            self._resend_due()
             if self.stop.is_set():
                 r.unsent = len(order) - i
                 return
@@ -188,32 +187,35 @@ class _Sender(threading.Thread):
             with self.lock:
                 self.pending[msg_id] = _Send(ev.key, msg_id, frames, t, t)
                 r.t_first_send = r.t_first_send or t
-            if not self.producer.send_frames(frames, timeout_ms=timeout_ms):
+            if not self.producer.send_frames(frames, timeout_ms=self.timeout_ms):
                 with self.lock:
                     del self.pending[msg_id]
                 r.unsent = len(order) - i
                 return
             r.sent += 1
             r.t_last_send = t
-        self._resend(timeout_ms)
+        while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
+            pass
 
-    def _resend(self, timeout_ms: int) -> None:
-        """Resend what has no reply ``retry_after_s`` after its last send, at most
-        ``retries`` times each, until everything is answered or out of resends."""
-        opts = self.opts
-        while not self.stop.wait(0.05):
-            now = time.perf_counter()
-            with self.lock:
-                todo = [p for p in self.pending.values() if p.sends <= opts.retries]
-                due = [p for p in todo if now - p.t_last >= opts.retry_after_s]
-            if not todo:
-                return
-            for p in due:
-                if not self.producer.send_frames(p.frames, timeout_ms=timeout_ms):
-                    return
-                p.t_last, p.sends = time.perf_counter(), p.sends + 1
-                self.result.resent += 1
-                self.result.t_last_send = p.t_last
+    def _resend_due(self) -> bool:
+        """Resend (once each) what has had no reply for ``retry_after_s`` since its last
+        send and has resends left; at most every ``RESEND_POLL_S``. False once nothing is
+        left to resend, or a send timed out."""
+        opts, now = self.opts, time.perf_counter()
+        if opts.retries == 0 or now < self._next_check:
+            return opts.retries > 0
+        self._next_check = now + RESEND_POLL_S
+        with self.lock:
+            todo = [p for p in self.pending.values() if p.sends <= opts.retries]
+        for p in todo:
+            if now - p.t_last < opts.retry_after_s:
+                continue
+            if not self.producer.send_frames(p.frames, timeout_ms=self.timeout_ms):
+                return False
+            p.t_last, p.sends = time.perf_counter(), p.sends + 1
+            self.result.resent += 1
+            self.result.t_last_send = p.t_last
+        return bool(todo)
 
     def match(self, msg_id: int | None, key: Key) -> float | None:
         """The first send time of the message this reply answers; None for a reply to a

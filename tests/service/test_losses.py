@@ -46,7 +46,7 @@ def test_an_oversized_frame_is_counted_and_resends_recover(daemon_factory, sim_r
     assert logged  # ... and logged
     assert plain["missing"] >= 1  # the oversized one at least; the replay says so
 
-    resent = replay(events, options(d, retries=3, retry_after_s=2.0)).report(events, None)
+    resent = replay(events, options(d, retries=5, retry_after_s=2.0)).report(events, None)
     assert resent["missing"] == 1  # only the oversized event, on every resend
     assert resent["ok"] == len(small) and resent["resent"] >= 1
 
