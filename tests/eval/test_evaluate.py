@@ -1,0 +1,50 @@
+"""The evaluate report: edge counts along the chain (built, pruned, scored) and the track
+rates by bin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from streamtrk.eval.evaluate import _track_rates, evaluate
+from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.reconstructor import Reconstructor
+
+
+def test_edge_counts_along_the_chain(small_events) -> None:
+    plain = evaluate(Reconstructor.oracle(), small_events).report()
+    assert plain["gnn_edges_per_event"] == plain["graph_edges_per_event"] > 0
+    assert plain["pruned_edge_efficiency"] == plain["graph_edge_efficiency"]
+    # Oracle scores: every target segment in the graph is above the threshold.
+    assert plain["gnn_edge_efficiency"] == plain["graph_edge_efficiency"]
+
+    pruned = evaluate(Reconstructor.oracle(prune=PruneConfig()), small_events).report()
+    assert pruned["graph_edges_per_event"] == plain["graph_edges_per_event"]
+    assert pruned["gnn_edges_per_event"] < 0.5 * pruned["graph_edges_per_event"]
+    assert 0.95 < pruned["pruned_edge_efficiency"] <= pruned["graph_edge_efficiency"]
+    assert pruned["pruned_edge_efficiency_all"] <= pruned["graph_edge_efficiency_all"]
+    assert pruned["pruned_edge_purity"] > pruned["graph_edge_purity"]
+    assert set(pruned["timings"]) == {"graph", "prune", "gnn", "tracks", "fit"}
+    assert all(v >= 0 for v in pruned["timings"].values())
+
+
+def test_track_rates_by_bin() -> None:
+    # fitted pt, eta, chi2/ndf, fake, duplicate, matched
+    rows = np.array(
+        [
+            [0.9, 0.5, 9.0, 1, 0, 0],  # fake, 0.85-1 GeV, |eta| 0-1
+            [1.2, -1.2, 0.5, 0, 1, 1],  # duplicate, 1-1.5 GeV, |eta| 1-1.5
+            [1.3, 1.4, 1.0, 0, 0, 1],
+            [5.0, 3.0, 2.0, 0, 0, 1],  # 3-10 GeV, |eta| 2.5-4
+        ]
+    )
+    out = _track_rates(rows)
+    assert out["fake_rate_by_pt"]["0.85-1"] == 1.0
+    assert out["fake_rate_by_pt"]["1-1.5"] == 0.0
+    assert out["duplicate_rate_by_pt"]["1-1.5"] == 0.5
+    assert math.isnan(out["duplicate_rate_by_pt"]["0.85-1"])  # no real track there
+    assert math.isnan(out["fake_rate_by_pt"]["0-0.5"])  # no track at all
+    assert out["duplicate_rate_by_abs_eta"]["1-1.5"] == 0.5
+    assert out["fake_rate_by_abs_eta"]["2.5-4"] == 0.0
+    assert out["chi2_ndf_median"] == 1.0  # of the matched tracks only
