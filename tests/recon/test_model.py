@@ -21,6 +21,8 @@ from streamtrk.recon.model import (
     save_model,
     shipped_model_path,
 )
+from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.tracks import TrackConfig
 
 ARCH = GNNConfig(hidden=8, edge_hidden=4, steps=2)
 
@@ -44,6 +46,33 @@ def test_model_round_trip(saved: tuple[Path, InteractionNetwork]) -> None:
     rec = load_reconstructor(path)
     assert rec.threshold == 0.7 and rec.graph_config == GraphConfig()
     assert load_reconstructor(path, threshold=0.4).threshold == 0.4
+
+
+def test_pruning_and_track_settings_round_trip(tmp_path: Path) -> None:
+    prune = PruneConfig(scale=2.0, min_hits=3)
+    tracks = TrackConfig(stitch_threshold=0.1, min_hits=4, max_chi2_ndf=3.0, max_d0=1.0)
+    card = model_card("t", ARCH, GraphConfig(), 0.5, prune=prune, tracks=tracks)
+    save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
+    rec = load_reconstructor(tmp_path / "m")
+    assert rec.prune == prune and rec.tracks == tracks
+    # A model made before pruning and track cuts: unpruned graphs, the plain chain.
+    save_model(
+        tmp_path / "old", InteractionNetwork(ARCH), model_card("o", ARCH, GraphConfig(), 0.5)
+    )
+    old = load_reconstructor(tmp_path / "old")
+    assert old.prune is None and old.tracks == TrackConfig()
+    _edit_card(tmp_path / "m", "stitch_threshold = 0.1", "stitch_treshold = 0.1")
+    with pytest.raises(ModelCardError, match=r"\[tracks\].*stitch_treshold"):
+        load_reconstructor(tmp_path / "m")
+
+
+def test_the_shipped_card_prunes_and_stitches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
+    card = read_card(default_model_path())
+    rec = load_reconstructor()
+    assert rec.prune == PruneConfig(**card["prune"]) and rec.prune.min_hits == 4
+    assert rec.tracks.stitch_threshold == card["tracks"]["stitch_threshold"] is not None
+    assert card["metrics"]["test"]["gnn_edge_efficiency"] > 0.98  # measured on pruned graphs
 
 
 def _edit_card(path: Path, edit: str, new: str) -> None:
