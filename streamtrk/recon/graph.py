@@ -11,6 +11,7 @@ drop queries into empty layers), not per layer pair.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -106,11 +107,21 @@ class Graph:
         return int(self.edge_index.shape[1])
 
 
+def batch_graph(
+    events: Sequence[Event], det: Detector, cfg: GraphConfig = GraphConfig(), xp: Any = np
+) -> Graph:
+    """The graph of a batch of events (their hits concatenated, on ``xp``'s device)."""
+    offsets = np.concatenate([[0], np.cumsum([len(ev.hits) for ev in events])]).astype(np.int64)
+    cols = [
+        xp.asarray(np.concatenate([getattr(ev.hits, k) for ev in events]))
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    ]
+    return build_graph(*cols, offsets, det, cfg)
+
+
 def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -> Graph:
     """The graph of one event."""
-    h = event.hits
-    offsets = np.array([0, len(h)], dtype=np.int64)
-    return build_graph(h.x, h.y, h.z, h.volume_id, h.layer_id, offsets, det, cfg)
+    return batch_graph([event], det, cfg)
 
 
 @cache

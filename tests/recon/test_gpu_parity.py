@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streamtrk.recon.graph import build_graph
+from streamtrk.recon.graph import batch_graph
 from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
 from streamtrk.recon.tracks import (
     TrackConfig,
@@ -22,14 +22,7 @@ if not _HAS_GPU:
 
 
 def _edges(events, det, xp):
-    cols = {
-        k: xp.asarray(np.concatenate([getattr(e.hits, k) for e in events]))
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
-    offsets = np.cumsum([0] + [len(e.hits) for e in events])
-    g = build_graph(
-        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det
-    )
+    g = batch_graph(events, det, xp=xp)
     ei = g.edge_index.get() if xp is cupy else g.edge_index
     return {tuple(e) for e in ei.T.tolist()}, g
 

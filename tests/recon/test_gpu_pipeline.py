@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters
 from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
-from streamtrk.recon.graph import build_graph
+from streamtrk.recon.graph import batch_graph
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
@@ -111,19 +111,8 @@ def compiled(recs) -> EngineScorer:
     return EngineScorer(recs[1].scorer.model, "cuda", "compile")
 
 
-def _graph(events, det):
-    cols = {
-        k: cupy.asarray(np.concatenate([getattr(e.hits, k) for e in events]))
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
-    offsets = np.cumsum([0] + [len(e.hits) for e in events])
-    return build_graph(
-        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det
-    )
-
-
 def test_compiled_engine_matches_eager(compiled, recs, mu200_events, det) -> None:
-    g = _graph(mu200_events[:2], det)
+    g = batch_graph(mu200_events[:2], det, xp=cupy)
     eager = EngineScorer(recs[1].scorer.model, "cuda", "eager")
     out = compiled(g, [])
     assert isinstance(out, cupy.ndarray) and out.shape == (g.num_edges,)
@@ -131,7 +120,7 @@ def test_compiled_engine_matches_eager(compiled, recs, mu200_events, det) -> Non
 
 
 def test_bucketing_reuses_compiled_code(compiled, mu200_events, det) -> None:
-    small, large = _graph(mu200_events[:1], det), _graph(mu200_events, det)
+    small, large = (batch_graph(e, det, xp=cupy) for e in (mu200_events[:1], mu200_events))
     shapes = {compiled.buckets.shape(g.num_nodes, g.num_edges) for g in (small, large)}
     assert len(shapes) == 2  # two different buckets
     compiled(small, [])  # compiles here unless an earlier test did

@@ -8,24 +8,13 @@ from streamtrk.event import Event, Hits
 from streamtrk.recon.graph import (
     GraphConfig,
     _build,
-    build_graph,
+    batch_graph,
     event_graphs,
     layer_pairs,
     select_edges,
     without_isolated_hits,
 )
 from streamtrk.recon.truth import true_segments
-
-
-def _graph(events, det, cfg=GraphConfig()):
-    cols = {
-        k: np.concatenate([getattr(e.hits, k) for e in events])
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
-    offsets = np.cumsum([0] + [len(e.hits) for e in events])
-    return build_graph(
-        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det, cfg
-    )
 
 
 def _keys(g):
@@ -36,14 +25,14 @@ def _keys(g):
 def test_grid_search_equals_brute_force(small_events, det):
     # One cell per layer (1 bin in u, 1 in phi) makes the search test every hit pair of
     # every layer pair: the fine grid must find exactly the same edges.
-    fine = _graph(small_events[:1], det)
-    brute = _graph(small_events[:1], det, GraphConfig(n_bins=1, n_phi_bins=1))
+    fine = batch_graph(small_events[:1], det)
+    brute = batch_graph(small_events[:1], det, GraphConfig(n_bins=1, n_phi_bins=1))
     assert fine.num_edges > 10_000
     assert np.array_equal(_keys(fine), _keys(brute))
 
 
 def test_edges_are_unique_outward_and_within_layer_pairs(small_events, det):
-    g = _graph(small_events[:1], det)
+    g = batch_graph(small_events[:1], det)
     i, j = g.edge_index
     assert len(np.unique(_keys(g))) == g.num_edges
     r = g.node_features[:, 0]
@@ -70,20 +59,20 @@ def test_layer_pairs_follow_the_detector(det):
 
 
 def test_batch_is_the_disjoint_union_of_events(small_events, det):
-    both = _graph(small_events, det)
+    both = batch_graph(small_events, det)
     offset = len(small_events[0].hits)
     i, j = both.edge_index
     assert np.all((i < offset) == (j < offset))
     for k, ev in enumerate(small_events):
-        alone = _graph([ev], det)
+        alone = batch_graph([ev], det)
         lo, hi = both.node_offsets[k], both.node_offsets[k + 1]
         mine = both.edge_index[:, (i >= lo) & (i < hi)] - lo
         assert set(map(tuple, mine.T.tolist())) == set(map(tuple, alone.edge_index.T.tolist()))
-    assert both.num_edges == sum(_graph([ev], det).num_edges for ev in small_events)
+    assert both.num_edges == sum(batch_graph([ev], det).num_edges for ev in small_events)
 
 
 def test_the_cpu_builds_a_batch_event_by_event_as_the_gpu_builds_it_whole(small_events, det):
-    batch = _graph(small_events, det)
+    batch = batch_graph(small_events, det)
     cols = [np.concatenate([getattr(e.hits, k) for e in small_events]) for k in
             ("x", "y", "z", "volume_id", "layer_id")]  # fmt: skip
     whole = _build(*cols, batch.node_offsets, det, GraphConfig())
@@ -93,10 +82,10 @@ def test_the_cpu_builds_a_batch_event_by_event_as_the_gpu_builds_it_whole(small_
 
 
 def test_event_graphs_are_the_events_own_graphs(small_events, det):
-    parts = event_graphs(_graph(small_events, det))
+    parts = event_graphs(batch_graph(small_events, det))
     assert len(parts) == len(small_events)
     for part, ev in zip(parts, small_events, strict=True):
-        alone = _graph([ev], det)
+        alone = batch_graph([ev], det)
         for name in ("node_features", "edge_index", "edge_features", "node_offsets", "layer"):
             assert np.array_equal(getattr(part, name), getattr(alone, name)), name
 
@@ -114,7 +103,7 @@ def test_phi_wrap_around_connects_a_track(det):
         layer_id=np.array([2, 4, 6, 8], np.int32),
         module_id=np.ones(4, np.int32),
     )
-    g = _graph([Event(0, 0, hits)], det)
+    g = batch_graph([Event(0, 0, hits)], det)
     edges = set(map(tuple, g.edge_index.T.tolist()))
     assert {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)} <= edges
 
@@ -122,7 +111,7 @@ def test_phi_wrap_around_connects_a_track(det):
 def test_edge_efficiency_on_mu200(mu200_events, det):
     found = total = 0
     for ev in mu200_events:
-        g = _graph([ev], det)
+        g = batch_graph([ev], det)
         seg = true_segments(ev, 1.0)
         p = ev.truth.particles
         pid = ev.truth.hits.particle_id[seg[0]]
@@ -139,14 +128,14 @@ def test_real_event_graph_efficiency(shared_trackml, det):
     from streamtrk.io.trackml import read_event
 
     ev = read_event(shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000")
-    g = _graph([ev], det)
+    g = batch_graph([ev], det)
     seg = true_segments(ev, 1.0)
     n = len(ev.hits)
     assert np.isin(seg[0] * n + seg[1], _keys(g)).mean() >= 0.98
 
 
 def test_select_edges_keeps_hits(small_events, det):
-    g = _graph(small_events[:1], det)
+    g = batch_graph(small_events[:1], det)
     mask = np.arange(g.num_edges) % 3 == 0
     p = select_edges(g, mask)
     assert p.num_nodes == g.num_nodes and p.num_edges == int(mask.sum())
@@ -154,7 +143,7 @@ def test_select_edges_keeps_hits(small_events, det):
 
 
 def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
-    g = _graph(small_events, det)
+    g = batch_graph(small_events, det)
     p = select_edges(g, np.arange(g.num_edges) % 7 == 0)  # most hits lose their edges
     c = without_isolated_hits(p)
     kept = np.unique(p.edge_index)

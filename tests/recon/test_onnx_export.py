@@ -12,24 +12,13 @@ import torch
 from streamtrk.cli import main
 from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
-from streamtrk.recon.graph import GraphConfig, build_graph
+from streamtrk.recon.graph import GraphConfig, batch_graph
 from streamtrk.recon.model import save_model
 from streamtrk.recon.onnx_export import INPUTS, OUTPUT
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (dev extra)")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (dev extra)")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (dev extra)")
-
-
-def _graph(events, det):
-    cols = {
-        k: np.concatenate([getattr(e.hits, k) for e in events])
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
-    offsets = np.cumsum([0] + [len(e.hits) for e in events])
-    return build_graph(
-        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det
-    )
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> None:
@@ -52,7 +41,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> N
     session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     sizes = set()
     for events in (small_events[:1], small_events):  # one event, then a batch of two
-        g = _graph(events, det)
+        g = batch_graph(events, det)
         feeds = dict(zip(INPUTS, (g.node_features, g.edge_index, g.edge_features), strict=True))
         (scores,) = session.run([OUTPUT], feeds)
         with torch.no_grad():
@@ -72,7 +61,7 @@ def test_shipped_model_exports_and_agrees(tmp_path: Path, small_events, det) -> 
     options.intra_op_num_threads = 1  # see test_onnx_export_runs_in_onnxruntime
     session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     rec = load_reconstructor(default_model_path())
-    g = _graph(small_events, det)
+    g = batch_graph(small_events, det)
     feeds = dict(zip(INPUTS, (g.node_features, g.edge_index, g.edge_features), strict=True))
     (scores,) = session.run([OUTPUT], feeds)
     ref = rec.scorer(g, small_events)

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from streamtrk.detector import BARREL
-from streamtrk.recon.graph import Graph, build_graph, select_edges, without_isolated_hits
+from streamtrk.recon.graph import (
+    Graph,
+    batch_graph,
+    select_edges,
+    without_isolated_hits,
+)
 from streamtrk.recon.prune import (
     PruneConfig,
     edge_geometry,
@@ -19,17 +24,6 @@ from streamtrk.recon.prune import (
 from streamtrk.recon.truth import particle_pt, true_segments
 
 F32 = np.float32
-
-
-def _graph(events, det):
-    cols = {
-        k: np.concatenate([getattr(e.hits, k) for e in events])
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
-    offsets = np.cumsum([0] + [len(e.hits) for e in events])
-    return build_graph(
-        cols["x"], cols["y"], cols["z"], cols["volume_id"], cols["layer_id"], offsets, det
-    )
 
 
 def _reference(graph: Graph, cfg: PruneConfig, det) -> np.ndarray:
@@ -110,7 +104,7 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_vectorised_mask_equals_brute_force(small_events, det, name):
-    g = _graph(small_events[:1], det)
+    g = batch_graph(small_events[:1], det)
     cfg = replace(PruneConfig(), **CONFIGS[name])
     ref = _reference(g, cfg, det)
     mask = prune_edges(g, cfg, det)
@@ -120,7 +114,7 @@ def test_vectorised_mask_equals_brute_force(small_events, det, name):
 
 
 def test_edge_geometry_matches_python_maths(small_events, det):
-    g = _graph(small_events[:1], det)
+    g = batch_graph(small_events[:1], det)
     geo = edge_geometry(g, det)
     nf = g.node_features.astype(np.float64)
     for e in range(0, g.num_edges, 97):
@@ -149,12 +143,12 @@ def test_mirror_layers_fold_minus_z_disks(det):
 
 
 def test_batched_mask_is_the_per_event_masks(small_events, det):
-    both = _graph(small_events, det)
+    both = batch_graph(small_events, det)
     mask = prune_edges(both, PruneConfig(), det)
     src = both.edge_index[0]
     for k, ev in enumerate(small_events):
         lo, hi = both.node_offsets[k], both.node_offsets[k + 1]
-        alone = _graph([ev], det)
+        alone = batch_graph([ev], det)
         single = prune_edges(alone, PruneConfig(), det)
         sel = (src >= lo) & (src < hi)
         assert np.array_equal(both.edge_index[:, sel] - lo, alone.edge_index)
@@ -181,7 +175,7 @@ def test_mu200_keeps_target_segments_and_drops_most_edges(mu200_events, det):
     """Seed 90210 (no tuning): at least 99.5% of the central pT >= 1 GeV segments in the
     graph survive, and at most 1 edge in 5."""
     ev = mu200_events[0]
-    g = _graph([ev], det)
+    g = batch_graph([ev], det)
     mask = prune_edges(g, PruneConfig(), det)
     n = len(ev.hits)
     seg = true_segments(ev, 1.0)
@@ -207,20 +201,8 @@ def test_cupy_mask_equals_numpy(mu200_events, det):
             pytest.skip("no CUDA device")
     except cupy.cuda.runtime.CUDARuntimeError:
         pytest.skip("no CUDA device")
-    cpu = _graph(mu200_events[:2], det)
-    cols = {
-        k: cupy.asarray(np.concatenate([getattr(e.hits, k) for e in mu200_events[:2]]))
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
-    gpu = build_graph(
-        cols["x"],
-        cols["y"],
-        cols["z"],
-        cols["volume_id"],
-        cols["layer_id"],
-        cpu.node_offsets,
-        det,
-    )
+    cpu = batch_graph(mu200_events[:2], det)
+    gpu = batch_graph(mu200_events[:2], det, xp=cupy)
     assert np.array_equal(gpu.edge_index.get(), cpu.edge_index)
     for cfg in (PruneConfig(), PruneConfig(min_hits=3, scale=1.0)):
         m_cpu = prune_edges(cpu, cfg, det)
