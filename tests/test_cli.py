@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,9 @@ def test_onnx_export_prints_one_line(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1 and out.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}")
     assert out.stderr == ""
+
+
+def test_the_readme_tours_every_command() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    toured = set(re.findall(r"^\| `streamtrk ([a-z-]+)", readme, flags=re.MULTILINE))
+    assert toured == set(COMMANDS)
