@@ -49,7 +49,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,10 @@ from streamtrk.event import Event
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.gnn import InteractionNetwork
-from streamtrk.recon.graph import GraphConfig, build_graph
+from streamtrk.recon.graph import GraphConfig, batch_graph, build_graph, select_edges
+from streamtrk.recon.prune import PruneConfig, prune_edges
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
-from streamtrk.recon.tracks import build_tracks
+from streamtrk.recon.tracks import TrackConfig, build_tracks
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
 
@@ -164,9 +165,31 @@ def ms_stats(seconds: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- model
 
 
-def load_network() -> tuple[InteractionNetwork, float, GraphConfig, str]:
-    """The shipped model (network, threshold, graph settings, name), else a random one."""
-    from streamtrk.recon.card import check_card
+@dataclass(frozen=True)
+class Network:
+    """The network and the chain settings of its card (as ``load_reconstructor`` uses)."""
+
+    model: InteractionNetwork
+    threshold: float
+    graph: GraphConfig
+    prune: PruneConfig | None
+    tracks: TrackConfig
+    name: str
+
+    def reconstructor(self, scorer: Any, device: str) -> Reconstructor:
+        return Reconstructor(
+            scorer,
+            device=device,
+            graph_config=self.graph,
+            threshold=self.threshold,
+            prune=self.prune,
+            tracks=self.tracks,
+        )
+
+
+def load_network() -> Network:
+    """The shipped model with its card's settings, else a random one (no pruning)."""
+    from streamtrk.recon.card import card_prune, card_tracks, check_card
     from streamtrk.recon.model import default_model_path, load_model
 
     path = default_model_path()
@@ -174,9 +197,9 @@ def load_network() -> tuple[InteractionNetwork, float, GraphConfig, str]:
         model, card = load_model(path)
     except FileNotFoundError:
         torch.manual_seed(0)
-        return InteractionNetwork(), 0.5, GraphConfig(), RANDOM
+        return Network(InteractionNetwork(), 0.5, GraphConfig(), None, TrackConfig(), RANDOM)
     _, graph, threshold = check_card(card)
-    return model, threshold, graph, str(path)
+    return Network(model, threshold, graph, card_prune(card), card_tracks(card), str(path))
 
 
 # --------------------------------------------------------------------------- parts
@@ -229,8 +252,11 @@ class Bench:
 
 
 def summary(parts: dict[str, Any]) -> dict[str, Any]:
-    """Headline figures of the configurations measured so far, against docs/gpu.md's targets."""
+    """Headline figures of the configurations measured so far, against docs/gpu.md's
+    targets; ``end_to_end``: one row per configuration and batch size."""
+    info = parts.get("info", {})
     rows: dict[str, Any] = {}
+    end_to_end = []
     for name, p in parts.items():
         b = p.get("batches", {})
         if not b:
@@ -240,10 +266,25 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
             "p99_ms_batch1": b.get("1", {}).get("wall_ms", {}).get("p99"),
             "first_call_s": p.get("first_call_s"),
         }
+        end_to_end += [
+            {
+                "mu": info.get("mu"),
+                "batch": int(size),
+                "engine": p.get("engine"),
+                "precision": p.get("precision"),
+                "cuda_graphs": p.get("cuda_graphs"),
+                "events_per_second": v.get("events_per_s"),
+                "p50_ms": v.get("wall_ms", {}).get("p50"),
+                "p99_ms": v.get("wall_ms", {}).get("p99"),
+            }
+            for size, v in b.items()
+        ]
     rates = [r["events_per_s"]["16"] for r in rows.values() if r["events_per_s"].get("16")]
     p99s = [r["p99_ms_batch1"] for r in rows.values() if r["p99_ms_batch1"]]
     return {
+        "gpu": info.get("gpu", info.get("device")),
         "configs": rows,
+        "end_to_end": end_to_end,
         "best_events_per_s_batch16": max(rates, default=None),
         "target_events_per_s_batch16": TARGETS["events_per_s_batch16"],
         "best_p99_ms_batch1": min(p99s, default=None),
@@ -251,15 +292,17 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def info_part(dev: Device, events: list[Event], model_name: str, graph_cfg: GraphConfig) -> dict:
+def info_part(dev: Device, events: list[Event], mu: float, net: Network) -> dict:
     out: dict[str, Any] = {
         "device": dev.name,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
-        "model": model_name,
+        "model": net.name,
+        "prune": net.prune is not None,
         "events": len(events),
+        "mu": mu,
         "hits_per_event": float(np.mean([len(e.hits) for e in events])),
     }
     if dev.cuda:
@@ -271,10 +314,9 @@ def info_part(dev: Device, events: list[Event], model_name: str, graph_cfg: Grap
             "cuda_runtime": torch.version.cuda,
             "cupy": dev.cupy.__version__,
         }
-    ev = events[0]
-    cols = [dev.xp.asarray(getattr(ev.hits, k)) for k in COLUMNS]
-    g = build_graph(*cols, np.array([0, len(ev.hits)]), load_detector(), graph_cfg)
-    out["edges_per_event_first"] = g.num_edges
+    out["edges_per_event_first"] = batch_graph(
+        events[:1], load_detector(), net.graph, dev.xp
+    ).num_edges
     return out
 
 
@@ -291,9 +333,13 @@ def transfers_part(dev: Device, events: list[Event], scorer: EngineScorer, rec: 
         h2d.append(time.perf_counter() - t)
         bytes_in.append(sum(a.nbytes for a in host))
         g = build_graph(*cols, np.array([0, len(ev.hits)]), det, rec.graph_config)
+        if rec.prune is not None:
+            g = select_edges(g, prune_edges(g, rec.prune, det))
         scores = scorer(g, [ev])
         r = g.node_features[:, 0]
-        offsets, hits = build_tracks(g.edge_index, scores, r, threshold=rec.threshold)
+        offsets, hits = build_tracks(
+            g.edge_index, scores, r, threshold=rec.threshold, config=rec.tracks
+        )
         params = fit_tracks(offsets, hits, cols[0], cols[1], cols[2], g.layer, det)
         arrays = [offsets, hits, *params.values()]
         dev.sync()
@@ -315,9 +361,7 @@ def config_part(
     bench: Bench,
     dev: Device,
     events: list[Event],
-    model: InteractionNetwork,
-    threshold: float,
-    graph_cfg: GraphConfig,
+    net: Network,
     config: str,
     batches: list[int],
     scale: float,
@@ -327,8 +371,8 @@ def config_part(
     engine, precision, graphs, _ = CONFIGS[config]
     torch._dynamo.reset()
     graphs_before = counters["stats"]["unique_graphs"]
-    scorer = EngineScorer(model, dev.name, engine, precision, cuda_graphs=graphs)
-    rec = Reconstructor(scorer, device=dev.name, graph_config=graph_cfg, threshold=threshold)
+    scorer = EngineScorer(net.model, dev.name, engine, precision, cuda_graphs=graphs)
+    rec = net.reconstructor(scorer, dev.name)
     dev.reset_peak()
     t = time.perf_counter()
     rec.reconstruct(events[:1])
@@ -390,20 +434,20 @@ def time_batches(
     }
 
 
-def parity_part(
-    dev: Device, events: list[Event], model: InteractionNetwork, threshold: float, graph_cfg
-) -> dict[str, Any]:
+def parity_part(dev: Device, events: list[Event], net: Network) -> dict[str, Any]:
     from streamtrk.eval.precision import precision_parity
 
     n = min(8, len(events))
     return precision_parity(
-        model,
+        net.model,
         events[:n],
         precision="bf16",
         device=dev.name,
         engine="eager",
-        threshold=threshold,
-        graph_config=graph_cfg,
+        threshold=net.threshold,
+        graph_config=net.graph,
+        prune=net.prune,
+        tracks=net.tracks,
         batch_size=n,
     )
 
@@ -421,10 +465,7 @@ def daemon_part(
     bench: Bench,
     dev: Device,
     events: list[Event],
-    model: InteractionNetwork,
-    threshold: float,
-    graph_cfg: GraphConfig,
-    shipped: bool,
+    net: Network,
 ) -> dict[str, Any]:
     """``streamtrk serve`` in a subprocess, replayed through ZeroMQ by ``streamtrk replay``
     (serving the benchmark's random network from a temporary model directory when there is
@@ -446,12 +487,12 @@ def daemon_part(
     if "precision" in settings and dev.cuda:  # bf16 is 8x slower on CPUs without it
         flags += ["--precision", "bf16"]
     tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
-    if not shipped:
+    if net.name == RANDOM:
         from streamtrk.recon.card import model_card
         from streamtrk.recon.model import save_model
 
-        card = model_card("random-seed0", model.config, graph_cfg, threshold)
-        save_model(tmp / "model", model, card)
+        card = model_card("random-seed0", net.model.config, net.graph, net.threshold)
+        save_model(tmp / "model", net.model, card)
         flags += ["--model", str(tmp / "model")]
     run = tmp / "run.stk"
     with RecordingWriter(run) as w:
@@ -541,26 +582,24 @@ def main() -> None:
     events = simulate_events(args.events, args.mu, args.seed, args.workers)
     bench.result["simulation_s"] = round(time.monotonic() - t, 1)
     dev = Device(args.device)
-    model, threshold, graph_cfg, model_name = load_network()
-    bench.part("info", 5, lambda: info_part(dev, events, model_name, graph_cfg))
+    net = load_network()
+    bench.part("info", 5, lambda: info_part(dev, events, args.mu, net))
     if dev.cuda:
-        eager = EngineScorer(model, "cuda", "eager")
-        rec = Reconstructor(eager, device="cuda", graph_config=graph_cfg, threshold=threshold)
+        eager = EngineScorer(net.model, "cuda", "eager")
+        rec = net.reconstructor(eager, "cuda")
         bench.part("transfers", 10, lambda: transfers_part(dev, events, eager, rec))
-    net = (model, threshold, graph_cfg)
-    shipped = model_name != RANDOM
 
     def config(name: str) -> Callable[[], dict[str, Any]]:
         return lambda: config_part(
-            bench, dev, events, *net, name, args.batches, args.iterations_scale
+            bench, dev, events, net, name, args.batches, args.iterations_scale
         )
 
     parts: list[tuple[str, float, Callable[[], dict[str, Any]]]] = [
         ("eager_fp32", CONFIGS["eager_fp32"][3], config("eager_fp32")),
-        ("bf16_parity", 40, lambda: parity_part(dev, events, *net)),
+        ("bf16_parity", 40, lambda: parity_part(dev, events, net)),
     ]
     parts += [(c, CONFIGS[c][3], config(c)) for c in ("compile_fp32", "compile_bf16")]
-    parts.append(("daemon", 60, lambda: daemon_part(bench, dev, events, *net, shipped)))
+    parts.append(("daemon", 60, lambda: daemon_part(bench, dev, events, net)))
     parts += [(c, CONFIGS[c][3], config(c)) for c in ("eager_bf16", "compile_bf16_cudagraphs")]
     for name, need_s, fn in parts:
         if name in CONFIGS and name not in args.configs:

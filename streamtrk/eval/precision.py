@@ -18,7 +18,9 @@ from streamtrk.event import Event, Tracks
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
+from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.recon.tracks import TrackConfig
 from streamtrk.xp import to_host
 
 PHYSICS = ("tracking_efficiency", "fake_rate", "duplicate_rate", "trackml_score")
@@ -52,21 +54,26 @@ def precision_parity(
     engine: str = "eager",
     threshold: float = 0.5,
     graph_config: GraphConfig | None = None,
+    prune: PruneConfig | None = None,
+    tracks: TrackConfig | None = None,
     batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Score and physics differences of ``precision`` against fp32 on ``events``.
+    """Score and physics differences of ``precision`` against fp32 on ``events``, the chain
+    set up as a model card says (threshold, graph, pruning and track settings).
 
     Keys: score differences (``score_abs_diff_*``), threshold decisions flipped, each of
     ``PHYSICS`` for both precisions and its change, and ``tracks_a`` (fp32), ``tracks_b``
     (``precision``) and ``tracks_common`` (identical in both).
     """
-    evals, scores, tracks = {}, {}, {}
+    evals, scores, found = {}, {}, {}
     for p in ("fp32", precision):
         rec = Reconstructor(
             EngineScorer(model, device, engine, p),
             device=device,
             graph_config=graph_config,
             threshold=threshold,
+            prune=prune,
+            tracks=tracks,
         )
         ev, s, t = Evaluation(), [], []
         for i in range(0, len(events), batch_size):
@@ -75,7 +82,7 @@ def precision_parity(
             ev.add(batch, result, sum(result.timings.values()), threshold)
             s.append(to_host(result.scores).astype(np.float64))
             t.extend(result.tracks)
-        evals[p], scores[p], tracks[p] = ev.report(), np.concatenate(s), t
+        evals[p], scores[p], found[p] = ev.report(), np.concatenate(s), t
     ref, low = scores["fp32"], scores[precision]
     if ref.shape != low.shape:
         raise RuntimeError(f"graphs differ between runs: {ref.shape} and {low.shape} edges")
@@ -96,4 +103,4 @@ def precision_parity(
     for k in PHYSICS:
         a, b = evals["fp32"].get(k, float("nan")), evals[precision].get(k, float("nan"))
         out |= {f"{k}_fp32": a, f"{k}_{precision}": b, f"{k}_change": b - a}
-    return out | tracks_agreement(tracks["fp32"], tracks[precision])
+    return out | tracks_agreement(found["fp32"], found[precision])

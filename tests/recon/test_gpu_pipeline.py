@@ -147,6 +147,8 @@ def test_bf16_keeps_tracking_efficiency(recs, mu200_events) -> None:
         device="cuda",
         threshold=gpu_rec.threshold,
         graph_config=gpu_rec.graph_config,
+        prune=gpu_rec.prune,
+        tracks=gpu_rec.tracks,
         batch_size=3,
     )
     print(r)

@@ -1,0 +1,37 @@
+"""The device run's script, dry-run on the CPU: every part it reaches runs and the JSON has
+the shape the GPU issue asks for (a failure here would cost a device session)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--device", "cpu",
+           "--events", "2", "--mu", "5", "--batches", "1", "2", "--configs", "eager_fp32",
+           "--out", str(tmp_path), "--budget-s", "200", "--workers", "1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+    parts = result["parts"]
+    failed = {k: v["error"] for k, v in parts.items() if isinstance(v, dict) and "error" in v}
+    assert failed == {}
+    assert {"info", "eager_fp32", "bf16_parity", "daemon"} <= set(parts)
+    assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
+    assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
+    assert parts["daemon"]["exit_code"] == 0
+    rows = result["summary"]["end_to_end"]
+    assert [(r["batch"], r["engine"], r["precision"]) for r in rows] == [
+        (1, "eager", "fp32"),
+        (2, "eager", "fp32"),
+    ]
+    assert all(r["mu"] == 5 and r["events_per_second"] > 0 and r["p99_ms"] > 0 for r in rows)
