@@ -155,7 +155,8 @@ def test_beam_spot_follows_a_shifted_luminous_region(watched: tuple, tmp_path: P
         (result,) = poll(lambda: prometheus.query(f"streamtrk_beam_spot_{name}", at=t_end + 2))
         return float(result["value"][1])
 
-    assert gauge("tracks") > 2000
+    # About 40 tracks an event pass the shipped model's quality cuts (|d0| < 0.5 mm, chi2/ndf).
+    assert gauge("tracks") > 1000
     z, error = gauge("z_meters"), gauge("z_error_meters")
     assert 0 < error < 0.008 / 10  # the shift is resolved ...
     assert abs(z - 0.008) < 3 * error  # ... and z0's mean follows it within its error
