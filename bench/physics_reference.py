@@ -3,8 +3,9 @@
 1. Healthy values: simulated MU=200 events replayed through a ``streamtrk serve``
    subprocess (shipped model, one event per batch), then its ``/metrics`` read once:
    hits per event on each layer and their share on tracks, tracks per event, quantiles of
-   the track histograms, the share of edges above the threshold, the beam spot, and the
-   daemon's own stage means (the cost of the ``physics`` stage against the rest).
+   the track histograms, the share of edges above the threshold and under each edge-score
+   bucket bound, the beam spot, and the daemon's own stage means (the cost of the
+   ``physics`` stage against the rest).
 2. With ``--scan``: the reconstruction API on the same seed at lower pileup and with each
    fault of ``streamtrk simulate``: tracks and hits per event, the accepted edge share, the
    largest gap between the edge-score distribution and the MU=200 one at the bucket
@@ -119,6 +120,10 @@ def healthy(events: int) -> dict[str, Any]:
         "events_without_tracks": one("streamtrk_events_without_tracks_total"),
         "accepted_edge_share": one("streamtrk_edges_accepted_total")
         / one("streamtrk_edge_score_count"),
+        "edge_score_share_below": {
+            labels["le"]: v / one("streamtrk_edge_score_count")
+            for labels, v in m["streamtrk_edge_score_bucket"]
+        },
         "quantiles_10_50_90": {
             h: quantiles(m, h)
             for h in (
@@ -142,7 +147,7 @@ def healthy(events: int) -> dict[str, Any]:
         },
         "stage_mean_seconds": stage,
         "physics_over_graph_to_fit": stage["physics"]
-        / sum(stage[s] for s in ("graph", "gnn", "tracks", "fit")),
+        / sum(stage[s] for s in ("graph", "prune", "gnn", "tracks", "fit")),
     }
 
 
