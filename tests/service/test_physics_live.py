@@ -150,6 +150,9 @@ def test_beam_spot_follows_a_shifted_luminous_region(watched: tuple, tmp_path: P
     daemon, prometheus, alerts = watched
     shifted = simulate(tmp_path / "shifted.stk", "--beam-spot", "0,0,8", mu=10, seed=33)
     t_end = replay(shifted, daemon)
+    # Read what was scraped after the last reply: a query at t_end + 2 made before then
+    # answers with an earlier scrape, a window holding only part of the replay.
+    time.sleep(max(0.0, t_end + 3 - time.time()))
 
     def gauge(name: str) -> float:
         (result,) = poll(lambda: prometheus.query(f"streamtrk_beam_spot_{name}", at=t_end + 2))
