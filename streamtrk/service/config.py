@@ -132,7 +132,7 @@ class ServeConfig:
     deadline_ms: float | None = field(
         default=None, metadata=_help("default per-event deadline from receipt (none: no deadline)")
     )
-    queue_capacity: int = field(default=64, metadata=_help("events waiting to be batched"))
+    queue_capacity: int = field(default=16, metadata=_help("events waiting to be batched"))
     reply_capacity: int = field(default=64, metadata=_help("replies waiting to be sent"))
     overload: str = field(
         default="block", metadata=_help("full queue: block the sender, or reject with 'overloaded'")

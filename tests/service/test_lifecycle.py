@@ -63,7 +63,7 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert banner["max_batch_hits"] == CPU_BATCH_HITS  # max_batch_hits = 0: the CPU's
     m = d.metrics()
     assert sample(m, "streamtrk_ready") == 1
-    assert sample(m, "streamtrk_queue_capacity", queue="batch") == 64
+    assert sample(m, "streamtrk_queue_capacity", queue="batch") == 16
     [build] = [dict(k[1]) for k in m if k[0] == "streamtrk_build_info"]
     assert build["device"] == "cpu" and build["engine"] == banner["engine"] == "eager"
     assert (build["engine_requested"], build["precision"]) == ("auto", "fp32")
