@@ -62,10 +62,11 @@ from streamtrk.event import Event
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.gnn import InteractionNetwork
-from streamtrk.recon.graph import GraphConfig, batch_graph, build_graph, select_edges
-from streamtrk.recon.prune import PruneConfig, prune_edges
+from streamtrk.recon.graph import batch_graph, build_graph, select_edges
+from streamtrk.recon.load import ChainSettings
+from streamtrk.recon.prune import prune_edges
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
-from streamtrk.recon.tracks import TrackConfig, build_tracks
+from streamtrk.recon.tracks import build_tracks
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
 
@@ -167,29 +168,15 @@ def ms_stats(seconds: list[float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Network:
-    """The network and the chain settings of its card (as ``load_reconstructor`` uses)."""
+    """The network and the chain settings of its card."""
 
     model: InteractionNetwork
-    threshold: float
-    graph: GraphConfig
-    prune: PruneConfig | None
-    tracks: TrackConfig
+    chain: ChainSettings
     name: str
-
-    def reconstructor(self, scorer: Any, device: str) -> Reconstructor:
-        return Reconstructor(
-            scorer,
-            device=device,
-            graph_config=self.graph,
-            threshold=self.threshold,
-            prune=self.prune,
-            tracks=self.tracks,
-        )
 
 
 def load_network() -> Network:
     """The shipped model with its card's settings, else a random one (no pruning)."""
-    from streamtrk.recon.card import card_prune, card_tracks, check_card
     from streamtrk.recon.model import default_model_path, load_model
 
     path = default_model_path()
@@ -197,9 +184,8 @@ def load_network() -> Network:
         model, card = load_model(path)
     except FileNotFoundError:
         torch.manual_seed(0)
-        return Network(InteractionNetwork(), 0.5, GraphConfig(), None, TrackConfig(), RANDOM)
-    _, graph, threshold = check_card(card)
-    return Network(model, threshold, graph, card_prune(card), card_tracks(card), str(path))
+        return Network(InteractionNetwork(), ChainSettings(), RANDOM)
+    return Network(model, ChainSettings.of_card(card), str(path))
 
 
 # --------------------------------------------------------------------------- parts
@@ -300,7 +286,7 @@ def info_part(dev: Device, events: list[Event], mu: float, net: Network) -> dict
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
         "model": net.name,
-        "prune": net.prune is not None,
+        "prune": net.chain.prune is not None,
         "events": len(events),
         "mu": mu,
         "hits_per_event": float(np.mean([len(e.hits) for e in events])),
@@ -315,7 +301,7 @@ def info_part(dev: Device, events: list[Event], mu: float, net: Network) -> dict
             "cupy": dev.cupy.__version__,
         }
     out["edges_per_event_first"] = batch_graph(
-        events[:1], load_detector(), net.graph, dev.xp
+        events[:1], load_detector(), net.chain.graph, dev.xp
     ).num_edges
     return out
 
@@ -372,7 +358,7 @@ def config_part(
     torch._dynamo.reset()
     graphs_before = counters["stats"]["unique_graphs"]
     scorer = EngineScorer(net.model, dev.name, engine, precision, cuda_graphs=graphs)
-    rec = net.reconstructor(scorer, dev.name)
+    rec = net.chain.reconstructor(scorer, dev.name)
     dev.reset_peak()
     t = time.perf_counter()
     rec.reconstruct(events[:1])
@@ -444,10 +430,7 @@ def parity_part(dev: Device, events: list[Event], net: Network) -> dict[str, Any
         precision="bf16",
         device=dev.name,
         engine="eager",
-        threshold=net.threshold,
-        graph_config=net.graph,
-        prune=net.prune,
-        tracks=net.tracks,
+        chain=net.chain,
         batch_size=n,
     )
 
@@ -491,7 +474,7 @@ def daemon_part(
         from streamtrk.recon.card import model_card
         from streamtrk.recon.model import save_model
 
-        card = model_card("random-seed0", net.model.config, net.graph, net.threshold)
+        card = model_card("random-seed0", net.model.config, net.chain.graph, net.chain.threshold)
         save_model(tmp / "model", net.model, card)
         flags += ["--model", str(tmp / "model")]
     run = tmp / "run.stk"
@@ -586,7 +569,7 @@ def main() -> None:
     bench.part("info", 5, lambda: info_part(dev, events, args.mu, net))
     if dev.cuda:
         eager = EngineScorer(net.model, "cuda", "eager")
-        rec = net.reconstructor(eager, "cuda")
+        rec = net.chain.reconstructor(eager, "cuda")
         bench.part("transfers", 10, lambda: transfers_part(dev, events, eager, rec))
 
     def config(name: str) -> Callable[[], dict[str, Any]]:

@@ -15,7 +15,7 @@ import json
 
 from streamtrk.detector import load_detector
 from streamtrk.eval.precision import precision_parity
-from streamtrk.recon.card import card_prune, card_tracks, check_card
+from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
@@ -31,8 +31,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3000)
     args = ap.parse_args()
     model, card = load_model(default_model_path())
-    _, graph, threshold = check_card(card)
-    prune, tracks = card_prune(card), card_tracks(card)
     cfg = SimConfig(generator=GeneratorConfig(mu=args.mu))
     events = list(simulate(load_detector(), cfg, args.seed, args.events))
     out = precision_parity(
@@ -41,10 +39,7 @@ def main() -> None:
         precision=args.precision,
         device=args.device,
         engine=args.engine,
-        threshold=threshold,
-        graph_config=graph,
-        prune=prune,
-        tracks=tracks,
+        chain=ChainSettings.of_card(card),
     )
     print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2))
 

@@ -17,10 +17,7 @@ from streamtrk.eval.evaluate import Evaluation
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import InteractionNetwork
-from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.prune import PruneConfig
-from streamtrk.recon.reconstructor import Reconstructor
-from streamtrk.recon.tracks import TrackConfig
+from streamtrk.recon.load import ChainSettings
 from streamtrk.xp import to_host
 
 PHYSICS = ("tracking_efficiency", "fake_rate", "duplicate_rate", "trackml_score")
@@ -52,14 +49,11 @@ def precision_parity(
     precision: str = "bf16",
     device: str = "cpu",
     engine: str = "eager",
-    threshold: float = 0.5,
-    graph_config: GraphConfig | None = None,
-    prune: PruneConfig | None = None,
-    tracks: TrackConfig | None = None,
+    chain: ChainSettings = ChainSettings(),
     batch_size: int = 1,
 ) -> dict[str, Any]:
     """Score and physics differences of ``precision`` against fp32 on ``events``, the chain
-    set up as a model card says (threshold, graph, pruning and track settings).
+    set up as a model card says (``chain``: threshold, graph, pruning and track settings).
 
     Keys: score differences (``score_abs_diff_*``), threshold decisions flipped, each of
     ``PHYSICS`` for both precisions and its change, and ``tracks_a`` (fp32), ``tracks_b``
@@ -67,19 +61,12 @@ def precision_parity(
     """
     evals, scores, found = {}, {}, {}
     for p in ("fp32", precision):
-        rec = Reconstructor(
-            EngineScorer(model, device, engine, p),
-            device=device,
-            graph_config=graph_config,
-            threshold=threshold,
-            prune=prune,
-            tracks=tracks,
-        )
+        rec = chain.reconstructor(EngineScorer(model, device, engine, p), device)
         ev, s, t = Evaluation(), [], []
         for i in range(0, len(events), batch_size):
             batch = list(events[i : i + batch_size])
             result = rec.reconstruct(batch)
-            ev.add(batch, result, sum(result.timings.values()), threshold)
+            ev.add(batch, result, sum(result.timings.values()), chain.threshold)
             s.append(to_host(result.scores).astype(np.float64))
             t.extend(result.tracks)
         evals[p], scores[p], found[p] = ev.report(), np.concatenate(s), t
@@ -87,7 +74,7 @@ def precision_parity(
     if ref.shape != low.shape:
         raise RuntimeError(f"graphs differ between runs: {ref.shape} and {low.shape} edges")
     diff = np.abs(low - ref)
-    flipped = int(np.count_nonzero((ref > threshold) != (low > threshold)))
+    flipped = int(np.count_nonzero((ref > chain.threshold) != (low > chain.threshold)))
     out: dict[str, Any] = {
         "precision": precision,
         "device": device,

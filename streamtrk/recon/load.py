@@ -3,12 +3,44 @@ graph settings and threshold of its card."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from streamtrk.recon.card import card_prune, card_tracks, check_card
 from streamtrk.recon.engine import EngineScorer
+from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.model import default_model_path, load_model
-from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.reconstructor import EdgeScorer, Reconstructor
+from streamtrk.recon.tracks import TrackConfig
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """The chain around the network as a model card sets it: edge-score threshold, graph,
+    pruning and track-building settings (the defaults: the plain, unpruned chain)."""
+
+    threshold: float = 0.5
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    prune: PruneConfig | None = None
+    tracks: TrackConfig = field(default_factory=TrackConfig)
+
+    @classmethod
+    def of_card(cls, card: dict[str, Any]) -> ChainSettings:
+        _, graph, threshold = check_card(card)
+        return cls(threshold, graph, card_prune(card), card_tracks(card))
+
+    def reconstructor(self, scorer: EdgeScorer, device: str = "cpu") -> Reconstructor:
+        """A Reconstructor scoring edges with ``scorer`` on ``device`` in this chain."""
+        return Reconstructor(
+            scorer,
+            device=device,
+            graph_config=self.graph,
+            threshold=self.threshold,
+            prune=self.prune,
+            tracks=self.tracks,
+        )
 
 
 def load_reconstructor(
@@ -26,16 +58,10 @@ def load_reconstructor(
     ``streamtrk.recon.engine``); ``warm_up`` compiles and runs every shape bucket before
     returning."""
     model, card = load_model(Path(path) if path is not None else default_model_path())
-    _, graph, default_threshold = check_card(card)
-    prune, tracks = card_prune(card), card_tracks(card)
+    chain = ChainSettings.of_card(card)
+    if threshold is not None:
+        chain = replace(chain, threshold=threshold)
     scorer = EngineScorer(model, device, engine, precision, cuda_graphs=cuda_graphs)
     if warm_up:
         scorer.warm_up()
-    return Reconstructor(
-        scorer,
-        device=device,
-        graph_config=graph,
-        threshold=default_threshold if threshold is None else threshold,
-        prune=prune,
-        tracks=tracks,
-    )
+    return chain.reconstructor(scorer, device)

@@ -9,6 +9,7 @@ import torch
 from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
+from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.reconstructor import Reconstructor
 
 
@@ -18,12 +19,12 @@ def test_bf16_parity_report(small_events) -> None:
     # A random network's scores crowd together: keep its top fifth of edges.
     one = small_events[:1]
     scores = Reconstructor(EngineScorer(model, "cpu", "eager")).reconstruct(one).scores
-    threshold = float(np.quantile(scores, 0.8))
-    same = precision_parity(model, one, precision="fp32", threshold=threshold)
+    chain = ChainSettings(threshold=float(np.quantile(scores, 0.8)))
+    same = precision_parity(model, one, precision="fp32", chain=chain)
     assert same["score_abs_diff_max"] == 0 and same["edge_decisions_flipped"] == 0
     assert same["tracking_efficiency_change"] == 0
     assert same["tracks_common"] == same["tracks_a"] == same["tracks_b"] > 0
-    r = precision_parity(model, small_events, precision="bf16", threshold=threshold, batch_size=2)
+    r = precision_parity(model, small_events, precision="bf16", chain=chain, batch_size=2)
     assert r["events"] == 2 and r["edges"] > same["edges"]
     assert 0 < r["score_abs_diff_max"] < 0.05
     assert r["score_abs_diff_mean"] <= r["score_abs_diff_p99"] <= r["score_abs_diff_max"]

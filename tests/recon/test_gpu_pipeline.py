@@ -24,7 +24,7 @@ from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import batch_graph
-from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.load import ChainSettings, load_reconstructor
 from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.xp import to_host
@@ -145,10 +145,7 @@ def test_bf16_keeps_tracking_efficiency(recs, mu200_events) -> None:
         mu200_events,
         precision="bf16",
         device="cuda",
-        threshold=gpu_rec.threshold,
-        graph_config=gpu_rec.graph_config,
-        prune=gpu_rec.prune,
-        tracks=gpu_rec.tracks,
+        chain=ChainSettings(gpu_rec.threshold, gpu_rec.graph_config, gpu_rec.prune, gpu_rec.tracks),
         batch_size=3,
     )
     print(r)
