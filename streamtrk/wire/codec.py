@@ -89,9 +89,12 @@ def encode_hits(
 
 
 def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
-    """A message's frames with ``msg_id`` set in its header; column frames are not copied."""
+    """A ``hits`` message's frames with ``msg_id`` set in its header; column frames are not
+    copied. A version 1 header (a recording made before ``msg_id``) is raised to the current
+    version, which has the same hits columns and admits the key."""
     header = msgpack.unpackb(frame_view(frames[0]), raw=False)
     header["msg_id"] = int(msg_id)
+    header["version"] = VERSION
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
 

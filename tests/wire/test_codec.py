@@ -446,5 +446,9 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     msg = decode(encode_hits(ev, msg_id=2**40))
     assert msg.msg_id == 2**40
     assert decode(with_msg_id(encode_hits(ev), 7)).msg_id == 7
+    # A version 1 recording's hits, resent with an id by replay: decoded, the same hits.
+    v1 = patch(encode_hits(ev), version=1)
+    again = decode(with_msg_id(v1, 8))
+    assert again.msg_id == 8 and again.to_event().hits.equals(ev.hits)
     with pytest.raises(WireError, match="msg_id must be an int"):
         decode(patch(encode_hits(ev), msg_id=-1))
