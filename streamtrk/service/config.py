@@ -49,6 +49,7 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "dead_letter_max_bytes",
         "torch_threads",
         "curve_secret_key",
+        "curve_allowed_keys",
         "allow_insecure",
     }
 )

@@ -78,12 +78,17 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
     assert "no model at" in failed and "--oracle" not in failed  # serve has no --oracle
 
-    # A good one (and a setting that needs a restart, which is kept).
-    config.write_text(model + "threshold = 0.7\nrcvhwm = 5\ndrain_timeout_s = 2\n")
+    # A good one (and settings that need a restart, which are kept: the allowed-keys
+    # directory is read by the authenticator started with the sockets).
+    keys = tmp_path / "keys"
+    config.write_text(
+        model + f'threshold = 0.7\nrcvhwm = 5\ncurve_allowed_keys = "{keys}"\ndrain_timeout_s = 2\n'
+    )
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
     assert model_labels(d)["threshold"] == "0.7"
-    assert any("need a restart" in line["message"] for line in d.logs())
+    [kept] = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
+    assert kept.endswith("curve_allowed_keys, rcvhwm")
 
     # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
     with Producer(d.input, linger_ms=0) as producer:
