@@ -39,7 +39,7 @@ def measure(rec: Reconstructor, events: list, repeats: int) -> dict:
             res = rec.reconstruct([ev])
             for s in STAGES:
                 per_stage[s].append(res.timings[s])
-            built.append((res.built or res.graph).num_edges)
+            built.append(res.built.num_edges)
             scored.append(res.graph.num_edges)
     return {
         "hits": float(np.mean([len(e.hits) for e in events])),

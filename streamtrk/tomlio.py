@@ -23,8 +23,8 @@ def dataclass_from(
     error: type[ValueError] = ValueError,
 ) -> T:
     """``cls(**table)``, refusing (with ``error``) a non-table, keys ``cls`` lacks and, unless
-    ``defaults``, keys it has that the table lacks; ``where`` names the table in messages
-    (such as ``"model card [graph]"``)."""
+    ``defaults``, keys it has that the table lacks, and values ``cls`` refuses with a
+    ``ValueError``; ``where`` names the table in messages (such as ``"model card [graph]"``)."""
     if not isinstance(table, dict):
         raise error(f"{where} must be a table, got {type(table).__name__}")
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
@@ -32,7 +32,12 @@ def dataclass_from(
     missing = [] if defaults else sorted(names - table.keys())
     if unknown or missing:
         raise error(f"{where} does not match this code: missing {missing}, unknown {unknown}")
-    return cls(**table)
+    try:
+        return cls(**table)
+    except error:
+        raise
+    except ValueError as e:
+        raise error(f"{where}: {e}") from None
 
 
 def dumps(data: dict[str, Any]) -> str:

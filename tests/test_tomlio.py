@@ -40,6 +40,15 @@ class _Refused(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class _Checked:
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"n must be >= 0, got {self.n}")
+
+
 def test_dataclass_from_table() -> None:
     assert dataclass_from(_Settings, {"a": 2}, "[s]") == _Settings(a=2)
 
@@ -51,3 +60,8 @@ def test_dataclass_from_refuses_unknown_missing_and_non_tables() -> None:
         dataclass_from(_Settings, {"a": 2}, "[s]", defaults=False)
     with pytest.raises(_Refused, match=r"\[s\] must be a table, got list"):
         dataclass_from(_Settings, [1], "[s]", error=_Refused)
+
+
+def test_dataclass_from_names_the_table_of_a_refused_value() -> None:
+    with pytest.raises(_Refused, match=r"^\[s\]: n must be >= 0, got -1$"):
+        dataclass_from(_Checked, {"n": -1}, "[s]", error=_Refused)

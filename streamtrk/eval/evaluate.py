@@ -88,7 +88,7 @@ class Evaluation:
         self.seconds += seconds
         for k, v in result.timings.items():
             self.stage_seconds.setdefault(k, []).append(v / len(events))
-        built = to_host((result.built or result.graph).edge_index)
+        built = to_host(result.built.edge_index)
         edges = to_host(result.graph.edge_index)
         scores = to_host(result.scores)
         offsets = result.node_offsets

@@ -43,10 +43,7 @@ def card_prune(card: dict[str, Any]) -> PruneConfig | None:
     table = card.get("prune")
     if table is None:
         return None
-    try:
-        return dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
-    except ValueError as e:  # a setting out of range, or a windows file that is not there
-        raise ModelCardError(f"model card [prune]: {e}") from None
+    return dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
 
 
 def card_tracks(card: dict[str, Any]) -> TrackConfig:

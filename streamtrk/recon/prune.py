@@ -146,7 +146,6 @@ def _tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
     """Dense lookup tables over layer indices (after folding), on the array module's device."""
     nl = len(det)
     idx = {int(c): k for k, c in enumerate(layer_code(det))}
-    fold = mirror_layers(det)
     w_th = np.full(nl**3, -1.0)
     w_dk = np.full(nl**3, -1.0)
     w_k = np.full(nl**3, np.inf)
@@ -171,7 +170,6 @@ def _tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
                 k2_max[p] = k2
                 z0_max[p] = z0
     tables = {
-        "fold": fold,
         "w_th": w_th,
         "w_dk": w_dk,
         "w_k": w_k,
@@ -184,11 +182,11 @@ def _tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
     return {k: xp.asarray(v) for k, v in tables.items()}
 
 
-def edge_geometry(graph: Graph, det: Detector, edges: Array | None = None) -> dict[str, Array]:
+def edge_geometry(graph: Graph, det: Detector) -> dict[str, Array]:
     """Per-edge quantities the cuts read, from the graph's node features (float32: the
     node features are float32 already, and the windows are far wider than its rounding).
 
-    For the edges ``edges`` (ids; all when None): ``pair`` is the folded layer pair (inner *
+    For every edge: ``pair`` is the folded layer pair (inner *
     n_layers + outer); ``lay_j`` the outer hit's folded layer; ``theta`` the polar angle of
     the segment in (0, pi); ``k2`` the signed curvature of the circle through the beam line
     and the two hits; ``z0`` the segment's z at r = 0; ``dx``, ``dy``, ``c`` its transverse
@@ -202,8 +200,7 @@ def edge_geometry(graph: Graph, det: Detector, edges: Array | None = None) -> di
     phi = nf[:, 1] * np.float32(np.pi)
     x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
     lay = fold[graph.layer]
-    ei = graph.edge_index if edges is None else graph.edge_index[:, edges]
-    i, j = ei[0], ei[1]
+    i, j = graph.edge_index
     xi, xj, yi, yj = x[i], x[j], y[i], y[j]
     ri, rj, zi, zj = r[i], r[j], z[i], z[j]
     dx, dy, dz, dr = xj - xi, yj - yi, zj - zi, rj - ri

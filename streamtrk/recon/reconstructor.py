@@ -56,8 +56,8 @@ class ReconResult:
     timings: dict[str, float]
     graph: Graph  # scored: the built graph less the pruned edges
     scores: Any
-    node_offsets: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1, np.int64))
-    built: Graph | None = None  # as built, before pruning (None: the same as ``graph``)
+    node_offsets: np.ndarray = field(repr=False)
+    built: Graph  # as built, before pruning (``graph`` itself without pruning)
 
 
 class Reconstructor:

@@ -20,16 +20,22 @@ import numpy as np
 from streamtrk.xp import Array, array_module
 
 
+def _best_per(key: Array, s: Array, xp: Any) -> Array:
+    """Indices of the best-scored entry for each distinct ``key`` (ties: first index)."""
+    if len(key) == 0:
+        return xp.zeros(0, dtype=xp.int64)
+    order = xp.lexsort(xp.stack([xp.arange(len(key)), -s, key]))
+    first = xp.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    return order[first]
+
+
 def _mutual_best(e: Array, s: Array, xp: Any) -> Array:
     """Mask of the edges that are the best-scored one at both of their ends."""
-    idx = xp.arange(e.shape[1])
     best = xp.ones(e.shape[1], dtype=bool)
     for end in (0, 1):  # best outgoing edge per source, best incoming per target
-        order = xp.lexsort(xp.stack([idx, -s, e[end]]))
-        first = xp.ones(len(order), dtype=bool)
-        first[1:] = e[end][order][1:] != e[end][order][:-1]
         is_best = xp.zeros(e.shape[1], dtype=bool)
-        is_best[order[first]] = True
+        is_best[_best_per(e[end], s, xp)] = True
         best &= is_best
     return best
 
@@ -63,16 +69,6 @@ def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes
     junction continues on its next-best edge, like a greedy walk through the scored graph.
     """
     return edge_index[:, _junction_edges(edge_index, scores, threshold, passes)]
-
-
-def _best_per(key: Array, s: Array, xp: Any) -> Array:
-    """Indices of the best-scored entry for each distinct ``key`` (ties: first index)."""
-    if len(key) == 0:
-        return xp.zeros(0, dtype=xp.int64)
-    order = xp.lexsort(xp.stack([xp.arange(len(key)), -s, key]))
-    first = xp.ones(len(order), dtype=bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    return order[first]
 
 
 def stitch_edges(

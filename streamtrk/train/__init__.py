@@ -34,8 +34,8 @@ from streamtrk.event import Event
 from streamtrk.io.events import read_events
 from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
+from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import save_model
-from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_config
 from streamtrk.train.loop import fit, plot_history
 from streamtrk.train.samples import Sample, make_samples
@@ -77,13 +77,7 @@ def evaluate_model(
     """The ``streamtrk evaluate`` figures of the card (see CARD_METRICS)."""
     from streamtrk.eval.evaluate import evaluate
 
-    rec = Reconstructor(
-        GNNScorer(model),
-        graph_config=cfg.graph,
-        threshold=threshold,
-        prune=cfg.prune,
-        tracks=cfg.tracks,
-    )
+    rec = ChainSettings(threshold, cfg.graph, cfg.prune, cfg.tracks).reconstructor(GNNScorer(model))
     report = evaluate(rec, events).report()
     out = {k: report[k] for k in CARD_METRICS if k in report}
     out["gnn_seconds_per_event"] = report["stage_seconds"]["gnn"]
