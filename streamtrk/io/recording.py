@@ -256,30 +256,36 @@ def repair(path: StrPath) -> tuple[int, str] | None:
     bytes cut and why, or None when the file was intact. A bad file header is not repaired
     (RecordingError)."""
     path = Path(path)
-    end = _FILE_HEADER.size
-    with RecordingReader(path) as reader:
-        try:
-            for offset, frames in reader:
-                end = offset + _RECORD_HEADER.size + sum(_LENGTH.size + len(b) for b in frames)
-        except RecordingError as e:
-            why = str(e)
-        else:
-            return None
+    end, error = _scan(path)
+    if error is None:
+        return None
     size = path.stat().st_size
     os.truncate(path, end)
-    return size - end, why
+    return size - end, str(error)
 
 
 def _end_of_records(path: Path) -> int:
     """Byte offset after the last record; RecordingError if the file is not clean."""
-    end = _FILE_HEADER.size
     try:
-        with RecordingReader(path) as reader:
-            for offset, frames in reader:
-                end = offset + _RECORD_HEADER.size + sum(_LENGTH.size + len(b) for b in frames)
-    except RecordingError as e:
-        raise RecordingError(f"cannot append: {e}") from e
+        end, error = _scan(path)
+    except RecordingError as e:  # the file header
+        end, error = 0, e
+    if error is not None:
+        raise RecordingError(f"cannot append: {error}") from error
     return end
+
+
+def _scan(path: Path) -> tuple[int, RecordingError | None]:
+    """Byte offset after the last whole record, and the error that stopped the scan (None:
+    the file is clean). A bad file header raises."""
+    end = _FILE_HEADER.size
+    with RecordingReader(path) as reader:
+        try:
+            for offset, frames in reader:
+                end = offset + record_bytes(frames)
+        except RecordingError as e:
+            return end, e
+    return end, None
 
 
 def summarize(path: StrPath) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -72,37 +72,32 @@ class Emitter(Supervised):
         self.dropped = 0
 
     def loop(self) -> None:
-        while True:
-            self.beat()
-            try:
-                reply = self.replies.get(timeout=POLL_MS / 1000)
-            except queue.Empty:
-                if self.upstream_done():
-                    # Done is set after the last reply was queued: send what is there.
-                    while (reply := self._next_now()) is not None:
-                        self.emit(reply)
-                    return
-                continue
+        for reply in self._incoming():
             self.emit(reply)
             faults.fail("emit")
 
     def cleanup(self) -> None:
         self.socket.close(linger=self._linger())
         if self.error is not None:
-            self._discard()
+            # Nothing can be sent: take the replies still coming, so that the threads
+            # upstream never block on a full queue, and count each as dropped.
+            for _ in self._incoming():
+                self.dropped += 1
+                self.metrics.inflight.dec()
 
-    def _discard(self) -> None:
-        """After a failure nothing can be sent: take the replies still coming, so that the
-        threads upstream never block on a full queue, and count each as dropped."""
+    def _incoming(self) -> Iterator[Reply]:
+        """The replies as they are queued, until upstream is done and the queue is empty."""
         while True:
+            self.beat()
             try:
-                self.replies.get(timeout=POLL_MS / 1000)
+                reply = self.replies.get(timeout=POLL_MS / 1000)
             except queue.Empty:
                 if self.upstream_done():
+                    # Done is set after the last reply was queued: take what is there.
+                    yield from iter(self._next_now, None)
                     return
                 continue
-            self.dropped += 1
-            self.metrics.inflight.dec()
+            yield reply
 
     def has_work(self) -> bool:
         return not self.replies.empty()

@@ -111,7 +111,6 @@ class Daemon:
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit once serving
         self.monitor: SocketMonitor | None = None
-        self.failed: list[str] = []  # threads that died from an unexpected exception
 
     # ------------------------------------------------------------------ signals
 
@@ -306,10 +305,10 @@ class Daemon:
         if emitter.is_alive() or emitter.dropped:
             log.error("drain incomplete: replies could not be sent", extra=summary)
             return 1
-        if self.failed:
+        if failed := [t.name for t in self.threads if t.error is not None]:
             log.error(
                 "drained after a thread died, exiting 1 for a restart",
-                extra=_fields(threads=", ".join(self.failed), **summary["fields"]),
+                extra=_fields(threads=", ".join(failed), **summary["fields"]),
             )
             return 1
         log.info("drained, exiting", extra=summary)
@@ -317,7 +316,6 @@ class Daemon:
 
     def _on_thread_failure(self, thread: Supervised) -> None:
         """A thread died from an unexpected exception: answer what can be, then exit 1."""
-        self.failed.append(thread.name)
         self.readiness.set("draining")
         self.stop_requested.set()
 

@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streamtrk.recon.reconstructor import STAGES as RECON_STAGES
 from streamtrk.service.physics import PhysicsMetrics
 
 #: Pipeline stages, in order; graph to fit come from ``Reconstructor.reconstruct``, physics
 #: is the physics metrics' bookkeeping of a batch (after its replies are queued).
-STAGES = ("decode", "queue", "graph", "prune", "gnn", "tracks", "fit", "physics", "encode")
+STAGES = ("decode", "queue", *RECON_STAGES, "physics", "encode")
 
 # 100 us to 10 s, about three buckets a decade.
 LATENCY_BUCKETS = (
