@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from streamtrk.wire.curve import make_client
+from streamtrk.client import Consumer, Producer
 
 ROLES = ("distributor", "collector")
 POLL_MS = 100
@@ -49,27 +49,24 @@ def forward(
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    ctx = zmq.Context()
-    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-    try:
-        pull.setsockopt(zmq.RCVHWM, hwm)
-        push.setsockopt(zmq.SNDHWM, hwm)
-        for sock in (pull, push):
-            sock.setsockopt(zmq.LINGER, 0)
-        if curve_key is not None and curve_server_key is not None:
-            make_client(push if role == "distributor" else pull, curve_key, curve_server_key)
-        pull.bind(front)
-        push.bind(back)
+    keys = {"curve_key": curve_key, "curve_server_key": curve_server_key}
+    back_faces_daemons = role == "distributor"
+    with (
+        Consumer(
+            front, bind=True, rcvhwm=hwm, linger_ms=0, **({} if back_faces_daemons else keys)
+        ) as pull,
+        Producer(
+            back, bind=True, sndhwm=hwm, linger_ms=0, **(keys if back_faces_daemons else {})
+        ) as push,
+    ):
         bound = {
             "message": "listening",
             "role": role,
-            "front": pull.getsockopt_string(zmq.LAST_ENDPOINT),
-            "back": push.getsockopt_string(zmq.LAST_ENDPOINT),
+            "front": pull.endpoint,
+            "back": push.endpoint,
         }
         print(json.dumps(bound), flush=True)
-        _proxy(pull, push, stop or threading.Event())
-    finally:
-        ctx.destroy(linger=0)
+        _proxy(pull.socket, push.socket, stop or threading.Event())
 
 
 def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: threading.Event) -> None:

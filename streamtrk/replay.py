@@ -140,10 +140,10 @@ RESEND_POLL_S = 0.05
 
 @dataclass(eq=False)
 class _Send:
-    """One event sent: its message id, frames, first and last send times, sends so far."""
+    """One event sent (pending under its message id): its key, frames, first and last send
+    times, sends so far."""
 
     key: Key
-    msg_id: int
     frames: list[Any]
     t_first: float
     t_last: float
@@ -185,7 +185,7 @@ class _Sender(threading.Thread):
             frames = with_msg_id(ev.frames, msg_id)
             t = time.perf_counter()
             with self.lock:
-                self.pending[msg_id] = _Send(ev.key, msg_id, frames, t, t)
+                self.pending[msg_id] = _Send(ev.key, frames, t, t)
                 r.t_first_send = r.t_first_send or t
             if not self.producer.send_frames(frames, timeout_ms=self.timeout_ms):
                 with self.lock:
