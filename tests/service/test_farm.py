@@ -14,6 +14,7 @@ import pytest
 from live_daemon import READY_TIMEOUT_S, sample
 
 from streamtrk.client import wait_listening
+from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +114,9 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
         time.sleep(0.5)
         dist.process.send_signal(signal.SIGTERM)
         assert dist.process.wait(timeout=10) == 0
+
+
+def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None:
+    # One key alone would leave the daemon-facing socket unencrypted: refused, not ignored.
+    with pytest.raises(ValueError, match="CURVE needs both"):
+        forward("distributor", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", curve_key=tmp_path / "k")
