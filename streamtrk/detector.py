@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from streamtrk.xp import index_of
 BARREL, ENDCAP = 0, 1
 #: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = 0.0003 B R.
 GEV_PER_TESLA_MM = 0.0003
+PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering assumption
 DEFAULT_DETECTOR = "trackml_detector.toml"
 
 
@@ -95,6 +97,15 @@ class Detector:
             iphi = np.minimum((phi[sel] * rings[ring]).astype(np.int64), rings[ring] - 1)
             out[sel] = first[ring] + iphi + 1
         return out
+
+
+def highland(p: Any, t: Any, xp: Any = np) -> Any:
+    """Multiple-scattering angle (rad, per plane) of a pion of momentum ``p`` (GeV) through
+    ``t`` radiation lengths (Highland's formula), on ``xp``'s arrays."""
+    t = xp.maximum(t, 1e-12)
+    beta = p / xp.sqrt(p * p + PION_MASS**2)
+    log_term = xp.maximum(1 + 0.038 * xp.log(t / beta**2), 0.0)
+    return 0.0136 / (beta * p) * xp.sqrt(t) * log_term
 
 
 def _float(d: dict, key: str, where: str) -> float:

@@ -33,21 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.xp import Array, array_module
 
-PION_MASS = 0.13957  # GeV: the momentum-to-velocity assumption of the scattering term
 MS_SCALE = (0.7, 1.0)  # r-phi, z: scales of the scattering term (see the module docstring)
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
-
-
-def highland(p: Array, t: Array, xp: Any = np) -> Array:
-    """Multiple-scattering angle (rad, per plane) of a pion of momentum ``p`` through ``t`` X0."""
-    t = xp.maximum(t, 1e-12)
-    beta = p / xp.sqrt(p * p + PION_MASS**2)
-    log_term = xp.maximum(1 + 0.038 * xp.log(t / beta**2), 0.0)
-    return 0.0136 / (beta * p) * xp.sqrt(t) * log_term
 
 
 def fit_tracks(

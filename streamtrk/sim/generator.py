@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PION_MASS = 0.13957  # GeV
-
 _Q = np.array(
     [
         0,

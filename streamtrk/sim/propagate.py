@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
-from streamtrk.sim.generator import PION_MASS, GeneratedParticles
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
+from streamtrk.sim.generator import GeneratedParticles
 
 TWO_PI = 2 * np.pi
 _EPS = 1e-9
@@ -31,18 +31,13 @@ class Crossings:
     order: np.ndarray  # index along the particle's trajectory
 
 
-def _highland(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    beta = p / np.sqrt(p * p + PION_MASS**2)
-    return 0.0136 / (beta * p) * np.sqrt(t) * (1 + 0.038 * np.log(t / beta**2))
-
-
 def _scatter(
     rng: np.random.Generator, mom: np.ndarray, normal: np.ndarray, x0: np.ndarray
 ) -> np.ndarray:
     p = np.linalg.norm(mom, axis=1)
     u = mom / p[:, None]
     cos_inc = np.maximum(np.abs(np.einsum("ij,ij->i", u, normal)), 0.05)
-    theta0 = _highland(p, x0 / cos_inc)
+    theta0 = highland(p, x0 / cos_inc)
     e1 = np.cross(u, np.array([0.0, 0.0, 1.0]))
     n1 = np.linalg.norm(e1, axis=1)
     e1 = np.where(n1[:, None] > 1e-6, e1 / np.maximum(n1, 1e-12)[:, None], [1.0, 0.0, 0.0])

@@ -5,9 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from streamtrk.detector import BARREL, load_detector
+from streamtrk.detector import BARREL, highland, load_detector
 from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig
-from streamtrk.sim.propagate import _highland, propagate
+from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import SimConfig, simulate, simulate_event
 
 DET = load_detector()
@@ -111,7 +111,7 @@ def test_multiple_scattering_width_follows_highland():
     assert np.all(c.layer[first] == 0)
     # Deflection of the momentum in the z direction after the first (thick) layer.
     theta_z = np.arctan2(c.momentum[first, 2], np.hypot(*c.momentum[first, :2].T))
-    expect = _highland(np.array([p]), np.array([0.05]))[0]
+    expect = highland(np.array([p]), np.array([0.05]))[0]
     assert np.std(theta_z) == pytest.approx(expect, rel=0.06)
 
 
