@@ -498,7 +498,8 @@ def without_isolated_hits(graph: Graph) -> Graph:
     used[graph.edge_index[1]] = True
     kept = xp.nonzero(used)[0]
     new_id = xp.cumsum(used) - 1
-    offsets = np.searchsorted(to_host(kept), graph.node_offsets, side="left").astype(np.int64)
+    at = xp.searchsorted(kept, xp.asarray(graph.node_offsets), side="left")
+    offsets = to_host(at).astype(np.int64)  # events + 1 numbers down, not every kept hit
     return Graph(
         node_features=graph.node_features[kept],
         edge_index=new_id[graph.edge_index],
