@@ -49,10 +49,8 @@ class Ingest(Supervised):
         stop: threading.Event,
         dead_letters: DeadLetters | None = None,
         on_failure: Callable[[Supervised], None] = lambda thread: None,
-        disconnect_from: str | None = None,
     ) -> None:
         super().__init__("ingest", on_failure)
-        self.disconnect_from = disconnect_from
         self.socket = socket
         self.batcher = batcher
         self.replies = replies
@@ -73,8 +71,8 @@ class Ingest(Supervised):
                 continue
             self.handle(frames, refused)
             faults.fail("ingest")
-        if self.disconnect_from is not None:
-            self._leave(self.disconnect_from)
+        if (cfg := self.config()).connect:
+            self._leave(cfg.input)
 
     def _leave(self, endpoint: str) -> None:
         """Connect mode, on stop: take what has arrived, then disconnect so that the
@@ -92,7 +90,7 @@ class Ingest(Supervised):
     def has_work(self) -> bool:
         return True  # it should always be polling its socket
 
-    def _receive(self, flags: int = 0) -> tuple[list[zmq.Frame], str | None]:
+    def _receive(self, flags: int = 0) -> tuple[list[zmq.Frame], WireError | None]:
         """One message, frame by frame (zero-copy), and why it is refused, if it is: past
         ``max_frames`` frames or ``max_message_bytes`` bytes, the rest of its frames are
         read and dropped at once (only frame 0 is kept, for its identity)."""
@@ -104,25 +102,21 @@ class Ingest(Supervised):
             flags = 0  # the parts of a message arrive together
             size += len(frame)
             if refused is None and len(frames) >= cfg.max_frames:
-                refused = "frame_count"
+                refused = WireError("frame_count", f"over {cfg.max_frames} frames")
             elif refused is None and size > cfg.max_message_bytes:
-                refused = "message_too_large"
+                refused = WireError("message_too_large", f"over {cfg.max_message_bytes} bytes")
             if refused is None or not frames:
                 frames.append(frame)
             if not frame.more:
                 return frames, refused
 
-    def handle(self, frames: list[zmq.Frame], refused: str | None = None) -> None:
+    def handle(self, frames: list[zmq.Frame], refused: WireError | None = None) -> None:
         """Decode one message and queue its event, or reject it (``refused``: already
         refused for its size); never raises."""
         t_recv = time.perf_counter()
         self.metrics.received.inc()
         if refused is not None:
-            cfg = self.config()
-            limit = {"frame_count": f"{cfg.max_frames} frames"}.get(
-                refused, f"{cfg.max_message_bytes} bytes"
-            )
-            self._reject(frames, refused, t_recv, WireError(refused, f"over {limit}"))
+            self._reject(frames, refused.reason, t_recv, refused)
             return
         try:
             self._accept(frames, t_recv)

@@ -231,7 +231,6 @@ class Daemon:
             stop_intake,
             dead,
             on_failure=self._on_thread_failure,
-            disconnect_from=cfg.input if cfg.connect else None,
         )
         worker = Worker(
             batcher,
