@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from streamtrk.xp import index_of
 
 BARREL, ENDCAP = 0, 1
 #: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = 0.0003 B R.
@@ -68,11 +66,22 @@ class Detector:
         )
 
     def layer_index(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
-        """Table index of each (volume_id, layer_id) pair; -1 where unknown."""
-        key = self.volume_id.astype(np.int64) * 1000 + self.layer_id
-        q = np.asarray(volume_id, dtype=np.int64) * 1000 + np.asarray(layer_id)
-        index, found = index_of(key, q)
-        return np.where(found, index, -1)
+        """Table index of each (volume_id, layer_id) pair; -1 where unknown (any id, negative
+        or past the table's, is safe)."""
+        stride, lut = self._layer_lut
+        v = np.asarray(volume_id, dtype=np.int64)
+        la = np.asarray(layer_id, dtype=np.int64)
+        code = v * stride + la
+        known = (v >= 0) & (la >= 0) & (la < stride) & (code < len(lut))
+        return np.where(known, lut[np.where(known, code, 0)], -1)
+
+    @cached_property
+    def _layer_lut(self) -> tuple[int, np.ndarray]:
+        """(stride, table): the index of layer (v, l) at ``v * stride + l``, else -1."""
+        stride = int(self.layer_id.max()) + 1
+        lut = np.full((int(self.volume_id.max()) + 1) * stride, -1, dtype=np.int64)
+        lut[self.volume_id.astype(np.int64) * stride + self.layer_id] = np.arange(len(self))
+        return stride, lut
 
     def module_id(
         self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray

@@ -42,22 +42,13 @@ EDGE_SCORE_BUCKETS = (
 
 
 class _Layers:
-    """Hit -> detector layer lookup, and the per-layer counter children, of one detector."""
+    """The per-layer counter children of one detector (its layer table order)."""
 
     def __init__(self, det: Detector, hits: Counter, track_hits: Counter) -> None:
         self.detector = det
-        self.stride = int(det.layer_id.max()) + 1
-        self.lut = np.full((int(det.volume_id.max()) + 1) * self.stride, -1, dtype=np.int64)
-        self.lut[det.volume_id.astype(np.int64) * self.stride + det.layer_id] = np.arange(len(det))
         labels = [(str(v), str(la)) for v, la in zip(det.volume_id, det.layer_id, strict=True)]
         self.hits = [hits.labels(*lv) for lv in labels]
         self.track_hits = [track_hits.labels(*lv) for lv in labels]
-
-    def of(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
-        """Table index of each hit's layer; -1 for layers this detector lacks."""
-        code = volume_id.astype(np.int64) * self.stride + layer_id
-        known = (layer_id < self.stride) & (code < len(self.lut))
-        return np.where(known, self.lut[np.where(known, code, 0)], -1)
 
     def count(self, layers: np.ndarray, children: list[Counter]) -> None:
         """Add the hits of ``layers`` (table indices, -1 left out) to ``children``."""
@@ -138,7 +129,7 @@ class PhysicsMetrics:
     ) -> None:
         """Count one reconstructed batch: its hits by layer, its tracks, its edge scores."""
         layers = self._layers_of(det)
-        hit_layers = [layers.of(ev.hits.volume_id, ev.hits.layer_id) for ev in events]
+        hit_layers = [det.layer_index(ev.hits.volume_id, ev.hits.layer_id) for ev in events]
         layers.count(np.concatenate(hit_layers), layers.hits)
         on_tracks = [lay[t.hit_index] for lay, t in zip(hit_layers, result.tracks, strict=True)]
         layers.count(np.concatenate(on_tracks), layers.track_hits)

@@ -189,3 +189,9 @@ def test_unknown_fault_layers_are_refused_before_the_first_event():
         simulate(DET, replace(SMALL, noisy_layers=(((99, 2), 10.0),)), seed=1, n_events=1)
     with pytest.raises(ValueError, match="noise hits"):
         replace(SMALL, noisy_layers=(((8, 2), -1.0),))
+
+
+def test_layer_index_of_ids_outside_the_table_is_minus_one():
+    # Hits come from the wire: negative or oversized ids name no layer (8:1002 is not 9:2).
+    got = DET.layer_index(np.array([8, -8, 8, 10**6, 8]), np.array([4, 4, -4, 2, 1002]))
+    assert got[0] >= 0 and (got[1:] == -1).all()
