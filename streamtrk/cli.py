@@ -6,7 +6,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -518,16 +520,19 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     _curve_arguments(s)
 
 
-@_command("record", _record_arguments, help="tap a hits stream into a recording")
-def _record(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from streamtrk.record import record
-
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set (the command stops cleanly on either)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@_command("record", _record_arguments, help="tap a hits stream into a recording")
+def _record(args: argparse.Namespace) -> int:
+    from streamtrk.record import record
+
+    stop = _stop_on_signals()
     counts = record(
         args.from_,
         args.output,
@@ -627,14 +632,9 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     "back); stops on SIGTERM or SIGINT. See docs/farm-topology.md.",
 )
 def _farm(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from streamtrk.farm import forward
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     forward(
         args.role,
         args.from_,
@@ -693,7 +693,6 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
     "the daemon with SIGTERM.",
 )
 def _demo(args: argparse.Namespace) -> int:
-    import signal
     import subprocess
     import tempfile
 
