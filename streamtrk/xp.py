@@ -41,6 +41,15 @@ def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     return xp.where(found, index, 0), found
 
 
+def csr_rows(offsets: Array) -> Array:
+    """Row of every element of a CSR layout (``offsets``): ``repeat`` on NumPy, a search on
+    the device (one host synchronisation, the total)."""
+    xp = array_module(offsets)
+    if xp is np:
+        return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    return xp.searchsorted(offsets[1:], xp.arange(int(offsets[-1])), side="right")
+
+
 def expand_ranges(lo: Array, hi: Array) -> tuple[Array, Array]:
     """Flatten ranges ``[lo, hi)``: (range id, position) of every element, range by range.
     One host synchronisation (the total)."""

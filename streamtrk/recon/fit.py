@@ -35,7 +35,7 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
-from streamtrk.xp import Array, array_module
+from streamtrk.xp import Array, array_module, csr_rows
 
 MS_SCALE = (0.7, 1.0)  # r-phi, z: scales of the scattering term (see the module docstring)
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
@@ -60,7 +60,7 @@ def fit_tracks(
     if n_tracks == 0:
         return {k: xp.zeros(0, dtype=dt) for k, dt in TRACK_PARAM_DTYPES.items()}
     sizes = offsets[1:] - offsets[:-1]
-    tid = xp.repeat(xp.arange(n_tracks), sizes) if xp is np else _track_ids(offsets, xp)
+    tid = csr_rows(offsets)
     hx = x[hit_index].astype(xp.float64)
     hy = y[hit_index].astype(xp.float64)
     hz = z[hit_index].astype(xp.float64)
@@ -179,9 +179,3 @@ def _fit_line(s: Array, hz: Array, w: Array, tsum: Any, xp: Any) -> tuple[Array,
     den = xp.where(xp.abs(den) > 1e-30, den, 1e-30)
     tan_l = (s0 * sz - s1 * z1) / den
     return tan_l, (z1 - tan_l * s1) / s0
-
-
-def _track_ids(offsets: Array, xp: Any) -> Array:
-    """Track index of every hit of CSR tracks (device version of ``repeat``)."""
-    total = int(offsets[-1])
-    return xp.searchsorted(offsets[1:], xp.arange(total), side="right")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.xp import Array, array_module
+from streamtrk.xp import Array, array_module, csr_rows
 
 
 def _best_per(key: Array, s: Array, xp: Any) -> Array:
@@ -275,11 +275,7 @@ def select_tracks(
     """The CSR tracks (and their parameters) where ``keep`` is true, order preserved."""
     xp = array_module(offsets)
     sizes = offsets[1:] - offsets[:-1]
-    tid = (
-        xp.repeat(xp.arange(len(sizes)), sizes)
-        if xp is np
-        else xp.searchsorted(offsets[1:], xp.arange(int(offsets[-1])), side="right")
-    )
+    tid = csr_rows(offsets)
     new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[keep])])
     return (
         new_offsets.astype(xp.int64),
