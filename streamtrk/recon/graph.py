@@ -107,16 +107,23 @@ class Graph:
         return int(self.edge_index.shape[1])
 
 
+def batch_columns(events: Sequence[Event], xp: Any = np) -> tuple[dict[str, Array], np.ndarray]:
+    """The hit columns ``build_graph`` takes (x, y, z, volume_id, layer_id, in its order) of
+    a batch of events, concatenated on ``xp``'s device, and the events' node offsets."""
+    offsets = np.concatenate([[0], np.cumsum([len(ev.hits) for ev in events])]).astype(np.int64)
+    cols = {
+        k: xp.asarray(np.concatenate([getattr(ev.hits, k) for ev in events]))
+        for k in ("x", "y", "z", "volume_id", "layer_id")
+    }
+    return cols, offsets
+
+
 def batch_graph(
     events: Sequence[Event], det: Detector, cfg: GraphConfig = GraphConfig(), xp: Any = np
 ) -> Graph:
     """The graph of a batch of events (their hits concatenated, on ``xp``'s device)."""
-    offsets = np.concatenate([[0], np.cumsum([len(ev.hits) for ev in events])]).astype(np.int64)
-    cols = [
-        xp.asarray(np.concatenate([getattr(ev.hits, k) for ev in events]))
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    ]
-    return build_graph(*cols, offsets, det, cfg)
+    cols, offsets = batch_columns(events, xp)
+    return build_graph(*cols.values(), offsets, det, cfg)
 
 
 def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -> Graph:

@@ -12,7 +12,7 @@ import numpy as np
 from streamtrk.detector import Detector, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.fit import fit_tracks
-from streamtrk.recon.graph import Graph, GraphConfig, build_graph, select_edges
+from streamtrk.recon.graph import Graph, GraphConfig, batch_columns, build_graph, select_edges
 from streamtrk.recon.prune import PruneConfig, prune_edges
 from streamtrk.recon.tracks import (
     TrackConfig,
@@ -119,26 +119,12 @@ class Reconstructor:
     def reconstruct(self, events: Sequence[Event]) -> ReconResult:
         """Reconstruct a batch of events as one disjoint graph."""
         xp, det = self.xp, self.detector
-        sizes = [len(ev.hits) for ev in events]
-        node_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        cols = {
-            k: xp.asarray(np.concatenate([getattr(ev.hits, k) for ev in events]))
-            for k in ("x", "y", "z", "volume_id", "layer_id")
-        }
+        cols, node_offsets = batch_columns(events, xp)
         timings: dict[str, float] = {}
         graph = self._timed(
             timings,
             "graph",
-            lambda: build_graph(
-                cols["x"],
-                cols["y"],
-                cols["z"],
-                cols["volume_id"],
-                cols["layer_id"],
-                node_offsets,
-                det,
-                self.graph_config,
-            ),
+            lambda: build_graph(*cols.values(), node_offsets, det, self.graph_config),
         )
         built = graph
         if self.prune is not None:
