@@ -27,33 +27,51 @@ from streamtrk.xp import index_of, to_host
 EDGE_PT_MIN = RECONSTRUCTABLE_MIN_PT  # GeV: target particles of the edge efficiency, purity
 
 
-def edge_counts(event: Event, edges: np.ndarray) -> dict[str, int]:
-    """Edge-level truth counts of one event's edges (local hit numbering).
+@dataclass(frozen=True)
+class SegmentTruth:
+    """One event's true segments (consecutive hits of a particle), found once and counted
+    against any of its edge sets.
 
-    Targets are segments (consecutive hits) of particles with pT >= 1 GeV; ``central`` ones
-    also come from within 10 mm of the beam line (the cuts of reconstructable particles).
-    Purity ignores true segments of softer particles (they are neither targets nor wrong).
+    Targets are segments of particles with pT >= 1 GeV; ``central`` ones also come from
+    within 10 mm of the beam line (the cuts of reconstructable particles). Purity ignores
+    true segments of softer particles (they are neither targets nor wrong).
     """
-    n = len(event.hits)
-    seg = true_segments(event, 0.0)
-    pid = event.truth.hits.particle_id[seg[0]]
-    pt = particle_pt(event, pid)
-    idx, known = index_of(event.truth.particles.particle_id, pid)
-    vr = np.where(known, event.truth.particles.vr[idx], np.inf)
-    target = pt >= EDGE_PT_MIN
-    central = target & (vr < RECONSTRUCTABLE_MAX_VR)
-    seg_key = seg[0].astype(np.int64) * n + seg[1]
-    key = np.sort(edges[0].astype(np.int64) * n + edges[1])
-    in_graph = np.isin(seg_key, key, assume_unique=False)
-    n_soft_true = int(np.isin(seg_key[~target], key).sum())
-    return {
-        "targets": int(target.sum()),
-        "targets_found": int((target & in_graph).sum()),
-        "central": int(central.sum()),
-        "central_found": int((central & in_graph).sum()),
-        "edges": len(key),
-        "edges_counted": len(key) - n_soft_true,
-    }
+
+    n_hits: int
+    key: np.ndarray  # first hit * n_hits + second hit, per segment
+    target: np.ndarray
+    central: np.ndarray
+
+    @classmethod
+    def of(cls, event: Event) -> SegmentTruth:
+        seg = true_segments(event, 0.0)
+        pid = event.truth.hits.particle_id[seg[0]]
+        idx, known = index_of(event.truth.particles.particle_id, pid)
+        vr = np.where(known, event.truth.particles.vr[idx], np.inf)
+        target = particle_pt(event, pid) >= EDGE_PT_MIN
+        n = len(event.hits)
+        return cls(
+            n, seg[0].astype(np.int64) * n + seg[1], target, target & (vr < RECONSTRUCTABLE_MAX_VR)
+        )
+
+    def counts(self, edges: np.ndarray) -> dict[str, int]:
+        """Edge-level truth counts of the edges (2, k) (local hit numbering)."""
+        key = np.sort(edges[0].astype(np.int64) * self.n_hits + edges[1])
+        in_graph = np.isin(self.key, key)
+        n_soft_true = int(np.isin(self.key[~self.target], key).sum())
+        return {
+            "targets": int(self.target.sum()),
+            "targets_found": int((self.target & in_graph).sum()),
+            "central": int(self.central.sum()),
+            "central_found": int((self.central & in_graph).sum()),
+            "edges": len(key),
+            "edges_counted": len(key) - n_soft_true,
+        }
+
+
+def edge_counts(event: Event, edges: np.ndarray) -> dict[str, int]:
+    """Edge-level truth counts of one event's edges (see :class:`SegmentTruth`)."""
+    return SegmentTruth.of(event).counts(edges)
 
 
 #: Bins of the fake and duplicate rates by track pT (GeV, fitted) and by track |eta|.
@@ -103,10 +121,15 @@ class Evaluation:
             self.tracks[ev.event] = tracks
             if ev.truth is None:
                 continue
+            truth = SegmentTruth.of(ev)
             local = edges[:, event_of == k] - offsets[k]
-            self.graph_edges.update(edge_counts(ev, built[:, built_of == k] - offsets[k]))
-            self.pruned_edges.update(edge_counts(ev, local))
-            self.gnn_edges.update(edge_counts(ev, local[:, scores[event_of == k] > threshold]))
+            pruned = truth.counts(local)
+            unpruned = result.built is result.graph
+            self.graph_edges.update(
+                pruned if unpruned else truth.counts(built[:, built_of == k] - offsets[k])
+            )
+            self.pruned_edges.update(pruned)
+            self.gnn_edges.update(truth.counts(local[:, scores[event_of == k] > threshold]))
             c = self.physics.add(ev, labels)
             self.particles.append(
                 np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
