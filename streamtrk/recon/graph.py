@@ -3,10 +3,12 @@
 A batch of events is one disjoint graph: hits are sorted by (event, layer, phi) with every
 hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For every layer
 pair and every hit of the inner layer, two binary searches give the window of candidate
-outer hits; candidates are expanded in one vectorised step and cut on phi slope, z0 and
-eta consistency. The work grows with hits x candidates per window, never hits squared, and
-the number of host synchronisations per batch is constant (one per expansion step, one to
-drop queries into empty layers), not per layer pair.
+outer hits; the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
+are expanded in vectorised chunks; on the GPU two CUDA kernels (``graph_kernel``: count,
+then fill) run the same cuts, a thread per query. The work grows with hits x candidates per
+window, never hits squared, and the number of host synchronisations per batch is constant
+(one per expansion step, one to drop queries into empty layers, one to size the kernels'
+output), not per layer pair.
 """
 
 from __future__ import annotations
@@ -243,6 +245,35 @@ def _build(
 ) -> Graph:
     """``build_graph`` of one batch, built whole."""
     xp = array_module(x)
+    ctx, node_features, layer = _prepare(x, y, z, volume_id, layer_id, node_offsets, det, cfg)
+    if xp is np:
+        i, j, edge_features = _search_numpy(ctx)
+    else:
+        from streamtrk.recon.graph_kernel import cupy_launch, kernel_search
+
+        i, j, edge_features = kernel_search(ctx, cupy_launch)
+    return Graph(
+        node_features=node_features,
+        edge_index=xp.stack([i, j]),
+        edge_features=edge_features,
+        node_offsets=np.asarray(node_offsets, dtype=np.int64),
+        layer=layer,
+    )
+
+
+def _prepare(
+    x: Array,
+    y: Array,
+    z: Array,
+    volume_id: Array,
+    layer_id: Array,
+    node_offsets: np.ndarray,
+    det: Detector,
+    cfg: GraphConfig,
+) -> tuple[_Search, Array, Array]:
+    """The candidate search's inputs (hits sorted into grid cells, one query per inner hit
+    and layer pair with its bin and phi windows), the node features and each hit's layer."""
+    xp = array_module(x)
     t = _device_tables(det, cfg.z0_limit, cfg.skip_layers, xp)
     n = int(x.shape[0])
     n_layers, nb, nphi = len(det), cfg.n_bins, cfg.n_phi_bins
@@ -311,9 +342,9 @@ def _build(
     dr_max = xp.where(ob, r_out + m, u_hi) - ri
     w = cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance
     b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
-    # A query whose bins hold no hit at all searches nothing: drop it before its bins are
-    # expanded (the disks of a barrel-only event, windows clipped onto an empty bin). Exact:
-    # the hits of rows [first, last] are a difference of two cell starts.
+    # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
+    # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last] are a
+    # difference of two cell starts.
     row0 = (event[qi] * n_layers + outer) * nb
     in_rows = cell_start[(row0 + b_hi + 1) * (2 * nphi)] - cell_start[(row0 + b_lo) * (2 * nphi)]
     b_hi = xp.where(in_rows > 0, b_hi, b_lo - 1)
@@ -322,43 +353,43 @@ def _build(
     p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
     low = p_lo < 0
     p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
-    centre = phi_p[qi] + low * two_pi
-    r_s = xp.concatenate([r, r])[order]
-    z_s = z[hit_of]
     ctx = _Search(
         qi=qi,
         ri=ri,
         zi=zi,
-        outer=outer,
+        row0=row0,
+        b_lo=b_lo,
+        b_hi=b_hi,
         reach=reach,
-        centre=centre,
+        centre=phi_p[qi] + low * two_pi,
         p_lo=p_lo,
         p_hi=p_hi,
-        event=event,
         cell_start=cell_start,
         hit_of=hit_of,
         phi_sorted=phi_sorted,
-        r_sorted=r_s,
-        z_sorted=z_s,
+        r_sorted=xp.concatenate([r, r])[order],
+        z_sorted=z[hit_of],
         r=r,
         eta0=xp.arcsinh(z / r),
         sigma=t["sigma"][lay0],
         sigma_z=t["sigma_z"][lay0],
         sigma_r=t["sigma_r"][lay0],
-        n_layers=n_layers,
-        nb=nb,
         nphi=nphi,
-        det=det,
+        slope=cfg.phi_slope_max(det.bfield),
         cfg=cfg,
         xp=xp,
     )
-    q_all, b_all = expand_ranges(b_lo, b_hi + 1)
-    # On the CPU the search runs over chunks of (query, bin) pairs small enough for their
-    # temporaries to stay in cache (1.5x faster at MU=200 than one pass), on threads when
-    # allowed (NumPy releases the GIL in its loops); on the GPU one chunk keeps the launch
-    # count down. Edges come out in the same order either way.
-    n_chunks = 1 if xp is not np else max(1, -(-len(q_all) // SEARCH_CHUNK))
-    threads = min(cfg.threads, available_cpus()[0], n_chunks)
+    node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
+    return ctx, node_features, lay0
+
+
+def _search_numpy(ctx: _Search) -> tuple[Array, Array, Array]:
+    """The candidate search on the CPU: chunks of (query, bin) pairs small enough for their
+    temporaries to stay in cache (1.5x faster at MU=200 than one pass), on threads when
+    allowed (NumPy releases the GIL in its loops); edges in query, bin, slot order."""
+    q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
+    n_chunks = max(1, -(-len(q_all) // SEARCH_CHUNK))
+    threads = min(ctx.cfg.threads, available_cpus()[0], n_chunks)
     bounds = np.linspace(0, len(q_all), n_chunks + 1).astype(np.int64)
     chunks = [(q_all[lo:hi], b_all[lo:hi]) for lo, hi in pairwise(bounds)]
     if threads == 1:
@@ -366,31 +397,26 @@ def _build(
     else:
         with ThreadPoolExecutor(threads) as pool:
             parts = list(pool.map(lambda c: ctx.run(*c), chunks))
-    i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
-    node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
-    return Graph(
-        node_features=node_features,
-        edge_index=xp.stack([i, j]),
-        edge_features=edge_features,
-        node_offsets=np.asarray(node_offsets, dtype=np.int64),
-        layer=lay0,
-    )
+    i, j, edge_features = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+    return i, j, edge_features
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Search:
     """What the candidate search of one chunk of (query, bin) pairs reads."""
 
-    qi: Array
+    qi: Array  # per query: inner hit, its r and z, first grid row of its outer layer
     ri: Array
     zi: Array
-    outer: Array
-    reach: Array
+    row0: Array
+    b_lo: Array  # per query: bins [b_lo, b_hi] and phi bins [p_lo, p_hi] to search
+    b_hi: Array
+    reach: Array  # per query: |z0| bound before the resolution-aware cut, phi centre
     centre: Array
     p_lo: Array
     p_hi: Array
-    event: Array
-    cell_start: Array
+    cell_start: Array  # per grid cell: first slot; per slot: hit, phi (+ 2 pi), r, z
+
     hit_of: Array
     phi_sorted: Array
     r_sorted: Array
@@ -400,10 +426,8 @@ class _Search:
     sigma: Array  # per hit: resolution, and its z (barrel) and r (disk) parts
     sigma_z: Array
     sigma_r: Array
-    n_layers: int
-    nb: int
     nphi: int
-    det: Detector
+    slope: float  # largest |dphi/dr| accepted
     cfg: GraphConfig
     xp: Any
 
@@ -412,8 +436,7 @@ class _Search:
         edge: dr, dphi, dz, deta, dphi/dr over the largest slope, z0; each scaled to about
         unit range)."""
         xp, cfg = self.xp, self.cfg
-        row = (self.event[self.qi[q]] * self.n_layers + self.outer[q]) * self.nb + b
-        row *= 2 * self.nphi
+        row = (self.row0[q] + b) * (2 * self.nphi)
         lo = self.cell_start[row + self.p_lo[q]]
         cand, pos = expand_ranges(lo, self.cell_start[row + self.p_hi[q] + 1])
         qq = q[cand]
@@ -424,7 +447,7 @@ class _Search:
         ri, zi = self.ri[qq], self.zi[qq]
         dr = self.r_sorted[pos] - ri
         dphi = self.phi_sorted[pos] - self.centre[qq]
-        slope = cfg.phi_slope_max(self.det.bfield)
+        slope = self.slope
         with np.errstate(divide="ignore", invalid="ignore"):
             z0 = zi - ri * (self.z_sorted[pos] - zi) / dr
         keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
