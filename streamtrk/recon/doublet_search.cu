@@ -6,24 +6,7 @@
 // (compile with --fmad=false: no fused multiply-adds, so every decision is NumPy's). Edges
 // come out in query, bin, slot order, the NumPy path's order.
 //
-// Compiled by NVRTC for CuPy; with STREAMTRK_HOST defined, by a C++ compiler as plain
-// functions that loop over the queries (the tests run them against NumPy without a GPU).
-
-#ifdef STREAMTRK_HOST
-#include <cmath>
-using std::asinh;
-using std::fabs;
-using std::fmax;
-using std::fmin;
-using std::sqrt;
-#define __global__
-#define __device__
-#define FOR_EACH_QUERY(q) for (long long q = 0; q < n_queries; ++q)
-#else
-#define FOR_EACH_QUERY(q)                                                \
-    const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
-    if (q < n_queries)
-#endif
+// streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
 #define SEARCH_PARAMS                                                                       \
     long long n_queries, const long long *qi, const double *ri, const double *zi,           \
@@ -86,12 +69,12 @@ __device__ long long search(long long q, SEARCH_PARAMS, long long out_start, lon
 }
 
 extern "C" __global__ void doublet_count(SEARCH_PARAMS, long long *counts) {
-    FOR_EACH_QUERY(q) { counts[q] = search<false>(q, n_queries, SEARCH_ARGS, 0, 0, 0, 0); }
+    FOR_EACH_THREAD(q, n_queries) { counts[q] = search<false>(q, n_queries, SEARCH_ARGS, 0, 0, 0, 0); }
 }
 
 extern "C" __global__ void doublet_fill(SEARCH_PARAMS, const long long *start, long long *ei,
                                         long long *ej, float *features) {
-    FOR_EACH_QUERY(q) {
+    FOR_EACH_THREAD(q, n_queries) {
         search<true>(q, n_queries, SEARCH_ARGS, start[q], ei, ej, features);
     }
 }

@@ -4,8 +4,8 @@ A batch of events is one disjoint graph: hits are sorted by (event, layer, phi) 
 hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For every layer
 pair and every hit of the inner layer, two binary searches give the window of candidate
 outer hits; the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
-are expanded in vectorised chunks; on the GPU two CUDA kernels (``graph_kernel``: count,
-then fill) run the same cuts, a thread per query. The work grows with hits x candidates per
+are expanded in vectorised chunks; on the GPU two CUDA kernels (``doublet_search.cu``:
+count, then fill) run the same cuts, a thread per query. The work grows with hits x candidates per
 window, never hits squared, and the number of host synchronisations per batch is constant
 (one per expansion step, one to drop queries into empty layers, one to size the kernels'
 output), not per layer pair.
@@ -24,10 +24,12 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
 from streamtrk.event import Event
+from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
 from streamtrk.xp import Array, array_module, expand_ranges, to_host
 
 SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
+KERNELS = "doublet_search.cu"  # the GPU candidate search
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,7 @@ def _build(
     if xp is np:
         i, j, edge_features = _search_numpy(ctx)
     else:
-        from streamtrk.recon.graph_kernel import cupy_launch, kernel_search
-
-        i, j, edge_features = kernel_search(ctx, cupy_launch)
+        i, j, edge_features = _search_kernels(ctx, cupy_launcher(KERNELS))
     return Graph(
         node_features=node_features,
         edge_index=xp.stack([i, j]),
@@ -399,6 +399,37 @@ def _search_numpy(ctx: _Search) -> tuple[Array, Array, Array]:
             parts = list(pool.map(lambda c: ctx.run(*c), chunks))
     i, j, edge_features = (np.concatenate(cols) for cols in zip(*parts, strict=True))
     return i, j, edge_features
+
+
+def _search_kernels(ctx: _Search, launch: Launch) -> tuple[Array, Array, Array]:
+    """The candidate search as two kernels, a thread per query: count its edges, then write
+    them from the counts' prefix sum; one host synchronisation (the total) sizes the output.
+    Same edges, order and features as :func:`_search_numpy`."""
+    xp, cfg, i64, f64 = ctx.xp, ctx.cfg, np.int64, np.float64
+    n_queries = len(ctx.qi)
+    args = contiguous(
+        (
+            i64(n_queries),
+            *(ctx.qi, ctx.ri, ctx.zi, ctx.row0, ctx.b_lo, ctx.b_hi, ctx.p_lo, ctx.p_hi),
+            *(ctx.reach, ctx.centre, ctx.cell_start, ctx.hit_of),
+            *(ctx.r_sorted, ctx.phi_sorted, ctx.z_sorted),
+            *(ctx.r, ctx.eta0, ctx.sigma, ctx.sigma_z, ctx.sigma_r),
+            i64(ctx.nphi),
+            *(f64(v) for v in (ctx.slope, cfg.phi_tolerance, cfg.z0_max, cfg.z0_sigmas)),
+            *(f64(v) for v in (cfg.z0_lever_max, cfg.z0_limit, cfg.deta_max)),
+        ),
+        xp,
+    )  # the order of the kernels' SEARCH_PARAMS
+    counts = xp.zeros(n_queries, dtype=xp.int64)
+    launch("doublet_count", n_queries, (*args, counts))
+    ends = xp.cumsum(counts)
+    total = int(ends[-1]) if n_queries else 0
+    i = xp.empty(total, dtype=xp.int64)
+    j = xp.empty(total, dtype=xp.int64)
+    features = xp.empty((total, 6), dtype=xp.float32)
+    if total:
+        launch("doublet_fill", n_queries, (*args, ends - counts, i, j, features))
+    return i, j, features
 
 
 @dataclass(frozen=True, kw_only=True)

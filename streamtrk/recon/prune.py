@@ -19,11 +19,12 @@ from the beam line, |z0|) drop edges before the triplet search.
 
 Work: per-edge geometry, two sorts (inner edges by (middle hit, theta), outer edges by
 (middle hit, theta)), two binary searches for each inner edge's theta window among the outer
-edges at its middle hit, one expansion of the candidate pairs and per-pair cuts. Nothing is
-per hit or per edge in Python; host synchronisations are few and fixed in number (the
-candidate count and three compactions). Edges of different events never share a hit, so a
-batched graph needs nothing special. About 0.12-0.15 s per MU=200 event (780k edges) on the
-project's 2-core CPU.
+edges at its middle hit, then the per-pair cuts: on the CPU over one expansion of the
+candidate pairs, on the GPU in two CUDA kernels (``triplet_search.cu``) a thread per inner
+edge. Nothing is per hit or per edge in Python; host synchronisations are few and fixed in
+number (on the CPU the candidate count and three compactions, on the GPU two compactions).
+Edges of different events never share a hit, so a batched graph needs nothing special.
+About 0.12-0.15 s per MU=200 event (780k edges) on the project's 2-core CPU.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ import numpy as np
 
 from streamtrk.detector import BARREL, Detector
 from streamtrk.recon.graph import Graph, event_graphs
+from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, expand_ranges
 
 WINDOWS_FILE = "prune_windows.toml"
+KERNELS = "triplet_search.cu"  # the GPU triplet search
 # Join key: hit * _KEY_SPAN + theta, theta in (0, pi). A window narrower than _THETA_JOIN_MAX
 # never reaches the keys of a neighbouring hit (those start 4 - pi = 0.86 rad away).
 _KEY_SPAN = 4.0
@@ -240,15 +243,21 @@ def triplet_geometry(g: dict[str, Array], a: Array, b: Array, n_layers: int) -> 
     }
 
 
-def compatible_triplets(
-    g: dict[str, Array], usable: Array, t: dict[str, Array], n_layers: int
-) -> tuple[Array, Array]:
-    """(inner, outer) positions in ``g`` of every compatible triplet among ``usable`` edges.
+def pair_usable(g: dict[str, Array], t: dict[str, Array]) -> Array:
+    """Edges within their layer pair's doublet windows (all, without ``pair_cuts``)."""
+    xp = array_module(g["k2"])
+    return (xp.abs(g["k2"]) <= t["k2_max"][g["pair"]]) & (xp.abs(g["z0"]) <= t["z0_max"][g["pair"]])
 
-    Inner edges sorted by (middle hit, theta) search the outer edges sorted the same way
-    for the theta window of the widest layer triplet they can open; the candidates are then
-    cut with their own layer triplet's windows. Per-edge values are gathered into the two
-    sorted orders first, so that the per-candidate reads run forward in memory.
+
+def triplet_candidates(
+    g: dict[str, Array], usable: Array, t: dict[str, Array]
+) -> tuple[Array, Array, Array, Array]:
+    """Inner edges ``a_ids`` and, for each, the range ``[lo, hi)`` of outer edges ``b_ids``
+    (positions in ``g``) sharing its outer hit within the theta window of the widest layer
+    triplet it can open.
+
+    Both are sorted by (middle hit, theta): the inner edges' binary searches, and the
+    candidates' reads, run forward in memory.
     """
     xp = array_module(usable)
     a_ids = xp.nonzero(usable & t["opens"][g["pair"]])[0]
@@ -257,14 +266,25 @@ def compatible_triplets(
     ob = xp.argsort(key_b)
     key_b, b_ids = key_b[ob], b_ids[ob]
     key_a = g["j"][a_ids] * _KEY_SPAN + g["theta"][a_ids]
-    oa = xp.argsort(key_a)  # sorted queries: the binary searches walk forward in memory
+    oa = xp.argsort(key_a)
     key_a, a_ids = key_a[oa], a_ids[oa]
-    pair_a = g["pair"][a_ids]
     # A margin keeps float rounding of the keys from losing a candidate at a window's edge.
-    w = t["join"][pair_a] + 1e-6
+    w = t["join"][g["pair"][a_ids]] + 1e-6
     lo = xp.searchsorted(key_b, key_a - w, side="left")
     hi = xp.searchsorted(key_b, key_a + w, side="right")
+    return a_ids, b_ids, lo, hi
+
+
+def compatible_triplets(
+    g: dict[str, Array], usable: Array, t: dict[str, Array], n_layers: int
+) -> tuple[Array, Array]:
+    """(inner, outer) positions in ``g`` of every compatible triplet among ``usable`` edges:
+    the candidates of :func:`triplet_candidates` cut with their own layer triplet's windows.
+    Per-edge values are gathered into the sorted orders first (reads forward in memory)."""
+    xp = array_module(usable)
+    a_ids, b_ids, lo, hi = triplet_candidates(g, usable, t)
     q, pos = expand_ranges(lo, hi)
+    pair_a = g["pair"][a_ids]
     tr = pair_a[q] * n_layers + g["lay_j"][b_ids][pos]
     dth = g["theta"][b_ids][pos] - g["theta"][a_ids][q]
     dk2 = g["k2"][b_ids][pos] - g["k2"][a_ids][q]
@@ -275,6 +295,38 @@ def compatible_triplets(
     )
     ok = xp.abs(kappa) <= t["w_k"][tr]
     return a[ok], b[ok]
+
+
+def _keep_kernels(
+    g: dict[str, Array],
+    usable: Array,
+    t: dict[str, Array],
+    n_layers: int,
+    min_hits: int,
+    launch: Launch,
+) -> Array:
+    """``prune_edges``'s mask after the triplet search, by the kernels of
+    ``triplet_search.cu`` (a thread per inner edge): no candidate list, no host
+    synchronisation after :func:`triplet_candidates`."""
+    xp = array_module(usable)
+    a_ids, b_ids, lo, hi = triplet_candidates(g, usable, t)
+    per_edge = (g["pair"], g["lay_j"], g["theta"], g["k2"], g["dx"], g["dy"], g["c"])
+    args = contiguous(
+        (
+            np.int64(len(a_ids)),
+            *(a_ids, lo, hi, b_ids, *per_edge, t["w_th"], t["w_dk"], t["w_k"]),
+            np.int64(n_layers),
+        ),
+        xp,
+    )  # the order of the kernels' TRIPLET_PARAMS
+    has_in = xp.zeros(len(usable), dtype=bool)
+    has_out = xp.zeros(len(usable), dtype=bool)
+    launch("triplet_flags", len(a_ids), (*args, has_in, has_out))
+    if min_hits == 3:
+        return has_in | has_out
+    keep = has_in & has_out
+    launch("quadruplet_ends", len(a_ids), (*args, has_in, has_out, keep))
+    return keep
 
 
 def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | None = None) -> Array:
@@ -294,11 +346,11 @@ def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | No
         return np.concatenate([prune_edges(e, cfg, det) for e in event_graphs(graph)])
     t = _tables(det, cfg, xp)
     g = edge_geometry(graph, det)
-    usable = (xp.abs(g["k2"]) <= t["k2_max"][g["pair"]]) & (
-        xp.abs(g["z0"]) <= t["z0_max"][g["pair"]]
-    )
+    usable = pair_usable(g, t)
     if not cfg.triplet_cuts:
         return usable
+    if xp is not np:
+        return _keep_kernels(g, usable, t, len(det), cfg.min_hits, cupy_launcher(KERNELS))
     a, b = compatible_triplets(g, usable, t, len(det))
     if cfg.min_hits == 3:
         keep[a] = True

@@ -6,8 +6,13 @@ import pytest
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
 from streamtrk.recon.graph import (
+    KERNELS,
     GraphConfig,
     _build,
+    _prepare,
+    _search_kernels,
+    _search_numpy,
+    batch_columns,
     batch_graph,
     event_graphs,
     layer_pairs,
@@ -155,3 +160,48 @@ def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
     event_old = np.searchsorted(p.node_offsets[1:], kept, side="right")
     event_new = np.searchsorted(c.node_offsets[1:], np.arange(c.num_nodes), side="right")
     assert np.array_equal(event_old, event_new)
+
+
+# ---------------------------------------------------------------- the GPU kernels, on the host
+
+
+def _both(events, det, cfg):
+    cols, offsets = batch_columns(events)
+    ctx, _, _ = _prepare(*cols.values(), offsets, det, cfg)
+    return _search_numpy(ctx), ctx
+
+
+@pytest.mark.parametrize(
+    ("which", "cfg"),
+    [
+        ("one event", GraphConfig()),
+        ("two events built whole", GraphConfig()),
+        ("one cell per layer", GraphConfig(n_bins=1, n_phi_bins=1)),
+        ("no skip-one pairs, coarse phi", GraphConfig(skip_layers=False, n_phi_bins=16)),
+    ],
+)
+def test_host_kernels_find_the_numpy_edges(host_launcher, small_events, det, which, cfg):
+    events = small_events if which == "two events built whole" else small_events[:1]
+    (i, j, features), ctx = _both(events, det, cfg)
+    ki, kj, kfeatures = _search_kernels(ctx, host_launcher(KERNELS))
+    assert len(i) > 5_000
+    assert np.array_equal(ki, i) and np.array_equal(kj, j)  # same edges, same order
+    assert kfeatures.dtype == np.float32 and np.array_equal(kfeatures, features)
+
+
+def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):
+    (i, j, features), ctx = _both(mu200_events[:1], det, GraphConfig())
+    ki, kj, kfeatures = _search_kernels(ctx, host_launcher(KERNELS))
+    assert len(i) > 500_000
+    assert np.array_equal(ki, i) and np.array_equal(kj, j)
+    assert np.array_equal(kfeatures, features)
+
+
+def test_host_kernels_without_queries(host_launcher, small_events, det):
+    # Hits of one layer only: no query has an outer layer with hits, no edge anywhere.
+    ev = small_events[0]
+    one = (ev.hits.layer_id == ev.hits.layer_id[0]) & (ev.hits.volume_id == ev.hits.volume_id[0])
+    cols = {k: v[one] for k, v in batch_columns([ev])[0].items()}
+    ctx, _, _ = _prepare(*cols.values(), np.array([0, len(cols["x"])]), det, GraphConfig())
+    i, j, features = _search_kernels(ctx, host_launcher(KERNELS))
+    assert len(ctx.qi) == 0 and len(i) == len(j) == 0 and features.shape == (0, 6)

@@ -15,10 +15,14 @@ from streamtrk.recon.graph import (
     without_isolated_hits,
 )
 from streamtrk.recon.prune import (
+    KERNELS,
     PruneConfig,
+    _keep_kernels,
+    _tables,
     edge_geometry,
     layer_code,
     mirror_layers,
+    pair_usable,
     prune_edges,
 )
 from streamtrk.recon.truth import particle_pt, true_segments
@@ -111,6 +115,27 @@ def test_vectorised_mask_equals_brute_force(small_events, det, name):
     assert mask.dtype == bool and mask.shape == (g.num_edges,)
     assert 0 < ref.sum() < g.num_edges  # the comparison means something
     assert np.array_equal(mask, ref)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_host_kernels_mask_equals_numpy(host_launcher, small_events, det, name):
+    # The GPU's triplet kernels, built for the host, on the NumPy path's candidates.
+    g = batch_graph(small_events, det)
+    cfg = replace(PruneConfig(), **CONFIGS[name])
+    geo, t = edge_geometry(g, det), _tables(det, cfg, np)
+    assert geo["theta"].dtype == geo["k2"].dtype == geo["c"].dtype == np.float32
+    launch = host_launcher(KERNELS)
+    mask = _keep_kernels(geo, pair_usable(geo, t), t, len(det), cfg.min_hits, launch)
+    expected = prune_edges(g, cfg, det)
+    assert 1000 < expected.sum() < g.num_edges
+    assert mask.dtype == bool and np.array_equal(mask, expected)
+
+
+def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):
+    g = batch_graph(mu200_events[:1], det)
+    geo, t = edge_geometry(g, det), _tables(det, PruneConfig(), np)
+    mask = _keep_kernels(geo, pair_usable(geo, t), t, len(det), 4, host_launcher(KERNELS))
+    assert np.array_equal(mask, prune_edges(g, PruneConfig(), det))
 
 
 def test_edge_geometry_matches_python_maths(small_events, det):

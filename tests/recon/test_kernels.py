@@ -1,0 +1,37 @@
+"""The CUDA kernel files compile for the device (nvcc, no GPU needed). Each stage's tests
+run its kernels' host form against its NumPy path; on a GPU, ``test_gpu_parity.py`` compares
+the CuPy results with NumPy's."""
+
+import shutil
+import subprocess
+from importlib import resources
+
+import pytest
+
+from streamtrk.recon.kernels import OPTIONS, source
+
+FILES = sorted(
+    p.name for p in resources.files("streamtrk.recon").iterdir() if p.name.endswith(".cu")
+)
+ENTRIES = {
+    "doublet_search.cu": ("doublet_count", "doublet_fill"),
+    "triplet_search.cu": ("triplet_flags", "quadruplet_ends"),
+}
+
+
+def test_every_kernel_file_is_known():
+    assert sorted(ENTRIES) == FILES
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_kernels_compile_for_the_device(tmp_path, name):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found: cannot compile the CUDA kernels for the device")
+    ptx, src = tmp_path / "k.ptx", tmp_path / "k.cu"
+    src.write_text(source(name))
+    cmd = [nvcc, "-ptx", "-arch=sm_90", *OPTIONS, "-Werror", "all-warnings", "-o", ptx, src]
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = ptx.read_text()
+    assert all(f".entry {kernel}(" in text for kernel in ENTRIES[name])
