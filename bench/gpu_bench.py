@@ -12,6 +12,10 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
    and the track download); first-call seconds (compilation included), peak device memory.
 4. ``bf16_parity``: edge-score differences and physics, bf16 against fp32 (target: tracking
    efficiency within 0.2% absolute).
+   ``kernels``: graph construction's candidate search and pruning's triplet cuts, each as
+   its CUDA kernels and as CuPy array operations, on the same inputs at batch 1 and 16
+   (milliseconds, medians; whether both give the same edges and the same mask). On the CPU
+   the kernels run as their host build.
 5. ``daemon``: ``streamtrk serve --device cuda`` as a subprocess, the events replayed through
    ZeroMQ with ``streamtrk replay`` as fast as taken and at 100 Hz; start-up to ready.
 
@@ -59,10 +63,13 @@ import torch
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event
+from streamtrk.recon import graph as graph_stage
+from streamtrk.recon import prune as prune_stage
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.gnn import InteractionNetwork
-from streamtrk.recon.graph import batch_graph, build_graph, select_edges
+from streamtrk.recon.graph import batch_columns, batch_graph, build_graph, select_edges
+from streamtrk.recon.kernels import Launch, cupy_launcher, host_launcher
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.prune import prune_edges
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
@@ -435,6 +442,66 @@ def parity_part(dev: Device, events: list[Event], net: Network) -> dict[str, Any
     )
 
 
+def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int]) -> dict:
+    """The graph search and the triplet cuts as kernels and as array operations, timed on the
+    same prepared inputs (medians of 5 after one warm-up call), and compared."""
+    det, xp, chain = load_detector(), dev.xp, net.chain
+    build_dir = Path(tempfile.mkdtemp(prefix="streamtrk-kernels-"))
+
+    def launcher(name: str) -> Launch:
+        return cupy_launcher(name) if dev.cuda else host_launcher(name, build_dir)
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        out = fn()
+        seconds = []
+        for _ in range(5):
+            dev.sync()
+            t = time.perf_counter()
+            fn()
+            dev.sync()
+            seconds.append(time.perf_counter() - t)
+        return float(np.median(seconds) * 1000), out
+
+    def host(a: Any) -> np.ndarray:
+        return a.get() if dev.cuda else np.asarray(a)
+
+    search_launch = launcher(graph_stage.KERNELS)
+    prune_launch = launcher(prune_stage.KERNELS)
+
+    def measure(size: int) -> dict[str, Any]:
+        cols, offsets = batch_columns(batch(events, size, 0), xp)
+        ctx, _, _ = graph_stage.prepare_search(*cols.values(), offsets, det, chain.graph)
+        arrays_ms, (i, j, f) = timed(lambda: graph_stage.search_arrays(ctx))
+        kernels_ms, (ki, kj, kf) = timed(lambda: graph_stage.search_kernels(ctx, search_launch))
+        row: dict[str, Any] = {
+            "queries": len(ctx.qi),
+            "edges": len(i),
+            "search_ms": {"arrays": arrays_ms, "kernels": kernels_ms},
+            "same_edges": all(np.array_equal(host(a), host(b)) for a, b in ((i, ki), (j, kj))),
+            "same_features": bool(np.array_equal(host(f), host(kf))),
+        }
+        if chain.prune is None:
+            return row
+        g = build_graph(*cols.values(), offsets, det, chain.graph)
+        geo = prune_stage.edge_geometry(g, det)
+        t = prune_stage.window_tables(det, chain.prune, xp)
+        usable = prune_stage.pair_usable(geo, t)
+        args = (geo, usable, t, len(det), chain.prune.min_hits)
+        p_arrays_ms, mask = timed(lambda: prune_stage.keep_arrays(*args))
+        p_kernels_ms, kmask = timed(lambda: prune_stage.keep_kernels(*args, prune_launch))
+        row["triplets_ms"] = {"arrays": p_arrays_ms, "kernels": p_kernels_ms}
+        row["same_mask"] = bool(np.array_equal(host(mask), host(kmask)))
+        row["kept"] = int(host(kmask).sum())
+        return row
+
+    out: dict[str, Any] = {}
+    for size in sizes:
+        out[str(size)] = measure(size)
+        log(f"  kernels batch {size}: {out[str(size)]}")
+        dev.release()
+    return out
+
+
 # --------------------------------------------------------------------------- daemon
 
 
@@ -577,9 +644,11 @@ def main() -> None:
             bench, dev, events, net, name, args.batches, args.iterations_scale
         )
 
+    small = [b for b in args.batches if b <= 16]  # the kernels part's batch sizes
     parts: list[tuple[str, float, Callable[[], dict[str, Any]]]] = [
         ("eager_fp32", CONFIGS["eager_fp32"][3], config("eager_fp32")),
         ("bf16_parity", 40, lambda: parity_part(dev, events, net)),
+        ("kernels", 20, lambda: kernels_part(dev, events, net, small)),
     ]
     parts += [(c, CONFIGS[c][3], config(c)) for c in ("compile_fp32", "compile_bf16")]
     parts.append(("daemon", 60, lambda: daemon_part(bench, dev, events, net)))

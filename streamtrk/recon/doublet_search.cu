@@ -2,7 +2,7 @@
 // one thread per (inner hit, layer pair) query: doublet_count counts each query's edges,
 // doublet_fill writes them from the exclusive prefix sum of the counts. A query visits its
 // bins [b_lo, b_hi] of the outer layer and, in each, the slots of its phi window; the cuts
-// and the features are those of _Search.run, operation by operation in double precision
+// and the features are those of CandidateSearch.run, operation by operation in double precision
 // (compile with --fmad=false: no fused multiply-adds, so every decision is NumPy's). Edges
 // come out in query, bin, slot order, the NumPy path's order.
 //

@@ -247,11 +247,11 @@ def _build(
 ) -> Graph:
     """``build_graph`` of one batch, built whole."""
     xp = array_module(x)
-    ctx, node_features, layer = _prepare(x, y, z, volume_id, layer_id, node_offsets, det, cfg)
+    ctx, node_features, layer = prepare_search(x, y, z, volume_id, layer_id, node_offsets, det, cfg)
     if xp is np:
-        i, j, edge_features = _search_numpy(ctx)
+        i, j, edge_features = search_arrays(ctx)
     else:
-        i, j, edge_features = _search_kernels(ctx, cupy_launcher(KERNELS))
+        i, j, edge_features = search_kernels(ctx, cupy_launcher(KERNELS))
     return Graph(
         node_features=node_features,
         edge_index=xp.stack([i, j]),
@@ -261,7 +261,7 @@ def _build(
     )
 
 
-def _prepare(
+def prepare_search(
     x: Array,
     y: Array,
     z: Array,
@@ -270,7 +270,7 @@ def _prepare(
     node_offsets: np.ndarray,
     det: Detector,
     cfg: GraphConfig,
-) -> tuple[_Search, Array, Array]:
+) -> tuple[CandidateSearch, Array, Array]:
     """The candidate search's inputs (hits sorted into grid cells, one query per inner hit
     and layer pair with its bin and phi windows), the node features and each hit's layer."""
     xp = array_module(x)
@@ -353,7 +353,7 @@ def _prepare(
     p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
     low = p_lo < 0
     p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
-    ctx = _Search(
+    ctx = CandidateSearch(
         qi=qi,
         ri=ri,
         zi=zi,
@@ -383,12 +383,15 @@ def _prepare(
     return ctx, node_features, lay0
 
 
-def _search_numpy(ctx: _Search) -> tuple[Array, Array, Array]:
-    """The candidate search on the CPU: chunks of (query, bin) pairs small enough for their
-    temporaries to stay in cache (1.5x faster at MU=200 than one pass), on threads when
-    allowed (NumPy releases the GIL in its loops); edges in query, bin, slot order."""
+def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
+    """The candidate search in array operations, edges in query, bin, slot order. On the CPU
+    over chunks of (query, bin) pairs small enough for their temporaries to stay in cache
+    (1.5x faster at MU=200 than one pass), on threads when allowed (NumPy releases the GIL
+    in its loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the
+    kernels)."""
+    xp = ctx.xp
     q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
-    n_chunks = max(1, -(-len(q_all) // SEARCH_CHUNK))
+    n_chunks = 1 if xp is not np else max(1, -(-len(q_all) // SEARCH_CHUNK))
     threads = min(ctx.cfg.threads, available_cpus()[0], n_chunks)
     bounds = np.linspace(0, len(q_all), n_chunks + 1).astype(np.int64)
     chunks = [(q_all[lo:hi], b_all[lo:hi]) for lo, hi in pairwise(bounds)]
@@ -397,14 +400,14 @@ def _search_numpy(ctx: _Search) -> tuple[Array, Array, Array]:
     else:
         with ThreadPoolExecutor(threads) as pool:
             parts = list(pool.map(lambda c: ctx.run(*c), chunks))
-    i, j, edge_features = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+    i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
     return i, j, edge_features
 
 
-def _search_kernels(ctx: _Search, launch: Launch) -> tuple[Array, Array, Array]:
+def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, Array]:
     """The candidate search as two kernels, a thread per query: count its edges, then write
     them from the counts' prefix sum; one host synchronisation (the total) sizes the output.
-    Same edges, order and features as :func:`_search_numpy`."""
+    Same edges, order and features as :func:`search_arrays`."""
     xp, cfg, i64, f64 = ctx.xp, ctx.cfg, np.int64, np.float64
     n_queries = len(ctx.qi)
     args = contiguous(
@@ -433,7 +436,7 @@ def _search_kernels(ctx: _Search, launch: Launch) -> tuple[Array, Array, Array]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Search:
+class CandidateSearch:
     """What the candidate search of one chunk of (query, bin) pairs reads."""
 
     qi: Array  # per query: inner hit, its r and z, first grid row of its outer layer

@@ -5,16 +5,23 @@ A stage keeps its kernels in a CUDA C file beside its module (``doublet_search.c
 construction; ``triplet_search.cu``: pruning), one thread per query, and runs them through a
 :data:`Launch`, ``launch(kernel, n_threads, args)``: on a GPU :func:`cupy_launcher`'s. With
 ``STREAMTRK_HOST`` defined the same source compiles, for a C++ compiler, to host functions
-that loop over the threads: the tests run them against the NumPy path without a GPU. No
+that loop over the threads (:func:`host_launcher`): the tests run them against the NumPy
+path without a GPU. No
 fused multiply-adds (``--fmad=false``), so every cut decision rounds as NumPy's.
 """
 
 from __future__ import annotations
 
+import ctypes
+import shutil
+import subprocess
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 #: What every kernel file starts with: thread indexing, and its host form.
 PRELUDE = """\
@@ -65,5 +72,29 @@ def cupy_launcher(name: str) -> Launch:
         if n_threads:
             blocks = -(-n_threads // THREADS_PER_BLOCK)
             _module(name).get_function(kernel)((blocks,), (THREADS_PER_BLOCK,), args)
+
+    return launch
+
+
+def host_launcher(name: str, build_dir: Path) -> Launch:
+    """Launch kernels of file ``name`` built as host functions (g++, in ``build_dir``) over
+    NumPy arrays, one thread after another: the kernels without a GPU, for tests and CPU dry
+    runs. Raises ``FileNotFoundError`` without g++."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        raise FileNotFoundError("g++ not found: cannot build the CUDA kernels for the host")
+    src, lib = build_dir / f"{name}.cpp", build_dir / f"{name}.so"
+    src.write_text(source(name))
+    flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-DSTREAMTRK_HOST"]
+    subprocess.run([cxx, *flags, "-o", str(lib), str(src)], check=True)
+    kernels = ctypes.CDLL(str(lib))
+
+    def c(a: Any) -> Any:
+        if isinstance(a, np.ndarray):
+            return a.ctypes.data_as(ctypes.c_void_p)
+        return ctypes.c_longlong(a) if isinstance(a, np.integer) else ctypes.c_double(a)
+
+    def launch(kernel: str, n_threads: int, args: tuple[Any, ...]) -> None:
+        getattr(kernels, kernel)(*map(c, args))
 
     return launch

@@ -145,7 +145,7 @@ class PruneConfig:
 
 
 @cache
-def _tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
+def window_tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
     """Dense lookup tables over layer indices (after folding), on the array module's device."""
     nl = len(det)
     idx = {int(c): k for k, c in enumerate(layer_code(det))}
@@ -297,7 +297,7 @@ def compatible_triplets(
     return a[ok], b[ok]
 
 
-def _keep_kernels(
+def keep_kernels(
     g: dict[str, Array],
     usable: Array,
     t: dict[str, Array],
@@ -337,29 +337,38 @@ def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | No
         det = load_detector()
     cfg = cfg or PruneConfig()
     xp = array_module(graph.edge_index)
-    n_edges = graph.num_edges
-    keep = xp.zeros(n_edges, dtype=bool)
-    if n_edges == 0:
-        return keep
+    if graph.num_edges == 0:
+        return xp.zeros(0, dtype=bool)
     if xp is np and len(graph.node_offsets) > 2:
         # Event by event on the CPU: the same mask, from working sets that stay in cache.
         return np.concatenate([prune_edges(e, cfg, det) for e in event_graphs(graph)])
-    t = _tables(det, cfg, xp)
+    t = window_tables(det, cfg, xp)
     g = edge_geometry(graph, det)
     usable = pair_usable(g, t)
     if not cfg.triplet_cuts:
         return usable
-    if xp is not np:
-        return _keep_kernels(g, usable, t, len(det), cfg.min_hits, cupy_launcher(KERNELS))
-    a, b = compatible_triplets(g, usable, t, len(det))
-    if cfg.min_hits == 3:
+    if xp is np:
+        return keep_arrays(g, usable, t, len(det), cfg.min_hits)
+    return keep_kernels(g, usable, t, len(det), cfg.min_hits, cupy_launcher(KERNELS))
+
+
+def keep_arrays(
+    g: dict[str, Array], usable: Array, t: dict[str, Array], n_layers: int, min_hits: int
+) -> Array:
+    """``prune_edges``'s mask after the triplet search, in array operations (NumPy or CuPy):
+    the list of compatible triplets, then the edges in one (``min_hits`` 3) or in a chain of
+    two (4)."""
+    xp = array_module(usable)
+    a, b = compatible_triplets(g, usable, t, n_layers)
+    keep = xp.zeros(len(usable), dtype=bool)
+    if min_hits == 3:
         keep[a] = True
         keep[b] = True
         return keep
     # Quadruplets: an edge with a compatible inner and outer neighbour is the middle of one;
     # else it needs a compatible neighbour that itself continues on the far side.
-    has_in = xp.zeros(n_edges, dtype=bool)
-    has_out = xp.zeros(n_edges, dtype=bool)
+    has_in = xp.zeros(len(usable), dtype=bool)
+    has_out = xp.zeros(len(usable), dtype=bool)
     has_in[b] = True
     has_out[a] = True
     keep[:] = has_in & has_out

@@ -25,10 +25,13 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     parts = result["parts"]
     failed = {k: v["error"] for k, v in parts.items() if isinstance(v, dict) and "error" in v}
     assert failed == {}
-    assert {"info", "eager_fp32", "bf16_parity", "daemon"} <= set(parts)
+    assert {"info", "eager_fp32", "bf16_parity", "kernels", "daemon"} <= set(parts)
     assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
     assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
     assert parts["daemon"]["exit_code"] == 0
+    for size in ("1", "2"):  # the kernels' host build, against the array operations
+        k = parts["kernels"][size]
+        assert k["edges"] > 0 and k["same_edges"] and k["same_features"] and k["same_mask"]
     rows = result["summary"]["end_to_end"]
     assert [(r["batch"], r["engine"], r["precision"]) for r in rows] == [
         (1, "eager", "fp32"),

@@ -9,13 +9,13 @@ from streamtrk.recon.graph import (
     KERNELS,
     GraphConfig,
     _build,
-    _prepare,
-    _search_kernels,
-    _search_numpy,
     batch_columns,
     batch_graph,
     event_graphs,
     layer_pairs,
+    prepare_search,
+    search_arrays,
+    search_kernels,
     select_edges,
     without_isolated_hits,
 )
@@ -167,8 +167,8 @@ def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
 
 def _both(events, det, cfg):
     cols, offsets = batch_columns(events)
-    ctx, _, _ = _prepare(*cols.values(), offsets, det, cfg)
-    return _search_numpy(ctx), ctx
+    ctx, _, _ = prepare_search(*cols.values(), offsets, det, cfg)
+    return search_arrays(ctx), ctx
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def _both(events, det, cfg):
 def test_host_kernels_find_the_numpy_edges(host_launcher, small_events, det, which, cfg):
     events = small_events if which == "two events built whole" else small_events[:1]
     (i, j, features), ctx = _both(events, det, cfg)
-    ki, kj, kfeatures = _search_kernels(ctx, host_launcher(KERNELS))
+    ki, kj, kfeatures = search_kernels(ctx, host_launcher(KERNELS))
     assert len(i) > 5_000
     assert np.array_equal(ki, i) and np.array_equal(kj, j)  # same edges, same order
     assert kfeatures.dtype == np.float32 and np.array_equal(kfeatures, features)
@@ -191,7 +191,7 @@ def test_host_kernels_find_the_numpy_edges(host_launcher, small_events, det, whi
 
 def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):
     (i, j, features), ctx = _both(mu200_events[:1], det, GraphConfig())
-    ki, kj, kfeatures = _search_kernels(ctx, host_launcher(KERNELS))
+    ki, kj, kfeatures = search_kernels(ctx, host_launcher(KERNELS))
     assert len(i) > 500_000
     assert np.array_equal(ki, i) and np.array_equal(kj, j)
     assert np.array_equal(kfeatures, features)
@@ -202,6 +202,6 @@ def test_host_kernels_without_queries(host_launcher, small_events, det):
     ev = small_events[0]
     one = (ev.hits.layer_id == ev.hits.layer_id[0]) & (ev.hits.volume_id == ev.hits.volume_id[0])
     cols = {k: v[one] for k, v in batch_columns([ev])[0].items()}
-    ctx, _, _ = _prepare(*cols.values(), np.array([0, len(cols["x"])]), det, GraphConfig())
-    i, j, features = _search_kernels(ctx, host_launcher(KERNELS))
+    ctx, _, _ = prepare_search(*cols.values(), np.array([0, len(cols["x"])]), det, GraphConfig())
+    i, j, features = search_kernels(ctx, host_launcher(KERNELS))
     assert len(ctx.qi) == 0 and len(i) == len(j) == 0 and features.shape == (0, 6)
