@@ -2,9 +2,9 @@
 // one thread per (inner hit, layer pair) query: doublet_count counts each query's edges,
 // doublet_fill writes them from the exclusive prefix sum of the counts. A query visits its
 // bins [b_lo, b_hi] of the outer layer and, in each, the slots of its phi window; the cuts
-// and the features are those of CandidateSearch.run, operation by operation in double precision
-// (compile with --fmad=false: no fused multiply-adds, so every decision is NumPy's). Edges
-// come out in query, bin, slot order, the NumPy path's order.
+// and the features are those of CandidateSearch.run, operation by operation in double
+// precision (compile with --fmad=false: no fused multiply-adds, so every decision is
+// NumPy's). Edges come out in query, bin, slot order, the NumPy path's order.
 //
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
@@ -69,7 +69,9 @@ __device__ long long search(long long q, SEARCH_PARAMS, long long out_start, lon
 }
 
 extern "C" __global__ void doublet_count(SEARCH_PARAMS, long long *counts) {
-    FOR_EACH_THREAD(q, n_queries) { counts[q] = search<false>(q, n_queries, SEARCH_ARGS, 0, 0, 0, 0); }
+    FOR_EACH_THREAD(q, n_queries) {
+        counts[q] = search<false>(q, n_queries, SEARCH_ARGS, 0, 0, 0, 0);
+    }
 }
 
 extern "C" __global__ void doublet_fill(SEARCH_PARAMS, const long long *start, long long *ei,

@@ -5,10 +5,10 @@ hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For eve
 pair and every hit of the inner layer, two binary searches give the window of candidate
 outer hits; the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
 are expanded in vectorised chunks; on the GPU two CUDA kernels (``doublet_search.cu``:
-count, then fill) run the same cuts, a thread per query. The work grows with hits x candidates per
-window, never hits squared, and the number of host synchronisations per batch is constant
-(one per expansion step, one to drop queries into empty layers, one to size the kernels'
-output), not per layer pair.
+count, then fill) run the same cuts, a thread per query. The work grows with hits x
+candidates per window, never hits squared, and the number of host synchronisations per
+batch is constant (one per expansion step, one to drop queries into empty layers, one to
+size the kernels' output), not per layer pair.
 """
 
 from __future__ import annotations
