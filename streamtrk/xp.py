@@ -28,6 +28,28 @@ def to_host(a: Array) -> np.ndarray:
     return a.get() if array_module(a) is not np else np.asarray(a)
 
 
+def to_host_packed(arrays: dict[str, Array]) -> dict[str, np.ndarray]:
+    """``arrays`` (one device, any dtypes and shapes) as NumPy arrays in one device-to-host
+    copy: their bytes packed into one buffer on the device (each part padded to 8 bytes),
+    copied, then viewed part by part on the host. One host synchronisation, not one per
+    array."""
+    if not arrays:
+        return {}
+    xp = array_module(next(iter(arrays.values())))
+    parts, spans, at = [], [], 0
+    for v in arrays.values():
+        raw = xp.ascontiguousarray(v).reshape(-1).view(xp.uint8)
+        pad = -len(raw) % 8
+        parts += [raw, xp.zeros(pad, dtype=xp.uint8)] if pad else [raw]
+        spans.append((at, len(raw)))
+        at += len(raw) + pad
+    buffer = to_host(xp.concatenate(parts))
+    return {
+        k: buffer[lo : lo + n].view(v.dtype).reshape(v.shape)
+        for (k, v), (lo, n) in zip(arrays.items(), spans, strict=True)
+    }
+
+
 def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     """Where each of ``queries`` sits in ``keys`` (unique values, any order): ``(index,
     found)``; ``index`` is 0 where ``found`` is False. One sort of ``keys``, one search."""

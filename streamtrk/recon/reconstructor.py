@@ -22,7 +22,7 @@ from streamtrk.recon.tracks import (
     split_by_event,
 )
 from streamtrk.recon.truth import edge_labels
-from streamtrk.xp import array_module, to_host
+from streamtrk.xp import array_module, to_host, to_host_packed
 
 STAGES = ("graph", "prune", "gnn", "tracks", "fit")
 
@@ -150,8 +150,10 @@ class Reconstructor:
         offsets, hit_index, params = self._timed(
             timings, "fit", lambda: self._fit(offsets, hit_index, cols, graph.layer)
         )
+        # The batch's tracks come down in one copy and are split by event on the host.
+        host = to_host_packed({"offsets": offsets, "hit_index": hit_index, **params})
+        offsets, hit_index = host.pop("offsets"), host.pop("hit_index")
         tracks = [
-            Tracks(to_host(o), to_host(h), {k: to_host(v) for k, v in p.items()})
-            for o, h, p in split_by_event(offsets, hit_index, params, node_offsets)
+            Tracks(o, h, p) for o, h, p in split_by_event(offsets, hit_index, host, node_offsets)
         ]
         return ReconResult(tracks, timings, graph, scores, node_offsets, built)

@@ -1,0 +1,24 @@
+"""The array-module helpers on NumPy (the CuPy side runs in the ``gpu`` tests)."""
+
+import numpy as np
+
+from streamtrk.xp import to_host_packed
+
+
+def test_to_host_packed_gives_back_every_array_unchanged():
+    rng = np.random.default_rng(5)
+    arrays = {
+        "offsets": np.array([0, 3, 7], dtype=np.int64),
+        "pt": rng.random(5, dtype=np.float32),  # 20 bytes: the next part starts padded
+        "charge": np.array([1, -1, 1], dtype=np.int32),
+        "hits": rng.integers(0, 100, size=(2, 3)),
+        "empty": np.zeros(0, dtype=np.float64),
+        "x": rng.random(4),
+    }
+    out = to_host_packed(arrays)
+    assert list(out) == list(arrays)
+    for k, v in arrays.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape
+        assert np.array_equal(out[k], v), k
+    assert out["x"].flags.aligned
+    assert to_host_packed({}) == {}
