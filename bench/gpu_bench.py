@@ -9,7 +9,9 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
    ``compile_bf16_cudagraphs``: for batch sizes 1, 4, 16, 64, ``Reconstructor.reconstruct``
    timed end to end (events/s, wall percentiles; p99 at batch 1 is the latency figure) and
    per stage (graph, gnn, tracks, fit; "other" is the host-side batching, the hit upload
-   and the track download); first-call seconds (compilation included), peak device memory.
+   and the track download); first-call seconds (compilation included), peak device memory;
+   on CUDA the GNN's edges/s against the reference (133 M edges/s) and against the H200's
+   limit for the graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
 4. ``bf16_parity``: edge-score differences and physics, bf16 against fp32 (target: tracking
    efficiency within 0.2% absolute).
    ``kernels``: graph construction's candidate search and pruning's triplet cuts, each as
@@ -89,6 +91,11 @@ CONFIGS = {  # name: (engine, precision, CUDA graphs, seconds the part needs at 
 ITERATIONS = {1: 100, 4: 20, 16: 8, 64: 3}  # timed batches per batch size
 RANDOM = "random (seed 0): no shipped model"
 TARGETS = {"events_per_s_batch16": 500.0, "p99_ms_batch1": 25.0}
+# NVIDIA H200 SXM datasheet: dense tensor-core bf16/fp16, fp32 without TF32 (off here), HBM3e.
+H200 = {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8}
+# The measured reference: an Interaction Network of hidden 64 and 8 steps, torch.compile in
+# bf16 on this GPU (DEVELOPERS.md).
+REFERENCE_GNN_EDGES_PER_S = 133e6
 
 
 def log(msg: str) -> None:
@@ -195,6 +202,37 @@ def load_network() -> Network:
     return Network(model, ChainSettings.of_card(card), str(path))
 
 
+def gnn_traffic_bytes(cfg: Any, act_bytes: int) -> tuple[float, float]:
+    """Least memory traffic of the network per edge and per hit, every step fused into one
+    pass (an estimate): per step an edge reads and writes its state, reads its two hit
+    indices and the two gathered hit projections, and adds its float32 message to two hit
+    sums; a hit reads and writes its state, reads its two sums and writes its two
+    projections. Plus the encoders' inputs and the head's score."""
+    he, h, steps = cfg.edge_hidden, cfg.hidden, cfg.steps
+    per_edge = steps * (4 * he * act_bytes + 2 * he * 4 + 16) + cfg.edge_in * 4 + 4
+    per_hit = steps * (2 * h * act_bytes + 2 * he * 4 + 2 * he * act_bytes) + cfg.node_in * 4
+    return float(per_edge), float(per_hit)
+
+
+def gnn_figures(cfg: Any, precision: str, edges: float, hits: float, seconds: float) -> dict:
+    """The GNN stage's achieved rates against the reference and against the H200's limits
+    for this graph (matrix-product FLOPs and least traffic per edge and hit)."""
+    f_edge, f_hit = cfg.matmul_flops()
+    b_edge, b_hit = gnn_traffic_bytes(cfg, 4 if precision == "fp32" else 2)
+    flops, traffic = edges * f_edge + hits * f_hit, edges * b_edge + hits * b_hit
+    compute_s = flops / (H200["tflops"][precision] * 1e12)
+    memory_s = traffic / (H200["tb_per_s"] * 1e12)
+    return {
+        "edges_per_s": edges / seconds,
+        "over_reference": edges / seconds / REFERENCE_GNN_EDGES_PER_S,
+        "achieved_tflops": flops / seconds / 1e12,
+        "achieved_tb_per_s_at_least_traffic": traffic / seconds / 1e12,
+        "limit_ms": max(compute_s, memory_s) * 1000,
+        "limit_bound_by": "memory" if memory_s > compute_s else "compute",
+        "of_limit": max(compute_s, memory_s) / seconds,
+    }
+
+
 # --------------------------------------------------------------------------- parts
 
 
@@ -258,6 +296,7 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
             "events_per_s": {k: v.get("events_per_s") for k, v in b.items()},
             "p99_ms_batch1": b.get("1", {}).get("wall_ms", {}).get("p99"),
             "first_call_s": p.get("first_call_s"),
+            "gnn_batch16": b.get("16", {}).get("gnn"),
         }
         end_to_end += [
             {
@@ -382,7 +421,16 @@ def config_part(
             out["batches"][str(size)] = {"skipped": "time budget"}
             continue
         try:
-            out["batches"][str(size)] = time_batches(rec, dev, events, size, scale)
+            row = time_batches(rec, dev, events, size, scale)
+            if dev.cuda:
+                row["gnn"] = gnn_figures(
+                    net.model.config,
+                    precision,
+                    row["edges_per_batch"],
+                    row["gnn_hits_per_batch"],
+                    row["stage_ms"]["gnn"] / 1000,
+                )
+            out["batches"][str(size)] = row
         except Exception as exc:  # e.g. out of memory at the largest batch
             out["batches"][str(size)] = {"error": f"{type(exc).__name__}: {exc}"}
             dev.release()
@@ -404,6 +452,7 @@ def time_batches(
     walls: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     edges: list[int] = []
+    hits: list[int] = []  # the hits the GNN sees: those with an edge
     for k in range(iterations):
         b = batch(events, size, k + 1)
         dev.sync()
@@ -413,6 +462,7 @@ def time_batches(
         for s in STAGES:
             stages[s].append(result.timings[s])
         edges.append(result.graph.num_edges)
+        hits.append(int(dev.xp.unique(result.graph.edge_index).size))
     wall = float(np.median(walls))
     stage_ms = {s: float(np.median(v) * 1000) for s, v in stages.items()}
     return {
@@ -423,6 +473,7 @@ def time_batches(
         "stage_ms": stage_ms,
         "other_ms": wall * 1000 - sum(stage_ms.values()),
         "edges_per_batch": float(np.median(edges)),
+        "gnn_hits_per_batch": float(np.median(hits)),
         "memory": dev.memory(),
     }
 

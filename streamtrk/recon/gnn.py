@@ -40,6 +40,19 @@ class GNNConfig:
     node_in: int = NODE_FEATURES
     edge_in: int = EDGE_FEATURES
 
+    def matmul_flops(self) -> tuple[int, int]:
+        """Matrix-product FLOPs of ``forward`` (2 per multiply-add) per edge and per hit:
+        a graph of ``e`` edges and ``n`` hits costs ``e * per_edge + n * per_hit``.
+        Element-wise work (norms, activations, gathers, sums) is not counted."""
+        h, he, steps = self.hidden, self.edge_hidden, self.steps
+        # Edge: encoder, per step its own two he x he layers and the gate, then the head.
+        per_edge = 2 * (self.edge_in * he + he * he) + steps * 2 * (2 * he * he + he)
+        per_edge += 2 * (he * he + he)
+        # Hit: encoder; per step the two projections onto edges (h -> he), its own two
+        # h x h layers and the projections of its two sums (he -> h).
+        per_hit = 2 * (self.node_in * h + h * h) + steps * 2 * (4 * h * he + 2 * h * h)
+        return per_edge, per_hit
+
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))

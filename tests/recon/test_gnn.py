@@ -86,3 +86,18 @@ def test_torch_export_with_dynamic_graph_size(model: InteractionNetwork) -> None
     other = _graph(70, 333, 7)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(*other), model(*other))
+
+
+@pytest.mark.parametrize("cfg", [GNNConfig(), GNNConfig(hidden=48, edge_hidden=16, steps=3)])
+def test_matmul_flops_are_what_torch_counts(cfg: GNNConfig) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    n, e = 300, 2000
+    x = torch.randn(n, cfg.node_in)
+    ei = torch.randint(0, n, (2, e))
+    ea = torch.randn(e, cfg.edge_in)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        InteractionNetwork(cfg)(x, ei, ea)
+    per_edge, per_hit = cfg.matmul_flops()
+    assert counter.get_total_flops() == e * per_edge + n * per_hit
