@@ -25,13 +25,12 @@ Every part is timed against a budget (``--budget-s``) and skipped with a note wh
 little is left; a part that fails records its error and the run goes on. The JSON is
 rewritten after every part (``OUT/gpu_bench.json``) and printed at the end.
 
-Device command, one line (repository not installed; pyzmq from the wheel carried in .whl/;
-GPU tests first, so that the benchmark finds torch's compile caches warm; 9.5 min at most):
+Device command: ``sh bench/device_run.sh`` (its header says how to bring pyzmq's wheel):
+import checks, the ``gpu`` tests, then this script with a small first configuration
+(batches 1, 4, 16; 16 events; eager fp32 and compiled bf16), each step under ``timeout``.
+The whole benchmark, for a longer device session:
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl;
-    PYTHONPATH=/tmp/site:$PWD timeout 200 python3 -m pytest -m gpu -q -rs
-        -p no:cacheprovider tests/recon 2>&1 | tee $OUT/gpu-tests.txt;
-    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_bench.py --out $OUT --budget-s 300
+    PYTHONPATH=/tmp/site:$PWD timeout 560 python3 bench/gpu_bench.py --out $OUT --budget-s 420
 
 A CPU dry run of the script itself (small events, eager only; no transfers part):
 

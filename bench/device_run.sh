@@ -1,0 +1,63 @@
+#!/bin/sh
+# The GPU issue's device run, prepared to run once within one `run` call (about 8 minutes):
+# import checks, the `gpu` tests, then a small bench/gpu_bench.py (batches 1, 4, 16; 16
+# MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon).
+# Every step is bounded by `timeout` and writes under $OUT (imports.txt, gpu-tests.txt,
+# gpu-bench.log, gpu_bench.json); a failing step does not stop the next.
+#
+# On the device (pyzmq is not installed there; bring its wheel, ignored by git):
+#   here:  echo /.whl/ >> .git/info/exclude
+#          python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#            --implementation cp --platform manylinux_2_28_x86_64 \
+#            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0
+#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 560)
+# Dry run on the CPU (what tests/bench/test_device_run.py does):
+#   DEVICE=cpu OUT=/tmp/device-run sh bench/device_run.sh
+set -u
+OUT=${OUT:-/tmp/device-run}
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PYTHONPATH=$PWD
+if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH
+
+# Every import the run needs, in the first seconds: a missing one ends the run here.
+"$PYTHON" - >"$OUT/imports.txt" 2>&1 <<'PY'
+import importlib, sys
+names = ["numpy", "scipy", "torch", "msgpack", "zmq", "prometheus_client", "pytest",
+         "pytest_timeout", "hypothesis", "streamtrk.recon.reconstructor", "streamtrk.service.serve"]
+import os
+if os.environ.get("DEVICE", "cuda") == "cuda":
+    names.append("cupy")
+for name in names:
+    module = importlib.import_module(name)
+    print(name, getattr(module, "__version__", ""))
+import torch
+print("cuda", torch.cuda.is_available(), torch.version.cuda)
+if os.environ.get("DEVICE", "cuda") == "cuda":
+    import cupy
+    print("gpu", torch.cuda.get_device_name(0), "cupy devices", cupy.cuda.runtime.getDeviceCount())
+PY
+status=$?
+cat "$OUT/imports.txt"
+[ $status -eq 0 ] || { echo "device_run: an import failed (see imports.txt)"; exit 1; }
+
+timeout 170 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider tests/recon \
+    >"$OUT/gpu-tests.txt" 2>&1
+echo "device_run: gpu tests exit $?"
+tail -n 25 "$OUT/gpu-tests.txt"
+
+if [ "$DEVICE" = cuda ]; then
+    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 220
+else
+    set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
+        --workers 1
+fi
+timeout 300 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
+echo "device_run: gpu_bench exit $?"
+grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
