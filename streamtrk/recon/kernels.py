@@ -6,8 +6,10 @@ construction; ``triplet_search.cu``: pruning), one thread per query, and runs th
 :data:`Launch`, ``launch(kernel, n_threads, args)``: on a GPU :func:`cupy_launcher`'s. With
 ``STREAMTRK_HOST`` defined the same source compiles, for a C++ compiler, to host functions
 that loop over the threads (:func:`host_launcher`): the tests run them against the NumPy
-path without a GPU. No
-fused multiply-adds (``--fmad=false``), so every cut decision rounds as NumPy's.
+path without a GPU. No fused multiply-adds (``--fmad=false``), so every cut decision rounds
+as NumPy's. (CuPy also compiles with ``-ftz=true``, flushing float32 values under 1.2e-38
+to zero: the float32 quantities compared, angles and curvatures and their differences in
+multiples of their rounding step, are zero or far above that.)
 """
 
 from __future__ import annotations
