@@ -21,8 +21,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PYTHONPATH=$PWD
 if ls .whl/*.whl >/dev/null 2>&1; then
+    # A wheel is a zip: unpacked as it is where pip is missing.
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD
+        --target /tmp/site .whl/*.whl ||
+        for w in .whl/*.whl; do "$PYTHON" -m zipfile -e "$w" /tmp/site; done
+    PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONPATH
 

@@ -340,7 +340,11 @@ def prepare_search(
     m = cfg.layer_margin
     u_lo, u_hi = _target_range(ri, zi, ob, r_out, t["z"][outer], t["u_max"][outer], reach, m, xp)
     dr_max = xp.where(ob, r_out + m, u_hi) - ri
-    w = cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance
+    # Half-width of the phi window, at most pi (the whole circle; more would reach outside
+    # the grid). The dphi cut stops at pi too, so that no hit is found as both its copies.
+    w = xp.minimum(
+        cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, np.pi
+    )
     b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
     # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
     # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last] are a
@@ -484,7 +488,7 @@ class CandidateSearch:
         slope = self.slope
         with np.errstate(divide="ignore", invalid="ignore"):
             z0 = zi - ri * (self.z_sorted[pos] - zi) / dr
-        keep = (dr > 0) & (xp.abs(dphi) <= slope * dr + cfg.phi_tolerance)
+        keep = (dr > 0) & (xp.abs(dphi) <= xp.minimum(slope * dr + cfg.phi_tolerance, np.pi))
         keep &= xp.abs(z0) <= self.reach[qq]
         k = xp.nonzero(keep)[0]
         qq, pos, dr, dphi, z0 = qq[k], pos[k], dr[k], dphi[k], z0[k]
@@ -509,13 +513,11 @@ class CandidateSearch:
     def z0_error(self, i: Array, j: Array, dr: Array, dz: Array) -> Array:
         """Standard deviation of the segments' z0 from their two hits' resolutions."""
         r, sz, sr, xp = self.r, self.sigma_z, self.sigma_r, self.xp
-        ri, rj = r[i], r[j]
-        return xp.sqrt(
-            (sz[i] * rj / dr) ** 2
-            + (sz[j] * ri / dr) ** 2
-            + (sr[i] * dz * rj / dr**2) ** 2
-            + (sr[j] * dz * ri / dr**2) ** 2
-        )
+        ri, rj, dr2 = r[i], r[j], dr * dr
+        # Products, not ** 2: CuPy's float64 power is pow(), off by up to 2 ulp.
+        a, c = sz[i] * rj / dr, sz[j] * ri / dr
+        d, e = sr[i] * dz * rj / dr2, sr[j] * dz * ri / dr2
+        return xp.sqrt(a * a + c * c + d * d + e * e)
 
 
 def event_graphs(graph: Graph) -> list[Graph]:

@@ -6,10 +6,12 @@ construction; ``triplet_search.cu``: pruning), one thread per query, and runs th
 :data:`Launch`, ``launch(kernel, n_threads, args)``: on a GPU :func:`cupy_launcher`'s. With
 ``STREAMTRK_HOST`` defined the same source compiles, for a C++ compiler, to host functions
 that loop over the threads (:func:`host_launcher`): the tests run them against the NumPy
-path without a GPU. No fused multiply-adds (``--fmad=false``), so every cut decision rounds
-as NumPy's. (CuPy also compiles with ``-ftz=true``, flushing float32 values under 1.2e-38
-to zero: the float32 quantities compared, angles and curvatures and their differences in
-multiples of their rounding step, are zero or far above that.)
+path without a GPU. No fused multiply-adds (``--fmad=false``): + - x / and sqrt round as
+NumPy's, so the cuts decide as NumPy's but where CUDA's maths functions (``asinh``, and
+CuPy's own for the inputs) differ from the host's by an ulp. (CuPy also compiles with
+``-ftz=true``, flushing float32 values under 1.2e-38 to zero: the float32 quantities
+compared, angles and curvatures and their differences in multiples of their rounding step,
+are zero or far above that.)
 """
 
 from __future__ import annotations
@@ -67,13 +69,18 @@ def _module(name: str) -> Any:
     return cupy.RawModule(code=source(name), options=OPTIONS)
 
 
+@cache
+def _function(name: str, kernel: str) -> Any:
+    return _module(name).get_function(kernel)
+
+
 def cupy_launcher(name: str) -> Launch:
     """Launch kernels of file ``name`` on CuPy's current device and stream."""
 
     def launch(kernel: str, n_threads: int, args: tuple[Any, ...]) -> None:
         if n_threads:
             blocks = -(-n_threads // THREADS_PER_BLOCK)
-            _module(name).get_function(kernel)((blocks,), (THREADS_PER_BLOCK,), args)
+            _function(name, kernel)((blocks,), (THREADS_PER_BLOCK,), args)
 
     return launch
 

@@ -205,3 +205,19 @@ def test_host_kernels_without_queries(host_launcher, small_events, det):
     ctx, _, _ = prepare_search(*cols.values(), np.array([0, len(cols["x"])]), det, GraphConfig())
     i, j, features = search_kernels(ctx, host_launcher(KERNELS))
     assert len(ctx.qi) == 0 and len(i) == len(j) == 0 and features.shape == (0, 6)
+
+
+def test_a_phi_window_past_pi_is_the_whole_circle(host_launcher, small_events, det):
+    # pT_min 0.02 GeV asks for phi windows wider than the detector: clipped to +-pi, every
+    # pair is searched once, and the search still equals brute force and the kernels.
+    ev = small_events[0]
+    hits = ev.hits.take(np.arange(0, len(ev.hits), 20))
+    cfg = GraphConfig(pt_min=0.02)
+    g = batch_graph([Event(0, 0, hits)], det, cfg)
+    brute = batch_graph([Event(0, 0, hits)], det, GraphConfig(pt_min=0.02, n_bins=1, n_phi_bins=1))
+    assert g.num_edges > 1000 and len(np.unique(_keys(g))) == g.num_edges
+    assert np.array_equal(_keys(g), _keys(brute))
+    (i, j, features), ctx = _both([Event(0, 0, hits)], det, cfg)
+    assert (cfg.phi_slope_max(det.bfield) * 1000 > np.pi) and ctx.p_lo.min() >= 0
+    ki, kj, kfeatures = search_kernels(ctx, host_launcher(KERNELS))
+    assert np.array_equal(ki, i) and np.array_equal(kj, j) and np.array_equal(kfeatures, features)
