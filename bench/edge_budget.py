@@ -155,7 +155,7 @@ def time_gnn(events: list[Event], graphs: list[Graph], cfg: PruneConfig, repeats
     pruned and compacted (hits without edges dropped) graphs; torch's thread count as set."""
     import torch
 
-    from streamtrk.recon.model import load_reconstructor
+    from streamtrk.recon.load import load_reconstructor
 
     scorer = load_reconstructor().scorer
     det = load_detector()
@@ -201,7 +201,7 @@ class PrunedScorer:
 
 def chain(events: list[Event], cfg: PruneConfig) -> dict:
     from streamtrk.eval.evaluate import evaluate
-    from streamtrk.recon.model import load_reconstructor
+    from streamtrk.recon.load import load_reconstructor
 
     rec = load_reconstructor()
     keys = (

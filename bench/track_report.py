@@ -27,7 +27,8 @@ from streamtrk.eval.evaluate import evaluate
 from streamtrk.eval.score import match_tracks
 from streamtrk.event import Event
 from streamtrk.io.trackml import read_event
-from streamtrk.recon.model import default_model_path, load_reconstructor
+from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.simulate import SimConfig, simulate
