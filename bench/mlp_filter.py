@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from streamtrk.detector import load_detector
-from streamtrk.recon.graph import Graph, array_module, build_graph
+from streamtrk.recon.graph import Graph, build_graph
 from streamtrk.recon.prune import mirror_layers
+from streamtrk.xp import array_module
 
 
 def features(graph: Graph, det) -> np.ndarray:
