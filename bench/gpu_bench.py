@@ -533,9 +533,7 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
         if chain.prune is None:
             return row
         g = build_graph(*cols.values(), offsets, det, chain.graph)
-        geo = prune_stage.edge_geometry(g, det)
-        t = prune_stage.window_tables(det, chain.prune, xp)
-        usable = prune_stage.pair_usable(geo, t)
+        geo, usable, t = prune_stage.triplet_inputs(g, chain.prune, det)
         args = (geo, usable, t, len(det), chain.prune.min_hits)
         p_arrays_ms, mask = timed(lambda: prune_stage.keep_arrays(*args))
         p_kernels_ms, kmask = timed(lambda: prune_stage.keep_kernels(*args, prune_launch))

@@ -243,10 +243,17 @@ def triplet_geometry(g: dict[str, Array], a: Array, b: Array, n_layers: int) -> 
     }
 
 
-def pair_usable(g: dict[str, Array], t: dict[str, Array]) -> Array:
-    """Edges within their layer pair's doublet windows (all, without ``pair_cuts``)."""
-    xp = array_module(g["k2"])
-    return (xp.abs(g["k2"]) <= t["k2_max"][g["pair"]]) & (xp.abs(g["z0"]) <= t["z0_max"][g["pair"]])
+def triplet_inputs(
+    graph: Graph, cfg: PruneConfig, det: Detector
+) -> tuple[dict[str, Array], Array, dict[str, Array]]:
+    """What the triplet search reads: the per-edge geometry, the edges within their layer
+    pair's doublet windows (all, without ``pair_cuts``) and the window tables."""
+    xp = array_module(graph.edge_index)
+    t = window_tables(det, cfg, xp)
+    g = edge_geometry(graph, det)
+    pair = g["pair"]
+    usable = (xp.abs(g["k2"]) <= t["k2_max"][pair]) & (xp.abs(g["z0"]) <= t["z0_max"][pair])
+    return g, usable, t
 
 
 def triplet_candidates(
@@ -342,9 +349,7 @@ def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | No
     if xp is np and len(graph.node_offsets) > 2:
         # Event by event on the CPU: the same mask, from working sets that stay in cache.
         return np.concatenate([prune_edges(e, cfg, det) for e in event_graphs(graph)])
-    t = window_tables(det, cfg, xp)
-    g = edge_geometry(graph, det)
-    usable = pair_usable(g, t)
+    g, usable, t = triplet_inputs(graph, cfg, det)
     if not cfg.triplet_cuts:
         return usable
     if xp is np:
@@ -360,18 +365,15 @@ def keep_arrays(
     two (4)."""
     xp = array_module(usable)
     a, b = compatible_triplets(g, usable, t, n_layers)
-    keep = xp.zeros(len(usable), dtype=bool)
-    if min_hits == 3:
-        keep[a] = True
-        keep[b] = True
-        return keep
-    # Quadruplets: an edge with a compatible inner and outer neighbour is the middle of one;
-    # else it needs a compatible neighbour that itself continues on the far side.
-    has_in = xp.zeros(len(usable), dtype=bool)
-    has_out = xp.zeros(len(usable), dtype=bool)
+    has_in = xp.zeros(len(usable), dtype=bool)  # the outer edge of a compatible triplet
+    has_out = xp.zeros(len(usable), dtype=bool)  # the inner edge of one
     has_in[b] = True
     has_out[a] = True
-    keep[:] = has_in & has_out
+    if min_hits == 3:
+        return has_in | has_out
+    # Quadruplets: an edge with a compatible inner and outer neighbour is the middle of one;
+    # else it needs a compatible neighbour that itself continues on the far side.
+    keep = has_in & has_out
     keep[b[has_in[a]]] = True
     keep[a[has_out[b]]] = True
     return keep

@@ -21,9 +21,8 @@ from streamtrk.recon.prune import (
     keep_kernels,
     layer_code,
     mirror_layers,
-    pair_usable,
     prune_edges,
-    window_tables,
+    triplet_inputs,
 )
 from streamtrk.recon.truth import particle_pt, true_segments
 
@@ -122,10 +121,10 @@ def test_host_kernels_mask_equals_numpy(host_launcher, small_events, det, name):
     # The GPU's triplet kernels, built for the host, on the NumPy path's candidates.
     g = batch_graph(small_events, det)
     cfg = replace(PruneConfig(), **CONFIGS[name])
-    geo, t = edge_geometry(g, det), window_tables(det, cfg, np)
+    geo, usable, t = triplet_inputs(g, cfg, det)
     assert geo["theta"].dtype == geo["k2"].dtype == geo["c"].dtype == np.float32
     launch = host_launcher(KERNELS)
-    mask = keep_kernels(geo, pair_usable(geo, t), t, len(det), cfg.min_hits, launch)
+    mask = keep_kernels(geo, usable, t, len(det), cfg.min_hits, launch)
     expected = prune_edges(g, cfg, det)
     assert 1000 < expected.sum() < g.num_edges
     assert mask.dtype == bool and np.array_equal(mask, expected)
@@ -133,8 +132,8 @@ def test_host_kernels_mask_equals_numpy(host_launcher, small_events, det, name):
 
 def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):
     g = batch_graph(mu200_events[:1], det)
-    geo, t = edge_geometry(g, det), window_tables(det, PruneConfig(), np)
-    mask = keep_kernels(geo, pair_usable(geo, t), t, len(det), 4, host_launcher(KERNELS))
+    geo, usable, t = triplet_inputs(g, PruneConfig(), det)
+    mask = keep_kernels(geo, usable, t, len(det), 4, host_launcher(KERNELS))
     assert np.array_equal(mask, prune_edges(g, PruneConfig(), det))
 
 
