@@ -80,7 +80,7 @@ def test_the_cpu_builds_a_batch_event_by_event_as_the_gpu_builds_it_whole(small_
     batch = batch_graph(small_events, det)
     cols = [np.concatenate([getattr(e.hits, k) for e in small_events]) for k in
             ("x", "y", "z", "volume_id", "layer_id")]  # fmt: skip
-    whole = _build(*cols, batch.node_offsets, det, GraphConfig())
+    whole = _build(cols, batch.node_offsets, det, GraphConfig())
     for name in ("node_features", "edge_index", "edge_features", "node_offsets", "layer"):
         assert np.array_equal(getattr(batch, name), getattr(whole, name)), name
     assert np.all(np.diff(batch.edge_index[0]) >= 0)  # sorted by inner hit
