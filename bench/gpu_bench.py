@@ -9,7 +9,9 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
    ``compile_bf16_cudagraphs``: for batch sizes 1, 4, 16, 64, ``Reconstructor.reconstruct``
    timed end to end (events/s, wall percentiles; p99 at batch 1 is the latency figure) and
    per stage (graph, gnn, tracks, fit; "other" is the host-side batching, the hit upload
-   and the track download); first-call seconds (compilation included), peak device memory;
+   and the track download); on CUDA the host synchronisations of one reconstruct
+   (``host_syncs``: CuPy's and torch's); first-call seconds (compilation included), peak
+   device memory;
    on CUDA the GNN's edges/s against the reference (133 M edges/s) and against the H200's
    limit for the graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
 4. ``bf16_parity``: edge-score differences and physics, bf16 against fp32 (target: tracking
@@ -70,6 +72,7 @@ from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import batch_columns, batch_graph, build_graph, select_edges
+from streamtrk.recon.host_syncs import count_host_syncs
 from streamtrk.recon.kernels import Launch, cupy_launcher, host_launcher
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.prune import prune_edges
@@ -307,6 +310,7 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
                 "events_per_second": v.get("events_per_s"),
                 "p50_ms": v.get("wall_ms", {}).get("p50"),
                 "p99_ms": v.get("wall_ms", {}).get("p99"),
+                "host_syncs": v.get("host_syncs"),
             }
             for size, v in b.items()
         ]
@@ -448,6 +452,11 @@ def time_batches(
 ) -> dict[str, Any]:
     iterations = max(2, round(ITERATIONS.get(size, 3) * scale))
     rec.reconstruct(batch(events, size, 0))  # this bucket's first run: capture, autotuning
+    syncs = None
+    if dev.cuda:  # host synchronisations of one reconstruct (an untimed run)
+        with count_host_syncs() as counted:
+            rec.reconstruct(batch(events, size, 0))
+        syncs = {"cupy": counted.cupy, "torch": counted.torch}
     walls: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     edges: list[int] = []
@@ -473,6 +482,7 @@ def time_batches(
         "other_ms": wall * 1000 - sum(stage_ms.values()),
         "edges_per_batch": float(np.median(edges)),
         "gnn_hits_per_batch": float(np.median(hits)),
+        "host_syncs": syncs,
         "memory": dev.memory(),
     }
 

@@ -2,11 +2,13 @@
 
 ``array_module(a)`` is ``numpy`` or ``cupy``, whichever owns ``a``; ``to_host(a)`` is a
 NumPy array of ``a`` (a device-to-host copy for CuPy, no copy for NumPy). CuPy is imported
-only when a CuPy array is seen, so CPU-only installs never need it.
+only when a CuPy array is seen, so CPU-only installs never need it. Each helper says how many
+host synchronisations it costs on the device.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -63,13 +65,50 @@ def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     return xp.where(found, index, 0), found
 
 
-def csr_rows(offsets: Array) -> Array:
+def bincount(idx: Array, size: int, weights: Array | None = None) -> Array:
+    """NumPy's ``bincount`` with exactly ``size`` bins: counts (int64) or sums of ``weights``
+    (float64) per value of ``idx``, which must lie in ``[0, size)``. No host
+    synchronisation on the device: CuPy's ``bincount`` costs two (a sign check and the
+    maximum that sizes its output), this launches the same atomic-add kernel into ``size``
+    zeros. Values outside the range raise on NumPy and are undefined on the device."""
+    xp = array_module(idx)
+    if xp is np:
+        out = np.bincount(idx, weights, minlength=size)
+        if len(out) != size:
+            raise ValueError(f"bincount: a value of idx is not below size={size}")
+        return out
+    if weights is None:
+        out = xp.zeros(size, dtype=xp.int64)
+        _atomic_add_kernels()[0](idx, out)
+    else:
+        out = xp.zeros(size, dtype=xp.float64)
+        _atomic_add_kernels()[1](idx, weights.astype(xp.float64), out)
+    return out
+
+
+@cache
+def _atomic_add_kernels() -> tuple[Any, Any]:
+    """CuPy's own ``bincount`` kernels (counts, weighted sums), without its checks."""
+    import cupy
+
+    count = cupy.ElementwiseKernel(
+        "S x", "raw U bin", "atomicAdd(&bin[x], U(1))", "streamtrk_bincount"
+    )
+    weighted = cupy.ElementwiseKernel(
+        "S x, T w", "raw U bin", "atomicAdd(&bin[x], w)", "streamtrk_bincount_weighted"
+    )
+    return count, weighted
+
+
+def csr_rows(offsets: Array, total: int | None = None) -> Array:
     """Row of every element of a CSR layout (``offsets``): ``repeat`` on NumPy, a search on
-    the device (one host synchronisation, the total)."""
+    the device (one host synchronisation, the total, unless ``total`` is given: the length
+    of the array the offsets index, known on the host)."""
     xp = array_module(offsets)
     if xp is np:
         return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    return xp.searchsorted(offsets[1:], xp.arange(int(offsets[-1])), side="right")
+    n = int(offsets[-1]) if total is None else total
+    return xp.searchsorted(offsets[1:], xp.arange(n), side="right")
 
 
 def expand_ranges(lo: Array, hi: Array) -> tuple[Array, Array]:

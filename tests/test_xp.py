@@ -1,8 +1,9 @@
 """The array-module helpers on NumPy (the CuPy side runs in the ``gpu`` tests)."""
 
 import numpy as np
+import pytest
 
-from streamtrk.xp import to_host_packed
+from streamtrk.xp import bincount, csr_rows, to_host_packed
 
 
 def test_to_host_packed_gives_back_every_array_unchanged():
@@ -22,3 +23,18 @@ def test_to_host_packed_gives_back_every_array_unchanged():
         assert np.array_equal(out[k], v), k
     assert out["x"].flags.aligned
     assert to_host_packed({}) == {}
+
+
+def test_bincount_has_exactly_the_bins_asked_for():
+    idx = np.array([0, 2, 2, 5])
+    np.testing.assert_array_equal(bincount(idx, 7), [1, 0, 2, 0, 0, 1, 0])
+    np.testing.assert_array_equal(bincount(idx, 6, np.array([0.5, 1, 2, 4])), [0.5, 0, 3, 0, 0, 4])
+    assert bincount(idx[:0], 3).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="size=5"):
+        bincount(idx, 5)
+
+
+def test_csr_rows_gives_each_element_its_row():
+    offsets = np.array([0, 2, 2, 5])
+    np.testing.assert_array_equal(csr_rows(offsets), [0, 0, 2, 2, 2])
+    np.testing.assert_array_equal(csr_rows(offsets, 5), [0, 0, 2, 2, 2])

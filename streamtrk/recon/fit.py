@@ -3,8 +3,9 @@
 Per track: a weighted circle fit in x-y (Kasa: linear least squares on
 x^2 + y^2 + D x + E y + F = 0 on per-track centred coordinates, then one Gauss-Newton step on
 the geometric distances), then a weighted straight-line fit of z against the transverse arc
-length s from the perigee. All per-track sums are ``bincount`` reductions, so there is no
-loop over tracks.
+length s from the perigee. All per-track sums are ``bincount`` reductions
+(``streamtrk.xp.bincount``: no host synchronisation on the device), so there is no loop over
+tracks.
 
 Weights are 1 / sigma^2 per hit and projection, sigma^2 = measurement + multiple scattering:
 - measurement: r-phi resolution ``res_a`` projected on the circle's normal; on disks also
@@ -35,7 +36,7 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
-from streamtrk.xp import Array, array_module, csr_rows
+from streamtrk.xp import Array, array_module, bincount, csr_rows
 
 MS_SCALE = (0.7, 1.0)  # r-phi, z: scales of the scattering term (see the module docstring)
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
@@ -60,7 +61,7 @@ def fit_tracks(
     if n_tracks == 0:
         return {k: xp.zeros(0, dtype=dt) for k, dt in TRACK_PARAM_DTYPES.items()}
     sizes = offsets[1:] - offsets[:-1]
-    tid = csr_rows(offsets)
+    tid = csr_rows(offsets, len(hit_index))
     hx = x[hit_index].astype(xp.float64)
     hy = y[hit_index].astype(xp.float64)
     hz = z[hit_index].astype(xp.float64)
@@ -70,7 +71,7 @@ def fit_tracks(
     last_hit[offsets[1:] - 1] = True
 
     def tsum(v: Array) -> Array:
-        return xp.bincount(tid, weights=v, minlength=n_tracks)
+        return bincount(tid, n_tracks, v)
 
     lay = layer[hit_index]
     barrel = xp.asarray(det.kind == BARREL)[lay]

@@ -26,7 +26,7 @@ from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
 from streamtrk.event import Event
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
-from streamtrk.xp import Array, array_module, expand_ranges, to_host
+from streamtrk.xp import Array, array_module, bincount, expand_ranges, to_host
 
 SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
 KERNELS = "doublet_search.cu"  # the GPU candidate search
@@ -300,7 +300,7 @@ def prepare_search(
     hit_of = order % n
     phi_sorted = xp.concatenate([phi_p, phi_p + two_pi])[order]
     cell_start = xp.concatenate(
-        [xp.zeros(1, dtype=xp.int64), xp.cumsum(xp.bincount(cell, minlength=n_cells + 1))]
+        [xp.zeros(1, dtype=xp.int64), xp.cumsum(bincount(cell, n_cells + 1))]
     )
 
     # Queries: (inner hit, layer pair), then one per bin of the outer layer it can reach.
@@ -313,7 +313,7 @@ def prepare_search(
     # Layers without a hit in the query's event (the disks of a barrel-only event) get no
     # queries: nothing to find there.
     n_events = int(node_offsets.shape[0] - 1)
-    occupied = xp.bincount(event[hits_on] * n_layers + lay_on, minlength=n_events * n_layers)
+    occupied = bincount(event[hits_on] * n_layers + lay_on, n_events * n_layers)
     alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
     qi, outer = qi[alive], outer[alive]
     ob = t["barrel"][outer]
@@ -532,11 +532,13 @@ def event_graphs(graph: Graph) -> list[Graph]:
 
 
 def select_edges(graph: Graph, mask: Array) -> Graph:
-    """The graph with only the edges of ``mask`` (hits, their numbering and offsets kept)."""
+    """The graph with only the edges of ``mask`` (hits, their numbering and offsets kept).
+    One host synchronisation on the device (the kept count)."""
+    keep = array_module(mask).nonzero(mask)[0]
     return Graph(
         node_features=graph.node_features,
-        edge_index=graph.edge_index[:, mask],
-        edge_features=graph.edge_features[mask],
+        edge_index=graph.edge_index[:, keep],
+        edge_features=graph.edge_features[keep],
         node_offsets=graph.node_offsets,
         layer=graph.layer,
     )

@@ -17,39 +17,52 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.xp import Array, array_module, csr_rows
+from streamtrk.xp import Array, array_module, bincount, csr_rows
 
 
-def _best_per(key: Array, s: Array, xp: Any) -> Array:
-    """Indices of the best-scored entry for each distinct ``key`` (ties: first index)."""
-    if len(key) == 0:
-        return xp.zeros(0, dtype=xp.int64)
+def _by_key_then_score(key: Array, s: Array, xp: Any) -> tuple[Array, Array]:
+    """Order of the entries by ``key``, best score first within a key (ties: first index),
+    and in that order, whether an entry is its key's first (best)."""
     order = xp.lexsort(xp.stack([xp.arange(len(key)), -s, key]))
     first = xp.ones(len(order), dtype=bool)
     first[1:] = key[order][1:] != key[order][:-1]
+    return order, first
+
+
+def _best_per(key: Array, s: Array, xp: Any) -> Array:
+    """Indices of the best-scored entry for each distinct ``key``, in key order."""
+    if len(key) == 0:
+        return xp.zeros(0, dtype=xp.int64)
+    order, first = _by_key_then_score(key, s, xp)
     return order[first]
 
 
 def _mutual_best(e: Array, s: Array, xp: Any) -> Array:
-    """Mask of the edges that are the best-scored one at both of their ends."""
+    """Mask of the edges that are the best-scored one at both of their ends (a scatter of
+    masks: no host synchronisation on the device)."""
     best = xp.ones(e.shape[1], dtype=bool)
+    if e.shape[1] == 0:
+        return best
     for end in (0, 1):  # best outgoing edge per source, best incoming per target
-        is_best = xp.zeros(e.shape[1], dtype=bool)
-        is_best[_best_per(e[end], s, xp)] = True
+        order, first = _by_key_then_score(e[end], s, xp)
+        is_best = xp.empty(e.shape[1], dtype=bool)
+        is_best[order] = first
         best &= is_best
     return best
 
 
-def _junction_edges(edge_index: Array, scores: Array, threshold: float, passes: int) -> Array:
-    """Indices of the edges kept by :func:`resolve_junctions`."""
+def _junction_edges(
+    edge_index: Array, scores: Array, threshold: float, passes: int, n_nodes: int
+) -> Array:
+    """Indices of the edges kept by :func:`resolve_junctions` (hits numbered below
+    ``n_nodes``)."""
     xp = array_module(edge_index)
     idx = xp.nonzero(scores > threshold)[0]
     e, s = edge_index[:, idx], scores[idx]
     if e.shape[1] == 0 or passes < 1:
         return idx[:0]
-    n = int(e.max()) + 1
     chosen = xp.zeros(e.shape[1], dtype=bool)
-    out_used, in_used = xp.zeros(n, dtype=bool), xp.zeros(n, dtype=bool)
+    out_used, in_used = xp.zeros(n_nodes, dtype=bool), xp.zeros(n_nodes, dtype=bool)
     for _ in range(passes):
         free = xp.nonzero(~chosen & ~out_used[e[0]] & ~in_used[e[1]])[0]
         if len(free) == 0:
@@ -68,7 +81,8 @@ def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes
     (a hit has at most one kept outgoing and one kept incoming edge): a chain that lost a
     junction continues on its next-best edge, like a greedy walk through the scored graph.
     """
-    return edge_index[:, _junction_edges(edge_index, scores, threshold, passes)]
+    n_nodes = int(edge_index.max()) + 1 if edge_index.shape[1] else 0
+    return edge_index[:, _junction_edges(edge_index, scores, threshold, passes, n_nodes)]
 
 
 def stitch_edges(
@@ -85,8 +99,8 @@ def stitch_edges(
     """
     xp = array_module(edge_index)
     n = len(labels)
-    out_deg = xp.bincount(kept[0], minlength=n)
-    in_deg = xp.bincount(kept[1], minlength=n)
+    out_deg = bincount(kept[0], n)
+    in_deg = bincount(kept[1], n)
     piece = (out_deg + in_deg) > 0
     last = piece & (out_deg == 0)
     first = piece & (in_deg == 0)
@@ -241,7 +255,7 @@ def build_tracks(
     """
     xp = array_module(edge_index)
     n = int(r.shape[0])
-    idx = _junction_edges(edge_index, scores, threshold, config.junction_passes)
+    idx = _junction_edges(edge_index, scores, threshold, config.junction_passes, n)
     components = components_scipy if xp is np else components_label_propagation
     labels = components(edge_index[:, idx], n)
     if config.stitch_threshold is not None:
@@ -251,10 +265,10 @@ def build_tracks(
         labels = merge_labels(labels, edge_index[:, extra])
         idx = xp.concatenate([idx, extra])
     kept, kept_scores = edge_index[:, idx], scores[idx]
-    size = xp.bincount(labels, minlength=n)
+    size = bincount(labels, n)
     good = size >= config.min_hits
     if config.min_mean_score > 0:
-        score_sum = xp.bincount(labels[kept[0]], weights=kept_scores, minlength=n)
+        score_sum = bincount(labels[kept[0]], n, kept_scores)
         good &= score_sum > config.min_mean_score * xp.maximum(size - 1, 1)
     hits = xp.nonzero(good[labels])[0]
     order = hits[xp.lexsort(xp.stack([r[hits], labels[hits]]))]
@@ -272,15 +286,17 @@ def _csr(group: Array, xp: Any) -> Array:
 def select_tracks(
     offsets: Array, hit_index: Array, params: dict[str, Array], keep: Array
 ) -> tuple[Array, Array, dict[str, Array]]:
-    """The CSR tracks (and their parameters) where ``keep`` is true, order preserved."""
+    """The CSR tracks (and their parameters) where ``keep`` is true, order preserved. Two
+    host synchronisations on the device (the kept tracks' and hits' counts)."""
     xp = array_module(offsets)
     sizes = offsets[1:] - offsets[:-1]
-    tid = csr_rows(offsets)
-    new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[keep])])
+    tid = csr_rows(offsets, len(hit_index))
+    kept = xp.nonzero(keep)[0]
+    new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[kept])])
     return (
         new_offsets.astype(xp.int64),
-        hit_index[keep[tid]],
-        {k: v[keep] for k, v in params.items()},
+        hit_index[xp.nonzero(keep[tid])[0]],
+        {k: v[kept] for k, v in params.items()},
     )
 
 

@@ -12,7 +12,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from streamtrk.xp import Array, array_module, to_host
+from streamtrk.xp import Array, array_module, bincount, to_host
 
 
 class ArrayHistogram(Collector):
@@ -38,7 +38,7 @@ class ArrayHistogram(Collector):
         xp = array_module(values)
         v = values[~xp.isnan(values)]
         index = xp.searchsorted(xp.asarray(self.bounds), v, side="left")
-        counts = to_host(xp.bincount(index, minlength=len(self.bounds) + 1))
+        counts = to_host(bincount(index, len(self.bounds) + 1))
         total = float(v.sum(dtype=xp.float64))
         with self._lock:
             self._counts += counts

@@ -2,7 +2,8 @@
 
 With the shipped model (a randomly initialised one with a fixed seed when it is absent):
 the same edges, scores within tolerance, the same tracks; the compiled engine gives the
-eager scores and reuses its compiled code across batch sizes; bf16 keeps the physics.
+eager scores and reuses its compiled code across batch sizes; bf16 keeps the physics; a
+reconstruct's host synchronisations are fixed per batch.
 
 On tracks: GPU sums over edges (``index_add``) run in a different order than the CPU's, so
 scores differ in the last bits. Given the same scores, the GPU track builder and fit must
@@ -24,6 +25,7 @@ from streamtrk.eval.precision import precision_parity, tracks_agreement
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import batch_graph
+from streamtrk.recon.host_syncs import count_host_syncs
 from streamtrk.recon.load import ChainSettings, load_reconstructor
 from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
@@ -155,3 +157,21 @@ def test_bf16_keeps_tracking_efficiency(recs, mu200_events) -> None:
     assert r["edge_decisions_flipped_fraction"] < 1e-3
     if shipped:  # the parity target; a random network's physics means nothing
         assert abs(r["tracking_efficiency_change"]) <= 0.002, r
+
+
+def test_host_synchronisations_per_batch_do_not_grow_with_it(recs, mu200_events) -> None:
+    """A reconstruct synchronises with the host a fixed number of times per batch, not per
+    event (before the kernels and the packed hand-back: 91 at batch 1, 257 at batch 16)."""
+    gpu_rec = recs[1]
+    counts = {}
+    for size in (1, len(mu200_events)):
+        events = mu200_events[:size]
+        gpu_rec.reconstruct(events)  # this size's first run: kernel compilation, caches
+        with count_host_syncs() as syncs:
+            gpu_rec.reconstruct(events)
+        counts[size] = syncs
+    print(counts)
+    one, many = counts[1], counts[len(mu200_events)]
+    assert one.total < 91, counts
+    # Slack for loops that run until done (label propagation, junction passes).
+    assert many.total <= one.total + 6, counts

@@ -1,0 +1,77 @@
+"""Counting the host synchronisations of the GPU path (for the ``gpu`` tests and the
+benchmark; not used while serving).
+
+A host synchronisation stops the Python thread until the device has caught up: every
+device-to-host copy (``.get()``, ``int()`` or ``bool()`` of a CuPy array, a boolean mask or
+``nonzero`` sizing its output, CuPy's ``bincount`` sizing its bins) and torch's synchronising
+calls (``.item()``, ``.cpu()``, ``nonzero``). Inside :func:`count_host_syncs`, CuPy's are
+counted through the hook CuPy declares them to (``cupy._core.syncdetect``, behind the
+deprecated ``cupyx.allow_synchronize``), torch's through its synchronisation debug mode
+(``torch.cuda.set_sync_debug_mode``, one warning each). Explicit stream synchronisations
+(the ``Reconstructor`` times its stages with one each) are not counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class HostSyncs:
+    """Host synchronisations counted so far: CuPy's and torch's."""
+
+    cupy: int = 0
+    torch: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.cupy + self.torch
+
+
+@contextmanager
+def count_host_syncs() -> Iterator[HostSyncs]:
+    """Count the host synchronisations made by this thread inside the block (CUDA only).
+
+    CuPy declares some copies twice (once in ``ndarray.get``, once in the copy it makes), so
+    the count is calibrated on entry: one small ``.get()`` is one synchronisation.
+    """
+    import cupy
+    import torch
+    from cupy._core import syncdetect
+
+    thread = threading.get_ident()
+    declared = [0]
+    original = syncdetect._declare_synchronize
+
+    def counting() -> None:
+        if threading.get_ident() == thread:
+            declared[0] += 1
+        original()
+
+    syncdetect._declare_synchronize = counting
+    old_mode = torch.cuda.get_sync_debug_mode()
+    try:
+        cupy.zeros(1).get()
+        per_copy = declared[0]
+        if per_copy == 0:
+            raise RuntimeError(
+                "CuPy no longer declares synchronisations to cupy._core.syncdetect: "
+                "host synchronisations cannot be counted with this CuPy"
+            )
+        declared[0] = 0
+        counts = HostSyncs()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield counts
+            finally:
+                torch.cuda.set_sync_debug_mode(old_mode)
+                counts.cupy = -(-declared[0] // per_copy)
+                counts.torch = sum("synchroniz" in str(w.message) for w in caught)
+    finally:
+        syncdetect._declare_synchronize = original

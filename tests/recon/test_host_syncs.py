@@ -1,0 +1,57 @@
+"""Counting host synchronisations, and the helpers that avoid them (GPU only)."""
+
+import numpy as np
+import pytest
+import torch
+
+from streamtrk.recon.host_syncs import count_host_syncs
+from streamtrk.xp import bincount, csr_rows
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
+pytestmark = pytest.mark.gpu
+try:
+    _HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0 and torch.cuda.is_available()
+except cupy.cuda.runtime.CUDARuntimeError:
+    _HAS_GPU = False
+if not _HAS_GPU:
+    pytest.skip("no CUDA device (or torch without CUDA)", allow_module_level=True)
+
+
+def test_counts_each_kind_of_synchronisation_once():
+    a = cupy.arange(10)
+    with count_host_syncs() as copies:
+        a.get()
+        int(a.sum())
+        cupy.nonzero(a > 4)  # sizes its output
+    assert (copies.cupy, copies.torch) == (3, 0)
+    t = torch.arange(10, device="cuda")
+    with count_host_syncs() as item:
+        t.sum().item()
+    assert (item.cupy, item.torch) == (0, 1)
+    with count_host_syncs() as none:
+        (a * 2 + 1).cumsum()
+        torch.cumsum(t * 2, 0)
+    assert none.total == 0
+
+
+def test_bincount_equals_numpy_without_synchronising():
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 50, size=10_000)
+    w = rng.random(10_000)
+    d_idx, d_w = cupy.asarray(idx), cupy.asarray(w)
+    with count_host_syncs() as ours:
+        counts, sums = bincount(d_idx, 64), bincount(d_idx, 64, d_w)
+    with count_host_syncs() as cupys:
+        cupy.bincount(d_idx, minlength=64)
+    assert ours.total == 0 and cupys.total >= 1, (ours, cupys)
+    np.testing.assert_array_equal(counts.get(), np.bincount(idx, minlength=64))
+    np.testing.assert_allclose(sums.get(), np.bincount(idx, w, minlength=64), rtol=1e-12)
+    assert counts.dtype == np.int64 and sums.dtype == np.float64
+
+
+def test_csr_rows_with_a_known_total_does_not_synchronise():
+    offsets = cupy.asarray([0, 2, 2, 5])
+    with count_host_syncs() as syncs:
+        rows = csr_rows(offsets, 5)
+    assert syncs.total == 0
+    np.testing.assert_array_equal(rows.get(), [0, 0, 2, 2, 2])
