@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -319,5 +320,36 @@ class EngineScorer:
         with torch.inference_mode():
             for k, (n, e) in enumerate(self.warm_shapes()):
                 self._run(*synthetic_graph(n, e, self.device, seed=k))
+        if self.cuda_graphs:
+            self._check_graphs_in_another_thread()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _check_graphs_in_another_thread(self) -> None:
+        """Score the smallest bucket from a new thread; if that fails, turn CUDA graphs off
+        (why: ``fallback_reason``) and warm up again without them.
+
+        torch's CUDA-graph trees are per thread, and the daemon scores on its worker thread,
+        not on the thread that warmed up; in torch 2.11 a graph tree used from a thread
+        other than the one that made it can fail an assertion (pytorch issue 123177).
+        """
+        n, e = self.warm_shapes()[-1]
+        failed: list[BaseException] = []
+
+        def probe() -> None:
+            try:
+                with torch.inference_mode():
+                    self._run(*synthetic_graph(n, e, self.device, seed=0))
+            except Exception as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=probe, name="cuda-graphs-probe")
+        thread.start()
+        thread.join()
+        if not failed:
+            return
+        why = f"CUDA graphs off: scoring from another thread failed ({failed[0]!r:.300})"
+        self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
+        self.cuda_graphs = False
+        self._run = self._make(self.engine)
+        self._warm()

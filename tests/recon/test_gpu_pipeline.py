@@ -15,6 +15,7 @@ tracks must be identical (the exact numbers are in the assertion message).
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from streamtrk.eval.precision import precision_parity, tracks_agreement
+from streamtrk.recon.buckets import Buckets
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import batch_graph
@@ -175,3 +177,20 @@ def test_host_synchronisations_per_batch_do_not_grow_with_it(recs, mu200_events)
     assert one.total < 91, counts
     # Slack for loops that run until done (label propagation, junction passes).
     assert many.total <= one.total + 6, counts
+
+
+def test_cuda_graphs_score_from_another_thread(recs, mu200_events, det) -> None:
+    """The daemon warms up on one thread and scores on its worker: with CUDA graphs the
+    worker gets the eager scores, or graphs are off and ``fallback_reason`` says why."""
+    model = recs[1].scorer.model
+    g = batch_graph(mu200_events[:1], det, xp=cupy)
+    few = Buckets(min_nodes=2**16, max_nodes=2**20, min_edges=2**19, max_edges=2**21)
+    torch._dynamo.reset()
+    scorer = EngineScorer(model, "cuda", "compile", buckets=few, cuda_graphs=True)
+    scorer.warm_up()
+    print(scorer.cuda_graphs, scorer.fallback_reason)
+    assert scorer.cuda_graphs or "CUDA graphs off" in scorer.fallback_reason
+    with ThreadPoolExecutor(1) as worker:  # a thread that did not warm up
+        scores = worker.submit(lambda: scorer(g, []).get()).result()
+    eager = EngineScorer(model, "cuda", "eager")(g, []).get()
+    np.testing.assert_allclose(scores, eager, rtol=0, atol=1e-4)
