@@ -50,17 +50,19 @@ status=$?
 cat "$OUT/imports.txt"
 [ $status -eq 0 ] || { echo "device_run: an import failed (see imports.txt)"; exit 1; }
 
-timeout 170 "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider tests/recon \
-    >"$OUT/gpu-tests.txt" 2>&1
+# One line per test as it ends (-v: a run cut by `timeout` still shows what passed), at
+# most 100 s a test, the slowest listed.
+timeout 200 "$PYTHON" -m pytest -m gpu -v -rs --timeout 100 --durations 10 -p no:cacheprovider \
+    tests/recon >"$OUT/gpu-tests.txt" 2>&1
 echo "device_run: gpu tests exit $?"
-tail -n 25 "$OUT/gpu-tests.txt"
+tail -n 40 "$OUT/gpu-tests.txt"
 
 if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 220
+    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 200
 else
     set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
         --workers 1
 fi
-timeout 300 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
+timeout 280 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
 echo "device_run: gpu_bench exit $?"
 grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
