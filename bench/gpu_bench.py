@@ -23,6 +23,12 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
 5. ``daemon``: ``streamtrk serve --device cuda`` as a subprocess, the events replayed through
    ZeroMQ with ``streamtrk replay`` as fast as taken and at 100 Hz; start-up to ready.
 
+The summary has the MU=200 ``end_to_end`` rows (events/s, p50, p99 per configuration and
+batch size) and ``against_reference``: each stage's milliseconds per event beside
+DEVELOPERS.md's reference figure for it (graph: naive CuPy doublets 15 ms; GNN: the
+reference network's edges/s over our edges; tracks: label-propagation components 0.8 ms;
+the daemon: pyzmq's 2,200 messages/s).
+
 Every part is timed against a budget (``--budget-s``) and skipped with a note when too
 little is left; a part that fails records its error and the run goes on. The JSON is
 rewritten after every part (``OUT/gpu_bench.json``) and printed at the end.
@@ -98,6 +104,18 @@ H200 = {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8}
 # The measured reference: an Interaction Network of hidden 64 and 8 steps, torch.compile in
 # bf16 on this GPU (DEVELOPERS.md).
 REFERENCE_GNN_EDGES_PER_S = 133e6
+# The reference figures of DEVELOPERS.md (H200, plain reference code, a 100k-hit event with
+# 1.9M doublets): per stage, what it did and its milliseconds per event; the GNN's as edges/s
+# (eager: 1.9M edges in 123 ms), set against the edges our graph gives it.
+REFERENCE_STAGES = {
+    "graph": ("naive CuPy doublets, 100k-hit event", 15.0),
+    "tracks": ("label-propagation components, 100k-hit event", 0.8),
+}
+REFERENCE_GNN = {
+    "eager": ("Interaction Network H=64, 8 steps, eager", 1.9e6 / 0.123),
+    "compile": ("Interaction Network H=64, 8 steps, torch.compile bf16", REFERENCE_GNN_EDGES_PER_S),
+}
+REFERENCE_ZMQ_MSGS_PER_S = 2200.0  # pyzmq TCP loopback, messages of 1.6 MB
 
 
 def log(msg: str) -> None:
@@ -314,17 +332,54 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
             }
             for size, v in b.items()
         ]
+    daemon = parts.get("daemon", {}).get("replay_max_rate", {})
     rates = [r["events_per_s"]["16"] for r in rows.values() if r["events_per_s"].get("16")]
     p99s = [r["p99_ms_batch1"] for r in rows.values() if r["p99_ms_batch1"]]
     return {
         "gpu": info.get("gpu", info.get("device")),
         "configs": rows,
         "end_to_end": end_to_end,
+        "against_reference": against_reference(parts, daemon.get("events_per_second")),
         "best_events_per_s_batch16": max(rates, default=None),
         "target_events_per_s_batch16": TARGETS["events_per_s_batch16"],
         "best_p99_ms_batch1": min(p99s, default=None),
         "target_p99_ms_batch1": TARGETS["p99_ms_batch1"],
     }
+
+
+def against_reference(parts: dict[str, Any], daemon_events_per_s: float | None) -> list[dict]:
+    """Each stage's milliseconds per event beside DEVELOPERS.md's reference figure for it,
+    one row per configuration, batch size and stage with a reference (``ratio``: ours over
+    the reference; below 1 is faster), then the daemon's events/s against ZeroMQ's message
+    rate (``ratio``: ours over it; the transport alone caps it near 1)."""
+    out = []
+    for name, p in parts.items():
+        for size, b in p.get("batches", {}).items():
+            if "stage_ms" not in b:
+                continue
+            per_event = {s: ms / int(size) for s, ms in b["stage_ms"].items()}
+            refs = dict(REFERENCE_STAGES)
+            if p.get("engine") in REFERENCE_GNN:
+                what, rate = REFERENCE_GNN[p["engine"]]
+                refs["gnn"] = (what, b["edges_per_batch"] / int(size) / rate * 1000)
+            for stage, (what, ref_ms) in refs.items():
+                ours = per_event[stage]
+                row = {"config": name, "batch": int(size), "stage": stage, "ms_per_event": ours}
+                out.append(
+                    row | {"reference": what, "reference_ms": ref_ms, "ratio": ours / ref_ms}
+                )
+    if daemon_events_per_s:
+        out.append(
+            {
+                "config": "daemon",
+                "stage": "events/s through ZeroMQ, as fast as taken",
+                "events_per_second": daemon_events_per_s,
+                "reference": "pyzmq TCP loopback, 1.6 MB messages/s",
+                "reference_per_second": REFERENCE_ZMQ_MSGS_PER_S,
+                "ratio": daemon_events_per_s / REFERENCE_ZMQ_MSGS_PER_S,
+            }
+        )
+    return out
 
 
 def info_part(dev: Device, events: list[Event], mu: float, net: Network) -> dict:

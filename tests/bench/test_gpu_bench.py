@@ -38,3 +38,8 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
         (2, "eager", "fp32"),
     ]
     assert all(r["mu"] == 5 and r["events_per_second"] > 0 and r["p99_ms"] > 0 for r in rows)
+    table = result["summary"]["against_reference"]
+    stages = {(r["batch"], r["stage"]) for r in table if r["config"] == "eager_fp32"}
+    assert stages == {(b, s) for b in (1, 2) for s in ("graph", "gnn", "tracks")}
+    assert all(r["ratio"] > 0 for r in table)
+    assert table[-1]["config"] == "daemon" and table[-1]["events_per_second"] > 0
