@@ -38,18 +38,44 @@ def to_host_packed(arrays: dict[str, Array]) -> dict[str, np.ndarray]:
     if not arrays:
         return {}
     xp = array_module(next(iter(arrays.values())))
-    parts, spans, at = [], [], 0
+    spans, _ = _spans([v.nbytes for v in arrays.values()])
+    parts = []
     for v in arrays.values():
-        raw = xp.ascontiguousarray(v).reshape(-1).view(xp.uint8)
-        pad = -len(raw) % 8
-        parts += [raw, xp.zeros(pad, dtype=xp.uint8)] if pad else [raw]
-        spans.append((at, len(raw)))
-        at += len(raw) + pad
+        parts.append(xp.ascontiguousarray(v).reshape(-1).view(xp.uint8))
+        if -v.nbytes % 8:
+            parts.append(xp.zeros(-v.nbytes % 8, dtype=xp.uint8))
     buffer = to_host(xp.concatenate(parts))
     return {
         k: buffer[lo : lo + n].view(v.dtype).reshape(v.shape)
         for (k, v), (lo, n) in zip(arrays.items(), spans, strict=True)
     }
+
+
+def concatenate_to_device(columns: dict[str, list[np.ndarray]], xp: Any) -> dict[str, Array]:
+    """Each column's NumPy parts (1-D) concatenated, on ``xp``'s device in one
+    host-to-device copy: the columns are concatenated straight into one host buffer (each
+    padded to 8 bytes), copied up once (CuPy; NumPy keeps it), and viewed column by column.
+    Costs what the concatenations cost on the host, plus the one copy."""
+    dtypes = {k: np.result_type(*parts) for k, parts in columns.items()}
+    lengths = {k: sum(len(p) for p in parts) for k, parts in columns.items()}
+    spans, total = _spans([lengths[k] * dtypes[k].itemsize for k in columns])
+    host = np.empty(total, dtype=np.uint8)
+    for (k, parts), (lo, n) in zip(columns.items(), spans, strict=True):
+        np.concatenate(parts, out=host[lo : lo + n].view(dtypes[k]))
+    buffer = xp.asarray(host)
+    return {
+        k: buffer[lo : lo + n].view(dtypes[k]) for k, (lo, n) in zip(columns, spans, strict=True)
+    }
+
+
+def _spans(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
+    """(offset, bytes) of parts of ``sizes`` bytes packed in one buffer, each padded to 8
+    bytes (every dtype's alignment), and the buffer's size."""
+    spans, at = [], 0
+    for n in sizes:
+        spans.append((at, n))
+        at += n + (-n % 8)
+    return spans, at
 
 
 def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:

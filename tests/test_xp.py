@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streamtrk.xp import bincount, csr_rows, to_host_packed
+from streamtrk.xp import bincount, concatenate_to_device, csr_rows, to_host_packed
 
 
 def test_to_host_packed_gives_back_every_array_unchanged():
@@ -38,3 +38,20 @@ def test_csr_rows_gives_each_element_its_row():
     offsets = np.array([0, 2, 2, 5])
     np.testing.assert_array_equal(csr_rows(offsets), [0, 0, 2, 2, 2])
     np.testing.assert_array_equal(csr_rows(offsets, 5), [0, 0, 2, 2, 2])
+
+
+def test_concatenate_to_device_packs_the_columns_in_one_buffer():
+    rng = np.random.default_rng(2)
+    columns = {
+        "x": [rng.random(5, dtype=np.float32), rng.random(2, dtype=np.float32)],
+        "layer": [np.array([1, 2, 3], dtype=np.int8), np.zeros(0, dtype=np.int8)],
+        "r": [rng.random(4)],
+        "id": [np.arange(3), np.arange(4)],
+    }
+    out = concatenate_to_device(columns, np)
+    assert list(out) == list(columns)
+    for k, parts in columns.items():
+        assert out[k].dtype == parts[0].dtype
+        np.testing.assert_array_equal(out[k], np.concatenate(parts))
+    assert len({id(v.base) for v in out.values()}) == 1  # views of one buffer
+    assert all(v.ctypes.data % v.itemsize == 0 for v in out.values())  # aligned

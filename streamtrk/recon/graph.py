@@ -26,7 +26,14 @@ from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
 from streamtrk.event import Event
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
-from streamtrk.xp import Array, array_module, bincount, expand_ranges, to_host
+from streamtrk.xp import (
+    Array,
+    array_module,
+    bincount,
+    concatenate_to_device,
+    expand_ranges,
+    to_host,
+)
 
 SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
 KERNELS = "doublet_search.cu"  # the GPU candidate search
@@ -113,12 +120,11 @@ class Graph:
 
 def batch_columns(events: Sequence[Event], xp: Any = np) -> tuple[dict[str, Array], np.ndarray]:
     """The hit columns ``build_graph`` takes (x, y, z, volume_id, layer_id, in its order) of
-    a batch of events, concatenated on ``xp``'s device, and the events' node offsets."""
+    a batch of events, concatenated on ``xp``'s device (one host-to-device copy for all),
+    and the events' node offsets."""
     offsets = np.concatenate([[0], np.cumsum([len(ev.hits) for ev in events])]).astype(np.int64)
-    cols = {
-        k: xp.asarray(np.concatenate([getattr(ev.hits, k) for ev in events]))
-        for k in ("x", "y", "z", "volume_id", "layer_id")
-    }
+    names = ("x", "y", "z", "volume_id", "layer_id")
+    cols = concatenate_to_device({k: [getattr(ev.hits, k) for ev in events] for k in names}, xp)
     return cols, offsets
 
 

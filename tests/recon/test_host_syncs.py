@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from streamtrk.recon.host_syncs import count_host_syncs
-from streamtrk.xp import bincount, csr_rows
+from streamtrk.xp import bincount, concatenate_to_device, csr_rows
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
 pytestmark = pytest.mark.gpu
@@ -55,3 +55,12 @@ def test_csr_rows_with_a_known_total_does_not_synchronise():
         rows = csr_rows(offsets, 5)
     assert syncs.total == 0
     np.testing.assert_array_equal(rows.get(), [0, 0, 2, 2, 2])
+
+
+def test_columns_go_up_in_one_copy():
+    columns = {"x": [np.arange(5, dtype=np.float32)], "layer": [np.array([3, 4], dtype=np.int8)]}
+    out = concatenate_to_device(columns, cupy)
+    assert all(isinstance(v, cupy.ndarray) for v in out.values())
+    np.testing.assert_array_equal(out["x"].get(), np.arange(5))
+    np.testing.assert_array_equal(out["layer"].get(), [3, 4])
+    assert out["x"].data.mem is out["layer"].data.mem  # one device allocation
