@@ -43,3 +43,5 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert stages == {(b, s) for b in (1, 2) for s in ("graph", "gnn", "tracks")}
     assert all(r["ratio"] > 0 for r in table)
     assert table[-1]["config"] == "daemon" and table[-1]["events_per_second"] > 0
+    daemon = result["summary"]["daemon"]
+    assert daemon["events_per_s_max_rate"] > 0 and daemon["latency_p99_ms_100hz"] > 0
