@@ -1,7 +1,8 @@
 #!/bin/sh
 # The GPU issue's device run, prepared to run once within one `run` call (about 8 minutes):
 # import checks, the `gpu` tests, then a small bench/gpu_bench.py (batches 1, 4, 16; 16
-# MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon).
+# MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon in
+# eager bf16 with batches of up to 16 and no queue delay).
 # Every step is bounded by `timeout` and writes under $OUT (imports.txt, gpu-tests.txt,
 # gpu-bench.log, gpu_bench.json); a failing step does not stop the next.
 #
@@ -58,7 +59,7 @@ echo "device_run: gpu tests exit $?"
 tail -n 40 "$OUT/gpu-tests.txt"
 
 if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 200
+    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 240
 else
     set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
         --workers 1

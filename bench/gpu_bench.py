@@ -645,10 +645,12 @@ def daemon_part(
     dev: Device,
     events: list[Event],
     net: Network,
+    engine: str,
 ) -> dict[str, Any]:
     """``streamtrk serve`` in a subprocess, replayed through ZeroMQ by ``streamtrk replay``
     (serving the benchmark's random network from a temporary model directory when there is
-    no shipped model)."""
+    no shipped model). ``engine``: eager starts in seconds; compile warms up every shape
+    bucket first (minutes on CUDA)."""
     if not (ROOT / "streamtrk" / "service" / "serve.py").is_file():
         return {"skipped": "streamtrk serve is not in this checkout"}
     try:
@@ -662,7 +664,7 @@ def daemon_part(
     settings = {f.name for f in fields(ServeConfig)}
     flags = ["--device", dev.name]
     if "engine" in settings:
-        flags += ["--engine", "compile" if dev.cuda else "eager"]
+        flags += ["--engine", engine if dev.cuda else "eager"]
     if "precision" in settings and dev.cuda:  # bf16 is 8x slower on CPUs without it
         flags += ["--precision", "bf16"]
     if "max_queue_delay_ms" in settings:
@@ -759,6 +761,12 @@ def main() -> None:
     ap.add_argument("--iterations-scale", type=float, default=1.0, help="scales ITERATIONS")
     ap.add_argument("--budget-s", type=float, default=300.0, help="wall-clock budget")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    ap.add_argument(
+        "--daemon-engine",
+        choices=["eager", "compile"],
+        default="eager",
+        help="the daemon part's engine on CUDA (compile: minutes of warm-up first)",
+    )
     args = ap.parse_args()
 
     bench = Bench(args.out, args.budget_s)
@@ -785,9 +793,11 @@ def main() -> None:
         ("bf16_parity", 40, lambda: parity_part(dev, events, net)),
         ("kernels", 20, lambda: kernels_part(dev, events, net, small)),
     ]
-    parts += [(c, CONFIGS[c][3], config(c)) for c in ("compile_fp32", "compile_bf16")]
-    parts.append(("daemon", 60, lambda: daemon_part(bench, dev, events, net)))
-    parts += [(c, CONFIGS[c][3], config(c)) for c in ("eager_bf16", "compile_bf16_cudagraphs")]
+    engine = args.daemon_engine
+    need = 40 if engine == "eager" else 150
+    parts.append(("daemon", need, lambda: daemon_part(bench, dev, events, net, engine)))
+    later = ("compile_fp32", "compile_bf16", "eager_bf16", "compile_bf16_cudagraphs")
+    parts += [(c, CONFIGS[c][3], config(c)) for c in later]
     for name, need_s, fn in parts:
         if name in CONFIGS and name not in args.configs:
             continue
