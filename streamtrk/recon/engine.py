@@ -22,6 +22,7 @@ Scores come back as float32 sigmoids of the logits, on the graph's device (DLPac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -317,39 +318,66 @@ class EngineScorer:
         return [(n - 1, e) for n, e in (pairs if self.device.type == "cuda" else pairs[-1:])]
 
     def _warm(self) -> None:
+        if self.cuda_graphs:
+            try:
+                self._warm_shapes(runs=2)
+                self._probe_from_another_thread()
+                return
+            except Exception as exc:
+                self._graphs_off(exc)
+        self._warm_shapes(runs=1)
+
+    def _warm_shapes(self, runs: int) -> None:
+        """Run every warm shape ``runs`` times (with CUDA graphs twice: torch's graph trees
+        run a shape's first call in the graph pool and record it on the second)."""
         with torch.inference_mode():
             for k, (n, e) in enumerate(self.warm_shapes()):
-                self._run(*synthetic_graph(n, e, self.device, seed=k))
-        if self.cuda_graphs:
-            self._check_graphs_in_another_thread()
+                graph = synthetic_graph(n, e, self.device, seed=k)
+                for _ in range(runs):
+                    self._run(*graph)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _check_graphs_in_another_thread(self) -> None:
-        """Score the smallest bucket from a new thread; if that fails, turn CUDA graphs off
-        (why: ``fallback_reason``) and warm up again without them.
+    def _probe_from_another_thread(self) -> None:
+        """Score a shape the warm-up did not run, twice, from a new thread; raise what that
+        raises.
 
-        torch's CUDA-graph trees are per thread, and the daemon scores on its worker thread,
-        not on the thread that warmed up; in torch 2.11 a graph tree used from a thread
-        other than the one that made it can fail an assertion (pytorch issue 123177).
+        The daemon warms up on one thread and scores on its worker. In torch 2.11 the first
+        call of a new shape bucket pair from a thread other than the one that set up the
+        CUDA-graph trees fails an assertion (their container is found through thread-local
+        state: pytorch issue 123177, fixed after 2.11); shapes already seen replay from any
+        thread.
         """
-        n, e = self.warm_shapes()[-1]
+        warmed = set(self.buckets.pairs())
+        new = [(n, e) for e in self.buckets.edges for n in self.buckets.nodes]
+        n, e = next((pair for pair in new if pair not in warmed), self.buckets.pairs()[0])
         failed: list[BaseException] = []
 
         def probe() -> None:
             try:
+                graph = synthetic_graph(n - 1, e, self.device, seed=0)
                 with torch.inference_mode():
-                    self._run(*synthetic_graph(n, e, self.device, seed=0))
+                    for _ in range(2):
+                        self._run(*graph)
             except Exception as exc:
                 failed.append(exc)
 
         thread = threading.Thread(target=probe, name="cuda-graphs-probe")
         thread.start()
         thread.join()
-        if not failed:
-            return
-        why = f"CUDA graphs off: scoring from another thread failed ({failed[0]!r:.300})"
+        if failed:
+            raise failed[0]
+
+    def _graphs_off(self, exc: BaseException) -> None:
+        """Turn CUDA graphs off after ``exc`` (why: ``fallback_reason``) and free their
+        memory pool. Not ``torch._dynamo.reset()``: a reload's warm-up runs while the
+        worker still scores with the old model."""
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        why = f"CUDA graphs off: {exc!r:.300}"
         self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
         self.cuda_graphs = False
+        # Fails where this thread never set the trees up: nothing of theirs to free here.
+        with contextlib.suppress(Exception):
+            reset_cudagraph_trees()
         self._run = self._make(self.engine)
-        self._warm()

@@ -34,10 +34,12 @@ class HostSyncs:
 
 @contextmanager
 def count_host_syncs() -> Iterator[HostSyncs]:
-    """Count the host synchronisations made by this thread inside the block (CUDA only).
+    """Count the host synchronisations made inside the block (CUDA only): CuPy's by this
+    thread, torch's by the whole process (its debug mode and warning filters are global).
 
-    CuPy declares some copies twice (once in ``ndarray.get``, once in the copy it makes), so
-    the count is calibrated on entry: one small ``.get()`` is one synchronisation.
+    On entry one small ``.get()`` must count once: a check that CuPy still declares its
+    synchronisations to the hook (CuPy 14: once each, in ``ndarray.get``), and the unit of
+    the count.
     """
     import cupy
     import torch
