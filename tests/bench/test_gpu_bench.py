@@ -45,3 +45,19 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert table[-1]["config"] == "daemon" and table[-1]["events_per_second"] > 0
     daemon = result["summary"]["daemon"]
     assert daemon["events_per_s_max_rate"] > 0 and daemon["latency_p99_ms_100hz"] > 0
+
+    # What the device session commits: the raw result under bench/results, and the summary.
+    report = [sys.executable, str(ROOT / "bench" / "gpu_report.py")]
+    report += [str(tmp_path / "gpu_bench.json"), "--results-dir", str(tmp_path / "results")]
+    report += ["--markdown", str(tmp_path / "summary.md")]
+    done = subprocess.run(report, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [saved] = (tmp_path / "results").iterdir()
+    assert saved.name == f"cpu-{result['date'][:10]}.json"
+    committed = json.loads(saved.read_text())
+    assert list(committed)[:3] == ["gpu", "date", "end_to_end"]
+    assert committed["end_to_end"] == rows and committed["parts"] == parts
+    text = (tmp_path / "summary.md").read_text()
+    assert "| eager_fp32 | 1 |" in text and "| eager_fp32 | 2 |" in text
+    assert "| graph | " in text and "Daemon (`--device cpu" in text
+    assert "Failed or skipped" not in text

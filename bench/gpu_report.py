@@ -1,0 +1,182 @@
+"""Turn a ``bench/gpu_bench.py`` result into what the GPU issue asks to commit: the raw result
+as ``bench/results/<gpu>-<date>.json`` (with the MU=200 ``end_to_end`` rows at its top) and
+a Markdown summary for ``bench/RESULTS.md`` (printed, or written with ``--markdown``).
+
+    python3 bench/gpu_report.py OUT/gpu_bench.json            # writes bench/results/h200-...
+    python3 bench/gpu_report.py OUT/gpu_bench.json --markdown summary.md
+
+The summary: versions and command; end to end per configuration and batch size (events/s,
+p50, p99, stages, host synchronisations); the targets; each stage against DEVELOPERS.md's
+reference figures; the GNN against the reference network and the GPU's limit; bf16 parity;
+the kernels against CuPy array operations; the daemon; parts that failed or were skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("graph", "prune", "gnn", "tracks", "fit", "other")
+
+
+def results_name(result: dict[str, Any]) -> str:
+    """``h200-2026-12-01.json`` for an NVIDIA H200 on that date (``cpu-...`` for dry runs)."""
+    gpu = str(result["summary"].get("gpu") or "unknown")
+    words = [w for w in re.split(r"[^a-z0-9]+", gpu.lower()) if w and w != "nvidia"]
+    slug = words[0] if words else "unknown"
+    return f"{slug}-{result['date'][:10]}.json"
+
+
+def with_headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The raw result with ``gpu``, ``date`` and ``end_to_end`` (the issue's shape) first."""
+    s = result["summary"]
+    head = {"gpu": s.get("gpu"), "date": result["date"], "end_to_end": s.get("end_to_end", [])}
+    return head | {k: v for k, v in result.items() if k not in head}
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def markdown(result: dict[str, Any], results_file: str) -> str:
+    s, parts = result["summary"], result["parts"]
+    info = parts.get("info", {})
+    out = [
+        f"### GPU chain: {s.get('gpu')}, {result['date']}",
+        "",
+        f"torch {info.get('torch')}, CUDA {info.get('cuda_runtime')}, CuPy {info.get('cupy')},"
+        f" Python {info.get('python')}; model {info.get('model')}; {info.get('events')} events"
+        f" of MU={info.get('mu')} ({_f(info.get('hits_per_event'), 0)} hits each).",
+        f"Command: `{result.get('command')}`. Raw result: `bench/results/{results_file}`.",
+        "",
+        "End to end (`Reconstructor.reconstruct`, host batching, upload and download included;"
+        " stages in ms per batch, medians):",
+        "",
+        "| config | batch | events/s | p50 ms | p99 ms | " + " | ".join(STAGES) + " | host syncs |",
+        "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: |",
+    ]
+    for name, p in parts.items():
+        for size, b in p.get("batches", {}).items() if isinstance(p, dict) else ():
+            if "events_per_s" not in b:
+                out.append(f"| {name} | {size} | {b.get('error') or b.get('skipped')} |")
+                continue
+            stages = b["stage_ms"] | {"other": b.get("other_ms")}
+            syncs = b.get("host_syncs")
+            sync_text = "n/a" if not syncs else f"{syncs['cupy']} + {syncs['torch']}"
+            out.append(
+                f"| {name} | {size} | {_f(b['events_per_s'])} | {_f(b['wall_ms']['p50'])} | "
+                f"{_f(b['wall_ms']['p99'])} | "
+                + " | ".join(_f(stages.get(st)) for st in STAGES)
+                + f" | {sync_text} |"
+            )
+    rates = {r["batch"]: r["events_per_second"] for r in s.get("end_to_end", [])}
+    daemon = s.get("daemon", {})
+    out += [
+        "",
+        "Targets: at batch 16, best "
+        f"{_f(s.get('best_events_per_s_batch16'))} events/s (target "
+        f"{_f(s.get('target_events_per_s_batch16'), 0)}); at batch 64, "
+        f"{_f(rates.get(64))} (target 1,000); p99 at batch 1 "
+        f"{_f(s.get('best_p99_ms_batch1'))} ms in `reconstruct`, "
+        f"{_f(daemon.get('latency_p99_ms_100hz'))} ms through the daemon at 100 Hz (target "
+        f"{_f(s.get('target_p99_ms_batch1'), 0)} ms).",
+        "",
+        "Each stage against DEVELOPERS.md's reference figures (ms per event; ratio below 1:"
+        " faster than the reference):",
+        "",
+        "| config | batch | stage | ours ms | reference | reference ms | ratio |",
+        "| --- | ---: | --- | ---: | --- | ---: | ---: |",
+    ]
+    for r in s.get("against_reference", []):
+        if r["config"] == "daemon":
+            continue
+        out.append(
+            f"| {r['config']} | {r['batch']} | {r['stage']} | {_f(r['ms_per_event'], 2)} | "
+            f"{r['reference']} | {_f(r['reference_ms'], 2)} | {_f(r['ratio'], 2)} |"
+        )
+    for r in s.get("against_reference", []):
+        if r["config"] == "daemon":
+            out += [
+                "",
+                f"Daemon through ZeroMQ as fast as taken: {_f(r['events_per_second'])} events/s,"
+                f" {_f(r['ratio'], 2)} of the {_f(r['reference_per_second'], 0)} messages/s of"
+                f" the reference ({r['reference']}).",
+            ]
+    for name, row in s.get("configs", {}).items():
+        g = row.get("gnn_batch16")
+        if g:
+            out.append(
+                f"GNN at batch 16, {name}: {_f(g['edges_per_s'] / 1e6)} M edges/s"
+                f" ({_f(g['over_reference'], 2)} of the reference network's 133 M),"
+                f" {_f(100 * g['of_limit'])}% of the GPU's limit for this graph"
+                f" ({_f(g['limit_ms'], 2)} ms, {g['limit_bound_by']} bound)."
+            )
+    parity = parts.get("bf16_parity", {})
+    if "tracking_efficiency_change" in parity:
+        out.append(
+            f"bf16 against fp32 ({parity.get('events')} events): tracking efficiency change"
+            f" {100 * parity['tracking_efficiency_change']:+.3f}% (target within 0.2%), score"
+            f" difference p99 {parity['score_abs_diff_p99']:.2g}, decisions flipped"
+            f" {100 * parity['edge_decisions_flipped_fraction']:.3f}%."
+        )
+    kernels = parts.get("kernels", {})
+    sizes = [k for k, v in kernels.items() if isinstance(v, dict) and "search_ms" in v]
+    if sizes:
+        out += [
+            "",
+            "Kernels against CuPy array operations (ms; same results):",
+            "",
+            "| batch | search, arrays | kernels | triplet cuts, arrays | kernels | same |",
+            "| ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for k in sizes:
+            v = kernels[k]
+            same = v["same_edges"] and v["same_features"] and v["same_mask"]
+            out.append(
+                f"| {k} | {_f(v['search_ms']['arrays'], 2)} | {_f(v['search_ms']['kernels'], 2)}"
+                f" | {_f(v['triplets_ms']['arrays'], 2)} | {_f(v['triplets_ms']['kernels'], 2)}"
+                f" | {'yes' if same else 'NO'} |"
+            )
+    d = parts.get("daemon", {})
+    if "replay_100hz" in d:
+        out += [
+            "",
+            f"Daemon (`{' '.join(d.get('serve_flags', []))}`): ready in"
+            f" {_f(d.get('start_to_ready_s'))} s; as fast as taken"
+            f" {_f(daemon.get('events_per_s_max_rate'))} events/s; at 100 Hz p50"
+            f" {_f(daemon.get('latency_p50_ms_100hz'))} ms, p99"
+            f" {_f(daemon.get('latency_p99_ms_100hz'))} ms; exit code {d.get('exit_code')}.",
+        ]
+    problems = [
+        f"- {name}: {p.get('error') or p.get('skipped')}"
+        for name, p in parts.items()
+        if isinstance(p, dict) and (p.get("error") or p.get("skipped"))
+    ]
+    if problems:
+        out += ["", "Failed or skipped:", "", *problems]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("result", type=Path, help="gpu_bench.json of a run")
+    ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--markdown", type=Path, help="write the summary here instead of printing")
+    args = ap.parse_args()
+    result = json.loads(args.result.read_text())
+    name = results_name(result)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / name).write_text(json.dumps(with_headline(result), indent=1) + "\n")
+    text = markdown(result, name)
+    if args.markdown:
+        args.markdown.write_text(text)
+    else:
+        print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
