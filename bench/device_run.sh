@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU issue's device run, prepared to run once within one `run` call (about 8 minutes):
+# The GPU issue's device run, prepared to run once within one `run` call (at most 7.5 minutes):
 # import checks, the `gpu` tests, then a small bench/gpu_bench.py (batches 1, 4, 16; 16
 # MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon in
 # eager bf16 with batches of up to 16 and no queue delay).
@@ -11,7 +11,7 @@
 #          python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #            --implementation cp --platform manylinux_2_28_x86_64 \
 #            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0
-#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 560)
+#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 480)
 #   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json   (writes
 #          bench/results/h200-DATE.json, prints the summary for bench/RESULTS.md)
 # Dry run on the CPU (what tests/bench/test_device_run.py does):
@@ -55,17 +55,17 @@ cat "$OUT/imports.txt"
 
 # One line per test as it ends (-v: a run cut by `timeout` still shows what passed), at
 # most 100 s a test, the slowest listed.
-timeout 200 "$PYTHON" -m pytest -m gpu -v -rs --timeout 100 --durations 10 -p no:cacheprovider \
+timeout 180 "$PYTHON" -m pytest -m gpu -v -rs --timeout 100 --durations 10 -p no:cacheprovider \
     tests/recon >"$OUT/gpu-tests.txt" 2>&1
 echo "device_run: gpu tests exit $?"
 tail -n 40 "$OUT/gpu-tests.txt"
 
 if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 240
+    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 210
 else
     set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
         --workers 1
 fi
-timeout 280 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
+timeout 250 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
 echo "device_run: gpu_bench exit $?"
 grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
