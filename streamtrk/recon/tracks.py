@@ -174,12 +174,15 @@ def components_scipy(edge_index: np.ndarray, n_nodes: int) -> np.ndarray:
 
 
 def _scatter_min(xp: Any, target: Array, idx: Array, values: Array) -> None:
+    """``target[idx] = min(target[idx], values)`` for non-negative int64 arrays, in place.
+    CuPy's scatter_min takes no int64 (TypeError; uint64 and int32 only): the same
+    non-negative values are compared as uint64 views."""
     if xp is np:
         np.minimum.at(target, idx, values)
     else:
         import cupyx
 
-        cupyx.scatter_min(target, idx, values)
+        cupyx.scatter_min(target.view(xp.uint64), idx, values.view(xp.uint64))
 
 
 def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int = 1000) -> Array:
