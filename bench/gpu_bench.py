@@ -81,7 +81,7 @@ from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import batch_columns, batch_graph, build_graph, select_edges
-from streamtrk.recon.host_syncs import count_host_syncs
+from streamtrk.recon.host_syncs import count_host_syncs, counting_unavailable
 from streamtrk.recon.kernels import Launch, cupy_launcher, host_launcher
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.prune import prune_edges
@@ -527,9 +527,13 @@ def time_batches(
                 rec.reconstruct(batch(events, size, k))
     syncs = None
     if dev.cuda:  # host synchronisations of one reconstruct (an untimed run)
-        with count_host_syncs() as counted:
-            rec.reconstruct(batch(events, size, 0))
-        syncs = {"cupy": counted.cupy, "torch": counted.torch}
+        why = counting_unavailable()
+        if why is None:
+            with count_host_syncs() as counted:
+                rec.reconstruct(batch(events, size, 0))
+            syncs = {"cupy": counted.cupy, "torch": counted.torch}
+        else:
+            syncs = {"error": why}
     walls: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     edges: list[int] = []

@@ -66,7 +66,9 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
                 continue
             stages = b["stage_ms"] | {"other": b.get("other_ms")}
             syncs = b.get("host_syncs")
-            sync_text = "n/a" if not syncs else f"{syncs['cupy']} + {syncs['torch']}"
+            sync_text = (
+                "n/a" if not syncs or "error" in syncs else f"{syncs['cupy']} + {syncs['torch']}"
+            )
             out.append(
                 f"| {name} | {size} | {_f(b['events_per_s'])} | {_f(b['wall_ms']['p50'])} | "
                 f"{_f(b['wall_ms']['p99'])} | "

@@ -164,14 +164,18 @@ def edge_scores(
     """Sigmoid of ``logits`` of the graph's features on ``device``, returned in the graph's
     array module (NumPy, or CuPy through DLPack without a copy). Hits without an edge are
     dropped first (the network's per-hit work shrinks; the edge scores do not change)."""
+    xp = array_module(graph.edge_index)
+    if graph.num_edges == 0:  # nothing to score (and no empty arrays through DLPack)
+        return xp.zeros(0, dtype=xp.float32)
     graph = without_isolated_hits(graph)
     x, ei, ea = (
         _to_torch(a, device) for a in (graph.node_features, graph.edge_index, graph.edge_features)
     )
     with torch.inference_mode():
         scores = torch.sigmoid(logits(x, ei, ea).float())
-    xp = array_module(graph.edge_index)
-    return scores.cpu().numpy() if xp is np else xp.from_dlpack(scores)
+    if scores.device.type == "cpu":  # a CPU network (the graph may be on the GPU)
+        return xp.asarray(scores.numpy())
+    return xp.from_dlpack(scores)
 
 
 class GNNScorer:

@@ -32,6 +32,18 @@ class HostSyncs:
         return self.cupy + self.torch
 
 
+def counting_unavailable() -> str | None:
+    """Why host synchronisations cannot be counted here, or None when they can."""
+    try:
+        import cupy  # noqa: F401
+        from cupy._core import syncdetect
+    except ImportError as exc:
+        return f"CuPy's synchronisation hook cannot be imported ({exc})"
+    if not callable(getattr(syncdetect, "_declare_synchronize", None)):
+        return "this CuPy has no cupy._core.syncdetect._declare_synchronize hook"
+    return None
+
+
 @contextmanager
 def count_host_syncs() -> Iterator[HostSyncs]:
     """Count the host synchronisations made inside the block (CUDA only): CuPy's by this
@@ -41,6 +53,9 @@ def count_host_syncs() -> Iterator[HostSyncs]:
     synchronisations to the hook (CuPy 14: once each, in ``ndarray.get``), and the unit of
     the count.
     """
+    why = counting_unavailable()
+    if why is not None:
+        raise RuntimeError(f"host synchronisations cannot be counted: {why}")
     import cupy
     import torch
     from cupy._core import syncdetect

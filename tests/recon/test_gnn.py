@@ -37,6 +37,15 @@ def test_shapes_and_score_range(model: InteractionNetwork) -> None:
     assert isinstance(scores, np.ndarray)
     assert scores.shape == (200,) and scores.dtype == np.float32
     assert ((scores >= 0) & (scores <= 1)).all()
+    empty = Graph(
+        node_features=x.numpy(),
+        edge_index=np.zeros((2, 0), dtype=np.int64),
+        edge_features=np.zeros((0, 6), dtype=np.float32),
+        node_offsets=np.array([0, 50]),
+        layer=np.zeros(50, dtype=np.int64),
+    )
+    none = GNNScorer(model)(empty, [])
+    assert none.shape == (0,) and none.dtype == np.float32
 
 
 def test_blocked_inference_equals_forward(model: InteractionNetwork) -> None:

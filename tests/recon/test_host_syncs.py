@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrk.recon.host_syncs import count_host_syncs
+from streamtrk.recon.host_syncs import count_host_syncs, counting_unavailable
 from streamtrk.xp import bincount, concatenate_to_device, csr_rows
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
@@ -15,6 +15,8 @@ except cupy.cuda.runtime.CUDARuntimeError:
     _HAS_GPU = False
 if not _HAS_GPU:
     pytest.skip("no CUDA device (or torch without CUDA)", allow_module_level=True)
+if counting_unavailable():
+    pytest.skip(counting_unavailable(), allow_module_level=True)
 
 
 def test_counts_each_kind_of_synchronisation():
