@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ class EngineScorer:
         self.cache_dir = cache_dir or default_cache_dir()
         self.engine, self.fallback_reason = resolve_engine(engine, self.device)
         self._logits = Logits(self.model, DTYPES[precision])
+        self._graph_thread: ThreadPoolExecutor | None = None  # with CUDA graphs (compile)
         self._run: Run = self._make(self.engine)
 
     # ------------------------------------------------------------------ engines
@@ -189,7 +190,8 @@ class EngineScorer:
             return self._eager
         if engine == "compile":
             mode = "reduce-overhead" if self.cuda_graphs else None
-            return self._padded(torch.compile(self._logits, backend=self.backend, mode=mode))
+            run = self._padded(torch.compile(self._logits, backend=self.backend, mode=mode))
+            return self._on_graph_thread(run) if self.cuda_graphs else run
         built: list[Run] = []
 
         def tensorrt(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
@@ -321,7 +323,6 @@ class EngineScorer:
         if self.cuda_graphs:
             try:
                 self._warm_shapes(runs=2)
-                self._probe_from_another_thread()
                 return
             except Exception as exc:
                 self._graphs_off(exc)
@@ -338,46 +339,42 @@ class EngineScorer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _probe_from_another_thread(self) -> None:
-        """Score a shape the warm-up did not run, twice, from a new thread; raise what that
-        raises.
+    def _on_graph_thread(self, run: Run) -> Run:
+        """``run`` on this scorer's own thread, whichever thread calls.
 
-        The daemon warms up on one thread and scores on its worker. In torch 2.11 the first
-        call of a new shape bucket pair from a thread other than the one that set up the
-        CUDA-graph trees fails an assertion (their container is found through thread-local
-        state: pytorch issue 123177, fixed after 2.11); shapes already seen replay from any
-        thread.
+        torch's CUDA-graph trees keep their state per thread: in torch 2.11 a thread other
+        than the one that set them up fails an assertion on a new shape (pytorch issue
+        123177), in later versions each thread records its own graphs. The daemon warms up
+        on its loading thread and scores on its worker; here both run on one thread. Same
+        CUDA stream (the default one) as the caller, so no synchronisation is added.
         """
-        warmed = set(self.buckets.pairs())
-        new = [(n, e) for e in self.buckets.edges for n in self.buckets.nodes]
-        n, e = next((pair for pair in new if pair not in warmed), self.buckets.pairs()[0])
-        failed: list[BaseException] = []
+        if self._graph_thread is None:
+            self._graph_thread = ThreadPoolExecutor(1, thread_name_prefix="cuda-graphs")
+        thread = self._graph_thread
 
-        def probe() -> None:
-            try:
-                graph = synthetic_graph(n - 1, e, self.device, seed=0)
+        def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+            def job() -> Tensor:
                 with torch.inference_mode():
-                    for _ in range(2):
-                        self._run(*graph)
-            except Exception as exc:
-                failed.append(exc)
+                    return run(x, edge_index, edge_attr)
 
-        thread = threading.Thread(target=probe, name="cuda-graphs-probe")
-        thread.start()
-        thread.join()
-        if failed:
-            raise failed[0]
+            return thread.submit(job).result()
+
+        return call
 
     def _graphs_off(self, exc: BaseException) -> None:
-        """Turn CUDA graphs off after ``exc`` (why: ``fallback_reason``) and free their
-        memory pool. Not ``torch._dynamo.reset()``: a reload's warm-up runs while the
-        worker still scores with the old model."""
+        """Turn CUDA graphs off after ``exc`` (why: ``fallback_reason``), free their memory
+        pool (on the thread that made them) and stop that thread. Not
+        ``torch._dynamo.reset()``: a reload's warm-up runs while the worker still scores
+        with the old model."""
         from torch._inductor.cudagraph_trees import reset_cudagraph_trees
 
         why = f"CUDA graphs off: {exc!r:.300}"
         self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
         self.cuda_graphs = False
-        # Fails where this thread never set the trees up: nothing of theirs to free here.
-        with contextlib.suppress(Exception):
-            reset_cudagraph_trees()
+        if self._graph_thread is not None:
+            # Fails where the trees were never set up: nothing of theirs to free.
+            with contextlib.suppress(Exception):
+                self._graph_thread.submit(reset_cudagraph_trees).result()
+            self._graph_thread.shutdown()
+            self._graph_thread = None
         self._run = self._make(self.engine)

@@ -5,6 +5,8 @@ backend: dynamo's tracing and guards without code generation)."""
 from __future__ import annotations
 
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -170,3 +172,22 @@ def test_auto_falls_back_when_an_engine_fails_to_warm_up(
     )
     g = _graph(200, 900, 3)
     np.testing.assert_allclose(scorer(g, []), GNNScorer(model)(g, []), rtol=0, atol=1e-6)
+
+
+def test_graph_thread_runs_every_call_on_one_thread(model: InteractionNetwork) -> None:
+    """With CUDA graphs every call runs on the scorer's own thread (graph trees keep their
+    state per thread), under inference mode, whichever thread calls."""
+    scorer = EngineScorer(model, "cpu", "eager")
+    seen = []
+
+    def run(x: torch.Tensor, ei: torch.Tensor, ea: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, torch.is_inference_mode_enabled()))
+        return x.sum() + ei.shape[1] + ea.shape[0]
+
+    call = scorer._on_graph_thread(run)
+    x, ei, ea = synthetic_graph(10, 20, CPU, 0)
+    with ThreadPoolExecutor(2) as callers:
+        outs = list(callers.map(lambda _: call(x, ei, ea), range(4)))
+    assert all(torch.equal(o, x.sum() + 40) for o in outs)
+    assert {name for name, _ in seen} == {"cuda-graphs_0"}
+    assert all(inference for _, inference in seen)
