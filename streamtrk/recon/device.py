@@ -22,6 +22,24 @@ def cuda_unavailable() -> str | None:
     return None
 
 
+def device_fault(device: str) -> str | None:
+    """Why ``device`` no longer works, or None. After a sticky CUDA error (an illegal
+    address, a device-side assert, a lost device) every later call on the device fails too,
+    and only a new process recovers; a synchronisation of torch's and CuPy's work reports
+    it. The CPU never faults this way."""
+    if device != "cuda":
+        return None
+    import cupy
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+        cupy.cuda.runtime.deviceSynchronize()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def resolve_device(device: str) -> str:
     """``auto`` is ``cuda`` when torch sees a GPU and CuPy imports, else ``cpu``."""
     if device != "auto":

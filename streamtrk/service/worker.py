@@ -3,7 +3,10 @@
 Events whose deadline has passed when their batch starts (or that the batcher set aside)
 are answered ``deadline``, unprocessed. When reconstruction of a batch raises, its events
 are retried one by one, so that only an event that fails on its own is answered
-``internal``; the worker carries on with the next batch.
+``internal``; the worker carries on with the next batch. Unless the device itself no longer
+works (a sticky CUDA error: every later batch would fail too): then the worker dies with
+:class:`DeviceFault`, its events and the queued ones are answered ``shutdown`` (a sender
+resends them elsewhere) and the daemon exits 1 for a restart.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
 the seconds per hit of the batches so far) is answered ``shutdown`` instead of started, and
@@ -19,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from streamtrk.recon.device import device_fault
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
@@ -29,6 +33,10 @@ from streamtrk.service.telemetry import Metrics
 log = logging.getLogger(__name__)
 POLL_S = 0.1
 SAFETY = 1.5  # a batch is started while draining only if SAFETY x its estimate fits
+
+
+class DeviceFault(RuntimeError):
+    """The device fails every call (the process must restart)."""
 
 
 class Worker(Supervised):
@@ -121,6 +129,7 @@ class Worker(Supervised):
         t0 = time.perf_counter()
         try:
             faults.delay("batch")
+            faults.fail("batch")
             rec = self.reconstructor()
             result = rec.reconstruct(events)
             replies = [
@@ -129,6 +138,7 @@ class Worker(Supervised):
             ]
         except Exception:
             log.exception("reconstruction of %d events failed", len(jobs))
+            self._check_device()
             if len(jobs) == 1:
                 m.internal_errors.labels("reconstruction").inc()
                 self._reject(jobs, "internal")
@@ -149,6 +159,16 @@ class Worker(Supervised):
             log.exception("physics metrics failed on a batch (its replies were sent)")
         m.stage.labels("physics").observe(time.perf_counter() - t1)
         return True
+
+    def _check_device(self) -> None:
+        """Raise :class:`DeviceFault` when the device no longer works."""
+        try:
+            faults.fail("device")  # tests: the device check finds a fault
+            why = device_fault(self.reconstructor().device)
+        except faults.InjectedFault as e:
+            why = str(e)
+        if why is not None:
+            raise DeviceFault(f"the device no longer works ({why}); a restart is needed")
 
     def abandon(self) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker

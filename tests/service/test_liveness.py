@@ -41,6 +41,34 @@ def test_a_dying_worker_is_logged_and_the_daemon_exits_1(daemon_factory, sim_run
     assert last["threads"] == "worker" and last["received"] == 1 and last["replies_ok"] == 1
 
 
+def test_a_failing_batch_on_a_working_device_fails_alone(daemon_factory, sim_run: Path) -> None:
+    d = daemon_factory("--max-batch-events", "1", env=faults("batch_fail_after=1"))
+    events = list(islice(iter_events(sim_run), 2))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        replies = []
+        for ev in events:  # one at a time: the first batch fails, the second works
+            assert producer.send_event(ev, timeout_ms=30_000)
+            replies.append(consumer.recv(timeout_ms=60_000).to_reply())
+        assert d.process.poll() is None  # still serving
+    assert replies[0].reason == "internal" and replies[1].ok
+
+
+def test_a_device_that_no_longer_works_stops_the_daemon(daemon_factory, sim_run: Path) -> None:
+    """After a sticky device error every batch would fail: the worker dies, its events are
+    answered ``shutdown`` (to be resent elsewhere), and the daemon exits 1 for a restart."""
+    d = daemon_factory(
+        "--max-batch-events", "1", env=faults("batch_fail_after=1,device_fail_after=1")
+    )
+    event = next(iter_events(sim_run))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(event, timeout_ms=30_000)
+        reply = consumer.recv(timeout_ms=60_000)
+        assert exits_by_itself(d) == 1
+    assert reply is not None and reply.to_reply().reason == "shutdown"
+    [died] = [line for line in d.logs() if line["message"].startswith("the worker thread died")]
+    assert "DeviceFault: the device no longer works" in died["exception"]
+
+
 def test_a_dying_ingest_still_answers_what_it_took(daemon_factory, sim_run: Path) -> None:
     d = daemon_factory(env=faults("ingest_fail_after=2"))
     events = list(islice(iter_events(sim_run), 2))
