@@ -16,9 +16,14 @@ def cuda_unavailable() -> str | None:
             return f"torch {torch.__version__} was built without CUDA"
         return f"torch {torch.__version__} sees no CUDA device"
     try:
-        import cupy  # noqa: F401
+        import cupy
     except ImportError as exc:
         return f"CuPy cannot be imported ({exc}); install the [gpu] extra"
+    try:  # CuPy compiles its kernels at run time (NVRTC): one element-wise, one reduction
+        if int((cupy.arange(4) * 2).sum()) != 12:
+            return "CuPy computes wrong results on this device"
+    except Exception as exc:
+        return f"CuPy cannot run on this device ({type(exc).__name__}: {exc})"
     return None
 
 

@@ -88,7 +88,8 @@ class Reconstructor:
             import cupy
 
             self.xp = cupy
-            self._sync = cupy.cuda.get_current_stream().synchronize
+            # The calling thread's current stream (CuPy's is per thread), looked up per call.
+            self._sync = lambda: cupy.cuda.get_current_stream().synchronize()
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
