@@ -46,7 +46,7 @@ def device_fault(device: str) -> str | None:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` is ``cuda`` when torch sees a GPU and CuPy imports, else ``cpu``."""
+    """``auto`` is ``cuda`` when torch sees a GPU and CuPy runs there, else ``cpu``."""
     if device != "auto":
         return device
     return "cuda" if cuda_unavailable() is None else "cpu"
