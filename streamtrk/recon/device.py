@@ -45,6 +45,19 @@ def device_fault(device: str) -> str | None:
     return None
 
 
+def release_cached_memory(device: str) -> None:
+    """Give the free blocks of CuPy's memory pool and torch's caching allocator back to the
+    device (after an out-of-memory error in one while the other held free memory: the two
+    caches never lend to each other). Nothing to do on the CPU."""
+    if device != "cuda":
+        return
+    import cupy
+    import torch
+
+    cupy.get_default_memory_pool().free_all_blocks()
+    torch.cuda.empty_cache()
+
+
 def resolve_device(device: str) -> str:
     """``auto`` is ``cuda`` when torch sees a GPU and CuPy runs there, else ``cpu``."""
     if device != "auto":

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from streamtrk.recon.device import device_fault
+from streamtrk.recon.device import device_fault, release_cached_memory
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
@@ -161,14 +161,17 @@ class Worker(Supervised):
         return True
 
     def _check_device(self) -> None:
-        """Raise :class:`DeviceFault` when the device no longer works."""
+        """Raise :class:`DeviceFault` when the device no longer works; else free the
+        memory caches for what comes next (the failure may have been out of memory)."""
+        device = self.reconstructor().device
         try:
             faults.fail("device")  # tests: the device check finds a fault
-            why = device_fault(self.reconstructor().device)
+            why = device_fault(device)
         except faults.InjectedFault as e:
             why = str(e)
         if why is not None:
             raise DeviceFault(f"the device no longer works ({why}); a restart is needed")
+        release_cached_memory(device)
 
     def abandon(self) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker
