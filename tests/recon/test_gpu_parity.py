@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from gpu_only import cupy_on_cuda
 
 from streamtrk.recon.graph import batch_graph
 from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
@@ -11,14 +12,8 @@ from streamtrk.recon.tracks import (
     components_scipy,
 )
 
-cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
 pytestmark = pytest.mark.gpu
-try:
-    _HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0
-except cupy.cuda.runtime.CUDARuntimeError:
-    _HAS_GPU = False
-if not _HAS_GPU:
-    pytest.skip("no CUDA device", allow_module_level=True)
+cupy = cupy_on_cuda()
 
 
 def _edges(events, det, xp):

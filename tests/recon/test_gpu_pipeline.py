@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from gpu_only import cupy_on_cuda
 from torch._dynamo.utils import counters
 
 from streamtrk.eval.precision import precision_parity, tracks_agreement
@@ -33,7 +34,6 @@ from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.xp import to_host
 
-cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
 pytestmark = [
     pytest.mark.gpu,
     # Inductor's advice, once per process, to allow TF32 matmuls; fp32 here means fp32.
@@ -41,12 +41,7 @@ pytestmark = [
     # Raised by torch's own modules that inductor imports (torch.utils.mkldnn, torch 2.13).
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]
-try:
-    _HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0 and torch.cuda.is_available()
-except cupy.cuda.runtime.CUDARuntimeError:
-    _HAS_GPU = False
-if not _HAS_GPU:
-    pytest.skip("no CUDA device (or torch without CUDA)", allow_module_level=True)
+cupy = cupy_on_cuda(torch_too=True)
 
 
 @pytest.fixture(scope="module")

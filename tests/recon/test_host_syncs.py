@@ -3,18 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from gpu_only import cupy_on_cuda
 
 from streamtrk.recon.host_syncs import count_host_syncs, counting_unavailable
 from streamtrk.xp import bincount, concatenate_to_device, csr_rows
 
-cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
 pytestmark = pytest.mark.gpu
-try:
-    _HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0 and torch.cuda.is_available()
-except cupy.cuda.runtime.CUDARuntimeError:
-    _HAS_GPU = False
-if not _HAS_GPU:
-    pytest.skip("no CUDA device (or torch without CUDA)", allow_module_level=True)
+cupy = cupy_on_cuda(torch_too=True)
 if counting_unavailable():
     pytest.skip(counting_unavailable(), allow_module_level=True)
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from gpu_only import cupy_on_cuda
 
 from streamtrk.detector import BARREL
 from streamtrk.recon.graph import (
@@ -219,12 +220,7 @@ def test_mu200_keeps_target_segments_and_drops_most_edges(mu200_events, det):
 def test_cupy_mask_equals_numpy(mu200_events, det):
     """The same code on CuPy arrays (skips without a CUDA device). Cut decisions may differ
     only where float rounding of sin, cos or arctan2 differs between the two libraries."""
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU-only test)")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
+    cupy = cupy_on_cuda()
     cpu = batch_graph(mu200_events[:2], det)
     gpu = batch_graph(mu200_events[:2], det, xp=cupy)
     assert np.array_equal(gpu.edge_index.get(), cpu.edge_index)
