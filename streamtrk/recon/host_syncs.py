@@ -49,9 +49,8 @@ def count_host_syncs() -> Iterator[HostSyncs]:
     """Count the host synchronisations made inside the block (CUDA only): CuPy's by this
     thread, torch's by the whole process (its debug mode and warning filters are global).
 
-    On entry one small ``.get()`` must count once: a check that CuPy still declares its
-    synchronisations to the hook (CuPy 14: once each, in ``ndarray.get``), and the unit of
-    the count.
+    On entry one small ``.get()`` must count exactly once: a check that CuPy still
+    declares each synchronisation to the hook once (CuPy 14: in ``ndarray.get``).
     """
     why = counting_unavailable()
     if why is not None:
@@ -73,11 +72,10 @@ def count_host_syncs() -> Iterator[HostSyncs]:
     old_mode = torch.cuda.get_sync_debug_mode()
     try:
         cupy.zeros(1).get()
-        per_copy = declared[0]
-        if per_copy == 0:
+        if declared[0] != 1:
             raise RuntimeError(
-                "CuPy no longer declares synchronisations to cupy._core.syncdetect: "
-                "host synchronisations cannot be counted with this CuPy"
+                f"one .get() declared {declared[0]} synchronisations to cupy._core.syncdetect, "
+                "not 1: host synchronisations cannot be counted with this CuPy"
             )
         declared[0] = 0
         counts = HostSyncs()
@@ -88,7 +86,7 @@ def count_host_syncs() -> Iterator[HostSyncs]:
                 yield counts
             finally:
                 torch.cuda.set_sync_debug_mode(old_mode)
-                counts.cupy = -(-declared[0] // per_copy)
+                counts.cupy = declared[0]
                 counts.torch = sum("synchroniz" in str(w.message) for w in caught)
     finally:
         syncdetect._declare_synchronize = original
