@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from streamtrk.service.job import Job
 
-PUT_POLL_S = 0.01  # how often a put waiting for room looks again
+PUT_POLL_S = 0.01  # how often a put waiting for room checks for a close and calls waiting()
 
 
 @dataclass(frozen=True)
@@ -63,22 +63,20 @@ class Batcher:
         self, job: Job, *, block: bool = True, waiting: Callable[[], None] = lambda: None
     ) -> bool:
         """Queue ``job``: True once queued. False when the queue is full and ``block`` is
-        False, or when the batcher is (or gets) closed; ``waiting()`` is called while a
-        blocked put waits for room."""
+        False, or when the batcher is (or gets) closed. A blocked put queues as soon as there
+        is room, and calls ``waiting()`` every ``PUT_POLL_S`` while it waits."""
         job.t_queued = time.perf_counter()
         while True:
             with self._lock:
                 if self.closed:
                     return False
                 try:
-                    self.queue.put_nowait(job)
+                    self.queue.put(job, block=block, timeout=PUT_POLL_S)
                     return True
                 except queue.Full:
-                    pass
-            if not block:
-                return False
+                    if not block:
+                        return False
             waiting()
-            time.sleep(PUT_POLL_S)
 
     def close(self) -> None:
         """Take no more events (the drain has given up on what is queued)."""

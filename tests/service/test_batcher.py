@@ -113,3 +113,34 @@ def test_full_queue_rejects_without_blocking() -> None:
     assert b.put(job(1, 0), block=False) and b.put(job(1, 1), block=False)
     assert not b.put(job(1, 2), block=False)
     assert b.depth() == 2
+
+
+def _blocked_put(b: Batcher, j: Job) -> tuple[threading.Thread, list[bool]]:
+    """A put of ``j`` on a thread, once it waits for room; its result, when it has one."""
+    result: list[bool] = []
+    waited = threading.Event()
+    thread = threading.Thread(target=lambda: result.append(b.put(j, waiting=waited.set)))
+    thread.start()
+    assert waited.wait(10)
+    return thread, result
+
+
+def test_a_blocked_put_queues_once_a_batch_makes_room() -> None:
+    b = Batcher(1, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    assert b.put(job(1, 0))
+    thread, result = _blocked_put(b, job(1, 1))
+    assert not result  # still waiting: the queue is full
+    assert events(b.next_batch(1)) == [0]
+    thread.join(10)
+    assert result == [True]
+    assert events(b.next_batch(1)) == [1]
+
+
+def test_closing_ends_a_blocked_put_unqueued() -> None:
+    b = Batcher(1, BatchPolicy(max_events=1))
+    assert b.put(job(1, 0))
+    thread, result = _blocked_put(b, job(1, 1))
+    b.close()
+    thread.join(10)
+    assert result == [False]
+    assert b.depth() == 1
