@@ -3,6 +3,7 @@ the shape the GPU issue asks for (a failure here would cost a device session).""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -61,3 +62,23 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert "| eager_fp32 | 1 |" in text and "| eager_fp32 | 2 |" in text
     assert "| graph | " in text and "Daemon (`--device cpu" in text
     assert "Failed or skipped" not in text
+
+
+def _gpu_report():
+    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "bench" / "gpu_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_takes_the_best_batch_64_and_kernels_without_pruning() -> None:
+    row = {"mu": 200, "batch": 64, "engine": "compile", "precision": "bf16", "p50_ms": 1.0}
+    summary = {
+        "end_to_end": [row | {"events_per_second": 1234.5}, row | {"events_per_second": None}]
+    }
+    kernels = {"16": {"search_ms": {"arrays": 2.0, "kernels": 0.5}, "same_edges": True,
+                      "same_features": True}}  # fmt: skip
+    result = {"date": "2026-12-01", "summary": summary, "parts": {"kernels": kernels}}
+    text = _gpu_report().markdown(result, "x.json")
+    assert "at batch 64, 1,234.5 (target 1,000)" in text
+    assert "| 16 | 2.00 | 0.50 | n/a | n/a | yes |" in text
