@@ -77,6 +77,7 @@ from streamtrk.detector import load_detector
 from streamtrk.event import Event
 from streamtrk.recon import graph as graph_stage
 from streamtrk.recon import prune as prune_stage
+from streamtrk.recon.device import release_cached_memory
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.gnn import InteractionNetwork
@@ -89,6 +90,7 @@ from streamtrk.recon.reconstructor import STAGES, Reconstructor
 from streamtrk.recon.tracks import build_tracks
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
+from streamtrk.xp import to_host
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("x", "y", "z", "volume_id", "layer_id")
@@ -184,9 +186,7 @@ class Device:
 
     def release(self) -> None:
         gc.collect()
-        if self.cuda:
-            self.cupy.get_default_memory_pool().free_all_blocks()
-            torch.cuda.empty_cache()
+        release_cached_memory(self.name)
 
 
 def ms_stats(seconds: list[float]) -> dict[str, float]:
@@ -599,9 +599,6 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
             seconds.append(time.perf_counter() - t)
         return float(np.median(seconds) * 1000), out
 
-    def host(a: Any) -> np.ndarray:
-        return a.get() if dev.cuda else np.asarray(a)
-
     search_launch = launcher(graph_stage.KERNELS)
     prune_launch = launcher(prune_stage.KERNELS)
 
@@ -614,8 +611,10 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
             "queries": len(ctx.qi),
             "edges": len(i),
             "search_ms": {"arrays": arrays_ms, "kernels": kernels_ms},
-            "same_edges": all(np.array_equal(host(a), host(b)) for a, b in ((i, ki), (j, kj))),
-            "same_features": bool(np.array_equal(host(f), host(kf))),
+            "same_edges": all(
+                np.array_equal(to_host(a), to_host(b)) for a, b in ((i, ki), (j, kj))
+            ),
+            "same_features": bool(np.array_equal(to_host(f), to_host(kf))),
         }
         if chain.prune is None:
             return row
@@ -625,8 +624,8 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
         p_arrays_ms, mask = timed(lambda: prune_stage.keep_arrays(*args))
         p_kernels_ms, kmask = timed(lambda: prune_stage.keep_kernels(*args, prune_launch))
         row["triplets_ms"] = {"arrays": p_arrays_ms, "kernels": p_kernels_ms}
-        row["same_mask"] = bool(np.array_equal(host(mask), host(kmask)))
-        row["kept"] = int(host(kmask).sum())
+        row["same_mask"] = bool(np.array_equal(to_host(mask), to_host(kmask)))
+        row["kept"] = int(to_host(kmask).sum())
         return row
 
     out: dict[str, Any] = {}

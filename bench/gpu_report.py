@@ -19,8 +19,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from streamtrk.recon.reconstructor import STAGES as CHAIN_STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("graph", "prune", "gnn", "tracks", "fit", "other")
+STAGES = (*CHAIN_STAGES, "other")
 
 
 def results_name(result: dict[str, Any]) -> str:
