@@ -173,8 +173,8 @@ def edge_scores(
     )
     with torch.inference_mode():
         scores = torch.sigmoid(logits(x, ei, ea).float())
-    if scores.device.type == "cpu":  # a CPU network (the graph may be on the GPU)
-        return xp.asarray(scores.numpy())
+    if xp is np or scores.device.type == "cpu":  # a network and a graph on different devices
+        return xp.asarray(scores.cpu().numpy())
     return xp.from_dlpack(scores)
 
 
