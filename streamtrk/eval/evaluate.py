@@ -56,16 +56,15 @@ class SegmentTruth:
 
     def counts(self, edges: np.ndarray) -> dict[str, int]:
         """Edge-level truth counts of the edges (2, k) (local hit numbering)."""
-        key = np.sort(edges[0].astype(np.int64) * self.n_hits + edges[1])
-        in_graph = np.isin(self.key, key)
-        n_soft_true = int(np.isin(self.key[~self.target], key).sum())
+        in_graph = np.isin(self.key, edges[0].astype(np.int64) * self.n_hits + edges[1])
+        n_soft_true = int((in_graph & ~self.target).sum())
         return {
             "targets": int(self.target.sum()),
             "targets_found": int((self.target & in_graph).sum()),
             "central": int(self.central.sum()),
             "central_found": int((self.central & in_graph).sum()),
-            "edges": len(key),
-            "edges_counted": len(key) - n_soft_true,
+            "edges": edges.shape[1],
+            "edges_counted": edges.shape[1] - n_soft_true,
         }
 
 
@@ -106,12 +105,13 @@ class Evaluation:
         self.seconds += seconds
         for k, v in result.timings.items():
             self.stage_seconds.setdefault(k, []).append(v / len(events))
-        built = to_host(result.built.edge_index)
         edges = to_host(result.graph.edge_index)
         scores = to_host(result.scores)
         offsets = result.node_offsets
-        built_of = np.searchsorted(offsets[1:], built[0], side="right")
         event_of = np.searchsorted(offsets[1:], edges[0], side="right")
+        unpruned = result.built is result.graph
+        built = edges if unpruned else to_host(result.built.edge_index)
+        built_of = event_of if unpruned else np.searchsorted(offsets[1:], built[0], side="right")
         self.n_built_edges += built.shape[1]
         self.n_scored_edges += edges.shape[1]
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
@@ -122,14 +122,14 @@ class Evaluation:
             if ev.truth is None:
                 continue
             truth = SegmentTruth.of(ev)
-            local = edges[:, event_of == k] - offsets[k]
+            mine = event_of == k
+            local = edges[:, mine] - offsets[k]
             pruned = truth.counts(local)
-            unpruned = result.built is result.graph
             self.graph_edges.update(
                 pruned if unpruned else truth.counts(built[:, built_of == k] - offsets[k])
             )
             self.pruned_edges.update(pruned)
-            self.gnn_edges.update(truth.counts(local[:, scores[event_of == k] > threshold]))
+            self.gnn_edges.update(truth.counts(local[:, scores[mine] > threshold]))
             c = self.physics.add(ev, labels)
             self.particles.append(
                 np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
