@@ -34,8 +34,6 @@ def dataclass_from(
         raise error(f"{where} does not match this code: missing {missing}, unknown {unknown}")
     try:
         return cls(**table)
-    except error:
-        raise
     except ValueError as e:
         raise error(f"{where}: {e}") from None
 

@@ -267,11 +267,11 @@ def repair(path: StrPath) -> tuple[int, str] | None:
 def _end_of_records(path: Path) -> int:
     """Byte offset after the last record; RecordingError if the file is not clean."""
     try:
-        end, error = _scan(path)
-    except RecordingError as e:  # the file header
-        end, error = 0, e
-    if error is not None:
-        raise RecordingError(f"cannot append: {error}") from error
+        end, error = _scan(path)  # raises for a bad file header
+        if error is not None:
+            raise error
+    except RecordingError as e:
+        raise RecordingError(f"cannot append: {e}") from e
     return end
 
 
