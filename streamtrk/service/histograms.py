@@ -12,7 +12,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from streamtrk.xp import Array, array_module, bincount, to_host
+from streamtrk.xp import Array, array_module, bincount, to_host_packed
 
 
 class ArrayHistogram(Collector):
@@ -38,11 +38,12 @@ class ArrayHistogram(Collector):
         xp = array_module(values)
         v = values[~xp.isnan(values)]
         index = xp.searchsorted(xp.asarray(self.bounds), v, side="left")
-        counts = to_host(bincount(index, len(self.bounds) + 1))
-        total = float(v.sum(dtype=xp.float64))
+        host = to_host_packed(  # one copy to the host, not two
+            {"counts": bincount(index, len(self.bounds) + 1), "sum": v.sum(dtype=xp.float64)}
+        )
         with self._lock:
-            self._counts += counts
-            self._sum += total
+            self._counts += host["counts"]
+            self._sum += float(host["sum"])
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         with self._lock:
