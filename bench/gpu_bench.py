@@ -471,7 +471,9 @@ def config_part(
     engine, precision, graphs, _ = CONFIGS[config]
     torch._dynamo.reset()
     graphs_before = counters["stats"]["unique_graphs"]
-    scorer = EngineScorer(net.model, dev.name, engine, precision, cuda_graphs=graphs)
+    scorer = EngineScorer(
+        net.model, dev.name, engine, precision, buckets=net.chain.buckets(), cuda_graphs=graphs
+    )
     rec = net.chain.reconstructor(scorer, dev.name)
     dev.reset_peak()
     t = time.perf_counter()

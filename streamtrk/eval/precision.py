@@ -61,7 +61,8 @@ def precision_parity(
     """
     evals, scores, found = {}, {}, {}
     for p in ("fp32", precision):
-        rec = chain.reconstructor(EngineScorer(model, device, engine, p), device)
+        scorer = EngineScorer(model, device, engine, p, buckets=chain.buckets())
+        rec = chain.reconstructor(scorer, device)
         ev, s, t = Evaluation(), [], []
         for i in range(0, len(events), batch_size):
             batch = list(events[i : i + batch_size])

@@ -108,6 +108,7 @@ def engine_cache_key(
         torch.__version__,
         f"{buckets.nodes[0]}-{buckets.nodes[-1]}",
         f"{buckets.edges[0]}-{buckets.edges[-1]}",
+        "opt {}x{}".format(*buckets.opt_pair()),
     )
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
     gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu).strip("-").lower()
@@ -284,8 +285,8 @@ class EngineScorer:
         return edge_scores(graph, self.device, self.logits)
 
     def warm_up(self) -> float:
-        """Run every bucket once on CUDA (one small bucket on the CPU, a small graph for
-        eager); seconds taken.
+        """Run every warm shape (:meth:`warm_shapes`) once, twice with CUDA graphs; seconds
+        taken.
 
         Compilation, autotuning, CUDA-graph capture and TensorRT engine building happen here.
         With ``engine="auto"``, a failure moves to the next engine and records why.
@@ -309,8 +310,9 @@ class EngineScorer:
     def warm_shapes(self) -> list[tuple[int, int]]:
         """(hits, edges) of the graphs :meth:`warm_up` runs.
 
-        On CUDA every bucket once (CUDA graphs and TensorRT profiles are per shape), largest
-        first: the allocator grows once, to the size every later one fits in. On the CPU one
+        On CUDA every pair of ``Buckets.pairs`` (the shapes graphs of the chain's edges per
+        hit pad to; CUDA graphs and TensorRT profiles are per shape), largest first: the
+        allocator grows once, to the size every later one fits in. On the CPU one
         compilation with dynamic hit and edge counts serves every bucket, so the smallest
         bucket compiles it (all of them took minutes and 8 GB there); eager, a small graph.
         """

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE, Buckets
 from streamtrk.recon.card import card_prune, card_tracks, check_card
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import GraphConfig
@@ -30,6 +31,12 @@ class ChainSettings:
     def of_card(cls, card: dict[str, Any]) -> ChainSettings:
         _, graph, threshold = check_card(card)
         return cls(threshold, graph, card_prune(card), card_tracks(card))
+
+    def buckets(self) -> Buckets:
+        """Shape buckets whose warm-up pairs match the graphs this chain scores (pruned
+        graphs have far fewer edges a hit)."""
+        ratio = UNPRUNED_EDGES_PER_NODE if self.prune is None else PRUNED_EDGES_PER_NODE
+        return Buckets(edges_per_node=ratio)
 
     def reconstructor(self, scorer: EdgeScorer, device: str = "cpu") -> Reconstructor:
         """A Reconstructor scoring edges with ``scorer`` on ``device`` in this chain."""
@@ -61,7 +68,9 @@ def load_reconstructor(
     chain = ChainSettings.of_card(card)
     if threshold is not None:
         chain = replace(chain, threshold=threshold)
-    scorer = EngineScorer(model, device, engine, precision, cuda_graphs=cuda_graphs)
+    scorer = EngineScorer(
+        model, device, engine, precision, buckets=chain.buckets(), cuda_graphs=cuda_graphs
+    )
     if warm_up:
         scorer.warm_up()
     return chain.reconstructor(scorer, device)

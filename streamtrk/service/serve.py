@@ -59,9 +59,10 @@ DRAIN_RESERVE_SHARE = 0.25
 
 # max_batch_hits = 0 (the default) means these. On the CPU a batch past about 100k hits
 # costs more per event than its events one by one (graph, pruning and GNN working sets
-# leave the cache; bench/RESULTS.md, "Batch size on the CPU"); a GPU wants large batches.
+# leave the cache; bench/RESULTS.md, "Batch size on the CPU"); a GPU wants large batches:
+# 2M hits hold 16 MU=200 events (about 106k hits each), the GPU issue's batch.
 CPU_BATCH_HITS = 100_000
-GPU_BATCH_HITS = 1_000_000
+GPU_BATCH_HITS = 2_000_000
 
 
 def batch_hits(cfg: ServeConfig, device: str) -> int:

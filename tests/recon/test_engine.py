@@ -57,15 +57,29 @@ def test_bucket_shapes_keep_a_padding_hit() -> None:
     b = SMALL
     assert b.shape(1024, 0) == (2048, 2048)  # 1024 hits need a 1025th, the padding hit
     assert b.shape(1023, 2049) == (1024, 4096)
-    assert all(n in b.nodes and e in b.edges for n, e in b.pairs())
-    assert [e for _, e in b.pairs()] == list(b.edges)
-    assert b.opt_pair() == (2048, 16384)  # opt_edges above the top: the largest pair
-    assert Buckets().opt_pair()[1] == 1024 * 1024
+    assert b.opt_pair() == (8192, 16384)  # opt_edges above the top: the top buckets
+    assert Buckets().opt_pair() == (742400, 1024 * 1024)  # 1Mi edges, 655k hits
     # Past the top bucket, multiples of it, but never so many edges that edges x 64
     # features reach 2**31 (64 MU=200 events used to pad to exactly that).
     assert Buckets().shape(10, 16_000_000)[1] == 16 * 1024 * 1024
     assert Buckets().shape(10, 20_000_000)[1] == 20_000_768  # 32 Mi x 64 would be 2**31
     assert Buckets().shape(10, 60_000_000)[1] == 60_000_256
+
+
+@pytest.mark.parametrize("edges_per_node", [1.6, 8.0])
+def test_warm_pairs_are_the_shapes_of_graphs_at_the_chains_ratio(edges_per_node: float) -> None:
+    b = Buckets(edges_per_node=edges_per_node)
+    pairs = b.pairs()
+    assert pairs == sorted(set(pairs), key=lambda p: (p[1], p[0]))
+    assert sorted({e for _, e in pairs}) == list(b.edges)  # every edge bucket
+    assert all(n in b.nodes or n % b.nodes[-1] == 0 for n, _ in pairs)
+    ladder_ends = np.array(b.edges)
+    edges = np.geomspace(1, b.edges[-1], 20_000).astype(int)
+    edges = np.unique(np.concatenate([edges, ladder_ends, ladder_ends[:-1] + 1]))
+    served = {b.shape(round(e / edges_per_node), int(e)) for e in edges}
+    assert served == set(pairs)  # each one reached, none missing
+    other = 9.6 - edges_per_node  # 8.0 or 1.6: a megaedge graph pads to a shape not warmed
+    assert b.shape(round(2**20 / other), 2**20) not in pairs
 
 
 def test_padding_leaves_real_edges_unchanged(model: InteractionNetwork) -> None:
@@ -121,8 +135,9 @@ def test_model_hash_and_engine_cache_key(model: InteractionNetwork) -> None:
         (*args[:2], "10.10.0", *args[3:]),
         (*args[:3], "fp16", args[4]),
         (*args[:4], Buckets(max_edges=32 * 1024 * 1024)),
+        (*args[:4], Buckets(edges_per_node=8.0)),  # another opt shape
     ]
-    assert len({engine_cache_key(*a) for a in changed} | {key}) == 6
+    assert len({engine_cache_key(*a) for a in changed} | {key}) == 7
 
 
 def test_eager_engine_matches_gnn_scorer(model: InteractionNetwork) -> None:

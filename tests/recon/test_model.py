@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE
 from streamtrk.recon.card import ModelCardError, model_card
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
@@ -61,6 +62,9 @@ def test_pruning_and_track_settings_round_trip(tmp_path: Path) -> None:
     )
     old = load_reconstructor(tmp_path / "old")
     assert old.prune is None and old.tracks == TrackConfig()
+    # Warm-up shapes paired for the graphs each chain scores.
+    assert rec.scorer.buckets.edges_per_node == PRUNED_EDGES_PER_NODE
+    assert old.scorer.buckets.edges_per_node == UNPRUNED_EDGES_PER_NODE
     _edit_card(tmp_path / "m", "stitch_threshold = 0.1", "stitch_treshold = 0.1")
     with pytest.raises(ModelCardError, match=r"\[tracks\].*stitch_treshold"):
         load_reconstructor(tmp_path / "m")
@@ -143,6 +147,28 @@ def test_shipped_model_reconstructs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert report["tracking_efficiency"] >= 0.93
     assert report["fake_rate"] <= 0.05
     assert report["duplicate_rate"] <= 0.05
+
+
+def test_the_shipped_chain_scores_graphs_of_the_warm_up_ratio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The network sees the pruned graph less its hits without an edge: about
+    PRUNED_EDGES_PER_NODE edges a hit, the ratio its warm-up shapes are paired at."""
+    from dataclasses import replace
+
+    from streamtrk.detector import load_detector
+    from streamtrk.recon.graph import without_isolated_hits
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+
+    monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
+    rec = load_reconstructor()
+    cfg = SimConfig(generator=replace(GeneratorConfig(), mu=50))
+    graph = rec.reconstruct(list(simulate(load_detector(), cfg, 4242, 1))).graph
+    scored = without_isolated_hits(graph)
+    ratio = scored.num_edges / scored.num_nodes
+    assert abs(ratio / PRUNED_EDGES_PER_NODE - 1) < 0.15, ratio
+    assert graph.num_edges / graph.num_nodes < 0.5  # far fewer per hit of the event
 
 
 @pytest.mark.realdata
