@@ -3,8 +3,8 @@
 On MU=200 simulated events (simulated once, in a process pool, then reused):
 
 1. ``info``: GPU, versions, model, hits and edges per event.
-2. ``transfers``: host-to-device time of an event's hit columns, device-to-host time of its
-   tracks (per event, medians).
+2. ``transfers``: the chain's hit upload and track download at batch 1 and 16 (one copy
+   each way per batch; milliseconds, bytes, medians).
 3. ``eager_fp32``, ``compile_fp32``, ``compile_bf16``, ``eager_bf16``,
    ``compile_bf16_cudagraphs``: for batch sizes 1, 4, 16, 64, ``Reconstructor.reconstruct``
    timed end to end (events/s, wall percentiles; p99 at batch 1 is the latency figure) and
@@ -42,7 +42,7 @@ The whole benchmark, for a longer device session:
 
     PYTHONPATH=/tmp/site:$PWD timeout 560 python3 bench/gpu_bench.py --out $OUT --budget-s 420
 
-A CPU dry run of the script itself (small events, eager only; no transfers part):
+A CPU dry run of the script itself (small events, eager only):
 
     .venv/bin/python bench/gpu_bench.py --device cpu --events 2 --mu 10 --batches 1 2
         --configs eager_fp32 --out /tmp/gpu-bench --budget-s 300
@@ -90,10 +90,9 @@ from streamtrk.recon.reconstructor import STAGES, Reconstructor
 from streamtrk.recon.tracks import build_tracks
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
-from streamtrk.xp import to_host
+from streamtrk.xp import to_host, to_host_packed
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("x", "y", "z", "volume_id", "layer_id")
 CONFIGS = {  # name: (engine, precision, CUDA graphs, seconds the part needs at least)
     "eager_fp32": ("eager", "fp32", False, 30),
     "compile_fp32": ("compile", "fp32", False, 90),
@@ -420,41 +419,49 @@ def info_part(dev: Device, events: list[Event], mu: float, net: Network) -> dict
     return out
 
 
-def transfers_part(dev: Device, events: list[Event], scorer: EngineScorer, rec: Reconstructor):
-    """Host-to-device of hit columns and device-to-host of tracks, per event (medians)."""
-    cp, det = dev.cupy, rec.detector
-    h2d, d2h, bytes_in, bytes_out = [], [], [], []
-    for ev in events[:16]:
-        host = [np.ascontiguousarray(getattr(ev.hits, k)) for k in COLUMNS]
-        dev.sync()
-        t = time.perf_counter()
-        cols = [cp.asarray(a) for a in host]
-        dev.sync()
-        h2d.append(time.perf_counter() - t)
-        bytes_in.append(sum(a.nbytes for a in host))
-        g = build_graph(*cols, np.array([0, len(ev.hits)]), det, rec.graph_config)
-        if rec.prune is not None:
-            g = select_edges(g, prune_edges(g, rec.prune, det))
-        scores = scorer(g, [ev])
-        r = g.node_features[:, 0]
-        offsets, hits = build_tracks(
-            g.edge_index, scores, r, threshold=rec.threshold, config=rec.tracks
-        )
-        params = fit_tracks(offsets, hits, cols[0], cols[1], cols[2], g.layer, det)
-        arrays = [offsets, hits, *params.values()]
-        dev.sync()
-        t = time.perf_counter()
-        back = [a.get() for a in arrays]
-        d2h.append(time.perf_counter() - t)
-        bytes_out.append(sum(a.nbytes for a in back))
-    return {
-        "events": len(h2d),
-        "h2d_ms_per_event": float(np.median(h2d) * 1000),
-        "d2h_ms_per_event": float(np.median(d2h) * 1000),
-        "h2d_bytes_per_event": float(np.median(bytes_in)),
-        "d2h_bytes_per_event": float(np.median(bytes_out)),
-        "note": "pageable host memory, the default stream; d2h of the batch's track arrays",
-    }
+def transfers_part(dev: Device, events: list[Event], rec: Reconstructor) -> dict[str, Any]:
+    """The chain's own transfers at batch 1 and 16, medians over 16 events' worth of batches:
+    the hits up as ``Reconstructor.reconstruct`` sends them (``batch_columns``: the columns
+    concatenated into one host buffer, one copy; CuPy stages it through its page-locked
+    pool) and the tracks down (``to_host_packed``: the track arrays packed on the device,
+    one copy). On the CPU both are host copies only."""
+    det, out = rec.detector, {"by_batch": {}}
+    for size in sorted({1, min(16, len(events))}):
+        up, down, bytes_in, bytes_out = [], [], [], []
+        for k in range(max(2, 16 // size)):
+            b = batch(events, size, k)
+            dev.sync()
+            t = time.perf_counter()
+            cols, offsets = batch_columns(b, dev.xp)
+            dev.sync()
+            up.append(time.perf_counter() - t)
+            bytes_in.append(sum(a.nbytes for a in cols.values()))
+            g = build_graph(*cols.values(), offsets, det, rec.graph_config)
+            if rec.prune is not None:
+                g = select_edges(g, prune_edges(g, rec.prune, det))
+            scores = rec.scorer(g, b)
+            first, hits = build_tracks(
+                g.edge_index,
+                scores,
+                g.node_features[:, 0],
+                threshold=rec.threshold,
+                config=rec.tracks,
+            )
+            params = fit_tracks(first, hits, cols["x"], cols["y"], cols["z"], g.layer, det)
+            dev.sync()
+            t = time.perf_counter()
+            host = to_host_packed({"offsets": first, "hit_index": hits, **params})
+            down.append(time.perf_counter() - t)
+            bytes_out.append(sum(a.nbytes for a in host.values()))
+        out["by_batch"][str(size)] = {
+            "batches": len(up),
+            "h2d_ms": float(np.median(up) * 1000),
+            "d2h_ms": float(np.median(down) * 1000),
+            "h2d_bytes": float(np.median(bytes_in)),
+            "d2h_bytes": float(np.median(bytes_out)),
+            "h2d_gb_per_s": float(np.median(bytes_in) / np.median(up) / 1e9),
+        }
+    return out
 
 
 def config_part(
@@ -784,10 +791,8 @@ def main() -> None:
     dev = Device(args.device)
     net = load_network()
     bench.part("info", 5, lambda: info_part(dev, events, args.mu, net))
-    if dev.cuda:
-        eager = EngineScorer(net.model, "cuda", "eager")
-        rec = net.chain.reconstructor(eager, "cuda")
-        bench.part("transfers", 10, lambda: transfers_part(dev, events, eager, rec))
+    rec = net.chain.reconstructor(EngineScorer(net.model, dev.name, "eager"), dev.name)
+    bench.part("transfers", 10, lambda: transfers_part(dev, events, rec))
 
     def config(name: str) -> Callable[[], dict[str, Any]]:
         return lambda: config_part(

@@ -26,7 +26,9 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     parts = result["parts"]
     failed = {k: v["error"] for k, v in parts.items() if isinstance(v, dict) and "error" in v}
     assert failed == {}
-    assert {"info", "eager_fp32", "bf16_parity", "kernels", "daemon"} <= set(parts)
+    assert {"info", "transfers", "eager_fp32", "bf16_parity", "kernels", "daemon"} <= set(parts)
+    for size, moved in parts["transfers"]["by_batch"].items():  # the chain's upload, download
+        assert moved["h2d_bytes"] >= 14 * 200 * int(size) and moved["d2h_bytes"] > 0, size
     assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
     assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
     assert parts["daemon"]["exit_code"] == 0
