@@ -81,14 +81,16 @@ class Buckets:
         return bucket(n_nodes + 1, self.nodes), edges
 
     def pairs(self) -> list[tuple[int, int]]:
-        """The shapes a warm-up runs, by edge bucket then node bucket: every edge bucket with
-        each node bucket that graphs of ``edges_per_node`` edges a hit padded to it reach
-        (one or two; graphs of other ratios reuse the same compiled code)."""
+        """The shapes a warm-up runs, by edge bucket then node bucket: each edge bucket with
+        the node buckets (one or two) that graphs of ``edges_per_node`` edges a hit reach,
+        up to the top node bucket (larger graphs compile or record on first use: warming
+        them would only raise the warm-up's peak memory). Graphs of other ratios reuse the
+        same compiled code."""
         out = []
         below = 0  # the edge bucket under this one: its graphs have more edges than that
         for e in self.edges:
             n = self.shape(round((below + 1) / self.edges_per_node), below + 1)[0]
-            top = self.shape(round(e / self.edges_per_node), e)[0]
+            top = min(self.shape(round(e / self.edges_per_node), e)[0], self.nodes[-1])
             while n <= top:
                 out.append((n, e))
                 n = bucket(n + 1, self.nodes)

@@ -71,13 +71,12 @@ def test_warm_pairs_are_the_shapes_of_graphs_at_the_chains_ratio(edges_per_node:
     b = Buckets(edges_per_node=edges_per_node)
     pairs = b.pairs()
     assert pairs == sorted(set(pairs), key=lambda p: (p[1], p[0]))
-    assert sorted({e for _, e in pairs}) == list(b.edges)  # every edge bucket
-    assert all(n in b.nodes or n % b.nodes[-1] == 0 for n, _ in pairs)
+    assert all(n in b.nodes for n, _ in pairs)  # none past the top node bucket
     ladder_ends = np.array(b.edges)
     edges = np.geomspace(1, b.edges[-1], 20_000).astype(int)
     edges = np.unique(np.concatenate([edges, ladder_ends, ladder_ends[:-1] + 1]))
     served = {b.shape(round(e / edges_per_node), int(e)) for e in edges}
-    assert served == set(pairs)  # each one reached, none missing
+    assert {s for s in served if s[0] <= b.nodes[-1]} == set(pairs)  # each reached, none missing
     other = 9.6 - edges_per_node  # 8.0 or 1.6: a megaedge graph pads to a shape not warmed
     assert b.shape(round(2**20 / other), 2**20) not in pairs
 
