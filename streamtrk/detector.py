@@ -15,11 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from streamtrk.xp import array_module
+
 BARREL, ENDCAP = 0, 1
 #: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = 0.0003 B R.
 GEV_PER_TESLA_MM = 0.0003
 PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering assumption
 DEFAULT_DETECTOR = "trackml_detector.toml"
+
+
+def lookup_layer(stride: int, lut: Any, volume_id: Any, layer_id: Any) -> Any:
+    """Layer-table index of each (volume_id, layer_id) through ``Detector.layer_lut`` (its
+    table as a NumPy or CuPy array, the ids alike); -1 where unknown (any id is safe)."""
+    xp = array_module(lut)
+    v, la = volume_id.astype(np.int64), layer_id.astype(np.int64)
+    code = v * stride + la
+    known = (v >= 0) & (la >= 0) & (la < stride) & (code < len(lut))
+    return xp.where(known, lut[xp.where(known, code, 0)], -1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,15 +80,11 @@ class Detector:
     def layer_index(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
         """Table index of each (volume_id, layer_id) pair; -1 where unknown (any id, negative
         or past the table's, is safe)."""
-        stride, lut = self._layer_lut
-        v = np.asarray(volume_id, dtype=np.int64)
-        la = np.asarray(layer_id, dtype=np.int64)
-        code = v * stride + la
-        known = (v >= 0) & (la >= 0) & (la < stride) & (code < len(lut))
-        return np.where(known, lut[np.where(known, code, 0)], -1)
+        stride, lut = self.layer_lut
+        return lookup_layer(stride, lut, np.asarray(volume_id), np.asarray(layer_id))
 
     @cached_property
-    def _layer_lut(self) -> tuple[int, np.ndarray]:
+    def layer_lut(self) -> tuple[int, np.ndarray]:
         """(stride, table): the index of layer (v, l) at ``v * stride + l``, else -1."""
         stride = int(self.layer_id.max()) + 1
         lut = np.full((int(self.volume_id.max()) + 1) * stride, -1, dtype=np.int64)

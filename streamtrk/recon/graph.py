@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, lookup_layer
 from streamtrk.event import Event
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
@@ -144,12 +144,10 @@ def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -
 @cache
 def _device_tables(det: Detector, z0_limit: float, skip: bool, xp: Any) -> dict[str, Array]:
     pairs = layer_pairs(det, z0_max=min(z0_limit, 50.0), skip=skip)
-    lut = np.full(32 * 32, -1, dtype=np.int64)
-    lut[det.volume_id.astype(np.int64) * 32 + det.layer_id] = np.arange(len(det))
     barrel = det.kind == BARREL
     f64 = np.float64
     tables = {
-        "lut": lut,
+        "lut": det.layer_lut[1],
         "pair_inner": pairs[:, 0],
         "pair_outer": pairs[:, 1],
         "barrel": barrel,
@@ -283,9 +281,7 @@ def prepare_search(
     phi = xp.arctan2(y, x)
     phi_p = phi + np.pi  # in [0, 2 pi]
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
-    code = volume_id.astype(xp.int64) * 32 + layer_id.astype(xp.int64)
-    valid = (volume_id >= 0) & (volume_id < 32) & (layer_id >= 0) & (layer_id < 32)
-    layer = xp.where(valid, t["lut"][xp.where(valid, code, 0)], -1)
+    layer = lookup_layer(det.layer_lut[0], t["lut"], volume_id, layer_id)
     on = layer >= 0
     lay0 = xp.where(on, layer, 0)
 

@@ -113,6 +113,32 @@ def test_phi_wrap_around_connects_a_track(det):
     assert {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)} <= edges
 
 
+def test_hits_with_unknown_layer_ids_join_no_edge(det):
+    """Hits whose (volume_id, layer_id) the detector lacks (negative, past its ids, or a
+    layer id that would overflow into the next volume's codes) are off the detector (layer
+    -1; 0 in the graph) and join no edge; the track through the other hits is built."""
+    radii = det.r[det.kind == BARREL][:4]
+    bad = [(-1, 2), (99, 2), (8, -2), (8, 40), (7, det.layer_lut[0] + 2)]
+    n = 4 + len(bad)
+    r = np.concatenate([radii, np.full(len(bad), radii[1])])
+    vol = np.array([8, 8, 8, 8] + [v for v, _ in bad], np.int32)
+    lay = np.array([2, 4, 6, 8] + [la for _, la in bad], np.int32)
+    hits = Hits(
+        hit_id=np.arange(1, n + 1, dtype=np.int64),
+        x=r.astype(np.float32),
+        y=np.zeros(n, np.float32),
+        z=(r * 0.1).astype(np.float32),
+        volume_id=vol,
+        layer_id=lay,
+        module_id=np.ones(n, np.int32),
+    )
+    g = batch_graph([Event(0, 0, hits)], det)
+    index = det.layer_index(vol, lay)
+    assert (index[4:] == -1).all() and (index[:4] >= 0).all()
+    assert (g.layer == np.maximum(index, 0)).all()
+    assert set(map(tuple, g.edge_index.T.tolist())) == {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)}
+
+
 def test_edge_efficiency_on_mu200(mu200_events, det):
     found = total = 0
     for ev in mu200_events:
