@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from streamtrk.recon.tracks import (
     TrackConfig,
@@ -63,6 +64,14 @@ def test_long_chains_converge():
     edges = np.stack([np.arange(n - 1), np.arange(1, n)])[:, ::-1].copy()
     labels = components_label_propagation(edges, n)
     assert np.all(labels == 0)
+
+
+def test_label_propagation_checks_convergence_every_few_iterations_and_at_the_last():
+    edges = np.array([[0, 2], [1, 3]])  # labels final after one iteration, seen in the second
+    assert components_label_propagation(edges, 5, max_iter=2).tolist() == [0, 0, 2, 2, 4]
+    chain = np.stack([np.arange(99), np.arange(1, 100)])  # needs more than one
+    with pytest.raises(RuntimeError, match="did not converge in 1 iterations"):
+        components_label_propagation(chain, 100, max_iter=1)
 
 
 def test_build_tracks_orders_hits_and_drops_short_ones():
