@@ -7,7 +7,7 @@ reads one logit per edge. ``edge_hidden`` may be narrower than ``hidden``: an un
 has about eight edges per hit, and there the cost per edge dominates. The pruned graphs the
 shipped chain scores have about 1.6 edges per hit that has one (the others are dropped
 first), so there the per-hit work is the larger (``matmul_flops``: 30k per edge, 76k per hit
-at the shipped widths of 32 and 32).
+with the shipped model's 32 and 32).
 
 The first layer of every update is linear in a concatenation, so it is applied per part:
 ``W [e, h_src, h_dst] = W_a e + (W_b h)[src] + (W_c h)[dst]``, with the hit projections made
