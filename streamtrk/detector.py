@@ -29,9 +29,8 @@ def lookup_layer(stride: int, lut: Any, volume_id: Any, layer_id: Any) -> Any:
     table as a NumPy or CuPy array, the ids alike); -1 where unknown (any id is safe)."""
     xp = array_module(lut)
     v, la = volume_id.astype(np.int64), layer_id.astype(np.int64)
-    code = v * stride + la
-    known = (v >= 0) & (la >= 0) & (la < stride) & (code < len(lut))
-    return xp.where(known, lut[xp.where(known, code, 0)], -1)
+    known = (v >= 0) & (v < len(lut) // stride) & (la >= 0) & (la < stride)
+    return xp.where(known, lut[xp.where(known, v * stride + la, 0)], -1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -125,7 +125,7 @@ class ServeConfig:
     max_batch_events: int = field(default=8, metadata=_help("most events in one batch"))
     max_batch_hits: int = field(
         default=0,
-        metadata=_help("most hits in one batch; 0: 100000 on the CPU, 1000000 on a GPU"),
+        metadata=_help("most hits in one batch; 0: 100000 on the CPU, 2000000 on a GPU"),
     )
     max_queue_delay_ms: float = field(
         default=5.0, metadata=_help("longest wait for a batch to fill after its first event")

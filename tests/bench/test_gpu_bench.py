@@ -28,7 +28,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert failed == {}
     assert {"info", "transfers", "eager_fp32", "bf16_parity", "kernels", "daemon"} <= set(parts)
     for size, moved in parts["transfers"]["by_batch"].items():  # the chain's upload, download
-        assert moved["h2d_bytes"] >= 14 * 200 * int(size) and moved["d2h_bytes"] > 0, size
+        assert moved["h2d_bytes"] >= 20 * 200 * int(size) and moved["d2h_bytes"] > 0, size
     assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
     assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
     assert parts["daemon"]["exit_code"] == 0

@@ -24,7 +24,7 @@ from gpu_only import cupy_on_cuda
 from torch._dynamo.utils import counters
 
 from streamtrk.eval.precision import precision_parity, tracks_agreement
-from streamtrk.recon.buckets import Buckets
+from streamtrk.recon.buckets import UNPRUNED_EDGES_PER_NODE, Buckets
 from streamtrk.recon.engine import EngineScorer, tensorrt_unavailable
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import batch_graph
@@ -179,7 +179,7 @@ def test_cuda_graphs_score_from_another_thread(recs, mu200_events, det) -> None:
     worker gets the eager scores, or graphs are off and ``fallback_reason`` says why."""
     model = recs[1].scorer.model
     g = batch_graph(mu200_events[:1], det, xp=cupy)
-    few = Buckets(min_nodes=2**16, max_nodes=2**20, min_edges=2**19, max_edges=2**21)
+    few = Buckets(2**16, 2**20, 2**19, 2**21, edges_per_node=UNPRUNED_EDGES_PER_NODE)  # g: unpruned
     torch._dynamo.reset()
     scorer = EngineScorer(model, "cuda", "compile", buckets=few, cuda_graphs=True)
     scorer.warm_up()

@@ -133,9 +133,11 @@ def test_hits_with_unknown_layer_ids_join_no_edge(det):
         module_id=np.ones(n, np.int32),
     )
     g = batch_graph([Event(0, 0, hits)], det)
-    index = det.layer_index(vol, lay)
-    assert (index[4:] == -1).all() and (index[:4] >= 0).all()
-    assert (g.layer == np.maximum(index, 0)).all()
+    expected = [np.flatnonzero((det.volume_id == 8) & (det.layer_id == la))[0] for la in lay[:4]]
+    assert g.layer.tolist() == expected + [0] * len(bad)  # 0: off the detector
+    assert det.layer_index(vol, lay).tolist() == expected + [-1] * len(bad)
+    huge = np.array([2**62, 2**63 - 1, 2**63 // det.layer_lut[0] + 1])  # v * stride overflows
+    assert det.layer_index(huge, np.full(3, 2)).tolist() == [-1, -1, -1]
     assert set(map(tuple, g.edge_index.T.tolist())) == {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)}
 
 
