@@ -9,6 +9,7 @@ import pytest
 from gpu_only import cupy_on_cuda
 
 from streamtrk.detector import BARREL
+from streamtrk.recon import prune
 from streamtrk.recon.graph import (
     Graph,
     batch_graph,
@@ -23,6 +24,7 @@ from streamtrk.recon.prune import (
     layer_code,
     mirror_layers,
     prune_edges,
+    triplet_candidates,
     triplet_inputs,
 )
 from streamtrk.recon.truth import particle_pt, true_segments
@@ -115,6 +117,16 @@ def test_vectorised_mask_equals_brute_force(small_events, det, name):
     assert mask.dtype == bool and mask.shape == (g.num_edges,)
     assert 0 < ref.sum() < g.num_edges  # the comparison means something
     assert np.array_equal(mask, ref)
+
+
+def test_cuts_in_small_chunks_equal_brute_force(small_events, det, monkeypatch):
+    # Hundreds of chunks: every chunk boundary splits the candidates somewhere new.
+    monkeypatch.setattr(prune, "TRIPLET_CHUNK", 37)
+    g = batch_graph(small_events[:1], det)
+    geo, usable, t = triplet_inputs(g, PruneConfig(), det)
+    _, _, lo, hi = triplet_candidates(geo, usable, t)
+    assert (hi - lo).sum() > 100 * prune.TRIPLET_CHUNK
+    assert np.array_equal(prune_edges(g, PruneConfig(), det), _reference(g, PruneConfig(), det))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
