@@ -227,13 +227,17 @@ def load_network() -> Network:
 def gnn_traffic_bytes(cfg: Any, act_bytes: int) -> tuple[float, float]:
     """Least memory traffic of the network per edge and per hit, every step fused into one
     pass (an estimate): per step an edge reads and writes its state, reads its two hit
-    indices and the two gathered hit projections, and adds its float32 message to two hit
-    sums; a hit reads and writes its state, reads its two sums and writes its two
-    projections. Plus the encoders' inputs and the head's score."""
+    indices and the two gathered hit projections, and (but in the last step, which has no
+    hit update) adds its float32 message to two hit sums; a hit reads its state and writes
+    its two projections, and but in the last step writes its state and reads its two sums.
+    Plus the encoders' inputs and the head's score."""
     he, h, steps = cfg.edge_hidden, cfg.hidden, cfg.steps
-    per_edge = steps * (4 * he * act_bytes + 2 * he * 4 + 16) + cfg.edge_in * 4 + 4
-    per_hit = steps * (2 * h * act_bytes + 2 * he * 4 + 2 * he * act_bytes) + cfg.node_in * 4
-    return float(per_edge), float(per_hit)
+    per_edge = steps * (4 * he * act_bytes + 16) + (steps - 1) * 2 * he * 4
+    per_edge += cfg.edge_in * 4 + 4
+    per_hit = steps * (h * act_bytes + 2 * he * act_bytes) + (steps - 1) * (
+        h * act_bytes + 2 * he * 4
+    )
+    return float(per_edge), float(per_hit + cfg.node_in * 4)
 
 
 def gnn_figures(cfg: Any, precision: str, edges: float, hits: float, seconds: float) -> dict:

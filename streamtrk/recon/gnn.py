@@ -3,11 +3,13 @@
 The network encodes hits to ``hidden`` and edges to ``edge_hidden`` features, runs
 ``steps`` residual message-passing steps (edge update from both end hits and the edge; hit
 update from the hit and the gated sums of its incoming and of its outgoing edge states) and
-reads one logit per edge. ``edge_hidden`` may be narrower than ``hidden``: an unpruned graph
-has about eight edges per hit, and there the cost per edge dominates. The pruned graphs the
-shipped chain scores have about 1.6 edges per hit that has one (the others are dropped
-first), so there the per-hit work is the larger (``matmul_flops``: 30k per edge, 76k per hit
-with the shipped model's 32 and 32).
+reads one logit per edge from the edge state. The last step's hit update would go unread,
+so it is not computed (its weights stay in the model, untrained: they never reached the
+loss). ``edge_hidden`` may be narrower than ``hidden``: an unpruned graph has about eight
+edges per hit, and there the cost per edge dominates. The pruned graphs the shipped chain
+scores have about 1.6 edges per hit that has one (the others are dropped first), so there
+the per-hit work is the larger (``matmul_flops``: 29k per edge, 68k per hit with the
+shipped model's 32 and 32).
 
 The first layer of every update is linear in a concatenation, so it is applied per part:
 ``W [e, h_src, h_dst] = W_a e + (W_b h)[src] + (W_c h)[dst]``, with the hit projections made
@@ -48,12 +50,14 @@ class GNNConfig:
         a graph of ``e`` edges and ``n`` hits costs ``e * per_edge + n * per_hit``.
         Element-wise work (norms, activations, gathers, sums) is not counted."""
         h, he, steps = self.hidden, self.edge_hidden, self.steps
-        # Edge: encoder, per step its own two he x he layers and the gate, then the head.
-        per_edge = 2 * (self.edge_in * he + he * he) + steps * 2 * (2 * he * he + he)
-        per_edge += 2 * (he * he + he)
-        # Hit: encoder; per step the two projections onto edges (h -> he), its own two
-        # h x h layers and the projections of its two sums (he -> h).
-        per_hit = 2 * (self.node_in * h + h * h) + steps * 2 * (4 * h * he + 2 * h * h)
+        # Edge: encoder, per step its own two he x he layers, the gate but in the last step
+        # (no hit update follows it), then the head.
+        per_edge = 2 * (self.edge_in * he + he * he) + steps * 2 * 2 * he * he
+        per_edge += (steps - 1) * 2 * he + 2 * (he * he + he)
+        # Hit: encoder; per step the two projections onto edges (h -> he); but in the last
+        # step, its own two h x h layers and the projections of its two sums (he -> h).
+        per_hit = 2 * (self.node_in * h + h * h) + steps * 2 * 2 * h * he
+        per_hit += (steps - 1) * 2 * (2 * h * he + 2 * h * h)
         return per_edge, per_hit
 
 
@@ -126,9 +130,11 @@ class InteractionNetwork(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         h = self.node_encoder(x)
         e = self.edge_encoder(edge_attr)
-        for step in self.steps:
+        for k, step in enumerate(self.steps):
             hb, hc = step.edge.b(h), step.edge.c(h)
             e = e + step.edge.delta(e, hb.index_select(0, src), hc.index_select(0, dst))
+            if k == len(self.steps) - 1:
+                break  # the head reads the edges: the last hit update would go unread
             m = step.message(e)
             incoming = _zeros(h, m.shape[1]).index_add(0, dst, m)
             outgoing = _zeros(h, m.shape[1]).index_add(0, src, m)
@@ -143,16 +149,19 @@ class InteractionNetwork(nn.Module):
         blocks = blocks or [slice(0, 0)]
         h = self.node_encoder(x)
         e = torch.cat([self.edge_encoder(edge_attr[s]) for s in blocks])
-        for step in self.steps:
+        for k, step in enumerate(self.steps):
+            last = k == len(self.steps) - 1  # no hit update: the head reads the edges
             hb, hc = step.edge.b(h), step.edge.c(h)
             incoming, outgoing = _zeros(h, e.shape[1]), _zeros(h, e.shape[1])
             for s in blocks:
                 es = e[s]
                 es += step.edge.delta(es, hb.index_select(0, src[s]), hc.index_select(0, dst[s]))
-                m = step.message(es)
-                incoming.index_add_(0, dst[s], m)
-                outgoing.index_add_(0, src[s], m)
-            h = h + step.node_delta(h, incoming, outgoing)
+                if not last:
+                    m = step.message(es)
+                    incoming.index_add_(0, dst[s], m)
+                    outgoing.index_add_(0, src[s], m)
+            if not last:
+                h = h + step.node_delta(h, incoming, outgoing)
         return torch.cat([self.head(e[s]).squeeze(-1) for s in blocks])
 
 

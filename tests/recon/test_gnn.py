@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,28 @@ def test_torch_export_with_dynamic_graph_size(model: InteractionNetwork) -> None
     other = _graph(70, 333, 7)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(*other), model(*other))
+
+
+def test_the_last_hit_update_is_not_computed() -> None:
+    # The head reads edges, so the last step's hit update would go unread: neither forward
+    # nor infer calls its layers (or its gate); the step before calls them.
+    torch.manual_seed(0)
+    model = InteractionNetwork(GNNConfig(hidden=16, edge_hidden=8, steps=3)).eval()
+    calls = {"last": 0, "before": 0}
+
+    def count(name: str) -> Callable[..., None]:
+        return lambda *_: calls.__setitem__(name, calls[name] + 1)
+
+    for name, step in (("last", model.steps[-1]), ("before", model.steps[-2])):
+        for layer in (*step.node.children(), step.gate):
+            layer.register_forward_hook(count(name))
+    x, ei, ea = _graph(90, 600, 6)
+    with torch.no_grad():
+        model(x, ei, ea)
+        model.infer(x, ei, ea, block=128)
+    # forward: the 5 layers of the hit update (a, b, c, norm, out) and the gate; infer: the
+    # same with the gate once per block of 128 edges (5 blocks)
+    assert calls == {"last": 0, "before": (5 + 1) + (5 + 5)}
 
 
 @pytest.mark.parametrize("cfg", [GNNConfig(), GNNConfig(hidden=48, edge_hidden=16, steps=3)])
