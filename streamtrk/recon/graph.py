@@ -36,6 +36,7 @@ from streamtrk.xp import (
 )
 
 SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
+QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 
 
@@ -307,49 +308,64 @@ def prepare_search(
 
     # Queries: (inner hit, layer pair), then one per bin of the outer layer it can reach.
     starts = xp.searchsorted(t["pair_inner"], xp.arange(n_layers + 1), side="left")
-    hits_on = xp.nonzero(on)[0]
-    lay_on = layer[hits_on]
-    q_hit, q_pair = expand_ranges(starts[lay_on], starts[lay_on + 1])
-    qi = hits_on[q_hit]
-    outer = t["pair_outer"][q_pair]
-    # Layers without a hit in the query's event (the disks of a barrel-only event) get no
-    # queries: nothing to find there.
     n_events = int(node_offsets.shape[0] - 1)
-    occupied = bincount(event[hits_on] * n_layers + lay_on, n_events * n_layers)
-    alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
-    qi, outer = qi[alive], outer[alive]
-    ob = t["barrel"][outer]
-    ri, zi = r[qi], z[qi]
-    # z0 reach of a query: the exact resolution term between barrel layers, else the bound.
-    inner = lay0[qi]
-    r_out = t["r"][outer]
-    dr_b = xp.maximum(r_out - ri, 1.0)
-    sig = xp.where(
-        ob & t["barrel"][inner],
-        xp.hypot(t["sigma_z"][inner] * r_out / dr_b, t["sigma_z"][outer] * ri / dr_b),
-        cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
-    )
-    reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-    m = cfg.layer_margin
-    u_lo, u_hi = _target_range(ri, zi, ob, r_out, t["z"][outer], t["u_max"][outer], reach, m, xp)
-    dr_max = xp.where(ob, r_out + m, u_hi) - ri
-    # Half-width of the phi window, at most pi (the whole circle; more would reach outside
-    # the grid). The dphi cut stops at pi too, so that no hit is found as both its copies.
-    w = xp.minimum(
-        cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, np.pi
-    )
-    b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
-    # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
-    # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last] are a
-    # difference of two cell starts.
-    row0 = (event[qi] * n_layers + outer) * nb
-    in_rows = cell_start[(row0 + b_hi + 1) * (2 * nphi)] - cell_start[(row0 + b_lo) * (2 * nphi)]
-    b_hi = xp.where(in_rows > 0, b_hi, b_lo - 1)
-    # phi-bin range of each query, moved up by n_phi (and 2 pi) when it would start below 0.
-    p_lo = xp.floor((phi_p[qi] - w) * to_bin).astype(xp.int64)
-    p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
-    low = p_lo < 0
-    p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
+    hits_on = xp.nonzero(on)[0]
+    occupied = bincount(event[hits_on] * n_layers + layer[hits_on], n_events * n_layers)
+
+    def queries(hits: Array) -> tuple[Array, ...]:
+        """The queries of ``hits``: hit, its r and z, first grid row of the outer layer,
+        bins, z0 reach, phi centre and phi bins."""
+        lay_on = layer[hits]
+        q_hit, q_pair = expand_ranges(starts[lay_on], starts[lay_on + 1])
+        qi = hits[q_hit]
+        outer = t["pair_outer"][q_pair]
+        # Layers without a hit in the query's event (the disks of a barrel-only event) get
+        # no queries: nothing to find there.
+        alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
+        qi, outer = qi[alive], outer[alive]
+        ob = t["barrel"][outer]
+        ri, zi = r[qi], z[qi]
+        # z0 reach: the exact resolution term between barrel layers, else the bound.
+        inner = lay0[qi]
+        r_out = t["r"][outer]
+        dr_b = xp.maximum(r_out - ri, 1.0)
+        sig = xp.where(
+            ob & t["barrel"][inner],
+            xp.hypot(t["sigma_z"][inner] * r_out / dr_b, t["sigma_z"][outer] * ri / dr_b),
+            cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
+        )
+        reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
+        m = cfg.layer_margin
+        z_out, u_max = t["z"][outer], t["u_max"][outer]
+        u_lo, u_hi = _target_range(ri, zi, ob, r_out, z_out, u_max, reach, m, xp)
+        dr_max = xp.where(ob, r_out + m, u_hi) - ri
+        # Half-width of the phi window, at most pi (the whole circle; more would reach
+        # outside the grid). The dphi cut stops at pi too, so that no hit is found as both
+        # its copies.
+        w = xp.minimum(
+            cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, np.pi
+        )
+        b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
+        # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
+        # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last]
+        # are a difference of two cell starts.
+        row0 = (event[qi] * n_layers + outer) * nb
+        first, last = (row0 + b_lo) * (2 * nphi), (row0 + b_hi + 1) * (2 * nphi)
+        b_hi = xp.where(cell_start[last] - cell_start[first] > 0, b_hi, b_lo - 1)
+        # phi-bin range, moved up by n_phi (and 2 pi) when it would start below 0.
+        p_lo = xp.floor((phi_p[qi] - w) * to_bin).astype(xp.int64)
+        p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
+        low = p_lo < 0
+        p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
+        return qi, ri, zi, row0, b_lo, b_hi, reach, phi_p[qi] + low * two_pi, p_lo, p_hi
+
+    # On the CPU in chunks of hits, whose temporaries stay in cache; on the GPU in one.
+    n_chunks = 1 if xp is not np else max(1, -(-len(hits_on) // QUERY_HIT_CHUNK))
+    bounds = np.linspace(0, len(hits_on), n_chunks + 1).astype(np.int64)
+    parts = [queries(hits_on[lo:hi]) for lo, hi in pairwise(bounds)]
+    if len(parts) > 1:
+        parts = [tuple(xp.concatenate(field) for field in zip(*parts, strict=True))]
+    qi, ri, zi, row0, b_lo, b_hi, reach, centre, p_lo, p_hi = parts[0]
     ctx = CandidateSearch(
         qi=qi,
         ri=ri,
@@ -358,7 +374,7 @@ def prepare_search(
         b_lo=b_lo,
         b_hi=b_hi,
         reach=reach,
-        centre=phi_p[qi] + low * two_pi,
+        centre=centre,
         p_lo=p_lo,
         p_hi=p_hi,
         cell_start=cell_start,
