@@ -5,6 +5,7 @@ import pytest
 
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
+from streamtrk.recon import graph as graph_module
 from streamtrk.recon.graph import (
     KERNELS,
     GraphConfig,
@@ -34,6 +35,20 @@ def test_grid_search_equals_brute_force(small_events, det):
     brute = batch_graph(small_events[:1], det, GraphConfig(n_bins=1, n_phi_bins=1))
     assert fine.num_edges > 10_000
     assert np.array_equal(_keys(fine), _keys(brute))
+
+
+def test_queries_set_up_in_chunks_equal_one_piece(small_events, det, monkeypatch):
+    cols, offsets = batch_columns(small_events[:1], np)
+    fields = ("qi", "ri", "zi", "row0", "b_lo", "b_hi", "reach", "centre", "p_lo", "p_hi")
+
+    def queries(chunk: int) -> list[np.ndarray]:
+        monkeypatch.setattr(graph_module, "QUERY_HIT_CHUNK", chunk)
+        ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
+        return [getattr(ctx, f) for f in fields]
+
+    assert len(cols["x"]) > 50 * 97  # dozens of chunks of 97 hits
+    for chunked, whole in zip(queries(97), queries(1 << 40), strict=True):
+        assert chunked.dtype == whole.dtype and np.array_equal(chunked, whole)
 
 
 def test_edges_are_unique_outward_and_within_layer_pairs(small_events, det):
