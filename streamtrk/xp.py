@@ -78,6 +78,21 @@ def _spans(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
     return spans, at
 
 
+def chunk_bounds(n: int, chunk: int, xp: Any, cumulative: np.ndarray | None = None) -> list[int]:
+    """Bounds ``[0, ..., n]`` that cut ``n`` items into runs of about ``chunk`` items, or of
+    about ``chunk`` weight where ``cumulative`` is the running total of the items' weights.
+    Chunks are for the CPU, whose temporaries then stay in cache; on the GPU (any ``xp`` but
+    NumPy) one run, for the launch count."""
+    if xp is not np or n == 0:
+        return [0, n]
+    total = n if cumulative is None else int(cumulative[-1])
+    n_chunks = max(1, -(-total // chunk))
+    if cumulative is None:
+        return np.linspace(0, n, n_chunks + 1).astype(np.int64).tolist()
+    cuts = np.searchsorted(cumulative, np.linspace(0, total, n_chunks + 1)[1:-1])
+    return np.unique([0, *cuts, n]).tolist()  # no empty runs
+
+
 def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     """Where each of ``queries`` sits in ``keys`` (unique values, any order): ``(index,
     found)``; ``index`` is 0 where ``found`` is False. One sort of ``keys``, one search."""

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from streamtrk.xp import bincount, concatenate_to_device, csr_rows, to_host_packed
+from streamtrk.xp import (
+    bincount,
+    chunk_bounds,
+    concatenate_to_device,
+    csr_rows,
+    to_host_packed,
+)
 
 
 def test_to_host_packed_gives_back_every_array_unchanged():
@@ -55,3 +61,15 @@ def test_concatenate_to_device_packs_the_columns_in_one_buffer():
         np.testing.assert_array_equal(out[k], np.concatenate(parts))
     assert len({id(v.base) for v in out.values()}) == 1  # views of one buffer
     assert all(v.ctypes.data % v.itemsize == 0 for v in out.values())  # aligned
+
+
+def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():
+    assert chunk_bounds(10, 3, np) == [0, 2, 5, 7, 10]  # 4 runs of 2-3 items
+    assert chunk_bounds(0, 3, np) == [0, 0]
+    # weights 4, 0, 4, 1, 1, 4 (total 14) in runs of about 4: a run starts at the item whose
+    # running total reaches 3.5, 7 and 10.5
+    assert chunk_bounds(6, 4, np, np.cumsum([4, 0, 4, 1, 1, 4])) == [0, 2, 5, 6]
+    for chunk in (1, 3, 100):
+        b = chunk_bounds(6, chunk, np, np.cumsum([4, 0, 4, 1, 1, 4]))
+        assert b[0] == 0 and b[-1] == 6 and (np.diff(b) > 0).all()
+    assert chunk_bounds(10, 3, xp=None) == [0, 10]  # not NumPy: the GPU's one run

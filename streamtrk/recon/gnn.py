@@ -150,18 +150,20 @@ class InteractionNetwork(nn.Module):
         h = self.node_encoder(x)
         e = torch.cat([self.edge_encoder(edge_attr[s]) for s in blocks])
         for k, step in enumerate(self.steps):
-            last = k == len(self.steps) - 1  # no hit update: the head reads the edges
             hb, hc = step.edge.b(h), step.edge.c(h)
-            incoming, outgoing = _zeros(h, e.shape[1]), _zeros(h, e.shape[1])
+            # (incoming, outgoing) sums; none in the last step: the head reads the edges
+            sums = (
+                None if k == len(self.steps) - 1 else (_zeros(h, e.shape[1]), _zeros(h, e.shape[1]))
+            )
             for s in blocks:
                 es = e[s]
                 es += step.edge.delta(es, hb.index_select(0, src[s]), hc.index_select(0, dst[s]))
-                if not last:
+                if sums is not None:
                     m = step.message(es)
-                    incoming.index_add_(0, dst[s], m)
-                    outgoing.index_add_(0, src[s], m)
-            if not last:
-                h = h + step.node_delta(h, incoming, outgoing)
+                    sums[0].index_add_(0, dst[s], m)
+                    sums[1].index_add_(0, src[s], m)
+            if sums is not None:
+                h = h + step.node_delta(h, *sums)
         return torch.cat([self.head(e[s]).squeeze(-1) for s in blocks])
 
 

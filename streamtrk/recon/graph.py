@@ -30,6 +30,7 @@ from streamtrk.xp import (
     Array,
     array_module,
     bincount,
+    chunk_bounds,
     concatenate_to_device,
     expand_ranges,
     to_host,
@@ -359,9 +360,7 @@ def prepare_search(
         p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
         return qi, ri, zi, row0, b_lo, b_hi, reach, phi_p[qi] + low * two_pi, p_lo, p_hi
 
-    # On the CPU in chunks of hits, whose temporaries stay in cache; on the GPU in one.
-    n_chunks = 1 if xp is not np else max(1, -(-len(hits_on) // QUERY_HIT_CHUNK))
-    bounds = np.linspace(0, len(hits_on), n_chunks + 1).astype(np.int64)
+    bounds = chunk_bounds(len(hits_on), QUERY_HIT_CHUNK, xp)
     parts = [queries(hits_on[lo:hi]) for lo, hi in pairwise(bounds)]
     if len(parts) > 1:
         parts = [tuple(xp.concatenate(field) for field in zip(*parts, strict=True))]
@@ -404,10 +403,11 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     kernels)."""
     xp = ctx.xp
     q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
-    n_chunks = 1 if xp is not np else max(1, -(-len(q_all) // SEARCH_CHUNK))
-    threads = min(ctx.cfg.threads, available_cpus()[0], n_chunks)
-    bounds = np.linspace(0, len(q_all), n_chunks + 1).astype(np.int64)
-    chunks = [(q_all[lo:hi], b_all[lo:hi]) for lo, hi in pairwise(bounds)]
+    chunks = [
+        (q_all[lo:hi], b_all[lo:hi])
+        for lo, hi in pairwise(chunk_bounds(len(q_all), SEARCH_CHUNK, xp))
+    ]
+    threads = min(ctx.cfg.threads, available_cpus()[0], len(chunks))
     if threads == 1:
         parts = [ctx.run(*c) for c in chunks]
     else:

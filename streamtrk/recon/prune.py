@@ -42,7 +42,7 @@ import numpy as np
 from streamtrk.detector import BARREL, Detector
 from streamtrk.recon.graph import Graph, event_graphs
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, expand_ranges
+from streamtrk.xp import Array, array_module, chunk_bounds, expand_ranges
 
 WINDOWS_FILE = "prune_windows.toml"
 KERNELS = "triplet_search.cu"  # the GPU triplet search
@@ -298,7 +298,8 @@ def compatible_triplets(
     pair_a, th_a, k2_a = (g[k][a_ids] for k in ("pair", "theta", "k2"))
     lay_b, th_b, k2_b = (g[k][b_ids] for k in ("lay_j", "theta", "k2"))
     found_a, found_b = [], []
-    for s, e in pairwise(_chunk_bounds(lo, hi, xp)):
+    ends = np.cumsum(np.maximum(hi - lo, 0)) if xp is np else None
+    for s, e in pairwise(chunk_bounds(len(lo), TRIPLET_CHUNK, xp, ends)):
         q, pos = expand_ranges(lo[s:e], hi[s:e])
         if s:
             q += s
@@ -314,17 +315,6 @@ def compatible_triplets(
         found_a.append(a[ok])
         found_b.append(b[ok])
     return xp.concatenate(found_a), xp.concatenate(found_b)
-
-
-def _chunk_bounds(lo: Array, hi: Array, xp: Any) -> list[int]:
-    """Bounds of runs of inner edges with about ``TRIPLET_CHUNK`` candidates each (NumPy),
-    or of one run (CuPy)."""
-    if xp is not np or len(lo) == 0:
-        return [0, len(lo)]
-    ends = np.cumsum(np.maximum(hi - lo, 0))
-    n_chunks = max(1, -(-int(ends[-1]) // TRIPLET_CHUNK))
-    cuts = np.searchsorted(ends, np.linspace(0, ends[-1], n_chunks + 1)[1:-1])
-    return [0, *np.unique(cuts).tolist(), len(lo)]
 
 
 def keep_kernels(
