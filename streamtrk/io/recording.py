@@ -230,10 +230,24 @@ class RecordingWriter:
         return offset
 
     def write_event(self, event: Event) -> int:
-        """Record an event: its hits message, then its truth message when it has truth."""
-        offset = self.write(encode_hits(event, t_send_ns=0))
+        """Record an event: its hits message, then its truth message when it has truth.
+
+        The messages are decoded first, as a reader will: an event the readers would refuse
+        (NaN coordinates, duplicate hit ids, sizes over the default limits) raises its
+        :class:`WireError` and nothing is written."""
+        messages = [encode_hits(event, t_send_ns=0)]
         if event.truth is not None:
-            self.write(encode_truth(event.run, event.event, event.truth, t_send_ns=0))
+            messages.append(encode_truth(event.run, event.event, event.truth, t_send_ns=0))
+        for frames in messages:
+            try:
+                decode(frames)
+            except WireError as e:
+                detail = str(e).removeprefix(f"{e.reason}: ")
+                what = f"event {event.run}/{event.event} cannot be recorded"
+                raise WireError(e.reason, f"{what}: {detail}") from e
+        offset = self.write(messages[0])
+        for frames in messages[1:]:
+            self.write(frames)
         return offset
 
     def flush(self) -> None:

@@ -21,7 +21,7 @@ from streamtrk.io.recording import (
     repair,
     summarize,
 )
-from streamtrk.wire import encode_hits, encode_tracks, encode_truth
+from streamtrk.wire import WireError, encode_hits, encode_tracks, encode_truth
 
 
 def make_event(rng: np.random.Generator, n: int, event: int) -> Event:
@@ -252,6 +252,29 @@ def test_iter_events_rejects_invalid_message(tmp_path: Path) -> None:
     write(path, [[b"\xc1"]])
     with pytest.raises(RecordingError, match="record at offset 12: not_msgpack"):
         list(iter_events(path))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [("nan_x", "non_finite"), ("duplicate_id", "duplicate_hit_id"), ("negative_pid", "id_range")],
+)
+def test_write_event_refuses_what_readers_refuse(
+    tmp_path: Path, rng: np.random.Generator, spoil: str, reason: str
+) -> None:
+    good, bad = make_event(rng, 5, 0), make_event(rng, 5, 1)
+    if spoil == "nan_x":
+        bad.hits.x[2] = np.nan
+    elif spoil == "duplicate_id":
+        bad.hits.hit_id[3] = bad.hits.hit_id[1]
+    else:  # in the truth message, written after the hits message
+        bad.truth.hits.particle_id[0] = -1
+    path = tmp_path / "r.stk"
+    with RecordingWriter(path) as w:
+        w.write_event(good)
+        with pytest.raises(WireError, match=f"{reason}: event 3/1 cannot be recorded"):
+            w.write_event(bad)
+        w.write_event(make_event(rng, 5, 2))
+    assert [e.event for e in iter_events(path)] == [0, 2]  # nothing of the bad one written
 
 
 def test_summarize(small: Any, tmp_path: Path) -> None:
