@@ -423,7 +423,9 @@ def _arrays(frames: list[Any], specs: dict[str, tuple[str, int]]) -> dict[str, n
                 "buffer_length",
                 f"column {name!r}: frame has {view.nbytes} bytes, {n} x {dt} needs {want}",
             )
-        out[name] = np.frombuffer(view, dtype=dt)
+        column = np.frombuffer(view, dtype=dt)
+        column.flags.writeable = False  # read-only views, also of writable buffers
+        out[name] = column
     return out
 
 

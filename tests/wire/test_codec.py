@@ -206,8 +206,9 @@ def test_encode_is_zero_copy(rng: np.random.Generator) -> None:
     assert np.shares_memory(np.frombuffer(frames[2], np.float32), ev.hits.x)
 
 
-def test_decode_is_zero_copy(rng: np.random.Generator) -> None:
-    frames = [bytes(f) for f in encode_hits(random_event(rng, 100))]
+@pytest.mark.parametrize("buffer", [bytes, bytearray])
+def test_decode_is_zero_copy(rng: np.random.Generator, buffer: type) -> None:
+    frames = [buffer(f) for f in encode_hits(random_event(rng, 100))]
     msg = decode(frames)
     for name, frame in zip(msg.columns, frames[1:], strict=True):
         assert np.shares_memory(msg.columns[name], np.frombuffer(frame, np.uint8))
