@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from streamtrk.xp import index_of
 TRUTH_COLUMNS = ("hit_id", "particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
 _TRUTH_CSV_DTYPES = {"hit_id": "<i8", **{k: HIT_TRUTH_DTYPES[k] for k in TRUTH_COLUMNS[1:]}}
 _SUBMISSION_DTYPES = {"event_id": "<i8", "hit_id": "<i8", "track_id": "<i8"}
+#: Integer columns that may be negative: the charge, and a submission's track labels.
+SIGNED_COLUMNS = frozenset({"q", "track_id"})
 _EVENT_RE = re.compile(r"event(\d+)")
 _HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
 _POW10 = 10.0 ** np.arange(23)
@@ -49,7 +52,33 @@ Columns = dict[str, np.ndarray]
 
 def _read_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    return gzip.decompress(data) if path.name.endswith(".gz") else data
+    if not path.name.endswith(".gz"):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: not a whole gzip file ({err})") from err
+
+
+def _checked(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` (int64 or float64 as parsed) as ``dtype``; ValueError naming the file, the
+    column and the first bad row where a value does not fit: an integer outside the dtype
+    (or below 0, but in :data:`SIGNED_COLUMNS`: ids and counts), a float not
+    finite once rounded (NaN, inf, or past float32's range)."""
+    if dtype.kind == "i":
+        lo, hi = (np.iinfo(dtype).min if name in SIGNED_COLUMNS else 0), np.iinfo(dtype).max
+        bad = (values < lo) | (values > hi)
+        what = f"outside [{lo}, {hi}]"
+        out = values.astype(dtype)
+    else:
+        with np.errstate(over="ignore"):
+            out = values.astype(dtype)
+        bad = ~np.isfinite(out)
+        what = "not a finite number"
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{path}: column {name!r}, data row {row + 1}: {values[row]} is {what}")
+    return out
 
 
 def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = ()) -> Columns:
@@ -59,10 +88,11 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     may be missing (then absent from the result); other missing columns raise ValueError.
     """
     header, _, body = _read_bytes(path).replace(b"\r", b"").partition(b"\n")
-    index = {name.strip(): i for i, name in enumerate(header.decode().split(","))}
+    head = header.decode("utf-8", errors="replace")
+    index = {name.strip(): i for i, name in enumerate(head.split(","))}
     for name in dtypes:
         if name not in index and name not in optional:
-            raise ValueError(f"{path}: missing column {name!r} (header: {header.decode()!r})")
+            raise ValueError(f"{path}: missing column {name!r} (header: {head!r})")
     names = [name for name in dtypes if name in index]
     parse = [(n, np.int64 if np.dtype(dtypes[n]).kind == "i" else np.float64) for n in names]
     cols = [index[n] for n in names]
@@ -72,7 +102,7 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
             table = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
-    return {n: table[n].astype(dtypes[n]) for n in names}
+    return {n: _checked(path, n, table[n], np.dtype(dtypes[n])) for n in names}
 
 
 def _find(prefix: Path, kind: str) -> Path | None:
@@ -137,6 +167,8 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
         particles = _particles_from_truth(pid)
     else:
         particles = Particles.from_columns(_read_csv(particles_path, PARTICLE_DTYPES))
+        if len(np.unique(particles.particle_id)) != len(particles):
+            raise ValueError(f"{particles_path}: duplicate particle_id")
     vz = np.nan_to_num(_per_hit(particles, pid, particles.vz), nan=0.0)  # unknown: vz = 0
     distance = np.abs(cols["tz"] - vz)
     cols["hit_order"] = hit_order(pid, distance)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,62 @@ def test_single_row_and_malformed_row(tmp_path):
     hits_path = tmp_path / "event000000042-hits.csv"
     hits_path.write_text(hits_path.read_text() + "7,1.0,2.0\n")
     with pytest.raises(ValueError, match=r"event000000042-hits\.csv: "):
+        read_event(prefix)
+
+
+def _set_value(column: str, row: int, value: str):
+    def transform(header, rows):
+        rows[row][header.index(column)] = value
+        return header, rows
+
+    return transform
+
+
+@pytest.mark.parametrize(
+    ("kind", "column", "value", "message"),
+    [
+        ("hits", "x", "nan", "'x', data row 3: nan is not a finite number"),
+        ("hits", "z", "1e39", "'z', data row 3: 1e\\+39 is not a finite number"),  # past float32
+        ("hits", "hit_id", "-5", "'hit_id', data row 3: -5 is outside"),
+        ("hits", "volume_id", "4294967304", "'volume_id', data row 3: 4294967304 is outside"),
+        ("truth", "particle_id", "-1", "'particle_id', data row 3: -1 is outside"),
+        ("truth", "weight", "inf", "'weight', data row 3: inf is not a finite number"),
+        ("particles", "nhits", "-2", "'nhits', data row 3: -2 is outside"),
+        ("particles", "q", "-4294967296", "'q', data row 3: -4294967296 is outside"),
+    ],
+)
+def test_values_that_do_not_fit_are_refused(tmp_path, kind, column, value, message):
+    prefix = write_event(synthetic_event(), tmp_path)
+    path = tmp_path / f"event000000042-{kind}.csv"
+    _rewrite_csv(path, _set_value(column, 2, value))
+    with pytest.raises(ValueError, match=rf"{path.name}: column {message}"):
+        read_event(prefix)
+
+
+def test_negative_charge_and_track_labels_are_read(tmp_path):
+    event = synthetic_event()
+    assert (event.truth.particles.q < 0).any()
+    assert read_event(write_event(event, tmp_path)).truth.particles.q.min() == -1
+    path = tmp_path / "sub.csv"
+    path.write_text("event_id,hit_id,track_id\n1,5,-1\n1,6,3\n")
+    assert read_submission(path)[1][1].tolist() == [-1, 3]
+
+
+def test_duplicate_particle_and_bad_gzip_are_refused(tmp_path):
+    prefix = write_event(synthetic_event(), tmp_path)
+    particles = tmp_path / "event000000042-particles.csv"
+    _rewrite_csv(particles, lambda header, rows: (header, [*rows, rows[0]]))
+    with pytest.raises(ValueError, match=r"particles\.csv: duplicate particle_id"):
+        read_event(prefix)
+    particles.unlink()
+    hits = tmp_path / "event000000042-hits.csv"
+    gz = hits.with_name(hits.name + ".gz")
+    gz.write_bytes(gzip.compress(hits.read_bytes())[:-20])  # cut short
+    hits.unlink()
+    with pytest.raises(ValueError, match=r"hits\.csv\.gz: not a whole gzip file"):
+        read_event(prefix)
+    gz.write_bytes(b"plain text")
+    with pytest.raises(ValueError, match=r"hits\.csv\.gz: not a whole gzip file"):
         read_event(prefix)
 
 
