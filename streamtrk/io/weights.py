@@ -56,13 +56,18 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
 
     ``particle_id``, ``distance`` (|z - vz| of the hit) and ``pt`` (its particle's
     production pT, GeV) are per hit. A particle's hit count is its number of hits here;
-    beyond 20 hits the n = 20 row is used with the order clipped to 19.
+    beyond 20 hits its first 20 take the n = 20 row and the later ones weigh 0, as in the
+    TrackML reference code.
     """
     pid = np.asarray(particle_id)
     _, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
     nhits = counts[inverse]
     order = hit_order(pid, distance)
-    w_order = ORDER_WEIGHTS[np.minimum(nhits, MAX_HITS), np.clip(order, 0, MAX_HITS - 1)]
+    w_order = np.where(
+        order < MAX_HITS,
+        ORDER_WEIGHTS[np.minimum(nhits, MAX_HITS), np.clip(order, 0, MAX_HITS - 1)],
+        0.0,
+    )
     w = np.where((pid != 0) & (nhits >= MIN_HITS), pt_weight(pt) * w_order, 0.0)
     total = w.sum()
     return (w / total if total > 0 else w).astype(np.float32)

@@ -43,8 +43,9 @@ def test_weights_sum_to_one_and_zero_cases():
     assert not w[pid == 0].any()  # noise
     assert not w[pid == 1].any()  # fewer than 4 hits
     assert not w[pid == 5].any()  # pT below 0.05 GeV
-    for p in (2, 3, 4):
+    for p in (2, 3):
         assert np.all(w[pid == p] > 0)
+    assert np.count_nonzero(w[pid == 4]) == 20  # 25 hits: the hits past the 20th weigh 0
 
 
 def test_weights_per_particle():
@@ -57,11 +58,11 @@ def test_weights_per_particle():
     sel = pid == 2
     along = w[sel][np.argsort(distance[sel])]
     assert along / along.sum() == pytest.approx(np.array(ORDER_PROPOSAL) / sum(ORDER_PROPOSAL))
-    # 25 hits: the n = 20 row, orders beyond 19 use its last entry
+    # 25 hits: the n = 20 row for the first 20, weight 0 beyond (the reference's rule)
     sel = pid == 3
     along = w[sel][np.argsort(distance[sel])]
     scale = 1.0 / per_particle[0]  # weight units of a pT-weight-1 particle
-    expected = ORDER_WEIGHTS[20, np.minimum(np.arange(25), 19)]
+    expected = np.r_[ORDER_WEIGHTS[20], np.zeros(5)]
     assert along * scale == pytest.approx(expected, rel=1e-5)
 
 
