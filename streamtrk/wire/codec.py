@@ -1,4 +1,4 @@
-"""Encode and strictly decode wire messages (schema v1).
+"""Encode and strictly decode wire messages (schema v2, v1 still decoded).
 
 A message is a list of ZeroMQ frames: frame 0 is a msgpack header map, frames 1..N are
 raw little-endian column buffers in the order the header's ``columns`` lists them.
