@@ -60,8 +60,9 @@ class GraphConfig:
     layer_margin: float = 10.0  # mm: hits may lie this far off their layer's nominal surface
 
     def phi_slope_max(self, bfield: float) -> float:
-        """Largest |dphi/dr| (rad/mm) accepted."""
-        return self.phi_slope_margin * GEV_PER_TESLA_MM * bfield / (2 * self.pt_min)
+        """Largest |dphi/dr| (rad/mm) accepted (either sign of the field: tracks turn the
+        other way, as much)."""
+        return self.phi_slope_margin * GEV_PER_TESLA_MM * abs(bfield) / (2 * self.pt_min)
 
 
 @cache

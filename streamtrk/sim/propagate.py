@@ -81,7 +81,7 @@ def propagate(
     n_seen = np.zeros(len(charge), dtype=np.int64)
     active = np.flatnonzero((np.hypot(mom[:, 0], mom[:, 1]) > max(min_pt, 1e-3)) & (charge != 0))
     out: list[tuple[np.ndarray, ...]] = []
-    kappa = GEV_PER_TESLA_MM * det.bfield  # GeV per mm of radius
+    kappa = GEV_PER_TESLA_MM * abs(det.bfield)  # GeV per mm of radius; h below turns with B
 
     for _ in range(max_crossings):
         if active.size == 0:

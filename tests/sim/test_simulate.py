@@ -78,17 +78,19 @@ def test_noise_fraction_follows_setting():
 
 
 @pytest.mark.parametrize("q", [1, -1])
-def test_helix_crossings_match_analytic_circle(q):
-    det = replace(DET, x0=np.full(len(DET), 1e-12))  # no scattering
+@pytest.mark.parametrize("field_sign", [1, -1])
+def test_helix_crossings_match_analytic_circle(q, field_sign):
+    det = replace(DET, x0=np.full(len(DET), 1e-12), bfield=field_sign * DET.bfield)
     pt, phi0 = 1.0, 0.3
     c = propagate(det, _one(pt, 0.1, phi0, q), np.random.default_rng(0))
     barrel = det.kind[c.layer] == BARREL
     assert barrel.sum() == 10
     x, y = c.position[barrel, 0], c.position[barrel, 1]
     rho = np.hypot(x, y)
-    R = pt / (0.0003 * det.bfield)
-    # A track from the origin reaches radius rho at phi0 - q * asin(rho / 2R) in +B_z.
-    expect = phi0 - q * np.arcsin(rho / (2 * R))
+    R = pt / (0.0003 * abs(det.bfield))
+    # A track from the origin reaches radius rho at phi0 - q * asin(rho / 2R) in +B_z (at
+    # phi0 + q * asin(rho / 2R) in -B_z), moving along its momentum.
+    expect = phi0 - q * field_sign * np.arcsin(rho / (2 * R))
     assert np.allclose(np.arctan2(y, x), expect, atol=1e-9)
     assert np.allclose(c.position[barrel, 2], R * 2 * np.arcsin(rho / (2 * R)) * np.sinh(0.1))
     assert np.array_equal(c.order, np.arange(len(c.order)))
