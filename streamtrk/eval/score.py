@@ -216,11 +216,13 @@ class PhysicsTotals:
         return c
 
     def report(self) -> dict[str, float]:
-        """Rates and counts (``metrics_from_counts``), the mean TrackML score and
-        ``events_scored``; empty when no event was scored."""
+        """Rates and counts (``metrics_from_counts``) of every event added, the mean TrackML
+        score over the events that have one (a total truth weight above 0) and their number,
+        ``events_scored``; empty when no event was added."""
         if not self.scores:
             return {}
+        defined = [s for s in self.scores if not np.isnan(s)]
         return metrics_from_counts(dict(self.counts)) | {
-            "trackml_score": float(np.nanmean(self.scores)),
-            "events_scored": len(self.scores),
+            "trackml_score": float(np.mean(defined)) if defined else float("nan"),
+            "events_scored": len(defined),
         }

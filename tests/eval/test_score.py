@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from streamtrk.eval.score import match_tracks, physics_metrics, trackml_score
+from streamtrk.eval.score import PhysicsTotals, match_tracks, physics_metrics, trackml_score
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.trackml import read_event
 from streamtrk.io.weights import hit_weights
@@ -146,3 +148,21 @@ def test_real_perfect_submission(shared_trackml):
     metrics = physics_metrics(event, pid)
     assert metrics["tracking_efficiency"] == 1.0 and metrics["fake_rate"] == 0.0
     assert metrics["duplicate_rate"] == 0.0
+
+
+def test_totals_score_the_events_with_truth_weight():
+    """An event whose truth weighs nothing (no particle of 4 hits or more) has no TrackML
+    score: its counts add up, the mean score and ``events_scored`` leave it out."""
+    weightless = _metrics_event([1] * 5, {1: (2.0, 0.0, 5)})
+    t = weightless.truth
+    weighted = replace(
+        weightless, truth=replace(t, hits=replace(t.hits, weight=np.full(5, 0.2, np.float32)))
+    )
+    totals = PhysicsTotals()
+    totals.add(weightless, np.ones(5))
+    assert totals.report()["events_scored"] == 0 and np.isnan(totals.report()["trackml_score"])
+    totals.add(weighted, np.r_[1, 1, 1, 0, 0])
+    report = totals.report()
+    assert report["events_scored"] == 1
+    assert report["trackml_score"] == pytest.approx(0.6)
+    assert report["n_reconstructable"] == 2  # both events' counts
