@@ -140,7 +140,7 @@ class Ingest(Supervised):
         if not self.batcher.put(job, block=cfg.overload == "block", waiting=self.beat):
             reason = "shutdown" if self.batcher.closed else "overloaded"
             self.metrics.rejected.labels(reason).inc()
-            self.replies.put(Reply.failure(job, reason))
+            self.put(self.replies, Reply.failure(job, reason))
 
     def _reject(
         self, frames: list[zmq.Frame], reason: str, t_recv: float, error: WireError | None = None
@@ -151,7 +151,7 @@ class Ingest(Supervised):
             self.metrics.inflight.inc()
             timings = {"decode": time.perf_counter() - t_recv}
             msg_id = peek_msg_id(frames)
-            self.replies.put(Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
+            self.put(self.replies, Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
         else:
             if self.dead_letters is not None:
                 err = error or WireError(reason, "unexpected failure")

@@ -11,11 +11,15 @@ runs in every case.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+PUT_POLL_S = 0.1
+T = TypeVar("T")
 
 
 class Supervised(threading.Thread):
@@ -29,6 +33,16 @@ class Supervised(threading.Thread):
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
+
+    def put(self, q: queue.Queue[T], item: T) -> None:
+        """Put ``item`` on the bounded queue ``q``, beating while it waits for room: waiting
+        on a slow consumer downstream is back-pressure, not a stall."""
+        while True:
+            try:
+                q.put(item, timeout=PUT_POLL_S)
+                return
+            except queue.Full:
+                self.beat()
 
     def loop(self) -> None:
         raise NotImplementedError

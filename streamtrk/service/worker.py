@@ -85,13 +85,13 @@ class Worker(Supervised):
 
     def _answer(self, job: Job, reply: Reply) -> None:
         if job.claim():
-            self.replies.put(reply)
+            self.put(self.replies, reply)
 
     def _reject(self, jobs: list[Job], reason: str) -> int:
         claimed = [job for job in jobs if job.claim()]
         self.metrics.rejected.labels(reason).inc(len(claimed))
         for job in claimed:
-            self.replies.put(Reply.failure(job, reason))
+            self.put(self.replies, Reply.failure(job, reason))
         return len(claimed)
 
     def process(self, batch: Batch) -> None:

@@ -108,3 +108,23 @@ def test_a_stalled_worker_fails_healthz(daemon_factory, sim_run: Path) -> None:
         assert d.stop(signal.SIGTERM) == 0  # the drain answers it 'shutdown'
         reply = consumer.recv(timeout_ms=10_000)
     assert reply is not None and reply.to_reply().reason == "shutdown"
+
+
+def test_a_slow_consumer_is_back_pressure_not_a_stall(daemon_factory, sim_run: Path) -> None:
+    """With no consumer the replies back up to the worker, which waits for room: /healthz
+    stays 200 (a liveness probe must not restart a daemon for a slow consumer), and once a
+    consumer connects every event is answered."""
+    d = daemon_factory("--stall-timeout-s", "1", "--reply-capacity", "1", "--sndhwm", "1",
+                       "--max-batch-events", "1")  # fmt: skip
+    events = list(islice(iter_events(sim_run), 5))
+    with Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        t_end = time.monotonic() + 4  # the worker waits for room well past the 1 s
+        while time.monotonic() < t_end:
+            assert d.get("/healthz") == (200, "ok\n")
+            time.sleep(0.2)
+        with Consumer(d.output, linger_ms=0) as consumer:
+            replies = [consumer.recv(timeout_ms=60_000) for _ in events]
+    assert all(r is not None and r.to_reply().ok for r in replies)
+    assert sorted(r.to_reply().event for r in replies) == sorted(e.event for e in events)
