@@ -55,6 +55,7 @@ from streamtrk.wire.curve import make_server
 log = logging.getLogger("streamtrk.serve")
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
 DRAIN_RESERVE_SHARE = 0.25
+JOIN_POLL_S = 0.1  # the drain checks this often whether the worker died
 
 
 # max_batch_hits = 0 (the default) means these. On the CPU a batch past about 100k hits
@@ -279,8 +280,12 @@ class Daemon:
         worker.drain_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
         stop_intake.set()
         # Intake may be waiting for room with an event in hand: the worker makes room, or
-        # abandon() closes the batcher and intake answers that event 'shutdown'.
-        ingest.join(max(0.0, worker.drain_by - time.perf_counter()))
+        # abandon() closes the batcher and intake answers that event 'shutdown'. A worker
+        # that died makes no room: then abandon() comes at once (below), not at drain_by.
+        while ingest.is_alive() and worker.error is None:
+            if (left := worker.drain_by - time.perf_counter()) <= 0:
+                break
+            ingest.join(min(left, JOIN_POLL_S))
         self.batcher.flush = True  # nothing more will arrive: no batch waits to fill
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():

@@ -69,6 +69,26 @@ def test_a_device_that_no_longer_works_stops_the_daemon(daemon_factory, sim_run:
     assert "DeviceFault: the device no longer works" in died["exception"]
 
 
+def test_a_dead_device_with_intake_waiting_for_room_ends_at_once(
+    daemon_factory, sim_run: Path
+) -> None:
+    """The worker dies while intake holds an event and waits for room in the full queue:
+    the drain answers everything ``shutdown`` and exits at once, not at its timeout."""
+    spec = "batch_delay_s=1,batch_fail_after=1,device_fail_after=1"
+    d = daemon_factory("--drain-timeout-s", "300", "--queue-capacity", "1",
+                       "--max-batch-events", "1", env=faults(spec))  # fmt: skip
+    events = list(islice(iter_events(sim_run), 4))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        assert exits_by_itself(d, timeout=60) == 1  # before: only after the 300 s drain
+        replies = [r.to_reply() for r in iter(lambda: consumer.recv(timeout_ms=2_000), None)]
+    [last] = [line for line in d.logs() if "exiting 1 for a restart" in line["message"]]
+    # Events still in the input socket's buffer were never received (a sender resends them).
+    assert len({r.event for r in replies}) == len(replies) == last["received"] >= 3
+    assert {r.reason for r in replies} == {"shutdown"}
+
+
 def test_a_dying_ingest_still_answers_what_it_took(daemon_factory, sim_run: Path) -> None:
     d = daemon_factory(env=faults("ingest_fail_after=2"))
     events = list(islice(iter_events(sim_run), 2))
