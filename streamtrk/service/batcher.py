@@ -7,7 +7,10 @@ after its first event was queued, or in time for the earliest deadline among its
 (that deadline less the batch's expected reconstruction time: ``seconds_per_hit``, a
 running estimate the worker keeps, times its hits), whichever comes first. Events that
 waited while the worker was busy are therefore batched at once, without further delay. An
-event whose deadline has passed when the batcher reaches it is set aside, unprocessed.
+event that would make the batch end past the earliest deadline among its events (its own
+included) opens the next batch, as one past ``max_hits`` does, unless the batch is late
+already. An event whose deadline has passed when the batcher reaches it is set aside,
+unprocessed.
 Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
 waiting; once :meth:`Batcher.close` is called nothing more is queued.
 """
@@ -97,24 +100,36 @@ class Batcher:
                 return None
         policy = self.policy
         batch = Batch()
-        close_at = first.t_queued + policy.max_queue_delay_ms / 1000
+        delay_end = first.t_queued + policy.max_queue_delay_ms / 1000
+        close_at = delay_end
         hits = 0
+        earliest: float | None = None  # the earliest deadline of the batch's events
         job: Job | None = first
         while job is not None:
-            if job.deadline is not None and time.perf_counter() > job.deadline:
+            now = time.perf_counter()
+            with_job = _earlier(earliest, job.deadline)
+            if job.deadline is not None and now > job.deadline:
                 batch.expired.append(job)
-            elif batch.jobs and hits + job.n_hits > policy.max_hits:
-                self._held = job
+            elif batch.jobs and (
+                hits + job.n_hits > policy.max_hits
+                or self._late(now, with_job, hits + job.n_hits) > self._late(now, earliest, hits)
+            ):
+                self._held = job  # past the hit limit, or it would make the batch late
                 break
             else:
                 batch.jobs.append(job)
                 hits += job.n_hits
+                earliest = with_job
                 if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
                     break
-                if job.deadline is not None:
-                    close_at = min(close_at, job.deadline - self.seconds_per_hit * hits)
+                if earliest is not None:
+                    close_at = min(delay_end, earliest - self.seconds_per_hit * hits)
             job = self._next(close_at)
         return batch
+
+    def _late(self, now: float, deadline: float | None, hits: int) -> bool:
+        """Whether a batch of ``hits`` started now would end after ``deadline``."""
+        return deadline is not None and now + self.seconds_per_hit * hits > deadline
 
     def _take_held(self) -> Job | None:
         job, self._held = self._held, None
@@ -126,3 +141,8 @@ class Batcher:
             return self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
         except queue.Empty:
             return None
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    """The earlier of two deadlines (None: no deadline)."""
+    return b if a is None else a if b is None else min(a, b)

@@ -108,6 +108,20 @@ def test_the_expected_reconstruction_time_closes_the_batch_earlier() -> None:
     assert time.perf_counter() - t0 < 30  # closed at once: waiting can only make it later
 
 
+def test_an_event_that_would_make_the_batch_late_opens_the_next() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
+    b.seconds_per_hit = 1e-3  # 500 hits: 0.5 s of work
+    b.put(job(500, 0, deadline_s=1.2))  # fits alone, and with one more, not with two
+    for k in (1, 2, 3):
+        b.put(job(500, k))
+    first = b.next_batch(1)
+    assert events(first) == [0, 1]
+    assert events(b.next_batch(1)) == [2, 3]  # no deadline among them
+    b.put(job(500, 4, deadline_s=0.1))  # late alone already: batched all the same
+    b.put(job(500, 5))
+    assert events(b.next_batch(1)) == [4, 5]
+
+
 def test_full_queue_rejects_without_blocking() -> None:
     b = Batcher(2, BatchPolicy())
     assert b.put(job(1, 0), block=False) and b.put(job(1, 1), block=False)
