@@ -1,8 +1,9 @@
 """A size-capped recording of input the daemon could not attribute to any event.
 
 Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is a msgpack
-map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames received
-(at most 1023 of them; ``frames`` gives the count received). Read it with
+map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames kept (at most
+1023, fewer when ingest refused the message for its frame count or size: ``frames`` gives
+the count received). Read it with
 ``iter_records``. Once the file would pass its cap, further messages are only counted. A
 file cut short by a crash mid-write is cut back to its last whole record at start-up.
 """
@@ -35,14 +36,16 @@ class DeadLetters:
         self.max_bytes = max_bytes
         self.size = path.stat().st_size
 
-    def write(self, frames: Sequence[Any], error: WireError) -> bool:
-        """Record ``frames`` with the error; False (nothing written) when over the cap."""
+    def write(self, frames: Sequence[Any], error: WireError, received: int = 0) -> bool:
+        """Record ``frames`` with the error and the count of frames the message had
+        (``received``, when more than ``frames``); False (nothing written) when over the
+        cap."""
         head = msgpack.packb(
             {
                 "reason": error.reason,
                 "detail": str(error),
                 "t_recv_ns": time.time_ns(),
-                "frames": len(frames),
+                "frames": max(received, len(frames)),
             }
         )
         try:

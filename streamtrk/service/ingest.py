@@ -66,10 +66,10 @@ class Ingest(Supervised):
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             try:
-                frames, refused = self._receive(zmq.NOBLOCK)
+                received = self._receive(zmq.NOBLOCK)
             except zmq.Again:
                 continue
-            self.handle(frames, refused)
+            self.handle(*received)
             faults.fail("ingest")
         if (cfg := self.config()).connect:
             self._leave(cfg.input)
@@ -90,17 +90,19 @@ class Ingest(Supervised):
     def has_work(self) -> bool:
         return True  # it should always be polling its socket
 
-    def _receive(self, flags: int = 0) -> tuple[list[zmq.Frame], WireError | None]:
-        """One message, frame by frame (zero-copy), and why it is refused, if it is: past
-        ``max_frames`` frames or ``max_message_bytes`` bytes, the rest of its frames are
-        read and dropped at once (only frame 0 is kept, for its identity)."""
+    def _receive(self, flags: int = 0) -> tuple[list[zmq.Frame], WireError | None, int]:
+        """One message, frame by frame (zero-copy), why it is refused, if it is, and how many
+        frames it had: past ``max_frames`` frames or ``max_message_bytes`` bytes, the rest of
+        its frames are read and dropped at once (those before are kept: frame 0 for its
+        identity, and a dead letter's first frames)."""
         cfg = self.config()
         frames: list[zmq.Frame] = []
-        size, refused = 0, None
+        size, count, refused = 0, 0, None
         while True:
             frame = self.socket.recv(flags=flags, copy=False)
             flags = 0  # the parts of a message arrive together
             size += len(frame)
+            count += 1
             if refused is None and len(frames) >= cfg.max_frames:
                 refused = WireError("frame_count", f"over {cfg.max_frames} frames")
             elif refused is None and size > cfg.max_message_bytes:
@@ -108,15 +110,18 @@ class Ingest(Supervised):
             if refused is None or not frames:
                 frames.append(frame)
             if not frame.more:
-                return frames, refused
+                return frames, refused, count
 
-    def handle(self, frames: list[zmq.Frame], refused: WireError | None = None) -> None:
+    def handle(
+        self, frames: list[zmq.Frame], refused: WireError | None = None, count: int = 0
+    ) -> None:
         """Decode one message and queue its event, or reject it (``refused``: already
-        refused for its size); never raises."""
+        refused for its size, ``count`` frames received of which ``frames`` were kept);
+        never raises."""
         t_recv = time.perf_counter()
         self.metrics.received.inc()
         if refused is not None:
-            self._reject(frames, refused.reason, t_recv, refused)
+            self._reject(frames, refused.reason, t_recv, refused, count)
             return
         try:
             self._accept(frames, t_recv)
@@ -143,7 +148,12 @@ class Ingest(Supervised):
             self.put(self.replies, Reply.failure(job, reason))
 
     def _reject(
-        self, frames: list[zmq.Frame], reason: str, t_recv: float, error: WireError | None = None
+        self,
+        frames: list[zmq.Frame],
+        reason: str,
+        t_recv: float,
+        error: WireError | None = None,
+        count: int = 0,
     ) -> None:
         # Counted last, so that counters never show a rejection whose work is still pending.
         identity = peek_identity(frames)
@@ -155,13 +165,15 @@ class Ingest(Supervised):
         else:
             if self.dead_letters is not None:
                 err = error or WireError(reason, "unexpected failure")
-                self._dead_letter(self.dead_letters, frames, err)
+                self._dead_letter(self.dead_letters, frames, err, max(count, len(frames)))
             self.metrics.unidentified.inc()
         self.metrics.rejected.labels(reason).inc()
 
-    def _dead_letter(self, dead: DeadLetters, frames: list[zmq.Frame], error: WireError) -> None:
+    def _dead_letter(
+        self, dead: DeadLetters, frames: list[zmq.Frame], error: WireError, count: int
+    ) -> None:
         try:
-            result = "written" if dead.write(frames, error) else "over_cap"
+            result = "written" if dead.write(frames, error, count) else "over_cap"
         except OSError as e:
             log.warning("cannot write to the dead-letter file: %s", e)
             result = "failed"

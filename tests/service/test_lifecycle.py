@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 from live_daemon import sample
 
@@ -170,3 +171,19 @@ def test_a_dead_letter_file_cut_short_is_repaired_at_start(daemon_factory, tmp_p
     assert d.stop() == 0
     records = [frames for _, frames in iter_records(dead)]
     assert records[0] == [b"first"] and records[1][1:] == [b"no header at all"]
+
+
+def test_a_dead_letter_counts_the_frames_received(daemon_factory, tmp_path) -> None:
+    """A message refused for its frame count keeps its first frames; its record says how
+    many it had."""
+    dead = tmp_path / "dead.stk"
+    d = daemon_factory("--dead-letter", str(dead), "--max-frames", "8")
+    frames = [b"no header at all", *(bytes([k]) * 3 for k in range(20))]
+    with Producer(d.input, linger_ms=30_000) as producer:
+        assert producer.send_frames(frames, timeout_ms=30_000)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_dead_letters_total", result="written") == 1)
+    assert d.stop() == 0
+    [(_, record)] = iter_records(dead)
+    head = msgpack.unpackb(record[0])
+    assert head["reason"] == "frame_count" and head["frames"] == 21
+    assert record[1:] == frames[:8]
