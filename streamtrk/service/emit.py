@@ -73,7 +73,12 @@ class Emitter(Supervised):
 
     def loop(self) -> None:
         for reply in self._incoming():
-            self.emit(reply)
+            try:
+                self.emit(reply)
+            except BaseException:  # the thread dies: the reply in hand is dropped, counted
+                self.dropped += 1
+                self.metrics.inflight.dec()
+                raise
             faults.fail("emit")
 
     def cleanup(self) -> None:
@@ -121,7 +126,8 @@ class Emitter(Supervised):
             frames = _encode(reply)
         except Exception:
             log.exception("cannot encode the reply of run %d event %d", reply.run, reply.event)
-            m.rejected.labels("internal").inc()
+            if not reply.reason:  # an error reply's rejection was counted with its reason
+                m.rejected.labels("internal").inc()
             m.internal_errors.labels("encode").inc()
             reply = Reply(
                 reply.run,
@@ -145,6 +151,7 @@ class Emitter(Supervised):
         m.inflight.dec()  # last, so that inflight 0 means every counter is up to date
 
     def _send(self, frames: list[OutFrame]) -> bool:
+        faults.fail("send")  # tests: sending raises (the thread dies with a reply in hand)
         while True:
             self.beat()  # waiting for a consumer is back-pressure, not a stall
             late = self.give_up_at is not None and time.perf_counter() > self.give_up_at

@@ -114,6 +114,21 @@ def test_a_dying_emitter_counts_what_it_could_not_send(daemon_factory, sim_run: 
     assert line["replies_ok"] == 1 and line["dropped"] == line["received"] - 1
 
 
+def test_an_emitter_dying_with_a_reply_in_hand_counts_it_dropped(
+    daemon_factory, sim_run: Path
+) -> None:
+    d = daemon_factory("--max-batch-events", "1", env=faults("send_fail_after=2"))
+    events = list(islice(iter_events(sim_run), 3))
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        first = consumer.recv(timeout_ms=60_000)
+        assert exits_by_itself(d) == 1
+    assert first is not None and first.to_reply().ok
+    [line] = [line for line in d.logs() if line["message"].startswith("drain incomplete")]
+    assert line["replies_ok"] == 1 and line["dropped"] == line["received"] - 1 == 2
+
+
 def test_a_stalled_worker_fails_healthz(daemon_factory, sim_run: Path) -> None:
     d = daemon_factory("--stall-timeout-s", "1", "--drain-timeout-s", "2",
                        env=faults("batch_delay_s=120"))  # fmt: skip
