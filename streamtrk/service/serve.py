@@ -246,7 +246,8 @@ class Daemon:
             push,
             replies,
             self.metrics,
-            worker.done.is_set,
+            # After abandon() the worker is done while intake may still answer an event.
+            lambda: worker.done.is_set() and not ingest.is_alive(),
             cfg.linger_ms,
             on_failure=self._on_thread_failure,
         )
