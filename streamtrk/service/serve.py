@@ -298,6 +298,9 @@ class Daemon:
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)
         ingest.join(max(0.0, deadline - time.perf_counter()))
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
+        if self._reloading.locked():  # a SIGHUP reload is still loading a model
+            self.abandoned_thread = True
+            log.warning("exiting during a model reload; the reload is abandoned")
         value = self.metrics.registry.get_sample_value
         summary = _fields(
             received=int(value("streamtrk_events_received_total") or 0),
@@ -462,10 +465,10 @@ class Daemon:
 def serve(cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status.
 
-    When a thread is left running inside torch (a batch that overran the drain, or a model
-    still loading at SIGTERM), the process ends here with ``os._exit``: a normal interpreter
-    exit would tear torch down under that thread (``terminate called without an active
-    exception``, status -6)."""
+    When a thread is left running inside torch (a batch that overran the drain, a model
+    still loading at SIGTERM, or a reload's), the process ends here with ``os._exit``: a
+    normal interpreter exit would tear torch down under that thread (``terminate called
+    without an active exception``, status -6)."""
     daemon = Daemon(cfg, reload_config)
     status = daemon.run()
     if daemon.abandoned_thread:

@@ -130,6 +130,19 @@ def test_a_second_sighup_during_a_reload_is_ignored(daemon_factory) -> None:
     assert sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 0
 
 
+def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) -> None:
+    d = daemon_factory(env=SLOW_LOAD)
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
+    t0 = time.monotonic()
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(timeout=60) == 0
+    assert time.monotonic() - t0 < 4  # the reload's model load takes 5 s
+    messages = [line["message"] for line in d.logs()]
+    assert "exiting during a model reload; the reload is abandoned" in messages
+    assert "reloaded" not in messages
+
+
 def test_a_taken_http_port_is_named() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
