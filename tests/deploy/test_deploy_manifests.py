@@ -338,6 +338,28 @@ def test_systemd_unit() -> None:
     assert _unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_systemd_hands_the_curve_secret_to_the_dynamic_user() -> None:
+    """``streamtrk keys`` leaves the secret readable by root only, which the unit's dynamic
+    user cannot read: the unit loads it as a credential and points the daemon at the copy."""
+    cfg = load_config(DEPLOY / "systemd" / "streamtrk.toml")
+    name, _, source = _unit()["Service"]["LoadCredential"].partition(":")
+    assert source == str(cfg.curve_secret_key)
+    environment = [
+        line.removeprefix("Environment=")
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("Environment=")
+    ]
+    assert f"STREAMTRK_CURVE_SECRET_KEY=%d/{name}" in environment
+    env = _env_file(DEPLOY / "systemd" / "streamtrk.env")
+    assert "STREAMTRK_CURVE_SECRET_KEY" not in env  # the file would override the credential
+    overridden = load_config(
+        DEPLOY / "systemd" / "streamtrk.toml",
+        env={**env, "STREAMTRK_CURVE_SECRET_KEY": f"/run/credentials/streamtrk.service/{name}"},
+    )
+    assert overridden.curve_secret_key == Path(f"/run/credentials/streamtrk.service/{name}")
+    assert overridden.log_format == "plain"  # the file's choice for journald stands
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
 def test_systemd_analyze(tmp_path: Path) -> None:
     """No warnings from systemd's own parser (ExecStart pointed at this venv's script), and
