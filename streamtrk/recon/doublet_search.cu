@@ -8,7 +8,7 @@
 //
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
-#define PI 3.141592653589793  // numpy.pi, the same double
+#define PHI_CAP 3.1415926535897927  // graph.PHI_CAP: the double just under numpy.pi
 
 #define SEARCH_PARAMS                                                                       \
     long long n_queries, const long long *qi, const double *ri, const double *zi,           \
@@ -39,7 +39,7 @@ __device__ long long search(long long q, SEARCH_PARAMS, long long out_start, lon
             const double dr = r_sorted[pos] - r_i;
             if (!(dr > 0)) continue;
             const double dphi = phi_sorted[pos] - centre[q];
-            if (!(fabs(dphi) <= fmin(slope * dr + phi_tolerance, PI))) continue;
+            if (!(fabs(dphi) <= fmin(slope * dr + phi_tolerance, PHI_CAP))) continue;
             const double dz = z_sorted[pos] - z_i;
             const double z0 = z_i - r_i * dz / dr;
             if (!(fabs(z0) <= reach[q])) continue;

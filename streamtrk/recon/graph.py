@@ -39,6 +39,8 @@ from streamtrk.xp import (
 SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
 KERNELS = "doublet_search.cu"  # the GPU candidate search
+MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
+PHI_CAP = float(np.nextafter(np.pi, 0.0))  # the widest |dphi| searched, just under pi
 
 
 @dataclass(frozen=True)
@@ -322,8 +324,9 @@ def prepare_search(
         qi = hits[q_hit]
         outer = t["pair_outer"][q_pair]
         # Layers without a hit in the query's event (the disks of a barrel-only event) get
-        # no queries: nothing to find there.
-        alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
+        # no queries: nothing to find there. Nor do hits within MIN_QUERY_R of the beam
+        # line (no layer is there: bad input), whose windows would divide by r = 0.
+        alive = xp.nonzero((occupied[event[qi] * n_layers + outer] > 0) & (r[qi] >= MIN_QUERY_R))[0]
         qi, outer = qi[alive], outer[alive]
         ob = t["barrel"][outer]
         ri, zi = r[qi], z[qi]
@@ -341,11 +344,12 @@ def prepare_search(
         z_out, u_max = t["z"][outer], t["u_max"][outer]
         u_lo, u_hi = _target_range(ri, zi, ob, r_out, z_out, u_max, reach, m, xp)
         dr_max = xp.where(ob, r_out + m, u_hi) - ri
-        # Half-width of the phi window, at most pi (the whole circle; more would reach
-        # outside the grid). The dphi cut stops at pi too, so that no hit is found as both
-        # its copies.
+        # Half-width of the phi window, just under pi (the whole circle; more would reach
+        # outside the grid). The dphi cut stops there too: a hit exactly opposite, at dphi
+        # -pi in one copy and +pi in the other, is found as neither (no segment from the
+        # beam line turns by pi), not as both.
         w = xp.minimum(
-            cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, np.pi
+            cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, PHI_CAP
         )
         b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
         # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
@@ -383,7 +387,7 @@ def prepare_search(
         r_sorted=xp.concatenate([r, r])[order],
         z_sorted=z[hit_of],
         r=r,
-        eta0=xp.arcsinh(z / r),
+        eta0=_eta(z, r, xp),
         sigma=t["sigma"][lay0],
         sigma_z=t["sigma_z"][lay0],
         sigma_r=t["sigma_r"][lay0],
@@ -394,6 +398,13 @@ def prepare_search(
     )
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
     return ctx, node_features, lay0
+
+
+def _eta(z: Array, r: Array, xp: Any) -> Array:
+    """Pseudorapidity seen from the origin: asinh(z / r) (+-inf on the beam line, where only
+    bad input puts a hit)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return xp.arcsinh(z / r)
 
 
 def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
@@ -498,7 +509,7 @@ class CandidateSearch:
         slope = self.slope
         with np.errstate(divide="ignore", invalid="ignore"):
             z0 = zi - ri * (self.z_sorted[pos] - zi) / dr
-        keep = (dr > 0) & (xp.abs(dphi) <= xp.minimum(slope * dr + cfg.phi_tolerance, np.pi))
+        keep = (dr > 0) & (xp.abs(dphi) <= xp.minimum(slope * dr + cfg.phi_tolerance, PHI_CAP))
         keep &= xp.abs(z0) <= self.reach[qq]
         k = xp.nonzero(keep)[0]
         qq, pos, dr, dphi, z0 = qq[k], pos[k], dr[k], dphi[k], z0[k]

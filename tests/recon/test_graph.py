@@ -1,5 +1,7 @@
 """Graph construction: exact against brute force, batching, wrap-around, efficiency."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,7 @@ from streamtrk.recon.graph import (
     select_edges,
     without_isolated_hits,
 )
+from streamtrk.recon.kernels import source as kernels_source
 from streamtrk.recon.truth import true_segments
 
 
@@ -264,3 +267,47 @@ def test_a_phi_window_past_pi_is_the_whole_circle(host_launcher, small_events, d
     assert (cfg.phi_slope_max(det.bfield) * 1000 > np.pi) and ctx.p_lo.min() >= 0
     ki, kj, kfeatures = search_kernels(ctx, host_launcher(KERNELS))
     assert np.array_equal(ki, i) and np.array_equal(kj, j) and np.array_equal(kfeatures, features)
+
+
+def test_a_hit_on_the_beam_line_searches_nothing(host_launcher, small_events, det):
+    """A finite hit at r = 0 (bad input that passes the wire) would divide its window by
+    r: NaN bins, and a kernel loop over 2**64 bins. It makes no query; the rest stands."""
+    ev = small_events[0]
+    cols = ev.hits.columns()
+    k = int(np.flatnonzero((cols["volume_id"] == 13) & (cols["layer_id"] == 2))[0])
+    for name, value in (("x", 0.0), ("y", 0.0), ("z", 31.75)):  # z: on a query's z0 reach
+        cols[name] = cols[name].copy()
+        cols[name][k] = value
+    bad = Event(0, 0, Hits(**cols))
+    (i, j, features), ctx = _both([bad], det, GraphConfig())
+    assert k not in ctx.qi and len(ctx.qi) > 10_000
+    assert ctx.b_lo.min() >= 0 and ctx.b_hi.max() < GraphConfig().n_bins
+    ki, kj, kfeatures = search_kernels(ctx, host_launcher(KERNELS))
+    assert np.array_equal(ki, i) and np.array_equal(kj, j) and np.array_equal(kfeatures, features)
+    (i0, j0, _), _ = _both(small_events[:1], det, GraphConfig())
+    kept = i0 != k
+    assert np.array_equal(i, i0[kept]) and np.array_equal(j, j0[kept])  # only its edges go
+
+
+def test_a_hit_exactly_opposite_is_not_found_twice(host_launcher, det):
+    """With windows as wide as the circle, a hit at dphi = pi exactly (-pi in one grid copy,
+    +pi in the other) is found as neither copy: the cut stops just under pi, in the NumPy
+    search and in the kernels (the same constant)."""
+    inner, outer = 7, 9  # two barrel layers of the pixel detector, skip-one apart
+    assert det.kind[inner] == det.kind[outer] == BARREL
+    hits = Hits(
+        hit_id=np.arange(1, 4, dtype=np.int64),
+        x=np.array([det.r[inner], -det.r[outer], 0.0], np.float32),
+        y=np.array([0.0, -0.0, det.r[outer]], np.float32),  # atan2(-0, -r) = -pi
+        z=np.zeros(3, np.float32),
+        volume_id=det.volume_id[[inner, outer, outer]].astype(np.int32),
+        layer_id=det.layer_id[[inner, outer, outer]].astype(np.int32),
+        module_id=np.ones(3, np.int32),
+    )
+    cfg = GraphConfig(pt_min=0.03)
+    (i, j, _), ctx = _both([Event(0, 0, hits)], det, cfg)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 2)]  # the one at dphi pi/2
+    ki, kj, _ = search_kernels(ctx, host_launcher(KERNELS))
+    assert np.array_equal(ki, i) and np.array_equal(kj, j)
+    cap = re.search(r"#define PHI_CAP ([0-9.]+)", kernels_source(KERNELS)).group(1)
+    assert float(cap) == graph_module.PHI_CAP < np.pi
