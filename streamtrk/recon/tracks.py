@@ -233,6 +233,26 @@ class TrackConfig:
     max_chi2_ndf: float | None = None
     max_d0: float | None = None
 
+    def __post_init__(self) -> None:
+        """ValueError naming the first setting out of range (a helix needs 3 hits: shorter
+        tracks would have no fit, ndf = 2 x hits - 5 below 1)."""
+        checks = [
+            ("junction_passes", self.junction_passes >= 0, ">= 0"),
+            ("min_hits", self.min_hits >= 3, ">= 3"),
+            ("short_hits", self.short_hits >= 0, ">= 0"),
+            ("min_mean_score", 0.0 <= self.min_mean_score <= 1.0, "in [0, 1]"),
+            (
+                "stitch_threshold",
+                self.stitch_threshold is None or 0.0 <= self.stitch_threshold <= 1.0,
+                "in [0, 1]",
+            ),
+            ("max_chi2_ndf", self.max_chi2_ndf is None or self.max_chi2_ndf > 0, "> 0"),
+            ("max_d0", self.max_d0 is None or self.max_d0 > 0, "> 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"TrackConfig.{name} must be {rule}, got {getattr(self, name)}")
+
 
 def fit_cuts(sizes: Array, params: dict[str, Array], config: TrackConfig) -> Array:
     """Mask of the tracks kept by the fit cuts of ``config`` (see TrackConfig)."""

@@ -207,6 +207,23 @@ def test_merge_labels_equals_components_of_all_edges():
         assert np.array_equal(merged, components_scipy(np.concatenate([old, new], 1), n))
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("min_hits", 2),
+        ("junction_passes", -1),
+        ("short_hits", -1),
+        ("min_mean_score", 1.5),
+        ("stitch_threshold", -0.1),
+        ("max_chi2_ndf", 0.0),
+        ("max_d0", -1.0),
+    ],
+)
+def test_settings_out_of_range_are_refused(setting, value):
+    with pytest.raises(ValueError, match=f"TrackConfig.{setting} must be"):
+        TrackConfig(**{setting: value})
+
+
 def test_fit_cuts_apply_to_short_tracks_only():
     sizes = np.array([3, 4, 5, 9])
     params = {
