@@ -25,6 +25,7 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, Self
@@ -263,6 +264,23 @@ class RecordingWriter:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@contextmanager
+def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
+    """A writer of a new recording at ``path`` that only takes its place once the block ends
+    without an error: until then records go to ``PATH.partial``, removed on an error (or
+    Ctrl-C), so that a failed run neither leaves a cut recording nor destroys the file
+    that was there."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with RecordingWriter(partial) as writer:
+            yield writer
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def repair(path: StrPath) -> tuple[int, str] | None:

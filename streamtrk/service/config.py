@@ -48,6 +48,7 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "dead_letter",
         "dead_letter_max_bytes",
         "torch_threads",
+        "linger_ms",
         "curve_secret_key",
         "curve_allowed_keys",
         "allow_insecure",
@@ -269,6 +270,11 @@ def _check(name: str, value: Any) -> None:
         scheme, sep, rest = value.partition("://")
         if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
             raise bad("must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
+        host, colon, port = rest.rpartition(":")
+        if scheme == "tcp" and not (
+            colon and host and (port == "*" or (port.isdigit() and int(port) < 65536))
+        ):
+            raise bad("must be tcp://HOST:PORT, PORT a number (or * to bind a free one)")
     if name == "http":
         host, sep, port = value.rpartition(":")
         if not (sep and host and port.isdigit() and int(port) < 65536):

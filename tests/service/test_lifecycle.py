@@ -84,12 +84,13 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     keys = tmp_path / "keys"
     config.write_text(
         model + f'threshold = 0.7\nrcvhwm = 5\ncurve_allowed_keys = "{keys}"\ndrain_timeout_s = 2\n'
+        "linger_ms = 7\n"  # the sockets' LINGER, set when they open
     )
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
     assert model_labels(d)["threshold"] == "0.7"
     [kept] = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
-    assert kept.endswith("curve_allowed_keys, rcvhwm")
+    assert kept.endswith("curve_allowed_keys, linger_ms, rcvhwm")
 
     # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
     with Producer(d.input, linger_ms=0) as producer:
