@@ -130,7 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from streamtrk.detector import load_detector
-    from streamtrk.io.recording import RecordingWriter
+    from streamtrk.io.recording import new_recording
     from streamtrk.io.trackml import write_event
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
@@ -147,7 +147,7 @@ def _simulate(args: argparse.Namespace) -> int:
     det = load_detector(args.detector)
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with RecordingWriter(args.output) as rec:
+    with new_recording(args.output) as rec:
         for ev in tqdm(
             events, total=args.events, desc="simulate", unit="event", disable=args.quiet
         ):
@@ -170,20 +170,19 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
 def _import_trackml(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from streamtrk.io.recording import RecordingWriter
+    from streamtrk.io.recording import new_recording
     from streamtrk.io.trackml import iter_events
 
     n = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with RecordingWriter(args.output) as rec:
+    with new_recording(args.output) as rec:  # the file there stays if this fails
         for ev in tqdm(
             iter_events(args.path, run=args.run), desc="import", unit="event", disable=args.quiet
         ):
             rec.write_event(ev)
             n += 1
-    if n == 0:
-        print(f"error: no TrackML event found at {args.path}", file=sys.stderr)
-        return 1
+        if n == 0:
+            raise ValueError(f"no TrackML event found at {args.path}")
     return 0
 
 
@@ -452,7 +451,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "(second replies to a resent event, not counted again), events_per_second, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing.",
+    "recording has truth. Exit status 1 when events are missing, 130 after Ctrl-C (the "
+    "report covers the replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import write_submission
@@ -465,6 +465,8 @@ def _replay(args: argparse.Namespace) -> int:
         replay,
     )
 
+    if args.loop < 1:
+        raise ValueError(f"--loop must be at least 1, got {args.loop}")
     events = load_recording(args.recording, args.events)
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
@@ -508,6 +510,11 @@ def _replay(args: argparse.Namespace) -> int:
             f"{args.timeout:g} s: is a daemon listening there?",
             file=sys.stderr,
         )
+    if result.interrupted:
+        print(
+            "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
+        )
+        return 130  # 128 + SIGINT
     return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
 
 
@@ -771,9 +778,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        if not _user_error(exc):
+            raise
         print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _user_error(exc: Exception) -> bool:
+    """Errors of the input, files or endpoints given: one line, not a traceback."""
+    import zmq  # a bad endpoint or a port in use: ZMQError (neither OSError nor ValueError)
+
+    return isinstance(exc, OSError | ValueError | zmq.ZMQError)
 
 
 if __name__ == "__main__":

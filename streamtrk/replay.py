@@ -6,9 +6,10 @@ rate or as fast as the daemon takes them, then, with ``retries``, resends those 
 unanswered ``retry_after_s`` after their last send; the calling thread receives the
 replies and matches them to the sends by ``msg_id`` (the oldest unanswered send of the same
 (run, event) for a reply without one), so every event counts once: a second reply to the
-same message is counted as a duplicate. Latency runs from just before an event's first
-send to its reply. ``truth`` messages are not sent: they score the replies (tracking
-efficiency, fake and duplicate rates, TrackML score).
+same message (or, without ids, to an answered event) is counted as a duplicate. Ctrl-C
+stops the replay; the report then covers the replies received so far. Latency runs from
+just before an event's first send to its reply. ``truth`` messages are not sent: they
+score the replies (tracking efficiency, fake and duplicate rates, TrackML score).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ class ReplayResult:
     invalid_replies: int = 0
     first_replies: dict[Key, Message] = field(default_factory=dict)
     t_first_send: float = 0.0
+    t_last_first_send: float = 0.0  # of a new event (resends move t_last_send only)
     t_last_send: float = 0.0
     t_last_reply: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C: the report covers what came so far
 
     @property
     def received(self) -> int:
@@ -106,7 +109,7 @@ class ReplayResult:
     def report(self, events: list[Recorded], rate: float | None) -> dict[str, Any]:
         lat_ms = np.asarray(self.latencies) * 1000
         span = max(self.t_last_reply, self.t_last_send) - self.t_first_send
-        send_span = self.t_last_send - self.t_first_send
+        send_span = self.t_last_first_send - self.t_first_send
 
         def pct(q: float) -> float | None:
             return float(np.percentile(lat_ms, q)) if len(lat_ms) else None
@@ -122,6 +125,7 @@ class ReplayResult:
             "duplicates": self.duplicates,
             "unexpected": self.unexpected,
             "invalid_replies": self.invalid_replies,
+            "interrupted": self.interrupted,
             "duration_s": span,
             "events_per_second": self.received / span if span > 0 else None,
             "offered_rate_hz": rate,
@@ -162,6 +166,7 @@ class _Sender(threading.Thread):
         self.producer, self.events, self.opts, self.result = producer, events, opts, result
         self.pending: dict[int, _Send] = {}
         self.answered: set[int] = set()
+        self.answered_keys: set[Key] = set()  # for replies that do not echo the msg_id
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.prefix = random.getrandbits(30) << 32
@@ -193,7 +198,7 @@ class _Sender(threading.Thread):
                 r.unsent = len(order) - i
                 return
             r.sent += 1
-            r.t_last_send = t
+            r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
             pass
 
@@ -223,14 +228,18 @@ class _Sender(threading.Thread):
         with self.lock:
             if msg_id is None:  # a daemon that does not echo ids: the oldest send of key
                 msg_id = min((m for m, p in self.pending.items() if p.key == key), default=None)
+                answered = key in self.answered_keys
+            else:
+                answered = msg_id in self.answered
             sent = self.pending.pop(msg_id, None) if msg_id is not None else None
             if sent is None:
-                if msg_id in self.answered:
+                if answered:
                     self.result.duplicates += 1
                 else:
                     self.result.unexpected += 1
                 return None
             self.answered.add(msg_id)
+            self.answered_keys.add(key)
             return sent.t_first
 
 
@@ -258,6 +267,8 @@ def replay(events: list[Recorded], opts: ReplayOptions) -> ReplayResult:
                 if frames is not None:
                     _receive(frames, sender, result)
                     bar.update(result.received - bar.n)
+        except KeyboardInterrupt:  # Ctrl-C: stop sending, report what came
+            result.interrupted = True
         finally:
             sender.stop.set()
             sender.join()

@@ -121,6 +121,37 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "bad.stk")]) == 1
     err = capsys.readouterr().err
     assert "streamtrk import-trackml: error" in err and "streamtrk inspect: error" in err
+    assert not (tmp_path / "x.stk").exists()
+
+
+def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
+    kept = tmp_path / "kept.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(kept)]) == 0
+    before = kept.read_bytes()
+    (tmp_path / "event000000001-hits.csv").write_text("hit_id,x,y,z,volume_id,layer_id,module_id\n")
+    (tmp_path / "event000000002-hits.csv").write_text("not,a,trackml,file\n")
+    assert main(["import-trackml", str(tmp_path), "-o", str(kept), "-q"]) == 1
+    assert "event000000002-hits.csv: missing column" in capsys.readouterr().err
+    assert kept.read_bytes() == before  # neither cut short nor replaced by the first event
+    assert sorted(p.name for p in tmp_path.glob("kept.stk*")) == ["kept.stk"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "RUN", "--to", "notanendpoint"],
+        ["replay", "RUN", "--to", "tcp://127.0.0.1"],
+        ["record", "--from", "bogus://x", "-o", "OUT"],
+        ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"],
+    ],
+)
+def test_a_bad_endpoint_is_one_line(tmp_path, args):
+    run = tmp_path / "e.stk"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
+    argv = [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
+    out = _run(*argv)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"streamtrk {args[0]}: error: ") and "Traceback" not in out.stderr
 
 
 COMMANDS = (

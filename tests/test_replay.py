@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
 import zmq
 
 from streamtrk.detector import load_detector
+from streamtrk.io.recording import RecordingWriter
 from streamtrk.replay import Recorded, ReplayOptions, replay
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.wire.codec import encode_hits, peek_msg_id
+from streamtrk.wire.codec import decode, encode_hits, encode_tracks, peek_msg_id
 
 
 def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
@@ -34,6 +44,66 @@ def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
             ids.append(peek_msg_id(sink.recv_multipart()))
     report = result.report(events, opts.rate)
     assert report["sent"] == 20 and report["missing"] == 20 and report["resent"] == 20
+    # The send rate is that of the events' first sends (resends went on 0.5 s longer).
+    assert report["send_rate_hz"] == pytest.approx(10.0, rel=0.15)
     assert len(ids) == 40 and len(set(ids)) == 20  # each event sent twice, no more
     first_resend = next(k for k, m in enumerate(ids) if m in ids[:k])
     assert first_resend < ids.index(max(ids))  # a resend went before the last event went once
+
+
+def _events(n: int) -> list[Recorded]:
+    return [
+        Recorded([bytes(f) for f in encode_hits(ev)], ev)
+        for ev in simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 3, n)
+    ]
+
+
+def test_second_replies_without_message_ids_are_duplicates() -> None:
+    """A daemon that echoes no msg_id and answers every event twice: one reply each counts,
+    the second is a duplicate (not an unexpected reply)."""
+    events = _events(5)
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PUSH) as out:
+        for sock in (sink, out):
+            sock.setsockopt(zmq.LINGER, 0)
+        to = f"tcp://127.0.0.1:{sink.bind_to_random_port('tcp://127.0.0.1')}"
+        from_ = f"tcp://127.0.0.1:{out.bind_to_random_port('tcp://127.0.0.1')}"
+
+        def answer_twice() -> None:
+            for _ in events:
+                msg = decode(sink.recv_multipart())
+                for _ in range(2):
+                    out.send_multipart(encode_tracks(msg.run, msg.event, [], None))
+
+        daemon = threading.Thread(target=answer_twice, daemon=True)
+        daemon.start()
+        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=1.0))
+        daemon.join(10)
+    report = result.report(events, None)
+    assert (report["received"], report["duplicates"], report["unexpected"]) == (5, 5, 0)
+
+
+def test_ctrl_c_stops_the_replay_and_still_reports(tmp_path: Path) -> None:
+    run = tmp_path / "run.stk"
+    with RecordingWriter(run) as w:
+        for rec in _events(3):
+            w.write_event(rec.event)
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.PULL) as sink:  # takes the events, never answers
+        sink.setsockopt(zmq.LINGER, 0)
+        to = f"tcp://127.0.0.1:{sink.bind_to_random_port('tcp://127.0.0.1')}"
+        report = tmp_path / "r.json"
+        argv = [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", to,
+                "--from", "tcp://127.0.0.1:1", "--timeout", "600", "-q",
+                "--report", str(report)]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3):  # all three sent: now it waits for replies
+            assert sink.poll(60_000)
+            sink.recv_multipart()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    got = json.loads(report.read_text())
+    assert got["interrupted"] is True and (got["sent"], got["received"]) == (3, 0)
