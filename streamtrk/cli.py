@@ -550,9 +550,11 @@ def _record(args: argparse.Namespace) -> int:
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
     )
+    past = counts["past_limit"]
     print(
         f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
         f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
+        + (f"; {past} more arrived past --events and were not recorded" if past else "")
     )
     return 0
 

@@ -12,6 +12,7 @@ from streamtrk.io.recording import RecordingWriter
 from streamtrk.wire import WireError, decode
 
 RECORDED_KINDS = ("hits", "truth")
+PAST_LIMIT_WAIT_MS = 100  # after the events limit: how long to wait for more arrivals
 
 
 def record(
@@ -29,11 +30,15 @@ def record(
     ``output`` until ``events`` hits messages, ``duration_s`` seconds or ``stop``.
 
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode), ``other`` (valid
-    messages of another kind, not recorded). With CURVE certificates, ``record`` is a client
-    of the server it taps (see ``streamtrk.wire.curve``).
+    messages of another kind, not recorded) and ``past_limit``: once ``events`` hits
+    messages are recorded, the messages that have already arrived (the socket would drop
+    them on close) are taken: the last event's ``truth`` is recorded, the others counted
+    here. With CURVE certificates, ``record`` is a client of the server it taps (see
+    ``streamtrk.wire.curve``).
     """
     stop = stop or threading.Event()
     n: Counter[str] = Counter()
+    last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded
     t_end = None if duration_s is None else time.monotonic() + duration_s
     output.parent.mkdir(parents=True, exist_ok=True)
     curve = {"curve_key": curve_key, "curve_server_key": curve_server_key}
@@ -48,11 +53,24 @@ def record(
             if frames is None:
                 continue
             try:
-                kind = decode(frames).kind
+                msg = decode(frames)
             except WireError:
                 n["invalid"] += 1
                 continue
-            if kind in RECORDED_KINDS:
+            if msg.kind in RECORDED_KINDS:
                 writer.write(frames)
-            n[kind if kind in RECORDED_KINDS else "other"] += 1
+                last = (msg.run, msg.event) if msg.kind == "hits" else None
+            n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
+        if events is not None and n["hits"] >= events:
+            while (frames := consumer.recv_frames(timeout_ms=PAST_LIMIT_WAIT_MS)) is not None:
+                try:
+                    msg = decode(frames)
+                except WireError:
+                    msg = None
+                if msg is not None and msg.kind == "truth" and (msg.run, msg.event) == last:
+                    writer.write(frames)
+                    n["truth"] += 1
+                else:
+                    n["past_limit"] += 1
+                last = None
     return n
