@@ -29,6 +29,7 @@ from streamtrk.client import Consumer, Producer
 
 ROLES = ("distributor", "collector")
 POLL_MS = 100
+STOP_DRAIN_MAX = 10_000  # messages taken off the front at a stop, at most
 
 
 def forward(
@@ -73,8 +74,12 @@ def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: threading.Event) 
     """Forward whole messages (zero-copy) until ``stop``. A message is taken from ``pull``
     only when ``push`` has a peer with room, so back-pressure reaches the producers; the
     stop is seen within ``POLL_MS`` even when no peer is left (``zmq.proxy`` would block in
-    its send). A message taken just before its peer left waits for another peer; one still
-    waiting at the stop is dropped and said so on stderr."""
+    its send). A message taken just before its peer left waits for another peer.
+
+    At the stop, the messages that have already arrived (at most ``STOP_DRAIN_MAX``) are
+    taken off ``pull``: sent on where a peer has room at once, else dropped; the dropped
+    ones are counted on stderr, with the one held, instead of vanishing with the socket.
+    (Messages queued for a peer, up to its high-water mark, still go with the socket.)"""
     held: list[zmq.Frame] | None = None
     while not stop.is_set():
         if held is None:
@@ -86,6 +91,19 @@ def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: threading.Event) 
             held = None
         except zmq.Again:
             push.poll(POLL_MS, zmq.POLLOUT)
-    if held is not None:
-        print("stopped with 1 message not forwarded (no peer took it)", file=sys.stderr)
+    dropped = int(held is not None)
+    for _ in range(STOP_DRAIN_MAX):
+        if not pull.poll(0, zmq.POLLIN):
+            break
+        message = pull.recv_multipart(copy=False)
+        try:
+            push.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            dropped += 1
+    if dropped:
+        print(
+            f"stopped with {dropped} messages not forwarded (no peer took them; producers "
+            "resend what gets no reply)",
+            file=sys.stderr,
+        )
     sys.stdout.flush()

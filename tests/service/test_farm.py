@@ -114,6 +114,9 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
         time.sleep(0.5)
         dist.process.send_signal(signal.SIGTERM)
         assert dist.process.wait(timeout=10) == 0
+    # The two its input queue held (--hwm 2; the third waited in the producer's) are
+    # dropped with it: said, not silent.
+    assert "stopped with 2 messages not forwarded" in dist.log.read_text()
 
 
 def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None:
