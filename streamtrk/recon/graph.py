@@ -126,7 +126,13 @@ class Graph:
 def batch_columns(events: Sequence[Event], xp: Any = np) -> tuple[dict[str, Array], np.ndarray]:
     """The hit columns ``build_graph`` takes (x, y, z, volume_id, layer_id, in its order) of
     a batch of events, concatenated on ``xp``'s device (one host-to-device copy for all),
-    and the events' node offsets."""
+    and the events' node offsets. ValueError for an empty batch, or an event with a NaN or
+    infinite coordinate (the wire refuses those; here for callers of the API)."""
+    if not events:
+        raise ValueError("a batch needs at least one event")
+    for ev in events:
+        if not all(bool(np.isfinite(getattr(ev.hits, k)).all()) for k in ("x", "y", "z")):
+            raise ValueError(f"event {ev.run}/{ev.event}: a hit coordinate is NaN or infinite")
     offsets = np.concatenate([[0], np.cumsum([len(ev.hits) for ev in events])]).astype(np.int64)
     names = ("x", "y", "z", "volume_id", "layer_id")
     cols = concatenate_to_device({k: [getattr(ev.hits, k) for ev in events] for k in names}, xp)

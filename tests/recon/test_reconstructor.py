@@ -8,6 +8,7 @@ import pytest
 
 from streamtrk.cli import main
 from streamtrk.eval.evaluate import evaluate
+from streamtrk.event import Event, Hits
 from streamtrk.io.trackml import read_submission
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
 from streamtrk.recon.tracks import TrackConfig
@@ -53,6 +54,18 @@ def test_either_direction_of_the_field(det, field_sign):
     row, found = index_of(truth.particles.particle_id, pid)
     assert found.sum() > 50
     assert np.array_equal(tracks.params["charge"][found], truth.particles.q[row[found]])
+
+
+def test_an_empty_batch_or_a_nan_coordinate_is_a_clear_error(small_events):
+    rec = Reconstructor.oracle()
+    with pytest.raises(ValueError, match="a batch needs at least one event"):
+        rec.reconstruct([])
+    ev = small_events[0]
+    cols = {k: v.copy() for k, v in ev.hits.columns().items()}
+    cols["z"][7] = np.nan
+    bad = Event(ev.run, ev.event, Hits(**cols))
+    with pytest.raises(ValueError, match=f"event {ev.run}/{ev.event}: a hit coordinate is NaN"):
+        rec.reconstruct([small_events[1], bad])
 
 
 def test_batching_does_not_change_tracks(small_events):
