@@ -6,11 +6,12 @@
 # Every step is bounded by `timeout` and writes under $OUT (imports.txt, gpu-tests.txt,
 # gpu-bench.log, gpu_bench.json); a failing step does not stop the next.
 #
-# On the device (pyzmq is not installed there; bring its wheel, ignored by git):
+# On the device (pyzmq and tomli-w are not installed there, see
+# /work/.library/device/KINDS.md; bring their wheels, ignored by git):
 #   here:  echo /.whl/ >> .git/info/exclude
 #          python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #            --implementation cp --platform manylinux_2_28_x86_64 \
-#            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0
+#            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0 tomli-w==1.2.0
 #   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 480)
 #   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json   (writes
 #          bench/results/h200-DATE.json, prints the summary for bench/RESULTS.md)
@@ -35,8 +36,9 @@ export PYTHONPATH
 # Every import the run needs, in the first seconds: a missing one ends the run here.
 "$PYTHON" - >"$OUT/imports.txt" 2>&1 <<'PY'
 import importlib, sys
-names = ["numpy", "scipy", "torch", "msgpack", "zmq", "prometheus_client", "pytest",
-         "pytest_timeout", "hypothesis", "streamtrk.recon.reconstructor", "streamtrk.service.serve"]
+names = ["numpy", "scipy", "torch", "msgpack", "zmq", "prometheus_client", "tqdm", "tomli_w",
+         "matplotlib", "yaml", "onnx", "onnxruntime", "onnxscript", "pytest", "pytest_timeout",
+         "hypothesis", "streamtrk.recon.reconstructor", "streamtrk.service.serve"]
 import os
 if os.environ.get("DEVICE", "cuda") == "cuda":
     names.append("cupy")
@@ -56,10 +58,12 @@ cat "$OUT/imports.txt"
 # One line per test as it ends (-v: a run cut by `timeout` still shows what passed), at
 # most 100 s a test, the slowest listed. Warnings are listed, not errors (-W default: the
 # project's `filterwarnings = error` would fail a test on any new CuPy or torch warning of
-# this first run; list them, then silence them by message in the tests).
+# this first run; list them, then silence them by message in the tests). The files go
+# cheapest first, so that a run cut by `timeout` in the compiled pipeline still has them.
 timeout 180 "$PYTHON" -m pytest -m gpu -v -rs -W default --timeout 100 --durations 10 \
-    -p no:cacheprovider \
-    tests/recon >"$OUT/gpu-tests.txt" 2>&1
+    -p no:cacheprovider tests/recon/test_host_syncs.py tests/recon/test_prune.py \
+    tests/recon/test_gpu_parity.py tests/recon/test_gpu_pipeline.py \
+    >"$OUT/gpu-tests.txt" 2>&1
 echo "device_run: gpu tests exit $?"
 tail -n 40 "$OUT/gpu-tests.txt"
 

@@ -33,3 +33,32 @@ def test_device_run_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert "zmq " in (tmp_path / "imports.txt").read_text()
     parts = json.loads((tmp_path / "gpu_bench.json").read_text())["parts"]
     assert {"info", "eager_fp32", "kernels", "daemon"} <= set(parts)
+
+
+#: What the device machine has installed, as /work/.library/device/KINDS.md lists it
+#: (read 2026-11-17; distribution names): the project's other needs travel as wheels.
+DEVICE_PACKAGES = {
+    "numpy", "scipy", "torch", "msgpack", "prometheus-client", "tqdm", "matplotlib", "pytest",
+    "hypothesis", "pytest-timeout", "pyyaml", "onnx", "onnxruntime", "onnxscript",
+    "setuptools", "cupy-cuda13x",
+}  # fmt: skip
+
+
+def test_the_carried_wheels_cover_what_the_device_lacks() -> None:
+    """Every dependency of the package and its dev extra (less the linter) is on the device
+    or among the wheels the script's header downloads, and in the script's import check."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {
+        re.split(r"[<>=\[; ]", req, maxsplit=1)[0].lower()
+        for req in [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    } - {"ruff"}
+    script = (ROOT / "bench" / "device_run.sh").read_text()
+    download = re.search(r"-d \.whl ([^\n]+)", script)
+    assert download is not None
+    carried = {spec.split("==")[0].lower() for spec in download.group(1).split()}
+    assert needed <= DEVICE_PACKAGES | carried, needed - DEVICE_PACKAGES - carried
+    imports = {"pyzmq": "zmq", "tomli-w": "tomli_w"}
+    assert all(f'"{imports.get(name, name)}"' in script for name in carried)
