@@ -141,6 +141,25 @@ def _atomic_add_kernels() -> tuple[Any, Any]:
     return count, weighted
 
 
+def scatter_min(target: Array, idx: Array, values: Array) -> None:
+    """``target[idx] = min(target[idx], values)``, repeated indices included, in place, for
+    int64 arrays: ``numpy.minimum.at`` on NumPy, an atomic-min kernel on the device (CuPy's
+    ``scatter_min`` takes no int64 and is deprecated in CuPy 14)."""
+    if array_module(target) is np:
+        np.minimum.at(target, idx, values)
+    else:
+        _atomic_min_kernel()(idx, values, target)
+
+
+@cache
+def _atomic_min_kernel() -> Any:
+    import cupy
+
+    return cupy.ElementwiseKernel(
+        "S i, T v", "raw T target", "atomicMin(&target[i], v)", "streamtrk_scatter_min"
+    )
+
+
 def csr_rows(offsets: Array, total: int | None = None) -> Array:
     """Row of every element of a CSR layout (``offsets``): ``repeat`` on NumPy, a search on
     the device (one host synchronisation, the total, unless ``total`` is given: the length

@@ -8,6 +8,7 @@ from streamtrk.xp import (
     chunk_bounds,
     concatenate_to_device,
     csr_rows,
+    scatter_min,
     to_host_packed,
 )
 
@@ -73,3 +74,9 @@ def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():
         b = chunk_bounds(6, chunk, np, np.cumsum([4, 0, 4, 1, 1, 4]))
         assert b[0] == 0 and b[-1] == 6 and (np.diff(b) > 0).all()
     assert chunk_bounds(10, 3, xp=None) == [0, 10]  # not NumPy: the GPU's one run
+
+
+def test_scatter_min_keeps_the_least_value_per_index():
+    target = np.array([5, 9, 7, 2**40], dtype=np.int64)
+    scatter_min(target, np.array([1, 1, 3, 0, 1]), np.array([4, 6, 2**35, 8, 3], np.int64))
+    assert target.tolist() == [5, 3, 7, 2**35]

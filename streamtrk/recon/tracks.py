@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.xp import Array, array_module, bincount, csr_rows
+from streamtrk.xp import Array, array_module, bincount, csr_rows, scatter_min
 
 
 def _by_key_then_score(key: Array, s: Array, xp: Any) -> tuple[Array, Array]:
@@ -173,18 +173,6 @@ def components_scipy(edge_index: np.ndarray, n_nodes: int) -> np.ndarray:
     return _canonical(labels.astype(np.int64), np)
 
 
-def _scatter_min(xp: Any, target: Array, idx: Array, values: Array) -> None:
-    """``target[idx] = min(target[idx], values)`` for non-negative int64 arrays, in place.
-    CuPy's scatter_min takes no int64 (TypeError; uint64 and int32 only): the same
-    non-negative values are compared as uint64 views."""
-    if xp is np:
-        np.minimum.at(target, idx, values)
-    else:
-        import cupyx
-
-        cupyx.scatter_min(target.view(xp.uint64), idx, values.view(xp.uint64))
-
-
 #: Label propagation checks for convergence every this many iterations: each check is a host
 #: synchronisation on the device, and iterations past convergence change nothing (the track
 #: chains of a MU=200 event converge in 8).
@@ -199,8 +187,8 @@ def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int 
     for i in range(1, max_iter + 1):
         low = xp.minimum(labels[a], labels[b])
         new = labels.copy()
-        _scatter_min(xp, new, a, low)
-        _scatter_min(xp, new, b, low)
+        scatter_min(new, a, low)
+        scatter_min(new, b, low)
         new = new[new]  # pointer jumping: follow labels to their labels
         new = new[new]
         if (i % _CHECK_EVERY == 0 or i == max_iter) and bool((new == labels).all()):

@@ -6,7 +6,7 @@ import torch
 from gpu_only import cupy_on_cuda
 
 from streamtrk.recon.host_syncs import count_host_syncs, counting_unavailable
-from streamtrk.xp import bincount, concatenate_to_device, csr_rows
+from streamtrk.xp import bincount, concatenate_to_device, csr_rows, scatter_min
 
 pytestmark = pytest.mark.gpu
 cupy = cupy_on_cuda(torch_too=True)
@@ -46,6 +46,19 @@ def test_bincount_equals_numpy_without_synchronising():
     np.testing.assert_array_equal(counts.get(), np.bincount(idx, minlength=64))
     np.testing.assert_allclose(sums.get(), np.bincount(idx, w, minlength=64), rtol=1e-12)
     assert counts.dtype == np.int64 and sums.dtype == np.float64
+
+
+def test_scatter_min_equals_numpy_without_synchronising():
+    rng = np.random.default_rng(4)
+    target = rng.integers(0, 2**40, size=300)
+    idx = rng.integers(0, 300, size=5_000)  # many repeats
+    values = rng.integers(0, 2**40, size=5_000)
+    d_target = cupy.asarray(target)
+    with count_host_syncs() as syncs:
+        scatter_min(d_target, cupy.asarray(idx), cupy.asarray(values))
+    np.minimum.at(target, idx, values)
+    assert syncs.total == 0
+    np.testing.assert_array_equal(d_target.get(), target)
 
 
 def test_csr_rows_with_a_known_total_does_not_synchronise():
