@@ -117,3 +117,23 @@ def test_threshold_choice_maximises_the_objective() -> None:
     # Low thresholds keep chance edges (fakes), 0.95 drops every edge: 0.75 wins.
     assert scan["chosen"] == 0.75
     assert scan["fake_rate"][0] > scan["fake_rate"][2] and scan["tracking_efficiency"][3] == 0
+
+
+def test_samples_without_counted_edges_are_left_out(tmp_path: Path) -> None:
+    """A sector with no counted edge has a NaN loss: left out of training and validation,
+    it can neither spoil the weights nor the choice of the best epoch."""
+    from dataclasses import replace
+
+    from streamtrk.train.loop import fit
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    cfg = load_config(config)
+    det = load_detector()
+    samples = make_samples(EventSource(mu=5, seed=5, events=1).load(det), det, GraphConfig(), 1.0)
+    empty = replace(samples[0], counted=torch.zeros_like(samples[0].counted))
+    model, history = fit(cfg, [empty, *samples], [empty, *samples], tmp_path / "ck", progress=False)
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="no edge counts in the loss"):
+        fit(cfg, [empty], samples, tmp_path / "ck2", progress=False)

@@ -33,8 +33,10 @@ def validate(
     model.eval()
     loss, n, tp, pos, sel = 0.0, 0, 0, 0, 0
     for s in samples:
-        logits = model.infer(s.x, s.edge_index, s.edge_attr)
         c = int(s.counted.sum())
+        if c == 0:  # no loss to take (its mean would be NaN)
+            continue
+        logits = model.infer(s.x, s.edge_index, s.edge_attr)
         loss += float(_loss(logits, s, pos_weight)) * c
         n += c
         pred, truth = (logits > 0)[s.counted], s.target[s.counted] > 0.5
@@ -66,9 +68,18 @@ def fit(
     *,
     progress: bool = True,
 ) -> tuple[InteractionNetwork, list[dict[str, float]]]:
-    """Train; return the best-validation-loss network and the per-epoch history."""
+    """Train; return the best-validation-loss network and the per-epoch history. Samples
+    without a counted edge (a sector of a sparse event) are left out: their loss is NaN,
+    and one NaN gradient step would spoil the weights."""
     from tqdm import tqdm
 
+    train = [s for s in train if bool(s.counted.any())]
+    val = [s for s in val if bool(s.counted.any())]
+    if not train or not val:
+        raise ValueError(
+            "no edge counts in the loss of the training or of the validation events: "
+            "simulate more events, or at higher MU"
+        )
     o = cfg.optim
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -110,6 +121,8 @@ def fit(
             best = (v["loss"], epoch, copy.deepcopy(model.state_dict()))
         elif epoch - best[1] >= o.patience:
             break
+    if best[1] < 0:
+        raise RuntimeError("the validation loss was never finite: the training diverged")
     model.load_state_dict(best[2])
     return model.eval(), history
 
