@@ -277,7 +277,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
-    from streamtrk.io.trackml import write_submission, write_track_parameters
+    from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
     from streamtrk.recon.device import cuda_unavailable
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path
@@ -319,10 +319,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.report.write_text(text + "\n")
     if args.submission:
         args.submission.parent.mkdir(parents=True, exist_ok=True)
-        write_submission(args.submission, ev.submission)
+        write_submission(args.submission, by_event_number(ev.submission))
     if args.tracks:
         args.tracks.parent.mkdir(parents=True, exist_ok=True)
-        write_track_parameters(args.tracks, ev.tracks)
+        write_track_parameters(args.tracks, by_event_number(ev.tracks))
     if args.plots:
         plot(ev, args.plots)
     print(text)
@@ -455,7 +455,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "report covers the replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
-    from streamtrk.io.trackml import write_submission
+    from streamtrk.io.trackml import by_event_number, write_submission
     from streamtrk.replay import (
         ReplayOptions,
         format_report,
@@ -493,7 +493,8 @@ def _replay(args: argparse.Namespace) -> int:
         labels = labels_of(events, result.first_replies)
         hit_ids = {ev.key: ev.event.hits.hit_id for ev in events}
         args.submission.parent.mkdir(parents=True, exist_ok=True)
-        write_submission(args.submission, {k[1]: (hit_ids[k], v) for k, v in labels.items()})
+        rows = {k: (hit_ids[k], v) for k, v in labels.items()}
+        write_submission(args.submission, by_event_number(rows))
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
     print(_json(report, indent=2) if args.json else format_report(report))

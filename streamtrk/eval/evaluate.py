@@ -84,7 +84,7 @@ class Evaluation:
 
     n_events: int = 0
     seconds: float = 0.0
-    stage_seconds: dict[str, list[float]] = field(default_factory=dict)  # per event, per batch
+    stage_seconds: dict[str, list[float]] = field(default_factory=dict)  # one per event
     physics: PhysicsTotals = field(default_factory=PhysicsTotals)
     graph_edges: Counter[str] = field(default_factory=Counter)
     pruned_edges: Counter[str] = field(default_factory=Counter)
@@ -92,8 +92,9 @@ class Evaluation:
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
     # Per track: (fitted pt, eta, chi2/ndf, fake, duplicate, matched).
     track_rows: list[np.ndarray] = field(default_factory=list)
-    submission: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    tracks: dict[int, Tracks] = field(default_factory=dict)  # per event id
+    # Per (run, event): hit ids and track labels (a submission's rows), and the tracks.
+    submission: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tracks: dict[tuple[int, int], Tracks] = field(default_factory=dict)
     n_hits: int = 0
     n_built_edges: int = 0
     n_scored_edges: int = 0
@@ -103,8 +104,8 @@ class Evaluation:
     ) -> None:
         self.n_events += len(events)
         self.seconds += seconds
-        for k, v in result.timings.items():
-            self.stage_seconds.setdefault(k, []).append(v / len(events))
+        for k, v in result.timings.items():  # a batch's time shared by its events
+            self.stage_seconds.setdefault(k, []).extend([v / len(events)] * len(events))
         edges = to_host(result.graph.edge_index)
         scores = to_host(result.scores)
         offsets = result.node_offsets
@@ -117,8 +118,8 @@ class Evaluation:
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
             labels = tracks.track_id_per_hit(len(ev.hits))
             self.n_hits += len(ev.hits)
-            self.submission[ev.event] = (np.asarray(ev.hits.hit_id), labels)
-            self.tracks[ev.event] = tracks
+            self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
+            self.tracks[ev.run, ev.event] = tracks
             if ev.truth is None:
                 continue
             truth = SegmentTruth.of(ev)

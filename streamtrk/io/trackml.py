@@ -17,6 +17,7 @@ import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,6 +41,7 @@ _TRUTH_CSV_DTYPES = {"hit_id": "<i8", **{k: HIT_TRUTH_DTYPES[k] for k in TRUTH_C
 _SUBMISSION_DTYPES = {"event_id": "<i8", "hit_id": "<i8", "track_id": "<i8"}
 #: Integer columns that may be negative: the charge, and a submission's track labels.
 SIGNED_COLUMNS = frozenset({"q", "track_id"})
+T = TypeVar("T")
 _EVENT_RE = re.compile(r"event(\d+)")
 _HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
 _POW10 = 10.0 ** np.arange(23)
@@ -344,6 +346,21 @@ def write_track_parameters(path: str | Path, tracks: Mapping[int, Tracks]) -> No
         for k in names
     ]
     _write_bytes(Path(path), _csv_bytes(names, columns))
+
+
+def by_event_number(per_event: Mapping[tuple[int, int], T]) -> dict[int, T]:
+    """``per_event`` (keyed by run and event) keyed by event number alone, as TrackML files
+    name events; ValueError when two runs share an event number (one would overwrite the
+    other)."""
+    out: dict[int, T] = {}
+    for (run, event), value in per_event.items():
+        if event in out:
+            raise ValueError(
+                f"event number {event} occurs in more than one run (run {run} among them): "
+                "TrackML files name events by number alone; write one run at a time"
+            )
+        out[event] = value
+    return out
 
 
 def read_submission(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:

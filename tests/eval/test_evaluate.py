@@ -4,12 +4,16 @@ rates by bin."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from streamtrk.eval.evaluate import _track_rates, evaluate
+from streamtrk.event import Event
+from streamtrk.io.trackml import by_event_number
 from streamtrk.recon.prune import PruneConfig
-from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
 
 
 def test_edge_counts_along_the_chain(small_events) -> None:
@@ -48,3 +52,27 @@ def test_track_rates_by_bin() -> None:
     assert out["duplicate_rate_by_abs_eta"]["1-1.5"] == 0.5
     assert out["fake_rate_by_abs_eta"]["2.5-4"] == 0.0
     assert out["chi2_ndf_median"] == 1.0  # of the matched tracks only
+
+
+class _FixedTimings(Reconstructor):
+    """The oracle chain reporting a GNN time of 1 s a batch plus 0.1 s an event."""
+
+    def reconstruct(self, events):
+        return replace(super().reconstruct(events), timings={"gnn": 1.0 + 0.1 * len(events)})
+
+
+def test_stage_times_are_per_event_over_batches_of_any_size(small_events) -> None:
+    events = [small_events[0]] * 4 + [small_events[1]]  # batches of 4 and 1
+    report = evaluate(_FixedTimings(OracleScorer()), events, batch_size=4).report()
+    assert report["stage_seconds"]["gnn"] == pytest.approx((1.4 + 1.1) / 5)
+    assert report["timings"]["gnn"] == pytest.approx(1.4 / 4)  # four of the five events
+
+
+def test_events_of_two_runs_keep_their_tracks_and_one_submission_per_number(small_events):
+    a, b = small_events[0], small_events[1]
+    twin = Event(a.run + 1, a.event, b.hits, b.truth)  # another run, the same event number
+    ev = evaluate(Reconstructor.oracle(), [a, twin])
+    assert sorted(ev.tracks) == [(a.run, a.event), (a.run + 1, a.event)]
+    with pytest.raises(ValueError, match=f"event number {a.event} occurs in more than one run"):
+        by_event_number(ev.submission)
+    assert list(by_event_number({(a.run, a.event): 1})) == [a.event]
