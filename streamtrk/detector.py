@@ -6,6 +6,7 @@ endcap disk) so that the simulator and the graph builder can work on all layers 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -174,10 +175,17 @@ def parse_detector(doc: dict) -> Detector:
     def col(name: str, dtype: type) -> np.ndarray:
         return np.array([r[name] for r in rows], dtype=dtype)
 
+    ids = [(r["volume_id"], r["layer_id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"detector file: volume {twice[0]} layer {twice[1]} is given twice")
+    bfield = float(doc["bfield_tesla"])
+    if not (math.isfinite(bfield) and bfield != 0):
+        raise ValueError(f"detector file: bfield_tesla must be finite and not 0, got {bfield}")
     return Detector(
         name=str(doc["name"]),
         version=int(doc["version"]),
-        bfield=float(doc["bfield_tesla"]),
+        bfield=bfield,
         envelope_r=float(doc["envelope_r"]),
         envelope_z=float(doc["envelope_z"]),
         volume_id=col("volume_id", np.int32),

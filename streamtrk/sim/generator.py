@@ -126,6 +126,34 @@ class GeneratorConfig:
     hard_scatter: int = 0  # extra high-pT particles on the first vertex
     hard_scatter_pt: tuple[float, float] = (5.0, 50.0)
 
+    def __post_init__(self) -> None:
+        """ValueError naming the first setting out of range (an event is a crossing with at
+        least one collision: max(1, Poisson(mu)) vertices, so mu must be above 0)."""
+        checks = [
+            ("mu", self.mu > 0, "> 0"),
+            ("primaries_per_vertex", self.primaries_per_vertex > 0, "> 0"),
+            ("multiplicity_shape", self.multiplicity_shape > 0, "> 0"),
+            ("sigma_z", self.sigma_z >= 0, ">= 0"),
+            ("sigma_r", self.sigma_r >= 0, ">= 0"),
+            ("eta_max", self.eta_max > 0, "> 0"),
+            ("positive_fraction", 0 <= self.positive_fraction <= 1, "in [0, 1]"),
+            ("secondary_fraction", 0 <= self.secondary_fraction < 1, "in [0, 1)"),
+            (
+                "secondary_positive_fraction",
+                0 <= self.secondary_positive_fraction <= 1,
+                "in [0, 1]",
+            ),
+            ("hard_scatter", self.hard_scatter >= 0, ">= 0"),
+            (
+                "hard_scatter_pt",
+                0 < self.hard_scatter_pt[0] <= self.hard_scatter_pt[1],
+                "0 < low <= high",
+            ),
+        ]
+        for name, ok, rule in checks:  # a NaN fails every comparison: refused too
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+
 
 @dataclass
 class GeneratedParticles:

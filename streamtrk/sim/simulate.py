@@ -8,6 +8,7 @@ after everything else is drawn), noisy layers get extra noise hits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -40,14 +41,15 @@ class SimConfig:
     noisy_layers: tuple[tuple[LayerId, float], ...] = ()
 
     def __post_init__(self) -> None:
+        # Written so that a NaN fails each check (it fails every comparison).
         if not 0 <= self.noise_fraction < 1:
             raise ValueError(f"noise fraction must be in [0, 1), got {self.noise_fraction}")
-        if self.generator.mu < 0:
-            raise ValueError(f"mu must be >= 0, got {self.generator.mu}")
-        if self.max_turns <= 0:
-            raise ValueError(f"max_turns must be > 0, got {self.max_turns}")
+        if not 0 < self.max_turns < math.inf:
+            raise ValueError(f"max_turns must be a finite number > 0, got {self.max_turns}")
+        if not self.min_pt >= 0:
+            raise ValueError(f"min_pt must be >= 0, got {self.min_pt}")
         for layer, hits in self.noisy_layers:
-            if hits < 0:
+            if not 0 <= hits < math.inf:
                 raise ValueError(f"extra noise hits of layer {layer} must be >= 0, got {hits}")
 
 
@@ -189,10 +191,12 @@ def simulate_event(
 def simulate(
     det: Detector, cfg: SimConfig, seed: int, n_events: int, *, run: int = 0, first_event: int = 0
 ) -> Iterator[Event]:
-    """Simulate ``n_events`` events; event ``i`` uses its own stream spawned from ``seed``.
-    Layers the detector lacks are refused here, before the first event."""
+    """Simulate ``n_events`` events numbered from ``first_event``; event number ``k`` uses
+    the ``k``-th stream spawned from ``seed``, so a run continued with ``first_event`` holds
+    the events of the longer run. Layers the detector lacks are refused here, before the
+    first event."""
     layer_indices(det, [*cfg.dead_layers, *(layer for layer, _ in cfg.noisy_layers)])
-    streams = np.random.SeedSequence(seed).spawn(n_events)
+    streams = np.random.SeedSequence(seed).spawn(first_event + n_events)[first_event:]
     return (
         simulate_event(det, cfg, np.random.default_rng(ss), run=run, event=first_event + i)
         for i, ss in enumerate(streams)

@@ -117,11 +117,32 @@ def test_multiple_scattering_width_follows_highland():
     assert np.std(theta_z) == pytest.approx(expect, rel=0.06)
 
 
-def test_invalid_settings_are_refused():
-    with pytest.raises(ValueError, match="noise"):
-        SimConfig(noise_fraction=1.0)
-    with pytest.raises(ValueError, match="mu"):
-        SimConfig(generator=GeneratorConfig(mu=-1))
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: SimConfig(noise_fraction=1.0), "noise"),
+        (lambda: GeneratorConfig(mu=-1), "mu must be > 0"),
+        (lambda: GeneratorConfig(mu=0), "mu must be > 0"),  # an event is one collision at least
+        (lambda: GeneratorConfig(positive_fraction=2), "positive_fraction must be in"),
+        (lambda: GeneratorConfig(secondary_fraction=1), "secondary_fraction must be in"),
+        (lambda: GeneratorConfig(sigma_z=float("nan")), "sigma_z must be"),
+        (lambda: SimConfig(max_turns=float("nan")), "max_turns must be"),
+        (lambda: SimConfig(noisy_layers=(((8, 2), float("nan")),)), "extra noise hits"),
+    ],
+)
+def test_invalid_settings_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_a_run_continued_from_an_event_number_holds_the_longer_runs_events():
+    cfg = replace(SMALL, noise_fraction=0.0)
+    whole = list(simulate(DET, cfg, seed=8, n_events=4))
+    rest = list(simulate(DET, cfg, seed=8, n_events=2, first_event=2))
+    assert [e.event for e in rest] == [2, 3]
+    for a, b in zip(whole[2:], rest, strict=True):
+        assert a.hits.equals(b.hits)
+    assert not whole[0].hits.equals(rest[0].hits)
 
 
 def _positions(ev, det, excluded) -> set[tuple[float, float, float]]:
