@@ -57,6 +57,24 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ("[test]\nseed = 11\n", r"\[train\] and \[test\] would share events \(the same seed 11\)"),
+        (
+            '[val]\nrecording = "r.stk"\n[test]\nrecording = "r.stk"\n',
+            r"\[val\] and \[test\] would share events \(the same recording 'r.stk'\)",
+        ),
+    ],
+)
+def test_splits_that_would_share_events_are_refused(tmp_path: Path, extra: str, match: str):
+    path = tmp_path / "c.toml"
+    text = TINY.replace("[val]\nmu = 10\nseed = 12\nevents = 1\n", "") if "[val]" in extra else TINY
+    path.write_text(text + extra)
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
+
+
 def test_sectors_count_every_edge_once() -> None:
     det = load_detector()
     ev = EventSource(mu=20, seed=5, events=1).load(det)

@@ -102,7 +102,26 @@ def load_config(path: str | Path) -> TrainConfig:
         kw["thresholds"] = tuple(float(t) for t in raw["thresholds"])
     if "report" in raw:
         kw["report"] = {str(k): str(v) for k, v in raw["report"].items()}
-    return TrainConfig(
+    cfg = TrainConfig(
         **{k: raw[k] for k in ("name", "seed", "threads", "pt_min") if k in raw},
         **kw,
     )
+    _check_disjoint(cfg, path)
+    return cfg
+
+
+def _check_disjoint(cfg: TrainConfig, path: str | Path) -> None:
+    """ValueError when two of train, val and test could hold the same events: simulated
+    ones from the same seed, or the same recording (each takes its first events)."""
+    splits = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+    seen: dict[tuple[str, object], str] = {}
+    for name, src in splits.items():
+        if src is None:
+            continue
+        key = ("recording", src.recording) if src.recording else ("seed", src.seed)
+        if key in seen:
+            raise ValueError(
+                f"{path}: [{seen[key]}] and [{name}] would share events (the same {key[0]} "
+                f"{key[1]!r}): give each its own"
+            )
+        seen[key] = name
