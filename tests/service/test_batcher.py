@@ -40,6 +40,7 @@ def test_hit_limit_closes_a_batch_and_the_next_event_opens_the_next() -> None:
         b.put(job(n, i))
     first = b.next_batch(1)
     assert events(first) == [0, 1] and first.n_hits == 80
+    assert b.depth() == 3  # event 2, held for the next batch, counts as waiting
     assert events(b.next_batch(1)) == [2]  # event 3 would pass the limit
     assert events(b.next_batch(1)) == [3]  # alone over the limit: a batch of its own
     assert events(b.next_batch(1)) == [4]
@@ -120,6 +121,10 @@ def test_an_event_that_would_make_the_batch_late_opens_the_next() -> None:
     b.put(job(500, 4, deadline_s=0.1))  # late alone already: batched all the same
     b.put(job(500, 5))
     assert events(b.next_batch(1)) == [4, 5]
+    b.put(job(500, 6))
+    b.put(job(500, 7, deadline_s=0.8))  # its own deadline: 1 s together, 0.5 s alone
+    assert events(b.next_batch(1)) == [6]
+    assert events(b.next_batch(1)) == [7]
 
 
 def test_full_queue_rejects_without_blocking() -> None:
@@ -133,7 +138,10 @@ def _blocked_put(b: Batcher, j: Job) -> tuple[threading.Thread, list[bool]]:
     """A put of ``j`` on a thread, once it waits for room; its result, when it has one."""
     result: list[bool] = []
     waited = threading.Event()
-    thread = threading.Thread(target=lambda: result.append(b.put(j, waiting=waited.set)))
+    # A daemon thread: a put that never ends fails the test instead of hanging the run.
+    thread = threading.Thread(
+        target=lambda: result.append(b.put(j, waiting=waited.set)), daemon=True
+    )
     thread.start()
     assert waited.wait(10)
     return thread, result
