@@ -300,6 +300,18 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "no_reason_error", lambda h, t, u: patch(t, status="error")),
         ("bad_header", "error_with_tracks", lambda h, t, u: patch(t, status="error", reason="x")),
         ("bad_header", "timings", lambda h, t, u: patch(t, timings={"a": -1.0})),
+        (
+            "bad_header",
+            "timings_map_too_long",
+            lambda h, t, u: patch(t, timings={f"s{k}": 0.0 for k in range(65)}),
+        ),
+        ("bad_header", "tracks_negative_msg_id", lambda h, t, u: patch(t, msg_id=-1)),
+        ("bad_header", "v1_hits_with_msg_id", lambda h, t, u: patch(h, version=1, msg_id=3)),
+        (
+            "bad_column",
+            "negative_length",
+            lambda h, t, u: patch(h, columns=[[n, d, -1] for n, d, _ in columns(h)]),
+        ),
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
@@ -333,6 +345,13 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("non_finite", "inf_z", lambda h, t, u: with_column(h, "z", np.full(10, np.inf, "<f4"))),
         ("id_range", "hit_id", lambda h, t, u: with_column(h, "hit_id", -np.arange(10))),
         ("id_range", "layer", lambda h, t, u: with_column(h, "layer_id", np.full(10, -1, "<i4"))),
+        ("id_range", "volume", lambda h, t, u: with_column(h, "volume_id", np.full(10, -2, "<i4"))),
+        ("id_range", "module", lambda h, t, u: with_column(h, "module_id", np.full(10, -3, "<i4"))),
+        (
+            "id_range",
+            "hit_particle",
+            lambda h, t, u: with_column(u, "hit.particle_id", np.full(10, -1)),
+        ),
         ("id_range", "track_hit", lambda h, t, u: with_column(t, "hit_id", np.full(10, -5))),
         (
             "id_range",
@@ -453,3 +472,6 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     assert again.msg_id == 8 and again.to_event().hits.equals(ev.hits)
     with pytest.raises(WireError, match="msg_id must be an int"):
         decode(patch(encode_hits(ev), msg_id=-1))
+    # The reply echoes it.
+    reply = decode(encode_tracks(1, 2, np.arange(5), None, status="error", reason="x", msg_id=9))
+    assert reply.to_reply().msg_id == 9 and reply.msg_id == 9
