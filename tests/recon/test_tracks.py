@@ -170,6 +170,19 @@ def test_min_hits_and_mean_score_drop_tracks():
     assert len(_tracks(edges, scores, 12)) == 3
     assert _tracks(edges, scores, 12, min_hits=4) == [[3, 4, 5, 6], [7, 8, 9, 10, 11]]
     assert _tracks(edges, scores, 12, min_mean_score=0.8) == [[0, 1, 2], [3, 4, 5, 6]]
+    # A mean exactly at the setting is not above it: dropped.
+    edges, scores = [(0, 1), (1, 2), (3, 4), (4, 5)], [0.75, 0.75, 0.875, 0.75]
+    assert _tracks(edges, scores, 6, min_mean_score=0.75) == [[3, 4, 5]]
+
+
+def test_stitching_never_joins_a_piece_to_itself():
+    """A piece's last hit back to its own first hit, directly or through a free hit, is no
+    stitch (the graph's edges run outwards, so only a malformed graph offers one)."""
+    edges = np.array([[0, 1, 2, 2, 9], [1, 2, 0, 9, 0]])
+    scores = np.array([0.9, 0.9, 0.8, 0.8, 0.8])
+    kept = edges[:, :2]  # the piece 0-1-2; hit 9 is in no piece
+    labels = components_scipy(kept, 10)
+    assert len(stitch_edges(edges, scores, kept, labels, 0.1)) == 0
 
 
 def test_select_tracks_keeps_csr_and_params_aligned():
@@ -238,3 +251,6 @@ def test_fit_cuts_apply_to_short_tracks_only():
     assert fit_cuts(sizes, params, cfg).tolist() == [False, False, True, True]
     cfg = TrackConfig(short_hits=10, max_chi2_ndf=2.0)
     assert fit_cuts(sizes, params, cfg).tolist() == [False, True, False, False]
+    # At the limit is within it: chi2/ndf 5 (3 hits, ndf 1) passes max_chi2_ndf = 5.
+    one = {"chi2": np.array([5.0]), "ndf": np.array([1]), "d0": np.array([0.0])}
+    assert fit_cuts(np.array([3]), one, TrackConfig(max_chi2_ndf=5.0)).tolist() == [True]
