@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
+import onnx
+import onnxruntime as ort
 import torch
 
 from streamtrk.cli import main
@@ -15,10 +16,6 @@ from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig, batch_graph
 from streamtrk.recon.model import save_model
 from streamtrk.recon.onnx_export import INPUTS, OUTPUT
-
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (dev extra)")
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (dev extra)")
-pytest.importorskip("onnxscript", reason="onnxscript is not installed (dev extra)")
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> None:

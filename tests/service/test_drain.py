@@ -50,12 +50,12 @@ def test_sigterm_during_full_speed_replay(daemon_factory, sim_run: Path, tmp_pat
 
 
 def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) -> None:
-    # Three MU=200 events in one batch (a hit cap past the CPU default of 100k) take over 2 s
-    # on a CPU: over the 1 s a 2 s drain leaves the worker.
-    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=200)), 8, 3))
+    # Three events in one batch made to take 10 s (on any machine): over the 1 s a 2 s drain
+    # leaves the worker.
+    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=5)), 8, 3))
     d = daemon_factory(
         "--drain-timeout-s", "2", "--max-batch-events", "3", "--max-queue-delay-ms", "5000",
-        "--max-batch-hits", "1000000",
+        env={"STREAMTRK_TEST_FAULTS": "batch_delay_s=10"},
     )  # fmt: skip
     with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
         for ev in events:
