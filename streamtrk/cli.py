@@ -628,6 +628,24 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--hwm", type=int, default=2, help="high-water marks, messages (default 2)")
     _curve_arguments(s)
+    s.add_argument(
+        "--server-key",
+        type=Path,
+        metavar="FILE",
+        help="own secret certificate: the socket facing producers (distributor) or consumers "
+        "(collector) is a CURVE server",
+    )
+    s.add_argument(
+        "--allowed-keys",
+        type=Path,
+        metavar="DIR",
+        help="directory of the public certificates (NAME.key) of the clients admitted there",
+    )
+    s.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="bind beyond this host without CURVE (a trusted network only)",
+    )
 
 
 @_command(
@@ -638,8 +656,10 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     "distributor, from producers to daemons in connect mode (which join only when ready and "
     "leave first when they stop); as the collector, from the daemons' outputs to consumers. "
     "With --curve-key and --curve-server-key, the socket facing the daemons is a CURVE "
-    "client of theirs. Prints a JSON 'listening' line with the bound addresses (front, "
-    "back); stops on SIGTERM or SIGINT. See docs/farm-topology.md.",
+    "client of theirs; with --server-key and --allowed-keys the other one is a CURVE server "
+    "for the producers or consumers. A socket bound beyond this host without CURVE is "
+    "refused unless --allow-insecure. Prints a JSON 'listening' line with the bound "
+    "addresses (front, back); stops on SIGTERM or SIGINT. See docs/farm-topology.md.",
 )
 def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
@@ -652,6 +672,9 @@ def _farm(args: argparse.Namespace) -> int:
         hwm=args.hwm,
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
+        server_key=args.server_key,
+        allowed_keys=args.allowed_keys,
+        allow_insecure=args.allow_insecure,
         stop=stop,
     )
     return 0

@@ -20,13 +20,15 @@ import zmq
 
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
-from streamtrk.wire.curve import make_client
+from streamtrk.wire.curve import make_client, make_server
 
 
 class _Endpoint:
     """One socket, bound or connected to ``endpoint``, closed with LINGER ``linger_ms``; a
     CURVE client when given its own secret certificate (``curve_key``) and the daemon's
-    public one (``curve_server_key``), see ``streamtrk.wire.curve``."""
+    public one (``curve_server_key``), or a CURVE server when given its own secret
+    certificate as ``curve_secret_key`` (its clients admitted by a ZAP authenticator on the
+    context), see ``streamtrk.wire.curve``."""
 
     def __init__(
         self,
@@ -39,9 +41,12 @@ class _Endpoint:
         linger_ms: int,
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
+        curve_secret_key: str | Path | None = None,
     ) -> None:
         if (curve_key is None) != (curve_server_key is None):
             raise ValueError("CURVE needs both curve_key (own secret) and curve_server_key")
+        if curve_key is not None and curve_secret_key is not None:
+            raise ValueError("a socket is a CURVE client or a CURVE server, not both")
         self.linger_ms = linger_ms
         self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
         try:
@@ -49,6 +54,8 @@ class _Endpoint:
             self.socket.setsockopt(zmq.LINGER, linger_ms)
             if curve_key is not None and curve_server_key is not None:
                 make_client(self.socket, curve_key, curve_server_key)
+            if curve_secret_key is not None:
+                make_server(self.socket, curve_secret_key)
             (self.socket.bind if bind else self.socket.connect)(endpoint)
         except BaseException:
             self.socket.close(linger=0)
@@ -83,6 +90,7 @@ class Producer(_Endpoint):
         linger_ms: int = 1000,
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
+        curve_secret_key: str | Path | None = None,
     ) -> None:
         super().__init__(
             zmq.PUSH,
@@ -93,6 +101,7 @@ class Producer(_Endpoint):
             linger_ms=linger_ms,
             curve_key=curve_key,
             curve_server_key=curve_server_key,
+            curve_secret_key=curve_secret_key,
         )
 
     def send_event(
@@ -128,6 +137,7 @@ class Consumer(_Endpoint):
         limits: Limits = DEFAULT_LIMITS,
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
+        curve_secret_key: str | Path | None = None,
     ) -> None:
         super().__init__(
             zmq.PULL,
@@ -138,6 +148,7 @@ class Consumer(_Endpoint):
             linger_ms=linger_ms,
             curve_key=curve_key,
             curve_server_key=curve_server_key,
+            curve_secret_key=curve_secret_key,
         )
         self.limits = limits
 

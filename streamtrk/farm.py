@@ -8,7 +8,11 @@ they stop, and a daemon whose receive queue is full (``overload = "block"``) is 
 PUSH's round-robin, so events go to ready daemons with room. Keep its high-water mark
 small, so few events wait at any one daemon. The **collector** takes every daemon's
 replies and hands them to consumers. With CURVE, the socket facing the daemons is a CURVE
-client of theirs (``curve_key``, ``curve_server_key``).
+client of theirs (``curve_key``, ``curve_server_key``), and the socket facing producers
+(distributor) or consumers (collector) a CURVE server (``server_key``) admitting the
+clients whose public keys are in ``allowed_keys``. As the daemon does, a forwarder refuses
+to bind that socket beyond this host without CURVE unless ``allow_insecure``: anyone who
+reached it could inject events or take the replies.
 
 Events in flight on a daemon that is killed are lost with it: producers resend what gets
 no reply (``streamtrk replay --retries``), and replies carry the message id so that a late
@@ -17,6 +21,7 @@ duplicate is recognised.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -26,6 +31,8 @@ from typing import Any
 import zmq
 
 from streamtrk.client import Consumer, Producer
+from streamtrk.service.auth import start_authenticator
+from streamtrk.wire.curve import host_only
 
 ROLES = ("distributor", "collector")
 POLL_MS = 100
@@ -40,26 +47,48 @@ def forward(
     hwm: int = 2,
     curve_key: Path | None = None,
     curve_server_key: Path | None = None,
+    server_key: Path | None = None,
+    allowed_keys: Path | None = None,
+    allow_insecure: bool = False,
     stop: threading.Event | None = None,
 ) -> None:
     """Bind PULL ``front`` and PUSH ``back`` and forward until ``stop`` (or forever).
 
     ``role`` says which side faces the daemons (``back`` for a distributor, ``front`` for a
-    collector): that socket gets the CURVE client keys, when given. A JSON ``listening``
+    collector): that socket gets the CURVE client keys, when given; the other side is a
+    CURVE server with ``server_key`` (clients from ``allowed_keys``). A JSON ``listening``
     line on stdout gives the bound addresses (``front``, ``back``).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    keys = {"curve_key": curve_key, "curve_server_key": curve_server_key}
     back_faces_daemons = role == "distributor"
-    with (
-        Consumer(
-            front, bind=True, rcvhwm=hwm, linger_ms=0, **({} if back_faces_daemons else keys)
-        ) as pull,
-        Producer(
-            back, bind=True, sndhwm=hwm, linger_ms=0, **(keys if back_faces_daemons else {})
-        ) as push,
+    inside, outside = (back, front) if back_faces_daemons else (front, back)
+    for endpoint, curve, flags in (
+        (outside, server_key, "--server-key and --allowed-keys"),
+        (inside, curve_key, "--curve-key and --curve-server-key (the daemons' CURVE)"),
     ):
+        if curve is None and not allow_insecure and not host_only(endpoint):
+            raise ValueError(
+                f"{endpoint} is not a loopback address and CURVE is off on it: anyone who "
+                f"reaches it could send events or take them or their replies. Give {flags} "
+                "(docs/operations.md, Keys), or --allow-insecure on a trusted network"
+            )
+    if server_key is None and allowed_keys is not None:
+        raise ValueError("--allowed-keys needs --server-key (the forwarder's own certificate)")
+    daemons = {"curve_key": curve_key, "curve_server_key": curve_server_key}
+    clients = {"curve_secret_key": server_key}
+    with contextlib.ExitStack() as stack:
+        if server_key is not None:
+            auth = start_authenticator(zmq.Context.instance(), allowed_keys)
+            stack.callback(auth.stop)
+        pull = stack.enter_context(
+            Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0,
+                     **(clients if back_faces_daemons else daemons))
+        )  # fmt: skip
+        push = stack.enter_context(
+            Producer(back, bind=True, sndhwm=hwm, linger_ms=0,
+                     **(daemons if back_faces_daemons else clients))
+        )  # fmt: skip
         bound = {
             "message": "listening",
             "role": role,

@@ -21,6 +21,7 @@ from typing import Any
 from streamtrk import tomlio
 from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
 from streamtrk.service import faults
+from streamtrk.wire.curve import host_only
 
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -182,7 +183,7 @@ class ServeConfig:
             _check(f.name, getattr(self, f.name))
         if not self.connect and self.curve_secret_key is None and not self.allow_insecure:
             for name in ("input", "output"):
-                if not _local(getattr(self, name)):
+                if not host_only(getattr(self, name)):
                     raise ConfigError(
                         f"{name} {getattr(self, name)} is not a loopback address and CURVE is "
                         "off: anyone who reaches it could send or take events. Set "
@@ -223,15 +224,6 @@ class ServeConfig:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _local(endpoint: str) -> bool:
-    """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback)."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme != "tcp":
-        return True
-    host = rest.rpartition(":")[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 _POSITIVE_INT = (

@@ -21,6 +21,16 @@ class CurveError(ValueError):
     """A certificate file that cannot be used; the message names the file and the cause."""
 
 
+def host_only(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback):
+    one that needs no CURVE."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = rest.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory`` (created if needed);
     return their paths. The secret file is made readable by its owner only."""

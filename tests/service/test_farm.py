@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 class Forwarder:
     """``streamtrk farm ROLE`` on ports it picks; ``front``/``back`` as bound."""
 
-    def __init__(self, tmp: Path, role: str) -> None:
+    def __init__(self, tmp: Path, role: str, *extra: str) -> None:
         self.log = tmp / f"{role}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streamtrk", "farm", role, "--from", "tcp://127.0.0.1:*",
-                 "--to", "tcp://127.0.0.1:*"],
+                 "--to", "tcp://127.0.0.1:*", *extra],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
@@ -125,3 +125,45 @@ def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None
     # One key alone would leave the daemon-facing socket unencrypted: refused, not ignored.
     with pytest.raises(ValueError, match="CURVE needs both"):
         forward("distributor", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", curve_key=tmp_path / "k")
+
+
+@pytest.mark.parametrize(
+    ("front", "back", "named"),
+    [
+        ("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", "--server-key and --allowed-keys"),
+        ("tcp://127.0.0.1:*", "tcp://0.0.0.0:*", "--curve-key and --curve-server-key"),
+    ],
+)
+def test_a_forwarder_refuses_to_bind_beyond_the_host_without_curve(front, back, named) -> None:
+    with pytest.raises(ValueError, match=f"not a loopback address and CURVE is off.*{named}"):
+        forward("distributor", front, back)
+
+
+def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -> None:
+    import zmq
+
+    from streamtrk.wire.curve import create_certificates, make_client
+
+    keys, allowed = tmp_path / "keys", tmp_path / "keys" / "producers"
+    server_public, server_secret = create_certificates(keys, "distributor")
+    good_public, good_secret = create_certificates(keys, "good")
+    _, bad_secret = create_certificates(keys, "stranger")
+    allowed.mkdir()
+    (allowed / good_public.name).write_bytes(good_public.read_bytes())
+    dist = Forwarder(tmp_path, "distributor", "--server-key", str(server_secret),
+                     "--allowed-keys", str(allowed))  # fmt: skip
+    ctx = zmq.Context.instance()
+    try:
+        with ctx.socket(zmq.PULL) as daemon:
+            daemon.setsockopt(zmq.LINGER, 0)
+            daemon.connect(dist.back)
+            for secret, payload in ((bad_secret, b"from a stranger"), (good_secret, b"ok")):
+                with ctx.socket(zmq.PUSH) as producer:
+                    producer.setsockopt(zmq.LINGER, 2000)
+                    make_client(producer, secret, server_public)
+                    producer.connect(dist.front)
+                    producer.send(payload)
+            assert daemon.poll(30_000) and daemon.recv() == b"ok"
+            assert not daemon.poll(1000)  # the stranger's never came through
+    finally:
+        assert dist.stop() == 0
