@@ -46,12 +46,18 @@ def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str,
 
 
 def read_card(directory: str | Path) -> dict[str, Any]:
-    with open(Path(directory) / CARD, "rb") as f:
-        return tomllib.load(f)
+    path = Path(directory) / CARD
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelCardError(f"{path}: not valid TOML ({exc})") from exc
 
 
 def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any]]:
-    """The network and card of a model directory; refuses mismatches with ModelCardError."""
+    """The network and card of a model directory. ModelCardError, naming the file, for a
+    card that is not valid or does not match the weights, and for weights that cannot be
+    read or are not all finite (NaN scores would reject every edge)."""
     directory = Path(directory)
     if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(
@@ -59,13 +65,27 @@ def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any
             f"`streamtrk train --config models/configs/default.toml --out {directory}`"
         )
     card = read_card(directory)
-    arch, _, _ = check_card(card)
-    model = InteractionNetwork(arch)
-    state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+    try:
+        arch, _, _ = check_card(card)
+        model = InteractionNetwork(arch)
+    except (TypeError, ValueError) as exc:  # ValueError: ModelCardError among them
+        raise ModelCardError(f"{directory / CARD}: {exc}") from exc
+    try:
+        state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a cut or foreign file: torch raises many kinds
+        raise ModelCardError(
+            f"{directory / WEIGHTS}: cannot be read as a torch state dict "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[:3]
         raise ModelCardError(
-            f"weights in {directory} do not match the architecture of its card: {exc}"
+            f"{directory / WEIGHTS} does not match the architecture of its card: "
+            + " ".join(first)
         ) from exc
+    bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    if bad:
+        raise ModelCardError(f"{directory / WEIGHTS}: not finite in {', '.join(bad[:3])}")
     return model, card

@@ -112,7 +112,33 @@ def test_weights_of_another_size_refused(saved: tuple[Path, InteractionNetwork])
         InteractionNetwork(GNNConfig(hidden=16, edge_hidden=4, steps=2)).state_dict(),
         path / WEIGHTS,
     )
-    with pytest.raises(ModelCardError, match=r"weights .* do not match"):
+    with pytest.raises(ModelCardError, match=r"weights\.pt does not match the architecture"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        ("cut_weights", r"weights\.pt: cannot be read as a torch state dict"),
+        ("nan_weights", r"weights\.pt: not finite in"),
+        ("card_not_toml", r"card\.toml: not valid TOML"),
+        ("card_wrong_type", r"card\.toml: "),
+    ],
+)
+def test_a_broken_model_directory_is_named(
+    saved: tuple[Path, InteractionNetwork], spoil: str, message: str
+) -> None:
+    path, model = saved
+    if spoil == "cut_weights":
+        (path / WEIGHTS).write_bytes((path / WEIGHTS).read_bytes()[:100])
+    elif spoil == "nan_weights":
+        state = {k: torch.full_like(v, float("nan")) for k, v in model.state_dict().items()}
+        torch.save(state, path / WEIGHTS)
+    elif spoil == "card_not_toml":
+        (path / "card.toml").write_text("[model\n")
+    else:
+        _edit_card(path, "hidden = 8", 'hidden = "8"')
+    with pytest.raises(ModelCardError, match=message):
         load_model(path)
 
 
