@@ -82,8 +82,7 @@ def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[:3]
         raise ModelCardError(
-            f"{directory / WEIGHTS} does not match the architecture of its card: "
-            + " ".join(first)
+            f"{directory / WEIGHTS} does not match the architecture of its card: " + " ".join(first)
         ) from exc
     bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
     if bad:

@@ -62,13 +62,16 @@ class ServedModel:
 def load_served_model(cfg: ServeConfig) -> ServedModel:
     """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine`` and
     ``cfg.precision``, warm up the engine over its shape buckets, then run one ``reconstruct``
-    call; raises whatever loading or the warm-up raises."""
+    call; raises whatever loading or the warm-up raises. The directory's card and digest are
+    read before the weights; a directory whose files changed while loading is refused (the
+    name, card and hash reported would not be those of the weights in use)."""
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path, read_card
 
     device = resolve_device(cfg.device)
     path = (cfg.model or default_model_path()).resolve()
     t0 = time.perf_counter()
+    card, digest = read_card(path), model_digest(path)
     faults.delay("load")
     rec = load_reconstructor(
         path,
@@ -82,7 +85,8 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     rec.reconstruct([warmup_event()])
     scorer = rec.scorer
     assert isinstance(scorer, EngineScorer)
-    card = read_card(path)
+    if model_digest(path) != digest:
+        raise RuntimeError(f"the model directory {path} changed while it was loaded: load it again")
     warmup_s = time.perf_counter() - t0
     return ServedModel(
         reconstructor=rec,
@@ -93,7 +97,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         precision=cfg.precision,
         name=str(card["model"].get("name", path.name)),
         path=str(path),
-        digest=model_digest(path),
+        digest=digest,
         threshold=float(rec.threshold),
         warmup_s=warmup_s,
         card=card,

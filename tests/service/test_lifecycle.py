@@ -144,6 +144,23 @@ def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) ->
     assert "reloaded" not in messages
 
 
+def test_a_model_directory_changed_while_loading_is_refused(daemon_factory, tmp_path) -> None:
+    """The name, card and hash the daemon reports must be those of the weights it runs: a
+    directory whose files change during the (here 5 s) load is refused, not half-reported."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    d = daemon_factory("--model", str(model), wait=False, env=SLOW_LOAD)
+    assert d.get("/readyz") == (503, "loading\n")
+    time.sleep(1)  # the card is read and the directory hashed first, then the load waits
+    card = model / "card.toml"
+    card.write_text(card.read_text() + "\n# edited while the daemon loads it\n")
+    assert d.process.wait(timeout=120) == 1
+    [line] = [x for x in d.logs() if x["message"].startswith("cannot load the model")]
+    assert "changed while it was loaded: load it again" in line["message"]
+
+
 def test_a_taken_http_port_is_named() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
