@@ -29,6 +29,7 @@ About 0.12-0.15 s per MU=200 event (780k edges) on the project's 2-core CPU.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -82,11 +83,29 @@ def _fold_table(det: Detector, xp: Any) -> Array:
     return xp.asarray(mirror_layers(det))
 
 
-@cache
 def read_windows(name: str) -> dict[str, tuple[tuple[float, ...], ...]]:
     """``triplets`` and ``pairs`` rows of a windows file: a name among the package's data
-    files, or a path."""
-    path = Path(name) if "/" in name else resources.files("streamtrk.data").joinpath(name)
+    files, or a path. Read again when the file changes (a model reload sees an edit)."""
+    return _read_windows(name, _signature(name))
+
+
+def _windows_path(name: str) -> Any:
+    return Path(name) if "/" in name else resources.files("streamtrk.data").joinpath(name)
+
+
+def _signature(name: str) -> tuple[int, int] | None:
+    """(modification time, size) of a windows file; None where it cannot be read."""
+    try:
+        st = os.stat(str(_windows_path(name)))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@cache
+def _read_windows(name: str, signature: tuple[int, int] | None) -> dict[str, Any]:
+    """``read_windows`` of one version of the file (``signature``: the cache key's part)."""
+    path = _windows_path(name)
     try:
         doc = tomllib.loads(path.read_text())
         return {
@@ -146,9 +165,15 @@ class PruneConfig:
         return read_windows(self.windows)["pairs"]
 
 
-@cache
 def window_tables(det: Detector, cfg: PruneConfig, xp: Any) -> dict[str, Array]:
-    """Dense lookup tables over layer indices (after folding), on the array module's device."""
+    """Dense lookup tables over layer indices (after folding), on the array module's device;
+    made again when the windows file changes."""
+    return _window_tables(det, cfg, xp, _signature(cfg.windows))
+
+
+@cache
+def _window_tables(det: Detector, cfg: PruneConfig, xp: Any, signature: Any) -> dict[str, Array]:
+    """``window_tables`` of one version of the windows file (``signature``)."""
     nl = len(det)
     idx = {int(c): k for k, c in enumerate(layer_code(det))}
     w_th = np.full(nl**3, -1.0)

@@ -246,3 +246,25 @@ def test_cupy_mask_equals_numpy(mu200_events, det):
     small = without_isolated_hits(pruned)
     kept = np.unique(pruned.edge_index.get())
     assert np.array_equal(kept[small.edge_index.get()], gpu.edge_index.get()[:, mask.get()])
+
+
+def test_an_edited_windows_file_is_read_again(tmp_path, det):
+    """A model reload must see its windows file as it is now, not as first read."""
+    import os
+    from importlib import resources
+
+    from streamtrk.recon.prune import read_windows, window_tables
+
+    path = tmp_path / "w.toml"
+    text = resources.files("streamtrk.data").joinpath("prune_windows.toml").read_text()
+    path.write_text(text)
+    cfg = PruneConfig(windows=str(path))
+    before = read_windows(str(path))["triplets"][0]
+    tables = window_tables(det, cfg, np)
+    first = "[802, 804, 806, 0.004479,"  # the first triplet row: its |dtheta| window
+    assert first in text and before[3] == 0.004479
+    path.write_text(text.replace(first, "[802, 804, 806, 9.5,", 1))
+    os.utime(path, ns=(1, 10**18))  # a new modification time, whatever the clock
+    after = read_windows(str(path))["triplets"][0]
+    assert after != before and after[3] == 9.5
+    assert window_tables(det, cfg, np) is not tables
