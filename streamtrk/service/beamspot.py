@@ -21,7 +21,8 @@ CLIP_SIGMAS = 4.0  # the fit's second pass drops residuals beyond this many robu
 @dataclass(frozen=True)
 class BeamSpot:
     """Positions, width and the error of ``z`` in mm; ``tracks`` is how many tracks the
-    window holds (no estimate, all NaN, while they come from fewer than two events)."""
+    estimate rests on: the window's, or 0 (and all NaN) while they come from fewer than two
+    events, so that a rule asking for enough tracks never reads a NaN."""
 
     x: float
     y: float
@@ -75,7 +76,7 @@ class BeamSpotWindow:
             d0, z0, phi, event = self._data[:, : min(added, self._data.shape[1])].copy()
         n = len(d0)
         if n < 2 or np.all(event == event[0]):
-            spot = BeamSpot(np.nan, np.nan, np.nan, np.nan, np.nan, n)
+            spot = BeamSpot(np.nan, np.nan, np.nan, np.nan, np.nan, 0)
         else:
             x, y, residual = _fit_xy(d0, phi)
             sigma = 1.4826 * np.median(np.abs(residual))  # robust: secondaries have long tails

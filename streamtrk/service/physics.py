@@ -25,7 +25,9 @@ MM = 1e-3  # meters
 #: Bucket bounds, in the base units of the metric names (eV, m, rad).
 PT_BUCKETS = tuple(GEV * b for b in (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100))
 ETA_BUCKETS = tuple(np.round(np.arange(-4.0, 4.01, 0.5), 1).tolist())
-PHI_BUCKETS = tuple((np.arange(-7, 9) * math.pi / 8).tolist())  # 16 octants of pi, up to pi
+# 16 sectors up to pi; the last bound is float32's pi (just above pi), where a track's phi,
+# rounded to float32, can land.
+PHI_BUCKETS = (*(np.arange(-7, 8) * math.pi / 8).tolist(), float(np.float32(math.pi)))
 D0_BUCKETS = (
     -0.01, -0.005, -0.002, -0.001, -0.0005, -0.0002, -0.0001, -0.00005, 0.0,
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
@@ -108,7 +110,8 @@ class PhysicsMetrics:
             ("streamtrk_beam_spot_z_error_meters",
              "Statistical error of the beam spot z (events as independent samples).",
              "z_error", MM),
-            ("streamtrk_beam_spot_tracks", "Tracks in the beam-spot window.", "tracks", 1.0),
+            ("streamtrk_beam_spot_tracks",
+             "Tracks the beam-spot estimate rests on (0: none yet).", "tracks", 1.0),
         ):  # fmt: skip
             gauge = Gauge(name, doc, registry=r)
             gauge.set_function(partial(self._beam_spot_value, field, scale))

@@ -61,6 +61,9 @@ def test_beam_spot_window_fits_the_tracks_it_holds() -> None:
     window = BeamSpotWindow(capacity=5000)
     assert window.estimate().tracks == 0 and np.isnan(window.estimate().z)
     d0, z0, phi, event = _tracks_from(-1.0, 2.0, 5000, rng)  # these leave the window below
+    one = BeamSpotWindow(capacity=5000)
+    one.add(d0[event == 0], z0[event == 0], phi[event == 0], event[event == 0])
+    assert np.isnan(one.estimate().x) and one.estimate().tracks == 0  # one event: no estimate
     window.add(d0, z0, phi, event)
     d0, z0, phi, event = _tracks_from(0.4, -0.25, 5000, rng)
     d0[:500] += rng.choice([-1.0, 1.0], 500) * rng.uniform(0.5, 8.0, 500)  # secondaries
@@ -156,3 +159,12 @@ def test_beam_spot_gauges_follow_the_simulated_beam_spot(observed: dict) -> None
     # the axis and thin out the tracks that stray most from it.
     assert value("streamtrk_beam_spot_x_meters") == pytest.approx(0.3e-3, abs=0.06e-3)
     assert value("streamtrk_beam_spot_y_meters") == pytest.approx(-0.2e-3, abs=0.04e-3)
+
+
+def test_a_track_phi_rounded_to_float32_stays_in_a_finite_bucket() -> None:
+    """The fit's phi lies in [-pi, pi); stored as float32 it can round to 3.1415927 > pi."""
+    from streamtrk.service.physics import PHI_BUCKETS
+
+    highest = np.float32(np.nextafter(np.pi, 0.0))
+    assert float(highest) > np.pi and float(highest) <= PHI_BUCKETS[-1]
+    assert len(PHI_BUCKETS) == 16 and PHI_BUCKETS[-2] == pytest.approx(7 * np.pi / 8)
