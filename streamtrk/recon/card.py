@@ -57,11 +57,11 @@ def card_tracks(card: dict[str, Any]) -> TrackConfig:
 def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
     """Architecture, graph settings and threshold of a card that matches this code."""
     model = _section(card, "model")
-    if model.get("card_format") != CARD_FORMAT:
+    if type(model.get("card_format")) is not int or model.get("card_format") != CARD_FORMAT:
         raise ModelCardError(
             f"model card format {model.get('card_format')!r}, this code reads {CARD_FORMAT}"
         )
-    if model.get("feature_version") != FEATURE_VERSION:
+    if type(model.get("feature_version")) is not int or model["feature_version"] != FEATURE_VERSION:
         raise ModelCardError(
             f"model trained on graph features version {model.get('feature_version')!r}, this "
             f"code builds version {FEATURE_VERSION}: retrain it"
@@ -84,9 +84,10 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
         GraphConfig, _section(card, "graph"), "model card [graph]", error=ModelCardError
     )
     threshold = model.get("threshold")
-    if not isinstance(threshold, float) or not 0 < threshold < 1:
-        raise ModelCardError(f"model card threshold must be a number in (0, 1), got {threshold!r}")
-    return arch, graph, threshold
+    number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
+    if not number or not 0 <= threshold <= 1:  # as the --threshold override allows
+        raise ModelCardError(f"model card threshold must be a number in [0, 1], got {threshold!r}")
+    return arch, graph, float(threshold)
 
 
 def model_card(

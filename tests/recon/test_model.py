@@ -91,6 +91,9 @@ def _edit_card(path: Path, edit: str, new: str) -> None:
     [
         ("feature_version = 1", "feature_version = 99", "features version 99"),
         ("card_format = 1", "card_format = 2", "card format 2"),
+        ("card_format = 1", "card_format = true", "card format True"),
+        ("feature_version = 1", 'feature_version = "1"', "features version '1'"),
+        ("threshold = 0.7", 'threshold = "0.7"', r"threshold must be a number in \[0, 1\]"),
         ("steps = 2\n", "", r"missing \['steps'\]"),
         ("n_bins = ", "n_bins_old = ", r"\[graph\].*unknown \['n_bins_old'\]"),
         ("edge_in = 6", "edge_in = 7", "7 edge features"),
@@ -223,3 +226,9 @@ def test_packaged_model_is_the_repository_model() -> None:
     repo = Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
     for name in (CARD, WEIGHTS):
         assert (shipped_model_path() / name).read_bytes() == (repo / name).read_bytes()
+
+
+def test_a_threshold_of_one_is_as_the_override_allows(saved: tuple[Path, InteractionNetwork]):
+    path, _ = saved
+    _edit_card(path, "threshold = 0.7", "threshold = 1")
+    assert load_reconstructor(path).threshold == 1.0
