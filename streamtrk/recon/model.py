@@ -37,12 +37,17 @@ def default_model_path() -> Path:
 
 
 def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str, Any]) -> None:
-    """Write ``weights.pt`` and ``card.toml`` (the card is checked first)."""
+    """Write ``weights.pt`` and ``card.toml`` (the card is checked first), each whole: to a
+    ``.partial`` file first, renamed into place (a reader never sees half a file; one that
+    reads while both are replaced is refused by the served model's digest check)."""
     check_card(card)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / WEIGHTS)
-    (directory / CARD).write_text(tomlio.dumps(card))
+    weights, card_file = directory / f"{WEIGHTS}.partial", directory / f"{CARD}.partial"
+    torch.save(model.state_dict(), weights)
+    card_file.write_text(tomlio.dumps(card))
+    os.replace(weights, directory / WEIGHTS)
+    os.replace(card_file, directory / CARD)
 
 
 def read_card(directory: str | Path) -> dict[str, Any]:

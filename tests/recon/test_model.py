@@ -40,6 +40,7 @@ def saved(tmp_path: Path) -> tuple[Path, InteractionNetwork]:
 
 def test_model_round_trip(saved: tuple[Path, InteractionNetwork]) -> None:
     path, model = saved
+    assert sorted(p.name for p in path.iterdir()) == ["card.toml", "weights.pt"]  # no .partial
     loaded, card = load_model(path)
     assert card["model"]["name"] == "test" and card["metrics"]["sim"]["eff"] == 0.9
     assert loaded.config == ARCH
