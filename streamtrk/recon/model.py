@@ -51,7 +51,15 @@ def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str,
 
 
 def read_card(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / CARD
+    """The card of a model directory (FileNotFoundError, saying how to make one, where the
+    directory lacks its card or weights)."""
+    directory = Path(directory)
+    if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"no model at {directory} ({CARD} and {WEIGHTS} expected): train one with "
+            f"`streamtrk train --config models/configs/default.toml --out {directory}`"
+        )
+    path = directory / CARD
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -64,11 +72,6 @@ def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any
     card that is not valid or does not match the weights, and for weights that cannot be
     read or are not all finite (NaN scores would reject every edge)."""
     directory = Path(directory)
-    if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(
-            f"no model at {directory} ({CARD} and {WEIGHTS} expected): train one with "
-            f"`streamtrk train --config models/configs/default.toml --out {directory}`"
-        )
     card = read_card(directory)
     try:
         arch, _, _ = check_card(card)
