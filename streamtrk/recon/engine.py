@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -348,14 +347,11 @@ class EngineScorer:
         torch's CUDA-graph trees keep their state per thread: in torch 2.11 a thread other
         than the one that set them up fails an assertion on a new shape (pytorch issue
         123177), in later versions each thread records its own graphs. The daemon warms up
-        on its loading thread and scores on its worker; here both run on one thread, which
-        starts with the trees' state of the thread that made it (:func:`_share_graph_trees`).
-        Same CUDA stream (the default one) as the caller, so no synchronisation is added.
+        on its loading thread and scores on its worker; here both run on one thread. Same
+        CUDA stream (the default one) as the caller, so no synchronisation is added.
         """
         if self._graph_thread is None:
-            self._graph_thread = ThreadPoolExecutor(
-                1, thread_name_prefix="cuda-graphs", initializer=_share_graph_trees()
-            )
+            self._graph_thread = ThreadPoolExecutor(1, thread_name_prefix="cuda-graphs")
         thread = self._graph_thread
 
         def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
@@ -372,7 +368,7 @@ class EngineScorer:
         pool (on the thread that made them) and stop that thread. Not
         ``torch._dynamo.reset()``: a reload's warm-up runs while the worker still scores
         with the old model."""
-        reset_cudagraph_trees = graph_trees().reset_cudagraph_trees
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
 
         why = f"CUDA graphs off: {exc!r:.300}"
         self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
@@ -384,36 +380,3 @@ class EngineScorer:
             self._graph_thread.shutdown()
             self._graph_thread = None
         self._run = self._make(self.engine)
-
-
-def _share_graph_trees() -> Callable[[], None]:
-    """An initializer giving a new thread the CUDA-graph trees' state of the calling thread.
-
-    torch 2.11 keeps that state in a ``threading.local`` filled on the thread that imported
-    ``torch._inductor.cudagraph_trees`` (often the main one, through
-    ``torch._dynamo.reset()``) and in the thread-local store that autograd's threads
-    inherit; a plain thread has neither and fails an assertion at its first graph. Where
-    the calling thread has no state either, the new thread starts without one, as before.
-    """
-    trees = graph_trees()
-    names = ("tree_manager_containers", "tree_manager_locks")
-    try:
-        state = {name: trees.get_obj(trees.local, name) for name in names}
-    except AssertionError:
-        return lambda: None
-
-    def stash() -> None:
-        for name, obj in state.items():
-            torch._C._stash_obj_in_tls(name, obj)
-
-    return stash
-
-
-def graph_trees() -> Any:
-    """``torch._inductor.cudagraph_trees``, imported without the DeprecationWarning that
-    importing it raises in some torch versions (``torch.jit.script_method``)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`torch.jit.script_method`", DeprecationWarning)
-        from torch._inductor import cudagraph_trees
-
-    return cudagraph_trees

@@ -18,7 +18,6 @@ from streamtrk.recon.engine import (
     EngineError,
     EngineScorer,
     engine_cache_key,
-    graph_trees,
     model_hash,
     resolve_engine,
     synthetic_graph,
@@ -206,13 +205,3 @@ def test_graph_thread_runs_every_call_on_one_thread(model: InteractionNetwork) -
     assert all(torch.equal(o, x.sum() + 40) for o in outs)
     assert {name for name, _ in seen} == {"cuda-graphs_0"}
     assert all(inference for _, inference in seen)
-
-
-def test_graph_thread_starts_with_the_cuda_graph_trees(model: InteractionNetwork) -> None:
-    """The scorer's own thread shares the CUDA-graph trees' state of the thread that made
-    it (torch 2.11 keeps it on the thread that imported them, and a plain thread fails an
-    assertion at its first graph: pytorch issue 123177)."""
-    trees = graph_trees()
-    here = trees.get_container(0)
-    call = EngineScorer(model, "cpu", "eager")._on_graph_thread(lambda *_: trees.get_container(0))
-    assert call(*synthetic_graph(10, 20, CPU, 0)) is here
