@@ -22,10 +22,7 @@ from streamtrk.wire.codec import decode, encode_hits, encode_tracks, peek_msg_id
 
 
 def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
-    events = [
-        Recorded([bytes(f) for f in encode_hits(ev)], ev)
-        for ev in simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 3, 20)
-    ]
+    events = _events(20)
     ctx = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PULL) as replies:
         sink.setsockopt(zmq.LINGER, 0)
