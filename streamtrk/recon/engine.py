@@ -10,7 +10,8 @@ through one of
   each bucket shape is captured once as a CUDA graph and replayed;
 - ``tensorrt``: torch-tensorrt's dynamo frontend (``torch.export`` with dynamic node and edge
   dimensions over the bucket range, then ``torch_tensorrt.dynamo.compile``), the built
-  program cached on disk under a key of model hash, GPU name and TensorRT version;
+  program cached on disk under a key of model hash, GPU name, TensorRT version and what else
+  shapes the build (``engine_cache_key``); an unreadable cached program is rebuilt;
 - ``auto``: ``tensorrt`` on CUDA when torch_tensorrt imports, else ``compile``; ``eager`` on
   the CPU. A failure to build or warm up an engine chosen by ``auto`` falls back to the next
   one (tensorrt -> compile -> eager). ``engine`` and ``fallback_reason`` say what happened.
@@ -24,21 +25,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from streamtrk.event import Event
+from streamtrk.recon import gnn
 from streamtrk.recon.buckets import Buckets, pad_graph
 from streamtrk.recon.choices import ENGINE_CACHE_ENV, ENGINES, PRECISIONS
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, InteractionNetwork, edge_scores
 from streamtrk.recon.graph import Graph
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -97,9 +104,18 @@ def model_hash(model: nn.Module) -> str:
 
 
 def engine_cache_key(
-    model_digest: str, gpu: str, tensorrt_version: str, precision: str, buckets: Buckets
+    model_digest: str,
+    gpu: str,
+    tensorrt_version: str,
+    precision: str,
+    buckets: Buckets,
+    build: Mapping[str, str],
 ) -> str:
-    """File stem of a cached TensorRT program: readable parts, then a hash of everything."""
+    """File stem of a cached TensorRT program: readable parts, then a hash of everything.
+
+    ``build`` names the rest of what shapes the program (:func:`tensorrt_build`: versions,
+    the network's code, the build options); any change to it is another file.
+    """
     parts = (
         model_digest,
         gpu,
@@ -109,10 +125,42 @@ def engine_cache_key(
         f"{buckets.nodes[0]}-{buckets.nodes[-1]}",
         f"{buckets.edges[0]}-{buckets.edges[-1]}",
         "opt {}x{}".format(*buckets.opt_pair()),
+        *(f"{k}={v}" for k, v in sorted(build.items())),
     )
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
     gpu_slug = "".join(c if c.isalnum() else "-" for c in gpu).strip("-").lower()
     return f"{model_digest}-{gpu_slug}-trt{tensorrt_version}-{precision}-{digest}"
+
+
+def tensorrt_build(torch_tensorrt_version: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """What shapes a TensorRT program besides the model, GPU, TensorRT and precision: the
+    torch-tensorrt and CUDA versions, the network's code (``gnn.py`` and :class:`Logits`) and
+    the build options."""
+    code = hashlib.sha256(Path(gnn.__file__).read_bytes())
+    code.update(inspect.getsource(Logits).encode())
+    return {
+        "torch_tensorrt": torch_tensorrt_version,
+        "cuda": str(torch.version.cuda),
+        "network": code.hexdigest()[:16],
+        "options": repr(sorted(options.items())),
+    }
+
+
+def cached(path: Path, load: Callable[[Path], T], build: Callable[[Path], T]) -> T:
+    """The program cached at ``path``; else ``build(path)``, which writes it there. A cached
+    file that does not load (truncated, or written by another version) is logged and
+    rebuilt over."""
+    if path.is_file():
+        try:
+            return load(path)
+        except Exception as exc:  # whatever a broken file makes the loader raise
+            log.warning(
+                "cached engine %s does not load (%s: %s); rebuilding it",
+                path,
+                type(exc).__name__,
+                exc,
+            )
+    return build(path)
 
 
 def default_cache_dir() -> Path:
@@ -232,48 +280,52 @@ class EngineScorer:
         import torch_tensorrt
 
         b = self.buckets
+        low = DTYPES[self.precision]
+        options: dict[str, Any] = {"use_explicit_typing": True, "min_block_size": 1}
+        if low is not None:
+            options |= {"enable_autocast": True, "low_precision_type": low}
         key = engine_cache_key(
             model_hash(self.model),
             torch.cuda.get_device_name(self.device),
             tensorrt.__version__,
             self.precision,
             b,
+            tensorrt_build(torch_tensorrt.__version__, options),
         )
-        path = self.cache_dir / f"{key}.ep"
-        if path.is_file():
-            return torch_tensorrt.load(str(path)).module()
         nodes = torch.export.Dim("nodes", min=b.nodes[0], max=b.nodes[-1])
         edges = torch.export.Dim("edges", min=b.edges[0], max=b.edges[-1])
         dynamic = {"x": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges}}
         n_opt, e_opt = b.opt_pair()
-        example = pad_graph(*synthetic_graph(n_opt - 1, e_opt, self.device), n_opt, e_opt)
-        program = torch.export.export(Logits(self.model, None), example, dynamic_shapes=dynamic)
-        shapes = [
-            ((b.nodes[0], NODE_FEATURES), (n_opt, NODE_FEATURES), (b.nodes[-1], NODE_FEATURES)),
-            ((2, b.edges[0]), (2, e_opt), (2, b.edges[-1])),
-            ((b.edges[0], EDGE_FEATURES), (e_opt, EDGE_FEATURES), (b.edges[-1], EDGE_FEATURES)),
-        ]
-        inputs = [
-            torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
-            for (lo, opt, hi), t in zip(shapes, example, strict=True)
-        ]
-        low = DTYPES[self.precision]
-        options: dict[str, Any] = {"use_explicit_typing": True, "min_block_size": 1}
-        if low is not None:
-            options |= {"enable_autocast": True, "low_precision_type": low}
-        module = torch_tensorrt.dynamo.compile(program, arg_inputs=inputs, **options)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.ep")
-        torch_tensorrt.save(
-            module,
-            str(tmp),
-            output_format="exported_program",
-            arg_inputs=list(example),
-            dynamic_shapes=dynamic,
-            retrace=True,
+
+        def build(path: Path) -> Run:
+            example = pad_graph(*synthetic_graph(n_opt - 1, e_opt, self.device), n_opt, e_opt)
+            program = torch.export.export(Logits(self.model, None), example, dynamic_shapes=dynamic)
+            shapes = [
+                ((b.nodes[0], NODE_FEATURES), (n_opt, NODE_FEATURES), (b.nodes[-1], NODE_FEATURES)),
+                ((2, b.edges[0]), (2, e_opt), (2, b.edges[-1])),
+                ((b.edges[0], EDGE_FEATURES), (e_opt, EDGE_FEATURES), (b.edges[-1], EDGE_FEATURES)),
+            ]
+            inputs = [
+                torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
+                for (lo, opt, hi), t in zip(shapes, example, strict=True)
+            ]
+            module = torch_tensorrt.dynamo.compile(program, arg_inputs=inputs, **options)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.ep")
+            torch_tensorrt.save(
+                module,
+                str(tmp),
+                output_format="exported_program",
+                arg_inputs=list(example),
+                dynamic_shapes=dynamic,
+                retrace=True,
+            )
+            tmp.replace(path)
+            return module
+
+        return cached(
+            self.cache_dir / f"{key}.ep", lambda p: torch_tensorrt.load(str(p)).module(), build
         )
-        tmp.replace(path)
-        return module
 
     # ------------------------------------------------------------------ use
 

@@ -1,12 +1,14 @@
 """Inference engines on the CPU: buckets and padding, engine choice and fallback, the TensorRT
-cache key, and compiled tracing reused across graph sizes (torch.compile's ``eager``
+cache key and cache, and compiled tracing reused across graph sizes (torch.compile's ``eager``
 backend: dynamo's tracing and guards without code generation)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +19,12 @@ from streamtrk.recon.buckets import ALIGN, Buckets, bucket, ladder, pad_graph
 from streamtrk.recon.engine import (
     EngineError,
     EngineScorer,
+    cached,
     engine_cache_key,
     model_hash,
     resolve_engine,
     synthetic_graph,
+    tensorrt_build,
 )
 from streamtrk.recon.gnn import GNNConfig, GNNScorer, InteractionNetwork
 from streamtrk.recon.graph import Graph
@@ -123,7 +127,9 @@ def test_model_hash_and_engine_cache_key(model: InteractionNetwork) -> None:
     with torch.no_grad():
         other.head[0].bias[0] += 1e-3
     assert model_hash(other) != digest
-    args = (digest, "NVIDIA H200", "10.9.0", "bf16", Buckets())
+    build = tensorrt_build("2.11.0", {"min_block_size": 1})
+    assert set(build) == {"torch_tensorrt", "cuda", "network", "options"}
+    args = (digest, "NVIDIA H200", "10.9.0", "bf16", Buckets(), build)
     key = engine_cache_key(*args)
     assert key == engine_cache_key(*args)
     assert key.startswith(f"{digest}-nvidia-h200-trt10.9.0-bf16-")
@@ -132,11 +138,45 @@ def test_model_hash_and_engine_cache_key(model: InteractionNetwork) -> None:
         (model_hash(other), *args[1:]),
         (digest, "NVIDIA A100-SXM4-80GB", *args[2:]),
         (*args[:2], "10.10.0", *args[3:]),
-        (*args[:3], "fp16", args[4]),
-        (*args[:4], Buckets(max_edges=32 * 1024 * 1024)),
-        (*args[:4], Buckets(edges_per_node=8.0)),  # another opt shape
+        (*args[:3], "fp16", *args[4:]),
+        (*args[:4], Buckets(max_edges=32 * 1024 * 1024), build),
+        (*args[:4], Buckets(edges_per_node=8.0), build),  # another opt shape
+        *((*args[:5], build | {k: "other"}) for k in build),
     ]
-    assert len({engine_cache_key(*a) for a in changed} | {key}) == 7
+    assert len({engine_cache_key(*a) for a in changed} | {key}) == 7 + len(build)
+
+
+def test_tensorrt_build_names_the_options_and_versions() -> None:
+    one = tensorrt_build("2.11.0", {"min_block_size": 1})
+    assert one == tensorrt_build("2.11.0", {"min_block_size": 1})
+    assert one["torch_tensorrt"] == "2.11.0" and one["cuda"] == str(torch.version.cuda)
+    assert tensorrt_build("2.11.0", {"min_block_size": 2})["options"] != one["options"]
+
+
+def test_cached_program_is_loaded_built_or_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "engines" / "key.ep"
+    built: list[Path] = []
+
+    def build(p: Path) -> str:
+        built.append(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("program")
+        return "built"
+
+    def load(p: Path) -> str:
+        if p.read_text() != "program":
+            raise RuntimeError("truncated file")
+        return "loaded"
+
+    assert cached(path, load, build) == "built" and built == [path]  # absent: built
+    assert cached(path, load, build) == "loaded" and len(built) == 1  # present: loaded
+    path.write_text("progr")
+    with caplog.at_level(logging.WARNING, logger="streamtrk.recon.engine"):
+        assert cached(path, load, build) == "built"  # unreadable: rebuilt over
+    assert len(built) == 2 and path.read_text() == "program"
+    assert "does not load (RuntimeError: truncated file); rebuilding" in caplog.text
 
 
 def test_eager_engine_matches_gnn_scorer(model: InteractionNetwork) -> None:
