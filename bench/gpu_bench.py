@@ -221,7 +221,7 @@ def load_network() -> Network:
     except FileNotFoundError:
         torch.manual_seed(0)
         return Network(InteractionNetwork(), ChainSettings(), RANDOM)
-    return Network(model, ChainSettings.of_card(card), str(path))
+    return Network(model, ChainSettings.of_card(card, path), str(path))
 
 
 def gnn_traffic_bytes(cfg: Any, act_bytes: int) -> tuple[float, float]:

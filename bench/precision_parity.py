@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--mu", type=float, default=200.0)
     ap.add_argument("--seed", type=int, default=3000)
     args = ap.parse_args()
-    model, card = load_model(default_model_path())
+    model, card = load_model(directory := default_model_path())
     cfg = SimConfig(generator=GeneratorConfig(mu=args.mu))
     events = list(simulate(load_detector(), cfg, args.seed, args.events))
     out = precision_parity(
@@ -39,7 +39,7 @@ def main() -> None:
         precision=args.precision,
         device=args.device,
         engine=args.engine,
-        chain=ChainSettings.of_card(card),
+        chain=ChainSettings.of_card(card, directory),
     )
     print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2))
 

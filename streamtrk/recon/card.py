@@ -13,12 +13,13 @@ refused until retrained.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, GNNConfig
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.prune import PruneConfig, read_windows
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.tomlio import dataclass_from
 
@@ -37,13 +38,24 @@ def _section(card: dict[str, Any], name: str) -> dict[str, Any]:
     return sec
 
 
-def card_prune(card: dict[str, Any]) -> PruneConfig | None:
+def card_prune(card: dict[str, Any], model_dir: Path | None = None) -> PruneConfig | None:
     """The pruning settings of a card (its ``[prune]`` table), or None: the model was trained
-    on unpruned graphs and scores them unpruned."""
+    on unpruned graphs and scores them unpruned.
+
+    Its ``windows`` file is looked for first in ``model_dir`` (a model shipped with its own
+    windows), then among the package's data files or as a path; one that cannot be read is a
+    ModelCardError now rather than an error at the first event."""
     table = card.get("prune")
     if table is None:
         return None
-    return dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
+    cfg = dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
+    if model_dir is not None and (model_dir / cfg.windows).is_file():
+        cfg = replace(cfg, windows=str((model_dir / cfg.windows).resolve()))
+    try:
+        read_windows(cfg.windows)
+    except ValueError as exc:
+        raise ModelCardError(f"model card [prune]: {exc}") from None
+    return cfg
 
 
 def card_tracks(card: dict[str, Any]) -> TrackConfig:

@@ -28,9 +28,11 @@ class ChainSettings:
     tracks: TrackConfig = field(default_factory=TrackConfig)
 
     @classmethod
-    def of_card(cls, card: dict[str, Any]) -> ChainSettings:
+    def of_card(cls, card: dict[str, Any], model_dir: Path | None = None) -> ChainSettings:
+        """The settings of a card; ``model_dir`` (the card's directory) is where a pruning
+        windows file named by the card is looked for first."""
         _, graph, threshold = check_card(card)
-        return cls(threshold, graph, card_prune(card), card_tracks(card))
+        return cls(threshold, graph, card_prune(card, model_dir), card_tracks(card))
 
     def buckets(self) -> Buckets:
         """Shape buckets whose warm-up pairs match the graphs this chain scores (pruned
@@ -64,8 +66,9 @@ def load_reconstructor(
     through ``EngineScorer`` (``engine``, ``precision``, ``cuda_graphs``: see
     ``streamtrk.recon.engine``); ``warm_up`` compiles and runs every shape bucket before
     returning."""
-    model, card = load_model(Path(path) if path is not None else default_model_path())
-    chain = ChainSettings.of_card(card)
+    directory = Path(path) if path is not None else default_model_path()
+    model, card = load_model(directory)
+    chain = ChainSettings.of_card(card, directory)
     if threshold is not None:
         chain = replace(chain, threshold=threshold)
     scorer = EngineScorer(

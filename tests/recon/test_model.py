@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from streamtrk.recon.model import (
     save_model,
     shipped_model_path,
 )
-from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.prune import WINDOWS_FILE, PruneConfig
 from streamtrk.recon.tracks import TrackConfig
 
 ARCH = GNNConfig(hidden=8, edge_hidden=4, steps=2)
@@ -70,6 +71,25 @@ def test_pruning_and_track_settings_round_trip(tmp_path: Path) -> None:
     _edit_card(tmp_path / "m", "stitch_threshold = 0.1", "stitch_treshold = 0.1")
     with pytest.raises(ModelCardError, match=r"\[tracks\].*stitch_treshold"):
         load_reconstructor(tmp_path / "m")
+
+
+def test_pruning_windows_are_looked_for_beside_the_card(tmp_path: Path) -> None:
+    """A model directory may carry its own windows; a name the card gives is looked for there
+    first, and one found nowhere refuses the model at load, not at the first event."""
+    shipped = resources.files("streamtrk.data").joinpath(WINDOWS_FILE).read_text()
+    card = model_card("w", ARCH, GraphConfig(), 0.5, prune=PruneConfig(windows="own.toml"))
+    save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
+    with pytest.raises(ModelCardError, match=r"\[prune\].*own\.toml"):
+        load_reconstructor(tmp_path / "m")
+    (tmp_path / "m" / "own.toml").write_text(shipped)
+    rec = load_reconstructor(tmp_path / "m")
+    assert rec.prune is not None and rec.prune.windows == str(tmp_path / "m" / "own.toml")
+    # The package's file of the same name is not the one used while the model has its own.
+    card = model_card("p", ARCH, GraphConfig(), 0.5, prune=PruneConfig())
+    save_model(tmp_path / "p", InteractionNetwork(ARCH), card)
+    assert load_reconstructor(tmp_path / "p").prune == PruneConfig()
+    (tmp_path / "p" / WINDOWS_FILE).write_text(shipped)
+    assert load_reconstructor(tmp_path / "p").prune.windows == str(tmp_path / "p" / WINDOWS_FILE)
 
 
 def test_the_shipped_card_prunes_and_stitches(monkeypatch: pytest.MonkeyPatch) -> None:
