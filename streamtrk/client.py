@@ -11,7 +11,7 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -24,7 +24,8 @@ from streamtrk.wire.curve import make_client, make_server
 
 
 class _Endpoint:
-    """One socket, bound or connected to ``endpoint``, closed with LINGER ``linger_ms``; a
+    """One socket with ``options`` set, bound or connected to ``endpoint``, closed with LINGER
+    ``linger_ms``; a
     CURVE client when given its own secret certificate (``curve_key``) and the daemon's
     public one (``curve_server_key``), or a CURVE server when given its own secret
     certificate as ``curve_secret_key`` (its clients admitted by a ZAP authenticator on the
@@ -36,8 +37,7 @@ class _Endpoint:
         endpoint: str,
         *,
         bind: bool,
-        hwm_option: int,
-        hwm: int,
+        options: Mapping[int, int],
         linger_ms: int,
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
@@ -50,7 +50,8 @@ class _Endpoint:
         self.linger_ms = linger_ms
         self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
         try:
-            self.socket.setsockopt(hwm_option, hwm)
+            for option, value in options.items():
+                self.socket.setsockopt(option, value)
             self.socket.setsockopt(zmq.LINGER, linger_ms)
             if curve_key is not None and curve_server_key is not None:
                 make_client(self.socket, curve_key, curve_server_key)
@@ -96,8 +97,7 @@ class Producer(_Endpoint):
             zmq.PUSH,
             endpoint,
             bind=bind,
-            hwm_option=zmq.SNDHWM,
-            hwm=sndhwm,
+            options={zmq.SNDHWM: sndhwm},
             linger_ms=linger_ms,
             curve_key=curve_key,
             curve_server_key=curve_server_key,
@@ -125,7 +125,9 @@ class Producer(_Endpoint):
 
 
 class Consumer(_Endpoint):
-    """PULL socket receiving and decoding messages (connects unless ``bind``)."""
+    """PULL socket receiving and decoding messages (connects unless ``bind``). A frame
+    larger than any message within ``limits`` can have (``Limits.max_frame_bytes``) makes
+    libzmq drop the sender's connection before the frame is held in memory."""
 
     def __init__(
         self,
@@ -143,8 +145,7 @@ class Consumer(_Endpoint):
             zmq.PULL,
             endpoint,
             bind=bind,
-            hwm_option=zmq.RCVHWM,
-            hwm=rcvhwm,
+            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: limits.max_frame_bytes},
             linger_ms=linger_ms,
             curve_key=curve_key,
             curve_server_key=curve_server_key,

@@ -8,7 +8,7 @@ import zmq
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.event import Event, Hits
-from streamtrk.wire import WireError, encode_tracks
+from streamtrk.wire import DEFAULT_LIMITS, Limits, WireError, encode_tracks
 
 
 def make_event(rng: np.random.Generator, event: int) -> Event:
@@ -59,6 +59,22 @@ def test_frames_and_malformed_messages() -> None:
         frames = consumer.recv_frames(timeout_ms=5000)
         assert frames is not None and [f.bytes for f in frames] == [b"raw", b"frames"]
         assert consumer.recv_frames(timeout_ms=10) is None
+
+
+def test_a_frame_larger_than_any_message_is_not_received() -> None:
+    """A consumer bound where anyone may connect must not hold a peer's oversized frame in
+    memory: libzmq drops the connection (ZMQ_MAXMSGSIZE), and the next peer is heard."""
+    limits = Limits(max_header_bytes=1024, max_hits=100, max_tracks=10, max_particles=50)
+    assert limits.max_frame_bytes == 1024 and DEFAULT_LIMITS.max_frame_bytes == 8_000_000
+    with Consumer("tcp://127.0.0.1:*", bind=True, limits=limits) as consumer:
+        assert consumer.socket.getsockopt(zmq.MAXMSGSIZE) == 1024
+        with Producer(consumer.endpoint, linger_ms=2000) as big:
+            assert big.send_frames([b"h", bytes(1025)], timeout_ms=1000)
+        assert consumer.recv_frames(timeout_ms=500) is None
+        with Producer(consumer.endpoint, linger_ms=2000) as fits:
+            assert fits.send_frames([b"h", bytes(1024)], timeout_ms=1000)
+            frames = consumer.recv_frames(timeout_ms=5000)
+        assert frames is not None and len(frames[1].bytes) == 1024
 
 
 def test_send_times_out_without_peer() -> None:

@@ -108,5 +108,12 @@ class Limits:
     max_particles: int = 1_000_000
     max_map_entries: int = 64
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame a message within these limits has: the header, or a column of
+        8-byte values as long as the longest allowed (a receiver's ``ZMQ_MAXMSGSIZE``)."""
+        longest = max(self.max_hits, self.max_tracks + 1, self.max_particles)
+        return max(self.max_header_bytes, 8 * longest)
+
 
 DEFAULT_LIMITS = Limits()
