@@ -83,9 +83,12 @@ class Worker(Supervised):
     def has_work(self) -> bool:
         return bool(self._current) or self.batcher.depth() > 0
 
-    def _answer(self, job: Job, reply: Reply) -> None:
-        if job.claim():
-            self.put(self.replies, reply)
+    def _answer(self, job: Job, reply: Reply) -> bool:
+        """Queue ``reply`` unless ``job`` was answered already (by :meth:`abandon`)."""
+        if not job.claim():
+            return False
+        self.put(self.replies, reply)
+        return True
 
     def _reject(self, jobs: list[Job], reason: str) -> int:
         claimed = [job for job in jobs if job.claim()]
@@ -149,9 +152,10 @@ class Worker(Supervised):
         b.seconds_per_hit = max(per_hit, 0.8 * b.seconds_per_hit + 0.2 * per_hit)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
-        m.hits.inc(n_hits)
-        for job, reply in zip(jobs, replies, strict=True):
-            self._answer(job, reply)
+        sent = [job for job, reply in zip(jobs, replies, strict=True) if self._answer(job, reply)]
+        m.hits.inc(sum(job.n_hits for job in sent))
+        if len(sent) < len(jobs):  # abandon() answered the rest 'shutdown': no tracks went out
+            return True
         t1 = time.perf_counter()
         try:
             m.physics.observe(events, result, rec.detector, rec.threshold)

@@ -110,6 +110,9 @@ def test_abandon_answers_the_running_batch_and_the_queue_once() -> None:
     assert {(r.status, r.reason) for r in got} == {("error", "shutdown")}
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == len(events)
+    # The overrunning batch's tracks went to no one: not counted as reconstructed.
+    assert value("streamtrk_hits_total") == 0
+    assert value("streamtrk_event_tracks_count") == 0
 
 
 def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> None:
