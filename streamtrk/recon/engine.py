@@ -28,7 +28,10 @@ import hashlib
 import inspect
 import logging
 import os
+import sys
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -161,6 +164,37 @@ def cached(path: Path, load: Callable[[Path], T], build: Callable[[Path], T]) ->
                 exc,
             )
     return build(path)
+
+
+def own_graph_trees() -> None:
+    """Give the calling thread its own CUDA-graph tree state, unless it has some.
+
+    torch 2.11 sets the state (a ``threading.local`` of tree managers) up only on the
+    thread that imports ``torch._inductor.cudagraph_trees``: on any other thread a new shape
+    fails an assertion (pytorch issue 123177). Later versions set it up on a thread's first
+    use; this does the same, in Python only (not ``torch._C._stash_obj_in_tls``, which shares
+    the importer's managers and crashed torch 2.11 at exit). Before that module is imported
+    there is nothing to do: the thread that imports it gets the state.
+    """
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    if trees is not None and not hasattr(trees.local, "tree_manager_containers"):
+        trees.local.tree_manager_containers = {}
+        trees.local.tree_manager_locks = defaultdict(threading.Lock)
+
+
+def drop_graph_trees() -> None:
+    """Shut down the calling thread's CUDA-graph trees set up by :func:`own_graph_trees`,
+    freeing their memory pool (torch's ``reset_cudagraph_trees`` only sees state it set up
+    itself)."""
+    from torch._inductor import cudagraph_trees as trees
+
+    containers = getattr(trees.local, "tree_manager_containers", {})
+    locks = getattr(trees.local, "tree_manager_locks", {})
+    for device, container in list(containers.items()):
+        with locks[device]:
+            if container.tree_manager is not None:
+                container.tree_manager.shutdown()
+    containers.clear()
 
 
 def default_cache_dir() -> Path:
@@ -396,10 +430,9 @@ class EngineScorer:
     def _on_graph_thread(self, run: Run) -> Run:
         """``run`` on this scorer's own thread, whichever thread calls.
 
-        torch's CUDA-graph trees keep their state per thread: in torch 2.11 a thread other
-        than the one that set them up fails an assertion on a new shape (pytorch issue
-        123177), in later versions each thread records its own graphs. The daemon warms up
-        on its loading thread and scores on its worker; here both run on one thread. Same
+        torch's CUDA-graph trees keep their state per thread, and record a shape's graph on
+        its second call. The daemon warms up on its loading thread and scores on its worker;
+        here both run on one thread, which has its own trees (:func:`own_graph_trees`). Same
         CUDA stream (the default one) as the caller, so no synchronisation is added.
         """
         if self._graph_thread is None:
@@ -408,6 +441,7 @@ class EngineScorer:
 
         def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
             def job() -> Tensor:
+                own_graph_trees()
                 with torch.inference_mode():
                     return run(x, edge_index, edge_attr)
 
@@ -420,15 +454,13 @@ class EngineScorer:
         pool (on the thread that made them) and stop that thread. Not
         ``torch._dynamo.reset()``: a reload's warm-up runs while the worker still scores
         with the old model."""
-        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
         why = f"CUDA graphs off: {exc!r:.300}"
         self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
         self.cuda_graphs = False
         if self._graph_thread is not None:
-            # Fails where the trees were never set up: nothing of theirs to free.
+            # A failure to free them leaves them to the thread's end.
             with contextlib.suppress(Exception):
-                self._graph_thread.submit(reset_cudagraph_trees).result()
+                self._graph_thread.submit(drop_graph_trees).result()
             self._graph_thread.shutdown()
             self._graph_thread = None
         self._run = self._make(self.engine)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -226,6 +227,28 @@ def test_auto_falls_back_when_an_engine_fails_to_warm_up(
     )
     g = _graph(200, 900, 3)
     np.testing.assert_allclose(scorer(g, []), GNNScorer(model)(g, []), rtol=0, atol=1e-6)
+
+
+def test_graph_thread_has_graph_trees_of_its_own(model: InteractionNetwork) -> None:
+    """The scorer's thread can set up CUDA-graph trees although another thread imported
+    torch's graph-tree module (torch 2.11 failed an assertion there: the daemon's reload,
+    the gpu tests), gets its own, and drops them when graphs are turned off."""
+    with warnings.catch_warnings():  # torch 2.13's import of torch.jit.script_method
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch._inductor import cudagraph_trees as trees  # imported on this thread
+
+    scorer = EngineScorer(model, "cpu", "eager")
+    call = scorer._on_graph_thread(lambda *_: trees.get_container(0))
+    x, ei, ea = synthetic_graph(10, 20, CPU, 0)
+    theirs = call(x, ei, ea)
+    assert isinstance(theirs, trees.TreeManagerContainer) and theirs.device_index == 0
+    assert call(x, ei, ea) is theirs  # one state for every call
+    assert theirs is not trees.get_container(0)  # this thread's own
+    assert scorer._graph_thread is not None
+    held = scorer._graph_thread.submit(lambda: dict(trees.local.tree_manager_containers))
+    assert held.result() == {0: theirs}
+    scorer._graphs_off(RuntimeError("test"))
+    assert scorer._graph_thread is None and "CUDA graphs off" in scorer.fallback_reason
 
 
 def test_graph_thread_runs_every_call_on_one_thread(model: InteractionNetwork) -> None:
