@@ -47,7 +47,12 @@ class AllowedKeys:
 
 
 def start_authenticator(context: zmq.Context[Any], directory: Path | None) -> ThreadAuthenticator:
-    """Start ZAP authentication on ``context`` for the clients allowed by ``directory``."""
+    """Start ZAP authentication on ``context`` for the clients allowed by ``directory``; a
+    CurveError first when the directory or a certificate in it cannot be read."""
+    if directory is not None and not allowed_keys(directory):
+        log.warning(
+            "no *.key certificate in %s: no client can connect until one is added", directory
+        )
     auth = ThreadAuthenticator(context, log=logging.getLogger("streamtrk.service.zap"))
     auth.start()
     auth.configure_curve_callback("*", AllowedKeys(directory))

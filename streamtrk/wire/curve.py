@@ -61,8 +61,12 @@ def load_public(path: str | Path) -> bytes:
 
 
 def allowed_keys(directory: str | Path) -> set[bytes]:
-    """Public keys (Z85) of the ``*.key`` certificates in ``directory`` (maybe none)."""
-    return {load_public(p) for p in sorted(Path(directory).glob("*.key"))}
+    """Public keys (Z85) of the ``*.key`` certificates in ``directory`` (maybe none); a
+    CurveError when ``directory`` is not one (a mistyped path would refuse every client)."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise CurveError(f"the allowed CURVE keys directory {path} is not a directory")
+    return {load_public(p) for p in sorted(path.glob("*.key"))}
 
 
 def make_server(socket: zmq.Socket[Any], secret_certificate: str | Path) -> None:

@@ -105,3 +105,23 @@ def test_binding_every_interface_without_curve_is_refused() -> None:
     assert out.returncode == 2
     assert "input tcp://0.0.0.0:0 is not a loopback address and CURVE is off" in out.stderr
     assert "allow_insecure" in out.stderr
+
+
+def test_a_missing_allowed_keys_directory_stops_the_start(keys: Path, tmp_path: Path) -> None:
+    """A mistyped curve_allowed_keys would refuse every client of a running daemon: the
+    daemon exits 1 naming it instead."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-dir"
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*",
+         "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
+         "--curve-secret-key", str(keys / "server.key_secret"),
+         "--curve-allowed-keys", str(missing)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"start-up failed: the allowed CURVE keys directory {missing} is not a directory" in (
+        out.stderr
+    )
