@@ -451,7 +451,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "(second replies to a resent event, not counted again), events_per_second, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing, 130 after Ctrl-C (the "
+    "recording has truth. Exit status 1 when events are missing or unsent, 130 after Ctrl-C (the "
     "report covers the replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
