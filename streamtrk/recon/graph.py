@@ -6,9 +6,12 @@ pair and every hit of the inner layer, two binary searches give the window of ca
 outer hits; the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
 are expanded in vectorised chunks; on the GPU two CUDA kernels (``doublet_search.cu``:
 count, then fill) run the same cuts, a thread per query. The work grows with hits x
-candidates per window, never hits squared, and the number of host synchronisations per
-batch is constant (one per expansion step, one to drop queries into empty layers, one to
-size the kernels' output), not per layer pair.
+candidates per window, and the number of host synchronisations per batch is constant (one
+per expansion step, one to drop queries into empty layers, one to check the candidates
+against the budget, one for the kernels' per-event counts that size their output), not
+per layer pair. Hits piled into one window would still make hits squared candidates: an
+event with more candidates or doublets than its :class:`~streamtrk.recon.budget.Budget`
+allows raises :class:`~streamtrk.recon.budget.EventTooDense` before they are made.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, lookup_layer
 from streamtrk.event import Event
+from streamtrk.recon.budget import Budget, EventTooDense, enforce, per_event
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
 from streamtrk.xp import (
@@ -36,7 +40,7 @@ from streamtrk.xp import (
     to_host,
 )
 
-SEARCH_CHUNK = 32_768  # (query, bin) pairs per chunk of the CPU candidate search
+SEARCH_CHUNK = 65_536  # candidates per chunk of the CPU candidate search (MU=200: 34k bin queries)
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
@@ -140,11 +144,15 @@ def batch_columns(events: Sequence[Event], xp: Any = np) -> tuple[dict[str, Arra
 
 
 def batch_graph(
-    events: Sequence[Event], det: Detector, cfg: GraphConfig = GraphConfig(), xp: Any = np
+    events: Sequence[Event],
+    det: Detector,
+    cfg: GraphConfig = GraphConfig(),
+    xp: Any = np,
+    budget: Budget = Budget(),
 ) -> Graph:
     """The graph of a batch of events (their hits concatenated, on ``xp``'s device)."""
     cols, offsets = batch_columns(events, xp)
-    return build_graph(*cols.values(), offsets, det, cfg)
+    return build_graph(*cols.values(), offsets, det, cfg, budget)
 
 
 def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -> Graph:
@@ -218,8 +226,10 @@ def build_graph(
     node_offsets: np.ndarray,
     det: Detector,
     cfg: GraphConfig = GraphConfig(),
+    budget: Budget = Budget(),
 ) -> Graph:
-    """Build the doublet graph of a batch of events (hits concatenated, ``node_offsets``).
+    """Build the doublet graph of a batch of events (hits concatenated, ``node_offsets``);
+    EventTooDense names the events over ``budget``.
 
     On the CPU the events are built one by one and joined (the same edges in the same
     order: no edge joins two events): a batch's working set past a few 10k hits leaves
@@ -227,12 +237,18 @@ def build_graph(
     by one. On the GPU the batch is built whole (launch count)."""
     cols = (x, y, z, volume_id, layer_id)
     if array_module(x) is np and len(node_offsets) > 2:
-        parts = [
-            _build([c[lo:hi] for c in cols], np.array([0, hi - lo]), det, cfg)
-            for lo, hi in pairwise(int(o) for o in node_offsets)
-        ]
+        parts, dense = [], {}
+        for k, (lo, hi) in enumerate(pairwise(int(o) for o in node_offsets)):
+            try:
+                parts.append(
+                    _build([c[lo:hi] for c in cols], np.array([0, hi - lo]), det, cfg, budget)
+                )
+            except EventTooDense as e:  # every such event of the batch is named
+                dense[k] = e
+        if dense:
+            raise EventTooDense.of_events(dense)
         return _join(parts, np.asarray(node_offsets, dtype=np.int64))
-    return _build(cols, node_offsets, det, cfg)
+    return _build(cols, node_offsets, det, cfg, budget)
 
 
 def _join(parts: list[Graph], node_offsets: np.ndarray) -> Graph:
@@ -249,11 +265,15 @@ def _join(parts: list[Graph], node_offsets: np.ndarray) -> Graph:
 
 
 def _build(
-    cols: Sequence[Array], node_offsets: np.ndarray, det: Detector, cfg: GraphConfig
+    cols: Sequence[Array],
+    node_offsets: np.ndarray,
+    det: Detector,
+    cfg: GraphConfig,
+    budget: Budget = Budget(),
 ) -> Graph:
     """``build_graph`` of one batch, built whole (``cols``: its hit columns, in order)."""
     xp = array_module(cols[0])
-    ctx, node_features, layer = prepare_search(*cols, node_offsets, det, cfg)
+    ctx, node_features, layer = prepare_search(*cols, node_offsets, det, cfg, budget)
     if xp is np:
         i, j, edge_features = search_arrays(ctx)
     else:
@@ -276,6 +296,7 @@ def prepare_search(
     node_offsets: np.ndarray,
     det: Detector,
     cfg: GraphConfig,
+    budget: Budget = Budget(),
 ) -> tuple[CandidateSearch, Array, Array]:
     """The candidate search's inputs (hits sorted into grid cells, one query per inner hit
     and layer pair with its bin and phi windows), the node features and each hit's layer."""
@@ -401,6 +422,8 @@ def prepare_search(
         slope=cfg.phi_slope_max(det.bfield),
         cfg=cfg,
         xp=xp,
+        node_offsets=np.asarray(node_offsets, dtype=np.int64),
+        budget=budget,
     )
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
     return ctx, node_features, lay0
@@ -415,15 +438,27 @@ def _eta(z: Array, r: Array, xp: Any) -> Array:
 
 def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     """The candidate search in array operations, edges in query, bin, slot order. On the CPU
-    over chunks of (query, bin) pairs small enough for their temporaries to stay in cache
-    (1.5x faster at MU=200 than one pass), on threads when allowed (NumPy releases the GIL
-    in its loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the
-    kernels)."""
+    over chunks of candidates small enough for their temporaries to stay in cache (1.5x
+    faster at MU=200 than one pass), on threads when allowed (NumPy releases the GIL in its
+    loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the kernels). The
+    candidates, then the doublets, are checked against the budget before they are made."""
     xp = ctx.xp
     q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
+    row = (ctx.row0[q_all] + b_all) * (2 * ctx.nphi)
+    lo_all = ctx.cell_start[row + ctx.p_lo[q_all]]  # each bin query's slots [lo, hi)
+    hi_all = ctx.cell_start[row + ctx.p_hi[q_all] + 1]
+    n_cand = hi_all - lo_all
+    enforce(
+        "doublet candidates",
+        per_event(ctx.qi[q_all], ctx.node_offsets, n_cand),
+        ctx.node_offsets,
+        ctx.budget.candidates_per_hit,
+        ctx.budget,
+    )
+    ends = np.cumsum(n_cand) if xp is np else None
     chunks = [
-        (q_all[lo:hi], b_all[lo:hi])
-        for lo, hi in pairwise(chunk_bounds(len(q_all), SEARCH_CHUNK, xp))
+        (q_all[s:e], lo_all[s:e], hi_all[s:e])
+        for s, e in pairwise(chunk_bounds(len(q_all), SEARCH_CHUNK, xp, ends))
     ]
     threads = min(ctx.cfg.threads, available_cpus()[0], len(chunks))
     if threads == 1:
@@ -432,12 +467,17 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
         with ThreadPoolExecutor(threads) as pool:
             parts = list(pool.map(lambda c: ctx.run(*c), chunks))
     i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
+    budget = ctx.budget
+    enforce(
+        "doublets", per_event(i, ctx.node_offsets), ctx.node_offsets, budget.edges_per_hit, budget
+    )
     return i, j, edge_features
 
 
 def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, Array]:
     """The candidate search as two kernels, a thread per query: count its edges, then write
-    them from the counts' prefix sum; one host synchronisation (the total) sizes the output.
+    them from the counts' prefix sum; one host synchronisation (the per-event counts,
+    checked against the budget) sizes the output, after one that checks the candidates.
     Same edges, order and features as :func:`search_arrays`."""
     xp, cfg, i64, f64 = ctx.xp, ctx.cfg, np.int64, np.float64
     n_queries = len(ctx.qi)
@@ -454,10 +494,22 @@ def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, 
         ),
         xp,
     )  # the order of the kernels' SEARCH_PARAMS
+    budget, offsets = ctx.budget, ctx.node_offsets
+    n_cand = ctx.candidates_per_query()
+    enforce(
+        "doublet candidates",
+        per_event(ctx.qi, offsets, n_cand),
+        offsets,
+        budget.candidates_per_hit,
+        budget,
+    )
     counts = xp.zeros(n_queries, dtype=xp.int64)
     launch("doublet_count", n_queries, (*args, counts))
     ends = xp.cumsum(counts)
-    total = int(ends[-1]) if n_queries else 0
+    per_ev = enforce(
+        "doublets", per_event(ctx.qi, offsets, counts), offsets, budget.edges_per_hit, budget
+    )
+    total = int(per_ev.sum())
     i = xp.empty(total, dtype=xp.int64)
     j = xp.empty(total, dtype=xp.int64)
     features = xp.empty((total, 6), dtype=xp.float32)
@@ -495,15 +547,33 @@ class CandidateSearch:
     slope: float  # largest |dphi/dr| accepted
     cfg: GraphConfig
     xp: Any
+    node_offsets: np.ndarray  # the batch's events, and what each may make
+    budget: Budget
 
-    def run(self, q: Array, b: Array) -> tuple[Array, ...]:
-        """Edges (i, j) of bin queries ``(q, b)`` and their features (float32, one row an
-        edge: dr, dphi, dz, deta, dphi/dr over the largest slope, z0; each scaled to about
-        unit range)."""
-        xp, cfg = self.xp, self.cfg
+    def candidates(self, q: Array, b: Array) -> Array:
+        """Candidates (hits in the phi window) of each bin query ``(q, b)``."""
         row = (self.row0[q] + b) * (2 * self.nphi)
-        lo = self.cell_start[row + self.p_lo[q]]
-        cand, pos = expand_ranges(lo, self.cell_start[row + self.p_hi[q] + 1])
+        return self.cell_start[row + self.p_hi[q] + 1] - self.cell_start[row + self.p_lo[q]]
+
+    def candidates_per_query(self) -> Array:
+        """Candidates of each query over all its bins, without expanding the (query, bin)
+        pairs (no host synchronisation): one pass per bin of the widest possible range."""
+        xp = self.xp
+        queries = xp.arange(len(self.qi))
+        last = xp.maximum(self.b_hi, self.b_lo)  # a query without bins reads a real row
+        total = xp.zeros(len(self.qi), dtype=xp.int64)
+        for d in range(self.cfg.n_bins):
+            b = self.b_lo + d
+            n = self.candidates(queries, xp.minimum(b, last))
+            total += xp.where(b <= self.b_hi, n, 0)
+        return total
+
+    def run(self, q: Array, lo: Array, hi: Array) -> tuple[Array, ...]:
+        """Edges (i, j) of bin queries of queries ``q``, whose candidates are the slots
+        ``[lo, hi)``, and their features (float32, one row an edge: dr, dphi, dz, deta,
+        dphi/dr over the largest slope, z0; each scaled to about unit range)."""
+        xp, cfg = self.xp, self.cfg
+        cand, pos = expand_ranges(lo, hi)
         qq = q[cand]
         # Per-query values are read through qq, per-hit ones through the sorted slots (both
         # gathers run mostly forward in memory). The phi window and the z0 reach are cut in

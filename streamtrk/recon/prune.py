@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.detector import BARREL, Detector
+from streamtrk.recon.budget import Budget, EventTooDense, enforce, per_event
 from streamtrk.recon.graph import Graph, event_graphs
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, chunk_bounds, expand_ranges
@@ -310,16 +311,23 @@ def triplet_candidates(
 
 
 def compatible_triplets(
-    g: dict[str, Array], usable: Array, t: dict[str, Array], n_layers: int
+    g: dict[str, Array],
+    usable: Array,
+    t: dict[str, Array],
+    n_layers: int,
+    limit: tuple[np.ndarray, Budget] | None = None,
 ) -> tuple[Array, Array]:
     """(inner, outer) positions in ``g`` of every compatible triplet among ``usable`` edges:
     the candidates of :func:`triplet_candidates` cut with their own layer triplet's windows.
     Per-edge values are gathered into the sorted orders first (reads forward in memory). On
     the CPU the candidates are expanded and cut in chunks of about ``TRIPLET_CHUNK`` (the
     temporaries stay in cache; one expansion of a MU=300 event's 3.6M candidates wrote a
-    dozen fresh arrays of 30 MB); on the GPU in one piece (launch count)."""
+    dozen fresh arrays of 30 MB); on the GPU in one piece (launch count). ``limit`` (the
+    batch's node offsets and budget) checks the candidates per event before they are
+    expanded."""
     xp = array_module(usable)
     a_ids, b_ids, lo, hi = triplet_candidates(g, usable, t)
+    within_budget(g, a_ids, lo, hi, limit)
     pair_a, th_a, k2_a = (g[k][a_ids] for k in ("pair", "theta", "k2"))
     lay_b, th_b, k2_b = (g[k][b_ids] for k in ("lay_j", "theta", "k2"))
     found_a, found_b = [], []
@@ -342,6 +350,23 @@ def compatible_triplets(
     return xp.concatenate(found_a), xp.concatenate(found_b)
 
 
+def within_budget(
+    g: dict[str, Array],
+    a_ids: Array,
+    lo: Array,
+    hi: Array,
+    limit: tuple[np.ndarray, Budget] | None,
+) -> None:
+    """Raise EventTooDense for events with more triplet candidates (inner edges ``a_ids``,
+    each with outer candidates ``[lo, hi)``) than ``limit`` (node offsets, budget) allows."""
+    if limit is None:
+        return
+    node_offsets, budget = limit
+    xp = array_module(lo)
+    n = per_event(g["j"][a_ids], node_offsets, xp.maximum(hi - lo, 0))
+    enforce("triplet candidates", n, node_offsets, budget.triplets_per_hit, budget)
+
+
 def keep_kernels(
     g: dict[str, Array],
     usable: Array,
@@ -349,12 +374,14 @@ def keep_kernels(
     n_layers: int,
     min_hits: int,
     launch: Launch,
+    limit: tuple[np.ndarray, Budget] | None = None,
 ) -> Array:
     """``prune_edges``'s mask after the triplet search, by the kernels of
     ``triplet_search.cu`` (a thread per inner edge): no candidate list, no host
-    synchronisation after :func:`triplet_candidates`."""
+    synchronisation after :func:`triplet_candidates` but the budget check's (``limit``)."""
     xp = array_module(usable)
     a_ids, b_ids, lo, hi = triplet_candidates(g, usable, t)
+    within_budget(g, a_ids, lo, hi, limit)
     per_edge = (g["pair"], g["lay_j"], g["theta"], g["k2"], g["dx"], g["dy"], g["c"])
     args = contiguous(
         (
@@ -374,8 +401,14 @@ def keep_kernels(
     return keep
 
 
-def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | None = None) -> Array:
-    """Mask over the graph's edges: True for edges kept (NumPy or CuPy, as the graph)."""
+def prune_edges(
+    graph: Graph,
+    cfg: PruneConfig | None = None,
+    det: Detector | None = None,
+    budget: Budget = Budget(),
+) -> Array:
+    """Mask over the graph's edges: True for edges kept (NumPy or CuPy, as the graph).
+    EventTooDense names the events with more triplet candidates than ``budget`` allows."""
     if det is None:
         from streamtrk.detector import load_detector
 
@@ -386,23 +419,37 @@ def prune_edges(graph: Graph, cfg: PruneConfig | None = None, det: Detector | No
         return xp.zeros(0, dtype=bool)
     if xp is np and len(graph.node_offsets) > 2:
         # Event by event on the CPU: the same mask, from working sets that stay in cache.
-        return np.concatenate([prune_edges(e, cfg, det) for e in event_graphs(graph)])
+        masks, dense = [], {}
+        for k, event in enumerate(event_graphs(graph)):
+            try:
+                masks.append(prune_edges(event, cfg, det, budget))
+            except EventTooDense as e:  # every such event of the batch is named
+                dense[k] = e
+        if dense:
+            raise EventTooDense.of_events(dense)
+        return np.concatenate(masks)
     g, usable, t = triplet_inputs(graph, cfg, det)
     if not cfg.triplet_cuts:
         return usable
+    limit = (graph.node_offsets, budget)
     if xp is np:
-        return keep_arrays(g, usable, t, len(det), cfg.min_hits)
-    return keep_kernels(g, usable, t, len(det), cfg.min_hits, cupy_launcher(KERNELS))
+        return keep_arrays(g, usable, t, len(det), cfg.min_hits, limit)
+    return keep_kernels(g, usable, t, len(det), cfg.min_hits, cupy_launcher(KERNELS), limit)
 
 
 def keep_arrays(
-    g: dict[str, Array], usable: Array, t: dict[str, Array], n_layers: int, min_hits: int
+    g: dict[str, Array],
+    usable: Array,
+    t: dict[str, Array],
+    n_layers: int,
+    min_hits: int,
+    limit: tuple[np.ndarray, Budget] | None = None,
 ) -> Array:
     """``prune_edges``'s mask after the triplet search, in array operations (NumPy or CuPy):
     the list of compatible triplets, then the edges in one (``min_hits`` 3) or in a chain of
     two (4)."""
     xp = array_module(usable)
-    a, b = compatible_triplets(g, usable, t, n_layers)
+    a, b = compatible_triplets(g, usable, t, n_layers, limit)
     has_in = xp.zeros(len(usable), dtype=bool)  # the outer edge of a compatible triplet
     has_out = xp.zeros(len(usable), dtype=bool)  # the inner edge of one
     has_in[b] = True

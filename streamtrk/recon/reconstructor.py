@@ -11,6 +11,7 @@ import numpy as np
 
 from streamtrk.detector import Detector, load_detector
 from streamtrk.event import Event, Tracks
+from streamtrk.recon.budget import Budget
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.graph import Graph, GraphConfig, batch_columns, build_graph, select_edges
 from streamtrk.recon.prune import PruneConfig, prune_edges
@@ -73,8 +74,10 @@ class Reconstructor:
         threshold: float = 0.5,
         tracks: TrackConfig | None = None,
         prune: PruneConfig | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.scorer = scorer
+        self.budget = budget or Budget()
         self.tracks = tracks or TrackConfig()
         self.prune = prune
         self.device = device
@@ -118,20 +121,24 @@ class Reconstructor:
         return select_tracks(offsets, hit_index, params, keep)
 
     def reconstruct(self, events: Sequence[Event]) -> ReconResult:
-        """Reconstruct a batch of events as one disjoint graph."""
+        """Reconstruct a batch of events as one disjoint graph. Raises EventTooDense, naming
+        them, for events whose graph would pass the work budget (``streamtrk.recon.budget``);
+        nothing of the batch is returned then."""
         xp, det = self.xp, self.detector
         cols, node_offsets = batch_columns(events, xp)
         timings: dict[str, float] = {}
         graph = self._timed(
             timings,
             "graph",
-            lambda: build_graph(*cols.values(), node_offsets, det, self.graph_config),
+            lambda: build_graph(*cols.values(), node_offsets, det, self.graph_config, self.budget),
         )
         built = graph
         if self.prune is not None:
             cfg = self.prune
             graph = self._timed(
-                timings, "prune", lambda: select_edges(built, prune_edges(built, cfg, det))
+                timings,
+                "prune",
+                lambda: select_edges(built, prune_edges(built, cfg, det, self.budget)),
             )
         else:
             timings["prune"] = 0.0

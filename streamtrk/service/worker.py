@@ -1,7 +1,9 @@
 """The worker thread: one ``reconstruct`` call per batch (one disjoint graph, one GNN call).
 
 Events whose deadline has passed when their batch starts (or that the batcher set aside)
-are answered ``deadline``, unprocessed. When reconstruction of a batch raises, its events
+are answered ``deadline``, unprocessed. Events over the work budget
+(``streamtrk.recon.budget``) are answered ``too_dense`` and the rest of their batch
+reconstructed without them. When reconstruction of a batch raises, its events
 are retried one by one, so that only an event that fails on its own is answered
 ``internal``; the worker carries on with the next batch. Unless the device itself no longer
 works (a sticky CUDA error: every later batch would fail too): then the worker dies with
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.device import device_fault, release_cached_memory
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
@@ -125,8 +128,10 @@ class Worker(Supervised):
             self._reconstruct([job])
 
     def _reconstruct(self, jobs: list[Job]) -> bool:
-        """Reconstruct ``jobs`` as one batch and answer them: True when it worked. A single
-        event that fails is answered ``internal``; a failed batch is left to the caller."""
+        """Reconstruct ``jobs`` as one batch and answer them: True when it worked. Events
+        over the work budget are answered ``too_dense`` and the others reconstructed
+        without them. A single event that fails is answered ``internal``; a failed batch is
+        left to the caller."""
         m = self.metrics
         events = [job.event for job in jobs]
         t0 = time.perf_counter()
@@ -139,6 +144,15 @@ class Worker(Supervised):
                 Reply.success(job, tracks, {**job.timings, **result.timings})
                 for job, tracks in zip(jobs, result.tracks, strict=True)
             ]
+        except EventTooDense as e:
+            dense = [jobs[k] for k in e.events]
+            log.warning(
+                "%d of %d events refused as too dense: %s", len(dense), len(jobs), e,
+                extra={"fields": {"events": [[j.event.run, j.event.event] for j in dense]}},
+            )  # fmt: skip
+            self._reject(dense, EventTooDense.reason)
+            rest = [job for job in jobs if job not in dense]
+            return not rest or self._reconstruct(rest)
         except Exception:
             log.exception("reconstruction of %d events failed", len(jobs))
             self._check_device()

@@ -1,5 +1,6 @@
 """Graph construction: exact against brute force, batching, wrap-around, efficiency."""
 
+import math
 import re
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
 from streamtrk.recon import graph as graph_module
+from streamtrk.recon.budget import Budget
 from streamtrk.recon.graph import (
     KERNELS,
     GraphConfig,
@@ -25,6 +27,8 @@ from streamtrk.recon.graph import (
 from streamtrk.recon.kernels import source as kernels_source
 from streamtrk.recon.truth import true_segments
 
+NO_LIMIT = Budget(math.inf, math.inf, math.inf)  # one cell per layer: every hit pair
+
 
 def _keys(g):
     n = g.num_nodes
@@ -35,7 +39,7 @@ def test_grid_search_equals_brute_force(small_events, det):
     # One cell per layer (1 bin in u, 1 in phi) makes the search test every hit pair of
     # every layer pair: the fine grid must find exactly the same edges.
     fine = batch_graph(small_events[:1], det)
-    brute = batch_graph(small_events[:1], det, GraphConfig(n_bins=1, n_phi_bins=1))
+    brute = batch_graph(small_events[:1], det, GraphConfig(n_bins=1, n_phi_bins=1), budget=NO_LIMIT)
     assert fine.num_edges > 10_000
     assert np.array_equal(_keys(fine), _keys(brute))
 
@@ -213,7 +217,7 @@ def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
 
 def _both(events, det, cfg):
     cols, offsets = batch_columns(events)
-    ctx, _, _ = prepare_search(*cols.values(), offsets, det, cfg)
+    ctx, _, _ = prepare_search(*cols.values(), offsets, det, cfg, NO_LIMIT)  # brute force too
     return search_arrays(ctx), ctx
 
 

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from streamtrk.detector import load_detector
+from streamtrk.detector import BARREL, load_detector
+from streamtrk.event import Event, Hits
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.batcher import Batch, Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
@@ -60,6 +61,39 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     hits = sum(len(ev.hits) for ev in events if ev.event != 13)
     samples = metrics.physics.layer_hits.collect()[0].samples
     assert sum(s.value for s in samples if s.name == "streamtrk_layer_hits_total") == hits
+
+
+def test_an_event_over_the_work_budget_is_answered_too_dense() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    layers = np.nonzero(det.kind == BARREL)[0][:4]
+    k = 2000  # hits at one point of each of four layers: 20M doublet candidates
+    columns = {
+        "hit_id": np.arange(4 * k),
+        "x": np.repeat(det.r[layers], k),
+        **{c: np.zeros(4 * k) for c in ("y", "z", "module_id")},
+        "volume_id": np.repeat(det.volume_id[layers], k),
+        "layer_id": np.repeat(det.layer_id[layers], k),
+    }
+    dense = Event(3, 99, Hits.from_columns(columns))
+    batcher = Batcher(8, BatchPolicy(max_events=3, max_queue_delay_ms=1000))
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    rec = Reconstructor(FailOnEvent13(), detector=det)
+    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: True)
+    for ev in (events[0], dense, events[1]):
+        batcher.put(Job(ev, time.perf_counter(), None))
+    worker.start()
+    got = sorted((replies.get(timeout=60) for _ in range(3)), key=lambda r: r.event)
+    worker.join(timeout=60)
+    assert [(r.event, r.status, r.reason) for r in got] == [
+        (0, "ok", ""),
+        (1, "ok", ""),
+        (99, "error", "too_dense"),
+    ]
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_events_rejected_total", {"reason": "too_dense"}) == 1
+    assert value("streamtrk_batch_events_count") == 1  # one batch: the two reconstructed
 
 
 class Gate:

@@ -1,0 +1,96 @@
+"""Work budgets: how much graph an event may make before the chain refuses it.
+
+A valid event can be made to cost any amount of time and memory: hits piled in one place
+make every pair of them on neighbouring layers a doublet candidate (hits squared) and every
+pair of doublets through a hit a triplet candidate (hits cubed). 1,200 such hits (a 38 kB
+message) took 20-40 s and 3.7 GB, 2,000 ran out of memory. The chain counts each quantity
+per event before it allocates it and raises :class:`EventTooDense` (the daemon answers
+``too_dense``) for events over their budget:
+
+- doublet candidates (hits in the search windows, before the cuts): at most
+  ``candidates_per_hit`` per hit of the event, plus ``allowance``;
+- doublets (edges after the cuts), at most ``edges_per_hit`` per hit, plus ``allowance``;
+- triplet candidates of the pruning stage, at most ``triplets_per_hit`` per hit, plus
+  ``allowance``.
+
+Simulated events use far less (per hit, ``bench/budget.py``): at MU=200 about 60
+candidates, 8 doublets and 13 triplet candidates; at MU=400 about 120, 15 and 45. The
+defaults leave three to eight times that, so no simulated event up to MU=400 comes near
+them, and bound an event's working set by its hits: about 40 bytes a candidate in chunks,
+40 a doublet and 16 a compatible triplet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamtrk.xp import Array, array_module, bincount, to_host
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per-event limits of the graph stages (see the module docstring)."""
+
+    candidates_per_hit: float = 400.0
+    edges_per_hit: float = 64.0
+    triplets_per_hit: float = 400.0
+    allowance: int = 50_000  # of every event, whatever its hits: small events are cheap
+
+    def __post_init__(self) -> None:
+        for name in ("candidates_per_hit", "edges_per_hit", "triplets_per_hit", "allowance"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value >= 0):  # NaN fails too
+                raise ValueError(f"Budget.{name} must be a number >= 0, got {value!r}")
+
+
+class EventTooDense(ValueError):
+    """Events of a batch over their budget: ``events`` their positions in the batch."""
+
+    reason = "too_dense"
+
+    def __init__(self, events: list[int], what: str, counts: list[int], limits: list[int]):
+        self.events, self.what, self.counts, self.limits = events, what, counts, limits
+        worst = ", ".join(
+            f"event {e}: {c:,} > {lim:,}"
+            for e, c, lim in zip(events[:3], counts[:3], limits[:3], strict=True)
+        )
+        super().__init__(f"too many {what} ({worst})")
+
+    @classmethod
+    def of_events(cls, refusals: dict[int, EventTooDense]) -> EventTooDense:
+        """One refusal of the events of a batch refused one by one (position: refusal)."""
+        first = next(iter(refusals.values()))
+        return cls(
+            list(refusals),
+            first.what,
+            [e.counts[0] for e in refusals.values()],
+            [e.limits[0] for e in refusals.values()],
+        )
+
+
+def per_event(hit: Array, node_offsets: np.ndarray, weights: Array | None = None) -> Array:
+    """Per event of the batch (``node_offsets``), the number of items whose hit is ``hit``
+    (or the sum of their ``weights``), on ``hit``'s device."""
+    xp: Any = array_module(hit)
+    if len(node_offsets) == 2:  # one event (the CPU builds events one by one)
+        return xp.asarray([len(hit) if weights is None else weights.sum()])
+    bounds = xp.asarray(np.asarray(node_offsets[1:], dtype=np.int64))
+    event = xp.searchsorted(bounds, hit, side="right")
+    return bincount(event, len(node_offsets) - 1, weights)
+
+
+def enforce(what: str, totals: Array, node_offsets: np.ndarray, per_hit: float, budget: Budget):
+    """Raise :class:`EventTooDense` for the events whose ``totals`` of ``what`` pass
+    ``per_hit`` per hit plus the allowance; returns the totals on the host (one copy)."""
+    host = to_host(totals).astype(np.int64)
+    hits = np.diff(np.asarray(node_offsets, dtype=np.int64))
+    limits = per_hit * hits + budget.allowance  # float64: an infinite budget stays one
+    over = np.nonzero(host > limits)[0]
+    if len(over):
+        raise EventTooDense(
+            over.tolist(), what, host[over].tolist(), limits[over].astype(np.int64).tolist()
+        )
+    return host

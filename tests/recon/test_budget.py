@@ -1,0 +1,103 @@
+"""Work budgets: an event whose graph would pass its budget is refused, by name, before the
+graph is made; simulated events are far within it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrk.detector import BARREL
+from streamtrk.event import Event, Hits
+from streamtrk.recon.budget import Budget, EventTooDense
+from streamtrk.recon.graph import (
+    KERNELS,
+    GraphConfig,
+    batch_columns,
+    batch_graph,
+    prepare_search,
+    search_kernels,
+)
+from streamtrk.recon.graph import _build as build_whole
+from streamtrk.recon.prune import PruneConfig, prune_edges
+from streamtrk.recon.reconstructor import Reconstructor
+
+
+def pile(det, k: int, event: int = 1) -> Event:
+    """``k`` hits at one point of each of the first four barrel layers: every pair of them
+    on neighbouring layers is a doublet, every pair of doublets through a hit a triplet."""
+    layers = np.nonzero(det.kind == BARREL)[0][:4]
+    n = 4 * k
+    columns = {
+        "hit_id": np.arange(n),
+        "x": np.repeat(det.r[layers], k),
+        "y": np.zeros(n),
+        "z": np.zeros(n),
+        "volume_id": np.repeat(det.volume_id[layers], k),
+        "layer_id": np.repeat(det.layer_id[layers], k),
+        "module_id": np.zeros(n),
+    }
+    return Event(1, event, Hits.from_columns(columns))
+
+
+@pytest.mark.parametrize(
+    ("k", "what"),
+    [(2000, "doublet candidates"), (150, "doublets")],
+)
+def test_a_pile_of_hits_is_refused_before_its_graph_is_made(det, k, what) -> None:
+    with pytest.raises(EventTooDense, match=f"too many {what} \\(event 0: ") as refused:
+        batch_graph([pile(det, k)], det)
+    assert refused.value.events == [0] and refused.value.reason == "too_dense"
+    assert refused.value.counts[0] > refused.value.limits[0]
+
+
+def test_triplet_candidates_are_checked_before_pruning_expands_them(det) -> None:
+    g = batch_graph([pile(det, 60)], det)  # within the doublet budget
+    with pytest.raises(EventTooDense, match=r"too many triplet candidates \(event 0: 864,000 >"):
+        prune_edges(g, PruneConfig(), det)
+
+
+def test_every_dense_event_of_a_batch_is_named(det, small_events) -> None:
+    """Event by event (the CPU), and built whole (the GPU's way: arrays, and the kernels
+    built for the host): the same events, by their place in the batch."""
+    a, b = small_events
+    batch = [a, pile(det, 2000, 2), b, pile(det, 2000, 4)]
+    with pytest.raises(EventTooDense) as one_by_one:
+        batch_graph(batch, det)
+    assert one_by_one.value.events == [1, 3]
+    cols, offsets = batch_columns(batch)
+    with pytest.raises(EventTooDense) as whole:
+        build_whole(list(cols.values()), offsets, det, GraphConfig())
+    assert whole.value.events == [1, 3] and whole.value.counts == one_by_one.value.counts
+
+
+def test_the_kernels_check_the_same_budget(det, small_events, host_launcher) -> None:
+    batch = [small_events[0], pile(det, 150, 2)]
+    cols, offsets = batch_columns(batch)
+    ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
+    with pytest.raises(EventTooDense, match=r"too many doublets \(event 1: 112,500 >"):
+        search_kernels(ctx, host_launcher(KERNELS))
+    ctx, _, _ = prepare_search(
+        *cols.values(), offsets, det, GraphConfig(), Budget(edges_per_hit=200)
+    )
+    i, _, _ = search_kernels(ctx, host_launcher(KERNELS))
+    assert len(i) > 112_500
+
+
+def test_the_allowance_lets_a_small_pile_through(det) -> None:
+    g = batch_graph([pile(det, 20)], det)
+    assert g.num_edges == 5 * 20 * 20  # three neighbouring pairs and two skip-one pairs
+    assert prune_edges(g, PruneConfig(), det).shape == (g.num_edges,)
+
+
+def test_mu200_events_are_reconstructed_within_the_default_budget(det, mu200_events) -> None:
+    tight = Budget(candidates_per_hit=133, edges_per_hit=21, triplets_per_hit=133, allowance=0)
+    g = batch_graph(mu200_events, det, budget=tight)  # a third of the defaults
+    prune_edges(g, PruneConfig(), det, tight)
+    rec = Reconstructor.oracle(detector=det, prune=PruneConfig())
+    assert all(len(t) > 500 for t in rec.reconstruct(mu200_events).tracks)
+
+
+@pytest.mark.parametrize("field", ["candidates_per_hit", "edges_per_hit", "allowance"])
+def test_a_budget_below_zero_is_refused(field) -> None:
+    with pytest.raises(ValueError, match=f"Budget.{field} must be a number >= 0"):
+        Budget(**{field: -1})
