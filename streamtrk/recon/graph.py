@@ -444,9 +444,13 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     candidates, then the doublets, are checked against the budget before they are made."""
     xp = ctx.xp
     q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
-    row = (ctx.row0[q_all] + b_all) * (2 * ctx.nphi)
-    lo_all = ctx.cell_start[row + ctx.p_lo[q_all]]  # each bin query's slots [lo, hi)
-    hi_all = ctx.cell_start[row + ctx.p_hi[q_all] + 1]
+    # Each bin query's slots [lo, hi): per query, the cells of its first bin; a bin further
+    # is 2 n_phi cells on.
+    span = 2 * ctx.nphi
+    first = ctx.row0 * span
+    row = b_all * span
+    lo_all = ctx.cell_start[row + (first + ctx.p_lo)[q_all]]
+    hi_all = ctx.cell_start[row + (first + ctx.p_hi + 1)[q_all]]
     n_cand = hi_all - lo_all
     enforce(
         "doublet candidates",
