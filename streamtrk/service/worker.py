@@ -63,15 +63,17 @@ class Worker(Supervised):
         self.drain_by: float | None = None  # perf_counter time; set when draining
         self.abandoned = threading.Event()
         self.done = threading.Event()  # no more replies will come from this worker
-        self._current: list[Job] = []
+        self._current: list[Job] = []  # the batch in progress, its set-aside events too
         self._taking = threading.Lock()  # held while a batch is taken off the queue
+        self._owed = 0  # replies claimed and not yet queued (abandon() waits for them)
+        self._owing = threading.Lock()
 
     def loop(self) -> None:
         while not self.abandoned.is_set():
             self.beat()
             with self._taking:
                 batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
-                self._current = [] if batch is None else batch.jobs
+                self._current = [] if batch is None else batch.jobs + batch.expired
             if batch is not None:
                 self.process(batch)
                 faults.fail("worker")
@@ -86,18 +88,35 @@ class Worker(Supervised):
     def has_work(self) -> bool:
         return bool(self._current) or self.batcher.depth() > 0
 
+    def _claim(self, jobs: list[Job]) -> list[Job]:
+        """The jobs of ``jobs`` this call is the first to claim, each now owed a reply."""
+        with self._owing:
+            claimed = [job for job in jobs if job.claim()]
+            self._owed += len(claimed)
+        return claimed
+
+    def _queue(self, reply: Reply) -> None:
+        """Queue an owed reply; the last one owed after :meth:`abandon` sets ``done``."""
+        try:
+            self.put(self.replies, reply)
+        finally:
+            with self._owing:
+                self._owed -= 1
+                if self._owed == 0 and self.abandoned.is_set():
+                    self.done.set()
+
     def _answer(self, job: Job, reply: Reply) -> bool:
         """Queue ``reply`` unless ``job`` was answered already (by :meth:`abandon`)."""
-        if not job.claim():
+        if not self._claim([job]):
             return False
-        self.put(self.replies, reply)
+        self._queue(reply)
         return True
 
     def _reject(self, jobs: list[Job], reason: str) -> int:
-        claimed = [job for job in jobs if job.claim()]
+        claimed = self._claim(jobs)
         self.metrics.rejected.labels(reason).inc(len(claimed))
         for job in claimed:
-            self.put(self.replies, Reply.failure(job, reason))
+            self._queue(Reply.failure(job, reason))
         return len(claimed)
 
     def process(self, batch: Batch) -> None:
@@ -157,8 +176,8 @@ class Worker(Supervised):
             log.exception("reconstruction of %d events failed", len(jobs))
             self._check_device()
             if len(jobs) == 1:
-                m.internal_errors.labels("reconstruction").inc()
-                self._reject(jobs, "internal")
+                answered = self._reject(jobs, "internal")  # unless abandon() was first
+                m.internal_errors.labels("reconstruction").inc(answered)
             return False
         n_hits = sum(job.n_hits for job in jobs)
         per_hit = (time.perf_counter() - t0) / max(n_hits, 1)
@@ -193,7 +212,8 @@ class Worker(Supervised):
 
     def abandon(self) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker
-        stops at its next step. Returns how many events this answered."""
+        stops at its next step. Returns how many events this answered. ``done`` is set once
+        the replies the worker had claimed are queued too (at once if it died)."""
         self.abandoned.set()
         self.batcher.close()  # nothing queued after this point could be answered
         with self._taking:
@@ -201,5 +221,7 @@ class Worker(Supervised):
             while (batch := self.batcher.next_batch(0.0)) is not None:
                 jobs += batch.jobs + batch.expired
         answered = self._reject(jobs, "shutdown")
-        self.done.set()
+        with self._owing:
+            if self._owed == 0 or not self.is_alive():
+                self.done.set()
         return answered

@@ -149,6 +149,64 @@ def test_abandon_answers_the_running_batch_and_the_queue_once() -> None:
     assert value("streamtrk_event_tracks_count") == 0
 
 
+def test_done_waits_for_replies_the_worker_claimed_before_abandon() -> None:
+    """``done`` tells the emitter that no reply will come any more: not while the worker
+    still holds one it claimed, blocked on a full reply queue (a slow consumer)."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
+    replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
+        lambda: True,
+    )  # fmt: skip
+    batcher.put(Job(event, time.perf_counter(), None))
+    worker.start()
+    t_end = time.monotonic() + 60
+    while worker._owed == 0:  # the event's reply is claimed, its put blocked
+        assert time.monotonic() < t_end
+        time.sleep(0.01)
+    assert worker.abandon() == 0  # nothing left for abandon() to answer
+    assert not worker.done.is_set()
+    replies.get()  # room: the worker's reply goes in
+    assert worker.done.wait(10)
+    assert replies.get(timeout=1).event == event.event
+    worker.join(timeout=60)
+
+
+def test_abandon_answers_the_events_a_batch_set_aside() -> None:
+    """Events past their deadline ride with the batch taken off the queue; abandon() must
+    answer them too when the worker has not yet."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    batcher = Batcher(8, BatchPolicy(max_events=2, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
+        lambda: True,
+    )  # fmt: skip
+    entered, go = threading.Event(), threading.Event()
+    process = worker.process
+
+    def gated(batch: Batch) -> None:
+        entered.set()
+        assert go.wait(60)
+        process(batch)
+
+    worker.process = gated  # type: ignore[method-assign]
+    now = time.perf_counter()
+    batcher.put(Job(events[0], now, now - 1.0))  # past its deadline: set aside
+    batcher.put(Job(events[1], now, None))
+    worker.start()
+    assert entered.wait(60)
+    assert worker.abandon() == 2 and worker.done.is_set()
+    go.set()
+    worker.join(timeout=60)
+    got = _drained(replies)
+    assert sorted((r.event, r.reason) for r in got) == [(e.event, "shutdown") for e in events]
+
+
 def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
