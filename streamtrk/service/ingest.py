@@ -155,10 +155,12 @@ class Ingest(Supervised):
         error: WireError | None = None,
         count: int = 0,
     ) -> None:
-        # Counted last, so that counters never show a rejection whose work is still pending.
+        # Counted before the reply is queued (in flight until it is sent), so that a scrape
+        # never sees the reply sent and its rejection not yet counted.
         identity = peek_identity(frames)
         if identity is not None:
             self.metrics.inflight.inc()
+            self.metrics.rejected.labels(reason).inc()
             timings = {"decode": time.perf_counter() - t_recv}
             msg_id = peek_msg_id(frames)
             self.put(self.replies, Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
@@ -167,7 +169,7 @@ class Ingest(Supervised):
                 err = error or WireError(reason, "unexpected failure")
                 self._dead_letter(self.dead_letters, frames, err, max(count, len(frames)))
             self.metrics.unidentified.inc()
-        self.metrics.rejected.labels(reason).inc()
+            self.metrics.rejected.labels(reason).inc()
 
     def _dead_letter(
         self, dead: DeadLetters, frames: list[zmq.Frame], error: WireError, count: int
