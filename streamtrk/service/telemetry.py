@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -18,6 +18,20 @@ LATENCY_BUCKETS = (
     1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_EVENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: Label names of the two info gauges (constant 1, one series each).
+BUILD_LABELS = (
+    "version",
+    "python",
+    "torch",
+    "numpy",
+    "pyzmq",
+    "libzmq",
+    "device",
+    "engine",
+    "engine_requested",
+    "precision",
+)
+MODEL_LABELS = ("name", "path", "hash", "threshold")
 BATCH_HIT_BUCKETS = (1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6)
 
 
@@ -96,26 +110,16 @@ class Metrics:
         self.build_info = Gauge(
             "streamtrk_build_info",
             "Constant 1; the labels name the versions, device, engine and precision.",
-            [
-                "version",
-                "python",
-                "torch",
-                "numpy",
-                "pyzmq",
-                "libzmq",
-                "device",
-                "engine",
-                "engine_requested",
-                "precision",
-            ],
+            BUILD_LABELS,
             registry=r,
         )
         self.model_info = Gauge(
             "streamtrk_model_info",
             "Constant 1; the labels name the model being served.",
-            ["name", "path", "hash", "threshold"],
+            MODEL_LABELS,
             registry=r,
         )
+        self._info: dict[int, tuple[str, ...]] = {}  # id of an info gauge: its one series
         self.connections = Gauge(
             "streamtrk_connections",
             "Peers connected to a socket (handshake done), by socket.",
@@ -160,8 +164,18 @@ class Metrics:
         self.queue_capacity.labels(name).set(capacity)
 
     def set_model(self, name: str, path: str, digest: str, threshold: float) -> None:
-        self.model_info.clear()
-        self.model_info.labels(name, path, digest, f"{threshold:g}").set(1)
+        labels = {"name": name, "path": path, "hash": digest, "threshold": f"{threshold:g}"}
+        self.set_info(self.model_info, MODEL_LABELS, labels)
+
+    def set_info(self, gauge: Gauge, names: Sequence[str], labels: dict[str, str]) -> None:
+        """Make ``labels`` the one series (value 1) of an info gauge: the new series first,
+        then the old one removed, so that no scrape finds none (a reload's swap)."""
+        values = tuple(labels[n] for n in names)
+        gauge.labels(*values).set(1)
+        old = self._info.get(id(gauge))
+        if old is not None and old != values:
+            gauge.remove(*old)
+        self._info[id(gauge)] = values
 
     def watch_cuda_memory(self) -> None:
         """Export torch's allocated/reserved and cupy's pool bytes of the current device."""
