@@ -106,8 +106,11 @@ class Daemon:
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
         self.model: ServedModel | None = None
         self.batcher = Batcher(cfg.queue_capacity, _policy(cfg, "cpu"))  # set at _install
-        self.stop_requested = threading.Event()
-        self.reload_requested = threading.Event()
+        self.stop_requested = threading.Event()  # a stop signal, or a thread that died
+        # Set by the signal handlers, read by the main thread: plain flags, as a handler that
+        # took an Event's lock could interrupt the main thread holding it (a deadlock).
+        self._stop_signalled = False
+        self._hup_signalled = False
         self._reloading = threading.Lock()
         self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
@@ -117,10 +120,19 @@ class Daemon:
     # ------------------------------------------------------------------ signals
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stop_requested.set()
+        self._stop_signalled = True
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.reload_requested.set()
+        self._hup_signalled = True
+
+    def _stopping(self, timeout: float) -> bool:
+        """Whether a stop was asked for (a signal, or a thread's failure), waiting up to
+        ``timeout`` seconds; main thread only."""
+        if not self._stop_signalled:
+            self.stop_requested.wait(timeout)
+        if self._stop_signalled:
+            self.stop_requested.set()
+        return self.stop_requested.is_set()
 
     # ------------------------------------------------------------------ run
 
@@ -254,12 +266,12 @@ class Daemon:
         self.threads = [ingest, worker, emitter]
         for t in self.threads:
             t.start()
-        if not self.stop_requested.is_set():
+        if not self._stopping(0):
             self.readiness.set("ready")
         self._banner()
-        while not self.stop_requested.wait(0.2):
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+        while not self._stopping(0.2):
+            if self._hup_signalled:
+                self._hup_signalled = False
                 threading.Thread(target=self.reload, name="reload", daemon=True).start()
         return self._drain(stop_intake, ingest, worker, emitter)
 
@@ -375,7 +387,7 @@ class Daemon:
         loader = threading.Thread(target=load, name="load", daemon=True)
         loader.start()
         while loader.is_alive():
-            if self.stop_requested.wait(0.05):
+            if self._stopping(0.05):
                 log.info("stopped while loading the model; no event was received")
                 self.abandoned_thread = True
                 return 0

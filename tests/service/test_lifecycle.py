@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -218,3 +219,23 @@ def test_a_dead_letter_counts_the_frames_received(daemon_factory, tmp_path) -> N
     head = msgpack.unpackb(record[0])
     assert head["reason"] == "frame_count" and head["frames"] == 21
     assert record[1:] == frames[:8]
+
+
+def test_a_stop_signal_never_takes_a_lock_the_main_thread_may_hold() -> None:
+    """Signal handlers run on the main thread between two of its bytecodes, maybe inside
+    its own wait on the stop event: a handler taking that event's lock would deadlock."""
+    from streamtrk.service.config import ServeConfig
+    from streamtrk.service.serve import Daemon
+
+    d = Daemon(ServeConfig(), ServeConfig)
+    answered = threading.Event()
+
+    def main_thread_inside_its_wait() -> None:
+        with d.stop_requested._cond:  # as Event.wait() holds it between its steps
+            d._on_stop(signal.SIGTERM, None)
+            d._on_hup(signal.SIGHUP, None)
+        answered.set()
+
+    threading.Thread(target=main_thread_inside_its_wait, daemon=True).start()
+    assert answered.wait(5), "the signal handler blocked on the stop event's lock"
+    assert d._stopping(0) and d._hup_signalled
