@@ -154,10 +154,10 @@ class Worker(Supervised):
         m = self.metrics
         events = [job.event for job in jobs]
         t0 = time.perf_counter()
+        rec = self.reconstructor()  # one model for the batch, whatever a reload swaps in
         try:
             faults.delay("batch")
             faults.fail("batch")
-            rec = self.reconstructor()
             result = rec.reconstruct(events)
             replies = [
                 Reply.success(job, tracks, {**job.timings, **result.timings})
@@ -174,7 +174,7 @@ class Worker(Supervised):
             return not rest or self._reconstruct(rest)
         except Exception:
             log.exception("reconstruction of %d events failed", len(jobs))
-            self._check_device()
+            self._check_device(rec)
             if len(jobs) == 1:
                 answered = self._reject(jobs, "internal")  # unless abandon() was first
                 m.internal_errors.labels("reconstruction").inc(answered)
@@ -197,10 +197,11 @@ class Worker(Supervised):
         m.stage.labels("physics").observe(time.perf_counter() - t1)
         return True
 
-    def _check_device(self) -> None:
-        """Raise :class:`DeviceFault` when the device no longer works; else free the
-        memory caches for what comes next (the failure may have been out of memory)."""
-        device = self.reconstructor().device
+    def _check_device(self, rec: Reconstructor) -> None:
+        """Raise :class:`DeviceFault` when the device ``rec`` failed on no longer works;
+        else free the memory caches for what comes next (the failure may have been out of
+        memory)."""
+        device = rec.device
         try:
             faults.fail("device")  # tests: the device check finds a fault
             why = device_fault(device)
