@@ -52,6 +52,11 @@ class SocketMonitor(threading.Thread):
         self._stopping.set()
         self.join(5)
 
+    @property
+    def died(self) -> bool:
+        """Whether the thread ended without being stopped (the connection metrics froze)."""
+        return self.ident is not None and not self.is_alive() and not self._stopping.is_set()
+
     def run(self) -> None:
         poller = zmq.Poller()
         for mon in self.monitors.values():

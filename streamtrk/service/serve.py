@@ -343,7 +343,10 @@ class Daemon:
     def health_problems(self) -> list[str]:
         """Why ``/healthz`` fails: threads that died or stalled with work (none: healthy)."""
         timeout = self.config.stall_timeout_s
-        return [p for t in self.threads if (p := t.problem(timeout)) is not None]
+        problems = [p for t in self.threads if (p := t.problem(timeout)) is not None]
+        if self.monitor is not None and self.monitor.died:
+            problems.append("monitor died: the connection metrics no longer change")
+        return problems
 
     def status(self) -> dict[str, Any]:
         """``/status``: state, versions, endpoints, settings in force and the served model."""
