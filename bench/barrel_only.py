@@ -10,7 +10,9 @@ Run: .venv/bin/python bench/barrel_only.py
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +24,11 @@ from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.recon.truth import edge_labels
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.threads import wait_passively
 
 BARREL = (8, 13, 17)
 ETA_BINS = ((0.0, 1.0), (1.0, 1.5), (1.5, 4.0))
-REAL = Path(__file__).resolve().parents[2] / (
-    "shared/data/trackml/qallse_ez-0.5_hpt-1.0/event000001000"
-)
+REAL = "data/trackml/qallse_ez-0.5_hpt-1.0/event000001000"  # under --shared
 
 
 def barrel_only(ev: Event) -> Event:
@@ -56,14 +57,21 @@ def edge_efficiency(rec: Reconstructor, ev: Event) -> dict[str, float]:
 
 
 def main() -> None:
+    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    args = ap.parse_args()
+    real = args.shared / REAL
     rec = load_reconstructor()
     sim = next(iter(simulate(load_detector(), SimConfig(), 3000, 1)))
     rows = {
         "sim": edge_efficiency(rec, sim),
         "sim_barrel_only": edge_efficiency(rec, barrel_only(sim)),
     }
-    if Path(f"{REAL}-hits.csv").exists():
-        rows["real_barrel"] = edge_efficiency(rec, read_event(REAL))
+    if Path(f"{real}-hits.csv").exists():
+        rows["real_barrel"] = edge_efficiency(rec, read_event(real))
+    else:
+        print(f"no real event at {real} (--shared): its row is left out", file=sys.stderr)
     print(json.dumps(rows, indent=2))
 
 

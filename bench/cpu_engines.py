@@ -17,9 +17,11 @@ from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import event_graph
 from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.threads import wait_passively
 
 
 def main() -> None:
+    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("variants", nargs="+", help="ENGINE:PRECISION, e.g. eager:fp32")
     ap.add_argument("--events", type=int, default=2)

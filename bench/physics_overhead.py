@@ -23,6 +23,7 @@ from streamtrk.service.beamspot import WINDOW_TRACKS, BeamSpotWindow
 from streamtrk.service.physics import PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.threads import wait_passively
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -35,6 +36,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def main() -> None:
+    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=4)
     ap.add_argument("--mu", type=float, default=200.0)

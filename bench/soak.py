@@ -63,8 +63,11 @@ def soak(run: Path, tmp: Path, mode: str, minutes: float, events: list[Any]) -> 
         got = json.loads(report.read_text())
     finally:
         exit_code = daemon.stop()
-    at_minute = next(rss for t, rss in samples if t >= 60)
-    later = max(rss for t, rss in samples if t >= 60)
+    after = [rss for t, rss in samples if t >= 60]
+    if not after:
+        last = samples[-1][0] if samples else 0.0
+        raise SystemExit(f"{mode}: the run ended after {last:.0f} s, before its one-minute RSS")
+    at_minute, later = after[0], max(after)
     return {
         "mode": mode,
         "capacity_events_per_second": capacity,
@@ -115,6 +118,8 @@ def main() -> None:
     p.add_argument("--png", type=Path, default=ROOT / "docs" / "soak-rss.png")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args = p.parse_args()
+    if args.minutes < 2:
+        p.error("--minutes must be at least 2: RSS is compared with its value at one minute")
 
     from streamtrk.cli import main as cli
     from streamtrk.replay import load_recording

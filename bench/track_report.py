@@ -32,6 +32,7 @@ from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.threads import wait_passively
 from streamtrk.train import CachedScorer
 
 KEYS = (
@@ -78,6 +79,7 @@ def run(events: list[Event], rec: Reconstructor) -> dict[str, Any]:
 
 
 def main() -> None:
+    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--setting", required=True, help="JSON: threshold and TrackConfig fields")
     ap.add_argument("--seeds", nargs="*", default=[], help="seed:events, simulated MU=200")
@@ -95,8 +97,11 @@ def main() -> None:
             graph_config=base.graph_config,
             threshold=threshold,
             tracks=TrackConfig(**setting),
+            prune=base.prune,  # the graphs the model was trained on (its card's [prune])
         ),
-        "plain": Reconstructor(scorer, graph_config=base.graph_config, threshold=base.threshold),
+        "plain": Reconstructor(
+            scorer, graph_config=base.graph_config, threshold=base.threshold, prune=base.prune
+        ),
     }
     sets: dict[str, list[Event]] = {}
     for spec in args.seeds:
