@@ -90,7 +90,7 @@ def test_the_allowance_lets_a_small_pile_through(det) -> None:
 
 
 def test_mu200_events_are_reconstructed_within_the_default_budget(det, mu200_events) -> None:
-    tight = Budget(candidates_per_hit=133, edges_per_hit=21, triplets_per_hit=133, allowance=0)
+    tight = Budget(candidates_per_hit=133, edges_per_hit=21, triplets_per_hit=67, allowance=0)
     g = batch_graph(mu200_events, det, budget=tight)  # a third of the defaults
     prune_edges(g, PruneConfig(), det, tight)
     rec = Reconstructor.oracle(detector=det, prune=PruneConfig())
