@@ -3,16 +3,23 @@
 Per MU, per hit of each event: doublet candidates, doublets and pruning's triplet
 candidates (the three quantities ``streamtrk.recon.budget.Budget`` bounds), the largest
 over the events against the default budget; then the seconds the chain takes to refuse
-an event of ``k`` hits piled at one point of each of four barrel layers (median of 3).
+an event of ``k`` hits piled at one point of each of four barrel layers (median of 3);
+then, each in a fresh process, the seconds and the peak RSS while reconstructing (after a
+warm-up; Linux's ``clear_refs``) of a MU=200 event alone and with a pile just within the
+budget (``--within``, k hits a layer).
 
-    PYTHONPATH=. .venv/bin/python bench/budget.py [--events 2] [--json out.json]
+    PYTHONPATH=. .venv/bin/python bench/budget.py [--events 2] [--within 170] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,17 +34,45 @@ from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.xp import expand_ranges
 
 
-def pile(det, k: int) -> Event:
+def pile(det, k: int, first_id: int = 0) -> Hits:
     layers = np.nonzero(det.kind == BARREL)[0][:4]
     n = 4 * k
     columns = {
-        "hit_id": np.arange(n),
-        "x": np.repeat(det.r[layers], k),
-        **{c: np.zeros(n) for c in ("y", "z", "module_id")},
-        "volume_id": np.repeat(det.volume_id[layers], k),
-        "layer_id": np.repeat(det.layer_id[layers], k),
+        "hit_id": first_id + np.arange(n),
+        "x": np.repeat(det.r[layers], k).astype(np.float32),
+        **{c: np.zeros(n, np.float32) for c in ("y", "z")},
+        "module_id": np.zeros(n, np.int32),
+        "volume_id": np.repeat(det.volume_id[layers], k).astype(np.int32),
+        "layer_id": np.repeat(det.layer_id[layers], k).astype(np.int32),
     }
-    return Event(1, 1, Hits.from_columns(columns))
+    return Hits.from_columns(columns)
+
+
+def one(k: int) -> None:
+    """Reconstruct a MU=200 event (seed 9) with ``k`` hits a layer piled into it; print
+    seconds, peak RSS (MiB) and the outcome as JSON."""
+    det = load_detector()
+    event = next(iter(simulate(det, SimConfig(), 9, 1)))
+    if k:
+        extra = pile(det, k, first_id=int(event.hits.hit_id.max()) + 1)
+        columns = {c: np.concatenate([getattr(event.hits, c), getattr(extra, c)]) for c in
+                   ("hit_id", "x", "y", "z", "volume_id", "layer_id", "module_id")}  # fmt: skip
+        event = Event(1, 1, Hits.from_columns(columns))
+    rec = load_reconstructor()
+    rec.reconstruct([next(iter(simulate(det, SimConfig(generator=GeneratorConfig(mu=5)), 1, 1)))])
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here (Linux)
+    t0 = time.perf_counter()
+    try:
+        rec.reconstruct([event])
+        outcome = "reconstructed"
+    except EventTooDense as e:
+        outcome = str(e)
+    seconds = time.perf_counter() - t0
+    status = Path("/proc/self/status").read_text().split("\n")
+    rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    print(json.dumps({"k": k, "hits": len(event.hits), "seconds": seconds, "peak_rss_mib": rss,
+                      "outcome": outcome}))  # fmt: skip
 
 
 def usage(det, event: Event) -> dict[str, float]:
@@ -58,8 +93,13 @@ def usage(det, event: Event) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=2)
+    ap.add_argument("--within", type=int, default=170, help="hits a layer of the pile")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a fresh process's part
     args = ap.parse_args()
+    if args.one is not None:
+        one(args.one)
+        return
     det = load_detector()
     budget = Budget()
     limits = {
@@ -84,7 +124,7 @@ def main() -> None:
     print("| --- | --- | --- |")
     refusals = {}
     for k in (40, 150, 2000, 20000):
-        event, times, what = pile(det, k), [], ""
+        event, times, what = Event(1, 1, pile(det, k)), [], ""
         for _ in range(3):
             t0 = time.perf_counter()
             try:
@@ -96,6 +136,17 @@ def main() -> None:
         refusals[k] = {"what": what, "seconds": float(np.median(times))}
         print(f"| {4 * k:,} ({k}) | {what} | {np.median(times):.3f} |")
     out["piles"] = refusals
+    print("\n| MU=200 event (seed 9) | hits | seconds | peak RSS reconstructing (MiB) | outcome |")
+    print("| --- | --- | --- | --- | --- |")
+    within = []
+    for k in (0, args.within):
+        cmd = [sys.executable, __file__, "--one", str(k)]
+        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        within.append(row)
+        name = "alone" if k == 0 else f"with {4 * k} hits piled ({k} a layer)"
+        print(f"| {name} | {row['hits']:,} | {row['seconds']:.2f} | {row['peak_rss_mib']:.0f} | "
+              f"{row['outcome']} |")  # fmt: skip
+    out["within"] = within
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

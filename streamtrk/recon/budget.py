@@ -17,8 +17,8 @@ Simulated events use far less (per hit, ``bench/budget.py``): at MU=200 about 60
 candidates, 9 doublets and 15 triplet candidates; at MU=400 about 110, 15 and 46. The
 defaults leave about four times the MU=400 figures, and bound an event's working set by its
 hits (about 40 bytes a candidate, in chunks; 40 a doublet; 16 a compatible triplet): a
-MU=200 event with a pile just within the budget peaked at 1.05 GB and 4.7 s, against 0.57 GB
-and 2.0 s without the pile.
+MU=200 event with a pile just within the budget took 3.9 s and 1.07 GB peak RSS, against
+0.8 s and 0.59 GB without the pile (``bench/budget.py``).
 """
 
 from __future__ import annotations
