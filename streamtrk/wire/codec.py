@@ -224,7 +224,9 @@ class Message:
         h, c = self.header, self.columns
         params = {k: c[k] for k in TRACK_PARAM_DTYPES if k in c}
         if "ndf" not in params:  # a version 1 reply: ndf unknown, chi2 per ndf
-            params["ndf"] = np.full(len(c["offsets"]) - 1, -1, dtype=TRACK_PARAM_DTYPES["ndf"])
+            ndf = np.full(len(c["offsets"]) - 1, -1, dtype=TRACK_PARAM_DTYPES["ndf"])
+            ndf.flags.writeable = False  # read-only, as every decoded column
+            params["ndf"] = ndf
         return TrackReply(
             self.run,
             self.event,
@@ -311,6 +313,8 @@ def _check_envelope(header: Any) -> str:
     """Check the fields common to all kinds; return the kind."""
     if not isinstance(header, dict):
         raise WireError("bad_header", f"header must be a map, got {type(header).__name__}")
+    if bad := [k for k in header if not isinstance(k, str)]:  # msgpack bin keys unpack as bytes
+        raise WireError("bad_header", f"header keys must be strings, got {_short(bad[0])}")
     if header.get("schema") != SCHEMA:
         raise WireError(
             "bad_schema", f"schema must be {SCHEMA!r}, got {_short(header.get('schema'))}"

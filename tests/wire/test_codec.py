@@ -455,10 +455,21 @@ def test_version_1_is_still_decoded(rng: np.random.Generator) -> None:
     reply = decode(v1).to_reply()
     assert reply.msg_id is None and len(reply) == 4
     assert (reply.params["ndf"] == -1).all()
+    assert not reply.params["ndf"].flags.writeable  # read-only, as every decoded column
     np.testing.assert_array_equal(reply.params["chi2"], tr.params["chi2"])
     # Keys that version 2 added are not version 1's.
     with pytest.raises(WireError, match="unknown key 'msg_id'"):
         decode([msgpack.packb({**header, "msg_id": 5}), *v1[1:]])
+
+
+def test_header_keys_that_are_not_strings_are_a_bad_header(rng: np.random.Generator) -> None:
+    """msgpack lets bin (bytes) map keys through its string-key check: a header whose keys
+    are bytes is malformed, not a message of another schema."""
+    frames = encode_hits(random_event(rng, 3))
+    header = msgpack.unpackb(frames[0])
+    as_bytes = msgpack.packb({k.encode(): v for k, v in header.items()}, use_bin_type=True)
+    with pytest.raises(WireError, match=r"bad_header: header keys must be strings, got b'schema'"):
+        decode([as_bytes, *frames[1:]])
 
 
 def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
