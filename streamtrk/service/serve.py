@@ -272,7 +272,12 @@ class Daemon:
         while not self._stopping(0.2):
             if self._hup_signalled:
                 self._hup_signalled = False
-                threading.Thread(target=self.reload, name="reload", daemon=True).start()
+                # Taken here, not in the thread: the drain's check of a reload in progress
+                # must not miss one whose thread has not started yet.
+                if self._reloading.acquire(blocking=False):
+                    threading.Thread(target=self.reload, name="reload", daemon=True).start()
+                else:
+                    log.warning("reload already in progress; SIGHUP ignored")
         return self._drain(stop_intake, ingest, worker, emitter)
 
     def _drain(
@@ -422,10 +427,8 @@ class Daemon:
             m.watch_cuda_memory()
 
     def reload(self) -> None:
-        """Reload configuration and model (SIGHUP); on failure keep serving the old ones."""
-        if not self._reloading.acquire(blocking=False):
-            log.warning("reload already in progress; SIGHUP ignored")
-            return
+        """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
+        Called holding ``_reloading``, which it releases."""
         log.info("reloading")
         try:
             old = self.config
