@@ -5,12 +5,12 @@ what the reconstruction made of it, from each batch's hits, tracks and edge scor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client import Counter, Gauge
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from streamtrk.detector import Detector
 from streamtrk.event import Event
@@ -60,6 +60,37 @@ class _Layers:
                 child.inc(n)
 
 
+#: The beam-spot gauges: name, help, field of the estimate, scale to base units.
+BEAM_SPOT_GAUGES = (
+    ("streamtrk_beam_spot_x_meters", "Beam spot x, from the tracks' d0 against phi.", "x", MM),
+    ("streamtrk_beam_spot_y_meters", "Beam spot y, from the tracks' d0 against phi.", "y", MM),
+    ("streamtrk_beam_spot_z_meters", "Mean z0 of the tracks in the beam-spot window.", "z", MM),
+    ("streamtrk_beam_spot_z_width_meters",
+     "Standard deviation of z0 of the tracks in the beam-spot window.", "z_width", MM),
+    ("streamtrk_beam_spot_z_error_meters",
+     "Statistical error of the beam spot z (events as independent samples).", "z_error", MM),
+    ("streamtrk_beam_spot_tracks",
+     "Tracks the beam-spot estimate rests on (0: none yet).", "tracks", 1.0),
+)  # fmt: skip
+
+
+class _BeamSpotGauges(Collector):
+    """The beam-spot gauges, all from one estimate per scrape (gauges read one by one could
+    mix windows when a batch lands between them)."""
+
+    def __init__(self, window: BeamSpotWindow) -> None:
+        self.window = window
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        estimate = self.window.estimate()
+        for name, doc, field, scale in BEAM_SPOT_GAUGES:
+            yield GaugeMetricFamily(name, doc, value=float(getattr(estimate, field)) * scale)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for name, doc, _, _ in BEAM_SPOT_GAUGES:
+            yield GaugeMetricFamily(name, doc)
+
+
 class PhysicsMetrics:
     """The physics metrics, in the daemon's registry; :meth:`observe` once per batch."""
 
@@ -98,29 +129,9 @@ class PhysicsMetrics:
                             EDGE_SCORE_BUCKETS, r)  # fmt: skip
 
         self.beam_spot = BeamSpotWindow()
-        for name, doc, field, scale in (
-            ("streamtrk_beam_spot_x_meters", "Beam spot x, from the tracks' d0 against phi.",
-             "x", MM),
-            ("streamtrk_beam_spot_y_meters", "Beam spot y, from the tracks' d0 against phi.",
-             "y", MM),
-            ("streamtrk_beam_spot_z_meters", "Mean z0 of the tracks in the beam-spot window.",
-             "z", MM),
-            ("streamtrk_beam_spot_z_width_meters",
-             "Standard deviation of z0 of the tracks in the beam-spot window.", "z_width", MM),
-            ("streamtrk_beam_spot_z_error_meters",
-             "Statistical error of the beam spot z (events as independent samples).",
-             "z_error", MM),
-            ("streamtrk_beam_spot_tracks",
-             "Tracks the beam-spot estimate rests on (0: none yet).", "tracks", 1.0),
-        ):  # fmt: skip
-            gauge = Gauge(name, doc, registry=r)
-            gauge.set_function(partial(self._beam_spot_value, field, scale))
+        r.register(_BeamSpotGauges(self.beam_spot))
         self._layers: _Layers | None = None
         self._events_seen = 0  # tells the beam-spot window's events apart
-
-    def _beam_spot_value(self, field: str, scale: float) -> float:
-        """One field of the window's estimate (computed at most once per change)."""
-        return float(getattr(self.beam_spot.estimate(), field)) * scale
 
     def _layers_of(self, det: Detector) -> _Layers:
         if self._layers is None or self._layers.detector is not det:

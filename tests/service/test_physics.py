@@ -168,3 +168,16 @@ def test_a_track_phi_rounded_to_float32_stays_in_a_finite_bucket() -> None:
     highest = np.float32(np.nextafter(np.pi, 0.0))
     assert float(highest) > np.pi and float(highest) <= PHI_BUCKETS[-1]
     assert len(PHI_BUCKETS) == 16 and PHI_BUCKETS[-2] == pytest.approx(7 * np.pi / 8)
+
+
+def test_a_scrape_reads_the_beam_spot_gauges_from_one_estimate(monkeypatch) -> None:
+    """Read one by one, the six gauges could mix windows when a batch lands in between."""
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    window = PhysicsMetrics(registry).beam_spot
+    estimate, calls = window.estimate, []
+    monkeypatch.setattr(window, "estimate", lambda: calls.append(1) or estimate())
+    text = generate_latest(registry).decode()
+    assert len(calls) == 1
+    assert "streamtrk_beam_spot_tracks 0.0" in text and "streamtrk_beam_spot_x_meters NaN" in text
