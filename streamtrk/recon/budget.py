@@ -77,7 +77,9 @@ def per_event(hit: Array, node_offsets: np.ndarray, weights: Array | None = None
     (or the sum of their ``weights``), on ``hit``'s device."""
     xp: Any = array_module(hit)
     if len(node_offsets) == 2:  # one event (the CPU builds events one by one)
-        return xp.asarray([len(hit) if weights is None else weights.sum()])
+        if weights is None:
+            return xp.full(1, len(hit), dtype=xp.int64)
+        return weights.sum(keepdims=True)  # stays on the device, as bincount's would
     bounds = xp.asarray(np.asarray(node_offsets[1:], dtype=np.int64))
     event = xp.searchsorted(bounds, hit, side="right")
     return bincount(event, len(node_offsets) - 1, weights)

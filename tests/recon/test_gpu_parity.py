@@ -72,3 +72,20 @@ def test_stitching_and_cuts_identical_on_both_devices(mu200_events):
         assert np.array_equal(a.hit_index, b.hit_index)
         for k in a.params:
             np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [2000, 150, 60])  # candidates, doublets, triplet candidates
+def test_the_budget_refuses_the_same_events_on_both_devices(mu200_events, det, k):
+    from test_budget import pile
+
+    from streamtrk.recon.budget import EventTooDense
+    from streamtrk.recon.prune import PruneConfig
+
+    batch = [mu200_events[0], pile(det, k, 2), mu200_events[1], pile(det, k, 4)]
+    refused = {}
+    for device in ("cpu", "cuda"):
+        rec = Reconstructor.oracle(device=device, detector=det, prune=PruneConfig())
+        with pytest.raises(EventTooDense) as e:
+            rec.reconstruct(batch)
+        refused[device] = (e.value.what, e.value.events, e.value.counts)
+    assert refused["cuda"] == refused["cpu"] and refused["cpu"][1] == [1, 3]
