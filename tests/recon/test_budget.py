@@ -3,11 +3,9 @@ graph is made; simulated events are far within it."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from piles import pile
 
-from streamtrk.detector import BARREL
-from streamtrk.event import Event, Hits
 from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.graph import (
     KERNELS,
@@ -20,23 +18,6 @@ from streamtrk.recon.graph import (
 from streamtrk.recon.graph import _build as build_whole
 from streamtrk.recon.prune import PruneConfig, prune_edges
 from streamtrk.recon.reconstructor import Reconstructor
-
-
-def pile(det, k: int, event: int = 1) -> Event:
-    """``k`` hits at one point of each of the first four barrel layers: every pair of them
-    on neighbouring layers is a doublet, every pair of doublets through a hit a triplet."""
-    layers = np.nonzero(det.kind == BARREL)[0][:4]
-    n = 4 * k
-    columns = {
-        "hit_id": np.arange(n),
-        "x": np.repeat(det.r[layers], k),
-        "y": np.zeros(n),
-        "z": np.zeros(n),
-        "volume_id": np.repeat(det.volume_id[layers], k),
-        "layer_id": np.repeat(det.layer_id[layers], k),
-        "module_id": np.zeros(n),
-    }
-    return Event(1, event, Hits.from_columns(columns))
 
 
 @pytest.mark.parametrize(

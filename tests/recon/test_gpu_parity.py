@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 from gpu_only import cupy_on_cuda
+from piles import pile
 
+from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.graph import batch_graph
+from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
 from streamtrk.recon.tracks import (
     TrackConfig,
@@ -76,11 +79,6 @@ def test_stitching_and_cuts_identical_on_both_devices(mu200_events):
 
 @pytest.mark.parametrize("k", [2000, 150, 60])  # candidates, doublets, triplet candidates
 def test_the_budget_refuses_the_same_events_on_both_devices(mu200_events, det, k):
-    from test_budget import pile
-
-    from streamtrk.recon.budget import EventTooDense
-    from streamtrk.recon.prune import PruneConfig
-
     batch = [mu200_events[0], pile(det, k, 2), mu200_events[1], pile(det, k, 4)]
     refused = {}
     for device in ("cpu", "cuda"):
