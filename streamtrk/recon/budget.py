@@ -40,6 +40,15 @@ class Budget:
     triplets_per_hit: float = 200.0
     allowance: int = 50_000  # of every event, whatever its hits: small events are cheap
 
+    def scaled(self, factor: float) -> Budget:
+        """The per-hit budgets times ``factor`` (the allowance kept)."""
+        return Budget(
+            self.candidates_per_hit * factor,
+            self.edges_per_hit * factor,
+            self.triplets_per_hit * factor,
+            self.allowance,
+        )
+
     def __post_init__(self) -> None:
         for name in ("candidates_per_hit", "edges_per_hit", "triplets_per_hit", "allowance"):
             value = getattr(self, name)

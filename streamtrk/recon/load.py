@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE, Buckets
+from streamtrk.recon.budget import Budget
 from streamtrk.recon.card import card_prune, card_tracks, check_card
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import GraphConfig
@@ -40,8 +41,11 @@ class ChainSettings:
         ratio = UNPRUNED_EDGES_PER_NODE if self.prune is None else PRUNED_EDGES_PER_NODE
         return Buckets(edges_per_node=ratio)
 
-    def reconstructor(self, scorer: EdgeScorer, device: str = "cpu") -> Reconstructor:
-        """A Reconstructor scoring edges with ``scorer`` on ``device`` in this chain."""
+    def reconstructor(
+        self, scorer: EdgeScorer, device: str = "cpu", budget: Budget | None = None
+    ) -> Reconstructor:
+        """A Reconstructor scoring edges with ``scorer`` on ``device`` in this chain (work
+        budget: ``budget``, else the default)."""
         return Reconstructor(
             scorer,
             device=device,
@@ -49,6 +53,7 @@ class ChainSettings:
             threshold=self.threshold,
             prune=self.prune,
             tracks=self.tracks,
+            budget=budget,
         )
 
 
@@ -61,11 +66,12 @@ def load_reconstructor(
     precision: str = "fp32",
     cuda_graphs: bool = False,
     warm_up: bool = False,
+    budget: Budget | None = None,
 ) -> Reconstructor:
     """A Reconstructor scoring edges with a trained model (default: ``default_model_path()``)
     through ``EngineScorer`` (``engine``, ``precision``, ``cuda_graphs``: see
     ``streamtrk.recon.engine``); ``warm_up`` compiles and runs every shape bucket before
-    returning."""
+    returning; ``budget``: the work budget (``streamtrk.recon.budget``, default its own)."""
     directory = Path(path) if path is not None else default_model_path()
     model, card = load_model(directory)
     chain = ChainSettings.of_card(card, directory)
@@ -76,4 +82,4 @@ def load_reconstructor(
     )
     if warm_up:
         scorer.warm_up()
-    return chain.reconstructor(scorer, device)
+    return chain.reconstructor(scorer, device, budget)

@@ -170,6 +170,13 @@ class ServeConfig:
     log_format: str = field(default="plain", metadata=_help("plain or json (one object a line)"))
     log_level: str = field(default="info", metadata=_help("debug, info, warning or error"))
     max_hits: int = field(default=1_000_000, metadata=_help("decoder limit: most hits per event"))
+    budget_scale: float = field(
+        default=1.0,
+        metadata=_help(
+            "times the per-hit work budget (docs/reconstruction.md): events past it are "
+            "answered too_dense; raise it for pileup denser than MU=400"
+        ),
+    )
     max_message_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata=_help("most bytes of one message (frames together); larger ones are refused"),
@@ -248,7 +255,7 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a positive integer")
     if name in _NONNEG_INT and value < 0:
         raise bad("must be a non-negative integer")
-    if name == "stall_timeout_s" and not (math.isfinite(value) and value > 0):
+    if name in ("stall_timeout_s", "budget_scale") and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
     if name in ("max_queue_delay_ms", "drain_timeout_s") and not (
         math.isfinite(value) and value >= 0

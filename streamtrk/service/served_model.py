@@ -65,6 +65,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     call; raises whatever loading or the warm-up raises. The directory's card and digest are
     read before the weights; a directory whose files changed while loading is refused (the
     name, card and hash reported would not be those of the weights in use)."""
+    from streamtrk.recon.budget import Budget
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path, read_card
 
@@ -81,6 +82,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         precision=cfg.precision,
         cuda_graphs=cfg.cuda_graphs,
         warm_up=True,
+        budget=Budget().scaled(cfg.budget_scale),
     )
     rec.reconstruct([warmup_event()])
     scorer = rec.scorer

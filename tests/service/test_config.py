@@ -65,6 +65,7 @@ def test_cross_checks_see_the_final_values() -> None:
         ('precision = "int8"', {}, r"precision must be one of fp32, bf16, fp16"),
         ('engine = "tensorrt"\ndevice = "cpu"', {}, r"engine tensorrt needs device cuda"),
         ("", {"STREAMTRK_TORCH_THREADS": "-1"}, r"torch_threads must be a non-negative"),
+        ("budget_scale = 0.0", {}, r"budget_scale must be a finite number > 0"),
         # A TOML value must have the setting's type: a string is no integer.
         (
             'max_batch_events = "4"',
@@ -179,3 +180,12 @@ def test_max_batch_hits_zero_means_the_devices_default() -> None:
     assert batch_hits(replace(cfg, max_batch_hits=5000), "cuda") == 5000
     with pytest.raises(ConfigError, match="max_batch_hits must be a non-negative integer"):
         ServeConfig(max_batch_hits=-1)
+
+
+def test_the_budget_scale_reaches_the_served_chain() -> None:
+    from streamtrk.recon.budget import Budget
+    from streamtrk.service.served_model import load_served_model
+
+    served = load_served_model(ServeConfig(device="cpu", engine="eager", budget_scale=2.5))
+    assert served.reconstructor.budget == Budget().scaled(2.5)
+    assert served.reconstructor.budget.edges_per_hit == 160.0
