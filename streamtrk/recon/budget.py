@@ -23,11 +23,13 @@ MU=200 event with a pile just within the budget took 3.9 s and 1.07 GB peak RSS,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from streamtrk.event import Event
 from streamtrk.xp import Array, array_module, bincount, to_host
 
 
@@ -61,13 +63,26 @@ class EventTooDense(ValueError):
 
     reason = "too_dense"
 
-    def __init__(self, events: list[int], what: str, counts: list[int], limits: list[int]):
+    def __init__(
+        self,
+        events: list[int],
+        what: str,
+        counts: list[int],
+        limits: list[int],
+        names: list[str] | None = None,
+    ):
         self.events, self.what, self.counts, self.limits = events, what, counts, limits
+        names = names or [f"event {e} of the batch" for e in events]
         worst = ", ".join(
-            f"event {e}: {c:,} > {lim:,}"
-            for e, c, lim in zip(events[:3], counts[:3], limits[:3], strict=True)
+            f"{name}: {c:,} > {lim:,}"
+            for name, c, lim in zip(names[:3], counts[:3], limits[:3], strict=True)
         )
         super().__init__(f"too many {what} ({worst})")
+
+    def naming(self, events: Sequence[Event]) -> EventTooDense:
+        """The same refusal, its message naming the events' run and event numbers."""
+        names = [f"run {events[k].run} event {events[k].event}" for k in self.events]
+        return EventTooDense(self.events, self.what, self.counts, self.limits, names)
 
     @classmethod
     def of_events(cls, refusals: dict[int, EventTooDense]) -> EventTooDense:

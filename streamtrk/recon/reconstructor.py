@@ -11,7 +11,7 @@ import numpy as np
 
 from streamtrk.detector import Detector, load_detector
 from streamtrk.event import Event, Tracks
-from streamtrk.recon.budget import Budget
+from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.graph import Graph, GraphConfig, batch_columns, build_graph, select_edges
 from streamtrk.recon.prune import PruneConfig, prune_edges
@@ -127,21 +127,26 @@ class Reconstructor:
         xp, det = self.xp, self.detector
         cols, node_offsets = batch_columns(events, xp)
         timings: dict[str, float] = {}
-        graph = self._timed(
-            timings,
-            "graph",
-            lambda: build_graph(*cols.values(), node_offsets, det, self.graph_config, self.budget),
-        )
-        built = graph
-        if self.prune is not None:
-            cfg = self.prune
+        try:
             graph = self._timed(
                 timings,
-                "prune",
-                lambda: select_edges(built, prune_edges(built, cfg, det, self.budget)),
+                "graph",
+                lambda: build_graph(
+                    *cols.values(), node_offsets, det, self.graph_config, self.budget
+                ),
             )
-        else:
-            timings["prune"] = 0.0
+            built = graph
+            if self.prune is not None:
+                cfg = self.prune
+                graph = self._timed(
+                    timings,
+                    "prune",
+                    lambda: select_edges(built, prune_edges(built, cfg, det, self.budget)),
+                )
+            else:
+                timings["prune"] = 0.0
+        except EventTooDense as e:
+            raise e.naming(events) from None
         scores = self._timed(timings, "gnn", lambda: self.scorer(graph, events))
         r = graph.node_features[:, 0]
         offsets, hit_index = self._timed(

@@ -25,7 +25,9 @@ from streamtrk.recon.reconstructor import Reconstructor
     [(2000, "doublet candidates"), (150, "doublets")],
 )
 def test_a_pile_of_hits_is_refused_before_its_graph_is_made(det, k, what) -> None:
-    with pytest.raises(EventTooDense, match=f"too many {what} \\(event 0: ") as refused:
+    with pytest.raises(
+        EventTooDense, match=f"too many {what} \\(event 0 of the batch: "
+    ) as refused:
         batch_graph([pile(det, k)], det)
     assert refused.value.events == [0] and refused.value.reason == "too_dense"
     assert refused.value.counts[0] > refused.value.limits[0]
@@ -33,7 +35,9 @@ def test_a_pile_of_hits_is_refused_before_its_graph_is_made(det, k, what) -> Non
 
 def test_triplet_candidates_are_checked_before_pruning_expands_them(det) -> None:
     g = batch_graph([pile(det, 60)], det)  # within the doublet budget
-    with pytest.raises(EventTooDense, match=r"too many triplet candidates \(event 0: 864,000 >"):
+    with pytest.raises(
+        EventTooDense, match=r"too many triplet candidates \(event 0 of the batch: 864,000 >"
+    ):
         prune_edges(g, PruneConfig(), det)
 
 
@@ -51,11 +55,18 @@ def test_every_dense_event_of_a_batch_is_named(det, small_events) -> None:
     assert whole.value.events == [1, 3] and whole.value.counts == one_by_one.value.counts
 
 
+def test_the_reconstructor_names_the_refused_events_by_number(det, small_events) -> None:
+    rec = Reconstructor.oracle(detector=det, prune=PruneConfig())
+    with pytest.raises(EventTooDense, match=r"\(run 1 event 8: 20,000,000 > ") as refused:
+        rec.reconstruct([small_events[0], pile(det, 2000, 8)])
+    assert refused.value.events == [1]
+
+
 def test_the_kernels_check_the_same_budget(det, small_events, host_launcher) -> None:
     batch = [small_events[0], pile(det, 150, 2)]
     cols, offsets = batch_columns(batch)
     ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
-    with pytest.raises(EventTooDense, match=r"too many doublets \(event 1: 112,500 >"):
+    with pytest.raises(EventTooDense, match=r"too many doublets \(event 1 of the batch: 112,500 >"):
         search_kernels(ctx, host_launcher(KERNELS))
     ctx, _, _ = prepare_search(
         *cols.values(), offsets, det, GraphConfig(), Budget(edges_per_hit=200)
