@@ -67,6 +67,7 @@ class Worker(Supervised):
         self._taking = threading.Lock()  # held while a batch is taken off the queue
         self._owed = 0  # replies claimed and not yet queued (abandon() waits for them)
         self._owing = threading.Lock()
+        self._abandon_answered = False  # abandon() has queued its own replies
 
     def loop(self) -> None:
         while not self.abandoned.is_set():
@@ -102,7 +103,7 @@ class Worker(Supervised):
         finally:
             with self._owing:
                 self._owed -= 1
-                if self._owed == 0 and self.abandoned.is_set():
+                if self._owed == 0 and self._abandon_answered:
                     self.done.set()
 
     def _answer(self, job: Job, reply: Reply) -> bool:
@@ -171,7 +172,8 @@ class Worker(Supervised):
             )  # fmt: skip
             self._reject(dense, EventTooDense.reason)
             rest = [job for job in jobs if job not in dense]
-            return not rest or self._reconstruct(rest)
+            # abandon() answers the rest once it has begun
+            return not rest or self.abandoned.is_set() or self._reconstruct(rest)
         except Exception:
             log.exception("reconstruction of %d events failed", len(jobs))
             self._check_device(rec)
@@ -223,6 +225,7 @@ class Worker(Supervised):
                 jobs += batch.jobs + batch.expired
         answered = self._reject(jobs, "shutdown")
         with self._owing:
+            self._abandon_answered = True
             if self._owed == 0 or not self.is_alive():
                 self.done.set()
         return answered

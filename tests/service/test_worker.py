@@ -175,6 +175,43 @@ def test_done_waits_for_replies_the_worker_claimed_before_abandon() -> None:
     worker.join(timeout=60)
 
 
+def test_done_waits_for_abandons_own_replies() -> None:
+    """The worker's last owed reply can go out after abandon() began but before abandon()
+    queued its own: done must wait for those too."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue(maxsize=2)
+    for _ in range(2):
+        replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
+        lambda: True,
+    )  # fmt: skip
+    batcher.put(Job(events[0], time.perf_counter(), None))
+    worker.start()
+    t_end = time.monotonic() + 60
+    while worker._owed == 0:  # event 0's reply claimed, its put blocked
+        assert time.monotonic() < t_end
+        time.sleep(0.01)
+    batcher.put(Job(events[1], time.perf_counter(), None))  # still queued: abandon()'s
+    close, early = batcher.close, []
+
+    def close_then_let_the_worker_finish() -> None:  # inside abandon(), before its claims
+        close()
+        replies.get()  # room for the worker's reply
+        while worker._owed:
+            time.sleep(0.01)
+        early.append(worker.done.is_set())
+        replies.get()  # room for abandon()'s
+
+    batcher.close = close_then_let_the_worker_finish  # type: ignore[method-assign]
+    assert worker.abandon() == 1
+    assert early == [False] and worker.done.is_set()
+    assert sorted(r.event for r in _drained(replies)) == [e.event for e in events]
+    worker.join(timeout=60)
+
+
 def test_abandon_answers_the_events_a_batch_set_aside() -> None:
     """Events past their deadline ride with the batch taken off the queue; abandon() must
     answer them too when the worker has not yet."""
