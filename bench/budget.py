@@ -131,7 +131,7 @@ def main() -> None:
                 rec.reconstruct([event])
                 what = "not refused"
             except EventTooDense as e:
-                what = e.what
+                what = e.whats[0]
             times.append(time.perf_counter() - t0)
         refusals[k] = {"what": what, "seconds": float(np.median(times))}
         print(f"| {4 * k:,} ({k}) | {what} | {np.median(times):.3f} |")

@@ -3,15 +3,18 @@
 A valid event can be made to cost any amount of time and memory: hits piled in one place
 make every pair of them on neighbouring layers a doublet candidate (hits squared) and every
 pair of doublets through a hit a triplet candidate (hits cubed). 1,200 such hits (a 38 kB
-message) took 20-40 s and 3.7 GB, 2,000 ran out of memory. The chain counts each quantity
-per event before it allocates it and raises :class:`EventTooDense` (the daemon answers
-``too_dense``) for events over their budget:
+message) took 20-40 s and 3.7 GB, 2,000 ran out of memory. The chain raises
+:class:`EventTooDense` (the daemon answers ``too_dense``) for events over their budget in:
 
-- doublet candidates (hits in the search windows, before the cuts): at most
-  ``candidates_per_hit`` per hit of the event, plus ``allowance``;
-- doublets (edges after the cuts), at most ``edges_per_hit`` per hit, plus ``allowance``;
-- triplet candidates of the pruning stage, at most ``triplets_per_hit`` per hit, plus
-  ``allowance``.
+- doublet candidates (hits in the search windows, before the cuts), counted before they
+  are expanded: at most ``candidates_per_hit`` per hit on a layer, plus ``allowance``;
+- doublets (edges after the cuts), counted before pruning (on the GPU before the kernels
+  write them): at most ``edges_per_hit`` per hit on a layer, plus ``allowance``;
+- triplet candidates of the pruning stage, counted before they are expanded: at most
+  ``triplets_per_hit`` per hit that an edge touches, plus ``allowance``.
+
+Hits that can make no edge buy no budget, so padding an event with them does not raise its
+limits; hits that can (on a layer) do, so an event's cost is bounded by those hits.
 
 Simulated events use far less (per hit, ``bench/budget.py``): at MU=200 about 60
 candidates, 9 doublets and 15 triplet candidates; at MU=400 about 110, 15 and 46. The
@@ -59,38 +62,39 @@ class Budget:
 
 
 class EventTooDense(ValueError):
-    """Events of a batch over their budget: ``events`` their positions in the batch."""
+    """Events of a batch over their budget: ``events`` their positions in the batch, each
+    with the quantity it passed (``whats``), its count and its limit."""
 
     reason = "too_dense"
 
     def __init__(
         self,
         events: list[int],
-        what: str,
+        whats: list[str],
         counts: list[int],
         limits: list[int],
         names: list[str] | None = None,
     ):
-        self.events, self.what, self.counts, self.limits = events, what, counts, limits
+        self.events, self.whats, self.counts, self.limits = events, whats, counts, limits
         names = names or [f"event {e} of the batch" for e in events]
-        worst = ", ".join(
-            f"{name}: {c:,} > {lim:,}"
-            for name, c, lim in zip(names[:3], counts[:3], limits[:3], strict=True)
-        )
-        super().__init__(f"too many {what} ({worst})")
+        parts = [
+            f"too many {what} ({name}: {c:,} > {lim:,})"
+            for name, what, c, lim in zip(names, whats, counts, limits, strict=True)
+        ]
+        more = f"; {len(parts) - 3} more" if len(parts) > 3 else ""
+        super().__init__("; ".join(parts[:3]) + more)
 
     def naming(self, events: Sequence[Event]) -> EventTooDense:
         """The same refusal, its message naming the events' run and event numbers."""
         names = [f"run {events[k].run} event {events[k].event}" for k in self.events]
-        return EventTooDense(self.events, self.what, self.counts, self.limits, names)
+        return EventTooDense(self.events, self.whats, self.counts, self.limits, names)
 
     @classmethod
     def of_events(cls, refusals: dict[int, EventTooDense]) -> EventTooDense:
         """One refusal of the events of a batch refused one by one (position: refusal)."""
-        first = next(iter(refusals.values()))
         return cls(
             list(refusals),
-            first.what,
+            [e.whats[0] for e in refusals.values()],
             [e.counts[0] for e in refusals.values()],
             [e.limits[0] for e in refusals.values()],
         )
@@ -109,15 +113,21 @@ def per_event(hit: Array, node_offsets: np.ndarray, weights: Array | None = None
     return bincount(event, len(node_offsets) - 1, weights)
 
 
-def enforce(what: str, totals: Array, node_offsets: np.ndarray, per_hit: float, budget: Budget):
+def enforce(what: str, totals: Array, hits: Array, per_hit: float, budget: Budget) -> np.ndarray:
     """Raise :class:`EventTooDense` for the events whose ``totals`` of ``what`` pass
-    ``per_hit`` per hit plus the allowance; returns the totals on the host (one copy)."""
-    host = to_host(totals).astype(np.int64)
-    hits = np.diff(np.asarray(node_offsets, dtype=np.int64))
-    limits = per_hit * hits + budget.allowance  # float64: an infinite budget stays one
+    ``per_hit`` per hit (``hits``: per event, those that can be in its graph) plus the
+    allowance; else return the totals on the host (one copy for both arrays)."""
+    xp: Any = array_module(totals)
+    host_totals, host_hits = to_host(xp.stack([xp.asarray(totals), xp.asarray(hits)]))
+    host = host_totals.astype(np.int64)
+    with np.errstate(invalid="ignore"):  # an infinite budget times no hits
+        limits = np.nan_to_num(per_hit * host_hits, nan=0.0) + budget.allowance
     over = np.nonzero(host > limits)[0]
     if len(over):
         raise EventTooDense(
-            over.tolist(), what, host[over].tolist(), limits[over].astype(np.int64).tolist()
+            over.tolist(),
+            [what] * len(over),
+            host[over].tolist(),
+            limits[over].astype(np.int64).tolist(),
         )
     return host

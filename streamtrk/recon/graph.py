@@ -10,8 +10,10 @@ candidates per window, and the number of host synchronisations per batch is cons
 per expansion step, one to drop queries into empty layers, one to check the candidates
 against the budget, one for the kernels' per-event counts that size their output), not
 per layer pair. Hits piled into one window would still make hits squared candidates: an
-event with more candidates or doublets than its :class:`~streamtrk.recon.budget.Budget`
-allows raises :class:`~streamtrk.recon.budget.EventTooDense` before they are made.
+event with more candidates (counted before they are expanded) or doublets (counted once
+found; on the GPU before they are written) than its
+:class:`~streamtrk.recon.budget.Budget` allows raises
+:class:`~streamtrk.recon.budget.EventTooDense`.
 """
 
 from __future__ import annotations
@@ -423,6 +425,7 @@ def prepare_search(
         cfg=cfg,
         xp=xp,
         node_offsets=np.asarray(node_offsets, dtype=np.int64),
+        on_layer=per_event(hits_on, node_offsets),
         budget=budget,
     )
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
@@ -441,7 +444,8 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     over chunks of candidates small enough for their temporaries to stay in cache (1.5x
     faster at MU=200 than one pass), on threads when allowed (NumPy releases the GIL in its
     loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the kernels). The
-    candidates, then the doublets, are checked against the budget before they are made."""
+    candidates are checked against the budget before they are expanded, the doublets once
+    found."""
     xp = ctx.xp
     q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
     # Each bin query's slots [lo, hi): per query, the cells of its first bin; a bin further
@@ -455,7 +459,7 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     enforce(
         "doublet candidates",
         per_event(ctx.qi[q_all], ctx.node_offsets, n_cand),
-        ctx.node_offsets,
+        ctx.on_layer,
         ctx.budget.candidates_per_hit,
         ctx.budget,
     )
@@ -472,9 +476,7 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
             parts = list(pool.map(lambda c: ctx.run(*c), chunks))
     i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
     budget = ctx.budget
-    enforce(
-        "doublets", per_event(i, ctx.node_offsets), ctx.node_offsets, budget.edges_per_hit, budget
-    )
+    enforce("doublets", per_event(i, ctx.node_offsets), ctx.on_layer, budget.edges_per_hit, budget)
     return i, j, edge_features
 
 
@@ -503,7 +505,7 @@ def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, 
     enforce(
         "doublet candidates",
         per_event(ctx.qi, offsets, n_cand),
-        offsets,
+        ctx.on_layer,
         budget.candidates_per_hit,
         budget,
     )
@@ -511,7 +513,7 @@ def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, 
     launch("doublet_count", n_queries, (*args, counts))
     ends = xp.cumsum(counts)
     per_ev = enforce(
-        "doublets", per_event(ctx.qi, offsets, counts), offsets, budget.edges_per_hit, budget
+        "doublets", per_event(ctx.qi, offsets, counts), ctx.on_layer, budget.edges_per_hit, budget
     )
     total = int(per_ev.sum())
     i = xp.empty(total, dtype=xp.int64)
@@ -551,7 +553,8 @@ class CandidateSearch:
     slope: float  # largest |dphi/dr| accepted
     cfg: GraphConfig
     xp: Any
-    node_offsets: np.ndarray  # the batch's events, and what each may make
+    node_offsets: np.ndarray  # the batch's events, their hits on a layer, what each may make
+    on_layer: Array
     budget: Budget
 
     def candidates(self, q: Array, b: Array) -> Array:

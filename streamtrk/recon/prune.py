@@ -358,13 +358,19 @@ def within_budget(
     limit: tuple[np.ndarray, Budget] | None,
 ) -> None:
     """Raise EventTooDense for events with more triplet candidates (inner edges ``a_ids``,
-    each with outer candidates ``[lo, hi)``) than ``limit`` (node offsets, budget) allows."""
+    each with outer candidates ``[lo, hi)``) than ``limit`` (node offsets, budget) allows
+    for their hits in the graph (those an edge touches)."""
     if limit is None:
         return
     node_offsets, budget = limit
     xp = array_module(lo)
     n = per_event(g["j"][a_ids], node_offsets, xp.maximum(hi - lo, 0))
-    enforce("triplet candidates", n, node_offsets, budget.triplets_per_hit, budget)
+    in_graph = xp.zeros(int(node_offsets[-1]), dtype=bool)  # the hits an edge touches
+    in_graph[g["i"]] = True
+    in_graph[g["j"]] = True
+    n_nodes = len(in_graph)
+    hits = per_event(xp.arange(n_nodes), node_offsets, in_graph.astype(xp.int64))  # no sync
+    enforce("triplet candidates", n, hits, budget.triplets_per_hit, budget)
 
 
 def keep_kernels(

@@ -3,9 +3,11 @@ graph is made; simulated events are far within it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from piles import pile
 
+from streamtrk.event import Event, Hits
 from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.graph import (
     KERNELS,
@@ -60,6 +62,31 @@ def test_the_reconstructor_names_the_refused_events_by_number(det, small_events)
     with pytest.raises(EventTooDense, match=r"\(run 1 event 8: 20,000,000 > ") as refused:
         rec.reconstruct([small_events[0], pile(det, 2000, 8)])
     assert refused.value.events == [1]
+
+
+def test_each_event_is_named_with_what_it_passed(det) -> None:
+    with pytest.raises(EventTooDense) as refused:
+        batch_graph([pile(det, 2000, 1), pile(det, 150, 2)], det)
+    assert refused.value.events == [0, 1]
+    assert refused.value.whats == ["doublet candidates", "doublets"]
+    assert "too many doublets (event 1 of the batch: 112,500 > " in str(refused.value)
+
+
+def test_hits_that_can_make_no_edge_do_not_raise_the_limit(det) -> None:
+    """Hits on no layer of the detector cost nothing and must buy no budget."""
+    dense = pile(det, 150)
+    n = 70_000
+    nowhere = {
+        "hit_id": 10**6 + np.arange(n),
+        "x": np.full(n, 500.0),
+        **{c: np.zeros(n) for c in ("y", "z", "module_id")},
+        "volume_id": np.full(n, 99),  # no such volume
+        "layer_id": np.full(n, 2),
+    }
+    columns = {c: np.concatenate([getattr(dense.hits, c), v]) for c, v in nowhere.items()}
+    padded = Event(1, 1, Hits.from_columns(columns))
+    with pytest.raises(EventTooDense, match=r"too many doublets \(event 0 of the batch: 112,500 >"):
+        batch_graph([padded], det)
 
 
 def test_the_kernels_check_the_same_budget(det, small_events, host_launcher) -> None:

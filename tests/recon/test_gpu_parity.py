@@ -85,5 +85,5 @@ def test_the_budget_refuses_the_same_events_on_both_devices(mu200_events, det, k
         rec = Reconstructor.oracle(device=device, detector=det, prune=PruneConfig())
         with pytest.raises(EventTooDense) as e:
             rec.reconstruct(batch)
-        refused[device] = (e.value.what, e.value.events, e.value.counts)
+        refused[device] = (e.value.whats, e.value.events, e.value.counts)
     assert refused["cuda"] == refused["cpu"] and refused["cpu"][1] == [1, 3]
