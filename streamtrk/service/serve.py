@@ -46,7 +46,7 @@ from streamtrk.service.job import Reply
 from streamtrk.service.monitor import SocketMonitor
 from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.supervised import Supervised
-from streamtrk.service.telemetry import BUILD_LABELS, Metrics
+from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
@@ -415,7 +415,7 @@ class Daemon:
         self.batcher.policy = _policy(cfg, model.device)
         m = self.metrics
         m.set_model(model.name, model.path, model.digest, model.threshold)
-        m.set_info(m.build_info, BUILD_LABELS, _build_labels(model))
+        m.build_info.set(_build_labels(model))
         if model.engine_note:
             log.info(
                 "engine %s (asked for %s): %s",

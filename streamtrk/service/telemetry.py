@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from streamtrk.recon.reconstructor import STAGES as RECON_STAGES
 from streamtrk.service.physics import PhysicsMetrics
@@ -33,6 +35,28 @@ BUILD_LABELS = (
 )
 MODEL_LABELS = ("name", "path", "hash", "threshold")
 BATCH_HIT_BUCKETS = (1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6)
+
+
+class InfoGauge(Collector):
+    """A gauge of constant 1 whose one series' labels name what runs. Its labels are
+    replaced whole, so that a scrape during a reload sees the old series or the new one,
+    never none and never both (either breaks joins on it and ``absent()`` alerts)."""
+
+    def __init__(self, name: str, doc: str, labelnames: Sequence[str]) -> None:
+        self.name, self.doc, self.labelnames = name, doc, tuple(labelnames)
+        self.values: tuple[str, ...] | None = None  # none until set
+
+    def set(self, labels: dict[str, str]) -> None:
+        self.values = tuple(labels[n] for n in self.labelnames)  # one reference: atomic
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+        if (values := self.values) is not None:
+            family.add_metric(list(values), 1.0)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
 
 
 class Metrics:
@@ -107,19 +131,18 @@ class Metrics:
         )
         self.hits = Counter("streamtrk_hits", "Hits of the events reconstructed.", registry=r)
         self.tracks = Counter("streamtrk_tracks", "Tracks sent in ok replies.", registry=r)
-        self.build_info = Gauge(
+        self.build_info = InfoGauge(
             "streamtrk_build_info",
             "Constant 1; the labels name the versions, device, engine and precision.",
             BUILD_LABELS,
-            registry=r,
         )
-        self.model_info = Gauge(
+        self.model_info = InfoGauge(
             "streamtrk_model_info",
             "Constant 1; the labels name the model being served.",
             MODEL_LABELS,
-            registry=r,
         )
-        self._info: dict[int, tuple[str, ...]] = {}  # id of an info gauge: its one series
+        r.register(self.build_info)
+        r.register(self.model_info)
         self.connections = Gauge(
             "streamtrk_connections",
             "Peers connected to a socket (handshake done), by socket.",
@@ -165,17 +188,7 @@ class Metrics:
 
     def set_model(self, name: str, path: str, digest: str, threshold: float) -> None:
         labels = {"name": name, "path": path, "hash": digest, "threshold": f"{threshold:g}"}
-        self.set_info(self.model_info, MODEL_LABELS, labels)
-
-    def set_info(self, gauge: Gauge, names: Sequence[str], labels: dict[str, str]) -> None:
-        """Make ``labels`` the one series (value 1) of an info gauge: the new series first,
-        then the old one removed, so that no scrape finds none (a reload's swap)."""
-        values = tuple(labels[n] for n in names)
-        gauge.labels(*values).set(1)
-        old = self._info.get(id(gauge))
-        if old is not None and old != values:
-            gauge.remove(*old)
-        self._info[id(gauge)] = values
+        self.model_info.set(labels)
 
     def watch_cuda_memory(self) -> None:
         """Export torch's allocated/reserved and cupy's pool bytes of the current device."""
