@@ -627,6 +627,12 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
         "to a collector's)",
     )
     s.add_argument("--hwm", type=int, default=2, help="high-water marks, messages (default 2)")
+    s.add_argument(
+        "--max-hits",
+        type=int,
+        default=1_000_000,
+        help="most hits of an event: longer frames drop their sender (the daemons' max_hits)",
+    )
     _curve_arguments(s)
     s.add_argument(
         "--server-key",
@@ -665,11 +671,14 @@ def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
 
     stop = _stop_on_signals()
+    if args.max_hits < 1:
+        raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
     forward(
         args.role,
         args.from_,
         args.to,
         hwm=args.hwm,
+        max_hits=args.max_hits,
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
         server_key=args.server_key,

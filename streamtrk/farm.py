@@ -32,6 +32,7 @@ import zmq
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.service.auth import start_authenticator
+from streamtrk.wire import DEFAULT_LIMITS, Limits
 from streamtrk.wire.curve import host_only
 
 ROLES = ("distributor", "collector")
@@ -45,6 +46,7 @@ def forward(
     back: str,
     *,
     hwm: int = 2,
+    max_hits: int = DEFAULT_LIMITS.max_hits,
     curve_key: Path | None = None,
     curve_server_key: Path | None = None,
     server_key: Path | None = None,
@@ -57,7 +59,9 @@ def forward(
     ``role`` says which side faces the daemons (``back`` for a distributor, ``front`` for a
     collector): that socket gets the CURVE client keys, when given; the other side is a
     CURVE server with ``server_key`` (clients from ``allowed_keys``). A JSON ``listening``
-    line on stdout gives the bound addresses (``front``, ``back``).
+    line on stdout gives the bound addresses (``front``, ``back``). A frame longer than a
+    message of ``max_hits`` hits can have drops its sender's connection (as the daemon's
+    ``max_hits``: give both the same).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -82,7 +86,7 @@ def forward(
             auth = start_authenticator(zmq.Context.instance(), allowed_keys)
             stack.callback(auth.stop)
         pull = stack.enter_context(
-            Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0,
+            Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=Limits(max_hits=max_hits),
                      **(clients if back_faces_daemons else daemons))
         )  # fmt: skip
         push = stack.enter_context(

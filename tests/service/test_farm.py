@@ -167,3 +167,28 @@ def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -
             assert not daemon.poll(1000)  # the stranger's never came through
     finally:
         assert dist.stop() == 0
+
+
+@pytest.mark.parametrize(("max_hits", "through"), [(None, False), ("2000000", True)])
+def test_a_forwarder_takes_frames_as_long_as_its_max_hits_allows(
+    tmp_path: Path, max_hits: str | None, through: bool
+) -> None:
+    """A 9 MB frame is past what a 1M-hit event has (8 MB): dropped unless --max-hits says
+    events are larger (as the daemons' own max_hits must)."""
+    import zmq
+
+    dist = Forwarder(tmp_path, "distributor", *(["--max-hits", max_hits] if max_hits else []))
+    ctx = zmq.Context.instance()
+    try:
+        with ctx.socket(zmq.PULL) as daemon, ctx.socket(zmq.PUSH) as producer:
+            daemon.setsockopt(zmq.LINGER, 0)
+            daemon.connect(dist.back)
+            producer.setsockopt(zmq.LINGER, 2000)
+            producer.connect(dist.front)
+            producer.send_multipart([b"header", bytes(9_000_000)])
+            got = daemon.poll(5000)
+            assert got == through
+            if got:
+                assert len(daemon.recv_multipart()[1]) == 9_000_000
+    finally:
+        assert dist.stop() == 0
