@@ -243,11 +243,27 @@ _POSITIVE_INT = (
     "max_hits",
 )
 _NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms", "torch_threads", "max_batch_hits")
+#: Largest values: ZeroMQ socket options are C ints, torch's thread count too (more than a
+#: few thousand threads crash it), byte and hit counts int64 after scaling.
+_MAX_INT = {
+    "sndhwm": 2**31 - 1,
+    "rcvhwm": 2**31 - 1,
+    "linger_ms": 2**31 - 1,
+    "torch_threads": 4096,
+    "max_frames": 2**31 - 1,
+    "max_hits": 2**40,
+    "max_batch_hits": 2**40,
+    "max_batch_events": 2**31 - 1,
+    "queue_capacity": 2**31 - 1,
+    "reply_capacity": 2**31 - 1,
+    "max_message_bytes": 2**62,
+    "dead_letter_max_bytes": 2**62,
+}
 
 
 def _check(name: str, value: Any) -> None:
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"{name} {why}, got {value!r}", name)
+        return ConfigError(f"{name} {why}, got {value!r:.200}", name)
 
     if name in CHOICES and value not in CHOICES[name]:
         raise bad(f"must be one of {', '.join(CHOICES[name])}")
@@ -255,6 +271,8 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a positive integer")
     if name in _NONNEG_INT and value < 0:
         raise bad("must be a non-negative integer")
+    if name in _MAX_INT and value > _MAX_INT[name]:
+        raise bad(f"must be at most {_MAX_INT[name]}")
     if name in ("stall_timeout_s", "budget_scale") and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
     if name in ("max_queue_delay_ms", "drain_timeout_s") and not (
@@ -271,12 +289,12 @@ def _check(name: str, value: Any) -> None:
             raise bad("must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
         host, colon, port = rest.rpartition(":")
         if scheme == "tcp" and not (
-            colon and host and (port == "*" or (port.isdigit() and int(port) < 65536))
+            colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
         ):
             raise bad("must be tcp://HOST:PORT, PORT a number (or * to bind a free one)")
     if name == "http":
         host, sep, port = value.rpartition(":")
-        if not (sep and host and port.isdigit() and int(port) < 65536):
+        if not (sep and host and _digits(port) and int(port) < 65536):
             raise bad("must be HOST:PORT, such as 127.0.0.1:10062")
 
 
@@ -315,7 +333,7 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
                 return int(str(v).strip())
             if base == "float":
                 return float(v)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer past any float
             raise ValueError(f"must be {want}") from None
         return Path(v) if base == "Path" else v
 
@@ -323,6 +341,11 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
 
 
 _FIELDS = {f.name: f for f in fields(ServeConfig)}
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²' and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
 
 
 def _convert(
@@ -336,7 +359,7 @@ def _convert(
     try:
         values[name] = (_converter(_FIELDS[name])(raw, typed), source)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{name} {e}, got {raw!r} (from {source})", name) from None
+        raise ConfigError(f"{name} {e}, got {raw!r:.200} (from {source})", name) from None
 
 
 def load_config(
@@ -348,11 +371,15 @@ def load_config(
     (setting name -> value, None meaning not given). Raises :class:`ConfigError`."""
     values: dict[str, tuple[Any, str]] = {}
     if path is not None:
+        if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
+            raise ConfigError(f"config file {path} is not a regular file")
         try:
-            doc = tomllib.loads(Path(path).read_text())
+            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
+        except (ValueError, RecursionError) as e:  # TOMLDecodeError, digit or nesting limits
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         for key, raw in doc.items():
             _convert(values, key, raw, f"config file {path}", typed=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -66,6 +67,13 @@ def test_cross_checks_see_the_final_values() -> None:
         ('engine = "tensorrt"\ndevice = "cpu"', {}, r"engine tensorrt needs device cuda"),
         ("", {"STREAMTRK_TORCH_THREADS": "-1"}, r"torch_threads must be a non-negative"),
         ("budget_scale = 0.0", {}, r"budget_scale must be a finite number > 0"),
+        # Found by fuzzing: each was a traceback, a wrong message or accepted.
+        ("budget_scale = 1" + "0" * 400, {}, r"budget_scale must be a number, got 1000"),
+        ("x = " + "[" * 2000 + "]" * 2000, {}, r"serve.toml is not valid TOML: maximum recursion"),
+        ("max_hits = 1" + "0" * 5000, {}, r"serve.toml is not valid TOML: Exceeds the limit"),
+        ('http = "127.0.0.1:\u00b2"', {}, r"http must be HOST:PORT"),
+        ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
+        ("", {"STREAMTRK_SNDHWM": "4294967296"}, r"sndhwm must be at most 2147483647"),
         # A TOML value must have the setting's type: a string is no integer.
         (
             'max_batch_events = "4"',
@@ -189,3 +197,14 @@ def test_the_budget_scale_reaches_the_served_chain() -> None:
     served = load_served_model(ServeConfig(device="cpu", engine="eager", budget_scale=2.5))
     assert served.reconstructor.budget == Budget().scaled(2.5)
     assert served.reconstructor.budget.edges_per_hit == 160.0
+
+
+def test_a_config_file_that_is_no_utf8_text_or_no_regular_file_is_named(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'device = "cpu\xff"\n')
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text"):
+        load_config(latin1, {})
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # reading it would block until a writer came
+    with pytest.raises(ConfigError, match=r"fifo.toml is not a regular file"):
+        load_config(fifo, {})
