@@ -97,6 +97,8 @@ class RecordingReader:
 
     def __init__(self, path: StrPath) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():  # a FIFO would block the open
+            raise RecordingError(f"{self.path}: not a regular file")
         self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         try:
             self.version = _read_file_header(self._file, self.path)
@@ -144,26 +146,23 @@ class RecordingReader:
 
     def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
         """Decoded ``hits`` messages as events, with ``.truth`` from a directly following
-        ``truth`` message of the same (run, event); other messages are skipped."""
+        ``truth`` message of the same (run, event); other messages are skipped. A damaged
+        record raises RecordingError; the event read just before it is not yielded (the
+        damaged record may be its truth)."""
         pending: Event | None = None
-        try:
-            for offset, frames in self:
-                msg = self._decode(offset, frames, limits)
-                if (
-                    msg.kind == "truth"
-                    and pending is not None
-                    and (msg.run, msg.event) == (pending.run, pending.event)
-                ):
-                    yield self._with_truth(offset, pending, msg)
-                    pending = None
-                    continue
-                if pending is not None:
-                    yield pending
-                pending = msg.to_event() if msg.kind == "hits" else None
-        except RecordingError:
+        for offset, frames in self:
+            msg = self._decode(offset, frames, limits)
+            if (
+                msg.kind == "truth"
+                and pending is not None
+                and (msg.run, msg.event) == (pending.run, pending.event)
+            ):
+                yield self._with_truth(offset, pending, msg)
+                pending = None
+                continue
             if pending is not None:
                 yield pending
-            raise
+            pending = msg.to_event() if msg.kind == "hits" else None
         if pending is not None:
             yield pending
 

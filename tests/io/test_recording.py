@@ -247,6 +247,27 @@ def test_iter_events_yields_complete_events_before_error(small: Any) -> None:
     assert [(e.event, e.truth is not None) for e in events] == [(0, True)]
 
 
+def test_an_event_whose_truth_record_is_damaged_is_not_yielded_without_it(small: Any) -> None:
+    """The damaged record may be the truth of the event just read: yielding that event
+    would make a consumer fail on 'no truth' instead of on the damage."""
+    path, offsets, _ = small
+    path.write_bytes(path.read_bytes()[: offsets[2] - 1])  # into event 0's truth record
+    events = []
+    with pytest.raises(RecordingError, match=f"offset {offsets[1]}"):
+        for ev in iter_events(path):
+            events.append(ev)
+    assert events == []
+
+
+def test_a_recording_that_is_no_regular_file_is_named(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.stk"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    with pytest.raises(RecordingError, match=r"fifo\.stk: not a regular file"):
+        list(iter_events(fifo))
+
+
 def test_iter_events_rejects_invalid_message(tmp_path: Path) -> None:
     path = tmp_path / "bad.stk"
     write(path, [[b"\xc1"]])
