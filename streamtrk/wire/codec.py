@@ -466,6 +466,19 @@ def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
 
 def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
     _nonneg(cols, ("hit.particle_id", "particle.particle_id"))
+    for k, col in cols.items():
+        if col.dtype.kind == "f" and not np.isfinite(col).all():
+            raise WireError("non_finite", f"column {k!r} has NaN or infinite values")
+    pids = np.sort(cols["particle.particle_id"])
+    if (pids[1:] == pids[:-1]).any():
+        raise WireError("duplicate_particle_id", "particle.particle_id values are not unique")
+    on_hits = cols["hit.particle_id"]
+    on_hits = on_hits[on_hits != 0]  # 0: noise
+    missing = on_hits[~np.isin(on_hits, pids, assume_unique=False)]
+    if len(missing):
+        raise WireError(
+            "unknown_particle", f"hit.particle_id {int(missing[0])} is not in the particle table"
+        )
 
 
 def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:

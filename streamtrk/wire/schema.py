@@ -77,9 +77,11 @@ REASONS: frozenset[str] = frozenset(
         "too_many_hits",  # more hits (or track hit entries) than Limits.max_hits
         "too_many_tracks",  # more tracks than Limits.max_tracks
         "too_many_particles",  # more truth particles than Limits.max_particles
-        "non_finite",  # NaN or infinity in hit coordinates
+        "non_finite",  # NaN or infinity in hit coordinates, or in a truth column
         "id_range",  # negative hit, detector or particle id
         "duplicate_hit_id",  # the same hit_id twice in one hits message
+        "duplicate_particle_id",  # the same particle_id twice in one truth message
+        "unknown_particle",  # a truth hit's particle (not 0, noise) not in the particle table
         "bad_offsets",  # track offsets not monotone from 0 to len(hit_id)
     }
 )

@@ -30,8 +30,11 @@ def make_event(rng: np.random.Generator, n: int, event: int) -> Event:
 
     hits = cols(Hits.DTYPES, n)
     hits["hit_id"] = np.arange(n, dtype=np.int64)
-    truth = Truth(HitTruth(**cols(HitTruth.DTYPES, n)), Particles(**cols(Particles.DTYPES, 2)))
-    return Event(3, event, Hits(**hits), truth)
+    particles = cols(Particles.DTYPES, 2)
+    particles["particle_id"] = np.array([11, 12])
+    hit_truth = cols(HitTruth.DTYPES, n)
+    hit_truth["particle_id"] = rng.choice([0, 11, 12], n)  # noise or a particle of the table
+    return Event(3, event, Hits(**hits), Truth(HitTruth(**hit_truth), Particles(**particles)))
 
 
 def write(path: Path, messages: list[list[Any]], mode: Literal["w", "a"] = "w") -> list[int]:

@@ -359,6 +359,25 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             lambda h, t, u: with_column(u, "particle.particle_id", np.full(1, -1)),
         ),
         ("duplicate_hit_id", "dup", lambda h, t, u: with_column(h, "hit_id", np.ones(10, "<i8"))),
+        (
+            "duplicate_particle_id",
+            "dup",
+            lambda h, t, u: with_column(
+                encode_truth(1, 2, random_event(np.random.default_rng(5), 30).truth),
+                "particle.particle_id",
+                np.full(3, 7),
+            ),
+        ),
+        (
+            "unknown_particle",
+            "hit",
+            lambda h, t, u: with_column(u, "hit.particle_id", np.full(10, 12345)),
+        ),
+        (
+            "non_finite",
+            "truth_weight",
+            lambda h, t, u: with_column(u, "hit.weight", np.full(10, np.nan, "<f4")),
+        ),
         ("bad_offsets", "empty", lambda h, t, u: with_column(t, "offsets", np.zeros(0, "<i8"))),
         (
             "bad_offsets",
