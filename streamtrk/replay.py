@@ -27,7 +27,7 @@ import numpy as np
 from streamtrk.client import Consumer, Producer
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
-from streamtrk.io.recording import iter_records
+from streamtrk.io.recording import RecordingError, iter_records
 from streamtrk.wire import Message, WireError, decode, with_msg_id
 
 Key = tuple[int, int]
@@ -47,20 +47,23 @@ class Recorded:
 
 def load_recording(path: str | Path, limit: int | None = None) -> list[Recorded]:
     """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
-    directly following ``truth`` record of the same event; other records are skipped."""
+    directly following ``truth`` record of the same event; ``tracks`` records are skipped.
+    A record that does not decode, or a truth that does not fit its event, is a
+    RecordingError naming the file and the record's offset (``record`` stores only valid
+    messages: such a record is damage)."""
     out: list[Recorded] = []
-    for _, frames in iter_records(path):
+    for offset, frames in iter_records(path):
         try:
             msg = decode(frames)
-        except WireError:
-            continue
-        if msg.kind == "hits":
-            if limit is not None and len(out) >= limit:
-                break
-            out.append(Recorded(frames, msg.to_event()))
-        elif msg.kind == "truth" and out and out[-1].key == (msg.run, msg.event):
-            last = out[-1].event
-            out[-1].event = Event(last.run, last.event, last.hits, msg.to_truth())
+            if msg.kind == "hits":
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(Recorded(frames, msg.to_event()))
+            elif msg.kind == "truth" and out and out[-1].key == (msg.run, msg.event):
+                last = out[-1].event
+                out[-1].event = Event(last.run, last.event, last.hits, msg.to_truth())
+        except ValueError as e:  # WireError, or a truth of another length than its hits
+            raise RecordingError(f"{path}: record at offset {offset}: {e}") from e
     return out
 
 

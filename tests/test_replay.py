@@ -104,3 +104,19 @@ def test_ctrl_c_stops_the_replay_and_still_reports(tmp_path: Path) -> None:
     assert "Traceback" not in err and "interrupted" in err
     got = json.loads(report.read_text())
     assert got["interrupted"] is True and (got["sent"], got["received"]) == (3, 0)
+
+
+def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: Path) -> None:
+    """``record`` stores only valid messages: a record that does not decode is damage, not
+    an event to skip without a word."""
+    from streamtrk.io.recording import RecordingError
+    from streamtrk.replay import load_recording
+
+    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 1, 2))
+    path = tmp_path / "damaged.stk"
+    with RecordingWriter(path) as w:
+        w.write_event(events[0])
+        bad = w.write([b"\xc1"])  # one frame that is not msgpack, with a valid CRC
+        w.write_event(events[1])
+    with pytest.raises(RecordingError, match=rf"damaged\.stk: record at offset {bad}: not_msgpack"):
+        load_recording(path)
