@@ -294,7 +294,7 @@ def _check(name: str, value: Any) -> None:
             raise bad("must be tcp://HOST:PORT, PORT a number (or * to bind a free one)")
     if name == "http":
         host, sep, port = value.rpartition(":")
-        if not (sep and host and _digits(port) and int(port) < 65536):
+        if not (sep and host and "/" not in host and _digits(port) and int(port) < 65536):
             raise bad("must be HOST:PORT, such as 127.0.0.1:10062")
 
 
@@ -335,6 +335,8 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
                 return float(v)
         except (ValueError, OverflowError):  # OverflowError: an integer past any float
             raise ValueError(f"must be {want}") from None
+        if base == "Path" and v == "":  # Path("") would be the current directory
+            raise ValueError("must be a path (leave it out for the default)")
         return Path(v) if base == "Path" else v
 
     return convert

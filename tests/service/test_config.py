@@ -73,6 +73,8 @@ def test_cross_checks_see_the_final_values() -> None:
         ("max_hits = 1" + "0" * 5000, {}, r"serve.toml is not valid TOML: Exceeds the limit"),
         ('http = "127.0.0.1:\u00b2"', {}, r"http must be HOST:PORT"),
         ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
+        ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
+        ('model = ""', {}, r"model must be a path \(leave it out for the default\)"),
         ("", {"STREAMTRK_SNDHWM": "4294967296"}, r"sndhwm must be at most 2147483647"),
         # A TOML value must have the setting's type: a string is no integer.
         (
