@@ -79,12 +79,13 @@ def usage(det, event: Event) -> dict[str, float]:
     cols, offsets = batch_columns([event])
     ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
     q, b = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
+    lo_c, hi_c = ctx.slots(q, b)
     graph = batch_graph([event], det)
     g, usable, t = triplet_inputs(graph, PruneConfig(), det)
     _, _, lo, hi = triplet_candidates(g, usable, t)
     n = len(event.hits)
     return {
-        "candidates": float(ctx.candidates(q, b).sum()) / n,
+        "candidates": float((hi_c - lo_c).sum()) / n,
         "edges": graph.num_edges / n,
         "triplets": float(np.maximum(hi - lo, 0).sum()) / n,
     }

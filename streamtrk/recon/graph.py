@@ -448,13 +448,7 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     found."""
     xp = ctx.xp
     q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
-    # Each bin query's slots [lo, hi): per query, the cells of its first bin; a bin further
-    # is 2 n_phi cells on.
-    span = 2 * ctx.nphi
-    first = ctx.row0 * span
-    row = b_all * span
-    lo_all = ctx.cell_start[row + (first + ctx.p_lo)[q_all]]
-    hi_all = ctx.cell_start[row + (first + ctx.p_hi + 1)[q_all]]
+    lo_all, hi_all = ctx.slots(q_all, b_all)
     n_cand = hi_all - lo_all
     enforce(
         "doublet candidates",
@@ -557,10 +551,15 @@ class CandidateSearch:
     on_layer: Array
     budget: Budget
 
-    def candidates(self, q: Array, b: Array) -> Array:
-        """Candidates (hits in the phi window) of each bin query ``(q, b)``."""
-        row = (self.row0[q] + b) * (2 * self.nphi)
-        return self.cell_start[row + self.p_hi[q] + 1] - self.cell_start[row + self.p_lo[q]]
+    def slots(self, q: Array, b: Array) -> tuple[Array, Array]:
+        """The candidates of each bin query ``(q, b)``: its slots ``[lo, hi)`` (the hits in
+        its phi window). Per query, the cells of its first bin are one gather; a bin further
+        is 2 n_phi cells on."""
+        span = 2 * self.nphi
+        first = self.row0 * span
+        row = b * span
+        lo = self.cell_start[row + (first + self.p_lo)[q]]
+        return lo, self.cell_start[row + (first + self.p_hi + 1)[q]]
 
     def candidates_per_query(self) -> Array:
         """Candidates of each query over all its bins, without expanding the (query, bin)
@@ -571,8 +570,8 @@ class CandidateSearch:
         total = xp.zeros(len(self.qi), dtype=xp.int64)
         for d in range(self.cfg.n_bins):
             b = self.b_lo + d
-            n = self.candidates(queries, xp.minimum(b, last))
-            total += xp.where(b <= self.b_hi, n, 0)
+            lo, hi = self.slots(queries, xp.minimum(b, last))
+            total += xp.where(b <= self.b_hi, hi - lo, 0)
         return total
 
     def run(self, q: Array, lo: Array, hi: Array) -> tuple[Array, ...]:
