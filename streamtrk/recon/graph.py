@@ -29,7 +29,7 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, lookup_layer
 from streamtrk.event import Event
-from streamtrk.recon.budget import Budget, EventTooDense, enforce, per_event
+from streamtrk.recon.budget import Budget, enforce, event_by_event, per_event
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
 from streamtrk.xp import (
@@ -239,16 +239,12 @@ def build_graph(
     by one. On the GPU the batch is built whole (launch count)."""
     cols = (x, y, z, volume_id, layer_id)
     if array_module(x) is np and len(node_offsets) > 2:
-        parts, dense = [], {}
-        for k, (lo, hi) in enumerate(pairwise(int(o) for o in node_offsets)):
-            try:
-                parts.append(
-                    _build([c[lo:hi] for c in cols], np.array([0, hi - lo]), det, cfg, budget)
-                )
-            except EventTooDense as e:  # every such event of the batch is named
-                dense[k] = e
-        if dense:
-            raise EventTooDense.of_events(dense)
+
+        def one(bounds: tuple[int, int]) -> Graph:
+            lo, hi = bounds
+            return _build([c[lo:hi] for c in cols], np.array([0, hi - lo]), det, cfg, budget)
+
+        parts = event_by_event(pairwise(int(o) for o in node_offsets), one)
         return _join(parts, np.asarray(node_offsets, dtype=np.int64))
     return _build(cols, node_offsets, det, cfg, budget)
 

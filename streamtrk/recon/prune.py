@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.detector import BARREL, Detector
-from streamtrk.recon.budget import Budget, EventTooDense, enforce, per_event
+from streamtrk.recon.budget import Budget, enforce, event_by_event, per_event
 from streamtrk.recon.graph import Graph, event_graphs
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, chunk_bounds, expand_ranges
@@ -425,14 +425,7 @@ def prune_edges(
         return xp.zeros(0, dtype=bool)
     if xp is np and len(graph.node_offsets) > 2:
         # Event by event on the CPU: the same mask, from working sets that stay in cache.
-        masks, dense = [], {}
-        for k, event in enumerate(event_graphs(graph)):
-            try:
-                masks.append(prune_edges(event, cfg, det, budget))
-            except EventTooDense as e:  # every such event of the batch is named
-                dense[k] = e
-        if dense:
-            raise EventTooDense.of_events(dense)
+        masks = event_by_event(event_graphs(graph), lambda e: prune_edges(e, cfg, det, budget))
         return np.concatenate(masks)
     g, usable, t = triplet_inputs(graph, cfg, det)
     if not cfg.triplet_cuts:
