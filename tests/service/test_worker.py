@@ -8,9 +8,9 @@ import threading
 import time
 
 import numpy as np
+from piles import pile
 
-from streamtrk.detector import BARREL, load_detector
-from streamtrk.event import Event, Hits
+from streamtrk.detector import load_detector
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.batcher import Batch, Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
@@ -66,16 +66,7 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
 def test_an_event_over_the_work_budget_is_answered_too_dense() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
-    layers = np.nonzero(det.kind == BARREL)[0][:4]
-    k = 2000  # hits at one point of each of four layers: 20M doublet candidates
-    columns = {
-        "hit_id": np.arange(4 * k),
-        "x": np.repeat(det.r[layers], k),
-        **{c: np.zeros(4 * k) for c in ("y", "z", "module_id")},
-        "volume_id": np.repeat(det.volume_id[layers], k),
-        "layer_id": np.repeat(det.layer_id[layers], k),
-    }
-    dense = Event(3, 99, Hits.from_columns(columns))
+    dense = pile(det, 2000, 99)  # 20M doublet candidates
     batcher = Batcher(8, BatchPolicy(max_events=3, max_queue_delay_ms=1000))
     replies: queue.Queue[Reply] = queue.Queue()
     metrics = Metrics()
