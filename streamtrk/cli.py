@@ -247,6 +247,12 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
     s.add_argument("--precision", default="fp32", choices=PRECISIONS)
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
+    s.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="times the per-hit work budget, as the daemon's budget_scale (default 1)",
+    )
     _torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
@@ -272,12 +278,15 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "graph_/pruned_/gnn_edge_purity (true pT>=1 GeV segments over edges, segments of softer "
     "particles not counted); events, hits_per_event, graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
-    "seconds_per_event, stage_seconds (mean per event), timings (median per event).",
+    "seconds_per_event, stage_seconds (mean per event), timings (median per event); "
+    "events_refused and refused (run, event, what, count, limit): events over the work "
+    "budget, which the daemon answers too_dense, scored as events with no tracks.",
 )
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
     from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
+    from streamtrk.recon.budget import Budget
     from streamtrk.recon.device import cuda_unavailable
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path
@@ -286,9 +295,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
         return 2
+    if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
+        raise ValueError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
+    budget = Budget().scaled(args.budget_scale)
     threads = set_torch_threads(args.torch_threads)
     if args.oracle:
-        rec, scorer = Reconstructor.oracle(device=args.device), "oracle"
+        rec, scorer = Reconstructor.oracle(device=args.device, budget=budget), "oracle"
     else:
         model = args.model or default_model_path()
         try:
@@ -299,6 +311,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 engine=args.engine,
                 precision=args.precision,
                 warm_up=args.engine != "eager",
+                budget=budget,
             )
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}, or pass --oracle") from None
@@ -310,6 +323,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if ev.n_events == 0:
         print(f"streamtrk evaluate: error: no events in {args.input}", file=sys.stderr)
         return 1
+    if ev.refused:
+        print(
+            f"streamtrk evaluate: {len(ev.refused)} of {ev.n_events} events over the work "
+            "budget (the daemon answers them too_dense), scored as events with no tracks: "
+            "'refused' in the report names them",
+            file=sys.stderr,
+        )
     report = ev.report()
     report["input"] = str(args.input)
     report["scorer"] = scorer

@@ -211,6 +211,19 @@ def test_evaluate_names_the_model_it_used(tmp_path):
     assert out.stderr.rstrip().endswith(", or pass --oracle")
 
 
+def test_evaluate_reports_events_over_the_work_budget(tmp_path, capsys):
+    main(["simulate", "--events", "1", "--mu", "20", "-q", "-o", str(tmp_path / "e.stk")])
+    args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q"]
+    assert main([*args, "--budget-scale", "1e-6", "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["events_refused"] == report["events"] == 1
+    assert report["refused"][0]["what"] == "doublet candidates"
+    assert "1 of 1 events over the work budget" in capsys.readouterr().err
+    assert main([*args, "--budget-scale", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err == "streamtrk evaluate: error: --budget-scale must be a finite number > 0, got 0.0\n"
+
+
 def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
     if cuda_unavailable() is None:
         pytest.skip("this machine can run device=cuda")

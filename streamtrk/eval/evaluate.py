@@ -20,6 +20,7 @@ from streamtrk.eval.score import (
     ratio,
 )
 from streamtrk.event import Event, Tracks
+from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
 from streamtrk.xp import index_of, to_host
@@ -98,6 +99,9 @@ class Evaluation:
     n_hits: int = 0
     n_built_edges: int = 0
     n_scored_edges: int = 0
+    # Events over the work budget (run, event, what, count, limit): the daemon answers them
+    # ``too_dense``, so they are scored as events with no edges and no tracks.
+    refused: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
         self, events: list[Event], result: ReconResult, seconds: float, threshold: float
@@ -141,6 +145,31 @@ class Evaluation:
             flags = (c.track_fake, c.track_duplicate, c.track_matched)
             self.track_rows.append(np.stack([p["pt"], p["eta"], chi2_ndf, *flags], 1))
 
+    def refuse(self, events: list[Event], refusal: EventTooDense) -> None:
+        """Count the events of a batch that ``refusal`` names as reconstructed with no edges
+        and no tracks (what the daemon's ``too_dense`` answer gives), and list them."""
+        for k, what, count, limit in zip(
+            refusal.events, refusal.whats, refusal.counts, refusal.limits, strict=True
+        ):
+            ev = events[k]
+            self.refused.append(
+                {"run": ev.run, "event": ev.event, "what": what, "count": count, "limit": limit}
+            )
+            self.n_events += 1
+            self.n_hits += len(ev.hits)
+            labels = np.zeros(len(ev.hits), dtype=np.int64)
+            self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
+            self.tracks[ev.run, ev.event] = Tracks.empty()
+            if ev.truth is None:
+                continue
+            none = SegmentTruth.of(ev).counts(np.zeros((2, 0), dtype=np.int64))
+            for counts in (self.graph_edges, self.pruned_edges, self.gnn_edges):
+                counts.update(none)
+            c = self.physics.add(ev, labels)
+            self.particles.append(
+                np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
+            )
+
     def report(self) -> dict[str, Any]:
         """The report JSON (keys documented in ``streamtrk evaluate --help``)."""
         n = max(self.n_events, 1)
@@ -153,6 +182,8 @@ class Evaluation:
             "edges_per_hit": self.n_built_edges / max(self.n_hits, 1),
             "graph_edges_per_event": self.n_built_edges / n,
             "gnn_edges_per_event": self.n_scored_edges / n,
+            "events_refused": len(self.refused),
+            "refused": self.refused,
         }
         if physics := self.physics.report():
             out |= physics
@@ -165,7 +196,7 @@ class Evaluation:
                 out[f"{name}_edge_efficiency"] = ratio(c["central_found"], c["central"])
                 out[f"{name}_edge_efficiency_all"] = ratio(c["targets_found"], c["targets"])
                 out[f"{name}_edge_purity"] = ratio(c["targets_found"], c["edges_counted"])
-            out |= _track_rates(np.concatenate(self.track_rows))
+            out |= _track_rates(np.concatenate([np.zeros((0, 6)), *self.track_rows]))
         return out
 
 
@@ -203,16 +234,26 @@ def batches(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
 def evaluate(
     rec: Reconstructor, events: Iterable[Event], *, batch_size: int = 1, progress: bool = False
 ) -> Evaluation:
-    """Reconstruct ``events`` batch by batch and accumulate the evaluation."""
+    """Reconstruct ``events`` batch by batch and accumulate the evaluation. Events over
+    the work budget are counted as refused (see :meth:`Evaluation.refuse`) and the rest of
+    their batch reconstructed without them, as the daemon does."""
     from tqdm import tqdm
 
     ev = Evaluation()
     bar = tqdm(desc="evaluate", unit="event", disable=not progress)
     for batch in batches(events, batch_size):
-        t0 = time.perf_counter()
-        result = rec.reconstruct(batch)
-        ev.add(batch, result, time.perf_counter() - t0, rec.threshold)
-        bar.update(len(batch))
+        n, t0 = len(batch), time.perf_counter()
+        while batch:
+            try:
+                result = rec.reconstruct(batch)
+            except EventTooDense as e:
+                ev.refuse(batch, e)
+                dense = set(e.events)
+                batch = [x for k, x in enumerate(batch) if k not in dense]
+                continue
+            ev.add(batch, result, time.perf_counter() - t0, rec.threshold)
+            break
+        bar.update(n)
     bar.close()
     return ev
 

@@ -8,10 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from piles import pile
 
 from streamtrk.eval.evaluate import _track_rates, evaluate
 from streamtrk.event import Event
 from streamtrk.io.trackml import by_event_number
+from streamtrk.recon.budget import Budget
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
 
@@ -76,3 +78,32 @@ def test_events_of_two_runs_keep_their_tracks_and_one_submission_per_number(smal
     with pytest.raises(ValueError, match=f"event number {a.event} occurs in more than one run"):
         by_event_number(ev.submission)
     assert list(by_event_number({(a.run, a.event): 1})) == [a.event]
+
+
+def test_events_over_the_budget_are_counted_refused_and_the_rest_reconstructed(det, small_events):
+    """As the daemon answers them too_dense: no tracks for the dense events, the others
+    reconstructed as they would be without them."""
+    a, b = small_events
+    rec = Reconstructor.oracle(detector=det, prune=PruneConfig())
+    alone = evaluate(rec, [a, b]).report()
+    ev = evaluate(rec, [a, pile(det, 150, 901), b, pile(det, 2000, 902)], batch_size=4)
+    report = ev.report()
+    assert report["events"] == 4 and report["events_refused"] == 2
+    assert [(r["event"], r["what"]) for r in report["refused"]] == [
+        (901, "doublets"),
+        (902, "doublet candidates"),
+    ]
+    assert all(r["count"] > r["limit"] for r in report["refused"])
+    for key in ("tracking_efficiency", "fake_rate", "trackml_score", "gnn_edge_efficiency"):
+        assert report[key] == alone[key]  # the piles have no truth
+    assert len(ev.tracks[1, 901]) == 0
+    hit_ids, labels = ev.submission[1, 902]
+    assert len(hit_ids) == 8000 and not labels.any()
+
+
+def test_refused_events_with_truth_count_their_particles_as_lost(small_events) -> None:
+    nothing = Budget(0, 0, 0, allowance=0)  # refuses any event that has a candidate
+    report = evaluate(Reconstructor.oracle(budget=nothing), small_events, batch_size=2).report()
+    assert report["events_refused"] == report["events"] == 2
+    assert report["tracking_efficiency"] == report["graph_edge_efficiency"] == 0.0
+    assert report["trackml_score"] == 0.0
