@@ -458,6 +458,11 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit status 1 also when a reply is an error (a check in CI)",
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -471,8 +476,9 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "(second replies to a resent event, not counted again), events_per_second, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing or unsent, 130 after Ctrl-C (the "
-    "report covers the replies received until then).",
+    "recording has truth. Exit status 1 when events are missing or unsent (with "
+    "--fail-on-error also when a reply is an error), 130 after Ctrl-C (the report covers the "
+    "replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission
@@ -536,6 +542,10 @@ def _replay(args: argparse.Namespace) -> int:
             "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
         )
         return 130  # 128 + SIGINT
+    if args.fail_on_error and report["errors"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
+        print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
+        return 1
     return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.replay import Recorded, ReplayOptions, replay
@@ -120,3 +121,33 @@ def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: 
         w.write_event(events[1])
     with pytest.raises(RecordingError, match=rf"damaged\.stk: record at offset {bad}: not_msgpack"):
         load_recording(path)
+
+
+def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -> None:
+    """A daemon that answers every event with an error: exit 0 by default (an overload test
+    expects error replies), 1 with --fail-on-error, naming the reasons."""
+    run = tmp_path / "run.stk"
+    with RecordingWriter(run) as w:
+        for rec in _events(3):
+            w.write_event(rec.event)
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PUSH) as out:
+        for sock in (sink, out):
+            sock.setsockopt(zmq.LINGER, 0)
+        to = f"tcp://127.0.0.1:{sink.bind_to_random_port('tcp://127.0.0.1')}"
+        from_ = f"tcp://127.0.0.1:{out.bind_to_random_port('tcp://127.0.0.1')}"
+
+        def refuse(n: int) -> None:
+            for _ in range(n):
+                msg = decode(sink.recv_multipart())
+                refusal = {"status": "error", "reason": "too_dense", "msg_id": msg.msg_id}
+                out.send_multipart(encode_tracks(msg.run, msg.event, [], None, **refusal))
+
+        args = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
+        for extra, status in (([], 0), (["--fail-on-error"], 1)):
+            daemon = threading.Thread(target=refuse, args=(3,), daemon=True)
+            daemon.start()
+            assert main([*args, *extra]) == status
+            daemon.join(10)
+            err = capsys.readouterr().err
+            assert ("error replies: 3 too_dense" in err) == bool(extra), err
