@@ -322,7 +322,9 @@ def compatible_triplets(
     Per-edge values are gathered into the sorted orders first (reads forward in memory). On
     the CPU the candidates are expanded and cut in chunks of about ``TRIPLET_CHUNK`` (the
     temporaries stay in cache; one expansion of a MU=300 event's 3.6M candidates wrote a
-    dozen fresh arrays of 30 MB); on the GPU in one piece (launch count). ``limit`` (the
+    dozen fresh arrays of 30 MB); on the GPU in one piece (launch count). The positions
+    are int32 below 2^31 edges (a pile of hits within the budget can make 20M compatible
+    triplets). ``limit`` (the
     batch's node offsets and budget) checks the candidates per event before they are
     expanded."""
     xp = array_module(usable)
@@ -331,6 +333,7 @@ def compatible_triplets(
     pair_a, th_a, k2_a = (g[k][a_ids] for k in ("pair", "theta", "k2"))
     lay_b, th_b, k2_b = (g[k][b_ids] for k in ("lay_j", "theta", "k2"))
     found_a, found_b = [], []
+    small = xp.int32 if len(usable) <= np.iinfo(np.int32).max else xp.int64  # 8 B a triplet
     ends = np.cumsum(np.maximum(hi - lo, 0)) if xp is np else None
     for s, e in pairwise(chunk_bounds(len(lo), TRIPLET_CHUNK, xp, ends)):
         q, pos = expand_ranges(lo[s:e], hi[s:e])
@@ -345,8 +348,8 @@ def compatible_triplets(
             g["dx"][a], g["dy"][a], g["c"][a], g["dx"][b], g["dy"][b], g["c"][b]
         )
         ok = xp.abs(kappa) <= t["w_k"][tr]
-        found_a.append(a[ok])
-        found_b.append(b[ok])
+        found_a.append(a[ok].astype(small))
+        found_b.append(b[ok].astype(small))
     return xp.concatenate(found_a), xp.concatenate(found_b)
 
 
