@@ -8,7 +8,7 @@ then, each in a fresh process, the seconds and the peak RSS while reconstructing
 warm-up; Linux's ``clear_refs``) of a MU=200 event alone and with a pile just within the
 budget (``--within``, k hits a layer).
 
-    PYTHONPATH=. .venv/bin/python bench/budget.py [--events 2] [--within 170] [--json out.json]
+    PYTHONPATH=. .venv/bin/python bench/budget.py [--events 2] [--within 165] [--json out.json]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def pile(det, k: int, first_id: int = 0) -> Hits:
 
 def one(k: int) -> None:
     """Reconstruct a MU=200 event (seed 9) with ``k`` hits a layer piled into it; print
-    seconds, peak RSS (MiB) and the outcome as JSON."""
+    seconds, peak RSS (MiB), the outcome and the stages' seconds as JSON."""
     det = load_detector()
     event = next(iter(simulate(det, SimConfig(), 9, 1)))
     if k:
@@ -62,9 +62,9 @@ def one(k: int) -> None:
     rec.reconstruct([next(iter(simulate(det, SimConfig(generator=GeneratorConfig(mu=5)), 1, 1)))])
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here (Linux)
-    t0 = time.perf_counter()
+    t0, stages = time.perf_counter(), {}
     try:
-        rec.reconstruct([event])
+        stages = rec.reconstruct([event]).timings
         outcome = "reconstructed"
     except EventTooDense as e:
         outcome = str(e)
@@ -72,7 +72,7 @@ def one(k: int) -> None:
     status = Path("/proc/self/status").read_text().split("\n")
     rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
     print(json.dumps({"k": k, "hits": len(event.hits), "seconds": seconds, "peak_rss_mib": rss,
-                      "outcome": outcome}))  # fmt: skip
+                      "outcome": outcome, "stages": stages}))  # fmt: skip
 
 
 def usage(det, event: Event) -> dict[str, float]:
@@ -94,7 +94,7 @@ def usage(det, event: Event) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=2)
-    ap.add_argument("--within", type=int, default=170, help="hits a layer of the pile")
+    ap.add_argument("--within", type=int, default=165, help="hits a layer of the pile")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a fresh process's part
     args = ap.parse_args()
@@ -137,16 +137,20 @@ def main() -> None:
         refusals[k] = {"what": what, "seconds": float(np.median(times))}
         print(f"| {4 * k:,} ({k}) | {what} | {np.median(times):.3f} |")
     out["piles"] = refusals
-    print("\n| MU=200 event (seed 9) | hits | seconds | peak RSS reconstructing (MiB) | outcome |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "\n| MU=200 event (seed 9) | hits | seconds | peak RSS reconstructing (MiB) | outcome "
+        "| stages (s) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     within = []
     for k in (0, args.within):
         cmd = [sys.executable, __file__, "--one", str(k)]
         row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         within.append(row)
         name = "alone" if k == 0 else f"with {4 * k} hits piled ({k} a layer)"
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in row["stages"].items())
         print(f"| {name} | {row['hits']:,} | {row['seconds']:.2f} | {row['peak_rss_mib']:.0f} | "
-              f"{row['outcome']} |")  # fmt: skip
+              f"{row['outcome']} | {stages} |")  # fmt: skip
     out["within"] = within
     if args.json:
         with open(args.json, "w") as f:
