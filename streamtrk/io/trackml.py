@@ -118,7 +118,10 @@ def _find(prefix: Path, kind: str) -> Path | None:
 def _event_number(prefix: Path) -> int:
     match = _EVENT_RE.fullmatch(prefix.name)
     if match is None:
-        raise ValueError(f"cannot parse an event number from {prefix.name!r}; pass event_number")
+        raise ValueError(
+            f"cannot parse an event number from {prefix.name!r}: TrackML files are named "
+            "event<number>-hits.csv (and -cells, -particles, -truth)"
+        )
     return int(match.group(1))
 
 

@@ -19,9 +19,9 @@ limits; hits that can (on a layer) do, so an event's cost is bounded by those hi
 Simulated events use far less (per hit, ``bench/budget.py``): at MU=200 about 60
 candidates, 9 doublets and 15 triplet candidates; at MU=400 about 110, 15 and 46. The
 defaults leave about four times the MU=400 figures, and bound an event's working set by its
-hits (about 40 bytes a candidate, in chunks; 40 a doublet; 16 a compatible triplet): a
-MU=200 event with a pile just within the budget took 3.9 s and 1.07 GB peak RSS, against
-0.8 s and 0.59 GB without the pile (``bench/budget.py``).
+hits (about 40 bytes a candidate, in chunks; 40 a doublet; 8 a compatible triplet): a
+MU=200 event with a pile just within the budget took 3.0 s and 735 MiB peak RSS, against
+0.7 s and 570 MiB without the pile (``bench/budget.py``).
 """
 
 from __future__ import annotations

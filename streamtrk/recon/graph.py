@@ -1,9 +1,10 @@
 """Hit-graph construction: doublets between detector layers, one code path for NumPy and CuPy.
 
-A batch of events is one disjoint graph: hits are sorted by (event, layer, phi) with every
-hit entered twice (phi and phi + 2 pi) so that a phi window never wraps. For every layer
-pair and every hit of the inner layer, two binary searches give the window of candidate
-outer hits; the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
+A batch of events is one disjoint graph: hits are sorted into grid cells (event, layer,
+bin in z or r, phi bin) with every hit entered twice (phi and phi + 2 pi) so that a phi
+window never wraps. For every layer pair and every hit of the inner layer, the window of
+candidate outer hits is, per bin it reaches, one slice of consecutive cells (their offsets
+looked up, no search); the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
 are expanded in vectorised chunks; on the GPU two CUDA kernels (``doublet_search.cu``:
 count, then fill) run the same cuts, a thread per query. The work grows with hits x
 candidates per window, and the number of host synchronisations per batch is constant (one

@@ -70,8 +70,9 @@ def load_reconstructor(
 ) -> Reconstructor:
     """A Reconstructor scoring edges with a trained model (default: ``default_model_path()``)
     through ``EngineScorer`` (``engine``, ``precision``, ``cuda_graphs``: see
-    ``streamtrk.recon.engine``); ``warm_up`` compiles and runs every shape bucket before
-    returning; ``budget``: the work budget (``streamtrk.recon.budget``, default its own)."""
+    ``streamtrk.recon.engine``); ``warm_up`` runs the engine on the graphs of
+    ``EngineScorer.warm_shapes`` before returning (every shape bucket on CUDA); ``budget``:
+    the work budget (``streamtrk.recon.budget``, default its own)."""
     directory = Path(path) if path is not None else default_model_path()
     model, card = load_model(directory)
     chain = ChainSettings.of_card(card, directory)

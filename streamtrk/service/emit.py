@@ -1,8 +1,8 @@
 """The emit thread: owns the PUSH socket, encodes replies and sends them zero-copy.
 
 A reply carries the event's hit ids (not indices) and the seconds the event spent in each
-stage (``decode``, ``queue``, the batch's ``graph``, ``gnn``, ``tracks``, ``fit``, and
-``encode``). When no downstream peer takes replies, sending waits (backpressure up the
+stage (``decode``, ``queue``, the batch's ``graph``, ``prune``, ``gnn``, ``tracks``,
+``fit``, and ``encode``). When no downstream peer takes replies, sending waits (backpressure up the
 pipeline); once a drain deadline is set and passed, unsent replies are dropped and counted,
 and so are all replies after the thread failed.
 """

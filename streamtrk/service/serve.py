@@ -9,7 +9,8 @@ SIGTERM/SIGINT: readiness goes false, ingest stops receiving and closes its sock
 worker and the emitter finish everything already received, the emitter closes its socket
 with a LINGER bounded by what is left of ``drain_timeout_s``. Work that cannot finish in
 time is answered ``shutdown`` instead (see ``Worker``), so every received event still gets
-its reply; exit status 0, or 1 when replies could not be sent (no downstream peer).
+its reply; exit status 0, or 1 when replies could not be sent (no downstream peer) or a
+thread died.
 SIGHUP: reload the configuration and the model, keep the old ones when that fails.
 """
 

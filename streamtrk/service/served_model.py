@@ -61,7 +61,7 @@ class ServedModel:
 
 def load_served_model(cfg: ServeConfig) -> ServedModel:
     """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine`` and
-    ``cfg.precision``, warm up the engine over its shape buckets, then run one ``reconstruct``
+    ``cfg.precision``, warm up the engine (see ``load_reconstructor``), then run one ``reconstruct``
     call; raises whatever loading or the warm-up raises. The directory's card and digest are
     read before the weights; a directory whose files changed while loading is refused (the
     name, card and hash reported would not be those of the weights in use)."""

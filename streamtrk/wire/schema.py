@@ -88,7 +88,9 @@ REASONS: frozenset[str] = frozenset(
 
 
 class WireError(ValueError):
-    """A message violates the wire schema; ``reason`` is a code from :data:`REASONS`."""
+    """A message violates the wire schema; ``reason`` is a code from :data:`REASONS` (the
+    decoder's), or ``message_too_large`` from the daemon's ingest, which refuses a message
+    while it is still being received."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
