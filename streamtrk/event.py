@@ -7,7 +7,7 @@ so that the wire codec and the TrackML reader agree on them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -80,18 +80,14 @@ class _Columns:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
     @classmethod
-    def from_columns(cls, cols: dict[str, Any]):
+    def from_columns(cls, cols: dict[str, Any]) -> Self:
         xp = array_module(next(iter(cols.values()))) if cols else np
         return cls(**{k: xp.asarray(cols[k], dtype=dt) for k, dt in cls.DTYPES.items()})
 
-    @classmethod
-    def empty(cls):
-        return cls(**{k: np.zeros(0, dtype=dt) for k, dt in cls.DTYPES.items()})
-
-    def take(self, idx: Array):
+    def take(self, idx: Array) -> Self:
         return type(self)(**{k: v[idx] for k, v in self.columns().items()})
 
-    def to(self, xp: Any):
+    def to(self, xp: Any) -> Self:
         """Copy to the array module ``xp`` (numpy or cupy)."""
         conv = (lambda a: a.get()) if xp is np else xp.asarray
         return type(self)(

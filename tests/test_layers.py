@@ -38,7 +38,11 @@ def _part(module: str) -> str:
 def _imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.module == "streamtrk" and node.level == 0:
+            # from streamtrk import tomlio: the part is the name imported (the package's own
+            # __version__ is in the package's __init__, below every part)
+            found.update(f"streamtrk.{a.name}" for a in node.names if a.name != "__version__")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)

@@ -72,8 +72,8 @@ def _crc(frames: list[memoryview]) -> int:
     return crc
 
 
-def _read_file_header(f: BinaryIO, path: Path) -> int:
-    """Check the file header at the start of ``f``; return the format version."""
+def _read_file_header(f: BinaryIO, path: Path) -> None:
+    """Check the file header at the start of ``f`` (magic, this format version)."""
     head = f.read(_FILE_HEADER.size)
     if len(head) < _FILE_HEADER.size:
         raise RecordingError(
@@ -89,7 +89,6 @@ def _read_file_header(f: BinaryIO, path: Path) -> int:
         )
     if reserved != 0:
         raise RecordingError(f"{path}: offset 10: reserved field is {reserved}, expected 0")
-    return version
 
 
 class RecordingReader:
@@ -101,7 +100,7 @@ class RecordingReader:
             raise RecordingError(f"{self.path}: not a regular file")
         self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         try:
-            self.version = _read_file_header(self._file, self.path)
+            _read_file_header(self._file, self.path)
         except BaseException:
             self._file.close()
             raise

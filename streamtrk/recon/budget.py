@@ -77,7 +77,7 @@ class EventTooDense(ValueError):
         counts: list[int],
         limits: list[int],
         names: list[str] | None = None,
-    ):
+    ) -> None:
         self.events, self.whats, self.counts, self.limits = events, whats, counts, limits
         names = names or [f"event {e} of the batch" for e in events]
         parts = [

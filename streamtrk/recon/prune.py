@@ -251,7 +251,9 @@ def edge_geometry(graph: Graph, det: Detector) -> dict[str, Array]:
     }
 
 
-def three_hit_curvature(dxa: Array, dya: Array, ca: Array, dxb: Array, dyb: Array, cb: Array):
+def three_hit_curvature(
+    dxa: Array, dya: Array, ca: Array, dxb: Array, dyb: Array, cb: Array
+) -> Array:
     """Signed curvature of the circle through the hits of segments a then b (shared hit)."""
     xp = array_module(dxa)
     sx, sy = dxa + dxb, dya + dyb

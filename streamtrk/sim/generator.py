@@ -162,7 +162,6 @@ class GeneratedParticles:
     vertex: np.ndarray  # (n, 3) mm
     momentum: np.ndarray  # (n, 3) GeV
     charge: np.ndarray  # (n,) int
-    primary: np.ndarray  # (n,) bool
 
     def __len__(self) -> int:
         return len(self.charge)
@@ -231,5 +230,4 @@ def generate(cfg: GeneratorConfig, rng: np.random.Generator) -> GeneratedParticl
         vertex=np.concatenate([hs_vtx, prim_vtx, sec_vtx]),
         momentum=np.concatenate([hs_mom, prim_mom, sec_mom]),
         charge=np.concatenate([hs_q, prim_q, sec_q]).astype(np.int32),
-        primary=np.concatenate([np.ones(n_hs + n_prim, bool), np.zeros(n_sec, bool)]),
     )

@@ -30,7 +30,6 @@ def _helices(det, n, rng):
         np.stack([np.zeros(n), np.zeros(n), vz], 1),
         np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], 1),
         q.astype(np.int32),
-        np.ones(n, bool),
     )
     c = propagate(det, parts, rng, max_turns=0.5)
     offsets, idx = _csr(c.particle, c.order)

@@ -16,7 +16,7 @@ SMALL = SimConfig(generator=GeneratorConfig(mu=10))
 
 def _one(pt: float, eta: float, phi: float, q: int, n: int = 1) -> GeneratedParticles:
     mom = np.tile([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], (n, 1))
-    return GeneratedParticles(np.zeros((n, 3)), mom, np.full(n, q, np.int32), np.ones(n, bool))
+    return GeneratedParticles(np.zeros((n, 3)), mom, np.full(n, q, np.int32))
 
 
 def test_same_seed_same_events_different_seed_differs():
