@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,16 +58,31 @@ def _events(n: int) -> list[Recorded]:
     ]
 
 
-def test_second_replies_without_message_ids_are_duplicates() -> None:
-    """A daemon that echoes no msg_id and answers every event twice: one reply each counts,
-    the second is a duplicate (not an unexpected reply)."""
-    events = _events(5)
+@contextmanager
+def _daemon_sockets() -> Iterator[tuple[zmq.Socket, zmq.Socket, str, str]]:
+    """A stand-in daemon's PULL input and PUSH output, bound, with the endpoints to give
+    replay (``--to``, ``--from``)."""
     ctx = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PUSH) as out:
         for sock in (sink, out):
             sock.setsockopt(zmq.LINGER, 0)
         to = f"tcp://127.0.0.1:{sink.bind_to_random_port('tcp://127.0.0.1')}"
-        from_ = f"tcp://127.0.0.1:{out.bind_to_random_port('tcp://127.0.0.1')}"
+        yield sink, out, to, f"tcp://127.0.0.1:{out.bind_to_random_port('tcp://127.0.0.1')}"
+
+
+def _recording(tmp_path: Path, n: int) -> Path:
+    run = tmp_path / "run.stk"
+    with RecordingWriter(run) as w:
+        for rec in _events(n):
+            w.write_event(rec.event)
+    return run
+
+
+def test_second_replies_without_message_ids_are_duplicates() -> None:
+    """A daemon that echoes no msg_id and answers every event twice: one reply each counts,
+    the second is a duplicate (not an unexpected reply)."""
+    events = _events(5)
+    with _daemon_sockets() as (sink, out, to, from_):
 
         def answer_twice() -> None:
             for _ in events:
@@ -82,10 +99,7 @@ def test_second_replies_without_message_ids_are_duplicates() -> None:
 
 
 def test_ctrl_c_stops_the_replay_and_still_reports(tmp_path: Path) -> None:
-    run = tmp_path / "run.stk"
-    with RecordingWriter(run) as w:
-        for rec in _events(3):
-            w.write_event(rec.event)
+    run = _recording(tmp_path, 3)
     ctx = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink:  # takes the events, never answers
         sink.setsockopt(zmq.LINGER, 0)
@@ -126,16 +140,8 @@ def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: 
 def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -> None:
     """A daemon that answers every event with an error: exit 0 by default (an overload test
     expects error replies), 1 with --fail-on-error, naming the reasons."""
-    run = tmp_path / "run.stk"
-    with RecordingWriter(run) as w:
-        for rec in _events(3):
-            w.write_event(rec.event)
-    ctx = zmq.Context.instance()
-    with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PUSH) as out:
-        for sock in (sink, out):
-            sock.setsockopt(zmq.LINGER, 0)
-        to = f"tcp://127.0.0.1:{sink.bind_to_random_port('tcp://127.0.0.1')}"
-        from_ = f"tcp://127.0.0.1:{out.bind_to_random_port('tcp://127.0.0.1')}"
+    run = _recording(tmp_path, 3)
+    with _daemon_sockets() as (sink, out, to, from_):
 
         def refuse(n: int) -> None:
             for _ in range(n):

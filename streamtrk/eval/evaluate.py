@@ -135,15 +135,20 @@ class Evaluation:
             )
             self.pruned_edges.update(pruned)
             self.gnn_edges.update(truth.counts(local[:, scores[mine] > threshold]))
-            c = self.physics.add(ev, labels)
-            self.particles.append(
-                np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
-            )
+            c = self._score(ev, labels)
             p = {name: _track_param(tracks, c.track_id, name) for name in ("pt", "eta")}
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
             flags = (c.track_fake, c.track_duplicate, c.track_matched)
             self.track_rows.append(np.stack([p["pt"], p["eta"], chi2_ndf, *flags], 1))
+
+    def _score(self, ev: Event, labels: np.ndarray) -> Any:
+        """Physics counts of one event's track labels; keeps its particles' row."""
+        c = self.physics.add(ev, labels)
+        self.particles.append(
+            np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
+        )
+        return c
 
     def refuse(self, events: list[Event], refusal: EventTooDense) -> None:
         """Count the events of a batch that ``refusal`` names as reconstructed with no edges
@@ -165,10 +170,7 @@ class Evaluation:
             none = SegmentTruth.of(ev).counts(np.zeros((2, 0), dtype=np.int64))
             for counts in (self.graph_edges, self.pruned_edges, self.gnn_edges):
                 counts.update(none)
-            c = self.physics.add(ev, labels)
-            self.particles.append(
-                np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
-            )
+            self._score(ev, labels)
 
     def report(self) -> dict[str, Any]:
         """The report JSON (keys documented in ``streamtrk evaluate --help``)."""
