@@ -47,6 +47,21 @@ def test_hit_limit_closes_a_batch_and_the_next_event_opens_the_next() -> None:
     assert b.next_batch(0.01) is None and b.depth() == 0
 
 
+def test_an_event_reaching_exactly_max_hits_joins_the_batch() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=100, max_queue_delay_ms=0))
+    b.put(job(60, 0))
+    b.put(job(40, 1))
+    assert events(b.next_batch(1)) == [0, 1]
+
+
+def test_a_batch_full_in_hits_closes_without_waiting_for_the_delay() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=100, max_queue_delay_ms=60_000))
+    b.put(job(100, 0))
+    t0 = time.perf_counter()
+    assert events(b.next_batch(1)) == [0]
+    assert time.perf_counter() - t0 < 30  # not the 60 s delay
+
+
 def test_queue_delay_waits_for_late_events_then_closes() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=3000))
     first = job(5, 0)
@@ -63,6 +78,15 @@ def test_queue_delay_waits_for_late_events_then_closes() -> None:
     waited = time.perf_counter() - first.t_queued
     assert events(out[0]) == [0, 1]
     assert waited >= 3.0  # the batch stayed open for the whole delay, not just until event 1
+
+
+def test_the_queue_delay_counts_from_the_first_event_s_queueing() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=2000))
+    b.put(job(5, 0))
+    time.sleep(2.1)  # it waited out the delay while the worker was busy
+    t0 = time.perf_counter()
+    assert events(b.next_batch(1)) == [0]
+    assert time.perf_counter() - t0 < 1  # batched at once, not after another 2 s
 
 
 def test_flush_closes_a_batch_without_waiting_for_the_delay() -> None:
@@ -90,6 +114,16 @@ def test_expired_events_are_set_aside_unprocessed() -> None:
     batch = b.next_batch(1)
     assert events(batch) == [1, 2]
     assert [j.event.event for j in batch.expired] == [0]
+
+
+def test_an_event_expiring_while_queued_behind_the_first_is_set_aside() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=0))
+    b.put(job(5, 0))
+    b.put(job(5, 1, deadline_s=0.05))
+    time.sleep(0.1)  # event 1's deadline passes before the batcher reaches it
+    batch = b.next_batch(1)
+    assert events(batch) == [0]
+    assert [j.event.event for j in batch.expired] == [1]
 
 
 def test_a_deadline_closes_the_batch_before_the_queue_delay() -> None:
@@ -125,6 +159,24 @@ def test_an_event_that_would_make_the_batch_late_opens_the_next() -> None:
     b.put(job(500, 7, deadline_s=0.8))  # its own deadline: 1 s together, 0.5 s alone
     assert events(b.next_batch(1)) == [6]
     assert events(b.next_batch(1)) == [7]
+
+
+def test_an_event_whose_own_deadline_is_too_tight_opens_the_next_batch() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
+    b.seconds_per_hit = 1e-3  # 500 hits: 0.5 s of work
+    b.put(job(500, 0))  # no deadline: the open batch is not late
+    b.put(job(500, 1, deadline_s=0.3))  # late even alone; joining would make it later still
+    assert events(b.next_batch(1)) == [0]
+    assert events(b.next_batch(1)) == [1]
+
+
+def test_the_earliest_deadline_among_the_events_rules() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
+    b.seconds_per_hit = 1e-3
+    b.put(job(500, 0, deadline_s=5))
+    b.put(job(500, 1, deadline_s=0.8))  # 1 s of work together ends past 0.8 s
+    assert events(b.next_batch(1)) == [0]
+    assert events(b.next_batch(1)) == [1]
 
 
 def test_full_queue_rejects_without_blocking() -> None:
