@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,8 +22,10 @@ from streamtrk.wire import (
     encode_tracks,
     encode_truth,
     peek_identity,
+    peek_msg_id,
     with_msg_id,
 )
+from streamtrk.wire.schema import STATUSES
 
 DROP = object()
 FLOATS = ("vx", "vy", "vz", "px", "py", "pz")
@@ -174,7 +179,7 @@ def test_to_tracks_unknown_hit_id(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"status": "maybe"}, "status"),
+        ({"status": "maybe"}, "status must be one of"),
         ({"status": "error"}, "reason"),
         ({"reason": "why"}, "reason"),
     ],
@@ -258,6 +263,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
     """(reason, id, f(hits, tracks, truth) -> frames or (frames, limits))."""
     big = [["c", "<f4", 0]] * 65
     nan = np.array([0.0, np.nan], np.float32)
+    error = encode_tracks(1, 2, np.arange(3), None, status="error", reason="x")
     return [
         ("bad_frame", "not_iterable", lambda h, t, u: 42),
         ("bad_frame", "str_frame", lambda h, t, u: [h[0], "text", *h[2:]]),
@@ -267,6 +273,8 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("frame_count", "missing", lambda h, t, u: h[:-1]),
         ("frame_count", "extra", lambda h, t, u: [*h, b""]),
         ("frame_count", "too_many", lambda h, t, u: [h[0]] * 100),
+        # 7 columns, 8 frames, 9 with the extra one: past the limit, not one frame ignored
+        ("frame_count", "extra_at_limit", lambda h, t, u: ([*h, b""], Limits(max_columns=7))),
         ("header_too_large", "big", lambda h, t, u: [b"\x00" * (64 * 1024 + 1)]),
         ("header_too_large", "limit", lambda h, t, u: (h, Limits(max_header_bytes=10))),
         ("not_msgpack", "garbage", lambda h, t, u: [b"\xc1", *h[1:]]),
@@ -286,10 +294,14 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             lambda h, t, u: [msgpack.packb({**msgpack.unpackb(h[0]), b"run2": 1}), *h[1:]],
         ),
         ("bad_header", "negative_run", lambda h, t, u: patch(h, run=-1)),
+        ("bad_header", "run_2_63", lambda h, t, u: patch(h, run=2**63)),
+        ("bad_header", "msg_id_2_63", lambda h, t, u: patch(h, msg_id=2**63)),
+        ("bad_header", "truth_msg_id", lambda h, t, u: patch(u, msg_id=1)),
         ("bad_header", "bool_event", lambda h, t, u: patch(h, event=True)),
         ("bad_header", "float_t_send", lambda h, t, u: patch(h, t_send_ns=1.0)),
         ("bad_header", "nan_deadline", lambda h, t, u: patch(h, deadline_ms=float("nan"))),
         ("bad_header", "zero_deadline", lambda h, t, u: patch(h, deadline_ms=0)),
+        ("bad_header", "inf_deadline", lambda h, t, u: patch(h, deadline_ms=float("inf"))),
         ("bad_header", "str_deadline", lambda h, t, u: patch(h, deadline_ms="5")),
         ("bad_header", "columns_map", lambda h, t, u: patch(h, columns={})),
         ("bad_header", "column_pair", lambda h, t, u: patch(h, columns=[["hit_id", "<i8"]])),
@@ -298,8 +310,12 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "status_type", lambda h, t, u: patch(t, status=[1])),
         ("bad_header", "reason_when_ok", lambda h, t, u: patch(t, reason="x")),
         ("bad_header", "no_reason_error", lambda h, t, u: patch(t, status="error")),
+        ("bad_header", "empty_reason_error", lambda h, t, u: patch(error, reason="")),
+        ("bad_header", "reason_type", lambda h, t, u: patch(error, reason=5)),
         ("bad_header", "error_with_tracks", lambda h, t, u: patch(t, status="error", reason="x")),
         ("bad_header", "timings", lambda h, t, u: patch(t, timings={"a": -1.0})),
+        ("bad_header", "timings_bool", lambda h, t, u: patch(t, timings={"a": True})),
+        ("bad_header", "timings_bytes_key", lambda h, t, u: patch(t, timings={b"a": 0.5})),
         (
             "bad_header",
             "timings_map_too_long",
@@ -330,6 +346,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             lambda h, t, u: with_column(u, "particle.q", np.zeros(30, "<i4")),
         ),
         ("bad_column", "track_params", lambda h, t, u: with_column(t, "chi2", np.zeros(30, "<f4"))),
+        (
+            "bad_column",
+            "offsets_vs_params",  # two tracks' offsets, three tracks' parameters
+            lambda h, t, u: with_column(t, "offsets", np.array([0, 5, 10])),
+        ),
         ("bad_dtype", "big_endian", lambda h, t, u: with_column(h, "x", np.zeros(10, ">f4"))),
         ("bad_dtype", "f8", lambda h, t, u: with_column(h, "x", np.zeros(10, "<f8"))),
         ("bad_dtype", "object", lambda h, t, u: with_column(h, "x", np.zeros(10), "O")),
@@ -342,7 +363,13 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("too_many_tracks", "tracks", lambda h, t, u: (t, Limits(max_tracks=2))),
         ("too_many_particles", "truth", lambda h, t, u: (u, Limits(max_particles=0))),
         ("non_finite", "nan_x", lambda h, t, u: with_column(h, "x", np.resize(nan, 10))),
+        ("non_finite", "nan_y", lambda h, t, u: with_column(h, "y", np.resize(nan, 10))),
         ("non_finite", "inf_z", lambda h, t, u: with_column(h, "z", np.full(10, np.inf, "<f4"))),
+        (
+            "non_finite",
+            "particle_px",
+            lambda h, t, u: with_column(u, "particle.px", np.full(1, np.nan, "<f4")),
+        ),
         ("id_range", "hit_id", lambda h, t, u: with_column(h, "hit_id", -np.arange(10))),
         ("id_range", "layer", lambda h, t, u: with_column(h, "layer_id", np.full(10, -1, "<i4"))),
         ("id_range", "volume", lambda h, t, u: with_column(h, "volume_id", np.full(10, -2, "<i4"))),
@@ -415,6 +442,24 @@ def test_reason(
     assert isinstance(e.value, ValueError)
 
 
+def test_limits_are_inclusive(hits: list[Any], tracks: list[Any]) -> None:
+    """A message exactly at a limit is accepted; one past it is refused (the cases above)."""
+    decode(hits, limits=Limits(max_header_bytes=len(bytes(hits[0])), max_hits=10, max_columns=7))
+    decode(tracks, limits=Limits(max_tracks=3, max_hits=10))
+    assert decode(patch(tracks, timings={"graph": 0.0})).to_reply().timings == {"graph": 0.0}
+
+
+def test_default_limits_statuses_and_reasons_are_the_documented_ones() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "wire-protocol.md").read_text()
+    limits = dict(re.findall(r"^\| `(max_\w+)` +\| ([\d ]+?) +\|", doc, re.M))
+    assert {k: int(v.replace(" ", "")) for k, v in limits.items()} == asdict(Limits())
+    statuses = re.search(r"^\| `tracks` \| `status` +\| (.*?) \|", doc, re.M)
+    assert statuses is not None and set(re.findall(r'"(\w+)"', statuses[1])) == STATUSES
+    table = doc[doc.index("| reason ") :].split("\n\n")[0]
+    assert set(re.findall(r"^\| `(\w+)` +\| ", table, re.M)) == REASONS
+    assert Limits(1, 1, 1, 10, 1, 1).max_frame_bytes == 8 * 11  # a reply's 11 offsets
+
+
 def test_conversion_to_wrong_kind(hits: list[Any], tracks: list[Any]) -> None:
     with pytest.raises(WireError, match="bad_kind"):
         decode(tracks).to_event()
@@ -425,6 +470,12 @@ def test_conversion_to_wrong_kind(hits: list[Any], tracks: list[Any]) -> None:
 
 
 # --------------------------------------------------------------------------- peek_identity
+
+
+def test_peek_msg_id(hits: list[Any]) -> None:
+    assert peek_msg_id(patch(hits, msg_id=7)) == 7
+    for bad in (hits, patch(hits, msg_id=-1), patch(hits, msg_id=2**63), patch(hits, msg_id="7")):
+        assert peek_msg_id(bad) is None
 
 
 def test_peek_identity(hits: list[Any]) -> None:
