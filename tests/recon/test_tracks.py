@@ -31,6 +31,13 @@ def test_junctions_keep_the_mutual_best_edges():
     assert out_deg.max() <= 1 and in_deg.max() <= 1
 
 
+def test_junction_ties_go_to_the_first_edge_and_the_threshold_is_exclusive():
+    assert resolve_junctions(np.array([[0, 0], [1, 2]]), np.array([0.9, 0.9]), 0.5).T.tolist() == [
+        [0, 1]
+    ]
+    assert resolve_junctions(np.array([[0], [1]]), np.array([0.5]), 0.5).shape == (2, 0)
+
+
 def test_a_second_junction_pass_continues_the_chain_that_lost():
     # Same graph: after pass 1 (3->1, 1->4), hit 0 lost its best edge; its next-best 0->2
     # has both ends free, so pass 2 keeps it. 2->4 stays below threshold.
@@ -119,6 +126,8 @@ def test_stitching_joins_two_pieces_over_a_weak_edge():
     assert _tracks(*SPLIT, 8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert _tracks(*SPLIT, 8, stitch_threshold=0.2) == [list(range(8))]
     assert _tracks(*SPLIT, 8, stitch_threshold=0.5) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # an edge exactly at the stitch threshold is not above it
+    assert _tracks(*SPLIT, 8, stitch_threshold=0.4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_stitching_reattaches_a_single_hit_between_two_pieces():
@@ -132,6 +141,28 @@ def test_stitching_reattaches_a_single_hit_between_two_pieces():
     # a hit reached from a piece's end but leading nowhere is not attached
     assert _tracks(edges[:3] + edges[4:], [0.9, 0.9, 0.4, 0.9, 0.9], 7, stitch_threshold=0.2) == [
         [0, 1, 2],
+        [4, 5, 6],
+    ]
+
+
+def test_a_free_hit_bridges_from_its_best_entry_only():
+    # Pieces A = 0-1-2, B = 3-4-5 and C = 7-8-9; free hit 6 is entered from A (0.3) and from
+    # B (0.5) and leads to C (0.5): the bridge starts at B, A stays alone.
+    edges = [(0, 1), (1, 2), (3, 4), (4, 5), (7, 8), (8, 9), (2, 6), (5, 6), (6, 7)]
+    scores = [0.9] * 6 + [0.3, 0.5, 0.5]
+    assert sorted(_tracks(edges, scores, 10, stitch_threshold=0.2)) == [
+        [0, 1, 2],
+        [3, 4, 5, 6, 7, 8, 9],
+    ]
+
+
+def test_a_bridge_competes_with_its_weaker_edge():
+    # A = 0-1-2 ends next to free hit 3 (0.55), which leads to B = 4-5-6 (0.3); A's end also
+    # has a direct edge to C = 7-8-9 (0.5). The bridge counts 0.3, so the direct edge wins.
+    edges = [(0, 1), (1, 2), (4, 5), (5, 6), (7, 8), (8, 9), (2, 3), (3, 4), (2, 7)]
+    scores = [0.9] * 6 + [0.55, 0.3, 0.5]
+    assert sorted(_tracks(edges, scores, 10, stitch_threshold=0.2)) == [
+        [0, 1, 2, 7, 8, 9],
         [4, 5, 6],
     ]
 
@@ -173,6 +204,11 @@ def test_min_hits_and_mean_score_drop_tracks():
     # A mean exactly at the setting is not above it: dropped.
     edges, scores = [(0, 1), (1, 2), (3, 4), (4, 5)], [0.75, 0.75, 0.875, 0.75]
     assert _tracks(edges, scores, 6, min_mean_score=0.75) == [[3, 4, 5]]
+    # any setting above 0 applies, also one at or below 0.5 (edge threshold 0.3 here)
+    weak = np.array([[0, 1], [1, 2]]), np.array([0.4, 0.4]), np.arange(3.0)
+    cut = build_tracks(*weak, threshold=0.3, config=TrackConfig(min_mean_score=0.5))
+    kept = build_tracks(*weak, threshold=0.3, config=TrackConfig(min_mean_score=0.3))
+    assert cut[0].tolist() == [0] and kept[1].tolist() == [0, 1, 2]
 
 
 def test_stitching_never_joins_a_piece_to_itself():
@@ -230,11 +266,30 @@ def test_merge_labels_equals_components_of_all_edges():
         ("stitch_threshold", -0.1),
         ("max_chi2_ndf", 0.0),
         ("max_d0", -1.0),
+        ("max_d0", 0.0),
+        ("min_mean_score", -0.1),
+        ("stitch_threshold", 1.5),
     ],
 )
 def test_settings_out_of_range_are_refused(setting, value):
     with pytest.raises(ValueError, match=f"TrackConfig.{setting} must be"):
         TrackConfig(**{setting: value})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("min_hits", 3),
+        ("junction_passes", 0),
+        ("short_hits", 0),
+        ("min_mean_score", 0.0),
+        ("min_mean_score", 1.0),
+        ("stitch_threshold", 0.0),
+        ("stitch_threshold", 1.0),
+    ],
+)
+def test_settings_at_the_ends_of_their_range_are_accepted(setting, value):
+    assert getattr(TrackConfig(**{setting: value}), setting) == value
 
 
 def test_fit_cuts_apply_to_short_tracks_only():
@@ -254,3 +309,7 @@ def test_fit_cuts_apply_to_short_tracks_only():
     # At the limit is within it: chi2/ndf 5 (3 hits, ndf 1) passes max_chi2_ndf = 5.
     one = {"chi2": np.array([5.0]), "ndf": np.array([1]), "d0": np.array([0.0])}
     assert fit_cuts(np.array([3]), one, TrackConfig(max_chi2_ndf=5.0)).tolist() == [True]
+    # |d0| at max_d0 is within it, on either side of the beam
+    two = {"chi2": np.zeros(2), "ndf": np.ones(2), "d0": np.array([-1.0, 1.0])}
+    assert fit_cuts(np.array([3, 3]), two, TrackConfig(max_d0=1.0)).tolist() == [True, True]
+    assert fit_cuts(np.array([3, 3]), two, TrackConfig(max_d0=0.99)).tolist() == [False, False]
