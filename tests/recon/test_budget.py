@@ -8,7 +8,7 @@ import pytest
 from piles import pile
 
 from streamtrk.event import Event, Hits
-from streamtrk.recon.budget import Budget, EventTooDense
+from streamtrk.recon.budget import Budget, EventTooDense, enforce
 from streamtrk.recon.graph import (
     KERNELS,
     GraphConfig,
@@ -116,7 +116,31 @@ def test_mu200_events_are_reconstructed_within_the_default_budget(det, mu200_eve
     assert all(len(t) > 500 for t in rec.reconstruct(mu200_events).tracks)
 
 
-@pytest.mark.parametrize("field", ["candidates_per_hit", "edges_per_hit", "allowance"])
-def test_a_budget_below_zero_is_refused(field) -> None:
+@pytest.mark.parametrize(
+    "field", ["candidates_per_hit", "edges_per_hit", "triplets_per_hit", "allowance"]
+)
+@pytest.mark.parametrize("value", [-1, float("nan"), "5", None])
+def test_a_budget_that_is_not_a_number_from_zero_up_is_refused(field, value) -> None:
     with pytest.raises(ValueError, match=f"Budget.{field} must be a number >= 0"):
-        Budget(**{field: -1})
+        Budget(**{field: value})
+
+
+def test_scaling_a_budget_scales_the_per_hit_limits_and_keeps_the_allowance() -> None:
+    assert Budget().scaled(2) == Budget(800, 128, 400, 50_000)
+
+
+def test_a_count_at_the_limit_passes_and_one_more_is_refused() -> None:
+    budget = Budget(edges_per_hit=2.0, allowance=10)  # 10 hits: limit 2 * 10 + 10 = 30
+    assert enforce("doublets", np.array([30]), np.array([10]), 2.0, budget).tolist() == [30]
+    with pytest.raises(EventTooDense) as e:
+        enforce("doublets", np.array([31]), np.array([10]), 2.0, budget)
+    assert (e.value.counts, e.value.limits) == ([31], [30])
+    # an unlimited per-hit budget with no hits leaves the allowance
+    with pytest.raises(EventTooDense):
+        enforce("doublets", np.array([11]), np.array([0]), float("inf"), budget)
+
+
+def test_a_refusal_of_many_events_names_three_and_counts_the_rest() -> None:
+    e = EventTooDense([0, 1, 2, 3], ["doublets"] * 4, [9] * 4, [1] * 4)
+    assert str(e).count("too many doublets") == 3 and str(e).endswith("; 1 more")
+    assert "; " not in str(EventTooDense([0], ["doublets"], [9], [1]))
