@@ -7,7 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from streamtrk.eval.score import PhysicsTotals, match_tracks, physics_metrics, trackml_score
+from streamtrk.eval.score import (
+    PhysicsTotals,
+    classify,
+    match_tracks,
+    physics_metrics,
+    trackml_score,
+)
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.trackml import read_event
 from streamtrk.io.weights import hit_weights
@@ -68,6 +74,22 @@ def test_tie_goes_to_smallest_particle_and_strict_half():
     assert not m.pure[0]  # 2 of 4 is not > 50%
     assert not m.matched[1]  # holds 2 of particle 4's 4 hits: not > 50%
     assert trackml_score(pid, weight, track) == 0.0
+
+
+def test_arrays_of_different_shapes_are_refused():
+    with pytest.raises(ValueError, match="must be equal 1-D"):
+        match_tracks(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="must be equal 1-D"):
+        match_tracks(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="weights"):
+        match_tracks(np.ones(3), np.ones(3), np.ones(4))
+
+
+def test_a_particle_s_hits_count_those_in_no_track():
+    # a track of 2 of the particle's 5 hits holds 40% of them: not matched, no score
+    m = match_tracks(np.array([1, 1, 0, 0, 0]), np.ones(5))
+    assert m.particle_hits.tolist() == [5] and m.matched.tolist() == [False]
+    assert trackml_score(np.ones(5), np.full(5, 0.2), np.array([1, 1, 0, 0, 0])) == 0.0
 
 
 def test_zero_total_weight_is_nan():
@@ -134,6 +156,27 @@ def test_physics_metrics():
     assert metrics["duplicate_rate"] == pytest.approx(1 / 4)  # pure: tracks 1, 2, 3, 5
 
 
+def test_reconstructable_boundaries():
+    # pT exactly 1 GeV counts; a vertex exactly 10 mm out is displaced (only in the _all
+    # figures); a particle table's id 0 (noise) never counts
+    hit_pid = [1] * 5 + [2] * 5 + [0] * 5
+    ev = _metrics_event(hit_pid, {1: (1.0, 0.0, 5), 2: (2.0, 10.0, 5), 0: (2.0, 0.0, 5)})
+    m = physics_metrics(ev, np.zeros(15))
+    assert (m["n_reconstructable"], m["n_reconstructable_all"]) == (1, 2)
+
+
+def test_the_duplicate_is_the_later_track():
+    # track 2 comes first in hit order, track 1 has the lower id: track 2 is the duplicate
+    c = classify(_metrics_event([1] * 6, {1: (2.0, 0.0, 6)}), np.array([2, 2, 2, 1, 1, 1]))
+    assert c.track_id.tolist() == [1, 2] and c.track_duplicate.tolist() == [False, True]
+
+
+def test_a_track_of_noise_hits_matches_nothing():
+    ev = _metrics_event([1] * 5 + [0] * 3, {1: (2.0, 0.0, 5)})
+    c = classify(ev, np.r_[np.zeros(5), 7, 7, 0])
+    assert c.track_matched.tolist() == [False] and c.track_fake.tolist() == [True]
+
+
 def test_physics_metrics_empty_tracks():
     metrics = physics_metrics(_metrics_event([1] * 5, {1: (2.0, 0.0, 5)}), np.zeros(5))
     assert metrics["tracking_efficiency"] == 0.0 and metrics["n_tracks"] == 0
@@ -148,6 +191,10 @@ def test_real_perfect_submission(shared_trackml):
     metrics = physics_metrics(event, pid)
     assert metrics["tracking_efficiency"] == 1.0 and metrics["fake_rate"] == 0.0
     assert metrics["duplicate_rate"] == 0.0
+
+
+def test_totals_of_no_event_report_nothing():
+    assert PhysicsTotals().report() == {}
 
 
 def test_totals_score_the_events_with_truth_weight():
@@ -166,3 +213,5 @@ def test_totals_score_the_events_with_truth_weight():
     assert report["events_scored"] == 1
     assert report["trackml_score"] == pytest.approx(0.6)
     assert report["n_reconstructable"] == 2  # both events' counts
+    totals.add(weighted, np.ones(5))  # scores 1.0: the mean of 0.6 and 1.0
+    assert totals.report()["trackml_score"] == pytest.approx(0.8)
