@@ -220,7 +220,14 @@ def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events
     from streamtrk.io.trackml import write_event
 
+    runs: dict[int, int] = {}  # event number -> run, of the events written
     for ev in iter_events(args.recording):
+        if ev.event in runs:  # its files would overwrite the earlier event's
+            raise ValueError(
+                f"event number {ev.event} occurs twice in {args.recording} (run {runs[ev.event]},"
+                f" then run {ev.run}): TrackML files name events by number alone"
+            )
+        runs[ev.event] = ev.run
         write_event(ev, args.output)
     return 0
 

@@ -5,13 +5,14 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streamtrk.cli import main
-from streamtrk.io.recording import iter_events
+from streamtrk.io.recording import RecordingWriter, iter_events
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.device import cuda_unavailable
 from streamtrk.recon.model import default_model_path
@@ -113,6 +114,20 @@ def test_import_trackml_round_trips_to_csv(tmp_path, shared_trackml):
     # Numerically unchanged: every value equals the float32 parse of the original text.
     orig = np.loadtxt(f"{prefix}-hits.csv", delimiter=",", skiprows=1)
     assert np.array_equal(after.hits.x, orig[:, 1].astype(np.float32))
+
+
+def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsys):
+    _simulate(tmp_path)
+    first = next(iter_events(tmp_path / "a.stk"))
+    with RecordingWriter(tmp_path / "runs.stk") as w:
+        w.write_event(first)
+        w.write_event(
+            replace(first, run=first.run + 1, hits=first.hits.take(np.arange(10)), truth=None)
+        )
+    out = tmp_path / "out"
+    assert main(["export-trackml", str(tmp_path / "runs.stk"), "-o", str(out)]) == 1
+    assert f"event number {first.event} occurs twice" in capsys.readouterr().err
+    assert read_event(out / f"event{first.event:09d}").hits.equals(first.hits)  # the first kept
 
 
 def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
