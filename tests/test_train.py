@@ -50,6 +50,12 @@ def test_shipped_config_parses() -> None:
     assert cfg.train.seed not in (cfg.val.seed, cfg.test.seed)
 
 
+def test_a_config_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"  # as some editors save UTF-8
+    path.write_bytes(b"\xef\xbb\xbf" + TINY.encode())
+    assert load_config(path).model.hidden == 8
+
+
 def test_unknown_config_key_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(TINY.replace("[optim]", "[optim]\nlearning_rate = 1"))

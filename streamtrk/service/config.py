@@ -376,7 +376,7 @@ def load_config(
         if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
             raise ConfigError(f"config file {path} is not a regular file")
         try:
-            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            doc = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM or not
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
         except UnicodeDecodeError as e:

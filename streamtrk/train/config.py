@@ -79,8 +79,7 @@ class TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); unknown keys are errors."""
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
     sub = {
         "model": GNNConfig,
         "graph": GraphConfig,

@@ -201,6 +201,12 @@ def test_the_budget_scale_reaches_the_served_chain() -> None:
     assert served.reconstructor.budget.edges_per_hit == 160.0
 
 
+def test_a_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"  # as some editors save UTF-8
+    path.write_bytes(b'\xef\xbb\xbfdevice = "cpu"\nmax_batch_events = 3\n')
+    assert load_config(path, {}).max_batch_events == 3
+
+
 def test_a_config_file_that_is_no_utf8_text_or_no_regular_file_is_named(tmp_path: Path) -> None:
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes(b'device = "cpu\xff"\n')
