@@ -10,10 +10,20 @@ from streamtrk.event import Event
 
 
 def read_events(path: str | Path, limit: int | None = None) -> Iterator[Event]:
-    """Events of a recording (``.stk``) or of TrackML CSV files (an event prefix such as
-    ``.../event000001000``, or a directory of events); at most ``limit``."""
-    if str(path).endswith(".stk"):
+    """Events of a recording (``.stk``, or any file that starts as one) or of TrackML CSV
+    files (an event prefix such as ``.../event000001000``, or a directory of events); at
+    most ``limit``."""
+    if str(path).endswith(".stk") or _starts_as_recording(Path(path)):
         from streamtrk.io.recording import iter_events
     else:
         from streamtrk.io.trackml import iter_events
     return islice(iter_events(path), limit)
+
+
+def _starts_as_recording(path: Path) -> bool:
+    from streamtrk.io.recording import MAGIC
+
+    if not path.is_file():  # a prefix, a directory (or a FIFO: not read here)
+        return False
+    with path.open("rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
