@@ -10,6 +10,7 @@ from gpu_only import cupy_on_cuda
 
 from streamtrk.detector import BARREL
 from streamtrk.recon import prune
+from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.graph import (
     Graph,
     batch_graph,
@@ -19,13 +20,16 @@ from streamtrk.recon.graph import (
 from streamtrk.recon.prune import (
     KERNELS,
     PruneConfig,
+    compatible_triplets,
     edge_geometry,
     keep_kernels,
     layer_code,
     mirror_layers,
     prune_edges,
     triplet_candidates,
+    triplet_geometry,
     triplet_inputs,
+    within_budget,
 )
 from streamtrk.recon.truth import particle_pt, true_segments
 
@@ -105,6 +109,8 @@ CONFIGS = {
     "no pair cuts": {"pair_cuts": False},
     "triplets, no kappa, wide": {"min_hits": 3, "kappa_cut": False, "scale": 3.0},
     "narrow": {"scale": 0.5, "kappa_scale": 0.8},
+    # theta windows capped (0.85 rad) so that the join never reaches another hit's edges
+    "very wide": {"min_hits": 3, "kappa_cut": False, "scale": 1000.0},
 }
 
 
@@ -177,6 +183,10 @@ def test_mirror_layers_fold_minus_z_disks(det):
     barrel = np.nonzero(det.kind == BARREL)[0]
     assert np.array_equal(fold[barrel], barrel)
     assert (det.z[fold][det.kind != BARREL] > 0).all()
+    # a disk whose resolution differs from its mirror's keeps windows of its own
+    res_b = det.res_b.copy()
+    res_b[at[702]] *= 2
+    assert mirror_layers(replace(det, res_b=res_b))[at[702]] == at[702]
 
 
 def test_batched_mask_is_the_per_event_masks(small_events, det):
@@ -201,10 +211,83 @@ def test_empty_graph_and_bad_config(det):
         layer=np.zeros(3, np.int64),
     )
     assert prune_edges(g, PruneConfig(), det).shape == (0,)
-    with pytest.raises(ValueError, match="min_hits"):
-        PruneConfig(min_hits=5)
-    with pytest.raises(ValueError, match="scales"):
-        PruneConfig(scale=0)
+    for min_hits in (2, 5):
+        with pytest.raises(ValueError, match="min_hits"):
+            PruneConfig(min_hits=min_hits)
+    for scales in ({"scale": 0}, {"kappa_scale": 0}):
+        with pytest.raises(ValueError, match="scales"):
+            PruneConfig(**scales)
+
+
+def test_windows_are_learnt_from_the_quantities_the_cuts_read(small_events, det):
+    """``triplet_geometry`` (what bench/prune_windows.py learns from) agrees with the cuts:
+    every compatible triplet lies within its own windows by its measure."""
+    g = batch_graph(small_events[:1], det)
+    geo, usable, t = triplet_inputs(g, PruneConfig(), det)
+    a, b = compatible_triplets(geo, usable, t, len(det))
+    q = triplet_geometry(geo, a, b, len(det))
+    assert len(a) > 100 and np.array_equal(geo["j"][a], geo["i"][b])
+    assert (np.abs(q["dtheta"]) <= t["w_th"][q["triple"]]).all()
+    assert (np.abs(q["dk2"]) <= t["w_dk"][q["triple"]]).all()
+    assert (np.abs(q["kappa"]) <= t["w_k"][q["triple"]]).all()
+
+
+def test_a_value_exactly_at_its_window_is_within_it(tmp_path, small_events, det):
+    g = batch_graph(small_events[:1], det)
+    cfg = PruneConfig(scale=1.0, kappa_scale=1.0)
+    geo, usable, t = triplet_inputs(g, cfg, det)
+    a, b = compatible_triplets(geo, usable, t, len(det))
+    q = triplet_geometry(geo, a, b, len(det))
+    code = layer_code(det)[mirror_layers(det)]
+    n = len(det)
+    triple = int(q["triple"][0])
+    trip = (code[triple // (n * n)], code[triple // n % n], code[triple % n])
+    pair = (code[int(geo["pair"][a[0]]) // n], code[int(geo["pair"][a[0]]) % n])
+    rows = {"triplets": [list(r) for r in cfg.triplets], "pairs": [list(r) for r in cfg.pairs]}
+    for r in rows["triplets"]:
+        if tuple(r[:3]) == trip:  # the first triplet's |dtheta| is its layer triple's window
+            r[3] = float(abs(q["dtheta"][0]))
+    for r in rows["pairs"]:
+        if tuple(r[:2]) == pair:  # its inner edge's |kappa| is its layer pair's window
+            r[2] = float(abs(geo["k2"][a[0]]))
+    path = tmp_path / "at-the-edge.toml"
+    path.write_text("".join(f"[{k}]\nrows = {v!r}\n" for k, v in rows.items()))
+    edge = replace(cfg, windows=str(path))
+    geo, usable, t = triplet_inputs(g, edge, det)
+    assert usable[a[0]]
+    found = set(zip(*compatible_triplets(geo, usable, t, len(det)), strict=True))
+    assert (a[0], b[0]) in found
+
+
+def test_without_triplet_cuts_the_pair_windows_alone_decide(small_events, det):
+    g = batch_graph(small_events[:1], det)
+    cfg = PruneConfig(triplet_cuts=False)
+    _, usable, _ = triplet_inputs(g, cfg, det)
+    mask = prune_edges(g, cfg, det)
+    assert np.array_equal(mask, usable)
+    assert mask.sum() > prune_edges(g, PruneConfig(), det).sum()
+
+
+def test_a_layer_pair_without_a_window_keeps_no_edge(tmp_path, small_events, det):
+    from importlib import resources
+
+    text = resources.files("streamtrk.data").joinpath("prune_windows.toml").read_text()
+    head, _ = text.split("[pairs]")
+    path = tmp_path / "no-pairs.toml"
+    path.write_text(head + "[pairs]\nrows = []\n")  # triplet windows only
+    g = batch_graph(small_events[:1], det)
+    assert not prune_edges(g, PruneConfig(windows=str(path)), det).any()
+    assert prune_edges(g, PruneConfig(windows=str(path), pair_cuts=False), det).any()
+
+
+def test_triplet_budget_counts_every_hit_an_edge_touches() -> None:
+    # edges 0 -> 1 -> 2 touch three hits; inner edge 0 has three outer candidates
+    g = {"i": np.array([0, 1]), "j": np.array([1, 2])}
+    lo, hi = np.array([0]), np.array([3])
+    budget = Budget(triplets_per_hit=1.0, allowance=0)
+    within_budget(g, np.array([0]), lo, hi, (np.array([0, 4]), budget))  # 3 <= 3 hits
+    with pytest.raises(EventTooDense):
+        within_budget(g, np.array([0]), lo, np.array([4]), (np.array([0, 4]), budget))
 
 
 @pytest.mark.slow
