@@ -2,6 +2,7 @@
 
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from streamtrk.recon import graph as graph_module
 from streamtrk.recon.budget import Budget
 from streamtrk.recon.graph import (
     KERNELS,
+    Graph,
     GraphConfig,
     _build,
     batch_columns,
@@ -85,6 +87,46 @@ def test_layer_pairs_follow_the_detector(det):
     assert any(det.kind[a] == BARREL and det.kind[b] != BARREL for a, b, _ in pairs)
 
 
+def test_skip_pairs_come_only_with_skip_and_never_replace_adjacent_ones(det):
+    adjacent = {(a, b) for a, b, gap in layer_pairs(det, skip=False).tolist()}
+    assert {gap for _, _, gap in layer_pairs(det, skip=False).tolist()} == {1}
+    both = layer_pairs(det).tolist()
+    assert {(a, b) for a, b, gap in both if gap == 1} == adjacent
+    assert len({(a, b) for a, b, _ in both}) == len(both)  # one entry per pair
+
+
+def test_edges_obey_the_cuts_by_their_features(small_events, det):
+    """dr > 0, |dphi| within the slope window plus tolerance, |z0| within the hard limit,
+    |deta| within deta_max: read back from each edge's features (float32 rounding aside)."""
+    for cfg in (GraphConfig(), GraphConfig(deta_max=0.05, z0_limit=40.0, phi_tolerance=0.0)):
+        g = batch_graph(small_events[:1], det, cfg)
+        f = g.edge_features.astype(np.float64)
+        dr, dphi = f[:, 0] * 100, f[:, 1] * 0.01
+        slope = cfg.phi_slope_max(det.bfield)
+        assert (dr > 0).all()
+        assert (np.abs(dphi) <= slope * dr + cfg.phi_tolerance + 1e-6).all()
+        assert (np.abs(f[:, 3] * 0.1) <= cfg.deta_max + 1e-6).all()
+        assert (np.abs(f[:, 5]) <= 1 + 1e-6).all()  # z0 / z0_limit
+    assert g.num_edges < 0.8 * batch_graph(small_events[:1], det).num_edges  # they bite
+
+
+def test_a_field_pointing_the_other_way_finds_the_same_edges(small_events, det):
+    flipped = replace(det, bfield=-det.bfield)  # the windows take |B|
+    assert np.array_equal(
+        _keys(batch_graph(small_events[:1], flipped)), _keys(batch_graph(small_events[:1], det))
+    )
+
+
+def test_a_batch_without_events_or_with_a_nan_hit_is_refused(small_events, det):
+    with pytest.raises(ValueError, match="at least one event"):
+        batch_graph([], det)
+    ev = small_events[0]
+    x = ev.hits.x.copy()
+    x[3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        batch_graph([replace(ev, hits=replace(ev.hits, x=x))], det)
+
+
 def test_batch_is_the_disjoint_union_of_events(small_events, det):
     both = batch_graph(small_events, det)
     offset = len(small_events[0].hits)
@@ -115,6 +157,24 @@ def test_event_graphs_are_the_events_own_graphs(small_events, det):
         alone = batch_graph([ev], det)
         for name in ("node_features", "edge_index", "edge_features", "node_offsets", "layer"):
             assert np.array_equal(getattr(part, name), getattr(alone, name)), name
+
+
+def test_a_track_at_phi_exactly_pi_is_found_as_at_phi_0(det):
+    radii = det.r[det.kind == BARREL][:4]
+
+    def at(sign: float) -> set:
+        hits = Hits(
+            hit_id=np.arange(1, 5, dtype=np.int64),
+            x=(sign * radii).astype(np.float32),
+            y=np.zeros(4, np.float32),  # atan2(0, -r) = pi: the last phi bin's edge
+            z=(radii * 0.1).astype(np.float32),
+            volume_id=np.full(4, 8, np.int32),
+            layer_id=np.array([2, 4, 6, 8], np.int32),
+            module_id=np.ones(4, np.int32),
+        )
+        return set(map(tuple, batch_graph([Event(0, 0, hits)], det).edge_index.T.tolist()))
+
+    assert at(-1.0) == at(1.0) == {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)}
 
 
 def test_phi_wrap_around_connects_a_track(det):
@@ -195,6 +255,24 @@ def test_select_edges_keeps_hits(small_events, det):
     p = select_edges(g, mask)
     assert p.num_nodes == g.num_nodes and p.num_edges == int(mask.sum())
     assert np.array_equal(p.edge_features, g.edge_features[mask])
+
+
+def _two_events(edges: list[tuple[int, int]]) -> Graph:
+    """Two events of three hits each, the given edges between them."""
+    return Graph(
+        node_features=np.zeros((6, 3), np.float32),
+        edge_index=np.array(edges, np.int64).T.reshape(2, -1),
+        edge_features=np.zeros((len(edges), 6), np.float32),
+        node_offsets=np.array([0, 3, 6]),
+        layer=np.zeros(6, np.int64),
+    )
+
+
+def test_events_start_at_their_first_hit_when_it_has_an_edge() -> None:
+    g = _two_events([(0, 1), (3, 4)])  # each event's first hit starts an edge
+    assert without_isolated_hits(g).node_offsets.tolist() == [0, 2, 4]
+    parts = event_graphs(g)
+    assert [p.edge_index.T.tolist() for p in parts] == [[[0, 1]], [[0, 1]]]
 
 
 def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
