@@ -55,6 +55,7 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_batch_events_count") == 3
+    assert value("streamtrk_queue_delay_seconds_count") == 3
     # The physics metrics count the batches that succeeded, after their replies.
     assert value("streamtrk_stage_seconds_count", {"stage": "physics"}) == 2
     assert value("streamtrk_event_tracks_count") == 2
@@ -166,6 +167,39 @@ def test_done_waits_for_replies_the_worker_claimed_before_abandon() -> None:
     worker.join(timeout=60)
 
 
+def test_done_waits_for_every_reply_the_worker_still_owes() -> None:
+    """Two events set aside past their deadline are claimed together; done waits for the
+    second reply, not only the first."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    batcher = Batcher(8, BatchPolicy(max_events=2, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
+    replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's puts wait
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
+        lambda: True,
+    )  # fmt: skip
+    now = time.perf_counter()
+    for ev in events:
+        batcher.put(Job(ev, now, now - 1.0))
+    worker.start()
+
+    def owed(n: int) -> None:
+        t_end = time.monotonic() + 60
+        while worker._owed != n:
+            assert time.monotonic() < t_end
+            time.sleep(0.01)
+
+    owed(2)  # both 'deadline' replies claimed, the first put blocked
+    assert worker.abandon() == 0 and not worker.done.is_set()
+    replies.get()  # the first goes in; the second waits
+    owed(1)
+    assert not worker.done.is_set()
+    replies.get()
+    assert worker.done.wait(10)
+    worker.join(timeout=60)
+
+
 def test_done_waits_for_abandons_own_replies() -> None:
     """The worker's last owed reply can go out after abandon() began but before abandon()
     queued its own: done must wait for those too."""
@@ -256,9 +290,99 @@ def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
     assert sorted((r.event, r.reason) for r in got) == [(ev.event, "shutdown") for ev in events]
 
 
+def test_a_batch_is_started_in_a_drain_only_with_room_to_spare() -> None:
+    """Its estimate (seconds per hit so far x hits) times SAFETY must fit before the end."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
+    replies: queue.Queue[Reply] = queue.Queue()
+    gate = Gate()
+    gate.release.set()
+    batcher = Batcher(8, BatchPolicy())
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
+    )
+    n_hits = len(events[0].hits)
+    batcher.seconds_per_hit = 20.0 / n_hits  # an estimate of 20 s: 30 s with the margin
+    worker.drain_by = time.perf_counter() + 25.0
+    worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
+    assert [r.reason for r in _drained(replies)] == ["shutdown"] and not gate.batches
+
+
+def test_a_batch_taken_before_abandon_is_not_started_after_it() -> None:
+    """abandon() answered its events: reconstructing them would only delay the exit."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
+    gate = Gate()
+    gate.release.set()
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = Worker(
+        Batcher(8, BatchPolicy()), replies, Metrics(),
+        lambda: Reconstructor(gate, detector=det), lambda: True,
+    )  # fmt: skip
+    worker.abandoned.set()
+    worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
+    assert not gate.batches and replies.empty()
+
+
+def test_abandon_stops_the_one_by_one_retry_of_a_failed_batch() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3))
+    calls: list[int] = []
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker: Worker
+
+    def fail_and_abandon(graph, evs):  # the batch fails while the drain gives up
+        calls.append(len(evs))
+        worker.abandon()
+        raise RuntimeError("scorer failure")
+
+    worker = Worker(
+        Batcher(8, BatchPolicy()), replies, Metrics(),
+        lambda: Reconstructor(fail_and_abandon, detector=det), lambda: True,
+    )  # fmt: skip
+    now = time.perf_counter()
+    jobs = [Job(ev, now, None) for ev in events]
+    worker._current = list(jobs)  # the batch in progress, as the worker's loop records it
+    worker.process(Batch(jobs=jobs))
+    assert calls == [3]  # no retries
+    assert sorted(r.reason for r in _drained(replies)) == ["shutdown"] * 3
+
+
+def test_the_time_estimate_takes_a_slower_batch_at_once() -> None:
+    """seconds_per_hit follows a slower batch at once (a running mean only when faster),
+    so that the batcher and the drain never count on speed they have not seen."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
+    replies: queue.Queue[Reply] = queue.Queue()
+    batcher = Batcher(8, BatchPolicy())
+    worker = Worker(
+        batcher, replies, Metrics(),
+        lambda: Reconstructor(FailOnEvent13(), detector=det), lambda: True,
+    )  # fmt: skip
+    worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
+    [reply] = _drained(replies)
+    stages = sum(v for k, v in reply.timings.items() if k not in ("decode", "queue"))
+    assert batcher.seconds_per_hit * len(events[0].hits) >= stages > 0
+
+
+def test_abandon_answers_queued_events_past_their_deadline() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
+    batcher = Batcher(8, BatchPolicy())
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = Worker(
+        batcher, replies, Metrics(),
+        lambda: Reconstructor(FailOnEvent13(), detector=det), lambda: True,
+    )  # fmt: skip
+    now = time.perf_counter()
+    batcher.put(Job(events[0], now, now - 1.0))  # never started: still queued
+    assert worker.abandon() == 1 and worker.done.is_set()
+    assert [(r.event, r.reason) for r in _drained(replies)] == [(events[0].event, "shutdown")]
+
+
 def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed() -> None:
     det = load_detector()
-    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3))
     batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue()
     gate = Gate()
@@ -268,9 +392,10 @@ def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed()
     )
     now = time.perf_counter()
     late, timely = Job(events[0], now, now - 1e-3), Job(events[1], now, now + 3600)
-    worker.process(Batch(jobs=[late, timely]))  # as the batcher closed it, just too late
+    expired = Job(events[2], now, now - 1.0)  # the batcher set it aside
+    worker.process(Batch(jobs=[late, timely], expired=[expired]))  # closed just too late
     got = {r.event: r.reason for r in _drained(replies)}
-    assert got == {events[0].event: "deadline", events[1].event: ""}
+    assert got == {events[0].event: "deadline", events[1].event: "", events[2].event: "deadline"}
     assert gate.batches == [[events[1].event]]  # the timely event was reconstructed, alone
 
 
