@@ -12,16 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
+from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.replay import Recorded, ReplayOptions, replay
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.wire.codec import decode, encode_hits, encode_tracks, peek_msg_id
+from streamtrk.wire.codec import decode, encode_hits, encode_tracks, encode_truth, peek_msg_id
 
 
 def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
@@ -157,3 +159,96 @@ def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -
             daemon.join(10)
             err = capsys.readouterr().err
             assert ("error replies: 3 too_dense" in err) == bool(extra), err
+
+
+def _truth_tracks(ev: Event) -> Tracks:
+    """The event's particles as tracks (what a perfect daemon would answer)."""
+    pid = ev.truth.hits.particle_id
+    order = np.argsort(pid, kind="stable")
+    order = order[pid[order] != 0]
+    _, starts = np.unique(pid[order], return_index=True)
+    offsets = np.append(starts, len(order)).astype(np.int64)
+    params = {k: np.zeros(len(starts), dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    return Tracks(offsets, order.astype(np.int64), params)
+
+
+def test_the_report_counts_each_event_by_its_first_reply() -> None:
+    """A stand-in daemon answers events 0, 1 and 3 with their true tracks, event 2 with an
+    error, sends one reply that does not decode, and in the second loop answers with no
+    tracks: ok, errors, invalid replies and physics (from the first replies) say so."""
+    events = _events(4)
+    by_key = {rec.key: rec.event for rec in events}
+    with _daemon_sockets() as (sink, out, to, from_):
+
+        def answer() -> None:
+            out.send_multipart([b"\xc1"])  # not a reply at all
+            for n in range(8):
+                msg = decode(sink.recv_multipart())
+                ev, ids = by_key[(msg.run, msg.event)], {"msg_id": msg.msg_id}
+                hit_ids = ev.hits.hit_id
+                if msg.event == 2:
+                    reply = encode_tracks(ev.run, ev.event, hit_ids, None, status="error",
+                                          reason="too_dense", **ids)  # fmt: skip
+                elif n < 4:
+                    reply = encode_tracks(ev.run, ev.event, hit_ids, _truth_tracks(ev), **ids)
+                else:
+                    reply = encode_tracks(ev.run, ev.event, hit_ids, None, **ids)
+                out.send_multipart(reply)
+
+        daemon = threading.Thread(target=answer, daemon=True)
+        daemon.start()
+        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=2.0, loop=2))
+        daemon.join(10)
+    report = result.report(events, None)
+    assert (report["sent"], report["received"], report["ok"]) == (8, 8, 6)
+    assert report["errors"] == {"too_dense": 2} and report["invalid_replies"] == 1
+    assert report["tracking_efficiency"] == 1.0 and report["n_reconstructable"] > 0
+    assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
+
+
+def test_resends_wait_retry_after_from_the_last_send() -> None:
+    events = _events(1)
+    with _daemon_sockets() as (sink, _out, to, from_):
+        times: list[float] = []
+
+        def take() -> None:  # a daemon that takes every send and never answers
+            while sink.poll(3000):
+                sink.recv_multipart()
+                times.append(time.perf_counter())
+
+        daemon = threading.Thread(target=take, daemon=True)
+        daemon.start()
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=0.5, retries=2, retry_after_s=0.5)
+        replay(events, opts)
+        daemon.join(10)
+    assert len(times) == 3  # sent, then resent twice
+    assert np.diff(times).min() >= 0.4  # each resend 0.5 s after the send before it
+
+
+def test_replays_number_their_messages_apart() -> None:
+    """Two replays through one collector must not answer each other's events."""
+    events = _events(3)
+    with _daemon_sockets() as (sink, _out, to, from_):
+        ids = []
+        for _ in range(2):
+            replay(events, ReplayOptions(to=to, from_=from_, timeout_s=0.2))
+            ids.append({peek_msg_id(sink.recv_multipart()) for _ in events})
+    assert len(ids[0]) == len(ids[1]) == 3 and not ids[0] & ids[1]
+
+
+def test_load_recording_stops_at_the_limit_and_attaches_only_matching_truth(
+    tmp_path: Path,
+) -> None:
+    from streamtrk.replay import load_recording
+
+    evs = [rec.event for rec in _events(3)]
+    path = tmp_path / "mixed.stk"
+    with RecordingWriter(path) as w:
+        w.write(encode_hits(evs[0]))
+        w.write(encode_truth(evs[1].run, evs[1].event, evs[1].truth))  # another event's
+        w.write_event(evs[1])
+        w.write_event(evs[2])
+    loaded = load_recording(path)
+    assert [r.event.event for r in loaded] == [0, 1, 2]
+    assert loaded[0].event.truth is None and loaded[1].event.truth is not None
+    assert [r.event.event for r in load_recording(path, limit=2)] == [0, 1]
