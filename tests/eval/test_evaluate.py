@@ -8,14 +8,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hand_events import metrics_event
 from piles import pile
 
-from streamtrk.eval.evaluate import _track_rates, evaluate
+from streamtrk.eval.evaluate import Evaluation, _track_rates, edge_counts, evaluate
 from streamtrk.event import Event
 from streamtrk.io.trackml import by_event_number
 from streamtrk.recon.budget import Budget
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
+from streamtrk.recon.truth import true_segments
 
 
 def test_edge_counts_along_the_chain(small_events) -> None:
@@ -32,6 +34,9 @@ def test_edge_counts_along_the_chain(small_events) -> None:
     assert pruned["pruned_edge_efficiency_all"] <= pruned["graph_edge_efficiency_all"]
     assert pruned["pruned_edge_purity"] > pruned["graph_edge_purity"]
     assert set(pruned["timings"]) == {"graph", "prune", "gnn", "tracks", "fit"}
+    # the graph's edges per hit, as built (before pruning)
+    per_hit = pruned["graph_edges_per_event"] / pruned["hits_per_event"]
+    assert pruned["edges_per_hit"] == pytest.approx(per_hit)
     assert all(v >= 0 for v in pruned["timings"].values())
 
 
@@ -43,6 +48,7 @@ def test_track_rates_by_bin() -> None:
             [1.2, -1.2, 0.5, 0, 1, 1],  # duplicate, 1-1.5 GeV, |eta| 1-1.5
             [1.3, 1.4, 1.0, 0, 0, 1],
             [5.0, 3.0, 2.0, 0, 0, 1],  # 3-10 GeV, |eta| 2.5-4
+            [1.5, 1.0, 1.0, 1, 0, 0],  # fake at the lower edges of 1.5-3 GeV and |eta| 1-1.5
         ]
     )
     out = _track_rates(rows)
@@ -51,7 +57,9 @@ def test_track_rates_by_bin() -> None:
     assert out["duplicate_rate_by_pt"]["1-1.5"] == 0.5
     assert math.isnan(out["duplicate_rate_by_pt"]["0.85-1"])  # no real track there
     assert math.isnan(out["fake_rate_by_pt"]["0-0.5"])  # no track at all
+    assert out["fake_rate_by_pt"]["1.5-3"] == 1.0
     assert out["duplicate_rate_by_abs_eta"]["1-1.5"] == 0.5
+    assert out["fake_rate_by_abs_eta"]["1-1.5"] == pytest.approx(1 / 3)
     assert out["fake_rate_by_abs_eta"]["2.5-4"] == 0.0
     assert out["chi2_ndf_median"] == 1.0  # of the matched tracks only
 
@@ -65,7 +73,9 @@ class _FixedTimings(Reconstructor):
 
 def test_stage_times_are_per_event_over_batches_of_any_size(small_events) -> None:
     events = [small_events[0]] * 4 + [small_events[1]]  # batches of 4 and 1
-    report = evaluate(_FixedTimings(OracleScorer()), events, batch_size=4).report()
+    ev = evaluate(_FixedTimings(OracleScorer()), events, batch_size=4)
+    report = ev.report()
+    assert report["seconds_per_event"] == pytest.approx(ev.seconds / 5) and ev.seconds > 0
     assert report["stage_seconds"]["gnn"] == pytest.approx((1.4 + 1.1) / 5)
     assert report["timings"]["gnn"] == pytest.approx(1.4 / 4)  # four of the five events
 
@@ -107,3 +117,43 @@ def test_refused_events_with_truth_count_their_particles_as_lost(small_events) -
     assert report["events_refused"] == report["events"] == 2
     assert report["tracking_efficiency"] == report["graph_edge_efficiency"] == 0.0
     assert report["trackml_score"] == 0.0
+
+
+def test_edge_counts_of_one_event_by_hand() -> None:
+    """Targets are segments of pT >= 1 GeV particles, central ones also from vr < 10 mm;
+    purity does not count true segments of softer particles against the edges."""
+    # particle 1: 1 GeV from the beam line; 2: 2 GeV from 50 mm; 3: 0.5 GeV
+    event = metrics_event([1] * 3 + [2] * 3 + [3] * 3, {1: (1.0, 0.0, 3), 2: (2.0, 50.0, 3),
+                                                     3: (0.5, 0.0, 3)})  # fmt: skip
+    edges = np.array([[0, 3, 4, 6, 0], [1, 4, 5, 7, 3]])  # particles 1, 2, 2, 3, a fake
+    counts = edge_counts(event, edges)
+    assert counts == {"targets": 4, "targets_found": 3, "central": 2, "central_found": 1,
+                      "edges": 5, "edges_counted": 4}  # fmt: skip
+    ev = Evaluation()
+    ev.physics.add(event, np.zeros(9))
+    ev.graph_edges.update(counts)
+    report = ev.report()
+    assert report["graph_edge_efficiency"] == 0.5  # central: 1 of 2
+    assert report["graph_edge_efficiency_all"] == 0.75  # targets: 3 of 4
+    assert report["graph_edge_purity"] == 0.75  # 3 of the 4 edges that count
+
+
+def test_a_batch_counts_edges_to_their_own_events(small_events) -> None:
+    """An event whose first hit starts an edge: batched, its edges still count as its own."""
+    a, b = small_events
+    first = int(true_segments(b, 1.0)[0][0])  # starts a target segment: made its first hit
+    order = np.r_[first, np.delete(np.arange(len(b.hits)), first)]
+    b = replace(b, hits=b.hits.take(order), truth=replace(b.truth, hits=b.truth.hits.take(order)))
+    rec = Reconstructor.oracle()
+    one = evaluate(rec, [a, b], batch_size=1).report()
+    two = evaluate(rec, [a, b], batch_size=2).report()
+    for stage in ("graph", "pruned", "gnn"):
+        for what in ("efficiency", "efficiency_all", "purity"):
+            key = f"{stage}_edge_{what}"
+            assert two[key] == one[key], key
+
+
+def test_track_rows_carry_each_track_s_own_parameters(small_events) -> None:
+    ev = evaluate(Reconstructor.oracle(), small_events[:1])
+    [tracks] = ev.tracks.values()
+    assert np.array_equal(ev.track_rows[0][:, 0], tracks.params["pt"].astype(float))

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hand_events import metrics_event
 
 from streamtrk.eval.score import (
     PhysicsTotals,
@@ -14,7 +15,6 @@ from streamtrk.eval.score import (
     physics_metrics,
     trackml_score,
 )
-from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.trackml import read_event
 from streamtrk.io.weights import hit_weights
 
@@ -96,35 +96,6 @@ def test_zero_total_weight_is_nan():
     assert np.isnan(trackml_score(np.array([1, 1]), np.zeros(2), np.array([1, 1])))
 
 
-def _metrics_event(hit_pid: list[int], particles: dict[int, tuple[float, float, int]]) -> Event:
-    """An event with the given per-hit particle ids; particles: id -> (pT, vertex r, nhits)."""
-    n = len(hit_pid)
-    z = np.zeros(n, np.float32)
-    ints = np.zeros(n, np.int32)
-    ids = np.array(list(particles), dtype=np.int64)
-    pt, vr, nh = (np.array(v) for v in zip(*particles.values(), strict=True))
-    zp = np.zeros(len(ids), np.float32)
-    return Event(
-        run=0,
-        event=1,
-        hits=Hits(np.arange(n, dtype=np.int64), z, z, z, ints, ints, ints),
-        truth=Truth(
-            HitTruth(np.array(hit_pid, np.int64), z, z, z, z, z, z, z, ints),
-            Particles(
-                ids,
-                vr.astype(np.float32),
-                zp,
-                zp,
-                pt.astype(np.float32),
-                zp,
-                zp,
-                np.ones(len(ids), np.int32),
-                nh.astype(np.int32),
-            ),
-        ),
-    )
-
-
 def test_physics_metrics():
     # particle 1: 6 hits, reconstructed twice (one duplicate)
     # particle 2: 5 hits, not found (track is fake: no > 50% majority)
@@ -146,7 +117,7 @@ def test_physics_metrics():
     track[[8, 9, 16, 17]] = 4  # 2 + 2: no majority above 50%: fake
     track[[11, 12, 13]] = 5  # particle 3: reconstructed
     track[[26, 27]] = 6  # noise: fake
-    metrics = physics_metrics(_metrics_event(hit_pid, particles), track)
+    metrics = physics_metrics(metrics_event(hit_pid, particles), track)
     assert metrics["n_reconstructable"] == 2  # particles 1 and 2
     assert metrics["n_reconstructable_all"] == 3  # + particle 3
     assert metrics["tracking_efficiency"] == pytest.approx(1 / 2)
@@ -160,25 +131,25 @@ def test_reconstructable_boundaries():
     # pT exactly 1 GeV counts; a vertex exactly 10 mm out is displaced (only in the _all
     # figures); a particle table's id 0 (noise) never counts
     hit_pid = [1] * 5 + [2] * 5 + [0] * 5
-    ev = _metrics_event(hit_pid, {1: (1.0, 0.0, 5), 2: (2.0, 10.0, 5), 0: (2.0, 0.0, 5)})
+    ev = metrics_event(hit_pid, {1: (1.0, 0.0, 5), 2: (2.0, 10.0, 5), 0: (2.0, 0.0, 5)})
     m = physics_metrics(ev, np.zeros(15))
     assert (m["n_reconstructable"], m["n_reconstructable_all"]) == (1, 2)
 
 
 def test_the_duplicate_is_the_later_track():
     # track 2 comes first in hit order, track 1 has the lower id: track 2 is the duplicate
-    c = classify(_metrics_event([1] * 6, {1: (2.0, 0.0, 6)}), np.array([2, 2, 2, 1, 1, 1]))
+    c = classify(metrics_event([1] * 6, {1: (2.0, 0.0, 6)}), np.array([2, 2, 2, 1, 1, 1]))
     assert c.track_id.tolist() == [1, 2] and c.track_duplicate.tolist() == [False, True]
 
 
 def test_a_track_of_noise_hits_matches_nothing():
-    ev = _metrics_event([1] * 5 + [0] * 3, {1: (2.0, 0.0, 5)})
+    ev = metrics_event([1] * 5 + [0] * 3, {1: (2.0, 0.0, 5)})
     c = classify(ev, np.r_[np.zeros(5), 7, 7, 0])
     assert c.track_matched.tolist() == [False] and c.track_fake.tolist() == [True]
 
 
 def test_physics_metrics_empty_tracks():
-    metrics = physics_metrics(_metrics_event([1] * 5, {1: (2.0, 0.0, 5)}), np.zeros(5))
+    metrics = physics_metrics(metrics_event([1] * 5, {1: (2.0, 0.0, 5)}), np.zeros(5))
     assert metrics["tracking_efficiency"] == 0.0 and metrics["n_tracks"] == 0
     assert np.isnan(metrics["fake_rate"]) and np.isnan(metrics["duplicate_rate"])
 
@@ -200,7 +171,7 @@ def test_totals_of_no_event_report_nothing():
 def test_totals_score_the_events_with_truth_weight():
     """An event whose truth weighs nothing (no particle of 4 hits or more) has no TrackML
     score: its counts add up, the mean score and ``events_scored`` leave it out."""
-    weightless = _metrics_event([1] * 5, {1: (2.0, 0.0, 5)})
+    weightless = metrics_event([1] * 5, {1: (2.0, 0.0, 5)})
     t = weightless.truth
     weighted = replace(
         weightless, truth=replace(t, hits=replace(t.hits, weight=np.full(5, 0.2, np.float32)))
