@@ -161,6 +161,15 @@ def test_columns_by_name_and_missing_column(tmp_path):
         read_event(prefix)
 
 
+def test_windows_line_ends_and_spaced_headers_are_read(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    header, *rows = hits_path.read_text().splitlines()
+    hits_path.write_bytes("\r\n".join([header.replace(",", ", "), *rows, ""]).encode())
+    assert read_event(prefix).hits.equals(event.hits)
+
+
 def test_single_row_and_malformed_row(tmp_path):
     event = synthetic_event()
     one = Event(0, 42, event.hits.take(np.array([3])))
@@ -217,6 +226,13 @@ def test_duplicate_particle_and_bad_gzip_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"particles\.csv: duplicate particle_id"):
         read_event(prefix)
     particles.unlink()
+    for kind in ("hits", "truth"):
+        path = tmp_path / f"event000000042-{kind}.csv"
+        text = path.read_text()
+        path.write_text(text + text.splitlines()[1] + "\n")  # the first row again
+        with pytest.raises(ValueError, match=rf"{kind}\.csv: duplicate hit_id"):
+            read_event(prefix)
+        path.write_text(text)
     hits = tmp_path / "event000000042-hits.csv"
     gz = hits.with_name(hits.name + ".gz")
     gz.write_bytes(gzip.compress(hits.read_bytes())[:-20])  # cut short
@@ -255,6 +271,15 @@ def test_missing_particles_and_weights(tmp_path):
     expected = [np.count_nonzero(event.truth.hits.particle_id == p) for p in ids[ids != 0]]
     assert np.array_equal(particles.nhits, expected)
     assert back.truth.hits.weight.sum() == pytest.approx(1.0, abs=1e-5)
+    # Without particles the pT is the truth momentum at each particle's first hit (vz 0).
+    t = event.truth.hits
+    distance = np.abs(t.tz.astype(np.float64))
+    order = hit_order(t.particle_id, distance)
+    first = {int(p): k for k, p in enumerate(t.particle_id) if order[k] == 0 and p}
+    pt = np.array([np.hypot(t.tpx[first[int(p)]], t.tpy[first[int(p)]]) if p else 0.0
+                   for p in t.particle_id])  # fmt: skip
+    expected = hit_weights(t.particle_id, distance, pt)
+    assert np.allclose(back.truth.hits.weight, expected, rtol=1e-6, atol=0)
 
 
 def test_hit_order_hand_built(tmp_path):
@@ -288,6 +313,10 @@ def test_iter_events(tmp_path):
         next(iter_events(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError):
         read_event(tmp_path / "event000000004")
+    for name in ("event000000003", "event000000005"):  # unpadded numbers: 10 after 9
+        for f in tmp_path.glob(f"{name}-*"):
+            f.rename(tmp_path / f.name.replace(name, "event10" if "3" in name else "event9"))
+    assert [e.event for e in iter_events(tmp_path)] == [9, 10]
 
 
 def test_submission(tmp_path):
