@@ -8,6 +8,8 @@ from streamtrk.xp import (
     chunk_bounds,
     concatenate_to_device,
     csr_rows,
+    expand_ranges,
+    index_of,
     scatter_min,
     to_host_packed,
 )
@@ -80,3 +82,16 @@ def test_scatter_min_keeps_the_least_value_per_index():
     target = np.array([5, 9, 7, 2**40], dtype=np.int64)
     scatter_min(target, np.array([1, 1, 3, 0, 1]), np.array([4, 6, 2**35, 8, 3], np.int64))
     assert target.tolist() == [5, 3, 7, 2**35]
+
+
+def test_index_of_finds_queries_in_unsorted_keys() -> None:
+    index, found = index_of(np.array([30, 10, 20]), np.array([20, 40, 10, 5, 30]))
+    assert index.tolist() == [2, 0, 1, 0, 0]  # 0 where not found
+    assert found.tolist() == [True, False, True, False, True]
+    index, found = index_of(np.zeros(0, np.int64), np.array([1, 2]))
+    assert index.tolist() == [0, 0] and not found.any()
+
+
+def test_expand_ranges_skips_empty_and_reversed_ranges() -> None:
+    rid, pos = expand_ranges(np.array([0, 5, 2, 7]), np.array([2, 3, 4, 7]))
+    assert rid.tolist() == [0, 0, 2, 2] and pos.tolist() == [0, 1, 2, 3]
