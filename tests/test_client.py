@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zmq
 
-from streamtrk.client import Consumer, Producer
+from streamtrk.client import Consumer, Producer, wait_listening
 from streamtrk.event import Event, Hits
 from streamtrk.wire import DEFAULT_LIMITS, Limits, WireError, encode_tracks
 
@@ -81,3 +83,43 @@ def test_send_times_out_without_peer() -> None:
     with Producer("tcp://127.0.0.1:1", sndhwm=1, linger_ms=0) as producer:
         sent = [producer.send_frames([b"x"], timeout_ms=50) for _ in range(5)]
     assert sent[0] and not all(sent)  # queued up to the high-water mark, then refused
+
+
+def test_a_consumer_decodes_within_its_own_limits() -> None:
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True, limits=Limits(max_hits=5)) as consumer,
+        Producer(consumer.endpoint) as producer,
+    ):
+        event = make_event(np.random.default_rng(1), 0)
+        assert len(event.hits) > 5 and producer.send_event(event)
+        with pytest.raises(WireError, match="too_many_hits"):
+            consumer.recv(timeout_ms=5000)
+
+
+@pytest.mark.parametrize(
+    ("keys", "match"),
+    [
+        ({"curve_key": "own.key_secret"}, "CURVE needs both"),
+        ({"curve_server_key": "daemon.key"}, "CURVE needs both"),
+        (
+            {"curve_key": "a", "curve_server_key": "b", "curve_secret_key": "c"},
+            "a CURVE client or a CURVE server, not both",
+        ),
+    ],
+)
+def test_curve_settings_that_do_not_make_one_role_are_refused(keys, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        Producer("tcp://127.0.0.1:1", **keys)
+
+
+def test_wait_listening_reads_the_listening_record(tmp_path) -> None:
+    log = tmp_path / "daemon.log"
+    log.write_text(
+        "not json\n"
+        + json.dumps({"time": "t", "level": "INFO", "logger": "x", "message": "loading"})
+        + "\n"
+        + json.dumps({"time": "t", "message": "listening", "input": "tcp://127.0.0.1:5", "http": 7})
+        + "\n"
+    )
+    assert wait_listening(log, 5) == {"input": "tcp://127.0.0.1:5", "http": "7"}
+    assert wait_listening(tmp_path / "none.log", 0.1) is None
