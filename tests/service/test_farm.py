@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +126,22 @@ def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None
     # One key alone would leave the daemon-facing socket unencrypted: refused, not ignored.
     with pytest.raises(ValueError, match="CURVE needs both"):
         forward("distributor", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", curve_key=tmp_path / "k")
+
+
+@pytest.mark.parametrize(
+    ("role", "keys", "match"),
+    [
+        ("balancer", {}, "role must be one of distributor, collector"),
+        ("distributor", {"allowed_keys": Path("keys")}, "--allowed-keys needs --server-key"),
+    ],
+)
+def test_a_forwarder_with_an_unknown_role_or_keys_without_its_own_refuses(
+    role: str, keys: dict, match: str
+) -> None:
+    stopped = threading.Event()
+    stopped.set()  # were it accepted, it would return at once instead of forwarding
+    with pytest.raises(ValueError, match=match):
+        forward(role, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", stop=stopped, **keys)
 
 
 @pytest.mark.parametrize(
