@@ -8,11 +8,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from streamtrk.detector import load_detector
-from streamtrk.event import Event, Truth
+from streamtrk.event import Event, Hits, Truth
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.beamspot import D0_MAX_MM, BeamSpotWindow
 from streamtrk.service.histograms import ArrayHistogram
-from streamtrk.service.physics import EDGE_SCORE_BUCKETS, PhysicsMetrics
+from streamtrk.service.physics import D0_BUCKETS, EDGE_SCORE_BUCKETS, Z0_BUCKETS, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
@@ -147,6 +147,37 @@ def test_tracks_edges_and_empty_events_are_counted(observed: dict) -> None:
     assert value("streamtrk_edge_score_bucket", {"le": str(low)}) == np.sum(scores <= low)
     accepted = np.count_nonzero(scores > observed["threshold"])
     assert value("streamtrk_edges_accepted_total") == accepted > 0
+    # base units: eV for pT, meters for d0 and z0
+    params = {k: np.concatenate([t.params[k] for t in result.tracks]) for k in ("pt", "d0", "z0")}
+    assert value("streamtrk_track_pt_electronvolts_sum") == pytest.approx(
+        float(np.sum(params["pt"], dtype=np.float64)) * 1e9, rel=1e-4
+    )
+    for name, param, bounds in (("d0", "d0", D0_BUCKETS), ("z0", "z0", Z0_BUCKETS)):
+        meters = params[param].astype(np.float64) * 1e-3
+        for b in bounds[1:-1]:
+            le = {"le": str(b)}
+            assert value(f"streamtrk_track_{name}_meters_bucket", le) == np.sum(meters <= b), b
+
+
+def test_an_event_without_hits_is_no_event_without_tracks() -> None:
+    empty = Event(1, 7, Hits(**{k: np.zeros(0, dt) for k, dt in Hits.DTYPES.items()}))
+    rec = Reconstructor(lambda graph, events: np.zeros(graph.num_edges, np.float32), detector=DET)
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry).observe([empty], rec.reconstruct([empty]), DET, rec.threshold)
+    assert registry.get_sample_value("streamtrk_events_without_tracks_total") == 0
+    assert registry.get_sample_value("streamtrk_event_tracks_count") == 1
+
+
+def test_the_beam_spot_tells_the_events_of_later_batches_apart(observed: dict) -> None:
+    """Events are the clusters of the z error: a second batch brings new ones (the same
+    tracks again halve the variance of the mean), not more tracks of the first batch's."""
+    errors = []
+    for batches in (1, 2):
+        physics = PhysicsMetrics(CollectorRegistry())
+        for _ in range(batches):
+            physics.observe(observed["batch"], observed["result"], DET, observed["threshold"])
+        errors.append(physics.beam_spot.estimate().z_error)
+    assert errors[1] == pytest.approx(errors[0] / np.sqrt(2), rel=0.05)
 
 
 def test_beam_spot_gauges_follow_the_simulated_beam_spot(observed: dict) -> None:
