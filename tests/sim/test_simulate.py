@@ -117,6 +117,29 @@ def test_multiple_scattering_width_follows_highland():
     assert np.std(theta_z) == pytest.approx(expect, rel=0.06)
 
 
+def test_an_inclined_crossing_scatters_over_its_longer_path():
+    """At eta 1.5 a particle crosses the barrel layer along x0 / cos(incidence): Highland's
+    width for that path, not for x0; the momentum's magnitude is kept."""
+    det = replace(DET, x0=np.where(np.arange(len(DET)) == 0, 0.05, 1e-12))
+    n, pt, eta = 4000, 2.0, 1.5
+    c = propagate(det, _one(pt, eta, 0.0, 1, n), np.random.default_rng(2), max_turns=0.5)
+    first = (c.order == 0) & (c.layer == 0)
+    assert first.sum() > 0.9 * n
+    p = pt * np.cosh(eta)
+    assert np.linalg.norm(c.momentum[first], axis=1) == pytest.approx(p, rel=1e-9)
+    theta = np.arctan2(c.momentum[first, 2], np.hypot(*c.momentum[first, :2].T))
+    expect = highland(np.array([p]), np.array([0.05 * np.cosh(eta)]))[0]  # 1 / cos(incidence)
+    assert np.std(theta - np.arctan(np.sinh(eta))) == pytest.approx(expect, rel=0.06)
+
+
+def test_neutral_particles_leave_no_crossings_and_layers_need_material():
+    assert len(propagate(DET, _one(2.0, 0.0, 0.0, 0, 10), np.random.default_rng(3)).layer) == 0
+    with pytest.raises(ValueError, match="positive material thickness"):
+        propagate(
+            replace(DET, x0=np.zeros(len(DET))), _one(2.0, 0.0, 0.0, 1), np.random.default_rng(3)
+        )
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
