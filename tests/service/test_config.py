@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +14,13 @@ import pytest
 import torch
 from live_daemon import clean_env
 
-from streamtrk.service.config import ConfigError, ServeConfig, load_config, unknown_variables
+from streamtrk.service.config import (
+    ConfigError,
+    ServeConfig,
+    add_arguments,
+    load_config,
+    unknown_variables,
+)
 
 
 def test_defaults_are_the_documented_endpoints() -> None:
@@ -216,3 +224,124 @@ def test_a_config_file_that_is_no_utf8_text_or_no_regular_file_is_named(tmp_path
     os.mkfifo(fifo)  # reading it would block until a writer came
     with pytest.raises(ConfigError, match=r"fifo.toml is not a regular file"):
         load_config(fifo, {})
+
+
+def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
+    with pytest.raises(ConfigError, match=r"input tcp://0.0.0.0:5555 is not a loopback"):
+        ServeConfig(input="tcp://0.0.0.0:5555")
+    with pytest.raises(ConfigError, match=r"output tcp://0.0.0.0:5556 is not a loopback"):
+        ServeConfig(output="tcp://0.0.0.0:5556")
+    ServeConfig(input="tcp://0.0.0.0:5555", output="tcp://0.0.0.0:5556", allow_insecure=True)
+    ServeConfig(input="tcp://10.0.0.5:5555", output="tcp://10.0.0.5:5556", connect=True)
+
+
+def test_queue_capacity_may_equal_max_batch_events() -> None:
+    ServeConfig(queue_capacity=8, max_batch_events=8)
+    with pytest.raises(ConfigError, match="queue_capacity"):
+        ServeConfig(queue_capacity=7, max_batch_events=8)
+
+
+def test_http_address_strips_ipv6_brackets() -> None:
+    assert ServeConfig(http="[::1]:10062").http_address == ("::1", 10062)
+
+
+def test_printed_configuration_keeps_false_and_zero() -> None:
+    printed = tomllib.loads(ServeConfig().to_toml())
+    assert printed["cuda_graphs"] is False and printed["connect"] is False
+    assert printed["torch_threads"] == 0 and printed["max_batch_hits"] == 0
+    assert "deadline_ms" not in printed  # None stays commented out
+
+
+@pytest.mark.parametrize(
+    ("name", "top"), [("sndhwm", 2**31 - 1), ("torch_threads", 4096), ("max_hits", 2**40)]
+)
+def test_the_largest_value_is_accepted_and_one_more_refused(name: str, top: int) -> None:
+    assert getattr(ServeConfig(**{name: top}), name) == top
+    with pytest.raises(ConfigError, match=rf"{name} must be at most {top}"):
+        ServeConfig(**{name: top + 1})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["stall_timeout_s", "budget_scale", "deadline_ms", "max_queue_delay_ms", "drain_timeout_s"],
+)
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_durations_and_scales_refuse_inf_and_nan(name: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"{name} must be a finite number"):
+        ServeConfig(**{name: value})
+
+
+def test_zero_delay_and_drain_are_allowed_zero_deadline_is_not() -> None:
+    cfg = ServeConfig(max_queue_delay_ms=0.0, drain_timeout_s=0.0)
+    assert (cfg.max_queue_delay_ms, cfg.drain_timeout_s) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match=r"drain_timeout_s must be a finite number >= 0"):
+        ServeConfig(drain_timeout_s=-1.0)
+    with pytest.raises(ConfigError, match=r"deadline_ms must be a finite number > 0"):
+        ServeConfig(deadline_ms=0.0)
+
+
+def test_threshold_ends_are_accepted() -> None:
+    assert ServeConfig(threshold=0.0).threshold == 0.0
+    assert ServeConfig(threshold=1.0).threshold == 1.0
+    with pytest.raises(ConfigError, match=r"threshold must lie in \[0, 1\]"):
+        ServeConfig(threshold=-0.01)
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["udp://127.0.0.1:5555", "ipc://", "tcp://:5555", "tcp://127.0.0.1:65536"]
+)
+def test_bad_endpoints_are_refused(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="input must be"):
+        ServeConfig(input=endpoint)
+
+
+def test_endpoint_and_http_port_65535_accepted_65536_refused() -> None:
+    ServeConfig(input="tcp://127.0.0.1:65535", http="127.0.0.1:65535")
+    with pytest.raises(ConfigError, match="http must be HOST:PORT"):
+        ServeConfig(http="127.0.0.1:65536")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("on", True), ("TRUE", True), (" Off ", False), ("1", True), ("no", False)]
+)
+def test_boolean_variables_take_the_usual_spellings(text: str, value: bool) -> None:
+    assert load_config(env={"STREAMTRK_CONNECT": text}).connect is value
+
+
+@pytest.mark.parametrize(
+    ("var", "text"),
+    [
+        ("STREAMTRK_CONNECT", ""),
+        ("STREAMTRK_MAX_BATCH_EVENTS", "4.5"),
+        ("STREAMTRK_MAX_BATCH_EVENTS", "1e3"),
+    ],
+)
+def test_variables_that_are_not_of_the_type_are_refused(var: str, text: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        load_config(env={var: text})
+
+
+def test_a_false_or_zero_flag_overrides_the_environment() -> None:
+    env = {"STREAMTRK_CONNECT": "yes", "STREAMTRK_ALLOW_INSECURE": "true"}
+    cfg = load_config(env=env, flags={"connect": False, "allow_insecure": False})
+    assert cfg.connect is False and cfg.allow_insecure is False
+
+
+def test_a_cross_check_names_where_each_value_came_from() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(env={"STREAMTRK_MAX_BATCH_EVENTS": "100"})
+    assert (
+        "(queue_capacity from the default, max_batch_events from environment variable "
+        "STREAMTRK_MAX_BATCH_EVENTS)"
+    ) in str(e.value)
+
+
+def test_flags_help_and_boolean_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser._option_string_actions["--deadline-ms"].help.endswith(
+        "[STREAMTRK_DEADLINE_MS; default unset]"
+    )
+    assert parser.parse_args(["--connect"]).connect is True
+    assert parser.parse_args(["--no-connect"]).connect is False
+    assert parser.parse_args([]).connect is None
