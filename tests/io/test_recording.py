@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from streamtrk.io.recording import (
     RecordingWriter,
     iter_events,
     iter_records,
+    new_recording,
     repair,
     summarize,
 )
@@ -326,3 +329,80 @@ def test_summarize(small: Any, tmp_path: Path) -> None:
     empty = tmp_path / "empty.stk"
     write(empty, [])
     assert summarize(empty)["events"] == 0
+
+
+def _event(event: int) -> Event:
+    return Event(3, event, Hits(**{k: np.arange(2).astype(dt) for k, dt in Hits.DTYPES.items()}))
+
+
+def test_the_crc_covers_count_lengths_and_bytes_as_documented(tmp_path: Path) -> None:
+    path = tmp_path / "c.stk"
+    with RecordingWriter(path) as w:
+        w.write([b"ab", b"cde"])
+    stored = struct.unpack_from("<I", path.read_bytes(), 16)[0]
+    expect = zlib.crc32(
+        struct.pack("<I", 2) + struct.pack("<Q", 2) + b"ab" + struct.pack("<Q", 3) + b"cde"
+    )
+    assert stored == expect
+
+
+def test_a_record_holds_up_to_1024_frames(tmp_path: Path) -> None:
+    path = tmp_path / "f.stk"
+    with RecordingWriter(path) as w:
+        w.write([b"x"] * 1024)
+        with pytest.raises(ValueError, match="1 to 1024"):
+            w.write([b"x"] * 1025)
+    assert [len(f) for _, f in iter_records(path)] == [1024]
+    data = bytearray(path.read_bytes())
+    data[12:16] = struct.pack("<I", 1025)  # a forged count one over the limit
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError, match=r"frame count 1025 outside 1\.\.1024"):
+        list(iter_records(path))
+
+
+def test_the_last_event_without_truth_is_yielded(tmp_path: Path) -> None:
+    path = tmp_path / "e.stk"
+    with RecordingWriter(path) as w:
+        w.write(encode_hits(_event(0)))
+    assert [e.event for e in iter_events(path)] == [0]
+
+
+def test_append_mode_starts_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.stk"
+    path.write_bytes(b"")
+    with RecordingWriter(path, "a") as w:
+        w.write([b"x"])
+    assert [f for _, f in iter_records(path)] == [[b"x"]]
+
+
+def test_new_recording_takes_its_place_only_on_success(tmp_path: Path) -> None:
+    path = tmp_path / "n.stk"
+    with new_recording(path) as w:
+        w.write([b"x"])
+    assert [f for _, f in iter_records(path)] == [[b"x"]]
+    assert not (tmp_path / "n.stk.partial").exists()
+    with pytest.raises(RuntimeError), new_recording(path) as w:
+        w.write([b"y"])
+        raise RuntimeError("cut")
+    assert [f for _, f in iter_records(path)] == [[b"x"]]  # the old file is kept
+    assert not (tmp_path / "n.stk.partial").exists()
+
+
+def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path) -> None:
+    ev = _event(0)
+    from streamtrk.event import HitTruth, Particles, Truth
+
+    truth = Truth(
+        HitTruth(**{k: np.zeros(2, dt) for k, dt in HitTruth.DTYPES.items()}),
+        Particles(**{k: np.zeros(1, dt) for k, dt in Particles.DTYPES.items()}),
+    )
+    path = tmp_path / "s.stk"
+    with RecordingWriter(path) as w:
+        w.write(encode_hits(ev))
+        w.write([b"\xc1"])  # invalid between the hits and its truth
+        w.write(encode_truth(3, 0, truth))
+        w.write(encode_truth(3, 7, truth))  # truth of no event
+        w.write([msgpack.packb({"version": True})])
+    s = summarize(path)
+    assert s["events_with_truth"] == 0
+    assert s["versions"] == [2]

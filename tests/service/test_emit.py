@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
+import threading
+import time
+from typing import Any
 
 import numpy as np
+import pytest
 import zmq
 
-from streamtrk.event import Tracks
+from streamtrk.event import TRACK_PARAM_DTYPES, Tracks
 from streamtrk.service.emit import Emitter
 from streamtrk.service.job import Reply
 from streamtrk.service.telemetry import Metrics
@@ -69,3 +74,183 @@ def test_a_reply_queued_just_before_upstream_finishes_is_sent() -> None:
         pull.close(linger=0)
         ctx.term()
     assert (reply.event, reply.reason) == (43, "deadline")
+
+
+_ADDR = itertools.count()
+
+
+def _tracks(n: int = 2) -> Tracks:
+    offsets = np.arange(0, 2 * n + 1, 2)
+    params = {k: np.ones(n, dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    return Tracks(offsets, np.arange(2 * n), params)
+
+
+class Rig:
+    def __init__(self, peer: bool = True, linger_ms: int = 0, done: Any = lambda: True) -> None:
+        self.ctx = zmq.Context()
+        self.addr = f"inproc://emit-probe-{next(_ADDR)}"
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.bind(self.addr)
+        self.pull = None
+        if peer:
+            self.connect()
+        self.metrics, self.replies = Metrics(), queue.Queue()
+        self.emitter = Emitter(self.push, self.replies, self.metrics, done, linger_ms=linger_ms)
+
+    def connect(self) -> None:
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.connect(self.addr)
+
+    def recv(self, timeout_ms: int = 5000):
+        assert self.pull.poll(timeout_ms), "no reply was sent"
+        return decode(self.pull.recv_multipart())
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or {})
+
+    def close(self) -> None:
+        for s in (self.push, self.pull):
+            if s is not None:
+                s.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(**kw: Any) -> Rig:
+        made.append(Rig(**kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_a_sent_reply_carries_its_tracks_msg_id_and_is_counted(rig) -> None:
+    r = rig()
+    r.metrics.inflight.inc()
+    t_recv = time.perf_counter() - 0.002
+    r.emitter.emit(
+        Reply(1, 2, t_recv, {"gnn": 0.1}, hit_ids=np.arange(10, 14), tracks=_tracks(2), msg_id=99)
+    )
+    msg = r.recv()
+    reply = msg.to_reply()
+    assert (reply.status, reply.msg_id, len(reply)) == ("ok", 99, 2)
+    assert list(reply.to_tracks(np.arange(10, 14)).hit_index) == [0, 1, 2, 3]
+    assert "encode" in reply.timings
+    assert r.value("streamtrk_events_completed_total", {"status": "ok"}) == 1
+    assert r.value("streamtrk_tracks_total") == 2
+    assert r.value("streamtrk_stage_seconds_count", {"stage": "encode"}) == 1
+    assert r.value("streamtrk_event_latency_seconds_count") == 1
+    assert 0.002 <= r.value("streamtrk_event_latency_seconds_sum") < 5
+    assert r.value("streamtrk_inflight_events") == 0
+    assert r.emitter.dropped == 0
+    r.metrics.inflight.inc()
+    r.emitter.emit(Reply(1, 3, t_recv, {}, reason="deadline"))  # no tracks: none counted
+    assert r.recv().to_reply().reason == "deadline"
+    assert r.value("streamtrk_tracks_total") == 2
+
+
+def test_an_error_reply_that_cannot_be_encoded_is_not_counted_twice(rig) -> None:
+    r = rig()
+    r.metrics.inflight.inc()
+    r.emitter.emit(Reply(1, 2, 0.0, {}, tracks=_tracks(1), reason="deadline", msg_id=5))
+    reply = r.recv().to_reply()
+    assert (reply.reason, reply.msg_id) == ("internal", 5)
+    assert r.value("streamtrk_events_rejected_total", {"reason": "internal"}) is None
+    assert r.value("streamtrk_internal_errors_total", {"cause": "encode"}) == 1
+    r.metrics.inflight.inc()
+    r.emitter.emit(
+        Reply(
+            1,
+            3,
+            0.0,
+            {},
+            tracks=_tracks(1).__class__(
+                np.array([0, 2]), np.array([0, 1]), {"pt": np.ones(1, np.float32)}
+            ),
+            msg_id=6,
+        )
+    )
+    assert r.recv().to_reply().msg_id == 6
+    assert r.value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
+
+
+def test_a_dead_emitter_drops_and_counts_every_reply_left(rig) -> None:
+    r = rig()
+    for event in range(3):
+        r.metrics.inflight.inc()
+        r.replies.put(Reply(1, event, 0.0, {}, reason="deadline"))
+
+    def boom(reply: Reply) -> None:
+        raise RuntimeError("send failed")
+
+    r.emitter.emit = boom
+    r.emitter.start()
+    r.emitter.join(10)
+    assert not r.emitter.is_alive()
+    assert isinstance(r.emitter.error, RuntimeError)
+    assert r.emitter.dropped == 3
+    assert r.value("streamtrk_inflight_events") == 0
+
+
+def test_the_emitter_waits_for_upstream_before_exiting(rig) -> None:
+    done = threading.Event()
+    r = rig(done=done.is_set)
+    r.emitter.start()
+    time.sleep(0.35)  # a few empty polls while upstream still works
+    r.metrics.inflight.inc()
+    r.replies.put(Reply(1, 9, 0.0, {}, reason="deadline"))
+    done.set()
+    r.emitter.join(10)
+    assert r.recv().to_reply().event == 9
+
+
+def test_has_work_is_a_reply_waiting(rig) -> None:
+    r = rig()
+    assert not r.emitter.has_work()
+    r.replies.put(Reply(1, 9, 0.0, {}, reason="deadline"))
+    assert r.emitter.has_work()
+
+
+def test_linger_is_bounded_by_the_drain_deadline(rig) -> None:
+    r = rig(linger_ms=1000)
+    assert r.emitter._linger() == 1000
+    r.emitter.give_up_at = time.perf_counter() + 0.5
+    assert 300 < r.emitter._linger() <= 500
+    r.emitter.give_up_at = time.perf_counter() + 60
+    assert r.emitter._linger() == 1000
+    r.emitter.give_up_at = time.perf_counter() - 1
+    assert r.emitter._linger() == 0
+
+
+def _emit_in_thread(r: Rig, reply: Reply) -> threading.Thread:
+    t = threading.Thread(target=r.emitter.emit, args=(reply,), daemon=True)
+    t.start()
+    return t
+
+
+def test_past_the_drain_deadline_an_unsendable_reply_is_dropped_and_counted(rig) -> None:
+    r = rig(peer=False)
+    r.emitter.give_up_at = time.perf_counter() - 0.01
+    r.metrics.inflight.inc()
+    t = _emit_in_thread(r, Reply(1, 2, 0.0, {}, reason="deadline"))
+    t.join(5)
+    assert not t.is_alive(), "the reply was never given up"
+    assert r.emitter.dropped == 1
+    assert not r.value("streamtrk_events_completed_total", {"status": "error"})
+    assert r.value("streamtrk_inflight_events") == 0
+
+
+def test_without_a_drain_deadline_a_reply_waits_for_a_consumer(rig) -> None:
+    r = rig(peer=False)
+    r.metrics.inflight.inc()
+    t = _emit_in_thread(r, Reply(1, 2, 0.0, {}, reason="deadline"))
+    time.sleep(0.3)
+    assert t.is_alive(), "the reply was not waiting for a consumer"
+    r.connect()
+    t.join(5)
+    assert not t.is_alive()
+    assert r.recv().to_reply().event == 2 and r.emitter.dropped == 0
