@@ -1,4 +1,5 @@
-"""The emit thread's fallback: a reply that cannot be encoded goes out as 'internal'."""
+"""The emit thread: replies with their tracks and ids, counted; the internal fallback; drops
+and linger at the drain deadline; a dead emitter counts what it leaves."""
 
 from __future__ import annotations
 

@@ -1,18 +1,30 @@
-"""Ingest's bookkeeping: a rejection is counted before its reply can be sent."""
+"""Ingest on real sockets: limits as a message is read, decoding, deadlines, no room, error
+replies, dead letters, connect mode; a rejection is counted before its reply is queued."""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
+from dataclasses import replace
+from typing import Any
 
 import msgpack
+import numpy as np
+import pytest
 import zmq
 
+import streamtrk.service.ingest as ingest_module
+from streamtrk.event import Event, Hits
+from streamtrk.io.recording import iter_records
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import ServeConfig
+from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.ingest import Ingest
-from streamtrk.service.job import Reply
+from streamtrk.service.job import Job, Reply
 from streamtrk.service.telemetry import Metrics
+from streamtrk.wire import WireError, encode_hits
 
 
 class Watched(queue.Queue[Reply]):
@@ -46,3 +58,269 @@ def test_a_rejection_is_counted_before_its_reply_is_queued() -> None:
     reply = replies.get_nowait()
     assert (reply.run, reply.event, reply.reason) == (1, 2, "bad_version")
     assert replies.counted == [1.0]
+
+
+_ADDR = itertools.count()
+
+
+def _event(event: int = 2, n: int = 6) -> Event:
+    cols = {k: np.arange(n).astype(dt) for k, dt in Hits.DTYPES.items()}
+    return Event(1, event, Hits(**cols))
+
+
+def _good(event: int = 2, **kw: Any) -> list[bytes]:
+    return [bytes(f) for f in encode_hits(_event(event), **kw)]
+
+
+def _bad_version(event: int = 2, **extra: Any) -> list[bytes]:
+    header = {"schema": "streamtrk", "version": 9, "kind": "hits", "run": 1, "event": event}
+    return [msgpack.packb({**header, **extra})]
+
+
+class FullDisk(DeadLetters):
+    """The dead-letter file on a disk that has no room left."""
+
+    def write(self, frames: Any, error: WireError, received: int = 0) -> bool:
+        raise OSError(28, "No space left on device")
+
+
+class Rig:
+    """An Ingest on an inproc PULL socket, a PUSH socket to feed it."""
+
+    def __init__(
+        self,
+        cfg: ServeConfig | None = None,
+        batcher: Batcher | None = None,
+        dead_letters: DeadLetters | None = None,
+        connect: bool = False,
+    ) -> None:
+        self.ctx = zmq.Context()
+        addr = f"inproc://ingest-probe-{next(_ADDR)}"
+        self.push, self.pull = self.ctx.socket(zmq.PUSH), self.ctx.socket(zmq.PULL)
+        self.push.setsockopt(zmq.SNDTIMEO, 2000)  # a send never hangs a test
+        self.push.bind(addr)
+        self.pull.connect(addr)
+        cfg = cfg or ServeConfig()
+        if connect:
+            cfg = replace(cfg, connect=True, input=addr)
+        self.cfg = cfg
+        self.metrics, self.replies = Metrics(), queue.Queue()
+        self.batcher = batcher if batcher is not None else Batcher(16, BatchPolicy())
+        self.stop = threading.Event()
+        self.dead_letters = dead_letters
+        self.ingest = Ingest(
+            self.pull,
+            self.batcher,
+            self.replies,
+            self.metrics,
+            lambda: self.cfg,
+            self.stop,
+            dead_letters,
+        )
+
+    def send(self, frames: list[bytes]) -> None:
+        self.push.send_multipart(frames)
+
+    def receive(self) -> tuple[list[Any], WireError | None, int]:
+        assert self.pull.poll(5000)
+        return self.ingest._receive()
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or {})
+
+    def close(self) -> None:
+        if self.dead_letters is not None:
+            self.dead_letters.close()
+        self.push.close(linger=0)
+        self.pull.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(**kw: Any) -> Rig:
+        made.append(Rig(**kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_frame_limit_counts_frames_and_keeps_those_before(rig) -> None:
+    r = rig(cfg=ServeConfig(max_frames=3))
+    r.send([b"a", b"b", b"c"])
+    frames, refused, count = r.receive()
+    assert refused is None and [bytes(f) for f in frames] == [b"a", b"b", b"c"] and count == 3
+    r.send([b"a", b"b", b"c", b"d", b"e"])
+    frames, refused, count = r.receive()
+    assert refused is not None and refused.reason == "frame_count"
+    assert [bytes(f) for f in frames] == [b"a", b"b", b"c"] and count == 5
+
+
+def test_byte_limit_sums_the_frames_and_keeps_the_first(rig) -> None:
+    r = rig(cfg=ServeConfig(max_message_bytes=10))
+    r.send([b"x" * 5, b"y" * 5])
+    frames, refused, count = r.receive()
+    assert refused is None and count == 2
+    r.send([b"x" * 5, b"y" * 6])
+    frames, refused, count = r.receive()
+    assert refused is not None and refused.reason == "message_too_large"
+    r.send([b"z" * 11, b"w"])
+    frames, refused, count = r.receive()
+    assert refused.reason == "message_too_large"
+    assert [bytes(f) for f in frames] == [b"z" * 11] and count == 2
+
+
+def test_a_refused_message_is_counted_and_answered_with_its_reason(rig) -> None:
+    r = rig(cfg=ServeConfig(max_frames=1))
+    r.send([*_good(), b"extra"])
+    r.ingest.handle(*r.receive())
+    reply = r.replies.get_nowait()
+    assert (reply.run, reply.event, reply.reason) == (1, 2, "frame_count")
+    assert r.value("streamtrk_events_received_total") == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "frame_count"}) == 1
+    assert r.value("streamtrk_inflight_events") == 1
+    assert r.batcher.depth() == 0
+
+
+def test_a_decoder_crash_is_answered_internal_and_counted(rig, monkeypatch) -> None:
+    def boom(*a: Any, **k: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ingest_module, "decode", boom)
+    r = rig()
+    r.ingest.handle(_good())
+    reply = r.replies.get_nowait()
+    assert (reply.event, reply.reason) == (2, "internal")
+    assert r.value("streamtrk_internal_errors_total", {"cause": "decode"}) == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
+
+
+def test_deadline_is_the_messages_else_the_default_from_receipt(rig) -> None:
+    r = rig(cfg=ServeConfig(deadline_ms=50.0))
+    r.ingest.handle(_good(2, deadline_ms=20))
+    r.ingest.handle(_good(3))
+    a, b = list(r.batcher.queue.queue)
+    assert a.deadline == a.t_recv + 20.0 / 1000
+    assert b.deadline == b.t_recv + 50.0 / 1000
+    assert r.value("streamtrk_inflight_events") == 2
+    r.cfg = ServeConfig()
+    r.ingest.handle(_good(4))
+    assert list(r.batcher.queue.queue)[-1].deadline is None
+
+
+@pytest.mark.parametrize(
+    ("overload", "closed", "reason"), [("reject", False, "overloaded"), ("block", True, "shutdown")]
+)
+def test_no_room_is_answered_and_counted(rig, overload: str, closed: bool, reason: str) -> None:
+    full = Batcher(1, BatchPolicy())
+    assert full.put(Job(_event(1), time.perf_counter(), None))
+    if closed:
+        full.close()  # the drain gave up on the queue
+    r = rig(cfg=ServeConfig(overload=overload), batcher=full)
+    handle = threading.Thread(target=r.ingest.handle, args=(_good(5, msg_id=77),), daemon=True)
+    handle.start()
+    handle.join(10)
+    assert not handle.is_alive()  # 'reject' never waits for room
+    reply = r.replies.get_nowait()
+    assert (reply.event, reply.reason, reply.msg_id) == (5, reason, 77)
+    assert r.value("streamtrk_events_rejected_total", {"reason": reason}) == 1
+
+
+def test_an_error_reply_echoes_the_msg_id(rig) -> None:
+    r = rig()
+    r.ingest.handle(
+        [
+            msgpack.packb(
+                {
+                    "schema": "streamtrk",
+                    "version": 9,
+                    "kind": "hits",
+                    "run": 1,
+                    "event": 2,
+                    "msg_id": 41,
+                }
+            )
+        ]
+    )
+    assert r.replies.get_nowait().msg_id == 41
+
+
+@pytest.mark.parametrize(
+    ("cap", "label"), [(1 << 20, "written"), (1, "over_cap"), (None, "failed")]
+)
+def test_unidentified_input_is_counted_and_offered_to_the_dead_letters(rig, tmp_path, cap, label):
+    path = tmp_path / "dead.stk"
+    dead = FullDisk(path, 1 << 20) if cap is None else DeadLetters(path, cap)
+    r = rig(dead_letters=dead)
+    r.ingest.handle([b"\xc1garbage"])
+    assert r.replies.empty()
+    dead.close()
+    assert [len(f) for _, f in iter_records(path)] == ([2] if label == "written" else [])
+    assert r.value("streamtrk_events_unidentified_total") == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "not_msgpack"}) == 1
+    assert r.value("streamtrk_dead_letters_total", {"result": label}) == 1
+
+
+def test_a_dead_letter_records_how_many_frames_came(rig, tmp_path) -> None:
+    path = tmp_path / "dead.stk"
+    r = rig(cfg=ServeConfig(max_frames=2), dead_letters=DeadLetters(path, 1 << 20))
+    r.send([b"\xc1", b"b", b"c", b"d"])
+    r.ingest.handle(*r.receive())  # refused for its count: two frames kept of four
+    r.ingest.handle([b"\xc1", b"b", b"c"])  # handled without a count: the frames kept
+    heads = [msgpack.unpackb(frames[0]) for _, frames in iter_records(path)]
+    assert [(h["reason"], h["frames"]) for h in heads] == [("frame_count", 4), ("not_msgpack", 3)]
+
+
+def test_max_hits_reaches_the_decoder(rig) -> None:
+    r = rig(cfg=ServeConfig(max_hits=5))
+    r.ingest.handle(_good())  # 6 hits
+    assert r.replies.get_nowait().reason == "too_many_hits"
+
+
+def test_the_loop_receives_until_stopped(rig) -> None:
+    r = rig()
+    r.send(_bad_version(8))
+    r.ingest.start()
+    try:
+        assert r.replies.get(timeout=10).event == 8
+    finally:
+        r.stop.set()
+        r.ingest.join(10)
+    assert not r.ingest.is_alive() and r.ingest.error is None
+
+
+def test_a_bound_ingest_stops_without_leaving(rig) -> None:
+    r = rig()
+    r.stop.set()
+    r.ingest.loop()  # connect = false: no disconnect (it would raise: not connected)
+
+
+class SpySocket:
+    def __init__(self, socket: Any) -> None:
+        self.socket, self.disconnected = socket, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.socket, name)
+
+    def disconnect(self, endpoint: str) -> None:
+        self.disconnected.append(endpoint)
+        self.socket.disconnect(endpoint)
+
+
+def test_a_connected_ingest_answers_what_arrived_then_leaves(rig) -> None:
+    r = rig(connect=True)
+    spy = r.ingest.socket = SpySocket(r.pull)
+    r.send(_bad_version(1))
+    r.send(_bad_version(2))
+    deadline = time.monotonic() + 5
+    while not r.pull.poll(0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # both messages arrived
+    r.stop.set()
+    r.ingest.loop()
+    assert sorted(r.replies.get_nowait().event for _ in range(2)) == [1, 2]
+    assert spy.disconnected == [r.cfg.input]
