@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from streamtrk.detector import GEV_PER_TESLA_MM
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
@@ -37,8 +38,9 @@ def _helices(det, n, rng):
     return offsets, idx, c, (pt[who], q[who], eta[who], phi[who], vz[who])
 
 
-def test_ideal_helices_are_fitted_exactly(det):
-    ideal = replace(det, x0=np.full(len(det), 1e-12))
+@pytest.mark.parametrize("field", [1.0, -1.0])
+def test_ideal_helices_are_fitted_exactly(det, field):
+    ideal = replace(det, x0=np.full(len(det), 1e-12), bfield=field * det.bfield)
     offsets, idx, c, (pt, q, eta, phi, vz) = _helices(ideal, 200, np.random.default_rng(1))
     x, y, z = c.position.T
     p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
@@ -50,6 +52,47 @@ def test_ideal_helices_are_fitted_exactly(det):
     assert np.allclose(p["d0"], 0, atol=1e-2)
     assert np.all(p["chi2"] < 1e-3)
     assert np.array_equal(p["ndf"], 2 * np.diff(offsets) - 5)
+
+
+def test_displaced_helices_have_the_documented_d0_sign(det):
+    """d0 = charge * (R - |centre|): positive when a positive track's circle encloses the beam
+    line; here against the true circles of helices from a vertex 2 mm off the axis."""
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    rng = np.random.default_rng(4)
+    n = 200
+    pt, phi = rng.uniform(1, 5, n), rng.uniform(-np.pi, np.pi, n)
+    eta, q = rng.uniform(-1, 1, n), np.where(rng.random(n) < 0.5, 1, -1)
+    vx, vy = 1.6, -1.2
+    parts = GeneratedParticles(
+        np.tile([vx, vy, 0.0], (n, 1)),
+        np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], 1),
+        q.astype(np.int32),
+    )
+    c = propagate(ideal, parts, rng, max_turns=0.5)
+    offsets, idx = _csr(c.particle, c.order)
+    who = np.unique(c.particle)
+    x, y, z = c.position.T
+    p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
+    radius = pt[who] / (GEV_PER_TESLA_MM * abs(ideal.bfield))
+    h = -np.sign(q[who] * ideal.bfield)  # the simulation's sense of rotation
+    th0 = phi[who] - h * np.pi / 2
+    centre = np.hypot(vx - radius * np.cos(th0), vy - radius * np.sin(th0))
+    expected = q[who] * (radius - centre)
+    assert np.abs(expected).max() > 1.0  # displaced enough for the sign to show
+    assert np.allclose(p["d0"], expected, atol=1e-2)
+
+
+def test_tracks_fitted_together_are_fitted_as_alone(det):
+    """The scattering term's neighbours stop at a track's ends: no kick crosses into the next
+    track of the batch."""
+    offsets, idx, c, _ = _helices(det, 40, np.random.default_rng(5))
+    x, y, z = c.position.T
+    together = fit_tracks(offsets, idx, x, y, z, c.layer, det)
+    for k in range(len(offsets) - 1):
+        mine = idx[offsets[k] : offsets[k + 1]]
+        alone = fit_tracks(np.array([0, len(mine)]), mine, x, y, z, c.layer, det)
+        for name, values in alone.items():
+            assert np.allclose(values, together[name][k : k + 1], rtol=1e-9), (k, name)
 
 
 def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
@@ -111,5 +154,7 @@ def test_chi2_is_calibrated_on_simulated_tracks(mu200_events, det):
         ratios.append(p["chi2"] / p["ndf"])
     ratios = np.concatenate(ratios)
     assert len(ratios) > 1000
-    assert 0.7 <= np.median(ratios) <= 1.5
-    assert np.mean(ratios > 10) < 0.02
+    # ms_scale puts the median near 1 (0.96 on these events); how the scattering term is
+    # built (its scales squared, cosh^2 in z, in both fits' weights) moves it by 9% or more
+    assert np.median(ratios) == pytest.approx(1, abs=0.06)
+    assert np.mean(ratios > 10) < 0.005
