@@ -221,14 +221,21 @@ def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import write_event
 
     runs: dict[int, int] = {}  # event number -> run, of the events written
+    repeats = 0
     for ev in iter_events(args.recording):
-        if ev.event in runs:  # its files would overwrite the earlier event's
+        if runs.get(ev.event) == ev.run:  # recorded twice (a looped replay): written once
+            repeats += 1
+            continue
+        if ev.event in runs:  # its files would overwrite the other run's event
             raise ValueError(
-                f"event number {ev.event} occurs twice in {args.recording} (run {runs[ev.event]},"
-                f" then run {ev.run}): TrackML files name events by number alone"
+                f"event number {ev.event} occurs in run {runs[ev.event]} and run {ev.run} of "
+                f"{args.recording}: TrackML files name events by number alone"
             )
         runs[ev.event] = ev.run
         write_event(ev, args.output)
+    if repeats:
+        print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
+              "written once", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -121,13 +121,19 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
     first = next(iter_events(tmp_path / "a.stk"))
     with RecordingWriter(tmp_path / "runs.stk") as w:
         w.write_event(first)
-        w.write_event(
-            replace(first, run=first.run + 1, hits=first.hits.take(np.arange(10)), truth=None)
-        )
+        w.write_event(first)  # recorded twice (a looped replay): written once, said
+        other = replace(first, run=first.run + 1, hits=first.hits.take(np.arange(10)), truth=None)
+        w.write_event(other)
     out = tmp_path / "out"
     assert main(["export-trackml", str(tmp_path / "runs.stk"), "-o", str(out)]) == 1
-    assert f"event number {first.event} occurs twice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"event number {first.event} occurs in run {first.run} and run {first.run + 1}" in err
     assert read_event(out / f"event{first.event:09d}").hits.equals(first.hits)  # the first kept
+    with RecordingWriter(tmp_path / "twice.stk") as w:
+        w.write_event(first)
+        w.write_event(first)
+    assert main(["export-trackml", str(tmp_path / "twice.stk"), "-o", str(tmp_path / "o2")]) == 0
+    assert "1 events recorded more than once were written once" in capsys.readouterr().err
 
 
 def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
