@@ -89,7 +89,7 @@ def _tracks(n: int = 2) -> Tracks:
 class Rig:
     def __init__(self, peer: bool = True, linger_ms: int = 0, done: Any = lambda: True) -> None:
         self.ctx = zmq.Context()
-        self.addr = f"inproc://emit-probe-{next(_ADDR)}"
+        self.addr = f"inproc://emit-test-{next(_ADDR)}"
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.bind(self.addr)
         self.pull = None

@@ -95,7 +95,7 @@ class Rig:
         connect: bool = False,
     ) -> None:
         self.ctx = zmq.Context()
-        addr = f"inproc://ingest-probe-{next(_ADDR)}"
+        addr = f"inproc://ingest-test-{next(_ADDR)}"
         self.push, self.pull = self.ctx.socket(zmq.PUSH), self.ctx.socket(zmq.PULL)
         self.push.setsockopt(zmq.SNDTIMEO, 2000)  # a send never hangs a test
         self.push.bind(addr)
