@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from piles import pile
@@ -27,6 +28,23 @@ class FailOnEvent13:
         if any(ev.event == 13 for ev in events):
             raise RuntimeError("scorer failure")
         return np.zeros(graph.num_edges, dtype=np.float32)
+
+
+def _worker(
+    batcher: Batcher, replies: queue.Queue[Reply], scorer, det, metrics: Metrics | None = None
+) -> Worker:
+    """A worker whose batches ``scorer`` scores, with intake over (it stops once the queue is
+    empty)."""
+    rec = Reconstructor(scorer, detector=det)
+    return Worker(batcher, replies, metrics or Metrics(), lambda: rec, lambda: True)
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (set by another thread), at most 60 s."""
+    t_end = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < t_end
+        time.sleep(0.01)
 
 
 def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
@@ -71,8 +89,7 @@ def test_an_event_over_the_work_budget_is_answered_too_dense() -> None:
     batcher = Batcher(8, BatchPolicy(max_events=3, max_queue_delay_ms=1000))
     replies: queue.Queue[Reply] = queue.Queue()
     metrics = Metrics()
-    rec = Reconstructor(FailOnEvent13(), detector=det)
-    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: True)
+    worker = _worker(batcher, replies, FailOnEvent13(), det, metrics)
     for ev in (events[0], dense, events[1]):
         batcher.put(Job(ev, time.perf_counter(), None))
     worker.start()
@@ -119,9 +136,7 @@ def test_abandon_answers_the_running_batch_and_the_queue_once() -> None:
     replies: queue.Queue[Reply] = queue.Queue()
     metrics = Metrics()
     gate = Gate()
-    worker = Worker(
-        batcher, replies, metrics, lambda: Reconstructor(gate, detector=det), lambda: True
-    )
+    worker = _worker(batcher, replies, gate, det, metrics)
     for ev in events:
         batcher.put(Job(ev, time.perf_counter(), None))
     worker.start()
@@ -149,16 +164,10 @@ def test_done_waits_for_replies_the_worker_claimed_before_abandon() -> None:
     batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
     replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
-        lambda: True,
-    )  # fmt: skip
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
     batcher.put(Job(event, time.perf_counter(), None))
     worker.start()
-    t_end = time.monotonic() + 60
-    while worker._owed == 0:  # the event's reply is claimed, its put blocked
-        assert time.monotonic() < t_end
-        time.sleep(0.01)
+    _until(lambda: worker._owed > 0)  # the event's reply is claimed, its put blocked
     assert worker.abandon() == 0  # nothing left for abandon() to answer
     assert not worker.done.is_set()
     replies.get()  # room: the worker's reply goes in
@@ -175,25 +184,15 @@ def test_done_waits_for_every_reply_the_worker_still_owes() -> None:
     batcher = Batcher(8, BatchPolicy(max_events=2, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
     replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's puts wait
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
-        lambda: True,
-    )  # fmt: skip
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
     now = time.perf_counter()
     for ev in events:
         batcher.put(Job(ev, now, now - 1.0))
     worker.start()
-
-    def owed(n: int) -> None:
-        t_end = time.monotonic() + 60
-        while worker._owed != n:
-            assert time.monotonic() < t_end
-            time.sleep(0.01)
-
-    owed(2)  # both 'deadline' replies claimed, the first put blocked
+    _until(lambda: worker._owed == 2)  # both 'deadline' replies claimed, the first put blocked
     assert worker.abandon() == 0 and not worker.done.is_set()
     replies.get()  # the first goes in; the second waits
-    owed(1)
+    _until(lambda: worker._owed == 1)
     assert not worker.done.is_set()
     replies.get()
     assert worker.done.wait(10)
@@ -209,24 +208,17 @@ def test_done_waits_for_abandons_own_replies() -> None:
     replies: queue.Queue[Reply] = queue.Queue(maxsize=2)
     for _ in range(2):
         replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
-        lambda: True,
-    )  # fmt: skip
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
     batcher.put(Job(events[0], time.perf_counter(), None))
     worker.start()
-    t_end = time.monotonic() + 60
-    while worker._owed == 0:  # event 0's reply claimed, its put blocked
-        assert time.monotonic() < t_end
-        time.sleep(0.01)
+    _until(lambda: worker._owed > 0)  # event 0's reply claimed, its put blocked
     batcher.put(Job(events[1], time.perf_counter(), None))  # still queued: abandon()'s
     close, early = batcher.close, []
 
     def close_then_let_the_worker_finish() -> None:  # inside abandon(), before its claims
         close()
         replies.get()  # room for the worker's reply
-        while worker._owed:
-            time.sleep(0.01)
+        _until(lambda: worker._owed == 0)
         early.append(worker.done.is_set())
         replies.get()  # room for abandon()'s
 
@@ -244,10 +236,7 @@ def test_abandon_answers_the_events_a_batch_set_aside() -> None:
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
     batcher = Batcher(8, BatchPolicy(max_events=2, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue()
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(FailOnEvent13(), detector=det),
-        lambda: True,
-    )  # fmt: skip
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
     entered, go = threading.Event(), threading.Event()
     process = worker.process
 
@@ -276,9 +265,7 @@ def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
     replies: queue.Queue[Reply] = queue.Queue()
     gate = Gate()
     gate.release.set()
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
-    )
+    worker = _worker(batcher, replies, gate, det)
     batcher.seconds_per_hit = 1.0  # as measured on earlier batches: far too slow to start
     worker.drain_by = time.perf_counter() + 5.0
     for ev in events:
@@ -298,9 +285,7 @@ def test_a_batch_is_started_in_a_drain_only_with_room_to_spare() -> None:
     gate = Gate()
     gate.release.set()
     batcher = Batcher(8, BatchPolicy())
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
-    )
+    worker = _worker(batcher, replies, gate, det)
     n_hits = len(events[0].hits)
     batcher.seconds_per_hit = 20.0 / n_hits  # an estimate of 20 s: 30 s with the margin
     worker.drain_by = time.perf_counter() + 25.0
@@ -315,10 +300,7 @@ def test_a_batch_taken_before_abandon_is_not_started_after_it() -> None:
     gate = Gate()
     gate.release.set()
     replies: queue.Queue[Reply] = queue.Queue()
-    worker = Worker(
-        Batcher(8, BatchPolicy()), replies, Metrics(),
-        lambda: Reconstructor(gate, detector=det), lambda: True,
-    )  # fmt: skip
+    worker = _worker(Batcher(8, BatchPolicy()), replies, gate, det)
     worker.abandoned.set()
     worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
     assert not gate.batches and replies.empty()
@@ -336,10 +318,7 @@ def test_abandon_stops_the_one_by_one_retry_of_a_failed_batch() -> None:
         worker.abandon()
         raise RuntimeError("scorer failure")
 
-    worker = Worker(
-        Batcher(8, BatchPolicy()), replies, Metrics(),
-        lambda: Reconstructor(fail_and_abandon, detector=det), lambda: True,
-    )  # fmt: skip
+    worker = _worker(Batcher(8, BatchPolicy()), replies, fail_and_abandon, det)
     now = time.perf_counter()
     jobs = [Job(ev, now, None) for ev in events]
     worker._current = list(jobs)  # the batch in progress, as the worker's loop records it
@@ -355,10 +334,7 @@ def test_the_time_estimate_takes_a_slower_batch_at_once() -> None:
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
     replies: queue.Queue[Reply] = queue.Queue()
     batcher = Batcher(8, BatchPolicy())
-    worker = Worker(
-        batcher, replies, Metrics(),
-        lambda: Reconstructor(FailOnEvent13(), detector=det), lambda: True,
-    )  # fmt: skip
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
     worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
     [reply] = _drained(replies)
     stages = sum(v for k, v in reply.timings.items() if k not in ("decode", "queue"))
@@ -370,10 +346,7 @@ def test_abandon_answers_queued_events_past_their_deadline() -> None:
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
     batcher = Batcher(8, BatchPolicy())
     replies: queue.Queue[Reply] = queue.Queue()
-    worker = Worker(
-        batcher, replies, Metrics(),
-        lambda: Reconstructor(FailOnEvent13(), detector=det), lambda: True,
-    )  # fmt: skip
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
     now = time.perf_counter()
     batcher.put(Job(events[0], now, now - 1.0))  # never started: still queued
     assert worker.abandon() == 1 and worker.done.is_set()
@@ -387,9 +360,7 @@ def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed()
     replies: queue.Queue[Reply] = queue.Queue()
     gate = Gate()
     gate.release.set()
-    worker = Worker(
-        batcher, replies, Metrics(), lambda: Reconstructor(gate, detector=det), lambda: True
-    )
+    worker = _worker(batcher, replies, gate, det)
     now = time.perf_counter()
     late, timely = Job(events[0], now, now - 1e-3), Job(events[1], now, now + 3600)
     expired = Job(events[2], now, now - 1.0)  # the batcher set it aside
@@ -405,8 +376,7 @@ def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue()
     metrics = Metrics()
-    rec = Reconstructor(FailOnEvent13(), detector=det)
-    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: True)
+    worker = _worker(batcher, replies, FailOnEvent13(), det, metrics)
     now = time.perf_counter()
     worker.process(Batch(jobs=[Job(ev, now, None) for ev in events]))  # 12, 13, 14 together
     got = {r.event: r.reason for r in _drained(replies)}
