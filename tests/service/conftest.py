@@ -31,6 +31,20 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
         d.stop()
 
 
+@pytest.fixture
+def closed_after() -> Iterator[Any]:
+    """``thing = closed_after(Thing(...))``: every thing so registered is closed at teardown."""
+    made: list[Any] = []
+
+    def register(thing: Any) -> Any:
+        made.append(thing)
+        return thing
+
+    yield register
+    for thing in made:
+        thing.close()
+
+
 @pytest.fixture(scope="session")
 def sim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``ACCEPT_EVENTS`` simulated events with truth, MU=``ACCEPT_MU``, run 1."""

@@ -117,16 +117,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig():
-    made = []
-
-    def make(**kw: Any) -> Rig:
-        made.append(Rig(**kw))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
+def rig(closed_after):
+    return lambda **kw: closed_after(Rig(**kw))
 
 
 def test_a_sent_reply_carries_its_tracks_msg_id_and_is_counted(rig) -> None:

@@ -137,16 +137,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig():
-    made = []
-
-    def make(**kw: Any) -> Rig:
-        made.append(Rig(**kw))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
+def rig(closed_after):
+    return lambda **kw: closed_after(Rig(**kw))
 
 
 def test_frame_limit_counts_frames_and_keeps_those_before(rig) -> None:
