@@ -331,10 +331,6 @@ def test_summarize(small: Any, tmp_path: Path) -> None:
     assert summarize(empty)["events"] == 0
 
 
-def _event(event: int) -> Event:
-    return Event(3, event, Hits(**{k: np.arange(2).astype(dt) for k, dt in Hits.DTYPES.items()}))
-
-
 def test_the_crc_covers_count_lengths_and_bytes_as_documented(tmp_path: Path) -> None:
     path = tmp_path / "c.stk"
     with RecordingWriter(path) as w:
@@ -360,10 +356,10 @@ def test_a_record_holds_up_to_1024_frames(tmp_path: Path) -> None:
         list(iter_records(path))
 
 
-def test_the_last_event_without_truth_is_yielded(tmp_path: Path) -> None:
+def test_the_last_event_without_truth_is_yielded(tmp_path: Path, rng) -> None:
     path = tmp_path / "e.stk"
     with RecordingWriter(path) as w:
-        w.write(encode_hits(_event(0)))
+        w.write(encode_hits(make_event(rng, 2, 0)))  # its hits only
     assert [e.event for e in iter_events(path)] == [0]
 
 
@@ -388,14 +384,9 @@ def test_new_recording_takes_its_place_only_on_success(tmp_path: Path) -> None:
     assert not (tmp_path / "n.stk.partial").exists()
 
 
-def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path) -> None:
-    ev = _event(0)
-    from streamtrk.event import HitTruth, Particles, Truth
-
-    truth = Truth(
-        HitTruth(**{k: np.zeros(2, dt) for k, dt in HitTruth.DTYPES.items()}),
-        Particles(**{k: np.zeros(1, dt) for k, dt in Particles.DTYPES.items()}),
-    )
+def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path, rng) -> None:
+    ev = make_event(rng, 2, 0)
+    truth = ev.truth
     path = tmp_path / "s.stk"
     with RecordingWriter(path) as w:
         w.write(encode_hits(ev))
