@@ -1,9 +1,11 @@
 """Helix fit of track candidates, vectorised over all tracks (NumPy or CuPy).
 
-Per track: a weighted circle fit in x-y (Kasa: linear least squares on
-x^2 + y^2 + D x + E y + F = 0 on per-track centred coordinates, then one Gauss-Newton step on
-the geometric distances), then a weighted straight-line fit of z against the transverse arc
-length s from the perigee. All per-track sums are ``bincount`` reductions
+Per track: a weighted circle fit in x-y (two Gauss-Newton steps on the geometric distances,
+in curvature, direction and distance of closest approach to the hits' centroid, as in
+Karimaki's fit: as good for a straight 1 TeV track as for a curved one; started from the Kasa
+circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from the chord where that is
+worse), then a weighted straight-line fit of z against the transverse arc length s from the
+perigee. All per-track sums are ``bincount`` reductions
 (``streamtrk.xp.bincount``: no host synchronisation on the device), so there is no loop over
 tracks.
 
@@ -79,13 +81,14 @@ def fit_tracks(
     x0 = xp.asarray(det.x0)[lay]
     r = xp.hypot(hx, hy)
     first, last = hit_index[offsets[:-1]], hit_index[offsets[1:] - 1]
+    chord = (x[last] - x[first], y[last] - y[first])
 
     # Pass 1: measurement errors, disks' z error from a straight line to the origin.
     var_c = res_a * res_a
     var_z = xp.where(barrel, res_b * res_b, (res_b * hz / r) ** 2)
     ms_c = ms_z = xp.zeros_like(hx)
     for _ in range(2):
-        xc, yc, radius = _fit_circle(hx, hy, 1 / (var_c + ms_c), tsum, tid, xp)
+        xc, yc, radius = _fit_circle(hx, hy, 1 / (var_c + ms_c), tsum, tid, chord, xp)
         # Sense of rotation from the first to the last hit (ordered along the track).
         cross = (x[first] - xc) * (y[last] - yc) - (y[first] - yc) * (x[last] - xc)
         h = xp.where(cross < 0, -1.0, 1.0)  # -1: clockwise
@@ -136,40 +139,81 @@ def fit_tracks(
 
 
 def _fit_circle(
-    hx: Array, hy: Array, w: Array, tsum: Any, tid: Array, xp: Any
+    hx: Array, hy: Array, w: Array, tsum: Any, tid: Array, chord: tuple[Array, Array], xp: Any
 ) -> tuple[Array, Array, Array]:
-    """Weighted Kasa fit, then one Gauss-Newton step on the geometric distances: (xc, yc, R)."""
+    """Weighted geometric circle fit: (xc, yc, R).
+
+    Gauss-Newton on the hits' distances to the circle in Karimaki's parameters about the hits'
+    weighted centroid (signed curvature ``kappa``, direction ``phi`` and signed distance
+    ``delta`` of the circle's point closest to the centroid), which stay finite from loopers
+    to straight lines; the centre and radius do not (a 1 TeV track's centre is 1.7 km away).
+    Two steps, from the better (smaller weighted squared distances) of two starts: the Kasa
+    circle (close for curved tracks, biased for straight ones, singular for collinear hits)
+    and the straight line along the chord from the first to the last hit."""
     ws = tsum(w)
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
     q = u * u + v * v
-    suu, suv, svv, su, sv = (
-        tsum(w * u * u),
-        tsum(w * u * v),
-        tsum(w * v * v),
-        tsum(w * u),
-        tsum(w * v),
-    )
+    guard = xp.eye(3) * (1e-12 * ws)[:, None, None]  # degenerate (collinear) tracks
+    suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
+    su, sv = tsum(w * u), tsum(w * v)
     a = xp.stack(
         [xp.stack([suu, suv, su], -1), xp.stack([suv, svv, sv], -1), xp.stack([su, sv, ws], -1)],
         -2,
     )
     rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
-    guard = xp.eye(3) * (1e-12 * ws)[:, None, None]  # degenerate (collinear) tracks
     d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
-    xc, yc = mx - d / 2, my - e / 2
+    cx, cy = -d / 2, -e / 2  # Kasa's centre about the centroid
     radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
+    h = xp.where(chord[0] * cy - chord[1] * cx < 0, -1.0, 1.0)  # sense: centre left of chord
+    kasa = (h / radius, xp.arctan2(-h * cx, h * cy), h * (xp.hypot(cx, cy) - radius))
+    line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
+    cost_kasa = tsum(w * _distances(*kasa, u, v, q, tid, xp)[0] ** 2)
+    cost_line = tsum(w * _distances(*line, u, v, q, tid, xp)[0] ** 2)
+    take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
+    kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
+    for _ in range(2):
+        eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
+        step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
+        kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
+    # A straight line (kappa 0) becomes a circle of 10^10 mm (pT in the 10^6 GeV).
+    kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
+    arm = delta + 1 / kappa  # centroid to centre, along (-sin phi, cos phi)
+    return mx - arm * xp.sin(phi), my + arm * xp.cos(phi), 1 / xp.abs(kappa)
 
-    dx, dy = hx - xc[tid], hy - yc[tid]
-    rho = xp.maximum(xp.hypot(dx, dy), 1e-12)
-    jac = (-dx / rho, -dy / rho, -xp.ones_like(rho))  # d(rho - R) / d(xc, yc, R)
-    res = rho - radius[tid]
-    jtj = xp.stack([xp.stack([tsum(w * ja * jb) for jb in jac], -1) for ja in jac], -2)
+
+def _gauss_newton_step(
+    jac: tuple[Array, Array, Array], res: Array, w: Array, tsum: Any, guard: Array, xp: Any
+) -> Array:
+    """Per track, the weighted Gauss-Newton step of three parameters (zero where singular)."""
+    sums = {(i, j): tsum(w * jac[i] * jac[j]) for i in range(3) for j in range(i, 3)}
+    jtj = xp.stack(
+        [xp.stack([sums[min(i, j), max(i, j)] for j in range(3)], -1) for i in range(3)], -2
+    )
     jtr = xp.stack([tsum(w * ja * res) for ja in jac], -1)
     step = xp.linalg.solve(jtj + guard, -jtr[..., None])[..., 0]
-    ok = xp.isfinite(step).all(-1)
-    step = xp.where(ok[:, None], step, 0.0)
-    return xc + step[:, 0], yc + step[:, 1], xp.abs(radius + step[:, 2])
+    return xp.where(xp.isfinite(step).all(-1)[:, None], step, 0.0)
+
+
+def _distances(
+    kappa: Array, phi: Array, delta: Array, u: Array, v: Array, q: Array, tid: Array, xp: Any
+) -> tuple[Array, tuple[Array, Array, Array]]:
+    """Signed distances of hits (u, v about the centroid, q = u^2 + v^2) to their track's
+    circle, and their derivatives by (kappa, phi, delta). With the circle's centre
+    ``(delta + 1 / kappa) (-sin phi, cos phi)``, ``eps + kappa eps^2 / 2 = p`` where p is
+    quadratic in the hit; the root ``2 p / (1 + sqrt(1 + 2 kappa p))`` has no cancellation."""
+    k, dl = kappa[tid], delta[tid]
+    sp, cp = xp.sin(phi)[tid], xp.cos(phi)[tid]
+    across, along = u * sp - v * cp, u * cp + v * sp
+    p = k * q / 2 + (1 + k * dl) * across + dl + k * dl * dl / 2
+    eps = 2 * p / (1 + xp.sqrt(xp.maximum(1 + 2 * k * p, 0.0)))
+    den = 1 + k * eps
+    jac = (
+        (q / 2 + dl * across + (dl * dl - eps * eps) / 2) / den,
+        (1 + k * dl) * along / den,
+        (1 + k * dl + k * across) / den,
+    )
+    return eps, jac
 
 
 def _fit_line(s: Array, hz: Array, w: Array, tsum: Any, xp: Any) -> tuple[Array, Array]:

@@ -20,9 +20,10 @@ def _csr(groups, key):
     return np.concatenate([[0], np.cumsum(counts)]), order
 
 
-def _helices(det, n, rng):
-    """Primary helices through ``det`` as CSR tracks: (offsets, hit order, crossings, truth)."""
-    pt = rng.uniform(1, 10, n)
+def _helices(det, n, rng, pt=None):
+    """Primary helices through ``det`` as CSR tracks: (offsets, hit order, crossings, truth);
+    pT uniform in 1-10 GeV unless given."""
+    pt = rng.uniform(1, 10, n) if pt is None else np.full(n, float(pt))
     eta = rng.uniform(-2.5, 2.5, n)
     phi = rng.uniform(-np.pi, np.pi, n)
     q = np.where(rng.random(n) < 0.5, 1, -1)
@@ -52,6 +53,40 @@ def test_ideal_helices_are_fitted_exactly(det, field):
     assert np.allclose(p["d0"], 0, atol=1e-2)
     assert np.all(p["chi2"] < 1e-3)
     assert np.array_equal(p["ndf"], 2 * np.diff(offsets) - 5)
+
+
+def test_stiff_tracks_are_measured_as_well_as_soft_ones(det):
+    """Without material the error on q/pT of a nearly straight track comes from the hit
+    resolutions alone, the same at any pT; the fit reaches it for 1 TeV tracks (the circle's
+    centre 1.7 km away) as for 100 GeV ones: no bias in pT, the same spread in q/pT and d0."""
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    seen = {}
+    for pt in (100, 1000):
+        rng = np.random.default_rng(6)
+        offsets, idx, c, (pt_true, q, *_) = _helices(ideal, 1500, rng, pt=pt)
+        x, y, z = _smear(ideal, c, rng).T
+        p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
+        seen[pt] = (np.std(p["charge"] / p["pt"] - q / pt_true), np.std(p["d0"]))
+        assert np.median(p["pt"]) == pytest.approx(pt, rel=0.02)
+        assert np.median(p["chi2"] / p["ndf"]) == pytest.approx(1, abs=0.1)
+    assert seen[1000][0] == pytest.approx(seen[100][0], rel=0.05)
+    assert seen[1000][1] == pytest.approx(seen[100][1], rel=0.05)
+
+
+def test_collinear_hits_are_fitted_as_a_straight_line(det):
+    """Hits exactly on a radial line (no curvature: infinite momentum) give the line's phi, d0 0
+    and chi2 0 at any azimuth, not a small circle through them."""
+    layer = np.arange(4, dtype=np.int32)  # the four pixel barrels
+    r = det.r[layer].astype(float)
+    for phi in (0.0, 0.3, np.pi / 2, 2.0):
+        x, y, z = r * np.cos(phi), r * np.sin(phi), 0.5 * r
+        p = fit_tracks(np.array([0, 4]), np.arange(4), x, y, z, layer, det)
+        assert p["pt"][0] > 1e5, phi
+        assert p["phi"][0] == pytest.approx(phi, abs=1e-6)
+        assert p["d0"][0] == pytest.approx(0, abs=1e-3)
+        assert p["z0"][0] == pytest.approx(0, abs=1e-3)
+        assert p["eta"][0] == pytest.approx(np.arcsinh(0.5), abs=1e-6)
+        assert p["chi2"][0] < 1e-3
 
 
 def test_displaced_helices_have_the_documented_d0_sign(det):
