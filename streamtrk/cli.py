@@ -75,6 +75,11 @@ def _beam_spot(text: str) -> tuple[float, float, float]:
     return x, y, z
 
 
+def _pt_range(text: str) -> tuple[float, float]:
+    lo, hi = _split(text, ",", (float, float), "LO,HI in GeV")
+    return lo, hi
+
+
 def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--events", type=int, default=10, help="number of events (default 10)")
     s.add_argument("--mu", type=float, default=200.0, help="mean pileup interactions (200)")
@@ -90,7 +95,14 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="add N high-pT particles (5-50 GeV) on the first vertex",
+        help="add N high-pT particles (5-50 GeV unless --hard-scatter-pt) on the first vertex",
+    )
+    s.add_argument(
+        "--hard-scatter-pt",
+        type=_pt_range,
+        default=(5.0, 50.0),
+        metavar="LO,HI",
+        help="pT range of the hard-scatter particles in GeV, log-uniform (default 5,50)",
     )
     s.add_argument(
         "--dead-layer",
@@ -136,7 +148,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.simulate import SimConfig, simulate
 
     gen = replace(
-        GeneratorConfig(), mu=args.mu, hard_scatter=args.hard_scatter, beam_spot=args.beam_spot
+        GeneratorConfig(),
+        mu=args.mu,
+        hard_scatter=args.hard_scatter,
+        hard_scatter_pt=args.hard_scatter_pt,
+        beam_spot=args.beam_spot,
     )
     cfg = SimConfig(
         generator=gen,
@@ -286,7 +302,9 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "tracking_efficiency (pT>=1 GeV, >=5 hits, vertex r<10 mm), tracking_efficiency_all "
     "(no vertex cut), fake_rate, duplicate_rate, trackml_score; fake_rate_by_pt, "
     "duplicate_rate_by_pt, fake_rate_by_abs_eta, duplicate_rate_by_abs_eta (by the tracks' "
-    "fitted pT and |eta|), chi2_ndf_median (of matched tracks); graph_/pruned_/gnn_"
+    "fitted pT and |eta|), chi2_ndf_median (of matched tracks); pt_resolution_by_true_pt "
+    "(half-width of the central 68% of fitted / true pT - 1), charge_misid_rate_by_true_pt, "
+    "matched_tracks_by_true_pt (matched tracks by their particle's pT); graph_/pruned_/gnn_"
     "edge_efficiency (pT>=1 GeV segments from r<10 mm found in the graph as built, after "
     "pruning, above the threshold, all over the same segments; _all: any vertex), "
     "graph_/pruned_/gnn_edge_purity (true pT>=1 GeV segments over edges, segments of softer "

@@ -52,6 +52,25 @@ def test_simulate_is_byte_identical_and_outputs_agree(tmp_path):
         assert csv.truth.equals(ev.truth)
 
 
+def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):
+    out = tmp_path / "hs.stk"
+    args = ["simulate", "--events", "2", "--mu", "2", "--seed", "4", "-q", "-o", str(out)]
+    assert main([*args, "--hard-scatter", "6", "--hard-scatter-pt", "200,300"]) == 0
+    for ev in iter_events(out):
+        pt = ev.truth.particles.pt
+        hard = (pt >= 200) & (pt <= 300)
+        assert hard.sum() == 6 and (pt[~hard] < 200).all()
+        # on the first vertex
+        p = ev.truth.particles
+        assert len(set(zip(p.vz[hard].tolist(), p.vx[hard].tolist(), strict=True))) == 1
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "200"])
+    assert stop.value.code == 2
+    assert "expected LO,HI in GeV" in capsys.readouterr().err
+    assert main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "300,200"]) == 1
+    assert "hard_scatter_pt must be 0 < low <= high" in capsys.readouterr().err
+
+
 def test_simulate_provokes_detector_faults(tmp_path, capsys):
     out = tmp_path / "faulty.stk"
     args = ["simulate", "--events", "2", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]

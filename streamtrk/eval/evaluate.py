@@ -77,6 +77,20 @@ def edge_counts(event: Event, edges: np.ndarray) -> dict[str, int]:
 #: Bins of the fake and duplicate rates by track pT (GeV, fitted) and by track |eta|.
 PT_BINS = (0.0, 0.5, 0.85, 1.0, 1.5, 3.0, 10.0, np.inf)
 ABS_ETA_BINS = (0.0, 1.0, 1.5, 2.5, 4.0, np.inf)
+#: Bins of the pT resolution and charge misidentification by the particle's true pT (GeV).
+TRUE_PT_BINS = (0.0, 1.0, 3.0, 10.0, 100.0, 1000.0, np.inf)
+#: Columns of ``Evaluation.track_rows``.
+TRACK_COLUMNS = (
+    "pt",
+    "eta",
+    "chi2_ndf",
+    "fake",
+    "duplicate",
+    "matched",
+    "true_pt",
+    "true_q",
+    "charge",
+)
 
 
 @dataclass
@@ -91,7 +105,8 @@ class Evaluation:
     pruned_edges: Counter[str] = field(default_factory=Counter)
     gnn_edges: Counter[str] = field(default_factory=Counter)
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
-    # Per track: (fitted pt, eta, chi2/ndf, fake, duplicate, matched).
+    # Per track, the TRACK_COLUMNS: fitted pt, eta, chi2/ndf; fake, duplicate, matched; the
+    # majority particle's pT and charge (NaN for noise); the fitted charge.
     track_rows: list[np.ndarray] = field(default_factory=list)
     # Per (run, event): hit ids and track labels (a submission's rows), and the tracks.
     submission: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -136,11 +151,16 @@ class Evaluation:
             self.pruned_edges.update(pruned)
             self.gnn_edges.update(truth.counts(local[:, scores[mine] > threshold]))
             c = self._score(ev, labels)
-            p = {name: _track_param(tracks, c.track_id, name) for name in ("pt", "eta")}
+            p = {n: _track_param(tracks, c.track_id, n) for n in ("pt", "eta", "charge")}
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
             flags = (c.track_fake, c.track_duplicate, c.track_matched)
-            self.track_rows.append(np.stack([p["pt"], p["eta"], chi2_ndf, *flags], 1))
+            particles = ev.truth.particles.to(np)
+            idx, known = index_of(particles.particle_id, c.track_particle)
+            true_pt = np.where(known, particles.pt[idx], np.nan)
+            true_q = np.where(known, particles.q[idx], np.nan)
+            row = [p["pt"], p["eta"], chi2_ndf, *flags, true_pt, true_q, p["charge"]]
+            self.track_rows.append(np.stack(row, 1))
 
     def _score(self, ev: Event, labels: np.ndarray) -> Any:
         """Physics counts of one event's track labels; keeps its particles' row."""
@@ -198,7 +218,8 @@ class Evaluation:
                 out[f"{name}_edge_efficiency"] = ratio(c["central_found"], c["central"])
                 out[f"{name}_edge_efficiency_all"] = ratio(c["targets_found"], c["targets"])
                 out[f"{name}_edge_purity"] = ratio(c["targets_found"], c["edges_counted"])
-            out |= _track_rates(np.concatenate([np.zeros((0, 6)), *self.track_rows]))
+            rows = np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *self.track_rows])
+            out |= _track_rates(rows) | _resolution(rows)
         return out
 
 
@@ -219,6 +240,30 @@ def _track_rates(rows: np.ndarray) -> dict[str, Any]:
         out[f"duplicate_rate_by_{name}"] = dups
     good = chi2_ndf[matched & np.isfinite(chi2_ndf)]
     out["chi2_ndf_median"] = float(np.median(good)) if len(good) else float("nan")
+    return out
+
+
+def _resolution(rows: np.ndarray) -> dict[str, Any]:
+    """pT resolution (half-width of the central 68% of fitted / true pT - 1) and charge
+    misidentification of matched tracks, by the true pT of their particle (rows: the
+    TRACK_COLUMNS)."""
+    col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
+    matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
+    true_pt = col["true_pt"][matched]
+    rel = col["pt"][matched] / true_pt - 1
+    wrong = col["charge"][matched] != col["true_q"][matched]
+    out: dict[str, dict[str, Any]] = {
+        "matched_tracks_by_true_pt": {},
+        "pt_resolution_by_true_pt": {},
+        "charge_misid_rate_by_true_pt": {},
+    }
+    for lo, hi in itertools.pairwise(TRUE_PT_BINS):
+        sel = (true_pt >= lo) & (true_pt < hi)
+        label, n = f"{lo:g}-{hi:g}", int(sel.sum())
+        low, high = np.percentile(rel[sel], [16, 84]) if n else (np.nan, np.nan)
+        out["matched_tracks_by_true_pt"][label] = n
+        out["pt_resolution_by_true_pt"][label] = float(high - low) / 2
+        out["charge_misid_rate_by_true_pt"][label] = ratio(int(wrong[sel].sum()), n)
     return out
 
 

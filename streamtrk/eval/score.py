@@ -125,6 +125,7 @@ class Classification:
     track_fake: np.ndarray
     track_duplicate: np.ndarray
     track_matched: np.ndarray  # good in the TrackML sense (see MatchResult.matched)
+    track_particle: np.ndarray  # majority particle id (0: noise)
 
 
 def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
@@ -158,6 +159,7 @@ def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
         track_fake=~real,
         track_duplicate=later,
         track_matched=m.matched & (m.particle_id != 0),
+        track_particle=m.particle_id,
     )
 
 

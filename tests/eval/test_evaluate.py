@@ -11,7 +11,14 @@ import pytest
 from hand_events import metrics_event
 from piles import pile
 
-from streamtrk.eval.evaluate import Evaluation, _track_rates, edge_counts, evaluate
+from streamtrk.eval.evaluate import (
+    TRACK_COLUMNS,
+    Evaluation,
+    _resolution,
+    _track_rates,
+    edge_counts,
+    evaluate,
+)
 from streamtrk.event import Event
 from streamtrk.io.trackml import by_event_number
 from streamtrk.recon.budget import Budget
@@ -62,6 +69,52 @@ def test_track_rates_by_bin() -> None:
     assert out["fake_rate_by_abs_eta"]["1-1.5"] == pytest.approx(1 / 3)
     assert out["fake_rate_by_abs_eta"]["2.5-4"] == 0.0
     assert out["chi2_ndf_median"] == 1.0  # of the matched tracks only
+
+
+def test_pt_resolution_and_charge_by_true_pt() -> None:
+    def row(pt, true_pt, true_q, charge, matched=1):
+        values = {"pt": pt, "true_pt": true_pt, "true_q": true_q, "charge": charge}
+        return [values.get(c, matched if c == "matched" else 0) for c in TRACK_COLUMNS]
+
+    rows = np.array(
+        [
+            row(2.0 * (1 + d), 2.0, 1, 1)
+            for d in np.linspace(-0.1, 0.1, 101)  # 1-3 GeV: errors uniform in +-10%
+        ]
+        + [
+            row(500.0, 1000.0, -1, 1),  # exactly at 1000: the last bin, charge wrong
+            row(1500.0, 1200.0, 1, 1),
+            row(50.0, 40.0, 1, -1, matched=0),  # not matched: not counted
+            row(5.0, np.nan, np.nan, 1, matched=0),  # noise
+            row(np.nan, 20.0, 1, 1),  # not fitted
+        ]
+    )
+    out = _resolution(rows)
+    assert out["matched_tracks_by_true_pt"] == {
+        "0-1": 0, "1-3": 101, "3-10": 0, "10-100": 0, "100-1000": 0, "1000-inf": 2
+    }  # fmt: skip
+    # central 68% of a uniform +-10%: +-6.8%
+    assert out["pt_resolution_by_true_pt"]["1-3"] == pytest.approx(0.068, abs=1e-9)
+    assert out["charge_misid_rate_by_true_pt"]["1-3"] == 0.0
+    # 1000-inf: errors -0.5 and +0.25, percentiles 16 and 84 interpolated between them
+    assert out["pt_resolution_by_true_pt"]["1000-inf"] == pytest.approx(0.68 * 0.75 / 2)
+    assert out["charge_misid_rate_by_true_pt"]["1000-inf"] == 0.5
+    assert math.isnan(out["pt_resolution_by_true_pt"]["10-100"])
+    assert math.isnan(out["charge_misid_rate_by_true_pt"]["0-1"])
+
+
+def test_resolution_of_the_oracle_chain(small_events) -> None:
+    """Matched tracks by their particle's pT: a few percent in pT and the right charge."""
+    ev = evaluate(Reconstructor.oracle(), small_events)
+    out = ev.report()
+    rows = np.concatenate(ev.track_rows)
+    matched = rows[:, TRACK_COLUMNS.index("matched")].astype(bool)
+    assert sum(out["matched_tracks_by_true_pt"].values()) == matched.sum() > 500
+    assert 0.005 < out["pt_resolution_by_true_pt"]["1-3"] < 0.05
+    assert out["charge_misid_rate_by_true_pt"]["1-3"] < 0.005
+    true_pt = rows[matched, TRACK_COLUMNS.index("true_pt")]
+    pt = rows[matched, TRACK_COLUMNS.index("pt")]
+    assert np.median(pt / true_pt) == pytest.approx(1, abs=0.01)
 
 
 class _FixedTimings(Reconstructor):
