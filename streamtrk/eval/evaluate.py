@@ -244,26 +244,27 @@ def _track_rates(rows: np.ndarray) -> dict[str, Any]:
 
 
 def _resolution(rows: np.ndarray) -> dict[str, Any]:
-    """pT resolution (half-width of the central 68% of fitted / true pT - 1) and charge
-    misidentification of matched tracks, by the true pT of their particle (rows: the
-    TRACK_COLUMNS)."""
+    """Helix-fit quality of matched tracks by their particle's true pT (rows: the
+    TRACK_COLUMNS): pT resolution (half-width of the central 68% of fitted / true pT - 1),
+    pT bias (its median), q/pT resolution (half-width of the central 68% of the error on
+    q/pT, 1/GeV: the same at any pT where the hit resolutions dominate, while the relative pT
+    error grows with pT) and charge misidentification."""
     col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
-    true_pt = col["true_pt"][matched]
-    rel = col["pt"][matched] / true_pt - 1
-    wrong = col["charge"][matched] != col["true_q"][matched]
-    out: dict[str, dict[str, Any]] = {
-        "matched_tracks_by_true_pt": {},
-        "pt_resolution_by_true_pt": {},
-        "charge_misid_rate_by_true_pt": {},
-    }
+    true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
+    errors = {"pt": pt / true_pt - 1, "q_over_pt": q / pt - true_q / true_pt}
+    names = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
+    out: dict[str, dict[str, Any]] = {f"{n}_by_true_pt": {} for n in names}
+    out["charge_misid_rate_by_true_pt"] = {}
     for lo, hi in itertools.pairwise(TRUE_PT_BINS):
         sel = (true_pt >= lo) & (true_pt < hi)
         label, n = f"{lo:g}-{hi:g}", int(sel.sum())
-        low, high = np.percentile(rel[sel], [16, 84]) if n else (np.nan, np.nan)
         out["matched_tracks_by_true_pt"][label] = n
-        out["pt_resolution_by_true_pt"][label] = float(high - low) / 2
-        out["charge_misid_rate_by_true_pt"][label] = ratio(int(wrong[sel].sum()), n)
+        for name, err in errors.items():
+            low, high = np.percentile(err[sel], [16, 84]) if n else (np.nan, np.nan)
+            out[f"{name}_resolution_by_true_pt"][label] = float(high - low) / 2
+        out["pt_bias_by_true_pt"][label] = float(np.median(errors["pt"][sel])) if n else np.nan
+        out["charge_misid_rate_by_true_pt"][label] = ratio(int((q != true_q)[sel].sum()), n)
     return out
 
 

@@ -96,10 +96,22 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
     # central 68% of a uniform +-10%: +-6.8%
     assert out["pt_resolution_by_true_pt"]["1-3"] == pytest.approx(0.068, abs=1e-9)
     assert out["charge_misid_rate_by_true_pt"]["1-3"] == 0.0
+    assert out["pt_bias_by_true_pt"]["1-3"] == pytest.approx(0, abs=1e-12)
+    # q/pT: 2 GeV, +-10% in pT
+    q_over_pt = 1 / (2.0 * (1 + np.linspace(-0.1, 0.1, 101))) - 1 / 2.0
+    low, high = np.percentile(q_over_pt, [16, 84])
+    assert out["q_over_pt_resolution_by_true_pt"]["1-3"] == pytest.approx((high - low) / 2)
     # 1000-inf: errors -0.5 and +0.25, percentiles 16 and 84 interpolated between them
     assert out["pt_resolution_by_true_pt"]["1000-inf"] == pytest.approx(0.68 * 0.75 / 2)
+    assert out["pt_bias_by_true_pt"]["1000-inf"] == pytest.approx(-0.125)
+    # q/pT errors: 1/500 + 1/1000 (charge wrong) and 1/1500 - 1/1200
+    errs = [1 / 500 + 1 / 1000, 1 / 1500 - 1 / 1200]
+    q_res = out["q_over_pt_resolution_by_true_pt"]["1000-inf"]
+    assert q_res == pytest.approx(0.68 * (errs[0] - errs[1]) / 2)
     assert out["charge_misid_rate_by_true_pt"]["1000-inf"] == 0.5
     assert math.isnan(out["pt_resolution_by_true_pt"]["10-100"])
+    assert math.isnan(out["pt_bias_by_true_pt"]["10-100"])
+    assert math.isnan(out["q_over_pt_resolution_by_true_pt"]["10-100"])
     assert math.isnan(out["charge_misid_rate_by_true_pt"]["0-1"])
 
 
@@ -115,6 +127,8 @@ def test_resolution_of_the_oracle_chain(small_events) -> None:
     true_pt = rows[matched, TRACK_COLUMNS.index("true_pt")]
     pt = rows[matched, TRACK_COLUMNS.index("pt")]
     assert np.median(pt / true_pt) == pytest.approx(1, abs=0.01)
+    assert out["pt_bias_by_true_pt"]["1-3"] == pytest.approx(0, abs=0.01)
+    assert 1e-3 < out["q_over_pt_resolution_by_true_pt"]["1-3"] < 0.03
 
 
 class _FixedTimings(Reconstructor):
