@@ -307,7 +307,8 @@ def evaluate(
 
 
 def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
-    """PNG plots: efficiency against pT and eta, fake rate against eta."""
+    """PNG plots: efficiency against pT and eta, fake rate against eta, the q/pT resolution
+    and pT bias of matched tracks against true pT."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,4 +375,39 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         made.append(path)
+    made.append(_plot_resolution(ev, directory / "pt_resolution_vs_pt.png", plt))
     return made
+
+
+def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
+    """q/pT resolution and pT bias of matched tracks against the particle's true pT."""
+    rows = np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *ev.track_rows])
+    col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
+    ok = col["matched"].astype(bool) & np.isfinite(col["pt"]) & (col["true_pt"] > 0)
+    true_pt, pt, q, true_q = (col[n][ok] for n in ("true_pt", "pt", "charge", "true_q"))
+    bins = np.geomspace(0.5, max(float(true_pt.max(initial=0)) * 1.01, 50), 16)
+    idx = np.digitize(true_pt, bins) - 1
+    centre, res, bias = [], [], []
+    for k in range(len(bins) - 1):
+        sel = idx == k
+        if sel.sum() >= 5:  # fewer: no meaningful 68% interval
+            low, high = np.percentile(q[sel] / pt[sel] - true_q[sel] / true_pt[sel], [16, 84])
+            centre.append(np.sqrt(bins[k] * bins[k + 1]))
+            res.append((high - low) / 2)
+            bias.append(100 * np.median(pt[sel] / true_pt[sel] - 1))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    top.plot(centre, res, "o")
+    top.set_yscale("log")
+    top.set_ylabel("q/pT resolution [1/GeV]")
+    top.set_title(f"matched tracks ({ev.n_events} events)")
+    bottom.plot(centre, bias, "o")
+    bottom.axhline(0, color="grey", lw=0.5)
+    bottom.set_ylabel("median pT fitted / true - 1 [%]")
+    bottom.set_xlabel("true pT [GeV]")
+    bottom.set_xscale("log")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -122,7 +122,8 @@ def test_evaluate_command_writes_report_plots_and_submission(tmp_path, small_eve
     report = json.loads((out / "r.json").read_text())
     assert set(report) >= REPORT_KEYS
     assert json.loads(capsys.readouterr().out) == report
-    for name in ("efficiency_vs_pt.png", "efficiency_vs_eta.png", "fake_rate_vs_eta.png"):
+    names = ("efficiency_vs_pt", "efficiency_vs_eta", "fake_rate_vs_eta", "pt_resolution_vs_pt")
+    for name in (f"{n}.png" for n in names):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     sub = read_submission(out / "sub.csv")
     assert sorted(sub) == [0, 1]
