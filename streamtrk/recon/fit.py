@@ -87,8 +87,10 @@ def fit_tracks(
     var_c = res_a * res_a
     var_z = xp.where(barrel, res_b * res_b, (res_b * hz / r) ** 2)
     ms_c = ms_z = xp.zeros_like(hx)
+    circle = None
     for _ in range(2):
-        xc, yc, radius = _fit_circle(hx, hy, 1 / (var_c + ms_c), tsum, tid, chord, xp)
+        circle = _fit_circle(hx, hy, 1 / (var_c + ms_c), tsum, tid, chord, xp, start=circle)
+        xc, yc, radius = circle
         # Sense of rotation from the first to the last hit (ordered along the track).
         cross = (x[first] - xc) * (y[last] - yc) - (y[first] - yc) * (x[last] - xc)
         h = xp.where(cross < 0, -1.0, 1.0)  # -1: clockwise
@@ -139,7 +141,15 @@ def fit_tracks(
 
 
 def _fit_circle(
-    hx: Array, hy: Array, w: Array, tsum: Any, tid: Array, chord: tuple[Array, Array], xp: Any
+    hx: Array,
+    hy: Array,
+    w: Array,
+    tsum: Any,
+    tid: Array,
+    chord: tuple[Array, Array],
+    xp: Any,
+    *,
+    start: tuple[Array, Array, Array] | None = None,
 ) -> tuple[Array, Array, Array]:
     """Weighted geometric circle fit: (xc, yc, R).
 
@@ -147,32 +157,40 @@ def _fit_circle(
     weighted centroid (signed curvature ``kappa``, direction ``phi`` and signed distance
     ``delta`` of the circle's point closest to the centroid), which stay finite from loopers
     to straight lines; the centre and radius do not (a 1 TeV track's centre is 1.7 km away).
-    Two steps, from the better (smaller weighted squared distances) of two starts: the Kasa
+    Two steps from the better (smaller weighted squared distances) of two starts: the Kasa
     circle (close for curved tracks, biased for straight ones, singular for collinear hits)
-    and the straight line along the chord from the first to the last hit."""
+    and the straight line along the chord from the first to the last hit; or one step from
+    ``start``, a circle (xc, yc, R) fitted with nearby weights."""
     ws = tsum(w)
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
     q = u * u + v * v
     guard = xp.eye(3) * (1e-12 * ws)[:, None, None]  # degenerate (collinear) tracks
-    suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
-    su, sv = tsum(w * u), tsum(w * v)
-    a = xp.stack(
-        [xp.stack([suu, suv, su], -1), xp.stack([suv, svv, sv], -1), xp.stack([su, sv, ws], -1)],
-        -2,
-    )
-    rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
-    d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
-    cx, cy = -d / 2, -e / 2  # Kasa's centre about the centroid
-    radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
-    h = xp.where(chord[0] * cy - chord[1] * cx < 0, -1.0, 1.0)  # sense: centre left of chord
-    kasa = (h / radius, xp.arctan2(-h * cx, h * cy), h * (xp.hypot(cx, cy) - radius))
-    line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
-    cost_kasa = tsum(w * _distances(*kasa, u, v, q, tid, xp)[0] ** 2)
-    cost_line = tsum(w * _distances(*line, u, v, q, tid, xp)[0] ** 2)
-    take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
-    kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
-    for _ in range(2):
+    if start is None:
+        steps = 2
+        suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
+        su, sv = tsum(w * u), tsum(w * v)
+        a = xp.stack(
+            [
+                xp.stack([suu, suv, su], -1),
+                xp.stack([suv, svv, sv], -1),
+                xp.stack([su, sv, ws], -1),
+            ],
+            -2,
+        )
+        rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
+        d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
+        radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
+        kasa = _karimaki(-d / 2, -e / 2, radius, chord, xp)
+        line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
+        cost_kasa = tsum(w * _distances(*kasa, u, v, q, tid, xp)[0] ** 2)
+        cost_line = tsum(w * _distances(*line, u, v, q, tid, xp)[0] ** 2)
+        take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
+        kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
+    else:
+        steps = 1
+        kappa, phi, delta = _karimaki(start[0] - mx, start[1] - my, start[2], chord, xp)
+    for _ in range(steps):
         eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
         step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
         kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
@@ -180,6 +198,15 @@ def _fit_circle(
     kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
     arm = delta + 1 / kappa  # centroid to centre, along (-sin phi, cos phi)
     return mx - arm * xp.sin(phi), my + arm * xp.cos(phi), 1 / xp.abs(kappa)
+
+
+def _karimaki(
+    cx: Array, cy: Array, radius: Array, chord: tuple[Array, Array], xp: Any
+) -> tuple[Array, Array, Array]:
+    """(kappa, phi, delta) of the circle of centre (cx, cy) about the origin and ``radius``,
+    run in the sense that puts the centre left of the chord for kappa > 0."""
+    h = xp.where(chord[0] * cy - chord[1] * cx < 0, -1.0, 1.0)
+    return h / radius, xp.arctan2(-h * cx, h * cy), h * (xp.hypot(cx, cy) - radius)
 
 
 def _gauss_newton_step(
