@@ -75,6 +75,11 @@ def _beam_spot(text: str) -> tuple[float, float, float]:
     return x, y, z
 
 
+def _beam_line(text: str) -> tuple[float, float]:
+    x, y = _split(text, ",", (float, float), "X,Y in mm")
+    return x, y
+
+
 def _pt_range(text: str) -> tuple[float, float]:
     lo, hi = _split(text, ",", (float, float), "LO,HI in GeV")
     return lo, hi
@@ -283,6 +288,14 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
         default=1.0,
         help="times the per-hit work budget, as the daemon's budget_scale (default 1)",
     )
+    s.add_argument(
+        "--beam-spot",
+        type=_beam_line,
+        default=(0.0, 0.0),
+        metavar="X,Y",
+        help="the beam line in mm the chain is centred on, as the daemon's beam_spot_x_mm and "
+        "beam_spot_y_mm (default 0,0; write --beam-spot=-1,0 for a leading minus)",
+    )
     _torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
@@ -334,7 +347,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     budget = Budget().scaled(args.budget_scale)
     threads = set_torch_threads(args.torch_threads)
     if args.oracle:
-        rec, scorer = Reconstructor.oracle(device=args.device, budget=budget), "oracle"
+        rec = Reconstructor.oracle(device=args.device, budget=budget, beam_spot=args.beam_spot)
+        scorer = "oracle"
     else:
         model = args.model or default_model_path()
         try:
@@ -346,6 +360,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 warm_up=args.engine != "eager",
                 budget=budget,
+                beam_spot=args.beam_spot,
             )
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}, or pass --oracle") from None

@@ -71,6 +71,23 @@ def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):
     assert "hard_scatter_pt must be 0 < low <= high" in capsys.readouterr().err
 
 
+def test_evaluate_centres_the_chain_on_the_beam_spot_given(tmp_path, capsys):
+    out = tmp_path / "bs.stk"
+    sim = ["simulate", "--events", "1", "--mu", "20", "--seed", "5", "-q", "-o", str(out)]
+    assert main([*sim, "--beam-spot=1.5,-1,0"]) == 0
+    reports = {}
+    for name, extra in (("axis", []), ("beam", ["--beam-spot=1.5,-1"])):
+        report = tmp_path / f"{name}.json"
+        args = ["evaluate", str(out), "--oracle", "-q", "--report", str(report), *extra]
+        assert main(args) == 0
+        reports[name] = json.loads(report.read_text())["tracking_efficiency"]
+    assert reports["beam"] > 0.99 and reports["axis"] < 0.97
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(out), "--oracle", "--beam-spot", "1"])
+    assert stop.value.code == 2
+    assert "expected X,Y in mm" in capsys.readouterr().err
+
+
 def test_simulate_provokes_detector_faults(tmp_path, capsys):
     out = tmp_path / "faulty.stk"
     args = ["simulate", "--events", "2", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]

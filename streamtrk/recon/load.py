@@ -42,10 +42,14 @@ class ChainSettings:
         return Buckets(edges_per_node=ratio)
 
     def reconstructor(
-        self, scorer: EdgeScorer, device: str = "cpu", budget: Budget | None = None
+        self,
+        scorer: EdgeScorer,
+        device: str = "cpu",
+        budget: Budget | None = None,
+        beam_spot: tuple[float, float] = (0.0, 0.0),
     ) -> Reconstructor:
         """A Reconstructor scoring edges with ``scorer`` on ``device`` in this chain (work
-        budget: ``budget``, else the default)."""
+        budget: ``budget``, else the default; centred on the beam line ``beam_spot``)."""
         return Reconstructor(
             scorer,
             device=device,
@@ -54,6 +58,7 @@ class ChainSettings:
             prune=self.prune,
             tracks=self.tracks,
             budget=budget,
+            beam_spot=beam_spot,
         )
 
 
@@ -67,12 +72,14 @@ def load_reconstructor(
     cuda_graphs: bool = False,
     warm_up: bool = False,
     budget: Budget | None = None,
+    beam_spot: tuple[float, float] = (0.0, 0.0),
 ) -> Reconstructor:
     """A Reconstructor scoring edges with a trained model (default: ``default_model_path()``)
     through ``EngineScorer`` (``engine``, ``precision``, ``cuda_graphs``: see
     ``streamtrk.recon.engine``); ``warm_up`` runs the engine on the graphs of
     ``EngineScorer.warm_shapes`` before returning (every shape bucket on CUDA); ``budget``:
-    the work budget (``streamtrk.recon.budget``, default its own)."""
+    the work budget (``streamtrk.recon.budget``, default its own); ``beam_spot``: the beam
+    line (x, y in mm) the chain is centred on (see ``Reconstructor``)."""
     directory = Path(path) if path is not None else default_model_path()
     model, card = load_model(directory)
     chain = ChainSettings.of_card(card, directory)
@@ -83,4 +90,4 @@ def load_reconstructor(
     )
     if warm_up:
         scorer.warm_up()
-    return chain.reconstructor(scorer, device, budget)
+    return chain.reconstructor(scorer, device, budget, beam_spot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from streamtrk.recon.truth import edge_labels
 from streamtrk.xp import array_module, to_host, to_host_packed
 
 STAGES = ("graph", "prune", "gnn", "tracks", "fit")
+MAX_BEAM_SPOT = 20.0  # mm from the z axis: inside the beam pipe
 
 
 class EdgeScorer(Protocol):
@@ -62,7 +64,12 @@ class ReconResult:
 
 
 class Reconstructor:
-    """Graph construction, edge scoring, track building and helix fit over a batch."""
+    """Graph construction, edge scoring, track building and helix fit over a batch.
+
+    ``beam_spot`` (x, y in mm) is the beam line the chain is centred on: hits are moved by
+    its opposite before the graph is built, so the graph's cuts (made for a luminous region
+    on the z axis) and the network see the collisions where they expect them, and the
+    tracks' d0, phi and z0 are those of the perigee to that beam line."""
 
     def __init__(
         self,
@@ -75,7 +82,15 @@ class Reconstructor:
         tracks: TrackConfig | None = None,
         prune: PruneConfig | None = None,
         budget: Budget | None = None,
+        beam_spot: tuple[float, float] = (0.0, 0.0),
     ) -> None:
+        bx, by = beam_spot
+        if not (math.isfinite(bx) and math.isfinite(by) and math.hypot(bx, by) <= MAX_BEAM_SPOT):
+            raise ValueError(
+                f"beam_spot must be finite and within {MAX_BEAM_SPOT:g} mm of the axis, "
+                f"got {beam_spot}"
+            )
+        self.beam_spot = (float(bx), float(by))
         self.scorer = scorer
         self.budget = budget or Budget()
         self.tracks = tracks or TrackConfig()
@@ -126,6 +141,9 @@ class Reconstructor:
         nothing of the batch is returned then."""
         xp, det = self.xp, self.detector
         cols, node_offsets = batch_columns(events, xp)
+        for name, shift in zip(("x", "y"), self.beam_spot, strict=True):
+            if shift:
+                cols[name] = cols[name] - cols[name].dtype.type(shift)
         timings: dict[str, float] = {}
         try:
             graph = self._timed(
