@@ -20,6 +20,7 @@ from typing import Any
 
 from streamtrk import tomlio
 from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
+from streamtrk.recon.reconstructor import MAX_BEAM_SPOT
 from streamtrk.service import faults
 from streamtrk.wire.curve import host_only
 
@@ -177,6 +178,16 @@ class ServeConfig:
             "answered too_dense; raise it for pileup denser than MU=400"
         ),
     )
+    beam_spot_x_mm: float = field(
+        default=0.0,
+        metadata=_help(
+            "x of the beam line the reconstruction is centred on (tracks' d0, phi, z0 are of "
+            "the perigee to it); set it where streamtrk_beam_spot_x_meters reads the beam"
+        ),
+    )
+    beam_spot_y_mm: float = field(
+        default=0.0, metadata=_help("y of the beam line the reconstruction is centred on")
+    )
     max_message_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata=_help("most bytes of one message (frames together); larger ones are refused"),
@@ -200,6 +211,13 @@ class ServeConfig:
                         "curve_secret_key",
                         "allow_insecure",
                     )
+        if not math.hypot(self.beam_spot_x_mm, self.beam_spot_y_mm) <= MAX_BEAM_SPOT:
+            raise ConfigError(
+                f"the beam spot ({self.beam_spot_x_mm}, {self.beam_spot_y_mm}) mm must lie "
+                f"within {MAX_BEAM_SPOT:g} mm of the z axis",
+                "beam_spot_x_mm",
+                "beam_spot_y_mm",
+            )
         if self.engine == "tensorrt" and self.device == "cpu":
             raise ConfigError("engine tensorrt needs device cuda (or auto)", "engine", "device")
         if self.queue_capacity < self.max_batch_events:
@@ -275,6 +293,8 @@ def _check(name: str, value: Any) -> None:
         raise bad(f"must be at most {_MAX_INT[name]}")
     if name in ("stall_timeout_s", "budget_scale") and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
+    if name in ("beam_spot_x_mm", "beam_spot_y_mm") and not math.isfinite(value):
+        raise bad("must be a finite number")
     if name in ("max_queue_delay_ms", "drain_timeout_s") and not (
         math.isfinite(value) and value >= 0
     ):

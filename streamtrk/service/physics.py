@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -130,6 +130,11 @@ class PhysicsMetrics:
 
         self.beam_spot = BeamSpotWindow()
         r.register(_BeamSpotGauges(self.beam_spot))
+        doc = "of the beam line the reconstruction is centred on (settings beam_spot_*_mm)."
+        self.beam_line = {
+            axis: Gauge(f"streamtrk_beam_line_{axis}_meters", f"{axis.upper()} {doc}", registry=r)
+            for axis in "xy"
+        }
         self._layers: _Layers | None = None
         self._events_seen = 0  # tells the beam-spot window's events apart
 
@@ -138,10 +143,23 @@ class PhysicsMetrics:
             self._layers = _Layers(det, self.layer_hits, self.layer_track_hits)
         return self._layers
 
+    def set_beam_line(self, beam_line: tuple[float, float]) -> None:
+        """The beam line (x, y in mm) the reconstruction is centred on, in its gauges."""
+        for axis, value in zip("xy", beam_line, strict=True):
+            self.beam_line[axis].set(value * MM)
+
     def observe(
-        self, events: Sequence[Event], result: ReconResult, det: Detector, threshold: float
+        self,
+        events: Sequence[Event],
+        result: ReconResult,
+        det: Detector,
+        threshold: float,
+        beam_line: tuple[float, float] = (0.0, 0.0),
     ) -> None:
-        """Count one reconstructed batch: its hits by layer, its tracks, its edge scores."""
+        """Count one reconstructed batch: its hits by layer, its tracks, its edge scores.
+        The tracks' d0 are of the perigee to ``beam_line`` (x, y in mm, the reconstruction's
+        centre); the beam-spot window takes them back to the z axis, so that the beam spot
+        is in detector coordinates whatever the centre (and across a change of it)."""
         layers = self._layers_of(det)
         hit_layers = [det.layer_index(ev.hits.volume_id, ev.hits.layer_id) for ev in events]
         layers.count(np.concatenate(hit_layers), layers.hits)
@@ -162,7 +180,9 @@ class PhysicsMetrics:
         self.track_hits.observe(np.concatenate([t.sizes for t in result.tracks]))
         serial = self._events_seen + np.arange(len(events))
         self._events_seen += len(events)
-        self.beam_spot.add(params["d0"], params["z0"], params["phi"], np.repeat(serial, n_tracks))
+        bx, by = beam_line
+        d0 = params["d0"] - bx * np.sin(params["phi"]) + by * np.cos(params["phi"])
+        self.beam_spot.add(d0, params["z0"], params["phi"], np.repeat(serial, n_tracks))
 
         scores = result.scores
         self.edge_score.observe(scores)

@@ -416,6 +416,7 @@ class Daemon:
         self.batcher.policy = _policy(cfg, model.device)
         m = self.metrics
         m.set_model(model.name, model.path, model.digest, model.threshold)
+        m.physics.set_beam_line(model.reconstructor.beam_spot)
         m.build_info.set(_build_labels(model))
         if model.engine_note:
             log.info(

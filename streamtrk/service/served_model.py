@@ -83,6 +83,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         cuda_graphs=cfg.cuda_graphs,
         warm_up=True,
         budget=Budget().scaled(cfg.budget_scale),
+        beam_spot=(cfg.beam_spot_x_mm, cfg.beam_spot_y_mm),
     )
     rec.reconstruct([warmup_event()])
     scorer = rec.scorer

@@ -193,7 +193,7 @@ class Worker(Supervised):
             return True
         t1 = time.perf_counter()
         try:
-            m.physics.observe(events, result, rec.detector, rec.threshold)
+            m.physics.observe(events, result, rec.detector, rec.threshold, rec.beam_spot)
         except Exception:  # monitoring must never stop reconstruction
             log.exception("physics metrics failed on a batch (its replies were sent)")
         m.stage.labels("physics").observe(time.perf_counter() - t1)

@@ -209,6 +209,19 @@ def test_the_budget_scale_reaches_the_served_chain() -> None:
     assert served.reconstructor.budget.edges_per_hit == 160.0
 
 
+def test_the_beam_spot_is_a_finite_position_inside_the_beam_pipe(tmp_path: Path) -> None:
+    path = tmp_path / "beam.toml"
+    path.write_text("beam_spot_x_mm = 1.5\nbeam_spot_y_mm = -1\n")  # an integer is a number
+    cfg = load_config(path, {"STREAMTRK_BEAM_SPOT_Y_MM": "-0.5"})
+    assert (cfg.beam_spot_x_mm, cfg.beam_spot_y_mm) == (1.5, -0.5)
+    for bad in ("nan", "inf"):
+        with pytest.raises(ConfigError, match="beam_spot_x_mm must be a finite number"):
+            load_config(None, {}, {"beam_spot_x_mm": bad})
+    assert load_config(None, {}, {"beam_spot_x_mm": "12", "beam_spot_y_mm": "16"})  # 20 mm
+    with pytest.raises(ConfigError, match=r"within 20 mm of the z axis \(beam_spot_x_mm from"):
+        load_config(None, {}, {"beam_spot_x_mm": "12", "beam_spot_y_mm": "16.1"})
+
+
 def test_a_config_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "bom.toml"  # as some editors save UTF-8
     path.write_bytes(b'\xef\xbb\xbfdevice = "cpu"\nmax_batch_events = 3\n')

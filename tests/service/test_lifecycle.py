@@ -71,6 +71,9 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert (build["engine_requested"], build["precision"]) == ("auto", "fp32")
     before = model_labels(d)
     assert before["threshold"] == "0.5" and before["hash"] == banner["model_hash"]
+    assert (
+        sample(m, "streamtrk_beam_line_x_meters") == sample(m, "streamtrk_beam_line_y_meters") == 0
+    )
 
     # A configuration naming a missing model: the reload fails, the old model keeps serving.
     config.write_text(f'model = "{tmp_path / "no-such-model"}"\n')
@@ -86,10 +89,14 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     config.write_text(
         model + f'threshold = 0.7\nrcvhwm = 5\ncurve_allowed_keys = "{keys}"\ndrain_timeout_s = 2\n'
         "linger_ms = 7\n"  # the sockets' LINGER, set when they open
+        "beam_spot_x_mm = 1.5\nbeam_spot_y_mm = -1.0\n"
     )
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
     assert model_labels(d)["threshold"] == "0.7"
+    m = d.metrics()
+    assert sample(m, "streamtrk_beam_line_x_meters") == pytest.approx(1.5e-3)
+    assert sample(m, "streamtrk_beam_line_y_meters") == pytest.approx(-1.0e-3)
     [kept] = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
     assert kept.endswith("curve_allowed_keys, linger_ms, rcvhwm")
 

@@ -192,6 +192,23 @@ def test_beam_spot_gauges_follow_the_simulated_beam_spot(observed: dict) -> None
     assert value("streamtrk_beam_spot_y_meters") == pytest.approx(-0.2e-3, abs=0.04e-3)
 
 
+def test_tracks_of_a_chain_centred_on_the_beam_line_give_the_beam_spot(observed: dict) -> None:
+    """Centred on the simulated beam line, the chain's d0 are of the perigee to it; the window
+    takes them back to the z axis: the beam spot in detector coordinates, closer than the
+    chain on the axis gets it (its cuts thin out the tracks that stray most)."""
+    rec = Reconstructor.oracle(detector=DET, beam_spot=(0.3, -0.2))
+    registry = CollectorRegistry()
+    physics = PhysicsMetrics(registry)
+    physics.set_beam_line(rec.beam_spot)
+    events = observed["events"]
+    physics.observe(events, rec.reconstruct(events), DET, rec.threshold, rec.beam_spot)
+    value = registry.get_sample_value
+    assert value("streamtrk_beam_line_x_meters") == pytest.approx(0.3e-3)
+    assert value("streamtrk_beam_line_y_meters") == pytest.approx(-0.2e-3)
+    assert value("streamtrk_beam_spot_x_meters") == pytest.approx(0.3e-3, abs=0.02e-3)
+    assert value("streamtrk_beam_spot_y_meters") == pytest.approx(-0.2e-3, abs=0.02e-3)
+
+
 def test_a_track_phi_rounded_to_float32_stays_in_a_finite_bucket() -> None:
     """The fit's phi lies in [-pi, pi); stored as float32 it can round to 3.1415927 > pi."""
     from streamtrk.service.physics import PHI_BUCKETS
