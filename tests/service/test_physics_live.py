@@ -166,3 +166,39 @@ def test_beam_spot_follows_a_shifted_luminous_region(watched: tuple, tmp_path: P
     assert abs(gauge("x_meters")) < 0.05e-3 and abs(gauge("y_meters")) < 0.05e-3
     shifted_alert = poll(lambda: prometheus.query(alerts["StreamtrkBeamSpotShifted"], at=t_end + 2))
     assert [r["metric"]["direction"] for r in shifted_alert] == ["along z"]
+
+
+def test_a_daemon_centred_on_a_displaced_beam_reads_it_in_detector_coordinates(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """40 MU=10 events from the beam line (1, -0.5) mm, replayed through a daemon centred on
+    it: the beam-spot gauges read it where it is, the beam-line gauges the settings, and the
+    transverse alert, which compares the two, stays silent."""
+    rules, alerts = compressed_rules(tmp_path)
+    daemon = daemon_factory("--beam-spot-x-mm", "1", "--beam-spot-y-mm", "-0.5")
+    prometheus = Prometheus(tmp_path, daemon.http, rules)
+    try:
+        prometheus.wait_scraping()
+        moved = simulate(tmp_path / "moved.stk", "--beam-spot=1,-0.5,0", mu=10, seed=34)
+        t_end = replay(moved, daemon)
+        time.sleep(max(0.0, t_end + 3 - time.time()))
+
+        def gauge(name: str) -> float:
+            (result,) = poll(lambda: prometheus.query(f"streamtrk_{name}", at=t_end + 2))
+            return float(result["value"][1])
+
+        assert gauge("beam_spot_tracks") > 1000
+        assert gauge("beam_spot_x_meters") == pytest.approx(1e-3, abs=0.05e-3)
+        assert gauge("beam_spot_y_meters") == pytest.approx(-0.5e-3, abs=0.05e-3)
+        assert (gauge("beam_line_x_meters"), gauge("beam_line_y_meters")) == (1e-3, -0.5e-3)
+        # The recording rules have both positions; from the axis the beam is 1.1 mm off.
+        at_end = t_end + 2
+        assert poll(lambda: prometheus.query("job:streamtrk_beam_line_x_meters:avg", at=at_end))
+        off_axis = (
+            "sqrt(job:streamtrk_beam_spot_x_meters:avg ^ 2"
+            " + job:streamtrk_beam_spot_y_meters:avg ^ 2) > 0.0003"
+        )
+        assert poll(lambda: prometheus.query(off_axis, at=at_end))
+        assert prometheus.query(alerts["StreamtrkBeamSpotShifted"], at=at_end) == []
+    finally:
+        prometheus.stop()
