@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from streamtrk.detector import GEV_PER_TESLA_MM
 from streamtrk.eval.score import (
     RECONSTRUCTABLE_MAX_VR,
     RECONSTRUCTABLE_MIN_PT,
@@ -90,6 +91,10 @@ TRACK_COLUMNS = (
     "true_pt",
     "true_q",
     "charge",
+    "d0",
+    "z0",
+    "true_d0",
+    "true_z0",
 )
 
 
@@ -106,7 +111,8 @@ class Evaluation:
     gnn_edges: Counter[str] = field(default_factory=Counter)
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
     # Per track, the TRACK_COLUMNS: fitted pt, eta, chi2/ndf; fake, duplicate, matched; the
-    # majority particle's pT and charge (NaN for noise); the fitted charge.
+    # majority particle's pT and charge (NaN for noise); the fitted charge, d0 and z0; the
+    # particle's d0 and z0 (NaN for noise, and without ``bfield``).
     track_rows: list[np.ndarray] = field(default_factory=list)
     # Per (run, event): hit ids and track labels (a submission's rows), and the tracks.
     submission: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -117,6 +123,15 @@ class Evaluation:
     # Events over the work budget (run, event, what, count, limit): the daemon answers them
     # ``too_dense``, so they are scored as events with no edges and no tracks.
     refused: list[dict[str, Any]] = field(default_factory=list)
+    # The beam line (x, y in mm) the tracks' d0 and z0 are of, and the field (T) that bends
+    # the particles' helices: the reconstructor's (see ``of``).
+    beam_line: tuple[float, float] = (0.0, 0.0)
+    bfield: float | None = None
+
+    @classmethod
+    def of(cls, rec: Reconstructor) -> Evaluation:
+        """An empty evaluation of ``rec``'s tracks (its beam line and field)."""
+        return cls(beam_line=rec.beam_spot, bfield=float(rec.detector.bfield))
 
     def add(
         self, events: list[Event], result: ReconResult, seconds: float, threshold: float
@@ -151,16 +166,41 @@ class Evaluation:
             self.pruned_edges.update(pruned)
             self.gnn_edges.update(truth.counts(local[:, scores[mine] > threshold]))
             c = self._score(ev, labels)
-            p = {n: _track_param(tracks, c.track_id, n) for n in ("pt", "eta", "charge")}
+            names = ("pt", "eta", "charge", "d0", "z0")
+            p = {n: _track_param(tracks, c.track_id, n) for n in names}
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
             flags = (c.track_fake, c.track_duplicate, c.track_matched)
-            particles = ev.truth.particles.to(np)
-            idx, known = index_of(particles.particle_id, c.track_particle)
-            true_pt = np.where(known, particles.pt[idx], np.nan)
-            true_q = np.where(known, particles.q[idx], np.nan)
-            row = [p["pt"], p["eta"], chi2_ndf, *flags, true_pt, true_q, p["charge"]]
+            truth = self._truth_of(ev, c.track_particle)
+            row = [p["pt"], p["eta"], chi2_ndf, *flags, truth["pt"], truth["q"], p["charge"]]
+            row += [p["d0"], p["z0"], truth["d0"], truth["z0"]]
             self.track_rows.append(np.stack(row, 1))
+
+    def _truth_of(self, ev: Event, particle_id: np.ndarray) -> dict[str, np.ndarray]:
+        """pT, charge, d0 and z0 of the particles ``particle_id`` (NaN where unknown: noise):
+        the perigee to the beam line of the helix from each vertex, in the fit's conventions
+        (``streamtrk.recon.fit``; NaN without ``bfield``)."""
+        p = ev.truth.particles.to(np)
+        idx, known = index_of(p.particle_id, particle_id)
+        vx, vy, vz, px, py, pz, q = (
+            np.where(known, getattr(p, k)[idx], np.nan)
+            for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
+        )
+        out = {"pt": np.hypot(px, py), "q": q}
+        if self.bfield is None:
+            return out | {"d0": np.full(len(q), np.nan), "z0": np.full(len(q), np.nan)}
+        radius = out["pt"] / (GEV_PER_TESLA_MM * abs(self.bfield))
+        h = -q * np.sign(self.bfield)  # +1: counter-clockwise seen from +z
+        ux, uy = px / out["pt"], py / out["pt"]
+        # The circle's centre from the beam line; the turn from the vertex to the perigee.
+        cx = vx - self.beam_line[0] - h * radius * uy
+        cy = vy - self.beam_line[1] + h * radius * ux
+        turn = h * (np.arctan2(-cy, -cx) - np.arctan2(-h * ux, h * uy))
+        turn = np.mod(turn + np.pi, 2 * np.pi) - np.pi
+        return out | {
+            "d0": q * (radius - np.hypot(cx, cy)),
+            "z0": vz + pz / out["pt"] * radius * turn,
+        }
 
     def _score(self, ev: Event, labels: np.ndarray) -> Any:
         """Physics counts of one event's track labels; keeps its particles' row."""
@@ -248,12 +288,19 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     TRACK_COLUMNS): pT resolution (half-width of the central 68% of fitted / true pT - 1),
     pT bias (its median), q/pT resolution (half-width of the central 68% of the error on
     q/pT, 1/GeV: the same at any pT where the hit resolutions dominate, while the relative pT
-    error grows with pT) and charge misidentification."""
+    error grows with pT), charge misidentification, and d0 and z0 resolutions (half-widths
+    of the central 68% of their errors, mm; particles with a perigee truth only)."""
     col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
     true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
-    errors = {"pt": pt / true_pt - 1, "q_over_pt": q / pt - true_q / true_pt}
+    errors = {
+        "pt": pt / true_pt - 1,
+        "q_over_pt": q / pt - true_q / true_pt,
+        "d0": col["d0"][matched] - col["true_d0"][matched],
+        "z0": col["z0"][matched] - col["true_z0"][matched],
+    }
     names = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
+    names += ("d0_resolution", "z0_resolution")
     out: dict[str, dict[str, Any]] = {f"{n}_by_true_pt": {} for n in names}
     out["charge_misid_rate_by_true_pt"] = {}
     for lo, hi in itertools.pairwise(TRUE_PT_BINS):
@@ -261,7 +308,8 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
         label, n = f"{lo:g}-{hi:g}", int(sel.sum())
         out["matched_tracks_by_true_pt"][label] = n
         for name, err in errors.items():
-            low, high = np.percentile(err[sel], [16, 84]) if n else (np.nan, np.nan)
+            known = err[sel & np.isfinite(err)]
+            low, high = np.percentile(known, [16, 84]) if len(known) else (np.nan, np.nan)
             out[f"{name}_resolution_by_true_pt"][label] = float(high - low) / 2
         out["pt_bias_by_true_pt"][label] = float(np.median(errors["pt"][sel])) if n else np.nan
         out["charge_misid_rate_by_true_pt"][label] = ratio(int((q != true_q)[sel].sum()), n)
@@ -287,7 +335,7 @@ def evaluate(
     their batch reconstructed without them, as the daemon does."""
     from tqdm import tqdm
 
-    ev = Evaluation()
+    ev = Evaluation.of(rec)
     bar = tqdm(desc="evaluate", unit="event", disable=not progress)
     for batch in batches(events, batch_size):
         n, t0 = len(batch), time.perf_counter()

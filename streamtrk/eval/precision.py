@@ -63,7 +63,7 @@ def precision_parity(
     for p in ("fp32", precision):
         scorer = EngineScorer(model, device, engine, p, buckets=chain.buckets())
         rec = chain.reconstructor(scorer, device)
-        ev, s, t = Evaluation(), [], []
+        ev, s, t = Evaluation.of(rec), [], []
         for i in range(0, len(events), batch_size):
             batch = list(events[i : i + batch_size])
             result = rec.reconstruct(batch)
