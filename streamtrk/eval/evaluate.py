@@ -182,8 +182,8 @@ class Evaluation:
         (``streamtrk.recon.fit``; NaN without ``bfield``)."""
         p = ev.truth.particles.to(np)
         idx, known = index_of(p.particle_id, particle_id)
-        vx, vy, vz, px, py, pz, q = (
-            np.where(known, getattr(p, k)[idx], np.nan)
+        vx, vy, vz, px, py, pz, q = (  # float64: a TeV track's circle is kilometres wide
+            np.where(known, getattr(p, k)[idx].astype(np.float64), np.nan)
             for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
         )
         out = {"pt": np.hypot(px, py), "q": q}
