@@ -355,7 +355,9 @@ class Daemon:
         return problems
 
     def status(self) -> dict[str, Any]:
-        """``/status``: state, versions, endpoints, settings in force and the served model."""
+        """``/status``: state, versions, endpoints, settings in force, the served model and
+        the beam spot (the beam line the chain is centred on, and where the tracks put the
+        beam: null until the window holds tracks of two events)."""
         out: dict[str, Any] = {
             "state": self.readiness.state,
             "version": __version__,
@@ -377,6 +379,13 @@ class Daemon:
                 "warmup_s": model.warmup_s,
                 "card": {k: model.card.get(k) for k in ("model", "graph", "metrics")},
             }
+        spot = self.metrics.physics.beam_spot.estimate()
+        fields_mm = ("x", "y", "z", "z_width", "z_error")
+        out["beam_spot"] = {
+            "beam_line_mm": list(model.reconstructor.beam_spot) if model is not None else None,
+            "measured_mm": {k: getattr(spot, k) for k in fields_mm} if spot.tracks else None,
+            "tracks": spot.tracks,
+        }
         return out
 
     # ------------------------------------------------------------------ model

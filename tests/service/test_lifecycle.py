@@ -97,6 +97,8 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     m = d.metrics()
     assert sample(m, "streamtrk_beam_line_x_meters") == pytest.approx(1.5e-3)
     assert sample(m, "streamtrk_beam_line_y_meters") == pytest.approx(-1.0e-3)
+    beam = json.loads(d.get("/status")[1])["beam_spot"]
+    assert beam == {"beam_line_mm": [1.5, -1.0], "measured_mm": None, "tracks": 0}
     [kept] = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
     assert kept.endswith("curve_allowed_keys, linger_ms, rcvhwm")
 

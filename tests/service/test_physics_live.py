@@ -10,6 +10,7 @@ running; the expressions are otherwise the file's own. The promtool unit tests
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -200,5 +201,8 @@ def test_a_daemon_centred_on_a_displaced_beam_reads_it_in_detector_coordinates(
         )
         assert poll(lambda: prometheus.query(off_axis, at=at_end))
         assert prometheus.query(alerts["StreamtrkBeamSpotShifted"], at=at_end) == []
+        status = json.loads(daemon.get("/status")[1])["beam_spot"]
+        assert status["beam_line_mm"] == [1.0, -0.5] and status["tracks"] > 1000
+        assert status["measured_mm"]["x"] == pytest.approx(1.0, abs=0.05)
     finally:
         prometheus.stop()
