@@ -384,7 +384,7 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
             "efficiency_vs_pt.png",
             pt[reco],
             found[reco],
-            np.geomspace(1, 50, 13),
+            np.geomspace(1, max(50.0, float(pt[reco].max(initial=0)) * 1.01), 13),
             "pT [GeV]",
             "tracking efficiency",
             True,
