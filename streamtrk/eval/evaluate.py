@@ -186,21 +186,23 @@ class Evaluation:
             np.where(known, getattr(p, k)[idx].astype(np.float64), np.nan)
             for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
         )
-        out = {"pt": np.hypot(px, py), "q": q}
+        pt = np.hypot(px, py)
+        out = {"pt": pt, "q": q}
         if self.bfield is None:
             return out | {"d0": np.full(len(q), np.nan), "z0": np.full(len(q), np.nan)}
-        radius = out["pt"] / (GEV_PER_TESLA_MM * abs(self.bfield))
-        h = -q * np.sign(self.bfield)  # +1: counter-clockwise seen from +z
-        ux, uy = px / out["pt"], py / out["pt"]
-        # The circle's centre from the beam line; the turn from the vertex to the perigee.
-        cx = vx - self.beam_line[0] - h * radius * uy
-        cy = vy - self.beam_line[1] + h * radius * ux
-        turn = h * (np.arctan2(-cy, -cx) - np.arctan2(-h * ux, h * uy))
-        turn = np.mod(turn + np.pi, 2 * np.pi) - np.pi
-        return out | {
-            "d0": q * (radius - np.hypot(cx, cy)),
-            "z0": vz + pz / out["pt"] * radius * turn,
-        }
+        with np.errstate(divide="ignore", invalid="ignore"):  # a particle at rest: NaN
+            radius = pt / (GEV_PER_TESLA_MM * abs(self.bfield))
+            h = -q * np.sign(self.bfield)  # +1: counter-clockwise seen from +z
+            ux, uy = px / pt, py / pt
+            # The circle's centre from the beam line; the turn from the vertex to the perigee.
+            cx = vx - self.beam_line[0] - h * radius * uy
+            cy = vy - self.beam_line[1] + h * radius * ux
+            turn = h * (np.arctan2(-cy, -cx) - np.arctan2(-h * ux, h * uy))
+            turn = np.mod(turn + np.pi, 2 * np.pi) - np.pi
+            return out | {
+                "d0": q * (radius - np.hypot(cx, cy)),
+                "z0": vz + pz / pt * radius * turn,
+            }
 
     def _score(self, ev: Event, labels: np.ndarray) -> Any:
         """Physics counts of one event's track labels; keeps its particles' row."""

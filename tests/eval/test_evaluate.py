@@ -178,6 +178,8 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
     assert np.allclose(fitted["z0"], truth["z0"], atol=2e-3)
     assert np.array_equal(truth["q"], q[who]) and np.allclose(truth["pt"], pt[who], rtol=1e-6)
     assert np.isnan(Evaluation(beam_line=beam)._truth_of(event, who + 1)["d0"]).all()
+    at_rest = metrics_event([1], {1: (0.0, 0.0, 1)})  # no helix: NaN, not a warning
+    assert np.isnan(Evaluation(bfield=2.0)._truth_of(at_rest, np.array([1]))["d0"]).all()
 
 
 def test_perigee_truth_is_of_the_beam_line_the_chain_is_centred_on(det) -> None:
