@@ -1,11 +1,11 @@
 """Helix fit of track candidates, vectorised over all tracks (NumPy or CuPy).
 
-Per track: a weighted circle fit in x-y (two Gauss-Newton steps on the geometric distances,
-in curvature, direction and distance of closest approach to the hits' centroid, as in
-Karimaki's fit: as good for a straight 1 TeV track as for a curved one; started from the Kasa
-circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from the chord where that is
-worse), then a weighted straight-line fit of z against the transverse arc length s from the
-perigee. All per-track sums are ``bincount`` reductions
+Per track: a weighted circle fit in x-y (a Gauss-Newton step on the geometric distances in
+each of the fit's two passes, in curvature, direction and distance of closest approach to the
+hits' centroid, as in Karimaki's fit: as good for a straight 1 TeV track as for a curved one;
+started from the Kasa circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from
+the chord where that is worse), then a weighted straight-line fit of z against the transverse
+arc length s from the perigee. All per-track sums are ``bincount`` reductions
 (``streamtrk.xp.bincount``: no host synchronisation on the device), so there is no loop over
 tracks.
 
@@ -153,21 +153,22 @@ def _fit_circle(
 ) -> tuple[Array, Array, Array]:
     """Weighted geometric circle fit: (xc, yc, R).
 
-    Gauss-Newton on the hits' distances to the circle in Karimaki's parameters about the hits'
-    weighted centroid (signed curvature ``kappa``, direction ``phi`` and signed distance
-    ``delta`` of the circle's point closest to the centroid), which stay finite from loopers
-    to straight lines; the centre and radius do not (a 1 TeV track's centre is 1.7 km away).
-    Two steps from the better (smaller weighted squared distances) of two starts: the Kasa
-    circle (close for curved tracks, biased for straight ones, singular for collinear hits)
-    and the straight line along the chord from the first to the last hit; or one step from
-    ``start``, a circle (xc, yc, R) fitted with nearby weights."""
+    One Gauss-Newton step on the hits' distances to the circle in Karimaki's parameters about
+    the hits' weighted centroid (signed curvature ``kappa``, direction ``phi`` and signed
+    distance ``delta`` of the circle's point closest to the centroid), which stay finite from
+    loopers to straight lines; the centre and radius do not (a 1 TeV track's centre is 1.7 km
+    away). It starts from ``start``, a circle (xc, yc, R) fitted with nearby weights, else
+    from the better (smaller weighted squared distances) of the Kasa circle (close for curved
+    tracks, biased for straight ones, singular for collinear hits) and the straight line
+    along the chord from the first to the last hit. ``fit_tracks`` calls it twice, the second
+    time from the first's circle: two steps, enough from either start (10 TeV tracks
+    included)."""
     ws = tsum(w)
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
     q = u * u + v * v
     guard = xp.eye(3) * (1e-12 * ws)[:, None, None]  # degenerate (collinear) tracks
     if start is None:
-        steps = 2
         suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
         su, sv = tsum(w * u), tsum(w * v)
         a = xp.stack(
@@ -188,12 +189,10 @@ def _fit_circle(
         take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
         kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
     else:
-        steps = 1
         kappa, phi, delta = _karimaki(start[0] - mx, start[1] - my, start[2], chord, xp)
-    for _ in range(steps):
-        eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
-        step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
-        kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
+    eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
+    step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
+    kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
     # A straight line (kappa 0) becomes a circle of 10^10 mm (pT in the 10^6 GeV).
     kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
     arm = delta + 1 / kappa  # centroid to centre, along (-sin phi, cos phi)
