@@ -291,7 +291,8 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     pT bias (its median), q/pT resolution (half-width of the central 68% of the error on
     q/pT, 1/GeV: the same at any pT where the hit resolutions dominate, while the relative pT
     error grows with pT), charge misidentification, and d0 and z0 resolutions (half-widths
-    of the central 68% of their errors, mm; particles with a perigee truth only)."""
+    of the central 68% of their errors, mm; particles with a perigee truth only); and the pT
+    bias of matched tracks of particles of 1 GeV or more by the tracks' |eta|."""
     col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
     true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
@@ -315,6 +316,13 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
             out[f"{name}_resolution_by_true_pt"][label] = float(high - low) / 2
         out["pt_bias_by_true_pt"][label] = float(np.median(errors["pt"][sel])) if n else np.nan
         out["charge_misid_rate_by_true_pt"][label] = ratio(int((q != true_q)[sel].sum()), n)
+    # The pT scale across the detector (a field or alignment fault shows here).
+    abs_eta, hard = np.abs(col["eta"][matched]), true_pt >= RECONSTRUCTABLE_MIN_PT
+    out["pt_bias_by_abs_eta"] = {}
+    for lo, hi in itertools.pairwise(ABS_ETA_BINS):
+        sel = hard & (abs_eta >= lo) & (abs_eta < hi)
+        bias = float(np.median(errors["pt"][sel])) if sel.any() else np.nan
+        out["pt_bias_by_abs_eta"][f"{lo:g}-{hi:g}"] = bias
     return out
 
 

@@ -76,8 +76,8 @@ def test_track_rates_by_bin() -> None:
 
 
 def test_pt_resolution_and_charge_by_true_pt() -> None:
-    def row(pt, true_pt, true_q, charge, matched=1, d0=0.0, true_d0=0.0):
-        values = {"pt": pt, "true_pt": true_pt, "true_q": true_q, "charge": charge}
+    def row(pt, true_pt, true_q, charge, matched=1, d0=0.0, true_d0=0.0, eta=0.0):
+        values = {"pt": pt, "true_pt": true_pt, "true_q": true_q, "charge": charge, "eta": eta}
         values |= {"d0": d0, "true_d0": true_d0, "z0": 2 * d0, "true_z0": 2 * true_d0}
         return [values.get(c, matched if c == "matched" else 0) for c in TRACK_COLUMNS]
 
@@ -95,15 +95,21 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
         ]
         + [row(5.0, 5.0, 1, 1, d0=0.1 + d, true_d0=0.1) for d in np.linspace(-0.02, 0.02, 51)]
         + [row(5.0, 5.0, 1, 1, d0=9.0, true_d0=np.nan)]  # no perigee truth: not in d0
+        + [row(510.0, 500.0, 1, 1, eta=1.2), row(520.0, 500.0, 1, 1, eta=-1.3)]  # +2%, +4%
+        + [row(0.75, 0.5, 1, 1, eta=1.2)]  # +50%, but under 1 GeV: not in the bias by |eta|
     )
     out = _resolution(rows)
     assert out["matched_tracks_by_true_pt"] == {
-        "0-1": 0, "1-3": 101, "3-10": 52, "10-100": 0, "100-1000": 0, "1000-inf": 2
+        "0-1": 1, "1-3": 101, "3-10": 52, "10-100": 0, "100-1000": 2, "1000-inf": 2
     }  # fmt: skip
     # d0 errors uniform in +-0.02 mm: +-0.0136 mm; z0 twice that
     assert out["d0_resolution_by_true_pt"]["3-10"] == pytest.approx(0.0136)
     assert out["z0_resolution_by_true_pt"]["3-10"] == pytest.approx(0.0272)
     assert out["d0_resolution_by_true_pt"]["1-3"] == 0.0
+    # by |eta|: 1-1.5 holds the two 500 GeV tracks (the soft one is left out), 0-1 the rest
+    assert out["pt_bias_by_abs_eta"]["1-1.5"] == pytest.approx(0.03)
+    assert out["pt_bias_by_abs_eta"]["0-1"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(out["pt_bias_by_abs_eta"]["2.5-4"])
     # central 68% of a uniform +-10%: +-6.8%
     assert out["pt_resolution_by_true_pt"]["1-3"] == pytest.approx(0.068, abs=1e-9)
     assert out["charge_misid_rate_by_true_pt"]["1-3"] == 0.0
@@ -124,7 +130,7 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
     assert math.isnan(out["pt_bias_by_true_pt"]["10-100"])
     assert math.isnan(out["q_over_pt_resolution_by_true_pt"]["10-100"])
     assert math.isnan(out["d0_resolution_by_true_pt"]["10-100"])
-    assert math.isnan(out["charge_misid_rate_by_true_pt"]["0-1"])
+    assert math.isnan(out["charge_misid_rate_by_true_pt"]["10-100"])
 
 
 def test_resolution_of_the_oracle_chain(small_events) -> None:
