@@ -66,7 +66,7 @@ def layer_indices(det: Detector, layers: Iterable[LayerId]) -> np.ndarray:
     return index
 
 
-def _smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
+def smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
     """Measured positions: true crossings smeared by the layer resolution, on the surface."""
     x, y, z = c.position.T
     r, phi = np.hypot(x, y), np.arctan2(y, x)
@@ -117,7 +117,7 @@ def simulate_event(
             for a in (cross.particle, cross.layer, cross.position, cross.momentum, cross.order)
         )
     )
-    measured = _smear(det, c, rng)
+    measured = smear(det, c, rng)
     n_sig = len(c.layer)
     f = cfg.noise_fraction
     n_noise = int(rng.poisson(n_sig * f / (1 - f))) if f > 0 else 0

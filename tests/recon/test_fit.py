@@ -10,7 +10,7 @@ from streamtrk.detector import GEV_PER_TESLA_MM
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
-from streamtrk.sim.simulate import _smear
+from streamtrk.sim.simulate import smear
 
 
 def _csr(groups, key):
@@ -71,7 +71,7 @@ def test_stiff_tracks_are_measured_as_well_as_soft_ones(det):
     for pt in (100, 1000, 10_000):
         rng = np.random.default_rng(6)
         offsets, idx, c, (pt_true, q, *_) = _helices(ideal, 1500, rng, pt=pt)
-        x, y, z = _smear(ideal, c, rng).T
+        x, y, z = smear(ideal, c, rng).T
         p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
         seen[pt] = (np.std(p["charge"] / p["pt"] - q / pt_true), np.std(p["d0"]))
         if pt < 10_000:  # at 10 TeV q/pT is within its error of 0: no median pT to speak of
@@ -145,7 +145,7 @@ def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
     ideal = replace(det, x0=np.full(len(det), 1e-12))
     rng = np.random.default_rng(2)
     offsets, idx, c, _ = _helices(ideal, 600, rng)
-    x, y, z = _smear(ideal, c, rng).T
+    x, y, z = smear(ideal, c, rng).T
     p = fit_tracks(offsets, idx, x, y, z, c.layer, ideal)
     ok = p["ndf"] >= 3
     assert ok.sum() > 500
