@@ -300,7 +300,10 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument(
-        "--tracks", type=Path, help="write the tracks' parameters (pt ... chi2, ndf) as CSV"
+        "--tracks",
+        type=Path,
+        help="write the tracks' parameters (pt ... chi2, ndf; phi, d0, z0 at the perigee to the "
+        "beam line of --beam-spot) as CSV",
     )
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
