@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,19 +92,43 @@ def layers(result: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {(r["metric"]["volume"], r["metric"]["layer"]) for r in result}
 
 
+@contextmanager
+def watching(daemon: Daemon, tmp: Path) -> Iterator[tuple[Prometheus, dict[str, str]]]:
+    """A Prometheus server scraping ``daemon`` with the time-compressed rules, and the
+    alerts' expressions."""
+    rules, alerts = compressed_rules(tmp)
+    prometheus = Prometheus(tmp, daemon.http, rules)
+    try:
+        prometheus.wait_scraping()
+        yield prometheus, alerts
+    finally:
+        prometheus.stop()
+
+
+def replay_and_read(
+    recording: Path, daemon: Daemon, prometheus: Prometheus
+) -> tuple[float, Callable[[str], float]]:
+    """Replay ``recording``, then wait for the scrape after the last reply: (the time 2 s
+    later, a reader of ``streamtrk_<name>`` then). A query at that time made before the scrape
+    answers with an earlier one, a window holding only part of the replay."""
+    t_end = replay(recording, daemon)
+    time.sleep(max(0.0, t_end + 3 - time.time()))
+
+    def gauge(name: str) -> float:
+        (result,) = poll(lambda: prometheus.query(f"streamtrk_{name}", at=t_end + 2))
+        return float(result["value"][1])
+
+    return t_end + 2, gauge
+
+
 @pytest.fixture
 def watched(
     daemon_factory: Callable[..., Daemon], tmp_path: Path
 ) -> Iterator[tuple[Daemon, Prometheus, dict[str, str]]]:
     """A daemon and a Prometheus server scraping it with the time-compressed rules."""
-    rules, alerts = compressed_rules(tmp_path)
     daemon = daemon_factory()
-    prometheus = Prometheus(tmp_path, daemon.http, rules)
-    try:
-        prometheus.wait_scraping()
+    with watching(daemon, tmp_path) as (prometheus, alerts):
         yield daemon, prometheus, alerts
-    finally:
-        prometheus.stop()
 
 
 def test_dead_and_noisy_layers(watched: tuple, tmp_path: Path) -> None:
@@ -150,22 +175,15 @@ def test_beam_spot_follows_a_shifted_luminous_region(watched: tuple, tmp_path: P
     """40 MU=10 events with the pileup vertices centred at z = 8 mm."""
     daemon, prometheus, alerts = watched
     shifted = simulate(tmp_path / "shifted.stk", "--beam-spot", "0,0,8", mu=10, seed=33)
-    t_end = replay(shifted, daemon)
-    # Read what was scraped after the last reply: a query at t_end + 2 made before then
-    # answers with an earlier scrape, a window holding only part of the replay.
-    time.sleep(max(0.0, t_end + 3 - time.time()))
-
-    def gauge(name: str) -> float:
-        (result,) = poll(lambda: prometheus.query(f"streamtrk_beam_spot_{name}", at=t_end + 2))
-        return float(result["value"][1])
-
+    at_end, gauge = replay_and_read(shifted, daemon, prometheus)
     # About 40 tracks an event pass the shipped model's quality cuts (|d0| < 0.5 mm, chi2/ndf).
-    assert gauge("tracks") > 1000
-    z, error = gauge("z_meters"), gauge("z_error_meters")
+    assert gauge("beam_spot_tracks") > 1000
+    z, error = gauge("beam_spot_z_meters"), gauge("beam_spot_z_error_meters")
     assert 0 < error < 0.008 / 10  # the shift is resolved ...
     assert abs(z - 0.008) < 3 * error  # ... and z0's mean follows it within its error
-    assert abs(gauge("x_meters")) < 0.05e-3 and abs(gauge("y_meters")) < 0.05e-3
-    shifted_alert = poll(lambda: prometheus.query(alerts["StreamtrkBeamSpotShifted"], at=t_end + 2))
+    assert abs(gauge("beam_spot_x_meters")) < 0.05e-3
+    assert abs(gauge("beam_spot_y_meters")) < 0.05e-3
+    shifted_alert = poll(lambda: prometheus.query(alerts["StreamtrkBeamSpotShifted"], at=at_end))
     assert [r["metric"]["direction"] for r in shifted_alert] == ["along z"]
 
 
@@ -175,25 +193,15 @@ def test_a_daemon_centred_on_a_displaced_beam_reads_it_in_detector_coordinates(
     """40 MU=10 events from the beam line (1, -0.5) mm, replayed through a daemon centred on
     it: the beam-spot gauges read it where it is, the beam-line gauges the settings, and the
     transverse alert, which compares the two, stays silent."""
-    rules, alerts = compressed_rules(tmp_path)
     daemon = daemon_factory("--beam-spot-x-mm", "1", "--beam-spot-y-mm", "-0.5")
-    prometheus = Prometheus(tmp_path, daemon.http, rules)
-    try:
-        prometheus.wait_scraping()
+    with watching(daemon, tmp_path) as (prometheus, alerts):
         moved = simulate(tmp_path / "moved.stk", "--beam-spot=1,-0.5,0", mu=10, seed=34)
-        t_end = replay(moved, daemon)
-        time.sleep(max(0.0, t_end + 3 - time.time()))
-
-        def gauge(name: str) -> float:
-            (result,) = poll(lambda: prometheus.query(f"streamtrk_{name}", at=t_end + 2))
-            return float(result["value"][1])
-
+        at_end, gauge = replay_and_read(moved, daemon, prometheus)
         assert gauge("beam_spot_tracks") > 1000
         assert gauge("beam_spot_x_meters") == pytest.approx(1e-3, abs=0.05e-3)
         assert gauge("beam_spot_y_meters") == pytest.approx(-0.5e-3, abs=0.05e-3)
         assert (gauge("beam_line_x_meters"), gauge("beam_line_y_meters")) == (1e-3, -0.5e-3)
         # The recording rules have both positions; from the axis the beam is 1.1 mm off.
-        at_end = t_end + 2
         assert poll(lambda: prometheus.query("job:streamtrk_beam_line_x_meters:avg", at=at_end))
         off_axis = (
             "sqrt(job:streamtrk_beam_spot_x_meters:avg ^ 2"
@@ -204,5 +212,3 @@ def test_a_daemon_centred_on_a_displaced_beam_reads_it_in_detector_coordinates(
         status = json.loads(daemon.get("/status")[1])["beam_spot"]
         assert status["beam_line_mm"] == [1.0, -0.5] and status["tracks"] > 1000
         assert status["measured_mm"]["x"] == pytest.approx(1.0, abs=0.05)
-    finally:
-        prometheus.stop()
