@@ -204,6 +204,10 @@ class Evaluation:
                 "z0": vz + pz / pt * radius * turn,
             }
 
+    def track_table(self) -> np.ndarray:
+        """The track rows of every event as one (tracks, TRACK_COLUMNS) array."""
+        return np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *self.track_rows])
+
     def _score(self, ev: Event, labels: np.ndarray) -> Any:
         """Physics counts of one event's track labels; keeps its particles' row."""
         c = self.physics.add(ev, labels)
@@ -260,7 +264,7 @@ class Evaluation:
                 out[f"{name}_edge_efficiency"] = ratio(c["central_found"], c["central"])
                 out[f"{name}_edge_efficiency_all"] = ratio(c["targets_found"], c["targets"])
                 out[f"{name}_edge_purity"] = ratio(c["targets_found"], c["edges_counted"])
-            rows = np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *self.track_rows])
+            rows = self.track_table()
             out |= _track_rates(rows) | _resolution(rows)
         return out
 
@@ -293,7 +297,7 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     error grows with pT), charge misidentification, and d0 and z0 resolutions (half-widths
     of the central 68% of their errors, mm; particles with a perigee truth only); and the pT
     bias of matched tracks of particles of 1 GeV or more by the tracks' |eta|."""
-    col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
+    col = _columns(rows)
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
     true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
     errors = {
@@ -324,6 +328,11 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
         bias = float(np.median(errors["pt"][sel])) if sel.any() else np.nan
         out["pt_bias_by_abs_eta"][f"{lo:g}-{hi:g}"] = bias
     return out
+
+
+def _columns(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Track rows (tracks, TRACK_COLUMNS) by column name."""
+    return {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
 
 
 def _track_param(tracks: Tracks, track_id: np.ndarray, name: str) -> np.ndarray:
@@ -377,7 +386,7 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     parts = np.concatenate(ev.particles) if ev.particles else np.zeros((0, 4))
     pt, eta, reco, found = parts.T
     reco, found = reco.astype(bool), found.astype(bool)
-    trk = np.concatenate(ev.track_rows)[:, [1, 3]] if ev.track_rows else np.zeros((0, 2))
+    trk = _columns(ev.track_table())
     made = []
 
     def binned(x: np.ndarray, ok: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -410,8 +419,8 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
         ),
         (
             "fake_rate_vs_eta.png",
-            trk[:, 0],
-            trk[:, 1].astype(bool),
+            trk["eta"],
+            trk["fake"].astype(bool),
             np.linspace(-4, 4, 17),
             "track eta",
             "fake rate",
@@ -439,8 +448,7 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
 
 def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
     """q/pT resolution and pT bias of matched tracks against the particle's true pT."""
-    rows = np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *ev.track_rows])
-    col = {name: rows[:, k] for k, name in enumerate(TRACK_COLUMNS)}
+    col = _columns(ev.track_table())
     ok = col["matched"].astype(bool) & np.isfinite(col["pt"]) & (col["true_pt"] > 0)
     true_pt, pt, q, true_q = (col[n][ok] for n in ("true_pt", "pt", "charge", "true_q"))
     bins = np.geomspace(0.5, max(float(true_pt.max(initial=0)) * 1.01, 50), 16)
