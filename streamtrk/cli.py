@@ -302,8 +302,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--tracks",
         type=Path,
-        help="write the tracks' parameters (pt ... chi2, ndf; phi, d0, z0 at the perigee to the "
-        "beam line of --beam-spot) as CSV",
+        help="write the tracks' parameters (pt ... chi2, ndf, standard errors sigma_*; phi, d0, "
+        "z0 at the perigee to the beam line of --beam-spot) as CSV",
     )
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
@@ -528,7 +528,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "given a msg_id) and receive the replies, one per event. Report keys: sent, received, "
     "missing (no reply within the timeout), ok, errors (by reason), resent, duplicates "
     "(second replies to a resent event, not counted again), events_per_second, "
-    "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, plus "
+    "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, beam_lines_mm (the "
+    "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
     "recording has truth. Exit status 1 when events are missing or unsent (with "
     "--fail-on-error also when a reply is an error), 130 after Ctrl-C (the report covers the "

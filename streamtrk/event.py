@@ -53,6 +53,12 @@ TRACK_PARAM_DTYPES: dict[str, str] = {
     "charge": "<i4",
     "chi2": "<f4",  # total chi-square of the helix fit
     "ndf": "<i4",  # its degrees of freedom: 2 x hits - 5
+    # The fit's standard errors (square roots of its covariance's diagonal):
+    "sigma_q_over_pt": "<f4",  # of charge / pt, 1/GeV
+    "sigma_eta": "<f4",
+    "sigma_phi": "<f4",  # rad
+    "sigma_d0": "<f4",  # mm
+    "sigma_z0": "<f4",  # mm
 }
 
 

@@ -138,6 +138,7 @@ class ReplayResult:
             "latency_p99_ms": pct(99),
             "latency_max_ms": float(lat_ms.max()) if len(lat_ms) else None,
             "latency_mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
+            "beam_lines_mm": beam_lines(self.first_replies),
         }
         return out | physics(events, self.first_replies)
 
@@ -295,6 +296,16 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     if not reply.ok:
         result.errors[reply.reason] += 1
     result.first_replies.setdefault((reply.run, reply.event), msg)
+
+
+def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
+    """The distinct beam lines ([x, y] mm) that ok replies' perigee parameters are about."""
+    found = {
+        tuple(m.header["beam_line"])
+        for m in replies.values()
+        if m.header["status"] == "ok" and "beam_line" in m.header
+    }
+    return [list(b) for b in sorted(found)]
 
 
 def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray]:

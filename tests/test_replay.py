@@ -175,7 +175,8 @@ def _truth_tracks(ev: Event) -> Tracks:
 def test_the_report_counts_each_event_by_its_first_reply() -> None:
     """A stand-in daemon answers events 0, 1 and 3 with their true tracks, event 2 with an
     error, sends one reply that does not decode, and in the second loop answers with no
-    tracks: ok, errors, invalid replies and physics (from the first replies) say so."""
+    tracks (and no beam line): ok, errors, invalid replies, physics and the beam lines (from
+    the first replies) say so."""
     events = _events(4)
     by_key = {rec.key: rec.event for rec in events}
     with _daemon_sockets() as (sink, out, to, from_):
@@ -190,7 +191,10 @@ def test_the_report_counts_each_event_by_its_first_reply() -> None:
                     reply = encode_tracks(ev.run, ev.event, hit_ids, None, status="error",
                                           reason="too_dense", **ids)  # fmt: skip
                 elif n < 4:
-                    reply = encode_tracks(ev.run, ev.event, hit_ids, _truth_tracks(ev), **ids)
+                    line = (0.25, 1) if msg.event == 3 else (0.5, 0)
+                    reply = encode_tracks(
+                        ev.run, ev.event, hit_ids, _truth_tracks(ev), beam_line=line, **ids
+                    )
                 else:
                     reply = encode_tracks(ev.run, ev.event, hit_ids, None, **ids)
                 out.send_multipart(reply)
@@ -204,6 +208,7 @@ def test_the_report_counts_each_event_by_its_first_reply() -> None:
     assert report["errors"] == {"too_dense": 2} and report["invalid_replies"] == 1
     assert report["tracking_efficiency"] == 1.0 and report["n_reconstructable"] > 0
     assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
+    assert report["beam_lines_mm"] == [[0.25, 1.0], [0.5, 0.0]]
 
 
 def test_resends_wait_retry_after_from_the_last_send() -> None:

@@ -24,6 +24,11 @@ first pass's momentum. Without material the chi2 of smeared hits follows a chi-s
 ``ndf = 2 n - 5`` degrees of freedom; ``ms_scale`` (0.7, 1.0) puts the median chi2 / ndf of
 true simulated tracks near 1 (chosen on validation events, seed 2000).
 
+Standard errors (``sigma_*``: of q/pT, eta, phi, d0, z0) are those of the fit as done: the
+diagonal of A^-1 (J^T W V W J) A^-1, A = J^T W J, with the fit's weights W and the hits'
+covariance V: measurement, and the track's own scatters correlated along it (a scatter moves
+every later hit), so they hold where scattering dominates as where resolution does.
+
 Conventions (solenoid field along +z): ``charge`` from the sense of rotation; ``phi`` the
 direction at the perigee; ``d0 = charge * (R - |c|)`` with ``c`` the circle centre, so d0 > 0
 when a positive track's circle encloses the beam line; ``z0`` the z at the perigee; ``chi2``
@@ -55,9 +60,9 @@ def fit_tracks(
     *,
     ms_scale: tuple[float, float] = MS_SCALE,
 ) -> dict[str, Array]:
-    """Helix parameters (pt, eta, phi, d0, z0, charge) and fit quality (chi2, ndf) of CSR
-    tracks whose hits are ordered along the track: the keys and dtypes of
-    ``TRACK_PARAM_DTYPES``."""
+    """Helix parameters (pt, eta, phi, d0, z0, charge), fit quality (chi2, ndf) and standard
+    errors (sigma_*) of CSR tracks whose hits are ordered along the track: the keys and
+    dtypes of ``TRACK_PARAM_DTYPES``."""
     xp = array_module(offsets)
     n_tracks = len(offsets) - 1
     if n_tracks == 0:
@@ -89,7 +94,8 @@ def fit_tracks(
     ms_c = ms_z = xp.zeros_like(hx)
     circle = None
     for _ in range(2):
-        circle = _fit_circle(hx, hy, 1 / (var_c + ms_c), tsum, tid, chord, xp, start=circle)
+        w_c, w_z = 1 / (var_c + ms_c), 1 / (var_z + ms_z)
+        circle = _fit_circle(hx, hy, w_c, tsum, tid, chord, xp, start=circle)
         xc, yc, radius = circle
         # Sense of rotation from the first to the last hit (ordered along the track).
         cross = (x[first] - xc) * (y[last] - yc) - (y[first] - yc) * (x[last] - xc)
@@ -104,7 +110,7 @@ def fit_tracks(
         var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(
             barrel, 0.0, res_b**2 * n_r**2
         )
-        tan_l, z0 = _fit_line(s, hz, 1 / (var_z + ms_z), tsum, xp)
+        tan_l, z0 = _fit_line(s, hz, w_z, tsum, xp)
         var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
 
         # Scattering: theta at each hit's layer, 3-D path to the neighbouring hits.
@@ -126,6 +132,30 @@ def fit_tracks(
     charge = (-h * np.sign(det.bfield)).astype(xp.int32)
     phi = xp.mod(theta_p + h * np.pi / 2 + np.pi, 2 * np.pi) - np.pi
     d0 = charge * (radius - xp.hypot(xc, yc))
+    # Standard errors: perigee parameters about the origin (Karimaki's), scatters correlated.
+    # A scatter at hit k by theta across the track turns the circle about k by theta cosh: hit
+    # j moves across by theta cosh R sin(turn_j - turn_k); one by theta in the other plane
+    # tilts the line by theta cosh^2, z moving by theta cosh (path_j - path_k), and changes
+    # the curvature by theta tan_l / R, moving hit j across by that times (s_j - s_k)^2 / 2.
+    kappa, phi_k, delta = _karimaki(*circle, chord, xp)
+    jac_c = _distances(kappa, phi_k, delta, hx, hy, hx * hx + hy * hy, tid, xp)[1]
+    one, sin_t, cos_t, big_r = xp.ones_like(s), xp.sin(turn), xp.cos(turn), radius[tid]
+    turned = ((big_r * sin_t, cos_t), (cos_t, -big_r * sin_t))
+    bent = ((s * s / 2, one), (s, -s), (one, s * s / 2))
+    var_kappa, var_phi, var_d0 = _variances(
+        jac_c,
+        w_c,
+        var_c,
+        [(theta * cosh[tid], turned), (theta * xp.abs(tan_l[tid]) / big_r, bent)],
+        offsets,
+        tid,
+        tsum,
+        xp,
+    )
+    tilted = ((path, one), (one, -path))
+    var_tan_l, var_z0 = _variances(
+        (s, one), w_z, var_z, [(theta * cosh[tid], tilted)], offsets, tid, tsum, xp
+    )
 
     params = {
         "pt": GEV_PER_TESLA_MM * abs(det.bfield) * radius,
@@ -136,6 +166,11 @@ def fit_tracks(
         "charge": charge,
         "chi2": chi2,
         "ndf": xp.maximum(2 * sizes - 5, 1),
+        "sigma_q_over_pt": xp.sqrt(var_kappa) / (GEV_PER_TESLA_MM * abs(det.bfield)),
+        "sigma_eta": xp.sqrt(var_tan_l) / cosh,
+        "sigma_phi": xp.sqrt(var_phi),
+        "sigma_d0": xp.sqrt(var_d0),
+        "sigma_z0": xp.sqrt(var_z0),
     }
     return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
 
@@ -212,13 +247,57 @@ def _gauss_newton_step(
     jac: tuple[Array, Array, Array], res: Array, w: Array, tsum: Any, guard: Array, xp: Any
 ) -> Array:
     """Per track, the weighted Gauss-Newton step of three parameters (zero where singular)."""
-    sums = {(i, j): tsum(w * jac[i] * jac[j]) for i in range(3) for j in range(i, 3)}
-    jtj = xp.stack(
-        [xp.stack([sums[min(i, j), max(i, j)] for j in range(3)], -1) for i in range(3)], -2
-    )
     jtr = xp.stack([tsum(w * ja * res) for ja in jac], -1)
-    step = xp.linalg.solve(jtj + guard, -jtr[..., None])[..., 0]
+    step = xp.linalg.solve(_normal_matrix(jac, w, tsum, xp) + guard, -jtr[..., None])[..., 0]
     return xp.where(xp.isfinite(step).all(-1)[:, None], step, 0.0)
+
+
+def _normal_matrix(jac: tuple[Array, ...], w: Array, tsum: Any, xp: Any) -> Array:
+    """Per track, the matrix J^T W J (n x n for n parameters) of the derivatives ``jac``."""
+    n = len(jac)
+    sums = {(i, j): tsum(w * jac[i] * jac[j]) for i in range(n) for j in range(i, n)}
+    return xp.stack(
+        [xp.stack([sums[min(i, j), max(i, j)] for j in range(n)], -1) for i in range(n)], -2
+    )
+
+
+Arms = tuple[tuple[Array, Array], ...]
+
+
+def _variances(
+    jac: tuple[Array, ...],
+    w: Array,
+    var: Array,
+    scatters: list[tuple[Array, Arms]],
+    offsets: Array,
+    tid: Array,
+    tsum: Any,
+    xp: Any,
+) -> list[Array]:
+    """Per track, the variances of the parameters of a weighted least-squares fit with
+    derivatives ``jac`` and weights ``w``, for hits with measurement variances ``var`` and the
+    scatters of the track itself: the diagonal of A^-1 (J^T W V W J) A^-1, A = J^T W J, where
+    V holds ``var`` and, for each ``(kick, arms)`` of ``scatters`` (independent deflections at
+    each hit k), the displacements kick_k D_jk of the hits j after k (in track order), their
+    arms D_jk = sum over ``arms`` (a, b) of a_j b_k. Suffix sums per track: no loop over hits
+    or tracks."""
+    a = _normal_matrix(jac, w, tsum, xp)
+    spread = _normal_matrix(jac, w * w * var, tsum, xp)
+    for kick, arms in scatters:
+        g = []
+        for ja in jac:
+            g_a = 0
+            for arm_j, arm_k in arms:
+                c = xp.cumsum(w * ja * arm_j)
+                after = xp.concatenate([xp.zeros(1), c])[offsets[1:]][tid] - c  # over j > k
+                g_a = g_a + arm_k * after
+            g.append(g_a)
+        spread = spread + _normal_matrix(tuple(g), kick * kick, tsum, xp)
+    n = len(jac)
+    guard = xp.eye(n) * (1e-12 * tsum(w))[:, None, None]  # as in the fit
+    left = xp.linalg.solve(a + guard, spread)  # A^-1 C
+    cov = xp.linalg.solve(a + guard, xp.swapaxes(left, -1, -2))  # A^-1 (A^-1 C)^T
+    return [cov[:, i, i] for i in range(n)]
 
 
 def _distances(

@@ -46,6 +46,7 @@ def _encode(reply: Reply) -> list[OutFrame]:
         reason=reply.reason,
         timings=reply.timings,
         msg_id=reply.msg_id,
+        beam_line=reply.beam_line,
     )
 
 

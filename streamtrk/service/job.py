@@ -49,15 +49,20 @@ class Reply:
     tracks: Tracks | None = None
     reason: str = ""
     msg_id: int | None = None
+    beam_line: tuple[float, float] | None = None  # mm: what the tracks' perigee is about
 
     @property
     def status(self) -> str:
         return "error" if self.reason else "ok"
 
     @classmethod
-    def success(cls, job: Job, tracks: Tracks, timings: dict[str, float]) -> Reply:
+    def success(
+        cls, job: Job, tracks: Tracks, timings: dict[str, float], beam_line: tuple[float, float]
+    ) -> Reply:
         ev = job.event
-        return cls(ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks, "", job.msg_id)
+        return cls(
+            ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks, "", job.msg_id, beam_line
+        )
 
     @classmethod
     def failure(cls, job: Job, reason: str) -> Reply:

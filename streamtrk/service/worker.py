@@ -161,7 +161,7 @@ class Worker(Supervised):
             faults.fail("batch")
             result = rec.reconstruct(events)
             replies = [
-                Reply.success(job, tracks, {**job.timings, **result.timings})
+                Reply.success(job, tracks, {**job.timings, **result.timings}, rec.beam_spot)
                 for job, tracks in zip(jobs, result.tracks, strict=True)
             ]
         except EventTooDense as e:

@@ -1,4 +1,4 @@
-"""Encode and strictly decode wire messages (schema v2, v1 still decoded).
+"""Encode and strictly decode wire messages (schema v3, v1 and v2 still decoded).
 
 A message is a list of ZeroMQ frames: frame 0 is a msgpack header map, frames 1..N are
 raw little-endian column buffers in the order the header's ``columns`` lists them.
@@ -118,8 +118,10 @@ def encode_tracks(
     timings: dict[str, float] | None = None,
     t_send_ns: int | None = None,
     msg_id: int | None = None,
+    beam_line: tuple[float, float] | None = None,
 ) -> list[OutFrame]:
-    """Frames of a ``tracks`` reply (``msg_id``: the one of the hits message answered).
+    """Frames of a ``tracks`` reply (``msg_id``: the one of the hits message answered;
+    ``beam_line``: the x, y in mm that the tracks' phi, d0 and z0 are about).
 
     ``tracks.hit_index`` indexes ``hit_ids`` (the event's hit ids); the message carries the
     hit ids themselves. ``tracks=None`` means no tracks, as an error reply requires.
@@ -140,6 +142,8 @@ def encode_tracks(
     extra: dict[str, Any] = {"status": status, "reason": reason, "timings": times}
     if msg_id is not None:
         extra["msg_id"] = int(msg_id)
+    if beam_line is not None:
+        extra["beam_line"] = [float(v) for v in beam_line]
     return _frames("tracks", run, event, t_send_ns, cols, **extra)
 
 
@@ -159,6 +163,7 @@ class TrackReply:
     hit_id: np.ndarray
     params: dict[str, np.ndarray]
     msg_id: int | None = None
+    beam_line: tuple[float, float] | None = None  # x, y (mm) of the perigee parameters
 
     @property
     def ok(self) -> bool:
@@ -222,11 +227,16 @@ class Message:
         """The :class:`TrackReply` of a ``tracks`` message."""
         self._expect("tracks")
         h, c = self.header, self.columns
-        params = {k: c[k] for k in TRACK_PARAM_DTYPES if k in c}
-        if "ndf" not in params:  # a version 1 reply: ndf unknown, chi2 per ndf
-            ndf = np.full(len(c["offsets"]) - 1, -1, dtype=TRACK_PARAM_DTYPES["ndf"])
-            ndf.flags.writeable = False  # read-only, as every decoded column
-            params["ndf"] = ndf
+        n_tracks = len(c["offsets"]) - 1
+        # Columns an older version lacks: ndf -1 (v1: chi2 per ndf), standard errors NaN.
+        params = {}
+        for k, dt in TRACK_PARAM_DTYPES.items():
+            if k in c:
+                params[k] = c[k]
+            else:
+                params[k] = np.full(n_tracks, -1 if k == "ndf" else np.nan, dtype=dt)
+                params[k].flags.writeable = False  # read-only, as every decoded column
+        beam_line = h.get("beam_line")
         return TrackReply(
             self.run,
             self.event,
@@ -237,6 +247,7 @@ class Message:
             c["hit_id"],
             params,
             self.msg_id,
+            None if beam_line is None else (float(beam_line[0]), float(beam_line[1])),
         )
 
 
@@ -483,6 +494,10 @@ def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
 
 def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
     _check_msg_id(header)
+    if "beam_line" in header:
+        b = header["beam_line"]
+        if not (isinstance(b, list) and len(b) == 2 and all(_is_number(v) for v in b)):
+            raise WireError("bad_header", f"beam_line must be [x, y] in mm, got {_short(b)}")
     status, reason, timings = header["status"], header["reason"], header["timings"]
     if not (isinstance(status, str) and status in STATUSES):
         raise WireError("bad_header", f"status must be 'ok' or 'error', got {_short(status)}")

@@ -1,6 +1,8 @@
-"""Wire schema v2 (v1 still decoded): header keys, column layouts per message kind,
+"""Wire schema v3 (v1 and v2 still decoded): header keys, column layouts per message kind,
 limits, and errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
 the tracks column ``ndf``, and made ``chi2`` the total chi-square (v1: chi2 per ndf).
+Version 3 added the tracks columns ``sigma_*`` (the fit's standard errors) and the optional
+tracks key ``beam_line`` (the x, y in mm that phi, d0 and z0 are about).
 
 See ``docs/wire-protocol.md`` for the full specification.
 """
@@ -12,8 +14,8 @@ from dataclasses import dataclass
 from streamtrk.event import HIT_DTYPES, HIT_TRUTH_DTYPES, PARTICLE_DTYPES, TRACK_PARAM_DTYPES
 
 SCHEMA = "streamtrk"
-VERSION = 2
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, VERSION})
+VERSION = 3
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, VERSION})
 
 #: Little-endian numeric dtypes a column may declare (``numpy.dtype(...).str`` spelling).
 ALLOWED_DTYPES: frozenset[str] = frozenset(
@@ -37,24 +39,31 @@ COMMON_KEYS: frozenset[str] = frozenset(
 #: Extra header keys per kind: (required, optional).
 KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "hits": (frozenset(), frozenset({"deadline_ms", "msg_id"})),
-    "tracks": (frozenset({"status", "reason", "timings"}), frozenset({"msg_id"})),
+    "tracks": (frozenset({"status", "reason", "timings"}), frozenset({"msg_id", "beam_line"})),
     "truth": (frozenset(), frozenset()),
 }
 STATUSES: frozenset[str] = frozenset({"ok", "error"})
 
-#: Version 1's tracks columns: no ``ndf`` (``chi2`` was the chi-square per ndf).
-_V1_TRACKS = {k: v for k, v in COLUMNS["tracks"].items() if k != "ndf"}
+#: Version 2's tracks columns: no ``sigma_*``; version 1's: no ``ndf`` either (``chi2`` was
+#: the chi-square per ndf).
+_V2_TRACKS = {k: v for k, v in COLUMNS["tracks"].items() if not k.startswith("sigma_")}
+_V1_TRACKS = {k: v for k, v in _V2_TRACKS.items() if k != "ndf"}
+#: Optional header keys each version added.
+_ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"})}
 
 
 def columns_of(kind: str, version: int) -> dict[str, str]:
     """Column name -> dtype, in wire order, of ``kind`` in ``version``."""
-    return _V1_TRACKS if (kind, version) == ("tracks", 1) else COLUMNS[kind]
+    if kind == "tracks" and version < VERSION:
+        return _V1_TRACKS if version == 1 else _V2_TRACKS
+    return COLUMNS[kind]
 
 
 def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
     """(required, optional) header keys of ``kind`` in ``version`` besides the common ones."""
     required, optional = KIND_KEYS[kind]
-    return (required, optional - {"msg_id"}) if version == 1 else (required, optional)
+    later = [keys for v, keys in _ADDED_KEYS.items() if v > version]
+    return required, optional.difference(*later)
 
 
 #: Exclusive upper bound of run, event, t_send_ns and column lengths.

@@ -115,7 +115,9 @@ def test_tracks_are_disjoint_and_long_enough(small_events):
     assert len(tracks) > 100
     assert np.all(tracks.sizes >= 3)
     assert len(np.unique(tracks.hit_index)) == len(tracks.hit_index)
-    assert set(tracks.params) == {"pt", "eta", "phi", "d0", "z0", "charge", "chi2", "ndf"}
+    assert set(tracks.params) == {"pt", "eta", "phi", "d0", "z0", "charge", "chi2", "ndf"} | {
+        f"sigma_{k}" for k in ("q_over_pt", "eta", "phi", "d0", "z0")
+    }
 
 
 def test_track_settings_apply_in_the_chain(small_events):

@@ -71,8 +71,10 @@ def simulate(path: Path, *options: str, mu: int, seed: int, events: int = 40) ->
 
 
 def replay(recording: Path, daemon: Daemon, *options: str) -> float:
-    """Replay ``recording`` and wait for every reply; the time it ended."""
+    """Replay ``recording`` and wait for every reply; the time it ended. Its report goes
+    next to the recording (``.json``)."""
     cmd = [sys.executable, "-m", "streamtrk", "replay", str(recording), "-q", "--timeout", "300"]
+    cmd += ["--report", str(recording.with_suffix(".json"))]
     cmd += ["--to", daemon.input, "--from", daemon.output, *options]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -197,6 +199,8 @@ def test_a_daemon_centred_on_a_displaced_beam_reads_it_in_detector_coordinates(
     with watching(daemon, tmp_path) as (prometheus, alerts):
         moved = simulate(tmp_path / "moved.stk", "--beam-spot=1,-0.5,0", mu=10, seed=34)
         at_end, gauge = replay_and_read(moved, daemon, prometheus)
+        # The replies say which beam line their perigee parameters are about.
+        assert json.loads(moved.with_suffix(".json").read_text())["beam_lines_mm"] == [[1, -0.5]]
         assert gauge("beam_spot_tracks") > 1000
         assert gauge("beam_spot_x_meters") == pytest.approx(1e-3, abs=0.05e-3)
         assert gauge("beam_spot_y_meters") == pytest.approx(-0.5e-3, abs=0.05e-3)

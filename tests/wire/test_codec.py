@@ -25,7 +25,7 @@ from streamtrk.wire import (
     peek_msg_id,
     with_msg_id,
 )
-from streamtrk.wire.schema import STATUSES
+from streamtrk.wire.schema import COMMON_KEYS, STATUSES, columns_of, keys_of
 
 DROP = object()
 FLOATS = ("vx", "vy", "vz", "px", "py", "pz")
@@ -121,7 +121,7 @@ def truth(rng: np.random.Generator) -> list[Any]:
 def test_hits_round_trip(rng: np.random.Generator, n: int) -> None:
     ev = random_event(rng, n, run=3, event=2**40)
     msg = decode([bytes(f) for f in encode_hits(ev, t_send_ns=99, deadline_ms=2.5)])
-    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 2)
+    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 3)
     assert msg.deadline_ms == 2.5
     back = msg.to_event()
     assert (back.run, back.event, back.truth) == (3, 2**40, None)
@@ -331,7 +331,8 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
-        ("bad_version", "three", lambda h, t, u: patch(h, version=3)),
+        ("bad_version", "four", lambda h, t, u: patch(h, version=4)),
+        ("bad_version", "zero", lambda h, t, u: patch(h, version=0)),
         ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
         ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
         ("bad_kind", "unknown", lambda h, t, u: patch(h, kind="photons")),
@@ -512,24 +513,68 @@ def test_messages_name_the_problem_plainly(hits: list[Any]) -> None:
     assert message([b"", *hits[1:]]).startswith("not_msgpack: frame 0 (0 bytes) is not one")
 
 
-def test_version_1_is_still_decoded(rng: np.random.Generator) -> None:
-    # A version 1 reply has no ndf column (chi2 was per ndf) and no msg_id: ndf comes back -1.
-    tr = random_tracks(rng, 30, 4)
-    frames = encode_tracks(1, 2, np.arange(30), tr, msg_id=5)
+def _as_version(frames: list[Any], version: int) -> list[Any]:
+    """A current-version message's frames written as ``version``: the columns and header keys
+    that version has (the sender's own columns, not copies)."""
     header = msgpack.unpackb(frames[0])
-    header["version"] = 1
-    del header["msg_id"]
-    at = [c[0] for c in header["columns"]].index("ndf")
-    del header["columns"][at]
-    v1 = [msgpack.packb(header), *frames[1 : at + 1], *frames[at + 2 :]]
+    kind = header["kind"]
+    keep = columns_of(kind, version)
+    required, optional = keys_of(kind, version)
+    header = {k: v for k, v in header.items() if k in COMMON_KEYS | required | optional}
+    header["version"] = version
+    at = [i for i, c in enumerate(header["columns"]) if c[0] in keep]
+    header["columns"] = [header["columns"][i] for i in at]
+    return [msgpack.packb(header), *(frames[1 + i] for i in at)]
+
+
+def test_version_1_is_still_decoded(rng: np.random.Generator) -> None:
+    # A version 1 reply has no ndf column (chi2 was per ndf), no standard errors and no
+    # msg_id: ndf comes back -1, the errors NaN.
+    tr = random_tracks(rng, 30, 4)
+    v1 = _as_version(encode_tracks(1, 2, np.arange(30), tr, msg_id=5, beam_line=(1, 2)), 1)
+    assert "ndf" not in [c[0] for c in msgpack.unpackb(v1[0])["columns"]]
     reply = decode(v1).to_reply()
-    assert reply.msg_id is None and len(reply) == 4
+    assert reply.msg_id is None and reply.beam_line is None and len(reply) == 4
     assert (reply.params["ndf"] == -1).all()
+    assert np.isnan(reply.params["sigma_d0"]).all()
     assert not reply.params["ndf"].flags.writeable  # read-only, as every decoded column
     np.testing.assert_array_equal(reply.params["chi2"], tr.params["chi2"])
     # Keys that version 2 added are not version 1's.
+    header = msgpack.unpackb(v1[0])
     with pytest.raises(WireError, match="unknown key 'msg_id'"):
         decode([msgpack.packb({**header, "msg_id": 5}), *v1[1:]])
+
+
+def test_version_2_is_still_decoded(rng: np.random.Generator) -> None:
+    # A version 2 reply has ndf and msg_id but no standard errors (NaN) and no beam_line.
+    tr = random_tracks(rng, 30, 4)
+    v2 = _as_version(encode_tracks(1, 2, np.arange(30), tr, msg_id=5, beam_line=(1, 2)), 2)
+    reply = decode(v2).to_reply()
+    assert reply.msg_id == 5 and reply.beam_line is None
+    np.testing.assert_array_equal(reply.params["ndf"], tr.params["ndf"])
+    for k in TRACK_PARAM_DTYPES:
+        if k.startswith("sigma_"):
+            assert np.isnan(reply.params[k]).all() and not reply.params[k].flags.writeable
+            assert reply.params[k].dtype == np.dtype(TRACK_PARAM_DTYPES[k])
+    header = msgpack.unpackb(v2[0])
+    with pytest.raises(WireError, match="unknown key 'beam_line'"):
+        decode([msgpack.packb({**header, "beam_line": [1.0, 2.0]}), *v2[1:]])
+    # A version 2 message with version 3's columns is refused, naming version 2's.
+    v3 = encode_tracks(1, 2, np.arange(30), tr)
+    with pytest.raises(WireError, match="bad_column"):
+        decode([msgpack.packb({**msgpack.unpackb(v3[0]), "version": 2}), *v3[1:]])
+
+
+def test_beam_line_travels_and_is_checked(rng: np.random.Generator) -> None:
+    tr = random_tracks(rng, 30, 4)
+    reply = decode(encode_tracks(1, 2, np.arange(30), tr, beam_line=(0.5, -1.25))).to_reply()
+    assert reply.beam_line == (0.5, -1.25)
+    assert decode(encode_tracks(1, 2, np.arange(30), tr)).to_reply().beam_line is None
+    frames = encode_tracks(1, 2, np.arange(30), tr, beam_line=(0.5, -1.25))
+    for bad in ([0.5], [0.5, "x"], [0.5, float("nan")], [0.5, True], {"x": 0.5}, [1, 2, 3]):
+        with pytest.raises(WireError, match="bad_header: beam_line must be"):
+            decode(patch(frames, beam_line=bad))
+    assert decode(patch(frames, beam_line=[1, -2])).to_reply().beam_line == (1.0, -2.0)
 
 
 def test_header_keys_that_are_not_strings_are_a_bad_header(rng: np.random.Generator) -> None:
