@@ -4,9 +4,11 @@ Primary helices from the beam line through the shipped detector (propagated by t
 multiple scattering included unless ``--no-material``), their crossings smeared by the layer
 resolutions, fitted as true tracks (every hit of a particle, in order). Per pT (|eta| < 1) and
 per |eta| bin (at 10 GeV): the half-width of the central 68% of the errors on q/pT (1/GeV),
-d0 and z0 (mm), the median fitted / true pT - 1, the median chi2/ndf and the share of wrong
-charges. The fit's own tests pin the same behaviour; this prints the figures for
-bench/RESULTS.md. To compare two versions of the fit, run it at both commits.
+d0 and z0 (mm), the median fitted / true pT - 1, the median chi2/ndf, the share of wrong
+charges, and the pulls of the five parameters (half-widths of the central 68% of error / the
+fit's standard error sigma_*: 1 where the standard errors are right). The fit's own tests
+pin the same behaviour; this prints the figures for bench/RESULTS.md. To compare two
+versions of the fit, run it at both commits.
 
 Run: PYTHONPATH=. .venv/bin/python bench/fit_resolution.py [--tracks 3000] [--no-material]
 """
@@ -26,7 +28,7 @@ from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import smear
 
-PTS = (1.0, 10.0, 100.0, 1000.0, 10_000.0)
+PTS = (0.3, 0.5, 1.0, 10.0, 100.0, 1000.0, 10_000.0)
 ETA_BINS = ((0.0, 1.0), (1.0, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0))
 
 
@@ -54,6 +56,13 @@ def measure(
     p = fit_tracks(offsets, order, x, y, z, c.layer, det)
     p = {k: v[keep].astype(np.float64) for k, v in p.items()}
     who = who[keep]
+    errors = {
+        "q_over_pt": p["charge"] / p["pt"] - q[who] / pt,
+        "eta": p["eta"] - eta[who],
+        "phi": np.mod(p["phi"] - phi[who] + np.pi, 2 * np.pi) - np.pi,
+        "d0": p["d0"],
+        "z0": p["z0"] - vz[who],
+    }
     return {
         "tracks": int(keep.sum()),
         "q_over_pt_resolution": half_width(p["charge"] / p["pt"] - q[who] / pt),
@@ -62,6 +71,7 @@ def measure(
         "pt_bias": float(np.median(p["pt"] / pt - 1)),
         "chi2_ndf_median": float(np.median(p["chi2"] / p["ndf"])),
         "charge_wrong": float(np.mean(p["charge"] != q[who])),
+        "pulls": {k: half_width(e / p[f"sigma_{k}"]) for k, e in errors.items()},
     }
 
 

@@ -95,6 +95,9 @@ TRACK_COLUMNS = (
     "z0",
     "true_d0",
     "true_z0",
+    "sigma_q_over_pt",
+    "sigma_d0",
+    "sigma_z0",
 )
 
 
@@ -112,7 +115,8 @@ class Evaluation:
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
     # Per track, the TRACK_COLUMNS: fitted pt, eta, chi2/ndf; fake, duplicate, matched; the
     # majority particle's pT and charge (NaN for noise); the fitted charge, d0 and z0; the
-    # particle's d0 and z0 (NaN for noise, and without ``bfield``).
+    # particle's d0 and z0 (NaN for noise, and without ``bfield``); the fit's standard errors
+    # of q/pT, d0 and z0.
     track_rows: list[np.ndarray] = field(default_factory=list)
     # Per (run, event): hit ids and track labels (a submission's rows), and the tracks.
     submission: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -166,7 +170,7 @@ class Evaluation:
             self.pruned_edges.update(pruned)
             self.gnn_edges.update(truth.counts(local[:, scores[mine] > threshold]))
             c = self._score(ev, labels)
-            names = ("pt", "eta", "charge", "d0", "z0")
+            names = ("pt", "eta", "charge", "d0", "z0", "sigma_q_over_pt", "sigma_d0", "sigma_z0")
             p = {n: _track_param(tracks, c.track_id, n) for n in names}
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
@@ -174,6 +178,7 @@ class Evaluation:
             truth = self._truth_of(ev, c.track_particle)
             row = [p["pt"], p["eta"], chi2_ndf, *flags, truth["pt"], truth["q"], p["charge"]]
             row += [p["d0"], p["z0"], truth["d0"], truth["z0"]]
+            row += [p["sigma_q_over_pt"], p["sigma_d0"], p["sigma_z0"]]
             self.track_rows.append(np.stack(row, 1))
 
     def _truth_of(self, ev: Event, particle_id: np.ndarray) -> dict[str, np.ndarray]:
@@ -295,8 +300,10 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     pT bias (its median), q/pT resolution (half-width of the central 68% of the error on
     q/pT, 1/GeV: the same at any pT where the hit resolutions dominate, while the relative pT
     error grows with pT), charge misidentification, and d0 and z0 resolutions (half-widths
-    of the central 68% of their errors, mm; particles with a perigee truth only); and the pT
-    bias of matched tracks of particles of 1 GeV or more by the tracks' |eta|."""
+    of the central 68% of their errors, mm; particles with a perigee truth only), the pulls of
+    q/pT, d0 and z0 (half-widths of the central 68% of error / the fit's standard error: 1
+    where the standard errors are right); and the pT bias of matched tracks of particles of
+    1 GeV or more by the tracks' |eta|."""
     col = _columns(rows)
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
     true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
@@ -307,17 +314,22 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
         "z0": col["z0"][matched] - col["true_z0"][matched],
     }
     names = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
-    names += ("d0_resolution", "z0_resolution")
+    names += ("d0_resolution", "z0_resolution", "q_over_pt_pull", "d0_pull", "z0_pull")
     out: dict[str, dict[str, Any]] = {f"{n}_by_true_pt": {} for n in names}
+    pulls = {}
+    for n in ("q_over_pt", "d0", "z0"):
+        sigma = col[f"sigma_{n}"][matched]  # NaN or 0 where unknown (an older reply)
+        pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
     out["charge_misid_rate_by_true_pt"] = {}
     for lo, hi in itertools.pairwise(TRUE_PT_BINS):
         sel = (true_pt >= lo) & (true_pt < hi)
         label, n = f"{lo:g}-{hi:g}", int(sel.sum())
         out["matched_tracks_by_true_pt"][label] = n
-        for name, err in errors.items():
-            known = err[sel & np.isfinite(err)]
-            low, high = np.percentile(known, [16, 84]) if len(known) else (np.nan, np.nan)
-            out[f"{name}_resolution_by_true_pt"][label] = float(high - low) / 2
+        for kind, values in (("resolution", errors), ("pull", pulls)):
+            for name, err in values.items():
+                known = err[sel & np.isfinite(err)]
+                low, high = np.percentile(known, [16, 84]) if len(known) else (np.nan, np.nan)
+                out[f"{name}_{kind}_by_true_pt"][label] = float(high - low) / 2
         out["pt_bias_by_true_pt"][label] = float(np.median(errors["pt"][sel])) if n else np.nan
         out["charge_misid_rate_by_true_pt"][label] = ratio(int((q != true_q)[sel].sum()), n)
     # The pT scale across the detector (a field or alignment fault shows here).

@@ -76,9 +76,10 @@ def test_track_rates_by_bin() -> None:
 
 
 def test_pt_resolution_and_charge_by_true_pt() -> None:
-    def row(pt, true_pt, true_q, charge, matched=1, d0=0.0, true_d0=0.0, eta=0.0):
+    def row(pt, true_pt, true_q, charge, matched=1, d0=0.0, true_d0=0.0, eta=0.0, sigma=0.0):
         values = {"pt": pt, "true_pt": true_pt, "true_q": true_q, "charge": charge, "eta": eta}
         values |= {"d0": d0, "true_d0": true_d0, "z0": 2 * d0, "true_z0": 2 * true_d0}
+        values |= {"sigma_d0": sigma, "sigma_z0": 4 * sigma}  # sigma 0: unknown
         return [values.get(c, matched if c == "matched" else 0) for c in TRACK_COLUMNS]
 
     rows = np.array(
@@ -93,7 +94,10 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
             row(5.0, np.nan, np.nan, 1, matched=0),  # noise
             row(np.nan, 20.0, 1, 1),  # not fitted
         ]
-        + [row(5.0, 5.0, 1, 1, d0=0.1 + d, true_d0=0.1) for d in np.linspace(-0.02, 0.02, 51)]
+        + [
+            row(5.0, 5.0, 1, 1, d0=0.1 + d, true_d0=0.1, sigma=0.0068)
+            for d in np.linspace(-0.02, 0.02, 51)
+        ]
         + [row(5.0, 5.0, 1, 1, d0=9.0, true_d0=np.nan)]  # no perigee truth: not in d0
         + [row(510.0, 500.0, 1, 1, eta=1.2), row(520.0, 500.0, 1, 1, eta=-1.3)]  # +2%, +4%
         + [row(0.75, 0.5, 1, 1, eta=1.2)]  # +50%, but under 1 GeV: not in the bias by |eta|
@@ -106,6 +110,12 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
     assert out["d0_resolution_by_true_pt"]["3-10"] == pytest.approx(0.0136)
     assert out["z0_resolution_by_true_pt"]["3-10"] == pytest.approx(0.0272)
     assert out["d0_resolution_by_true_pt"]["1-3"] == 0.0
+    # pulls: errors over the standard errors (half the resolution for d0, z0 twice as wide
+    # with sigma four times); none where the standard error is unknown
+    assert out["d0_pull_by_true_pt"]["3-10"] == pytest.approx(2.0)
+    assert out["z0_pull_by_true_pt"]["3-10"] == pytest.approx(1.0)
+    assert math.isnan(out["d0_pull_by_true_pt"]["1-3"])
+    assert math.isnan(out["q_over_pt_pull_by_true_pt"]["3-10"])
     # by |eta|: 1-1.5 holds the two 500 GeV tracks (the soft one is left out), 0-1 the rest
     assert out["pt_bias_by_abs_eta"]["1-1.5"] == pytest.approx(0.03)
     assert out["pt_bias_by_abs_eta"]["0-1"] == pytest.approx(0.0, abs=1e-12)
@@ -149,6 +159,8 @@ def test_resolution_of_the_oracle_chain(small_events) -> None:
     assert 1e-3 < out["q_over_pt_resolution_by_true_pt"]["1-3"] < 0.03
     assert 0.005 < out["d0_resolution_by_true_pt"]["1-3"] < 0.2  # mm
     assert 0.005 < out["z0_resolution_by_true_pt"]["1-3"] < 2  # all |eta| < 4: 0.76 mm
+    for name in ("q_over_pt", "d0", "z0"):
+        assert 0.85 < out[f"{name}_pull_by_true_pt"]["1-3"] < 1.25, name
 
 
 def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
@@ -190,13 +202,16 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
 
 def test_perigee_truth_is_of_the_beam_line_the_chain_is_centred_on(det) -> None:
     """Collisions at (1.5, -1) mm, the chain centred there: d0 and z0 errors as small as on
-    the axis (truth taken to the z axis instead would be off by up to 1.8 mm)."""
+    the axis (truth taken to the z axis instead would be off by up to 1.8 mm), and as large
+    as the tracks' standard errors say (pulls near 1: 0.98 to 1.10 on this event)."""
     cfg = SimConfig(generator=GeneratorConfig(mu=20, beam_spot=(1.5, -1.0, 0.0)))
     events = list(simulate(det, cfg, seed=12, n_events=1))
     out = evaluate(Reconstructor.oracle(beam_spot=(1.5, -1.0)), events).report()
     assert out["matched_tracks_by_true_pt"]["1-3"] > 100
     assert 0.005 < out["d0_resolution_by_true_pt"]["1-3"] < 0.2
     assert 0.005 < out["z0_resolution_by_true_pt"]["1-3"] < 2  # all |eta| < 4: 0.76 mm
+    for name in ("q_over_pt", "d0", "z0"):
+        assert 0.85 < out[f"{name}_pull_by_true_pt"]["1-3"] < 1.25, name
 
 
 class _FixedTimings(Reconstructor):
