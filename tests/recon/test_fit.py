@@ -130,6 +130,8 @@ def test_collinear_hits_are_fitted_as_a_straight_line(det):
         assert p["z0"][0] == pytest.approx(0, abs=1e-3)
         assert p["eta"][0] == pytest.approx(np.arcsinh(0.5), abs=1e-6)
         assert p["chi2"][0] < 1e-3
+        for name in ("q_over_pt", "eta", "phi", "d0", "z0"):  # a line has errors too
+            assert 0 < p[f"sigma_{name}"][0] < np.inf, name
 
 
 def test_displaced_helices_have_the_documented_d0_sign(det):
