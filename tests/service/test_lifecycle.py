@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 from live_daemon import sample
 
@@ -125,6 +126,12 @@ def test_readyz_is_503_while_loading_and_while_draining(daemon_factory) -> None:
         wait_for(lambda: d.get("/readyz") == (503, "draining\n"), timeout=30)
         reply = consumer.recv(timeout_ms=120_000)
     assert reply is not None and reply.to_reply().ok
+    # A reply states the beam line of its perigee parameters and their standard errors.
+    tracks = reply.to_reply()
+    assert tracks.beam_line == (0.0, 0.0) and len(tracks) > 500  # MU=100: 992
+    for name in ("q_over_pt", "eta", "phi", "d0", "z0"):
+        sigma = tracks.params[f"sigma_{name}"]
+        assert np.all((sigma > 0) & np.isfinite(sigma)), name
     assert d.stop() == 0
 
 
