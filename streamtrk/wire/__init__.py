@@ -15,6 +15,7 @@ from streamtrk.wire.codec import (
 )
 from streamtrk.wire.schema import (
     DEFAULT_LIMITS,
+    ENCODED_VERSIONS,
     REASONS,
     SUPPORTED_VERSIONS,
     VERSION,
@@ -24,6 +25,7 @@ from streamtrk.wire.schema import (
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "ENCODED_VERSIONS",
     "REASONS",
     "SUPPORTED_VERSIONS",
     "VERSION",

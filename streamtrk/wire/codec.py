@@ -35,11 +35,11 @@ from streamtrk.wire.schema import (
     COLUMNS,
     COMMON_KEYS,
     DEFAULT_LIMITS,
+    ENCODED_VERSIONS,
     MAX_INT,
     SCHEMA,
     STATUSES,
     SUPPORTED_VERSIONS,
-    VERSION,
     Limits,
     WireError,
     columns_of,
@@ -61,7 +61,7 @@ def _frames(
     arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
     header = {
         "schema": SCHEMA,
-        "version": VERSION,
+        "version": ENCODED_VERSIONS[kind],
         "kind": kind,
         "run": int(run),
         "event": int(event),
@@ -90,11 +90,11 @@ def encode_hits(
 
 def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
     """A ``hits`` message's frames with ``msg_id`` set in its header; column frames are not
-    copied. A version 1 header (a recording made before ``msg_id``) is raised to the current
-    version, which has the same hits columns and admits the key."""
+    copied. A version 1 header (a recording made before ``msg_id``) is raised to version 2,
+    which has the same hits columns and admits the key."""
     header = msgpack.unpackb(frame_view(frames[0]), raw=False)
     header["msg_id"] = int(msg_id)
-    header["version"] = VERSION
+    header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
 

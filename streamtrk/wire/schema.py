@@ -1,5 +1,6 @@
-"""Wire schema v3 (v1 and v2 still decoded): header keys, column layouts per message kind,
-limits, and errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
+"""Wire schema v3 (v1 and v2 still decoded; each kind written in the oldest version that
+carries it, ``ENCODED_VERSIONS``): header keys, column layouts per message kind, limits, and
+errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
 the tracks column ``ndf``, and made ``chi2`` the total chi-square (v1: chi2 per ndf).
 Version 3 added the tracks columns ``sigma_*`` (the fit's standard errors) and the optional
 tracks key ``beam_line`` (the x, y in mm that phi, d0 and z0 are about).
@@ -64,6 +65,19 @@ def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
     required, optional = KIND_KEYS[kind]
     later = [keys for v, keys in _ADDED_KEYS.items() if v > version]
     return required, optional.difference(*later)
+
+
+#: The version encoders write per kind: the oldest with the current keys and columns of that
+#: kind, so that an older decoder reads every message it can (hits: 2, truth: 1, tracks: 3;
+#: a producer of this version can feed a daemon of version 2).
+ENCODED_VERSIONS: dict[str, int] = {
+    kind: min(
+        v
+        for v in SUPPORTED_VERSIONS
+        if columns_of(kind, v) == COLUMNS[kind] and keys_of(kind, v) == KIND_KEYS[kind]
+    )
+    for kind in COLUMNS
+}
 
 
 #: Exclusive upper bound of run, event, t_send_ns and column lengths.

@@ -25,7 +25,6 @@ from streamtrk.io.recording import (
     summarize,
 )
 from streamtrk.wire import WireError, encode_hits, encode_tracks, encode_truth
-from streamtrk.wire.schema import VERSION
 
 
 def make_event(rng: np.random.Generator, n: int, event: int) -> Event:
@@ -318,7 +317,7 @@ def test_summarize(small: Any, tmp_path: Path) -> None:
         "hits_mean": 1.5,
         "hits_max": 2,
         "events_with_truth": 1,
-        "versions": [VERSION],
+        "versions": [1, 2],  # truth, hits (the oldest versions that carry them)
         "kinds": {"hits": 2, "truth": 1},
         "invalid": {"not_msgpack": 1},
         "error": None,
@@ -397,4 +396,4 @@ def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path, rn
         w.write([msgpack.packb({"version": True})])
     s = summarize(path)
     assert s["events_with_truth"] == 0
-    assert s["versions"] == [VERSION]
+    assert s["versions"] == [1, 2]

@@ -14,6 +14,7 @@ import pytest
 
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.wire import (
+    ENCODED_VERSIONS,
     REASONS,
     Limits,
     WireError,
@@ -121,7 +122,7 @@ def truth(rng: np.random.Generator) -> list[Any]:
 def test_hits_round_trip(rng: np.random.Generator, n: int) -> None:
     ev = random_event(rng, n, run=3, event=2**40)
     msg = decode([bytes(f) for f in encode_hits(ev, t_send_ns=99, deadline_ms=2.5)])
-    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 3)
+    assert (msg.kind, msg.run, msg.event, msg.t_send_ns, msg.version) == ("hits", 3, 2**40, 99, 2)
     assert msg.deadline_ms == 2.5
     back = msg.to_event()
     assert (back.run, back.event, back.truth) == (3, 2**40, None)
@@ -563,6 +564,21 @@ def test_version_2_is_still_decoded(rng: np.random.Generator) -> None:
     v3 = encode_tracks(1, 2, np.arange(30), tr)
     with pytest.raises(WireError, match="bad_column"):
         decode([msgpack.packb({**msgpack.unpackb(v3[0]), "version": 2}), *v3[1:]])
+
+
+def test_each_kind_is_written_in_the_oldest_version_that_carries_it(
+    rng: np.random.Generator,
+) -> None:
+    """Hits have not changed since version 2 and truth since version 1: a producer of this
+    version feeds a daemon that decodes only version 2; replies need version 3's columns."""
+    assert ENCODED_VERSIONS == {"hits": 2, "truth": 1, "tracks": 3}
+    ev = random_event(rng, 5)
+    hits = encode_hits(ev, msg_id=4, deadline_ms=2.0)
+    assert msgpack.unpackb(hits[0])["version"] == 2 and decode(hits).msg_id == 4
+    assert msgpack.unpackb(encode_tracks(1, 2, [], None)[0])["version"] == 3
+    # A resend keeps a later version it was written with, and raises version 1 to 2.
+    assert decode(with_msg_id(patch(hits, version=3), 5)).version == 3
+    assert decode(with_msg_id(patch(hits, version=1, msg_id=DROP), 5)).version == 2
 
 
 def test_beam_line_travels_and_is_checked(rng: np.random.Generator) -> None:
