@@ -95,10 +95,10 @@ def test_standard_errors_are_the_spread_of_the_fitted_parameters(det, pt, within
     """The sigma_* of simulated helices (material, hit resolutions, |eta| < 2.5) are what the
     fitted parameters scatter by about the truth: pulls of width 1 from 0.5 GeV, where the
     tracks' own scattering dominates and correlates their hits, to 1 TeV, where the hit
-    resolutions do. A diagonal scattering term gives pulls of 3 to 7 at 1 GeV. At 0.3 GeV
-    (tracks turning up to a radian in the detector) the curvature change's arm, taken for
-    small turns, makes sigma(q/pT) 15% large; the turn of the circle is exact (a straight arm
-    gives phi and d0 pulls of 1.3 there, no curvature change 1.35 in q/pT)."""
+    resolutions do; without the scatters' correlation along the track they are several times
+    wider from 1 GeV down. At 0.3 GeV (tracks turning up to a radian in the detector) the
+    curvature change's arm, taken for small turns, makes sigma(q/pT) 10-20% large; the
+    circle's turn is exact (a straight arm, or no curvature change, fails there)."""
     rng = np.random.default_rng(8)
     offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, 1500, rng, pt=pt)
     x, y, z = smear(det, c, rng).T
