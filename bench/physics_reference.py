@@ -124,12 +124,17 @@ def healthy(events: int) -> dict[str, Any]:
             labels["le"]: v / one("streamtrk_edge_score_count")
             for labels, v in m["streamtrk_edge_score_bucket"]
         },
+        "d0_significance_share_below": {
+            labels["le"]: v / one("streamtrk_track_d0_significance_count")
+            for labels, v in m["streamtrk_track_d0_significance_bucket"]
+        },
         "quantiles_10_50_90": {
             h: quantiles(m, h)
             for h in (
                 "streamtrk_track_pt_electronvolts",
                 "streamtrk_track_eta",
                 "streamtrk_track_d0_meters",
+                "streamtrk_track_d0_significance",
                 "streamtrk_track_z0_meters",
                 "streamtrk_track_hits",
             )

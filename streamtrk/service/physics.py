@@ -36,6 +36,7 @@ Z0_BUCKETS = (
     -0.25, -0.1, -0.05, -0.03, -0.02, -0.015, -0.01, -0.0075, -0.005, -0.0025, 0.0,
     0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
 )  # fmt: skip
+D0_SIGNIFICANCE_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 100)
 TRACK_HIT_BUCKETS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20)
 EVENT_TRACK_BUCKETS = (0, 1, 3, 10, 30, 100, 300, 1000, 2000, 3000, 5000, 10000)
 EDGE_SCORE_BUCKETS = (
@@ -121,6 +122,13 @@ class PhysicsMetrics:
         self.phi = h("streamtrk_track_phi_radians", "Track azimuth.", PHI_BUCKETS, r)
         self.d0 = h("streamtrk_track_d0_meters", "Track transverse impact parameter.",
                     D0_BUCKETS, r)  # fmt: skip
+        self.d0_significance = h(
+            "streamtrk_track_d0_significance",
+            "Track |d0| over its standard error (the fit's), to the beam line the chain is "
+            "centred on.",
+            D0_SIGNIFICANCE_BUCKETS,
+            r,
+        )
         self.z0 = h("streamtrk_track_z0_meters", "Track z at the perigee.", Z0_BUCKETS, r)
         self.track_hits = h("streamtrk_track_hits", "Hits per track.", TRACK_HIT_BUCKETS, r)
         self.event_tracks = h("streamtrk_event_tracks", "Tracks per event reconstructed.",
@@ -171,11 +179,13 @@ class PhysicsMetrics:
         self.event_tracks.observe(n_tracks)
         self.events_without_tracks.inc(int(np.sum((n_tracks == 0) & (n_hits > 0))))
         params = {k: np.concatenate([t.params[k] for t in result.tracks]) for k in
-                  ("pt", "eta", "phi", "d0", "z0")}  # fmt: skip
+                  ("pt", "eta", "phi", "d0", "z0", "sigma_d0")}  # fmt: skip
         self.pt.observe(params["pt"] * GEV)
         self.eta.observe(params["eta"])
         self.phi.observe(params["phi"])
         self.d0.observe(params["d0"] * MM)
+        sigma = params["sigma_d0"]
+        self.d0_significance.observe(np.abs(params["d0"]) / np.where(sigma > 0, sigma, np.nan))
         self.z0.observe(params["z0"] * MM)
         self.track_hits.observe(np.concatenate([t.sizes for t in result.tracks]))
         serial = self._events_seen + np.arange(len(events))
