@@ -387,7 +387,7 @@ def evaluate(
 
 def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     """PNG plots: efficiency against pT and eta, fake rate against eta, the q/pT resolution
-    and pT bias of matched tracks against true pT."""
+    and pT bias of matched tracks against true pT, and their pulls."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,7 +455,39 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
         plt.close(fig)
         made.append(path)
     made.append(_plot_resolution(ev, directory / "pt_resolution_vs_pt.png", plt))
+    made.append(_plot_pulls(ev, directory / "pulls.png", plt))
     return made
+
+
+def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:
+    """Pulls (error / the fit's standard error) of q/pT, d0 and z0 of matched tracks, with
+    the unit Gaussian they follow when the standard errors are right."""
+    col = _columns(ev.track_table())
+    ok = col["matched"].astype(bool) & np.isfinite(col["pt"]) & (col["true_pt"] > 0)
+    c = {k: v[ok] for k, v in col.items()}
+    errors = {
+        "q/pT": (c["charge"] / c["pt"] - c["true_q"] / c["true_pt"], c["sigma_q_over_pt"]),
+        "d0": (c["d0"] - c["true_d0"], c["sigma_d0"]),
+        "z0": (c["z0"] - c["true_z0"], c["sigma_z0"]),
+    }
+    edges = np.linspace(-5, 5, 51)
+    centres = (edges[1:] + edges[:-1]) / 2
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+    for ax, (name, (err, sigma)) in zip(axes, errors.items(), strict=True):
+        pull = np.divide(err, sigma, out=np.full(len(err), np.nan), where=sigma > 0)
+        pull = pull[np.isfinite(pull)]
+        if len(pull):
+            low, high = np.percentile(pull, [16, 84])
+            ax.hist(np.clip(pull, -5, 5), bins=edges, density=True, alpha=0.6)
+            ax.set_title(f"{name}: {len(pull)} tracks, width {(high - low) / 2:.2f}")
+        ax.plot(centres, np.exp(-(centres**2) / 2) / np.sqrt(2 * np.pi), color="black", lw=1)
+        ax.set_xlabel(f"{name} pull (error / sigma; ends hold the tails)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"matched tracks, density ({ev.n_events} events)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:

@@ -30,6 +30,9 @@ REPORT_KEYS = {
     "events",
     "seconds_per_event",
     "stage_seconds",
+    "q_over_pt_pull_by_true_pt",
+    "d0_pull_by_true_pt",
+    "z0_pull_by_true_pt",
 }
 
 
@@ -157,6 +160,7 @@ def test_evaluate_command_writes_report_plots_and_submission(tmp_path, small_eve
     assert set(report) >= REPORT_KEYS
     assert json.loads(capsys.readouterr().out) == report
     names = ("efficiency_vs_pt", "efficiency_vs_eta", "fake_rate_vs_eta", "pt_resolution_vs_pt")
+    names += ("pulls",)
     for name in (f"{n}.png" for n in names):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     sub = read_submission(out / "sub.csv")
