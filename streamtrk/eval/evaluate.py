@@ -305,21 +305,11 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     where the standard errors are right); and the pT bias of matched tracks of particles of
     1 GeV or more by the tracks' |eta|."""
     col = _columns(rows)
-    matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
-    true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
-    errors = {
-        "pt": pt / true_pt - 1,
-        "q_over_pt": q / pt - true_q / true_pt,
-        "d0": col["d0"][matched] - col["true_d0"][matched],
-        "z0": col["z0"][matched] - col["true_z0"][matched],
-    }
+    matched, errors, pulls = _fit_errors(col)
+    true_pt, q, true_q = (col[n][matched] for n in ("true_pt", "charge", "true_q"))
     names = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
     names += ("d0_resolution", "z0_resolution", "q_over_pt_pull", "d0_pull", "z0_pull")
     out: dict[str, dict[str, Any]] = {f"{n}_by_true_pt": {} for n in names}
-    pulls = {}
-    for n in ("q_over_pt", "d0", "z0"):
-        sigma = col[f"sigma_{n}"][matched]  # NaN or 0 where unknown (an older reply)
-        pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
     out["charge_misid_rate_by_true_pt"] = {}
     for lo, hi in itertools.pairwise(TRUE_PT_BINS):
         sel = (true_pt >= lo) & (true_pt < hi)
@@ -327,9 +317,7 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
         out["matched_tracks_by_true_pt"][label] = n
         for kind, values in (("resolution", errors), ("pull", pulls)):
             for name, err in values.items():
-                known = err[sel & np.isfinite(err)]
-                low, high = np.percentile(known, [16, 84]) if len(known) else (np.nan, np.nan)
-                out[f"{name}_{kind}_by_true_pt"][label] = float(high - low) / 2
+                out[f"{name}_{kind}_by_true_pt"][label] = _half_width(err[sel])
         out["pt_bias_by_true_pt"][label] = float(np.median(errors["pt"][sel])) if n else np.nan
         out["charge_misid_rate_by_true_pt"][label] = ratio(int((q != true_q)[sel].sum()), n)
     # The pT scale across the detector (a field or alignment fault shows here).
@@ -340,6 +328,36 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
         bias = float(np.median(errors["pt"][sel])) if sel.any() else np.nan
         out["pt_bias_by_abs_eta"][f"{lo:g}-{hi:g}"] = bias
     return out
+
+
+def _fit_errors(
+    col: dict[str, np.ndarray],
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The matched, fitted tracks of the track columns ``col`` (a mask), their errors against
+    their particle (pt relative, q/pT, d0, z0) and the pulls of q/pT, d0 and z0 (error / the
+    fit's standard error; NaN where that is unknown, as in an older reply)."""
+    matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
+    true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
+    errors = {
+        "pt": pt / true_pt - 1,
+        "q_over_pt": q / pt - true_q / true_pt,
+        "d0": col["d0"][matched] - col["true_d0"][matched],
+        "z0": col["z0"][matched] - col["true_z0"][matched],
+    }
+    pulls = {}
+    for n in ("q_over_pt", "d0", "z0"):
+        sigma = col[f"sigma_{n}"][matched]
+        pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
+    return matched, errors, pulls
+
+
+def _half_width(values: np.ndarray) -> float:
+    """Half the width of the central 68% of the finite ``values`` (NaN if none)."""
+    known = values[np.isfinite(values)]
+    if not len(known):
+        return float("nan")
+    low, high = np.percentile(known, [16, 84])
+    return float(high - low) / 2
 
 
 def _columns(rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -462,24 +480,16 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
 def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:
     """Pulls (error / the fit's standard error) of q/pT, d0 and z0 of matched tracks, with
     the unit Gaussian they follow when the standard errors are right."""
-    col = _columns(ev.track_table())
-    ok = col["matched"].astype(bool) & np.isfinite(col["pt"]) & (col["true_pt"] > 0)
-    c = {k: v[ok] for k, v in col.items()}
-    errors = {
-        "q/pT": (c["charge"] / c["pt"] - c["true_q"] / c["true_pt"], c["sigma_q_over_pt"]),
-        "d0": (c["d0"] - c["true_d0"], c["sigma_d0"]),
-        "z0": (c["z0"] - c["true_z0"], c["sigma_z0"]),
-    }
+    _, _, pulls = _fit_errors(_columns(ev.track_table()))
     edges = np.linspace(-5, 5, 51)
     centres = (edges[1:] + edges[:-1]) / 2
     fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
-    for ax, (name, (err, sigma)) in zip(axes, errors.items(), strict=True):
-        pull = np.divide(err, sigma, out=np.full(len(err), np.nan), where=sigma > 0)
+    for ax, (key, pull) in zip(axes, pulls.items(), strict=True):
+        name = "q/pT" if key == "q_over_pt" else key
         pull = pull[np.isfinite(pull)]
         if len(pull):
-            low, high = np.percentile(pull, [16, 84])
             ax.hist(np.clip(pull, -5, 5), bins=edges, density=True, alpha=0.6)
-            ax.set_title(f"{name}: {len(pull)} tracks, width {(high - low) / 2:.2f}")
+            ax.set_title(f"{name}: {len(pull)} tracks, width {_half_width(pull):.2f}")
         ax.plot(centres, np.exp(-(centres**2) / 2) / np.sqrt(2 * np.pi), color="black", lw=1)
         ax.set_xlabel(f"{name} pull (error / sigma; ends hold the tails)")
         ax.grid(alpha=0.3)
@@ -501,9 +511,8 @@ def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
     for k in range(len(bins) - 1):
         sel = idx == k
         if sel.sum() >= 5:  # fewer: no meaningful 68% interval
-            low, high = np.percentile(q[sel] / pt[sel] - true_q[sel] / true_pt[sel], [16, 84])
             centre.append(np.sqrt(bins[k] * bins[k + 1]))
-            res.append((high - low) / 2)
+            res.append(_half_width(q[sel] / pt[sel] - true_q[sel] / true_pt[sel]))
             bias.append(100 * np.median(pt[sel] / true_pt[sel] - 1))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     top.plot(centre, res, "o")
