@@ -300,12 +300,8 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
 
 def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
     """The distinct beam lines ([x, y] mm) that ok replies' perigee parameters are about."""
-    found = {
-        tuple(m.header["beam_line"])
-        for m in replies.values()
-        if m.header["status"] == "ok" and "beam_line" in m.header
-    }
-    return [list(b) for b in sorted(found)]
+    found = {r.beam_line for r in (m.to_reply() for m in replies.values()) if r.ok}
+    return [list(b) for b in sorted(found - {None})]
 
 
 def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray]:
