@@ -134,7 +134,6 @@ def healthy(events: int) -> dict[str, Any]:
                 "streamtrk_track_pt_electronvolts",
                 "streamtrk_track_eta",
                 "streamtrk_track_d0_meters",
-                "streamtrk_track_d0_significance",
                 "streamtrk_track_z0_meters",
                 "streamtrk_track_hits",
             )
