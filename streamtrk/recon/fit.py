@@ -283,14 +283,14 @@ def _variances(
     or tracks."""
     a = _normal_matrix(jac, w, tsum, xp)
     spread = _normal_matrix(jac, w * w * var, tsum, xp)
+    track_end = (offsets[1:] - 1)[tid]  # each hit's track's last hit
     for kick, arms in scatters:
         g = []
         for ja in jac:
             g_a = 0
             for arm_j, arm_k in arms:
                 c = xp.cumsum(w * ja * arm_j)
-                after = xp.concatenate([xp.zeros(1), c])[offsets[1:]][tid] - c  # over j > k
-                g_a = g_a + arm_k * after
+                g_a = g_a + arm_k * (c[track_end] - c)  # sum over the hits j after k
             g.append(g_a)
         spread = spread + _normal_matrix(tuple(g), kick * kick, tsum, xp)
     n = len(jac)
