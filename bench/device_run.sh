@@ -1,10 +1,11 @@
 #!/bin/sh
-# The GPU issue's device run, prepared to run once within one `run` call (at most 7.5 minutes):
+# The GPU issue's device run, prepared to run once within one `run` call (at most 8 minutes):
 # import checks, the `gpu` tests, then a small bench/gpu_bench.py (batches 1, 4, 16; 16
 # MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon in
-# eager bf16 with batches of up to 16 and no queue delay).
+# eager bf16 with batches of up to 16 and no queue delay), then bench/host_path.py (the
+# daemon's host-side work per event, on this host's CPU, and ZeroMQ's transfer).
 # Every step is bounded by `timeout` and writes under $OUT (imports.txt, gpu-tests.txt,
-# gpu-bench.log, gpu_bench.json); a failing step does not stop the next.
+# gpu-bench.log, gpu_bench.json, host_path.json); a failing step does not stop the next.
 #
 # On the device (pyzmq and tomli-w are not installed there, see
 # /work/.library/device/KINDS.md; bring their wheels, ignored by git):
@@ -76,3 +77,12 @@ fi
 timeout 250 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
 echo "device_run: gpu_bench exit $?"
 grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
+
+if [ "$DEVICE" = cuda ]; then
+    set -- --events 4 --repeats 10 --messages 200 --device cuda
+else
+    set -- --events 2 --mu 10 --repeats 3 --messages 20
+fi
+timeout 30 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
+    2>"$OUT/host-path.log"
+echo "device_run: host_path exit $?"

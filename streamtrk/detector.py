@@ -25,13 +25,30 @@ PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering as
 DEFAULT_DETECTOR = "trackml_detector.toml"
 
 
-def lookup_layer(stride: int, lut: Any, volume_id: Any, layer_id: Any) -> Any:
-    """Layer-table index of each (volume_id, layer_id) through ``Detector.layer_lut`` (its
-    table as a NumPy or CuPy array, the ids alike); -1 where unknown (any id is safe)."""
+def layer_keys(lut: Any, volume_id: Any, layer_id: Any) -> Any:
+    """Each (volume_id, layer_id)'s cell in ``Detector.layer_lut`` (a NumPy or CuPy table,
+    the integer ids alike), as an index of the flattened table: unsigned, ids negative or past
+    the table's clipped into its last row or column (whose cells are -1), so that any id is
+    safe. Two temporaries the size of the ids, no more (they are a batch's hits)."""
     xp = array_module(lut)
-    v, la = volume_id.astype(np.int64), layer_id.astype(np.int64)
-    known = (v >= 0) & (v < len(lut) // stride) & (la >= 0) & (la < stride)
-    return xp.where(known, lut[xp.where(known, v * stride + la, 0)], -1)
+    rows, cols = lut.shape
+    key = xp.minimum(_unsigned(volume_id, xp), rows - 1)
+    key *= cols
+    key += xp.minimum(_unsigned(layer_id, xp), cols - 1)
+    return key
+
+
+def _unsigned(ids: Any, xp: Any) -> Any:
+    """Integer ``ids`` viewed as unsigned (a negative id becomes one past any table),
+    widened to at least 32 bits so that a table's cell index fits."""
+    u = ids.view(f"u{ids.dtype.itemsize}") if ids.dtype.kind == "i" else ids
+    return u if u.dtype.itemsize >= 4 else u.astype(xp.uint32)
+
+
+def lookup_layer(lut: Any, volume_id: Any, layer_id: Any) -> Any:
+    """Layer-table index of each (volume_id, layer_id) through ``Detector.layer_lut``; -1
+    where unknown (any id is safe)."""
+    return lut.reshape(-1)[layer_keys(lut, volume_id, layer_id)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,16 +97,21 @@ class Detector:
     def layer_index(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
         """Table index of each (volume_id, layer_id) pair; -1 where unknown (any id, negative
         or past the table's, is safe)."""
-        stride, lut = self.layer_lut
-        return lookup_layer(stride, lut, np.asarray(volume_id), np.asarray(layer_id))
+        return lookup_layer(self.layer_lut, np.asarray(volume_id), np.asarray(layer_id))
 
     @cached_property
-    def layer_lut(self) -> tuple[int, np.ndarray]:
-        """(stride, table): the index of layer (v, l) at ``v * stride + l``, else -1."""
-        stride = int(self.layer_id.max()) + 1
-        lut = np.full((int(self.volume_id.max()) + 1) * stride, -1, dtype=np.int64)
-        lut[self.volume_id.astype(np.int64) * stride + self.layer_id] = np.arange(len(self))
-        return stride, lut
+    def layer_lut(self) -> np.ndarray:
+        """Table index of layer (v, l) at ``[v, l]``, else -1; one more row and column than
+        the ids need, all -1, for ids past the table's (``layer_keys``)."""
+        lut = np.full((int(self.volume_id.max()) + 2, int(self.layer_id.max()) + 2), -1, np.int64)
+        lut[self.volume_id, self.layer_id] = np.arange(len(self))
+        return lut
+
+    @cached_property
+    def layer_cells(self) -> np.ndarray:
+        """Each layer's cell in the flattened ``layer_lut`` (its ``layer_keys``), in table
+        order: counts of keys taken at these cells are counts per layer."""
+        return self.volume_id.astype(np.int64) * self.layer_lut.shape[1] + self.layer_id
 
     def module_id(
         self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray

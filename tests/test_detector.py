@@ -5,9 +5,10 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 
+import numpy as np
 import pytest
 
-from streamtrk.detector import DEFAULT_DETECTOR, parse_detector
+from streamtrk.detector import DEFAULT_DETECTOR, load_detector, parse_detector
 
 TEXT = resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text()
 
@@ -33,3 +34,18 @@ def test_a_layer_given_twice_is_refused() -> None:
     vol, lay = doc["volumes"][0]["id"], layers[0]["id"]
     with pytest.raises(ValueError, match=f"volume {vol} layer {lay} is given twice"):
         parse_detector(doc)
+
+
+@pytest.mark.parametrize("dtype", ["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8"])
+def test_layer_lookup_takes_ids_of_any_integer_type(dtype: str) -> None:
+    """Ids of every width and sign find their layer; those of no layer (negative, past the
+    table's, at its edge) find -1, with no overflow into another layer."""
+    det = load_detector()
+    rows, cols = det.layer_lut.shape
+    info = np.iinfo(dtype)
+    last = len(det) - 1  # the highest ids: their cell is past 8 bits
+    volume = [8, det.volume_id[last], 8, rows - 1, rows - 2, 8, info.max, info.min, 8]
+    layer = [2, det.layer_id[last], cols - 1, 2, cols - 1, info.max, 2, 2, info.min]
+    got = det.layer_index(np.array(volume, dtype), np.array(layer, dtype)).tolist()
+    assert got[:2] == [np.flatnonzero((det.volume_id == 8) & (det.layer_id == 2))[0], last]
+    assert got[2:] == [-1] * 7

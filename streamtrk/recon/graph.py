@@ -169,7 +169,7 @@ def _device_tables(det: Detector, z0_limit: float, skip: bool, xp: Any) -> dict[
     barrel = det.kind == BARREL
     f64 = np.float64
     tables = {
-        "lut": det.layer_lut[1],
+        "lut": det.layer_lut,
         "pair_inner": pairs[:, 0],
         "pair_outer": pairs[:, 1],
         "barrel": barrel,
@@ -312,7 +312,7 @@ def prepare_search(
     phi = xp.arctan2(y, x)
     phi_p = phi + np.pi  # in [0, 2 pi]
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
-    layer = lookup_layer(det.layer_lut[0], t["lut"], volume_id, layer_id)
+    layer = lookup_layer(t["lut"], volume_id, layer_id)
     on = layer >= 0
     lay0 = xp.where(on, layer, 0)
 

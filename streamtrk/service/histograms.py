@@ -12,7 +12,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from streamtrk.xp import Array, array_module, bincount, to_host_packed
+from streamtrk.xp import Array, array_module, to_host_packed
 
 
 class ArrayHistogram(Collector):
@@ -34,15 +34,18 @@ class ArrayHistogram(Collector):
         registry.register(self)
 
     def observe(self, values: Array) -> None:
-        """Count every value (NaN left out) in the first bucket whose bound is >= it."""
+        """Count every value (NaN left out) in the first bucket whose bound is >= it. The
+        values are sorted and the bounds searched among them (a search per bound, not per
+        value: the branchy per-value search was most of the physics metrics' time)."""
         xp = array_module(values)
-        v = values[~xp.isnan(values)]
-        index = xp.searchsorted(xp.asarray(self.bounds), v, side="left")
+        v = xp.sort(values[~xp.isnan(values)])
+        at_most = xp.searchsorted(v, xp.asarray(self.bounds), side="right")  # values <= bound
         host = to_host_packed(  # one copy to the host, not two
-            {"counts": bincount(index, len(self.bounds) + 1), "sum": v.sum(dtype=xp.float64)}
+            {"at_most": at_most, "sum": v.sum(dtype=xp.float64)}
         )
+        counts = np.diff(host["at_most"], prepend=0, append=len(v))
         with self._lock:
-            self._counts += host["counts"]
+            self._counts += counts
             self._sum += float(host["sum"])
 
     def collect(self) -> Iterator[HistogramMetricFamily]:

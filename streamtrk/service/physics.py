@@ -12,7 +12,7 @@ from prometheus_client import Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from streamtrk.detector import Detector
+from streamtrk.detector import Detector, layer_keys
 from streamtrk.event import Event
 from streamtrk.recon.reconstructor import ReconResult
 from streamtrk.service.beamspot import BeamSpotWindow
@@ -53,10 +53,14 @@ class _Layers:
         self.hits = [hits.labels(*lv) for lv in labels]
         self.track_hits = [track_hits.labels(*lv) for lv in labels]
 
-    def count(self, layers: np.ndarray, children: list[Counter]) -> None:
-        """Add the hits of ``layers`` (table indices, -1 left out) to ``children``."""
-        counts = np.bincount(layers + 1, minlength=len(children) + 1)[1:]  # -1: not counted
-        for child, n in zip(children, counts.tolist(), strict=True):
+    def count(self, keys: list[np.ndarray], children: list[Counter]) -> None:
+        """Add the hits of ``keys`` (per event, ``layer_keys``: unknown layers are in cells
+        of no layer, not counted) to ``children``."""
+        det = self.detector
+        size = det.layer_lut.size
+        counts = sum((np.bincount(k.astype(np.intp), minlength=size) for k in keys), np.zeros(size))
+        per_layer = counts[det.layer_cells].astype(np.int64).tolist()
+        for child, n in zip(children, per_layer, strict=True):
             if n:
                 child.inc(n)
 
@@ -169,10 +173,10 @@ class PhysicsMetrics:
         centre); the beam-spot window takes them back to the z axis, so that the beam spot
         is in detector coordinates whatever the centre (and across a change of it)."""
         layers = self._layers_of(det)
-        hit_layers = [det.layer_index(ev.hits.volume_id, ev.hits.layer_id) for ev in events]
-        layers.count(np.concatenate(hit_layers), layers.hits)
-        on_tracks = [lay[t.hit_index] for lay, t in zip(hit_layers, result.tracks, strict=True)]
-        layers.count(np.concatenate(on_tracks), layers.track_hits)
+        keys = [layer_keys(det.layer_lut, ev.hits.volume_id, ev.hits.layer_id) for ev in events]
+        layers.count(keys, layers.hits)
+        layers.count([k[t.hit_index] for k, t in zip(keys, result.tracks, strict=True)],
+                     layers.track_hits)  # fmt: skip
 
         n_tracks = np.array([len(t) for t in result.tracks])
         n_hits = np.array([len(ev.hits) for ev in events])

@@ -26,13 +26,17 @@ def test_device_run_dry_run_on_the_cpu(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=400)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert {p.name for p in tmp_path.iterdir()} == {
-        "imports.txt", "gpu-tests.txt", "gpu-bench.log", "gpu_bench.json"
+        "imports.txt", "gpu-tests.txt", "gpu-bench.log", "gpu_bench.json", "host_path.json",
+        "host-path.log",
     }  # fmt: skip
     assert "device_run: gpu tests exit 0" in out.stdout
     assert "device_run: gpu_bench exit 0" in out.stdout
+    assert "device_run: host_path exit 0" in out.stdout
     assert "zmq " in (tmp_path / "imports.txt").read_text()
     parts = json.loads((tmp_path / "gpu_bench.json").read_text())["parts"]
     assert {"info", "eager_fp32", "kernels", "daemon"} <= set(parts)
+    host = json.loads((tmp_path / "host_path.json").read_text())
+    assert host["host_us_per_event"] > 0 and host["zmq_tcp"]["hits_message"]["messages_per_s"] > 0
 
 
 #: What the device machine has installed, as /work/.library/device/KINDS.md lists it

@@ -200,7 +200,7 @@ def test_hits_with_unknown_layer_ids_join_no_edge(det):
     layer id that would overflow into the next volume's codes) are off the detector (layer
     -1; 0 in the graph) and join no edge; the track through the other hits is built."""
     radii = det.r[det.kind == BARREL][:4]
-    bad = [(-1, 2), (99, 2), (8, -2), (8, 40), (7, det.layer_lut[0] + 2)]
+    bad = [(-1, 2), (99, 2), (8, -2), (8, 40), (7, det.layer_lut.shape[1] + 2)]
     n = 4 + len(bad)
     r = np.concatenate([radii, np.full(len(bad), radii[1])])
     vol = np.array([8, 8, 8, 8] + [v for v, _ in bad], np.int32)
@@ -218,7 +218,7 @@ def test_hits_with_unknown_layer_ids_join_no_edge(det):
     expected = [np.flatnonzero((det.volume_id == 8) & (det.layer_id == la))[0] for la in lay[:4]]
     assert g.layer.tolist() == expected + [0] * len(bad)  # 0: off the detector
     assert det.layer_index(vol, lay).tolist() == expected + [-1] * len(bad)
-    huge = np.array([2**62, 2**63 - 1, 2**63 // det.layer_lut[0] + 1])  # v * stride overflows
+    huge = np.array([2**62, 2**63 - 1, 2**63 // det.layer_lut.shape[1] + 1])  # v x cols overflows
     assert det.layer_index(huge, np.full(3, 2)).tolist() == [-1, -1, -1]
     assert set(map(tuple, g.edge_index.T.tolist())) == {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)}
 

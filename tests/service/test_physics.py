@@ -3,6 +3,8 @@ on known tracks, and one reconstructed batch counted by layer, track and edge.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
@@ -130,6 +132,27 @@ def test_hits_are_counted_by_layer_and_on_tracks(observed: dict) -> None:
     # noise is on no track: the noisy layer's share falls below its neighbour's
     share = {k: on_tracks[k] / hits[k] for k in [("13", "2"), ("13", "4")]}
     assert share[("13", "2")] < 0.7 * share[("13", "4")]
+
+
+def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
+    """Ids of no layer (negative, past the table's, a layer id past its volume's) are
+    counted on no layer, on tracks or not; the others as their layer."""
+    event = observed["events"][0]
+    volume, layer = event.hits.volume_id.copy(), event.hits.layer_id.copy()
+    volume[:3], layer[3:6] = [-1, 99, 2**31 - 1], [-2, 15, 40]
+    hits = replace(event.hits, volume_id=volume, layer_id=layer)
+    rec = Reconstructor(lambda graph, events: np.ones(graph.num_edges, np.float32), detector=DET)
+    result = rec.reconstruct([Event(event.run, event.event, hits)])
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry).observe([Event(0, 0, hits)], result, DET, rec.threshold)
+    counted = _by_layer(registry, "streamtrk_layer_hits_total")
+    known = event.hits.volume_id[6:], event.hits.layer_id[6:]
+    expected = np.bincount(DET.layer_index(*known), minlength=len(DET))
+    cells = zip(DET.volume_id, DET.layer_id, strict=True)
+    assert [counted[(str(v), str(la))] for v, la in cells] == expected.tolist()
+    on_tracks = _by_layer(registry, "streamtrk_layer_track_hits_total")
+    on_known = np.isin(result.tracks[0].hit_index, np.arange(6), invert=True)
+    assert sum(on_tracks.values()) == np.count_nonzero(on_known) > 0
 
 
 def test_tracks_edges_and_empty_events_are_counted(observed: dict) -> None:

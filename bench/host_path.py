@@ -1,0 +1,182 @@
+"""The daemon's host-side work per MU=200 event, against the GPU targets' budgets.
+
+With the reconstruction on a GPU, the daemon's CPU still does, per event, under one Python
+interpreter lock: decoding the hits message (ingest thread); concatenating the batch's
+columns and splitting the tracks by event (worker, inside ``reconstruct``); the physics
+metrics (worker, after each batch's replies are queued, before the next batch starts); and
+encoding the reply (emit thread). At issue 13's targets the host has 2 ms per event for all
+of it (500 events/s) or 1 ms (1,000 events/s). Each part is timed here on the same events,
+medians of ``--repeats`` calls, divided by the batch's events where it works per batch;
+the physics metrics' edge-score histogram is given apart (on a GPU it is counted on the
+device). The parts are the daemon's own functions on real reconstructed events (the
+shipped model, one batch of ``--events``). With ``--device cuda`` the batch's columns go up
+to the device in ``batch_columns`` and the edge scores are counted there.
+
+ZeroMQ's transfer runs in libzmq's I/O threads (no interpreter lock): hits messages sent
+as fast as taken over TCP loopback from another process, received zero-copy as the
+ingest does; also messages of the reference's size (1.6 MB), for the ratio to the
+reference figure measured on the device machine.
+
+Prints JSON (also written to ``--json``).
+
+Run: PYTHONPATH=. .venv/bin/python bench/host_path.py [--events 8] [--mu 200] [--repeats 20]
+     [--messages 400] [--device cpu] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+from prometheus_client import CollectorRegistry
+
+from streamtrk.detector import load_detector
+from streamtrk.event import Event
+from streamtrk.recon.graph import batch_columns
+from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.tracks import split_by_event
+from streamtrk.service.emit import _encode, _with_timing
+from streamtrk.service.job import Job, Reply
+from streamtrk.service.physics import PhysicsMetrics
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.threads import wait_passively
+from streamtrk.wire import Limits, decode, encode_hits
+
+BUDGETS_US = {"500 events/s": 2000.0, "1000 events/s": 1000.0}
+REFERENCE_BYTES = 1_600_000  # the reference's message: 1.6 MB, ~2,200 msgs/s on the device
+
+
+def median_us(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e6
+
+
+def _send(endpoint: str, frames: list[bytes], n: int) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 16)
+    push.connect(endpoint)
+    for _ in range(n):
+        push.send_multipart(frames, copy=False)
+    push.close(linger=-1)
+    ctx.term()
+
+
+def transfer(frames: list[bytes], n: int) -> dict[str, float]:
+    """Messages and bytes per second of ``frames`` sent ``n`` times over TCP loopback by
+    another process, received frame by frame zero-copy."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 16)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    sender = multiprocessing.get_context("spawn").Process(
+        target=_send, args=(f"tcp://127.0.0.1:{port}", frames, n)
+    )
+    sender.start()
+    pull.recv_multipart(copy=False)  # the first one starts the clock
+    t0 = time.perf_counter()
+    for _ in range(n - 1):
+        pull.recv_multipart(copy=False)
+    seconds = time.perf_counter() - t0
+    sender.join()
+    pull.close(linger=0)
+    ctx.term()
+    size = sum(len(f) for f in frames)
+    rate = (n - 1) / seconds
+    return {"bytes": size, "messages_per_s": rate, "mb_per_s": size * rate / 1e6}
+
+
+def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str, float]:
+    """Microseconds per event of each host-side part, on one batch of ``events``
+    reconstructed on ``device`` (its columns go up, its edge scores stay there)."""
+    det, rec = load_detector(), load_reconstructor(device=device)
+    rec.reconstruct(events[:1])  # warm-up
+    result = rec.reconstruct(events)
+    n = len(events)
+    frames = [[bytes(f) for f in encode_hits(ev)] for ev in events]
+    limits = Limits(max_hits=max(len(ev.hits) for ev in events))
+    jobs = [Job(decode(f, limits=limits).to_event(), 0.0, None, {"decode": 1e-4}) for f in frames]
+    replies = [
+        Reply.success(job, tracks, {**job.timings, **result.timings}, rec.beam_spot)
+        for job, tracks in zip(jobs, result.tracks, strict=True)
+    ]
+    # the batch's tracks as the fit leaves them: one CSR over the batch's hit numbering
+    node_offsets, tracks = result.node_offsets, result.tracks
+    batch_tracks = (
+        np.concatenate([[0], np.cumsum(np.concatenate([t.sizes for t in tracks]))]),
+        np.concatenate([t.hit_index + o for t, o in zip(tracks, node_offsets, strict=False)]),
+        {k: np.concatenate([t.params[k] for t in tracks]) for k in tracks[0].params},
+    )
+    physics = PhysicsMetrics(CollectorRegistry())
+
+    def decode_all() -> None:
+        for f in frames:
+            decode(f, limits=limits).to_event()
+
+    def encode_all() -> None:
+        for reply in replies:
+            _with_timing(_encode(reply), "encode", 1e-4)
+
+    parts = {
+        "decode": decode_all,
+        "batch_columns": lambda: batch_columns(events, rec.xp),
+        "split_by_event": lambda: split_by_event(*batch_tracks, node_offsets),
+        "physics": lambda: physics.observe(events, result, det, rec.threshold, rec.beam_spot),
+        "physics_edge_scores": lambda: physics.edge_score.observe(result.scores),
+        "encode": encode_all,
+    }
+    return {name: median_us(fn, repeats) / n for name, fn in parts.items()}
+
+
+def main() -> None:
+    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=8)
+    ap.add_argument("--mu", type=float, default=200.0)
+    ap.add_argument("--seed", type=int, default=31415)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--messages", type=int, default=400)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where reconstruction runs")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    det = load_detector()
+    cfg = SimConfig(generator=GeneratorConfig(mu=args.mu))
+    events = list(simulate(det, cfg, args.seed, args.events))
+    parts = per_event_parts(events, args.repeats, args.device)
+    host_us = sum(v for k, v in parts.items() if k != "physics_edge_scores")
+    hits = [bytes(f) for f in encode_hits(events[0])]
+    reference = [b"\x00" * REFERENCE_BYTES]
+    out = {
+        "device": args.device,
+        "events": args.events,
+        "mu": args.mu,
+        "hits_per_event": float(np.mean([len(ev.hits) for ev in events])),
+        "per_event_us": parts,
+        "host_us_per_event": host_us,
+        "host_us_per_event_edge_scores_on_device": host_us - parts["physics_edge_scores"],
+        "share_of_budget": {k: host_us / v for k, v in BUDGETS_US.items()},
+        "zmq_tcp": {
+            "hits_message": transfer(hits, args.messages),
+            "reference_message": transfer(reference, args.messages),
+        },
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
