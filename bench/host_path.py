@@ -132,7 +132,9 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
         "decode": decode_all,
         "batch_columns": lambda: batch_columns(events, rec.xp),
         "split_by_event": lambda: split_by_event(*batch_tracks, node_offsets),
-        "physics": lambda: physics.observe(events, result, det, rec.threshold, rec.beam_spot),
+        "physics": lambda: physics.observe(
+            events, result.tracks, result.scores, det, rec.threshold, rec.beam_spot
+        ),
         "physics_edge_scores": lambda: physics.edge_score.observe(result.scores),
         "encode": encode_all,
     }

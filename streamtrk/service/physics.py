@@ -13,11 +13,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from streamtrk.detector import Detector, layer_keys
-from streamtrk.event import Event
-from streamtrk.recon.reconstructor import ReconResult
+from streamtrk.event import Event, Tracks
 from streamtrk.service.beamspot import BeamSpotWindow
 from streamtrk.service.histograms import ArrayHistogram
-from streamtrk.xp import array_module
+from streamtrk.xp import Array, array_module
 
 GEV = 1e9  # electronvolts
 MM = 1e-3  # meters
@@ -114,6 +113,12 @@ class PhysicsMetrics:
             "Events with hits whose reconstruction produced no track.",
             registry=r,
         )
+        self.batches_skipped = Counter(
+            "streamtrk_physics_batches_skipped",
+            "Reconstructed batches left out of the physics metrics: the physics thread was "
+            "behind (its queue full).",
+            registry=r,
+        )
         self.edges_accepted = Counter(
             "streamtrk_edges_accepted",
             "Graph edges scored above the model's threshold.",
@@ -163,26 +168,28 @@ class PhysicsMetrics:
     def observe(
         self,
         events: Sequence[Event],
-        result: ReconResult,
+        tracks: Sequence[Tracks],
+        scores: Array,
         det: Detector,
         threshold: float,
         beam_line: tuple[float, float] = (0.0, 0.0),
     ) -> None:
-        """Count one reconstructed batch: its hits by layer, its tracks, its edge scores.
+        """Count one reconstructed batch: its hits by layer, its tracks (per event), its edge
+        scores (on the reconstructor's device).
         The tracks' d0 are of the perigee to ``beam_line`` (x, y in mm, the reconstruction's
         centre); the beam-spot window takes them back to the z axis, so that the beam spot
         is in detector coordinates whatever the centre (and across a change of it)."""
         layers = self._layers_of(det)
         keys = [layer_keys(det.layer_lut, ev.hits.volume_id, ev.hits.layer_id) for ev in events]
         layers.count(keys, layers.hits)
-        layers.count([k[t.hit_index] for k, t in zip(keys, result.tracks, strict=True)],
+        layers.count([k[t.hit_index] for k, t in zip(keys, tracks, strict=True)],
                      layers.track_hits)  # fmt: skip
 
-        n_tracks = np.array([len(t) for t in result.tracks])
+        n_tracks = np.array([len(t) for t in tracks])
         n_hits = np.array([len(ev.hits) for ev in events])
         self.event_tracks.observe(n_tracks)
         self.events_without_tracks.inc(int(np.sum((n_tracks == 0) & (n_hits > 0))))
-        params = {k: np.concatenate([t.params[k] for t in result.tracks]) for k in
+        params = {k: np.concatenate([t.params[k] for t in tracks]) for k in
                   ("pt", "eta", "phi", "d0", "z0", "sigma_d0")}  # fmt: skip
         self.pt.observe(params["pt"] * GEV)
         self.eta.observe(params["eta"])
@@ -191,13 +198,12 @@ class PhysicsMetrics:
         sigma = params["sigma_d0"]
         self.d0_significance.observe(np.abs(params["d0"]) / np.where(sigma > 0, sigma, np.nan))
         self.z0.observe(params["z0"] * MM)
-        self.track_hits.observe(np.concatenate([t.sizes for t in result.tracks]))
+        self.track_hits.observe(np.concatenate([t.sizes for t in tracks]))
         serial = self._events_seen + np.arange(len(events))
         self._events_seen += len(events)
         bx, by = beam_line
         d0 = params["d0"] - bx * np.sin(params["phi"]) + by * np.cos(params["phi"])
         self.beam_spot.add(d0, params["z0"], params["phi"], np.repeat(serial, n_tracks))
 
-        scores = result.scores
         self.edge_score.observe(scores)
         self.edges_accepted.inc(int(array_module(scores).count_nonzero(scores > threshold)))

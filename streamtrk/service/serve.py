@@ -45,6 +45,7 @@ from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
 from streamtrk.service.monitor import SocketMonitor
+from streamtrk.service.observer import Observer
 from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
@@ -115,7 +116,7 @@ class Daemon:
         self._reloading = threading.Lock()
         self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
-        self.threads: list[Supervised] = []  # ingest, worker, emit once serving
+        self.threads: list[Supervised] = []  # ingest, worker, emit, physics once serving
         self.monitor: SocketMonitor | None = None
 
     # ------------------------------------------------------------------ signals
@@ -247,12 +248,16 @@ class Daemon:
             dead,
             on_failure=self._on_thread_failure,
         )
+        observer = Observer(
+            self.metrics, lambda: worker.done.is_set(), on_failure=self._on_thread_failure
+        )
         worker = Worker(
             batcher,
             replies,
             self.metrics,
             lambda: self._model().reconstructor,
             lambda: not ingest.is_alive(),
+            observer.offer,
             on_failure=self._on_thread_failure,
         )
         emitter = Emitter(
@@ -264,7 +269,7 @@ class Daemon:
             cfg.linger_ms,
             on_failure=self._on_thread_failure,
         )
-        self.threads = [ingest, worker, emitter]
+        self.threads = [ingest, worker, emitter, observer]
         for t in self.threads:
             t.start()
         if not self._stopping(0):

@@ -1,6 +1,8 @@
 """The worker thread: one ``reconstruct`` call per batch (one disjoint graph, one GNN call).
 
-Events whose deadline has passed when their batch starts (or that the batcher set aside)
+Once a batch's replies are queued, its physics metrics are handed to the physics thread
+(:mod:`streamtrk.service.observer`, without waiting) and the next batch starts. Events
+whose deadline has passed when their batch starts (or that the batcher set aside)
 are answered ``deadline``, unprocessed. Events over the work budget
 (``streamtrk.recon.budget``) are answered ``too_dense`` and the rest of their batch
 reconstructed without them. When reconstruction of a batch raises, its events
@@ -30,6 +32,7 @@ from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.observer import Observation
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 
@@ -52,6 +55,7 @@ class Worker(Supervised):
         metrics: Metrics,
         reconstructor: Callable[[], Reconstructor],
         intake_done: Callable[[], bool],
+        observe: Callable[[Observation], object],
         on_failure: Callable[[Supervised], None] = lambda thread: None,
     ) -> None:
         super().__init__("worker", on_failure)
@@ -60,6 +64,7 @@ class Worker(Supervised):
         self.metrics = metrics
         self.reconstructor = reconstructor
         self.intake_done = intake_done
+        self.observe = observe  # takes each batch's physics, never waits (Observer.offer)
         self.drain_by: float | None = None  # perf_counter time; set when draining
         self.abandoned = threading.Event()
         self.done = threading.Event()  # no more replies will come from this worker
@@ -191,12 +196,11 @@ class Worker(Supervised):
         m.hits.inc(sum(job.n_hits for job in sent))
         if len(sent) < len(jobs):  # abandon() answered the rest 'shutdown': no tracks went out
             return True
-        t1 = time.perf_counter()
-        try:
-            m.physics.observe(events, result, rec.detector, rec.threshold, rec.beam_spot)
-        except Exception:  # monitoring must never stop reconstruction
-            log.exception("physics metrics failed on a batch (its replies were sent)")
-        m.stage.labels("physics").observe(time.perf_counter() - t1)
+        self.observe(
+            Observation(
+                events, result.tracks, result.scores, rec.detector, rec.threshold, rec.beam_spot
+            )
+        )
         return True
 
     def _check_device(self, rec: Reconstructor) -> None:

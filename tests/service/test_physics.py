@@ -102,7 +102,7 @@ def observed() -> dict:
     result.tracks.append(rec.reconstruct([lone]).tracks[0])  # no track
     registry = CollectorRegistry()
     physics = PhysicsMetrics(registry)
-    physics.observe([*events, lone], result, DET, rec.threshold)
+    physics.observe([*events, lone], result.tracks, result.scores, DET, rec.threshold)
     return {"events": events, "batch": [*events, lone], "result": result, "registry": registry,
             "threshold": rec.threshold}  # fmt: skip
 
@@ -144,7 +144,9 @@ def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
     rec = Reconstructor(lambda graph, events: np.ones(graph.num_edges, np.float32), detector=DET)
     result = rec.reconstruct([Event(event.run, event.event, hits)])
     registry = CollectorRegistry()
-    PhysicsMetrics(registry).observe([Event(0, 0, hits)], result, DET, rec.threshold)
+    PhysicsMetrics(registry).observe(
+        [Event(0, 0, hits)], result.tracks, result.scores, DET, rec.threshold
+    )
     counted = _by_layer(registry, "streamtrk_layer_hits_total")
     known = event.hits.volume_id[6:], event.hits.layer_id[6:]
     expected = np.bincount(DET.layer_index(*known), minlength=len(DET))
@@ -186,7 +188,8 @@ def test_an_event_without_hits_is_no_event_without_tracks() -> None:
     empty = Event(1, 7, Hits(**{k: np.zeros(0, dt) for k, dt in Hits.DTYPES.items()}))
     rec = Reconstructor(lambda graph, events: np.zeros(graph.num_edges, np.float32), detector=DET)
     registry = CollectorRegistry()
-    PhysicsMetrics(registry).observe([empty], rec.reconstruct([empty]), DET, rec.threshold)
+    result = rec.reconstruct([empty])
+    PhysicsMetrics(registry).observe([empty], result.tracks, result.scores, DET, rec.threshold)
     assert registry.get_sample_value("streamtrk_events_without_tracks_total") == 0
     assert registry.get_sample_value("streamtrk_event_tracks_count") == 1
 
@@ -198,7 +201,10 @@ def test_the_beam_spot_tells_the_events_of_later_batches_apart(observed: dict) -
     for batches in (1, 2):
         physics = PhysicsMetrics(CollectorRegistry())
         for _ in range(batches):
-            physics.observe(observed["batch"], observed["result"], DET, observed["threshold"])
+            result = observed["result"]
+            physics.observe(
+                observed["batch"], result.tracks, result.scores, DET, observed["threshold"]
+            )
         errors.append(physics.beam_spot.estimate().z_error)
     assert errors[1] == pytest.approx(errors[0] / np.sqrt(2), rel=0.05)
 
@@ -224,7 +230,8 @@ def test_tracks_of_a_chain_centred_on_the_beam_line_give_the_beam_spot(observed:
     physics = PhysicsMetrics(registry)
     physics.set_beam_line(rec.beam_spot)
     events = observed["events"]
-    physics.observe(events, rec.reconstruct(events), DET, rec.threshold, rec.beam_spot)
+    result = rec.reconstruct(events)
+    physics.observe(events, result.tracks, result.scores, DET, rec.threshold, rec.beam_spot)
     value = registry.get_sample_value
     assert value("streamtrk_beam_line_x_meters") == pytest.approx(0.3e-3)
     assert value("streamtrk_beam_line_y_meters") == pytest.approx(-0.2e-3)
@@ -247,8 +254,9 @@ def test_d0_significance_says_whether_the_chain_is_centred_on_the_beam(observed:
     rec = Reconstructor.oracle(detector=DET, beam_spot=(0.3, -0.2))
     registry = CollectorRegistry()
     events = observed["events"]
+    result = rec.reconstruct(events)
     PhysicsMetrics(registry).observe(
-        events, rec.reconstruct(events), DET, rec.threshold, rec.beam_spot
+        events, result.tracks, result.scores, DET, rec.threshold, rec.beam_spot
     )
     within_1, within_2 = shares(registry)
     assert 0.6 < within_1 < 0.76 and within_2 > 0.9

@@ -15,6 +15,7 @@ from streamtrk.detector import load_detector
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.batcher import Batch, Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.observer import Observation, Observer
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.sim.generator import GeneratorConfig
@@ -36,7 +37,11 @@ def _worker(
     """A worker whose batches ``scorer`` scores, with intake over (it stops once the queue is
     empty)."""
     rec = Reconstructor(scorer, detector=det)
-    return Worker(batcher, replies, metrics or Metrics(), lambda: rec, lambda: True)
+    return Worker(batcher, replies, metrics or Metrics(), lambda: rec, lambda: True, _ignore)
+
+
+def _ignore(observation: Observation) -> None:
+    """The physics hand-over of workers whose tests do not look at the physics metrics."""
 
 
 def _until(condition: Callable[[], bool]) -> None:
@@ -55,14 +60,17 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     metrics = Metrics()
     rec = Reconstructor(FailOnEvent13(), detector=det)
     done = False
-    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: done)
+    observer = Observer(metrics, lambda: worker.done.is_set())
+    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: done, observer.offer)
     worker.start()
+    observer.start()
     for ev in events:
         batcher.put(Job(ev, time.perf_counter(), None, {"decode": 0.0}))
     got = [replies.get(timeout=60) for _ in events]
     done = True
     worker.join(timeout=60)
-    assert not worker.is_alive()
+    observer.join(timeout=60)
+    assert not worker.is_alive() and not observer.is_alive()
     assert [(r.event, r.status, r.reason) for r in got] == [
         (12, "ok", ""),
         (13, "error", "internal"),
@@ -74,7 +82,7 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_batch_events_count") == 3
     assert value("streamtrk_queue_delay_seconds_count") == 3
-    # The physics metrics count the batches that succeeded, after their replies.
+    # The physics metrics count the batches that succeeded (in the physics thread).
     assert value("streamtrk_stage_seconds_count", {"stage": "physics"}) == 2
     assert value("streamtrk_event_tracks_count") == 2
     hits = sum(len(ev.hits) for ev in events if ev.event != 13)

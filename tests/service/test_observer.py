@@ -1,0 +1,103 @@
+"""The physics thread, one test per rule of its docstring: the worker never waits for it, a
+full queue skips the batch and counts it, a failing batch is left out and the next one
+observed, and the thread ends once the worker is done and the queue is empty."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from streamtrk.detector import load_detector
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service import faults
+from streamtrk.service.batcher import Batcher, BatchPolicy
+from streamtrk.service.job import Job, Reply
+from streamtrk.service.observer import Observation, Observer
+from streamtrk.service.telemetry import Metrics
+from streamtrk.service.worker import Worker
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
+
+DET = load_detector()
+REC = Reconstructor.oracle(detector=DET)
+EVENTS = list(simulate(DET, SimConfig(generator=GeneratorConfig(mu=1)), 5, 3))
+
+
+def _observation(k: int) -> Observation:
+    result = REC.reconstruct([EVENTS[k]])
+    return Observation([EVENTS[k]], result.tracks, result.scores, DET, REC.threshold, (0, 0))
+
+
+def _observed(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("streamtrk_event_tracks_count")
+
+
+@pytest.fixture
+def inject(monkeypatch: pytest.MonkeyPatch):
+    """Set fault-injection points for this test only (as STREAMTRK_TEST_FAULTS would)."""
+    monkeypatch.setattr(faults, "_passes", Counter())
+    return lambda name, value: monkeypatch.setitem(faults.FAULTS, name, value)
+
+
+def test_the_worker_does_not_wait_for_the_physics_metrics(inject) -> None:
+    inject("physics_delay_s", 1.0)  # each batch's metrics take a second
+    metrics = Metrics()
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    observer = Observer(metrics, lambda: worker.done.is_set())
+    worker = Worker(batcher, replies, metrics, lambda: REC, lambda: True, observer.offer)
+    for ev in EVENTS:
+        batcher.put(Job(ev, time.perf_counter(), None))
+    observer.start()
+    worker.start()
+    got = [replies.get(timeout=60) for _ in EVENTS]
+    # every reply is out while the first batch's metrics are still being kept
+    assert [r.status for r in got] == ["ok"] * 3 and _observed(metrics) == 0
+    worker.join(timeout=60)
+    observer.join(timeout=60)
+    assert not observer.is_alive() and _observed(metrics) == 3  # then all three are kept
+
+
+def test_a_full_queue_skips_the_batch_and_counts_it() -> None:
+    metrics = Metrics()
+    observer = Observer(metrics, lambda: True, capacity=1)
+    assert observer.offer(_observation(0)) and not observer.offer(_observation(1))
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_physics_batches_skipped_total") == 1
+    observer.start()
+    observer.join(timeout=60)
+    assert _observed(metrics) == 1  # the one that was queued
+
+
+def test_a_failing_batch_is_left_out_and_the_next_observed(inject) -> None:
+    inject("physics_fail_after", 1)
+    metrics = Metrics()
+    observer = Observer(metrics, lambda: True)
+    for k in range(2):
+        observer.offer(_observation(k))
+    observer.start()
+    observer.join(timeout=60)
+    assert observer.error is None and _observed(metrics) == 1
+    tracks = metrics.registry.get_sample_value("streamtrk_event_tracks_sum")
+    assert tracks == len(_observation(1).tracks[0])
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_stage_seconds_count", {"stage": "physics"}) == 2
+
+
+def test_the_thread_ends_once_the_worker_is_done_and_the_queue_is_empty() -> None:
+    metrics = Metrics()
+    done = False
+    observer = Observer(metrics, lambda: done)
+    observer.start()
+    observer.offer(_observation(0))
+    time.sleep(0.5)
+    assert observer.is_alive()  # the worker is not done: more may come
+    observer.offer(_observation(1))
+    done = True  # the batch offered before it is still observed
+    observer.join(timeout=60)
+    assert not observer.is_alive() and _observed(metrics) == 2
+    assert np.isfinite(metrics.registry.get_sample_value("streamtrk_track_pt_electronvolts_sum"))
