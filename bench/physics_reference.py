@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,17 @@ def scrape(http: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
+def scrape_observed(http: str, events: int, timeout: float = 60) -> dict:
+    """The metrics once the physics thread has counted ``events`` events (it runs a little
+    behind the replies)."""
+    t_end = time.monotonic() + timeout
+    while True:
+        m = scrape(http)
+        if m["streamtrk_event_tracks_count"][0][1] >= events or time.monotonic() > t_end:
+            return m
+        time.sleep(0.1)
+
+
 def quantiles(m: dict, name: str, qs: tuple[float, ...] = (0.1, 0.5, 0.9)) -> list[float]:
     """Quantiles of a histogram by linear interpolation inside its buckets."""
     rows = sorted((float(labels["le"]), v) for labels, v in m[f"{name}_bucket"])
@@ -88,7 +100,7 @@ def healthy(events: int) -> dict[str, Any]:
             replay = [sys.executable, "-m", "streamtrk", "replay", str(recording), "-q"]
             replay += ["--to", bound["input"], "--from", bound["output"], "--timeout", "900"]
             subprocess.run(replay, check=True, capture_output=True)
-            m = scrape(bound["http"])
+            m = scrape_observed(bound["http"], events)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=300)
