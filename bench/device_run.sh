@@ -83,6 +83,6 @@ if [ "$DEVICE" = cuda ]; then
 else
     set -- --events 2 --mu 10 --repeats 3 --messages 20
 fi
-timeout 30 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
+timeout 40 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
     2>"$OUT/host-path.log"
 echo "device_run: host_path exit $?"
