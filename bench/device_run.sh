@@ -14,7 +14,8 @@
 #            --implementation cp --platform manylinux_2_28_x86_64 \
 #            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0 tomli-w==1.2.0
 #   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 480)
-#   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json   (writes
+#   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json \
+#            --host-path FILES_AT/host_path.json   (writes
 #          bench/results/h200-DATE.json, prints the summary for bench/RESULTS.md)
 # Dry run on the CPU (what tests/bench/test_device_run.py does):
 #   DEVICE=cpu OUT=/tmp/device-run sh bench/device_run.sh

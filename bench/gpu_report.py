@@ -4,11 +4,14 @@ a Markdown summary for ``bench/RESULTS.md`` (printed, or written with ``--markdo
 
     python3 bench/gpu_report.py OUT/gpu_bench.json            # writes bench/results/h200-...
     python3 bench/gpu_report.py OUT/gpu_bench.json --markdown summary.md
+    python3 bench/gpu_report.py OUT/gpu_bench.json --host-path OUT/host_path.json
 
 The summary: versions and command; end to end per configuration and batch size (events/s,
 p50, p99, stages, host synchronisations); the targets; each stage against DEVELOPERS.md's
 reference figures; the GNN against the reference network and the GPU's limit; bf16 parity;
-the kernels against CuPy array operations; the daemon; parts that failed or were skipped.
+the kernels against CuPy array operations; the daemon; parts that failed or were skipped;
+with ``--host-path``, ``bench/host_path.py``'s result of the same run (kept in the results
+file as ``host_path``): the daemon's host-side work per event on the device's host.
 """
 
 from __future__ import annotations
@@ -167,17 +170,48 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
     return "\n".join(out) + "\n"
 
 
+LABELS = {"physics_edge_scores": "of which the edge-score histogram"}
+
+
+def host_path_markdown(host: dict[str, Any]) -> str:
+    """``bench/host_path.py``'s figures: microseconds per event by part, against the budgets."""
+    parts = host["per_event_us"]
+    zmq = host["zmq_tcp"]
+    out = [
+        "",
+        f"Host-side work per event (`bench/host_path.py`, {host['events']} events of MU="
+        f"{host['mu']:g}, reconstruction on `{host.get('device', 'cpu')}`), microseconds:",
+        "",
+        "| part | us per event |",
+        "| --- | --- |",
+        *(f"| {LABELS.get(name, name)} | {_f(us, 0)} |" for name, us in parts.items()),
+        f"| host total | {_f(host['host_us_per_event'], 0)} |",
+        "",
+        "Share of the host's budget: "
+        + ", ".join(f"{k} {_f(v, 2)}" for k, v in host["share_of_budget"].items())
+        + ". ZeroMQ over TCP loopback: hits message"
+        f" ({zmq['hits_message']['bytes']:,} bytes) {_f(zmq['hits_message']['messages_per_s'], 0)}"
+        f" messages/s, reference 1.6 MB message"
+        f" {_f(zmq['reference_message']['messages_per_s'], 0)} messages/s.",
+    ]
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("result", type=Path, help="gpu_bench.json of a run")
     ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--markdown", type=Path, help="write the summary here instead of printing")
+    ap.add_argument("--host-path", type=Path, help="host_path.json of the same run")
     args = ap.parse_args()
     result = json.loads(args.result.read_text())
+    host = json.loads(args.host_path.read_text()) if args.host_path else None
+    if host is not None:
+        result["host_path"] = host
     name = results_name(result)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / name).write_text(json.dumps(with_headline(result), indent=1) + "\n")
-    text = markdown(result, name)
+    text = markdown(result, name) + ("" if host is None else host_path_markdown(host))
     if args.markdown:
         args.markdown.write_text(text)
     else:

@@ -37,6 +37,17 @@ def test_device_run_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert {"info", "eager_fp32", "kernels", "daemon"} <= set(parts)
     host = json.loads((tmp_path / "host_path.json").read_text())
     assert host["host_us_per_event"] > 0 and host["zmq_tcp"]["hits_message"]["messages_per_s"] > 0
+    # what the device session runs next: the report, with the host's figures
+    report = [sys.executable, str(ROOT / "bench" / "gpu_report.py")]
+    report += [str(tmp_path / "gpu_bench.json"), "--host-path", str(tmp_path / "host_path.json")]
+    report += ["--results-dir", str(tmp_path / "results"), "--markdown", str(tmp_path / "s.md")]
+    done = subprocess.run(report, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [saved] = (tmp_path / "results").iterdir()
+    assert json.loads(saved.read_text())["host_path"] == host
+    text = (tmp_path / "s.md").read_text()
+    assert "| decode | " in text and "| of which the edge-score histogram | " in text
+    assert f"| host total | {host['host_us_per_event']:,.0f} |" in text
 
 
 #: What the device machine has installed, as /work/.library/device/KINDS.md lists it
