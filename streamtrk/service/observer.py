@@ -3,9 +3,10 @@
 Once a batch's replies are queued the worker hands its events, tracks and edge scores to
 this thread (:meth:`Observer.offer`) and goes on with the next batch: it never waits for the
 metrics. When the hand-over queue is full (the metrics fall behind reconstruction), that
-batch is not observed and is counted in ``streamtrk_physics_batches_skipped_total``: the
-physics metrics then sample the batches, and the replies are not affected. A batch whose
-metrics fail is logged and left out; the thread carries on. The thread ends once the
+batch is not observed and is counted in ``streamtrk_physics_batches_skipped_total``
+(``reason="behind"``): the physics metrics then sample the batches, and the replies are not
+affected. A batch whose metrics fail is logged, left out and counted (``reason="failed"``;
+what it had counted before failing stays); the thread carries on. The thread ends once the
 worker is done and the queue is empty.
 """
 
@@ -63,7 +64,7 @@ class Observer(Supervised):
             self.queue.put_nowait(observation)
             return True
         except queue.Full:
-            self.metrics.physics.batches_skipped.inc()
+            self.metrics.physics.batches_skipped.labels("behind").inc()
             return False
 
     def loop(self) -> None:
@@ -91,4 +92,5 @@ class Observer(Supervised):
             )
         except Exception:  # monitoring must never stop reconstruction
             log.exception("physics metrics failed on a batch (its replies were sent)")
+            self.metrics.physics.batches_skipped.labels("failed").inc()
         self.metrics.stage.labels("physics").observe(time.perf_counter() - t0)

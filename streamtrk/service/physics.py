@@ -115,10 +115,13 @@ class PhysicsMetrics:
         )
         self.batches_skipped = Counter(
             "streamtrk_physics_batches_skipped",
-            "Reconstructed batches left out of the physics metrics: the physics thread was "
-            "behind (its queue full).",
+            "Reconstructed batches left out of the physics metrics, by reason (behind: the "
+            "physics thread's queue was full; failed: counting them raised).",
+            ["reason"],
             registry=r,
         )
+        for reason in ("behind", "failed"):
+            self.batches_skipped.labels(reason)
         self.edges_accepted = Counter(
             "streamtrk_edges_accepted",
             "Graph edges scored above the model's threshold.",

@@ -67,7 +67,7 @@ def test_a_full_queue_skips_the_batch_and_counts_it() -> None:
     observer = Observer(metrics, lambda: True, capacity=1)
     assert observer.offer(_observation(0)) and not observer.offer(_observation(1))
     value = metrics.registry.get_sample_value
-    assert value("streamtrk_physics_batches_skipped_total") == 1
+    assert value("streamtrk_physics_batches_skipped_total", {"reason": "behind"}) == 1
     observer.start()
     observer.join(timeout=60)
     assert _observed(metrics) == 1  # the one that was queued
@@ -86,6 +86,7 @@ def test_a_failing_batch_is_left_out_and_the_next_observed(inject) -> None:
     assert tracks == len(_observation(1).tracks[0])
     value = metrics.registry.get_sample_value
     assert value("streamtrk_stage_seconds_count", {"stage": "physics"}) == 2
+    assert value("streamtrk_physics_batches_skipped_total", {"reason": "failed"}) == 1
 
 
 def test_the_thread_ends_once_the_worker_is_done_and_the_queue_is_empty() -> None:
