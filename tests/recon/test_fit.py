@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from streamtrk.detector import GEV_PER_TESLA_MM
 from streamtrk.recon.fit import fit_tracks
@@ -116,6 +117,18 @@ def test_standard_errors_are_the_spread_of_the_fitted_parameters(det, pt, within
         assert abs(np.median(pull)) < 0.15, name
 
 
+def test_impact_parameters_are_measured_with_the_scatters_correlation(det):
+    """At 1 GeV, where each track's own scattering dominates, the generalised least-squares
+    step (weights from the hits' full covariance) measures d0 and z0 to 0.085 and 0.16 mm on
+    these helices (|eta| < 2.5); the diagonally weighted passes alone reach 0.15 and 0.43."""
+    rng = np.random.default_rng(9)
+    offsets, idx, c, (_, _, _, _, vz) = _helices(det, 1500, rng, pt=1.0)
+    x, y, z = smear(det, c, rng).T
+    p = fit_tracks(offsets, idx, x, y, z, c.layer, det)
+    assert _half_width(p["d0"]) < 0.1
+    assert _half_width(p["z0"] - vz) < 0.2
+
+
 def test_collinear_hits_are_fitted_as_a_straight_line(det):
     """Hits exactly on a radial line (no curvature: infinite momentum) give the line's phi, d0 0
     and chi2 0 at any azimuth, not a small circle through them."""
@@ -220,9 +233,13 @@ def test_resolution_on_simulated_tracks(mu200_events, det):
     assert np.median(rel) == pytest.approx(0, abs=0.01)
 
 
-def test_chi2_is_calibrated_on_simulated_tracks(mu200_events, det):
-    # Measured hits with multiple scattering: the median chi2/ndf of true tracks is near 1.
-    ratios = []
+def test_chi2_of_simulated_tracks_follows_a_chi_square_of_ndf_degrees(mu200_events, det):
+    """Measured hits with multiple scattering: with the hits' full covariance (measurement,
+    and each track's scatters correlated along it) the chi2 of true tracks is distributed as
+    a chi-square of ndf degrees: its probability is uniform. The fit's diagonal weights alone
+    (before the generalised least-squares step) put the median right but not the spread:
+    deciles up to 0.09 off, 11% of the tracks above 0.99."""
+    probability, ratios = [], []
     for ev in mu200_events:
         h, t = ev.hits, ev.truth
         pid = t.hits.particle_id
@@ -231,10 +248,11 @@ def test_chi2_is_calibrated_on_simulated_tracks(mu200_events, det):
         offsets, idx = _csr(pid[sel], t.hits.hit_order[sel])
         layer = det.layer_index(h.volume_id, h.layer_id)
         p = fit_tracks(offsets, np.flatnonzero(sel)[idx], h.x, h.y, h.z, layer, det)
+        probability.append(stats.chi2.cdf(p["chi2"], p["ndf"]))
         ratios.append(p["chi2"] / p["ndf"])
-    ratios = np.concatenate(ratios)
-    assert len(ratios) > 1000
-    # ms_scale puts the median near 1 (0.96 on these events); how the scattering term is
-    # built (its scales squared, cosh^2 in z, in both fits' weights) moves it by 9% or more
-    assert np.median(ratios) == pytest.approx(1, abs=0.06)
-    assert np.mean(ratios > 10) < 0.005
+    probability = np.concatenate(probability)
+    assert len(probability) > 1000
+    deciles = np.percentile(probability, np.arange(10, 100, 10))
+    assert np.allclose(deciles, np.arange(1, 10) / 10, atol=0.03), deciles
+    assert np.mean(probability > 0.99) < 0.03  # the tail: 1% for a chi-square
+    assert np.mean(np.concatenate(ratios) > 10) < 0.005
