@@ -147,10 +147,7 @@ def fit_tracks(
     bent = ((s * s / 2, one), (s, -s), (one, s * s / 2))
     across = [(theta * cosh[tid], turned), (theta * xp.abs(tan_l[tid]) / big_r, bent)]
     step, cov_c, chi2_c = _gls(jac_c, eps, var_c, across, offsets, tid, size, xp)
-    kappa, phi_k, delta = kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2]
-    kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
-    arm = delta + 1 / kappa  # the origin to the centre, along (-sin phi, cos phi)
-    circle = (-arm * xp.sin(phi_k), arm * xp.cos(phi_k), 1 / xp.abs(kappa))
+    circle = _circle(kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2], xp)
     xc, yc, radius = circle
     h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, (x[first], y[first]),
                                         (x[last], y[last]), tid, xp)  # fmt: skip
@@ -240,10 +237,17 @@ def _fit_circle(
     eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
     step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
     kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
-    # A straight line (kappa 0) becomes a circle of 10^10 mm (pT in the 10^6 GeV).
+    xc, yc, radius = _circle(kappa, phi, delta, xp)
+    return mx + xc, my + yc, radius
+
+
+def _circle(kappa: Array, phi: Array, delta: Array, xp: Any) -> tuple[Array, Array, Array]:
+    """The circle (centre relative to the point the parameters are about, radius) of
+    Karimaki's parameters; a straight line (kappa 0) becomes a circle of 10^10 mm (pT in the
+    10^6 GeV)."""
     kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
-    arm = delta + 1 / kappa  # centroid to centre, along (-sin phi, cos phi)
-    return mx - arm * xp.sin(phi), my + arm * xp.cos(phi), 1 / xp.abs(kappa)
+    arm = delta + 1 / kappa  # to the centre, along (-sin phi, cos phi)
+    return -arm * xp.sin(phi), arm * xp.cos(phi), 1 / xp.abs(kappa)
 
 
 def _karimaki(

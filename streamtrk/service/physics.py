@@ -57,9 +57,9 @@ class _Layers:
         of no layer, not counted) to ``children``."""
         det = self.detector
         size = det.layer_lut.size
-        counts = sum((np.bincount(k.astype(np.intp), minlength=size) for k in keys), np.zeros(size))
-        per_layer = counts[det.layer_cells].astype(np.int64).tolist()
-        for child, n in zip(children, per_layer, strict=True):
+        start = np.zeros(size, np.int64)
+        counts = sum((np.bincount(k.astype(np.intp), minlength=size) for k in keys), start)
+        for child, n in zip(children, counts[det.layer_cells].tolist(), strict=True):
             if n:
                 child.inc(n)
 
