@@ -99,8 +99,8 @@ def test_standard_errors_are_the_spread_of_the_fitted_parameters(det, pt, within
     resolutions do; without the scatters' correlation along the track they are several times
     wider from 1 GeV down. At 0.3 GeV (tracks turning up to a radian in the detector) the
     curvature change's arm, taken for small turns, makes sigma(q/pT) about 8% large (pull
-    0.93; 0.84 with the two passes' estimate); the circle's turn is exact (a straight arm, or
-    no curvature change, fails there)."""
+    0.93; 0.84 with the two passes' estimate); the circle's turn is exact (with a straight arm
+    the test fails at 0.5 GeV, without the curvature change at 0.3 and 0.5)."""
     rng = np.random.default_rng(8)
     offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, 1500, rng, pt=pt)
     x, y, z = smear(det, c, rng).T
