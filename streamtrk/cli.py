@@ -302,8 +302,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--tracks",
         type=Path,
-        help="write the tracks' parameters (pt ... chi2, ndf, standard errors sigma_*; phi, d0, "
-        "z0 at the perigee to the beam line of --beam-spot) as CSV",
+        help="write the tracks' parameters (pt ... chi2, ndf, standard errors sigma_*, their "
+        "correlations corr_*; phi, d0, z0 at the perigee to the beam line of --beam-spot) as CSV",
     )
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--plots", type=Path, help="write PNG plots into this directory")

@@ -59,6 +59,12 @@ TRACK_PARAM_DTYPES: dict[str, str] = {
     "sigma_phi": "<f4",  # rad
     "sigma_d0": "<f4",  # mm
     "sigma_z0": "<f4",  # mm
+    # Correlations of those errors (covariance over the two standard errors; the circle's and
+    # the line's parameters are uncorrelated in this fit, so these are all there are):
+    "corr_q_over_pt_phi": "<f4",
+    "corr_q_over_pt_d0": "<f4",
+    "corr_phi_d0": "<f4",
+    "corr_eta_z0": "<f4",
 }
 
 

@@ -332,8 +332,9 @@ def write_submission(
 def write_track_parameters(path: str | Path, tracks: Mapping[int, Tracks]) -> None:
     """Write the tracks' fitted parameters as CSV beside a submission: ``event_id,
     track_id, hits`` then the columns of ``TRACK_PARAM_DTYPES`` (pt in GeV, eta, phi, d0 and
-    z0 in mm, charge, chi2, ndf, the standard errors sigma_*), one row per track; track ids
-    are the submission's (from 1, in the order of ``Tracks``). ``.gz`` paths are gzipped."""
+    z0 in mm, charge, chi2, ndf, the standard errors sigma_* and correlations corr_*), one
+    row per track; track ids are the submission's (from 1, in the order of ``Tracks``).
+    ``.gz`` paths are gzipped."""
     names = ["event_id", "track_id", "hits", *TRACK_PARAM_DTYPES]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for event_id in sorted(tracks):

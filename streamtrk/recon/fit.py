@@ -165,6 +165,12 @@ def fit_tracks(
     cosh = xp.sqrt(1 + tan_l * tan_l)
     var_kappa, var_phi, var_d0 = (cov_c[:, i, i] for i in range(3))
     var_tan_l, var_z0 = cov_z[:, 0, 0], cov_z[:, 1, 1]
+    sigma_c = xp.sqrt(xp.stack([var_kappa, var_phi, var_d0], -1))
+    corr_c = cov_c / (sigma_c[:, :, None] * sigma_c[:, None, :])
+    # q/pT = -sign(B) kappa / (0.0003 |B|), d0 = sign(B) delta, phi is Karimaki's phi and
+    # eta rises with tan(lambda): the signs that turn their correlations into the reported
+    # parameters'.
+    sign_b = float(np.sign(det.bfield))
 
     params = {
         "pt": GEV_PER_TESLA_MM * abs(det.bfield) * radius,
@@ -180,6 +186,10 @@ def fit_tracks(
         "sigma_phi": xp.sqrt(var_phi),
         "sigma_d0": xp.sqrt(var_d0),
         "sigma_z0": xp.sqrt(var_z0),
+        "corr_q_over_pt_phi": -sign_b * corr_c[:, 0, 1],
+        "corr_q_over_pt_d0": -corr_c[:, 0, 2],
+        "corr_phi_d0": sign_b * corr_c[:, 1, 2],
+        "corr_eta_z0": cov_z[:, 0, 1] / xp.sqrt(var_tan_l * var_z0),
     }
     return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
 

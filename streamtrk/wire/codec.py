@@ -1,4 +1,4 @@
-"""Encode and strictly decode wire messages (schema v3, v1 and v2 still decoded).
+"""Encode and strictly decode wire messages (schema v4, v1 to v3 still decoded).
 
 A message is a list of ZeroMQ frames: frame 0 is a msgpack header map, frames 1..N are
 raw little-endian column buffers in the order the header's ``columns`` lists them.
@@ -228,7 +228,7 @@ class Message:
         self._expect("tracks")
         h, c = self.header, self.columns
         n_tracks = len(c["offsets"]) - 1
-        # Columns an older version lacks: ndf -1 (v1: chi2 per ndf), standard errors NaN.
+        # Columns an older version lacks: ndf -1 (v1: chi2 per ndf), errors and correlations NaN.
         params = {}
         for k, dt in TRACK_PARAM_DTYPES.items():
             if k in c:

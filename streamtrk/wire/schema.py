@@ -1,9 +1,10 @@
-"""Wire schema v3 (v1 and v2 still decoded; each kind written in the oldest version that
+"""Wire schema v4 (v1 to v3 still decoded; each kind written in the oldest version that
 carries it, ``ENCODED_VERSIONS``): header keys, column layouts per message kind, limits, and
 errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
 the tracks column ``ndf``, and made ``chi2`` the total chi-square (v1: chi2 per ndf).
 Version 3 added the tracks columns ``sigma_*`` (the fit's standard errors) and the optional
-tracks key ``beam_line`` (the x, y in mm that phi, d0 and z0 are about).
+tracks key ``beam_line`` (the x, y in mm that phi, d0 and z0 are about). Version 4 added the
+tracks columns ``corr_*`` (the correlations of the fit's errors).
 
 See ``docs/wire-protocol.md`` for the full specification.
 """
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from streamtrk.event import HIT_DTYPES, HIT_TRUTH_DTYPES, PARTICLE_DTYPES, TRACK_PARAM_DTYPES
 
 SCHEMA = "streamtrk"
-VERSION = 3
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, VERSION})
+VERSION = 4
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, 3, VERSION})
 
 #: Little-endian numeric dtypes a column may declare (``numpy.dtype(...).str`` spelling).
 ALLOWED_DTYPES: frozenset[str] = frozenset(
@@ -45,10 +46,12 @@ KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 STATUSES: frozenset[str] = frozenset({"ok", "error"})
 
-#: Version 2's tracks columns: no ``sigma_*``; version 1's: no ``ndf`` either (``chi2`` was
-#: the chi-square per ndf).
-_V2_TRACKS = {k: v for k, v in COLUMNS["tracks"].items() if not k.startswith("sigma_")}
+#: Version 3's tracks columns: no ``corr_*``; version 2's: no ``sigma_*`` either; version
+#: 1's: no ``ndf`` either (``chi2`` was the chi-square per ndf).
+_V3_TRACKS = {k: v for k, v in COLUMNS["tracks"].items() if not k.startswith("corr_")}
+_V2_TRACKS = {k: v for k, v in _V3_TRACKS.items() if not k.startswith("sigma_")}
 _V1_TRACKS = {k: v for k, v in _V2_TRACKS.items() if k != "ndf"}
+_OLD_TRACKS = {1: _V1_TRACKS, 2: _V2_TRACKS, 3: _V3_TRACKS}
 #: Optional header keys each version added.
 _ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"})}
 
@@ -56,7 +59,7 @@ _ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"})}
 def columns_of(kind: str, version: int) -> dict[str, str]:
     """Column name -> dtype, in wire order, of ``kind`` in ``version``."""
     if kind == "tracks" and version < VERSION:
-        return _V1_TRACKS if version == 1 else _V2_TRACKS
+        return _OLD_TRACKS[version]
     return COLUMNS[kind]
 
 
@@ -68,7 +71,7 @@ def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
 
 
 #: The version encoders write per kind: the oldest with the current keys and columns of that
-#: kind, so that an older decoder reads every message it can (hits: 2, truth: 1, tracks: 3;
+#: kind, so that an older decoder reads every message it can (hits: 2, truth: 1, tracks: 4;
 #: a producer of this version can feed a daemon of version 2).
 ENCODED_VERSIONS: dict[str, int] = {
     kind: min(

@@ -118,6 +118,34 @@ def test_standard_errors_are_the_spread_of_the_fitted_parameters(det, pt, within
         assert abs(np.median(pull)) < 0.15, name
 
 
+@pytest.mark.parametrize("field", [2.0, -2.0])
+@pytest.mark.parametrize("pt", [0.5, 10, 100])
+def test_correlations_are_those_of_the_fitted_parameters(det, field, pt):
+    """The corr_* of each track are how its errors go together: over simulated helices the
+    correlation of two parameters' pulls is the reported one within 0.07 (three standard
+    errors of a correlation on these 3,000 helices, and the spread of the reported ones about
+    their median), in both senses of the field (where the signs of q/pT and d0 against the
+    fit's own parameters turn); phi and d0, eta and z0 are strongly correlated (0.8-0.99 in
+    size), q/pT with them weakly at 0.5 GeV and strongly at 100 GeV."""
+    det = replace(det, bfield=field)
+    rng = np.random.default_rng(4)
+    offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, 3000, rng, pt=pt)
+    x, y, z = smear(det, c, rng).T
+    p = {k: v.astype(float) for k, v in fit_tracks(offsets, idx, x, y, z, c.layer, det).items()}
+    errors = {
+        "q_over_pt": p["charge"] / p["pt"] - q / pt_true,
+        "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
+        "d0": p["d0"],
+        "eta": p["eta"] - eta,
+        "z0": p["z0"] - vz,
+    }
+    for a, b in (("q_over_pt", "phi"), ("q_over_pt", "d0"), ("phi", "d0"), ("eta", "z0")):
+        pull_a, pull_b = errors[a] / p[f"sigma_{a}"], errors[b] / p[f"sigma_{b}"]
+        core = (np.abs(pull_a) < 5) & (np.abs(pull_b) < 5)
+        seen = np.corrcoef(pull_a[core], pull_b[core])[0, 1]
+        assert seen == pytest.approx(np.median(p[f"corr_{a}_{b}"]), abs=0.07), (a, b)
+
+
 def test_impact_parameters_are_measured_with_the_scatters_correlation(det):
     """At 1 GeV, where each track's own scattering dominates, the generalised least-squares
     step (weights from the hits' full covariance) measures d0 and z0 to 0.085 and 0.16 mm on

@@ -332,7 +332,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
-        ("bad_version", "four", lambda h, t, u: patch(h, version=4)),
+        ("bad_version", "five", lambda h, t, u: patch(h, version=5)),
         ("bad_version", "zero", lambda h, t, u: patch(h, version=0)),
         ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
         ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
@@ -560,22 +560,39 @@ def test_version_2_is_still_decoded(rng: np.random.Generator) -> None:
     header = msgpack.unpackb(v2[0])
     with pytest.raises(WireError, match="unknown key 'beam_line'"):
         decode([msgpack.packb({**header, "beam_line": [1.0, 2.0]}), *v2[1:]])
-    # A version 2 message with version 3's columns is refused, naming version 2's.
+    # A version 2 message with version 4's columns is refused, naming version 2's.
     v3 = encode_tracks(1, 2, np.arange(30), tr)
     with pytest.raises(WireError, match="bad_column"):
         decode([msgpack.packb({**msgpack.unpackb(v3[0]), "version": 2}), *v3[1:]])
+
+
+def test_version_3_is_still_decoded(rng: np.random.Generator) -> None:
+    # A version 3 reply has the standard errors and the beam line but no correlations (NaN).
+    tr = random_tracks(rng, 30, 4)
+    v3 = _as_version(encode_tracks(1, 2, np.arange(30), tr, msg_id=5, beam_line=(1, 2)), 3)
+    reply = decode(v3).to_reply()
+    assert reply.msg_id == 5 and reply.beam_line == (1.0, 2.0)
+    np.testing.assert_array_equal(reply.params["sigma_d0"], tr.params["sigma_d0"])
+    for k in TRACK_PARAM_DTYPES:
+        if k.startswith("corr_"):
+            assert np.isnan(reply.params[k]).all() and not reply.params[k].flags.writeable
+            assert reply.params[k].dtype == np.dtype(TRACK_PARAM_DTYPES[k])
+    # A version 3 message with version 4's columns is refused.
+    v4 = encode_tracks(1, 2, np.arange(30), tr)
+    with pytest.raises(WireError, match="bad_column"):
+        decode([msgpack.packb({**msgpack.unpackb(v4[0]), "version": 3}), *v4[1:]])
 
 
 def test_each_kind_is_written_in_the_oldest_version_that_carries_it(
     rng: np.random.Generator,
 ) -> None:
     """Hits have not changed since version 2 and truth since version 1: a producer of this
-    version feeds a daemon that decodes only version 2; replies need version 3's columns."""
-    assert ENCODED_VERSIONS == {"hits": 2, "truth": 1, "tracks": 3}
+    version feeds a daemon that decodes only version 2; replies need version 4's columns."""
+    assert ENCODED_VERSIONS == {"hits": 2, "truth": 1, "tracks": 4}
     ev = random_event(rng, 5)
     hits = encode_hits(ev, msg_id=4, deadline_ms=2.0)
     assert msgpack.unpackb(hits[0])["version"] == 2 and decode(hits).msg_id == 4
-    assert msgpack.unpackb(encode_tracks(1, 2, [], None)[0])["version"] == 3
+    assert msgpack.unpackb(encode_tracks(1, 2, [], None)[0])["version"] == 4
     # A resend keeps a later version it was written with, and raises version 1 to 2.
     assert decode(with_msg_id(patch(hits, version=3), 5)).version == 3
     assert decode(with_msg_id(patch(hits, version=1, msg_id=DROP), 5)).version == 2
