@@ -5,8 +5,10 @@ multiple scattering included unless ``--no-material``), their crossings smeared 
 resolutions, fitted as true tracks (every hit of a particle, in order). Per pT (|eta| < 1) and
 per |eta| bin (at 10 GeV): the half-width of the central 68% of the errors on q/pT (1/GeV),
 d0 and z0 (mm), the median fitted / true pT - 1, the median chi2/ndf, the share of wrong
-charges, and the pulls of the five parameters (half-widths of the central 68% of error / the
-fit's standard error sigma_*: 1 where the standard errors are right). The fit's own tests
+charges, the pulls of the five parameters (half-widths of the central 68% of error / the
+fit's standard error sigma_*: 1 where the standard errors are right), and for each reported
+correlation (corr_*) the correlation of the two pulls over the tracks beside the median
+reported one. The fit's own tests
 pin the same behaviour; this prints the figures for bench/RESULTS.md. To compare two
 versions of the fit, run it at both commits.
 
@@ -30,6 +32,15 @@ from streamtrk.sim.simulate import smear
 
 PTS = (0.3, 0.5, 1.0, 10.0, 100.0, 1000.0, 10_000.0)
 ETA_BINS = ((0.0, 1.0), (1.0, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0))
+
+
+CORRELATED = (("q_over_pt", "phi"), ("q_over_pt", "d0"), ("phi", "d0"), ("eta", "z0"))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two pulls over the tracks, those beyond 5 left out (tails)."""
+    core = (np.abs(a) < 5) & (np.abs(b) < 5)
+    return float(np.corrcoef(a[core], b[core])[0, 1])
 
 
 def half_width(x: np.ndarray) -> float:
@@ -72,6 +83,13 @@ def measure(
         "chi2_ndf_median": float(np.median(p["chi2"] / p["ndf"])),
         "charge_wrong": float(np.mean(p["charge"] != q[who])),
         "pulls": {k: half_width(e / p[f"sigma_{k}"]) for k, e in errors.items()},
+        "correlations_seen_reported": {
+            f"{a}_{b}": [
+                correlation(errors[a] / p[f"sigma_{a}"], errors[b] / p[f"sigma_{b}"]),
+                float(np.median(p[f"corr_{a}_{b}"])),
+            ]
+            for a, b in CORRELATED
+        },
     }
 
 
