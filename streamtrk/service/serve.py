@@ -284,7 +284,7 @@ class Daemon:
                     threading.Thread(target=self.reload, name="reload", daemon=True).start()
                 else:
                     log.warning("reload already in progress; SIGHUP ignored")
-        return self._drain(stop_intake, ingest, worker, emitter)
+        return self._drain(stop_intake, ingest, worker, emitter, observer)
 
     def _drain(
         self,
@@ -292,9 +292,12 @@ class Daemon:
         ingest: Ingest,
         worker: Worker,
         emitter: Emitter,
+        observer: Observer,
     ) -> int:
         """Answer everything received, within ``drain_timeout_s``: processed when there is
-        time for it, else ``shutdown``; 0 when every reply was sent."""
+        time for it, else ``shutdown``; 0 when every reply was sent. The physics thread
+        finishes the batches it holds within the same deadline (not counted in the exit
+        status: its metrics are not replies)."""
         t0 = time.perf_counter()
         timeout = self.config.drain_timeout_s
         deadline = t0 + timeout
@@ -321,6 +324,7 @@ class Daemon:
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)
         ingest.join(max(0.0, deadline - time.perf_counter()))
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
+        observer.join(max(0.0, deadline - time.perf_counter()))
         if self._reloading.locked():  # a SIGHUP reload is still loading a model
             self.abandoned_thread = True
             log.warning("exiting during a model reload; the reload is abandoned")
