@@ -118,9 +118,12 @@ def test_tracks_are_disjoint_and_long_enough(small_events):
     assert len(tracks) > 100
     assert np.all(tracks.sizes >= 3)
     assert len(np.unique(tracks.hit_index)) == len(tracks.hit_index)
-    assert set(tracks.params) == {"pt", "eta", "phi", "d0", "z0", "charge", "chi2", "ndf"} | {
-        f"sigma_{k}" for k in ("q_over_pt", "eta", "phi", "d0", "z0")
-    }
+    errors = {f"sigma_{k}" for k in ("q_over_pt", "eta", "phi", "d0", "z0")}
+    pairs = ("q_over_pt_phi", "q_over_pt_d0", "phi_d0", "eta_z0")
+    names = {"pt", "eta", "phi", "d0", "z0", "charge", "chi2", "ndf"} | errors
+    assert set(tracks.params) == names | {f"corr_{pair}" for pair in pairs}
+    corr = np.stack([tracks.params[f"corr_{pair}"] for pair in pairs])
+    assert np.all(np.abs(corr) <= 1)
 
 
 def test_track_settings_apply_in_the_chain(small_events):
