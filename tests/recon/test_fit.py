@@ -89,6 +89,23 @@ def _half_width(x):
     return (high - low) / 2
 
 
+def _fitted_errors(det, n, seed, pt):
+    """The fitted parameters (float) of ``n`` smeared helices of ``pt`` GeV and their errors
+    against the truth: q/pT (1/GeV), eta, phi (rad), d0 and z0 (mm)."""
+    rng = np.random.default_rng(seed)
+    offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, n, rng, pt=pt)
+    x, y, z = smear(det, c, rng).T
+    p = {k: v.astype(float) for k, v in fit_tracks(offsets, idx, x, y, z, c.layer, det).items()}
+    errors = {
+        "q_over_pt": p["charge"] / p["pt"] - q / pt_true,
+        "eta": p["eta"] - eta,
+        "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
+        "d0": p["d0"],
+        "z0": p["z0"] - vz,
+    }
+    return p, errors
+
+
 @pytest.mark.parametrize(
     ("pt", "within"), [(0.3, 0.2), (0.5, 0.1), (1, 0.1), (10, 0.1), (100, 0.1), (1000, 0.1)]
 )
@@ -101,17 +118,7 @@ def test_standard_errors_are_the_spread_of_the_fitted_parameters(det, pt, within
     curvature change's arm, taken for small turns, makes sigma(q/pT) about 8% large (pull
     0.93; 0.84 with the two passes' estimate); the circle's turn is exact (with a straight arm
     the test fails at 0.5 GeV, without the curvature change at 0.3 and 0.5)."""
-    rng = np.random.default_rng(8)
-    offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, 1500, rng, pt=pt)
-    x, y, z = smear(det, c, rng).T
-    p = {k: v.astype(float) for k, v in fit_tracks(offsets, idx, x, y, z, c.layer, det).items()}
-    errors = {
-        "q_over_pt": p["charge"] / p["pt"] - q / pt_true,
-        "eta": p["eta"] - eta,
-        "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
-        "d0": p["d0"],
-        "z0": p["z0"] - vz,
-    }
+    p, errors = _fitted_errors(det, 1500, 8, pt)
     for name, error in errors.items():
         pull = error / p[f"sigma_{name}"]
         assert _half_width(pull) == pytest.approx(1, abs=within), name
@@ -127,18 +134,7 @@ def test_correlations_are_those_of_the_fitted_parameters(det, field, pt):
     their median), in both senses of the field (where the signs of q/pT and d0 against the
     fit's own parameters turn); phi and d0, eta and z0 are strongly correlated (0.8-0.99 in
     size), q/pT with them weakly at 0.5 GeV and strongly at 100 GeV."""
-    det = replace(det, bfield=field)
-    rng = np.random.default_rng(4)
-    offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, 3000, rng, pt=pt)
-    x, y, z = smear(det, c, rng).T
-    p = {k: v.astype(float) for k, v in fit_tracks(offsets, idx, x, y, z, c.layer, det).items()}
-    errors = {
-        "q_over_pt": p["charge"] / p["pt"] - q / pt_true,
-        "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
-        "d0": p["d0"],
-        "eta": p["eta"] - eta,
-        "z0": p["z0"] - vz,
-    }
+    p, errors = _fitted_errors(replace(det, bfield=field), 3000, 4, pt)
     for a, b in (("q_over_pt", "phi"), ("q_over_pt", "d0"), ("phi", "d0"), ("eta", "z0")):
         pull_a, pull_b = errors[a] / p[f"sigma_{a}"], errors[b] / p[f"sigma_{b}"]
         core = (np.abs(pull_a) < 5) & (np.abs(pull_b) < 5)
@@ -150,12 +146,9 @@ def test_impact_parameters_are_measured_with_the_scatters_correlation(det):
     """At 1 GeV, where each track's own scattering dominates, the generalised least-squares
     step (weights from the hits' full covariance) measures d0 and z0 to 0.085 and 0.16 mm on
     these helices (|eta| < 2.5); the diagonally weighted passes alone reach 0.15 and 0.43."""
-    rng = np.random.default_rng(9)
-    offsets, idx, c, (_, _, _, _, vz) = _helices(det, 1500, rng, pt=1.0)
-    x, y, z = smear(det, c, rng).T
-    p = fit_tracks(offsets, idx, x, y, z, c.layer, det)
-    assert _half_width(p["d0"]) < 0.1
-    assert _half_width(p["z0"] - vz) < 0.2
+    _, errors = _fitted_errors(det, 1500, 9, 1.0)
+    assert _half_width(errors["d0"]) < 0.1
+    assert _half_width(errors["z0"]) < 0.2
 
 
 def test_collinear_hits_are_fitted_as_a_straight_line(det):
