@@ -1,6 +1,7 @@
 """Helix fit: exact on ideal helices, a calibrated chi2, and the resolution targets on simulated
 tracks."""
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from scipy import stats
 
 from streamtrk.detector import GEV_PER_TESLA_MM
-from streamtrk.recon.fit import fit_tracks
+from streamtrk.recon.fit import _gls, fit_tracks
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import smear
@@ -208,6 +209,39 @@ def test_tracks_fitted_together_are_fitted_as_alone(det):
         alone = fit_tracks(np.array([0, len(mine)]), mine, x, y, z, c.layer, det)
         for name, values in alone.items():
             assert np.allclose(values, together[name][k : k + 1], rtol=1e-9), (k, name)
+
+
+def test_gls_step_is_that_of_the_dense_covariance():
+    """The filter along the tracks gives the step, covariance and chi2 of V built whole:
+    tracks of 1 to 9 hits, two scatter sets of two and three arms."""
+    rng = np.random.default_rng(11)
+    sizes = np.array([9, 1, 4, 7, 2, 9, 5])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    tid = np.repeat(np.arange(len(sizes)), sizes)
+    h = len(tid)
+    jac = tuple(rng.normal(size=h) for _ in range(3))
+    res, var = rng.normal(size=h), rng.uniform(0.5, 2.0, h)
+    scatters = [
+        (rng.uniform(0, 1, h), tuple((rng.normal(size=h), rng.normal(size=h)) for _ in range(m)))
+        for m in (2, 3)
+    ]
+    step, cov, chi2 = _gls(jac, res, var, scatters, offsets, tid, int(sizes.max()), np)
+    for k, (lo, hi) in enumerate(itertools.pairwise(offsets)):
+        v = np.diag(var[lo:hi])
+        for kick, arms in scatters:
+            d = sum(np.outer(a[lo:hi], b[lo:hi]) for a, b in arms)
+            scatter = np.tril(d, -1) * kick[lo:hi]  # [j, i]: hit j moved by the scatter at i
+            v += scatter @ scatter.T
+        j = np.stack([a[lo:hi] for a in jac], -1)
+        normal = j.T @ np.linalg.solve(v, j)
+        if hi - lo >= 3:
+            expected = -np.linalg.solve(normal, j.T @ np.linalg.solve(v, res[lo:hi]))
+            r = res[lo:hi] + j @ expected
+            assert np.allclose(step[k], expected, rtol=1e-9), k
+            assert np.allclose(cov[k], np.linalg.inv(normal), rtol=1e-9), k
+            assert chi2[k] == pytest.approx(r @ np.linalg.solve(v, r), rel=1e-9), k
+        else:  # fewer hits than parameters: a finite step that leaves no residual
+            assert np.isfinite(step[k]).all() and chi2[k] == pytest.approx(0, abs=1e-6), k
 
 
 def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
