@@ -1,41 +1,29 @@
 """Helix fit of track candidates, vectorised over all tracks (NumPy or CuPy).
 
-Per track: a weighted circle fit in x-y (a Gauss-Newton step on the geometric distances in
-each of the fit's two passes, in curvature, direction and distance of closest approach to the
-hits' centroid, as in Karimaki's fit: as good for a straight 1 TeV track as for a curved one;
-started from the Kasa circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from
-the chord where that is worse), then a weighted straight-line fit of z against the transverse
-arc length s from the perigee. All per-track sums are ``bincount`` reductions
-(``streamtrk.xp.bincount``: no host synchronisation on the device), so there is no loop over
-tracks. Then one generalised least-squares step (below) gives the parameters, their errors
-and the chi2.
+Per track, a starting fit: a circle in x-y (a Gauss-Newton step on the geometric distances,
+in curvature, direction and distance of closest approach to the hits' centroid, as in
+Karimaki's fit: as good for a straight 1 TeV track as for a curved one; started from the
+Kasa circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from the chord where
+that is worse), then a straight line of z against the transverse arc length s from the
+perigee, each hit weighted by its measurement error: the r-phi resolution ``res_a`` (on
+disks also the r resolution ``res_b``, barrel hits lying on their cylinder); in z,
+``res_b`` on barrels and, on disks (z exact), the r error carried along the track. All
+per-track sums are ``bincount`` reductions (``streamtrk.xp.bincount``: no host
+synchronisation on the device), so there is no loop over tracks.
 
-The two passes weight each hit by 1 / sigma^2 per projection, sigma^2 = measurement +
-multiple scattering:
-- measurement: r-phi resolution ``res_a`` projected on the circle's normal; on disks also
-  the r resolution ``res_b`` projected on it (barrel hits lie on their cylinder); in z,
-  ``res_b`` on barrels, and on disks (z exact) the r error carried along the track,
-  ``res_b * |tan(lambda)| * |t . r|``.
-- multiple scattering (Highland, p from the fit, path x0 / cos(incidence) as simulated):
-  a diagonal approximation of the displacement a hit gets from the scatters next to it,
-  sigma_ms^2 = (theta_prev^2 dL_prev^2 + theta_here^2 dL_next^2) / 2 (theta_prev: scatter at
-  the previous hit's layer, dL: 3-D path to the neighbouring hit), times ``ms_scale``^2
-  (r-phi, z); the z displacement at fixed s is cosh(eta) times the r-phi one.
-The first pass has measurement weights only, the second the scattering term from the first
-pass's momentum.
-
-Generalised least squares: the diagonal weights ignore that a scatter moves every later hit
-of the track, so they give the outer hits too much say where scattering dominates. From the
-second pass's fit, one Gauss-Newton step weighted with the inverse of the hits' full
-covariance V (measurement, and the track's own scatters correlated along it; applied by a
-Kalman filter along the track, V never formed) for the circle, in Karimaki's parameters about
-the origin, then for the line on the new circle. Against the two
-passes alone, on simulated helices (``bench/fit_resolution.py``), the d0 and z0 errors
-shrink to about a half and a third at 0.5 GeV, and q/pT's by 5-8% at 0.5-1 GeV; nothing
-changes where the hit resolutions dominate. The standard errors (``sigma_*``: of q/pT, eta,
-phi, d0, z0) are the diagonal of (J^T V^-1 J)^-1, and the chi2 is r^T V^-1 r: on simulated
-tracks it follows a chi-square with ``ndf = 2 n - 5`` degrees of freedom (``ms_scale``,
-(0.7, 1.0), chosen on validation events, seed 2000, only shapes the passes that start it).
+Then one generalised least-squares step from the starting fit, weighted with the inverse of
+the hits' full covariance V: the measurement errors projected on the fitted helix
+(``res_a`` on the circle's normal, on disks ``res_b`` too; in z on disks ``res_b *
+|tan(lambda)| * |t . r|``), and multiple scattering (Highland, p from the starting fit, path
+x0 / cos(incidence) as simulated), whose scatter at a hit moves every later hit of the
+track, so V is dense per track (applied by a Kalman filter along the track, never formed).
+The step is taken for the circle, in Karimaki's parameters about the origin, then for the
+line on the new circle. Against a fit weighted by a diagonal share of the scattering, on
+simulated helices (``bench/fit_resolution.py``), the d0 and z0 errors are about a half and a
+third at 0.5 GeV, and q/pT's 5-8% smaller at 0.5-1 GeV; nothing changes where the hit
+resolutions dominate. The standard errors (``sigma_*``: of q/pT, eta, phi, d0, z0) are the
+diagonal of (J^T V^-1 J)^-1, and the chi2 is r^T V^-1 r: on simulated tracks it follows a
+chi-square with ``ndf = 2 n - 5`` degrees of freedom.
 
 Conventions (solenoid field along +z): ``charge`` from the sense of rotation; ``phi`` the
 direction at the perigee; ``d0 = charge * (R - |c|)`` with ``c`` the circle centre, so d0 > 0
@@ -53,7 +41,6 @@ from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.xp import Array, array_module, bincount, csr_rows
 
-MS_SCALE = (0.7, 1.0)  # r-phi, z: scales of the scattering term (see the module docstring)
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
 
 
@@ -65,8 +52,6 @@ def fit_tracks(
     z: Array,
     layer: Array,
     det: Detector,
-    *,
-    ms_scale: tuple[float, float] = MS_SCALE,
 ) -> dict[str, Array]:
     """Helix parameters (pt, eta, phi, d0, z0, charge), fit quality (chi2, ndf) and standard
     errors (sigma_*) of CSR tracks whose hits are ordered along the track: the keys and
@@ -80,10 +65,6 @@ def fit_tracks(
     hx = x[hit_index].astype(xp.float64)
     hy = y[hit_index].astype(xp.float64)
     hz = z[hit_index].astype(xp.float64)
-    first_hit = xp.zeros(len(hit_index), dtype=bool)
-    first_hit[offsets[:-1]] = True
-    last_hit = xp.zeros(len(hit_index), dtype=bool)
-    last_hit[offsets[1:] - 1] = True
 
     def tsum(v: Array) -> Array:
         return bincount(tid, n_tracks, v)
@@ -96,41 +77,31 @@ def fit_tracks(
     first, last = hit_index[offsets[:-1]], hit_index[offsets[1:] - 1]
     chord = (x[last] - x[first], y[last] - y[first])
 
-    # Pass 1: measurement errors, disks' z error from a straight line to the origin.
-    var_c = res_a * res_a
+    # The starting fit, weighted by the measurement errors (disks' z error from a straight
+    # line to the origin), then the errors projected on it.
+    circle = _fit_circle(hx, hy, 1 / (res_a * res_a), tsum, tid, chord, xp)
+    radius = circle[2]
+    h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, (x[first], y[first]),
+                                          (x[last], y[last]), tid, xp)  # fmt: skip
+    s = radius[tid] * turn  # transverse arc length from the perigee
+    rho = xp.hypot(dx, dy)
+    n_r = (dx * hx + dy * hy) / (rho * r)  # circle normal . radial direction
+    n_phi = (dx * hy - dy * hx) / (rho * r)  # circle normal . azimuthal direction (+-)
+    var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(
+        barrel, 0.0, res_b**2 * n_r**2
+    )
     var_z = xp.where(barrel, res_b * res_b, (res_b * hz / r) ** 2)
-    ms_c = ms_z = xp.zeros_like(hx)
-    circle = None
-    for _ in range(2):
-        w_c, w_z = 1 / (var_c + ms_c), 1 / (var_z + ms_z)
-        circle = _fit_circle(hx, hy, w_c, tsum, tid, chord, xp, start=circle)
-        radius = circle[2]
-        h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, (x[first], y[first]),
-                                              (x[last], y[last]), tid, xp)  # fmt: skip
-        s = radius[tid] * turn  # transverse arc length from the perigee
-        rho = xp.hypot(dx, dy)
-        n_r = (dx * hx + dy * hy) / (rho * r)  # circle normal . radial direction
-        n_phi = (dx * hy - dy * hx) / (rho * r)  # circle normal . azimuthal direction (+-)
-        var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(
-            barrel, 0.0, res_b**2 * n_r**2
-        )
-        tan_l, z0 = _fit_line(s, hz, w_z, tsum, xp)
-        var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
+    tan_l, z0 = _fit_line(s, hz, 1 / var_z, tsum, xp)
+    var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
 
-        # Scattering: theta at each hit's layer, 3-D path to the neighbouring hits.
-        cosh = xp.sqrt(1 + tan_l * tan_l)
-        p = xp.maximum(GEV_PER_TESLA_MM * abs(det.bfield) * radius * cosh, 0.01)  # GeV
-        cos_inc = xp.where(barrel, xp.abs(n_phi), xp.abs(tan_l[tid])) / cosh[tid]
-        theta = highland(p[tid], x0 / xp.maximum(cos_inc, _MIN_COS_INCIDENCE), xp)
-        path = s * cosh[tid]
-        d_next = xp.where(last_hit, 0.0, xp.roll(path, -1) - path)
-        kick_next = theta * d_next  # this hit's scatter seen at the next hit
-        kick_prev = xp.where(first_hit, 0.0, xp.roll(kick_next, 1))
-        ms = (kick_prev**2 + kick_next**2) / 2
-        ms_c = ms_scale[0] ** 2 * ms
-        ms_z = ms_scale[1] ** 2 * ms * cosh[tid] ** 2
+    # Scattering: theta at each hit's layer (Highland, p from the starting fit).
+    cosh = xp.sqrt(1 + tan_l * tan_l)
+    p = xp.maximum(GEV_PER_TESLA_MM * abs(det.bfield) * radius * cosh, 0.01)  # GeV
+    cos_inc = xp.where(barrel, xp.abs(n_phi), xp.abs(tan_l[tid])) / cosh[tid]
+    theta = highland(p[tid], x0 / xp.maximum(cos_inc, _MIN_COS_INCIDENCE), xp)
+    path = s * cosh[tid]
 
-    # Generalised least squares: one step from the second pass's fit (its geometry, its
+    # Generalised least squares: one step from the starting fit (its geometry, its
     # scattering angles), weighted with the hits' full covariance V: measurement, and the
     # track's own scatters correlated along it. A scatter at hit k by theta across the track
     # turns the circle about k by theta cosh: hit j moves across by theta cosh R
@@ -202,8 +173,6 @@ def _fit_circle(
     tid: Array,
     chord: tuple[Array, Array],
     xp: Any,
-    *,
-    start: tuple[Array, Array, Array] | None = None,
 ) -> tuple[Array, Array, Array]:
     """Weighted geometric circle fit: (xc, yc, R).
 
@@ -211,39 +180,35 @@ def _fit_circle(
     the hits' weighted centroid (signed curvature ``kappa``, direction ``phi`` and signed
     distance ``delta`` of the circle's point closest to the centroid), which stay finite from
     loopers to straight lines; the centre and radius do not (a 1 TeV track's centre is 1.7 km
-    away). It starts from ``start``, a circle (xc, yc, R) fitted with nearby weights, else
-    from the better (smaller weighted squared distances) of the Kasa circle (close for curved
-    tracks, biased for straight ones, singular for collinear hits) and the straight line
-    along the chord from the first to the last hit. ``fit_tracks`` calls it twice, the second
-    time from the first's circle: two steps, enough from either start (10 TeV tracks
-    included)."""
+    away). It starts from the better (smaller weighted squared distances) of the Kasa circle
+    (close for curved tracks, biased for straight ones, singular for collinear hits) and the
+    straight line along the chord from the first to the last hit. With ``fit_tracks``'s
+    generalised least-squares step after it, two steps: enough from either start (10 TeV
+    tracks included)."""
     ws = tsum(w)
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
     q = u * u + v * v
     guard = xp.eye(3) * (1e-12 * ws)[:, None, None]  # degenerate (collinear) tracks
-    if start is None:
-        suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
-        su, sv = tsum(w * u), tsum(w * v)
-        a = xp.stack(
-            [
-                xp.stack([suu, suv, su], -1),
-                xp.stack([suv, svv, sv], -1),
-                xp.stack([su, sv, ws], -1),
-            ],
-            -2,
-        )
-        rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
-        d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
-        radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
-        kasa = _karimaki(-d / 2, -e / 2, radius, chord, xp)
-        line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
-        cost_kasa = tsum(w * _distances(*kasa, u, v, q, tid, xp)[0] ** 2)
-        cost_line = tsum(w * _distances(*line, u, v, q, tid, xp)[0] ** 2)
-        take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
-        kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
-    else:
-        kappa, phi, delta = _karimaki(start[0] - mx, start[1] - my, start[2], chord, xp)
+    suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
+    su, sv = tsum(w * u), tsum(w * v)
+    a = xp.stack(
+        [
+            xp.stack([suu, suv, su], -1),
+            xp.stack([suv, svv, sv], -1),
+            xp.stack([su, sv, ws], -1),
+        ],
+        -2,
+    )
+    rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
+    d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
+    radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
+    kasa = _karimaki(-d / 2, -e / 2, radius, chord, xp)
+    line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
+    cost_kasa = tsum(w * _distances(*kasa, u, v, q, tid, xp)[0] ** 2)
+    cost_line = tsum(w * _distances(*line, u, v, q, tid, xp)[0] ** 2)
+    take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
+    kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
     eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
     step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
     kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
