@@ -5,9 +5,8 @@ hit keeps at most its best outgoing and its best incoming edge (an edge survives
 the best of both of its ends), so what remains is a set of chains; their connected
 components are the track pieces. Pieces of one particle cut by a weak segment are then
 joined end to end over weaker edges that are the best at both piece ends (stitching), and
-short or weak tracks are cut (``TrackConfig``). Components come from SciPy on the CPU and
-from a label-propagation kernel (min-label propagation with pointer jumping) on the GPU;
-both are returned in the same canonical form, labelled by their smallest hit index.
+short or weak tracks are cut (``TrackConfig``). Components come from min-label propagation
+with pointer jumping on both devices, labelled by their smallest hit index.
 """
 
 from __future__ import annotations
@@ -140,37 +139,10 @@ def merge_labels(labels: Array, edges: Array) -> Array:
     ends = labels[edges]
     nodes = xp.unique(ends)
     local = xp.searchsorted(nodes, ends)
-    if xp is np:
-        comp = components_scipy(local, len(nodes))
-    else:
-        comp = components_label_propagation(local, len(nodes))
+    comp = components_label_propagation(local, len(nodes))
     root = nodes[comp]  # local labels are canonical: the smallest node, i.e. smallest label
     pos = xp.clip(xp.searchsorted(nodes, labels), 0, len(nodes) - 1)
     return xp.where(nodes[pos] == labels, root[pos], labels)
-
-
-def _canonical(labels: Array, xp: Any) -> Array:
-    """Relabel components by their smallest member index."""
-    n = len(labels)
-    order = xp.lexsort(xp.stack([xp.arange(n), labels]))
-    first = xp.ones(n, dtype=bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    group = xp.cumsum(first) - 1
-    root = order[first]
-    out = xp.empty(n, dtype=xp.int64)
-    out[order] = root[group]
-    return out
-
-
-def components_scipy(edge_index: np.ndarray, n_nodes: int) -> np.ndarray:
-    """Connected components with SciPy, labelled by smallest member index."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    ones = np.ones(edge_index.shape[1], dtype=np.int8)
-    adj = coo_matrix((ones, (edge_index[0], edge_index[1])), shape=(n_nodes, n_nodes))
-    _, labels = connected_components(adj, directed=False)
-    return _canonical(labels.astype(np.int64), np)
 
 
 #: Label propagation checks for convergence every this many iterations: each check is a host
@@ -273,8 +245,7 @@ def build_tracks(
     xp = array_module(edge_index)
     n = int(r.shape[0])
     idx = _junction_edges(edge_index, scores, threshold, config.junction_passes, n)
-    components = components_scipy if xp is np else components_label_propagation
-    labels = components(edge_index[:, idx], n)
+    labels = components_label_propagation(edge_index[:, idx], n)
     if config.stitch_threshold is not None:
         extra = stitch_edges(
             edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold

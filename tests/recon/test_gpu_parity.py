@@ -9,11 +9,7 @@ from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.graph import batch_graph
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
-from streamtrk.recon.tracks import (
-    TrackConfig,
-    components_label_propagation,
-    components_scipy,
-)
+from streamtrk.recon.tracks import TrackConfig, components_label_propagation
 
 pytestmark = pytest.mark.gpu
 cupy = cupy_on_cuda()
@@ -32,11 +28,12 @@ def test_cupy_graph_equals_numpy(mu200_events, det):
     assert cpu == gpu
 
 
-def test_label_propagation_on_gpu_equals_scipy():
+def test_label_propagation_on_gpu_equals_cpu():
+    """The same function on NumPy (tested against SciPy in test_tracks.py)."""
     rng = np.random.default_rng(3)
     edges = rng.integers(0, 20000, size=(2, 15000))
     gpu = components_label_propagation(cupy.asarray(edges), 20000).get()
-    assert np.array_equal(gpu, components_scipy(edges, 20000))
+    assert np.array_equal(gpu, components_label_propagation(edges, 20000))
 
 
 def test_oracle_tracks_identical_on_both_devices(mu200_events):
