@@ -130,8 +130,8 @@ def stitch_edges(
 def merge_labels(labels: Array, edges: Array) -> Array:
     """Canonical component labels after adding ``edges`` (2, k) to the components ``labels``.
 
-    Connected components of the small graph of the labels the new edges join, so the cost
-    grows with the new edges, not with the hits.
+    Connected components of the small graph of the labels the new edges join (their cost
+    grows with the new edges, not with the hits), then one relabelling of the hits.
     """
     xp = array_module(labels)
     if edges.shape[1] == 0:
@@ -140,9 +140,9 @@ def merge_labels(labels: Array, edges: Array) -> Array:
     nodes = xp.unique(ends)
     local = xp.searchsorted(nodes, ends)
     comp = components_label_propagation(local, len(nodes))
-    root = nodes[comp]  # local labels are canonical: the smallest node, i.e. smallest label
-    pos = xp.clip(xp.searchsorted(nodes, labels), 0, len(nodes) - 1)
-    return xp.where(nodes[pos] == labels, root[pos], labels)
+    relabel = xp.arange(len(labels), dtype=labels.dtype)  # labels are hit indices
+    relabel[nodes] = nodes[comp]  # local labels are canonical: the smallest node's label
+    return relabel[labels]
 
 
 #: Label propagation checks for convergence every this many iterations: each check is a host
