@@ -287,9 +287,10 @@ def _gls(
     columns = [*jac, res, var]
     columns += [a for _, arms in scatters for a, _ in arms]
     columns += [kick * b for kick, arms in scatters for _, b in arms]
-    hits = xp.zeros((size, len(columns), n_tracks))  # [place along the track, column, track]
-    hits[:, n + 1] = 1.0  # the padding's variance
-    hits[slot, :, tid] = xp.stack(columns, -1)
+    hits = xp.zeros((len(columns), size * n_tracks))
+    hits[n + 1] = 1.0  # the padding's variance
+    hits[:, slot * n_tracks + tid] = xp.stack(columns)
+    hits = hits.reshape(len(columns), size, n_tracks).swapaxes(0, 1)  # [place, column, track]
     cols, hit_var = hits[:, : n + 1], hits[:, n + 1]
     arm, kick = hits[:, n + 2 : n + 2 + m], hits[:, n + 2 + m :]
     cov_u = xp.zeros((m, m, n_tracks))  # u's covariance given the hits before
