@@ -205,11 +205,13 @@ def _fit_circle(
     radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
     kasa = _karimaki(-d / 2, -e / 2, radius, chord, xp)
     line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
-    cost_kasa = tsum(w * _distances(*kasa, u, v, q, tid, xp)[0] ** 2)
-    cost_line = tsum(w * _distances(*line, u, v, q, tid, xp)[0] ** 2)
-    take = cost_kasa <= cost_line  # False where Kasa's solve failed (NaN)
+    eps_kasa, jac_kasa = _distances(*kasa, u, v, q, tid, xp)
+    eps_line, jac_line = _distances(*line, u, v, q, tid, xp)
+    take = tsum(w * eps_kasa**2) <= tsum(w * eps_line**2)  # False where Kasa's solve failed
     kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
-    eps, jac = _distances(kappa, phi, delta, u, v, q, tid, xp)
+    per_hit = take[tid]
+    eps = xp.where(per_hit, eps_kasa, eps_line)
+    jac = tuple(xp.where(per_hit, k, li) for k, li in zip(jac_kasa, jac_line, strict=True))
     step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
     kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
     xc, yc, radius = _circle(kappa, phi, delta, xp)
