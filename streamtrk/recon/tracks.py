@@ -36,17 +36,20 @@ def _best_per(key: Array, s: Array, xp: Any) -> Array:
     return order[first]
 
 
-def _mutual_best(e: Array, s: Array, xp: Any) -> Array:
-    """Mask of the edges that are the best-scored one at both of their ends (a scatter of
-    masks: no host synchronisation on the device)."""
+def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
+    """Mask of the edges (between nodes below ``n_nodes``; scores ``s`` > 0, compared as
+    float32, the scorers' dtype) that are the best-scored one at both of their ends, ties to
+    the first edge: per end, a scatter-min of a code ordered as (score descending, index),
+    the score's bits above the index (no sort, no host synchronisation on the device)."""
     best = xp.ones(e.shape[1], dtype=bool)
     if e.shape[1] == 0:
         return best
+    bits = s.astype(xp.float32).view(xp.int32).astype(xp.int64)  # positive floats: in order
+    code = ((0x7F800000 - bits) << 32) | xp.arange(e.shape[1], dtype=xp.int64)
     for end in (0, 1):  # best outgoing edge per source, best incoming per target
-        order, first = _by_key_then_score(e[end], s, xp)
-        is_best = xp.empty(e.shape[1], dtype=bool)
-        is_best[order] = first
-        best &= is_best
+        low = xp.full(n_nodes, xp.iinfo(xp.int64).max, dtype=xp.int64)
+        scatter_min(low, e[end], code)
+        best &= low[e[end]] == code
     return best
 
 
@@ -66,7 +69,7 @@ def _junction_edges(
         free = xp.nonzero(~chosen & ~out_used[e[0]] & ~in_used[e[1]])[0]
         if len(free) == 0:
             break
-        new = free[_mutual_best(e[:, free], s[free], xp)]
+        new = free[_mutual_best(e[:, free], s[free], n_nodes, xp)]
         chosen[new] = True
         out_used[e[0, new]] = True
         in_used[e[1, new]] = True
@@ -121,7 +124,7 @@ def stitch_edges(
     src = xp.concatenate([a[direct], a[into]])
     dst = xp.concatenate([b[direct], b[out]])
     s = xp.concatenate([sc[direct], xp.minimum(sc[into], sc[out])])
-    take = _mutual_best(xp.stack([src, dst]), s, xp)
+    take = _mutual_best(xp.stack([src, dst]), s, n, xp)
     nd = len(direct)
     take_direct, take_bridge = take[:nd], take[nd:]
     return cand[xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])]
