@@ -39,9 +39,12 @@ import numpy as np
 
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
+from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, bincount, csr_rows
 
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
+KERNELS = "gls_filter.cu"  # the least-squares sums on the GPU
+GLS_MAX_STATE, GLS_MAX_COLUMNS = 5, 4  # the kernel's arrays: its GLS_MAX_M and GLS_MAX_C
 
 
 def fit_tracks(
@@ -109,7 +112,6 @@ def fit_tracks(
     # z moving by theta cosh (path_j - path_k), and changes the curvature by theta tan_l / R,
     # moving hit j across by that times (s_j - s_k)^2 / 2. Circle in Karimaki's perigee
     # parameters about the origin, then the line on the new circle's arc lengths.
-    size = int(xp.max(sizes))  # the longest track: the GLS loop's length (a host sync)
     kappa, phi_k, delta = _karimaki(*circle, chord, xp)
     eps, jac_c = _distances(kappa, phi_k, delta, hx, hy, hx * hx + hy * hy, tid, xp)
     one, big_r = xp.ones_like(s), radius[tid]
@@ -117,7 +119,7 @@ def fit_tracks(
     turned = ((big_r * sin_t, cos_t), (cos_t, -big_r * sin_t))
     bent = ((s * s / 2, one), (s, -s), (one, s * s / 2))
     across = [(theta * cosh[tid], turned), (theta * xp.abs(tan_l[tid]) / big_r, bent)]
-    step, cov_c, chi2_c = _gls(jac_c, eps, var_c, across, offsets, tid, size, xp)
+    step, cov_c, chi2_c = _gls(jac_c, eps, var_c, across, offsets, tid, xp)
     circle = _circle(kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2], xp)
     xc, yc, radius = circle
     h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, (x[first], y[first]),
@@ -126,7 +128,7 @@ def fit_tracks(
     tilted = ((path, one), (one, -path))
     res_z = z0[tid] + tan_l[tid] * s_new - hz
     step_z, cov_z, chi2_z = _gls(
-        (s_new, one), res_z, var_z, [(theta * cosh[tid], tilted)], offsets, tid, size, xp
+        (s_new, one), res_z, var_z, [(theta * cosh[tid], tilted)], offsets, tid, xp
     )
     tan_l, z0 = tan_l + step_z[:, 0], z0 + step_z[:, 1]
     chi2 = chi2_c + chi2_z
@@ -264,7 +266,6 @@ def _gls(
     scatters: list[tuple[Array, Arms]],
     offsets: Array,
     tid: Array,
-    size: int,
     xp: Any,
 ) -> tuple[Array, Array, Array]:
     """Per track, the generalised least-squares step, its covariance and the chi-square after
@@ -279,25 +280,48 @@ def _gls(
     t_j one unit deviate per scatter set), so a Kalman filter of u run along the track turns
     the columns of [J res] into their innovations; divided by their standard deviations they
     are L^-1 [J res] for V = L L^T (the filter is V's Cholesky factorisation), and their sums
-    of products give J^T V^-1 J, J^T V^-1 res and res^T V^-1 res. A loop over the ``size``
-    hits of the longest track, vectorised over tracks; the padding of shorter tracks has unit
-    variance, no derivative, no residual and no arm, and changes nothing."""
-    n_tracks, n = len(offsets) - 1, len(jac)
-    slot = xp.arange(len(tid)) - offsets[:-1][tid]  # each hit's place in its track
-    dims = [len(arms) for _, arms in scatters]
-    m = sum(dims)  # the random walk's dimension
+    of products give J^T V^-1 J, J^T V^-1 res and res^T V^-1 res: :func:`gram_arrays` on
+    the CPU, :func:`gram_kernel` on the GPU."""
+    n = len(jac)
+    dims = tuple(len(arms) for _, arms in scatters)
     columns = [*jac, res, var]
     columns += [a for _, arms in scatters for a, _ in arms]
     columns += [kick * b for kick, arms in scatters for _, b in arms]
+    if xp is np:
+        gram = gram_arrays(columns, n + 1, dims, offsets, tid)
+    else:
+        gram = gram_kernel(xp.stack(columns, -1), n + 1, dims, offsets, cupy_launcher(KERNELS))
+    normal, grad, rr = gram[:, :n, :n], gram[:, :n, n], gram[:, n, n]
+    guard = xp.eye(n) * (1e-12 * xp.trace(normal, axis1=-2, axis2=-1))[:, None, None]
+    cov = xp.linalg.inv(normal + guard)  # degenerate (collinear) tracks
+    step = -(cov @ grad[..., None])[..., 0]
+    step = xp.where(xp.isfinite(step).all(-1)[:, None], step, 0.0)
+    chi2 = rr + 2 * (step * grad).sum(-1) + (step * (normal @ step[..., None])[..., 0]).sum(-1)
+    return step, cov, chi2
+
+
+def gram_arrays(
+    columns: list[Array], c: int, dims: tuple[int, ...], offsets: Array, tid: Array
+) -> Array:
+    """Per track, the sums [J res]^T V^-1 [J res] (c x c) of :func:`_gls`'s filter, from the
+    per-hit ``columns``: the ``c`` columns [J res], the variance, the arms a of the scatter
+    sets (``dims`` of them per set) and their scaled kicks kick * b. A loop over the places
+    along the longest track (a host synchronisation on the device), vectorised over tracks;
+    the padding of shorter tracks has unit variance, no column and no arm, and changes
+    nothing."""
+    xp = array_module(offsets)
+    n_tracks, m = len(offsets) - 1, sum(dims)
+    size = int(xp.max(offsets[1:] - offsets[:-1]))
+    slot = xp.arange(len(tid)) - offsets[:-1][tid]  # each hit's place in its track
     hits = xp.zeros((len(columns), size * n_tracks))
-    hits[n + 1] = 1.0  # the padding's variance
+    hits[c] = 1.0  # the padding's variance
     hits[:, slot * n_tracks + tid] = xp.stack(columns)
     hits = hits.reshape(len(columns), size, n_tracks).swapaxes(0, 1)  # [place, column, track]
-    cols, hit_var = hits[:, : n + 1], hits[:, n + 1]
-    arm, kick = hits[:, n + 2 : n + 2 + m], hits[:, n + 2 + m :]
+    cols, hit_var = hits[:, :c], hits[:, c]
+    arm, kick = hits[:, c + 1 : c + 1 + m], hits[:, c + 1 + m :]
     cov_u = xp.zeros((m, m, n_tracks))  # u's covariance given the hits before
-    est = xp.zeros((m, n + 1, n_tracks))  # u's estimate from the hits before, per column
-    white = xp.empty((size, n + 1, n_tracks))
+    est = xp.zeros((m, c, n_tracks))  # u's estimate from the hits before, per column
+    white = xp.empty((size, c, n_tracks))
     for j in range(size):
         a = arm[j]
         cov_a = (cov_u * a).sum(1)
@@ -312,14 +336,28 @@ def _gls(
             b = kick[j, first : first + d]
             cov_u[first : first + d, first : first + d] += b[:, None] * b
             first += d
-    gram = xp.einsum("jcn,jdn->ncd", white, white)  # [J res]^T V^-1 [J res]
-    normal, grad, rr = gram[:, :n, :n], gram[:, :n, n], gram[:, n, n]
-    guard = xp.eye(n) * (1e-12 * xp.trace(normal, axis1=-2, axis2=-1))[:, None, None]
-    cov = xp.linalg.inv(normal + guard)  # degenerate (collinear) tracks
-    step = -(cov @ grad[..., None])[..., 0]
-    step = xp.where(xp.isfinite(step).all(-1)[:, None], step, 0.0)
-    chi2 = rr + 2 * (step * grad).sum(-1) + (step * (normal @ step[..., None])[..., 0]).sum(-1)
-    return step, cov, chi2
+    return xp.einsum("jcn,jdn->ncd", white, white)
+
+
+def gram_kernel(
+    hits: Array, c: int, dims: tuple[int, ...], offsets: Array, launch: Launch
+) -> Array:
+    """:func:`gram_arrays` as one kernel (``gls_filter.cu``), a thread per track over its
+    own hits (``hits``: the columns stacked, a row per hit): no padding, no host
+    synchronisation."""
+    xp = array_module(offsets)
+    if sum(dims) > GLS_MAX_STATE or c > GLS_MAX_COLUMNS:
+        raise ValueError(f"the GLS kernel takes at most {GLS_MAX_STATE} arms and "
+                         f"{GLS_MAX_COLUMNS} columns, got {sum(dims)} and {c}")  # fmt: skip
+    n_tracks, i64 = len(offsets) - 1, np.int64
+    gram = xp.empty((n_tracks, c, c))
+    args = contiguous(
+        (i64(n_tracks), offsets.astype(xp.int64), hits, i64(hits.shape[1]), i64(c),
+         i64(sum(dims)), xp.asarray(dims, dtype=xp.int64), i64(len(dims))),
+        xp,
+    )  # fmt: skip
+    launch("gls_gram", n_tracks, (*args, gram))
+    return gram
 
 
 def _on_circle(

@@ -190,7 +190,8 @@ def test_package_builds_and_runs_from_the_copied_paths(tmp_path: Path) -> None:
         assert "streamtrk = streamtrk.cli:main" in z.read(entry_points).decode()
     model = f"streamtrk/data/models/{DEFAULT_MODEL_NAME}"
     assert {"streamtrk/data/trackml_detector.toml", "streamtrk/service/serve.py"} <= names
-    assert {"streamtrk/recon/doublet_search.cu", "streamtrk/recon/triplet_search.cu"} <= names
+    kernels = ("doublet_search.cu", "triplet_search.cu", "gls_filter.cu")
+    assert {f"streamtrk/recon/{k}" for k in kernels} <= names
     assert {f"{model}/{CARD}", f"{model}/{WEIGHTS}"} <= names
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv)

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from streamtrk.detector import GEV_PER_TESLA_MM
-from streamtrk.recon.fit import _gls, fit_tracks
+from streamtrk.recon.fit import KERNELS, _gls, fit_tracks, gram_arrays, gram_kernel
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import smear
@@ -225,7 +225,7 @@ def test_gls_step_is_that_of_the_dense_covariance():
         (rng.uniform(0, 1, h), tuple((rng.normal(size=h), rng.normal(size=h)) for _ in range(m)))
         for m in (2, 3)
     ]
-    step, cov, chi2 = _gls(jac, res, var, scatters, offsets, tid, int(sizes.max()), np)
+    step, cov, chi2 = _gls(jac, res, var, scatters, offsets, tid, np)
     for k, (lo, hi) in enumerate(itertools.pairwise(offsets)):
         v = np.diag(var[lo:hi])
         for kick, arms in scatters:
@@ -242,6 +242,29 @@ def test_gls_step_is_that_of_the_dense_covariance():
             assert chi2[k] == pytest.approx(r @ np.linalg.solve(v, r), rel=1e-9), k
         else:  # fewer hits than parameters: a finite step that leaves no residual
             assert np.isfinite(step[k]).all() and chi2[k] == pytest.approx(0, abs=1e-6), k
+
+
+def test_host_kernel_sums_are_the_arrays(host_launcher):
+    """gls_filter.cu, built for the host, gives the NumPy path's sums: tracks of 1 to 12
+    hits, the circle's scatter sets (two and three arms, four columns) and the line's."""
+    rng = np.random.default_rng(12)
+    sizes = rng.integers(1, 13, 300)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    tid = np.repeat(np.arange(len(sizes)), sizes)
+    h = len(tid)
+    for c, dims in ((4, (2, 3)), (3, (2,))):
+        m = sum(dims)
+        columns = [rng.normal(size=h) for _ in range(c)] + [rng.uniform(0.5, 2.0, h)]
+        columns += [rng.normal(size=h) for _ in range(2 * m)]
+        arrays = gram_arrays(columns, c, dims, offsets, tid)
+        kernel = gram_kernel(np.stack(columns, -1), c, dims, offsets, host_launcher(KERNELS))
+        np.testing.assert_allclose(kernel, arrays, rtol=1e-12, atol=1e-12 * np.abs(arrays).max())
+
+
+def test_host_kernel_refuses_more_arms_than_it_holds(host_launcher):
+    offsets = np.array([0, 1])
+    with pytest.raises(ValueError, match="at most 5 arms"):
+        gram_kernel(np.zeros((1, 16)), 2, (3, 3), offsets, host_launcher(KERNELS))
 
 
 def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):

@@ -15,6 +15,7 @@ FILES = sorted(
 )
 ENTRIES = {
     "doublet_search.cu": ("doublet_count", "doublet_fill"),
+    "gls_filter.cu": ("gls_gram",),
     "triplet_search.cu": ("triplet_flags", "quadruplet_ends"),
 }
 

@@ -1,0 +1,60 @@
+// The generalised least-squares sums of the helix fit (streamtrk/recon/fit.py, gram_arrays)
+// as one kernel, one thread per track: a Kalman filter of the scatters' random walk u along
+// the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
+// standard deviations they are L^-1 [J res] for the hits' covariance V = L L^T, and their
+// products summed over the hits are [J res]^T V^-1 [J res]. Operation by operation the NumPy
+// path's, which pads the tracks to the longest and loops over the places along them.
+//
+// hits: per hit, n_cols doubles: the c columns [J res], the variance, the m arms a and the
+// m scaled kicks (kick * b) of the scatter sets, whose sizes are dims[0 .. n_sets - 1].
+//
+// streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
+
+#define GLS_MAX_M 5  // fit.GLS_MAX_STATE
+#define GLS_MAX_C 4  // fit.GLS_MAX_COLUMNS
+
+extern "C" __global__ void gls_gram(long long n_tracks, const long long *offsets,
+                                    const double *hits, long long n_cols, long long c,
+                                    long long m, const long long *dims, long long n_sets,
+                                    double *gram) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        double cov_u[GLS_MAX_M][GLS_MAX_M] = {};  // u's covariance given the hits before
+        double est[GLS_MAX_M][GLS_MAX_C] = {};    // u's estimate from the hits before
+        double sums[GLS_MAX_C][GLS_MAX_C] = {};
+        for (long long h = offsets[t]; h < offsets[t + 1]; ++h) {
+            const double *x = hits + h * n_cols, *a = x + c + 1, *kick = x + c + 1 + m;
+            double cov_a[GLS_MAX_M], innovation[GLS_MAX_C];
+            for (long long i = 0; i < m; ++i) {
+                cov_a[i] = 0.0;
+                for (long long j = 0; j < m; ++j) cov_a[i] += cov_u[i][j] * a[j];
+            }
+            double s = 0.0;  // the innovation's variance
+            for (long long i = 0; i < m; ++i) s += a[i] * cov_a[i];
+            s += x[c];
+            for (long long k = 0; k < c; ++k) {
+                double seen = 0.0;
+                for (long long i = 0; i < m; ++i) seen += a[i] * est[i][k];
+                innovation[k] = x[k] - seen;
+            }
+            const double sd = sqrt(s);
+            for (long long k = 0; k < c; ++k) {
+                const double wk = innovation[k] / sd;
+                for (long long l = 0; l < c; ++l) sums[k][l] += wk * (innovation[l] / sd);
+            }
+            for (long long i = 0; i < m; ++i) {
+                const double gain = cov_a[i] / s;
+                for (long long k = 0; k < c; ++k) est[i][k] += gain * innovation[k];
+                for (long long j = 0; j < m; ++j) cov_u[i][j] -= gain * cov_a[j];
+            }
+            long long first = 0;
+            for (long long d = 0; d < n_sets; ++d) {  // the scatter at this hit, one per set
+                for (long long i = first; i < first + dims[d]; ++i)
+                    for (long long j = first; j < first + dims[d]; ++j)
+                        cov_u[i][j] += kick[i] * kick[j];
+                first += dims[d];
+            }
+        }
+        for (long long k = 0; k < c; ++k)
+            for (long long l = 0; l < c; ++l) gram[(t * c + k) * c + l] = sums[k][l];
+    }
+}
