@@ -343,17 +343,18 @@ def gram_kernel(
     hits: Array, c: int, dims: tuple[int, ...], offsets: Array, launch: Launch
 ) -> Array:
     """:func:`gram_arrays` as one kernel (``gls_filter.cu``), a thread per track over its
-    own hits (``hits``: the columns stacked, a row per hit): no padding, no host
-    synchronisation."""
+    own hits (``hits``: the columns stacked, a row per hit; at most two scatter sets): no
+    padding, no host synchronisation."""
     xp = array_module(offsets)
-    if sum(dims) > GLS_MAX_STATE or c > GLS_MAX_COLUMNS:
-        raise ValueError(f"the GLS kernel takes at most {GLS_MAX_STATE} arms and "
-                         f"{GLS_MAX_COLUMNS} columns, got {sum(dims)} and {c}")  # fmt: skip
+    if len(dims) > 2 or sum(dims) > GLS_MAX_STATE or c > GLS_MAX_COLUMNS:
+        raise ValueError(f"the GLS kernel takes at most 2 scatter sets, {GLS_MAX_STATE} arms "
+                         f"and {GLS_MAX_COLUMNS} columns, got {dims} and {c}")  # fmt: skip
     n_tracks, i64 = len(offsets) - 1, np.int64
+    dim0, dim1 = (*dims, 0, 0)[:2]
     gram = xp.empty((n_tracks, c, c))
     args = contiguous(
         (i64(n_tracks), offsets.astype(xp.int64), hits, i64(hits.shape[1]), i64(c),
-         i64(sum(dims)), xp.asarray(dims, dtype=xp.int64), i64(len(dims))),
+         i64(dim0), i64(dim1)),
         xp,
     )  # fmt: skip
     launch("gls_gram", n_tracks, (*args, gram))

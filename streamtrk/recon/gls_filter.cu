@@ -6,7 +6,8 @@
 // path's, which pads the tracks to the longest and loops over the places along them.
 //
 // hits: per hit, n_cols doubles: the c columns [J res], the variance, the m arms a and the
-// m scaled kicks (kick * b) of the scatter sets, whose sizes are dims[0 .. n_sets - 1].
+// m scaled kicks (kick * b) of the scatter sets, at most two, of dim0 and dim1 arms (m =
+// dim0 + dim1; dim1 0 for one set).
 //
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
@@ -15,8 +16,8 @@
 
 extern "C" __global__ void gls_gram(long long n_tracks, const long long *offsets,
                                     const double *hits, long long n_cols, long long c,
-                                    long long m, const long long *dims, long long n_sets,
-                                    double *gram) {
+                                    long long dim0, long long dim1, double *gram) {
+    const long long m = dim0 + dim1, dims[2] = {dim0, dim1};
     FOR_EACH_THREAD(t, n_tracks) {
         double cov_u[GLS_MAX_M][GLS_MAX_M] = {};  // u's covariance given the hits before
         double est[GLS_MAX_M][GLS_MAX_C] = {};    // u's estimate from the hits before
@@ -47,7 +48,7 @@ extern "C" __global__ void gls_gram(long long n_tracks, const long long *offsets
                 for (long long j = 0; j < m; ++j) cov_u[i][j] -= gain * cov_a[j];
             }
             long long first = 0;
-            for (long long d = 0; d < n_sets; ++d) {  // the scatter at this hit, one per set
+            for (long long d = 0; d < 2; ++d) {  // the scatter at this hit, one per set
                 for (long long i = first; i < first + dims[d]; ++i)
                     for (long long j = first; j < first + dims[d]; ++j)
                         cov_u[i][j] += kick[i] * kick[j];

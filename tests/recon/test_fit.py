@@ -261,10 +261,11 @@ def test_host_kernel_sums_are_the_arrays(host_launcher):
         np.testing.assert_allclose(kernel, arrays, rtol=1e-12, atol=1e-12 * np.abs(arrays).max())
 
 
-def test_host_kernel_refuses_more_arms_than_it_holds(host_launcher):
+def test_host_kernel_refuses_more_than_it_holds(host_launcher):
     offsets = np.array([0, 1])
-    with pytest.raises(ValueError, match="at most 5 arms"):
-        gram_kernel(np.zeros((1, 16)), 2, (3, 3), offsets, host_launcher(KERNELS))
+    for dims in ((3, 3), (1, 1, 1)):
+        with pytest.raises(ValueError, match="at most 2 scatter sets, 5 arms"):
+            gram_kernel(np.zeros((1, 16)), 2, dims, offsets, host_launcher(KERNELS))
 
 
 def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
