@@ -16,9 +16,10 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
    limit for the graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
 4. ``bf16_parity``: edge-score differences and physics, bf16 against fp32 (target: tracking
    efficiency within 0.2% absolute).
-   ``kernels``: graph construction's candidate search and pruning's triplet cuts, each as
-   its CUDA kernels and as CuPy array operations, on the same inputs at batch 1 and 16
-   (milliseconds, medians; whether both give the same edges and the same mask). On the CPU
+   ``kernels``: graph construction's candidate search, pruning's triplet cuts and the fit's
+   least-squares sums (over the batch's oracle tracks, random columns), each as its CUDA
+   kernels and as CuPy array operations, on the same inputs at batch 1 and 16
+   (milliseconds, medians; whether both give the same edges, mask and sums). On the CPU
    the kernels run as their host build.
 5. ``daemon``: ``streamtrk serve --device cuda`` as a subprocess (batches of up to 16 events,
    no queue delay), the events replayed through ZeroMQ with ``streamtrk replay`` as fast as
@@ -75,6 +76,7 @@ import torch
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event
+from streamtrk.recon import fit as fit_stage
 from streamtrk.recon import graph as graph_stage
 from streamtrk.recon import prune as prune_stage
 from streamtrk.recon.device import release_cached_memory
@@ -86,11 +88,11 @@ from streamtrk.recon.host_syncs import count_host_syncs, counting_unavailable
 from streamtrk.recon.kernels import Launch, cupy_launcher, host_launcher
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.prune import prune_edges
-from streamtrk.recon.reconstructor import STAGES, Reconstructor
+from streamtrk.recon.reconstructor import STAGES, OracleScorer, Reconstructor
 from streamtrk.recon.tracks import build_tracks
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
-from streamtrk.xp import to_host, to_host_packed
+from streamtrk.xp import csr_rows, to_host, to_host_packed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {  # name: (engine, precision, CUDA graphs, seconds the part needs at least)
@@ -599,8 +601,9 @@ def parity_part(dev: Device, events: list[Event], net: Network) -> dict[str, Any
 
 
 def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int]) -> dict:
-    """The graph search and the triplet cuts as kernels and as array operations, timed on the
-    same prepared inputs (medians of 5 after one warm-up call), and compared."""
+    """The graph search, the triplet cuts and the fit's least-squares sums as kernels and as
+    array operations, timed on the same prepared inputs (medians of 5 after one warm-up
+    call), and compared."""
     det, xp, chain = load_detector(), dev.xp, net.chain
     build_dir = Path(tempfile.mkdtemp(prefix="streamtrk-kernels-"))
 
@@ -620,6 +623,29 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
 
     search_launch = launcher(graph_stage.KERNELS)
     prune_launch = launcher(prune_stage.KERNELS)
+    fit_launch = launcher(fit_stage.KERNELS)
+
+    def gls(b: list[Event], g: Any) -> dict[str, Any]:
+        """The circle's sums (4 columns, scatter sets of 2 and 3 arms) over the oracle tracks
+        of graph ``g``: the fit's shapes; random values (the time does not depend on them)."""
+        offsets, _ = build_tracks(g.edge_index, OracleScorer()(g, b), g.node_features[:, 0])
+        n_hits = int(offsets[-1])
+        tid = csr_rows(offsets, n_hits)
+        rng = np.random.default_rng(0)
+        values = rng.normal(size=(n_hits, 15))
+        values[:, 4] = rng.uniform(0.5, 2.0, n_hits)  # the variances
+        hits = xp.asarray(values)
+        columns = list(hits.T)
+        arrays_ms, sums = timed(lambda: fit_stage.gram_arrays(columns, 4, (2, 3), offsets, tid))
+        kernel_ms, ksums = timed(
+            lambda: fit_stage.gram_kernel(hits, 4, (2, 3), offsets, fit_launch)
+        )
+        a, k = to_host(sums), to_host(ksums)
+        return {
+            "tracks": len(offsets) - 1,
+            "gls_ms": {"arrays": arrays_ms, "kernels": kernel_ms},
+            "same_gls": bool(np.allclose(k, a, rtol=1e-9, atol=1e-9 * np.abs(a).max())),
+        }
 
     def measure(size: int) -> dict[str, Any]:
         cols, offsets = batch_columns(batch(events, size, 0), xp)
@@ -635,9 +661,10 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
             ),
             "same_features": bool(np.array_equal(to_host(f), to_host(kf))),
         }
+        g = build_graph(*cols.values(), offsets, det, chain.graph)
+        row |= gls(batch(events, size, 0), g)
         if chain.prune is None:
             return row
-        g = build_graph(*cols.values(), offsets, det, chain.graph)
         geo, usable, t = prune_stage.triplet_inputs(g, chain.prune, det)
         args = (geo, usable, t, len(det), chain.prune.min_hits)
         p_arrays_ms, mask = timed(lambda: prune_stage.keep_arrays(*args))

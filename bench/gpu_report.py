@@ -138,16 +138,20 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
             "",
             "Kernels against CuPy array operations (ms; same results):",
             "",
-            "| batch | search, arrays | kernels | triplet cuts, arrays | kernels | same |",
-            "| ---: | ---: | ---: | ---: | ---: | --- |",
+            "| batch | search, arrays | kernels | triplet cuts, arrays | kernels"
+            " | fit's GLS sums, arrays | kernel | same |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for k in sizes:
             v = kernels[k]
-            same = v["same_edges"] and v["same_features"] and v.get("same_mask", True)
+            same = v["same_edges"] and v["same_features"]
+            same = same and v.get("same_mask", True) and v.get("same_gls", True)
             triplets = v.get("triplets_ms", {})  # absent without pruning
+            gls = v.get("gls_ms", {})  # absent from runs before the fit's kernel
             out.append(
                 f"| {k} | {_f(v['search_ms']['arrays'], 2)} | {_f(v['search_ms']['kernels'], 2)}"
                 f" | {_f(triplets.get('arrays'), 2)} | {_f(triplets.get('kernels'), 2)}"
+                f" | {_f(gls.get('arrays'), 2)} | {_f(gls.get('kernels'), 2)}"
                 f" | {'yes' if same else 'NO'} |"
             )
     d = parts.get("daemon", {})

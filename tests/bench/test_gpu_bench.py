@@ -35,6 +35,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     for size in ("1", "2"):  # the kernels' host build, against the array operations
         k = parts["kernels"][size]
         assert k["edges"] > 0 and k["same_edges"] and k["same_features"] and k["same_mask"]
+        assert k["tracks"] > 0 and k["same_gls"] and k["gls_ms"]["kernels"] > 0
     rows = result["summary"]["end_to_end"]
     assert [(r["batch"], r["engine"], r["precision"]) for r in rows] == [
         (1, "eager", "fp32"),
@@ -83,4 +84,4 @@ def test_report_takes_the_best_batch_64_and_kernels_without_pruning() -> None:
     result = {"date": "2026-12-01", "summary": summary, "parts": {"kernels": kernels}}
     text = _gpu_report().markdown(result, "x.json")
     assert "at batch 64, 1,234.5 (target 1,000)" in text
-    assert "| 16 | 2.00 | 0.50 | n/a | n/a | yes |" in text
+    assert "| 16 | 2.00 | 0.50 | n/a | n/a | n/a | n/a | yes |" in text
