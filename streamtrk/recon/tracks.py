@@ -37,7 +37,7 @@ def _best_per(key: Array, s: Array, xp: Any) -> Array:
 
 
 def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
-    """Mask of the edges (between nodes below ``n_nodes``; scores ``s`` > 0, compared as
+    """Mask of the edges (between nodes below ``n_nodes``; scores ``s`` >= 0, compared as
     float32, the scorers' dtype) that are the best-scored one at both of their ends, ties to
     the first edge: per end, a scatter-min of a code ordered as (score descending, index),
     the score's bits above the index (no sort, no host synchronisation on the device)."""
