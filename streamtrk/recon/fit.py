@@ -206,7 +206,7 @@ def _fit_circle(
     d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
     radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
     kasa = _karimaki(-d / 2, -e / 2, radius, chord, xp)
-    line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]), xp.zeros_like(ws))
+    line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]).astype(xp.float64), xp.zeros_like(ws))
     eps_kasa, jac_kasa = _distances(*kasa, u, v, q, tid, xp)
     eps_line, jac_line = _distances(*line, u, v, q, tid, xp)
     take = tsum(w * eps_kasa**2) <= tsum(w * eps_line**2)  # False where Kasa's solve failed
@@ -349,6 +349,9 @@ def gram_kernel(
     if len(dims) > 2 or sum(dims) > GLS_MAX_STATE or c > GLS_MAX_COLUMNS:
         raise ValueError(f"the GLS kernel takes at most 2 scatter sets, {GLS_MAX_STATE} arms "
                          f"and {GLS_MAX_COLUMNS} columns, got {dims} and {c}")  # fmt: skip
+    width = c + 1 + 2 * sum(dims)
+    if hits.ndim != 2 or hits.shape[1] != width or hits.dtype != xp.float64:
+        raise ValueError(f"hits must be float64 of {width} columns, got {hits.dtype} {hits.shape}")
     n_tracks, i64 = len(offsets) - 1, np.int64
     dim0, dim1 = (*dims, 0, 0)[:2]
     gram = xp.empty((n_tracks, c, c))

@@ -37,15 +37,19 @@ def _best_per(key: Array, s: Array, xp: Any) -> Array:
 
 
 def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
-    """Mask of the edges (between nodes below ``n_nodes``; scores ``s`` >= 0, compared as
-    float32, the scorers' dtype) that are the best-scored one at both of their ends, ties to
+    """Mask of the edges (between nodes below ``n_nodes``; scores ``s`` compared as float32,
+    the scorers' dtype, not NaN) that are the best-scored one at both of their ends, ties to
     the first edge: per end, a scatter-min of a code ordered as (score descending, index),
-    the score's bits above the index (no sort, no host synchronisation on the device)."""
+    the score's rank as an integer above the index (no sort, no host synchronisation on the
+    device)."""
     best = xp.ones(e.shape[1], dtype=bool)
     if e.shape[1] == 0:
         return best
-    bits = s.astype(xp.float32).view(xp.int32).astype(xp.int64)  # positive floats: in order
-    code = ((0x7F800000 - bits) << 32) | xp.arange(e.shape[1], dtype=xp.int64)
+    if e.shape[1] >= 2**31:
+        raise ValueError(f"at most 2^31 - 1 edges, got {e.shape[1]}")
+    bits = (s.astype(xp.float32) + xp.float32(0)).view(xp.int32)  # -0.0 as 0.0
+    rank = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(xp.int64) + 2**31  # in float order
+    code = ((2**32 - 1 - rank) << 31) | xp.arange(e.shape[1], dtype=xp.int64)
     for end in (0, 1):  # best outgoing edge per source, best incoming per target
         low = xp.full(n_nodes, xp.iinfo(xp.int64).max, dtype=xp.int64)
         scatter_min(low, e[end], code)
@@ -131,9 +135,10 @@ def stitch_edges(
 
 
 def merge_labels(labels: Array, edges: Array) -> Array:
-    """Canonical component labels after adding ``edges`` (2, k) to the components ``labels``:
-    the components of the labels the new edges join (a graph over the labels), looked up
-    for every hit."""
+    """Canonical component labels after adding ``edges`` (2, k) to the components ``labels``
+    (canonical: each hit's component's smallest hit, as :func:`components_label_propagation`
+    gives them): the components of the labels the new edges join (a graph over the labels),
+    looked up for every hit."""
     if edges.shape[1] == 0:
         return labels
     return components_label_propagation(labels[edges], len(labels))[labels]
@@ -149,7 +154,9 @@ def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int 
     """Connected components (NumPy or CuPy), each labelled by its smallest node. Nodes
     without edges are their own; min-label propagation with pointer jumping runs over the
     nodes the edges touch (a few % of a track graph's hits; one host synchronisation on the
-    device for their count)."""
+    device for their count). Its iterations grow with the components' length where the
+    nodes are numbered against their order along it (hundreds for a chain of 1,000 hits):
+    fine for track chains, a few dozen hits; ``max_iter`` bounds them (RuntimeError)."""
     xp = array_module(edge_index)
     labels = xp.arange(n_nodes, dtype=xp.int64)
     if edge_index.shape[1] == 0:

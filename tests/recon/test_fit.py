@@ -261,11 +261,14 @@ def test_host_kernel_sums_are_the_arrays(host_launcher):
         np.testing.assert_allclose(kernel, arrays, rtol=1e-12, atol=1e-12 * np.abs(arrays).max())
 
 
-def test_host_kernel_refuses_more_than_it_holds(host_launcher):
-    offsets = np.array([0, 1])
+def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):
+    offsets, launch = np.array([0, 1]), host_launcher(KERNELS)
     for dims in ((3, 3), (1, 1, 1)):
         with pytest.raises(ValueError, match="at most 2 scatter sets, 5 arms"):
-            gram_kernel(np.zeros((1, 16)), 2, dims, offsets, host_launcher(KERNELS))
+            gram_kernel(np.zeros((1, 16)), 2, dims, offsets, launch)
+    for hits in (np.zeros((1, 14)), np.zeros((1, 15), np.float32), np.zeros(15)):
+        with pytest.raises(ValueError, match="float64 of 15 columns"):
+            gram_kernel(hits, 4, (2, 3), offsets, launch)
 
 
 def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):

@@ -43,12 +43,15 @@ def test_junctions_keep_the_mutual_best_edges():
 
 def test_junction_scores_are_compared_as_float32():
     """The scorers' dtype: scores equal in float32 are a tie (the first edge), the better
-    one wins from any place."""
+    one wins from any place, whatever its sign."""
     edges = np.array([[0, 0], [1, 2]])
     tie = resolve_junctions(edges, np.array([0.9, 0.9 + 1e-12]), 0.5)
     assert tie.T.tolist() == [[0, 1]]
     better = resolve_junctions(edges, np.array([0.9, np.nextafter(np.float32(0.9), 1)]), 0.5)
     assert better.T.tolist() == [[0, 2]]
+    # Below zero too (a scorer's logits, a negative threshold), and -0.0 is 0.0.
+    assert resolve_junctions(edges, np.array([-0.5, -0.2]), -1).T.tolist() == [[0, 2]]
+    assert resolve_junctions(edges, np.array([0.0, -0.0]), -1).T.tolist() == [[0, 1]]
 
 
 def test_junction_ties_go_to_the_first_edge_and_the_threshold_is_exclusive():
