@@ -3,7 +3,9 @@
 A sender thread pushes the recording's ``hits`` messages as recorded (the frames of
 ``iter_records``; only the header gains a ``msg_id`` of its own for every send), at a fixed
 rate or as fast as the daemon takes them, then, with ``retries``, resends those still
-unanswered ``retry_after_s`` after their last send; the calling thread receives the
+unanswered ``retry_after_s`` after their last send, the newest first (libzmq drops what
+was queued behind a frame over the daemon's size limit, with the connection: an event lost
+that way goes out ahead of that frame on the resend); the calling thread receives the
 replies and matches them to the sends by ``msg_id`` (the oldest unanswered send of the same
 (run, event) for a reply without one), so every event counts once: a second reply to the
 same message (or, without ids, to an answered event) is counted as a duplicate. Ctrl-C
@@ -146,6 +148,13 @@ class ReplayResult:
 RESEND_POLL_S = 0.05
 
 
+def due_newest_first(sends: list[_Send], now: float, retry_after_s: float) -> list[_Send]:
+    """The sends ``retry_after_s`` or more past their last send at ``now``, the last sent
+    first (see the module docstring)."""
+    due = [p for p in sends if now - p.t_last >= retry_after_s]
+    return sorted(due, key=lambda p: p.t_last, reverse=True)
+
+
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
@@ -207,18 +216,16 @@ class _Sender(threading.Thread):
             pass
 
     def _resend_due(self) -> bool:
-        """Resend (once each) what has had no reply for ``retry_after_s`` since its last
-        send and has resends left; at most every ``RESEND_POLL_S``. False once nothing is
-        left to resend, or a send timed out."""
+        """Resend (once each, newest first) what has had no reply for ``retry_after_s``
+        since its last send and has resends left; at most every ``RESEND_POLL_S``. False
+        once nothing is left to resend, or a send timed out."""
         opts, now = self.opts, time.perf_counter()
         if opts.retries == 0 or now < self._next_check:
             return opts.retries > 0
         self._next_check = now + RESEND_POLL_S
         with self.lock:
             todo = [p for p in self.pending.values() if p.sends <= opts.retries]
-        for p in todo:
-            if now - p.t_last < opts.retry_after_s:
-                continue
+        for p in due_newest_first(todo, now, opts.retry_after_s):
             if not self.producer.send_frames(p.frames, timeout_ms=self.timeout_ms):
                 return False
             p.t_last, p.sends = time.perf_counter(), p.sends + 1

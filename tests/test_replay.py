@@ -20,7 +20,7 @@ from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter
-from streamtrk.replay import Recorded, ReplayOptions, replay
+from streamtrk.replay import Recorded, ReplayOptions, _Send, due_newest_first, replay
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.wire.codec import decode, encode_hits, encode_tracks, encode_truth, peek_msg_id
@@ -228,6 +228,14 @@ def test_resends_wait_retry_after_from_the_last_send() -> None:
         daemon.join(10)
     assert len(times) == 3  # sent, then resent twice
     assert np.diff(times).min() >= 0.3  # each resend 0.5 s after the send before it
+
+
+def test_resends_go_newest_first() -> None:
+    """An event lost behind a frame that dropped the connection (sent after it) goes out
+    ahead of that frame on the resend."""
+    sends = [_Send((0, k), [], t_first=t, t_last=t) for k, t in enumerate([1.0, 1.2, 3.0, 1.1])]
+    due = due_newest_first(sends, now=2.5, retry_after_s=1.0)
+    assert [p.t_last for p in due] == [1.2, 1.1, 1.0]  # the one sent at 3.0 is not due yet
 
 
 def test_replays_number_their_messages_apart() -> None:
