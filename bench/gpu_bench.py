@@ -648,7 +648,8 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
         }
 
     def measure(size: int) -> dict[str, Any]:
-        cols, offsets = batch_columns(batch(events, size, 0), xp)
+        b = batch(events, size, 0)
+        cols, offsets = batch_columns(b, xp)
         ctx, _, _ = graph_stage.prepare_search(*cols.values(), offsets, det, chain.graph)
         arrays_ms, (i, j, f) = timed(lambda: graph_stage.search_arrays(ctx))
         kernels_ms, (ki, kj, kf) = timed(lambda: graph_stage.search_kernels(ctx, search_launch))
@@ -662,7 +663,7 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
             "same_features": bool(np.array_equal(to_host(f), to_host(kf))),
         }
         g = build_graph(*cols.values(), offsets, det, chain.graph)
-        row |= gls(batch(events, size, 0), g)
+        row |= gls(b, g)
         if chain.prune is None:
             return row
         geo, usable, t = prune_stage.triplet_inputs(g, chain.prune, det)
