@@ -174,13 +174,17 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
     return "\n".join(out) + "\n"
 
 
-LABELS = {"physics_edge_scores": "of which the edge-score histogram"}
+LABELS = {
+    "physics_edge_scores": "of which the edge-score histogram",
+    "decode_compact": "decode of a compact message (instead of decode)",
+}
 
 
 def host_path_markdown(host: dict[str, Any]) -> str:
     """``bench/host_path.py``'s figures: microseconds per event by part, against the budgets."""
     parts = host["per_event_us"]
     zmq = host["zmq_tcp"]
+    compact = zmq["hits_message_compact"]
     out = [
         "",
         f"Host-side work per event (`bench/host_path.py`, {host['events']} events of MU="
@@ -195,6 +199,7 @@ def host_path_markdown(host: dict[str, Any]) -> str:
         + ", ".join(f"{k} {_f(v, 2)}" for k, v in host["share_of_budget"].items())
         + ". ZeroMQ over TCP loopback: hits message"
         f" ({zmq['hits_message']['bytes']:,} bytes) {_f(zmq['hits_message']['messages_per_s'], 0)}"
+        f" messages/s, compact ({compact['bytes']:,} bytes) {_f(compact['messages_per_s'], 0)}"
         f" messages/s, reference 1.6 MB message"
         f" {_f(zmq['reference_message']['messages_per_s'], 0)} messages/s.",
     ]

@@ -15,12 +15,15 @@ to the device in ``batch_columns`` and the edge scores are counted there.
 ZeroMQ's transfer runs in libzmq's I/O threads (no interpreter lock): hits messages sent
 as fast as taken over TCP loopback from another process, received zero-copy as the
 ingest does; also messages of the reference's size (1.6 MB), for the ratio to the
-reference figure measured on the device machine.
+reference figure measured on the device machine. Hits messages both as producers write them
+by default (32 bytes a hit) and compact (``encode_hits(..., compact=True)``, wire version 5:
+about 20 bytes a hit); the compact message's decode (it widens the ids) is timed apart, in
+place of the default one, not in the total.
 
 Prints JSON (also written to ``--json``).
 
 Run: PYTHONPATH=. .venv/bin/python bench/host_path.py [--events 8] [--mu 200] [--repeats 20]
-     [--messages 400] [--device cpu] [--json out.json]
+     [--messages 400] [--transfers 3] [--device cpu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from streamtrk.threads import wait_passively
 from streamtrk.wire import Limits, decode, encode_hits
 
 BUDGETS_US = {"500 events/s": 2000.0, "1000 events/s": 1000.0}
+NOT_IN_TOTAL = ("physics_edge_scores", "decode_compact")  # a part of one, instead of one
 REFERENCE_BYTES = 1_600_000  # the reference's message: 1.6 MB, ~2,200 msgs/s on the device
 
 
@@ -85,9 +89,9 @@ ctx.term()
 """
 
 
-def transfer(frames: list[bytes], n: int) -> dict[str, float]:
-    """Messages and bytes per second of ``frames`` sent ``n`` times over TCP loopback by
-    another process, received frame by frame zero-copy."""
+def transfer(frames: list[bytes], n: int) -> float:
+    """Messages per second of ``frames`` sent ``n`` times over TCP loopback by another
+    process, received frame by frame zero-copy."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 16)
@@ -106,9 +110,22 @@ def transfer(frames: list[bytes], n: int) -> dict[str, float]:
         sender.wait()
     pull.close(linger=0)
     ctx.term()
-    size = sum(len(f) for f in frames)
-    rate = (n - 1) / seconds
-    return {"bytes": size, "messages_per_s": rate, "mb_per_s": size * rate / 1e6}
+    return (n - 1) / seconds
+
+
+def transfers(messages: dict[str, list[bytes]], n: int, runs: int) -> dict[str, dict[str, Any]]:
+    """:func:`transfer` of each message ``runs`` times, alternated: medians, and each run's
+    messages per second."""
+    rates: dict[str, list[float]] = {name: [] for name in messages}
+    for _ in range(runs):
+        for name, frames in messages.items():
+            rates[name].append(transfer(frames, n))
+    out = {}
+    for name, frames in messages.items():
+        size, rate = sum(len(f) for f in frames), float(np.median(rates[name]))
+        out[name] = {"bytes": size, "messages_per_s": rate, "mb_per_s": size * rate / 1e6}
+        out[name]["runs_messages_per_s"] = rates[name]
+    return out
 
 
 def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str, float]:
@@ -119,6 +136,7 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
     result = rec.reconstruct(events)
     n = len(events)
     frames = [[bytes(f) for f in encode_hits(ev)] for ev in events]
+    compact = [[bytes(f) for f in encode_hits(ev, compact=True)] for ev in events]
     limits = Limits(max_hits=max(len(ev.hits) for ev in events))
     jobs = [Job(decode(f, limits=limits).to_event(), 0.0, None, {"decode": 1e-4}) for f in frames]
     replies = [
@@ -134,8 +152,8 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
     )
     physics = PhysicsMetrics(CollectorRegistry())
 
-    def decode_all() -> None:
-        for f in frames:
+    def decode_all(messages: list[list[bytes]]) -> None:
+        for f in messages:
             decode(f, limits=limits).to_event()
 
     def encode_all() -> None:
@@ -143,7 +161,8 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
             _with_timing(_encode(reply), "encode", 1e-4)
 
     parts = {
-        "decode": decode_all,
+        "decode": lambda: decode_all(frames),
+        "decode_compact": lambda: decode_all(compact),
         "batch_columns": lambda: batch_columns(events, rec.xp),
         "split_by_event": lambda: split_by_event(*batch_tracks, node_offsets),
         "physics": lambda: physics.observe(
@@ -163,6 +182,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=31415)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--messages", type=int, default=400)
+    ap.add_argument("--transfers", type=int, default=3, help="runs of each message, alternated")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where reconstruction runs")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -170,8 +190,9 @@ def main() -> None:
     cfg = SimConfig(generator=GeneratorConfig(mu=args.mu))
     events = list(simulate(det, cfg, args.seed, args.events))
     parts = per_event_parts(events, args.repeats, args.device)
-    host_us = sum(v for k, v in parts.items() if k != "physics_edge_scores")
+    host_us = sum(v for k, v in parts.items() if k not in NOT_IN_TOTAL)
     hits = [bytes(f) for f in encode_hits(events[0])]
+    hits_compact = [bytes(f) for f in encode_hits(events[0], compact=True)]
     reference = [b"\x00" * REFERENCE_BYTES]
     out = {
         "device": args.device,
@@ -182,10 +203,15 @@ def main() -> None:
         "host_us_per_event": host_us,
         "host_us_per_event_edge_scores_on_device": host_us - parts["physics_edge_scores"],
         "share_of_budget": {k: host_us / v for k, v in BUDGETS_US.items()},
-        "zmq_tcp": {
-            "hits_message": transfer(hits, args.messages),
-            "reference_message": transfer(reference, args.messages),
-        },
+        "zmq_tcp": transfers(
+            {
+                "hits_message": hits,
+                "hits_message_compact": hits_compact,
+                "reference_message": reference,
+            },
+            args.messages,
+            args.transfers,
+        ),
     }
     text = json.dumps(out, indent=2)
     print(text)

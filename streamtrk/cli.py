@@ -137,7 +137,17 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--detector", type=Path, default=None, help="detector TOML file")
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--trackml-dir", type=Path, help="also write TrackML CSV files here")
+    _compact_argument(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _compact_argument(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--compact",
+        action="store_true",
+        help="hits messages with their ids in the smallest integer types (wire version 5: "
+        "about 20 bytes a hit instead of 32; daemons before version 5 refuse them)",
+    )
 
 
 @_command("simulate", _simulate_arguments, help="simulate TrackML-like events into a recording")
@@ -172,7 +182,7 @@ def _simulate(args: argparse.Namespace) -> int:
         for ev in tqdm(
             events, total=args.events, desc="simulate", unit="event", disable=args.quiet
         ):
-            rec.write_event(ev)
+            rec.write_event(ev, compact=args.compact)
             if args.trackml_dir:
                 write_event(ev, args.trackml_dir)
     return 0
@@ -182,6 +192,7 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("path", help="event prefix (.../event000001000) or a directory of events")
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--run", type=int, default=0, help="run number (default 0)")
+    _compact_argument(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -200,7 +211,7 @@ def _import_trackml(args: argparse.Namespace) -> int:
         for ev in tqdm(
             iter_events(args.path, run=args.run), desc="import", unit="event", disable=args.quiet
         ):
-            rec.write_event(ev)
+            rec.write_event(ev, compact=args.compact)
             n += 1
         if n == 0:
             raise ValueError(f"no TrackML event found at {args.path}")
@@ -829,9 +840,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
         run, log_path = str(Path(tmp) / "demo.stk"), Path(tmp) / "daemon.log"
-        print(f"simulating {args.events} events at mu={args.mu:g} -> {run}", flush=True)
+        print(f"simulating {args.events} events at mu={args.mu:g} -> {run} (compact)", flush=True)
         sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "1"]
-        if rc := main([*sim, "-o", run]):
+        if rc := main([*sim, "--compact", "-o", run]):
             return rc
         any_port = "tcp://127.0.0.1:*"
         cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port]

@@ -105,11 +105,18 @@ class Producer(_Endpoint):
         )
 
     def send_event(
-        self, event: Event, deadline_ms: float | None = None, *, timeout_ms: int | None = None
+        self,
+        event: Event,
+        deadline_ms: float | None = None,
+        *,
+        timeout_ms: int | None = None,
+        compact: bool = False,
     ) -> bool:
-        """Send ``event``'s hits; see :meth:`send_frames`. Do not modify the hit arrays
-        until the message has left (the frames are sent without copying)."""
-        return self.send_frames(encode_hits(event, deadline_ms=deadline_ms), timeout_ms=timeout_ms)
+        """Send ``event``'s hits (``compact``: see :func:`~streamtrk.wire.encode_hits`); see
+        :meth:`send_frames`. Do not modify the hit arrays until the message has left (the
+        frames are sent without copying)."""
+        frames = encode_hits(event, deadline_ms=deadline_ms, compact=compact)
+        return self.send_frames(frames, timeout_ms=timeout_ms)
 
     def send_frames(self, frames: Sequence[Any], *, timeout_ms: int | None = None) -> bool:
         """Send one multipart message zero-copy; block while the high-water mark is reached,

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from streamtrk.cli import main
-from streamtrk.io.recording import RecordingWriter, iter_events
+from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.device import cuda_unavailable
 from streamtrk.recon.model import default_model_path
+from streamtrk.wire import decode
 
 
 def _simulate(out: Path) -> None:
@@ -50,6 +51,24 @@ def test_simulate_is_byte_identical_and_outputs_agree(tmp_path):
         csv = read_event(tmp_path / "one" / "csv" / f"event{ev.event:09d}")
         assert csv.hits.equals(ev.hits)
         assert csv.truth.equals(ev.truth)
+
+
+def test_simulate_compact_writes_the_same_events_in_fewer_bytes(tmp_path):
+    args = ["simulate", "--events", "2", "--mu", "5", "--seed", "2", "-q", "-o"]
+    assert main([*args, str(tmp_path / "wide.stk")]) == 0
+    assert main([*args, str(tmp_path / "compact.stk"), "--compact"]) == 0
+    wide, compact = (list(iter_events(tmp_path / f)) for f in ("wide.stk", "compact.stk"))
+    assert len(wide) == len(compact) == 2
+    for a, b in zip(wide, compact, strict=True):
+        assert a.hits.equals(b.hits) and a.truth.equals(b.truth)
+    hits = {
+        f: [m for _, m in iter_records(tmp_path / f) if decode(m).kind == "hits"]
+        for f in ("wide.stk", "compact.stk")
+    }
+    assert {decode(m).version for m in hits["compact.stk"]} == {5}
+    size = {f: sum(len(x) for m in ms for x in m[1:]) for f, ms in hits.items()}
+    n_hits = sum(len(ev.hits) for ev in wide)
+    assert size["wide.stk"] == 32 * n_hits and size["compact.stk"] <= 20 * n_hits
 
 
 def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):

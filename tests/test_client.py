@@ -33,12 +33,14 @@ def test_send_and_receive_events() -> None:
         assert consumer.socket.getsockopt(zmq.RCVHWM) == 100
         assert producer.socket.getsockopt(zmq.SNDHWM) == 100
         assert producer.socket.getsockopt(zmq.LINGER) == 1000
-        for i, ev in enumerate(events):
-            assert producer.send_event(ev, deadline_ms=float(i + 1) if i % 2 else None)
+        for i, ev in enumerate(events):  # every third one compact (wire version 5)
+            deadline = float(i + 1) if i % 2 else None
+            assert producer.send_event(ev, deadline_ms=deadline, compact=i % 3 == 0)
         for i, ev in enumerate(events):
             msg = consumer.recv(timeout_ms=5000)
             assert msg is not None, f"event {i} not received"
             assert msg.deadline_ms == (float(i + 1) if i % 2 else None)
+            assert msg.version == (5 if i % 3 == 0 and len(ev.hits) else 2)
             back = msg.to_event()
             assert (back.run, back.event) == (ev.run, ev.event)
             assert back.hits.equals(ev.hits)

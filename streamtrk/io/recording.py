@@ -228,13 +228,14 @@ class RecordingWriter:
             self._file.write(v)
         return offset
 
-    def write_event(self, event: Event) -> int:
-        """Record an event: its hits message, then its truth message when it has truth.
+    def write_event(self, event: Event, *, compact: bool = False) -> int:
+        """Record an event: its hits message (``compact``: as ``encode_hits`` writes it), then
+        its truth message when it has truth.
 
         The messages are decoded first, as a reader will: an event the readers would refuse
         (NaN coordinates, duplicate hit ids, sizes over the default limits) raises its
         :class:`WireError` and nothing is written."""
-        messages = [encode_hits(event, t_send_ns=0)]
+        messages = [encode_hits(event, t_send_ns=0, compact=compact)]
         if event.truth is not None:
             messages.append(encode_truth(event.run, event.event, event.truth, t_send_ns=0))
         for frames in messages:

@@ -1,9 +1,12 @@
-"""Encode and strictly decode wire messages (schema v4, v1 to v3 still decoded).
+"""Encode and strictly decode wire messages (schema v5, v1 to v4 still decoded).
 
 A message is a list of ZeroMQ frames: frame 0 is a msgpack header map, frames 1..N are
 raw little-endian column buffers in the order the header's ``columns`` lists them.
 Encoding and decoding are zero-copy: encoders return ``memoryview`` s of the column
-arrays, :func:`decode` returns read-only ``numpy.frombuffer`` views of the frames.
+arrays, :func:`decode` returns read-only ``numpy.frombuffer`` views of the frames. The
+exceptions are compact messages (version 5): ``encode_hits(..., compact=True)`` writes each
+integer column in the smallest integer dtype that holds its values, and :func:`decode`
+widens such a column to the schema's dtype (a read-only copy).
 
 :func:`decode` raises :class:`~streamtrk.wire.schema.WireError` for every malformed
 input and never allocates memory in proportion to a number written in a header.
@@ -37,36 +40,57 @@ from streamtrk.wire.schema import (
     DEFAULT_LIMITS,
     ENCODED_VERSIONS,
     MAX_INT,
+    NARROW_VERSION,
     SCHEMA,
     STATUSES,
     SUPPORTED_VERSIONS,
     Limits,
     WireError,
     columns_of,
+    dtype_allowed,
     keys_of,
 )
 from streamtrk.xp import index_of, to_host
 
 OutFrame = bytes | memoryview
+Spec = tuple[str, int, str]  # a column's declared dtype, length, and the schema's dtype
 Frames = Iterable[Any]  # bytes, bytearray, memoryview, zmq.Frame or other buffers
 
 
 # --------------------------------------------------------------------------- encoding
 
 
+def _narrowest(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest integer dtype that holds its values (``a`` itself if it is not
+    an integer column or none is smaller)."""
+    if a.dtype.kind not in "iu" or not a.size:
+        return a
+    small = np.result_type(np.min_scalar_type(a.min()), np.min_scalar_type(a.max()))
+    return a.astype(small) if small.itemsize < a.dtype.itemsize else a
+
+
 def _frames(
-    kind: str, run: int, event: int, t_send_ns: int | None, cols: dict[str, Any], **extra: Any
+    kind: str,
+    run: int,
+    event: int,
+    t_send_ns: int | None,
+    cols: dict[str, Any],
+    compact: bool = False,
+    **extra: Any,
 ) -> list[OutFrame]:
     spec = COLUMNS[kind]
     arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
+    if compact:
+        arrays = [_narrowest(a) for a in arrays]
+    narrowed = any(a.dtype != np.dtype(dt) for a, dt in zip(arrays, spec.values(), strict=True))
     header = {
         "schema": SCHEMA,
-        "version": ENCODED_VERSIONS[kind],
+        "version": NARROW_VERSION if narrowed else ENCODED_VERSIONS[kind],
         "kind": kind,
         "run": int(run),
         "event": int(event),
         "t_send_ns": time.time_ns() if t_send_ns is None else int(t_send_ns),
-        "columns": [[n, dt, len(a)] for (n, dt), a in zip(spec.items(), arrays, strict=True)],
+        "columns": [[n, a.dtype.str, len(a)] for n, a in zip(spec, arrays, strict=True)],
         **extra,
     }
     head: bytes = msgpack.packb(header, use_bin_type=True)
@@ -79,13 +103,17 @@ def encode_hits(
     t_send_ns: int | None = None,
     deadline_ms: float | None = None,
     msg_id: int | None = None,
+    compact: bool = False,
 ) -> list[OutFrame]:
     """Frames of a ``hits`` message; ``t_send_ns`` defaults to now. ``msg_id`` identifies
-    this message (a resend carries the same one); the reply echoes it."""
+    this message (a resend carries the same one); the reply echoes it. ``compact``: the id
+    columns in the smallest integer dtypes that hold them (about 20 bytes a hit instead of
+    32), a version 5 message that decoders of version 4 and older refuse (``bad_version``)."""
     extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
     if msg_id is not None:
         extra["msg_id"] = int(msg_id)
-    return _frames("hits", event.run, event.event, t_send_ns, event.hits.columns(), **extra)
+    cols = event.hits.columns()
+    return _frames("hits", event.run, event.event, t_send_ns, cols, compact, **extra)
 
 
 def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
@@ -357,7 +385,7 @@ def _check_envelope(header: Any) -> str:
     return kind
 
 
-def _column_specs(header: dict[str, Any], kind: str) -> dict[str, tuple[str, int]]:
+def _column_specs(header: dict[str, Any], kind: str) -> dict[str, Spec]:
     cols = header["columns"]
     if not isinstance(cols, list):
         raise WireError("bad_header", "columns must be a list of [name, dtype, length]")
@@ -384,21 +412,25 @@ def _column_specs(header: dict[str, Any], kind: str) -> dict[str, tuple[str, int
                 "bad_dtype",
                 f"column {name!r}: {_short(dt)} is not an allowed little-endian numeric dtype",
             )
-        if dt != expected[name]:
-            raise WireError("bad_dtype", f"column {name!r} must be {expected[name]}, got {dt}")
+        if not dtype_allowed(dt, expected[name], header["version"]):
+            ints = dt[1] in "iu" and expected[name][1] in "iu"
+            narrower = " or (version 5) a narrower integer dtype" if ints else ""
+            raise WireError(
+                "bad_dtype", f"column {name!r} must be {expected[name]}{narrower}, got {dt}"
+            )
         if not 0 <= n < MAX_INT:
             raise WireError("bad_column", f"column {name!r} length {n} out of range")
-    return {name: (dt, n) for name, dt, n in cols}
+    return {name: (dt, n, expected[name]) for name, dt, n in cols}
 
 
-def _common_length(specs: dict[str, tuple[str, int]], names: Iterable[str], what: str) -> int:
+def _common_length(specs: dict[str, Spec], names: Iterable[str], what: str) -> int:
     lengths = {specs[k][1] for k in names}
     if len(lengths) != 1:
         raise WireError("bad_column", f"{what} columns have different lengths {sorted(lengths)}")
     return lengths.pop()
 
 
-def _check_lengths(kind: str, specs: dict[str, tuple[str, int]], limits: Limits) -> None:
+def _check_lengths(kind: str, specs: dict[str, Spec], limits: Limits) -> None:
     """Row-count consistency and limits, from the header alone."""
 
     def limit(n: int, most: int, what: str) -> None:
@@ -424,13 +456,13 @@ def _check_lengths(kind: str, specs: dict[str, tuple[str, int]], limits: Limits)
         limit(specs["hit_id"][1], limits.max_hits, "hits")
 
 
-def _arrays(frames: list[Any], specs: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+def _arrays(frames: list[Any], specs: dict[str, Spec]) -> dict[str, np.ndarray]:
     if len(frames) != 1 + len(specs):
         raise WireError(
             "frame_count", f"{len(frames)} frames for {len(specs)} columns (expected 1 + columns)"
         )
     out = {}
-    for (name, (dt, n)), frame in zip(specs.items(), frames[1:], strict=True):
+    for (name, (dt, n, _)), frame in zip(specs.items(), frames[1:], strict=True):
         view = frame_view(frame)
         want = n * np.dtype(dt).itemsize
         if view.nbytes != want:
@@ -444,9 +476,19 @@ def _arrays(frames: list[Any], specs: dict[str, tuple[str, int]]) -> dict[str, n
     return out
 
 
+def _widened(cols: dict[str, np.ndarray], specs: dict[str, Spec]) -> dict[str, np.ndarray]:
+    """The columns in the schema's dtypes: narrow ones (version 5) as read-only copies."""
+    out = {}
+    for name, column in cols.items():
+        wide = column.astype(specs[name][2], copy=False)
+        wide.flags.writeable = False
+        out[name] = wide
+    return out
+
+
 def _nonneg(cols: dict[str, np.ndarray], names: Iterable[str]) -> None:
     for k in names:
-        if cols[k].size and cols[k].min() < 0:
+        if cols[k].dtype.kind == "i" and cols[k].size and cols[k].min() < 0:
             raise WireError("id_range", f"column {k!r} has negative values")
 
 
@@ -527,7 +569,8 @@ def decode(frames: Frames, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     specs = _column_specs(header, kind)
     _check_lengths(kind, specs, limits)
     cols = _arrays(frames, specs)
-    _CHECKS[kind](header, cols)
+    _CHECKS[kind](header, cols)  # on the columns as sent: narrow ones check faster
+    cols = _widened(cols, specs)
     return Message(kind, header["run"], header["event"], header["t_send_ns"], header, cols)
 
 

@@ -1,10 +1,11 @@
-"""Wire schema v4 (v1 to v3 still decoded; each kind written in the oldest version that
+"""Wire schema v5 (v1 to v4 still decoded; each kind written in the oldest version that
 carries it, ``ENCODED_VERSIONS``): header keys, column layouts per message kind, limits, and
 errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
 the tracks column ``ndf``, and made ``chi2`` the total chi-square (v1: chi2 per ndf).
 Version 3 added the tracks columns ``sigma_*`` (the fit's standard errors) and the optional
 tracks key ``beam_line`` (the x, y in mm that phi, d0 and z0 are about). Version 4 added the
-tracks columns ``corr_*`` (the correlations of the fit's errors).
+tracks columns ``corr_*`` (the correlations of the fit's errors). Version 5 lets an integer
+column travel in a narrower integer dtype (``dtype_allowed``): compact hits messages.
 
 See ``docs/wire-protocol.md`` for the full specification.
 """
@@ -13,11 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamtrk.event import HIT_DTYPES, HIT_TRUTH_DTYPES, PARTICLE_DTYPES, TRACK_PARAM_DTYPES
 
 SCHEMA = "streamtrk"
-VERSION = 4
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, 3, VERSION})
+VERSION = 5
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, 3, 4, VERSION})
+#: The first version whose integer columns may be sent in a narrower integer dtype.
+NARROW_VERSION = 5
 
 #: Little-endian numeric dtypes a column may declare (``numpy.dtype(...).str`` spelling).
 ALLOWED_DTYPES: frozenset[str] = frozenset(
@@ -58,9 +63,21 @@ _ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"})}
 
 def columns_of(kind: str, version: int) -> dict[str, str]:
     """Column name -> dtype, in wire order, of ``kind`` in ``version``."""
-    if kind == "tracks" and version < VERSION:
+    if kind == "tracks" and version in _OLD_TRACKS:
         return _OLD_TRACKS[version]
     return COLUMNS[kind]
+
+
+def dtype_allowed(declared: str, dtype: str, version: int) -> bool:
+    """Whether a column of schema dtype ``dtype`` may be declared ``declared`` (an allowed
+    dtype) in ``version``: its own dtype, or from :data:`NARROW_VERSION` on, for an integer
+    column, an integer dtype all of whose values it holds (NumPy's safe cast: ``|u1`` or
+    ``<u4`` for ``<i8``; ``<u4`` not for ``<i4``). The decoder widens such a column."""
+    if declared == dtype:
+        return True
+    d, s = np.dtype(declared), np.dtype(dtype)
+    integers = d.kind in "iu" and s.kind in "iu"
+    return version >= NARROW_VERSION and integers and np.can_cast(d, s, casting="safe")
 
 
 def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
@@ -98,7 +115,7 @@ REASONS: frozenset[str] = frozenset(
         "bad_version",  # header "version" is not a supported version
         "bad_kind",  # header "kind" unknown (or wrong kind for a conversion)
         "bad_column",  # column names/order wrong, or inconsistent row counts
-        "bad_dtype",  # dtype not allowed or not the schema's dtype for that column
+        "bad_dtype",  # dtype not allowed, or neither the column's nor one it may narrow to
         "buffer_length",  # frame byte length != declared length * itemsize
         "too_many_hits",  # more hits (or track hit entries) than Limits.max_hits
         "too_many_tracks",  # more tracks than Limits.max_tracks

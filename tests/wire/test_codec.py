@@ -332,7 +332,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
-        ("bad_version", "five", lambda h, t, u: patch(h, version=5)),
+        ("bad_version", "six", lambda h, t, u: patch(h, version=6)),
         ("bad_version", "zero", lambda h, t, u: patch(h, version=0)),
         ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
         ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
@@ -357,6 +357,28 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_dtype", "f8", lambda h, t, u: with_column(h, "x", np.zeros(10, "<f8"))),
         ("bad_dtype", "object", lambda h, t, u: with_column(h, "x", np.zeros(10), "O")),
         ("bad_dtype", "native_name", lambda h, t, u: with_column(h, "x", np.zeros(10), "f")),
+        # narrower integer dtypes: only from version 5, only lossless, only for integers
+        ("bad_dtype", "narrow_v2", lambda h, t, u: with_column(h, "layer_id", np.zeros(10, "u1"))),
+        (
+            "bad_dtype",
+            "narrow_unsafe",
+            lambda h, t, u: patch(with_column(h, "layer_id", np.zeros(10, "<u4")), version=5),
+        ),
+        (
+            "bad_dtype",
+            "narrow_u8_for_i8",
+            lambda h, t, u: patch(with_column(h, "hit_id", np.arange(10, dtype="<u8")), version=5),
+        ),
+        (
+            "bad_dtype",
+            "narrow_float",
+            lambda h, t, u: patch(with_column(h, "x", np.zeros(10, "<f2")), version=5),
+        ),
+        (
+            "bad_dtype",
+            "int_for_float",
+            lambda h, t, u: patch(with_column(h, "x", np.zeros(10, "|u1")), version=5),
+        ),
         ("buffer_length", "short", lambda h, t, u: [*h[:-1], bytes(h[-1])[:-1]]),
         ("buffer_length", "long", lambda h, t, u: [*h[:-1], bytes(h[-1]) + b"\x00"]),
         ("too_many_hits", "hits", lambda h, t, u: (h, Limits(max_hits=9))),
@@ -596,6 +618,43 @@ def test_each_kind_is_written_in_the_oldest_version_that_carries_it(
     # A resend keeps a later version it was written with, and raises version 1 to 2.
     assert decode(with_msg_id(patch(hits, version=3), 5)).version == 3
     assert decode(with_msg_id(patch(hits, version=1, msg_id=DROP), 5)).version == 2
+
+
+def test_compact_hits_travel_in_narrow_dtypes_and_decode_to_the_same_event(
+    rng: np.random.Generator,
+) -> None:
+    ev = random_event(rng, 1000)  # hit ids up to 10,010, detector ids up to 19
+    frames = encode_hits(ev, msg_id=3, deadline_ms=2.0, compact=True)
+    header = msgpack.unpackb(frames[0])
+    assert header["version"] == 5
+    assert [c[1] for c in header["columns"]] == ["<u2", "<f4", "<f4", "<f4", "|u1", "|u1", "|u1"]
+    assert sum(len(f) for f in frames[1:]) == 17 * len(ev.hits)  # 32 bytes a hit when wide
+    msg = decode([bytes(f) for f in frames])
+    assert (msg.msg_id, msg.deadline_ms) == (3, 2.0)
+    assert msg.to_event().hits.equals(ev.hits)  # Hits checks the schema's dtypes
+    assert not any(c.flags.writeable for c in msg.columns.values())
+    assert decode(with_msg_id(frames, 4)).version == 5  # a resend stays compact
+    # Only columns that fit a smaller dtype narrow; when none does, the message is version 2.
+    wide = Hits.from_columns({**ev.hits.columns(), "hit_id": ev.hits.hit_id + 2**40})
+    wide_ids = encode_hits(Event(1, 0, wide), compact=True)
+    assert columns(wide_ids)[0][1] == "<i8"
+    assert decode(wide_ids).to_event().hits.equals(wide)
+    ids = {k: [2**31 - 1] for k in ("volume_id", "layer_id", "module_id")}
+    one = Hits.from_columns({"hit_id": [2**40], "x": [1.0], "y": [2.0], "z": [3.0], **ids})
+    frames = encode_hits(Event(1, 0, one), compact=True)
+    assert msgpack.unpackb(frames[0])["version"] == 2
+    assert decode(frames).to_event().hits.equals(one)
+
+
+def test_any_kind_s_integer_columns_may_be_narrow_from_version_5(rng: np.random.Generator) -> None:
+    tr = random_tracks(rng, 30, 4)
+    frames = encode_tracks(1, 2, np.arange(30), tr)
+    narrow = with_column(frames, "charge", tr.params["charge"].astype("|i1"))
+    with pytest.raises(WireError, match=r"bad_dtype: column 'charge' must be <i4 or \(version 5\)"):
+        decode(narrow)
+    reply = decode(patch(narrow, version=5)).to_reply()
+    assert reply.params["charge"].dtype == np.dtype("<i4")
+    np.testing.assert_array_equal(reply.params["charge"], tr.params["charge"])
 
 
 def test_beam_line_travels_and_is_checked(rng: np.random.Generator) -> None:
