@@ -1,9 +1,9 @@
 """The ingest thread: owns the PULL socket, decodes and validates, queues for batching.
 
-Every message taken off the socket is counted. Messages are read frame by frame and one
-over ``max_frames`` frames or ``max_message_bytes`` bytes is refused as it is read
-(``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid ``hits``
-message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
+Every message taken off the socket is counted, and its bytes. Messages are read frame by
+frame and one over ``max_frames`` frames or ``max_message_bytes`` bytes is refused as it is
+read (``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid
+``hits`` message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
 answered with an error reply when its header names a (run, event), else counted as
 unidentified and offered to the dead-letter file. A full batch queue blocks this thread
 (so ZeroMQ's high-water marks push back on the sender) or, with ``overload = "reject"``,
@@ -110,6 +110,7 @@ class Ingest(Supervised):
             if refused is None or not frames:
                 frames.append(frame)
             if not frame.more:
+                self.metrics.received_bytes.inc(size)
                 return frames, refused, count
 
     def handle(

@@ -67,6 +67,11 @@ class Metrics:
         self.received = Counter(
             "streamtrk_events_received", "Messages taken off the input socket.", registry=r
         )
+        self.received_bytes = Counter(
+            "streamtrk_received_bytes",
+            "Bytes of the messages taken off the input socket, all frames.",
+            registry=r,
+        )
         self.completed = Counter(
             "streamtrk_events_completed", "Replies sent, by status.", ["status"], registry=r
         )

@@ -164,6 +164,7 @@ def test_byte_limit_sums_the_frames_and_keeps_the_first(rig) -> None:
     frames, refused, count = r.receive()
     assert refused.reason == "message_too_large"
     assert [bytes(f) for f in frames] == [b"z" * 11] and count == 2
+    assert r.value("streamtrk_received_bytes_total") == 10 + 11 + 12  # every frame read
 
 
 def test_a_refused_message_is_counted_and_answered_with_its_reason(rig) -> None:
