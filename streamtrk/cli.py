@@ -145,7 +145,7 @@ def _compact_argument(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--compact",
         action="store_true",
-        help="hits messages with their ids in the smallest integer types (wire version 5: "
+        help="hits messages with their ids in the smallest unsigned types (wire version 5: "
         "about 20 bytes a hit instead of 32; daemons before version 5 refuse them)",
     )
 

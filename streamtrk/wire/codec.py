@@ -5,8 +5,8 @@ raw little-endian column buffers in the order the header's ``columns`` lists the
 Encoding and decoding are zero-copy: encoders return ``memoryview`` s of the column
 arrays, :func:`decode` returns read-only ``numpy.frombuffer`` views of the frames. The
 exceptions are compact messages (version 5): ``encode_hits(..., compact=True)`` writes each
-integer column in the smallest integer dtype that holds its values, and :func:`decode`
-widens such a column to the schema's dtype (a read-only copy).
+integer column of non-negative values in the smallest unsigned dtype that holds them, and
+:func:`decode` widens such a column to the schema's dtype (a read-only copy).
 
 :func:`decode` raises :class:`~streamtrk.wire.schema.WireError` for every malformed
 input and never allocates memory in proportion to a number written in a header.
@@ -61,11 +61,12 @@ Frames = Iterable[Any]  # bytes, bytearray, memoryview, zmq.Frame or other buffe
 
 
 def _narrowest(a: np.ndarray) -> np.ndarray:
-    """``a`` in the smallest integer dtype that holds its values (``a`` itself if it is not
-    an integer column or none is smaller)."""
+    """Integer ``a`` in the smallest unsigned dtype that holds its values, if they are all
+    non-negative (ids) and one is smaller; else ``a`` itself. One pass: the largest value of
+    ``a`` read as unsigned (a negative value reads as too large to narrow)."""
     if a.dtype.kind not in "iu" or not a.size:
         return a
-    small = np.result_type(np.min_scalar_type(a.min()), np.min_scalar_type(a.max()))
+    small = np.min_scalar_type(int(a.view(f"u{a.dtype.itemsize}").max()))
     return a.astype(small) if small.itemsize < a.dtype.itemsize else a
 
 
@@ -107,7 +108,7 @@ def encode_hits(
 ) -> list[OutFrame]:
     """Frames of a ``hits`` message; ``t_send_ns`` defaults to now. ``msg_id`` identifies
     this message (a resend carries the same one); the reply echoes it. ``compact``: the id
-    columns in the smallest integer dtypes that hold them (about 20 bytes a hit instead of
+    columns in the smallest unsigned dtypes that hold them (about 20 bytes a hit instead of
     32), a version 5 message that decoders of version 4 and older refuse (``bad_version``)."""
     extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
     if msg_id is not None:

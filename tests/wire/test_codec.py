@@ -639,6 +639,9 @@ def test_compact_hits_travel_in_narrow_dtypes_and_decode_to_the_same_event(
     wide_ids = encode_hits(Event(1, 0, wide), compact=True)
     assert columns(wide_ids)[0][1] == "<i8"
     assert decode(wide_ids).to_event().hits.equals(wide)
+    negative = Hits.from_columns({**ev.hits.columns(), "volume_id": ev.hits.volume_id - 1})
+    assert negative.volume_id.min() == -1  # not an id: left wide, and refused by the decoder
+    assert columns(encode_hits(Event(1, 0, negative), compact=True))[4][1] == "<i4"
     ids = {k: [2**31 - 1] for k in ("volume_id", "layer_id", "module_id")}
     one = Hits.from_columns({"hit_id": [2**40], "x": [1.0], "y": [2.0], "z": [3.0], **ids})
     frames = encode_hits(Event(1, 0, one), compact=True)
