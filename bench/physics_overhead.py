@@ -56,7 +56,9 @@ def main() -> None:
         recon_s = time.perf_counter() - t0
 
         def observe(result=result, ev=ev) -> None:
-            physics.observe([ev], result.tracks, result.scores, rec.detector, rec.threshold)
+            physics.observe(
+                [ev], result.tracks, result.scores, result.layer_hits, rec.detector, rec.threshold
+            )
 
         rows.append(
             {

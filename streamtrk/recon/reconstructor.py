@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamtrk.detector import Detector, load_detector
+from streamtrk.detector import Detector, layer_keys, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.fit import fit_tracks
@@ -24,7 +24,7 @@ from streamtrk.recon.tracks import (
     split_by_event,
 )
 from streamtrk.recon.truth import edge_labels
-from streamtrk.xp import array_module, to_host, to_host_packed
+from streamtrk.xp import array_module, bincount, to_host, to_host_packed
 
 STAGES = ("graph", "prune", "gnn", "tracks", "fit")
 MAX_BEAM_SPOT = 20.0  # mm from the z axis: inside the beam pipe
@@ -53,7 +53,10 @@ class OracleScorer:
 class ReconResult:
     """Tracks per event (host arrays); the batch's graph as built, the graph after pruning
     (the one scored) and its edge scores (arrays on the reconstructor's device, NumPy or
-    CuPy), node offsets; seconds spent in each stage."""
+    CuPy), node offsets; seconds spent in each stage; the batch's hits and its hits on
+    tracks per cell of the detector's ``layer_lut`` (host, (2, cells), by ``layer_keys``:
+    ids of no layer land in cells of none), counted on the device and brought down with the
+    tracks, for the daemon's layer metrics."""
 
     tracks: list[Tracks]
     timings: dict[str, float]
@@ -61,6 +64,7 @@ class ReconResult:
     scores: Any
     node_offsets: np.ndarray = field(repr=False)
     built: Graph  # as built, before pruning (``graph`` itself without pruning)
+    layer_hits: np.ndarray = field(repr=False)
 
 
 class Reconstructor:
@@ -97,6 +101,7 @@ class Reconstructor:
         self.prune = prune
         self.device = device
         self.detector = detector or load_detector()
+        self._layer_lut = self.detector.layer_lut  # on the device below
         self.graph_config = graph_config or GraphConfig()
         self.threshold = threshold
         if device == "cpu":
@@ -106,6 +111,7 @@ class Reconstructor:
             import cupy
 
             self.xp = cupy
+            self._layer_lut = cupy.asarray(self._layer_lut)
             # The calling thread's current stream (CuPy's is per thread), looked up per call.
             self._sync = lambda: cupy.cuda.get_current_stream().synchronize()
         else:
@@ -181,10 +187,16 @@ class Reconstructor:
         offsets, hit_index, params = self._timed(
             timings, "fit", lambda: self._fit(offsets, hit_index, cols, graph.layer)
         )
+        keys = layer_keys(self._layer_lut, cols["volume_id"], cols["layer_id"])
+        cells = self._layer_lut.size
+        layer_hits = xp.stack([bincount(keys, cells), bincount(keys[hit_index], cells)])
         # The batch's tracks come down in one copy and are split by event on the host.
-        host = to_host_packed({"offsets": offsets, "hit_index": hit_index, **params})
+        host = to_host_packed(
+            {"offsets": offsets, "hit_index": hit_index, "layer_hits": layer_hits, **params}
+        )
         offsets, hit_index = host.pop("offsets"), host.pop("hit_index")
+        layer_hits = host.pop("layer_hits")
         tracks = [
             Tracks(o, h, p) for o, h, p in split_by_event(offsets, hit_index, host, node_offsets)
         ]
-        return ReconResult(tracks, timings, graph, scores, node_offsets, built)
+        return ReconResult(tracks, timings, graph, scores, node_offsets, built, layer_hits)

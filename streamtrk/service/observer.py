@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from streamtrk.detector import Detector
 from streamtrk.event import Event, Tracks
 from streamtrk.service import faults
@@ -37,6 +39,7 @@ class Observation:
     events: Sequence[Event]
     tracks: Sequence[Tracks]
     scores: Any  # on the reconstructor's device
+    layer_hits: np.ndarray  # ReconResult.layer_hits
     detector: Detector
     threshold: float
     beam_line: tuple[float, float]
@@ -88,7 +91,7 @@ class Observer(Supervised):
             faults.delay("physics")
             faults.fail("physics")
             self.metrics.physics.observe(
-                o.events, o.tracks, o.scores, o.detector, o.threshold, o.beam_line
+                o.events, o.tracks, o.scores, o.layer_hits, o.detector, o.threshold, o.beam_line
             )
         except Exception:  # monitoring must never stop reconstruction
             log.exception("physics metrics failed on a batch (its replies were sent)")

@@ -12,7 +12,7 @@ from prometheus_client import Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from streamtrk.detector import Detector, layer_keys
+from streamtrk.detector import Detector
 from streamtrk.event import Event, Tracks
 from streamtrk.service.beamspot import BeamSpotWindow
 from streamtrk.service.histograms import ArrayHistogram
@@ -52,14 +52,10 @@ class _Layers:
         self.hits = [hits.labels(*lv) for lv in labels]
         self.track_hits = [track_hits.labels(*lv) for lv in labels]
 
-    def count(self, keys: list[np.ndarray], children: list[Counter]) -> None:
-        """Add the hits of ``keys`` (per event, ``layer_keys``: unknown layers are in cells
-        of no layer, not counted) to ``children``."""
-        det = self.detector
-        size = det.layer_lut.size
-        start = np.zeros(size, np.int64)
-        counts = sum((np.bincount(k.astype(np.intp), minlength=size) for k in keys), start)
-        for child, n in zip(children, counts[det.layer_cells].tolist(), strict=True):
+    def count(self, per_cell: np.ndarray, children: list[Counter]) -> None:
+        """Add hits counted per cell of the detector's ``layer_lut`` (cells of no layer, ids
+        unknown to it, are not counted) to ``children``."""
+        for child, n in zip(children, per_cell[self.detector.layer_cells].tolist(), strict=True):
             if n:
                 child.inc(n)
 
@@ -173,20 +169,20 @@ class PhysicsMetrics:
         events: Sequence[Event],
         tracks: Sequence[Tracks],
         scores: Array,
+        layer_hits: np.ndarray,
         det: Detector,
         threshold: float,
         beam_line: tuple[float, float] = (0.0, 0.0),
     ) -> None:
-        """Count one reconstructed batch: its hits by layer, its tracks (per event), its edge
-        scores (on the reconstructor's device).
+        """Count one reconstructed batch: its hits by layer and those on tracks (as the
+        reconstruction counted them, ``ReconResult.layer_hits``), its tracks (per event), its
+        edge scores (on the reconstructor's device).
         The tracks' d0 are of the perigee to ``beam_line`` (x, y in mm, the reconstruction's
         centre); the beam-spot window takes them back to the z axis, so that the beam spot
         is in detector coordinates whatever the centre (and across a change of it)."""
         layers = self._layers_of(det)
-        keys = [layer_keys(det.layer_lut, ev.hits.volume_id, ev.hits.layer_id) for ev in events]
-        layers.count(keys, layers.hits)
-        layers.count([k[t.hit_index] for k, t in zip(keys, tracks, strict=True)],
-                     layers.track_hits)  # fmt: skip
+        layers.count(layer_hits[0], layers.hits)
+        layers.count(layer_hits[1], layers.track_hits)
 
         n_tracks = np.array([len(t) for t in tracks])
         n_hits = np.array([len(ev.hits) for ev in events])

@@ -198,7 +198,13 @@ class Worker(Supervised):
             return True
         self.observe(
             Observation(
-                events, result.tracks, result.scores, rec.detector, rec.threshold, rec.beam_spot
+                events,
+                result.tracks,
+                result.scores,
+                result.layer_hits,
+                rec.detector,
+                rec.threshold,
+                rec.beam_spot,
             )
         )
         return True

@@ -112,6 +112,10 @@ def test_pipeline_on_cuda_matches_cpu(recs, mu200_events) -> None:
     agree = tracks_agreement(cpu.tracks, gpu.tracks)
     assert agree["tracks_a"] > 0
     assert agree["tracks_common"] >= 0.999 * max(agree["tracks_a"], agree["tracks_b"]), agree
+    # the layer counts for the metrics, counted on the device: the same hits, as many on tracks
+    np.testing.assert_array_equal(gpu.layer_hits[0], cpu.layer_hits[0])
+    on_tracks = [sum(len(t.hit_index) for t in r.tracks) for r in (cpu, gpu)]
+    assert [r.layer_hits[1].sum() for r in (cpu, gpu)] == on_tracks
 
 
 @pytest.fixture(scope="module")

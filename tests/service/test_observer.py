@@ -29,7 +29,9 @@ EVENTS = list(simulate(DET, SimConfig(generator=GeneratorConfig(mu=1)), 5, 3))
 
 def _observation(k: int) -> Observation:
     result = REC.reconstruct([EVENTS[k]])
-    return Observation([EVENTS[k]], result.tracks, result.scores, DET, REC.threshold, (0, 0))
+    return Observation(
+        [EVENTS[k]], result.tracks, result.scores, result.layer_hits, DET, REC.threshold, (0, 0)
+    )
 
 
 def _observed(metrics: Metrics) -> float:

@@ -98,11 +98,13 @@ def observed() -> dict:
     truth = Truth(first.truth.hits.take(two), first.truth.particles)
     lone = Event(1, 99, first.hits.take(two), truth)
     rec = Reconstructor.oracle(detector=DET)
-    result = rec.reconstruct(events)
-    result.tracks.append(rec.reconstruct([lone]).tracks[0])  # no track
+    result, alone = rec.reconstruct(events), rec.reconstruct([lone])
+    result.tracks.append(alone.tracks[0])  # no track
+    result.layer_hits = result.layer_hits + alone.layer_hits
     registry = CollectorRegistry()
     physics = PhysicsMetrics(registry)
-    physics.observe([*events, lone], result.tracks, result.scores, DET, rec.threshold)
+    batch = [*events, lone]
+    physics.observe(batch, result.tracks, result.scores, result.layer_hits, DET, rec.threshold)
     return {"events": events, "batch": [*events, lone], "result": result, "registry": registry,
             "threshold": rec.threshold}  # fmt: skip
 
@@ -145,7 +147,7 @@ def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
     result = rec.reconstruct([Event(event.run, event.event, hits)])
     registry = CollectorRegistry()
     PhysicsMetrics(registry).observe(
-        [Event(0, 0, hits)], result.tracks, result.scores, DET, rec.threshold
+        [Event(0, 0, hits)], result.tracks, result.scores, result.layer_hits, DET, rec.threshold
     )
     counted = _by_layer(registry, "streamtrk_layer_hits_total")
     known = event.hits.volume_id[6:], event.hits.layer_id[6:]
@@ -189,7 +191,9 @@ def test_an_event_without_hits_is_no_event_without_tracks() -> None:
     rec = Reconstructor(lambda graph, events: np.zeros(graph.num_edges, np.float32), detector=DET)
     registry = CollectorRegistry()
     result = rec.reconstruct([empty])
-    PhysicsMetrics(registry).observe([empty], result.tracks, result.scores, DET, rec.threshold)
+    PhysicsMetrics(registry).observe(
+        [empty], result.tracks, result.scores, result.layer_hits, DET, rec.threshold
+    )
     assert registry.get_sample_value("streamtrk_events_without_tracks_total") == 0
     assert registry.get_sample_value("streamtrk_event_tracks_count") == 1
 
@@ -203,7 +207,12 @@ def test_the_beam_spot_tells_the_events_of_later_batches_apart(observed: dict) -
         for _ in range(batches):
             result = observed["result"]
             physics.observe(
-                observed["batch"], result.tracks, result.scores, DET, observed["threshold"]
+                observed["batch"],
+                result.tracks,
+                result.scores,
+                result.layer_hits,
+                DET,
+                observed["threshold"],
             )
         errors.append(physics.beam_spot.estimate().z_error)
     assert errors[1] == pytest.approx(errors[0] / np.sqrt(2), rel=0.05)
@@ -231,7 +240,9 @@ def test_tracks_of_a_chain_centred_on_the_beam_line_give_the_beam_spot(observed:
     physics.set_beam_line(rec.beam_spot)
     events = observed["events"]
     result = rec.reconstruct(events)
-    physics.observe(events, result.tracks, result.scores, DET, rec.threshold, rec.beam_spot)
+    physics.observe(
+        events, result.tracks, result.scores, result.layer_hits, DET, rec.threshold, rec.beam_spot
+    )
     value = registry.get_sample_value
     assert value("streamtrk_beam_line_x_meters") == pytest.approx(0.3e-3)
     assert value("streamtrk_beam_line_y_meters") == pytest.approx(-0.2e-3)
@@ -256,7 +267,7 @@ def test_d0_significance_says_whether_the_chain_is_centred_on_the_beam(observed:
     events = observed["events"]
     result = rec.reconstruct(events)
     PhysicsMetrics(registry).observe(
-        events, result.tracks, result.scores, DET, rec.threshold, rec.beam_spot
+        events, result.tracks, result.scores, result.layer_hits, DET, rec.threshold, rec.beam_spot
     )
     within_1, within_2 = shares(registry)
     assert 0.6 < within_1 < 0.76 and within_2 > 0.9
