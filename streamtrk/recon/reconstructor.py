@@ -101,7 +101,7 @@ class Reconstructor:
         self.prune = prune
         self.device = device
         self.detector = detector or load_detector()
-        self._layer_lut = self.detector.layer_lut  # on the device below
+        self._layer_lut = self.detector.layer_lut  # on the reconstructor's device (CuPy below)
         self.graph_config = graph_config or GraphConfig()
         self.threshold = threshold
         if device == "cpu":
