@@ -30,7 +30,7 @@ from streamtrk.client import Consumer, Producer
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import RecordingError, iter_records
-from streamtrk.wire import Message, WireError, decode, with_msg_id
+from streamtrk.wire import Message, WireError, decode, encode_hits, with_msg_id
 
 Key = tuple[int, int]
 
@@ -47,12 +47,15 @@ class Recorded:
         return self.event.run, self.event.event
 
 
-def load_recording(path: str | Path, limit: int | None = None) -> list[Recorded]:
+def load_recording(
+    path: str | Path, limit: int | None = None, *, compact: bool = False
+) -> list[Recorded]:
     """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
     directly following ``truth`` record of the same event; ``tracks`` records are skipped.
-    A record that does not decode, or a truth that does not fit its event, is a
-    RecordingError naming the file and the record's offset (``record`` stores only valid
-    messages: such a record is damage)."""
+    ``compact``: each hits message re-encoded compact (wire version 5; header fields kept),
+    else as recorded. A record that does not decode, or a truth that does not fit its event,
+    is a RecordingError naming the file and the record's offset (``record`` stores only
+    valid messages: such a record is damage)."""
     out: list[Recorded] = []
     for offset, frames in iter_records(path):
         try:
@@ -60,7 +63,17 @@ def load_recording(path: str | Path, limit: int | None = None) -> list[Recorded]
             if msg.kind == "hits":
                 if limit is not None and len(out) >= limit:
                     break
-                out.append(Recorded(frames, msg.to_event()))
+                event = msg.to_event()
+                if compact:
+                    again = encode_hits(
+                        event,
+                        t_send_ns=msg.t_send_ns,
+                        deadline_ms=msg.deadline_ms,
+                        msg_id=msg.msg_id,
+                        compact=True,
+                    )
+                    frames = [bytes(f) for f in again]
+                out.append(Recorded(frames, event))
             elif msg.kind == "truth" and out and out[-1].key == (msg.run, msg.event):
                 last = out[-1].event
                 out[-1].event = Event(last.run, last.event, last.hits, msg.to_truth())

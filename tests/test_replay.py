@@ -139,6 +139,23 @@ def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: 
         load_recording(path)
 
 
+def test_a_recording_loads_compact_when_asked(tmp_path: Path) -> None:
+    from streamtrk.replay import load_recording
+
+    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 2, 2))
+    path = tmp_path / "run.stk"
+    with RecordingWriter(path) as w:
+        for ev in events:
+            w.write_event(ev)
+    as_recorded, compact = load_recording(path), load_recording(path, compact=True)
+    assert [decode(r.frames).version for r in as_recorded] == [2, 2]
+    assert [decode(r.frames).version for r in compact] == [5, 5]
+    for a, b, ev in zip(as_recorded, compact, events, strict=True):
+        assert sum(map(len, b.frames[1:])) < 0.7 * sum(map(len, a.frames[1:]))
+        assert decode(b.frames).to_event().hits.equals(ev.hits)
+        assert b.event.truth.equals(ev.truth)
+
+
 def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -> None:
     """A daemon that answers every event with an error: exit 0 by default (an overload test
     expects error replies), 1 with --fail-on-error, naming the reasons."""
