@@ -158,7 +158,8 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
     if "replay_100hz" in d:
         out += [
             "",
-            f"Daemon (`{' '.join(d.get('serve_flags', []))}`): ready in"
+            f"Daemon (`{' '.join(d.get('serve_flags', []))}`,"
+            f" {d.get('hits_messages', 'default hits messages')}): ready in"
             f" {_f(d.get('start_to_ready_s'))} s; as fast as taken"
             f" {_f(daemon.get('events_per_s_max_rate'))} events/s; at 100 Hz p50"
             f" {_f(daemon.get('latency_p50_ms_100hz'))} ms, p99"
