@@ -141,12 +141,12 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _compact_argument(s: argparse.ArgumentParser) -> None:
+def _compact_argument(s: argparse.ArgumentParser, what: str = "write") -> None:
     s.add_argument(
         "--compact",
         action="store_true",
-        help="hits messages with their ids in the smallest unsigned types (wire version 5: "
-        "about 20 bytes a hit instead of 32; daemons before version 5 refuse them)",
+        help=f"{what} hits messages with their ids in the smallest unsigned types (wire "
+        "version 5: about 20 bytes a hit instead of 32; daemons before version 5 refuse them)",
     )
 
 
@@ -511,12 +511,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
     s.add_argument("--events", type=int, help="only the first N events of the recording")
     s.add_argument("--loop", type=int, default=1, help="send the events K times (default 1)")
-    s.add_argument(
-        "--compact",
-        action="store_true",
-        help="send the hits messages compact, re-encoded at load (wire version 5: about 20 "
-        "bytes a hit instead of 32; daemons before version 5 refuse them)",
-    )
+    _compact_argument(s, "send, re-encoded at load,")
     s.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
     )
