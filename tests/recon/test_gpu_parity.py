@@ -1,4 +1,5 @@
-"""CuPy against NumPy on the same events: graph edges, components, tracks, fit (GPU only)."""
+"""CuPy against NumPy on the same events: graph edges, components, tracks, fit, histograms
+(GPU only)."""
 
 import numpy as np
 import pytest
@@ -84,3 +85,24 @@ def test_the_budget_refuses_the_same_events_on_both_devices(mu200_events, det, k
             rec.reconstruct(batch)
         refused[device] = (e.value.whats, e.value.events, e.value.counts)
     assert refused["cuda"] == refused["cpu"] and refused["cpu"][1] == [1, 3]
+
+
+def test_array_histograms_count_the_same_on_both_devices():
+    """The physics metrics' histograms of device arrays (the edge scores): same buckets,
+    float32 values next to bounds float32 cannot hold included."""
+    from prometheus_client import CollectorRegistry
+
+    from streamtrk.service.histograms import ArrayHistogram
+    from streamtrk.service.physics import EDGE_SCORE_BUCKETS
+
+    at = np.array(EDGE_SCORE_BUCKETS, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([at, np.nextafter(at, np.float32(0)), rng.random(100_000), [np.nan]])
+    scores = scores.astype(np.float32)
+    hists = {}
+    for name, values in (("cpu", scores), ("cuda", cupy.asarray(scores))):
+        hists[name] = ArrayHistogram("s", "doc", EDGE_SCORE_BUCKETS, CollectorRegistry())
+        hists[name].observe(values)
+    assert np.array_equal(hists["cpu"]._counts, hists["cuda"]._counts)
+    assert hists["cpu"]._counts.sum() == len(scores) - 1
+    assert hists["cuda"]._sum == pytest.approx(hists["cpu"]._sum, rel=1e-12)

@@ -1,5 +1,5 @@
-"""Physics metrics: array histograms against prometheus-client's own, the beam-spot window
-on known tracks, and one reconstructed batch counted by layer, track and edge."""
+"""Physics metrics: the beam-spot window on known tracks, and one reconstructed batch counted
+by layer, track and edge (the array histograms: ``test_histograms.py``)."""
 
 from __future__ import annotations
 
@@ -7,45 +7,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event, Hits, Truth
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.beamspot import D0_MAX_MM, BeamSpotWindow
-from streamtrk.service.histograms import ArrayHistogram
 from streamtrk.service.physics import D0_BUCKETS, EDGE_SCORE_BUCKETS, Z0_BUCKETS, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
 DET = load_detector()
-
-
-def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
-    return {
-        (s.name, s.labels.get("le", "")): s.value
-        for family in registry.collect()
-        for s in family.samples
-        if s.name.startswith(name) and not s.name.endswith("_created")
-    }
-
-
-def test_array_histogram_exports_what_prometheus_client_would() -> None:
-    bounds = (-1.0, 0.0, 0.5, 2.0)
-    values = np.array([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.5, 1.0, 2.0, 7.0], dtype=np.float32)
-    ours, theirs = CollectorRegistry(), CollectorRegistry()
-    hist = ArrayHistogram("x_meters", "doc", bounds, ours)
-    reference = Histogram("x_meters", "doc", buckets=bounds, registry=theirs)
-    hist.observe(values[:4])
-    hist.observe(np.append(values[4:], np.nan))  # NaN is left out
-    for v in values:
-        reference.observe(float(v))
-    got = _samples(ours, "x_meters")
-    assert got == _samples(theirs, "x_meters")
-    # a value on a bound counts in that bound's bucket (le: less or equal)
-    assert got[("x_meters_bucket", "0.5")] == 7 and got[("x_meters_count", "")] == 10
-    with pytest.raises(ValueError, match="increasing"):
-        ArrayHistogram("y", "doc", (1.0, 1.0), CollectorRegistry())
 
 
 def _tracks_from(x: float, y: float, n: int, rng: np.random.Generator) -> tuple:
