@@ -48,7 +48,7 @@ from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.tracks import split_by_event
 from streamtrk.service.emit import _encode, _with_timing
 from streamtrk.service.job import Job, Reply
-from streamtrk.service.physics import PhysicsMetrics
+from streamtrk.service.physics import Observation, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.threads import wait_passively
@@ -131,7 +131,7 @@ def transfers(messages: dict[str, list[bytes]], n: int, runs: int) -> dict[str, 
 def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str, float]:
     """Microseconds per event of each host-side part, on one batch of ``events``
     reconstructed on ``device`` (its columns go up, its edge scores stay there)."""
-    det, rec = load_detector(), load_reconstructor(device=device)
+    rec = load_reconstructor(device=device)
     rec.reconstruct(events[:1])  # warm-up
     result = rec.reconstruct(events)
     n = len(events)
@@ -151,6 +151,7 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
         {k: np.concatenate([t.params[k] for t in tracks]) for k in tracks[0].params},
     )
     physics = PhysicsMetrics(CollectorRegistry())
+    observation = Observation.of(events, result, rec)
 
     def decode_all(messages: list[list[bytes]]) -> None:
         for f in messages:
@@ -165,15 +166,7 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
         "decode_compact": lambda: decode_all(compact),
         "batch_columns": lambda: batch_columns(events, rec.xp),
         "split_by_event": lambda: split_by_event(*batch_tracks, node_offsets),
-        "physics": lambda: physics.observe(
-            events,
-            result.tracks,
-            result.scores,
-            result.layer_hits,
-            det,
-            rec.threshold,
-            rec.beam_spot,
-        ),
+        "physics": lambda: physics.observe(observation),
         "physics_edge_scores": lambda: physics.edge_score.observe(result.scores),
         "encode": encode_all,
     }

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from streamtrk.detector import load_detector
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.service.beamspot import WINDOW_TRACKS, BeamSpotWindow
-from streamtrk.service.physics import PhysicsMetrics
+from streamtrk.service.physics import Observation, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.threads import wait_passively
@@ -56,9 +56,7 @@ def main() -> None:
         recon_s = time.perf_counter() - t0
 
         def observe(result=result, ev=ev) -> None:
-            physics.observe(
-                [ev], result.tracks, result.scores, result.layer_hits, rec.detector, rec.threshold
-            )
+            physics.observe(Observation.of([ev], result, rec))
 
         rows.append(
             {

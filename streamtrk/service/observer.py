@@ -15,34 +15,16 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
-import numpy as np
-
-from streamtrk.detector import Detector
-from streamtrk.event import Event, Tracks
 from streamtrk.service import faults
+from streamtrk.service.physics import Observation
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
 CAPACITY = 8  # batches waiting for their metrics before more are skipped
-
-
-@dataclass(frozen=True, eq=False)
-class Observation:
-    """What the physics metrics take from one batch (not its graphs: they are freed)."""
-
-    events: Sequence[Event]
-    tracks: Sequence[Tracks]
-    scores: Any  # on the reconstructor's device
-    layer_hits: np.ndarray  # ReconResult.layer_hits
-    detector: Detector
-    threshold: float
-    beam_line: tuple[float, float]
 
 
 class Observer(Supervised):
@@ -90,9 +72,7 @@ class Observer(Supervised):
         try:
             faults.delay("physics")
             faults.fail("physics")
-            self.metrics.physics.observe(
-                o.events, o.tracks, o.scores, o.layer_hits, o.detector, o.threshold, o.beam_line
-            )
+            self.metrics.physics.observe(o)
         except Exception:  # monitoring must never stop reconstruction
             log.exception("physics metrics failed on a batch (its replies were sent)")
             self.metrics.physics.batches_skipped.labels("failed").inc()

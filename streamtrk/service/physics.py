@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import Counter, Gauge
@@ -17,6 +19,9 @@ from streamtrk.event import Event, Tracks
 from streamtrk.service.beamspot import BeamSpotWindow
 from streamtrk.service.histograms import ArrayHistogram
 from streamtrk.xp import Array, array_module
+
+if TYPE_CHECKING:
+    from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 
 GEV = 1e9  # electronvolts
 MM = 1e-3  # meters
@@ -41,6 +46,33 @@ EVENT_TRACK_BUCKETS = (0, 1, 3, 10, 30, 100, 300, 1000, 2000, 3000, 5000, 10000)
 EDGE_SCORE_BUCKETS = (
     1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999,
 )  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """What the physics metrics take from one reconstructed batch (not its graphs: they are
+    freed)."""
+
+    events: Sequence[Event]
+    tracks: Sequence[Tracks]
+    scores: Array  # the edge scores, on the reconstructor's device
+    layer_hits: np.ndarray  # ReconResult.layer_hits
+    detector: Detector
+    threshold: float  # the edge classifier's
+    beam_line: tuple[float, float] = (0.0, 0.0)  # x, y in mm: the reconstruction's centre
+
+    @classmethod
+    def of(cls, events: Sequence[Event], result: ReconResult, rec: Reconstructor) -> Observation:
+        """The observation of ``rec``'s reconstruction ``result`` of ``events``."""
+        return cls(
+            events,
+            result.tracks,
+            result.scores,
+            result.layer_hits,
+            rec.detector,
+            rec.threshold,
+            rec.beam_spot,
+        )
 
 
 class _Layers:
@@ -164,25 +196,17 @@ class PhysicsMetrics:
         for axis, value in zip("xy", beam_line, strict=True):
             self.beam_line[axis].set(value * MM)
 
-    def observe(
-        self,
-        events: Sequence[Event],
-        tracks: Sequence[Tracks],
-        scores: Array,
-        layer_hits: np.ndarray,
-        det: Detector,
-        threshold: float,
-        beam_line: tuple[float, float] = (0.0, 0.0),
-    ) -> None:
+    def observe(self, o: Observation) -> None:
         """Count one reconstructed batch: its hits by layer and those on tracks (as the
         reconstruction counted them, ``ReconResult.layer_hits``), its tracks (per event), its
         edge scores (on the reconstructor's device).
-        The tracks' d0 are of the perigee to ``beam_line`` (x, y in mm, the reconstruction's
-        centre); the beam-spot window takes them back to the z axis, so that the beam spot
-        is in detector coordinates whatever the centre (and across a change of it)."""
-        layers = self._layers_of(det)
-        layers.count(layer_hits[0], layers.hits)
-        layers.count(layer_hits[1], layers.track_hits)
+        The tracks' d0 are of the perigee to the beam line (the reconstruction's centre); the
+        beam-spot window takes them back to the z axis, so that the beam spot is in detector
+        coordinates whatever the centre (and across a change of it)."""
+        events, tracks, scores = o.events, o.tracks, o.scores
+        layers = self._layers_of(o.detector)
+        layers.count(o.layer_hits[0], layers.hits)
+        layers.count(o.layer_hits[1], layers.track_hits)
 
         n_tracks = np.array([len(t) for t in tracks])
         n_hits = np.array([len(ev.hits) for ev in events])
@@ -200,9 +224,9 @@ class PhysicsMetrics:
         self.track_hits.observe(np.concatenate([t.sizes for t in tracks]))
         serial = self._events_seen + np.arange(len(events))
         self._events_seen += len(events)
-        bx, by = beam_line
+        bx, by = o.beam_line
         d0 = params["d0"] - bx * np.sin(params["phi"]) + by * np.cos(params["phi"])
         self.beam_spot.add(d0, params["z0"], params["phi"], np.repeat(serial, n_tracks))
 
         self.edge_score.observe(scores)
-        self.edges_accepted.inc(int(array_module(scores).count_nonzero(scores > threshold)))
+        self.edges_accepted.inc(int(array_module(scores).count_nonzero(scores > o.threshold)))

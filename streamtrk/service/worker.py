@@ -32,7 +32,7 @@ from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
 from streamtrk.service.job import Job, Reply
-from streamtrk.service.observer import Observation
+from streamtrk.service.physics import Observation
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 
@@ -196,17 +196,7 @@ class Worker(Supervised):
         m.hits.inc(sum(job.n_hits for job in sent))
         if len(sent) < len(jobs):  # abandon() answered the rest 'shutdown': no tracks went out
             return True
-        self.observe(
-            Observation(
-                events,
-                result.tracks,
-                result.scores,
-                result.layer_hits,
-                rec.detector,
-                rec.threshold,
-                rec.beam_spot,
-            )
-        )
+        self.observe(Observation.of(events, result, rec))
         return True
 
     def _check_device(self, rec: Reconstructor) -> None:

@@ -16,7 +16,8 @@ from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
-from streamtrk.service.observer import Observation, Observer
+from streamtrk.service.observer import Observer
+from streamtrk.service.physics import Observation
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.sim.generator import GeneratorConfig
@@ -28,10 +29,7 @@ EVENTS = list(simulate(DET, SimConfig(generator=GeneratorConfig(mu=1)), 5, 3))
 
 
 def _observation(k: int) -> Observation:
-    result = REC.reconstruct([EVENTS[k]])
-    return Observation(
-        [EVENTS[k]], result.tracks, result.scores, result.layer_hits, DET, REC.threshold, (0, 0)
-    )
+    return Observation.of([EVENTS[k]], REC.reconstruct([EVENTS[k]]), REC)
 
 
 def _observed(metrics: Metrics) -> float:

@@ -13,7 +13,13 @@ from streamtrk.detector import load_detector
 from streamtrk.event import Event, Hits, Truth
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.beamspot import D0_MAX_MM, BeamSpotWindow
-from streamtrk.service.physics import D0_BUCKETS, EDGE_SCORE_BUCKETS, Z0_BUCKETS, PhysicsMetrics
+from streamtrk.service.physics import (
+    D0_BUCKETS,
+    EDGE_SCORE_BUCKETS,
+    Z0_BUCKETS,
+    Observation,
+    PhysicsMetrics,
+)
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
@@ -75,10 +81,10 @@ def observed() -> dict:
     result.layer_hits = result.layer_hits + alone.layer_hits
     registry = CollectorRegistry()
     physics = PhysicsMetrics(registry)
-    batch = [*events, lone]
-    physics.observe(batch, result.tracks, result.scores, result.layer_hits, DET, rec.threshold)
-    return {"events": events, "batch": [*events, lone], "result": result, "registry": registry,
-            "threshold": rec.threshold}  # fmt: skip
+    observation = Observation.of([*events, lone], result, rec)
+    physics.observe(observation)
+    return {"events": events, "batch": observation.events, "result": result, "registry": registry,
+            "threshold": rec.threshold, "observation": observation}  # fmt: skip
 
 
 def _by_layer(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
@@ -118,9 +124,7 @@ def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
     rec = Reconstructor(lambda graph, events: np.ones(graph.num_edges, np.float32), detector=DET)
     result = rec.reconstruct([Event(event.run, event.event, hits)])
     registry = CollectorRegistry()
-    PhysicsMetrics(registry).observe(
-        [Event(0, 0, hits)], result.tracks, result.scores, result.layer_hits, DET, rec.threshold
-    )
+    PhysicsMetrics(registry).observe(Observation.of([Event(0, 0, hits)], result, rec))
     counted = _by_layer(registry, "streamtrk_layer_hits_total")
     known = event.hits.volume_id[6:], event.hits.layer_id[6:]
     expected = np.bincount(DET.layer_index(*known), minlength=len(DET))
@@ -163,9 +167,7 @@ def test_an_event_without_hits_is_no_event_without_tracks() -> None:
     rec = Reconstructor(lambda graph, events: np.zeros(graph.num_edges, np.float32), detector=DET)
     registry = CollectorRegistry()
     result = rec.reconstruct([empty])
-    PhysicsMetrics(registry).observe(
-        [empty], result.tracks, result.scores, result.layer_hits, DET, rec.threshold
-    )
+    PhysicsMetrics(registry).observe(Observation.of([empty], result, rec))
     assert registry.get_sample_value("streamtrk_events_without_tracks_total") == 0
     assert registry.get_sample_value("streamtrk_event_tracks_count") == 1
 
@@ -177,15 +179,7 @@ def test_the_beam_spot_tells_the_events_of_later_batches_apart(observed: dict) -
     for batches in (1, 2):
         physics = PhysicsMetrics(CollectorRegistry())
         for _ in range(batches):
-            result = observed["result"]
-            physics.observe(
-                observed["batch"],
-                result.tracks,
-                result.scores,
-                result.layer_hits,
-                DET,
-                observed["threshold"],
-            )
+            physics.observe(observed["observation"])
         errors.append(physics.beam_spot.estimate().z_error)
     assert errors[1] == pytest.approx(errors[0] / np.sqrt(2), rel=0.05)
 
@@ -212,9 +206,7 @@ def test_tracks_of_a_chain_centred_on_the_beam_line_give_the_beam_spot(observed:
     physics.set_beam_line(rec.beam_spot)
     events = observed["events"]
     result = rec.reconstruct(events)
-    physics.observe(
-        events, result.tracks, result.scores, result.layer_hits, DET, rec.threshold, rec.beam_spot
-    )
+    physics.observe(Observation.of(events, result, rec))
     value = registry.get_sample_value
     assert value("streamtrk_beam_line_x_meters") == pytest.approx(0.3e-3)
     assert value("streamtrk_beam_line_y_meters") == pytest.approx(-0.2e-3)
@@ -238,9 +230,7 @@ def test_d0_significance_says_whether_the_chain_is_centred_on_the_beam(observed:
     registry = CollectorRegistry()
     events = observed["events"]
     result = rec.reconstruct(events)
-    PhysicsMetrics(registry).observe(
-        events, result.tracks, result.scores, result.layer_hits, DET, rec.threshold, rec.beam_spot
-    )
+    PhysicsMetrics(registry).observe(Observation.of(events, result, rec))
     within_1, within_2 = shares(registry)
     assert 0.6 < within_1 < 0.76 and within_2 > 0.9
     off_1, off_2 = shares(observed["registry"])

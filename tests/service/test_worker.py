@@ -15,7 +15,8 @@ from streamtrk.detector import load_detector
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.batcher import Batch, Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
-from streamtrk.service.observer import Observation, Observer
+from streamtrk.service.observer import Observer
+from streamtrk.service.physics import Observation
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.sim.generator import GeneratorConfig
