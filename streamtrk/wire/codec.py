@@ -509,12 +509,12 @@ def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
     for k in ("x", "y", "z"):
         if not np.isfinite(cols[k]).all():
             raise WireError("non_finite", f"column {k!r} has NaN or infinite values")
-    _nonneg(cols, ("hit_id", "volume_id", "layer_id", "module_id"))
+    _nonneg(cols, ("volume_id", "layer_id", "module_id"))
     ids = cols["hit_id"]
-    if (ids[1:] > ids[:-1]).all():  # ascending ids (the usual case) need no sort
-        return
-    ids = np.sort(ids)
-    if (ids[1:] == ids[:-1]).any():
+    ascending = bool((ids[1:] > ids[:-1]).all())  # the usual case: no sort needed
+    ids = ids if ascending else np.sort(ids)
+    _nonneg({"hit_id": ids[:1]}, ("hit_id",))  # in order, the first is the least
+    if not ascending and (ids[1:] == ids[:-1]).any():
         raise WireError("duplicate_hit_id", "hit_id values are not unique")
 
 

@@ -395,6 +395,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             lambda h, t, u: with_column(u, "particle.px", np.full(1, np.nan, "<f4")),
         ),
         ("id_range", "hit_id", lambda h, t, u: with_column(h, "hit_id", -np.arange(10))),
+        ("id_range", "hit_id_rising", lambda h, t, u: with_column(h, "hit_id", np.arange(-1, 9))),
         ("id_range", "layer", lambda h, t, u: with_column(h, "layer_id", np.full(10, -1, "<i4"))),
         ("id_range", "volume", lambda h, t, u: with_column(h, "volume_id", np.full(10, -2, "<i4"))),
         ("id_range", "module", lambda h, t, u: with_column(h, "module_id", np.full(10, -3, "<i4"))),
