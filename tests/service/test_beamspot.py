@@ -1,0 +1,45 @@
+"""The beam-spot window on tracks of a known beam spot: its position from d0 against phi,
+secondaries left out, z and its error with the events as clusters, no estimate from one
+event."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrk.service.beamspot import D0_MAX_MM, BeamSpotWindow
+
+
+def _tracks_from(x: float, y: float, n: int, rng: np.random.Generator) -> tuple:
+    """(d0, z0, phi, event) of ``n`` tracks from (x, y), 50 per event, the events' vertices
+    at z ~ N(3, 6) mm and the tracks' z0 within 0.1 mm of their vertex."""
+    phi = rng.uniform(-np.pi, np.pi, n)
+    d0 = -x * np.sin(phi) + y * np.cos(phi) + rng.normal(0, 0.02, n)
+    event = np.arange(n) // 50
+    z0 = rng.normal(3.0, 6.0, event[-1] + 1)[event] + rng.normal(0, 0.1, n)
+    return d0, z0, phi, event
+
+
+def test_beam_spot_window_fits_the_tracks_it_holds() -> None:
+    rng = np.random.default_rng(1)
+    window = BeamSpotWindow(capacity=5000)
+    assert window.estimate().tracks == 0 and np.isnan(window.estimate().z)
+    d0, z0, phi, event = _tracks_from(-1.0, 2.0, 5000, rng)  # these leave the window below
+    one = BeamSpotWindow(capacity=5000)
+    one.add(d0[event == 0], z0[event == 0], phi[event == 0], event[event == 0])
+    assert np.isnan(one.estimate().x) and one.estimate().tracks == 0  # one event: no estimate
+    window.add(d0, z0, phi, event)
+    d0, z0, phi, event = _tracks_from(0.4, -0.25, 5000, rng)
+    d0[:500] += rng.choice([-1.0, 1.0], 500) * rng.uniform(0.5, 8.0, 500)  # secondaries
+    window.add(d0, z0, phi, event + 100)
+    window.add(np.array([D0_MAX_MM + 1]), np.array([500.0]), np.array([0.0]), np.array([200]))
+    spot = window.estimate()
+    assert spot.tracks == 5000
+    error = 0.02 * np.sqrt(2 / 4500)
+    assert spot.x == pytest.approx(0.4, abs=4 * error)
+    assert spot.y == pytest.approx(-0.25, abs=4 * error)
+    # 100 events: the mean z is known to 6 / sqrt(100) mm, not 6 / sqrt(5000)
+    assert spot.z_error == pytest.approx(0.6, rel=0.25)
+    assert spot.z == pytest.approx(3.0, abs=3 * spot.z_error)
+    assert spot.z_width == pytest.approx(6.0, rel=0.2)
+    assert window.estimate() is spot  # computed once per change
