@@ -547,8 +547,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
     "recording has truth. Exit status 1 when events are missing or unsent (with "
-    "--fail-on-error also when a reply is an error), 130 after Ctrl-C (the report covers the "
-    "replies received until then).",
+    "--fail-on-error also when a reply is an error), 130 after Ctrl-C or SIGTERM (the report "
+    "covers the replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission
@@ -580,7 +580,7 @@ def _replay(args: argparse.Namespace) -> int:
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
     )
-    result = replay(events, opts)
+    result = replay(events, opts, _stop_on_signals())
     report = {"recording": str(args.recording)} | result.report(events, args.rate)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ class ReplayResult:
     t_last_first_send: float = 0.0  # of a new event (resends move t_last_send only)
     t_last_send: float = 0.0
     t_last_reply: float = 0.0
-    interrupted: bool = False  # stopped by Ctrl-C: the report covers what came so far
+    interrupted: bool = False  # stopped early (Ctrl-C, SIGTERM): the report covers what came
 
     @property
     def received(self) -> int:
@@ -267,11 +267,15 @@ class _Sender(threading.Thread):
             return sent.t_first
 
 
-def replay(events: list[Recorded], opts: ReplayOptions) -> ReplayResult:
+def replay(
+    events: list[Recorded], opts: ReplayOptions, stop: threading.Event | None = None
+) -> ReplayResult:
     """Send ``events`` (``opts.loop`` times over) and collect the replies, one per event
-    (resends' duplicates are counted, not reported twice)."""
+    (resends' duplicates are counted, not reported twice). Setting ``stop`` (a signal
+    handler's, as the CLI's) or Ctrl-C ends it early, ``interrupted``, with what came so far."""
     from tqdm import tqdm
 
+    stop = stop or threading.Event()
     result = ReplayResult()
     total = len(events) * opts.loop
     curve = {"curve_key": opts.curve_key, "curve_server_key": opts.curve_server_key}
@@ -283,7 +287,7 @@ def replay(events: list[Recorded], opts: ReplayOptions) -> ReplayResult:
         bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
         sender.start()
         try:
-            while sender.is_alive() or result.received < result.sent:
+            while (sender.is_alive() or result.received < result.sent) and not stop.is_set():
                 last = max(result.t_last_send, result.t_last_reply)
                 if not sender.is_alive() and time.perf_counter() - last > opts.timeout_s:
                     break
@@ -291,12 +295,13 @@ def replay(events: list[Recorded], opts: ReplayOptions) -> ReplayResult:
                 if frames is not None:
                     _receive(frames, sender, result)
                     bar.update(result.received - bar.n)
-        except KeyboardInterrupt:  # Ctrl-C: stop sending, report what came
-            result.interrupted = True
+        except KeyboardInterrupt:  # Ctrl-C where no handler sets stop
+            stop.set()
         finally:
             sender.stop.set()
             sender.join()
             bar.close()
+    result.interrupted = stop.is_set()  # stop sending, report what came
     return result
 
 

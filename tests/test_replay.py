@@ -100,7 +100,8 @@ def test_second_replies_without_message_ids_are_duplicates() -> None:
     assert (report["received"], report["duplicates"], report["unexpected"]) == (5, 5, 0)
 
 
-def test_ctrl_c_stops_the_replay_and_still_reports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_replay_and_still_reports(tmp_path: Path, sig) -> None:
     run = _recording(tmp_path, 3)
     ctx = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink:  # takes the events, never answers
@@ -115,8 +116,12 @@ def test_ctrl_c_stops_the_replay_and_still_reports(tmp_path: Path) -> None:
             assert sink.poll(60_000)
             sink.recv_multipart()
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # not left running into the next tests
+            pytest.fail(f"replay still running 60 s after {sig.name}: {proc.communicate()[1]}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     got = json.loads(report.read_text())
