@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -580,7 +581,8 @@ def _replay(args: argparse.Namespace) -> int:
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
     )
-    result = replay(events, opts, _stop_on_signals())
+    with _stop_on_signals() as stop:
+        result = replay(events, opts, stop)
     report = {"recording": str(args.recording)} | result.report(events, args.rate)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -628,29 +630,36 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     _curve_arguments(s)
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event that SIGINT and SIGTERM set (the command stops cleanly on either)."""
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT and SIGTERM set while the block runs (the command stops cleanly
+    on either); their handlers from before are back after it (``main`` may run in-process:
+    the demo's replay, tests)."""
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @_command("record", _record_arguments, help="tap a hits stream into a recording")
 def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 
-    stop = _stop_on_signals()
-    counts = record(
-        args.from_,
-        args.output,
-        bind=args.bind,
-        events=args.events,
-        duration_s=args.duration,
-        stop=stop,
-        curve_key=args.curve_key,
-        curve_server_key=args.curve_server_key,
-    )
+    with _stop_on_signals() as stop:
+        counts = record(
+            args.from_,
+            args.output,
+            bind=args.bind,
+            events=args.events,
+            duration_s=args.duration,
+            stop=stop,
+            curve_key=args.curve_key,
+            curve_server_key=args.curve_server_key,
+        )
     past = counts["past_limit"]
     print(
         f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
@@ -770,22 +779,22 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
 def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
 
-    stop = _stop_on_signals()
     if args.max_hits < 1:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
-    forward(
-        args.role,
-        args.from_,
-        args.to,
-        hwm=args.hwm,
-        max_hits=args.max_hits,
-        curve_key=args.curve_key,
-        curve_server_key=args.curve_server_key,
-        server_key=args.server_key,
-        allowed_keys=args.allowed_keys,
-        allow_insecure=args.allow_insecure,
-        stop=stop,
-    )
+    with _stop_on_signals() as stop:
+        forward(
+            args.role,
+            args.from_,
+            args.to,
+            hwm=args.hwm,
+            max_hits=args.max_hits,
+            curve_key=args.curve_key,
+            curve_server_key=args.curve_server_key,
+            server_key=args.server_key,
+            allowed_keys=args.allowed_keys,
+            allow_insecure=args.allow_insecure,
+            stop=stop,
+        )
     return 0
 
 

@@ -163,7 +163,9 @@ def test_a_recording_loads_compact_when_asked(tmp_path: Path) -> None:
 
 def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -> None:
     """A daemon that answers every event with an error: exit 0 by default (an overload test
-    expects error replies), 1 with --fail-on-error, naming the reasons."""
+    expects error replies), 1 with --fail-on-error, naming the reasons. Run in-process, the
+    command leaves the signal handlers as they were."""
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     run = _recording(tmp_path, 3)
     with _daemon_sockets() as (sink, out, to, from_):
 
@@ -181,6 +183,7 @@ def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -
             daemon.join(10)
             err = capsys.readouterr().err
             assert ("error replies: 3 too_dense" in err) == bool(extra), err
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
 def _truth_tracks(ev: Event) -> Tracks:
