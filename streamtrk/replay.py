@@ -196,7 +196,6 @@ class _Sender(threading.Thread):
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.prefix = random.getrandbits(30) << 32
-        self.timeout_ms = int(opts.timeout_s * 1000)
         self._next_check = 0.0  # when resends are next looked for
 
     def run(self) -> None:
@@ -218,7 +217,7 @@ class _Sender(threading.Thread):
             with self.lock:
                 self.pending[msg_id] = _Send(ev.key, frames, t, t)
                 r.t_first_send = r.t_first_send or t
-            if not self.producer.send_frames(frames, timeout_ms=self.timeout_ms):
+            if not self._send(frames):
                 with self.lock:
                     del self.pending[msg_id]
                 r.unsent = len(order) - i
@@ -227,6 +226,20 @@ class _Sender(threading.Thread):
             r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
             pass
+
+    def _send(self, frames: list[Any]) -> bool:
+        """Send ``frames`` within the timeout, waiting in slices of ``RESEND_POLL_S`` for a
+        daemon that takes nothing; False after the timeout or once stopped (Ctrl-C is not
+        held up by a full or absent daemon)."""
+        deadline = time.perf_counter() + self.opts.timeout_s
+        while not self.stop.is_set():
+            left = deadline - time.perf_counter()
+            slice_ms = max(0, int(1000 * min(left, RESEND_POLL_S)))
+            if self.producer.send_frames(frames, timeout_ms=slice_ms):
+                return True
+            if left <= 0:
+                return False
+        return False
 
     def _resend_due(self) -> bool:
         """Resend (once each, newest first) what has had no reply for ``retry_after_s``
@@ -239,7 +252,7 @@ class _Sender(threading.Thread):
         with self.lock:
             todo = [p for p in self.pending.values() if p.sends <= opts.retries]
         for p in due_newest_first(todo, now, opts.retry_after_s):
-            if not self.producer.send_frames(p.frames, timeout_ms=self.timeout_ms):
+            if not self._send(p.frames):
                 return False
             p.t_last, p.sends = time.perf_counter(), p.sends + 1
             self.result.resent += 1

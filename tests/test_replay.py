@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -126,6 +127,25 @@ def test_ctrl_c_or_sigterm_stops_the_replay_and_still_reports(tmp_path: Path, si
     assert "Traceback" not in err and "interrupted" in err
     got = json.loads(report.read_text())
     assert got["interrupted"] is True and (got["sent"], got["received"]) == (3, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stop_is_not_held_up_by_a_daemon_that_takes_nothing() -> None:
+    """Bound with no daemon connected, each send would wait the whole timeout (600 s): a stop
+    (what the CLI's signal handlers set) ends the replay at once, its events unsent."""
+    to, from_ = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+    opts = ReplayOptions(to=to, from_=from_, bind=True, timeout_s=600)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    result = replay(_events(3), opts, stop)
+    assert time.monotonic() - t0 < 10
+    assert result.interrupted and (result.sent, result.unsent) == (0, 3)
 
 
 def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: Path) -> None:
