@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from streamtrk import __version__
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+from streamtrk.stop import StopFlag
 from streamtrk.threads import set_torch_threads, wait_passively
 
 Handler = Callable[[argparse.Namespace], int]
@@ -631,11 +631,11 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event that SIGINT and SIGTERM set while the block runs (the command stops cleanly
-    on either); their handlers from before are back after it (``main`` may run in-process:
-    the demo's replay, tests)."""
-    stop = threading.Event()
+def _stop_on_signals() -> Iterator[StopFlag]:
+    """A flag that SIGINT and SIGTERM set while the block runs (the command stops cleanly
+    on either; a flag, not an event: see :mod:`streamtrk.stop`); their handlers from before
+    are back after it (``main`` may run in-process: the demo's replay, tests)."""
+    stop = StopFlag()
     signals = (signal.SIGINT, signal.SIGTERM)
     before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
     try:

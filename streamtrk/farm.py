@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import zmq
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.service.auth import start_authenticator
+from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import DEFAULT_LIMITS, Limits
 from streamtrk.wire.curve import host_only
 
@@ -52,7 +52,7 @@ def forward(
     server_key: Path | None = None,
     allowed_keys: Path | None = None,
     allow_insecure: bool = False,
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
 ) -> None:
     """Bind PULL ``front`` and PUSH ``back`` and forward until ``stop`` (or forever).
 
@@ -100,10 +100,10 @@ def forward(
             "back": push.endpoint,
         }
         print(json.dumps(bound), flush=True)
-        _proxy(pull.socket, push.socket, stop or threading.Event())
+        _proxy(pull.socket, push.socket, StopFlag() if stop is None else stop)
 
 
-def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: threading.Event) -> None:
+def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> None:
     """Forward whole messages (zero-copy) until ``stop``. A message is taken from ``pull``
     only when ``push`` has a peer with room, so back-pressure reaches the producers; the
     stop is seen within ``POLL_MS`` even when no peer is left (``zmq.proxy`` would block in

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from streamtrk.client import Consumer
 from streamtrk.io.recording import RecordingWriter
+from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import WireError, decode
 
 RECORDED_KINDS = ("hits", "truth")
@@ -22,7 +22,7 @@ def record(
     bind: bool = False,
     events: int | None = None,
     duration_s: float | None = None,
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
     curve_key: Path | None = None,
     curve_server_key: Path | None = None,
 ) -> Counter[str]:
@@ -36,7 +36,7 @@ def record(
     here. With CURVE certificates, ``record`` is a client of the server it taps (see
     ``streamtrk.wire.curve``).
     """
-    stop = stop or threading.Event()
+    stop = StopFlag() if stop is None else stop
     n: Counter[str] = Counter()
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded
     t_end = None if duration_s is None else time.monotonic() + duration_s

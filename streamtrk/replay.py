@@ -30,6 +30,7 @@ from streamtrk.client import Consumer, Producer
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import RecordingError, iter_records
+from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode, encode_hits, with_msg_id
 
 Key = tuple[int, int]
@@ -280,15 +281,13 @@ class _Sender(threading.Thread):
             return sent.t_first
 
 
-def replay(
-    events: list[Recorded], opts: ReplayOptions, stop: threading.Event | None = None
-) -> ReplayResult:
+def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None) -> ReplayResult:
     """Send ``events`` (``opts.loop`` times over) and collect the replies, one per event
     (resends' duplicates are counted, not reported twice). Setting ``stop`` (a signal
     handler's, as the CLI's) or Ctrl-C ends it early, ``interrupted``, with what came so far."""
     from tqdm import tqdm
 
-    stop = stop or threading.Event()
+    stop = StopFlag() if stop is None else stop
     result = ReplayResult()
     total = len(events) * opts.loop
     curve = {"curve_key": opts.curve_key, "curve_server_key": opts.curve_server_key}

@@ -3,15 +3,17 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from streamtrk.cli import main
+from streamtrk.cli import _stop_on_signals, main
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.device import cuda_unavailable
@@ -348,3 +350,35 @@ def test_the_readme_tours_every_command() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     toured = set(re.findall(r"^\| `streamtrk ([a-z-]+)", readme, flags=re.MULTILINE))
     assert toured == set(COMMANDS)
+
+
+def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
+    """A signal handler runs on the main thread between any two bytecodes, inside another
+    handler too (Ctrl-C twice, or Ctrl-C then a supervisor's SIGTERM). Here the stop handler
+    of replay, record and farm runs again at every Python call it makes (a profile hook), as
+    a second signal could: one that took a lock there, as ``threading.Event.set`` takes its
+    condition's, would wait for itself for ever."""
+    with _stop_on_signals() as stop:
+        handler = signal.getsignal(signal.SIGINT)
+    assert callable(handler)
+    nested: list[str] = []  # where the handler ran again (not inside a nested run)
+
+    def hook(frame, event, arg) -> None:
+        if event == "call":
+            nested.append(frame.f_code.co_qualname)
+            sys.setprofile(None)
+            handler(signal.SIGTERM, None)
+            sys.setprofile(hook)
+
+    def interrupted() -> None:
+        sys.setprofile(hook)
+        try:
+            handler(signal.SIGINT, None)
+        finally:
+            sys.setprofile(None)
+
+    thread = threading.Thread(target=interrupted, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), f"the handler waits for itself, nested at {nested}"
+    assert stop.is_set() and nested
