@@ -2,11 +2,19 @@
 threads that died or stalled), ``/readyz`` (ready for events) and ``/status`` (JSON: what
 is served and how). GET and HEAD.
 
+A stuck or idle client does not hold a thread for ever, nor a flood of connections start a
+thread each: a connection silent for ``request_timeout_s`` before its request is complete is
+closed, and at most ``max_connections`` are served at once; one past that is closed at
+once, unanswered. Both are counted in ``streamtrk_http_connections_dropped_total``
+(``cause``: ``timeout``, ``busy``). (Clients that trickle bytes can still take every place:
+serve HTTP on a trusted network, as the default 127.0.0.1 does.)
+
 The client side (polling ``/readyz``) is ``streamtrk.client.wait_ready``."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +23,11 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamtrk.service.telemetry import Metrics
+
+#: Connections served at once: Prometheus and the probes need a few.
+MAX_CONNECTIONS = 32
+#: Seconds a connection may stay silent before its request is complete.
+REQUEST_TIMEOUT_S = 10.0
 
 
 class Readiness:
@@ -49,8 +62,14 @@ class HealthServer:
         readiness: Readiness,
         status: Callable[[], dict[str, Any]],
         problems: Callable[[], list[str]],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
+        if max_connections <= 0 or request_timeout_s <= 0:
+            raise ValueError("max_connections and request_timeout_s must be positive")
         text = "text/plain; charset=utf-8"
+        dropped = metrics.http_dropped
 
         def answer(path: str) -> tuple[int, bytes, str]:
             if path == "/metrics":
@@ -68,6 +87,8 @@ class HealthServer:
             return 404, b"not found: try /metrics, /healthz, /readyz or /status\n", text
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = request_timeout_s  # of each read: a silent peer is dropped
+
             def do_GET(self) -> None:
                 self._send(*answer(self.path.split("?", 1)[0]))
 
@@ -85,8 +106,11 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # no per-request log lines
 
-        self.server = ThreadingHTTPServer(address, Handler)
-        self.server.daemon_threads = True
+            def log_error(self, format: str, *args: object) -> None:
+                if any(isinstance(a, TimeoutError) for a in args):  # the read timed out
+                    dropped.labels("timeout").inc()
+
+        self.server = _Bounded(address, Handler, max_connections, dropped.labels("busy").inc)
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="http", kwargs={"poll_interval": 0.2}
         )
@@ -104,3 +128,36 @@ class HealthServer:
             self.server.shutdown()
             self._thread.join()
         self.server.server_close()
+
+
+class _Bounded(ThreadingHTTPServer):
+    """A thread per connection, at most ``most`` at once; one past that is closed at once
+    and ``refused()`` called."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        most: int,
+        refused: Callable[[], None],
+    ) -> None:
+        super().__init__(address, handler)
+        self._places = threading.BoundedSemaphore(most)
+        self._refused = refused
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._places.acquire(blocking=False):
+            self._refused()
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._places.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._places.release()

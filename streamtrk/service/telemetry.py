@@ -170,6 +170,13 @@ class Metrics:
         self.model_reloads = Counter(
             "streamtrk_model_reloads", "SIGHUP reloads, by result.", ["result"], registry=r
         )
+        self.http_dropped = Counter(
+            "streamtrk_http_connections_dropped",
+            "HTTP connections closed unanswered, by cause (timeout: no complete request in "
+            "time; busy: too many at once).",
+            ["cause"],
+            registry=r,
+        )
         self.device_memory = Gauge(
             "streamtrk_device_memory_bytes",
             "GPU memory of this process, by kind (only on CUDA).",
@@ -183,6 +190,8 @@ class Metrics:
             self.internal_errors.labels(cause)
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
+        for cause in ("timeout", "busy"):
+            self.http_dropped.labels(cause)
         for stage in STAGES:
             self.stage.labels(stage)
 

@@ -1,0 +1,90 @@
+"""The daemon's HTTP server: a peer that connects and sends nothing is dropped after the
+request timeout, and peers past the cap are refused at once; neither holds a thread for ever,
+and the endpoints (Prometheus' scrape, the orchestrator's probes) answer again after them."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamtrk.service.health import HealthServer, Readiness
+from streamtrk.service.telemetry import Metrics
+
+
+@contextmanager
+def serving(**limits: float) -> Iterator[tuple[HealthServer, Metrics]]:
+    metrics, readiness = Metrics(), Readiness()
+    readiness.set("ready")
+    server = HealthServer(("127.0.0.1", 0), metrics, readiness, dict, list, **limits)
+    server.start()
+    try:
+        yield server, metrics
+    finally:
+        server.close()
+
+
+def get(server: HealthServer, path: str = "/healthz") -> int:
+    host, port = server.address
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as r:
+        return r.status
+
+
+def dropped(metrics: Metrics, cause: str) -> float:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name == "streamtrk_http_connections_dropped_total" and s.labels == {
+                "cause": cause
+            }:
+                return s.value
+    raise AssertionError(f"no streamtrk_http_connections_dropped_total{{cause={cause!r}}}")
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    """Whether the server closes ``sock`` (end of stream, nothing sent) within ``within_s``."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+def test_a_peer_that_sends_no_request_is_closed_after_the_timeout_and_counted() -> None:
+    with serving(request_timeout_s=0.5) as (server, metrics):
+        with socket.create_connection(server.address) as idle:
+            assert get(server) == 200  # answered while the idle peer holds its connection
+            assert closed_by_server(idle, within_s=5)
+        assert dropped(metrics, "timeout") == 1 and dropped(metrics, "busy") == 0
+        assert get(server) == 200
+
+
+def test_peers_past_the_cap_are_closed_unanswered_and_counted() -> None:
+    with serving(max_connections=4, request_timeout_s=60) as (server, metrics), ExitStack() as s:
+        # Accepted in the order they connected: these four take the places.
+        held = [s.enter_context(socket.create_connection(server.address)) for _ in range(4)]
+        with socket.create_connection(server.address) as extra:
+            assert closed_by_server(extra, within_s=5)  # not after the 60 s of a timeout
+        assert dropped(metrics, "busy") == 1
+        for sock in held:
+            sock.close()
+        t_end = time.monotonic() + 5
+        while True:  # the four handlers see their peers go, and free their places
+            try:
+                assert get(server) == 200
+                break
+            except OSError:
+                if time.monotonic() > t_end:
+                    raise
+                time.sleep(0.1)
+        assert dropped(metrics, "timeout") == 0
+
+
+@pytest.mark.parametrize("bad", [{"max_connections": 0}, {"request_timeout_s": 0}])
+def test_limits_must_be_positive(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list, **bad)
