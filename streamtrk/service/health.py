@@ -134,6 +134,8 @@ class _Bounded(ThreadingHTTPServer):
     """A thread per connection, at most ``most`` at once; one past that is closed at once
     and ``refused()`` called."""
 
+    request_queue_size = 128  # the listen backlog (socketserver's 5 makes a burst retry SYNs)
+
     def __init__(
         self,
         address: tuple[str, int],
