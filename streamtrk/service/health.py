@@ -147,7 +147,7 @@ class _Bounded(ThreadingHTTPServer):
         self._places = threading.BoundedSemaphore(most)
         self._refused = refused
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
         if not self._places.acquire(blocking=False):
             self._refused()
             self.shutdown_request(request)
