@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.telemetry import Metrics
@@ -35,14 +34,9 @@ def get(server: HealthServer, path: str = "/healthz") -> int:
         return r.status
 
 
-def dropped(metrics: Metrics, cause: str) -> float:
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for s in family.samples:
-            if s.name == "streamtrk_http_connections_dropped_total" and s.labels == {
-                "cause": cause
-            }:
-                return s.value
-    raise AssertionError(f"no streamtrk_http_connections_dropped_total{{cause={cause!r}}}")
+def dropped(metrics: Metrics, cause: str) -> float | None:
+    name = "streamtrk_http_connections_dropped_total"
+    return metrics.registry.get_sample_value(name, {"cause": cause})
 
 
 def closed_by_server(sock: socket.socket, within_s: float) -> bool:
