@@ -2,20 +2,24 @@
 threads that died or stalled), ``/readyz`` (ready for events) and ``/status`` (JSON: what
 is served and how). GET and HEAD.
 
-A stuck or idle client does not hold a thread for ever, nor a flood of connections start a
-thread each: a connection silent for ``request_timeout_s`` before its request is complete is
-closed, and at most ``max_connections`` are served at once; one past that is closed at
-once, unanswered. Both are counted in ``streamtrk_http_connections_dropped_total``
-(``cause``: ``timeout``, ``busy``). (Clients that trickle bytes can still take every place:
-serve HTTP on a trusted network, as the default 127.0.0.1 does.)
+A stuck, idle or trickling client does not hold a thread for ever, nor a flood of
+connections start a thread each: a connection whose request is not complete
+``request_timeout_s`` after it was accepted is closed (however the bytes come: a read's
+timeout is what is left of that), and at most ``max_connections`` are served at once; one
+past that is closed at once, unanswered. Both are counted in
+``streamtrk_http_connections_dropped_total`` (``cause``: ``timeout``, ``busy``). Sending the
+answer has ``request_timeout_s`` of its own. (Clients that keep reconnecting can still take
+every place: serve HTTP on a trusted network, as the default 127.0.0.1 does.)
 
 The client side (polling ``/readyz``) is ``streamtrk.client.wait_ready``."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,7 +30,7 @@ from streamtrk.service.telemetry import Metrics
 
 #: Connections served at once: Prometheus and the probes need a few.
 MAX_CONNECTIONS = 32
-#: Seconds a connection may stay silent before its request is complete.
+#: Seconds from a connection's accept to its complete request (and again to send the answer).
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -87,13 +91,23 @@ class HealthServer:
             return 404, b"not found: try /metrics, /healthz, /readyz or /status\n", text
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = request_timeout_s  # of each read: a silent peer is dropped
+            timeout = request_timeout_s
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile.close()  # reads go through the request's deadline instead
+                reader = _DeadlineReader(self.connection, request_timeout_s)
+                self.rfile = io.BufferedReader(reader)
 
             def do_GET(self) -> None:
                 self._send(*answer(self.path.split("?", 1)[0]))
 
             def do_HEAD(self) -> None:
                 self._send(*answer(self.path.split("?", 1)[0]), head=True)
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self.connection.settimeout(request_timeout_s)  # the answer's own time
+                super().send_response(code, message)
 
             def _send(self, code: int, body: bytes, ctype: str, head: bool = False) -> None:
                 self.send_response(code)
@@ -107,7 +121,7 @@ class HealthServer:
                 pass  # no per-request log lines
 
             def log_error(self, format: str, *args: object) -> None:
-                if any(isinstance(a, TimeoutError) for a in args):  # the read timed out
+                if any(isinstance(a, TimeoutError) for a in args):  # past the deadline
                     dropped.labels("timeout").inc()
 
         self.server = _Bounded(address, Handler, max_connections, dropped.labels("busy").inc)
@@ -128,6 +142,25 @@ class HealthServer:
             self.server.shutdown()
             self._thread.join()
         self.server.server_close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, all done within ``seconds`` of this reader's creation: each read
+    waits at most what is left, and none starts after it (``TimeoutError``)."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._end = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not complete in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 class _Bounded(ThreadingHTTPServer):

@@ -1,6 +1,7 @@
-"""The daemon's HTTP server: a peer that connects and sends nothing is dropped after the
-request timeout, and peers past the cap are refused at once; neither holds a thread for ever,
-and the endpoints (Prometheus' scrape, the orchestrator's probes) answer again after them."""
+"""The daemon's HTTP server: a peer whose request is not complete within the request timeout
+(silent, or trickling bytes) is dropped, and peers past the cap are refused at once; none
+holds a thread for ever, and the endpoints (Prometheus' scrape, the orchestrator's probes)
+answer again after them."""
 
 from __future__ import annotations
 
@@ -54,6 +55,22 @@ def test_a_peer_that_sends_no_request_is_closed_after_the_timeout_and_counted() 
             assert get(server) == 200  # answered while the idle peer holds its connection
             assert closed_by_server(idle, within_s=5)
         assert dropped(metrics, "timeout") == 1 and dropped(metrics, "busy") == 0
+        assert get(server) == 200
+
+
+def test_a_peer_that_trickles_its_request_is_closed_at_the_deadline_and_counted() -> None:
+    with serving(request_timeout_s=1) as (server, metrics):
+        with socket.create_connection(server.address) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.0\r\n")
+            t0, closed = time.monotonic(), False
+            while not closed and time.monotonic() < t0 + 5:  # a byte each 0.2 s: no read waits 1 s
+                try:
+                    slow.sendall(b"x")
+                except OSError:  # reset by the server
+                    break
+                closed = closed_by_server(slow, within_s=0.2)
+            assert time.monotonic() - t0 < 3
+        assert dropped(metrics, "timeout") == 1
         assert get(server) == 200
 
 
