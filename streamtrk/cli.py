@@ -193,6 +193,9 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("path", help="event prefix (.../event000001000) or a directory of events")
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--run", type=int, default=0, help="run number (default 0)")
+    s.add_argument(
+        "--no-truth", action="store_true", help="import the hits alone, without their truth"
+    )
     _compact_argument(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -204,7 +207,7 @@ def _import_trackml(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from streamtrk.io.recording import new_recording
-    from streamtrk.io.trackml import iter_events
+    from streamtrk.io.trackml import iter_events, kinematics_unknown
 
     n = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +215,14 @@ def _import_trackml(args: argparse.Namespace) -> int:
         for ev in tqdm(
             iter_events(args.path, run=args.run), desc="import", unit="event", disable=args.quiet
         ):
+            if args.no_truth:
+                ev.truth = None
+            elif ev.truth is not None and kinematics_unknown(ev.truth.particles).any():
+                raise ValueError(
+                    f"event {ev.event} has truth but no -particles.csv: a recording's truth "
+                    "carries each particle's vertex and momentum; add the particles file, or "
+                    "import the hits alone with --no-truth"
+                )
             rec.write_event(ev, compact=args.compact)
             n += 1
         if n == 0:

@@ -214,6 +214,20 @@ def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("kept.stk*")) == ["kept.stk"]
 
 
+def test_truth_without_particles_is_imported_only_as_hits_alone(tmp_path, capsys):
+    csv = tmp_path / "csv"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
+          "--trackml-dir", str(csv)])  # fmt: skip
+    (particles,) = csv.glob("*-particles.csv")
+    particles.unlink()
+    out = tmp_path / "x.stk"
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q"]) == 1
+    assert "has truth but no -particles.csv" in capsys.readouterr().err
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
+    (ev,) = iter_events(out)
+    assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -135,6 +135,13 @@ def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
     return rows
 
 
+def kinematics_unknown(particles: Particles) -> np.ndarray:
+    """Per particle, whether its vertex and momentum are unknown (NaN: read without
+    ``-particles.csv``)."""
+    columns = (particles.vx, particles.vy, particles.vz, particles.px, particles.py, particles.pz)
+    return ~np.isfinite(np.stack(columns)).all(axis=0)
+
+
 def _particles_from_truth(particle_id: np.ndarray) -> Particles:
     """Particles with only ids and hit counts (kinematics NaN, q 0) when particles.csv is absent."""
     ids, nhits = np.unique(particle_id[particle_id != 0], return_counts=True)
@@ -286,7 +293,9 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
 
     Writes ``eventNNNNNNNNN-hits.csv`` and, with truth, ``-truth.csv`` and
     ``-particles.csv`` in the official column order (``.csv.gz`` when ``compress``).
-    ``hit_order`` is not written: reading recomputes it from |tz - vz|.
+    ``hit_order`` is not written: reading recomputes it from |tz - vz|. Particles whose
+    kinematics are all unknown (read without ``-particles.csv``) write no particles file,
+    as they were read.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -298,8 +307,10 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         truth = {"hit_id": hits.hit_id, **event.truth.hits.to(np).columns()}
         truth_path = prefix.with_name(f"{prefix.name}-truth{suffix}")
         _write_table(truth_path, {k: truth[k] for k in TRUTH_COLUMNS})
-        particles_path = prefix.with_name(f"{prefix.name}-particles{suffix}")
-        _write_table(particles_path, event.truth.particles.to(np).columns())
+        particles = event.truth.particles.to(np)
+        if not (len(particles) and kinematics_unknown(particles).all()):
+            particles_path = prefix.with_name(f"{prefix.name}-particles{suffix}")
+            _write_table(particles_path, particles.columns())
     return prefix
 
 

@@ -282,6 +282,17 @@ def test_missing_particles_and_weights(tmp_path):
     assert np.allclose(back.truth.hits.weight, expected, rtol=1e-6, atol=0)
 
 
+def test_particles_read_without_their_file_are_written_without_it(tmp_path):
+    prefix = write_event(synthetic_event(), tmp_path / "a")
+    prefix.with_name(f"{prefix.name}-particles.csv").unlink()
+    read = read_event(prefix)
+    again = read_event(write_event(read, tmp_path / "b"))  # no file of NaN kinematics to refuse
+    assert not (tmp_path / "b" / "event000000042-particles.csv").exists()
+    assert again.hits.equals(read.hits) and again.truth.hits.equals(read.truth.hits)
+    assert np.array_equal(again.truth.particles.nhits, read.truth.particles.nhits)
+    assert np.all(np.isnan(again.truth.particles.px))
+
+
 def test_hit_order_hand_built(tmp_path):
     (tmp_path / "event000000005-hits.csv").write_text(
         "hit_id,x,y,z,volume_id,layer_id,module_id\n"
