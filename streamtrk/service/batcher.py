@@ -4,8 +4,9 @@ A batch starts with the oldest waiting event and closes when it holds ``max_even
 events, when the next event would take it past ``max_hits`` hits (that event opens the
 next batch; an event over the limit alone is a batch of its own), ``max_queue_delay_ms``
 after its first event was queued, or in time for the earliest deadline among its events
-(that deadline less the batch's expected reconstruction time: ``seconds_per_hit``, a
-running estimate the worker keeps, times its hits), whichever comes first. Events that
+(that deadline less the batch's expected reconstruction time for its hits: ``batch_time``,
+fitted to the batches so far by the worker, :mod:`streamtrk.service.batch_time`), whichever
+comes first. Events that
 waited while the worker was busy are therefore batched at once, without further delay. An
 event that would make the batch end past the earliest deadline among its events (its own
 included) opens the next batch, as one past ``max_hits`` does, unless the batch is late
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from streamtrk.service.batch_time import BatchTime
 from streamtrk.service.job import Job
 
 PUT_POLL_S = 0.01  # how often a put waiting for room checks for a close and calls waiting()
@@ -59,7 +61,7 @@ class Batcher:
         self.flush = False
         self.closed = False
         self._lock = threading.Lock()
-        self.seconds_per_hit = 0.0  # expected reconstruction time per hit (set by the worker)
+        self.batch_time = BatchTime()  # expected reconstruction time (the worker observes)
         self._held: Job | None = None  # the event that did not fit into the last batch
 
     def put(
@@ -123,13 +125,13 @@ class Batcher:
                 if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
                     break
                 if earliest is not None:
-                    close_at = min(delay_end, earliest - self.seconds_per_hit * hits)
+                    close_at = min(delay_end, earliest - self.batch_time.estimate(hits))
             job = self._next(close_at)
         return batch
 
     def _late(self, now: float, deadline: float | None, hits: int) -> bool:
         """Whether a batch of ``hits`` started now would end after ``deadline``."""
-        return deadline is not None and now + self.seconds_per_hit * hits > deadline
+        return deadline is not None and now + self.batch_time.estimate(hits) > deadline
 
     def _take_held(self) -> Job | None:
         job, self._held = self._held, None

@@ -13,9 +13,10 @@ works (a sticky CUDA error: every later batch would fail too): then the worker d
 resends them elsewhere) and the daemon exits 1 for a restart.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
-the seconds per hit of the batches so far) is answered ``shutdown`` instead of started, and
-:meth:`abandon` answers ``shutdown`` for the batch in progress and everything still queued
-when the worker overruns. Each job is answered once: by whoever claims it first.
+the batches so far: :mod:`streamtrk.service.batch_time`) is answered ``shutdown`` instead
+of started, and :meth:`abandon` answers ``shutdown`` for the batch in progress and
+everything still queued when the worker overruns. Each job is answered once: by whoever
+claims it first.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Worker(Supervised):
         if not batch.jobs or self.abandoned.is_set():  # abandon() answered them
             return
         n_hits = batch.n_hits
-        estimate = SAFETY * self.batcher.seconds_per_hit * n_hits
+        estimate = SAFETY * self.batcher.batch_time.estimate(n_hits)
         if self.drain_by is not None and t0 + estimate > self.drain_by:
             self._reject(batch.jobs, "shutdown")
             return
@@ -186,10 +187,7 @@ class Worker(Supervised):
                 answered = self._reject(jobs, "internal")  # unless abandon() was first
                 m.internal_errors.labels("reconstruction").inc(answered)
             return False
-        n_hits = sum(job.n_hits for job in jobs)
-        per_hit = (time.perf_counter() - t0) / max(n_hits, 1)
-        b = self.batcher
-        b.seconds_per_hit = max(per_hit, 0.8 * b.seconds_per_hit + 0.2 * per_hit)
+        self.batcher.batch_time.observe(sum(job.n_hits for job in jobs), time.perf_counter() - t0)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         sent = [job for job, reply in zip(jobs, replies, strict=True) if self._answer(job, reply)]

@@ -136,7 +136,7 @@ def test_a_deadline_closes_the_batch_before_the_queue_delay() -> None:
 
 def test_the_expected_reconstruction_time_closes_the_batch_earlier() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
-    b.seconds_per_hit = 10.0  # 100 hits: 1,000 s of work, far past the deadline in 60 s
+    b.batch_time.observe(100, 1000.0)  # 1,000 s of work for 100 hits: past the deadline in 60 s
     b.put(job(100, 0, deadline_s=60))
     t0 = time.perf_counter()
     assert events(b.next_batch(1)) == [0]
@@ -145,7 +145,7 @@ def test_the_expected_reconstruction_time_closes_the_batch_earlier() -> None:
 
 def test_an_event_that_would_make_the_batch_late_opens_the_next() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
-    b.seconds_per_hit = 1e-3  # 500 hits: 0.5 s of work
+    b.batch_time.observe(500, 0.5)  # 500 hits: 0.5 s of work
     b.put(job(500, 0, deadline_s=1.2))  # fits alone, and with one more, not with two
     for k in (1, 2, 3):
         b.put(job(500, k))
@@ -163,7 +163,7 @@ def test_an_event_that_would_make_the_batch_late_opens_the_next() -> None:
 
 def test_an_event_whose_own_deadline_is_too_tight_opens_the_next_batch() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
-    b.seconds_per_hit = 1e-3  # 500 hits: 0.5 s of work
+    b.batch_time.observe(500, 0.5)  # 500 hits: 0.5 s of work
     b.put(job(500, 0))  # no deadline: the open batch is not late
     b.put(job(500, 1, deadline_s=0.3))  # late even alone; joining would make it later still
     assert events(b.next_batch(1)) == [0]
@@ -172,7 +172,7 @@ def test_an_event_whose_own_deadline_is_too_tight_opens_the_next_batch() -> None
 
 def test_the_earliest_deadline_among_the_events_rules() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
-    b.seconds_per_hit = 1e-3
+    b.batch_time.observe(500, 0.5)
     b.put(job(500, 0, deadline_s=5))
     b.put(job(500, 1, deadline_s=0.8))  # 1 s of work together ends past 0.8 s
     assert events(b.next_batch(1)) == [0]

@@ -12,6 +12,7 @@ import numpy as np
 from piles import pile
 
 from streamtrk.detector import load_detector
+from streamtrk.event import Event
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.batcher import Batch, Batcher, BatchPolicy
 from streamtrk.service.job import Job, Reply
@@ -279,7 +280,7 @@ def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
     gate = Gate()
     gate.release.set()
     worker = _worker(batcher, replies, gate, det)
-    batcher.seconds_per_hit = 1.0  # as measured on earlier batches: far too slow to start
+    batcher.batch_time.observe(1, 1.0)  # as measured on earlier batches: far too slow to start
     worker.drain_by = time.perf_counter() + 5.0
     for ev in events:
         batcher.put(Job(ev, time.perf_counter(), None))
@@ -291,7 +292,7 @@ def test_a_batch_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
 
 
 def test_a_batch_is_started_in_a_drain_only_with_room_to_spare() -> None:
-    """Its estimate (seconds per hit so far x hits) times SAFETY must fit before the end."""
+    """Its estimate (from the batches so far) times SAFETY must fit before the end."""
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
     replies: queue.Queue[Reply] = queue.Queue()
@@ -300,10 +301,30 @@ def test_a_batch_is_started_in_a_drain_only_with_room_to_spare() -> None:
     batcher = Batcher(8, BatchPolicy())
     worker = _worker(batcher, replies, gate, det)
     n_hits = len(events[0].hits)
-    batcher.seconds_per_hit = 20.0 / n_hits  # an estimate of 20 s: 30 s with the margin
+    batcher.batch_time.observe(n_hits, 20.0)  # an estimate of 20 s: 30 s with the margin
     worker.drain_by = time.perf_counter() + 25.0
     worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
     assert [r.reason for r in _drained(replies)] == ["shutdown"] and not gate.batches
+
+
+def test_a_small_event_does_not_make_the_drain_refuse_a_large_one() -> None:
+    """A 3-hit event costs the batch's fixed time: not 3 hits' worth of a per-hit time that
+    would make the next large event look hundreds of times its length."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=20)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    batcher = Batcher(8, BatchPolicy())
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
+    tiny = Event(events[1].run, 99, events[1].hits.take(np.arange(3)))
+    t0 = time.perf_counter()
+    worker.process(Batch(jobs=[Job(events[0], t0, None)]))
+    took = time.perf_counter() - t0  # a large event's time, about
+    worker.process(Batch(jobs=[Job(tiny, time.perf_counter(), None)]))
+    worker.drain_by = time.perf_counter() + 10 * took + 5.0
+    worker.process(Batch(jobs=[Job(events[1], time.perf_counter(), None)]))
+    assert [(r.event, r.status) for r in _drained(replies)] == [
+        (events[0].event, "ok"), (99, "ok"), (events[1].event, "ok")
+    ]  # fmt: skip
 
 
 def test_a_batch_taken_before_abandon_is_not_started_after_it() -> None:
@@ -341,8 +362,8 @@ def test_abandon_stops_the_one_by_one_retry_of_a_failed_batch() -> None:
 
 
 def test_the_time_estimate_takes_a_slower_batch_at_once() -> None:
-    """seconds_per_hit follows a slower batch at once (a running mean only when faster),
-    so that the batcher and the drain never count on speed they have not seen."""
+    """The estimate covers a slower batch at once, so that the batcher and the drain never
+    count on speed they have not seen."""
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1))
     replies: queue.Queue[Reply] = queue.Queue()
@@ -351,7 +372,7 @@ def test_the_time_estimate_takes_a_slower_batch_at_once() -> None:
     worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
     [reply] = _drained(replies)
     stages = sum(v for k, v in reply.timings.items() if k not in ("decode", "queue"))
-    assert batcher.seconds_per_hit * len(events[0].hits) >= stages > 0
+    assert batcher.batch_time.estimate(len(events[0].hits)) >= stages > 0
 
 
 def test_abandon_answers_queued_events_past_their_deadline() -> None:
