@@ -418,3 +418,7 @@ def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 1
+    # One batch-size observation per batch taken, not per retry of its events.
+    assert value("streamtrk_batch_events_count") == 1
+    assert value("streamtrk_batch_events_sum") == 3
+    assert value("streamtrk_batch_hits_sum") == sum(len(ev.hits) for ev in events)
