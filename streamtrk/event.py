@@ -169,6 +169,11 @@ class Particles(_Columns):
         xp = array_module(self.vx)
         return xp.hypot(self.vx, self.vy)
 
+    def vr_from(self, beam_line: tuple[float, float]) -> Array:
+        """The production vertices' distance (mm) from the beam line at ``(x, y)``."""
+        xp = array_module(self.vx)
+        return xp.hypot(self.vx - beam_line[0], self.vy - beam_line[1])
+
 
 @dataclass(eq=False)
 class HitTruth(_Columns):

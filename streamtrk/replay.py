@@ -356,13 +356,14 @@ def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, 
 
 
 def physics(events: list[Recorded], replies: dict[Key, Message]) -> dict[str, Any]:
-    """Physics metrics over the events that have truth and an ok reply ({} if none)."""
+    """Physics metrics over the events that have truth and an ok reply ({} if none); the
+    vertex cut of each event about the beam line its reply names (the z axis if none)."""
     totals = PhysicsTotals()
     labels = labels_of(events, replies)
     for rec in events:
         ev, lab = rec.event, labels.pop(rec.key, None)
         if ev.truth is not None and lab is not None:
-            totals.add(ev, lab)
+            totals.add(ev, lab, replies[rec.key].to_reply().beam_line or (0.0, 0.0))
     return totals.report()
 
 

@@ -20,7 +20,7 @@ from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter
-from streamtrk.replay import Recorded, ReplayOptions, _Send, due_newest_first, replay
+from streamtrk.replay import Recorded, ReplayOptions, _Send, due_newest_first, physics, replay
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.wire.codec import decode, encode_hits, encode_tracks, encode_truth, peek_msg_id
@@ -247,6 +247,20 @@ def test_the_report_counts_each_event_by_its_first_reply() -> None:
     assert report["tracking_efficiency"] == 1.0 and report["n_reconstructable"] > 0
     assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
     assert report["beam_lines_mm"] == [[0.25, 1.0], [0.5, 0.0]]
+
+
+def test_physics_cuts_vertices_about_the_beam_line_each_reply_names() -> None:
+    """Collisions 12 mm off the axis, answered with their true tracks about that beam line:
+    their particles count as made near it (about the axis, none would)."""
+    cfg = SimConfig(generator=GeneratorConfig(mu=5, beam_spot=(12.0, 0.0, 0.0)))
+    events = [Recorded([], ev) for ev in simulate(load_detector(), cfg, 4, 2)]
+    line = (12.0, 0.0)
+    ids = {rec.key: rec.event.hits.hit_id for rec in events}
+    tracks = {rec.key: _truth_tracks(rec.event) for rec in events}
+    replies = {k: decode(encode_tracks(*k, ids[k], tracks[k], beam_line=line)) for k in ids}
+    out = physics(events, replies)
+    assert out["n_reconstructable"] >= 0.8 * out["n_reconstructable_all"] > 0
+    assert out["tracking_efficiency"] == 1.0
 
 
 def test_resends_wait_retry_after_from_the_last_send() -> None:

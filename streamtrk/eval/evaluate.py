@@ -35,8 +35,8 @@ class SegmentTruth:
     against any of its edge sets.
 
     Targets are segments of particles with pT >= 1 GeV; ``central`` ones also come from
-    within 10 mm of the beam line (the cuts of reconstructable particles). Purity ignores
-    true segments of softer particles (they are neither targets nor wrong).
+    within 10 mm of the beam line, x, y in mm (the cuts of reconstructable particles).
+    Purity ignores true segments of softer particles (they are neither targets nor wrong).
     """
 
     n_hits: int
@@ -45,11 +45,11 @@ class SegmentTruth:
     central: np.ndarray
 
     @classmethod
-    def of(cls, event: Event) -> SegmentTruth:
+    def of(cls, event: Event, beam_line: tuple[float, float] = (0.0, 0.0)) -> SegmentTruth:
         seg = true_segments(event, 0.0)
         pid = event.truth.hits.particle_id[seg[0]]
         idx, known = index_of(event.truth.particles.particle_id, pid)
-        vr = np.where(known, event.truth.particles.vr[idx], np.inf)
+        vr = np.where(known, event.truth.particles.vr_from(beam_line)[idx], np.inf)
         target = particle_pt(event, pid) >= EDGE_PT_MIN
         n = len(event.hits)
         return cls(
@@ -160,7 +160,7 @@ class Evaluation:
             self.tracks[ev.run, ev.event] = tracks
             if ev.truth is None:
                 continue
-            truth = SegmentTruth.of(ev)
+            truth = SegmentTruth.of(ev, self.beam_line)
             mine = event_of == k
             local = edges[:, mine] - offsets[k]
             pruned = truth.counts(local)
@@ -215,7 +215,7 @@ class Evaluation:
 
     def _score(self, ev: Event, labels: np.ndarray) -> Any:
         """Physics counts of one event's track labels; keeps its particles' row."""
-        c = self.physics.add(ev, labels)
+        c = self.physics.add(ev, labels, self.beam_line)
         self.particles.append(
             np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
         )
@@ -238,7 +238,7 @@ class Evaluation:
             self.tracks[ev.run, ev.event] = Tracks.empty()
             if ev.truth is None:
                 continue
-            none = SegmentTruth.of(ev).counts(np.zeros((2, 0), dtype=np.int64))
+            none = SegmentTruth.of(ev, self.beam_line).counts(np.zeros((2, 0), dtype=np.int64))
             for counts in (self.graph_edges, self.pruned_edges, self.gnn_edges):
                 counts.update(none)
             self._score(ev, labels)

@@ -118,7 +118,7 @@ class Classification:
 
     particle_pt: np.ndarray
     particle_eta: np.ndarray
-    reconstructable: np.ndarray  # pT >= 1 GeV, >= 5 hits, vertex r < 10 mm
+    reconstructable: np.ndarray  # pT >= 1 GeV, >= 5 hits, vertex < 10 mm from the beam line
     reconstructable_all: np.ndarray  # the same without the vertex cut
     found: np.ndarray  # some track is good for the particle
     track_id: np.ndarray
@@ -128,8 +128,11 @@ class Classification:
     track_particle: np.ndarray  # majority particle id (0: noise)
 
 
-def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
-    """Classify particles (reconstructable, found) and tracks (fake, duplicate)."""
+def classify(
+    event: Event, track_id_per_hit: np.ndarray, beam_line: tuple[float, float] = (0.0, 0.0)
+) -> Classification:
+    """Classify particles (reconstructable, found) and tracks (fake, duplicate); the vertex
+    cut is about ``beam_line`` (x, y in mm)."""
     if event.truth is None:
         raise ValueError(f"event {event.event} has no truth")
     hit_pid = event.truth.hits.to(np).particle_id
@@ -141,7 +144,7 @@ def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
         & (particles.pt >= RECONSTRUCTABLE_MIN_PT)
         & (nhits >= RECONSTRUCTABLE_MIN_HITS)
     )
-    central = selected & (particles.vr < RECONSTRUCTABLE_MAX_VR)
+    central = selected & (particles.vr_from(beam_line) < RECONSTRUCTABLE_MAX_VR)
     found = np.isin(particles.particle_id, m.particle_id[m.matched & (m.particle_id != 0)])
     real = m.pure & (m.particle_id != 0)
     # A duplicate is a real track whose particle already has an earlier real track.
@@ -163,19 +166,22 @@ def classify(event: Event, track_id_per_hit: np.ndarray) -> Classification:
     )
 
 
-def physics_metrics(event: Event, track_id_per_hit: np.ndarray) -> dict[str, float]:
+def physics_metrics(
+    event: Event, track_id_per_hit: np.ndarray, beam_line: tuple[float, float] = (0.0, 0.0)
+) -> dict[str, float]:
     """Tracking efficiency, fake and duplicate rates of one event's track labels.
 
     - ``tracking_efficiency``: matched / reconstructable particles (pT >= 1 GeV, >= 5 hits
-      in this event, production vertex r < 10 mm); ``tracking_efficiency_all`` drops the
-      vertex cut. A particle is matched when some track is good for it (see ``matched``).
+      in this event, production vertex within 10 mm of ``beam_line``, x, y in mm);
+      ``tracking_efficiency_all`` drops the vertex cut. A particle is matched when some
+      track is good for it (see ``matched``).
     - ``fake_rate``: tracks with no majority particle over 50% of the hits, or a noise
       majority, over all tracks.
     - ``duplicate_rate``: pure (non-noise) tracks whose particle already has another pure
       track, over all pure tracks.
     Also returns the counts behind them. Rates with an empty denominator are NaN.
     """
-    return metrics_from_counts(counts(classify(event, track_id_per_hit)))
+    return metrics_from_counts(counts(classify(event, track_id_per_hit, beam_line)))
 
 
 def counts(c: Classification) -> dict[str, int]:
@@ -209,9 +215,15 @@ class PhysicsTotals:
     counts: Counter[str] = field(default_factory=Counter)
     scores: list[float] = field(default_factory=list)
 
-    def add(self, event: Event, track_id_per_hit: np.ndarray) -> Classification:
-        """Score one event's track labels; returns its classification."""
-        c = classify(event, track_id_per_hit)
+    def add(
+        self,
+        event: Event,
+        track_id_per_hit: np.ndarray,
+        beam_line: tuple[float, float] = (0.0, 0.0),
+    ) -> Classification:
+        """Score one event's track labels (its vertex cut about ``beam_line``); returns its
+        classification."""
+        c = classify(event, track_id_per_hit, beam_line)
         self.counts.update(counts(c))
         t = event.truth
         self.scores.append(trackml_score(t.hits.particle_id, t.hits.weight, track_id_per_hit))

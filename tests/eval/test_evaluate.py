@@ -214,6 +214,16 @@ def test_perigee_truth_is_of_the_beam_line_the_chain_is_centred_on(det) -> None:
         assert 0.85 < out[f"{name}_pull_by_true_pt"]["1-3"] < 1.25, name
 
 
+def test_the_vertex_cut_is_about_the_beam_line_the_chain_is_centred_on(det) -> None:
+    """Collisions 12 mm off the axis: their particles are made within 10 mm of the beam line
+    (taken from the axis, none would be: the efficiencies would have nothing to count)."""
+    cfg = SimConfig(generator=GeneratorConfig(mu=10, beam_spot=(12.0, 0.0, 0.0)))
+    events = list(simulate(det, cfg, seed=5, n_events=1))
+    out = evaluate(Reconstructor.oracle(beam_spot=(12.0, 0.0)), events).report()
+    assert out["n_reconstructable"] >= 0.8 * out["n_reconstructable_all"] > 0
+    assert out["tracking_efficiency"] == 1.0 and out["graph_edge_efficiency"] == 1.0
+
+
 class _FixedTimings(Reconstructor):
     """The oracle chain reporting a GNN time of 1 s a batch plus 0.1 s an event."""
 

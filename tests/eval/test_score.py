@@ -136,6 +136,15 @@ def test_reconstructable_boundaries():
     assert (m["n_reconstructable"], m["n_reconstructable_all"]) == (1, 2)
 
 
+def test_the_vertex_cut_is_about_the_beam_line():
+    # particle 1 made 12 mm out along x, particle 2 on the z axis
+    ev = metrics_event([1] * 5 + [2] * 5, {1: (2.0, 12.0, 5), 2: (2.0, 0.0, 5)})
+    about_x12 = classify(ev, np.zeros(10), beam_line=(12.0, 0.0))
+    assert about_x12.reconstructable.tolist() == [True, False]
+    assert classify(ev, np.zeros(10)).reconstructable.tolist() == [False, True]
+    assert about_x12.reconstructable_all.all()
+
+
 def test_the_duplicate_is_the_later_track():
     # track 2 comes first in hit order, track 1 has the lower id: track 2 is the duplicate
     c = classify(metrics_event([1] * 6, {1: (2.0, 0.0, 6)}), np.array([2, 2, 2, 1, 1, 1]))
