@@ -356,17 +356,20 @@ def prepare_search(
         qi, outer = qi[alive], outer[alive]
         ob = t["barrel"][outer]
         ri, zi = r[qi], z[qi]
-        # z0 reach: the exact resolution term between barrel layers, else the bound.
+        # z0 reach: between barrel layers the resolution term at the outer layer's nearest
+        # radius (a hit there, up to the margin inside, has the largest error: the reach
+        # holds every segment the final cut keeps), else the bound.
         inner = lay0[qi]
         r_out = t["r"][outer]
-        dr_b = xp.maximum(r_out - ri, 1.0)
+        m = cfg.layer_margin
+        r_near = r_out - m
+        dr_b = xp.maximum(r_near - ri, 1.0)
         sig = xp.where(
             ob & t["barrel"][inner],
-            xp.hypot(t["sigma_z"][inner] * r_out / dr_b, t["sigma_z"][outer] * ri / dr_b),
+            xp.hypot(t["sigma_z"][inner] * r_near / dr_b, t["sigma_z"][outer] * ri / dr_b),
             cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
         )
         reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-        m = cfg.layer_margin
         z_out, u_max = t["z"][outer], t["u_max"][outer]
         u_lo, u_hi = _target_range(ri, zi, ob, r_out, z_out, u_max, reach, m, xp)
         dr_max = xp.where(ob, r_out + m, u_hi) - ri

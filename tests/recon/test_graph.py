@@ -46,6 +46,29 @@ def test_grid_search_equals_brute_force(small_events, det):
     assert np.array_equal(_keys(fine), _keys(brute))
 
 
+def test_the_z0_reach_keeps_every_edge_the_final_cut_keeps(small_events, det, monkeypatch):
+    """Barrel hits moved inward by up to the layer margin (real modules are not on the
+    layer's radius): the queries' z0 reach, a pre-cut, drops nothing that the graph built
+    with the widest reach (the final cut alone deciding) holds."""
+    ev = small_events[0]
+    r = np.hypot(ev.hits.x, ev.hits.y)
+    barrel = det.kind[det.layer_index(ev.hits.volume_id, ev.hits.layer_id)] == BARREL
+    inward = np.where(barrel, np.random.default_rng(7).uniform(0, 0.99, len(r)), 0.0)
+    scale = (1 - inward * GraphConfig().layer_margin / r).astype(np.float32)
+    moved = replace(ev, hits=replace(ev.hits, x=ev.hits.x * scale, y=ev.hits.y * scale))
+    built = batch_graph([moved], det)
+    search = prepare_search
+
+    def widest(*args, **kwargs):
+        ctx, *rest = search(*args, **kwargs)
+        return (replace(ctx, reach=np.full_like(ctx.reach, ctx.cfg.z0_limit)), *rest)
+
+    monkeypatch.setattr(graph_module, "prepare_search", widest)
+    wide = batch_graph([moved], det)
+    assert built.num_edges > 10_000
+    assert np.array_equal(_keys(built), _keys(wide))
+
+
 def test_queries_set_up_in_chunks_equal_one_piece(small_events, det, monkeypatch):
     cols, offsets = batch_columns(small_events[:1], np)
     fields = ("qi", "ri", "zi", "row0", "b_lo", "b_hi", "reach", "centre", "p_lo", "p_hi")
