@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 WINDOW_TRACKS = 20_000  # at least ten MU=200 events (1,932 tracks each, before the d0 cut)
-D0_MAX_MM = 10.0  # tracks farther than this from the axis are left out (secondaries, fakes)
+D0_MAX_MM = 10.0  # tracks farther than this from the beam line are left out (secondaries, fakes)
 CLIP_SIGMAS = 4.0  # the fit's second pass drops residuals beyond this many robust sigmas
 
 
@@ -47,8 +47,9 @@ def _mean_error(z: np.ndarray, event: np.ndarray) -> float:
 
 
 class BeamSpotWindow:
-    """A ring buffer of (d0, z0, phi, event) of the last ``capacity`` tracks with |d0| <
-    ``D0_MAX_MM``; safe to fill from one thread and estimate from another."""
+    """A ring buffer of (d0 about the z axis, z0, phi, event) of the last ``capacity`` tracks
+    that passed within ``D0_MAX_MM`` of the beam line; safe to fill from one thread and
+    estimate from another."""
 
     def __init__(self, capacity: int = WINDOW_TRACKS) -> None:
         self._data = np.zeros((4, capacity))
@@ -56,10 +57,20 @@ class BeamSpotWindow:
         self._lock = threading.Lock()
         self._cached: tuple[int, BeamSpot] | None = None
 
-    def add(self, d0: np.ndarray, z0: np.ndarray, phi: np.ndarray, event: np.ndarray) -> None:
-        """Append tracks (mm, mm, rad, and a number that tells events apart); the oldest
-        ones leave when the window is full."""
+    def add(
+        self,
+        d0: np.ndarray,
+        z0: np.ndarray,
+        phi: np.ndarray,
+        event: np.ndarray,
+        beam_line: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        """Append tracks (d0 about ``beam_line``, x, y in mm: the line the tracks' parameters
+        are of; z0 in mm, phi in rad, and a number that tells events apart); the oldest ones
+        leave when the window is full."""
         keep = np.abs(d0) < D0_MAX_MM
+        bx, by = beam_line
+        d0 = d0 - bx * np.sin(phi) + by * np.cos(phi)  # about the z axis
         rows = np.stack([d0[keep], z0[keep], phi[keep], event[keep]])[:, -self._data.shape[1] :]
         n, capacity = rows.shape[1], self._data.shape[1]
         with self._lock:

@@ -224,9 +224,8 @@ class PhysicsMetrics:
         self.track_hits.observe(np.concatenate([t.sizes for t in tracks]))
         serial = self._events_seen + np.arange(len(events))
         self._events_seen += len(events)
-        bx, by = o.beam_line
-        d0 = params["d0"] - bx * np.sin(params["phi"]) + by * np.cos(params["phi"])
-        self.beam_spot.add(d0, params["z0"], params["phi"], np.repeat(serial, n_tracks))
+        events_of = np.repeat(serial, n_tracks)
+        self.beam_spot.add(params["d0"], params["z0"], params["phi"], events_of, o.beam_line)
 
         self.edge_score.observe(scores)
         self.edges_accepted.inc(int(array_module(scores).count_nonzero(scores > o.threshold)))

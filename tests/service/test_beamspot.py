@@ -43,3 +43,16 @@ def test_beam_spot_window_fits_the_tracks_it_holds() -> None:
     assert spot.z == pytest.approx(3.0, abs=3 * spot.z_error)
     assert spot.z_width == pytest.approx(6.0, rel=0.2)
     assert window.estimate() is spot  # computed once per change
+
+
+def test_tracks_are_kept_by_their_distance_from_the_beam_line() -> None:
+    """A beam 12 mm off the axis: every track from it is kept (about the axis, those with
+    |12 sin(phi)| >= 10 mm would be cut), and the estimate is in detector coordinates."""
+    rng = np.random.default_rng(2)
+    d0, z0, phi, event = _tracks_from(12.0, 0.0, 4000, rng)
+    about_line = d0 + 12.0 * np.sin(phi)
+    window = BeamSpotWindow(capacity=5000)
+    window.add(about_line, z0, phi, event, beam_line=(12.0, 0.0))
+    spot = window.estimate()
+    assert spot.tracks == 4000
+    assert spot.x == pytest.approx(12.0, abs=0.01) and spot.y == pytest.approx(0.0, abs=0.01)
