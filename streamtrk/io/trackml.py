@@ -100,10 +100,17 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     cols = [index[n] for n in names]
     table = np.zeros(0, dtype=parse)
     if body.strip():
-        try:
-            table = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1)
+        try:  # no comment lines: a '#' is an error, not a hit left out
+            table = np.loadtxt(
+                io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1, comments=None
+            )
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
+        fields = len(index)
+        if body.count(b",") != len(table) * (fields - 1):  # a row of other fields than named
+            rows = (line.count(b",") + 1 for line in body.split(b"\n") if line.strip())
+            row, n = next((k, n) for k, n in enumerate(rows) if n != fields)
+            raise ValueError(f"{path}: data row {row + 1} has {n} fields, the header {fields}")
     return {n: _checked(path, n, table[n], np.dtype(dtypes[n])) for n in names}
 
 

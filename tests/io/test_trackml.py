@@ -181,6 +181,22 @@ def test_single_row_and_malformed_row(tmp_path):
         read_event(prefix)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("#7,1.0,2.0,3.0,8,2,1", "could not convert string '#7'"),  # not a comment: a hit
+        ("7,1.0,2.0,3.0,8,2,1,5", "data row 3 has 8 fields, the header 7"),
+    ],
+)
+def test_a_row_is_read_whole_or_refused(tmp_path, line, message):
+    prefix = write_event(Event(0, 42, synthetic_event().hits.take(np.arange(3))), tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    rows = hits_path.read_text().splitlines()
+    hits_path.write_text("\n".join([*rows[:3], line, *rows[3:]]) + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_event(prefix)
+
+
 def _set_value(column: str, row: int, value: str):
     def transform(header, rows):
         rows[row][header.index(column)] = value
