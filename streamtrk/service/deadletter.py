@@ -5,12 +5,16 @@ map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames k
 1023, fewer when ingest refused the message for its frame count or size: ``frames`` gives
 the count received). Read it with
 ``iter_records``. Once the file would pass its cap, further messages are only counted. A
-file cut short by a crash mid-write is cut back to its last whole record at start-up.
+file cut short by a crash mid-write is cut back to its last whole record at start-up; a
+write that fails (a full disk) is cut back at once, so that the records after it are whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +36,18 @@ class DeadLetters:
         if path.exists() and path.stat().st_size > 0 and (cut := repair(path)):
             log.warning("dead-letter file %s cut back to its last whole record", path,
                         extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
-        self.writer = RecordingWriter(path, "a")
+        self.path = path
+        self.writer: RecordingWriter | None = RecordingWriter(path, "a")
+        self.writer.flush()  # a new file's header
         self.max_bytes = max_bytes
-        self.size = path.stat().st_size
+        self.size = path.stat().st_size  # to the end of the whole records
 
     def write(self, frames: Sequence[Any], error: WireError, received: int = 0) -> bool:
         """Record ``frames`` with the error and the count of frames the message had
         (``received``, when more than ``frames``); False (nothing written) when over the
-        cap."""
+        cap. Raises OSError when the file cannot be written (then it holds what it held)."""
+        if self.writer is None:
+            raise OSError(errno.EIO, f"{self.path} unusable since a write failed")
         head = msgpack.packb(
             {
                 "reason": error.reason,
@@ -55,10 +63,28 @@ class DeadLetters:
         size = record_bytes([head, *views])
         if self.size + size > self.max_bytes:
             return False
-        self.writer.write([head, *views])
-        self.writer.flush()
+        try:
+            self.writer.write([head, *views])
+            self.writer.flush()
+        except OSError:
+            self._cut_back()
+            raise
         self.size += size
         return True
 
+    def _cut_back(self) -> None:
+        """After a failed write: the file back to its whole records, and open again."""
+        assert self.writer is not None
+        with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
+            self.writer.close()
+        self.writer = None
+        try:
+            os.truncate(self.path, self.size)
+            self.writer = RecordingWriter(self.path, "a")
+        except OSError as e:
+            log.error("cannot cut the dead-letter file %s back after a failed write: %s",
+                      self.path, e)  # fmt: skip
+
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

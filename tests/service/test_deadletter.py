@@ -1,0 +1,40 @@
+"""The dead-letter file: a write that fails part way (the file size limit of a full disk,
+for real) leaves no partial record: the records before and after it read back whole."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from streamtrk.io.recording import iter_records
+
+_FILL_THEN_FAIL = """
+import resource, sys
+from pathlib import Path
+from streamtrk.service.deadletter import DeadLetters
+from streamtrk.wire import WireError
+
+path, err = Path(sys.argv[1]), WireError("not_msgpack", "test")
+dead = DeadLetters(path, 1 << 30)
+assert dead.write([b"\\xc1", b"a" * 1000], err)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 50_000, hard))
+try:
+    dead.write([b"\\xc1", b"b" * 200_000], err)  # fails past the limit, part written
+except OSError as e:
+    print("failed:", e.strerror)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+assert dead.write([b"\\xc1", b"c" * 1000], err)
+dead.close()
+"""
+
+
+def test_a_failed_write_leaves_the_file_to_its_whole_records(tmp_path: Path) -> None:
+    path = tmp_path / "dead.stk"
+    out = subprocess.run(
+        [sys.executable, "-c", _FILL_THEN_FAIL, str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout.startswith("failed: File too large"), out.stdout + out.stderr
+    assert [bytes(frames[2][:1]) for _, frames in iter_records(path)] == [b"a", b"c"]
