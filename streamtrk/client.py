@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
+from http.client import HTTPException
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -175,7 +176,8 @@ class Consumer(_Endpoint):
 
 def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | None = None) -> bool:
     """Poll ``http://HOST:PORT/readyz`` until it answers 200 (True), ``timeout_s`` passes or
-    ``process`` exits (False)."""
+    ``process`` exits (False). What is not an HTTP answer (nothing listening yet, something
+    else on the port) is polled past like a 503."""
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
         if process is not None and process.poll() is not None:
@@ -184,7 +186,7 @@ def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | Non
             with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as r:
                 if r.status == 200:
                     return True
-        except OSError:
+        except (OSError, HTTPException):
             pass
         time.sleep(0.2)
     return False
@@ -200,7 +202,7 @@ def wait_listening(
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
         if log_path.exists():
-            for line in log_path.read_text().splitlines():
+            for line in log_path.read_text(errors="replace").splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 
 import numpy as np
 import pytest
 import zmq
 
-from streamtrk.client import Consumer, Producer, wait_listening
+from streamtrk.client import Consumer, Producer, wait_listening, wait_ready
 from streamtrk.event import Event, Hits
 from streamtrk.wire import DEFAULT_LIMITS, Limits, WireError, encode_tracks
 
@@ -125,3 +127,28 @@ def test_wait_listening_reads_the_listening_record(tmp_path) -> None:
     )
     assert wait_listening(log, 5) == {"input": "tcp://127.0.0.1:5", "http": "7"}
     assert wait_listening(tmp_path / "none.log", 0.1) is None
+    log.write_bytes(b"\xe2\x82 cut in a character\n" + log.read_bytes())  # a log being written
+    assert wait_listening(log, 5) == {"input": "tcp://127.0.0.1:5", "http": "7"}
+
+
+def test_wait_ready_polls_past_what_is_not_http() -> None:
+    """Something else on the port answers garbage: not ready, and no exception."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        stop = threading.Event()
+
+        def garbage() -> None:
+            server.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+        thread = threading.Thread(target=garbage, daemon=True)
+        thread.start()
+        host, port = server.getsockname()
+        assert wait_ready(f"{host}:{port}", 1.0) is False
+        stop.set()
+        thread.join(5)
