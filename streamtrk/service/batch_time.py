@@ -4,10 +4,11 @@ A batch costs a fixed time (launches, the network's call, synchronisations) plus
 hit. Both are fitted, by least squares and neither negative, to the last :data:`WINDOW`
 batches: a small batch then no longer looks like hundreds of times the cost per hit of a
 large one. While the batches' sizes stay within a factor :data:`SPREAD` of each other the
-two cannot be told apart and the time is taken as proportional to the hits. The fit is
-raised at once to cover the latest batch when that was slower than it predicts (the batcher
-and the drain never count on speed they have not seen); a faster batch moves it by its
-share of the window. Before any batch the estimate is 0 s.
+two cannot be told apart and the time is taken as proportional to the hits. The estimate
+is raised at once to cover the latest batch when that was slower than the fit predicts (the
+batcher and the drain never count on more speed than the last batch showed), and is the fit
+again after the next batch that is not; in the fit each batch weighs its share of the
+window. Before any batch the estimate is 0 s.
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ next batch; an event over the limit alone is a batch of its own), ``max_queue_de
 after its first event was queued, or in time for the earliest deadline among its events
 (that deadline less the batch's expected reconstruction time for its hits: ``batch_time``,
 fitted to the batches so far by the worker, :mod:`streamtrk.service.batch_time`), whichever
-comes first. Events that
-waited while the worker was busy are therefore batched at once, without further delay. An
-event that would make the batch end past the earliest deadline among its events (its own
-included) opens the next batch, as one past ``max_hits`` does, unless the batch is late
-already. An event whose deadline has passed when the batcher reaches it is set aside,
-unprocessed.
+comes first. Events that waited while the worker was busy are therefore batched at once,
+without further delay. An event that would make the batch end past the earliest deadline
+among its events (its own included) opens the next batch, as one past ``max_hits`` does,
+unless the batch is late already. An event whose deadline has passed when the batcher
+reaches it is set aside, unprocessed.
 Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
 waiting; once :meth:`Batcher.close` is called nothing more is queued.
 """
