@@ -12,7 +12,7 @@ from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import WireError, decode
 
 RECORDED_KINDS = ("hits", "truth")
-PAST_LIMIT_WAIT_MS = 100  # after the events limit: how long to wait for more arrivals
+PAST_LIMIT_WAIT_MS = 100  # after the events limit: how long to take what arrives
 
 
 def record(
@@ -31,10 +31,10 @@ def record(
 
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode), ``other`` (valid
     messages of another kind, not recorded) and ``past_limit``: once ``events`` hits
-    messages are recorded, the messages that have already arrived (the socket would drop
-    them on close) are taken: the last event's ``truth`` is recorded, the others counted
-    here. With CURVE certificates, ``record`` is a client of the server it taps (see
-    ``streamtrk.wire.curve``).
+    messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` (or until
+    ``stop``) is taken, as the socket would drop it on close: the last event's ``truth``,
+    when it comes next, is recorded, the others counted here. With CURVE certificates,
+    ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``).
     """
     stop = StopFlag() if stop is None else stop
     n: Counter[str] = Counter()
@@ -61,16 +61,20 @@ def record(
                 writer.write(frames)
                 last = (msg.run, msg.event) if msg.kind == "hits" else None
             n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
-        if events is not None and n["hits"] >= events:
-            while (frames := consumer.recv_frames(timeout_ms=PAST_LIMIT_WAIT_MS)) is not None:
-                try:
-                    msg = decode(frames)
-                except WireError:
-                    msg = None
-                if msg is not None and msg.kind == "truth" and (msg.run, msg.event) == last:
-                    writer.write(frames)
-                    n["truth"] += 1
-                else:
-                    n["past_limit"] += 1
-                last = None
+        t_drain = time.monotonic() + PAST_LIMIT_WAIT_MS / 1000
+        while events is not None and n["hits"] >= events and not stop.is_set():
+            left_ms = int((t_drain - time.monotonic()) * 1000)
+            frames = consumer.recv_frames(timeout_ms=left_ms) if left_ms > 0 else None
+            if frames is None:
+                break
+            try:
+                msg = decode(frames)
+            except WireError:
+                msg = None
+            if msg is not None and msg.kind == "truth" and (msg.run, msg.event) == last:
+                writer.write(frames)
+                n["truth"] += 1
+            else:
+                n["past_limit"] += 1
+            last = None
     return n

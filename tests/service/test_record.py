@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from itertools import islice
+import threading
+from itertools import cycle, islice
 from pathlib import Path
 
 from streamtrk.client import Producer
 from streamtrk.io.recording import iter_records
+from streamtrk.wire import decode
 
 
 def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> None:
@@ -31,3 +33,39 @@ def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> No
     assert "recorded 3 hits and 3 truth messages" in stdout and "skipped 1 invalid" in stdout
     assert "more arrived past --events and were not recorded" in stdout
     assert [frames for _, frames in iter_records(out)] == records[:6]
+
+
+def test_events_stop_the_tap_on_a_stream_that_does_not_pause(sim_run: Path, tmp_path: Path) -> None:
+    """Past --events the tap takes arrivals for 0.1 s, not until the stream pauses: on a
+    steady stream it stops, its recording whole."""
+    out = tmp_path / "tap.stk"
+    records = [frames for _, frames in islice(iter_records(sim_run), 10)]
+    done = threading.Event()
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        tap = subprocess.Popen(
+            [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
+             str(out), "--events", "2"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+        def stream() -> None:  # until the tap has stopped (a message each 10 ms at most)
+            for frames in cycle(records):
+                if done.wait(0.002) or tap.poll() is not None:
+                    return
+                producer.send_frames(frames, timeout_ms=100)
+
+        pusher = threading.Thread(target=stream, daemon=True)
+        pusher.start()
+        try:
+            stdout, _ = tap.communicate(timeout=60)
+        finally:
+            done.set()
+            pusher.join(10)
+            tap.kill()
+    assert tap.returncode == 0
+    assert "recorded 2 hits and" in stdout  # (a truth first: the tap joined after its hits)
+    got = [frames for _, frames in iter_records(out)]
+    assert all(f in records for f in got)
+    kinds = [(m.kind, m.event) for m in map(decode, got)]
+    hits = [k for k, (kind, _) in enumerate(kinds) if kind == "hits"]
+    assert len(hits) == 2 and all(kinds[k + 1] == ("truth", kinds[k][1]) for k in hits)
