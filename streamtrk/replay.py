@@ -127,7 +127,8 @@ class ReplayResult:
 
     def report(self, events: list[Recorded], rate: float | None) -> dict[str, Any]:
         lat_ms = np.asarray(self.latencies) * 1000
-        span = max(self.t_last_reply, self.t_last_send) - self.t_first_send
+        # Nothing sent: no span (the first send was tried, and timed out or was stopped).
+        span = max(self.t_last_reply, self.t_last_send) - self.t_first_send if self.sent else 0.0
         send_span = self.t_last_first_send - self.t_first_send
 
         def pct(q: float) -> float | None:

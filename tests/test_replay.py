@@ -139,6 +139,8 @@ def test_a_stop_is_not_held_up_by_a_daemon_that_takes_nothing() -> None:
     result = replay(_events(3), opts, stop)
     assert time.monotonic() - t0 < 10
     assert result.interrupted and (result.sent, result.unsent) == (0, 3)
+    report = result.report(_events(3), None)
+    assert report["duration_s"] == 0.0 and report["events_per_second"] is None
 
 
 def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: Path) -> None:
