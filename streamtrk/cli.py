@@ -602,7 +602,7 @@ def _replay(args: argparse.Namespace) -> int:
         labels = labels_of(events, result.first_replies)
         hit_ids = {ev.key: ev.event.hits.hit_id for ev in events}
         args.submission.parent.mkdir(parents=True, exist_ok=True)
-        rows = {k: (hit_ids[k], v) for k, v in labels.items()}
+        rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
         write_submission(args.submission, by_event_number(rows))
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
@@ -625,6 +625,13 @@ def _replay(args: argparse.Namespace) -> int:
             "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
         )
         return 130  # 128 + SIGINT
+    if mismatched := report["mismatched_replies"]:
+        print(
+            f"streamtrk replay: error: {mismatched} ok replies name hit ids their events do "
+            "not have (left out of the physics and the submission)",
+            file=sys.stderr,
+        )
+        return 1
     if args.fail_on_error and report["errors"]:
         reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
         print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)

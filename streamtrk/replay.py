@@ -127,6 +127,7 @@ class ReplayResult:
 
     def report(self, events: list[Recorded], rate: float | None) -> dict[str, Any]:
         lat_ms = np.asarray(self.latencies) * 1000
+        labels = labels_of(events, self.first_replies)
         # Nothing sent: no span (the first send was tried, and timed out or was stopped).
         span = max(self.t_last_reply, self.t_last_send) - self.t_first_send if self.sent else 0.0
         send_span = self.t_last_first_send - self.t_first_send
@@ -156,8 +157,9 @@ class ReplayResult:
             "latency_max_ms": float(lat_ms.max()) if len(lat_ms) else None,
             "latency_mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
             "beam_lines_mm": beam_lines(self.first_replies),
+            "mismatched_replies": sum(v is None for v in labels.values()),
         }
-        return out | physics(events, self.first_replies)
+        return out | physics(events, self.first_replies, labels)
 
 
 RESEND_POLL_S = 0.05
@@ -342,9 +344,10 @@ def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
     return [list(b) for b in sorted(found - {None})]
 
 
-def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray]:
-    """Per-hit track ids (TrackML submission labels) of every event with an ok reply."""
-    out = {}
+def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray | None]:
+    """Per-hit track ids (TrackML submission labels) of every event with an ok reply; None
+    where the reply's tracks name hit ids the event does not have (a daemon's fault)."""
+    out: dict[Key, np.ndarray | None] = {}
     for rec in events:
         msg = replies.get(rec.key)
         if msg is None or rec.key in out:
@@ -352,15 +355,21 @@ def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, 
         reply = msg.to_reply()
         if reply.ok:
             hit_ids = rec.event.hits.hit_id
-            out[rec.key] = reply.to_tracks(hit_ids).track_id_per_hit(len(hit_ids))
+            try:
+                out[rec.key] = reply.to_tracks(hit_ids).track_id_per_hit(len(hit_ids))
+            except ValueError:  # hit ids not in the event
+                out[rec.key] = None
     return out
 
 
-def physics(events: list[Recorded], replies: dict[Key, Message]) -> dict[str, Any]:
-    """Physics metrics over the events that have truth and an ok reply ({} if none); the
-    vertex cut of each event about the beam line its reply names (the z axis if none)."""
+def physics(
+    events: list[Recorded], replies: dict[Key, Message], labels: dict[Key, np.ndarray | None]
+) -> dict[str, Any]:
+    """Physics metrics over the events that have truth and an ok reply that fits them ({} if
+    none; ``labels`` from :func:`labels_of`); the vertex cut of each event about the beam
+    line its reply names (the z axis if none)."""
     totals = PhysicsTotals()
-    labels = labels_of(events, replies)
+    labels = dict(labels)
     for rec in events:
         ev, lab = rec.event, labels.pop(rec.key, None)
         if ev.truth is not None and lab is not None:

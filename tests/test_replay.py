@@ -20,7 +20,16 @@ from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter
-from streamtrk.replay import Recorded, ReplayOptions, _Send, due_newest_first, physics, replay
+from streamtrk.replay import (
+    Recorded,
+    ReplayOptions,
+    ReplayResult,
+    _Send,
+    due_newest_first,
+    labels_of,
+    physics,
+    replay,
+)
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.wire.codec import decode, encode_hits, encode_tracks, encode_truth, peek_msg_id
@@ -260,9 +269,22 @@ def test_physics_cuts_vertices_about_the_beam_line_each_reply_names() -> None:
     ids = {rec.key: rec.event.hits.hit_id for rec in events}
     tracks = {rec.key: _truth_tracks(rec.event) for rec in events}
     replies = {k: decode(encode_tracks(*k, ids[k], tracks[k], beam_line=line)) for k in ids}
-    out = physics(events, replies)
+    out = physics(events, replies, labels_of(events, replies))
     assert out["n_reconstructable"] >= 0.8 * out["n_reconstructable_all"] > 0
     assert out["tracking_efficiency"] == 1.0
+
+
+def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> None:
+    events = _events(2)
+    foreign = {events[0].key: 10**9}  # the first event's reply names ids it does not have
+    result = ReplayResult()
+    for rec in events:
+        hit_ids = rec.event.hits.hit_id + foreign.get(rec.key, 0)
+        reply = encode_tracks(*rec.key, hit_ids, _truth_tracks(rec.event))
+        result.first_replies[rec.key] = decode(reply)
+    report = result.report(events, None)  # the report is made, not lost to the one reply
+    assert report["mismatched_replies"] == 1
+    assert report["n_tracks"] == len(_truth_tracks(events[1].event))
 
 
 def test_resends_wait_retry_after_from_the_last_send() -> None:
