@@ -9,6 +9,7 @@ quantile tables below are read off that list (primaries: production radius < 1 m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +136,7 @@ class GeneratorConfig:
             ("multiplicity_shape", self.multiplicity_shape > 0, "> 0"),
             ("sigma_z", self.sigma_z >= 0, ">= 0"),
             ("sigma_r", self.sigma_r >= 0, ">= 0"),
+            ("beam_spot", all(map(math.isfinite, self.beam_spot)), "finite"),
             ("eta_max", self.eta_max > 0, "> 0"),
             ("positive_fraction", 0 <= self.positive_fraction <= 1, "in [0, 1]"),
             ("secondary_fraction", 0 <= self.secondary_fraction < 1, "in [0, 1)"),
@@ -146,8 +148,8 @@ class GeneratorConfig:
             ("hard_scatter", self.hard_scatter >= 0, ">= 0"),
             (
                 "hard_scatter_pt",
-                0 < self.hard_scatter_pt[0] <= self.hard_scatter_pt[1],
-                "0 < low <= high",
+                0 < self.hard_scatter_pt[0] <= self.hard_scatter_pt[1] < math.inf,
+                "0 < low <= high < inf",
             ),
         ]
         for name, ok, rule in checks:  # a NaN fails every comparison: refused too

@@ -193,8 +193,11 @@ def simulate(
 ) -> Iterator[Event]:
     """Simulate ``n_events`` events numbered from ``first_event``; event number ``k`` uses
     the ``k``-th stream spawned from ``seed``, so a run continued with ``first_event`` holds
-    the events of the longer run. Layers the detector lacks are refused here, before the
-    first event."""
+    the events of the longer run. Layers the detector lacks, and counts or numbers below 0
+    or a seed below 0, are refused here, before the first event."""
+    for name, value in (("n_events", n_events), ("first_event", first_event), ("seed", seed)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     layer_indices(det, [*cfg.dead_layers, *(layer for layer, _ in cfg.noisy_layers)])
     streams = np.random.SeedSequence(seed).spawn(first_event + n_events)[first_event:]
     return (

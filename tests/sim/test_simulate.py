@@ -151,6 +151,9 @@ def test_neutral_particles_leave_no_crossings_and_layers_need_material():
         (lambda: GeneratorConfig(sigma_z=float("nan")), "sigma_z must be"),
         (lambda: SimConfig(max_turns=float("nan")), "max_turns must be"),
         (lambda: SimConfig(noisy_layers=(((8, 2), float("nan")),)), "extra noise hits"),
+        (lambda: GeneratorConfig(hard_scatter_pt=(1.0, float("inf"))), "hard_scatter_pt must"),
+        (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be finite"),
+        (lambda: simulate(load_detector(), SimConfig(), 0, -1), "n_events must be >= 0"),
     ],
 )
 def test_invalid_settings_are_refused(make, match):
