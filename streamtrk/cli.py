@@ -573,8 +573,8 @@ def _replay(args: argparse.Namespace) -> int:
         replay,
     )
 
-    if args.loop < 1:
-        raise ValueError(f"--loop must be at least 1, got {args.loop}")
+    if args.events is not None and args.events < 1:
+        raise ValueError(f"--events must be at least 1, got {args.events}")
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)

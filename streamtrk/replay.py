@@ -16,6 +16,7 @@ score the replies (tracking efficiency, fake and duplicate rates, TrackML score)
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -100,6 +101,20 @@ class ReplayOptions:
     retry_after_s: float = 5.0
     curve_key: Path | None = None  # own secret certificate
     curve_server_key: Path | None = None  # the daemon's public certificate
+
+    def __post_init__(self) -> None:
+        """ValueError naming the first setting out of range, by its flag."""
+        positive = "a positive number"
+        checks = [
+            ("--loop", self.loop, self.loop >= 1, "at least 1"),
+            ("--rate", self.rate, self.rate is None or 0 < self.rate < math.inf, positive),
+            ("--timeout", self.timeout_s, 0 < self.timeout_s < math.inf, positive),
+            ("--retries", self.retries, self.retries >= 0, "0 or more"),
+            ("--retry-after", self.retry_after_s, 0 < self.retry_after_s < math.inf, positive),
+        ]
+        for flag, value, ok, rule in checks:  # a NaN fails every comparison: refused too
+            if not ok:
+                raise ValueError(f"{flag} must be {rule}, got {value}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -285,6 +286,21 @@ def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> No
     report = result.report(events, None)  # the report is made, not lost to the one reply
     assert report["mismatched_replies"] == 1
     assert report["n_tracks"] == len(_truth_tracks(events[1].event))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"rate": 0.0}, "--rate must be a positive number, got 0.0"),  # not "unlimited"
+        ({"timeout_s": float("nan")}, "--timeout must be a positive number"),
+        ({"loop": 0}, "--loop must be at least 1"),
+        ({"retries": -1}, "--retries must be 0 or more"),
+        ({"retry_after_s": 0.0}, "--retry-after must be a positive number"),  # a resend storm
+    ],
+)
+def test_replay_settings_out_of_range_are_refused(setting, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReplayOptions(**setting)
 
 
 def test_resends_wait_retry_after_from_the_last_send() -> None:
