@@ -80,13 +80,17 @@ def forward(
     if server_key is None and allowed_keys is not None:
         raise ValueError("--allowed-keys needs --server-key (the forwarder's own certificate)")
     daemons = {"curve_key": curve_key, "curve_server_key": curve_server_key}
+    # The front's frame limit: hits messages come in (distributor) or replies (collector);
+    # never truth, whose particle columns would allow 8 MB frames whatever max_hits says.
+    no_tracks = {"max_tracks": 0} if back_faces_daemons else {}
+    front_limits = Limits(max_hits=max_hits, max_particles=0, **no_tracks)
     clients = {"curve_secret_key": server_key}
     with contextlib.ExitStack() as stack:
         if server_key is not None:
             auth = start_authenticator(zmq.Context.instance(), allowed_keys)
             stack.callback(auth.stop)
         pull = stack.enter_context(
-            Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=Limits(max_hits=max_hits),
+            Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
                      **(clients if back_faces_daemons else daemons))
         )  # fmt: skip
         push = stack.enter_context(

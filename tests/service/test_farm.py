@@ -186,12 +186,20 @@ def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -
         assert dist.stop() == 0
 
 
-@pytest.mark.parametrize(("max_hits", "through"), [(None, False), ("2000000", True)])
+@pytest.mark.parametrize(
+    ("max_hits", "size", "through"),
+    [
+        (None, 9_000_000, False),
+        ("2000000", 9_000_000, True),
+        ("10000", 100_000, False),  # smaller events: smaller frames (not the 8 MB of truth)
+        ("10000", 80_000, True),
+    ],
+)
 def test_a_forwarder_takes_frames_as_long_as_its_max_hits_allows(
-    tmp_path: Path, max_hits: str | None, through: bool
+    tmp_path: Path, max_hits: str | None, size: int, through: bool
 ) -> None:
     """A 9 MB frame is past what a 1M-hit event has (8 MB): dropped unless --max-hits says
-    events are larger (as the daemons' own max_hits must)."""
+    events are larger (as the daemons' own max_hits must); 100 kB is past a 10k-hit one."""
     import zmq
 
     dist = Forwarder(tmp_path, "distributor", *(["--max-hits", max_hits] if max_hits else []))
@@ -202,10 +210,10 @@ def test_a_forwarder_takes_frames_as_long_as_its_max_hits_allows(
             daemon.connect(dist.back)
             producer.setsockopt(zmq.LINGER, 2000)
             producer.connect(dist.front)
-            producer.send_multipart([b"header", bytes(9_000_000)])
+            producer.send_multipart([b"header", bytes(size)])
             got = daemon.poll(5000)
             assert got == through
             if got:
-                assert len(daemon.recv_multipart()[1]) == 9_000_000
+                assert len(daemon.recv_multipart()[1]) == size
     finally:
         assert dist.stop() == 0
