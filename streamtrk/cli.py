@@ -600,7 +600,9 @@ def _replay(args: argparse.Namespace) -> int:
         args.report.write_text(_json(report, indent=2) + "\n")
     if args.submission:
         labels = labels_of(events, result.first_replies)
-        hit_ids = {ev.key: ev.event.hits.hit_id for ev in events}
+        hit_ids: dict[tuple[int, int], Any] = {}
+        for ev in events:  # an event recorded twice: its first copy, as labels_of takes
+            hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
         args.submission.parent.mkdir(parents=True, exist_ok=True)
         rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
         write_submission(args.submission, by_event_number(rows))

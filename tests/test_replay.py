@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,33 @@ def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> No
 def test_replay_settings_out_of_range_are_refused(setting, message) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ReplayOptions(**setting)
+
+
+def test_the_submission_of_an_event_recorded_twice_is_its_first_copy(tmp_path: Path) -> None:
+    """The same (run, event) recorded twice with other hits: its reply and its hit ids, in
+    the submission, are both the first copy's."""
+    ev = _events(1)[0].event
+    run = tmp_path / "twice.stk"
+    with RecordingWriter(run) as w:
+        w.write_event(ev)
+        w.write_event(replace(ev, hits=ev.hits.take(np.arange(10)), truth=None))
+    with _daemon_sockets() as (sink, out, to, from_):
+
+        def answer() -> None:  # no tracks: every hit labelled 0
+            for _ in range(2):
+                msg = decode(sink.recv_multipart())
+                ids = msg.to_event().hits.hit_id
+                out.send_multipart(encode_tracks(msg.run, msg.event, ids, Tracks.empty(),
+                                                 msg_id=msg.msg_id))  # fmt: skip
+
+        daemon = threading.Thread(target=answer, daemon=True)
+        daemon.start()
+        sub = tmp_path / "sub.csv"
+        argv = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
+        assert main([*argv, "--submission", str(sub)]) == 0
+        daemon.join(10)
+    rows = sub.read_text().splitlines()[1:]
+    assert [int(r.split(",")[1]) for r in rows] == ev.hits.hit_id.tolist()
 
 
 def test_resends_wait_retry_after_from_the_last_send() -> None:
