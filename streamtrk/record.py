@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +37,10 @@ def record(
     when it comes next, is recorded, the others counted here. With CURVE certificates,
     ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``).
     """
+    if events is not None and events < 1:
+        raise ValueError(f"--events must be at least 1, got {events}")
+    if duration_s is not None and not 0 < duration_s < math.inf:
+        raise ValueError(f"--duration must be a positive number, got {duration_s}")
     stop = StopFlag() if stop is None else stop
     n: Counter[str] = Counter()
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded

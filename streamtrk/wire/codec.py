@@ -79,6 +79,9 @@ def _frames(
     compact: bool = False,
     **extra: Any,
 ) -> list[OutFrame]:
+    for key, value in (("run", run), ("event", event)):
+        if not 0 <= value < MAX_INT:
+            raise WireError("bad_header", f"{key} must be an int in [0, 2**63), got {value}")
     spec = COLUMNS[kind]
     arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
     if compact:

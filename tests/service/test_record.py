@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
 from itertools import cycle, islice
 from pathlib import Path
 
+import pytest
+
 from streamtrk.client import Producer
 from streamtrk.io.recording import iter_records
+from streamtrk.record import record
 from streamtrk.wire import decode
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"events": 0}, "--events must be at least 1, got 0"),
+        ({"duration_s": float("nan")}, "--duration must be a positive number, got nan"),
+        ({"duration_s": -1.0}, "--duration must be a positive number, got -1.0"),
+    ],
+)
+def test_limits_that_would_record_nothing_or_never_stop_are_refused(
+    tmp_path: Path, limits: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        record("tcp://127.0.0.1:1", tmp_path / "r.stk", **limits)  # type: ignore[arg-type]
+    assert not (tmp_path / "r.stk").exists()
 
 
 def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> None:

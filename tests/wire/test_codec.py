@@ -190,6 +190,15 @@ def test_encode_tracks_rejects_bad_arguments(kwargs: dict[str, str], match: str)
         encode_tracks(1, 2, np.arange(3), None, **kwargs)
 
 
+@pytest.mark.parametrize(("run", "event"), [(2**64, 1), (1, -1), (2**63, 1)])
+def test_encoders_refuse_run_and_event_numbers_out_of_range(run: int, event: int) -> None:
+    """As the decoder would (past 2**64 msgpack could not even write them)."""
+    with pytest.raises(
+        WireError, match=r"bad_header: (run|event) must be an int in \[0, 2\*\*63\)"
+    ):
+        encode_tracks(run, event, np.arange(3), None)
+
+
 def test_encode_tracks_rejects_error_with_tracks_and_missing_params(
     rng: np.random.Generator,
 ) -> None:
