@@ -14,6 +14,9 @@ import math
 import os
 from pathlib import Path
 
+#: The most torch intra-op threads one may ask for (a few thousand more crash torch).
+MAX_TORCH_THREADS = 4096
+
 
 def wait_passively() -> None:
     """Make OpenMP's idle workers sleep instead of spinning (unless the environment says
@@ -50,9 +53,12 @@ def available_cpus() -> tuple[int, str]:
 
 def set_torch_threads(requested: int = 0) -> str:
     """Set torch's intra-op threads to ``requested``, or with 0 to :func:`available_cpus`;
-    returns a line saying what was chosen and why."""
+    returns a line saying what was chosen and why. ValueError outside 0 to
+    :data:`MAX_TORCH_THREADS`."""
     import torch
 
+    if not 0 <= requested <= MAX_TORCH_THREADS:
+        raise ValueError(f"torch threads must be 0 to {MAX_TORCH_THREADS}, got {requested}")
     if requested > 0:
         torch.set_num_threads(requested)
         return f"torch threads {requested} (asked for)"

@@ -6,7 +6,10 @@ functions, so that they refuse and write TOML the same way.
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
@@ -23,8 +26,10 @@ def dataclass_from(
     error: type[ValueError] = ValueError,
 ) -> T:
     """``cls(**table)``, refusing (with ``error``) a non-table, keys ``cls`` lacks and, unless
-    ``defaults``, keys it has that the table lacks, and values ``cls`` refuses with a
-    ``ValueError``; ``where`` names the table in messages (such as ``"model card [graph]"``)."""
+    ``defaults``, keys it has that the table lacks, values not of their field's type (an
+    int for a float is one; arrays become tuples for tuple fields) and values ``cls``
+    refuses with a ``ValueError``; ``where`` names the table in messages (such as
+    ``"model card [graph]"``)."""
     if not isinstance(table, dict):
         raise error(f"{where} must be a table, got {type(table).__name__}")
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
@@ -32,10 +37,46 @@ def dataclass_from(
     missing = [] if defaults else sorted(names - table.keys())
     if unknown or missing:
         raise error(f"{where} does not match this code: missing {missing}, unknown {unknown}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if not _is(value, hints[key]):
+            raise error(f"{where}: {key} must be {_name(hints[key])}, got {value!r}")
+        values[key] = tuple(value) if typing.get_origin(hints[key]) is tuple else value
     try:
-        return cls(**table)
+        return cls(**values)
     except ValueError as e:
         raise error(f"{where}: {e}") from None
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as TOML gives it) is of type ``hint``; unchecked where the hint is
+    none of the kinds these files use."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return len(items) == len(value) and all(map(_is, value, items))
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is typing.Literal:
+        return value in args
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Path:
+        return isinstance(value, str | Path)
+    if isinstance(hint, type):  # str, bool, a dataclass
+        return isinstance(value, hint)
+    return True
+
+
+def _name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def dumps(data: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 
@@ -65,3 +66,39 @@ def test_dataclass_from_refuses_unknown_missing_and_non_tables() -> None:
 def test_dataclass_from_names_the_table_of_a_refused_value() -> None:
     with pytest.raises(_Refused, match=r"^\[s\]: n must be >= 0, got -1$"):
         dataclass_from(_Checked, {"n": -1}, "[s]", error=_Refused)
+
+
+@dataclass(frozen=True)
+class _Typed:
+    n: int = 1
+    x: float = 0.5
+    name: str = "a"
+    on: bool = False
+    maybe: float | None = None
+    many: tuple[float, ...] = (0.5,)
+    pair: tuple[int, str] = (1, "a")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"n": "ten"}, "n must be int, got 'ten'"),
+        ({"n": True}, "n must be int, got True"),  # a bool is no count
+        ({"n": 2.0}, "n must be int, got 2.0"),
+        ({"x": "1.5"}, "x must be float, got '1.5'"),
+        ({"name": 5}, "name must be str, got 5"),
+        ({"on": 1}, "on must be bool, got 1"),
+        ({"maybe": "no"}, "maybe must be float | None, got 'no'"),
+        ({"many": 0.5}, "many must be tuple[float, ...], got 0.5"),
+        ({"many": [0.5, "x"]}, "many must be tuple[float, ...], got [0.5, 'x']"),
+        ({"pair": [1, "a", 2]}, "pair must be tuple[int, str], got [1, 'a', 2]"),
+    ],
+)
+def test_dataclass_from_refuses_values_not_of_their_field_s_type(table, message) -> None:
+    with pytest.raises(_Refused, match=re.escape(f"[t]: {message}")):
+        dataclass_from(_Typed, table, "[t]", error=_Refused)
+
+
+def test_dataclass_from_takes_ints_for_floats_and_arrays_for_tuples() -> None:
+    got = dataclass_from(_Typed, {"x": 2, "maybe": 3, "many": [1, 0.5], "pair": [2, "b"]}, "[t]")
+    assert got == _Typed(x=2, maybe=3, many=(1, 0.5), pair=(2, "b"))

@@ -64,6 +64,24 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("edit", "new", "match"),
+    [
+        ("thresholds = [0.4, 0.6]", "thresholds = 0.5", "thresholds must be tuple"),
+        ("epochs = 2", 'epochs = "two"', r"\[optim\]: epochs must be int, got 'two'"),
+        ('name = "tiny"', "name = 5", "name must be str, got 5"),
+        ("seed = 3", "seed = 3\nthreads = 100000", "threads must be 1 to 4096"),
+    ],
+)
+def test_settings_of_the_wrong_type_or_range_are_refused(
+    tmp_path: Path, edit: str, new: str, match: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(TINY.replace(edit, new, 1))
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
     ("extra", "match"),
     [
         ("[test]\nseed = 11\n", r"\[train\] and \[test\] would share events \(the same seed 11\)"),

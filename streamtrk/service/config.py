@@ -22,6 +22,7 @@ from streamtrk import tomlio
 from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
 from streamtrk.recon.reconstructor import MAX_BEAM_SPOT
 from streamtrk.service import faults
+from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.wire.curve import host_only
 
 ENV_PREFIX = "STREAMTRK_"
@@ -267,7 +268,7 @@ _MAX_INT = {
     "sndhwm": 2**31 - 1,
     "rcvhwm": 2**31 - 1,
     "linger_ms": 2**31 - 1,
-    "torch_threads": 4096,
+    "torch_threads": MAX_TORCH_THREADS,
     "max_frames": 2**31 - 1,
     "max_hits": 2**40,
     "max_batch_hits": 2**40,

@@ -17,6 +17,7 @@ from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.tracks import TrackConfig
+from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.tomlio import dataclass_from
 
 
@@ -76,6 +77,10 @@ class TrainConfig:
     # label -> TrackML prefix or recording, evaluated for the card only (never for a choice)
     report: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.threads <= MAX_TORCH_THREADS:
+            raise ValueError(f"threads must be 1 to {MAX_TORCH_THREADS}, got {self.threads}")
+
 
 def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); unknown keys are errors."""
@@ -97,14 +102,12 @@ def load_config(path: str | Path) -> TrainConfig:
     if "name" not in raw:
         raise ValueError(f"{path}: a config needs a name")
     kw = {k: dataclass_from(cls, raw[k], f"{path} [{k}]") for k, cls in sub.items() if k in raw}
-    if "thresholds" in raw:
-        kw["thresholds"] = tuple(float(t) for t in raw["thresholds"])
     if "report" in raw:
+        if not isinstance(raw["report"], dict):
+            raise ValueError(f"{path}: report must be a table of label = path")
         kw["report"] = {str(k): str(v) for k, v in raw["report"].items()}
-    cfg = TrainConfig(
-        **{k: raw[k] for k in ("name", "seed", "threads", "pt_min") if k in raw},
-        **kw,
-    )
+    top = ("name", "seed", "threads", "pt_min", "thresholds")
+    cfg = dataclass_from(TrainConfig, {**{k: raw[k] for k in top if k in raw}, **kw}, str(path))
     _check_disjoint(cfg, path)
     return cfg
 

@@ -119,6 +119,7 @@ def _edit_card(path: Path, edit: str, new: str) -> None:
         ("n_bins = ", "n_bins_old = ", r"\[graph\].*unknown \['n_bins_old'\]"),
         ("edge_in = 6", "edge_in = 7", "7 edge features"),
         ("threshold = 0.7", "threshold = 1.5", "threshold"),
+        ("steps = 2\n", 'steps = "2"\n', r"\[architecture\]: steps must be int, got '2'"),
     ],
 )
 def test_mismatched_card_refused(
