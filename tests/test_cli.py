@@ -214,6 +214,22 @@ def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("kept.stk*")) == ["kept.stk"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch", "0"], "--batch must be at least 1, got 0"),  # not "no events in"
+        (["--events", "-1"], "--events must be at least 1, got -1"),
+        (["--threshold", "nan"], "--threshold must lie in [0, 1], got nan"),
+        (["--torch-threads", "100000"], "torch threads must be 0 to 4096, got 100000"),
+    ],
+)
+def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message):
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 1
+    assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
+
+
 def test_truth_without_particles_is_imported_only_as_hits_alone(tmp_path, capsys):
     csv = tmp_path / "csv"
     main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
