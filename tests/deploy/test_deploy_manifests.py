@@ -237,6 +237,7 @@ def test_k8s_deployment(k8s: dict[str, dict[str, Any]], k8s_config: ServeConfig)
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] in ("metrics", port)
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRESTOP_SLEEP_S)]
+    assert spec["enableServiceLinks"] is False  # no STREAMTRK_* variables from the Service
     grace = spec["terminationGracePeriodSeconds"]
     assert grace > PRESTOP_SLEEP_S + cfg.drain_timeout_s + cfg.linger_ms / 1000
     # the ConfigMap, mounted where --config points
