@@ -51,6 +51,7 @@ class _Endpoint:
         self.linger_ms = linger_ms
         self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
         try:
+            self.socket.setsockopt(zmq.IPV6, 1)  # IPv6 endpoints too (IPv4 ones as before)
             for option, value in options.items():
                 self.socket.setsockopt(option, value)
             self.socket.setsockopt(zmq.LINGER, linger_ms)

@@ -176,6 +176,8 @@ class _Bounded(ThreadingHTTPServer):
         most: int,
         refused: Callable[[], None],
     ) -> None:
+        # An IPv6 host ("::", "::1"): an IPv6 socket ("::" takes IPv4 too, as Linux has it).
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
         self._places = threading.BoundedSemaphore(most)
         self._refused = refused

@@ -156,6 +156,8 @@ class Daemon:
     def _sockets(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         cfg = self.config
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        for sock in (pull, push):
+            sock.setsockopt(zmq.IPV6, 1)  # IPv6 endpoints bind and connect; IPv4 ones still do
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
         # A frame over its limit makes libzmq drop the connection (counted by the monitor):
@@ -216,7 +218,7 @@ class Daemon:
             self.endpoints = {
                 "input": cfg.input if cfg.connect else pull.getsockopt_string(zmq.LAST_ENDPOINT),
                 "output": push.getsockopt_string(zmq.LAST_ENDPOINT),
-                "http": f"{host}:{port}",
+                "http": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             }
             log.info("listening", extra=_fields(**self.endpoints))
             http.start()

@@ -178,6 +178,27 @@ def test_a_model_directory_changed_while_loading_is_refused(daemon_factory, tmp_
     assert "changed while it was loaded: load it again" in line["message"]
 
 
+def _no_ipv6_loopback() -> str | None:
+    """Why this host cannot bind ::1 (containers often have no IPv6), or None."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        return f"no IPv6 loopback here: {e}"
+    return None
+
+
+@pytest.mark.skipif(_no_ipv6_loopback() is not None, reason=str(_no_ipv6_loopback()))
+def test_a_daemon_serves_on_ipv6_endpoints(daemon_factory, sim_run: Path) -> None:
+    from streamtrk.cli import main
+
+    d = daemon_factory("--input", "tcp://[::1]:*", "--output", "tcp://[::1]:*", "--http", "[::1]:0")
+    assert d.input.startswith("tcp://[::1]:") and d.http.startswith("[::1]:")
+    assert d.get("/healthz")[0] == 200  # http://[::1]:PORT/healthz
+    argv = ["replay", str(sim_run), "--to", d.input, "--from", d.output, "--events", "3", "-q"]
+    assert main([*argv, "--timeout", "60"]) == 0
+
+
 def test_a_taken_http_port_is_named() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
