@@ -21,7 +21,7 @@ import zmq
 
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
-from streamtrk.wire.curve import make_client, make_server
+from streamtrk.wire.curve import ipv6_literal, make_client, make_server
 
 
 class _Endpoint:
@@ -51,7 +51,7 @@ class _Endpoint:
         self.linger_ms = linger_ms
         self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
         try:
-            self.socket.setsockopt(zmq.IPV6, 1)  # IPv6 endpoints too (IPv4 ones as before)
+            self.socket.setsockopt(zmq.IPV6, ipv6_literal(endpoint))
             for option, value in options.items():
                 self.socket.setsockopt(option, value)
             self.socket.setsockopt(zmq.LINGER, linger_ms)

@@ -52,7 +52,7 @@ from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
-from streamtrk.wire.curve import make_server
+from streamtrk.wire.curve import ipv6_literal, make_server
 
 log = logging.getLogger("streamtrk.serve")
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
@@ -156,8 +156,6 @@ class Daemon:
     def _sockets(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         cfg = self.config
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-        for sock in (pull, push):
-            sock.setsockopt(zmq.IPV6, 1)  # IPv6 endpoints bind and connect; IPv4 ones still do
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
         # A frame over its limit makes libzmq drop the connection (counted by the monitor):
@@ -179,6 +177,7 @@ class Daemon:
 
     def _attach(self, sock: zmq.Socket[Any], endpoint: str) -> None:
         verb = "connect" if self.config.connect else "bind"
+        sock.setsockopt(zmq.IPV6, ipv6_literal(endpoint))
         try:
             getattr(sock, verb)(endpoint)
         except zmq.ZMQError as e:

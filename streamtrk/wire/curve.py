@@ -31,6 +31,12 @@ def host_only(endpoint: str) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
+def ipv6_literal(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint names an IPv6 address (``tcp://[::1]:5555``): its socket
+    needs ``ZMQ_IPV6``. Host names and IPv4 ones keep IPv4 sockets, as they always had."""
+    return endpoint.partition("://")[2].startswith("[")
+
+
 def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory`` (created if needed);
     return their paths. The secret file is made readable by its owner only."""
