@@ -13,6 +13,7 @@ from live_daemon import sample
 from streamtrk.cli import main
 from streamtrk.client import Consumer, Producer
 from streamtrk.io.recording import iter_events
+from streamtrk.wire.curve import ipv6_literal
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +126,17 @@ def test_a_missing_allowed_keys_directory_stops_the_start(keys: Path, tmp_path: 
     assert f"start-up failed: the allowed CURVE keys directory {missing} is not a directory" in (
         out.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "ipv6"),
+    [
+        ("tcp://[::1]:5555", True),
+        ("tcp://[::]:*", True),
+        ("tcp://127.0.0.1:5555", False),
+        ("tcp://localhost:5555", False),  # a name keeps its IPv4 socket, as it always had
+        ("ipc:///tmp/x", False),
+    ],
+)
+def test_only_ipv6_addresses_get_ipv6_sockets(endpoint: str, ipv6: bool) -> None:
+    assert ipv6_literal(endpoint) is ipv6
