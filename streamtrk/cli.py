@@ -947,6 +947,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+    except KeyboardInterrupt:  # Ctrl-C in a command without its own stop (simulate, train)
+        print(f"streamtrk {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
     except Exception as exc:
         if not _user_error(exc):
             raise

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,6 +229,16 @@ def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message
     assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
     assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 1
     assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
+    cmd = [sys.executable, "-m", "streamtrk", "simulate", "--events", "100000", "-o"]
+    proc = subprocess.Popen([*cmd, str(tmp_path / "s.stk")], stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # into the simulation
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "streamtrk simulate: interrupted" in err and "Traceback" not in err
 
 
 def test_truth_without_particles_is_imported_only_as_hits_alone(tmp_path, capsys):
