@@ -495,14 +495,17 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"streamtrk serve: invalid configuration: {e}", file=sys.stderr)
         return 2
-    if cfg.device == "cuda" and (why := cuda_unavailable()):
-        print(f"streamtrk serve: invalid configuration: device cuda: {why}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        for warning in unknown_variables(os.environ):
+    no_cuda = cuda_unavailable() if cfg.device == "cuda" else None
+    if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
+        warnings = unknown_variables(os.environ)
+        warnings += [f"device cuda: {no_cuda} (serving would refuse it here)"] if no_cuda else []
+        for warning in warnings:
             print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
         print(cfg.to_toml(), end="")
         return 0
+    if no_cuda:
+        print(f"streamtrk serve: invalid configuration: device cuda: {no_cuda}", file=sys.stderr)
+        return 2
     from streamtrk.service.serve import serve
 
     return serve(cfg, load)

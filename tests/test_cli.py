@@ -355,6 +355,10 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.startswith(f"{who}: device cuda: {cuda_unavailable()}")
         assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    # Printing the configuration checks it, not this host: a GPU node's prints here too.
+    out = _run("serve", "--device", "cuda", "--print-config")
+    assert out.returncode == 0 and 'device = "cuda"' in out.stdout
+    assert "warning: device cuda: " in out.stderr and "serving would refuse it here" in out.stderr
 
 
 def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
