@@ -458,7 +458,10 @@ class Daemon:
             changed = sorted(k for k, v in kept.items() if getattr(new, k) != v)
             if changed:
                 log.warning("settings that need a restart kept: %s", ", ".join(changed))
-            new = replace(new, **kept)
+            try:
+                new = replace(new, **kept)
+            except ValueError as e:  # the new file with the kept values is not consistent
+                raise ValueError(f"{e}, with {', '.join(changed)} kept until a restart") from e
             model = load_served_model(new)
             self._install(model, new)
             self.config = new

@@ -83,6 +83,12 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert d.get("/readyz")[0] == 200 and model_labels(d) == before
     [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
     assert "no model at" in failed and "--oracle" not in failed  # serve has no --oracle
+    # One that needs a queue longer than the one kept until a restart: refused, and said why.
+    config.write_text(model + "max_batch_events = 24\nqueue_capacity = 32\n")
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 2)
+    failed = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
+    assert failed[-1].endswith("with queue_capacity kept until a restart")
 
     # A good one (and settings that need a restart, which are kept: the allowed-keys
     # directory is read by the authenticator started with the sockets).
@@ -100,8 +106,8 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert sample(m, "streamtrk_beam_line_y_meters") == pytest.approx(-1.0e-3)
     beam = json.loads(d.get("/status")[1])["beam_spot"]
     assert beam == {"beam_line_mm": [1.5, -1.0], "measured_mm": None, "tracks": 0}
-    [kept] = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
-    assert kept.endswith("curve_allowed_keys, linger_ms, rcvhwm")
+    kept = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
+    assert kept[-1].endswith("curve_allowed_keys, linger_ms, rcvhwm")
 
     # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
     with Producer(d.input, linger_ms=0) as producer:
