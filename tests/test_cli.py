@@ -231,12 +231,27 @@ def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message
     assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
 
 
+def _sigint_default() -> None:
+    # A job started in the background of a script inherits SIGINT ignored (and Python then
+    # installs no handler): the child gets the default, as a command typed at a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
     cmd = [sys.executable, "-m", "streamtrk", "simulate", "--events", "100000", "-o"]
-    proc = subprocess.Popen([*cmd, str(tmp_path / "s.stk")], stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # into the simulation
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc = subprocess.Popen(
+        [*cmd, str(tmp_path / "s.stk")],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,  # a signal disposition, set before exec
+    )
+    try:
+        time.sleep(3)  # into the simulation
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130
     assert "streamtrk simulate: interrupted" in err and "Traceback" not in err
 
