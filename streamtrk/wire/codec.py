@@ -116,6 +116,8 @@ def encode_hits(
     extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
     if msg_id is not None:
         extra["msg_id"] = int(msg_id)
+    _check_msg_id(extra)  # what the decoder would refuse is not sent
+    _check_deadline(extra)
     cols = event.hits.columns()
     return _frames("hits", event.run, event.event, t_send_ns, cols, compact, **extra)
 
@@ -126,6 +128,7 @@ def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
     which has the same hits columns and admits the key."""
     header = msgpack.unpackb(frame_view(frames[0]), raw=False)
     header["msg_id"] = int(msg_id)
+    _check_msg_id(header)
     header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
@@ -176,6 +179,7 @@ def encode_tracks(
         extra["msg_id"] = int(msg_id)
     if beam_line is not None:
         extra["beam_line"] = [float(v) for v in beam_line]
+    _check_reply_header(extra)  # what the decoder would refuse is not sent
     return _frames("tracks", run, event, t_send_ns, cols, **extra)
 
 
@@ -503,12 +507,16 @@ def _check_msg_id(header: dict[str, Any]) -> None:
         )
 
 
-def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
-    _check_msg_id(header)
+def _check_deadline(header: dict[str, Any]) -> None:
     if "deadline_ms" in header:
         d = header["deadline_ms"]
         if not (_is_number(d) and d > 0):
             raise WireError("bad_header", f"deadline_ms must be a positive number, got {_short(d)}")
+
+
+def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    _check_msg_id(header)
+    _check_deadline(header)
     for k in ("x", "y", "z"):
         if not np.isfinite(cols[k]).all():
             raise WireError("non_finite", f"column {k!r} has NaN or infinite values")
@@ -538,7 +546,7 @@ def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
         )
 
 
-def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+def _check_reply_header(header: dict[str, Any]) -> None:
     _check_msg_id(header)
     if "beam_line" in header:
         b = header["beam_line"]
@@ -554,6 +562,11 @@ def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
         and all(isinstance(k, str) and _is_number(v) and v >= 0 for k, v in timings.items())
     ):
         raise WireError("bad_header", "timings must map stage names to seconds >= 0")
+
+
+def _check_tracks(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
+    _check_reply_header(header)
+    status = header["status"]
     off, hit_id = cols["offsets"], cols["hit_id"]
     if off[0] != 0 or off[-1] != len(hit_id) or (off[1:] < off[:-1]).any():
         raise WireError("bad_offsets", f"offsets must rise monotonically from 0 to {len(hit_id)}")

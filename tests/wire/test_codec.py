@@ -199,6 +199,29 @@ def test_encoders_refuse_run_and_event_numbers_out_of_range(run: int, event: int
         encode_tracks(run, event, np.arange(3), None)
 
 
+@pytest.mark.parametrize(
+    ("encode", "match"),
+    [
+        (lambda ev: encode_hits(ev, deadline_ms=0), "deadline_ms must be a positive number"),
+        (lambda ev: encode_hits(ev, deadline_ms=float("nan")), "deadline_ms must be"),
+        (lambda ev: encode_hits(ev, msg_id=-1), r"msg_id must be an int in \[0, 2\*\*63\)"),
+        (lambda ev: with_msg_id(encode_hits(ev), 2**63), "msg_id must be an int"),
+        (
+            lambda ev: encode_tracks(1, 2, ev.hits.hit_id, None, timings={"gnn": float("nan")}),
+            "timings must map stage names to seconds >= 0",
+        ),
+        (
+            lambda ev: encode_tracks(1, 2, ev.hits.hit_id, None, beam_line=(float("inf"), 0)),
+            r"beam_line must be \[x, y\] in mm",
+        ),
+    ],
+)
+def test_encoders_refuse_what_the_decoder_would(rng: np.random.Generator, encode, match) -> None:
+    """A producer learns of a bad header when it sends, not from the daemon's error reply."""
+    with pytest.raises(WireError, match=match):
+        encode(random_event(rng, 5))
+
+
 def test_encode_tracks_rejects_error_with_tracks_and_missing_params(
     rng: np.random.Generator,
 ) -> None:
