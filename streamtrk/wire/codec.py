@@ -329,7 +329,17 @@ def _frame_list(frames: Frames, limits: Limits) -> list[Any]:
     return out
 
 
-def _unpack_header(view: memoryview, limits: Limits) -> Any:
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A header map from its pairs; a key twice is refused (msgpack would keep the last)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise WireError("bad_header", f"header key {_short(twice)} appears more than once")
+    return out
+
+
+def _unpack_header(view: memoryview, limits: Limits, *, unique_keys: bool = True) -> Any:
     if view.nbytes > limits.max_header_bytes:
         raise WireError(
             "header_too_large", f"header is {view.nbytes} bytes, limit {limits.max_header_bytes}"
@@ -344,7 +354,10 @@ def _unpack_header(view: memoryview, limits: Limits) -> Any:
             max_array_len=max(limits.max_columns, 3),
             max_map_len=limits.max_map_entries,
             max_ext_len=0,
+            object_pairs_hook=_unique_keys if unique_keys else None,
         )
+    except WireError:
+        raise
     except Exception as e:
         # Well-formed msgpack over the size limits, or with a non-string map key.
         if any(s in str(e) for s in ("exceeds max_", "not allowed for map key")):
@@ -594,7 +607,9 @@ def decode(frames: Frames, *, limits: Limits = DEFAULT_LIMITS) -> Message:
 def peek_header(frames: Frames) -> dict[str, Any] | None:
     """The unvalidated header map of a message, or None; never raises."""
     try:
-        header = _unpack_header(frame_view(next(iter(frames))), DEFAULT_LIMITS)
+        # A key twice: the last, as msgpack keeps it (decode refuses such a header; the
+        # refusal is answered to the event it names last).
+        header = _unpack_header(frame_view(next(iter(frames))), DEFAULT_LIMITS, unique_keys=False)
     except Exception:
         return None
     return header if isinstance(header, dict) else None

@@ -190,6 +190,18 @@ def test_encode_tracks_rejects_bad_arguments(kwargs: dict[str, str], match: str)
         encode_tracks(1, 2, np.arange(3), None, **kwargs)
 
 
+def test_a_header_key_twice_is_refused_and_its_refusal_answered(hits: list[Any]) -> None:
+    """msgpack keeps a map's last value of a key: the decoder refuses the ambiguity, and the
+    refusal goes to the event the header names last (as a peek reads it)."""
+    header = msgpack.unpackb(hits[0])
+    pairs = [("run", 99), *header.items()]  # "run" twice: 99, then the header's own
+    raw = bytes([0xDE]) + len(pairs).to_bytes(2, "big")  # a map16 of these pairs
+    raw += b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+    with pytest.raises(WireError, match="bad_header: header key 'run' appears more than once"):
+        decode([raw, *hits[1:]])
+    assert peek_identity([raw]) == (header["run"], header["event"]) == (7, 42)
+
+
 @pytest.mark.parametrize(("run", "event"), [(2**64, 1), (1, -1), (2**63, 1)])
 def test_encoders_refuse_run_and_event_numbers_out_of_range(run: int, event: int) -> None:
     """As the decoder would (past 2**64 msgpack could not even write them)."""
