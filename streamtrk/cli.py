@@ -602,12 +602,12 @@ def _replay(args: argparse.Namespace) -> int:
     )
     with _stop_on_signals() as stop:
         result = replay(events, opts, stop)
-    report = {"recording": str(args.recording)} | result.report(events, args.rate)
+    labels = labels_of(events, result.first_replies)
+    report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(_json(report, indent=2) + "\n")
     if args.submission:
-        labels = labels_of(events, result.first_replies)
         hit_ids: dict[tuple[int, int], Any] = {}
         for ev in events:  # an event recorded twice: its first copy, as labels_of takes
             hit_ids.setdefault(ev.key, ev.event.hits.hit_id)

@@ -140,9 +140,15 @@ class ReplayResult:
     def received(self) -> int:
         return len(self.latencies)
 
-    def report(self, events: list[Recorded], rate: float | None) -> dict[str, Any]:
+    def report(
+        self,
+        events: list[Recorded],
+        rate: float | None,
+        labels: dict[Key, np.ndarray | None] | None = None,
+    ) -> dict[str, Any]:
+        """The report; ``labels``: :func:`labels_of` the first replies, when made already."""
         lat_ms = np.asarray(self.latencies) * 1000
-        labels = labels_of(events, self.first_replies)
+        labels = labels_of(events, self.first_replies) if labels is None else labels
         # Nothing sent: no span (the first send was tried, and timed out or was stopped).
         span = max(self.t_last_reply, self.t_last_send) - self.t_first_send if self.sent else 0.0
         send_span = self.t_last_first_send - self.t_first_send

@@ -9,7 +9,6 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
@@ -62,14 +61,10 @@ def _is(value: Any, hint: Any) -> bool:
         return len(items) == len(value) and all(map(_is, value, items))
     if origin is dict:
         return isinstance(value, dict)
-    if origin is typing.Literal:
-        return value in args
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is Path:
-        return isinstance(value, str | Path)
     if isinstance(hint, type):  # str, bool, a dataclass
         return isinstance(value, hint)
     return True
