@@ -11,8 +11,10 @@ Layout, all integers little-endian::
 
 ``crc`` is the CRC-32 (``zlib.crc32``) of the record's bytes in file order, less the crc
 field itself: the ``n_frames`` field, then each frame's ``length`` field and bytes.
-A record holds 1 to 1024 frames. Replaying a record sends its frames unchanged, so a
-replay is byte-identical to what was recorded.
+A record holds 1 to 1024 frames of at most 8 MB each (``MAX_FRAME_BYTES``, the largest
+frame a message within the default ``Limits`` has; readers decode with those): a writer
+refuses more, a reader calls a longer length damage before reading it. Replaying a record
+sends its frames unchanged, so a replay is byte-identical to what was recorded.
 
 Readers stream record by record and raise :class:`RecordingError`, naming the byte
 offset of the bad record, once they reach a truncated or corrupt one.
@@ -46,6 +48,7 @@ from streamtrk.wire import (
 MAGIC = b"STKREC\r\n"
 FORMAT_VERSION = 1
 MAX_FRAMES = 1024
+MAX_FRAME_BYTES = DEFAULT_LIMITS.max_frame_bytes
 
 _FILE_HEADER = struct.Struct("<8sHH")
 _RECORD_HEADER = struct.Struct("<II")
@@ -132,6 +135,8 @@ class RecordingReader:
                 raise fail(f"truncated length of frame {i} at offset {f.tell() - len(field)}")
             (length,) = _LENGTH.unpack(field)
             left = size - f.tell()
+            if length > MAX_FRAME_BYTES:
+                raise fail(f"frame {i} length {length} above the {MAX_FRAME_BYTES}-byte limit")
             if length > left:
                 raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
             data = f.read(length)
@@ -221,6 +226,8 @@ class RecordingWriter:
         views = [frame_view(f) for f in frames]
         if not 1 <= len(views) <= MAX_FRAMES:
             raise ValueError(f"a record holds 1 to {MAX_FRAMES} frames, got {len(views)}")
+        if (longest := max(v.nbytes for v in views)) > MAX_FRAME_BYTES:
+            raise ValueError(f"a frame holds at most {MAX_FRAME_BYTES} bytes, got {longest}")
         offset = self._file.tell()
         self._file.write(_RECORD_HEADER.pack(len(views), _crc(views)))
         for v in views:

@@ -2,8 +2,9 @@
 
 Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is a msgpack
 map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames kept (at most
-1023, fewer when ingest refused the message for its frame count or size: ``frames`` gives
-the count received). Read it with
+1023, those before the first over a recording's ``MAX_FRAME_BYTES``, none when ingest
+refused the message for its frame count or size: ``frames`` gives the count received).
+Read it with
 ``iter_records``. Once the file would pass its cap, further messages are only counted. A
 file cut short by a crash mid-write is cut back to its last whole record at start-up; a
 write that fails (a full disk) is cut back at once, so that the records after it are whole.
@@ -17,12 +18,19 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from streamtrk.io.recording import MAX_FRAMES, RecordingWriter, record_bytes, repair
+from streamtrk.io.recording import (
+    MAX_FRAME_BYTES,
+    MAX_FRAMES,
+    RecordingWriter,
+    record_bytes,
+    repair,
+)
 from streamtrk.wire import WireError, frame_view
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ class DeadLetters:
             views = [frame_view(f) for f in frames[: MAX_FRAMES - 1]]
         except WireError:
             views = []
+        views = list(takewhile(lambda v: v.nbytes <= MAX_FRAME_BYTES, views))
         size = record_bytes([head, *views])
         if self.size + size > self.max_bytes:
             return False

@@ -15,6 +15,7 @@ import pytest
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.recording import (
     MAGIC,
+    MAX_FRAME_BYTES,
     RecordingError,
     RecordingReader,
     RecordingWriter,
@@ -225,7 +226,7 @@ def test_bad_file_header(small: Any, where: int, value: bytes, match: str) -> No
         ("crc", None, "CRC mismatch"),
         ("count", struct.pack("<I", 5000), "frame count 5000"),
         ("count", struct.pack("<I", 0), "frame count 0"),
-        ("length", struct.pack("<Q", 2**40), "exceeds"),
+        ("length", struct.pack("<Q", 2**40), "above the 8000000-byte limit"),
     ],
 )
 def test_corrupt_record(small: Any, field: str, value: bytes | None, match: str) -> None:
@@ -354,6 +355,27 @@ def test_a_record_holds_up_to_1024_frames(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(RecordingError, match=r"frame count 1025 outside 1\.\.1024"):
         list(iter_records(path))
+
+
+def test_a_frame_holds_up_to_max_frame_bytes(tmp_path: Path) -> None:
+    """A damaged length is refused before its bytes are read, however large the file."""
+    path = tmp_path / "f.stk"
+    with RecordingWriter(path) as w:
+        w.write([b"h", bytes(MAX_FRAME_BYTES)])
+        with pytest.raises(ValueError, match=f"at most {MAX_FRAME_BYTES} bytes, got"):
+            w.write([b"h", bytes(MAX_FRAME_BYTES + 1)])
+    assert [len(f[1]) for _, f in iter_records(path)] == [MAX_FRAME_BYTES]
+    with path.open("ab") as f:  # a file long enough for the forged length below
+        f.write(bytes(MAX_FRAME_BYTES))
+    data = bytearray(path.read_bytes())
+    data[29:37] = struct.pack("<Q", MAX_FRAME_BYTES + 1)  # the second frame's length
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    with pytest.raises(RecordingError, match=f"frame 1 length {MAX_FRAME_BYTES + 1} above"):
+        list(iter_records(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < MAX_FRAME_BYTES // 4
 
 
 def test_the_last_event_without_truth_is_yielded(tmp_path: Path, rng) -> None:

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streamtrk.io.recording import iter_records
+import msgpack
+
+from streamtrk.io.recording import MAX_FRAME_BYTES, iter_records
+from streamtrk.service.deadletter import DeadLetters
+from streamtrk.wire import WireError
 
 _FILL_THEN_FAIL = """
 import resource, sys
@@ -38,3 +42,16 @@ def test_a_failed_write_leaves_the_file_to_its_whole_records(tmp_path: Path) -> 
     )  # fmt: skip
     assert out.stdout.startswith("failed: File too large"), out.stdout + out.stderr
     assert [bytes(frames[2][:1]) for _, frames in iter_records(path)] == [b"a", b"c"]
+
+
+def test_frames_from_the_first_over_a_recordings_limit_are_left_out(tmp_path: Path) -> None:
+    """A daemon whose limits pass the defaults can receive frames a recording cannot hold:
+    the record keeps those before the first, its head the count received."""
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 30)
+    big = b"b" * (MAX_FRAME_BYTES + 1)
+    assert dead.write([b"\xc1", big, b"c"], WireError("not_msgpack", "test"))
+    dead.close()
+    [(_, frames)] = list(iter_records(path))
+    assert frames[1:] == [b"\xc1"]
+    assert msgpack.unpackb(frames[0])["frames"] == 3
