@@ -36,6 +36,11 @@ class Job:
         worker, or the drain answering ``shutdown`` when the worker overruns)."""
         return self._claim.acquire(blocking=False)
 
+    @property
+    def claimed(self) -> bool:
+        """Whether its reply is claimed (sent or on its way)."""
+        return self._claim.locked()
+
 
 @dataclass(eq=False)
 class Reply:

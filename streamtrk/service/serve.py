@@ -318,8 +318,9 @@ class Daemon:
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():
             self.abandoned_thread = True
+            what = "the batch in progress" if worker.in_batch() else "intake"
             n = worker.abandon()
-            log.warning("the batch in progress overran the drain; %d events answered 'shutdown'", n)
+            log.warning("%s overran the drain; %d events answered 'shutdown'", what, n)
         elif worker.error is not None:
             n = worker.abandon()
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)

@@ -92,8 +92,11 @@ class Worker(Supervised):
         if not self.abandoned.is_set() and self.error is None:
             self.done.set()
 
+    def in_batch(self) -> bool:
+        return bool(self._current)
+
     def has_work(self) -> bool:
-        return bool(self._current) or self.batcher.depth() > 0
+        return self.in_batch() or self.batcher.depth() > 0
 
     def _claim(self, jobs: list[Job]) -> list[Job]:
         """The jobs of ``jobs`` this call is the first to claim, each now owed a reply."""
@@ -147,8 +150,9 @@ class Worker(Supervised):
         m.batch_hits.observe(n_hits)
         if self._reconstruct(batch.jobs) or len(batch.jobs) == 1:
             return
-        log.warning("retrying the %d events of the failed batch one by one", len(batch.jobs))
-        for job in batch.jobs:
+        left = [job for job in batch.jobs if not job.claimed]  # too_dense ones are answered
+        log.warning("retrying the %d events of the failed batch one by one", len(left))
+        for job in left:
             if self.abandoned.is_set():  # abandon() answers what is left
                 return
             self._reconstruct([job])

@@ -3,12 +3,14 @@ work that cannot finish within the drain is answered 'shutdown', once."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from piles import pile
 
 from streamtrk.detector import load_detector
@@ -402,6 +404,24 @@ def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed()
     got = {r.event: r.reason for r in _drained(replies)}
     assert got == {events[0].event: "deadline", events[1].event: "", events[2].event: "deadline"}
     assert gate.batches == [[events[1].event]]  # the timely event was reconstructed, alone
+
+
+def test_the_one_by_one_retry_leaves_out_the_events_refused_as_too_dense(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
+    events.insert(1, pile(det, 2000, 99))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, FailOnEvent13(), det)
+    now = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.process(Batch(jobs=[Job(ev, now, None) for ev in events]))
+    got = {r.event: r.reason for r in _drained(replies)}
+    assert got == {12: "", 99: "too_dense", 13: "internal", 14: ""}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("refused as too dense" in m for m in messages) == 1, messages
+    assert "retrying the 3 events of the failed batch one by one" in messages
 
 
 def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
