@@ -27,10 +27,10 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
    target), as compact hits messages (wire version 5, 20 bytes a hit); start-up to ready.
 
 The summary has the MU=200 ``end_to_end`` rows (events/s, p50, p99 per configuration and
-batch size) and ``against_reference``: each stage's milliseconds per event beside
-DEVELOPERS.md's reference figure for it (graph: naive CuPy doublets 15 ms; GNN: the
-reference network's edges/s over our edges; tracks: label-propagation components 0.8 ms;
-the daemon: pyzmq's 2,200 messages/s).
+batch size) and ``against_reference``: each stage's milliseconds per event beside the
+reference figure for it (docs/gpu.md, "Reference figures": graph: naive CuPy doublets
+15 ms; GNN: the reference network's edges/s over our edges; tracks: label-propagation
+components 0.8 ms; the daemon: pyzmq's 2,200 messages/s).
 
 Every part is timed against a budget (``--budget-s``) and skipped with a note when too
 little is left; a part that fails records its error and the run goes on. The JSON is
@@ -108,9 +108,9 @@ TARGETS = {"events_per_s_batch16": 500.0, "p99_ms_batch1": 25.0}
 # NVIDIA H200 SXM datasheet: dense tensor-core bf16/fp16, fp32 without TF32 (off here), HBM3e.
 H200 = {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8}
 # The measured reference: an Interaction Network of hidden 64 and 8 steps, torch.compile in
-# bf16 on this GPU (DEVELOPERS.md).
+# bf16 on this GPU (docs/gpu.md, Reference figures).
 REFERENCE_GNN_EDGES_PER_S = 133e6
-# The reference figures of DEVELOPERS.md (H200, plain reference code, a 100k-hit event with
+# The reference figures of docs/gpu.md (H200, plain reference code, a 100k-hit event with
 # 1.9M doublets): per stage, what it did and its milliseconds per event; the GNN's as edges/s
 # (eager: 1.9M edges in 123 ms), set against the edges our graph gives it.
 REFERENCE_STAGES = {
@@ -363,7 +363,7 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def against_reference(parts: dict[str, Any], daemon_events_per_s: float | None) -> list[dict]:
-    """Each stage's milliseconds per event beside DEVELOPERS.md's reference figure for it,
+    """Each stage's milliseconds per event beside its reference figure (docs/gpu.md),
     one row per configuration, batch size and stage with a reference (``ratio``: ours over
     the reference; below 1 is faster), then the daemon's events/s against ZeroMQ's message
     rate (``ratio``: ours over it; the transport alone caps it near 1)."""

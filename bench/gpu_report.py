@@ -7,7 +7,7 @@ a Markdown summary for ``bench/RESULTS.md`` (printed, or written with ``--markdo
     python3 bench/gpu_report.py OUT/gpu_bench.json --host-path OUT/host_path.json
 
 The summary: versions and command; end to end per configuration and batch size (events/s,
-p50, p99, stages, host synchronisations); the targets; each stage against DEVELOPERS.md's
+p50, p99, stages, host synchronisations); the targets; each stage against docs/gpu.md's
 reference figures; the GNN against the reference network and the GPU's limit; bf16 parity;
 the kernels against CuPy array operations; the daemon; parts that failed or were skipped;
 with ``--host-path``, ``bench/host_path.py``'s result of the same run (kept in the results
@@ -93,7 +93,7 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
         f"{_f(daemon.get('latency_p99_ms_100hz'))} ms through the daemon at 100 Hz (target "
         f"{_f(s.get('target_p99_ms_batch1'), 0)} ms).",
         "",
-        "Each stage against DEVELOPERS.md's reference figures (ms per event; ratio below 1:"
+        "Each stage against the reference figures (docs/gpu.md) (ms per event; ratio below 1:"
         " faster than the reference):",
         "",
         "| config | batch | stage | ours ms | reference | reference ms | ratio |",

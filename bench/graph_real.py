@@ -1,7 +1,7 @@
 """Graph construction on the full real barrel event (55k hits): median wall time.
 
-The reference in DEVELOPERS.md: a naive NumPy windowed builder takes 0.21 s on these CPUs,
-HEP.TrkX's pandas one 2.1 s.
+The reference in the developers' brief (then): a naive NumPy windowed builder takes 0.21 s
+on these CPUs, HEP.TrkX's pandas one 2.1 s.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/graph_real.py [--repeats 10]
 """

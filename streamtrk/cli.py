@@ -561,14 +561,18 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     description="Send a recording's hits messages to the daemon (as recorded or, with "
     "--compact, re-encoded compact; the header given a msg_id) and receive the replies, "
     "one per event. Report keys: sent, received, "
-    "missing (no reply within the timeout), ok, errors (by reason), resent, duplicates "
-    "(second replies to a resent event, not counted again), events_per_second, "
-    "latency_p50/p90/p99/max/mean_ms (first send to reply), send_rate_hz, beam_lines_mm (the "
+    "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
+    "daemon took nothing for the timeout), resent, duplicates (second replies to a resent "
+    "event, not counted again), unexpected (replies to no message of this replay), "
+    "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
+    "ids their event lacks), interrupted, duration_s (first send to last reply), "
+    "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
+    "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing or unsent (with "
-    "--fail-on-error also when a reply is an error), 130 after Ctrl-C or SIGTERM (the report "
-    "covers the replies received until then).",
+    "recording has truth. Exit status 1 when events are missing or unsent or a reply is "
+    "mismatched (with --fail-on-error also when a reply is an error), 130 after Ctrl-C or "
+    "SIGTERM (the report covers the replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamtrk.cli import main
+from streamtrk.cli import _COMMANDS, main
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter
@@ -260,6 +260,15 @@ def test_the_report_counts_each_event_by_its_first_reply() -> None:
     assert report["tracking_efficiency"] == 1.0 and report["n_reconstructable"] > 0
     assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
     assert report["beam_lines_mm"] == [[0.25, 1.0], [0.5, 0.0]]
+    # Every key but the physics ones (named as a group) is described in `replay --help`.
+    (description,) = [p["description"] for name, *_, p in _COMMANDS if name == "replay"]
+    named = set(re.findall(r"[a-z][a-z0-9_]*", description))
+    physics_keys = physics(events, result.first_replies, labels_of(events, result.first_replies))
+    keys = set(report) - set(physics_keys)
+    assert {k for k in keys if not k.startswith("latency_")} - named == set()
+    assert {k for k in keys if k.startswith("latency_")} == {
+        f"latency_{q}_ms" for q in ["p50", "p90", "p99", "max", "mean"]
+    } and "latency_p50/p90/p99/max/mean_ms" in description
 
 
 def test_physics_cuts_vertices_about_the_beam_line_each_reply_names() -> None:
