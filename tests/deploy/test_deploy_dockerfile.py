@@ -66,7 +66,9 @@ def test_stages_and_variants() -> None:
     assert "https://download.pytorch.org/whl/cpu" in text
     assert "https://download.pytorch.org/whl/cu130" in text
     assert re.search(r"PKG_EXTRAS=\[gpu\]", text)
-    assert 'pip install ".${PKG_EXTRAS}"' in text
+    # the package goes in with the pinned torch held (Torch-TensorRT's newest would swap it)
+    assert 'echo "${TORCH}" > /opt/torch-constraint.txt' in text
+    assert 'pip install -c /opt/torch-constraint.txt ".${PKG_EXTRAS}"' in text
 
 
 def test_torch_pin_matches_the_makefile() -> None:

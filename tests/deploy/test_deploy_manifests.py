@@ -111,6 +111,9 @@ def test_compose_stack() -> None:
     assert replay_args.loop > 1 and services["replay"]["restart"] == "unless-stopped"
     deps = services["replay"]["depends_on"]
     assert deps["simulate"]["condition"] == "service_completed_successfully"
+    # the replay starts once the daemon is ready (its model loaded), not merely alive
+    assert deps["streamtrk"]["condition"] == "service_healthy"
+    assert daemon["healthcheck"]["test"][-1] == "/readyz"
 
     # Prometheus and Grafana get their configuration from deploy/
     for name in ("prometheus", "grafana"):

@@ -5,9 +5,20 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
-from deploy_helpers import DEPLOY, K8S, REPO, RULES, exported_series, load_yaml_documents, rules
+import yaml
+from deploy_helpers import (
+    DEPLOY,
+    K8S,
+    REPO,
+    RULES,
+    exported_series,
+    k8s_objects,
+    load_yaml_documents,
+    rules,
+)
 
 PROMETHEUS = DEPLOY / "prometheus"
 RULE_TESTS = PROMETHEUS / "tests" / "streamtrk.rules.test.yml"
@@ -128,3 +139,54 @@ def test_kubernetes_prometheusrule_equals_the_rules_file() -> None:
     (doc,) = load_yaml_documents(K8S / "prometheusrule.yaml")
     assert doc["kind"] == "PrometheusRule"
     assert doc["spec"]["groups"] == load_yaml_documents(RULES)[0]["groups"]
+
+
+@needs_promtool
+@pytest.mark.parametrize(("counts", "latency"), [("0x20", 0), ("0+60x20", 0.099)])
+def test_the_autoscalers_queries_give_a_number_idle_and_busy(
+    tmp_path: Path, counts: str, latency: float
+) -> None:
+    """An idle farm (no event in 5 minutes) gives a latency of 0, not NaN (KEDA reads NaN
+    as a huge negative number); a busy one its p99 (every event under 0.1 s here)."""
+    triggers = {
+        t["name"]: t["metadata"]["query"] for t in k8s_objects()["ScaledObject"]["spec"]["triggers"]
+    }
+    labels = 'job="streamtrk", instance="a"'
+    series = [
+        {
+            "series": f'streamtrk_event_latency_seconds_bucket{{{labels}, le="{le}"}}',
+            "values": counts,
+        }
+        for le in ("0.1", "+Inf")
+    ] + [
+        {
+            "series": 'streamtrk_queue_depth{job="streamtrk", instance="a", queue="batch"}',
+            "values": "3x20",
+        }
+    ]
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": triggers["latency-p99"],
+                        "eval_time": "15m",
+                        "exp_samples": [{"labels": "{}", "value": latency}],
+                    },
+                    {
+                        "expr": triggers["queue-depth"],
+                        "eval_time": "15m",
+                        "exp_samples": [{"labels": "{}", "value": 3}],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "keda.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    r = promtool("test", "rules", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
