@@ -179,7 +179,7 @@ def main() -> None:
     p.add_argument("--mu", type=float, default=50.0, help="their pileup (default 50)")
     p.add_argument("--repeats", type=int, default=3, help="direct/daemon passes (default 3)")
     p.add_argument("--rate-seconds", type=float, default=20.0, help="per offered rate (20)")
-    p.add_argument("--real-loops", type=int, default=100, help="real event replays (100)")
+    p.add_argument("--real-loops", type=int, default=100, help="real event replays (100; 0: none)")
     p.add_argument("--png", type=Path, default=ROOT / "docs" / "daemon-latency.png")
     p.add_argument("--json", type=Path, help="also write the summary here")
     p.add_argument("--direct", type=Path, help=argparse.SUPPRESS)  # one direct pass
@@ -221,7 +221,7 @@ def main() -> None:
                 n = min(len(events), max(10, round(f * capacity * args.rate_seconds)))
                 out["rates"].append(replayed(daemon, events[:n], rate=f * capacity))
             real_dir = shared_trackml() / REAL
-            if real_dir.parent.is_dir():
+            if real_dir.parent.is_dir() and args.real_loops > 0:
                 real = Path(tmp) / "real.stk"
                 assert cli(["import-trackml", str(real_dir), "-o", str(real), "-q"]) == 0
                 real_events = load_recording(real)

@@ -50,13 +50,6 @@ def forward(weights: dict[str, np.ndarray], x):
 
 
 def main() -> None:
-    import torch
-
-    from bench.prune_windows import central_target_edges
-    from streamtrk.io.recording import iter_events
-    from streamtrk.sim.generator import GeneratorConfig
-    from streamtrk.sim.simulate import SimConfig, simulate
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stk", type=Path, help="training events (seed 1000) from a recording")
     ap.add_argument("--seed", type=int, default=1000)
@@ -67,6 +60,13 @@ def main() -> None:
     ap.add_argument("--retention", type=float, nargs="+", default=[0.99, 0.995, 0.999, 0.9995])
     ap.add_argument("--out", type=Path, default=Path("out/mlp_filter.npz"))
     args = ap.parse_args()
+    import torch
+
+    from bench.prune_windows import central_target_edges  # needs PYTHONPATH=. (above)
+    from streamtrk.io.recording import iter_events
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+
     if args.seed in (2000, 3000):
         raise SystemExit("train on training seeds only")
     torch.manual_seed(0)

@@ -234,6 +234,9 @@ def test_k8s_deployment(k8s: dict[str, dict[str, Any]], k8s_config: ServeConfig)
     assert cfg.http_address == ("0.0.0.0", port)
     assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # no CPU limit, so no cgroup quota: torch's threads are set to the CPUs requested
+    assert "cpu" not in c["resources"]["limits"]
+    assert cfg.torch_threads == int(c["resources"]["requests"]["cpu"])
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
