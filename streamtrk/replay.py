@@ -196,13 +196,14 @@ def due_newest_first(sends: list[_Send], now: float, retry_after_s: float) -> li
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
-    times, sends so far."""
+    times, sends so far, and whether a reply came."""
 
     key: Key
     frames: list[Any]
     t_first: float
     t_last: float
     sends: int = 1
+    answered: bool = False
 
 
 class _Sender(threading.Thread):
@@ -277,6 +278,8 @@ class _Sender(threading.Thread):
         with self.lock:
             todo = [p for p in self.pending.values() if p.sends <= opts.retries]
         for p in due_newest_first(todo, now, opts.retry_after_s):
+            if p.answered:  # its reply came while the resends before it went out
+                continue
             if not self._send(p.frames):
                 return False
             p.t_last, p.sends = time.perf_counter(), p.sends + 1
@@ -300,6 +303,7 @@ class _Sender(threading.Thread):
                 else:
                     self.result.unexpected += 1
                 return None
+            sent.answered = True
             self.answered.add(msg_id)
             self.answered_keys.add(key)
             return sent.t_first

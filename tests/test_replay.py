@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 
 from streamtrk.cli import _COMMANDS, main
+from streamtrk.client import Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter
@@ -27,6 +29,7 @@ from streamtrk.replay import (
     ReplayOptions,
     ReplayResult,
     _Send,
+    _Sender,
     due_newest_first,
     labels_of,
     physics,
@@ -34,7 +37,14 @@ from streamtrk.replay import (
 )
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.wire.codec import decode, encode_hits, encode_tracks, encode_truth, peek_msg_id
+from streamtrk.wire.codec import (
+    decode,
+    encode_hits,
+    encode_tracks,
+    encode_truth,
+    peek_msg_id,
+    with_msg_id,
+)
 
 
 def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
@@ -357,6 +367,28 @@ def test_resends_wait_retry_after_from_the_last_send() -> None:
         daemon.join(10)
     assert len(times) == 3  # sent, then resent twice
     assert np.diff(times).min() >= 0.3  # each resend 0.5 s after the send before it
+
+
+def test_an_event_answered_while_resends_go_out_is_not_resent() -> None:
+    """Resends go out one by one (each may wait for room): a reply that comes meanwhile
+    stops its event's resend, which would only have drawn a duplicate."""
+    events = _events(2)
+    with _daemon_sockets() as (sink, _out, to, from_), Producer(to, linger_ms=0) as producer:
+
+        class ReplyDuringTheFirstResend(_Sender):
+            def _send(self, frames: list[Any]) -> bool:
+                sent = super()._send(frames)
+                self.match(peek_msg_id(frames) ^ 1, (0, 0))  # the other one's reply
+                return sent
+
+        opts = ReplayOptions(to=to, from_=from_, retries=1, retry_after_s=1.0)
+        sender = ReplyDuringTheFirstResend(producer, events, opts, ReplayResult())
+        for k, rec in enumerate(events):
+            sender.pending[k] = _Send(rec.key, with_msg_id(rec.frames, k), 0.0, float(k))
+        assert sender._resend_due()
+        assert sender.result.resent == 1 and sender.result.duplicates == 0
+        assert [peek_msg_id(sink.recv_multipart())] == [1]  # the newest, alone
+        assert not sink.poll(200)
 
 
 def test_resends_go_newest_first() -> None:
