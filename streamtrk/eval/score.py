@@ -97,13 +97,18 @@ def trackml_score(
     """TrackML score of one event (arrays aligned per hit; track id 0: hit in no track).
 
     The truth weight of the majority hits in good tracks over the total truth weight;
-    NaN if the total weight is 0.
+    NaN if the total weight is 0. A hit in no track scores as a track of its own, as in a
+    submission (``write_submission``), where the TrackML scorer reads every id as a track:
+    good only for a particle with that one hit in the event.
     """
     weight = np.asarray(truth_weight, dtype=np.float64)
     total = weight.sum()
     if total == 0:
         return float("nan")
-    m = match_tracks(track_id, truth_particle_id, weight)
+    track = np.asarray(track_id, dtype=np.int64)
+    alone = track == 0
+    track = np.where(alone, -1 - np.cumsum(alone), track)  # ids of their own, below the tracks'
+    m = match_tracks(track, truth_particle_id, weight)
     return float(m.majority_weight[m.matched].sum() / total)
 
 

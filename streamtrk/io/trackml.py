@@ -330,14 +330,19 @@ def write_submission(
     """Write one submission CSV (``event_id,hit_id,track_id``) for several events.
 
     ``submission`` maps event id to (hit_id, track_id) arrays, one entry per hit; track ids
-    start at 1 and 0 marks a hit in no track (see ``Tracks.track_id_per_hit``). Events are
-    written in increasing id order; ``.gz`` paths are gzipped.
+    start at 1 and 0 marks a hit in no track (see ``Tracks.track_id_per_hit``). Such a hit
+    is written as a track of its own, numbered after the event's tracks: the TrackML scorer
+    reads every id as a track, and would take all those hits together as one (a track that
+    can be good). Events are written in increasing id order; ``.gz`` paths are gzipped.
     """
     event_ids, hit_ids, track_ids = [], [], []
     for event_id in sorted(submission):
         hit_id, track_id = (np.asarray(a, dtype=np.int64) for a in submission[event_id])
         if hit_id.shape != track_id.shape or hit_id.ndim != 1:
             raise ValueError(f"event {event_id}: hit_id and track_id must be equal-length 1-D")
+        alone = track_id == 0
+        first = track_id.max(initial=0) + 1
+        track_id = np.where(alone, first + np.cumsum(alone) - 1, track_id)
         event_ids.append(np.full(len(hit_id), event_id, dtype=np.int64))
         hit_ids.append(hit_id)
         track_ids.append(track_id)

@@ -92,6 +92,15 @@ def test_a_particle_s_hits_count_those_in_no_track():
     assert trackml_score(np.ones(5), np.full(5, 0.2), np.array([1, 1, 0, 0, 0])) == 0.0
 
 
+def test_hits_in_no_track_score_as_tracks_of_their_own():
+    """As the TrackML scorer reads the submission written: hits in no track are not one
+    track (3 of particle 1's 5 hits would make a good one), each is alone (good only for a
+    particle with that one hit)."""
+    pid = np.array([1, 1, 1, 1, 1, 2])
+    weight = np.array([0.1, 0.1, 0.2, 0.2, 0.2, 0.2])
+    assert trackml_score(pid, weight, np.array([1, 1, 0, 0, 0, 0])) == pytest.approx(0.2)
+
+
 def test_zero_total_weight_is_nan():
     assert np.isnan(trackml_score(np.array([1, 1]), np.zeros(2), np.array([1, 1])))
 

@@ -352,21 +352,23 @@ def test_submission(tmp_path):
     hit_id = np.arange(100, 106, dtype=np.int64)
     path = tmp_path / "submission.csv"
     write_submission(path, {9: (hit_id[:2], np.array([0, 1])), 2: (hit_id, labels)})
+    # a hit in no track (0) is a track of its own, numbered after the event's tracks: the
+    # TrackML scorer would read all of them as one track
     assert path.read_text().splitlines() == [
         "event_id,hit_id,track_id",
         "2,100,1",
-        "2,101,0",
+        "2,101,3",
         "2,102,2",
-        "2,103,0",
+        "2,103,4",
         "2,104,1",
-        "2,105,0",
-        "9,100,0",
+        "2,105,5",
+        "9,100,2",
         "9,101,1",
     ]
     back = read_submission(path)
     assert list(back) == [2, 9]
-    assert np.array_equal(back[2][0], hit_id) and np.array_equal(back[2][1], labels)
-    assert back[9][1].tolist() == [0, 1]
+    assert np.array_equal(back[2][0], hit_id) and back[2][1].tolist() == [1, 3, 2, 4, 1, 5]
+    assert back[9][1].tolist() == [2, 1]
 
 
 # --------------------------------------------------------------------------- real data
