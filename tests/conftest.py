@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 from streamtrk.detector import load_detector
 from streamtrk.sim.generator import GeneratorConfig
@@ -29,7 +30,7 @@ def shared_trackml() -> Path:
     for path in paths:
         if path.is_dir():
             return path
-    pytest.skip(f"shared TrackML data not found at {' or '.join(map(str, paths))}")
+    missing(f"shared TrackML data not found at {' or '.join(map(str, paths))}")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,24 +18,25 @@ from deploy_helpers import (
     load_yaml_documents,
     rules,
 )
+from needs import need_program
 
 PROMETHEUS = DEPLOY / "prometheus"
 RULE_TESTS = PROMETHEUS / "tests" / "streamtrk.rules.test.yml"
 RUNBOOK = REPO / "docs" / "operations.md"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool not found (Debian's `prometheus` package, installed by `make setup`)",
-)
+needs_promtool = pytest.mark.usefixtures("promtool_path")
 RECORD_NAME = re.compile(
     r"^(?P<level>[a-z_]+):(?P<metric>streamtrk_[a-z0-9_]+):(?P<ops>[a-z0-9_]+)$"
 )
 
 
+@pytest.fixture(scope="module")
+def promtool_path() -> str:
+    return need_program("promtool")
+
+
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
     return subprocess.run(
-        [PROMTOOL, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
+        ["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
     )
 
 

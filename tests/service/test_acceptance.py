@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from live_daemon import ACCEPT_EVENTS, Daemon, Prometheus, partitions, sample
+from needs import need_program
 
 from streamtrk.io.trackml import read_submission
 
@@ -30,9 +31,10 @@ def served(sim_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """A daemon (and, when installed, Prometheus scraping it) after replaying ``sim_run``."""
     tmp = tmp_path_factory.mktemp("acceptance")
     daemon = Daemon(tmp)
-    prometheus = Prometheus(tmp, daemon.http) if shutil.which("prometheus") else None
+    prometheus = None
     try:
-        if prometheus is not None:
+        if shutil.which("prometheus"):
+            prometheus = Prometheus(tmp, daemon.http)
             prometheus.wait_scraping()
         out = tmp / "replay"
         cmd = [sys.executable, "-m", "streamtrk", "replay", str(sim_run), "--to", daemon.input]
@@ -58,7 +60,7 @@ def served(sim_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_prometheus_scrapes_a_latency_quantile(served: dict[str, Any]) -> None:
     prometheus = served["prometheus"]
     if prometheus is None:
-        pytest.skip("prometheus is not on PATH: `make setup` installs it when run as root")
+        need_program("prometheus")
     # Evaluate at the end of the replay, once Prometheus has scraped past it.
     value = math.nan
     for _ in range(60):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -24,16 +23,17 @@ from typing import Any
 import pytest
 import yaml
 from live_daemon import Daemon, Prometheus
+from needs import need_program
 
 from streamtrk.cli import main
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("prometheus") is None,
-        reason="prometheus is not on PATH: `make setup` installs it when run as root",
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_installed() -> None:
+    need_program("prometheus")
+
 
 RULES = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/streamtrk.rules.yml"
 TIME_SCALE = 60
