@@ -3,11 +3,11 @@
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -246,7 +246,9 @@ def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
         preexec_fn=_sigint_default,  # a signal disposition, set before exec
     )
     try:
-        time.sleep(3)  # into the simulation
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 120)  # its progress bar: simulating
+        assert ready, "no progress bar in 120 s"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -132,23 +132,22 @@ def test_wait_listening_reads_the_listening_record(tmp_path) -> None:
 
 
 def test_wait_ready_polls_past_what_is_not_http() -> None:
-    """Something else on the port answers garbage: not ready, and no exception."""
+    """Something else on the port answers garbage, twice, then the daemon is ready: polled
+    past, no exception, ready."""
     with socket.create_server(("127.0.0.1", 0)) as server:
-        stop = threading.Event()
+        answers = [b"SSH-2.0-OpenSSH\r\n\r\n"] * 2 + [b"HTTP/1.0 200 OK\r\n\r\nready\n"]
 
-        def garbage() -> None:
-            server.settimeout(0.1)
-            while not stop.is_set():
-                try:
-                    conn, _ = server.accept()
-                except TimeoutError:
-                    continue
+        def serve() -> None:
+            server.settimeout(10)
+            for answer in answers:
+                conn, _ = server.accept()
                 with conn:
-                    conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+                    conn.recv(4096)
+                    conn.sendall(answer)
 
-        thread = threading.Thread(target=garbage, daemon=True)
+        thread = threading.Thread(target=serve, daemon=True)
         thread.start()
         host, port = server.getsockname()
-        assert wait_ready(f"{host}:{port}", 1.0) is False
-        stop.set()
+        assert wait_ready(f"{host}:{port}", 10.0) is True
         thread.join(5)
+        assert not thread.is_alive()  # all three answers were asked for

@@ -145,18 +145,18 @@ def test_the_expected_reconstruction_time_closes_the_batch_earlier() -> None:
 
 def test_an_event_that_would_make_the_batch_late_opens_the_next() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
-    b.batch_time.observe(500, 0.5)  # 500 hits: 0.5 s of work
-    b.put(job(500, 0, deadline_s=1.2))  # fits alone, and with one more, not with two
+    b.batch_time.observe(500, 5.0)  # 500 hits: 5 s of work (seconds of slack for a slow CI)
+    b.put(job(500, 0, deadline_s=12))  # fits alone, and with one more, not with two
     for k in (1, 2, 3):
         b.put(job(500, k))
     first = b.next_batch(1)
     assert events(first) == [0, 1]
     assert events(b.next_batch(1)) == [2, 3]  # no deadline among them
-    b.put(job(500, 4, deadline_s=0.1))  # late alone already: batched all the same
+    b.put(job(500, 4, deadline_s=1))  # late alone already: batched all the same
     b.put(job(500, 5))
     assert events(b.next_batch(1)) == [4, 5]
     b.put(job(500, 6))
-    b.put(job(500, 7, deadline_s=0.8))  # its own deadline: 1 s together, 0.5 s alone
+    b.put(job(500, 7, deadline_s=8))  # its own deadline: 10 s together, 5 s alone
     assert events(b.next_batch(1)) == [6]
     assert events(b.next_batch(1)) == [7]
 
