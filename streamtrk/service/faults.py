@@ -9,12 +9,14 @@ tests) every point does nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import Counter
 
 ENV = "STREAMTRK_TEST_FAULTS"
+log = logging.getLogger(__name__)
 
 
 def _parse(text: str) -> dict[str, float]:
@@ -51,6 +53,8 @@ def fail(point: str) -> None:
 
 
 def delay(point: str) -> None:
-    """Sleep ``<point>_delay_s`` seconds when the tests ask for it."""
+    """Sleep ``<point>_delay_s`` seconds when the tests ask for it (logged first, so that a
+    test can act while it lasts)."""
     if seconds := FAULTS.get(f"{point}_delay_s"):
+        log.warning("injected fault: %s delayed %g s", point, seconds)
         time.sleep(seconds)

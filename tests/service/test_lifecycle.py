@@ -176,7 +176,8 @@ def test_a_model_directory_changed_while_loading_is_refused(daemon_factory, tmp_
     shutil.copytree(default_model_path(), model)
     d = daemon_factory("--model", str(model), wait=False, env=SLOW_LOAD)
     assert d.get("/readyz") == (503, "loading\n")
-    time.sleep(1)  # the card is read and the directory hashed first, then the load waits
+    # the card is read and the directory hashed first, then the load waits
+    wait_for(lambda: any(x["message"] == "injected fault: load delayed 5 s" for x in d.logs()))
     card = model / "card.toml"
     card.write_text(card.read_text() + "\n# edited while the daemon loads it\n")
     assert d.process.wait(timeout=120) == 1
