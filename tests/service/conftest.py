@@ -17,7 +17,8 @@ from streamtrk.cli import main
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start daemons with extra ``serve`` arguments; all are stopped at teardown."""
+    """Start daemons with extra ``serve`` arguments; all are stopped at teardown, and those
+    still running then (not stopped or killed by the test) must drain and exit 0."""
     started: list[Daemon] = []
 
     def start(
@@ -27,8 +28,13 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
         return started[-1]
 
     yield start
+    codes = {}
     for d in started:
-        d.stop()
+        running = d.process.poll() is None
+        code = d.stop()
+        if running:
+            codes[d.log_path.name] = code
+    assert set(codes.values()) <= {0}, codes
 
 
 @pytest.fixture

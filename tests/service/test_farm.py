@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,20 +35,40 @@ class Forwarder:
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
-        assert bound is not None, self.log.read_text()
+        if bound is None:
+            self.stop()
+            pytest.fail(f"{role} not listening; log:\n{self.log.read_text()}")
         self.front, self.back = bound["front"], bound["back"]
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
+        """SIGTERM, and its exit status; killed after 30 s (then -9)."""
+        return stop(self.process, 30)
 
 
-def replay(tmp: Path, run: Path, dist: Forwarder, coll: Forwarder, *extra: str):
+def stop(process: subprocess.Popen, timeout: float) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+@contextmanager
+def replay(
+    tmp: Path, run: Path, dist: Forwarder, coll: Forwarder, *extra: str
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``streamtrk replay`` through the farm, stopped when the test leaves it running."""
     report = tmp / f"replay-{len(list(tmp.glob('replay-*')))}.json"
     cmd = [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", dist.front,
            "--from", coll.back, "--events", "150", "--loop", "2", "-q", "--report",
            str(report), *extra]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL), report
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+        yield proc, report
+    finally:
+        stop(proc, 10)
 
 
 def answered(daemons) -> float:
@@ -66,25 +88,30 @@ def wait_until(condition, timeout: float = 300) -> None:
 
 @pytest.fixture
 def farm(tmp_path: Path, daemon_factory):
-    dist, coll = Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")
-    daemons = [
-        daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
-                       "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")
-        for _ in range(3)
-    ]  # fmt: skip
-    yield dist, coll, daemons
-    for f in (dist, coll):
-        assert f.stop() == 0
+    forwarders: list[Forwarder] = []
+    try:
+        forwarders += [Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")]
+        dist, coll = forwarders
+        daemons = [
+            daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
+                           "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")
+            for _ in range(3)
+        ]  # fmt: skip
+        yield dist, coll, daemons
+    finally:
+        codes = [f.stop() for f in forwarders]
+    assert codes == [0, 0]
 
 
 def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp_path) -> None:
     dist, coll, daemons = farm
-    proc, report = replay(tmp_path, sim_run, dist, coll, "--retries", "5", "--retry-after", "3")
-    wait_until(lambda: answered(daemons) >= 60)
-    daemons[0].process.kill()  # SIGKILL: what it held is lost, and resent
-    wait_until(lambda: answered(daemons[1:]) >= 120)
-    assert daemons[1].stop(signal.SIGTERM) == 0  # leaves the distributor, drains, exits 0
-    assert proc.wait(timeout=600) == 0
+    args = ("--retries", "5", "--retry-after", "3")
+    with replay(tmp_path, sim_run, dist, coll, *args) as (proc, report):
+        wait_until(lambda: answered(daemons) >= 60)
+        daemons[0].process.kill()  # SIGKILL: what it held is lost, and resent
+        wait_until(lambda: answered(daemons[1:]) >= 120)
+        assert daemons[1].stop(signal.SIGTERM) == 0  # leaves the distributor, drains, exits 0
+        assert proc.wait(timeout=600) == 0
     got = json.loads(report.read_text())
     assert got["sent"] == got["received"] == got["ok"] == 300, got
     assert got["missing"] == got["unsent"] == 0 and got["errors"] == {}
@@ -95,10 +122,10 @@ def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp
 
 def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> None:
     dist, coll, daemons = farm
-    proc, report = replay(tmp_path, sim_run, dist, coll, "--timeout", "10")
-    wait_until(lambda: answered(daemons) >= 60)
-    daemons[0].process.kill()
-    assert proc.wait(timeout=600) == 1  # events are missing
+    with replay(tmp_path, sim_run, dist, coll, "--timeout", "10") as (proc, report):
+        wait_until(lambda: answered(daemons) >= 60)
+        daemons[0].process.kill()
+        assert proc.wait(timeout=600) == 1  # events are missing
     got = json.loads(report.read_text())
     assert got["missing"] > 0 and got["received"] + got["missing"] == got["sent"] == 300
 
@@ -108,14 +135,17 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
 
     dist = Forwarder(tmp_path, "distributor")
     ctx = zmq.Context.instance()
-    with ctx.socket(zmq.PUSH) as producer:
-        producer.setsockopt(zmq.LINGER, 0)
-        producer.connect(dist.front)
-        for k in range(3):  # no daemon to take them
-            producer.send(b"event %d" % k)
-        time.sleep(2)
-        dist.process.send_signal(signal.SIGTERM)
-        assert dist.process.wait(timeout=10) == 0
+    try:
+        with ctx.socket(zmq.PUSH) as producer:
+            producer.setsockopt(zmq.LINGER, 0)
+            producer.connect(dist.front)
+            for k in range(3):  # no daemon to take them
+                producer.send(b"event %d" % k)
+            time.sleep(2)
+            dist.process.send_signal(signal.SIGTERM)
+            assert dist.process.wait(timeout=10) == 0
+    finally:
+        dist.stop()
     # Those its input queue held (about --hwm 2; the rest waited in the producer's) are
     # dropped with it: said, not silent.
     said = re.search(r"stopped with (\d+) messages not forwarded", dist.log.read_text())

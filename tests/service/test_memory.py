@@ -20,7 +20,7 @@ from streamtrk.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
 
-MESSAGES, FRAMES, FRAME_BYTES = 100, 2_000, 60_000  # 12 GB in all
+MESSAGES, FRAMES, FRAME_BYTES = 25, 2_000, 60_000  # 3 GB in all: twice the bound below
 BOUND_BYTES = 1.5 * 2**30  # docs/serve.md, "Memory": the bound with default settings
 
 

@@ -44,10 +44,14 @@ def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> No
              str(out), "--events", "3", "--duration", "120"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert producer.send_frames([b"not a message"], timeout_ms=60_000)
-        for frames in records:
-            assert producer.send_frames(frames, timeout_ms=60_000)
-        stdout, _ = tap.communicate(timeout=120)
+        try:
+            assert producer.send_frames([b"not a message"], timeout_ms=60_000)
+            for frames in records:
+                assert producer.send_frames(frames, timeout_ms=60_000)
+            stdout, _ = tap.communicate(timeout=120)
+        finally:
+            tap.kill()  # when it failed; else it has exited
+            tap.wait()
     assert tap.returncode == 0
     # Three events with their truth; what arrived after them is counted, not lost silently.
     assert "recorded 3 hits and 3 truth messages" in stdout and "skipped 1 invalid" in stdout

@@ -135,10 +135,12 @@ class Gate:
 
 
 def _drained(replies: queue.Queue[Reply]) -> list[Reply]:
+    """The replies queued: all of them once ``process`` has returned, the worker has joined
+    or its ``done`` is set (no reply comes after that)."""
     out = []
     while True:
         try:
-            out.append(replies.get(timeout=1))
+            out.append(replies.get_nowait())
         except queue.Empty:
             return out
 
