@@ -138,14 +138,16 @@ def sample(metrics: dict, name: str, **labels: str) -> float:
 
 
 def partitions(submission: dict[int, tuple[Any, Any]]) -> dict[int, set[frozenset[int]]]:
-    """Per event, the tracks as sets of hit ids (independent of track numbering)."""
+    """Per event, the tracks as sets of hit ids (independent of track numbering). A hit in
+    no track (0, or in a submission file a track of its own: ``write_submission``) is in
+    none: the chain's tracks have 3 hits at least."""
     out = {}
     for event, (hit_ids, track_ids) in submission.items():
         tracks: dict[int, set[int]] = {}
         for h, t in zip(hit_ids.tolist(), track_ids.tolist(), strict=True):
             if t:
                 tracks.setdefault(t, set()).add(h)
-        out[event] = {frozenset(s) for s in tracks.values()}
+        out[event] = {frozenset(s) for s in tracks.values() if len(s) > 1}
     return out
 
 
