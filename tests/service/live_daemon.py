@@ -122,15 +122,21 @@ class Daemon:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = stop_process(self.process, sig, timeout)
         self._log.close()
         return code
+
+
+def stop_process(process: subprocess.Popen, sig: int, timeout: float) -> int:
+    """Signal ``process`` (unless it has exited) and wait for its exit status; killed after
+    ``timeout`` seconds (then -9)."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def sample(metrics: dict, name: str, **labels: str) -> float:
@@ -198,10 +204,5 @@ class Prometheus:
         raise AssertionError("prometheus never scraped the daemon")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGTERM, 60)
         self._log.close()

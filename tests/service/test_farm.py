@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from live_daemon import READY_TIMEOUT_S, sample
+from live_daemon import READY_TIMEOUT_S, sample, stop_process
 
 from streamtrk.client import wait_listening
 from streamtrk.farm import forward
@@ -41,18 +41,7 @@ class Forwarder:
         self.front, self.back = bound["front"], bound["back"]
 
     def stop(self) -> int:
-        """SIGTERM, and its exit status; killed after 30 s (then -9)."""
-        return stop(self.process, 30)
-
-
-def stop(process: subprocess.Popen, timeout: float) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+        return stop_process(self.process, signal.SIGTERM, 30)
 
 
 @contextmanager
@@ -68,7 +57,7 @@ def replay(
     try:
         yield proc, report
     finally:
-        stop(proc, 10)
+        stop_process(proc, signal.SIGTERM, 10)
 
 
 def answered(daemons) -> float:
