@@ -13,8 +13,10 @@ Layout, all integers little-endian::
 field itself: the ``n_frames`` field, then each frame's ``length`` field and bytes.
 A record holds 1 to 1024 frames of at most 8 MB each (``MAX_FRAME_BYTES``, the largest
 frame a message within the default ``Limits`` has; readers decode with those): a writer
-refuses more, a reader calls a longer length damage before reading it. Replaying a record
-sends its frames unchanged, so a replay is byte-identical to what was recorded.
+refuses more, a reader calls a longer length damage before reading it (unless told to read
+any length: ``repair`` and appending do, so that they never cut a whole record an older
+version wrote). Replaying a record sends its frames unchanged, so a replay is
+byte-identical to what was recorded.
 
 Readers stream record by record and raise :class:`RecordingError`, naming the byte
 offset of the bad record, once they reach a truncated or corrupt one.
@@ -95,10 +97,12 @@ def _read_file_header(f: BinaryIO, path: Path) -> None:
 
 
 class RecordingReader:
-    """Streams ``(offset, frames)`` records of a recording; iterate it, or use :meth:`events`."""
+    """Streams ``(offset, frames)`` records of a recording; iterate it, or use :meth:`events`.
+    A frame length over ``max_frame_bytes`` is damage (None: any length the file holds)."""
 
-    def __init__(self, path: StrPath) -> None:
+    def __init__(self, path: StrPath, *, max_frame_bytes: int | None = MAX_FRAME_BYTES) -> None:
         self.path = Path(path)
+        self.max_frame_bytes = max_frame_bytes  # None: any length the file holds
         if self.path.exists() and not self.path.is_file():  # a FIFO would block the open
             raise RecordingError(f"{self.path}: not a regular file")
         self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
@@ -135,8 +139,8 @@ class RecordingReader:
                 raise fail(f"truncated length of frame {i} at offset {f.tell() - len(field)}")
             (length,) = _LENGTH.unpack(field)
             left = size - f.tell()
-            if length > MAX_FRAME_BYTES:
-                raise fail(f"frame {i} length {length} above the {MAX_FRAME_BYTES}-byte limit")
+            if self.max_frame_bytes is not None and length > self.max_frame_bytes:
+                raise fail(f"frame {i} length {length} above the {self.max_frame_bytes}-byte limit")
             if length > left:
                 raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
             data = f.read(length)
@@ -315,9 +319,10 @@ def _end_of_records(path: Path) -> int:
 
 def _scan(path: Path) -> tuple[int, RecordingError | None]:
     """Byte offset after the last whole record, and the error that stopped the scan (None:
-    the file is clean). A bad file header raises."""
+    the file is clean). A bad file header raises. Frames of any length count: a whole
+    record over ``MAX_FRAME_BYTES`` (an older version's dead letters) is kept, not cut."""
     end = _FILE_HEADER.size
-    with RecordingReader(path) as reader:
+    with RecordingReader(path, max_frame_bytes=None) as reader:
         try:
             for offset, frames in reader:
                 end = offset + record_bytes(frames)

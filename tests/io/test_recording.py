@@ -378,6 +378,25 @@ def test_a_frame_holds_up_to_max_frame_bytes(tmp_path: Path) -> None:
     assert peak < MAX_FRAME_BYTES // 4
 
 
+def test_a_whole_record_over_the_frame_limit_is_kept_by_repair_and_append(tmp_path: Path) -> None:
+    """Older versions wrote frames over the limit (dead letters of a daemon with a raised
+    max_hits): repairing or appending to such a file keeps the record, readers refuse it
+    unless told to read any length."""
+    path = tmp_path / "old.stk"
+    write(path, [[b"a"]])
+    big = [b"h", bytes(MAX_FRAME_BYTES + 1)]
+    count = struct.pack("<I", len(big))
+    body = b"".join(struct.pack("<Q", len(f)) + f for f in big)
+    with path.open("ab") as f:  # the record as an older writer made it
+        f.write(count + struct.pack("<I", zlib.crc32(count + body)) + body)
+    assert repair(path) is None
+    write(path, [[b"c"]], "a")
+    with pytest.raises(RecordingError, match="above the 8000000-byte limit"):
+        list(iter_records(path))
+    with RecordingReader(path, max_frame_bytes=None) as reader:
+        assert [frames for _, frames in reader] == [[b"a"], big, [b"c"]]
+
+
 def test_the_last_event_without_truth_is_yielded(tmp_path: Path, rng) -> None:
     path = tmp_path / "e.stk"
     with RecordingWriter(path) as w:
