@@ -1,7 +1,8 @@
 """TrackML score, track-to-particle matching and physics metrics (efficiency, fakes, duplicates).
 
 Definitions follow docs/trackml-scoring.md in the shared folder. Track id 0 means "in no
-track": such hits belong to no track and never count as well reconstructed.
+track": such hits belong to no track and count for no particle's efficiency; the TrackML
+score scores them as a submission gives them, each a track of its own (``alone_as_tracks``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamtrk.event import Event
+from streamtrk.event import Event, alone_as_tracks
 
 RECONSTRUCTABLE_MIN_PT = 1.0  # GeV
 RECONSTRUCTABLE_MIN_HITS = 5
@@ -105,10 +106,7 @@ def trackml_score(
     total = weight.sum()
     if total == 0:
         return float("nan")
-    track = np.asarray(track_id, dtype=np.int64)
-    alone = track == 0
-    track = np.where(alone, -1 - np.cumsum(alone), track)  # ids of their own, below the tracks'
-    m = match_tracks(track, truth_particle_id, weight)
+    m = match_tracks(alone_as_tracks(track_id), truth_particle_id, weight)
     return float(m.majority_weight[m.matched].sum() / total)
 
 

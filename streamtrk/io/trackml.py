@@ -32,6 +32,7 @@ from streamtrk.event import (
     Particles,
     Tracks,
     Truth,
+    alone_as_tracks,
 )
 from streamtrk.io.weights import hit_order, hit_weights
 from streamtrk.xp import index_of
@@ -340,9 +341,7 @@ def write_submission(
         hit_id, track_id = (np.asarray(a, dtype=np.int64) for a in submission[event_id])
         if hit_id.shape != track_id.shape or hit_id.ndim != 1:
             raise ValueError(f"event {event_id}: hit_id and track_id must be equal-length 1-D")
-        alone = track_id == 0
-        first = track_id.max(initial=0) + 1
-        track_id = np.where(alone, first + np.cumsum(alone) - 1, track_id)
+        track_id = alone_as_tracks(track_id)
         event_ids.append(np.full(len(hit_id), event_id, dtype=np.int64))
         hit_ids.append(hit_id)
         track_ids.append(track_id)

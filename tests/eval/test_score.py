@@ -99,6 +99,8 @@ def test_hits_in_no_track_score_as_tracks_of_their_own():
     pid = np.array([1, 1, 1, 1, 1, 2])
     weight = np.array([0.1, 0.1, 0.2, 0.2, 0.2, 0.2])
     assert trackml_score(pid, weight, np.array([1, 1, 0, 0, 0, 0])) == pytest.approx(0.2)
+    # their ids are new ones: never one of the submission's own (a negative id read back)
+    assert trackml_score(pid, weight, np.array([-2, -2, 0, -3, -3, 1])) == pytest.approx(0.2)
 
 
 def test_zero_total_weight_is_nan():
