@@ -4,7 +4,7 @@
 # MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon in
 # eager bf16 with batches of up to 16 and no queue delay), then bench/host_path.py (the
 # daemon's host-side work per event, on this host's CPU, and ZeroMQ's transfer).
-# Every step is bounded by `timeout` (475 s in all, and a few seconds for the wheels) and
+# Every step is bounded by `timeout` (470 s in all, and a few seconds for the wheels) and
 # writes under $OUT (imports.txt, gpu-tests.txt,
 # gpu-bench.log, gpu_bench.json, host_path.json); a failing step does not stop the next.
 #
@@ -37,7 +37,7 @@ fi
 export PYTHONPATH
 
 # Every import the run needs, in the first seconds: a missing one ends the run here.
-timeout 40 "$PYTHON" - >"$OUT/imports.txt" 2>&1 <<'PY'
+timeout 30 "$PYTHON" - >"$OUT/imports.txt" 2>&1 <<'PY'
 import importlib, sys
 names = ["numpy", "scipy", "torch", "msgpack", "zmq", "prometheus_client", "tqdm", "tomli_w",
          "matplotlib", "yaml", "onnx", "onnxruntime", "onnxscript", "pytest", "pytest_timeout",
@@ -67,10 +67,10 @@ cat "$OUT/imports.txt"
 # pipeline still has them.
 THREAD_TEST=test_cuda_graphs_score_from_another_thread
 set -- -m gpu -v -rs -W default --timeout 100 --durations 10 -p no:cacheprovider
-timeout 60 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
+timeout 80 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
     >"$OUT/gpu-tests.txt" 2>&1
 echo "device_run: gpu thread test exit $?"
-timeout 150 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
+timeout 140 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
     tests/recon/test_prune.py tests/recon/test_gpu_parity.py tests/recon/test_gpu_pipeline.py \
     >>"$OUT/gpu-tests.txt" 2>&1
 echo "device_run: gpu tests exit $?"
@@ -92,6 +92,6 @@ if [ "$DEVICE" = cuda ]; then
 else
     set -- --events 2 --mu 10 --repeats 3 --messages 20
 fi
-timeout 40 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
+timeout 35 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
     2>"$OUT/host-path.log"
 echo "device_run: host_path exit $?"

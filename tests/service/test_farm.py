@@ -79,7 +79,8 @@ def wait_until(condition, timeout: float = 300) -> None:
 def farm(tmp_path: Path, daemon_factory):
     forwarders: list[Forwarder] = []
     try:
-        forwarders += [Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")]
+        for role in ("distributor", "collector"):  # each kept as it starts, to be stopped
+            forwarders.append(Forwarder(tmp_path, role))
         dist, coll = forwarders
         daemons = [
             daemon_factory("--connect", "--input", dist.back, "--output", coll.front,

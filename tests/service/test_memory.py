@@ -20,7 +20,7 @@ from streamtrk.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
 
-MESSAGES, FRAMES, FRAME_BYTES = 25, 2_000, 60_000  # 3 GB in all: twice the bound below
+MESSAGES, FRAMES, FRAME_BYTES = 30, 2_000, 60_000  # 3.6 GB in all: over twice the bound
 BOUND_BYTES = 1.5 * 2**30  # docs/serve.md, "Memory": the bound with default settings
 
 
