@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
@@ -493,7 +494,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = load()
     except ConfigError as e:
-        print(f"streamtrk serve: invalid configuration: {e}", file=sys.stderr)
+        _serve_error(f"invalid configuration: {e}", _log_format_asked(args))
         return 2
     no_cuda = cuda_unavailable() if cfg.device == "cuda" else None
     if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
@@ -504,11 +505,38 @@ def _serve(args: argparse.Namespace) -> int:
         print(cfg.to_toml(), end="")
         return 0
     if no_cuda:
-        print(f"streamtrk serve: invalid configuration: device cuda: {no_cuda}", file=sys.stderr)
+        _serve_error(f"invalid configuration: device cuda: {no_cuda}", cfg.log_format)
         return 2
     from streamtrk.service.serve import serve
 
     return serve(cfg, load)
+
+
+def _log_format_asked(args: argparse.Namespace) -> str:
+    """The log format a configuration that did not load asked for: its flag, else its
+    variable, else its file's key (where the file reads as TOML), else plain."""
+    import tomllib
+
+    if asked := args.log_format or os.environ.get("STREAMTRK_LOG_FORMAT"):
+        return str(asked)
+    if args.config is None:
+        return "plain"
+    try:
+        return str(tomllib.loads(args.config.read_text()).get("log_format", "plain"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return "plain"
+
+
+def _serve_error(message: str, log_format: str) -> None:
+    """A start-up failure before the daemon's logging exists: one line on stderr, a JSON
+    object where the configuration asks for JSON logs (as a log shipper reads them)."""
+    if log_format == "json":
+        from streamtrk.service.logs import configure
+
+        configure("json", "error")
+        logging.getLogger("streamtrk.serve").error(message)
+    else:
+        print(f"streamtrk serve: {message}", file=sys.stderr)
 
 
 def _curve_arguments(s: argparse.ArgumentParser) -> None:

@@ -378,6 +378,26 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
     assert "warning: device cuda: " in out.stderr and "serving would refuse it here" in out.stderr
 
 
+def test_serve_s_start_up_error_is_a_json_line_where_json_logs_are_asked_for(tmp_path):
+    """A log shipper reading the daemon's JSON lines gets its start-up failure as one, asked
+    for by flag, variable or the file itself; plain text otherwise."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('log_format = "json"\nmax_batch_events = 0\n')
+    for args, env in (
+        (["--log-format", "json", "--max-batch-events", "0"], None),
+        (["--max-batch-events", "0"], {"STREAMTRK_LOG_FORMAT": "json"}),
+        (["--config", str(bad)], None),
+    ):
+        out = _run("serve", *args, env=env)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        line = json.loads(out.stderr)
+        assert line["level"] == "error" and line["logger"] == "streamtrk.serve"
+        assert line["message"].startswith("invalid configuration: max_batch_events must be")
+    out = _run("serve", "--max-batch-events", "0")
+    assert out.returncode == 2
+    assert out.stderr.startswith("streamtrk serve: invalid configuration: max_batch_events")
+
+
 def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
     _simulate(tmp_path)
     with subprocess.Popen(
