@@ -483,6 +483,7 @@ def _serve(args: argparse.Namespace) -> int:
         ServeConfig,
         flags_from_args,
         load_config,
+        log_format_asked,
         unknown_variables,
     )
 
@@ -494,7 +495,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = load()
     except ConfigError as e:
-        _serve_error(f"invalid configuration: {e}", _log_format_asked(args))
+        _serve_error(
+            f"invalid configuration: {e}", log_format_asked(args.config, os.environ, flags)
+        )
         return 2
     no_cuda = cuda_unavailable() if cfg.device == "cuda" else None
     if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
@@ -510,21 +513,6 @@ def _serve(args: argparse.Namespace) -> int:
     from streamtrk.service.serve import serve
 
     return serve(cfg, load)
-
-
-def _log_format_asked(args: argparse.Namespace) -> str:
-    """The log format a configuration that did not load asked for: its flag, else its
-    variable, else its file's key (where the file reads as TOML), else plain."""
-    import tomllib
-
-    if asked := args.log_format or os.environ.get("STREAMTRK_LOG_FORMAT"):
-        return str(asked)
-    if args.config is None:
-        return "plain"
-    try:
-        return str(tomllib.loads(args.config.read_text()).get("log_format", "plain"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return "plain"
 
 
 def _serve_error(message: str, log_format: str) -> None:

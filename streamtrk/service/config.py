@@ -9,6 +9,7 @@ environment, ``--max-batch-events`` on the command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -385,6 +386,33 @@ def _convert(
         raise ConfigError(f"{name} {e}, got {raw!r:.200} (from {source})", name) from None
 
 
+def _read_file(path: Path) -> dict[str, Any]:
+    """The TOML table of the configuration file ``path``; ConfigError saying why not."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
+        raise ConfigError(f"config file {path} is not a regular file")
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM or not
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError, digit or nesting limits
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> str:
+    """The log format the sources of :func:`load_config` ask for, with its precedence, where
+    the configuration may not load: to report why in the format asked for."""
+    if (flag := flags.get("log_format")) is not None:
+        return str(flag)
+    if (var := env.get(ENV_PREFIX + "LOG_FORMAT")) is not None:
+        return var
+    if path is not None:
+        with contextlib.suppress(ConfigError):
+            return str(_read_file(path).get("log_format", "plain"))
+    return "plain"
+
+
 def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -394,17 +422,7 @@ def load_config(
     (setting name -> value, None meaning not given). Raises :class:`ConfigError`."""
     values: dict[str, tuple[Any, str]] = {}
     if path is not None:
-        if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
-            raise ConfigError(f"config file {path} is not a regular file")
-        try:
-            doc = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM or not
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
-        except (ValueError, RecursionError) as e:  # TOMLDecodeError, digit or nesting limits
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-        for key, raw in doc.items():
+        for key, raw in _read_file(path).items():
             _convert(values, key, raw, f"config file {path}", typed=True)
     env = os.environ if env is None else env
     for name in _FIELDS:
