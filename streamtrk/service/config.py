@@ -400,6 +400,21 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
+def _file_settings(path: Path) -> dict[str, Any]:
+    """The file's table; ConfigError where a setting is given twice, with a dash and an
+    underscore (``max-batch-events`` is ``max_batch_events``)."""
+    table = _read_file(path)
+    seen: dict[str, str] = {}
+    for key in table:
+        name = key.replace("-", "_")
+        if name in seen:
+            raise ConfigError(
+                f"{name} is given twice in config file {path}, as {seen[name]!r} and {key!r}", name
+            )
+        seen[name] = key
+    return table
+
+
 def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> str:
     """The log format the sources of :func:`load_config` ask for, with its precedence, where
     the configuration may not load: to report why in the format asked for."""
@@ -409,7 +424,8 @@ def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[s
         return var
     if path is not None:
         with contextlib.suppress(ConfigError):
-            return str(_read_file(path).get("log_format", "plain"))
+            table = _file_settings(path)
+            return str(table.get("log_format", table.get("log-format", "plain")))
     return "plain"
 
 
@@ -422,7 +438,7 @@ def load_config(
     (setting name -> value, None meaning not given). Raises :class:`ConfigError`."""
     values: dict[str, tuple[Any, str]] = {}
     if path is not None:
-        for key, raw in _read_file(path).items():
+        for key, raw in _file_settings(path).items():
             _convert(values, key, raw, f"config file {path}", typed=True)
     env = os.environ if env is None else env
     for name in _FIELDS:

@@ -19,6 +19,7 @@ from streamtrk.service.config import (
     ServeConfig,
     add_arguments,
     load_config,
+    log_format_asked,
     unknown_variables,
 )
 
@@ -45,6 +46,14 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert cfg.max_queue_delay_ms == 1.0  # flag over environment over file
     assert cfg.deadline_ms is None  # a flag not given changes nothing
     assert load_config(path, env).max_queue_delay_ms == 2.5
+
+
+def test_a_file_s_keys_may_be_spelt_with_dashes(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text('max-batch-events = 3\nlog-format = "json"\n')
+    cfg = load_config(path, {})
+    assert (cfg.max_batch_events, cfg.log_format) == (3, "json")
+    assert log_format_asked(path, {}, {}) == "json"  # serve's start-up error reads it too
 
 
 def test_cross_checks_see_the_final_values() -> None:
@@ -103,6 +112,12 @@ def test_cross_checks_see_the_final_values() -> None:
             "max_batch_event = 4",
             {},
             r"unknown setting 'max_batch_event' .*did you mean max_batch_events",
+        ),
+        (  # one setting in both spellings: the later one no longer wins unseen
+            "max_batch_events = 3\nmax-batch-events = 4",
+            {},
+            r"max_batch_events is given twice in config file .*serve.toml, "
+            r"as 'max_batch_events' and 'max-batch-events'",
         ),
     ],
 )
