@@ -4,7 +4,6 @@ here) and the benchmark run, and every result file lands under $OUT."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,33 +15,25 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_device_run_dry_run_on_the_cpu(tmp_path: Path) -> None:
-    env = {
-        "DEVICE": "cpu",
-        "OUT": str(tmp_path),
-        "PYTHON": sys.executable,
-        "PATH": os.environ["PATH"],
-    }
-    out = subprocess.run(["sh", str(ROOT / "bench" / "device_run.sh")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=400)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert {p.name for p in tmp_path.iterdir()} == {
+def test_device_run_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path: Path) -> None:
+    stdout, out_dir = device_dry_run
+    assert {p.name for p in out_dir.iterdir()} == {
         "imports.txt", "gpu-tests.txt", "gpu-bench.log", "gpu_bench.json", "host_path.json",
         "host-path.log",
     }  # fmt: skip
     # 5: pytest's "no tests collected", as the module skips at import (no CuPy or no CUDA)
-    assert re.search(r"^device_run: gpu thread test exit [05]$", out.stdout, re.M)
-    assert "device_run: gpu tests exit 0" in out.stdout
-    assert "device_run: gpu_bench exit 0" in out.stdout
-    assert "device_run: host_path exit 0" in out.stdout
-    assert "zmq " in (tmp_path / "imports.txt").read_text()
-    parts = json.loads((tmp_path / "gpu_bench.json").read_text())["parts"]
+    assert re.search(r"^device_run: gpu thread test exit [05]$", stdout, re.M)
+    assert "device_run: gpu tests exit 0" in stdout
+    assert "device_run: gpu_bench exit 0" in stdout
+    assert "device_run: host_path exit 0" in stdout
+    assert "zmq " in (out_dir / "imports.txt").read_text()
+    parts = json.loads((out_dir / "gpu_bench.json").read_text())["parts"]
     assert {"info", "eager_fp32", "kernels", "daemon"} <= set(parts)
-    host = json.loads((tmp_path / "host_path.json").read_text())
+    host = json.loads((out_dir / "host_path.json").read_text())
     assert host["host_us_per_event"] > 0 and host["zmq_tcp"]["hits_message"]["messages_per_s"] > 0
     # what the device session runs next: the report, with the host's figures
     report = [sys.executable, str(ROOT / "bench" / "gpu_report.py")]
-    report += [str(tmp_path / "gpu_bench.json"), "--host-path", str(tmp_path / "host_path.json")]
+    report += [str(out_dir / "gpu_bench.json"), "--host-path", str(out_dir / "host_path.json")]
     report += ["--results-dir", str(tmp_path / "results"), "--markdown", str(tmp_path / "s.md")]
     done = subprocess.run(report, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,14 +15,11 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--device", "cpu",
-           "--events", "2", "--mu", "5", "--batches", "1", "2", "--configs", "eager_fp32",
-           "--out", str(tmp_path), "--budget-s", "200", "--workers", "1"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path: Path) -> None:
+    """The benchmark part of the device run's dry run (``--device cpu --events 2 --mu 10
+    --batches 1 2 --configs eager_fp32``)."""
+    bench_json = device_dry_run[1] / "gpu_bench.json"
+    result = json.loads(bench_json.read_text())
     parts = result["parts"]
     failed = {k: v["error"] for k, v in parts.items() if isinstance(v, dict) and "error" in v}
     assert failed == {}
@@ -41,7 +38,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
         (1, "eager", "fp32"),
         (2, "eager", "fp32"),
     ]
-    assert all(r["mu"] == 5 and r["events_per_second"] > 0 and r["p99_ms"] > 0 for r in rows)
+    assert all(r["mu"] == 10 and r["events_per_second"] > 0 and r["p99_ms"] > 0 for r in rows)
     table = result["summary"]["against_reference"]
     stages = {(r["batch"], r["stage"]) for r in table if r["config"] == "eager_fp32"}
     assert stages == {(b, s) for b in (1, 2) for s in ("graph", "gnn", "tracks")}
@@ -52,7 +49,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
 
     # What the device session commits: the raw result under bench/results, and the summary.
     report = [sys.executable, str(ROOT / "bench" / "gpu_report.py")]
-    report += [str(tmp_path / "gpu_bench.json"), "--results-dir", str(tmp_path / "results")]
+    report += [str(bench_json), "--results-dir", str(tmp_path / "results")]
     report += ["--markdown", str(tmp_path / "summary.md")]
     done = subprocess.run(report, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
