@@ -3,10 +3,11 @@
 Per edge: the graph's 6 edge features, both hits' 3 node features and both hits' folded
 layer indices (/ n_layers): 14 inputs, two hidden layers, one logit. Trained with weighted
 BCE on central pT >= 1 GeV target segments of simulated MU=200 events of training seed 1000
-(never 2000/3000); the threshold is chosen on held-out training events (the last
-``--holdout``) for a target retention. Saves NumPy weights (``--out``, npz) that
-``bench/edge_budget.py --mlp`` evaluates with a NumPy forward pass (array-module code), at
-the thresholds that kept ``--retention`` of the held-out target segments.
+(never the validation seeds 2000..2010 or the test seed 3000); the threshold is chosen on
+held-out training events (the last ``--holdout``) for a target retention. Saves NumPy
+weights (``--out``, npz) that ``bench/edge_budget.py --mlp`` evaluates with a NumPy forward
+pass (array-module code), at the thresholds that kept ``--retention`` of the held-out target
+segments.
 
 Run: PYTHONPATH=. .venv/bin/python bench/mlp_filter.py --events 8 --holdout 2 \
        --out out/mlp_filter.npz
@@ -62,12 +63,15 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from bench.prune_windows import central_target_edges  # needs PYTHONPATH=. (above)
+    from bench.prune_windows import (  # needs PYTHONPATH=. (above)
+        FORBIDDEN_SEEDS,
+        central_target_edges,
+    )
     from streamtrk.io.recording import iter_events
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
-    if args.seed in (2000, 3000):
+    if args.seed in FORBIDDEN_SEEDS:
         raise SystemExit("train on training seeds only")
     torch.manual_seed(0)
     det = load_detector()

@@ -1,7 +1,7 @@
 """Derive the pruning windows (``streamtrk/data/prune_windows.toml``) from simulated truth.
 
 Training events only: simulated MU=200 events of a fresh seed (5000 by default; the model's
-seeds are 1000 train, 2000 validation, 3000 test, and windows must never see 2000 or 3000).
+seeds are 1000 train, 2000 validation, 3000 test, and windows must never see 2000..2010 or 3000).
 Per event: build the graph, label its edges with truth, and take every true triplet (two
 true segments of one pT >= 1 GeV particle from r < 10 mm sharing a hit, both in the graph).
 Per layer triplet (disks at -z folded onto +z) the window of |dtheta|, |dkappa| and |kappa|
@@ -29,7 +29,9 @@ from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN_SEEDS = {2000, 3000}  # validation and test: never derive cuts from them
+#: Validation (2000..2010, where bench/track_building.py chose the threshold and track cuts)
+#: and test (3000): never derive cuts from them.
+FORBIDDEN_SEEDS = frozenset(range(2000, 2011)) | {3000}
 
 
 def central_target_edges(event, edge_index: np.ndarray) -> np.ndarray:
