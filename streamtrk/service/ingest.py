@@ -37,7 +37,7 @@ LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
 
 
 class Ingest(Supervised):
-    """Receives until ``stop`` is set, then closes its socket (unread messages stay unread)."""
+    """Receives until ``stop`` is set, then takes what its socket has queued and closes it."""
 
     def __init__(
         self,
@@ -71,18 +71,27 @@ class Ingest(Supervised):
                 continue
             self.handle(*received)
             faults.fail("ingest")
-        if (cfg := self.config()).connect:
-            self._leave(cfg.input)
+        self._leave()
 
-    def _leave(self, endpoint: str) -> None:
-        """Connect mode, on stop: take what has arrived, then disconnect so that the
-        distributor sends nothing more here (libzmq drops what is still in flight)."""
-        for _ in range(LEAVE_MAX):
-            if not self.socket.poll(0, zmq.POLLIN):
-                break
+    def _leave(self) -> None:
+        """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages), so
+        that it is answered, and stop receiving. Connect mode: take, then disconnect, so
+        that the distributor sends nothing more here (libzmq drops what is still in
+        flight). Bind mode: unbind first (libzmq closes the peers' connections and keeps
+        what it had queued readable; a peer keeps what it has not sent, its bytes in
+        flight are lost), then take: the port is free for a replacement at once."""
+        connect = self.config().connect
+        endpoint = self.config().input if connect else self.socket.LAST_ENDPOINT.decode()
+        if not connect:
+            self.socket.unbind(endpoint)
+        taken = 0
+        while taken < LEAVE_MAX and self.socket.poll(0, zmq.POLLIN):
             self.handle(*self._receive())
-        self.socket.disconnect(endpoint)
-        log.info("disconnected the input from %s", endpoint)
+            taken += 1
+        if connect:
+            self.socket.disconnect(endpoint)
+        verb = "disconnected the input from" if connect else "unbound the input"
+        log.info("%s %s; %d queued messages taken", verb, endpoint, taken)
 
     def cleanup(self) -> None:
         self.socket.close(linger=0)

@@ -85,7 +85,8 @@ class FullDisk(DeadLetters):
 
 
 class Rig:
-    """An Ingest on an inproc PULL socket, a PUSH socket to feed it."""
+    """An Ingest on an inproc PULL socket, bound (or connected with ``connect``), and a PUSH
+    socket to feed it."""
 
     def __init__(
         self,
@@ -98,8 +99,9 @@ class Rig:
         addr = f"inproc://ingest-test-{next(_ADDR)}"
         self.push, self.pull = self.ctx.socket(zmq.PUSH), self.ctx.socket(zmq.PULL)
         self.push.setsockopt(zmq.SNDTIMEO, 2000)  # a send never hangs a test
-        self.push.bind(addr)
-        self.pull.connect(addr)
+        server, client = (self.push, self.pull) if connect else (self.pull, self.push)
+        server.bind(addr)  # the daemon's input binds, or connects to a distributor
+        client.connect(addr)
         cfg = cfg or ServeConfig()
         if connect:
             cfg = replace(cfg, connect=True, input=addr)
@@ -286,10 +288,36 @@ def test_the_loop_receives_until_stopped(rig) -> None:
     assert not r.ingest.is_alive() and r.ingest.error is None
 
 
-def test_a_bound_ingest_stops_without_leaving(rig) -> None:
-    r = rig()
-    r.stop.set()
-    r.ingest.loop()  # connect = false: no disconnect (it would raise: not connected)
+def test_a_bound_ingest_answers_what_its_socket_holds_and_frees_its_port() -> None:
+    """On stop, a bound input unbinds, then answers what it had queued: a sender connected
+    to it keeps what it has not sent, and a replacement can bind the port at once."""
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.setsockopt(zmq.RCVHWM, 4)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    replies: queue.Queue[Reply] = queue.Queue()
+    stop = threading.Event()
+    ingest = Ingest(pull, Batcher(16, BatchPolicy()), replies, Metrics(), ServeConfig, stop)
+    replacement = ctx.socket(zmq.PULL)
+    try:
+        for event in range(40):  # 40 MB: more than the socket buffers hold
+            push.send_multipart([*_bad_version(event), bytes(1_000_000)])
+        assert pull.poll(5000)
+        time.sleep(0.3)  # the receive queue fills to its high-water mark
+        stop.set()
+        ingest.loop()
+        taken = [replies.get_nowait().event for _ in range(replies.qsize())]
+        assert len(taken) >= 4 and taken == list(range(len(taken)))  # none queued left unread
+        assert not pull.poll(200)  # and nothing more arrives: the port is closed
+        replacement.bind(f"tcp://127.0.0.1:{port}")
+        assert replacement.poll(5000)  # the sender reconnects and sends what it kept
+        kept = msgpack.unpackb(replacement.recv())["event"]
+        assert kept > len(taken)  # those in flight in between are lost (docs/serve.md)
+    finally:
+        for sock in (pull, push, replacement):
+            sock.close(linger=0)
+        ctx.term()
 
 
 class SpySocket:
