@@ -35,7 +35,7 @@ import torch
 import zmq
 
 from streamtrk import __version__
-from streamtrk.service import logs
+from streamtrk.service import faults, logs
 from streamtrk.service.auth import start_authenticator
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import RESTART_ONLY, ServeConfig, unknown_variables
@@ -279,13 +279,23 @@ class Daemon:
         while not self._stopping(0.2):
             if self._hup_signalled:
                 self._hup_signalled = False
-                # Taken here, not in the thread: the drain's check of a reload in progress
-                # must not miss one whose thread has not started yet.
-                if self._reloading.acquire(blocking=False):
-                    threading.Thread(target=self.reload, name="reload", daemon=True).start()
-                else:
-                    log.warning("reload already in progress; SIGHUP ignored")
+                self._start_reload()
         return self._drain(stop_intake, ingest, worker, emitter, observer)
+
+    def _start_reload(self) -> None:
+        """SIGHUP: :meth:`reload` in a thread of its own, one reload at a time. The lock is
+        taken here, not in the thread: the drain's check of a reload in progress must not
+        miss one whose thread has not started yet."""
+        if not self._reloading.acquire(blocking=False):
+            log.warning("reload already in progress; SIGHUP ignored")
+            return
+        try:
+            faults.fail("reload_thread")  # tests: the thread cannot start
+            threading.Thread(target=self.reload, name="reload", daemon=True).start()
+        except RuntimeError as e:  # "can't start new thread": out of threads or memory
+            self._reloading.release()
+            self.metrics.model_reloads.labels("failure").inc()
+            log.error("reload failed, still serving the previous model: no thread for it: %s", e)
 
     def _drain(
         self,

@@ -154,6 +154,22 @@ def test_a_second_sighup_during_a_reload_is_ignored(daemon_factory) -> None:
     assert sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 0
 
 
+def test_a_reload_whose_thread_cannot_start_fails_and_the_next_one_works(daemon_factory):
+    """Out of threads at a SIGHUP: the reload fails as any other (logged, counted), the
+    daemon goes on serving and drains, and the next SIGHUP reloads."""
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "reload_thread_fail_after=1"})
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 1)
+    assert any(
+        line["message"].startswith("reload failed, still serving the previous model: no thread")
+        for line in d.logs()
+    )
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
+    assert d.get("/readyz") == (200, "ready\n")
+    assert d.stop() == 0
+
+
 def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) -> None:
     d = daemon_factory(env=SLOW_LOAD)
     d.process.send_signal(signal.SIGHUP)
