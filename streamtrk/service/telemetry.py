@@ -93,6 +93,12 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.batch_failures = Counter(
+            "streamtrk_batch_failures",
+            "Batches whose reconstruction failed as a whole; their events were then retried "
+            "one by one.",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "streamtrk_dead_letters",
             "Unidentifiable messages offered to the dead-letter file, by result.",

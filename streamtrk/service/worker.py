@@ -151,6 +151,7 @@ class Worker(Supervised):
         if self._reconstruct(batch.jobs) or len(batch.jobs) == 1:
             return
         left = [job for job in batch.jobs if not job.claimed]  # too_dense ones are answered
+        m.batch_failures.inc()
         log.warning("retrying the %d events of the failed batch one by one", len(left))
         for job in left:
             if self.abandoned.is_set():  # abandon() answers what is left

@@ -86,6 +86,7 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     assert {"decode", "queue", "graph", "gnn", "tracks", "fit"} <= got[2].timings.keys()
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
+    assert value("streamtrk_batch_failures_total") == 0  # a batch of one is not retried
     assert value("streamtrk_batch_events_count") == 3
     assert value("streamtrk_queue_delay_seconds_count") == 3
     # The physics metrics count the batches that succeeded (in the physics thread).
@@ -440,6 +441,7 @@ def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 1
+    assert value("streamtrk_batch_failures_total") == 1  # the batch of three, not the retry
     # One batch-size observation per batch taken, not per retry of its events.
     assert value("streamtrk_batch_events_count") == 1
     assert value("streamtrk_batch_events_sum") == 3
