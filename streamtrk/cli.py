@@ -578,7 +578,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "--compact, re-encoded compact; the header given a msg_id) and receive the replies, "
     "one per event. Report keys: sent, received, "
     "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
-    "daemon took nothing for the timeout), resent, duplicates (second replies to a resent "
+    "daemon took nothing for the timeout, or sending failed), send_error (why sending "
+    "failed, else null), resent, duplicates (second replies to a resent "
     "event, not counted again), unexpected (replies to no message of this replay), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
     "ids their event lacks), interrupted, duration_s (first send to last reply), "
@@ -586,9 +587,9 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing or unsent or a reply is "
-    "mismatched (with --fail-on-error also when a reply is an error), 130 after Ctrl-C or "
-    "SIGTERM (the report covers the replies received until then).",
+    "recording has truth. Exit status 1 when events are missing or unsent, sending failed "
+    "or a reply is mismatched (with --fail-on-error also when a reply is an error), 130 "
+    "after Ctrl-C or SIGTERM (the report covers the replies received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission
@@ -650,6 +651,8 @@ def _replay(args: argparse.Namespace) -> int:
             f"{args.timeout:g} s: is a daemon listening there?",
             file=sys.stderr,
         )
+    if report["send_error"]:
+        print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
     if result.interrupted:
         print(
             "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
@@ -666,7 +669,7 @@ def _replay(args: argparse.Namespace) -> int:
         reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
         print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
         return 1
-    return 0 if report["missing"] == 0 and report["unsent"] == 0 else 1
+    return 0 if report["missing"] == report["unsent"] == 0 and not report["send_error"] else 1
 
 
 def _record_arguments(s: argparse.ArgumentParser) -> None:

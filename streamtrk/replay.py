@@ -123,6 +123,7 @@ class ReplayResult:
 
     sent: int = 0
     unsent: int = 0
+    send_error: str | None = None  # why sending stopped early (a socket failure)
     resent: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -163,6 +164,7 @@ class ReplayResult:
             "ok": self.received - sum(self.errors.values()),
             "errors": dict(sorted(self.errors.items())),
             "unsent": self.unsent,
+            "send_error": self.send_error,
             "resent": self.resent,
             "duplicates": self.duplicates,
             "unexpected": self.unexpected,
@@ -225,8 +227,15 @@ class _Sender(threading.Thread):
         self._next_check = 0.0  # when resends are next looked for
 
     def run(self) -> None:
-        r, rate = self.result, self.opts.rate
         order = [ev for _ in range(self.opts.loop) for ev in self.events]
+        try:
+            self._send_all(order)
+        except Exception as e:  # the socket failed: what is left is unsent, and said why
+            self.result.unsent = len(order) - self.result.sent
+            self.result.send_error = f"{type(e).__name__}: {e}"
+
+    def _send_all(self, order: list[Recorded]) -> None:
+        r, rate = self.result, self.opts.rate
         t0 = time.perf_counter()
         for i, ev in enumerate(order):
             while rate and (wait := t0 + i / rate - time.perf_counter()) > 0:

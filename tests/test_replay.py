@@ -164,6 +164,37 @@ def test_a_stop_is_not_held_up_by_a_daemon_that_takes_nothing() -> None:
     assert report["duration_s"] == 0.0 and report["events_per_second"] is None
 
 
+def test_a_socket_failure_while_sending_is_reported_and_the_rest_unsent(monkeypatch) -> None:
+    """The sender thread's socket fails at the 4th send (injected: no natural trigger is
+    known): the report counts the rest as unsent and says why, not "all answered"."""
+    events = _events(6)
+    sends = 0
+    real_send = Producer.send_frames
+
+    def failing_send(self, frames, timeout_ms=None):
+        nonlocal sends
+        sends += 1
+        if sends == 4:
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+        return real_send(self, frames, timeout_ms=timeout_ms)
+
+    monkeypatch.setattr(Producer, "send_frames", failing_send)
+    with _daemon_sockets() as (sink, out, to, from_):
+
+        def answer() -> None:
+            while sink.poll(2000):
+                msg = decode(sink.recv_multipart())
+                out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id))
+
+        daemon = threading.Thread(target=answer, daemon=True)
+        daemon.start()
+        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=1.0))
+        daemon.join(10)
+    report = result.report(events, None)
+    assert (report["sent"], report["received"], report["unsent"]) == (3, 3, 3)
+    assert report["send_error"].startswith("ZMQError: ")
+
+
 def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: Path) -> None:
     """``record`` stores only valid messages: a record that does not decode is damage, not
     an event to skip without a word."""
