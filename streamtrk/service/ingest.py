@@ -59,6 +59,7 @@ class Ingest(Supervised):
         self.stop = stop
         self.dead_letters = dead_letters
         self.limits = Limits(max_hits=config().max_hits)
+        self.leave_by: float | None = None  # perf_counter time: stop taking on leaving
 
     def loop(self) -> None:
         while not self.stop.is_set():
@@ -74,8 +75,9 @@ class Ingest(Supervised):
         self._leave()
 
     def _leave(self) -> None:
-        """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages), so
-        that it is answered, and stop receiving. Connect mode: take, then disconnect, so
+        """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages, and
+        none after ``leave_by``, so that the drain has time to answer them), and stop
+        receiving. Connect mode: take, then disconnect, so
         that the distributor sends nothing more here (libzmq drops what is still in
         flight). Bind mode: unbind first (libzmq closes the peers' connections and keeps
         what it had queued readable; a peer keeps what it has not sent, its bytes in
@@ -85,7 +87,11 @@ class Ingest(Supervised):
         if not connect:
             self.socket.unbind(endpoint)
         taken = 0
-        while taken < LEAVE_MAX and self.socket.poll(0, zmq.POLLIN):
+        while (
+            taken < LEAVE_MAX
+            and (self.leave_by is None or time.perf_counter() < self.leave_by)
+            and self.socket.poll(0, zmq.POLLIN)
+        ):
             self.handle(*self._receive())
             taken += 1
         if connect:

@@ -316,6 +316,7 @@ class Daemon:
         log.info("draining", extra=_fields(drain_timeout_s=timeout))
         emitter.give_up_at = deadline
         worker.drain_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
+        ingest.leave_by = worker.drain_by  # what it takes after this could not be answered
         stop_intake.set()
         # Intake may be waiting for room with an event in hand: the worker makes room, or
         # abandon() closes the batcher and intake answers that event 'shutdown'. A worker

@@ -345,3 +345,15 @@ def test_a_connected_ingest_answers_what_arrived_then_leaves(rig) -> None:
     r.ingest.loop()
     assert sorted(r.replies.get_nowait().event for _ in range(2)) == [1, 2]
     assert spy.disconnected == [r.cfg.input]
+
+
+def test_leaving_takes_nothing_after_the_drain_s_cut_off(rig) -> None:
+    """What is taken after ``leave_by`` could not be answered within the drain: it is left
+    to the distributor's resends, not received."""
+    r = rig(connect=True)
+    r.send(_bad_version(1))
+    assert r.pull.poll(5000)
+    r.ingest.leave_by = time.perf_counter()
+    r.stop.set()
+    r.ingest.loop()
+    assert r.replies.empty() and r.value("streamtrk_events_received_total") == 0
