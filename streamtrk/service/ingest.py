@@ -77,11 +77,11 @@ class Ingest(Supervised):
     def _leave(self) -> None:
         """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages, and
         none after ``leave_by``, so that the drain has time to answer them), and stop
-        receiving. Connect mode: take, then disconnect, so
-        that the distributor sends nothing more here (libzmq drops what is still in
-        flight). Bind mode: unbind first (libzmq closes the peers' connections and keeps
-        what it had queued readable; a peer keeps what it has not sent, its bytes in
-        flight are lost), then take: the port is free for a replacement at once."""
+        receiving. Connect mode: take, then disconnect, so that the distributor sends
+        nothing more here (libzmq drops what is still in flight). Bind mode: unbind first
+        (libzmq closes the peers' connections and keeps what it had queued readable; a peer
+        keeps what it has not sent, its bytes in flight are lost), then take: the port is
+        free for a replacement at once."""
         connect = self.config().connect
         endpoint = self.config().input if connect else self.socket.LAST_ENDPOINT.decode()
         if not connect:
