@@ -34,6 +34,7 @@ from streamtrk.wire import Limits, WireError, decode, peek_identity, peek_msg_id
 log = logging.getLogger(__name__)
 POLL_MS = 100
 LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
+UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive this late
 
 
 class Ingest(Supervised):
@@ -85,12 +86,13 @@ class Ingest(Supervised):
         connect = self.config().connect
         endpoint = self.config().input if connect else self.socket.LAST_ENDPOINT.decode()
         if not connect:
-            self.socket.unbind(endpoint)
+            self.socket.unbind(endpoint)  # done by libzmq's I/O thread, a little later
+        wait_ms = 0 if connect else UNBIND_QUIET_MS
         taken = 0
         while (
             taken < LEAVE_MAX
             and (self.leave_by is None or time.perf_counter() < self.leave_by)
-            and self.socket.poll(0, zmq.POLLIN)
+            and self.socket.poll(wait_ms, zmq.POLLIN)
         ):
             self.handle(*self._receive())
             taken += 1
