@@ -152,7 +152,10 @@ class ServeConfig:
     )
     linger_ms: int = field(
         default=1000,
-        metadata=_help("ZeroMQ LINGER of the output socket when it closes (unsent replies)"),
+        metadata=_help(
+            "ZeroMQ LINGER of the output socket (unsent replies) where it closes outside a "
+            "drain, after its thread failed; in a drain, what is left of drain_timeout_s"
+        ),
     )
     stall_timeout_s: float = field(
         default=300.0,
