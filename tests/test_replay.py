@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +93,18 @@ def _daemon_sockets() -> Iterator[tuple[zmq.Socket, zmq.Socket, str, str]]:
         yield sink, out, to, f"tcp://127.0.0.1:{out.bind_to_random_port('tcp://127.0.0.1')}"
 
 
+def _replay_to_stand_in(
+    events: list[Recorded], answer: Callable[[zmq.Socket, zmq.Socket], None]
+) -> ReplayResult:
+    """Replay ``events`` to a stand-in daemon whose thread runs ``answer(sink, out)``."""
+    with _daemon_sockets() as (sink, out, to, from_):
+        daemon = threading.Thread(target=answer, args=(sink, out), daemon=True)
+        daemon.start()
+        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=1.0))
+        daemon.join(10)
+    return result
+
+
 def _recording(tmp_path: Path, n: int) -> Path:
     run = tmp_path / "run.stk"
     with RecordingWriter(run) as w:
@@ -105,19 +117,14 @@ def test_second_replies_without_message_ids_are_duplicates() -> None:
     """A daemon that echoes no msg_id and answers every event twice: one reply each counts,
     the second is a duplicate (not an unexpected reply)."""
     events = _events(5)
-    with _daemon_sockets() as (sink, out, to, from_):
 
-        def answer_twice() -> None:
-            for _ in events:
-                msg = decode(sink.recv_multipart())
-                for _ in range(2):
-                    out.send_multipart(encode_tracks(msg.run, msg.event, [], None))
+    def answer_twice(sink: zmq.Socket, out: zmq.Socket) -> None:
+        for _ in events:
+            msg = decode(sink.recv_multipart())
+            for _ in range(2):
+                out.send_multipart(encode_tracks(msg.run, msg.event, [], None))
 
-        daemon = threading.Thread(target=answer_twice, daemon=True)
-        daemon.start()
-        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=1.0))
-        daemon.join(10)
-    report = result.report(events, None)
+    report = _replay_to_stand_in(events, answer_twice).report(events, None)
     assert (report["received"], report["duplicates"], report["unexpected"]) == (5, 5, 0)
 
 
@@ -178,19 +185,13 @@ def test_a_socket_failure_while_sending_is_reported_and_the_rest_unsent(monkeypa
             raise zmq.ZMQError(zmq.ENOTSOCK)
         return real_send(self, frames, timeout_ms=timeout_ms)
 
+    def answer(sink: zmq.Socket, out: zmq.Socket) -> None:
+        while sink.poll(2000):
+            msg = decode(sink.recv_multipart())
+            out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id))
+
     monkeypatch.setattr(Producer, "send_frames", failing_send)
-    with _daemon_sockets() as (sink, out, to, from_):
-
-        def answer() -> None:
-            while sink.poll(2000):
-                msg = decode(sink.recv_multipart())
-                out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id))
-
-        daemon = threading.Thread(target=answer, daemon=True)
-        daemon.start()
-        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=1.0))
-        daemon.join(10)
-    report = result.report(events, None)
+    report = _replay_to_stand_in(events, answer).report(events, None)
     assert (report["sent"], report["received"], report["unsent"]) == (3, 3, 3)
     assert report["send_error"].startswith("ZMQError: ")
 
