@@ -93,7 +93,7 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
         f"{_f(daemon.get('latency_p99_ms_100hz'))} ms through the daemon at 100 Hz (target "
         f"{_f(s.get('target_p99_ms_batch1'), 0)} ms).",
         "",
-        "Each stage against the reference figures (docs/gpu.md) (ms per event; ratio below 1:"
+        "Each stage against docs/gpu.md's reference figures (ms per event; ratio below 1:"
         " faster than the reference):",
         "",
         "| config | batch | stage | ours ms | reference | reference ms | ratio |",

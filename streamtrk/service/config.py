@@ -403,19 +403,20 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def _file_settings(path: Path) -> dict[str, Any]:
-    """The file's table; ConfigError where a setting is given twice, with a dash and an
-    underscore (``max-batch-events`` is ``max_batch_events``)."""
-    table = _read_file(path)
-    seen: dict[str, str] = {}
-    for key in table:
+def _file_settings(path: Path) -> dict[str, tuple[str, Any]]:
+    """The file's settings: setting name -> (the key as written, its value), a dash read as
+    an underscore (``max-batch-events`` is ``max_batch_events``); ConfigError where a
+    setting is given in both spellings."""
+    settings: dict[str, tuple[str, Any]] = {}
+    for key, raw in _read_file(path).items():
         name = key.replace("-", "_")
-        if name in seen:
+        if name in settings:
+            first = settings[name][0]
             raise ConfigError(
-                f"{name} is given twice in config file {path}, as {seen[name]!r} and {key!r}", name
+                f"{name} is given twice in config file {path}, as {first!r} and {key!r}", name
             )
-        seen[name] = key
-    return table
+        settings[name] = (key, raw)
+    return settings
 
 
 def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> str:
@@ -427,8 +428,7 @@ def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[s
         return var
     if path is not None:
         with contextlib.suppress(ConfigError):
-            table = _file_settings(path)
-            return str(table.get("log_format", table.get("log-format", "plain")))
+            return str(_file_settings(path).get("log_format", ("", "plain"))[1])
     return "plain"
 
 
@@ -441,7 +441,7 @@ def load_config(
     (setting name -> value, None meaning not given). Raises :class:`ConfigError`."""
     values: dict[str, tuple[Any, str]] = {}
     if path is not None:
-        for key, raw in _file_settings(path).items():
+        for key, raw in _file_settings(path).values():
             _convert(values, key, raw, f"config file {path}", typed=True)
     env = os.environ if env is None else env
     for name in _FIELDS:

@@ -83,8 +83,9 @@ class Ingest(Supervised):
         (libzmq closes the peers' connections and keeps what it had queued readable; a peer
         keeps what it has not sent, its bytes in flight are lost), then take: the port is
         free for a replacement at once."""
-        connect = self.config().connect
-        endpoint = self.config().input if connect else self.socket.LAST_ENDPOINT.decode()
+        cfg = self.config()
+        connect = cfg.connect
+        endpoint = cfg.input if connect else self.socket.LAST_ENDPOINT.decode()
         if not connect:
             self.socket.unbind(endpoint)  # done by libzmq's I/O thread, a little later
         wait_ms = 0 if connect else UNBIND_QUIET_MS
