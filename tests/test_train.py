@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,49 @@ def test_splits_that_would_share_events_are_refused(tmp_path: Path, extra: str, 
     path.write_text(text + extra)
     with pytest.raises(ValueError, match=match):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("split", "match"),
+    [
+        ('[train]\nrecording = "{stk}"\n', r"\[train\] event \(\d+, 0\) and \[val\] event"),
+        ('[report]\nreal = "{csv}"\n', r"\[train\] event \(\d+, 0\) and \[report real\] event"),
+    ],
+)
+def test_an_event_in_two_splits_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], split: str, match: str
+) -> None:
+    """A recording of the validation seed given as training data, or the first training
+    event given as the report's real event in TrackML files: refused by hit positions,
+    before a model is trained or written."""
+    seed = 12 if "train" in split else 11  # the validation seed, or the training seed
+    args = ["simulate", "--events", "1", "--mu", "10", "--seed", str(seed), "-q"]
+    assert main([*args, "-o", str(tmp_path / "r.stk"), "--trackml-dir", str(tmp_path)]) == 0
+    text = (
+        TINY.replace("[train]\nmu = 10\nseed = 11\nevents = 2\n", "") if "train" in split else TINY
+    )
+    extra = split.format(stk=tmp_path / "r.stk", csv=tmp_path / "event000000000")
+    config = tmp_path / "tiny.toml"
+    config.write_text(text + extra)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 1
+    assert re.search(match + ".* have the same hits", capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_event_fingerprint_ignores_hit_order_and_ids() -> None:
+    from dataclasses import replace
+
+    from streamtrk.train import event_fingerprint
+
+    event = EventSource(mu=5, seed=5, events=1).load(load_detector())[0]
+    order = np.random.default_rng(0).permutation(len(event.hits))
+    shuffled = replace(event.hits.take(order), hit_id=np.arange(len(order), dtype=np.int64) + 7)
+    assert event_fingerprint(replace(event, hits=shuffled)) == event_fingerprint(event)
+    moved = event.hits.z.copy()
+    moved[3] = np.nextafter(moved[3], np.float32(np.inf))
+    assert event_fingerprint(replace(event, hits=replace(event.hits, z=moved))) != (
+        event_fingerprint(event)
+    )
 
 
 def test_sectors_count_every_edge_once() -> None:

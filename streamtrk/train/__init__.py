@@ -15,7 +15,8 @@ After training, the default edge-score threshold is chosen on the validation eve
 full reconstruction is scored at each candidate threshold and the one maximising
 ``tracking_efficiency - fake_rate - duplicate_rate`` is kept. The model is then evaluated on
 held-out test events and on the ``report`` inputs (reported in the card, never used for a
-choice).
+choice). Before anything is trained, no event may be in two of train, validation, test and
+the report inputs (compared by hit positions, whatever file or seed each came from).
 
 The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, sectors),
 ``loop`` (optimisation), ``threshold`` (the default threshold), and ``train`` here.
@@ -23,11 +24,14 @@ The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event
@@ -40,6 +44,7 @@ from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_c
 from streamtrk.train.loop import fit, plot_history
 from streamtrk.train.samples import Sample, make_samples
 from streamtrk.train.threshold import CachedScorer, scan_thresholds
+from streamtrk.xp import to_host
 
 __all__ = [
     "CachedScorer",
@@ -47,6 +52,8 @@ __all__ = [
     "OptimConfig",
     "Sample",
     "TrainConfig",
+    "check_no_shared_events",
+    "event_fingerprint",
     "load_config",
     "make_samples",
     "scan_thresholds",
@@ -93,6 +100,16 @@ def train(
     o = cfg.optim
     train_events = cfg.train.load(det)
     val_events = cfg.val.load(det)
+    test_events = cfg.test.load(det) if cfg.test is not None else None
+    reports = {
+        label: list(read_events(path))
+        for label, path in cfg.report.items()
+        if Path(path).exists() or Path(path).parent.is_dir()
+    }
+    check_no_shared_events(
+        {"train": train_events, "val": val_events, "test": test_events or []}
+        | {f"report {label}": events for label, events in reports.items()}
+    )
     train_samples = make_samples(
         train_events, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin, cfg.prune
     )
@@ -113,12 +130,12 @@ def train(
     )
     best = min(history, key=lambda h: h["val_loss"])
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
-    if cfg.test is not None:
-        test = evaluate_model(model, cfg.test.load(det), cfg, scan["chosen"])
+    if cfg.test is not None and test_events is not None:
+        test = evaluate_model(model, test_events, cfg, scan["chosen"])
         metrics["test"] = {**asdict(cfg.test), **test}
     for label, path in cfg.report.items():
-        if Path(path).exists() or Path(path).parent.is_dir():
-            found = evaluate_model(model, read_events(path), cfg, scan["chosen"])
+        if label in reports:
+            found = evaluate_model(model, reports[label], cfg, scan["chosen"])
             metrics[label] = {"input": path, **found}
         else:
             metrics[label] = {"input": path, "skipped": "not found"}
@@ -152,6 +169,32 @@ def train(
     )
     save_model(out, model, card)
     return card
+
+
+def check_no_shared_events(splits: dict[str, list[Event]]) -> None:
+    """ValueError when one event (the same hit positions, in any order) is in two of
+    ``splits``: a recording of the test seed given as training data, or the report's real
+    event recorded and trained on. The recipe file's check sees only seeds and paths."""
+    seen: dict[bytes, tuple[str, Event]] = {}
+    for name, events in splits.items():
+        for event in events:
+            key = event_fingerprint(event)
+            other = seen.setdefault(key, (name, event))
+            if other[0] != name:
+                raise ValueError(
+                    f"[{other[0]}] event ({other[1].run}, {other[1].event}) and [{name}] "
+                    f"event ({event.run}, {event.event}) have the same hits: the model would "
+                    "be judged on what it was trained or tuned on"
+                )
+
+
+def event_fingerprint(event: Event) -> bytes:
+    """A digest of an event's hit positions that neither the hits' order nor their ids
+    change: the same crossing read from TrackML files or from a recording gives one digest."""
+    h = event.hits
+    xyz = np.stack([to_host(h.x), to_host(h.y), to_host(h.z)], axis=1)
+    rows = np.ascontiguousarray(xyz[np.lexsort(xyz.T[::-1])])
+    return hashlib.blake2b(rows.tobytes(), digest_size=16).digest()
 
 
 def _simulator_version() -> int:
