@@ -1,13 +1,15 @@
 """Connection events of the daemon's sockets (ZeroMQ socket monitors), as metrics and logs.
 
-Per socket (``input``, ``output``): ``streamtrk_connections`` counts the connections whose
-handshake succeeded and that are still up; every disconnection is counted by cause in
+Per socket (``input``, ``output``): ``streamtrk_connections`` counts the connections open
+now, from their accept (or connect) to their disconnection, by descriptor: a peer being
+refused counts for the milliseconds of its handshake, and no disconnection can take the
+count below the connections there are. Every disconnection is counted by cause in
 ``streamtrk_disconnects_total`` and logged: ``auth`` (the CURVE key is not allowed),
-``handshake`` (the handshake failed: a peer without CURVE against a CURVE socket, or a
-protocol mismatch) or ``closed`` (an established connection ended: the peer went away, or
-libzmq dropped it, for instance for a frame over ``ZMQ_MAXMSGSIZE``; what the peer had
-queued on that connection is lost with it). Refused handshakes also count in
-``streamtrk_auth_failures_total``.
+``handshake`` (the handshake was refused: a peer without CURVE against a CURVE socket, or
+another mechanism) or ``closed`` (any other end: the peer went away, also during its
+handshake, as a TCP port probe does; or libzmq dropped the connection, for a frame over
+``ZMQ_MAXMSGSIZE`` or a peer of an incompatible socket type; what the peer had queued on
+it is lost with it). Refused handshakes also count in ``streamtrk_auth_failures_total``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
+# libzmq 4.3 reports a peer that leaves during its handshake as HANDSHAKE_FAILED_NO_DETAIL
+# (not a refusal: not read), and a peer of an incompatible socket type with no handshake
+# event at all: the open connections are counted from the events that carry a descriptor.
 EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_CONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_DISCONNECTED
 )
 
@@ -41,9 +46,10 @@ class SocketMonitor(threading.Thread):
         self.metrics = metrics
         self.monitors = {name: sock.get_monitor_socket(EVENTS) for name, sock in sockets.items()}
         self._stopping = threading.Event()
+        self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
         # Causes of refused handshakes whose disconnection is still to come, oldest first.
-        # (Handshake events carry no descriptor to pair them with; each refusal is followed
-        # by exactly one disconnection, so the counts by cause come out right.)
+        # (Handshake events carry no descriptor to pair them with; libzmq reports each
+        # refusal's disconnection right after it, so the counts by cause come out right.)
         self._refused: dict[str, deque[str]] = {name: deque() for name in sockets}
         for name in sockets:
             metrics.connections.labels(name).set(0)
@@ -73,21 +79,19 @@ class SocketMonitor(threading.Thread):
     def handle(self, socket: str, message: dict[str, Any]) -> None:
         m, event = self.metrics, message["event"]
         endpoint = message["endpoint"].decode(errors="replace")
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            m.connections.labels(socket).inc()
-        elif event in (
-            zmq.EVENT_HANDSHAKE_FAILED_AUTH,
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-        ):
+        open_now = self._open[socket]
+        if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
+            open_now.add(message["value"])
+            m.connections.labels(socket).set(len(open_now))
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
             cause = "auth" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake"
             m.auth_failures.labels(socket, cause).inc()
             self._refused[socket].append(cause)
         elif event == zmq.EVENT_DISCONNECTED:
+            open_now.discard(message["value"])
+            m.connections.labels(socket).set(len(open_now))
             refused = self._refused[socket]
             cause = refused.popleft() if refused else "closed"
-            if cause == "closed":
-                m.connections.labels(socket).dec()
             m.disconnects.labels(socket, cause).inc()
             level = logging.INFO if cause == "closed" else logging.WARNING
             log.log(

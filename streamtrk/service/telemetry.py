@@ -156,7 +156,7 @@ class Metrics:
         r.register(self.model_info)
         self.connections = Gauge(
             "streamtrk_connections",
-            "Peers connected to a socket (handshake done), by socket.",
+            "Connections open on a socket (accepted or connected, not yet ended), by socket.",
             ["socket"],
             registry=r,
         )

@@ -1,8 +1,11 @@
-"""The socket monitor thread: a death is visible (``died``, and so ``/healthz``)."""
+"""The socket monitor thread: connections counted as they open and close, refusals apart
+from peers that only leave; a death is visible (``died``, and so ``/healthz``)."""
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Callable
 
 import pytest
 import zmq
@@ -39,5 +42,57 @@ def test_a_monitor_that_dies_says_so_and_one_stopped_does_not() -> None:
         assert not stopped.is_alive() and not stopped.died
     finally:
         push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+
+
+def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    t_end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < t_end, "timed out"
+        time.sleep(0.01)
+
+
+def test_connections_are_those_open_whatever_peers_come_and_go() -> None:
+    """Two producers stay connected while a TCP port probe (a handshake 'failed' with no
+    detail) and a peer of the wrong socket type (no handshake event from libzmq) come and
+    go: neither is a refused handshake (the probe counted as one), both are counted as
+    closed, and the count is 2 again once they have gone (it went down by one for each
+    such peer, without end); then 0."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    peers = [ctx.socket(zmq.PUSH), ctx.socket(zmq.PUSH)]
+    metrics = Metrics()
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, {"socket": "input", **labels}) or 0.0
+
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    monitor = SocketMonitor({"input": pull}, metrics)
+    monitor.start()
+    try:
+        for peer in peers:
+            peer.connect(f"tcp://127.0.0.1:{port}")
+        _until(lambda: value("streamtrk_connections") == 2)
+        socket.create_connection(("127.0.0.1", port)).close()
+        _until(lambda: value("streamtrk_disconnects_total", cause="closed") == 1)
+        wrong = ctx.socket(zmq.PUB)  # dropped by libzmq, and reconnecting while it lives
+        wrong.connect(f"tcp://127.0.0.1:{port}")
+        _until(lambda: value("streamtrk_disconnects_total", cause="closed") >= 2)
+        wrong.close(linger=0)
+        _until(lambda: value("streamtrk_connections") == 2)
+        time.sleep(0.3)  # anything still to come from the closed peer
+        assert value("streamtrk_connections") == 2
+        for cause in ("auth", "handshake"):
+            assert value("streamtrk_auth_failures_total", cause=cause) == 0
+        closed = value("streamtrk_disconnects_total", cause="closed")
+        for peer in peers:
+            peer.close(linger=0)
+        _until(lambda: value("streamtrk_connections") == 0)
+        assert value("streamtrk_disconnects_total", cause="closed") == closed + 2
+    finally:
+        monitor.stop()
+        for peer in peers:
+            peer.close(linger=0)
         pull.close(linger=0)
         ctx.term()
