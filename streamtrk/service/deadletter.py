@@ -4,10 +4,10 @@ Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is 
 map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames kept (at most
 1023, those before the first over a recording's ``MAX_FRAME_BYTES``, none when ingest
 refused the message for its frame count or size: ``frames`` gives the count received).
-Read it with
-``iter_records``. Once the file would pass its cap, further messages are only counted. A
-file cut short by a crash mid-write is cut back to its last whole record at start-up; a
-write that fails (a full disk) is cut back at once, so that the records after it are whole.
+Read it with ``iter_records``. A message that would take the file past its cap is only
+counted (the first such message is logged). A file cut short by a crash mid-write is cut
+back to its last whole record at start-up; a write that fails (a full disk) is cut back at
+once, so that the records after it are whole.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class DeadLetters:
         self.writer.flush()  # a new file's header
         self.max_bytes = max_bytes
         self.size = path.stat().st_size  # to the end of the whole records
+        self.full = False  # a message found no room (logged once)
 
     def write(self, frames: Sequence[Any], error: WireError, received: int = 0) -> bool:
         """Record ``frames`` with the error and the count of frames the message had
@@ -71,6 +72,13 @@ class DeadLetters:
         views = list(takewhile(lambda v: v.nbytes <= MAX_FRAME_BYTES, views))
         size = record_bytes([head, *views])
         if self.size + size > self.max_bytes:
+            if not self.full:
+                self.full = True
+                log.warning(
+                    "dead-letter file %s is full (%d of its %d bytes used): messages that do "
+                    'not fit are only counted, in streamtrk_dead_letters_total{result="over_cap"}'
+                    " (logged once)", self.path, self.size, self.max_bytes,
+                )  # fmt: skip
             return False
         try:
             self.writer.write([head, *views])

@@ -1,13 +1,16 @@
 """The dead-letter file: a write that fails part way (the file size limit of a full disk,
-for real) leaves no partial record: the records before and after it read back whole."""
+for real) leaves no partial record: the records before and after it read back whole; a
+full file says so once."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from streamtrk.io.recording import MAX_FRAME_BYTES, iter_records
 from streamtrk.service.deadletter import DeadLetters
@@ -55,3 +58,23 @@ def test_frames_from_the_first_over_a_recordings_limit_are_left_out(tmp_path: Pa
     [(_, frames)] = list(iter_records(path))
     assert frames[1:] == [b"\xc1"]
     assert msgpack.unpackb(frames[0])["frames"] == 3
+
+
+def test_a_full_file_is_logged_once_and_keeps_its_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 2_000)
+    err = WireError("not_msgpack", "test")
+    with caplog.at_level(logging.WARNING, "streamtrk.service.deadletter"):
+        assert dead.write([b"\xc1", b"a" * 1000], err)
+        assert not caplog.records
+        assert not dead.write([b"\xc1", b"b" * 1000], err)
+        assert not dead.write([b"\xc1", b"c" * 1000], err)
+    dead.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dead-letter file {path} is full ({dead.size} of its 2000 bytes used): messages that "
+        'do not fit are only counted, in streamtrk_dead_letters_total{result="over_cap"} '
+        "(logged once)"
+    ]
+    assert [bytes(frames[2][:1]) for _, frames in iter_records(path)] == [b"a"]
