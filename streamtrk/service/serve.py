@@ -485,9 +485,19 @@ class Daemon:
         finally:
             self._reloading.release()
         self.metrics.model_reloads.labels("success").inc()
+        applied = [
+            f"{f.name} {getattr(old, f.name)} -> {getattr(new, f.name)}"
+            for f in fields(new)
+            if getattr(new, f.name) != getattr(old, f.name)
+        ]
         log.info(
             "reloaded",
-            extra=_fields(model=model.path, hash=model.digest, threshold=model.threshold),
+            extra=_fields(
+                model=model.path,
+                hash=model.digest,
+                threshold=model.threshold,
+                settings_changed=", ".join(applied) or "none",
+            ),
         )
 
     def _banner(self) -> None:

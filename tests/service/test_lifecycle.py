@@ -108,6 +108,11 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert beam == {"beam_line_mm": [1.5, -1.0], "measured_mm": None, "tracks": 0}
     kept = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
     assert kept[-1].endswith("curve_allowed_keys, linger_ms, rcvhwm")
+    [reloaded] = [line for line in d.logs() if line["message"] == "reloaded"]
+    assert reloaded["settings_changed"] == (
+        "threshold 0.5 -> 0.7, drain_timeout_s 30.0 -> 2.0, beam_spot_x_mm 0.0 -> 1.5, "
+        "beam_spot_y_mm 0.0 -> -1.0"
+    )  # in the order of serve --help; those kept until a restart are not among them
 
     # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
     with Producer(d.input, linger_ms=0) as producer:
