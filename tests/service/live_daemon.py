@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,15 @@ def stop_process(process: subprocess.Popen, sig: int, timeout: float) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 180, poll_s: float = 0.05) -> None:
+    """Wait until ``condition()`` holds (another thread or process makes it so); the test
+    fails after ``timeout`` seconds."""
+    t_end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < t_end, "timed out"
+        time.sleep(poll_s)
 
 
 def sample(metrics: dict, name: str, **labels: str) -> float:

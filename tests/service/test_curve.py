@@ -4,11 +4,10 @@ refused handshake is counted; keys rotate by adding or removing certificate file
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from live_daemon import sample
+from live_daemon import sample, wait_for
 
 from streamtrk.cli import main
 from streamtrk.client import Consumer, Producer
@@ -36,13 +35,6 @@ def client(keys: Path, name: str | None) -> dict[str, Path]:
 
 def refused(d, socket: str, cause: str) -> float:
     return sample(d.metrics(), "streamtrk_auth_failures_total", socket=socket, cause=cause)
-
-
-def wait_for(condition, timeout: float = 60) -> None:
-    t_end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < t_end, "timed out"
-        time.sleep(0.1)
 
 
 def test_only_allowed_clients_get_through(daemon_factory, keys: Path, sim_run: Path) -> None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from live_daemon import READY_TIMEOUT_S, sample, stop_process
+from live_daemon import READY_TIMEOUT_S, sample, stop_process, wait_for
 
 from streamtrk.client import wait_listening
 from streamtrk.farm import forward
@@ -68,13 +68,6 @@ def answered(daemons) -> float:
     )
 
 
-def wait_until(condition, timeout: float = 300) -> None:
-    t_end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < t_end, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def farm(tmp_path: Path, daemon_factory):
     forwarders: list[Forwarder] = []
@@ -97,9 +90,9 @@ def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp
     dist, coll, daemons = farm
     args = ("--retries", "5", "--retry-after", "3")
     with replay(tmp_path, sim_run, dist, coll, *args) as (proc, report):
-        wait_until(lambda: answered(daemons) >= 60)
+        wait_for(lambda: answered(daemons) >= 60, timeout=300)
         daemons[0].process.kill()  # SIGKILL: what it held is lost, and resent
-        wait_until(lambda: answered(daemons[1:]) >= 120)
+        wait_for(lambda: answered(daemons[1:]) >= 120, timeout=300)
         assert daemons[1].stop(signal.SIGTERM) == 0  # leaves the distributor, drains, exits 0
         assert proc.wait(timeout=600) == 0
     got = json.loads(report.read_text())
@@ -113,7 +106,7 @@ def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp
 def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> None:
     dist, coll, daemons = farm
     with replay(tmp_path, sim_run, dist, coll, "--timeout", "10") as (proc, report):
-        wait_until(lambda: answered(daemons) >= 60)
+        wait_for(lambda: answered(daemons) >= 60, timeout=300)
         daemons[0].process.kill()
         assert proc.wait(timeout=600) == 1  # events are missing
     got = json.loads(report.read_text())

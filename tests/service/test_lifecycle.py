@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from live_daemon import sample
+from live_daemon import sample, wait_for
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.slow
 
 
 SLOW_LOAD = {"STREAMTRK_TEST_FAULTS": "load_delay_s=5"}  # every model load takes 5 s more
-
-
-def wait_for(condition, timeout: float = 180) -> None:
-    t_end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < t_end, "timed out"
-        time.sleep(0.2)
 
 
 def model_labels(d) -> dict[str, str]:

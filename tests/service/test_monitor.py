@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
 import zmq
+from live_daemon import wait_for
 
 from streamtrk.service.monitor import SocketMonitor
 from streamtrk.service.telemetry import Metrics
@@ -46,13 +46,6 @@ def test_a_monitor_that_dies_says_so_and_one_stopped_does_not() -> None:
         ctx.term()
 
 
-def _until(condition: Callable[[], bool], seconds: float = 30) -> None:
-    t_end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < t_end, "timed out"
-        time.sleep(0.01)
-
-
 def test_connections_are_those_open_whatever_peers_come_and_go() -> None:
     """Two producers stay connected while a TCP port probe (a handshake 'failed' with no
     detail) and a peer of the wrong socket type (no handshake event from libzmq) come and
@@ -73,14 +66,14 @@ def test_connections_are_those_open_whatever_peers_come_and_go() -> None:
     try:
         for peer in peers:
             peer.connect(f"tcp://127.0.0.1:{port}")
-        _until(lambda: value("streamtrk_connections") == 2)
+        wait_for(lambda: value("streamtrk_connections") == 2)
         socket.create_connection(("127.0.0.1", port)).close()
-        _until(lambda: value("streamtrk_disconnects_total", cause="closed") == 1)
+        wait_for(lambda: value("streamtrk_disconnects_total", cause="closed") == 1)
         wrong = ctx.socket(zmq.PUB)  # dropped by libzmq, and reconnecting while it lives
         wrong.connect(f"tcp://127.0.0.1:{port}")
-        _until(lambda: value("streamtrk_disconnects_total", cause="closed") >= 2)
+        wait_for(lambda: value("streamtrk_disconnects_total", cause="closed") >= 2)
         wrong.close(linger=0)
-        _until(lambda: value("streamtrk_connections") == 2)
+        wait_for(lambda: value("streamtrk_connections") == 2)
         time.sleep(0.3)  # anything still to come from the closed peer
         assert value("streamtrk_connections") == 2
         for cause in ("auth", "handshake"):
@@ -88,7 +81,7 @@ def test_connections_are_those_open_whatever_peers_come_and_go() -> None:
         closed = value("streamtrk_disconnects_total", cause="closed")
         for peer in peers:
             peer.close(linger=0)
-        _until(lambda: value("streamtrk_connections") == 0)
+        wait_for(lambda: value("streamtrk_connections") == 0)
         assert value("streamtrk_disconnects_total", cause="closed") == closed + 2
     finally:
         monitor.stop()

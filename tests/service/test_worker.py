@@ -7,10 +7,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from live_daemon import wait_for
 from piles import pile
 
 from streamtrk.detector import load_detector
@@ -48,14 +48,6 @@ def _worker(
     rec = Reconstructor(scorer, detector=det)
     observe = (observed if observed is not None else []).append
     return Worker(batcher, replies, metrics or Metrics(), lambda: rec, lambda: True, observe)
-
-
-def _until(condition: Callable[[], bool]) -> None:
-    """Wait for ``condition`` (set by another thread), at most 60 s."""
-    t_end = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < t_end
-        time.sleep(0.01)
 
 
 def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
@@ -186,7 +178,7 @@ def test_done_waits_for_replies_the_worker_claimed_before_abandon() -> None:
     worker = _worker(batcher, replies, FailOnEvent13(), det)
     batcher.put(Job(event, time.perf_counter(), None))
     worker.start()
-    _until(lambda: worker._owed > 0)  # the event's reply is claimed, its put blocked
+    wait_for(lambda: worker._owed > 0)  # the event's reply is claimed, its put blocked
     assert worker.abandon() == 0  # nothing left for abandon() to answer
     assert not worker.done.is_set()
     replies.get()  # room: the worker's reply goes in
@@ -208,10 +200,10 @@ def test_done_waits_for_every_reply_the_worker_still_owes() -> None:
     for ev in events:
         batcher.put(Job(ev, now, now - 1.0))
     worker.start()
-    _until(lambda: worker._owed == 2)  # both 'deadline' replies claimed, the first put blocked
+    wait_for(lambda: worker._owed == 2)  # both 'deadline' replies claimed, the first put blocked
     assert worker.abandon() == 0 and not worker.done.is_set()
     replies.get()  # the first goes in; the second waits
-    _until(lambda: worker._owed == 1)
+    wait_for(lambda: worker._owed == 1)
     assert not worker.done.is_set()
     replies.get()
     assert worker.done.wait(10)
@@ -230,14 +222,14 @@ def test_done_waits_for_abandons_own_replies() -> None:
     worker = _worker(batcher, replies, FailOnEvent13(), det)
     batcher.put(Job(events[0], time.perf_counter(), None))
     worker.start()
-    _until(lambda: worker._owed > 0)  # event 0's reply claimed, its put blocked
+    wait_for(lambda: worker._owed > 0)  # event 0's reply claimed, its put blocked
     batcher.put(Job(events[1], time.perf_counter(), None))  # still queued: abandon()'s
     close, early = batcher.close, []
 
     def close_then_let_the_worker_finish() -> None:  # inside abandon(), before its claims
         close()
         replies.get()  # room for the worker's reply
-        _until(lambda: worker._owed == 0)
+        wait_for(lambda: worker._owed == 0)
         early.append(worker.done.is_set())
         replies.get()  # room for abandon()'s
 
