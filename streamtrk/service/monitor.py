@@ -6,10 +6,12 @@ refused counts for the milliseconds of its handshake, and no disconnection can t
 count below the connections there are. Every disconnection is counted by cause in
 ``streamtrk_disconnects_total`` and logged: ``auth`` (the CURVE key is not allowed),
 ``handshake`` (the handshake was refused: a peer without CURVE against a CURVE socket, or
-another mechanism) or ``closed`` (any other end: the peer went away, also during its
-handshake, as a TCP port probe does; or libzmq dropped the connection, for a frame over
-``ZMQ_MAXMSGSIZE`` or a peer of an incompatible socket type; what the peer had queued on
-it is lost with it). Refused handshakes also count in ``streamtrk_auth_failures_total``.
+another mechanism; on a CURVE socket also a peer that hung up during its handshake, as a
+client without CURVE may when it sees the mismatch first) or ``closed`` (any other end: the
+peer went away, on a plain socket also during its handshake, as a TCP port probe does; or
+libzmq dropped the connection, for a frame over ``ZMQ_MAXMSGSIZE`` or a peer of an
+incompatible socket type; what the peer had queued on it is lost with it). Refused
+handshakes also count in ``streamtrk_auth_failures_total``.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from streamtrk.service.telemetry import Metrics
 log = logging.getLogger(__name__)
 POLL_MS = 100
 # libzmq 4.3 reports a peer that leaves during its handshake as HANDSHAKE_FAILED_NO_DETAIL
-# (not a refusal: not read), and a peer of an incompatible socket type with no handshake
-# event at all: the open connections are counted from the events that carry a descriptor.
+# (a TCP port probe; against a CURVE socket also a client without CURVE that saw the
+# mismatch first), and a peer of an incompatible socket type with no handshake event at
+# all: the open connections are counted from the events that carry a descriptor.
+REFUSALS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_CONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_DISCONNECTED
 )
 
@@ -47,6 +52,9 @@ class SocketMonitor(threading.Thread):
         self.monitors = {name: sock.get_monitor_socket(EVENTS) for name, sock in sockets.items()}
         self._stopping = threading.Event()
         self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
+        self._curve = {
+            name: sock.getsockopt(zmq.CURVE_SERVER) == 1 for name, sock in sockets.items()
+        }
         # Causes of refused handshakes whose disconnection is still to come, oldest first.
         # (Handshake events carry no descriptor to pair them with; libzmq reports each
         # refusal's disconnection right after it, so the counts by cause come out right.)
@@ -83,7 +91,9 @@ class SocketMonitor(threading.Thread):
         if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
             open_now.add(message["value"])
             m.connections.labels(socket).set(len(open_now))
-        elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+        elif event in REFUSALS or (
+            event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._curve[socket]
+        ):
             cause = "auth" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake"
             m.auth_failures.labels(socket, cause).inc()
             self._refused[socket].append(cause)

@@ -89,3 +89,27 @@ def test_connections_are_those_open_whatever_peers_come_and_go() -> None:
             peer.close(linger=0)
         pull.close(linger=0)
         ctx.term()
+
+
+def test_on_a_curve_socket_a_peer_hanging_up_in_its_handshake_is_refused() -> None:
+    """A client without CURVE may see the mismatch first and hang up: libzmq reports that
+    as it reports a TCP probe. On a CURVE socket it counts as a refused handshake (the
+    operator's sign of a client without CURVE); on a plain one (above) as closed."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.curve_secretkey = zmq.curve_keypair()[1]
+    pull.curve_server = True
+    metrics = Metrics()
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    monitor = SocketMonitor({"input": pull}, metrics)
+    monitor.start()
+    try:
+        socket.create_connection(("127.0.0.1", port)).close()
+        labels = {"socket": "input", "cause": "handshake"}
+        wait_for(lambda: metrics.registry.get_sample_value("streamtrk_disconnects_total", labels))
+        assert metrics.registry.get_sample_value("streamtrk_auth_failures_total", labels) == 1
+        assert metrics.registry.get_sample_value("streamtrk_connections", {"socket": "input"}) == 0
+    finally:
+        monitor.stop()
+        pull.close(linger=0)
+        ctx.term()
