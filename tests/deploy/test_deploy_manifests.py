@@ -20,6 +20,7 @@ from deploy_helpers import (
     DEPLOY,
     UNIT,
     dashboard,
+    dockerfile_env,
     dockerfile_instructions,
     k8s_objects,
     load_yaml_documents,
@@ -316,6 +317,16 @@ def _unit() -> configparser.ConfigParser:
     return unit
 
 
+def _unit_environment() -> list[str]:
+    """The unit's ``Environment=`` assignments (configparser keeps only the last line)."""
+    return [
+        assignment
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("Environment=")
+        for assignment in shlex.split(line.removeprefix("Environment="))
+    ]
+
+
 def test_systemd_unit() -> None:
     service = _unit()["Service"]
     cfg = load_config(
@@ -345,18 +356,22 @@ def test_systemd_unit() -> None:
     assert _unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_image_and_unit_cap_malloc_arenas_alike() -> None:
+    """Both deployments run the daemon with the same few glibc malloc arenas (its RSS
+    crept for 25 minutes with the default of up to 8 a core; bench/RESULTS.md)."""
+    image = dockerfile_env()["MALLOC_ARENA_MAX"]
+    assert image.isdigit() and 1 <= int(image) <= 4
+    assert f"MALLOC_ARENA_MAX={image}" in _unit_environment()
+    assert "MALLOC_ARENA_MAX" not in _env_file(DEPLOY / "systemd" / "streamtrk.env")
+
+
 def test_systemd_hands_the_curve_secret_to_the_dynamic_user() -> None:
     """``streamtrk keys`` leaves the secret readable by root only, which the unit's dynamic
     user cannot read: the unit loads it as a credential and points the daemon at the copy."""
     cfg = load_config(DEPLOY / "systemd" / "streamtrk.toml")
     name, _, source = _unit()["Service"]["LoadCredential"].partition(":")
     assert source == str(cfg.curve_secret_key)
-    environment = [
-        line.removeprefix("Environment=")
-        for line in UNIT.read_text().splitlines()
-        if line.startswith("Environment=")
-    ]
-    assert f"STREAMTRK_CURVE_SECRET_KEY=%d/{name}" in environment
+    assert f"STREAMTRK_CURVE_SECRET_KEY=%d/{name}" in _unit_environment()
     env = _env_file(DEPLOY / "systemd" / "streamtrk.env")
     assert "STREAMTRK_CURVE_SECRET_KEY" not in env  # the file would override the credential
     overridden = load_config(
