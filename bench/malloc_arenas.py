@@ -23,36 +23,25 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from daemon_bench import Daemon, replayed
-from soak import SAMPLE_S, rss_mib
+from soak import RssSampler
 
 
-def sustained(tmp: Path, name: str, env: dict[str, str], events: list[Any], seconds: float):
+def sustained(
+    tmp: Path, name: str, env: dict[str, str], events: list[Any], seconds: float
+) -> dict[str, Any]:
     """One daemon with ``env``: a warm pass, then a full-speed loop of about ``seconds``."""
     daemon = Daemon(tmp / f"daemon-{name}.log", env=env)
-    samples: list[tuple[float, float]] = []
-    done = threading.Event()
     try:
         warm = replayed(daemon, events)["events_per_second"]
         loops = max(1, round(warm * seconds / len(events)))
-        t0 = time.monotonic()
-
-        def sample() -> None:
-            while not done.wait(SAMPLE_S):
-                samples.append((time.monotonic() - t0, rss_mib(daemon.process.pid)))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        report = replayed(daemon, events, loop=loops)
-        done.set()
-        sampler.join()
+        with RssSampler(daemon.process.pid) as rss:
+            report = replayed(daemon, events, loop=loops)
+        samples = rss.samples
     finally:
-        done.set()
         exit_code = daemon.stop()
     return {
         "env": env,

@@ -36,6 +36,30 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+class RssSampler:
+    """Within ``with``: process ``pid``'s RSS every ``SAMPLE_S`` seconds, as ``samples`` of
+    (seconds since the ``with`` began, MiB)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_S):
+            self.samples.append((time.monotonic() - self._t0, rss_mib(self.pid)))
+
+    def __enter__(self) -> RssSampler:
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def soak(run: Path, tmp: Path, mode: str, minutes: float, events: list[Any]) -> dict[str, Any]:
     daemon = Daemon(tmp / f"daemon-{mode}.log", "--overload", mode)
     try:
@@ -46,20 +70,9 @@ def soak(run: Path, tmp: Path, mode: str, minutes: float, events: list[Any]) -> 
         cmd = [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", daemon.input,
                "--from", daemon.output, "--rate", f"{rate:.4f}", "--loop", str(loops),
                "--timeout", "120", "-q", "--report", str(report)]  # fmt: skip
-        samples: list[tuple[float, float]] = []
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(SAMPLE_S):
-                samples.append((time.monotonic() - t0, rss_mib(daemon.process.pid)))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        proc.wait()
-        done.set()
-        sampler.join()
+        with RssSampler(daemon.process.pid) as rss:
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+        samples = rss.samples
         got = json.loads(report.read_text())
     finally:
         exit_code = daemon.stop()
