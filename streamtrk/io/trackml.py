@@ -3,6 +3,9 @@
 An event is a path prefix such as ``.../event000001000`` naming ``<prefix>-hits.csv`` and,
 optionally, ``-truth.csv``, ``-particles.csv`` (and ``-cells.csv``, ignored); each may be
 gzipped (``.csv.gz``). Columns are found by header name, so their order does not matter.
+Refused, naming the file: a value that is not a finite number or does not fit its type, a
+hit id twice, truth without a row for a hit, a particle twice, or a truth particle that
+``-particles.csv`` (where present) does not list.
 
 Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
 to the identical float32, so a write/read round trip reproduces every array exactly and the
@@ -189,6 +192,12 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
         particles = Particles.from_columns(_read_csv(particles_path, PARTICLE_DTYPES))
         if len(np.unique(particles.particle_id)) != len(particles):
             raise ValueError(f"{particles_path}: duplicate particle_id")
+        missing = np.setdiff1d(pid[pid != 0], particles.particle_id)
+        if len(missing):  # their particles would be missed by every efficiency
+            raise ValueError(
+                f"{truth_path}: {len(missing)} particle_id values (first {missing[0]}) are not "
+                f"in {particles_path.name}"
+            )
     vz = np.nan_to_num(_per_hit(particles, pid, particles.vz), nan=0.0)  # unknown: vz = 0
     distance = np.abs(cols["tz"] - vz)
     cols["hit_order"] = hit_order(pid, distance)

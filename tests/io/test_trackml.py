@@ -260,6 +260,22 @@ def test_duplicate_particle_and_bad_gzip_are_refused(tmp_path):
         read_event(prefix)
 
 
+def test_a_particle_of_the_truth_missing_from_particles_csv_is_refused(tmp_path):
+    """Its hits would count for no particle: every efficiency would miss it unsaid."""
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    particles = tmp_path / "event000000042-particles.csv"
+    ids = np.asarray(event.truth.hits.particle_id)
+    dropped = int(ids[ids != 0][0])
+    _rewrite_csv(
+        particles, lambda header, rows: (header, [r for r in rows if int(r[0]) != dropped])
+    )
+    with pytest.raises(
+        ValueError, match=rf"truth\.csv: 1 particle_id values \(first {dropped}\) are not in "
+    ):
+        read_event(prefix)
+
+
 def test_truth_aligned_by_hit_id(tmp_path):
     event = synthetic_event()
     prefix = write_event(event, tmp_path)
