@@ -263,10 +263,10 @@ def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events
-    from streamtrk.io.trackml import write_event
+    from streamtrk.io.trackml import event_files, write_event
 
     runs: dict[int, int] = {}  # event number -> run, of the events written
-    repeats = 0
+    repeats = replaced = 0
     for ev in iter_events(args.recording):
         if runs.get(ev.event) == ev.run:  # recorded twice (a looped replay): written once
             repeats += 1
@@ -277,10 +277,14 @@ def _export_trackml(args: argparse.Namespace) -> int:
                 f"{args.recording}: TrackML files name events by number alone"
             )
         runs[ev.event] = ev.run
+        replaced += bool(args.output.is_dir() and event_files(args.output, ev.event))
         write_event(ev, args.output)
     if repeats:
         print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
               "written once", file=sys.stderr)  # fmt: skip
+    if replaced:
+        print(f"streamtrk export-trackml: {replaced} events replaced the files of the same "
+              f"event number in {args.output}", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -305,6 +305,15 @@ def _write_table(path: Path, table: Columns) -> None:
     _write_bytes(path, _csv_bytes(list(table), list(table.values())))
 
 
+def event_files(directory: str | Path, event_number: int) -> list[Path]:
+    """The files of event ``event_number`` in ``directory``: each kind, ``.csv`` or
+    ``.csv.gz``, that exists."""
+    prefix = Path(directory) / f"event{event_number:09d}"
+    kinds = ("hits", "truth", "particles", "cells")
+    paths = (prefix.with_name(f"{prefix.name}-{k}{s}") for k in kinds for s in (".csv", ".csv.gz"))
+    return [path for path in paths if path.is_file()]
+
+
 def write_event(event: Event, directory: str | Path, *, compress: bool = False) -> Path:
     """Write ``event`` as TrackML CSV files in ``directory``; returns the event prefix.
 
@@ -312,22 +321,27 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     ``-particles.csv`` in the official column order (``.csv.gz`` when ``compress``).
     ``hit_order`` is not written: reading recomputes it from |tz - vz|. Particles whose
     kinematics are all unknown (read without ``-particles.csv``) write no particles file,
-    as they were read.
+    as they were read. Files of that event number already there that it does not write
+    (an earlier event's truth, cells, or the other compression) are removed: a reader
+    would pair them with these hits.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     prefix = directory / f"event{event.event:09d}"
     suffix = ".csv.gz" if compress else ".csv"
     hits = event.hits.to(np)
-    _write_table(prefix.with_name(f"{prefix.name}-hits{suffix}"), hits.columns())
+    written = [prefix.with_name(f"{prefix.name}-hits{suffix}")]
+    _write_table(written[0], hits.columns())
     if event.truth is not None:
         truth = {"hit_id": hits.hit_id, **event.truth.hits.to(np).columns()}
-        truth_path = prefix.with_name(f"{prefix.name}-truth{suffix}")
-        _write_table(truth_path, {k: truth[k] for k in TRUTH_COLUMNS})
+        written.append(prefix.with_name(f"{prefix.name}-truth{suffix}"))
+        _write_table(written[-1], {k: truth[k] for k in TRUTH_COLUMNS})
         particles = event.truth.particles.to(np)
         if not (len(particles) and kinematics_unknown(particles).all()):
-            particles_path = prefix.with_name(f"{prefix.name}-particles{suffix}")
-            _write_table(particles_path, particles.columns())
+            written.append(prefix.with_name(f"{prefix.name}-particles{suffix}"))
+            _write_table(written[-1], particles.columns())
+    for stale in set(event_files(directory, event.event)) - set(written):
+        stale.unlink()
     return prefix
 
 

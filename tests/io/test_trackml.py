@@ -11,6 +11,7 @@ import pytest
 
 from streamtrk.event import Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.io.trackml import (
+    event_files,
     iter_events,
     read_event,
     read_submission,
@@ -274,6 +275,24 @@ def test_a_particle_of_the_truth_missing_from_particles_csv_is_refused(tmp_path)
         ValueError, match=rf"truth\.csv: 1 particle_id values \(first {dropped}\) are not in "
     ):
         read_event(prefix)
+
+
+def test_an_event_written_again_leaves_none_of_the_old_files(tmp_path):
+    """A reader pairs every file of an event number: an earlier truth, particles or cells
+    file left beside new hits would be read as their truth."""
+    event = synthetic_event()
+    write_event(event, tmp_path)
+    (tmp_path / "event000000042-cells.csv").write_text("hit_id,ch0,ch1,value\n")
+    other = Event(0, 42, synthetic_event(seed=1).hits)  # the same number, no truth
+    prefix = write_event(other, tmp_path, compress=True)
+    assert event_files(tmp_path, 42) == [tmp_path / "event000000042-hits.csv.gz"]
+    back = read_event(prefix)
+    assert back.truth is None and back.hits.equals(other.hits)
+    write_event(event, tmp_path)
+    assert [p.name for p in event_files(tmp_path, 42)] == [
+        f"event000000042-{kind}.csv" for kind in ("hits", "truth", "particles")
+    ]
+    assert read_event(prefix).truth.equals(event.truth)
 
 
 def test_truth_aligned_by_hit_id(tmp_path):
