@@ -358,7 +358,9 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "edge_efficiency (pT>=1 GeV segments from r<10 mm found in the graph as built, after "
     "pruning, above the threshold, all over the same segments; _all: any vertex), "
     "graph_/pruned_/gnn_edge_purity (true pT>=1 GeV segments over edges, segments of softer "
-    "particles not counted); events, hits_per_event, graph_edges_per_event (built), "
+    "particles not counted); events, events_with_truth (the events the physics keys are "
+    "of: events without truth are reconstructed, not scored), hits_per_event, "
+    "graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
     "seconds_per_event, stage_seconds (mean per event), timings (median per event); "
     "events_refused and refused (run, event, what, count, limit): events over the work "
@@ -422,16 +424,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = ev.report()
     report["input"] = str(args.input)
     report["scorer"] = scorer
+    if (truthless := ev.n_events - report["events_with_truth"]) > 0:
+        print(
+            f"streamtrk evaluate: {truthless} of {ev.n_events} events have no truth: "
+            "reconstructed, not scored (the physics keys are of the other "
+            f"{report['events_with_truth']})",
+            file=sys.stderr,
+        )
     text = _json(report, indent=2, sort_keys=True)
+    # Files named by event number are checked before anything is written.
+    submission = by_event_number(ev.submission) if args.submission else None
+    tracks = by_event_number(ev.tracks) if args.tracks else None
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text + "\n")
     if args.submission:
         args.submission.parent.mkdir(parents=True, exist_ok=True)
-        write_submission(args.submission, by_event_number(ev.submission))
+        write_submission(args.submission, submission)
     if args.tracks:
         args.tracks.parent.mkdir(parents=True, exist_ok=True)
-        write_track_parameters(args.tracks, by_event_number(ev.tracks))
+        write_track_parameters(args.tracks, tracks)
     if args.plots:
         plot(ev, args.plots)
     print(text)

@@ -194,6 +194,69 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
     assert "1 events recorded more than once were written once" in capsys.readouterr().err
 
 
+def test_export_trackml_again_replaces_the_event_files_and_says_so(tmp_path, capsys):
+    _simulate(tmp_path)
+    first = next(iter_events(tmp_path / "a.stk"))
+    with RecordingWriter(tmp_path / "bare.stk") as w:
+        w.write_event(replace(first, hits=first.hits.take(np.arange(10)), truth=None))
+    out = tmp_path / "out"
+    assert main(["export-trackml", str(tmp_path / "a.stk"), "-o", str(out)]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main(["export-trackml", str(tmp_path / "bare.stk"), "-o", str(out)]) == 0
+    assert f"1 events replaced the files of the same event number in {out}" in (
+        capsys.readouterr().err
+    )
+    back = read_event(out / f"event{first.event:09d}")
+    assert back.truth is None and len(back.hits) == 10  # not the first export's truth
+
+
+def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, capsys):
+    main(
+        [
+            "simulate",
+            "--events",
+            "1",
+            "--mu",
+            "1",
+            "--seed",
+            "3",
+            "-q",
+            "-o",
+            str(tmp_path / "e.stk"),
+        ]
+    )
+    event = next(iter_events(tmp_path / "e.stk"))
+    with RecordingWriter(tmp_path / "mixed.stk") as w:
+        w.write_event(event)
+        w.write_event(replace(event, event=event.event + 1, truth=None))
+    names = ["efficiency_vs_pt", "efficiency_vs_eta", "fake_rate_vs_eta", "pt_resolution_vs_pt"]
+    for name, truthless in (("e.stk", 0), ("mixed.stk", 1)):
+        plots = tmp_path / f"plots-{name}"
+        args = ["evaluate", str(tmp_path / name), "-q", "--plots", str(plots)]  # the model
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert report["events"] == 1 + truthless and report["events_with_truth"] == 1
+        note = f"{truthless} of 2 events have no truth: reconstructed, not scored"
+        assert (note in err) == bool(truthless)
+        for png in (plots / f"{n}.png" for n in [*names, "pulls"]):
+            assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_writes_no_file_when_one_cannot_be_written(tmp_path):
+    """Two runs of one event number cannot share a submission: nothing is written."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    event = next(iter_events(tmp_path / "e.stk"))
+    with RecordingWriter(tmp_path / "runs.stk") as w:
+        w.write_event(event)
+        w.write_event(replace(event, run=event.run + 1))
+    report, sub = tmp_path / "r.json", tmp_path / "sub.csv"
+    args = ["evaluate", str(tmp_path / "runs.stk"), "--oracle", "-q", "--report", str(report)]
+    out = _run(*args, "--submission", str(sub))
+    assert out.returncode == 1 and "occurs in more than one run" in out.stderr
+    assert not report.exists() and not sub.exists()
+
+
 def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert main(["import-trackml", str(tmp_path / "nope"), "-o", str(tmp_path / "x.stk")]) == 1
     (tmp_path / "bad.stk").write_bytes(b"not a recording")

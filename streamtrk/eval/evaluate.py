@@ -248,6 +248,7 @@ class Evaluation:
         n = max(self.n_events, 1)
         out: dict[str, Any] = {
             "events": self.n_events,
+            "events_with_truth": len(self.particles),  # one row block per event scored
             "seconds_per_event": self.seconds / n,
             "stage_seconds": {k: sum(v) / len(v) for k, v in self.stage_seconds.items()},
             "timings": {k: float(np.median(v)) for k, v in self.stage_seconds.items()},
@@ -516,14 +517,18 @@ def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
             bias.append(100 * np.median(pt[sel] / true_pt[sel] - 1))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     top.plot(centre, res, "o")
-    top.set_yscale("log")
     top.set_ylabel("q/pT resolution [1/GeV]")
     top.set_title(f"matched tracks ({ev.n_events} events)")
     bottom.plot(centre, bias, "o")
     bottom.axhline(0, color="grey", lw=0.5)
     bottom.set_ylabel("median pT fitted / true - 1 [%]")
     bottom.set_xlabel("true pT [GeV]")
-    bottom.set_xscale("log")
+    if centre:  # log axes need data
+        top.set_yscale("log")
+        bottom.set_xscale("log")
+    else:  # no truth, or too few tracks: an empty plot that says so
+        top.text(0.5, 0.5, "no true-pT bin with 5 matched tracks", ha="center",
+                 transform=top.transAxes)  # fmt: skip
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
