@@ -2,9 +2,11 @@
 
 An event is a path prefix such as ``.../event000001000`` naming ``<prefix>-hits.csv`` and,
 optionally, ``-truth.csv``, ``-particles.csv`` (and ``-cells.csv``, ignored); each may be
-gzipped (``.csv.gz``). Columns are found by header name, so their order does not matter.
-Refused, naming the file: a value that is not a finite number or does not fit its type, a
-hit id twice, truth without a row for a hit, a particle twice, or a truth particle that
+gzipped (``.csv.gz``). Columns are found by header name, so their order does not matter
+(a byte-order mark before the header is skipped). Refused, naming the file, and the column
+and data row where there is one: a column named twice, a value that is not a number, not
+finite or does not fit its type, a row of other fields than the header, a hit id twice,
+truth without a row for a hit, a particle twice, or a truth particle that
 ``-particles.csv`` (where present) does not list.
 
 Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
@@ -87,6 +89,15 @@ def _checked(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.n
     return out
 
 
+def _located(message: str, header: Sequence[str]) -> str:
+    """NumPy's parse error with its place (``at row R, column C``: R from 0 over the data
+    rows, C from 1) said as :func:`_checked` says it: column name, data row from 1."""
+    at = re.search(r" at row (\d+), column (\d+)\.?$", message)
+    if at is None or not 0 < int(at[2]) <= len(header):
+        return message
+    return f"column {header[int(at[2]) - 1]!r}, data row {int(at[1]) + 1}: {message[: at.start()]}"
+
+
 def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = ()) -> Columns:
     """Columns of a headed CSV file, parsed by header name into ``dtypes``.
 
@@ -94,8 +105,12 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     may be missing (then absent from the result); other missing columns raise ValueError.
     """
     header, _, body = _read_bytes(path).replace(b"\r", b"").partition(b"\n")
-    head = header.decode("utf-8", errors="replace")
-    index = {name.strip(): i for i, name in enumerate(head.split(","))}
+    head = header.decode("utf-8", errors="replace").removeprefix("\ufeff")  # a BOM
+    fields = [name.strip() for name in head.split(",")]
+    index = {name: i for i, name in enumerate(fields)}
+    if len(index) != len(fields):
+        twice = next(name for name in fields if fields.count(name) > 1)
+        raise ValueError(f"{path}: column {twice!r} twice in the header {head!r}")
     for name in dtypes:
         if name not in index and name not in optional:
             raise ValueError(f"{path}: missing column {name!r} (header: {head!r})")
@@ -109,12 +124,11 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
                 io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1, comments=None
             )
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
-        fields = len(index)
-        if body.count(b",") != len(table) * (fields - 1):  # a row of other fields than named
+            raise ValueError(f"{path}: {_located(str(err), fields)}") from err
+        if body.count(b",") != len(table) * (len(fields) - 1):  # a row of other fields
             rows = (line.count(b",") + 1 for line in body.split(b"\n") if line.strip())
-            row, n = next((k, n) for k, n in enumerate(rows) if n != fields)
-            raise ValueError(f"{path}: data row {row + 1} has {n} fields, the header {fields}")
+            row, n = next((k, n) for k, n in enumerate(rows) if n != len(fields))
+            raise ValueError(f"{path}: data row {row + 1} has {n} fields, the header {len(fields)}")
     return {n: _checked(path, n, table[n], np.dtype(dtypes[n])) for n in names}
 
 

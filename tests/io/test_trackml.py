@@ -171,6 +171,18 @@ def test_windows_line_ends_and_spaced_headers_are_read(tmp_path):
     assert read_event(prefix).hits.equals(event.hits)
 
 
+def test_a_byte_order_mark_is_read_and_a_column_named_twice_refused(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    text = hits_path.read_text()
+    hits_path.write_text("\ufeff" + text, encoding="utf-8")  # as spreadsheets save CSV
+    assert read_event(prefix).hits.equals(event.hits)
+    _rewrite_csv(hits_path, lambda h, rows: ([*h, "x"], [[*r, "0"] for r in rows]))
+    with pytest.raises(ValueError, match=r"hits\.csv: column 'x' twice in the header"):
+        read_event(prefix)
+
+
 def test_single_row_and_malformed_row(tmp_path):
     event = synthetic_event()
     one = Event(0, 42, event.hits.take(np.array([3])))
@@ -185,7 +197,9 @@ def test_single_row_and_malformed_row(tmp_path):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("#7,1.0,2.0,3.0,8,2,1", "could not convert string '#7'"),  # not a comment: a hit
+        # Not a comment: a hit; placed as the values' checks place theirs.
+        ("#7,1.0,2.0,3.0,8,2,1", "column 'hit_id', data row 3: could not convert string '#7'"),
+        ("7,1.0,abc,3.0,8,2,1", "column 'y', data row 3: could not convert string 'abc'"),
         ("7,1.0,2.0,3.0,8,2,1,5", "data row 3 has 8 fields, the header 7"),
     ],
 )
