@@ -191,7 +191,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("path", help="event prefix (.../event000001000) or a directory of events")
+    s.add_argument(
+        "path", help="event prefix (.../event000001000), its -hits.csv, or a directory of events"
+    )
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--run", type=int, default=0, help="run number (default 0)")
     s.add_argument(
@@ -301,7 +303,9 @@ def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0)
 
 
 def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("input", help="a .stk recording, or TrackML CSV (event prefix or directory)")
+    s.add_argument(
+        "input", help="a .stk recording, or TrackML CSV (event prefix, its -hits.csv, directory)"
+    )
     src = s.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     src.add_argument("--oracle", action="store_true", help="edge scores from truth")

@@ -221,7 +221,8 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
 
 
 def read_event(path: str | Path, *, event_number: int | None = None, run: int = 0) -> Event:
-    """Read one TrackML event from its path prefix (e.g. ``.../event000001000``).
+    """Read one TrackML event from its path prefix (e.g. ``.../event000001000``) or its
+    ``-hits.csv[.gz]`` file.
 
     The event number is parsed from the prefix unless given. Truth is read when
     ``-truth.csv`` exists; ``hit_order`` is computed from |tz - vz| and, when the truth has
@@ -229,6 +230,8 @@ def read_event(path: str | Path, *, event_number: int | None = None, run: int = 
     particles are the truth's ids with NaN kinematics, q 0 and nhits counted from the truth.
     """
     prefix = Path(path)
+    if hits_file := _HITS_FILE_RE.fullmatch(prefix.name):
+        prefix = prefix.with_name(hits_file[1])
     hits_path = _find(prefix, "hits")
     if hits_path is None:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")

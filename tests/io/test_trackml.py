@@ -171,6 +171,16 @@ def test_windows_line_ends_and_spaced_headers_are_read(tmp_path):
     assert read_event(prefix).hits.equals(event.hits)
 
 
+def test_an_event_is_read_from_its_prefix_or_its_hits_file(tmp_path):
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path, compress=True)
+    hits_file = tmp_path / "event000000042-hits.csv.gz"
+    for path in (prefix, hits_file):
+        back = read_event(path)
+        assert back.event == 42 and back.hits.equals(event.hits) and back.truth.equals(event.truth)
+    assert [e.event for e in iter_events(hits_file)] == [42]
+
+
 def test_a_byte_order_mark_is_read_and_a_column_named_twice_refused(tmp_path):
     event = synthetic_event()
     prefix = write_event(event, tmp_path)
