@@ -431,7 +431,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (truthless := ev.n_events - report["events_with_truth"]) > 0:
         print(
             f"streamtrk evaluate: {truthless} of {ev.n_events} events have no truth: "
-            "reconstructed, not scored (the physics keys are of the other "
+            "reconstructed, not scored (the physics keys are of events_with_truth, "
             f"{report['events_with_truth']})",
             file=sys.stderr,
         )
