@@ -435,6 +435,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{report['events_with_truth']})",
             file=sys.stderr,
         )
+    if ev.n_without_kinematics:
+        print(
+            f"streamtrk evaluate: {ev.n_without_kinematics} events have truth but no particle "
+            "vertices or momenta (TrackML without -particles.csv): they count in no efficiency "
+            "(null where no event does); the TrackML score uses the truth's momenta",
+            file=sys.stderr,
+        )
     text = _json(report, indent=2, sort_keys=True)
     # Files named by event number are checked before anything is written.
     submission = by_event_number(ev.submission) if args.submission else None

@@ -243,6 +243,24 @@ def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, c
             assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    assert main(["export-trackml", str(tmp_path / "e.stk"), "-o", str(tmp_path / "csv")]) == 0
+    (prefix,) = {p.name.split("-")[0] for p in (tmp_path / "csv").iterdir()}
+    args = ["evaluate", str(tmp_path / "csv" / prefix), "-q"]  # the model
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    whole = json.loads(out)
+    assert whole["tracking_efficiency"] > 0.9 and "no particle vertices" not in err
+    (tmp_path / "csv" / f"{prefix}-particles.csv").unlink()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["tracking_efficiency"] is None
+    assert report["trackml_score"] == whole["trackml_score"]  # the truth file's weights
+    assert "1 events have truth but no particle vertices or momenta" in err
+
+
 def test_evaluate_writes_no_file_when_one_cannot_be_written(tmp_path):
     """Two runs of one event number cannot share a submission: nothing is written."""
     main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
