@@ -279,7 +279,7 @@ def _export_trackml(args: argparse.Namespace) -> int:
                 f"{args.recording}: TrackML files name events by number alone"
             )
         runs[ev.event] = ev.run
-        replaced += bool(args.output.is_dir() and event_files(args.output, ev.event))
+        replaced += bool(event_files(args.output, ev.event))
         write_event(ev, args.output)
     if repeats:
         print(f"streamtrk export-trackml: {repeats} events recorded more than once were "

@@ -21,7 +21,6 @@ from streamtrk.eval.score import (
     ratio,
 )
 from streamtrk.event import Event, Tracks
-from streamtrk.io.trackml import kinematics_unknown
 from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
@@ -123,9 +122,6 @@ class Evaluation:
     submission: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     tracks: dict[tuple[int, int], Tracks] = field(default_factory=dict)
     n_hits: int = 0
-    # Events with truth but no particle kinematics (TrackML CSV without -particles.csv):
-    # no particle of theirs is reconstructable, so they count in no efficiency.
-    n_without_kinematics: int = 0
     n_built_edges: int = 0
     n_scored_edges: int = 0
     # Events over the work budget (run, event, what, count, limit): the daemon answers them
@@ -213,14 +209,19 @@ class Evaluation:
                 "z0": vz + pz / pt * radius * turn,
             }
 
+    @property
+    def n_without_kinematics(self) -> int:
+        """Events with truth but no particle kinematics (TrackML CSV without -particles.csv:
+        every pT unknown, NaN): no particle of theirs is reconstructable, so they count in
+        no efficiency."""
+        return sum(bool(len(p) and np.isnan(p[:, 0]).all()) for p in self.particles)
+
     def track_table(self) -> np.ndarray:
         """The track rows of every event as one (tracks, TRACK_COLUMNS) array."""
         return np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *self.track_rows])
 
     def _score(self, ev: Event, labels: np.ndarray) -> Any:
         """Physics counts of one event's track labels; keeps its particles' row."""
-        particles = ev.truth.particles
-        self.n_without_kinematics += bool(len(particles) and kinematics_unknown(particles).all())
         c = self.physics.add(ev, labels, self.beam_line)
         self.particles.append(
             np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
