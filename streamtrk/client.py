@@ -122,7 +122,14 @@ class Producer(_Endpoint):
 
     def send_frames(self, frames: Sequence[Any], *, timeout_ms: int | None = None) -> bool:
         """Send one multipart message zero-copy; block while the high-water mark is reached,
-        at most ``timeout_ms`` (then return False) or forever if None."""
+        at most ``timeout_ms`` (then return False) or forever if None. A frame that is not
+        a contiguous buffer raises before any frame is sent (a message sent in part would
+        take the next message into it)."""
+        if not frames:
+            raise ValueError("a message has at least one frame")
+        for i, frame in enumerate(frames):
+            if not isinstance(frame, zmq.Frame) and not memoryview(frame).contiguous:
+                raise ValueError(f"frame {i} is not a contiguous buffer")
         if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLOUT):
             return False
         flags = 0 if timeout_ms is None else zmq.NOBLOCK

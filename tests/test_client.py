@@ -67,6 +67,23 @@ def test_frames_and_malformed_messages() -> None:
         assert consumer.recv_frames(timeout_ms=10) is None
 
 
+def test_a_frame_that_cannot_be_sent_sends_none_of_its_message() -> None:
+    """A bad frame raises before the message's first frame leaves: a message sent in part
+    would take the next message's frames into it, and that event would get no reply."""
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True) as consumer,
+        Producer(consumer.endpoint) as producer,
+    ):
+        with pytest.raises(ValueError, match="contiguous"):
+            producer.send_frames([b"head", np.arange(10.0)[::2]], timeout_ms=1000)
+        with pytest.raises(ValueError, match="at least one frame"):
+            producer.send_frames([], timeout_ms=1000)
+        assert producer.send_frames([b"next", b"message"], timeout_ms=1000)
+        frames = consumer.recv_frames(timeout_ms=5000)
+        assert frames is not None and [f.bytes for f in frames] == [b"next", b"message"]
+        assert consumer.recv_frames(timeout_ms=10) is None
+
+
 def test_a_frame_larger_than_any_message_is_not_received() -> None:
     """A consumer bound where anyone may connect must not hold a peer's oversized frame in
     memory: libzmq drops the connection (ZMQ_MAXMSGSIZE), and the next peer is heard."""
