@@ -1,8 +1,12 @@
 """Client API: :class:`Producer` sends events to the daemon, :class:`Consumer` receives,
 :func:`wait_ready` waits for a daemon to answer ``/readyz``.
 
-Both wrap one ZeroMQ socket of the process-wide ``zmq.Context.instance()`` with explicit
-high-water marks and linger, and are context managers.
+Both wrap one ZeroMQ socket with explicit high-water marks and linger, and are context
+managers. Each has a context of its own unless given one (``context``: a CURVE server's
+must be the one its ZAP authenticator runs on): :meth:`~_Endpoint.close` then waits up to
+``linger_ms`` for the messages still queued to leave, so a producer that sends and exits
+does not lose them on the way out. What has not left by then is dropped: only a reply
+tells that an event arrived.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from streamtrk.wire.curve import ipv6_literal, make_client, make_server
 
 class _Endpoint:
     """One socket with ``options`` set, bound or connected to ``endpoint``, closed with LINGER
-    ``linger_ms``; a
+    ``linger_ms`` (of ``context``, else of a context of its own, ended on close); a
     CURVE client when given its own secret certificate (``curve_key``) and the daemon's
     public one (``curve_server_key``), or a CURVE server when given its own secret
     certificate as ``curve_secret_key`` (its clients admitted by a ZAP authenticator on the
@@ -43,13 +47,15 @@ class _Endpoint:
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
         curve_secret_key: str | Path | None = None,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         if (curve_key is None) != (curve_server_key is None):
             raise ValueError("CURVE needs both curve_key (own secret) and curve_server_key")
         if curve_key is not None and curve_secret_key is not None:
             raise ValueError("a socket is a CURVE client or a CURVE server, not both")
         self.linger_ms = linger_ms
-        self.socket: zmq.Socket[Any] = zmq.Context.instance().socket(kind)
+        self._own_context = None if context is not None else zmq.Context()
+        self.socket: zmq.Socket[Any] = (context or self._own_context).socket(kind)
         try:
             self.socket.setsockopt(zmq.IPV6, ipv6_literal(endpoint))
             for option, value in options.items():
@@ -62,6 +68,8 @@ class _Endpoint:
             (self.socket.bind if bind else self.socket.connect)(endpoint)
         except BaseException:
             self.socket.close(linger=0)
+            if self._own_context is not None:
+                self._own_context.term()
             raise
 
     @property
@@ -70,7 +78,11 @@ class _Endpoint:
         return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def close(self) -> None:
+        """Close the socket; with a context of its own, wait until the messages queued on it
+        have left or ``linger_ms`` has passed (-1: until they have left)."""
         self.socket.close(linger=self.linger_ms)
+        if self._own_context is not None:
+            self._own_context.term()
 
     def __enter__(self) -> Self:
         return self
@@ -94,6 +106,7 @@ class Producer(_Endpoint):
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
         curve_secret_key: str | Path | None = None,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         super().__init__(
             zmq.PUSH,
@@ -104,6 +117,7 @@ class Producer(_Endpoint):
             curve_key=curve_key,
             curve_server_key=curve_server_key,
             curve_secret_key=curve_secret_key,
+            context=context,
         )
 
     def send_event(
@@ -156,6 +170,7 @@ class Consumer(_Endpoint):
         curve_key: str | Path | None = None,
         curve_server_key: str | Path | None = None,
         curve_secret_key: str | Path | None = None,
+        context: zmq.Context[Any] | None = None,
     ) -> None:
         super().__init__(
             zmq.PULL,
@@ -166,6 +181,7 @@ class Consumer(_Endpoint):
             curve_key=curve_key,
             curve_server_key=curve_server_key,
             curve_secret_key=curve_secret_key,
+            context=context,
         )
         self.limits = limits
 

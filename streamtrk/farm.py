@@ -85,16 +85,17 @@ def forward(
     no_tracks = {"max_tracks": 0} if back_faces_daemons else {}
     front_limits = Limits(max_hits=max_hits, max_particles=0, **no_tracks)
     clients = {"curve_secret_key": server_key}
+    ctx = zmq.Context.instance()  # the ZAP authenticator's and both sockets'
     with contextlib.ExitStack() as stack:
         if server_key is not None:
-            auth = start_authenticator(zmq.Context.instance(), allowed_keys)
+            auth = start_authenticator(ctx, allowed_keys)
             stack.callback(auth.stop)
         pull = stack.enter_context(
             Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
-                     **(clients if back_faces_daemons else daemons))
+                     context=ctx, **(clients if back_faces_daemons else daemons))
         )  # fmt: skip
         push = stack.enter_context(
-            Producer(back, bind=True, sndhwm=hwm, linger_ms=0,
+            Producer(back, bind=True, sndhwm=hwm, linger_ms=0, context=ctx,
                      **(daemons if back_faces_daemons else clients))
         )  # fmt: skip
         bound = {

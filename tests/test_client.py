@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -82,6 +84,25 @@ def test_a_frame_that_cannot_be_sent_sends_none_of_its_message() -> None:
         frames = consumer.recv_frames(timeout_ms=5000)
         assert frames is not None and [f.bytes for f in frames] == [b"next", b"message"]
         assert consumer.recv_frames(timeout_ms=10) is None
+
+
+def test_a_producer_that_exits_after_sending_loses_nothing_it_sent() -> None:
+    """Closing waits for the queued messages to leave (up to ``linger_ms``): a producer
+    process that sends and exits at once does not drop what its socket still held."""
+    n, size = 200, 100_000  # 20 MB: far more than the TCP buffers between the two
+    with Consumer("tcp://127.0.0.1:*", bind=True, rcvhwm=10) as consumer:
+        script = (
+            "import sys\nfrom streamtrk.client import Producer\n"
+            "with Producer(sys.argv[1], linger_ms=30_000) as producer:\n"
+            f"    for i in range({n}):\n"
+            f"        assert producer.send_frames([i.to_bytes(4, 'big'), bytes({size})])\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", script, consumer.endpoint])
+        received = []
+        while len(received) < n and (frames := consumer.recv_frames(timeout_ms=5000)):
+            received.append(int.from_bytes(frames[0].bytes, "big"))
+        assert child.wait(10) == 0
+    assert received == list(range(n))
 
 
 def test_a_frame_larger_than_any_message_is_not_received() -> None:
