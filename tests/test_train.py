@@ -71,6 +71,23 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ("epochs = 2", 'epochs = "two"', r"\[optim\]: epochs must be int, got 'two'"),
         ('name = "tiny"', "name = 5", "name must be str, got 5"),
         ("seed = 3", "seed = 3\nthreads = 100000", "threads must be 1 to 4096"),
+        # ranges, refused before any event is simulated or any weight trained
+        *[
+            ("thresholds = [0.4, 0.6]", f"thresholds = {v}", r"thresholds must be one or more")
+            for v in ("[2.0]", "[]", "[nan]")
+        ],
+        ("epochs = 2", "epochs = 0", r"\[optim\]: epochs must be >= 1, got 0"),
+        ("sectors = 2", "sectors = 0", r"\[optim\]: sectors must be >= 1"),
+        *[
+            ("warmup_steps = 2", f"warmup_steps = 2\n{k} = {v}", rf"{k} must be a finite number")
+            for k, v in (("grad_clip", -1.0), ("pos_weight", -3.0), ("lr", 0.0), ("lr", "inf"))
+        ],
+        ("hidden = 8", "hidden = 0", r"\[model\]: hidden must be >= 1, got 0"),
+        ("steps = 2", "steps = 2\nnode_in = 4", r"node_in must be 3 \(the graph's\)"),
+        ('name = "tiny"', 'name = ""', "name must be a directory name"),
+        ('name = "tiny"', 'name = "../x"', "name must be a directory name"),
+        ("seed = 3", "seed = -5", "seed must be >= 0, got -5"),
+        ("events = 2", "events = 0", r"\[train\]: events must be >= 1, got 0"),
     ],
 )
 def test_settings_of_the_wrong_type_or_range_are_refused(

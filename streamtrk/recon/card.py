@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from streamtrk.recon.gnn import EDGE_FEATURES, NODE_FEATURES, GNNConfig
+from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig, read_windows
 from streamtrk.recon.tracks import TrackConfig
@@ -85,11 +85,7 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
         defaults=False,
         error=ModelCardError,
     )
-    if (arch.node_in, arch.edge_in) != (NODE_FEATURES, EDGE_FEATURES):
-        raise ModelCardError(
-            f"model expects {arch.node_in} node and {arch.edge_in} edge features, the graph has "
-            f"{NODE_FEATURES} and {EDGE_FEATURES}"
-        )
+    # (GNNConfig refuses feature counts other than the graph's)
     # A graph setting added after the model was made takes its default: new settings must
     # default to the old behaviour, or bump FEATURE_VERSION.
     graph = dataclass_from(

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from streamtrk.event import Event
 from streamtrk.recon.graph import Graph, without_isolated_hits
+from streamtrk.tomlio import require
 from streamtrk.xp import array_module
 
 NODE_FEATURES = 3  # Graph.node_features columns
@@ -44,6 +45,18 @@ class GNNConfig:
     steps: int = 6
     node_in: int = NODE_FEATURES
     edge_in: int = EDGE_FEATURES
+
+    def __post_init__(self) -> None:
+        require(
+            self,
+            [
+                ("hidden", self.hidden >= 1, ">= 1"),
+                ("edge_hidden", self.edge_hidden >= 1, ">= 1"),
+                ("steps", self.steps >= 1, ">= 1"),
+                ("node_in", self.node_in == NODE_FEATURES, f"{NODE_FEATURES} (the graph's)"),
+                ("edge_in", self.edge_in == EDGE_FEATURES, f"{EDGE_FEATURES} (the graph's)"),
+            ],
+        )
 
     def matmul_flops(self) -> tuple[int, int]:
         """Matrix-product FLOPs of ``forward`` (2 per multiply-add) per edge and per hit:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamtrk.tomlio import require
+
 _Q = np.array(
     [
         0,
@@ -152,9 +154,7 @@ class GeneratorConfig:
                 "0 < low <= high < inf",
             ),
         ]
-        for name, ok, rule in checks:  # a NaN fails every comparison: refused too
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        require(self, checks)
 
 
 @dataclass

@@ -6,6 +6,7 @@ default.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from itertools import islice
@@ -18,7 +19,7 @@ from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.threads import MAX_TORCH_THREADS
-from streamtrk.tomlio import dataclass_from
+from streamtrk.tomlio import dataclass_from, require
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class EventSource:
     events: int = 1
     noise: float = 0.19
     recording: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self, [("seed", self.seed >= 0, ">= 0"), ("events", self.events >= 1, ">= 1")])
 
     def load(self, det: Detector) -> list[Event]:
         if self.recording:
@@ -56,6 +60,22 @@ class OptimConfig:
     sectors: int = 8
     sector_margin: float = 0.1  # rad of hits kept around a sector
 
+    def __post_init__(self) -> None:
+        require(
+            self,
+            [
+                ("epochs", self.epochs >= 1, ">= 1"),
+                ("lr", 0 < self.lr < math.inf, "a finite number > 0"),
+                ("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]"),
+                ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                ("pos_weight", 0 < self.pos_weight < math.inf, "a finite number > 0"),
+                ("grad_clip", 0 < self.grad_clip < math.inf, "a finite number > 0"),
+                ("patience", self.patience >= 1, ">= 1"),
+                ("sectors", self.sectors >= 1, ">= 1"),
+                ("sector_margin", 0 <= self.sector_margin < math.pi, "in [0, pi) rad"),
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -78,8 +98,21 @@ class TrainConfig:
     report: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.threads <= MAX_TORCH_THREADS:
-            raise ValueError(f"threads must be 1 to {MAX_TORCH_THREADS}, got {self.threads}")
+        plain_name = self.name not in ("", ".", "..") and not set("/\\") & set(self.name)
+        require(
+            self,
+            [
+                ("name", plain_name, "a directory name (not empty, no / or \\)"),
+                ("seed", self.seed >= 0, ">= 0"),
+                ("threads", 1 <= self.threads <= MAX_TORCH_THREADS, f"1 to {MAX_TORCH_THREADS}"),
+                ("pt_min", 0 <= self.pt_min < math.inf, "a finite number >= 0 (GeV)"),
+                (
+                    "thresholds",
+                    bool(self.thresholds) and all(0 <= t <= 1 for t in self.thresholds),
+                    "one or more numbers in [0, 1]",
+                ),
+            ],
+        )
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -117,7 +117,7 @@ def _edit_card(path: Path, edit: str, new: str) -> None:
         ("threshold = 0.7", 'threshold = "0.7"', r"threshold must be a number in \[0, 1\]"),
         ("steps = 2\n", "", r"missing \['steps'\]"),
         ("n_bins = ", "n_bins_old = ", r"\[graph\].*unknown \['n_bins_old'\]"),
-        ("edge_in = 6", "edge_in = 7", "7 edge features"),
+        ("edge_in = 6", "edge_in = 7", r"edge_in must be 6 \(the graph's\), got 7"),
         ("threshold = 0.7", "threshold = 1.5", "threshold"),
         ("steps = 2\n", 'steps = "2"\n', r"\[architecture\]: steps must be int, got '2'"),
     ],
