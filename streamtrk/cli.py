@@ -750,6 +750,11 @@ def _record(args: argparse.Namespace) -> int:
 def _train_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", type=Path, required=True, help="training config (TOML)")
     s.add_argument("--out", type=Path, help="model directory (default: models/<config name>)")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds (a directory that is not empty is refused without it)",
+    )
     _torch_threads_argument(s, default=None)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -760,7 +765,9 @@ def _train_arguments(s: argparse.ArgumentParser) -> None:
     help="train the edge classifier on simulated events",
     description="Train the edge classifier on simulated events (or a recording) as the "
     "config file says, choose its threshold on the validation events, evaluate it, and "
-    "write weights.pt, card.toml, training.png and checkpoints/ into the output directory.",
+    "write weights.pt, card.toml, training.png and checkpoints/ into the output directory. "
+    "The model is built in OUT.partial and moved to OUT when complete: an interrupted or "
+    "failed run leaves OUT as it was (and its checkpoints in OUT.partial).",
 )
 def _train(args: argparse.Namespace) -> int:
     import shlex
@@ -784,7 +791,12 @@ def _train(args: argparse.Namespace) -> int:
     command = shlex.join(argv)
     try:
         card = train(
-            cfg, out, config_text=args.config.read_text(), command=command, progress=not args.quiet
+            cfg,
+            out,
+            config_text=args.config.read_text(),
+            command=command,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
         )
     finally:
         torch.set_num_threads(threads)

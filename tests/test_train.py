@@ -196,6 +196,37 @@ def test_tiny_training_is_reproducible(tmp_path: Path) -> None:
     assert np.isfinite(card["metrics"]["validation"]["val_loss"])
 
 
+def test_training_replaces_a_model_only_when_told_and_only_when_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory that holds anything is refused before any work; with --overwrite the new
+    model takes its place whole (nothing of the old one stays); a failed run leaves it."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    train = ["train", "--config", str(config), "--out", str(out), "-q"]
+    assert main(train) == 1
+    assert "m exists and is not empty: give another --out, or --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("m")] == ["m"]
+    assert main([*train, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "card.toml", "checkpoints", "training.png", "weights.pt"
+    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m")) == ["m"]
+    weights = (out / "weights.pt").read_bytes()
+    config.write_text(TINY.replace("[val]\nmu = 10\n", '[val]\nrecording = "none.stk"\n'))
+    assert main([*train, "--overwrite"]) == 1  # the validation recording is missing
+    assert (out / "weights.pt").read_bytes() == weights
+    assert not (tmp_path / "m.partial").exists()  # nothing was trained
+    (tmp_path / "file").write_text("")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "file")]) == 1
+    assert "file exists and is not a directory" in capsys.readouterr().err
+
+
 class _TruthWithNoise:
     """Edge scores that a threshold can sort: true segments of pT >= 1 GeV score 0.8-0.9,
     every other edge 0-0.7 (uniform), so only thresholds of 0.7 and up remove the fakes."""

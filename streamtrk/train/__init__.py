@@ -25,6 +25,7 @@ The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -92,9 +93,19 @@ def evaluate_model(
 
 
 def train(
-    cfg: TrainConfig, out: Path, *, config_text: str = "", command: str = "", progress: bool = True
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    config_text: str = "",
+    command: str = "",
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The whole recipe: data, fit, threshold, evaluation; writes the model into ``out``."""
+    """The whole recipe: data, fit, threshold, evaluation; the model is built in
+    ``OUT.partial`` and takes the place of ``out`` when it is complete. ``out`` holding
+    anything is refused before any work unless ``overwrite``; a run that fails or is
+    interrupted leaves ``out`` as it was (its checkpoints stay in ``OUT.partial``)."""
+    work = _work_directory(out, overwrite)
     t_start = time.perf_counter()
     det = load_detector()
     o = cfg.optim
@@ -116,10 +127,9 @@ def train(
     del train_events
     val_samples = make_samples(val_events, det, cfg.graph, cfg.pt_min, prune=cfg.prune)
     t_data = time.perf_counter() - t_start
-    model, history = fit(cfg, train_samples, val_samples, out / "checkpoints", progress=progress)
+    model, history = fit(cfg, train_samples, val_samples, work / "checkpoints", progress=progress)
     t_fit = time.perf_counter() - t_start - t_data
-    out.mkdir(parents=True, exist_ok=True)
-    plot_history(history, out / "training.png")
+    plot_history(history, work / "training.png")
     scan = scan_thresholds(
         GNNScorer(model),
         val_events,
@@ -167,8 +177,36 @@ def train(
         metrics=metrics,
         reproduce={"command": command, "config": config_text},
     )
-    save_model(out, model, card)
+    save_model(work, model, card)
+    _replace_directory(out, work)
     return card
+
+
+def _work_directory(out: Path, overwrite: bool) -> Path:
+    """``OUT.partial`` beside ``out``, not there yet (what an earlier run left is removed;
+    the fit makes it for its checkpoints); ValueError when ``out`` is not a directory, or
+    holds anything and not ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(
+            f"{out} exists and is not empty: give another --out, or --overwrite to replace it "
+            "once the new model is complete"
+        )
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    return work
+
+
+def _replace_directory(out: Path, work: Path) -> None:
+    """Rename ``work`` to ``out``, the old ``out`` (if any) moved aside first, then removed:
+    ``out`` is always one whole model, old or new (or briefly absent)."""
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    work.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_no_shared_events(splits: dict[str, list[Event]]) -> None:
