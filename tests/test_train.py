@@ -144,6 +144,24 @@ def test_an_event_in_two_splits_is_refused_before_training(
     assert not (tmp_path / "m").exists()
 
 
+def test_a_recording_holding_fewer_events_than_asked_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--events", "1", "--mu", "10", "--seed", "11", "-q"]
+    assert main([*args, "-o", str(tmp_path / "r.stk")]) == 0
+    config = tmp_path / "tiny.toml"
+    recorded = f'[train]\nrecording = "{tmp_path / "r.stk"}"\nevents = 2\n'
+    config.write_text(TINY.replace("[train]\nmu = 10\nseed = 11\nevents = 2\n", recorded))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 1
+    assert "r.stk holds 1 events, fewer than the 2 asked for" in capsys.readouterr().err
+
+
+def test_the_card_records_what_each_source_of_events_was() -> None:
+    recorded = EventSource(recording="r.stk", events=3)
+    assert recorded.card() == {"recording": "r.stk", "events": 3}  # no mu or seed unused
+    assert EventSource(mu=5, seed=7).card() == {"mu": 5, "seed": 7, "events": 1, "noise": 0.19}
+
+
 def test_event_fingerprint_ignores_hit_order_and_ids() -> None:
     from dataclasses import replace
 

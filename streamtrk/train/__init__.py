@@ -142,7 +142,7 @@ def train(
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None and test_events is not None:
         test = evaluate_model(model, test_events, cfg, scan["chosen"])
-        metrics["test"] = {**asdict(cfg.test), **test}
+        metrics["test"] = {**cfg.test.card(), **test}
     for label, path in cfg.report.items():
         if label in reports:
             found = evaluate_model(model, reports[label], cfg, scan["chosen"])
@@ -161,8 +161,8 @@ def train(
             "pt_min": cfg.pt_min,
             "seed": cfg.seed,
             "threads": cfg.threads,
-            "train": asdict(cfg.train),
-            "validation": asdict(cfg.val),
+            "train": cfg.train.card(),
+            "validation": cfg.val.card(),
             "optim": asdict(o),
             "epochs_run": len(history),
             "best_epoch": int(best["epoch"]),

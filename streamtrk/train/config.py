@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from streamtrk.detector import Detector
 from streamtrk.event import Event
@@ -24,7 +25,8 @@ from streamtrk.tomlio import dataclass_from, require
 
 @dataclass(frozen=True)
 class EventSource:
-    """Simulated events (``mu``, ``seed``, ``events``, ``noise``) or a ``recording``."""
+    """Simulated events (``mu``, ``seed``, ``events``, ``noise``) or the first ``events`` of a
+    ``recording`` (one that holds fewer is refused)."""
 
     mu: float = 200.0
     seed: int = 0
@@ -39,13 +41,26 @@ class EventSource:
         if self.recording:
             from streamtrk.io.recording import iter_events
 
-            return list(islice(iter_events(Path(self.recording)), self.events))
+            events = list(islice(iter_events(Path(self.recording)), self.events))
+            if len(events) < self.events:
+                raise ValueError(
+                    f"{self.recording} holds {len(events)} events, fewer than the "
+                    f"{self.events} asked for"
+                )
+            return events
         from streamtrk.sim.generator import GeneratorConfig
         from streamtrk.sim.simulate import SimConfig, simulate
 
         gen = replace(GeneratorConfig(), mu=self.mu)
         cfg = SimConfig(generator=gen, noise_fraction=self.noise)
         return list(simulate(det, cfg, self.seed, self.events))
+
+    def card(self) -> dict[str, Any]:
+        """What a model card records of these events: the recording and the count, or the
+        simulation's settings."""
+        if self.recording:
+            return {"recording": self.recording, "events": self.events}
+        return {k: v for k, v in asdict(self).items() if k != "recording"}
 
 
 @dataclass(frozen=True)
