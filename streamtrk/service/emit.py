@@ -62,8 +62,10 @@ class Emitter(Supervised):
         upstream_done: Callable[[], bool],
         linger_ms: int,
         on_failure: Callable[[Supervised], None] = lambda thread: None,
+        reconnect: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__("emit", on_failure)
+        self.reconnect = reconnect  # connect mode: see monitor.Reconnects
         self.socket = socket
         self.replies = replies
         self.metrics = metrics
@@ -95,6 +97,7 @@ class Emitter(Supervised):
         """The replies as they are queued, until upstream is done and the queue is empty."""
         while True:
             self.beat()
+            self.reconnect()
             try:
                 reply = self.replies.get(timeout=POLL_MS / 1000)
             except queue.Empty:
@@ -157,6 +160,7 @@ class Emitter(Supervised):
         faults.fail("send")  # tests: sending raises (the thread dies with a reply in hand)
         while True:
             self.beat()  # waiting for a consumer is back-pressure, not a stall
+            self.reconnect()
             late = self.give_up_at is not None and time.perf_counter() > self.give_up_at
             if self.socket.poll(0 if late else POLL_MS, zmq.POLLOUT):
                 try:

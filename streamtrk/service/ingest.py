@@ -50,8 +50,10 @@ class Ingest(Supervised):
         stop: threading.Event,
         dead_letters: DeadLetters | None = None,
         on_failure: Callable[[Supervised], None] = lambda thread: None,
+        reconnect: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__("ingest", on_failure)
+        self.reconnect = reconnect  # connect mode: see monitor.Reconnects
         self.socket = socket
         self.batcher = batcher
         self.replies = replies
@@ -65,6 +67,7 @@ class Ingest(Supervised):
     def loop(self) -> None:
         while not self.stop.is_set():
             self.beat()
+            self.reconnect()
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             try:

@@ -12,12 +12,21 @@ peer went away, on a plain socket also during its handshake, as a TCP port probe
 libzmq dropped the connection, for a frame over ``ZMQ_MAXMSGSIZE`` or a peer of an
 incompatible socket type; what the peer had queued on it is lost with it). Refused
 handshakes also count in ``streamtrk_auth_failures_total``.
+
+libzmq 4.3 gives up for good a connection it made whose handshake failed for its protocol
+(a peer without CURVE against a CURVE socket, or the reverse), where it retries any other
+failure: in connect mode the monitor asks the socket's own thread (:class:`Reconnects`) to
+connect again, ``RECONNECT_AFTER_S`` later, so that a distributor or collector that came up
+once without CURVE does not cut the daemon off until its restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -28,6 +37,7 @@ from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
+RECONNECT_AFTER_S = 1.0  # a connection libzmq gave up is made again this much later
 # libzmq 4.3 reports a peer that leaves during its handshake as HANDSHAKE_FAILED_NO_DETAIL
 # (a TCP port probe; against a CURVE socket also a client without CURVE that saw the
 # mismatch first), and a peer of an incompatible socket type with no handshake event at
@@ -43,12 +53,50 @@ EVENTS = (
 )
 
 
-class SocketMonitor(threading.Thread):
-    """Reads the monitor sockets of ``sockets`` (name -> socket) until :meth:`stop`."""
+class Reconnects:
+    """Connecting sockets whose connection libzmq gave up: the monitor thread asks
+    (:meth:`request`), the socket's own thread (a ZeroMQ socket is used by one thread) calls
+    :meth:`apply` as it polls, which connects again once ``RECONNECT_AFTER_S`` has passed
+    (at most once a ``RECONNECT_AFTER_S``, however fast a peer refuses)."""
 
-    def __init__(self, sockets: dict[str, zmq.Socket[Any]], metrics: Metrics) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at: dict[str, float] = {}  # socket name -> when to connect again
+
+    def request(self, name: str) -> None:
+        with self._lock:
+            self._at.setdefault(name, time.monotonic() + RECONNECT_AFTER_S)
+
+    def apply(self, name: str, socket: zmq.Socket[Any], endpoint: str) -> None:
+        """Connect ``socket`` (``name``) to ``endpoint`` again if it was asked and is due."""
+        with self._lock:
+            if self._at.get(name, math.inf) > time.monotonic():
+                return
+            del self._at[name]
+        with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten the endpoint
+            socket.disconnect(endpoint)
+        socket.connect(endpoint)
+        log.info(
+            "connecting the %s to %s again (its handshake was refused)",
+            name,
+            endpoint,
+            extra={"fields": {"socket": name, "endpoint": endpoint}},
+        )
+
+
+class SocketMonitor(threading.Thread):
+    """Reads the monitor sockets of ``sockets`` (name -> socket) until :meth:`stop`; with
+    ``reconnects`` (connect mode), asks there for a connection libzmq gave up."""
+
+    def __init__(
+        self,
+        sockets: dict[str, zmq.Socket[Any]],
+        metrics: Metrics,
+        reconnects: Reconnects | None = None,
+    ) -> None:
         super().__init__(name="monitor", daemon=True)
         self.metrics = metrics
+        self.reconnects = reconnects
         self.monitors = {name: sock.get_monitor_socket(EVENTS) for name, sock in sockets.items()}
         self._stopping = threading.Event()
         self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
@@ -97,6 +145,8 @@ class SocketMonitor(threading.Thread):
             cause = "auth" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake"
             m.auth_failures.labels(socket, cause).inc()
             self._refused[socket].append(cause)
+            if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self.reconnects is not None:
+                self.reconnects.request(socket)
         elif event == zmq.EVENT_DISCONNECTED:
             open_now.discard(message["value"])
             m.connections.labels(socket).set(len(open_now))

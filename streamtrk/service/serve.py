@@ -44,7 +44,7 @@ from streamtrk.service.emit import Emitter
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
-from streamtrk.service.monitor import SocketMonitor
+from streamtrk.service.monitor import Reconnects, SocketMonitor
 from streamtrk.service.observer import Observer
 from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.supervised import Supervised
@@ -118,6 +118,7 @@ class Daemon:
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit, physics once serving
         self.monitor: SocketMonitor | None = None
+        self.reconnects: Reconnects | None = None  # connect mode
 
     # ------------------------------------------------------------------ signals
 
@@ -164,10 +165,15 @@ class Daemon:
         pull.setsockopt(zmq.MAXMSGSIZE, min(frame_limit, cfg.max_message_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
+        # Connect mode: replies go only to a connection whose handshake succeeded; else
+        # libzmq queues them to one it is still making, and one whose handshake it refused
+        # takes what was queued with it (for the socket's linger, what is sent after too).
+        push.setsockopt(zmq.IMMEDIATE, int(cfg.connect))
         if cfg.curve_secret_key is not None:
             for sock in (pull, push):
                 make_server(sock, cfg.curve_secret_key)
-        self.monitor = SocketMonitor({"input": pull, "output": push}, self.metrics)
+        self.reconnects = Reconnects() if cfg.connect else None
+        self.monitor = SocketMonitor({"input": pull, "output": push}, self.metrics, self.reconnects)
         # In connect mode the input connects only once the model is ready (see _serve), so
         # that a distributor never routes events to a daemon still loading.
         attach = [(push, cfg.output)] + ([] if cfg.connect else [(pull, cfg.input)])
@@ -248,6 +254,7 @@ class Daemon:
             stop_intake,
             dead,
             on_failure=self._on_thread_failure,
+            reconnect=self._reconnect("input", pull, cfg.input),
         )
         observer = Observer(
             self.metrics, lambda: worker.done.is_set(), on_failure=self._on_thread_failure
@@ -269,6 +276,7 @@ class Daemon:
             lambda: worker.done.is_set() and not ingest.is_alive(),
             cfg.linger_ms,
             on_failure=self._on_thread_failure,
+            reconnect=self._reconnect("output", push, cfg.output),
         )
         self.threads = [ingest, worker, emitter, observer]
         for t in self.threads:
@@ -281,6 +289,13 @@ class Daemon:
                 self._hup_signalled = False
                 self._start_reload()
         return self._drain(stop_intake, ingest, worker, emitter, observer)
+
+    def _reconnect(self, name: str, sock: zmq.Socket[Any], endpoint: str) -> Callable[[], None]:
+        """What the thread that owns ``sock`` calls as it polls (monitor.Reconnects)."""
+        reconnects = self.reconnects
+        if reconnects is None:
+            return lambda: None
+        return lambda: reconnects.apply(name, sock, endpoint)
 
     def _start_reload(self) -> None:
         """SIGHUP: :meth:`reload` in a thread of its own, one reload at a time. The lock is

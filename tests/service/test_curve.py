@@ -87,6 +87,40 @@ def test_keys_rotate_without_a_restart(daemon_factory, keys: Path, sim_run: Path
         wait_for(lambda: refused(d, "input", "auth") >= 1)
 
 
+def test_a_connecting_daemon_connects_again_after_a_refused_handshake(
+    daemon_factory, keys: Path, sim_run: Path
+) -> None:
+    """libzmq gives up for good a connection whose handshake failed for its protocol (here:
+    a peer without CURVE): a distributor or collector that came up once without CURVE would
+    cut a connect-mode daemon off until its restart. The daemon connects again. (Which side
+    sees the mismatch first is a race: when the peer hangs up first, libzmq retries by
+    itself; the peers stay until the daemon has had to connect each socket again.)"""
+    plain_in = Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0)
+    plain_out = Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0)
+    endpoints = plain_in.endpoint, plain_out.endpoint
+    d = daemon_factory(
+        "--connect", "--input", endpoints[0], "--output", endpoints[1],
+        "--curve-secret-key", str(keys / "server.key_secret"),
+        "--curve-allowed-keys", str(keys / "allowed"),
+    )  # fmt: skip
+
+    def again() -> set[str]:
+        return {line["socket"] for line in d.logs() if line["message"].startswith("connecting")}
+
+    wait_for(lambda: again() == {"input", "output"}, timeout=60)
+    plain_in.close()
+    plain_out.close()
+    event = next(iter_events(sim_run))
+    with (
+        Consumer(endpoints[1], bind=True, linger_ms=0, **client(keys, "alice")) as consumer,
+        Producer(endpoints[0], bind=True, linger_ms=0, **client(keys, "alice")) as producer,
+    ):
+        assert producer.send_event(event, timeout_ms=30_000)
+        reply = consumer.recv(timeout_ms=60_000)
+    assert reply is not None and reply.to_reply().event == event.event
+    assert refused(d, "input", "handshake") >= 1 and refused(d, "output", "handshake") >= 1
+
+
 def test_binding_every_interface_without_curve_is_refused() -> None:
     import subprocess
     import sys
