@@ -203,11 +203,11 @@ def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | Non
     ``process`` exits (False). What is not an HTTP answer (nothing listening yet, something
     else on the port) is polled past like a 503."""
     t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
+    while (left := t_end - time.monotonic()) > 0:
         if process is not None and process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{http}/readyz", timeout=min(2, left)) as r:
                 if r.status == 200:
                     return True
         except (OSError, HTTPException):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -167,6 +168,14 @@ def test_wait_listening_reads_the_listening_record(tmp_path) -> None:
     assert wait_listening(tmp_path / "none.log", 0.1) is None
     log.write_bytes(b"\xe2\x82 cut in a character\n" + log.read_bytes())  # a log being written
     assert wait_listening(log, 5) == {"input": "tcp://127.0.0.1:5", "http": "7"}
+
+
+def test_wait_ready_keeps_to_its_timeout_against_a_silent_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts, never answers
+        host, port = server.getsockname()
+        t0 = time.monotonic()
+        assert not wait_ready(f"{host}:{port}", 0.5)
+        assert time.monotonic() - t0 < 1.5  # not the 2 s of one whole HTTP timeout
 
 
 def test_wait_ready_polls_past_what_is_not_http() -> None:

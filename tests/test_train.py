@@ -88,6 +88,7 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ('name = "tiny"', 'name = "../x"', "name must be a directory name"),
         ("seed = 3", "seed = -5", "seed must be >= 0, got -5"),
         ("events = 2", "events = 0", r"\[train\]: events must be >= 1, got 0"),
+        ("[model]", "[model", r"c.toml: not valid TOML \(Expected ']'"),
     ],
 )
 def test_settings_of_the_wrong_type_or_range_are_refused(

@@ -132,7 +132,10 @@ class TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); unknown keys are errors."""
-    raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
     sub = {
         "model": GNNConfig,
         "graph": GraphConfig,
