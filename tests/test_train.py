@@ -12,7 +12,7 @@ import torch
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.recon.graph import GraphConfig, event_graph
-from streamtrk.recon.model import DEFAULT_MODEL_NAME, load_model
+from streamtrk.recon.model import DEFAULT_MODEL_NAME, load_model, read_card
 from streamtrk.recon.truth import edge_labels
 from streamtrk.train import EventSource, load_config, make_samples
 
@@ -213,6 +213,21 @@ def test_tiny_training_is_reproducible(tmp_path: Path) -> None:
     assert card["training"]["epochs_run"] == 2
     assert "streamtrk train --config" in card["reproduce"]["command"]
     assert np.isfinite(card["metrics"]["validation"]["val_loss"])
+
+
+def test_training_names_its_stages_and_a_report_input_it_cannot_find(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY + f'[report]\nreal = "{tmp_path / "nowhere" / "event000001000"}"\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"report 'real': .*nowhere/event000001000 not found, skipped", err)
+    for stage in ("train: the events", "train: graphs of 2 training and 1 validation events",
+                  "train: thresholds [0.4, 0.6]"):  # fmt: skip
+        assert stage in err
+    card = read_card(tmp_path / "m")
+    assert card["metrics"]["real"]["skipped"] == "not found"
 
 
 def test_training_replaces_a_model_only_when_told_and_only_when_complete(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -104,23 +105,33 @@ def train(
     """The whole recipe: data, fit, threshold, evaluation; the model is built in
     ``OUT.partial`` and takes the place of ``out`` when it is complete. ``out`` holding
     anything is refused before any work unless ``overwrite``; a run that fails or is
-    interrupted leaves ``out`` as it was (its checkpoints stay in ``OUT.partial``)."""
+    interrupted leaves ``out`` as it was (its checkpoints stay in ``OUT.partial``). With
+    ``progress``, each stage is named on stderr as it starts; a report input that is not
+    found is said there in any case (the card records it as skipped)."""
     work = _work_directory(out, overwrite)
     t_start = time.perf_counter()
+
+    def stage(what: str) -> None:
+        if progress:
+            print(f"train: {what}", file=sys.stderr, flush=True)
+
     det = load_detector()
     o = cfg.optim
+    stage("the events: training, validation, test and report")
     train_events = cfg.train.load(det)
     val_events = cfg.val.load(det)
     test_events = cfg.test.load(det) if cfg.test is not None else None
-    reports = {
-        label: list(read_events(path))
-        for label, path in cfg.report.items()
-        if Path(path).exists() or Path(path).parent.is_dir()
-    }
+    reports = {}
+    for label, path in cfg.report.items():
+        if Path(path).exists() or Path(path).parent.is_dir():
+            reports[label] = list(read_events(path))
+        else:
+            print(f"train: report {label!r}: {path} not found, skipped", file=sys.stderr)
     check_no_shared_events(
         {"train": train_events, "val": val_events, "test": test_events or []}
         | {f"report {label}": events for label, events in reports.items()}
     )
+    stage(f"graphs of {len(train_events)} training and {len(val_events)} validation events")
     train_samples = make_samples(
         train_events, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin, cfg.prune
     )
@@ -130,6 +141,7 @@ def train(
     model, history = fit(cfg, train_samples, val_samples, work / "checkpoints", progress=progress)
     t_fit = time.perf_counter() - t_start - t_data
     plot_history(history, work / "training.png")
+    stage(f"thresholds {list(cfg.thresholds)} on the validation events")
     scan = scan_thresholds(
         GNNScorer(model),
         val_events,
@@ -141,10 +153,12 @@ def train(
     best = min(history, key=lambda h: h["val_loss"])
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None and test_events is not None:
+        stage(f"evaluation on {len(test_events)} test events")
         test = evaluate_model(model, test_events, cfg, scan["chosen"])
         metrics["test"] = {**cfg.test.card(), **test}
     for label, path in cfg.report.items():
         if label in reports:
+            stage(f"evaluation on report {label!r}")
             found = evaluate_model(model, reports[label], cfg, scan["chosen"])
             metrics[label] = {"input": path, **found}
         else:
