@@ -54,8 +54,9 @@ class _Endpoint:
         if curve_key is not None and curve_secret_key is not None:
             raise ValueError("a socket is a CURVE client or a CURVE server, not both")
         self.linger_ms = linger_ms
-        self._own_context = None if context is not None else zmq.Context()
-        self.socket: zmq.Socket[Any] = (context or self._own_context).socket(kind)
+        ctx = zmq.Context() if context is None else context
+        self._own_context = ctx if context is None else None
+        self.socket: zmq.Socket[Any] = ctx.socket(kind)
         try:
             self.socket.setsockopt(zmq.IPV6, ipv6_literal(endpoint))
             for option, value in options.items():

@@ -85,7 +85,7 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
         defaults=False,
         error=ModelCardError,
     )
-    # (GNNConfig refuses feature counts other than the graph's)
+    # GNNConfig itself refuses feature counts other than the graph's.
     # A graph setting added after the model was made takes its default: new settings must
     # default to the old behaviour, or bump FEATURE_VERSION.
     graph = dataclass_from(
