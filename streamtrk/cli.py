@@ -767,7 +767,7 @@ def _train_arguments(s: argparse.ArgumentParser) -> None:
     "config file says, choose its threshold on the validation events, evaluate it, and "
     "write weights.pt, card.toml, training.png and checkpoints/ into the output directory. "
     "The model is built in OUT.partial and moved to OUT when complete: an interrupted or "
-    "failed run leaves OUT as it was (and its checkpoints in OUT.partial).",
+    "failed run leaves OUT as it was (and its checkpoints in OUT.partial, until the next run).",
 )
 def _train(args: argparse.Namespace) -> int:
     import shlex
