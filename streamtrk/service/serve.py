@@ -165,10 +165,6 @@ class Daemon:
         pull.setsockopt(zmq.MAXMSGSIZE, min(frame_limit, cfg.max_message_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
-        # Connect mode: replies go only to a connection whose handshake succeeded; else
-        # libzmq queues them to one it is still making, and one whose handshake it refused
-        # takes what was queued with it (for the socket's linger, what is sent after too).
-        push.setsockopt(zmq.IMMEDIATE, int(cfg.connect))
         if cfg.curve_secret_key is not None:
             for sock in (pull, push):
                 make_server(sock, cfg.curve_secret_key)
