@@ -5,7 +5,10 @@ frame and one over ``max_frames`` frames or ``max_message_bytes`` bytes is refus
 read (``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid
 ``hits`` message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
 answered with an error reply when its header names a (run, event), else counted as
-unidentified and offered to the dead-letter file. A full batch queue blocks this thread
+unidentified and offered to the dead-letter file; a ``tracks`` message (a reply, on an
+input wired to a collector or from a daemon's output wired to a distributor) is counted
+(``bad_kind``) and not answered, as the answer would come back as another one, and a
+warning says so at most once a ``MISROUTED_LOG_S``. A full batch queue blocks this thread
 (so ZeroMQ's high-water marks push back on the sender) or, with ``overload = "reject"``,
 answers ``overloaded``; an event still waiting for room when the drain gives up on the
 queue is answered ``shutdown``.
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
 UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive this late
+MISROUTED_LOG_S = 60.0  # at most one warning this often about replies on the input
 
 
 class Ingest(Supervised):
@@ -63,6 +67,8 @@ class Ingest(Supervised):
         self.dead_letters = dead_letters
         self.limits = Limits(max_hits=config().max_hits)
         self.leave_by: float | None = None  # perf_counter time: stop taking on leaving
+        self._misrouted = 0  # replies on the input since the last warning
+        self._misrouted_warn_at = 0.0  # monotonic time of the next warning
 
     def loop(self) -> None:
         while not self.stop.is_set():
@@ -156,7 +162,10 @@ class Ingest(Supervised):
 
     def _accept(self, frames: list[zmq.Frame], t_recv: float) -> None:
         msg = decode(frames, limits=self.limits)
-        event = msg.to_event()  # WireError bad_kind for truth or tracks messages
+        if msg.kind == "tracks":
+            self._reply_on_input()
+            return
+        event = msg.to_event()  # WireError bad_kind for truth messages
         decode_s = time.perf_counter() - t_recv
         self.metrics.stage.labels("decode").observe(decode_s)
         cfg = self.config()
@@ -168,6 +177,18 @@ class Ingest(Supervised):
             reason = "shutdown" if self.batcher.closed else "overloaded"
             self.metrics.rejected.labels(reason).inc()
             self.put(self.replies, Reply.failure(job, reason))
+
+    def _reply_on_input(self) -> None:
+        self.metrics.rejected.labels("bad_kind").inc()
+        self._misrouted += 1
+        if (now := time.monotonic()) >= self._misrouted_warn_at:
+            log.warning(
+                "replies (tracks messages) come in on the input and are not answered (%d since "
+                "the last warning): is the input connected to a collector, or a daemon's "
+                "output to a distributor?",
+                self._misrouted,
+            )
+            self._misrouted, self._misrouted_warn_at = 0, now + MISROUTED_LOG_S
 
     def _reject(
         self,

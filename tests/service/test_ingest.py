@@ -24,7 +24,7 @@ from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Job, Reply
 from streamtrk.service.telemetry import Metrics
-from streamtrk.wire import WireError, encode_hits
+from streamtrk.wire import WireError, encode_hits, encode_tracks
 
 
 class Watched(queue.Queue[Reply]):
@@ -242,6 +242,22 @@ def test_an_error_reply_echoes_the_msg_id(rig) -> None:
         ]
     )
     assert r.replies.get_nowait().msg_id == 41
+
+
+def test_a_reply_on_the_input_is_counted_and_not_answered(rig, caplog) -> None:
+    """A ``tracks`` message is a reply, not an event: an input wired to a collector (or a
+    daemon's output wired to a distributor) must not answer it, or each reply would come
+    back as another, for ever. One warning names the likely wiring fault."""
+    r = rig()
+    reply = [bytes(f) for f in encode_tracks(1, 2, np.arange(3), None, status="error",
+                                             reason="timeout")]  # fmt: skip
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        for _ in range(3):
+            r.ingest.handle([zmq.Frame(f) for f in reply])
+    assert r.replies.empty()
+    assert r.value("streamtrk_events_rejected_total", {"reason": "bad_kind"}) == 3
+    warnings = [rec.getMessage() for rec in caplog.records]
+    assert len(warnings) == 1 and "replies (tracks messages) come in on the input" in warnings[0]
 
 
 @pytest.mark.parametrize(
