@@ -4,7 +4,10 @@ A reply carries the event's hit ids (not indices) and the seconds the event spen
 stage (``decode``, ``queue``, the batch's ``graph``, ``prune``, ``gnn``, ``tracks``,
 ``fit``, and ``encode``). When no downstream peer takes replies, sending waits (backpressure up the
 pipeline); once a drain deadline is set and passed, unsent replies are dropped and counted,
-and so are all replies after the thread failed.
+and so are all replies after the thread failed. A socket that connects (connect mode) takes
+replies while no consumer is connected, to send them once one is: those taken since the
+last one sent with a consumer connected are counted dropped if none is connected when the
+socket closes.
 """
 
 from __future__ import annotations
@@ -63,9 +66,12 @@ class Emitter(Supervised):
         linger_ms: int,
         on_failure: Callable[[Supervised], None] = lambda thread: None,
         reconnect: Callable[[], None] = lambda: None,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__("emit", on_failure)
         self.reconnect = reconnect  # connect mode: see monitor.Reconnects
+        self.connected = connected  # whether a consumer is connected now
+        self.unconnected = 0  # replies taken by ZeroMQ since one was with a consumer there
         self.socket = socket
         self.replies = replies
         self.metrics = metrics
@@ -85,6 +91,12 @@ class Emitter(Supervised):
             faults.fail("emit")
 
     def cleanup(self) -> None:
+        if self.unconnected and not self.connected():
+            log.warning(
+                "%d replies taken by ZeroMQ while no consumer was connected are lost",
+                self.unconnected,
+            )
+            self.dropped += self.unconnected
         self.socket.close(linger=self._linger())
         if self.error is not None:
             # Nothing can be sent: take the replies still coming, so that the threads
@@ -147,6 +159,7 @@ class Emitter(Supervised):
         encode_s = time.perf_counter() - t0
         frames = _with_timing(frames, "encode", encode_s)
         if self._send(frames):
+            self.unconnected = 0 if self.connected() else self.unconnected + 1
             m.stage.labels("encode").observe(encode_s)
             m.latency.observe(time.perf_counter() - reply.t_recv)
             m.completed.labels(reply.status).inc()

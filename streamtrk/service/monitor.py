@@ -110,6 +110,10 @@ class SocketMonitor(threading.Thread):
         for name in sockets:
             metrics.connections.labels(name).set(0)
 
+    def connected(self, socket: str) -> bool:
+        """Whether ``socket`` has a connection open now."""
+        return bool(self._open[socket])
+
     def stop(self) -> None:
         self._stopping.set()
         self.join(5)

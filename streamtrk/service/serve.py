@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import fields, replace
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -273,6 +274,7 @@ class Daemon:
             cfg.linger_ms,
             on_failure=self._on_thread_failure,
             reconnect=self._reconnect("output", push, cfg.output),
+            connected=partial(self.monitor.connected, "output"),
         )
         self.threads = [ingest, worker, emitter, observer]
         for t in self.threads:

@@ -49,6 +49,29 @@ def test_sigterm_during_full_speed_replay(daemon_factory, sim_run: Path, tmp_pat
     assert any(line["message"] == "draining" for line in d.logs())
 
 
+def test_replies_queued_for_a_collector_that_is_gone_are_counted_dropped(
+    daemon_factory, sim_run: Path
+) -> None:
+    """In connect mode ZeroMQ takes replies while no collector is connected (they would go
+    out once one is): at a drain with still none, they are lost, counted, and the exit
+    status says so."""
+    from streamtrk.io.recording import iter_events
+
+    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as gone:
+        nowhere = gone.endpoint  # a port that nothing listens on once this closes
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        d = daemon_factory(
+            "--connect", "--input", producer.endpoint, "--output", nowhere,
+            "--drain-timeout-s", "3",
+        )  # fmt: skip
+        for event, _ in zip(iter_events(sim_run), range(3), strict=False):
+            assert producer.send_event(event, timeout_ms=30_000)
+        d.settled(received=3)
+        assert d.stop(signal.SIGTERM) == 1
+    incomplete = next(line for line in d.logs() if line["message"].startswith("drain incomplete"))
+    assert incomplete["dropped"] == 3 and incomplete["replies_ok"] == 3
+
+
 def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) -> None:
     # Three events in one batch made to take 10 s (on any machine): over the 1 s a 2 s drain
     # leaves the worker.
