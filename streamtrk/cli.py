@@ -871,6 +871,8 @@ def _farm(args: argparse.Namespace) -> int:
 
     if args.max_hits < 1:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
+    if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
+        raise ValueError(f"--hwm must be at least 1, got {args.hwm}")
     with _stop_on_signals() as stop:
         forward(
             args.role,

@@ -545,3 +545,10 @@ def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
     thread.join(10)
     assert not thread.is_alive(), f"the handler waits for itself, nested at {nested}"
     assert stop.is_set() and nested
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--hwm", "0"), ("--hwm", "-1"), ("--max-hits", "0")])
+def test_a_forwarder_refuses_limits_below_one(capsys, flag: str, value: str) -> None:
+    args = ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
+    assert main([*args, flag, value]) == 1
+    assert f"{flag} must be at least 1, got {value}" in capsys.readouterr().err
