@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,20 +104,24 @@ def forward(
             "back": push.endpoint,
         }
         print(json.dumps(bound), flush=True)
-        _proxy(pull.socket, push.socket, StopFlag() if stop is None else stop)
+        forwarded, dropped = _proxy(pull.socket, push.socket, StopFlag() if stop is None else stop)
+        stopped = {"message": "stopped", "role": role, "forwarded": forwarded}
+        print(json.dumps({**stopped, "not_forwarded": dropped}), flush=True)
 
 
-def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> None:
-    """Forward whole messages (zero-copy) until ``stop``. A message is taken from ``pull``
+def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> tuple[int, int]:
+    """Forward whole messages (zero-copy) until ``stop``; the messages forwarded and those
+    dropped at the stop. A message is taken from ``pull``
     only when ``push`` has a peer with room, so back-pressure reaches the producers; the
     stop is seen within ``POLL_MS`` even when no peer is left (``zmq.proxy`` would block in
     its send). A message taken just before its peer left waits for another peer.
 
     At the stop, the messages that have already arrived (at most ``STOP_DRAIN_MAX``) are
-    taken off ``pull``: sent on where a peer has room at once, else dropped; the dropped
-    ones are counted on stderr, with the one held, instead of vanishing with the socket.
-    (Messages queued for a peer, up to its high-water mark, still go with the socket.)"""
+    taken off ``pull``: sent on where a peer has room at once, else dropped and counted,
+    with the one held, instead of vanishing with the socket. (Messages queued for a peer,
+    up to its high-water mark, and in the socket buffers still go with the socket.)"""
     held: list[zmq.Frame] | None = None
+    forwarded = 0
     while not stop.is_set():
         if held is None:
             if not (push.poll(POLL_MS, zmq.POLLOUT) and pull.poll(POLL_MS, zmq.POLLIN)):
@@ -127,6 +130,7 @@ def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> None:
         try:
             push.send_multipart(held, flags=zmq.NOBLOCK, copy=False)
             held = None
+            forwarded += 1
         except zmq.Again:
             push.poll(POLL_MS, zmq.POLLOUT)
     dropped = int(held is not None)
@@ -136,12 +140,7 @@ def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> None:
         message = pull.recv_multipart(copy=False)
         try:
             push.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            forwarded += 1
         except zmq.Again:
             dropped += 1
-    if dropped:
-        print(
-            f"stopped with {dropped} messages not forwarded (no peer took them; producers "
-            "resend what gets no reply)",
-            file=sys.stderr,
-        )
-    sys.stdout.flush()
+    return forwarded, dropped

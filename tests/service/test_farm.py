@@ -4,7 +4,6 @@ each a process of its own (streamtrk farm, streamtrk serve --connect, streamtrk 
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -131,8 +130,10 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
         dist.stop()
     # Those its input queue held (about --hwm 2; the rest waited in the producer's) are
     # dropped with it: said, not silent.
-    said = re.search(r"stopped with (\d+) messages not forwarded", dist.log.read_text())
-    assert said is not None and 1 <= int(said.group(1)) <= 3
+    lines = [json.loads(line) for line in dist.log.read_text().splitlines()]
+    said = lines[-1]
+    assert said["message"] == "stopped" and said["role"] == "distributor"
+    assert said["forwarded"] == 0 and 1 <= said["not_forwarded"] <= 3
 
 
 def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None:
