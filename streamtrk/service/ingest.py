@@ -5,10 +5,10 @@ frame and one over ``max_frames`` frames or ``max_message_bytes`` bytes is refus
 read (``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid
 ``hits`` message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
 answered with an error reply when its header names a (run, event), else counted as
-unidentified and offered to the dead-letter file; a ``tracks`` message (a reply, on an
-input wired to a collector or from a daemon's output wired to a distributor) is counted
-(``bad_kind``) and not answered, as the answer would come back as another one, and a
-warning says so at most once a ``MISROUTED_LOG_S``. A full batch queue blocks this thread
+unidentified and offered to the dead-letter file. So is a ``tracks`` message (``bad_kind``:
+a reply, on an input wired to a collector or from a daemon's output wired to a
+distributor), which is not answered, as the answer would come back as another reply, for
+ever; a warning says so at most once a ``MISROUTED_LOG_S``. A full batch queue blocks this thread
 (so ZeroMQ's high-water marks push back on the sender) or, with ``overload = "reject"``,
 answers ``overloaded``; an event still waiting for room when the drain gives up on the
 queue is answered ``shutdown``.
@@ -163,7 +163,7 @@ class Ingest(Supervised):
     def _accept(self, frames: list[zmq.Frame], t_recv: float) -> None:
         msg = decode(frames, limits=self.limits)
         if msg.kind == "tracks":
-            self._reply_on_input()
+            self._reply_on_input(frames)
             return
         event = msg.to_event()  # WireError bad_kind for truth messages
         decode_s = time.perf_counter() - t_recv
@@ -178,8 +178,8 @@ class Ingest(Supervised):
             self.metrics.rejected.labels(reason).inc()
             self.put(self.replies, Reply.failure(job, reason))
 
-    def _reply_on_input(self) -> None:
-        self.metrics.rejected.labels("bad_kind").inc()
+    def _reply_on_input(self, frames: list[zmq.Frame]) -> None:
+        self._unanswered(frames, WireError("bad_kind", "a reply (tracks message) on the input"))
         self._misrouted += 1
         if (now := time.monotonic()) >= self._misrouted_warn_at:
             log.warning(
@@ -208,11 +208,14 @@ class Ingest(Supervised):
             msg_id = peek_msg_id(frames)
             self.put(self.replies, Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
         else:
-            if self.dead_letters is not None:
-                err = error or WireError(reason, "unexpected failure")
-                self._dead_letter(self.dead_letters, frames, err, max(count, len(frames)))
-            self.metrics.unidentified.inc()
-            self.metrics.rejected.labels(reason).inc()
+            self._unanswered(frames, error or WireError(reason, "unexpected failure"), count)
+
+    def _unanswered(self, frames: list[zmq.Frame], error: WireError, count: int = 0) -> None:
+        """Count a message that gets no reply, and offer it to the dead-letter file."""
+        if self.dead_letters is not None:
+            self._dead_letter(self.dead_letters, frames, error, max(count, len(frames)))
+        self.metrics.unidentified.inc()
+        self.metrics.rejected.labels(error.reason).inc()
 
     def _dead_letter(
         self, dead: DeadLetters, frames: list[zmq.Frame], error: WireError, count: int

@@ -256,6 +256,7 @@ def test_a_reply_on_the_input_is_counted_and_not_answered(rig, caplog) -> None:
             r.ingest.handle([zmq.Frame(f) for f in reply])
     assert r.replies.empty()
     assert r.value("streamtrk_events_rejected_total", {"reason": "bad_kind"}) == 3
+    assert r.value("streamtrk_events_unidentified_total") == 3  # received = answered + these
     warnings = [rec.getMessage() for rec in caplog.records]
     assert len(warnings) == 1 and "replies (tracks messages) come in on the input" in warnings[0]
 
