@@ -69,6 +69,8 @@ class Reconnects:
 
     def apply(self, name: str, socket: zmq.Socket[Any], endpoint: str) -> None:
         """Connect ``socket`` (``name``) to ``endpoint`` again if it was asked and is due."""
+        if name not in self._at:  # the common case, on every poll: no lock taken
+            return
         with self._lock:
             if self._at.get(name, math.inf) > time.monotonic():
                 return
