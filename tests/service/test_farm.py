@@ -69,19 +69,25 @@ def answered(daemons) -> float:
 
 @pytest.fixture
 def farm(tmp_path: Path, daemon_factory):
+    """Stopped in a farm's order: the daemons first (each drains and exits 0, its replies
+    still reaching the collector: a resent event may still be in work when the replay has
+    all its replies), then the forwarders."""
     forwarders: list[Forwarder] = []
+    daemons = []
     try:
         for role in ("distributor", "collector"):  # each kept as it starts, to be stopped
             forwarders.append(Forwarder(tmp_path, role))
         dist, coll = forwarders
-        daemons = [
-            daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
-                           "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")
-            for _ in range(3)
-        ]  # fmt: skip
+        for _ in range(3):
+            daemons.append(
+                daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
+                               "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")
+            )  # fmt: skip
         yield dist, coll, daemons
     finally:
+        drained = {d.log_path.name: d.stop() for d in daemons if d.process.poll() is None}
         codes = [f.stop() for f in forwarders]
+    assert set(drained.values()) <= {0}, drained
     assert codes == [0, 0]
 
 
