@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from streamtrk.service import faults
 from streamtrk.service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class SocketMonitor(threading.Thread):
                 mon.close(linger=0)
 
     def handle(self, socket: str, message: dict[str, Any]) -> None:
+        faults.delay("monitor")  # a monitor behind its sockets, as under load
         m, event = self.metrics, message["event"]
         endpoint = message["endpoint"].decode(errors="replace")
         open_now = self._open[socket]

@@ -274,7 +274,8 @@ class Daemon:
             cfg.linger_ms,
             on_failure=self._on_thread_failure,
             reconnect=self._reconnect("output", push, cfg.output),
-            connected=partial(self.monitor.connected, "output"),
+            # Bound, PUSH takes a reply only into a connected consumer's queue.
+            connected=partial(self.monitor.connected, "output") if cfg.connect else lambda: True,
         )
         self.threads = [ingest, worker, emitter, observer]
         for t in self.threads:

@@ -72,6 +72,30 @@ def test_replies_queued_for_a_collector_that_is_gone_are_counted_dropped(
     assert incomplete["dropped"] == 3 and incomplete["replies_ok"] == 3
 
 
+def test_replies_sent_by_a_bound_output_are_not_counted_lost(daemon_factory, sim_run) -> None:
+    """Bound, the output takes a reply only into a connected consumer's queue: however far
+    the socket monitor lags (here it sees the consumer only after the reply left), a reply
+    sent is not counted lost when the consumer has gone by the drain."""
+    from streamtrk.io.recording import iter_events
+
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "monitor_delay_s=3"})
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(next(iter_events(sim_run)), timeout_ms=30_000)
+        reply = consumer.recv(timeout_ms=60_000)
+    assert reply is not None and reply.to_reply().ok
+
+    def seen_gone() -> bool:
+        m = d.metrics()
+        return sample(m, "streamtrk_disconnects_total", socket="output", cause="closed") >= 1
+
+    t_end = time.monotonic() + 60  # the monitor's three events, 3 s each
+    while not seen_gone():
+        assert time.monotonic() < t_end, "the monitor never saw the consumer leave"
+        time.sleep(0.2)
+    assert d.stop(signal.SIGTERM) == 0
+    assert not [line for line in d.logs() if line["message"].startswith("drain incomplete")]
+
+
 def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) -> None:
     # Three events in one batch made to take 10 s (on any machine): over the 1 s a 2 s drain
     # leaves the worker.
