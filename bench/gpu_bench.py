@@ -58,7 +58,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -686,12 +685,6 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
 # --------------------------------------------------------------------------- daemon
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def daemon_part(
     bench: Bench,
     dev: Device,
@@ -709,7 +702,7 @@ def daemon_part(
         import zmq  # noqa: F401
     except ImportError as exc:
         return {"skipped": f"pyzmq is not importable ({exc}); put the wheel on PYTHONPATH"}
-    from streamtrk.client import wait_ready
+    from streamtrk.client import wait_listening, wait_ready
     from streamtrk.io.recording import RecordingWriter
     from streamtrk.service.config import ServeConfig
 
@@ -737,11 +730,9 @@ def daemon_part(
     with RecordingWriter(run) as w:
         for ev in events:
             w.write_event(ev, compact=True)
-    ports = [_free_port() for _ in range(3)]
-    ep_in, ep_out = f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}"
-    http = f"127.0.0.1:{ports[2]}"
-    cmd = [sys.executable, "-m", "streamtrk", "serve", *flags]
-    cmd += ["--input", ep_in, "--output", ep_out, "--http", http]
+    any_port = "tcp://127.0.0.1:*"  # the daemon binds, then says where (no port race)
+    cmd = [sys.executable, "-m", "streamtrk", "serve", *flags, "--log-format", "json"]
+    cmd += ["--input", any_port, "--output", any_port, "--http", "127.0.0.1:0"]
     log_path = tmp / "serve.log"
     out: dict[str, Any] = {
         "serve_flags": flags,
@@ -752,11 +743,14 @@ def daemon_part(
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            ready = wait_ready(http, max(10.0, min(240.0, bench.left() - 40)), proc)
+            wait_s = max(10.0, min(240.0, bench.left() - 40))
+            bound = wait_listening(log_path, wait_s, proc)
+            ready = bound is not None and wait_ready(bound["http"], wait_s, proc)
             out["start_to_ready_s"] = round(time.monotonic() - t, 2)
-            if not ready:
+            if bound is None or not ready:
                 out["error"] = f"not ready (exit code {proc.poll()})"
                 return out
+            ep_in, ep_out, http = bound["input"], bound["output"], bound["http"]
             replays = (
                 ("replay_max_rate", ["--loop", "4"]),
                 ("replay_100hz", ["--rate", "100", "--loop", "4"]),
