@@ -33,8 +33,6 @@ from streamtrk.recon.prune import (
 )
 from streamtrk.recon.truth import particle_pt, true_segments
 
-F32 = np.float32
-
 
 def _reference(graph: Graph, cfg: PruneConfig, det) -> np.ndarray:
     """Pure-Python loops over hits and their edge pairs, windows looked up in dicts.
