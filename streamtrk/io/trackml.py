@@ -381,6 +381,7 @@ def write_submission(
         hit_id, track_id = (np.asarray(a, dtype=np.int64) for a in submission[event_id])
         if hit_id.shape != track_id.shape or hit_id.ndim != 1:
             raise ValueError(f"event {event_id}: hit_id and track_id must be equal-length 1-D")
+        _each_hit_once(event_id, hit_id)
         track_id = alone_as_tracks(track_id)
         event_ids.append(np.full(len(hit_id), event_id, dtype=np.int64))
         hit_ids.append(hit_id)
@@ -430,13 +431,27 @@ def by_event_number(per_event: Mapping[tuple[int, int], T]) -> dict[int, T]:
 
 
 def read_submission(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Read a submission CSV: event id -> (hit_id, track_id) in file order."""
+    """Read a submission CSV: event id -> (hit_id, track_id) in file order; ValueError
+    when an event names a hit twice."""
     cols = _read_csv(Path(path), _SUBMISSION_DTYPES)
     event_id = cols["event_id"]
     srt = np.argsort(event_id, kind="stable")
     ids, starts = np.unique(event_id[srt], return_index=True)
     bounds = np.r_[starts, len(srt)]
-    return {
+    out = {
         int(e): (cols["hit_id"][srt[a:b]], cols["track_id"][srt[a:b]])
         for e, a, b in zip(ids, bounds[:-1], bounds[1:], strict=True)
     }
+    for e, (hit_id, _) in out.items():
+        _each_hit_once(e, hit_id, f"{path}: ")
+    return out
+
+
+def _each_hit_once(event_id: int, hit_id: np.ndarray, where: str = "") -> None:
+    """ValueError when ``hit_id`` holds an id twice (a submission assigns each hit once)."""
+    ids, n = np.unique(hit_id, return_counts=True)
+    if (twice := np.flatnonzero(n > 1)).size:
+        raise ValueError(
+            f"{where}event {event_id}: hit {ids[twice[0]]} is given {n[twice[0]]} times; "
+            "a submission names each hit once"
+        )

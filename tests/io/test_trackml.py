@@ -430,6 +430,16 @@ def test_submission(tmp_path):
     assert back[9][1].tolist() == [2, 1]
 
 
+def test_a_submission_names_each_hit_once(tmp_path):
+    # The TrackML scorer joins the submission to the truth hit by hit.
+    with pytest.raises(ValueError, match="event 1: hit 2 is given 2 times"):
+        write_submission(tmp_path / "w.csv", {1: (np.array([1, 2, 2]), np.array([1, 1, 2]))})
+    path = tmp_path / "r.csv"
+    path.write_text("event_id,hit_id,track_id\n1,5,1\n2,5,1\n2,6,1\n2,5,2\n")
+    with pytest.raises(ValueError, match=rf"{path}: event 2: hit 5 is given 2 times"):
+        read_submission(path)
+
+
 # --------------------------------------------------------------------------- real data
 
 REAL_EVENT = "qallse_ez-0.5_hpt-1.0/event000001000"
