@@ -109,7 +109,8 @@ class TrainConfig:
     prune: PruneConfig | None = None  # [prune]: train on pruned graphs, ship the setting
     tracks: TrackConfig = field(default_factory=TrackConfig)  # [tracks], into the card
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    # label -> TrackML prefix or recording, evaluated for the card only (never for a choice)
+    # label -> TrackML prefix or recording (paths from the working directory, as
+    # ``recording``), evaluated for the card only (never for a choice)
     report: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
