@@ -266,7 +266,8 @@ class Tracks:
         return [idx[off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
     def track_id_per_hit(self, n_hits: int) -> np.ndarray:
-        """TrackML submission labels: track ids from 1, 0 for hits in no track."""
+        """TrackML submission labels: track ids from 1, 0 for hits in no track; a hit in
+        several tracks (the track builder makes none; a label holds one) gets the last."""
         off, idx = to_host(self.offsets), to_host(self.hit_index)
         labels = np.zeros(n_hits, dtype=np.int64)
         labels[idx] = np.repeat(np.arange(1, len(off), dtype=np.int64), np.diff(off))
