@@ -235,8 +235,7 @@ class ServeConfig:
 
     @property
     def http_address(self) -> tuple[str, int]:
-        host, _, port = self.http.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_http(self.http)
 
     def to_toml(self) -> str:
         """The configuration as TOML; unset optional settings appear commented out."""
@@ -318,9 +317,18 @@ def _check(name: str, value: Any) -> None:
         ):
             raise bad("must be tcp://HOST:PORT, PORT a number (or * to bind a free one)")
     if name == "http":
-        host, sep, port = value.rpartition(":")
-        if not (sep and host and "/" not in host and _digits(port) and int(port) < 65536):
-            raise bad("must be HOST:PORT, such as 127.0.0.1:10062")
+        try:
+            split_http(value)
+        except ValueError as e:
+            raise bad(str(e)) from None
+
+
+def split_http(value: str) -> tuple[str, int]:
+    """(host, port) of ``HOST:PORT`` (an IPv6 host in brackets); ValueError if it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not (sep and host and "/" not in host and _digits(port) and int(port) < 65536):
+        raise ValueError("must be HOST:PORT, such as 127.0.0.1:10062")
+    return host.strip("[]"), int(port)
 
 
 # --------------------------------------------------------------------------- parsing

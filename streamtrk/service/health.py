@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streamtrk.service.telemetry import Metrics
+from streamtrk.service.telemetry import SocketMetrics
 
 #: Connections served at once: Prometheus and the probes need a few.
 MAX_CONNECTIONS = 32
@@ -62,7 +62,7 @@ class HealthServer:
     def __init__(
         self,
         address: tuple[str, int],
-        metrics: Metrics,
+        metrics: SocketMetrics,
         readiness: Readiness,
         status: Callable[[], dict[str, Any]],
         problems: Callable[[], list[str]],
@@ -133,6 +133,12 @@ class HealthServer:
     def address(self) -> tuple[str, int]:
         host, port = self.server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def host_port(self) -> str:
+        """``HOST:PORT`` served (the port chosen for 0; an IPv6 host in brackets)."""
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def start(self) -> None:
         self._thread.start()

@@ -34,7 +34,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.service import faults
-from streamtrk.service.telemetry import Metrics
+from streamtrk.service.telemetry import SocketMetrics
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
@@ -94,7 +94,7 @@ class SocketMonitor(threading.Thread):
     def __init__(
         self,
         sockets: dict[str, zmq.Socket[Any]],
-        metrics: Metrics,
+        metrics: SocketMetrics,
         reconnects: Reconnects | None = None,
     ) -> None:
         super().__init__(name="monitor", daemon=True)

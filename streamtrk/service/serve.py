@@ -216,11 +216,10 @@ class Daemon:
             except (OSError, ValueError) as e:
                 log.error("start-up failed: %s", e)
                 return 1
-            host, port = http.address
             self.endpoints = {
                 "input": cfg.input if cfg.connect else pull.getsockopt_string(zmq.LAST_ENDPOINT),
                 "output": push.getsockopt_string(zmq.LAST_ENDPOINT),
-                "http": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "http": http.host_port,
             }
             log.info("listening", extra=_fields(**self.endpoints))
             http.start()

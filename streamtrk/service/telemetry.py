@@ -59,11 +59,52 @@ class InfoGauge(Collector):
         yield GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
 
 
-class Metrics:
-    """Every metric the daemon exports; ``render()`` gives the exposition text."""
+class SocketMetrics:
+    """A registry of its own holding what the daemon and a farm forwarder both export: their
+    sockets' connections (written by ``monitor.SocketMonitor``) and their HTTP endpoint's
+    dropped connections (``health.HealthServer``); ``render()`` gives the exposition text."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self.connections = Gauge(
+            "streamtrk_connections",
+            "Connections open on a socket (accepted or connected, not yet ended), by socket.",
+            ["socket"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "streamtrk_disconnects",
+            "Connections ended, by socket and cause (auth, handshake, closed).",
+            ["socket", "cause"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "streamtrk_auth_failures",
+            "Handshakes refused, by socket and cause (auth: CURVE key not allowed; "
+            "handshake: no CURVE or another protocol mismatch).",
+            ["socket", "cause"],
+            registry=r,
+        )
+        self.http_dropped = Counter(
+            "streamtrk_http_connections_dropped",
+            "HTTP connections closed unanswered, by cause (timeout: no complete request in "
+            "time; busy: too many at once).",
+            ["cause"],
+            registry=r,
+        )
+        for cause in ("timeout", "busy"):
+            self.http_dropped.labels(cause)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Metrics(SocketMetrics):
+    """Every metric the daemon exports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
         self.received = Counter(
             "streamtrk_events_received", "Messages taken off the input socket.", registry=r
         )
@@ -154,34 +195,8 @@ class Metrics:
         )
         r.register(self.build_info)
         r.register(self.model_info)
-        self.connections = Gauge(
-            "streamtrk_connections",
-            "Connections open on a socket (accepted or connected, not yet ended), by socket.",
-            ["socket"],
-            registry=r,
-        )
-        self.disconnects = Counter(
-            "streamtrk_disconnects",
-            "Connections ended, by socket and cause (auth, handshake, closed).",
-            ["socket", "cause"],
-            registry=r,
-        )
-        self.auth_failures = Counter(
-            "streamtrk_auth_failures",
-            "Handshakes refused, by socket and cause (auth: CURVE key not allowed; "
-            "handshake: no CURVE or another protocol mismatch).",
-            ["socket", "cause"],
-            registry=r,
-        )
         self.model_reloads = Counter(
             "streamtrk_model_reloads", "SIGHUP reloads, by result.", ["result"], registry=r
-        )
-        self.http_dropped = Counter(
-            "streamtrk_http_connections_dropped",
-            "HTTP connections closed unanswered, by cause (timeout: no complete request in "
-            "time; busy: too many at once).",
-            ["cause"],
-            registry=r,
         )
         self.device_memory = Gauge(
             "streamtrk_device_memory_bytes",
@@ -196,8 +211,6 @@ class Metrics:
             self.internal_errors.labels(cause)
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
-        for cause in ("timeout", "busy"):
-            self.http_dropped.labels(cause)
         for stage in STAGES:
             self.stage.labels(stage)
 
@@ -224,6 +237,3 @@ class Metrics:
         }
         for kind, fn in sources.items():
             self.device_memory.labels(kind).set_function(fn)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
