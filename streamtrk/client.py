@@ -34,7 +34,9 @@ class _Endpoint:
     CURVE client when given its own secret certificate (``curve_key``) and the daemon's
     public one (``curve_server_key``), or a CURVE server when given its own secret
     certificate as ``curve_secret_key`` (its clients admitted by a ZAP authenticator on the
-    context), see ``streamtrk.wire.curve``."""
+    context), see ``streamtrk.wire.curve``. With ``monitor_events``, the socket is monitored
+    for those events from before it binds or connects (``socket.get_monitor_socket()`` then
+    returns that monitor), so that no connection is missed."""
 
     def __init__(
         self,
@@ -48,12 +50,14 @@ class _Endpoint:
         curve_server_key: str | Path | None = None,
         curve_secret_key: str | Path | None = None,
         context: zmq.Context[Any] | None = None,
+        monitor_events: int = 0,
     ) -> None:
         if (curve_key is None) != (curve_server_key is None):
             raise ValueError("CURVE needs both curve_key (own secret) and curve_server_key")
         if curve_key is not None and curve_secret_key is not None:
             raise ValueError("a socket is a CURVE client or a CURVE server, not both")
         self.linger_ms = linger_ms
+        self.monitor: zmq.Socket[Any] | None = None
         ctx = zmq.Context() if context is None else context
         self._own_context = ctx if context is None else None
         self.socket: zmq.Socket[Any] = ctx.socket(kind)
@@ -66,8 +70,12 @@ class _Endpoint:
                 make_client(self.socket, curve_key, curve_server_key)
             if curve_secret_key is not None:
                 make_server(self.socket, curve_secret_key)
+            if monitor_events:
+                self.monitor = self.socket.get_monitor_socket(monitor_events)
             (self.socket.bind if bind else self.socket.connect)(endpoint)
         except BaseException:
+            if self.monitor is not None:
+                self.monitor.close(linger=0)
             self.socket.close(linger=0)
             if self._own_context is not None:
                 self._own_context.term()
@@ -80,7 +88,10 @@ class _Endpoint:
 
     def close(self) -> None:
         """Close the socket; with a context of its own, wait until the messages queued on it
-        have left or ``linger_ms`` has passed (-1: until they have left)."""
+        have left or ``linger_ms`` has passed (-1: until they have left). Stop any thread
+        reading the monitor first."""
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
         self.socket.close(linger=self.linger_ms)
         if self._own_context is not None:
             self._own_context.term()
@@ -108,6 +119,7 @@ class Producer(_Endpoint):
         curve_server_key: str | Path | None = None,
         curve_secret_key: str | Path | None = None,
         context: zmq.Context[Any] | None = None,
+        monitor_events: int = 0,
     ) -> None:
         super().__init__(
             zmq.PUSH,
@@ -119,6 +131,7 @@ class Producer(_Endpoint):
             curve_server_key=curve_server_key,
             curve_secret_key=curve_secret_key,
             context=context,
+            monitor_events=monitor_events,
         )
 
     def send_event(
@@ -172,6 +185,7 @@ class Consumer(_Endpoint):
         curve_server_key: str | Path | None = None,
         curve_secret_key: str | Path | None = None,
         context: zmq.Context[Any] | None = None,
+        monitor_events: int = 0,
     ) -> None:
         super().__init__(
             zmq.PULL,
@@ -183,6 +197,7 @@ class Consumer(_Endpoint):
             curve_server_key=curve_server_key,
             curve_secret_key=curve_secret_key,
             context=context,
+            monitor_events=monitor_events,
         )
         self.limits = limits
 
