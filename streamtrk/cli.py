@@ -827,6 +827,12 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--hwm", type=int, default=2, help="high-water marks, messages (default 2)")
     s.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz, /readyz and /status there (port 0: a free one); "
+        "default: none",
+    )
+    s.add_argument(
         "--max-hits",
         type=int,
         default=1_000_000,
@@ -885,6 +891,7 @@ def _farm(args: argparse.Namespace) -> int:
             server_key=args.server_key,
             allowed_keys=args.allowed_keys,
             allow_insecure=args.allow_insecure,
+            http=args.http,
             stop=stop,
         )
     return 0

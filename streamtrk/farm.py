@@ -17,6 +17,10 @@ reached it could inject events or take the replies.
 Events in flight on a daemon that is killed are lost with it: producers resend what gets
 no reply (``streamtrk replay --retries``), and replies carry the message id so that a late
 duplicate is recognised.
+
+With ``http``, a forwarder serves ``/metrics`` (the messages it forwarded, and its sockets'
+connections as the daemon counts its own: ``front`` and ``back``), ``/healthz``, ``/readyz``
+and ``/status``, as the daemon does (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -27,9 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from prometheus_client import Counter
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.service.auth import start_authenticator
+from streamtrk.service.config import split_http
+from streamtrk.service.health import HealthServer, Readiness
+from streamtrk.service.monitor import EVENTS, SocketMonitor
+from streamtrk.service.telemetry import SocketMetrics
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import DEFAULT_LIMITS, Limits
 from streamtrk.wire.curve import host_only
@@ -37,6 +46,20 @@ from streamtrk.wire.curve import host_only
 ROLES = ("distributor", "collector")
 POLL_MS = 100
 STOP_DRAIN_MAX = 10_000  # messages taken off the front at a stop, at most
+
+
+class ForwarderMetrics(SocketMetrics):
+    """What a forwarder exports: its sockets' (``front``, ``back``), and the messages it
+    forwarded."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.forwarded = Counter(
+            "streamtrk_farm_forwarded",
+            "Messages a farm forwarder passed from its front to its back socket, by role.",
+            ["role"],
+            registry=self.registry,
+        ).labels(role)
 
 
 def forward(
@@ -51,6 +74,7 @@ def forward(
     server_key: Path | None = None,
     allowed_keys: Path | None = None,
     allow_insecure: bool = False,
+    http: str | None = None,
     stop: Stop | None = None,
 ) -> None:
     """Bind PULL ``front`` and PUSH ``back`` and forward until ``stop`` (or forever).
@@ -60,7 +84,8 @@ def forward(
     CURVE server with ``server_key`` (clients from ``allowed_keys``). A JSON ``listening``
     line on stdout gives the bound addresses (``front``, ``back``). A frame longer than a
     message of ``max_hits`` hits can have drops its sender's connection (as the daemon's
-    ``max_hits``: give both the same).
+    ``max_hits``: give both the same). With ``http`` (``HOST:PORT``), the HTTP endpoints of
+    the module docstring, its address in the ``listening`` line.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -84,6 +109,12 @@ def forward(
     no_tracks = {"max_tracks": 0} if back_faces_daemons else {}
     front_limits = Limits(max_hits=max_hits, max_particles=0, **no_tracks)
     clients = {"curve_secret_key": server_key}
+    try:
+        http_address = None if http is None else split_http(http)
+    except ValueError as e:
+        raise ValueError(f"--http {http!r} {e}") from None
+    metrics = ForwarderMetrics(role)
+    monitored = {"monitor_events": EVENTS if http is not None else 0}
     ctx = zmq.Context.instance()  # the ZAP authenticator's and both sockets'
     with contextlib.ExitStack() as stack:
         if server_key is not None:
@@ -91,10 +122,10 @@ def forward(
             stack.callback(auth.stop)
         pull = stack.enter_context(
             Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
-                     context=ctx, **(clients if back_faces_daemons else daemons))
+                     context=ctx, **monitored, **(clients if back_faces_daemons else daemons))
         )  # fmt: skip
         push = stack.enter_context(
-            Producer(back, bind=True, sndhwm=hwm, linger_ms=0, context=ctx,
+            Producer(back, bind=True, sndhwm=hwm, linger_ms=0, context=ctx, **monitored,
                      **(daemons if back_faces_daemons else clients))
         )  # fmt: skip
         bound = {
@@ -103,13 +134,49 @@ def forward(
             "front": pull.endpoint,
             "back": push.endpoint,
         }
+        if http_address is not None:
+            status = {k: v for k, v in bound.items() if k != "message"}
+            bound["http"] = _serve_http(stack, http_address, metrics, pull, push, status)
         print(json.dumps(bound), flush=True)
-        forwarded, dropped = _proxy(pull.socket, push.socket, StopFlag() if stop is None else stop)
+        stop = StopFlag() if stop is None else stop
+        forwarded, dropped = _proxy(pull.socket, push.socket, stop, metrics)
         stopped = {"message": "stopped", "role": role, "forwarded": forwarded}
         print(json.dumps({**stopped, "not_forwarded": dropped}), flush=True)
 
 
-def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> tuple[int, int]:
+def _serve_http(
+    stack: contextlib.ExitStack,
+    address: tuple[str, int],
+    metrics: ForwarderMetrics,
+    pull: Consumer,
+    push: Producer,
+    status: dict[str, str],
+) -> str:
+    """Monitor both sockets and serve the HTTP endpoints on ``address`` until ``stack``
+    closes (the monitor stops before the sockets close); the address served."""
+    monitor = SocketMonitor({"front": pull.socket, "back": push.socket}, metrics)
+    monitor.start()
+    stack.callback(monitor.stop)
+    readiness = Readiness()
+    readiness.set("ready")  # forwarding from the start
+
+    def problems() -> list[str]:
+        return ["monitor: the thread died (connection metrics frozen)"] if monitor.died else []
+
+    try:
+        server = HealthServer(address, metrics, readiness, lambda: status, problems)
+    except OSError as e:
+        raise OSError(
+            f"cannot serve HTTP on {address[0]}:{address[1]}: {e.strerror or e}"
+        ) from None
+    stack.callback(server.close)
+    server.start()
+    return server.host_port
+
+
+def _proxy(
+    pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop, metrics: ForwarderMetrics
+) -> tuple[int, int]:
     """Forward whole messages (zero-copy) until ``stop``; the messages forwarded and those
     dropped at the stop. A message is taken from ``pull``
     only when ``push`` has a peer with room, so back-pressure reaches the producers; the
@@ -131,6 +198,7 @@ def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> tuple[in
             push.send_multipart(held, flags=zmq.NOBLOCK, copy=False)
             held = None
             forwarded += 1
+            metrics.forwarded.inc()
         except zmq.Again:
             push.poll(POLL_MS, zmq.POLLOUT)
     dropped = int(held is not None)
@@ -141,6 +209,7 @@ def _proxy(pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop) -> tuple[in
         try:
             push.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
             forwarded += 1
+            metrics.forwarded.inc()
         except zmq.Again:
             dropped += 1
     return forwarded, dropped

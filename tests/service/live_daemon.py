@@ -44,7 +44,40 @@ def clean_env(keep: tuple[str, ...] = ("STREAMTRK_MODEL",)) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRK_") or k in keep}
 
 
-class Daemon:
+class HttpEndpoints:
+    """GET, HEAD and the parsed ``/metrics`` of a process serving them on ``self.http``."""
+
+    http: str
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read().decode()
+
+    def head(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://{self.http}{path}", method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read().decode()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of ``/metrics``: (name, sorted labels) -> value."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+class Daemon(HttpEndpoints):
     """``python -m streamtrk serve`` with JSON logs in ``log_path``; stop with :meth:`stop`."""
 
     started = 0  # daemons started by this process (log file names)
@@ -75,33 +108,6 @@ class Daemon:
         if wait and not wait_ready(self.http, READY_TIMEOUT_S, self.process):
             self.stop()
             pytest.fail(f"daemon not ready; log:\n{self.log_path.read_text()}")
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, e.read().decode()
-
-    def head(self, path: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://{self.http}{path}", method="HEAD")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, e.read().decode()
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of ``/metrics``: (name, sorted labels) -> value."""
-        status, text = self.get("/metrics")
-        assert status == 200
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
 
     def settled(
         self, received: int | None = None, timeout: float = 60

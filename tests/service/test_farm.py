@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from live_daemon import READY_TIMEOUT_S, sample, stop_process, wait_for
+from live_daemon import READY_TIMEOUT_S, HttpEndpoints, sample, stop_process, wait_for
 
 from streamtrk.client import wait_listening
 from streamtrk.farm import forward
@@ -22,22 +22,23 @@ from streamtrk.farm import forward
 pytestmark = pytest.mark.slow
 
 
-class Forwarder:
-    """``streamtrk farm ROLE`` on ports it picks; ``front``/``back`` as bound."""
+class Forwarder(HttpEndpoints):
+    """``streamtrk farm ROLE`` on ports it picks (HTTP too); ``front``/``back``/``http`` as
+    bound."""
 
     def __init__(self, tmp: Path, role: str, *extra: str) -> None:
         self.log = tmp / f"{role}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streamtrk", "farm", role, "--from", "tcp://127.0.0.1:*",
-                 "--to", "tcp://127.0.0.1:*", *extra],
+                 "--to", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", *extra],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
         if bound is None:
             self.stop()
             pytest.fail(f"{role} not listening; log:\n{self.log.read_text()}")
-        self.front, self.back = bound["front"], bound["back"]
+        self.front, self.back, self.http = bound["front"], bound["back"], bound["http"]
 
     def stop(self) -> int:
         return stop_process(self.process, signal.SIGTERM, 30)
@@ -106,6 +107,32 @@ def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp
     # One reply per event in the report; any second reply to a resent event is counted.
     assert got["resent"] >= got["duplicates"] >= 0
     assert [line for line in daemons[1].logs() if line["message"].startswith("disconnected")]
+
+
+def test_forwarders_export_what_they_forward_and_their_connections(
+    farm, sim_run: Path, tmp_path
+) -> None:
+    dist, coll, _ = farm
+    for f in (dist, coll):
+        assert f.get("/healthz") == (200, "ok\n") and f.get("/readyz") == (200, "ready\n")
+        assert json.loads(f.get("/status")[1])["back"] == f.back
+    # Each daemon (ready) connects to both forwarders.
+    wait_for(lambda: sample(dist.metrics(), "streamtrk_connections", socket="back") == 3)
+    assert sample(coll.metrics(), "streamtrk_connections", socket="front") == 3
+    with replay(tmp_path, sim_run, dist, coll) as (proc, report):
+        assert proc.wait(timeout=600) == 0
+    assert json.loads(report.read_text())["received"] == 300
+    # The replay's connections, counted at the sockets facing producers and consumers.
+    for f, role, outside in ((dist, "distributor", "front"), (coll, "collector", "back")):
+        assert sample(f.metrics(), "streamtrk_farm_forwarded_total", role=role) == 300
+
+        def ended(f: Forwarder = f, side: str = outside) -> bool:
+            m = f.metrics()
+            return sample(m, "streamtrk_connections", socket=side) == 0 and (
+                sample(m, "streamtrk_disconnects_total", socket=side, cause="closed") == 1
+            )
+
+        wait_for(ended)
 
 
 def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> None:
