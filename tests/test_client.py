@@ -198,3 +198,17 @@ def test_wait_ready_polls_past_what_is_not_http() -> None:
         assert wait_ready(f"{host}:{port}", 10.0) is True
         thread.join(5)
         assert not thread.is_alive()  # all three answers were asked for
+
+
+def test_a_monitored_socket_reports_its_first_connection_and_closes_its_monitor() -> None:
+    from zmq.utils.monitor import recv_monitor_message
+
+    with Consumer(
+        "tcp://127.0.0.1:*", bind=True, linger_ms=0, monitor_events=zmq.EVENT_ACCEPTED
+    ) as c:
+        assert c.monitor is not None
+        with Producer(c.endpoint, linger_ms=0) as p:
+            assert p.monitor is None
+            assert c.monitor.poll(10_000)
+            assert recv_monitor_message(c.monitor)["event"] == zmq.EVENT_ACCEPTED
+    assert c.monitor.closed and c.socket.closed  # and its own context ended: close returned
