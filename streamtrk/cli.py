@@ -874,6 +874,9 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
+    from streamtrk.service.logs import configure
+
+    configure("json", "info")  # refused clients and, with --http, connections: JSON on stderr
 
     if args.max_hits < 1:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")

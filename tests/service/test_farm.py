@@ -133,6 +133,8 @@ def test_forwarders_export_what_they_forward_and_their_connections(
             )
 
         wait_for(ended)
+        logged = [json.loads(line)["message"] for line in f.log.read_text().splitlines()]
+        assert f"connection on {outside} ended (closed)" in logged
 
 
 def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> None:
