@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from needs import missing
 
 from streamtrk.detector import load_detector
+from streamtrk.service.logs import LOGGER
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
@@ -21,6 +24,17 @@ def _shared_candidates() -> list[Path]:
     if env := os.environ.get("STREAMTRK_SHARED"):
         return [Path(env)]
     return [REPO_ROOT.parent / "shared", REPO_ROOT / "shared"]
+
+
+@pytest.fixture(autouse=True)
+def _streamtrk_logger_restored() -> Iterator[None]:
+    """A command run in-process (``cli.main``) may configure the ``streamtrk`` logger for
+    itself (its own handler, no propagation): undone after each test, so that ``caplog``
+    sees the later tests' records whatever ran before."""
+    logger = logging.getLogger(LOGGER)
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")
