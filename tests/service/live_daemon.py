@@ -49,22 +49,17 @@ class HttpEndpoints:
 
     http: str
 
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, e.read().decode()
-
-    def head(self, path: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://{self.http}{path}", method="HEAD")
+    def get(self, path: str, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(f"http://{self.http}{path}", method=method)
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             with e:
                 return e.code, e.read().decode()
+
+    def head(self, path: str) -> tuple[int, str]:
+        return self.get(path, "HEAD")
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of ``/metrics``: (name, sorted labels) -> value."""
