@@ -117,8 +117,8 @@ def test_forwarders_export_what_they_forward_and_their_connections(
         assert f.get("/healthz") == (200, "ok\n") and f.get("/readyz") == (200, "ready\n")
         assert json.loads(f.get("/status")[1])["back"] == f.back
     # Each daemon (ready) connects to both forwarders.
-    wait_for(lambda: sample(dist.metrics(), "streamtrk_connections", socket="back") == 3)
-    assert sample(coll.metrics(), "streamtrk_connections", socket="front") == 3
+    for f, inside in ((dist, "back"), (coll, "front")):
+        wait_for(lambda f=f, s=inside: sample(f.metrics(), "streamtrk_connections", socket=s) == 3)
     with replay(tmp_path, sim_run, dist, coll) as (proc, report):
         assert proc.wait(timeout=600) == 0
     assert json.loads(report.read_text())["received"] == 300
