@@ -108,13 +108,16 @@ def base_metric(name: str, histograms: set[str]) -> str:
 
 
 def exported_series() -> tuple[set[str], set[str]]:
-    """(sample names the daemon's registry can export, its histogram family names), from
-    ``streamtrk.service.telemetry.Metrics`` (labelled families without children too)."""
+    """(sample names the daemon's and a farm forwarder's registries can export, their
+    histogram family names), from ``streamtrk.service.telemetry.Metrics`` and
+    ``streamtrk.farm.ForwarderMetrics`` (labelled families without children too)."""
+    from streamtrk.farm import ForwarderMetrics
     from streamtrk.service.telemetry import Metrics
 
     names: set[str] = set()
     histograms: set[str] = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *ForwarderMetrics("distributor").registry.collect()]
+    for family in families:
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

@@ -30,6 +30,8 @@ READY_TIMEOUT_S = 300
 REPLY_TIMEOUT_MS = 120_000
 #: Exported only when the daemon runs on CUDA (``Metrics.watch_cuda_memory``).
 GPU_ONLY = frozenset({"streamtrk_device_memory_bytes"})
+#: Exported by a farm forwarder (``streamtrk.farm.ForwarderMetrics``), not by the daemon.
+FORWARDER_ONLY = frozenset({"streamtrk_farm_forwarded_total"})
 
 
 def _recording_rules() -> set[str]:
@@ -67,12 +69,13 @@ def test_recording_rules_used_are_defined() -> None:
 
 
 @pytest.mark.parametrize("where", ["rules", "dashboard", "autoscaler"])
-def test_names_are_exported_by_the_daemon(where: str) -> None:
+def test_names_are_exported_by_the_daemon_or_a_forwarder(where: str) -> None:
     exported, _ = exported_series()
     names = _used_names()[where] - PROMETHEUS_SERIES
     assert names, where
     assert names - exported == set(), (
-        f"{where} names metrics that streamtrk.service.telemetry.Metrics does not export"
+        f"{where} names metrics that neither streamtrk.service.telemetry.Metrics nor "
+        "streamtrk.farm.ForwarderMetrics exports"
     )
 
 
@@ -131,7 +134,8 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
         assert status == 200
         samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
         (build,) = [s.labels for s in samples if s.name == "streamtrk_build_info"]
-        expected = _daemon_names() - (GPU_ONLY if build["device"] != "cuda" else set())
+        expected = _daemon_names() - FORWARDER_ONLY
+        expected -= GPU_ONLY if build["device"] != "cuda" else set()
         missing = expected - {s.name for s in samples}
         assert missing == set(), f"missing from /metrics (device {build['device']})"
 
