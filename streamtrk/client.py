@@ -74,11 +74,7 @@ class _Endpoint:
                 self.monitor = self.socket.get_monitor_socket(monitor_events)
             (self.socket.bind if bind else self.socket.connect)(endpoint)
         except BaseException:
-            if self.monitor is not None:
-                self.monitor.close(linger=0)
-            self.socket.close(linger=0)
-            if self._own_context is not None:
-                self._own_context.term()
+            self._close(0)
             raise
 
     @property
@@ -90,9 +86,12 @@ class _Endpoint:
         """Close the socket; with a context of its own, wait until the messages queued on it
         have left or ``linger_ms`` has passed (-1: until they have left). Stop any thread
         reading the monitor first."""
+        self._close(self.linger_ms)
+
+    def _close(self, linger_ms: int) -> None:
         if self.monitor is not None:
             self.monitor.close(linger=0)
-        self.socket.close(linger=self.linger_ms)
+        self.socket.close(linger=linger_ms)
         if self._own_context is not None:
             self._own_context.term()
 
