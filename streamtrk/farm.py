@@ -114,7 +114,7 @@ def forward(
     except ValueError as e:
         raise ValueError(f"--http {http!r} {e}") from None
     metrics = ForwarderMetrics(role)
-    monitored = {"monitor_events": EVENTS if http is not None else 0}
+    events = EVENTS if http is not None else 0  # the sockets' monitors, set before binding
     ctx = zmq.Context.instance()  # the ZAP authenticator's and both sockets'
     with contextlib.ExitStack() as stack:
         if server_key is not None:
@@ -122,11 +122,12 @@ def forward(
             stack.callback(auth.stop)
         pull = stack.enter_context(
             Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
-                     context=ctx, **monitored, **(clients if back_faces_daemons else daemons))
+                     context=ctx, monitor_events=events,
+                     **(clients if back_faces_daemons else daemons))
         )  # fmt: skip
         push = stack.enter_context(
-            Producer(back, bind=True, sndhwm=hwm, linger_ms=0, context=ctx, **monitored,
-                     **(daemons if back_faces_daemons else clients))
+            Producer(back, bind=True, sndhwm=hwm, linger_ms=0, context=ctx,
+                     monitor_events=events, **(daemons if back_faces_daemons else clients))
         )  # fmt: skip
         bound = {
             "message": "listening",
@@ -136,7 +137,8 @@ def forward(
         }
         if http_address is not None:
             status = {k: v for k, v in bound.items() if k != "message"}
-            bound["http"] = _serve_http(stack, http_address, metrics, pull, push, status)
+            sockets = {"front": pull.socket, "back": push.socket}
+            bound["http"] = _serve_http(stack, http_address, metrics, sockets, status)
         print(json.dumps(bound), flush=True)
         stop = StopFlag() if stop is None else stop
         forwarded, dropped = _proxy(pull.socket, push.socket, stop, metrics)
@@ -148,13 +150,12 @@ def _serve_http(
     stack: contextlib.ExitStack,
     address: tuple[str, int],
     metrics: ForwarderMetrics,
-    pull: Consumer,
-    push: Producer,
+    sockets: dict[str, zmq.Socket[Any]],
     status: dict[str, str],
 ) -> str:
-    """Monitor both sockets and serve the HTTP endpoints on ``address`` until ``stack``
+    """Monitor ``sockets`` and serve the HTTP endpoints on ``address`` until ``stack``
     closes (the monitor stops before the sockets close); the address served."""
-    monitor = SocketMonitor({"front": pull.socket, "back": push.socket}, metrics)
+    monitor = SocketMonitor(sockets, metrics)
     monitor.start()
     stack.callback(monitor.stop)
     readiness = Readiness()
