@@ -107,8 +107,8 @@ def base_metric(name: str, histograms: set[str]) -> str:
     return name
 
 
-def exported_series() -> tuple[set[str], set[str]]:
-    """(sample names the daemon's and a farm forwarder's registries can export, their
+def exported_series(daemon: bool = True, forwarder: bool = True) -> tuple[set[str], set[str]]:
+    """(sample names the daemon's and/or a farm forwarder's registries can export, their
     histogram family names), from ``streamtrk.service.telemetry.Metrics`` and
     ``streamtrk.farm.ForwarderMetrics`` (labelled families without children too)."""
     from streamtrk.farm import ForwarderMetrics
@@ -116,8 +116,9 @@ def exported_series() -> tuple[set[str], set[str]]:
 
     names: set[str] = set()
     histograms: set[str] = set()
-    families = [*Metrics().registry.collect(), *ForwarderMetrics("distributor").registry.collect()]
-    for family in families:
+    registries = [Metrics().registry] if daemon else []
+    registries += [ForwarderMetrics("distributor").registry] if forwarder else []
+    for family in (f for registry in registries for f in registry.collect()):
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

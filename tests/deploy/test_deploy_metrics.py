@@ -30,8 +30,6 @@ READY_TIMEOUT_S = 300
 REPLY_TIMEOUT_MS = 120_000
 #: Exported only when the daemon runs on CUDA (``Metrics.watch_cuda_memory``).
 GPU_ONLY = frozenset({"streamtrk_device_memory_bytes"})
-#: Exported by a farm forwarder (``streamtrk.farm.ForwarderMetrics``), not by the daemon.
-FORWARDER_ONLY = frozenset({"streamtrk_farm_forwarded_total"})
 
 
 def _recording_rules() -> set[str]:
@@ -134,7 +132,8 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
         assert status == 200
         samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
         (build,) = [s.labels for s in samples if s.name == "streamtrk_build_info"]
-        expected = _daemon_names() - FORWARDER_ONLY
+        forwarder_only = exported_series(daemon=False)[0] - exported_series(forwarder=False)[0]
+        expected = _daemon_names() - forwarder_only
         expected -= GPU_ONLY if build["device"] != "cuda" else set()
         missing = expected - {s.name for s in samples}
         assert missing == set(), f"missing from /metrics (device {build['device']})"
