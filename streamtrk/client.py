@@ -36,7 +36,8 @@ class _Endpoint:
     certificate as ``curve_secret_key`` (its clients admitted by a ZAP authenticator on the
     context), see ``streamtrk.wire.curve``. With ``monitor_events``, the socket is monitored
     for those events from before it binds or connects (``socket.get_monitor_socket()`` then
-    returns that monitor), so that no connection is missed."""
+    returns that monitor), so that no connection is missed. Sending, receiving or asking its
+    ``endpoint`` after :meth:`close` raises ValueError."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class _Endpoint:
         if curve_key is not None and curve_secret_key is not None:
             raise ValueError("a socket is a CURVE client or a CURVE server, not both")
         self.linger_ms = linger_ms
+        self.address = endpoint
         self.monitor: zmq.Socket[Any] | None = None
         ctx = zmq.Context() if context is None else context
         self._own_context = ctx if context is None else None
@@ -80,7 +82,14 @@ class _Endpoint:
     @property
     def endpoint(self) -> str:
         """The last bound or connected endpoint (with the real port after binding ``:*``)."""
-        return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self._open().getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _open(self) -> zmq.Socket[Any]:
+        """The socket; ValueError once closed (pyzmq's own error says "Operation not
+        supported")."""
+        if self.socket.closed:
+            raise ValueError(f"{type(self).__name__} ({self.address}) is closed")
+        return self.socket
 
     def close(self) -> None:
         """Close the socket; with a context of its own, wait until the messages queued on it
@@ -157,11 +166,12 @@ class Producer(_Endpoint):
         for i, frame in enumerate(frames):
             if not isinstance(frame, zmq.Frame) and not memoryview(frame).contiguous:
                 raise ValueError(f"frame {i} is not a contiguous buffer")
-        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLOUT):
+        socket = self._open()
+        if timeout_ms is not None and not socket.poll(timeout_ms, zmq.POLLOUT):
             return False
         flags = 0 if timeout_ms is None else zmq.NOBLOCK
         try:
-            self.socket.send_multipart(frames, flags=flags, copy=False)
+            socket.send_multipart(frames, flags=flags, copy=False)
         except zmq.Again:
             return False
         return True
@@ -202,9 +212,10 @@ class Consumer(_Endpoint):
 
     def recv_frames(self, timeout_ms: int | None = None) -> list[zmq.Frame] | None:
         """The next message's frames (zero-copy), or None after ``timeout_ms``."""
-        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLIN):
+        socket = self._open()
+        if timeout_ms is not None and not socket.poll(timeout_ms, zmq.POLLIN):
             return None
-        return self.socket.recv_multipart(copy=False)
+        return socket.recv_multipart(copy=False)
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next decoded message, or None after ``timeout_ms``; raises WireError if it is

@@ -212,3 +212,18 @@ def test_a_monitored_socket_reports_its_first_connection_and_closes_its_monitor(
             assert c.monitor.poll(10_000)
             assert recv_monitor_message(c.monitor)["event"] == zmq.EVENT_ACCEPTED
     assert c.monitor.closed and c.socket.closed  # and its own context ended: close returned
+
+
+def test_a_closed_endpoint_says_so_instead_of_a_socket_error() -> None:
+    with Producer("tcp://127.0.0.1:*", bind=True) as producer:
+        pass
+    with Consumer("tcp://127.0.0.1:*", bind=True) as consumer:
+        pass
+    event = make_event(np.random.default_rng(0), 1)
+    with pytest.raises(ValueError, match=r"Producer \(tcp://127.0.0.1:\*\) is closed"):
+        producer.send_event(event, timeout_ms=10)
+    with pytest.raises(ValueError, match=r"Consumer \(tcp://127.0.0.1:\*\) is closed"):
+        consumer.recv(timeout_ms=10)
+    with pytest.raises(ValueError, match="is closed"):
+        _ = producer.endpoint
+    producer.close()  # a second close is harmless
