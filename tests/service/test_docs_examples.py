@@ -2,7 +2,8 @@
 
 Each ```python block runs in a fresh interpreter, in a folder holding ``run3.stk`` (three
 small simulated events, the recording the examples name). Examples that talk to a daemon on
-the documented default endpoints get one, started on those endpoints for the test.
+the documented default endpoints get one, on ports of its own choosing that replace the
+documented ones in the code run (a port in use on the test machine does not fail them).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def test_python_example_runs(where: str, code: str, tmp_path: Path, daemon_facto
         == 0
     )
     if DEFAULT_INPUT in code:
-        daemon_factory("--input", DEFAULT_INPUT, "--output", DEFAULT_OUTPUT)
+        daemon = daemon_factory()
+        code = code.replace(DEFAULT_INPUT, daemon.input).replace(DEFAULT_OUTPUT, daemon.output)
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
