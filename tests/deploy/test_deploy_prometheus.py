@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -133,6 +134,33 @@ def test_prometheus_config_scrapes_the_daemon_and_loads_the_rules() -> None:
     assert job["static_configs"][0]["targets"] == ["streamtrk:10062"]
     rule_files = [p for pattern in config["rule_files"] for p in PROMETHEUS.glob(pattern)]
     assert RULES in rule_files
+
+
+@needs_promtool
+def test_prometheus_config_scrapes_the_farm_forwarders_its_file_lists(tmp_path: Path) -> None:
+    """The streamtrk-farm job reads farm/forwarders.yml: shipped with no target, its commented
+    example is a target list promtool accepts once filled in (and a bad one it refuses)."""
+    config = load_yaml_documents(PROMETHEUS / "prometheus.yml")[0]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "streamtrk-farm"]
+    ((pattern,),) = [sd["files"] for sd in job["file_sd_configs"]]
+    forwarders = PROMETHEUS / "farm" / "forwarders.yml"
+    assert sorted(PROMETHEUS.glob(pattern)) == [forwarders]
+    text = forwarders.read_text()
+    assert yaml.safe_load(text) == []
+    example = "\n".join(
+        line.removeprefix("# ") for line in text.splitlines() if line.startswith(("# -", "#   "))
+    )
+    assert yaml.safe_load(example)[0]["targets"]
+
+    copy = tmp_path / "prometheus"
+    shutil.copytree(PROMETHEUS, copy)
+    for sd_file, valid in ((example, True), ("- targets: dist-host:10063", False)):
+        (copy / "farm" / "forwarders.yml").write_text(sd_file)
+        r = subprocess.run(
+            ["promtool", "check", "config", "prometheus.yml"],
+            cwd=copy, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert (r.returncode == 0) == valid, r.stdout + r.stderr
 
 
 def test_kubernetes_prometheusrule_equals_the_rules_file() -> None:
