@@ -164,16 +164,24 @@ def test_dashboard_panels() -> None:
         "Beam spot",
     }
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-    assert "Detector and physics" in rows
+    assert {"Detector and physics", "Farm"} <= set(rows)
     variables = {v["name"]: v for v in d["templating"]["list"]}
-    assert variables["instance"]["type"] == "query"
-    assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
-    for p in panels:
+    for name in ("instance", "forwarder"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["multi"] and variables[name]["includeAll"]
+    assert "streamtrk_farm_forwarded_total" in variables["forwarder"]["definition"]
+    row = ""
+    for p in d["panels"]:
+        if p["type"] == "row":
+            row = p["title"]
+            continue
         pos = p["gridPos"]
         assert pos["x"] + pos["w"] <= 24, p["title"]
         assert p["targets"], p["title"]
+        # the daemons' panels select $instance; the farm's, its forwarders ($forwarder)
+        selector = 'instance=~"$forwarder"' if row == "Farm" else 'instance=~"$instance"'
         for t in p["targets"]:
-            assert 'instance=~"$instance"' in t["expr"], f"{p['title']}: {t['expr']}"
+            assert selector in t["expr"], f"{p['title']}: {t['expr']}"
             assert t["datasource"]["uid"] == "${datasource}"
     for heatmap in [p for p in panels if p["type"] == "heatmap"]:
         (target,) = heatmap["targets"]

@@ -14,6 +14,7 @@ from deploy_helpers import (
     K8S,
     REPO,
     RULES,
+    dashboard,
     exported_series,
     k8s_objects,
     load_yaml_documents,
@@ -161,6 +162,71 @@ def test_prometheus_config_scrapes_the_farm_forwarders_its_file_lists(tmp_path: 
             cwd=copy, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert (r.returncode == 0) == valid, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_the_farm_panels_count_each_forwarders_messages_daemons_and_clients(
+    tmp_path: Path,
+) -> None:
+    """The dashboard's Farm row on a distributor (3 daemons, 2 producers) and a collector
+    (3 daemons, 1 consumer), each forwarding 1 message/s, beside a daemon."""
+    targets = {
+        p["title"]: [t["expr"] for t in p["targets"]]
+        for p in dashboard()["panels"]
+        if p["type"] != "row"
+    }
+    farm = 'job="streamtrk-farm"'
+    d, c = f'{farm}, instance="d:10063"', f'{farm}, instance="c:10064"'
+    series = {
+        f'streamtrk_connections{{{d}, socket="back"}}': "3x10",
+        f'streamtrk_connections{{{d}, socket="front"}}': "2x10",
+        f'streamtrk_farm_forwarded_total{{{d}, role="distributor"}}': "0+60x10",
+        f'streamtrk_connections{{{c}, socket="front"}}': "3x10",
+        f'streamtrk_connections{{{c}, socket="back"}}': "1x10",
+        f'streamtrk_farm_forwarded_total{{{c}, role="collector"}}': "0+60x10",
+        'streamtrk_connections{job="streamtrk", instance="a:10062", socket="input"}': "1x10",
+    }
+    expected = {
+        "Messages forwarded": [
+            [
+                ('{instance="c:10064", role="collector"}', 1.0),
+                ('{instance="d:10063", role="distributor"}', 1.0),
+            ]
+        ],
+        "Daemons on the farm": [
+            [(f'streamtrk_connections{{{d}, socket="back"}}', 3)],
+            [(f'streamtrk_connections{{{c}, socket="front"}}', 3)],
+        ],
+        "Producers and consumers on the farm": [
+            [(f'streamtrk_connections{{{d}, socket="front"}}', 2)],
+            [(f'streamtrk_connections{{{c}, socket="back"}}', 1)],
+        ],
+    }
+    checks = []
+    for title, per_target in expected.items():  # the samples each of its queries gives
+        for expr, samples in zip(targets[title], per_target, strict=True):
+            expr = expr.replace("$forwarder", ".*").replace("$__rate_interval", "5m")
+            checks.append(
+                {
+                    "expr": expr,
+                    "eval_time": "10m",
+                    "exp_samples": [{"labels": k, "value": v} for k, v in samples],
+                }
+            )
+    test = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": checks,
+            }
+        ],
+    }
+    path = tmp_path / "farm-panels.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    r = promtool("test", "rules", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_kubernetes_prometheusrule_equals_the_rules_file() -> None:
