@@ -597,6 +597,14 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+REFUSED_BECAUSE = {  # the causes of a refused handshake, as the replay reports them
+    "auth": "the daemon's (or forwarder's) CURVE authenticator does not allow this "
+    "client's key (is the public half of --curve-key among its allowed keys?)",
+    "handshake": "CURVE on one side only (does the daemon or forwarder want --curve-key "
+    "and --curve-server-key, or not?)",
+}
+
+
 @_command(
     "replay",
     _replay_arguments,
@@ -606,17 +614,20 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "one per event. Report keys: sent, received, "
     "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
     "daemon took nothing for the timeout, or sending failed), send_error (why sending "
-    "failed, else null), resent, duplicates (second replies to a resent "
-    "event, not counted again), unexpected (replies to no message of this replay), "
+    "failed, else null), refused (the sockets, to and from, whose handshake the daemon "
+    "refused: auth or handshake; the replay then stops), resent, duplicates (second "
+    "replies to a resent event, not counted again), unexpected (replies to no message of "
+    "this replay), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
     "ids their event lacks), interrupted, duration_s (first send to last reply), "
     "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
     "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing or unsent, sending failed "
-    "or a reply is mismatched (with --fail-on-error also when a reply is an error), 130 "
-    "after Ctrl-C or SIGTERM (the report covers the replies received until then).",
+    "recording has truth. Exit status 1 when events are missing or unsent, sending failed, "
+    "a handshake was refused or a reply is mismatched (with --fail-on-error also when a "
+    "reply is an error), 130 after Ctrl-C or SIGTERM (the report covers the replies "
+    "received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission
@@ -665,7 +676,15 @@ def _replay(args: argparse.Namespace) -> int:
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
     print(_json(report, indent=2) if args.json else format_report(report))
-    if report["sent"] and not report["received"]:
+    if report["refused"]:  # what follows "no reply" would mislead
+        for socket, cause in report["refused"].items():
+            address = args.to if socket == "to" else args.from_
+            print(
+                f"streamtrk replay: error: --{socket} {address} refused the handshake "
+                f"({cause}): {REFUSED_BECAUSE[cause]}; nothing more was sent",
+                file=sys.stderr,
+            )
+    elif report["sent"] and not report["received"]:
         print(
             f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
             f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; is "
@@ -696,7 +715,8 @@ def _replay(args: argparse.Namespace) -> int:
         reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
         print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
         return 1
-    return 0 if report["missing"] == report["unsent"] == 0 and not report["send_error"] else 1
+    failed = report["missing"] or report["unsent"] or report["send_error"] or report["refused"]
+    return 1 if failed else 0
 
 
 def _record_arguments(s: argparse.ArgumentParser) -> None:

@@ -12,6 +12,10 @@ same message (or, without ids, to an answered event) is counted as a duplicate. 
 stops the replay; the report then covers the replies received so far. Latency runs from
 just before an event's first send to its reply. ``truth`` messages are not sent: they
 score the replies (tracking efficiency, fake and duplicate rates, TrackML score).
+
+A connecting replay whose handshake the daemon refuses (a CURVE key it does not allow, or
+CURVE on one side only) stops at once and reports which socket was refused and why
+(``refused``): libzmq does not try that connection again, so nothing would get through.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.eval.score import PhysicsTotals
@@ -35,6 +41,11 @@ from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode, encode_hits, with_msg_id
 
 Key = tuple[int, int]
+# a connecting socket's handshake refused by its peer: libzmq gives the connection up
+REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
+}
 
 
 @dataclass(eq=False)
@@ -124,6 +135,7 @@ class ReplayResult:
     sent: int = 0
     unsent: int = 0
     send_error: str | None = None  # why sending stopped early (a socket failure)
+    refused: dict[str, str] = field(default_factory=dict)  # socket (to, from): auth, handshake
     resent: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -165,6 +177,7 @@ class ReplayResult:
             "errors": dict(sorted(self.errors.items())),
             "unsent": self.unsent,
             "send_error": self.send_error,
+            "refused": dict(self.refused),
             "resent": self.resent,
             "duplicates": self.duplicates,
             "unexpected": self.unexpected,
@@ -328,15 +341,23 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
     result = ReplayResult()
     total = len(events) * opts.loop
     curve = {"curve_key": opts.curve_key, "curve_server_key": opts.curve_server_key}
+    watch = {"monitor_events": 0 if opts.bind else sum(REFUSALS)}
     with (
-        Consumer(opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0, **curve) as consumer,
-        Producer(opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0, **curve) as producer,
+        Consumer(
+            opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0, **curve, **watch
+        ) as consumer,
+        Producer(
+            opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0, **curve, **watch
+        ) as producer,
     ):
+        sockets = {"to": producer, "from": consumer}
         sender = _Sender(producer, events, opts, result)
         bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
         sender.start()
         try:
             while (sender.is_alive() or result.received < result.sent) and not stop.is_set():
+                if _refused(sockets, result):
+                    break
                 last = max(result.t_last_send, result.t_last_reply)
                 if not sender.is_alive() and time.perf_counter() - last > opts.timeout_s:
                     break
@@ -352,6 +373,16 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
             bar.close()
     result.interrupted = stop.is_set()  # stop sending, report what came
     return result
+
+
+def _refused(sockets: dict[str, Producer | Consumer], result: ReplayResult) -> bool:
+    """Note in ``result.refused`` the sockets whose handshake their peer refused since the
+    last call (read off their monitors without waiting); whether any was."""
+    for name, endpoint in sockets.items():
+        while endpoint.monitor is not None and endpoint.monitor.poll(0):
+            event = recv_monitor_message(endpoint.monitor)["event"]
+            result.refused.setdefault(name, REFUSALS[event])
+    return bool(result.refused)
 
 
 def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:

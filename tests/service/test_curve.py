@@ -3,7 +3,9 @@ refused handshake is counted; keys rotate by adding or removing certificate file
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,31 @@ def test_keys_rotate_without_a_restart(daemon_factory, keys: Path, sim_run: Path
     with Producer(d.input, linger_ms=0, **client(keys, "alice")) as producer:
         producer.send_event(event, timeout_ms=500)
         wait_for(lambda: refused(d, "input", "auth") >= 1)
+
+
+def test_a_replay_whose_key_is_refused_stops_at_once_and_says_why(
+    daemon_factory, keys: Path, sim_run: Path, capsys
+) -> None:
+    """libzmq gives up a connection whose handshake the daemon refused: the replay stops at
+    the refusal, naming the socket and the cause, instead of waiting out its timeout to say
+    "no reply at all"."""
+    d = daemon_factory(
+        "--curve-secret-key", str(keys / "server.key_secret"),
+        "--curve-allowed-keys", str(keys / "allowed"),
+    )  # fmt: skip
+    mallory = ["--curve-key", str(keys / "mallory.key_secret")]
+    mallory += ["--curve-server-key", str(keys / "server.key")]
+    t0 = time.monotonic()
+    args = ["replay", str(sim_run), "--to", d.input, "--from", d.output, "--timeout", "60"]
+    code = main([*args, *mallory, "-q"])
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    refusals = re.findall(r"--(to|from) (\S+) refused the handshake \((\w+)\)", err)
+    assert code == 1 and refusals, err
+    assert all(cause == "auth" for _, _, cause in refusals), err
+    assert {(s, a) for s, a, _ in refusals} <= {("to", d.input), ("from", d.output)}, err
+    assert "no reply at all" not in err
+    assert took < 60  # stopped at the refusal, not at the timeout
 
 
 def test_a_connecting_daemon_connects_again_after_a_refused_handshake(
