@@ -597,14 +597,6 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-REFUSED_BECAUSE = {  # the causes of a refused handshake, as the replay reports them
-    "auth": "the daemon's (or forwarder's) CURVE authenticator does not allow this "
-    "client's key (is the public half of --curve-key among its allowed keys?)",
-    "handshake": "CURVE on one side only (does the daemon or forwarder want --curve-key "
-    "and --curve-server-key, or not?)",
-}
-
-
 @_command(
     "replay",
     _replay_arguments,
@@ -630,6 +622,7 @@ REFUSED_BECAUSE = {  # the causes of a refused handshake, as the replay reports 
     "received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
+    from streamtrk.client import REFUSAL_HINTS
     from streamtrk.io.trackml import by_event_number, write_submission
     from streamtrk.replay import (
         ReplayOptions,
@@ -681,7 +674,7 @@ def _replay(args: argparse.Namespace) -> int:
             address = args.to if socket == "to" else args.from_
             print(
                 f"streamtrk replay: error: --{socket} {address} refused the handshake "
-                f"({cause}): {REFUSED_BECAUSE[cause]}; nothing more was sent",
+                f"({cause}): {REFUSAL_HINTS[cause]}; nothing more was sent",
                 file=sys.stderr,
             )
     elif report["sent"] and not report["received"]:

@@ -22,10 +22,25 @@ from types import TracebackType
 from typing import Any, Self
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
 from streamtrk.wire.curve import ipv6_literal, make_client, make_server
+
+# A connecting socket's handshake refused by its peer (a CURVE key it does not allow, or
+# CURVE on one side only): libzmq gives that connection up and does not try it again.
+REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
+}
+REFUSAL_EVENTS = sum(REFUSALS)  # monitor_events for :meth:`_Endpoint.refusal`
+REFUSAL_HINTS = {  # what each cause tells the user of a command
+    "auth": "the daemon's (or forwarder's) CURVE authenticator does not allow this "
+    "client's key (is the public half of --curve-key among its allowed keys?)",
+    "handshake": "CURVE on one side only (does the daemon or forwarder want --curve-key "
+    "and --curve-server-key, or not?)",
+}
 
 
 class _Endpoint:
@@ -90,6 +105,17 @@ class _Endpoint:
         if self.socket.closed:
             raise ValueError(f"{type(self).__name__} ({self.address}) is closed")
         return self.socket
+
+    def refusal(self) -> str | None:
+        """Why the peer refused this socket's handshake (``auth``, ``handshake``; see
+        ``REFUSALS``) since the last call, or None: read off the monitor without waiting,
+        for a socket made with ``monitor_events=REFUSAL_EVENTS`` (a monitor read elsewhere
+        would lose events to it)."""
+        cause = None
+        while self.monitor is not None and self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            cause = cause or REFUSALS.get(event)
+        return cause
 
     def close(self) -> None:
         """Close the socket; with a context of its own, wait until the messages queued on it

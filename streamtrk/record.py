@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from streamtrk.client import Consumer
+from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import WireError, decode
@@ -35,7 +35,9 @@ def record(
     messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` (or until
     ``stop``) is taken, as the socket would drop it on close: the last event's ``truth``,
     when it comes next, is recorded, the others counted here. With CURVE certificates,
-    ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``).
+    ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
+    handshake that server refuses raises ConnectionRefusedError (libzmq does not try that
+    connection again: nothing would be recorded).
     """
     if events is not None and events < 1:
         raise ValueError(f"--events must be at least 1, got {events}")
@@ -48,12 +50,18 @@ def record(
     output.parent.mkdir(parents=True, exist_ok=True)
     curve = {"curve_key": curve_key, "curve_server_key": curve_server_key}
     with (
-        Consumer(source, bind=bind, linger_ms=0, **curve) as consumer,
+        Consumer(
+            source, bind=bind, linger_ms=0, monitor_events=0 if bind else REFUSAL_EVENTS, **curve
+        ) as consumer,
         RecordingWriter(output) as writer,
     ):
         while not stop.is_set() and (events is None or n["hits"] < events):
             if t_end is not None and time.monotonic() >= t_end:
                 break
+            if (cause := consumer.refusal()) is not None:
+                raise ConnectionRefusedError(
+                    f"{source} refused the handshake ({cause}): {REFUSAL_HINTS[cause]}"
+                )
             frames = consumer.recv_frames(timeout_ms=100)
             if frames is None:
                 continue

@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from streamtrk.client import Consumer, Producer
+from streamtrk.client import REFUSAL_EVENTS, Consumer, Producer
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import RecordingError, iter_records
@@ -41,11 +39,6 @@ from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode, encode_hits, with_msg_id
 
 Key = tuple[int, int]
-# a connecting socket's handshake refused by its peer: libzmq gives the connection up
-REFUSALS = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
-}
 
 
 @dataclass(eq=False)
@@ -341,7 +334,7 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
     result = ReplayResult()
     total = len(events) * opts.loop
     curve = {"curve_key": opts.curve_key, "curve_server_key": opts.curve_server_key}
-    watch = {"monitor_events": 0 if opts.bind else sum(REFUSALS)}
+    watch = {"monitor_events": 0 if opts.bind else REFUSAL_EVENTS}
     with (
         Consumer(
             opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0, **curve, **watch
@@ -379,9 +372,8 @@ def _refused(sockets: dict[str, Producer | Consumer], result: ReplayResult) -> b
     """Note in ``result.refused`` the sockets whose handshake their peer refused since the
     last call (read off their monitors without waiting); whether any was."""
     for name, endpoint in sockets.items():
-        while endpoint.monitor is not None and endpoint.monitor.poll(0):
-            event = recv_monitor_message(endpoint.monitor)["event"]
-            result.refused.setdefault(name, REFUSALS[event])
+        if (cause := endpoint.refusal()) is not None:
+            result.refused.setdefault(name, cause)
     return bool(result.refused)
 
 

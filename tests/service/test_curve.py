@@ -114,6 +114,26 @@ def test_a_replay_whose_key_is_refused_stops_at_once_and_says_why(
     assert took < 60  # stopped at the refusal, not at the timeout
 
 
+def test_a_tap_whose_key_is_refused_stops_at_once_and_says_why(
+    daemon_factory, keys: Path, tmp_path: Path, capsys
+) -> None:
+    """``record`` against a daemon that refuses its key ends with the refusal, instead of
+    recording nothing until its ``--duration`` is out."""
+    d = daemon_factory(
+        "--curve-secret-key", str(keys / "server.key_secret"),
+        "--curve-allowed-keys", str(keys / "allowed"),
+    )  # fmt: skip
+    mallory = ["--curve-key", str(keys / "mallory.key_secret")]
+    mallory += ["--curve-server-key", str(keys / "server.key")]
+    t0 = time.monotonic()
+    code = main(["record", "--from", d.output, "-o", str(tmp_path / "tap.stk"), *mallory,
+                 "--duration", "60"])  # fmt: skip
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 1 and f"{d.output} refused the handshake (auth)" in err, err
+    assert took < 60  # stopped at the refusal, not at the end of its duration
+
+
 def test_a_connecting_daemon_connects_again_after_a_refused_handshake(
     daemon_factory, keys: Path, sim_run: Path
 ) -> None:
