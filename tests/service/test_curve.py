@@ -35,15 +35,26 @@ def client(keys: Path, name: str | None) -> dict[str, Path]:
     return {"curve_key": keys / f"{name}.key_secret", "curve_server_key": keys / "server.key"}
 
 
+def server(keys: Path) -> list[str]:
+    """The daemon's CURVE arguments: its certificate, alice allowed."""
+    return [
+        "--curve-secret-key", str(keys / "server.key_secret"),
+        "--curve-allowed-keys", str(keys / "allowed"),
+    ]  # fmt: skip
+
+
+def client_args(keys: Path, name: str) -> list[str]:
+    """A command's CURVE arguments as client ``name`` of the daemon."""
+    return ["--curve-key", str(keys / f"{name}.key_secret"),
+            "--curve-server-key", str(keys / "server.key")]  # fmt: skip
+
+
 def refused(d, socket: str, cause: str) -> float:
     return sample(d.metrics(), "streamtrk_auth_failures_total", socket=socket, cause=cause)
 
 
 def test_only_allowed_clients_get_through(daemon_factory, keys: Path, sim_run: Path) -> None:
-    d = daemon_factory(
-        "--curve-secret-key", str(keys / "server.key_secret"),
-        "--curve-allowed-keys", str(keys / "allowed"),
-    )  # fmt: skip
+    d = daemon_factory(*server(keys))
     events = [ev for _, ev in zip(range(3), iter_events(sim_run), strict=False)]
     # A sender without CURVE, and one whose key is not allowed: nothing gets through.
     for name, cause in ((None, "handshake"), ("mallory", "auth")):
@@ -71,10 +82,7 @@ def test_only_allowed_clients_get_through(daemon_factory, keys: Path, sim_run: P
 
 
 def test_keys_rotate_without_a_restart(daemon_factory, keys: Path, sim_run: Path) -> None:
-    d = daemon_factory(
-        "--curve-secret-key", str(keys / "server.key_secret"),
-        "--curve-allowed-keys", str(keys / "allowed"),
-    )  # fmt: skip
+    d = daemon_factory(*server(keys))
     event = next(iter_events(sim_run))
     shutil.copy(keys / "mallory.key", keys / "allowed")  # mallory is allowed from now on
     (keys / "allowed" / "alice.key").unlink()  # and alice no longer
@@ -95,12 +103,8 @@ def test_a_replay_whose_key_is_refused_stops_at_once_and_says_why(
     """libzmq gives up a connection whose handshake the daemon refused: the replay stops at
     the refusal, naming the socket and the cause, instead of waiting out its timeout to say
     "no reply at all"."""
-    d = daemon_factory(
-        "--curve-secret-key", str(keys / "server.key_secret"),
-        "--curve-allowed-keys", str(keys / "allowed"),
-    )  # fmt: skip
-    mallory = ["--curve-key", str(keys / "mallory.key_secret")]
-    mallory += ["--curve-server-key", str(keys / "server.key")]
+    d = daemon_factory(*server(keys))
+    mallory = client_args(keys, "mallory")
     t0 = time.monotonic()
     args = ["replay", str(sim_run), "--to", d.input, "--from", d.output, "--timeout", "60"]
     code = main([*args, *mallory, "-q"])
@@ -119,12 +123,8 @@ def test_a_tap_whose_key_is_refused_stops_at_once_and_says_why(
 ) -> None:
     """``record`` against a daemon that refuses its key ends with the refusal, instead of
     recording nothing until its ``--duration`` is out."""
-    d = daemon_factory(
-        "--curve-secret-key", str(keys / "server.key_secret"),
-        "--curve-allowed-keys", str(keys / "allowed"),
-    )  # fmt: skip
-    mallory = ["--curve-key", str(keys / "mallory.key_secret")]
-    mallory += ["--curve-server-key", str(keys / "server.key")]
+    d = daemon_factory(*server(keys))
+    mallory = client_args(keys, "mallory")
     t0 = time.monotonic()
     code = main(["record", "--from", d.output, "-o", str(tmp_path / "tap.stk"), *mallory,
                  "--duration", "60"])  # fmt: skip
@@ -146,9 +146,7 @@ def test_a_connecting_daemon_connects_again_after_a_refused_handshake(
     plain_out = Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0)
     endpoints = plain_in.endpoint, plain_out.endpoint
     d = daemon_factory(
-        "--connect", "--input", endpoints[0], "--output", endpoints[1],
-        "--curve-secret-key", str(keys / "server.key_secret"),
-        "--curve-allowed-keys", str(keys / "allowed"),
+        "--connect", "--input", endpoints[0], "--output", endpoints[1], *server(keys)
     )  # fmt: skip
 
     def again() -> set[str]:
