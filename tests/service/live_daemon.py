@@ -169,18 +169,27 @@ def partitions(submission: dict[int, tuple[Any, Any]]) -> dict[int, set[frozense
 
 
 class Prometheus:
-    """A real ``prometheus`` process scraping ``target`` every second, evaluating the rules of
-    ``rules`` (a rules file) every second too."""
+    """A real ``prometheus`` process scraping ``target`` (job ``streamtrk``), or the jobs of
+    ``scrape_configs`` (file paths in them relative to ``tmp``), every second, evaluating the
+    rules of ``rules`` (a rules file) every second too."""
 
-    def __init__(self, tmp: Path, target: str, rules: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        target: str = "",
+        rules: Path | None = None,
+        scrape_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         config = tmp / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            + (f"rule_files: ['{rules}']\n" if rules is not None else "")
-            + "scrape_configs:\n  - job_name: streamtrk\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
-        )
+        if scrape_configs is None:
+            scrape_configs = [{"job_name": "streamtrk", "static_configs": [{"targets": [target]}]}]
+        settings = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [] if rules is None else [str(rules)],
+            "scrape_configs": scrape_configs,
+        }
+        config.write_text(json.dumps(settings))  # YAML is a superset of JSON
         self._log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
@@ -201,18 +210,19 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]["result"]
 
-    def wait_scraping(self, timeout: float = 120) -> None:
-        """Until the target has been scraped successfully (so the replay's increase shows)."""
+    def wait_scraping(self, job: str = "streamtrk", targets: int = 1, timeout: float = 120) -> None:
+        """Until ``targets`` targets of ``job`` have been scraped successfully (so the
+        replay's increase shows)."""
         t_end = time.monotonic() + timeout
         while time.monotonic() < t_end:
             try:
-                up = self.query('up{job="streamtrk"}')
+                up = self.query(f'up{{job="{job}"}} == 1')
             except OSError:
                 up = []
-            if up and up[0]["value"][1] == "1":
+            if len(up) >= targets:
                 return
             time.sleep(0.5)
-        raise AssertionError("prometheus never scraped the daemon")
+        raise AssertionError(f"prometheus never scraped {targets} target(s) of job {job}")
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGTERM, 60)

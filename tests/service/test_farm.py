@@ -4,6 +4,7 @@ each a process of its own (streamtrk farm, streamtrk serve --connect, streamtrk 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +15,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from live_daemon import READY_TIMEOUT_S, HttpEndpoints, sample, stop_process, wait_for
+import yaml
+from live_daemon import (
+    READY_TIMEOUT_S,
+    HttpEndpoints,
+    Prometheus,
+    sample,
+    stop_process,
+    wait_for,
+)
+from needs import need_program
 
 from streamtrk.client import wait_listening
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 class Forwarder(HttpEndpoints):
@@ -135,6 +146,46 @@ def test_forwarders_export_what_they_forward_and_their_connections(
         wait_for(ended)
         logged = [json.loads(line)["message"] for line in f.log.read_text().splitlines()]
         assert f"connection on {outside} ended (closed)" in logged
+
+
+def test_the_shipped_scrape_job_finds_the_forwarders_its_file_lists(tmp_path: Path) -> None:
+    """A real Prometheus with the shipped ``streamtrk-farm`` job and a ``farm/forwarders.yml``
+    naming a distributor and a collector: both are scraped and the dashboard's forwarder
+    selector finds them; one stopped, StreamtrkFarmForwarderDown's expression names it."""
+    need_program("prometheus")
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "streamtrk-farm"]
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "streamtrk.rules.yml").read_text())
+    (rule,) = [
+        r
+        for g in groups["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "StreamtrkFarmForwarderDown"
+    ]
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "streamtrk.json").read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "forwarder"]
+    selector = re.fullmatch(r"label_values\((\w+), instance\)", variable["definition"])[1]
+    dist, coll = Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")
+    prometheus = None
+    try:
+        (tmp_path / "farm").mkdir()
+        targets = [{"targets": [dist.http, coll.http], "labels": {"farm": "test"}}]
+        (tmp_path / "farm" / "forwarders.yml").write_text(yaml.safe_dump(targets))
+        prometheus = Prometheus(tmp_path, scrape_configs=[job])
+        prometheus.wait_scraping(job="streamtrk-farm", targets=2)
+        found = prometheus.query(f"group by (instance, role) ({selector})")
+        assert {(r["metric"]["instance"], r["metric"]["role"]) for r in found} == {
+            (dist.http, "distributor"),
+            (coll.http, "collector"),
+        }
+        assert prometheus.query(rule["expr"]) == []
+        assert dist.stop() == 0
+        wait_for(lambda: [r["metric"]["instance"] for r in prometheus.query(rule["expr"])]
+                 == [dist.http])  # fmt: skip
+    finally:
+        for p in (prometheus, dist, coll):
+            if p is not None:
+                p.stop()
 
 
 def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> None:
