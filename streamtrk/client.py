@@ -26,14 +26,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
-from streamtrk.wire.curve import ipv6_literal, make_client, make_server
+from streamtrk.wire.curve import REFUSALS, ipv6_literal, make_client, make_server
 
-# A connecting socket's handshake refused by its peer (a CURVE key it does not allow, or
-# CURVE on one side only): libzmq gives that connection up and does not try it again.
-REFUSALS = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
-}
+# A connecting socket's handshake refused by its peer: libzmq gives that connection up and
+# does not try it again.
 REFUSAL_EVENTS = sum(REFUSALS)  # monitor_events for :meth:`_Endpoint.refusal`
 REFUSAL_HINTS = {  # what each cause tells the user of a command
     "auth": "the daemon's (or forwarder's) CURVE authenticator does not allow this "

@@ -35,6 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.service import faults
 from streamtrk.service.telemetry import SocketMetrics
+from streamtrk.wire.curve import REFUSALS
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
@@ -43,7 +44,6 @@ RECONNECT_AFTER_S = 1.0  # a connection libzmq gave up is made again this much l
 # (a TCP port probe; against a CURVE socket also a client without CURVE that saw the
 # mismatch first), and a peer of an incompatible socket type with no handshake event at
 # all: the open connections are counted from the events that carry a descriptor.
-REFUSALS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_CONNECTED
@@ -150,7 +150,7 @@ class SocketMonitor(threading.Thread):
         elif event in REFUSALS or (
             event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._curve[socket]
         ):
-            cause = "auth" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake"
+            cause = REFUSALS.get(event, "handshake")  # NO_DETAIL: a mechanism mismatch
             m.auth_failures.labels(socket, cause).inc()
             self._refused[socket].append(cause)
             if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self.reconnects is not None:

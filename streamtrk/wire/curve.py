@@ -16,6 +16,13 @@ from typing import Any
 import zmq
 import zmq.auth
 
+# A handshake refused by the peer, by its monitor event: the cause named in metrics and
+# messages (a CURVE key not allowed; no common mechanism, as CURVE on one side only).
+REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
+}
+
 
 class CurveError(ValueError):
     """A certificate file that cannot be used; the message names the file and the cause."""
