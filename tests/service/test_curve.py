@@ -44,9 +44,8 @@ def server(keys: Path) -> list[str]:
 
 
 def client_args(keys: Path, name: str) -> list[str]:
-    """A command's CURVE arguments as client ``name`` of the daemon."""
-    return ["--curve-key", str(keys / f"{name}.key_secret"),
-            "--curve-server-key", str(keys / "server.key")]  # fmt: skip
+    """:func:`client`'s keys as a command's arguments."""
+    return [a for k, v in client(keys, name).items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def refused(d, socket: str, cause: str) -> float:
