@@ -752,9 +752,16 @@ def _record(args: argparse.Namespace) -> int:
             curve_server_key=args.curve_server_key,
         )
     past = counts["past_limit"]
+    skipped = f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
+    if not counts["hits"] + counts["truth"]:
+        print(
+            f"streamtrk record: recorded nothing ({skipped}): {args.output} not written",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
-        f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
+        + skipped
         + (f"; {past} more arrived past --events and were not recorded" if past else "")
     )
     return 0

@@ -6,6 +6,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.io.recording import RecordingWriter
@@ -38,6 +39,9 @@ def record(
     ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
     handshake that server refuses raises ConnectionRefusedError (libzmq does not try that
     connection again: nothing would be recorded).
+
+    ``output`` is created at the first message recorded: a tap that records nothing (its
+    handshake refused, stopped, a silent stream) leaves a recording already there as it was.
     """
     if events is not None and events < 1:
         raise ValueError(f"--events must be at least 1, got {events}")
@@ -53,7 +57,7 @@ def record(
         Consumer(
             source, bind=bind, linger_ms=0, monitor_events=0 if bind else REFUSAL_EVENTS, **curve
         ) as consumer,
-        RecordingWriter(output) as writer,
+        _CreatedOnFirstWrite(output) as writer,
     ):
         while not stop.is_set() and (events is None or n["hits"] < events):
             if t_end is not None and time.monotonic() >= t_end:
@@ -91,3 +95,23 @@ def record(
                 n["past_limit"] += 1
             last = None
     return n
+
+
+class _CreatedOnFirstWrite:
+    """A new recording at ``path``, created (replacing the file there) by its first record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: RecordingWriter | None = None
+
+    def write(self, frames: list[Any]) -> None:
+        if self._writer is None:
+            self._writer = RecordingWriter(self.path)
+        self._writer.write(frames)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()

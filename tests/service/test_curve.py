@@ -124,13 +124,15 @@ def test_a_tap_whose_key_is_refused_stops_at_once_and_says_why(
     recording nothing until its ``--duration`` is out."""
     d = daemon_factory(*server(keys))
     mallory = client_args(keys, "mallory")
+    tap = tmp_path / "tap.stk"
+    tap.write_bytes(b"an earlier recording")
     t0 = time.monotonic()
-    code = main(["record", "--from", d.output, "-o", str(tmp_path / "tap.stk"), *mallory,
-                 "--duration", "60"])  # fmt: skip
+    code = main(["record", "--from", d.output, "-o", str(tap), *mallory, "--duration", "60"])
     took = time.monotonic() - t0
     err = capsys.readouterr().err
     assert code == 1 and f"{d.output} refused the handshake (auth)" in err, err
     assert took < 60  # stopped at the refusal, not at the end of its duration
+    assert tap.read_bytes() == b"an earlier recording"  # not replaced by an empty recording
 
 
 def test_a_connecting_daemon_connects_again_after_a_refused_handshake(

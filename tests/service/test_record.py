@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from streamtrk.cli import main
 from streamtrk.client import Producer
 from streamtrk.io.recording import iter_records
 from streamtrk.record import record
@@ -93,3 +94,18 @@ def test_events_stop_the_tap_on_a_stream_that_does_not_pause(sim_run: Path, tmp_
     kinds = [(m.kind, m.event) for m in map(decode, got)]
     hits = [k for k, (kind, _) in enumerate(kinds) if kind == "hits"]
     assert len(hits) == 2 and all(kinds[k + 1] == ("truth", kinds[k][1]) for k in hits)
+
+
+def test_a_tap_that_records_nothing_leaves_the_recording_there_as_it_was(
+    sim_run: Path, tmp_path: Path, capsys
+) -> None:
+    """A silent stream (or a stop before anything came) writes no file: a recording already
+    at ``-o`` is kept, and the exit status says nothing was recorded."""
+    out = tmp_path / "tap.stk"
+    out.write_bytes(sim_run.read_bytes())
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as silent:
+        code = main(["record", "--from", silent.endpoint, "-o", str(out), "--duration", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"recorded nothing (skipped 0 invalid and 0 other messages): {out} not written" in err
+    assert out.read_bytes() == sim_run.read_bytes()
