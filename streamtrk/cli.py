@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from streamtrk.detector import load_detector
     from streamtrk.io.recording import new_recording
-    from streamtrk.io.trackml import write_event
+    from streamtrk.io.trackml import new_events
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
@@ -180,13 +180,16 @@ def _simulate(args: argparse.Namespace) -> int:
     det = load_detector(args.detector)
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with new_recording(args.output) as rec:
+    with (
+        new_recording(args.output) as rec,
+        new_events(args.trackml_dir) if args.trackml_dir else nullcontext(None) as write_csv,
+    ):
         for ev in tqdm(
             events, total=args.events, desc="simulate", unit="event", disable=args.quiet
         ):
             rec.write_event(ev, compact=args.compact)
-            if args.trackml_dir:
-                write_event(ev, args.trackml_dir)
+            if write_csv is not None:
+                write_csv(ev)
     return 0
 
 
@@ -265,22 +268,23 @@ def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events
-    from streamtrk.io.trackml import event_files, write_event
+    from streamtrk.io.trackml import event_files, new_events
 
     runs: dict[int, int] = {}  # event number -> run, of the events written
     repeats = replaced = 0
-    for ev in iter_events(args.recording):
-        if runs.get(ev.event) == ev.run:  # recorded twice (a looped replay): written once
-            repeats += 1
-            continue
-        if ev.event in runs:  # its files would overwrite the other run's event
-            raise ValueError(
-                f"event number {ev.event} occurs in run {runs[ev.event]} and run {ev.run} of "
-                f"{args.recording}: TrackML files name events by number alone"
-            )
-        runs[ev.event] = ev.run
-        replaced += bool(event_files(args.output, ev.event))
-        write_event(ev, args.output)
+    with new_events(args.output) as write:  # all events or, on an error, none
+        for ev in iter_events(args.recording):
+            if runs.get(ev.event) == ev.run:  # recorded twice (a looped replay): written once
+                repeats += 1
+                continue
+            if ev.event in runs:  # its files would overwrite the other run's event
+                raise ValueError(
+                    f"event number {ev.event} occurs in run {runs[ev.event]} and run {ev.run} "
+                    f"of {args.recording}: TrackML files name events by number alone"
+                )
+            runs[ev.event] = ev.run
+            replaced += bool(event_files(args.output, ev.event))
+            write(ev)
     if repeats:
         print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
               "written once", file=sys.stderr)  # fmt: skip

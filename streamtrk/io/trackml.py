@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import re
+import shutil
+import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -357,9 +361,41 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         if not (len(particles) and kinematics_unknown(particles).all()):
             written.append(prefix.with_name(f"{prefix.name}-particles{suffix}"))
             _write_table(written[-1], particles.columns())
-    for stale in set(event_files(directory, event.event)) - set(written):
-        stale.unlink()
+    _remove_others(directory, event.event, written)
     return prefix
+
+
+@contextmanager
+def new_events(directory: str | Path) -> Iterator[Callable[[Event], None]]:
+    """A writer of events (as :func:`write_event`) into ``directory`` whose files only take
+    their place there once the block ends without an error: until then they go to a hidden
+    ``.partial-*`` folder in it, removed on an error (or Ctrl-C), so that a failed run leaves
+    ``directory`` as it was. Each event then replaces the files of its number there."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
+    numbers: set[int] = set()
+
+    def write(event: Event) -> None:
+        write_event(event, staging)
+        numbers.add(event.event)
+
+    try:
+        yield write
+        for number in sorted(numbers):
+            moved = [directory / path.name for path in event_files(staging, number)]
+            for path in moved:
+                os.replace(staging / path.name, path)
+            _remove_others(directory, number, moved)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_others(directory: Path, event_number: int, kept: Sequence[Path]) -> None:
+    """Remove the files of ``event_number`` in ``directory`` but ``kept``: a reader would
+    pair them with the kept ones."""
+    for stale in set(event_files(directory, event_number)) - set(kept):
+        stale.unlink()
 
 
 # --------------------------------------------------------------------------- submissions

@@ -13,6 +13,7 @@ from streamtrk.event import Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.io.trackml import (
     event_files,
     iter_events,
+    new_events,
     read_event,
     read_submission,
     write_event,
@@ -317,6 +318,31 @@ def test_an_event_written_again_leaves_none_of_the_old_files(tmp_path):
         f"event000000042-{kind}.csv" for kind in ("hits", "truth", "particles")
     ]
     assert read_event(prefix).truth.equals(event.truth)
+
+
+def test_new_events_take_their_place_whole_or_not_at_all(tmp_path):
+    """Events written through ``new_events`` replace the files of their numbers once the
+    block ends; a block that fails (or is interrupted) leaves the folder as it was."""
+    event = synthetic_event()
+    write_event(event, tmp_path)
+    (tmp_path / "event000000042-cells.csv").write_text("hit_id,ch0,ch1,value\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    other = Event(0, 42, synthetic_event(seed=1).hits)  # the same number, no truth
+    with pytest.raises(KeyboardInterrupt), new_events(tmp_path) as write:
+        write(other)
+        write(Event(0, 43, other.hits))
+        raise KeyboardInterrupt
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with new_events(tmp_path) as write:
+        write(other)
+        write(Event(0, 43, other.hits))
+        assert event_files(tmp_path, 43) == []  # not before the block ends
+    assert event_files(tmp_path, 42) == [tmp_path / "event000000042-hits.csv"]
+    assert read_event(tmp_path / "event000000042").hits.equals(other.hits)
+    assert read_event(tmp_path / "event000000043").truth is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "event000000042-hits.csv", "event000000043-hits.csv"
+    ]  # fmt: skip
 
 
 def test_truth_aligned_by_hit_id(tmp_path):
