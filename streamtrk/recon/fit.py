@@ -84,8 +84,7 @@ def fit_tracks(
     # line to the origin), then the errors projected on it.
     circle = _fit_circle(hx, hy, 1 / (res_a * res_a), tsum, tid, chord, xp)
     radius = circle[2]
-    h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, (x[first], y[first]),
-                                          (x[last], y[last]), tid, xp)  # fmt: skip
+    h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     s = radius[tid] * turn  # transverse arc length from the perigee
     rho = xp.hypot(dx, dy)
     n_r = (dx * hx + dy * hy) / (rho * r)  # circle normal . radial direction
@@ -112,7 +111,7 @@ def fit_tracks(
     # z moving by theta cosh (path_j - path_k), and changes the curvature by theta tan_l / R,
     # moving hit j across by that times (s_j - s_k)^2 / 2. Circle in Karimaki's perigee
     # parameters about the origin, then the line on the new circle's arc lengths.
-    kappa, phi_k, delta = _karimaki(*circle, chord, xp)
+    kappa, phi_k, delta = _karimaki(*circle, h, xp)  # in the track's sense: signs below
     eps, jac_c = _distances(kappa, phi_k, delta, hx, hy, hx * hx + hy * hy, tid, xp)
     one, big_r = xp.ones_like(s), radius[tid]
     sin_t, cos_t = xp.sin(turn), xp.cos(turn)
@@ -122,8 +121,7 @@ def fit_tracks(
     step, cov_c, chi2_c = _gls(jac_c, eps, var_c, across, offsets, tid, xp)
     circle = _circle(kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2], xp)
     xc, yc, radius = circle
-    h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, (x[first], y[first]),
-                                        (x[last], y[last]), tid, xp)  # fmt: skip
+    h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     s_new = radius[tid] * turn
     tilted = ((path, one), (one, -path))
     res_z = z0[tid] + tan_l[tid] * s_new - hz
@@ -133,7 +131,7 @@ def fit_tracks(
     tan_l, z0 = tan_l + step_z[:, 0], z0 + step_z[:, 1]
     chi2 = chi2_c + chi2_z
     charge = (-h * np.sign(det.bfield)).astype(xp.int32)
-    phi = xp.mod(theta_p + h * np.pi / 2 + np.pi, 2 * np.pi) - np.pi
+    phi = _wrapped(theta_p + h * np.pi / 2, xp)
     d0 = charge * (radius - xp.hypot(xc, yc))
     cosh = xp.sqrt(1 + tan_l * tan_l)
     var_kappa, var_phi, var_d0 = (cov_c[:, i, i] for i in range(3))
@@ -205,7 +203,8 @@ def _fit_circle(
     rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
     d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
     radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
-    kasa = _karimaki(-d / 2, -e / 2, radius, chord, xp)
+    h = xp.where(chord[0] * e - chord[1] * d > 0, -1.0, 1.0)  # the centre left of the chord
+    kasa = _karimaki(-d / 2, -e / 2, radius, h, xp)
     line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]).astype(xp.float64), xp.zeros_like(ws))
     eps_kasa, jac_kasa = _distances(*kasa, u, v, q, tid, xp)
     eps_line, jac_line = _distances(*line, u, v, q, tid, xp)
@@ -229,12 +228,9 @@ def _circle(kappa: Array, phi: Array, delta: Array, xp: Any) -> tuple[Array, Arr
     return -arm * xp.sin(phi), arm * xp.cos(phi), 1 / xp.abs(kappa)
 
 
-def _karimaki(
-    cx: Array, cy: Array, radius: Array, chord: tuple[Array, Array], xp: Any
-) -> tuple[Array, Array, Array]:
+def _karimaki(cx: Array, cy: Array, radius: Array, h: Array, xp: Any) -> tuple[Array, Array, Array]:
     """(kappa, phi, delta) of the circle of centre (cx, cy) about the origin and ``radius``,
-    run in the sense that puts the centre left of the chord for kappa > 0."""
-    h = xp.where(chord[0] * cy - chord[1] * cx < 0, -1.0, 1.0)
+    run in the sense ``h`` (1: anticlockwise; the sign of kappa)."""
     return h / radius, xp.arctan2(-h * cx, h * cy), h * (xp.hypot(cx, cy) - radius)
 
 
@@ -368,21 +364,37 @@ def _on_circle(
     circle: tuple[Array, Array, Array],
     hx: Array,
     hy: Array,
-    first: tuple[Array, Array],
-    last: tuple[Array, Array],
+    offsets: Array,
+    tsum: Any,
     tid: Array,
     xp: Any,
 ) -> tuple[Array, Array, Array, Array, Array]:
-    """Per track, the sense of rotation (-1: clockwise, from its ``first`` to its ``last``
-    hit, ordered along the track) and the perigee's angle seen from the centre; per hit, its
-    turn from the perigee along the track (radians) and its offset (dx, dy) from the centre."""
+    """Per track, the sense of rotation along its hits (ordered along the track; -1:
+    clockwise) and the perigee's angle seen from the centre; per hit, its turn from the
+    perigee along the track (radians) and its offset (dx, dy) from the centre.
+
+    The sense is that of the hits' turns from one to the next (each within half a turn)
+    summed, and a hit's turn is the first hit's (within half a turn of the perigee) plus
+    those steps. Both hold past half a turn, where the first and last hits' angles about the
+    centre, or a hit's angle from the perigee, turn over."""
     xc, yc, _ = circle
-    cross = (first[0] - xc) * (last[1] - yc) - (first[1] - yc) * (last[0] - xc)
-    h = xp.where(cross < 0, -1.0, 1.0)
-    theta_p = xp.arctan2(-yc, -xc)
     dx, dy = hx - xc[tid], hy - yc[tid]
-    turn = xp.mod(h[tid] * (xp.arctan2(dy, dx) - theta_p[tid]) + np.pi, 2 * np.pi) - np.pi
-    return h, theta_p, turn, dx, dy
+    angle = xp.arctan2(dy, dx)
+    step = xp.zeros_like(angle)  # to the next hit of the track; 0 from its last
+    step[:-1] = _wrapped(angle[1:] - angle[:-1], xp)
+    step[offsets[1:] - 1] = 0.0
+    h = xp.where(tsum(step) < 0, -1.0, 1.0)
+    theta_p = xp.arctan2(-yc, -xc)
+    starts = offsets[:-1]
+    along = xp.cumsum(step) - step  # steps summed from the first hit of all to this one
+    along = along - along[starts][tid]
+    first = _wrapped(h * (angle[starts] - theta_p), xp)
+    return h, theta_p, first[tid] + h[tid] * along, dx, dy
+
+
+def _wrapped(angle: Array, xp: Any) -> Array:
+    """``angle`` in [-pi, pi)."""
+    return xp.mod(angle + np.pi, 2 * np.pi) - np.pi
 
 
 def _distances(
