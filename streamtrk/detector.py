@@ -19,8 +19,9 @@ import numpy as np
 from streamtrk.xp import array_module
 
 BARREL, ENDCAP = 0, 1
-#: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = 0.0003 B R.
-GEV_PER_TESLA_MM = 0.0003
+#: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = c B R,
+#: c = 0.299792458 GeV per (T m) (the speed of light in units that make it so).
+GEV_PER_TESLA_MM = 0.299792458e-3
 PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering assumption
 DEFAULT_DETECTOR = "trackml_detector.toml"
 

@@ -138,7 +138,7 @@ def fit_tracks(
     var_tan_l, var_z0 = cov_z[:, 0, 0], cov_z[:, 1, 1]
     sigma_c = xp.sqrt(xp.stack([var_kappa, var_phi, var_d0], -1))
     corr_c = cov_c / (sigma_c[:, :, None] * sigma_c[:, None, :])
-    # q/pT = -sign(B) kappa / (0.0003 |B|), d0 = sign(B) delta, phi is Karimaki's phi and
+    # q/pT = -sign(B) kappa / (c |B|), d0 = sign(B) delta, phi is Karimaki's phi and
     # eta rises with tan(lambda): the signs that turn their correlations into the reported
     # parameters'.
     sign_b = float(np.sign(det.bfield))

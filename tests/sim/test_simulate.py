@@ -87,7 +87,7 @@ def test_helix_crossings_match_analytic_circle(q, field_sign):
     assert barrel.sum() == 10
     x, y = c.position[barrel, 0], c.position[barrel, 1]
     rho = np.hypot(x, y)
-    R = pt / (0.0003 * abs(det.bfield))
+    R = pt / (0.299792458e-3 * abs(det.bfield))
     # A track from the origin reaches radius rho at phi0 - q * asin(rho / 2R) in +B_z (at
     # phi0 + q * asin(rho / 2R) in -B_z), moving along its momentum.
     expect = phi0 - q * field_sign * np.arcsin(rho / (2 * R))
