@@ -942,11 +942,11 @@ def _keys_arguments(s: argparse.ArgumentParser) -> None:
 def _keys(args: argparse.Namespace) -> int:
     from streamtrk.wire.curve import create_certificates
 
-    for path in (args.directory / f"{args.name}.key", args.directory / f"{args.name}.key_secret"):
-        if path.exists():
-            print(f"streamtrk keys: error: {path} exists; not overwritten", file=sys.stderr)
-            return 1
-    public, secret = create_certificates(args.directory, args.name)
+    try:
+        public, secret = create_certificates(args.directory, args.name)
+    except FileExistsError as e:
+        print(f"streamtrk keys: error: {e.filename} exists; not overwritten", file=sys.stderr)
+        return 1
     print(f"wrote {public} (public) and {secret} (secret)")
     return 0
 

@@ -10,6 +10,7 @@ collectors are clients: their own secret certificate, and the daemon's public on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,25 @@ def ipv6_literal(endpoint: str) -> bool:
 
 def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory`` (created if needed);
-    return their paths. The secret file is made readable by its owner only."""
+    return their paths. ``name`` is a plain file name (no folder, no leading dot: a hidden
+    ``.key`` would still be allowed as a client's); files there are never overwritten
+    (FileExistsError). The secret file is created readable by its owner only, before a key
+    is written into it."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"a certificate name is a plain file name not starting with '.': {name!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    public, secret = (Path(p) for p in zmq.auth.create_certificates(directory, name))
-    secret.chmod(0o600)
+    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
+    made: list[Path] = []
+    try:
+        for path, mode in ((public, 0o644), (secret, 0o600)):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+            made.append(path)
+        zmq.auth.create_certificates(directory, name)  # into the files made above
+    except BaseException:
+        for path in made:
+            path.unlink()
+        raise
     return public, secret
 
 

@@ -1,0 +1,54 @@
+"""CURVE certificates: ``create_certificates`` writes a pair it never lets others read."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import zmq.auth
+
+from streamtrk.cli import main
+from streamtrk.wire.curve import create_certificates, load_keypair, load_public
+
+
+def test_a_pair_is_written_with_the_secret_never_readable_by_others(tmp_path, monkeypatch):
+    """The secret file is its owner's from its creation: pyzmq writes it with the umask's
+    mode (0644 here), so it is made 0600 before pyzmq writes the key into it."""
+    seen = {}
+    write = zmq.auth.create_certificates
+
+    def observed(directory, name):  # the secret file's mode as pyzmq leaves it
+        files = write(directory, name)
+        seen["mode"] = stat.S_IMODE(os.stat(files[1]).st_mode)
+        return files
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", observed)
+    old = os.umask(0o022)
+    try:
+        public, secret = create_certificates(tmp_path / "keys", "alice")
+    finally:
+        os.umask(old)
+    assert seen["mode"] == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert load_public(public) == load_keypair(secret)[0]
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "../escape", "sub/alice"])
+def test_a_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name, capsys):
+    """An empty name writes the hidden ``.key`` (which a keys directory would still allow),
+    a path writes outside the directory."""
+    assert main(["keys", str(tmp_path / "keys"), name]) == 1
+    assert "a certificate name is a plain file name" in capsys.readouterr().err
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_a_certificate_there_is_never_overwritten(tmp_path: Path, capsys) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "alice.key_secret").write_text("mine")
+    assert main(["keys", str(keys), "alice"]) == 1
+    assert f"{keys / 'alice.key_secret'} exists; not overwritten" in capsys.readouterr().err
+    assert [p.name for p in keys.iterdir()] == ["alice.key_secret"]  # no public key left
+    assert (keys / "alice.key_secret").read_text() == "mine"
