@@ -270,21 +270,26 @@ def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events
     from streamtrk.io.trackml import event_files, new_events
 
-    runs: dict[int, int] = {}  # event number -> run, of the events written
+    written: dict[int, tuple[int, bytes]] = {}  # event number -> run, hits digest
     repeats = replaced = 0
     with new_events(args.output) as write:  # all events or, on an error, none
         for ev in iter_events(args.recording):
-            if runs.get(ev.event) == ev.run:  # recorded twice (a looped replay): written once
+            this, seen = (ev.run, ev.hits.digest()), written.get(ev.event)
+            if seen == this:  # recorded twice (a looped replay): written once
                 repeats += 1
                 continue
-            if ev.event in runs:  # its files would overwrite the other run's event
+            if seen is not None:  # its files would overwrite the other event's
+                where = (f"run {seen[0]} and run {ev.run}" if seen[0] != ev.run
+                         else f"run {ev.run} twice, with other hits,")  # fmt: skip
                 raise ValueError(
-                    f"event number {ev.event} occurs in run {runs[ev.event]} and run {ev.run} "
-                    f"of {args.recording}: TrackML files name events by number alone"
+                    f"event number {ev.event} occurs in {where} of {args.recording}: TrackML "
+                    "files name events by number alone"
                 )
-            runs[ev.event] = ev.run
+            written[ev.event] = this
             replaced += bool(event_files(args.output, ev.event))
             write(ev)
+        if not written:
+            raise ValueError(f"no events in {args.recording}")
     if repeats:
         print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
               "written once", file=sys.stderr)  # fmt: skip

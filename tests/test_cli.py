@@ -195,6 +195,36 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
     assert "1 events recorded more than once were written once" in capsys.readouterr().err
 
 
+def test_two_events_of_one_run_and_number_are_refused_not_merged(tmp_path, capsys):
+    """Two recordings joined (two simulations of one run) hold other events under the same
+    run and number: ``export-trackml`` would write the first alone and ``evaluate`` pair
+    one's submission rows with the other's; both refuse, writing nothing. An event recorded
+    twice (a looped replay) stays written once."""
+    _simulate(tmp_path)
+    first, second = list(iter_events(tmp_path / "a.stk"))
+    joined = tmp_path / "joined.stk"
+    with RecordingWriter(joined) as w:
+        w.write_event(first)
+        w.write_event(replace(second, event=first.event))
+    out = tmp_path / "out"
+    assert main(["export-trackml", str(joined), "-o", str(out)]) == 1
+    where = f"event number {first.event} occurs in run {first.run} twice, with other hits"
+    assert where in capsys.readouterr().err
+    assert not any(out.iterdir())
+    submission = tmp_path / "s.csv"
+    assert main(["evaluate", str(joined), "--oracle", "-q", "--submission", str(submission)]) == 1
+    err = capsys.readouterr().err
+    assert f"two events with other hits are both run {first.run}, event {first.event}" in err
+    assert not submission.exists()
+
+
+def test_export_trackml_of_no_events_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.stk"
+    RecordingWriter(empty).close()
+    assert main(["export-trackml", str(empty), "-o", str(tmp_path / "out")]) == 1
+    assert f"streamtrk export-trackml: error: no events in {empty}" in capsys.readouterr().err
+
+
 def test_export_trackml_again_replaces_the_event_files_and_says_so(tmp_path, capsys):
     _simulate(tmp_path)
     first = next(iter_events(tmp_path / "a.stk"))

@@ -118,9 +118,11 @@ class Evaluation:
     # particle's d0 and z0 (NaN for noise, and without ``bfield``); the fit's standard errors
     # of q/pT, d0 and z0.
     track_rows: list[np.ndarray] = field(default_factory=list)
-    # Per (run, event): hit ids and track labels (a submission's rows), and the tracks.
+    # Per (run, event): hit ids and track labels (a submission's rows), the tracks, and a
+    # hash of the hits (another event of that run and number is refused).
     submission: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     tracks: dict[tuple[int, int], Tracks] = field(default_factory=dict)
+    hits_digests: dict[tuple[int, int], bytes] = field(default_factory=dict)
     n_hits: int = 0
     n_built_edges: int = 0
     n_scored_edges: int = 0
@@ -156,6 +158,7 @@ class Evaluation:
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
             labels = tracks.track_id_per_hit(len(ev.hits))
             self.n_hits += len(ev.hits)
+            self._once(ev)
             self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
             self.tracks[ev.run, ev.event] = tracks
             if ev.truth is None:
@@ -241,6 +244,7 @@ class Evaluation:
             self.n_events += 1
             self.n_hits += len(ev.hits)
             labels = np.zeros(len(ev.hits), dtype=np.int64)
+            self._once(ev)
             self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
             self.tracks[ev.run, ev.event] = Tracks.empty()
             if ev.truth is None:
@@ -249,6 +253,17 @@ class Evaluation:
             for counts in (self.graph_edges, self.pruned_edges, self.gnn_edges):
                 counts.update(none)
             self._score(ev, labels)
+
+    def _once(self, ev: Event) -> None:
+        """ValueError when another event of the same run and number came before: its tracks
+        and submission rows would be replaced (an event recorded twice, as a looped replay
+        records, is scored again)."""
+        digest = ev.hits.digest()
+        if self.hits_digests.setdefault((ev.run, ev.event), digest) != digest:
+            raise ValueError(
+                f"two events with other hits are both run {ev.run}, event {ev.event}: a "
+                "submission and the tracks name events by run and number"
+            )
 
     def report(self) -> dict[str, Any]:
         """The report JSON (keys documented in ``streamtrk evaluate --help``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
 import re
 import shutil
@@ -151,7 +152,10 @@ def _event_number(prefix: Path) -> int:
             f"cannot parse an event number from {prefix.name!r}: TrackML files are named "
             "event<number>-hits.csv (and -cells, -particles, -truth)"
         )
-    return int(match.group(1))
+    number = int(match.group(1))
+    if number >= 2**63:  # the wire's bound, and NumPy's int64
+        raise ValueError(f"{prefix.name}: an event number is below 2**63, got {number}")
+    return number
 
 
 def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
@@ -251,11 +255,20 @@ def read_event(path: str | Path, *, event_number: int | None = None, run: int = 
 
 
 def event_prefixes(directory: str | Path) -> list[Path]:
-    """Prefixes of the TrackML events in ``directory``, sorted by event number."""
+    """Prefixes of the TrackML events in ``directory``, sorted by event number; ValueError
+    when two name the same number (``event1`` and ``event000000001``: one event twice)."""
     names = {
         m.group(1) for f in Path(directory).iterdir() if (m := _HITS_FILE_RE.fullmatch(f.name))
     }
-    return sorted((Path(directory) / n for n in names), key=_event_number)
+    prefixes = sorted(
+        (Path(directory) / n for n in names), key=lambda p: (_event_number(p), p.name)
+    )
+    for a, b in itertools.pairwise(prefixes):
+        if _event_number(a) == _event_number(b):
+            raise ValueError(
+                f"{a.name} and {b.name} in {directory} are both event {_event_number(a)}"
+            )
+    return prefixes
 
 
 def iter_events(path: str | Path, *, run: int = 0) -> Iterator[Event]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +344,21 @@ def test_new_events_take_their_place_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "event000000042-hits.csv", "event000000043-hits.csv"
     ]  # fmt: skip
+
+
+def test_an_event_named_twice_in_a_folder_or_past_2_63_is_refused(tmp_path):
+    """``event1`` and ``event000000001`` are one event number: read as two events of it, they
+    would be scored and submitted as one. Event numbers are int64s, as on the wire."""
+    event = synthetic_event()
+    write_event(event, tmp_path)
+    (tmp_path / "event42-hits.csv").write_bytes((tmp_path / "event000000042-hits.csv").read_bytes())
+    with pytest.raises(ValueError, match=r"event000000042 and event42 in .* are both event 42"):
+        list(iter_events(tmp_path))
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / f"event{2**63}-hits.csv").write_bytes((tmp_path / "event42-hits.csv").read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"an event number is below 2**63, got {2**63}")):
+        list(iter_events(big))
 
 
 def test_truth_aligned_by_hit_id(tmp_path):
