@@ -385,12 +385,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
     from streamtrk.recon.budget import Budget
     from streamtrk.recon.device import cuda_unavailable
+    from streamtrk.recon.engine import engine_unavailable
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path
     from streamtrk.recon.reconstructor import Reconstructor
 
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
+        return 2
+    if args.engine == "tensorrt" and (why := engine_unavailable(args.engine, args.device)):
+        print(f"streamtrk evaluate: error: {why}", file=sys.stderr)
         return 2
     if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
         raise ValueError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
@@ -513,7 +517,8 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _serve(args: argparse.Namespace) -> int:
 
-    from streamtrk.recon.device import cuda_unavailable
+    from streamtrk.recon.device import cuda_unavailable, resolve_device
+    from streamtrk.recon.engine import engine_unavailable
     from streamtrk.service.config import (
         ConfigError,
         ServeConfig,
@@ -536,15 +541,21 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     no_cuda = cuda_unavailable() if cfg.device == "cuda" else None
+    no_engine = (  # tensorrt: the one engine refused where it cannot run; the others fall back
+        engine_unavailable(cfg.engine, resolve_device(cfg.device))
+        if cfg.engine == "tensorrt" and not no_cuda
+        else None
+    )
+    refusal = f"device cuda: {no_cuda}" if no_cuda else no_engine
     if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
         warnings = unknown_variables(os.environ)
-        warnings += [f"device cuda: {no_cuda} (serving would refuse it here)"] if no_cuda else []
+        warnings += [f"{refusal} (serving would refuse it here)"] if refusal else []
         for warning in warnings:
             print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
         print(cfg.to_toml(), end="")
         return 0
-    if no_cuda:
-        _serve_error(f"invalid configuration: device cuda: {no_cuda}", cfg.log_format)
+    if refusal:
+        _serve_error(f"invalid configuration: {refusal}", cfg.log_format)
         return 2
     from streamtrk.service.serve import serve
 

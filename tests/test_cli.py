@@ -343,6 +343,17 @@ def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message
     assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
 
 
+def test_evaluate_with_an_engine_that_cannot_run_here_is_one_line(tmp_path, capsys):
+    if not cuda_unavailable():
+        pytest.skip("a GPU here: engine=tensorrt may run")
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    assert main(["evaluate", str(run), "--engine", "tensorrt", "-q"]) == 2
+    assert "streamtrk evaluate: error: engine=tensorrt needs device=cuda" in (
+        capsys.readouterr().err
+    )
+
+
 def _sigint_default() -> None:
     # A job started in the background of a script inherits SIGINT ignored (and Python then
     # installs no handler): the child gets the default, as a command typed at a terminal.

@@ -96,6 +96,16 @@ def resolve_engine(requested: str, device: torch.device) -> tuple[str, str | Non
     return "tensorrt", None
 
 
+def engine_unavailable(requested: str, device: str) -> str | None:
+    """Why engine ``requested`` cannot run on ``device`` (``cpu`` or ``cuda``) here, as
+    :func:`resolve_engine` would refuse it, or None: checked before a command starts."""
+    try:
+        resolve_engine(requested, torch.device(device))
+    except EngineError as e:
+        return str(e)
+    return None
+
+
 def model_hash(model: nn.Module) -> str:
     """SHA-256 (16 hex digits) of the parameters and buffers: names, dtypes, shapes, bytes."""
     h = hashlib.sha256()

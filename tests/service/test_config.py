@@ -184,16 +184,22 @@ def test_invalid_configuration_exits_2_before_serving() -> None:
 
 
 def test_tensorrt_without_a_gpu_or_torch_tensorrt_refuses_to_start() -> None:
+    """A configuration error, found before the sockets bind: one line, exit status 2 (the
+    daemon bound its sockets, then failed to load the model with a traceback, exit 1); and
+    ``--print-config`` warns of it."""
     if torch_tensorrt_importable() and torch.cuda.is_available():
         pytest.skip("this machine could run engine=tensorrt")
     out = _serve(
         "--engine", "tensorrt", "--input", "tcp://127.0.0.1:*", "--output",
         "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
     )  # fmt: skip
-    assert out.returncode == 1
     why = ("needs device=cuda", "torch_tensorrt cannot be imported")
-    assert "engine=tensorrt" in out.stderr and any(w in out.stderr for w in why)
-    assert "streamtrk serve ready" not in out.stderr
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert "invalid configuration: engine=tensorrt" in line and any(w in line for w in why)
+    checked = _serve("--engine", "tensorrt", "--print-config")
+    assert checked.returncode == 0 and 'engine = "tensorrt"' in checked.stdout
+    assert "(serving would refuse it here)" in checked.stderr
 
 
 def torch_tensorrt_importable() -> bool:
