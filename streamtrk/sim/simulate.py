@@ -19,6 +19,7 @@ from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.weights import hit_order, hit_weights
 from streamtrk.sim.generator import GeneratorConfig, generate
 from streamtrk.sim.propagate import Crossings, propagate
+from streamtrk.wire.schema import MAX_INT
 
 SIMULATOR_VERSION = 1
 
@@ -192,15 +193,26 @@ def simulate(
     det: Detector, cfg: SimConfig, seed: int, n_events: int, *, run: int = 0, first_event: int = 0
 ) -> Iterator[Event]:
     """Simulate ``n_events`` events numbered from ``first_event``; event number ``k`` uses
-    the ``k``-th stream spawned from ``seed``, so a run continued with ``first_event`` holds
-    the events of the longer run. Layers the detector lacks, and counts or numbers below 0
-    or a seed below 0, are refused here, before the first event."""
-    for name, value in (("n_events", n_events), ("first_event", first_event), ("seed", seed)):
+    the ``k``-th stream spawned from ``seed`` (made as its event comes, not all first), so a
+    run continued with ``first_event`` holds the events of the longer run. Layers the
+    detector lacks, a count, seed or run below 0 and event or run numbers past the wire's
+    2**63 are refused here, before the first event."""
+    last = first_event + n_events - 1
+    for name, value in (
+        ("n_events", n_events), ("first_event", first_event), ("seed", seed), ("run", run)
+    ):  # fmt: skip
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+    if max(run, last) >= MAX_INT:
+        raise ValueError(f"run and event numbers must be below 2**63, got {max(run, last)}")
     layer_indices(det, [*cfg.dead_layers, *(layer for layer, _ in cfg.noisy_layers)])
-    streams = np.random.SeedSequence(seed).spawn(first_event + n_events)[first_event:]
     return (
-        simulate_event(det, cfg, np.random.default_rng(ss), run=run, event=first_event + i)
-        for i, ss in enumerate(streams)
+        simulate_event(det, cfg, _stream(seed, k), run=run, event=k)
+        for k in range(first_event, first_event + n_events)
     )
+
+
+def _stream(seed: int, k: int) -> np.random.Generator:
+    """The generator of the ``k``-th stream spawned from ``seed`` (as
+    ``SeedSequence(seed).spawn(k + 1)[k]``)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))

@@ -1,5 +1,6 @@
 """Simulator: determinism, truth consistency, geometry, propagation and scattering physics."""
 
+import tracemalloc
 from dataclasses import replace
 
 import numpy as np
@@ -154,6 +155,8 @@ def test_neutral_particles_leave_no_crossings_and_layers_need_material():
         (lambda: GeneratorConfig(hard_scatter_pt=(1.0, float("inf"))), "hard_scatter_pt must"),
         (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be finite"),
         (lambda: simulate(load_detector(), SimConfig(), 0, -1), "n_events must be >= 0"),
+        (lambda: simulate(load_detector(), SimConfig(), 0, 1, run=-1), "run must be >= 0"),
+        (lambda: simulate(load_detector(), SimConfig(), 0, 2**63 + 1), "must be below 2\\*\\*63"),
     ],
 )
 def test_invalid_settings_are_refused(make, match):
@@ -169,6 +172,24 @@ def test_a_run_continued_from_an_event_number_holds_the_longer_runs_events():
     for a, b in zip(whole[2:], rest, strict=True):
         assert a.hits.equals(b.hits)
     assert not whole[0].hits.equals(rest[0].hits)
+
+
+def test_event_streams_are_spawned_from_the_seed_as_the_events_come():
+    """Event k is simulated from ``SeedSequence(seed).spawn(...)[k]`` (recordings made so stay
+    reproducible), but no stream is made before its event: a run of a million events starts
+    without the 400 MB of a million seed sequences made first."""
+    cfg = replace(SMALL, noise_fraction=0.0)
+    streams = np.random.SeedSequence(5).spawn(3)
+    for k, ev in enumerate(simulate(DET, cfg, seed=5, n_events=3)):
+        alone = simulate_event(DET, cfg, np.random.default_rng(streams[k]), run=0, event=k)
+        assert ev.hits.equals(alone.hits)
+    tracemalloc.start()
+    try:
+        simulate(DET, cfg, seed=5, n_events=10**6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1e6
 
 
 def _positions(ev, det, excluded) -> set[tuple[float, float, float]]:
