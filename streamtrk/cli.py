@@ -195,7 +195,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
-        "path", help="event prefix (.../event000001000), its -hits.csv, or a directory of events"
+        "path", help="event prefix (.../event000001000), one of its files, or a directory of events"
     )
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--run", type=int, default=0, help="run number (default 0)")
@@ -313,7 +313,7 @@ def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0)
 
 def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
-        "input", help="a .stk recording, or TrackML CSV (event prefix, its -hits.csv, directory)"
+        "input", help="a .stk recording, or TrackML CSV (event prefix, one of its files, directory)"
     )
     src = s.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")

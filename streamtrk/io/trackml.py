@@ -55,6 +55,7 @@ SIGNED_COLUMNS = frozenset({"q", "track_id"})
 T = TypeVar("T")
 _EVENT_RE = re.compile(r"event(\d+)")
 _HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
+_EVENT_FILE_RE = re.compile(r"(event\d+)-(?:hits|truth|particles|cells)\.csv(?:\.gz)?")
 _POW10 = 10.0 ** np.arange(23)
 
 Columns = dict[str, np.ndarray]
@@ -128,13 +129,19 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
             table = np.loadtxt(
                 io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1, comments=None
             )
-        except ValueError as err:
-            raise ValueError(f"{path}: {_located(str(err), fields)}") from err
+        except ValueError as err:  # a value that is not a number, or a row cut short
+            where = _other_fields(body, len(fields)) or _located(str(err), fields)
+            raise ValueError(f"{path}: {where}") from err
         if body.count(b",") != len(table) * (len(fields) - 1):  # a row of other fields
-            rows = (line.count(b",") + 1 for line in body.split(b"\n") if line.strip())
-            row, n = next((k, n) for k, n in enumerate(rows) if n != len(fields))
-            raise ValueError(f"{path}: data row {row + 1} has {n} fields, the header {len(fields)}")
+            raise ValueError(f"{path}: {_other_fields(body, len(fields))}")
     return {n: _checked(path, n, table[n], np.dtype(dtypes[n])) for n in names}
+
+
+def _other_fields(body: bytes, n_fields: int) -> str | None:
+    """The first data row of other than ``n_fields`` fields, said, or None."""
+    rows = (line.count(b",") + 1 for line in body.split(b"\n") if line.strip())
+    row, n = next(((k, n) for k, n in enumerate(rows) if n != n_fields), (None, None))
+    return None if row is None else f"data row {row + 1} has {n} fields, the header {n_fields}"
 
 
 def _find(prefix: Path, kind: str) -> Path | None:
@@ -229,8 +236,8 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
 
 
 def read_event(path: str | Path, *, event_number: int | None = None, run: int = 0) -> Event:
-    """Read one TrackML event from its path prefix (e.g. ``.../event000001000``) or its
-    ``-hits.csv[.gz]`` file.
+    """Read one TrackML event from its path prefix (e.g. ``.../event000001000``) or one of
+    its files (``-hits.csv[.gz]``, or its truth, particles or cells file).
 
     The event number is parsed from the prefix unless given. Truth is read when
     ``-truth.csv`` exists; ``hit_order`` is computed from |tz - vz| and, when the truth has
@@ -238,8 +245,8 @@ def read_event(path: str | Path, *, event_number: int | None = None, run: int = 
     particles are the truth's ids with NaN kinematics, q 0 and nhits counted from the truth.
     """
     prefix = Path(path)
-    if hits_file := _HITS_FILE_RE.fullmatch(prefix.name):
-        prefix = prefix.with_name(hits_file[1])
+    if event_file := _EVENT_FILE_RE.fullmatch(prefix.name):
+        prefix = prefix.with_name(event_file[1])
     hits_path = _find(prefix, "hits")
     if hits_path is None:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")

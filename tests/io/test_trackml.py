@@ -173,14 +173,16 @@ def test_windows_line_ends_and_spaced_headers_are_read(tmp_path):
     assert read_event(prefix).hits.equals(event.hits)
 
 
-def test_an_event_is_read_from_its_prefix_or_its_hits_file(tmp_path):
+def test_an_event_is_read_from_its_prefix_or_any_of_its_files(tmp_path):
+    """A truth file given answered "no event000000042-truth.csv.gz-hits.csv[.gz]"."""
     event = synthetic_event()
     prefix = write_event(event, tmp_path, compress=True)
-    hits_file = tmp_path / "event000000042-hits.csv.gz"
-    for path in (prefix, hits_file):
+    files = [tmp_path / f"event000000042-{kind}.csv.gz" for kind in ("hits", "truth", "particles")]
+    for path in (prefix, *files):
         back = read_event(path)
         assert back.event == 42 and back.hits.equals(event.hits) and back.truth.equals(event.truth)
-    assert [e.event for e in iter_events(hits_file)] == [42]
+    assert [e.event for e in iter_events(files[0])] == [42]
+    assert [e.event for e in iter_events(files[1])] == [42]
 
 
 def test_a_byte_order_mark_is_read_and_a_column_named_twice_refused(tmp_path):
@@ -213,6 +215,7 @@ def test_single_row_and_malformed_row(tmp_path):
         ("#7,1.0,2.0,3.0,8,2,1", "column 'hit_id', data row 3: could not convert string '#7'"),
         ("7,1.0,abc,3.0,8,2,1", "column 'y', data row 3: could not convert string 'abc'"),
         ("7,1.0,2.0,3.0,8,2,1,5", "data row 3 has 8 fields, the header 7"),
+        ("7,1.0,2.0", "data row 3 has 3 fields, the header 7"),  # a file cut in a row
     ],
 )
 def test_a_row_is_read_whole_or_refused(tmp_path, line, message):
