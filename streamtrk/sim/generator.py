@@ -16,6 +16,8 @@ import numpy as np
 
 from streamtrk.tomlio import require
 
+MAX_MU = 10_000  # fifty times the HL-LHC's 200: millions of hits an event, not a hang
+
 _Q = np.array(
     [
         0,
@@ -133,7 +135,7 @@ class GeneratorConfig:
         """ValueError naming the first setting out of range (an event is a crossing with at
         least one collision: max(1, Poisson(mu)) vertices, so mu must be above 0)."""
         checks = [
-            ("mu", self.mu > 0, "> 0"),
+            ("mu", 0 < self.mu <= MAX_MU, f"> 0 and at most {MAX_MU}"),
             ("primaries_per_vertex", self.primaries_per_vertex > 0, "> 0"),
             ("multiplicity_shape", self.multiplicity_shape > 0, "> 0"),
             ("sigma_z", self.sigma_z >= 0, ">= 0"),

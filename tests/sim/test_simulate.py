@@ -147,6 +147,7 @@ def test_neutral_particles_leave_no_crossings_and_layers_need_material():
         (lambda: SimConfig(noise_fraction=1.0), "noise"),
         (lambda: GeneratorConfig(mu=-1), "mu must be > 0"),
         (lambda: GeneratorConfig(mu=0), "mu must be > 0"),  # an event is one collision at least
+        (lambda: GeneratorConfig(mu=float("inf")), "mu must be > 0 and at most 10000"),
         (lambda: GeneratorConfig(positive_fraction=2), "positive_fraction must be in"),
         (lambda: GeneratorConfig(secondary_fraction=1), "secondary_fraction must be in"),
         (lambda: GeneratorConfig(sigma_z=float("nan")), "sigma_z must be"),
