@@ -89,13 +89,14 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ("seed = 3", "seed = -5", "seed must be >= 0, got -5"),
         ("events = 2", "events = 0", r"\[train\]: events must be >= 1, got 0"),
         ("[model]", "[model", r"c.toml: not valid TOML \(Expected ']'"),
+        ('name = "tiny"', 'name = "t\xe9"', r"c.toml: not valid TOML \('utf-8' codec"),
     ],
 )
 def test_settings_of_the_wrong_type_or_range_are_refused(
     tmp_path: Path, edit: str, new: str, match: str
 ) -> None:
     path = tmp_path / "c.toml"
-    path.write_text(TINY.replace(edit, new, 1))
+    path.write_bytes(TINY.replace(edit, new, 1).encode("latin-1"))  # latin-1: not UTF-8
     with pytest.raises(ValueError, match=match):
         load_config(path)
 
@@ -219,15 +220,19 @@ def test_training_names_its_stages_and_a_report_input_it_cannot_find(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY + f'[report]\nreal = "{tmp_path / "nowhere" / "event000001000"}"\n')
+    config.write_text(
+        TINY + f'[report]\nreal = "{tmp_path / "nowhere" / "event000001000"}"\n'
+        f'here = "{tmp_path / "event000001000"}"\n'  # its folder there, not its files
+    )
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m")]) == 0
     err = capsys.readouterr().err
-    assert re.search(r"report 'real': .*nowhere/event000001000 not found, skipped", err)
+    assert re.search(r"report 'real': .*nowhere/event000001000 not found .*, skipped", err)
+    assert re.search(r"report 'here': .*/event000001000 not found .*, skipped", err)
     for stage in ("train: the events", "train: graphs of 2 training and 1 validation events",
                   "train: thresholds [0.4, 0.6]"):  # fmt: skip
         assert stage in err
     card = read_card(tmp_path / "m")
-    assert card["metrics"]["real"]["skipped"] == "not found"
+    assert card["metrics"]["real"]["skipped"] == card["metrics"]["here"]["skipped"] == "not found"
 
 
 def test_training_replaces_a_model_only_when_told_and_only_when_complete(

@@ -123,10 +123,10 @@ def train(
     test_events = cfg.test.load(det) if cfg.test is not None else None
     reports = {}
     for label, path in cfg.report.items():
-        if Path(path).exists() or Path(path).parent.is_dir():
+        try:
             reports[label] = list(read_events(path))
-        else:
-            print(f"train: report {label!r}: {path} not found, skipped", file=sys.stderr)
+        except FileNotFoundError as e:  # a recording, folder or event's hits file
+            print(f"train: report {label!r}: {path} not found ({e}), skipped", file=sys.stderr)
     check_no_shared_events(
         {"train": train_events, "val": val_events, "test": test_events or []}
         | {f"report {label}": events for label, events in reports.items()}

@@ -135,7 +135,7 @@ def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); unknown keys are errors."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
     sub = {
         "model": GNNConfig,
