@@ -180,6 +180,7 @@ def _simulate(args: argparse.Namespace) -> int:
     det = load_detector(args.detector)
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    replaced = 0
     with (
         new_recording(args.output) as rec,
         new_events(args.trackml_dir) if args.trackml_dir else nullcontext(None) as write_csv,
@@ -189,7 +190,8 @@ def _simulate(args: argparse.Namespace) -> int:
         ):
             rec.write_event(ev, compact=args.compact)
             if write_csv is not None:
-                write_csv(ev)
+                replaced += write_csv(ev)
+    _say_replaced("simulate", replaced, args.trackml_dir)
     return 0
 
 
@@ -268,7 +270,7 @@ def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events
-    from streamtrk.io.trackml import event_files, new_events
+    from streamtrk.io.trackml import new_events
 
     written: dict[int, tuple[int, bytes]] = {}  # event number -> run, hits digest
     repeats = replaced = 0
@@ -286,17 +288,20 @@ def _export_trackml(args: argparse.Namespace) -> int:
                     "files name events by number alone"
                 )
             written[ev.event] = this
-            replaced += bool(event_files(args.output, ev.event))
-            write(ev)
+            replaced += write(ev)
         if not written:
             raise ValueError(f"no events in {args.recording}")
     if repeats:
         print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
               "written once", file=sys.stderr)  # fmt: skip
-    if replaced:
-        print(f"streamtrk export-trackml: {replaced} events replaced the files of the same "
-              f"event number in {args.output}", file=sys.stderr)  # fmt: skip
+    _say_replaced("export-trackml", replaced, args.output)
     return 0
+
+
+def _say_replaced(command: str, replaced: int, directory: Path) -> None:
+    if replaced:
+        print(f"streamtrk {command}: {replaced} events replaced the files of the same event "
+              f"number in {directory}", file=sys.stderr)  # fmt: skip
 
 
 def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) -> None:

@@ -241,6 +241,20 @@ def test_export_trackml_again_replaces_the_event_files_and_says_so(tmp_path, cap
     assert back.truth is None and len(back.hits) == 10  # not the first export's truth
 
 
+def test_simulate_into_a_csv_folder_again_says_what_it_replaced(tmp_path, capsys):
+    csv = tmp_path / "csv"
+    args = ["simulate", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"), "--trackml-dir", str(csv)]
+    assert main([*args, "--events", "1"]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main([*args, "--events", "2", "--seed", "9"]) == 0
+    assert f"1 events replaced the files of the same event number in {csv}" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in csv.glob("*-hits.csv")) == [
+        "event000000000-hits.csv", "event000000001-hits.csv"
+    ]  # fmt: skip
+
+
 def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, capsys):
     main(
         [

@@ -386,19 +386,21 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
 
 
 @contextmanager
-def new_events(directory: str | Path) -> Iterator[Callable[[Event], None]]:
+def new_events(directory: str | Path) -> Iterator[Callable[[Event], bool]]:
     """A writer of events (as :func:`write_event`) into ``directory`` whose files only take
     their place there once the block ends without an error: until then they go to a hidden
     ``.partial-*`` folder in it, removed on an error (or Ctrl-C), so that a failed run leaves
-    ``directory`` as it was. Each event then replaces the files of its number there."""
+    ``directory`` as it was. Each event then replaces the files of its number there; the
+    writer says whether there were any."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
     numbers: set[int] = set()
 
-    def write(event: Event) -> None:
+    def write(event: Event) -> bool:
         write_event(event, staging)
         numbers.add(event.event)
+        return bool(event_files(directory, event.event))
 
     try:
         yield write
