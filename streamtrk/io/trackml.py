@@ -45,6 +45,7 @@ from streamtrk.event import (
     alone_as_tracks,
 )
 from streamtrk.io.weights import hit_order, hit_weights
+from streamtrk.wire.schema import MAX_INT
 from streamtrk.xp import index_of
 
 TRUTH_COLUMNS = ("hit_id", "particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
@@ -160,8 +161,8 @@ def _event_number(prefix: Path) -> int:
             "event<number>-hits.csv (and -cells, -particles, -truth)"
         )
     number = int(match.group(1))
-    if number >= 2**63:  # the wire's bound, and NumPy's int64
-        raise ValueError(f"{prefix.name}: an event number is below 2**63, got {number}")
+    if number >= MAX_INT:  # the wire's bound, and NumPy's int64
+        raise ValueError(f"{prefix.name}: event numbers must be below 2**63, got {number}")
     return number
 
 

@@ -360,7 +360,9 @@ def test_an_event_named_twice_in_a_folder_or_past_2_63_is_refused(tmp_path):
     big = tmp_path / "big"
     big.mkdir()
     (big / f"event{2**63}-hits.csv").write_bytes((tmp_path / "event42-hits.csv").read_bytes())
-    with pytest.raises(ValueError, match=re.escape(f"an event number is below 2**63, got {2**63}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"event numbers must be below 2**63, got {2**63}")
+    ):
         list(iter_events(big))
 
 
