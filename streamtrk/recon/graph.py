@@ -66,7 +66,7 @@ class GraphConfig:
     n_bins: int = 32  # search grid: bins along z (barrel) or r (disk) per layer
     n_phi_bins: int = 256  # search grid: bins in phi per layer
     threads: int = 2  # most CPU threads for the candidate search (NumPy; no more than usable)
-    layer_margin: float = 10.0  # mm: hits may lie this far off their layer's nominal surface
+    layer_margin: float = 10.0  # mm: hits may lie this far off their layer's surface, no more
 
     def phi_slope_max(self, bfield: float) -> float:
         """Largest |dphi/dr| (rad/mm) accepted (either sign of the field: tracks turn the
@@ -313,8 +313,16 @@ def prepare_search(
     phi_p = phi + np.pi  # in [0, 2 pi]
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
     layer = lookup_layer(t["lut"], volume_id, layer_id)
-    on = layer >= 0
-    lay0 = xp.where(on, layer, 0)
+    lay0 = xp.where(layer >= 0, layer, 0)
+    # Hits on their layer's surface (up to the margin the windows allow) and off the beam
+    # line; the others (an unknown layer, or bad input: a hit placed anywhere) can make no
+    # edge, so they enter no search and buy no budget (they would pay for a pile).
+    m = cfg.layer_margin
+    barrel = t["barrel"][lay0]
+    u = xp.where(barrel, z, r)
+    off = xp.abs(xp.where(barrel, r - t["r"][lay0], z - t["z"][lay0]))
+    on = (layer >= 0) & (off <= m) & (u >= t["u_min"][lay0] - m) & (u <= t["u_max"][lay0] + m)
+    on &= r >= MIN_QUERY_R
 
     def bin_of(u: Array, lay: Array) -> Array:
         frac = (u - t["u_min"][lay]) / (t["u_max"][lay] - t["u_min"][lay])
@@ -322,7 +330,6 @@ def prepare_search(
 
     # Grid cells (event, layer, u bin, phi bin); each hit also in phi bin + n_phi, at phi
     # + 2 pi, so that a window never wraps. Cells are contiguous in phi: a window is a slice.
-    u = xp.where(t["barrel"][lay0], z, r)
     pbin = xp.minimum((phi_p * to_bin).astype(xp.int64), nphi - 1)
     row = ((event * n_layers + lay0) * nb + bin_of(u, lay0)) * (2 * nphi)
     n_cells = int(node_offsets.shape[0] - 1) * n_layers * nb * 2 * nphi
@@ -350,9 +357,8 @@ def prepare_search(
         qi = hits[q_hit]
         outer = t["pair_outer"][q_pair]
         # Layers without a hit in the query's event (the disks of a barrel-only event) get
-        # no queries: nothing to find there. Nor do hits within MIN_QUERY_R of the beam
-        # line (no layer is there: bad input), whose windows would divide by r = 0.
-        alive = xp.nonzero((occupied[event[qi] * n_layers + outer] > 0) & (r[qi] >= MIN_QUERY_R))[0]
+        # no queries: nothing to find there.
+        alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
         qi, outer = qi[alive], outer[alive]
         ob = t["barrel"][outer]
         ri, zi = r[qi], z[qi]
@@ -361,7 +367,6 @@ def prepare_search(
         # holds every segment the final cut keeps), else the bound.
         inner = lay0[qi]
         r_out = t["r"][outer]
-        m = cfg.layer_margin
         r_near = r_out - m
         dr_b = xp.maximum(r_near - ri, 1.0)
         sig = xp.where(

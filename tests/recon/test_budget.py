@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from piles import pile
 
+from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
 from streamtrk.recon.budget import Budget, EventTooDense, enforce
 from streamtrk.recon.graph import (
@@ -72,16 +73,24 @@ def test_each_event_is_named_with_what_it_passed(det) -> None:
     assert "too many doublets (event 1 of the batch: 112,500 > " in str(refused.value)
 
 
-def test_hits_that_can_make_no_edge_do_not_raise_the_limit(det) -> None:
-    """Hits on no layer of the detector cost nothing and must buy no budget."""
+@pytest.mark.parametrize(
+    ("x", "volume_id"),
+    [(500.0, 99), (0.0, None), (1e6, None)],
+    ids=["no such volume", "on the beam line", "far off its layer"],
+)
+def test_hits_that_can_make_no_edge_do_not_raise_the_limit(det, x, volume_id) -> None:
+    """Hits on no layer of the detector, or labelled with one but placed where it is not
+    (the beam line, a kilometre off), cost nothing and must buy no budget: 70,000 of them
+    made room for any pile (those on the beam line for 4.5 million doublets)."""
     dense = pile(det, 150)
     n = 70_000
+    barrel = np.nonzero(det.kind == BARREL)[0][0]  # the pile's first layer
     nowhere = {
         "hit_id": 10**6 + np.arange(n),
-        "x": np.full(n, 500.0),
+        "x": np.full(n, x),
         **{c: np.zeros(n) for c in ("y", "z", "module_id")},
-        "volume_id": np.full(n, 99),  # no such volume
-        "layer_id": np.full(n, 2),
+        "volume_id": np.full(n, det.volume_id[barrel] if volume_id is None else volume_id),
+        "layer_id": np.full(n, det.layer_id[barrel]),
     }
     columns = {c: np.concatenate([getattr(dense.hits, c), v]) for c, v in nowhere.items()}
     padded = Event(1, 1, Hits.from_columns(columns))

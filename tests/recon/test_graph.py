@@ -394,6 +394,34 @@ def test_a_hit_on_the_beam_line_searches_nothing(host_launcher, small_events, de
     assert np.array_equal(i, i0[kept]) and np.array_equal(j, j0[kept])  # only its edges go
 
 
+def test_a_hit_far_off_its_layer_makes_no_edge(host_launcher, det):
+    """A hit labelled with a layer but placed 1e30 mm away (bad input that passes the wire)
+    was found by windows that widen to any angle over such a distance: its edges' features
+    overflowed the network, whose scores went NaN for every edge near it (the track there
+    lost). Hits off their layer's surface make no edge; the rest stands."""
+    layers = np.nonzero(det.kind == BARREL)[0][:10]
+    n = len(layers)
+    line = {  # a straight track at z = 0 through ten barrel layers
+        "hit_id": np.arange(1, n + 1),
+        "x": det.r[layers] * np.cos(0.3),
+        "y": det.r[layers] * np.sin(0.3),
+        "z": np.zeros(n),
+        "volume_id": det.volume_id[layers],
+        "layer_id": det.layer_id[layers],
+        "module_id": np.ones(n),
+    }
+    (i0, j0, _), _ = _both([Event(0, 0, Hits.from_columns(line))], det, GraphConfig())
+    far = {**line, "x": line["x"] * np.r_[np.ones(n - 1), 1e28],
+           "y": line["y"] * np.r_[np.ones(n - 1), 1e28]}  # fmt: skip
+    (i, j, features), ctx = _both([Event(0, 0, Hits.from_columns(far))], det, GraphConfig())
+    kept = (i0 != n - 1) & (j0 != n - 1)
+    assert kept.sum() < len(i0)  # it had edges on its layer
+    assert np.array_equal(i, i0[kept]) and np.array_equal(j, j0[kept])
+    assert np.isfinite(features).all()
+    ki, kj, _ = search_kernels(ctx, host_launcher(KERNELS))
+    assert np.array_equal(ki, i) and np.array_equal(kj, j)
+
+
 def test_a_hit_exactly_opposite_is_not_found_twice(host_launcher, det):
     """With windows as wide as the circle, a hit at dphi = pi exactly (-pi in one grid copy,
     +pi in the other) is found as neither copy: the cut stops just under pi, in the NumPy
