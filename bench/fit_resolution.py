@@ -4,13 +4,13 @@ Primary helices from the beam line through the shipped detector (propagated by t
 multiple scattering included unless ``--no-material``), their crossings smeared by the layer
 resolutions, fitted as true tracks (every hit of a particle, in order). Per pT (|eta| < 1) and
 per |eta| bin (at 10 GeV): the half-width of the central 68% of the errors on q/pT (1/GeV),
-d0 and z0 (mm), the median fitted / true pT - 1, the median chi2/ndf, the share of wrong
-charges, the pulls of the five parameters (half-widths of the central 68% of error / the
-fit's standard error sigma_*: 1 where the standard errors are right), and for each reported
-correlation (corr_*) the correlation of the two pulls over the tracks beside the median
-reported one. The fit's own tests
-pin the same behaviour; this prints the figures for bench/RESULTS.md. To compare two
-versions of the fit, run it at both commits.
+d0 and z0 (mm), the median fitted / true pT - 1, the median chi2/ndf, the shares of wrong
+charges and of eta off by more than 0.3, the pulls of the five parameters (half-widths of the
+central 68% of error / the fit's standard error sigma_*: 1 where the standard errors are
+right), and for each reported correlation (corr_*) the correlation of the two pulls over the
+tracks beside the median reported one, and the share of tracks reporting the other sign.
+The fit's own tests pin the same behaviour; this prints the figures for bench/RESULTS.md.
+To compare two versions of the fit, run it at both commits.
 
 Run: PYTHONPATH=. .venv/bin/python bench/fit_resolution.py [--tracks 3000] [--no-material]
 """
@@ -30,7 +30,7 @@ from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import smear
 
-PTS = (0.3, 0.5, 1.0, 10.0, 100.0, 1000.0, 10_000.0)
+PTS = (0.2, 0.3, 0.5, 1.0, 10.0, 100.0, 1000.0, 10_000.0)
 ETA_BINS = ((0.0, 1.0), (1.0, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0))
 
 
@@ -74,6 +74,13 @@ def measure(
         "d0": p["d0"],
         "z0": p["z0"] - vz[who],
     }
+    seen_reported = {
+        f"{a}_{b}": [
+            correlation(errors[a] / p[f"sigma_{a}"], errors[b] / p[f"sigma_{b}"]),
+            float(np.median(p[f"corr_{a}_{b}"])),
+        ]
+        for a, b in CORRELATED
+    }
     return {
         "tracks": int(keep.sum()),
         "q_over_pt_resolution": half_width(p["charge"] / p["pt"] - q[who] / pt),
@@ -82,13 +89,12 @@ def measure(
         "pt_bias": float(np.median(p["pt"] / pt - 1)),
         "chi2_ndf_median": float(np.median(p["chi2"] / p["ndf"])),
         "charge_wrong": float(np.mean(p["charge"] != q[who])),
+        "eta_off_by_0.3": float(np.mean(np.abs(errors["eta"]) > 0.3)),
         "pulls": {k: half_width(e / p[f"sigma_{k}"]) for k, e in errors.items()},
-        "correlations_seen_reported": {
-            f"{a}_{b}": [
-                correlation(errors[a] / p[f"sigma_{a}"], errors[b] / p[f"sigma_{b}"]),
-                float(np.median(p[f"corr_{a}_{b}"])),
-            ]
-            for a, b in CORRELATED
+        "correlations_seen_reported": seen_reported,
+        "correlation_sign_wrong": {  # tracks whose reported one has the other sign
+            name: float(np.mean(np.sign(p[f"corr_{name}"]) != np.sign(seen)))
+            for name, (seen, _) in seen_reported.items()
         },
     }
 
