@@ -47,6 +47,7 @@ SEARCH_CHUNK = 65_536  # candidates per chunk of the CPU candidate search (MU=20
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
+MAX_BEAM_SPOT = 20.0  # mm: the most a beam line the hits are centred on is off axis (the pipe)
 PHI_CAP = float(np.nextafter(np.pi, 0.0))  # the widest |dphi| searched, just under pi
 
 
@@ -314,15 +315,17 @@ def prepare_search(
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
     layer = lookup_layer(t["lut"], volume_id, layer_id)
     lay0 = xp.where(layer >= 0, layer, 0)
-    # Hits on their layer's surface (up to the margin the windows allow) and off the beam
-    # line; the others (an unknown layer, or bad input: a hit placed anywhere) can make no
-    # edge, so they enter no search and buy no budget (they would pay for a pile).
+    # Hits on their layer's surface (up to the margin, and the beam line's offset: the hits
+    # may be centred on it) and off the beam line; the others (an unknown layer, or bad
+    # input: a hit placed anywhere) can make no edge, so they enter no search and buy no
+    # budget (they would pay for a pile).
     m = cfg.layer_margin
     barrel = t["barrel"][lay0]
     u = xp.where(barrel, z, r)
     off = xp.abs(xp.where(barrel, r - t["r"][lay0], z - t["z"][lay0]))
-    on = (layer >= 0) & (off <= m) & (u >= t["u_min"][lay0] - m) & (u <= t["u_max"][lay0] + m)
-    on &= r >= MIN_QUERY_R
+    near = m + MAX_BEAM_SPOT
+    on = (layer >= 0) & (off <= near) & (u >= t["u_min"][lay0] - near)
+    on &= (u <= t["u_max"][lay0] + near) & (r >= MIN_QUERY_R)
 
     def bin_of(u: Array, lay: Array) -> Array:
         frac = (u - t["u_min"][lay]) / (t["u_max"][lay] - t["u_min"][lay])

@@ -14,7 +14,14 @@ from streamtrk.detector import Detector, layer_keys, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.fit import fit_tracks
-from streamtrk.recon.graph import Graph, GraphConfig, batch_columns, build_graph, select_edges
+from streamtrk.recon.graph import (
+    MAX_BEAM_SPOT,
+    Graph,
+    GraphConfig,
+    batch_columns,
+    build_graph,
+    select_edges,
+)
 from streamtrk.recon.prune import PruneConfig, prune_edges
 from streamtrk.recon.tracks import (
     TrackConfig,
@@ -27,7 +34,6 @@ from streamtrk.recon.truth import edge_labels
 from streamtrk.xp import array_module, bincount, to_host, to_host_packed
 
 STAGES = ("graph", "prune", "gnn", "tracks", "fit")
-MAX_BEAM_SPOT = 20.0  # mm from the z axis: inside the beam pipe
 
 
 class EdgeScorer(Protocol):

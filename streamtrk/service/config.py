@@ -21,7 +21,7 @@ from typing import Any
 
 from streamtrk import tomlio
 from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
-from streamtrk.recon.reconstructor import MAX_BEAM_SPOT
+from streamtrk.recon.graph import MAX_BEAM_SPOT
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.wire.curve import host_only
