@@ -14,9 +14,9 @@ message) took 20-40 s and 3.7 GB, 2,000 ran out of memory. The chain raises
   ``triplets_per_hit`` per hit that an edge touches, plus ``allowance``.
 
 Hits that can make no edge (on no layer, or off their layer's surface by more than the
-graph's ``layer_margin`` and ``MAX_BEAM_SPOT``, or on the beam line) buy no budget, so padding an event with them
-does not raise its limits; hits that can (on a layer's surface) do, so an event's cost is
-bounded by those hits.
+graph's ``layer_margin`` and ``MAX_BEAM_SPOT``, or on the beam line) buy no budget, so
+padding an event with them does not raise its limits; hits that can (on a layer's surface)
+do, so an event's cost is bounded by those hits.
 
 Simulated events use far less (per hit, ``bench/budget.py``): at MU=200 about 60
 candidates, 9 doublets and 15 triplet candidates; at MU=400 about 110, 15 and 46. The
