@@ -47,7 +47,7 @@ SEARCH_CHUNK = 65_536  # candidates per chunk of the CPU candidate search (MU=20
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
-MAX_BEAM_SPOT = 20.0  # mm: the most a beam line the hits are centred on is off axis (the pipe)
+MAX_BEAM_SPOT = 20.0  # mm: the farthest off axis (in the pipe) a beam line the hits are centred on
 PHI_CAP = float(np.nextafter(np.pi, 0.0))  # the widest |dphi| searched, just under pi
 
 

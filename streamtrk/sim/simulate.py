@@ -21,7 +21,7 @@ from streamtrk.sim.generator import GeneratorConfig, generate
 from streamtrk.sim.propagate import Crossings, propagate
 from streamtrk.wire.schema import MAX_INT
 
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2  # 2: bent with c = 0.299792458 GeV/(T m) (1: with 0.3); a card records it
 
 
 #: A detector layer as (volume_id, layer_id).
