@@ -256,7 +256,7 @@ def test_events_over_the_budget_are_counted_refused_and_the_rest_reconstructed(d
     a, b = small_events
     rec = Reconstructor.oracle(detector=det, prune=PruneConfig())
     alone = evaluate(rec, [a, b]).report()
-    ev = evaluate(rec, [a, pile(det, 150, 901), b, pile(det, 2000, 902)], batch_size=4)
+    ev = evaluate(rec, [a, pile(det, 400, 901), b, pile(det, 2000, 902)], batch_size=4)
     report = ev.report()
     assert report["events"] == 4 and report["events_refused"] == 2
     assert [(r["event"], r["what"]) for r in report["refused"]] == [

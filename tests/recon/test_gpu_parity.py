@@ -75,7 +75,7 @@ def test_stitching_and_cuts_identical_on_both_devices(mu200_events):
             np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("k", [2000, 150, 60])  # candidates, doublets, triplet candidates
+@pytest.mark.parametrize("k", [2000, 400, 60])  # candidates, doublets, triplet candidates
 def test_the_budget_refuses_the_same_events_on_both_devices(mu200_events, det, k):
     batch = [mu200_events[0], pile(det, k, 2), mu200_events[1], pile(det, k, 4)]
     refused = {}
