@@ -198,8 +198,7 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
 def test_two_events_of_one_run_and_number_are_refused_not_merged(tmp_path, capsys):
     """Two recordings joined (two simulations of one run) hold other events under the same
     run and number: ``export-trackml`` would write the first alone and ``evaluate`` pair
-    one's submission rows with the other's; both refuse, writing nothing. An event recorded
-    twice (a looped replay) stays written once."""
+    one's submission rows with the other's; both refuse, writing nothing."""
     _simulate(tmp_path)
     first, second = list(iter_events(tmp_path / "a.stk"))
     joined = tmp_path / "joined.stk"
