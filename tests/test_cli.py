@@ -489,7 +489,8 @@ def test_evaluate_names_the_model_it_used(tmp_path):
 
 
 def test_evaluate_reports_events_over_the_work_budget(tmp_path, capsys):
-    main(["simulate", "--events", "1", "--mu", "20", "-q", "-o", str(tmp_path / "e.stk")])
+    # MU=200: its 6 M doublet candidates pass the allowance alone (500,000)
+    main(["simulate", "--events", "1", "--mu", "200", "-q", "-o", str(tmp_path / "e.stk")])
     args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q"]
     assert main([*args, "--budget-scale", "1e-6", "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
