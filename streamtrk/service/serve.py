@@ -476,6 +476,7 @@ class Daemon:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
         Called holding ``_reloading``, which it releases."""
         log.info("reloading")
+        old_threshold = None if self.model is None else self.model.threshold
         try:
             old = self.config
             new = self.reload_config()
@@ -498,11 +499,13 @@ class Daemon:
         finally:
             self._reloading.release()
         self.metrics.model_reloads.labels("success").inc()
-        applied = [
-            f"{f.name} {getattr(old, f.name)} -> {getattr(new, f.name)}"
+        # The threshold in use (a setting of None is the model card's), the others as set.
+        in_use = {"threshold": (old_threshold, model.threshold)}
+        changes = (
+            (f.name, *in_use.get(f.name, (getattr(old, f.name), getattr(new, f.name))))
             for f in fields(new)
-            if getattr(new, f.name) != getattr(old, f.name)
-        ]
+        )
+        applied = [f"{name} {a} -> {b}" for name, a, b in changes if a != b]
         log.info(
             "reloaded",
             extra=_fields(
