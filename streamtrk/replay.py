@@ -135,7 +135,7 @@ class ReplayResult:
     unexpected: int = 0
     duplicates: int = 0
     invalid_replies: int = 0
-    first_replies: dict[Key, Message] = field(default_factory=dict)
+    first_replies: dict[Key, Message] = field(default_factory=dict)  # per event: first ok, or first
     t_first_send: float = 0.0
     t_last_first_send: float = 0.0  # of a new event (resends move t_last_send only)
     t_last_send: float = 0.0
@@ -392,7 +392,10 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     result.t_last_reply = t
     if not reply.ok:
         result.errors[reply.reason] += 1
-    result.first_replies.setdefault((reply.run, reply.event), msg)
+    key = (reply.run, reply.event)
+    kept = result.first_replies.get(key)
+    if kept is None or (reply.ok and not kept.to_reply().ok):  # an ok reply came after all
+        result.first_replies[key] = msg
 
 
 def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
