@@ -398,7 +398,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
         return 2
-    if args.engine == "tensorrt" and (why := engine_unavailable(args.engine, args.device)):
+    if why := engine_unavailable(args.engine, args.device):
         print(f"streamtrk evaluate: error: {why}", file=sys.stderr)
         return 2
     if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
@@ -679,7 +679,7 @@ def _replay(args: argparse.Namespace) -> int:
     )
     with _stop_on_signals() as stop:
         result = replay(events, opts, stop)
-    labels = labels_of(events, result.first_replies)
+    labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,9 @@ class ReplayResult:
     unexpected: int = 0
     duplicates: int = 0
     invalid_replies: int = 0
-    first_replies: dict[Key, Message] = field(default_factory=dict)  # per event: first ok, or first
+    scored_replies: dict[Key, Message] = field(
+        default_factory=dict
+    )  # an event's first ok, else first
     t_first_send: float = 0.0
     t_last_first_send: float = 0.0  # of a new event (resends move t_last_send only)
     t_last_send: float = 0.0
@@ -152,9 +154,9 @@ class ReplayResult:
         rate: float | None,
         labels: dict[Key, np.ndarray | None] | None = None,
     ) -> dict[str, Any]:
-        """The report; ``labels``: :func:`labels_of` the first replies, when made already."""
+        """The report; ``labels``: :func:`labels_of` the scored replies, when made already."""
         lat_ms = np.asarray(self.latencies) * 1000
-        labels = labels_of(events, self.first_replies) if labels is None else labels
+        labels = labels_of(events, self.scored_replies) if labels is None else labels
         # Nothing sent: no span (the first send was tried, and timed out or was stopped).
         span = max(self.t_last_reply, self.t_last_send) - self.t_first_send if self.sent else 0.0
         send_span = self.t_last_first_send - self.t_first_send
@@ -185,10 +187,10 @@ class ReplayResult:
             "latency_p99_ms": pct(99),
             "latency_max_ms": float(lat_ms.max()) if len(lat_ms) else None,
             "latency_mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
-            "beam_lines_mm": beam_lines(self.first_replies),
+            "beam_lines_mm": beam_lines(self.scored_replies),
             "mismatched_replies": sum(v is None for v in labels.values()),
         }
-        return out | physics(events, self.first_replies, labels)
+        return out | physics(events, self.scored_replies, labels)
 
 
 RESEND_POLL_S = 0.05
@@ -393,9 +395,9 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     if not reply.ok:
         result.errors[reply.reason] += 1
     key = (reply.run, reply.event)
-    kept = result.first_replies.get(key)
+    kept = result.scored_replies.get(key)
     if kept is None or (reply.ok and not kept.to_reply().ok):  # an ok reply came after all
-        result.first_replies[key] = msg
+        result.scored_replies[key] = msg
 
 
 def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:

@@ -309,7 +309,7 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
     # Every key but the physics ones (named as a group) is described in `replay --help`.
     (description,) = [p["description"] for name, *_, p in _COMMANDS if name == "replay"]
     named = set(re.findall(r"[a-z][a-z0-9_]*", description))
-    physics_keys = physics(events, result.first_replies, labels_of(events, result.first_replies))
+    physics_keys = physics(events, result.scored_replies, labels_of(events, result.scored_replies))
     keys = set(report) - set(physics_keys)
     assert {k for k in keys if not k.startswith("latency_")} - named == set()
     assert {k for k in keys if k.startswith("latency_")} == {
@@ -338,7 +338,7 @@ def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> No
     for rec in events:
         hit_ids = rec.event.hits.hit_id + foreign.get(rec.key, 0)
         reply = encode_tracks(*rec.key, hit_ids, _truth_tracks(rec.event))
-        result.first_replies[rec.key] = decode(reply)
+        result.scored_replies[rec.key] = decode(reply)
     report = result.report(events, None)  # the report is made, not lost to the one reply
     assert report["mismatched_replies"] == 1
     assert report["n_tracks"] == len(_truth_tracks(events[1].event))
