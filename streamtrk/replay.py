@@ -135,9 +135,8 @@ class ReplayResult:
     unexpected: int = 0
     duplicates: int = 0
     invalid_replies: int = 0
-    scored_replies: dict[Key, Message] = field(
-        default_factory=dict
-    )  # an event's first ok, else first
+    # Per event, the reply its physics is scored by: its first ok reply, else its first.
+    scored_replies: dict[Key, Message] = field(default_factory=dict)
     t_first_send: float = 0.0
     t_last_first_send: float = 0.0  # of a new event (resends move t_last_send only)
     t_last_send: float = 0.0
