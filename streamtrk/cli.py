@@ -332,7 +332,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
         "--budget-scale",
         type=float,
         default=1.0,
-        help="times the per-hit work budget, as the daemon's budget_scale (default 1)",
+        help="times the work budget, as the daemon's budget_scale (default 1)",
     )
     s.add_argument(
         "--beam-spot",

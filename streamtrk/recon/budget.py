@@ -54,12 +54,13 @@ class Budget:
     allowance: int = 500_000
 
     def scaled(self, factor: float) -> Budget:
-        """The per-hit budgets times ``factor`` (the allowance kept)."""
+        """The whole budget times ``factor``: the per-hit budgets and the allowance (a
+        jet denser than the allowance admits in a quiet event needs the latter)."""
         return Budget(
             self.candidates_per_hit * factor,
             self.edges_per_hit * factor,
             self.triplets_per_hit * factor,
-            self.allowance,
+            round(self.allowance * factor),
         )
 
     def __post_init__(self) -> None:

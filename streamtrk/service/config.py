@@ -179,8 +179,8 @@ class ServeConfig:
     budget_scale: float = field(
         default=1.0,
         metadata=_help(
-            "times the per-hit work budget (docs/reconstruction.md): events past it are "
-            "answered too_dense; raise it for pileup denser than MU=400"
+            "times the work budget, per hit and per event (docs/reconstruction.md): events "
+            "past it are answered too_dense; raise it for pileup denser than MU=400"
         ),
     )
     beam_spot_x_mm: float = field(

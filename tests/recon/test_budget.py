@@ -141,6 +141,11 @@ def test_a_collimated_jet_in_a_quiet_event_is_within_the_default_budget(det) -> 
     with pytest.raises(EventTooDense, match="too many triplet candidates"):
         prune_edges(g, PruneConfig(), det, Budget(allowance=50_000))
     assert prune_edges(g, PruneConfig(), det).shape == (g.num_edges,)
+    # budget_scale 4 admits it under the old allowance too: 4 * (200 * 300 + 50,000) (its
+    # per-hit budgets alone make 4 * 200 * 300 + 50,000 = 290,000)
+    assert prune_edges(g, PruneConfig(), det, Budget(allowance=50_000).scaled(4)).shape == (
+        g.num_edges,
+    )
 
 
 def test_mu200_events_are_reconstructed_within_the_default_budget(det, mu200_events) -> None:
@@ -160,8 +165,8 @@ def test_a_budget_that_is_not_a_number_from_zero_up_is_refused(field, value) -> 
         Budget(**{field: value})
 
 
-def test_scaling_a_budget_scales_the_per_hit_limits_and_keeps_the_allowance() -> None:
-    assert Budget().scaled(2) == Budget(800, 128, 400, 500_000)
+def test_scaling_a_budget_scales_the_per_hit_limits_and_the_allowance() -> None:
+    assert Budget().scaled(2) == Budget(800, 128, 400, 1_000_000)
 
 
 def test_a_count_at_the_limit_passes_and_one_more_is_refused() -> None:
