@@ -403,8 +403,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
         raise ValueError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
-    if args.threshold is not None and not 0 <= args.threshold <= 1:  # NaN too
-        raise ValueError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if args.threshold is not None and not 0 <= args.threshold < 1:  # NaN too
+        raise ValueError(f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}")
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")

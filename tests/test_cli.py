@@ -345,7 +345,8 @@ def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
     [
         (["--batch", "0"], "--batch must be at least 1, got 0"),  # not "no events in"
         (["--events", "-1"], "--events must be at least 1, got -1"),
-        (["--threshold", "nan"], "--threshold must lie in [0, 1], got nan"),
+        (["--threshold", "nan"], "--threshold must lie in [0, 1) (1 passes no edge), got nan"),
+        (["--threshold", "1"], "--threshold must lie in [0, 1) (1 passes no edge), got 1.0"),
         (["--torch-threads", "100000"], "torch threads must be 0 to 4096, got 100000"),
     ],
 )

@@ -93,8 +93,10 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
     )
     threshold = model.get("threshold")
     number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
-    if not number or not 0 <= threshold <= 1:  # as the --threshold override allows
-        raise ModelCardError(f"model card threshold must be a number in [0, 1], got {threshold!r}")
+    if not number or not 0 <= threshold < 1:  # as the --threshold override allows
+        raise ModelCardError(
+            f"model card threshold must be a number in [0, 1) (1 passes no edge), got {threshold!r}"
+        )
     return arch, graph, float(threshold)
 
 

@@ -305,8 +305,8 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a finite number >= 0")
     if name == "deadline_ms" and value is not None and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
-    if name == "threshold" and value is not None and not 0 <= value <= 1:
-        raise bad("must lie in [0, 1]")
+    if name == "threshold" and value is not None and not 0 <= value < 1:
+        raise bad("must lie in [0, 1) (an edge passes above it: 1 passes none)")
     if name in ("input", "output"):
         scheme, sep, rest = value.partition("://")
         if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:

@@ -124,8 +124,8 @@ class TrainConfig:
                 ("pt_min", 0 <= self.pt_min < math.inf, "a finite number >= 0 (GeV)"),
                 (
                     "thresholds",
-                    bool(self.thresholds) and all(0 <= t <= 1 for t in self.thresholds),
-                    "one or more numbers in [0, 1]",
+                    bool(self.thresholds) and all(0 <= t < 1 for t in self.thresholds),
+                    "one or more numbers in [0, 1) (1 passes no edge)",
                 ),
             ],
         )

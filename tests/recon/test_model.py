@@ -114,7 +114,7 @@ def _edit_card(path: Path, edit: str, new: str) -> None:
         ("card_format = 1", "card_format = 2", "card format 2"),
         ("card_format = 1", "card_format = true", "card format True"),
         ("feature_version = 1", 'feature_version = "1"', "features version '1'"),
-        ("threshold = 0.7", 'threshold = "0.7"', r"threshold must be a number in \[0, 1\]"),
+        ("threshold = 0.7", 'threshold = "0.7"', r"threshold must be a number in \[0, 1\)"),
         ("steps = 2\n", "", r"missing \['steps'\]"),
         ("n_bins = ", "n_bins_old = ", r"\[graph\].*unknown \['n_bins_old'\]"),
         ("edge_in = 6", "edge_in = 7", r"edge_in must be 6 \(the graph's\), got 7"),
@@ -250,7 +250,10 @@ def test_packaged_model_is_the_repository_model() -> None:
         assert (shipped_model_path() / name).read_bytes() == (repo / name).read_bytes()
 
 
-def test_a_threshold_of_one_is_as_the_override_allows(saved: tuple[Path, InteractionNetwork]):
+def test_a_threshold_of_one_passes_no_edge_and_is_refused(saved: tuple[Path, InteractionNetwork]):
     path, _ = saved
-    _edit_card(path, "threshold = 0.7", "threshold = 1")
-    assert load_reconstructor(path).threshold == 1.0
+    _edit_card(path, "threshold = 0.7", "threshold = 0")
+    assert load_reconstructor(path).threshold == 0.0
+    _edit_card(path, "threshold = 0", "threshold = 1")
+    with pytest.raises(ModelCardError, match=r"in \[0, 1\) \(1 passes no edge\), got 1"):
+        load_reconstructor(path)

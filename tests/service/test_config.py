@@ -77,7 +77,7 @@ def test_cross_checks_see_the_final_values() -> None:
         ("", {"STREAMTRK_INPUT": "tcp://127.0.0.1"}, r"input must be tcp://HOST:PORT"),
         ('output = "tcp://localhost:notaport"', {}, r"output must be tcp://HOST:PORT"),
         ('output = "tcp://127.0.0.1:70000"', {}, r"output must be tcp://HOST:PORT"),
-        ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\]"),
+        ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\)"),
         ("", {"STREAMTRK_DEADLINE_MS": "-1"}, r"deadline_ms must be a finite number > 0"),
         ('engine = "trt"', {}, r"engine must be one of auto, eager, compile, tensorrt"),
         ('precision = "int8"', {}, r"precision must be one of fp32, bf16, fp16"),
@@ -314,11 +314,12 @@ def test_zero_delay_and_drain_are_allowed_zero_deadline_is_not() -> None:
         ServeConfig(deadline_ms=0.0)
 
 
-def test_threshold_ends_are_accepted() -> None:
+def test_a_threshold_lies_in_zero_to_one_without_one() -> None:
     assert ServeConfig(threshold=0.0).threshold == 0.0
-    assert ServeConfig(threshold=1.0).threshold == 1.0
-    with pytest.raises(ConfigError, match=r"threshold must lie in \[0, 1\]"):
-        ServeConfig(threshold=-0.01)
+    assert ServeConfig(threshold=0.999).threshold == 0.999
+    for value in (-0.01, 1.0):  # the cut is "above": 1 passes no edge
+        with pytest.raises(ConfigError, match=r"threshold must lie in \[0, 1\)"):
+            ServeConfig(threshold=value)
 
 
 @pytest.mark.parametrize(
