@@ -8,10 +8,12 @@ was queued behind a frame over the daemon's size limit, with the connection: an 
 that way goes out ahead of that frame on the resend); the calling thread receives the
 replies and matches them to the sends by ``msg_id`` (the oldest unanswered send of the same
 (run, event) for a reply without one), so every event counts once: a second reply to the
-same message (or, without ids, to an answered event) is counted as a duplicate. Ctrl-C
-stops the replay; the report then covers the replies received so far. Latency runs from
-just before an event's first send to its reply. ``truth`` messages are not sent: they
-score the replies (tracking efficiency, fake and duplicate rates, TrackML score).
+same message (or, without ids, to an answered event) is counted as a duplicate; once every
+event has its reply, the replies still due to resends are awaited (until none comes for
+``retry_after_s``) to be counted so. Ctrl-C stops the replay; the report then covers the
+replies received so far. Latency runs from just before an event's first send to its reply.
+``truth`` messages are not sent: they score the replies (tracking efficiency, fake and
+duplicate rates, TrackML score).
 
 A connecting replay whose handshake the daemon refuses (a CURVE key it does not allow, or
 CURVE on one side only) stops at once and reports which socket was refused and why
@@ -365,8 +367,32 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
             sender.stop.set()
             sender.join()
             bar.close()
+        try:
+            _late_replies(consumer, sender, result, opts.retry_after_s, stop)
+        except KeyboardInterrupt:
+            stop.set()
     result.interrupted = stop.is_set()  # stop sending, report what came
     return result
+
+
+def _late_replies(
+    consumer: Consumer, sender: _Sender, result: ReplayResult, quiet_s: float, stop: Stop
+) -> None:
+    """Once every event has its reply, take the replies still due to its resends (each send
+    is answered once, unless it was lost) until all came or none for ``quiet_s``, so that
+    ``duplicates`` counts them (a later replay on the collector would count them as
+    ``unexpected``)."""
+    if result.received < result.sent or result.refused:
+        return  # stopped for lack of replies, or refused: no more will come
+    last = time.perf_counter()
+    while (
+        result.received + result.duplicates < result.sent + result.resent
+        and time.perf_counter() - last < quiet_s
+        and not stop.is_set()
+    ):
+        if (frames := consumer.recv_frames(timeout_ms=100)) is not None:
+            _receive(frames, sender, result)
+            last = time.perf_counter()
 
 
 def _refused(sockets: dict[str, Producer | Consumer], result: ReplayResult) -> bool:

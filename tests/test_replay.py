@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -462,3 +463,37 @@ def test_load_recording_stops_at_the_limit_and_attaches_only_matching_truth(
     assert [r.event.event for r in loaded] == [0, 1, 2]
     assert loaded[0].event.truth is None and loaded[1].event.truth is not None
     assert [r.event.event for r in load_recording(path, limit=2)] == [0, 1]
+
+
+def test_replies_to_resends_after_the_last_event_is_answered_are_duplicates() -> None:
+    """A daemon slow on event 0 answers its resend, then its first send: the replay waits for
+    that late reply and counts it a duplicate (it ended at the first reply of each event)."""
+    events = _events(3)
+
+    def answer_resend_first(sink: zmq.Socket, out: zmq.Socket) -> None:
+        held = None
+        for _ in range(len(events) + 1):  # event 0 comes twice
+            frames = sink.recv_multipart()
+            msg = decode(frames)
+            if msg.event == events[0].event.event and held is None:
+                held = frames  # answered after its resend
+                continue
+            out.send_multipart(_tracks_reply(frames))
+        time.sleep(0.2)
+        if out.poll(1000, zmq.POLLOUT):  # a replay that did not wait has closed its socket
+            with contextlib.suppress(zmq.Again):
+                out.send_multipart(_tracks_reply(held), flags=zmq.NOBLOCK)
+
+    with _daemon_sockets() as (sink, out, to, from_):
+        daemon = threading.Thread(target=answer_resend_first, args=(sink, out), daemon=True)
+        daemon.start()
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=5.0, retries=1, retry_after_s=0.5)
+        report = replay(events, opts).report(events, None)
+        daemon.join(10)
+    assert (report["received"], report["resent"], report["duplicates"]) == (3, 1, 1)
+    assert report["unexpected"] == 0
+
+
+def _tracks_reply(frames: list[bytes]) -> list[Any]:
+    msg = decode(frames)
+    return encode_tracks(msg.run, msg.event, [], None, msg_id=peek_msg_id(frames))
