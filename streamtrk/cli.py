@@ -521,7 +521,11 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
     "drain and exit, SIGHUP reloads configuration and model.",
 )
 def _serve(args: argparse.Namespace) -> int:
-
+    # SIGHUP's default action ends the process: one during the imports below (seconds, with
+    # torch) would stop the daemon unlogged, and a supervisor restarts no process a SIGHUP
+    # ended (systemd's Restart=on-failure). Kept, it makes the daemon reload once ready.
+    hup = StopFlag()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     from streamtrk.recon.device import cuda_unavailable, resolve_device
     from streamtrk.recon.engine import engine_unavailable
     from streamtrk.service.config import (
@@ -564,7 +568,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from streamtrk.service.serve import serve
 
-    return serve(cfg, load)
+    return serve(cfg, load, hup)
 
 
 def _serve_error(message: str, log_format: str) -> None:

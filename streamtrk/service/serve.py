@@ -51,6 +51,7 @@ from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.service.worker import Worker
+from streamtrk.stop import StopFlag
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
 from streamtrk.wire.curve import ipv6_literal, make_server
@@ -101,9 +102,15 @@ def _build_labels(model: ServedModel) -> dict[str, str]:
 class Daemon:
     """One daemon process; :meth:`run` returns the exit status."""
 
-    def __init__(self, cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> None:
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        reload_config: Callable[[], ServeConfig],
+        hup_before: StopFlag | None = None,
+    ) -> None:
         self.config = cfg
         self.reload_config = reload_config
+        self.hup_before = hup_before  # set by a SIGHUP before run() took the signal over
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
@@ -148,6 +155,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        if self.hup_before is not None and self.hup_before.is_set():
+            self._hup_signalled = True  # reloaded once ready, as a SIGHUP while loading
         log.info(set_torch_threads(cfg.torch_threads))
         ctx = zmq.Context()
         try:
@@ -541,14 +550,19 @@ class Daemon:
         )
 
 
-def serve(cfg: ServeConfig, reload_config: Callable[[], ServeConfig]) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the exit status.
+def serve(
+    cfg: ServeConfig,
+    reload_config: Callable[[], ServeConfig],
+    hup_before: StopFlag | None = None,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status. ``hup_before``: set
+    by a SIGHUP that came before the daemon's own handler (it reloads once ready).
 
     When a thread is left running inside torch (a batch that overran the drain, a model
     still loading at SIGTERM, or a reload's), the process ends here with ``os._exit``: a
     normal interpreter exit would tear torch down under that thread (``terminate called
     without an active exception``, status -6)."""
-    daemon = Daemon(cfg, reload_config)
+    daemon = Daemon(cfg, reload_config, hup_before)
     status = daemon.run()
     if daemon.abandoned_thread:
         logging.shutdown()

@@ -15,9 +15,9 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from live_daemon import sample, wait_for
+from live_daemon import READY_TIMEOUT_S, clean_env, sample, stop_process, wait_for
 
-from streamtrk.client import Consumer, Producer
+from streamtrk.client import Consumer, Producer, wait_listening, wait_ready
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.recon.model import default_model_path
@@ -245,6 +245,41 @@ def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
     assert "stopped while loading the model; no event was received" in [
         line["message"] for line in d.logs()
     ]
+
+
+# Runs `streamtrk serve` with a SIGHUP sent to itself as torch starts to import: what
+# `systemctl reload` (ExecReload=kill -HUP) does to a daemon started a second earlier.
+SIGHUP_DURING_IMPORTS = """
+import os, signal, sys
+from streamtrk.cli import main
+
+class SighupOnTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGHUP)
+
+sys.meta_path.insert(0, SighupOnTorch())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sighup_during_the_start_up_imports_is_a_reload_once_ready(tmp_path: Path) -> None:
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGHUP_DURING_IMPORTS, "serve", "--input", "tcp://127.0.0.1:*",
+             "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--log-format", "json"],
+            stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+        )  # fmt: skip
+        try:
+            bound = wait_listening(log_path, READY_TIMEOUT_S, process)
+            assert bound is not None, f"exit {process.poll()}; log:\n{log_path.read_text()}"
+            assert wait_ready(bound["http"], READY_TIMEOUT_S, process)
+            wait_for(lambda: '"message": "reloaded"' in log_path.read_text())
+        finally:
+            code = stop_process(process, signal.SIGTERM, 120)
+    assert code == 0
 
 
 def test_a_dead_letter_file_cut_short_is_repaired_at_start(daemon_factory, tmp_path) -> None:
