@@ -36,6 +36,7 @@ import torch
 import zmq
 
 from streamtrk import __version__
+from streamtrk.recon.card import ModelCardError
 from streamtrk.service import faults, logs
 from streamtrk.service.auth import start_authenticator
 from streamtrk.service.batcher import Batcher, BatchPolicy
@@ -455,7 +456,9 @@ class Daemon:
                 return 0
         [result] = outcome
         if isinstance(result, BaseException):
-            log.error("cannot load the model: %s", result, exc_info=result)
+            # A missing, unreadable or mismatched model directory: its message says it all.
+            expected = isinstance(result, (OSError, ModelCardError))
+            log.error("cannot load the model: %s", result, exc_info=None if expected else result)
             return 1
         self._install(result, self.config)
         return None
