@@ -198,6 +198,30 @@ def test_without_resends_losses_are_counted(farm, sim_run: Path, tmp_path) -> No
     assert got["missing"] > 0 and got["received"] + got["missing"] == got["sent"] == 300
 
 
+def test_a_daemon_stopped_mid_stream_takes_what_it_holds_not_the_stream(
+    daemon_factory, sim_run: Path, tmp_path: Path
+) -> None:
+    """On SIGTERM a daemon in connect mode takes what its input holds (``rcvhwm`` messages,
+    and one libzmq read past them), then leaves the distributor: it does not go on taking
+    the events the distributor keeps sending, for other daemons to serve, until the drain
+    runs out (then answering them ``shutdown``)."""
+    dist, coll = Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")
+    try:
+        d = daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
+                           "--rcvhwm", "2", "--queue-capacity", "2", "--max-batch-events", "1",
+                           "--drain-timeout-s", "10")  # fmt: skip
+        with replay(tmp_path, sim_run, dist, coll, "--loop", "100"):  # a stream for minutes
+            wait_for(lambda: answered([d]) >= 50, timeout=300)
+            assert d.stop(signal.SIGTERM) == 0
+    finally:
+        dist.stop(), coll.stop()
+    [left] = [x["message"] for x in d.logs() if x["message"].startswith("disconnected")]
+    taken = int(re.search(r"; (\d+) queued messages taken", left).group(1))
+    assert taken <= 2 + 1, left
+    [summary] = [x for x in d.logs() if x["message"] == "drained, exiting"]
+    assert summary["shutdown"] == 0, summary
+
+
 def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
     import zmq
 
