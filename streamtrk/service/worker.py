@@ -40,6 +40,7 @@ from streamtrk.service.telemetry import Metrics
 log = logging.getLogger(__name__)
 POLL_S = 0.1
 SAFETY = 1.5  # a batch is started while draining only if SAFETY x its estimate fits
+DENSE_LOG_S = 60.0  # at most one warning this often about events refused as too dense
 
 
 class DeviceFault(RuntimeError):
@@ -74,6 +75,8 @@ class Worker(Supervised):
         self._owed = 0  # replies claimed and not yet queued (abandon() waits for them)
         self._owing = threading.Lock()
         self._abandon_answered = False  # abandon() has queued its own replies
+        self._dense = 0  # events refused as too dense since the last warning
+        self._dense_warn_at = 0.0  # monotonic time of the next warning
 
     def loop(self) -> None:
         while not self.abandoned.is_set():
@@ -177,10 +180,14 @@ class Worker(Supervised):
             ]
         except EventTooDense as e:
             dense = [jobs[k] for k in e.events]
-            log.warning(
-                "%d of %d events refused as too dense: %s", len(dense), len(jobs), e,
-                extra={"fields": {"events": [[j.event.run, j.event.event] for j in dense]}},
-            )  # fmt: skip
+            self._dense += len(dense)
+            if (now := time.monotonic()) >= self._dense_warn_at:  # a producer may send only those
+                log.warning(
+                    "%d of %d events refused as too dense (%d since the last warning): %s",
+                    len(dense), len(jobs), self._dense, e,
+                    extra={"fields": {"events": [[j.event.run, j.event.event] for j in dense]}},
+                )  # fmt: skip
+                self._dense, self._dense_warn_at = 0, now + DENSE_LOG_S
             self._reject(dense, EventTooDense.reason)
             rest = [job for job in jobs if job not in dense]
             # abandon() answers the rest once it has begun

@@ -419,6 +419,23 @@ def test_the_one_by_one_retry_leaves_out_the_events_refused_as_too_dense(
     assert "retrying the 3 events of the failed batch one by one" in messages
 
 
+def test_a_stream_of_dense_events_is_one_warning_a_minute_and_each_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    det = load_detector()
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, FailOnEvent13(), det, metrics)
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        for k in range(5):  # a producer sending nothing else: one batch each
+            worker.process(Batch(jobs=[Job(pile(det, 2000, 90 + k), time.perf_counter(), None)]))
+    assert {r.event: r.reason for r in _drained(replies)} == {90 + k: "too_dense" for k in range(5)}
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_events_rejected_total", {"reason": "too_dense"}) == 5
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("1 of 1 events refused as too dense (1 since the last warning)")
+
+
 def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
