@@ -210,7 +210,12 @@ class Daemon:
                 stack.callback(self.monitor.stop)
                 dead = None
                 if cfg.dead_letter is not None:
-                    dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
+                    try:
+                        dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
+                    except OSError as e:
+                        raise OSError(
+                            f"cannot open the dead-letter file {cfg.dead_letter}: {e.strerror or e}"
+                        ) from None
                     stack.callback(dead.close)
                 try:
                     http = HealthServer(

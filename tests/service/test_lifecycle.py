@@ -252,6 +252,18 @@ def test_a_taken_http_port_is_named() -> None:
     assert f"start-up failed: cannot serve HTTP on {http}: Address already in use" in out.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_dead_letter_file_that_cannot_be_written_is_named() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*",
+         "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--dead-letter", "/dev/full"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    expected = "start-up failed: cannot open the dead-letter file /dev/full: No space left"
+    assert expected in out.stderr, out.stderr
+
+
 def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
     d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
     assert d.get("/readyz") == (503, "loading\n")
