@@ -30,6 +30,7 @@ from streamtrk.service.batcher import Batcher
 from streamtrk.service.config import ServeConfig
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.logs import Throttle
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import Limits, WireError, decode, peek_identity, peek_msg_id
@@ -39,6 +40,7 @@ POLL_MS = 100
 LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
 UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive this late
 MISROUTED_LOG_S = 60.0  # at most one warning this often about replies on the input
+DEAD_LETTER_LOG_S = 60.0  # at most one warning this often about failed dead-letter writes
 
 
 class Ingest(Supervised):
@@ -67,8 +69,8 @@ class Ingest(Supervised):
         self.dead_letters = dead_letters
         self.limits = Limits(max_hits=config().max_hits)
         self.leave_by: float | None = None  # perf_counter time: stop taking on leaving
-        self._misrouted = 0  # replies on the input since the last warning
-        self._misrouted_warn_at = 0.0  # monotonic time of the next warning
+        self._misrouted = Throttle(MISROUTED_LOG_S)  # replies on the input
+        self._dead_failed = Throttle(DEAD_LETTER_LOG_S)  # dead letters that could not be written
 
     def loop(self) -> None:
         while not self.stop.is_set():
@@ -183,15 +185,13 @@ class Ingest(Supervised):
 
     def _reply_on_input(self, frames: list[zmq.Frame]) -> None:
         self._unanswered(frames, WireError("bad_kind", "a reply (tracks message) on the input"))
-        self._misrouted += 1
-        if (now := time.monotonic()) >= self._misrouted_warn_at:
+        if since := self._misrouted.count():
             log.warning(
                 "replies (tracks messages) come in on the input and are not answered (%d since "
                 "the last warning): is the input connected to a collector, or a daemon's "
                 "output to a distributor?",
-                self._misrouted,
+                since,
             )
-            self._misrouted, self._misrouted_warn_at = 0, now + MISROUTED_LOG_S
 
     def _reject(
         self,
@@ -226,6 +226,8 @@ class Ingest(Supervised):
         try:
             result = "written" if dead.write(frames, error, count) else "over_cap"
         except OSError as e:
-            log.warning("cannot write to the dead-letter file: %s", e)
+            if since := self._dead_failed.count():  # a full disk fails every write
+                log.warning("cannot write to the dead-letter file (%d since the last warning): %s",
+                            since, e)  # fmt: skip
             result = "failed"
         self.metrics.dead_letters.labels(result).inc()

@@ -9,10 +9,30 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 LOGGER = "streamtrk"
+
+
+class Throttle:
+    """One warning at most every ``every_s`` seconds about a condition a peer can repeat at
+    will (a log line each time would flood the log): :meth:`count` says when one is due."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._since = 0  # occurrences since the last warning
+        self._next = 0.0  # monotonic time from which the next warning may go
+
+    def count(self, n: int = 1) -> int:
+        """Count ``n`` occurrences; when a warning is due, the occurrences since the last one
+        (these included), else 0."""
+        self._since += n
+        if (now := time.monotonic()) < self._next:
+            return 0
+        since, self._since, self._next = self._since, 0, now + self.every_s
+        return since
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

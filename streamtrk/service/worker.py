@@ -33,6 +33,7 @@ from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.batcher import Batch, Batcher
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.logs import Throttle
 from streamtrk.service.physics import Observation
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
@@ -75,8 +76,7 @@ class Worker(Supervised):
         self._owed = 0  # replies claimed and not yet queued (abandon() waits for them)
         self._owing = threading.Lock()
         self._abandon_answered = False  # abandon() has queued its own replies
-        self._dense = 0  # events refused as too dense since the last warning
-        self._dense_warn_at = 0.0  # monotonic time of the next warning
+        self._dense = Throttle(DENSE_LOG_S)  # events refused as too dense
 
     def loop(self) -> None:
         while not self.abandoned.is_set():
@@ -180,14 +180,12 @@ class Worker(Supervised):
             ]
         except EventTooDense as e:
             dense = [jobs[k] for k in e.events]
-            self._dense += len(dense)
-            if (now := time.monotonic()) >= self._dense_warn_at:  # a producer may send only those
+            if since := self._dense.count(len(dense)):  # a producer may send only those
                 log.warning(
                     "%d of %d events refused as too dense (%d since the last warning): %s",
-                    len(dense), len(jobs), self._dense, e,
+                    len(dense), len(jobs), since, e,
                     extra={"fields": {"events": [[j.event.run, j.event.event] for j in dense]}},
                 )  # fmt: skip
-                self._dense, self._dense_warn_at = 0, now + DENSE_LOG_S
             self._reject(dense, EventTooDense.reason)
             rest = [job for job in jobs if job not in dense]
             # abandon() answers the rest once it has begun

@@ -277,6 +277,19 @@ def test_unidentified_input_is_counted_and_offered_to_the_dead_letters(rig, tmp_
     assert r.value("streamtrk_dead_letters_total", {"result": label}) == 1
 
 
+def test_dead_letters_failing_on_a_full_disk_are_one_warning_a_minute(rig, tmp_path, caplog):
+    r = rig(dead_letters=FullDisk(tmp_path / "dead.stk", 1 << 20))
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        for _ in range(5):  # a producer sending garbage, each write failing
+            r.ingest.handle([b"\xc1garbage"])
+    warnings = [rec.getMessage() for rec in caplog.records]
+    assert warnings == [
+        "cannot write to the dead-letter file (1 since the last warning): "
+        "[Errno 28] No space left on device"
+    ]
+    assert r.value("streamtrk_dead_letters_total", {"result": "failed"}) == 5
+
+
 def test_a_dead_letter_records_how_many_frames_came(rig, tmp_path) -> None:
     path = tmp_path / "dead.stk"
     r = rig(cfg=ServeConfig(max_frames=2), dead_letters=DeadLetters(path, 1 << 20))
