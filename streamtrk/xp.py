@@ -80,16 +80,19 @@ def _spans(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
 
 def chunk_bounds(n: int, chunk: int, xp: Any, cumulative: np.ndarray | None = None) -> list[int]:
     """Bounds ``[0, ..., n]`` that cut ``n`` items into runs of about ``chunk`` items, or of
-    about ``chunk`` weight where ``cumulative`` is the running total of the items' weights.
-    Chunks are for the CPU, whose temporaries then stay in cache; on the GPU (any ``xp`` but
-    NumPy) one run, for the launch count."""
+    about ``chunk`` weight where ``cumulative`` is the running total of the items' integer
+    weights. Chunks are for the CPU, whose temporaries then stay in cache; on the GPU (any
+    ``xp`` but NumPy) one run, for the launch count."""
     if xp is not np or n == 0:
         return [0, n]
     total = n if cumulative is None else int(cumulative[-1])
     n_chunks = max(1, -(-total // chunk))
     if cumulative is None:
         return np.linspace(0, n, n_chunks + 1).astype(np.int64).tolist()
-    cuts = np.searchsorted(cumulative, np.linspace(0, total, n_chunks + 1)[1:-1])
+    # Integer targets (an integer c is >= v where it is >= ceil(v)): float ones would make
+    # the search convert the whole running total to float64 first.
+    targets = np.ceil(np.linspace(0, total, n_chunks + 1)[1:-1]).astype(cumulative.dtype)
+    cuts = np.searchsorted(cumulative, targets)
     return np.unique([0, *cuts, n]).tolist()  # no empty runs
 
 

@@ -78,6 +78,16 @@ def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():
     assert chunk_bounds(10, 3, xp=None) == [0, 10]  # not NumPy: the GPU's one run
 
 
+def test_chunk_bounds_by_weight_as_a_search_for_the_float_targets():
+    rng = np.random.default_rng(7)
+    for n, chunk in ((1000, 7), (5000, 64), (333, 1000)):
+        ends = np.cumsum(rng.integers(0, 9, n))
+        total = int(ends[-1])
+        targets = np.linspace(0, total, max(1, -(-total // chunk)) + 1)[1:-1]
+        cuts = np.unique([0, *np.searchsorted(ends, targets), n]).tolist()
+        assert chunk_bounds(n, chunk, np, ends) == cuts
+
+
 def test_scatter_min_keeps_the_least_value_per_index():
     target = np.array([5, 9, 7, 2**40], dtype=np.int64)
     scatter_min(target, np.array([1, 1, 3, 0, 1]), np.array([4, 6, 2**35, 8, 3], np.int64))
