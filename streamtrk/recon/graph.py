@@ -45,6 +45,7 @@ from streamtrk.xp import (
 
 SEARCH_CHUNK = 65_536  # candidates per chunk of the CPU candidate search (MU=200: 34k bin queries)
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
+QUERY_BIN_CHUNK = 8_192  # queries per chunk of the CPU (query, bin) expansion (MU=200: 44k pairs)
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
 MAX_BEAM_SPOT = 20.0  # mm: the farthest off axis (in the pipe) a beam line the hits are centred on
@@ -449,33 +450,34 @@ def _eta(z: Array, r: Array, xp: Any) -> Array:
 
 def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     """The candidate search in array operations, edges in query, bin, slot order. On the CPU
-    over chunks of candidates small enough for their temporaries to stay in cache (1.5x
-    faster at MU=200 than one pass), on threads when allowed (NumPy releases the GIL in its
-    loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the kernels). The
-    candidates are checked against the budget before they are expanded, the doublets once
-    found."""
+    the (query, bin) pairs and their slots are made by chunks of queries, and the
+    candidates searched by chunks of candidates, small enough for their temporaries to stay
+    in cache (1.5x faster at MU=200 than one pass), on threads when allowed (NumPy releases
+    the GIL in its loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the
+    kernels). The candidates are checked against the budget before they are expanded, the
+    doublets once found."""
     xp = ctx.xp
-    q_all, b_all = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
-    lo_all, hi_all = ctx.slots(q_all, b_all)
-    n_cand = hi_all - lo_all
-    enforce(
-        "doublet candidates",
-        per_event(ctx.qi[q_all], ctx.node_offsets, n_cand),
-        ctx.on_layer,
-        ctx.budget.candidates_per_hit,
-        ctx.budget,
-    )
-    ends = np.cumsum(n_cand) if xp is np else None
-    chunks = [
-        (q_all[s:e], lo_all[s:e], hi_all[s:e])
-        for s, e in pairwise(chunk_bounds(len(q_all), SEARCH_CHUNK, xp, ends))
-    ]
-    threads = min(ctx.cfg.threads, available_cpus()[0], len(chunks))
-    if threads == 1:
-        parts = [ctx.run(*c) for c in chunks]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda c: ctx.run(*c), chunks))
+    bounds = list(pairwise(chunk_bounds(len(ctx.qi), QUERY_BIN_CHUNK, xp)))
+    threads = min(ctx.cfg.threads, available_cpus()[0], len(bounds))
+    with ThreadPoolExecutor(threads) as pool:
+        run = map if threads == 1 else pool.map
+        pieces = list(run(lambda b: ctx.bin_slots(*b), bounds))
+        per_ev = [per_event(ctx.qi[q], ctx.node_offsets, hi - lo) for q, lo, hi in pieces]
+        enforce(
+            "doublet candidates",
+            sum(per_ev[1:], per_ev[0]),
+            ctx.on_layer,
+            ctx.budget.candidates_per_hit,
+            ctx.budget,
+        )
+        chunks = [
+            (q[s:e], lo[s:e], hi[s:e])
+            for q, lo, hi in pieces
+            for s, e in pairwise(
+                chunk_bounds(len(q), SEARCH_CHUNK, xp, np.cumsum(hi - lo) if xp is np else None)
+            )
+        ]
+        parts = list(run(lambda c: ctx.run(*c), chunks))
     i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
     budget = ctx.budget
     enforce("doublets", per_event(i, ctx.node_offsets), ctx.on_layer, budget.edges_per_hit, budget)
@@ -559,15 +561,26 @@ class CandidateSearch:
     on_layer: Array
     budget: Budget
 
-    def slots(self, q: Array, b: Array) -> tuple[Array, Array]:
+    def slots(
+        self, q: Array, b: Array, start: int = 0, stop: int | None = None
+    ) -> tuple[Array, Array]:
         """The candidates of each bin query ``(q, b)``: its slots ``[lo, hi)`` (the hits in
-        its phi window). Per query, the cells of its first bin are one gather; a bin further
-        is 2 n_phi cells on."""
+        its phi window); ``q`` counts from query ``start``, and only queries ``[start,
+        stop)`` are read. Per query, the cells of its first bin are one gather; a bin
+        further is 2 n_phi cells on."""
         span = 2 * self.nphi
-        first = self.row0 * span
+        queries = slice(start, stop)
+        first = self.row0[queries] * span
         row = b * span
-        lo = self.cell_start[row + (first + self.p_lo)[q]]
-        return lo, self.cell_start[row + (first + self.p_hi + 1)[q]]
+        lo = self.cell_start[row + (first + self.p_lo[queries])[q]]
+        return lo, self.cell_start[row + (first + self.p_hi[queries] + 1)[q]]
+
+    def bin_slots(self, start: int, stop: int) -> tuple[Array, Array, Array]:
+        """The bin queries of queries ``[start, stop)``: their query and slots ``[lo, hi)``."""
+        q, b = expand_ranges(self.b_lo[start:stop], self.b_hi[start:stop] + 1)
+        lo, hi = self.slots(q, b, start, stop)
+        q += start
+        return q, lo, hi
 
     def candidates_per_query(self) -> Array:
         """Candidates of each query over all its bins, without expanding the (query, bin)
