@@ -253,12 +253,17 @@ def build_graph(
 
 
 def _join(parts: list[Graph], node_offsets: np.ndarray) -> Graph:
-    """One graph of the per-event graphs ``parts`` (hit numbers shifted by ``node_offsets``)."""
+    """One graph of the per-event graphs ``parts`` (hit numbers shifted by ``node_offsets``,
+    in place in the joined edges: no shifted copy of each event's edges)."""
+    edge_bounds = np.cumsum([0, *(g.num_edges for g in parts)])
+    edge_index = np.empty((2, int(edge_bounds[-1])), dtype=np.int64)
+    for g, off, lo, hi in zip(
+        parts, node_offsets[:-1], edge_bounds[:-1], edge_bounds[1:], strict=True
+    ):
+        np.add(g.edge_index, off, out=edge_index[:, lo:hi])
     return Graph(
         node_features=np.concatenate([g.node_features for g in parts]),
-        edge_index=np.concatenate(
-            [g.edge_index + off for g, off in zip(parts, node_offsets[:-1], strict=True)], axis=1
-        ),
+        edge_index=edge_index,
         edge_features=np.concatenate([g.edge_features for g in parts]),
         node_offsets=node_offsets,
         layer=np.concatenate([g.layer for g in parts]),
