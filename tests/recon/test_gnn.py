@@ -39,6 +39,9 @@ def test_shapes_and_score_range(model: InteractionNetwork) -> None:
     assert isinstance(scores, np.ndarray)
     assert scores.shape == (200,) and scores.dtype == np.float32
     assert ((scores >= 0) & (scores <= 1)).all()
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x, ei, ea)).numpy()
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
     empty = Graph(
         node_features=x.numpy(),
         edge_index=np.zeros((2, 0), dtype=np.int64),
@@ -48,6 +51,26 @@ def test_shapes_and_score_range(model: InteractionNetwork) -> None:
     )
     none = GNNScorer(model)(empty, [])
     assert none.shape == (0,) and none.dtype == np.float32
+
+
+def test_scores_are_the_sigmoid_of_the_logits_with_hits_left_out(model: InteractionNetwork):
+    """Hits without an edge (most, after pruning) are dropped before the network runs: the
+    scores are still those of the whole graph, edge for edge."""
+    x, _, ea = _graph(300, 120, 6)
+    g = torch.Generator().manual_seed(7)
+    ei = torch.randint(0, 300, (2, 120), generator=g) // 3 * 3  # edges on every third hit alone
+    assert len(torch.unique(ei)) < 100
+    graph = Graph(
+        node_features=x.numpy(),
+        edge_index=ei.numpy(),
+        edge_features=ea.numpy(),
+        node_offsets=np.array([0, 150, 300]),
+        layer=np.zeros(300, dtype=np.int64),
+    )
+    with torch.no_grad():
+        expected = torch.sigmoid(model(x, ei, ea)).numpy()
+    assert expected.std() > 0.01  # scores that differ edge by edge
+    np.testing.assert_allclose(GNNScorer(model)(graph, []), expected, rtol=0, atol=1e-6)
 
 
 def test_blocked_inference_equals_forward(model: InteractionNetwork) -> None:
