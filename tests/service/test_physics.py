@@ -207,8 +207,14 @@ def test_a_track_phi_rounded_to_float32_stays_in_a_finite_bucket() -> None:
     from streamtrk.service.physics import PHI_BUCKETS
 
     highest = np.float32(np.nextafter(np.pi, 0.0))
-    assert float(highest) > np.pi and float(highest) <= PHI_BUCKETS[-1]
+    assert float(highest) > np.pi
     assert len(PHI_BUCKETS) == 16 and PHI_BUCKETS[-2] == pytest.approx(7 * np.pi / 8)
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry).phi.observe(np.array([highest, 3.0], np.float32))
+    value = registry.get_sample_value
+    bucket = "streamtrk_track_phi_radians_bucket"
+    assert value(bucket, {"le": str(PHI_BUCKETS[-2])}) == 0
+    assert value(bucket, {"le": str(PHI_BUCKETS[-1])}) == value(bucket, {"le": "+Inf"}) == 2
 
 
 def test_a_scrape_reads_the_beam_spot_gauges_from_one_estimate(monkeypatch) -> None:
