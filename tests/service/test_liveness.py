@@ -82,8 +82,12 @@ def test_a_dead_device_with_intake_waiting_for_room_ends_at_once(
         for ev in events:
             assert producer.send_event(ev, timeout_ms=30_000)
         assert exits_by_itself(d, timeout=60) == 1  # before: only after the 300 s drain
-        replies = [r.to_reply() for r in iter(lambda: consumer.recv(timeout_ms=2_000), None)]
-    [last] = [line for line in d.logs() if "exiting 1 for a restart" in line["message"]]
+        # It has exited: every reply it sent is here already, and none comes after.
+        [last] = [line for line in d.logs() if "exiting 1 for a restart" in line["message"]]
+        got = [consumer.recv(timeout_ms=5_000) for _ in range(last["received"])]
+        assert consumer.recv(timeout_ms=500) is None
+    assert all(r is not None for r in got)
+    replies = [r.to_reply() for r in got if r is not None]
     # Events still in the input socket's buffer were never received (a sender resends them).
     assert len({r.event for r in replies}) == len(replies) == last["received"] >= 3
     assert {r.reason for r in replies} == {"shutdown"}
