@@ -24,9 +24,11 @@ pytestmark = pytest.mark.slow
 def test_sigterm_during_full_speed_replay(daemon_factory, sim_run: Path, tmp_path: Path):
     d = daemon_factory("--drain-timeout-s", "120")
     report = tmp_path / "replay.json"
+    # --timeout 5: once the daemon has gone, the replay's blocked send gives up after 5 s;
+    # the drain's replies (MU=2 events) reach it well before.
     replay = subprocess.Popen(
         [sys.executable, "-m", "streamtrk", "replay", str(sim_run), "--loop", "3", "--to",
-         d.input, "--from", d.output, "-q", "--timeout", "10", "--report", str(report)],
+         d.input, "--from", d.output, "-q", "--timeout", "5", "--report", str(report)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
