@@ -10,6 +10,10 @@ Run: .venv/bin/python bench/barrel_only.py
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import sys
@@ -24,7 +28,6 @@ from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.recon.truth import edge_labels
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 
 BARREL = (8, 13, 17)
 ETA_BINS = ((0.0, 1.0), (1.0, 1.5), (1.5, 4.0))
@@ -57,7 +60,6 @@ def edge_efficiency(rec: Reconstructor, ev: Event) -> dict[str, float]:
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     args = ap.parse_args()

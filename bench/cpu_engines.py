@@ -7,6 +7,10 @@ Run: .venv/bin/python bench/cpu_engines.py eager:fp32 eager:bf16 compile:fp32
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import time
@@ -17,11 +21,9 @@ from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import event_graph
 from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("variants", nargs="+", help="ENGINE:PRECISION, e.g. eager:fp32")
     ap.add_argument("--events", type=int, default=2)

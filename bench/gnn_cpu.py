@@ -10,6 +10,10 @@ Run: .venv/bin/python bench/gnn_cpu.py [--mu 10 50 100 200] [--events 5] [--mode
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import os
@@ -27,7 +31,6 @@ from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import WEIGHTS, default_model_path
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 
 REAL = Path(__file__).resolve().parents[1].parent / (
     "shared/data/trackml/qallse_ez-1.0_hpt-1.0_no_truth/event000001000"
@@ -53,7 +56,6 @@ def _time(rec: Any, graphs: list[tuple[Any, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mu", type=float, nargs="+", default=[10, 50, 100, 200])
     ap.add_argument("--events", type=int, default=5)

@@ -28,6 +28,10 @@ Run: PYTHONPATH=. .venv/bin/python bench/host_path.py [--events 8] [--mu 200] [-
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import subprocess
@@ -51,7 +55,6 @@ from streamtrk.service.job import Job, Reply
 from streamtrk.service.physics import Observation, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 from streamtrk.wire import Limits, decode, encode_hits
 
 BUDGETS_US = {"500 events/s": 2000.0, "1000 events/s": 1000.0}
@@ -174,7 +177,6 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=8)
     ap.add_argument("--mu", type=float, default=200.0)

@@ -10,6 +10,10 @@ Run: .venv/bin/python bench/physics_overhead.py [--events 4] [--mu 200] [--repea
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import time
@@ -23,7 +27,6 @@ from streamtrk.service.beamspot import WINDOW_TRACKS, BeamSpotWindow
 from streamtrk.service.physics import Observation, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -36,7 +39,6 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=4)
     ap.add_argument("--mu", type=float, default=200.0)

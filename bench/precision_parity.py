@@ -10,6 +10,10 @@ Run: .venv/bin/python bench/precision_parity.py [--device cpu] [--precision bf16
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 
@@ -19,11 +23,9 @@ from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import default_model_path, load_model
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])

@@ -11,6 +11,10 @@ Run: .venv/bin/python bench/recon_cpu.py [--events 3] [--repeats 2] [--png docs/
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 from pathlib import Path
@@ -23,7 +27,7 @@ from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import set_torch_threads, wait_passively
+from streamtrk.threads import set_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = "data/trackml/qallse_ez-1.0_hpt-1.0_no_truth/event000001000"
@@ -59,7 +63,6 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "recon-cost.png")
     args = ap.parse_args()
-    wait_passively()
     threads = set_torch_threads()
     det = load_detector()
     rec = load_reconstructor(args.model)

@@ -13,6 +13,10 @@ Run: PYTHONPATH=. .venv/bin/python bench/track_report.py --setting '{...}' --see
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import os
@@ -32,7 +36,6 @@ from streamtrk.recon.model import default_model_path
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.threads import wait_passively
 from streamtrk.train import CachedScorer
 
 KEYS = (
@@ -79,7 +82,6 @@ def run(events: list[Event], rec: Reconstructor) -> dict[str, Any]:
 
 
 def main() -> None:
-    wait_passively()  # before torch starts its OpenMP runtime, as `streamtrk serve` does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--setting", required=True, help="JSON: threshold and TrackConfig fields")
     ap.add_argument("--seeds", nargs="*", default=[], help="seed:events, simulated MU=200")
