@@ -108,16 +108,21 @@ class Daemon(HttpEndpoints):
         self, received: int | None = None, timeout: float = 60
     ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """:meth:`metrics` once ``received`` messages (if given) have been taken off the socket
-        and nothing is in flight (a reply counts just after its send)."""
+        and nothing is in flight (a reply counts just after its send); AssertionError, with
+        the counts, if that is not so within ``timeout`` seconds."""
         t_end = time.monotonic() + timeout
         while True:
             m = self.metrics()
             got = sample(m, "streamtrk_events_received_total")
             done = sum(v for k, v in m.items() if k[0] == "streamtrk_events_rejected_total")
             done += sample(m, "streamtrk_events_completed_total", status="ok")
-            idle = got == done and sample(m, "streamtrk_inflight_events") == 0
-            if (idle and received in (None, got)) or time.monotonic() > t_end:
+            inflight = sample(m, "streamtrk_inflight_events")
+            if got == done and inflight == 0 and received in (None, got):
                 return m
+            assert time.monotonic() < t_end, (
+                f"not settled in {timeout} s: received {got} (waiting for {received}), "
+                f"answered {done}, in flight {inflight}"
+            )
             time.sleep(0.1)
 
     def logs(self) -> list[dict[str, Any]]:

@@ -116,7 +116,7 @@ def test_every_event_is_answered_once_when_daemons_fail(farm, sim_run: Path, tmp
     assert got["sent"] == got["received"] == got["ok"] == 300, got
     assert got["missing"] == got["unsent"] == 0 and got["errors"] == {}
     # One reply per event in the report; any second reply to a resent event is counted.
-    assert got["resent"] >= got["duplicates"] >= 0
+    assert got["resent"] >= got["duplicates"]
     assert [line for line in daemons[1].logs() if line["message"].startswith("disconnected")]
 
 
