@@ -130,13 +130,15 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
     assert drained["seconds"] <= 2 + 0.5 + 0.25
 
 
-def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory) -> None:
-    # A queue of one behind a busy worker: intake waits for room with an event in hand when
-    # SIGTERM comes. That event, and every other one received, must be answered.
+@pytest.mark.parametrize("drain_s", ["2", "0"])
+def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory, drain_s) -> None:
+    """A queue of one behind a busy worker: intake waits for room with an event in hand when
+    SIGTERM comes. That event, and every other one received, must be answered: with a drain
+    of 2 s mostly reconstructed, with none all ``shutdown`` (the held one by ingest)."""
     big = next(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=200)), 9, 1))
     small = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=2)), 9, 6))
     d = daemon_factory(
-        "--drain-timeout-s", "2", "--queue-capacity", "1", "--max-batch-events", "1",
+        "--drain-timeout-s", drain_s, "--queue-capacity", "1", "--max-batch-events", "1",
         "--overload", "block",
     )  # fmt: skip
     with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
@@ -159,3 +161,5 @@ def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory) 
     replies = [r.to_reply() for r in replies if r is not None]
     assert drained["received"] == len(replies) >= 3  # every event received got its reply
     assert drained["dropped"] == 0 and {r.reason for r in replies} <= {"", "shutdown"}
+    if drain_s == "0":
+        assert {r.reason for r in replies} == {"shutdown"}
