@@ -239,7 +239,7 @@ def _import_trackml(args: argparse.Namespace) -> int:
 
 
 def _inspect_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("recording", type=Path)
+    s.add_argument("recording", type=Path, help="a .stk recording")
     s.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -261,7 +261,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("recording", type=Path)
+    s.add_argument("recording", type=Path, help="a .stk recording")
     s.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
 
@@ -324,9 +324,16 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
     src.add_argument("--oracle", action="store_true", help="edge scores from truth")
     s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
-    s.add_argument("--device", default="cpu", choices=DEVICES)
+    s.add_argument(
+        "--device", default="cpu", choices=DEVICES, help="where the chain runs (default cpu)"
+    )
     s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
-    s.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    s.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="edge classifier precision (default fp32)",
+    )
     s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
     s.add_argument(
         "--budget-scale",

@@ -1,5 +1,6 @@
 """The ``streamtrk`` command: simulate, inspect, import/export TrackML, errors."""
 
+import argparse
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamtrk.cli import _stop_on_signals, main
+from streamtrk.cli import _stop_on_signals, build_parser, main
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.device import cuda_unavailable
@@ -461,6 +462,26 @@ def test_each_command_documents_its_options(command, capsys):
                 "replay": "--rate", "train": "--config", "demo": "--ready-timeout"}  # fmt: skip
     if command in expected:
         assert expected[command] in out
+    # every option and argument of the command (and of its own subcommands) says what it is
+    undocumented = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in _parsers(_subcommands(build_parser())[command], command)
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()
+    ]
+    assert undocumented == []
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(
+        (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+    )
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str) -> list:
+    """``parser`` and its subcommands' parsers, depth first, with their names."""
+    nested = [_parsers(p, f"{name} {sub}") for sub, p in _subcommands(parser).items()]
+    return [(name, parser), *(pair for pairs in nested for pair in pairs)]
 
 
 def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
