@@ -493,7 +493,8 @@ class Daemon:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
         Called holding ``_reloading``, which it releases."""
         log.info("reloading")
-        old_threshold = None if self.model is None else self.model.threshold
+        in_use = {} if self.model is None else {"threshold": self.model.threshold,
+                                                "model": self.model.path}  # fmt: skip
         try:
             old = self.config
             new = self.reload_config()
@@ -516,10 +517,15 @@ class Daemon:
         finally:
             self._reloading.release()
         self.metrics.model_reloads.labels("success").inc()
-        # The threshold in use (a setting of None is the model card's), the others as set.
-        in_use = {"threshold": (old_threshold, model.threshold)}
+        # The threshold and model in use (a setting of None is the model card's, the shipped
+        # model), the others as set.
+        now = {"threshold": model.threshold, "model": model.path}
         changes = (
-            (f.name, *in_use.get(f.name, (getattr(old, f.name), getattr(new, f.name))))
+            (
+                f.name,
+                in_use.get(f.name, getattr(old, f.name)),
+                now.get(f.name, getattr(new, f.name)),
+            )
             for f in fields(new)
         )
         applied = [f"{name} {a} -> {b}" for name, a, b in changes if a != b]

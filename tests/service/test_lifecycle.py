@@ -40,7 +40,7 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     # The model comes from the configuration file (which SIGHUP re-reads), not the environment.
     model = f'model = "{default_model_path()}"\n'
     config = tmp_path / "serve.toml"
-    config.write_text(model)  # the threshold: the card's, 0.5
+    config.write_text("")  # the shipped model, its card's threshold (0.5)
     d = daemon_factory("--config", str(config), keep_model=False)
     assert d.get("/healthz") == (200, "ok\n")
     assert d.get("/readyz") == (200, "ready\n")
@@ -106,7 +106,7 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
         "threshold 0.5 -> 0.7, drain_timeout_s 30.0 -> 2.0, beam_spot_x_mm 0.0 -> 1.5, "
         "beam_spot_y_mm 0.0 -> -1.0"
     )  # in the order of serve --help; those kept until a restart are not among them; the
-    # threshold as used (the setting was None: the card's)
+    # threshold and model as used (the settings were None: the card's, the shipped model)
 
     # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
     with Producer(d.input, linger_ms=0) as producer:
