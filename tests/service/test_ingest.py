@@ -361,19 +361,22 @@ class SpySocket:
         self.socket.disconnect(endpoint)
 
 
-def test_a_connected_ingest_answers_what_arrived_then_leaves(rig) -> None:
-    r = rig(connect=True)
+@pytest.mark.parametrize(("rcvhwm", "taken"), [(1000, 5), (2, 3), (0, 5)])
+def test_a_connected_ingest_answers_what_it_holds_then_leaves(rig, rcvhwm, taken) -> None:
+    """It takes at most ``rcvhwm`` messages and the one libzmq may read past them (0: no
+    limit), not what the distributor goes on sending, then disconnects."""
+    r = rig(cfg=ServeConfig(rcvhwm=rcvhwm), connect=True)
     spy = r.ingest.socket = SpySocket(r.pull)
-    r.send(_bad_version(1))
-    r.send(_bad_version(2))
+    for event in range(1, 6):
+        r.send(_bad_version(event))
     deadline = time.monotonic() + 5
     while not r.pull.poll(0) and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.1)  # both messages arrived
+    time.sleep(0.1)  # every message arrived
     r.stop.set()
     r.ingest.loop()
-    assert sorted(r.replies.get_nowait().event for _ in range(2)) == [1, 2]
-    assert spy.disconnected == [r.cfg.input]
+    assert sorted(r.replies.get_nowait().event for _ in range(taken)) == list(range(1, taken + 1))
+    assert r.replies.empty() and spy.disconnected == [r.cfg.input]
 
 
 def test_leaving_takes_nothing_after_the_drain_s_cut_off(rig) -> None:
