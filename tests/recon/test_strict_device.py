@@ -1,0 +1,222 @@
+"""The chain's shared NumPy/CuPy code path run on the CPU with strict device arrays
+(``strict_xp``: CuPy's refusals on NumPy-backed arrays, the CUDA kernels as host builds)
+against the NumPy run: graph, pruning, GNN, tracks, fit, layer counts, the daemon's
+physics metrics and the offline evaluation."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from piles import pile
+from prometheus_client import CollectorRegistry
+from strict_xp import DeviceArray, installed
+
+from streamtrk.eval.evaluate import Evaluation
+from streamtrk.event import Event, Hits
+from streamtrk.recon import fit, prune
+from streamtrk.recon import graph as graph_stage
+from streamtrk.recon.budget import Budget, EventTooDense
+from streamtrk.recon.gnn import GNNScorer
+from streamtrk.recon.graph import Graph, GraphConfig, batch_columns, build_graph
+from streamtrk.recon.load import ChainSettings
+from streamtrk.recon.model import default_model_path, load_model
+from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.reconstructor import OracleScorer, ReconResult, Reconstructor
+from streamtrk.recon.tracks import TrackConfig, build_tracks
+from streamtrk.service.physics import Observation, PhysicsMetrics
+from streamtrk.xp import array_module, csr_rows, to_host
+
+
+@pytest.fixture(scope="session")
+def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: cannot build the CUDA kernels for the host")
+    return tmp_path_factory.mktemp("strict_kernels")
+
+
+@pytest.fixture
+def strict_cupy(kernel_dir: Path) -> Iterator[Any]:
+    with installed(kernel_dir) as cupy:
+        yield cupy
+
+
+class HashScorer:
+    """Scores from a hash of each edge's ends (no truth needed; the same on any device)."""
+
+    def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:
+        xp = array_module(graph.edge_index)
+        a, b = (graph.edge_index[k].astype(xp.int64) for k in (0, 1))
+        u = (a * 2654435761 + b * 40503) % 1000003
+        return (u.astype(xp.float64) / 1000003).astype(xp.float32)
+
+
+def _empty_event() -> Event:
+    columns = ("hit_id", "x", "y", "z", "volume_id", "layer_id", "module_id")
+    return Event(1, 99, Hits.from_columns({k: np.zeros(0) for k in columns}))
+
+
+def _gnn_chain() -> tuple[Any, dict[str, Any]]:
+    """The shipped model's scorer and chain settings (pruning, stitching, fit cuts)."""
+    path = default_model_path()
+    model, card = load_model(path)
+    chain = ChainSettings.of_card(card, path)
+    kwargs = {"prune": chain.prune, "tracks": chain.tracks, "threshold": chain.threshold}
+    return GNNScorer(model), kwargs
+
+
+CHAINS = {
+    "gnn": _gnn_chain,
+    "oracle-unpruned-beam-spot": lambda: (
+        OracleScorer(),
+        {
+            "beam_spot": (0.4, -0.2),
+            "tracks": TrackConfig(
+                junction_passes=2, stitch_threshold=0.05, min_mean_score=0.5, max_chi2_ndf=2.0
+            ),
+        },
+    ),
+    "hash-pruned-with-empty-event": lambda: (
+        HashScorer(),
+        {"prune": PruneConfig(), "tracks": TrackConfig(max_d0=0.5)},
+    ),
+}
+
+
+def _host(result: ReconResult) -> dict[str, Any]:
+    """What a reconstruction gives, on the host (device arrays copied down)."""
+    out: dict[str, Any] = {"layer_hits": result.layer_hits, "node_offsets": result.node_offsets}
+    out["scores"] = to_host(result.scores)
+    for name, g in (("graph", result.graph), ("built", result.built)):
+        for k in ("node_features", "edge_index", "edge_features", "layer"):
+            out[f"{name}.{k}"] = to_host(getattr(g, k))
+    for e, t in enumerate(result.tracks):
+        out[f"tracks{e}.offsets"], out[f"tracks{e}.hit_index"] = t.offsets, t.hit_index
+        out |= {f"tracks{e}.{k}": v for k, v in t.params.items()}
+    return out
+
+
+def _metrics(events: list[Event], result: ReconResult, rec: Reconstructor) -> dict[str, Any]:
+    """The daemon's physics metrics and the offline evaluation's track table of a result."""
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry).observe(Observation.of(events, result, rec))
+    samples = {(s.name, tuple(s.labels.items())): s.value for m in registry.collect()
+               for s in m.samples}  # fmt: skip
+    evaluation = Evaluation.of(rec)
+    evaluation.add(events, result, 0.0, rec.threshold)
+    return {"samples": samples, "tracks": evaluation.track_table()}
+
+
+def _run(device: str, chain: str, events: list[Event]) -> tuple[dict, dict]:
+    scorer, kwargs = CHAINS[chain]()
+    rec = Reconstructor(scorer, device=device, **kwargs)
+    result = rec.reconstruct(events)
+    return _host(result), _metrics(events, result, rec)
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_the_chain_on_strict_device_arrays_equals_numpy(small_events, kernel_dir, chain):
+    events = list(small_events)
+    if chain == "hash-pruned-with-empty-event":
+        events.insert(1, _empty_event())
+    expected, expected_metrics = _run("cpu", chain, events)
+    with installed(kernel_dir) as cupy:
+        got, metrics = _run("cuda", chain, events)
+        counts = dict(cupy.counts)
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        if k.startswith("tracks") and v.dtype.kind == "f":  # the fit's sums in a kernel
+            np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+        else:
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+    assert sum(len(got[k]) - 1 for k in got if k.endswith(".offsets")) > 100  # tracks made
+    assert metrics["samples"] == pytest.approx(expected_metrics["samples"])
+    np.testing.assert_allclose(metrics["tracks"], expected_metrics["tracks"], rtol=1e-9)
+    assert counts.get("host-to-device (index)", 0) == 0, counts  # no host index arrays
+
+
+def _array_paths(events: list[Event], det: Any, xp: Any) -> dict[str, np.ndarray]:
+    """The stages' array-operation forms that the GPU runs only in ``bench/gpu_bench.py``
+    (against their kernels): candidate search, triplet cuts (3 and 4 hits), GLS sums."""
+    cols, offsets = batch_columns(events, xp)
+    ctx, _, _ = graph_stage.prepare_search(*cols.values(), offsets, det, GraphConfig())
+    out = dict(zip("ijf", map(to_host, graph_stage.search_arrays(ctx)), strict=True))
+    g = build_graph(*cols.values(), offsets, det, GraphConfig())
+    geo, usable, t = prune.triplet_inputs(g, PruneConfig(), det)
+    for hits in (3, 4):
+        mask = prune.keep_arrays(geo, usable, t, len(det), hits, (g.node_offsets, Budget()))
+        out[f"keep{hits}"] = to_host(mask)
+    offs, _ = build_tracks(g.edge_index, OracleScorer()(g, events), g.node_features[:, 0])
+    n_hits = int(offs[-1])
+    values = np.random.default_rng(0).normal(size=(n_hits, 15))
+    values[:, 4] = 1.0 + np.abs(values[:, 4])  # the variances
+    columns = list(xp.asarray(values).T)
+    out["gls"] = to_host(fit.gram_arrays(columns, 4, (2, 3), offs, csr_rows(offs, n_hits)))
+    return out
+
+
+def test_the_array_paths_on_strict_device_arrays_equal_numpy(small_events, det, kernel_dir):
+    expected = _array_paths(small_events, det, np)
+    with installed(kernel_dir) as cupy:
+        got = _array_paths(small_events, det, cupy)
+    assert len(expected["i"]) > 1000 and expected["keep4"].any()
+    for k, v in expected.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+
+
+def test_host_synchronisations_do_not_grow_with_the_batch(small_events, kernel_dir):
+    """CuPy's own synchronisations (``strict_xp``'s count: copies down, and outputs sized by
+    their values) of a reconstruction, the same for one event and two."""
+    scorer, kwargs = _gnn_chain()
+    syncs = []
+    with installed(kernel_dir) as cupy:
+        rec = Reconstructor(scorer, device="cuda", **kwargs)
+        for n in (1, 2):
+            cupy.counts.clear()
+            rec.reconstruct(small_events[:n])
+            syncs.append(cupy.counts["sync"])
+    assert syncs[0] == syncs[1] and 0 < syncs[0] < 91, syncs  # 91: the GPU test's bound
+
+
+def test_the_budget_refuses_the_same_events_on_strict_device_arrays(small_events, det, kernel_dir):
+    refused = {}
+    for k in (2000, 400, 60):  # candidates, doublets, triplet candidates
+        batch = [small_events[0], pile(det, k, 2), small_events[1], pile(det, k, 4)]
+        for device in ("cpu", "cuda"):
+            with installed(kernel_dir):
+                rec = Reconstructor.oracle(device=device, detector=det, prune=PruneConfig())
+                with pytest.raises(EventTooDense) as e:
+                    rec.reconstruct(batch)
+            refused[k, device] = (e.value.whats, e.value.events, e.value.counts)
+        assert refused[k, "cuda"] == refused[k, "cpu"]
+        assert refused[k, "cpu"][1] == [1, 3]
+
+
+def test_strict_arrays_refuse_what_cupy_refuses(strict_cupy):
+    d, h = strict_cupy.arange(5), np.arange(5)
+    assert array_module(d) is strict_cupy and isinstance(d.sum(), DeviceArray)
+    refused = {
+        "np.asarray": lambda: np.asarray(d),
+        "np.array": lambda: np.array(d),
+        "device op host": lambda: d + h,
+        "host op device": lambda: h < d,
+        "host operand of a function": lambda: np.searchsorted(h, d),
+        "list operand": lambda: d * [1] * 5,
+        "host indexed by device": lambda: h[d],
+        "host array into a slice": lambda: d.__setitem__(slice(None), h),
+        "float of many": lambda: float(d),
+        "torch.from_numpy": lambda: torch.from_numpy(d),
+        "unstable sort": lambda: strict_cupy.argsort(d, kind="quicksort"),
+    }
+    for name, fn in refused.items():
+        with pytest.raises((TypeError, ValueError)):
+            fn()
+            pytest.fail(name)
+    np.testing.assert_array_equal(to_host(d[h[1:3]]), [1, 2])  # CuPy copies the index up
+    np.testing.assert_array_equal(torch.from_dlpack(d).numpy(), h)
+    assert strict_cupy.counts["host-to-device (index)"] == 1
