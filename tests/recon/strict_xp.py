@@ -19,7 +19,8 @@ the production code. Refused, as by CuPy (``TypeError``, ``ValueError``):
 Raw kernels (``RawModule``) run as host builds of their source (its ``STREAMTRK_HOST``
 form), their arguments checked against the parameters' C types: device arrays of the
 pointee's dtype, C-contiguous, and NumPy scalars of the parameter's size (what CuPy
-passes unchecked, and a GPU misreads). The ``ElementwiseKernel``'s of ``streamtrk.xp``
+passes unchecked, and a GPU misreads); their launch, against the thread per item of the
+first parameter that the kernels run. The ``ElementwiseKernel``'s of ``streamtrk.xp``
 (atomic bincount and minimum) run as NumPy's ``ufunc.at``.
 
 What CuPy allows works and is counted in ``cupy.counts``: ``"sync"``, host
@@ -313,6 +314,9 @@ class _HostKernel:
     def __call__(self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
         if len(args) != len(self._params):
             raise TypeError(f"{self._name} takes {len(self._params)} arguments, got {len(args)}")
+        # The kernels run a thread per item of their first parameter (FOR_EACH_THREAD).
+        if block[0] > 1024 or not grid[0] * block[0] >= args[0] > (grid[0] - 1) * block[0]:
+            raise ValueError(f"{self._name}: {grid} x {block} threads for {args[0]} items")
         self._fn(*(self._arg(k, a) for k, a in enumerate(args)))
 
     def _arg(self, k: int, a: Any) -> Any:
