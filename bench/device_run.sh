@@ -64,7 +64,11 @@ if os.environ.get("DEVICE", "cuda") == "cuda":
 PY
 status=$?
 cat "$OUT/imports.txt"
-[ $status -eq 0 ] || { echo "device_run: an import failed (see imports.txt)"; exit 1; }
+# A failed import ends the run; a slow one (cold caches on a fresh machine) does not: each
+# step below has its own limit.
+[ $status -eq 124 ] && echo "device_run: the import check ran past 30 s (see imports.txt); going on"
+[ $status -eq 0 ] || [ $status -eq 124 ] ||
+    { echo "device_run: an import failed (see imports.txt)"; exit 1; }
 
 # One line per test as it ends (-v: a run cut by `timeout` still shows what passed), at
 # most 100 s a test, the slowest listed. Warnings are listed, not errors (-W default: the
