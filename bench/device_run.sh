@@ -46,13 +46,6 @@ listed = ["scipy", "matplotlib", "yaml", "onnx", "onnxruntime", "onnxscript", "h
 import os
 if os.environ.get("DEVICE", "cuda") == "cuda":
     names.append("cupy")
-for name in listed:
-    try:
-        module = importlib.import_module(name)
-    except Exception as exc:  # not needed by this run: said, not fatal
-        print(name, "NOT IMPORTABLE (not needed here):", type(exc).__name__, exc)
-    else:
-        print(name, getattr(module, "__version__", ""))
 for name in names:
     module = importlib.import_module(name)
     print(name, getattr(module, "__version__", ""))
@@ -61,6 +54,13 @@ print("cuda", torch.cuda.is_available(), torch.version.cuda)
 if os.environ.get("DEVICE", "cuda") == "cuda":
     import cupy
     print("gpu", torch.cuda.get_device_name(0), "cupy devices", cupy.cuda.runtime.getDeviceCount())
+for name in listed:  # last: a slow one does not hold up the check of those needed
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # not needed by this run: said, not fatal
+        print(name, "NOT IMPORTABLE (not needed here):", type(exc).__name__, exc)
+    else:
+        print(name, getattr(module, "__version__", ""))
 PY
 status=$?
 cat "$OUT/imports.txt"
