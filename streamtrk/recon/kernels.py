@@ -99,9 +99,15 @@ def host_launcher(name: str, build_dir: Path) -> Launch:
     kernels = ctypes.CDLL(str(lib))
 
     def c(a: Any) -> Any:
+        # The scalars the kernels take (long long, double), as on the device: any other would
+        # be misread there, so it is refused here too.
         if isinstance(a, np.ndarray):
             return a.ctypes.data_as(ctypes.c_void_p)
-        return ctypes.c_longlong(a) if isinstance(a, np.integer) else ctypes.c_double(a)
+        if isinstance(a, np.int64):
+            return ctypes.c_longlong(a)
+        if isinstance(a, np.float64):
+            return ctypes.c_double(a)
+        raise TypeError(f"kernel scalars are np.int64 or np.float64, got {type(a).__name__}")
 
     def launch(kernel: str, n_threads: int, args: tuple[Any, ...]) -> None:
         getattr(kernels, kernel)(*map(c, args))

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from importlib import resources
 
+import numpy as np
 import pytest
 
 from streamtrk.recon.kernels import OPTIONS, source
@@ -48,3 +49,12 @@ def test_kernels_compile_for_the_device(tmp_path, name):
     assert out.returncode == 0, out.stderr
     text = ptx.read_text()
     assert all(f".entry {kernel}(" in text for kernel in ENTRIES[name])
+
+
+@pytest.mark.parametrize("scalar", [5, 2.5, np.int32(5), np.float32(2.5)])
+def test_the_host_build_refuses_scalars_a_device_would_misread(host_launcher, scalar):
+    """The kernels take long long and double scalars; CuPy passes a Python int or a 32-bit
+    NumPy scalar as something else, unchecked, and the GPU misreads every later parameter."""
+    launch = host_launcher("gls_filter.cu")
+    with pytest.raises(TypeError, match=r"kernel scalars are np\.int64 or np\.float64"):
+        launch("gls_gram", 1, (scalar,))
