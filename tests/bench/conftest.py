@@ -3,10 +3,12 @@ benchmark result it writes (the dry run takes about a minute)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,3 +25,13 @@ def device_dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]
                          capture_output=True, text=True, timeout=400)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout, out_dir
+
+
+@pytest.fixture(scope="session")
+def gpu_report() -> ModuleType:
+    """``bench/gpu_report.py`` as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "bench" / "gpu_report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

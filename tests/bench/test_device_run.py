@@ -7,7 +7,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +72,27 @@ def test_the_carried_wheels_cover_what_the_device_lacks() -> None:
     assert needed <= DEVICE_PACKAGES | carried, needed - DEVICE_PACKAGES - carried
     imports = {"pyzmq": "zmq", "tomli-w": "tomli_w"}
     assert all(f'"{imports.get(name, name)}"' in script for name in carried)
+
+
+def test_host_path_cut_during_its_transfers_keeps_its_per_event_figures(
+    tmp_path: Path, gpu_report: Any
+) -> None:
+    """The device run gives host_path a time limit: cut in its ZeroMQ transfers (here, far
+    too many messages), its per-event figures are on file already, and the report says the
+    transfers were not measured."""
+    result = tmp_path / "host_path.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "host_path.py"), "--events", "1", "--mu", "5",
+           "--repeats", "1", "--messages", "100000000", "--json", str(result)]  # fmt: skip
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL) as run:
+        try:
+            deadline = time.monotonic() + 60
+            while not result.exists() and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # the file is written whole before the transfers start
+        finally:
+            run.kill()
+    host = json.loads(result.read_text())
+    assert host["host_us_per_event"] > 0 and host["zmq_tcp"] is None
+    text = gpu_report.host_path_markdown(host)
+    assert f"| host total | {host['host_us_per_event']:,.0f} |" in text
+    assert "ZeroMQ over TCP loopback: not measured (run cut)." in text

@@ -3,7 +3,6 @@ the shape the GPU issue asks for (a failure here would cost a device session).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -64,14 +63,7 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     assert "Failed or skipped" not in text
 
 
-def _gpu_report():
-    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "bench" / "gpu_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_report_takes_the_best_batch_64_and_kernels_without_pruning() -> None:
+def test_report_takes_the_best_batch_64_and_kernels_without_pruning(gpu_report) -> None:
     row = {"mu": 200, "batch": 64, "engine": "compile", "precision": "bf16", "p50_ms": 1.0}
     summary = {
         "end_to_end": [row | {"events_per_second": 1234.5}, row | {"events_per_second": None}]
@@ -79,6 +71,6 @@ def test_report_takes_the_best_batch_64_and_kernels_without_pruning() -> None:
     kernels = {"16": {"search_ms": {"arrays": 2.0, "kernels": 0.5}, "same_edges": True,
                       "same_features": True}}  # fmt: skip
     result = {"date": "2026-12-01", "summary": summary, "parts": {"kernels": kernels}}
-    text = _gpu_report().markdown(result, "x.json")
+    text = gpu_report.markdown(result, "x.json")
     assert "at batch 64, 1,234.5 (target 1,000)" in text
     assert "| 16 | 2.00 | 0.50 | n/a | n/a | n/a | n/a | yes |" in text
