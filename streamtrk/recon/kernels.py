@@ -85,18 +85,25 @@ def cupy_launcher(name: str) -> Launch:
     return launch
 
 
-def host_launcher(name: str, build_dir: Path) -> Launch:
-    """Launch kernels of file ``name`` built as host functions (g++, in ``build_dir``) over
-    NumPy arrays, one thread after another: the kernels without a GPU, for tests and CPU dry
-    runs. Raises ``FileNotFoundError`` without g++."""
+def build_for_host(code: str, lib: Path) -> ctypes.CDLL:
+    """Kernel source ``code`` built as host functions (g++, its ``STREAMTRK_HOST`` form) into
+    the shared library ``lib`` (its source beside it), loaded. Raises ``FileNotFoundError``
+    without g++."""
     cxx = shutil.which("g++")
     if cxx is None:
         raise FileNotFoundError("g++ not found: cannot build the CUDA kernels for the host")
-    src, lib = build_dir / f"{name}.cpp", build_dir / f"{name}.so"
-    src.write_text(source(name))
+    src = lib.with_suffix(".cpp")
+    src.write_text(code)
     flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-DSTREAMTRK_HOST"]
     subprocess.run([cxx, *flags, "-o", str(lib), str(src)], check=True)
-    kernels = ctypes.CDLL(str(lib))
+    return ctypes.CDLL(str(lib))
+
+
+def host_launcher(name: str, build_dir: Path) -> Launch:
+    """Launch kernels of file ``name`` built as host functions (:func:`build_for_host`, in
+    ``build_dir``) over NumPy arrays, one thread after another: the kernels without a GPU,
+    for tests and CPU dry runs. Raises ``FileNotFoundError`` without g++."""
+    kernels = build_for_host(source(name), build_dir / f"{name}.so")
 
     def c(a: Any) -> Any:
         # The scalars the kernels take (long long, double), as on the device: any other would

@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import re
-import shutil
 import subprocess
 import sys
 import types
@@ -286,11 +285,12 @@ POINTEES = {
 }
 
 
-def _signatures(cxx: str, code: str) -> dict[str, list[str]]:
+def _signatures(code: str) -> dict[str, list[str]]:
     """Each ``extern "C" __global__`` kernel's parameter types (macros expanded)."""
     expanded = subprocess.run(
-        [cxx, "-E", "-P", "-x", "c++", "-"], input=code, capture_output=True, text=True, check=True
-    ).stdout
+        ["g++", "-E", "-P", "-x", "c++", "-"], input=code, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
     kernels = re.findall(r'extern "C" __global__ void (\w+)\s*\(([^)]*)\)', expanded)
     return {name: [_param_type(p) for p in params.split(",")] for name, params in kernels}
 
@@ -338,19 +338,9 @@ class _RawModule:
     """``cupy.RawModule``: the source built for the host (g++, ``STREAMTRK_HOST``)."""
 
     def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
-        cxx = shutil.which("g++")
-        if cxx is None:
-            raise FileNotFoundError("g++ not found: cannot build the CUDA kernels for the host")
-        build = cupy.build_dir
-        stem = build / hashlib.sha256(code.encode()).hexdigest()[:16]
-        lib = stem.with_suffix(".so")
-        if not lib.exists():
-            stem.with_suffix(".cpp").write_text(code)
-            flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC"]
-            cmd = [cxx, *flags, "-DSTREAMTRK_HOST", "-o", str(lib), f"{stem}.cpp"]
-            subprocess.run(cmd, check=True)
-        self._lib = ctypes.CDLL(str(lib))
-        self._signatures = _signatures(cxx, code)
+        lib = cupy.build_dir / f"{hashlib.sha256(code.encode()).hexdigest()[:16]}.so"
+        self._lib = ctypes.CDLL(str(lib)) if lib.exists() else kernels.build_for_host(code, lib)
+        self._signatures = _signatures(code)
 
     def get_function(self, name: str) -> _HostKernel:
         return _HostKernel(self._lib, name, self._signatures[name])
