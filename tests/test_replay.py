@@ -496,4 +496,4 @@ def test_replies_to_resends_after_the_last_event_is_answered_are_duplicates() ->
 
 def _tracks_reply(frames: list[bytes]) -> list[Any]:
     msg = decode(frames)
-    return encode_tracks(msg.run, msg.event, [], None, msg_id=peek_msg_id(frames))
+    return encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id)

@@ -493,8 +493,7 @@ class Daemon:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
         Called holding ``_reloading``, which it releases."""
         log.info("reloading")
-        in_use = {} if self.model is None else {"threshold": self.model.threshold,
-                                                "model": self.model.path}  # fmt: skip
+        in_use = {} if self.model is None else _as_used(self.model)
         try:
             old = self.config
             new = self.reload_config()
@@ -517,9 +516,7 @@ class Daemon:
         finally:
             self._reloading.release()
         self.metrics.model_reloads.labels("success").inc()
-        # The threshold and model in use (a setting of None is the model card's, the shipped
-        # model), the others as set.
-        now = {"threshold": model.threshold, "model": model.path}
+        now = _as_used(model)
         changes = (
             (
                 f.name,
@@ -562,6 +559,12 @@ class Daemon:
                 deadline_ms=cfg.deadline_ms,
             ),
         )
+
+
+def _as_used(model: ServedModel) -> dict[str, Any]:
+    """The settings a reload line gives as used, not as set (a threshold of None is the
+    model card's, a model of None the shipped one); the others it gives as set."""
+    return {"threshold": model.threshold, "model": model.path}
 
 
 def serve(
