@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk import __version__
-from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS
+from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS, threshold_ok
 from streamtrk.stop import StopFlag
 from streamtrk.threads import set_torch_threads, wait_passively
 
@@ -410,7 +410,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
         raise ValueError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
-    if args.threshold is not None and not 0 <= args.threshold < 1:  # NaN too
+    if args.threshold is not None and not threshold_ok(args.threshold):
         raise ValueError(f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}")
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
         if value is not None and value < 1:

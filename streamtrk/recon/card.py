@@ -17,6 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig, read_windows
@@ -93,7 +94,7 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
     )
     threshold = model.get("threshold")
     number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
-    if not number or not 0 <= threshold < 1:  # as the --threshold override allows
+    if not number or not threshold_ok(threshold):  # as the --threshold override allows
         raise ModelCardError(
             f"model card threshold must be a number in [0, 1) (1 passes no edge), got {threshold!r}"
         )

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk import tomlio
-from streamtrk.recon.choices import DEVICES, ENGINE_CACHE_ENV, ENGINES, PRECISIONS
+from streamtrk.recon.choices import (
+    DEVICES,
+    ENGINE_CACHE_ENV,
+    ENGINES,
+    PRECISIONS,
+    threshold_ok,
+)
 from streamtrk.recon.graph import MAX_BEAM_SPOT
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS
@@ -305,7 +311,7 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a finite number >= 0")
     if name == "deadline_ms" and value is not None and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
-    if name == "threshold" and value is not None and not 0 <= value < 1:
+    if name == "threshold" and value is not None and not threshold_ok(value):
         raise bad("must lie in [0, 1) (an edge passes above it: 1 passes none)")
     if name in ("input", "output"):
         scheme, sep, rest = value.partition("://")

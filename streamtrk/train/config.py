@@ -15,6 +15,7 @@ from typing import Any
 
 from streamtrk.detector import Detector
 from streamtrk.event import Event
+from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig
@@ -124,7 +125,7 @@ class TrainConfig:
                 ("pt_min", 0 <= self.pt_min < math.inf, "a finite number >= 0 (GeV)"),
                 (
                     "thresholds",
-                    bool(self.thresholds) and all(0 <= t < 1 for t in self.thresholds),
+                    bool(self.thresholds) and all(map(threshold_ok, self.thresholds)),
                     "one or more numbers in [0, 1) (1 passes no edge)",
                 ),
             ],
