@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,8 @@ from streamtrk.threads import set_torch_threads, wait_passively
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 _COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
+_NEGATIVE_LIST = re.compile(r"-[0-9.][^,]*(,[^,]*)+")  # -1,0,0 (a value, not an option)
+_LONG_OPTION = re.compile(r"--[a-z][a-z0-9-]*")  # --beam-spot (not --x=..., not --)
 
 
 def _json(obj: Any, **kw: Any) -> str:
@@ -1072,7 +1075,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_negative_lists(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except BrokenPipeError:
@@ -1088,6 +1091,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _negative_lists(argv: Sequence[str]) -> list[str]:
+    """``--beam-spot -1,0,0`` read as ``--beam-spot=-1,0,0``: argparse takes a value that
+    starts with a minus, and is not a plain number, for an option (and no option is named so)."""
+    out: list[str] = []
+    for token in argv:
+        if _NEGATIVE_LIST.fullmatch(token) and out and _LONG_OPTION.fullmatch(out[-1]):
+            out[-1] += "=" + token
+        else:
+            out.append(token)
+    return out
 
 
 def _user_error(exc: Exception) -> bool:

@@ -112,6 +112,15 @@ def test_evaluate_centres_the_chain_on_the_beam_spot_given(tmp_path, capsys):
     assert "expected X,Y in mm" in capsys.readouterr().err
 
 
+def test_a_list_value_may_start_with_a_minus(tmp_path):
+    sim = ["simulate", "--events", "1", "--mu", "5", "--seed", "3", "-q"]
+    joined, spaced = tmp_path / "joined.stk", tmp_path / "spaced.stk"
+    assert main([*sim, "-o", str(joined), "--beam-spot=-0.5,0.25,3"]) == 0
+    assert main([*sim, "-o", str(spaced), "--beam-spot", "-0.5,0.25,3"]) == 0
+    assert spaced.read_bytes() == joined.read_bytes()
+    assert main([*sim, "-o", str(spaced), "--beam-spot", "-.5,-1,0", "--hard-scatter", "1"]) == 0
+
+
 def test_simulate_provokes_detector_faults(tmp_path, capsys):
     out = tmp_path / "faulty.stk"
     args = ["simulate", "--events", "2", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]
