@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,6 +43,7 @@ def record(
 
     ``output`` is created at the first message recorded: a tap that records nothing (its
     handshake refused, stopped, a silent stream) leaves a recording already there as it was.
+    One that cannot be written (a folder, no permission) is refused before the tap opens.
     """
     if events is not None and events < 1:
         raise ValueError(f"--events must be at least 1, got {events}")
@@ -51,7 +53,7 @@ def record(
     n: Counter[str] = Counter()
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded
     t_end = None if duration_s is None else time.monotonic() + duration_s
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(output)
     curve = {"curve_key": curve_key, "curve_server_key": curve_server_key}
     with (
         Consumer(
@@ -95,6 +97,18 @@ def record(
                 n["past_limit"] += 1
             last = None
     return n
+
+
+def _check_writable(path: Path) -> None:
+    """Raise now, not at the first message (which would be lost), where ``path`` cannot be
+    written; its folder is created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a recording")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise PermissionError(f"cannot write {path}")
 
 
 class _CreatedOnFirstWrite:

@@ -109,3 +109,15 @@ def test_a_tap_that_records_nothing_leaves_the_recording_there_as_it_was(
     assert code == 1, err
     assert f"recorded nothing (skipped 0 invalid and 0 other messages): {out} not written" in err
     assert out.read_bytes() == sim_run.read_bytes()
+
+
+def test_a_recording_that_cannot_be_written_is_refused_before_the_tap_opens(
+    tmp_path: Path, capsys
+) -> None:
+    """Not at the first message, which would be lost (the tap would wait for it first)."""
+    out = tmp_path / "a-folder"
+    out.mkdir()
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as silent:
+        code = main(["record", "--from", silent.endpoint, "-o", str(out), "--duration", "5"])
+    assert code == 1
+    assert f"streamtrk record: error: {out} is a folder, not a recording" in capsys.readouterr().err
