@@ -301,6 +301,18 @@ def _export_trackml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(*files: Path | None, folder: Path | None = None) -> None:
+    """The output files (and folder of plots) given, checked before the work that fills
+    them: a path that cannot be written fails now, not with the results."""
+    from streamtrk.io.paths import check_writable
+
+    for path in files:
+        if path is not None:
+            check_writable(path)
+    if folder is not None:
+        check_writable(folder, folder=True)
+
+
 def _say_replaced(command: str, replaced: int, directory: Path) -> None:
     if replaced:
         print(f"streamtrk {command}: {replaced} events replaced the files of the same event "
@@ -418,6 +430,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    _check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
     budget = Budget().scaled(args.budget_scale)
     threads = set_torch_threads(args.torch_threads)
     if args.oracle:
@@ -475,13 +488,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     submission = by_event_number(ev.submission) if args.submission else None
     tracks = by_event_number(ev.tracks) if args.tracks else None
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text + "\n")
     if args.submission:
-        args.submission.parent.mkdir(parents=True, exist_ok=True)
         write_submission(args.submission, submission)
     if args.tracks:
-        args.tracks.parent.mkdir(parents=True, exist_ok=True)
         write_track_parameters(args.tracks, tracks)
     if args.plots:
         plot(ev, args.plots)
@@ -674,6 +684,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.events is not None and args.events < 1:
         raise ValueError(f"--events must be at least 1, got {args.events}")
+    _check_outputs(args.report, args.submission, args.plot)
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
@@ -696,13 +707,11 @@ def _replay(args: argparse.Namespace) -> int:
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(_json(report, indent=2) + "\n")
     if args.submission:
         hit_ids: dict[tuple[int, int], Any] = {}
         for ev in events:  # an event recorded twice: its first copy, as labels_of takes
             hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
-        args.submission.parent.mkdir(parents=True, exist_ok=True)
         rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
         write_submission(args.submission, by_event_number(rows))
     if args.plot:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
+from streamtrk.io.paths import check_writable
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import WireError, decode
@@ -53,7 +53,7 @@ def record(
     n: Counter[str] = Counter()
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded
     t_end = None if duration_s is None else time.monotonic() + duration_s
-    _check_writable(output)
+    check_writable(output)
     curve = {"curve_key": curve_key, "curve_server_key": curve_server_key}
     with (
         Consumer(
@@ -97,18 +97,6 @@ def record(
                 n["past_limit"] += 1
             last = None
     return n
-
-
-def _check_writable(path: Path) -> None:
-    """Raise now, not at the first message (which would be lost), where ``path`` cannot be
-    written; its folder is created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a recording")
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise PermissionError(f"cannot write {path}")
 
 
 class _CreatedOnFirstWrite:

@@ -594,6 +594,43 @@ def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
     )
 
 
+@pytest.mark.parametrize("flag", ["--report", "--submission", "--tracks", "--plots"])
+def test_evaluate_refuses_an_output_it_cannot_write_before_it_works(tmp_path, capsys, flag):
+    """Before the model loads and the events run (minutes), not with the results."""
+    events, taken = tmp_path / "e.stk", tmp_path / "taken"
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(events)])
+    taken.write_text("")  # a file where --plots wants a folder, a folder for the others
+    if flag != "--plots":
+        taken.unlink()
+        taken.mkdir()
+    assert main(["evaluate", str(events), "--oracle", "-q", flag, str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("streamtrk evaluate: error: ") and str(taken) in err
+    assert err.count("\n") == 1  # nothing ran before it
+
+
+def test_replay_refuses_an_output_it_cannot_write_before_it_sends(tmp_path):
+    main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    (tmp_path / "report.json").mkdir()
+    to, from_ = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
+    args = [
+        "--to",
+        to,
+        "--from",
+        from_,
+        "--timeout",
+        "1",
+        "--report",
+        str(tmp_path / "report.json"),
+    ]
+    out = _run("replay", str(tmp_path / "e.stk"), *args)
+    assert out.returncode == 1
+    assert (
+        out.stderr
+        == f"streamtrk replay: error: {tmp_path / 'report.json'} is a folder, not a file\n"
+    )
+
+
 def test_onnx_export_prints_one_line(tmp_path):
     out = _run("export", "--onnx", str(default_model_path()), "-o", str(tmp_path / "m.onnx"))
     assert out.returncode == 0, out.stderr

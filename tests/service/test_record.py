@@ -120,4 +120,4 @@ def test_a_recording_that_cannot_be_written_is_refused_before_the_tap_opens(
     with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as silent:
         code = main(["record", "--from", silent.endpoint, "-o", str(out), "--duration", "5"])
     assert code == 1
-    assert f"streamtrk record: error: {out} is a folder, not a recording" in capsys.readouterr().err
+    assert f"streamtrk record: error: {out} is a folder, not a file" in capsys.readouterr().err
