@@ -12,6 +12,9 @@ peer went away, on a plain socket also during its handshake, as a TCP port probe
 libzmq dropped the connection, for a frame over ``ZMQ_MAXMSGSIZE`` or a peer of an
 incompatible socket type; what the peer had queued on it is lost with it). Refused
 handshakes also count in ``streamtrk_auth_failures_total``.
+The log has at most one line a ``DISCONNECT_LOG_S`` per socket and cause (a peer can open
+and drop connections at will, a port scanner thousands): it says how many ended since the
+line before.
 
 libzmq 4.3 gives up for good a connection it made whose handshake failed for its protocol
 (a peer without CURVE against a CURVE socket, or the reverse), where it retries any other
@@ -27,18 +30,20 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.service import faults
+from streamtrk.service.logs import Throttle
 from streamtrk.service.telemetry import SocketMetrics
 from streamtrk.wire.curve import REFUSALS
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
+DISCONNECT_LOG_S = 60.0  # at most one line this often per socket and cause
 RECONNECT_AFTER_S = 1.0  # a connection libzmq gave up is made again this much later
 # libzmq 4.3 reports a peer that leaves during its handshake as HANDSHAKE_FAILED_NO_DETAIL
 # (a TCP port probe; against a CURVE socket also a client without CURVE that saw the
@@ -110,6 +115,9 @@ class SocketMonitor(threading.Thread):
         # (Handshake events carry no descriptor to pair them with; libzmq reports each
         # refusal's disconnection right after it, so the counts by cause come out right.)
         self._refused: dict[str, deque[str]] = {name: deque() for name in sockets}
+        self._lines: defaultdict[tuple[str, str], Throttle] = defaultdict(
+            lambda: Throttle(DISCONNECT_LOG_S)
+        )  # (socket, cause) -> its log lines
         for name in sockets:
             metrics.connections.labels(name).set(0)
 
@@ -161,11 +169,13 @@ class SocketMonitor(threading.Thread):
             refused = self._refused[socket]
             cause = refused.popleft() if refused else "closed"
             m.disconnects.labels(socket, cause).inc()
-            level = logging.INFO if cause == "closed" else logging.WARNING
-            log.log(
-                level,
-                "connection on %s ended (%s)",
-                socket,
-                cause,
-                extra={"fields": {"socket": socket, "endpoint": endpoint, "cause": cause}},
-            )
+            if since := self._lines[socket, cause].count():
+                fields = {"socket": socket, "endpoint": endpoint, "cause": cause, "since": since}
+                log.log(
+                    logging.INFO if cause == "closed" else logging.WARNING,
+                    "connection on %s ended (%s)%s",
+                    socket,
+                    cause,
+                    f"; {since} such since the last line" if since > 1 else "",
+                    extra={"fields": fields},
+                )

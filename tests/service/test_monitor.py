@@ -113,3 +113,39 @@ def test_on_a_curve_socket_a_peer_hanging_up_in_its_handshake_is_refused() -> No
         monitor.stop()
         pull.close(linger=0)
         ctx.term()
+
+
+def test_a_flood_of_connections_logs_a_line_a_while_each_counted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A port scanner (or a peer that reconnects in a loop) gets a line at most once a
+    ``DISCONNECT_LOG_S`` per socket and cause, which counts those since the line before;
+    the metric counts each."""
+    monkeypatch.setattr("streamtrk.service.monitor.DISCONNECT_LOG_S", 2.0)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    metrics = Metrics()
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    monitor = SocketMonitor({"input": pull}, metrics)
+    monitor.start()
+
+    def closed() -> float:
+        labels = {"socket": "input", "cause": "closed"}
+        return metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) or 0.0
+
+    try:
+        with caplog.at_level("INFO", logger="streamtrk.service.monitor"):
+            for _ in range(30):
+                socket.create_connection(("127.0.0.1", port)).close()
+            wait_for(lambda: closed() == 30)
+            time.sleep(2.1)
+            socket.create_connection(("127.0.0.1", port)).close()
+            wait_for(lambda: closed() == 31)
+    finally:
+        monitor.stop()
+        pull.close(linger=0)
+        ctx.term()
+    lines = [r for r in caplog.records if r.getMessage().startswith("connection on input")]
+    assert 2 <= len(lines) <= 4, [r.getMessage() for r in lines]
+    assert sum(r.fields["since"] for r in lines) == 31  # type: ignore[attr-defined]
+    assert lines[-1].getMessage().endswith(" such since the last line")
