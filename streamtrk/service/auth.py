@@ -4,20 +4,30 @@ that admits a client when its public key is in the allowed-keys directory.
 The directory is read at every handshake, so adding or removing a client's ``NAME.key``
 takes effect for its next connection without a restart (key rotation). A client whose key
 is not there is refused and logged with its key; the socket monitor counts the refusals.
+A peer can repeat handshakes at will, with a new key each time: one key is named at most
+once a ``KEY_LOG_S``, and one line goes out at most once a ``LINE_LOG_S``, which says how
+many refusals went unlogged before it. A directory that cannot be read refuses every
+client: said at most once a ``KEY_LOG_S``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from streamtrk.service.logs import Throttle
 from streamtrk.wire.curve import CurveError, allowed_keys
 
 log = logging.getLogger(__name__)
+KEY_LOG_S = 60.0  # one refused key named at most this often
+LINE_LOG_S = 1.0  # one refusal line at most this often, whatever the keys
+KEYS_KEPT = 4096  # refused keys remembered for KEY_LOG_S (then forgotten at once)
 
 
 class AllowedKeys:
@@ -25,6 +35,10 @@ class AllowedKeys:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
+        self._unreadable = Throttle(KEY_LOG_S)
+        self._named: dict[bytes, float] = {}  # refused key -> when it was last named
+        self._next_line = 0.0  # monotonic time from which the next refusal line may go
+        self._unlogged = 0  # refusals since the last line
 
     def callback(self, domain: str, key: bytes) -> bool:
         """Whether the client with this (Z85) public key may connect."""
@@ -34,16 +48,35 @@ class AllowedKeys:
             try:
                 allowed = allowed_keys(self.directory)
             except (OSError, CurveError) as e:
-                log.error("cannot read the allowed CURVE keys: %s", e)
+                if since := self._unreadable.count():
+                    log.error(
+                        "cannot read the allowed CURVE keys, every client is refused (%d since "
+                        "the last line): %s",
+                        since,
+                        e,
+                    )
                 return False
         if key in allowed:
             return True
-        where = self.directory or "(no curve_allowed_keys: none allowed)"
-        log.warning(
-            "refused a CURVE client whose key is not allowed",
-            extra={"fields": {"client_key": key.decode(), "allowed_keys": str(where)}},
-        )
+        if (unlogged := self._due(key)) is not None:
+            where = self.directory or "(no curve_allowed_keys: none allowed)"
+            fields = {"client_key": key.decode(), "allowed_keys": str(where), "unlogged": unlogged}
+            log.warning("refused a CURVE client whose key is not allowed", extra={"fields": fields})
         return False
+
+    def _due(self, key: bytes) -> int | None:
+        """Whether a line naming ``key`` may go now: the refusals not logged since the last
+        line, else None (this one counted among them)."""
+        now = time.monotonic()
+        if now < self._next_line or now < self._named.get(key, -math.inf) + KEY_LOG_S:
+            self._unlogged += 1
+            return None
+        if len(self._named) >= KEYS_KEPT:
+            self._named.clear()
+        self._named[key] = now
+        self._next_line = now + LINE_LOG_S
+        unlogged, self._unlogged = self._unlogged, 0
+        return unlogged
 
 
 def start_authenticator(context: zmq.Context[Any], directory: Path | None) -> ThreadAuthenticator:

@@ -1,0 +1,74 @@
+"""The ZAP authenticator's credentials: the allowed-keys directory, and its log lines
+about refused clients, which a peer repeating handshakes cannot turn into a flood."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from streamtrk.service.auth import AllowedKeys
+
+
+def _key() -> bytes:
+    return zmq.curve_keypair()[0]
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("refused a CURVE client")]
+
+
+@pytest.fixture
+def allowed(tmp_path: Path) -> tuple[AllowedKeys, bytes]:
+    """Keys allowed from a directory holding alice's certificate, and alice's key."""
+    public, _ = zmq.auth.create_certificates(tmp_path, "alice")
+    return AllowedKeys(tmp_path), zmq.auth.load_certificate(public)[0]
+
+
+def test_a_key_in_the_directory_is_admitted_and_others_named(allowed, caplog) -> None:
+    keys, alice = allowed
+    mallory = _key()
+    assert keys.callback("*", alice) and not keys.callback("*", mallory)
+    [line] = _refusals(caplog)
+    assert line.fields["client_key"] == mallory.decode()  # type: ignore[attr-defined]
+
+
+def test_a_key_refused_again_is_named_once_a_while(allowed, caplog, monkeypatch) -> None:
+    monkeypatch.setattr("streamtrk.service.auth.LINE_LOG_S", 0.0)
+    keys, _ = allowed
+    mallory, eve = _key(), _key()
+    for _ in range(5):
+        assert not keys.callback("*", mallory)
+    assert not keys.callback("*", eve)
+    named = [(r.fields["client_key"], r.fields["unlogged"]) for r in _refusals(caplog)]  # type: ignore[attr-defined]
+    assert named == [(mallory.decode(), 0), (eve.decode(), 4)]
+
+
+def test_a_flood_of_new_keys_gets_a_line_a_while(allowed, caplog) -> None:
+    keys, _ = allowed
+    t0 = time.monotonic()
+    for _ in range(200):
+        assert not keys.callback("*", _key())
+    spent = time.monotonic() - t0
+    time.sleep(1.1)  # LINE_LOG_S
+    assert not keys.callback("*", _key())
+    lines = _refusals(caplog)
+    assert 2 <= len(lines) <= 2 + spent  # a line a second at most
+    assert sum(1 + r.fields["unlogged"] for r in lines) == 201  # type: ignore[attr-defined]
+
+
+def test_a_directory_that_cannot_be_read_refuses_all_and_says_so_once_a_while(
+    allowed, caplog, tmp_path
+) -> None:
+    keys, alice = allowed
+    keys.directory = tmp_path / "gone"
+    for _ in range(10):
+        assert not keys.callback("*", alice)
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        "cannot read the allowed CURVE keys, every client is refused (1 since" in line.getMessage()
+    )
