@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamtrk.cli import _stop_on_signals, build_parser, main
+from streamtrk.cli import build_parser, main
+from streamtrk.cli.common import _stop_on_signals
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.device import cuda_unavailable

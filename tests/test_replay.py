@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import zmq
 
-from streamtrk.cli import _COMMANDS, main
+from streamtrk.cli import main
+from streamtrk.cli.common import _COMMANDS
 from streamtrk.client import Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks

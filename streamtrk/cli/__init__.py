@@ -1,0 +1,90 @@
+"""The ``streamtrk`` command: one entry point, one subcommand per job.
+
+Each module of this package holds a group of the commands: importing it registers them
+(``common._command``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from streamtrk import __version__
+from streamtrk.cli.common import _COMMANDS
+from streamtrk.threads import wait_passively
+
+# Importing a command module registers its commands: the order of these imports is the
+# order of the commands in `streamtrk --help`.
+# isort: off
+from streamtrk.cli import (  # noqa: F401
+    files,
+    evaluate,
+    export,
+    serve,
+    replay,
+    record,
+    train,
+    farm,
+    keys,
+    demo,
+)
+# isort: on
+
+_NEGATIVE_LIST = re.compile(r"-[0-9.][^,]*(,[^,]*)+")  # -1,0,0 (a value, not an option)
+_LONG_OPTION = re.compile(r"--[a-z][a-z0-9-]*")  # --beam-spot (not --x=..., not --)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streamtrk",
+        description="Streaming particle-track reconstruction: simulate, train, evaluate, serve, "
+        "replay. Run `streamtrk COMMAND --help` for a command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, arguments, handler, parser in _COMMANDS:
+        s = sub.add_parser(name, **parser)
+        arguments(s)
+        s.set_defaults(func=handler)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    wait_passively()  # before any command imports torch
+    args = build_parser().parse_args(_negative_lists(sys.argv[1:] if argv is None else argv))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of our output went away (``streamtrk replay ... | head``): stop quietly,
+        # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+    except KeyboardInterrupt:  # Ctrl-C in a command without its own stop (simulate, train)
+        print(f"streamtrk {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
+    except Exception as exc:
+        if not _user_error(exc):
+            raise
+        print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _negative_lists(argv: Sequence[str]) -> list[str]:
+    """``--beam-spot -1,0,0`` read as ``--beam-spot=-1,0,0``: argparse takes a value that
+    starts with a minus, and is not a plain number, for an option (and no option is named so)."""
+    out: list[str] = []
+    for token in argv:
+        if _NEGATIVE_LIST.fullmatch(token) and out and _LONG_OPTION.fullmatch(out[-1]):
+            out[-1] += "=" + token
+        else:
+            out.append(token)
+    return out
+
+
+def _user_error(exc: Exception) -> bool:
+    """Errors of the input, files or endpoints given: one line, not a traceback."""
+    import zmq  # a bad endpoint or a port in use: ZMQError (neither OSError nor ValueError)
+
+    return isinstance(exc, OSError | ValueError | zmq.ZMQError)

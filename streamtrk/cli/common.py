@@ -1,0 +1,140 @@
+"""What the commands share: their registry, the types of their values, the options of
+several, strict JSON, the check of output files and the stop on signals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from streamtrk.stop import StopFlag
+
+Handler = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+_COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
+
+
+def _json(obj: Any, **kw: Any) -> str:
+    """Strict JSON (what jq and browsers parse): NaN and infinities, the rates of empty
+    bins, are written as null."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False, **kw)
+
+
+def _command(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handler], Handler]:
+    """Register the decorated handler (parsed arguments -> exit status) as subcommand ``name``;
+    ``arguments`` adds its options, ``parser`` goes to ``add_parser`` (help, description)."""
+
+    def register(handler: Handler) -> Handler:
+        _COMMANDS.append((name, arguments, handler, parser))
+        return handler
+
+    return register
+
+
+def _split(text: str, sep: str, kinds: tuple[type, ...], what: str) -> list[Any]:
+    """``text`` split at ``sep`` into one value of each of ``kinds``, else a usage error."""
+    parts = text.split(sep)
+    if len(parts) == len(kinds):
+        try:
+            return [kind(part) for kind, part in zip(kinds, parts, strict=True)]
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+
+
+def _layer(text: str) -> tuple[int, int]:
+    vol, layer = _split(text, ":", (int, int), "VOL:LAYER (integers)")
+    return vol, layer
+
+
+def _noisy_layer(text: str) -> tuple[tuple[int, int], float]:
+    vol, layer, hits = _split(text, ":", (int, int, float), "VOL:LAYER:HITS")
+    return (vol, layer), hits
+
+
+def _beam_spot(text: str) -> tuple[float, float, float]:
+    x, y, z = _split(text, ",", (float, float, float), "X,Y,Z in mm")
+    return x, y, z
+
+
+def _beam_line(text: str) -> tuple[float, float]:
+    x, y = _split(text, ",", (float, float), "X,Y in mm")
+    return x, y
+
+
+def _pt_range(text: str) -> tuple[float, float]:
+    lo, hi = _split(text, ",", (float, float), "LO,HI in GeV")
+    return lo, hi
+
+
+def _compact_argument(s: argparse.ArgumentParser, what: str = "write") -> None:
+    s.add_argument(
+        "--compact",
+        action="store_true",
+        help=f"{what} hits messages with their ids in the smallest unsigned types (wire "
+        "version 5: about 20 bytes a hit instead of 32; daemons before version 5 refuse them)",
+    )
+
+
+def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) -> None:
+    first = "the recipe's `threads`; 0:" if default is None else "0,"
+    s.add_argument(
+        "--torch-threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"torch CPU threads (default {first} the CPUs this process may use: CPU "
+        "affinity, cgroup quota)",
+    )
+
+
+def _curve_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--curve-key", type=Path, metavar="FILE", help="CURVE: own secret certificate")
+    s.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="FILE",
+        help="CURVE: the daemon's public certificate (with --curve-key)",
+    )
+
+
+def _check_outputs(*files: Path | None, folder: Path | None = None) -> None:
+    """The output files (and folder of plots) given, checked before the work that fills
+    them: a path that cannot be written fails now, not with the results."""
+    from streamtrk.io.paths import check_writable
+
+    for path in files:
+        if path is not None:
+            check_writable(path)
+    if folder is not None:
+        check_writable(folder, folder=True)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[StopFlag]:
+    """A flag that SIGINT and SIGTERM set while the block runs (the command stops cleanly
+    on either; a flag, not an event: see :mod:`streamtrk.stop`); their handlers from before
+    are back after it (``main`` may run in-process: the demo's replay, tests)."""
+    stop = StopFlag()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

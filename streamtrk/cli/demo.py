@@ -1,0 +1,84 @@
+"""``streamtrk demo``: the ``make demo`` job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from streamtrk.cli.common import _command
+
+
+def _demo_arguments(s: argparse.ArgumentParser) -> None:
+    # MU=50 keeps the demo to about a minute on a 2-core CPU with the eager GNN; MU=200 events
+    # take seconds each there (see bench/RESULTS.md).
+    s.add_argument("--events", type=int, default=10, help="events to simulate (default 10)")
+    s.add_argument("--mu", type=float, default=50.0, help="mean pileup (default 50)")
+    s.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness"
+    )
+
+
+@_command(
+    "demo",
+    _demo_arguments,
+    help="the `make demo` job",
+    description="Simulate a small run, start the daemon with the embedded default "
+    "configuration (on ports it chooses), replay the run through it, print the report, stop "
+    "the daemon with SIGTERM.",
+)
+def _demo(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+
+    from streamtrk.cli import main  # here: the package, main's module, imports this one
+    from streamtrk.client import wait_listening, wait_ready
+
+    with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
+        run, log_path = str(Path(tmp) / "demo.stk"), Path(tmp) / "daemon.log"
+        print(f"simulating {args.events} events at mu={args.mu:g} -> {run} (compact)", flush=True)
+        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "1"]
+        if rc := main([*sim, "--compact", "-o", run]):
+            return rc
+        any_port = "tcp://127.0.0.1:*"
+        cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port]
+        cmd += ["--output", any_port, "--http", "127.0.0.1:0", "--log-format", "json"]
+        print(f"starting the daemon: {' '.join(cmd[1:])}", flush=True)
+        with log_path.open("wb") as log:
+            daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            bound = wait_listening(log_path, args.ready_timeout, daemon)
+            if bound is None or not wait_ready(bound["http"], args.ready_timeout, daemon):
+                print("streamtrk demo: error: the daemon did not become ready", file=sys.stderr)
+                print(log_path.read_text(), file=sys.stderr)
+                return 1
+            _print_daemon_log(log_path, "streamtrk serve ready")
+            print(f"replaying {run} (metrics: http://{bound['http']}/metrics)", flush=True)
+            rc = main(["replay", run, "--to", bound["input"], "--from", bound["output"]])
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                code = daemon.wait()
+        _print_daemon_log(
+            log_path, "drained, exiting", "drain incomplete: replies could not be sent"
+        )
+        print(f"daemon stopped with SIGTERM, exit code {code}")
+        return rc or code
+
+
+def _print_daemon_log(path: Path, *messages: str) -> None:
+    """Print the daemon's JSON log records with these messages as ``daemon: message k=v``."""
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("message") in messages:
+            skip = ("time", "level", "logger", "message")
+            fields = " ".join(f"{k}={v}" for k, v in record.items() if k not in skip)
+            print(f"daemon: {record['message']} {fields}", flush=True)

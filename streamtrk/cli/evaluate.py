@@ -1,0 +1,186 @@
+"""``streamtrk evaluate``: reconstruct events offline (no daemon) and score them."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from streamtrk.cli.common import (
+    _beam_line,
+    _check_outputs,
+    _command,
+    _json,
+    _torch_threads_argument,
+)
+from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS, threshold_ok
+from streamtrk.threads import set_torch_threads
+
+
+def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "input", help="a .stk recording, or TrackML CSV (event prefix, one of its files, directory)"
+    )
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    src.add_argument("--oracle", action="store_true", help="edge scores from truth")
+    s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
+    s.add_argument(
+        "--device", default="cpu", choices=DEVICES, help="where the chain runs (default cpu)"
+    )
+    s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
+    s.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="edge classifier precision (default fp32)",
+    )
+    s.add_argument("--batch", type=int, default=1, help="events per batch (default 1)")
+    s.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="times the work budget, as the daemon's budget_scale (default 1)",
+    )
+    s.add_argument(
+        "--beam-spot",
+        type=_beam_line,
+        default=(0.0, 0.0),
+        metavar="X,Y",
+        help="the beam line in mm the chain is centred on, as the daemon's beam_spot_x_mm and "
+        "beam_spot_y_mm (default 0,0; write --beam-spot=-1,0 for a leading minus)",
+    )
+    _torch_threads_argument(s)
+    s.add_argument("--events", type=int, help="at most this many events")
+    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument(
+        "--tracks",
+        type=Path,
+        help="write the tracks' parameters (pt ... chi2, ndf, standard errors sigma_*, their "
+        "correlations corr_*; phi, d0, z0 at the perigee to the beam line of --beam-spot) as CSV",
+    )
+    s.add_argument("--report", type=Path, help="write the report JSON here")
+    s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command(
+    "evaluate",
+    _evaluate_arguments,
+    help="reconstruct offline and score against truth",
+    description="Reconstruct events offline (no daemon) and score them. Report keys: "
+    "tracking_efficiency (pT>=1 GeV, >=5 hits, vertex r<10 mm), tracking_efficiency_all "
+    "(no vertex cut), fake_rate, duplicate_rate, trackml_score; fake_rate_by_pt, "
+    "duplicate_rate_by_pt, fake_rate_by_abs_eta, duplicate_rate_by_abs_eta (by the tracks' "
+    "fitted pT and |eta|), chi2_ndf_median (of matched tracks); by the true pT of matched "
+    "tracks' particles: pt_resolution_by_true_pt (half-width of the central 68% of fitted / "
+    "true pT - 1), pt_bias_by_true_pt (its median), q_over_pt_resolution_by_true_pt (the "
+    "same of the error on q/pT, 1/GeV), d0_resolution_by_true_pt, z0_resolution_by_true_pt "
+    "(the same of the errors on d0 and z0, mm, against the perigee of the particle's helix to "
+    "the beam line), q_over_pt_pull_by_true_pt, d0_pull_by_true_pt, z0_pull_by_true_pt (the "
+    "same of error / the fit's standard error: 1 where the standard errors are right), "
+    "charge_misid_rate_by_true_pt, matched_tracks_by_true_pt; pt_bias_by_abs_eta "
+    "(matched tracks of pT>=1 GeV particles, by the tracks' |eta|); graph_/pruned_/gnn_"
+    "edge_efficiency (pT>=1 GeV segments from r<10 mm found in the graph as built, after "
+    "pruning, above the threshold, all over the same segments; _all: any vertex), "
+    "graph_/pruned_/gnn_edge_purity (true pT>=1 GeV segments over edges, segments of softer "
+    "particles not counted); events, events_with_truth (the events the physics keys are "
+    "of: events without truth are reconstructed, not scored), hits_per_event, "
+    "graph_edges_per_event (built), "
+    "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
+    "seconds_per_event, stage_seconds (mean per event), timings (median per event); "
+    "events_refused and refused (run, event, what, count, limit): events over the work "
+    "budget, which the daemon answers too_dense, scored as events with no tracks.",
+)
+def _evaluate(args: argparse.Namespace) -> int:
+    from streamtrk.eval.evaluate import evaluate, plot
+    from streamtrk.io.events import read_events
+    from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
+    from streamtrk.recon.budget import Budget
+    from streamtrk.recon.device import cuda_unavailable
+    from streamtrk.recon.engine import engine_unavailable
+    from streamtrk.recon.load import load_reconstructor
+    from streamtrk.recon.model import default_model_path
+    from streamtrk.recon.reconstructor import Reconstructor
+
+    if args.device == "cuda" and (why := cuda_unavailable()):
+        print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
+        return 2
+    if why := engine_unavailable(args.engine, args.device):
+        print(f"streamtrk evaluate: error: {why}", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
+        raise ValueError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
+    if args.threshold is not None and not threshold_ok(args.threshold):
+        raise ValueError(f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}")
+    for flag, value in (("--batch", args.batch), ("--events", args.events)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    _check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
+    budget = Budget().scaled(args.budget_scale)
+    threads = set_torch_threads(args.torch_threads)
+    if args.oracle:
+        rec = Reconstructor.oracle(device=args.device, budget=budget, beam_spot=args.beam_spot)
+        scorer = "oracle"
+    else:
+        model = args.model or default_model_path()
+        try:
+            rec = load_reconstructor(
+                model,
+                device=args.device,
+                threshold=args.threshold,
+                engine=args.engine,
+                precision=args.precision,
+                warm_up=args.engine != "eager",
+                budget=budget,
+                beam_spot=args.beam_spot,
+            )
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}, or pass --oracle") from None
+        scorer = str(model)
+    print(f"streamtrk evaluate: {threads}", file=sys.stderr)
+    ev = evaluate(
+        rec, read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
+    )
+    if ev.n_events == 0:
+        print(f"streamtrk evaluate: error: no events in {args.input}", file=sys.stderr)
+        return 1
+    if ev.refused:
+        print(
+            f"streamtrk evaluate: {len(ev.refused)} of {ev.n_events} events over the work "
+            "budget (the daemon answers them too_dense), scored as events with no tracks: "
+            "'refused' in the report names them",
+            file=sys.stderr,
+        )
+    report = ev.report()
+    report["input"] = str(args.input)
+    report["scorer"] = scorer
+    if (truthless := ev.n_events - report["events_with_truth"]) > 0:
+        print(
+            f"streamtrk evaluate: {truthless} of {ev.n_events} events have no truth: "
+            "reconstructed, not scored (the physics keys are of events_with_truth, "
+            f"{report['events_with_truth']})",
+            file=sys.stderr,
+        )
+    if ev.n_without_kinematics:
+        print(
+            f"streamtrk evaluate: {ev.n_without_kinematics} events have truth but no particle "
+            "vertices or momenta (TrackML without -particles.csv): they count in no efficiency "
+            "(null where no event does); the TrackML score uses the truth's momenta",
+            file=sys.stderr,
+        )
+    text = _json(report, indent=2, sort_keys=True)
+    # Files named by event number are checked before anything is written.
+    submission = by_event_number(ev.submission) if args.submission else None
+    tracks = by_event_number(ev.tracks) if args.tracks else None
+    if args.report:
+        args.report.write_text(text + "\n")
+    if args.submission:
+        write_submission(args.submission, submission)
+    if args.tracks:
+        write_track_parameters(args.tracks, tracks)
+    if args.plots:
+        plot(ev, args.plots)
+    print(text)
+    return 0

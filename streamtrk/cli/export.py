@@ -1,0 +1,30 @@
+"""``streamtrk export``: a model directory's edge classifier as an ONNX graph."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from streamtrk.cli.common import _command
+
+
+def _export_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--onnx", type=Path, required=True, metavar="MODEL_DIR", help="model directory")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
+
+
+@_command(
+    "export",
+    _export_arguments,
+    help="export the edge classifier of a model directory (ONNX)",
+    description="Write the edge classifier as an ONNX graph: inputs x (nodes, 3) float32, "
+    "edge_index (2, edges) int64, edge_attr (edges, 6) float32, nodes and edges dynamic; "
+    "output scores (edges,) float32, the sigmoid the model's threshold applies to. The "
+    "model card's name, threshold and feature version go into the ONNX metadata.",
+)
+def _export(args: argparse.Namespace) -> int:
+    from streamtrk.recon.onnx_export import export_model_dir
+
+    path = export_model_dir(args.onnx, args.output)
+    print(f"wrote {path} ({path.stat().st_size} bytes): ONNX edge classifier of {args.onnx}")
+    return 0

@@ -1,0 +1,227 @@
+"""The commands on recordings and TrackML files: simulate, import-trackml, inspect,
+export-trackml."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from streamtrk.cli.common import (
+    _beam_spot,
+    _command,
+    _compact_argument,
+    _json,
+    _layer,
+    _noisy_layer,
+    _pt_range,
+)
+
+
+def _simulate_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--events", type=int, default=10, help="number of events (default 10)")
+    s.add_argument("--mu", type=float, default=200.0, help="mean pileup interactions (200)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    s.add_argument(
+        "--noise",
+        type=float,
+        default=0.19,
+        help="fraction of all hits that are noise (default 0.19)",
+    )
+    s.add_argument(
+        "--hard-scatter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N high-pT particles (5-50 GeV unless --hard-scatter-pt) on the first vertex",
+    )
+    s.add_argument(
+        "--hard-scatter-pt",
+        type=_pt_range,
+        default=(5.0, 50.0),
+        metavar="LO,HI",
+        help="pT range of the hard-scatter particles in GeV, log-uniform (default 5,50)",
+    )
+    s.add_argument(
+        "--dead-layer",
+        type=_layer,
+        action="append",
+        default=[],
+        metavar="VOL:LAYER",
+        help="a layer that reads nothing, e.g. 8:4 (repeatable)",
+    )
+    s.add_argument(
+        "--noisy-layer",
+        type=_noisy_layer,
+        action="append",
+        default=[],
+        metavar="VOL:LAYER:HITS",
+        help="add HITS noise hits per event (Poisson mean) on a layer (repeatable)",
+    )
+    s.add_argument(
+        "--beam-spot",
+        type=_beam_spot,
+        default=(0.0, 0.0, 0.0),
+        metavar="X,Y,Z",
+        help="centre of the pileup vertices in mm (default 0,0,0; "
+        "write --beam-spot=-1,0,0 for a leading minus)",
+    )
+    s.add_argument("--run", type=int, default=1, help="run number (default 1)")
+    s.add_argument("--detector", type=Path, default=None, help="detector TOML file")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--trackml-dir", type=Path, help="also write TrackML CSV files here")
+    _compact_argument(s)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command("simulate", _simulate_arguments, help="simulate TrackML-like events into a recording")
+def _simulate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from streamtrk.detector import load_detector
+    from streamtrk.io.recording import new_recording
+    from streamtrk.io.trackml import new_events
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+
+    gen = replace(
+        GeneratorConfig(),
+        mu=args.mu,
+        hard_scatter=args.hard_scatter,
+        hard_scatter_pt=args.hard_scatter_pt,
+        beam_spot=args.beam_spot,
+    )
+    cfg = SimConfig(
+        generator=gen,
+        noise_fraction=args.noise,
+        dead_layers=frozenset(args.dead_layer),
+        noisy_layers=tuple(args.noisy_layer),
+    )
+    det = load_detector(args.detector)
+    events = simulate(det, cfg, args.seed, args.events, run=args.run)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    replaced = 0
+    with (
+        new_recording(args.output) as rec,
+        new_events(args.trackml_dir) if args.trackml_dir else nullcontext(None) as write_csv,
+    ):
+        for ev in tqdm(
+            events, total=args.events, desc="simulate", unit="event", disable=args.quiet
+        ):
+            rec.write_event(ev, compact=args.compact)
+            if write_csv is not None:
+                replaced += write_csv(ev)
+    _say_replaced("simulate", replaced, args.trackml_dir)
+    return 0
+
+
+def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "path", help="event prefix (.../event000001000), one of its files, or a directory of events"
+    )
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--run", type=int, default=0, help="run number (default 0)")
+    s.add_argument(
+        "--no-truth", action="store_true", help="import the hits alone, without their truth"
+    )
+    _compact_argument(s)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command(
+    "import-trackml", _import_trackml_arguments, help="convert TrackML CSV event(s) to a recording"
+)
+def _import_trackml(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from streamtrk.io.recording import new_recording
+    from streamtrk.io.trackml import iter_events, kinematics_unknown
+
+    n = 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with new_recording(args.output) as rec:  # the file there stays if this fails
+        for ev in tqdm(
+            iter_events(args.path, run=args.run), desc="import", unit="event", disable=args.quiet
+        ):
+            if args.no_truth:
+                ev.truth = None
+            elif ev.truth is not None and kinematics_unknown(ev.truth.particles).any():
+                raise ValueError(
+                    f"event {ev.event} has truth but no -particles.csv: a recording's truth "
+                    "carries each particle's vertex and momentum; add the particles file, or "
+                    "import the hits alone with --no-truth"
+                )
+            rec.write_event(ev, compact=args.compact)
+            n += 1
+        if n == 0:
+            raise ValueError(f"no TrackML event found at {args.path}")
+    return 0
+
+
+def _inspect_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recording", type=Path, help="a .stk recording")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+
+@_command("inspect", _inspect_arguments, help="summarise a recording")
+def _inspect(args: argparse.Namespace) -> int:
+    from streamtrk.io.recording import summarize
+
+    summary = summarize(args.recording)
+    if args.json:
+        print(_json(summary, indent=2, sort_keys=True))
+    else:
+        width = max(len(k) for k in summary)
+        for k, v in summary.items():
+            print(f"{k:<{width}}  {v}")
+    if summary["error"]:
+        print(f"streamtrk inspect: error: {summary['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recording", type=Path, help="a .stk recording")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+
+
+@_command(
+    "export-trackml", _export_trackml_arguments, help="write a recording's events as TrackML CSV"
+)
+def _export_trackml(args: argparse.Namespace) -> int:
+    from streamtrk.io.recording import iter_events
+    from streamtrk.io.trackml import new_events
+
+    written: dict[int, tuple[int, bytes]] = {}  # event number -> run, hits digest
+    repeats = replaced = 0
+    with new_events(args.output) as write:  # all events or, on an error, none
+        for ev in iter_events(args.recording):
+            this, seen = (ev.run, ev.hits.digest()), written.get(ev.event)
+            if seen == this:  # recorded twice (a looped replay): written once
+                repeats += 1
+                continue
+            if seen is not None:  # its files would overwrite the other event's
+                where = (f"run {seen[0]} and run {ev.run}" if seen[0] != ev.run
+                         else f"run {ev.run} twice, with other hits,")  # fmt: skip
+                raise ValueError(
+                    f"event number {ev.event} occurs in {where} of {args.recording}: TrackML "
+                    "files name events by number alone"
+                )
+            written[ev.event] = this
+            replaced += write(ev)
+        if not written:
+            raise ValueError(f"no events in {args.recording}")
+    if repeats:
+        print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
+              "written once", file=sys.stderr)  # fmt: skip
+    _say_replaced("export-trackml", replaced, args.output)
+    return 0
+
+
+def _say_replaced(command: str, replaced: int, directory: Path) -> None:
+    if replaced:
+        print(f"streamtrk {command}: {replaced} events replaced the files of the same event "
+              f"number in {directory}", file=sys.stderr)  # fmt: skip

@@ -1,0 +1,49 @@
+"""``streamtrk record``: a hits stream tapped into a recording."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from streamtrk.cli.common import _command, _curve_arguments, _stop_on_signals
+
+
+def _record_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--from", dest="from_", required=True, help="endpoint of a PUSH stream")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
+    s.add_argument("--bind", action="store_true", help="bind instead of connecting")
+    s.add_argument("--events", type=int, help="stop after N hits messages")
+    s.add_argument("--duration", type=float, help="stop after S seconds")
+    _curve_arguments(s)
+
+
+@_command("record", _record_arguments, help="tap a hits stream into a recording")
+def _record(args: argparse.Namespace) -> int:
+    from streamtrk.record import record
+
+    with _stop_on_signals() as stop:
+        counts = record(
+            args.from_,
+            args.output,
+            bind=args.bind,
+            events=args.events,
+            duration_s=args.duration,
+            stop=stop,
+            curve_key=args.curve_key,
+            curve_server_key=args.curve_server_key,
+        )
+    past = counts["past_limit"]
+    skipped = f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
+    if not counts["hits"] + counts["truth"]:
+        print(
+            f"streamtrk record: recorded nothing ({skipped}): {args.output} not written",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "
+        + skipped
+        + (f"; {past} more arrived past --events and were not recorded" if past else "")
+    )
+    return 0

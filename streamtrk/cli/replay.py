@@ -1,0 +1,164 @@
+"""``streamtrk replay``: a recording sent through the daemon, and the report of its replies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from streamtrk.cli.common import (
+    _check_outputs,
+    _command,
+    _compact_argument,
+    _curve_arguments,
+    _json,
+    _stop_on_signals,
+)
+
+
+def _replay_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recording", type=Path, help="a .stk recording")
+    s.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon input endpoint")
+    s.add_argument(
+        "--from", dest="from_", default="tcp://127.0.0.1:5556", help="daemon output endpoint"
+    )
+    s.add_argument("--bind", action="store_true", help="bind both sockets (daemons connect)")
+    s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
+    s.add_argument("--events", type=int, help="only the first N events of the recording")
+    s.add_argument("--loop", type=int, default=1, help="send the events K times (default 1)")
+    _compact_argument(s, "send, re-encoded at load,")
+    s.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
+    )
+    s.add_argument(
+        "--retries", type=int, default=0, metavar="N", help="resend an unanswered event N times"
+    )
+    s.add_argument(
+        "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
+    )
+    _curve_arguments(s)
+    s.add_argument("--report", type=Path, help="write the report JSON here")
+    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit status 1 also when a reply is an error (a check in CI)",
+    )
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+@_command(
+    "replay",
+    _replay_arguments,
+    help="replay a recording through the daemon and report throughput, latency, physics",
+    description="Send a recording's hits messages to the daemon (as recorded or, with "
+    "--compact, re-encoded compact; the header given a msg_id) and receive the replies, "
+    "one per event. Report keys: sent, received, "
+    "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
+    "daemon took nothing for the timeout, or sending failed), send_error (why sending "
+    "failed, else null), refused (the sockets, to and from, whose handshake the daemon "
+    "refused: auth or handshake; the replay then stops), resent, duplicates (second "
+    "replies to a resent event, not counted again), unexpected (replies to no message of "
+    "this replay), "
+    "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
+    "ids their event lacks), interrupted, duration_s (first send to the last send or reply), "
+    "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
+    "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
+    "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
+    "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
+    "recording has truth. Exit status 1 when events are missing or unsent, sending failed, "
+    "a handshake was refused or a reply is mismatched (with --fail-on-error also when a "
+    "reply is an error), 130 after Ctrl-C or SIGTERM (the report covers the replies "
+    "received until then).",
+)
+def _replay(args: argparse.Namespace) -> int:
+    from streamtrk.client import REFUSAL_HINTS
+    from streamtrk.io.trackml import by_event_number, write_submission
+    from streamtrk.replay import (
+        ReplayOptions,
+        format_report,
+        labels_of,
+        load_recording,
+        plot_latency,
+        replay,
+    )
+
+    if args.events is not None and args.events < 1:
+        raise ValueError(f"--events must be at least 1, got {args.events}")
+    _check_outputs(args.report, args.submission, args.plot)
+    events = load_recording(args.recording, args.events, compact=args.compact)
+    if not events:
+        print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
+        return 1
+    opts = ReplayOptions(
+        to=args.to,
+        from_=args.from_,
+        bind=args.bind,
+        rate=args.rate,
+        loop=args.loop,
+        timeout_s=args.timeout,
+        progress=not args.quiet,
+        retries=args.retries,
+        retry_after_s=args.retry_after,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
+    )
+    with _stop_on_signals() as stop:
+        result = replay(events, opts, stop)
+    labels = labels_of(events, result.scored_replies)
+    report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
+    if args.report:
+        args.report.write_text(_json(report, indent=2) + "\n")
+    if args.submission:
+        hit_ids: dict[tuple[int, int], Any] = {}
+        for ev in events:  # an event recorded twice: its first copy, as labels_of takes
+            hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
+        rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
+        write_submission(args.submission, by_event_number(rows))
+    if args.plot:
+        plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
+    print(_json(report, indent=2) if args.json else format_report(report))
+    if report["refused"]:  # what follows "no reply" would mislead
+        for socket, cause in report["refused"].items():
+            address = args.to if socket == "to" else args.from_
+            print(
+                f"streamtrk replay: error: --{socket} {address} refused the handshake "
+                f"({cause}): {REFUSAL_HINTS[cause]}; nothing more was sent",
+                file=sys.stderr,
+            )
+    elif report["sent"] and not report["received"]:
+        print(
+            f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
+            f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; is "
+            "a daemon listening there (and are --to and --from its input and output)?",
+            file=sys.stderr,
+        )
+    elif not report["sent"] and report["unsent"]:
+        print(
+            f"streamtrk replay: error: nothing could be sent to {args.to} within "
+            f"{args.timeout:g} s: is a daemon listening there?",
+            file=sys.stderr,
+        )
+    if report["send_error"]:
+        print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
+    if result.interrupted:
+        print(
+            "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
+        )
+        return 130  # 128 + SIGINT
+    if mismatched := report["mismatched_replies"]:
+        print(
+            f"streamtrk replay: error: {mismatched} ok replies name hit ids their events do "
+            "not have (left out of the physics and the submission)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.fail_on_error and report["errors"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
+        print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
+        return 1
+    failed = report["missing"] or report["unsent"] or report["send_error"] or report["refused"]
+    return 1 if failed else 0

@@ -1,0 +1,95 @@
+"""``streamtrk serve``: the reconstruction daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from streamtrk.cli.common import _command
+from streamtrk.stop import StopFlag
+
+
+def _serve_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--config", type=Path, help="TOML configuration file")
+    s.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    from streamtrk.service.config import add_arguments
+
+    add_arguments(s)
+
+
+@_command(
+    "serve",
+    _serve_arguments,
+    help="run the daemon: hits in, tracks out, metrics and health over HTTP",
+    description="Run the reconstruction daemon. Settings come from the embedded defaults, "
+    "then --config FILE (TOML, keys named like the flags with underscores), then "
+    "STREAMTRK_<SETTING> environment variables, then these flags. Signals: SIGTERM/SIGINT "
+    "drain and exit, SIGHUP reloads configuration and model.",
+)
+def _serve(args: argparse.Namespace) -> int:
+    # SIGHUP's default action ends the process: one during the imports below (seconds, with
+    # torch) would stop the daemon unlogged, and a supervisor restarts no process a SIGHUP
+    # ended (systemd's Restart=on-failure). Kept, it makes the daemon reload once ready.
+    hup = StopFlag()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    from streamtrk.recon.device import cuda_unavailable, resolve_device
+    from streamtrk.recon.engine import engine_unavailable
+    from streamtrk.service.config import (
+        ConfigError,
+        ServeConfig,
+        flags_from_args,
+        load_config,
+        log_format_asked,
+        unknown_variables,
+    )
+
+    flags = flags_from_args(args)
+
+    def load() -> ServeConfig:
+        return load_config(args.config, os.environ, flags)
+
+    try:
+        cfg = load()
+    except ConfigError as e:
+        _serve_error(
+            f"invalid configuration: {e}", log_format_asked(args.config, os.environ, flags)
+        )
+        return 2
+    no_cuda = cuda_unavailable() if cfg.device == "cuda" else None
+    no_engine = (  # tensorrt: the one engine refused where it cannot run; the others fall back
+        engine_unavailable(cfg.engine, resolve_device(cfg.device))
+        if cfg.engine == "tensorrt" and not no_cuda
+        else None
+    )
+    refusal = f"device cuda: {no_cuda}" if no_cuda else no_engine
+    if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
+        warnings = unknown_variables(os.environ)
+        warnings += [f"{refusal} (serving would refuse it here)"] if refusal else []
+        for warning in warnings:
+            print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
+        print(cfg.to_toml(), end="")
+        return 0
+    if refusal:
+        _serve_error(f"invalid configuration: {refusal}", cfg.log_format)
+        return 2
+    from streamtrk.service.serve import serve
+
+    return serve(cfg, load, hup)
+
+
+def _serve_error(message: str, log_format: str) -> None:
+    """A start-up failure before the daemon's logging exists: one line on stderr, a JSON
+    object where the configuration asks for JSON logs (as a log shipper reads them)."""
+    if log_format == "json":
+        from streamtrk.service.logs import configure
+
+        configure("json", "error")
+        logging.getLogger("streamtrk.serve").error(message)
+    else:
+        print(f"streamtrk serve: {message}", file=sys.stderr)
