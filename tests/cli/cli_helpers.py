@@ -1,0 +1,39 @@
+"""Helpers of the command's tests: a small simulated run, the command in a child process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from streamtrk.cli import main
+
+
+def _simulate(out: Path) -> None:
+    """Two events at MU=20 (seed 1): ``out/a.stk``, and TrackML CSV files in ``out/csv``."""
+    rc = main(
+        [
+            "simulate",
+            "--events",
+            "2",
+            "--mu",
+            "20",
+            "--seed",
+            "1",
+            "-q",
+            "-o",
+            str(out / "a.stk"),
+            "--trackml-dir",
+            str(out / "csv"),
+        ]
+    )
+    assert rc == 0
+
+
+def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    """``streamtrk ARGS`` in a child process, without the ``STREAMTRK_`` variables of this
+    environment (``env`` adds its own)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "streamtrk", *args],
+        capture_output=True, text=True, timeout=300, env={**base, **(env or {})}, **kw,
+    )  # fmt: skip

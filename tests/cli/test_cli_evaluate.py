@@ -1,0 +1,169 @@
+"""``streamtrk evaluate``: its options, its report, its files and its errors."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from cli_helpers import _run
+
+from streamtrk.cli import main
+from streamtrk.io.recording import RecordingWriter, iter_events
+from streamtrk.recon.device import cuda_unavailable
+from streamtrk.recon.model import default_model_path
+
+
+def test_evaluate_centres_the_chain_on_the_beam_spot_given(tmp_path, capsys):
+    out = tmp_path / "bs.stk"
+    sim = ["simulate", "--events", "1", "--mu", "20", "--seed", "5", "-q", "-o", str(out)]
+    assert main([*sim, "--beam-spot=1.5,-1,0"]) == 0
+    reports = {}
+    for name, extra in (("axis", []), ("beam", ["--beam-spot=1.5,-1"])):
+        report = tmp_path / f"{name}.json"
+        args = ["evaluate", str(out), "--oracle", "-q", "--report", str(report), *extra]
+        assert main(args) == 0
+        reports[name] = json.loads(report.read_text())["tracking_efficiency"]
+    assert reports["beam"] > 0.99 and reports["axis"] < 0.97
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(out), "--oracle", "--beam-spot", "1"])
+    assert stop.value.code == 2
+    assert "expected X,Y in mm" in capsys.readouterr().err
+
+
+def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, capsys):
+    main(
+        [
+            "simulate",
+            "--events",
+            "1",
+            "--mu",
+            "1",
+            "--seed",
+            "3",
+            "-q",
+            "-o",
+            str(tmp_path / "e.stk"),
+        ]
+    )
+    event = next(iter_events(tmp_path / "e.stk"))
+    with RecordingWriter(tmp_path / "mixed.stk") as w:
+        w.write_event(event)
+        w.write_event(replace(event, event=event.event + 1, truth=None))
+    names = ["efficiency_vs_pt", "efficiency_vs_eta", "fake_rate_vs_eta", "pt_resolution_vs_pt"]
+    for name, truthless in (("e.stk", 0), ("mixed.stk", 1)):
+        plots = tmp_path / f"plots-{name}"
+        args = ["evaluate", str(tmp_path / name), "-q", "--plots", str(plots)]  # the model
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert report["events"] == 1 + truthless and report["events_with_truth"] == 1
+        note = f"{truthless} of 2 events have no truth: reconstructed, not scored"
+        assert (note in err) == bool(truthless)
+        for png in (plots / f"{n}.png" for n in [*names, "pulls"]):
+            assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    assert main(["export-trackml", str(tmp_path / "e.stk"), "-o", str(tmp_path / "csv")]) == 0
+    (prefix,) = {p.name.split("-")[0] for p in (tmp_path / "csv").iterdir()}
+    args = ["evaluate", str(tmp_path / "csv" / prefix), "-q"]  # the model
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    whole = json.loads(out)
+    assert whole["tracking_efficiency"] > 0.9 and "no particle vertices" not in err
+    (tmp_path / "csv" / f"{prefix}-particles.csv").unlink()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["tracking_efficiency"] is None
+    assert report["trackml_score"] == whole["trackml_score"]  # the truth file's weights
+    assert "1 events have truth but no particle vertices or momenta" in err
+
+
+def test_evaluate_writes_no_file_when_one_cannot_be_written(tmp_path):
+    """Two runs of one event number cannot share a submission: nothing is written."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    event = next(iter_events(tmp_path / "e.stk"))
+    with RecordingWriter(tmp_path / "runs.stk") as w:
+        w.write_event(event)
+        w.write_event(replace(event, run=event.run + 1))
+    report, sub = tmp_path / "r.json", tmp_path / "sub.csv"
+    args = ["evaluate", str(tmp_path / "runs.stk"), "--oracle", "-q", "--report", str(report)]
+    out = _run(*args, "--submission", str(sub))
+    assert out.returncode == 1 and "occurs in more than one run" in out.stderr
+    assert not report.exists() and not sub.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch", "0"], "--batch must be at least 1, got 0"),  # not "no events in"
+        (["--events", "-1"], "--events must be at least 1, got -1"),
+        (["--threshold", "nan"], "--threshold must lie in [0, 1) (1 passes no edge), got nan"),
+        (["--threshold", "1"], "--threshold must lie in [0, 1) (1 passes no edge), got 1.0"),
+        (["--torch-threads", "100000"], "torch threads must be 0 to 4096, got 100000"),
+    ],
+)
+def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message):
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 1
+    assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
+
+
+def test_evaluate_with_an_engine_that_cannot_run_here_is_one_line(tmp_path, capsys):
+    if not cuda_unavailable():
+        pytest.skip("a GPU here: engine=tensorrt may run")
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    assert main(["evaluate", str(run), "--engine", "tensorrt", "-q"]) == 2
+    assert "streamtrk evaluate: error: engine=tensorrt needs device=cuda" in (
+        capsys.readouterr().err
+    )
+
+
+def test_evaluate_names_the_model_it_used(tmp_path):
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    model = default_model_path()
+    out = _run("evaluate", str(tmp_path / "e.stk"), "-q", env={"STREAMTRK_MODEL": str(model)})
+    assert out.returncode == 0, out.stderr
+
+    def not_json(constant: str) -> None:
+        raise AssertionError(f"{constant} in the report: not JSON")
+
+    report = json.loads(out.stdout, parse_constant=not_json)
+    assert report["scorer"] == str(model)
+    assert None in report["fake_rate_by_pt"].values()  # an empty bin: null, not NaN
+    out = _run("evaluate", str(tmp_path / "e.stk"), "-q", "--model", str(tmp_path / "none"))
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"streamtrk evaluate: error: no model at {tmp_path / 'none'}")
+    assert out.stderr.rstrip().endswith(", or pass --oracle")
+
+
+def test_evaluate_reports_events_over_the_work_budget(tmp_path, capsys):
+    # MU=200: its 6 M doublet candidates pass the allowance alone (500,000)
+    main(["simulate", "--events", "1", "--mu", "200", "-q", "-o", str(tmp_path / "e.stk")])
+    args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q"]
+    assert main([*args, "--budget-scale", "1e-6", "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["events_refused"] == report["events"] == 1
+    assert report["refused"][0]["what"] == "doublet candidates"
+    assert "1 of 1 events over the work budget" in capsys.readouterr().err
+    assert main([*args, "--budget-scale", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err == "streamtrk evaluate: error: --budget-scale must be a finite number > 0, got 0.0\n"
+
+
+@pytest.mark.parametrize("flag", ["--report", "--submission", "--tracks", "--plots"])
+def test_evaluate_refuses_an_output_it_cannot_write_before_it_works(tmp_path, capsys, flag):
+    """Before the model loads and the events run (minutes), not with the results."""
+    events, taken = tmp_path / "e.stk", tmp_path / "taken"
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(events)])
+    taken.write_text("")  # a file where --plots wants a folder, a folder for the others
+    if flag != "--plots":
+        taken.unlink()
+        taken.mkdir()
+    assert main(["evaluate", str(events), "--oracle", "-q", flag, str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("streamtrk evaluate: error: ") and str(taken) in err
+    assert err.count("\n") == 1  # nothing ran before it

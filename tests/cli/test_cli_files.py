@@ -1,0 +1,242 @@
+"""``streamtrk simulate``, ``import-trackml``, ``inspect`` and ``export-trackml``."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from cli_helpers import _simulate
+
+from streamtrk.cli import main
+from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
+from streamtrk.io.trackml import read_event
+from streamtrk.wire import decode
+
+
+def test_simulate_is_byte_identical_and_outputs_agree(tmp_path):
+    _simulate(tmp_path / "one")
+    _simulate(tmp_path / "two")
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.*"))
+    assert len(files) == 1 + 2 * 3
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+    # The recording and the CSV files hold the same events, truth included.
+    for ev in iter_events(tmp_path / "one" / "a.stk"):
+        csv = read_event(tmp_path / "one" / "csv" / f"event{ev.event:09d}")
+        assert csv.hits.equals(ev.hits)
+        assert csv.truth.equals(ev.truth)
+
+
+def test_simulate_compact_writes_the_same_events_in_fewer_bytes(tmp_path):
+    args = ["simulate", "--events", "2", "--mu", "5", "--seed", "2", "-q", "-o"]
+    assert main([*args, str(tmp_path / "wide.stk")]) == 0
+    assert main([*args, str(tmp_path / "compact.stk"), "--compact"]) == 0
+    wide, compact = (list(iter_events(tmp_path / f)) for f in ("wide.stk", "compact.stk"))
+    assert len(wide) == len(compact) == 2
+    for a, b in zip(wide, compact, strict=True):
+        assert a.hits.equals(b.hits) and a.truth.equals(b.truth)
+    hits = {
+        f: [m for _, m in iter_records(tmp_path / f) if decode(m).kind == "hits"]
+        for f in ("wide.stk", "compact.stk")
+    }
+    assert {decode(m).version for m in hits["compact.stk"]} == {5}
+    size = {f: sum(len(x) for m in ms for x in m[1:]) for f, ms in hits.items()}
+    n_hits = sum(len(ev.hits) for ev in wide)
+    assert size["wide.stk"] == 32 * n_hits and size["compact.stk"] <= 20 * n_hits
+
+
+def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):
+    out = tmp_path / "hs.stk"
+    args = ["simulate", "--events", "2", "--mu", "2", "--seed", "4", "-q", "-o", str(out)]
+    assert main([*args, "--hard-scatter", "6", "--hard-scatter-pt", "200,300"]) == 0
+    for ev in iter_events(out):
+        pt = ev.truth.particles.pt
+        hard = (pt >= 200) & (pt <= 300)
+        assert hard.sum() == 6 and (pt[~hard] < 200).all()
+        # on the first vertex
+        p = ev.truth.particles
+        assert len(set(zip(p.vz[hard].tolist(), p.vx[hard].tolist(), strict=True))) == 1
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "200"])
+    assert stop.value.code == 2
+    assert "expected LO,HI in GeV" in capsys.readouterr().err
+    assert main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "300,200"]) == 1
+    assert "hard_scatter_pt must be 0 < low <= high" in capsys.readouterr().err
+
+
+def test_simulate_provokes_detector_faults(tmp_path, capsys):
+    out = tmp_path / "faulty.stk"
+    args = ["simulate", "--events", "2", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]
+    faults = ["--dead-layer", "8:4", "--dead-layer", "13:2", "--noisy-layer", "17:2:300"]
+    assert main([*args, *faults, "--beam-spot=-0.5,0.25,3"]) == 0
+    for ev in iter_events(out):
+        layers = set(zip(ev.hits.volume_id.tolist(), ev.hits.layer_id.tolist(), strict=True))
+        assert (8, 4) not in layers and (13, 2) not in layers and (8, 2) in layers
+        noise = ev.truth.hits.particle_id == 0
+        on_17_2 = (ev.hits.volume_id == 17) & (ev.hits.layer_id == 2)
+        assert (noise & on_17_2).sum() > 200
+        p = ev.truth.particles
+        primary = np.hypot(p.vx + 0.5, p.vy - 0.25) < 0.1
+        assert primary.sum() > 0.5 * len(p)
+    # Malformed values are usage errors (exit 2) that say what was expected.
+    for bad, expected in [
+        (["--dead-layer", "8"], "expected VOL:LAYER"),
+        (["--noisy-layer", "8:2:many"], "expected VOL:LAYER:HITS"),
+        (["--beam-spot", "1,2"], "expected X,Y,Z in mm"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main([*args, *bad])
+        assert stop.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert main([*args, "--dead-layer", "8:3"]) == 1
+    assert "the detector has no layer 8:3" in capsys.readouterr().err
+
+
+def test_inspect_reports_events_and_truth(tmp_path, capsys):
+    _simulate(tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "a.stk")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == 2 and summary["events_with_truth"] == 2
+    assert summary["hits_max"] >= summary["hits_mean"] > 1000
+    assert summary["versions"] == [1, 2] and summary["error"] is None
+
+
+def test_inspect_names_the_offset_of_a_truncated_file(tmp_path, capsys):
+    _simulate(tmp_path)
+    data = (tmp_path / "a.stk").read_bytes()
+    (tmp_path / "cut.stk").write_bytes(data[:-100])
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "cut.stk")]) == 1  # counts, then the error
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert summary["events"] == 2 and summary["events_with_truth"] == 1
+    assert "offset" in summary["error"]
+    assert out.err == f"streamtrk inspect: error: {summary['error']}\n"
+
+
+@pytest.mark.realdata
+def test_import_trackml_round_trips_to_csv(tmp_path, shared_trackml):
+    prefix = shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000"
+    assert main(["import-trackml", str(prefix), "-o", str(tmp_path / "real.stk"), "-q"]) == 0
+    assert main(["export-trackml", str(tmp_path / "real.stk"), "-o", str(tmp_path / "out")]) == 0
+    before, after = read_event(prefix), read_event(tmp_path / "out" / "event000001000")
+    assert len(after.hits) == 27_543
+    assert after.hits.equals(before.hits) and after.truth.equals(before.truth)
+    # Numerically unchanged: every value equals the float32 parse of the original text.
+    orig = np.loadtxt(f"{prefix}-hits.csv", delimiter=",", skiprows=1)
+    assert np.array_equal(after.hits.x, orig[:, 1].astype(np.float32))
+
+
+def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsys):
+    _simulate(tmp_path)
+    first = next(iter_events(tmp_path / "a.stk"))
+    with RecordingWriter(tmp_path / "runs.stk") as w:
+        w.write_event(first)
+        w.write_event(first)  # recorded twice (a looped replay): written once, said
+        other = replace(first, run=first.run + 1, hits=first.hits.take(np.arange(10)), truth=None)
+        w.write_event(other)
+    out = tmp_path / "out"
+    assert main(["export-trackml", str(tmp_path / "runs.stk"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"event number {first.event} occurs in run {first.run} and run {first.run + 1}" in err
+    assert not any(out.iterdir())  # all events or none: not the first one alone
+    with RecordingWriter(tmp_path / "twice.stk") as w:
+        w.write_event(first)
+        w.write_event(first)
+    assert main(["export-trackml", str(tmp_path / "twice.stk"), "-o", str(tmp_path / "o2")]) == 0
+    assert "1 events recorded more than once were written once" in capsys.readouterr().err
+
+
+def test_two_events_of_one_run_and_number_are_refused_not_merged(tmp_path, capsys):
+    """Two recordings joined (two simulations of one run) hold other events under the same
+    run and number: ``export-trackml`` would write the first alone and ``evaluate`` pair
+    one's submission rows with the other's; both refuse, writing nothing."""
+    _simulate(tmp_path)
+    first, second = list(iter_events(tmp_path / "a.stk"))
+    joined = tmp_path / "joined.stk"
+    with RecordingWriter(joined) as w:
+        w.write_event(first)
+        w.write_event(replace(second, event=first.event))
+    out = tmp_path / "out"
+    assert main(["export-trackml", str(joined), "-o", str(out)]) == 1
+    where = f"event number {first.event} occurs in run {first.run} twice, with other hits"
+    assert where in capsys.readouterr().err
+    assert not any(out.iterdir())
+    submission = tmp_path / "s.csv"
+    assert main(["evaluate", str(joined), "--oracle", "-q", "--submission", str(submission)]) == 1
+    err = capsys.readouterr().err
+    assert f"two events with other hits are both run {first.run}, event {first.event}" in err
+    assert not submission.exists()
+
+
+def test_export_trackml_of_no_events_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.stk"
+    RecordingWriter(empty).close()
+    assert main(["export-trackml", str(empty), "-o", str(tmp_path / "out")]) == 1
+    assert f"streamtrk export-trackml: error: no events in {empty}" in capsys.readouterr().err
+
+
+def test_export_trackml_again_replaces_the_event_files_and_says_so(tmp_path, capsys):
+    _simulate(tmp_path)
+    first = next(iter_events(tmp_path / "a.stk"))
+    with RecordingWriter(tmp_path / "bare.stk") as w:
+        w.write_event(replace(first, hits=first.hits.take(np.arange(10)), truth=None))
+    out = tmp_path / "out"
+    assert main(["export-trackml", str(tmp_path / "a.stk"), "-o", str(out)]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main(["export-trackml", str(tmp_path / "bare.stk"), "-o", str(out)]) == 0
+    assert f"1 events replaced the files of the same event number in {out}" in (
+        capsys.readouterr().err
+    )
+    back = read_event(out / f"event{first.event:09d}")
+    assert back.truth is None and len(back.hits) == 10  # not the first export's truth
+
+
+def test_simulate_into_a_csv_folder_again_says_what_it_replaced(tmp_path, capsys):
+    csv = tmp_path / "csv"
+    args = ["simulate", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"), "--trackml-dir", str(csv)]
+    assert main([*args, "--events", "1"]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main([*args, "--events", "2", "--seed", "9"]) == 0
+    assert f"1 events replaced the files of the same event number in {csv}" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in csv.glob("*-hits.csv")) == [
+        "event000000000-hits.csv", "event000000001-hits.csv"
+    ]  # fmt: skip
+
+
+def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
+    assert main(["import-trackml", str(tmp_path / "nope"), "-o", str(tmp_path / "x.stk")]) == 1
+    (tmp_path / "bad.stk").write_bytes(b"not a recording")
+    assert main(["inspect", str(tmp_path / "bad.stk")]) == 1
+    err = capsys.readouterr().err
+    assert "streamtrk import-trackml: error" in err and "streamtrk inspect: error" in err
+    assert not (tmp_path / "x.stk").exists()
+
+
+def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
+    kept = tmp_path / "kept.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(kept)]) == 0
+    before = kept.read_bytes()
+    (tmp_path / "event000000001-hits.csv").write_text("hit_id,x,y,z,volume_id,layer_id,module_id\n")
+    (tmp_path / "event000000002-hits.csv").write_text("not,a,trackml,file\n")
+    assert main(["import-trackml", str(tmp_path), "-o", str(kept), "-q"]) == 1
+    assert "event000000002-hits.csv: missing column" in capsys.readouterr().err
+    assert kept.read_bytes() == before  # neither cut short nor replaced by the first event
+    assert sorted(p.name for p in tmp_path.glob("kept.stk*")) == ["kept.stk"]
+
+
+def test_truth_without_particles_is_imported_only_as_hits_alone(tmp_path, capsys):
+    csv = tmp_path / "csv"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
+          "--trackml-dir", str(csv)])  # fmt: skip
+    (particles,) = csv.glob("*-particles.csv")
+    particles.unlink()
+    out = tmp_path / "x.stk"
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q"]) == 1
+    assert "has truth but no -particles.csv" in capsys.readouterr().err
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
+    (ev,) = iter_events(out)
+    assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)

@@ -1,0 +1,144 @@
+"""The ``streamtrk`` command: its help, its reading of arguments, its errors and signals."""
+
+import argparse
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import _run, _simulate
+
+from streamtrk.cli import build_parser, main
+
+
+def test_a_list_value_may_start_with_a_minus(tmp_path):
+    sim = ["simulate", "--events", "1", "--mu", "5", "--seed", "3", "-q"]
+    joined, spaced = tmp_path / "joined.stk", tmp_path / "spaced.stk"
+    assert main([*sim, "-o", str(joined), "--beam-spot=-0.5,0.25,3"]) == 0
+    assert main([*sim, "-o", str(spaced), "--beam-spot", "-0.5,0.25,3"]) == 0
+    assert spaced.read_bytes() == joined.read_bytes()
+    assert main([*sim, "-o", str(spaced), "--beam-spot", "-.5,-1,0", "--hard-scatter", "1"]) == 0
+
+
+def _sigint_default() -> None:
+    # A job started in the background of a script inherits SIGINT ignored (and Python then
+    # installs no handler): the child gets the default, as a command typed at a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
+    cmd = [sys.executable, "-m", "streamtrk", "simulate", "--events", "100000", "-o"]
+    csv = tmp_path / "csv"
+    proc = subprocess.Popen(
+        [*cmd, str(tmp_path / "s.stk"), "--trackml-dir", str(csv)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,  # a signal disposition, set before exec
+    )
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 120)  # its progress bar: simulating
+        assert ready, "no progress bar in 120 s"
+        t_end = time.monotonic() + 120  # and events written, whose CSV files are not kept
+        while not any(csv.rglob("*-hits.csv")) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert "streamtrk simulate: interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [csv] and not any(csv.iterdir())  # nothing left
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "RUN", "--to", "notanendpoint"],
+        ["replay", "RUN", "--to", "tcp://127.0.0.1"],
+        ["record", "--from", "bogus://x", "-o", "OUT"],
+        ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"],
+    ],
+)
+def test_a_bad_endpoint_is_one_line(tmp_path, args):
+    run = tmp_path / "e.stk"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
+    argv = [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
+    out = _run(*argv)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"streamtrk {args[0]}: error: ") and "Traceback" not in out.stderr
+
+
+COMMANDS = (
+    "simulate", "import-trackml", "inspect", "export-trackml", "evaluate", "export", "serve",
+    "replay", "record", "train", "farm", "keys", "demo",
+)  # fmt: skip
+
+
+def test_help_lists_every_command_with_its_summary():
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ")]
+    assert [c for c in listed if c in COMMANDS] == list(COMMANDS), out
+    words = " ".join(out.split())  # help text is wrapped to the terminal's width
+    assert "serve run the daemon: hits in, tracks out, metrics and health over HTTP" in words
+    assert "demo the `make demo` job" in words
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_documents_its_options(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: streamtrk {command}")
+    assert "-h, --help" in out
+    expected = {"simulate": "--mu", "evaluate": "--report", "serve": "--max-batch-events",
+                "replay": "--rate", "train": "--config", "demo": "--ready-timeout"}  # fmt: skip
+    if command in expected:
+        assert expected[command] in out
+    # every option and argument of the command (and of its own subcommands) says what it is
+    undocumented = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in _parsers(_subcommands(build_parser())[command], command)
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()
+    ]
+    assert undocumented == []
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(
+        (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+    )
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str) -> list:
+    """``parser`` and its subcommands' parsers, depth first, with their names."""
+    nested = [_parsers(p, f"{name} {sub}") for sub, p in _subcommands(parser).items()]
+    return [(name, parser), *(pair for pairs in nested for pair in pairs)]
+
+
+def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
+    _simulate(tmp_path)
+    with subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", "inspect", str(tmp_path / "a.stk")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141
+    assert "BrokenPipeError" not in err and "Traceback" not in err
+
+
+def test_the_readme_tours_every_command() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    toured = set(re.findall(r"^\| `streamtrk ([a-z-]+)", readme, flags=re.MULTILINE))
+    assert toured == set(COMMANDS)

@@ -1,0 +1,47 @@
+"""``streamtrk serve``'s start-up errors (the daemon itself: tests/service)."""
+
+import json
+
+import pytest
+from cli_helpers import _run
+
+from streamtrk.cli import main
+from streamtrk.recon.device import cuda_unavailable
+
+
+def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
+    if cuda_unavailable() is None:
+        pytest.skip("this machine can run device=cuda")
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    for args, who in (
+        (["evaluate", str(tmp_path / "e.stk"), "--device", "cuda"], "streamtrk evaluate: error"),
+        (["serve", "--device", "cuda"], "streamtrk serve: invalid configuration"),
+    ):
+        out = _run(*args)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.startswith(f"{who}: device cuda: {cuda_unavailable()}")
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    # Printing the configuration checks it, not this host: a GPU node's prints here too.
+    out = _run("serve", "--device", "cuda", "--print-config")
+    assert out.returncode == 0 and 'device = "cuda"' in out.stdout
+    assert "warning: device cuda: " in out.stderr and "serving would refuse it here" in out.stderr
+
+
+def test_serve_s_start_up_error_is_a_json_line_where_json_logs_are_asked_for(tmp_path):
+    """A log shipper reading the daemon's JSON lines gets its start-up failure as one, asked
+    for by flag, variable or the file itself; plain text otherwise."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('log_format = "json"\nmax_batch_events = 0\n')
+    for args, env in (
+        (["--log-format", "json", "--max-batch-events", "0"], None),
+        (["--max-batch-events", "0"], {"STREAMTRK_LOG_FORMAT": "json"}),
+        (["--config", str(bad)], None),
+    ):
+        out = _run("serve", *args, env=env)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        line = json.loads(out.stderr)
+        assert line["level"] == "error" and line["logger"] == "streamtrk.serve"
+        assert line["message"].startswith("invalid configuration: max_batch_events must be")
+    out = _run("serve", "--max-batch-events", "0")
+    assert out.returncode == 2
+    assert out.stderr.startswith("streamtrk serve: invalid configuration: max_batch_events")
