@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 from streamtrk.cli import main
-from streamtrk.cli.common import _COMMANDS
+from streamtrk.cli.common import COMMANDS
 from streamtrk.client import Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
@@ -309,7 +309,7 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
     assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
     assert report["beam_lines_mm"] == [[0.25, 1.0], [0.5, 0.0]]
     # Every key but the physics ones (named as a group) is described in `replay --help`.
-    (description,) = [p["description"] for name, *_, p in _COMMANDS if name == "replay"]
+    (description,) = [p["description"] for name, *_, p in COMMANDS if name == "replay"]
     named = set(re.findall(r"[a-z][a-z0-9_]*", description))
     physics_keys = physics(events, result.scored_replies, labels_of(events, result.scored_replies))
     keys = set(report) - set(physics_keys)

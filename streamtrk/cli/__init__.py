@@ -1,7 +1,7 @@
 """The ``streamtrk`` command: one entry point, one subcommand per job.
 
 Each module of this package holds a group of the commands: importing it registers them
-(``common._command``)."""
+(``common.subcommand``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from streamtrk import __version__
-from streamtrk.cli.common import _COMMANDS
+from streamtrk.cli.common import COMMANDS
 from streamtrk.threads import wait_passively
 
 # Importing a command module registers its commands: the order of these imports is the
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, arguments, handler, parser in _COMMANDS:
+    for name, arguments, handler, parser in COMMANDS:
         s = sub.add_parser(name, **parser)
         arguments(s)
         s.set_defaults(func=handler)

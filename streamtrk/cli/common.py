@@ -16,10 +16,10 @@ from streamtrk.stop import StopFlag
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
-_COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
+COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
 
 
-def _json(obj: Any, **kw: Any) -> str:
+def strict_json(obj: Any, **kw: Any) -> str:
     """Strict JSON (what jq and browsers parse): NaN and infinities, the rates of empty
     bins, are written as null."""
 
@@ -35,12 +35,12 @@ def _json(obj: Any, **kw: Any) -> str:
     return json.dumps(clean(obj), allow_nan=False, **kw)
 
 
-def _command(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handler], Handler]:
+def subcommand(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handler], Handler]:
     """Register the decorated handler (parsed arguments -> exit status) as subcommand ``name``;
     ``arguments`` adds its options, ``parser`` goes to ``add_parser`` (help, description)."""
 
     def register(handler: Handler) -> Handler:
-        _COMMANDS.append((name, arguments, handler, parser))
+        COMMANDS.append((name, arguments, handler, parser))
         return handler
 
     return register
@@ -57,32 +57,32 @@ def _split(text: str, sep: str, kinds: tuple[type, ...], what: str) -> list[Any]
     raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
 
 
-def _layer(text: str) -> tuple[int, int]:
+def vol_layer(text: str) -> tuple[int, int]:
     vol, layer = _split(text, ":", (int, int), "VOL:LAYER (integers)")
     return vol, layer
 
 
-def _noisy_layer(text: str) -> tuple[tuple[int, int], float]:
+def noisy_layer(text: str) -> tuple[tuple[int, int], float]:
     vol, layer, hits = _split(text, ":", (int, int, float), "VOL:LAYER:HITS")
     return (vol, layer), hits
 
 
-def _beam_spot(text: str) -> tuple[float, float, float]:
+def beam_spot_xyz(text: str) -> tuple[float, float, float]:
     x, y, z = _split(text, ",", (float, float, float), "X,Y,Z in mm")
     return x, y, z
 
 
-def _beam_line(text: str) -> tuple[float, float]:
+def beam_line_xy(text: str) -> tuple[float, float]:
     x, y = _split(text, ",", (float, float), "X,Y in mm")
     return x, y
 
 
-def _pt_range(text: str) -> tuple[float, float]:
+def pt_range(text: str) -> tuple[float, float]:
     lo, hi = _split(text, ",", (float, float), "LO,HI in GeV")
     return lo, hi
 
 
-def _compact_argument(s: argparse.ArgumentParser, what: str = "write") -> None:
+def compact_argument(s: argparse.ArgumentParser, what: str = "write") -> None:
     s.add_argument(
         "--compact",
         action="store_true",
@@ -91,7 +91,7 @@ def _compact_argument(s: argparse.ArgumentParser, what: str = "write") -> None:
     )
 
 
-def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) -> None:
+def torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) -> None:
     first = "the recipe's `threads`; 0:" if default is None else "0,"
     s.add_argument(
         "--torch-threads",
@@ -103,7 +103,7 @@ def _torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0)
     )
 
 
-def _curve_arguments(s: argparse.ArgumentParser) -> None:
+def curve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--curve-key", type=Path, metavar="FILE", help="CURVE: own secret certificate")
     s.add_argument(
         "--curve-server-key",
@@ -113,7 +113,7 @@ def _curve_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_outputs(*files: Path | None, folder: Path | None = None) -> None:
+def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
     """The output files (and folder of plots) given, checked before the work that fills
     them: a path that cannot be written fails now, not with the results."""
     from streamtrk.io.paths import check_writable
@@ -126,7 +126,7 @@ def _check_outputs(*files: Path | None, folder: Path | None = None) -> None:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[StopFlag]:
+def stop_on_signals() -> Iterator[StopFlag]:
     """A flag that SIGINT and SIGTERM set while the block runs (the command stops cleanly
     on either; a flag, not an event: see :mod:`streamtrk.stop`); their handlers from before
     are back after it (``main`` may run in-process: the demo's replay, tests)."""

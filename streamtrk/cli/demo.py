@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import _command
+from streamtrk.cli.common import subcommand
 
 
 def _demo_arguments(s: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
-@_command(
+@subcommand(
     "demo",
     _demo_arguments,
     help="the `make demo` job",

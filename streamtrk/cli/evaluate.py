@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from streamtrk.cli.common import (
-    _beam_line,
-    _check_outputs,
-    _command,
-    _json,
-    _torch_threads_argument,
+    beam_line_xy,
+    check_outputs,
+    strict_json,
+    subcommand,
+    torch_threads_argument,
 )
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS, threshold_ok
 from streamtrk.threads import set_torch_threads
@@ -45,13 +45,13 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--beam-spot",
-        type=_beam_line,
+        type=beam_line_xy,
         default=(0.0, 0.0),
         metavar="X,Y",
         help="the beam line in mm the chain is centred on, as the daemon's beam_spot_x_mm and "
         "beam_spot_y_mm (default 0,0; write --beam-spot=-1,0 for a leading minus)",
     )
-    _torch_threads_argument(s)
+    torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument(
@@ -65,7 +65,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-@_command(
+@subcommand(
     "evaluate",
     _evaluate_arguments,
     help="reconstruct offline and score against truth",
@@ -117,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
-    _check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
+    check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
     budget = Budget().scaled(args.budget_scale)
     threads = set_torch_threads(args.torch_threads)
     if args.oracle:
@@ -170,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "(null where no event does); the TrackML score uses the truth's momenta",
             file=sys.stderr,
         )
-    text = _json(report, indent=2, sort_keys=True)
+    text = strict_json(report, indent=2, sort_keys=True)
     # Files named by event number are checked before anything is written.
     submission = by_event_number(ev.submission) if args.submission else None
     tracks = by_event_number(ev.tracks) if args.tracks else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtrk.cli.common import _command
+from streamtrk.cli.common import subcommand
 
 
 def _export_arguments(s: argparse.ArgumentParser) -> None:
@@ -13,7 +13,7 @@ def _export_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
 
 
-@_command(
+@subcommand(
     "export",
     _export_arguments,
     help="export the edge classifier of a model directory (ONNX)",

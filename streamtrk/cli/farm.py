@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtrk.cli.common import _command, _curve_arguments, _stop_on_signals
+from streamtrk.cli.common import curve_arguments, stop_on_signals, subcommand
 
 
 def _farm_arguments(s: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
         default=1_000_000,
         help="most hits of an event: longer frames drop their sender (the daemons' max_hits)",
     )
-    _curve_arguments(s)
+    curve_arguments(s)
     s.add_argument(
         "--server-key",
         type=Path,
@@ -57,7 +57,7 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
-@_command(
+@subcommand(
     "farm",
     _farm_arguments,
     help="run a farm's distributor or collector (a PULL -> PUSH forwarder)",
@@ -80,7 +80,7 @@ def _farm(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
     if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
         raise ValueError(f"--hwm must be at least 1, got {args.hwm}")
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         forward(
             args.role,
             args.from_,

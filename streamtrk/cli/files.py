@@ -9,13 +9,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from streamtrk.cli.common import (
-    _beam_spot,
-    _command,
-    _compact_argument,
-    _json,
-    _layer,
-    _noisy_layer,
-    _pt_range,
+    beam_spot_xyz,
+    compact_argument,
+    noisy_layer,
+    pt_range,
+    strict_json,
+    subcommand,
+    vol_layer,
 )
 
 
@@ -38,14 +38,14 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--hard-scatter-pt",
-        type=_pt_range,
+        type=pt_range,
         default=(5.0, 50.0),
         metavar="LO,HI",
         help="pT range of the hard-scatter particles in GeV, log-uniform (default 5,50)",
     )
     s.add_argument(
         "--dead-layer",
-        type=_layer,
+        type=vol_layer,
         action="append",
         default=[],
         metavar="VOL:LAYER",
@@ -53,7 +53,7 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--noisy-layer",
-        type=_noisy_layer,
+        type=noisy_layer,
         action="append",
         default=[],
         metavar="VOL:LAYER:HITS",
@@ -61,7 +61,7 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--beam-spot",
-        type=_beam_spot,
+        type=beam_spot_xyz,
         default=(0.0, 0.0, 0.0),
         metavar="X,Y,Z",
         help="centre of the pileup vertices in mm (default 0,0,0; "
@@ -71,11 +71,11 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--detector", type=Path, default=None, help="detector TOML file")
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--trackml-dir", type=Path, help="also write TrackML CSV files here")
-    _compact_argument(s)
+    compact_argument(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-@_command("simulate", _simulate_arguments, help="simulate TrackML-like events into a recording")
+@subcommand("simulate", _simulate_arguments, help="simulate TrackML-like events into a recording")
 def _simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -127,11 +127,11 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--no-truth", action="store_true", help="import the hits alone, without their truth"
     )
-    _compact_argument(s)
+    compact_argument(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-@_command(
+@subcommand(
     "import-trackml", _import_trackml_arguments, help="convert TrackML CSV event(s) to a recording"
 )
 def _import_trackml(args: argparse.Namespace) -> int:
@@ -166,13 +166,13 @@ def _inspect_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
 
 
-@_command("inspect", _inspect_arguments, help="summarise a recording")
+@subcommand("inspect", _inspect_arguments, help="summarise a recording")
 def _inspect(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import summarize
 
     summary = summarize(args.recording)
     if args.json:
-        print(_json(summary, indent=2, sort_keys=True))
+        print(strict_json(summary, indent=2, sort_keys=True))
     else:
         width = max(len(k) for k in summary)
         for k, v in summary.items():
@@ -188,7 +188,7 @@ def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", type=Path, required=True, help="output directory")
 
 
-@_command(
+@subcommand(
     "export-trackml", _export_trackml_arguments, help="write a recording's events as TrackML CSV"
 )
 def _export_trackml(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import _command
+from streamtrk.cli.common import subcommand
 
 
 def _keys_arguments(s: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def _keys_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("name", help="certificate name: NAME.key (public), NAME.key_secret")
 
 
-@_command(
+@subcommand(
     "keys",
     _keys_arguments,
     help="write a CURVE certificate pair (NAME.key, NAME.key_secret)",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import _command, _curve_arguments, _stop_on_signals
+from streamtrk.cli.common import curve_arguments, stop_on_signals, subcommand
 
 
 def _record_arguments(s: argparse.ArgumentParser) -> None:
@@ -15,14 +15,14 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bind", action="store_true", help="bind instead of connecting")
     s.add_argument("--events", type=int, help="stop after N hits messages")
     s.add_argument("--duration", type=float, help="stop after S seconds")
-    _curve_arguments(s)
+    curve_arguments(s)
 
 
-@_command("record", _record_arguments, help="tap a hits stream into a recording")
+@subcommand("record", _record_arguments, help="tap a hits stream into a recording")
 def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         counts = record(
             args.from_,
             args.output,

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.cli.common import (
-    _check_outputs,
-    _command,
-    _compact_argument,
-    _curve_arguments,
-    _json,
-    _stop_on_signals,
+    check_outputs,
+    compact_argument,
+    curve_arguments,
+    stop_on_signals,
+    strict_json,
+    subcommand,
 )
 
 
@@ -27,7 +27,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
     s.add_argument("--events", type=int, help="only the first N events of the recording")
     s.add_argument("--loop", type=int, default=1, help="send the events K times (default 1)")
-    _compact_argument(s, "send, re-encoded at load,")
+    compact_argument(s, "send, re-encoded at load,")
     s.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
     )
@@ -37,7 +37,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
     )
-    _curve_arguments(s)
+    curve_arguments(s)
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
@@ -50,7 +50,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-@_command(
+@subcommand(
     "replay",
     _replay_arguments,
     help="replay a recording through the daemon and report throughput, latency, physics",
@@ -88,7 +88,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.events is not None and args.events < 1:
         raise ValueError(f"--events must be at least 1, got {args.events}")
-    _check_outputs(args.report, args.submission, args.plot)
+    check_outputs(args.report, args.submission, args.plot)
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
@@ -106,12 +106,12 @@ def _replay(args: argparse.Namespace) -> int:
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
     )
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         result = replay(events, opts, stop)
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     if args.report:
-        args.report.write_text(_json(report, indent=2) + "\n")
+        args.report.write_text(strict_json(report, indent=2) + "\n")
     if args.submission:
         hit_ids: dict[tuple[int, int], Any] = {}
         for ev in events:  # an event recorded twice: its first copy, as labels_of takes
@@ -120,7 +120,7 @@ def _replay(args: argparse.Namespace) -> int:
         write_submission(args.submission, by_event_number(rows))
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
-    print(_json(report, indent=2) if args.json else format_report(report))
+    print(strict_json(report, indent=2) if args.json else format_report(report))
     if report["refused"]:  # what follows "no reply" would mislead
         for socket, cause in report["refused"].items():
             address = args.to if socket == "to" else args.from_

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import _command
+from streamtrk.cli.common import subcommand
 from streamtrk.stop import StopFlag
 
 
@@ -23,7 +23,7 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
     add_arguments(s)
 
 
-@_command(
+@subcommand(
     "serve",
     _serve_arguments,
     help="run the daemon: hits in, tracks out, metrics and health over HTTP",

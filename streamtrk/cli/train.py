@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import _command, _json, _torch_threads_argument
+from streamtrk.cli.common import strict_json, subcommand, torch_threads_argument
 from streamtrk.threads import set_torch_threads
 
 
@@ -18,11 +18,11 @@ def _train_arguments(s: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace what --out holds (a directory that is not empty is refused without it)",
     )
-    _torch_threads_argument(s, default=None)
+    torch_threads_argument(s, default=None)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-@_command(
+@subcommand(
     "train",
     _train_arguments,
     help="train the edge classifier on simulated events",
@@ -69,5 +69,5 @@ def _train(args: argparse.Namespace) -> int:
         "seconds": card["training"]["seconds_total"],
         "metrics": card["metrics"],
     }
-    print(_json(summary, indent=2, sort_keys=True))
+    print(strict_json(summary, indent=2, sort_keys=True))
     return 0

@@ -4,7 +4,7 @@ import signal
 import sys
 import threading
 
-from streamtrk.cli.common import _stop_on_signals
+from streamtrk.cli.common import stop_on_signals
 
 
 def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
@@ -13,7 +13,7 @@ def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
     of replay, record and farm runs again at every Python call it makes (a profile hook), as
     a second signal could: one that took a lock there, as ``threading.Event.set`` takes its
     condition's, would wait for itself for ever."""
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         handler = signal.getsignal(signal.SIGINT)
     assert callable(handler)
     nested: list[str] = []  # where the handler ran again (not inside a nested run)
