@@ -148,15 +148,15 @@ def highland(p: Any, t: Any, xp: Any = np) -> Any:
     return 0.0136 / (beta * p) * xp.sqrt(t) * log_term
 
 
-def _float(d: dict, key: str, where: str) -> float:
+def _float(d: dict[str, Any], key: str, where: str) -> float:
     if key not in d:
         raise ValueError(f"detector file: {where} lacks {key!r}")
     return float(d[key])
 
 
-def parse_detector(doc: dict) -> Detector:
+def parse_detector(doc: dict[str, Any]) -> Detector:
     """Build a :class:`Detector` from a parsed TOML document."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for vol in doc["volumes"]:
         kind = {"barrel": BARREL, "endcap": ENDCAP}[vol["kind"]]
         res_a, res_b = (float(v) for v in vol["resolution"])

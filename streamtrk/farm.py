@@ -115,7 +115,7 @@ def forward(
         raise ValueError(f"--http {http!r} {e}") from None
     metrics = ForwarderMetrics(role)
     events = EVENTS if http is not None else 0  # the sockets' monitors, set before binding
-    ctx = zmq.Context.instance()  # the ZAP authenticator's and both sockets'
+    ctx: zmq.Context[Any] = zmq.Context.instance()  # the ZAP authenticator's and both sockets'
     with contextlib.ExitStack() as stack:
         if server_key is not None:
             auth = start_authenticator(ctx, allowed_keys)

@@ -12,7 +12,7 @@ from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.io.paths import check_writable
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
-from streamtrk.wire import WireError, decode
+from streamtrk.wire import Message, WireError, decode
 
 RECORDED_KINDS = ("hits", "truth")
 PAST_LIMIT_WAIT_MS = 100  # after the events limit: how long to take what arrives
@@ -87,10 +87,10 @@ def record(
             if frames is None:
                 break
             try:
-                msg = decode(frames)
+                late: Message | None = decode(frames)
             except WireError:
-                msg = None
-            if msg is not None and msg.kind == "truth" and (msg.run, msg.event) == last:
+                late = None
+            if late is not None and late.kind == "truth" and (late.run, late.event) == last:
                 writer.write(frames)
                 n["truth"] += 1
             else:

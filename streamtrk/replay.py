@@ -346,7 +346,7 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
             opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0, **curve, **watch
         ) as producer,
     ):
-        sockets = {"to": producer, "from": consumer}
+        sockets: dict[str, Producer | Consumer] = {"to": producer, "from": consumer}
         sender = _Sender(producer, events, opts, result)
         bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
         sender.start()

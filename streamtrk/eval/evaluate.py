@@ -330,7 +330,7 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     col = _columns(rows)
     matched, errors, pulls = _fit_errors(col)
     true_pt, q, true_q = (col[n][matched] for n in ("true_pt", "charge", "true_q"))
-    names = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
+    names: tuple[str, ...] = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
     names += ("d0_resolution", "z0_resolution", "q_over_pt_pull", "d0_pull", "z0_pull")
     out: dict[str, dict[str, Any]] = {f"{n}_by_true_pt": {} for n in names}
     out["charge_misid_rate_by_true_pt"] = {}

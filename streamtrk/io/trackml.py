@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -321,7 +321,7 @@ def _float32_digits(x: np.ndarray) -> np.ndarray:
 def _csv_bytes(header: Sequence[str], columns: Sequence[np.ndarray]) -> bytes:
     """A CSV file: integer columns as ints, float32 columns with round-trip digits."""
     formats: list[str] = []
-    args: list[list] = []
+    args: list[list[Any]] = []
     for col in columns:
         col = np.asarray(col)
         if col.dtype.kind == "f":

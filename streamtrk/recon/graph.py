@@ -652,7 +652,7 @@ class CandidateSearch:
 def event_graphs(graph: Graph) -> list[Graph]:
     """The batch's graph cut into one graph per event (views; hits numbered from 0 in each).
     Needs edges sorted by inner hit, as :func:`build_graph` makes them and selections keep."""
-    offsets = graph.node_offsets
+    offsets: np.ndarray = graph.node_offsets  # on the host
     source = to_host(graph.edge_index[0])
     edge_bounds = np.searchsorted(source, offsets)
     return [

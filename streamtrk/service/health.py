@@ -169,6 +169,10 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
+# socketserver's request, as its methods take it: a TCP server's is the connection's socket.
+_Request = socket.socket | tuple[bytes, socket.socket]
+
+
 class _Bounded(ThreadingHTTPServer):
     """A thread per connection, at most ``most`` at once; one past that is closed at once
     and ``refused()`` called."""
@@ -188,7 +192,7 @@ class _Bounded(ThreadingHTTPServer):
         self._places = threading.BoundedSemaphore(most)
         self._refused = refused
 
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
+    def process_request(self, request: _Request, client_address: Any) -> None:
         if not self._places.acquire(blocking=False):
             self._refused()
             self.shutdown_request(request)
@@ -199,7 +203,7 @@ class _Bounded(ThreadingHTTPServer):
             self._places.release()
             raise
 
-    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+    def process_request_thread(self, request: _Request, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:

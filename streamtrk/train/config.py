@@ -154,7 +154,9 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
     if "name" not in raw:
         raise ValueError(f"{path}: a config needs a name")
-    kw = {k: dataclass_from(cls, raw[k], f"{path} [{k}]") for k, cls in sub.items() if k in raw}
+    kw: dict[str, Any] = {
+        k: dataclass_from(cls, raw[k], f"{path} [{k}]") for k, cls in sub.items() if k in raw
+    }
     if "report" in raw:
         if not isinstance(raw["report"], dict):
             raise ValueError(f"{path}: report must be a table of label = path")

@@ -75,7 +75,7 @@ def make_samples(
 ) -> list[Sample]:
     """Graphs (pruned with ``prune``, as the model will see them) with targets (pT >=
     ``pt_min`` segments) and loss masks (no softer segments)."""
-    out = []
+    out: list[Sample] = []
     for ev in events:
         g = event_graph(ev, det, cfg)
         if prune is not None:

@@ -19,7 +19,7 @@ import zmq.auth
 
 # A handshake refused by the peer, by its monitor event: the cause named in metrics and
 # messages (a CURVE key not allowed; no common mechanism, as CURVE on one side only).
-REFUSALS = {
+REFUSALS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
 }
