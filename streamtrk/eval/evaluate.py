@@ -144,8 +144,8 @@ class Evaluation:
     ) -> None:
         self.n_events += len(events)
         self.seconds += seconds
-        for k, v in result.timings.items():  # a batch's time shared by its events
-            self.stage_seconds.setdefault(k, []).extend([v / len(events)] * len(events))
+        for stage, v in result.timings.items():  # a batch's time shared by its events
+            self.stage_seconds.setdefault(stage, []).extend([v / len(events)] * len(events))
         edges = to_host(result.graph.edge_index)
         scores = to_host(result.scores)
         offsets = result.node_offsets
@@ -163,15 +163,15 @@ class Evaluation:
             self.tracks[ev.run, ev.event] = tracks
             if ev.truth is None:
                 continue
-            truth = SegmentTruth.of(ev, self.beam_line)
+            segments = SegmentTruth.of(ev, self.beam_line)
             mine = event_of == k
             local = edges[:, mine] - offsets[k]
-            pruned = truth.counts(local)
+            pruned = segments.counts(local)
             self.graph_edges.update(
-                pruned if unpruned else truth.counts(built[:, built_of == k] - offsets[k])
+                pruned if unpruned else segments.counts(built[:, built_of == k] - offsets[k])
             )
             self.pruned_edges.update(pruned)
-            self.gnn_edges.update(truth.counts(local[:, scores[mine] > threshold]))
+            self.gnn_edges.update(segments.counts(local[:, scores[mine] > threshold]))
             c = self._score(ev, labels)
             names = ("pt", "eta", "charge", "d0", "z0", "sigma_q_over_pt", "sigma_d0", "sigma_z0")
             p = {n: _track_param(tracks, c.track_id, n) for n in names}

@@ -14,10 +14,14 @@ def read_events(path: str | Path, limit: int | None = None) -> Iterator[Event]:
     files (an event prefix such as ``.../event000001000``, or a directory of events); at
     most ``limit``."""
     if str(path).endswith(".stk") or _starts_as_recording(Path(path)):
-        from streamtrk.io.recording import iter_events
+        from streamtrk.io import recording
+
+        events = recording.iter_events(path)
     else:
-        from streamtrk.io.trackml import iter_events
-    return islice(iter_events(path), limit)
+        from streamtrk.io import trackml
+
+        events = trackml.iter_events(path)
+    return islice(events, limit)
 
 
 def _starts_as_recording(path: Path) -> bool:

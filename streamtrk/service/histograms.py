@@ -42,9 +42,9 @@ class ArrayHistogram(Collector):
         most of the physics metrics' time; a branchy search per value, more)."""
         xp = array_module(values)
         nan = xp.isnan(values) if values.dtype.kind == "f" else xp.zeros(0, dtype=bool)
-        counts = [xp.count_nonzero(values <= b) for b in self._bounds_in(values.dtype)]
+        at_or_below = [xp.count_nonzero(values <= b) for b in self._bounds_in(values.dtype)]
         host = to_host_packed(  # one copy to the host
-            {"counts": xp.stack([*counts, xp.count_nonzero(nan)]),
+            {"counts": xp.stack([*at_or_below, xp.count_nonzero(nan)]),
              "sum": values.sum(dtype=xp.float64)}
         )  # fmt: skip
         at_most, n_nan = host["counts"][:-1], int(host["counts"][-1])

@@ -161,8 +161,8 @@ def load_config(path: str | Path) -> TrainConfig:
         if not isinstance(raw["report"], dict):
             raise ValueError(f"{path}: report must be a table of label = path")
         kw["report"] = {str(k): str(v) for k, v in raw["report"].items()}
-    top = ("name", "seed", "threads", "pt_min", "thresholds")
-    cfg = dataclass_from(TrainConfig, {**{k: raw[k] for k in top if k in raw}, **kw}, str(path))
+    scalars = ("name", "seed", "threads", "pt_min", "thresholds")
+    cfg = dataclass_from(TrainConfig, {**{k: raw[k] for k in scalars if k in raw}, **kw}, str(path))
     _check_disjoint(cfg, path)
     return cfg
 
