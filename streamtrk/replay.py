@@ -314,8 +314,8 @@ class _Sender(threading.Thread):
                 answered = key in self.answered_keys
             else:
                 answered = msg_id in self.answered
-            sent = self.pending.pop(msg_id, None) if msg_id is not None else None
-            if sent is None:
+            sent = None if msg_id is None else self.pending.pop(msg_id, None)
+            if msg_id is None or sent is None:
                 if answered:
                     self.result.duplicates += 1
                 else:
@@ -428,7 +428,7 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
 def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
     """The distinct beam lines ([x, y] mm) that ok replies' perigee parameters are about."""
     found = {r.beam_line for r in (m.to_reply() for m in replies.values()) if r.ok}
-    return [list(b) for b in sorted(found - {None})]
+    return [list(b) for b in sorted(b for b in found if b is not None)]
 
 
 def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray | None]:

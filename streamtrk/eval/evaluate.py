@@ -47,6 +47,7 @@ class SegmentTruth:
     @classmethod
     def of(cls, event: Event, beam_line: tuple[float, float] = (0.0, 0.0)) -> SegmentTruth:
         seg = true_segments(event, 0.0)
+        assert event.truth is not None  # true_segments refuses an event without truth
         pid = event.truth.hits.particle_id[seg[0]]
         idx, known = index_of(event.truth.particles.particle_id, pid)
         vr = np.where(known, event.truth.particles.vr_from(beam_line)[idx], np.inf)
@@ -188,6 +189,7 @@ class Evaluation:
         """pT, charge, d0 and z0 of the particles ``particle_id`` (NaN where unknown: noise):
         the perigee to the beam line of the helix from each vertex, in the fit's conventions
         (``streamtrk.recon.fit``; NaN without ``bfield``)."""
+        assert ev.truth is not None  # add skips events without truth
         p = ev.truth.particles.to(np)
         idx, known = index_of(p.particle_id, particle_id)
         vx, vy, vz, px, py, pz, q = (  # float64: a TeV track's circle is kilometres wide

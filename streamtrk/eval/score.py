@@ -229,6 +229,7 @@ class PhysicsTotals:
         c = classify(event, track_id_per_hit, beam_line)
         self.counts.update(counts(c))
         t = event.truth
+        assert t is not None  # classify refuses an event without truth
         self.scores.append(trackml_score(t.hits.particle_id, t.hits.weight, track_id_per_hit))
         return c
 

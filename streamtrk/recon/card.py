@@ -93,8 +93,11 @@ def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
         GraphConfig, _section(card, "graph"), "model card [graph]", error=ModelCardError
     )
     threshold = model.get("threshold")
-    number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
-    if not number or not threshold_ok(threshold):  # as the --threshold override allows
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not threshold_ok(threshold)  # as the --threshold override allows
+    ):
         raise ModelCardError(
             f"model card threshold must be a number in [0, 1) (1 passes no edge), got {threshold!r}"
         )

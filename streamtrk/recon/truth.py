@@ -24,6 +24,8 @@ def true_segments(event: Event, pt_min: float = 1.0) -> np.ndarray:
 
 def particle_pt(event: Event, particle_id: np.ndarray) -> np.ndarray:
     """pT of the given particles (0 for unknown ids and noise)."""
+    if event.truth is None:
+        raise ValueError(f"event {event.event} has no truth")
     p = event.truth.particles
     idx, found = index_of(p.particle_id, particle_id)
     return np.where(found, np.nan_to_num(p.pt[idx]) if len(p) else 0.0, 0.0)

@@ -206,6 +206,7 @@ class Daemon:
                                     "can connect")  # fmt: skip
                     stack.callback(start_authenticator(ctx, cfg.curve_allowed_keys).stop)
                 pull, push = self._sockets(ctx)
+                assert self.monitor is not None  # made by _sockets
                 self.monitor.start()
                 stack.callback(self.monitor.stop)
                 dead = None
@@ -242,6 +243,8 @@ class Daemon:
 
     def _serve(self, pull: zmq.Socket[Any], push: zmq.Socket[Any], dead: DeadLetters | None) -> int:
         cfg = self.config
+        monitor = self.monitor
+        assert monitor is not None  # made by _sockets, before _serve
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
         if (status := self._load()) is not None:
             return status
@@ -289,7 +292,7 @@ class Daemon:
             on_failure=self._on_thread_failure,
             reconnect=self._reconnect("output", push, cfg.output),
             # Bound, PUSH takes a reply only into a connected consumer's queue.
-            connected=partial(self.monitor.connected, "output") if cfg.connect else lambda: True,
+            connected=partial(monitor.connected, "output") if cfg.connect else lambda: True,
         )
         self.threads = [ingest, worker, emitter, observer]
         for t in self.threads:

@@ -27,7 +27,7 @@ from streamtrk.recon.graph import (
     without_isolated_hits,
 )
 from streamtrk.recon.kernels import source as kernels_source
-from streamtrk.recon.truth import true_segments
+from streamtrk.recon.truth import particle_pt, true_segments
 
 NO_LIMIT = Budget(math.inf, math.inf, math.inf)  # one cell per layer: every hit pair
 
@@ -289,6 +289,14 @@ def _two_events(edges: list[tuple[int, int]]) -> Graph:
         node_offsets=np.array([0, 3, 6]),
         layer=np.zeros(6, np.int64),
     )
+
+
+def test_truth_labels_of_an_event_without_truth_are_refused(small_events):
+    ev = replace(small_events[0], truth=None)
+    with pytest.raises(ValueError, match="has no truth"):
+        true_segments(ev)
+    with pytest.raises(ValueError, match="has no truth"):
+        particle_pt(ev, np.array([1]))
 
 
 def test_events_start_at_their_first_hit_when_it_has_an_edge() -> None:
