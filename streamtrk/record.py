@@ -54,10 +54,14 @@ def record(
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded
     t_end = None if duration_s is None else time.monotonic() + duration_s
     check_writable(output)
-    curve = {"curve_key": curve_key, "curve_server_key": curve_server_key}
     with (
         Consumer(
-            source, bind=bind, linger_ms=0, monitor_events=0 if bind else REFUSAL_EVENTS, **curve
+            source,
+            bind=bind,
+            linger_ms=0,
+            monitor_events=0 if bind else REFUSAL_EVENTS,
+            curve_key=curve_key,
+            curve_server_key=curve_server_key,
         ) as consumer,
         _CreatedOnFirstWrite(output) as writer,
     ):

@@ -336,14 +336,25 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
     stop = StopFlag() if stop is None else stop
     result = ReplayResult()
     total = len(events) * opts.loop
-    curve = {"curve_key": opts.curve_key, "curve_server_key": opts.curve_server_key}
-    watch = {"monitor_events": 0 if opts.bind else REFUSAL_EVENTS}
+    watch = 0 if opts.bind else REFUSAL_EVENTS
     with (
         Consumer(
-            opts.from_, bind=opts.bind, rcvhwm=opts.hwm, linger_ms=0, **curve, **watch
+            opts.from_,
+            bind=opts.bind,
+            rcvhwm=opts.hwm,
+            linger_ms=0,
+            curve_key=opts.curve_key,
+            curve_server_key=opts.curve_server_key,
+            monitor_events=watch,
         ) as consumer,
         Producer(
-            opts.to, bind=opts.bind, sndhwm=opts.hwm, linger_ms=0, **curve, **watch
+            opts.to,
+            bind=opts.bind,
+            sndhwm=opts.hwm,
+            linger_ms=0,
+            curve_key=opts.curve_key,
+            curve_server_key=opts.curve_server_key,
+            monitor_events=watch,
         ) as producer,
     ):
         sockets: dict[str, Producer | Consumer] = {"to": producer, "from": consumer}

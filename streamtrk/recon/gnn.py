@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.dlpack import from_dlpack
 
 from streamtrk.event import Event
 from streamtrk.recon.graph import Graph, without_isolated_hits
@@ -181,7 +182,7 @@ class InteractionNetwork(nn.Module):
 
 
 def _to_torch(a: Any, device: torch.device) -> Tensor:
-    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else from_dlpack(a)
     return t.to(device)
 
 

@@ -157,7 +157,7 @@ def batch_graph(
 ) -> Graph:
     """The graph of a batch of events (their hits concatenated, on ``xp``'s device)."""
     cols, offsets = batch_columns(events, xp)
-    return build_graph(*cols.values(), offsets, det, cfg, budget)
+    return build_graph(**cols, node_offsets=offsets, det=det, cfg=cfg, budget=budget)
 
 
 def event_graph(event: Event, det: Detector, cfg: GraphConfig = GraphConfig()) -> Graph:
@@ -279,7 +279,10 @@ def _build(
 ) -> Graph:
     """``build_graph`` of one batch, built whole (``cols``: its hit columns, in order)."""
     xp = array_module(cols[0])
-    ctx, node_features, layer = prepare_search(*cols, node_offsets, det, cfg, budget)
+    x, y, z, volume_id, layer_id = cols
+    ctx, node_features, layer = prepare_search(
+        x, y, z, volume_id, layer_id, node_offsets, det, cfg, budget
+    )
     if xp is np:
         i, j, edge_features = search_arrays(ctx)
     else:

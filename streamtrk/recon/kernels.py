@@ -111,7 +111,7 @@ def host_launcher(name: str, build_dir: Path) -> Launch:
         if isinstance(a, np.ndarray):
             return a.ctypes.data_as(ctypes.c_void_p)
         if isinstance(a, np.int64):
-            return ctypes.c_longlong(a)
+            return ctypes.c_longlong(int(a))
         if isinstance(a, np.float64):
             return ctypes.c_double(a)
         raise TypeError(f"kernel scalars are np.int64 or np.float64, got {type(a).__name__}")

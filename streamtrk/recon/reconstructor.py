@@ -162,7 +162,11 @@ class Reconstructor:
                 timings,
                 "graph",
                 lambda: build_graph(
-                    *cols.values(), node_offsets, det, self.graph_config, self.budget
+                    **cols,
+                    node_offsets=node_offsets,
+                    det=det,
+                    cfg=self.graph_config,
+                    budget=self.budget,
                 ),
             )
             built = graph

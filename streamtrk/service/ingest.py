@@ -98,7 +98,7 @@ class Ingest(Supervised):
         flight are lost), then take: the port is free for a replacement at once."""
         cfg = self.config()
         connect = cfg.connect
-        endpoint = cfg.input if connect else self.socket.LAST_ENDPOINT.decode()
+        endpoint = cfg.input if connect else self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if not connect:
             self.socket.unbind(endpoint)  # done by libzmq's I/O thread, a little later
         wait_ms = 0 if connect else UNBIND_QUIET_MS
