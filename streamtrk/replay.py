@@ -486,7 +486,8 @@ def plot_latency(latencies_s: list[float], path: str | Path, title: str = "repla
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(ms):
         bins = np.geomspace(max(ms.min(), 1e-3), max(ms.max(), 1e-2) * 1.01, 40)
-        ax.hist(ms, bins=bins)
+        # matplotlib's stubs type bins as Sequence[float]; an array of edges is what it takes.
+        ax.hist(ms, bins=bins)  # type: ignore[arg-type]
         for q, style in ((50, "-"), (90, "--"), (99, ":")):
             v = float(np.percentile(ms, q))
             ax.axvline(v, color="k", linestyle=style, label=f"p{q} = {v:.1f} ms")

@@ -137,7 +137,10 @@ class InteractionNetwork(nn.Module):
         h, he = cfg.hidden, cfg.edge_hidden
         self.node_encoder = _mlp(cfg.node_in, h, h)
         self.edge_encoder = _mlp(cfg.edge_in, he, he)
-        self.steps = nn.ModuleList(_Step(h, he) for _ in range(cfg.steps))
+        # nn.ModuleList's stubs type its items as Module: typed here as what they are.
+        self.steps: Sequence[_Step] = nn.ModuleList(  # type: ignore[assignment]
+            _Step(h, he) for _ in range(cfg.steps)
+        )
         self.head = _mlp(he, he, 1)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
