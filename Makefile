@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml Makefile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streamtrk tests bench
+	@# Type check of streamtrk/ ([tool.mypy] in pyproject.toml): ~12 s cold, under 1 s warm.
+	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
@@ -38,4 +40,4 @@ demo: $(STAMP)
 	$(VENV)/bin/streamtrk demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
