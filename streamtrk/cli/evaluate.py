@@ -176,9 +176,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     tracks = by_event_number(ev.tracks) if args.tracks else None
     if args.report:
         args.report.write_text(text + "\n")
-    if args.submission:
+    if submission is not None:
         write_submission(args.submission, submission)
-    if args.tracks:
+    if tracks is not None:
         write_track_parameters(args.tracks, tracks)
     if args.plots:
         plot(ev, args.plots)
