@@ -5,9 +5,11 @@ The directory is read at every handshake, so adding or removing a client's ``NAM
 takes effect for its next connection without a restart (key rotation). A client whose key
 is not there is refused and logged with its key; the socket monitor counts the refusals.
 A peer can repeat handshakes at will, with a new key each time: one key is named at most
-once a ``KEY_LOG_S``, and one line goes out at most once a ``LINE_LOG_S``, which says how
-many refusals went unlogged before it. A directory that cannot be read refuses every
-client: said at most once a ``KEY_LOG_S``.
+once a ``KEY_LOG_S``, and the lines come at most ``LINES_BURST`` at once, then one a
+``LINE_LOG_S`` (libzmq clients do not try a refused key again: after a rotation each stale
+client is one refusal, and a farm's worth of them are each named); a line says how many
+refusals went unlogged before it. A directory that cannot be read refuses every client:
+said at most once a ``KEY_LOG_S``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from streamtrk.wire.curve import CurveError, allowed_keys
 
 log = logging.getLogger(__name__)
 KEY_LOG_S = 60.0  # one refused key named at most this often
-LINE_LOG_S = 1.0  # one refusal line at most this often, whatever the keys
-KEYS_KEPT = 4096  # refused keys remembered for KEY_LOG_S (then forgotten at once)
+LINES_BURST = 20  # refusal lines at once, whatever the keys ...
+LINE_LOG_S = 1.0  # ... then one this often
 
 
 class AllowedKeys:
@@ -37,7 +39,8 @@ class AllowedKeys:
         self.directory = directory
         self._unreadable = Throttle(KEY_LOG_S)
         self._named: dict[bytes, float] = {}  # refused key -> when it was last named
-        self._next_line = 0.0  # monotonic time from which the next refusal line may go
+        self._lines = float(LINES_BURST)  # refusal lines that may go now (refilled with time)
+        self._since = time.monotonic()  # when they were counted
         self._unlogged = 0  # refusals since the last line
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -50,9 +53,8 @@ class AllowedKeys:
             except (OSError, CurveError) as e:
                 if since := self._unreadable.count():
                     log.error(
-                        "cannot read the allowed CURVE keys, every client is refused (%d since "
-                        "the last line): %s",
-                        since,
+                        "cannot read the allowed CURVE keys, every client is refused%s: %s",
+                        f" ({since} since the last line)" if since > 1 else "",
                         e,
                     )
                 return False
@@ -68,13 +70,17 @@ class AllowedKeys:
         """Whether a line naming ``key`` may go now: the refusals not logged since the last
         line, else None (this one counted among them)."""
         now = time.monotonic()
-        if now < self._next_line or now < self._named.get(key, -math.inf) + KEY_LOG_S:
+        self._lines = min(LINES_BURST, self._lines + (now - self._since) / LINE_LOG_S)
+        self._since = now
+        if self._lines < 1 or now < self._named.get(key, -math.inf) + KEY_LOG_S:
             self._unlogged += 1
             return None
-        if len(self._named) >= KEYS_KEPT:
-            self._named.clear()
+        self._lines -= 1
+        # At most LINES_BURST + KEY_LOG_S / LINE_LOG_S keys were named within KEY_LOG_S: the
+        # others are forgotten once twice that many are kept.
+        if len(self._named) > 2 * (LINES_BURST + KEY_LOG_S / LINE_LOG_S):
+            self._named = {k: t for k, t in self._named.items() if now < t + KEY_LOG_S}
         self._named[key] = now
-        self._next_line = now + LINE_LOG_S
         unlogged, self._unlogged = self._unlogged, 0
         return unlogged
 
