@@ -34,6 +34,12 @@ class Throttle:
         since, self._since, self._next = self._since, 0, now + self.every_s
         return since
 
+    def pending(self) -> int:
+        """The occurrences not warned about yet, once a warning about them is due (the
+        warning then counts as given), else 0: for a caller that polls, so that the last of
+        a burst is said without waiting for a next occurrence."""
+        return self.count(0) if self._since else 0
+
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return getattr(record, "fields", None) or {}

@@ -14,7 +14,7 @@ incompatible socket type; what the peer had queued on it is lost with it). Refus
 handshakes also count in ``streamtrk_auth_failures_total``.
 The log has at most one line a ``DISCONNECT_LOG_S`` per socket and cause (a peer can open
 and drop connections at will, a port scanner thousands): it says how many ended since the
-line before.
+line before, and those of a burst that stopped are said once their line is due.
 
 libzmq 4.3 gives up for good a connection it made whose handshake failed for its protocol
 (a peer without CURVE against a CURVE socket, or the reverse), where it retries any other
@@ -143,9 +143,23 @@ class SocketMonitor(threading.Thread):
             while not self._stopping.is_set():
                 for mon, _ in poller.poll(POLL_MS):
                     self.handle(by_socket[mon], recv_monitor_message(mon))
+                self._say_pending()
         finally:
             for mon in self.monitors.values():
                 mon.close(linger=0)
+
+    def _say_pending(self) -> None:
+        """The ended connections not logged yet, once their line is due."""
+        for (socket, cause), lines in self._lines.items():
+            if since := lines.pending():
+                log.log(
+                    logging.INFO if cause == "closed" else logging.WARNING,
+                    "%d more connections on %s ended (%s) since the last line",
+                    since,
+                    socket,
+                    cause,
+                    extra={"fields": {"socket": socket, "cause": cause, "since": since}},
+                )
 
     def handle(self, socket: str, message: dict[str, Any]) -> None:
         faults.delay("monitor")  # a monitor behind its sockets, as under load
