@@ -104,7 +104,8 @@ def record(
 
 
 class _CreatedOnFirstWrite:
-    """A new recording at ``path``, created (replacing the file there) by its first record."""
+    """A new recording at ``path``, created (replacing the file there, and making its
+    folder) by its first record."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -112,6 +113,7 @@ class _CreatedOnFirstWrite:
 
     def write(self, frames: list[Any]) -> None:
         if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = RecordingWriter(self.path)
         self._writer.write(frames)
 

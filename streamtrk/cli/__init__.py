@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from streamtrk import __version__
-from streamtrk.cli.common import COMMANDS
+from streamtrk.cli.common import COMMANDS, LIST_OPTIONS
 from streamtrk.threads import wait_passively
 
 # Importing a command module registers its commands: the order of these imports is the
@@ -33,7 +33,6 @@ from streamtrk.cli import (  # noqa: F401
 # isort: on
 
 _NEGATIVE_LIST = re.compile(r"-[0-9.][^,]*(,[^,]*)+")  # -1,0,0 (a value, not an option)
-_LONG_OPTION = re.compile(r"--[a-z][a-z0-9-]*")  # --beam-spot (not --x=..., not --)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
-    args = build_parser().parse_args(_negative_lists(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()  # LIST_OPTIONS filled
+    args = parser.parse_args(_negative_lists(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except BrokenPipeError:
@@ -73,10 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _negative_lists(argv: Sequence[str]) -> list[str]:
     """``--beam-spot -1,0,0`` read as ``--beam-spot=-1,0,0``: argparse takes a value that
-    starts with a minus, and is not a plain number, for an option (and no option is named so)."""
+    starts with a minus, and is not a plain number, for an option. Only the values of
+    ``LIST_OPTIONS``, and none after ``--``."""
     out: list[str] = []
-    for token in argv:
-        if _NEGATIVE_LIST.fullmatch(token) and out and _LONG_OPTION.fullmatch(out[-1]):
+    for k, token in enumerate(argv):
+        if token == "--":
+            return out + list(argv[k:])
+        if out and out[-1] in LIST_OPTIONS and _NEGATIVE_LIST.fullmatch(token):
             out[-1] += "=" + token
         else:
             out.append(token)

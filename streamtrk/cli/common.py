@@ -12,11 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from streamtrk.io.paths import check_writable
 from streamtrk.stop import StopFlag
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
+LIST_OPTIONS: set[str] = set()  # options of comma lists of numbers (see list_argument)
 
 
 def strict_json(obj: Any, **kw: Any) -> str:
@@ -55,6 +57,13 @@ def _split(text: str, sep: str, kinds: tuple[type, ...], what: str) -> list[Any]
         except ValueError:
             pass
     raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+
+
+def list_argument(s: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """Option ``name``, whose value is a comma list of numbers, added to ``s``: listed in
+    ``LIST_OPTIONS``, so that its value may start with a minus (``--beam-spot -1,0,0``)."""
+    LIST_OPTIONS.add(name)
+    s.add_argument(name, **kw)
 
 
 def vol_layer(text: str) -> tuple[int, int]:
@@ -116,8 +125,6 @@ def curve_arguments(s: argparse.ArgumentParser) -> None:
 def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
     """The output files (and folder of plots) given, checked before the work that fills
     them: a path that cannot be written fails now, not with the results."""
-    from streamtrk.io.paths import check_writable
-
     for path in files:
         if path is not None:
             check_writable(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from streamtrk.cli.common import (
     beam_line_xy,
     check_outputs,
+    list_argument,
     strict_json,
     subcommand,
     torch_threads_argument,
@@ -43,13 +44,14 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
         default=1.0,
         help="times the work budget, as the daemon's budget_scale (default 1)",
     )
-    s.add_argument(
+    list_argument(
+        s,
         "--beam-spot",
         type=beam_line_xy,
         default=(0.0, 0.0),
         metavar="X,Y",
         help="the beam line in mm the chain is centred on, as the daemon's beam_spot_x_mm and "
-        "beam_spot_y_mm (default 0,0; write --beam-spot=-1,0 for a leading minus)",
+        "beam_spot_y_mm (default 0,0)",
     )
     torch_threads_argument(s)
     s.add_argument("--events", type=int, help="at most this many events")
@@ -171,16 +173,20 @@ def _evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     text = strict_json(report, indent=2, sort_keys=True)
-    # Files named by event number are checked before anything is written.
-    submission = by_event_number(ev.submission) if args.submission else None
-    tracks = by_event_number(ev.tracks) if args.tracks else None
     if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text + "\n")
-    if submission is not None:
-        write_submission(args.submission, submission)
-    if tracks is not None:
-        write_track_parameters(args.tracks, tracks)
     if args.plots:
         plot(ev, args.plots)
     print(text)
+    # The files named by event number last, both checked before either is written: two
+    # runs sharing a number cannot be in them (ValueError), and the report is kept.
+    submission = by_event_number(ev.submission) if args.submission else None
+    tracks = by_event_number(ev.tracks) if args.tracks else None
+    if submission is not None:
+        args.submission.parent.mkdir(parents=True, exist_ok=True)
+        write_submission(args.submission, submission)
+    if tracks is not None:
+        args.tracks.parent.mkdir(parents=True, exist_ok=True)
+        write_track_parameters(args.tracks, tracks)
     return 0

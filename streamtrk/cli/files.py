@@ -11,6 +11,7 @@ from pathlib import Path
 from streamtrk.cli.common import (
     beam_spot_xyz,
     compact_argument,
+    list_argument,
     noisy_layer,
     pt_range,
     strict_json,
@@ -36,7 +37,8 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
         metavar="N",
         help="add N high-pT particles (5-50 GeV unless --hard-scatter-pt) on the first vertex",
     )
-    s.add_argument(
+    list_argument(
+        s,
         "--hard-scatter-pt",
         type=pt_range,
         default=(5.0, 50.0),
@@ -59,13 +61,13 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
         metavar="VOL:LAYER:HITS",
         help="add HITS noise hits per event (Poisson mean) on a layer (repeatable)",
     )
-    s.add_argument(
+    list_argument(
+        s,
         "--beam-spot",
         type=beam_spot_xyz,
         default=(0.0, 0.0, 0.0),
         metavar="X,Y,Z",
-        help="centre of the pileup vertices in mm (default 0,0,0; "
-        "write --beam-spot=-1,0,0 for a leading minus)",
+        help="centre of the pileup vertices in mm (default 0,0,0)",
     )
     s.add_argument("--run", type=int, default=1, help="run number (default 1)")
     s.add_argument("--detector", type=Path, default=None, help="detector TOML file")

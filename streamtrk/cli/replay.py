@@ -93,6 +93,8 @@ def _replay(args: argparse.Namespace) -> int:
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
         return 1
+    if args.submission:  # checked before the replay, as its files name events by number
+        by_event_number({ev.key: None for ev in events})
     opts = ReplayOptions(
         to=args.to,
         from_=args.from_,
@@ -111,12 +113,14 @@ def _replay(args: argparse.Namespace) -> int:
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(strict_json(report, indent=2) + "\n")
     if args.submission:
         hit_ids: dict[tuple[int, int], Any] = {}
         for ev in events:  # an event recorded twice: its first copy, as labels_of takes
             hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
         rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
+        args.submission.parent.mkdir(parents=True, exist_ok=True)
         write_submission(args.submission, by_event_number(rows))
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)

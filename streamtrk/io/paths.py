@@ -5,16 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+_WRITE_IN = os.W_OK | os.X_OK  # create and write files in a folder
+
 
 def check_writable(path: Path, *, folder: bool = False) -> None:
     """Raise now, not when the results are ready (and would be lost), where ``path`` cannot
-    be written: a file (or, with ``folder``, a folder of files) there. Its folder is
-    created."""
-    target = path if folder else path.parent
-    target.mkdir(parents=True, exist_ok=True)
-    if not folder and path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a file")
-    if not os.access(target, os.W_OK | os.X_OK) or (
-        not folder and path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise PermissionError(f"cannot write {path}")
+    be written: a file (or, with ``folder``, a folder of files) there. Nothing is created:
+    a file there is checked for writing, a new one by the folder it goes in (or the first
+    folder that exists above it, where it would be made)."""
+    if path.is_symlink() and not path.exists():  # open() would follow it, mkdir not
+        raise FileNotFoundError(f"{path} links to {path.resolve()}, which is not there")
+    if path.exists():
+        if folder != path.is_dir():
+            what = ("a file", "a folder") if folder else ("a folder", "a file")
+            raise (NotADirectoryError if folder else IsADirectoryError)(
+                f"{path} is {what[0]}, not {what[1]}"
+            )
+        if not os.access(path, _WRITE_IN if folder else os.W_OK):
+            raise PermissionError(f"cannot write {path}")
+        return
+    above = path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {above} is a file, not a folder")
+    if not os.access(above, _WRITE_IN):
+        raise PermissionError(f"cannot write {path}: no permission to write in {above}")

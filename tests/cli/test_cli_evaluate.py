@@ -80,8 +80,9 @@ def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     assert "1 events have truth but no particle vertices or momenta" in err
 
 
-def test_evaluate_writes_no_file_when_one_cannot_be_written(tmp_path):
-    """Two runs of one event number cannot share a submission: nothing is written."""
+def test_evaluate_keeps_the_report_when_a_file_by_event_number_cannot_be_written(tmp_path):
+    """Two runs of one event number cannot share a submission (nor a tracks file): neither
+    is written, and the report, which holds both runs, is kept (the work is not lost)."""
     main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
     event = next(iter_events(tmp_path / "e.stk"))
     with RecordingWriter(tmp_path / "runs.stk") as w:
@@ -89,9 +90,12 @@ def test_evaluate_writes_no_file_when_one_cannot_be_written(tmp_path):
         w.write_event(replace(event, run=event.run + 1))
     report, sub = tmp_path / "r.json", tmp_path / "sub.csv"
     args = ["evaluate", str(tmp_path / "runs.stk"), "--oracle", "-q", "--report", str(report)]
-    out = _run(*args, "--submission", str(sub))
+    tracks = tmp_path / "tracks.csv"
+    out = _run(*args, "--submission", str(sub), "--tracks", str(tracks))
     assert out.returncode == 1 and "occurs in more than one run" in out.stderr
-    assert not report.exists() and not sub.exists()
+    assert json.loads(report.read_text()) == json.loads(out.stdout)
+    assert json.loads(out.stdout)["events"] == 2
+    assert not sub.exists() and not tracks.exists()
 
 
 @pytest.mark.parametrize(

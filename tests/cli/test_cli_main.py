@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import _run, _simulate
 
-from streamtrk.cli import build_parser, main
+from streamtrk.cli import _negative_lists, build_parser, main
 
 
 def test_a_list_value_may_start_with_a_minus(tmp_path):
@@ -22,6 +22,19 @@ def test_a_list_value_may_start_with_a_minus(tmp_path):
     assert main([*sim, "-o", str(spaced), "--beam-spot", "-0.5,0.25,3"]) == 0
     assert spaced.read_bytes() == joined.read_bytes()
     assert main([*sim, "-o", str(spaced), "--beam-spot", "-.5,-1,0", "--hard-scatter", "1"]) == 0
+
+
+def test_only_a_list_option_takes_a_value_with_a_leading_minus_and_none_after_the_end():
+    build_parser()
+    assert _negative_lists(["evaluate", "r.stk", "--beam-spot", "-1,0"]) == [
+        "evaluate",
+        "r.stk",
+        "--beam-spot=-1,0",
+    ]
+    flag = ["evaluate", "r.stk", "--oracle", "-1,0"]  # a flag takes no value
+    assert _negative_lists(flag) == flag
+    ended = ["keys", "--", "--beam-spot", "-1,2"]  # positionals after --, as argparse reads them
+    assert _negative_lists(ended) == ended
 
 
 def _sigint_default() -> None:

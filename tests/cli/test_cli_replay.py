@@ -1,8 +1,11 @@
 """``streamtrk replay``'s errors without a daemon (with one: tests/test_replay.py)."""
 
+from dataclasses import replace
+
 from cli_helpers import _run
 
 from streamtrk.cli import main
+from streamtrk.io.recording import RecordingWriter, iter_events
 
 
 def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
@@ -34,4 +37,23 @@ def test_replay_refuses_an_output_it_cannot_write_before_it_sends(tmp_path):
     assert (
         out.stderr
         == f"streamtrk replay: error: {tmp_path / 'report.json'} is a folder, not a file\n"
+    )
+
+
+def test_replay_refuses_a_submission_of_two_runs_sharing_an_event_number_before_it_sends(
+    tmp_path,
+):
+    """TrackML files name events by number alone: known from the recording, before the
+    replay, not after it (the replies would be lost)."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    event = next(iter_events(tmp_path / "e.stk"))
+    with RecordingWriter(tmp_path / "runs.stk") as w:
+        w.write_event(event)
+        w.write_event(replace(event, run=event.run + 1))
+    to, from_ = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
+    args = ["--to", to, "--from", from_, "--timeout", "1", "--submission", str(tmp_path / "s.csv")]
+    out = _run("replay", str(tmp_path / "runs.stk"), *args)
+    assert out.returncode == 1
+    assert out.stderr.startswith(
+        f"streamtrk replay: error: event number {event.event} occurs in more than one run"
     )

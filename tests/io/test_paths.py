@@ -1,18 +1,28 @@
-"""Output paths checked before the work that fills them."""
+"""Output paths checked before the work that fills them, with nothing created."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streamtrk.io.paths import check_writable
 
+NOBODY = 65534
 
-def test_a_file_path_gets_its_folder_and_is_not_created(tmp_path: Path) -> None:
-    path = tmp_path / "a" / "b" / "report.json"
-    check_writable(path)
-    assert path.parent.is_dir() and not path.exists()
+
+def test_a_new_file_is_checked_by_the_first_folder_that_exists_and_nothing_is_made(
+    tmp_path: Path,
+) -> None:
+    check_writable(tmp_path / "a" / "b" / "report.json")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="file is a file, not a folder"):
+        check_writable(tmp_path / "file" / "b" / "report.json")
 
 
 def test_a_folder_where_a_file_goes_is_refused(tmp_path: Path) -> None:
@@ -22,7 +32,59 @@ def test_a_folder_where_a_file_goes_is_refused(tmp_path: Path) -> None:
 
 def test_a_file_where_a_folder_goes_is_refused(tmp_path: Path) -> None:
     (tmp_path / "plots").write_text("")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(NotADirectoryError, match="plots is a file, not a folder"):
         check_writable(tmp_path / "plots", folder=True)
     check_writable(tmp_path / "new-plots", folder=True)
-    assert (tmp_path / "new-plots").is_dir()
+    assert not (tmp_path / "new-plots").exists()
+
+
+def test_a_link_to_nowhere_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "report.json").symlink_to(tmp_path / "gone" / "report.json")
+    with pytest.raises(FileNotFoundError, match=r"links to .*gone/report\.json, which is not"):
+        check_writable(tmp_path / "report.json")
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder anyone may enter (pytest's own are its owner's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="streamtrk-paths-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def _as_unprivileged(path: Path, folder: bool = False) -> str:
+    """``check_writable(path)`` as a user without root's rights (a forked child that drops
+    them, when the tests run as root): ``ok`` or the exception's name."""
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on
+        code = 0
+        try:
+            if os.geteuid() == 0:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            check_writable(path, folder=folder)
+        except PermissionError:
+            code = 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return ("ok", "PermissionError", "other")[os.waitstatus_to_exitcode(status)]
+
+
+def test_permissions_are_those_the_writers_need(shared: Path) -> None:
+    """An existing file needs its own write permission, not its folder's (writers open it in
+    place); a new one needs its folder's; a file that is read-only is refused."""
+    closed = shared / "closed"
+    closed.mkdir(mode=0o555)
+    closed.chmod(0o555)
+    (closed / "report.json").write_text("")
+    (closed / "report.json").chmod(0o666)
+    (closed / "read-only.json").write_text("")
+    (closed / "read-only.json").chmod(0o444)
+    assert _as_unprivileged(closed / "report.json") == "ok"
+    assert _as_unprivileged(closed / "new.json") == "PermissionError"
+    assert _as_unprivileged(closed / "new" / "deeper.json") == "PermissionError"
+    assert _as_unprivileged(closed / "read-only.json") == "PermissionError"
+    assert _as_unprivileged(closed, folder=True) == "PermissionError"

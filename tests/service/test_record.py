@@ -35,7 +35,7 @@ def test_limits_that_would_record_nothing_or_never_stop_are_refused(
 
 
 def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "tap.stk"
+    out = tmp_path / "taps" / "tap.stk"  # its folder made at the first message
     records = [frames for _, frames in islice(iter_records(sim_run), 10)]  # hits, truth x 5
     # The producer binds (a port of its choice) and the tap connects: a bound PUSH socket
     # holds messages until its peer is there, so nothing is sent before the tap listens.
