@@ -137,7 +137,8 @@ class InteractionNetwork(nn.Module):
         h, he = cfg.hidden, cfg.edge_hidden
         self.node_encoder = _mlp(cfg.node_in, h, h)
         self.edge_encoder = _mlp(cfg.edge_in, he, he)
-        # nn.ModuleList's stubs type its items as Module: typed here as what they are.
+        # nn.ModuleList's stubs type its items as Module; the steps are only iterated and
+        # counted, as a Sequence of _Step would be (a ModuleList is not one by isinstance).
         self.steps: Sequence[_Step] = nn.ModuleList(  # type: ignore[assignment]
             _Step(h, he) for _ in range(cfg.steps)
         )
