@@ -93,7 +93,7 @@ class MLPFilter:
         self.retention = float(data["retentions"][k])
 
     def mask(self, g: Graph) -> np.ndarray:
-        from bench.mlp_filter import features, forward
+        from mlp_filter import features, forward
 
         return forward(self.weights, features(g, load_detector())) >= self.threshold
 

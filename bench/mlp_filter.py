@@ -62,11 +62,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/mlp_filter.npz"))
     args = ap.parse_args()
     import torch
-
-    from bench.prune_windows import (  # needs PYTHONPATH=. (above)
+    from prune_windows import (  # a sibling: bench/ is on sys.path when run
         FORBIDDEN_SEEDS,
         central_target_edges,
     )
+
     from streamtrk.io.recording import iter_events
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
