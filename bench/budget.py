@@ -77,7 +77,7 @@ def one(k: int) -> None:
 
 def usage(det, event: Event) -> dict[str, float]:
     cols, offsets = batch_columns([event])
-    ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
+    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
     q, b = expand_ranges(ctx.b_lo, ctx.b_hi + 1)
     lo_c, hi_c = ctx.slots(q, b)
     graph = batch_graph([event], det)

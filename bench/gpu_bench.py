@@ -441,7 +441,7 @@ def transfers_part(dev: Device, events: list[Event], rec: Reconstructor) -> dict
             cols, offsets = batch_columns(b, dev.xp)
             dev.sync()
             t_up = time.perf_counter() - t
-            g = build_graph(*cols.values(), offsets, det, rec.graph_config)
+            g = build_graph(**cols, node_offsets=offsets, det=det, cfg=rec.graph_config)
             if rec.prune is not None:
                 g = select_edges(g, prune_edges(g, rec.prune, det))
             scores = rec.scorer(g, b)
@@ -649,7 +649,9 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
     def measure(size: int) -> dict[str, Any]:
         b = batch(events, size, 0)
         cols, offsets = batch_columns(b, xp)
-        ctx, _, _ = graph_stage.prepare_search(*cols.values(), offsets, det, chain.graph)
+        ctx, _, _ = graph_stage.prepare_search(
+            **cols, node_offsets=offsets, det=det, cfg=chain.graph
+        )
         arrays_ms, (i, j, f) = timed(lambda: graph_stage.search_arrays(ctx))
         kernels_ms, (ki, kj, kf) = timed(lambda: graph_stage.search_kernels(ctx, search_launch))
         row: dict[str, Any] = {
@@ -661,7 +663,7 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
             ),
             "same_features": bool(np.array_equal(to_host(f), to_host(kf))),
         }
-        g = build_graph(*cols.values(), offsets, det, chain.graph)
+        g = build_graph(**cols, node_offsets=offsets, det=det, cfg=chain.graph)
         row |= gls(b, g)
         if chain.prune is None:
             return row

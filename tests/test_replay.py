@@ -242,8 +242,16 @@ def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -
         def refuse(n: int) -> None:
             for _ in range(n):
                 msg = decode(sink.recv_multipart())
-                refusal = {"status": "error", "reason": "too_dense", "msg_id": msg.msg_id}
-                out.send_multipart(encode_tracks(msg.run, msg.event, [], None, **refusal))
+                refusal = encode_tracks(
+                    msg.run,
+                    msg.event,
+                    [],
+                    None,
+                    status="error",
+                    reason="too_dense",
+                    msg_id=msg.msg_id,
+                )
+                out.send_multipart(refusal)
 
         args = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
         for extra, status in (([], 0), (["--fail-on-error"], 1)):
@@ -282,19 +290,19 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
             out.send_multipart([b"\xc1"])  # not a reply at all
             for n in range(8):
                 msg = decode(sink.recv_multipart())
-                ev, ids = by_key[(msg.run, msg.event)], {"msg_id": msg.msg_id}
+                ev, msg_id = by_key[(msg.run, msg.event)], msg.msg_id
                 hit_ids = ev.hits.hit_id
                 if msg.event == 2 or (msg.event == 3 and n < 4):
                     reason = "too_dense" if msg.event == 2 else "overloaded"
                     reply = encode_tracks(ev.run, ev.event, hit_ids, None, status="error",
-                                          reason=reason, **ids)  # fmt: skip
+                                          reason=reason, msg_id=msg_id)  # fmt: skip
                 elif n < 4 or msg.event == 3:
                     line = (0.25, 1) if msg.event == 3 else (0.5, 0)
                     reply = encode_tracks(
-                        ev.run, ev.event, hit_ids, _truth_tracks(ev), beam_line=line, **ids
+                        ev.run, ev.event, hit_ids, _truth_tracks(ev), beam_line=line, msg_id=msg_id
                     )
                 else:
-                    reply = encode_tracks(ev.run, ev.event, hit_ids, None, **ids)
+                    reply = encode_tracks(ev.run, ev.event, hit_ids, None, msg_id=msg_id)
                 out.send_multipart(reply)
 
         daemon = threading.Thread(target=answer, daemon=True)

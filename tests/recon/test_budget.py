@@ -101,11 +101,11 @@ def test_hits_that_can_make_no_edge_do_not_raise_the_limit(det, x, volume_id) ->
 def test_the_kernels_check_the_same_budget(det, small_events, host_launcher) -> None:
     batch = [small_events[0], pile(det, 400, 2)]
     cols, offsets = batch_columns(batch)
-    ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
+    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
     with pytest.raises(EventTooDense, match=r"too many doublets \(event 1 of the batch: 800,000 >"):
         search_kernels(ctx, host_launcher(KERNELS))
     ctx, _, _ = prepare_search(
-        *cols.values(), offsets, det, GraphConfig(), Budget(edges_per_hit=200)
+        **cols, node_offsets=offsets, det=det, cfg=GraphConfig(), budget=Budget(edges_per_hit=200)
     )
     i, _, _ = search_kernels(ctx, host_launcher(KERNELS))
     assert len(i) > 800_000

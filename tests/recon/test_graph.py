@@ -75,7 +75,7 @@ def test_queries_set_up_in_chunks_equal_one_piece(small_events, det, monkeypatch
 
     def queries(chunk: int) -> list[np.ndarray]:
         monkeypatch.setattr(graph_module, "QUERY_HIT_CHUNK", chunk)
-        ctx, _, _ = prepare_search(*cols.values(), offsets, det, GraphConfig())
+        ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
         return [getattr(ctx, f) for f in fields]
 
     assert len(cols["x"]) > 50 * 97  # dozens of chunks of 97 hits
@@ -326,7 +326,9 @@ def test_without_isolated_hits_keeps_edges_and_events(small_events, det):
 
 def _both(events, det, cfg):
     cols, offsets = batch_columns(events)
-    ctx, _, _ = prepare_search(*cols.values(), offsets, det, cfg, NO_LIMIT)  # brute force too
+    ctx, _, _ = prepare_search(  # brute force too
+        **cols, node_offsets=offsets, det=det, cfg=cfg, budget=NO_LIMIT
+    )
     return search_arrays(ctx), ctx
 
 
@@ -361,7 +363,8 @@ def test_host_kernels_without_queries(host_launcher, small_events, det):
     ev = small_events[0]
     one = (ev.hits.layer_id == ev.hits.layer_id[0]) & (ev.hits.volume_id == ev.hits.volume_id[0])
     cols = {k: v[one] for k, v in batch_columns([ev])[0].items()}
-    ctx, _, _ = prepare_search(*cols.values(), np.array([0, len(cols["x"])]), det, GraphConfig())
+    offsets = np.array([0, len(cols["x"])])
+    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
     i, j, features = search_kernels(ctx, host_launcher(KERNELS))
     assert len(ctx.qi) == 0 and len(i) == len(j) == 0 and features.shape == (0, 6)
 

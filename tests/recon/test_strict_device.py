@@ -144,9 +144,9 @@ def _array_paths(events: list[Event], det: Any, xp: Any) -> dict[str, np.ndarray
     """The stages' array-operation forms that the GPU runs only in ``bench/gpu_bench.py``
     (against their kernels): candidate search, triplet cuts (3 and 4 hits), GLS sums."""
     cols, offsets = batch_columns(events, xp)
-    ctx, _, _ = graph_stage.prepare_search(*cols.values(), offsets, det, GraphConfig())
+    ctx, _, _ = graph_stage.prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
     out = dict(zip("ijf", map(to_host, graph_stage.search_arrays(ctx)), strict=True))
-    g = build_graph(*cols.values(), offsets, det, GraphConfig())
+    g = build_graph(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
     geo, usable, t = prune.triplet_inputs(g, PruneConfig(), det)
     for hits in (3, 4):
         mask = prune.keep_arrays(geo, usable, t, len(det), hits, (g.node_offsets, Budget()))

@@ -7,6 +7,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from live_daemon import sample, wait_for
@@ -29,7 +30,14 @@ def keys(tmp_path: Path) -> Path:
     return tmp_path / "keys"
 
 
-def client(keys: Path, name: str | None) -> dict[str, Path]:
+class ClientKeys(TypedDict, total=False):
+    """A Producer's or Consumer's CURVE keyword arguments."""
+
+    curve_key: Path
+    curve_server_key: Path
+
+
+def client(keys: Path, name: str | None) -> ClientKeys:
     if name is None:
         return {}
     return {"curve_key": keys / f"{name}.key_secret", "curve_server_key": keys / "server.key"}

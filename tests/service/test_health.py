@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -17,8 +18,15 @@ from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.telemetry import Metrics
 
 
+class Limits(TypedDict, total=False):
+    """HealthServer's keyword limits."""
+
+    max_connections: int
+    request_timeout_s: float
+
+
 @contextmanager
-def serving(**limits: float) -> Iterator[tuple[HealthServer, Metrics]]:
+def serving(**limits: Unpack[Limits]) -> Iterator[tuple[HealthServer, Metrics]]:
     metrics, readiness = Metrics(), Readiness()
     readiness.set("ready")
     server = HealthServer(("127.0.0.1", 0), metrics, readiness, dict, list, **limits)
@@ -96,6 +104,6 @@ def test_peers_past_the_cap_are_closed_unanswered_and_counted() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"max_connections": 0}, {"request_timeout_s": 0}])
-def test_limits_must_be_positive(bad: dict[str, float]) -> None:
+def test_limits_must_be_positive(bad: Limits) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list, **bad)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgpack
 import numpy as np
@@ -177,6 +177,13 @@ def test_to_tracks_unknown_hit_id(rng: np.random.Generator) -> None:
         reply.to_tracks(ev.hits.hit_id[:5])
 
 
+class ReplyStatus(TypedDict, total=False):
+    """encode_tracks' status keywords."""
+
+    status: str
+    reason: str
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -185,7 +192,7 @@ def test_to_tracks_unknown_hit_id(rng: np.random.Generator) -> None:
         ({"reason": "why"}, "reason"),
     ],
 )
-def test_encode_tracks_rejects_bad_arguments(kwargs: dict[str, str], match: str) -> None:
+def test_encode_tracks_rejects_bad_arguments(kwargs: ReplyStatus, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         encode_tracks(1, 2, np.arange(3), None, **kwargs)
 
