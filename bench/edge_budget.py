@@ -106,10 +106,11 @@ def measure(events: list[Event], graphs: list[Graph], cfgs: dict, repeats: int) 
     for name, cfg in cfgs.items():
         tot: dict[str, float] = {"seconds": 0.0, "max_edges": 0}
         for ev, g, b in zip(events, graphs, base, strict=True):
+            mask: np.ndarray | None
             if cfg is None:
                 mask, best = np.ones(g.num_edges, bool), 0.0
             else:
-                best = np.inf
+                best, mask = np.inf, None
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     if isinstance(cfg, MLPFilter):
@@ -117,6 +118,7 @@ def measure(events: list[Event], graphs: list[Graph], cfgs: dict, repeats: int) 
                     else:
                         mask = prune_edges(g, cfg, det)
                     best = min(best, time.perf_counter() - t0)
+                assert mask is not None, "--repeats must be at least 1"
             c = edge_counts(ev, g.edge_index[:, mask])
             for k, v in c.items():
                 tot[k] = tot.get(k, 0) + v

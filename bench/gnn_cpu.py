@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from streamtrk.detector import load_detector
+from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import event_graph
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import WEIGHTS, default_model_path
@@ -84,6 +85,7 @@ def main() -> None:
         rows.append(
             {"input": str(args.real), **_time(rec, [(event_graph(ev, det, rec.graph_config), ev)])}
         )
+    assert isinstance(rec.scorer, EngineScorer)  # what load_reconstructor gives
     model = rec.scorer.model
     out = {
         "model": str(path),

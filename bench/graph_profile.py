@@ -42,6 +42,7 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location(
         "naive", args.shared / "bench/naive_graph_reference.py"
     )
+    assert spec is not None and spec.loader is not None
     naive = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(naive)
     if args.stk:
@@ -61,6 +62,7 @@ def main() -> None:
     call = (h.x, h.y, h.z, h.volume_id, h.layer_id, np.array([0, len(h)]), det, cfg)
     ref = build_graph(*call)
     times: dict[str, list[float]] = {}
+    naive_edges = None
     for _ in range(args.repeats):  # interleaved, so that load changes hit all alike
         if naive_hits is not None:
             t0 = time.perf_counter()
@@ -78,7 +80,7 @@ def main() -> None:
         times.setdefault("  search_arrays: candidate search", []).append(t3 - t2)
         assert np.array_equal(_keys(np.stack([i, j]), len(h)), _keys(ref.edge_index, len(h)))
     print(f"{len(h)} hits, {ref.num_edges} edges", end="")
-    if naive_hits is not None:
+    if naive_edges is not None:
         print(f" (naive reference: {naive_edges.shape[1]} edges, adjacent barrel pairs only)")
     else:
         print()

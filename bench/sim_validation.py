@@ -53,6 +53,7 @@ def main() -> None:
     n = np.arange(1, 11)
     ax[1].plot(n, real_hpp[1:11] / real_hpp[1:11].sum(), "o-", label="real event 1000")
     sim_hpp = sim["hits_per_particle"]
+    assert isinstance(sim_hpp, np.ndarray)  # summarize's values: arrays, but noise_fraction
     ax[1].plot(n, sim_hpp[1:11] / sim_hpp[1:11].sum(), "s-", label="simulation")
     ax[1].set_xlabel("barrel layers hit per particle")
     ax[1].set_ylabel("fraction of particles")

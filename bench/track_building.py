@@ -120,6 +120,7 @@ def track_table(c: Cached, threshold: float, cfg: TrackConfig) -> dict[str, Any]
     sizes = np.diff(offsets)
     labels = np.zeros(n_hits, dtype=np.int64)
     labels[hits] = np.repeat(np.arange(1, len(sizes) + 1), sizes)
+    assert c.event.truth is not None
     m = match_tracks(labels, c.event.truth.hits.particle_id)
     # mean score of the edges between consecutive hits: build_tracks' mean (chains by radius)
     key = c.edge_index[0] * n_hits + c.edge_index[1]

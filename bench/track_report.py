@@ -61,6 +61,7 @@ class _Chi2:
     def reconstruct(self, events: list[Event]) -> Any:
         res = self.rec.reconstruct(events)
         for ev, t in zip(events, res.tracks, strict=True):
+            assert ev.truth is not None
             m = match_tracks(t.track_id_per_hit(len(ev.hits)), ev.truth.hits.particle_id)
             ok = m.matched & (m.particle_id != 0)
             chi = t.params["chi2"] / np.maximum(t.params.get("ndf", 1), 1)

@@ -66,7 +66,9 @@ def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
             result = replay(events, opts)
         ids = []
         while sink.poll(500):
-            ids.append(peek_msg_id(sink.recv_multipart()))
+            msg_id = peek_msg_id(sink.recv_multipart())
+            assert msg_id is not None
+            ids.append(msg_id)
     report = result.report(events, opts.rate)
     assert report["sent"] == 20 and report["missing"] == 20 and report["resent"] == 20
     # The send rate is that of the events' first sends (resends went on 0.5 s longer).
@@ -228,6 +230,7 @@ def test_a_recording_loads_compact_when_asked(tmp_path: Path) -> None:
     for a, b, ev in zip(as_recorded, compact, events, strict=True):
         assert sum(map(len, b.frames[1:])) < 0.7 * sum(map(len, a.frames[1:]))
         assert decode(b.frames).to_event().hits.equals(ev.hits)
+        assert b.event.truth is not None and ev.truth is not None
         assert b.event.truth.equals(ev.truth)
 
 
@@ -266,6 +269,7 @@ def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -
 
 def _truth_tracks(ev: Event) -> Tracks:
     """The event's particles as tracks (what a perfect daemon would answer)."""
+    assert ev.truth is not None
     pid = ev.truth.hits.particle_id
     order = np.argsort(pid, kind="stable")
     order = order[pid[order] != 0]
@@ -424,7 +428,9 @@ def test_an_event_answered_while_resends_go_out_is_not_resent() -> None:
         class ReplyDuringTheFirstResend(_Sender):
             def _send(self, frames: list[Any]) -> bool:
                 sent = super()._send(frames)
-                self.match(peek_msg_id(frames) ^ 1, (0, 0))  # the other one's reply
+                msg_id = peek_msg_id(frames)
+                assert msg_id is not None
+                self.match(msg_id ^ 1, (0, 0))  # the other one's reply
                 return sent
 
         opts = ReplayOptions(to=to, from_=from_, retries=1, retry_after_s=1.0)
@@ -465,6 +471,7 @@ def test_load_recording_stops_at_the_limit_and_attaches_only_matching_truth(
     path = tmp_path / "mixed.stk"
     with RecordingWriter(path) as w:
         w.write(encode_hits(evs[0]))
+        assert evs[1].truth is not None
         w.write(encode_truth(evs[1].run, evs[1].event, evs[1].truth))  # another event's
         w.write_event(evs[1])
         w.write_event(evs[2])
@@ -491,6 +498,7 @@ def test_replies_to_resends_after_the_last_event_is_answered_are_duplicates() ->
         time.sleep(0.2)
         if out.poll(1000, zmq.POLLOUT):  # a replay that did not wait has closed its socket
             with contextlib.suppress(zmq.Again):
+                assert held is not None
                 out.send_multipart(_tracks_reply(held), flags=zmq.NOBLOCK)
 
     with _daemon_sockets() as (sink, out, to, from_):

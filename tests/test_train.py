@@ -48,6 +48,7 @@ events = 1
 def test_shipped_config_parses() -> None:
     cfg = load_config(REPO / "models" / "configs" / "default.toml")
     assert cfg.name == DEFAULT_MODEL_NAME
+    assert cfg.test is not None
     assert cfg.train.seed not in (cfg.val.seed, cfg.test.seed)
 
 

@@ -24,6 +24,7 @@ def test_simulate_is_byte_identical_and_outputs_agree(tmp_path):
     for ev in iter_events(tmp_path / "one" / "a.stk"):
         csv = read_event(tmp_path / "one" / "csv" / f"event{ev.event:09d}")
         assert csv.hits.equals(ev.hits)
+        assert csv.truth is not None and ev.truth is not None
         assert csv.truth.equals(ev.truth)
 
 
@@ -34,6 +35,7 @@ def test_simulate_compact_writes_the_same_events_in_fewer_bytes(tmp_path):
     wide, compact = (list(iter_events(tmp_path / f)) for f in ("wide.stk", "compact.stk"))
     assert len(wide) == len(compact) == 2
     for a, b in zip(wide, compact, strict=True):
+        assert a.truth is not None and b.truth is not None
         assert a.hits.equals(b.hits) and a.truth.equals(b.truth)
     hits = {
         f: [m for _, m in iter_records(tmp_path / f) if decode(m).kind == "hits"]
@@ -50,6 +52,7 @@ def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):
     args = ["simulate", "--events", "2", "--mu", "2", "--seed", "4", "-q", "-o", str(out)]
     assert main([*args, "--hard-scatter", "6", "--hard-scatter-pt", "200,300"]) == 0
     for ev in iter_events(out):
+        assert ev.truth is not None
         pt = ev.truth.particles.pt
         hard = (pt >= 200) & (pt <= 300)
         assert hard.sum() == 6 and (pt[~hard] < 200).all()
@@ -72,6 +75,7 @@ def test_simulate_provokes_detector_faults(tmp_path, capsys):
     for ev in iter_events(out):
         layers = set(zip(ev.hits.volume_id.tolist(), ev.hits.layer_id.tolist(), strict=True))
         assert (8, 4) not in layers and (13, 2) not in layers and (8, 2) in layers
+        assert ev.truth is not None
         noise = ev.truth.hits.particle_id == 0
         on_17_2 = (ev.hits.volume_id == 17) & (ev.hits.layer_id == 2)
         assert (noise & on_17_2).sum() > 200
@@ -122,6 +126,7 @@ def test_import_trackml_round_trips_to_csv(tmp_path, shared_trackml):
     assert main(["export-trackml", str(tmp_path / "real.stk"), "-o", str(tmp_path / "out")]) == 0
     before, after = read_event(prefix), read_event(tmp_path / "out" / "event000001000")
     assert len(after.hits) == 27_543
+    assert after.truth is not None and before.truth is not None
     assert after.hits.equals(before.hits) and after.truth.equals(before.truth)
     # Numerically unchanged: every value equals the float32 parse of the original text.
     orig = np.loadtxt(f"{prefix}-hits.csv", delimiter=",", skiprows=1)

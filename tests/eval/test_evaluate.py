@@ -189,6 +189,7 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
         }
     )  # fmt: skip
     event = metrics_event([1], {1: (1.0, 0.0, 1)})
+    assert event.truth is not None
     event = replace(event, truth=replace(event.truth, particles=particles))
     truth = Evaluation(beam_line=beam, bfield=ideal.bfield)._truth_of(event, who + 1)
     assert np.abs(truth["d0"]).max() > 1.0  # displaced enough to matter

@@ -177,6 +177,7 @@ def test_physics_metrics_empty_tracks():
 @pytest.mark.realdata
 def test_real_perfect_submission(shared_trackml):
     event = read_event(shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000")
+    assert event.truth is not None
     pid = event.truth.hits.particle_id
     assert trackml_score(pid, event.truth.hits.weight, pid) == pytest.approx(1.0, abs=1e-6)
     metrics = physics_metrics(event, pid)
@@ -193,6 +194,7 @@ def test_totals_score_the_events_with_truth_weight():
     score: its counts add up, the mean score and ``events_scored`` leave it out."""
     weightless = metrics_event([1] * 5, {1: (2.0, 0.0, 5)})
     t = weightless.truth
+    assert t is not None
     weighted = replace(
         weightless, truth=replace(t, hits=replace(t.hits, weight=np.full(5, 0.2, np.float32)))
     )

@@ -66,6 +66,7 @@ def rng() -> np.random.Generator:
 def small(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, list[int], list[list[bytes]]]:
     """A 3-record file: its path, record offsets, and frames."""
     ev = make_event(rng, 2, 0)
+    assert ev.truth is not None
     messages = [
         encode_hits(ev, t_send_ns=1),
         encode_truth(3, 0, ev.truth, t_send_ns=1),
@@ -79,6 +80,7 @@ def test_round_trip_and_replay_byte_identity(tmp_path: Path, rng: np.random.Gene
     events = [make_event(rng, n, i) for i, n in enumerate([0, 5, 50, 7])]
     messages = []
     for ev in events:
+        assert ev.truth is not None
         messages += [encode_hits(ev, deadline_ms=2.0), encode_truth(ev.run, ev.event, ev.truth)]
     path = tmp_path / "r.stk"
     offsets = write(path, messages)
@@ -92,11 +94,13 @@ def test_round_trip_and_replay_byte_identity(tmp_path: Path, rng: np.random.Gene
     for a, b in zip(back, events, strict=True):
         assert (a.run, a.event) == (b.run, b.event)
         assert a.hits.equals(b.hits)
+        assert b.truth is not None
         assert a.truth is not None and a.truth.equals(b.truth)
 
 
 def test_events_pairing(tmp_path: Path, rng: np.random.Generator) -> None:
     e0, e1, e2 = (make_event(rng, 4, i) for i in range(3))
+    assert e0.truth is not None and e1.truth is not None
     path = tmp_path / "p.stk"
     write(
         path,
@@ -143,7 +147,9 @@ def test_repair_cuts_back_to_the_last_whole_record(small: Any, tmp_path: Path) -
     assert repair(path) is None and path.read_bytes() == data  # intact: untouched
     for cut_at in (offsets[2] + 1, len(data) - 1):
         path.write_bytes(data[:cut_at])
-        cut, why = repair(path)
+        repaired = repair(path)
+        assert repaired is not None
+        cut, why = repaired
         assert cut == cut_at - offsets[2] and f"record at offset {offsets[2]}" in why
         assert path.read_bytes() == data[: offsets[2]]
         assert [f for _, f in iter_records(path)] == frames[:2]
@@ -295,6 +301,7 @@ def test_write_event_refuses_what_readers_refuse(
     elif spoil == "duplicate_id":
         bad.hits.hit_id[3] = bad.hits.hit_id[1]
     else:  # in the truth message, written after the hits message
+        assert bad.truth is not None
         bad.truth.hits.particle_id[0] = -1
     path = tmp_path / "r.stk"
     with RecordingWriter(path) as w:
@@ -428,6 +435,7 @@ def test_new_recording_takes_its_place_only_on_success(tmp_path: Path) -> None:
 def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path, rng) -> None:
     ev = make_event(rng, 2, 0)
     truth = ev.truth
+    assert truth is not None
     path = tmp_path / "s.stk"
     with RecordingWriter(path) as w:
         w.write(encode_hits(ev))

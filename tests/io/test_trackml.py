@@ -98,6 +98,7 @@ def test_round_trip(tmp_path):
     back = read_event(prefix)
     assert (back.run, back.event) == (0, 42)
     assert back.hits.equals(event.hits)
+    assert event.truth is not None
     assert back.truth is not None and back.truth.equals(event.truth)
     assert len(back.truth.particles) == 41  # the particle without hits is kept
 
@@ -129,6 +130,7 @@ def test_gzip_round_trip(tmp_path):
         "event000000042-truth.csv.gz",
     ]
     back = read_event(prefix)
+    assert back.truth is not None and event.truth is not None
     assert back.hits.equals(event.hits) and back.truth.equals(event.truth)
 
 
@@ -180,6 +182,7 @@ def test_an_event_is_read_from_its_prefix_or_any_of_its_files(tmp_path):
     files = [tmp_path / f"event000000042-{kind}.csv.gz" for kind in ("hits", "truth", "particles")]
     for path in (prefix, *files):
         back = read_event(path)
+        assert back.truth is not None and event.truth is not None
         assert back.event == 42 and back.hits.equals(event.hits) and back.truth.equals(event.truth)
     assert [e.event for e in iter_events(files[0])] == [42]
     assert [e.event for e in iter_events(files[1])] == [42]
@@ -258,8 +261,11 @@ def test_values_that_do_not_fit_are_refused(tmp_path, kind, column, value, messa
 
 def test_negative_charge_and_track_labels_are_read(tmp_path):
     event = synthetic_event()
+    assert event.truth is not None
     assert (event.truth.particles.q < 0).any()
-    assert read_event(write_event(event, tmp_path)).truth.particles.q.min() == -1
+    back = read_event(write_event(event, tmp_path))
+    assert back.truth is not None
+    assert back.truth.particles.q.min() == -1
     path = tmp_path / "sub.csv"
     path.write_text("event_id,hit_id,track_id\n1,5,-1\n1,6,3\n")
     assert read_submission(path)[1][1].tolist() == [-1, 3]
@@ -295,6 +301,7 @@ def test_a_particle_of_the_truth_missing_from_particles_csv_is_refused(tmp_path)
     event = synthetic_event()
     prefix = write_event(event, tmp_path)
     particles = tmp_path / "event000000042-particles.csv"
+    assert event.truth is not None
     ids = np.asarray(event.truth.hits.particle_id)
     dropped = int(ids[ids != 0][0])
     _rewrite_csv(
@@ -321,7 +328,9 @@ def test_an_event_written_again_leaves_none_of_the_old_files(tmp_path):
     assert [p.name for p in event_files(tmp_path, 42)] == [
         f"event000000042-{kind}.csv" for kind in ("hits", "truth", "particles")
     ]
-    assert read_event(prefix).truth.equals(event.truth)
+    back = read_event(prefix)
+    assert back.truth is not None and event.truth is not None
+    assert back.truth.equals(event.truth)
 
 
 def test_new_events_take_their_place_whole_or_not_at_all(tmp_path):
@@ -371,7 +380,9 @@ def test_truth_aligned_by_hit_id(tmp_path):
     prefix = write_event(event, tmp_path)
     truth_path = tmp_path / "event000000042-truth.csv"
     _rewrite_csv(truth_path, lambda h, rows: (h, rows[::-1]))
-    assert read_event(prefix).truth.equals(event.truth)
+    back = read_event(prefix)
+    assert back.truth is not None and event.truth is not None
+    assert back.truth.equals(event.truth)
     _rewrite_csv(truth_path, lambda h, rows: (h, rows[1:]))
     with pytest.raises(ValueError, match="no row for hit_id"):
         read_event(prefix)
@@ -382,10 +393,12 @@ def test_missing_particles_and_weights(tmp_path):
     prefix = write_event(event, tmp_path)
     _rewrite_csv(tmp_path / "event000000042-truth.csv", _drop_column("weight"))
     back = read_event(prefix)
+    assert back.truth is not None and event.truth is not None
     assert np.allclose(back.truth.hits.weight, event.truth.hits.weight, rtol=1e-6, atol=0)
 
     (tmp_path / "event000000042-particles.csv").unlink()
     back = read_event(prefix)
+    assert back.truth is not None
     particles = back.truth.particles
     ids = np.unique(event.truth.hits.particle_id)
     assert np.array_equal(particles.particle_id, ids[ids != 0])
@@ -409,6 +422,7 @@ def test_particles_read_without_their_file_are_written_without_it(tmp_path):
     prefix.with_name(f"{prefix.name}-particles.csv").unlink()
     read = read_event(prefix)
     again = read_event(write_event(read, tmp_path / "b"))  # no file of NaN kinematics to refuse
+    assert again.truth is not None and read.truth is not None
     assert not (tmp_path / "b" / "event000000042-particles.csv").exists()
     assert again.hits.equals(read.hits) and again.truth.hits.equals(read.truth.hits)
     assert np.array_equal(again.truth.particles.nhits, read.truth.particles.nhits)
@@ -431,6 +445,7 @@ def test_hit_order_hand_built(tmp_path):
     )
     event = read_event(tmp_path / "event000000005", run=3)
     assert (event.run, event.event) == (3, 5)
+    assert event.truth is not None
     assert event.truth.hits.hit_order.tolist() == [3, 1, 0, 2, -1, 0]
 
 
@@ -506,6 +521,7 @@ def test_real_event_values(shared_trackml):
     prefix = shared_trackml / REAL_EVENT
     event = read_event(prefix)
     assert len(event.hits) == 27_543 and event.event == 1000
+    assert event.truth is not None
     assert len(event.truth.particles) == 4_093
 
     hit_vals = _parse_float32(prefix.with_name(prefix.name + "-hits.csv"), ["x", "y", "z"])
@@ -530,6 +546,7 @@ def test_real_event_values(shared_trackml):
 def test_real_event_round_trip(shared_trackml, tmp_path):
     event = read_event(shared_trackml / REAL_EVENT)
     back = read_event(write_event(event, tmp_path))
+    assert back.truth is not None and event.truth is not None
     assert back.hits.equals(event.hits) and back.truth.equals(event.truth)
 
 

@@ -103,6 +103,7 @@ def test_engine_choice() -> None:
     assert resolve_engine("eager", CUDA) == ("eager", None)
     assert resolve_engine("compile", CPU) == ("compile", None)
     engine, why = resolve_engine("auto", CPU)
+    assert why is not None
     assert engine == "eager" and "CPU" in why
     with pytest.raises(EngineError, match="needs device=cuda"):
         resolve_engine("tensorrt", CPU)
@@ -115,6 +116,7 @@ def test_without_tensorrt_auto_falls_back_and_tensorrt_refuses(
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import raises ImportError
     engine, why = resolve_engine("auto", CUDA)
+    assert why is not None
     assert engine == "compile" and "torch_tensorrt cannot be imported" in why
     with pytest.raises(EngineError, match=r"torch_tensorrt cannot be imported.*engine=compile"):
         resolve_engine("tensorrt", CUDA)
@@ -125,8 +127,10 @@ def test_model_hash_and_engine_cache_key(model: InteractionNetwork) -> None:
     other = InteractionNetwork(model.config)
     other.load_state_dict(model.state_dict())
     assert model_hash(other) == digest
+    first = other.head[0]
+    assert isinstance(first, torch.nn.Linear)
     with torch.no_grad():
-        other.head[0].bias[0] += 1e-3
+        first.bias[0] += 1e-3
     assert model_hash(other) != digest
     build = tensorrt_build("2.11.0", {"min_block_size": 1})
     assert set(build) == {"torch_tensorrt", "cuda", "network", "options"}

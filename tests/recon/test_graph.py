@@ -453,5 +453,7 @@ def test_a_hit_exactly_opposite_is_not_found_twice(host_launcher, det):
     assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 2)]  # the one at dphi pi/2
     ki, kj, _ = search_kernels(ctx, host_launcher(KERNELS))
     assert np.array_equal(ki, i) and np.array_equal(kj, j)
-    cap = re.search(r"#define PHI_CAP ([0-9.]+)", kernels_source(KERNELS)).group(1)
+    define = re.search(r"#define PHI_CAP ([0-9.]+)", kernels_source(KERNELS))
+    assert define is not None
+    cap = define.group(1)
     assert float(cap) == graph_module.PHI_CAP < np.pi

@@ -10,8 +10,8 @@ from streamtrk.xp import bincount, concatenate_to_device, csr_rows, scatter_min
 
 pytestmark = pytest.mark.gpu
 cupy = cupy_on_cuda(torch_too=True)
-if counting_unavailable():
-    pytest.skip(counting_unavailable(), allow_module_level=True)
+if (why := counting_unavailable()) is not None:
+    pytest.skip(why, allow_module_level=True)
 
 
 def test_counts_each_kind_of_synchronisation():

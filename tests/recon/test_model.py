@@ -11,6 +11,7 @@ import torch
 
 from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE
 from streamtrk.recon.card import ModelCardError, model_card
+from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.load import load_reconstructor
@@ -66,6 +67,7 @@ def test_pruning_and_track_settings_round_trip(tmp_path: Path) -> None:
     old = load_reconstructor(tmp_path / "old")
     assert old.prune is None and old.tracks == TrackConfig()
     # Warm-up shapes paired for the graphs each chain scores.
+    assert isinstance(rec.scorer, EngineScorer) and isinstance(old.scorer, EngineScorer)
     assert rec.scorer.buckets.edges_per_node == PRUNED_EDGES_PER_NODE
     assert old.scorer.buckets.edges_per_node == UNPRUNED_EDGES_PER_NODE
     _edit_card(tmp_path / "m", "stitch_threshold = 0.1", "stitch_treshold = 0.1")
@@ -89,7 +91,9 @@ def test_pruning_windows_are_looked_for_beside_the_card(tmp_path: Path) -> None:
     save_model(tmp_path / "p", InteractionNetwork(ARCH), card)
     assert load_reconstructor(tmp_path / "p").prune == PruneConfig()
     (tmp_path / "p" / WINDOWS_FILE).write_text(shipped)
-    assert load_reconstructor(tmp_path / "p").prune.windows == str(tmp_path / "p" / WINDOWS_FILE)
+    prune = load_reconstructor(tmp_path / "p").prune
+    assert prune is not None
+    assert prune.windows == str(tmp_path / "p" / WINDOWS_FILE)
 
 
 def test_the_shipped_card_prunes_and_stitches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +225,7 @@ def test_the_shipped_chain_scores_graphs_of_the_warm_up_ratio(
     scored = without_isolated_hits(graph)
     ratio = scored.num_edges / scored.num_nodes
     assert graph.num_edges / graph.num_nodes < 0.5 < 1.4 < ratio < 2.0, ratio
+    assert isinstance(rec.scorer, EngineScorer)
     buckets = rec.scorer.buckets
     edges = np.unique(np.geomspace(1, buckets.edges[-1], 5000).astype(int))
     edges = np.concatenate([edges, buckets.edges])

@@ -54,6 +54,7 @@ def test_either_direction_of_the_field(det, field_sign):
     rec = Reconstructor.oracle(detector=d)
     assert evaluate(rec, events).report()["tracking_efficiency"] >= 0.97
     tracks, truth = rec.reconstruct(events).tracks[0], events[0].truth
+    assert truth is not None
     pid = truth.hits.particle_id[tracks.hit_index[tracks.offsets[:-1]]]
     row, found = index_of(truth.particles.particle_id, pid)
     assert found.sum() > 50

@@ -39,6 +39,7 @@ def test_hit_limit_closes_a_batch_and_the_next_event_opens_the_next() -> None:
     for i, n in enumerate([40, 40, 40, 500, 10]):
         b.put(job(n, i))
     first = b.next_batch(1)
+    assert first is not None
     assert events(first) == [0, 1] and first.n_hits == 80
     assert b.depth() == 3  # event 2, held for the next batch, counts as waiting
     assert events(b.next_batch(1)) == [2]  # event 3 would pass the limit
@@ -113,6 +114,7 @@ def test_expired_events_are_set_aside_unprocessed() -> None:
     time.sleep(0.01)
     batch = b.next_batch(1)
     assert events(batch) == [1, 2]
+    assert batch is not None
     assert [j.event.event for j in batch.expired] == [0]
 
 
@@ -123,6 +125,7 @@ def test_an_event_expiring_while_queued_behind_the_first_is_set_aside() -> None:
     time.sleep(0.1)  # event 1's deadline passes before the batcher reaches it
     batch = b.next_batch(1)
     assert events(batch) == [0]
+    assert batch is not None
     assert [j.event.event for j in batch.expired] == [1]
 
 

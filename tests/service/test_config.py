@@ -374,9 +374,9 @@ def test_a_cross_check_names_where_each_value_came_from() -> None:
 def test_flags_help_and_boolean_flags() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert parser._option_string_actions["--deadline-ms"].help.endswith(
-        "[STREAMTRK_DEADLINE_MS; default unset]"
-    )
+    help_text = parser._option_string_actions["--deadline-ms"].help
+    assert help_text is not None
+    assert help_text.endswith("[STREAMTRK_DEADLINE_MS; default unset]")
     assert parser.parse_args(["--connect"]).connect is True
     assert parser.parse_args(["--no-connect"]).connect is False
     assert parser.parse_args([]).connect is None

@@ -103,6 +103,7 @@ class Rig:
         self.pull.connect(self.addr)
 
     def recv(self, timeout_ms: int = 5000):
+        assert self.pull is not None, "no peer connected"
         assert self.pull.poll(timeout_ms), "no reply was sent"
         return decode(self.pull.recv_multipart())
 

@@ -164,7 +164,9 @@ def test_the_shipped_scrape_job_finds_the_forwarders_its_file_lists(tmp_path: Pa
     ]
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "streamtrk.json").read_text())
     (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "forwarder"]
-    selector = re.fullmatch(r"label_values\((\w+), instance\)", variable["definition"])[1]
+    definition = re.fullmatch(r"label_values\((\w+), instance\)", variable["definition"])
+    assert definition is not None, variable["definition"]
+    selector = definition[1]
     dist, coll = Forwarder(tmp_path, "distributor"), Forwarder(tmp_path, "collector")
     prometheus = None
     try:
@@ -217,7 +219,9 @@ def test_a_daemon_stopped_mid_stream_takes_what_it_holds_not_the_stream(
     finally:
         dist.stop(), coll.stop()
     [left] = [x["message"] for x in d.logs() if x["message"].startswith("disconnected")]
-    taken = int(re.search(r"; (\d+) queued messages taken", left).group(1))
+    found = re.search(r"; (\d+) queued messages taken", left)
+    assert found is not None, left
+    taken = int(found.group(1))
     assert taken <= 2 + 1, left
     [summary] = [x for x in d.logs() if x["message"] == "drained, exiting"]
     assert summary["shutdown"] == 0, summary

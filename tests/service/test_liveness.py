@@ -48,7 +48,9 @@ def test_a_failing_batch_on_a_working_device_fails_alone(daemon_factory, sim_run
         replies = []
         for ev in events:  # one at a time: the first batch fails, the second works
             assert producer.send_event(ev, timeout_ms=30_000)
-            replies.append(consumer.recv(timeout_ms=60_000).to_reply())
+            msg = consumer.recv(timeout_ms=60_000)
+            assert msg is not None, "no reply"
+            replies.append(msg.to_reply())
         assert d.process.poll() is None  # still serving
     assert replies[0].reason == "internal" and replies[1].ok
 

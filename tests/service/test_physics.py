@@ -38,6 +38,7 @@ def observed() -> dict:
     )
     events = list(simulate(DET, cfg, seed=8, n_events=24))
     first, two = events[0], np.array([0, 1])
+    assert first.truth is not None
     truth = Truth(first.truth.hits.take(two), first.truth.particles)
     lone = Event(1, 99, first.hits.take(two), truth)
     rec = Reconstructor.oracle(detector=DET)
@@ -185,11 +186,14 @@ def test_d0_significance_says_whether_the_chain_is_centred_on_the_beam(observed:
     the axis), the stiff tracks' d0 are many standard errors off."""
 
     def shares(registry: CollectorRegistry) -> tuple[float, float]:
-        value = registry.get_sample_value
+        def value(name: str, labels: dict[str, str] | None = None) -> float:
+            got = registry.get_sample_value(name, labels)
+            assert got is not None, name
+            return got
+
         n = value("streamtrk_track_d0_significance_count")
-        return tuple(
-            value("streamtrk_track_d0_significance_bucket", {"le": le}) / n for le in ("1.0", "2.0")
-        )
+        bucket = "streamtrk_track_d0_significance_bucket"
+        return value(bucket, {"le": "1.0"}) / n, value(bucket, {"le": "2.0"}) / n
 
     rec = Reconstructor.oracle(detector=DET, beam_spot=(0.3, -0.2))
     registry = CollectorRegistry()

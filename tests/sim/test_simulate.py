@@ -25,6 +25,7 @@ def test_same_seed_same_events_different_seed_differs():
     b = list(simulate(DET, SMALL, seed=5, n_events=2))
     c = list(simulate(DET, SMALL, seed=6, n_events=1))
     for x, y in zip(a, b, strict=True):
+        assert x.truth is not None and y.truth is not None
         assert x.hits.equals(y.hits) and x.truth.equals(y.truth)
     assert not a[0].hits.equals(c[0].hits)
 
@@ -38,6 +39,7 @@ def test_event_streams_do_not_depend_on_run_length():
 def test_truth_is_consistent():
     ev = simulate_event(DET, SMALL, np.random.default_rng(3))
     h, t = ev.hits, ev.truth
+    assert t is not None
     assert len(h) > 1000 and np.array_equal(h.hit_id, np.arange(1, len(h) + 1))
     pid = t.hits.particle_id
     # nhits per particle equals the hits in the event; hit order is 0..n-1 per particle.
@@ -73,8 +75,10 @@ def test_hits_lie_on_their_surfaces_with_valid_modules():
 def test_noise_fraction_follows_setting():
     cfg = replace(SMALL, noise_fraction=0.3)
     ev = simulate_event(DET, cfg, np.random.default_rng(5))
+    assert ev.truth is not None
     assert (ev.truth.hits.particle_id == 0).mean() == pytest.approx(0.3, abs=0.03)
     quiet = simulate_event(DET, replace(SMALL, noise_fraction=0.0), np.random.default_rng(5))
+    assert quiet.truth is not None
     assert np.all(quiet.truth.hits.particle_id > 0)
 
 
@@ -213,6 +217,7 @@ def test_dead_layers_read_nothing_and_leave_the_others_alone():
     assert lost > 500 and len(faulty.hits) == len(nominal.hits) - lost
     # The same hits elsewhere (ids and order within a module aside), truth still consistent.
     assert _positions(faulty, DET, index) == _positions(nominal, DET, index)
+    assert faulty.truth is not None
     pid = faulty.truth.hits.particle_id
     counts = np.bincount(pid, minlength=len(faulty.truth.particles) + 1)[1:]
     assert np.array_equal(counts, faulty.truth.particles.nhits)
@@ -232,6 +237,7 @@ def test_noisy_layers_get_extra_noise_hits_on_their_modules():
     assert extra[index[0]] == pytest.approx(2000, abs=4 * np.sqrt(2000))
     assert extra[index[1]] == pytest.approx(500, abs=4 * np.sqrt(500))
     assert np.all(np.delete(extra, index) == 0)
+    assert noisy.truth is not None and nominal.truth is not None
     assert (noisy.truth.hits.particle_id == 0).sum() == (
         nominal.truth.hits.particle_id == 0
     ).sum() + extra.sum()
@@ -242,10 +248,12 @@ def test_noisy_layers_get_extra_noise_hits_on_their_modules():
 def test_beam_spot_moves_the_pileup_vertices():
     shift = (0.4, -0.3, 5.0)
     gen = replace(SMALL.generator, beam_spot=shift)
-    nominal = simulate_event(DET, SMALL, np.random.default_rng(23)).truth.particles
-    moved = simulate_event(
+    nominal_truth = simulate_event(DET, SMALL, np.random.default_rng(23)).truth
+    moved_truth = simulate_event(
         DET, replace(SMALL, generator=gen), np.random.default_rng(23)
-    ).truth.particles
+    ).truth
+    assert nominal_truth is not None and moved_truth is not None
+    nominal, moved = nominal_truth.particles, moved_truth.particles
     delta = np.stack([moved.vx - nominal.vx, moved.vy - nominal.vy, moved.vz - nominal.vz], 1)
     primary = np.hypot(nominal.vx, nominal.vy) < 1.0  # secondaries start at r > 1 mm
     assert primary.sum() > 100 and (~primary).sum() > 100

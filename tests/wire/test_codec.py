@@ -61,6 +61,12 @@ def random_event(rng: np.random.Generator, n: int, run: int = 1, event: int = 0)
     return Event(run, event, hits, Truth(truth_hits, particles))
 
 
+def truth_of(ev: Event) -> Truth:
+    """``ev.truth``, which ``random_event`` always sets."""
+    assert ev.truth is not None
+    return ev.truth
+
+
 def random_tracks(rng: np.random.Generator, n_hits: int, n_tracks: int) -> Tracks:
     cuts = np.sort(rng.integers(0, n_hits + 1, n_tracks - 1)) if n_tracks else []
     offsets = np.concatenate([[0], cuts, [n_hits]]) if n_tracks else np.zeros(1)
@@ -112,7 +118,7 @@ def tracks(rng: np.random.Generator) -> list[Any]:
 
 @pytest.fixture
 def truth(rng: np.random.Generator) -> list[Any]:
-    return encode_truth(1, 2, random_event(rng, 10).truth)
+    return encode_truth(1, 2, truth_of(random_event(rng, 10)))
 
 
 # --------------------------------------------------------------------------- round trips
@@ -139,6 +145,7 @@ def test_hits_defaults(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize("n", [0, 50])
 def test_truth_round_trip(rng: np.random.Generator, n: int) -> None:
     ev = random_event(rng, n)
+    assert ev.truth is not None
     msg = decode(encode_truth(5, 6, ev.truth, t_send_ns=1))
     assert (msg.kind, msg.run, msg.event) == ("truth", 5, 6)
     assert len(msg.columns["hit.particle_id"]) != len(msg.columns["particle.particle_id"])
@@ -466,7 +473,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             "duplicate_particle_id",
             "dup",
             lambda h, t, u: with_column(
-                encode_truth(1, 2, random_event(np.random.default_rng(5), 30).truth),
+                encode_truth(1, 2, truth_of(random_event(np.random.default_rng(5), 30))),
                 "particle.particle_id",
                 np.full(3, 7),
             ),
