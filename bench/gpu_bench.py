@@ -105,7 +105,7 @@ ITERATIONS = {1: 100, 4: 20, 16: 8, 64: 3}  # timed batches per batch size
 RANDOM = "random (seed 0): no shipped model"
 TARGETS = {"events_per_s_batch16": 500.0, "p99_ms_batch1": 25.0}
 # NVIDIA H200 SXM datasheet: dense tensor-core bf16/fp16, fp32 without TF32 (off here), HBM3e.
-H200 = {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8}
+H200: dict[str, Any] = {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8}
 # The measured reference: an Interaction Network of hidden 64 and 8 steps, torch.compile in
 # bf16 on this GPU (docs/gpu.md, Reference figures).
 REFERENCE_GNN_EDGES_PER_S = 133e6
@@ -431,7 +431,8 @@ def transfers_part(dev: Device, events: list[Event], rec: Reconstructor) -> dict
     into one host buffer, one copy; CuPy stages it through its page-locked pool) and the
     tracks down (``to_host_packed``: the track arrays packed on the device, one copy). On
     the CPU both are host copies only."""
-    det, out = rec.detector, {"by_batch": {}}
+    det = rec.detector
+    out: dict[str, Any] = {"by_batch": {}}
     for size in sorted({1, min(16, len(events))}):
         up, down, bytes_in, bytes_out = [], [], [], []
         for k in range(1 + max(5, 16 // size)):
@@ -542,7 +543,7 @@ def time_batches(
         for k in range(1, 1 + min(iterations, distinct)):
             for _ in range(2):
                 rec.reconstruct(batch(events, size, k))
-    syncs = None
+    syncs: dict[str, Any] | None = None
     if dev.cuda:  # host synchronisations of one reconstruct (an untimed run)
         why = counting_unavailable()
         if why is None:

@@ -123,7 +123,7 @@ def transfers(messages: dict[str, list[bytes]], n: int, runs: int) -> dict[str, 
     for _ in range(runs):
         for name, frames in messages.items():
             rates[name].append(transfer(frames, n))
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, frames in messages.items():
         size, rate = sum(len(f) for f in frames), float(np.median(rates[name]))
         out[name] = {"bytes": size, "messages_per_s": rate, "mb_per_s": size * rate / 1e6}

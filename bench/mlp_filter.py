@@ -119,7 +119,7 @@ def main() -> None:
     lin = [m for m in model if isinstance(m, torch.nn.Linear)]
     weights = {}
     for k, m in enumerate(lin):
-        w = m.weight.detach().numpy().T.astype(np.float32)
+        w: np.ndarray = m.weight.detach().numpy().T.astype(np.float32)
         b = m.bias.detach().numpy().astype(np.float32)
         if k == 0:
             b = b - (mean / std).numpy() @ w

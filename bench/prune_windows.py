@@ -112,7 +112,7 @@ def windows(
 
 
 def write(path: Path, rows: list[list], prow: list[list], header: list[str]) -> None:
-    def num(v: float) -> str:
+    def num(v: int | float) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = [f"# {h}" if h else "#" for h in header]

@@ -208,7 +208,7 @@ def scan(args: argparse.Namespace, sets: dict[str, list[Cached]]) -> tuple[list,
             )
             row: dict[str, Any] = {"threshold": t, **asdict(cfg)}
             for name, tab_list in tabs.items():
-                total = sum(counts(tab, kept(tab, cfg)) for tab in tab_list)
+                total = np.sum([counts(tab, kept(tab, cfg)) for tab in tab_list], axis=0)
                 row[name] = rates(total)
             row["tracks_ms"], row["fit_ms"] = 1000 * secs[0], 1000 * secs[1]
             f = row["full"]

@@ -56,7 +56,8 @@ class _Chi2:
     """Wraps a reconstructor; keeps the chi2/ndf of matched tracks of each event."""
 
     def __init__(self, rec: Reconstructor) -> None:
-        self.rec, self.threshold, self.values = rec, rec.threshold, []
+        self.rec, self.threshold = rec, rec.threshold
+        self.values: list[np.ndarray] = []  # per event
 
     def reconstruct(self, events: list[Event]) -> Any:
         res = self.rec.reconstruct(events)

@@ -99,7 +99,7 @@ def test_a_producer_that_exits_after_sending_loses_nothing_it_sent() -> None:
             f"        assert producer.send_frames([i.to_bytes(4, 'big'), bytes({size})])\n"
         )
         child = subprocess.Popen([sys.executable, "-c", script, consumer.endpoint])
-        received = []
+        received: list[int] = []
         while len(received) < n and (frames := consumer.recv_frames(timeout_ms=5000)):
             received.append(int.from_bytes(frames[0].bytes, "big"))
         assert child.wait(10) == 0

@@ -36,7 +36,7 @@ def _part(module: str) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module == "streamtrk" and node.level == 0:
             # from streamtrk import tomlio: the part is the name imported (the package's own

@@ -51,7 +51,7 @@ from streamtrk.wire.codec import (
 
 def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
     events = _events(20)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PULL) as replies:
         sink.setsockopt(zmq.LINGER, 0)
         replies.setsockopt(zmq.LINGER, 0)
@@ -64,7 +64,7 @@ def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
             opts = ReplayOptions(to=to, from_=from_, rate=10.0, timeout_s=1.0, retries=1,
                                  retry_after_s=0.5)  # fmt: skip
             result = replay(events, opts)
-        ids = []
+        ids: list[int] = []
         while sink.poll(500):
             msg_id = peek_msg_id(sink.recv_multipart())
             assert msg_id is not None
@@ -89,7 +89,7 @@ def _events(n: int) -> list[Recorded]:
 def _daemon_sockets() -> Iterator[tuple[zmq.Socket, zmq.Socket, str, str]]:
     """A stand-in daemon's PULL input and PUSH output, bound, with the endpoints to give
     replay (``--to``, ``--from``)."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PUSH) as out:
         for sock in (sink, out):
             sock.setsockopt(zmq.LINGER, 0)
@@ -135,7 +135,7 @@ def test_second_replies_without_message_ids_are_duplicates() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_the_replay_and_still_reports(tmp_path: Path, sig) -> None:
     run = _recording(tmp_path, 3)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as sink:  # takes the events, never answers
         sink.setsockopt(zmq.LINGER, 0)
         to = f"tcp://127.0.0.1:{sink.bind_to_random_port('tcp://127.0.0.1')}"

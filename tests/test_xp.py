@@ -17,7 +17,7 @@ from streamtrk.xp import (
 
 def test_to_host_packed_gives_back_every_array_unchanged():
     rng = np.random.default_rng(5)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "offsets": np.array([0, 3, 7], dtype=np.int64),
         "pt": rng.random(5, dtype=np.float32),  # 20 bytes: the next part starts padded
         "charge": np.array([1, -1, 1], dtype=np.int32),
@@ -51,7 +51,7 @@ def test_csr_rows_gives_each_element_its_row():
 
 def test_concatenate_to_device_packs_the_columns_in_one_buffer():
     rng = np.random.default_rng(2)
-    columns = {
+    columns: dict[str, list[np.ndarray]] = {
         "x": [rng.random(5, dtype=np.float32), rng.random(2, dtype=np.float32)],
         "layer": [np.array([1, 2, 3], dtype=np.int8), np.zeros(0, dtype=np.int8)],
         "r": [rng.random(4)],

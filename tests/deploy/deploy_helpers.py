@@ -81,7 +81,7 @@ def dashboard() -> dict[str, Any]:
 
 def dashboard_exprs() -> list[str]:
     """Every PromQL expression of the dashboard: panel targets and query variables."""
-    exprs = []
+    exprs: list[str] = []
 
     def panels(items: list[dict[str, Any]]) -> None:
         for p in items:
@@ -154,7 +154,7 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
 
 def dockerfile_args(path: Path = DOCKERFILE) -> dict[str, str]:
     """Default values of the Dockerfile's ``ARG NAME=value`` lines."""
-    found = {}
+    found: dict[str, str] = {}
     for word, args in dockerfile_instructions(path):
         if word == "ARG" and "=" in args:
             name, _, value = args.partition("=")

@@ -42,7 +42,7 @@ def _copies() -> list[tuple[str, str]]:
     """(source relative to the context, destination) of the final stage's COPY lines, with
     the ARG defaults substituted."""
     args = dockerfile_args()
-    out = []
+    out: list[tuple[str, str]] = []
     for line in _instructions("COPY"):
         assert not line.startswith("--from"), line
         *sources, dest = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], line).split()

@@ -65,7 +65,8 @@ def test_promtool_test_rules() -> None:
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     alerts = {rule["alert"] for rule in rules() if "alert" in rule}
-    firing, quiet = set(), set()
+    firing: set[str] = set()
+    quiet: set[str] = set()
     for case in load_yaml_documents(RULE_TESTS)[0]["tests"]:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
@@ -186,7 +187,7 @@ def test_the_farm_panels_count_each_forwarders_messages_daemons_and_clients(
         f'streamtrk_farm_forwarded_total{{{c}, role="collector"}}': "0+60x10",
         'streamtrk_connections{job="streamtrk", instance="a:10062", socket="input"}': "1x10",
     }
-    expected = {
+    expected: dict[str, list[list[tuple[str, float]]]] = {
         "Messages forwarded": [
             [
                 ('{instance="c:10064", role="collector"}', 1.0),

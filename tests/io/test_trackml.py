@@ -403,8 +403,8 @@ def test_missing_particles_and_weights(tmp_path):
     ids = np.unique(event.truth.hits.particle_id)
     assert np.array_equal(particles.particle_id, ids[ids != 0])
     assert np.all(np.isnan(particles.vz)) and np.all(particles.q == 0)
-    expected = [np.count_nonzero(event.truth.hits.particle_id == p) for p in ids[ids != 0]]
-    assert np.array_equal(particles.nhits, expected)
+    nhits = [np.count_nonzero(event.truth.hits.particle_id == p) for p in ids[ids != 0]]
+    assert np.array_equal(particles.nhits, nhits)
     assert back.truth.hits.weight.sum() == pytest.approx(1.0, abs=1e-5)
     # Without particles the pT is the truth momentum at each particle's first hit (vz 0).
     t = event.truth.hits

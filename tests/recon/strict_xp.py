@@ -274,8 +274,13 @@ class _Namespace(types.ModuleType):
 #: scalar with its own size: an int64 for an ``int`` shifts every later parameter on the
 #: GPU, where the host's calling convention hides it), or the dtypes a pointer's array may
 #: have (CuPy passes any array's pointer).
-SCALARS = {"long long": np.int64, "double": np.float64, "int": np.int32, "float": np.float32}
-POINTEES = {
+SCALARS: dict[str, type[Any]] = {
+    "long long": np.int64,
+    "double": np.float64,
+    "int": np.int32,
+    "float": np.float32,
+}
+POINTEES: dict[str, set[np.dtype[Any]]] = {
     "long long": {np.dtype(np.int64)},
     "double": {np.dtype(np.float64)},
     "int": {np.dtype(np.int32)},

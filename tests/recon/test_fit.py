@@ -311,7 +311,7 @@ def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
 
 def test_resolution_on_simulated_tracks(mu200_events, det):
     # Truth tracks of primaries with 1 <= pT <= 10 GeV, fitted from measured hits.
-    rel, right, n_tracks = [], 0, 0
+    rels, right, n_tracks = [], 0, 0
     for ev in mu200_events:
         h, t = ev.hits, ev.truth
         part = t.particles
@@ -326,10 +326,10 @@ def test_resolution_on_simulated_tracks(mu200_events, det):
         layer = det.layer_index(h.volume_id, h.layer_id)
         p = fit_tracks(offsets, hit_idx, h.x, h.y, h.z, layer, det)
         who = np.unique(pid[sel]) - 1
-        rel.append(p["pt"] / part.pt[who] - 1)
+        rels.append(p["pt"] / part.pt[who] - 1)
         right += int((p["charge"] == part.q[who]).sum())
         n_tracks += len(who)
-    rel = np.concatenate(rel)
+    rel = np.concatenate(rels)
     assert n_tracks > 1000
     # Resolution as the half-width of the central 68% interval (robust to tails).
     lo, hi = np.percentile(rel, [16, 84])
@@ -344,7 +344,7 @@ def test_chi2_of_simulated_tracks_follows_a_chi_square_of_ndf_degrees(mu200_even
     a chi-square of ndf degrees: its probability is uniform. The fit's diagonal weights alone
     (before the generalised least-squares step) put the median right but not the spread:
     deciles up to 0.09 off, 11% of the tracks above 0.99."""
-    probability, ratios = [], []
+    probabilities, ratios = [], []
     for ev in mu200_events:
         h, t = ev.hits, ev.truth
         pid = t.hits.particle_id
@@ -353,9 +353,9 @@ def test_chi2_of_simulated_tracks_follows_a_chi_square_of_ndf_degrees(mu200_even
         offsets, idx = _csr(pid[sel], t.hits.hit_order[sel])
         layer = det.layer_index(h.volume_id, h.layer_id)
         p = fit_tracks(offsets, np.flatnonzero(sel)[idx], h.x, h.y, h.z, layer, det)
-        probability.append(stats.chi2.cdf(p["chi2"], p["ndf"]))
+        probabilities.append(stats.chi2.cdf(p["chi2"], p["ndf"]))
         ratios.append(p["chi2"] / p["ndf"])
-    probability = np.concatenate(probability)
+    probability = np.concatenate(probabilities)
     assert len(probability) > 1000
     deciles = np.percentile(probability, np.arange(10, 100, 10))
     assert np.allclose(deciles, np.arange(1, 10) / 10, atol=0.03), deciles

@@ -70,7 +70,10 @@ def test_csr_rows_with_a_known_total_does_not_synchronise():
 
 
 def test_columns_go_up_in_one_copy():
-    columns = {"x": [np.arange(5, dtype=np.float32)], "layer": [np.array([3, 4], dtype=np.int8)]}
+    columns: dict[str, list[np.ndarray]] = {
+        "x": [np.arange(5, dtype=np.float32)],
+        "layer": [np.array([3, 4], dtype=np.int8)],
+    }
     out = concatenate_to_device(columns, cupy)
     assert all(isinstance(v, cupy.ndarray) for v in out.values())
     np.testing.assert_array_equal(out["x"].get(), np.arange(5))

@@ -3,6 +3,7 @@
 import math
 from collections import defaultdict
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def _reference(graph: Graph, cfg: PruneConfig, det) -> np.ndarray:
     return keep
 
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "default (quadruplets)": {},
     "triplets": {"min_hits": 3, "scale": 1.0},
     "no pair cuts": {"pair_cuts": False},
@@ -212,7 +213,8 @@ def test_empty_graph_and_bad_config(det):
     for min_hits in (2, 5):
         with pytest.raises(ValueError, match="min_hits"):
             PruneConfig(min_hits=min_hits)
-    for scales in ({"scale": 0}, {"kappa_scale": 0}):
+    zero_scales: tuple[dict[str, Any], ...] = ({"scale": 0}, {"kappa_scale": 0})
+    for scales in zero_scales:
         with pytest.raises(ValueError, match="scales"):
             PruneConfig(**scales)
 

@@ -163,7 +163,12 @@ def test_evaluate_command_writes_report_plots_and_submission(tmp_path, small_eve
     report = json.loads((out / "r.json").read_text())
     assert set(report) >= REPORT_KEYS
     assert json.loads(capsys.readouterr().out) == report
-    names = ("efficiency_vs_pt", "efficiency_vs_eta", "fake_rate_vs_eta", "pt_resolution_vs_pt")
+    names: tuple[str, ...] = (
+        "efficiency_vs_pt",
+        "efficiency_vs_eta",
+        "fake_rate_vs_eta",
+        "pt_resolution_vs_pt",
+    )
     names += ("pulls",)
     for name in (f"{n}.png" for n in names):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"

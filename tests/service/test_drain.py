@@ -155,10 +155,10 @@ def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory, 
         assert d.stop(signal.SIGTERM) == 0
         # The daemon has exited: every reply it sent is here already, and none comes after.
         drained = next(line for line in d.logs() if line["message"].startswith("drained"))
-        replies = [consumer.recv(timeout_ms=5_000) for _ in range(drained["received"])]
+        received = [consumer.recv(timeout_ms=5_000) for _ in range(drained["received"])]
         assert consumer.recv(timeout_ms=500) is None
-    assert all(r is not None for r in replies)
-    replies = [r.to_reply() for r in replies if r is not None]
+    assert all(r is not None for r in received)
+    replies = [r.to_reply() for r in received if r is not None]
     assert drained["received"] == len(replies) >= 3  # every event received got its reply
     assert drained["dropped"] == 0 and {r.reason for r in replies} <= {"", "shutdown"}
     if drain_s == "0":

@@ -53,11 +53,12 @@ def test_a_reply_queued_just_before_upstream_finishes_is_sent() -> None:
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     replies: queue.Queue[Reply] = queue.Queue()
     last = Reply(7, 43, 0.0, {}, reason="deadline")
-    queued = []
+    queued: list[Reply] = []
 
     def upstream_done() -> bool:  # called once the queue was found empty
         if not queued:
-            queued.append(replies.put(last))
+            replies.put(last)
+            queued.append(last)
         return True
 
     try:
@@ -92,10 +93,11 @@ class Rig:
         self.addr = f"inproc://emit-test-{next(_ADDR)}"
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.bind(self.addr)
-        self.pull = None
+        self.pull: zmq.Socket[Any] | None = None
         if peer:
             self.connect()
-        self.metrics, self.replies = Metrics(), queue.Queue()
+        self.metrics = Metrics()
+        self.replies: queue.Queue[Reply] = queue.Queue()
         self.emitter = Emitter(self.push, self.replies, self.metrics, done, linger_ms=linger_ms)
 
     def connect(self) -> None:

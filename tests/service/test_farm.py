@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -231,7 +232,7 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
     import zmq
 
     dist = Forwarder(tmp_path, "distributor")
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     try:
         with ctx.socket(zmq.PUSH) as producer:
             producer.setsockopt(zmq.LINGER, 0)
@@ -298,7 +299,7 @@ def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -
     (allowed / good_public.name).write_bytes(good_public.read_bytes())
     dist = Forwarder(tmp_path, "distributor", "--server-key", str(server_secret),
                      "--allowed-keys", str(allowed))  # fmt: skip
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     try:
         with ctx.socket(zmq.PULL) as daemon:
             daemon.setsockopt(zmq.LINGER, 0)
@@ -334,7 +335,7 @@ def test_a_forwarder_takes_frames_as_long_as_its_max_hits_allows(
     import zmq
 
     dist = Forwarder(tmp_path, "distributor", *(["--max-hits", max_hits] if max_hits else []))
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
 
     def dropped() -> float:
         return sample(dist.metrics(), "streamtrk_disconnects_total", socket="front", cause="closed")

@@ -68,7 +68,7 @@ def test_float32_values_next_to_bounds_that_float32_cannot_hold() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int64, np.int32])
 def test_other_dtypes_are_counted_as_their_values(dtype: type) -> None:
-    values = np.array([0, 2, 3, 3, 4, 12, 13, 100], dtype=dtype)
+    values: np.ndarray = np.array([0, 2, 3, 3, 4, 12, 13, 100], dtype=dtype)
     got, want = _both((3, 3.5, 12.5), [values, values[:3]])
     assert got == want and got[("x_meters_bucket", "3.0")] == 7
 

@@ -33,7 +33,7 @@ class Watched(queue.Queue[Reply]):
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()
         self.metrics = metrics
-        self.counted: list[float] = []
+        self.counted: list[float | None] = []
 
     def put(self, item: Reply, block: bool = True, timeout: float | None = None) -> None:
         value = self.metrics.registry.get_sample_value
@@ -46,7 +46,7 @@ def test_a_rejection_is_counted_before_its_reply_is_queued() -> None:
     completed{status="error"} without the rejection (docs/metrics.md's identities)."""
     metrics = Metrics()
     replies = Watched(metrics)
-    socket = zmq.Context.instance().socket(zmq.PULL)
+    socket: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.PULL)
     try:
         ingest = Ingest(
             socket, Batcher(4, BatchPolicy()), replies, metrics, ServeConfig, threading.Event()
@@ -106,7 +106,8 @@ class Rig:
         if connect:
             cfg = replace(cfg, connect=True, input=addr)
         self.cfg = cfg
-        self.metrics, self.replies = Metrics(), queue.Queue()
+        self.metrics = Metrics()
+        self.replies: queue.Queue[Reply] = queue.Queue()
         self.batcher = batcher if batcher is not None else Batcher(16, BatchPolicy())
         self.stop = threading.Event()
         self.dead_letters = dead_letters
@@ -351,7 +352,8 @@ def test_a_bound_ingest_answers_what_its_socket_holds_and_frees_its_port() -> No
 
 class SpySocket:
     def __init__(self, socket: Any) -> None:
-        self.socket, self.disconnected = socket, []
+        self.socket = socket
+        self.disconnected: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.socket, name)

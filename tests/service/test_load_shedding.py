@@ -15,6 +15,7 @@ from streamtrk.event import Event
 from streamtrk.io.recording import iter_events
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.wire import TrackReply
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def test_deadlines_and_overload(daemon_factory, sim_run) -> None:
         wait_for_batches(d, 2)
         for ev in events:
             assert producer.send_event(ev, deadline_ms=60_000, timeout_ms=30_000)
-        replies = []
+        replies: list[TrackReply] = []
         while len(replies) < len(events) + 1 and (msg := consumer.recv(timeout_ms=60_000)):
             replies.append(msg.to_reply())
     busy = [r for r in replies if r.run == BUSY_RUN]
@@ -107,7 +108,7 @@ def test_block_pushes_back_on_the_sender(daemon_factory) -> None:
                 break  # pushed back
             sent += 1
         assert sent < len(events), "the daemon took 24 large events at once"
-        replies = []
+        replies: list[TrackReply] = []
         while len(replies) < sent + 1 and (msg := consumer.recv(timeout_ms=60_000)):
             replies.append(msg.to_reply())
     assert len(replies) == sent + 1 and all(r.ok for r in replies)
@@ -120,7 +121,7 @@ def test_a_batch_waits_no_longer_than_its_deadlines_allow(daemon_factory, sim_ru
     d = daemon_factory("--deadline-ms", "1", "--max-queue-delay-ms", "50")
     events = list(islice(iter_events(sim_run), 5))
     with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
-        replies = []
+        replies: list[TrackReply] = []
         for ev in events:
             assert producer.send_event(ev, timeout_ms=30_000)
             msg = consumer.recv(timeout_ms=60_000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -17,6 +18,7 @@ from streamtrk.detector import load_detector
 from streamtrk.io.recording import iter_events
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.wire import TrackReply
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +47,7 @@ def test_a_flood_of_huge_messages_stays_bounded(daemon_factory, sim_run: Path) -
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS from here on
 
         def flood() -> None:
-            ctx = zmq.Context.instance()
+            ctx: zmq.Context[Any] = zmq.Context.instance()
             sock = ctx.socket(zmq.PUSH)
             sock.connect(d.input)
             junk = b"\x00" * FRAME_BYTES
@@ -65,7 +67,7 @@ def test_a_flood_of_huge_messages_stays_bounded(daemon_factory, sim_run: Path) -
             time.sleep(0.2)
         peak_kib = kib(pid, "VmHWM")
         # Valid events are still served.
-        replies = []
+        replies: list[TrackReply] = []
         for ev in [e for _, e in zip(range(3), iter_events(sim_run), strict=False)]:
             assert producer.send_event(ev, timeout_ms=30_000)
         while len(replies) < 4 and (msg := consumer.recv(timeout_ms=120_000)) is not None:

@@ -34,7 +34,7 @@ def _observation(k: int) -> Observation:
     return Observation.of([EVENTS[k]], REC.reconstruct([EVENTS[k]]), REC)
 
 
-def _observed(metrics: Metrics) -> float:
+def _observed(metrics: Metrics) -> float | None:
     return metrics.registry.get_sample_value("streamtrk_event_tracks_count")
 
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from streamtrk.detector import load_detector
 from streamtrk.event import Event, Hits, Truth
 from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.service.beamspot import BeamSpot
 from streamtrk.service.physics import (
     D0_BUCKETS,
     EDGE_SCORE_BUCKETS,
@@ -228,7 +229,12 @@ def test_a_scrape_reads_the_beam_spot_gauges_from_one_estimate(monkeypatch) -> N
     registry = CollectorRegistry()
     window = PhysicsMetrics(registry).beam_spot
     estimate, calls = window.estimate, []
-    monkeypatch.setattr(window, "estimate", lambda: calls.append(1) or estimate())
+
+    def counted() -> BeamSpot:
+        calls.append(1)
+        return estimate()
+
+    monkeypatch.setattr(window, "estimate", counted)
     text = generate_latest(registry).decode()
     assert len(calls) == 1
     assert "streamtrk_beam_spot_tracks 0.0" in text and "streamtrk_beam_spot_x_meters NaN" in text

@@ -17,7 +17,7 @@ from live_daemon import partitions, sample
 from streamtrk.client import Consumer, Producer
 from streamtrk.event import Event, Hits
 from streamtrk.io.recording import iter_records
-from streamtrk.wire import WireError, decode, encode_hits, encode_truth, peek_identity
+from streamtrk.wire import TrackReply, WireError, decode, encode_hits, encode_truth, peek_identity
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_storm_of_malformed_messages(daemon_factory, sim_run: Path, offline_trac
     n_replies = N_GOOD + len(identified)
     assert 1000 < len(identified) < N_BAD  # both kinds are well represented
 
-    replies = []
+    replies: list[TrackReply] = []
     with Consumer(d.output, linger_ms=0, rcvhwm=10_000) as consumer:
         with Producer(d.input, linger_ms=0, sndhwm=10_000) as producer:
             sender = threading.Thread(

@@ -85,7 +85,7 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     assert value("streamtrk_stage_seconds_count", {"stage": "physics"}) == 2
     assert value("streamtrk_event_tracks_count") == 2
     hits = sum(len(ev.hits) for ev in events if ev.event != 13)
-    samples = metrics.physics.layer_hits.collect()[0].samples
+    samples = next(iter(metrics.physics.layer_hits.collect())).samples
     assert sum(s.value for s in samples if s.name == "streamtrk_layer_hits_total") == hits
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypedDict
@@ -68,7 +68,9 @@ def truth_of(ev: Event) -> Truth:
 
 
 def random_tracks(rng: np.random.Generator, n_hits: int, n_tracks: int) -> Tracks:
-    cuts = np.sort(rng.integers(0, n_hits + 1, n_tracks - 1)) if n_tracks else []
+    cuts: np.ndarray | list[int] = (
+        np.sort(rng.integers(0, n_hits + 1, n_tracks - 1)) if n_tracks else []
+    )
     offsets = np.concatenate([[0], cuts, [n_hits]]) if n_tracks else np.zeros(1)
     params = {k: rng.normal(size=n_tracks).astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
     hit_index = rng.permutation(n_hits)[: int(offsets[-1])]
@@ -287,7 +289,7 @@ def test_decode_accepts_buffer_kinds(rng: np.random.Generator) -> None:
     ev = random_event(rng, 20)
     raw = [bytes(f) for f in encode_hits(ev)]
     typed = np.frombuffer(raw[2], np.float32)  # a memoryview of format "f"
-    variants = [
+    variants: list[Iterable[Any]] = [
         [bytearray(f) for f in raw],
         [memoryview(f) for f in raw],
         [FrameLike(f) for f in raw],
