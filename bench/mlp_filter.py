@@ -133,7 +133,9 @@ def main() -> None:
         kept = (logit >= thr).sum() / max(args.holdout, 1)
         print(f"threshold {thr:.3f}: held-out retention {ret}, {kept:.0f} edges/event")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, thresholds=thresholds, retentions=np.asarray(args.retention), **weights)
+    retentions = np.asarray(args.retention)
+    # (the ignore: mypy matches **weights to savez's allow_pickle parameter too)
+    np.savez(args.out, thresholds=thresholds, retentions=retentions, **weights)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -143,7 +143,8 @@ def main() -> None:
     t0 = time.perf_counter()
     data = collect(args.seed, args.events, args.mu)
     if args.save_raw:
-        np.savez(args.save_raw, **data)
+        # (the ignore: mypy matches **data to savez's allow_pickle parameter too)
+        np.savez(args.save_raw, **data)  # type: ignore[arg-type]
     rows, prow = windows(data, args.quantile, args.min_count, args.sparse_factor, args.pair_factor)
     header = [
         "Pruning windows for streamtrk.recon.prune (PruneConfig), learnt from simulated truth.",

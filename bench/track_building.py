@@ -397,7 +397,7 @@ def plot(
         v = np.clip(chi[sel], bins[0], bins[-1])
         ax.hist(
             v,
-            bins,
+            bins,  # type: ignore[arg-type]  # matplotlib's stub: bins takes an array too
             histtype="step",
             weights=np.full(len(v), 1 / max(len(v), 1)),
             label=f"{label}: {len(v)} tracks, median {np.median(chi[sel]):.2f}",

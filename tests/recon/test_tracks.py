@@ -257,7 +257,7 @@ def test_stitching_on_random_graphs_keeps_chains():
     n = 3000
     edges = np.sort(rng.integers(0, n, size=(2, 6000)), axis=0)  # outwards, as in the graph
     edges = edges[:, edges[0] != edges[1]]
-    scores = rng.random(edges.shape[1])
+    scores = rng.random(int(edges.shape[1]))  # (an Any size picks random's float overload)
     kept = resolve_junctions(edges, scores, 0.6)
     extra = stitch_edges(edges, scores, kept, components_scipy(kept, n), 0.1)
     assert len(extra) > 50 and np.all(scores[extra] > 0.1)

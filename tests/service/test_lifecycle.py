@@ -354,7 +354,8 @@ def test_a_stop_signal_never_takes_a_lock_the_main_thread_may_hold() -> None:
     answered = threading.Event()
 
     def main_thread_inside_its_wait() -> None:
-        with d.stop_requested._cond:  # as Event.wait() holds it between its steps
+        # (the ignore: CPython's Event keeps its Condition in _cond; typeshed has no private names)
+        with d.stop_requested._cond:  # type: ignore[attr-defined]  # as Event.wait() holds it between its steps
             d._on_stop(signal.SIGTERM, None)
             d._on_hup(signal.SIGHUP, None)
         answered.set()
