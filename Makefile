@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml Makefile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streamtrk tests bench
+	$(VENV)/bin/ruff format --check streamtrk tests bench
 	@# Type check of streamtrk/, bench/ and tests/ ([tool.mypy] in pyproject.toml): ~16 s cold,
 	@# under 1 s warm; then each conftest.py of tests' subfolders on its own (all are module
 	@# `conftest`): ~1 s.
