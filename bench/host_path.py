@@ -34,6 +34,7 @@ wait_passively()  # before the imports below load torch's OpenMP runtime, as `se
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,10 +73,17 @@ def median_us(fn: Callable[[], Any], repeats: int) -> float:
 
 
 #: The sender, in a fresh interpreter that imports only pyzmq: frames from a file, sent
-#: ``n`` times (argv: endpoint, n, frame file, its frames' sizes).
+#: ``n`` times (argv: this process's pid, endpoint, n, frame file, its frames' sizes). It
+#: ends with this process (killed at the device run's time limit): left alone, it would
+#: connect to the port again and again and hand its messages to whatever binds it next.
 SENDER = """
-import sys, zmq
-endpoint, n, path, sizes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+import ctypes, os, sys, zmq
+parent, endpoint, n, path = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sizes = sys.argv[5:]
+if sys.platform == "linux":
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL once the parent ends
+if os.getppid() != parent:  # it ended before that
+    sys.exit(1)
 data = open(path, "rb").read()
 frames, at = [], 0
 for size in map(int, sizes):
@@ -84,10 +92,15 @@ for size in map(int, sizes):
 ctx = zmq.Context()
 push = ctx.socket(zmq.PUSH)
 push.setsockopt(zmq.SNDHWM, 16)
+push.setsockopt(zmq.SNDTIMEO, 30_000)  # the receiver gone: give up
 push.connect(endpoint)
-for _ in range(n):
-    push.send_multipart(frames, copy=False)
-push.close(linger=-1)
+try:
+    for _ in range(n):
+        push.send_multipart(frames, copy=False)
+    push.close(linger=30_000)
+except zmq.Again:
+    push.close(linger=0)
+    sys.exit(1)
 ctx.term()
 """
 
@@ -103,7 +116,8 @@ def transfer(frames: list[bytes], n: int) -> float:
         f.write(b"".join(frames))
         f.flush()
         sizes = [str(len(frame)) for frame in frames]
-        cmd = [sys.executable, "-c", SENDER, f"tcp://127.0.0.1:{port}", str(n), f.name, *sizes]
+        endpoint = f"tcp://127.0.0.1:{port}"
+        cmd = [sys.executable, "-c", SENDER, str(os.getpid()), endpoint, str(n), f.name, *sizes]
         sender = subprocess.Popen(cmd)
         pull.recv_multipart(copy=False)  # the first one starts the clock
         t0 = time.perf_counter()

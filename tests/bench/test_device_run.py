@@ -4,7 +4,9 @@ here) and the benchmark run, and every result file lands under $OUT."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -90,10 +92,38 @@ def test_host_path_cut_during_its_transfers_keeps_its_per_event_figures(
             while not result.exists() and run.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
             time.sleep(0.5)  # the file is written whole before the transfers start
+            senders = _children(run.pid)
         finally:
             run.kill()
+    # Its sender process ends with it: left, it connected to the port again and again and
+    # handed its messages to whatever bound it next (a later test's daemon).
+    assert senders
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in senders if Path(f"/proc/{pid}").exists()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "host_path's sender outlived it"
     host = json.loads(result.read_text())
     assert host["host_us_per_event"] > 0 and host["zmq_tcp"] is None
     text = gpu_report.host_path_markdown(host)
     assert f"| host total | {host['host_us_per_event']:,.0f} |" in text
     assert "ZeroMQ over TCP loopback: not measured (run cut)." in text
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's /proc)."""
+    return [
+        int(task.name)
+        for task in Path("/proc").iterdir()
+        if task.name.isdigit() and _parent(task) == pid
+    ]
+
+
+def _parent(task: Path) -> int | None:
+    try:  # "pid (name) state ppid ...": the name may hold spaces and parentheses
+        return int((task / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
