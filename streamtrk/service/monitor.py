@@ -152,14 +152,28 @@ class SocketMonitor(threading.Thread):
         """The ended connections not logged yet, once their line is due."""
         for (socket, cause), lines in self._lines.items():
             if since := lines.pending():
-                log.log(
-                    logging.INFO if cause == "closed" else logging.WARNING,
+                self._say(
+                    socket,
+                    cause,
+                    since,
                     "%d more connections on %s ended (%s) since the last line",
                     since,
                     socket,
                     cause,
-                    extra={"fields": {"socket": socket, "cause": cause, "since": since}},
                 )
+
+    @staticmethod
+    def _say(
+        socket: str, cause: str, since: int, message: str, *args: object, **fields: str
+    ) -> None:
+        """A line about the connections on ``socket`` that ended for ``cause``, ``since`` of
+        them since the line before: a warning for refusals."""
+        log.log(
+            logging.INFO if cause == "closed" else logging.WARNING,
+            message,
+            *args,
+            extra={"fields": {"socket": socket, "cause": cause, "since": since, **fields}},
+        )
 
     def handle(self, socket: str, message: dict[str, Any]) -> None:
         faults.delay("monitor")  # a monitor behind its sockets, as under load
@@ -184,12 +198,13 @@ class SocketMonitor(threading.Thread):
             cause = refused.popleft() if refused else "closed"
             m.disconnects.labels(socket, cause).inc()
             if since := self._lines[socket, cause].count():
-                fields = {"socket": socket, "endpoint": endpoint, "cause": cause, "since": since}
-                log.log(
-                    logging.INFO if cause == "closed" else logging.WARNING,
+                self._say(
+                    socket,
+                    cause,
+                    since,
                     "connection on %s ended (%s)%s",
                     socket,
                     cause,
                     f"; {since} such since the last line" if since > 1 else "",
-                    extra={"fields": fields},
+                    endpoint=endpoint,
                 )
