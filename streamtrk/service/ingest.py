@@ -71,11 +71,13 @@ class Ingest(Supervised):
         self.leave_by: float | None = None  # perf_counter time: stop taking on leaving
         self._misrouted = Throttle(MISROUTED_LOG_S)  # replies on the input
         self._dead_failed = Throttle(DEAD_LETTER_LOG_S)  # dead letters that could not be written
+        self._dead_error: OSError | None = None  # the last dead letter's write error
 
     def loop(self) -> None:
         while not self.stop.is_set():
             self.beat()
             self.reconnect()
+            self._say_pending()
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             try:
@@ -85,6 +87,16 @@ class Ingest(Supervised):
             self.handle(*received)
             faults.fail("ingest")
         self._leave()
+
+    def _say_pending(self) -> None:
+        """The rest of a burst of misrouted replies or failed dead-letter writes, once its
+        warning is due (else said only at the next occurrence, maybe never)."""
+        if since := self._misrouted.pending():
+            log.warning("%d more replies (tracks messages) came in on the input since the last "
+                        "warning", since)  # fmt: skip
+        if since := self._dead_failed.pending():
+            log.warning("%d more dead letters could not be written since the last warning: %s",
+                        since, self._dead_error)  # fmt: skip
 
     def _leave(self) -> None:
         """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages, and
@@ -226,6 +238,7 @@ class Ingest(Supervised):
         try:
             result = "written" if dead.write(frames, error, count) else "over_cap"
         except OSError as e:
+            self._dead_error = e
             if since := self._dead_failed.count():  # a full disk fails every write
                 log.warning("cannot write to the dead-letter file (%d since the last warning): %s",
                             since, e)  # fmt: skip

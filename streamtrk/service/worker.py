@@ -89,6 +89,8 @@ class Worker(Supervised):
                 faults.fail("worker")
             elif self.intake_done() and self.batcher.depth() == 0:
                 return
+            if since := self._dense.pending():  # a burst's rest, said without a next one
+                log.warning("%d more events refused as too dense since the last warning", since)
 
     def cleanup(self) -> None:
         # A worker that died leaves its queue to abandon(), which sets done once answered.

@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from live_daemon import wait_for
 
 import streamtrk.service.ingest as ingest_module
 from streamtrk.event import Event, Hits
@@ -289,6 +290,36 @@ def test_dead_letters_failing_on_a_full_disk_are_one_warning_a_minute(rig, tmp_p
         "[Errno 28] No space left on device"
     ]
     assert r.value("streamtrk_dead_letters_total", {"result": "failed"}) == 5
+
+
+def test_the_rest_of_a_burst_is_said_once_its_warning_is_due(rig, tmp_path, monkeypatch, caplog):
+    """Misrouted replies and failed dead-letter writes that came after their warning are
+    said once the next one is due, without waiting for a next occurrence (maybe never)."""
+    monkeypatch.setattr(ingest_module, "MISROUTED_LOG_S", 1.0)
+    monkeypatch.setattr(ingest_module, "DEAD_LETTER_LOG_S", 1.0)
+    r = rig(dead_letters=FullDisk(tmp_path / "dead.stk", 1 << 20))
+    reply = [bytes(f) for f in encode_tracks(1, 2, np.arange(3), None, status="error",
+                                             reason="timeout")]  # fmt: skip
+
+    def said() -> list[str]:
+        return [rec.getMessage() for rec in caplog.records]
+
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        r.ingest.start()
+        try:
+            for _ in range(3):  # each also fails its dead-letter write
+                r.send(reply)
+            wait_for(lambda: r.value("streamtrk_events_unidentified_total") == 3, timeout=10)
+            wait_for(lambda: len(said()) == 4, timeout=10)
+        finally:
+            r.stop.set()
+            r.ingest.join(10)
+    assert not r.ingest.is_alive() and r.ingest.error is None
+    assert set(said()[2:]) == {  # two throttles: either may be due first
+        "2 more replies (tracks messages) came in on the input since the last warning",
+        "2 more dead letters could not be written since the last warning: "
+        "[Errno 28] No space left on device",
+    }
 
 
 def test_a_dead_letter_records_how_many_frames_came(rig, tmp_path) -> None:

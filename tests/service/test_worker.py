@@ -436,6 +436,38 @@ def test_a_stream_of_dense_events_is_one_warning_a_minute_and_each_answered(
     assert warning.startswith("1 of 1 events refused as too dense (1 since the last warning)")
 
 
+def test_the_rest_of_a_burst_of_dense_events_is_said_once_its_warning_is_due(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a next dense event (the producer stopped), the events refused after the
+    warning are said once the next warning is due, from the worker's idle polls."""
+    monkeypatch.setattr("streamtrk.service.worker.DENSE_LOG_S", 1.0)
+    det = load_detector()
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(FailOnEvent13(), detector=det)
+    done = threading.Event()
+    worker = Worker(batcher, replies, Metrics(), lambda: rec, done.is_set, lambda o: None)
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "streamtrk.service.worker"]
+
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.start()
+        try:
+            for k in range(3):
+                batcher.put(Job(pile(det, 2000, 90 + k), time.perf_counter(), None))
+            assert [replies.get(timeout=60).reason for _ in range(3)] == ["too_dense"] * 3
+            wait_for(lambda: len(said()) == 2, timeout=30)
+        finally:
+            done.set()
+            worker.join(timeout=60)
+    assert not worker.is_alive()
+    first, rest = said()
+    assert first.startswith("1 of 1 events refused as too dense (1 since the last warning)")
+    assert rest == "2 more events refused as too dense since the last warning"
+
+
 def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
