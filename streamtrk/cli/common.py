@@ -122,6 +122,16 @@ def curve_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
+def check_endpoints(*options: tuple[str, str]) -> None:
+    """ValueError naming the first ``(option, endpoint)`` whose endpoint the daemon would
+    refuse too (libzmq's own error says only "Invalid argument")."""
+    from streamtrk.service.config import endpoint_problem
+
+    for option, endpoint in options:
+        if why := endpoint_problem(endpoint):
+            raise ValueError(f"{option} {why}, got {endpoint!r}")
+
+
 def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
     """The output files (and folder of plots) given, checked before the work that fills
     them: a path that cannot be written fails now, not with the results."""

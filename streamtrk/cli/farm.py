@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtrk.cli.common import curve_arguments, stop_on_signals, subcommand
+from streamtrk.cli.common import check_endpoints, curve_arguments, stop_on_signals, subcommand
 
 
 def _farm_arguments(s: argparse.ArgumentParser) -> None:
@@ -80,6 +80,7 @@ def _farm(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
     if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
         raise ValueError(f"--hwm must be at least 1, got {args.hwm}")
+    check_endpoints(("--from", args.from_), ("--to", args.to))
     with stop_on_signals() as stop:
         forward(
             args.role,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import curve_arguments, stop_on_signals, subcommand
+from streamtrk.cli.common import check_endpoints, curve_arguments, stop_on_signals, subcommand
 
 
 def _record_arguments(s: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
 def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 
+    check_endpoints(("--from", args.from_))
     with stop_on_signals() as stop:
         counts = record(
             args.from_,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.cli.common import (
+    check_endpoints,
     check_outputs,
     compact_argument,
     curve_arguments,
@@ -88,6 +89,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.events is not None and args.events < 1:
         raise ValueError(f"--events must be at least 1, got {args.events}")
+    check_endpoints(("--to", args.to), ("--from", args.from_))
     check_outputs(args.report, args.submission, args.plot)
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:

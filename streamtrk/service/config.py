@@ -313,20 +313,27 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a finite number > 0")
     if name == "threshold" and value is not None and not threshold_ok(value):
         raise bad("must lie in [0, 1) (an edge passes above it: 1 passes none)")
-    if name in ("input", "output"):
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
-            raise bad("must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555")
-        host, colon, port = rest.rpartition(":")
-        if scheme == "tcp" and not (
-            colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
-        ):
-            raise bad("must be tcp://HOST:PORT, PORT a number (or * to bind a free one)")
+    if name in ("input", "output") and (why := endpoint_problem(value)):
+        raise bad(why)
     if name == "http":
         try:
             split_http(value)
         except ValueError as e:
             raise bad(str(e)) from None
+
+
+def endpoint_problem(value: str) -> str | None:
+    """What makes ``value`` no ZeroMQ endpoint for the daemon's sockets or its clients'
+    (``"must be ..."``), or None."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        return "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
+    host, colon, port = rest.rpartition(":")
+    if scheme == "tcp" and not (
+        colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
+    ):
+        return "must be tcp://HOST:PORT, PORT a number (or * to bind a free one)"
+    return None
 
 
 def split_http(value: str) -> tuple[str, int]:

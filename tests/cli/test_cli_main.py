@@ -70,21 +70,27 @@ def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "why"),
     [
-        ["replay", "RUN", "--to", "notanendpoint"],
-        ["replay", "RUN", "--to", "tcp://127.0.0.1"],
-        ["record", "--from", "bogus://x", "-o", "OUT"],
-        ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"],
+        (["replay", "RUN", "--to", "notanendpoint"], "--to must be a ZeroMQ endpoint such as"),
+        (["replay", "RUN", "--to", "127.0.0.1:5555"], "--to must be a ZeroMQ endpoint such as"),
+        (["replay", "RUN", "--from", "tcp://127.0.0.1"], "--from must be tcp://HOST:PORT"),
+        (["record", "--from", "bogus://x", "-o", "OUT"], "--from must be a ZeroMQ endpoint"),
+        (
+            ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"],
+            "--to must be a ZeroMQ endpoint",
+        ),
     ],
 )
-def test_a_bad_endpoint_is_one_line(tmp_path, args):
+def test_a_bad_endpoint_is_one_line_that_names_the_option(tmp_path, args, why):
+    """As the daemon's settings: libzmq's own error says only "Invalid argument"."""
     run = tmp_path / "e.stk"
     main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
     argv = [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
     out = _run(*argv)
     assert out.returncode == 1, out.stderr
-    assert out.stderr.startswith(f"streamtrk {args[0]}: error: ") and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"streamtrk {args[0]}: error: {why}"), out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
 
 
 COMMANDS = (
