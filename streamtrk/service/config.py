@@ -368,7 +368,8 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
                 "float": isinstance(v, int | float) and not isinstance(v, bool),
             }.get(base, isinstance(v, str))
             if not ok:
-                raise ValueError(f"must be {want}")
+                quoted = isinstance(v, str) and base in _TYPE_NAMES  # "4" for 4: a string
+                raise ValueError(f"must be {want}" + (", unquoted in TOML" if quoted else ""))
         elif base == "bool":
             s = str(v).strip().lower()
             if s not in ("1", "true", "yes", "on", "0", "false", "no", "off"):

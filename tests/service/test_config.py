@@ -93,14 +93,18 @@ def test_cross_checks_see_the_final_values() -> None:
         ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
         ('model = ""', {}, r"model must be a path \(leave it out for the default\)"),
         ("", {"STREAMTRK_SNDHWM": "4294967296"}, r"sndhwm must be at most 2147483647"),
-        # A TOML value must have the setting's type: a string is no integer.
+        # A TOML value must have the setting's type: a string is no integer, and the
+        # message says why '4' is not one.
         (
             'max_batch_events = "4"',
             {},
-            r"max_batch_events must be an integer, got '4' \(from config file .*serve.toml\)",
+            r"max_batch_events must be an integer, unquoted in TOML, got '4' "
+            r"\(from config file .*serve.toml\)",
         ),
         ("max_batch_events = 4.0", {}, r"max_batch_events must be an integer, got 4.0"),
-        ('connect = "yes"', {}, r"connect must be true or false, got 'yes'"),
+        ('connect = "yes"', {}, r"connect must be true or false, unquoted in TOML, got 'yes'"),
+        ('connect = "true"', {}, r"connect must be true or false, unquoted in TOML, got 'true'"),
+        ('max_queue_delay_ms = "5"', {}, r"max_queue_delay_ms must be a number, unquoted in TOML"),
         ("input = 5555", {}, r"input must be a string, got 5555"),
         (
             "",
