@@ -6,6 +6,7 @@ functions, so that they refuse and write TOML the same way.
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from collections.abc import Iterable
@@ -44,7 +45,10 @@ def dataclass_from(
     unknown = sorted(table.keys() - names)
     missing = [] if defaults else sorted(names - table.keys())
     if unknown or missing:
-        raise error(f"{where} does not match this code: missing {missing}, unknown {unknown}")
+        found = ", ".join(f"{k} {v}" for k, v in (("missing", missing), ("unknown", unknown)) if v)
+        close = sorted({m for key in unknown for m in difflib.get_close_matches(key, names, n=1)})
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise error(f"{where} does not match this code: {found}{hint}")
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in table.items():

@@ -59,6 +59,9 @@ def test_dataclass_from_refuses_unknown_missing_and_non_tables() -> None:
         dataclass_from(_Settings, {"c": 2}, "[s]")
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
         dataclass_from(_Settings, {"a": 2}, "[s]", defaults=False)
+    # a misspelt key: no empty "missing []", and the key it was meant to be
+    with pytest.raises(ValueError, match=r"code: unknown \['bb'\] \(did you mean b\?\)$"):
+        dataclass_from(_Settings, {"bb": "y"}, "[s]")
     with pytest.raises(_Refused, match=r"\[s\] must be a table, got list"):
         dataclass_from(_Settings, [1], "[s]", error=_Refused)
 
