@@ -73,7 +73,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     help="reconstruct offline and score against truth",
     description="Reconstruct events offline (no daemon) and score them. Report keys: "
     "tracking_efficiency (pT>=1 GeV, >=5 hits, vertex r<10 mm), tracking_efficiency_all "
-    "(no vertex cut), fake_rate, duplicate_rate, trackml_score; fake_rate_by_pt, "
+    "(no vertex cut), fake_rate, duplicate_rate, their counts (n_*), trackml_score, "
+    "events_scored (the events it is the mean of); fake_rate_by_pt, "
     "duplicate_rate_by_pt, fake_rate_by_abs_eta, duplicate_rate_by_abs_eta (by the tracks' "
     "fitted pT and |eta|), chi2_ndf_median (of matched tracks); by the true pT of matched "
     "tracks' particles: pt_resolution_by_true_pt (half-width of the central 68% of fitted / "
@@ -91,7 +92,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "of: events without truth are reconstructed, not scored), hits_per_event, "
     "graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
-    "seconds_per_event, stage_seconds (mean per event), timings (median per event); "
+    "seconds_per_event, stage_seconds (mean per event), timings (median per event), scorer "
+    "(the model directory, or oracle); "
     "events_refused and refused (run, event, what, count, limit): events over the work "
     "budget, which the daemon answers too_dense, scored as events with no tracks.",
 )

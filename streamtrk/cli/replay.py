@@ -57,7 +57,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     help="replay a recording through the daemon and report throughput, latency, physics",
     description="Send a recording's hits messages to the daemon (as recorded or, with "
     "--compact, re-encoded compact; the header given a msg_id) and receive the replies, "
-    "one per event. Report keys: sent, received, "
+    "one per event. Report keys: recording, sent, received, "
     "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
     "daemon took nothing for the timeout, or sending failed), send_error (why sending "
     "failed, else null), refused (the sockets, to and from, whose handshake the daemon "
@@ -68,10 +68,11 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "ids their event lacks), interrupted, duration_s (first send to the last send or reply), "
     "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
-    "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus "
-    "tracking_efficiency, fake_rate, duplicate_rate, trackml_score and their counts when the "
-    "recording has truth. Exit status 1 when events are missing or unsent, sending failed, "
-    "a handshake was refused or a reply is mismatched (with --fail-on-error also when a "
+    "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus, when the "
+    "recording has truth, tracking_efficiency, tracking_efficiency_all (no vertex cut), "
+    "fake_rate, duplicate_rate, their counts (n_*), trackml_score and events_scored (the "
+    "events it is the mean of). Exit status 1 when events are missing or unsent, sending "
+    "failed, a handshake was refused or a reply is mismatched (with --fail-on-error also when a "
     "reply is an error), 130 after Ctrl-C or SIGTERM (the report covers the replies "
     "received until then).",
 )

@@ -1,6 +1,7 @@
 """``streamtrk evaluate``: its options, its report, its files and its errors."""
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -171,3 +172,17 @@ def test_evaluate_refuses_an_output_it_cannot_write_before_it_works(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("streamtrk evaluate: error: ") and str(taken) in err
     assert err.count("\n") == 1  # nothing ran before it
+
+
+def test_evaluate_help_names_every_report_key(tmp_path, capsys):
+    run, report = tmp_path / "e.stk", tmp_path / "r.json"
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(run)])
+    assert main(["evaluate", str(run), "--oracle", "-q", "--report", str(report)]) == 0
+    capsys.readouterr()  # the report printed
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    # graph_/pruned_/gnn_edge_efficiency and _purity (and their _all), counts (n_*)
+    shorthand = r"(graph|pruned|gnn)_edge_(efficiency|purity)(_all)?|n_\w+"
+    keys = json.loads(report.read_text())
+    assert [k for k in keys if k not in words and not re.fullmatch(shorthand, k)] == []

@@ -1,11 +1,16 @@
 """``streamtrk replay``'s errors without a daemon (with one: tests/test_replay.py)."""
 
+import re
 from dataclasses import replace
 
+import numpy as np
+import pytest
 from cli_helpers import _run
 
 from streamtrk.cli import main
+from streamtrk.eval.score import PhysicsTotals
 from streamtrk.io.recording import RecordingWriter, iter_events
+from streamtrk.replay import ReplayResult
 
 
 def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
@@ -57,3 +62,18 @@ def test_replay_refuses_a_submission_of_two_runs_sharing_an_event_number_before_
     assert out.stderr.startswith(
         f"streamtrk replay: error: event number {event.event} occurs in more than one run"
     )
+
+
+def test_replay_help_names_every_report_key(tmp_path, capsys):
+    """docs/serve.md sends the reader there for "the full list of keys"."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    event = next(iter_events(tmp_path / "e.stk"))
+    totals = PhysicsTotals()
+    totals.add(event, np.zeros(len(event.hits.hit_id), dtype=np.int64))
+    keys = {"recording"} | ReplayResult().report([], None, {}).keys() | totals.report().keys()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    shorthand = r"latency_\w+_ms|n_\w+"  # latency_p50/p90/p99/max/mean_ms, counts (n_*)
+    assert [k for k in keys if k not in words and not re.fullmatch(shorthand, k)] == []
