@@ -139,14 +139,14 @@ def _replay(args: argparse.Namespace) -> int:
     elif report["sent"] and not report["received"]:
         print(
             f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
-            f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; is "
-            "a daemon listening there (and are --to and --from its input and output)?",
+            f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; "
+            f"{_daemon_there(args.bind)} (and are --to and --from its input and output)?",
             file=sys.stderr,
         )
     elif not report["sent"] and report["unsent"]:
         print(
             f"streamtrk replay: error: nothing could be sent to {args.to} within "
-            f"{args.timeout:g} s: is a daemon listening there?",
+            f"{args.timeout:g} s: {_daemon_there(args.bind)}?",
             file=sys.stderr,
         )
     if report["send_error"]:
@@ -169,3 +169,11 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     failed = report["missing"] or report["unsent"] or report["send_error"] or report["refused"]
     return 1 if failed else 0
+
+
+def _daemon_there(bind: bool) -> str:
+    """The question to ask when nothing went through: a bound replay waits for daemons in
+    connect mode, whose refused CURVE handshakes it does not see."""
+    if bind:
+        return "has a daemon connected there (serve --connect; CURVE on both sides or neither)"
+    return "is a daemon listening there"

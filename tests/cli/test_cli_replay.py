@@ -23,6 +23,14 @@ def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
     )
 
 
+def test_a_bound_replay_that_sends_nothing_asks_for_a_daemon_that_connects(tmp_path):
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    args = ["--bind", "--to", "tcp://127.0.0.1:*", "--from", "tcp://127.0.0.1:*"]
+    out = _run("replay", str(tmp_path / "e.stk"), *args, "--timeout", "1")
+    assert out.returncode == 1
+    assert "within 1 s: has a daemon connected there (serve --connect; CURVE" in out.stderr
+
+
 def test_replay_refuses_an_output_it_cannot_write_before_it_sends(tmp_path):
     main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
     (tmp_path / "report.json").mkdir()
