@@ -54,6 +54,11 @@ def read_card(directory: str | Path) -> dict[str, Any]:
     """The card of a model directory (FileNotFoundError, saying how to make one, where the
     directory lacks its card or weights)."""
     directory = Path(directory)
+    if directory.is_file():  # its weights.pt or card.toml named, say
+        raise FileNotFoundError(
+            f"{directory} is a file: a model is the directory holding {CARD} and {WEIGHTS}"
+            + (f" ({directory.parent}?)" if directory.name in (CARD, WEIGHTS) else "")
+        )
     if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(
             f"no model at {directory} ({CARD} and {WEIGHTS} expected): train one with "

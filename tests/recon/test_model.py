@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -174,6 +175,18 @@ def test_a_broken_model_directory_is_named(
 def test_missing_model_explains(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no model at .*: train one with `streamtrk train"):
         load_reconstructor(tmp_path / "nothing")
+
+
+def test_a_model_s_file_given_for_its_directory_is_named(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """Not "train one with ... --out DIR/weights.pt"."""
+    path, _ = saved
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"weights.pt is a file: a model is the .*\({re.escape(str(path))}\?\)$",
+    ):
+        read_card(path / "weights.pt")
 
 
 def test_env_var_selects_model(
