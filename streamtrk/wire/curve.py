@@ -69,12 +69,20 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     return public, secret
 
 
-def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) keys of a secret certificate file."""
+def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) keys of a certificate file; CurveError naming it and why not
+    (pyzmq calls a missing file "Invalid certificate file")."""
+    if not Path(path).exists():
+        raise CurveError(f"cannot read the CURVE certificate {path}: no such file")
     try:
-        public, secret = zmq.auth.load_certificate(Path(path))
+        return zmq.auth.load_certificate(Path(path))
     except (OSError, ValueError) as e:
         raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
+
+
+def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) keys of a secret certificate file."""
+    public, secret = _load_certificate(path)
     if secret is None:
         raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
     return public, secret
@@ -82,10 +90,7 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
 
 def load_public(path: str | Path) -> bytes:
     """The public key (Z85 text) of a certificate file (``NAME.key`` or ``.key_secret``)."""
-    try:
-        return zmq.auth.load_certificate(Path(path))[0]
-    except (OSError, ValueError) as e:
-        raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
+    return _load_certificate(path)[0]
 
 
 def allowed_keys(directory: str | Path) -> set[bytes]:

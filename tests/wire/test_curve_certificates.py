@@ -10,7 +10,7 @@ import pytest
 import zmq.auth
 
 from streamtrk.cli import main
-from streamtrk.wire.curve import create_certificates, load_keypair, load_public
+from streamtrk.wire.curve import CurveError, create_certificates, load_keypair, load_public
 
 
 def test_a_pair_is_written_with_the_secret_never_readable_by_others(tmp_path, monkeypatch):
@@ -52,3 +52,10 @@ def test_a_certificate_there_is_never_overwritten(tmp_path: Path, capsys) -> Non
     assert f"{keys / 'alice.key_secret'} exists; not overwritten" in capsys.readouterr().err
     assert [p.name for p in keys.iterdir()] == ["alice.key_secret"]  # no public key left
     assert (keys / "alice.key_secret").read_text() == "mine"
+
+
+@pytest.mark.parametrize("load", [load_keypair, load_public])
+def test_a_missing_certificate_is_said_to_be_missing(tmp_path: Path, load) -> None:
+    """Not pyzmq's "Invalid certificate file", which reads as a damaged one."""
+    with pytest.raises(CurveError, match=r"CURVE certificate .*server.key_secret: no such file$"):
+        load(tmp_path / "server.key_secret")
