@@ -65,7 +65,10 @@ class _Endpoint:
         monitor_events: int = 0,
     ) -> None:
         if (curve_key is None) != (curve_server_key is None):
-            raise ValueError("CURVE needs both curve_key (own secret) and curve_server_key")
+            raise ValueError(
+                "CURVE needs both curve_key (own secret certificate, --curve-key) and "
+                "curve_server_key (the server's public one, --curve-server-key)"
+            )
         if curve_key is not None and curve_secret_key is not None:
             raise ValueError("a socket is a CURVE client or a CURVE server, not both")
         self.linger_ms = linger_ms
