@@ -16,6 +16,7 @@ SIGHUP: reload the configuration and the model, keep the old ones when that fail
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -194,7 +195,10 @@ class Daemon:
         try:
             getattr(sock, verb)(endpoint)
         except zmq.ZMQError as e:
-            raise OSError(f"cannot {verb} {endpoint}: {e}") from None
+            hint = ""
+            if verb == "bind" and e.errno == errno.ENODEV:  # libzmq: no interface of that name
+                hint = " (a bound address is this host's, or *; another host's: connect = true)"
+            raise OSError(f"cannot {verb} {endpoint}: {e}{hint}") from None
 
     def _run(self, ctx: zmq.Context[Any]) -> int:
         cfg = self.config

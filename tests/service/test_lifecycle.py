@@ -252,6 +252,18 @@ def test_a_taken_http_port_is_named() -> None:
     assert f"start-up failed: cannot serve HTTP on {http}: Address already in use" in out.stderr
 
 
+def test_binding_another_host_s_name_says_to_connect() -> None:
+    """Forgetting connect = true with a distributor's address: libzmq says "No such device"."""
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://dist-host.invalid:5555",
+         "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--allow-insecure"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "cannot bind tcp://dist-host.invalid:5555: No such device (" in out.stderr
+    assert "another host's: connect = true)" in out.stderr
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
 def test_a_dead_letter_file_that_cannot_be_written_is_named() -> None:
     out = subprocess.run(
