@@ -9,8 +9,8 @@ is the ``--quantile`` of those triplets, or ``--sparse-factor`` x the largest va
 there are fewer than ``--min-count``; per layer pair, the doublet windows (|kappa| from the
 beam line, |z0|) are ``--pair-factor`` x the largest value over true segments.
 
-Run: PYTHONPATH=. .venv/bin/python bench/prune_windows.py --events 48 --seed 5000
-     [--out streamtrk/data/prune_windows.toml] [--quantile 0.999]
+Run (the shipped windows): PYTHONPATH=. .venv/bin/python bench/prune_windows.py --events 100
+     --seed 5000 [--out streamtrk/data/prune_windows.toml] [--quantile 0.999]
 """
 
 from __future__ import annotations
