@@ -248,6 +248,11 @@ def read_event(path: str | Path, *, event_number: int | None = None, run: int = 
     prefix = Path(path)
     if event_file := _EVENT_FILE_RE.fullmatch(prefix.name):
         prefix = prefix.with_name(event_file[1])
+    elif prefix.is_file():  # not "no serve.toml-hits.csv in ..."
+        raise ValueError(
+            f"{path} is no TrackML event file (eventN-hits.csv, or its truth, particles or "
+            "cells file), nor an event prefix"
+        )
     hits_path = _find(prefix, "hits")
     if hits_path is None:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")

@@ -461,6 +461,8 @@ def test_iter_events(tmp_path):
         next(iter_events(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError):
         read_event(tmp_path / "event000000004")
+    with pytest.raises(ValueError, match=r"notes.txt is no TrackML event file \(eventN-hits"):
+        read_event(tmp_path / "notes.txt")  # another file given: named as such
     for name in ("event000000003", "event000000005"):  # unpadded numbers: 10 after 9
         for f in tmp_path.glob(f"{name}-*"):
             f.rename(tmp_path / f.name.replace(name, "event10" if "3" in name else "event9"))
