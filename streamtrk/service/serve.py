@@ -217,9 +217,10 @@ class Daemon:
                 if cfg.dead_letter is not None:
                     try:
                         dead = DeadLetters(cfg.dead_letter, cfg.dead_letter_max_bytes)
-                    except OSError as e:
+                    except (OSError, ValueError) as e:  # ValueError: not a recording
+                        why = (e.strerror if isinstance(e, OSError) else None) or e
                         raise OSError(
-                            f"cannot open the dead-letter file {cfg.dead_letter}: {e.strerror or e}"
+                            f"cannot open the dead-letter file {cfg.dead_letter}: {why}"
                         ) from None
                     stack.callback(dead.close)
                 try:

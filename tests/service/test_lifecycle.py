@@ -276,6 +276,21 @@ def test_a_dead_letter_file_that_cannot_be_written_is_named() -> None:
     assert expected in out.stderr, out.stderr
 
 
+def test_a_dead_letter_file_that_is_no_recording_is_named_as_the_dead_letter_file(
+    tmp_path: Path,
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a recording\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*",
+         "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--dead-letter", str(notes)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert f"start-up failed: cannot open the dead-letter file {notes}: " in out.stderr
+    assert "not a streamtrk recording" in out.stderr and notes.read_text() == "not a recording\n"
+
+
 def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
     d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
     assert d.get("/readyz") == (503, "loading\n")
