@@ -41,7 +41,7 @@ from streamtrk.service.monitor import EVENTS, SocketMonitor
 from streamtrk.service.telemetry import SocketMetrics
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import DEFAULT_LIMITS, Limits
-from streamtrk.wire.curve import host_only
+from streamtrk.wire.curve import exposed_without_curve
 
 ROLES = ("distributor", "collector")
 POLL_MS = 100
@@ -95,12 +95,12 @@ def forward(
         (outside, server_key, "--server-key and --allowed-keys"),
         (inside, curve_key, "--curve-key and --curve-server-key (the daemons' CURVE)"),
     ):
-        if curve is None and not allow_insecure and not host_only(endpoint):
-            raise ValueError(
-                f"{endpoint} is not a loopback address and CURVE is off on it: anyone who "
-                f"reaches it could send events or take them or their replies. Give {flags} "
-                "(docs/operations.md, Keys), or --allow-insecure on a trusted network"
+        if curve is None and not allow_insecure:
+            remedy = (
+                f"Give {flags} (docs/operations.md, Keys), or --allow-insecure on a trusted network"
             )
+            if why := exposed_without_curve(endpoint, remedy):
+                raise ValueError(why)
     if server_key is None and allowed_keys is not None:
         raise ValueError("--allowed-keys needs --server-key (the forwarder's own certificate)")
     daemons = {"curve_key": curve_key, "curve_server_key": curve_server_key}

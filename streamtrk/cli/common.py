@@ -122,6 +122,30 @@ def curve_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
+def allow_insecure_argument(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="bind beyond this host without CURVE (a trusted network only)",
+    )
+
+
+def check_bound_curve(args: argparse.Namespace, *endpoints: str) -> None:
+    """ValueError when ``--bind`` without CURVE would open one of ``endpoints`` beyond this
+    host (unless ``--allow-insecure``), as the daemon and the forwarders refuse to."""
+    from streamtrk.wire.curve import exposed_without_curve
+
+    if not args.bind or args.curve_key is not None or args.allow_insecure:
+        return
+    remedy = (
+        "Give --curve-key and --curve-server-key (docs/operations.md, Keys), or "
+        "--allow-insecure on a trusted network"
+    )
+    for endpoint in endpoints:
+        if why := exposed_without_curve(endpoint, remedy):
+            raise ValueError(why)
+
+
 def check_endpoints(*options: tuple[str, str]) -> None:
     """ValueError naming the first ``(option, endpoint)`` whose endpoint the daemon would
     refuse too (libzmq's own error says only "Invalid argument")."""

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtrk.cli.common import check_endpoints, curve_arguments, stop_on_signals, subcommand
+from streamtrk.cli.common import (
+    allow_insecure_argument,
+    check_endpoints,
+    curve_arguments,
+    stop_on_signals,
+    subcommand,
+)
 
 
 def _farm_arguments(s: argparse.ArgumentParser) -> None:
@@ -50,11 +56,7 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directory of the public certificates (NAME.key) of the clients admitted there",
     )
-    s.add_argument(
-        "--allow-insecure",
-        action="store_true",
-        help="bind beyond this host without CURVE (a trusted network only)",
-    )
+    allow_insecure_argument(s)
 
 
 @subcommand(

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import check_endpoints, curve_arguments, stop_on_signals, subcommand
+from streamtrk.cli.common import (
+    allow_insecure_argument,
+    check_bound_curve,
+    check_endpoints,
+    curve_arguments,
+    stop_on_signals,
+    subcommand,
+)
 
 
 def _record_arguments(s: argparse.ArgumentParser) -> None:
@@ -16,6 +23,7 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--events", type=int, help="stop after N hits messages")
     s.add_argument("--duration", type=float, help="stop after S seconds")
     curve_arguments(s)
+    allow_insecure_argument(s)
 
 
 @subcommand("record", _record_arguments, help="tap a hits stream into a recording")
@@ -23,6 +31,7 @@ def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 
     check_endpoints(("--from", args.from_))
+    check_bound_curve(args, args.from_)
     with stop_on_signals() as stop:
         counts = record(
             args.from_,

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.cli.common import (
+    allow_insecure_argument,
+    check_bound_curve,
     check_endpoints,
     check_outputs,
     compact_argument,
@@ -39,6 +41,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
         "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
     )
     curve_arguments(s)
+    allow_insecure_argument(s)
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
@@ -91,6 +94,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.events is not None and args.events < 1:
         raise ValueError(f"--events must be at least 1, got {args.events}")
     check_endpoints(("--to", args.to), ("--from", args.from_))
+    check_bound_curve(args, args.to, args.from_)
     check_outputs(args.report, args.submission, args.plot)
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:

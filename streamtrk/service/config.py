@@ -30,7 +30,7 @@ from streamtrk.recon.choices import (
 from streamtrk.recon.graph import MAX_BEAM_SPOT
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS
-from streamtrk.wire.curve import host_only
+from streamtrk.wire.curve import exposed_without_curve
 
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -211,17 +211,13 @@ class ServeConfig:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
         if not self.connect and self.curve_secret_key is None and not self.allow_insecure:
+            remedy = (
+                'Set curve_secret_key and curve_allowed_keys (docs/operations.md, "Keys"), '
+                "or allow_insecure = true on a trusted network"
+            )
             for name in ("input", "output"):
-                if not host_only(getattr(self, name)):
-                    raise ConfigError(
-                        f"{name} {getattr(self, name)} is not a loopback address and CURVE is "
-                        "off: anyone who reaches it could send or take events. Set "
-                        "curve_secret_key and curve_allowed_keys (docs/operations.md, "
-                        '"Keys"), or allow_insecure = true on a trusted network',
-                        name,
-                        "curve_secret_key",
-                        "allow_insecure",
-                    )
+                if why := exposed_without_curve(getattr(self, name), remedy):
+                    raise ConfigError(f"{name} {why}", name, "curve_secret_key", "allow_insecure")
         if not math.hypot(self.beam_spot_x_mm, self.beam_spot_y_mm) <= MAX_BEAM_SPOT:
             raise ConfigError(
                 f"the beam spot ({self.beam_spot_x_mm}, {self.beam_spot_y_mm}) mm must lie "

@@ -39,6 +39,17 @@ def host_only(endpoint: str) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
+def exposed_without_curve(endpoint: str, remedy: str) -> str | None:
+    """Why ``endpoint`` may not be bound with CURVE off (it is reachable beyond this host),
+    ending with ``remedy``; None where it is not (:func:`host_only`)."""
+    if host_only(endpoint):
+        return None
+    return (
+        f"{endpoint} is not a loopback address and CURVE is off on it: anyone who reaches it "
+        f"could send events or take them or their replies. {remedy}"
+    )
+
+
 def ipv6_literal(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint names an IPv6 address (``tcp://[::1]:5555``): its socket
     needs ``ZMQ_IPV6``. Host names and IPv4 ones keep IPv4 sockets, as they always had."""

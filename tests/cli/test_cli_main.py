@@ -93,6 +93,31 @@ def test_a_bad_endpoint_is_one_line_that_names_the_option(tmp_path, args, why):
     assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "RUN", "--bind", "--to", "tcp://*:0", "--from", "tcp://127.0.0.1:*"],
+        ["replay", "RUN", "--bind", "--to", "tcp://127.0.0.1:*", "--from", "tcp://0.0.0.0:0"],
+        ["record", "--bind", "--from", "tcp://*:0", "-o", "OUT"],
+    ],
+)
+def test_a_bind_beyond_this_host_without_curve_is_refused_unless_allowed(tmp_path, args):
+    """As the daemon and the forwarders: anyone who reached a bound replay could take its
+    events or send it replies, and a bound record records whatever is pushed to it."""
+    run = tmp_path / "e.stk"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
+    argv = [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
+    out = _run(*argv)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"streamtrk {args[0]}: error: tcp://"), out.stderr
+    assert "is not a loopback address and CURVE is off on it" in out.stderr
+    assert "--allow-insecure on a trusted network" in out.stderr
+    limit = ["--timeout", "1"] if args[0] == "replay" else ["--duration", "0.5"]
+    allowed = _run(*argv, "--allow-insecure", *limit)  # binds, waits, finds nobody
+    assert "CURVE is off" not in allowed.stderr, allowed.stderr
+    assert "Traceback" not in allowed.stderr, allowed.stderr
+
+
 COMMANDS = (
     "simulate", "import-trackml", "inspect", "export-trackml", "evaluate", "export", "serve",
     "replay", "record", "train", "farm", "keys", "demo",
