@@ -109,7 +109,8 @@ def allowed_keys(directory: str | Path) -> set[bytes]:
     CurveError when ``directory`` is not one (a mistyped path would refuse every client)."""
     path = Path(directory)
     if not path.is_dir():
-        raise CurveError(f"the allowed CURVE keys directory {path} is not a directory")
+        why = "is not a directory" if path.exists() else "does not exist"
+        raise CurveError(f"the allowed CURVE keys directory {path} {why}")
     return {load_public(p) for p in sorted(path.glob("*.key"))}
 
 

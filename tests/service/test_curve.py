@@ -208,7 +208,7 @@ def test_a_missing_allowed_keys_directory_stops_the_start(keys: Path, tmp_path: 
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 1
-    assert f"start-up failed: the allowed CURVE keys directory {missing} is not a directory" in (
+    assert f"start-up failed: the allowed CURVE keys directory {missing} does not exist" in (
         out.stderr
     )
 

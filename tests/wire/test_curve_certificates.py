@@ -10,7 +10,13 @@ import pytest
 import zmq.auth
 
 from streamtrk.cli import main
-from streamtrk.wire.curve import CurveError, create_certificates, load_keypair, load_public
+from streamtrk.wire.curve import (
+    CurveError,
+    allowed_keys,
+    create_certificates,
+    load_keypair,
+    load_public,
+)
 
 
 def test_a_pair_is_written_with_the_secret_never_readable_by_others(tmp_path, monkeypatch):
@@ -59,3 +65,11 @@ def test_a_missing_certificate_is_said_to_be_missing(tmp_path: Path, load) -> No
     """Not pyzmq's "Invalid certificate file", which reads as a damaged one."""
     with pytest.raises(CurveError, match=r"CURVE certificate .*server.key_secret: no such file$"):
         load(tmp_path / "server.key_secret")
+
+
+def test_an_allowed_keys_path_says_whether_it_is_missing_or_no_directory(tmp_path: Path) -> None:
+    with pytest.raises(CurveError, match=r"directory \S+/nowhere does not exist$"):
+        allowed_keys(tmp_path / "nowhere")
+    (tmp_path / "a.key").write_text("")
+    with pytest.raises(CurveError, match=r"directory \S+/a\.key is not a directory$"):
+        allowed_keys(tmp_path / "a.key")
