@@ -513,6 +513,7 @@ class Daemon:
                 new = replace(new, **kept)
             except ValueError as e:  # the new file with the kept values is not consistent
                 raise ValueError(f"{e}, with {', '.join(changed)} kept until a restart") from e
+            faults.delay("reload")  # tests: a reload that takes long, the start-up load not
             model = load_served_model(new)
             self._install(model, new)
             self.config = new
