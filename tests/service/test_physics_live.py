@@ -134,14 +134,16 @@ def watched(
 
 
 def test_dead_and_noisy_layers(watched: tuple, tmp_path: Path) -> None:
-    """Half a minute of healthy events, then 25 s of the same events with layer 8:4 dead
-    and 200 noise hits per event added on layer 13:6 (about 50 hits per event of its own)."""
+    """Half a minute of healthy events (28 s: enough for the 30 s offset baseline to hold
+    some when the faulty events' 5 s rate windows are full), then 25 s of the same events
+    with layer 8:4 dead and 200 noise hits per event added on layer 13:6 (about 50 hits per
+    event of its own)."""
     daemon, prometheus, alerts = watched
     healthy = simulate(tmp_path / "healthy.stk", mu=2, seed=31)
     faulty = simulate(
         tmp_path / "faulty.stk", "--dead-layer", "8:4", "--noisy-layer", "13:6:200", mu=2, seed=31
     )
-    t_fault = replay(healthy, daemon, "--rate", str(RATE_HZ), "--loop", "8")
+    t_fault = replay(healthy, daemon, "--rate", str(RATE_HZ), "--loop", "7")
     t_end = replay(faulty, daemon, "--rate", str(RATE_HZ), "--loop", "6")
     assert t_end - t_fault > 20
 
