@@ -4,6 +4,7 @@ it, metric samples, track partitions."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -75,7 +76,7 @@ class HttpEndpoints:
 class Daemon(HttpEndpoints):
     """``python -m streamtrk serve`` with JSON logs in ``log_path``; stop with :meth:`stop`."""
 
-    started = 0  # daemons started by this process (log file names)
+    numbers = itertools.count(1)  # daemons started by this process (log file names; threads)
 
     def __init__(
         self,
@@ -86,8 +87,7 @@ class Daemon(HttpEndpoints):
         wait: bool = True,
     ) -> None:
         """Start the daemon; return once it listens and, with ``wait``, once it is ready."""
-        Daemon.started += 1
-        self.log_path = tmp / f"daemon-{Daemon.started}.log"
+        self.log_path = tmp / f"daemon-{next(Daemon.numbers)}.log"
         cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*"]
         cmd += ["--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--log-format", "json"]
         base = clean_env() if keep_model else clean_env(keep=())

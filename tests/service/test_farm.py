@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from live_daemon import (
     READY_TIMEOUT_S,
+    Daemon,
     HttpEndpoints,
     Prometheus,
     sample,
@@ -86,16 +88,20 @@ def farm(tmp_path: Path, daemon_factory):
     still reaching the collector: a resent event may still be in work when the replay has
     all its replies), then the forwarders."""
     forwarders: list[Forwarder] = []
-    daemons = []
+    daemons: list[Daemon] = []
     try:
         for role in ("distributor", "collector"):  # each kept as it starts, to be stopped
             forwarders.append(Forwarder(tmp_path, role))
         dist, coll = forwarders
-        for _ in range(3):
-            daemons.append(
-                daemon_factory("--connect", "--input", dist.back, "--output", coll.front,
-                               "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")
-            )  # fmt: skip
+        args = ("--connect", "--input", dist.back, "--output", coll.front,
+                "--max-batch-events", "2", "--queue-capacity", "4", "--rcvhwm", "2")  # fmt: skip
+        # Started together (each loads its model in a process of its own), each kept as it
+        # is ready; one that fails to start fails the test once the others are kept too.
+        with ThreadPoolExecutor(3) as pool:
+            starting = [pool.submit(daemon_factory, *args) for _ in range(3)]
+        daemons.extend(s.result() for s in starting if s.exception() is None)
+        for s in starting:
+            s.result()
         yield dist, coll, daemons
     finally:
         drained = {d.log_path.name: d.stop() for d in daemons if d.process.poll() is None}
