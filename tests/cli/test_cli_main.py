@@ -69,6 +69,13 @@ def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
     assert list(tmp_path.iterdir()) == [csv] and not any(csv.iterdir())  # nothing left
 
 
+def _with_files(tmp_path, args: list[str]) -> list[str]:
+    """``args`` with RUN a one-event recording and OUT an output file in ``tmp_path``."""
+    run = tmp_path / "e.stk"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
+    return [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
+
+
 @pytest.mark.parametrize(
     ("args", "why"),
     [
@@ -84,10 +91,7 @@ def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
 )
 def test_a_bad_endpoint_is_one_line_that_names_the_option(tmp_path, args, why):
     """As the daemon's settings: libzmq's own error says only "Invalid argument"."""
-    run = tmp_path / "e.stk"
-    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
-    argv = [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
-    out = _run(*argv)
+    out = _run(*_with_files(tmp_path, args))
     assert out.returncode == 1, out.stderr
     assert out.stderr.startswith(f"streamtrk {args[0]}: error: {why}"), out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
@@ -104,9 +108,7 @@ def test_a_bad_endpoint_is_one_line_that_names_the_option(tmp_path, args, why):
 def test_a_bind_beyond_this_host_without_curve_is_refused_unless_allowed(tmp_path, args):
     """As the daemon and the forwarders: anyone who reached a bound replay could take its
     events or send it replies, and a bound record records whatever is pushed to it."""
-    run = tmp_path / "e.stk"
-    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)])
-    argv = [str(run) if a == "RUN" else str(tmp_path / "o.stk") if a == "OUT" else a for a in args]
+    argv = _with_files(tmp_path, args)
     out = _run(*argv)
     assert out.returncode == 1, out.stderr
     assert out.stderr.startswith(f"streamtrk {args[0]}: error: tcp://"), out.stderr
