@@ -24,8 +24,9 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     def start(
         *args: str, env: dict[str, str] | None = None, keep_model: bool = True, wait: bool = True
     ) -> Daemon:
-        started.append(Daemon(tmp_path, *args, env=env, keep_model=keep_model, wait=wait))
-        return started[-1]
+        daemon = Daemon(tmp_path, *args, env=env, keep_model=keep_model, wait=wait)
+        started.append(daemon)  # not started[-1]: the farm fixture starts daemons in threads
+        return daemon
 
     yield start
     codes = {}
