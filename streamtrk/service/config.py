@@ -346,6 +346,26 @@ def split_http(value: str) -> tuple[str, int]:
 _TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number"}
 
 
+def _typed_ok(base: str, v: Any) -> bool:
+    """Whether a TOML value ``v`` has the type of a field of type ``base``."""
+    return {
+        "bool": isinstance(v, bool),
+        "int": isinstance(v, int) and not isinstance(v, bool),
+        "float": isinstance(v, int | float) and not isinstance(v, bool),
+    }.get(base, isinstance(v, str))
+
+
+def _ok_unquoted(base: str, v: Any) -> bool:
+    """Whether the string ``v``, unquoted, would be a TOML value of type ``base`` ("4" for an
+    integer, "true" for a boolean; not "yes", nor "four")."""
+    if not isinstance(v, str) or base not in _TYPE_NAMES or "\n" in v:
+        return False
+    try:
+        return _typed_ok(base, tomllib.loads(f"v = {v}").get("v"))
+    except tomllib.TOMLDecodeError:
+        return False
+
+
 def _converter(f: Any) -> Callable[[Any, bool], Any]:
     """Converts a setting's value to the field's type: a TOML value must already have it
     (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed."""
@@ -358,14 +378,9 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
         if optional and (v is None or (not typed and v == "")):
             return None
         if typed:
-            ok = {
-                "bool": isinstance(v, bool),
-                "int": isinstance(v, int) and not isinstance(v, bool),
-                "float": isinstance(v, int | float) and not isinstance(v, bool),
-            }.get(base, isinstance(v, str))
-            if not ok:
-                quoted = isinstance(v, str) and base in _TYPE_NAMES  # "4" for 4: a string
-                raise ValueError(f"must be {want}" + (", unquoted in TOML" if quoted else ""))
+            if not _typed_ok(base, v):  # "4" for 4: a string, said when 4 would do
+                hint = ", unquoted in TOML" if _ok_unquoted(base, v) else ""
+                raise ValueError(f"must be {want}{hint}")
         elif base == "bool":
             s = str(v).strip().lower()
             if s not in ("1", "true", "yes", "on", "0", "false", "no", "off"):

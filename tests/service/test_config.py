@@ -102,7 +102,10 @@ def test_cross_checks_see_the_final_values() -> None:
             r"\(from config file .*serve.toml\)",
         ),
         ("max_batch_events = 4.0", {}, r"max_batch_events must be an integer, got 4.0"),
-        ('connect = "yes"', {}, r"connect must be true or false, unquoted in TOML, got 'yes'"),
+        # ... but only where the value unquoted is one: yes is no TOML, four no integer
+        ('connect = "yes"', {}, r"connect must be true or false, got 'yes'"),
+        ('max_batch_events = "four"', {}, r"max_batch_events must be an integer, got 'four'"),
+        ('max_queue_delay_ms = "5 ms"', {}, r"max_queue_delay_ms must be a number, got '5 ms'"),
         ('connect = "true"', {}, r"connect must be true or false, unquoted in TOML, got 'true'"),
         ('max_queue_delay_ms = "5"', {}, r"max_queue_delay_ms must be a number, unquoted in TOML"),
         ("input = 5555", {}, r"input must be a string, got 5555"),
