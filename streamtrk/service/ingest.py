@@ -90,7 +90,8 @@ class Ingest(Supervised):
 
     def _say_pending(self) -> None:
         """The rest of a burst of misrouted replies or failed dead-letter writes, once its
-        warning is due (else said only at the next occurrence, maybe never)."""
+        warning is due and the burst stopped (else said only at the next occurrence, maybe
+        never; a stream still going gets its full warnings from the occurrences)."""
         if since := self._misrouted.pending():
             log.warning("%d more replies (tracks messages) came in on the input since the last "
                         "warning", since)  # fmt: skip

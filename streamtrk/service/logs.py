@@ -24,21 +24,29 @@ class Throttle:
         self.every_s = every_s
         self._since = 0  # occurrences since the last warning
         self._next = 0.0  # monotonic time from which the next warning may go
+        self._last = 0.0  # monotonic time of the last occurrence
 
     def count(self, n: int = 1) -> int:
         """Count ``n`` occurrences; when a warning is due, the occurrences since the last one
         (these included), else 0."""
         self._since += n
-        if (now := time.monotonic()) < self._next:
+        now = time.monotonic()
+        if n:
+            self._last = now
+        if now < self._next:
             return 0
         since, self._since, self._next = self._since, 0, now + self.every_s
         return since
 
     def pending(self) -> int:
-        """The occurrences not warned about yet, once a warning about them is due (the
-        warning then counts as given), else 0: for a caller that polls, so that the last of
-        a burst is said without waiting for a next occurrence."""
-        return self.count(0) if self._since else 0
+        """The occurrences not warned about yet, once a warning about them is due and none
+        has come for ``every_s`` (the burst stopped; the warning then counts as given), else
+        0: for a caller that polls, so that the last of a burst is said without waiting for
+        a next occurrence, while a stream still going gets its warnings from :meth:`count`
+        (the caller's full message, not the poll's count)."""
+        if not self._since or time.monotonic() - self._last < self.every_s:
+            return 0
+        return self.count(0)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

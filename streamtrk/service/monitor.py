@@ -14,7 +14,8 @@ incompatible socket type; what the peer had queued on it is lost with it). Refus
 handshakes also count in ``streamtrk_auth_failures_total``.
 The log has at most one line a ``DISCONNECT_LOG_S`` per socket and cause (a peer can open
 and drop connections at will, a port scanner thousands): it says how many ended since the
-line before, and those of a burst that stopped are said once their line is due.
+line before, and those of a burst that stopped are said once their line is due (and
+the period passed without one).
 
 libzmq 4.3 gives up for good a connection it made whose handshake failed for its protocol
 (a peer without CURVE against a CURVE socket, or the reverse), where it retries any other

@@ -24,3 +24,26 @@ def test_what_a_burst_held_back_is_pending_once_due() -> None:
     time.sleep(0.25)
     assert lines.pending() == 3
     assert lines.pending() == 0 and lines.count() == 0  # said: the next is a while away
+
+
+def test_a_stream_still_going_gets_its_warnings_from_count_not_pending(monkeypatch) -> None:
+    """Occurrences every 0.5 s (a dense event among normal ones, a misrouted reply now and
+    then): the due warning waits for the next occurrence, whose caller says what happened
+    (the events, the remedy), rather than going to a poll that can say only a count."""
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    lines = Throttle(1.0)
+    assert lines.count() == 1
+    clock[0] += 0.5
+    assert lines.count() == 0
+    clock[0] += 0.6  # due, but the stream goes on
+    assert lines.pending() == 0
+    clock[0] += 0.3
+    assert lines.count() == 2
+    clock[0] += 0.5
+    assert lines.count() == 0  # the last of the burst
+    clock[0] += 0.6  # due, quiet for 0.6 s only
+    assert lines.pending() == 0
+    clock[0] += 0.45  # quiet for the period: the burst stopped, said by the poll
+    assert lines.pending() == 1
+    assert lines.pending() == 0
