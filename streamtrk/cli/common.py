@@ -146,13 +146,14 @@ def check_bound_curve(args: argparse.Namespace, *endpoints: str) -> None:
             raise ValueError(why)
 
 
-def check_endpoints(*options: tuple[str, str]) -> None:
+def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
     """ValueError naming the first ``(option, endpoint)`` whose endpoint the daemon would
-    refuse too (libzmq's own error says only "Invalid argument")."""
+    refuse too, to bind or (``bind`` false) to connect to (libzmq's own error says only
+    "Invalid argument")."""
     from streamtrk.service.config import endpoint_problem
 
     for option, endpoint in options:
-        if why := endpoint_problem(endpoint):
+        if why := endpoint_problem(endpoint, bind):
             raise ValueError(f"{option} {why}, got {endpoint!r}")
 
 

@@ -82,7 +82,7 @@ def _farm(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
     if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
         raise ValueError(f"--hwm must be at least 1, got {args.hwm}")
-    check_endpoints(("--from", args.from_), ("--to", args.to))
+    check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
     with stop_on_signals() as stop:
         forward(
             args.role,

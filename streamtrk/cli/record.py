@@ -30,7 +30,7 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
 def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 
-    check_endpoints(("--from", args.from_))
+    check_endpoints(("--from", args.from_), bind=args.bind)
     check_bound_curve(args, args.from_)
     with stop_on_signals() as stop:
         counts = record(

@@ -93,7 +93,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.events is not None and args.events < 1:
         raise ValueError(f"--events must be at least 1, got {args.events}")
-    check_endpoints(("--to", args.to), ("--from", args.from_))
+    check_endpoints(("--to", args.to), ("--from", args.from_), bind=args.bind)
     check_bound_curve(args, args.to, args.from_)
     check_outputs(args.report, args.submission, args.plot)
     events = load_recording(args.recording, args.events, compact=args.compact)

@@ -210,6 +210,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
+        for name in ("input", "output") if self.connect else ():
+            if why := endpoint_problem(getattr(self, name), bind=False):
+                raise ConfigError(f"{name} {why} (connect = true)", name, "connect")
         if not self.connect and self.curve_secret_key is None and not self.allow_insecure:
             remedy = (
                 'Set curve_secret_key and curve_allowed_keys (docs/operations.md, "Keys"), '
@@ -318,9 +321,9 @@ def _check(name: str, value: Any) -> None:
             raise bad(str(e)) from None
 
 
-def endpoint_problem(value: str) -> str | None:
-    """What makes ``value`` no ZeroMQ endpoint for the daemon's sockets or its clients'
-    (``"must be ..."``), or None."""
+def endpoint_problem(value: str, bind: bool = True) -> str | None:
+    """What makes ``value`` no ZeroMQ endpoint to bind (or, ``bind`` false, to connect to)
+    for the daemon's sockets or its clients' (``"must be ..."``), or None."""
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
         return "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
@@ -329,6 +332,8 @@ def endpoint_problem(value: str) -> str | None:
         colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
     ):
         return "must be tcp://HOST:PORT, PORT a number (or * to bind a free one)"
+    if scheme == "tcp" and not bind and "*" in (host, port):
+        return "must name the host and port to connect to (* is for binding)"
     return None
 
 

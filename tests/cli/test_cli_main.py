@@ -83,6 +83,8 @@ def _with_files(tmp_path, args: list[str]) -> list[str]:
         (["replay", "RUN", "--to", "127.0.0.1:5555"], "--to must be a ZeroMQ endpoint such as"),
         (["replay", "RUN", "--from", "tcp://127.0.0.1"], "--from must be tcp://HOST:PORT"),
         (["record", "--from", "bogus://x", "-o", "OUT"], "--from must be a ZeroMQ endpoint"),
+        (["record", "--from", "tcp://127.0.0.1:*", "-o", "OUT"], "--from must name the host"),
+        (["replay", "RUN", "--to", "tcp://*:5555"], "--to must name the host and port"),
         (
             ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"],
             "--to must be a ZeroMQ endpoint",

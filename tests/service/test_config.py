@@ -276,6 +276,17 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
     ServeConfig(input="tcp://10.0.0.5:5555", output="tcp://10.0.0.5:5556", connect=True)
 
 
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:*", "tcp://*:5555", "tcp://[::1]:*"])
+def test_a_daemon_that_connects_needs_a_host_and_port_there(endpoint: str) -> None:
+    """libzmq's connect says only "Invalid argument" to a port or host of *."""
+    other = "tcp://127.0.0.1:5560"
+    for name, pair in (("input", (endpoint, other)), ("output", (other, endpoint))):
+        with pytest.raises(ConfigError, match=rf"^{name} must name the host and port .*\(connect"):
+            ServeConfig(input=pair[0], output=pair[1], connect=True)
+        # binding: * is a free port or every host
+        ServeConfig(input=pair[0], output=pair[1], allow_insecure=True)
+
+
 def test_queue_capacity_may_equal_max_batch_events() -> None:
     ServeConfig(queue_capacity=8, max_batch_events=8)
     with pytest.raises(ConfigError, match="queue_capacity"):
