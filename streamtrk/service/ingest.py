@@ -87,15 +87,17 @@ class Ingest(Supervised):
             self.handle(*received)
             faults.fail("ingest")
         self._leave()
+        self._say_pending(final=True)
 
-    def _say_pending(self) -> None:
+    def _say_pending(self, final: bool = False) -> None:
         """The rest of a burst of misrouted replies or failed dead-letter writes, once its
-        warning is due and the burst stopped (else said only at the next occurrence, maybe
-        never; a stream still going gets its full warnings from the occurrences)."""
-        if since := self._misrouted.pending():
+        warning is due and the burst stopped, or when the thread stops (``final``; else said
+        only at the next occurrence, maybe never; a stream still going gets its full
+        warnings from the occurrences)."""
+        if since := self._misrouted.pending(final):
             log.warning("%d more replies (tracks messages) came in on the input since the last "
                         "warning", since)  # fmt: skip
-        if since := self._dead_failed.pending():
+        if since := self._dead_failed.pending(final):
             log.warning("%d more dead letters could not be written since the last warning: %s",
                         since, self._dead_error)  # fmt: skip
 

@@ -38,12 +38,16 @@ class Throttle:
         since, self._since, self._next = self._since, 0, now + self.every_s
         return since
 
-    def pending(self) -> int:
+    def pending(self, final: bool = False) -> int:
         """The occurrences not warned about yet, once a warning about them is due and none
         has come for ``every_s`` (the burst stopped; the warning then counts as given), else
         0: for a caller that polls, so that the last of a burst is said without waiting for
         a next occurrence, while a stream still going gets its warnings from :meth:`count`
-        (the caller's full message, not the poll's count)."""
+        (the caller's full message, not the poll's count). ``final`` (the caller stops):
+        all of them, due or not."""
+        if final:
+            since, self._since = self._since, 0
+            return since
         if not self._since or time.monotonic() - self._last < self.every_s:
             return 0
         return self.count(0)

@@ -15,7 +15,7 @@ handshakes also count in ``streamtrk_auth_failures_total``.
 The log has at most one line a ``DISCONNECT_LOG_S`` per socket and cause (a peer can open
 and drop connections at will, a port scanner thousands): it says how many ended since the
 line before, and those of a burst that stopped are said once their line is due (and
-the period passed without one).
+the period passed without one), or when the monitor stops.
 
 libzmq 4.3 gives up for good a connection it made whose handshake failed for its protocol
 (a peer without CURVE against a CURVE socket, or the reverse), where it retries any other
@@ -148,11 +148,13 @@ class SocketMonitor(threading.Thread):
         finally:
             for mon in self.monitors.values():
                 mon.close(linger=0)
+            self._say_pending(final=True)
 
-    def _say_pending(self) -> None:
-        """The ended connections not logged yet, once their line is due."""
+    def _say_pending(self, final: bool = False) -> None:
+        """The ended connections not logged yet, once their line is due, or all of them
+        when the thread stops (``final``)."""
         for (socket, cause), lines in self._lines.items():
-            if since := lines.pending():
+            if since := lines.pending(final):
                 self._say(
                     socket,
                     cause,

@@ -89,10 +89,16 @@ class Worker(Supervised):
                 faults.fail("worker")
             elif self.intake_done() and self.batcher.depth() == 0:
                 return
-            if since := self._dense.pending():  # a burst's rest, said without a next one
-                log.warning("%d more events refused as too dense since the last warning", since)
+            self._say_dense()
+
+    def _say_dense(self, final: bool = False) -> None:
+        """The rest of a burst of events refused as too dense, once it stopped and its
+        warning is due, or when the thread stops (``final``), without a next one."""
+        if since := self._dense.pending(final):
+            log.warning("%d more events refused as too dense since the last warning", since)
 
     def cleanup(self) -> None:
+        self._say_dense(final=True)
         # A worker that died leaves its queue to abandon(), which sets done once answered.
         if not self.abandoned.is_set() and self.error is None:
             self.done.set()

@@ -322,6 +322,29 @@ def test_the_rest_of_a_burst_is_said_once_its_warning_is_due(rig, tmp_path, monk
     }
 
 
+def test_the_rest_of_a_burst_is_said_when_the_ingest_stops(rig, tmp_path, caplog) -> None:
+    """Held back for a minute, the rest of a burst is not lost with the thread."""
+    r = rig(dead_letters=FullDisk(tmp_path / "dead.stk", 1 << 20))
+    reply = [bytes(f) for f in encode_tracks(1, 2, np.arange(3), None, status="error",
+                                             reason="timeout")]  # fmt: skip
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        r.ingest.start()
+        try:
+            for _ in range(3):
+                r.send(reply)
+            wait_for(lambda: r.value("streamtrk_events_unidentified_total") == 3, timeout=10)
+        finally:
+            r.stop.set()
+            r.ingest.join(10)
+    assert not r.ingest.is_alive() and r.ingest.error is None
+    said = [rec.getMessage() for rec in caplog.records]
+    assert said[2:] == [
+        "2 more replies (tracks messages) came in on the input since the last warning",
+        "2 more dead letters could not be written since the last warning: "
+        "[Errno 28] No space left on device",
+    ]
+
+
 def test_a_dead_letter_records_how_many_frames_came(rig, tmp_path) -> None:
     path = tmp_path / "dead.stk"
     r = rig(cfg=ServeConfig(max_frames=2), dead_letters=DeadLetters(path, 1 << 20))

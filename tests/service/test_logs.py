@@ -47,3 +47,12 @@ def test_a_stream_still_going_gets_its_warnings_from_count_not_pending(monkeypat
     clock[0] += 0.45  # quiet for the period: the burst stopped, said by the poll
     assert lines.pending() == 1
     assert lines.pending() == 0
+
+
+def test_a_caller_that_stops_takes_all_held_back_due_or_not() -> None:
+    lines = Throttle(60.0)
+    assert lines.count() == 1
+    lines.count(4)
+    assert lines.pending() == 0  # not due for a minute
+    assert lines.pending(final=True) == 4
+    assert lines.pending(final=True) == 0

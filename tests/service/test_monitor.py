@@ -157,3 +157,33 @@ def test_a_flood_of_connections_logs_a_line_a_while_each_counted(
     assert said[0] == "connection on input ended (closed)", said
     assert said[-1].endswith("more connections on input ended (closed) since the last line")
     assert 2 <= len(said) <= 4, said
+
+
+def test_connections_held_back_are_said_when_the_monitor_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    metrics = Metrics()
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    monitor = SocketMonitor({"input": pull}, metrics)
+    monitor.start()
+    labels = {"socket": "input", "cause": "closed"}
+
+    def closed() -> float | None:
+        return metrics.registry.get_sample_value("streamtrk_disconnects_total", labels)
+
+    with caplog.at_level("INFO", logger="streamtrk.service.monitor"):
+        try:
+            for _ in range(3):
+                socket.create_connection(("127.0.0.1", port)).close()
+            wait_for(lambda: closed() == 3)
+        finally:
+            monitor.stop()  # its last lines logged while captured
+            pull.close(linger=0)
+            ctx.term()
+    said = [r.getMessage() for r in caplog.records if r.name == "streamtrk.service.monitor"]
+    assert said[-2:] == [
+        "connection on input ended (closed)",
+        "2 more connections on input ended (closed) since the last line",
+    ], said

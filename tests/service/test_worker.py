@@ -468,6 +468,25 @@ def test_the_rest_of_a_burst_of_dense_events_is_said_once_its_warning_is_due(
     assert rest == "2 more events refused as too dense since the last warning"
 
 
+def test_the_rest_of_a_burst_of_dense_events_is_said_when_the_worker_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    det = load_detector()
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    for k in range(3):
+        batcher.put(Job(pile(det, 2000, 90 + k), time.perf_counter(), None))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(batcher, replies, FailOnEvent13(), det)  # stops once the queue is empty
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert [r.reason for r in _drained(replies)] == ["too_dense"] * 3
+    said = [r.getMessage() for r in caplog.records if r.name == "streamtrk.service.worker"]
+    assert len(said) == 2 and said[0].startswith("1 of 1 events refused as too dense")
+    assert said[1] == "2 more events refused as too dense since the last warning"
+
+
 def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
