@@ -26,7 +26,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
-from streamtrk.wire.curve import REFUSALS, ipv6_literal, make_client, make_server
+from streamtrk.wire.curve import (
+    REFUSALS,
+    ipv6_literal,
+    make_client,
+    make_server,
+    names_another_host,
+)
 
 # A connecting socket's handshake refused by its peer: libzmq gives that connection up and
 # does not try it again.
@@ -88,10 +94,24 @@ class _Endpoint:
                 make_server(self.socket, curve_secret_key)
             if monitor_events:
                 self.monitor = self.socket.get_monitor_socket(monitor_events)
-            (self.socket.bind if bind else self.socket.connect)(endpoint)
+            self._attach(endpoint, bind)
         except BaseException:
             self._close(0)
             raise
+
+    def _attach(self, endpoint: str, bind: bool) -> None:
+        if not bind:
+            self.socket.connect(endpoint)
+            return
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as e:
+            if not names_another_host(e):
+                raise
+            raise OSError(
+                f"cannot bind {endpoint}: {e.strerror} (a bound address is this host's, or *; "
+                "another host's is one to connect to)"
+            ) from None
 
     @property
     def endpoint(self) -> str:

@@ -228,3 +228,13 @@ def test_a_closed_endpoint_says_so_instead_of_a_socket_error() -> None:
     with pytest.raises(ValueError, match="is closed"):
         _ = producer.endpoint
     producer.close()  # a second close is harmless
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://dist-host.invalid:5555", "tcp://192.0.2.1:5555"])
+def test_binding_another_hosts_address_says_so(endpoint: str) -> None:
+    """libzmq says only "No such device" (a host name) or "Cannot assign requested address"
+    (another host's IP: 192.0.2.1 is a documentation address, never this host's)."""
+    with pytest.raises(OSError, match=rf"^cannot bind {endpoint}: .*another host's is one to"):
+        Producer(endpoint, bind=True)
+    with pytest.raises(OSError, match="another host's"):
+        Consumer(endpoint, bind=True)

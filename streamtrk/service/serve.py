@@ -16,7 +16,6 @@ SIGHUP: reload the configuration and the model, keep the old ones when that fail
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import platform
@@ -56,7 +55,7 @@ from streamtrk.service.worker import Worker
 from streamtrk.stop import StopFlag
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
-from streamtrk.wire.curve import ipv6_literal, make_server
+from streamtrk.wire.curve import ipv6_literal, make_server, names_another_host
 
 log = logging.getLogger("streamtrk.serve")
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
@@ -196,7 +195,7 @@ class Daemon:
             getattr(sock, verb)(endpoint)
         except zmq.ZMQError as e:
             hint = ""
-            if verb == "bind" and e.errno == errno.ENODEV:  # libzmq: no interface of that name
+            if verb == "bind" and names_another_host(e):
                 hint = " (a bound address is this host's, or *; another host's: connect = true)"
             raise OSError(f"cannot {verb} {endpoint}: {e}{hint}") from None
 

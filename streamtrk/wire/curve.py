@@ -10,6 +10,7 @@ collectors are clients: their own secret certificate, and the daemon's public on
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ def host_only(endpoint: str) -> bool:
         return True
     host = rest.rpartition(":")[0].strip("[]")
     return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def names_another_host(error: zmq.ZMQError) -> bool:
+    """Whether a bind failed for an address that is not this host's: libzmq's ENODEV (no
+    interface of that name: another host's name) or EADDRNOTAVAIL (another host's IP)."""
+    return error.errno in (errno.ENODEV, errno.EADDRNOTAVAIL)
 
 
 def exposed_without_curve(endpoint: str, remedy: str) -> str | None:
