@@ -82,5 +82,5 @@ def test_a_directory_that_cannot_be_read_refuses_all_and_says_so_once_a_while(
     [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert line.getMessage().startswith(
         f"cannot read the allowed CURVE keys, every client is refused: the allowed CURVE keys "
-        f"directory {keys.directory} is not"
+        f"directory {keys.directory} does not exist"
     )
