@@ -118,6 +118,32 @@ def test_on_a_curve_socket_a_peer_hanging_up_in_its_handshake_is_refused() -> No
         ctx.term()
 
 
+class _Watched:
+    """A PULL socket bound on loopback, its started SocketMonitor; stop with :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.metrics = Metrics()
+        self.port = self.pull.bind_to_random_port("tcp://127.0.0.1")
+        self.monitor = SocketMonitor({"input": self.pull}, self.metrics)
+        self.monitor.start()
+
+    def connect_and_close(self, times: int) -> None:
+        for _ in range(times):
+            socket.create_connection(("127.0.0.1", self.port)).close()
+
+    def closed(self) -> float:
+        labels = {"socket": "input", "cause": "closed"}
+        value = self.metrics.registry.get_sample_value("streamtrk_disconnects_total", labels)
+        return value or 0.0
+
+    def stop(self) -> None:
+        self.monitor.stop()
+        self.pull.close(linger=0)
+        self.ctx.term()
+
+
 def test_a_flood_of_connections_logs_a_line_a_while_each_counted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -126,33 +152,21 @@ def test_a_flood_of_connections_logs_a_line_a_while_each_counted(
     and the rest of a burst that stopped is said once its line is due. The metric counts
     each."""
     monkeypatch.setattr("streamtrk.service.monitor.DISCONNECT_LOG_S", 2.0)
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    metrics = Metrics()
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    monitor = SocketMonitor({"input": pull}, metrics)
-    monitor.start()
-
-    def closed() -> float:
-        labels = {"socket": "input", "cause": "closed"}
-        return metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) or 0.0
+    w = _Watched()
 
     def lines() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.name == "streamtrk.service.monitor"]
 
     try:
         with caplog.at_level("INFO", logger="streamtrk.service.monitor"):
-            for _ in range(30):
-                socket.create_connection(("127.0.0.1", port)).close()
-            wait_for(lambda: closed() == 30)
+            w.connect_and_close(30)
+            wait_for(lambda: w.closed() == 30)
             wait_for(lambda: sum(r.fields["since"] for r in lines()) == 30, timeout=10)  # type: ignore[attr-defined]
-            socket.create_connection(("127.0.0.1", port)).close()
-            wait_for(lambda: closed() == 31)
+            w.connect_and_close(1)
+            wait_for(lambda: w.closed() == 31)
             time.sleep(0.3)  # a line for it, were one due
     finally:
-        monitor.stop()
-        pull.close(linger=0)
-        ctx.term()
+        w.stop()
     said = [r.getMessage() for r in lines()]
     assert said[0] == "connection on input ended (closed)", said
     assert said[-1].endswith("more connections on input ended (closed) since the last line")
@@ -162,26 +176,13 @@ def test_a_flood_of_connections_logs_a_line_a_while_each_counted(
 def test_connections_held_back_are_said_when_the_monitor_stops(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    metrics = Metrics()
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    monitor = SocketMonitor({"input": pull}, metrics)
-    monitor.start()
-    labels = {"socket": "input", "cause": "closed"}
-
-    def closed() -> float | None:
-        return metrics.registry.get_sample_value("streamtrk_disconnects_total", labels)
-
+    w = _Watched()
     with caplog.at_level("INFO", logger="streamtrk.service.monitor"):
         try:
-            for _ in range(3):
-                socket.create_connection(("127.0.0.1", port)).close()
-            wait_for(lambda: closed() == 3)
+            w.connect_and_close(3)
+            wait_for(lambda: w.closed() == 3)
         finally:
-            monitor.stop()  # its last lines logged while captured
-            pull.close(linger=0)
-            ctx.term()
+            w.stop()  # the monitor's last lines logged while captured
     said = [r.getMessage() for r in caplog.records if r.name == "streamtrk.service.monitor"]
     assert said[-2:] == [
         "connection on input ended (closed)",
