@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from http.client import HTTPException
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -43,6 +43,17 @@ REFUSAL_HINTS = {  # what each cause tells the user of a command
     "handshake": "CURVE on one side only (does the daemon or forwarder want --curve-key "
     "and --curve-server-key, or not?)",
 }
+
+
+class SocketSettings(TypedDict, total=False):
+    """Keyword settings :class:`Producer` and :class:`Consumer` share: one dict for a pair
+    of sockets set up alike (mypy checks them as the keywords they stand for)."""
+
+    bind: bool
+    linger_ms: int
+    curve_key: str | Path | None
+    curve_server_key: str | Path | None
+    monitor_events: int
 
 
 class _Endpoint:

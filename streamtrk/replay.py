@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.client import REFUSAL_EVENTS, Consumer, Producer
+from streamtrk.client import REFUSAL_EVENTS, Consumer, Producer, SocketSettings
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import RecordingError, iter_records
@@ -336,26 +336,16 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
     stop = StopFlag() if stop is None else stop
     result = ReplayResult()
     total = len(events) * opts.loop
-    watch = 0 if opts.bind else REFUSAL_EVENTS
+    both: SocketSettings = {
+        "bind": opts.bind,
+        "linger_ms": 0,
+        "curve_key": opts.curve_key,
+        "curve_server_key": opts.curve_server_key,
+        "monitor_events": 0 if opts.bind else REFUSAL_EVENTS,
+    }
     with (
-        Consumer(
-            opts.from_,
-            bind=opts.bind,
-            rcvhwm=opts.hwm,
-            linger_ms=0,
-            curve_key=opts.curve_key,
-            curve_server_key=opts.curve_server_key,
-            monitor_events=watch,
-        ) as consumer,
-        Producer(
-            opts.to,
-            bind=opts.bind,
-            sndhwm=opts.hwm,
-            linger_ms=0,
-            curve_key=opts.curve_key,
-            curve_server_key=opts.curve_server_key,
-            monitor_events=watch,
-        ) as producer,
+        Consumer(opts.from_, rcvhwm=opts.hwm, **both) as consumer,
+        Producer(opts.to, sndhwm=opts.hwm, **both) as producer,
     ):
         sockets: dict[str, Producer | Consumer] = {"to": producer, "from": consumer}
         sender = _Sender(producer, events, opts, result)
