@@ -157,6 +157,13 @@ def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
             raise ValueError(f"{option} {why}, got {endpoint!r}")
 
 
+def write_report(path: Path, text: str) -> None:
+    """A report's ``text`` (a line) into ``path``, its folder made (check_outputs made
+    none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
 def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
     """The output files (and folder of plots) given, checked before the work that fills
     them: a path that cannot be written fails now, not with the results."""

@@ -14,6 +14,7 @@ from streamtrk.cli.common import (
     strict_json,
     subcommand,
     torch_threads_argument,
+    write_report,
 )
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS, threshold_ok
 from streamtrk.threads import set_torch_threads
@@ -176,8 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     text = strict_json(report, indent=2, sort_keys=True)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text + "\n")
+        write_report(args.report, text)
     if args.plots:
         plot(ev, args.plots)
     print(text)
@@ -186,9 +186,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     submission = by_event_number(ev.submission) if args.submission else None
     tracks = by_event_number(ev.tracks) if args.tracks else None
     if submission is not None:
-        args.submission.parent.mkdir(parents=True, exist_ok=True)
         write_submission(args.submission, submission)
     if tracks is not None:
-        args.tracks.parent.mkdir(parents=True, exist_ok=True)
         write_track_parameters(args.tracks, tracks)
     return 0

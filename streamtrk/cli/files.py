@@ -104,7 +104,6 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     det = load_detector(args.detector)
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     replaced = 0
     with (
         new_recording(args.output) as rec,
@@ -143,7 +142,6 @@ def _import_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import iter_events, kinematics_unknown
 
     n = 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     with new_recording(args.output) as rec:  # the file there stays if this fails
         for ev in tqdm(
             iter_events(args.path, run=args.run), desc="import", unit="event", disable=args.quiet

@@ -17,6 +17,7 @@ from streamtrk.cli.common import (
     stop_on_signals,
     strict_json,
     subcommand,
+    write_report,
 )
 
 
@@ -120,14 +121,12 @@ def _replay(args: argparse.Namespace) -> int:
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(strict_json(report, indent=2) + "\n")
+        write_report(args.report, strict_json(report, indent=2))
     if args.submission:
         hit_ids: dict[tuple[int, int], Any] = {}
         for ev in events:  # an event recorded twice: its first copy, as labels_of takes
             hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
         rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
-        args.submission.parent.mkdir(parents=True, exist_ok=True)
         write_submission(args.submission, by_event_number(rows))
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)

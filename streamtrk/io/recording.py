@@ -281,9 +281,10 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     """A writer of a new recording at ``path`` that only takes its place once the block ends
     without an error: until then records go to ``PATH.partial``, removed on an error (or
     Ctrl-C), so that a failed run neither leaves a cut recording nor destroys the file
-    that was there."""
+    that was there. Its folder is made."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with RecordingWriter(partial) as writer:
             yield writer

@@ -341,6 +341,8 @@ def _csv_bytes(header: Sequence[str], columns: Sequence[np.ndarray]) -> bytes:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into the file ``path`` (its folder made), gzipped for a ``.gz`` name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(".gz"):
         with path.open("wb") as raw, gzip.GzipFile("", "wb", 1, raw, mtime=0) as gz:
             gz.write(data)
