@@ -31,13 +31,13 @@ class CurveError(ValueError):
 
 
 def host_only(endpoint: str) -> bool:
-    """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback):
-    one that needs no CURVE."""
+    """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback:
+    its addresses, ``localhost`` or Linux's interface ``lo``): one that needs no CURVE."""
     scheme, _, rest = endpoint.partition("://")
     if scheme != "tcp":
         return True
     host = rest.rpartition(":")[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    return host in ("localhost", "lo", "::1") or host.startswith("127.")
 
 
 def names_another_host(error: zmq.ZMQError) -> bool:

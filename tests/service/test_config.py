@@ -276,6 +276,30 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
     ServeConfig(input="tcp://10.0.0.5:5555", output="tcp://10.0.0.5:5556", connect=True)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "loopback"),
+    [
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://127.3.2.1:5555", True),
+        ("tcp://localhost:5555", True),
+        ("tcp://[::1]:5555", True),
+        ("tcp://lo:5555", True),  # libzmq binds the loopback interface by name
+        ("ipc:///tmp/streamtrk.in", True),
+        ("tcp://*:5555", False),
+        ("tcp://0.0.0.0:5555", False),
+        ("tcp://[::]:5555", False),
+        ("tcp://eth0:5555", False),
+        ("tcp://10.0.0.5:5555", False),
+    ],
+)
+def test_only_loopback_binds_go_without_curve(endpoint: str, loopback: bool) -> None:
+    if loopback:
+        ServeConfig(input=endpoint)
+    else:
+        with pytest.raises(ConfigError, match=r"is not a loopback address and CURVE is off"):
+            ServeConfig(input=endpoint)
+
+
 @pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:*", "tcp://*:5555", "tcp://[::1]:*"])
 def test_a_daemon_that_connects_needs_a_host_and_port_there(endpoint: str) -> None:
     """libzmq's connect says only "Invalid argument" to a port or host of *."""
