@@ -85,9 +85,16 @@ def _check_columns(obj: Any, dtypes: dict[str, str], what: str) -> int:
 
 
 class _Columns:
-    """Shared helpers for the column dataclasses."""
+    """Shared helpers for the column dataclasses; made, one checks its columns against
+    ``DTYPES`` (1-D, of that dtype, all of one length)."""
 
     DTYPES: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        self._n = _check_columns(self, self.DTYPES, type(self).__name__)
+
+    def __len__(self) -> int:
+        return self._n
 
     def columns(self) -> dict[str, Array]:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
@@ -134,12 +141,6 @@ class Hits(_Columns):
     module_id: Array
     DTYPES: ClassVar[dict[str, str]] = HIT_DTYPES
 
-    def __post_init__(self) -> None:
-        self._n = _check_columns(self, HIT_DTYPES, "Hits")
-
-    def __len__(self) -> int:
-        return self._n
-
 
 @dataclass(eq=False)
 class Particles(_Columns):
@@ -155,12 +156,6 @@ class Particles(_Columns):
     q: Array
     nhits: Array
     DTYPES: ClassVar[dict[str, str]] = PARTICLE_DTYPES
-
-    def __post_init__(self) -> None:
-        self._n = _check_columns(self, PARTICLE_DTYPES, "Particles")
-
-    def __len__(self) -> int:
-        return self._n
 
     @property
     def pt(self) -> Array:
@@ -200,12 +195,6 @@ class HitTruth(_Columns):
     weight: Array
     hit_order: Array
     DTYPES: ClassVar[dict[str, str]] = HIT_TRUTH_DTYPES
-
-    def __post_init__(self) -> None:
-        self._n = _check_columns(self, HIT_TRUTH_DTYPES, "HitTruth")
-
-    def __len__(self) -> int:
-        return self._n
 
 
 @dataclass(eq=False)
