@@ -42,6 +42,16 @@ def shared_trackml() -> Path:
     return (Path(base) if base else ROOT.parent / "shared") / "data" / "trackml"
 
 
+def simulated(folder: Path, events: int, mu: float) -> Path:
+    """``folder/run.stk``: ``events`` events simulated at pileup ``mu`` (seed 7)."""
+    from streamtrk.cli import main as cli
+
+    run = folder / "run.stk"
+    sim = ["simulate", "--events", str(events), "--mu", str(mu), "--seed", "7"]
+    assert cli([*sim, "-q", "-o", str(run)]) == 0
+    return run
+
+
 def direct(recording: Path, batch: int, repeat: int = 1) -> float:
     """Events per second of ``reconstruct`` called directly on ``recording``'s events, in
     batches of ``batch``, in a fresh process set up like the daemon's: model loaded and warmed
@@ -197,9 +207,7 @@ def main() -> None:
     batch = ServeConfig().max_batch_events
     out: dict[str, Any] = {"events": args.events, "mu": args.mu, "batch": batch}
     with tempfile.TemporaryDirectory(prefix="daemon-bench-") as tmp:
-        run = Path(tmp) / "run.stk"
-        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "7"]
-        assert cli([*sim, "-q", "-o", str(run)]) == 0
+        run = simulated(Path(tmp), args.events, args.mu)
         events = load_recording(run)
         out["hits_per_event"] = sum(len(e.event.hits) for e in events) / len(events)
         daemon = Daemon(Path(tmp) / "daemon.log")

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from daemon_bench import Daemon, replayed
+from daemon_bench import Daemon, replayed, simulated
 from soak import RssSampler
 
 
@@ -68,15 +68,12 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the summary here")
     args = p.parse_args()
 
-    from streamtrk.cli import main as cli
     from streamtrk.replay import load_recording
 
     settings = {"default": {}, f"arenas_{args.arenas}": {"MALLOC_ARENA_MAX": str(args.arenas)}}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory(prefix="malloc-arenas-") as tmp:
-        run = Path(tmp) / "run.stk"
-        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "7"]
-        assert cli([*sim, "-q", "-o", str(run)]) == 0
+        run = simulated(Path(tmp), args.events, args.mu)
         events = load_recording(run)
         for i in range(args.rounds):
             order = list(settings) if i % 2 == 0 else list(settings)[::-1]

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon_bench import REAL, Daemon, replayed, shared_trackml
+from daemon_bench import REAL, Daemon, replayed, shared_trackml, simulated
 
 GNN_TIMINGS = 5  # scorer calls per GNN measurement (after one warm-up call)
 
@@ -139,9 +139,7 @@ def main() -> None:
 
     out: dict[str, Any] = {"events": args.events, "mu": args.mu, "cpus": available_cpus()}
     with tempfile.TemporaryDirectory(prefix="node-sharing-") as tmp:
-        run = Path(tmp) / "run.stk"
-        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "7"]
-        assert cli([*sim, "-q", "-o", str(run)]) == 0
+        run = simulated(Path(tmp), args.events, args.mu)
         out["daemons"] = throughput(run, Path(tmp), args.repeats)
         if args.contrast:
             spin = {"OMP_WAIT_POLICY": "ACTIVE"}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon_bench import ROOT, Daemon, replayed
+from daemon_bench import ROOT, Daemon, replayed, simulated
 
 SAMPLE_S = 1.0
 
@@ -134,13 +134,10 @@ def main() -> None:
     if args.minutes < 2:
         p.error("--minutes must be at least 2: RSS is compared with its value at one minute")
 
-    from streamtrk.cli import main as cli
     from streamtrk.replay import load_recording
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        run = Path(tmp) / "run.stk"
-        sim = ["simulate", "--events", str(args.events), "--mu", str(args.mu), "--seed", "7"]
-        assert cli([*sim, "-q", "-o", str(run)]) == 0
+        run = simulated(Path(tmp), args.events, args.mu)
         events = load_recording(run)
         results = [soak(run, Path(tmp), m, args.minutes, events) for m in ("block", "reject")]
     plot(results, args.png)
