@@ -52,6 +52,14 @@ def simulated(folder: Path, events: int, mu: float) -> Path:
     return run
 
 
+def print_summary(out: dict[str, Any], path: Path | None) -> None:
+    """Print ``out`` as JSON; write it to ``path`` too when given (``--json``)."""
+    text = json.dumps(out, indent=2)
+    if path:
+        path.write_text(text + "\n")
+    print(text)
+
+
 def direct(recording: Path, batch: int, repeat: int = 1) -> float:
     """Events per second of ``reconstruct`` called directly on ``recording``'s events, in
     batches of ``batch``, in a fresh process set up like the daemon's: model loaded and warmed
@@ -240,10 +248,7 @@ def main() -> None:
         finally:
             out["daemon_exit_code"] = daemon.stop()
     plot(out["rates"], args.png, capacity)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    print_summary(out, args.json)
 
 
 if __name__ == "__main__":

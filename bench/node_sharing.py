@@ -20,7 +20,6 @@ Run: .venv/bin/python bench/node_sharing.py [--events 24] [--mu 50] [--repeats 3
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon_bench import REAL, Daemon, replayed, shared_trackml, simulated
+from daemon_bench import REAL, Daemon, print_summary, replayed, shared_trackml, simulated
 
 GNN_TIMINGS = 5  # scorer calls per GNN measurement (after one warm-up call)
 
@@ -147,10 +146,7 @@ def main() -> None:
         real = Path(tmp) / "real.stk"
         assert cli(["import-trackml", str(shared_trackml() / REAL), "-o", str(real), "-q"]) == 0
         out["gnn_real_event"] = beside_busy(real, args.repeats)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    print_summary(out, args.json)
 
 
 if __name__ == "__main__":
