@@ -57,7 +57,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -705,7 +704,7 @@ def daemon_part(
         import zmq  # noqa: F401
     except ImportError as exc:
         return {"skipped": f"pyzmq is not importable ({exc}); put the wheel on PYTHONPATH"}
-    from streamtrk.client import wait_listening, wait_ready
+    from streamtrk.client import terminate, wait_listening, wait_ready
     from streamtrk.io.recording import RecordingWriter
     from streamtrk.service.config import ServeConfig
 
@@ -779,12 +778,7 @@ def daemon_part(
                 log(f"  daemon {name}: {out[name].get('events_per_second')} events/s")
             out["metrics"] = _scrape(http)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                out["exit_code"] = proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out["exit_code"] = proc.wait()
+            out["exit_code"] = terminate(proc, 40)
             out["log_tail"] = log_path.read_text(errors="replace")[-3000:]
     return out
 

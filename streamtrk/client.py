@@ -1,5 +1,5 @@
 """Client API: :class:`Producer` sends events to the daemon, :class:`Consumer` receives,
-:func:`wait_ready` waits for a daemon to answer ``/readyz``.
+:func:`wait_ready` waits for a daemon to answer ``/readyz``, :func:`terminate` stops one.
 
 Both wrap one ZeroMQ socket with explicit high-water marks and linger, and are context
 managers. Each has a context of its own unless given one (``context``: a CURVE server's
@@ -12,6 +12,7 @@ tells that an event arrived.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.request
@@ -320,3 +321,14 @@ def wait_listening(
             return None
         time.sleep(0.05)
     return None
+
+
+def terminate(process: subprocess.Popen[Any], timeout_s: float) -> int:
+    """Send ``process`` SIGTERM (a daemon drains and exits), kill it if it has not exited
+    ``timeout_s`` later; its exit code."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()

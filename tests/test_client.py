@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamtrk.client import Consumer, Producer, wait_listening, wait_ready
+from streamtrk.client import Consumer, Producer, terminate, wait_listening, wait_ready
 from streamtrk.event import Event, Hits
 from streamtrk.wire import DEFAULT_LIMITS, Limits, WireError, encode_tracks
 
@@ -199,6 +200,15 @@ def test_wait_ready_polls_past_what_is_not_http() -> None:
         assert wait_ready(f"{host}:{port}", 10.0) is True
         thread.join(5)
         assert not thread.is_alive()  # all three answers were asked for
+
+
+def test_terminate_kills_a_process_that_outlasts_its_timeout() -> None:
+    deaf = "import signal, time; signal.signal(15, signal.SIG_IGN); print(); time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", deaf], stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stdout.readline()  # SIGTERM ignored now
+        assert terminate(process, 0.2) == -signal.SIGKILL
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as process:
+        assert terminate(process, 30) == -signal.SIGTERM
 
 
 def test_a_monitored_socket_reports_its_first_connection_and_closes_its_monitor() -> None:

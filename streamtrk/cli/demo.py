@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
     import tempfile
 
     from streamtrk.cli import main  # here: the package, main's module, imports this one
-    from streamtrk.client import wait_listening, wait_ready
+    from streamtrk.client import terminate, wait_listening, wait_ready
 
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
         run, log_path = str(Path(tmp) / "demo.stk"), Path(tmp) / "daemon.log"
@@ -58,12 +57,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"replaying {run} (metrics: http://{bound['http']}/metrics)", flush=True)
             rc = main(["replay", run, "--to", bound["input"], "--from", bound["output"]])
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                code = daemon.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                code = daemon.wait()
+            code = terminate(daemon, 120)
         _print_daemon_log(
             log_path, "drained, exiting", "drain incomplete: replies could not be sent"
         )

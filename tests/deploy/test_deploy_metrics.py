@@ -5,7 +5,6 @@ offline against the daemon's metric registry and docs/metrics.md, and live again
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -103,7 +102,7 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
     its deadline and one unidentifiable message, then check every metric the rules, the
     dashboard and the autoscaler name against ``/metrics``; also run the image's health
     probe against it and stop it with SIGTERM."""
-    from streamtrk.client import Consumer, Producer, wait_listening, wait_ready
+    from streamtrk.client import Consumer, Producer, terminate, wait_listening, wait_ready
     from streamtrk.detector import load_detector
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
@@ -164,11 +163,5 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
             probe = [sys.executable, str(DEPLOY / "healthcheck.py"), path]
             assert subprocess.run(probe, env=env, timeout=30).returncode == 0, path
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            code = daemon.wait()
+        code = terminate(daemon, 120)
     assert code == 0, log_path.read_text()
