@@ -323,10 +323,10 @@ def wait_listening(
     return None
 
 
-def terminate(process: subprocess.Popen[Any], timeout_s: float) -> int:
-    """Send ``process`` SIGTERM (a daemon drains and exits), kill it if it has not exited
-    ``timeout_s`` later; its exit code."""
-    process.send_signal(signal.SIGTERM)
+def terminate(process: subprocess.Popen[Any], timeout_s: float, sig: int = signal.SIGTERM) -> int:
+    """Send ``process`` ``sig`` (SIGTERM: a daemon drains and exits; none once it has
+    exited), kill it if it has not exited ``timeout_s`` later; its exit code."""
+    process.send_signal(sig)
     try:
         return process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrk.client import wait_listening, wait_ready
+from streamtrk.client import terminate, wait_listening, wait_ready
 
 # Acceptance runs use MU=2 pileup (about 900 hits per event) so that 200 events are
 # reconstructed twice (daemon and offline) in well under a minute on two shared CPU cores.
@@ -129,21 +129,9 @@ class Daemon(HttpEndpoints):
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        code = stop_process(self.process, sig, timeout)
+        code = terminate(self.process, timeout, sig)
         self._log.close()
         return code
-
-
-def stop_process(process: subprocess.Popen, sig: int, timeout: float) -> int:
-    """Signal ``process`` (unless it has exited) and wait for its exit status; killed after
-    ``timeout`` seconds (then -9)."""
-    if process.poll() is None:
-        process.send_signal(sig)
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 180, poll_s: float = 0.05) -> None:
@@ -230,5 +218,5 @@ class Prometheus:
         raise AssertionError(f"prometheus never scraped {targets} target(s) of job {job}")
 
     def stop(self) -> None:
-        stop_process(self.process, signal.SIGTERM, 60)
+        terminate(self.process, 60)
         self._log.close()

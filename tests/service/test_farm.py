@@ -24,12 +24,11 @@ from live_daemon import (
     HttpEndpoints,
     Prometheus,
     sample,
-    stop_process,
     wait_for,
 )
 from needs import need_program
 
-from streamtrk.client import wait_listening
+from streamtrk.client import terminate, wait_listening
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
@@ -55,7 +54,7 @@ class Forwarder(HttpEndpoints):
         self.front, self.back, self.http = bound["front"], bound["back"], bound["http"]
 
     def stop(self) -> int:
-        return stop_process(self.process, signal.SIGTERM, 30)
+        return terminate(self.process, 30)
 
 
 @contextmanager
@@ -71,7 +70,7 @@ def replay(
     try:
         yield proc, report
     finally:
-        stop_process(proc, signal.SIGTERM, 10)
+        terminate(proc, 10)
 
 
 def answered(daemons) -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from live_daemon import READY_TIMEOUT_S, clean_env, sample, stop_process, wait_for
+from live_daemon import READY_TIMEOUT_S, clean_env, sample, wait_for
 
-from streamtrk.client import Consumer, Producer, wait_listening, wait_ready
+from streamtrk.client import Consumer, Producer, terminate, wait_listening, wait_ready
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.recon.model import default_model_path
@@ -336,7 +336,7 @@ def test_a_sighup_during_the_start_up_imports_is_a_reload_once_ready(tmp_path: P
             assert wait_ready(bound["http"], READY_TIMEOUT_S, process)
             wait_for(lambda: '"message": "reloaded"' in log_path.read_text())
         finally:
-            code = stop_process(process, signal.SIGTERM, 120)
+            code = terminate(process, 120)
     assert code == 0
 
 
