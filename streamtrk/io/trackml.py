@@ -236,11 +236,11 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
     return Truth(hits=HitTruth.from_columns(cols), particles=particles)
 
 
-def read_event(path: str | Path, *, event_number: int | None = None, run: int = 0) -> Event:
+def read_event(path: str | Path, *, run: int = 0) -> Event:
     """Read one TrackML event from its path prefix (e.g. ``.../event000001000``) or one of
     its files (``-hits.csv[.gz]``, or its truth, particles or cells file).
 
-    The event number is parsed from the prefix unless given. Truth is read when
+    The event number is parsed from the prefix. Truth is read when
     ``-truth.csv`` exists; ``hit_order`` is computed from |tz - vz| and, when the truth has
     no ``weight`` column, official weights are computed. Without ``-particles.csv`` the
     particles are the truth's ids with NaN kinematics, q 0 and nhits counted from the truth.
@@ -256,7 +256,7 @@ def read_event(path: str | Path, *, event_number: int | None = None, run: int = 
     hits_path = _find(prefix, "hits")
     if hits_path is None:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")
-    number = _event_number(prefix) if event_number is None else event_number
+    number = _event_number(prefix)
     hits = Hits.from_columns(_read_csv(hits_path, HIT_DTYPES))
     if len(np.unique(hits.hit_id)) != len(hits):
         raise ValueError(f"{hits_path}: duplicate hit_id")
