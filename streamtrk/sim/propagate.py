@@ -18,6 +18,7 @@ from streamtrk.sim.generator import GeneratedParticles
 
 TWO_PI = 2 * np.pi
 _EPS = 1e-9
+MAX_CROSSINGS = 64  # steps of the propagation: surface crossings of one particle at most
 
 
 @dataclass
@@ -54,7 +55,6 @@ def propagate(
     *,
     max_turns: float = 1.0,
     min_pt: float = 0.0,
-    max_crossings: int = 64,
 ) -> Crossings:
     """Propagate every charged particle above ``min_pt`` (GeV); return its layer crossings."""
     if (det.x0 <= 0).any():
@@ -83,7 +83,7 @@ def propagate(
     out: list[tuple[np.ndarray, ...]] = []
     kappa = GEV_PER_TESLA_MM * abs(det.bfield)  # GeV per mm of radius; h below turns with B
 
-    for _ in range(max_crossings):
+    for _ in range(MAX_CROSSINGS):
         if active.size == 0:
             break
         x, y, z = pos[active].T
