@@ -81,7 +81,6 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
-    from streamtrk.client import REFUSAL_HINTS
     from streamtrk.io.trackml import by_event_number, write_submission
     from streamtrk.replay import (
         ReplayOptions,
@@ -131,6 +130,13 @@ def _replay(args: argparse.Namespace) -> int:
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
     print(strict_json(report, indent=2) if args.json else format_report(report))
+    return _exit_status(args, report, result.interrupted)
+
+
+def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: bool) -> int:
+    """The replay's exit status; what went wrong said on stderr."""
+    from streamtrk.client import REFUSAL_HINTS
+
     if report["refused"]:  # what follows "no reply" would mislead
         for socket, cause in report["refused"].items():
             address = args.to if socket == "to" else args.from_
@@ -154,7 +160,7 @@ def _replay(args: argparse.Namespace) -> int:
         )
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
-    if result.interrupted:
+    if interrupted:
         print(
             "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
         )
