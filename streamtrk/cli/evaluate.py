@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamtrk.cli.common import (
     beam_line_xy,
@@ -18,6 +19,10 @@ from streamtrk.cli.common import (
 )
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS, threshold_ok
 from streamtrk.threads import set_torch_threads
+
+if TYPE_CHECKING:
+    from streamtrk.eval.evaluate import Evaluation
+    from streamtrk.recon.reconstructor import Reconstructor
 
 
 def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
@@ -102,12 +107,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import read_events
     from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
-    from streamtrk.recon.budget import Budget
     from streamtrk.recon.device import cuda_unavailable
     from streamtrk.recon.engine import engine_unavailable
-    from streamtrk.recon.load import load_reconstructor
-    from streamtrk.recon.model import default_model_path
-    from streamtrk.recon.reconstructor import Reconstructor
 
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
@@ -123,27 +124,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
     check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
-    budget = Budget().scaled(args.budget_scale)
     threads = set_torch_threads(args.torch_threads)
-    if args.oracle:
-        rec = Reconstructor.oracle(device=args.device, budget=budget, beam_spot=args.beam_spot)
-        scorer = "oracle"
-    else:
-        model = args.model or default_model_path()
-        try:
-            rec = load_reconstructor(
-                model,
-                device=args.device,
-                threshold=args.threshold,
-                engine=args.engine,
-                precision=args.precision,
-                warm_up=args.engine != "eager",
-                budget=budget,
-                beam_spot=args.beam_spot,
-            )
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}, or pass --oracle") from None
-        scorer = str(model)
+    rec, scorer = _reconstructor(args)
     print(f"streamtrk evaluate: {threads}", file=sys.stderr)
     ev = evaluate(
         rec, read_events(args.input, args.events), batch_size=args.batch, progress=not args.quiet
@@ -151,30 +133,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if ev.n_events == 0:
         print(f"streamtrk evaluate: error: no events in {args.input}", file=sys.stderr)
         return 1
-    if ev.refused:
-        print(
-            f"streamtrk evaluate: {len(ev.refused)} of {ev.n_events} events over the work "
-            "budget (the daemon answers them too_dense), scored as events with no tracks: "
-            "'refused' in the report names them",
-            file=sys.stderr,
-        )
     report = ev.report()
     report["input"] = str(args.input)
     report["scorer"] = scorer
-    if (truthless := ev.n_events - report["events_with_truth"]) > 0:
-        print(
-            f"streamtrk evaluate: {truthless} of {ev.n_events} events have no truth: "
-            "reconstructed, not scored (the physics keys are of events_with_truth, "
-            f"{report['events_with_truth']})",
-            file=sys.stderr,
-        )
-    if ev.n_without_kinematics:
-        print(
-            f"streamtrk evaluate: {ev.n_without_kinematics} events have truth but no particle "
-            "vertices or momenta (TrackML without -particles.csv): they count in no efficiency "
-            "(null where no event does); the TrackML score uses the truth's momenta",
-            file=sys.stderr,
-        )
+    _say_unscored(ev, report["events_with_truth"])
     text = strict_json(report, indent=2, sort_keys=True)
     if args.report:
         write_report(args.report, text)
@@ -190,3 +152,56 @@ def _evaluate(args: argparse.Namespace) -> int:
     if tracks is not None:
         write_track_parameters(args.tracks, tracks)
     return 0
+
+
+def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
+    """The chain ``--oracle`` or ``--model`` asks for, and the report's name of its scorer."""
+    from streamtrk.recon.budget import Budget
+    from streamtrk.recon.load import load_reconstructor
+    from streamtrk.recon.model import default_model_path
+    from streamtrk.recon.reconstructor import Reconstructor
+
+    budget = Budget().scaled(args.budget_scale)
+    if args.oracle:
+        rec = Reconstructor.oracle(device=args.device, budget=budget, beam_spot=args.beam_spot)
+        return rec, "oracle"
+    model = args.model or default_model_path()
+    try:
+        rec = load_reconstructor(
+            model,
+            device=args.device,
+            threshold=args.threshold,
+            engine=args.engine,
+            precision=args.precision,
+            warm_up=args.engine != "eager",
+            budget=budget,
+            beam_spot=args.beam_spot,
+        )
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}, or pass --oracle") from None
+    return rec, str(model)
+
+
+def _say_unscored(ev: Evaluation, with_truth: int) -> None:
+    """Say on stderr which events the physics keys leave out, or count as trackless."""
+    if ev.refused:
+        print(
+            f"streamtrk evaluate: {len(ev.refused)} of {ev.n_events} events over the work "
+            "budget (the daemon answers them too_dense), scored as events with no tracks: "
+            "'refused' in the report names them",
+            file=sys.stderr,
+        )
+    if (truthless := ev.n_events - with_truth) > 0:
+        print(
+            f"streamtrk evaluate: {truthless} of {ev.n_events} events have no truth: "
+            "reconstructed, not scored (the physics keys are of events_with_truth, "
+            f"{with_truth})",
+            file=sys.stderr,
+        )
+    if ev.n_without_kinematics:
+        print(
+            f"streamtrk evaluate: {ev.n_without_kinematics} events have truth but no particle "
+            "vertices or momenta (TrackML without -particles.csv): they count in no efficiency "
+            "(null where no event does); the TrackML score uses the truth's momenta",
+            file=sys.stderr,
+        )
