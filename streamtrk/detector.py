@@ -154,46 +154,52 @@ def _float(d: dict[str, Any], key: str, where: str) -> float:
     return float(d[key])
 
 
+def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
+    """The detector table's rows of one volume's layers (the values a layer's kind lacks:
+    NaN or 0)."""
+    rows: list[dict[str, Any]] = []
+    kind = {"barrel": BARREL, "endcap": ENDCAP}[vol["kind"]]
+    res_a, res_b = (float(v) for v in vol["resolution"])
+    for lay in vol["layers"]:
+        where = f"volume {vol['id']} layer {lay.get('id')}"
+        row = {
+            "volume_id": int(vol["id"]),
+            "layer_id": int(lay["id"]),
+            "kind": kind,
+            "res_a": res_a,
+            "res_b": res_b,
+            "inefficiency": float(vol.get("inefficiency", 0.0)),
+            "x0": float(lay.get("x0", vol.get("x0", 0.0))),
+            "r": np.nan,
+            "z": np.nan,
+            "half_length": np.nan,
+            "r_min": np.nan,
+            "r_max": np.nan,
+            "n_phi": 0,
+            "n_z": 0,
+            "rings": (),
+        }
+        if kind == BARREL:
+            row |= {
+                "r": _float(lay, "r", where),
+                "half_length": _float(lay, "half_length", where),
+                "n_phi": int(lay["n_phi"]),
+                "n_z": int(lay["n_z"]),
+            }
+        else:
+            row |= {
+                "z": _float(lay, "z", where),
+                "r_min": _float(vol, "r_min", where),
+                "r_max": _float(vol, "r_max", where),
+                "rings": tuple(int(n) for n in vol["rings"]),
+            }
+        rows.append(row)
+    return rows
+
+
 def parse_detector(doc: dict[str, Any]) -> Detector:
     """Build a :class:`Detector` from a parsed TOML document."""
-    rows: list[dict[str, Any]] = []
-    for vol in doc["volumes"]:
-        kind = {"barrel": BARREL, "endcap": ENDCAP}[vol["kind"]]
-        res_a, res_b = (float(v) for v in vol["resolution"])
-        for lay in vol["layers"]:
-            where = f"volume {vol['id']} layer {lay.get('id')}"
-            row = {
-                "volume_id": int(vol["id"]),
-                "layer_id": int(lay["id"]),
-                "kind": kind,
-                "res_a": res_a,
-                "res_b": res_b,
-                "inefficiency": float(vol.get("inefficiency", 0.0)),
-                "x0": float(lay.get("x0", vol.get("x0", 0.0))),
-                "r": np.nan,
-                "z": np.nan,
-                "half_length": np.nan,
-                "r_min": np.nan,
-                "r_max": np.nan,
-                "n_phi": 0,
-                "n_z": 0,
-                "rings": (),
-            }
-            if kind == BARREL:
-                row |= {
-                    "r": _float(lay, "r", where),
-                    "half_length": _float(lay, "half_length", where),
-                    "n_phi": int(lay["n_phi"]),
-                    "n_z": int(lay["n_z"]),
-                }
-            else:
-                row |= {
-                    "z": _float(lay, "z", where),
-                    "r_min": _float(vol, "r_min", where),
-                    "r_max": _float(vol, "r_max", where),
-                    "rings": tuple(int(n) for n in vol["rings"]),
-                }
-            rows.append(row)
+    rows = [row for vol in doc["volumes"] for row in _volume_rows(vol)]
 
     def col(name: str, dtype: type) -> np.ndarray:
         return np.array([r[name] for r in rows], dtype=dtype)
