@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.io.paths import check_writable
-from streamtrk.io.recording import RecordingWriter
+from streamtrk.io.recording import RecordingWriter, record_bytes
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
 
@@ -44,6 +46,9 @@ def record(
     ``output`` is created at the first message recorded: a tap that records nothing (its
     handshake refused, stopped, a silent stream) leaves a recording already there as it was.
     One that cannot be written (a folder, no permission) is refused before the tap opens.
+    A write that fails during the tap (a full disk) stops it with an OSError naming the file
+    and what it holds: the file is cut back to the records written whole (removed when there
+    are none), so that what was tapped before stays readable.
     """
     if events is not None and events < 1:
         raise ValueError(f"--events must be at least 1, got {events}")
@@ -81,7 +86,7 @@ def record(
                 n["invalid"] += 1
                 continue
             if msg.kind in RECORDED_KINDS:
-                writer.write(frames)
+                _write(writer, frames, n)
                 last = (msg.run, msg.event) if msg.kind == "hits" else None
             n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
         t_drain = time.monotonic() + PAST_LIMIT_WAIT_MS / 1000
@@ -95,7 +100,7 @@ def record(
             except WireError:
                 late = None
             if late is not None and late.kind == "truth" and (late.run, late.event) == last:
-                writer.write(frames)
+                _write(writer, frames, n)
                 n["truth"] += 1
             else:
                 n["past_limit"] += 1
@@ -103,19 +108,57 @@ def record(
     return n
 
 
+def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> None:
+    """Record ``frames``; a failed write's OSError says what the recording holds (``n``)."""
+    try:
+        writer.write(frames)
+    except OSError as e:
+        what = f"cannot write {writer.path}: {e.strerror or e}"
+        if writer.records:
+            held = f"it holds the {n['hits']} hits and {n['truth']} truth messages recorded before"
+        else:
+            held = "nothing recorded, the file removed"
+        raise OSError(f"{what}; {held}") from e
+
+
 class _CreatedOnFirstWrite:
     """A new recording at ``path``, created (replacing the file there, and making its
-    folder) by its first record."""
+    folder) by its first record. Each record is flushed as it is written; a write that fails
+    (a full disk) cuts the file back to its whole records, or removes it when it has none,
+    and raises."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: RecordingWriter | None = None
+        self._end = 0  # bytes of the file header and the whole records
+        self.records = 0  # written whole
 
     def write(self, frames: list[Any]) -> None:
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = RecordingWriter(self.path)
-        self._writer.write(frames)
+        try:
+            if self._writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = RecordingWriter(self.path)
+                self._writer.flush()
+                self._end = self.path.stat().st_size
+            self._writer.write(frames)
+            self._writer.flush()
+        except OSError:
+            self._cut_back()
+            raise
+        self._end += record_bytes(frames)
+        self.records += 1
+
+    def _cut_back(self) -> None:
+        """After a failed write: the file back to its whole records (none: removed)."""
+        if self._writer is not None:
+            with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
+                self._writer.close()
+            self._writer = None
+        with contextlib.suppress(OSError):  # a file that cannot be cut is said by the caller
+            if self.records:
+                os.truncate(self.path, self._end)
+            else:
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self

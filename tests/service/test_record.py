@@ -121,3 +121,40 @@ def test_a_recording_that_cannot_be_written_is_refused_before_the_tap_opens(
         code = main(["record", "--from", silent.endpoint, "-o", str(out), "--duration", "5"])
     assert code == 1
     assert f"streamtrk record: error: {out} is a folder, not a file" in capsys.readouterr().err
+
+
+def test_a_tap_whose_disk_fills_keeps_the_whole_records_it_wrote(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """A write that fails mid-tap (here past the process's file size limit, EFBIG, as a full
+    disk's ENOSPC) stops the tap: the recording is cut back to the records written whole, so
+    that what was tapped before stays readable, and the error names the file and what it
+    holds."""
+    import resource
+
+    out = tmp_path / "tap.stk"
+    taken = list(islice(iter_records(sim_run), 10))
+    offsets, records = [offset for offset, _ in taken], [frames for _, frames in taken]
+    limit = (offsets[4] + offsets[5]) // 2  # room for 4 records and half of the fifth
+
+    def small_files() -> None:  # in the tap's process (Python ignores SIGXFSZ: EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        tap = subprocess.Popen(
+            [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
+             str(out), "--duration", "120"],
+            stderr=subprocess.PIPE, text=True, preexec_fn=small_files,
+        )  # fmt: skip
+        try:
+            for frames in records:
+                if tap.poll() is not None or not producer.send_frames(frames, timeout_ms=10_000):
+                    break
+            _, stderr = tap.communicate(timeout=60)
+        finally:
+            tap.kill()  # when it failed; else it has exited
+            tap.wait()
+    assert tap.returncode == 1, stderr
+    assert f"streamtrk record: error: cannot write {out}" in stderr, stderr
+    assert "holds the 2 hits and 2 truth messages recorded before" in stderr, stderr
+    assert [frames for _, frames in iter_records(out)] == records[:4]
