@@ -117,7 +117,7 @@ def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> 
         if writer.records:
             held = f"it holds the {n['hits']} hits and {n['truth']} truth messages recorded before"
         else:
-            held = "nothing recorded, the file removed"
+            held = "nothing recorded"
         raise OSError(f"{what}; {held}") from e
 
 
@@ -134,11 +134,12 @@ class _CreatedOnFirstWrite:
         self.records = 0  # written whole
 
     def write(self, frames: list[Any]) -> None:
+        if self._writer is None:  # a file that cannot be opened is left as it is
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = RecordingWriter(self.path)
         try:
-            if self._writer is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._writer = RecordingWriter(self.path)
-                self._writer.flush()
+            if not self._end:
+                self._writer.flush()  # the file header
                 self._end = self.path.stat().st_size
             self._writer.write(frames)
             self._writer.flush()
