@@ -10,7 +10,11 @@ replies and matches them to the sends by ``msg_id`` (the oldest unanswered send 
 (run, event) for a reply without one), so every event counts once: a second reply to the
 same message (or, without ids, to an answered event) is counted as a duplicate; once every
 event has its reply, the replies still due to resends are awaited (until none comes for
-``retry_after_s``) to be counted so. Ctrl-C stops the replay; the report then covers the
+``retry_after_s``) to be counted so. An event answered ``shutdown`` (a daemon stopped with
+it unprocessed: in a farm another daemon can take it) that has resends left is sent again
+at once, and counts by the reply to that (the ``shutdown`` reply in ``shutdown_resent``);
+its ``shutdown`` reply is its answer only when no resend is left, or none answered.
+Ctrl-C stops the replay; the report then covers the
 replies received so far. Latency runs from just before an event's first send to its reply.
 ``truth`` messages are not sent: they score the replies (tracking efficiency, fake and
 duplicate rates, TrackML score).
@@ -38,7 +42,7 @@ from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.recording import RecordingError, iter_records
 from streamtrk.stop import Stop, StopFlag
-from streamtrk.wire import Message, WireError, decode, encode_hits, with_msg_id
+from streamtrk.wire import Message, TrackReply, WireError, decode, encode_hits, with_msg_id
 
 Key = tuple[int, int]
 
@@ -136,6 +140,7 @@ class ReplayResult:
     errors: Counter[str] = field(default_factory=Counter)
     unexpected: int = 0
     duplicates: int = 0
+    shutdown_resent: int = 0  # 'shutdown' replies set aside: their event was resent
     invalid_replies: int = 0
     # Per event, the reply its physics is scored by: its first ok reply, else its first.
     scored_replies: dict[Key, Message] = field(default_factory=dict)
@@ -175,6 +180,7 @@ class ReplayResult:
             "send_error": self.send_error,
             "refused": dict(self.refused),
             "resent": self.resent,
+            "shutdown_resent": self.shutdown_resent,
             "duplicates": self.duplicates,
             "unexpected": self.unexpected,
             "invalid_replies": self.invalid_replies,
@@ -207,7 +213,8 @@ def due_newest_first(sends: list[_Send], now: float, retry_after_s: float) -> li
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
-    times, sends so far, and whether a reply came."""
+    times, sends so far, whether a reply came, and a ``shutdown`` reply set aside for a
+    resend (with its arrival time)."""
 
     key: Key
     frames: list[Any]
@@ -215,6 +222,7 @@ class _Send:
     t_last: float
     sends: int = 1
     answered: bool = False
+    shutdown: tuple[float, Message] | None = None
 
 
 class _Sender(threading.Thread):
@@ -305,6 +313,34 @@ class _Sender(threading.Thread):
             self.result.t_last_send = p.t_last
         return bool(todo)
 
+    def set_aside(self, msg_id: int | None, key: Key, t: float, msg: Message) -> bool:
+        """Whether the ``shutdown`` reply ``msg`` (arrived at ``t``) is set aside, its event
+        resent at once: so while the event is unanswered, has resends left, and this thread
+        still sends. The reply is kept in case no other comes (:meth:`unanswered_shutdowns`)."""
+        with self.lock:
+            if msg_id is None:
+                msg_id = min((m for m, p in self.pending.items() if p.key == key), default=None)
+            p = None if msg_id is None else self.pending.get(msg_id)
+            if p is None or p.sends > self.opts.retries or not self.is_alive():
+                return False
+            p.shutdown = (t, msg)
+            p.t_last = -math.inf  # due now
+            self._next_check = 0.0
+            self.result.shutdown_resent += 1
+            return True
+
+    def unanswered_shutdowns(self) -> list[tuple[_Send, float, Message]]:
+        """The sends still unanswered whose ``shutdown`` reply was set aside, answered by it
+        now (no other reply came), with its arrival time."""
+        with self.lock:
+            held = [(m, p) for m, p in self.pending.items() if p.shutdown is not None]
+            for msg_id, p in held:
+                del self.pending[msg_id]
+                p.answered = True
+                self.answered.add(msg_id)
+                self.answered_keys.add(p.key)
+        return [(p, *p.shutdown) for _, p in held if p.shutdown is not None]
+
     def match(self, msg_id: int | None, key: Key) -> float | None:
         """The first send time of the message this reply answers; None for a reply to a
         message already answered (a duplicate: counted) or to none of ours."""
@@ -368,6 +404,9 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
             sender.stop.set()
             sender.join()
             bar.close()
+        for sent, t, msg in sender.unanswered_shutdowns():  # no resend was answered
+            result.shutdown_resent -= 1
+            _count(msg, msg.to_reply(), t - sent.t_first, result)
         try:
             _late_replies(consumer, sender, result, opts.retry_after_s, stop)
         except KeyboardInterrupt:
@@ -387,7 +426,7 @@ def _late_replies(
         return  # stopped for lack of replies, or refused: no more will come
     last = time.perf_counter()
     while (
-        result.received + result.duplicates < result.sent + result.resent
+        result.received + result.duplicates + result.shutdown_resent < result.sent + result.resent
         and time.perf_counter() - last < quiet_s
         and not stop.is_set()
     ):
@@ -413,11 +452,20 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     except WireError:
         result.invalid_replies += 1
         return
-    t_send = sender.match(reply.msg_id, (reply.run, reply.event))
+    key = (reply.run, reply.event)
+    if reply.reason == "shutdown" and sender.set_aside(reply.msg_id, key, t, msg):
+        result.t_last_reply = t
+        return
+    t_send = sender.match(reply.msg_id, key)
     if t_send is None:
         return
-    result.latencies.append(t - t_send)
     result.t_last_reply = t
+    _count(msg, reply, t - t_send, result)
+
+
+def _count(msg: Message, reply: TrackReply, latency_s: float, result: ReplayResult) -> None:
+    """``msg`` (``reply`` decoded) as its event's answer, ``latency_s`` after its first send."""
+    result.latencies.append(latency_s)
     if not reply.ok:
         result.errors[reply.reason] += 1
     key = (reply.run, reply.event)

@@ -514,3 +514,45 @@ def test_replies_to_resends_after_the_last_event_is_answered_are_duplicates() ->
 def _tracks_reply(frames: list[bytes]) -> list[Any]:
     msg = decode(frames)
     return encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_events_answered_shutdown_are_resent_with_retries(retries: int) -> None:
+    """A daemon that stops with an event unprocessed answers it ``shutdown`` (in a farm,
+    another daemon could take it): with resends left the replay sends it again at once, and
+    the event counts by the reply to that; without, the ``shutdown`` reply is its answer."""
+    events = _events(3)
+    shut = events[1].event.event
+
+    def answer(sink: zmq.Socket, out: zmq.Socket) -> None:
+        first = True
+        while sink.poll(3000):
+            frames = sink.recv_multipart()
+            msg = decode(frames)
+            if msg.event == shut and first:
+                first = False
+                reply = encode_tracks(msg.run, msg.event, [], None, status="error",
+                                      reason="shutdown", msg_id=msg.msg_id)  # fmt: skip
+            else:
+                reply = _tracks_reply(frames)
+            out.send_multipart(reply)
+
+    with _daemon_sockets() as (sink, out, to, from_):
+        daemon = threading.Thread(target=answer, args=(sink, out), daemon=True)
+        daemon.start()
+        # retry_after_s far past the test: only a resend at once can come in time
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=2.0, retries=retries,
+                             retry_after_s=60.0)  # fmt: skip
+        t0 = time.perf_counter()
+        result = replay(events, opts)
+        took = time.perf_counter() - t0
+        daemon.join(10)
+    report = result.report(events, None)
+    assert (report["sent"], report["received"], report["missing"]) == (3, 3, 0)
+    if retries:
+        assert report["errors"] == {} and report["ok"] == 3 and took < 10
+        assert report["resent"] == report["shutdown_resent"] == 1
+        assert report["duplicates"] == 0
+    else:
+        assert report["errors"] == {"shutdown": 1} and report["ok"] == 2
+        assert report["resent"] == report["shutdown_resent"] == 0

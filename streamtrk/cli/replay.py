@@ -36,7 +36,12 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=30.0, help="seconds to wait for replies (default 30)"
     )
     s.add_argument(
-        "--retries", type=int, default=0, metavar="N", help="resend an unanswered event N times"
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="resend an unanswered event N times (one answered 'shutdown', unprocessed by a "
+        "daemon that stopped, at once)",
     )
     s.add_argument(
         "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
@@ -65,7 +70,9 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
     "daemon took nothing for the timeout, or sending failed), send_error (why sending "
     "failed, else null), refused (the sockets, to and from, whose handshake the daemon "
-    "refused: auth or handshake; the replay then stops), resent, duplicates (second "
+    "refused: auth or handshake; the replay then stops), resent, shutdown_resent ('shutdown' "
+    "replies, from a daemon that stopped with the event unprocessed, set aside as the event "
+    "was resent: --retries), duplicates (second "
     "replies to a resent event, not counted again), unexpected (replies to no message of "
     "this replay), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
