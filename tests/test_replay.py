@@ -556,3 +556,38 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int) -> None:
     else:
         assert report["errors"] == {"shutdown": 1} and report["ok"] == 2
         assert report["resent"] == report["shutdown_resent"] == 0
+
+
+def test_outputs_a_full_disk_refuses_are_named_and_the_report_still_printed(
+    tmp_path: Path,
+) -> None:
+    """The replay's files are written after the replay: one that a full disk refuses (here
+    past the process's file size limit, EFBIG, as ENOSPC) is named in the error, left
+    absent rather than cut short (a scorer would take a cut submission for a whole one),
+    and the report is still printed: the replay's results are not lost with the file."""
+    import resource
+
+    run = _recording(tmp_path, 3)
+    report, submission = tmp_path / "report.json", tmp_path / "sub.csv"
+
+    def answer(sink: zmq.Socket, out: zmq.Socket) -> None:
+        while sink.poll(5000):
+            out.send_multipart(_tracks_reply(sink.recv_multipart()))
+
+    def small_files() -> None:  # the report fits, the submission (a row a hit) does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    with _daemon_sockets() as (sink, out, to, from_):
+        daemon = threading.Thread(target=answer, args=(sink, out), daemon=True)
+        daemon.start()
+        done = subprocess.run(
+            [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", to, "--from", from_,
+             "-q", "--json", "--report", str(report), "--submission", str(submission)],
+            capture_output=True, text=True, timeout=120, preexec_fn=small_files,
+        )  # fmt: skip
+        daemon.join(10)
+    assert done.returncode == 1, done.stderr
+    assert f"streamtrk replay: error: cannot write {submission}: File too large" in done.stderr
+    assert json.loads(done.stdout)["received"] == 3
+    assert json.loads(report.read_text())["received"] == 3
+    assert not submission.exists() and not list(tmp_path.glob("sub.csv*"))

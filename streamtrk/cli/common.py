@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from streamtrk.io.paths import check_writable
+from streamtrk.io.paths import check_writable, write_whole
 from streamtrk.stop import StopFlag
 
 Handler = Callable[[argparse.Namespace], int]
@@ -159,9 +159,8 @@ def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
 
 def write_report(path: Path, text: str) -> None:
     """A report's ``text`` (a line) into ``path``, its folder made (check_outputs made
-    none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    none); whole or not at all (``write_whole``)."""
+    write_whole(path, lambda f: f.write((text + "\n").encode()))
 
 
 def check_outputs(*files: Path | None, folder: Path | None = None) -> None:

@@ -126,6 +126,8 @@ def _replay(args: argparse.Namespace) -> int:
         result = replay(events, opts, stop)
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
+    # Printed first: a file the disk refuses below does not take the results with it.
+    print(strict_json(report, indent=2) if args.json else format_report(report), flush=True)
     if args.report:
         write_report(args.report, strict_json(report, indent=2))
     if args.submission:
@@ -136,7 +138,6 @@ def _replay(args: argparse.Namespace) -> int:
         write_submission(args.submission, by_event_number(rows))
     if args.plot:
         plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
-    print(strict_json(report, indent=2) if args.json else format_report(report))
     return _exit_status(args, report, result.interrupted)
 
 

@@ -1,9 +1,11 @@
-"""Output paths checked before the work that fills them."""
+"""Output paths checked before the work that fills them, and files written whole."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 _WRITE_IN = os.W_OK | os.X_OK  # create and write files in a folder
 
@@ -31,3 +33,21 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
         raise NotADirectoryError(f"cannot write {path}: {above} is a file, not a folder")
     if not os.access(above, _WRITE_IN):
         raise PermissionError(f"cannot write {path}: no permission to write in {above}")
+
+
+def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """The file ``path`` written by ``write(file)`` whole or not at all: into
+    ``PATH.partial``, renamed over ``path`` once complete (its folder made). A write that
+    fails (a full disk) leaves no file cut short: the partial one is removed, a file already
+    at ``path`` is left as it was, and the OSError names ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with partial.open("wb") as f:
+            write(f)
+        os.replace(partial, path)
+    except BaseException as e:
+        partial.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+        raise

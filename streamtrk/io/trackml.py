@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from streamtrk.event import (
     Truth,
     alone_as_tracks,
 )
+from streamtrk.io.paths import write_whole
 from streamtrk.io.weights import hit_order, hit_weights
 from streamtrk.wire.schema import MAX_INT
 from streamtrk.xp import index_of
@@ -341,13 +342,17 @@ def _csv_bytes(header: Sequence[str], columns: Sequence[np.ndarray]) -> bytes:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """``data`` into the file ``path`` (its folder made), gzipped for a ``.gz`` name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".gz"):
-        with path.open("wb") as raw, gzip.GzipFile("", "wb", 1, raw, mtime=0) as gz:
-            gz.write(data)
-    else:
-        path.write_bytes(data)
+    """``data`` into the file ``path`` (its folder made), gzipped for a ``.gz`` name; whole
+    or not at all (``write_whole``: a full disk leaves no file cut short)."""
+
+    def write(raw: BinaryIO) -> None:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile("", "wb", 1, raw, mtime=0) as gz:
+                gz.write(data)
+        else:
+            raw.write(data)
+
+    write_whole(path, write)
 
 
 def _write_table(path: Path, table: Columns) -> None:
