@@ -138,11 +138,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     report["scorer"] = scorer
     _say_unscored(ev, report["events_with_truth"])
     text = strict_json(report, indent=2, sort_keys=True)
+    print(text, flush=True)  # first: a file the disk refuses below does not take it along
     if args.report:
         write_report(args.report, text)
     if args.plots:
         plot(ev, args.plots)
-    print(text)
     # The files named by event number last, both checked before either is written: two
     # runs sharing a number cannot be in them (ValueError), and the report is kept.
     submission = by_event_number(ev.submission) if args.submission else None

@@ -99,6 +99,26 @@ def test_evaluate_keeps_the_report_when_a_file_by_event_number_cannot_be_written
     assert not sub.exists() and not tracks.exists()
 
 
+def test_evaluate_prints_its_report_before_a_full_disk_refuses_the_file(tmp_path):
+    """The report file is written after the work: one a full disk refuses (here past the
+    process's file size limit, EFBIG, as ENOSPC) is named in the error and left absent, and
+    the report is still printed (the work is not lost with the file)."""
+    import resource
+
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    report = tmp_path / "r.json"
+
+    def small_files() -> None:  # the recording is read, not written; the report is 2 kB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+    args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q", "--report", str(report)]
+    out = _run(*args, preexec_fn=small_files)
+    assert out.returncode == 1
+    assert f"cannot write {report}: File too large" in out.stderr
+    assert json.loads(out.stdout)["events"] == 1
+    assert not list(tmp_path.glob("r.json*"))
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
