@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from streamtrk import __version__
-from streamtrk.cli.common import COMMANDS, LIST_OPTIONS
+from streamtrk.cli.common import COMMANDS, LIST_OPTIONS, repair_hint
 from streamtrk.threads import wait_passively
 
 # Importing a command module registers its commands: the order of these imports is the
@@ -67,8 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _user_error(exc):
             raise
-        print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
+        print(f"streamtrk {args.command}: error: {exc}{_remedy(exc)}", file=sys.stderr)
         return 1
+
+
+def _remedy(exc: Exception) -> str:
+    """What mends the error ``exc`` names, after a "; " (a recording cut by a crash), or ""."""
+    from streamtrk.io.recording import RecordingError
+
+    if isinstance(exc, RecordingError) and exc.path is not None and exc.cut_at is not None:
+        return f"; {repair_hint(exc.path, exc.cut_at)}"
+    return ""
 
 
 def _negative_lists(argv: Sequence[str]) -> list[str]:

@@ -157,6 +157,14 @@ def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
             raise ValueError(f"{option} {why}, got {endpoint!r}")
 
 
+def repair_hint(path: Path, cut_at: int) -> str:
+    """How to keep the whole records of a recording damaged at offset ``cut_at``."""
+    return (
+        f"`streamtrk inspect --repair {path}` cuts it back to the whole records before "
+        f"offset {cut_at}"
+    )
+
+
 def write_report(path: Path, text: str) -> None:
     """A report's ``text`` (a line) into ``path``, its folder made (check_outputs made
     none); whole or not at all (``write_whole``)."""

@@ -14,6 +14,7 @@ from streamtrk.cli.common import (
     list_argument,
     noisy_layer,
     pt_range,
+    repair_hint,
     strict_json,
     subcommand,
     vol_layer,
@@ -164,12 +165,20 @@ def _import_trackml(args: argparse.Namespace) -> int:
 def _inspect_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("recording", type=Path, help="a .stk recording")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument(
+        "--repair",
+        action="store_true",
+        help="first cut a damaged recording back to its whole records (a tap or writer that "
+        "crashed mid-write leaves its last record cut; readers stop at it); says what was cut",
+    )
 
 
 @subcommand("inspect", _inspect_arguments, help="summarise a recording")
 def _inspect(args: argparse.Namespace) -> int:
-    from streamtrk.io.recording import summarize
+    from streamtrk.io.recording import repair, summarize
 
+    if args.repair and (cut := repair(args.recording)):
+        print(f"streamtrk inspect: cut {cut[0]} bytes: {cut[1]}", file=sys.stderr)
     summary = summarize(args.recording)
     if args.json:
         print(strict_json(summary, indent=2, sort_keys=True))
@@ -178,7 +187,12 @@ def _inspect(args: argparse.Namespace) -> int:
         for k, v in summary.items():
             print(f"{k:<{width}}  {v}")
     if summary["error"]:
-        print(f"streamtrk inspect: error: {summary['error']}", file=sys.stderr)
+        remedy = (
+            ""
+            if summary["cut_at"] is None
+            else "; " + repair_hint(args.recording, summary["cut_at"])
+        )
+        print(f"streamtrk inspect: error: {summary['error']}{remedy}", file=sys.stderr)
         return 1
     return 0
 

@@ -67,7 +67,14 @@ def record_bytes(frames: Iterable[Any]) -> int:
 
 
 class RecordingError(ValueError):
-    """A recording is truncated or corrupt; the message names the byte offset."""
+    """A recording is truncated or corrupt; the message names the byte offset. ``cut_at``:
+    the offset of a damaged record, where :func:`repair` would cut the file (None: a bad
+    file header, or a whole record it keeps)."""
+
+    def __init__(self, message: str, *, path: Path | None = None, cut_at: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.cut_at = cut_at
 
 
 def _crc(frames: list[memoryview]) -> int:
@@ -124,8 +131,12 @@ class RecordingReader:
             yield offset, self._read_record(f, offset, head, size)
 
     def _read_record(self, f: BinaryIO, offset: int, head: bytes, size: int) -> list[bytes]:
-        def fail(what: str) -> RecordingError:
-            return RecordingError(f"{self.path}: record at offset {offset}: {what}")
+        def fail(what: str, repaired: bool = True) -> RecordingError:
+            return RecordingError(
+                f"{self.path}: record at offset {offset}: {what}",
+                path=self.path,
+                cut_at=offset if repaired else None,
+            )
 
         if len(head) < _RECORD_HEADER.size:
             raise fail(f"truncated frame count/CRC ({len(head)} of {_RECORD_HEADER.size} bytes)")
@@ -140,7 +151,10 @@ class RecordingReader:
             (length,) = _LENGTH.unpack(field)
             left = size - f.tell()
             if self.max_frame_bytes is not None and length > self.max_frame_bytes:
-                raise fail(f"frame {i} length {length} above the {self.max_frame_bytes}-byte limit")
+                raise fail(
+                    f"frame {i} length {length} above the {self.max_frame_bytes}-byte limit",
+                    repaired=length > left,  # a whole record, kept by repair
+                )
             if length > left:
                 raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
             data = f.read(length)
@@ -338,15 +352,15 @@ def summarize(path: StrPath) -> dict[str, Any]:
     Keys: path, file_bytes, records, events (hits messages), hits_mean, hits_max,
     events_with_truth, versions (schema versions seen), kinds (count per message kind),
     invalid (count per WireError reason), error (RecordingError text of a corrupt tail,
-    or None; the counts cover the records before it). A bad file header raises
-    :class:`RecordingError`.
+    or None; the counts cover the records before it), cut_at (the offset :func:`repair`
+    cuts the file at, or None). A bad file header raises :class:`RecordingError`.
     """
     kinds: Counter[str] = Counter()
     invalid: Counter[str] = Counter()
     versions: set[int] = set()
     records = hits_total = hits_max = with_truth = 0
     last_hits: tuple[int, int] | None = None
-    error = None
+    error: RecordingError | None = None
     with RecordingReader(path) as reader:
         try:
             for _, frames in reader:
@@ -368,7 +382,7 @@ def summarize(path: StrPath) -> dict[str, Any]:
                     hits_total, hits_max = hits_total + n, max(hits_max, n)
                 last_hits = (msg.run, msg.event) if msg.kind == "hits" else None
         except RecordingError as e:
-            error = str(e)
+            error = e
     events = kinds["hits"]
     return {
         "path": str(path),
@@ -381,5 +395,6 @@ def summarize(path: StrPath) -> dict[str, Any]:
         "versions": sorted(versions),
         "kinds": dict(kinds),
         "invalid": dict(invalid),
-        "error": error,
+        "error": None if error is None else str(error),
+        "cut_at": None if error is None else error.cut_at,
     }

@@ -106,17 +106,33 @@ def test_inspect_reports_events_and_truth(tmp_path, capsys):
     assert summary["versions"] == [1, 2] and summary["error"] is None
 
 
-def test_inspect_names_the_offset_of_a_truncated_file(tmp_path, capsys):
+def test_a_truncated_file_is_named_with_its_offset_and_inspect_repair_mends_it(tmp_path, capsys):
+    """A crash mid-write leaves the last record cut: every reader names the offset and the
+    remedy; ``inspect --repair`` cuts the file back to its whole records, says what it cut,
+    and leaves an intact file as it is."""
     _simulate(tmp_path)
     data = (tmp_path / "a.stk").read_bytes()
-    (tmp_path / "cut.stk").write_bytes(data[:-100])
+    cut = tmp_path / "cut.stk"
+    cut.write_bytes(data[:-100])
+    last = [offset for offset, _ in iter_records(tmp_path / "a.stk")][-1]
+    remedy = f"; `streamtrk inspect --repair {cut}` cuts it back to the whole records before "
     capsys.readouterr()
-    assert main(["inspect", "--json", str(tmp_path / "cut.stk")]) == 1  # counts, then the error
+    assert main(["inspect", "--json", str(cut)]) == 1  # counts, then the error
     out = capsys.readouterr()
     summary = json.loads(out.out)
     assert summary["events"] == 2 and summary["events_with_truth"] == 1
-    assert "offset" in summary["error"]
-    assert out.err == f"streamtrk inspect: error: {summary['error']}\n"
+    assert f"offset {last}" in summary["error"] and summary["cut_at"] == last
+    assert out.err == f"streamtrk inspect: error: {summary['error']}{remedy}offset {last}\n"
+    assert main(["evaluate", str(cut), "--oracle", "-q"]) == 1
+    assert capsys.readouterr().err.endswith(f"{remedy}offset {last}\n")
+    assert main(["inspect", "--json", "--repair", str(cut)]) == 0
+    out = capsys.readouterr()
+    assert out.err == f"streamtrk inspect: cut {len(data) - 100 - last} bytes: {summary['error']}\n"
+    repaired = json.loads(out.out)
+    assert repaired["error"] is None and repaired["file_bytes"] == last
+    assert (repaired["events"], repaired["events_with_truth"]) == (2, 1)  # the last truth cut
+    assert main(["inspect", "--repair", str(cut)]) == 0  # intact now: nothing to say
+    assert capsys.readouterr().err == "" and cut.read_bytes() == data[:last]
 
 
 @pytest.mark.realdata
@@ -218,6 +234,7 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "bad.stk")]) == 1
     err = capsys.readouterr().err
     assert "streamtrk import-trackml: error" in err and "streamtrk inspect: error" in err
+    assert "--repair" not in err  # a file that is no recording is not for it to mend
     assert not (tmp_path / "x.stk").exists()
 
 

@@ -329,11 +329,13 @@ def test_summarize(small: Any, tmp_path: Path) -> None:
         "kinds": {"hits": 2, "truth": 1},
         "invalid": {"not_msgpack": 1},
         "error": None,
+        "cut_at": None,
     }
+    last = [offset for offset, _ in iter_records(path)][-1]
     path.write_bytes(path.read_bytes()[:-1])
     s = summarize(path)
     assert (s["records"], s["events"]) == (3, 2)
-    assert "record at offset" in s["error"]
+    assert f"record at offset {last}" in s["error"] and s["cut_at"] == last
     empty = tmp_path / "empty.stk"
     write(empty, [])
     assert summarize(empty)["events"] == 0
@@ -398,8 +400,9 @@ def test_a_whole_record_over_the_frame_limit_is_kept_by_repair_and_append(tmp_pa
         f.write(count + struct.pack("<I", zlib.crc32(count + body)) + body)
     assert repair(path) is None
     write(path, [[b"c"]], "a")
-    with pytest.raises(RecordingError, match="above the 8000000-byte limit"):
+    with pytest.raises(RecordingError, match="above the 8000000-byte limit") as refused:
         list(iter_records(path))
+    assert refused.value.cut_at is None  # nothing for repair to cut
     with RecordingReader(path, max_frame_bytes=None) as reader:
         assert [frames for _, frames in reader] == [[b"a"], big, [b"c"]]
 
