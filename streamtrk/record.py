@@ -38,7 +38,9 @@ def record(
     messages of another kind, not recorded) and ``past_limit``: once ``events`` hits
     messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` (or until
     ``stop``) is taken, as the socket would drop it on close: the last event's ``truth``,
-    when it comes next, is recorded, the others counted here. With CURVE certificates,
+    when it comes next, is recorded, the others counted here. Stopped (``stop``,
+    ``duration_s``) before that, it records what arrives in the next ``PAST_LIMIT_WAIT_MS``:
+    messages sent to it, which no other peer would get. With CURVE certificates,
     ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
     handshake that server refuses raises ConnectionRefusedError (libzmq does not try that
     connection again: nothing would be recorded).
@@ -70,6 +72,19 @@ def record(
         ) as consumer,
         _CreatedOnFirstWrite(output) as writer,
     ):
+
+        def take(frames: list[Any]) -> None:
+            nonlocal last
+            try:
+                msg = decode(frames)
+            except WireError:
+                n["invalid"] += 1
+                return
+            if msg.kind in RECORDED_KINDS:
+                _write(writer, frames, n)
+                last = (msg.run, msg.event) if msg.kind == "hits" else None
+            n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
+
         while not stop.is_set() and (events is None or n["hits"] < events):
             if t_end is not None and time.monotonic() >= t_end:
                 break
@@ -77,19 +92,16 @@ def record(
                 raise ConnectionRefusedError(
                     f"{source} refused the handshake ({cause}): {REFUSAL_HINTS[cause]}"
                 )
-            frames = consumer.recv_frames(timeout_ms=100)
-            if frames is None:
-                continue
-            try:
-                msg = decode(frames)
-            except WireError:
-                n["invalid"] += 1
-                continue
-            if msg.kind in RECORDED_KINDS:
-                _write(writer, frames, n)
-                last = (msg.run, msg.event) if msg.kind == "hits" else None
-            n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
+            if (frames := consumer.recv_frames(timeout_ms=100)) is not None:
+                take(frames)
         t_drain = time.monotonic() + PAST_LIMIT_WAIT_MS / 1000
+        # Stopped or out of time: what reaches the socket was sent to this tap, not to another
+        # peer, and would be dropped on close; taken as the daemon's intake takes its queue.
+        while events is None or n["hits"] < events:
+            left_ms = int((t_drain - time.monotonic()) * 1000)
+            if left_ms <= 0 or (frames := consumer.recv_frames(timeout_ms=left_ms)) is None:
+                break
+            take(frames)
         while events is not None and n["hits"] >= events and not stop.is_set():
             left_ms = int((t_drain - time.monotonic()) * 1000)
             frames = consumer.recv_frames(timeout_ms=left_ms) if left_ms > 0 else None

@@ -10,6 +10,7 @@ from itertools import cycle, islice
 from pathlib import Path
 
 import pytest
+from live_daemon import wait_for
 
 from streamtrk.cli import main
 from streamtrk.client import Producer
@@ -158,3 +159,34 @@ def test_a_tap_whose_disk_fills_keeps_the_whole_records_it_wrote(
     assert f"streamtrk record: error: cannot write {out}" in stderr, stderr
     assert "holds the 2 hits and 2 truth messages recorded before" in stderr, stderr
     assert [frames for _, frames in iter_records(out)] == records[:4]
+
+
+def test_a_stopped_tap_records_what_was_already_sent_to_it(sim_run: Path, tmp_path: Path) -> None:
+    """A PUSH peer sent these messages to the tap, not to another: SIGTERM records what its
+    socket holds (as the daemon's drain answers its queue) rather than dropping it on close.
+    Here the tap is paused while they are sent, then stopped."""
+    import signal
+
+    out = tmp_path / "tap.stk"
+    records = [frames for _, frames in islice(iter_records(sim_run), 10)]
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        tap = subprocess.Popen(
+            [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
+             str(out), "--duration", "120"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert producer.send_frames(records[0], timeout_ms=60_000)
+            wait_for(out.exists, timeout=60)  # the first record written: the tap is taking
+            tap.send_signal(signal.SIGSTOP)
+            for frames in records[1:]:
+                assert producer.send_frames(frames, timeout_ms=10_000)
+            tap.send_signal(signal.SIGTERM)
+            tap.send_signal(signal.SIGCONT)
+            stdout, _ = tap.communicate(timeout=60)
+        finally:
+            tap.kill()  # when it failed; else it has exited
+            tap.wait()
+    assert tap.returncode == 0, stdout
+    assert "recorded 5 hits and 5 truth messages" in stdout
+    assert [frames for _, frames in iter_records(out)] == records
