@@ -40,6 +40,7 @@ import numpy as np
 from streamtrk.client import REFUSAL_EVENTS, Consumer, Producer, SocketSettings
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
+from streamtrk.io.paths import save_png
 from streamtrk.io.recording import RecordingError, iter_records
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, TrackReply, WireError, decode, encode_hits, with_msg_id
@@ -535,10 +536,7 @@ def plot_latency(latencies_s: list[float], path: str | Path, title: str = "repla
     ax.set_ylabel("events")
     ax.set_title(f"{title}: {len(ms)} replies")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, Path(path))
 
 
 def format_report(report: dict[str, Any]) -> str:

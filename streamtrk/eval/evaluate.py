@@ -21,6 +21,7 @@ from streamtrk.eval.score import (
     ratio,
 )
 from streamtrk.event import Event, Tracks
+from streamtrk.io.paths import save_png
 from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
@@ -494,8 +495,7 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = directory / name
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_png(fig, path)
         made.append(path)
     made.append(_plot_resolution(ev, directory / "pt_resolution_vs_pt.png", plt))
     made.append(_plot_pulls(ev, directory / "pulls.png", plt))
@@ -520,8 +520,7 @@ def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"matched tracks, density ({ev.n_events} events)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
@@ -556,6 +555,5 @@ def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 _WRITE_IN = os.W_OK | os.X_OK  # create and write files in a folder
 
@@ -51,3 +51,14 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
         if isinstance(e, OSError):
             raise OSError(f"cannot write {path}: {e.strerror or e}") from e
         raise
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """The matplotlib figure ``fig`` as a PNG (100 dpi) at ``path``, whole or not at all
+    (:func:`write_whole`); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_whole(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

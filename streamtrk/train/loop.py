@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from streamtrk.io.paths import save_png
 from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.train.config import OptimConfig, TrainConfig
 from streamtrk.train.samples import Sample
@@ -150,5 +151,4 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
     for ax in (a, b):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)

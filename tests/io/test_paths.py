@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtrk.io.paths import check_writable
+from streamtrk.io.paths import check_writable, save_png, write_whole
 
 NOBODY = 65534
 
@@ -88,3 +89,34 @@ def test_permissions_are_those_the_writers_need(shared: Path) -> None:
     assert _as_unprivileged(closed / "new" / "deeper.json") == "PermissionError"
     assert _as_unprivileged(closed / "read-only.json") == "PermissionError"
     assert _as_unprivileged(closed, folder=True) == "PermissionError"
+
+
+def test_a_file_is_written_whole_into_a_folder_made_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "report.json"
+    write_whole(path, lambda f: f.write(b"{}\n"))
+    assert path.read_bytes() == b"{}\n" and os.listdir(path.parent) == ["report.json"]
+
+
+def test_a_write_that_fails_leaves_the_file_there_as_it_was_and_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "sub.csv"
+    path.write_bytes(b"old")
+
+    def full_disk(f) -> None:
+        f.write(b"half a row")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError, match=f"cannot write {path}: No space left on device"):
+        write_whole(path, full_disk)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["sub.csv"]
+
+
+def test_a_figure_is_saved_as_a_png_and_closed(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    save_png(fig, tmp_path / "plots" / "a.png")
+    assert (tmp_path / "plots" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
