@@ -39,13 +39,24 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """The file ``path`` written by ``write(file)`` whole or not at all: into
     ``PATH.partial``, renamed over ``path`` once complete (its folder made). A write that
     fails (a full disk) leaves no file cut short: the partial one is removed, a file already
-    at ``path`` is left as it was, and the OSError names ``path``."""
-    partial = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    at ``path`` is left as it was, and the OSError names ``path``. As ``open`` would (and
+    :func:`check_writable` checks), a link is written through to its file, kept; a ``path``
+    that is no regular file (``/dev/stdout``, ``/dev/null``, a FIFO) is written in place:
+    renaming a file over it would replace it (as root, ``/dev/null`` too)."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with path.open("wb") as f:
+                write(f)
+        except OSError as e:
+            raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+        return
+    target = Path(os.path.realpath(path))  # a link's file, which takes the partial's place
+    partial = target.with_name(target.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with partial.open("wb") as f:
             write(f)
-        os.replace(partial, path)
+        os.replace(partial, target)
     except BaseException as e:
         partial.unlink(missing_ok=True)
         if isinstance(e, OSError):

@@ -120,3 +120,25 @@ def test_a_figure_is_saved_as_a_png_and_closed(tmp_path: Path) -> None:
     save_png(fig, tmp_path / "plots" / "a.png")
     assert (tmp_path / "plots" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
+
+
+def test_a_link_is_written_through_and_a_device_or_pipe_in_place(tmp_path: Path) -> None:
+    """As ``open`` (and check_writable) would: a ``--report`` that links to a file writes that
+    file and keeps the link; one that is no regular file (/dev/stdout, /dev/null, a FIFO)
+    cannot be replaced, and renaming a file over it (as root, /dev/null) would destroy it."""
+    real = tmp_path / "real.json"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    write_whole(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "real.json"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a writer's open does not wait
+    try:
+        write_whole(fifo, lambda f: f.write(b"through the pipe"))
+        assert fifo.is_fifo() and os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "link.json", "real.json"]
