@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -58,9 +59,11 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(f)
         os.replace(partial, target)
     except BaseException as e:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder there: the error below names it
+            partial.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+            where = f"{partial}: " if e.filename == str(partial) else ""
+            raise OSError(f"cannot write {path}: {where}{e.strerror or e}") from e
         raise
 
 

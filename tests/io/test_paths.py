@@ -142,3 +142,14 @@ def test_a_link_is_written_through_and_a_device_or_pipe_in_place(tmp_path: Path)
     finally:
         os.close(reader)
     assert sorted(os.listdir(tmp_path)) == ["fifo", "link.json", "real.json"]
+
+
+def test_a_partial_file_that_cannot_be_made_is_named_and_its_folder_kept(tmp_path: Path) -> None:
+    """A folder where ``PATH.partial`` goes: the error is write_whole's ("cannot write PATH",
+    naming the partial file that could not be made), not the cleanup's, and the folder stays."""
+    path = tmp_path / "r.json"
+    (tmp_path / "r.json.partial").mkdir()
+    (tmp_path / "r.json.partial" / "kept").write_bytes(b"")
+    with pytest.raises(OSError, match=f"cannot write {path}: {path}.partial: Is a directory"):
+        write_whole(path, lambda f: f.write(b"{}"))
+    assert os.listdir(tmp_path / "r.json.partial") == ["kept"] and not path.exists()
