@@ -36,12 +36,12 @@ def record(
 
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode), ``other`` (valid
     messages of another kind, not recorded) and ``past_limit``: once ``events`` hits
-    messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` (or until
-    ``stop``) is taken, as the socket would drop it on close: the last event's ``truth``,
-    when it comes next, is recorded, the others counted here. Stopped (``stop``,
-    ``duration_s``) before that, it records what arrives in the next ``PAST_LIMIT_WAIT_MS``:
-    messages sent to it, which no other peer would get. With CURVE certificates,
-    ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
+    messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` is taken, as the
+    socket would drop it on close: the last event's ``truth``, when it comes next, is
+    recorded, the others counted here. Stopped (``stop``, ``duration_s``) before that, it
+    records what arrives in the next ``PAST_LIMIT_WAIT_MS``: messages sent to it, which no
+    other peer would get (past ``events`` among them: taken as above). With CURVE
+    certificates, ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
     handshake that server refuses raises ConnectionRefusedError (libzmq does not try that
     connection again: nothing would be recorded).
 
@@ -102,7 +102,7 @@ def record(
             if left_ms <= 0 or (frames := consumer.recv_frames(timeout_ms=left_ms)) is None:
                 break
             take(frames)
-        while events is not None and n["hits"] >= events and not stop.is_set():
+        while events is not None and n["hits"] >= events:  # stopped too: as the drain
             left_ms = int((t_drain - time.monotonic()) * 1000)
             frames = consumer.recv_frames(timeout_ms=left_ms) if left_ms > 0 else None
             if frames is None:
