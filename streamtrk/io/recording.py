@@ -68,8 +68,10 @@ def record_bytes(frames: Iterable[Any]) -> int:
 
 class RecordingError(ValueError):
     """A recording is truncated or corrupt; the message names the byte offset. ``cut_at``:
-    the offset of a damaged record, where :func:`repair` would cut the file (None: a bad
-    file header, or a whole record it keeps)."""
+    the offset of a damaged tail (a record that runs to or past the end of the file, or
+    zeros to its end: what a crash mid-write leaves), where :func:`repair` cuts the file
+    back to the whole records before it; None for a bad file header, a whole record it
+    keeps, or damage that whole records may follow (cutting there would drop them)."""
 
     def __init__(self, message: str, *, path: Path | None = None, cut_at: int | None = None):
         super().__init__(message)
@@ -141,8 +143,9 @@ class RecordingReader:
         if len(head) < _RECORD_HEADER.size:
             raise fail(f"truncated frame count/CRC ({len(head)} of {_RECORD_HEADER.size} bytes)")
         n, crc = _RECORD_HEADER.unpack(head)
-        if not 1 <= n <= MAX_FRAMES:
-            raise fail(f"frame count {n} outside 1..{MAX_FRAMES}")
+        if not 1 <= n <= MAX_FRAMES:  # a record's extent unknown: a tail if zeros to the end
+            zeros = head == bytes(len(head)) and _zeros_to_end(f)
+            raise fail(f"frame count {n} outside 1..{MAX_FRAMES}", repaired=zeros)
         frames = []
         for i in range(n):
             field = f.read(_LENGTH.size)
@@ -163,7 +166,10 @@ class RecordingReader:
             frames.append(data)
         computed = _crc([memoryview(b) for b in frames])
         if computed != crc:
-            raise fail(f"CRC mismatch (stored {crc:#010x}, computed {computed:#010x})")
+            raise fail(
+                f"CRC mismatch (stored {crc:#010x}, computed {computed:#010x})",
+                repaired=f.tell() == size,  # the last record; else whole ones may follow
+            )
         return frames
 
     def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
@@ -210,6 +216,15 @@ class RecordingReader:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _zeros_to_end(f: BinaryIO) -> bool:
+    """Whether ``f`` holds only zero bytes from where it is to its end (read until the
+    first other byte)."""
+    while chunk := f.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
 
 
 def iter_records(path: StrPath) -> Iterator[Record]:
@@ -352,8 +367,9 @@ def summarize(path: StrPath) -> dict[str, Any]:
     Keys: path, file_bytes, records, events (hits messages), hits_mean, hits_max,
     events_with_truth, versions (schema versions seen), kinds (count per message kind),
     invalid (count per WireError reason), error (RecordingError text of a corrupt tail,
-    or None; the counts cover the records before it), cut_at (the offset :func:`repair`
-    cuts the file at, or None). A bad file header raises :class:`RecordingError`.
+    or None; the counts cover the records before it), cut_at (the offset of a damaged
+    tail, where :func:`repair` cuts the file, or None: see :class:`RecordingError`). A bad
+    file header raises :class:`RecordingError`.
     """
     kinds: Counter[str] = Counter()
     invalid: Counter[str] = Counter()

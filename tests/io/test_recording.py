@@ -449,3 +449,30 @@ def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path, rn
     s = summarize(path)
     assert s["events_with_truth"] == 0
     assert s["versions"] == [1, 2]
+
+
+def test_cut_at_is_set_only_where_no_whole_record_can_follow(small: Any, tmp_path: Path) -> None:
+    """``cut_at`` (the remedy every reader's error names: ``inspect --repair``) is for a
+    damaged tail, as a crash leaves it: a record cut short, the last record's CRC wrong, a
+    zero-filled end. Damage with bytes after it that may hold whole records (a flipped bit,
+    two recordings concatenated) has none: cutting there would drop those records."""
+    path, offsets, _ = small
+    data = path.read_bytes()
+
+    def damage(content: bytes) -> int | None:
+        path.write_bytes(content)
+        with pytest.raises(RecordingError) as found:
+            list(iter_records(path))
+        assert summarize(path)["cut_at"] == found.value.cut_at
+        return found.value.cut_at
+
+    def flip(at: int) -> bytes:
+        return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+    assert damage(data[:-1]) == offsets[2]  # cut short
+    assert damage(data[: offsets[2] + 3]) == offsets[2]  # in its frame count/CRC
+    assert damage(flip(len(data) - 1)) == offsets[2]  # the last record's CRC
+    assert damage(data + bytes(40)) == len(data)  # zeros past the end
+    assert damage(flip(offsets[2] - 1)) is None  # a CRC mismatch with a whole record after
+    assert damage(data + data) is None  # a second recording's file header, read as a record
+    assert damage(data + bytes(40) + data[12:]) is None  # zeros, then records
