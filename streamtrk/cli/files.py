@@ -168,8 +168,9 @@ def _inspect_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--repair",
         action="store_true",
-        help="first cut a damaged recording back to its whole records (a tap or writer that "
-        "crashed mid-write leaves its last record cut; readers stop at it); says what was cut",
+        help="first cut a damaged tail back to the whole records before it (a tap or writer "
+        "that crashed mid-write leaves its last record cut; readers stop at it); says what was "
+        "cut. Damage that whole records may follow is left as it is",
     )
 
 
@@ -177,9 +178,15 @@ def _inspect_arguments(s: argparse.ArgumentParser) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import repair, summarize
 
-    if args.repair and (cut := repair(args.recording)):
+    if args.repair and (cut := repair(args.recording, tail_only=True)):
         print(f"streamtrk inspect: cut {cut[0]} bytes: {cut[1]}", file=sys.stderr)
     summary = summarize(args.recording)
+    if args.repair and summary["error"] and summary["cut_at"] is None:
+        print(
+            f"streamtrk inspect: --repair left {args.recording} as it was: it cuts only a "
+            "damaged tail, as a crash leaves; cutting at this damage would drop whole records",
+            file=sys.stderr,
+        )
     if args.json:
         print(strict_json(summary, indent=2, sort_keys=True))
     else:

@@ -323,13 +323,14 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
         raise
 
 
-def repair(path: StrPath) -> tuple[int, str] | None:
+def repair(path: StrPath, *, tail_only: bool = False) -> tuple[int, str] | None:
     """Cut a recording back to its last whole record, as a crash mid-write leaves it: the
     bytes cut and why, or None when the file was intact. A bad file header is not repaired
-    (RecordingError)."""
+    (RecordingError). ``tail_only``: only a damaged tail (the error's ``cut_at``) is cut;
+    other damage, which whole records may follow, is left (None)."""
     path = Path(path)
     end, error = _scan(path)
-    if error is None:
+    if error is None or (tail_only and error.cut_at is None):
         return None
     size = path.stat().st_size
     os.truncate(path, end)

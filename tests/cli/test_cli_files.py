@@ -135,6 +135,22 @@ def test_a_truncated_file_is_named_with_its_offset_and_inspect_repair_mends_it(t
     assert capsys.readouterr().err == "" and cut.read_bytes() == data[:last]
 
 
+def test_inspect_repair_leaves_damage_that_whole_records_follow(tmp_path, capsys):
+    """Two recordings concatenated: the second's file header reads as a damaged record with
+    whole records after it. --repair cuts only a damaged tail (a crash's): here it would drop
+    every event of the second, so the file is left as it was and the error says why."""
+    _simulate(tmp_path)
+    data = (tmp_path / "a.stk").read_bytes()
+    both = tmp_path / "both.stk"
+    both.write_bytes(data + data)
+    capsys.readouterr()
+    assert main(["inspect", "--repair", str(both)]) == 1
+    err = capsys.readouterr().err
+    assert both.read_bytes() == data + data
+    assert "streamtrk inspect: cut " not in err and f"--repair {both}" not in err, err
+    assert f"streamtrk inspect: --repair left {both} as it was: it cuts only a damaged" in err
+
+
 @pytest.mark.realdata
 def test_import_trackml_round_trips_to_csv(tmp_path, shared_trackml):
     prefix = shared_trackml / "qallse_ez-0.5_hpt-1.0" / "event000001000"
