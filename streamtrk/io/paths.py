@@ -62,7 +62,7 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
         with contextlib.suppress(OSError):  # a folder there: the error below names it
             partial.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            where = f"{partial}: " if e.filename == str(partial) else ""
+            where = f"{partial}: " if (e.filename, e.filename2) == (str(partial), None) else ""
             raise OSError(f"cannot write {path}: {where}{e.strerror or e}") from e
         raise
 

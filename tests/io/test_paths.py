@@ -153,3 +153,11 @@ def test_a_partial_file_that_cannot_be_made_is_named_and_its_folder_kept(tmp_pat
     with pytest.raises(OSError, match=f"cannot write {path}: {path}.partial: Is a directory"):
         write_whole(path, lambda f: f.write(b"{}"))
     assert os.listdir(tmp_path / "r.json.partial") == ["kept"] and not path.exists()
+
+
+def test_a_folder_at_the_path_is_named_not_the_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.mkdir()
+    with pytest.raises(OSError, match=f"cannot write {path}: Is a directory$"):
+        write_whole(path, lambda f: f.write(b"{}"))
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]
