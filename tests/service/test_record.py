@@ -161,18 +161,15 @@ def test_a_tap_whose_disk_fills_keeps_the_whole_records_it_wrote(
     assert [frames for _, frames in iter_records(out)] == records[:4]
 
 
-def test_a_stopped_tap_records_what_was_already_sent_to_it(sim_run: Path, tmp_path: Path) -> None:
-    """A PUSH peer sent these messages to the tap, not to another: SIGTERM records what its
-    socket holds (as the daemon's drain answers its queue) rather than dropping it on close.
-    Here the tap is paused while they are sent, then stopped."""
+def _stopped_while_paused(out: Path, records: list[list[bytes]], *flags: str) -> tuple[int, str]:
+    """A tap (``record`` with ``flags``) sent ``records[0]``, then paused while the rest is
+    sent to it, then stopped (SIGTERM): its exit status and stdout."""
     import signal
 
-    out = tmp_path / "tap.stk"
-    records = [frames for _, frames in islice(iter_records(sim_run), 10)]
     with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
         tap = subprocess.Popen(
             [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
-             str(out), "--duration", "120"],
+             str(out), *flags],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -187,7 +184,17 @@ def test_a_stopped_tap_records_what_was_already_sent_to_it(sim_run: Path, tmp_pa
         finally:
             tap.kill()  # when it failed; else it has exited
             tap.wait()
-    assert tap.returncode == 0, stdout
+    return tap.returncode, stdout
+
+
+def test_a_stopped_tap_records_what_was_already_sent_to_it(sim_run: Path, tmp_path: Path) -> None:
+    """A PUSH peer sent these messages to the tap, not to another: SIGTERM records what its
+    socket holds (as the daemon's drain answers its queue) rather than dropping it on close.
+    Here the tap is paused while they are sent, then stopped."""
+    out = tmp_path / "tap.stk"
+    records = [frames for _, frames in islice(iter_records(sim_run), 10)]
+    code, stdout = _stopped_while_paused(out, records, "--duration", "120")
+    assert code == 0, stdout
     assert "recorded 5 hits and 5 truth messages" in stdout
     assert [frames for _, frames in iter_records(out)] == records
 
@@ -198,29 +205,10 @@ def test_a_stopped_tap_that_reaches_events_keeps_the_last_truth_and_counts_the_r
     """Stopped with the N-th event among what its socket holds, the tap keeps that event's
     truth (it comes next) and counts what follows past --events, as a tap not stopped does,
     rather than dropping both unsaid."""
-    import signal
-
     out = tmp_path / "tap.stk"
     records = [frames for _, frames in islice(iter_records(sim_run), 6)]  # 3 hits, 3 truth
-    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
-        tap = subprocess.Popen(
-            [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
-             str(out), "--events", "2"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert producer.send_frames(records[0], timeout_ms=60_000)
-            wait_for(out.exists, timeout=60)  # the first record written: the tap is taking
-            tap.send_signal(signal.SIGSTOP)
-            for frames in records[1:]:
-                assert producer.send_frames(frames, timeout_ms=10_000)
-            tap.send_signal(signal.SIGTERM)
-            tap.send_signal(signal.SIGCONT)
-            stdout, _ = tap.communicate(timeout=60)
-        finally:
-            tap.kill()  # when it failed; else it has exited
-            tap.wait()
-    assert tap.returncode == 0, stdout
+    code, stdout = _stopped_while_paused(out, records, "--events", "2")
+    assert code == 0, stdout
     assert "recorded 2 hits and 2 truth messages" in stdout, stdout
     assert "2 more arrived past --events and were not recorded" in stdout, stdout
     assert [frames for _, frames in iter_records(out)] == records[:4]
