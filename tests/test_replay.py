@@ -564,6 +564,29 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
         assert report["shutdown_resent"] == (then == "shutdown")
 
 
+def test_a_refused_output_still_leaves_the_replay_s_own_errors_said(tmp_path: Path) -> None:
+    """A report the disk refuses (past the file size limit, as ENOSPC) is one error; what
+    went wrong in the replay itself (here: no reply at all) is still said."""
+    import resource
+
+    run = _recording(tmp_path, 2)
+    report = tmp_path / "report.json"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    with _daemon_sockets() as (_, _, to, from_):  # a daemon that takes events, answers none
+        done = subprocess.run(
+            [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", to, "--from", from_,
+             "-q", "--json", "--timeout", "1", "--report", str(report)],
+            capture_output=True, text=True, timeout=120, preexec_fn=small_files,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "error: no reply at all: 2 events were sent" in done.stderr
+    assert f"error: cannot write {report}: File too large" in done.stderr
+    assert json.loads(done.stdout)["missing"] == 2 and not report.exists()
+
+
 def test_outputs_a_full_disk_refuses_are_named_and_the_report_still_printed(
     tmp_path: Path,
 ) -> None:

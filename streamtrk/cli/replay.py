@@ -128,17 +128,20 @@ def _replay(args: argparse.Namespace) -> int:
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     # Printed first: a file the disk refuses below does not take the results with it.
     print(strict_json(report, indent=2) if args.json else format_report(report), flush=True)
-    if args.report:
-        write_report(args.report, strict_json(report, indent=2))
-    if args.submission:
-        hit_ids: dict[tuple[int, int], Any] = {}
-        for ev in events:  # an event recorded twice: its first copy, as labels_of takes
-            hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
-        rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
-        write_submission(args.submission, by_event_number(rows))
-    if args.plot:
-        plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
-    return _exit_status(args, report, result.interrupted)
+    try:
+        if args.report:
+            write_report(args.report, strict_json(report, indent=2))
+        if args.submission:
+            hit_ids: dict[tuple[int, int], Any] = {}
+            for ev in events:  # an event recorded twice: its first copy, as labels_of takes
+                hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
+            rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
+            write_submission(args.submission, by_event_number(rows))
+        if args.plot:
+            plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
+    finally:  # what went wrong in the replay is said before a file the disk refused
+        status = _exit_status(args, report, result.interrupted)
+    return status
 
 
 def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: bool) -> int:
