@@ -42,11 +42,11 @@ def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
     the first edge: per end, a scatter-min of a code ordered as (score descending, index),
     the score's rank as an integer above the index (no sort, no host synchronisation on the
     device)."""
+    if e.shape[1] >= 2**31:  # refused before anything is allocated
+        raise ValueError(f"at most 2^31 - 1 edges, got {e.shape[1]}")
     best = xp.ones(e.shape[1], dtype=bool)
     if e.shape[1] == 0:
         return best
-    if e.shape[1] >= 2**31:
-        raise ValueError(f"at most 2^31 - 1 edges, got {e.shape[1]}")
     bits = (s.astype(xp.float32) + xp.float32(0)).view(xp.int32)  # -0.0 as 0.0
     rank = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(xp.int64) + 2**31  # in float order
     code = ((2**32 - 1 - rank) << 31) | xp.arange(e.shape[1], dtype=xp.int64)

@@ -9,6 +9,7 @@ from scipy.sparse.csgraph import connected_components
 
 from streamtrk.recon.tracks import (
     TrackConfig,
+    _mutual_best,
     build_tracks,
     components_label_propagation,
     fit_cuts,
@@ -52,6 +53,15 @@ def test_junction_scores_are_compared_as_float32():
     # Below zero too (a scorer's logits, a negative threshold), and -0.0 is 0.0.
     assert resolve_junctions(edges, np.array([-0.5, -0.2]), -1).T.tolist() == [[0, 2]]
     assert resolve_junctions(edges, np.array([0.0, -0.0]), -1).T.tolist() == [[0, 1]]
+
+
+def test_mutual_best_refuses_2_to_the_31_edges():
+    """The edge index fills the low 31 bits of the code compared per end."""
+    many = 2**31  # read-only broadcast views: no memory for 2^31 edges
+    e = np.broadcast_to(np.zeros((2, 1), np.int64), (2, many))
+    s = np.broadcast_to(np.float32(0.9), (many,))
+    with pytest.raises(ValueError, match="at most 2\\^31 - 1 edges, got 2147483648"):
+        _mutual_best(e, s, 1, np)
 
 
 def test_junction_ties_go_to_the_first_edge_and_the_threshold_is_exclusive():
