@@ -53,6 +53,23 @@ def test_junction_scores_are_compared_as_float32():
     # Below zero too (a scorer's logits, a negative threshold), and -0.0 is 0.0.
     assert resolve_junctions(edges, np.array([-0.5, -0.2]), -1).T.tolist() == [[0, 2]]
     assert resolve_junctions(edges, np.array([0.0, -0.0]), -1).T.tolist() == [[0, 1]]
+    assert resolve_junctions(edges, np.array([-0.0, 0.0]), -1).T.tolist() == [[0, 1]]
+
+
+def test_junction_scores_rank_in_float32_order_over_their_whole_range():
+    """Of two edges at one end (out of a hit, into a hit), the one with the greater float32
+    score is kept, the first on a tie, for any two finite scores: huge, tiny, subnormal,
+    negative, neighbours one float32 step apart."""
+    f32 = np.float32
+    ladder = [f32(-3e38), f32(-1e30), np.nextafter(f32(-0.5), f32(-1)), f32(-0.5), f32(-1e-30)]
+    ladder += [f32(-1e-45), f32(0), f32(1e-45), f32(1e-30), f32(0.5)]
+    ladder += [np.nextafter(f32(0.5), f32(1)), f32(1), f32(1e30), f32(3e38)]
+    for a, b in itertools.product(ladder, repeat=2):
+        scores = np.array([a, b])
+        want = 1 if b > a else 0
+        for edges in (np.array([[0, 0], [1, 2]]), np.array([[1, 2], [0, 0]])):
+            kept = resolve_junctions(edges, scores, -np.inf)
+            assert kept.T.tolist() == [edges[:, want].tolist()], (a, b)
 
 
 def test_mutual_best_refuses_2_to_the_31_edges():
