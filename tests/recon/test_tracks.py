@@ -88,6 +88,17 @@ def test_junction_ties_go_to_the_first_edge_and_the_threshold_is_exclusive():
     assert resolve_junctions(np.array([[0], [1]]), np.array([0.5]), 0.5).shape == (2, 0)
 
 
+def test_a_lone_edge_above_the_threshold_is_kept_and_no_edge_keeps_none():
+    lone = resolve_junctions(np.array([[0], [1]]), np.array([0.9]), 0.5)
+    assert lone.T.tolist() == [[0, 1]]
+    assert resolve_junctions(np.zeros((2, 0), int), np.zeros(0), 0.5).shape == (2, 0)
+
+
+def test_zero_junction_passes_keep_no_edge():
+    edges = np.array([[0, 1], [1, 2]])
+    assert resolve_junctions(edges, np.array([0.9, 0.9]), 0.5, passes=0).shape == (2, 0)
+
+
 def test_a_second_junction_pass_continues_the_chain_that_lost():
     # Same graph: after pass 1 (3->1, 1->4), hit 0 lost its best edge; its next-best 0->2
     # has both ends free, so pass 2 keeps it. 2->4 stays below threshold.
