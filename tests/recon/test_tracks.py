@@ -140,6 +140,11 @@ def test_label_propagation_checks_convergence_every_few_iterations_and_at_the_la
     chain = np.stack([np.arange(99), np.arange(1, 100)])  # needs more than one
     with pytest.raises(RuntimeError, match="did not converge in 1 iterations"):
         components_label_propagation(chain, 100, max_iter=1)
+    # 30 hits in a chain: labels final after 3 iterations, seen in the 4th; 3 are too few
+    chain = chain[:, :29]
+    assert components_label_propagation(chain, 30, max_iter=4).tolist() == [0] * 30
+    with pytest.raises(RuntimeError, match="did not converge in 3 iterations"):
+        components_label_propagation(chain, 30, max_iter=3)
 
 
 def test_build_tracks_orders_hits_and_drops_short_ones():
