@@ -267,6 +267,8 @@ def test_min_hits_and_mean_score_drop_tracks():
     assert len(_tracks(edges, scores, 12)) == 3
     assert _tracks(edges, scores, 12, min_hits=4) == [[3, 4, 5, 6], [7, 8, 9, 10, 11]]
     assert _tracks(edges, scores, 12, min_mean_score=0.8) == [[0, 1, 2], [3, 4, 5, 6]]
+    # Stitched edges count in the mean: 6 x 0.9 and the stitch 0.4 over 7 edges is 0.83.
+    assert _tracks(*SPLIT, 8, stitch_threshold=0.2, min_mean_score=0.8) == [list(range(8))]
     # A mean exactly at the setting is not above it: dropped.
     edges, scores = [(0, 1), (1, 2), (3, 4), (4, 5)], [0.75, 0.75, 0.875, 0.75]
     assert _tracks(edges, scores, 6, min_mean_score=0.75) == [[3, 4, 5]]
