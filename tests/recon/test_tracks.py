@@ -354,6 +354,8 @@ def test_settings_out_of_range_are_refused(setting, value):
         ("min_mean_score", 1.0),
         ("stitch_threshold", 0.0),
         ("stitch_threshold", 1.0),
+        ("max_chi2_ndf", 0.01),  # any value above 0
+        ("max_d0", 0.01),
     ],
 )
 def test_settings_at_the_ends_of_their_range_are_accepted(setting, value):
