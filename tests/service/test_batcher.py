@@ -74,7 +74,8 @@ def test_queue_delay_waits_for_late_events_then_closes() -> None:
     while b.depth():  # the batcher has taken event 0 and waits for more
         assert time.monotonic() < t_end
         time.sleep(0.001)
-    b.put(job(5, 1))  # late, but within the delay
+    time.sleep(max(0.0, first.t_queued + 2.2 - time.perf_counter()))
+    b.put(job(5, 1))  # late, in the delay's last second, but within it
     taker.join()
     waited = time.perf_counter() - first.t_queued
     assert events(out[0]) == [0, 1]
