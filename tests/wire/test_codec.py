@@ -622,6 +622,7 @@ def test_version_1_is_still_decoded(rng: np.random.Generator) -> None:
     assert reply.msg_id is None and reply.beam_line is None and len(reply) == 4
     assert (reply.params["ndf"] == -1).all()
     assert np.isnan(reply.params["sigma_d0"]).all()
+    assert {len(v) for v in reply.params.values()} == {4}  # the filled ones too: one a track
     assert not reply.params["ndf"].flags.writeable  # read-only, as every decoded column
     np.testing.assert_array_equal(reply.params["chi2"], tr.params["chi2"])
     # Keys that version 2 added are not version 1's.
