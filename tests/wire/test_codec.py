@@ -337,6 +337,8 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("frame_count", "missing", lambda h, t, u: h[:-1]),
         ("frame_count", "extra", lambda h, t, u: [*h, b""]),
         ("frame_count", "too_many", lambda h, t, u: [h[0]] * 100),
+        # counted before the header is read: 66 frames of a bad one (64 columns at most)
+        ("frame_count", "too_many_bad_header", lambda h, t, u: [b"\xc1"] * 66),
         # 7 columns, 8 frames, 9 with the extra one: past the limit, not one frame ignored
         ("frame_count", "extra_at_limit", lambda h, t, u: ([*h, b""], Limits(max_columns=7))),
         ("header_too_large", "big", lambda h, t, u: [b"\x00" * (64 * 1024 + 1)]),
