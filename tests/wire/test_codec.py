@@ -371,6 +371,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "str_deadline", lambda h, t, u: patch(h, deadline_ms="5")),
         ("bad_header", "columns_map", lambda h, t, u: patch(h, columns={})),
         ("bad_header", "column_pair", lambda h, t, u: patch(h, columns=[["hit_id", "<i8"]])),
+        (
+            "bad_header",
+            "column_name_type",
+            lambda h, t, u: patch(h, columns=[[i, d, n] for i, (_, d, n) in enumerate(columns(h))]),
+        ),
         ("bad_header", "deadline_on_tracks", lambda h, t, u: patch(t, deadline_ms=1.0)),
         ("bad_header", "status", lambda h, t, u: patch(t, status="fine")),
         ("bad_header", "status_type", lambda h, t, u: patch(t, status=[1])),
