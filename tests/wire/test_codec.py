@@ -399,6 +399,14 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             "negative_length",
             lambda h, t, u: patch(h, columns=[[n, d, -1] for n, d, _ in columns(h)]),
         ),
+        (
+            "bad_column",
+            "length_2_63",
+            lambda h, t, u: (
+                patch(h, columns=[[n, d, 2**63] for n, d, _ in columns(h)]),
+                Limits(max_hits=2**64),
+            ),
+        ),
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
