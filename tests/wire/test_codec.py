@@ -479,6 +479,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("id_range", "module", lambda h, t, u: with_column(h, "module_id", np.full(10, -3, "<i4"))),
         (
             "id_range",
+            "one_module",
+            lambda h, t, u: with_column(h, "module_id", np.arange(-1, 9, dtype="<i4")),
+        ),
+        (
+            "id_range",
             "hit_particle",
             lambda h, t, u: with_column(u, "hit.particle_id", np.full(10, -1)),
         ),
