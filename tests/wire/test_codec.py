@@ -495,6 +495,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ),
         ("duplicate_hit_id", "dup", lambda h, t, u: with_column(h, "hit_id", np.ones(10, "<i8"))),
         (
+            "duplicate_hit_id",
+            "rising_then_repeated",
+            lambda h, t, u: with_column(h, "hit_id", np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 9])),
+        ),
+        (
             "duplicate_particle_id",
             "dup",
             lambda h, t, u: with_column(
