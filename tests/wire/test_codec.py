@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -142,6 +143,16 @@ def test_hits_defaults(rng: np.random.Generator) -> None:
     assert msg.deadline_ms is None
     assert "deadline_ms" not in msg.header
     assert msg.t_send_ns > 0
+
+
+def test_every_encoder_stamps_now_and_a_reply_names_no_msg_id_by_default(
+    rng: np.random.Generator,
+) -> None:
+    before = time.time_ns()
+    truth = decode(encode_truth(1, 2, truth_of(random_event(rng, 5))))
+    reply = decode(encode_tracks(1, 2, np.arange(3), None))
+    assert truth.t_send_ns >= before and reply.t_send_ns >= before
+    assert reply.msg_id is None and "msg_id" not in reply.header
 
 
 @pytest.mark.parametrize("n", [0, 50])
