@@ -395,6 +395,15 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "empty_reason_error", lambda h, t, u: patch(error, reason="")),
         ("bad_header", "reason_type", lambda h, t, u: patch(error, reason=5)),
         ("bad_header", "error_with_tracks", lambda h, t, u: patch(t, status="error", reason="x")),
+        (
+            "bad_header",
+            "error_with_one_track",
+            lambda h, t, u: patch(
+                encode_tracks(1, 2, np.arange(3), random_tracks(np.random.default_rng(0), 3, 1)),
+                status="error",
+                reason="x",
+            ),
+        ),
         ("bad_header", "timings", lambda h, t, u: patch(t, timings={"a": -1.0})),
         ("bad_header", "timings_bool", lambda h, t, u: patch(t, timings={"a": True})),
         ("bad_header", "timings_bytes_key", lambda h, t, u: patch(t, timings={b"a": 0.5})),
