@@ -521,6 +521,15 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ),
         (
             "duplicate_particle_id",
+            "repeat_of_a_larger_id",
+            lambda h, t, u: with_column(
+                encode_truth(1, 2, truth_of(random_event(np.random.default_rng(5), 30))),
+                "particle.particle_id",
+                np.array([5, 1, 5]),
+            ),
+        ),
+        (
+            "duplicate_particle_id",
             "dup",
             lambda h, t, u: with_column(
                 encode_truth(1, 2, truth_of(random_event(np.random.default_rng(5), 30))),
