@@ -622,6 +622,7 @@ def test_peek_msg_id(hits: list[Any]) -> None:
 
 def test_peek_identity(hits: list[Any]) -> None:
     assert peek_identity(hits) == (7, 42)
+    assert peek_identity(patch(hits, run=0, event=0)) == (0, 0)
     assert peek_identity(patch(hits, version=99, kind="?")) == (7, 42)
     assert peek_identity(patch(hits, columns=None)[:1]) == (7, 42)
     for bad in (
