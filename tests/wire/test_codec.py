@@ -767,6 +767,12 @@ def test_compact_hits_travel_in_narrow_dtypes_and_decode_to_the_same_event(
     frames = encode_hits(Event(1, 0, one), compact=True)
     assert msgpack.unpackb(frames[0])["version"] == 2
     assert decode(frames).to_event().hits.equals(one)
+    # Float columns never narrow, not even zeros (whose bits would fit a byte); nor do empty ones.
+    zero = Hits.from_columns({**ev.hits.columns(), **{k: np.zeros(len(ev.hits)) for k in "xyz"}})
+    at_zero = encode_hits(Event(1, 0, zero), compact=True)
+    assert [c[1] for c in columns(at_zero)[1:4]] == ["<f4"] * 3
+    empty = random_event(rng, 0).hits
+    assert decode(encode_hits(Event(1, 0, empty), compact=True)).to_event().hits.equals(empty)
 
 
 def test_any_kind_s_integer_columns_may_be_narrow_from_version_5(rng: np.random.Generator) -> None:
