@@ -812,6 +812,7 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     ev = random_event(rng, 5)
     msg = decode(encode_hits(ev, msg_id=2**40))
     assert msg.msg_id == 2**40
+    assert decode(encode_hits(ev, msg_id=0)).msg_id == 0  # the range starts at 0
     assert decode(with_msg_id(encode_hits(ev), 7)).msg_id == 7
     # A version 1 recording's hits, resent with an id by replay: decoded, the same hits.
     v1 = patch(encode_hits(ev), version=1)
