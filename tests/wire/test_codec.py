@@ -616,8 +616,10 @@ def test_conversion_to_wrong_kind(hits: list[Any], tracks: list[Any]) -> None:
 
 def test_peek_msg_id(hits: list[Any]) -> None:
     assert peek_msg_id(patch(hits, msg_id=7)) == 7
+    assert peek_msg_id(patch(hits, msg_id=0)) == 0
     for bad in (hits, patch(hits, msg_id=-1), patch(hits, msg_id=2**63), patch(hits, msg_id="7")):
         assert peek_msg_id(bad) is None
+    assert peek_msg_id([b"\xc1"]) is None and peek_msg_id([]) is None  # no header at all
 
 
 def test_peek_identity(hits: list[Any]) -> None:
