@@ -390,6 +390,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "deadline_on_tracks", lambda h, t, u: patch(t, deadline_ms=1.0)),
         ("bad_header", "status", lambda h, t, u: patch(t, status="fine")),
         ("bad_header", "status_type", lambda h, t, u: patch(t, status=[1])),
+        ("bad_header", "status_with_reason", lambda h, t, u: patch(t, status="fine", reason="x")),
         ("bad_header", "reason_when_ok", lambda h, t, u: patch(t, reason="x")),
         ("bad_header", "no_reason_error", lambda h, t, u: patch(t, status="error")),
         ("bad_header", "empty_reason_error", lambda h, t, u: patch(error, reason="")),
