@@ -492,14 +492,13 @@ def _arrays(frames: list[Any], specs: dict[str, Spec]) -> dict[str, np.ndarray]:
                 "buffer_length",
                 f"column {name!r}: frame has {view.nbytes} bytes, {n} x {dt} needs {want}",
             )
-        column = np.frombuffer(view, dtype=dt)
-        column.flags.writeable = False  # read-only views, also of writable buffers
-        out[name] = column
+        out[name] = np.frombuffer(view, dtype=dt)  # made read-only by _widened
     return out
 
 
 def _widened(cols: dict[str, np.ndarray], specs: dict[str, Spec]) -> dict[str, np.ndarray]:
-    """The columns in the schema's dtypes: narrow ones (version 5) as read-only copies."""
+    """The columns in the schema's dtypes, all read-only (views of writable buffers too):
+    narrow ones (version 5) as copies."""
     out = {}
     for name, column in cols.items():
         wide = column.astype(specs[name][2], copy=False)
