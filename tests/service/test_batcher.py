@@ -95,11 +95,11 @@ def test_flush_closes_a_batch_without_waiting_for_the_delay() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
     b.put(job(5, 0))
     b.flush = True  # set by the drain once intake has stopped
-    late = threading.Timer(0.5, lambda: b.put(job(5, 1)))  # (after a flush, only in a test)
+    late = threading.Timer(0.8, lambda: b.put(job(5, 1)))  # (after a flush, only in a test)
     late.start()
     t0 = time.perf_counter()
     try:
-        assert events(b.next_batch(1)) == [0]  # not even open for an event 0.5 s later
+        assert events(b.next_batch(1)) == [0]  # not even open for an event 0.8 s later
     finally:
         late.join()
     assert time.perf_counter() - t0 < 5  # not the 60 s delay
