@@ -199,7 +199,8 @@ class TrackConfig:
       above it (see stitch_edges); None: no stitching.
     - ``min_hits``: shortest track kept.
     - ``min_mean_score``: tracks whose edges' mean score is not above it are dropped (0:
-      none is, as every edge kept scores above the threshold, and so above 0).
+      none is, as every edge a track keeps scores above the threshold or the stitching's,
+      so above 0).
     - ``short_hits``, ``max_chi2_ndf``, ``max_d0``: after the fit, tracks with fewer than
       ``short_hits`` hits are dropped when chi2/ndf > ``max_chi2_ndf`` or |d0| > ``max_d0``
       (mm), each cut when set (see fit_cuts). Chance chains are short and do not point back
