@@ -109,6 +109,27 @@ def _replay_to_stand_in(
     return result
 
 
+@contextmanager
+def _stand_in(handle: Callable[[list[bytes], zmq.Socket], object]) -> Iterator[tuple[str, str]]:
+    """A stand-in daemon whose thread hands each message on its input to ``handle(frames,
+    out)`` until the block ends (not an idle timeout later); yields ``--to`` and ``--from``."""
+    with _daemon_sockets() as (sink, out, to, from_):
+        done = threading.Event()
+
+        def serve() -> None:
+            while not done.is_set():
+                if sink.poll(20):
+                    handle(sink.recv_multipart(), out)
+
+        daemon = threading.Thread(target=serve, daemon=True)
+        daemon.start()
+        try:
+            yield to, from_
+        finally:
+            done.set()
+            daemon.join(10)
+
+
 def _recording(tmp_path: Path, n: int) -> Path:
     run = tmp_path / "run.stk"
     with RecordingWriter(run) as w:
@@ -402,19 +423,11 @@ def test_the_submission_of_an_event_recorded_twice_is_its_first_copy(tmp_path: P
 
 def test_resends_wait_retry_after_from_the_last_send() -> None:
     events = _events(1)
-    with _daemon_sockets() as (sink, _out, to, from_):
-        times: list[float] = []
-
-        def take() -> None:  # a daemon that takes every send and never answers
-            while sink.poll(3000):
-                sink.recv_multipart()
-                times.append(time.perf_counter())
-
-        daemon = threading.Thread(target=take, daemon=True)
-        daemon.start()
+    times: list[float] = []
+    with _stand_in(lambda frames, out: times.append(time.perf_counter())) as (to, from_):
+        # a daemon that takes every send and never answers
         opts = ReplayOptions(to=to, from_=from_, timeout_s=0.5, retries=2, retry_after_s=0.5)
         replay(events, opts)
-        daemon.join(10)
     assert len(times) == 3  # sent, then resent twice
     assert np.diff(times).min() >= 0.3  # each resend 0.5 s after the send before it
 
@@ -527,24 +540,22 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
     events = _events(3)
     shut = events[1].event.event
 
-    def answer(sink: zmq.Socket, out: zmq.Socket) -> None:
-        sends = 0
-        while sink.poll(3000):
-            frames = sink.recv_multipart()
-            msg = decode(frames)
-            sends += msg.event == shut
-            if msg.event == shut and (sends == 1 or then == "shutdown"):
-                reply = encode_tracks(msg.run, msg.event, [], None, status="error",
-                                      reason="shutdown", msg_id=msg.msg_id)  # fmt: skip
-            elif msg.event == shut and then == "no reply":
-                continue
-            else:
-                reply = _tracks_reply(frames)
-            out.send_multipart(reply)
+    sends = 0
 
-    with _daemon_sockets() as (sink, out, to, from_):
-        daemon = threading.Thread(target=answer, args=(sink, out), daemon=True)
-        daemon.start()
+    def answer(frames: list[bytes], out: zmq.Socket) -> None:
+        nonlocal sends
+        msg = decode(frames)
+        sends += msg.event == shut
+        if msg.event == shut and (sends == 1 or then == "shutdown"):
+            reply = encode_tracks(msg.run, msg.event, [], None, status="error",
+                                  reason="shutdown", msg_id=msg.msg_id)  # fmt: skip
+        elif msg.event == shut and then == "no reply":
+            return
+        else:
+            reply = _tracks_reply(frames)
+        out.send_multipart(reply)
+
+    with _stand_in(answer) as (to, from_):
         # retry_after_s far past the test: only a resend at once can come in time (but for
         # the unanswered resend, whose reply the replay awaits that long once it is done)
         opts = ReplayOptions(to=to, from_=from_, timeout_s=2.0, retries=retries,
@@ -552,7 +563,6 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
         t0 = time.perf_counter()
         result = replay(events, opts)
         took = time.perf_counter() - t0
-        daemon.join(10)
     report = result.report(events, None)
     assert (report["sent"], report["received"], report["missing"]) == (3, 3, 0)
     assert report["duplicates"] == 0 and report["resent"] == retries
@@ -599,22 +609,15 @@ def test_outputs_a_full_disk_refuses_are_named_and_the_report_still_printed(
     run = _recording(tmp_path, 3)
     report, submission = tmp_path / "report.json", tmp_path / "sub.csv"
 
-    def answer(sink: zmq.Socket, out: zmq.Socket) -> None:
-        while sink.poll(5000):
-            out.send_multipart(_tracks_reply(sink.recv_multipart()))
-
     def small_files() -> None:  # the report fits, the submission (a row a hit) does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    with _daemon_sockets() as (sink, out, to, from_):
-        daemon = threading.Thread(target=answer, args=(sink, out), daemon=True)
-        daemon.start()
+    with _stand_in(lambda frames, out: out.send_multipart(_tracks_reply(frames))) as (to, from_):
         done = subprocess.run(
             [sys.executable, "-m", "streamtrk", "replay", str(run), "--to", to, "--from", from_,
              "-q", "--json", "--report", str(report), "--submission", str(submission)],
             capture_output=True, text=True, timeout=120, preexec_fn=small_files,
         )  # fmt: skip
-        daemon.join(10)
     assert done.returncode == 1, done.stderr
     assert f"streamtrk replay: error: cannot write {submission}: File too large" in done.stderr
     assert json.loads(done.stdout)["received"] == 3
