@@ -126,7 +126,9 @@ def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> 
         writer.write(frames)
     except OSError as e:
         what = f"cannot write {writer.path}: {e.strerror or e}"
-        if writer.records:
+        if writer.cut_failed:
+            held = f"it ends cut (`streamtrk inspect --repair {writer.path}` cuts it back)"
+        elif writer.records:
             held = f"it holds the {n['hits']} hits and {n['truth']} truth messages recorded before"
         else:
             held = "nothing recorded"
@@ -144,6 +146,7 @@ class _CreatedOnFirstWrite:
         self._writer: RecordingWriter | None = None
         self._end = 0  # bytes of the file header and the whole records
         self.records = 0  # written whole
+        self.cut_failed = False  # a failed write left the file cut: cutting it back failed
 
     def write(self, frames: list[Any]) -> None:
         if self._writer is None:  # a file that cannot be opened is left as it is
@@ -167,11 +170,13 @@ class _CreatedOnFirstWrite:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
             self._writer = None
-        with contextlib.suppress(OSError):  # a file that cannot be cut is said by the caller
+        try:
             if self.records:
                 os.truncate(self.path, self._end)
             else:
                 self.path.unlink(missing_ok=True)
+        except OSError:  # said by the caller, with the remedy
+            self.cut_failed = True
 
     def __enter__(self) -> Self:
         return self

@@ -212,3 +212,30 @@ def test_a_stopped_tap_that_reaches_events_keeps_the_last_truth_and_counts_the_r
     assert "recorded 2 hits and 2 truth messages" in stdout, stdout
     assert "2 more arrived past --events and were not recorded" in stdout, stdout
     assert [frames for _, frames in iter_records(out)] == records[:4]
+
+
+def test_a_recording_that_cannot_be_cut_back_says_so_and_how_to_mend_it(tmp_path: Path) -> None:
+    """Cutting the file back after a failed write can fail too (here os.truncate refused):
+    the error then says the file ends cut and names the remedy, not what it would hold."""
+    out = tmp_path / "tap.stk"
+    script = (
+        "import os, resource, sys\n"
+        "from collections import Counter\n"
+        "from pathlib import Path\n"
+        "import streamtrk.record as r\n"
+        "def refuse(*args): raise PermissionError(1, 'Operation not permitted')\n"
+        "os.truncate = refuse\n"
+        "writer, n = r._CreatedOnFirstWrite(Path(sys.argv[1])), Counter()\n"
+        "r._write(writer, [b'a' * 1000], n)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
+        "r._write(writer, [b'b' * 1000], n)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert (
+        f"OSError: cannot write {out}: File too large; it ends cut "
+        f"(`streamtrk inspect --repair {out}` cuts it back)"
+    ) in done.stderr
+    assert main(["inspect", "--repair", str(out)]) == 0
+    assert [frames for _, frames in iter_records(out)] == [[b"a" * 1000]]
