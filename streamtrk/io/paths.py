@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,26 +45,31 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     :func:`check_writable` checks), a link is written through to its file, kept; a ``path``
     that is no regular file (``/dev/stdout``, ``/dev/null``, a FIFO) is written in place:
     renaming a file over it would replace it (as root, ``/dev/null`` too)."""
-    if path.exists() and not path.is_file() and not path.is_dir():
-        try:
-            with path.open("wb") as f:
-                write(f)
-        except OSError as e:
-            raise OSError(f"cannot write {path}: {e.strerror or e}") from e
-        return
+    in_place = path.exists() and not path.is_file() and not path.is_dir()
     target = Path(os.path.realpath(path))  # a link's file, which takes the partial's place
-    partial = target.with_name(target.name + ".partial")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    whole = contextlib.nullcontext(path) if in_place else replaced_whole(target)
     try:
-        with partial.open("wb") as f:
+        with whole as out, out.open("wb") as f:
             write(f)
-        os.replace(partial, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):  # a folder there: the error below names it
+    except OSError as e:
+        unmade = e.filename2 is None and e.filename == str(_partial(target))  # (a folder there)
+        where = f"{e.filename}: " if unmade else ""
+        raise OSError(f"cannot write {path}: {where}{e.strerror or e}") from e
+
+
+@contextmanager
+def replaced_whole(path: Path) -> Iterator[Path]:
+    """``PATH.partial``, for the block to write: renamed over ``path`` once the block ends,
+    removed when it raises (or Ctrl-C), so that a failed write neither leaves a file cut
+    short nor destroys the one there. Its folder is made."""
+    partial = _partial(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a folder there: the error raised names it
             partial.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            where = f"{partial}: " if (e.filename, e.filename2) == (str(partial), None) else ""
-            raise OSError(f"cannot write {path}: {where}{e.strerror or e}") from e
         raise
 
 
@@ -76,3 +82,7 @@ def save_png(fig: Any, path: Path) -> None:
         write_whole(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")

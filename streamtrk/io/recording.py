@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Literal, Self
 
 from streamtrk.event import Event
+from streamtrk.io.paths import replaced_whole
 from streamtrk.wire import (
     DEFAULT_LIMITS,
     Limits,
@@ -311,16 +312,8 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     without an error: until then records go to ``PATH.partial``, removed on an error (or
     Ctrl-C), so that a failed run neither leaves a cut recording nor destroys the file
     that was there. Its folder is made."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with RecordingWriter(partial) as writer:
-            yield writer
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with replaced_whole(Path(path)) as partial, RecordingWriter(partial) as writer:
+        yield writer
 
 
 def repair(path: StrPath, *, tail_only: bool = False) -> tuple[int, str] | None:
