@@ -94,19 +94,15 @@ def record(
                 )
             if (frames := consumer.recv_frames(timeout_ms=100)) is not None:
                 take(frames)
+        # What reaches the socket now was sent to this tap, not to another peer, and would
+        # be dropped on close: taken for a while, as the daemon's intake takes its queue.
         t_drain = time.monotonic() + PAST_LIMIT_WAIT_MS / 1000
-        # Stopped or out of time: what reaches the socket was sent to this tap, not to another
-        # peer, and would be dropped on close; taken as the daemon's intake takes its queue.
-        while events is None or n["hits"] < events:
-            left_ms = int((t_drain - time.monotonic()) * 1000)
-            if left_ms <= 0 or (frames := consumer.recv_frames(timeout_ms=left_ms)) is None:
+        while (left_ms := int((t_drain - time.monotonic()) * 1000)) > 0:
+            if (frames := consumer.recv_frames(timeout_ms=left_ms)) is None:
                 break
-            take(frames)
-        while events is not None and n["hits"] >= events:  # stopped too: as the drain
-            left_ms = int((t_drain - time.monotonic()) * 1000)
-            frames = consumer.recv_frames(timeout_ms=left_ms) if left_ms > 0 else None
-            if frames is None:
-                break
+            if events is None or n["hits"] < events:  # stopped, or out of time
+                take(frames)
+                continue
             try:
                 late: Message | None = decode(frames)
             except WireError:
