@@ -75,8 +75,8 @@ def _remedy(exc: Exception) -> str:
     """What mends the error ``exc`` names, after a "; " (a recording cut by a crash), or ""."""
     from streamtrk.io.recording import RecordingError
 
-    if isinstance(exc, RecordingError) and exc.path is not None and exc.cut_at is not None:
-        return f"; {repair_hint(exc.path, exc.cut_at)}"
+    if isinstance(exc, RecordingError) and exc.path is not None:
+        return repair_hint(exc.path, exc.cut_at)
     return ""
 
 

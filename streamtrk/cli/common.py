@@ -157,10 +157,13 @@ def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
             raise ValueError(f"{option} {why}, got {endpoint!r}")
 
 
-def repair_hint(path: Path, cut_at: int) -> str:
-    """How to keep the whole records of a recording damaged at offset ``cut_at``."""
+def repair_hint(path: Path, cut_at: int | None) -> str:
+    """How to keep the whole records of a recording whose tail is damaged from offset
+    ``cut_at``, after "; " (to follow its error); "" where no tail is damaged (None)."""
+    if cut_at is None:
+        return ""
     return (
-        f"`streamtrk inspect --repair {path}` cuts it back to the whole records before "
+        f"; `streamtrk inspect --repair {path}` cuts it back to the whole records before "
         f"offset {cut_at}"
     )
 

@@ -194,11 +194,7 @@ def _inspect(args: argparse.Namespace) -> int:
         for k, v in summary.items():
             print(f"{k:<{width}}  {v}")
     if summary["error"]:
-        remedy = (
-            ""
-            if summary["cut_at"] is None
-            else "; " + repair_hint(args.recording, summary["cut_at"])
-        )
+        remedy = repair_hint(args.recording, summary["cut_at"])
         print(f"streamtrk inspect: error: {summary['error']}{remedy}", file=sys.stderr)
         return 1
     return 0
