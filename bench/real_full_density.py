@@ -36,6 +36,7 @@ from streamtrk.event import Event, HitTruth, Truth
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import default_model_path
+from streamtrk.xp import index_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "trackml"
@@ -48,10 +49,8 @@ def with_subset_truth(full: Event, subset: Event) -> Event:
     positions): a hit outside the subset gets a particle id of its own below 0 (no particle
     of the subset, no majority with other outside hits), weight 0 and hit order -1."""
     assert subset.truth is not None
-    ids = np.asarray(full.hits.hit_id)
-    order = np.argsort(ids)
-    at = order[np.searchsorted(ids, subset.hits.hit_id, sorter=order)]
-    if not np.array_equal(ids[at], subset.hits.hit_id):
+    at, found = index_of(np.asarray(full.hits.hit_id), np.asarray(subset.hits.hit_id))
+    if not found.all():
         raise ValueError("the subset holds hits the full event does not")
     for axis in ("x", "y", "z"):
         if not np.allclose(getattr(full.hits, axis)[at], getattr(subset.hits, axis)):
