@@ -13,7 +13,8 @@ event has its reply, the replies still due to resends are awaited (until none co
 ``retry_after_s``) to be counted so. An event answered ``shutdown`` (a daemon stopped with
 it unprocessed: in a farm another daemon can take it) that has resends left is sent again
 at once, and counts by the reply to that (the ``shutdown`` reply in ``shutdown_resent``);
-its ``shutdown`` reply is its answer only when no resend is left, or none answered.
+its ``shutdown`` reply is its answer only when no resend is left, or none answered (then
+within ``timeout_s``: after that silence no late reply is awaited).
 Ctrl-C stops the replay; the report then covers the
 replies received so far. Latency runs from just before an event's first send to its reply.
 ``truth`` messages are not sent: they score the replies (tracking efficiency, fake and
@@ -388,12 +389,14 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
         sender = _Sender(producer, events, opts, result)
         bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
         sender.start()
+        timed_out = False
         try:
             while (sender.is_alive() or result.received < result.sent) and not stop.is_set():
                 if _refused(sockets, result):
                     break
                 last = max(result.t_last_send, result.t_last_reply)
                 if not sender.is_alive() and time.perf_counter() - last > opts.timeout_s:
+                    timed_out = True
                     break
                 frames = consumer.recv_frames(timeout_ms=100)
                 if frames is not None:
@@ -408,10 +411,11 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
         for sent, t, msg in sender.unanswered_shutdowns():  # no resend was answered
             result.shutdown_resent -= 1
             _count(msg, msg.to_reply(), t - sent.t_first, result)
-        try:
-            _late_replies(consumer, sender, result, opts.retry_after_s, stop)
-        except KeyboardInterrupt:
-            stop.set()
+        if not (timed_out or result.refused):  # after a silence or a refusal none will come
+            try:
+                _late_replies(consumer, sender, result, opts.retry_after_s, stop)
+            except KeyboardInterrupt:
+                stop.set()
     result.interrupted = stop.is_set()  # stop sending, report what came
     return result
 
@@ -423,8 +427,6 @@ def _late_replies(
     is answered once, unless it was lost) until all came or none for ``quiet_s``, so that
     ``duplicates`` counts them (a later replay on the collector would count them as
     ``unexpected``)."""
-    if result.received < result.sent or result.refused:
-        return  # stopped for lack of replies, or refused: no more will come
     last = time.perf_counter()
     while (
         result.received + result.duplicates + result.shutdown_resent < result.sent + result.resent

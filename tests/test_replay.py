@@ -556,18 +556,18 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
         out.send_multipart(reply)
 
     with _stand_in(answer) as (to, from_):
-        # retry_after_s far past the test: only a resend at once can come in time (but for
-        # the unanswered resend, whose reply the replay awaits that long once it is done)
+        # retry_after_s far past the test: only a resend at once can come in time, and a
+        # resend unanswered for timeout_s is not awaited retry_after_s longer
         opts = ReplayOptions(to=to, from_=from_, timeout_s=2.0, retries=retries,
-                             retry_after_s=3.0 if then == "no reply" else 60.0)  # fmt: skip
+                             retry_after_s=60.0)  # fmt: skip
         t0 = time.perf_counter()
         result = replay(events, opts)
         took = time.perf_counter() - t0
     report = result.report(events, None)
     assert (report["sent"], report["received"], report["missing"]) == (3, 3, 0)
-    assert report["duplicates"] == 0 and report["resent"] == retries
+    assert report["duplicates"] == 0 and report["resent"] == retries and took < 30
     if retries and then == "ok":
-        assert report["errors"] == {} and report["ok"] == 3 and took < 10
+        assert report["errors"] == {} and report["ok"] == 3
         assert report["shutdown_resent"] == 1
     else:  # the shutdown reply answers: the first one set aside, if any, counted there
         assert report["errors"] == {"shutdown": 1} and report["ok"] == 2
