@@ -337,7 +337,7 @@ def _end_of_records(path: Path) -> int:
         if error is not None:
             raise error
     except RecordingError as e:
-        raise RecordingError(f"cannot append: {e}") from e
+        raise RecordingError(f"cannot append: {e}", path=e.path, cut_at=e.cut_at) from e
     return end
 
 

@@ -133,8 +133,10 @@ def test_append_refuses_truncated_or_foreign_file(small: Any) -> None:
     path, offsets, _ = small
     data = path.read_bytes()
     path.write_bytes(data[:-1])
-    with pytest.raises(RecordingError, match=f"cannot append: .*record at offset {offsets[2]}"):
+    cut = f"cannot append: .*record at offset {offsets[2]}"
+    with pytest.raises(RecordingError, match=cut) as e:
         RecordingWriter(path, "a")
+    assert (e.value.path, e.value.cut_at) == (path, offsets[2])  # where --repair would cut
     assert path.read_bytes() == data[:-1]
     path.write_bytes(b"not a recording")
     with pytest.raises(RecordingError, match="bad magic"):
