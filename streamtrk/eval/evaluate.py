@@ -430,8 +430,9 @@ def evaluate(
 
 
 def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
-    """PNG plots: efficiency against pT and eta, fake rate against eta, the q/pT resolution
-    and pT bias of matched tracks against true pT, and their pulls."""
+    """PNG plots: efficiency against pT and eta, fake rate against eta (68.3% Wilson
+    intervals), the q/pT resolution and pT bias of matched tracks against true pT, and their
+    pulls."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -451,7 +452,8 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
         n = np.bincount(idx[inside], minlength=len(bins) - 1)
         k = np.bincount(idx[inside], weights=ok[inside], minlength=len(bins) - 1)
         frac = np.divide(k, n, out=np.full(len(n), np.nan), where=n > 0)
-        err = np.sqrt(np.divide(frac * (1 - frac), n, out=np.zeros(len(n)), where=n > 0))
+        lo, hi = wilson_interval(k, n)
+        err = np.maximum(np.stack([frac - lo, hi - frac]), 0)  # not -1e-17 at 0 or 1 of n
         return (bins[1:] + bins[:-1]) / 2, frac, err
 
     specs = [
@@ -500,6 +502,20 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     made.append(_plot_resolution(ev, directory / "pt_resolution_vs_pt.png", plt))
     made.append(_plot_pulls(ev, directory / "pulls.png", plt))
     return made
+
+
+def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, ...]:
+    """Wilson score interval of the fractions ``k / n`` (``z`` standard deviations: 68.3% by
+    default), per bin: inside [0, 1], and not empty at 0 or 1 of n, where the binomial
+    sqrt(f (1 - f) / n) is (an efficiency of 100 of 100 is not known to be 1 exactly). NaN
+    where n is 0."""
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.asarray(k, dtype=np.float64) / n
+        shrink = 1 + z * z / n
+        centre = (f + z * z / (2 * n)) / shrink
+        half = z / shrink * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
 
 
 def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:

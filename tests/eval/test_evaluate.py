@@ -18,6 +18,7 @@ from streamtrk.eval.evaluate import (
     _track_rates,
     edge_counts,
     evaluate,
+    wilson_interval,
 )
 from streamtrk.event import PARTICLE_DTYPES, Event, Particles
 from streamtrk.io.trackml import by_event_number
@@ -318,3 +319,15 @@ def test_track_rows_carry_each_track_s_own_parameters(small_events) -> None:
     ev = evaluate(Reconstructor.oracle(), small_events[:1])
     [tracks] = ev.tracks.values()
     assert np.array_equal(ev.track_rows[0][:, 0], tracks.params["pt"].astype(float))
+
+
+def test_efficiency_intervals_are_wilson_s_and_not_empty_at_0_or_1_of_n() -> None:
+    """The plots' 68.3% intervals, by hand: 5 of 10 is 0.5 +- 0.1508; 100 of 100 is not
+    known to be 1 exactly (down to 100/101), nor 0 of 100 to be 0 (up to 1/101), where the
+    binomial sqrt(f (1 - f) / n) gives no error at all; no events, no interval."""
+    lo, hi = wilson_interval(np.array([5, 100, 0, 0, 3]), np.array([10, 100, 100, 0, 7]))
+    half = math.sqrt(0.025 + 0.0025) / 1.1
+    np.testing.assert_allclose(lo[[0, 1, 2]], [0.5 - half, 100 / 101, 0], atol=1e-12)
+    np.testing.assert_allclose(hi[[0, 1, 2]], [0.5 + half, 1, 1 / 101], atol=1e-12)
+    assert np.isnan(lo[3]) and np.isnan(hi[3])
+    assert lo[4] < 3 / 7 < hi[4] and hi[4] - 3 / 7 > 3 / 7 - lo[4]  # pulled towards 1/2
