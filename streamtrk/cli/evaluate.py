@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamtrk.cli.common import (
     beam_line_xy,
@@ -139,6 +139,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _say_unscored(ev, report["events_with_truth"])
     text = strict_json(report, indent=2, sort_keys=True)
     print(text, flush=True)  # first: a file the disk refuses below does not take it along
+    print(f"streamtrk evaluate: {headline(report)}", file=sys.stderr)
     if args.report:
         write_report(args.report, text)
     if args.plots:
@@ -180,6 +181,36 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}, or pass --oracle") from None
     return rec, str(model)
+
+
+def headline(report: dict[str, Any]) -> str:
+    """The report's main figures in a line, the efficiency with its 68.3% interval; those
+    without truth to score them left out."""
+    import numpy as np
+
+    from streamtrk.eval.evaluate import wilson_interval
+
+    def known(key: str) -> bool:  # NaN (null in the JSON): nothing to score it on
+        return report[key] is not None and math.isfinite(report[key])
+
+    parts = [f"{report['events']} events, {report['seconds_per_event']:.3g} s an event"]
+    if known("tracking_efficiency"):
+        found, of = report["n_reconstructed"], report["n_reconstructable"]
+        lo, hi = (100 * float(x[0]) for x in wilson_interval(np.array([found]), np.array([of])))
+        parts.append(
+            f"tracking efficiency {100 * report['tracking_efficiency']:.2f}% ({found} of {of}; "
+            f"68.3% interval {lo:.2f}-{hi:.2f}%)"
+        )
+    if known("fake_rate"):
+        n_fake, n_tracks = report["n_fake"], report["n_tracks"]
+        parts.append(f"fake rate {100 * report['fake_rate']:.2f}% ({n_fake} of {n_tracks} tracks)")
+    if known("duplicate_rate"):
+        parts.append(
+            f"duplicate rate {100 * report['duplicate_rate']:.2f}% ({report['n_duplicate']})"
+        )
+    if known("trackml_score"):
+        parts.append(f"TrackML score {report['trackml_score']:.4f}")
+    return "; ".join(parts)
 
 
 def _say_unscored(ev: Evaluation, with_truth: int) -> None:

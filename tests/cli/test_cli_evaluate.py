@@ -72,6 +72,9 @@ def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     out, err = capsys.readouterr()
     whole = json.loads(out)
     assert whole["tracking_efficiency"] > 0.9 and "no particle vertices" not in err
+    found, of = whole["n_reconstructed"], whole["n_reconstructable"]  # the last line says them
+    said = f"tracking efficiency {100 * found / of:.2f}% ({found} of {of}; 68.3% interval "
+    assert said in err and f"TrackML score {whole['trackml_score']:.4f}" in err
     (tmp_path / "csv" / f"{prefix}-particles.csv").unlink()
     assert main(args) == 0
     out, err = capsys.readouterr()
@@ -79,6 +82,7 @@ def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     assert report["tracking_efficiency"] is None
     assert report["trackml_score"] == whole["trackml_score"]  # the truth file's weights
     assert "1 events have truth but no particle vertices or momenta" in err
+    assert "tracking efficiency" not in err and "TrackML score" in err  # what it can score
 
 
 def test_evaluate_keeps_the_report_when_a_file_by_event_number_cannot_be_written(tmp_path):
