@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,13 +60,16 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 @contextmanager
 def replaced_whole(path: Path) -> Iterator[Path]:
-    """``PATH.partial``, for the block to write: renamed over ``path`` once the block ends,
-    removed when it raises (or Ctrl-C), so that a failed write neither leaves a file cut
-    short nor destroys the one there. Its folder is made."""
+    """``PATH.partial``, for the block to write: renamed over ``path`` once the block ends
+    (with the permissions of a file it replaces, as an editor keeps them), removed when it
+    raises (or Ctrl-C), so that a failed write neither leaves a file cut short nor destroys
+    the one there. Its folder is made."""
     partial = _partial(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield partial
+        if path.is_file():
+            os.chmod(partial, stat.S_IMODE(path.stat().st_mode))
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(OSError):  # a folder there: the error raised names it

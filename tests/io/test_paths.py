@@ -97,6 +97,22 @@ def test_a_file_is_written_whole_into_a_folder_made_for_it(tmp_path: Path) -> No
     assert path.read_bytes() == b"{}\n" and os.listdir(path.parent) == ["report.json"]
 
 
+def test_a_file_replaced_keeps_its_permissions_and_a_new_one_takes_the_umask_s(
+    tmp_path: Path,
+) -> None:
+    kept, new = tmp_path / "kept.csv", tmp_path / "new.csv"
+    kept.write_bytes(b"old")
+    kept.chmod(0o600)
+    umask = os.umask(0o027)
+    try:
+        for path in (kept, new):
+            write_whole(path, lambda f: f.write(b"new"))
+    finally:
+        os.umask(umask)
+    assert kept.read_bytes() == b"new" and kept.stat().st_mode & 0o777 == 0o600
+    assert new.stat().st_mode & 0o777 == 0o666 & ~0o027
+
+
 def test_a_write_that_fails_leaves_the_file_there_as_it_was_and_names_it(tmp_path: Path) -> None:
     path = tmp_path / "sub.csv"
     path.write_bytes(b"old")
