@@ -196,7 +196,7 @@ def headline(report: dict[str, Any]) -> str:
     parts = [f"{report['events']} events, {report['seconds_per_event']:.3g} s an event"]
     if known("tracking_efficiency"):
         found, of = report["n_reconstructed"], report["n_reconstructable"]
-        lo, hi = (100 * float(x[0]) for x in wilson_interval(np.array([found]), np.array([of])))
+        lo, hi = (100 * float(x) for x in wilson_interval(np.asarray(found), np.asarray(of)))
         parts.append(
             f"tracking efficiency {100 * report['tracking_efficiency']:.2f}% ({found} of {of}; "
             f"68.3% interval {lo:.2f}-{hi:.2f}%)"
