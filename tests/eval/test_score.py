@@ -208,3 +208,37 @@ def test_totals_score_the_events_with_truth_weight():
     assert report["n_reconstructable"] == 2  # both events' counts
     totals.add(weighted, np.ones(5))  # scores 1.0: the mean of 0.6 and 1.0
     assert totals.report()["trackml_score"] == pytest.approx(0.8)
+
+
+def test_score_divides_by_the_total_truth_weight() -> None:
+    # weights that do not sum to 1 (total 4): particle 1's good track scores 2 of 4
+    pid = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+    track = np.array([1, 1, 1, 1, 0, 0, 0, 0])  # particle 2's hits each alone: not good
+    assert trackml_score(pid, np.full(8, 0.5), track) == pytest.approx(0.5)
+
+
+def test_no_track_gives_an_empty_match() -> None:
+    m = match_tracks(np.zeros(4), np.array([1, 1, 2, 0]), np.full(4, 0.25))
+    assert len(m) == 0
+    for values in (m.size, m.particle_id, m.majority_hits, m.particle_hits, m.majority_weight):
+        assert values.shape == (0,)
+
+
+def test_classify_refuses_an_event_without_truth() -> None:
+    event = replace(metrics_event([1] * 5, {1: (2.0, 0.0, 5)}), truth=None)
+    with pytest.raises(ValueError, match="event 1 has no truth"):
+        classify(event, np.ones(5))
+    with pytest.raises(ValueError, match="has no truth"):
+        PhysicsTotals().add(event, np.ones(5))
+
+
+def test_the_default_beam_line_is_the_z_axis() -> None:
+    # vertices 9.99 mm and 10.5 mm out along x: only the first is within 10 mm of (0, 0)
+    ev = metrics_event([1] * 5 + [2] * 5, {1: (2.0, 9.99, 5), 2: (2.0, 10.5, 5)})
+    track = np.r_[np.ones(5), np.full(5, 2)]
+    assert classify(ev, track).reconstructable.tolist() == [True, False]
+    assert physics_metrics(ev, track)["n_reconstructable"] == 1
+    totals = PhysicsTotals()
+    c = totals.add(ev, track)
+    assert c.reconstructable.tolist() == [True, False] and c.found.tolist() == [True, True]
+    assert totals.report()["n_reconstructable"] == 1
