@@ -75,3 +75,31 @@ def test_hit_order():
 def test_all_zero_weights():
     w = hit_weights(np.array([0, 0, 1]), np.zeros(3), np.ones(3))
     assert not w.any()
+
+
+def test_order_table_hand_values() -> None:
+    # the proposal itself (sum 49) at n = 9; at n = 5 its points 0, 2, 4, 6, 8 (sum 28);
+    # at n = 4 the points 0, 2.67, 5.33, 8: 10, 6 - 2/3, 3, 6 (sum 24 + 1/3)
+    assert ORDER_WEIGHTS[9, :9] * 49 == pytest.approx([10, 8, 6, 5, 3, 3, 3, 5, 6])
+    assert ORDER_WEIGHTS[5, :5] * 28 == pytest.approx([10, 6, 3, 3, 6])
+    assert ORDER_WEIGHTS[4, :4] * (24 + 1 / 3) == pytest.approx([10, 6 - 2 / 3, 3, 6])
+
+
+def test_order_table_is_read_only() -> None:
+    with pytest.raises(ValueError, match="read-only"):
+        ORDER_WEIGHTS[4, 0] = 1.0
+
+
+def test_noise_hits_weigh_nothing_whatever_their_pt() -> None:
+    # noise hits given a pT (as a caller may): still 0; particle 1 then holds all the weight
+    pid = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+    w = hit_weights(pid, np.arange(9.0), np.full(9, 2.0))
+    assert not w[pid == 0].any()
+    assert w[pid == 1] == pytest.approx(ORDER_WEIGHTS[4, :4])
+
+
+def test_one_light_particle_is_normalised_to_one() -> None:
+    # pT 1 GeV weighs 0.36 before normalisation: the event's weights still sum to 1
+    w = hit_weights(np.array([3, 3, 3, 3, 3]), np.array([4.0, 0.0, 3.0, 1.0, 2.0]), np.ones(5))
+    assert float(w.sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-6)
+    assert w == pytest.approx(ORDER_WEIGHTS[5, [4, 0, 3, 1, 2]])
