@@ -12,15 +12,19 @@ import pytest
 
 from streamtrk.event import Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.io.trackml import (
+    _located,
+    by_event_number,
     event_files,
     iter_events,
+    kinematics_unknown,
     new_events,
     read_event,
     read_submission,
     write_event,
     write_submission,
+    write_track_parameters,
 )
-from streamtrk.io.weights import hit_order, hit_weights
+from streamtrk.io.weights import ORDER_WEIGHTS, hit_order, hit_weights
 
 
 def synthetic_event(seed: int = 0, n_particles: int = 40, n_noise: int = 25) -> Event:
@@ -573,3 +577,155 @@ def test_track_parameters_csv(tmp_path) -> None:
     assert table[:, :3].tolist() == [[7, 1, 3], [7, 2, 5]]
     for i, (k, dt) in enumerate(TRACK_PARAM_DTYPES.items(), start=3):
         np.testing.assert_array_equal(table[:, i].astype(dt), params[k])  # exact round trip
+
+
+# ------------------------------------------------------------------ mutation audit (edges)
+
+
+def _significant(text: str) -> str:
+    """The significant digits of a number's text (no sign, point, exponent or zeros around)."""
+    return text.split("e")[0].replace("-", "").replace(".", "").strip("0")
+
+
+def test_floats_are_written_with_the_fewest_digits(tmp_path) -> None:
+    # by hand; 1e-40 (subnormal) and 1.5e15 lie outside the exact decimal range: 9 digits
+    special = [0.1, -0.1, 123456.7, 123456.78, 1e-5, 0.0, 3.0, 2.5e-10, 1e15, 1e-40, 1.5e15]
+    rng = np.random.default_rng(5)
+    random = rng.uniform(-7, 7, 5000) * 10.0 ** rng.integers(-9, 6, 5000)
+    random = random[np.abs(random) >= 1e-10]  # the rest: 9 digits
+    values = np.r_[special, random].astype(np.float32)
+    n = len(values)
+    ints = np.zeros(n, np.int32)
+    write_event(Event(0, 1, Hits(np.arange(n, dtype=np.int64), values, values, values,
+                                 ints, ints, ints)), tmp_path)  # fmt: skip
+    rows = (tmp_path / "event000000001-hits.csv").read_text().splitlines()[1:]
+    texts = [row.split(",")[1] for row in rows]
+    assert texts[: len(special)] == [
+        "0.1", "-0.1", "123456.7", "123456.78", "1e-05", "0", "3", "2.5e-10", "999999986991104",
+        "9.9999461e-41", "1.50000001e+15",
+    ]  # fmt: skip
+    for text, value in zip(texts[len(special) :], values[len(special) :], strict=True):
+        assert _significant(text) == _significant(np.format_float_scientific(value)), value
+
+
+def test_an_event_without_hits_round_trips(tmp_path) -> None:
+    empty = Event(0, 3, synthetic_event().hits.take(np.arange(0)))
+    back = read_event(write_event(empty, tmp_path))
+    assert len(back.hits) == 0 and back.hits.equals(empty.hits)
+
+
+def test_the_largest_values_of_a_column_type_are_read(tmp_path) -> None:
+    prefix = write_event(Event(0, 42, synthetic_event().hits.take(np.arange(3))), tmp_path)
+    _rewrite_csv(tmp_path / "event000000042-hits.csv", _set_value("volume_id", 1, "2147483647"))
+    assert read_event(prefix).hits.volume_id.tolist()[1] == 2**31 - 1
+
+
+def test_a_prefix_without_an_event_number_is_refused(tmp_path) -> None:
+    (tmp_path / "run-hits.csv").write_text("hit_id,x,y,z,volume_id,layer_id,module_id\n")
+    with pytest.raises(ValueError, match="cannot parse an event number from 'run'"):
+        read_event(tmp_path / "run")
+
+
+def test_iter_events_takes_a_str_and_reads_run_0(tmp_path) -> None:
+    write_event(synthetic_event(), tmp_path)
+    assert [(e.run, e.event) for e in iter_events(str(tmp_path))] == [(0, 42)]
+    assert [(e.run, e.event) for e in iter_events(tmp_path, run=4)] == [(4, 42)]
+
+
+def test_events_are_written_into_a_new_folder_given_as_str(tmp_path) -> None:
+    event = synthetic_event()
+    prefix = write_event(event, str(tmp_path / "a" / "b"))
+    assert read_event(prefix).hits.equals(event.hits)
+    with new_events(str(tmp_path / "c" / "d")) as write:
+        assert write(event) is False  # no files of event 42 there before
+    with new_events(tmp_path / "c" / "d") as write:
+        assert write(event) is True  # now there are: they are replaced
+    assert read_event(tmp_path / "c" / "d" / "event000000042").hits.equals(event.hits)
+
+
+def test_one_particle_s_vertex_orders_its_hits(tmp_path) -> None:
+    # particle 7 alone in -particles.csv, vz = 10: |tz - vz| = 40, 20, 5, 20 (tie: file order)
+    (tmp_path / "event000000005-hits.csv").write_text(
+        "hit_id,x,y,z,volume_id,layer_id,module_id\n"
+        + "".join(f"{i},0,0,0,8,2,1\n" for i in (10, 11, 12, 13))
+    )
+    (tmp_path / "event000000005-truth.csv").write_text(
+        "hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz\n"
+        "10,7,0,0,50,0,0,1\n11,7,0,0,-10,0,0,1\n12,7,0,0,15,0,0,1\n13,7,0,0,30,0,0,1\n"
+    )
+    (tmp_path / "event000000005-particles.csv").write_text(
+        "particle_id,vx,vy,vz,px,py,pz,q,nhits\n7,0,0,10,3,0,0,1,4\n"
+    )
+    truth = read_event(tmp_path / "event000000005").truth
+    assert truth is not None
+    assert truth.hits.hit_order.tolist() == [3, 1, 0, 2]
+    assert truth.hits.weight == pytest.approx(ORDER_WEIGHTS[4, [3, 1, 0, 2]])
+
+
+def test_weights_without_particles_take_each_particle_s_first_hit_pt(tmp_path) -> None:
+    # no -particles.csv, no weight column: particles 1 (pT 3 at its first hit, |tz| = 1)
+    # and 2 (pT 0.5) of 4 hits each; the later hits' momenta do not count
+    (tmp_path / "event000000006-hits.csv").write_text(
+        "hit_id,x,y,z,volume_id,layer_id,module_id\n"
+        + "".join(f"{i},0,0,0,8,2,1\n" for i in range(1, 10))
+    )
+    (tmp_path / "event000000006-truth.csv").write_text(
+        "hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz\n"
+        "1,1,0,0,1,3,0,1\n2,1,0,0,2,9,0,1\n3,1,0,0,3,9,0,1\n4,1,0,0,4,9,0,1\n"
+        "5,2,0,0,-1,0,0.5,1\n6,2,0,0,-2,0,9,1\n7,2,0,0,-3,0,9,1\n8,2,0,0,-4,0,9,1\n"
+        "9,0,0,0,0,5,5,5\n"
+    )
+    truth = read_event(tmp_path / "event000000006").truth
+    assert truth is not None
+    expected = np.r_[ORDER_WEIGHTS[4, :4] * 1.0, ORDER_WEIGHTS[4, :4] * 0.2, 0.0] / 1.2
+    assert truth.hits.weight == pytest.approx(expected, rel=1e-6)
+
+
+def test_kinematics_unknown_is_any_of_them_unknown() -> None:
+    # particle 1 known, 2 only its vz, 3 nothing
+    nan, ints = np.float32(np.nan), np.zeros(3, np.int32)
+    columns = [np.array([1.0, nan, nan], np.float32) for _ in range(6)]
+    columns[2][1] = 5.0  # vz known: particle 2 still lacks the rest
+    kinematics = dict(zip(("vx", "vy", "vz", "px", "py", "pz"), columns, strict=True))
+    particles = Particles.from_columns(
+        {"particle_id": np.arange(1, 4), **kinematics, "q": ints, "nhits": ints}
+    )
+    assert kinematics_unknown(particles).tolist() == [False, True, True]
+
+
+def test_a_submission_of_unequal_arrays_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="event 1: hit_id and track_id must be equal-length 1-D"):
+        write_submission(tmp_path / "s.csv", {1: (np.arange(3), np.ones(2))})
+    with pytest.raises(ValueError, match="equal-length 1-D"):
+        write_submission(tmp_path / "s.csv", {1: (np.ones((2, 2)), np.ones((2, 2)))})
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_by_event_number() -> None:
+    assert by_event_number({(1, 5): "a", (1, 3): "b"}) == {5: "a", 3: "b"}
+    with pytest.raises(ValueError, match=r"event number 5 occurs in more than one run \(run 2"):
+        by_event_number({(1, 5): "a", (2, 5): "b"})
+
+
+def test_a_parse_error_without_a_place_is_said_as_numpy_says_it() -> None:
+    header = ["hit_id", "x"]
+    assert _located("could not convert string 'a' at row 2, column 2.", header) == (
+        "column 'x', data row 3: could not convert string 'a'"
+    )
+    assert _located("could not convert at row 0, column 1", header).startswith("column 'hit_id'")
+    for message in ("no place in it", "bad at row 0, column 3.", "bad at row 0, column 0."):
+        assert _located(message, header) == message
+
+
+def test_gzip_files_carry_no_time(tmp_path) -> None:
+    write_event(synthetic_event(), tmp_path, compress=True)
+    for path in tmp_path.iterdir():
+        assert path.read_bytes()[4:8] == bytes(4), path.name  # the gzip header's mtime: 0
+
+
+def test_empty_submission_and_track_parameters_are_a_header(tmp_path) -> None:
+    write_submission(tmp_path / "s.csv", {})
+    assert (tmp_path / "s.csv").read_text() == "event_id,hit_id,track_id\n"
+    assert read_submission(tmp_path / "s.csv") == {}
+    write_track_parameters(tmp_path / "t.csv", {})
+    assert (tmp_path / "t.csv").read_text().splitlines()[1:] == []
