@@ -717,10 +717,14 @@ def test_a_parse_error_without_a_place_is_said_as_numpy_says_it() -> None:
         assert _located(message, header) == message
 
 
-def test_gzip_files_carry_no_time(tmp_path) -> None:
-    write_event(synthetic_event(), tmp_path, compress=True)
-    for path in tmp_path.iterdir():
-        assert path.read_bytes()[4:8] == bytes(4), path.name  # the gzip header's mtime: 0
+def test_gzip_files_are_compressed_and_carry_no_time(tmp_path) -> None:
+    write_event(synthetic_event(), tmp_path / "gz", compress=True)
+    write_event(synthetic_event(), tmp_path / "plain")
+    for path in (tmp_path / "gz").iterdir():
+        data = path.read_bytes()
+        assert data[4:8] == bytes(4), path.name  # the gzip header's mtime: 0
+        plain = tmp_path / "plain" / path.name.removesuffix(".gz")
+        assert len(data) < 0.8 * plain.stat().st_size, path.name  # not stored uncompressed
 
 
 def test_empty_submission_and_track_parameters_are_a_header(tmp_path) -> None:
