@@ -27,6 +27,7 @@ from streamtrk.recon.prune import (
     layer_code,
     mirror_layers,
     prune_edges,
+    three_hit_curvature,
     triplet_candidates,
     triplet_geometry,
     triplet_inputs,
@@ -351,3 +352,207 @@ def test_an_edited_windows_file_is_read_again(tmp_path, det):
     after = read_windows(str(path))["triplets"][0]
     assert after != before and after[3] == 9.5
     assert window_tables(det, cfg, np) is not tables
+
+
+def _windows_file(tmp_path, triplets: list[list[float]], pairs: list[list[float]]) -> str:
+    """A windows file of the given rows (its path, for ``PruneConfig.windows``)."""
+    path = tmp_path / "windows.toml"
+    rows = {"triplets": triplets, "pairs": pairs}
+    path.write_text("".join(f"[{k}]\nrows = {v!r}\n" for k, v in rows.items()))
+    return str(path)
+
+
+def _three_barrel_hits(det, dz_outer: float) -> Graph:
+    """Hits on pixel barrel layers 802, 804, 806 at phi 0 (a straight line in x-y: no
+    curvature) with edges 0 -> 1 -> 2: the inner edge at z = 0 (theta pi/2), the outer one
+    rising by ``dz_outer``."""
+    at = {int(c): k for k, c in enumerate(layer_code(det))}
+    layers = [at[802], at[804], at[806]]
+    r = det.r[layers]
+    z = np.array([0.0, 0.0, dz_outer])
+    return Graph(
+        node_features=np.stack([r / 1000, np.zeros(3), z / 1000], axis=1).astype(np.float32),
+        edge_index=np.array([[0, 1], [1, 2]], np.int64),
+        edge_features=np.zeros((2, 6), np.float32),
+        node_offsets=np.array([0, 3]),
+        layer=np.array(layers, np.int64),
+    )
+
+
+def test_theta_windows_are_capped_below_the_gap_between_hits_keys(det) -> None:
+    """However wide the scaled |dtheta| window, it stops at 0.85 rad (the join of inner and
+    outer edges by hit * 4 + theta keys must not reach a neighbouring hit): a bend of 0.8
+    rad is kept, one of 1.0 rad is not."""
+    cfg = PruneConfig(scale=1000.0, kappa_cut=False, pair_cuts=False, min_hits=3)
+    dr = det.r[2] - det.r[1]
+    for bend, kept in ((0.8, True), (1.0, False)):
+        g = _three_barrel_hits(det, dz_outer=dr * math.tan(bend))
+        geo = edge_geometry(g, det)
+        assert float(geo["theta"][0] - geo["theta"][1]) == pytest.approx(bend, abs=1e-5)
+        assert prune_edges(g, cfg, det).tolist() == [kept, kept]
+
+
+def test_a_graph_of_one_edge_gets_a_mask_of_one_edge(det) -> None:
+    g = _three_barrel_hits(det, dz_outer=0.0)
+    one = select_edges(g, np.array([True, False]))
+    assert prune_edges(one, PruneConfig(), det).tolist() == [False]  # no triplet: dropped
+    assert prune_edges(g, PruneConfig(min_hits=3, pair_cuts=False), det).tolist() == [True] * 2
+
+
+def test_prune_edges_defaults_to_the_shipped_detector_and_config(small_events, det) -> None:
+    g = batch_graph(small_events[:1], det)
+    assert np.array_equal(prune_edges(g), prune_edges(g, PruneConfig(), det))
+
+
+def test_the_defaults_are_the_documented_choice() -> None:
+    """Quadruplets, |dtheta| and |dkappa| windows x 1.5, |kappa| x 1.1, pair windows on (the
+    choice ``PruneConfig``'s docstring and bench/RESULTS.md report)."""
+    assert PruneConfig() == PruneConfig(
+        windows="prune_windows.toml",
+        scale=1.5,
+        kappa_cut=True,
+        kappa_scale=1.1,
+        pair_cuts=True,
+        triplet_cuts=True,
+        min_hits=4,
+    )
+
+
+def _one_layer_tables(w_th: float, w_dk: float, w_k: float) -> dict[str, np.ndarray]:
+    """Window tables of a one-layer detector (every pair and triplet index 0)."""
+    return {
+        "w_th": np.array([w_th]),
+        "w_dk": np.array([w_dk]),
+        "w_k": np.array([w_k]),
+        "join": np.array([w_th]),
+        "opens": np.array([True]),
+        "closes": np.array([True]),
+    }
+
+
+def _two_edges(theta: tuple[float, float], k2: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Edge geometry of hits 0 -> 1 -> 2 (edges 0 and 1) turning left by 90 degrees in x-y."""
+    f32 = np.float32
+    return {
+        "i": np.array([0, 1]),
+        "j": np.array([1, 2]),
+        "pair": np.zeros(2, np.int64),
+        "lay_j": np.zeros(2, np.int64),
+        "theta": np.array(theta, f32),
+        "k2": np.array(k2, f32),
+        "dx": np.array([10.0, 0.0], f32),
+        "dy": np.array([0.0, 10.0], f32),
+        "c": np.array([10.0, 10.0], f32),
+    }
+
+
+def test_the_join_margin_keeps_a_triplet_whose_theta_keys_round_past_its_window() -> None:
+    """|dtheta| is cut in float32, the join searches float64 keys: 0.7 - 0.1 rounds down
+    in float32, so the keys differ by more than a window of exactly that |dtheta|; the join's
+    1e-6 margin still finds the pair, and the cut keeps it."""
+    a, b = np.float32(0.1), np.float32(0.7)
+    window = float(b - a)  # float32 subtraction
+    assert float(b) - float(a) > window
+    g = _two_edges((float(a), float(b)), (0.0, 0.0))
+    t = _one_layer_tables(window, 1.0, np.inf)
+    found_a, found_b = compatible_triplets(g, np.ones(2, bool), t, 1)
+    assert found_a.tolist() == [0] and found_b.tolist() == [1]
+
+
+def test_a_triplet_exactly_at_its_dkappa_and_kappa_windows_is_compatible() -> None:
+    g = _two_edges((1.0, 1.0), (0.001, 0.003))
+    dk = float(np.abs(g["k2"][1] - g["k2"][0]))
+    kappa = float(
+        np.abs(
+            three_hit_curvature(
+                g["dx"][:1], g["dy"][:1], g["c"][:1], g["dx"][1:], g["dy"][1:], g["c"][1:]
+            )[0]
+        )
+    )
+    assert dk > 0 and kappa > 0
+    usable = np.ones(2, bool)
+    at_edge = compatible_triplets(g, usable, _one_layer_tables(0.0, dk, kappa), 1)
+    assert [v.tolist() for v in at_edge] == [[0], [1]]
+    for w_dk, w_k in ((np.nextafter(dk, 0), kappa), (dk, np.nextafter(kappa, 0))):
+        just_out = compatible_triplets(g, usable, _one_layer_tables(0.0, w_dk, w_k), 1)
+        assert [v.tolist() for v in just_out] == [[], []]
+
+
+def test_an_edge_exactly_at_its_pair_z0_window_is_usable(tmp_path, small_events, det) -> None:
+    g = batch_graph(small_events[:1], det)
+    cfg = PruneConfig()
+    geo, usable, _ = triplet_inputs(g, cfg, det)
+    e = int(np.flatnonzero(usable)[0])
+    code = layer_code(det)[mirror_layers(det)]
+    n = len(det)
+    pair = (code[int(geo["pair"][e]) // n], code[int(geo["pair"][e]) % n])
+    pairs = [list(r) for r in cfg.pairs]
+    for r in pairs:
+        if tuple(r[:2]) == pair:
+            r[3] = float(abs(geo["z0"][e]))
+    edge = replace(cfg, windows=_windows_file(tmp_path, [list(r) for r in cfg.triplets], pairs))
+    _, usable, _ = triplet_inputs(g, edge, det)
+    assert usable[e]
+
+
+def test_only_layer_pairs_of_a_windowed_triplet_open_or_close_one(tmp_path, det) -> None:
+    """One triplet window (802, 804, 806), of zero |dtheta| (it still admits dtheta = 0):
+    pair 802-804 opens triplets, 804-806 closes them, no other pair does either."""
+    at = {int(c): k for k, c in enumerate(layer_code(det))}
+    path = _windows_file(tmp_path, [[802, 804, 806, 0.0, 1e-3, 1e-3]], [[802, 804, 1.0, 50.0]])
+    t = prune.window_tables(det, PruneConfig(windows=path), np)
+    n = len(det)
+    assert np.flatnonzero(t["opens"]).tolist() == [at[802] * n + at[804]]
+    assert np.flatnonzero(t["closes"]).tolist() == [at[804] * n + at[806]]
+    assert t["join"][at[802] * n + at[804]] == 0.0
+
+
+def test_windows_of_layers_the_detector_lacks_are_ignored(tmp_path, det) -> None:
+    triplets = [[802, 804, 806, 0.004, 3e-4, 7e-4]]
+    pairs = [[802, 804, 1e-3, 50.0]]
+    known = PruneConfig(windows=_windows_file(tmp_path, triplets, pairs))
+    tables = prune.window_tables(det, known, np)
+    foreign = [[802, 804, 9999, 0.1, 0.1, 0.1], [9999, 804, 806, 0.1, 0.1, 0.1]]
+    (tmp_path / "more").mkdir()
+    more = PruneConfig(
+        windows=_windows_file(
+            tmp_path / "more",
+            triplets + foreign,
+            [*pairs, [802, 9999, 1.0, 1.0], [9999, 804, 1, 1]],
+        )
+    )
+    for name, table in prune.window_tables(det, more, np).items():
+        assert np.array_equal(table, tables[name]), name
+
+
+def test_triplet_budget_counts_per_event_and_nothing_for_edges_without_candidates() -> None:
+    # event 0: hits 0..3, edges 0 -> 1 -> 2 (3 hits), inner edge 0 with three candidates and
+    # inner edge 1 with none; event 1: hits 4..7, edges 4 -> 5 -> 6, three candidates
+    g = {"i": np.array([0, 1, 4, 5]), "j": np.array([1, 2, 5, 6])}
+    a_ids = np.array([0, 1, 2])
+    lo, hi = np.array([0, 5, 7]), np.array([3, 5, 10])
+    budget = Budget(triplets_per_hit=1.0, allowance=0)
+    within_budget(g, a_ids, lo, hi, (np.array([0, 4, 8]), budget))  # 3 <= 3 hits in each
+    with pytest.raises(EventTooDense) as e:
+        within_budget(g, a_ids, lo, hi + np.array([0, 0, 1]), (np.array([0, 4, 8]), budget))
+    assert e.value.events == [1]
+
+
+def test_both_triplet_searches_check_the_budget(host_launcher, small_events, det) -> None:
+    g = batch_graph(small_events[:1], det)
+    geo, usable, t = triplet_inputs(g, PruneConfig(), det)
+    tight = (g.node_offsets, Budget(triplets_per_hit=0.0, allowance=0))
+    with pytest.raises(EventTooDense, match="triplet candidates"):
+        compatible_triplets(geo, usable, t, len(det), tight)
+    with pytest.raises(EventTooDense, match="triplet candidates"):
+        keep_kernels(geo, usable, t, len(det), 4, host_launcher(KERNELS), tight)
+
+
+def test_inner_edges_are_searched_in_middle_hit_and_theta_order(small_events, det) -> None:
+    g = batch_graph(small_events[:1], det)
+    geo, usable, t = triplet_inputs(g, PruneConfig(), det)
+    a_ids, b_ids, _, _ = triplet_candidates(geo, usable, t)
+    for ids, hit in ((a_ids, geo["j"]), (b_ids, geo["i"])):
+        assert len(ids) > 1000
+        key = hit[ids] * 4.0 + geo["theta"][ids]
+        assert (np.diff(key) >= 0).all()
