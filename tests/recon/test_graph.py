@@ -10,7 +10,7 @@ import pytest
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
 from streamtrk.recon import graph as graph_module
-from streamtrk.recon.budget import Budget
+from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.graph import (
     KERNELS,
     Graph,
@@ -18,6 +18,7 @@ from streamtrk.recon.graph import (
     _build,
     batch_columns,
     batch_graph,
+    event_graph,
     event_graphs,
     layer_pairs,
     prepare_search,
@@ -458,3 +459,268 @@ def test_a_hit_exactly_opposite_is_not_found_twice(host_launcher, det):
     assert define is not None
     cap = define.group(1)
     assert float(cap) == graph_module.PHI_CAP < np.pi
+
+
+def test_the_graph_config_defaults_are_the_documented_cuts() -> None:
+    """The defaults the docstring states (pT >= 1 GeV from the luminous region), pinned: the
+    graph tests compare searches of one config, which a changed default passes."""
+    assert GraphConfig() == GraphConfig(
+        pt_min=1.0,
+        phi_slope_margin=1.5,
+        phi_tolerance=0.002,
+        z0_max=30.0,
+        z0_sigmas=5.0,
+        z0_lever_max=25.0,
+        z0_limit=250.0,
+        deta_max=0.5,
+        skip_layers=True,
+        n_bins=32,
+        n_phi_bins=256,
+        threads=2,
+        layer_margin=10.0,
+    )
+
+
+def _queries_hit(det, code: int, x: float, z: float) -> bool:
+    """Whether a hit of layer ``code`` at (x, 0, z) makes queries (is taken to be on its
+    layer), with one hit on the first layer it pairs with to make them."""
+    at = {
+        int(v) * 100 + int(la): k
+        for k, (v, la) in enumerate(zip(det.volume_id, det.layer_id, strict=True))
+    }
+    inner = at[code]
+    outer = int(next(b for a, b, _ in layer_pairs(det).tolist() if a == inner))
+    if det.kind[outer] == BARREL:
+        x_out, z_out = det.r[outer], 0.0
+    else:
+        x_out, z_out = (det.r_min[outer] + det.r_max[outer]) / 2, det.z[outer]
+    hits = Hits.from_columns(
+        {
+            "hit_id": np.array([1, 2]),
+            "x": np.array([x, x_out]),
+            "y": np.zeros(2),
+            "z": np.array([z, z_out]),
+            "volume_id": det.volume_id[[inner, outer]],
+            "layer_id": det.layer_id[[inner, outer]],
+            "module_id": np.ones(2),
+        }
+    )
+    cols, offsets = batch_columns([Event(0, 0, hits)])
+    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
+    return 0 in ctx.qi.tolist()
+
+
+@pytest.mark.parametrize(
+    ("code", "x", "z", "on"),
+    [
+        # barrel layer 804 (r 72, |z| <= 491): up to 10 + 20 mm (margin, beam spot) off it
+        (804, 102.0, 0.0, True),
+        (804, 102.25, 0.0, False),
+        (804, 42.0, 0.0, True),
+        (804, 41.75, 0.0, False),
+        (804, 72.0, 521.0, True),
+        (804, 72.0, 521.25, False),
+        (804, 72.0, -521.0, True),
+        (804, 72.0, -521.25, False),
+        # disk 902 (z 600, 30 <= r <= 176), and no closer to the beam line than 1 mm
+        (902, 100.0, 630.0, True),
+        (902, 100.0, 630.25, False),
+        (902, 100.0, 570.0, True),
+        (902, 100.0, 569.75, False),
+        (902, 206.0, 600.0, True),
+        (902, 206.25, 600.0, False),
+        (902, 1.0, 600.0, True),
+        (902, 0.75, 600.0, False),
+    ],
+)
+def test_a_hit_is_on_its_layer_up_to_the_margin_and_beam_spot_exactly(
+    det, code: int, x: float, z: float, on: bool
+) -> None:
+    assert _queries_hit(det, code, x, z) == on
+
+
+def test_the_candidates_counted_for_the_budget_are_those_searched(small_events, det) -> None:
+    """The kernels' budget counts each query's candidates without expanding its bins: the
+    same numbers as the expanded (query, bin) slots of the array search."""
+    cols, offsets = batch_columns(small_events[:1])
+    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
+    q, lo, hi = ctx.bin_slots(0, len(ctx.qi))
+    expected = np.bincount(q, weights=hi - lo, minlength=len(ctx.qi)).astype(np.int64)
+    assert expected.sum() > 100_000 and (ctx.b_hi < ctx.b_lo).any()  # some query reads no bin
+    assert np.array_equal(ctx.candidates_per_query(), expected)
+
+
+def test_the_kernels_check_the_candidates_against_the_budget(host_launcher, small_events, det):
+    cols, offsets = batch_columns(small_events[:1])
+    tight = Budget(candidates_per_hit=1.0, allowance=0)
+    ctx, _, _ = prepare_search(
+        **cols, node_offsets=offsets, det=det, cfg=GraphConfig(), budget=tight
+    )
+    with pytest.raises(EventTooDense, match="too many doublet candidates"):
+        search_kernels(ctx, host_launcher(KERNELS))
+
+
+def _barrel_pair_event(det, outer: list[tuple[float, float, float]]) -> Event:
+    """Hit 0 on barrel layer 802 at (r 32, phi 0, z 0), then hits on layer 804 at the given
+    (r, phi, z)."""
+    r = np.array([32.0, *(o[0] for o in outer)])
+    phi = np.array([0.0, *(o[1] for o in outer)])
+    n = len(r)
+    return Event(
+        0,
+        0,
+        Hits.from_columns(
+            {
+                "hit_id": np.arange(1, n + 1),
+                "x": r * np.cos(phi),
+                "y": r * np.sin(phi),
+                "z": np.array([0.0, *(o[2] for o in outer)]),
+                "volume_id": np.full(n, 8),
+                "layer_id": np.array([2] + [4] * (n - 1)),
+                "module_id": np.ones(n),
+            }
+        ),
+    )
+
+
+def _edge_set(g: Graph) -> set[tuple[int, int]]:
+    return set(map(tuple, g.edge_index.T.tolist()))
+
+
+def test_segments_at_the_far_ends_of_the_z_window_are_found_by_a_fine_grid(det) -> None:
+    """Hits 10 mm outside layer 804 (the margin) on lines to z0 = +-30.1 mm (the cut there is
+    30.13): the farthest z the window must reach, found with bins of half a millimetre."""
+    assert det.r[0] == 32.0 and det.r[1] == 72.0
+    r = 82.0
+    outer = [(r, 0.0, z0 - z0 * r / 32.0) for z0 in (-30.1, 30.1)]
+    ev = _barrel_pair_event(det, outer)
+    fine = batch_graph([ev], det, GraphConfig(n_bins=2048, n_phi_bins=1))
+    brute = batch_graph([ev], det, GraphConfig(n_bins=1, n_phi_bins=1))
+    assert _edge_set(fine) == _edge_set(brute) == {(0, 1), (0, 2)}
+
+
+def test_segments_at_the_edges_of_the_phi_window_are_found_by_a_fine_grid(det) -> None:
+    """Hits 10 mm outside layer 804 at |dphi| just inside the slope cut there: the widest
+    the window must open, found with phi bins of 0.8 mrad."""
+    cfg = GraphConfig(n_bins=1, n_phi_bins=8192)
+    r = 82.0
+    dphi = cfg.phi_slope_max(det.bfield) * (r - 32.0) + cfg.phi_tolerance - 1e-6
+    ev = _barrel_pair_event(det, [(r, -dphi, 0.0), (r, dphi, 0.0)])
+    fine = batch_graph([ev], det, cfg)
+    brute = batch_graph([ev], det, GraphConfig(n_bins=1, n_phi_bins=1))
+    assert _edge_set(fine) == _edge_set(brute) == {(0, 1), (0, 2)}
+
+
+def test_layer_pairs_are_the_same_seen_from_either_end_of_the_detector(det) -> None:
+    """The detector is mirror symmetric in z, and so are its layer pairs (lines from z0 = -50,
+    0 and +50 mm): 181 pairs with the skip-one ones, 106 without."""
+    mirror = np.arange(len(det))
+    for a in np.flatnonzero(det.kind != BARREL):
+        same = (det.kind != BARREL) & (det.z == -det.z[a]) & (det.r_min == det.r_min[a])
+        mirror[a] = np.flatnonzero(same)[0]
+    for skip, count in ((True, 181), (False, 106)):
+        pairs = {(a, b, gap) for a, b, gap in layer_pairs(det, skip=skip).tolist()}
+        assert len(pairs) == count
+        assert {(int(mirror[a]), int(mirror[b]), gap) for a, b, gap in pairs} == pairs
+
+
+def _two_hits(x: float, y: float, z: float) -> Event:
+    """A hit of barrel layer 802 at (32, 0, 0) and one of layer 804 at (x, y, z)."""
+    return Event(
+        0,
+        0,
+        Hits.from_columns(
+            {
+                "hit_id": np.array([1, 2]),
+                "x": np.array([32.0, x]),
+                "y": np.array([0.0, y]),
+                "z": np.array([0.0, z]),
+                "volume_id": np.array([8, 8]),
+                "layer_id": np.array([2, 4]),
+                "module_id": np.ones(2),
+            }
+        ),
+    )
+
+
+def test_an_edge_exactly_at_each_final_cut_is_kept_and_just_past_it_is_not(det) -> None:
+    """|z0|, |deta| and |dphi| exactly at their cut keep the edge; a cut one ulp tighter drops
+    it (the values computed as the search computes them, in float64)."""
+    straight = [_two_hits(72.0, 0.0, 10.0)]  # z0 = -32 * 10 / 40 = -8 exactly
+    deta = float(np.arcsinh(10.0 / 40.0) - np.arcsinh(10.0 / 72.0))
+    for cut, value in (("z0_limit", 8.0), ("deta_max", deta)):
+        at = batch_graph(straight, det, replace(GraphConfig(), **{cut: value}))
+        assert _edge_set(at) == {(0, 1)}, cut
+        past = batch_graph(straight, det, replace(GraphConfig(), **{cut: np.nextafter(value, 0)}))
+        assert past.num_edges == 0, cut
+    turned = [_two_hits(72.0 * math.cos(0.03), 72.0 * math.sin(0.03), 10.0)]
+    cols, _ = batch_columns(turned)
+    x, y = cols["x"].astype(np.float64), cols["y"].astype(np.float64)
+    r, phi = np.hypot(x, y), np.arctan2(y, x) + np.pi
+    dphi, sdr = phi[1] - phi[0], GraphConfig().phi_slope_max(det.bfield) * (r[1] - r[0])
+    tol = past = dphi - sdr
+    while sdr + past >= dphi:  # the next tolerance down whose window misses the hit
+        past = np.nextafter(past, 0)
+    assert sdr + tol == dphi and past < tol
+    at = batch_graph(turned, det, GraphConfig(phi_tolerance=tol))
+    assert _edge_set(at) == {(0, 1)}
+    assert batch_graph(turned, det, GraphConfig(phi_tolerance=past)).num_edges == 0
+
+
+def _hits(layers: list[int], r: list[float], z: list[float], phi: float = 0.0) -> Hits:
+    """Hits of the given layer codes at (r, phi, z)."""
+    rr = np.array(r)
+    return Hits.from_columns(
+        {
+            "hit_id": np.arange(1, len(r) + 1),
+            "x": rr * math.cos(phi),
+            "y": rr * math.sin(phi),
+            "z": np.array(z),
+            "volume_id": np.array([c // 100 for c in layers]),
+            "layer_id": np.array([c % 100 for c in layers]),
+            "module_id": np.ones(len(r)),
+        }
+    )
+
+
+def test_event_graph_is_the_graph_of_a_batch_of_one(small_events, det) -> None:
+    one = event_graph(small_events[0], det)
+    assert one.num_edges > 10_000
+    assert np.array_equal(one.edge_index, batch_graph(small_events[:1], det).edge_index)
+
+
+def test_node_features_are_r_phi_and_z_scaled(det) -> None:
+    g = batch_graph([Event(0, 0, _hits([802, 804], [32.0, 72.0], [0.0, 10.0], math.pi / 2))], det)
+    expected = np.array([[0.032, 0.5, 0.0], [0.072, 0.5, 0.01]], np.float32)
+    assert g.node_features.dtype == np.float32
+    assert np.allclose(g.node_features, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_segment_a_millimetre_long_in_r_is_an_edge(det) -> None:
+    """Disks 902 and 904 (z 600, 700) on a line from the origin at r 6 and 7: dr is 1 mm."""
+    g = batch_graph([Event(0, 0, _hits([902, 904], [6.0, 7.0], [600.0, 700.0]))], det)
+    assert _edge_set(g) == {(0, 1)}
+
+
+def test_every_event_of_a_batch_built_whole_keeps_its_first_hit(det) -> None:
+    """Two events of one track each, built whole (the GPU's way): each event's first hit (the
+    track's innermost) belongs to its own event's grid, not the previous one's."""
+    track = _hits([802, 804, 806, 808], [32.0, 72.0, 116.0, 172.0], [3.2, 7.2, 11.6, 17.2])
+    cols, offsets = batch_columns([Event(0, 0, track), Event(0, 1, track)])
+    whole = _build(list(cols.values()), offsets, det, GraphConfig())
+    one = {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)}
+    assert _edge_set(whole) == one | {(a + 4, b + 4) for a, b in one}
+
+
+def test_a_barrel_to_disk_segment_has_no_z_error_from_the_disk_hit(det) -> None:
+    """From barrel layer 806 (r 116) to disk 902 (z 600, r 150): the disk measures z exactly
+    (its r resolution alone counts), the z0 cut there is about 31.0 mm, under the 31.875 of
+    the lever bound: a segment at z0 = 30.5 is an edge, one at z0 = 31.5 is not."""
+
+    def edges(z0: float) -> set[tuple[int, int]]:
+        z_inner = z0 + (600.0 - z0) * 116.0 / 150.0
+        ev = Event(0, 0, _hits([806, 902], [116.0, 150.0], [z_inner, 600.0]))
+        return _edge_set(batch_graph([ev], det))
+
+    assert edges(30.5) == {(0, 1)}
+    assert edges(31.5) == set()
