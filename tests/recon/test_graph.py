@@ -648,11 +648,13 @@ def test_an_edge_exactly_at_each_final_cut_is_kept_and_just_past_it_is_not(det) 
     it (the values computed as the search computes them, in float64)."""
     straight = [_two_hits(72.0, 0.0, 10.0)]  # z0 = -32 * 10 / 40 = -8 exactly
     deta = float(np.arcsinh(10.0 / 40.0) - np.arcsinh(10.0 / 72.0))
-    for cut, value in (("z0_limit", 8.0), ("deta_max", deta)):
-        at = batch_graph(straight, det, replace(GraphConfig(), **{cut: value}))
-        assert _edge_set(at) == {(0, 1)}, cut
-        past = batch_graph(straight, det, replace(GraphConfig(), **{cut: np.nextafter(value, 0)}))
-        assert past.num_edges == 0, cut
+    below = float(np.nextafter(deta, 0))
+    for at_cut, past_cut in (
+        (GraphConfig(z0_limit=8.0), GraphConfig(z0_limit=float(np.nextafter(8.0, 0)))),
+        (GraphConfig(deta_max=deta), GraphConfig(deta_max=below)),
+    ):
+        assert _edge_set(batch_graph(straight, det, at_cut)) == {(0, 1)}, at_cut
+        assert batch_graph(straight, det, past_cut).num_edges == 0, past_cut
     turned = [_two_hits(72.0 * math.cos(0.03), 72.0 * math.sin(0.03), 10.0)]
     cols, _ = batch_columns(turned)
     x, y = cols["x"].astype(np.float64), cols["y"].astype(np.float64)
