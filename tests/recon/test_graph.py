@@ -726,3 +726,16 @@ def test_a_barrel_to_disk_segment_has_no_z_error_from_the_disk_hit(det) -> None:
 
     assert edges(30.5) == {(0, 1)}
     assert edges(31.5) == set()
+
+
+def test_the_search_pairs_layers_seen_from_z0_up_to_50_mm(det) -> None:
+    """The search's layer pairs are those of lines from z0 in [-50, 50] mm (the default z0
+    limit is wider): two skip-one pairs of strip disks are seen only off z0 = 0."""
+    tables = graph_module._device_tables(det, GraphConfig().z0_limit, True, np)
+    pairs = layer_pairs(det)
+    assert np.array_equal(tables["pair_inner"], pairs[:, 0])
+    assert np.array_equal(tables["pair_outer"], pairs[:, 1])
+    off_axis = {(a, b) for a, b, _ in pairs.tolist()} - {
+        (a, b) for a, b, _ in layer_pairs(det, z0_max=0.0).tolist()
+    }
+    assert off_axis == {(40, 38), (43, 45)}
