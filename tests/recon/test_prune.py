@@ -556,3 +556,13 @@ def test_inner_edges_are_searched_in_middle_hit_and_theta_order(small_events, de
         assert len(ids) > 1000
         key = hit[ids] * 4.0 + geo["theta"][ids]
         assert (np.diff(key) >= 0).all()
+
+
+def test_a_layer_pair_without_a_window_makes_even_a_straight_edge_unusable(tmp_path, det) -> None:
+    """Edges of a pair the windows file lacks are unusable, even at |kappa| = 0 exactly (hits
+    at one phi) where a zero window would admit them."""
+    g = _three_barrel_hits(det, dz_outer=0.0)
+    path = _windows_file(tmp_path, [[802, 804, 806, 0.01, 1e-3, 1e-3]], [[804, 806, 1e-3, 50.0]])
+    geo, usable, _ = triplet_inputs(g, PruneConfig(windows=path), det)
+    assert geo["k2"].tolist() == [0.0, 0.0]
+    assert usable.tolist() == [False, True]  # 802-804 has no pair window; 804-806 has one
