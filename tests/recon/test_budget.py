@@ -9,7 +9,7 @@ from piles import pile
 
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
-from streamtrk.recon.budget import Budget, EventTooDense, enforce
+from streamtrk.recon.budget import Budget, EventTooDense, enforce, per_event
 from streamtrk.recon.graph import (
     KERNELS,
     GraphConfig,
@@ -184,3 +184,19 @@ def test_a_refusal_of_many_events_names_three_and_counts_the_rest() -> None:
     e = EventTooDense([0, 1, 2, 3], ["doublets"] * 4, [9] * 4, [1] * 4)
     assert str(e).count("too many doublets") == 3 and str(e).endswith("; 1 more")
     assert "; " not in str(EventTooDense([0], ["doublets"], [9], [1]))
+
+
+def test_a_refusal_of_three_events_names_them_all_and_no_more() -> None:
+    e = EventTooDense([0, 1, 2], ["doublets"] * 3, [9] * 3, [1] * 3)
+    assert str(e).count("too many doublets") == 3 and "more" not in str(e)
+
+
+def test_per_event_counts_one_entry_per_event_of_the_batch() -> None:
+    """Items by their hit's event (offsets 0, 3, 6, 9): the last event has none and still has
+    its count, and there is no count past it."""
+    offsets = np.array([0, 3, 6, 9])
+    hit = np.array([0, 2, 5, 2])
+    assert per_event(hit, offsets).tolist() == [3, 1, 0]
+    assert per_event(hit, offsets, np.array([1, 2, 4, 8])).tolist() == [11, 4, 0]
+    assert per_event(hit[:2], offsets[:2]).tolist() == [2]  # one event: every item is its
+    assert per_event(hit[:2], offsets[:2], np.array([1, 2])).tolist() == [3]
