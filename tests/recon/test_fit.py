@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from streamtrk.detector import GEV_PER_TESLA_MM
+from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import KERNELS, _gls, fit_tracks, gram_arrays, gram_kernel
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
@@ -291,6 +292,16 @@ def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):
     for hits in (np.zeros((1, 14)), np.zeros((1, 15), np.float32), np.zeros(15)):
         with pytest.raises(ValueError, match="float64 of 15 columns"):
             gram_kernel(hits, 4, (2, 3), offsets, launch)
+    with pytest.raises(ValueError, match="and 4 columns, got \\(2,\\) and 5"):  # 5 > GLS_MAX_C
+        gram_kernel(np.zeros((1, 5 + 1 + 2 * 2)), 5, (2,), offsets, launch)
+
+
+def test_a_batch_without_tracks_gives_empty_columns_of_every_parameter(det) -> None:
+    no_hits, no_layer = np.zeros(0), np.zeros(0, np.int32)
+    p = fit_tracks(np.array([0]), np.zeros(0, np.int64), no_hits, no_hits, no_hits, no_layer, det)
+    assert list(p) == list(TRACK_PARAM_DTYPES)
+    for name, dtype in TRACK_PARAM_DTYPES.items():
+        assert p[name].shape == (0,) and p[name].dtype == np.dtype(dtype), name
 
 
 def test_chi2_of_hits_smeared_by_the_resolutions_follows_ndf(det):
