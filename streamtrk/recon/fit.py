@@ -288,8 +288,12 @@ def _gls(
     else:
         gram = gram_kernel(xp.stack(columns, -1), n + 1, dims, offsets, cupy_launcher(KERNELS))
     normal, grad, rr = gram[:, :n, :n], gram[:, :n, n], gram[:, n, n]
-    guard = xp.eye(n) * (1e-12 * xp.trace(normal, axis1=-2, axis2=-1))[:, None, None]
-    cov = xp.linalg.inv(normal + guard)  # degenerate (collinear) tracks
+    # Degenerate (collinear) tracks: a guard on the scale of each parameter's own entry (the
+    # curvature's, in mm^4, outweighs the others by 10^11: 10^-12 of the trace, as this was,
+    # made the circle's errors 1.5-3% small).
+    scale = xp.diagonal(normal, axis1=-2, axis2=-1)
+    guard = 1e-12 * xp.eye(n) * xp.where(scale > 0, scale, 1.0)[:, None, :]
+    cov = xp.linalg.inv(normal + guard)
     step = -(cov @ grad[..., None])[..., 0]
     step = xp.where(xp.isfinite(step).all(-1)[:, None], step, 0.0)
     chi2 = rr + 2 * (step * grad).sum(-1) + (step * (normal @ step[..., None])[..., 0]).sum(-1)
