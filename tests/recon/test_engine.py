@@ -16,7 +16,16 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from streamtrk.recon.buckets import ALIGN, Buckets, bucket, ladder, pad_graph
+from streamtrk.recon.buckets import (
+    ALIGN,
+    MAX_PADDED_EDGES,
+    PRUNED_EDGES_PER_NODE,
+    UNPRUNED_EDGES_PER_NODE,
+    Buckets,
+    bucket,
+    ladder,
+    pad_graph,
+)
 from streamtrk.recon.engine import (
     EngineError,
     EngineScorer,
@@ -71,8 +80,16 @@ def test_bucket_shapes_keep_a_padding_hit() -> None:
     assert Buckets().shape(10, 60_000_000)[1] == 60_000_256
 
 
-@pytest.mark.parametrize("edges_per_node", [1.6, 8.0])
-def test_warm_pairs_are_the_shapes_of_graphs_at_the_chains_ratio(edges_per_node: float) -> None:
+@pytest.mark.parametrize(
+    ("edges_per_node", "other"),
+    [
+        (PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE),
+        (UNPRUNED_EDGES_PER_NODE, PRUNED_EDGES_PER_NODE),
+    ],
+)
+def test_warm_pairs_are_the_shapes_of_graphs_at_the_chains_ratio(
+    edges_per_node: float, other: float
+) -> None:
     b = Buckets(edges_per_node=edges_per_node)
     pairs = b.pairs()
     assert pairs == sorted(set(pairs), key=lambda p: (p[1], p[0]))
@@ -82,8 +99,59 @@ def test_warm_pairs_are_the_shapes_of_graphs_at_the_chains_ratio(edges_per_node:
     edges = np.unique(np.concatenate([edges, ladder_ends, ladder_ends[:-1] + 1]))
     served = {b.shape(round(e / edges_per_node), int(e)) for e in edges}
     assert {s for s in served if s[0] <= b.nodes[-1]} == set(pairs)  # each reached, none missing
-    other = 9.6 - edges_per_node  # 8.0 or 1.6: a megaedge graph pads to a shape not warmed
+    # a megaedge graph of the other chain's ratio pads to a shape not warmed
     assert b.shape(round(2**20 / other), 2**20) not in pairs
+
+
+def test_ladder_takes_two_steps_a_doubling_by_default_and_none_past_the_top() -> None:
+    assert ladder(16 * 1024, 64 * 1024) == (16384, 23552, 32768, 47104, 65536)
+    assert ladder(16 * 1024, 64 * 1024, steps=1) == (16384, 32768, 65536)
+    # a top within rounding of a step (1024 x 2**19.5) takes that step, not one more
+    sizes = ladder(1024, 759_250_125)
+    assert len(sizes) == 39 and sizes[-1] == 759_250_944
+    assert ladder(4096, 4096) == (4096,) and ladder(1, 1024) == (1024,)  # one size
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "steps"), [(0, 4096, 2), (-1024, 4096, 2), (5000, 4096, 2), (1024, 4096, 0)]
+)
+def test_ladder_refuses_a_range_from_zero_or_inverted_and_steps_below_one(
+    lo: int, hi: int, steps: int
+) -> None:
+    with pytest.raises(ValueError, match="need 0 < lo <= hi and steps >= 1"):
+        ladder(lo, hi, steps)
+
+
+def test_the_default_ladders_span_16ki_to_2mi_hits_and_16ki_to_16mi_edges() -> None:
+    b = Buckets()
+    assert (b.nodes[0], b.nodes[-1], len(b.nodes)) == (16 * 1024, 2 * 1024 * 1024, 15)
+    assert (b.edges[0], b.edges[-1], len(b.edges)) == (16 * 1024, 16 * 1024 * 1024, 21)
+
+
+def test_multiples_of_the_top_edge_bucket_reach_the_largest_padding_and_stop() -> None:
+    """The largest padded edge count is 2**31 / 64 less one ALIGN: 7 times a top bucket of
+    4,681 ALIGN; a graph that would pad past it keeps its own size, rounded up to ALIGN."""
+    top = 4681 * ALIGN
+    assert 7 * top == MAX_PADDED_EDGES and MAX_PADDED_EDGES * 64 < 2**31
+    b = Buckets(min_edges=top, max_edges=top)
+    assert b.edges == (top,)
+    assert b.shape(10, 6 * top + 1)[1] == 7 * top  # at the largest: still a multiple
+    assert b.shape(10, 7 * top + 1)[1] == 7 * top + ALIGN  # past it: its own size
+
+
+def test_warm_pairs_of_aligned_ladders_are_exactly_the_shapes_graphs_reach() -> None:
+    """Node and edge ladders on the same sizes, one edge a hit: an edge bucket's graphs have
+    more hits than the bucket under it holds edges, so they never pad to its node bucket."""
+    b = Buckets(1024, 8192, 1024, 8192, steps=1, edges_per_node=1.0)
+    assert b.pairs() == [
+        (1024, 1024),
+        (2048, 1024),
+        (2048, 2048),
+        (4096, 2048),
+        (4096, 4096),
+        (8192, 4096),
+        (8192, 8192),
+    ]
 
 
 def test_padding_leaves_real_edges_unchanged(model: InteractionNetwork) -> None:
