@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from streamtrk.detector import BARREL, GEV_PER_TESLA_MM
+from streamtrk.detector import BARREL, ENDCAP, GEV_PER_TESLA_MM
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import KERNELS, _gls, fit_tracks, gram_arrays, gram_kernel
 from streamtrk.sim.generator import GeneratedParticles
@@ -231,40 +231,47 @@ def _fitted_vector(det, position, layer):
 
 
 @pytest.mark.parametrize(
-    ("pt", "eta", "phi", "q", "field"),
+    ("pt", "eta", "phi", "q", "field", "kinds", "vz"),
     [
-        (1.0, 0.4, 0.7, 1, 2.0),
-        (1.0, 0.4, 0.7, 1, -2.0),
-        (0.5, -0.5, -2.0, -1, 2.0),
-        (5.0, 0.2, 3.1, 1, 2.0),
+        (1.0, 0.4, 0.7, 1, 2.0, [BARREL], 3.0),
+        (1.0, 0.4, 0.7, 1, -2.0, [BARREL], 3.0),
+        (0.5, -0.5, -2.0, -1, 2.0, [BARREL], 3.0),
+        (5.0, 0.2, 3.1, 1, 2.0, [BARREL], 3.0),
+        (2.0, 2.2, -0.4, 1, 2.0, [BARREL, ENDCAP], 3.0),
+        (5.0, -2.0, 2.5, -1, 2.0, [BARREL, ENDCAP], 3.0),
+        (1.0, 2.0, 1.2, 1, 2.0, [BARREL, ENDCAP], 150.0),
     ],
 )
-def test_standard_errors_are_the_hit_errors_carried_through_the_fit(det, pt, eta, phi, q, field):
+def test_standard_errors_are_the_hit_errors_carried_through_the_fit(
+    det, pt, eta, phi, q, field, kinds, vz
+):
     """Without material, about hits exactly on a helix, the fit is linear in the hits: its
-    covariance is the hits' errors (res_a across each barrel layer, res_b along z) carried
-    through the fitted parameters' response to each hit, found here by moving the hit both
-    ways. The sigma_* and corr_* are that, to 0.2%, for both charges and senses of the field
-    and across phi = pi. The least-squares step's guard against singular matrices, once
+    covariance is the hits' errors (res_a across each layer; res_b along z on barrels, along
+    r on disks) carried through the fitted parameters' response to each hit, found here by
+    moving the hit 1 mm both ways. The sigma_* and corr_* are that, to 0.2%, for both
+    charges and senses of the field, across phi = pi and on disks, where the line's
+    response to the circle's, which the fit leaves out, takes up to 0.3% at 1 GeV (0.5%
+    allowed there for eta and z0: their disk hits' errors, as the starting line had them,
+    put them 5-10% off). The least-squares step's guard against singular matrices, once
     scaled by the trace of J^T V^-1 J (whose curvature entry, in mm^4, outweighs the others
     by 10^11), made the errors of q/pT, phi and d0 1.5-3% small on these tracks."""
     ideal = replace(det, x0=np.full(len(det), 1e-12), bfield=field)
     parts = GeneratedParticles(
-        np.array([[0.0, 0.0, 3.0]]),
+        np.array([[0.0, 0.0, vz]]),
         np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
         np.array([q], np.int32),
     )
     c = propagate(ideal, parts, np.random.default_rng(0), max_turns=0.5)
     order = np.argsort(c.order)
     position, layer = c.position[order].astype(float), c.layer[order]
-    assert len(layer) == 10 and np.all(ideal.kind[layer] == BARREL)
+    assert len(layer) >= 8 and set(ideal.kind[layer]) == set(kinds)
     _, p = _fitted_vector(ideal, position, layer)
-    cov, step = np.zeros((5, 5)), 0.1  # mm
+    cov, step = np.zeros((5, 5)), 1.0  # mm
     for k in range(len(layer)):
-        across = np.array([-position[k, 1], position[k, 0], 0.0]) / np.hypot(*position[k, :2])
-        for direction, sigma in (
-            (across, ideal.res_a[layer[k]]),
-            ((0, 0, 1), ideal.res_b[layer[k]]),
-        ):
+        r = np.hypot(*position[k, :2])
+        across = np.array([-position[k, 1], position[k, 0], 0.0]) / r
+        along = (0, 0, 1) if ideal.kind[layer[k]] == BARREL else (*(position[k, :2] / r), 0)
+        for direction, sigma in ((across, ideal.res_a[layer[k]]), (along, ideal.res_b[layer[k]])):
             moved = [position.copy(), position.copy()]
             moved[0][k] += step * np.asarray(direction)
             moved[1][k] -= step * np.asarray(direction)
@@ -274,11 +281,14 @@ def test_standard_errors_are_the_hit_errors_carried_through_the_fit(det, pt, eta
     sigma = np.sqrt(np.diag(cov))
     corr = cov / np.outer(sigma, sigma)
     names = ("q_over_pt", "eta", "phi", "d0", "z0")
+    line = 2.5 if ENDCAP in kinds else 1.0  # the line's part the fit leaves out, on disks
     for i, name in enumerate(names):
-        assert p[f"sigma_{name}"][0] == pytest.approx(sigma[i], rel=2e-3), name
+        within = 2e-3 * (line if name in ("eta", "z0") else 1.0)
+        assert p[f"sigma_{name}"][0] == pytest.approx(sigma[i], rel=within), name
     for a, b in (("q_over_pt", "phi"), ("q_over_pt", "d0"), ("phi", "d0"), ("eta", "z0")):
         seen = corr[names.index(a), names.index(b)]
-        assert p[f"corr_{a}_{b}"][0] == pytest.approx(seen, abs=2e-3), (a, b)
+        within = 2e-3 * (line if a == "eta" else 1.0)
+        assert p[f"corr_{a}_{b}"][0] == pytest.approx(seen, abs=within), (a, b)
 
 
 def test_tracks_fitted_together_are_fitted_as_alone(det):
