@@ -193,6 +193,18 @@ def test_collinear_hits_are_fitted_as_a_straight_line(det):
             assert 0 < p[f"sigma_{name}"][0] < np.inf, name
 
 
+def test_tracks_of_three_hits_or_fewer_have_one_degree_of_freedom(det) -> None:
+    """ndf = 2 n - 5, and at least 1: three hits have one; two (fewer than the helix's five
+    parameters) are given one too, not -1."""
+    layer = np.arange(4, dtype=np.int32)
+    r = det.r[layer].astype(float)
+    x, y, z = r * np.cos(0.3), r * np.sin(0.3), 0.5 * r
+    p = fit_tracks(
+        np.array([0, 4, 7, 9]), np.array([0, 1, 2, 3, 0, 1, 2, 0, 1]), x, y, z, layer, det
+    )
+    assert p["ndf"].tolist() == [3, 1, 1]
+
+
 def test_displaced_helices_have_the_documented_d0_sign(det):
     """d0 = charge * (R - |centre|): positive when a positive track's circle encloses the beam
     line; here against the true circles of helices from a vertex 2 mm off the axis."""
