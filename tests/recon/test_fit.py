@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from streamtrk.detector import BARREL, ENDCAP, GEV_PER_TESLA_MM
+from streamtrk.detector import BARREL, ENDCAP, GEV_PER_TESLA_MM, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import KERNELS, _gls, fit_tracks, gram_arrays, gram_kernel
 from streamtrk.sim.generator import GeneratedParticles
@@ -301,6 +301,100 @@ def test_standard_errors_are_the_hit_errors_carried_through_the_fit(
         seen = corr[names.index(a), names.index(b)]
         within = 2e-3 * (line if a == "eta" else 1.0)
         assert p[f"corr_{a}_{b}"][0] == pytest.approx(seen, abs=within), (a, b)
+
+
+@pytest.mark.parametrize(
+    ("pt", "eta", "q", "material"),
+    [(0.3, 0.7, 1, True), (0.3, -0.7, -1, True), (2.0, 0.5, 1, True), (0.24586, 0.3, -1, False)],
+)
+def test_errors_with_scattering_are_those_of_the_documented_covariance(det, pt, eta, q, material):
+    """Hits exactly on a helix through the material: the sigma_* and corr_* are those of
+    (J^T V^-1 J)^-1 with V built whole from the module's description: the measurement errors
+    on the circle's normal (res_a, at least 0.05 of it) and in z (res_b); Highland's angle at
+    each hit (p of the helix, x0 over the incidence cosine, at least 0.05); a scatter at hit
+    k turning the circle about k (hit j across by theta cosh R sin(turn_j - turn_k)),
+    changing its curvature by theta tan_l / R (hit j across by that (s_j - s_k)^2 / 2) and
+    tilting the line (hit j in z by theta cosh (path_j - path_k)). At 0.24586 GeV the helix
+    turns back 0.04 mm past the layer at 820 mm: it crosses it at 0.014 of normal
+    incidence, and that hit's error on the circle's normal is 0.05 res_a (seen without
+    material: with it, the scatters before dwarf it)."""
+    phi, vz = 0.4, 2.0
+    parts = GeneratedParticles(
+        np.array([[0.0, 0.0, vz]]),
+        np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
+        np.array([q], np.int32),
+    )
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    c = propagate(ideal, parts, np.random.default_rng(0), max_turns=0.5)
+    det = det if material else ideal
+    order = np.argsort(c.order)
+    position, layer = c.position[order].astype(float), c.layer[order]
+    assert len(layer) >= 8 and np.all(det.kind[layer] == BARREL)
+    x, y, z = position.T
+    p = fit_tracks(np.array([0, len(layer)]), np.arange(len(layer)), x, y, z, layer, det)
+
+    radius = pt / (GEV_PER_TESLA_MM * abs(det.bfield))
+    sense = -np.sign(q * det.bfield)  # +1 anticlockwise
+    normal = np.array([-np.sin(phi), np.cos(phi)]) * sense  # perigee to centre
+    r = np.hypot(x, y)
+    turn = 2 * np.arcsin(r / (2 * radius))  # from the perigee, the origin
+    s = radius * turn
+    tan_l, cosh = np.sinh(eta), np.cosh(eta)
+    centre = radius * normal
+    n_phi = ((x - centre[0]) * y - (y - centre[1]) * x) / (radius * r)
+    cos_inc = np.maximum(np.abs(n_phi) / cosh, 0.05)
+    theta = highland(np.full(len(r), pt * cosh), det.x0[layer] / cos_inc)
+    later = np.tril(np.ones((len(r), len(r))), -1)  # [j, k]: hit j after the scatter at k
+
+    def covariance(measured, *kicks):
+        v = np.diag(measured)
+        for kick, arm in kicks:
+            d = arm * later * kick
+            v += d @ d.T
+        return v
+
+    circle_v = covariance(
+        det.res_a[layer] ** 2 * np.maximum(n_phi**2, 0.05**2),
+        (theta * cosh, radius * np.sin(turn[:, None] - turn[None, :])),
+        (theta * abs(tan_l) / radius, (s[:, None] - s[None, :]) ** 2 / 2),
+    )
+    path = s * cosh
+    line_v = covariance(det.res_b[layer] ** 2, (theta * cosh, path[:, None] - path[None, :]))
+
+    def distances(q_over_pt, phi0, d0):  # signed distances of the hits to a circle
+        rad = 1 / abs(q_over_pt * GEV_PER_TESLA_MM * det.bfield)
+        towards = np.array([-np.sin(phi0), np.cos(phi0)]) * -np.sign(q_over_pt * det.bfield)
+        cx, cy = (rad - np.sign(q_over_pt) * d0) * towards
+        return np.hypot(x - cx, y - cy) - rad
+
+    truth = np.array([q / pt, phi, 0.0])
+    shift = np.array([1e-6 / pt, 1e-7, 1e-5])
+    jac = np.stack(
+        [
+            (distances(*(truth + e)) - distances(*(truth - e))) / (2 * e.sum())
+            for e in np.diag(shift)
+        ],
+        -1,
+    )
+    circle = np.linalg.inv(jac.T @ np.linalg.solve(circle_v, jac))
+    line_jac = np.stack([s, np.ones_like(s)], -1)
+    line = np.linalg.inv(line_jac.T @ np.linalg.solve(line_v, line_jac))
+    expected = {
+        "sigma_q_over_pt": np.sqrt(circle[0, 0]),
+        "sigma_phi": np.sqrt(circle[1, 1]),
+        "sigma_d0": np.sqrt(circle[2, 2]),
+        "sigma_eta": np.sqrt(line[0, 0]) / cosh,
+        "sigma_z0": np.sqrt(line[1, 1]),
+        "corr_q_over_pt_phi": circle[0, 1] / np.sqrt(circle[0, 0] * circle[1, 1]),
+        "corr_q_over_pt_d0": circle[0, 2] / np.sqrt(circle[0, 0] * circle[2, 2]),
+        "corr_phi_d0": circle[1, 2] / np.sqrt(circle[1, 1] * circle[2, 2]),
+        "corr_eta_z0": line[0, 1] / np.sqrt(line[0, 0] * line[1, 1]),
+    }
+    for name, value in expected.items():
+        if name.startswith("sigma"):
+            assert p[name][0] == pytest.approx(value, rel=1e-3), name
+        else:
+            assert p[name][0] == pytest.approx(value, abs=1e-3), name
 
 
 def test_tracks_fitted_together_are_fitted_as_alone(det):
