@@ -304,10 +304,18 @@ def test_standard_errors_are_the_hit_errors_carried_through_the_fit(
 
 
 @pytest.mark.parametrize(
-    ("pt", "eta", "q", "material"),
-    [(0.3, 0.7, 1, True), (0.3, -0.7, -1, True), (2.0, 0.5, 1, True), (0.24586, 0.3, -1, False)],
+    ("pt", "eta", "q", "material", "z_off"),
+    [
+        (0.3, 0.7, 1, True, 0.0),
+        (0.3, -0.7, -1, True, 0.0),
+        (2.0, 0.5, 1, True, 0.0),
+        (0.24586, 0.3, -1, False, 0.0),
+        (0.3, 0.7, 1, True, 30.0),
+    ],
 )
-def test_errors_with_scattering_are_those_of_the_documented_covariance(det, pt, eta, q, material):
+def test_errors_with_scattering_are_those_of_the_documented_covariance(
+    det, pt, eta, q, material, z_off
+):
     """Hits exactly on a helix through the material: the sigma_* and corr_* are those of
     (J^T V^-1 J)^-1 with V built whole from the module's description: the measurement errors
     on the circle's normal (res_a, at least 0.05 of it) and in z (res_b); Highland's angle at
@@ -317,7 +325,9 @@ def test_errors_with_scattering_are_those_of_the_documented_covariance(det, pt, 
     tilting the line (hit j in z by theta cosh (path_j - path_k)). At 0.24586 GeV the helix
     turns back 0.04 mm past the layer at 820 mm: it crosses it at 0.014 of normal
     incidence, and that hit's error on the circle's normal is 0.05 res_a (seen without
-    material: with it, the scatters before dwarf it)."""
+    material: with it, the scatters before dwarf it). The last hit 30 mm off in z (ten times
+    its error, 3.1 mm) changes nothing: the starting line, whose tan(lambda) gives p, weighs it
+    as little as its error says."""
     phi, vz = 0.4, 2.0
     parts = GeneratedParticles(
         np.array([[0.0, 0.0, vz]]),
@@ -331,6 +341,7 @@ def test_errors_with_scattering_are_those_of_the_documented_covariance(det, pt, 
     position, layer = c.position[order].astype(float), c.layer[order]
     assert len(layer) >= 8 and np.all(det.kind[layer] == BARREL)
     x, y, z = position.T
+    z = z + np.where(np.arange(len(z)) == len(z) - 1, z_off, 0.0)
     p = fit_tracks(np.array([0, len(layer)]), np.arange(len(layer)), x, y, z, layer, det)
 
     radius = pt / (GEV_PER_TESLA_MM * abs(det.bfield))
