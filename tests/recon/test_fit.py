@@ -490,13 +490,13 @@ def test_gls_step_is_that_of_the_dense_covariance():
 
 def test_host_kernel_sums_are_the_arrays(host_launcher):
     """gls_filter.cu, built for the host, gives the NumPy path's sums: tracks of 1 to 12
-    hits, the circle's scatter sets (two and three arms, four columns) and the line's."""
+    hits, the circle's scatter sets (two and three arms, four columns), the line's, and none."""
     rng = np.random.default_rng(12)
     sizes = rng.integers(1, 13, 300)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     tid = np.repeat(np.arange(len(sizes)), sizes)
     h = len(tid)
-    for c, dims in ((4, (2, 3)), (3, (2,))):
+    for c, dims in ((4, (2, 3)), (3, (2,)), (3, ())):
         m = sum(dims)
         columns = [rng.normal(size=h) for _ in range(c)] + [rng.uniform(0.5, 2.0, h)]
         columns += [rng.normal(size=h) for _ in range(2 * m)]
