@@ -243,33 +243,36 @@ def _fitted_vector(det, position, layer):
 
 
 @pytest.mark.parametrize(
-    ("pt", "eta", "phi", "q", "field", "kinds", "vz"),
+    ("pt", "eta", "phi", "q", "field", "kinds", "vertex"),
     [
-        (1.0, 0.4, 0.7, 1, 2.0, [BARREL], 3.0),
-        (1.0, 0.4, 0.7, 1, -2.0, [BARREL], 3.0),
-        (0.5, -0.5, -2.0, -1, 2.0, [BARREL], 3.0),
-        (5.0, 0.2, 3.1, 1, 2.0, [BARREL], 3.0),
-        (2.0, 2.2, -0.4, 1, 2.0, [BARREL, ENDCAP], 3.0),
-        (5.0, -2.0, 2.5, -1, 2.0, [BARREL, ENDCAP], 3.0),
-        (1.0, 2.0, 1.2, 1, 2.0, [BARREL, ENDCAP], 150.0),
+        (1.0, 0.4, 0.7, 1, 2.0, [BARREL], (0.0, 0.0, 3.0)),
+        (1.0, 0.4, 0.7, 1, -2.0, [BARREL], (0.0, 0.0, 3.0)),
+        (0.5, -0.5, -2.0, -1, 2.0, [BARREL], (0.0, 0.0, 3.0)),
+        (5.0, 0.2, 3.1, 1, 2.0, [BARREL], (0.0, 0.0, 3.0)),
+        (2.0, 2.2, -0.4, 1, 2.0, [BARREL, ENDCAP], (0.0, 0.0, 3.0)),
+        (5.0, -2.0, 2.5, -1, 2.0, [BARREL, ENDCAP], (0.0, 0.0, 3.0)),
+        (1.0, 2.0, 1.2, 1, 2.0, [BARREL, ENDCAP], (0.0, 0.0, 150.0)),
+        (0.7, 0.3, -1.0, 1, 2.0, [BARREL], (1.6, -1.2, 3.0)),
+        (0.7, 0.3, 2.0, -1, 2.0, [BARREL], (-2.0, 0.5, 3.0)),
     ],
 )
 def test_standard_errors_are_the_hit_errors_carried_through_the_fit(
-    det, pt, eta, phi, q, field, kinds, vz
+    det, pt, eta, phi, q, field, kinds, vertex
 ):
     """Without material, about hits exactly on a helix, the fit is linear in the hits: its
     covariance is the hits' errors (res_a across each layer; res_b along z on barrels, along
     r on disks) carried through the fitted parameters' response to each hit, found here by
     moving the hit 1 mm both ways. The sigma_* and corr_* are that, to 0.2%, for both
-    charges and senses of the field, across phi = pi and on disks, where the line's
-    response to the circle's, which the fit leaves out, takes up to 0.3% at 1 GeV (0.5%
-    allowed there for eta and z0: their disk hits' errors, as the starting line had them,
-    put them 5-10% off). The least-squares step's guard against singular matrices, once
+    charges and senses of the field, across phi = pi, from vertices 2 mm off the beam line
+    and on disks, where the line's response to the circle's, which the fit leaves out,
+    takes up to 0.3% at 1 GeV (0.5% allowed there for eta and z0: their disk hits' errors,
+    as the starting line had them, put them 5-10% off). The least-squares step's guard
+    against singular matrices, once
     scaled by the trace of J^T V^-1 J (whose curvature entry, in mm^4, outweighs the others
     by 10^11), made the errors of q/pT, phi and d0 1.5-3% small on these tracks."""
     ideal = replace(det, x0=np.full(len(det), 1e-12), bfield=field)
     parts = GeneratedParticles(
-        np.array([[0.0, 0.0, vz]]),
+        np.array([vertex]),
         np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
         np.array([q], np.int32),
     )
