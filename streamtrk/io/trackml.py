@@ -10,8 +10,9 @@ truth without a row for a hit, a particle twice, or a truth particle that
 ``-particles.csv`` (where present) does not list.
 
 Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
-to the identical float32, so a write/read round trip reproduces every array exactly and the
-output stays as short as the original files. Output is deterministic (gzip with mtime 0).
+to the identical float32 (9 for magnitudes outside [1e-10, 1e15), which no detector
+coordinate has), so a write/read round trip reproduces every array exactly and the output
+stays as short as the original files. Output is deterministic (gzip with mtime 0).
 """
 
 from __future__ import annotations
