@@ -504,7 +504,7 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     return made
 
 
-def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, ...]:
+def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval of the fractions ``k / n`` (``z`` standard deviations: 68.3% by
     default), per bin: inside [0, 1], and not empty at 0 or 1 of n, where the binomial
     sqrt(f (1 - f) / n) is (an efficiency of 100 of 100 is not known to be 1 exactly). NaN
