@@ -233,6 +233,18 @@ def test_displaced_helices_have_the_documented_d0_sign(det):
     assert np.allclose(p["d0"], expected, atol=1e-2)
 
 
+def _one_helix(det, pt, eta, phi, q, vertex=(0.0, 0.0, 3.0)):
+    """The hits (x, y, z as float64, in track order) and layers of one helix through ``det``."""
+    parts = GeneratedParticles(
+        np.array([vertex]),
+        np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
+        np.array([q], np.int32),
+    )
+    c = propagate(det, parts, np.random.default_rng(0), max_turns=0.5)
+    order = np.argsort(c.order)
+    return c.position[order].astype(float), c.layer[order]
+
+
 def _fitted_vector(det, position, layer):
     """(q/pT, eta, phi, d0, z0) of the one track of hits ``position`` (float64) and the fit."""
     x, y, z = position.T
@@ -267,18 +279,11 @@ def test_standard_errors_are_the_hit_errors_carried_through_the_fit(
     and on disks, where the line's response to the circle's, which the fit leaves out,
     takes up to 0.3% at 1 GeV (0.5% allowed there for eta and z0: their disk hits' errors,
     as the starting line had them, put them 5-10% off). The least-squares step's guard
-    against singular matrices, once
-    scaled by the trace of J^T V^-1 J (whose curvature entry, in mm^4, outweighs the others
-    by 10^11), made the errors of q/pT, phi and d0 1.5-3% small on these tracks."""
+    against singular matrices, once scaled by the trace of J^T V^-1 J (whose curvature
+    entry, in mm^4, outweighs the others by 10^11), made the errors of q/pT, phi and d0
+    1.5-3% small on these tracks."""
     ideal = replace(det, x0=np.full(len(det), 1e-12), bfield=field)
-    parts = GeneratedParticles(
-        np.array([vertex]),
-        np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
-        np.array([q], np.int32),
-    )
-    c = propagate(ideal, parts, np.random.default_rng(0), max_turns=0.5)
-    order = np.argsort(c.order)
-    position, layer = c.position[order].astype(float), c.layer[order]
+    position, layer = _one_helix(ideal, pt, eta, phi, q, vertex)
     assert len(layer) >= 8 and set(ideal.kind[layer]) == set(kinds)
     _, p = _fitted_vector(ideal, position, layer)
     cov, step = np.zeros((5, 5)), 1.0  # mm
@@ -331,17 +336,10 @@ def test_errors_with_scattering_are_those_of_the_documented_covariance(
     material: with it, the scatters before dwarf it). The last hit 30 mm off in z (ten times
     its error, 3.1 mm) changes nothing: the starting line, whose tan(lambda) gives p, weighs it
     as little as its error says."""
-    phi, vz = 0.4, 2.0
-    parts = GeneratedParticles(
-        np.array([[0.0, 0.0, vz]]),
-        np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
-        np.array([q], np.int32),
-    )
+    phi = 0.4
     ideal = replace(det, x0=np.full(len(det), 1e-12))
-    c = propagate(ideal, parts, np.random.default_rng(0), max_turns=0.5)
+    position, layer = _one_helix(ideal, pt, eta, phi, q, (0.0, 0.0, 2.0))
     det = det if material else ideal
-    order = np.argsort(c.order)
-    position, layer = c.position[order].astype(float), c.layer[order]
     assert len(layer) >= 8 and np.all(det.kind[layer] == BARREL)
     x, y, z = position.T
     z = z + np.where(np.arange(len(z)) == len(z) - 1, z_off, 0.0)
@@ -419,14 +417,8 @@ def test_chi2_of_a_helix_moved_in_z_is_that_of_the_weighted_line(det):
     crosses the outer disks up to 23 degrees off radial)."""
     ideal = replace(det, x0=np.full(len(det), 1e-12))
     pt, eta, phi, q = 0.5, -2.2, -2.0, -1
-    parts = GeneratedParticles(
-        np.array([[0.0, 0.0, 3.0]]),
-        np.array([[pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)]]),
-        np.array([q], np.int32),
-    )
-    c = propagate(ideal, parts, np.random.default_rng(0), max_turns=0.5)
-    order = np.argsort(c.order)
-    (x, y, z), layer = c.position[order].astype(float).T, c.layer[order]
+    position, layer = _one_helix(ideal, pt, eta, phi, q)
+    x, y, z = position.T
     disk = ideal.kind[layer] == ENDCAP
     assert disk.sum() >= 4 and (~disk).sum() >= 2
     moved = z + np.random.default_rng(1).uniform(-0.1, 0.1, len(z))
