@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from numpy.typing import ArrayLike
 
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
@@ -560,27 +561,27 @@ def test_the_kernels_check_the_candidates_against_the_budget(host_launcher, smal
         search_kernels(ctx, host_launcher(KERNELS))
 
 
-def _barrel_pair_event(det, outer: list[tuple[float, float, float]]) -> Event:
+def _hits(layers: list[int], r: ArrayLike, z: ArrayLike, phi: ArrayLike = 0.0) -> Hits:
+    """Hits of the given layer codes at (r, phi, z); ``phi`` one for all or one a hit."""
+    rr, ph = np.asarray(r, float), np.asarray(phi, float)
+    return Hits.from_columns(
+        {
+            "hit_id": np.arange(1, len(rr) + 1),
+            "x": rr * np.cos(ph),
+            "y": rr * np.sin(ph),
+            "z": np.asarray(z, float),
+            "volume_id": np.array([c // 100 for c in layers]),
+            "layer_id": np.array([c % 100 for c in layers]),
+            "module_id": np.ones(len(rr)),
+        }
+    )
+
+
+def _barrel_pair_event(outer: list[tuple[float, float, float]]) -> Event:
     """Hit 0 on barrel layer 802 at (r 32, phi 0, z 0), then hits on layer 804 at the given
     (r, phi, z)."""
-    r = np.array([32.0, *(o[0] for o in outer)])
-    phi = np.array([0.0, *(o[1] for o in outer)])
-    n = len(r)
-    return Event(
-        0,
-        0,
-        Hits.from_columns(
-            {
-                "hit_id": np.arange(1, n + 1),
-                "x": r * np.cos(phi),
-                "y": r * np.sin(phi),
-                "z": np.array([0.0, *(o[2] for o in outer)]),
-                "volume_id": np.full(n, 8),
-                "layer_id": np.array([2] + [4] * (n - 1)),
-                "module_id": np.ones(n),
-            }
-        ),
-    )
+    r, phi, z = np.array([(32.0, 0.0, 0.0), *outer]).T
+    return Event(0, 0, _hits([802] + [804] * len(outer), r, z, phi))
 
 
 def _edge_set(g: Graph) -> set[tuple[int, int]]:
@@ -593,7 +594,7 @@ def test_segments_at_the_far_ends_of_the_z_window_are_found_by_a_fine_grid(det) 
     assert det.r[0] == 32.0 and det.r[1] == 72.0
     r = 82.0
     outer = [(r, 0.0, z0 - z0 * r / 32.0) for z0 in (-30.1, 30.1)]
-    ev = _barrel_pair_event(det, outer)
+    ev = _barrel_pair_event(outer)
     fine = batch_graph([ev], det, GraphConfig(n_bins=2048, n_phi_bins=1))
     brute = batch_graph([ev], det, GraphConfig(n_bins=1, n_phi_bins=1))
     assert _edge_set(fine) == _edge_set(brute) == {(0, 1), (0, 2)}
@@ -605,7 +606,7 @@ def test_segments_at_the_edges_of_the_phi_window_are_found_by_a_fine_grid(det) -
     cfg = GraphConfig(n_bins=1, n_phi_bins=8192)
     r = 82.0
     dphi = cfg.phi_slope_max(det.bfield) * (r - 32.0) + cfg.phi_tolerance - 1e-6
-    ev = _barrel_pair_event(det, [(r, -dphi, 0.0), (r, dphi, 0.0)])
+    ev = _barrel_pair_event([(r, -dphi, 0.0), (r, dphi, 0.0)])
     fine = batch_graph([ev], det, cfg)
     brute = batch_graph([ev], det, GraphConfig(n_bins=1, n_phi_bins=1))
     assert _edge_set(fine) == _edge_set(brute) == {(0, 1), (0, 2)}
@@ -624,29 +625,11 @@ def test_layer_pairs_are_the_same_seen_from_either_end_of_the_detector(det) -> N
         assert {(int(mirror[a]), int(mirror[b]), gap) for a, b, gap in pairs} == pairs
 
 
-def _two_hits(x: float, y: float, z: float) -> Event:
-    """A hit of barrel layer 802 at (32, 0, 0) and one of layer 804 at (x, y, z)."""
-    return Event(
-        0,
-        0,
-        Hits.from_columns(
-            {
-                "hit_id": np.array([1, 2]),
-                "x": np.array([32.0, x]),
-                "y": np.array([0.0, y]),
-                "z": np.array([0.0, z]),
-                "volume_id": np.array([8, 8]),
-                "layer_id": np.array([2, 4]),
-                "module_id": np.ones(2),
-            }
-        ),
-    )
-
-
 def test_an_edge_exactly_at_each_final_cut_is_kept_and_just_past_it_is_not(det) -> None:
     """|z0|, |deta| and |dphi| exactly at their cut keep the edge; a cut one ulp tighter drops
     it (the values computed as the search computes them, in float64)."""
-    straight = [_two_hits(72.0, 0.0, 10.0)]  # z0 = -32 * 10 / 40 = -8 exactly
+    # z0 = -32 * 10 / 40 = -8 exactly
+    straight = [Event(0, 0, _hits([802, 804], [32.0, 72.0], [0.0, 10.0]))]
     deta = float(np.arcsinh(10.0 / 40.0) - np.arcsinh(10.0 / 72.0))
     below = float(np.nextafter(deta, 0))
     for at_cut, past_cut in (
@@ -655,7 +638,7 @@ def test_an_edge_exactly_at_each_final_cut_is_kept_and_just_past_it_is_not(det) 
     ):
         assert _edge_set(batch_graph(straight, det, at_cut)) == {(0, 1)}, at_cut
         assert batch_graph(straight, det, past_cut).num_edges == 0, past_cut
-    turned = [_two_hits(72.0 * math.cos(0.03), 72.0 * math.sin(0.03), 10.0)]
+    turned = [Event(0, 0, _hits([802, 804], [32.0, 72.0], [0.0, 10.0], [0.0, 0.03]))]
     cols, _ = batch_columns(turned)
     x, y = cols["x"].astype(np.float64), cols["y"].astype(np.float64)
     r, phi = np.hypot(x, y), np.arctan2(y, x) + np.pi
@@ -667,22 +650,6 @@ def test_an_edge_exactly_at_each_final_cut_is_kept_and_just_past_it_is_not(det) 
     at = batch_graph(turned, det, GraphConfig(phi_tolerance=tol))
     assert _edge_set(at) == {(0, 1)}
     assert batch_graph(turned, det, GraphConfig(phi_tolerance=past)).num_edges == 0
-
-
-def _hits(layers: list[int], r: list[float], z: list[float], phi: float = 0.0) -> Hits:
-    """Hits of the given layer codes at (r, phi, z)."""
-    rr = np.array(r)
-    return Hits.from_columns(
-        {
-            "hit_id": np.arange(1, len(r) + 1),
-            "x": rr * math.cos(phi),
-            "y": rr * math.sin(phi),
-            "z": np.array(z),
-            "volume_id": np.array([c // 100 for c in layers]),
-            "layer_id": np.array([c % 100 for c in layers]),
-            "module_id": np.ones(len(r)),
-        }
-    )
 
 
 def test_event_graph_is_the_graph_of_a_batch_of_one(small_events, det) -> None:
