@@ -233,6 +233,14 @@ def test_windows_are_learnt_from_the_quantities_the_cuts_read(small_events, det)
     assert (np.abs(q["kappa"]) <= t["w_k"][q["triple"]]).all()
 
 
+def _windows_file(tmp_path, triplets: list[list[float]], pairs: list[list[float]]) -> str:
+    """A windows file of the given rows (its path, for ``PruneConfig.windows``)."""
+    path = tmp_path / "windows.toml"
+    rows = {"triplets": triplets, "pairs": pairs}
+    path.write_text("".join(f"[{k}]\nrows = {v!r}\n" for k, v in rows.items()))
+    return str(path)
+
+
 def test_a_value_exactly_at_its_window_is_within_it(tmp_path, small_events, det):
     g = batch_graph(small_events[:1], det)
     cfg = PruneConfig(scale=1.0, kappa_scale=1.0)
@@ -249,11 +257,10 @@ def test_a_value_exactly_at_its_window_is_within_it(tmp_path, small_events, det)
         if tuple(r[:3]) == trip:  # the first triplet's |dtheta| is its layer triple's window
             r[3] = float(abs(q["dtheta"][0]))
     for r in rows["pairs"]:
-        if tuple(r[:2]) == pair:  # its inner edge's |kappa| is its layer pair's window
+        if tuple(r[:2]) == pair:  # its inner edge's |kappa| and |z0| are its pair's windows
             r[2] = float(abs(geo["k2"][a[0]]))
-    path = tmp_path / "at-the-edge.toml"
-    path.write_text("".join(f"[{k}]\nrows = {v!r}\n" for k, v in rows.items()))
-    edge = replace(cfg, windows=str(path))
+            r[3] = float(abs(geo["z0"][a[0]]))
+    edge = replace(cfg, windows=_windows_file(tmp_path, rows["triplets"], rows["pairs"]))
     geo, usable, t = triplet_inputs(g, edge, det)
     assert usable[a[0]]
     found = set(zip(*compatible_triplets(geo, usable, t, len(det)), strict=True))
@@ -352,14 +359,6 @@ def test_an_edited_windows_file_is_read_again(tmp_path, det):
     after = read_windows(str(path))["triplets"][0]
     assert after != before and after[3] == 9.5
     assert window_tables(det, cfg, np) is not tables
-
-
-def _windows_file(tmp_path, triplets: list[list[float]], pairs: list[list[float]]) -> str:
-    """A windows file of the given rows (its path, for ``PruneConfig.windows``)."""
-    path = tmp_path / "windows.toml"
-    rows = {"triplets": triplets, "pairs": pairs}
-    path.write_text("".join(f"[{k}]\nrows = {v!r}\n" for k, v in rows.items()))
-    return str(path)
 
 
 def _three_barrel_hits(det, dz_outer: float) -> Graph:
@@ -476,23 +475,6 @@ def test_a_triplet_exactly_at_its_dkappa_and_kappa_windows_is_compatible() -> No
     for w_dk, w_k in ((np.nextafter(dk, 0), kappa), (dk, np.nextafter(kappa, 0))):
         just_out = compatible_triplets(g, usable, _one_layer_tables(0.0, w_dk, w_k), 1)
         assert [v.tolist() for v in just_out] == [[], []]
-
-
-def test_an_edge_exactly_at_its_pair_z0_window_is_usable(tmp_path, small_events, det) -> None:
-    g = batch_graph(small_events[:1], det)
-    cfg = PruneConfig()
-    geo, usable, _ = triplet_inputs(g, cfg, det)
-    e = int(np.flatnonzero(usable)[0])
-    code = layer_code(det)[mirror_layers(det)]
-    n = len(det)
-    pair = (code[int(geo["pair"][e]) // n], code[int(geo["pair"][e]) % n])
-    pairs = [list(r) for r in cfg.pairs]
-    for r in pairs:
-        if tuple(r[:2]) == pair:
-            r[3] = float(abs(geo["z0"][e]))
-    edge = replace(cfg, windows=_windows_file(tmp_path, [list(r) for r in cfg.triplets], pairs))
-    _, usable, _ = triplet_inputs(g, edge, det)
-    assert usable[e]
 
 
 def test_only_layer_pairs_of_a_windowed_triplet_open_or_close_one(tmp_path, det) -> None:
