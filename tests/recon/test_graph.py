@@ -482,6 +482,22 @@ def test_the_graph_config_defaults_are_the_documented_cuts() -> None:
     )
 
 
+def _hits(layers: list[int], r: ArrayLike, z: ArrayLike, phi: ArrayLike = 0.0) -> Hits:
+    """Hits of the given layer codes at (r, phi, z); ``phi`` one for all or one a hit."""
+    rr, ph = np.asarray(r, float), np.asarray(phi, float)
+    return Hits.from_columns(
+        {
+            "hit_id": np.arange(1, len(rr) + 1),
+            "x": rr * np.cos(ph),
+            "y": rr * np.sin(ph),
+            "z": np.asarray(z, float),
+            "volume_id": np.array([c // 100 for c in layers]),
+            "layer_id": np.array([c % 100 for c in layers]),
+            "module_id": np.ones(len(rr)),
+        }
+    )
+
+
 def _queries_hit(det, code: int, x: float, z: float) -> bool:
     """Whether a hit of layer ``code`` at (x, 0, z) makes queries (is taken to be on its
     layer), with one hit on the first layer it pairs with to make them."""
@@ -495,17 +511,8 @@ def _queries_hit(det, code: int, x: float, z: float) -> bool:
         x_out, z_out = det.r[outer], 0.0
     else:
         x_out, z_out = (det.r_min[outer] + det.r_max[outer]) / 2, det.z[outer]
-    hits = Hits.from_columns(
-        {
-            "hit_id": np.array([1, 2]),
-            "x": np.array([x, x_out]),
-            "y": np.zeros(2),
-            "z": np.array([z, z_out]),
-            "volume_id": det.volume_id[[inner, outer]],
-            "layer_id": det.layer_id[[inner, outer]],
-            "module_id": np.ones(2),
-        }
-    )
+    outer_code = int(det.volume_id[outer]) * 100 + int(det.layer_id[outer])
+    hits = _hits([code, outer_code], [x, x_out], [z, z_out])  # at phi 0: (x, 0, z)
     cols, offsets = batch_columns([Event(0, 0, hits)])
     ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
     return 0 in ctx.qi.tolist()
@@ -559,22 +566,6 @@ def test_the_kernels_check_the_candidates_against_the_budget(host_launcher, smal
     )
     with pytest.raises(EventTooDense, match="too many doublet candidates"):
         search_kernels(ctx, host_launcher(KERNELS))
-
-
-def _hits(layers: list[int], r: ArrayLike, z: ArrayLike, phi: ArrayLike = 0.0) -> Hits:
-    """Hits of the given layer codes at (r, phi, z); ``phi`` one for all or one a hit."""
-    rr, ph = np.asarray(r, float), np.asarray(phi, float)
-    return Hits.from_columns(
-        {
-            "hit_id": np.arange(1, len(rr) + 1),
-            "x": rr * np.cos(ph),
-            "y": rr * np.sin(ph),
-            "z": np.asarray(z, float),
-            "volume_id": np.array([c // 100 for c in layers]),
-            "layer_id": np.array([c % 100 for c in layers]),
-            "module_id": np.ones(len(rr)),
-        }
-    )
 
 
 def _barrel_pair_event(outer: list[tuple[float, float, float]]) -> Event:
