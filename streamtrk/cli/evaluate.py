@@ -139,7 +139,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _say_unscored(ev, report["events_with_truth"])
     text = strict_json(report, indent=2, sort_keys=True)
     print(text, flush=True)  # first: a file the disk refuses below does not take it along
-    print(f"streamtrk evaluate: {headline(report)}", file=sys.stderr)
+    print(f"streamtrk evaluate: {_headline(report)}", file=sys.stderr)
     if args.report:
         write_report(args.report, text)
     if args.plots:
@@ -183,7 +183,7 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
     return rec, str(model)
 
 
-def headline(report: dict[str, Any]) -> str:
+def _headline(report: dict[str, Any]) -> str:
     """The report's main figures in a line, the efficiency with its 68.3% interval; those
     without truth to score them left out."""
     import numpy as np
