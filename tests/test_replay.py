@@ -565,7 +565,7 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
         took = time.perf_counter() - t0
     report = result.report(events, None)
     assert (report["sent"], report["received"], report["missing"]) == (3, 3, 0)
-    assert report["duplicates"] == 0 and report["resent"] == retries and took < 30
+    assert report["duplicates"] == 0 and report["resent"] == retries and took < 10
     if retries and then == "ok":
         assert report["errors"] == {} and report["ok"] == 3
         assert report["shutdown_resent"] == 1
