@@ -579,7 +579,7 @@ def test_track_parameters_csv(tmp_path) -> None:
         np.testing.assert_array_equal(table[:, i].astype(dt), params[k])  # exact round trip
 
 
-# ------------------------------------------------------------------ mutation audit (edges)
+# ------------------------------------------------------------------------- edge cases
 
 
 def _significant(text: str) -> str:
