@@ -68,8 +68,8 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield partial
-        if path.is_file():
-            os.chmod(partial, stat.S_IMODE(path.stat().st_mode))
+        with contextlib.suppress(FileNotFoundError):  # a new file: the umask's permissions
+            os.chmod(partial, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(OSError):  # a folder there: the error raised names it
