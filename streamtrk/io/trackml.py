@@ -376,10 +376,13 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     ``-particles.csv`` in the official column order (``.csv.gz`` when ``compress``).
     ``hit_order`` is not written: reading recomputes it from |tz - vz|. Particles whose
     kinematics are all unknown (read without ``-particles.csv``) write no particles file,
-    as they were read. Files of that event number already there that it does not write
-    (an earlier event's truth, cells, or the other compression) are removed: a reader
-    would pair them with these hits.
+    as they were read; some unknown and some not is refused (ValueError) before anything is
+    written (a reader refuses NaN in the file, and leaving it out would drop the others).
+    Files of that event number already there that it does not write (an earlier event's
+    truth, cells, or the other compression) are removed: a reader would pair them with
+    these hits.
     """
+    particles_file = event.truth is not None and _particles_file(event.truth, event.event)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     prefix = directory / f"event{event.event:09d}"
@@ -391,12 +394,25 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         truth = {"hit_id": hits.hit_id, **event.truth.hits.to(np).columns()}
         written.append(prefix.with_name(f"{prefix.name}-truth{suffix}"))
         _write_table(written[-1], {k: truth[k] for k in TRUTH_COLUMNS})
-        particles = event.truth.particles.to(np)
-        if not (len(particles) and kinematics_unknown(particles).all()):
+        if particles_file:
             written.append(prefix.with_name(f"{prefix.name}-particles{suffix}"))
-            _write_table(written[-1], particles.columns())
+            _write_table(written[-1], event.truth.particles.to(np).columns())
     _remove_others(directory, event.event, written)
     return prefix
+
+
+def _particles_file(truth: Truth, event: int) -> bool:
+    """Whether ``truth``'s particles are written to a particles file: not when all their
+    kinematics are unknown; ValueError when some are (NaN in the file is refused on reading,
+    no file would drop the others)."""
+    unknown = kinematics_unknown(truth.particles.to(np))
+    if unknown.any() and not unknown.all():
+        raise ValueError(
+            f"event {event}: {int(unknown.sum())} of {len(unknown)} particles have no vertex "
+            "or momentum (NaN) and the others have: TrackML's particles file holds all of "
+            "them or none"
+        )
+    return not (len(unknown) and unknown.all())
 
 
 @contextmanager

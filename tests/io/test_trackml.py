@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,21 @@ def test_particles_read_without_their_file_are_written_without_it(tmp_path):
     assert again.hits.equals(read.hits) and again.truth.hits.equals(read.truth.hits)
     assert np.array_equal(again.truth.particles.nhits, read.truth.particles.nhits)
     assert np.all(np.isnan(again.truth.particles.px))
+
+
+def test_particles_of_partly_unknown_kinematics_are_refused_before_any_file(tmp_path):
+    """Some particles without vertex and momentum (NaN), others with: a particles file would
+    hold NaN that reading refuses, and none would drop the others' kinematics."""
+    event = synthetic_event()
+    assert event.truth is not None
+    cols = event.truth.particles.columns()
+    cols["px"] = cols["px"].copy()
+    cols["px"][3] = np.nan
+    truth = replace(event.truth, particles=Particles.from_columns(cols))
+    n = len(cols["px"])
+    with pytest.raises(ValueError, match=f"event 42: 1 of {n} particles have no vertex or"):
+        write_event(replace(event, truth=truth), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_hit_order_hand_built(tmp_path):
