@@ -206,7 +206,8 @@ def _headline(report: dict[str, Any]) -> str:
         parts.append(f"fake rate {100 * report['fake_rate']:.2f}% ({n_fake} of {n_tracks} tracks)")
     if known("duplicate_rate"):
         parts.append(
-            f"duplicate rate {100 * report['duplicate_rate']:.2f}% ({report['n_duplicate']})"
+            f"duplicate rate {100 * report['duplicate_rate']:.2f}% ({report['n_duplicate']} of "
+            f"{report['n_tracks'] - report['n_fake']} tracks of a particle)"
         )
     if known("trackml_score"):
         parts.append(f"TrackML score {report['trackml_score']:.4f}")

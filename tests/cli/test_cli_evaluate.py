@@ -75,6 +75,8 @@ def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     found, of = whole["n_reconstructed"], whole["n_reconstructable"]  # the last line says them
     said = f"tracking efficiency {100 * found / of:.2f}% ({found} of {of}; 68.3% interval "
     assert said in err and f"TrackML score {whole['trackml_score']:.4f}" in err
+    of_particles = whole["n_tracks"] - whole["n_fake"]  # the duplicate rate's denominator
+    assert f"({whole['n_duplicate']} of {of_particles} tracks of a particle)" in err
     (tmp_path / "csv" / f"{prefix}-particles.csv").unlink()
     assert main(args) == 0
     out, err = capsys.readouterr()
