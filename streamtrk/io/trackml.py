@@ -412,7 +412,7 @@ def _particles_file(truth: Truth, event: int) -> bool:
             "or momentum (NaN) and the others have: TrackML's particles file holds all of "
             "them or none"
         )
-    return not (len(unknown) and unknown.all())
+    return not unknown.any()  # all known, or none to write
 
 
 @contextmanager
