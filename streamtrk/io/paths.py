@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 _WRITE_IN = os.W_OK | os.X_OK  # create and write files in a folder
+_partials = itertools.count()  # this process's partial files, numbered
 
 
 def check_writable(path: Path, *, folder: bool = False) -> None:
@@ -39,8 +41,8 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
 
 
 def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """The file ``path`` written by ``write(file)`` whole or not at all: into
-    ``PATH.partial``, renamed over ``path`` once complete (its folder made). A write that
+    """The file ``path`` written by ``write(file)`` whole or not at all: into a partial file
+    beside it (:func:`replaced_whole`), renamed over ``path`` once complete. A write that
     fails (a full disk) leaves no file cut short: the partial one is removed, a file already
     at ``path`` is left as it was, and the OSError names ``path``. As ``open`` would (and
     :func:`check_writable` checks), a link is written through to its file, kept; a ``path``
@@ -49,22 +51,24 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     in_place = path.exists() and not path.is_file() and not path.is_dir()
     target = Path(os.path.realpath(path))  # a link's file, which takes the partial's place
     whole = contextlib.nullcontext(path) if in_place else replaced_whole(target)
+    out = path
     try:
         with whole as out, out.open("wb") as f:
             write(f)
     except OSError as e:
-        unmade = e.filename2 is None and e.filename == str(_partial(target))  # (a folder there)
+        unmade = out != path and e.filename2 is None and e.filename == str(out)  # (name too long)
         where = f"{e.filename}: " if unmade else ""
         raise OSError(f"cannot write {path}: {where}{e.strerror or e}") from e
 
 
 @contextmanager
 def replaced_whole(path: Path) -> Iterator[Path]:
-    """``PATH.partial``, for the block to write: renamed over ``path`` once the block ends
-    (with the permissions of a file it replaces, as an editor keeps them), removed when it
-    raises (or Ctrl-C), so that a failed write neither leaves a file cut short nor destroys
-    the one there. Its folder is made."""
-    partial = _partial(path)
+    """``PATH.PID-N.partial``, for the block to write: renamed over ``path`` once the block
+    ends (with the permissions of a file it replaces, as an editor keeps them), removed when
+    it raises (or Ctrl-C), so that a failed write neither leaves a file cut short nor
+    destroys the one there. Its folder is made. The name is this writer's own (process id,
+    then a count): two writers of one path each write a whole file, the last one stays."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}-{next(_partials)}.partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield partial
@@ -86,7 +90,3 @@ def save_png(fig: Any, path: Path) -> None:
         write_whole(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")

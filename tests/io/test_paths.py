@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtrk.io.paths import check_writable, save_png, write_whole
+from streamtrk.io.paths import check_writable, replaced_whole, save_png, write_whole
 
 NOBODY = 65534
 
@@ -160,15 +160,29 @@ def test_a_link_is_written_through_and_a_device_or_pipe_in_place(tmp_path: Path)
     assert sorted(os.listdir(tmp_path)) == ["fifo", "link.json", "real.json"]
 
 
-def test_a_partial_file_that_cannot_be_made_is_named_and_its_folder_kept(tmp_path: Path) -> None:
-    """A folder where ``PATH.partial`` goes: the error is write_whole's ("cannot write PATH",
-    naming the partial file that could not be made), not the cleanup's, and the folder stays."""
-    path = tmp_path / "r.json"
-    (tmp_path / "r.json.partial").mkdir()
-    (tmp_path / "r.json.partial" / "kept").write_bytes(b"")
-    with pytest.raises(OSError, match=f"cannot write {path}: {path}.partial: Is a directory"):
+def test_a_partial_file_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    """A name that fits but leaves no room for the partial file's suffix: the error is
+    write_whole's ("cannot write PATH"), naming the partial file that could not be made."""
+    path = tmp_path / ("r" * 250)
+    with pytest.raises(
+        OSError,
+        match=f"cannot write {path}: {path}.{os.getpid()}-[0-9]+.partial: File name too long$",
+    ):
         write_whole(path, lambda f: f.write(b"{}"))
-    assert os.listdir(tmp_path / "r.json.partial") == ["kept"] and not path.exists()
+    assert os.listdir(tmp_path) == []
+    path.write_bytes(b"fits")  # (the name itself does)
+
+
+def test_two_writers_of_one_path_each_write_a_whole_file(tmp_path: Path) -> None:
+    """Each writer has its own partial file: the one that ends last takes the path, whole."""
+    path = tmp_path / "r.json"
+    with replaced_whole(path) as first, first.open("wb") as f:
+        f.write(b"first ")
+        with replaced_whole(path) as second:
+            second.write_bytes(b"second")
+        assert path.read_bytes() == b"second"
+        f.write(b"whole")
+    assert path.read_bytes() == b"first whole" and os.listdir(tmp_path) == ["r.json"]
 
 
 def test_a_folder_at_the_path_is_named_not_the_partial_file(tmp_path: Path) -> None:
