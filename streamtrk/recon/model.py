@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from streamtrk import tomlio
+from streamtrk.io.paths import replaced_whole
 from streamtrk.recon.card import ModelCardError, check_card
 from streamtrk.recon.gnn import InteractionNetwork
 
@@ -38,16 +39,14 @@ def default_model_path() -> Path:
 
 def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str, Any]) -> None:
     """Write ``weights.pt`` and ``card.toml`` (the card is checked first), each whole: to a
-    ``.partial`` file first, renamed into place (a reader never sees half a file; one that
-    reads while both are replaced is refused by the served model's digest check)."""
+    partial file first, renamed into place once both are written (a reader never sees half a
+    file; one that reads while both are replaced is refused by the served model's digest
+    check). A save that fails (a full disk) leaves the model there as it was."""
     check_card(card)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights, card_file = directory / f"{WEIGHTS}.partial", directory / f"{CARD}.partial"
-    torch.save(model.state_dict(), weights)
-    card_file.write_text(tomlio.dumps(card))
-    os.replace(weights, directory / WEIGHTS)
-    os.replace(card_file, directory / CARD)
+    with replaced_whole(directory / CARD) as card_file, replaced_whole(directory / WEIGHTS) as w:
+        torch.save(model.state_dict(), w)
+        card_file.write_text(tomlio.dumps(card))
 
 
 def read_card(directory: str | Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from importlib import resources
 from pathlib import Path
@@ -52,6 +53,23 @@ def test_model_round_trip(saved: tuple[Path, InteractionNetwork]) -> None:
     rec = load_reconstructor(path)
     assert rec.threshold == 0.7 and rec.graph_config == GraphConfig()
     assert load_reconstructor(path, threshold=0.4).threshold == 0.4
+
+
+def test_a_failed_save_leaves_the_model_there_as_it_was(
+    saved: tuple[Path, InteractionNetwork], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = saved
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def disk_full(obj: object, f: Path) -> None:
+        Path(f).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    card = model_card("other", ARCH, GraphConfig(), 0.5)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(path, InteractionNetwork(ARCH), card)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
 
 
 def test_pruning_and_track_settings_round_trip(tmp_path: Path) -> None:
