@@ -78,7 +78,17 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-@subcommand("simulate", _simulate_arguments, help="simulate TrackML-like events into a recording")
+@subcommand(
+    "simulate",
+    _simulate_arguments,
+    help="simulate TrackML-like events into a recording",
+    description="Simulate pileup events in the TrackML-like detector (docs/simulation.md), "
+    "optionally with dead or noisy layers, an offset beam spot and high-pT particles, into a "
+    "recording with their truth (and, with --trackml-dir, TrackML CSV files). The same seed "
+    "gives byte-identical files. The recording and the CSV files take their place once every "
+    "event is written: Ctrl-C or an error leaves what was there. Exit status 0, else 1 with "
+    "the error, 130 after Ctrl-C.",
+)
 def _simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -134,7 +144,15 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
 
 
 @subcommand(
-    "import-trackml", _import_trackml_arguments, help="convert TrackML CSV event(s) to a recording"
+    "import-trackml",
+    _import_trackml_arguments,
+    help="convert TrackML CSV event(s) to a recording",
+    description="Convert TrackML CSV events (a prefix such as .../event000001000, one of its "
+    "files, or a directory of events) into a recording, with their truth where there is a "
+    "-truth.csv and a -particles.csv (a recording's truth carries each particle's vertex "
+    "and momentum: truth without particles is refused; --no-truth imports the hits alone). "
+    "The recording takes its place once every event is written. Exit status 0, else 1 with "
+    "the error (no event found, a malformed file).",
 )
 def _import_trackml(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -174,7 +192,15 @@ def _inspect_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
-@subcommand("inspect", _inspect_arguments, help="summarise a recording")
+@subcommand(
+    "inspect",
+    _inspect_arguments,
+    help="summarise a recording",
+    description="Print a recording's counts: events, hits per event (mean, max), truth, the "
+    "wire schema versions and the records' kinds. Exit status 1 when the file is damaged "
+    "(the summary covers the records before the damage, and the error names its offset and "
+    "whether --repair can mend it), else 0.",
+)
 def _inspect(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import repair, summarize
 
@@ -206,7 +232,15 @@ def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
 
 
 @subcommand(
-    "export-trackml", _export_trackml_arguments, help="write a recording's events as TrackML CSV"
+    "export-trackml",
+    _export_trackml_arguments,
+    help="write a recording's events as TrackML CSV",
+    description="Write a recording's events as TrackML CSV files (-hits.csv, and with truth "
+    "-truth.csv and -particles.csv), all of them or, on an error or Ctrl-C, none. Files are "
+    "named by event number alone: an event number met again in another run, or with other "
+    "hits, stops the export (exit status 1, nothing written); an event recorded twice (a "
+    "looped replay) is written once, and said; an event whose files are already in the "
+    "directory replaces them, and is said.",
 )
 def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import iter_events

@@ -26,7 +26,18 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     allow_insecure_argument(s)
 
 
-@subcommand("record", _record_arguments, help="tap a hits stream into a recording")
+@subcommand(
+    "record",
+    _record_arguments,
+    help="tap a hits stream into a recording",
+    description="Store valid hits (and truth) messages from a PUSH stream exactly as "
+    "received, until --events hits messages, --duration seconds, SIGTERM or Ctrl-C. Its "
+    "socket is a PULL socket: it takes the events it records (use it in place of the "
+    "daemon, or on a stream fanned out to it). The file is written from the first message "
+    "recorded, a recording already there replaced only then; a write that fails mid-tap "
+    "keeps the records written whole. Exit status 0, else 1: nothing recorded (no file "
+    "written), a handshake refused, a write failed. See docs/serve.md.",
+)
 def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 

@@ -159,6 +159,7 @@ def test_each_command_documents_its_options(command, capsys):
         if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()
     ]
     assert undocumented == []
+    assert _subcommands(build_parser())[command].description, "--help says what it does"
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
