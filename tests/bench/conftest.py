@@ -3,7 +3,6 @@ benchmark result it writes (the dry run takes about a minute)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from bench_scripts import bench_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,9 +29,5 @@ def device_dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]
 
 @pytest.fixture(scope="session")
 def gpu_report() -> ModuleType:
-    """``bench/gpu_report.py`` as a module (bench/ is no package)."""
-    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "bench" / "gpu_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``bench/gpu_report.py`` as a module."""
+    return bench_script("gpu_report")

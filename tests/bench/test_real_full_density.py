@@ -3,27 +3,19 @@ particles: what it calls exact must equal what the whole truth gives."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_scripts import bench_script
 
 from streamtrk.eval.score import classify, physics_metrics, trackml_score
 from streamtrk.event import Event, HitTruth, Particles, Truth
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = ROOT / "bench" / "real_full_density.py"
-    spec = importlib.util.spec_from_file_location("real_full_density", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("real_full_density")
 
 
 def _tracks_with_faults(pid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
