@@ -94,9 +94,12 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "edge_efficiency (pT>=1 GeV segments from r<10 mm found in the graph as built, after "
     "pruning, above the threshold, all over the same segments; _all: any vertex), "
     "graph_/pruned_/gnn_edge_purity (true pT>=1 GeV segments over edges, segments of softer "
-    "particles not counted); events, events_with_truth (the events the physics keys are "
-    "of: events without truth are reconstructed, not scored), hits_per_event, "
-    "graph_edges_per_event (built), "
+    "particles not counted); missed_by_stage (the reconstructable particles no track found, "
+    "by the first stage whose edges join at most half of their hits: graph as built, pruning, "
+    "gnn above the threshold; tracks where those still join them: track building or the "
+    "fit's cuts; refused: events over the work budget); events, events_with_truth (the "
+    "events the physics keys are of: events without truth are reconstructed, not scored), "
+    "hits_per_event, graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
     "seconds_per_event, stage_seconds (mean per event), timings (median per event), scorer "
     "(the model directory, or oracle); "
@@ -197,9 +200,10 @@ def _headline(report: dict[str, Any]) -> str:
     if known("tracking_efficiency"):
         found, of = report["n_reconstructed"], report["n_reconstructable"]
         lo, hi = (100 * float(x) for x in wilson_interval(np.asarray(found), np.asarray(of)))
+        lost = ", ".join(f"{k} {n}" for k, n in report["missed_by_stage"].items() if n)
         parts.append(
             f"tracking efficiency {100 * report['tracking_efficiency']:.2f}% ({found} of {of}; "
-            f"68.3% interval {lo:.2f}-{hi:.2f}%)"
+            f"68.3% interval {lo:.2f}-{hi:.2f}%" + (f"; missed at {lost})" if lost else ")")
         )
     if known("fake_rate"):
         n_fake, n_tracks = report["n_fake"], report["n_tracks"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.detector import GEV_PER_TESLA_MM
+from streamtrk.eval.missed import STAGES, lost_at
 from streamtrk.eval.score import (
     RECONSTRUCTABLE_MAX_VR,
     RECONSTRUCTABLE_MIN_PT,
@@ -114,6 +115,9 @@ class Evaluation:
     graph_edges: Counter[str] = field(default_factory=Counter)
     pruned_edges: Counter[str] = field(default_factory=Counter)
     gnn_edges: Counter[str] = field(default_factory=Counter)
+    # Reconstructable particles (vertex cut as the efficiency's) no track found, by the stage
+    # that lost them (``streamtrk.eval.missed``).
+    missed: Counter[str] = field(default_factory=Counter)
     particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
     # Per track, the TRACK_COLUMNS: fitted pt, eta, chi2/ndf; fake, duplicate, matched; the
     # majority particle's pT and charge (NaN for noise); the fitted charge, d0 and z0; the
@@ -168,13 +172,16 @@ class Evaluation:
             segments = SegmentTruth.of(ev, self.beam_line)
             mine = event_of == k
             local = edges[:, mine] - offsets[k]
-            pruned = segments.counts(local)
-            self.graph_edges.update(
-                pruned if unpruned else segments.counts(built[:, built_of == k] - offsets[k])
+            stage_edges = (
+                local if unpruned else built[:, built_of == k] - offsets[k],
+                local,
+                local[:, scores[mine] > threshold],
             )
+            pruned = segments.counts(local)
+            self.graph_edges.update(pruned if unpruned else segments.counts(stage_edges[0]))
             self.pruned_edges.update(pruned)
-            self.gnn_edges.update(segments.counts(local[:, scores[mine] > threshold]))
-            c = self._score(ev, labels)
+            self.gnn_edges.update(segments.counts(stage_edges[2]))
+            c = self._score(ev, labels, stage_edges)
             names = ("pt", "eta", "charge", "d0", "z0", "sigma_q_over_pt", "sigma_d0", "sigma_z0")
             p = {n: _track_param(tracks, c.track_id, n) for n in names}
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
@@ -226,12 +233,22 @@ class Evaluation:
         """The track rows of every event as one (tracks, TRACK_COLUMNS) array."""
         return np.concatenate([np.zeros((0, len(TRACK_COLUMNS))), *self.track_rows])
 
-    def _score(self, ev: Event, labels: np.ndarray) -> Any:
-        """Physics counts of one event's track labels; keeps its particles' row."""
+    def _score(
+        self, ev: Event, labels: np.ndarray, stage_edges: tuple[np.ndarray, ...] | None
+    ) -> Any:
+        """Physics counts of one event's track labels; keeps its particles' row and counts
+        the stages that lost its missed particles, given its edges at each (None: refused)."""
         c = self.physics.add(ev, labels, self.beam_line)
         self.particles.append(
             np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
         )
+        assert ev.truth is not None  # physics.add refuses an event without truth
+        missed = ev.truth.particles.to(np).particle_id[c.reconstructable & ~c.found]
+        if stage_edges is None:
+            self.missed["refused"] += len(missed)
+        elif len(missed):
+            stages = lost_at(ev.truth.hits.to(np).particle_id, missed, stage_edges)
+            self.missed.update(STAGES[k] for k in stages)
         return c
 
     def refuse(self, events: list[Event], refusal: EventTooDense) -> None:
@@ -255,7 +272,7 @@ class Evaluation:
             none = SegmentTruth.of(ev, self.beam_line).counts(np.zeros((2, 0), dtype=np.int64))
             for counts in (self.graph_edges, self.pruned_edges, self.gnn_edges):
                 counts.update(none)
-            self._score(ev, labels)
+            self._score(ev, labels, None)
 
     def _once(self, ev: Event) -> None:
         """ValueError when another event of the same run and number came before: its tracks
@@ -295,6 +312,7 @@ class Evaluation:
                 out[f"{name}_edge_efficiency"] = ratio(c["central_found"], c["central"])
                 out[f"{name}_edge_efficiency_all"] = ratio(c["targets_found"], c["targets"])
                 out[f"{name}_edge_purity"] = ratio(c["targets_found"], c["edges_counted"])
+            out["missed_by_stage"] = {stage: self.missed[stage] for stage in STAGES}
             rows = self.track_table()
             out |= _track_rates(rows) | _resolution(rows)
         return out

@@ -8,6 +8,7 @@ import pytest
 from cli_helpers import _run
 
 from streamtrk.cli import main
+from streamtrk.cli.evaluate import _headline
 from streamtrk.io.recording import RecordingWriter, iter_events
 from streamtrk.recon.device import cuda_unavailable
 from streamtrk.recon.model import default_model_path
@@ -85,6 +86,35 @@ def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     assert report["trackml_score"] == whole["trackml_score"]  # the truth file's weights
     assert "1 events have truth but no particle vertices or momenta" in err
     assert "tracking efficiency" not in err and "TrackML score" in err  # what it can score
+
+
+@pytest.mark.parametrize(  # Wilson's interval by hand: (k + 1/2 +- sqrt(k (n - k) / n + 1/4)) / 11
+    ("missed", "said"),
+    [
+        (
+            {"graph": 1, "gnn": 2},
+            "(7 of 10; 68.3% interval 54.25-82.12%; missed at graph 1, gnn 2)",
+        ),
+        ({}, "(10 of 10; 68.3% interval 90.91-100.00%)"),
+    ],
+)
+def test_the_headline_names_the_stages_that_lost_the_missed_particles(missed, said) -> None:
+    found = 10 - sum(missed.values())
+    report = {
+        "events": 2,
+        "seconds_per_event": 0.5,
+        "tracking_efficiency": found / 10,
+        "n_reconstructed": found,
+        "n_reconstructable": 10,
+        "missed_by_stage": {"refused": 0, "graph": 0, "pruning": 0, "gnn": 0, "tracks": 0} | missed,
+        "fake_rate": None,
+        "duplicate_rate": None,
+        "trackml_score": None,
+    }
+    assert (
+        _headline(report)
+        == f"2 events, 0.5 s an event; tracking efficiency {found * 10:.2f}% {said}"
+    )
 
 
 def test_evaluate_keeps_the_report_when_a_file_by_event_number_cannot_be_written(tmp_path):

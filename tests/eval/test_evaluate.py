@@ -20,6 +20,7 @@ from streamtrk.eval.evaluate import (
     evaluate,
     wilson_interval,
 )
+from streamtrk.eval.missed import STAGES
 from streamtrk.event import PARTICLE_DTYPES, Event, Particles
 from streamtrk.io.trackml import by_event_number
 from streamtrk.recon.budget import Budget
@@ -279,6 +280,18 @@ def test_refused_events_with_truth_count_their_particles_as_lost(small_events) -
     assert report["events_refused"] == report["events"] == 2
     assert report["tracking_efficiency"] == report["graph_edge_efficiency"] == 0.0
     assert report["trackml_score"] == 0.0
+    lost = dict.fromkeys(STAGES, 0) | {"refused": report["n_reconstructable"]}
+    assert report["missed_by_stage"] == lost
+
+
+def test_each_missed_particle_is_counted_at_one_stage(small_events) -> None:
+    """Unpruned, the pruning stage's edges are the graph's: it loses nothing; pruning with
+    windows a thirtieth of the default's loses particles there."""
+    for prune, loses in ((None, False), (PruneConfig(scale=0.05), True)):
+        report = evaluate(Reconstructor.oracle(prune=prune), small_events).report()
+        missed = report["missed_by_stage"]
+        assert sum(missed.values()) == report["n_reconstructable"] - report["n_reconstructed"]
+        assert missed["refused"] == 0 and (missed["pruning"] > 0) == loses
 
 
 def test_edge_counts_of_one_event_by_hand() -> None:
