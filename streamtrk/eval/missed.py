@@ -47,7 +47,8 @@ def lost_at(
     ``gnn`` stages, in that order: the first whose edges join at most half of its hits."""
     pid = np.asarray(particle_per_hit, dtype=np.int64)
     n_hits = np.bincount(index_of(missed, pid[np.isin(pid, missed)])[0], minlength=len(missed))
-    stage = np.full(len(missed), STAGES.index("tracks"))
-    for k, edges in reversed(list(enumerate(stage_edges, STAGES.index("graph")))):
-        stage[2 * largest_groups(pid, edges, missed) <= n_hits] = k
+    kept = STAGES.index("tracks")
+    stage = np.full(len(missed), kept)
+    for k, edges in enumerate(stage_edges, STAGES.index("graph")):
+        stage[(stage == kept) & (2 * largest_groups(pid, edges, missed) <= n_hits)] = k
     return stage
