@@ -118,7 +118,9 @@ class Evaluation:
     # Reconstructable particles (vertex cut as the efficiency's) no track found, by the stage
     # that lost them (``streamtrk.eval.missed``).
     missed: Counter[str] = field(default_factory=Counter)
-    particles: list[np.ndarray] = field(default_factory=list)  # (pt, eta, reconstructable, found)
+    # Per particle: pt, eta, reconstructable, found, reconstructable without the vertex cut,
+    # and its vertex's distance from the beam line (mm).
+    particles: list[np.ndarray] = field(default_factory=list)
     # Per track, the TRACK_COLUMNS: fitted pt, eta, chi2/ndf; fake, duplicate, matched; the
     # majority particle's pT and charge (NaN for noise); the fitted charge, d0 and z0; the
     # particle's d0 and z0 (NaN for noise, and without ``bfield``); the fit's standard errors
@@ -239,11 +241,12 @@ class Evaluation:
         """Physics counts of one event's track labels; keeps its particles' row and counts
         the stages that lost its missed particles, given its edges at each (None: refused)."""
         c = self.physics.add(ev, labels, self.beam_line)
-        self.particles.append(
-            np.stack([c.particle_pt, c.particle_eta, c.reconstructable, c.found], 1)
-        )
         assert ev.truth is not None  # physics.add refuses an event without truth
-        missed = ev.truth.particles.to(np).particle_id[c.reconstructable & ~c.found]
+        particles = ev.truth.particles.to(np)
+        columns = [c.particle_pt, c.particle_eta, c.reconstructable, c.found]
+        columns += [c.reconstructable_all, particles.vr_from(self.beam_line)]
+        self.particles.append(np.stack(columns, 1))
+        missed = particles.particle_id[c.reconstructable & ~c.found]
         if stage_edges is None:
             self.missed["refused"] += len(missed)
         elif len(missed):
@@ -448,8 +451,9 @@ def evaluate(
 
 
 def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
-    """PNG plots: efficiency against pT and eta, fake rate against eta (68.3% Wilson
-    intervals), the q/pT resolution and pT bias of matched tracks against true pT, and their
+    """PNG plots: efficiency against pT, eta and (without the vertex cut) the production
+    vertex's distance from the beam line, fake rate against eta (68.3% Wilson intervals), the
+    q/pT resolution and pT bias of matched tracks against true pT, and their
     pulls."""
     import matplotlib
 
@@ -458,9 +462,9 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    parts = np.concatenate(ev.particles) if ev.particles else np.zeros((0, 4))
-    pt, eta, reco, found = parts.T
-    reco, found = reco.astype(bool), found.astype(bool)
+    parts = np.concatenate(ev.particles) if ev.particles else np.zeros((0, 6))
+    pt, eta, reco, found, reco_all, vr = parts.T
+    reco, found, reco_all = reco.astype(bool), found.astype(bool), reco_all.astype(bool)
     trk = _columns(ev.track_table())
     made = []
 
@@ -492,6 +496,15 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
             "eta",
             "tracking efficiency",
             False,
+        ),
+        (
+            "efficiency_vs_vertex_r.png",
+            vr[reco_all],
+            found[reco_all],
+            np.array([0.0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]),
+            "production vertex's distance from the beam line [mm]",
+            "tracking efficiency, any vertex",
+            True,
         ),
         (
             "fake_rate_vs_eta.png",

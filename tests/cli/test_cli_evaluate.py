@@ -50,7 +50,8 @@ def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, c
     with RecordingWriter(tmp_path / "mixed.stk") as w:
         w.write_event(event)
         w.write_event(replace(event, event=event.event + 1, truth=None))
-    names = ["efficiency_vs_pt", "efficiency_vs_eta", "fake_rate_vs_eta", "pt_resolution_vs_pt"]
+    names = ["efficiency_vs_pt", "efficiency_vs_eta", "efficiency_vs_vertex_r", "fake_rate_vs_eta"]
+    names += ["pt_resolution_vs_pt"]
     for name, truthless in (("e.stk", 0), ("mixed.stk", 1)):
         plots = tmp_path / f"plots-{name}"
         args = ["evaluate", str(tmp_path / name), "-q", "--plots", str(plots)]  # the model

@@ -294,6 +294,18 @@ def test_each_missed_particle_is_counted_at_one_stage(small_events) -> None:
         assert missed["refused"] == 0 and (missed["pruning"] > 0) == loses
 
 
+def test_particles_keep_their_vertex_distance_and_both_selections(small_events) -> None:
+    """The rows efficiency_vs_vertex_r.png draws: reconstructable without the vertex cut,
+    at each particle's vertex distance from the beam line."""
+    ev = evaluate(Reconstructor.oracle(), small_events)
+    _, _, reco, _, reco_all, vr = np.concatenate(ev.particles).T
+    reco, reco_all = reco.astype(bool), reco_all.astype(bool)
+    assert (reco <= reco_all).all() and (vr[reco] < 10).all() and (vr[reco_all & ~reco] >= 10).all()
+    assert (reco_all & ~reco).any()
+    truth = [e.truth.particles.vr_from((0.0, 0.0)) for e in small_events if e.truth is not None]
+    assert np.array_equal(vr, np.concatenate(truth).astype(vr.dtype))
+
+
 def test_edge_counts_of_one_event_by_hand() -> None:
     """Targets are segments of pT >= 1 GeV particles, central ones also from vr < 10 mm;
     purity does not count true segments of softer particles against the edges."""

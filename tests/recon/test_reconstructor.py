@@ -166,6 +166,7 @@ def test_evaluate_command_writes_report_plots_and_submission(tmp_path, small_eve
     names: tuple[str, ...] = (
         "efficiency_vs_pt",
         "efficiency_vs_eta",
+        "efficiency_vs_vertex_r",
         "fake_rate_vs_eta",
         "pt_resolution_vs_pt",
     )
