@@ -67,7 +67,8 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     ends (with the permissions of a file it replaces, as an editor keeps them), removed when
     it raises (or Ctrl-C), so that a failed write neither leaves a file cut short nor
     destroys the one there. Its folder is made. The name is this writer's own (process id,
-    then a count): two writers of one path each write a whole file, the last one stays."""
+    then a count): two writers of one path each write a whole file, the last one stays. A
+    writer killed outright (SIGKILL, the OOM killer) leaves its partial file, named so."""
     partial = path.with_name(f"{path.name}.{os.getpid()}-{next(_partials)}.partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
