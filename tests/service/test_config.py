@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import subprocess
 import sys
 import tomllib
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
 import pytest
 import torch
 from live_daemon import clean_env
 
+from streamtrk.recon.choices import ENGINE_CACHE_ENV
+from streamtrk.service import faults
 from streamtrk.service.config import (
     ConfigError,
     ServeConfig,
@@ -35,6 +39,33 @@ def test_defaults_are_the_documented_endpoints() -> None:
     assert (cfg.device, cfg.model, cfg.connect, cfg.overload) == ("auto", None, False, "block")
 
 
+SERVE_MD = Path(__file__).resolve().parents[2] / "docs" / "serve.md"
+
+
+def _documented_defaults() -> dict[str, str]:
+    """docs/serve.md's settings table: setting -> its default as written (backticks off)."""
+    table = SERVE_MD.read_text().split("| setting | default | meaning |\n", 1)[1].split("\n\n")[0]
+    rows = [line.split(" | ") for line in table.splitlines()[1:]]  # [1:]: the | --- | line
+    return {
+        name: row[1].strip("`")
+        for row in rows
+        for name in re.findall(r"`(\w+)`", row[0].lstrip("| "))
+    }
+
+
+def test_every_setting_and_its_default_are_the_documented_ones() -> None:
+    """docs/serve.md's table names every setting, and each one's default as it is."""
+    documented = _documented_defaults()
+    cfg = ServeConfig()
+    assert sorted(documented) == sorted(f.name for f in fields(cfg))
+    for name, text in documented.items():
+        value = getattr(cfg, name)
+        if value is None:
+            assert text.startswith("("), name  # (none), (shipped), (model card)
+        else:
+            assert text == (str(value).lower() if isinstance(value, bool) else str(value)), name
+
+
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "serve.toml"
     path.write_text('max_batch_events = 3\nmax_queue_delay_ms = 7\nlog_format = "json"\n')
@@ -54,6 +85,39 @@ def test_a_file_s_keys_may_be_spelt_with_dashes(tmp_path: Path) -> None:
     cfg = load_config(path, {})
     assert (cfg.max_batch_events, cfg.log_format) == (3, "json")
     assert log_format_asked(path, {}, {}) == "json"  # serve's start-up error reads it too
+    path.write_text("max_batch_events = 3\nmax-batch-events = 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, {})
+    assert e.value.settings == ("max_batch_events",)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "flags", "asked"),
+    [
+        ('log_format = "json"', {"STREAMTRK_LOG_FORMAT": "plain"}, {"log_format": "json"}, "json"),
+        ('log_format = "json"', {"STREAMTRK_LOG_FORMAT": "plain"}, {"log_format": None}, "plain"),
+        ('log_format = "plain"', {"STREAMTRK_LOG_FORMAT": "json"}, {}, "json"),
+        ('log_format = "json"\nmax_batch_events = 0', {}, {}, "json"),  # an invalid file
+        ("max_batch_events = 3", {}, {}, "plain"),
+        ('log_format = "json"\nlog_format = "json"', {}, {}, "plain"),  # no TOML
+        (None, {}, {}, "plain"),
+    ],
+)
+def test_the_log_format_asked_for_is_found_where_the_configuration_may_not_load(
+    tmp_path: Path, toml: str | None, env: dict[str, str], flags: dict[str, str], asked: str
+) -> None:
+    """Flag, else variable, else the file's own setting, else plain."""
+    path = None if toml is None else tmp_path / "serve.toml"
+    if path is not None:
+        path.write_text(f"{toml}\n")
+    assert log_format_asked(path, env, flags) == asked
+
+
+def test_the_process_environment_is_read_when_no_environment_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMTRK_MAX_BATCH_EVENTS", "3")
+    assert load_config().max_batch_events == 3
 
 
 def test_cross_checks_see_the_final_values() -> None:
@@ -91,7 +155,7 @@ def test_cross_checks_see_the_final_values() -> None:
         ('http = "127.0.0.1:\u00b2"', {}, r"http must be HOST:PORT"),
         ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
         ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
-        ('model = ""', {}, r"model must be a path \(leave it out for the default\)"),
+        ('model = ""', {}, r"model must be a path \(leave it out for the default\), got ''"),
         ("", {"STREAMTRK_SNDHWM": "4294967296"}, r"sndhwm must be at most 2147483647"),
         # A TOML value must have the setting's type: a string is no integer, and the
         # message says why '4' is not one.
@@ -102,6 +166,8 @@ def test_cross_checks_see_the_final_values() -> None:
             r"\(from config file .*serve.toml\)",
         ),
         ("max_batch_events = 4.0", {}, r"max_batch_events must be an integer, got 4.0"),
+        # (a string of two lines is no value unquoted, whatever its first line)
+        (r'max_batch_events = "4\nx = 1"', {}, r"max_batch_events must be an integer, got '4"),
         # ... but only where the value unquoted is one: yes is no TOML, four no integer
         ('connect = "yes"', {}, r"connect must be true or false, got 'yes'"),
         ('max_batch_events = "four"', {}, r"max_batch_events must be an integer, got 'four'"),
@@ -136,10 +202,23 @@ def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match:
 
 
 def test_unknown_streamtrk_variables_are_named_with_close_settings() -> None:
-    env = {"STREAMTRK_MAX_BATCH_EVENT": "3", "STREAMTRK_MODEL": "m", "STREAMTRK_SHARED": "s"}
-    [warning] = unknown_variables(env)
-    assert warning.startswith("environment variable STREAMTRK_MAX_BATCH_EVENT is not a setting")
-    assert "did you mean STREAMTRK_MAX_BATCH_EVENTS" in warning
+    env = {
+        "STREAMTRK_MAX_BATCH_EVENT": "3",
+        "STREAMTRK_QQQQQQQQQQQQQQQQQQQQ": "q",
+        "STREAMTRK_MODEL": "m",  # a setting
+        "STREAMTRK_SHARED": "s",  # read elsewhere, as these are:
+        ENGINE_CACHE_ENV: "c",
+        faults.ENV: "f",
+        "MAX_BATCH_EVENT": "3",  # not ours
+    }
+    assert unknown_variables(env) == [
+        "environment variable STREAMTRK_MAX_BATCH_EVENT is not a setting and is ignored; did "
+        "you mean STREAMTRK_MAX_BATCH_EVENTS, STREAMTRK_MAX_BATCH_HITS, STREAMTRK_MAX_HITS?",
+        "environment variable STREAMTRK_QQQQQQQQQQQQQQQQQQQQ is not a setting and is ignored",
+    ]
+
+
+def test_serve_warns_of_unknown_streamtrk_variables() -> None:
     out = _serve("--print-config", env={"STREAMTRK_DEADLINE": "5"})
     assert out.returncode == 0
     assert "STREAMTRK_DEADLINE is not a setting and is ignored" in out.stderr
@@ -261,6 +340,12 @@ def test_a_config_file_that_is_no_utf8_text_or_no_regular_file_is_named(tmp_path
     latin1.write_bytes(b'device = "cpu\xff"\n')
     with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text"):
         load_config(latin1, {})
+    with pytest.raises(ConfigError, match=r"^cannot read config file .*gone.toml: No such file"):
+        load_config(tmp_path / "gone.toml", {})
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"^config file .*folder.toml is not a regular file$"):
+        load_config(folder, {})
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # reading it would block until a writer came
     with pytest.raises(ConfigError, match=r"fifo.toml is not a regular file"):
@@ -285,6 +370,7 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
         ("tcp://[::1]:5555", True),
         ("tcp://lo:5555", True),  # libzmq binds the loopback interface by name
         ("ipc:///tmp/streamtrk.in", True),
+        ("inproc://streamtrk.in", True),
         ("tcp://*:5555", False),
         ("tcp://0.0.0.0:5555", False),
         ("tcp://[::]:5555", False),
@@ -321,6 +407,42 @@ def test_http_address_strips_ipv6_brackets() -> None:
     assert ServeConfig(http="[::1]:10062").http_address == ("::1", 10062)
 
 
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("device", ("auto", "cpu", "cuda")),
+        ("engine", ("auto", "eager", "compile", "tensorrt")),
+        ("precision", ("fp32", "bf16", "fp16")),
+        ("overload", ("block", "reject")),
+        ("log_format", ("plain", "json")),
+        ("log_level", ("debug", "info", "warning", "error")),
+    ],
+)
+def test_every_documented_choice_is_accepted(name: str, values: tuple[str, ...]) -> None:
+    for value in values:
+        assert getattr(load_config(env={f"STREAMTRK_{name.upper()}": value}), name) == value
+    with pytest.raises(ConfigError, match=rf"^{name} must be one of {', '.join(values)}, got"):
+        load_config(env={f"STREAMTRK_{name.upper()}": "other"})
+
+
+def test_a_configuration_cannot_be_changed_in_place() -> None:
+    """The daemon swaps a reloaded configuration whole; one changed in place would bypass
+    its checks."""
+    cfg = ServeConfig()
+    with pytest.raises(FrozenInstanceError):
+        cfg.max_batch_events = 0  # type: ignore[misc]
+
+
+def test_printed_configuration_says_each_setting_s_help_and_leaves_none_unset() -> None:
+    printed = ServeConfig().to_toml()
+    assert (
+        "# longest wait for a batch to fill after its first event\n"
+        "max_queue_delay_ms = 5.0\n"
+        "# default per-event deadline from receipt (none: no deadline)\n"
+        "# deadline_ms = (unset)\n"
+    ) in printed
+
+
 def test_printed_configuration_keeps_false_and_zero() -> None:
     printed = tomllib.loads(ServeConfig().to_toml())
     assert printed["cuda_graphs"] is False and printed["connect"] is False
@@ -328,29 +450,64 @@ def test_printed_configuration_keeps_false_and_zero() -> None:
     assert "deadline_ms" not in printed  # None stays commented out
 
 
-@pytest.mark.parametrize(
-    ("name", "top"), [("sndhwm", 2**31 - 1), ("torch_threads", 4096), ("max_hits", 2**40)]
-)
-def test_the_largest_value_is_accepted_and_one_more_refused(name: str, top: int) -> None:
+#: Each integer setting's least and largest values (ZeroMQ's and torch's C ints, int64 byte
+#: and hit counts after scaling). With queue_capacity at its top and max_batch_events at 1,
+#: the cross-check between them lets either reach both ends.
+INT_RANGES = {
+    "max_batch_events": (1, 2**31 - 1),
+    "queue_capacity": (1, 2**31 - 1),
+    "reply_capacity": (1, 2**31 - 1),
+    "max_frames": (1, 2**31 - 1),
+    "max_hits": (1, 2**40),
+    "max_message_bytes": (1, 2**62),
+    "dead_letter_max_bytes": (1, 2**62),
+    "sndhwm": (0, 2**31 - 1),
+    "rcvhwm": (0, 2**31 - 1),
+    "linger_ms": (0, 2**31 - 1),
+    "torch_threads": (0, 4096),
+    "max_batch_hits": (0, 2**40),
+}
+_ROOM = {"max_batch_events": 1, "queue_capacity": 2**31 - 1}
+
+
+@pytest.mark.parametrize(("name", "least", "top"), [(k, *v) for k, v in INT_RANGES.items()])
+def test_each_integer_s_ends_are_accepted_and_one_past_them_refused(
+    name: str, least: int, top: int
+) -> None:
+    assert {n for n in INT_RANGES} == {f.name for f in fields(ServeConfig) if f.type == "int"}
     # (the ignores: the field is the test's parameter; mypy checks the value against them all)
-    assert getattr(ServeConfig(**{name: top}), name) == top  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=rf"{name} must be at most {top}"):
-        ServeConfig(**{name: top + 1})  # type: ignore[arg-type]
+    for value in (least, top):
+        assert getattr(ServeConfig(**{**_ROOM, name: value}), name) == value  # type: ignore[arg-type]
+    why = "a positive integer" if least else "a non-negative integer"
+    with pytest.raises(ConfigError, match=rf"^{name} must be {why}, got {least - 1}$"):
+        ServeConfig(**{**_ROOM, name: least - 1})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"^{name} must be at most {top}, got {top + 1}$"):
+        ServeConfig(**{**_ROOM, name: top + 1})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["stall_timeout_s", "budget_scale", "deadline_ms", "max_queue_delay_ms", "drain_timeout_s"],
+    ("name", "bound"),
+    [
+        ("stall_timeout_s", " > 0"),
+        ("budget_scale", " > 0"),
+        ("deadline_ms", " > 0"),
+        ("max_queue_delay_ms", " >= 0"),
+        ("drain_timeout_s", " >= 0"),
+        ("beam_spot_x_mm", ""),
+        ("beam_spot_y_mm", ""),
+    ],
 )
 @pytest.mark.parametrize("value", [math.inf, math.nan])
-def test_durations_and_scales_refuse_inf_and_nan(name: str, value: float) -> None:
-    with pytest.raises(ConfigError, match=rf"{name} must be a finite number"):
+def test_durations_scales_and_positions_refuse_inf_and_nan(
+    name: str, bound: str, value: float
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name} must be a finite number{bound}, got {value}$"):
         ServeConfig(**{name: value})  # type: ignore[arg-type]  # the field is a parameter
 
 
 def test_zero_delay_and_drain_are_allowed_zero_deadline_is_not() -> None:
-    cfg = ServeConfig(max_queue_delay_ms=0.0, drain_timeout_s=0.0)
-    assert (cfg.max_queue_delay_ms, cfg.drain_timeout_s) == (0.0, 0.0)
+    cfg = ServeConfig(max_queue_delay_ms=0.0, drain_timeout_s=0.0, deadline_ms=0.001)
+    assert (cfg.max_queue_delay_ms, cfg.drain_timeout_s, cfg.deadline_ms) == (0.0, 0.0, 0.001)
     with pytest.raises(ConfigError, match=r"drain_timeout_s must be a finite number >= 0"):
         ServeConfig(drain_timeout_s=-1.0)
     with pytest.raises(ConfigError, match=r"deadline_ms must be a finite number > 0"):
@@ -361,26 +518,47 @@ def test_a_threshold_lies_in_zero_to_one_without_one() -> None:
     assert ServeConfig(threshold=0.0).threshold == 0.0
     assert ServeConfig(threshold=0.999).threshold == 0.999
     for value in (-0.01, 1.0):  # the cut is "above": 1 passes no edge
-        with pytest.raises(ConfigError, match=r"threshold must lie in \[0, 1\)"):
+        with pytest.raises(ConfigError) as e:
             ServeConfig(threshold=value)
+        assert str(e.value) == (
+            f"threshold must lie in [0, 1) (an edge passes above it: 1 passes none), got {value}"
+        )
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["udp://127.0.0.1:5555", "ipc://", "tcp://:5555", "tcp://127.0.0.1:65536"]
+    ("endpoint", "why"),
+    [
+        ("udp://127.0.0.1:5555", "a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
+        ("ipc://", "a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
+        ("tcp://:5555", "tcp://HOST:PORT, PORT a number (or * to bind a free one)"),
+        ("tcp://127.0.0.1:65536", "tcp://HOST:PORT, PORT a number (or * to bind a free one)"),
+    ],
 )
-def test_bad_endpoints_are_refused(endpoint: str) -> None:
-    with pytest.raises(ConfigError, match="input must be"):
+def test_bad_endpoints_are_refused(endpoint: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
         ServeConfig(input=endpoint)
+    assert str(e.value) == f"input must be {why}, got {endpoint!r}"
 
 
 def test_endpoint_and_http_port_65535_accepted_65536_refused() -> None:
     ServeConfig(input="tcp://127.0.0.1:65535", http="127.0.0.1:65535")
-    with pytest.raises(ConfigError, match="http must be HOST:PORT"):
+    with pytest.raises(ConfigError) as e:
         ServeConfig(http="127.0.0.1:65536")
+    assert str(e.value) == "http must be HOST:PORT, such as 127.0.0.1:10062, got '127.0.0.1:65536'"
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("on", True), ("TRUE", True), (" Off ", False), ("1", True), ("no", False)]
+    ("text", "value"),
+    [
+        ("on", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("1", True),
+        (" Off ", False),
+        ("no", False),
+        ("false", False),
+        ("0", False),
+    ],
 )
 def test_boolean_variables_take_the_usual_spellings(text: str, value: bool) -> None:
     assert load_config(env={"STREAMTRK_CONNECT": text}).connect is value
@@ -399,6 +577,28 @@ def test_variables_that_are_not_of_the_type_are_refused(var: str, text: str) -> 
         load_config(env={var: text})
 
 
+def test_an_empty_variable_or_flag_unsets_an_optional_setting(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text('deadline_ms = 20\nthreshold = 0.5\ndead_letter = "dl.stk"\n')
+    cfg = load_config(path, {"STREAMTRK_DEADLINE_MS": "", "STREAMTRK_DEAD_LETTER": ""})
+    assert (cfg.deadline_ms, cfg.threshold, cfg.dead_letter) == (None, 0.5, None)
+    assert load_config(path, {}, {"threshold": ""}).threshold is None
+    with pytest.raises(ConfigError, match=r"^max_frames must be an integer, got ''"):
+        load_config(path, {"STREAMTRK_MAX_FRAMES": ""})  # not optional: no value to unset
+
+
+def test_paths_are_paths_from_every_source(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text('dead_letter = "file.stk"\n')
+    cfg = load_config(path, {"STREAMTRK_CURVE_SECRET_KEY": "d.key_secret"}, {"model": "m"})
+    assert (cfg.dead_letter, cfg.curve_secret_key, cfg.model) == (
+        Path("file.stk"),
+        Path("d.key_secret"),
+        Path("m"),
+    )
+    assert all(isinstance(p, Path) for p in (cfg.dead_letter, cfg.curve_secret_key, cfg.model))
+
+
 def test_a_false_or_zero_flag_overrides_the_environment() -> None:
     env = {"STREAMTRK_CONNECT": "yes", "STREAMTRK_ALLOW_INSECURE": "true"}
     cfg = load_config(env=env, flags={"connect": False, "allow_insecure": False})
@@ -414,12 +614,87 @@ def test_a_cross_check_names_where_each_value_came_from() -> None:
     ) in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("env", "flags", "settings", "message"),
+    [
+        (
+            {"STREAMTRK_INPUT": "tcp://*:5555"},
+            {"connect": True},
+            ("input", "connect"),
+            ["input must name the host and port to connect to (* is for binding) (connect = "
+             "true) (input from environment variable STREAMTRK_INPUT, connect from flag "
+             "--connect)"],
+        ),
+        (
+            {},
+            {"output": "tcp://0.0.0.0:5556"},
+            ("output", "curve_secret_key", "allow_insecure"),
+            ["output tcp://0.0.0.0:5556 is not a loopback address and CURVE is off",
+             '. Set curve_secret_key and curve_allowed_keys (docs/operations.md, "Keys"), or '
+             "allow_insecure = true on a trusted network (output from flag --output, "
+             "curve_secret_key from the default, allow_insecure from the default)"],
+        ),
+        (
+            {},
+            {"beam_spot_x_mm": "12", "beam_spot_y_mm": "16.1"},
+            ("beam_spot_x_mm", "beam_spot_y_mm"),
+            ["the beam spot (12.0, 16.1) mm must lie within 20 mm of the z axis (beam_spot_x_mm "
+             "from flag --beam-spot-x-mm, beam_spot_y_mm from flag --beam-spot-y-mm)"],
+        ),
+        (
+            {"STREAMTRK_ENGINE": "tensorrt"},
+            {"device": "cpu"},
+            ("engine", "device"),
+            ["engine tensorrt needs device cuda (or auto) (engine from environment variable "
+             "STREAMTRK_ENGINE, device from flag --device)"],
+        ),
+        (
+            {},
+            {"max_frames": "0"},
+            ("max_frames",),
+            ["max_frames must be a positive integer, got 0 (from flag --max-frames)"],
+        ),
+        (
+            {"STREAMTRK_MAX_FRAMES": "many"},
+            {},
+            ("max_frames",),
+            ["max_frames must be an integer, got 'many' (from environment variable "
+             "STREAMTRK_MAX_FRAMES)"],
+        ),
+        (  # the three closest settings, no more
+            {},
+            {"max_bytes": "5"},
+            ("max_bytes",),
+            ["unknown setting 'max_bytes' in flag --max-bytes (did you mean max_hits, "
+             "max_message_bytes, max_batch_events?)"],
+        ),
+        ({}, {"zzz": "1"}, ("zzz",), ["unknown setting 'zzz' in flag --zzz"]),
+        (  # a caller's flag of another type than a string is refused as well
+            {},
+            {"dead_letter": 5},
+            ("dead_letter",),
+            ["dead_letter ", ", got 5 (from flag --dead-letter)"],
+        ),
+    ],
+)  # fmt: skip
+def test_an_error_names_its_settings_and_where_each_came_from(
+    env: dict[str, str], flags: dict[str, object], settings: tuple[str, ...], message: list[str]
+) -> None:
+    """The message, whole (``message``: its parts, in order, with anything between)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env, flags)
+    assert e.value.settings == settings
+    assert re.fullmatch(".*".join(map(re.escape, message)), str(e.value), re.S), str(e.value)
+
+
 def test_flags_help_and_boolean_flags() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     help_text = parser._option_string_actions["--deadline-ms"].help
     assert help_text is not None
     assert help_text.endswith("[STREAMTRK_DEADLINE_MS; default unset]")
+    connect_help = parser._option_string_actions["--connect"].help
+    assert connect_help is not None and connect_help.endswith("[STREAMTRK_CONNECT; default False]")
     assert parser.parse_args(["--connect"]).connect is True
     assert parser.parse_args(["--no-connect"]).connect is False
     assert parser.parse_args([]).connect is None
