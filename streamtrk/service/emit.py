@@ -98,6 +98,7 @@ class Emitter(Supervised):
             )
             self.dropped += self.unconnected
         self.socket.close(linger=self._linger())
+        self.reconnect = lambda: None  # a reconnection due now would use the closed socket
         if self.error is not None:
             # Nothing can be sent: take the replies still coming, so that the threads
             # upstream never block on a full queue, and count each as dropped.

@@ -16,6 +16,7 @@ import zmq
 from streamtrk.event import TRACK_PARAM_DTYPES, Tracks
 from streamtrk.service.emit import Emitter
 from streamtrk.service.job import Reply
+from streamtrk.service.monitor import Reconnects
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import decode
 
@@ -281,3 +282,35 @@ def test_without_a_drain_deadline_a_reply_waits_for_a_consumer(rig) -> None:
     t.join(5)
     assert not t.is_alive()
     assert r.recv().to_reply().event == 2 and r.emitter.dropped == 0
+
+
+def test_a_dead_emitter_connects_nothing_again_while_it_drops_what_comes(
+    rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connect mode: a handshake refused just before the emitter died asks for its socket to
+    connect again; once due, that must not touch the closed socket (the thread would then
+    take no more replies, and upstream would block on a full queue)."""
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.2)
+    done = threading.Event()
+    r = rig(done=done.is_set)
+    reconnects = Reconnects()
+    r.emitter.reconnect = lambda: reconnects.apply("output", r.push, r.addr)
+    r.metrics.inflight.inc()
+    r.replies.put(Reply(1, 0, 0.0, {}, reason="deadline"))
+
+    def boom(reply: Reply) -> None:
+        reconnects.request("output")  # the monitor saw the handshake refused
+        raise RuntimeError("send failed")
+
+    r.emitter.emit = boom
+    r.emitter.start()
+    time.sleep(0.5)  # the reconnection is due while the dead emitter drops what comes
+    for event in (1, 2):
+        r.metrics.inflight.inc()
+        r.replies.put(Reply(1, event, 0.0, {}, reason="deadline"))
+    done.set()
+    r.emitter.join(10)
+    assert not r.emitter.is_alive()
+    assert isinstance(r.emitter.error, RuntimeError)
+    assert r.emitter.dropped == 3 and r.replies.empty()
+    assert r.value("streamtrk_inflight_events") == 0
