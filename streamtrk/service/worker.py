@@ -159,7 +159,7 @@ class Worker(Supervised):
             m.queue_delay.observe(job.timings["queue"])
         m.batch_events.observe(len(batch.jobs))
         m.batch_hits.observe(n_hits)
-        if self._reconstruct(batch.jobs) or len(batch.jobs) == 1:
+        if self._reconstruct(batch.jobs):
             return
         left = [job for job in batch.jobs if not job.claimed]  # too_dense ones are answered
         m.batch_failures.inc()
@@ -170,10 +170,10 @@ class Worker(Supervised):
             self._reconstruct([job])
 
     def _reconstruct(self, jobs: list[Job]) -> bool:
-        """Reconstruct ``jobs`` as one batch and answer them: True when it worked. Events
-        over the work budget are answered ``too_dense`` and the others reconstructed
-        without them. A single event that fails is answered ``internal``; a failed batch is
-        left to the caller."""
+        """Reconstruct ``jobs`` as one batch and answer them: True once each is answered.
+        Events over the work budget are answered ``too_dense`` and the others reconstructed
+        without them. A single event that fails is answered ``internal``; a failed batch of
+        two or more is left to the caller (False)."""
         m = self.metrics
         events = [job.event for job in jobs]
         t0 = time.perf_counter()
@@ -201,10 +201,11 @@ class Worker(Supervised):
         except Exception:
             log.exception("reconstruction of %d events failed", len(jobs))
             self._check_device(rec)
-            if len(jobs) == 1:
-                answered = self._reject(jobs, "internal")  # unless abandon() was first
-                m.internal_errors.labels("reconstruction").inc(answered)
-            return False
+            if len(jobs) > 1:
+                return False
+            answered = self._reject(jobs, "internal")  # unless abandon() was first
+            m.internal_errors.labels("reconstruction").inc(answered)
+            return True
         self.batcher.batch_time.observe(sum(job.n_hits for job in jobs), time.perf_counter() - t0)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)

@@ -506,3 +506,23 @@ def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
     assert value("streamtrk_batch_events_count") == 1
     assert value("streamtrk_batch_events_sum") == 3
     assert value("streamtrk_batch_hits_sum") == sum(len(ev.hits) for ev in events)
+
+
+def test_a_lone_event_failing_beside_a_dense_one_is_no_batch_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch of a dense event and one that fails alone: the dense one is refused, the
+    other answered 'internal' on its own; nothing is left to retry one by one."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1, first_event=13)
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, FailOnEvent13(), det, metrics)
+    now = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.process(Batch(jobs=[Job(ev, now, None) for ev in (pile(det, 2000, 99), event)]))
+    assert {r.event: r.reason for r in _drained(replies)} == {99: "too_dense", 13: "internal"}
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 1
+    assert value("streamtrk_batch_failures_total") == 0
+    assert not any("retrying" in r.getMessage() for r in caplog.records)
