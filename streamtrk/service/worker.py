@@ -174,6 +174,7 @@ class Worker(Supervised):
         Events over the work budget are answered ``too_dense`` and the others reconstructed
         without them. A single event that fails is answered ``internal``; a failed batch of
         two or more is left to the caller (False)."""
+        self.beat()  # a call is progress: the retry of a failed batch makes several
         m = self.metrics
         events = [job.event for job in jobs]
         t0 = time.perf_counter()

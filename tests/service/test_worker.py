@@ -526,3 +526,33 @@ def test_a_lone_event_failing_beside_a_dense_one_is_no_batch_failure(
     assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 1
     assert value("streamtrk_batch_failures_total") == 0
     assert not any("retrying" in r.getMessage() for r in caplog.records)
+
+
+class SlowFailingBatches:
+    """Edge scorer: 0.3 s a call, all edges 0; a batch of two events or more raises."""
+
+    def __call__(self, graph, events):
+        time.sleep(0.3)
+        if len(events) > 1:
+            raise RuntimeError("scorer failure")
+        return np.zeros(graph.num_edges, dtype=np.float32)
+
+
+def test_the_one_by_one_retry_of_a_failed_batch_is_progress_not_a_stall() -> None:
+    """Each event retried is progress: a retry longer than ``stall_timeout_s`` in all, its
+    every call shorter, does not make the worker look stalled (a liveness restart)."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 4))
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=0))
+    for ev in events:
+        batcher.put(Job(ev, time.perf_counter(), None))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(batcher, replies, SlowFailingBatches(), det)  # 1.5 s of calls
+    problems = set()
+    worker.start()
+    while worker.is_alive():
+        if (problem := worker.problem(stall_timeout_s=1.0)) is not None:
+            problems.add(problem.split(" for ")[0])
+        time.sleep(0.02)
+    assert [r.status for r in _drained(replies)] == ["ok"] * len(events)
+    assert problems == set()
