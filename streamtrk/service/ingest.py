@@ -5,13 +5,13 @@ frame and one over ``max_frames`` frames or ``max_message_bytes`` bytes is refus
 read (``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid
 ``hits`` message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
 answered with an error reply when its header names a (run, event), else counted as
-unidentified and offered to the dead-letter file. So is a ``tracks`` message (``bad_kind``:
-a reply, on an input wired to a collector or from a daemon's output wired to a
-distributor), which is not answered, as the answer would come back as another reply, for
-ever; a warning says so at most once a ``MISROUTED_LOG_S``. A full batch queue blocks this thread
-(so ZeroMQ's high-water marks push back on the sender) or, with ``overload = "reject"``,
-answers ``overloaded``; an event still waiting for room when the drain gives up on the
-queue is answered ``shutdown``.
+unidentified and offered to the dead-letter file. So is a ``tracks`` message (``bad_kind``,
+or the decoder's reason for one it refuses: a reply, on an input wired to a collector or
+from a daemon's output wired to a distributor), which is not answered, as the answer would
+come back as another reply, for ever; a warning says so at most once a ``MISROUTED_LOG_S``.
+A full batch queue blocks this thread (so ZeroMQ's high-water marks push back on the
+sender) or, with ``overload = "reject"``, answers ``overloaded``; an event still waiting for
+room when the drain gives up on the queue is answered ``shutdown``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from streamtrk.service.job import Job, Reply
 from streamtrk.service.logs import Throttle
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
-from streamtrk.wire import Limits, WireError, decode, peek_identity, peek_msg_id
+from streamtrk.wire import Limits, WireError, decode, peek_header, peek_identity, peek_msg_id
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
@@ -198,8 +198,11 @@ class Ingest(Supervised):
             self.metrics.rejected.labels(reason).inc()
             self.put(self.replies, Reply.failure(job, reason))
 
-    def _reply_on_input(self, frames: list[zmq.Frame]) -> None:
-        self._unanswered(frames, WireError("bad_kind", "a reply (tracks message) on the input"))
+    def _reply_on_input(
+        self, frames: list[zmq.Frame], error: WireError | None = None, count: int = 0
+    ) -> None:
+        error = error or WireError("bad_kind", "a reply (tracks message) on the input")
+        self._unanswered(frames, error, count)
         if since := self._misrouted.count():
             log.warning(
                 "replies (tracks messages) come in on the input and are not answered (%d since "
@@ -216,6 +219,9 @@ class Ingest(Supervised):
         error: WireError | None = None,
         count: int = 0,
     ) -> None:
+        if (peek_header(frames) or {}).get("kind") == "tracks":  # a reply, even one refused
+            self._reply_on_input(frames, error or WireError(reason, "unexpected failure"), count)
+            return
         # Counted before the reply is queued (in flight until it is sent), so that a scrape
         # never sees the reply sent and its rejection not yet counted.
         identity = peek_identity(frames)

@@ -17,7 +17,7 @@ import zmq
 from live_daemon import wait_for
 
 import streamtrk.service.ingest as ingest_module
-from streamtrk.event import Event, Hits
+from streamtrk.event import TRACK_PARAM_DTYPES, Event, Hits, Tracks
 from streamtrk.io.recording import iter_records
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import ServeConfig
@@ -261,6 +261,19 @@ def test_a_reply_on_the_input_is_counted_and_not_answered(rig, caplog) -> None:
     assert r.value("streamtrk_events_unidentified_total") == 3  # received = answered + these
     warnings = [rec.getMessage() for rec in caplog.records]
     assert len(warnings) == 1 and "replies (tracks messages) come in on the input" in warnings[0]
+
+
+def test_a_reply_the_decoder_refuses_is_not_answered_either(rig) -> None:
+    """A reply this daemon cannot decode (here: from a daemon allowed more hits) is still a
+    reply: counted with its reason and unidentified, not answered (with another reply)."""
+    r = rig(cfg=ServeConfig(max_hits=5))
+    params = {k: np.zeros(1, dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    tracks = Tracks(np.array([0, 10]), np.arange(10), params)
+    r.ingest.handle([zmq.Frame(bytes(f)) for f in encode_tracks(1, 2, np.arange(10), tracks)])
+    assert r.replies.empty()
+    assert r.value("streamtrk_events_rejected_total", {"reason": "too_many_hits"}) == 1
+    assert r.value("streamtrk_events_unidentified_total") == 1
+    assert r.value("streamtrk_inflight_events") == 0
 
 
 @pytest.mark.parametrize(
