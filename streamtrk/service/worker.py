@@ -6,8 +6,9 @@ whose deadline has passed when their batch starts (or that the batcher set aside
 are answered ``deadline``, unprocessed. Events over the work budget
 (``streamtrk.recon.budget``) are answered ``too_dense`` and the rest of their batch
 reconstructed without them. When reconstruction of a batch raises, its events
-are retried one by one, so that only an event that fails on its own is answered
-``internal``; the worker carries on with the next batch. Unless the device itself no longer
+are retried one by one (each a batch of its own, for its deadline and the drain), so that
+only an event that fails on its own is answered ``internal``; the worker carries on with
+the next batch. Unless the device itself no longer
 works (a sticky CUDA error: every later batch would fail too): then the worker dies with
 :class:`DeviceFault`, its events and the queued ones are answered ``shutdown`` (a sender
 resends them elsewhere) and the daemon exits 1 for a restart.
@@ -140,19 +141,27 @@ class Worker(Supervised):
             self._queue(Reply.failure(job, reason))
         return len(claimed)
 
+    def _startable(self, jobs: list[Job], t0: float) -> list[Job]:
+        """``jobs`` less those that must not start at ``t0``, answered: those past their
+        deadline (``deadline``), and all when they would not finish before the drain ends
+        (``shutdown``)."""
+        late = [j for j in jobs if j.deadline is not None and j.deadline < t0]
+        self._reject(late, "deadline")
+        jobs = [j for j in jobs if j not in late]
+        estimate = SAFETY * self.batcher.batch_time.estimate(sum(j.n_hits for j in jobs))
+        if self.drain_by is not None and t0 + estimate > self.drain_by:
+            self._reject(jobs, "shutdown")
+            return []
+        return jobs
+
     def process(self, batch: Batch) -> None:
         m = self.metrics
         t0 = time.perf_counter()
-        late = [j for j in batch.jobs if j.deadline is not None and j.deadline < t0]
-        self._reject(batch.expired + late, "deadline")
-        batch.jobs = [j for j in batch.jobs if j not in late]
+        self._reject(batch.expired, "deadline")
+        batch.jobs = self._startable(batch.jobs, t0)
         if not batch.jobs or self.abandoned.is_set():  # abandon() answered them
             return
         n_hits = batch.n_hits
-        estimate = SAFETY * self.batcher.batch_time.estimate(n_hits)
-        if self.drain_by is not None and t0 + estimate > self.drain_by:
-            self._reject(batch.jobs, "shutdown")
-            return
         for job in batch.jobs:
             job.timings["queue"] = t0 - job.t_queued
             m.stage.labels("queue").observe(job.timings["queue"])
@@ -167,7 +176,8 @@ class Worker(Supervised):
         for job in left:
             if self.abandoned.is_set():  # abandon() answers what is left
                 return
-            self._reconstruct([job])
+            if self._startable([job], time.perf_counter()):  # a batch of its own
+                self._reconstruct([job])
 
     def _reconstruct(self, jobs: list[Job]) -> bool:
         """Reconstruct ``jobs`` as one batch and answer them: True once each is answered.

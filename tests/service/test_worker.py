@@ -556,3 +556,45 @@ def test_the_one_by_one_retry_of_a_failed_batch_is_progress_not_a_stall() -> Non
         time.sleep(0.02)
     assert [r.status for r in _drained(replies)] == ["ok"] * len(events)
     assert problems == set()
+
+
+class FailingBatchThen:
+    """Edge scorer: all edges 0; a batch of two events or more takes 0.3 s, calls ``then``
+    and raises."""
+
+    def __init__(self, then=lambda: None) -> None:
+        self.then = then
+
+    def __call__(self, graph, events):
+        if len(events) > 1:
+            time.sleep(0.3)
+            self.then()
+            raise RuntimeError("scorer failure")
+        return np.zeros(graph.num_edges, dtype=np.float32)
+
+
+def test_an_event_past_its_deadline_when_its_retry_starts_is_not_reconstructed() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, FailingBatchThen(), det)
+    now = time.perf_counter()
+    tight, loose = Job(events[0], now, now + 0.2), Job(events[1], now, None)
+    worker.process(Batch(jobs=[tight, loose]))  # fails after 0.3 s: past the tight deadline
+    got = {r.event: r.reason for r in _drained(replies)}
+    assert got == {events[0].event: "deadline", events[1].event: ""}
+
+
+def test_a_retry_that_cannot_finish_before_the_drain_ends_is_not_started() -> None:
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    batcher = Batcher(8, BatchPolicy())
+
+    def sigterm() -> None:  # during the batch, and the batches so far took 1 s a hit
+        worker.drain_by = time.perf_counter() + 5.0
+        batcher.batch_time.observe(1, 1.0)
+
+    worker = _worker(batcher, replies, FailingBatchThen(sigterm), det)
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
+    assert [r.reason for r in _drained(replies)] == ["shutdown", "shutdown"]
