@@ -50,10 +50,11 @@ EDGE_SCORE_BUCKETS = (
 
 @dataclass(frozen=True, eq=False)
 class Observation:
-    """What the physics metrics take from one reconstructed batch (not its graphs: they are
-    freed)."""
+    """What the physics metrics take from one reconstructed batch: not its graphs, nor its
+    events (their hits may be views of messages of up to ``max_message_bytes``), which are
+    freed once answered; only their hit counts."""
 
-    events: Sequence[Event]
+    n_hits: np.ndarray  # per event
     tracks: Sequence[Tracks]
     scores: Array  # the edge scores, on the reconstructor's device
     layer_hits: np.ndarray  # ReconResult.layer_hits
@@ -65,7 +66,7 @@ class Observation:
     def of(cls, events: Sequence[Event], result: ReconResult, rec: Reconstructor) -> Observation:
         """The observation of ``rec``'s reconstruction ``result`` of ``events``."""
         return cls(
-            events,
+            np.array([len(ev.hits) for ev in events], dtype=np.int64),
             result.tracks,
             result.scores,
             result.layer_hits,
@@ -203,13 +204,12 @@ class PhysicsMetrics:
         The tracks' d0 are of the perigee to the beam line (the reconstruction's centre); the
         beam-spot window takes them back to the z axis, so that the beam spot is in detector
         coordinates whatever the centre (and across a change of it)."""
-        events, tracks, scores = o.events, o.tracks, o.scores
+        n_hits, tracks, scores = o.n_hits, o.tracks, o.scores
         layers = self._layers_of(o.detector)
         layers.count(o.layer_hits[0], layers.hits)
         layers.count(o.layer_hits[1], layers.track_hits)
 
         n_tracks = np.array([len(t) for t in tracks])
-        n_hits = np.array([len(ev.hits) for ev in events])
         self.event_tracks.observe(n_tracks)
         self.events_without_tracks.inc(int(np.sum((n_tracks == 0) & (n_hits > 0))))
         params = {k: np.concatenate([t.params[k] for t in tracks]) for k in
@@ -222,8 +222,8 @@ class PhysicsMetrics:
         self.d0_significance.observe(np.abs(params["d0"]) / np.where(sigma > 0, sigma, np.nan))
         self.z0.observe(params["z0"] * MM)
         self.track_hits.observe(np.concatenate([t.sizes for t in tracks]))
-        serial = self._events_seen + np.arange(len(events))
-        self._events_seen += len(events)
+        serial = self._events_seen + np.arange(len(n_hits))
+        self._events_seen += len(n_hits)
         events_of = np.repeat(serial, n_tracks)
         self.beam_spot.add(params["d0"], params["z0"], params["phi"], events_of, o.beam_line)
 

@@ -4,6 +4,7 @@ it gives (the array histograms: ``test_histograms.py``; the beam-spot window on 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -48,9 +49,10 @@ def observed() -> dict:
     result.layer_hits = result.layer_hits + alone.layer_hits
     registry = CollectorRegistry()
     physics = PhysicsMetrics(registry)
-    observation = Observation.of([*events, lone], result, rec)
+    batch = [*events, lone]
+    observation = Observation.of(batch, result, rec)
     physics.observe(observation)
-    return {"events": events, "batch": observation.events, "result": result, "registry": registry,
+    return {"events": events, "batch": batch, "result": result, "registry": registry,
             "threshold": rec.threshold, "observation": observation}  # fmt: skip
 
 
@@ -79,6 +81,18 @@ def test_hits_are_counted_by_layer_and_on_tracks(observed: dict) -> None:
     # noise is on no track: the noisy layer's share falls below its neighbour's
     share = {k: on_tracks[k] / hits[k] for k in [("13", "2"), ("13", "4")]}
     assert share[("13", "2")] < 0.7 * share[("13", "4")]
+
+
+def test_an_observation_keeps_its_hit_counts_not_its_events(observed: dict) -> None:
+    """The physics queue holds observations for batches to come: not their events, whose
+    hits may be views of messages of up to max_message_bytes."""
+    first = observed["events"][0]
+    event = Event(first.run, first.event, replace(first.hits, x=first.hits.x.copy()))
+    rec = Reconstructor(lambda graph, events: np.ones(graph.num_edges, np.float32), detector=DET)
+    observation, hits = Observation.of([event], rec.reconstruct([event]), rec), event.hits
+    x = weakref.ref(hits.x)
+    del event, hits
+    assert x() is None and observation.n_hits.tolist() == [len(first.hits)]
 
 
 def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
