@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1
 SAFETY = 1.5  # a batch is started while draining only if SAFETY x its estimate fits
 DENSE_LOG_S = 60.0  # at most one warning this often about events refused as too dense
+FAILED_LOG_S = 60.0  # at most one traceback this often of a reconstruction that raised
 
 
 class DeviceFault(RuntimeError):
@@ -78,6 +79,7 @@ class Worker(Supervised):
         self._owing = threading.Lock()
         self._abandon_answered = False  # abandon() has queued its own replies
         self._dense = Throttle(DENSE_LOG_S)  # events refused as too dense
+        self._failed = Throttle(FAILED_LOG_S)  # reconstructions that raised (events may repeat)
 
     def loop(self) -> None:
         while not self.abandoned.is_set():
@@ -90,16 +92,19 @@ class Worker(Supervised):
                 faults.fail("worker")
             elif self.intake_done() and self.batcher.depth() == 0:
                 return
-            self._say_dense()
+            self._say_bursts()
 
-    def _say_dense(self, final: bool = False) -> None:
-        """The rest of a burst of events refused as too dense, once it stopped and its
-        warning is due, or when the thread stops (``final``), without a next one."""
+    def _say_bursts(self, final: bool = False) -> None:
+        """The rest of a burst of events refused as too dense, or of failed reconstructions,
+        once it stopped and its warning is due, or when the thread stops (``final``),
+        without a next one."""
         if since := self._dense.pending(final):
             log.warning("%d more events refused as too dense since the last warning", since)
+        if since := self._failed.pending(final):
+            log.warning("%d more reconstructions failed since the last traceback", since)
 
     def cleanup(self) -> None:
-        self._say_dense(final=True)
+        self._say_bursts(final=True)
         # A worker that died leaves its queue to abandon(), which sets done once answered.
         if not self.abandoned.is_set() and self.error is None:
             self.done.set()
@@ -210,7 +215,12 @@ class Worker(Supervised):
             # abandon() answers the rest once it has begun
             return not rest or self.abandoned.is_set() or self._reconstruct(rest)
         except Exception:
-            log.exception("reconstruction of %d events failed", len(jobs))
+            if since := self._failed.count():  # a stream of failing events: one a minute
+                log.exception(
+                    "reconstruction of %d events failed (%d since the last traceback)",
+                    len(jobs),
+                    since,
+                )
             self._check_device(rec)
             if len(jobs) > 1:
                 return False

@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -485,6 +486,34 @@ def test_the_rest_of_a_burst_of_dense_events_is_said_when_the_worker_stops(
     said = [r.getMessage() for r in caplog.records if r.name == "streamtrk.service.worker"]
     assert len(said) == 2 and said[0].startswith("1 of 1 events refused as too dense")
     assert said[1] == "2 more events refused as too dense since the last warning"
+
+
+def test_a_stream_of_failing_events_logs_one_traceback_and_then_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each event fails alone (answered internal, counted); the log has the first traceback
+    and, when the worker stops, how many failed since (not a traceback each)."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1, first_event=13))
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    for run in range(3):
+        batcher.put(Job(replace(events[0], run=run), time.perf_counter(), None))
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    worker = _worker(batcher, replies, FailOnEvent13(), det, metrics)
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert [r.reason for r in _drained(replies)] == ["internal"] * 3
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 3
+    said = [r for r in caplog.records if r.name == "streamtrk.service.worker"]
+    assert [r.exc_info is not None for r in said] == [True, False]
+    assert said[0].getMessage() == (
+        "reconstruction of 1 events failed (1 since the last traceback)"
+    )
+    assert said[1].getMessage() == "2 more reconstructions failed since the last traceback"
 
 
 def test_a_failing_event_fails_alone_and_its_batch_mates_are_served() -> None:
