@@ -11,6 +11,7 @@ import pytest
 from hand_events import metrics_event
 from piles import pile
 
+from streamtrk.detector import GEV_PER_TESLA_MM
 from streamtrk.eval.evaluate import (
     TRACK_COLUMNS,
     Evaluation,
@@ -61,7 +62,7 @@ def test_track_rates_by_bin() -> None:
             [1.2, -1.2, 0.5, 0, 1, 1],  # duplicate, 1-1.5 GeV, |eta| 1-1.5
             [1.3, 1.4, 1.0, 0, 0, 1],
             [5.0, 3.0, 2.0, 0, 0, 1],  # 3-10 GeV, |eta| 2.5-4
-            [1.5, 1.0, 1.0, 1, 0, 0],  # fake at the lower edges of 1.5-3 GeV and |eta| 1-1.5
+            [1.5, 1.0, 9.0, 1, 0, 0],  # fake at the lower edges of 1.5-3 GeV and |eta| 1-1.5
         ]
     )
     out = _track_rates(rows)
@@ -74,16 +75,19 @@ def test_track_rates_by_bin() -> None:
     assert out["duplicate_rate_by_abs_eta"]["1-1.5"] == 0.5
     assert out["fake_rate_by_abs_eta"]["1-1.5"] == pytest.approx(1 / 3)
     assert out["fake_rate_by_abs_eta"]["2.5-4"] == 0.0
+    assert out["fake_rate_by_pt"]["3-10"] == 0.0 and math.isnan(out["fake_rate_by_pt"]["10-inf"])
     assert out["chi2_ndf_median"] == 1.0  # of the matched tracks only
 
 
-def test_pt_resolution_and_charge_by_true_pt() -> None:
-    def row(pt, true_pt, true_q, charge, matched=1, d0=0.0, true_d0=0.0, eta=0.0, sigma=0.0):
-        values = {"pt": pt, "true_pt": true_pt, "true_q": true_q, "charge": charge, "eta": eta}
-        values |= {"d0": d0, "true_d0": true_d0, "z0": 2 * d0, "true_z0": 2 * true_d0}
-        values |= {"sigma_d0": sigma, "sigma_z0": 4 * sigma}  # sigma 0: unknown
-        return [values.get(c, matched if c == "matched" else 0) for c in TRACK_COLUMNS]
+def row(pt, true_pt, true_q, charge, matched=1, d0=0.0, true_d0=0.0, eta=0.0, sigma=0.0):
+    """A track row (TRACK_COLUMNS); z0 and its truth twice d0's, sigma_z0 four times."""
+    values = {"pt": pt, "true_pt": true_pt, "true_q": true_q, "charge": charge, "eta": eta}
+    values |= {"d0": d0, "true_d0": true_d0, "z0": 2 * d0, "true_z0": 2 * true_d0}
+    values |= {"sigma_d0": sigma, "sigma_z0": 4 * sigma}  # sigma 0: unknown
+    return [values.get(c, matched if c == "matched" else 0) for c in TRACK_COLUMNS]
 
+
+def test_pt_resolution_and_charge_by_true_pt() -> None:
     rows = np.array(
         [
             row(2.0 * (1 + d), 2.0, 1, 1)
@@ -145,6 +149,21 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
     assert math.isnan(out["charge_misid_rate_by_true_pt"]["10-100"])
 
 
+def test_resolution_edges_by_hand() -> None:
+    """A particle of 1 GeV exactly is in the pT bias by |eta|, a track of |eta| 1.5 exactly in
+    the bin it opens; d0 and z0 errors are fitted minus true (tracks on their particle's d0,
+    whatever it is, have none)."""
+    rows = np.array(
+        [row(1.1, 1.0, 1, 1, eta=-1.5)]
+        + [row(5.0, 5.0, 1, 1, d0=d, true_d0=d) for d in np.linspace(-1, 1, 11)]
+    )
+    out = _resolution(rows)
+    assert out["pt_bias_by_abs_eta"]["1.5-2.5"] == pytest.approx(0.1)
+    assert math.isnan(out["pt_bias_by_abs_eta"]["1-1.5"])
+    assert out["d0_resolution_by_true_pt"]["3-10"] == 0.0
+    assert out["z0_resolution_by_true_pt"]["3-10"] == 0.0
+
+
 def test_resolution_of_the_oracle_chain(small_events) -> None:
     """Matched tracks by their particle's pT: a few percent in pT and the right charge."""
     ev = evaluate(Reconstructor.oracle(), small_events)
@@ -201,6 +220,35 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
     assert np.isnan(Evaluation(beam_line=beam)._truth_of(event, who + 1)["d0"]).all()
     at_rest = metrics_event([1], {1: (0.0, 0.0, 1)})  # no helix: NaN, not a warning
     assert np.isnan(Evaluation(bfield=2.0)._truth_of(at_rest, np.array([1]))["d0"]).all()
+
+
+def test_perigee_truth_of_curling_particles_by_hand() -> None:
+    """Circles of 100 mm in 2 T from the vertex (30, 30, 5) mm, leaving along +y with pz = pT:
+    counter-clockwise (q = -1) about (-70, 30), clockwise (q = +1) about (130, 30). Each
+    passes the z axis at |R - |centre|| at the point towards the axis from its centre, seen
+    from there atan(30 / 70), resp. atan(30 / 130), behind the vertex: z0 = 5 - R * that
+    angle (the second across -x, where atan2 jumps by 2 pi). A particle along the beam makes
+    no helix: NaN, not a warning."""
+    r, pt = 100.0, 100.0 * GEV_PER_TESLA_MM * 2.0
+    event = metrics_event([1, 2, 3], {1: (pt, 30.0, 1), 2: (pt, 30.0, 1), 3: (0.0, 0.0, 1)})
+    assert event.truth is not None
+    f4 = np.float32
+    particles = replace(
+        event.truth.particles,
+        vy=np.array([30, 30, 0], f4),
+        vz=np.array([5, 5, 0], f4),
+        px=np.zeros(3, f4),
+        py=np.array([pt, pt, 0], f4),
+        pz=np.array([pt, pt, 1], f4),
+        q=np.array([-1, 1, 1], np.int32),
+    )
+    event = replace(event, truth=replace(event.truth, particles=particles))
+    truth = Evaluation(bfield=2.0)._truth_of(event, np.array([1, 2, 3]))
+    d0 = [r - math.hypot(70, 30), math.hypot(130, 30) - r]
+    np.testing.assert_allclose(np.abs(truth["d0"][:2]), d0, atol=1e-3)
+    z0 = [5 - r * math.atan2(30, 70), 5 - r * math.atan2(30, 130)]
+    np.testing.assert_allclose(truth["z0"][:2], z0, atol=1e-3)
+    assert np.isnan(truth["d0"][2]) and np.isnan(truth["z0"][2])
 
 
 def test_perigee_truth_is_of_the_beam_line_the_chain_is_centred_on(det) -> None:
@@ -306,6 +354,18 @@ def test_particles_keep_their_vertex_distance_and_both_selections(small_events) 
     assert np.array_equal(vr, np.concatenate(truth).astype(vr.dtype))
 
 
+def test_central_segments_are_of_particles_within_10_mm_of_the_z_axis() -> None:
+    """By default the vertex cut is about the z axis: 9.97 mm off it, on either side, is
+    central; 10 mm exactly is not (r < 10 mm). Segments: one, two and one."""
+    event = metrics_event([1, 1, 2, 2, 2, 3, 3], {1: (2.0, 7.0, 2), 2: (2.0, -7.0, 3),
+                                                  3: (2.0, 10.0, 2)})  # fmt: skip
+    assert event.truth is not None
+    particles = replace(event.truth.particles, vy=np.array([7.1, -7.1, 0], np.float32))
+    event = replace(event, truth=replace(event.truth, particles=particles))
+    counts = edge_counts(event, np.zeros((2, 0), np.int64))
+    assert counts["targets"] == 4 and counts["central"] == 3
+
+
 def test_edge_counts_of_one_event_by_hand() -> None:
     """Targets are segments of pT >= 1 GeV particles, central ones also from vr < 10 mm;
     purity does not count true segments of softer particles against the edges."""
@@ -356,3 +416,6 @@ def test_efficiency_intervals_are_wilson_s_and_not_empty_at_0_or_1_of_n() -> Non
     np.testing.assert_allclose(hi[[0, 1, 2]], [0.5 + half, 1, 1 / 101], atol=1e-12)
     assert np.isnan(lo[3]) and np.isnan(hi[3])
     assert lo[4] < 3 / 7 < hi[4] and hi[4] - 3 / 7 > 3 / 7 - lo[4]  # pulled towards 1/2
+    # two standard deviations: 0 of 10 is within z^2 / (n + z^2) = 2/7 of 0
+    lo, hi = wilson_interval(np.array([0]), np.array([10]), z=2.0)
+    np.testing.assert_allclose([lo[0], hi[0]], [0, 2 / 7], atol=1e-12)
