@@ -4,6 +4,7 @@ rates by bin."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -284,11 +285,23 @@ class _FixedTimings(Reconstructor):
 
 def test_stage_times_are_per_event_over_batches_of_any_size(small_events) -> None:
     events = [small_events[0]] * 4 + [small_events[1]]  # batches of 4 and 1
+    t0 = time.perf_counter()
     ev = evaluate(_FixedTimings(OracleScorer()), events, batch_size=4)
+    wall = time.perf_counter() - t0
     report = ev.report()
-    assert report["seconds_per_event"] == pytest.approx(ev.seconds / 5) and ev.seconds > 0
+    assert report["seconds_per_event"] == pytest.approx(ev.seconds / 5) and 0 < ev.seconds < wall
     assert report["stage_seconds"]["gnn"] == pytest.approx((1.4 + 1.1) / 5)
     assert report["timings"]["gnn"] == pytest.approx(1.4 / 4)  # four of the five events
+    alone = evaluate(_FixedTimings(OracleScorer()), small_events).report()  # one event a batch
+    assert alone["timings"]["gnn"] == pytest.approx(1.1)
+
+
+def test_progress_is_a_bar_of_events_when_asked_for(small_events, capsys) -> None:
+    evaluate(Reconstructor.oracle(), small_events)
+    assert capsys.readouterr().err == ""
+    evaluate(Reconstructor.oracle(), small_events, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate: 2event [" in err  # two events, one at a time
 
 
 def test_events_of_two_runs_keep_their_tracks_and_one_submission_per_number(small_events):
@@ -307,9 +320,11 @@ def test_events_over_the_budget_are_counted_refused_and_the_rest_reconstructed(d
     a, b = small_events
     rec = Reconstructor.oracle(detector=det, prune=PruneConfig())
     alone = evaluate(rec, [a, b]).report()
-    ev = evaluate(rec, [a, pile(det, 400, 901), b, pile(det, 2000, 902)], batch_size=4)
+    events = [a, pile(det, 400, 901), b, pile(det, 2000, 902)]
+    ev = evaluate(rec, events, batch_size=4)
     report = ev.report()
     assert report["events"] == 4 and report["events_refused"] == 2
+    assert report["hits_per_event"] == sum(len(e.hits) for e in events) / 4
     assert [(r["event"], r["what"]) for r in report["refused"]] == [
         (901, "doublets"),
         (902, "doublet candidates"),
@@ -320,6 +335,7 @@ def test_events_over_the_budget_are_counted_refused_and_the_rest_reconstructed(d
     assert len(ev.tracks[1, 901]) == 0
     hit_ids, labels = ev.submission[1, 902]
     assert len(hit_ids) == 8000 and not labels.any()
+    assert labels.dtype == ev.submission[a.run, a.event][1].dtype  # track ids, integers
 
 
 def test_refused_events_with_truth_count_their_particles_as_lost(small_events) -> None:
@@ -328,6 +344,7 @@ def test_refused_events_with_truth_count_their_particles_as_lost(small_events) -
     assert report["events_refused"] == report["events"] == 2
     assert report["tracking_efficiency"] == report["graph_edge_efficiency"] == 0.0
     assert report["trackml_score"] == 0.0
+    assert math.isnan(report["graph_edge_purity"])  # no edge: no purity
     lost = dict.fromkeys(STAGES, 0) | {"refused": report["n_reconstructable"]}
     assert report["missed_by_stage"] == lost
 
@@ -385,13 +402,15 @@ def test_edge_counts_of_one_event_by_hand() -> None:
     assert report["graph_edge_purity"] == 0.75  # 3 of the 4 edges that count
 
 
-def test_a_batch_counts_edges_to_their_own_events(small_events) -> None:
-    """An event whose first hit starts an edge: batched, its edges still count as its own."""
+@pytest.mark.parametrize("prune", [None, PruneConfig()])
+def test_a_batch_counts_edges_to_their_own_events(small_events, prune) -> None:
+    """An event whose first hit starts an edge: batched, its edges still count as its own,
+    in the graph as built too when it is pruned."""
     a, b = small_events
     first = int(true_segments(b, 1.0)[0][0])  # starts a target segment: made its first hit
     order = np.r_[first, np.delete(np.arange(len(b.hits)), first)]
     b = replace(b, hits=b.hits.take(order), truth=replace(b.truth, hits=b.truth.hits.take(order)))
-    rec = Reconstructor.oracle()
+    rec = Reconstructor.oracle(prune=prune)
     one = evaluate(rec, [a, b], batch_size=1).report()
     two = evaluate(rec, [a, b], batch_size=2).report()
     for stage in ("graph", "pruned", "gnn"):
@@ -404,6 +423,38 @@ def test_track_rows_carry_each_track_s_own_parameters(small_events) -> None:
     ev = evaluate(Reconstructor.oracle(), small_events[:1])
     [tracks] = ev.tracks.values()
     assert np.array_equal(ev.track_rows[0][:, 0], tracks.params["pt"].astype(float))
+    chi2_ndf = ev.track_table()[:, TRACK_COLUMNS.index("chi2_ndf")]
+    np.testing.assert_allclose(chi2_ndf, tracks.params["chi2"] / tracks.params["ndf"])
+    assert ev.report()["hits_per_event"] == len(small_events[0].hits)  # one event
+
+
+def test_an_evaluation_of_nothing_reports_zeros() -> None:
+    """No event: nothing per event and no track row; the beam line is the z axis."""
+    ev = Evaluation()
+    report = ev.report()
+    assert report["events"] == report["events_with_truth"] == report["events_refused"] == 0
+    for key in ("seconds_per_event", "hits_per_event", "edges_per_hit", "graph_edges_per_event"):
+        assert report[key] == 0, key
+    assert ev.track_table().shape == (0, len(TRACK_COLUMNS))
+    assert ev.beam_line == (0.0, 0.0)
+
+
+def test_edges_scored_at_the_threshold_are_not_kept(small_events) -> None:
+    """The GNN keeps the edges scored above the threshold, not those at it."""
+    scorer = lambda graph, events: np.full(graph.num_edges, 0.5, np.float32)  # noqa: E731
+    report = evaluate(Reconstructor(scorer, threshold=0.5), small_events[:1]).report()
+    assert report["graph_edge_efficiency"] > 0 and report["gnn_edge_efficiency"] == 0.0
+
+
+def test_two_events_of_one_run_and_number_are_refused_unless_the_same(small_events) -> None:
+    """The same event twice (a looped replay) is scored again; another one of its run and
+    number is refused, reconstructed or over the budget."""
+    a, b = small_events
+    assert evaluate(Reconstructor.oracle(), [a, a]).n_events == 2
+    twin = Event(a.run, a.event, b.hits, b.truth)
+    for budget in (None, Budget(0, 0, 0, allowance=0)):
+        with pytest.raises(ValueError, match=f"both run {a.run}, event {a.event}"):
+            evaluate(Reconstructor.oracle(budget=budget), [a, twin])
 
 
 def test_efficiency_intervals_are_wilson_s_and_not_empty_at_0_or_1_of_n() -> None:
