@@ -252,3 +252,44 @@ def test_a_scrape_reads_the_beam_spot_gauges_from_one_estimate(monkeypatch) -> N
     text = generate_latest(registry).decode()
     assert len(calls) == 1
     assert "streamtrk_beam_spot_tracks 0.0" in text and "streamtrk_beam_spot_x_meters NaN" in text
+
+
+def test_skipped_batches_are_exported_at_0_before_any_is_skipped() -> None:
+    """Both reasons from the start, so that a rate over them is 0, not absent, while healthy."""
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry)
+    for reason in ("behind", "failed"):
+        labels = {"reason": reason}
+        assert registry.get_sample_value("streamtrk_physics_batches_skipped_total", labels) == 0
+
+
+def test_histogram_buckets_are_those_of_the_docs() -> None:
+    """The bounds docs/metrics.md gives (in GeV and mm there), exported in base units."""
+    gev, mm = 1e9, 1e-3
+    d0 = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+    z0 = (2.5, 5, 7.5, 10, 15, 20, 30, 50, 100, 250)
+    score = (1e-4, 1e-3, 0.01, 0.05, *(k / 10 for k in range(1, 10)), 0.95, 0.99, 0.999)
+    documented = {
+        "streamtrk_track_pt_electronvolts": [
+            gev * b for b in (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100)
+        ],
+        "streamtrk_track_eta": [k / 2 for k in range(-8, 9)],
+        "streamtrk_track_d0_meters": sorted(mm * b for b in (0, *d0, *(-b for b in d0))),
+        "streamtrk_track_z0_meters": sorted(mm * b for b in (0, *z0, *(-b for b in z0))),
+        "streamtrk_track_d0_significance": [0.5, 1, 2, 3, 5, 10, 30, 100],
+        "streamtrk_track_hits": [*range(3, 13), 14, 16, 20],
+        "streamtrk_event_tracks": [0, 1, 3, 10, 30, 100, 300, 1000, 2000, 3000, 5000, 10000],
+        "streamtrk_edge_score": list(score),
+    }
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry)
+    bounds: dict[str, list[str]] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name == f"{family.name}_bucket" and s.labels["le"] != "+Inf":
+                bounds.setdefault(family.name, []).append(s.labels["le"])
+    for name, expected in documented.items():
+        got = [float(b) for b in bounds[name]]
+        assert got == pytest.approx(expected, rel=1e-12, abs=0), name
+    assert "1e+09" in bounds["streamtrk_track_pt_electronvolts"]  # le="1e+09" is 1 GeV
+    assert "0.005" in bounds["streamtrk_track_d0_meters"]  # and le="0.005" 5 mm
