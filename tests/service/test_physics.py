@@ -116,6 +116,21 @@ def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
     assert sum(on_tracks.values()) == np.count_nonzero(on_known) > 0
 
 
+def test_a_detector_swapped_in_counts_hits_on_its_own_layers(observed: dict) -> None:
+    """A reload may bring another detector: its layers are counted, not the first one's (here
+    it lacks the first layer, whose count stays at that of the first batch)."""
+    o = observed["observation"]
+    fewer = replace(DET, volume_id=DET.volume_id[1:], layer_id=DET.layer_id[1:])
+    registry = CollectorRegistry()
+    physics = PhysicsMetrics(registry)
+    physics.observe(o)
+    physics.observe(replace(o, detector=fewer))
+    twice = _by_layer(registry, "streamtrk_layer_hits_total")
+    once = _by_layer(observed["registry"], "streamtrk_layer_hits_total")
+    first = (str(DET.volume_id[0]), str(DET.layer_id[0]))
+    assert twice == {k: v if k == first else 2 * v for k, v in once.items()} and once[first] > 0
+
+
 def test_tracks_edges_and_empty_events_are_counted(observed: dict) -> None:
     result, value = observed["result"], observed["registry"].get_sample_value
     assert value("streamtrk_event_tracks_count") == len(observed["batch"])
@@ -131,6 +146,11 @@ def test_tracks_edges_and_empty_events_are_counted(observed: dict) -> None:
     assert value("streamtrk_edge_score_bucket", {"le": str(low)}) == np.sum(scores <= low)
     accepted = np.count_nonzero(scores > observed["threshold"])
     assert value("streamtrk_edges_accepted_total") == accepted > 0
+    # every track's eta and phi, the negative ones at or below 0
+    for name, param in (("streamtrk_track_eta", "eta"), ("streamtrk_track_phi_radians", "phi")):
+        values = np.concatenate([t.params[param] for t in result.tracks])
+        assert value(f"{name}_count") == len(values), name
+        assert value(f"{name}_bucket", {"le": "0.0"}) == np.sum(values <= 0) > 0, name
     # base units: eV for pT, meters for d0 and z0
     params = {k: np.concatenate([t.params[k] for t in result.tracks]) for k in ("pt", "d0", "z0")}
     assert value("streamtrk_track_pt_electronvolts_sum") == pytest.approx(
@@ -143,14 +163,44 @@ def test_tracks_edges_and_empty_events_are_counted(observed: dict) -> None:
             assert value(f"streamtrk_track_{name}_meters_bucket", le) == np.sum(meters <= b), b
 
 
+def test_edges_scored_at_the_threshold_are_not_accepted(observed: dict) -> None:
+    """Accepted: scored above the threshold, as track building keeps them, not at it."""
+    registry = CollectorRegistry()
+    scores = np.array([0.1, 0.5, 0.5, 0.7, 1.0], np.float32)
+    PhysicsMetrics(registry).observe(replace(observed["observation"], scores=scores, threshold=0.5))
+    assert registry.get_sample_value("streamtrk_edges_accepted_total") == 2
+
+
+def test_d0_significance_leaves_out_tracks_without_a_standard_error(observed: dict) -> None:
+    """A standard error of 0 is unknown (an older reply): no significance, not infinity."""
+    o = observed["observation"]
+    tracks = [
+        replace(
+            t,
+            params=t.params
+            | {"sigma_d0": np.where(np.arange(len(t)) % 2, t.params["sigma_d0"], 0)},
+        )
+        for t in o.tracks
+    ]
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry).observe(replace(o, tracks=tracks))
+    known = sum(len(t) // 2 for t in o.tracks)
+    assert registry.get_sample_value("streamtrk_track_d0_significance_count") == known > 0
+    assert registry.get_sample_value("streamtrk_track_d0_meters_count") == sum(map(len, o.tracks))
+
+
 def test_an_event_without_hits_is_no_event_without_tracks() -> None:
-    empty = Event(1, 7, Hits(**{k: np.zeros(0, dt) for k, dt in Hits.DTYPES.items()}))
+    """Of an event without hits and one of a single hit, the latter is without tracks."""
+    empty, one = (
+        Event(1, n, Hits(**{k: np.zeros(n - 7, dt) for k, dt in Hits.DTYPES.items()}))
+        for n in (7, 8)
+    )
     rec = Reconstructor(lambda graph, events: np.zeros(graph.num_edges, np.float32), detector=DET)
     registry = CollectorRegistry()
-    result = rec.reconstruct([empty])
-    PhysicsMetrics(registry).observe(Observation.of([empty], result, rec))
-    assert registry.get_sample_value("streamtrk_events_without_tracks_total") == 0
-    assert registry.get_sample_value("streamtrk_event_tracks_count") == 1
+    result = rec.reconstruct([empty, one])
+    PhysicsMetrics(registry).observe(Observation.of([empty, one], result, rec))
+    assert registry.get_sample_value("streamtrk_events_without_tracks_total") == 1
+    assert registry.get_sample_value("streamtrk_event_tracks_count") == 2
 
 
 def test_the_beam_spot_tells_the_events_of_later_batches_apart(observed: dict) -> None:
@@ -193,6 +243,7 @@ def test_tracks_of_a_chain_centred_on_the_beam_line_give_the_beam_spot(observed:
     assert value("streamtrk_beam_line_y_meters") == pytest.approx(-0.2e-3)
     assert value("streamtrk_beam_spot_x_meters") == pytest.approx(0.3e-3, abs=0.02e-3)
     assert value("streamtrk_beam_spot_y_meters") == pytest.approx(-0.2e-3, abs=0.02e-3)
+    assert value("streamtrk_beam_spot_tracks") == physics.beam_spot.estimate().tracks > 1000
 
 
 def test_d0_significance_says_whether_the_chain_is_centred_on_the_beam(observed: dict) -> None:
