@@ -468,16 +468,6 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     trk = _columns(ev.track_table())
     made = []
 
-    def binned(x: np.ndarray, ok: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, ...]:
-        idx = np.digitize(x, bins) - 1
-        inside = (idx >= 0) & (idx < len(bins) - 1)
-        n = np.bincount(idx[inside], minlength=len(bins) - 1)
-        k = np.bincount(idx[inside], weights=ok[inside], minlength=len(bins) - 1)
-        frac = np.divide(k, n, out=np.full(len(n), np.nan), where=n > 0)
-        lo, hi = wilson_interval(k, n)
-        err = np.maximum(np.stack([frac - lo, hi - frac]), 0)  # not -1e-17 at 0 or 1 of n
-        return (bins[1:] + bins[:-1]) / 2, frac, err
-
     specs = [
         (
             "efficiency_vs_pt.png",
@@ -533,6 +523,19 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
     made.append(_plot_resolution(ev, directory / "pt_resolution_vs_pt.png", plt))
     made.append(_plot_pulls(ev, directory / "pulls.png", plt))
     return made
+
+
+def binned(x: np.ndarray, ok: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The bin centres, the fraction of ``ok`` (0 or 1) of the ``x`` in each bin of the
+    edges ``bins`` (NaN where none) and its error bars below and above (Wilson's 68.3%)."""
+    idx = np.digitize(x, bins) - 1
+    inside = (idx >= 0) & (idx < len(bins) - 1)
+    n = np.bincount(idx[inside], minlength=len(bins) - 1)
+    k = np.bincount(idx[inside], weights=ok[inside], minlength=len(bins) - 1)
+    frac = np.divide(k, n, out=np.full(len(n), np.nan), where=n > 0)
+    lo, hi = wilson_interval(k, n)
+    err = np.maximum(np.stack([frac - lo, hi - frac]), 0)  # not -1e-17 at 0 or 1 of n
+    return (bins[1:] + bins[:-1]) / 2, frac, err
 
 
 def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from streamtrk.eval.evaluate import (
     Evaluation,
     _resolution,
     _track_rates,
+    binned,
     edge_counts,
     evaluate,
     wilson_interval,
@@ -470,3 +471,21 @@ def test_efficiency_intervals_are_wilson_s_and_not_empty_at_0_or_1_of_n() -> Non
     # two standard deviations: 0 of 10 is within z^2 / (n + z^2) = 2/7 of 0
     lo, hi = wilson_interval(np.array([0]), np.array([10]), z=2.0)
     np.testing.assert_allclose([lo[0], hi[0]], [0, 2 / 7], atol=1e-12)
+
+
+def test_plotted_fractions_by_bin_by_hand() -> None:
+    """Bins [0, 1), [1, 2), [2, 4), [4, 8), [8, 16): 1 of 2, 1 of 1, none, 0 of 1 and 1 of 1
+    (values below the first edge and at the last one left out), with Wilson's 68.3% bars:
+    1 of 2 is 0.5 +- 1/sqrt(12); 1 of 1 down to 1/2, 0 of 1 up to 1/2."""
+    x = np.array([-1.0, 0.0, 0.5, 1.0, 5.0, 9.0, 16.0])
+    ok = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    edges = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
+    centres, frac, err = binned(x, ok, edges)
+    np.testing.assert_allclose(centres, [0.5, 1.5, 3.0, 6.0, 12.0])
+    np.testing.assert_allclose(frac, [0.5, 1.0, np.nan, 0.0, 1.0])
+    half = 1 / math.sqrt(12)
+    bars = [[half, 0.5, 0.0, 0.5], [half, 0.0, 0.5, 0.0]]
+    np.testing.assert_allclose(err[:, [0, 1, 3, 4]], bars, atol=1e-12)
+    # the bins at the end are there too, empty or without an ok value
+    tail = binned(x[[1, 4]], ok[[1, 4]], edges)[1]
+    np.testing.assert_allclose(tail, [1.0, np.nan, np.nan, 0.0, np.nan])
