@@ -24,6 +24,7 @@ import numpy as np
 from streamtrk.eval.missed import STAGES, lost_at
 from streamtrk.eval.score import classify
 from streamtrk.io.events import read_events
+from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.xp import to_host
 
@@ -39,22 +40,33 @@ CLASSES = (
 
 
 def missed_particles(path: Path, events: int | None, model: Path | None) -> list[dict]:
-    """One row per missed reconstructable particle: stage, vr, pt, abs_eta, hits; and one
-    row per reconstructable particle (``stage`` None when found), for the rates."""
+    """One row per reconstructable particle: the stage that lost it (``stage``, None when
+    found), vr, pt, abs_eta and hits. An event over the work budget loses all at ``refused``,
+    as ``streamtrk evaluate`` counts it."""
     rec = load_reconstructor(model)
     rows = []
     for ev in read_events(path, events):
-        result = rec.reconstruct([ev])
-        labels = result.tracks[0].track_id_per_hit(len(ev.hits))
         assert ev.truth is not None, "the particles need truth"
+        try:
+            result = rec.reconstruct([ev])
+        except EventTooDense:
+            result = None
+        labels = (
+            np.zeros(len(ev.hits), dtype=np.int64)
+            if result is None
+            else result.tracks[0].track_id_per_hit(len(ev.hits))
+        )
         c = classify(ev, labels, rec.beam_spot)
         particles = ev.truth.particles.to(np)
         pid = ev.truth.hits.to(np).particle_id
-        built, graph = to_host(result.built.edge_index), to_host(result.graph.edge_index)
-        above = graph[:, to_host(result.scores) > rec.threshold]
         missed = c.reconstructable & ~c.found
         stage = np.full(len(particles), -1)
-        stage[missed] = lost_at(pid, particles.particle_id[missed], (built, graph, above))
+        if result is None:
+            stage[missed] = STAGES.index("refused")
+        else:
+            built, graph = to_host(result.built.edge_index), to_host(result.graph.edge_index)
+            above = graph[:, to_host(result.scores) > rec.threshold]
+            stage[missed] = lost_at(pid, particles.particle_id[missed], (built, graph, above))
         hits = np.unique(pid, return_counts=True)
         n_hits = dict(zip(hits[0].tolist(), hits[1].tolist(), strict=True))
         vr = particles.vr_from(rec.beam_spot)

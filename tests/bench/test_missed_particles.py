@@ -6,20 +6,29 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from bench_scripts import bench_script
 
 from streamtrk.eval.evaluate import evaluate
 from streamtrk.eval.missed import STAGES
 from streamtrk.io.recording import RecordingWriter
+from streamtrk.recon.budget import Budget
 from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.reconstructor import Reconstructor
 
 
-def test_the_missed_particles_are_those_evaluate_counts(small_events, tmp_path: Path) -> None:
-    bench = bench_script("missed_particles")
+@pytest.fixture
+def recording(small_events, tmp_path: Path) -> Path:
+    """``small_events`` as a recording."""
     with RecordingWriter(tmp_path / "e.stk") as w:
         for ev in small_events:
             w.write_event(ev)
-    rows = bench.missed_particles(tmp_path / "e.stk", None, None)
+    return tmp_path / "e.stk"
+
+
+def test_the_missed_particles_are_those_evaluate_counts(small_events, recording: Path) -> None:
+    bench = bench_script("missed_particles")
+    rows = bench.missed_particles(recording, None, None)
     report = evaluate(load_reconstructor(), small_events).report()
     assert len(rows) == report["n_reconstructable"]
     missed = Counter(r["stage"] for r in rows if r["stage"] is not None)
@@ -27,3 +36,17 @@ def test_the_missed_particles_are_those_evaluate_counts(small_events, tmp_path: 
     assert sum(missed.values()) > 0
     efficiency = f"| (efficiency) | {100 * report['tracking_efficiency']:.2f}% |"
     assert efficiency in bench.table(rows)
+
+
+def test_the_particles_of_events_over_the_budget_are_lost_at_refused(
+    small_events, recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``streamtrk evaluate`` counts them: every reconstructable particle, at ``refused``."""
+    bench = bench_script("missed_particles")
+    rec = Reconstructor.oracle(budget=Budget(0, 0, 0, allowance=0))
+    monkeypatch.setattr(bench, "load_reconstructor", lambda model: rec)
+    rows = bench.missed_particles(recording, None, None)
+    report = evaluate(rec, small_events).report()
+    assert len(rows) == report["n_reconstructable"] > 0
+    assert {r["stage"] for r in rows} == {"refused"}
+    assert report["missed_by_stage"]["refused"] == len(rows)
