@@ -22,7 +22,7 @@ from streamtrk.wire import TrackReply
 
 pytestmark = pytest.mark.slow
 
-MESSAGES, FRAMES, FRAME_BYTES = 30, 2_000, 60_000  # 3.6 GB in all: twice the bound
+MESSAGES, FRAMES, FRAME_BYTES = 30, 2_000, 60_000  # 3.6 GB in all: 1.9 times the bound
 BOUND_BYTES = 1.8 * 2**30  # docs/serve.md, "Memory": the bound with default settings
 
 
