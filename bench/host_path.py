@@ -145,9 +145,12 @@ def transfers(messages: dict[str, list[bytes]], n: int, runs: int) -> dict[str, 
     return out
 
 
-def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str, float]:
+def per_event_parts(
+    events: list[Event], repeats: int, device: str
+) -> tuple[dict[str, float], float]:
     """Microseconds per event of each host-side part, on one batch of ``events``
-    reconstructed on ``device`` (its columns go up, its edge scores stay there)."""
+    reconstructed on ``device`` (its columns go up, its edge scores stay there); and the
+    mean bytes of their replies (all frames)."""
     rec = load_reconstructor(device=device)
     rec.reconstruct(events[:1])  # warm-up
     result = rec.reconstruct(events)
@@ -187,7 +190,8 @@ def per_event_parts(events: list[Event], repeats: int, device: str) -> dict[str,
         "physics_edge_scores": lambda: physics.edge_score.observe(result.scores),
         "encode": encode_all,
     }
-    return {name: median_us(fn, repeats) / n for name, fn in parts.items()}
+    reply_bytes = np.mean([sum(len(f) for f in _encode(reply)) for reply in replies])
+    return {name: median_us(fn, repeats) / n for name, fn in parts.items()}, float(reply_bytes)
 
 
 def main() -> None:
@@ -204,7 +208,7 @@ def main() -> None:
     det = load_detector()
     cfg = SimConfig(generator=GeneratorConfig(mu=args.mu))
     events = list(simulate(det, cfg, args.seed, args.events))
-    parts = per_event_parts(events, args.repeats, args.device)
+    parts, reply_bytes = per_event_parts(events, args.repeats, args.device)
     host_us = sum(v for k, v in parts.items() if k not in NOT_IN_TOTAL)
     hits = [bytes(f) for f in encode_hits(events[0])]
     hits_compact = [bytes(f) for f in encode_hits(events[0], compact=True)]
@@ -214,6 +218,7 @@ def main() -> None:
         "events": args.events,
         "mu": args.mu,
         "hits_per_event": float(np.mean([len(ev.hits) for ev in events])),
+        "reply_bytes_per_event": reply_bytes,
         "per_event_us": parts,
         "host_us_per_event": host_us,
         "host_us_per_event_edge_scores_on_device": host_us - parts["physics_edge_scores"],
