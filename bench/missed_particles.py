@@ -1,5 +1,7 @@
 """The reconstructable particles no track found, by the stage that lost them and by what they
-are: their production vertex's distance from the beam line, pT, |eta| and hits.
+are: their production vertex's distance from the beam line, pT, |eta|, hits, and where their
+helix passes the beam line (its perigee's d0 and z0: the graph cuts each segment's z0 to the
+luminous region).
 
 ``streamtrk evaluate`` counts the missed particles by stage (``missed_by_stage``, see
 ``streamtrk.eval.missed``); this says which particles they are, to tell a stage's cuts
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamtrk.eval.evaluate import Evaluation
 from streamtrk.eval.missed import STAGES, lost_at
 from streamtrk.eval.score import classify
 from streamtrk.io.events import read_events
@@ -28,22 +31,26 @@ from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.xp import to_host
 
-#: Columns of the table: name, test on (vr mm, pT GeV, |eta|, hits) per particle.
+#: Columns of the table: name, test on (vr mm, pT GeV, |eta|, hits, |z0| mm) per particle.
+#: 30 mm: the shipped graph's ``z0_max`` (the luminous region; its cut adds the resolution).
 CLASSES = (
-    ("vr < 1 mm", lambda vr, pt, eta, n: vr < 1),
-    ("vr 1-5 mm", lambda vr, pt, eta, n: (vr >= 1) & (vr < 5)),
-    ("vr 5-10 mm", lambda vr, pt, eta, n: vr >= 5),
-    ("pT < 1.5 GeV", lambda vr, pt, eta, n: pt < 1.5),
-    ("\\|eta\\| > 2", lambda vr, pt, eta, n: eta > 2),
-    ("<= 6 hits", lambda vr, pt, eta, n: n <= 6),
+    ("vr < 1 mm", lambda vr, pt, eta, n, z0: vr < 1),
+    ("vr 1-5 mm", lambda vr, pt, eta, n, z0: (vr >= 1) & (vr < 5)),
+    ("vr 5-10 mm", lambda vr, pt, eta, n, z0: vr >= 5),
+    ("pT < 1.5 GeV", lambda vr, pt, eta, n, z0: pt < 1.5),
+    ("\\|eta\\| > 2", lambda vr, pt, eta, n, z0: eta > 2),
+    ("<= 6 hits", lambda vr, pt, eta, n, z0: n <= 6),
+    ("\\|z0\\| > 30 mm", lambda vr, pt, eta, n, z0: z0 > 30),
 )
 
 
 def missed_particles(path: Path, events: int | None, model: Path | None) -> list[dict]:
     """One row per reconstructable particle: the stage that lost it (``stage``, None when
-    found), vr, pt, abs_eta and hits. An event over the work budget loses all at ``refused``,
-    as ``streamtrk evaluate`` counts it."""
+    found), vr, pt, abs_eta, hits, and its perigee's d0 and z0 (mm, to the beam line the chain
+    is centred on). An event over the work budget loses all at ``refused``, as ``streamtrk
+    evaluate`` counts it."""
     rec = load_reconstructor(model)
+    perigee = Evaluation.of(rec).perigee_truth
     rows = []
     for ev in read_events(path, events):
         assert ev.truth is not None, "the particles need truth"
@@ -70,6 +77,7 @@ def missed_particles(path: Path, events: int | None, model: Path | None) -> list
         hits = np.unique(pid, return_counts=True)
         n_hits = dict(zip(hits[0].tolist(), hits[1].tolist(), strict=True))
         vr = particles.vr_from(rec.beam_spot)
+        truth = perigee(ev, particles.particle_id)
         for k in np.flatnonzero(c.reconstructable):
             rows.append({
                 "stage": STAGES[stage[k]] if stage[k] >= 0 else None,
@@ -77,6 +85,8 @@ def missed_particles(path: Path, events: int | None, model: Path | None) -> list
                 "pt": float(particles.pt[k]),
                 "abs_eta": float(abs(particles.eta[k])),
                 "hits": n_hits[int(particles.particle_id[k])],
+                "d0": float(truth["d0"][k]),
+                "z0": float(truth["z0"][k]),
             })  # fmt: skip
     return rows
 
@@ -87,6 +97,7 @@ def table(rows: list[dict]) -> str:
 
     def counts(sel: list[dict]) -> np.ndarray:
         a = [np.array([r[k] for r in sel]) for k in ("vr", "pt", "abs_eta", "hits")]
+        a.append(np.abs([r["z0"] for r in sel]))
         return np.array([int(f(*a).sum()) if sel else 0 for _, f in CLASSES])
 
     def line(*cells: object) -> str:

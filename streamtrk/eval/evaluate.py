@@ -189,13 +189,13 @@ class Evaluation:
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
             flags = (c.track_fake, c.track_duplicate, c.track_matched)
-            truth = self._truth_of(ev, c.track_particle)
+            truth = self.perigee_truth(ev, c.track_particle)
             row = [p["pt"], p["eta"], chi2_ndf, *flags, truth["pt"], truth["q"], p["charge"]]
             row += [p["d0"], p["z0"], truth["d0"], truth["z0"]]
             row += [p["sigma_q_over_pt"], p["sigma_d0"], p["sigma_z0"]]
             self.track_rows.append(np.stack(row, 1))
 
-    def _truth_of(self, ev: Event, particle_id: np.ndarray) -> dict[str, np.ndarray]:
+    def perigee_truth(self, ev: Event, particle_id: np.ndarray) -> dict[str, np.ndarray]:
         """pT, charge, d0 and z0 of the particles ``particle_id`` (NaN where unknown: noise):
         the perigee to the beam line of the helix from each vertex, in the fit's conventions
         (``streamtrk.recon.fit``; NaN without ``bfield``)."""

@@ -50,3 +50,22 @@ def test_the_particles_of_events_over_the_budget_are_lost_at_refused(
     assert len(rows) == report["n_reconstructable"] > 0
     assert {r["stage"] for r in rows} == {"refused"}
     assert report["missed_by_stage"]["refused"] == len(rows)
+
+
+def test_a_particle_from_outside_the_luminous_region_is_lost_at_graph(
+    outside_luminous_region: tuple[Path, float],
+) -> None:
+    """The ``outside_luminous_region`` event: its displaced particle alone is missed, at
+    ``graph``, in the table's |z0| > 30 mm column, and its row's z0 and d0 are its
+    perigee's (it leaves radially: it passes through the beam line)."""
+    recording, z0 = outside_luminous_region
+    bench = bench_script("missed_particles")
+    rows = bench.missed_particles(recording, None, None)
+    assert len(rows) == 5
+    missed = [r for r in rows if r["stage"] is not None]
+    assert [r["stage"] for r in missed] == ["graph"]
+    assert missed[0]["z0"] == pytest.approx(z0, abs=0.05)
+    assert abs(missed[0]["d0"]) < 0.01
+    assert max(abs(r["z0"]) for r in rows if r["stage"] is None) < 0.01
+    graph_row = next(line for line in bench.table(rows).splitlines() if line.startswith("| graph"))
+    assert graph_row.split("|")[2:-1] == [" 1 ", " 0 ", " 1 ", " 0 ", " 0 ", " 0 ", " 0 ", " 1 "]
