@@ -77,7 +77,7 @@ def missed_particles(path: Path, events: int | None, model: Path | None) -> list
         hits = np.unique(pid, return_counts=True)
         n_hits = dict(zip(hits[0].tolist(), hits[1].tolist(), strict=True))
         vr = particles.vr_from(rec.beam_spot)
-        truth = perigee(ev, particles.particle_id)
+        truth = perigee(particles, particles.particle_id)
         for k in np.flatnonzero(c.reconstructable):
             rows.append({
                 "stage": STAGES[stage[k]] if stage[k] >= 0 else None,

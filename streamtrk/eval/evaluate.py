@@ -21,7 +21,7 @@ from streamtrk.eval.score import (
     PhysicsTotals,
     ratio,
 )
-from streamtrk.event import Event, Tracks
+from streamtrk.event import Event, Particles, Tracks
 from streamtrk.io.paths import save_png
 from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import ReconResult, Reconstructor
@@ -189,18 +189,18 @@ class Evaluation:
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
             flags = (c.track_fake, c.track_duplicate, c.track_matched)
-            truth = self.perigee_truth(ev, c.track_particle)
+            assert ev.truth is not None  # add skips events without truth
+            truth = self.perigee_truth(ev.truth.particles, c.track_particle)
             row = [p["pt"], p["eta"], chi2_ndf, *flags, truth["pt"], truth["q"], p["charge"]]
             row += [p["d0"], p["z0"], truth["d0"], truth["z0"]]
             row += [p["sigma_q_over_pt"], p["sigma_d0"], p["sigma_z0"]]
             self.track_rows.append(np.stack(row, 1))
 
-    def perigee_truth(self, ev: Event, particle_id: np.ndarray) -> dict[str, np.ndarray]:
-        """pT, charge, d0 and z0 of the particles ``particle_id`` (NaN where unknown: noise):
-        the perigee to the beam line of the helix from each vertex, in the fit's conventions
-        (``streamtrk.recon.fit``; NaN without ``bfield``)."""
-        assert ev.truth is not None  # add skips events without truth
-        p = ev.truth.particles.to(np)
+    def perigee_truth(self, particles: Particles, particle_id: np.ndarray) -> dict[str, np.ndarray]:
+        """pT, charge, d0 and z0 of the particles ``particle_id`` of ``particles`` (NaN where
+        unknown: noise): the perigee to the beam line of the helix from each vertex, in the
+        fit's conventions (``streamtrk.recon.fit``; NaN without ``bfield``)."""
+        p = particles.to(np)
         idx, known = index_of(p.particle_id, particle_id)
         vx, vy, vz, px, py, pz, q = (  # float64: a TeV track's circle is kilometres wide
             np.where(known, getattr(p, k)[idx].astype(np.float64), np.nan)

@@ -221,9 +221,7 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
     if particles_path is None:
         particles = _particles_from_truth(pid)
     else:
-        particles = Particles.from_columns(_read_csv(particles_path, PARTICLE_DTYPES))
-        if len(np.unique(particles.particle_id)) != len(particles):
-            raise ValueError(f"{particles_path}: duplicate particle_id")
+        particles = read_particles(particles_path)
         missing = np.setdiff1d(pid[pid != 0], particles.particle_id)
         if len(missing):  # their particles would be missed by every efficiency
             raise ValueError(
@@ -236,6 +234,16 @@ def _read_truth(truth_path: Path, particles_path: Path | None, hit_id: np.ndarra
     if "weight" not in cols:
         cols["weight"] = hit_weights(pid, distance, _pt_per_hit(particles, pid, cols))
     return Truth(hits=HitTruth.from_columns(cols), particles=particles)
+
+
+def read_particles(path: str | Path) -> Particles:
+    """A TrackML particles file (``-particles.csv[.gz]``): vertex (mm), momentum (GeV),
+    charge and hits of each particle; a particle_id met twice is an error."""
+    path = Path(path)
+    particles = Particles.from_columns(_read_csv(path, PARTICLE_DTYPES))
+    if len(np.unique(particles.particle_id)) != len(particles):
+        raise ValueError(f"{path}: duplicate particle_id")
+    return particles
 
 
 def read_event(path: str | Path, *, run: int = 0) -> Event:

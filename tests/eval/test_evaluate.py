@@ -214,14 +214,17 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
     event = metrics_event([1], {1: (1.0, 0.0, 1)})
     assert event.truth is not None
     event = replace(event, truth=replace(event.truth, particles=particles))
-    truth = Evaluation(beam_line=beam, bfield=ideal.bfield).perigee_truth(event, who + 1)
+    truth = Evaluation(beam_line=beam, bfield=ideal.bfield).perigee_truth(particles, who + 1)
     assert np.abs(truth["d0"]).max() > 1.0  # displaced enough to matter
     assert np.allclose(fitted["d0"], truth["d0"], atol=2e-3)
     assert np.allclose(fitted["z0"], truth["z0"], atol=2e-3)
     assert np.array_equal(truth["q"], q[who]) and np.allclose(truth["pt"], pt[who], rtol=1e-6)
-    assert np.isnan(Evaluation(beam_line=beam).perigee_truth(event, who + 1)["d0"]).all()
+    assert np.isnan(Evaluation(beam_line=beam).perigee_truth(particles, who + 1)["d0"]).all()
     at_rest = metrics_event([1], {1: (0.0, 0.0, 1)})  # no helix: NaN, not a warning
-    assert np.isnan(Evaluation(bfield=2.0).perigee_truth(at_rest, np.array([1]))["d0"]).all()
+    assert at_rest.truth is not None
+    assert np.isnan(
+        Evaluation(bfield=2.0).perigee_truth(at_rest.truth.particles, np.array([1]))["d0"]
+    ).all()
 
 
 def test_perigee_truth_of_curling_particles_by_hand() -> None:
@@ -244,8 +247,7 @@ def test_perigee_truth_of_curling_particles_by_hand() -> None:
         pz=np.array([pt, pt, 1], f4),
         q=np.array([-1, 1, 1], np.int32),
     )
-    event = replace(event, truth=replace(event.truth, particles=particles))
-    truth = Evaluation(bfield=2.0).perigee_truth(event, np.array([1, 2, 3]))
+    truth = Evaluation(bfield=2.0).perigee_truth(particles, np.array([1, 2, 3]))
     d0 = [r - math.hypot(70, 30), math.hypot(130, 30) - r]
     np.testing.assert_allclose(np.abs(truth["d0"][:2]), d0, atol=1e-3)
     z0 = [5 - r * math.atan2(30, 70), 5 - r * math.atan2(30, 130)]

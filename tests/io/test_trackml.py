@@ -20,6 +20,7 @@ from streamtrk.io.trackml import (
     kinematics_unknown,
     new_events,
     read_event,
+    read_particles,
     read_submission,
     write_event,
     write_submission,
@@ -282,6 +283,8 @@ def test_duplicate_particle_and_bad_gzip_are_refused(tmp_path):
     _rewrite_csv(particles, lambda header, rows: (header, [*rows, rows[0]]))
     with pytest.raises(ValueError, match=r"particles\.csv: duplicate particle_id"):
         read_event(prefix)
+    with pytest.raises(ValueError, match=r"particles\.csv: duplicate particle_id"):
+        read_particles(particles)
     particles.unlink()
     for kind in ("hits", "truth"):
         path = tmp_path / f"event000000042-{kind}.csv"
@@ -570,6 +573,22 @@ def test_real_event_round_trip(shared_trackml, tmp_path):
     back = read_event(write_event(event, tmp_path))
     assert back.truth is not None and event.truth is not None
     assert back.hits.equals(event.hits) and back.truth.equals(event.truth)
+
+
+@pytest.mark.realdata
+def test_real_particle_list(shared_trackml):
+    """The complete particle list of event 1000 (its README: 12,263 particles), each row as
+    the file writes it."""
+    path = shared_trackml / "full_event000001000" / "event000001000-particles.csv"
+    particles = read_particles(path)
+    assert len(particles) == 12_263
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    for k in (0, 6_000, len(rows) - 1):
+        assert particles.particle_id[k] == int(rows[k]["particle_id"])
+        assert particles.q[k] == int(rows[k]["q"]) and particles.nhits[k] == int(rows[k]["nhits"])
+        for name in ("vx", "vy", "vz", "px", "py", "pz"):
+            assert getattr(particles, name)[k] == np.float32(float(rows[k][name]))
 
 
 @pytest.mark.realdata
