@@ -57,7 +57,8 @@ def _built(rec: Reconstructor, ev: Event, z0_max: float) -> tuple[np.ndarray, fl
 
 def z0_window(path: Path, events: int | None, z0s: list[float], model: Path | None) -> dict:
     """Per z0_max (the reconstructor's first): edges, seconds, refused events and the graph
-    stage's lost particles joined; and how many the shipped chain lost there."""
+    stage's lost particles joined; and how many the shipped chain lost there (none of an
+    event it refuses: ``streamtrk evaluate`` counts those at ``refused``)."""
     rec = load_reconstructor(model)
     z0s = [rec.graph_config.z0_max, *z0s]
     rows = [{"z0_max": z, "events": 0, "refused": 0, "edges": 0, "seconds": 0.0, "joined": 0}
@@ -65,12 +66,16 @@ def z0_window(path: Path, events: int | None, z0s: list[float], model: Path | No
     lost = 0
     for ev in read_events(path, events):
         assert ev.truth is not None, "the particles need truth"
-        result = rec.reconstruct([ev])  # an event the shipped chain refuses: EventTooDense
-        c = classify(ev, result.tracks[0].track_id_per_hit(len(ev.hits)), rec.beam_spot)
         pid = ev.truth.hits.to(np).particle_id
-        missed = ev.truth.particles.to(np).particle_id[c.reconstructable & ~c.found]
-        shipped = to_host(result.built.edge_index)
-        at_graph = missed[lost_at(pid, missed, (shipped,)) == GRAPH]
+        try:
+            result = rec.reconstruct([ev])
+        except EventTooDense:  # its particles are lost at 'refused', none at the graph stage
+            shipped, at_graph = None, pid[:0]
+        else:
+            c = classify(ev, result.tracks[0].track_id_per_hit(len(ev.hits)), rec.beam_spot)
+            missed = ev.truth.particles.to(np).particle_id[c.reconstructable & ~c.found]
+            shipped = to_host(result.built.edge_index)
+            at_graph = missed[lost_at(pid, missed, (shipped,)) == GRAPH]
         lost += len(at_graph)
         for row in rows:
             try:
@@ -78,7 +83,7 @@ def z0_window(path: Path, events: int | None, z0s: list[float], model: Path | No
             except EventTooDense:
                 row["refused"] += 1
                 continue
-            if row is rows[0]:
+            if row is rows[0] and shipped is not None:
                 assert np.array_equal(edges, shipped), "the shipped graph, built again"
             row["events"] += 1
             row["edges"] += edges.shape[1]
@@ -89,19 +94,22 @@ def z0_window(path: Path, events: int | None, z0s: list[float], model: Path | No
 
 def table(out: dict) -> str:
     """Markdown: one line per z0_max, edges and seconds per built event against the
-    shipped window's."""
+    shipped window's ("-" where no event was built)."""
     base = out["rows"][0]
-    per = base["edges"] / max(base["events"], 1)
+    per = base["edges"] / base["events"] if base["events"] else 0.0
     lines = [
         "| z0_max (mm) | edges per event | x shipped | seconds per event | refused | "
         f"joined (of {out['lost_at_graph']} lost at graph) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in out["rows"]:
-        n = max(row["events"], 1)
+        n = row["events"]
+        edges = f"{row['edges'] / n:,.0f}" if n else "-"
+        ratio = f"{row['edges'] / n / per:.2f}" if n and per else "-"
+        seconds = f"{row['seconds'] / n:.2f}" if n else "-"
         lines.append(
-            f"| {row['z0_max']:g} | {row['edges'] / n:,.0f} | {row['edges'] / n / per:.2f} | "
-            f"{row['seconds'] / n:.2f} | {row['refused']} | {row['joined']} |"
+            f"| {row['z0_max']:g} | {edges} | {ratio} | {seconds} | {row['refused']} | "
+            f"{row['joined']} |"
         )
     return "\n".join(lines)
 
