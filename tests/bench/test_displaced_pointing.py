@@ -12,24 +12,27 @@ from bench_scripts import bench_script
 from streamtrk.event import PARTICLE_DTYPES, Particles
 
 
-def _particles(vertices: list[tuple[float, float, float]], pt: list[float]) -> Particles:
-    """Particles leaving radially along +x at eta 0.3, from ``vertices``, with 10 hits."""
+def _particles(
+    vertices: list[tuple[float, float, float]], pt: list[float], nhits: list[int] | None = None
+) -> Particles:
+    """Particles leaving radially along +x at eta 0.3, from ``vertices``, with ``nhits`` hits
+    (10 each by default)."""
     n = len(vertices)
     v, p = np.array(vertices, dtype=float), np.array(pt)
     cols = {"particle_id": np.arange(1, n + 1), "vx": v[:, 0], "vy": v[:, 1], "vz": v[:, 2],
             "px": p, "py": np.zeros(n), "pz": p * np.sinh(0.3), "q": np.ones(n),
-            "nhits": np.full(n, 10)}  # fmt: skip
+            "nhits": np.full(n, 10) if nhits is None else np.array(nhits)}  # fmt: skip
     return Particles.from_columns({k: cols[k].astype(dt) for k, dt in PARTICLE_DTYPES.items()})
 
 
 def test_rows_count_per_class_and_take_z0_at_the_perigee() -> None:
     """Two events: prompt particles at z 0 and 4 mm, one made 3 mm out at z 80 mm (z0 79.1
-    mm: outside), one 7 mm out at z 10 mm (z0 7.9: inside), and one 0.5 GeV particle (not
-    counted)."""
+    mm: outside), one 7 mm out at z 10 mm (z0 7.9: inside), and neither a 0.5 GeV particle
+    nor a prompt one of 4 hits at z 50 mm (outside) counted."""
     bench = bench_script("displaced_pointing")
     events = [
         _particles([(0, 0, 0), (3, 0, 80), (0, 0, 10)], [5.0, 5.0, 0.5]),
-        _particles([(0, 0, 4), (7, 0, 10)], [5.0, 20.0]),
+        _particles([(0, 0, 4), (7, 0, 10), (0, 0, 50)], [5.0, 20.0, 5.0], [10, 10, 4]),
     ]
     prompt, near, far = bench.pointing(events, 2.0)
     assert (prompt["particles"], prompt["per_event"], prompt["outside"]) == (2, 1.0, 0)
