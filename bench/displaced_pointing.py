@@ -3,14 +3,15 @@ against the real particles of TrackML event 1000.
 
 Per class of production vertex distance from the beam line (vr < 1, 1-5, 5-10 mm), among
 the particles with pT >= 1 GeV and at least 5 hits (the reconstructable ones of
-docs/trackml-scoring.md; the real list counts hits in the whole detector, the simulation
-those its event holds): how many an event has, the median |z0| of their perigees, and how
-many pass the beam line outside |z0| <= 30 mm, the luminous region the shipped graph's z0
-cut admits (``bench/missed_particles.py``: particles outside it are lost at the graph
-stage). ``p`` is the chance that none of the real ones would be outside if the simulated
-share held. Real: the complete particle list of event 1000 (``full_event000001000``;
-validation only, nothing is tuned on it); simulated: MU=200 events of the default
-simulation.
+``../shared/docs/trackml-scoring.md``; both count the whole detector's hits, the real list
+with the double hits of overlapping modules: the hits cut removes one displaced particle of
+each, 2026-12-04): how many an event has, the median |z0| of their perigees, and how many
+pass the beam line outside |z0| <= 30 mm, the luminous region the shipped graph's z0 cut
+admits (``bench/missed_particles.py``: particles outside it are lost at the graph stage).
+``p`` is the chance that none of the real ones would be outside were each outside
+independently at the simulated share. Real: the complete particle list of event 1000
+(``full_event000001000``; validation only, nothing is tuned on it); simulated: MU=200
+events of the default simulation.
 
 Run: PYTHONPATH=. .venv/bin/python bench/displaced_pointing.py [--events 10] [--seed 2024]
        [--shared ../shared] [--json out.json]
