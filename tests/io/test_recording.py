@@ -26,7 +26,7 @@ from streamtrk.io.recording import (
     repair,
     summarize,
 )
-from streamtrk.wire import WireError, encode_hits, encode_tracks, encode_truth
+from streamtrk.wire import WireError, decode, encode_hits, encode_tracks, encode_truth
 
 
 def make_event(rng: np.random.Generator, n: int, event: int) -> Event:
@@ -479,3 +479,107 @@ def test_cut_at_is_set_only_where_no_whole_record_can_follow(small: Any, tmp_pat
     assert damage(flip(offsets[2] - 1)) is None  # a CRC mismatch with a whole record after
     assert damage(data + data) is None  # a second recording's file header, read as a record
     assert damage(data + bytes(40) + data[12:]) is None  # zeros, then records
+
+
+def test_a_length_field_cut_short_is_named_by_its_own_offset(small: Any) -> None:
+    """Cut inside the second frame's length field of the last record: the error names
+    that record, the frame and the offset where its length field starts."""
+    path, offsets, frames = small
+    data = path.read_bytes()
+    field = offsets[2] + 8 + 8 + len(frames[2][0])  # after the count/CRC and frame 0
+    path.write_bytes(data[: field + 3])
+    with pytest.raises(RecordingError) as found:
+        list(iter_records(path))
+    assert f"record at offset {offsets[2]}: truncated length of frame 1 at offset {field}" in str(
+        found.value
+    )
+    assert found.value.cut_at == offsets[2]
+
+
+def test_a_garbage_length_in_the_last_record_is_a_damaged_tail_that_repair_cuts(
+    small: Any,
+) -> None:
+    """A length past the end of the file (here far over any memory) is damage found before
+    its bytes are read, by readers and by ``repair`` (which reads any length the file
+    holds): the tail is cut back to the whole records before it."""
+    path, offsets, frames = small
+    data = bytearray(path.read_bytes())
+    at = offsets[2] + 8
+    data[at : at + 8] = struct.pack("<Q", 2**62)
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError, match=f"frame 0 length {2**62} above") as found:
+        list(iter_records(path))
+    assert found.value.cut_at == offsets[2]  # it runs past the end: a damaged tail
+    left = len(data) - at - 8
+    with (
+        RecordingReader(path, max_frame_bytes=None) as reader,
+        pytest.raises(RecordingError, match=f"exceeds the {left} bytes left"),
+    ):
+        list(reader)
+    repaired = repair(path, tail_only=True)
+    assert repaired is not None and repaired[0] == len(data) - offsets[2]
+    assert [f for _, f in iter_records(path)] == frames[:2]
+
+
+def test_a_whole_last_record_over_the_frame_limit_is_no_damaged_tail(tmp_path: Path) -> None:
+    """The over-limit record is the file's last, its frame ending exactly at the end of the
+    file: a whole record, so the readers' error offers no cut (``repair`` would keep it)."""
+    path = tmp_path / "old.stk"
+    write(path, [[b"a"]])
+    big = [b"h", bytes(MAX_FRAME_BYTES + 1)]
+    count = struct.pack("<I", len(big))
+    body = b"".join(struct.pack("<Q", len(f)) + f for f in big)
+    with path.open("ab") as f:
+        f.write(count + struct.pack("<I", zlib.crc32(count + body)) + body)
+    with pytest.raises(RecordingError, match="above the 8000000-byte limit") as refused:
+        list(iter_records(path))
+    assert refused.value.cut_at is None
+    assert summarize(path)["cut_at"] is None
+    assert repair(path) is None
+
+
+def test_append_refuses_a_file_too_short_for_a_header_and_leaves_it(tmp_path: Path) -> None:
+    """A one-byte file is no empty file: appending to it is refused, not a new recording
+    written over it."""
+    path = tmp_path / "one.stk"
+    path.write_bytes(b"x")
+    with pytest.raises(RecordingError, match=r"cannot append: .*truncated file header \(1 of"):
+        RecordingWriter(path, "a")
+    assert path.read_bytes() == b"x"
+
+
+def test_write_event_returns_the_offset_of_its_hits_record(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    path = tmp_path / "w.stk"
+    events = [make_event(rng, 3, i) for i in range(3)]
+    events[1] = Event(3, 1, events[1].hits)  # no truth: one record only
+    with RecordingWriter(path) as w:
+        got = [w.write_event(ev) for ev in events]
+    hits_at = [off for off, frames in iter_records(path) if decode(frames).kind == "hits"]
+    assert got == hits_at and len(set(got)) == 3
+
+
+def test_repair_cuts_damage_whole_records_follow_only_when_not_tail_only(small: Any) -> None:
+    """A flipped bit in the middle record, a whole record after it: ``tail_only`` (what
+    ``inspect --repair`` does) leaves the file; a plain ``repair`` cuts it back to the whole
+    records before the damage, saying how many bytes it cut and where."""
+    path, offsets, frames = small
+    data = bytearray(path.read_bytes())
+    data[offsets[1] + 20] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert repair(path, tail_only=True) is None and path.read_bytes() == data
+    repaired = repair(path)
+    assert repaired is not None
+    assert repaired[0] == len(data) - offsets[1] and f"record at offset {offsets[1]}" in repaired[1]
+    assert path.read_bytes() == data[: offsets[1]]
+    assert [f for _, f in iter_records(path)] == frames[:1]
+
+
+def test_summarize_an_empty_recording(tmp_path: Path) -> None:
+    path = tmp_path / "empty.stk"
+    write(path, [])
+    s = summarize(path)
+    assert (s["records"], s["events"], s["hits_max"], s["events_with_truth"]) == (0, 0, 0, 0)
+    assert s["hits_mean"] == 0.0 and s["kinds"] == {} and s["invalid"] == {}
+    assert (s["error"], s["cut_at"], s["file_bytes"]) == (None, None, 12)
