@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from itertools import cycle, islice
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from streamtrk.cli import main
 from streamtrk.client import Producer
 from streamtrk.io.recording import iter_records
 from streamtrk.record import record
+from streamtrk.stop import StopFlag
 from streamtrk.wire import decode
 
 
@@ -25,13 +28,17 @@ from streamtrk.wire import decode
         ({"events": 0}, "--events must be at least 1, got 0"),
         ({"duration_s": float("nan")}, "--duration must be a positive number, got nan"),
         ({"duration_s": -1.0}, "--duration must be a positive number, got -1.0"),
+        ({"duration_s": 0.0}, "--duration must be a positive number, got 0.0"),
+        ({"duration_s": float("inf")}, "--duration must be a positive number, got inf"),
     ],
 )
 def test_limits_that_would_record_nothing_or_never_stop_are_refused(
     tmp_path: Path, limits: dict[str, float], message: str
 ) -> None:
+    stop = StopFlag()
+    stop.set()  # a limit let through returns at once instead of tapping (for ever)
     with pytest.raises(ValueError, match=re.escape(message)):
-        record("tcp://127.0.0.1:1", tmp_path / "r.stk", **limits)  # type: ignore[arg-type]
+        record("tcp://127.0.0.1:1", tmp_path / "r.stk", stop=stop, **limits)  # type: ignore[arg-type]
     assert not (tmp_path / "r.stk").exists()
 
 
@@ -239,3 +246,50 @@ def test_a_recording_that_cannot_be_cut_back_says_so_and_how_to_mend_it(tmp_path
     ) in done.stderr
     assert main(["inspect", "--repair", str(out)]) == 0
     assert [frames for _, frames in iter_records(out)] == [[b"a" * 1000]]
+
+
+def test_a_tap_called_in_process_waits_its_duration_and_stops_at_one_event(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """``record`` called as a function (connecting, by default, to a bound stream): a
+    message that comes 0.5 s after the tap opened, well within ``duration_s``, is still
+    recorded, and ``events=1`` stops the tap after one hits message, with its truth. The
+    counts it returns say what was recorded and what came past the limit, and the
+    recording's folders are made."""
+    out = tmp_path / "a" / "b" / "tap.stk"  # folders made at the first record
+    records = [frames for _, frames in islice(iter_records(sim_run), 3)]  # hits, truth, hits
+    got: list[Counter[str]] = []
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        tap = threading.Thread(
+            target=lambda: got.append(record(producer.endpoint, out, events=1, duration_s=60))
+        )
+        tap.start()
+        time.sleep(0.5)
+        for frames in records:
+            assert producer.send_frames(frames, timeout_ms=10_000)
+        tap.join(60)
+    assert not tap.is_alive()
+    assert got == [Counter(hits=1, truth=1, past_limit=1)]
+    assert [frames for _, frames in iter_records(out)] == records[:2]
+
+
+def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
+    tmp_path: Path,
+) -> None:
+    """The disk refuses the first record (past the file size limit, EFBIG, as ENOSPC): no
+    file with a header and no records is left behind, and the error says nothing was
+    recorded."""
+    out = tmp_path / "tap.stk"
+    script = (
+        "import resource, sys\n"
+        "from collections import Counter\n"
+        "from pathlib import Path\n"
+        "import streamtrk.record as r\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "r._write(r._CreatedOnFirstWrite(Path(sys.argv[1])), [b'a' * 1000], Counter())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert f"OSError: cannot write {out}: File too large; nothing recorded" in done.stderr
+    assert not out.exists()
