@@ -623,3 +623,24 @@ def test_outputs_a_full_disk_refuses_are_named_and_the_report_still_printed(
     assert json.loads(done.stdout)["received"] == 3
     assert json.loads(report.read_text())["received"] == 3
     assert not submission.exists() and not list(tmp_path.glob("sub.csv*"))
+
+
+def test_replies_to_no_event_of_this_replay_are_counted_unexpected() -> None:
+    """A daemon that answers every event once and also sends a reply with a message id of
+    no send of this replay, and one to an event never sent: each such reply is counted once
+    as unexpected, and neither answers an event."""
+    events = _events(3)
+
+    def answer(sink: zmq.Socket, out: zmq.Socket) -> None:
+        out.send_multipart(encode_tracks(9, 9, [], None))  # an event never sent, no id
+        for _ in events:
+            frames = sink.recv_multipart()
+            msg = decode(frames)
+            assert msg.msg_id is not None
+            foreign = msg.msg_id ^ (1 << 62)  # nobody's message id
+            out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=foreign))
+            out.send_multipart(_tracks_reply(frames))
+
+    report = _replay_to_stand_in(events, answer).report(events, None)
+    assert (report["sent"], report["received"], report["missing"]) == (3, 3, 0)
+    assert (report["unexpected"], report["duplicates"]) == (4, 0)
