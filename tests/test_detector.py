@@ -8,7 +8,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from streamtrk.detector import DEFAULT_DETECTOR, load_detector, parse_detector
+from streamtrk.detector import DEFAULT_DETECTOR, highland, load_detector, parse_detector
 
 TEXT = resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text()
 
@@ -29,9 +29,9 @@ def test_a_field_of_zero_is_refused(field: float) -> None:
 
 def test_a_layer_given_twice_is_refused() -> None:
     doc = tomllib.loads(TEXT)
-    layers = doc["volumes"][0]["layers"]
-    layers.append(dict(layers[0]))  # its hits would be written under one id for two layers
-    vol, lay = doc["volumes"][0]["id"], layers[0]["id"]
+    layers = doc["volumes"][-1]["layers"]
+    layers.append(dict(layers[-1]))  # its hits would be written under one id for two layers
+    vol, lay = doc["volumes"][-1]["id"], layers[-1]["id"]
     with pytest.raises(ValueError, match=f"volume {vol} layer {lay} is given twice"):
         parse_detector(doc)
 
@@ -44,8 +44,89 @@ def test_layer_lookup_takes_ids_of_any_integer_type(dtype: str) -> None:
     rows, cols = det.layer_lut.shape
     info = np.iinfo(dtype)
     last = len(det) - 1  # the highest ids: their cell is past 8 bits
+    # A volume that has the highest layer id: a layer id past the table is not that layer.
+    top = det.volume_id[np.argmax(det.layer_id)]
     volume = [8, det.volume_id[last], 8, rows - 1, rows - 2, 8, info.max, info.min, 8]
     layer = [2, det.layer_id[last], cols - 1, 2, cols - 1, info.max, 2, 2, info.min]
+    volume += [top, top, info.max, rows - 1]
+    layer += [cols - 1, info.max, info.max, cols - 1]
     got = det.layer_index(np.array(volume, dtype), np.array(layer, dtype)).tolist()
     assert got[:2] == [np.flatnonzero((det.volume_id == 8) & (det.layer_id == 2))[0], last]
-    assert got[2:] == [-1] * 7
+    assert got[2:] == [-1] * 11
+
+
+@pytest.mark.parametrize(
+    ("p", "t", "theta0"),
+    [
+        # Highland (PDG): 13.6 MeV / (beta c p) sqrt(t) (1 + 0.038 ln(t / beta^2)), pion mass
+        # 139.57 MeV. p = 1 GeV: beta = 0.990400, log term 1 + 0.038 ln(0.01 / 0.980892)
+        # = 0.825737, so 0.0136 / 0.990400 * 0.1 * 0.825737 = 1.13389 mrad.
+        (1.0, 0.01, 1.13389e-3),
+        # p = 0.2 GeV: beta = 0.2 / sqrt(0.04 + 0.019480) = 0.820059; log term
+        # 1 + 0.038 ln(0.02 / 0.672497) = 0.866419: 0.0136 / 0.164012 * 0.141421 * 0.866419.
+        (0.2, 0.02, 10.1603e-3),
+        # One radiation length at 10 GeV: beta = 0.999903, log term 1 + 0.038 * 0.000195.
+        (10.0, 1.0, 1.36014e-3),
+    ],
+)
+def test_highland_gives_the_pdg_scattering_angle(p: float, t: float, theta0: float) -> None:
+    got = highland(np.array([p]), np.array([t]))[0]
+    assert got == pytest.approx(theta0, rel=2e-5)
+
+
+def test_highland_of_no_material_is_no_scattering() -> None:
+    """Down to 1e-12 radiation lengths (a layer without material in a test), the log term
+    falls below 0 and is held at 0: no deflection, not a negative or NaN width."""
+    assert highland(np.array([1.0, 1.0]), np.array([1e-12, 0.0])).tolist() == [0.0, 0.0]
+
+
+def test_module_ids_follow_the_detector_file() -> None:
+    """Barrel module = iz * n_phi + iphi + 1 (iz counted from -half_length, iphi from phi 0,
+    anticlockwise); disk module = modules of the inner rings + iphi + 1, rings of equal width
+    from r_min: the rule in the detector file's header, on points at cell centres and past
+    the layer's edges (clipped into the outermost cells)."""
+    det = load_detector()
+    b = int(np.flatnonzero((det.volume_id == 13) & (det.layer_id == 4))[0])
+    nphi, nz, hl, r = int(det.n_phi[b]), int(det.n_z[b]), det.half_length[b], det.r[b]
+    iphi = np.array([0, 5, nphi - 1, nphi - 1, 0])
+    iz = np.array([0, 7, nz - 1, 3, nz - 1])
+    phi = (iphi + 0.5) * 2 * np.pi / nphi
+    z = -hl + (iz + 0.5) * 2 * hl / nz
+    z[3:] = [-hl - 2.0, hl + 2.0]  # smeared past the ends: the end cells
+    iz[3] = 0
+    got = det.module_id(np.full(5, b), r * np.cos(phi), r * np.sin(phi), z)
+    assert got.tolist() == (iz * nphi + iphi + 1).tolist()
+
+    d = int(np.flatnonzero((det.volume_id == 14) & (det.layer_id == 6))[0])
+    rings = det.rings[d]  # (40, 56, 72) between r_min and r_max
+    width = (det.r_max[d] - det.r_min[d]) / len(rings)
+    ring = np.array([0, 1, 2, 2, 0])
+    iphi = np.array([3, 0, rings[2] - 1, 10, 0])
+    rr = det.r_min[d] + (ring + 0.5) * width
+    rr[3:] = [det.r_max[d] + 1.0, det.r_min[d] - 1.0]  # past the edges: outer, inner ring
+    phi = (iphi + 0.5) * 2 * np.pi / np.array(rings)[ring]
+    got = det.module_id(np.full(5, d), rr * np.cos(phi), rr * np.sin(phi), np.full(5, det.z[d]))
+    first = np.array([0, rings[0], rings[0] + rings[1]])
+    assert got.tolist() == (first[ring] + iphi + 1).tolist()
+    assert det.n_modules[[b, d]].tolist() == [nphi * nz, sum(rings)]
+
+
+def test_material_and_inefficiency_defaults_of_the_detector_file() -> None:
+    """A layer's x0 is its own, else its volume's; a volume without ``inefficiency`` loses no
+    hits."""
+    doc = tomllib.loads(TEXT)
+    barrel = next(v for v in doc["volumes"] if v["kind"] == "barrel")
+    disks = next(v for v in doc["volumes"] if v["kind"] == "endcap")
+    barrel["x0"] = 0.5
+    del barrel["layers"][0]["x0"]
+    barrel["layers"][1]["x0"] = 0.25
+    disks["x0"] = 0.125
+    del disks["inefficiency"]
+    det = parse_detector(doc)
+    lay = [
+        int(np.flatnonzero((det.volume_id == barrel["id"]) & (det.layer_id == la["id"]))[0])
+        for la in barrel["layers"][:2]
+    ]
+    assert det.x0[lay].tolist() == [0.5, 0.25]
+    on_disks = det.volume_id == disks["id"]
+    assert np.all(det.x0[on_disks] == 0.125) and np.all(det.inefficiency[on_disks] == 0)
