@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from streamtrk.detector import BARREL, highland, load_detector
+from streamtrk.recon.fit import _MIN_COS_INCIDENCE
 from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import SimConfig, simulate, simulate_event
@@ -101,6 +102,94 @@ def test_helix_crossings_match_analytic_circle(q, field_sign):
     assert np.array_equal(c.order, np.arange(len(c.order)))
 
 
+def _helix(v0, pt, eta, phi0, sense, a):
+    """Point of the helix from ``v0`` after turning by ``a`` (rad; transverse arc R a), its
+    direction turning at d(phi)/da = ``sense``: integrated from dx/da = R cos(phi0 + sense a),
+    dy/da = R sin(phi0 + sense a), dz/da = R sinh(eta)."""
+    R = pt / (0.299792458e-3 * abs(DET.bfield))
+    x = v0[0] + R / sense * (np.sin(phi0 + sense * a) - np.sin(phi0))
+    y = v0[1] - R / sense * (np.cos(phi0 + sense * a) - np.cos(phi0))
+    return np.stack([x, y, v0[2] + R * a * np.sinh(eta)], axis=-1)
+
+
+def _roots(f, a, fa):
+    """Turning angles where ``f`` (``fa`` on the grid ``a``) changes sign, refined by
+    bisection."""
+    i = np.flatnonzero(np.sign(fa[:-1]) * np.sign(fa[1:]) < 0)
+    lo, hi = a[i], a[i + 1]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        left = np.sign(f(mid)) == np.sign(f(lo))
+        lo, hi = np.where(left, mid, lo), np.where(left, hi, mid)
+    return (lo + hi) / 2
+
+
+def _expected_crossings(det, v0, pt, eta, phi0, q, max_turns):
+    """(turning angle, layer) of the surfaces a massless helix meets before it leaves the
+    envelope, found by scanning the helix (no circle algebra): barrel cylinders where its
+    radius passes r within the half-length, disks where its z passes the disk's within
+    [r_min, r_max]."""
+    sense = -q * np.sign(det.bfield)
+    a = np.linspace(0.0, max_turns * 2 * np.pi, 400_001)
+    rho = lambda s: np.hypot(*_helix(v0, pt, eta, phi0, sense, s)[..., :2].T)  # noqa: E731
+    zed = lambda s: _helix(v0, pt, eta, phi0, sense, s)[..., 2]  # noqa: E731
+    rho_a, z_a = rho(a), zed(a)
+    found = []
+    for i in range(len(det)):
+        if det.kind[i] == BARREL:
+            s = _roots(lambda s, i=i: rho(s) - det.r[i], a, rho_a - det.r[i])
+            s = s[np.abs(zed(s)) <= det.half_length[i]]
+        else:
+            s = _roots(lambda s, i=i: zed(s) - det.z[i], a, z_a - det.z[i])
+            s = s[(rho(s) >= det.r_min[i]) & (rho(s) <= det.r_max[i])]
+        found += [(x, i) for x in s]
+    exits = np.concatenate(
+        [
+            _roots(lambda s: rho(s) - det.envelope_r, a, rho_a - det.envelope_r),
+            _roots(lambda s: np.abs(zed(s)) - det.envelope_z, a, np.abs(z_a) - det.envelope_z),
+            [np.inf],
+        ]
+    )
+    found = sorted(f for f in found if f[0] < exits.min())
+    angle = np.array([f[0] for f in found])
+    return angle, np.array([f[1] for f in found], dtype=np.int64), sense
+
+
+@pytest.mark.parametrize(
+    ("vertex", "pt", "eta", "phi0", "q", "turns"),
+    [
+        ((0.0, 0.0, 0.0), 1.0, 1.2, 0.3, 1, 0.5),  # barrel, then pixel and strip disks
+        ((0.0, 0.0, 0.0), 0.6, 2.6, -2.0, -1, 0.5),  # disks only
+        ((0.0, 0.0, 40.0), 0.8, -1.7, 2.5, 1, 0.5),  # the -z endcaps
+        ((0.0, 0.0, -5.0), 1.0, -3.3, 0.5, -1, 0.5),  # inside the -z strip disks' r_min
+        ((3.0, -2.0, 20.0), 0.7, 0.9, 1.0, -1, 0.5),  # a displaced vertex
+        ((150.0, 80.0, -300.0), 2.0, -0.4, -0.7, 1, 0.5),  # a secondary among the layers
+        ((0.0, 0.0, 0.0), 0.25, 0.05, 0.8, 1, 1.0),  # a looper over one turn: out and back
+    ],
+)
+def test_crossings_are_the_surfaces_the_helix_meets(vertex, pt, eta, phi0, q, turns):
+    """Without material, the crossings are, in order, the layers a helix scanned point by
+    point meets (barrel and disk acceptance, the envelope, the turn budget), at the helix's
+    positions there, each with the helix's momentum at that point."""
+    det = replace(DET, x0=np.full(len(DET), 1e-30))  # no scattering at all
+    gen = GeneratedParticles(
+        np.array([vertex]),
+        np.array([[pt * np.cos(phi0), pt * np.sin(phi0), pt * np.sinh(eta)]]),
+        np.array([q], np.int32),
+    )
+    c = propagate(det, gen, np.random.default_rng(0), max_turns=turns)
+    angle, layer, sense = _expected_crossings(det, np.array(vertex), pt, eta, phi0, q, turns)
+    assert len(layer) >= 3
+    assert c.layer.tolist() == layer.tolist()
+    assert np.allclose(c.position, _helix(np.array(vertex), pt, eta, phi0, sense, angle), atol=1e-6)
+    phi = phi0 + sense * angle
+    expect = np.stack([pt * np.cos(phi), pt * np.sin(phi), np.full_like(phi, pt * np.sinh(eta))], 1)
+    assert np.allclose(c.momentum, expect, rtol=0, atol=1e-9)
+    if turns == 1.0:  # each cylinder inside the circle crossed outward, then inward
+        inside = (det.kind == BARREL) & (det.r < 2 * pt / (0.299792458e-3 * det.bfield))
+        assert np.array_equal(np.bincount(c.layer, minlength=len(det)), 2 * inside)
+
+
 def test_loopers_are_bounded_by_turns():
     p = _one(0.3, 0.05, 0.0, 1)
     half = propagate(DET, p, np.random.default_rng(0), max_turns=0.5)
@@ -122,12 +211,13 @@ def test_multiple_scattering_width_follows_highland():
     assert np.std(theta_z) == pytest.approx(expect, rel=0.06)
 
 
-def test_an_inclined_crossing_scatters_over_its_longer_path():
+@pytest.mark.parametrize("phi0", [0.0, 2.2])
+def test_an_inclined_crossing_scatters_over_its_longer_path(phi0):
     """At eta 1.5 a particle crosses the barrel layer along x0 / cos(incidence): Highland's
     width for that path, not for x0; the momentum's magnitude is kept."""
     det = replace(DET, x0=np.where(np.arange(len(DET)) == 0, 0.05, 1e-12))
     n, pt, eta = 4000, 2.0, 1.5
-    c = propagate(det, _one(pt, eta, 0.0, 1, n), np.random.default_rng(2), max_turns=0.5)
+    c = propagate(det, _one(pt, eta, phi0, 1, n), np.random.default_rng(2), max_turns=0.5)
     first = (c.order == 0) & (c.layer == 0)
     assert first.sum() > 0.9 * n
     p = pt * np.cosh(eta)
@@ -138,11 +228,70 @@ def test_an_inclined_crossing_scatters_over_its_longer_path():
 
 
 def test_neutral_particles_leave_no_crossings_and_layers_need_material():
-    assert len(propagate(DET, _one(2.0, 0.0, 0.0, 0, 10), np.random.default_rng(3)).layer) == 0
+    none = propagate(DET, _one(2.0, 0.0, 0.0, 0, 10), np.random.default_rng(3))
+    assert len(none.layer) == len(none.particle) == len(none.order) == 0
+    assert none.position.shape == none.momentum.shape == (0, 3)
     with pytest.raises(ValueError, match="positive material thickness"):
         propagate(
             replace(DET, x0=np.zeros(len(DET))), _one(2.0, 0.0, 0.0, 1), np.random.default_rng(3)
         )
+
+
+@pytest.mark.parametrize("eta", [2.2, -2.8])
+def test_a_disk_crossing_scatters_over_its_longer_path(eta):
+    """A disk is crossed along x0 / cos(incidence), cos(incidence) = |pz| / p = |tanh(eta)|:
+    the polar angle after the first pixel disk spreads by Highland's width for that path."""
+    first = DET.kind != BARREL
+    first &= np.abs(DET.z) == np.abs(np.where(first, DET.z, np.inf)).min()
+    det = replace(DET, x0=np.where(first, 0.05, 1e-30))
+    n, pt = 20_000, 1.5
+    c = propagate(det, _one(pt, eta, 1.0, -1, n), np.random.default_rng(4), max_turns=0.5)
+    disk = first[c.layer] & (np.sign(DET.z[c.layer]) == np.sign(eta))
+    assert disk.sum() == n
+    p = pt * np.cosh(eta)
+    assert np.linalg.norm(c.momentum[disk], axis=1) == pytest.approx(p, rel=1e-9)
+    theta = np.arctan2(np.hypot(*c.momentum[disk, :2].T), c.momentum[disk, 2])
+    expect = highland(np.array([p]), np.array([0.05 / abs(np.tanh(eta))]))[0]
+    theta_in = 2 * np.arctan(np.exp(-eta))
+    assert np.mean(theta - theta_in) == pytest.approx(0, abs=3 * expect / n**0.5)
+    assert np.std(theta - theta_in) == pytest.approx(expect, rel=0.025)
+
+
+def test_a_grazing_crossing_scatters_over_the_fits_longest_path():
+    """A looper whose circle just reaches the outer barrel layer (circle diameter 1.0005 times
+    its radius) crosses it at cos(incidence) = sqrt(1 - 0.9995**2) = 0.032: the path through
+    the layer is taken as x0 / 0.05 at most, the floor the fit's scattering model assumes too
+    (not x0 / 0.032, and not a narrower floor)."""
+    outer = int(np.argmax(np.where(DET.kind == BARREL, DET.r, 0)))
+    x0 = DET.x0[outer]
+    det = replace(DET, x0=np.where(np.arange(len(DET)) == outer, x0, 1e-30))
+    n = 10_000
+    pt = 0.299792458e-3 * DET.bfield * DET.r[outer] / 0.9995 / 2  # 2R = r / 0.9995
+    c = propagate(det, _one(pt, 0.0, 0.4, 1, n), np.random.default_rng(7), max_turns=0.5)
+    # Each particle's first crossing of it (a scattered one may come back to it).
+    where = np.flatnonzero(c.layer == outer)
+    at = where[np.unique(c.particle[where], return_index=True)[1]]
+    assert len(at) == n  # every particle reaches it
+    theta_z = np.arctan2(c.momentum[at, 2], np.hypot(*c.momentum[at, :2].T))
+    assert _MIN_COS_INCIDENCE == 0.05
+    expect = highland(np.array([pt]), np.array([x0 / _MIN_COS_INCIDENCE]))[0]
+    assert np.std(theta_z) == pytest.approx(expect, rel=0.025)
+
+
+def test_only_charged_particles_above_min_pt_are_propagated():
+    """``min_pt`` is a strict lower bound on pT; neutral particles are never propagated,
+    whatever their pT and direction."""
+    pt = np.array([0.1499, 0.15, 0.1501, 2.0, 2.0])
+    mom = np.stack([pt, np.zeros(5), pt * np.sinh(np.array([0.1, 0.1, 0.1, 0.1, 2.0]))], 1)
+    gen = GeneratedParticles(np.zeros((5, 3)), mom, np.array([1, -1, 1, 0, 0], np.int32))
+    c = propagate(DET, gen, np.random.default_rng(0), min_pt=0.15)
+    assert set(c.particle.tolist()) == {2}
+
+
+def test_a_single_layer_without_material_is_refused():
+    det = replace(DET, x0=np.where(np.arange(len(DET)) == 5, 0.0, DET.x0))
+    with pytest.raises(ValueError, match="positive material thickness"):
+        propagate(det, _one(2.0, 0.0, 0.0, 1), np.random.default_rng(3))
 
 
 @pytest.mark.parametrize(
