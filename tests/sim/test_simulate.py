@@ -8,9 +8,16 @@ import pytest
 
 from streamtrk.detector import BARREL, highland, load_detector
 from streamtrk.recon.fit import _MIN_COS_INCIDENCE
-from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig
+from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig, generate
 from streamtrk.sim.propagate import propagate
-from streamtrk.sim.simulate import SimConfig, simulate, simulate_event
+from streamtrk.sim.simulate import (
+    SimConfig,
+    _noise,
+    layer_indices,
+    simulate,
+    simulate_event,
+    smear,
+)
 
 DET = load_detector()
 SMALL = SimConfig(generator=GeneratorConfig(mu=10))
@@ -52,11 +59,76 @@ def test_truth_is_consistent():
     first = np.searchsorted(p_sorted, p_sorted)
     assert np.array_equal(ord_sorted, np.arange(len(p_sorted)) - first)
     assert np.all(t.hits.hit_order[~sig] == -1)
+    # Hit order along a particle: increasing |z - vz| from its own production vertex.
+    vz = np.concatenate([[0.0], t.particles.vz])[pid[sig]]
+    dist = np.abs(t.hits.tz[sig] - vz)
+    o = np.lexsort((t.hits.hit_order[sig], pid[sig]))
+    same = np.diff(pid[sig][o]) == 0
+    assert np.all(np.diff(dist[o])[same] >= 0)
     assert t.hits.weight.sum() == pytest.approx(1.0, rel=1e-4)
     assert np.all(t.hits.weight[~sig] == 0)
     # Hits sorted by volume, layer, module as in TrackML files.
     key = (h.volume_id.astype(np.int64) * 100 + h.layer_id) * 100_000 + h.module_id
     assert np.all(np.diff(key) >= 0)
+
+
+def test_truth_weights_follow_the_trackml_rule():
+    """TrackML's weights: 0 for noise and for particles with fewer than 4 hits; along a
+    particle, its first hit weighs 10/6 of its last (the ends of the order proposal 10, 8, 6,
+    5, 3, 3, 3, 5, 6); a particle's total is its pT weight: the same for all above 3 GeV, a
+    fifth of that below 0.5 GeV."""
+    ev = simulate_event(DET, SMALL, np.random.default_rng(12))
+    assert ev.truth is not None
+    t, parts = ev.truth.hits, ev.truth.particles
+    w, pid, order = t.weight.astype(np.float64), t.particle_id, t.hit_order
+    nhits = np.bincount(pid, minlength=len(parts) + 1)
+    assert np.all(w[(pid == 0) | (nhits[pid] < 4)] == 0)
+    long = np.flatnonzero((nhits[1:] >= 4) & (nhits[1:] <= 20)) + 1
+    assert len(long) > 200
+    for p in long[:50]:
+        first = w[(pid == p) & (order == 0)]
+        last = w[(pid == p) & (order == nhits[p] - 1)]
+        assert first / last == pytest.approx(10 / 6, rel=1e-5)
+    total = np.bincount(pid, weights=w, minlength=len(parts) + 1)[long]
+    pt = np.hypot(parts.px, parts.py)[long - 1]
+    hard, soft = total[pt > 3.0], total[pt < 0.5]
+    assert len(hard) >= 3 and len(soft) >= 50 and np.all(total > 0)
+    assert np.allclose(hard, hard[0], rtol=1e-5) and np.allclose(soft, 0.2 * hard[0], rtol=1e-5)
+
+
+def test_truth_columns_are_the_crossings_and_the_generated_particles():
+    """The particle table is the generated particles (the event's first draws); each signal
+    hit's true position lies on its layer, within a few resolutions of the measured one, its
+    true momentum has its particle's magnitude (scattering turns it, nothing slows it), and
+    its module is the one its measured position falls in."""
+    ev = simulate_event(DET, SMALL, np.random.default_rng(13))
+    gen = generate(SMALL.generator, np.random.default_rng(13))
+    assert ev.truth is not None
+    h, t, parts = ev.hits, ev.truth.hits, ev.truth.particles
+    f32 = np.float32
+    assert np.array_equal(parts.particle_id, np.arange(1, len(gen) + 1))
+    for got, want in zip(
+        (parts.vx, parts.vy, parts.vz, parts.px, parts.py, parts.pz),
+        (*gen.vertex.T, *gen.momentum.T),
+        strict=True,
+    ):
+        assert np.array_equal(got, want.astype(f32))
+    assert np.array_equal(parts.q, gen.charge)
+    sig = t.particle_id > 0
+    layer = DET.layer_index(h.volume_id, h.layer_id)
+    barrel = DET.kind[layer] == BARREL
+    on = sig & barrel
+    assert np.allclose(np.hypot(t.tx, t.ty)[on], DET.r[layer[on]], rtol=1e-6)
+    on = sig & ~barrel
+    assert np.array_equal(t.tz[on], DET.z[layer[on]].astype(f32))
+    res = np.maximum(DET.res_a, DET.res_b)[layer]
+    moved = np.sqrt((h.x - t.tx) ** 2 + (h.y - t.ty) ** 2 + (h.z - t.tz) ** 2)
+    assert np.all(moved[sig] < 6 * res[sig] + 1e-3)
+    p = np.linalg.norm(np.stack([parts.px, parts.py, parts.pz], 1), axis=1)
+    tp = np.linalg.norm(np.stack([t.tpx, t.tpy, t.tpz], 1), axis=1)
+    assert np.allclose(tp[sig], p[t.particle_id[sig] - 1], rtol=1e-5)
+    assert np.all(tp[~sig] == 0)
+    assert np.array_equal(h.module_id, DET.module_id(layer, h.x, h.y, h.z))
 
 
 def test_hits_lie_on_their_surfaces_with_valid_modules():
@@ -71,6 +143,78 @@ def test_hits_lie_on_their_surfaces_with_valid_modules():
     assert np.allclose(h.z[~barrel], DET.z[layer[~barrel]], atol=1e-3)
     assert np.all((h.module_id >= 1) & (h.module_id <= DET.n_modules[layer]))
     assert set(np.unique(h.volume_id)) == {7, 8, 9, 12, 13, 14, 16, 17, 18}
+
+
+def test_smearing_has_the_layer_resolutions_and_keeps_hits_on_their_surfaces():
+    """Barrel hits move by res_a along r-phi and res_b along z, disk hits by res_a along r-phi
+    and res_b along r (Gaussian, centred); the other coordinate stays on the surface."""
+    det = replace(DET, x0=np.full(len(DET), 1e-30))
+    rng = np.random.default_rng(31)
+    n = 3000
+    pt, eta, phi = np.full(n, 2.0), rng.uniform(-3, 3, n), rng.uniform(-np.pi, np.pi, n)
+    mom = np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], 1)
+    c = propagate(det, GeneratedParticles(np.zeros((n, 3)), mom, np.ones(n, np.int32)), rng)
+    m = smear(DET, c, rng)
+    r_t, r_m = np.hypot(*c.position[:, :2].T), np.hypot(*m[:, :2].T)
+    dphi = np.angle(
+        np.exp(1j * (np.arctan2(m[:, 1], m[:, 0]) - np.arctan2(*c.position[:, 1::-1].T)))
+    )
+    barrel = DET.kind[c.layer] == BARREL
+    assert barrel.sum() > 5000 and (~barrel).sum() > 5000
+    res_a, res_b = DET.res_a[c.layer], DET.res_b[c.layer]
+    pulls = {
+        "r-phi": r_m * dphi / res_a,
+        "z (barrel)": ((m[:, 2] - c.position[:, 2]) / res_b)[barrel],
+        "r (disks)": ((r_m - r_t) / res_b)[~barrel],
+    }
+    for name, pull in pulls.items():
+        assert np.mean(pull) == pytest.approx(0, abs=0.05), name
+        assert np.std(pull) == pytest.approx(1, abs=0.03), name
+    assert np.allclose(r_m[barrel], r_t[barrel], rtol=0, atol=1e-9)
+    assert np.array_equal(m[~barrel, 2], c.position[~barrel, 2])
+
+
+def test_each_layer_loses_its_inefficiency_share_of_the_crossings():
+    """The same event with every layer efficient, and with barrel layers losing 40% and disks
+    10% of their crossings (the loss is drawn after propagation: same particles, same
+    crossings)."""
+    cfg = replace(SMALL, noise_fraction=0.0)
+    full = simulate_event(
+        replace(DET, inefficiency=np.zeros(len(DET))), cfg, np.random.default_rng(41)
+    )
+    lossy_det = replace(DET, inefficiency=np.where(DET.kind == BARREL, 0.4, 0.1))
+    lossy = simulate_event(lossy_det, cfg, np.random.default_rng(41))
+    for ev in (full, lossy):
+        assert ev.truth is not None
+    kept = [
+        np.bincount(DET.kind[DET.layer_index(e.hits.volume_id, e.hits.layer_id)], minlength=2)
+        for e in (full, lossy)
+    ]
+    assert kept[0].min() > 3000
+    assert kept[1][BARREL] / kept[0][BARREL] == pytest.approx(0.6, abs=0.03)
+    assert kept[1][1 - BARREL] / kept[0][1 - BARREL] == pytest.approx(0.9, abs=0.015)
+
+
+def test_noise_is_uniform_over_the_modules():
+    """Noise hits fall on every module alike (TrackML): counts per module are Poisson around
+    one mean (variance = mean), on barrels and on the rings of the disks alike, within the
+    layers' extent."""
+    n = 400_000
+    layer, pos = _noise(DET, n, np.random.default_rng(43))
+    x, y, z = pos.T
+    mod = DET.module_id(layer, x, y, z)
+    first = np.concatenate([[0], np.cumsum(DET.n_modules)[:-1]])
+    counts = np.bincount(first[layer] + mod - 1, minlength=DET.n_modules.sum())
+    mean = n / DET.n_modules.sum()
+    assert counts.min() > 0 and counts.mean() == pytest.approx(mean)
+    assert counts.var() / mean == pytest.approx(1, abs=0.06)
+    barrel = DET.kind[layer] == BARREL
+    assert np.allclose(np.hypot(x, y)[barrel], DET.r[layer[barrel]])
+    assert np.all(np.abs(z[barrel]) <= DET.half_length[layer[barrel]])
+    assert np.std(z[barrel] / DET.half_length[layer[barrel]]) == pytest.approx(3**-0.5, rel=0.01)
+    r = np.hypot(x, y)[~barrel]
+    assert np.all((r >= DET.r_min[layer[~barrel]]) & (r <= DET.r_max[layer[~barrel]]))
+    assert np.array_equal(z[~barrel], DET.z[layer[~barrel]])
 
 
 def test_noise_fraction_follows_setting():
@@ -305,6 +449,10 @@ def test_a_single_layer_without_material_is_refused():
         (lambda: GeneratorConfig(secondary_fraction=1), "secondary_fraction must be in"),
         (lambda: GeneratorConfig(sigma_z=float("nan")), "sigma_z must be"),
         (lambda: SimConfig(max_turns=float("nan")), "max_turns must be"),
+        (lambda: SimConfig(max_turns=0), "max_turns must be"),
+        (lambda: SimConfig(max_turns=float("inf")), "max_turns must be"),
+        (lambda: SimConfig(min_pt=-0.1), "min_pt must be"),
+        (lambda: SimConfig(noisy_layers=(((8, 2), float("inf")),)), "extra noise hits"),
         (lambda: SimConfig(noisy_layers=(((8, 2), float("nan")),)), "extra noise hits"),
         (lambda: GeneratorConfig(hard_scatter_pt=(1.0, float("inf"))), "hard_scatter_pt must"),
         (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be finite"),
@@ -316,6 +464,10 @@ def test_a_single_layer_without_material_is_refused():
 def test_invalid_settings_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_settings_at_the_edge_of_their_range_are_taken():
+    SimConfig(min_pt=0.0, noise_fraction=0.0, noisy_layers=(((8, 2), 0.0),), max_turns=1e-3)
 
 
 def test_a_run_continued_from_an_event_number_holds_the_longer_runs_events():
@@ -417,6 +569,23 @@ def test_unknown_fault_layers_are_refused_before_the_first_event():
         simulate(DET, replace(SMALL, noisy_layers=(((99, 2), 10.0),)), seed=1, n_events=1)
     with pytest.raises(ValueError, match="noise hits"):
         replace(SMALL, noisy_layers=(((8, 2), -1.0),))
+
+
+def test_fault_layers_may_be_any_layer_of_the_table():
+    """The first and the last layer of the detector table are layers like the others."""
+    last = len(DET) - 1
+    pairs = [(int(DET.volume_id[i]), int(DET.layer_id[i])) for i in (0, last)]
+    assert layer_indices(DET, pairs).tolist() == [0, last]
+    assert layer_indices(DET, []).tolist() == []
+
+
+def test_event_numbers_up_to_the_wires_last_are_accepted():
+    """Event numbers below 2**63 pass (the last one, 2**63 - 1, included); one past does
+    not."""
+    simulate(DET, SMALL, 0, 1, first_event=2**63 - 1)
+    simulate(DET, SMALL, 0, 2, first_event=2**63 - 2, run=2**63 - 1)
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        simulate(DET, SMALL, 0, 2, first_event=2**63 - 1)
 
 
 def test_layer_index_of_ids_outside_the_table_is_minus_one():
