@@ -438,6 +438,163 @@ def test_a_single_layer_without_material_is_refused():
         propagate(det, _one(2.0, 0.0, 0.0, 1), np.random.default_rng(3))
 
 
+def _nb_truncated(mean: float, k: float) -> tuple[float, float]:
+    """Mean and variance of a negative binomial (mean ``mean``, shape ``k``: variance
+    mean + mean**2 / k) given that it is above 0."""
+    p0 = (k / (k + mean)) ** k
+    second = mean + mean**2 * (1 + 1 / k)  # E[X^2]
+    m = mean / (1 - p0)
+    return m, second / (1 - p0) - m * m
+
+
+def _primaries(gen: GeneratedParticles) -> np.ndarray:
+    """Rows of primaries: produced within 1 mm of the axis (secondaries start beyond)."""
+    return np.hypot(gen.vertex[:, 0], gen.vertex[:, 1]) < 1.0
+
+
+@pytest.mark.parametrize("shape", [1.0, 4.0])
+def test_pileup_vertices_and_their_multiplicities(shape):
+    """max(1, Poisson(mu)) vertices around the beam spot (sigma_z 6 mm, sigma_r 15 um), each
+    with a negative-binomial number of primaries (mean 42, shape k): vertices with primaries
+    number mu (1 - P(0)), their counts have the truncated law's mean and variance."""
+    spot = (0.3, -0.2, 4.0)
+    cfg = GeneratorConfig(mu=10_000, multiplicity_shape=shape, beam_spot=spot)
+    gen = generate(cfg, np.random.default_rng(51))
+    prim = _primaries(gen)
+    vtx, mult = np.unique(gen.vertex[prim], axis=0, return_counts=True)
+    p0 = (shape / (shape + 42.0)) ** shape
+    assert len(vtx) == pytest.approx(10_000 * (1 - p0), rel=0.04)
+    mean, var = _nb_truncated(42.0, shape)
+    assert mult.mean() == pytest.approx(mean, rel=0.03)
+    assert mult.var() == pytest.approx(var, rel=0.08)
+    assert np.allclose(vtx.mean(axis=0), spot, rtol=0, atol=[0.001, 0.001, 0.2])
+    assert np.allclose(vtx.std(axis=0), [0.015, 0.015, 6.0], rtol=0.03, atol=0)
+
+
+def test_primary_and_secondary_spectra_are_the_documented_ones():
+    """docs/simulation.md: primary pT median 0.45 GeV with 15% above 1 GeV, flat in
+    |eta| < 4, flat in phi, charge symmetric; secondaries 30% of all, produced beyond 1 mm
+    from the axis along a random |eta| < 4, isotropic, softer, 68% positive."""
+    gen = generate(GeneratorConfig(mu=5000), np.random.default_rng(52))
+    prim = _primaries(gen)
+    px, py, pz = gen.momentum.T
+    pt, eta, phi = np.hypot(px, py), np.arcsinh(pz / np.hypot(px, py)), np.arctan2(py, px)
+    assert np.median(pt[prim]) == pytest.approx(0.45, abs=0.01)
+    assert (pt[prim] > 1.0).mean() == pytest.approx(0.15, abs=0.01)
+    assert pt.min() >= 0.1 and np.median(pt[~prim]) < 0.6 * np.median(pt[prim])
+    assert np.abs(eta[prim]).max() <= 4.0
+    assert np.std(eta[prim]) == pytest.approx(8 / 12**0.5, rel=0.01)  # flat in [-4, 4]
+    assert np.std(phi) == pytest.approx(2 * np.pi / 12**0.5, rel=0.01)
+    assert np.mean(np.cos(phi)) == pytest.approx(0, abs=0.01)
+    assert (gen.charge[prim] == 1).mean() == pytest.approx(0.5, abs=0.01)
+    assert set(np.unique(gen.charge).tolist()) == {-1, 1}
+
+    assert (~prim).mean() == pytest.approx(0.30, abs=0.005)
+    r = np.hypot(gen.vertex[~prim, 0], gen.vertex[~prim, 1])
+    assert r.min() > 1.0 and r.max() < 1000.0
+    # Along a random pseudorapidity: z / r = sinh(eta), |eta| < 4.
+    assert np.all(np.abs(gen.vertex[~prim, 2]) <= r * np.sinh(4.0) + 1e-9)
+    assert np.median(np.abs(gen.vertex[~prim, 2]) / r) > np.sinh(1.0)
+    assert (gen.vertex[~prim, 2] > 0).mean() == pytest.approx(0.5, abs=0.02)
+    cos_t = pz[~prim] / np.linalg.norm(gen.momentum[~prim], axis=1)  # isotropic: flat
+    assert np.mean(cos_t) == pytest.approx(0, abs=0.01)
+    assert np.std(cos_t) == pytest.approx(3**-0.5, rel=0.01)
+    assert (gen.charge[~prim] == 1).mean() == pytest.approx(0.68, abs=0.01)
+
+
+def test_charge_and_secondary_shares_follow_their_settings():
+    cfg = GeneratorConfig(mu=2000, positive_fraction=0.8, secondary_fraction=0.1)
+    gen = generate(cfg, np.random.default_rng(53))
+    prim = _primaries(gen)
+    assert (gen.charge[prim] == 1).mean() == pytest.approx(0.8, abs=0.01)
+    assert (~prim).mean() == pytest.approx(0.1, abs=0.005)
+    narrow = generate(GeneratorConfig(mu=500, eta_max=1.5), np.random.default_rng(53))
+    px, py, pz = narrow.momentum[_primaries(narrow)].T
+    eta = np.arcsinh(pz / np.hypot(px, py))
+    assert eta.max() <= 1.5 and eta.min() >= -1.5 and eta.max() > 1.45 and eta.min() < -1.45
+
+
+def test_hard_scatter_particles():
+    """N extra particles on the first vertex, log-uniform in [lo, hi] GeV, flat in
+    |eta| < 2.5, either charge: the particles that the same draw without them lacks (they
+    are drawn last)."""
+    rng_seed = 54
+    base = generate(GeneratorConfig(mu=50), np.random.default_rng(rng_seed))
+    cfg = GeneratorConfig(mu=50, hard_scatter=4000, hard_scatter_pt=(2.0, 80.0))
+    gen = generate(cfg, np.random.default_rng(rng_seed))
+    assert len(gen) == len(base) + 4000
+    known = {tuple(row) for row in base.momentum.tolist()}
+    hs = np.array([tuple(row) not in known for row in gen.momentum.tolist()])
+    assert hs.sum() == 4000
+    vtx = np.unique(gen.vertex[hs], axis=0)
+    # One vertex, a pileup vertex (that of primaries of the same draw).
+    assert len(vtx) == 1 and (base.vertex == vtx[0]).all(axis=1).any()
+    px, py, pz = gen.momentum[hs].T
+    log_pt = np.log(np.hypot(px, py))
+    assert log_pt.min() >= np.log(2.0) and log_pt.max() <= np.log(80.0)
+    assert np.mean(log_pt) == pytest.approx((np.log(2.0) + np.log(80.0)) / 2, abs=0.03)
+    assert np.std(log_pt) == pytest.approx(np.log(40.0) / 12**0.5, rel=0.02)
+    eta = np.arcsinh(pz / np.hypot(px, py))
+    assert np.abs(eta).max() <= 2.5 and np.std(eta) == pytest.approx(5 / 12**0.5, rel=0.02)
+    assert (gen.charge[hs] == 1).mean() == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"primaries_per_vertex": 0.0},
+        {"multiplicity_shape": 0.0},
+        {"sigma_z": -0.1},
+        {"sigma_r": -0.001},
+        {"eta_max": 0.0},
+        {"positive_fraction": -0.1},
+        {"secondary_fraction": -0.1},
+        {"secondary_positive_fraction": 1.1},
+        {"secondary_positive_fraction": -0.1},
+        {"hard_scatter": -1},
+        {"hard_scatter_pt": (0.0, 5.0)},
+        {"hard_scatter_pt": (6.0, 5.0)},
+        {"mu": 10_000.5},
+    ],
+)
+def test_generator_settings_out_of_range_are_refused(setting):
+    with pytest.raises(ValueError, match=f"{next(iter(setting))} must be"):
+        GeneratorConfig(**setting)
+
+
+def test_generator_settings_at_the_edges_of_their_range_are_taken():
+    GeneratorConfig(mu=0.5, sigma_z=0.0, sigma_r=0.0, positive_fraction=0.0)
+    GeneratorConfig(mu=10_000, positive_fraction=1.0, secondary_fraction=0.0)
+    GeneratorConfig(secondary_positive_fraction=0.0, hard_scatter_pt=(5.0, 5.0))
+    GeneratorConfig(secondary_positive_fraction=1.0, primaries_per_vertex=1e-3)
+
+
+def test_a_crossing_has_one_collision_at_least():
+    """At a tiny mu the Poisson draw is 0: the event still holds one vertex (max(1, ...))."""
+    vertices = []
+    for seed in range(20):
+        gen = generate(GeneratorConfig(mu=1e-6), np.random.default_rng(seed))
+        vertices.append(len(np.unique(gen.vertex[_primaries(gen)], axis=0)))
+    assert max(vertices) == 1 and sum(vertices) >= 15  # a vertex may have no primaries
+
+
+def test_the_defaults_are_the_documented_ones():
+    """docs/simulation.md's figures: mu 200, 42 primaries per vertex, sigma_z 6 mm, sigma_r
+    15 um, |eta| < 4, 30% secondaries of which 68% positive, hard scatter 5-50 GeV; noise 19%
+    of the hits, loopers followed half a turn, particles below 0.15 GeV not propagated."""
+    g = GeneratorConfig()
+    assert (g.mu, g.primaries_per_vertex, g.sigma_z, g.sigma_r, g.eta_max) == (
+        200.0, 42.0, 6.0, 0.015, 4.0
+    )  # fmt: skip
+    assert (g.positive_fraction, g.secondary_fraction, g.secondary_positive_fraction) == (
+        0.5, 0.30, 0.68
+    )  # fmt: skip
+    assert (g.hard_scatter, g.hard_scatter_pt, g.beam_spot) == (0, (5.0, 50.0), (0, 0, 0))
+    s = SimConfig()
+    assert (s.noise_fraction, s.max_turns, s.min_pt) == (0.19, 0.5, 0.15)
+    assert s.generator == g and not s.dead_layers and not s.noisy_layers
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
