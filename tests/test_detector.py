@@ -109,6 +109,10 @@ def test_module_ids_follow_the_detector_file() -> None:
     first = np.array([0, rings[0], rings[0] + rings[1]])
     assert got.tolist() == (first[ring] + iphi + 1).tolist()
     assert det.n_modules[[b, d]].tolist() == [nphi * nz, sum(rings)]
+    # Just below the +x axis, phi mod 2 pi rounds to 2 pi: the last sector, not one past it.
+    x, y = np.array([r, 500.0]), np.array([-1e-300, -1e-300])
+    got = det.module_id(np.array([b, d]), x, y, np.array([0.0, det.z[d]]))
+    assert got.tolist() == [(nz // 2) * nphi + nphi, rings[0] + rings[1]]
 
 
 def test_material_and_inefficiency_defaults_of_the_detector_file() -> None:
@@ -122,7 +126,12 @@ def test_material_and_inefficiency_defaults_of_the_detector_file() -> None:
     barrel["layers"][1]["x0"] = 0.25
     disks["x0"] = 0.125
     del disks["inefficiency"]
+    bare = doc["volumes"][-1]  # no x0 anywhere: 0, which propagation refuses
+    bare.pop("x0", None)
+    for la in bare["layers"]:
+        la.pop("x0", None)
     det = parse_detector(doc)
+    assert np.all(det.x0[det.volume_id == bare["id"]] == 0)
     lay = [
         int(np.flatnonzero((det.volume_id == barrel["id"]) & (det.layer_id == la["id"]))[0])
         for la in barrel["layers"][:2]

@@ -496,6 +496,8 @@ def test_primary_and_secondary_spectra_are_the_documented_ones():
     assert np.all(np.abs(gen.vertex[~prim, 2]) <= r * np.sinh(4.0) + 1e-9)
     assert np.median(np.abs(gen.vertex[~prim, 2]) / r) > np.sinh(1.0)
     assert (gen.vertex[~prim, 2] > 0).mean() == pytest.approx(0.5, abs=0.02)
+    vphi = np.arctan2(gen.vertex[~prim, 1], gen.vertex[~prim, 0])  # any azimuth
+    assert np.std(vphi) == pytest.approx(2 * np.pi / 12**0.5, rel=0.02)
     cos_t = pz[~prim] / np.linalg.norm(gen.momentum[~prim], axis=1)  # isotropic: flat
     assert np.mean(cos_t) == pytest.approx(0, abs=0.01)
     assert np.std(cos_t) == pytest.approx(3**-0.5, rel=0.01)
@@ -537,6 +539,8 @@ def test_hard_scatter_particles():
     eta = np.arcsinh(pz / np.hypot(px, py))
     assert np.abs(eta).max() <= 2.5 and np.std(eta) == pytest.approx(5 / 12**0.5, rel=0.02)
     assert (gen.charge[hs] == 1).mean() == pytest.approx(0.5, abs=0.03)
+    assert set(gen.charge[hs].tolist()) == {-1, 1}
+    assert np.std(np.arctan2(py, px)) == pytest.approx(2 * np.pi / 12**0.5, rel=0.03)
 
 
 @pytest.mark.parametrize(
