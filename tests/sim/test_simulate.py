@@ -571,6 +571,7 @@ def test_generator_settings_at_the_edges_of_their_range_are_taken():
     GeneratorConfig(mu=10_000, positive_fraction=1.0, secondary_fraction=0.0)
     GeneratorConfig(secondary_positive_fraction=0.0, hard_scatter_pt=(5.0, 5.0))
     GeneratorConfig(secondary_positive_fraction=1.0, primaries_per_vertex=1e-3)
+    GeneratorConfig(eta_max=0.5, hard_scatter_pt=(0.5, 0.5), multiplicity_shape=0.5)
 
 
 def test_a_crossing_has_one_collision_at_least():
