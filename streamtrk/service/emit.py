@@ -139,6 +139,7 @@ class Emitter(Supervised):
         return max(0, int((self.give_up_at - time.perf_counter()) * 1000))
 
     def emit(self, reply: Reply) -> None:
+        faults.delay("emit")  # tests: an emitter still busy when the drain ends
         m = self.metrics
         t0 = time.perf_counter()
         try:

@@ -163,7 +163,8 @@ class Daemon:
         try:
             return self._run(ctx)
         finally:
-            ctx.destroy(linger=0)  # closes only sockets no thread closed (after an error)
+            if not self.abandoned_thread:  # else a thread may still use its socket
+                ctx.destroy(linger=0)  # closes only sockets no thread closed (after an error)
 
     def _sockets(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         cfg = self.config
@@ -373,6 +374,10 @@ class Daemon:
         ingest.join(max(0.0, deadline - time.perf_counter()))
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         observer.join(max(0.0, deadline - time.perf_counter()))
+        if ingest.is_alive() or emitter.is_alive():
+            # Its socket may be in use: the context is not destroyed under it (pyzmq: not
+            # with sockets in use by other threads); the process leaves by os._exit.
+            self.abandoned_thread = True
         if self._reloading.locked():  # a SIGHUP reload is still loading a model
             self.abandoned_thread = True
             log.warning("exiting during a model reload; the reload is abandoned")
@@ -384,9 +389,12 @@ class Daemon:
             shutdown=int(value("streamtrk_events_rejected_total", {"reason": "shutdown"}) or 0),
             unidentified=int(value("streamtrk_events_unidentified_total") or 0),
             dropped=emitter.dropped,
+            # Replies never handed to ZeroMQ and not counted dropped: those an emitter still
+            # busy at exit holds or has not taken yet (0 once it is done).
+            unsent=int(value("streamtrk_inflight_events") or 0),
             seconds=round(time.perf_counter() - t0, 3),
         )
-        if emitter.is_alive() or emitter.dropped:
+        if emitter.is_alive() or emitter.dropped or summary["fields"]["unsent"]:
             log.error("drain incomplete: replies could not be sent", extra=summary)
             return 1
         if failed := [t.name for t in self.threads if t.error is not None]:
