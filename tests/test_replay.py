@@ -177,8 +177,38 @@ def test_ctrl_c_or_sigterm_stops_the_replay_and_still_reports(tmp_path: Path, si
             pytest.fail(f"replay still running 60 s after {sig.name}: {proc.communicate()[1]}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
+    # Stopped half a second in: the --timeout of 600 s never ran out, so no error says so.
+    assert "no reply at all" not in err and "within 600 s" not in err, err
     got = json.loads(report.read_text())
     assert got["interrupted"] is True and (got["sent"], got["received"]) == (3, 0)
+
+
+def test_a_replay_stopped_before_anything_went_out_does_not_blame_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """Bound with no daemon connected, SIGTERM a second in: nothing was sent, but not
+    because the daemon took nothing for --timeout seconds (which have not passed)."""
+    run = _recording(tmp_path, 2)
+    argv = [sys.executable, "-m", "streamtrk", "replay", str(run), "--bind", "--to",
+            "tcp://127.0.0.1:*", "--from", "tcp://127.0.0.1:*", "--timeout", "600"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        started = ""
+        while "replay:" not in started:  # its progress bar: the replay is sending
+            line = proc.stderr.read(1)
+            assert line, f"replay ended before it started: {proc.communicate()}"
+            started += line
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "within 600 s" not in err, err
+    assert '"unsent": 2' in out or re.search(r"unsent\s+2", out), out
 
 
 def test_a_stop_is_not_held_up_by_a_daemon_that_takes_nothing() -> None:

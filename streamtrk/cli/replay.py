@@ -156,6 +156,8 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
                 f"({cause}): {REFUSAL_HINTS[cause]}; nothing more was sent",
                 file=sys.stderr,
             )
+    elif interrupted:  # stopped early: --timeout did not run out, nor is "no reply" news
+        pass
     elif report["sent"] and not report["received"]:
         print(
             f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
