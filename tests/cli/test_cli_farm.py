@@ -17,3 +17,21 @@ def test_a_forwarder_refuses_an_http_address_that_is_not_host_port(capsys, http:
     args = ["farm", "collector", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
     assert main([*args, "--http", http]) == 1
     assert f"--http {http!r} must be HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "most"),
+    [
+        ("--hwm", "3000000000", "2147483647"),
+        ("--max-hits", "100000000000000000000", "1099511627776"),
+    ],
+)
+def test_a_forwarder_refuses_limits_past_what_its_sockets_take(
+    capsys, flag: str, value: str, most: str
+) -> None:
+    """ZeroMQ's high-water marks are C ints, its frame limit an int64 (8 bytes a hit): a
+    larger value is one error line (as the daemon's config says), not an OverflowError's
+    traceback from setsockopt."""
+    args = ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
+    assert main([*args, flag, value]) == 1
+    assert f"{flag} must be at most {most}, got {value}" in capsys.readouterr().err
