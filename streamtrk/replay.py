@@ -10,9 +10,10 @@ replies and matches them to the sends by ``msg_id`` (the oldest unanswered send 
 (run, event) for a reply without one), so every event counts once: a second reply to the
 same message (or, without ids, to an answered event) is counted as a duplicate; once every
 event has its reply, the replies still due to resends are awaited (until none comes for
-``retry_after_s``) to be counted so. An event answered ``shutdown`` (a daemon stopped with
-it unprocessed: in a farm another daemon can take it) that has resends left is sent again
-at once, and counts by the reply to that (the ``shutdown`` reply in ``shutdown_resent``);
+``retry_after_s``; replies to other replays do not count) to be counted so. An event
+answered ``shutdown`` (a daemon stopped with it unprocessed: in a farm another daemon can
+take it) that has resends left is sent again at once, and counts by the reply to that (the
+``shutdown`` reply in ``shutdown_resent``);
 its ``shutdown`` reply is its answer only when no resend is left, or none answered (then
 within ``timeout_s``: after that silence no late reply is awaited).
 Ctrl-C stops the replay; the report then covers the
@@ -426,16 +427,23 @@ def _late_replies(
     """Once every event has its reply, take the replies still due to its resends (each send
     is answered once, unless it was lost) until all came or none for ``quiet_s``, so that
     ``duplicates`` counts them (a later replay on the collector would count them as
-    ``unexpected``)."""
+    ``unexpected``). Replies to no send of this replay (another replay's, on a shared
+    collector) do not keep it waiting."""
+
+    def ours() -> int:
+        return result.received + result.duplicates + result.shutdown_resent
+
     last = time.perf_counter()
     while (
-        result.received + result.duplicates + result.shutdown_resent < result.sent + result.resent
+        ours() < result.sent + result.resent
         and time.perf_counter() - last < quiet_s
         and not stop.is_set()
     ):
         if (frames := consumer.recv_frames(timeout_ms=100)) is not None:
+            before = ours()
             _receive(frames, sender, result)
-            last = time.perf_counter()
+            if ours() != before:
+                last = time.perf_counter()
 
 
 def _refused(sockets: dict[str, Producer | Consumer], result: ReplayResult) -> bool:

@@ -674,3 +674,40 @@ def test_replies_to_no_event_of_this_replay_are_counted_unexpected() -> None:
     report = _replay_to_stand_in(events, answer).report(events, None)
     assert (report["sent"], report["received"], report["missing"]) == (3, 3, 0)
     assert (report["unexpected"], report["duplicates"]) == (4, 0)
+
+
+def test_replies_to_other_replays_do_not_hold_up_the_wait_for_late_duplicates() -> None:
+    """Event 0's first send is lost, its resend answered: the replay then waits for that
+    first send's reply until none comes for --retry-after. Another replay's replies (on a
+    shared collector, every 0.1 s for 30 s) are not that reply: they do not keep the
+    replay waiting (taking each from the replay it was meant for)."""
+    events = _events(2)
+    lost = events[0].event.event
+    with _daemon_sockets() as (sink, out, to, from_):
+        done = threading.Event()
+
+        def serve() -> None:
+            firsts: set[int | None] = set()
+            t_end = time.perf_counter() + 30
+            next_foreign = time.perf_counter()
+            while not done.is_set() and time.perf_counter() < t_end:
+                if sink.poll(20):
+                    frames = sink.recv_multipart()
+                    msg = decode(frames)
+                    if msg.event == lost and msg.msg_id not in firsts:
+                        firsts.add(msg.msg_id)  # its first send: lost
+                    else:
+                        out.send_multipart(_tracks_reply(frames))
+                if time.perf_counter() >= next_foreign:  # another replay's reply
+                    with contextlib.suppress(zmq.Again):
+                        out.send_multipart(encode_tracks(7, 7, [], None, msg_id=1), zmq.NOBLOCK)
+                    next_foreign += 0.1
+
+        daemon = threading.Thread(target=serve, daemon=True)
+        daemon.start()
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=5.0, retries=1, retry_after_s=0.5)
+        report = replay(events, opts).report(events, None)
+        done.set()
+        daemon.join(10)
+    assert (report["received"], report["missing"], report["resent"]) == (2, 0, 1)
+    assert report["unexpected"] < 100, report  # 300 had it waited for the stream to end
