@@ -85,3 +85,30 @@ def test_replay_help_names_every_report_key(tmp_path, capsys):
     words = " ".join(capsys.readouterr().out.split())
     shorthand = r"latency_\w+_ms|n_\w+"  # latency_p50/p90/p99/max/mean_ms, counts (n_*)
     assert [k for k in keys if k not in words and not re.fullmatch(shorthand, k)] == []
+
+
+@pytest.mark.parametrize(
+    ("counts", "said"),
+    [
+        ({"missing": 2}, "2 of the 5 events sent got no reply within 3 s"),
+        ({"unsent": 4}, "4 events were not sent within 3 s"),
+        (
+            {"missing": 1, "unsent": 4},
+            "1 of the 5 events sent got no reply within 3 s; 4 events were not sent",
+        ),
+    ],
+)
+def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
+    """Some events answered, others missing or unsent: exit 1, and stderr says so (the
+    report on stdout is not the only place to look)."""
+    import argparse
+
+    from streamtrk.cli.replay import _exit_status
+
+    report = ReplayResult().report([], None, {}) | {"sent": 5, "received": 5} | counts
+    report["received"] -= report["missing"]
+    args = argparse.Namespace(
+        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=False
+    )
+    assert _exit_status(args, report, interrupted=False) == 1
+    assert f"streamtrk replay: error: {said}" in capsys.readouterr().err
