@@ -103,12 +103,7 @@ def _replay(args: argparse.Namespace) -> int:
     check_endpoints(("--to", args.to), ("--from", args.from_), bind=args.bind)
     check_bound_curve(args, args.to, args.from_)
     check_outputs(args.report, args.submission, args.plot)
-    events = load_recording(args.recording, args.events, compact=args.compact)
-    if not events:
-        print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
-        return 1
-    if args.submission:  # checked before the replay, as its files name events by number
-        by_event_number({ev.key: None for ev in events})
+    # Checked before a large recording is read.
     opts = ReplayOptions(
         to=args.to,
         from_=args.from_,
@@ -122,6 +117,12 @@ def _replay(args: argparse.Namespace) -> int:
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
     )
+    events = load_recording(args.recording, args.events, compact=args.compact)
+    if not events:
+        print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)
+        return 1
+    if args.submission:  # checked before the replay, as its files name events by number
+        by_event_number({ev.key: None for ev in events})
     with stop_on_signals() as stop:
         result = replay(events, opts, stop)
     labels = labels_of(events, result.scored_replies)

@@ -112,3 +112,14 @@ def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
     )
     assert _exit_status(args, report, interrupted=False) == 1
     assert f"streamtrk replay: error: {said}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--rate", "0"), ("--loop", "0"), ("--retries", "-1"), ("--timeout", "0")]
+)
+def test_replay_refuses_a_bad_setting_before_it_reads_the_recording(tmp_path, flag, value):
+    """A setting out of range is said at once, not after a large recording was read (here
+    the recording does not even exist)."""
+    out = _run("replay", str(tmp_path / "absent.stk"), flag, value)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"streamtrk replay: error: {flag} must be "), out.stderr
