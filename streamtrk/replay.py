@@ -34,6 +34,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -247,15 +248,18 @@ class _Sender(threading.Thread):
         self._next_check = 0.0  # when resends are next looked for
 
     def run(self) -> None:
-        order = [ev for _ in range(self.opts.loop) for ev in self.events]
+        total = len(self.events) * self.opts.loop
         try:
-            self._send_all(order)
+            self._send_all(total)
         except Exception as e:  # the socket failed: what is left is unsent, and said why
-            self.result.unsent = len(order) - self.result.sent
+            self.result.unsent = total - self.result.sent
             self.result.send_error = f"{type(e).__name__}: {e}"
 
-    def _send_all(self, order: list[Recorded]) -> None:
+    def _send_all(self, total: int) -> None:
+        """Send the events ``loop`` times over, taken as they go (a long ``--loop`` holds no
+        list of its sends)."""
         r, rate = self.result, self.opts.rate
+        order = chain.from_iterable(repeat(self.events, self.opts.loop))
         t0 = time.perf_counter()
         for i, ev in enumerate(order):
             while rate and (wait := t0 + i / rate - time.perf_counter()) > 0:
@@ -264,7 +268,7 @@ class _Sender(threading.Thread):
                 self._resend_due()
             self._resend_due()
             if self.stop.is_set():
-                r.unsent = len(order) - i
+                r.unsent = total - i
                 return
             msg_id = self.prefix | i
             frames = with_msg_id(ev.frames, msg_id)
@@ -275,7 +279,7 @@ class _Sender(threading.Thread):
             if not self._send(frames):
                 with self.lock:
                     del self.pending[msg_id]
-                r.unsent = len(order) - i
+                r.unsent = total - i
                 return
             r.sent += 1
             r.t_last_send = r.t_last_first_send = t

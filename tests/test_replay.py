@@ -226,6 +226,20 @@ def test_a_stop_is_not_held_up_by_a_daemon_that_takes_nothing() -> None:
     assert report["duration_s"] == 0.0 and report["events_per_second"] is None
 
 
+def test_a_long_loop_holds_no_list_of_its_sends() -> None:
+    """``--loop`` as "for as long as it runs" (10**15 times over): the sends are taken as
+    they go, so the replay starts at once, and a stop counts the rest unsent."""
+    anywhere = "tcp://127.0.0.1:*"
+    opts = ReplayOptions(to=anywhere, from_=anywhere, bind=True, timeout_s=600, loop=10**15)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    result = replay(_events(2), opts, stop)
+    assert time.monotonic() - t0 < 10
+    assert result.send_error is None, result.send_error
+    assert result.interrupted and (result.sent, result.unsent) == (0, 2 * 10**15)
+
+
 def test_a_socket_failure_while_sending_is_reported_and_the_rest_unsent(monkeypatch) -> None:
     """The sender thread's socket fails at the 4th send (injected: no natural trigger is
     known): the report counts the rest as unsent and says why, not "all answered"."""
