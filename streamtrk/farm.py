@@ -181,8 +181,9 @@ def _proxy(
     """Forward whole messages (zero-copy) until ``stop``; the messages forwarded and those
     dropped at the stop. A message is taken from ``pull``
     only when ``push`` has a peer with room, so back-pressure reaches the producers; the
-    stop is seen within ``POLL_MS`` even when no peer is left (``zmq.proxy`` would block in
-    its send). A message taken just before its peer left waits for another peer.
+    stop is seen within two polls of ``POLL_MS`` even when no peer is left (``zmq.proxy``
+    would block in its send). A message taken just before its peer left waits for another
+    peer.
 
     At the stop, the messages that have already arrived (at most ``STOP_DRAIN_MAX``) are
     taken off ``pull``: sent on where a peer has room at once, else dropped and counted,
