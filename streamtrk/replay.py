@@ -13,9 +13,9 @@ event has its reply, the replies still due to resends are awaited (until none co
 ``retry_after_s``; replies to other replays do not count) to be counted so. An event
 answered ``shutdown`` (a daemon stopped with it unprocessed: in a farm another daemon can
 take it) that has resends left is sent again at once, and counts by the reply to that (the
-``shutdown`` reply in ``shutdown_resent``);
-its ``shutdown`` reply is its answer only when no resend is left, or none answered (then
-within ``timeout_s``: after that silence no late reply is awaited).
+``shutdown`` reply in ``shutdown_resent``), as one with a resend already out counts by the
+reply to that; its ``shutdown`` reply is its answer only when no resend is left or out, or
+none answered (then within ``timeout_s``: after that silence no late reply is awaited).
 Ctrl-C stops the replay; the report then covers the
 replies received so far. Latency runs from just before an event's first send to its reply.
 ``truth`` messages are not sent: they score the replies (tracking efficiency, fake and
@@ -144,7 +144,7 @@ class ReplayResult:
     errors: Counter[str] = field(default_factory=Counter)
     unexpected: int = 0
     duplicates: int = 0
-    shutdown_resent: int = 0  # 'shutdown' replies set aside: their event was resent
+    shutdown_resent: int = 0  # 'shutdown' replies set aside: their event resent, or a resend out
     invalid_replies: int = 0
     # Per event, the reply its physics is scored by: its first ok reply, else its first.
     scored_replies: dict[Key, Message] = field(default_factory=dict)
@@ -217,8 +217,8 @@ def due_newest_first(sends: list[_Send], now: float, retry_after_s: float) -> li
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
-    times, sends so far, whether a reply came, and a ``shutdown`` reply set aside for a
-    resend (with its arrival time)."""
+    times, sends so far, whether a reply came, and the last ``shutdown`` reply set aside for
+    a resend (with its arrival time) and how many were."""
 
     key: Key
     frames: list[Any]
@@ -227,6 +227,7 @@ class _Send:
     sends: int = 1
     answered: bool = False
     shutdown: tuple[float, Message] | None = None
+    set_aside: int = 0
 
 
 class _Sender(threading.Thread):
@@ -321,16 +322,22 @@ class _Sender(threading.Thread):
         return bool(todo)
 
     def set_aside(self, msg_id: int | None, key: Key, t: float, msg: Message) -> bool:
-        """Whether the ``shutdown`` reply ``msg`` (arrived at ``t``) is set aside, its event
-        resent at once: so while the event is unanswered, has resends left, and this thread
-        still sends. The reply is kept in case no other comes (:meth:`unanswered_shutdowns`)."""
+        """Whether the ``shutdown`` reply ``msg`` (arrived at ``t``) is set aside: so while
+        the event is unanswered and either has resends left while this thread still sends
+        (it is resent at once) or has a send out that no reply has come for yet (a resend
+        already made). The reply is kept in case no other comes
+        (:meth:`unanswered_shutdowns`)."""
         with self.lock:
             if msg_id is None:
                 msg_id = min((m for m, p in self.pending.items() if p.key == key), default=None)
             p = None if msg_id is None else self.pending.get(msg_id)
-            if p is None or p.sends > self.opts.retries or not self.is_alive():
+            if p is None:
+                return False
+            out = p.sends - 1 - p.set_aside  # sends this reply and those before are not for
+            if (p.sends > self.opts.retries or not self.is_alive()) and out <= 0:
                 return False
             p.shutdown = (t, msg)
+            p.set_aside += 1
             p.t_last = -math.inf  # due now
             self._next_check = 0.0
             self.result.shutdown_resent += 1

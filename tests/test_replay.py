@@ -574,7 +574,7 @@ def _tracks_reply(frames: list[bytes]) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    ("retries", "then"), [(0, "ok"), (1, "ok"), (1, "shutdown"), (1, "no reply")]
+    ("retries", "then"), [(0, "ok"), (1, "ok"), (1, "shutdown"), (2, "shutdown"), (1, "no reply")]
 )
 def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: str) -> None:
     """A daemon that stops with an event unprocessed answers it ``shutdown`` (in a farm,
@@ -615,7 +615,39 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
         assert report["shutdown_resent"] == 1
     else:  # the shutdown reply answers: the first one set aside, if any, counted there
         assert report["errors"] == {"shutdown": 1} and report["ok"] == 2
-        assert report["shutdown_resent"] == (then == "shutdown")
+        assert report["shutdown_resent"] == (retries if then == "shutdown" else 0)
+    if then == "shutdown":  # the last 'shutdown' answers at once: no reply is still due
+        assert took < opts.timeout_s
+
+
+def test_a_shutdown_reply_waits_for_a_resend_already_out() -> None:
+    """Event 1's first send is slow to be answered, so it is resent (its one retry) after
+    ``retry_after_s``; then the first daemon stops and answers it ``shutdown``, and another
+    answers the resend ``ok``. No resend is left, but one is out: the ``shutdown`` reply
+    is set aside for it, not the event's answer (with the ok a duplicate)."""
+    events = _events(3)
+    shut = events[1].event.event
+    held: list[list[bytes]] = []
+
+    def answer(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        if msg.event != shut:
+            out.send_multipart(_tracks_reply(frames))
+        elif not held:  # the first send: not answered yet
+            held.append(frames)
+        else:  # the resend: the first daemon stops, then another answers
+            first = decode(held[0])
+            out.send_multipart(encode_tracks(first.run, first.event, [], None, status="error",
+                                             reason="shutdown", msg_id=first.msg_id))  # fmt: skip
+            out.send_multipart(_tracks_reply(frames))
+
+    with _stand_in(answer) as (to, from_):
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=5.0, retries=1, retry_after_s=0.5)
+        result = replay(events, opts)
+    report = result.report(events, None)
+    assert (report["sent"], report["received"], report["missing"], report["resent"]) == (3, 3, 0, 1)
+    assert report["errors"] == {} and report["ok"] == 3, report
+    assert (report["duplicates"], report["shutdown_resent"]) == (0, 1)
 
 
 def test_a_refused_output_still_leaves_the_replay_s_own_errors_said(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "failed, else null), refused (the sockets, to and from, whose handshake the daemon "
     "refused: auth or handshake; the replay then stops), resent, shutdown_resent ('shutdown' "
     "replies, from a daemon that stopped with the event unprocessed, set aside as the event "
-    "was resent: --retries), duplicates (second "
+    "was resent or a resend was out: --retries), duplicates (second "
     "replies to a resent event, not counted again), unexpected (replies to no message of "
     "this replay), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
