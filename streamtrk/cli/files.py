@@ -137,7 +137,9 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", type=Path, required=True, help="output .stk recording")
     s.add_argument("--run", type=int, default=0, help="run number (default 0)")
     s.add_argument(
-        "--no-truth", action="store_true", help="import the hits alone, without their truth"
+        "--no-truth",
+        action="store_true",
+        help="import the hits alone: their truth and particles files are not read",
     )
     compact_argument(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -150,9 +152,9 @@ def _import_trackml_arguments(s: argparse.ArgumentParser) -> None:
     description="Convert TrackML CSV events (a prefix such as .../event000001000, one of its "
     "files, or a directory of events) into a recording, with their truth where there is a "
     "-truth.csv and a -particles.csv (a recording's truth carries each particle's vertex "
-    "and momentum: truth without particles is refused; --no-truth imports the hits alone). "
-    "The recording takes its place once every event is written. Exit status 0, else 1 with "
-    "the error (no event found, a malformed file).",
+    "and momentum: truth without particles is refused; --no-truth imports the hits alone, "
+    "their truth files not read). The recording takes its place once every event is written. "
+    "Exit status 0, else 1 with the error (no event found, a malformed file).",
 )
 def _import_trackml(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -163,11 +165,12 @@ def _import_trackml(args: argparse.Namespace) -> int:
     n = 0
     with new_recording(args.output) as rec:  # the file there stays if this fails
         for ev in tqdm(
-            iter_events(args.path, run=args.run), desc="import", unit="event", disable=args.quiet
+            iter_events(args.path, run=args.run, truth=not args.no_truth),
+            desc="import",
+            unit="event",
+            disable=args.quiet,
         ):
-            if args.no_truth:
-                ev.truth = None
-            elif ev.truth is not None and kinematics_unknown(ev.truth.particles).any():
+            if ev.truth is not None and kinematics_unknown(ev.truth.particles).any():
                 raise ValueError(
                     f"event {ev.event} has truth but no -particles.csv: a recording's truth "
                     "carries each particle's vertex and momentum; add the particles file, or "

@@ -246,13 +246,14 @@ def read_particles(path: str | Path) -> Particles:
     return particles
 
 
-def read_event(path: str | Path, *, run: int = 0) -> Event:
+def read_event(path: str | Path, *, run: int = 0, truth: bool = True) -> Event:
     """Read one TrackML event from its path prefix (e.g. ``.../event000001000``) or one of
     its files (``-hits.csv[.gz]``, or its truth, particles or cells file).
 
-    The event number is parsed from the prefix. Truth is read when
-    ``-truth.csv`` exists; ``hit_order`` is computed from |tz - vz| and, when the truth has
-    no ``weight`` column, official weights are computed. Without ``-particles.csv`` the
+    The event number is parsed from the prefix. Truth is read when ``truth`` and
+    ``-truth.csv`` exists (without ``truth`` its files are neither read nor checked);
+    ``hit_order`` is computed from |tz - vz| and, when the truth has no ``weight`` column,
+    official weights are computed. Without ``-particles.csv`` the
     particles are the truth's ids with NaN kinematics, q 0 and nhits counted from the truth.
     """
     prefix = Path(path)
@@ -270,11 +271,11 @@ def read_event(path: str | Path, *, run: int = 0) -> Event:
     hits = Hits.from_columns(_read_csv(hits_path, HIT_DTYPES))
     if len(np.unique(hits.hit_id)) != len(hits):
         raise ValueError(f"{hits_path}: duplicate hit_id")
-    truth_path = _find(prefix, "truth")
-    truth = None
-    if truth_path is not None:
-        truth = _read_truth(truth_path, _find(prefix, "particles"), hits.hit_id)
-    return Event(run=run, event=number, hits=hits, truth=truth)
+    truth_path = _find(prefix, "truth") if truth else None
+    if truth_path is None:
+        return Event(run=run, event=number, hits=hits)
+    truth_read = _read_truth(truth_path, _find(prefix, "particles"), hits.hit_id)
+    return Event(run=run, event=number, hits=hits, truth=truth_read)
 
 
 def event_prefixes(directory: str | Path) -> list[Path]:
@@ -294,14 +295,15 @@ def event_prefixes(directory: str | Path) -> list[Path]:
     return prefixes
 
 
-def iter_events(path: str | Path, *, run: int = 0) -> Iterator[Event]:
-    """Events of a directory (sorted by event number) or of a single event prefix."""
+def iter_events(path: str | Path, *, run: int = 0, truth: bool = True) -> Iterator[Event]:
+    """Events of a directory (sorted by event number) or of a single event prefix; without
+    ``truth``, their hits alone (as :func:`read_event`)."""
     path = Path(path)
     prefixes = event_prefixes(path) if path.is_dir() else [path]
     if not prefixes:
         raise FileNotFoundError(f"no TrackML events (event*-hits.csv) in {path}")
     for prefix in prefixes:
-        yield read_event(prefix, run=run)
+        yield read_event(prefix, run=run, truth=truth)
 
 
 # --------------------------------------------------------------------------- writing

@@ -278,3 +278,18 @@ def test_truth_without_particles_is_imported_only_as_hits_alone(tmp_path, capsys
     assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
     (ev,) = iter_events(out)
     assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)
+
+
+def test_import_trackml_no_truth_neither_reads_nor_checks_the_truth_file(tmp_path, capsys):
+    csv = tmp_path / "csv"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
+          "--trackml-dir", str(csv)])  # fmt: skip
+    (truth,) = csv.glob("*-truth.csv")
+    rows = truth.read_text().splitlines()
+    truth.write_text("\n".join(rows[:-1]) + "\n")  # a hit without its truth row
+    out = tmp_path / "x.stk"
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q"]) == 1
+    assert "no row for hit_id" in capsys.readouterr().err
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
+    (ev,) = iter_events(out)
+    assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)
