@@ -236,6 +236,19 @@ def test_a_row_is_read_whole_or_refused(tmp_path, line, message):
         read_event(prefix)
 
 
+def test_a_row_short_of_a_field_is_refused_where_another_has_one_too_many(tmp_path):
+    # A column the reader does not use ("extra"): a row without it is not caught by the
+    # parser, and one row too long and one too short hold the header's number of commas.
+    prefix = write_event(Event(0, 42, synthetic_event().hits.take(np.arange(3))), tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    _rewrite_csv(
+        hits_path,
+        lambda h, rows: ([*h, "extra"], [[*rows[0], "5", "6"], rows[1], [*rows[2], "7"]]),
+    )
+    with pytest.raises(ValueError, match="data row 1 has 9 fields, the header 8"):
+        read_event(prefix)
+
+
 def _set_value(column: str, row: int, value: str):
     def transform(header, rows):
         rows[row][header.index(column)] = value
