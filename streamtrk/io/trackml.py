@@ -2,12 +2,12 @@
 
 An event is a path prefix such as ``.../event000001000`` naming ``<prefix>-hits.csv`` and,
 optionally, ``-truth.csv``, ``-particles.csv`` (and ``-cells.csv``, ignored); each may be
-gzipped (``.csv.gz``). Columns are found by header name, so their order does not matter
-(a byte-order mark before the header is skipped). Refused, naming the file, and the column
-and data row where there is one: a column named twice, a value that is not a number, not
-finite or does not fit its type, a row of other fields than the header, a hit id twice,
-truth without a row for a hit, a particle twice, or a truth particle that
-``-particles.csv`` (where present) does not list.
+gzipped (``.csv.gz``), but not be there both ways (refused). Columns are found by header
+name, so their order does not matter (a byte-order mark before the header is skipped).
+Refused, naming the file, and the column and data row where there is one: a column named
+twice, a value that is not a number, not finite or does not fit its type, a row of other
+fields than the header, a hit id twice, truth without a row for a hit, a particle twice,
+or a truth particle that ``-particles.csv`` (where present) does not list.
 
 Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
 to the identical float32 (9 for magnitudes outside [1e-10, 1e15), which no detector
@@ -150,11 +150,13 @@ def _other_fields(body: bytes, n_fields: int) -> str | None:
 
 
 def _find(prefix: Path, kind: str) -> Path | None:
-    for suffix in (".csv", ".csv.gz"):
-        path = prefix.with_name(f"{prefix.name}-{kind}{suffix}")
-        if path.is_file():
-            return path
-    return None
+    """The event's ``kind`` file, ``.csv`` or ``.csv.gz``; ValueError when both are there
+    (which one holds the event is not to be guessed)."""
+    paths = [prefix.with_name(f"{prefix.name}-{kind}{suffix}") for suffix in (".csv", ".csv.gz")]
+    found = [path for path in paths if path.is_file()]
+    if len(found) > 1:
+        raise ValueError(f"{found[0]} and {found[1].name} are both there: remove one")
+    return found[0] if found else None
 
 
 def _event_number(prefix: Path) -> int:

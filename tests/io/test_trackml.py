@@ -249,6 +249,20 @@ def test_a_row_short_of_a_field_is_refused_where_another_has_one_too_many(tmp_pa
         read_event(prefix)
 
 
+def test_a_file_there_both_plain_and_gzipped_is_refused_not_chosen(tmp_path):
+    event = Event(0, 42, synthetic_event().hits.take(np.arange(3)))
+    prefix = write_event(event, tmp_path)
+    other = Event(0, 42, synthetic_event(seed=1).hits.take(np.arange(2)))
+    plain = tmp_path / "event000000042-hits.csv"
+    zipped = plain.with_name(plain.name + ".gz")
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    write_event(other, tmp_path / "other")
+    plain.write_bytes((tmp_path / "other" / plain.name).read_bytes())  # two other hit lists
+    for path in (prefix, zipped, plain):  # the .gz named, the .csv was read
+        with pytest.raises(ValueError, match=r"event000000042-hits\.csv and .*\.csv\.gz"):
+            read_event(path)
+
+
 def _set_value(column: str, row: int, value: str):
     def transform(header, rows):
         rows[row][header.index(column)] = value
