@@ -5,9 +5,10 @@ optionally, ``-truth.csv``, ``-particles.csv`` (and ``-cells.csv``, ignored); ea
 gzipped (``.csv.gz``), but not be there both ways (refused). Columns are found by header
 name, so their order does not matter (a byte-order mark before the header is skipped).
 Refused, naming the file, and the column and data row where there is one: a column named
-twice, a value that is not a number, not finite or does not fit its type, a row of other
-fields than the header, a hit id twice, truth without a row for a hit, a particle twice,
-or a truth particle that ``-particles.csv`` (where present) does not list.
+twice, a value that is not a number, not finite or does not fit its type (or a negative
+hit weight), a row of other fields than the header, a hit id twice, truth without a row
+for a hit, a particle twice, or a truth particle that ``-particles.csv`` (where present)
+does not list.
 
 Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
 to the identical float32 (9 for magnitudes outside [1e-10, 1e15), which no detector
@@ -81,7 +82,7 @@ def _checked(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.n
     """``values`` (int64 or float64 as parsed) as ``dtype``; ValueError naming the file, the
     column and the first bad row where a value does not fit: an integer outside the dtype
     (or below 0, but in :data:`SIGNED_COLUMNS`: ids and counts), a float not
-    finite once rounded (NaN, inf, or past float32's range)."""
+    finite once rounded (NaN, inf, or past float32's range), a hit weight below 0."""
     if dtype.kind == "i":
         lo, hi = (np.iinfo(dtype).min if name in SIGNED_COLUMNS else 0), np.iinfo(dtype).max
         bad = (values < lo) | (values > hi)
@@ -92,6 +93,9 @@ def _checked(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.n
             out = values.astype(dtype)
         bad = ~np.isfinite(out)
         what = "not a finite number"
+        if name == "weight":  # a hit's share of the score
+            bad |= out < 0
+            what += " >= 0"
     if bad.any():
         row = int(np.argmax(bad))
         raise ValueError(f"{path}: column {name!r}, data row {row + 1}: {values[row]} is {what}")

@@ -280,6 +280,7 @@ def _set_value(column: str, row: int, value: str):
         ("hits", "volume_id", "4294967304", "'volume_id', data row 3: 4294967304 is outside"),
         ("truth", "particle_id", "-1", "'particle_id', data row 3: -1 is outside"),
         ("truth", "weight", "inf", "'weight', data row 3: inf is not a finite number"),
+        ("truth", "weight", "-0.5", "'weight', data row 3: -0.5 is not a finite number >= 0"),
         ("particles", "nhits", "-2", "'nhits', data row 3: -2 is outside"),
         ("particles", "q", "-4294967296", "'q', data row 3: -4294967296 is outside"),
     ],
