@@ -203,7 +203,9 @@ def test_wait_ready_polls_past_what_is_not_http() -> None:
 
 
 def test_terminate_kills_a_process_that_outlasts_its_timeout() -> None:
-    deaf = "import signal, time; signal.signal(15, signal.SIG_IGN); print(); time.sleep(60)"
+    deaf = (  # flush: without PYTHONUNBUFFERED the line would wait in the pipe's buffer
+        "import signal, time; signal.signal(15, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(60)"
+    )
     with subprocess.Popen([sys.executable, "-c", deaf], stdout=subprocess.PIPE) as process:
         assert process.stdout is not None and process.stdout.readline()  # SIGTERM ignored now
         assert terminate(process, 0.2) == -signal.SIGKILL
