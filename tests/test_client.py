@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import errno
+import http.server
 import json
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 
-from streamtrk.client import Consumer, Producer, terminate, wait_listening, wait_ready
+from streamtrk.client import (
+    REFUSAL_EVENTS,
+    Consumer,
+    Producer,
+    terminate,
+    wait_listening,
+    wait_ready,
+)
 from streamtrk.event import Event, Hits
+from streamtrk.service.auth import start_authenticator
 from streamtrk.wire import DEFAULT_LIMITS, Limits, WireError, encode_tracks
+from streamtrk.wire.curve import create_certificates
 
 
 def make_event(rng: np.random.Generator, event: int) -> Event:
@@ -250,3 +264,324 @@ def test_binding_another_hosts_address_says_so(endpoint: str) -> None:
         Producer(endpoint, bind=True)
     with pytest.raises(OSError, match="another host's"):
         Consumer(endpoint, bind=True)
+
+
+def _connect_after(
+    go: threading.Event, endpoint: str, consumers: list[Consumer]
+) -> threading.Thread:
+    """A thread connecting a Consumer to ``endpoint`` 0.3 s after ``go`` is set (or after
+    10 s without it)."""
+
+    def connect() -> None:
+        go.wait(10)
+        time.sleep(0.3)
+        consumers.append(Consumer(endpoint, linger_ms=0))
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_send_waits_for_a_peer_up_to_its_timeout_or_for_ever() -> None:
+    """A bound producer has nowhere to queue a message until a peer connects: a send waits
+    for one up to ``timeout_ms`` (then False, nothing sent), or for ever without it."""
+    event = make_event(np.random.default_rng(2), 7)
+    consumers: list[Consumer] = []
+    with (
+        Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as patient,
+        Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as blocking,
+    ):
+        go = [threading.Event(), threading.Event()]
+        threads = [
+            _connect_after(g, p.endpoint, consumers)
+            for g, p in zip(go, (patient, blocking), strict=True)
+        ]
+        try:
+            assert not patient.send_event(event, timeout_ms=50)  # no peer: nothing queued
+            go[0].set()
+            assert patient.send_event(event, timeout_ms=20_000)  # sent once the peer is there
+            go[1].set()
+            assert blocking.send_frames([b"blocking"])  # no timeout: waits as long as it takes
+            for thread in threads:
+                thread.join(30)
+            assert len(consumers) == 2
+            msg = consumers[0].recv(timeout_ms=10_000)
+            assert msg is not None and msg.to_event().hits.equals(event.hits)
+            assert consumers[0].recv_frames(timeout_ms=200) is None  # the refused send never went
+            frames = consumers[1].recv_frames(timeout_ms=10_000)
+            assert frames is not None and [f.bytes for f in frames] == [b"blocking"]
+        finally:
+            for g in go:
+                g.set()
+            for consumer in consumers:
+                consumer.close()
+
+
+def test_defaults_are_those_documented() -> None:
+    """High-water marks of 1000 messages, a linger of 1 s, the default wire limits (their
+    largest frame as ZMQ_MAXMSGSIZE), connecting rather than binding, no monitor; events
+    sent as wire version 2 without a deadline."""
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True) as bound,
+        Producer(bound.endpoint) as producer,
+        Producer("tcp://127.0.0.1:*", bind=True) as bound_producer,
+        Consumer(bound_producer.endpoint) as consumer,
+    ):
+        assert producer.socket.getsockopt(zmq.SNDHWM) == 1000
+        assert consumer.socket.getsockopt(zmq.RCVHWM) == 1000
+        assert [s.getsockopt(zmq.LINGER) for s in (producer.socket, consumer.socket)] == [1000] * 2
+        assert consumer.limits is DEFAULT_LIMITS
+        assert consumer.socket.getsockopt(zmq.MAXMSGSIZE) == DEFAULT_LIMITS.max_frame_bytes
+        assert producer.monitor is None and consumer.monitor is None
+        assert producer.refusal() is None and consumer.refusal() is None  # nothing to read
+        assert producer.send_frames([b"to the bound consumer"], timeout_ms=5000)
+        assert bound_producer.send_frames([b"to the connected consumer"], timeout_ms=5000)
+        got = [c.recv_frames(timeout_ms=5000) for c in (bound, consumer)]
+        assert [[f.bytes for f in fs or []] for fs in got] == [
+            [b"to the bound consumer"],
+            [b"to the connected consumer"],
+        ]
+        event = make_event(np.random.default_rng(4), 2)
+        assert len(event.hits) and producer.send_event(event)
+        msg = bound.recv(timeout_ms=5000)
+        assert msg is not None and msg.version == 2 and msg.deadline_ms is None
+
+
+def test_a_linger_given_is_the_socket_s() -> None:
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer,
+        Producer(consumer.endpoint, linger_ms=-1) as producer,
+    ):
+        assert consumer.socket.getsockopt(zmq.LINGER) == 0
+        assert producer.socket.getsockopt(zmq.LINGER) == -1
+
+
+def test_a_socket_ends_only_a_context_of_its_own() -> None:
+    """Closing ends the context a socket made for itself; one it was given (the ZAP
+    authenticator's, say) is left to its owner, still usable."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:  # one socket at a time: closing would hang on the other if it ended the context
+        with Producer("tcp://127.0.0.1:*", bind=True, context=ctx) as producer:
+            assert producer.socket.context is ctx
+        with Consumer("tcp://127.0.0.1:1", context=ctx) as consumer:
+            assert consumer.socket.context is ctx
+        assert producer.socket.closed and consumer.socket.closed and not ctx.closed
+        ctx.socket(zmq.PUSH).close()
+    finally:
+        ctx.term()
+    with Producer("tcp://127.0.0.1:*", bind=True) as producer:
+        own = producer.socket.context
+        assert own is not ctx and not own.closed
+    assert own.closed
+
+
+def test_binding_an_address_in_use_raises_zmqs_own_error() -> None:
+    """Only another host's address gets the OSError that says so; a port in use is libzmq's
+    EADDRINUSE as it is."""
+    with (
+        Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as first,
+        pytest.raises(zmq.ZMQError) as error,
+    ):
+        Consumer(first.endpoint, bind=True)
+    assert error.value.errno == errno.EADDRINUSE
+
+
+def _no_ipv6_loopback() -> str | None:
+    """Why this host cannot bind ::1 (containers often have no IPv6), or None."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        return f"no IPv6 loopback here: {e}"
+    return None
+
+
+@pytest.mark.skipif(_no_ipv6_loopback() is not None, reason=str(_no_ipv6_loopback()))
+def test_ipv6_endpoints_get_ipv6_sockets() -> None:
+    with (
+        Consumer("tcp://[::1]:*", bind=True) as consumer,
+        Producer(consumer.endpoint) as producer,
+    ):
+        assert consumer.endpoint.startswith("tcp://[::1]:")
+        assert consumer.socket.getsockopt(zmq.IPV6) == producer.socket.getsockopt(zmq.IPV6) == 1
+        assert producer.send_frames([b"over ::1"], timeout_ms=5000)
+        frames = consumer.recv_frames(timeout_ms=5000)
+        assert frames is not None and [f.bytes for f in frames] == [b"over ::1"]
+
+
+def _refusal(endpoint: Producer, timeout_s: float = 10.0) -> str | None:
+    """The first refusal ``endpoint`` reports within ``timeout_s``, or None."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if (cause := endpoint.refusal()) is not None:
+            return cause
+        time.sleep(0.02)
+    return None
+
+
+def test_only_a_curve_client_whose_key_is_allowed_gets_through(tmp_path: Path) -> None:
+    """A Consumer bound as CURVE server (``curve_secret_key``) on the context its ZAP
+    authenticator runs on hears the allowed client; the one refused learns it from
+    :meth:`refusal`. A monitor on REFUSAL_EVENTS hears nothing of a connection that works."""
+    for name in ("server", "alice", "mallory"):
+        create_certificates(tmp_path, name)
+    (tmp_path / "allowed").mkdir()
+    shutil.copy(tmp_path / "alice.key", tmp_path / "allowed")
+
+    def client(name: str) -> Producer:
+        return Producer(
+            consumer.endpoint,
+            linger_ms=0,
+            curve_key=tmp_path / f"{name}.key_secret",
+            curve_server_key=tmp_path / "server.key",
+            monitor_events=REFUSAL_EVENTS,
+        )
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth = start_authenticator(ctx, tmp_path / "allowed")
+    try:
+        with Consumer(
+            "tcp://127.0.0.1:*",
+            bind=True,
+            linger_ms=0,
+            curve_secret_key=tmp_path / "server.key_secret",
+            context=ctx,
+        ) as consumer:
+            with client("mallory") as mallory:
+                assert mallory.send_frames([b"mallory"], timeout_ms=5000)
+                assert _refusal(mallory) == "auth"
+            with client("alice") as alice:
+                assert alice.send_frames([b"alice"], timeout_ms=5000)
+                frames = consumer.recv_frames(timeout_ms=10_000)
+                assert frames is not None and [f.bytes for f in frames] == [b"alice"]
+                assert alice.monitor is not None and not alice.monitor.poll(0)
+                assert alice.refusal() is None
+        with (
+            Producer(
+                "tcp://127.0.0.1:*",
+                bind=True,
+                linger_ms=0,
+                curve_secret_key=tmp_path / "server.key_secret",
+                context=ctx,
+            ) as server,
+            Consumer(
+                server.endpoint,
+                linger_ms=0,
+                curve_key=tmp_path / "alice.key_secret",
+                curve_server_key=tmp_path / "server.key",
+            ) as reader,
+        ):  # the other way round: a producer serves, a consumer is the client
+            assert server.send_frames([b"to alice"], timeout_ms=10_000)
+            frames = reader.recv_frames(timeout_ms=10_000)
+            assert frames is not None and [f.bytes for f in frames] == [b"to alice"]
+    finally:
+        auth.stop()
+        ctx.term()
+
+
+def test_wait_ready_gives_up_once_its_process_has_exited() -> None:
+    """``process`` exited: False, even from a port that answers 200 (another daemon's)."""
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            address = f"127.0.0.1:{server.server_address[1]}"
+            with subprocess.Popen([sys.executable, "-c", "pass"]) as exited:
+                exited.wait()
+                assert wait_ready(address, 10.0, exited) is False
+            with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+                try:
+                    ready = wait_ready(address, 10.0, running)
+                finally:
+                    running.kill()
+            assert ready is True
+        finally:
+            server.shutdown()
+
+
+def test_wait_listening_gives_up_once_its_process_has_exited(tmp_path: Path) -> None:
+    """``process`` exited before its log says ``listening``: None, though the record comes
+    later (here, once the call has returned); a running process's record is read, without
+    the log's own fields and past JSON lines that are not records."""
+    log = tmp_path / "daemon.log"
+    record = {"time": "t", "level": "INFO", "logger": "streamtrk", "message": "listening"}
+    returned = threading.Event()
+
+    def write_later() -> None:
+        returned.wait(5)
+        log.write_text("42\n[]\n" + json.dumps({**record, "http": "127.0.0.1:9"}) + "\n")
+
+    writer = threading.Thread(target=write_later, daemon=True)
+    writer.start()
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as exited:
+        exited.wait()
+        assert wait_listening(log, 30, exited) is None
+    returned.set()
+    writer.join(10)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+        try:
+            listening = wait_listening(log, 30, running)
+        finally:
+            running.kill()
+    assert listening == {"http": "127.0.0.1:9"}
+
+
+def test_a_receive_waits_up_to_its_timeout() -> None:
+    """A message that comes 2 s into a 10 s ``timeout_ms`` is received."""
+    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer:
+
+        def send_later() -> None:
+            time.sleep(2)
+            with Producer(consumer.endpoint, linger_ms=5000) as producer:
+                reply = encode_tracks(1, 2, np.arange(3), None, status="error", reason="late")
+                producer.send_frames(reply)
+
+        thread = threading.Thread(target=send_later, daemon=True)
+        thread.start()
+        msg = consumer.recv(timeout_ms=10_000)
+        thread.join(10)
+    assert msg is not None and msg.to_reply().reason == "late"
+
+
+def test_wait_ready_polls_past_answers_other_than_200() -> None:
+    """503 (not ready) and 204 are polled past like a silent connection (no answer within
+    the 2 s one request may take): only 200 is ready."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        answers = [
+            None,
+            b"HTTP/1.0 503 Service Unavailable\r\n\r\n",
+            b"HTTP/1.0 204 No Content\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\nready\n",
+        ]
+        held: list[socket.socket] = []
+
+        def serve() -> None:
+            server.settimeout(30)
+            for answer in answers:
+                conn, _ = server.accept()
+                conn.recv(4096)
+                if answer is None:  # held open, unanswered, until the end
+                    held.append(conn)
+                    continue
+                with conn:
+                    conn.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        host, port = server.getsockname()
+        try:
+            assert wait_ready(f"{host}:{port}", 30.0) is True
+            thread.join(5)
+            assert not thread.is_alive()  # all four answers were asked for
+        finally:
+            for conn in held:
+                conn.close()
