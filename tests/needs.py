@@ -1,11 +1,13 @@
 """What CI always has and a user's clone may lack: the shared TrackML data, Prometheus'
 server and promtool. Missing, a test skips with the reason; with ``STREAMTRK_STRICT_SKIPS=1``
-(``.ci/run`` sets it) it fails instead, so that CI never counts such a skip as a pass."""
+(``.ci/run`` sets it) it fails instead, so that CI never counts such a skip as a pass. And
+what a container may lack: an IPv6 loopback (:func:`no_ipv6_loopback`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from typing import NoReturn
 
 import pytest
@@ -26,3 +28,13 @@ def need_program(name: str) -> str:
     if (path := shutil.which(name)) is None:
         missing(f"{name} is not on PATH: `make setup` installs it when run as root")
     return path
+
+
+def no_ipv6_loopback() -> str | None:
+    """Why this host cannot bind ::1 (containers often have no IPv6), or None."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        return f"no IPv6 loopback here: {e}"
+    return None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from needs import no_ipv6_loopback
 
 from streamtrk.client import (
     REFUSAL_EVENTS,
@@ -386,17 +387,7 @@ def test_binding_an_address_in_use_raises_zmqs_own_error() -> None:
     assert error.value.errno == errno.EADDRINUSE
 
 
-def _no_ipv6_loopback() -> str | None:
-    """Why this host cannot bind ::1 (containers often have no IPv6), or None."""
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError as e:
-        return f"no IPv6 loopback here: {e}"
-    return None
-
-
-@pytest.mark.skipif(_no_ipv6_loopback() is not None, reason=str(_no_ipv6_loopback()))
+@pytest.mark.skipif(no_ipv6_loopback() is not None, reason=str(no_ipv6_loopback()))
 def test_ipv6_endpoints_get_ipv6_sockets() -> None:
     with (
         Consumer("tcp://[::1]:*", bind=True) as consumer,

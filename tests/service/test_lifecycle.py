@@ -16,6 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 from live_daemon import READY_TIMEOUT_S, clean_env, sample, wait_for
+from needs import no_ipv6_loopback
 
 from streamtrk.client import Consumer, Producer, terminate, wait_listening, wait_ready
 from streamtrk.detector import load_detector
@@ -219,17 +220,7 @@ def test_a_model_that_cannot_load_is_one_line_without_a_traceback(
     assert "exception" not in line  # no traceback
 
 
-def _no_ipv6_loopback() -> str | None:
-    """Why this host cannot bind ::1 (containers often have no IPv6), or None."""
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError as e:
-        return f"no IPv6 loopback here: {e}"
-    return None
-
-
-@pytest.mark.skipif(_no_ipv6_loopback() is not None, reason=str(_no_ipv6_loopback()))
+@pytest.mark.skipif(no_ipv6_loopback() is not None, reason=str(no_ipv6_loopback()))
 def test_a_daemon_serves_on_ipv6_endpoints(daemon_factory, sim_run: Path) -> None:
     from streamtrk.cli import main
 
