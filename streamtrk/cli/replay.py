@@ -149,7 +149,6 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
     """The replay's exit status; what went wrong said on stderr."""
     from streamtrk.client import REFUSAL_HINTS
 
-    said = True  # whether what went wrong has been said below
     if report["refused"]:  # what follows "no reply" would mislead
         for socket, cause in report["refused"].items():
             address = args.to if socket == "to" else args.from_
@@ -173,11 +172,7 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             f"{args.timeout:g} s: {_daemon_there(args.bind)}?",
             file=sys.stderr,
         )
-    else:
-        said = bool(report["send_error"])
-    if report["send_error"]:
-        print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
-    if not said and (report["missing"] or report["unsent"]):  # a partial replay
+    elif (report["missing"] or report["unsent"]) and not report["send_error"]:  # partial
         within = f"within {args.timeout:g} s"
         parts = []
         if report["missing"]:
@@ -187,6 +182,8 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         if report["unsent"]:
             parts.append(f"{report['unsent']} events were not sent {within}")
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
+    if report["send_error"]:
+        print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
     if interrupted:
         print(
             "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
