@@ -74,6 +74,7 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
+    from streamtrk.service.config import MAX_SETTING_INT
     from streamtrk.service.logs import configure
 
     configure("json", "info")  # refused clients and, with --http, connections: JSON on stderr
@@ -82,10 +83,12 @@ def _farm(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
     if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
         raise ValueError(f"--hwm must be at least 1, got {args.hwm}")
-    # The daemon's bounds of max_hits and its high-water marks (serve's config): ZeroMQ
-    # takes a C int for a high-water mark, an int64 for the frame limit (8 bytes a hit).
-    for flag, value, most in (("--max-hits", args.max_hits, 2**40), ("--hwm", args.hwm, 2**31 - 1)):
-        if value > most:
+    # The daemon's bounds of max_hits and of its high-water marks.
+    for flag, value, setting in (
+        ("--max-hits", args.max_hits, "max_hits"),
+        ("--hwm", args.hwm, "rcvhwm"),
+    ):
+        if value > (most := MAX_SETTING_INT[setting]):
             raise ValueError(f"{flag} must be at most {most}, got {value}")
     check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
     with stop_on_signals() as stop:

@@ -272,7 +272,7 @@ _POSITIVE_INT = (
 _NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms", "torch_threads", "max_batch_hits")
 #: Largest values: ZeroMQ socket options are C ints, torch's thread count too (more than a
 #: few thousand threads crash it), byte and hit counts int64 after scaling.
-_MAX_INT = {
+MAX_SETTING_INT = {
     "sndhwm": 2**31 - 1,
     "rcvhwm": 2**31 - 1,
     "linger_ms": 2**31 - 1,
@@ -298,8 +298,8 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a positive integer")
     if name in _NONNEG_INT and value < 0:
         raise bad("must be a non-negative integer")
-    if name in _MAX_INT and value > _MAX_INT[name]:
-        raise bad(f"must be at most {_MAX_INT[name]}")
+    if name in MAX_SETTING_INT and value > MAX_SETTING_INT[name]:
+        raise bad(f"must be at most {MAX_SETTING_INT[name]}")
     if name in ("stall_timeout_s", "budget_scale") and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
     if name in ("beam_spot_x_mm", "beam_spot_y_mm") and not math.isfinite(value):
