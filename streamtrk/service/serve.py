@@ -123,7 +123,8 @@ class Daemon:
         self._stop_signalled = False
         self._hup_signalled = False
         self._reloading = threading.Lock()
-        self.abandoned_thread = False  # a thread is still inside torch: leave by os._exit
+        # A thread is still inside torch or using its socket: leave by os._exit.
+        self.abandoned_thread = False
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit, physics once serving
         self.monitor: SocketMonitor | None = None
