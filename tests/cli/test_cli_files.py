@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,30 +267,34 @@ def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("kept.stk*")) == ["kept.stk"]
 
 
-def test_truth_without_particles_is_imported_only_as_hits_alone(tmp_path, capsys):
-    csv = tmp_path / "csv"
-    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
-          "--trackml-dir", str(csv)])  # fmt: skip
+def _without_particles(csv: Path) -> None:
     (particles,) = csv.glob("*-particles.csv")
     particles.unlink()
-    out = tmp_path / "x.stk"
-    assert main(["import-trackml", str(csv), "-o", str(out), "-q"]) == 1
-    assert "has truth but no -particles.csv" in capsys.readouterr().err
-    assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
-    (ev,) = iter_events(out)
-    assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)
 
 
-def test_import_trackml_no_truth_neither_reads_nor_checks_the_truth_file(tmp_path, capsys):
-    csv = tmp_path / "csv"
-    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
-          "--trackml-dir", str(csv)])  # fmt: skip
+def _truth_row_cut(csv: Path) -> None:
     (truth,) = csv.glob("*-truth.csv")
     rows = truth.read_text().splitlines()
     truth.write_text("\n".join(rows[:-1]) + "\n")  # a hit without its truth row
+
+
+@pytest.mark.parametrize(
+    ("damage", "refused"),
+    [
+        (_without_particles, "has truth but no -particles.csv"),
+        (_truth_row_cut, "no row for hit_id"),  # --no-truth neither reads nor checks it
+    ],
+)
+def test_truth_that_cannot_be_imported_leaves_the_hits_alone_with_no_truth(
+    tmp_path, capsys, damage, refused
+):
+    csv = tmp_path / "csv"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
+          "--trackml-dir", str(csv)])  # fmt: skip
+    damage(csv)
     out = tmp_path / "x.stk"
     assert main(["import-trackml", str(csv), "-o", str(out), "-q"]) == 1
-    assert "no row for hit_id" in capsys.readouterr().err
+    assert refused in capsys.readouterr().err
     assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
     (ev,) = iter_events(out)
     assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)
