@@ -547,6 +547,8 @@ def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
     for k, col in cols.items():
         if col.dtype.kind == "f" and not np.isfinite(col).all():
             raise WireError("non_finite", f"column {k!r} has NaN or infinite values")
+    if (cols["hit.weight"] < 0).any():  # a hit's share of the score; the total must be > 0
+        raise WireError("negative_weight", "column 'hit.weight' has values below 0")
     pids = np.sort(cols["particle.particle_id"])
     if (pids[1:] == pids[:-1]).any():
         raise WireError("duplicate_particle_id", "particle.particle_id values are not unique")

@@ -125,6 +125,7 @@ REASONS: frozenset[str] = frozenset(
         "duplicate_hit_id",  # the same hit_id twice in one hits message
         "duplicate_particle_id",  # the same particle_id twice in one truth message
         "unknown_particle",  # a truth hit's particle (not 0, noise) not in the particle table
+        "negative_weight",  # a truth hit's score weight below 0
         "bad_offsets",  # track offsets not monotone from 0 to len(hit_id)
     }
 )

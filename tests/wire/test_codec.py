@@ -31,7 +31,7 @@ from streamtrk.wire.schema import COMMON_KEYS, STATUSES, columns_of, keys_of
 
 DROP = object()
 FLOATS = ("vx", "vy", "vz", "px", "py", "pz")
-TRUTH_FLOATS = ("tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
+TRUTH_FLOATS = ("tx", "ty", "tz", "tpx", "tpy", "tpz")
 
 
 def random_event(rng: np.random.Generator, n: int, run: int = 1, event: int = 0) -> Event:
@@ -56,6 +56,7 @@ def random_event(rng: np.random.Generator, n: int, run: int = 1, event: int = 0)
         {
             "particle_id": rng.choice(np.append(pid, 0), n),
             **{k: rng.normal(size=n) for k in TRUTH_FLOATS},
+            "weight": rng.exponential(size=n),
             "hit_order": rng.integers(-1, 15, n),
         }
     )
@@ -547,6 +548,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             "non_finite",
             "truth_weight",
             lambda h, t, u: with_column(u, "hit.weight", np.full(10, np.nan, "<f4")),
+        ),
+        (
+            "negative_weight",
+            "one_hit",
+            lambda h, t, u: with_column(u, "hit.weight", np.r_[np.zeros(9), -1e-3].astype("<f4")),
         ),
         ("bad_offsets", "empty", lambda h, t, u: with_column(t, "offsets", np.zeros(0, "<i8"))),
         (
