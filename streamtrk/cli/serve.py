@@ -36,8 +36,12 @@ def _serve(args: argparse.Namespace) -> int:
     # SIGHUP's default action ends the process: one during the imports below (seconds, with
     # torch) would stop the daemon unlogged, and a supervisor restarts no process a SIGHUP
     # ended (systemd's Restart=on-failure). Kept, it makes the daemon reload once ready.
-    hup = StopFlag()
+    # SIGTERM's would end it unlogged too (status -15), SIGINT's with a traceback: kept,
+    # either stops the daemon as it starts (logged, status 0; nothing received yet).
+    hup, stop = StopFlag(), StopFlag()
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     from streamtrk.recon.device import cuda_unavailable, resolve_device
     from streamtrk.recon.engine import engine_unavailable
     from streamtrk.service.config import (
@@ -80,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from streamtrk.service.serve import serve
 
-    return serve(cfg, load, hup)
+    return serve(cfg, load, hup, stop)
 
 
 def _serve_error(message: str, log_format: str) -> None:

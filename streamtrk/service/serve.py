@@ -108,10 +108,12 @@ class Daemon:
         cfg: ServeConfig,
         reload_config: Callable[[], ServeConfig],
         hup_before: StopFlag | None = None,
+        stop_before: StopFlag | None = None,
     ) -> None:
         self.config = cfg
         self.reload_config = reload_config
-        self.hup_before = hup_before  # set by a SIGHUP before run() took the signal over
+        # Set by a SIGHUP, or a SIGTERM/SIGINT, before run() took the signals over.
+        self.hup_before, self.stop_before = hup_before, stop_before
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
@@ -159,6 +161,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         if self.hup_before is not None and self.hup_before.is_set():
             self._hup_signalled = True  # reloaded once ready, as a SIGHUP while loading
+        if self.stop_before is not None and self.stop_before.is_set():
+            self._stop_signalled = True  # stopped as it loads: nothing received yet
         log.info(set_torch_threads(cfg.torch_threads))
         ctx = zmq.Context()
         try:
@@ -588,15 +592,17 @@ def serve(
     cfg: ServeConfig,
     reload_config: Callable[[], ServeConfig],
     hup_before: StopFlag | None = None,
+    stop_before: StopFlag | None = None,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the exit status. ``hup_before``: set
-    by a SIGHUP that came before the daemon's own handler (it reloads once ready).
+    """Run the daemon until SIGTERM/SIGINT; returns the exit status. ``hup_before``,
+    ``stop_before``: set by a SIGHUP (it reloads once ready), or a SIGTERM/SIGINT (it stops
+    as it loads the model), that came before the daemon's own handlers.
 
     When a thread is left running inside torch (a batch that overran the drain, a model
     still loading at SIGTERM, or a reload's), the process ends here with ``os._exit``: a
     normal interpreter exit would tear torch down under that thread (``terminate called
     without an active exception``, status -6)."""
-    daemon = Daemon(cfg, reload_config, hup_before)
+    daemon = Daemon(cfg, reload_config, hup_before, stop_before)
     status = daemon.run()
     if daemon.abandoned_thread:
         logging.shutdown()

@@ -296,38 +296,60 @@ def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
     ]
 
 
-# Runs `streamtrk serve` with a SIGHUP sent to itself as torch starts to import: what
-# `systemctl reload` (ExecReload=kill -HUP) does to a daemon started a second earlier.
-SIGHUP_DURING_IMPORTS = """
+# Runs `streamtrk serve` with a signal (argv[1]) sent to itself as torch starts to import:
+# what `systemctl reload` (ExecReload=kill -HUP) or a stop does to a daemon started a second
+# earlier.
+SIGNAL_DURING_IMPORTS = """
 import os, signal, sys
 from streamtrk.cli import main
 
-class SighupOnTorch:
+class SignalOnTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
             sys.meta_path.remove(self)
-            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
 
-sys.meta_path.insert(0, SighupOnTorch())
-sys.exit(main(sys.argv[1:]))
+sys.meta_path.insert(0, SignalOnTorch())
+sys.exit(main(sys.argv[2:]))
 """
+
+
+def _serve_signalled_during_imports(sig: str, log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", SIGNAL_DURING_IMPORTS, sig, "serve", "--input",
+             "tcp://127.0.0.1:*", "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
+             "--log-format", "json"],
+            stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_during_the_start_up_imports_ends_the_daemon_as_it_starts(
+    sig: str, tmp_path: Path
+) -> None:
+    """Not killed by the signal (status -15, unlogged) or a KeyboardInterrupt traceback."""
+    log_path = tmp_path / "daemon.log"
+    process = _serve_signalled_during_imports(sig, log_path)
+    try:
+        code = process.wait(timeout=120)
+    finally:
+        terminate(process, 10)
+    assert code == 0, log_path.read_text()
+    messages = [json.loads(line)["message"] for line in log_path.read_text().splitlines()]
+    assert messages[-1] == "stopped while loading the model; no event was received"
 
 
 def test_a_sighup_during_the_start_up_imports_is_a_reload_once_ready(tmp_path: Path) -> None:
     log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", SIGHUP_DURING_IMPORTS, "serve", "--input", "tcp://127.0.0.1:*",
-             "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--log-format", "json"],
-            stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-        )  # fmt: skip
-        try:
-            bound = wait_listening(log_path, READY_TIMEOUT_S, process)
-            assert bound is not None, f"exit {process.poll()}; log:\n{log_path.read_text()}"
-            assert wait_ready(bound["http"], READY_TIMEOUT_S, process)
-            wait_for(lambda: '"message": "reloaded"' in log_path.read_text())
-        finally:
-            code = terminate(process, 120)
+    process = _serve_signalled_during_imports("SIGHUP", log_path)
+    try:
+        bound = wait_listening(log_path, READY_TIMEOUT_S, process)
+        assert bound is not None, f"exit {process.poll()}; log:\n{log_path.read_text()}"
+        assert wait_ready(bound["http"], READY_TIMEOUT_S, process)
+        wait_for(lambda: '"message": "reloaded"' in log_path.read_text())
+    finally:
+        code = terminate(process, 120)
     assert code == 0
 
 
