@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,6 +31,7 @@ from streamtrk.replay import (
     Recorded,
     ReplayOptions,
     ReplayResult,
+    _receive,
     _Send,
     _Sender,
     due_newest_first,
@@ -498,6 +500,39 @@ def test_an_event_answered_while_resends_go_out_is_not_resent() -> None:
         assert sender.result.resent == 1 and sender.result.duplicates == 0
         assert [peek_msg_id(sink.recv_multipart())] == [1]  # the newest, alone
         assert not sink.poll(200)
+
+
+def test_a_long_replay_keeps_eight_bytes_per_event_answered() -> None:
+    """A ``--loop`` run for days answers millions of sends: the replay keeps each one's
+    latency (8 bytes), not also a record of its message id (119 bytes an event in all before:
+    1 GB a day at 100 events/s). A second reply to an answered send is still a duplicate,
+    a reply to no send of this replay still unexpected."""
+    events, n = _events(1), 10_000
+    with _daemon_sockets() as (_sink, _out, to, from_), Producer(to, linger_ms=0) as producer:
+
+        class AnsweredAtOnce(_Sender):
+            def _send(self, frames: list[Any]) -> bool:  # sent, and its reply received
+                _receive(_tracks_reply(frames), self, self.result)
+                return True
+
+        opts = ReplayOptions(to=to, from_=from_)
+        sender = AnsweredAtOnce(producer, events, opts, ReplayResult())
+        sender._send_all(1)  # warm: the event's scored reply
+        sender.opts = replace(opts, loop=n)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            sender._send_all(n)
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert sender.result.received == 1 + n and not sender.pending
+    assert kept < 16 * n, f"{kept / n:.0f} bytes an event"
+    first = with_msg_id(events[0].frames, sender.prefix)
+    _receive(_tracks_reply(first), sender, sender.result)
+    _receive(_tracks_reply(with_msg_id(events[0].frames, sender.prefix - 1)), sender, sender.result)
+    assert (sender.result.duplicates, sender.result.unexpected) == (1, 1)
+    assert sender.prefix % 2**39 == 0  # room for 2**39 sends (8.7 years at 2,000 a second)
 
 
 def test_resends_go_newest_first() -> None:
