@@ -9,7 +9,8 @@ timeout is what is left of that), and at most ``max_connections`` are served at 
 past that is closed at once, unanswered. Both are counted in
 ``streamtrk_http_connections_dropped_total`` (``cause``: ``timeout``, ``busy``). Sending the
 answer has ``request_timeout_s`` of its own. (Clients that keep reconnecting can still take
-every place: serve HTTP on a trusted network, as the default 127.0.0.1 does.)
+every place: serve HTTP on a trusted network, as the default 127.0.0.1 does.) A peer that
+resets its connection is gone, nothing more; other errors are logged.
 
 The client side (polling ``/readyz``) is ``streamtrk.client.wait_ready``."""
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +30,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamtrk.service.telemetry import SocketMetrics
+
+log = logging.getLogger(__name__)
 
 #: Connections served at once: Prometheus and the probes need a few.
 MAX_CONNECTIONS = 32
@@ -208,3 +213,11 @@ class _Bounded(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._places.release()
+
+    def handle_error(self, request: _Request, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr, past the log's format: a peer that
+        went away (a reset, as a load balancer's TCP check closes) is nothing to say, else
+        the error is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        log.error("HTTP connection from %s failed", client_address[0], exc_info=True)

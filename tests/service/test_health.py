@@ -6,6 +6,7 @@ answer again after them."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -107,3 +108,28 @@ def test_peers_past_the_cap_are_closed_unanswered_and_counted() -> None:
 def test_limits_must_be_positive(bad: Limits) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list, **bad)
+
+
+def _until_served(server: HealthServer) -> None:
+    """Wait until ``server`` (one place) answers: the connections before have ended."""
+    t_end = time.monotonic() + 10
+    while True:
+        try:
+            assert get(server) == 200
+            return
+        except OSError:
+            if time.monotonic() > t_end:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_peer_that_resets_its_connection_leaves_no_traceback_on_stderr(capfd) -> None:
+    """A TCP check that closes with a reset (as load balancers' do) is a peer gone, not an
+    error of the server: no traceback (which bypasses the log's format) for each one."""
+    with serving(max_connections=1) as (server, _):
+        for request in (b"", b"GET /metrics HTTP/1.0\r\n\r\n"):
+            with socket.create_connection(server.address) as peer:
+                peer.sendall(request)
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            _until_served(server)
+    assert "Traceback" not in capfd.readouterr().err
