@@ -9,8 +9,9 @@ timeout is what is left of that), and at most ``max_connections`` are served at 
 past that is closed at once, unanswered. Both are counted in
 ``streamtrk_http_connections_dropped_total`` (``cause``: ``timeout``, ``busy``). Sending the
 answer has ``request_timeout_s`` of its own. (Clients that keep reconnecting can still take
-every place: serve HTTP on a trusted network, as the default 127.0.0.1 does.) A peer that
-resets its connection is gone, nothing more; other errors are logged.
+every place: serve HTTP on a trusted network, as the default 127.0.0.1 does.) An endpoint
+that fails (its callback raises) answers 500 with the error, logged with its traceback at
+most once an ``ANSWER_LOG_S``; a peer that resets its connection is gone, nothing more.
 
 The client side (polling ``/readyz``) is ``streamtrk.client.wait_ready``."""
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from streamtrk.service.logs import Throttle
 from streamtrk.service.telemetry import SocketMetrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 32
 #: Seconds from a connection's accept to its complete request (and again to send the answer).
 REQUEST_TIMEOUT_S = 10.0
+#: An endpoint that fails is logged, with its traceback, at most this often.
+ANSWER_LOG_S = 60.0
 
 
 class Readiness:
@@ -79,8 +83,20 @@ class HealthServer:
             raise ValueError("max_connections and request_timeout_s must be positive")
         text = "text/plain; charset=utf-8"
         dropped = metrics.http_dropped
+        failing, failing_lock = Throttle(ANSWER_LOG_S), threading.Lock()
 
         def answer(path: str) -> tuple[int, bytes, str]:
+            try:
+                return endpoint(path)
+            except Exception as e:
+                with failing_lock:
+                    since = failing.count()
+                if since:
+                    more = f" ({since} failures since the last line)" if since > 1 else ""
+                    log.error("the HTTP endpoint %s failed%s", path, more, exc_info=True)
+                return 500, f"internal error: {type(e).__name__}: {e}\n".encode(), text
+
+        def endpoint(path: str) -> tuple[int, bytes, str]:
             if path == "/metrics":
                 return 200, metrics.render(), CONTENT_TYPE_LATEST
             if path == "/healthz":

@@ -5,9 +5,11 @@ answer again after them."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -133,3 +135,23 @@ def test_a_peer_that_resets_its_connection_leaves_no_traceback_on_stderr(capfd) 
                 peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             _until_served(server)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_endpoint_that_fails_answers_500_with_the_reason_and_logs_it(capfd, caplog) -> None:
+    def status() -> dict:
+        raise RuntimeError("the status is broken")
+
+    metrics, readiness = Metrics(), Readiness()
+    server = HealthServer(("127.0.0.1", 0), metrics, readiness, status, list)
+    server.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            get(server, "/status")
+        assert get(server, "/healthz") == 200  # the others still answer
+    finally:
+        server.close()
+    assert failed.value.code == 500
+    assert "the status is broken" in failed.value.read().decode()
+    assert "Traceback" not in capfd.readouterr().err
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "/status" in line.getMessage() and line.exc_info is not None
