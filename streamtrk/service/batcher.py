@@ -27,6 +27,7 @@ from streamtrk.service.batch_time import BatchTime
 from streamtrk.service.job import Job
 
 PUT_POLL_S = 0.01  # how often a put waiting for room checks for a close and calls waiting()
+FLUSH_POLL_S = 0.01  # how often a batch waiting to fill checks for a flush
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,18 @@ class Batcher:
         return job
 
     def _next(self, close_at: float) -> Job | None:
-        wait = 0.0 if self.flush else close_at - time.perf_counter()
-        try:
-            return self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
-        except queue.Empty:
-            return None
+        """The next event, waiting for it until ``close_at`` at most; none once ``flush`` is
+        set (looked at every ``FLUSH_POLL_S`` while waiting: a batch already waiting closes
+        too, and a wait past what a thread can wait, ``threading.TIMEOUT_MAX``, is one)."""
+        while True:
+            wait = 0.0 if self.flush else close_at - time.perf_counter()
+            try:
+                if wait <= 0:
+                    return self.queue.get_nowait()
+                return self.queue.get(timeout=min(wait, FLUSH_POLL_S))
+            except queue.Empty:
+                if wait <= FLUSH_POLL_S:
+                    return None
 
 
 def _earlier(a: float | None, b: float | None) -> float | None:

@@ -227,3 +227,42 @@ def test_closing_ends_a_blocked_put_unqueued() -> None:
     thread.join(10)
     assert result == [False]
     assert b.depth() == 1
+
+
+def _open_batch(b: Batcher) -> tuple[threading.Thread, list]:
+    """``next_batch`` on a thread, once it has taken the first event and waits for more; its
+    batch, or the exception it raised, when it has one."""
+    out: list = []
+
+    def take() -> None:
+        try:
+            out.append(b.next_batch(1))
+        except Exception as e:  # the test reports it
+            out.append(e)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    t_end = time.monotonic() + 10
+    while b.depth() and not out:
+        assert time.monotonic() < t_end
+        time.sleep(0.001)
+    return thread, out
+
+
+def test_flush_closes_a_batch_already_waiting_for_the_delay() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=600_000))
+    b.put(job(5, 0))
+    thread, out = _open_batch(b)
+    b.flush = True  # the drain: intake has stopped while the batch waits to fill
+    thread.join(60)
+    assert [events(batch) for batch in out] == [[0]]  # not after the 600 s delay
+
+
+def test_a_queue_delay_past_what_a_thread_can_wait_batches_all_the_same() -> None:
+    """1e13 ms is finite, as the setting must be, and past threading.TIMEOUT_MAX."""
+    b = Batcher(16, BatchPolicy(max_events=2, max_hits=10**6, max_queue_delay_ms=1e13))
+    b.put(job(5, 0))
+    thread, out = _open_batch(b)
+    b.put(job(5, 1))
+    thread.join(60)
+    assert [events(batch) for batch in out] == [[0, 1]]
