@@ -48,7 +48,8 @@ def _mean_error(z: np.ndarray, event: np.ndarray) -> float:
 
 class BeamSpotWindow:
     """A ring buffer of (d0 about the z axis, z0, phi, event) of the last ``capacity`` tracks
-    that passed within ``D0_MAX_MM`` of the beam line; safe to fill from one thread and
+    that passed within ``D0_MAX_MM`` of the beam line (with a finite z0 and phi: one NaN
+    would spoil every estimate while it is in the window); safe to fill from one thread and
     estimate from another."""
 
     def __init__(self, capacity: int = WINDOW_TRACKS) -> None:
@@ -68,7 +69,7 @@ class BeamSpotWindow:
         """Append tracks (d0 about ``beam_line``, x, y in mm: the line the tracks' parameters
         are of; z0 in mm, phi in rad, and a number that tells events apart); the oldest ones
         leave when the window is full."""
-        keep = np.abs(d0) < D0_MAX_MM
+        keep = (np.abs(d0) < D0_MAX_MM) & np.isfinite(z0) & np.isfinite(phi)
         bx, by = beam_line
         d0 = d0 - bx * np.sin(phi) + by * np.cos(phi)  # about the z axis
         rows = np.stack([d0[keep], z0[keep], phi[keep], event[keep]])[:, -self._data.shape[1] :]

@@ -56,3 +56,19 @@ def test_tracks_are_kept_by_their_distance_from_the_beam_line() -> None:
     spot = window.estimate()
     assert spot.tracks == 4000
     assert spot.x == pytest.approx(12.0, abs=0.01) and spot.y == pytest.approx(0.0, abs=0.01)
+
+
+def test_tracks_with_non_finite_parameters_are_left_out() -> None:
+    """A NaN phi would fail the fit (LinAlgError) at every scrape of /metrics, and a NaN or
+    infinite z0 make z NaN, until 20,000 tracks later it left the window."""
+    rng = np.random.default_rng(3)
+    d0, z0, phi, event = _tracks_from(0.4, -0.25, 1000, rng)
+    window = BeamSpotWindow(capacity=5000)
+    window.add(d0, z0, phi, event)
+    bad_phi, bad_z0 = phi[:2].copy(), z0[:2].copy()
+    bad_phi[0], bad_z0[1] = np.nan, np.inf
+    window.add(d0[:2], bad_z0, bad_phi, event[:2] + 100)
+    spot = window.estimate()
+    assert spot.tracks == 1000
+    assert spot.x == pytest.approx(0.4, abs=0.01) and spot.y == pytest.approx(-0.25, abs=0.01)
+    assert np.isfinite(spot.z) and np.isfinite(spot.z_width)
