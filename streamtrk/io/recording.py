@@ -241,14 +241,18 @@ def iter_events(path: StrPath, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[E
 
 
 class RecordingWriter:
-    """Writes records to a recording; ``mode="a"`` appends to a valid existing file."""
+    """Writes records to a recording; ``mode="a"`` appends to a valid existing file: after
+    its last record, found by reading it, or at ``end`` where the caller knows that its
+    whole records end (the file is not read)."""
 
-    def __init__(self, path: StrPath, mode: Literal["w", "a"] = "w") -> None:
+    def __init__(
+        self, path: StrPath, mode: Literal["w", "a"] = "w", *, end: int | None = None
+    ) -> None:
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
         self.path = Path(path)
         if mode == "a" and self.path.exists() and self.path.stat().st_size > 0:
-            end = _end_of_records(self.path)
+            end = _end_of_records(self.path) if end is None else end
             self._file: BinaryIO = open(self.path, "r+b")  # noqa: SIM115 - closed by close()
             self._file.seek(end)
         else:

@@ -97,7 +97,8 @@ class DeadLetters:
         self.writer = None
         try:
             os.truncate(self.path, self.size)
-            self.writer = RecordingWriter(self.path, "a")
+            # Whole records up to self.size: not read again (a full disk fails every write).
+            self.writer = RecordingWriter(self.path, "a", end=self.size)
         except OSError as e:
             log.error("cannot cut the dead-letter file %s back after a failed write: %s",
                       self.path, e)  # fmt: skip

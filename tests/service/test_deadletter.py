@@ -78,3 +78,41 @@ def test_a_full_file_is_logged_once_and_keeps_its_records(
         "(logged once)"
     ]
     assert [bytes(frames[2][:1]) for _, frames in iter_records(path)] == [b"a"]
+
+
+_FAIL_AND_COUNT_READS = """
+import resource, sys
+from pathlib import Path
+from streamtrk.service.deadletter import DeadLetters
+from streamtrk.wire import WireError
+
+def bytes_read():
+    with open("/proc/self/io") as f:
+        return int(dict(line.split(": ") for line in f.read().splitlines())["rchar"])
+
+path, err = Path(sys.argv[1]), WireError("not_msgpack", "test")
+dead = DeadLetters(path, 1 << 30)
+for _ in range(2000):
+    assert dead.write([b"\\xc1", b"a" * 1000], err)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 50_000, hard))
+before = bytes_read()
+try:
+    dead.write([b"\\xc1", b"b" * 200_000], err)
+except OSError:
+    pass
+print(bytes_read() - before, path.stat().st_size)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_a_failed_write_does_not_read_the_file_back(tmp_path: Path) -> None:
+    """On a full disk every unidentifiable message fails its write: the cut back must not
+    read the whole file (up to dead_letter_max_bytes) again, on the thread taking input."""
+    path = tmp_path / "dead.stk"
+    out = subprocess.run(
+        [sys.executable, "-c", _FAIL_AND_COUNT_READS, str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    read, size = map(int, out.stdout.split())
+    assert size > 2_000_000 and read < 100_000, out.stdout
