@@ -79,7 +79,6 @@ def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any
     card = read_card(directory)
     try:
         arch, _, _ = check_card(card)
-        model = InteractionNetwork(arch)
     except (TypeError, ValueError) as exc:  # ValueError: ModelCardError among them
         raise ModelCardError(f"{directory / CARD}: {exc}") from exc
     try:
@@ -89,6 +88,17 @@ def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any
             f"{directory / WEIGHTS}: cannot be read as a torch state dict "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+    # The network is built only once the weights hold its sizes: a card cannot make the
+    # loader allocate more than its weights file holds (hidden = 10**6, a million steps).
+    held = _weights_architecture(state)
+    named = (arch.hidden, arch.edge_hidden, arch.steps)
+    if held != named:
+        raise ModelCardError(
+            f"{directory / WEIGHTS} does not match the architecture of its card: the card "
+            f"names hidden, edge_hidden, steps {named}, the weights hold "
+            + ("other keys" if held is None else str(held))
+        )
+    model = InteractionNetwork(arch)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -100,3 +110,17 @@ def load_model(directory: str | Path) -> tuple[InteractionNetwork, dict[str, Any
     if bad:
         raise ModelCardError(f"{directory / WEIGHTS}: not finite in {', '.join(bad[:3])}")
     return model, card
+
+
+def _weights_architecture(state: Any) -> tuple[int, int, int] | None:
+    """(hidden, edge_hidden, steps) of an InteractionNetwork state dict, read from its
+    encoders' shapes and its step keys; None for anything else."""
+    if not isinstance(state, dict):
+        return None
+    node, edge = state.get("node_encoder.0.weight"), state.get("edge_encoder.0.weight")
+    if not isinstance(node, torch.Tensor) or not isinstance(edge, torch.Tensor):
+        return None
+    if node.dim() != 2 or edge.dim() != 2:
+        return None
+    steps = {k.split(".")[1] for k in state if isinstance(k, str) and k.startswith("steps.")}
+    return int(node.shape[0]), int(edge.shape[0]), len(steps)

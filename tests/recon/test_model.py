@@ -165,6 +165,21 @@ def test_weights_of_another_size_refused(saved: tuple[Path, InteractionNetwork])
 
 
 @pytest.mark.parametrize(
+    ("edit", "new"),
+    [("hidden = 8", "hidden = 1000000"), ("steps = 2\n", "steps = 200000\n")],
+)
+def test_a_card_claiming_a_huge_network_is_refused_before_it_is_built(
+    saved: tuple[Path, InteractionNetwork], edit: str, new: str
+) -> None:
+    """A hostile or garbled card cannot make the loader allocate the network it names (4 TB
+    of weights; 200,000 steps: minutes and gigabytes): the weights' shapes are compared first."""
+    path, _ = saved
+    _edit_card(path, edit, new)
+    with pytest.raises(ModelCardError, match=r"weights\.pt does not match the architecture"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
     ("spoil", "message"),
     [
         ("cut_weights", r"weights\.pt: cannot be read as a torch state dict"),
