@@ -67,7 +67,7 @@ def read_card(directory: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise ModelCardError(f"{path}: not valid TOML ({exc})") from exc
 
 

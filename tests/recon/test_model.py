@@ -185,6 +185,7 @@ def test_a_card_claiming_a_huge_network_is_refused_before_it_is_built(
         ("cut_weights", r"weights\.pt: cannot be read as a torch state dict"),
         ("nan_weights", r"weights\.pt: not finite in"),
         ("card_not_toml", r"card\.toml: not valid TOML"),
+        ("card_not_utf8", r"card\.toml: not valid TOML \('utf-8' codec"),
         ("card_wrong_type", r"card\.toml: "),
     ],
 )
@@ -199,6 +200,8 @@ def test_a_broken_model_directory_is_named(
         torch.save(state, path / WEIGHTS)
     elif spoil == "card_not_toml":
         (path / "card.toml").write_text("[model\n")
+    elif spoil == "card_not_utf8":  # saved as Latin-1 by an editor
+        (path / CARD).write_bytes((path / CARD).read_bytes().replace(b'"test"', b'"t\xe9st"'))
     else:
         _edit_card(path, "hidden = 8", 'hidden = "8"')
     with pytest.raises(ModelCardError, match=message):
