@@ -90,6 +90,13 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ("seed = 3", "seed = -5", "seed must be >= 0, got -5"),
         ("events = 2", "events = 0", r"\[train\]: events must be >= 1, got 0"),
         ("[model]", "[model", r"c.toml: not valid TOML \(Expected ']'"),
+        # a report labelled as the card's own metrics would overwrite them
+        *[
+            ("[val]", f'[report]\n{label} = "r.stk"\n[val]', r"report must be labels other than")
+            for label in ("test", "validation")
+        ],
+        ("[val]", "[report]\nreal = 5\n[val]", r"report real must be a path \(a string\), got 5"),
+        ("[val]", '[report.real]\npath = "r.stk"\n[val]', r"report real must be a path"),
         ('name = "tiny"', 'name = "t\xe9"', r"c.toml: not valid TOML \('utf-8' codec"),
     ],
 )

@@ -93,6 +93,10 @@ class OptimConfig:
         )
 
 
+# The card's metrics of the validation and test events: no report may take their label.
+CARD_OWN_METRICS = ("validation", "test")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on (the config file, parsed)."""
@@ -128,6 +132,11 @@ class TrainConfig:
                     bool(self.thresholds) and all(map(threshold_ok, self.thresholds)),
                     "one or more numbers in [0, 1) (1 passes no edge)",
                 ),
+                (
+                    "report",
+                    not self.report.keys() & set(CARD_OWN_METRICS),
+                    f"labels other than {' and '.join(CARD_OWN_METRICS)} (the card's own metrics)",
+                ),
             ],
         )
 
@@ -160,7 +169,10 @@ def load_config(path: str | Path) -> TrainConfig:
     if "report" in raw:
         if not isinstance(raw["report"], dict):
             raise ValueError(f"{path}: report must be a table of label = path")
-        kw["report"] = {str(k): str(v) for k, v in raw["report"].items()}
+        for label, value in raw["report"].items():
+            if not isinstance(value, str):
+                raise ValueError(f"{path}: report {label} must be a path (a string), got {value!r}")
+        kw["report"] = dict(raw["report"])
     scalars = ("name", "seed", "threads", "pt_min", "thresholds")
     cfg = dataclass_from(TrainConfig, {**{k: raw[k] for k in scalars if k in raw}, **kw}, str(path))
     _check_disjoint(cfg, path)
