@@ -89,6 +89,15 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ('name = "tiny"', 'name = "../x"', "name must be a directory name"),
         ("seed = 3", "seed = -5", "seed must be >= 0, got -5"),
         ("events = 2", "events = 0", r"\[train\]: events must be >= 1, got 0"),
+        # the simulation's own ranges, refused before the training events are simulated
+        *[
+            ("[val]\nmu = 10", f"[val]\n{setting}", rf"\[val\]: {message}")
+            for setting, message in (
+                ("mu = -1.0", r"mu must be > 0 and at most 10000, got -1.0"),
+                ("mu = nan", r"mu must be > 0"),
+                ("mu = 10\nnoise = 1.5", r"noise must be in \[0, 1\), got 1.5"),
+            )
+        ],
         ("[model]", "[model", r"c.toml: not valid TOML \(Expected ']'"),
         # a report labelled as the card's own metrics would overwrite them
         *[

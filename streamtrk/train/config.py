@@ -20,6 +20,7 @@ from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.tracks import TrackConfig
+from streamtrk.sim.generator import MAX_MU
 from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.tomlio import dataclass_from, require
 
@@ -36,7 +37,15 @@ class EventSource:
     recording: str | None = None
 
     def __post_init__(self) -> None:
-        require(self, [("seed", self.seed >= 0, ">= 0"), ("events", self.events >= 1, ">= 1")])
+        require(
+            self,
+            [
+                ("mu", 0 < self.mu <= MAX_MU, f"> 0 and at most {MAX_MU}"),  # the generator's
+                ("noise", 0 <= self.noise < 1, "in [0, 1)"),  # the simulation's
+                ("seed", self.seed >= 0, ">= 0"),
+                ("events", self.events >= 1, ">= 1"),
+            ],
+        )
 
     def load(self, det: Detector) -> list[Event]:
         if self.recording:
