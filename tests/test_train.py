@@ -283,6 +283,36 @@ def test_training_replaces_a_model_only_when_told_and_only_when_complete(
     assert "file exists and is not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("out", "match"),
+    [
+        ("file/m", r"file/m\.partial: .*file is a file, not a folder"),
+        ("m", r"m\.partial is a file, not a folder"),  # what made it, not a run's directory
+        (".", r"--out \. names no directory of its own: give the model directory's name"),
+    ],
+)
+def test_an_out_that_cannot_be_made_is_refused_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    out: str,
+    match: str,
+) -> None:
+    """Not after the events are simulated and their graphs built (minutes), nor with
+    "PosixPath('.') has an empty name"."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    (tmp_path / "file").write_text("")
+    (tmp_path / "m.partial").write_text("")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    path = out if out == "." else str(tmp_path / out)
+    assert main(["train", "--config", str(config), "--out", path]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert "train: the events" not in err
+
+
 class _TruthWithNoise:
     """Edge scores that a threshold can sort: true segments of pT >= 1 GeV score 0.8-0.9,
     every other edge 0-0.7 (uniform), so only thresholds of 0.7 and up remove the fakes."""

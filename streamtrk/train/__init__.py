@@ -38,6 +38,7 @@ import numpy as np
 from streamtrk.detector import load_detector
 from streamtrk.event import Event
 from streamtrk.io.events import read_events
+from streamtrk.io.paths import check_writable
 from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
 from streamtrk.recon.load import ChainSettings
@@ -199,7 +200,13 @@ def train(
 def _work_directory(out: Path, overwrite: bool) -> Path:
     """``OUT.partial`` beside ``out``, not there yet (what an earlier run left is removed;
     the fit makes it for its checkpoints); ValueError when ``out`` is not a directory, or
-    holds anything and not ``overwrite``."""
+    holds anything and not ``overwrite``; OSError when ``OUT.partial`` cannot be made there.
+    All of it before any work."""
+    if out.name in ("", ".", ".."):  # Path(".").with_name() would raise, unclearly
+        raise ValueError(
+            f"--out {out} names no directory of its own: give the model directory's name "
+            "(models/NAME)"
+        )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -208,7 +215,9 @@ def _work_directory(out: Path, overwrite: bool) -> Path:
             "once the new model is complete"
         )
     work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
+    if work.is_dir() and not work.is_symlink():
+        shutil.rmtree(work)  # an error now, not stale checkpoints mixed into the new model
+    check_writable(work, folder=True)
     return work
 
 
