@@ -52,6 +52,9 @@ def card_prune(card: dict[str, Any], model_dir: Path | None = None) -> PruneConf
     cfg = dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
     if model_dir is not None and (model_dir / cfg.windows).is_file():
         cfg = replace(cfg, windows=str((model_dir / cfg.windows).resolve()))
+    path = Path(cfg.windows)  # a path where it holds a "/", as read_windows takes it
+    if "/" in cfg.windows and path.exists() and not path.is_file():  # /dev/zero, a FIFO
+        raise ModelCardError(f"model card [prune]: windows {cfg.windows} is not a regular file")
     try:
         read_windows(cfg.windows)
     except ValueError as exc:

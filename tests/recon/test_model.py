@@ -115,6 +115,15 @@ def test_pruning_windows_are_looked_for_beside_the_card(tmp_path: Path) -> None:
     assert prune.windows == str(tmp_path / "p" / WINDOWS_FILE)
 
 
+def test_pruning_windows_that_are_no_regular_file_are_refused(tmp_path: Path) -> None:
+    """A card from a hostile source naming /dev/zero (read until memory runs out) or a FIFO
+    (read forever) as its windows: refused unread, as /dev/null is here."""
+    card = model_card("w", ARCH, GraphConfig(), 0.5, prune=PruneConfig(windows="/dev/null"))
+    save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
+    with pytest.raises(ModelCardError, match=r"\[prune\]: windows /dev/null is not a regular file"):
+        load_reconstructor(tmp_path / "m")
+
+
 def test_the_shipped_card_prunes_and_stitches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
     card = read_card(default_model_path())
