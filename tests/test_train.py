@@ -58,6 +58,15 @@ def test_a_config_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
     assert load_config(path).model.hidden == 8
 
 
+def test_the_card_keeps_the_recipe_as_it_was_read(tmp_path: Path) -> None:
+    """As load_config reads it: UTF-8 (not the locale's encoding), no byte order mark."""
+    text = TINY.replace('name = "tiny"', 'name = "tiny"  # pT \u2265 1 GeV')
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "m"), "-q"]) == 0
+    assert read_card(tmp_path / "m")["reproduce"]["config"] == text
+
+
 def test_unknown_config_key_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(TINY.replace("[optim]", "[optim]\nlearning_rate = 1"))

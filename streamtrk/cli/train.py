@@ -56,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
         card = train(
             cfg,
             out,
-            config_text=args.config.read_text(),
+            config_text=args.config.read_text(encoding="utf-8-sig"),  # as load_config reads it
             command=command,
             progress=not args.quiet,
             overwrite=args.overwrite,
