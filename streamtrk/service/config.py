@@ -288,6 +288,10 @@ MAX_SETTING_INT = {
 }
 
 
+#: The longest drain: the emitter's LINGER in a drain is what is left of it, in ms, a C int.
+MAX_DRAIN_S = (2**31 - 1) // 1000
+
+
 def _check(name: str, value: Any) -> None:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{name} {why}, got {value!r:.200}", name)
@@ -308,6 +312,8 @@ def _check(name: str, value: Any) -> None:
         math.isfinite(value) and value >= 0
     ):
         raise bad("must be a finite number >= 0")
+    if name == "drain_timeout_s" and value > MAX_DRAIN_S:
+        raise bad(f"must be at most {MAX_DRAIN_S:.0f} (24 days: ZeroMQ's longest LINGER)")
     if name == "deadline_ms" and value is not None and not (math.isfinite(value) and value > 0):
         raise bad("must be a finite number > 0")
     if name == "threshold" and value is not None and not threshold_ok(value):

@@ -514,6 +514,14 @@ def test_zero_delay_and_drain_are_allowed_zero_deadline_is_not() -> None:
         ServeConfig(deadline_ms=0.0)
 
 
+def test_the_longest_drain_is_zeromqs_longest_linger() -> None:
+    """The emitter's LINGER in a drain is what is left of it, in ms: a C int (a longer one
+    killed the emit thread at the drain's end with an OverflowError, and the drain hung)."""
+    assert ServeConfig(drain_timeout_s=2_147_483.0).drain_timeout_s == 2_147_483.0
+    with pytest.raises(ConfigError, match=r"^drain_timeout_s must be at most 2147483 \(24 days"):
+        ServeConfig(drain_timeout_s=2_147_484.0)
+
+
 def test_a_threshold_lies_in_zero_to_one_without_one() -> None:
     assert ServeConfig(threshold=0.0).threshold == 0.0
     assert ServeConfig(threshold=0.999).threshold == 0.999
