@@ -12,6 +12,7 @@ import torch
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.recon.graph import GraphConfig, event_graph
+from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import DEFAULT_MODEL_NAME, load_model, read_card
 from streamtrk.recon.truth import edge_labels
 from streamtrk.train import EventSource, load_config, make_samples
@@ -259,6 +260,24 @@ def test_training_names_its_stages_and_a_report_input_it_cannot_find(
         assert stage in err
     card = read_card(tmp_path / "m")
     assert card["metrics"]["real"]["skipped"] == card["metrics"]["here"]["skipped"] == "not found"
+
+
+def test_a_model_trained_with_windows_of_its_own_carries_them(tmp_path: Path) -> None:
+    """A recipe's ``[prune] windows`` file (a path) is copied into the model directory, and
+    the card names the copy: the model serves elsewhere, with the windows it was trained on."""
+    shipped = REPO / "streamtrk" / "data" / "prune_windows.toml"
+    own = tmp_path / "mine" / "windows.toml"
+    own.parent.mkdir()
+    own.write_bytes(shipped.read_bytes())
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY + f'[prune]\nwindows = "{own}"\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
+    own.unlink()
+    assert read_card(tmp_path / "m")["prune"]["windows"] == "prune_windows.toml"
+    assert (tmp_path / "m" / "prune_windows.toml").read_bytes() == shipped.read_bytes()
+    rec = load_reconstructor(tmp_path / "m")
+    assert rec.prune is not None
+    assert rec.prune.windows == str(tmp_path / "m" / "prune_windows.toml")
 
 
 def test_training_replaces_a_model_only_when_told_and_only_when_complete(

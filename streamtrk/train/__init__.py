@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import save_model
+from streamtrk.recon.prune import WINDOWS_FILE, PruneConfig
 from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_config
 from streamtrk.train.loop import fit, plot_history
 from streamtrk.train.samples import Sample, make_samples
@@ -169,7 +170,7 @@ def train(
         cfg.model,
         cfg.graph,
         scan["chosen"],
-        prune=cfg.prune,
+        prune=_carry_windows(cfg.prune, work),
         tracks=cfg.tracks,
         training={
             "simulator_version": _simulator_version(),
@@ -195,6 +196,16 @@ def train(
     save_model(work, model, card)
     _replace_directory(out, work)
     return card
+
+
+def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:
+    """``prune`` as the card names it: windows of the recipe's own (a path) are copied into
+    the model directory as ``prune_windows.toml``, which a model's loading looks for there
+    first, so that the model serves on another host or from another folder."""
+    if prune is None or "/" not in prune.windows:  # the package's own windows, by name
+        return prune
+    shutil.copyfile(prune.windows, work / WINDOWS_FILE)
+    return replace(prune, windows=WINDOWS_FILE)
 
 
 def _work_directory(out: Path, overwrite: bool) -> Path:
