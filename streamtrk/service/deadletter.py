@@ -7,13 +7,15 @@ refused the message for its frame count or size: ``frames`` gives the count rece
 Read it with ``iter_records``. A message that would take the file past its cap is only
 counted (the first such message is logged). A file cut short by a crash mid-write is cut
 back to its last whole record at start-up; a write that fails (a full disk) is cut back at
-once, so that the records after it are whole.
+once, so that the records after it are whole. One daemon at a time writes a file: another
+given the same path is refused at start-up (an exclusive ``flock`` held while it is open).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import time
@@ -41,12 +43,17 @@ class DeadLetters:
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size > 0 and (cut := repair(path)):
-            log.warning("dead-letter file %s cut back to its last whole record", path,
-                        extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
+        self._lock = _lock(path)
+        try:
+            if path.stat().st_size > 0 and (cut := repair(path)):
+                log.warning("dead-letter file %s cut back to its last whole record", path,
+                            extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
+            self.writer: RecordingWriter | None = RecordingWriter(path, "a")
+            self.writer.flush()  # a new file's header
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.path = path
-        self.writer: RecordingWriter | None = RecordingWriter(path, "a")
-        self.writer.flush()  # a new file's header
         self.max_bytes = max_bytes
         self.size = path.stat().st_size  # to the end of the whole records
         self.full = False  # a message found no room (logged once)
@@ -104,5 +111,23 @@ class DeadLetters:
                       self.path, e)  # fmt: skip
 
     def close(self) -> None:
+        """Close the file and give up its lock (once; a second close does nothing)."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+        if self._lock >= 0:
+            os.close(self._lock)  # the lock goes with it
+            self._lock = -1
+
+
+def _lock(path: Path) -> int:
+    """A descriptor of ``path`` (made empty where absent) holding its exclusive ``flock``:
+    another daemon given the same path would take the record this one is writing for one
+    cut short by a crash, and write over its records. OSError when another holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EAGAIN, "in use by another process", str(path)) from None
+    return fd

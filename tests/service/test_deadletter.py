@@ -116,3 +116,22 @@ def test_a_failed_write_does_not_read_the_file_back(tmp_path: Path) -> None:
     )  # fmt: skip
     read, size = map(int, out.stdout.split())
     assert size > 2_000_000 and read < 100_000, out.stdout
+
+
+def test_a_file_another_daemon_writes_is_refused_until_it_closes(tmp_path: Path) -> None:
+    """Two daemons given one path (a configuration shared by two on a node) would each cut
+    the other's record being written as "cut short by a crash", then write over each
+    other's records: the second is refused, naming the file, until the first closes it."""
+    path = tmp_path / "dead.stk"
+    first = DeadLetters(path, 1 << 20)
+    assert first.write([b"from the first"], WireError("not_msgpack", "x"))
+    with pytest.raises(OSError, match=r"in use by another process") as refused:
+        DeadLetters(path, 1 << 20)
+    assert refused.value.filename == str(path)
+    assert first.write([b"still the first's"], WireError("not_msgpack", "y"))
+    first.close()
+    second = DeadLetters(path, 1 << 20)
+    assert second.write([b"the second"], WireError("not_msgpack", "z"))
+    second.close()
+    kept = [bytes(frames[1]) for _, frames in iter_records(path)]
+    assert kept == [b"from the first", b"still the first's", b"the second"]
