@@ -146,12 +146,15 @@ def simulate_event(
     perm = rng.permutation(len(layer))
     srt = perm[np.lexsort((module[perm], det.layer_id[layer][perm], det.volume_id[layer][perm]))]
     nhits = np.bincount(particle_id, minlength=len(gen) + 1)[1:].astype(np.int32)
-    p_pt = np.hypot(gen.momentum[:, 0], gen.momentum[:, 1])
+    # A row past the particles' for noise (read only by an event without particles: noise
+    # hits take row 0, their order and weight ignore it).
+    p_pt = np.append(np.hypot(gen.momentum[:, 0], gen.momentum[:, 1]), 0.0)
+    p_vz = np.append(gen.vertex[:, 2], 0.0)
     pid_s = particle_id[srt]
     pidx = np.maximum(pid_s - 1, 0)
     # Order along the track by |z - vz| (the TrackML convention, also what the CSV reader
     # recomputes), so that the recording and the CSV files hold the same truth.
-    dist = np.abs(true_pos[srt, 2].astype(np.float32) - gen.vertex[pidx, 2].astype(np.float32))
+    dist = np.abs(true_pos[srt, 2].astype(np.float32) - p_vz[pidx].astype(np.float32))
     order = hit_order(pid_s, dist)
     weight = hit_weights(pid_s, dist, np.where(pid_s > 0, p_pt[pidx], 0.0))
     hits = Hits(

@@ -754,3 +754,15 @@ def test_layer_index_of_ids_outside_the_table_is_minus_one():
     # Hits come from the wire: negative or oversized ids name no layer (8:1002 is not 9:2).
     got = DET.layer_index(np.array([8, -8, 8, 10**6, 8]), np.array([4, 4, -4, 2, 1002]))
     assert got[0] >= 0 and (got[1:] == -1).all()
+
+
+def test_an_event_without_particles_holds_its_noisy_layers_noise():
+    """A crossing whose one vertex made no charged particle (1 in 43 at the default
+    multiplicity) still gets the noise of its noisy layers: hits of no particle, not an
+    IndexError on the empty particle table."""
+    gen = GeneratorConfig(mu=1e-6, primaries_per_vertex=1e-9)
+    cfg = SimConfig(generator=gen, noisy_layers=(((8, 2), 50.0),))
+    ev = simulate_event(DET, cfg, np.random.default_rng(1))
+    assert ev.truth is not None and len(ev.truth.particles) == 0
+    assert len(ev.hits) > 10 and np.all(ev.truth.hits.particle_id == 0)
+    assert np.all(ev.truth.hits.hit_order == -1) and np.all(ev.truth.hits.weight == 0)
