@@ -24,6 +24,7 @@ BARREL, ENDCAP = 0, 1
 GEV_PER_TESLA_MM = 0.299792458e-3
 PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering assumption
 DEFAULT_DETECTOR = "trackml_detector.toml"
+MAX_ID = 1000  # volume and layer ids are below it: Detector.layer_lut has a cell per id pair
 
 
 def layer_keys(lut: Any, volume_id: Any, layer_id: Any) -> Any:
@@ -148,28 +149,99 @@ def highland(p: Any, t: Any, xp: Any = np) -> Any:
     return 0.0136 / (beta * p) * xp.sqrt(t) * log_term
 
 
-def _float(d: dict[str, Any], key: str, where: str) -> float:
+def _float(d: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
+    """``d[key]``, a number (an integer is one; not a boolean or a string)."""
+    if key not in d and default is None:
+        raise ValueError(f"detector file: {where} lacks {key!r}")
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"detector file: {where} {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _int(d: dict[str, Any], key: str, where: str) -> int:
+    """``d[key]``, an integer (not a boolean, a float or a string)."""
     if key not in d:
         raise ValueError(f"detector file: {where} lacks {key!r}")
-    return float(d[key])
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"detector file: {where} {key} must be an integer, got {value!r}")
+    return value
+
+
+def _check_row(row: dict[str, Any], envelope_r: float, envelope_z: float) -> None:
+    """ValueError naming the first value of a layer-table row out of its range (a NaN fails
+    every comparison: it is refused too)."""
+    res = [row["res_a"], row["res_b"]]
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("id", row["layer_id"], 0 <= row["layer_id"] < MAX_ID, f">= 0 and below {MAX_ID}"),
+        ("resolution", res, all(0 <= v < math.inf for v in res), "two finite numbers >= 0"),
+        ("inefficiency", row["inefficiency"], 0 <= row["inefficiency"] <= 1, "in [0, 1]"),
+        ("x0", row["x0"], 0 <= row["x0"] < math.inf, "a finite number >= 0"),
+    ]
+    if row["kind"] == BARREL:
+        r, hl = row["r"], row["half_length"]
+        checks += [
+            ("r", r, 0 < r < envelope_r, f"> 0 and below envelope_r ({envelope_r:g})"),
+            ("half_length", hl, 0 < hl < math.inf, "a finite number > 0"),
+            ("n_phi", row["n_phi"], row["n_phi"] >= 1, ">= 1"),
+            ("n_z", row["n_z"], row["n_z"] >= 1, ">= 1"),
+        ]
+    else:
+        z, r_min, r_max, rings = row["z"], row["r_min"], row["r_max"], row["rings"]
+        checks += [
+            ("z", z, abs(z) < envelope_z, f"within +-envelope_z ({envelope_z:g})"),
+            ("r_min", r_min, r_min >= 0, ">= 0"),
+            ("r_max", r_max, r_min < r_max < math.inf, "finite and above r_min"),
+            ("rings", list(rings), min(rings, default=0) >= 1, "module counts >= 1, one at least"),
+        ]
+    for name, value, ok, rule in checks:
+        if not ok:
+            where = f"volume {row['volume_id']} layer {row['layer_id']}"
+            raise ValueError(f"detector file: {where} {name} must be {rule}, got {value}")
 
 
 def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
     """The detector table's rows of one volume's layers (the values a layer's kind lacks:
     NaN or 0)."""
     rows: list[dict[str, Any]] = []
-    kind = {"barrel": BARREL, "endcap": ENDCAP}[vol["kind"]]
-    res_a, res_b = (float(v) for v in vol["resolution"])
-    for lay in vol["layers"]:
-        where = f"volume {vol['id']} layer {lay.get('id')}"
+    if not isinstance(vol, dict):
+        raise ValueError(f"detector file: each of volumes must be a table, got {vol!r}")
+    where = f"volume {vol.get('id')}"
+    vid = _int(vol, "id", where)
+    if not 0 <= vid < MAX_ID:
+        raise ValueError(f"detector file: volume id must be >= 0 and below {MAX_ID}, got {vid}")
+    kinds = {"barrel": BARREL, "endcap": ENDCAP}
+    if vol.get("kind") not in kinds:
+        raise ValueError(
+            f"detector file: {where} kind must be barrel or endcap, got {vol.get('kind')!r}"
+        )
+    kind = kinds[vol["kind"]]
+    resolution = vol.get("resolution")
+    if not (isinstance(resolution, list) and len(resolution) == 2):
+        raise ValueError(
+            f"detector file: {where} resolution must be two numbers, got {resolution!r}"
+        )
+    res_a, res_b = (_float({"resolution": v}, "resolution", where) for v in resolution)
+    layers = vol.get("layers")
+    bad = (
+        next((la for la in layers if not isinstance(la, dict)), None)
+        if isinstance(layers, list)
+        else layers
+    )
+    if bad is not None or not layers:
+        raise ValueError(f"detector file: {where} layers must be a list of tables, got {bad!r}")
+    for lay in layers:
+        where = f"volume {vid} layer {lay.get('id')}"
+        x0 = _float(vol, "x0", where, 0.0)
         row = {
-            "volume_id": int(vol["id"]),
-            "layer_id": int(lay["id"]),
+            "volume_id": vid,
+            "layer_id": _int(lay, "id", where),
             "kind": kind,
             "res_a": res_a,
             "res_b": res_b,
-            "inefficiency": float(vol.get("inefficiency", 0.0)),
-            "x0": float(lay.get("x0", vol.get("x0", 0.0))),
+            "inefficiency": _float(vol, "inefficiency", where, 0.0),
+            "x0": _float(lay, "x0", where, x0),
             "r": np.nan,
             "z": np.nan,
             "half_length": np.nan,
@@ -183,15 +255,15 @@ def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
             row |= {
                 "r": _float(lay, "r", where),
                 "half_length": _float(lay, "half_length", where),
-                "n_phi": int(lay["n_phi"]),
-                "n_z": int(lay["n_z"]),
+                "n_phi": _int(lay, "n_phi", where),
+                "n_z": _int(lay, "n_z", where),
             }
         else:
             row |= {
                 "z": _float(lay, "z", where),
                 "r_min": _float(vol, "r_min", where),
                 "r_max": _float(vol, "r_max", where),
-                "rings": tuple(int(n) for n in vol["rings"]),
+                "rings": tuple(_int({"rings": n}, "rings", where) for n in vol.get("rings", [])),
             }
         rows.append(row)
     return rows
@@ -199,7 +271,17 @@ def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
 
 def parse_detector(doc: dict[str, Any]) -> Detector:
     """Build a :class:`Detector` from a parsed TOML document."""
-    rows = [row for vol in doc["volumes"] for row in _volume_rows(vol)]
+    envelope_r = _float(doc, "envelope_r", "the header")
+    envelope_z = _float(doc, "envelope_z", "the header")
+    for name, value in (("envelope_r", envelope_r), ("envelope_z", envelope_z)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"detector file: {name} must be a finite number > 0, got {value}")
+    volumes = doc.get("volumes")
+    if not (isinstance(volumes, list) and volumes):
+        raise ValueError(f"detector file: volumes must be a list of tables, got {volumes!r}")
+    rows = [row for vol in volumes for row in _volume_rows(vol)]
+    for row in rows:
+        _check_row(row, envelope_r, envelope_z)
 
     def col(name: str, dtype: type) -> np.ndarray:
         return np.array([r[name] for r in rows], dtype=dtype)
@@ -208,15 +290,15 @@ def parse_detector(doc: dict[str, Any]) -> Detector:
     if len(set(ids)) != len(ids):
         twice = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"detector file: volume {twice[0]} layer {twice[1]} is given twice")
-    bfield = float(doc["bfield_tesla"])
+    bfield = _float(doc, "bfield_tesla", "the header")
     if not (math.isfinite(bfield) and bfield != 0):
         raise ValueError(f"detector file: bfield_tesla must be finite and not 0, got {bfield}")
     return Detector(
         name=str(doc["name"]),
-        version=int(doc["version"]),
+        version=_int(doc, "version", "the header"),
         bfield=bfield,
-        envelope_r=float(doc["envelope_r"]),
-        envelope_z=float(doc["envelope_z"]),
+        envelope_r=envelope_r,
+        envelope_z=envelope_z,
         volume_id=col("volume_id", np.int32),
         layer_id=col("layer_id", np.int32),
         kind=col("kind", np.int8),

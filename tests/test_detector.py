@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,3 +141,58 @@ def test_material_and_inefficiency_defaults_of_the_detector_file() -> None:
     assert det.x0[lay].tolist() == [0.5, 0.25]
     on_disks = det.volume_id == disks["id"]
     assert np.all(det.x0[on_disks] == 0.125) and np.all(det.inefficiency[on_disks] == 0)
+
+
+def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    """A change of the shipped document: ``value`` at ``path`` (keys and list indices)."""
+
+    def change(doc: dict[str, Any]) -> None:
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node: Any = doc
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (_set("envelope_r", float("nan")), "envelope_r must be a finite number > 0, got nan"),
+        (_set("envelope_z", -3000.0), "envelope_z must be a finite number > 0"),
+        (_set("version", "x"), "the header version must be an integer, got 'x'"),
+        (_set("volumes", []), "volumes must be a list of tables"),
+        (_set("volumes.0.kind", "barel"), "volume 8 kind must be barrel or endcap, got 'barel'"),
+        (_set("volumes.0.id", -8), "volume id must be >= 0 and below 1000, got -8"),
+        (_set("volumes.0.id", 10**8), "volume id must be >= 0 and below 1000"),
+        (_set("volumes.0.resolution", [0.1, 0.1, 1]), "volume 8 resolution must be two numbers"),
+        (_set("volumes.0.resolution", [-0.1, 0.1]), "resolution must be two finite numbers >= 0"),
+        (_set("volumes.0.resolution", [0.1, float("nan")]), "resolution must be two finite"),
+        (_set("volumes.0.inefficiency", 2.0), "volume 8 layer 2 inefficiency must be in"),
+        (_set("volumes.0.layers.0", 5), "volume 8 layers must be a list of tables, got 5"),
+        (_set("volumes.0.layers.0.id", 2.5), "layer 2.5 id must be an integer, got 2.5"),
+        (_set("volumes.0.layers.0.r", "abc"), "volume 8 layer 2 r must be a number, got 'abc'"),
+        (_set("volumes.0.layers.0.r", True), "layer 2 r must be a number, got True"),
+        (_set("volumes.0.layers.0.r", -32.0), "layer 2 r must be > 0 and below envelope_r"),
+        (_set("volumes.0.layers.0.r", 1100.0), "layer 2 r must be > 0 and below envelope_r"),
+        (_set("volumes.0.layers.0.half_length", 0.0), "half_length must be a finite number > 0"),
+        (_set("volumes.0.layers.0.n_phi", 0), "volume 8 layer 2 n_phi must be >= 1, got 0"),
+        (_set("volumes.0.layers.0.n_z", 1.5), "layer 2 n_z must be an integer, got 1.5"),
+        (_set("volumes.0.layers.0.x0", -1.0), "layer 2 x0 must be a finite number >= 0"),
+        (_set("volumes.3.rings", []), "volume 7 layer 2 rings must be module counts >= 1"),
+        (_set("volumes.3.rings", [0, 48]), "rings must be module counts >= 1, one at least"),
+        (_set("volumes.3.r_min", 300.0), "volume 7 layer 2 r_max must be finite and above r_min"),
+        (_set("volumes.3.layers.0.z", -3000.0), "layer 2 z must be within \\+-envelope_z"),
+    ],
+)
+def test_a_detector_file_with_values_out_of_range_is_refused(
+    change: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    """Nonsense values (no modules, a layer outside the envelope, NaN, ids that do not fit
+    the layer table or the wire, a typo in the kind) are refused in one line naming the
+    layer; they loaded, and simulated module id 0 or below, or failed later in NumPy."""
+    doc = tomllib.loads(TEXT)
+    change(doc)
+    with pytest.raises(ValueError, match=f"detector file: .*{match}"):
+        parse_detector(doc)
