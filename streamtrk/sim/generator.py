@@ -17,6 +17,7 @@ import numpy as np
 from streamtrk.tomlio import require
 
 MAX_MU = 10_000  # fifty times the HL-LHC's 200: millions of hits an event, not a hang
+MAX_HARD_SCATTER = 100_000  # hard-scatter particles: a million hits an event, not a hang
 
 _Q = np.array(
     [
@@ -149,7 +150,11 @@ class GeneratorConfig:
                 0 <= self.secondary_positive_fraction <= 1,
                 "in [0, 1]",
             ),
-            ("hard_scatter", self.hard_scatter >= 0, ">= 0"),
+            (
+                "hard_scatter",
+                0 <= self.hard_scatter <= MAX_HARD_SCATTER,
+                f">= 0 and at most {MAX_HARD_SCATTER}",
+            ),
             (
                 "hard_scatter_pt",
                 0 < self.hard_scatter_pt[0] <= self.hard_scatter_pt[1] < math.inf,

@@ -24,6 +24,9 @@ from streamtrk.wire.schema import MAX_INT
 SIMULATOR_VERSION = 2  # 2: bent with c = 0.299792458 GeV/(T m) (1: with 0.3); a card records it
 
 
+MAX_NOISE_FRACTION = 0.99  # 99 noise hits a signal hit: beyond it, tens of GB an event
+MAX_NOISY_HITS = 10_000_000  # mean extra noise hits of a noisy layer (a mu = 10000 event's)
+
 #: A detector layer as (volume_id, layer_id).
 LayerId = tuple[int, int]
 
@@ -43,15 +46,20 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         # Written so that a NaN fails each check (it fails every comparison).
-        if not 0 <= self.noise_fraction < 1:
-            raise ValueError(f"noise fraction must be in [0, 1), got {self.noise_fraction}")
+        if not 0 <= self.noise_fraction <= MAX_NOISE_FRACTION:
+            raise ValueError(
+                f"noise fraction must be in [0, {MAX_NOISE_FRACTION}], got {self.noise_fraction}"
+            )
         if not 0 < self.max_turns < math.inf:
             raise ValueError(f"max_turns must be a finite number > 0, got {self.max_turns}")
         if not self.min_pt >= 0:
             raise ValueError(f"min_pt must be >= 0, got {self.min_pt}")
         for layer, hits in self.noisy_layers:
-            if not 0 <= hits < math.inf:
-                raise ValueError(f"extra noise hits of layer {layer} must be >= 0, got {hits}")
+            if not 0 <= hits <= MAX_NOISY_HITS:
+                raise ValueError(
+                    f"extra noise hits of layer {layer} must be >= 0 and at most "
+                    f"{MAX_NOISY_HITS}, got {hits}"
+                )
 
 
 def layer_indices(det: Detector, layers: Iterable[LayerId]) -> np.ndarray:

@@ -616,6 +616,10 @@ def test_the_defaults_are_the_documented_ones():
         (lambda: SimConfig(min_pt=-0.1), "min_pt must be"),
         (lambda: SimConfig(noisy_layers=(((8, 2), float("inf")),)), "extra noise hits"),
         (lambda: SimConfig(noisy_layers=(((8, 2), float("nan")),)), "extra noise hits"),
+        # Huge values: refused in one line, not a MemoryError of tens of GB or more.
+        (lambda: SimConfig(noise_fraction=0.9999999), "noise fraction must be in \\[0, 0.99\\]"),
+        (lambda: SimConfig(noisy_layers=(((8, 2), 1e18),)), "at most 10000000, got 1e"),
+        (lambda: GeneratorConfig(hard_scatter=10**12), "hard_scatter must be >= 0 and at most"),
         (lambda: GeneratorConfig(hard_scatter_pt=(1.0, float("inf"))), "hard_scatter_pt must"),
         (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be finite"),
         (lambda: simulate(load_detector(), SimConfig(), 0, -1), "n_events must be >= 0"),
@@ -630,6 +634,8 @@ def test_invalid_settings_are_refused(make, match):
 
 def test_settings_at_the_edge_of_their_range_are_taken():
     SimConfig(min_pt=0.0, noise_fraction=0.0, noisy_layers=(((8, 2), 0.0),), max_turns=1e-3)
+    SimConfig(noise_fraction=0.99, noisy_layers=(((8, 2), 1e7),))
+    GeneratorConfig(hard_scatter=100_000)
 
 
 def test_a_run_continued_from_an_event_number_holds_the_longer_runs_events():
