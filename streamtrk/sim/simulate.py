@@ -60,6 +60,10 @@ class SimConfig:
                     f"extra noise hits of layer {layer} must be >= 0 and at most "
                     f"{MAX_NOISY_HITS}, got {hits}"
                 )
+        both = sorted(set(self.dead_layers) & {tuple(layer) for layer, _ in self.noisy_layers})
+        if both:
+            v, la = both[0]
+            raise ValueError(f"layer {v}:{la} is both dead and noisy: a dead layer reads nothing")
 
 
 def layer_indices(det: Detector, layers: Iterable[LayerId]) -> np.ndarray:

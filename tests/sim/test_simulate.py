@@ -620,6 +620,11 @@ def test_the_defaults_are_the_documented_ones():
         (lambda: SimConfig(noise_fraction=0.9999999), "noise fraction must be in \\[0, 0.99\\]"),
         (lambda: SimConfig(noisy_layers=(((8, 2), 1e18),)), "at most 10000000, got 1e"),
         (lambda: GeneratorConfig(hard_scatter=10**12), "hard_scatter must be >= 0 and at most"),
+        # A dead layer drops its noise too: the noisy-layer option would do nothing.
+        (
+            lambda: SimConfig(dead_layers=frozenset({(8, 4)}), noisy_layers=(((8, 4), 5.0),)),
+            "layer 8:4 is both dead and noisy",
+        ),
         (lambda: GeneratorConfig(hard_scatter_pt=(1.0, float("inf"))), "hard_scatter_pt must"),
         (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be finite"),
         (lambda: simulate(load_detector(), SimConfig(), 0, -1), "n_events must be >= 0"),
