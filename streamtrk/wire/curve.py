@@ -32,11 +32,15 @@ class CurveError(ValueError):
 
 def host_only(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint is reachable from this host only (ipc, inproc, loopback:
-    its addresses, ``localhost`` or Linux's interface ``lo``): one that needs no CURVE."""
+    its addresses, ``localhost`` or Linux's interface ``lo``): one that needs no CURVE.
+    Other transports (tipc, udp, pgm, ...) reach other hosts. Of ``tcp://SOURCE;HOST:PORT``
+    libzmq binds ``HOST:PORT`` (what follows the last ``;``), so that is what counts."""
     scheme, _, rest = endpoint.partition("://")
-    if scheme != "tcp":
+    if scheme in ("ipc", "inproc"):
         return True
-    host = rest.rpartition(":")[0].strip("[]")
+    if scheme != "tcp":
+        return False
+    host = rest.rpartition(";")[2].rpartition(":")[0].strip("[]")
     return host in ("localhost", "lo", "::1") or host.startswith("127.")
 
 

@@ -376,6 +376,10 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
         ("tcp://[::]:5555", False),
         ("tcp://eth0:5555", False),
         ("tcp://10.0.0.5:5555", False),
+        # libzmq binds what follows the last ';' (before it: a source address, ignored)
+        ("tcp://127.0.0.1:0;0.0.0.0:5555", False),
+        ("tcp://localhost:0;10.0.0.5:5555", False),
+        ("tcp://10.0.0.5:0;127.0.0.1:5555", True),
     ],
 )
 def test_only_loopback_binds_go_without_curve(endpoint: str, loopback: bool) -> None:

@@ -285,11 +285,17 @@ def test_a_forwarder_with_an_unknown_role_or_keys_without_its_own_refuses(
     [
         ("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", "--server-key and --allowed-keys"),
         ("tcp://127.0.0.1:*", "tcp://0.0.0.0:*", "--curve-key and --curve-server-key"),
+        # libzmq binds what follows the last ';' (here every interface), not the loopback
+        ("tcp://127.0.0.1:0;0.0.0.0:*", "tcp://127.0.0.1:*", "--server-key and --allowed-keys"),
+        # transports that reach other hosts, whatever their address says
+        ("tipc://{5560,0,0}", "tcp://127.0.0.1:*", "--server-key and --allowed-keys"),
     ],
 )
 def test_a_forwarder_refuses_to_bind_beyond_the_host_without_curve(front, back, named) -> None:
+    stopped = threading.Event()
+    stopped.set()  # were it accepted, it would return at once instead of forwarding
     with pytest.raises(ValueError, match=f"not a loopback address and CURVE is off.*{named}"):
-        forward("distributor", front, back)
+        forward("distributor", front, back, stop=stopped)
 
 
 def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -> None:
