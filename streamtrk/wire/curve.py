@@ -102,12 +102,26 @@ def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
         raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
 
 
+# The characters of a Z85 key (ZeroMQ RFC 32), as certificate files hold them.
+_Z85 = frozenset(
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+
+
+def _checked(path: str | Path, field: str, key: bytes) -> bytes:
+    """``key`` where it is one libzmq takes (40 Z85 characters); else a CurveError naming
+    the file (libzmq would say only "Invalid argument")."""
+    if len(key) != 40 or not set(key) <= _Z85:
+        raise CurveError(f"{path}: its {field} is not a CURVE key (40 Z85 characters)")
+    return key
+
+
 def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
     """(public, secret) keys of a secret certificate file."""
     public, secret = _load_certificate(path)
     if secret is None:
         raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
-    return public, secret
+    return _checked(path, "public-key", public), _checked(path, "secret-key", secret)
 
 
 def load_public(path: str | Path) -> bytes:
@@ -139,4 +153,5 @@ def make_client(
     server it talks to (before bind/connect)."""
     public, secret = load_keypair(secret_certificate)
     socket.curve_publickey, socket.curve_secretkey = public, secret
-    socket.curve_serverkey = load_public(server_certificate)
+    server = load_public(server_certificate)
+    socket.curve_serverkey = _checked(server_certificate, "public-key", server)

@@ -73,3 +73,44 @@ def test_an_allowed_keys_path_says_whether_it_is_missing_or_no_directory(tmp_pat
     (tmp_path / "a.key").write_text("")
     with pytest.raises(CurveError, match=r"directory \S+/a\.key is not a directory$"):
         allowed_keys(tmp_path / "a.key")
+
+
+def _damaged(path: Path, field: str) -> Path:
+    """A copy of certificate ``path`` whose ``field`` key lost its first five characters
+    (a key cut short in a copy or an edit: no 40-character Z85 key any more)."""
+    head, _, tail = path.read_text().partition(f'{field} = "')
+    damaged = path.with_name(f"damaged-{path.name}")
+    damaged.write_text(f'{head}{field} = "{tail[5:]}')
+    return damaged
+
+
+@pytest.mark.parametrize(
+    ("role", "damage"),
+    [
+        ("server", ("server.key_secret", "secret-key")),
+        ("server", ("server.key_secret", "public-key")),
+        ("client", ("alice.key_secret", "secret-key")),
+        ("client", ("server.key", "public-key")),
+    ],
+)
+def test_a_damaged_key_is_refused_naming_its_file(tmp_path: Path, role: str, damage) -> None:
+    """libzmq says only "Invalid argument" to a key that is not 40 Z85 characters."""
+    from streamtrk.wire.curve import make_client, make_server
+
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    bad = _damaged(tmp_path / damage[0], damage[1])
+    ctx = zmq.Context()
+    try:
+        with (
+            ctx.socket(zmq.PUSH) as sock,
+            pytest.raises(CurveError, match=rf"^{bad}: its {damage[1]} is not a CURVE key"),
+        ):
+            if role == "server":
+                make_server(sock, bad)
+            elif damage[0] == "server.key":
+                make_client(sock, tmp_path / "alice.key_secret", bad)
+            else:
+                make_client(sock, bad, tmp_path / "server.key")
+    finally:
+        ctx.term()
