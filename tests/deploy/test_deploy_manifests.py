@@ -125,6 +125,24 @@ def test_compose_stack() -> None:
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
 
 
+def test_compose_publishes_what_has_no_authentication_on_loopback_only() -> None:
+    """Grafana (admin/admin, anonymous viewers), Prometheus (``--web.enable-lifecycle``:
+    whoever reaches it may POST /-/quit) and the daemon's HTTP endpoints have no
+    authentication of their own: published on the host's loopback only (the URLs the
+    file's header gives), not on every interface of the host. The daemon's ZeroMQ ports
+    have CURVE."""
+    services = load_yaml_documents(COMPOSE)[0]["services"]
+    curve = {("streamtrk", "5555"), ("streamtrk", "5556")}
+    published = 0
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            *host, container = str(port).split(":")
+            published += 1
+            if (name, container) not in curve:
+                assert len(host) == 2 and host[0] == "127.0.0.1", f"{name}: {port}"
+    assert published >= 5
+
+
 # ---------------------------------------------------------------- Grafana
 
 
