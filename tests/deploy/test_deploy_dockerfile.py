@@ -116,6 +116,26 @@ def test_dockerignore_lets_exactly_the_copied_paths_through() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "secret", ["keys/server.key_secret", "client-keys/replay.key_secret", "streamtrk/x.key_secret"]
+)
+def test_the_secrets_the_docs_write_in_the_checkout_stay_out_of_git(secret: str) -> None:
+    """docs/deployment.md has `streamtrk keys keys server` (and client-keys) run where the
+    image is built, the repository root: their secret certificates must never be committed
+    by a `git add`."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "--no-index", "-q", secret], check=False
+    )
+    assert out.returncode == 0, f"{secret} is not ignored by git"
+    # nor sent to the image's build (COPY streamtrk/ would keep it in a layer): the last
+    # matching line of a .dockerignore decides, so the exclusion follows every inclusion
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.lstrip().startswith("#")]
+    assert patterns[-1] == "**/*.key_secret"
+
+
 def test_the_shipped_model_is_copied_beside_the_package() -> None:
     # The package data link streamtrk/data/models/NAME -> ../../../models/NAME must resolve
     # in /src when pip installs; the image then serves the package's own model.
