@@ -76,7 +76,10 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     if not name or Path(name).name != name or name.startswith("."):
         raise ValueError(f"a certificate name is a plain file name not starting with '.': {name!r}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file of that name: no certificate there, as "exists" would say
+        raise NotADirectoryError(f"{directory} is not a directory") from None
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     made: list[Path] = []
     try:

@@ -60,6 +60,15 @@ def test_a_certificate_there_is_never_overwritten(tmp_path: Path, capsys) -> Non
     assert (keys / "alice.key_secret").read_text() == "mine"
 
 
+def test_a_directory_that_is_a_file_is_said_to_be_no_directory(tmp_path: Path, capsys) -> None:
+    """Not "exists; not overwritten", which reads as a certificate already there."""
+    (tmp_path / "keys").write_text("mine")
+    assert main(["keys", str(tmp_path / "keys"), "alice"]) == 1
+    err = capsys.readouterr().err
+    assert "not overwritten" not in err and f"{tmp_path / 'keys'} is not a directory" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["keys"]
+
+
 @pytest.mark.parametrize("load", [load_keypair, load_public])
 def test_a_missing_certificate_is_said_to_be_missing(tmp_path: Path, load) -> None:
     """Not pyzmq's "Invalid certificate file", which reads as a damaged one."""
