@@ -105,7 +105,8 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
             for setting, message in (
                 ("mu = -1.0", r"mu must be > 0 and at most 10000, got -1.0"),
                 ("mu = nan", r"mu must be > 0"),
-                ("mu = 10\nnoise = 1.5", r"noise must be in \[0, 1\), got 1.5"),
+                ("mu = 10\nnoise = 1.5", r"noise must be in \[0, 0.99\], got 1.5"),
+                ("mu = 10\nnoise = 0.995", r"noise must be in \[0, 0.99\], got 0.995"),
             )
         ],
         ("[model]", "[model", r"c.toml: not valid TOML \(Expected ']'"),

@@ -21,6 +21,7 @@ from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.generator import MAX_MU
+from streamtrk.sim.simulate import MAX_NOISE_FRACTION as MAX_NOISE
 from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.tomlio import dataclass_from, require
 
@@ -41,7 +42,7 @@ class EventSource:
             self,
             [
                 ("mu", 0 < self.mu <= MAX_MU, f"> 0 and at most {MAX_MU}"),  # the generator's
-                ("noise", 0 <= self.noise < 1, "in [0, 1)"),  # the simulation's
+                ("noise", 0 <= self.noise <= MAX_NOISE, f"in [0, {MAX_NOISE}]"),  # the sim's
                 ("seed", self.seed >= 0, ">= 0"),
                 ("events", self.events >= 1, ">= 1"),
             ],
