@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import DEFAULT_LIMITS, Limits
 from streamtrk.wire.curve import exposed_without_curve
 
+log = logging.getLogger(__name__)
 ROLES = ("distributor", "collector")
 POLL_MS = 100
 STOP_DRAIN_MAX = 10_000  # messages taken off the front at a stop, at most
@@ -103,6 +105,9 @@ def forward(
                 raise ValueError(why)
     if server_key is None and allowed_keys is not None:
         raise ValueError("--allowed-keys needs --server-key (the forwarder's own certificate)")
+    if server_key is not None and allowed_keys is None:  # as the daemon warns
+        peers = "producer" if back_faces_daemons else "consumer"
+        log.warning("--server-key without --allowed-keys: no %s can connect", peers)
     daemons = {"curve_key": curve_key, "curve_server_key": curve_server_key}
     # The front's frame limit: hits messages come in (distributor) or replies (collector);
     # never truth, whose particle columns would allow 8 MB frames whatever max_hits says.

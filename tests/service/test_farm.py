@@ -328,6 +328,22 @@ def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -
         assert dist.stop() == 0
 
 
+@pytest.mark.parametrize("role", ["distributor", "collector"])
+def test_a_curve_server_without_allowed_keys_says_that_no_client_can_connect(
+    tmp_path: Path, role: str
+) -> None:
+    """As the daemon warns when it serves CURVE with no curve_allowed_keys."""
+    from streamtrk.wire.curve import create_certificates
+
+    _, server_secret = create_certificates(tmp_path / "keys", role)
+    forwarder = Forwarder(tmp_path, role, "--server-key", str(server_secret))
+    assert forwarder.stop() == 0
+    lines = [json.loads(line) for line in forwarder.log.read_text().splitlines()]
+    clients = "producer" if role == "distributor" else "consumer"
+    assert {"level": "warning", "message": f"--server-key without --allowed-keys: no {clients} "
+            "can connect"}.items() <= lines[0].items()  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("max_hits", "size", "through"),
     [
