@@ -60,6 +60,19 @@ def closed_by_server(sock: socket.socket, within_s: float) -> bool:
         return False
 
 
+def _until_served(server: HealthServer) -> None:
+    """Wait until ``server`` answers: connections that held its places have ended."""
+    t_end = time.monotonic() + 10
+    while True:
+        try:
+            assert get(server) == 200
+            return
+        except OSError:
+            if time.monotonic() > t_end:
+                raise
+            time.sleep(0.05)
+
+
 def test_a_peer_that_sends_no_request_is_closed_after_the_timeout_and_counted() -> None:
     with serving(request_timeout_s=0.5) as (server, metrics):
         with socket.create_connection(server.address) as idle:
@@ -94,15 +107,7 @@ def test_peers_past_the_cap_are_closed_unanswered_and_counted() -> None:
         assert dropped(metrics, "busy") == 1
         for sock in held:
             sock.close()
-        t_end = time.monotonic() + 5
-        while True:  # the four handlers see their peers go, and free their places
-            try:
-                assert get(server) == 200
-                break
-            except OSError:
-                if time.monotonic() > t_end:
-                    raise
-                time.sleep(0.1)
+        _until_served(server)  # the four handlers see their peers go, and free their places
         assert dropped(metrics, "timeout") == 0
 
 
@@ -110,19 +115,6 @@ def test_peers_past_the_cap_are_closed_unanswered_and_counted() -> None:
 def test_limits_must_be_positive(bad: Limits) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list, **bad)
-
-
-def _until_served(server: HealthServer) -> None:
-    """Wait until ``server`` (one place) answers: the connections before have ended."""
-    t_end = time.monotonic() + 10
-    while True:
-        try:
-            assert get(server) == 200
-            return
-        except OSError:
-            if time.monotonic() > t_end:
-                raise
-            time.sleep(0.05)
 
 
 def test_a_peer_that_resets_its_connection_leaves_no_traceback_on_stderr(capfd) -> None:
