@@ -53,11 +53,16 @@ KEYS = (
 
 
 class _Chi2:
-    """Wraps a reconstructor; keeps the chi2/ndf of matched tracks of each event."""
+    """Wraps a reconstructor; keeps the chi2/ndf of matched tracks of each event. Everything
+    else ``evaluate`` reads of a reconstructor (threshold, beam spot, detector) is the
+    wrapped one's."""
 
     def __init__(self, rec: Reconstructor) -> None:
-        self.rec, self.threshold = rec, rec.threshold
+        self.rec = rec
         self.values: list[np.ndarray] = []  # per event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rec, name)
 
     def reconstruct(self, events: list[Event]) -> Any:
         res = self.rec.reconstruct(events)
