@@ -13,6 +13,10 @@ budget (``--within``, k hits a layer).
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import gc
 import json

@@ -20,6 +20,10 @@ Run: PYTHONPATH=. .venv/bin/python bench/edge_budget.py --seed 2000 --events 10 
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import time

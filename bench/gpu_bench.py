@@ -51,6 +51,10 @@ A CPU dry run of the script itself (small events, eager only):
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import gc
 import json

@@ -15,6 +15,10 @@ Run: PYTHONPATH=. .venv/bin/python bench/mlp_filter.py --events 8 --holdout 2 \
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import time
 from pathlib import Path

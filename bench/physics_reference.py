@@ -16,6 +16,10 @@ Prints JSON. Run: .venv/bin/python bench/physics_reference.py [--events 10] [--s
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import signal

@@ -12,6 +12,10 @@ Run: PYTHONPATH=. .venv/bin/python bench/prune_chunks.py [--mu 200 300] [--event
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import json
 import time

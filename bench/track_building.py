@@ -22,6 +22,10 @@ Run: PYTHONPATH=. .venv/bin/python bench/track_building.py [--json f] [--plot f.
 
 from __future__ import annotations
 
+from streamtrk.threads import wait_passively
+
+wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
+
 import argparse
 import itertools
 import json
