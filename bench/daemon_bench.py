@@ -7,7 +7,8 @@ rate, and the real TrackML barrel event replayed through it.
    through a ``streamtrk serve`` subprocess with the embedded default configuration;
    ``--repeats`` alternating passes, medians compared. Target: daemon >= 90% of direct.
 2. Latency against offered rate: replays at fixed fractions of the direct throughput
-   (about ``--rate-seconds`` each); p50/p90/p99 (send to reply) per rate, plotted to a PNG.
+   (about ``--rate-seconds`` each); p50/p90/p99 (send to reply) per rate, plotted to a PNG
+   with ``--png`` (none by default: docs/daemon-latency.png is a committed figure).
 3. The real barrel event (``qallse_ez-1.0_hpt-1.0_no_truth/event000001000``, 55k hits),
    imported with ``streamtrk import-trackml`` and replayed ``--real-loops`` times.
 
@@ -198,7 +199,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="direct/daemon passes (default 3)")
     p.add_argument("--rate-seconds", type=float, default=20.0, help="per offered rate (20)")
     p.add_argument("--real-loops", type=int, default=100, help="real event replays (100; 0: none)")
-    p.add_argument("--png", type=Path, default=ROOT / "docs" / "daemon-latency.png")
+    p.add_argument("--png", type=Path, help="latency against offered rate (no plot by default)")
     p.add_argument("--json", type=Path, help="also write the summary here")
     p.add_argument("--direct", type=Path, help=argparse.SUPPRESS)  # one direct pass
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -247,7 +248,8 @@ def main() -> None:
                 out["real"] = replayed(daemon, real_events, loop=args.real_loops)
         finally:
             out["daemon_exit_code"] = daemon.stop()
-    plot(out["rates"], args.png, capacity)
+    if args.png:
+        plot(out["rates"], args.png, capacity)
     print_summary(out, args.json)
 
 

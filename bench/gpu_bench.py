@@ -802,7 +802,12 @@ def _scrape(http: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT", "/tmp/gpu-bench")),
+        help="default: $OUT, else /tmp/gpu-bench",
+    )
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--events", type=int, default=32, help="events simulated (then reused)")
     ap.add_argument("--mu", type=float, default=200.0)

@@ -4,7 +4,8 @@ The shipped model (or ``--model``) reconstructs simulated events of each MU (see
 MU, used by no tuning) and the real barrel event 1000 (55k hits, ``qallse_ez-1.0``), one
 event per batch, after one warm-up call; medians over events x repeats. Threads are the
 defaults a daemon would use (torch: the CPUs this process may use; the graph search: 2).
-Prints JSON and writes a PNG of each stage's time against hits.
+Prints JSON; with ``--png``, also a plot of each stage's time against hits (none by default:
+docs/recon-cost.png is a committed figure, which a quick run would overwrite).
 
 Run: .venv/bin/python bench/recon_cpu.py [--events 3] [--repeats 2] [--png docs/recon-cost.png]
 """
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--mu", type=float, nargs="+", default=[10, 50, 100, 200, 300])
     ap.add_argument("--model", type=Path, help="default: the shipped model")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "recon-cost.png")
+    ap.add_argument("--png", type=Path, help="stage times against hits (no plot by default)")
     args = ap.parse_args()
     threads = set_torch_threads()
     det = load_detector()
@@ -75,7 +76,12 @@ def main() -> None:
     if real.with_name(real.name + "-hits.csv").exists():
         rows["real_barrel_55k"] = measure(rec, [read_event(real)], args.repeats * 3)
     print(json.dumps({"threads": threads, **rows}, indent=2))
+    if args.png:
+        plot(rows, args.mu, args.png)
 
+
+def plot(rows: dict, mus: list[float], png: Path) -> None:
+    """Each stage's median time per event against hits, simulated events only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,14 +95,14 @@ def main() -> None:
     ax.plot(hits, [v["total_s"] * 1e3 for v in sim], "k--", label="total")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("hits per event (MU = " + ", ".join(f"{m:g}" for m in args.mu) + ")")
+    ax.set_xlabel("hits per event (MU = " + ", ".join(f"{m:g}" for m in mus) + ")")
     ax.set_ylabel("wall time per event [ms]")
     ax.set_title("The whole chain on the CPU, one event per batch")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    args.png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.png, dpi=100)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
 
 
 if __name__ == "__main__":

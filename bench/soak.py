@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon_bench import ROOT, Daemon, replayed, simulated
+from daemon_bench import Daemon, replayed, simulated
 
 SAMPLE_S = 1.0
 
@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="per mode (default 10)")
     p.add_argument("--events", type=int, default=16, help="simulated events (default 16)")
     p.add_argument("--mu", type=float, default=50.0, help="their pileup (default 50)")
-    p.add_argument("--png", type=Path, default=ROOT / "docs" / "soak-rss.png")
+    p.add_argument("--png", type=Path, help="RSS against time (no plot by default)")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args = p.parse_args()
     if args.minutes < 2:
@@ -140,7 +140,8 @@ def main() -> None:
         run = simulated(Path(tmp), args.events, args.mu)
         events = load_recording(run)
         results = [soak(run, Path(tmp), m, args.minutes, events) for m in ("block", "reject")]
-    plot(results, args.png)
+    if args.png:
+        plot(results, args.png)
     summary = [{k: v for k, v in r.items() if k != "rss_mib"} for r in results]
     text = json.dumps(summary, indent=2)
     if args.json:
