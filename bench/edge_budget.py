@@ -58,7 +58,7 @@ def variants(scales: list[float]) -> dict[str, PruneConfig | None]:
         out[f"triplets + kappa + pairs x{s:g}"] = replace(base, scale=s)
     for s in scales:
         out[f"quadruplets x{s:g}"] = replace(base, scale=s, min_hits=4)
-    assert out[DEFAULT_NAME] == PruneConfig()
+    assert replace(base, scale=1.5, min_hits=4) == PruneConfig()  # DEFAULT_NAME, any --scales
     return out
 
 
@@ -331,6 +331,8 @@ def main() -> None:
             f = MLPFilter(args.mlp, k)
             cfgs[f"MLP filter x{f.retention:g}"] = f
     if args.only is not None:
+        if unknown := set(args.only) - set(cfgs):
+            raise SystemExit(f"--only: no variant {sorted(unknown)}; there are {list(cfgs)}")
         cfgs = {k: v for k, v in cfgs.items() if k in args.only}
     rows = measure(events, graphs, cfgs, args.repeats)
     result: dict = {"events": len(events), "hits_per_event": hits, "rows": rows}
