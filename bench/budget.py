@@ -3,10 +3,10 @@
 Per MU, per hit of each event: doublet candidates, doublets and pruning's triplet
 candidates (the three quantities ``streamtrk.recon.budget.Budget`` bounds), the largest
 over the events against the default budget; then the seconds the chain takes to refuse
-an event of ``k`` hits piled at one point of each of four barrel layers (median of 3);
-then, each in a fresh process, the seconds and the peak RSS while reconstructing (after a
-warm-up; Linux's ``clear_refs``) of a MU=200 event alone and with a pile just within the
-budget (``--within``, k hits a layer).
+(or, under the budget, to reconstruct) an event of ``k`` hits piled at one point of each of
+four barrel layers (median of 3); then, each in a fresh process, the seconds and the peak
+RSS while reconstructing (after a warm-up; Linux's ``clear_refs``) of a MU=200 event alone
+and with a pile just within the budget (``--within``, k hits a layer).
 
     PYTHONPATH=. .venv/bin/python bench/budget.py [--events 2] [--within 165] [--json out.json]
 """
@@ -125,7 +125,7 @@ def main() -> None:
         cells = " | ".join(f"{worst[k]:.1f} ({limits[k] / worst[k]:.0f}x)" for k in limits)
         print(f"| {mu} | {hits:,} | {cells} |")
     rec = load_reconstructor()
-    print("\n| hits piled (4 layers x k) | refused by | seconds to refuse (median of 3) |")
+    print("\n| hits piled (4 layers x k) | refused by | seconds (median of 3) |")
     print("| --- | --- | --- |")
     refusals = {}
     for k in (40, 150, 2000, 20000):
@@ -134,7 +134,7 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 rec.reconstruct([event])
-                what = "not refused"
+                what = "not refused: reconstructed"
             except EventTooDense as e:
                 what = e.whats[0]
             times.append(time.perf_counter() - t0)
