@@ -220,7 +220,7 @@ class Evaluation:
             turn = h * (np.arctan2(-cy, -cx) - np.arctan2(-h * ux, h * uy))
             turn = np.mod(turn + np.pi, 2 * np.pi) - np.pi
             return out | {
-                "d0": q * (radius - np.hypot(cx, cy)),
+                "d0": -h * (radius - np.hypot(cx, cy)),  # at d0 (-sin phi, cos phi)
                 "z0": vz + pz / pt * radius * turn,
             }
 

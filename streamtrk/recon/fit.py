@@ -25,10 +25,14 @@ resolutions dominate. The standard errors (``sigma_*``: of q/pT, eta, phi, d0, z
 diagonal of (J^T V^-1 J)^-1, and the chi2 is r^T V^-1 r: on simulated tracks it follows a
 chi-square with ``ndf = 2 n - 5`` degrees of freedom.
 
-Conventions (solenoid field along +z): ``charge`` from the sense of rotation; ``phi`` the
-direction at the perigee; ``d0 = charge * (R - |c|)`` with ``c`` the circle centre, so d0 > 0
-when a positive track's circle encloses the beam line; ``z0`` the z at the perigee; ``chi2``
-the total chi-square (not per degree of freedom) and ``ndf`` its degrees of freedom.
+Conventions (ATLAS and ACTS perigee to the beam line, the origin of the hits given):
+``charge`` from the sense of rotation and the field's (clockwise seen from +z is positive
+in +B_z); ``phi`` the direction at the perigee; ``d0`` signed by the geometry alone, in
+either field: the perigee is at ``d0 (-sin phi, cos phi)``, so a track from (x, y) has
+``d0 = -x sin(phi) + y cos(phi)`` to first order; in +B_z that is ``charge * (R - |c|)``
+with ``c`` the circle centre (d0 > 0 when a positive track's circle encloses the beam
+line), in -B_z ``-charge * (R - |c|)``; ``z0`` the z at the perigee; ``chi2`` the total
+chi-square (not per degree of freedom) and ``ndf`` its degrees of freedom.
 """
 
 from __future__ import annotations
@@ -132,13 +136,13 @@ def fit_tracks(
     chi2 = chi2_c + chi2_z
     charge = (-h * np.sign(det.bfield)).astype(xp.int32)
     phi = _wrapped(theta_p + h * np.pi / 2, xp)
-    d0 = charge * (radius - xp.hypot(xc, yc))
+    d0 = -h * (radius - xp.hypot(xc, yc))  # the perigee at d0 (-sin phi, cos phi)
     cosh = xp.sqrt(1 + tan_l * tan_l)
     var_kappa, var_phi, var_d0 = (cov_c[:, i, i] for i in range(3))
     var_tan_l, var_z0 = cov_z[:, 0, 0], cov_z[:, 1, 1]
     sigma_c = xp.sqrt(xp.stack([var_kappa, var_phi, var_d0], -1))
     corr_c = cov_c / (sigma_c[:, :, None] * sigma_c[:, None, :])
-    # q/pT = -sign(B) kappa / (c |B|), d0 = sign(B) delta, phi is Karimaki's phi and
+    # q/pT = -sign(B) kappa / (c |B|), d0 = delta, phi is Karimaki's phi and
     # eta rises with tan(lambda): the signs that turn their correlations into the reported
     # parameters'.
     sign_b = float(np.sign(det.bfield))
@@ -158,8 +162,8 @@ def fit_tracks(
         "sigma_d0": xp.sqrt(var_d0),
         "sigma_z0": xp.sqrt(var_z0),
         "corr_q_over_pt_phi": -sign_b * corr_c[:, 0, 1],
-        "corr_q_over_pt_d0": -corr_c[:, 0, 2],
-        "corr_phi_d0": sign_b * corr_c[:, 1, 2],
+        "corr_q_over_pt_d0": -sign_b * corr_c[:, 0, 2],
+        "corr_phi_d0": corr_c[:, 1, 2],
         "corr_eta_z0": cov_z[:, 0, 1] / xp.sqrt(var_tan_l * var_z0),
     }
     return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}

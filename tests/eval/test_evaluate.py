@@ -186,11 +186,15 @@ def test_resolution_of_the_oracle_chain(small_events) -> None:
         assert 0.85 < out[f"{name}_pull_by_true_pt"]["1-3"] < 1.25, name
 
 
-def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
+@pytest.mark.parametrize("field", [2.0, -2.0])
+def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det, field) -> None:
     """Helices from a vertex 2 mm off the axis, hits without material or smearing, the beam
     line at (0.5, -0.5) mm: the truth d0 and z0 (a helix's perigee to it) are the fitted
-    ones, from 0.5 GeV to 3 TeV (a circle kilometres wide: float32 would miss by 0.1 mm)."""
-    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    ones, from 0.5 GeV to 3 TeV (a circle kilometres wide: float32 would miss by 0.1 mm), in
+    either sense of the field; and d0 is signed by the geometry alone (ATLAS, ACTS): for
+    these nearly straight tracks -x sin(phi) + y cos(phi) of the vertex from the beam line
+    (in -B_z the truth and the fit both had the opposite sign)."""
+    ideal = replace(det, x0=np.full(len(det), 1e-12), bfield=field)
     rng = np.random.default_rng(13)
     n, vertex, beam = 200, (1.6, -1.2, 5.0), (0.5, -0.5)
     pt, phi = np.exp(rng.uniform(np.log(0.5), np.log(3000), n)), rng.uniform(-np.pi, np.pi, n)
@@ -218,6 +222,11 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det) -> None:
     assert np.abs(truth["d0"]).max() > 1.0  # displaced enough to matter
     assert np.allclose(fitted["d0"], truth["d0"], atol=2e-3)
     assert np.allclose(fitted["z0"], truth["z0"], atol=2e-3)
+    stiff = pt[who] > 500  # the perigee within 1e-5 mm of the vertex's projection
+    assert stiff.sum() > 10
+    rx, ry = vertex[0] - beam[0], vertex[1] - beam[1]
+    straight = -rx * np.sin(phi[who]) + ry * np.cos(phi[who])
+    assert np.allclose(truth["d0"][stiff], straight[stiff], atol=1e-4)
     assert np.array_equal(truth["q"], q[who]) and np.allclose(truth["pt"], pt[who], rtol=1e-6)
     assert np.isnan(Evaluation(beam_line=beam).perigee_truth(particles, who + 1)["d0"]).all()
     at_rest = metrics_event([1], {1: (0.0, 0.0, 1)})  # no helix: NaN, not a warning

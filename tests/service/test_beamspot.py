@@ -4,10 +4,15 @@ event."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service.beamspot import D0_MAX_MM, BeamSpotWindow
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate
 
 
 def _tracks_from(x: float, y: float, n: int, rng: np.random.Generator) -> tuple:
@@ -72,3 +77,20 @@ def test_tracks_with_non_finite_parameters_are_left_out() -> None:
     assert spot.tracks == 1000
     assert spot.x == pytest.approx(0.4, abs=0.01) and spot.y == pytest.approx(-0.25, abs=0.01)
     assert np.isfinite(spot.z) and np.isfinite(spot.z_width)
+
+
+@pytest.mark.parametrize("field_sign", [1, -1])
+def test_the_window_finds_the_collisions_from_fitted_tracks_in_either_field(det, field_sign):
+    """The window's d0 = -x sin(phi) + y cos(phi) is the fit's, in either sense of the field:
+    tracks reconstructed from collisions at (0.8, -0.5) mm put the beam spot there (in -B_z
+    the fit's d0 had the opposite sign, and the window put it at (-0.8, 0.5))."""
+    d = replace(det, bfield=field_sign * det.bfield)
+    cfg = SimConfig(generator=GeneratorConfig(mu=20, beam_spot=(0.8, -0.5, 0.0)))
+    events = list(simulate(d, cfg, seed=3, n_events=3))
+    window = BeamSpotWindow()
+    for k, tracks in enumerate(Reconstructor.oracle(detector=d).reconstruct(events).tracks):
+        p = tracks.params
+        window.add(p["d0"], p["z0"], p["phi"], np.full(len(tracks), k))
+    spot = window.estimate()
+    assert spot.tracks > 500
+    assert spot.x == pytest.approx(0.8, abs=0.1) and spot.y == pytest.approx(-0.5, abs=0.1)
