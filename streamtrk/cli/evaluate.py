@@ -193,8 +193,8 @@ def _headline(report: dict[str, Any]) -> str:
 
     from streamtrk.eval.evaluate import wilson_interval
 
-    def known(key: str) -> bool:  # NaN (null in the JSON): nothing to score it on
-        return report[key] is not None and math.isfinite(report[key])
+    def known(key: str) -> bool:  # NaN (null in the JSON), or absent: nothing to score it on
+        return report.get(key) is not None and math.isfinite(report[key])
 
     parts = [f"{report['events']} events, {report['seconds_per_event']:.3g} s an event"]
     if known("tracking_efficiency"):

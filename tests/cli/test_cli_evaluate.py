@@ -65,6 +65,23 @@ def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, c
             assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_of_events_none_with_truth_reports_and_headlines(tmp_path, capsys):
+    """No event with truth (a tap of the detector, TrackML hits alone): the report has no
+    physics keys, and the headline leaves them out (it failed on them: a traceback, and
+    neither the report file nor the submission written)."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    event = next(iter_events(tmp_path / "e.stk"))
+    with RecordingWriter(tmp_path / "bare.stk") as w:
+        w.write_event(replace(event, truth=None))
+    report, sub = tmp_path / "r.json", tmp_path / "sub.csv"
+    args = ["evaluate", str(tmp_path / "bare.stk"), "-q", "--report", str(report)]
+    assert main([*args, "--submission", str(sub)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(report.read_text()) == json.loads(out)
+    assert json.loads(out)["events_with_truth"] == 0 and sub.exists()
+    assert "streamtrk evaluate: 1 events, " in err and "efficiency" not in err
+
+
 def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
     assert main(["export-trackml", str(tmp_path / "e.stk"), "-o", str(tmp_path / "csv")]) == 0
