@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtrk.cli.common import subcommand
+from streamtrk.cli.common import check_outputs, subcommand
 
 
 def _export_arguments(s: argparse.ArgumentParser) -> None:
@@ -25,6 +25,7 @@ def _export_arguments(s: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     from streamtrk.recon.onnx_export import export_model_dir
 
+    check_outputs(args.output)  # before the export's seconds of work
     path = export_model_dir(args.onnx, args.output)
     print(f"wrote {path} ({path.stat().st_size} bytes): ONNX edge classifier of {args.onnx}")
     return 0

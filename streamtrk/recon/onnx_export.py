@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from streamtrk.io.paths import write_whole
 from streamtrk.recon.gnn import InteractionNetwork
 
 INPUTS = ("x", "edge_index", "edge_attr")
@@ -56,8 +57,8 @@ def export_onnx(
     finally:
         registration.setLevel(level)
     program.model.metadata_props.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=False)
+    # Whole or not at all: a full disk or Ctrl-C leaves no graph cut short.
+    write_whole(path, lambda f: f.write(program.model_proto.SerializeToString()))
     return path
 
 

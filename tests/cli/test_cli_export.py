@@ -10,3 +10,27 @@ def test_onnx_export_prints_one_line(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1 and out.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}")
     assert out.stderr == ""
+
+
+def test_onnx_export_checks_its_output_first_and_writes_it_whole(tmp_path):
+    """An output the export cannot write is refused before the export's seconds of work,
+    in words (it failed after them with "[Errno 17] File exists"); one a full disk refuses
+    (here past the process's file size limit, EFBIG, as ENOSPC) leaves no file cut short."""
+    import resource
+
+    model = str(default_model_path())
+    (tmp_path / "file").write_text("")
+    out = _run("export", "--onnx", model, "-o", str(tmp_path / "file" / "m.onnx"))
+    assert out.returncode == 1
+    assert out.stderr == (
+        f"streamtrk export: error: cannot write {tmp_path / 'file' / 'm.onnx'}: "
+        f"{tmp_path / 'file'} is a file, not a folder\n"
+    )
+
+    def small_files() -> None:  # the model is 400 kB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    onnx = tmp_path / "m.onnx"
+    out = _run("export", "--onnx", model, "-o", str(onnx), preexec_fn=small_files)
+    assert out.returncode == 1 and f"cannot write {onnx}: File too large" in out.stderr
+    assert not list(tmp_path.glob("m.onnx*"))
