@@ -10,6 +10,7 @@ from pathlib import Path
 
 from streamtrk.cli.common import (
     beam_spot_xyz,
+    check_outputs,
     compact_argument,
     list_argument,
     noisy_layer,
@@ -114,6 +115,7 @@ def _simulate(args: argparse.Namespace) -> int:
         noisy_layers=tuple(args.noisy_layer),
     )
     det = load_detector(args.detector)
+    check_outputs(args.output, folder=args.trackml_dir)  # before the events are made
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     replaced = 0
     with (
@@ -162,6 +164,7 @@ def _import_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import new_recording
     from streamtrk.io.trackml import iter_events, kinematics_unknown
 
+    check_outputs(args.output)
     n = 0
     with new_recording(args.output) as rec:  # the file there stays if this fails
         for ev in tqdm(
@@ -251,6 +254,7 @@ def _export_trackml(args: argparse.Namespace) -> int:
 
     written: dict[int, tuple[int, bytes]] = {}  # event number -> run, hits digest
     repeats = replaced = 0
+    check_outputs(folder=args.output)
     with new_events(args.output) as write:  # all events or, on an error, none
         for ev in iter_events(args.recording):
             this, seen = (ev.run, ev.hits.digest()), written.get(ev.event)

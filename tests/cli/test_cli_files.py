@@ -255,6 +255,37 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert not (tmp_path / "x.stk").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["simulate", "-q", "-o", "{folder}"], "{folder} is a folder, not a file"),
+        (
+            ["simulate", "-q", "-o", "{file}/x.stk"],
+            "cannot write {file}/x.stk: {file} is a file, not a folder",
+        ),
+        (
+            ["simulate", "-q", "-o", "{new}", "--trackml-dir", "{file}"],
+            "{file} is a file, not a folder",
+        ),
+        (["import-trackml", "-q", "{csv}", "-o", "{folder}"], "{folder} is a folder, not a file"),
+        (["export-trackml", "{run}", "-o", "{file}"], "{file} is a file, not a folder"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_named_before_the_work(tmp_path, capsys, command, said):
+    """Refused before the events are made or read, in words: they failed after the work,
+    with "[Errno 17] File exists", or "[Errno 21] Is a directory" naming the partial file."""
+    run = tmp_path / "run.stk"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run), "--trackml-dir",
+          str(tmp_path / "csv")])  # fmt: skip
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    names = {k: str(tmp_path / k) for k in ("folder", "file", "new", "csv")} | {"run": str(run)}
+    before = sorted(tmp_path.rglob("*"))
+    assert main([a.format(**names) for a in command]) == 1
+    assert capsys.readouterr().err.endswith(f"error: {said.format(**names)}\n")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
     kept = tmp_path / "kept.stk"
     assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(kept)]) == 0
