@@ -18,6 +18,7 @@ stays as short as the original files. Output is deterministic (gzip with mtime 0
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -438,9 +439,11 @@ def new_events(directory: str | Path) -> Iterator[Callable[[Event], bool]]:
     """A writer of events (as :func:`write_event`) into ``directory`` whose files only take
     their place there once the block ends without an error: until then they go to a hidden
     ``.partial-*`` folder in it, removed on an error (or Ctrl-C), so that a failed run leaves
-    ``directory`` as it was. Each event then replaces the files of its number there; the
-    writer says whether there were any."""
+    ``directory`` as it was (or absent: the folders made for it are removed when empty).
+    Each event then replaces the files of its number there; the writer says whether there
+    were any."""
     directory = Path(directory)
+    made = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
     numbers: set[int] = set()
@@ -450,6 +453,7 @@ def new_events(directory: str | Path) -> Iterator[Callable[[Event], bool]]:
         numbers.add(event.event)
         return bool(event_files(directory, event.event))
 
+    done = False
     try:
         yield write
         for number in sorted(numbers):
@@ -457,8 +461,12 @@ def new_events(directory: str | Path) -> Iterator[Callable[[Event], bool]]:
             for path in moved:
                 os.replace(staging / path.name, path)
             _remove_others(directory, number, moved)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made if not done else ():
+            with contextlib.suppress(OSError):  # not empty: events moved in before the error
+                folder.rmdir()
 
 
 def _remove_others(directory: Path, event_number: int, kept: Sequence[Path]) -> None:

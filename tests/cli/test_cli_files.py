@@ -178,7 +178,7 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
     assert main(["export-trackml", str(tmp_path / "runs.stk"), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"event number {first.event} occurs in run {first.run} and run {first.run + 1}" in err
-    assert not any(out.iterdir())  # all events or none: not the first one alone
+    assert not out.exists()  # all events or none: not the first one alone
     with RecordingWriter(tmp_path / "twice.stk") as w:
         w.write_event(first)
         w.write_event(first)
@@ -200,7 +200,7 @@ def test_two_events_of_one_run_and_number_are_refused_not_merged(tmp_path, capsy
     assert main(["export-trackml", str(joined), "-o", str(out)]) == 1
     where = f"event number {first.event} occurs in run {first.run} twice, with other hits"
     assert where in capsys.readouterr().err
-    assert not any(out.iterdir())
+    assert not out.exists()
     submission = tmp_path / "s.csv"
     assert main(["evaluate", str(joined), "--oracle", "-q", "--submission", str(submission)]) == 1
     err = capsys.readouterr().err
@@ -213,6 +213,7 @@ def test_export_trackml_of_no_events_is_an_error(tmp_path, capsys):
     RecordingWriter(empty).close()
     assert main(["export-trackml", str(empty), "-o", str(tmp_path / "out")]) == 1
     assert f"streamtrk export-trackml: error: no events in {empty}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no folder made for nothing
 
 
 def test_export_trackml_again_replaces_the_event_files_and_says_so(tmp_path, capsys):

@@ -394,6 +394,19 @@ def test_new_events_take_their_place_whole_or_not_at_all(tmp_path):
     ]  # fmt: skip
 
 
+def test_new_events_that_fail_leave_no_folder_they_made(tmp_path):
+    """A block that fails (an export of no events, Ctrl-C) leaves no new folder behind
+    (it left an empty one, and the folders made above it); one that was there stays."""
+    with pytest.raises(KeyboardInterrupt), new_events(tmp_path / "a" / "b") as write:
+        write(synthetic_event())
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ValueError), new_events(tmp_path / "a" / "b"):
+        raise ValueError("no events")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "a"]
+
+
 def test_an_event_named_twice_in_a_folder_or_past_2_63_is_refused(tmp_path):
     """``event1`` and ``event000000001`` are one event number: read as two events of it, they
     would be scored and submitted as one. Event numbers are int64s, as on the wire."""
