@@ -287,6 +287,18 @@ def test_an_output_that_cannot_be_written_is_named_before_the_work(tmp_path, cap
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("run", ["-1", str(2**63)])
+def test_import_trackml_refuses_a_run_number_out_of_range_in_words(tmp_path, capsys, run):
+    """Said as the option's fault, before the events are read (it was the wire's
+    "bad_header: run must be an int in [0, 2**63)", at the first event written)."""
+    _simulate(tmp_path)
+    out = tmp_path / "x.stk"
+    assert main(["import-trackml", str(tmp_path / "csv"), "--run", run, "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"streamtrk import-trackml: error: --run must be 0 to 2**63 - 1, got {run}\n"
+    assert not out.exists()
+
+
 def test_a_failed_import_leaves_the_recording_there(tmp_path, capsys):
     kept = tmp_path / "kept.stk"
     assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(kept)]) == 0
