@@ -60,7 +60,7 @@ class Budget:
             self.candidates_per_hit * factor,
             self.edges_per_hit * factor,
             self.triplets_per_hit * factor,
-            round(self.allowance * factor),
+            round(min(self.allowance * factor, _MOST)),  # a huge factor: no limit, not inf
         )
 
     def __post_init__(self) -> None:
@@ -68,6 +68,9 @@ class Budget:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value >= 0):  # NaN fails too
                 raise ValueError(f"Budget.{name} must be a number >= 0, got {value!r}")
+
+
+_MOST = 2**63 - 1  # the largest allowance: more than any count (int64)
 
 
 class EventTooDense(ValueError):

@@ -169,6 +169,14 @@ def test_scaling_a_budget_scales_the_per_hit_limits_and_the_allowance() -> None:
     assert Budget().scaled(2) == Budget(800, 128, 400, 1_000_000)
 
 
+def test_a_budget_scaled_past_the_floats_limits_nothing() -> None:
+    """``--budget-scale 1e308`` (finite, as the option asks): the allowance overflowed to
+    infinity and ``round`` raised OverflowError, a traceback from evaluate and serve."""
+    budget = Budget().scaled(1e308)
+    assert budget.allowance == 2**63 - 1  # more than any count
+    assert enforce("doublets", np.array([2**62]), np.array([10]), 2.0, budget).tolist() == [2**62]
+
+
 def test_a_count_at_the_limit_passes_and_one_more_is_refused() -> None:
     budget = Budget(edges_per_hit=2.0, allowance=10)  # 10 hits: limit 2 * 10 + 10 = 30
     assert enforce("doublets", np.array([30]), np.array([10]), 2.0, budget).tolist() == [30]
