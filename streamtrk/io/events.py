@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -21,7 +22,7 @@ def read_events(path: str | Path, limit: int | None = None) -> Iterator[Event]:
         from streamtrk.io import trackml
 
         events = trackml.iter_events(path)
-    return islice(events, limit)
+    return islice(events, limit if limit is None else min(limit, sys.maxsize))  # islice's most
 
 
 def _starts_as_recording(path: Path) -> bool:

@@ -18,3 +18,13 @@ def test_a_recording_is_read_as_one_whatever_its_name(tmp_path: Path) -> None:
         w.write_event(Event(1, 5, hits))
     assert [e.event for e in read_events(path)] == [5]
     assert [e.event for e in read_events(path, limit=0)] == []
+
+
+def test_a_limit_past_any_count_of_events_reads_them_all(tmp_path: Path) -> None:
+    """``evaluate --events 99999999999999999999``: islice refused it ("Stop argument for
+    islice() must be None or an integer: 0 <= x <= sys.maxsize"), no words of the option."""
+    hits = Hits(**{k: np.arange(3).astype(dt) for k, dt in Hits.DTYPES.items()})
+    path = tmp_path / "run.stk"
+    with RecordingWriter(path) as w:
+        w.write_event(Event(1, 5, hits))
+    assert [e.event for e in read_events(path, limit=10**20)] == [5]
