@@ -176,7 +176,15 @@ def write_report(path: Path, text: str) -> None:
 
 def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
     """The output files (and folder of plots) given, checked before the work that fills
-    them: a path that cannot be written fails now, not with the results."""
+    them: a path that cannot be written fails now, not with the results, as does one
+    given for two outputs (the second would replace the first)."""
+    seen: set[Path] = set()
+    for given in (p for p in (*files, folder) if p is not None):
+        if given.exists() and not given.is_file() and not given.is_dir():
+            continue  # /dev/null, /dev/stdout: written in place, by any number of outputs
+        if (whole := given.resolve()) in seen:
+            raise ValueError(f"{given} is given for two outputs: each needs its own")
+        seen.add(whole)
     for path in files:
         if path is not None:
             check_writable(path)

@@ -1,10 +1,13 @@
-"""What the commands share: the stop on signals."""
+"""What the commands share: the stop on signals, the check of output files."""
 
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from streamtrk.cli.common import stop_on_signals
+import pytest
+
+from streamtrk.cli.common import check_outputs, stop_on_signals
 
 
 def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
@@ -37,3 +40,14 @@ def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
     thread.join(10)
     assert not thread.is_alive(), f"the handler waits for itself, nested at {nested}"
     assert stop.is_set() and nested
+
+
+def test_two_outputs_named_alike_are_refused_before_the_work(tmp_path) -> None:
+    """``evaluate --report x --submission x``: the submission replaced the report, or (with
+    ``--plots x``) the folder failed after the work."""
+    x = tmp_path / "x"
+    for files, folder in (((x, None, tmp_path / "." / "x"), None), ((x,), x)):
+        with pytest.raises(ValueError, match=f"{tmp_path}/(./)?x is given for two outputs"):
+            check_outputs(*files, folder=folder)
+    check_outputs(x, None, tmp_path / "y", folder=tmp_path / "z")
+    check_outputs(Path("/dev/null"), Path("/dev/null"))  # written in place, not replaced
