@@ -307,6 +307,8 @@ def event_prefixes(directory: str | Path) -> list[Path]:
 def iter_events(path: str | Path, *, run: int = 0, truth: bool = True) -> Iterator[Event]:
     """Events of a directory (sorted by event number) or of a single event prefix; without
     ``truth``, their hits alone (as :func:`read_event`)."""
+    if str(path).endswith(("/", os.sep)) and not Path(path).is_dir():  # not read as a prefix
+        raise FileNotFoundError(f"no folder {path}")
     path = Path(path)
     prefixes = event_prefixes(path) if path.is_dir() else [path]
     if not prefixes:

@@ -809,3 +809,12 @@ def test_empty_submission_and_track_parameters_are_a_header(tmp_path) -> None:
     assert read_submission(tmp_path / "s.csv") == {}
     write_track_parameters(tmp_path / "t.csv", {})
     assert (tmp_path / "t.csv").read_text().splitlines()[1:] == []
+
+
+def test_a_missing_folder_is_said_to_be_missing(tmp_path) -> None:
+    """``evaluate run7/`` where there is no ``run7``: it read as an event prefix, "no
+    run7-hits.csv[.gz] in ..."."""
+    with pytest.raises(FileNotFoundError, match=f"^no folder {tmp_path}/run7/$"):
+        next(iter_events(f"{tmp_path}/run7/"))
+    with pytest.raises(FileNotFoundError, match=r"no event1-hits\.csv"):
+        next(iter_events(tmp_path / "event1"))  # a prefix: its files are looked for
