@@ -29,12 +29,17 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
     "the daemon with SIGTERM.",
 )
 def _demo(args: argparse.Namespace) -> int:
+    import math
     import subprocess
     import tempfile
 
     from streamtrk.cli import main  # here: the package, main's module, imports this one
     from streamtrk.client import terminate, wait_listening, wait_ready
 
+    if args.events < 1:  # checked before a daemon is started for them
+        raise ValueError(f"--events must be at least 1, got {args.events}")
+    if not (math.isfinite(args.ready_timeout) and args.ready_timeout > 0):
+        raise ValueError(f"--ready-timeout must be a finite number > 0, got {args.ready_timeout}")
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
         run, log_path = str(Path(tmp) / "demo.stk"), Path(tmp) / "daemon.log"
         print(f"simulating {args.events} events at mu={args.mu:g} -> {run} (compact)", flush=True)

@@ -1,0 +1,22 @@
+"""``streamtrk demo``: its options, checked before it simulates and starts a daemon (the
+run itself: tests/service/test_demo.py)."""
+
+import pytest
+
+from streamtrk.cli import main
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--events", "0"], "--events must be at least 1, got 0"),  # replayed nothing, exit 1
+        (["--ready-timeout", "0"], "--ready-timeout must be a finite number > 0, got 0.0"),
+        (["--ready-timeout", "nan"], "--ready-timeout must be a finite number > 0, got nan"),
+    ],
+)
+def test_demo_refuses_settings_out_of_range_before_its_work(capsys, flags, said) -> None:
+    """They were taken: a daemon started, then "did not become ready" (a timeout of 0, or
+    NaN), or a run of no events simulated and refused by the replay."""
+    assert main(["demo", *flags]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"streamtrk demo: error: {said}\n"
