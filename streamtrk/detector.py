@@ -201,6 +201,22 @@ def _check_row(row: dict[str, Any], envelope_r: float, envelope_z: float) -> Non
             raise ValueError(f"detector file: {where} {name} must be {rule}, got {value}")
 
 
+# The keys of the detector file's tables: others (a typo) are refused, not ignored.
+_HEADER_KEYS = {"name", "version", "bfield_tesla", "envelope_r", "envelope_z", "volumes"}
+_VOLUME_KEYS = {"id", "name", "kind", "resolution", "inefficiency", "x0", "layers"}
+_ENDCAP_KEYS = {"r_min", "r_max", "rings"}  # of an endcap volume, besides _VOLUME_KEYS
+_LAYER_KEYS = {"id", "x0", "r", "half_length", "n_phi", "n_z"}  # of a barrel's layer
+_DISK_KEYS = {"id", "x0", "z"}  # of an endcap's layer
+
+
+def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    if unknown := sorted(set(table) - known):
+        raise ValueError(
+            f"detector file: {where} has unknown keys {', '.join(unknown)} (known: "
+            f"{', '.join(sorted(known))})"
+        )
+
+
 def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
     """The detector table's rows of one volume's layers (the values a layer's kind lacks:
     NaN or 0)."""
@@ -217,6 +233,7 @@ def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
             f"detector file: {where} kind must be barrel or endcap, got {vol.get('kind')!r}"
         )
     kind = kinds[vol["kind"]]
+    _known_keys(vol, _VOLUME_KEYS | (_ENDCAP_KEYS if kind == ENDCAP else set()), where)
     resolution = vol.get("resolution")
     if not (isinstance(resolution, list) and len(resolution) == 2):
         raise ValueError(
@@ -233,6 +250,7 @@ def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
         raise ValueError(f"detector file: {where} layers must be a list of tables, got {bad!r}")
     for lay in layers:
         where = f"volume {vid} layer {lay.get('id')}"
+        _known_keys(lay, _LAYER_KEYS if kind == BARREL else _DISK_KEYS, where)
         x0 = _float(vol, "x0", where, 0.0)
         row = {
             "volume_id": vid,
@@ -271,6 +289,7 @@ def _volume_rows(vol: dict[str, Any]) -> list[dict[str, Any]]:
 
 def parse_detector(doc: dict[str, Any]) -> Detector:
     """Build a :class:`Detector` from a parsed TOML document."""
+    _known_keys(doc, _HEADER_KEYS, "the header")
     envelope_r = _float(doc, "envelope_r", "the header")
     envelope_z = _float(doc, "envelope_z", "the header")
     for name, value in (("envelope_r", envelope_r), ("envelope_z", envelope_z)):

@@ -184,6 +184,12 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
         (_set("volumes.3.rings", [0, 48]), "rings must be module counts >= 1, one at least"),
         (_set("volumes.3.r_min", 300.0), "volume 7 layer 2 r_max must be finite and above r_min"),
         (_set("volumes.3.layers.0.z", -3000.0), "layer 2 z must be within \\+-envelope_z"),
+        # Typos, which loaded as the key's default (no inefficiency) or not at all.
+        (_set("bfield", 4.0), "the header has unknown keys bfield \\(known: bfield_tesla, "),
+        (_set("volumes.0.inefficency", 0.5), "volume 8 has unknown keys inefficency \\(known: "),
+        (_set("volumes.0.rings", [3]), "volume 8 has unknown keys rings"),  # a barrel's
+        (_set("volumes.0.layers.0.nphi", 3), "volume 8 layer 2 has unknown keys nphi \\(known"),
+        (_set("volumes.3.layers.0.r", 3.0), "volume 7 layer 2 has unknown keys r \\(known"),
     ],
 )
 def test_a_detector_file_with_values_out_of_range_is_refused(
