@@ -342,7 +342,10 @@ def load_detector(path: str | Path | None = None) -> Detector:
     if path is None:
         text = resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text()
     else:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:  # a recording given for it: name the file
+            raise ValueError(f"invalid detector file {path}: not UTF-8 text ({exc})") from None
     try:
         return parse_detector(tomllib.loads(text))
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:

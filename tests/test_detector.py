@@ -202,3 +202,12 @@ def test_a_detector_file_with_values_out_of_range_is_refused(
     change(doc)
     with pytest.raises(ValueError, match=f"detector file: .*{match}"):
         parse_detector(doc)
+
+
+def test_a_detector_file_that_is_no_text_is_named(tmp_path) -> None:
+    """A recording given as ``--detector``: it failed with the codec's words alone ("'utf-8'
+    codec can't decode byte ..."), no file named."""
+    path = tmp_path / "run.stk"
+    path.write_bytes(b"STKREC\x00\x01\xa6\xff")
+    with pytest.raises(ValueError, match=f"^invalid detector file {path}: not UTF-8 text"):
+        load_detector(path)
