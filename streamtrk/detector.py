@@ -25,6 +25,7 @@ GEV_PER_TESLA_MM = 0.299792458e-3
 PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering assumption
 DEFAULT_DETECTOR = "trackml_detector.toml"
 MAX_ID = 1000  # volume and layer ids are below it: Detector.layer_lut has a cell per id pair
+MAX_MODULES = 2**31 - 1  # of a layer: module ids (from 1) are the hits' int32 module_id
 
 
 def layer_keys(lut: Any, volume_id: Any, layer_id: Any) -> Any:
@@ -173,6 +174,7 @@ def _check_row(row: dict[str, Any], envelope_r: float, envelope_z: float) -> Non
     """ValueError naming the first value of a layer-table row out of its range (a NaN fails
     every comparison: it is refused too)."""
     res = [row["res_a"], row["res_b"]]
+    _most = f"at most {MAX_MODULES}"
     checks: list[tuple[str, Any, bool, str]] = [
         ("id", row["layer_id"], 0 <= row["layer_id"] < MAX_ID, f">= 0 and below {MAX_ID}"),
         ("resolution", res, all(0 <= v < math.inf for v in res), "two finite numbers >= 0"),
@@ -186,6 +188,7 @@ def _check_row(row: dict[str, Any], envelope_r: float, envelope_z: float) -> Non
             ("half_length", hl, 0 < hl < math.inf, "a finite number > 0"),
             ("n_phi", row["n_phi"], row["n_phi"] >= 1, ">= 1"),
             ("n_z", row["n_z"], row["n_z"] >= 1, ">= 1"),
+            ("modules (n_phi x n_z)", n := row["n_phi"] * row["n_z"], n <= MAX_MODULES, _most),
         ]
     else:
         z, r_min, r_max, rings = row["z"], row["r_min"], row["r_max"], row["rings"]
@@ -194,6 +197,7 @@ def _check_row(row: dict[str, Any], envelope_r: float, envelope_z: float) -> Non
             ("r_min", r_min, r_min >= 0, ">= 0"),
             ("r_max", r_max, r_min < r_max < math.inf, "finite and above r_min"),
             ("rings", list(rings), min(rings, default=0) >= 1, "module counts >= 1, one at least"),
+            ("modules (sum of rings)", n := sum(rings), n <= MAX_MODULES, _most),
         ]
     for name, value, ok, rule in checks:
         if not ok:

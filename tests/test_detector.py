@@ -184,6 +184,10 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
         (_set("volumes.3.rings", [0, 48]), "rings must be module counts >= 1, one at least"),
         (_set("volumes.3.r_min", 300.0), "volume 7 layer 2 r_max must be finite and above r_min"),
         (_set("volumes.3.layers.0.z", -3000.0), "layer 2 z must be within \\+-envelope_z"),
+        # Module ids past int32 (the hits' module_id): simulated as negative, then refused
+        # by the recording's writer ("column 'module_id' has negative values").
+        (_set("volumes.0.layers.0.n_phi", 2**31), "layer 2 modules \\(n_phi x n_z\\) must be"),
+        (_set("volumes.3.rings", [2**30, 2**30]), "layer 2 modules \\(sum of rings\\) must"),
         # Typos, which loaded as the key's default (no inefficiency) or not at all.
         (_set("bfield", 4.0), "the header has unknown keys bfield \\(known: bfield_tesla, "),
         (_set("volumes.0.inefficency", 0.5), "volume 8 has unknown keys inefficency \\(known: "),
