@@ -338,6 +338,10 @@ def endpoint_problem(value: str, bind: bool = True) -> str | None:
         colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
     ):
         return "must be tcp://HOST:PORT, PORT a number (or * to bind a free one)"
+    address = host.rpartition(";")[2]  # after a source address (tcp://SOURCE;HOST:PORT)
+    bracketed = address.startswith("[") and address.endswith("]")
+    if scheme == "tcp" and ":" in address and not bracketed:
+        return "must put an IPv6 address in brackets, such as tcp://[::1]:5555"
     if scheme == "tcp" and not bind and "*" in (host, port):
         return "must name the host and port to connect to (* is for binding)"
     return None

@@ -141,6 +141,9 @@ def test_cross_checks_see_the_final_values() -> None:
         ("", {"STREAMTRK_INPUT": "tcp://127.0.0.1"}, r"input must be tcp://HOST:PORT"),
         ('output = "tcp://localhost:notaport"', {}, r"output must be tcp://HOST:PORT"),
         ('output = "tcp://127.0.0.1:70000"', {}, r"output must be tcp://HOST:PORT"),
+        # An IPv6 address without brackets: bound, "No such device"; connected, never there.
+        ('input = "tcp://::1:5555"', {}, r"input must put an IPv6 address in brackets"),
+        ("", {"STREAMTRK_OUTPUT": "tcp://fe80::1%eth0:5556"}, r"output must put an IPv6"),
         ("", {"STREAMTRK_THRESHOLD": "1.5"}, r"threshold must lie in \[0, 1\)"),
         ("", {"STREAMTRK_DEADLINE_MS": "-1"}, r"deadline_ms must be a finite number > 0"),
         ('engine = "trt"', {}, r"engine must be one of auto, eager, compile, tensorrt"),
