@@ -31,7 +31,11 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     )
     src = s.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
-    src.add_argument("--oracle", action="store_true", help="edge scores from truth")
+    src.add_argument(
+        "--oracle",
+        action="store_true",
+        help="edge scores from truth (no --threshold, --engine or --precision: no model)",
+    )
     s.add_argument("--threshold", type=float, help="edge-score threshold (default: the model's)")
     s.add_argument(
         "--device", default="cpu", choices=DEVICES, help="where the chain runs (default cpu)"
@@ -126,6 +130,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    model_settings = (
+        ("--threshold", args.threshold is not None),
+        ("--engine", args.engine != "eager"),
+        ("--precision", args.precision != "fp32"),
+    )
+    for flag, given in model_settings if args.oracle else ():
+        if given:
+            raise ValueError(
+                f"{flag} is a setting of a model's chain: --oracle scores edges from truth"
+            )
     check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
     threads = set_torch_threads(args.torch_threads)
     rec, scorer = _reconstructor(args)

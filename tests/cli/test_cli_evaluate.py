@@ -190,6 +190,21 @@ def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message
     assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags", [["--threshold", "0.7"], ["--engine", "compile"], ["--precision", "bf16"]]
+)
+def test_evaluate_refuses_model_settings_with_the_oracle(tmp_path, capsys, flags):
+    """The oracle's scores come from truth: a threshold, engine or precision for it would be
+    taken silently and change nothing, as if the run had measured them."""
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 1
+    assert (
+        f"streamtrk evaluate: error: {flags[0]} is a setting of a model's chain: --oracle "
+        "scores edges from truth" in capsys.readouterr().err
+    )
+
+
 def test_evaluate_with_an_engine_that_cannot_run_here_is_one_line(tmp_path, capsys):
     if not cuda_unavailable():
         pytest.skip("a GPU here: engine=tensorrt may run")
