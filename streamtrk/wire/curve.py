@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 import zmq.auth
+from zmq.utils.z85 import Z85CHARS
 
 # A handshake refused by the peer, by its monitor event: the cause named in metrics and
 # messages (a CURVE key not allowed; no common mechanism, as CURVE on one side only).
@@ -105,16 +106,10 @@ def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
         raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
 
 
-# The characters of a Z85 key (ZeroMQ RFC 32), as certificate files hold them.
-_Z85 = frozenset(
-    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
-)
-
-
 def _checked(path: str | Path, field: str, key: bytes) -> bytes:
     """``key`` where it is one libzmq takes (40 Z85 characters); else a CurveError naming
     the file (libzmq would say only "Invalid argument")."""
-    if len(key) != 40 or not set(key) <= _Z85:
+    if len(key) != 40 or not set(key) <= set(Z85CHARS):  # ZeroMQ RFC 32's alphabet
         raise CurveError(f"{path}: its {field} is not a CURVE key (40 Z85 characters)")
     return key
 
