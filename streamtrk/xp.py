@@ -159,7 +159,7 @@ def _atomic_min_kernel() -> Any:
     import cupy
 
     return cupy.ElementwiseKernel(
-        "S i, T v", "raw T target", "atomicMin(&target[i], v)", "streamtrk_scatter_min"
+        "S index, T v", "raw T target", "atomicMin(&target[index], v)", "streamtrk_scatter_min"
     )
 
 
