@@ -29,6 +29,9 @@ RUNS = {
     "batch_cpu": (["--mu", "5", "--events", "1"], False),
     "physics_overhead": (["--events", "1", "--mu", "5", "--repeats", "1"], True),
     "precision_parity": (["--events", "1", "--mu", "5"], True),
+    "chain_profile": (["--device", "cpu", "--mu", "5", "--events", "1", "--batches", "1",
+                       "--repeats", "1", "--kernel-repeats", "1", "--workers", "1",
+                       "--out", "{tmp}"], True),
     "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "2",
                    "--transfers", "1"], True),
 }  # fmt: skip
