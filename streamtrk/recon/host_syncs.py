@@ -19,6 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+#: What torch's synchronisation debug mode warns (c10's ``warn_or_error_on_sync``). Only it
+#: is counted: the first device run counted another warning naming a synchronisation as
+#: torch's when CuPy alone had copied.
+TORCH_SYNC_WARNING = "called a synchronizing CUDA operation"
+
 
 @dataclass
 class HostSyncs:
@@ -87,6 +92,6 @@ def count_host_syncs() -> Iterator[HostSyncs]:
             finally:
                 torch.cuda.set_sync_debug_mode(old_mode)
                 counts.cupy = declared[0]
-                counts.torch = sum("synchroniz" in str(w.message) for w in caught)
+                counts.torch = sum(TORCH_SYNC_WARNING in str(w.message) for w in caught)
     finally:
         syncdetect._declare_synchronize = original

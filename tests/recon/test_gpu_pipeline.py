@@ -165,7 +165,11 @@ def test_bf16_keeps_tracking_efficiency(recs, mu200_events) -> None:
     print(r)
     # Parity by the bulk of the scores and the decisions, not the single worst edge (a CPU
     # bf16 run already reached a 0.21 maximum difference while flipping 0.008% of them).
-    assert r["edges"] > 0 and r["score_abs_diff_p99"] < 0.01
+    # CUDA's bf16 matrix products round more than the CPU's autocast: on an H200 the p99
+    # difference was 0.017 (3 events; 0.018 on 8), 0.06% of the decisions flipped, the
+    # efficiency unchanged (2026-12-04, bench/RESULTS.md); a broken bf16 path (overflow, a
+    # wrong cast) moves far more than 0.05.
+    assert r["edges"] > 0 and r["score_abs_diff_p99"] < 0.05
     assert r["edge_decisions_flipped_fraction"] < 1e-3
     if shipped:  # the parity target; a random network's physics means nothing
         assert abs(r["tracking_efficiency_change"]) <= 0.002, r
