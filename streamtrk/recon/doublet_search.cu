@@ -1,6 +1,8 @@
-// The candidate search of graph construction (streamtrk/recon/graph.py) as two kernels,
-// one thread per (inner hit, layer pair) query: doublet_count counts each query's edges,
-// doublet_fill writes them from the exclusive prefix sum of the counts. A query visits its
+// The candidate search of graph construction (streamtrk/recon/graph.py) as kernels, one
+// thread per (inner hit, layer pair) query: doublet_candidates counts each query's
+// candidates (the slots of its bins, for the work budget, before any is searched),
+// doublet_count its edges, doublet_fill writes them from the exclusive prefix sum of the
+// counts. A query visits its
 // bins [b_lo, b_hi] of the outer layer and, in each, the slots of its phi window; the cuts
 // and the features are those of CandidateSearch.run, operation by operation in double
 // precision (compile with --fmad=false: no fused multiply-adds, so every decision is
@@ -68,6 +70,17 @@ __device__ long long search(long long q, SEARCH_PARAMS, long long out_start, lon
         }
     }
     return n;
+}
+
+extern "C" __global__ void doublet_candidates(SEARCH_PARAMS, long long *counts) {
+    FOR_EACH_THREAD(q, n_queries) {
+        long long n = 0;
+        for (long long b = b_lo[q]; b <= b_hi[q]; ++b) {
+            const long long row = (row0[q] + b) * (2 * nphi);
+            n += cell_start[row + p_hi[q] + 1] - cell_start[row + p_lo[q]];
+        }
+        counts[q] = n;
+    }
 }
 
 extern "C" __global__ void doublet_count(SEARCH_PARAMS, long long *counts) {

@@ -493,27 +493,16 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
 
 
 def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, Array]:
-    """The candidate search as two kernels, a thread per query: count its edges, then write
-    them from the counts' prefix sum; one host synchronisation (the per-event counts,
-    checked against the budget) sizes the output, after one that checks the candidates.
-    Same edges, order and features as :func:`search_arrays`."""
-    xp, cfg, i64, f64 = ctx.xp, ctx.cfg, np.int64, np.float64
+    """The candidate search as kernels, a thread per query: count its candidates (for the
+    budget), count its edges, then write them from the counts' prefix sum; one host
+    synchronisation (the per-event counts, checked against the budget) sizes the output,
+    after one that checks the candidates. Same edges, order and features as
+    :func:`search_arrays`."""
+    xp = ctx.xp
     n_queries = len(ctx.qi)
-    args = contiguous(
-        (
-            i64(n_queries),
-            *(ctx.qi, ctx.ri, ctx.zi, ctx.row0, ctx.b_lo, ctx.b_hi, ctx.p_lo, ctx.p_hi),
-            *(ctx.reach, ctx.centre, ctx.cell_start, ctx.hit_of),
-            *(ctx.r_sorted, ctx.phi_sorted, ctx.z_sorted),
-            *(ctx.r, ctx.eta0, ctx.sigma, ctx.sigma_z, ctx.sigma_r),
-            i64(ctx.nphi),
-            *(f64(v) for v in (ctx.slope, cfg.phi_tolerance, cfg.z0_max, cfg.z0_sigmas)),
-            *(f64(v) for v in (cfg.z0_lever_max, cfg.z0_limit, cfg.deta_max)),
-        ),
-        xp,
-    )  # the order of the kernels' SEARCH_PARAMS
+    args = search_args(ctx)
     budget, offsets = ctx.budget, ctx.node_offsets
-    n_cand = ctx.candidates_per_query()
+    n_cand = candidate_counts(ctx, launch, args)
     enforce(
         "doublet candidates",
         per_event(ctx.qi, offsets, n_cand),
@@ -534,6 +523,34 @@ def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, 
     if total:
         launch("doublet_fill", n_queries, (*args, ends - counts, i, j, features))
     return i, j, features
+
+
+def candidate_counts(ctx: CandidateSearch, launch: Launch, args: tuple[Any, ...]) -> Array:
+    """Candidates of each query over all its bins (the slots of its phi window, bin by bin),
+    without expanding the (query, bin) pairs: one kernel, a thread a query, no host
+    synchronisation (``args``: :func:`search_args`). What the work budget checks before
+    the search."""
+    counts = ctx.xp.zeros(len(ctx.qi), dtype=ctx.xp.int64)
+    launch("doublet_candidates", len(ctx.qi), (*args, counts))
+    return counts
+
+
+def search_args(ctx: CandidateSearch) -> tuple[Any, ...]:
+    """The kernels' arguments (SEARCH_PARAMS of doublet_search.cu), in their order."""
+    cfg, i64, f64 = ctx.cfg, np.int64, np.float64
+    return contiguous(
+        (
+            i64(len(ctx.qi)),
+            *(ctx.qi, ctx.ri, ctx.zi, ctx.row0, ctx.b_lo, ctx.b_hi, ctx.p_lo, ctx.p_hi),
+            *(ctx.reach, ctx.centre, ctx.cell_start, ctx.hit_of),
+            *(ctx.r_sorted, ctx.phi_sorted, ctx.z_sorted),
+            *(ctx.r, ctx.eta0, ctx.sigma, ctx.sigma_z, ctx.sigma_r),
+            i64(ctx.nphi),
+            *(f64(v) for v in (ctx.slope, cfg.phi_tolerance, cfg.z0_max, cfg.z0_sigmas)),
+            *(f64(v) for v in (cfg.z0_lever_max, cfg.z0_limit, cfg.deta_max)),
+        ),
+        ctx.xp,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -589,19 +606,6 @@ class CandidateSearch:
         lo, hi = self.slots(q, b, start, stop)
         q += start
         return q, lo, hi
-
-    def candidates_per_query(self) -> Array:
-        """Candidates of each query over all its bins, without expanding the (query, bin)
-        pairs (no host synchronisation): one pass per bin of the widest possible range."""
-        xp = self.xp
-        queries = xp.arange(len(self.qi))
-        last = xp.maximum(self.b_hi, self.b_lo)  # a query without bins reads a real row
-        total = xp.zeros(len(self.qi), dtype=xp.int64)
-        for d in range(self.cfg.n_bins):
-            b = self.b_lo + d
-            lo, hi = self.slots(queries, xp.minimum(b, last))
-            total += xp.where(b <= self.b_hi, hi - lo, 0)
-        return total
 
     def run(self, q: Array, lo: Array, hi: Array) -> tuple[Array, ...]:
         """Edges (i, j) of bin queries of queries ``q``, whose candidates are the slots

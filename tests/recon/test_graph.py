@@ -19,10 +19,12 @@ from streamtrk.recon.graph import (
     _build,
     batch_columns,
     batch_graph,
+    candidate_counts,
     event_graph,
     event_graphs,
     layer_pairs,
     prepare_search,
+    search_args,
     search_arrays,
     search_kernels,
     select_edges,
@@ -547,7 +549,9 @@ def test_a_hit_is_on_its_layer_up_to_the_margin_and_beam_spot_exactly(
     assert _queries_hit(det, code, x, z) == on
 
 
-def test_the_candidates_counted_for_the_budget_are_those_searched(small_events, det) -> None:
+def test_the_candidates_counted_for_the_budget_are_those_searched(
+    host_launcher, small_events, det
+) -> None:
     """The kernels' budget counts each query's candidates without expanding its bins: the
     same numbers as the expanded (query, bin) slots of the array search."""
     cols, offsets = batch_columns(small_events[:1])
@@ -555,7 +559,8 @@ def test_the_candidates_counted_for_the_budget_are_those_searched(small_events, 
     q, lo, hi = ctx.bin_slots(0, len(ctx.qi))
     expected = np.bincount(q, weights=hi - lo, minlength=len(ctx.qi)).astype(np.int64)
     assert expected.sum() > 100_000 and (ctx.b_hi < ctx.b_lo).any()  # some query reads no bin
-    assert np.array_equal(ctx.candidates_per_query(), expected)
+    counts = candidate_counts(ctx, host_launcher(KERNELS), search_args(ctx))
+    assert np.array_equal(counts, expected)
 
 
 def test_the_kernels_check_the_candidates_against_the_budget(host_launcher, small_events, det):
