@@ -33,19 +33,26 @@ def test_counts_each_kind_of_synchronisation():
     assert none.total == 0
 
 
-def test_bincount_equals_numpy_without_synchronising():
+@pytest.mark.parametrize(
+    ("n", "used", "size"),
+    [(10_000, 50, 64), (3_000_000, 16, 16), (10_000, 3000, 3000)],
+    ids=["shared", "shared-contended", "global"],  # SHARED_BINS decides which kernel
+)
+def test_bincount_equals_numpy_without_synchronising(n: int, used: int, size: int):
     rng = np.random.default_rng(3)
-    idx = rng.integers(0, 50, size=10_000)
-    w = rng.random(10_000)
-    d_idx, d_w = cupy.asarray(idx), cupy.asarray(w)
+    idx = rng.integers(0, used, size=n).astype(np.int32)  # any integer type
+    w = rng.random(2 * n)[::2]  # any layout
+    d_idx, d_w = cupy.asarray(idx), cupy.asarray(rng.random(2 * n))[::2]
+    d_w[...] = cupy.asarray(w)
     with count_host_syncs() as ours:
-        counts, sums = bincount(d_idx, 64), bincount(d_idx, 64, d_w)
+        counts, sums = bincount(d_idx, size), bincount(d_idx, size, d_w)
     with count_host_syncs() as cupys:
-        cupy.bincount(d_idx, minlength=64)
+        cupy.bincount(d_idx, minlength=size)
     assert ours.total == 0 and cupys.total >= 1, (ours, cupys)
-    np.testing.assert_array_equal(counts.get(), np.bincount(idx, minlength=64))
-    np.testing.assert_allclose(sums.get(), np.bincount(idx, w, minlength=64), rtol=1e-12)
+    np.testing.assert_array_equal(counts.get(), np.bincount(idx, minlength=size))
+    np.testing.assert_allclose(sums.get(), np.bincount(idx, w, minlength=size), rtol=1e-10)
     assert counts.dtype == np.int64 and sums.dtype == np.float64
+    assert bincount(d_idx[:0], size).get().tolist() == [0] * size
 
 
 def test_scatter_min_equals_numpy_without_synchronising():
