@@ -21,7 +21,8 @@ form), their arguments checked against the parameters' C types: device arrays of
 pointee's dtype, C-contiguous, and NumPy scalars of the parameter's size (what CuPy
 passes unchecked, and a GPU misreads); their launch, against the thread per item of the
 first parameter that the kernels run. The ``ElementwiseKernel``'s of ``streamtrk.xp``
-(atomic bincount and minimum) run as NumPy's ``ufunc.at``.
+(atomic bincount and minimum), and its raw kernels (bincount into bins in shared memory),
+run as NumPy's ``ufunc.at``.
 
 What CuPy allows works and is counted in ``cupy.counts``: ``"sync"``, host
 synchronisations (``.get()``, ``.tolist()``, ``.item()``, ``int()``, ``float()``,
@@ -282,6 +283,7 @@ SCALARS: dict[str, type[Any]] = {
 }
 POINTEES: dict[str, set[np.dtype[Any]]] = {
     "long long": {np.dtype(np.int64)},
+    "unsigned long long": {np.dtype(np.uint64), np.dtype(np.int64)},  # counts, never negative
     "double": {np.dtype(np.float64)},
     "int": {np.dtype(np.int32)},
     "float": {np.dtype(np.float32)},
@@ -340,15 +342,47 @@ class _HostKernel:
 
 
 class _RawModule:
-    """``cupy.RawModule``: the source built for the host (g++, ``STREAMTRK_HOST``)."""
+    """``cupy.RawModule``: the source built for the host (g++, ``STREAMTRK_HOST``); the
+    kernels of :data:`_RAW_AS_NUMPY` (written for the device only: shared memory, block
+    loops) as NumPy's equivalents."""
 
     def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
+        self._signatures = _signatures(code)
+        if set(self._signatures) <= set(_RAW_AS_NUMPY):
+            return
         lib = cupy.build_dir / f"{hashlib.sha256(code.encode()).hexdigest()[:16]}.so"
         self._lib = ctypes.CDLL(str(lib)) if lib.exists() else kernels.build_for_host(code, lib)
-        self._signatures = _signatures(code)
 
-    def get_function(self, name: str) -> _HostKernel:
+    def get_function(self, name: str) -> Any:
+        if name in _RAW_AS_NUMPY:
+            return _numpy_kernel(name, self._signatures[name])
         return _HostKernel(self._lib, name, self._signatures[name])
+
+
+#: Raw kernels of ``streamtrk.xp`` with no host form: NumPy's equivalent on their arguments.
+_RAW_AS_NUMPY: dict[str, Callable[..., None]] = {
+    "streamtrk_shared_bincount": lambda idx, n, size, out: np.add.at(out, idx[:n], 1),
+    "streamtrk_shared_bincount_weighted": lambda idx, w, n, size, out: np.add.at(
+        out, idx[:n], w[:n]
+    ),
+}
+
+
+def _numpy_kernel(name: str, params: list[str]) -> Callable[..., None]:
+    """A kernel of :data:`_RAW_AS_NUMPY`, its arguments checked as a host build's are."""
+    check = _HostKernel.__new__(_HostKernel)
+    check._name, check._params = name, params
+
+    def launch(grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0):
+        if len(args) != len(params):
+            raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")
+        for k, a in enumerate(args):
+            check._arg(k, a)
+        if shared_mem > 48 * 1024 or block[0] > 1024:
+            raise ValueError(f"{name}: {shared_mem} bytes of shared memory, {block} threads")
+        _RAW_AS_NUMPY[name](*_unwrap(args))
+
+    return launch
 
 
 #: ``ElementwiseKernel`` names known here: NumPy's equivalent on (args..., target).
@@ -384,7 +418,10 @@ cupy.from_dlpack = _from_dlpack
 cupy.get_array_module = lambda *a: cupy if any(isinstance(x, DeviceArray) for x in a) else np
 cupy.RawModule = _RawModule
 cupy.ElementwiseKernel = _elementwise_kernel
-cupy.cuda = types.SimpleNamespace(get_current_stream=_stream)
+cupy.cuda = types.SimpleNamespace(
+    get_current_stream=_stream,
+    Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 132}),  # an H200's
+)
 cupy.counts = Counter()
 cupy.build_dir = Path()
 
@@ -394,6 +431,8 @@ _CACHES = (
     kernels._function,
     streamtrk_xp._atomic_add_kernels,
     streamtrk_xp._atomic_min_kernel,
+    streamtrk_xp._shared_bincount_kernels,
+    streamtrk_xp._multiprocessors,
     graph._device_tables,
     prune._fold_table,
     prune._window_tables,
