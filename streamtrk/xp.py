@@ -132,7 +132,7 @@ def bincount(idx: Array, size: int, weights: Array | None = None) -> Array:
         if weights is None:
             _atomic_add_kernels()[0](idx, out)
         else:
-            _atomic_add_kernels()[1](idx, weights.astype(xp.float64), out)
+            _atomic_add_kernels()[1](idx, weights.astype(xp.float64, copy=False), out)
         return out
     idx = xp.ascontiguousarray(idx, dtype=xp.int64)
     blocks = min(-(-len(idx) // 256), 2 * _multiprocessors())

@@ -360,7 +360,7 @@ def gram_kernel(
     dim0, dim1 = (*dims, 0, 0)[:2]
     gram = xp.empty((n_tracks, c, c))
     args = contiguous(
-        (i64(n_tracks), offsets.astype(xp.int64), hits, i64(hits.shape[1]), i64(c),
+        (i64(n_tracks), offsets.astype(xp.int64, copy=False), hits, i64(hits.shape[1]), i64(c),
          i64(dim0), i64(dim1)),
         xp,
     )  # fmt: skip
