@@ -1,12 +1,14 @@
 #!/bin/sh
-# The GPU issue's device run, prepared to run once within one `run` call (at most 8 minutes):
-# import checks, the `gpu` tests, then a small bench/gpu_bench.py (batches 1, 4, 16; 16
-# MU=200 events; eager fp32 and compiled bf16, the kernels part, bf16 parity, the daemon in
-# eager bf16 with batches of up to 16 and no queue delay), then bench/host_path.py (the
-# daemon's host-side work per event, on this host's CPU, and ZeroMQ's transfer).
-# Every step is bounded by `timeout` (470 s in all, and a few seconds for the wheels) and
-# writes under $OUT (imports.txt, gpu-tests.txt,
-# gpu-bench.log, gpu_bench.json, host_path.json); a failing step does not stop the next.
+# The GPU issue's device run, prepared to run once within one `run` call (at most 9 minutes;
+# 218 s on an H200 on 2026-12-04, before the profile step): import checks, the `gpu` tests,
+# then a small bench/gpu_bench.py (batches 1, 4, 16; 16 MU=200 events; eager fp32 and
+# compiled bf16, the kernels part, bf16 parity, the daemon in eager bf16 with batches of up
+# to 16 and no queue delay), then bench/host_path.py (the daemon's host-side work per
+# event, on this host's CPU, and ZeroMQ's transfer), then bench/chain_profile.py (where the
+# chain's time goes, batches 1 and 16).
+# Every step is bounded by `timeout` (530 s in all, and a few seconds for the wheels) and
+# writes under $OUT (imports.txt, gpu-tests.txt, gpu-bench.log, gpu_bench.json,
+# host-path.log, host_path.json, chain-profile.tar); a failing step does not stop the next.
 #
 # On the device (pyzmq and tomli-w are not installed there, see
 # /work/.library/device/KINDS.md; bring their wheels, ignored by git):
@@ -14,7 +16,7 @@
 #          python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #            --implementation cp --platform manylinux_2_28_x86_64 \
 #            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0 tomli-w==1.2.0
-#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 480)
+#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 540)
 #   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json \
 #            --host-path FILES_AT/host_path.json   (writes
 #          bench/results/h200-DATE.json, prints the summary for bench/RESULTS.md)
@@ -27,8 +29,9 @@ PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PYTHONPATH=$PWD
-if ls .whl/*.whl >/dev/null 2>&1; then
-    # A wheel is a zip: unpacked as it is where pip is missing.
+if [ "$DEVICE" = cuda ] && ls .whl/*.whl >/dev/null 2>&1; then
+    # A wheel is a zip: unpacked as it is where pip is missing. The wheels are the device's
+    # (Python 3.12): a CPU dry run, in this checkout's environment, leaves them.
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl ||
         for w in .whl/*.whl; do "$PYTHON" -m zipfile -e "$w" /tmp/site; done
@@ -107,3 +110,17 @@ fi
 timeout 35 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
     2>"$OUT/host-path.log"
 echo "device_run: host_path exit $?"
+
+# Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler tables,
+# its log), in one file: a run brings back at most 8.
+if [ "$DEVICE" = cuda ]; then
+    set -- --events 4 --batches 1 16
+else
+    set -- --device cpu --events 1 --mu 10 --batches 1 --repeats 1 --kernel-repeats 1 \
+        --workers 1
+fi
+PROFILE=$(mktemp -d)/chain-profile
+mkdir -p "$PROFILE"
+timeout 60 "$PYTHON" bench/chain_profile.py --out "$PROFILE" "$@" >"$PROFILE/log.txt" 2>&1
+echo "device_run: chain_profile exit $?"
+tar -C "$(dirname "$PROFILE")" -cf "$OUT/chain-profile.tar" chain-profile

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,18 @@ def test_device_run_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_pat
     stdout, out_dir = device_dry_run
     assert {p.name for p in out_dir.iterdir()} == {
         "imports.txt", "gpu-tests.txt", "gpu-bench.log", "gpu_bench.json", "host_path.json",
-        "host-path.log",
+        "host-path.log", "chain-profile.tar",
     }  # fmt: skip
+    assert len(list(out_dir.iterdir())) <= 8  # what a device run brings back
     # 5: pytest's "no tests collected", as the module skips at import (no CuPy or no CUDA)
     assert re.search(r"^device_run: gpu thread test exit [05]$", stdout, re.M)
     assert "device_run: gpu tests exit 0" in stdout
     assert "device_run: gpu_bench exit 0" in stdout
     assert "device_run: host_path exit 0" in stdout
+    assert "device_run: chain_profile exit 0" in stdout
+    with tarfile.open(out_dir / "chain-profile.tar") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"chain_profile.json", "cprofile-b1.txt", "kernels-b1.txt", "log.txt"} <= names
     assert "zmq " in (out_dir / "imports.txt").read_text()
     parts = json.loads((out_dir / "gpu_bench.json").read_text())["parts"]
     assert {"info", "eager_fp32", "kernels", "daemon"} <= set(parts)
