@@ -3,16 +3,18 @@ and the device's kernels (torch.profiler, which sees CuPy's kernels too: CUPTI t
 whole CUDA context).
 
 For each batch size, after two warm-up calls of ``Reconstructor.reconstruct`` on MU=200
-simulated events (the shipped model, eager fp32 unless told):
+simulated events (the shipped model, eager fp32 unless told), each call the next batch of
+the events, cycling through them as ``bench/gpu_bench.py`` does:
 
 - ``cprofile-bN.txt``: cProfile over ``--repeats`` calls, the functions by own time and by
   cumulative time (the chain is launch-bound where the host's time per call matches the
   stage's wall time: each CuPy or torch operation costs the host microseconds);
 - ``kernels-bN.txt``: torch.profiler over ``--kernel-repeats`` calls, the operations and
   kernels by their own device time;
-- ``chain_profile.json``: per batch size, the wall time per call (median, measured apart,
-  neither profiler running), the device's activities (kernels, copies) per call, their
-  device time per call, the device's busy share of the wall time.
+- ``chain_profile.json``: per batch size, the wall time per call (median, least, most;
+  measured apart, neither profiler running), the stages' medians, the device's activities
+  (kernels, copies) per call, their device time per call, the device's busy share of the
+  wall time.
 
 On the device, with pyzmq's wheel unpacked (``bench/device_run.sh`` does it)::
 
@@ -32,11 +34,13 @@ import argparse
 import cProfile
 import importlib.util
 import io
+import itertools
 import json
 import os
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +90,16 @@ def _kernel_profile(run: Any, repeats: int, cuda: bool, top: int) -> tuple[str, 
     }
 
 
+def _cycling(rec: Any, batch: Any, events: list, size: int) -> Callable[[], Any]:
+    """Reconstruct the next batch of ``size`` events at each call, cycling through them."""
+    calls = itertools.count()
+    return lambda: rec.reconstruct(batch(events, size, next(calls)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--events", type=int, default=4, help="simulated events (default 4)")
+    ap.add_argument("--events", type=int, default=16, help="simulated events (default 16)")
     ap.add_argument("--mu", type=float, default=200.0)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
@@ -120,18 +130,15 @@ def main() -> None:
         "batches": {},
     }
     for size in args.batches:
-        batch = gb.batch(events, size, 0)
-
-        def run(batch: list = batch) -> Any:
-            return rec.reconstruct(batch)
+        run = _cycling(rec, gb.batch, events, size)
 
         for _ in range(2):  # first calls: kernel compilation, caches
             run()
-        walls, timings = [], {}
+        walls, stages = [], []
         for _ in range(args.repeats):
             dev.sync()
             t = time.perf_counter()
-            timings = run().timings  # returns host tracks: synchronised
+            stages.append(run().timings)  # returns host tracks: synchronised
             walls.append(time.perf_counter() - t)
         profile = cProfile.Profile()
         for _ in range(args.repeats):
@@ -144,7 +151,8 @@ def main() -> None:
         wall_ms = float(np.median(walls) * 1000)
         result["batches"][str(size)] = {
             "wall_ms": wall_ms,
-            "stage_ms_last_call": {k: v * 1000 for k, v in timings.items()},
+            "wall_ms_min_max": [float(np.min(walls) * 1000), float(np.max(walls) * 1000)],
+            "stage_ms": {k: float(np.median([t[k] for t in stages]) * 1000) for k in stages[0]},
             **kernels,
             "device_busy_share": kernels["device_ms_per_call"] / wall_ms,
         }

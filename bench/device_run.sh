@@ -114,7 +114,7 @@ echo "device_run: host_path exit $?"
 # Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler tables,
 # its log), in one file: a run brings back at most 8.
 if [ "$DEVICE" = cuda ]; then
-    set -- --events 4 --batches 1 16
+    set -- --events 16 --batches 1 16
 else
     set -- --device cpu --events 1 --mu 10 --batches 1 --repeats 1 --kernel-repeats 1 \
         --workers 1
