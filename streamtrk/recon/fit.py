@@ -411,7 +411,10 @@ def _distances(
     """Signed distances of hits (u, v about the centroid, q = u^2 + v^2) to their track's
     circle, and their derivatives by (kappa, phi, delta). With the circle's centre
     ``(delta + 1 / kappa) (-sin phi, cos phi)``, ``eps + kappa eps^2 / 2 = p`` where p is
-    quadratic in the hit; the root ``2 p / (1 + sqrt(1 + 2 kappa p))`` has no cancellation."""
+    quadratic in the hit; the root ``2 p / (1 + sqrt(1 + 2 kappa p))`` has no cancellation.
+    On the device one kernel (:func:`distances_kernel`) for these thirty operations."""
+    if xp is not np:
+        return distances_kernel(kappa, phi, delta, u, v, q, tid, cupy_launcher(KERNELS))
     k, dl = kappa[tid], delta[tid]
     sp, cp = xp.sin(phi)[tid], xp.cos(phi)[tid]
     across, along = u * sp - v * cp, u * cp + v * sp
@@ -424,6 +427,29 @@ def _distances(
         (1 + k * dl + k * across) / den,
     )
     return eps, jac
+
+
+def distances_kernel(
+    kappa: Array,
+    phi: Array,
+    delta: Array,
+    u: Array,
+    v: Array,
+    q: Array,
+    tid: Array,
+    launch: Launch,
+) -> tuple[Array, tuple[Array, Array, Array]]:
+    """:func:`_distances` as one kernel (``circle_distances`` of ``gls_filter.cu``), a thread
+    per hit."""
+    xp = array_module(u)
+    out = xp.empty((4, len(u)))
+    per_track = (a.astype(xp.float64, copy=False) for a in (kappa, phi, delta))
+    per_hit = (a.astype(xp.float64, copy=False) for a in (u, v, q))
+    args = contiguous(
+        (np.int64(len(u)), tid.astype(xp.int64, copy=False), *per_track, *per_hit), xp
+    )
+    launch("circle_distances", len(u), (*args, out))
+    return out[0], (out[1], out[2], out[3])
 
 
 def _fit_line(s: Array, hz: Array, w: Array, tsum: Any, xp: Any) -> tuple[Array, Array]:

@@ -1,5 +1,6 @@
-// The generalised least-squares sums of the helix fit (streamtrk/recon/fit.py, gram_arrays)
-// as one kernel, one thread per track: a Kalman filter of the scatters' random walk u along
+// The helix fit's kernels (streamtrk/recon/fit.py). circle_distances: fit._distances, a
+// thread per hit. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
+// per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
 // standard deviations they are L^-1 [J res] for the hits' covariance V = L L^T, and their
 // products summed over the hits are [J res]^T V^-1 [J res]. Operation by operation the NumPy
@@ -57,5 +58,28 @@ extern "C" __global__ void gls_gram(long long n_tracks, const long long *offsets
         }
         for (long long k = 0; k < c; ++k)
             for (long long l = 0; l < c; ++l) gram[(t * c + k) * c + l] = sums[k][l];
+    }
+}
+
+// Per hit h (of track tid[h]), its signed distance to the track's circle of Karimaki's
+// parameters (kappa, phi, delta) and the distance's derivatives by them, operation by
+// operation as fit._distances (u, v about the centroid, q = u^2 + v^2): out is 4 rows of
+// n_hits (eps, d/dkappa, d/dphi, d/ddelta).
+extern "C" __global__ void circle_distances(long long n_hits, const long long *tid,
+                                            const double *kappa, const double *phi,
+                                            const double *delta, const double *u,
+                                            const double *v, const double *q, double *out) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const long long t = tid[h];
+        const double k = kappa[t], dl = delta[t], sp = sin(phi[t]), cp = cos(phi[t]);
+        const double across = u[h] * sp - v[h] * cp, along = u[h] * cp + v[h] * sp;
+        const double p = k * q[h] / 2 + (1 + k * dl) * across + dl + k * dl * dl / 2;
+        const double root = 1 + 2 * k * p;  // numpy.maximum(root, 0): NaN stays NaN
+        const double eps = 2 * p / (1 + sqrt(root < 0.0 ? 0.0 : root));
+        const double den = 1 + k * eps;
+        out[h] = eps;
+        out[n_hits + h] = (q[h] / 2 + dl * across + (dl * dl - eps * eps) / 2) / den;
+        out[2 * n_hits + h] = (1 + k * dl) * along / den;
+        out[3 * n_hits + h] = (1 + k * dl + k * across) / den;
     }
 }

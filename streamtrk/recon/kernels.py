@@ -32,9 +32,11 @@ PRELUDE = """\
 #ifdef STREAMTRK_HOST
 #include <cmath>
 using std::asinh;
+using std::cos;
 using std::fabs;
 using std::fmax;
 using std::fmin;
+using std::sin;
 using std::sqrt;
 #define __global__
 #define __device__

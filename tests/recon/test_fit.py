@@ -11,7 +11,15 @@ from scipy.optimize import least_squares
 
 from streamtrk.detector import BARREL, ENDCAP, GEV_PER_TESLA_MM, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
-from streamtrk.recon.fit import KERNELS, _gls, fit_tracks, gram_arrays, gram_kernel
+from streamtrk.recon.fit import (
+    KERNELS,
+    _distances,
+    _gls,
+    distances_kernel,
+    fit_tracks,
+    gram_arrays,
+    gram_kernel,
+)
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import smear
@@ -511,6 +519,26 @@ def test_host_kernel_sums_are_the_arrays(host_launcher):
         arrays = gram_arrays(columns, c, dims, offsets, tid)
         kernel = gram_kernel(np.stack(columns, -1), c, dims, offsets, host_launcher(KERNELS))
         np.testing.assert_allclose(kernel, arrays, rtol=1e-12, atol=1e-12 * np.abs(arrays).max())
+
+
+def test_host_kernel_distances_are_the_arrays(host_launcher):
+    """circle_distances, built for the host, gives the NumPy path's distances and
+    derivatives: curved and straight circles, hits about any centroid; a NaN hit stays
+    NaN."""
+    rng = np.random.default_rng(13)
+    n_tracks, sizes = 200, rng.integers(1, 13, 200)
+    tid = np.repeat(np.arange(n_tracks), sizes)
+    kappa = rng.choice([1e-10, 1e-4, 1e-3, 5e-3], n_tracks) * rng.choice([-1, 1], n_tracks)
+    phi, delta = rng.uniform(-np.pi, np.pi, n_tracks), rng.normal(0, 50, n_tracks)
+    u, v = rng.normal(0, 400, (2, len(tid)))
+    u[1] = np.nan
+    q = u * u + v * v
+    eps, jac = _distances(kappa, phi, delta, u, v, q, tid, np)
+    k_eps, k_jac = distances_kernel(kappa, phi, delta, u, v, q, tid, host_launcher(KERNELS))
+    assert np.isnan(k_eps[1]) and np.isfinite(np.delete(eps, 1)).all()
+    for got, want in zip((k_eps, *k_jac), (eps, *jac), strict=True):
+        scale = np.nanmax(np.abs(want))
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * scale)
 
 
 def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):
