@@ -384,7 +384,10 @@ def _on_circle(
     The sense is that of the hits' turns from one to the next (each within half a turn)
     summed, and a hit's turn is the first hit's (within half a turn of the perigee) plus
     those steps. Both hold past half a turn, where the first and last hits' angles about the
-    centre, or a hit's angle from the perigee, turn over."""
+    centre, or a hit's angle from the perigee, turn over. On the device one kernel
+    (:func:`turns_kernel`) for these thirty operations."""
+    if xp is not np:
+        return turns_kernel(circle, hx, hy, offsets, cupy_launcher(KERNELS))
     xc, yc, _ = circle
     dx, dy = hx - xc[tid], hy - yc[tid]
     angle = xp.arctan2(dy, dx)
@@ -398,6 +401,20 @@ def _on_circle(
     along = along - along[starts][tid]
     first = _wrapped(h * (angle[starts] - theta_p), xp)
     return h, theta_p, first[tid] + h[tid] * along, dx, dy
+
+
+def turns_kernel(
+    circle: tuple[Array, Array, Array], hx: Array, hy: Array, offsets: Array, launch: Launch
+) -> tuple[Array, Array, Array, Array, Array]:
+    """:func:`_on_circle` as one kernel (``circle_turns`` of ``gls_filter.cu``), a thread
+    per track over its own hits."""
+    xp = array_module(hx)
+    n_tracks = len(offsets) - 1
+    per_hit, per_track = xp.empty((3, len(hx))), xp.empty((2, n_tracks))
+    columns = (a.astype(xp.float64, copy=False) for a in (circle[0], circle[1], hx, hy))
+    args = contiguous((np.int64(n_tracks), offsets.astype(xp.int64, copy=False), *columns), xp)
+    launch("circle_turns", n_tracks, (*args, per_hit, per_track))
+    return per_track[0], per_track[1], per_hit[0], per_hit[1], per_hit[2]
 
 
 def _wrapped(angle: Array, xp: Any) -> Array:

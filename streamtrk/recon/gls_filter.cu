@@ -1,5 +1,5 @@
 // The helix fit's kernels (streamtrk/recon/fit.py). circle_distances: fit._distances, a
-// thread per hit. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
+// thread per hit. circle_turns: fit._on_circle, a thread per track. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
 // standard deviations they are L^-1 [J res] for the hits' covariance V = L L^T, and their
@@ -81,5 +81,56 @@ extern "C" __global__ void circle_distances(long long n_hits, const long long *t
         out[n_hits + h] = (q[h] / 2 + dl * across + (dl * dl - eps * eps) / 2) / den;
         out[2 * n_hits + h] = (1 + k * dl) * along / den;
         out[3 * n_hits + h] = (1 + k * dl + k * across) / den;
+    }
+}
+
+#define PI 3.141592653589793  // numpy.pi
+
+// numpy.mod(a, b): the remainder with the divisor's sign.
+__device__ double numpy_mod(double a, double b) {
+    double m = fmod(a, b);
+    if (m != 0.0 && ((b < 0.0) != (m < 0.0))) m += b;
+    return m;
+}
+
+// fit._wrapped: angle in [-pi, pi).
+__device__ double wrapped(double angle) {
+    return numpy_mod(angle + PI, 2 * PI) - PI;
+}
+
+// Per track t (hits offsets[t] to offsets[t + 1], ordered along it) on its circle of centre
+// (xc, yc), as fit._on_circle: per track the sense h of rotation (the sign of the hits'
+// turns from one to the next, each within half a turn, summed; -1 clockwise) and the
+// perigee's angle theta_p seen from the centre; per hit its turn from the perigee along
+// the track and its offset (dx, dy) from the centre. per_hit is 3 rows of n_hits (turn, dx,
+// dy), per_track 2 rows of n_tracks (h, theta_p).
+extern "C" __global__ void circle_turns(long long n_tracks, const long long *offsets,
+                                        const double *xc, const double *yc, const double *hx,
+                                        const double *hy, double *per_hit,
+                                        double *per_track) {
+    const long long n_hits = offsets[n_tracks];
+    FOR_EACH_THREAD(t, n_tracks) {
+        const long long lo = offsets[t], hi = offsets[t + 1];
+        double total = 0.0, last = 0.0;
+        for (long long j = lo; j < hi; ++j) {
+            const double dx = hx[j] - xc[t], dy = hy[j] - yc[t], angle = atan2(dy, dx);
+            per_hit[n_hits + j] = dx;
+            per_hit[2 * n_hits + j] = dy;
+            if (j > lo) total += wrapped(angle - last);
+            last = angle;
+        }
+        const double h = total < 0 ? -1.0 : 1.0, theta_p = atan2(-yc[t], -xc[t]);
+        per_track[t] = h;
+        per_track[n_tracks + t] = theta_p;
+        double along = 0.0, first = 0.0;
+        for (long long j = lo; j < hi; ++j) {
+            const double angle = atan2(per_hit[2 * n_hits + j], per_hit[n_hits + j]);
+            if (j == lo)
+                first = wrapped(h * (angle - theta_p));
+            else
+                along += wrapped(angle - last);
+            per_hit[j] = first + h * along;
+            last = angle;
+        }
     }
 }

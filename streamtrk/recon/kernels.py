@@ -32,10 +32,12 @@ PRELUDE = """\
 #ifdef STREAMTRK_HOST
 #include <cmath>
 using std::asinh;
+using std::atan2;
 using std::cos;
 using std::fabs;
 using std::fmax;
 using std::fmin;
+using std::fmod;
 using std::sin;
 using std::sqrt;
 #define __global__

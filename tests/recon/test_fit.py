@@ -15,10 +15,12 @@ from streamtrk.recon.fit import (
     KERNELS,
     _distances,
     _gls,
+    _on_circle,
     distances_kernel,
     fit_tracks,
     gram_arrays,
     gram_kernel,
+    turns_kernel,
 )
 from streamtrk.sim.generator import GeneratedParticles
 from streamtrk.sim.propagate import propagate
@@ -539,6 +541,36 @@ def test_host_kernel_distances_are_the_arrays(host_launcher):
     for got, want in zip((k_eps, *k_jac), (eps, *jac), strict=True):
         scale = np.nanmax(np.abs(want))
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * scale)
+
+
+def test_host_kernel_turns_are_the_arrays(host_launcher):
+    """circle_turns, built for the host, gives the NumPy path's senses, perigee angles,
+    turns and offsets: tracks of 1 to 30 hits either way round their circles, past half a
+    turn (loopers) and across the angle's wrap at pi."""
+    rng = np.random.default_rng(14)
+    n_tracks = 300
+    sizes = rng.integers(1, 31, n_tracks)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    tid = np.repeat(np.arange(n_tracks), sizes)
+    xc, yc = rng.normal(0, 500, (2, n_tracks))
+    radius = np.hypot(xc, yc) * rng.uniform(0.9, 1.1, n_tracks)
+    sense = rng.choice([-1.0, 1.0], n_tracks)
+    start = rng.uniform(-np.pi, np.pi, n_tracks)
+    place = np.arange(len(tid)) - offsets[:-1][tid]
+    angle = start[tid] + sense[tid] * place * rng.uniform(0.05, 0.4, len(tid))
+    hx = xc[tid] + radius[tid] * np.cos(angle) + rng.normal(0, 0.1, len(tid))
+    hy = yc[tid] + radius[tid] * np.sin(angle) + rng.normal(0, 0.1, len(tid))
+    circle = (xc, yc, radius)
+
+    def tsum(v: np.ndarray) -> np.ndarray:
+        return np.bincount(tid, v, minlength=n_tracks)
+
+    arrays = _on_circle(circle, hx, hy, offsets, tsum, tid, np)
+    kernel = turns_kernel(circle, hx, hy, offsets, host_launcher(KERNELS))
+    turn = arrays[2]
+    assert np.abs(turn).max() > 2 * np.pi and set(arrays[0]) == {-1.0, 1.0}
+    for got, want in zip(kernel, arrays, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):

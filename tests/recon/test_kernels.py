@@ -16,7 +16,7 @@ FILES = sorted(
 )
 ENTRIES = {
     "doublet_search.cu": ("doublet_candidates", "doublet_count", "doublet_fill"),
-    "gls_filter.cu": ("gls_gram", "circle_distances"),
+    "gls_filter.cu": ("gls_gram", "circle_distances", "circle_turns"),
     "triplet_search.cu": ("triplet_flags", "quadruplet_ends"),
 }
 

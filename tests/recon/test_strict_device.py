@@ -131,13 +131,18 @@ def test_the_chain_on_strict_device_arrays_equals_numpy(small_events, kernel_dir
         counts = dict(cupy.counts)
     assert got.keys() == expected.keys()
     for k, v in expected.items():
-        if k.startswith("tracks") and v.dtype.kind == "f":  # the fit's sums in a kernel
-            np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+        if k.startswith("tracks") and v.dtype.kind == "f":
+            # The fit's sums and turns are kernels, summing in another order than the
+            # arrays: the last bits of a float64 differ, and may move a float32 parameter
+            # by one step of its rounding (1.2e-7 of it; d0 and z0 by 6e-8 seen). Near
+            # zero, within 1e-9 of the column's largest value.
+            atol = 1e-9 * float(np.abs(v).max(initial=0.0))
+            np.testing.assert_allclose(got[k], v, rtol=3e-7, atol=atol, err_msg=k)
         else:
             np.testing.assert_array_equal(got[k], v, err_msg=k)
     assert sum(len(got[k]) - 1 for k in got if k.endswith(".offsets")) > 100  # tracks made
     assert metrics["samples"] == pytest.approx(expected_metrics["samples"])
-    np.testing.assert_allclose(metrics["tracks"], expected_metrics["tracks"], rtol=1e-9)
+    np.testing.assert_allclose(metrics["tracks"], expected_metrics["tracks"], rtol=3e-7)
     assert counts.get("host-to-device (index)", 0) == 0, counts  # no host index arrays
 
 
