@@ -32,6 +32,7 @@ RUNS = {
     "chain_profile": (["--device", "cpu", "--mu", "5", "--events", "1", "--batches", "1",
                        "--repeats", "1", "--kernel-repeats", "1", "--workers", "1",
                        "--out", "{tmp}"], True),
+    "launch_count": (["--mu", "5", "--batches", "1", "--top", "3"], True),
     "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "2",
                    "--transfers", "1"], True),
 }  # fmt: skip

@@ -1,0 +1,174 @@
+"""The device chain's kernel launches per reconstruct, counted on the CPU: the chain runs its
+CuPy path on the test suite's strict stand-in for CuPy (``tests/recon/strict_xp.py``:
+NumPy-backed device arrays, the CUDA kernels as host builds), and every operation that
+launches a kernel on CuPy is counted, by stage and by the chain's function that made it.
+
+On an H200 the chain at batch 1 is launch-bound (``bench/chain_profile.py``: about 2,500
+kernels and copies a reconstruct, the device busy 28% of the time), so this count is a
+proxy of its batch-1 latency that needs no GPU. Counted: ufuncs and CuPy functions that
+compute (not views, reshapes or metadata), indexing by arrays (a gather), stores (a fill or
+a scatter), raw kernels, ``ElementwiseKernel``'s. Not counted: torch's operations (the
+network's; ``gnn`` counts only the hand-over), copies CuPy makes inside one function.
+Approximate: a CuPy function may launch several kernels (a sort, ``nonzero``).
+
+    .venv/bin/python bench/launch_count.py                # MU=200, batches of 1 and 16
+    .venv/bin/python bench/launch_count.py --mu 20 --batches 1 --top 40
+"""
+
+from __future__ import annotations
+
+from streamtrk.threads import wait_passively
+
+wait_passively()
+
+import argparse
+import importlib
+import json
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from streamtrk.detector import load_detector
+from streamtrk.recon.gnn import GNNScorer
+from streamtrk.recon.load import ChainSettings
+from streamtrk.recon.model import default_model_path, load_model
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.sim.generator import GeneratorConfig
+from streamtrk.sim.simulate import SimConfig, simulate_event
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The reconstructor's calls of its stages, by the function's name in the stage's module.
+STAGES = {
+    ("graph.py", "build_graph"): "graph",
+    ("prune.py", "prune_edges"): "prune",
+    ("graph.py", "select_edges"): "prune",
+    ("reconstructor.py", "<lambda>"): "",  # seen on the way; the stage is deeper
+    ("gnn.py", "__call__"): "gnn",
+    ("engine.py", "__call__"): "gnn",
+    ("tracks.py", "build_tracks"): "tracks",
+    ("reconstructor.py", "_fit"): "fit",
+}
+#: CuPy functions and methods that launch nothing: views, shapes, metadata.
+NO_LAUNCH = frozenset(
+    {"reshape", "view", "ravel", "transpose", "swapaxes", "moveaxis", "expand_dims", "squeeze",
+     "diagonal", "ndim", "shape", "size", "dtype", "result_type", "broadcast_to", "atleast_1d",
+     "ascontiguousarray", "asarray", "isscalar", "iterable"}
+)  # fmt: skip
+
+
+class Launches:
+    """Operations counted by stage and by the chain's innermost function that made them."""
+
+    def __init__(self) -> None:
+        self.by_stage: Counter[str] = Counter()
+        self.by_function: Counter[str] = Counter()
+
+    def note(self) -> None:
+        frame: FrameType | None = sys._getframe(2)
+        inner, stage = None, "other"
+        while frame is not None:
+            path = Path(frame.f_code.co_filename)
+            if "streamtrk" in path.parts and path.name != "strict_xp.py":
+                if inner is None:
+                    inner = f"{path.parent.name}/{path.name}:{frame.f_code.co_name}"
+                stage = STAGES.get((path.name, frame.f_code.co_name)) or stage
+            frame = frame.f_back
+        self.by_stage[stage] += 1
+        self.by_function[inner or "?"] += 1
+
+
+def strict_stand_in() -> Any:
+    """The test suite's strict stand-in for CuPy (``tests/recon/strict_xp.py``)."""
+    if str(ROOT / "tests" / "recon") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests" / "recon"))
+    return importlib.import_module("strict_xp")
+
+
+@contextmanager
+def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
+    """Count the stand-in's launching operations into ``launches`` inside the block."""
+    array = strict_xp.DeviceArray
+    saved = (array.__array_ufunc__, array.__getitem__, array.__setitem__, strict_xp._wrapped)
+    ufunc, getitem, setitem, wrapped = saved
+
+    def on_ufunc(self: Any, *args: Any, **kwargs: Any) -> Any:
+        launches.note()
+        return ufunc(self, *args, **kwargs)
+
+    def on_getitem(self: Any, key: Any) -> Any:
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, strict_xp.DeviceArray | np.ndarray | list) for k in keys):
+            launches.note()  # a gather; plain slices are views
+        return getitem(self, key)
+
+    def on_setitem(self: Any, key: Any, value: Any) -> None:
+        launches.note()
+        setitem(self, key, value)
+
+    def on_wrapped(fn: Any, name: str) -> Any:
+        call = wrapped(fn, name)
+        if name.rsplit(".", 1)[-1] in NO_LAUNCH:
+            return call
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            launches.note()
+            return call(*args, **kwargs)
+
+        return counted
+
+    array.__array_ufunc__, array.__getitem__, array.__setitem__ = on_ufunc, on_getitem, on_setitem
+    strict_xp._wrapped = on_wrapped
+    try:
+        yield
+    finally:
+        array.__array_ufunc__, array.__getitem__, array.__setitem__, strict_xp._wrapped = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mu", type=float, default=200.0)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--top", type=int, default=25, help="functions listed per batch size")
+    args = ap.parse_args()
+    det = load_detector()
+    cfg = SimConfig(generator=replace(GeneratorConfig(), mu=args.mu))
+    rngs = np.random.default_rng(args.seed).spawn(max(args.batches))
+    events = [simulate_event(det, cfg, rng, run=1, event=k) for k, rng in enumerate(rngs)]
+    path = default_model_path()
+    model, card = load_model(path)
+    chain = ChainSettings.of_card(card, path)
+    out: dict[str, Any] = {"mu": args.mu, "model": path.name, "batches": {}}
+    strict_xp = strict_stand_in()
+    with strict_xp.installed(Path(tempfile.mkdtemp(prefix="launch-count-"))):
+        rec = Reconstructor(
+            GNNScorer(model),
+            device="cuda",
+            prune=chain.prune,
+            tracks=chain.tracks,
+            threshold=chain.threshold,
+        )
+        for size in args.batches:
+            rec.reconstruct(events[:size])  # kernels built, caches filled
+            launches = Launches()
+            with counting(strict_xp, launches):
+                rec.reconstruct(events[:size])
+            out["batches"][str(size)] = {
+                "launches": sum(launches.by_stage.values()),
+                "by_stage": dict(launches.by_stage.most_common()),
+                "top_functions": dict(launches.by_function.most_common(args.top)),
+            }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
