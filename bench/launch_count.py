@@ -125,12 +125,30 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
 
         return counted
 
+    def on_kernel(run: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            launches.note()
+            return run(*args, **kwargs)
+
+        return counted
+
+    # Kernels: raw ones built for the host, and those run as NumPy's (ElementwiseKernel's,
+    # shared-memory bincount).
+    kernel_tables = (strict_xp._ELEMENTWISE, strict_xp._RAW_AS_NUMPY)
+    saved_tables = [dict(t) for t in kernel_tables]
+    host_kernel = strict_xp._HostKernel.__call__
+    for table in kernel_tables:
+        table.update({name: on_kernel(run) for name, run in table.items()})
+    strict_xp._HostKernel.__call__ = on_kernel(host_kernel)
     array.__array_ufunc__, array.__getitem__, array.__setitem__ = on_ufunc, on_getitem, on_setitem
     strict_xp._wrapped = on_wrapped
     try:
         yield
     finally:
         array.__array_ufunc__, array.__getitem__, array.__setitem__, strict_xp._wrapped = saved
+        strict_xp._HostKernel.__call__ = host_kernel
+        for table, before in zip(kernel_tables, saved_tables, strict=True):
+            table.update(before)
 
 
 def main() -> None:
