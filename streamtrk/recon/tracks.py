@@ -11,12 +11,16 @@ with pointer jumping on both devices, labelled by their smallest hit index.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, bincount, csr_rows, scatter_min
+
+KERNELS = "label_propagation.cu"  # label propagation on the GPU
 
 
 def _by_key_then_score(key: Array, s: Array, xp: Any) -> tuple[Array, Array]:
@@ -172,21 +176,61 @@ def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int 
 
 
 def _propagate(edge_index: Array, n_nodes: int, max_iter: int) -> Array:
-    """Min-label propagation with pointer jumping: each node's smallest connected node."""
+    """Min-label propagation with pointer jumping: each node's smallest connected node. On
+    the device two kernels an iteration (:func:`kernel_step`) for the arrays' eight
+    operations (:func:`array_step`)."""
     xp = array_module(edge_index)
+    if xp is np:
+        step = array_step(edge_index)
+    else:
+        step = kernel_step(edge_index, n_nodes, cupy_launcher(KERNELS))
+    return iterate_labels(step, n_nodes, max_iter, xp)
+
+
+def iterate_labels(step: Callable[[Array], Array], n_nodes: int, max_iter: int, xp: Any) -> Array:
+    """``step`` from each node's own label until the labels stop changing (checked every
+    ``_CHECK_EVERY`` iterations and at the last). RuntimeError past ``max_iter``."""
     labels = xp.arange(n_nodes, dtype=xp.int64)
-    a, b = edge_index[0], edge_index[1]
     for i in range(1, max_iter + 1):
+        new = step(labels)
+        if (i % _CHECK_EVERY == 0 or i == max_iter) and bool((new == labels).all()):
+            return labels
+        labels = new
+    raise RuntimeError(f"label propagation did not converge in {max_iter} iterations")
+
+
+def array_step(edge_index: Array) -> Callable[[Array], Array]:
+    """An iteration in array operations: each edge's ends take the smaller label of the two,
+    then every label its label's label, twice (new arrays each time)."""
+    xp = array_module(edge_index)
+    a, b = edge_index[0], edge_index[1]
+
+    def step(labels: Array) -> Array:
         low = xp.minimum(labels[a], labels[b])
         new = labels.copy()
         scatter_min(new, a, low)
         scatter_min(new, b, low)
         new = new[new]  # pointer jumping: follow labels to their labels
-        new = new[new]
-        if (i % _CHECK_EVERY == 0 or i == max_iter) and bool((new == labels).all()):
-            return labels
-        labels = new
-    raise RuntimeError(f"label propagation did not converge in {max_iter} iterations")
+        return new[new]
+
+    return step
+
+
+def kernel_step(edge_index: Array, n_nodes: int, launch: Launch) -> Callable[[Array], Array]:
+    """An iteration as two kernels (``label_propagation.cu``): over the edges, then over the
+    nodes, pointer jumping in place. The same fixed point as :func:`array_step`'s; the
+    iterations to reach it may differ."""
+    xp, i64 = array_module(edge_index), np.int64
+    n_edges = edge_index.shape[1]
+    a, b = contiguous((edge_index[0].astype(xp.int64), edge_index[1].astype(xp.int64)), xp)
+
+    def step(labels: Array) -> Array:
+        new = labels.copy()
+        launch("propagate_labels", n_edges, (i64(n_edges), a, b, labels, new))
+        launch("jump_labels", n_nodes, (i64(n_nodes), new))
+        return new
+
+    return step
 
 
 @dataclass(frozen=True)

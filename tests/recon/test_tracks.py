@@ -8,11 +8,14 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from streamtrk.recon.tracks import (
+    KERNELS,
     TrackConfig,
     _mutual_best,
     build_tracks,
     components_label_propagation,
     fit_cuts,
+    iterate_labels,
+    kernel_step,
     merge_labels,
     resolve_junctions,
     select_tracks,
@@ -125,6 +128,20 @@ def test_label_propagation_equals_scipy_on_random_graphs():
     for n, e in [(1, 0), (10, 0), (50, 30), (2000, 1500), (5000, 12000)]:
         edges = rng.integers(0, n, size=(2, e))
         assert np.array_equal(components_label_propagation(edges, n), components_scipy(edges, n))
+
+
+def test_host_kernels_label_as_the_arrays(host_launcher):
+    """label_propagation.cu, built for the host (its threads one after another, its atomic
+    minimum a plain one), labels random graphs and long chains numbered against their order
+    as SciPy does; too few iterations raise as the arrays' do."""
+    rng = np.random.default_rng(1)
+    chain = np.stack([np.arange(2999), np.arange(1, 3000)])[:, ::-1].copy()
+    graphs = [(rng.integers(0, n, size=(2, e)), n) for n, e in [(50, 30), (5000, 12000)]]
+    for edges, n in [*graphs, (chain, 3000), (chain[::-1].copy(), 3000)]:
+        step = kernel_step(edges, n, host_launcher(KERNELS))
+        assert np.array_equal(iterate_labels(step, n, 1000, np), components_scipy(edges, n))
+    with pytest.raises(RuntimeError, match="did not converge in 1 iterations"):
+        iterate_labels(kernel_step(chain, 3000, host_launcher(KERNELS)), 3000, 1, np)
 
 
 def test_long_chains_converge():
