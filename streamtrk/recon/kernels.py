@@ -2,13 +2,15 @@
 launcher.
 
 A stage keeps its kernels in a CUDA C file beside its module (``doublet_search.cu``: graph
-construction; ``triplet_search.cu``: pruning), one thread per query, and runs them through a
-:data:`Launch`, ``launch(kernel, n_threads, args)``: on a GPU :func:`cupy_launcher`'s. With
-``STREAMTRK_HOST`` defined the same source compiles, for a C++ compiler, to host functions
-that loop over the threads (:func:`host_launcher`): the tests run them against the NumPy
-path without a GPU. No fused multiply-adds (``--fmad=false``): + - x / and sqrt round as
-NumPy's, so the cuts decide as NumPy's but where CUDA's maths functions (``asinh``, and
-CuPy's own for the inputs) differ from the host's by an ulp. (CuPy also compiles with
+construction; ``triplet_search.cu``: pruning; ``label_propagation.cu``: track building;
+``gls_filter.cu``: the fit), a thread per item of its first parameter, and runs them
+through a :data:`Launch`, ``launch(kernel, n_threads, args)``: on a GPU
+:func:`cupy_launcher`'s. With ``STREAMTRK_HOST`` defined the same source compiles, for a
+C++ compiler, to host functions that loop over the threads (:func:`host_launcher`): the
+tests run them against the NumPy path without a GPU. No fused multiply-adds
+(``--fmad=false``): + - x / and sqrt round as NumPy's, so the cuts decide as NumPy's but
+where CUDA's maths functions (``asinh``, and CuPy's own for the inputs) differ from the
+host's by an ulp. (CuPy also compiles with
 ``-ftz=true``, flushing float32 values under 1.2e-38 to zero: the float32 quantities
 compared, angles and curvatures and their differences in multiples of their rounding step,
 are zero or far above that.)
