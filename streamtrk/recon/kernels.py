@@ -10,10 +10,9 @@ C++ compiler, to host functions that loop over the threads (:func:`host_launcher
 tests run them against the NumPy path without a GPU. No fused multiply-adds
 (``--fmad=false``): + - x / and sqrt round as NumPy's, so the cuts decide as NumPy's but
 where CUDA's maths functions (``asinh``, and CuPy's own for the inputs) differ from the
-host's by an ulp. (CuPy also compiles with
-``-ftz=true``, flushing float32 values under 1.2e-38 to zero: the float32 quantities
-compared, angles and curvatures and their differences in multiples of their rounding step,
-are zero or far above that.)
+host's by an ulp. (CuPy also compiles with ``-ftz=true``, flushing float32 values under
+1.2e-38 to zero: the float32 quantities compared, angles and curvatures and their
+differences in multiples of their rounding step, are zero or far above that.)
 """
 
 from __future__ import annotations
