@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, highland
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, PION_MASS, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, bincount, csr_rows
@@ -80,7 +80,6 @@ def fit_tracks(
     barrel = xp.asarray(det.kind == BARREL)[lay]
     res_a, res_b = xp.asarray(det.res_a)[lay], xp.asarray(det.res_b)[lay]
     x0 = xp.asarray(det.x0)[lay]
-    r = xp.hypot(hx, hy)
     first, last = hit_index[offsets[:-1]], hit_index[offsets[1:] - 1]
     chord = (x[last] - x[first], y[last] - y[first])
 
@@ -89,23 +88,14 @@ def fit_tracks(
     circle = _fit_circle(hx, hy, 1 / (res_a * res_a), tsum, tid, chord, xp)
     radius = circle[2]
     h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
-    s = radius[tid] * turn  # transverse arc length from the perigee
-    rho = xp.hypot(dx, dy)
-    n_r = (dx * hx + dy * hy) / (rho * r)  # circle normal . radial direction
-    n_phi = (dx * hy - dy * hx) / (rho * r)  # circle normal . azimuthal direction (+-)
-    var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(
-        barrel, 0.0, res_b**2 * n_r**2
-    )
-    var_z = xp.where(barrel, res_b * res_b, (res_b * hz / r) ** 2)
-    tan_l, z0 = _fit_line(s, hz, 1 / var_z, tsum, xp)
-    var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
+    hits = (hx, hy, hz, res_a, res_b, barrel)
+    s, n_phi, var_c, w_z = _projections(radius, turn, dx, dy, hits, tid, xp)
+    tan_l, z0 = _fit_line(s, hz, w_z, tsum, xp)
 
     # Scattering: theta at each hit's layer (Highland, p from the starting fit).
     cosh = xp.sqrt(1 + tan_l * tan_l)
     p = xp.maximum(GEV_PER_TESLA_MM * abs(det.bfield) * radius * cosh, 0.01)  # GeV
-    cos_inc = xp.where(barrel, xp.abs(n_phi), xp.abs(tan_l[tid])) / cosh[tid]
-    theta = highland(p[tid], x0 / xp.maximum(cos_inc, _MIN_COS_INCIDENCE), xp)
-    path = s * cosh[tid]
+    var_z, theta, path = _scattering(tan_l, cosh, p, n_phi, s, (res_b, x0, barrel), tid, xp)
 
     # Generalised least squares: one step from the starting fit (its geometry, its
     # scattering angles), weighted with the hits' full covariance V: measurement, and the
@@ -417,6 +407,100 @@ def turns_kernel(
     return per_track[0], per_track[1], per_hit[0], per_hit[1], per_hit[2]
 
 
+Hits = tuple[Array, Array, Array, Array, Array, Array]  # x, y, z, res_a, res_b, barrel
+
+
+def _projections(
+    radius: Array, turn: Array, dx: Array, dy: Array, hits: Hits, tid: Array, xp: Any
+) -> tuple[Array, Array, Array, Array]:
+    """Per hit on its track's circle (``radius``; ``turn`` from the perigee, offset ``dx,
+    dy`` from the centre): its transverse arc length s from the perigee, the circle normal's
+    azimuthal part n_phi (its radial part n_r), its variance across the circle (``res_a``
+    on the normal, on disks ``res_b`` too) and the weight of its z for the starting line
+    (disks: the r error carried along a straight line to the origin). On the device one
+    kernel (``hit_projections``) for these thirty operations."""
+    if xp is not np:
+        return projections_kernel(radius, turn, dx, dy, hits, tid, cupy_launcher(KERNELS))
+    hx, hy, hz, res_a, res_b, barrel = hits
+    r = xp.hypot(hx, hy)
+    s = radius[tid] * turn
+    rho = xp.hypot(dx, dy)
+    n_r = (dx * hx + dy * hy) / (rho * r)  # circle normal . radial direction
+    n_phi = (dx * hy - dy * hx) / (rho * r)  # circle normal . azimuthal direction (+-)
+    var_c = res_a**2 * xp.maximum(n_phi**2, _MIN_COS_INCIDENCE**2) + xp.where(
+        barrel, 0.0, res_b**2 * n_r**2
+    )
+    var_z = xp.where(barrel, res_b * res_b, (res_b * hz / r) ** 2)
+    return s, n_phi, var_c, 1 / var_z
+
+
+def _scattering(
+    tan_l: Array,
+    cosh: Array,
+    p: Array,
+    n_phi: Array,
+    s: Array,
+    layers: tuple[Array, Array, Array],
+    tid: Array,
+    xp: Any,
+) -> tuple[Array, Array, Array]:
+    """Per hit, with its track's starting line (``tan_l``, ``cosh`` of eta, momentum ``p``):
+    the variance of its z about the line (disks: ``res_b`` along it), the scattering angle
+    at its layer (Highland for ``x0`` over the cosine of incidence) and its path from the
+    perigee. ``layers``: per hit, ``res_b``, ``x0`` and whether on a barrel. On the device
+    one kernel (``hit_scattering``) for these thirty operations."""
+    if xp is not np:
+        launch = cupy_launcher(KERNELS)
+        return scattering_kernel(tan_l, cosh, p, n_phi, s, layers, tid, launch)
+    res_b, x0, barrel = layers
+    var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
+    cos_inc = xp.where(barrel, xp.abs(n_phi), xp.abs(tan_l[tid])) / cosh[tid]
+    theta = highland(p[tid], x0 / xp.maximum(cos_inc, _MIN_COS_INCIDENCE), xp)
+    return var_z, theta, s * cosh[tid]
+
+
+def projections_kernel(
+    radius: Array, turn: Array, dx: Array, dy: Array, hits: Hits, tid: Array, launch: Launch
+) -> tuple[Array, Array, Array, Array]:
+    """:func:`_projections` as one kernel (``hit_projections``), a thread per hit."""
+    arrays = (tid, radius, turn, dx, dy, *hits)
+    out = _per_hit_kernel("hit_projections", 4, arrays, (_MIN_COS_INCIDENCE**2,), launch)
+    return out[0], out[1], out[2], out[3]
+
+
+def scattering_kernel(
+    tan_l: Array,
+    cosh: Array,
+    p: Array,
+    n_phi: Array,
+    s: Array,
+    layers: tuple[Array, Array, Array],
+    tid: Array,
+    launch: Launch,
+) -> tuple[Array, Array, Array]:
+    """:func:`_scattering` as one kernel (``hit_scattering``), a thread per hit."""
+    arrays = (tid, tan_l, cosh, p, n_phi, s, *layers)
+    scalars = (_MIN_COS_INCIDENCE, PION_MASS**2)
+    out = _per_hit_kernel("hit_scattering", 3, arrays, scalars, launch)
+    return out[0], out[1], out[2]
+
+
+def _per_hit_kernel(
+    name: str, rows: int, arrays: tuple[Array, ...], scalars: tuple[float, ...], launch: Launch
+) -> Array:
+    """Kernel ``name`` of ``gls_filter.cu``, a thread per hit, on ``arrays`` (the hits'
+    tracks first, then float64 columns and bool ones, per track or per hit) and
+    ``scalars``: its ``rows`` outputs, a row of hits each."""
+    tid = arrays[0]
+    xp = array_module(tid)
+    columns = (a if a.dtype == bool else a.astype(xp.float64, copy=False) for a in arrays[1:])
+    out = xp.empty((rows, len(tid)))
+    ids = tid.astype(xp.int64, copy=False)
+    args = contiguous((np.int64(len(tid)), ids, *columns), xp)
+    launch(name, len(tid), (*args, *map(np.float64, scalars), out))
+    return out
+
+
 def _wrapped(angle: Array, xp: Any) -> Array:
     """``angle`` in [-pi, pi)."""
     return xp.mod(angle + np.pi, 2 * np.pi) - np.pi
@@ -456,16 +540,8 @@ def distances_kernel(
     tid: Array,
     launch: Launch,
 ) -> tuple[Array, tuple[Array, Array, Array]]:
-    """:func:`_distances` as one kernel (``circle_distances`` of ``gls_filter.cu``), a thread
-    per hit."""
-    xp = array_module(u)
-    out = xp.empty((4, len(u)))
-    per_track = (a.astype(xp.float64, copy=False) for a in (kappa, phi, delta))
-    per_hit = (a.astype(xp.float64, copy=False) for a in (u, v, q))
-    args = contiguous(
-        (np.int64(len(u)), tid.astype(xp.int64, copy=False), *per_track, *per_hit), xp
-    )
-    launch("circle_distances", len(u), (*args, out))
+    """:func:`_distances` as one kernel (``circle_distances``), a thread per hit."""
+    out = _per_hit_kernel("circle_distances", 4, (tid, kappa, phi, delta, u, v, q), (), launch)
     return out[0], (out[1], out[2], out[3])
 
 

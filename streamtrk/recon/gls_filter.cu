@@ -1,5 +1,6 @@
 // The helix fit's kernels (streamtrk/recon/fit.py). circle_distances: fit._distances, a
-// thread per hit. circle_turns: fit._on_circle, a thread per track. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
+// thread per hit. circle_turns: fit._on_circle, a thread per track. hit_projections and
+// hit_scattering: fit._projections and fit._scattering, a thread per hit. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
 // standard deviations they are L^-1 [J res] for the hits' covariance V = L L^T, and their
@@ -132,5 +133,58 @@ extern "C" __global__ void circle_turns(long long n_tracks, const long long *off
             per_hit[j] = first + h * along;
             last = angle;
         }
+    }
+}
+
+// numpy.maximum(a, b) for a b that is no NaN: a NaN a stays NaN.
+__device__ double numpy_max(double a, double b) { return a < b ? b : a; }
+
+// Per hit, as fit._projections: its arc length s from the perigee, the circle normal's
+// azimuthal part n_phi, its variance across the circle and the weight of its z for the
+// starting line. out is 4 rows of n_hits (s, n_phi, var_c, w_z).
+extern "C" __global__ void hit_projections(long long n_hits, const long long *tid,
+                                           const double *radius, const double *turn,
+                                           const double *dx, const double *dy,
+                                           const double *hx, const double *hy,
+                                           const double *hz, const double *res_a,
+                                           const double *res_b, const bool *barrel,
+                                           double min_cos2, double *out) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const double r = hypot(hx[h], hy[h]), rho = hypot(dx[h], dy[h]);
+        const double n_r = (dx[h] * hx[h] + dy[h] * hy[h]) / (rho * r);
+        const double n_phi = (dx[h] * hy[h] - dy[h] * hx[h]) / (rho * r);
+        const double across = res_b[h] * res_b[h] * (n_r * n_r);
+        const double var_c =
+            res_a[h] * res_a[h] * numpy_max(n_phi * n_phi, min_cos2) + (barrel[h] ? 0.0 : across);
+        const double t = res_b[h] * hz[h] / r;
+        const double var_z = barrel[h] ? res_b[h] * res_b[h] : t * t;
+        out[h] = radius[tid[h]] * turn[h];
+        out[n_hits + h] = n_phi;
+        out[2 * n_hits + h] = var_c;
+        out[3 * n_hits + h] = 1 / var_z;
+    }
+}
+
+// Per hit, as fit._scattering (its track's tan(lambda), cosh(eta) and momentum p): the
+// variance of its z about the line, the multiple-scattering angle at its layer (Highland,
+// as streamtrk.detector.highland, for x0 radiation lengths over the cosine of incidence),
+// and its path length from the perigee. out is 3 rows of n_hits (var_z, theta, path).
+extern "C" __global__ void hit_scattering(long long n_hits, const long long *tid,
+                                          const double *tan_l, const double *cosh,
+                                          const double *p, const double *n_phi,
+                                          const double *s, const double *res_b,
+                                          const double *x0, const bool *barrel,
+                                          double min_cos, double pion_mass2, double *out) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const long long k = tid[h];
+        const double z = res_b[h] * tan_l[k] * n_phi[h];
+        const double var_z = barrel[h] ? res_b[h] * res_b[h] : z * z + 1e-12;
+        const double cos_inc = (barrel[h] ? fabs(n_phi[h]) : fabs(tan_l[k])) / cosh[k];
+        const double t = numpy_max(x0[h] / numpy_max(cos_inc, min_cos), 1e-12);
+        const double beta = p[k] / sqrt(p[k] * p[k] + pion_mass2);
+        const double log_term = numpy_max(1 + 0.038 * log(t / (beta * beta)), 0.0);
+        out[h] = var_z;
+        out[n_hits + h] = 0.0136 / (beta * p[k]) * sqrt(t) * log_term;
+        out[2 * n_hits + h] = s[h] * cosh[k];
     }
 }

@@ -39,6 +39,8 @@ using std::fabs;
 using std::fmax;
 using std::fmin;
 using std::fmod;
+using std::hypot;
+using std::log;
 using std::sin;
 using std::sqrt;
 #define __global__

@@ -16,10 +16,14 @@ from streamtrk.recon.fit import (
     _distances,
     _gls,
     _on_circle,
+    _projections,
+    _scattering,
     distances_kernel,
     fit_tracks,
     gram_arrays,
     gram_kernel,
+    projections_kernel,
+    scattering_kernel,
     turns_kernel,
 )
 from streamtrk.sim.generator import GeneratedParticles
@@ -571,6 +575,36 @@ def test_host_kernel_turns_are_the_arrays(host_launcher):
     assert np.abs(turn).max() > 2 * np.pi and set(arrays[0]) == {-1.0, 1.0}
     for got, want in zip(kernel, arrays, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_host_kernels_of_the_hits_projections_and_scattering_are_the_arrays(host_launcher):
+    """hit_projections and hit_scattering, built for the host, give the NumPy path's arc
+    lengths, normals, variances, weights, scattering angles and paths: barrel and disk hits,
+    curved and stiff tracks, steep and flat ones, incidences under the floor."""
+    rng = np.random.default_rng(15)
+    n_tracks, sizes = 200, rng.integers(1, 13, 200)
+    tid = np.repeat(np.arange(n_tracks), sizes)
+    n = len(tid)
+    radius = 10.0 ** rng.uniform(2, 7, n_tracks)
+    turn, dx, dy = rng.normal(0, 0.5, n), rng.normal(0, 300, n), rng.normal(0, 300, n)
+    dx[:5] = 1e-9  # the normal nearly along phi: incidence under the floor
+    hits = (*rng.normal(0, 500, (3, n)), rng.uniform(0.01, 0.1, n), rng.uniform(0.05, 1, n))
+    barrel = rng.random(n) < 0.6
+    kernel = host_launcher(KERNELS)
+    projected = _projections(radius, turn, dx, dy, (*hits, barrel), tid, np)
+    got = projections_kernel(radius, turn, dx, dy, (*hits, barrel), tid, kernel)
+    for g, want in zip(got, projected, strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-12)
+    s, n_phi = projected[0], projected[1]
+    tan_l = rng.normal(0, 3, n_tracks)
+    cosh = np.sqrt(1 + tan_l * tan_l)
+    p = 10.0 ** rng.uniform(-1.5, 3, n_tracks)
+    layers = (hits[4], rng.uniform(0.005, 0.05, n), barrel)
+    scattered = _scattering(tan_l, cosh, p, n_phi, s, layers, tid, np)
+    assert (scattered[1] > 0).all()
+    for g, want in zip(scattering_kernel(tan_l, cosh, p, n_phi, s, layers, tid, kernel),
+                       scattered, strict=True):  # fmt: skip
+        np.testing.assert_allclose(g, want, rtol=1e-12)
 
 
 def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):

@@ -16,7 +16,13 @@ FILES = sorted(
 )
 ENTRIES = {
     "doublet_search.cu": ("doublet_candidates", "doublet_count", "doublet_fill"),
-    "gls_filter.cu": ("gls_gram", "circle_distances", "circle_turns"),
+    "gls_filter.cu": (
+        "gls_gram",
+        "circle_distances",
+        "circle_turns",
+        "hit_projections",
+        "hit_scattering",
+    ),
     "label_propagation.cu": ("propagate_labels", "jump_labels"),
     "triplet_search.cu": ("triplet_flags", "quadruplet_ends"),
 }
