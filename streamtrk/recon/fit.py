@@ -114,7 +114,7 @@ def fit_tracks(
     across = [(theta * cosh[tid], turned), (theta * xp.abs(tan_l[tid]) / big_r, bent)]
     step, cov_c, chi2_c = _gls(jac_c, eps, var_c, across, offsets, tid, xp)
     circle = _circle(kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2], xp)
-    xc, yc, radius = circle
+    radius = circle[2]
     h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     s_new = radius[tid] * turn
     tilted = ((path, one), (one, -path))
@@ -122,9 +122,44 @@ def fit_tracks(
     step_z, cov_z, chi2_z = _gls(
         (s_new, one), res_z, var_z, [(theta * cosh[tid], tilted)], offsets, tid, xp
     )
+    fitted = (circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z)
+    return _parameters(*fitted, sizes, det.bfield, xp)
+
+
+#: The float32 parameters in the rows of ``track_parameters``'s output, in its order.
+PARAMETER_ROWS = (
+    "pt", "eta", "phi", "d0", "z0", "chi2", "sigma_q_over_pt", "sigma_eta", "sigma_phi",
+    "sigma_d0", "sigma_z0", "corr_q_over_pt_phi", "corr_q_over_pt_d0", "corr_phi_d0",
+    "corr_eta_z0",
+)  # fmt: skip
+
+
+def _parameters(
+    circle: tuple[Array, Array, Array],
+    h: Array,
+    theta_p: Array,
+    tan_l: Array,
+    z0: Array,
+    step_z: Array,
+    chi2_c: Array,
+    chi2_z: Array,
+    cov_c: Array,
+    cov_z: Array,
+    sizes: Array,
+    bfield: float,
+    xp: Any,
+) -> dict[str, Array]:
+    """The reported parameters (``TRACK_PARAM_DTYPES``) of the fit's results: the circle
+    after its step (its sense ``h``, the perigee's angle ``theta_p`` from its centre), the
+    line before its step ``step_z``, the two chi-squares and covariances. On the device one
+    kernel (``track_parameters``) for these sixty operations."""
+    if xp is not np:
+        fitted = (circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z)
+        return parameters_kernel(*fitted, sizes, bfield, cupy_launcher(KERNELS))
+    xc, yc, radius = circle
     tan_l, z0 = tan_l + step_z[:, 0], z0 + step_z[:, 1]
     chi2 = chi2_c + chi2_z
-    charge = (-h * np.sign(det.bfield)).astype(xp.int32)
+    charge = (-h * np.sign(bfield)).astype(xp.int32)
     phi = _wrapped(theta_p + h * np.pi / 2, xp)
     d0 = -h * (radius - xp.hypot(xc, yc))  # the perigee at d0 (-sin phi, cos phi)
     cosh = xp.sqrt(1 + tan_l * tan_l)
@@ -135,10 +170,10 @@ def fit_tracks(
     # q/pT = -sign(B) kappa / (c |B|), d0 = delta, phi is Karimaki's phi and
     # eta rises with tan(lambda): the signs that turn their correlations into the reported
     # parameters'.
-    sign_b = float(np.sign(det.bfield))
+    sign_b = float(np.sign(bfield))
 
     params = {
-        "pt": GEV_PER_TESLA_MM * abs(det.bfield) * radius,
+        "pt": GEV_PER_TESLA_MM * abs(bfield) * radius,
         "eta": xp.arcsinh(tan_l),
         "phi": phi,
         "d0": d0,
@@ -146,7 +181,7 @@ def fit_tracks(
         "charge": charge,
         "chi2": chi2,
         "ndf": xp.maximum(2 * sizes - 5, 1),
-        "sigma_q_over_pt": xp.sqrt(var_kappa) / (GEV_PER_TESLA_MM * abs(det.bfield)),
+        "sigma_q_over_pt": xp.sqrt(var_kappa) / (GEV_PER_TESLA_MM * abs(bfield)),
         "sigma_eta": xp.sqrt(var_tan_l) / cosh,
         "sigma_phi": xp.sqrt(var_phi),
         "sigma_d0": xp.sqrt(var_d0),
@@ -157,6 +192,35 @@ def fit_tracks(
         "corr_eta_z0": cov_z[:, 0, 1] / xp.sqrt(var_tan_l * var_z0),
     }
     return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+
+
+def parameters_kernel(
+    circle: tuple[Array, Array, Array],
+    h: Array,
+    theta_p: Array,
+    tan_l: Array,
+    z0: Array,
+    step_z: Array,
+    chi2_c: Array,
+    chi2_z: Array,
+    cov_c: Array,
+    cov_z: Array,
+    sizes: Array,
+    bfield: float,
+    launch: Launch,
+) -> dict[str, Array]:
+    """:func:`_parameters` as one kernel (``track_parameters``), a thread per track."""
+    xp = array_module(h)
+    n = len(h)
+    floats = xp.empty((len(PARAMETER_ROWS), n), dtype=xp.float32)
+    ints = xp.empty((2, n), dtype=xp.int32)
+    columns = (circle[2], circle[0], circle[1], h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z)
+    f64 = (a.astype(xp.float64, copy=False) for a in (*columns, cov_c, cov_z))
+    args = contiguous((np.int64(n), *f64, sizes.astype(xp.int64, copy=False)), xp)
+    scalars = (np.float64(np.sign(bfield)), np.float64(GEV_PER_TESLA_MM * abs(bfield)))
+    launch("track_parameters", n, (*args, *scalars, floats, ints))
+    rows = dict(zip(PARAMETER_ROWS, floats, strict=True)) | {"charge": ints[0], "ndf": ints[1]}
+    return {k: rows[k] for k in TRACK_PARAM_DTYPES}
 
 
 def _fit_circle(

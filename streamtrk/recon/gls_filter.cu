@@ -1,6 +1,7 @@
 // The helix fit's kernels (streamtrk/recon/fit.py). circle_distances: fit._distances, a
 // thread per hit. circle_turns: fit._on_circle, a thread per track. hit_projections and
-// hit_scattering: fit._projections and fit._scattering, a thread per hit. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
+// hit_scattering: fit._projections and fit._scattering, a thread per hit.
+// track_parameters: fit._parameters, a thread per track. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
 // standard deviations they are L^-1 [J res] for the hits' covariance V = L L^T, and their
@@ -186,5 +187,45 @@ extern "C" __global__ void hit_scattering(long long n_hits, const long long *tid
         out[h] = var_z;
         out[n_hits + h] = 0.0136 / (beta * p[k]) * sqrt(t) * log_term;
         out[2 * n_hits + h] = s[h] * cosh[k];
+    }
+}
+
+// Per track, as fit._parameters: the reported parameters of the fit's results (the circle
+// after its step: radius, centre, sense h, perigee angle theta_p from the centre; the line
+// before its step step_z; the chi-squares; the circle's 3 x 3 and the line's 2 x 2
+// covariances), rounded as numpy.ndarray.astype rounds. floats: 15 rows of n_tracks in the
+// order of fit.PARAMETER_ROWS; ints: 2 rows (charge, ndf).
+extern "C" __global__ void track_parameters(
+    long long n_tracks, const double *radius, const double *xc, const double *yc,
+    const double *h, const double *theta_p, const double *tan_l0, const double *z0_0,
+    const double *step_z, const double *chi2_c, const double *chi2_z, const double *cov_c,
+    const double *cov_z, const long long *sizes, double sign_b, double pt_per_mm,
+    float *floats, int *ints) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        const double tan_l = tan_l0[t] + step_z[2 * t], z0 = z0_0[t] + step_z[2 * t + 1];
+        const double *c = cov_c + 9 * t, *cz = cov_z + 4 * t;
+        const double s_kappa = sqrt(c[0]), s_phi = sqrt(c[4]), s_d0 = sqrt(c[8]);
+        const double cosh = sqrt(1 + tan_l * tan_l);
+        const double row[15] = {
+            pt_per_mm * radius[t],
+            asinh(tan_l),
+            wrapped(theta_p[t] + h[t] * PI / 2),
+            -h[t] * (radius[t] - hypot(xc[t], yc[t])),
+            z0,
+            chi2_c[t] + chi2_z[t],
+            sqrt(c[0]) / pt_per_mm,
+            sqrt(cz[0]) / cosh,
+            s_phi,
+            s_d0,
+            sqrt(cz[3]),
+            -sign_b * (c[1] / (s_kappa * s_phi)),
+            -sign_b * (c[2] / (s_kappa * s_d0)),
+            c[5] / (s_phi * s_d0),
+            cz[1] / sqrt(cz[0] * cz[3]),
+        };
+        for (int k = 0; k < 15; ++k) floats[k * n_tracks + t] = (float)row[k];
+        const long long ndf = 2 * sizes[t] - 5;
+        ints[t] = (int)(-h[t] * sign_b);
+        ints[n_tracks + t] = (int)(ndf < 1 ? 1 : ndf);
     }
 }

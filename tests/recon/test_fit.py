@@ -16,12 +16,14 @@ from streamtrk.recon.fit import (
     _distances,
     _gls,
     _on_circle,
+    _parameters,
     _projections,
     _scattering,
     distances_kernel,
     fit_tracks,
     gram_arrays,
     gram_kernel,
+    parameters_kernel,
     projections_kernel,
     scattering_kernel,
     turns_kernel,
@@ -605,6 +607,28 @@ def test_host_kernels_of_the_hits_projections_and_scattering_are_the_arrays(host
     for g, want in zip(scattering_kernel(tan_l, cosh, p, n_phi, s, layers, tid, kernel),
                        scattered, strict=True):  # fmt: skip
         np.testing.assert_allclose(g, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bfield", [2.0, -2.0])
+def test_host_kernel_parameters_are_the_arrays(host_launcher, bfield: float):
+    """track_parameters, built for the host, gives the NumPy path's reported parameters,
+    each of its dtype, bit for bit: either sense and field, tracks of 3 and more hits."""
+    rng = np.random.default_rng(16)
+    n = 500
+    circle = (*rng.normal(0, 1e3, (2, n)), 10.0 ** rng.uniform(2, 6, n))
+    h, theta_p = rng.choice([-1.0, 1.0], n), rng.uniform(-np.pi, np.pi, n)
+    tan_l, z0, step_z = rng.normal(0, 3, n), rng.normal(0, 50, n), rng.normal(0, 1e-3, (n, 2))
+    chi2_c, chi2_z = rng.chisquare(5, n), rng.chisquare(4, n)
+    a, b = rng.normal(size=(n, 3, 3)), rng.normal(size=(n, 2, 2))
+    cov_c, cov_z = a @ a.swapaxes(1, 2), b @ b.swapaxes(1, 2)  # symmetric positive
+    sizes = rng.integers(3, 20, n)
+    fitted = (circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes)
+    arrays = _parameters(*fitted, bfield, np)
+    kernel = parameters_kernel(*fitted, bfield, host_launcher(KERNELS))
+    assert list(kernel) == list(arrays) == list(TRACK_PARAM_DTYPES)
+    for k, want in arrays.items():
+        assert kernel[k].dtype == want.dtype == np.dtype(TRACK_PARAM_DTYPES[k]), k
+        np.testing.assert_array_equal(kernel[k], want, err_msg=k)
 
 
 def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):
