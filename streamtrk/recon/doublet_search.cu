@@ -1,5 +1,6 @@
 // The candidate search of graph construction (streamtrk/recon/graph.py) as kernels, one
-// thread per (inner hit, layer pair) query: doublet_candidates counts each query's
+// thread per (inner hit, layer pair) query: doublet_queries gives each query its windows
+// (prepare_search's queries: z0 reach, bins, phi bins), doublet_candidates counts its
 // candidates (the slots of its bins, for the work budget, before any is searched),
 // doublet_count its edges, doublet_fill writes them from the exclusive prefix sum of the
 // counts. A query visits its
@@ -93,5 +94,80 @@ extern "C" __global__ void doublet_fill(SEARCH_PARAMS, const long long *start, l
                                         long long *ej, float *features) {
     FOR_EACH_THREAD(q, n_queries) {
         search<true>(q, n_queries, SEARCH_ARGS, start[q], ei, ej, features);
+    }
+}
+
+// numpy.minimum and numpy.maximum: a NaN on either side gives NaN; a tie, the first.
+__device__ double numpy_min(double a, double b) { return (a <= b || a != a) ? a : b; }
+__device__ double numpy_max(double a, double b) { return (a >= b || a != a) ? a : b; }
+
+// A coordinate's bin on layer lay, as prepare_search's bin_of: clipped to [0, nb - 1].
+__device__ long long bin_of(double u, const double *u_min, const double *u_max, long long lay,
+                            long long nb) {
+    const double frac = (u - u_min[lay]) / (u_max[lay] - u_min[lay]);
+    return (long long)numpy_min(numpy_max(floor(frac * nb), 0.0), (double)(nb - 1));
+}
+
+// Per query (inner hit qi, outer layer), as prepare_search's queries after the queries of
+// layers without a hit are dropped, operation by operation: its z0 reach, its outer
+// layer's range of z (barrel) or r (disk) on lines from the hit to |z0| <= reach
+// (graph._target_range) and their bins, the phi window's half-width and phi bins (moved up
+// by n_phi, and its centre by 2 pi, when it would start below 0), its grid row, and b_hi
+// b_lo - 1 where its bins hold no hit. floats: 4 rows of n_queries (ri, zi, reach, centre);
+// ints: 5 rows (row0, b_lo, b_hi, p_lo, p_hi). Tables per layer: barrel, r, z, u_min,
+// u_max, sigma_z, sigma.
+extern "C" __global__ void doublet_queries(
+    long long n_queries, const long long *qi, const long long *outer, const double *r,
+    const double *z, const long long *lay0, const long long *event, const double *phi_p,
+    const long long *cell_start, const bool *t_barrel, const double *t_r, const double *t_z,
+    const double *t_u_min, const double *t_u_max, const double *t_sigma_z,
+    const double *t_sigma, long long n_layers, long long nb, long long nphi, double m,
+    double z0_lever_max, double z0_max, double z0_sigmas, double z0_limit, double slope,
+    double phi_tolerance, double to_bin, double two_pi, double *floats, long long *ints) {
+    FOR_EACH_THREAD(q, n_queries) {
+        const long long i = qi[q], o = outer[q], inner = lay0[i];
+        const bool ob = t_barrel[o];
+        const double ri = r[i], zi = z[i], r_out = t_r[o], r_near = r_out - m;
+        const double dr_b = numpy_max(r_near - ri, 1.0);
+        const double sig =
+            ob && t_barrel[inner]
+                ? hypot(t_sigma_z[inner] * r_near / dr_b, t_sigma_z[o] * ri / dr_b)
+                : z0_lever_max * numpy_max(t_sigma[inner], t_sigma[o]);
+        const double reach = numpy_min(z0_max + z0_sigmas * sig, z0_limit);
+        // graph._target_range: the barrel's z range at r_out -+ m, the disk's r range.
+        double lo = 0.0, hi = 0.0;
+        for (int k = 0; k < 2; ++k) {
+            const double s = (k == 0 ? r_out - m : r_out + m) / ri;
+            const double za = -reach + (zi + reach) * s, zb = reach + (zi - reach) * s;
+            lo = k == 0 ? numpy_min(za, zb) : numpy_min(lo, numpy_min(za, zb));
+            hi = k == 0 ? numpy_max(za, zb) : numpy_max(hi, numpy_max(za, zb));
+        }
+        const bool far = fabs(zi) > reach;
+        const double den_a = far ? zi + reach : 1.0, den_b = far ? zi - reach : 1.0;
+        const double ra = ri * (t_z[o] + reach) / den_a, rb = ri * (t_z[o] - reach) / den_b;
+        const double r_lo = (far ? numpy_max(numpy_min(ra, rb), ri) : ri) - m;
+        const double r_hi = (far ? numpy_min(numpy_max(ra, rb), t_u_max[o]) : t_u_max[o]) + m;
+        const double u_lo = (ob ? lo : r_lo) - 1.0, u_hi = (ob ? hi : r_hi) + 1.0;
+        const double dr_max = (ob ? r_out + m : u_hi) - ri;
+        const double w = numpy_min(slope * numpy_max(dr_max, 0.0) + phi_tolerance, PHI_CAP);
+        const long long b_lo = bin_of(u_lo, t_u_min, t_u_max, o, nb);
+        long long b_hi = bin_of(u_hi, t_u_min, t_u_max, o, nb);
+        const long long row0 = (event[i] * n_layers + o) * nb;
+        const long long first = (row0 + b_lo) * (2 * nphi), last = (row0 + b_hi + 1) * (2 * nphi);
+        if (!(cell_start[last] - cell_start[first] > 0)) b_hi = b_lo - 1;
+        long long p_lo = (long long)floor((phi_p[i] - w) * to_bin);
+        long long p_hi = (long long)floor((phi_p[i] + w) * to_bin);
+        const bool low = p_lo < 0;
+        p_lo += low ? nphi : 0;
+        p_hi = p_hi + (low ? nphi : 0) < 2 * nphi - 1 ? p_hi + (low ? nphi : 0) : 2 * nphi - 1;
+        floats[q] = ri;
+        floats[n_queries + q] = zi;
+        floats[2 * n_queries + q] = reach;
+        floats[3 * n_queries + q] = phi_p[i] + (low ? two_pi : 0.0);
+        ints[q] = row0;
+        ints[n_queries + q] = b_lo;
+        ints[2 * n_queries + q] = b_hi;
+        ints[3 * n_queries + q] = p_lo;
+        ints[4 * n_queries + q] = p_hi;
     }
 }

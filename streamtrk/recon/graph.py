@@ -372,6 +372,10 @@ def prepare_search(
         # no queries: nothing to find there.
         alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
         qi, outer = qi[alive], outer[alive]
+        if xp is not np:
+            columns = (r, z, lay0, event, phi_p, cell_start)
+            launch = cupy_launcher(KERNELS)
+            return query_windows(qi, outer, columns, t, cfg, det.bfield, launch)
         ob = t["barrel"][outer]
         ri, zi = r[qi], z[qi]
         # z0 reach: between barrel layers the resolution term at the outer layer's nearest
@@ -447,6 +451,37 @@ def prepare_search(
     )
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
     return ctx, node_features, lay0
+
+
+def query_windows(
+    qi: Array,
+    outer: Array,
+    columns: tuple[Array, ...],
+    t: dict[str, Array],
+    cfg: GraphConfig,
+    bfield: float,
+    launch: Launch,
+) -> tuple[Array, ...]:
+    """The windows of the queries (inner hit ``qi``, ``outer`` layer) as
+    :func:`prepare_search`'s ``queries`` gives them (hit, r, z, grid row, bins, z0 reach,
+    phi centre, phi bins), in one kernel (``doublet_queries``), a thread per query, where
+    the arrays take about 150 launches. ``columns``: per hit r, z, layer, event, phi + pi,
+    then the grid's cell starts; ``t``: the layer tables (``_device_tables``)."""
+    xp = array_module(qi)
+    n, i64, f64 = len(qi), np.int64, np.float64
+    floats, ints = xp.empty((4, n)), xp.empty((5, n), dtype=xp.int64)
+    r, z, lay0, event, phi_p, cell_start = columns
+    ids = (a.astype(xp.int64, copy=False) for a in (qi, outer))
+    per_hit = (r, z, lay0.astype(xp.int64, copy=False), event, phi_p, cell_start)
+    tables = (t[k] for k in ("barrel", "r", "z", "u_min", "u_max", "sigma_z", "sigma"))
+    sizes = (i64(len(t["r"])), i64(cfg.n_bins), i64(cfg.n_phi_bins))
+    cuts = (cfg.layer_margin, cfg.z0_lever_max, cfg.z0_max, cfg.z0_sigmas, cfg.z0_limit)
+    phi = (cfg.phi_slope_max(bfield), cfg.phi_tolerance, cfg.n_phi_bins / (2 * np.pi), 2 * np.pi)
+    args = contiguous((i64(n), *ids, *per_hit, *tables), xp)
+    launch("doublet_queries", n, (*args, *sizes, *map(f64, (*cuts, *phi)), floats, ints))
+    ri, zi, reach, centre = floats
+    row0, b_lo, b_hi, p_lo, p_hi = ints
+    return qi, ri, zi, row0, b_lo, b_hi, reach, centre, p_lo, p_hi
 
 
 def _eta(z: Array, r: Array, xp: Any) -> Array:

@@ -175,6 +175,27 @@ def test_the_array_paths_on_strict_device_arrays_equal_numpy(small_events, det, 
         np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
 
 
+#: The candidate search's per-query windows, made by a kernel on the device.
+QUERY_FIELDS = ("qi", "ri", "zi", "row0", "b_lo", "b_hi", "reach", "centre", "p_lo", "p_hi")
+
+
+def test_the_query_windows_on_strict_device_arrays_equal_numpy(small_events, det, kernel_dir):
+    """``doublet_queries`` (the device's windows) gives each query the arrays' windows bit
+    for bit: the edges alone would not tell a window wider than it needs be."""
+    cols, offsets = batch_columns(small_events, np)
+    expected, _, _ = graph_stage.prepare_search(**cols, node_offsets=offsets, det=det,
+                                                cfg=GraphConfig())  # fmt: skip
+    with installed(kernel_dir) as cupy:
+        cols, _ = batch_columns(small_events, cupy)
+        ctx, _, _ = graph_stage.prepare_search(**cols, node_offsets=offsets, det=det,
+                                               cfg=GraphConfig())  # fmt: skip
+        got = {k: to_host(getattr(ctx, k)) for k in QUERY_FIELDS}
+    assert len(expected.qi) > 10_000 and (expected.p_lo < expected.p_hi).any()
+    assert (expected.b_hi < expected.b_lo).any() and (expected.centre > 2 * np.pi).any()
+    for k in QUERY_FIELDS:
+        np.testing.assert_array_equal(got[k], getattr(expected, k), err_msg=k)
+
+
 def test_host_synchronisations_do_not_grow_with_the_batch(small_events, kernel_dir):
     """CuPy's own synchronisations (``strict_xp``'s count: copies down, and outputs sized by
     their values) of a reconstruction, the same for one event and two."""
