@@ -49,6 +49,7 @@ from streamtrk.xp import Array, array_module, bincount, csr_rows
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
 KERNELS = "gls_filter.cu"  # the least-squares sums on the GPU
 GLS_MAX_STATE, GLS_MAX_COLUMNS = 5, 4  # the kernel's arrays: its GLS_MAX_M and GLS_MAX_C
+NORMAL_MAX_COLUMNS = 3  # normal_sums' arrays
 
 
 def fit_tracks(
@@ -76,6 +77,9 @@ def fit_tracks(
     def tsum(v: Array) -> Array:
         return bincount(tid, n_tracks, v)
 
+    def normal(columns: tuple[Array, ...], res: Array, w: Array) -> tuple[Array, Array]:
+        return _normal_sums(columns, res, w, offsets, tsum, xp)
+
     lay = layer[hit_index]
     barrel = xp.asarray(det.kind == BARREL)[lay]
     res_a, res_b = xp.asarray(det.res_a)[lay], xp.asarray(det.res_b)[lay]
@@ -85,12 +89,12 @@ def fit_tracks(
 
     # The starting fit, weighted by the measurement errors (disks' z error from a straight
     # line to the origin), then the errors projected on it.
-    circle = _fit_circle(hx, hy, 1 / (res_a * res_a), tsum, tid, chord, xp)
+    circle = _fit_circle(hx, hy, 1 / (res_a * res_a), (tsum, normal), tid, chord, xp)
     radius = circle[2]
     h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     hits = (hx, hy, hz, res_a, res_b, barrel)
     s, n_phi, var_c, w_z = _projections(radius, turn, dx, dy, hits, tid, xp)
-    tan_l, z0 = _fit_line(s, hz, w_z, tsum, xp)
+    tan_l, z0 = _fit_line(s, hz, w_z, normal, xp)
 
     # Scattering: theta at each hit's layer (Highland, p from the starting fit).
     cosh = xp.sqrt(1 + tan_l * tan_l)
@@ -227,7 +231,7 @@ def _fit_circle(
     hx: Array,
     hy: Array,
     w: Array,
-    tsum: Any,
+    sums: tuple[Any, Any],
     tid: Array,
     chord: tuple[Array, Array],
     xp: Any,
@@ -242,24 +246,16 @@ def _fit_circle(
     (close for curved tracks, biased for straight ones, singular for collinear hits) and the
     straight line along the chord from the first to the last hit. With ``fit_tracks``'s
     generalised least-squares step after it, two steps: enough from either start (10 TeV
-    tracks included)."""
+    tracks included). ``sums``: the per-track sum of a per-hit array, and
+    :func:`_normal_sums` of these tracks."""
+    tsum, normal = sums
     ws = tsum(w)
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
     q = u * u + v * v
     guard = xp.eye(3) * (1e-12 * ws)[:, None, None]  # degenerate (collinear) tracks
-    suu, suv, svv = tsum(w * u * u), tsum(w * u * v), tsum(w * v * v)
-    su, sv = tsum(w * u), tsum(w * v)
-    a = xp.stack(
-        [
-            xp.stack([suu, suv, su], -1),
-            xp.stack([suv, svv, sv], -1),
-            xp.stack([su, sv, ws], -1),
-        ],
-        -2,
-    )
-    rhs = -xp.stack([tsum(w * u * q), tsum(w * v * q), tsum(w * q)], -1)
-    d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, rhs[..., None])[..., 0], -1, 0)
+    a, rhs = normal((u, v, xp.ones_like(u)), q, w)  # Kasa: x^2 + y^2 + D x + E y + F = 0
+    d, e, f = xp.moveaxis(xp.linalg.solve(a + guard, -rhs[..., None])[..., 0], -1, 0)
     radius = xp.sqrt(xp.maximum(d * d / 4 + e * e / 4 - f, 1e-12))
     h = xp.where(chord[0] * e - chord[1] * d > 0, -1.0, 1.0)  # the centre left of the chord
     kasa = _karimaki(-d / 2, -e / 2, radius, h, xp)
@@ -271,7 +267,7 @@ def _fit_circle(
     per_hit = take[tid]
     eps = xp.where(per_hit, eps_kasa, eps_line)
     jac = tuple(xp.where(per_hit, k, li) for k, li in zip(jac_kasa, jac_line, strict=True))
-    step = _gauss_newton_step(jac, eps, w, tsum, guard, xp)
+    step = _gauss_newton_step(jac, eps, w, normal, guard, xp)
     kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
     xc, yc, radius = _circle(kappa, phi, delta, xp)
     return mx + xc, my + yc, radius
@@ -293,21 +289,49 @@ def _karimaki(cx: Array, cy: Array, radius: Array, h: Array, xp: Any) -> tuple[A
 
 
 def _gauss_newton_step(
-    jac: tuple[Array, Array, Array], res: Array, w: Array, tsum: Any, guard: Array, xp: Any
+    jac: tuple[Array, Array, Array], res: Array, w: Array, normal: Any, guard: Array, xp: Any
 ) -> Array:
-    """Per track, the weighted Gauss-Newton step of three parameters (zero where singular)."""
-    jtr = xp.stack([tsum(w * ja * res) for ja in jac], -1)
-    step = xp.linalg.solve(_normal_matrix(jac, w, tsum, xp) + guard, -jtr[..., None])[..., 0]
+    """Per track, the weighted Gauss-Newton step of three parameters (zero where singular;
+    ``normal``: :func:`_normal_sums` of the tracks)."""
+    jtj, jtr = normal(jac, res, w)
+    step = xp.linalg.solve(jtj + guard, -jtr[..., None])[..., 0]
     return xp.where(xp.isfinite(step).all(-1)[:, None], step, 0.0)
 
 
-def _normal_matrix(jac: tuple[Array, ...], w: Array, tsum: Any, xp: Any) -> Array:
-    """Per track, the matrix J^T W J (n x n for n parameters) of the derivatives ``jac``."""
-    n = len(jac)
-    sums = {(i, j): tsum(w * jac[i] * jac[j]) for i in range(n) for j in range(i, n)}
-    return xp.stack(
-        [xp.stack([sums[min(i, j), max(i, j)] for j in range(n)], -1) for i in range(n)], -2
+def _normal_sums(
+    columns: tuple[Array, ...], res: Array, w: Array, offsets: Array, tsum: Any, xp: Any
+) -> tuple[Array, Array]:
+    """Per track, the weighted normal equations of the per-hit ``columns`` J against
+    ``res``: J^T W J (k x k) and J^T W res (k), each term (w J_i) J_j or (w J_i) res summed
+    over the track's hits in their order (``tsum``). On the device one kernel
+    (:func:`normal_kernel`) for these thirty operations."""
+    if xp is not np:
+        return normal_kernel(columns, res, w, offsets, cupy_launcher(KERNELS))
+    k = len(columns)
+    weighted = [w * c for c in columns]
+    sums = {(i, j): tsum(weighted[i] * columns[j]) for i in range(k) for j in range(i, k)}
+    jtj = xp.stack(
+        [xp.stack([sums[min(i, j), max(i, j)] for j in range(k)], -1) for i in range(k)], -2
     )
+    return jtj, xp.stack([tsum(wc * res) for wc in weighted], -1)
+
+
+def normal_kernel(
+    columns: tuple[Array, ...], res: Array, w: Array, offsets: Array, launch: Launch
+) -> tuple[Array, Array]:
+    """:func:`_normal_sums` as one kernel (``normal_sums``), a thread per track over its
+    own hits."""
+    xp = array_module(res)
+    n_tracks, k = len(offsets) - 1, len(columns)
+    if k > NORMAL_MAX_COLUMNS:
+        raise ValueError(f"the normal-sums kernel takes at most 3 columns, got {k}")
+    jtj, jtr = xp.empty((n_tracks, k, k)), xp.empty((n_tracks, k))
+    stacked = xp.stack([c.astype(xp.float64, copy=False) for c in columns])
+    f64 = (a.astype(xp.float64, copy=False) for a in (res, w))
+    ids = offsets.astype(xp.int64, copy=False)
+    args = contiguous((np.int64(n_tracks), ids, stacked, np.int64(k), *f64), xp)
+    launch("normal_sums", n_tracks, (*args, jtj, jtr))
+    return jtj, jtr
 
 
 Arms = tuple[tuple[Array, Array], ...]
@@ -609,10 +633,12 @@ def distances_kernel(
     return out[0], (out[1], out[2], out[3])
 
 
-def _fit_line(s: Array, hz: Array, w: Array, tsum: Any, xp: Any) -> tuple[Array, Array]:
-    """Weighted least-squares line z = z0 + tan_l * s per track: (tan_l, z0)."""
-    s0, s1, s2 = tsum(w), tsum(w * s), tsum(w * s * s)
-    z1, sz = tsum(w * hz), tsum(w * s * hz)
+def _fit_line(s: Array, hz: Array, w: Array, normal: Any, xp: Any) -> tuple[Array, Array]:
+    """Weighted least-squares line z = z0 + tan_l * s per track: (tan_l, z0) (``normal``:
+    :func:`_normal_sums` of the tracks)."""
+    jtj, jtr = normal((xp.ones_like(s), s), hz, w)
+    s0, s1, s2 = jtj[:, 0, 0], jtj[:, 0, 1], jtj[:, 1, 1]
+    z1, sz = jtr[:, 0], jtr[:, 1]
     den = s0 * s2 - s1 * s1
     den = xp.where(xp.abs(den) > 1e-30, den, 1e-30)
     tan_l = (s0 * sz - s1 * z1) / den

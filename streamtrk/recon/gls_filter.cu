@@ -1,7 +1,8 @@
 // The helix fit's kernels (streamtrk/recon/fit.py). circle_distances: fit._distances, a
 // thread per hit. circle_turns: fit._on_circle, a thread per track. hit_projections and
 // hit_scattering: fit._projections and fit._scattering, a thread per hit.
-// track_parameters: fit._parameters, a thread per track. gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
+// track_parameters: fit._parameters, and normal_sums: fit._normal_sums, a thread per track.
+// gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
 // standard deviations they are L^-1 [J res] for the hits' covariance V = L L^T, and their
@@ -227,5 +228,28 @@ extern "C" __global__ void track_parameters(
         const long long ndf = 2 * sizes[t] - 5;
         ints[t] = (int)(-h[t] * sign_b);
         ints[n_tracks + t] = (int)(ndf < 1 ? 1 : ndf);
+    }
+}
+
+// Per track, as fit._normal_sums: the weighted normal equations of k <= 3 per-hit columns J
+// (k rows of n_hits) against res, each term (w J_i) J_j or (w J_i) res summed over the
+// track's hits in their order. jtj: n_tracks k x k matrices; jtr: n_tracks rows of k.
+extern "C" __global__ void normal_sums(long long n_tracks, const long long *offsets,
+                                       const double *columns, long long k, const double *res,
+                                       const double *w, double *jtj, double *jtr) {
+    const long long n_hits = offsets[n_tracks];
+    FOR_EACH_THREAD(t, n_tracks) {
+        double a[3][3] = {}, b[3] = {};
+        for (long long h = offsets[t]; h < offsets[t + 1]; ++h) {
+            for (long long i = 0; i < k; ++i) {
+                const double wi = w[h] * columns[i * n_hits + h];
+                for (long long j = i; j < k; ++j) a[i][j] += wi * columns[j * n_hits + h];
+                b[i] += wi * res[h];
+            }
+        }
+        for (long long i = 0; i < k; ++i) {
+            for (long long j = 0; j < k; ++j) jtj[(t * k + i) * k + j] = i <= j ? a[i][j] : a[j][i];
+            jtr[t * k + i] = b[i];
+        }
     }
 }

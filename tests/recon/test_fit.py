@@ -15,6 +15,7 @@ from streamtrk.recon.fit import (
     KERNELS,
     _distances,
     _gls,
+    _normal_sums,
     _on_circle,
     _parameters,
     _projections,
@@ -23,6 +24,7 @@ from streamtrk.recon.fit import (
     fit_tracks,
     gram_arrays,
     gram_kernel,
+    normal_kernel,
     parameters_kernel,
     projections_kernel,
     scattering_kernel,
@@ -607,6 +609,29 @@ def test_host_kernels_of_the_hits_projections_and_scattering_are_the_arrays(host
     for g, want in zip(scattering_kernel(tan_l, cosh, p, n_phi, s, layers, tid, kernel),
                        scattered, strict=True):  # fmt: skip
         np.testing.assert_allclose(g, want, rtol=1e-12)
+
+
+def test_host_kernel_normal_sums_are_the_arrays(host_launcher):
+    """normal_sums, built for the host, gives the NumPy path's normal equations bit for bit
+    (the same sums in the same order): one to three columns, a constant one among them;
+    more than three refused."""
+    rng = np.random.default_rng(17)
+    sizes = rng.integers(1, 25, 300)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    tid = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(tid)
+    u, v, res, w = rng.normal(0, 100, n), rng.normal(0, 100, n), rng.normal(size=n), rng.random(n)
+
+    def tsum(a: np.ndarray) -> np.ndarray:
+        return np.bincount(tid, a, minlength=len(sizes))
+
+    for columns in ((u,), (np.ones(n), u), (u, v, np.ones(n))):
+        arrays = _normal_sums(columns, res, w, offsets, tsum, np)
+        kernel = normal_kernel(columns, res, w, offsets, host_launcher(KERNELS))
+        for got, want in zip(kernel, arrays, strict=True):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="at most 3 columns, got 4"):
+        normal_kernel((u, v, u, v), res, w, offsets, host_launcher(KERNELS))
 
 
 @pytest.mark.parametrize("bfield", [2.0, -2.0])
