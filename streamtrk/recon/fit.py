@@ -9,7 +9,10 @@ perigee, each hit weighted by its measurement error: the r-phi resolution ``res_
 disks also the r resolution ``res_b``, barrel hits lying on their cylinder); in z,
 ``res_b`` on barrels and, on disks (z exact), the r error carried along the track. All
 per-track sums are ``bincount`` reductions (``streamtrk.xp.bincount``: no host
-synchronisation on the device), so there is no loop over tracks.
+synchronisation on the device), so there is no loop over tracks. On the device most of the
+fit runs as kernels (``gls_filter.cu``, a thread per hit or per track: the per-hit terms,
+the normal equations, the least-squares sums below, the reported parameters), each checked
+against these array operations on its host build; the array operations stay the CPU's.
 
 Then one generalised least-squares step from the starting fit, weighted with the inverse of
 the hits' full covariance V: the measurement errors projected on the fitted helix

@@ -222,7 +222,7 @@ def kernel_step(edge_index: Array, n_nodes: int, launch: Launch) -> Callable[[Ar
     iterations to reach it may differ."""
     xp, i64 = array_module(edge_index), np.int64
     n_edges = edge_index.shape[1]
-    a, b = contiguous((edge_index[0].astype(xp.int64), edge_index[1].astype(xp.int64)), xp)
+    a, b = contiguous(tuple(e.astype(xp.int64, copy=False) for e in edge_index), xp)
 
     def step(labels: Array) -> Array:
         new = labels.copy()
