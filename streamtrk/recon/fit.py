@@ -40,7 +40,7 @@ chi-square (not per degree of freedom) and ``ndf`` its degrees of freedom.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -102,7 +102,7 @@ def fit_tracks(
     # Scattering: theta at each hit's layer (Highland, p from the starting fit).
     cosh = xp.sqrt(1 + tan_l * tan_l)
     p = xp.maximum(GEV_PER_TESLA_MM * abs(det.bfield) * radius * cosh, 0.01)  # GeV
-    var_z, theta, path = _scattering(tan_l, cosh, p, n_phi, s, (res_b, x0, barrel), tid, xp)
+    var_z, theta, path = _scattering((tan_l, cosh, p), n_phi, s, (res_b, x0, barrel), tid, xp)
 
     # Generalised least squares: one step from the starting fit (its geometry, its
     # scattering angles), weighted with the hits' full covariance V: measurement, and the
@@ -129,8 +129,26 @@ def fit_tracks(
     step_z, cov_z, chi2_z = _gls(
         (s_new, one), res_z, var_z, [(theta * cosh[tid], tilted)], offsets, tid, xp
     )
-    fitted = (circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z)
-    return _parameters(*fitted, sizes, det.bfield, xp)
+    fitted = Fitted(circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes)
+    return _parameters(fitted, det.bfield, xp)
+
+
+class Fitted(NamedTuple):
+    """Per track, what the fit's steps give: the circle after its step (centre, radius), its
+    sense ``h`` and the perigee's angle ``theta_p`` from its centre; the line before its
+    step ``step_z``; the two chi-squares and covariances; the number of hits."""
+
+    circle: tuple[Array, Array, Array]
+    h: Array
+    theta_p: Array
+    tan_l: Array
+    z0: Array
+    step_z: Array
+    chi2_c: Array
+    chi2_z: Array
+    cov_c: Array
+    cov_z: Array
+    sizes: Array
 
 
 #: The float32 parameters in the rows of ``track_parameters``'s output, in its order.
@@ -141,29 +159,12 @@ PARAMETER_ROWS = (
 )  # fmt: skip
 
 
-def _parameters(
-    circle: tuple[Array, Array, Array],
-    h: Array,
-    theta_p: Array,
-    tan_l: Array,
-    z0: Array,
-    step_z: Array,
-    chi2_c: Array,
-    chi2_z: Array,
-    cov_c: Array,
-    cov_z: Array,
-    sizes: Array,
-    bfield: float,
-    xp: Any,
-) -> dict[str, Array]:
-    """The reported parameters (``TRACK_PARAM_DTYPES``) of the fit's results: the circle
-    after its step (its sense ``h``, the perigee's angle ``theta_p`` from its centre), the
-    line before its step ``step_z``, the two chi-squares and covariances. On the device one
-    kernel (``track_parameters``) for these sixty operations."""
+def _parameters(fitted: Fitted, bfield: float, xp: Any) -> dict[str, Array]:
+    """The reported parameters (``TRACK_PARAM_DTYPES``) of the fit's results. On the device
+    one kernel (``track_parameters``) for these sixty operations."""
     if xp is not np:
-        fitted = (circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z)
-        return parameters_kernel(*fitted, sizes, bfield, cupy_launcher(KERNELS))
-    xc, yc, radius = circle
+        return parameters_kernel(fitted, bfield, cupy_launcher(KERNELS))
+    (xc, yc, radius), h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes = fitted
     tan_l, z0 = tan_l + step_z[:, 0], z0 + step_z[:, 1]
     chi2 = chi2_c + chi2_z
     charge = (-h * np.sign(bfield)).astype(xp.int32)
@@ -201,29 +202,15 @@ def _parameters(
     return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
 
 
-def parameters_kernel(
-    circle: tuple[Array, Array, Array],
-    h: Array,
-    theta_p: Array,
-    tan_l: Array,
-    z0: Array,
-    step_z: Array,
-    chi2_c: Array,
-    chi2_z: Array,
-    cov_c: Array,
-    cov_z: Array,
-    sizes: Array,
-    bfield: float,
-    launch: Launch,
-) -> dict[str, Array]:
+def parameters_kernel(fitted: Fitted, bfield: float, launch: Launch) -> dict[str, Array]:
     """:func:`_parameters` as one kernel (``track_parameters``), a thread per track."""
-    xp = array_module(h)
-    n = len(h)
+    xp = array_module(fitted.h)
+    n = len(fitted.h)
     floats = xp.empty((len(PARAMETER_ROWS), n), dtype=xp.float32)
     ints = xp.empty((2, n), dtype=xp.int32)
-    columns = (circle[2], circle[0], circle[1], h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z)
-    f64 = (a.astype(xp.float64, copy=False) for a in (*columns, cov_c, cov_z))
-    args = contiguous((np.int64(n), *f64, sizes.astype(xp.int64, copy=False)), xp)
+    (xc, yc, radius), *per_track = fitted[:-1]
+    f64 = (a.astype(xp.float64, copy=False) for a in (radius, xc, yc, *per_track))
+    args = contiguous((np.int64(n), *f64, fitted.sizes.astype(xp.int64, copy=False)), xp)
     scalars = (np.float64(np.sign(bfield)), np.float64(GEV_PER_TESLA_MM * abs(bfield)))
     launch("track_parameters", n, (*args, *scalars, floats, ints))
     rows = dict(zip(PARAMETER_ROWS, floats, strict=True)) | {"charge": ints[0], "ndf": ints[1]}
@@ -525,24 +512,20 @@ def _projections(
     return s, n_phi, var_c, 1 / var_z
 
 
+Triple = tuple[Array, Array, Array]
+
+
 def _scattering(
-    tan_l: Array,
-    cosh: Array,
-    p: Array,
-    n_phi: Array,
-    s: Array,
-    layers: tuple[Array, Array, Array],
-    tid: Array,
-    xp: Any,
-) -> tuple[Array, Array, Array]:
-    """Per hit, with its track's starting line (``tan_l``, ``cosh`` of eta, momentum ``p``):
+    line: Triple, n_phi: Array, s: Array, layers: Triple, tid: Array, xp: Any
+) -> Triple:
+    """Per hit, with its track's starting ``line`` (tan(lambda), cosh(eta), momentum p):
     the variance of its z about the line (disks: ``res_b`` along it), the scattering angle
     at its layer (Highland for ``x0`` over the cosine of incidence) and its path from the
     perigee. ``layers``: per hit, ``res_b``, ``x0`` and whether on a barrel. On the device
     one kernel (``hit_scattering``) for these thirty operations."""
     if xp is not np:
-        launch = cupy_launcher(KERNELS)
-        return scattering_kernel(tan_l, cosh, p, n_phi, s, layers, tid, launch)
+        return scattering_kernel(line, n_phi, s, layers, tid, cupy_launcher(KERNELS))
+    tan_l, cosh, p = line
     res_b, x0, barrel = layers
     var_z = xp.where(barrel, res_b**2, (res_b * tan_l[tid] * n_phi) ** 2 + 1e-12)
     cos_inc = xp.where(barrel, xp.abs(n_phi), xp.abs(tan_l[tid])) / cosh[tid]
@@ -560,17 +543,10 @@ def projections_kernel(
 
 
 def scattering_kernel(
-    tan_l: Array,
-    cosh: Array,
-    p: Array,
-    n_phi: Array,
-    s: Array,
-    layers: tuple[Array, Array, Array],
-    tid: Array,
-    launch: Launch,
-) -> tuple[Array, Array, Array]:
+    line: Triple, n_phi: Array, s: Array, layers: Triple, tid: Array, launch: Launch
+) -> Triple:
     """:func:`_scattering` as one kernel (``hit_scattering``), a thread per hit."""
-    arrays = (tid, tan_l, cosh, p, n_phi, s, *layers)
+    arrays = (tid, *line, n_phi, s, *layers)
     scalars = (_MIN_COS_INCIDENCE, PION_MASS**2)
     out = _per_hit_kernel("hit_scattering", 3, arrays, scalars, launch)
     return out[0], out[1], out[2]

@@ -13,6 +13,7 @@ from streamtrk.detector import BARREL, ENDCAP, GEV_PER_TESLA_MM, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import (
     KERNELS,
+    Fitted,
     _distances,
     _gls,
     _normal_sums,
@@ -596,18 +597,22 @@ def test_host_kernels_of_the_hits_projections_and_scattering_are_the_arrays(host
     barrel = rng.random(n) < 0.6
     kernel = host_launcher(KERNELS)
     projected = _projections(radius, turn, dx, dy, (*hits, barrel), tid, np)
-    got = projections_kernel(radius, turn, dx, dy, (*hits, barrel), tid, kernel)
-    for g, want in zip(got, projected, strict=True):
+    for g, want in zip(
+        projections_kernel(radius, turn, dx, dy, (*hits, barrel), tid, kernel),
+        projected,
+        strict=True,
+    ):
         np.testing.assert_allclose(g, want, rtol=1e-12)
     s, n_phi = projected[0], projected[1]
     tan_l = rng.normal(0, 3, n_tracks)
     cosh = np.sqrt(1 + tan_l * tan_l)
     p = 10.0 ** rng.uniform(-1.5, 3, n_tracks)
     layers = (hits[4], rng.uniform(0.005, 0.05, n), barrel)
-    scattered = _scattering(tan_l, cosh, p, n_phi, s, layers, tid, np)
+    scattered = _scattering((tan_l, cosh, p), n_phi, s, layers, tid, np)
     assert (scattered[1] > 0).all()
-    for g, want in zip(scattering_kernel(tan_l, cosh, p, n_phi, s, layers, tid, kernel),
-                       scattered, strict=True):  # fmt: skip
+    for g, want in zip(
+        scattering_kernel((tan_l, cosh, p), n_phi, s, layers, tid, kernel), scattered, strict=True
+    ):
         np.testing.assert_allclose(g, want, rtol=1e-12)
 
 
@@ -647,9 +652,9 @@ def test_host_kernel_parameters_are_the_arrays(host_launcher, bfield: float):
     a, b = rng.normal(size=(n, 3, 3)), rng.normal(size=(n, 2, 2))
     cov_c, cov_z = a @ a.swapaxes(1, 2), b @ b.swapaxes(1, 2)  # symmetric positive
     sizes = rng.integers(3, 20, n)
-    fitted = (circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes)
-    arrays = _parameters(*fitted, bfield, np)
-    kernel = parameters_kernel(*fitted, bfield, host_launcher(KERNELS))
+    fitted = Fitted(circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes)
+    arrays = _parameters(fitted, bfield, np)
+    kernel = parameters_kernel(fitted, bfield, host_launcher(KERNELS))
     assert list(kernel) == list(arrays) == list(TRACK_PARAM_DTYPES)
     for k, want in arrays.items():
         assert kernel[k].dtype == want.dtype == np.dtype(TRACK_PARAM_DTYPES[k]), k
