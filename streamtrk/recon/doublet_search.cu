@@ -97,10 +97,6 @@ extern "C" __global__ void doublet_fill(SEARCH_PARAMS, const long long *start, l
     }
 }
 
-// numpy.minimum and numpy.maximum: a NaN on either side gives NaN; a tie, the first.
-__device__ double numpy_min(double a, double b) { return (a <= b || a != a) ? a : b; }
-__device__ double numpy_max(double a, double b) { return (a >= b || a != a) ? a : b; }
-
 // A coordinate's bin on layer lay, as prepare_search's bin_of: clipped to [0, nb - 1].
 __device__ long long bin_of(double u, const double *u_min, const double *u_max, long long lay,
                             long long nb) {
@@ -159,7 +155,8 @@ extern "C" __global__ void doublet_queries(
         long long p_hi = (long long)floor((phi_p[i] + w) * to_bin);
         const bool low = p_lo < 0;
         p_lo += low ? nphi : 0;
-        p_hi = p_hi + (low ? nphi : 0) < 2 * nphi - 1 ? p_hi + (low ? nphi : 0) : 2 * nphi - 1;
+        p_hi += low ? nphi : 0;
+        if (p_hi > 2 * nphi - 1) p_hi = 2 * nphi - 1;
         floats[q] = ri;
         floats[n_queries + q] = zi;
         floats[2 * n_queries + q] = reach;

@@ -87,15 +87,6 @@ extern "C" __global__ void circle_distances(long long n_hits, const long long *t
     }
 }
 
-#define PI 3.141592653589793  // numpy.pi
-
-// numpy.mod(a, b): the remainder with the divisor's sign.
-__device__ double numpy_mod(double a, double b) {
-    double m = fmod(a, b);
-    if (m != 0.0 && ((b < 0.0) != (m < 0.0))) m += b;
-    return m;
-}
-
 // fit._wrapped: angle in [-pi, pi).
 __device__ double wrapped(double angle) {
     return numpy_mod(angle + PI, 2 * PI) - PI;
@@ -117,6 +108,7 @@ extern "C" __global__ void circle_turns(long long n_tracks, const long long *off
         double total = 0.0, last = 0.0;
         for (long long j = lo; j < hi; ++j) {
             const double dx = hx[j] - xc[t], dy = hy[j] - yc[t], angle = atan2(dy, dx);
+            per_hit[j] = angle;  // the turn's row holds the angle until the turn is known
             per_hit[n_hits + j] = dx;
             per_hit[2 * n_hits + j] = dy;
             if (j > lo) total += wrapped(angle - last);
@@ -127,7 +119,7 @@ extern "C" __global__ void circle_turns(long long n_tracks, const long long *off
         per_track[n_tracks + t] = theta_p;
         double along = 0.0, first = 0.0;
         for (long long j = lo; j < hi; ++j) {
-            const double angle = atan2(per_hit[2 * n_hits + j], per_hit[n_hits + j]);
+            const double angle = per_hit[j];
             if (j == lo)
                 first = wrapped(h * (angle - theta_p));
             else
@@ -137,9 +129,6 @@ extern "C" __global__ void circle_turns(long long n_tracks, const long long *off
         }
     }
 }
-
-// numpy.maximum(a, b) for a b that is no NaN: a NaN a stays NaN.
-__device__ double numpy_max(double a, double b) { return a < b ? b : a; }
 
 // Per hit, as fit._projections: its arc length s from the perigee, the circle normal's
 // azimuthal part n_phi, its variance across the circle and the weight of its z for the

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-#: What every kernel file starts with: thread indexing, and its host form.
+#: What every kernel file starts with: thread indexing, and its host form; NumPy's
+#: ``minimum``, ``maximum`` (a NaN on either side gives NaN; a tie, the first) and ``mod``
+#: (the remainder with the divisor's sign), and ``numpy.pi``.
 PRELUDE = """\
 #ifdef STREAMTRK_HOST
 #include <cmath>
@@ -51,6 +53,14 @@ using std::sqrt;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; \\
     if (t < (n))
 #endif
+#define PI 3.141592653589793
+__device__ inline double numpy_min(double a, double b) { return (a <= b || a != a) ? a : b; }
+__device__ inline double numpy_max(double a, double b) { return (a >= b || a != a) ? a : b; }
+__device__ inline double numpy_mod(double a, double b) {
+    double m = fmod(a, b);
+    if (m != 0.0 && ((b < 0.0) != (m < 0.0))) m += b;
+    return m;
+}
 """
 OPTIONS = ("--fmad=false", "-std=c++17")
 THREADS_PER_BLOCK = 256
