@@ -51,7 +51,6 @@ STAGES = {
     ("graph.py", "build_graph"): "graph",
     ("prune.py", "prune_edges"): "prune",
     ("graph.py", "select_edges"): "prune",
-    ("reconstructor.py", "<lambda>"): "",  # seen on the way; the stage is deeper
     ("gnn.py", "__call__"): "gnn",
     ("engine.py", "__call__"): "gnn",
     ("tracks.py", "build_tracks"): "tracks",

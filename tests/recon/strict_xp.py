@@ -319,15 +319,19 @@ class _HostKernel:
         self._params = params
 
     def __call__(self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
-        if len(args) != len(self._params):
-            raise TypeError(f"{self._name} takes {len(self._params)} arguments, got {len(args)}")
         # The kernels run a thread per item of their first parameter (FOR_EACH_THREAD).
         if block[0] > 1024 or not grid[0] * block[0] >= args[0] > (grid[0] - 1) * block[0]:
             raise ValueError(f"{self._name}: {grid} x {block} threads for {args[0]} items")
-        self._fn(*(self._arg(k, a) for k, a in enumerate(args)))
+        self._fn(*_kernel_args(self._name, self._params, args))
 
-    def _arg(self, k: int, a: Any) -> Any:
-        param, where = self._params[k], f"{self._name} argument {k}"
+
+def _kernel_args(name: str, params: list[str], args: tuple) -> list[Any]:
+    """``args`` checked against kernel ``name``'s parameters' C types, as ctypes values."""
+    if len(args) != len(params):
+        raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")
+    out = []
+    for k, (param, a) in enumerate(zip(params, args, strict=True)):
+        where = f"{name} argument {k}"
         if param.endswith("*"):
             if not isinstance(a, DeviceArray) or a._a.dtype not in POINTEES[param[:-1]]:
                 raise TypeError(f"{where} ({param}): got {type(a).__name__} {a.dtype}")
@@ -335,10 +339,12 @@ class _HostKernel:
                 raise ValueError(
                     f"{where}: a kernel reads a pointer, the array must be C-contiguous"
                 )
-            return a._a.ctypes.data_as(ctypes.c_void_p)
-        if type(a) is not SCALARS[param]:
+            out.append(a._a.ctypes.data_as(ctypes.c_void_p))
+        elif type(a) is not SCALARS[param]:
             raise TypeError(f"{where} ({param}): got {type(a).__name__}")
-        return np.ctypeslib.as_ctypes_type(SCALARS[param])(a)
+        else:
+            out.append(np.ctypeslib.as_ctypes_type(SCALARS[param])(a))
+    return out
 
 
 class _RawModule:
@@ -370,14 +376,9 @@ _RAW_AS_NUMPY: dict[str, Callable[..., None]] = {
 
 def _numpy_kernel(name: str, params: list[str]) -> Callable[..., None]:
     """A kernel of :data:`_RAW_AS_NUMPY`, its arguments checked as a host build's are."""
-    check = _HostKernel.__new__(_HostKernel)
-    check._name, check._params = name, params
 
     def launch(grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0):
-        if len(args) != len(params):
-            raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")
-        for k, a in enumerate(args):
-            check._arg(k, a)
+        _kernel_args(name, params, args)
         if shared_mem > 48 * 1024 or block[0] > 1024:
             raise ValueError(f"{name}: {shared_mem} bytes of shared memory, {block} threads")
         _RAW_AS_NUMPY[name](*_unwrap(args))
