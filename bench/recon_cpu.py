@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtrk.detector import load_detector
+from streamtrk.io.paths import save_png
 from streamtrk.io.trackml import read_event
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.reconstructor import STAGES, Reconstructor
@@ -102,7 +103,7 @@ def plot(rows: dict, mus: list[float], png: Path) -> None:
     ax.legend()
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    save_png(fig, png)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from streamtrk.io.paths import check_writable, write_whole
+from streamtrk.io.paths import check_writable, write_whole, written_in_place
 from streamtrk.stop import StopFlag
 
 Handler = Callable[[argparse.Namespace], int]
@@ -180,8 +180,8 @@ def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
     given for two outputs (the second would replace the first)."""
     seen: set[Path] = set()
     for given in (p for p in (*files, folder) if p is not None):
-        if given.exists() and not given.is_file() and not given.is_dir():
-            continue  # /dev/null, /dev/stdout: written in place, by any number of outputs
+        if written_in_place(given):
+            continue  # /dev/null, /dev/stdout: by any number of outputs
         if (whole := given.resolve()) in seen:
             raise ValueError(f"{given} is given for two outputs: each needs its own")
         seen.add(whole)

@@ -163,8 +163,9 @@ def _import_trackml(args: argparse.Namespace) -> int:
 
     from streamtrk.io.recording import new_recording
     from streamtrk.io.trackml import iter_events, kinematics_unknown
+    from streamtrk.wire.schema import MAX_INT
 
-    if not 0 <= args.run < 2**63:  # as the wire takes it, said before the events are read
+    if not 0 <= args.run < MAX_INT:  # as the wire takes it, said before the events are read
         raise ValueError(f"--run must be 0 to 2**63 - 1, got {args.run}")
     check_outputs(args.output)
     n = 0

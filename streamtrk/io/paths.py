@@ -40,6 +40,12 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
         raise PermissionError(f"cannot write {path}: no permission to write in {above}")
 
 
+def written_in_place(path: Path) -> bool:
+    """Whether :func:`write_whole` writes ``path`` in place: it exists and is no regular file
+    or folder (``/dev/stdout``, ``/dev/null``, a FIFO)."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """The file ``path`` written by ``write(file)`` whole or not at all: into a partial file
     beside it (:func:`replaced_whole`), renamed over ``path`` once complete. A write that
@@ -48,7 +54,7 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     :func:`check_writable` checks), a link is written through to its file, kept; a ``path``
     that is no regular file (``/dev/stdout``, ``/dev/null``, a FIFO) is written in place:
     renaming a file over it would replace it (as root, ``/dev/null`` too)."""
-    in_place = path.exists() and not path.is_file() and not path.is_dir()
+    in_place = written_in_place(path)
     target = Path(os.path.realpath(path))  # a link's file, which takes the partial's place
     whole = contextlib.nullcontext(path) if in_place else replaced_whole(target)
     out = path

@@ -39,6 +39,7 @@ from streamtrk.xp import Array, array_module, bincount, to_host
 
 T = TypeVar("T")
 R = TypeVar("R")
+_MOST = int(np.iinfo(np.int64).max)  # the largest allowance: more than any count
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,6 @@ class Budget:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value >= 0):  # NaN fails too
                 raise ValueError(f"Budget.{name} must be a number >= 0, got {value!r}")
-
-
-_MOST = 2**63 - 1  # the largest allowance: more than any count (int64)
 
 
 class EventTooDense(ValueError):
