@@ -20,7 +20,7 @@ from typing import Any
 from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.prune import PruneConfig, read_windows
+from streamtrk.recon.prune import PruneConfig, read_windows, windows_is_path
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.tomlio import dataclass_from
 
@@ -52,8 +52,8 @@ def card_prune(card: dict[str, Any], model_dir: Path | None = None) -> PruneConf
     cfg = dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
     if model_dir is not None and (model_dir / cfg.windows).is_file():
         cfg = replace(cfg, windows=str((model_dir / cfg.windows).resolve()))
-    path = Path(cfg.windows)  # a path where it holds a "/", as read_windows takes it
-    if "/" in cfg.windows and path.exists() and not path.is_file():  # /dev/zero, a FIFO
+    path = Path(cfg.windows)
+    if windows_is_path(cfg.windows) and path.exists() and not path.is_file():  # a FIFO
         raise ModelCardError(f"model card [prune]: windows {cfg.windows} is not a regular file")
     try:
         read_windows(cfg.windows)

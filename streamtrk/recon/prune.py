@@ -90,8 +90,14 @@ def read_windows(name: str) -> dict[str, tuple[tuple[float, ...], ...]]:
     return _read_windows(name, _signature(name))
 
 
+def windows_is_path(name: str) -> bool:
+    """Whether a windows file's ``name`` is a path (it holds a "/"), not one of the
+    package's data files."""
+    return "/" in name
+
+
 def _windows_path(name: str) -> Any:
-    return Path(name) if "/" in name else resources.files("streamtrk.data").joinpath(name)
+    return Path(name) if windows_is_path(name) else resources.files("streamtrk.data").joinpath(name)
 
 
 def _signature(name: str) -> tuple[int, int] | None:

@@ -30,7 +30,7 @@ from streamtrk.recon.choices import (
 from streamtrk.recon.graph import MAX_BEAM_SPOT
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS
-from streamtrk.wire.curve import exposed_without_curve
+from streamtrk.wire.curve import bound_host, exposed_without_curve
 
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -338,7 +338,7 @@ def endpoint_problem(value: str, bind: bool = True) -> str | None:
         colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
     ):
         return "must be tcp://HOST:PORT, PORT a number (or * to bind a free one)"
-    address = host.rpartition(";")[2]  # after a source address (tcp://SOURCE;HOST:PORT)
+    address = bound_host(rest)  # after a source address (tcp://SOURCE;HOST:PORT)
     bracketed = address.startswith("[") and address.endswith("]")
     if scheme == "tcp" and ":" in address and not bracketed:
         return "must put an IPv6 address in brackets, such as tcp://[::1]:5555"

@@ -41,8 +41,14 @@ def host_only(endpoint: str) -> bool:
         return True
     if scheme != "tcp":
         return False
-    host = rest.rpartition(";")[2].rpartition(":")[0].strip("[]")
+    host = bound_host(rest).strip("[]")
     return host in ("localhost", "lo", "::1") or host.startswith("127.")
+
+
+def bound_host(rest: str) -> str:
+    """The host libzmq binds of a tcp endpoint's ``rest`` (``[SOURCE;]HOST:PORT``): what
+    follows the last ``;``, less the port."""
+    return rest.rpartition(";")[2].rpartition(":")[0]
 
 
 def names_another_host(error: zmq.ZMQError) -> bool:
