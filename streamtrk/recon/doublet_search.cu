@@ -1,13 +1,14 @@
-// The candidate search of graph construction (streamtrk/recon/graph.py) as kernels, one
-// thread per (inner hit, layer pair) query: doublet_queries gives each query its windows
+// The candidate search of graph construction (streamtrk/recon/graph.py) as kernels. A thread
+// per (inner hit, layer pair) query: doublet_queries gives each query its windows
 // (prepare_search's queries: z0 reach, bins, phi bins), doublet_candidates counts its
-// candidates (the slots of its bins, for the work budget, before any is searched),
-// doublet_count its edges, doublet_fill writes them from the exclusive prefix sum of the
-// counts. A query visits its
-// bins [b_lo, b_hi] of the outer layer and, in each, the slots of its phi window; the cuts
+// candidates (the slots of its phi window in each of its bins [b_lo, b_hi] of the outer
+// layer: for the work budget, before any is searched). Then a thread per candidate, the
+// candidates numbered in query, bin, slot order (a query's hundred candidates no longer
+// hold up the warp of its neighbours' few): doublet_flags marks the edges, doublet_fill
+// writes them from the flags' prefix sum, in the same order: the NumPy path's. The cuts
 // and the features are those of CandidateSearch.run, operation by operation in double
 // precision (compile with --fmad=false: no fused multiply-adds, so every decision is
-// NumPy's). Edges come out in query, bin, slot order, the NumPy path's order.
+// NumPy's).
 //
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
@@ -23,54 +24,68 @@
         const double *sigma_r, long long nphi, double slope, double phi_tolerance,          \
         double z0_max, double z0_sigmas, double z0_lever_max, double z0_limit, double deta_max
 
-#define SEARCH_ARGS                                                                          \
-    qi, ri, zi, row0, b_lo, b_hi, p_lo, p_hi, reach, centre, cell_start, hit_of, r_sorted,  \
-        phi_sorted, z_sorted, r, eta0, sigma, sigma_z, sigma_r, nphi, slope, phi_tolerance, \
-        z0_max, z0_sigmas, z0_lever_max, z0_limit, deta_max
+#define SEARCH_ARGS                                                                         \
+    n_queries, qi, ri, zi, row0, b_lo, b_hi, p_lo, p_hi, reach, centre, cell_start, hit_of, \
+        r_sorted, phi_sorted, z_sorted, r, eta0, sigma, sigma_z, sigma_r, nphi, slope,      \
+        phi_tolerance, z0_max, z0_sigmas, z0_lever_max, z0_limit, deta_max
 
-// Edges of query q: counted (FILL false) or written from out_start on (FILL true).
+// Whether slot pos is an edge of query q (the cuts of CandidateSearch.run); when FILL, its
+// hits and features written as edge k.
 template <bool FILL>
-__device__ long long search(long long q, SEARCH_PARAMS, long long out_start, long long *ei,
-                            long long *ej, float *features) {
+__device__ bool edge(long long q, long long pos, SEARCH_PARAMS, long long k, long long *ei,
+                     long long *ej, float *features) {
     const long long i = qi[q];
     const double r_i = ri[q], z_i = zi[q];
-    long long n = 0;
-    for (long long b = b_lo[q]; b <= b_hi[q]; ++b) {
-        const long long row = (row0[q] + b) * (2 * nphi);
-        const long long end = cell_start[row + p_hi[q] + 1];
-        for (long long pos = cell_start[row + p_lo[q]]; pos < end; ++pos) {
-            const double dr = r_sorted[pos] - r_i;
-            if (!(dr > 0)) continue;
-            const double dphi = phi_sorted[pos] - centre[q];
-            if (!(fabs(dphi) <= fmin(slope * dr + phi_tolerance, PHI_CAP))) continue;
-            const double dz = z_sorted[pos] - z_i;
-            const double z0 = z_i - r_i * dz / dr;
-            if (!(fabs(z0) <= reach[q])) continue;
-            const long long j = hit_of[pos];
-            const double deta = asinh(dz / dr) - eta0[j];
-            const double a = sigma_z[i] * r[j] / dr, c = sigma_z[j] * r[i] / dr;
-            const double d = sigma_r[i] * dz * r[j] / (dr * dr);
-            const double e = sigma_r[j] * dz * r[i] / (dr * dr);
-            const double error = sqrt(a * a + c * c + d * d + e * e);
-            const double sig = fmin(error, z0_lever_max * fmax(sigma[i], sigma[j]));
-            const double z0_cut = fmin(z0_max + z0_sigmas * sig, z0_limit);
-            if (!(fabs(z0) <= z0_cut && fabs(deta) <= deta_max)) continue;
-            if (FILL) {
-                const long long k = out_start + n;
-                ei[k] = i;
-                ej[k] = j;
-                float *f = features + 6 * k;
-                f[0] = (float)(dr / 100.0);
-                f[1] = (float)(dphi / 0.01);
-                f[2] = (float)(dz / 100.0);
-                f[3] = (float)(deta / 0.1);
-                f[4] = (float)((dphi / dr) / slope);
-                f[5] = (float)(z0 / z0_limit);
-            }
-            ++n;
-        }
+    const double dr = r_sorted[pos] - r_i;
+    if (!(dr > 0)) return false;
+    const double dphi = phi_sorted[pos] - centre[q];
+    if (!(fabs(dphi) <= fmin(slope * dr + phi_tolerance, PHI_CAP))) return false;
+    const double dz = z_sorted[pos] - z_i;
+    const double z0 = z_i - r_i * dz / dr;
+    if (!(fabs(z0) <= reach[q])) return false;
+    const long long j = hit_of[pos];
+    const double deta = asinh(dz / dr) - eta0[j];
+    const double a = sigma_z[i] * r[j] / dr, c = sigma_z[j] * r[i] / dr;
+    const double d = sigma_r[i] * dz * r[j] / (dr * dr);
+    const double e = sigma_r[j] * dz * r[i] / (dr * dr);
+    const double error = sqrt(a * a + c * c + d * d + e * e);
+    const double sig = fmin(error, z0_lever_max * fmax(sigma[i], sigma[j]));
+    const double z0_cut = fmin(z0_max + z0_sigmas * sig, z0_limit);
+    if (!(fabs(z0) <= z0_cut && fabs(deta) <= deta_max)) return false;
+    if (FILL) {
+        ei[k] = i;
+        ej[k] = j;
+        float *f = features + 6 * k;
+        f[0] = (float)(dr / 100.0);
+        f[1] = (float)(dphi / 0.01);
+        f[2] = (float)(dz / 100.0);
+        f[3] = (float)(deta / 0.1);
+        f[4] = (float)((dphi / dr) / slope);
+        f[5] = (float)(z0 / z0_limit);
     }
-    return n;
+    return true;
+}
+
+// Candidate t's query (the one whose candidates, numbered from cand_start[q], end past t)
+// into *q, and its slot: the candidates of a query are its bins' slots, bin after bin.
+__device__ long long slot_of(long long t, const long long *cand_start, SEARCH_PARAMS,
+                             long long *q) {
+    long long lo = 0, hi = n_queries - 1;
+    while (lo < hi) {
+        const long long mid = lo + (hi - lo) / 2;
+        if (cand_start[mid + 1] > t) hi = mid;
+        else lo = mid + 1;
+    }
+    *q = lo;
+    long long k = t - cand_start[lo];
+    for (long long b = b_lo[lo]; b <= b_hi[lo]; ++b) {
+        const long long row = (row0[lo] + b) * (2 * nphi);
+        const long long first = cell_start[row + p_lo[lo]];
+        const long long n = cell_start[row + p_hi[lo] + 1] - first;
+        if (k < n) return first + k;
+        k -= n;
+    }
+    return -1;  // t past the last candidate: none
 }
 
 extern "C" __global__ void doublet_candidates(SEARCH_PARAMS, long long *counts) {
@@ -84,16 +99,29 @@ extern "C" __global__ void doublet_candidates(SEARCH_PARAMS, long long *counts) 
     }
 }
 
-extern "C" __global__ void doublet_count(SEARCH_PARAMS, long long *counts) {
-    FOR_EACH_THREAD(q, n_queries) {
-        counts[q] = search<false>(q, n_queries, SEARCH_ARGS, 0, 0, 0, 0);
+// Per candidate t, 1 where it is an edge (cand_start: each query's first candidate, then
+// their total).
+extern "C" __global__ void doublet_flags(long long n_candidates, const long long *cand_start,
+                                         SEARCH_PARAMS, unsigned char *flags) {
+    FOR_EACH_THREAD(t, n_candidates) {
+        long long q;
+        const long long pos = slot_of(t, cand_start, SEARCH_ARGS, &q);
+        flags[t] = pos >= 0 && edge<false>(q, pos, SEARCH_ARGS, 0, 0, 0, 0);
     }
 }
 
-extern "C" __global__ void doublet_fill(SEARCH_PARAMS, const long long *start, long long *ei,
-                                        long long *ej, float *features) {
-    FOR_EACH_THREAD(q, n_queries) {
-        search<true>(q, n_queries, SEARCH_ARGS, start[q], ei, ej, features);
+// The edges, candidate t's (where flagged) as edge edge_start[t] (the edges of the
+// candidates before it).
+extern "C" __global__ void doublet_fill(long long n_candidates, const long long *cand_start,
+                                        SEARCH_PARAMS, const unsigned char *flags,
+                                        const long long *edge_start, long long *ei, long long *ej,
+                                        float *features) {
+    FOR_EACH_THREAD(t, n_candidates) {
+        if (flags[t]) {
+            long long q;
+            const long long pos = slot_of(t, cand_start, SEARCH_ARGS, &q);
+            if (pos >= 0) edge<true>(q, pos, SEARCH_ARGS, edge_start[t], ei, ej, features);
+        }
     }
 }
 

@@ -5,8 +5,8 @@ bin in z or r, phi bin) with every hit entered twice (phi and phi + 2 pi) so tha
 window never wraps. For every layer pair and every hit of the inner layer, the window of
 candidate outer hits is, per bin it reaches, one slice of consecutive cells (their offsets
 looked up, no search); the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
-are expanded in vectorised chunks; on the GPU two CUDA kernels (``doublet_search.cu``:
-count, then fill) run the same cuts, a thread per query. The work grows with hits x
+are expanded in vectorised chunks; on the GPU CUDA kernels (``doublet_search.cu``: flag,
+then fill) run the same cuts, a thread per candidate. The work grows with hits x
 candidates per window, and the number of host synchronisations per batch is constant (one
 per expansion step, one to drop queries into empty layers, one to check the candidates
 against the budget, one for the kernels' per-event counts that size their output), not
@@ -528,46 +528,54 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
 
 
 def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, Array]:
-    """The candidate search as kernels, a thread per query: count its candidates (for the
-    budget), count its edges, then write them from the counts' prefix sum; one host
-    synchronisation (the per-event counts, checked against the budget) sizes the output,
-    after one that checks the candidates. Same edges, order and features as
-    :func:`search_arrays`."""
-    xp = ctx.xp
-    n_queries = len(ctx.qi)
+    """The candidate search as kernels: a thread per query counts its candidates (for the
+    budget), then a thread per candidate flags the edges and, from the flags' prefix sum,
+    writes them; one host synchronisation (the per-event counts, checked against the
+    budget) sizes the output, after one that checks the candidates and sizes the flags.
+    Same edges, order and features as :func:`search_arrays`."""
+    xp, i64 = ctx.xp, np.int64
     args = search_args(ctx)
-    budget, offsets = ctx.budget, ctx.node_offsets
-    n_cand = candidate_counts(ctx, launch, args)
-    enforce(
+    budget = ctx.budget
+    cand_start = candidate_starts(ctx, launch, args)
+    # Each event's queries (sorted by hit), then its candidates: ranges of their numbering.
+    events = cand_start[xp.searchsorted(ctx.qi, xp.asarray(ctx.node_offsets))]
+    per_ev = enforce(
         "doublet candidates",
-        per_event(ctx.qi, offsets, n_cand),
+        xp.diff(events),
         ctx.on_layer,
         budget.candidates_per_hit,
         budget,
     )
-    counts = xp.zeros(n_queries, dtype=xp.int64)
-    launch("doublet_count", n_queries, (*args, counts))
-    ends = xp.cumsum(counts)
+    n_cand = int(per_ev.sum())
+    flags = xp.zeros(n_cand + 1, dtype=xp.uint8)  # candidate t's at t + 1
+    launch("doublet_flags", n_cand, (i64(n_cand), cand_start, *args, flags[1:]))
+    edge_start = xp.cumsum(flags, dtype=xp.int64)  # edges before candidate t
     per_ev = enforce(
-        "doublets", per_event(ctx.qi, offsets, counts), ctx.on_layer, budget.edges_per_hit, budget
+        "doublets",
+        xp.diff(edge_start[events]),
+        ctx.on_layer,
+        budget.edges_per_hit,
+        budget,
     )
     total = int(per_ev.sum())
     i = xp.empty(total, dtype=xp.int64)
     j = xp.empty(total, dtype=xp.int64)
     features = xp.empty((total, 6), dtype=xp.float32)
     if total:
-        launch("doublet_fill", n_queries, (*args, ends - counts, i, j, features))
+        edges = (flags[1:], edge_start, i, j, features)
+        launch("doublet_fill", n_cand, (i64(n_cand), cand_start, *args, *edges))
     return i, j, features
 
 
-def candidate_counts(ctx: CandidateSearch, launch: Launch, args: tuple[Any, ...]) -> Array:
-    """Candidates of each query over all its bins (the slots of its phi window, bin by bin),
-    without expanding the (query, bin) pairs: one kernel, a thread a query, no host
-    synchronisation (``args``: :func:`search_args`). What the work budget checks before
-    the search."""
-    counts = ctx.xp.zeros(len(ctx.qi), dtype=ctx.xp.int64)
-    launch("doublet_candidates", len(ctx.qi), (*args, counts))
-    return counts
+def candidate_starts(ctx: CandidateSearch, launch: Launch, args: tuple[Any, ...]) -> Array:
+    """Where each query's candidates (the slots of its phi window in each of its bins)
+    start in their numbering (query, bin, slot order), then their total: the exclusive
+    prefix sum of each query's count, counted in one kernel (a thread a query) without
+    expanding the (query, bin) pairs, no host synchronisation (``args``:
+    :func:`search_args`). What the work budget checks before the search."""
+    counts = ctx.xp.zeros(len(ctx.qi) + 1, dtype=ctx.xp.int64)
+    launch("doublet_candidates", len(ctx.qi), (*args, counts[1:]))
+    return ctx.xp.cumsum(counts)
 
 
 def search_args(ctx: CandidateSearch) -> tuple[Any, ...]:

@@ -16,6 +16,7 @@ from streamtrk.recon.graph import (
     batch_columns,
     batch_graph,
     prepare_search,
+    search_arrays,
     search_kernels,
 )
 from streamtrk.recon.graph import _build as build_whole
@@ -109,6 +110,26 @@ def test_the_kernels_check_the_same_budget(det, small_events, host_launcher) -> 
     )
     i, _, _ = search_kernels(ctx, host_launcher(KERNELS))
     assert len(i) > 800_000
+
+
+@pytest.mark.parametrize("what", ["doublet candidates", "doublets"])
+def test_the_kernels_count_each_event_as_the_arrays_do(det, small_events, host_launcher, what):
+    """The kernels number the batch's candidates, then its edges, in one sequence: each
+    event's share is a range of it, the same counts as the arrays' per event."""
+    batch = [small_events[0], pile(det, 300, 2), small_events[1]]
+    cols, offsets = batch_columns(batch)
+    tight = {"candidates_per_hit": 30} if what == "doublet candidates" else {}
+    budget = Budget(**tight, edges_per_hit=30, allowance=0)
+    cfg = GraphConfig()
+    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=cfg, budget=budget)
+    refusals = []
+    for search in (search_arrays, lambda c: search_kernels(c, host_launcher(KERNELS))):
+        with pytest.raises(EventTooDense, match=f"too many {what} ") as refused:
+            search(ctx)
+        refusals.append(refused.value)
+    arrays, kernels = refusals
+    assert arrays.events == kernels.events == [1]
+    assert arrays.counts == kernels.counts and arrays.limits == kernels.limits
 
 
 def test_the_allowance_lets_a_small_pile_through(det) -> None:
