@@ -87,6 +87,16 @@ class DeviceArray(NDArrayOperatorsMixin):
         value = getattr(self._a, name)
         return _wrapped(value, f"ndarray.{name}") if callable(value) else _wrap(value)
 
+    def set(self, arr: Any, stream: Any = None) -> None:
+        """``ndarray.set``: a host array of this dtype and shape copied up."""
+        if not isinstance(arr, np.ndarray):
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if arr.dtype != self._a.dtype or arr.shape != self._a.shape:
+            here = f"{self._a.dtype} {self._a.shape}"
+            raise TypeError(f"{arr.dtype} {arr.shape} array cannot be set to {here} array")
+        _count("host-to-device")
+        self._a[...] = arr
+
     # Explicit host copies and synchronisations CuPy allows.
     def get(self) -> np.ndarray:
         _count("sync")
@@ -409,7 +419,8 @@ def _elementwise_kernel(in_params: str, out_params: str, operation: str, name: s
 
 
 def _stream() -> Any:
-    return types.SimpleNamespace(synchronize=lambda: None)
+    done = types.SimpleNamespace(synchronize=lambda: None)
+    return types.SimpleNamespace(synchronize=lambda: None, record=lambda: done)
 
 
 cupy: Any = _Namespace("cupy", np)
@@ -421,6 +432,7 @@ cupy.RawModule = _RawModule
 cupy.ElementwiseKernel = _elementwise_kernel
 cupy.cuda = types.SimpleNamespace(
     get_current_stream=_stream,
+    alloc_pinned_memory=bytearray,  # page-locked host memory: host memory here
     Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 132}),  # an H200's
 )
 cupy.counts = Counter()

@@ -31,7 +31,7 @@ from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import OracleScorer, ReconResult, Reconstructor
 from streamtrk.recon.tracks import TrackConfig, build_tracks
 from streamtrk.service.physics import Observation, PhysicsMetrics
-from streamtrk.xp import array_module, csr_rows, to_host
+from streamtrk.xp import _staging, array_module, concatenate_to_device, csr_rows, to_host
 
 
 @pytest.fixture(scope="session")
@@ -247,3 +247,28 @@ def test_strict_arrays_refuse_what_cupy_refuses(strict_cupy):
     np.testing.assert_array_equal(to_host(d[h[1:3]]), [1, 2])  # CuPy copies the index up
     np.testing.assert_array_equal(from_dlpack(d).numpy(), h)
     assert strict_cupy.counts["host-to-device (index)"] == 1
+
+
+def test_columns_go_up_through_one_reused_page_locked_buffer(strict_cupy):
+    """The upload's host buffer is the thread's page-locked one, reused while it is large
+    enough and doubled when not; each batch's columns are its own on the device."""
+
+    def capacity(view: np.ndarray) -> int:
+        assert view.base is not None
+        return int(view.base.nbytes)
+
+    first: dict[str, list[np.ndarray]] = {
+        "x": [np.arange(6, dtype=np.float32)],
+        "id": [np.arange(3), np.arange(2)],
+    }
+    up = concatenate_to_device(first, strict_cupy)
+    held = _staging(64, strict_cupy)
+    assert np.shares_memory(held, _staging(32, strict_cupy))  # reused
+    grown = _staging(4 * capacity(held), strict_cupy)
+    assert not np.shares_memory(held, grown) and capacity(grown) == 4 * capacity(held)
+    assert capacity(_staging(capacity(grown) + 1, strict_cupy)) == 2 * capacity(grown)
+    again = concatenate_to_device({"x": [np.full(6, 7, np.float32)]}, strict_cupy)
+    np.testing.assert_array_equal(to_host(up["x"]), np.arange(6))  # not overwritten
+    np.testing.assert_array_equal(to_host(up["id"]), [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(to_host(again["x"]), np.full(6, 7))
+    assert strict_cupy.counts["host-to-device"] == 2  # one copy a batch
