@@ -1,7 +1,7 @@
 #!/bin/sh
 # The GPU issue's device run, prepared to run once within one `run` call (at most 9 minutes;
 # 218 s on an H200 on 2026-12-04, before the profile step): import checks, the `gpu` tests,
-# then a small bench/gpu_bench.py (batches 1, 4, 16; 16 MU=200 events; eager fp32 and
+# then a small bench/gpu_bench.py (batches 1, 4, 16, 64; 16 MU=200 events; eager fp32 and
 # compiled bf16, the kernels part, bf16 parity, the daemon in eager bf16 with batches of up
 # to 16 and no queue delay), then bench/host_path.py (the daemon's host-side work per
 # event, on this host's CPU, and ZeroMQ's transfer), then bench/chain_profile.py (where the
@@ -92,7 +92,7 @@ echo "device_run: gpu tests exit $?"
 tail -n 50 "$OUT/gpu-tests.txt"
 
 if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 4 16 --configs eager_fp32 compile_bf16 --budget-s 150
+    set -- --events 16 --batches 1 4 16 64 --configs eager_fp32 compile_bf16 --budget-s 150
 else
     set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
         --workers 1
