@@ -17,12 +17,12 @@ layers never seen in training has no window: its triplets are not compatible (a 
 at layer granularity). Optional per layer-pair windows on the doublet alone (|kappa| seen
 from the beam line, |z0|) drop edges before the triplet search.
 
-Work: per-edge geometry, two sorts (inner edges by (middle hit, theta), outer edges by
-(middle hit, theta)), two binary searches for each inner edge's theta window among the outer
-edges at its middle hit, then the per-pair cuts: on the CPU over the candidate pairs
-expanded in chunks, on the GPU in two CUDA kernels (``triplet_search.cu``) a thread per
-inner edge. Nothing is per hit or per edge in Python; on the GPU the host synchronisations
-are two compactions.
+Work: per-edge geometry (on the GPU one CUDA kernel, a thread per edge), two sorts (inner
+edges by (middle hit, theta), outer edges by (middle hit, theta)), two binary searches for
+each inner edge's theta window among the outer edges at its middle hit, then the per-pair
+cuts: on the CPU over the candidate pairs expanded in chunks, on the GPU in two CUDA kernels
+(``triplet_search.cu``) a thread per inner edge. Nothing is per hit or per edge in Python;
+on the GPU the host synchronisations are two compactions.
 Edges of different events never share a hit, so a batched graph needs nothing special.
 About 0.12-0.15 s per MU=200 event (780k edges) on the project's 2-core CPU.
 """
@@ -286,10 +286,37 @@ def triplet_inputs(
     pair's doublet windows (all, without ``pair_cuts``) and the window tables."""
     xp = array_module(graph.edge_index)
     t = window_tables(det, cfg, xp)
+    if xp is not np:
+        return *geometry_kernel(graph, det, t, cupy_launcher(KERNELS)), t
     g = edge_geometry(graph, det)
     pair = g["pair"]
     usable = (xp.abs(g["k2"]) <= t["k2_max"][pair]) & (xp.abs(g["z0"]) <= t["z0_max"][pair])
     return g, usable, t
+
+
+def geometry_kernel(
+    graph: Graph, det: Detector, t: dict[str, Array], launch: Launch
+) -> tuple[dict[str, Array], Array]:
+    """:func:`edge_geometry` and the doublet windows' mask as :func:`triplet_inputs` makes
+    them, the per-edge part in one kernel (``edge_geometry`` of ``triplet_search.cu``, a
+    thread per edge) where the arrays take about 40 launches; the hits' positions stay array
+    operations (their cosines and sines are CuPy's, as the arrays')."""
+    xp, i64 = array_module(graph.edge_index), np.int64
+    nf = graph.node_features.astype(xp.float32, copy=False)
+    r = nf[:, 0] * np.float32(1000.0)
+    phi = nf[:, 1] * np.float32(np.pi)
+    x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
+    lay = _fold_table(det, xp)[graph.layer]
+    i, j = contiguous(tuple(graph.edge_index.astype(xp.int64, copy=False)), xp)
+    n = len(i)
+    ints = xp.empty((2, n), dtype=xp.int64)
+    floats = xp.empty((6, n), dtype=xp.float32)
+    usable = xp.empty(n, dtype=bool)
+    inputs = (i64(n), i, j, *contiguous((x, y, z, r, lay), xp), i64(len(det)))
+    launch("edge_geometry", n, (*inputs, t["k2_max"], t["z0_max"], *ints, *floats, usable))
+    names = ("theta", "k2", "z0", "dx", "dy", "c")
+    g = {"i": i, "j": j, "pair": ints[0], "lay_j": ints[1], **dict(zip(names, floats, strict=True))}
+    return g, usable
 
 
 def triplet_candidates(

@@ -1,6 +1,7 @@
-// The triplet search of edge pruning (streamtrk/recon/prune.py) as two kernels, one thread
-// per inner edge a, over the outer edges b of its theta window (prepared by
-// triplet_candidates): triplet_flags marks has_out[a] and has_in[b] for every compatible
+// Edge pruning (streamtrk/recon/prune.py) as kernels. edge_geometry, a thread per edge: what
+// the cuts read (prune.edge_geometry) and whether the edge is within its layer pair's
+// doublet windows. The triplet search, one thread per inner edge a, over the outer edges b
+// of its theta window (prepared by triplet_candidates): triplet_flags marks has_out[a] and has_in[b] for every compatible
 // triplet (a, b); quadruplet_ends marks keep[b] when a has a compatible inner neighbour and
 // keep[a] when b has a compatible outer one. The cuts are those of compatible_triplets,
 // operation by operation in float32 against the float64 windows (compile with
@@ -60,5 +61,36 @@ extern "C" __global__ void quadruplet_ends(TRIPLET_PARAMS, const unsigned char *
             }
         }
         if (a_kept) keep[a] = 1;
+    }
+}
+
+// Per edge (hits ei, ej; per hit x, y, z, r and folded layer lay): prune.edge_geometry's
+// quantities, operation by operation in float32, and usable: |k2| and |z0| within the
+// pair's windows (float64 tables k2_max, z0_max).
+extern "C" __global__ void edge_geometry(long long n_edges, const long long *ei,
+                                         const long long *ej, const float *x, const float *y,
+                                         const float *z, const float *r, const long long *lay,
+                                         long long n_layers, const double *k2_max,
+                                         const double *z0_max, long long *pair, long long *lay_j,
+                                         float *theta, float *k2, float *z0, float *dx,
+                                         float *dy, float *c, bool *usable) {
+    FOR_EACH_THREAD(e, n_edges) {
+        const long long i = ei[e], j = ej[e];
+        const float xi = x[i], xj = x[j], yi = y[i], yj = y[j];
+        const float ri = r[i], rj = r[j], zi = z[i], zj = z[j];
+        const float ddx = xj - xi, ddy = yj - yi, dz = zj - zi, dr = rj - ri;
+        const float cc = sqrtf(ddx * ddx + ddy * ddy);
+        const long long p = lay[i] * n_layers + lay[j];
+        const float kk = 2.0f * (xi * yj - yi * xj) / (ri * rj * cc);
+        const float zz = zi - ri * dz / dr;
+        pair[e] = p;
+        lay_j[e] = lay[j];
+        theta[e] = atan2f(dr, dz);
+        k2[e] = kk;
+        z0[e] = zz;
+        dx[e] = ddx;
+        dy[e] = ddy;
+        c[e] = cc;
+        usable[e] = fabsf(kk) <= k2_max[p] && fabsf(zz) <= z0_max[p];
     }
 }

@@ -24,7 +24,7 @@ ENTRIES = {
         "hit_scattering",
     ),
     "label_propagation.cu": ("propagate_labels", "jump_labels"),
-    "triplet_search.cu": ("triplet_flags", "quadruplet_ends"),
+    "triplet_search.cu": ("triplet_flags", "quadruplet_ends", "edge_geometry"),
 }
 
 

@@ -23,6 +23,7 @@ from streamtrk.recon.prune import (
     PruneConfig,
     compatible_triplets,
     edge_geometry,
+    geometry_kernel,
     keep_kernels,
     layer_code,
     mirror_layers,
@@ -154,6 +155,22 @@ def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):
     geo, usable, t = triplet_inputs(g, PruneConfig(), det)
     mask = keep_kernels(geo, usable, t, len(det), 4, host_launcher(KERNELS))
     assert np.array_equal(mask, prune_edges(g, PruneConfig(), det))
+
+
+def test_host_geometry_kernel_is_the_arrays(host_launcher, mu200_events, det):
+    """The per-edge geometry kernel gives the arrays' quantities and mask bit for bit, but
+    theta: its atan2f is the C library's, NumPy's float32 arctan2 may be its own (SIMD)."""
+    g = batch_graph(mu200_events[:1], det)
+    geo, usable, t = triplet_inputs(g, PruneConfig(), det)
+    k_geo, k_usable = geometry_kernel(g, det, t, host_launcher(KERNELS))
+    assert sorted(k_geo) == sorted(geo) and 0 < usable.sum() < len(usable)
+    assert np.array_equal(k_usable, usable)
+    for name, v in geo.items():
+        assert k_geo[name].dtype == v.dtype or name in ("i", "j"), name
+        if name == "theta":
+            np.testing.assert_array_max_ulp(k_geo[name], v, maxulp=2)
+        else:
+            assert np.array_equal(k_geo[name], v), name
 
 
 def test_edge_geometry_matches_python_maths(small_events, det):
