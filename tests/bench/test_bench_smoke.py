@@ -33,6 +33,7 @@ RUNS = {
                        "--repeats", "1", "--kernel-repeats", "1", "--workers", "1",
                        "--out", "{tmp}"], True),
     "launch_count": (["--mu", "5", "--batches", "1", "--top", "3"], True),
+    "search_balance": (["--mu", "5", "--events", "1"], True),
     "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "2",
                    "--transfers", "1"], True),
 }  # fmt: skip
