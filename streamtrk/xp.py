@@ -77,6 +77,9 @@ def concatenate_to_device(columns: dict[str, list[np.ndarray]], xp: Any) -> dict
     }
 
 
+STAGING_MIN = 1 << 20  # bytes: the smallest page-locked upload buffer (half a MU=200 event)
+
+
 class _Staging(threading.local):
     """A thread's page-locked host buffer for uploads, and the event recorded after the
     last copy from it."""
@@ -91,16 +94,17 @@ _STAGING = _Staging()
 
 def _staging(nbytes: int, cupy: Any) -> np.ndarray:
     """``nbytes`` bytes of this thread's page-locked host buffer (CuPy's pinned memory
-    pool; grown by doubling, kept for the thread's life): written without page faults, and
-    copied up by DMA without CuPy staging it again through a buffer of its own (``asarray``
-    of a NumPy array copies it into one first). Waits for the last copy from it to end (long
-    ended when the next batch comes: no host synchronisation in practice)."""
+    pool; at least :data:`STAGING_MIN`, grown by doubling, kept for the thread's life):
+    written without page faults, and copied up by DMA without CuPy staging it again through
+    a buffer of its own (``asarray`` of a NumPy array copies it into one first). Waits for
+    the last copy from it to end (long ended when the next batch comes: no host
+    synchronisation in practice)."""
     s = _STAGING
     if s.copied is not None:
         s.copied.synchronize()
         s.copied = None
     if s.buffer is None or s.buffer.nbytes < nbytes:
-        size = max(nbytes, 0 if s.buffer is None else 2 * s.buffer.nbytes)
+        size = max(nbytes, STAGING_MIN, 0 if s.buffer is None else 2 * s.buffer.nbytes)
         s.buffer = np.frombuffer(cupy.cuda.alloc_pinned_memory(size), np.uint8, size)
     return s.buffer[:nbytes]
 
