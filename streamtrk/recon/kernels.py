@@ -2,7 +2,7 @@
 launcher.
 
 A stage keeps its kernels in a CUDA C file beside its module (``doublet_search.cu``: graph
-construction; ``triplet_search.cu``: pruning; ``label_propagation.cu``: track building;
+construction; ``triplet_search.cu``: pruning; ``track_building.cu``: track building;
 ``gls_filter.cu``: the fit), a thread per item of its first parameter, and runs them
 through a :data:`Launch`, ``launch(kernel, n_threads, args)``: on a GPU
 :func:`cupy_launcher`'s. With ``STREAMTRK_HOST`` defined the same source compiles, for a

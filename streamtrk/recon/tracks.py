@@ -20,7 +20,7 @@ import numpy as np
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, bincount, csr_rows, scatter_min
 
-KERNELS = "label_propagation.cu"  # label propagation on the GPU
+KERNELS = "track_building.cu"  # label propagation and mutual-best choice on the GPU
 
 
 def _by_key_then_score(key: Array, s: Array, xp: Any) -> tuple[Array, Array]:
@@ -48,9 +48,11 @@ def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
     device)."""
     if e.shape[1] >= 2**31:  # refused before anything is allocated
         raise ValueError(f"at most 2^31 - 1 edges, got {e.shape[1]}")
-    best = xp.ones(e.shape[1], dtype=bool)
     if e.shape[1] == 0:
-        return best
+        return xp.ones(0, dtype=bool)
+    if xp is not np:
+        return mutual_best_kernels(e, s, n_nodes, cupy_launcher(KERNELS))
+    best = xp.ones(e.shape[1], dtype=bool)
     bits = (s.astype(xp.float32) + xp.float32(0)).view(xp.int32)  # -0.0 as 0.0
     rank = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(xp.int64) + 2**31  # in float order
     code = ((2**32 - 1 - rank) << 31) | xp.arange(e.shape[1], dtype=xp.int64)
@@ -58,6 +60,23 @@ def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
         low = xp.full(n_nodes, xp.iinfo(xp.int64).max, dtype=xp.int64)
         scatter_min(low, e[end], code)
         best &= low[e[end]] == code
+    return best
+
+
+def mutual_best_kernels(e: Array, s: Array, n_nodes: int, launch: Launch) -> Array:
+    """:func:`_mutual_best`'s mask (edges ``e``, at least one, scores ``s``) in two kernels
+    (``track_building.cu``) for the arrays' sixteen operations: each edge's code and the
+    smallest at each end (atomic minimum), then the edges that hold both."""
+    xp, i64 = array_module(e), np.int64
+    n = e.shape[1]
+    src, dst, score = contiguous(
+        (*e.astype(xp.int64, copy=False), s.astype(xp.float32, copy=False)), xp
+    )
+    code = xp.empty(n, dtype=xp.int64)
+    low = xp.full((2, n_nodes), np.iinfo(np.int64).max, dtype=xp.int64)  # out, in
+    launch("mutual_best_codes", n, (i64(n), src, dst, score, code, *low))
+    best = xp.empty(n, dtype=bool)
+    launch("mutual_best_flags", n, (i64(n), src, dst, code, *low, best))
     return best
 
 
@@ -217,7 +236,7 @@ def array_step(edge_index: Array) -> Callable[[Array], Array]:
 
 
 def kernel_step(edge_index: Array, n_nodes: int, launch: Launch) -> Callable[[Array], Array]:
-    """An iteration as two kernels (``label_propagation.cu``): over the edges, then over the
+    """An iteration as two kernels (``track_building.cu``): over the edges, then over the
     nodes, pointer jumping in place. The same fixed point as :func:`array_step`'s; the
     iterations to reach it may differ."""
     xp, i64 = array_module(edge_index), np.int64

@@ -23,7 +23,12 @@ ENTRIES = {
         "hit_projections",
         "hit_scattering",
     ),
-    "label_propagation.cu": ("propagate_labels", "jump_labels"),
+    "track_building.cu": (
+        "propagate_labels",
+        "jump_labels",
+        "mutual_best_codes",
+        "mutual_best_flags",
+    ),
     "triplet_search.cu": ("triplet_flags", "quadruplet_ends", "edge_geometry"),
 }
 

@@ -17,6 +17,7 @@ from streamtrk.recon.tracks import (
     iterate_labels,
     kernel_step,
     merge_labels,
+    mutual_best_kernels,
     resolve_junctions,
     select_tracks,
     split_by_event,
@@ -75,6 +76,25 @@ def test_junction_scores_rank_in_float32_order_over_their_whole_range():
             assert kept.T.tolist() == [edges[:, want].tolist()], (a, b)
 
 
+def test_host_kernels_choose_the_mutual_best_as_the_arrays(host_launcher):
+    """track_building.cu's mutual-best kernels, built for the host: the arrays' mask on
+    random graphs with many ties, on the float32 ladder's scores (-0.0 as 0.0), and on
+    float64 scores that tie only in float32."""
+    rng = np.random.default_rng(4)
+    f32 = np.float32
+    ladder = np.array([-3e38, -0.5, -1e-45, -0.0, 0.0, 1e-45, 0.5, 1.0, 3e38], f32)
+    cases = []
+    for n, m in [(3, 8), (50, 400), (3000, 20000)]:
+        edges = rng.integers(0, n, size=(2, m))
+        cases.append((edges, rng.choice(ladder, m), n))
+        cases.append((edges, rng.integers(0, 4, m) / 4, n))  # float64, ties
+        cases.append((edges, 0.9 + rng.integers(0, 3, m) * 1e-12, n))  # ties in float32 only
+    for edges, scores, n in cases:
+        want = _mutual_best(edges, scores, n, np)
+        got = mutual_best_kernels(edges, scores, n, host_launcher(KERNELS))
+        assert 0 < want.sum() < len(want) and np.array_equal(got, want)
+
+
 def test_mutual_best_refuses_2_to_the_31_edges():
     """The edge index fills the low 31 bits of the code compared per end."""
     many = 2**31  # read-only broadcast views: no memory for 2^31 edges
@@ -131,7 +151,7 @@ def test_label_propagation_equals_scipy_on_random_graphs():
 
 
 def test_host_kernels_label_as_the_arrays(host_launcher):
-    """label_propagation.cu, built for the host (its threads one after another, its atomic
+    """track_building.cu, built for the host (its threads one after another, its atomic
     minimum a plain one), labels random graphs and long chains numbered against their order
     as SciPy does; too few iterations raise as the arrays' do."""
     rng = np.random.default_rng(1)
