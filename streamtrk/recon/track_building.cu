@@ -1,11 +1,12 @@
 // Track building's kernels (streamtrk/recon/tracks.py).
 //
-// Min-label propagation with pointer jumping (_propagate) as two kernels an iteration, where the array path launches eight: propagate_labels, a thread
-// per edge, gives each end the smaller label of the two (read from the iteration's labels,
-// written by atomic minimum into their copy); jump_labels, a thread per node, replaces a
-// node's label by its label's label's label, in place. Every label stays a node of its own
-// component and no larger than the node (so the fixed point, each component labelled by
-// its smallest node, is the array path's), whatever order the threads run in.
+// Min-label propagation with pointer jumping (_propagate) as two kernels an iteration, where
+// the array path launches eight: propagate_labels, a thread per edge, gives each end the
+// smaller label of the two (read from the iteration's labels, written by atomic minimum
+// into their copy); jump_labels, a thread per node, replaces a node's label by its label's
+// label's label, in place. Every label stays a node of its own component and no larger than
+// the node (so the fixed point, each component labelled by its smallest node, is the array
+// path's), whatever order the threads run in.
 //
 // The mutual-best choice of junction resolution and stitching (_mutual_best) as two kernels
 // for the arrays' sixteen operations: mutual_best_codes, a thread per edge, gives each edge
@@ -44,7 +45,8 @@ extern "C" __global__ void jump_labels(long long n_nodes, long long *labels) {
 }
 
 // Per edge (src -> dst, its float32 score): code = (2^32 - 1 - rank) * 2^31 + e, rank the
-// score's order among floats (-0.0 as 0.0) offset by 2^31; the smallest code of each
+// score's order among floats (-0.0 as 0.0; subnormals kept, where -ftz=true would flush the
+// result of any float operation) offset by 2^31; the smallest code of each
 // source's out-edges into low_out, of each target's in-edges into low_in (both filled with
 // the largest int64 first).
 extern "C" __global__ void mutual_best_codes(long long n_edges, const long long *src,
@@ -52,7 +54,8 @@ extern "C" __global__ void mutual_best_codes(long long n_edges, const long long 
                                              long long *code, long long *low_out,
                                              long long *low_in) {
     FOR_EACH_THREAD(e, n_edges) {
-        const int bits = __float_as_int(score[e] + 0.0f);
+        int bits = __float_as_int(score[e]);  // its bits: no float arithmetic to flush to 0
+        if ((bits & 0x7FFFFFFF) == 0) bits = 0;  // -0.0 as 0.0
         const long long rank = (long long)(bits ^ ((bits >> 31) & 0x7FFFFFFF)) + 2147483648LL;
         const long long c = ((4294967295LL - rank) << 31) | e;
         code[e] = c;

@@ -1,11 +1,12 @@
-// Edge pruning (streamtrk/recon/prune.py) as kernels. edge_geometry, a thread per edge: what
-// the cuts read (prune.edge_geometry) and whether the edge is within its layer pair's
+// Edge pruning (streamtrk/recon/prune.py) as kernels. edge_geometry, a thread per edge:
+// what the cuts read (prune.edge_geometry) and whether the edge is within its layer pair's
 // doublet windows. The triplet search, one thread per inner edge a, over the outer edges b
-// of its theta window (prepared by triplet_candidates): triplet_flags marks has_out[a] and has_in[b] for every compatible
-// triplet (a, b); quadruplet_ends marks keep[b] when a has a compatible inner neighbour and
-// keep[a] when b has a compatible outer one. The cuts are those of compatible_triplets,
-// operation by operation in float32 against the float64 windows (compile with
-// --fmad=false). Threads only ever write 1, so concurrent writes to one flag agree.
+// of its theta window (prepared by triplet_candidates): triplet_flags marks has_out[a] and
+// has_in[b] for every compatible triplet (a, b); quadruplet_ends marks keep[b] when a has a
+// compatible inner neighbour and keep[a] when b has a compatible outer one. The cuts are
+// those of compatible_triplets, operation by operation in float32 against the float64
+// windows (compile with --fmad=false). Threads only ever write 1, so concurrent writes to
+// one flag agree.
 //
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
