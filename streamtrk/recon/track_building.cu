@@ -14,6 +14,10 @@
 // (atomic minimum); mutual_best_flags, a thread per edge, marks the edges whose code is
 // the smallest at both ends. Integers only past the score's bits: the arrays' choice.
 //
+// Stitching (stitch_edges) as four kernels, the same codes (piece_ends, stitch_ends,
+// stitch_candidates, stitch_take; below) for its sixty-odd array operations and the
+// compactions between them.
+//
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
 #ifdef STREAMTRK_HOST
@@ -44,20 +48,28 @@ extern "C" __global__ void jump_labels(long long n_nodes, long long *labels) {
     FOR_EACH_THREAD(n, n_nodes) { labels[n] = labels[labels[labels[n]]]; }
 }
 
-// Per edge (src -> dst, its float32 score): code = (2^32 - 1 - rank) * 2^31 + e, rank the
-// score's order among floats (-0.0 as 0.0; subnormals kept, where -ftz=true would flush the
-// result of any float operation) offset by 2^31; the smallest code of each
-// source's out-edges into low_out, of each target's in-edges into low_in (both filled with
-// the largest int64 first).
+#define NO_CODE 9223372036854775807LL  // int64's largest: no candidate
+
+// The code of an item of float32 score s and tie-break key (below 2^31) in a mutual-best
+// choice: (2^32 - 1 - rank) * 2^31 + key, rank the score's order among floats offset by
+// 2^31 (-0.0 as 0.0, subnormals kept: the score's bits, no float arithmetic that
+// -ftz=true would flush), so the smallest code is the best score, then the smallest key.
+__device__ inline long long score_code(float s, long long key) {
+    int bits = __float_as_int(s);
+    if ((bits & 0x7FFFFFFF) == 0) bits = 0;  // -0.0 as 0.0
+    const long long rank = (long long)(bits ^ ((bits >> 31) & 0x7FFFFFFF)) + 2147483648LL;
+    return ((4294967295LL - rank) << 31) | key;
+}
+
+// Per edge (src -> dst, its float32 score): its code (key: its index); the smallest code
+// of each source's out-edges into low_out, of each target's in-edges into low_in (both
+// filled with NO_CODE first).
 extern "C" __global__ void mutual_best_codes(long long n_edges, const long long *src,
                                              const long long *dst, const float *score,
                                              long long *code, long long *low_out,
                                              long long *low_in) {
     FOR_EACH_THREAD(e, n_edges) {
-        int bits = __float_as_int(score[e]);  // its bits: no float arithmetic to flush to 0
-        if ((bits & 0x7FFFFFFF) == 0) bits = 0;  // -0.0 as 0.0
-        const long long rank = (long long)(bits ^ ((bits >> 31) & 0x7FFFFFFF)) + 2147483648LL;
-        const long long c = ((4294967295LL - rank) << 31) | e;
+        const long long c = score_code(score[e], e);
         code[e] = c;
         atomicMin(&low_out[src[e]], c);
         atomicMin(&low_in[dst[e]], c);
@@ -70,5 +82,114 @@ extern "C" __global__ void mutual_best_flags(long long n_edges, const long long 
                                              bool *best) {
     FOR_EACH_THREAD(e, n_edges) {
         best[e] = low_out[src[e]] == code[e] && low_in[dst[e]] == code[e];
+    }
+}
+
+// Stitching (stitch_edges) as four kernels over the graph's edges, those scored above the
+// threshold (float32) taking part; an edge's index keeps the arrays' order, so no list is
+// compacted. piece_ends, a thread per kept edge: which hits have a kept edge out (has_out)
+// and in (has_in); a piece's last hit has one in and none out, its first one out and none
+// in, a free hit neither.
+extern "C" __global__ void piece_ends(long long n_kept, const long long *src,
+                                      const long long *dst, unsigned char *has_out,
+                                      unsigned char *has_in) {
+    FOR_EACH_THREAD(e, n_kept) {
+        has_out[src[e]] = 1;
+        has_in[dst[e]] = 1;
+    }
+}
+
+#define STITCH_PARAMS                                                                       \
+    long long n_edges, const long long *src, const long long *dst, const float *score,      \
+        double threshold, const unsigned char *has_out, const unsigned char *has_in
+#define STITCH_ARGS n_edges, src, dst, score, threshold, has_out, has_in
+
+__device__ inline bool is_last(long long h, const unsigned char *has_out,
+                               const unsigned char *has_in) {
+    return has_in[h] && !has_out[h];
+}
+
+__device__ inline bool is_first(long long h, const unsigned char *has_out,
+                                const unsigned char *has_in) {
+    return has_out[h] && !has_in[h];
+}
+
+__device__ inline bool is_free(long long h, const unsigned char *has_out,
+                               const unsigned char *has_in) {
+    return !has_out[h] && !has_in[h];
+}
+
+// stitch_ends: the best entry into each free hit from a piece's last hit (its code in
+// into[hit]) and the best exit from each free hit to a piece's first hit (out[hit]): the
+// smallest code, key the edge's index.
+extern "C" __global__ void stitch_ends(STITCH_PARAMS, long long *into, long long *out) {
+    FOR_EACH_THREAD(e, n_edges) {
+        if (score[e] > (float)threshold) {
+            const long long a = src[e], b = dst[e];
+            if (is_last(a, has_out, has_in) && is_free(b, has_out, has_in))
+                atomicMin(&into[b], score_code(score[e], e));
+            if (is_free(a, has_out, has_in) && is_first(b, has_out, has_in))
+                atomicMin(&out[a], score_code(score[e], e));
+        }
+    }
+}
+
+// The edge a bridge through free hit b leaves by (the best exit's key), -1 where none.
+__device__ inline long long exit_of(long long b, const long long *out) {
+    return out[b] == NO_CODE ? -1 : (out[b] & 0x7FFFFFFFLL);
+}
+
+// stitch_candidates: the candidates of the mutual-best choice, each edge's own code (or
+// NO_CODE) in codes[0][e] where it joins a piece's last hit to another piece's first hit,
+// and in codes[1][e] where it is a free hit's best entry and the hit's best exit reaches
+// another piece (the bridge, scored by the weaker of the two, key n_edges + the free hit:
+// after the direct ones, by hit, as in the arrays' list); the smallest code at each
+// candidate's source into low_src, at its target into low_dst.
+extern "C" __global__ void stitch_candidates(STITCH_PARAMS, const long long *labels,
+                                             const long long *into, const long long *out,
+                                             long long *direct, long long *bridge,
+                                             long long *low_src, long long *low_dst) {
+    FOR_EACH_THREAD(e, n_edges) {
+        long long d = NO_CODE, g = NO_CODE;
+        if (score[e] > (float)threshold) {
+            const long long a = src[e], b = dst[e];
+            if (is_last(a, has_out, has_in) && is_first(b, has_out, has_in) &&
+                labels[a] != labels[b]) {
+                d = score_code(score[e], e);
+                atomicMin(&low_src[a], d);
+                atomicMin(&low_dst[b], d);
+            } else if (is_last(a, has_out, has_in) && is_free(b, has_out, has_in) &&
+                       into[b] == score_code(score[e], e) && exit_of(b, out) >= 0) {
+                const long long o = exit_of(b, out), far = dst[o];
+                if (labels[a] != labels[far]) {
+                    const float weaker = score[o] < score[e] ? score[o] : score[e];
+                    g = score_code(weaker, n_edges + b);
+                    atomicMin(&low_src[a], g);
+                    atomicMin(&low_dst[far], g);
+                }
+            }
+        }
+        direct[e] = d;
+        bridge[e] = g;
+    }
+}
+
+// stitch_take: the candidates that are the best at both their ends: a direct edge, or a
+// bridge's two edges (take: zeros first; only a bridge's entry writes its exit's flag).
+extern "C" __global__ void stitch_take(long long n_edges, const long long *src,
+                                       const long long *dst, const long long *out,
+                                       const long long *direct, const long long *bridge,
+                                       const long long *low_src, const long long *low_dst,
+                                       unsigned char *take) {
+    FOR_EACH_THREAD(e, n_edges) {
+        const long long a = src[e], b = dst[e], d = direct[e], g = bridge[e];
+        if (d != NO_CODE && low_src[a] == d && low_dst[b] == d) take[e] = 1;
+        if (g != NO_CODE) {
+            const long long o = exit_of(b, out);
+            if (low_src[a] == g && low_dst[dst[o]] == g) {
+                take[e] = 1;
+                take[o] = 1;
+            }
+        }
     }
 }

@@ -128,6 +128,8 @@ def stitch_edges(
     """
     xp = array_module(edge_index)
     n = len(labels)
+    if xp is not np:
+        return stitch_kernels(edge_index, scores, kept, labels, threshold, cupy_launcher(KERNELS))
     out_deg = bincount(kept[0], n)
     in_deg = bincount(kept[1], n)
     piece = (out_deg + in_deg) > 0
@@ -155,6 +157,37 @@ def stitch_edges(
     nd = len(direct)
     take_direct, take_bridge = take[:nd], take[nd:]
     return cand[xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])]
+
+
+def stitch_kernels(
+    edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float, launch: Launch
+) -> Array:
+    """:func:`stitch_edges` in four kernels (``track_building.cu``), over all the edges
+    (those above ``threshold`` take part, their index the arrays' order: no list is made
+    but the result), scores compared as float32 (the scorers' dtype). The same edges, in
+    index order (the arrays give the direct ones, then the bridges' entries, then their
+    exits: an order nothing downstream reads). One host synchronisation (the result's
+    size) for the arrays' seven."""
+    xp, i64 = array_module(edge_index), np.int64
+    n_edges, n = edge_index.shape[1], len(labels)
+    if n_edges + n >= 2**31:  # keys of the codes: an edge, or n_edges + a hit
+        raise ValueError(f"at most 2^31 - 1 edges and hits, got {n_edges} and {n}")
+    src, dst, score = contiguous(
+        (*edge_index.astype(xp.int64, copy=False), scores.astype(xp.float32, copy=False)), xp
+    )
+    ends = xp.zeros((2, n), dtype=xp.uint8)  # has_out, has_in
+    k_src, k_dst = contiguous(tuple(kept.astype(xp.int64, copy=False)), xp)
+    launch("piece_ends", len(k_src), (i64(len(k_src)), k_src, k_dst, *ends))
+    stitch = (i64(n_edges), src, dst, score, np.float64(threshold), *ends)
+    free_ends = xp.full((2, n), np.iinfo(np.int64).max, dtype=xp.int64)  # into, out
+    launch("stitch_ends", n_edges, (*stitch, *free_ends))
+    codes = xp.empty((2, n_edges), dtype=xp.int64)  # direct, bridge
+    low = xp.full((2, n), np.iinfo(np.int64).max, dtype=xp.int64)  # at sources, at targets
+    labels = contiguous((labels.astype(xp.int64, copy=False),), xp)[0]
+    launch("stitch_candidates", n_edges, (*stitch, labels, *free_ends, *codes, *low))
+    take = xp.zeros(n_edges, dtype=xp.uint8)
+    launch("stitch_take", n_edges, (i64(n_edges), src, dst, free_ends[1], *codes, *low, take))
+    return xp.nonzero(take)[0]
 
 
 def merge_labels(labels: Array, edges: Array) -> Array:

@@ -28,6 +28,10 @@ ENTRIES = {
         "jump_labels",
         "mutual_best_codes",
         "mutual_best_flags",
+        "piece_ends",
+        "stitch_ends",
+        "stitch_candidates",
+        "stitch_take",
     ),
     "triplet_search.cu": ("triplet_flags", "quadruplet_ends", "edge_geometry"),
 }

@@ -7,6 +7,7 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from streamtrk.recon.graph import batch_graph
 from streamtrk.recon.tracks import (
     KERNELS,
     TrackConfig,
@@ -22,6 +23,7 @@ from streamtrk.recon.tracks import (
     select_tracks,
     split_by_event,
     stitch_edges,
+    stitch_kernels,
 )
 
 
@@ -349,6 +351,39 @@ def test_stitching_on_random_graphs_keeps_chains():
     # only piece ends meet: a stitched edge starts where a piece ends and ends where one starts
     assert not np.isin(edges[0, extra], kept[0]).any()
     assert not np.isin(edges[1, extra], kept[1]).any()
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3])
+def test_host_kernels_stitch_as_the_arrays(host_launcher, small_events, det, threshold):
+    """track_building.cu's stitching kernels, built for the host, take the arrays' edges
+    (as a set: in index order) on a real event's graph scored at random, on a random graph
+    with ties, and where a piece's end reaches its own start."""
+    rng = np.random.default_rng(6)
+    event = batch_graph(small_events[:1], det)
+    graph = np.sort(rng.integers(0, 3000, size=(2, 6000)), axis=0)
+    graph = graph[:, graph[0] != graph[1]]
+    loop = np.array([[0, 1, 2, 2, 9], [1, 2, 0, 9, 0]])
+    # Pieces 10-11, 12-13, 14-15 and free hit 0: from 11 a direct edge to 12 (the last
+    # edge) ties with the bridge 11 -> 0 -> 14; the direct one comes first in the arrays'
+    # list, so it wins.
+    tie = np.array([[10, 12, 14, 11, 0, 11], [11, 13, 15, 0, 14, 12]])
+    cases = [
+        (event.edge_index, rng.random(event.num_edges, dtype=np.float32), event.num_nodes),
+        (graph, (rng.integers(0, 8, graph.shape[1]) / 8).astype(np.float32), 3000),  # ties
+        (loop, np.array([0.9, 0.9, 0.8, 0.8, 0.8], np.float32), 10),
+        (tie, np.array([0.9, 0.9, 0.9, 0.5, 0.5, 0.5], np.float32), 16),
+    ]
+    taken = []
+    for edges, scores, n in cases:
+        kept = resolve_junctions(edges, scores, 0.6)
+        if edges is loop:
+            kept = loop[:, :2]
+        labels = components_scipy(kept, n)
+        want = stitch_edges(edges, scores, kept, labels, threshold)
+        got = stitch_kernels(edges, scores, kept, labels, threshold, host_launcher(KERNELS))
+        assert np.array_equal(got, np.sort(want))
+        taken.append(want.tolist())
+    assert len(taken[0]) > 100 and len(taken[1]) > 20 and taken[2] == [] and taken[3] == [5]
 
 
 def test_merge_labels_equals_components_of_all_edges():
