@@ -9,7 +9,9 @@ proxy of its batch-1 latency that needs no GPU. Counted: ufuncs and CuPy functio
 compute (not views, reshapes or metadata), indexing by arrays (a gather), stores (a fill or
 a scatter), raw kernels, ``ElementwiseKernel``'s. Not counted: torch's operations (the
 network's; ``gnn`` counts only the hand-over), copies CuPy makes inside one function.
-Approximate: a CuPy function may launch several kernels (a sort, ``nonzero``).
+Approximate: a CuPy function may launch several kernels (a sort, ``nonzero``). Also
+``host_syncs``: CuPy's host synchronisations of the same reconstruct, as the stand-in counts
+them (copies down, outputs sized by their values; torch's not counted).
 
     .venv/bin/python bench/launch_count.py                # MU=200, batches of 1 and 16
     .venv/bin/python bench/launch_count.py --mu 20 --batches 1 --top 40
@@ -185,10 +187,12 @@ def main() -> None:
         for size in args.batches:
             rec.reconstruct(events[:size])  # kernels built, caches filled
             launches = Launches()
+            strict_xp.cupy.counts.clear()
             with counting(strict_xp, launches):
                 rec.reconstruct(events[:size])
             out["batches"][str(size)] = {
                 "launches": sum(launches.by_stage.values()),
+                "host_syncs": strict_xp.cupy.counts["sync"],
                 "by_stage": dict(launches.by_stage.most_common()),
                 "top_functions": dict(launches.by_function.most_common(args.top)),
             }
