@@ -266,7 +266,10 @@ def _fit_circle(
 def _circle(kappa: Array, phi: Array, delta: Array, xp: Any) -> tuple[Array, Array, Array]:
     """The circle (centre relative to the point the parameters are about, radius) of
     Karimaki's parameters; a straight line (kappa 0) becomes a circle of 10^10 mm (pT in the
-    10^6 GeV)."""
+    10^6 GeV). On the device one kernel (:func:`circle_kernel`) for these thirteen
+    operations."""
+    if xp is not np:
+        return circle_kernel(kappa, phi, delta, cupy_launcher(KERNELS))
     kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
     arm = delta + 1 / kappa  # to the centre, along (-sin phi, cos phi)
     return -arm * xp.sin(phi), arm * xp.cos(phi), 1 / xp.abs(kappa)
@@ -274,8 +277,38 @@ def _circle(kappa: Array, phi: Array, delta: Array, xp: Any) -> tuple[Array, Arr
 
 def _karimaki(cx: Array, cy: Array, radius: Array, h: Array, xp: Any) -> tuple[Array, Array, Array]:
     """(kappa, phi, delta) of the circle of centre (cx, cy) about the origin and ``radius``,
-    run in the sense ``h`` (1: anticlockwise; the sign of kappa)."""
+    run in the sense ``h`` (1: anticlockwise; the sign of kappa). On the device one kernel
+    (:func:`karimaki_kernel`) for these eight operations."""
+    if xp is not np:
+        return karimaki_kernel(cx, cy, radius, h, cupy_launcher(KERNELS))
     return h / radius, xp.arctan2(-h * cx, h * cy), h * (xp.hypot(cx, cy) - radius)
+
+
+def circle_kernel(
+    kappa: Array, phi: Array, delta: Array, launch: Launch
+) -> tuple[Array, Array, Array]:
+    """:func:`_circle` as one kernel (``karimaki_circle``), a thread per track."""
+    out = _per_track_kernel("karimaki_circle", (kappa, phi, delta), launch)
+    return out[0], out[1], out[2]
+
+
+def karimaki_kernel(
+    cx: Array, cy: Array, radius: Array, h: Array, launch: Launch
+) -> tuple[Array, Array, Array]:
+    """:func:`_karimaki` as one kernel (``karimaki_params``), a thread per track."""
+    out = _per_track_kernel("karimaki_params", (cx, cy, radius, h), launch)
+    return out[0], out[1], out[2]
+
+
+def _per_track_kernel(name: str, arrays: tuple[Array, ...], launch: Launch) -> Array:
+    """Kernel ``name`` of ``gls_filter.cu``, a thread per track, on float64 per-track
+    ``arrays``: its three outputs, a row of tracks each."""
+    xp = array_module(arrays[0])
+    n = len(arrays[0])
+    out = xp.empty((3, n))
+    args = contiguous((np.int64(n), *(a.astype(xp.float64, copy=False) for a in arrays)), xp)
+    launch(name, n, (*args, out))
+    return out
 
 
 def _gauss_newton_step(

@@ -2,6 +2,7 @@
 // thread per hit. circle_turns: fit._on_circle, a thread per track. hit_projections and
 // hit_scattering: fit._projections and fit._scattering, a thread per hit.
 // track_parameters: fit._parameters, and normal_sums: fit._normal_sums, a thread per track.
+// karimaki_params and karimaki_circle: fit._karimaki and fit._circle, a thread per track.
 // gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
@@ -240,5 +241,31 @@ extern "C" __global__ void normal_sums(long long n_tracks, const long long *offs
             for (long long j = 0; j < k; ++j) jtj[(t * k + i) * k + j] = i <= j ? a[i][j] : a[j][i];
             jtr[t * k + i] = b[i];
         }
+    }
+}
+
+// fit._karimaki: Karimaki's (kappa, phi, delta) about the origin of the circles of centre
+// (cx, cy) and radius, run in the sense h, into three rows of out.
+extern "C" __global__ void karimaki_params(long long n_tracks, const double *cx,
+                                           const double *cy, const double *radius,
+                                           const double *h, double *out) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        out[t] = h[t] / radius[t];
+        out[n_tracks + t] = atan2(-h[t] * cx[t], h[t] * cy[t]);
+        out[2 * n_tracks + t] = h[t] * (hypot(cx[t], cy[t]) - radius[t]);
+    }
+}
+
+// fit._circle: the circles (centre relative to the point the parameters are about, radius)
+// of Karimaki's (kappa, phi, delta), kappa at least 1e-10 in size, into three rows of out.
+extern "C" __global__ void karimaki_circle(long long n_tracks, const double *kappa,
+                                           const double *phi, const double *delta,
+                                           double *out) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        const double k = (kappa[t] < 0 ? -1.0 : 1.0) * numpy_max(fabs(kappa[t]), 1e-10);
+        const double arm = delta[t] + 1 / k;
+        out[t] = -arm * sin(phi[t]);
+        out[n_tracks + t] = arm * cos(phi[t]);
+        out[2 * n_tracks + t] = 1 / fabs(k);
     }
 }

@@ -14,17 +14,21 @@ from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import (
     KERNELS,
     Fitted,
+    _circle,
     _distances,
     _gls,
+    _karimaki,
     _normal_sums,
     _on_circle,
     _parameters,
     _projections,
     _scattering,
+    circle_kernel,
     distances_kernel,
     fit_tracks,
     gram_arrays,
     gram_kernel,
+    karimaki_kernel,
     normal_kernel,
     parameters_kernel,
     projections_kernel,
@@ -550,6 +554,29 @@ def test_host_kernel_distances_are_the_arrays(host_launcher):
     for got, want in zip((k_eps, *k_jac), (eps, *jac), strict=True):
         scale = np.nanmax(np.abs(want))
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * scale)
+
+
+def test_host_kernels_of_karimakis_parameters_are_the_arrays(host_launcher):
+    """karimaki_params and karimaki_circle, built for the host, give the NumPy path's
+    parameters of circles and circles of parameters: curved and straight (kappa under its
+    floor, of either sign, and 0), centres anywhere, either sense; a NaN stays NaN."""
+    rng = np.random.default_rng(16)
+    n = 500
+    cx, cy = rng.normal(0, 1e4, (2, n))
+    radius = 10.0 ** rng.uniform(1, 10, n)
+    h = rng.choice([-1.0, 1.0], n)
+    kappa = rng.choice([0.0, 1e-12, 1e-6, 1e-3], n) * rng.choice([-1.0, 1.0], n)
+    phi, delta = rng.uniform(-np.pi, np.pi, n), rng.normal(0, 50, n)
+    cx[0] = kappa[0] = np.nan
+    launch = host_launcher(KERNELS)
+    pairs = [
+        (karimaki_kernel(cx, cy, radius, h, launch), _karimaki(cx, cy, radius, h, np)),
+        (circle_kernel(kappa, phi, delta, launch), _circle(kappa, phi, delta, np)),
+    ]
+    for kernel, arrays in pairs:
+        for got, want in zip(kernel, arrays, strict=True):
+            assert np.isnan(got[0]) == np.isnan(want[0]) and np.isfinite(want[1:]).all()
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):

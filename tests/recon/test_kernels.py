@@ -22,6 +22,8 @@ ENTRIES = {
         "circle_turns",
         "hit_projections",
         "hit_scattering",
+        "karimaki_params",
+        "karimaki_circle",
     ),
     "track_building.cu": (
         "propagate_labels",
