@@ -114,20 +114,13 @@ def fit_tracks(
     # parameters about the origin, then the line on the new circle's arc lengths.
     kappa, phi_k, delta = _karimaki(*circle, h, xp)  # in the track's sense: signs below
     eps, jac_c = _distances(kappa, phi_k, delta, hx, hy, hx * hx + hy * hy, tid, xp)
-    one, big_r = xp.ones_like(s), radius[tid]
-    sin_t, cos_t = xp.sin(turn), xp.cos(turn)
-    turned = ((big_r * sin_t, cos_t), (cos_t, -big_r * sin_t))
-    bent = ((s * s / 2, one), (s, -s), (one, s * s / 2))
-    across = [(theta * cosh[tid], turned), (theta * xp.abs(tan_l[tid]) / big_r, bent)]
-    step, cov_c, chi2_c = _gls(jac_c, eps, var_c, across, offsets, tid, xp)
+    step, cov_c, chi2_c = _circle_gls(
+        jac_c, eps, var_c, (s, turn, theta), (radius, cosh, tan_l), offsets, tid
+    )
     circle = _circle(kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2], xp)
-    radius = circle[2]
     h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
-    s_new = radius[tid] * turn
-    tilted = ((path, one), (one, -path))
-    res_z = z0[tid] + tan_l[tid] * s_new - hz
-    step_z, cov_z, chi2_z = _gls(
-        (s_new, one), res_z, var_z, [(theta * cosh[tid], tilted)], offsets, tid, xp
+    step_z, cov_z, chi2_z = _line_gls(
+        (turn, hz, var_z, path, theta), (circle[2], z0, tan_l, cosh), offsets, tid
     )
     fitted = Fitted(circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes)
     return _parameters(fitted, det.bfield, xp)
@@ -360,6 +353,95 @@ def normal_kernel(
 Arms = tuple[tuple[Array, Array], ...]
 
 
+def _circle_gls(
+    jac: tuple[Array, ...],
+    eps: Array,
+    var: Array,
+    per_hit: tuple[Array, Array, Array],
+    per_track: tuple[Array, Array, Array],
+    offsets: Array,
+    tid: Array,
+) -> tuple[Array, Array, Array]:
+    """:func:`_gls` of the circle in Karimaki's parameters: distances ``eps`` with
+    derivatives ``jac`` and variances ``var``; two scatter sets per hit k (``per_hit``: s,
+    turn, theta; ``per_track``: radius R, cosh, tan_l), the circle turned about k by theta
+    cosh (hit j across by that times R sin(turn_j - turn_k)) and its curvature changed by
+    theta |tan_l| / R (hit j across by that times (s_j - s_k)^2 / 2). On the device the
+    hits' columns are one kernel (``circle_gls_hits``) for about twenty operations."""
+    xp = array_module(eps)
+    if xp is not np:
+        columns = (*jac, eps, var, *per_hit)
+        hits = _gls_hits("circle_gls_hits", 15, tid, columns, per_track, cupy_launcher(KERNELS))
+        return gls_step(gram_kernel(hits, 4, (2, 3), offsets, cupy_launcher(KERNELS)), 3, xp)
+    return _gls(jac, eps, var, _circle_scatters(per_hit, per_track, tid), offsets, tid, xp)
+
+
+def _circle_scatters(
+    per_hit: tuple[Array, Array, Array], per_track: tuple[Array, Array, Array], tid: Array
+) -> list[tuple[Array, Arms]]:
+    """:func:`_circle_gls`'s two scatter sets, as :func:`_gls` takes them."""
+    xp = array_module(tid)
+    s, turn, theta = per_hit
+    radius, cosh, tan_l = per_track
+    one, big_r = xp.ones_like(s), radius[tid]
+    sin_t, cos_t = xp.sin(turn), xp.cos(turn)
+    turned = ((big_r * sin_t, cos_t), (cos_t, -big_r * sin_t))
+    bent = ((s * s / 2, one), (s, -s), (one, s * s / 2))
+    return [(theta * cosh[tid], turned), (theta * xp.abs(tan_l[tid]) / big_r, bent)]
+
+
+def _line_gls(
+    per_hit: tuple[Array, Array, Array, Array, Array],
+    per_track: tuple[Array, Array, Array, Array],
+    offsets: Array,
+    tid: Array,
+) -> tuple[Array, Array, Array]:
+    """:func:`_gls` of the line z = z0 + tan_l s on the circle (``per_hit``: turn, z, z
+    variance, path, scattering angle; ``per_track``: radius, z0, tan_l, cosh): a scatter at
+    hit k tilts the line by theta cosh^2 (hit j moves by theta cosh (path_j - path_k)). On
+    the device the hits' columns are one kernel (``line_gls_hits``) for about fifteen
+    operations."""
+    xp = array_module(tid)
+    if xp is not np:
+        hits = _gls_hits("line_gls_hits", 8, tid, per_hit, per_track, cupy_launcher(KERNELS))
+        return gls_step(gram_kernel(hits, 3, (2,), offsets, cupy_launcher(KERNELS)), 2, xp)
+    return _gls(*_line_terms(per_hit, per_track, tid), offsets, tid, xp)
+
+
+def _line_terms(
+    per_hit: tuple[Array, Array, Array, Array, Array],
+    per_track: tuple[Array, Array, Array, Array],
+    tid: Array,
+) -> tuple[tuple[Array, Array], Array, Array, list[tuple[Array, Arms]]]:
+    """:func:`_line_gls`'s derivatives, residuals, variances and scatter set, as
+    :func:`_gls` takes them."""
+    xp = array_module(tid)
+    turn, hz, var_z, path, theta = per_hit
+    radius, z0, tan_l, cosh = per_track
+    s, one = radius[tid] * turn, xp.ones_like(turn)
+    tilted = ((path, one), (one, -path))
+    res_z = z0[tid] + tan_l[tid] * s - hz
+    return (s, one), res_z, var_z, [(theta * cosh[tid], tilted)]
+
+
+def _gls_hits(
+    name: str,
+    width: int,
+    tid: Array,
+    per_hit: tuple[Array, ...],
+    per_track: tuple[Array, ...],
+    launch: Launch,
+) -> Array:
+    """The hits' columns of a GLS step from kernel ``name`` (a thread per hit): a row of
+    ``width`` float64 a hit, what :func:`gram_kernel` reads."""
+    xp = array_module(tid)
+    hits = xp.empty((len(tid), width))
+    f64 = (a.astype(xp.float64, copy=False) for a in (*per_hit, *per_track))
+    args = contiguous((np.int64(len(tid)), tid.astype(xp.int64, copy=False), *f64), xp)
+    launch(name, len(tid), (*args, hits))
+    return hits
+
+
 def _gls(
     jac: tuple[Array, ...],
     res: Array,
@@ -381,17 +463,26 @@ def _gls(
     t_j one unit deviate per scatter set), so a Kalman filter of u run along the track turns
     the columns of [J res] into their innovations; divided by their standard deviations they
     are L^-1 [J res] for V = L L^T (the filter is V's Cholesky factorisation), and their sums
-    of products give J^T V^-1 J, J^T V^-1 res and res^T V^-1 res: :func:`gram_arrays` on
-    the CPU, :func:`gram_kernel` on the GPU."""
-    n = len(jac)
-    dims = tuple(len(arms) for _, arms in scatters)
+    of products give J^T V^-1 J, J^T V^-1 res and res^T V^-1 res: :func:`gram_arrays` (the
+    GPU's fit runs :func:`gram_kernel` on its own columns, :func:`_circle_gls`)."""
+    columns, dims = gls_columns(jac, res, var, scatters)
+    return gls_step(gram_arrays(columns, len(jac) + 1, dims, offsets, tid), len(jac), xp)
+
+
+def gls_columns(
+    jac: tuple[Array, ...], res: Array, var: Array, scatters: list[tuple[Array, Arms]]
+) -> tuple[list[Array], tuple[int, ...]]:
+    """:func:`_gls`'s per-hit columns ([J res], the variance, the arms a, the kicks times
+    b: what :func:`gram_arrays` and :func:`gram_kernel` read) and the scatter sets' sizes."""
     columns = [*jac, res, var]
     columns += [a for _, arms in scatters for a, _ in arms]
     columns += [kick * b for kick, arms in scatters for _, b in arms]
-    if xp is np:
-        gram = gram_arrays(columns, n + 1, dims, offsets, tid)
-    else:
-        gram = gram_kernel(xp.stack(columns, -1), n + 1, dims, offsets, cupy_launcher(KERNELS))
+    return columns, tuple(len(arms) for _, arms in scatters)
+
+
+def gls_step(gram: Array, n: int, xp: Any) -> tuple[Array, Array, Array]:
+    """Per track, :func:`_gls`'s step, covariance and chi-square from the sums ``gram`` of
+    its ``n`` parameters' columns and the residuals ([J res]^T V^-1 [J res])."""
     normal, grad, rr = gram[:, :n, :n], gram[:, :n, n], gram[:, n, n]
     # Degenerate (collinear) tracks: a guard on the scale of each parameter's own entry (the
     # curvature's, in mm^4, outweighs the others by 10^11: 10^-12 of the trace, as this was,

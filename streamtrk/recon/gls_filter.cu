@@ -3,6 +3,8 @@
 // hit_scattering: fit._projections and fit._scattering, a thread per hit.
 // track_parameters: fit._parameters, and normal_sums: fit._normal_sums, a thread per track.
 // karimaki_params and karimaki_circle: fit._karimaki and fit._circle, a thread per track.
+// circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
+// (what gls_gram reads), a thread per hit.
 // gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
@@ -267,5 +269,50 @@ extern "C" __global__ void karimaki_circle(long long n_tracks, const double *kap
         out[t] = -arm * sin(phi[t]);
         out[n_tracks + t] = arm * cos(phi[t]);
         out[2 * n_tracks + t] = 1 / fabs(k);
+    }
+}
+
+// fit._circle_gls's columns, per hit a row of 15 (gls_gram's hits: c = 4, dims 2 and 3):
+// the distances' derivatives jac0, jac1, jac2 and eps, the variance var, the arms of the two
+// scatter sets (turned: R sin t, cos t; bent: s^2 / 2, s, 1) and their kicks times b
+// (theta cosh: cos t, -R sin t; theta |tan_l| / R: 1, -s, s^2 / 2), t the hit's turn.
+extern "C" __global__ void circle_gls_hits(long long n_hits, const long long *tid,
+                                           const double *jac0, const double *jac1,
+                                           const double *jac2, const double *eps,
+                                           const double *var, const double *s,
+                                           const double *turn, const double *theta,
+                                           const double *radius, const double *cosh,
+                                           const double *tan_l, double *hits) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const long long t = tid[h];
+        const double big_r = radius[t], sin_t = sin(turn[h]), cos_t = cos(turn[h]);
+        const double half_s2 = s[h] * s[h] / 2, r_sin = big_r * sin_t;
+        const double turned = theta[h] * cosh[t], bent = theta[h] * fabs(tan_l[t]) / big_r;
+        const double row[15] = {
+            jac0[h], jac1[h], jac2[h], eps[h], var[h],
+            r_sin, cos_t, half_s2, s[h], 1.0,
+            turned * cos_t, turned * (-big_r * sin_t), bent * 1.0, bent * -s[h], bent * half_s2,
+        };
+        for (int k = 0; k < 15; ++k) hits[15 * h + k] = row[k];
+    }
+}
+
+// fit._line_gls's columns, per hit a row of 8 (c = 3, one set of 2 arms): s = R t, 1, the
+// residual z0 + tan_l s - z, the variance var, the arms (path, 1) and the kick theta cosh
+// times (1, -path), t the hit's turn.
+extern "C" __global__ void line_gls_hits(long long n_hits, const long long *tid,
+                                         const double *turn, const double *hz,
+                                         const double *var, const double *path,
+                                         const double *theta, const double *radius,
+                                         const double *z0, const double *tan_l,
+                                         const double *cosh, double *hits) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const long long t = tid[h];
+        const double s = radius[t] * turn[h], kick = theta[h] * cosh[t];
+        const double row[8] = {
+            s, 1.0, z0[t] + tan_l[t] * s - hz[h], var[h], path[h], 1.0, kick * 1.0,
+            kick * -path[h],
+        };
+        for (int k = 0; k < 8; ++k) hits[8 * h + k] = row[k];
     }
 }

@@ -15,9 +15,12 @@ from streamtrk.recon.fit import (
     KERNELS,
     Fitted,
     _circle,
+    _circle_scatters,
     _distances,
     _gls,
+    _gls_hits,
     _karimaki,
+    _line_terms,
     _normal_sums,
     _on_circle,
     _parameters,
@@ -26,6 +29,7 @@ from streamtrk.recon.fit import (
     circle_kernel,
     distances_kernel,
     fit_tracks,
+    gls_columns,
     gram_arrays,
     gram_kernel,
     karimaki_kernel,
@@ -577,6 +581,34 @@ def test_host_kernels_of_karimakis_parameters_are_the_arrays(host_launcher):
         for got, want in zip(kernel, arrays, strict=True):
             assert np.isnan(got[0]) == np.isnan(want[0]) and np.isfinite(want[1:]).all()
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_host_kernels_of_the_gls_columns_are_the_arrays(host_launcher):
+    """circle_gls_hits and line_gls_hits, built for the host, write the columns the arrays
+    give the GLS sums (gls_columns of the circle's and the line's terms), in their order:
+    curved and straight tracks, turns past half a circle, either sign of tan_l."""
+    rng = np.random.default_rng(17)
+    n_tracks, sizes = 200, rng.integers(1, 13, 200)
+    tid = np.repeat(np.arange(n_tracks), sizes)
+    n = len(tid)
+    radius = 10.0 ** rng.uniform(2, 7, n_tracks)
+    tan_l = rng.normal(0, 2, n_tracks)
+    cosh, z0 = np.sqrt(1 + tan_l * tan_l), rng.normal(0, 30, n_tracks)
+    jac = tuple(rng.normal(0, 100, (3, n)))
+    eps, var, s = rng.normal(0, 1, n), rng.uniform(1e-4, 1, n), rng.normal(0, 500, n)
+    turn, theta = rng.normal(0, 2, n), rng.uniform(0, 0.01, n)
+    hz, var_z, path = rng.normal(0, 500, n), rng.uniform(1e-4, 1, n), rng.normal(0, 800, n)
+    launch = host_launcher(KERNELS)
+    circle = ((s, turn, theta), (radius, cosh, tan_l))
+    columns, dims = gls_columns(jac, eps, var, _circle_scatters(*circle, tid))
+    kernel = _gls_hits("circle_gls_hits", 15, tid, (*jac, eps, var, *circle[0]), circle[1], launch)
+    assert dims == (2, 3)
+    np.testing.assert_allclose(kernel, np.stack(columns, -1), rtol=1e-13, atol=0)
+    line = ((turn, hz, var_z, path, theta), (radius, z0, tan_l, cosh))
+    columns, dims = gls_columns(*_line_terms(*line, tid))
+    kernel = _gls_hits("line_gls_hits", 8, tid, *line, launch)
+    assert dims == (2,)
+    np.testing.assert_allclose(kernel, np.stack(columns, -1), rtol=1e-13, atol=0)
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):

@@ -24,6 +24,8 @@ ENTRIES = {
         "hit_scattering",
         "karimaki_params",
         "karimaki_circle",
+        "circle_gls_hits",
+        "line_gls_hits",
     ),
     "track_building.cu": (
         "propagate_labels",
