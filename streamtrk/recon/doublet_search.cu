@@ -1,5 +1,6 @@
-// The candidate search of graph construction (streamtrk/recon/graph.py) as kernels. A thread
-// per (inner hit, layer pair) query: doublet_queries gives each query its windows
+// The candidate search of graph construction (streamtrk/recon/graph.py) as kernels.
+// hit_cells, a thread per hit: whether it is on its layer and its grid cells. A thread per
+// (inner hit, layer pair) query: doublet_queries gives each query its windows
 // (prepare_search's queries: z0 reach, bins, phi bins), doublet_candidates counts its
 // candidates (the slots of its phi window in each of its bins [b_lo, b_hi] of the outer
 // layer: for the work budget, before any is searched). Then a thread per candidate, the
@@ -125,7 +126,7 @@ extern "C" __global__ void doublet_fill(long long n_candidates, const long long 
     }
 }
 
-// A coordinate's bin on layer lay, as prepare_search's bin_of: clipped to [0, nb - 1].
+// A coordinate's bin on layer lay, as graph._bin_of: clipped to [0, nb - 1].
 __device__ long long bin_of(double u, const double *u_min, const double *u_max, long long lay,
                             long long nb) {
     const double frac = (u - u_min[lay]) / (u_max[lay] - u_min[lay]);
@@ -194,5 +195,43 @@ extern "C" __global__ void doublet_queries(
         ints[2 * n_queries + q] = b_hi;
         ints[3 * n_queries + q] = p_lo;
         ints[4 * n_queries + q] = p_hi;
+    }
+}
+
+// Per hit (r, z, phi + pi, event, layer or -1), as graph.hit_cells: whether it is on its
+// layer's surface (within near of it, its u within near of the layer's range, r at least
+// min_r), its two grid cells (event, layer, u bin, phi bin; the copy at phi + 2 pi n_phi
+// bins on), n_cells where it is not on, into cell[h] and cell[n_hits + h], and its layer
+// (0 where unknown).
+extern "C" __global__ void hit_cells(long long n_hits, const double *r, const double *z,
+                                     const double *phi_p, const long long *event,
+                                     const long long *layer, const bool *t_barrel,
+                                     const double *t_r, const double *t_z,
+                                     const double *t_u_min, const double *t_u_max,
+                                     long long n_layers, long long nb, long long nphi,
+                                     long long n_cells, double near, double min_r,
+                                     double to_bin, bool *on, long long *cell,
+                                     long long *lay0) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const long long lay = layer[h] >= 0 ? layer[h] : 0;
+        const bool barrel = t_barrel[lay];
+        const double u = barrel ? z[h] : r[h];
+        const double off = fabs(barrel ? r[h] - t_r[lay] : z[h] - t_z[lay]);
+        const bool ok = layer[h] >= 0 && off <= near && u >= t_u_min[lay] - near &&
+                        u <= t_u_max[lay] + near && r[h] >= min_r;
+        long long first = n_cells, second = n_cells;
+        if (ok) {
+            const long long p = (long long)(phi_p[h] * to_bin);
+            const long long pbin = p < nphi - 1 ? p : nphi - 1;
+            const long long row =
+                ((event[h] * n_layers + lay) * nb + bin_of(u, t_u_min, t_u_max, lay, nb)) *
+                (2 * nphi);
+            first = row + pbin;
+            second = row + pbin + nphi;
+        }
+        on[h] = ok;
+        cell[h] = first;
+        cell[n_hits + h] = second;
+        lay0[h] = lay;
     }
 }

@@ -323,31 +323,14 @@ def prepare_search(
     phi_p = phi + np.pi  # in [0, 2 pi]
     event = xp.searchsorted(xp.asarray(node_offsets[1:]), xp.arange(n), side="right")
     layer = lookup_layer(t["lut"], volume_id, layer_id)
-    lay0 = xp.where(layer >= 0, layer, 0)
-    # Hits on their layer's surface (up to the margin, and the beam line's offset: the hits
-    # may be centred on it) and off the beam line; the others (an unknown layer, or bad
-    # input: a hit placed anywhere) can make no edge, so they enter no search and buy no
-    # budget (they would pay for a pile).
+    n_events = int(node_offsets.shape[0] - 1)
+    n_cells = n_events * n_layers * nb * 2 * nphi
     m = cfg.layer_margin
-    barrel = t["barrel"][lay0]
-    u = xp.where(barrel, z, r)
-    off = xp.abs(xp.where(barrel, r - t["r"][lay0], z - t["z"][lay0]))
-    near = m + MAX_BEAM_SPOT
-    on = (layer >= 0) & (off <= near) & (u >= t["u_min"][lay0] - near)
-    on &= (u <= t["u_max"][lay0] + near) & (r >= MIN_QUERY_R)
-
-    def bin_of(u: Array, lay: Array) -> Array:
-        frac = (u - t["u_min"][lay]) / (t["u_max"][lay] - t["u_min"][lay])
-        return xp.clip(xp.floor(frac * nb), 0, nb - 1).astype(xp.int64)
-
-    # Grid cells (event, layer, u bin, phi bin); each hit also in phi bin + n_phi, at phi
-    # + 2 pi, so that a window never wraps. Cells are contiguous in phi: a window is a slice.
-    pbin = xp.minimum((phi_p * to_bin).astype(xp.int64), nphi - 1)
-    row = ((event * n_layers + lay0) * nb + bin_of(u, lay0)) * (2 * nphi)
-    n_cells = int(node_offsets.shape[0] - 1) * n_layers * nb * 2 * nphi
-    cell = xp.concatenate(
-        [xp.where(on, row + pbin, n_cells), xp.where(on, row + pbin + nphi, n_cells)]
-    )
+    per_hit = (r, z, phi_p, event, layer)
+    if xp is np:
+        on, cell, lay0 = hit_cells(per_hit, n_events, t, cfg)
+    else:
+        on, cell, lay0 = hit_cells_kernel(per_hit, n_events, t, cfg, cupy_launcher(KERNELS))
     order = xp.argsort(cell, kind="stable")
     hit_of = order % n
     phi_sorted = xp.concatenate([phi_p, phi_p + two_pi])[order]
@@ -357,7 +340,6 @@ def prepare_search(
 
     # Queries: (inner hit, layer pair), then one per bin of the outer layer it can reach.
     starts = xp.searchsorted(t["pair_inner"], xp.arange(n_layers + 1), side="left")
-    n_events = int(node_offsets.shape[0] - 1)
     hits_on = xp.nonzero(on)[0]
     occupied = bincount(event[hits_on] * n_layers + layer[hits_on], n_events * n_layers)
 
@@ -401,7 +383,7 @@ def prepare_search(
         w = xp.minimum(
             cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, PHI_CAP
         )
-        b_lo, b_hi = bin_of(u_lo, outer), bin_of(u_hi, outer)
+        b_lo, b_hi = _bin_of(u_lo, outer, t, nb), _bin_of(u_hi, outer, t, nb)
         # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
         # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last]
         # are a difference of two cell starts.
@@ -451,6 +433,69 @@ def prepare_search(
     )
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
     return ctx, node_features, lay0
+
+
+HitColumns = tuple[Array, Array, Array, Array, Array]  # r, z, phi + pi, event, layer
+
+
+def hit_cells(
+    per_hit: HitColumns, n_events: int, t: dict[str, Array], cfg: GraphConfig
+) -> tuple[Array, Array, Array]:
+    """Per hit (``per_hit``: r, z, phi + pi, event, layer or -1 where unknown, of a batch of
+    ``n_events``; ``t``: the layer tables of ``_device_tables``), whether it is on its
+    layer's surface, its two grid cells and its layer (0 where unknown). On the surface: up
+    to the margin, and the beam line's offset (the hits may be centred on it), and off the
+    beam line; the others (an unknown layer, or bad input: a hit placed anywhere) can make
+    no edge, so they enter no search and buy no budget (they would pay for a pile): their
+    cells are one past the grid's. A grid cell is (event, layer, u bin, phi bin), u the z
+    along a barrel layer or the r across a disk; each hit also in phi bin + n_phi, at phi +
+    2 pi, so that a window never wraps (the second half of the cells). Cells are contiguous
+    in phi: a window is a slice."""
+    r, z, phi_p, event, layer = per_hit
+    xp = array_module(r)
+    n_layers, nb, nphi = len(t["r"]), cfg.n_bins, cfg.n_phi_bins
+    lay0 = xp.where(layer >= 0, layer, 0)
+    barrel = t["barrel"][lay0]
+    u = xp.where(barrel, z, r)
+    off = xp.abs(xp.where(barrel, r - t["r"][lay0], z - t["z"][lay0]))
+    near = cfg.layer_margin + MAX_BEAM_SPOT
+    on = (layer >= 0) & (off <= near) & (u >= t["u_min"][lay0] - near)
+    on &= (u <= t["u_max"][lay0] + near) & (r >= MIN_QUERY_R)
+    pbin = xp.minimum((phi_p * (nphi / (2 * np.pi))).astype(xp.int64), nphi - 1)
+    row = ((event * n_layers + lay0) * nb + _bin_of(u, lay0, t, nb)) * (2 * nphi)
+    n_cells = n_events * n_layers * nb * 2 * nphi
+    cell = xp.concatenate(
+        [xp.where(on, row + pbin, n_cells), xp.where(on, row + pbin + nphi, n_cells)]
+    )
+    return on, cell, lay0
+
+
+def _bin_of(u: Array, lay: Array, t: dict[str, Array], nb: int) -> Array:
+    """The bin of coordinate ``u`` among the ``nb`` of layer ``lay``'s range, clipped into
+    them."""
+    xp = array_module(u)
+    frac = (u - t["u_min"][lay]) / (t["u_max"][lay] - t["u_min"][lay])
+    return xp.clip(xp.floor(frac * nb), 0, nb - 1).astype(xp.int64)
+
+
+def hit_cells_kernel(
+    per_hit: HitColumns, n_events: int, t: dict[str, Array], cfg: GraphConfig, launch: Launch
+) -> tuple[Array, Array, Array]:
+    """:func:`hit_cells` in one kernel (``hit_cells``), a thread per hit, for about forty
+    array operations."""
+    r = per_hit[0]
+    xp, i64, n = array_module(r), np.int64, len(r)
+    n_layers, nb, nphi = len(t["r"]), cfg.n_bins, cfg.n_phi_bins
+    on = xp.empty(n, dtype=bool)
+    cell = xp.empty(2 * n, dtype=xp.int64)
+    lay0 = xp.empty(n, dtype=xp.int64)
+    columns = (*(a.astype(xp.float64, copy=False) for a in per_hit[:3]), *per_hit[3:])
+    tables = (t[k] for k in ("barrel", "r", "z", "u_min", "u_max"))
+    sizes = (i64(n_layers), i64(nb), i64(nphi), i64(n_events * n_layers * nb * 2 * nphi))
+    scalars = (cfg.layer_margin + MAX_BEAM_SPOT, MIN_QUERY_R, nphi / (2 * np.pi))
+    args = contiguous((i64(n), *columns, *tables), xp)
+    launch("hit_cells", n, (*args, *sizes, *map(np.float64, scalars), on, cell, lay0))
+    return on, cell, lay0
 
 
 def query_windows(

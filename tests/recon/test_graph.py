@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import ArrayLike
 
-from streamtrk.detector import BARREL
+from streamtrk.detector import BARREL, lookup_layer
 from streamtrk.event import Event, Hits
 from streamtrk.recon import graph as graph_module
 from streamtrk.recon.budget import Budget, EventTooDense
@@ -17,11 +17,14 @@ from streamtrk.recon.graph import (
     Graph,
     GraphConfig,
     _build,
+    _device_tables,
     batch_columns,
     batch_graph,
     candidate_starts,
     event_graph,
     event_graphs,
+    hit_cells,
+    hit_cells_kernel,
     layer_pairs,
     prepare_search,
     search_args,
@@ -353,6 +356,35 @@ def test_host_kernels_find_the_numpy_edges(host_launcher, small_events, det, whi
     assert len(i) > 5_000
     assert np.array_equal(ki, i) and np.array_equal(kj, j)  # same edges, same order
     assert kfeatures.dtype == np.float32 and np.array_equal(kfeatures, features)
+
+
+def test_host_kernel_puts_hits_in_the_arrays_cells(host_launcher, small_events, det):
+    """hit_cells, built for the host, gives the arrays' surface test, cells and layers: two
+    events and an empty third, hits of unknown layers, moved off their surface (past the
+    margin, along it past the layer's ends) and onto the beam line; phi up to 2 pi."""
+    cols, offsets = batch_columns(small_events)
+    offsets = np.append(offsets, offsets[-1])  # a third event, without hits
+    n = int(offsets[-1])
+    rng = np.random.default_rng(8)
+    x, y, z = (cols[k].astype(np.float64) for k in ("x", "y", "z"))
+    r, phi_p = np.hypot(x, y), np.arctan2(y, x) + np.pi
+    picks = rng.choice(n, 500, replace=False)
+    r[picks[:100]] += rng.choice([-40.0, -29.0, 29.0, 40.0], 100)  # off the surface or not
+    z[picks[100:200]] *= rng.uniform(0.9, 1.3, 100)  # along it, some past the ends
+    r[picks[200:220]] = rng.uniform(0, 1.5, 20)  # at the beam line
+    phi_p[picks[220:230]] = 2 * np.pi
+    t = _device_tables(det, GraphConfig().z0_limit, True, np)
+    layer = lookup_layer(t["lut"], cols["volume_id"], cols["layer_id"])
+    layer[picks[230:260]] = -1
+    event = np.searchsorted(offsets[1:], np.arange(n), side="right")
+    for cfg in (GraphConfig(), GraphConfig(n_bins=1, n_phi_bins=16)):
+        per_hit = (r, z, phi_p, event, layer)
+        arrays = hit_cells(per_hit, 3, t, cfg)
+        kernel = hit_cells_kernel(per_hit, 3, t, cfg, host_launcher(KERNELS))
+        off, past = ~arrays[0], 3 * len(det) * cfg.n_bins * 2 * cfg.n_phi_bins
+        assert 100 < off.sum() < 400 and (arrays[1] == past).sum() == 2 * off.sum()
+        for got, want in zip(kernel, arrays, strict=True):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):

@@ -15,7 +15,13 @@ FILES = sorted(
     p.name for p in resources.files("streamtrk.recon").iterdir() if p.name.endswith(".cu")
 )
 ENTRIES = {
-    "doublet_search.cu": ("doublet_queries", "doublet_candidates", "doublet_flags", "doublet_fill"),
+    "doublet_search.cu": (
+        "hit_cells",
+        "doublet_queries",
+        "doublet_candidates",
+        "doublet_flags",
+        "doublet_fill",
+    ),
     "gls_filter.cu": (
         "gls_gram",
         "circle_distances",
