@@ -4,7 +4,8 @@
 // track_parameters: fit._parameters, and normal_sums: fit._normal_sums, a thread per track.
 // karimaki_params and karimaki_circle: fit._karimaki and fit._circle, a thread per track.
 // circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
-// (what gls_gram reads), a thread per hit.
+// (what gls_gram reads), a thread per hit. gls_guard and gls_finish: fit.gls_step before
+// and after its matrix inverse, a thread per track.
 // gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
@@ -314,5 +315,53 @@ extern "C" __global__ void line_gls_hits(long long n_hits, const long long *tid,
             kick * -path[h],
         };
         for (int k = 0; k < 8; ++k) hits[8 * h + k] = row[k];
+    }
+}
+
+// fit.gls_step before its inverse: per track, the normal matrix (the gram's first n rows
+// and columns; gram c x c) with its guard, 1e-12 of each diagonal entry (1e-12 where that
+// is not above 0), into guarded (n x n).
+extern "C" __global__ void gls_guard(long long n_tracks, const double *gram, long long c,
+                                     long long n, double *guarded) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        const double *g = gram + t * c * c;
+        for (long long i = 0; i < n; ++i) {
+            for (long long j = 0; j < n; ++j) {
+                const double scale = g[j * c + j] > 0 ? g[j * c + j] : 1.0;
+                const double guard = 1e-12 * (i == j ? 1.0 : 0.0) * scale;
+                guarded[(t * n + i) * n + j] = g[i * c + j] + guard;
+            }
+        }
+    }
+}
+
+// fit.gls_step after its inverse cov (n x n): the step -cov grad (0 where any part is not
+// finite) and the chi-square rr + 2 step.grad + step.(normal step), grad and rr the gram's
+// last column and corner.
+extern "C" __global__ void gls_finish(long long n_tracks, const double *gram, long long c,
+                                      long long n, const double *cov, double *step,
+                                      double *chi2) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        const double *g = gram + t * c * c, *v = cov + t * n * n;
+        double st[3];
+        bool finite = true;
+        for (long long i = 0; i < n; ++i) {
+            double sum = v[i * n] * g[n];
+            for (long long k = 1; k < n; ++k) sum += v[i * n + k] * g[k * c + n];
+            st[i] = -sum;
+            finite = finite && isfinite(st[i]);
+        }
+        double along = 0.0, curved = 0.0;
+        for (long long i = 0; i < n; ++i) {
+            if (!finite) st[i] = 0.0;
+        }
+        for (long long i = 0; i < n; ++i) {
+            double normal_step = g[i * c] * st[0];
+            for (long long k = 1; k < n; ++k) normal_step += g[i * c + k] * st[k];
+            along = i ? along + st[i] * g[i * c + n] : st[i] * g[i * c + n];
+            curved = i ? curved + st[i] * normal_step : st[i] * normal_step;
+            step[t * n + i] = st[i];
+        }
+        chi2[t] = g[n * c + n] + 2 * along + curved;
     }
 }

@@ -42,6 +42,7 @@ using std::fmax;
 using std::fmin;
 using std::fmod;
 using std::hypot;
+using std::isfinite;
 using std::log;
 using std::sin;
 using std::sqrt;

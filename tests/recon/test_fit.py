@@ -30,6 +30,8 @@ from streamtrk.recon.fit import (
     distances_kernel,
     fit_tracks,
     gls_columns,
+    gls_step,
+    gls_step_kernels,
     gram_arrays,
     gram_kernel,
     karimaki_kernel,
@@ -609,6 +611,28 @@ def test_host_kernels_of_the_gls_columns_are_the_arrays(host_launcher):
     kernel = _gls_hits("line_gls_hits", 8, tid, *line, launch)
     assert dims == (2,)
     np.testing.assert_allclose(kernel, np.stack(columns, -1), rtol=1e-13, atol=0)
+
+
+def test_host_kernels_of_the_gls_step_are_the_arrays(host_launcher):
+    """gls_guard and gls_finish, built for the host around the same inverse, give the
+    arrays' step, covariance and chi-square: circle (3 parameters) and line (2) sums of
+    random tracks, a degenerate track (a zero row: the guard) and one with an infinite
+    entry (its step 0)."""
+    rng = np.random.default_rng(18)
+    launch = host_launcher(KERNELS)
+    for n in (3, 2):
+        columns = rng.normal(0, 1, (300, 6, n + 1)) * 10.0 ** rng.uniform(-3, 5, (300, 1, n + 1))
+        gram = np.einsum("tkc,tkd->tcd", columns, columns)
+        gram[0, 1, :] = gram[0, :, 1] = 0.0  # degenerate: the guard keeps it invertible
+        gram[1, 0, n] = gram[1, n, 0] = np.inf
+        with np.errstate(invalid="ignore", over="ignore"):  # the infinite entry's NaNs
+            arrays = gls_step(gram, n, np)
+            kernel = gls_step_kernels(gram, n, launch)
+        assert (arrays[0][1] == 0).all() and np.isfinite(arrays[0][2:]).all()
+        for got, want in zip(kernel, arrays, strict=True):
+            scale = np.abs(want[np.isfinite(want)]).max()
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * scale)
+        assert np.isnan(kernel[2][1]) == np.isnan(arrays[2][1])
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):

@@ -32,6 +32,8 @@ ENTRIES = {
         "karimaki_circle",
         "circle_gls_hits",
         "line_gls_hits",
+        "gls_guard",
+        "gls_finish",
     ),
     "track_building.cu": (
         "propagate_labels",
