@@ -506,6 +506,8 @@ def gls_step_kernels(gram: Array, n: int, launch: Launch) -> tuple[Array, Array,
     chi-square (``gls_finish``)."""
     xp, i64 = array_module(gram), np.int64
     n_tracks, c = gram.shape[0], gram.shape[1]
+    if not 0 < n < c <= GLS_MAX_COLUMNS:
+        raise ValueError(f"the GLS step kernels take 0 < n < c <= {GLS_MAX_COLUMNS}, got {n}, {c}")
     gram = contiguous((gram.astype(xp.float64, copy=False),), xp)[0]
     guarded = xp.empty((n_tracks, n, n))
     launch("gls_guard", n_tracks, (i64(n_tracks), gram, i64(c), i64(n), guarded))

@@ -343,7 +343,7 @@ extern "C" __global__ void gls_finish(long long n_tracks, const double *gram, lo
                                       double *chi2) {
     FOR_EACH_THREAD(t, n_tracks) {
         const double *g = gram + t * c * c, *v = cov + t * n * n;
-        double st[3];
+        double st[GLS_MAX_C - 1];
         bool finite = true;
         for (long long i = 0; i < n; ++i) {
             double sum = v[i * n] * g[n];

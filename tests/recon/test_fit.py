@@ -633,6 +633,9 @@ def test_host_kernels_of_the_gls_step_are_the_arrays(host_launcher):
             scale = np.abs(want[np.isfinite(want)]).max()
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * scale)
         assert np.isnan(kernel[2][1]) == np.isnan(arrays[2][1])
+    for n, c in [(4, 5), (3, 3), (0, 2)]:  # past the kernels' fixed-size state, or no step
+        with pytest.raises(ValueError, match="take 0 < n < c <= 4"):
+            gls_step_kernels(np.zeros((1, c, c)), n, launch)
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):
