@@ -106,6 +106,16 @@ def test_mutual_best_refuses_2_to_the_31_edges():
         _mutual_best(e, s, 1, np)
 
 
+def test_stitching_kernels_refuse_2_to_the_31_edges_and_hits(host_launcher):
+    """Their codes' keys (an edge, or the edges' count plus a hit) fill the low 31 bits."""
+    many = 2**31 - 10  # read-only broadcast views: no memory for them
+    e = np.broadcast_to(np.zeros((2, 1), np.int64), (2, many))
+    s = np.broadcast_to(np.float32(0.9), (many,))
+    labels = np.arange(10)
+    with pytest.raises(ValueError, match="at most 2\\^31 - 1 edges and hits, got 2147483638"):
+        stitch_kernels(e, s, e[:, :0], labels, 0.1, host_launcher(KERNELS))
+
+
 def test_junction_ties_go_to_the_first_edge_and_the_threshold_is_exclusive():
     assert resolve_junctions(np.array([[0, 0], [1, 2]]), np.array([0.9, 0.9]), 0.5).T.tolist() == [
         [0, 1]
