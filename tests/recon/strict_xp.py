@@ -91,9 +91,10 @@ class DeviceArray(NDArrayOperatorsMixin):
         """``ndarray.set``: a host array of this dtype and shape copied up."""
         if not isinstance(arr, np.ndarray):
             raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
-        if arr.dtype != self._a.dtype or arr.shape != self._a.shape:
-            here = f"{self._a.dtype} {self._a.shape}"
-            raise TypeError(f"{arr.dtype} {arr.shape} array cannot be set to {here} array")
+        if arr.dtype != self._a.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self._a.dtype} array")
+        if arr.shape != self._a.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self._a.shape}, new shape: {arr.shape}")
         _count("host-to-device")
         self._a[...] = arr
 

@@ -239,6 +239,9 @@ def test_strict_arrays_refuse_what_cupy_refuses(strict_cupy):
         "float of many": lambda: float(d),
         "torch.from_numpy": lambda: torch.from_numpy(d),
         "unstable sort": lambda: strict_cupy.argsort(d, kind="quicksort"),
+        "set of another dtype": lambda: d.set(h.astype(np.float64)),
+        "set of another shape": lambda: d.set(h[:4]),
+        "set of a device array": lambda: d.set(d),
     }
     for name, fn in refused.items():
         with pytest.raises((TypeError, ValueError)):
