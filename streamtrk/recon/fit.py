@@ -281,7 +281,7 @@ def circle_kernel(
     kappa: Array, phi: Array, delta: Array, launch: Launch
 ) -> tuple[Array, Array, Array]:
     """:func:`_circle` as one kernel (``karimaki_circle``), a thread per track."""
-    out = _per_track_kernel("karimaki_circle", (kappa, phi, delta), launch)
+    out = _run_kernel("karimaki_circle", (3, len(kappa)), (kappa, phi, delta), (), launch)
     return out[0], out[1], out[2]
 
 
@@ -289,19 +289,8 @@ def karimaki_kernel(
     cx: Array, cy: Array, radius: Array, h: Array, launch: Launch
 ) -> tuple[Array, Array, Array]:
     """:func:`_karimaki` as one kernel (``karimaki_params``), a thread per track."""
-    out = _per_track_kernel("karimaki_params", (cx, cy, radius, h), launch)
+    out = _run_kernel("karimaki_params", (3, len(cx)), (cx, cy, radius, h), (), launch)
     return out[0], out[1], out[2]
-
-
-def _per_track_kernel(name: str, arrays: tuple[Array, ...], launch: Launch) -> Array:
-    """Kernel ``name`` of ``gls_filter.cu``, a thread per track, on float64 per-track
-    ``arrays``: its three outputs, a row of tracks each."""
-    xp = array_module(arrays[0])
-    n = len(arrays[0])
-    out = xp.empty((3, n))
-    args = contiguous((np.int64(n), *(a.astype(xp.float64, copy=False) for a in arrays)), xp)
-    launch(name, n, (*args, out))
-    return out
 
 
 def _gauss_newton_step(
@@ -434,12 +423,7 @@ def _gls_hits(
 ) -> Array:
     """The hits' columns of a GLS step from kernel ``name`` (a thread per hit): a row of
     ``width`` float64 a hit, what :func:`gram_kernel` reads."""
-    xp = array_module(tid)
-    hits = xp.empty((len(tid), width))
-    f64 = (a.astype(xp.float64, copy=False) for a in (*per_hit, *per_track))
-    args = contiguous((np.int64(len(tid)), tid.astype(xp.int64, copy=False), *f64), xp)
-    launch(name, len(tid), (*args, hits))
-    return hits
+    return _run_kernel(name, (len(tid), width), (*per_hit, *per_track), (), launch, tid)
 
 
 def _gls(
@@ -682,8 +666,9 @@ def projections_kernel(
     radius: Array, turn: Array, dx: Array, dy: Array, hits: Hits, tid: Array, launch: Launch
 ) -> tuple[Array, Array, Array, Array]:
     """:func:`_projections` as one kernel (``hit_projections``), a thread per hit."""
-    arrays = (tid, radius, turn, dx, dy, *hits)
-    out = _per_hit_kernel("hit_projections", 4, arrays, (_MIN_COS_INCIDENCE**2,), launch)
+    arrays = (radius, turn, dx, dy, *hits)
+    scalars = (_MIN_COS_INCIDENCE**2,)
+    out = _run_kernel("hit_projections", (4, len(tid)), arrays, scalars, launch, tid)
     return out[0], out[1], out[2], out[3]
 
 
@@ -691,25 +676,31 @@ def scattering_kernel(
     line: Triple, n_phi: Array, s: Array, layers: Triple, tid: Array, launch: Launch
 ) -> Triple:
     """:func:`_scattering` as one kernel (``hit_scattering``), a thread per hit."""
-    arrays = (tid, *line, n_phi, s, *layers)
+    arrays = (*line, n_phi, s, *layers)
     scalars = (_MIN_COS_INCIDENCE, PION_MASS**2)
-    out = _per_hit_kernel("hit_scattering", 3, arrays, scalars, launch)
+    out = _run_kernel("hit_scattering", (3, len(tid)), arrays, scalars, launch, tid)
     return out[0], out[1], out[2]
 
 
-def _per_hit_kernel(
-    name: str, rows: int, arrays: tuple[Array, ...], scalars: tuple[float, ...], launch: Launch
+def _run_kernel(
+    name: str,
+    shape: tuple[int, int],
+    arrays: tuple[Array, ...],
+    scalars: tuple[float, ...],
+    launch: Launch,
+    tid: Array | None = None,
 ) -> Array:
-    """Kernel ``name`` of ``gls_filter.cu``, a thread per hit, on ``arrays`` (the hits'
-    tracks first, then float64 columns and bool ones, per track or per hit) and
-    ``scalars``: its ``rows`` outputs, a row of hits each."""
-    tid = arrays[0]
-    xp = array_module(tid)
-    columns = (a if a.dtype == bool else a.astype(xp.float64, copy=False) for a in arrays[1:])
-    out = xp.empty((rows, len(tid)))
-    ids = tid.astype(xp.int64, copy=False)
-    args = contiguous((np.int64(len(tid)), ids, *columns), xp)
-    launch(name, len(tid), (*args, *map(np.float64, scalars), out))
+    """Kernel ``name`` of ``gls_filter.cu`` on ``arrays`` (float64 columns, and bool ones,
+    per track or per hit) and ``scalars``: a thread per hit (``tid``: their tracks, the
+    kernel's first array) or, without ``tid``, per track (as many as ``arrays[0]``); its
+    float64 output of ``shape``."""
+    first = arrays[0] if tid is None else tid
+    xp, n = array_module(first), len(first)
+    ids = () if tid is None else (tid.astype(xp.int64, copy=False),)
+    columns = (a if a.dtype == bool else a.astype(xp.float64, copy=False) for a in arrays)
+    out = xp.empty(shape)
+    args = contiguous((np.int64(n), *ids, *columns), xp)
+    launch(name, n, (*args, *map(np.float64, scalars), out))
     return out
 
 
@@ -753,7 +744,8 @@ def distances_kernel(
     launch: Launch,
 ) -> tuple[Array, tuple[Array, Array, Array]]:
     """:func:`_distances` as one kernel (``circle_distances``), a thread per hit."""
-    out = _per_hit_kernel("circle_distances", 4, (tid, kappa, phi, delta, u, v, q), (), launch)
+    arrays = (kappa, phi, delta, u, v, q)
+    out = _run_kernel("circle_distances", (4, len(tid)), arrays, (), launch, tid)
     return out[0], (out[1], out[2], out[3])
 
 
