@@ -231,12 +231,7 @@ def edge_geometry(graph: Graph, det: Detector) -> dict[str, Array]:
     """
     xp = array_module(graph.edge_index)
     nl = len(det)
-    fold = _fold_table(det, xp)
-    nf = graph.node_features.astype(xp.float32)
-    r = nf[:, 0] * np.float32(1000.0)
-    phi = nf[:, 1] * np.float32(np.pi)
-    x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
-    lay = fold[graph.layer]
+    x, y, z, r, lay = hit_positions(graph, det)
     i, j = graph.edge_index
     xi, xj, yi, yj = x[i], x[j], y[i], y[j]
     ri, rj, zi, zj = r[i], r[j], z[i], z[j]
@@ -255,6 +250,17 @@ def edge_geometry(graph: Graph, det: Detector) -> dict[str, Array]:
         "dy": dy,
         "c": c,
     }
+
+
+def hit_positions(graph: Graph, det: Detector) -> tuple[Array, ...]:
+    """Per hit, x, y, z and r (float32, from the graph's node features) and its folded
+    layer: what the per-edge geometry reads."""
+    xp = array_module(graph.edge_index)
+    nf = graph.node_features.astype(xp.float32, copy=False)
+    r = nf[:, 0] * np.float32(1000.0)
+    phi = nf[:, 1] * np.float32(np.pi)
+    x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
+    return x, y, z, r, _fold_table(det, xp)[graph.layer]
 
 
 def three_hit_curvature(
@@ -302,11 +308,7 @@ def geometry_kernel(
     thread per edge) where the arrays take about 40 launches; the hits' positions stay array
     operations (their cosines and sines are CuPy's, as the arrays')."""
     xp, i64 = array_module(graph.edge_index), np.int64
-    nf = graph.node_features.astype(xp.float32, copy=False)
-    r = nf[:, 0] * np.float32(1000.0)
-    phi = nf[:, 1] * np.float32(np.pi)
-    x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
-    lay = _fold_table(det, xp)[graph.layer]
+    x, y, z, r, lay = hit_positions(graph, det)
     i, j = contiguous(tuple(graph.edge_index.astype(xp.int64, copy=False)), xp)
     n = len(i)
     ints = xp.empty((2, n), dtype=xp.int64)
