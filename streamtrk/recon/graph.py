@@ -328,9 +328,9 @@ def prepare_search(
     m = cfg.layer_margin
     per_hit = (r, z, phi_p, event, layer)
     if xp is np:
-        on, cell, lay0 = hit_cells(per_hit, n_events, t, cfg)
+        on, cell, lay0 = hit_cells(per_hit, n_cells, t, cfg)
     else:
-        on, cell, lay0 = hit_cells_kernel(per_hit, n_events, t, cfg, cupy_launcher(KERNELS))
+        on, cell, lay0 = hit_cells_kernel(per_hit, n_cells, t, cfg, cupy_launcher(KERNELS))
     order = xp.argsort(cell, kind="stable")
     hit_of = order % n
     phi_sorted = xp.concatenate([phi_p, phi_p + two_pi])[order]
@@ -439,10 +439,10 @@ HitColumns = tuple[Array, Array, Array, Array, Array]  # r, z, phi + pi, event, 
 
 
 def hit_cells(
-    per_hit: HitColumns, n_events: int, t: dict[str, Array], cfg: GraphConfig
+    per_hit: HitColumns, n_cells: int, t: dict[str, Array], cfg: GraphConfig
 ) -> tuple[Array, Array, Array]:
-    """Per hit (``per_hit``: r, z, phi + pi, event, layer or -1 where unknown, of a batch of
-    ``n_events``; ``t``: the layer tables of ``_device_tables``), whether it is on its
+    """Per hit (``per_hit``: r, z, phi + pi, event, layer or -1 where unknown, of a batch
+    whose grid has ``n_cells``; ``t``: the layer tables of ``_device_tables``), whether it is on its
     layer's surface, its two grid cells and its layer (0 where unknown). On the surface: up
     to the margin, and the beam line's offset (the hits may be centred on it), and off the
     beam line; the others (an unknown layer, or bad input: a hit placed anywhere) can make
@@ -463,7 +463,6 @@ def hit_cells(
     on &= (u <= t["u_max"][lay0] + near) & (r >= MIN_QUERY_R)
     pbin = xp.minimum((phi_p * (nphi / (2 * np.pi))).astype(xp.int64), nphi - 1)
     row = ((event * n_layers + lay0) * nb + _bin_of(u, lay0, t, nb)) * (2 * nphi)
-    n_cells = n_events * n_layers * nb * 2 * nphi
     cell = xp.concatenate(
         [xp.where(on, row + pbin, n_cells), xp.where(on, row + pbin + nphi, n_cells)]
     )
@@ -479,7 +478,7 @@ def _bin_of(u: Array, lay: Array, t: dict[str, Array], nb: int) -> Array:
 
 
 def hit_cells_kernel(
-    per_hit: HitColumns, n_events: int, t: dict[str, Array], cfg: GraphConfig, launch: Launch
+    per_hit: HitColumns, n_cells: int, t: dict[str, Array], cfg: GraphConfig, launch: Launch
 ) -> tuple[Array, Array, Array]:
     """:func:`hit_cells` in one kernel (``hit_cells``), a thread per hit, for about forty
     array operations."""
@@ -492,7 +491,7 @@ def hit_cells_kernel(
     floats = (a.astype(xp.float64, copy=False) for a in per_hit[:3])
     columns = (*floats, *(a.astype(xp.int64, copy=False) for a in per_hit[3:]))
     tables = (t[k] for k in ("barrel", "r", "z", "u_min", "u_max"))
-    sizes = (i64(n_layers), i64(nb), i64(nphi), i64(n_events * n_layers * nb * 2 * nphi))
+    sizes = (i64(n_layers), i64(nb), i64(nphi), i64(n_cells))
     scalars = (cfg.layer_margin + MAX_BEAM_SPOT, MIN_QUERY_R, nphi / (2 * np.pi))
     args = contiguous((i64(n), *columns, *tables), xp)
     launch("hit_cells", n, (*args, *sizes, *map(np.float64, scalars), on, cell, lay0))

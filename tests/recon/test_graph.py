@@ -379,9 +379,10 @@ def test_host_kernel_puts_hits_in_the_arrays_cells(host_launcher, small_events, 
     event = np.searchsorted(offsets[1:], np.arange(n), side="right")
     for cfg in (GraphConfig(), GraphConfig(n_bins=1, n_phi_bins=16)):
         per_hit = (r, z, phi_p, event, layer)
-        arrays = hit_cells(per_hit, 3, t, cfg)
-        kernel = hit_cells_kernel(per_hit, 3, t, cfg, host_launcher(KERNELS))
-        off, past = ~arrays[0], 3 * len(det) * cfg.n_bins * 2 * cfg.n_phi_bins
+        past = 3 * len(det) * cfg.n_bins * 2 * cfg.n_phi_bins  # the grid of three events
+        arrays = hit_cells(per_hit, past, t, cfg)
+        kernel = hit_cells_kernel(per_hit, past, t, cfg, host_launcher(KERNELS))
+        off = ~arrays[0]
         assert 100 < off.sum() < 400 and (arrays[1] == past).sum() == 2 * off.sum()
         for got, want in zip(kernel, arrays, strict=True):
             assert got.dtype == want.dtype and np.array_equal(got, want)
