@@ -141,18 +141,20 @@ def _recording(tmp_path: Path, n: int) -> Path:
 
 
 def test_second_replies_without_message_ids_are_duplicates() -> None:
-    """A daemon that echoes no msg_id and answers every event twice: one reply each counts,
-    the second is a duplicate (not an unexpected reply)."""
+    """A daemon that echoes no msg_id and answers every event but the last twice: one reply
+    each counts, the second is a duplicate (not an unexpected reply). The last is answered
+    once: the replay ends at its reply, and a second one could arrive after that (replies
+    come in order on the one socket, so the others' second replies are all in by then)."""
     events = _events(5)
 
     def answer_twice(sink: zmq.Socket, out: zmq.Socket) -> None:
-        for _ in events:
+        for i, _ in enumerate(events):
             msg = decode(sink.recv_multipart())
-            for _ in range(2):
+            for _ in range(1 if i == len(events) - 1 else 2):
                 out.send_multipart(encode_tracks(msg.run, msg.event, [], None))
 
     report = _replay_to_stand_in(events, answer_twice).report(events, None)
-    assert (report["received"], report["duplicates"], report["unexpected"]) == (5, 5, 0)
+    assert (report["received"], report["duplicates"], report["unexpected"]) == (5, 4, 0)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
