@@ -87,17 +87,15 @@ def fit_tracks(
     barrel = xp.asarray(det.kind == BARREL)[lay]
     res_a, res_b = xp.asarray(det.res_a)[lay], xp.asarray(det.res_b)[lay]
     x0 = xp.asarray(det.x0)[lay]
-    first, last = hit_index[offsets[:-1]], hit_index[offsets[1:] - 1]
-    chord = (x[last] - x[first], y[last] - y[first])
 
     # The starting fit, weighted by the measurement errors (disks' z error from a straight
     # line to the origin), then the errors projected on it.
-    circle = _fit_circle(hx, hy, 1 / (res_a * res_a), (tsum, normal), tid, chord, xp)
+    circle = _fit_circle(hx, hy, 1 / (res_a * res_a), offsets, (tsum, normal), tid, xp)
     radius = circle[2]
     h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     hits = (hx, hy, hz, res_a, res_b, barrel)
     s, n_phi, var_c, w_z = _projections(radius, turn, dx, dy, hits, tid, xp)
-    tan_l, z0 = _fit_line(s, hz, w_z, normal, xp)
+    tan_l, z0 = _fit_line(s, hz, w_z, offsets, normal, xp)
 
     # Scattering: theta at each hit's layer (Highland, p from the starting fit).
     cosh = xp.sqrt(1 + tan_l * tan_l)
@@ -214,9 +212,9 @@ def _fit_circle(
     hx: Array,
     hy: Array,
     w: Array,
+    offsets: Array,
     sums: tuple[Any, Any],
     tid: Array,
-    chord: tuple[Array, Array],
     xp: Any,
 ) -> tuple[Array, Array, Array]:
     """Weighted geometric circle fit: (xc, yc, R).
@@ -227,11 +225,16 @@ def _fit_circle(
     loopers to straight lines; the centre and radius do not (a 1 TeV track's centre is 1.7 km
     away). It starts from the better (smaller weighted squared distances) of the Kasa circle
     (close for curved tracks, biased for straight ones, singular for collinear hits) and the
-    straight line along the chord from the first to the last hit. With ``fit_tracks``'s
-    generalised least-squares step after it, two steps: enough from either start (10 TeV
-    tracks included). ``sums``: the per-track sum of a per-hit array, and
-    :func:`_normal_sums` of these tracks."""
+    straight line along the chord from the first to the last hit (in float32, as the hits'
+    positions ``hx``, ``hy`` were). With ``fit_tracks``'s generalised least-squares step
+    after it, two steps: enough from either start (10 TeV tracks included). ``sums``: the
+    per-track sum of a per-hit array, and :func:`_normal_sums` of these tracks. On the
+    device one kernel (:func:`start_circle_kernel`) for these sixty operations."""
+    if xp is not np:
+        return start_circle_kernel(hx, hy, w, offsets, cupy_launcher(KERNELS))
     tsum, normal = sums
+    ends = (offsets[:-1], offsets[1:] - 1)
+    chord = [c[ends[1]].astype(xp.float32) - c[ends[0]].astype(xp.float32) for c in (hx, hy)]
     ws = tsum(w)
     mx, my = tsum(w * hx) / ws, tsum(w * hy) / ws
     u, v = hx - mx[tid], hy - my[tid]
@@ -254,6 +257,16 @@ def _fit_circle(
     kappa, phi, delta = kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2]
     xc, yc, radius = _circle(kappa, phi, delta, xp)
     return mx + xc, my + yc, radius
+
+
+def start_circle_kernel(
+    hx: Array, hy: Array, w: Array, offsets: Array, launch: Launch
+) -> tuple[Array, Array, Array]:
+    """:func:`_fit_circle` as one kernel (``start_circle``), a thread per track over its own
+    hits."""
+    n = len(offsets) - 1
+    out = _run_kernel("start_circle", (3, n), (hx, hy, w), (), launch, offsets=offsets)
+    return out[0], out[1], out[2]
 
 
 def _circle(kappa: Array, phi: Array, delta: Array, xp: Any) -> tuple[Array, Array, Array]:
@@ -689,14 +702,21 @@ def _run_kernel(
     scalars: tuple[float, ...],
     launch: Launch,
     tid: Array | None = None,
+    offsets: Array | None = None,
 ) -> Array:
     """Kernel ``name`` of ``gls_filter.cu`` on ``arrays`` (float64 columns, and bool ones,
-    per track or per hit) and ``scalars``: a thread per hit (``tid``: their tracks, the
-    kernel's first array) or, without ``tid``, per track (as many as ``arrays[0]``); its
-    float64 output of ``shape``."""
-    first = arrays[0] if tid is None else tid
-    xp, n = array_module(first), len(first)
-    ids = () if tid is None else (tid.astype(xp.int64, copy=False),)
+    per track or per hit) and ``scalars``, its float64 output of ``shape``: a thread per
+    hit (``tid``: their tracks, the kernel's first array), per track over its hits
+    (``offsets``: the tracks' CSR offsets, the kernel's first array) or, with neither, per
+    track (as many as ``arrays[0]``)."""
+    xp = array_module(arrays[0])
+    ids: tuple[Array, ...] = ()
+    if tid is not None:
+        n, ids = len(tid), (tid.astype(xp.int64, copy=False),)
+    elif offsets is not None:
+        n, ids = len(offsets) - 1, (offsets.astype(xp.int64, copy=False),)
+    else:
+        n = len(arrays[0])
     columns = (a if a.dtype == bool else a.astype(xp.float64, copy=False) for a in arrays)
     out = xp.empty(shape)
     args = contiguous((np.int64(n), *ids, *columns), xp)
@@ -749,9 +769,14 @@ def distances_kernel(
     return out[0], (out[1], out[2], out[3])
 
 
-def _fit_line(s: Array, hz: Array, w: Array, normal: Any, xp: Any) -> tuple[Array, Array]:
+def _fit_line(
+    s: Array, hz: Array, w: Array, offsets: Array, normal: Any, xp: Any
+) -> tuple[Array, Array]:
     """Weighted least-squares line z = z0 + tan_l * s per track: (tan_l, z0) (``normal``:
-    :func:`_normal_sums` of the tracks)."""
+    :func:`_normal_sums` of the tracks). On the device one kernel
+    (:func:`start_line_kernel`) for these twelve operations."""
+    if xp is not np:
+        return start_line_kernel(s, hz, w, offsets, cupy_launcher(KERNELS))
     jtj, jtr = normal((xp.ones_like(s), s), hz, w)
     s0, s1, s2 = jtj[:, 0, 0], jtj[:, 0, 1], jtj[:, 1, 1]
     z1, sz = jtr[:, 0], jtr[:, 1]
@@ -759,3 +784,13 @@ def _fit_line(s: Array, hz: Array, w: Array, normal: Any, xp: Any) -> tuple[Arra
     den = xp.where(xp.abs(den) > 1e-30, den, 1e-30)
     tan_l = (s0 * sz - s1 * z1) / den
     return tan_l, (z1 - tan_l * s1) / s0
+
+
+def start_line_kernel(
+    s: Array, hz: Array, w: Array, offsets: Array, launch: Launch
+) -> tuple[Array, Array]:
+    """:func:`_fit_line` as one kernel (``start_line``), a thread per track over its own
+    hits."""
+    n = len(offsets) - 1
+    out = _run_kernel("start_line", (2, n), (s, hz, w), (), launch, offsets=offsets)
+    return out[0], out[1]

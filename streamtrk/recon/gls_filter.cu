@@ -3,6 +3,7 @@
 // hit_scattering: fit._projections and fit._scattering, a thread per hit.
 // track_parameters: fit._parameters, and normal_sums: fit._normal_sums, a thread per track.
 // karimaki_params and karimaki_circle: fit._karimaki and fit._circle, a thread per track.
+// start_circle and start_line: fit._fit_circle and fit._fit_line, a thread per track.
 // circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
 // (what gls_gram reads), a thread per hit. gls_guard and gls_finish: fit.gls_step before
 // and after its matrix inverse, a thread per track.
@@ -68,26 +69,35 @@ extern "C" __global__ void gls_gram(long long n_tracks, const long long *offsets
     }
 }
 
+// fit._distances of one hit (u, v about the centroid, q = u^2 + v^2) and the circle of
+// Karimaki's parameters (k, dl, phi: sp, cp its sine and cosine), operation by operation:
+// its signed distance, returned, and the distance's derivatives by them into d.
+__device__ double circle_distance(double k, double dl, double sp, double cp, double u,
+                                  double v, double q, double d[3]) {
+    const double across = u * sp - v * cp, along = u * cp + v * sp;
+    const double p = k * q / 2 + (1 + k * dl) * across + dl + k * dl * dl / 2;
+    const double root = 1 + 2 * k * p;  // numpy.maximum(root, 0): NaN stays NaN
+    const double eps = 2 * p / (1 + sqrt(root < 0.0 ? 0.0 : root));
+    const double den = 1 + k * eps;
+    d[0] = (q / 2 + dl * across + (dl * dl - eps * eps) / 2) / den;
+    d[1] = (1 + k * dl) * along / den;
+    d[2] = (1 + k * dl + k * across) / den;
+    return eps;
+}
+
 // Per hit h (of track tid[h]), its signed distance to the track's circle of Karimaki's
-// parameters (kappa, phi, delta) and the distance's derivatives by them, operation by
-// operation as fit._distances (u, v about the centroid, q = u^2 + v^2): out is 4 rows of
-// n_hits (eps, d/dkappa, d/dphi, d/ddelta).
+// parameters (kappa, phi, delta) and the distance's derivatives by them (fit._distances):
+// out is 4 rows of n_hits (eps, d/dkappa, d/dphi, d/ddelta).
 extern "C" __global__ void circle_distances(long long n_hits, const long long *tid,
                                             const double *kappa, const double *phi,
                                             const double *delta, const double *u,
                                             const double *v, const double *q, double *out) {
     FOR_EACH_THREAD(h, n_hits) {
         const long long t = tid[h];
-        const double k = kappa[t], dl = delta[t], sp = sin(phi[t]), cp = cos(phi[t]);
-        const double across = u[h] * sp - v[h] * cp, along = u[h] * cp + v[h] * sp;
-        const double p = k * q[h] / 2 + (1 + k * dl) * across + dl + k * dl * dl / 2;
-        const double root = 1 + 2 * k * p;  // numpy.maximum(root, 0): NaN stays NaN
-        const double eps = 2 * p / (1 + sqrt(root < 0.0 ? 0.0 : root));
-        const double den = 1 + k * eps;
-        out[h] = eps;
-        out[n_hits + h] = (q[h] / 2 + dl * across + (dl * dl - eps * eps) / 2) / den;
-        out[2 * n_hits + h] = (1 + k * dl) * along / den;
-        out[3 * n_hits + h] = (1 + k * dl + k * across) / den;
+        double d[3];
+        out[h] = circle_distance(kappa[t], delta[t], sin(phi[t]), cos(phi[t]), u[h], v[h],
+                                 q[h], d);
+        for (int k = 0; k < 3; ++k) out[(k + 1) * n_hits + h] = d[k];
     }
 }
 
@@ -247,29 +257,181 @@ extern "C" __global__ void normal_sums(long long n_tracks, const long long *offs
     }
 }
 
-// fit._karimaki: Karimaki's (kappa, phi, delta) about the origin of the circles of centre
-// (cx, cy) and radius, run in the sense h, into three rows of out.
+// fit._karimaki: Karimaki's (kappa, phi, delta) about the origin of the circle of centre
+// (cx, cy) and radius, run in the sense h, into out.
+__device__ void karimaki(double cx, double cy, double radius, double h, double out[3]) {
+    out[0] = h / radius;
+    out[1] = atan2(-h * cx, h * cy);
+    out[2] = h * (hypot(cx, cy) - radius);
+}
+
+// fit._circle: the circle (centre relative to the point the parameters are about, radius)
+// of Karimaki's (kappa, phi, delta), kappa at least 1e-10 in size, into out.
+__device__ void karimaki_to_circle(double kappa, double phi, double delta, double out[3]) {
+    const double k = (kappa < 0 ? -1.0 : 1.0) * numpy_max(fabs(kappa), 1e-10);
+    const double arm = delta + 1 / k;
+    out[0] = -arm * sin(phi);
+    out[1] = arm * cos(phi);
+    out[2] = 1 / fabs(k);
+}
+
+// karimaki for each track, into three rows of out.
 extern "C" __global__ void karimaki_params(long long n_tracks, const double *cx,
                                            const double *cy, const double *radius,
                                            const double *h, double *out) {
     FOR_EACH_THREAD(t, n_tracks) {
-        out[t] = h[t] / radius[t];
-        out[n_tracks + t] = atan2(-h[t] * cx[t], h[t] * cy[t]);
-        out[2 * n_tracks + t] = h[t] * (hypot(cx[t], cy[t]) - radius[t]);
+        double params[3];
+        karimaki(cx[t], cy[t], radius[t], h[t], params);
+        for (int k = 0; k < 3; ++k) out[k * n_tracks + t] = params[k];
     }
 }
 
-// fit._circle: the circles (centre relative to the point the parameters are about, radius)
-// of Karimaki's (kappa, phi, delta), kappa at least 1e-10 in size, into three rows of out.
+// karimaki_to_circle for each track, into three rows of out.
 extern "C" __global__ void karimaki_circle(long long n_tracks, const double *kappa,
                                            const double *phi, const double *delta,
                                            double *out) {
     FOR_EACH_THREAD(t, n_tracks) {
-        const double k = (kappa[t] < 0 ? -1.0 : 1.0) * numpy_max(fabs(kappa[t]), 1e-10);
-        const double arm = delta[t] + 1 / k;
-        out[t] = -arm * sin(phi[t]);
-        out[n_tracks + t] = arm * cos(phi[t]);
-        out[2 * n_tracks + t] = 1 / fabs(k);
+        double circle[3];
+        karimaki_to_circle(kappa[t], phi[t], delta[t], circle);
+        for (int k = 0; k < 3; ++k) out[k * n_tracks + t] = circle[k];
+    }
+}
+
+// x = (a + g I)^-1 b for a 3 x 3 matrix a: Gaussian elimination with partial pivoting (the
+// first largest pivot) and the multipliers by the pivot's reciprocal, as LAPACK's getrf
+// and getrs (numpy.linalg.solve) but for rounding; a singular one gives infinities or NaNs.
+__device__ void guarded_solve3(const double a[3][3], double g, const double b[3],
+                               double x[3]) {
+    double m[3][3], r[3];
+    for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) m[i][j] = i == j ? a[i][j] + g : a[i][j];
+        r[i] = b[i];
+    }
+    for (int k = 0; k < 3; ++k) {
+        int p = k;
+        for (int i = k + 1; i < 3; ++i)
+            if (fabs(m[i][k]) > fabs(m[p][k])) p = i;
+        for (int j = 0; j < 3; ++j) {
+            const double swap = m[k][j];
+            m[k][j] = m[p][j];
+            m[p][j] = swap;
+        }
+        const double swap = r[k];
+        r[k] = r[p];
+        r[p] = swap;
+        const double inverse = 1 / m[k][k];
+        for (int i = k + 1; i < 3; ++i) {
+            const double l = m[i][k] * inverse;
+            for (int j = k + 1; j < 3; ++j) m[i][j] -= l * m[k][j];
+            r[i] -= l * r[k];
+        }
+    }
+    for (int i = 2; i >= 0; --i) {
+        double sum = r[i];
+        for (int j = i + 1; j < 3; ++j) sum -= m[i][j] * x[j];
+        x[i] = sum / m[i][i];
+    }
+}
+
+// fit._normal_sums of one hit, added: the weighted normal equations' terms (w J_i) J_j and
+// (w J_i) res of its three columns.
+__device__ void add_normal3(const double col[3], double res, double w, double a[3][3],
+                            double b[3]) {
+    for (int i = 0; i < 3; ++i) {
+        const double wi = w * col[i];
+        for (int j = i; j < 3; ++j) a[i][j] += wi * col[j];
+        b[i] += wi * res;
+    }
+    a[1][0] = a[0][1];
+    a[2][0] = a[0][2];
+    a[2][1] = a[1][2];
+}
+
+// fit._fit_circle, a thread per track t (hits offsets[t] to offsets[t + 1], in order; x, y
+// as float64 of the float32 positions, w their weights): the weighted centroid, the Kasa
+// circle about it (its normal equations, guarded by 1e-12 of the weights' sum), the
+// straight line along the chord from the first to the last hit (float32, as the hits),
+// the one of smaller weighted squared distances, a Gauss-Newton step from it, each sum over
+// the track's hits in their order. out: three rows of n_tracks (xc, yc, R).
+extern "C" __global__ void start_circle(long long n_tracks, const long long *offsets,
+                                        const double *x, const double *y, const double *w,
+                                        double *out) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        const long long lo = offsets[t], hi = offsets[t + 1];
+        double ws = 0.0, wx = 0.0, wy = 0.0;
+        for (long long h = lo; h < hi; ++h) {
+            ws += w[h];
+            wx += w[h] * x[h];
+            wy += w[h] * y[h];
+        }
+        const double mx = wx / ws, my = wy / ws, guard = 1e-12 * ws;
+        double a[3][3] = {}, b[3] = {}, kasa_fit[3];
+        for (long long h = lo; h < hi; ++h) {  // Kasa: x^2 + y^2 + D x + E y + F = 0
+            const double u = x[h] - mx, v = y[h] - my, col[3] = {u, v, 1.0};
+            add_normal3(col, u * u + v * v, w[h], a, b);
+        }
+        for (int i = 0; i < 3; ++i) b[i] = -b[i];
+        guarded_solve3(a, guard, b, kasa_fit);
+        const double d = kasa_fit[0], e = kasa_fit[1], f = kasa_fit[2];
+        const double radius = sqrt(numpy_max(d * d / 4 + e * e / 4 - f, 1e-12));
+        const bool hits = hi > lo;  // an empty track's chord is none
+        const float chord_x = hits ? (float)x[hi - 1] - (float)x[lo] : 0.0f;
+        const float chord_y = hits ? (float)y[hi - 1] - (float)y[lo] : 0.0f;
+        const double h = (double)chord_x * e - (double)chord_y * d > 0 ? -1.0 : 1.0;
+        double start[2][3], spread[2] = {0.0, 0.0}, dist[3];
+        karimaki(-d / 2, -e / 2, radius, h, start[0]);
+        start[1][0] = 0.0;
+        start[1][1] = (double)atan2f(chord_y, chord_x);
+        start[1][2] = 0.0;
+        for (int s = 0; s < 2; ++s) {
+            const double sp = sin(start[s][1]), cp = cos(start[s][1]);
+            for (long long j = lo; j < hi; ++j) {
+                const double u = x[j] - mx, v = y[j] - my;
+                const double eps = circle_distance(start[s][0], start[s][2], sp, cp, u, v,
+                                                   u * u + v * v, dist);
+                spread[s] += w[j] * (eps * eps);
+            }
+        }
+        const double *p = spread[0] <= spread[1] ? start[0] : start[1];  // not Kasa's NaN
+        const double sp = sin(p[1]), cp = cos(p[1]);
+        double jtj[3][3] = {}, jtr[3] = {}, step[3], circle[3];
+        for (long long j = lo; j < hi; ++j) {
+            const double u = x[j] - mx, v = y[j] - my;
+            const double eps = circle_distance(p[0], p[2], sp, cp, u, v, u * u + v * v, dist);
+            add_normal3(dist, eps, w[j], jtj, jtr);
+        }
+        for (int i = 0; i < 3; ++i) jtr[i] = -jtr[i];
+        guarded_solve3(jtj, guard, jtr, step);
+        const bool finite = isfinite(step[0]) && isfinite(step[1]) && isfinite(step[2]);
+        for (int i = 0; i < 3; ++i) step[i] = finite ? step[i] : 0.0;
+        karimaki_to_circle(p[0] + step[0], p[1] + step[1], p[2] + step[2], circle);
+        out[t] = mx + circle[0];
+        out[n_tracks + t] = my + circle[1];
+        out[2 * n_tracks + t] = circle[2];
+    }
+}
+
+// fit._fit_line, a thread per track t (hits offsets[t] to offsets[t + 1]): the weighted
+// least-squares line z = z0 + tan_l s, sums over the hits in their order. out: two rows of
+// n_tracks (tan_l, z0).
+extern "C" __global__ void start_line(long long n_tracks, const long long *offsets,
+                                      const double *s, const double *z, const double *w,
+                                      double *out) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, z1 = 0.0, sz = 0.0;
+        for (long long h = offsets[t]; h < offsets[t + 1]; ++h) {
+            const double ws = w[h] * s[h];
+            s0 += w[h] * 1.0;
+            s1 += w[h] * 1.0 * s[h];
+            s2 += ws * s[h];
+            z1 += w[h] * 1.0 * z[h];
+            sz += ws * z[h];
+        }
+        const double den0 = s0 * s2 - s1 * s1;
+        const double den = fabs(den0) > 1e-30 ? den0 : 1e-30;
+        const double tan_l = (s0 * sz - s1 * z1) / den;
+        out[t] = tan_l;
+        out[n_tracks + t] = (z1 - tan_l * s1) / s0;
     }
 }
 

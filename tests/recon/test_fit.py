@@ -17,6 +17,8 @@ from streamtrk.recon.fit import (
     _circle,
     _circle_scatters,
     _distances,
+    _fit_circle,
+    _fit_line,
     _gls,
     _gls_hits,
     _karimaki,
@@ -39,6 +41,8 @@ from streamtrk.recon.fit import (
     parameters_kernel,
     projections_kernel,
     scattering_kernel,
+    start_circle_kernel,
+    start_line_kernel,
     turns_kernel,
 )
 from streamtrk.sim.generator import GeneratedParticles
@@ -636,6 +640,55 @@ def test_host_kernels_of_the_gls_step_are_the_arrays(host_launcher):
     for n, c in [(4, 5), (3, 3), (0, 2)]:  # past the kernels' fixed-size state, or no step
         with pytest.raises(ValueError, match="take 0 < n < c <= 4"):
             gls_step_kernels(np.zeros((1, c, c)), n, launch)
+
+
+def _starting_fits(det, rng):
+    """Tracks to start fits of: smeared helices (0.2 GeV loopers to 10 TeV), hits exactly on
+    lines through the origin, 2-hit tracks and one straight along x (a zero chord in y): their
+    CSR offsets, x, y, z (float64 of float32, as ``fit_tracks`` takes them) and weights."""
+    offsets, idx, c, _ = _helices(det, 400, rng, pt=(0.2, 3))
+    stiff = _helices(det, 200, rng, pt=(100, 10_000))
+    x = np.concatenate([smear(det, c, rng)[idx], smear(det, stiff[2], rng)[stiff[1]]])
+    offsets = np.concatenate([offsets, offsets[-1] + stiff[0][1:]])
+    r = np.tile(det.r[:4].astype(float), 50)
+    phi = np.repeat(rng.uniform(-np.pi, np.pi, 50), 4)
+    phi[:4] = 0.0
+    line = np.stack([r * np.cos(phi), r * np.sin(phi), 0.5 * r], 1)
+    two = rng.normal(0, 300, (20, 3))
+    x = np.concatenate([x, line, two]).astype(np.float32).astype(np.float64)
+    offsets = np.concatenate([offsets, offsets[-1] + np.arange(4, 201, 4)])
+    offsets = np.concatenate([offsets, offsets[-1] + np.arange(2, 21, 2)])
+    w = 1 / rng.uniform(0.01, 0.1, len(x)) ** 2
+    return offsets, x[:, 0], x[:, 1], x[:, 2], w
+
+
+def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
+    """start_circle and start_line, built for the host, give the NumPy path's starting
+    circles and lines: loopers to 10 TeV tracks, collinear hits (the chord's line taken
+    over Kasa's) and 2-hit tracks. The circle within a part in 10^12 (the sums are the
+    arrays', in order; the 3 x 3 solves round as LAPACK's may not), the line bit for bit."""
+    offsets, hx, hy, hz, w = _starting_fits(det, np.random.default_rng(19))
+    n_tracks = len(offsets) - 1
+    tid = np.repeat(np.arange(n_tracks), np.diff(offsets))
+
+    def tsum(v: np.ndarray) -> np.ndarray:
+        return np.bincount(tid, v, minlength=n_tracks)
+
+    def normal(columns, res, weights):
+        return _normal_sums(columns, res, weights, offsets, tsum, np)
+
+    launch = host_launcher(KERNELS)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the collinear tracks' Kasa circles
+        arrays = _fit_circle(hx, hy, w, offsets, (tsum, normal), tid, np)
+    kernel = start_circle_kernel(hx, hy, w, offsets, launch)
+    radius = arrays[2]
+    assert (radius[:400] < 1e4).all() and (radius[400:-10] > 1e5).all()
+    for got, want in zip(kernel, arrays, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    s = np.random.default_rng(20).normal(0, 500, len(hx))
+    lines = (_fit_line(s, hz, w, offsets, normal, np), start_line_kernel(s, hz, w, offsets, launch))
+    for want, got in zip(*lines, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):
