@@ -393,16 +393,21 @@ def select_tracks(
     offsets: Array, hit_index: Array, params: dict[str, Array], keep: Array
 ) -> tuple[Array, Array, dict[str, Array]]:
     """The CSR tracks (and their parameters) where ``keep`` is true, order preserved. Two
-    host synchronisations on the device (the kept tracks' and hits' counts)."""
+    host synchronisations on the device (the kept tracks' and hits' counts); the parameters
+    gathered a dtype at a time (two gathers for the fit's seventeen columns)."""
     xp = array_module(offsets)
     sizes = offsets[1:] - offsets[:-1]
     tid = csr_rows(offsets, len(hit_index))
     kept = xp.nonzero(keep)[0]
     new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[kept])])
+    taken: dict[str, Array] = {}
+    for dtype in dict.fromkeys(v.dtype for v in params.values()):
+        names = [k for k, v in params.items() if v.dtype == dtype]
+        taken |= zip(names, xp.stack([params[k] for k in names])[:, kept], strict=True)
     return (
         new_offsets.astype(xp.int64),
         hit_index[xp.nonzero(keep[tid])[0]],
-        {k: v[kept] for k, v in params.items()},
+        {k: taken[k] for k in params},
     )
 
 

@@ -339,11 +339,20 @@ def test_stitching_never_joins_a_piece_to_itself():
 
 
 def test_select_tracks_keeps_csr_and_params_aligned():
+    """The kept tracks' hits and every parameter, of each dtype, in the parameters' order."""
     offsets = np.array([0, 3, 7, 9])
     hits = np.arange(9)
-    params = {"pt": np.array([1.0, 2.0, 3.0])}
+    params = {
+        "pt": np.array([1.0, 2.0, 3.0], dtype=np.float32),
+        "charge": np.array([1, -1, -1], dtype=np.int32),
+        "eta": np.array([0.5, 0.6, 0.7], dtype=np.float32),
+        "ndf": np.array([1, 3, 5], dtype=np.int32),
+    }
     o, h, p = select_tracks(offsets, hits, params, np.array([True, False, True]))
-    assert o.tolist() == [0, 3, 5] and h.tolist() == [0, 1, 2, 7, 8] and p["pt"].tolist() == [1, 3]
+    assert o.tolist() == [0, 3, 5] and h.tolist() == [0, 1, 2, 7, 8]
+    assert list(p) == list(params)
+    for k, v in params.items():
+        assert p[k].dtype == v.dtype and p[k].tolist() == v[[0, 2]].tolist(), k
 
 
 def test_stitching_on_random_graphs_keeps_chains():
