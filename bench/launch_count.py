@@ -11,7 +11,8 @@ a scatter), raw kernels, ``ElementwiseKernel``'s. Not counted: torch's operation
 network's; ``gnn`` counts only the hand-over), copies CuPy makes inside one function.
 Approximate: a CuPy function may launch several kernels (a sort, ``nonzero``). Also
 ``host_syncs``: CuPy's host synchronisations of the same reconstruct, as the stand-in counts
-them (copies down, outputs sized by their values; torch's not counted).
+them (copies down, outputs sized by their values; torch's not counted), also by stage and
+function.
 
     .venv/bin/python bench/launch_count.py                # MU=200, batches of 1 and 16
     .venv/bin/python bench/launch_count.py --mu 20 --batches 1 --top 40
@@ -67,13 +68,16 @@ NO_LAUNCH = frozenset(
 
 
 class Launches:
-    """Operations counted by stage and by the chain's innermost function that made them."""
+    """Operations counted by stage and by the chain's innermost function that made them;
+    host synchronisations likewise (``syncs_by_*``)."""
 
     def __init__(self) -> None:
         self.by_stage: Counter[str] = Counter()
         self.by_function: Counter[str] = Counter()
+        self.syncs_by_stage: Counter[str] = Counter()
+        self.syncs_by_function: Counter[str] = Counter()
 
-    def note(self) -> None:
+    def note(self, sync: bool = False) -> None:
         frame: FrameType | None = sys._getframe(2)
         inner, stage = None, "other"
         while frame is not None:
@@ -83,8 +87,12 @@ class Launches:
                     inner = f"{path.parent.name}/{path.name}:{frame.f_code.co_name}"
                 stage = STAGES.get((path.name, frame.f_code.co_name)) or stage
             frame = frame.f_back
-        self.by_stage[stage] += 1
-        self.by_function[inner or "?"] += 1
+        if sync:
+            self.syncs_by_stage[stage] += 1
+            self.syncs_by_function[inner or "?"] += 1
+        else:
+            self.by_stage[stage] += 1
+            self.by_function[inner or "?"] += 1
 
 
 def strict_stand_in() -> Any:
@@ -107,6 +115,12 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
     array = strict_xp.DeviceArray
     saved = (array.__array_ufunc__, array.__getitem__, array.__setitem__, strict_xp._wrapped)
     ufunc, getitem, setitem, wrapped = saved
+    count = strict_xp._count
+
+    def on_count(what: str) -> None:
+        if what == "sync":
+            launches.note(sync=True)
+        count(what)
 
     def on_ufunc(self: Any, *args: Any, **kwargs: Any) -> Any:
         launches.note()
@@ -150,11 +164,12 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
         table.update({name: on_kernel(run) for name, run in table.items()})
     strict_xp._HostKernel.__call__ = on_kernel(host_kernel)
     array.__array_ufunc__, array.__getitem__, array.__setitem__ = on_ufunc, on_getitem, on_setitem
-    strict_xp._wrapped = on_wrapped
+    strict_xp._wrapped, strict_xp._count = on_wrapped, on_count
     try:
         yield
     finally:
         array.__array_ufunc__, array.__getitem__, array.__setitem__, strict_xp._wrapped = saved
+        strict_xp._count = count
         strict_xp._HostKernel.__call__ = host_kernel
         for table, before in zip(kernel_tables, saved_tables, strict=True):
             table.update(before)
@@ -195,6 +210,8 @@ def main() -> None:
                 "host_syncs": strict_xp.cupy.counts["sync"],
                 "by_stage": dict(launches.by_stage.most_common()),
                 "top_functions": dict(launches.by_function.most_common(args.top)),
+                "host_syncs_by_stage": dict(launches.syncs_by_stage.most_common()),
+                "host_syncs_by_function": dict(launches.syncs_by_function.most_common()),
             }
     print(json.dumps(out, indent=1))
 
