@@ -8,11 +8,12 @@
 // the node (so the fixed point, each component labelled by its smallest node, is the array
 // path's), whatever order the threads run in.
 //
-// The mutual-best choice of junction resolution and stitching (_mutual_best) as two kernels
-// for the arrays' sixteen operations: mutual_best_codes, a thread per edge, gives each edge
-// its code (score descending, then index) and takes the smallest code at each of its ends
-// (atomic minimum); mutual_best_flags, a thread per edge, marks the edges whose code is
-// the smallest at both ends. Integers only past the score's bits: the arrays' choice.
+// Junction resolution (_junction_edges, its mutual-best choice _mutual_best) as two kernels
+// a pass over all the edges for the arrays' thirty-odd operations and two compactions a
+// pass: junction_codes, a thread per edge, gives each edge taking part its code (score
+// descending, then index) and takes the smallest code at each of its ends (atomic
+// minimum); junction_take, a thread per edge, chooses the edges whose code is the smallest
+// at both ends. Integers only past the score's bits: the arrays' choice.
 //
 // Stitching (stitch_edges) as four kernels, the same codes (piece_ends, stitch_ends,
 // stitch_candidates, stitch_take; below) for its sixty-odd array operations and the
@@ -61,27 +62,43 @@ __device__ inline long long score_code(float s, long long key) {
     return ((4294967295LL - rank) << 31) | key;
 }
 
-// Per edge (src -> dst, its float32 score): its code (key: its index); the smallest code
-// of each source's out-edges into low_out, of each target's in-edges into low_in (both
-// filled with NO_CODE first).
-extern "C" __global__ void mutual_best_codes(long long n_edges, const long long *src,
-                                             const long long *dst, const float *score,
-                                             long long *code, long long *low_out,
-                                             long long *low_in) {
+// A pass of junction resolution (_junction_edges) over the graph's edges: those scored
+// above the threshold (float32) and not chosen, whose source has no chosen edge out and
+// target none in (out_used, in_used), take part. junction_codes: each one's code (key: its
+// index, the arrays' order) in code[e] (NO_CODE for the others), the smallest code of each
+// source's out-edges into low_out, of each target's in-edges into low_in (both filled with
+// NO_CODE first).
+extern "C" __global__ void junction_codes(long long n_edges, const long long *src,
+                                          const long long *dst, const float *score,
+                                          double threshold, const unsigned char *chosen,
+                                          const unsigned char *out_used,
+                                          const unsigned char *in_used, long long *code,
+                                          long long *low_out, long long *low_in) {
     FOR_EACH_THREAD(e, n_edges) {
-        const long long c = score_code(score[e], e);
+        long long c = NO_CODE;
+        if (score[e] > (float)threshold && !chosen[e] && !out_used[src[e]] && !in_used[dst[e]]) {
+            c = score_code(score[e], e);
+            atomicMin(&low_out[src[e]], c);
+            atomicMin(&low_in[dst[e]], c);
+        }
         code[e] = c;
-        atomicMin(&low_out[src[e]], c);
-        atomicMin(&low_in[dst[e]], c);
     }
 }
 
-extern "C" __global__ void mutual_best_flags(long long n_edges, const long long *src,
-                                             const long long *dst, const long long *code,
-                                             const long long *low_out, const long long *low_in,
-                                             bool *best) {
+// junction_take: the edges whose code is the smallest at both ends are chosen, and their
+// ends used (read by the next pass's junction_codes only).
+extern "C" __global__ void junction_take(long long n_edges, const long long *src,
+                                         const long long *dst, const long long *code,
+                                         const long long *low_out, const long long *low_in,
+                                         unsigned char *chosen, unsigned char *out_used,
+                                         unsigned char *in_used) {
     FOR_EACH_THREAD(e, n_edges) {
-        best[e] = low_out[src[e]] == code[e] && low_in[dst[e]] == code[e];
+        const long long c = code[e];
+        if (c != NO_CODE && low_out[src[e]] == c && low_in[dst[e]] == c) {
+            chosen[e] = 1;
+            out_used[src[e]] = 1;
+            in_used[dst[e]] = 1;
+        }
     }
 }
 

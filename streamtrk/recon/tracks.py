@@ -44,14 +44,12 @@ def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
     """Mask of the edges (between nodes below ``n_nodes``; scores ``s`` compared as float32,
     the scorers' dtype, not NaN) that are the best-scored one at both of their ends, ties to
     the first edge: per end, a scatter-min of a code ordered as (score descending, index),
-    the score's rank as an integer above the index (no sort, no host synchronisation on the
-    device)."""
+    the score's rank as an integer above the index (no sort; the device's kernels,
+    :func:`junction_kernels` and :func:`stitch_kernels`, make the same codes)."""
     if e.shape[1] >= 2**31:  # refused before anything is allocated
         raise ValueError(f"at most 2^31 - 1 edges, got {e.shape[1]}")
     if e.shape[1] == 0:
         return xp.ones(0, dtype=bool)
-    if xp is not np:
-        return mutual_best_kernels(e, s, n_nodes, cupy_launcher(KERNELS))
     best = xp.ones(e.shape[1], dtype=bool)
     bits = (s.astype(xp.float32) + xp.float32(0)).view(xp.int32)  # -0.0 as 0.0
     rank = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(xp.int64) + 2**31  # in float order
@@ -63,29 +61,16 @@ def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
     return best
 
 
-def mutual_best_kernels(e: Array, s: Array, n_nodes: int, launch: Launch) -> Array:
-    """:func:`_mutual_best`'s mask (edges ``e``, at least one, scores ``s``) in two kernels
-    (``track_building.cu``) for the arrays' sixteen operations: each edge's code and the
-    smallest at each end (atomic minimum), then the edges that hold both."""
-    xp, i64 = array_module(e), np.int64
-    n = e.shape[1]
-    src, dst, score = contiguous(
-        (*e.astype(xp.int64, copy=False), s.astype(xp.float32, copy=False)), xp
-    )
-    code = xp.empty(n, dtype=xp.int64)
-    low = xp.full((2, n_nodes), np.iinfo(np.int64).max, dtype=xp.int64)  # out, in
-    launch("mutual_best_codes", n, (i64(n), src, dst, score, code, *low))
-    best = xp.empty(n, dtype=bool)
-    launch("mutual_best_flags", n, (i64(n), src, dst, code, *low, best))
-    return best
-
-
 def _junction_edges(
     edge_index: Array, scores: Array, threshold: float, passes: int, n_nodes: int
 ) -> Array:
     """Indices of the edges kept by :func:`resolve_junctions` (hits numbered below
-    ``n_nodes``)."""
+    ``n_nodes``). On the device two kernels a pass (:func:`junction_kernels`)."""
     xp = array_module(edge_index)
+    if xp is not np:
+        return junction_kernels(
+            edge_index, scores, threshold, passes, n_nodes, cupy_launcher(KERNELS)
+        )
     idx = xp.nonzero(scores > threshold)[0]
     e, s = edge_index[:, idx], scores[idx]
     if e.shape[1] == 0 or passes < 1:
@@ -101,6 +86,32 @@ def _junction_edges(
         out_used[e[0, new]] = True
         in_used[e[1, new]] = True
     return idx[chosen]
+
+
+def junction_kernels(
+    edge_index: Array, scores: Array, threshold: float, passes: int, n_nodes: int, launch: Launch
+) -> Array:
+    """:func:`_junction_edges` as two kernels a pass over all the edges
+    (``track_building.cu``: those above ``threshold``, not chosen and with both ends free
+    take part; scores compared as float32, the scorers' dtype) for the arrays' thirty-odd
+    operations and two compactions a pass: the same edges, in index order. One host
+    synchronisation (the result's size); every pass runs (the arrays stop at the first
+    with no edge free, where the rest change nothing)."""
+    xp, i64 = array_module(edge_index), np.int64
+    n_edges = edge_index.shape[1]
+    if n_edges >= 2**31:  # refused before anything is allocated
+        raise ValueError(f"at most 2^31 - 1 edges, got {n_edges}")
+    src, dst, score = contiguous(
+        (*edge_index.astype(xp.int64, copy=False), scores.astype(xp.float32, copy=False)), xp
+    )
+    chosen, used = xp.zeros(n_edges, dtype=xp.uint8), xp.zeros((2, n_nodes), dtype=xp.uint8)
+    code = xp.empty(n_edges, dtype=xp.int64)
+    for _ in range(passes if n_edges else 0):
+        low = xp.full((2, n_nodes), np.iinfo(np.int64).max, dtype=xp.int64)  # out, in
+        args = (i64(n_edges), src, dst, score, np.float64(threshold), chosen, *used, code, *low)
+        launch("junction_codes", n_edges, args)
+        launch("junction_take", n_edges, (i64(n_edges), src, dst, code, *low, chosen, *used))
+    return xp.nonzero(chosen)[0]
 
 
 def resolve_junctions(edge_index: Array, scores: Array, threshold: float, passes: int = 1) -> Array:

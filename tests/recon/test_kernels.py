@@ -42,8 +42,8 @@ ENTRIES = {
     "track_building.cu": (
         "propagate_labels",
         "jump_labels",
-        "mutual_best_codes",
-        "mutual_best_flags",
+        "junction_codes",
+        "junction_take",
         "piece_ends",
         "stitch_ends",
         "stitch_candidates",

@@ -11,14 +11,15 @@ from streamtrk.recon.graph import batch_graph
 from streamtrk.recon.tracks import (
     KERNELS,
     TrackConfig,
+    _junction_edges,
     _mutual_best,
     build_tracks,
     components_label_propagation,
     fit_cuts,
     iterate_labels,
+    junction_kernels,
     kernel_step,
     merge_labels,
-    mutual_best_kernels,
     resolve_junctions,
     select_tracks,
     split_by_event,
@@ -78,23 +79,32 @@ def test_junction_scores_rank_in_float32_order_over_their_whole_range():
             assert kept.T.tolist() == [edges[:, want].tolist()], (a, b)
 
 
-def test_host_kernels_choose_the_mutual_best_as_the_arrays(host_launcher):
-    """track_building.cu's mutual-best kernels, built for the host: the arrays' mask on
-    random graphs with many ties, on the float32 ladder's scores (-0.0 as 0.0), and on
-    float64 scores that tie only in float32."""
+@pytest.mark.parametrize("passes", [0, 1, 3])
+def test_host_kernels_resolve_junctions_as_the_arrays(host_launcher, passes: int):
+    """track_building.cu's junction kernels, built for the host: the arrays' edges, in
+    their order, on random graphs with many ties, on the float32 ladder's scores (-0.0 as
+    0.0), on float64 scores that tie only in float32, edges at the threshold, a graph
+    without edges; over one pass or several (chains that lost a junction continue)."""
     rng = np.random.default_rng(4)
     f32 = np.float32
     ladder = np.array([-3e38, -0.5, -1e-45, -0.0, 0.0, 1e-45, 0.5, 1.0, 3e38], f32)
     cases = []
     for n, m in [(3, 8), (50, 400), (3000, 20000)]:
         edges = rng.integers(0, n, size=(2, m))
-        cases.append((edges, rng.choice(ladder, m), n))
-        cases.append((edges, rng.integers(0, 4, m) / 4, n))  # float64, ties
-        cases.append((edges, 0.9 + rng.integers(0, 3, m) * 1e-12, n))  # ties in float32 only
-    for edges, scores, n in cases:
-        want = _mutual_best(edges, scores, n, np)
-        got = mutual_best_kernels(edges, scores, n, host_launcher(KERNELS))
-        assert 0 < want.sum() < len(want) and np.array_equal(got, want)
+        cases.append((edges, rng.choice(ladder, m), n, -np.inf))
+        cases.append((edges, rng.integers(0, 4, m) / 4, n, 0.25))  # float64, ties, at 0.25
+        cases.append((edges, 0.9 + rng.integers(0, 3, m) * 1e-12, n, 0.5))  # ties in float32
+    cases.append((np.zeros((2, 0), np.int64), np.zeros(0, f32), 5, 0.5))
+    grew = False
+    for edges, scores, n, threshold in cases:
+        want = _junction_edges(edges, scores, threshold, passes, n)
+        got = junction_kernels(edges, scores, threshold, passes, n, host_launcher(KERNELS))
+        assert np.array_equal(got, want)
+        if passes and len(scores):
+            one = _junction_edges(edges, scores, threshold, 1, n)
+            assert 0 < len(one) < len(scores)
+            grew |= len(want) > len(one)
+    assert grew == (passes > 1)
 
 
 def test_mutual_best_refuses_2_to_the_31_edges():
