@@ -52,7 +52,6 @@ from streamtrk.xp import Array, array_module, bincount, csr_rows
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
 KERNELS = "gls_filter.cu"  # the least-squares sums on the GPU
 GLS_MAX_STATE, GLS_MAX_COLUMNS = 5, 4  # the kernel's arrays: its GLS_MAX_M and GLS_MAX_C
-NORMAL_MAX_COLUMNS = 3  # normal_sums' arrays
 
 
 def fit_tracks(
@@ -73,33 +72,24 @@ def fit_tracks(
         return {k: xp.zeros(0, dtype=dt) for k, dt in TRACK_PARAM_DTYPES.items()}
     sizes = offsets[1:] - offsets[:-1]
     tid = csr_rows(offsets, len(hit_index))
-    hx = x[hit_index].astype(xp.float64)
-    hy = y[hit_index].astype(xp.float64)
-    hz = z[hit_index].astype(xp.float64)
+    hx, hy, hz, res_a, res_b, x0, barrel, w = _fit_hits(hit_index, (x, y, z), layer, det)
 
     def tsum(v: Array) -> Array:
         return bincount(tid, n_tracks, v)
 
     def normal(columns: tuple[Array, ...], res: Array, w: Array) -> tuple[Array, Array]:
-        return _normal_sums(columns, res, w, offsets, tsum, xp)
-
-    lay = layer[hit_index]
-    barrel = xp.asarray(det.kind == BARREL)[lay]
-    res_a, res_b = xp.asarray(det.res_a)[lay], xp.asarray(det.res_b)[lay]
-    x0 = xp.asarray(det.x0)[lay]
+        return _normal_sums(columns, res, w, tsum, xp)
 
     # The starting fit, weighted by the measurement errors (disks' z error from a straight
     # line to the origin), then the errors projected on it.
-    circle = _fit_circle(hx, hy, 1 / (res_a * res_a), offsets, (tsum, normal), tid, xp)
+    circle = _fit_circle(hx, hy, w, offsets, (tsum, normal), tid, xp)
     radius = circle[2]
     h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     hits = (hx, hy, hz, res_a, res_b, barrel)
     s, n_phi, var_c, w_z = _projections(radius, turn, dx, dy, hits, tid, xp)
-    tan_l, z0 = _fit_line(s, hz, w_z, offsets, normal, xp)
+    tan_l, z0, cosh, p = _fit_line(s, hz, w_z, radius, det.bfield, offsets, normal)
 
     # Scattering: theta at each hit's layer (Highland, p from the starting fit).
-    cosh = xp.sqrt(1 + tan_l * tan_l)
-    p = xp.maximum(GEV_PER_TESLA_MM * abs(det.bfield) * radius * cosh, 0.01)  # GeV
     var_z, theta, path = _scattering((tan_l, cosh, p), n_phi, s, (res_b, x0, barrel), tid, xp)
 
     # Generalised least squares: one step from the starting fit (its geometry, its
@@ -111,11 +101,11 @@ def fit_tracks(
     # moving hit j across by that times (s_j - s_k)^2 / 2. Circle in Karimaki's perigee
     # parameters about the origin, then the line on the new circle's arc lengths.
     kappa, phi_k, delta = _karimaki(*circle, h, xp)  # in the track's sense: signs below
-    eps, jac_c = _distances(kappa, phi_k, delta, hx, hy, hx * hx + hy * hy, tid, xp)
+    eps, jac_c = _distances(kappa, phi_k, delta, hx, hy, tid, xp)
     step, cov_c, chi2_c = _circle_gls(
         jac_c, eps, var_c, (s, turn, theta), (radius, cosh, tan_l), offsets, tid
     )
-    circle = _circle(kappa + step[:, 0], phi_k + step[:, 1], delta + step[:, 2], xp)
+    circle = _stepped_circle((kappa, phi_k, delta), step, xp)
     h, theta_p, turn, _, _ = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
     step_z, cov_z, chi2_z = _line_gls(
         (turn, hz, var_z, path, theta), (circle[2], z0, tan_l, cosh), offsets, tid
@@ -246,8 +236,8 @@ def _fit_circle(
     h = xp.where(chord[0] * e - chord[1] * d > 0, -1.0, 1.0)  # the centre left of the chord
     kasa = _karimaki(-d / 2, -e / 2, radius, h, xp)
     line = (xp.zeros_like(ws), xp.arctan2(chord[1], chord[0]).astype(xp.float64), xp.zeros_like(ws))
-    eps_kasa, jac_kasa = _distances(*kasa, u, v, q, tid, xp)
-    eps_line, jac_line = _distances(*line, u, v, q, tid, xp)
+    eps_kasa, jac_kasa = _distances(*kasa, u, v, tid, xp)
+    eps_line, jac_line = _distances(*line, u, v, tid, xp)
     take = tsum(w * eps_kasa**2) <= tsum(w * eps_line**2)  # False where Kasa's solve failed
     kappa, phi, delta = (xp.where(take, k, li) for k, li in zip(kasa, line, strict=True))
     per_hit = take[tid]
@@ -272,13 +262,21 @@ def start_circle_kernel(
 def _circle(kappa: Array, phi: Array, delta: Array, xp: Any) -> tuple[Array, Array, Array]:
     """The circle (centre relative to the point the parameters are about, radius) of
     Karimaki's parameters; a straight line (kappa 0) becomes a circle of 10^10 mm (pT in the
-    10^6 GeV). On the device one kernel (:func:`circle_kernel`) for these thirteen
-    operations."""
-    if xp is not np:
-        return circle_kernel(kappa, phi, delta, cupy_launcher(KERNELS))
+    10^6 GeV)."""
     kappa = xp.where(kappa < 0, -1.0, 1.0) * xp.maximum(xp.abs(kappa), 1e-10)
     arm = delta + 1 / kappa  # to the centre, along (-sin phi, cos phi)
     return -arm * xp.sin(phi), arm * xp.cos(phi), 1 / xp.abs(kappa)
+
+
+def _stepped_circle(
+    params: tuple[Array, Array, Array], step: Array, xp: Any
+) -> tuple[Array, Array, Array]:
+    """:func:`_circle` of Karimaki's parameters ``params`` after a ``step`` (a row of three a
+    track). On the device one kernel (:func:`circle_kernel`) for these sixteen operations."""
+    if xp is not np:
+        return circle_kernel(params, step, cupy_launcher(KERNELS))
+    kappa, phi, delta = params
+    return _circle(kappa + step[:, 0], phi + step[:, 1], delta + step[:, 2], xp)
 
 
 def _karimaki(cx: Array, cy: Array, radius: Array, h: Array, xp: Any) -> tuple[Array, Array, Array]:
@@ -291,10 +289,12 @@ def _karimaki(cx: Array, cy: Array, radius: Array, h: Array, xp: Any) -> tuple[A
 
 
 def circle_kernel(
-    kappa: Array, phi: Array, delta: Array, launch: Launch
+    params: tuple[Array, Array, Array], step: Array, launch: Launch
 ) -> tuple[Array, Array, Array]:
-    """:func:`_circle` as one kernel (``karimaki_circle``), a thread per track."""
-    out = _run_kernel("karimaki_circle", (3, len(kappa)), (kappa, phi, delta), (), launch)
+    """:func:`_stepped_circle` as one kernel (``karimaki_circle``), a thread per track."""
+    xp = array_module(step)
+    step = contiguous((step.astype(xp.float64, copy=False),), xp)[0]
+    out = _run_kernel("karimaki_circle", (3, len(step)), (*params, step), (), launch)
     return out[0], out[1], out[2]
 
 
@@ -317,14 +317,12 @@ def _gauss_newton_step(
 
 
 def _normal_sums(
-    columns: tuple[Array, ...], res: Array, w: Array, offsets: Array, tsum: Any, xp: Any
+    columns: tuple[Array, ...], res: Array, w: Array, tsum: Any, xp: Any
 ) -> tuple[Array, Array]:
     """Per track, the weighted normal equations of the per-hit ``columns`` J against
     ``res``: J^T W J (k x k) and J^T W res (k), each term (w J_i) J_j or (w J_i) res summed
-    over the track's hits in their order (``tsum``). On the device one kernel
-    (:func:`normal_kernel`) for these thirty operations."""
-    if xp is not np:
-        return normal_kernel(columns, res, w, offsets, cupy_launcher(KERNELS))
+    over the track's hits in their order (``tsum``; the device's kernels that solve them,
+    ``start_circle`` and ``start_line``, sum them so)."""
     k = len(columns)
     weighted = [w * c for c in columns]
     sums = {(i, j): tsum(weighted[i] * columns[j]) for i in range(k) for j in range(i, k)}
@@ -332,24 +330,6 @@ def _normal_sums(
         [xp.stack([sums[min(i, j), max(i, j)] for j in range(k)], -1) for i in range(k)], -2
     )
     return jtj, xp.stack([tsum(wc * res) for wc in weighted], -1)
-
-
-def normal_kernel(
-    columns: tuple[Array, ...], res: Array, w: Array, offsets: Array, launch: Launch
-) -> tuple[Array, Array]:
-    """:func:`_normal_sums` as one kernel (``normal_sums``), a thread per track over its
-    own hits."""
-    xp = array_module(res)
-    n_tracks, k = len(offsets) - 1, len(columns)
-    if k > NORMAL_MAX_COLUMNS:
-        raise ValueError(f"the normal-sums kernel takes at most 3 columns, got {k}")
-    jtj, jtr = xp.empty((n_tracks, k, k)), xp.empty((n_tracks, k))
-    stacked = xp.stack([c.astype(xp.float64, copy=False) for c in columns])
-    f64 = (a.astype(xp.float64, copy=False) for a in (res, w))
-    ids = offsets.astype(xp.int64, copy=False)
-    args = contiguous((np.int64(n_tracks), ids, stacked, np.int64(k), *f64), xp)
-    launch("normal_sums", n_tracks, (*args, jtj, jtr))
-    return jtj, jtr
 
 
 Arms = tuple[tuple[Array, Array], ...]
@@ -730,17 +710,19 @@ def _wrapped(angle: Array, xp: Any) -> Array:
 
 
 def _distances(
-    kappa: Array, phi: Array, delta: Array, u: Array, v: Array, q: Array, tid: Array, xp: Any
+    kappa: Array, phi: Array, delta: Array, u: Array, v: Array, tid: Array, xp: Any
 ) -> tuple[Array, tuple[Array, Array, Array]]:
-    """Signed distances of hits (u, v about the centroid, q = u^2 + v^2) to their track's
-    circle, and their derivatives by (kappa, phi, delta). With the circle's centre
-    ``(delta + 1 / kappa) (-sin phi, cos phi)``, ``eps + kappa eps^2 / 2 = p`` where p is
-    quadratic in the hit; the root ``2 p / (1 + sqrt(1 + 2 kappa p))`` has no cancellation.
-    On the device one kernel (:func:`distances_kernel`) for these thirty operations."""
+    """Signed distances of hits (u, v about the point the parameters are about) to their
+    track's circle, and their derivatives by (kappa, phi, delta). With the circle's centre
+    ``(delta + 1 / kappa) (-sin phi, cos phi)`` and q = u^2 + v^2, ``eps + kappa eps^2 / 2 =
+    p`` where p is quadratic in the hit; the root ``2 p / (1 + sqrt(1 + 2 kappa p))`` has no
+    cancellation. On the device one kernel (:func:`distances_kernel`) for these thirty
+    operations."""
     if xp is not np:
-        return distances_kernel(kappa, phi, delta, u, v, q, tid, cupy_launcher(KERNELS))
+        return distances_kernel(kappa, phi, delta, u, v, tid, cupy_launcher(KERNELS))
     k, dl = kappa[tid], delta[tid]
     sp, cp = xp.sin(phi)[tid], xp.cos(phi)[tid]
+    q = u * u + v * v
     across, along = u * sp - v * cp, u * cp + v * sp
     p = k * q / 2 + (1 + k * dl) * across + dl + k * dl * dl / 2
     eps = 2 * p / (1 + xp.sqrt(xp.maximum(1 + 2 * k * p, 0.0)))
@@ -754,43 +736,93 @@ def _distances(
 
 
 def distances_kernel(
-    kappa: Array,
-    phi: Array,
-    delta: Array,
-    u: Array,
-    v: Array,
-    q: Array,
-    tid: Array,
-    launch: Launch,
+    kappa: Array, phi: Array, delta: Array, u: Array, v: Array, tid: Array, launch: Launch
 ) -> tuple[Array, tuple[Array, Array, Array]]:
     """:func:`_distances` as one kernel (``circle_distances``), a thread per hit."""
-    arrays = (kappa, phi, delta, u, v, q)
-    out = _run_kernel("circle_distances", (4, len(tid)), arrays, (), launch, tid)
+    out = _run_kernel("circle_distances", (4, len(tid)), (kappa, phi, delta, u, v), (), launch, tid)
     return out[0], (out[1], out[2], out[3])
 
 
+Line = tuple[Array, Array, Array, Array]  # tan_l, z0, cosh, p
+
+
 def _fit_line(
-    s: Array, hz: Array, w: Array, offsets: Array, normal: Any, xp: Any
-) -> tuple[Array, Array]:
-    """Weighted least-squares line z = z0 + tan_l * s per track: (tan_l, z0) (``normal``:
-    :func:`_normal_sums` of the tracks). On the device one kernel
-    (:func:`start_line_kernel`) for these twelve operations."""
+    s: Array, hz: Array, w: Array, radius: Array, bfield: float, offsets: Array, normal: Any
+) -> Line:
+    """Weighted least-squares line z = z0 + tan_l * s per track, and with it the track's
+    cosh(eta) and momentum p (GeV, at least 0.01; ``radius``: its circle's, ``bfield`` in
+    T): (tan_l, z0, cosh, p) (``normal``: :func:`_normal_sums` of the tracks). On the device
+    one kernel (:func:`start_line_kernel`) for these eighteen operations."""
+    xp = array_module(s)
     if xp is not np:
-        return start_line_kernel(s, hz, w, offsets, cupy_launcher(KERNELS))
+        return start_line_kernel(s, hz, w, radius, bfield, offsets, cupy_launcher(KERNELS))
     jtj, jtr = normal((xp.ones_like(s), s), hz, w)
     s0, s1, s2 = jtj[:, 0, 0], jtj[:, 0, 1], jtj[:, 1, 1]
     z1, sz = jtr[:, 0], jtr[:, 1]
     den = s0 * s2 - s1 * s1
     den = xp.where(xp.abs(den) > 1e-30, den, 1e-30)
     tan_l = (s0 * sz - s1 * z1) / den
-    return tan_l, (z1 - tan_l * s1) / s0
+    cosh = xp.sqrt(1 + tan_l * tan_l)
+    p = xp.maximum(GEV_PER_TESLA_MM * abs(bfield) * radius * cosh, 0.01)
+    return tan_l, (z1 - tan_l * s1) / s0, cosh, p
 
 
 def start_line_kernel(
-    s: Array, hz: Array, w: Array, offsets: Array, launch: Launch
-) -> tuple[Array, Array]:
+    s: Array, hz: Array, w: Array, radius: Array, bfield: float, offsets: Array, launch: Launch
+) -> Line:
     """:func:`_fit_line` as one kernel (``start_line``), a thread per track over its own
     hits."""
-    n = len(offsets) - 1
-    out = _run_kernel("start_line", (2, n), (s, hz, w), (), launch, offsets=offsets)
-    return out[0], out[1]
+    columns, pt_per_mm = (radius, s, hz, w), GEV_PER_TESLA_MM * abs(bfield)
+    out = _run_kernel(
+        "start_line", (4, len(offsets) - 1), columns, (pt_per_mm,), launch, offsets=offsets
+    )
+    return out[0], out[1], out[2], out[3]
+
+
+class FitHits(NamedTuple):
+    """The fit's per-hit inputs: positions (float64), the layer's measurement errors and
+    radiation length, whether it is a barrel, and the starting circle's weight 1 / res_a^2."""
+
+    x: Array
+    y: Array
+    z: Array
+    res_a: Array
+    res_b: Array
+    x0: Array
+    barrel: Array
+    w: Array
+
+
+def _fit_hits(
+    hit_index: Array, positions: tuple[Array, Array, Array], layer: Array, det: Detector
+) -> FitHits:
+    """The tracks' hits' (``hit_index``) inputs of the fit, from the batch's positions and
+    layers. On the device one kernel (:func:`fit_hits_kernel`) for these thirteen
+    operations."""
+    xp = array_module(hit_index)
+    if xp is not np:
+        return fit_hits_kernel(hit_index, positions, layer, det, cupy_launcher(KERNELS))
+    hx, hy, hz = (c[hit_index].astype(xp.float64) for c in positions)
+    lay = layer[hit_index]
+    res_a, res_b, x0 = det.res_a[lay], det.res_b[lay], det.x0[lay]
+    return FitHits(hx, hy, hz, res_a, res_b, x0, det.kind[lay] == BARREL, 1 / (res_a * res_a))
+
+
+def fit_hits_kernel(
+    hit_index: Array, positions: tuple[Array, Array, Array], layer: Array, det: Detector,
+    launch: Launch,
+) -> FitHits:  # fmt: skip
+    """:func:`_fit_hits` as one kernel (``fit_hits``), a thread per hit; the detector's
+    layer table goes up as one array."""
+    xp, n = array_module(hit_index), len(hit_index)
+    table = np.stack([det.res_a, det.res_b, det.x0, det.kind == BARREL]).astype(np.float64)
+    out, barrel = xp.empty((7, n)), xp.empty(n, dtype=bool)
+    args = contiguous(
+        (np.int64(n), hit_index.astype(xp.int64, copy=False),
+         *(c.astype(xp.float64, copy=False) for c in positions),
+         layer.astype(xp.int64, copy=False), xp.asarray(table), np.int64(len(det.kind))),
+        xp,
+    )  # fmt: skip
+    launch("fit_hits", n, (*args, out, barrel))
+    hx, hy, hz, res_a, res_b, x0, w = out
+    return FitHits(hx, hy, hz, res_a, res_b, x0, barrel, w)

@@ -1,9 +1,11 @@
 // The helix fit's kernels (streamtrk/recon/fit.py). circle_distances: fit._distances, a
 // thread per hit. circle_turns: fit._on_circle, a thread per track. hit_projections and
 // hit_scattering: fit._projections and fit._scattering, a thread per hit.
-// track_parameters: fit._parameters, and normal_sums: fit._normal_sums, a thread per track.
-// karimaki_params and karimaki_circle: fit._karimaki and fit._circle, a thread per track.
+// track_parameters: fit._parameters, a thread per track.
+// karimaki_params and karimaki_circle: fit._karimaki and fit._stepped_circle, a thread per
+// track.
 // start_circle and start_line: fit._fit_circle and fit._fit_line, a thread per track.
+// fit_hits: fit._fit_hits, a thread per hit.
 // circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
 // (what gls_gram reads), a thread per hit. gls_guard and gls_finish: fit.gls_step before
 // and after its matrix inverse, a thread per track.
@@ -85,18 +87,19 @@ __device__ double circle_distance(double k, double dl, double sp, double cp, dou
     return eps;
 }
 
-// Per hit h (of track tid[h]), its signed distance to the track's circle of Karimaki's
-// parameters (kappa, phi, delta) and the distance's derivatives by them (fit._distances):
-// out is 4 rows of n_hits (eps, d/dkappa, d/dphi, d/ddelta).
+// Per hit h (of track tid[h]; u, v about the point the parameters are about), its signed
+// distance to the track's circle of Karimaki's parameters (kappa, phi, delta) and the
+// distance's derivatives by them (fit._distances): out is 4 rows of n_hits (eps, d/dkappa,
+// d/dphi, d/ddelta).
 extern "C" __global__ void circle_distances(long long n_hits, const long long *tid,
                                             const double *kappa, const double *phi,
                                             const double *delta, const double *u,
-                                            const double *v, const double *q, double *out) {
+                                            const double *v, double *out) {
     FOR_EACH_THREAD(h, n_hits) {
         const long long t = tid[h];
         double d[3];
         out[h] = circle_distance(kappa[t], delta[t], sin(phi[t]), cos(phi[t]), u[h], v[h],
-                                 q[h], d);
+                                 u[h] * u[h] + v[h] * v[h], d);
         for (int k = 0; k < 3; ++k) out[(k + 1) * n_hits + h] = d[k];
     }
 }
@@ -234,29 +237,6 @@ extern "C" __global__ void track_parameters(
     }
 }
 
-// Per track, as fit._normal_sums: the weighted normal equations of k <= 3 per-hit columns J
-// (k rows of n_hits) against res, each term (w J_i) J_j or (w J_i) res summed over the
-// track's hits in their order. jtj: n_tracks k x k matrices; jtr: n_tracks rows of k.
-extern "C" __global__ void normal_sums(long long n_tracks, const long long *offsets,
-                                       const double *columns, long long k, const double *res,
-                                       const double *w, double *jtj, double *jtr) {
-    const long long n_hits = offsets[n_tracks];
-    FOR_EACH_THREAD(t, n_tracks) {
-        double a[3][3] = {}, b[3] = {};
-        for (long long h = offsets[t]; h < offsets[t + 1]; ++h) {
-            for (long long i = 0; i < k; ++i) {
-                const double wi = w[h] * columns[i * n_hits + h];
-                for (long long j = i; j < k; ++j) a[i][j] += wi * columns[j * n_hits + h];
-                b[i] += wi * res[h];
-            }
-        }
-        for (long long i = 0; i < k; ++i) {
-            for (long long j = 0; j < k; ++j) jtj[(t * k + i) * k + j] = i <= j ? a[i][j] : a[j][i];
-            jtr[t * k + i] = b[i];
-        }
-    }
-}
-
 // fit._karimaki: Karimaki's (kappa, phi, delta) about the origin of the circle of centre
 // (cx, cy) and radius, run in the sense h, into out.
 __device__ void karimaki(double cx, double cy, double radius, double h, double out[3]) {
@@ -286,13 +266,15 @@ extern "C" __global__ void karimaki_params(long long n_tracks, const double *cx,
     }
 }
 
-// karimaki_to_circle for each track, into three rows of out.
+// fit._stepped_circle: karimaki_to_circle for each track after its step (a row of three),
+// into three rows of out.
 extern "C" __global__ void karimaki_circle(long long n_tracks, const double *kappa,
                                            const double *phi, const double *delta,
-                                           double *out) {
+                                           const double *step, double *out) {
     FOR_EACH_THREAD(t, n_tracks) {
+        const double *st = step + 3 * t;
         double circle[3];
-        karimaki_to_circle(kappa[t], phi[t], delta[t], circle);
+        karimaki_to_circle(kappa[t] + st[0], phi[t] + st[1], delta[t] + st[2], circle);
         for (int k = 0; k < 3; ++k) out[k * n_tracks + t] = circle[k];
     }
 }
@@ -412,11 +394,12 @@ extern "C" __global__ void start_circle(long long n_tracks, const long long *off
 }
 
 // fit._fit_line, a thread per track t (hits offsets[t] to offsets[t + 1]): the weighted
-// least-squares line z = z0 + tan_l s, sums over the hits in their order. out: two rows of
-// n_tracks (tan_l, z0).
+// least-squares line z = z0 + tan_l s, sums over the hits in their order, and the track's
+// cosh(eta) and momentum p (pt_per_mm times its circle's radius times cosh, at least 0.01
+// GeV). out: four rows of n_tracks (tan_l, z0, cosh, p).
 extern "C" __global__ void start_line(long long n_tracks, const long long *offsets,
-                                      const double *s, const double *z, const double *w,
-                                      double *out) {
+                                      const double *radius, const double *s, const double *z,
+                                      const double *w, double pt_per_mm, double *out) {
     FOR_EACH_THREAD(t, n_tracks) {
         double s0 = 0.0, s1 = 0.0, s2 = 0.0, z1 = 0.0, sz = 0.0;
         for (long long h = offsets[t]; h < offsets[t + 1]; ++h) {
@@ -429,9 +412,29 @@ extern "C" __global__ void start_line(long long n_tracks, const long long *offse
         }
         const double den0 = s0 * s2 - s1 * s1;
         const double den = fabs(den0) > 1e-30 ? den0 : 1e-30;
-        const double tan_l = (s0 * sz - s1 * z1) / den;
+        const double tan_l = (s0 * sz - s1 * z1) / den, cosh = sqrt(1 + tan_l * tan_l);
         out[t] = tan_l;
         out[n_tracks + t] = (z1 - tan_l * s1) / s0;
+        out[2 * n_tracks + t] = cosh;
+        out[3 * n_tracks + t] = numpy_max(pt_per_mm * radius[t] * cosh, 0.01);
+    }
+}
+
+// fit._fit_hits, a thread per hit h of the tracks (hit_index[h] in the batch): its
+// position, and its layer's (layer[hit]) res_a, res_b and x0 from table (four rows of
+// n_layers: res_a, res_b, x0, 1.0 for a barrel), the weight 1 / res_a^2. out: seven rows
+// of n_hits (x, y, z, res_a, res_b, x0, weight); barrel: whether its layer is one.
+extern "C" __global__ void fit_hits(long long n_hits, const long long *hit_index,
+                                    const double *x, const double *y, const double *z,
+                                    const long long *layer, const double *table,
+                                    long long n_layers, double *out, bool *barrel) {
+    FOR_EACH_THREAD(h, n_hits) {
+        const long long i = hit_index[h], l = layer[i];
+        const double res_a = table[l];
+        const double row[7] = {x[i], y[i], z[i], res_a, table[n_layers + l],
+                               table[2 * n_layers + l], 1 / (res_a * res_a)};
+        for (int k = 0; k < 7; ++k) out[k * n_hits + h] = row[k];
+        barrel[h] = table[3 * n_layers + l] != 0.0;
     }
 }
 

@@ -14,10 +14,10 @@ from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import (
     KERNELS,
     Fitted,
-    _circle,
     _circle_scatters,
     _distances,
     _fit_circle,
+    _fit_hits,
     _fit_line,
     _gls,
     _gls_hits,
@@ -28,8 +28,10 @@ from streamtrk.recon.fit import (
     _parameters,
     _projections,
     _scattering,
+    _stepped_circle,
     circle_kernel,
     distances_kernel,
+    fit_hits_kernel,
     fit_tracks,
     gls_columns,
     gls_step,
@@ -37,7 +39,6 @@ from streamtrk.recon.fit import (
     gram_arrays,
     gram_kernel,
     karimaki_kernel,
-    normal_kernel,
     parameters_kernel,
     projections_kernel,
     scattering_kernel,
@@ -557,9 +558,8 @@ def test_host_kernel_distances_are_the_arrays(host_launcher):
     phi, delta = rng.uniform(-np.pi, np.pi, n_tracks), rng.normal(0, 50, n_tracks)
     u, v = rng.normal(0, 400, (2, len(tid)))
     u[1] = np.nan
-    q = u * u + v * v
-    eps, jac = _distances(kappa, phi, delta, u, v, q, tid, np)
-    k_eps, k_jac = distances_kernel(kappa, phi, delta, u, v, q, tid, host_launcher(KERNELS))
+    eps, jac = _distances(kappa, phi, delta, u, v, tid, np)
+    k_eps, k_jac = distances_kernel(kappa, phi, delta, u, v, tid, host_launcher(KERNELS))
     assert np.isnan(k_eps[1]) and np.isfinite(np.delete(eps, 1)).all()
     for got, want in zip((k_eps, *k_jac), (eps, *jac), strict=True):
         scale = np.nanmax(np.abs(want))
@@ -568,8 +568,9 @@ def test_host_kernel_distances_are_the_arrays(host_launcher):
 
 def test_host_kernels_of_karimakis_parameters_are_the_arrays(host_launcher):
     """karimaki_params and karimaki_circle, built for the host, give the NumPy path's
-    parameters of circles and circles of parameters: curved and straight (kappa under its
-    floor, of either sign, and 0), centres anywhere, either sense; a NaN stays NaN."""
+    parameters of circles and circles of parameters after a step: curved and straight
+    (kappa under its floor, of either sign, and 0), centres anywhere, either sense, steps
+    of zero or not; a NaN stays NaN."""
     rng = np.random.default_rng(16)
     n = 500
     cx, cy = rng.normal(0, 1e4, (2, n))
@@ -578,10 +579,13 @@ def test_host_kernels_of_karimakis_parameters_are_the_arrays(host_launcher):
     kappa = rng.choice([0.0, 1e-12, 1e-6, 1e-3], n) * rng.choice([-1.0, 1.0], n)
     phi, delta = rng.uniform(-np.pi, np.pi, n), rng.normal(0, 50, n)
     cx[0] = kappa[0] = np.nan
+    step = np.zeros((n, 3))  # the odd rows' kappa stays at or under its floor
+    step[::2] = rng.normal(0, [1e-4, 0.1, 1.0], (n // 2, 3))
     launch = host_launcher(KERNELS)
+    params = (kappa, phi, delta)
     pairs = [
         (karimaki_kernel(cx, cy, radius, h, launch), _karimaki(cx, cy, radius, h, np)),
-        (circle_kernel(kappa, phi, delta, launch), _circle(kappa, phi, delta, np)),
+        (circle_kernel(params, step, launch), _stepped_circle(params, step, np)),
     ]
     for kernel, arrays in pairs:
         for got, want in zip(kernel, arrays, strict=True):
@@ -675,7 +679,7 @@ def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
         return np.bincount(tid, v, minlength=n_tracks)
 
     def normal(columns, res, weights):
-        return _normal_sums(columns, res, weights, offsets, tsum, np)
+        return _normal_sums(columns, res, weights, tsum, np)
 
     launch = host_launcher(KERNELS)
     with np.errstate(divide="ignore", invalid="ignore"):  # the collinear tracks' Kasa circles
@@ -686,7 +690,12 @@ def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
     for got, want in zip(kernel, arrays, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12)
     s = np.random.default_rng(20).normal(0, 500, len(hx))
-    lines = (_fit_line(s, hz, w, offsets, normal, np), start_line_kernel(s, hz, w, offsets, launch))
+    radius = np.where(np.arange(n_tracks) % 7 == 0, 1.0, radius)  # under 0.01 GeV: the floor
+    lines = (
+        _fit_line(s, hz, w, radius, -2.0, offsets, normal),
+        start_line_kernel(s, hz, w, radius, -2.0, offsets, launch),
+    )
+    assert lines[0][3].min() == 0.01  # the momentum's floor
     for want, got in zip(*lines, strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -755,27 +764,23 @@ def test_host_kernels_of_the_hits_projections_and_scattering_are_the_arrays(host
         np.testing.assert_allclose(g, want, rtol=1e-12)
 
 
-def test_host_kernel_normal_sums_are_the_arrays(host_launcher):
-    """normal_sums, built for the host, gives the NumPy path's normal equations bit for bit
-    (the same sums in the same order): one to three columns, a constant one among them;
-    more than three refused."""
-    rng = np.random.default_rng(17)
-    sizes = rng.integers(1, 25, 300)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    tid = np.repeat(np.arange(len(sizes)), sizes)
-    n = len(tid)
-    u, v, res, w = rng.normal(0, 100, n), rng.normal(0, 100, n), rng.normal(size=n), rng.random(n)
-
-    def tsum(a: np.ndarray) -> np.ndarray:
-        return np.bincount(tid, a, minlength=len(sizes))
-
-    for columns in ((u,), (np.ones(n), u), (u, v, np.ones(n))):
-        arrays = _normal_sums(columns, res, w, offsets, tsum, np)
-        kernel = normal_kernel(columns, res, w, offsets, host_launcher(KERNELS))
+def test_host_kernel_hits_are_the_arrays(host_launcher, det):
+    """fit_hits, built for the host, gives the NumPy path's per-hit inputs of the fit bit
+    for bit: positions of the tracks' hits (float32 and float64 batches), every layer's
+    errors and radiation length, barrels and disks."""
+    rng = np.random.default_rng(21)
+    n_batch = 3000
+    layer = rng.integers(0, len(det.kind), n_batch)
+    hit_index = rng.permutation(n_batch)[:2000]
+    launch = host_launcher(KERNELS)
+    for dtype in (np.float32, np.float64):
+        positions = tuple(rng.normal(0, 500, (3, n_batch)).astype(dtype))
+        arrays = _fit_hits(hit_index, positions, layer, det)
+        kernel = fit_hits_kernel(hit_index, positions, layer, det, launch)
+        assert set(arrays.barrel) == {False, True} and len(set(arrays.res_a)) > 2
         for got, want in zip(kernel, arrays, strict=True):
+            assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
-    with pytest.raises(ValueError, match="at most 3 columns, got 4"):
-        normal_kernel((u, v, u, v), res, w, offsets, host_launcher(KERNELS))
 
 
 @pytest.mark.parametrize("bfield", [2.0, -2.0])

@@ -32,7 +32,7 @@ ENTRIES = {
         "karimaki_circle",
         "start_circle",
         "start_line",
-        "normal_sums",
+        "fit_hits",
         "track_parameters",
         "circle_gls_hits",
         "line_gls_hits",
