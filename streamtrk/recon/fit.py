@@ -460,10 +460,10 @@ def gls_columns(
 def gls_step(gram: Array, n: int, xp: Any) -> tuple[Array, Array, Array]:
     """Per track, :func:`_gls`'s step, covariance and chi-square from the sums ``gram`` of
     its ``n`` parameters' columns and the residuals ([J res]^T V^-1 [J res]). On the
-    device two kernels around the inverse (:func:`gls_step_kernels`) for about fifteen
-    operations."""
+    device one kernel (:func:`gls_step_kernel`) for about fifteen operations and the
+    batched inverse."""
     if xp is not np:
-        return gls_step_kernels(gram, n, cupy_launcher(KERNELS))
+        return gls_step_kernel(gram, n, cupy_launcher(KERNELS))
     normal, grad, rr = gram[:, :n, :n], gram[:, :n, n], gram[:, n, n]
     # Degenerate (collinear) tracks: a guard on the scale of each parameter's own entry (the
     # curvature's, in mm^4, outweighs the others by 10^11: 10^-12 of the trace, as this was,
@@ -477,20 +477,17 @@ def gls_step(gram: Array, n: int, xp: Any) -> tuple[Array, Array, Array]:
     return step, cov, chi2
 
 
-def gls_step_kernels(gram: Array, n: int, launch: Launch) -> tuple[Array, Array, Array]:
-    """:func:`gls_step` as two kernels, a thread per track: the guarded normal matrix
-    (``gls_guard``), its inverse (``xp.linalg``, as the arrays'), then the step and the
-    chi-square (``gls_finish``)."""
+def gls_step_kernel(gram: Array, n: int, launch: Launch) -> tuple[Array, Array, Array]:
+    """:func:`gls_step` as one kernel (``gls_solve``), a thread per track: the guarded
+    normal matrix inverted in the thread (as LAPACK's but for rounding), the step and the
+    chi-square."""
     xp, i64 = array_module(gram), np.int64
     n_tracks, c = gram.shape[0], gram.shape[1]
     if not 0 < n < c <= GLS_MAX_COLUMNS:
-        raise ValueError(f"the GLS step kernels take 0 < n < c <= {GLS_MAX_COLUMNS}, got {n}, {c}")
+        raise ValueError(f"the GLS step kernel takes 0 < n < c <= {GLS_MAX_COLUMNS}, got {n}, {c}")
     gram = contiguous((gram.astype(xp.float64, copy=False),), xp)[0]
-    guarded = xp.empty((n_tracks, n, n))
-    launch("gls_guard", n_tracks, (i64(n_tracks), gram, i64(c), i64(n), guarded))
-    cov = contiguous((xp.linalg.inv(guarded),), xp)[0]
-    step, chi2 = xp.empty((n_tracks, n)), xp.empty(n_tracks)
-    launch("gls_finish", n_tracks, (i64(n_tracks), gram, i64(c), i64(n), cov, step, chi2))
+    cov, step, chi2 = xp.empty((n_tracks, n, n)), xp.empty((n_tracks, n)), xp.empty(n_tracks)
+    launch("gls_solve", n_tracks, (i64(n_tracks), gram, i64(c), i64(n), cov, step, chi2))
     return step, cov, chi2
 
 

@@ -7,8 +7,7 @@
 // start_circle and start_line: fit._fit_circle and fit._fit_line, a thread per track.
 // fit_hits: fit._fit_hits, a thread per hit.
 // circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
-// (what gls_gram reads), a thread per hit. gls_guard and gls_finish: fit.gls_step before
-// and after its matrix inverse, a thread per track.
+// (what gls_gram reads), a thread per hit. gls_solve: fit.gls_step, a thread per track.
 // gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
 // per track: a Kalman filter of the scatters' random walk u along
 // the track's hits (CSR order) turns the columns [J res] into innovations; divided by their
@@ -279,40 +278,53 @@ extern "C" __global__ void karimaki_circle(long long n_tracks, const double *kap
     }
 }
 
-// x = (a + g I)^-1 b for a 3 x 3 matrix a: Gaussian elimination with partial pivoting (the
-// first largest pivot) and the multipliers by the pivot's reciprocal, as LAPACK's getrf
-// and getrs (numpy.linalg.solve) but for rounding; a singular one gives infinities or NaNs.
+#define SMALL_N 3  // the largest system solved in a thread: the circle's 3 parameters
+
+// Solves a x = b in place for the n x n matrix a (n <= SMALL_N) and k right-hand sides, the
+// columns of b (k <= SMALL_N): x into b, a overwritten. Gaussian elimination with partial
+// pivoting (the first largest pivot), the multipliers by the pivot's reciprocal, then back
+// substitution: LAPACK's getrf and getrs (numpy.linalg.solve and inv) but for rounding; a
+// singular a gives infinities or NaNs.
+__device__ void solve_small(double a[SMALL_N][SMALL_N], double b[SMALL_N][SMALL_N], int n,
+                            int k) {
+    for (int c = 0; c < n; ++c) {
+        int p = c;
+        for (int i = c + 1; i < n; ++i)
+            if (fabs(a[i][c]) > fabs(a[p][c])) p = i;
+        for (int j = 0; j < SMALL_N; ++j) {
+            double swap = a[c][j];
+            a[c][j] = a[p][j];
+            a[p][j] = swap;
+            swap = b[c][j];
+            b[c][j] = b[p][j];
+            b[p][j] = swap;
+        }
+        const double inverse = 1 / a[c][c];
+        for (int i = c + 1; i < n; ++i) {
+            const double l = a[i][c] * inverse;
+            for (int j = c + 1; j < n; ++j) a[i][j] -= l * a[c][j];
+            for (int j = 0; j < k; ++j) b[i][j] -= l * b[c][j];
+        }
+    }
+    for (int j = 0; j < k; ++j) {
+        for (int i = n - 1; i >= 0; --i) {
+            double sum = b[i][j];
+            for (int m = i + 1; m < n; ++m) sum -= a[i][m] * b[m][j];
+            b[i][j] = sum / a[i][i];
+        }
+    }
+}
+
+// x = (a + g I)^-1 b for a 3 x 3 matrix a (solve_small).
 __device__ void guarded_solve3(const double a[3][3], double g, const double b[3],
                                double x[3]) {
-    double m[3][3], r[3];
+    double m[SMALL_N][SMALL_N], r[SMALL_N][SMALL_N] = {};
     for (int i = 0; i < 3; ++i) {
         for (int j = 0; j < 3; ++j) m[i][j] = i == j ? a[i][j] + g : a[i][j];
-        r[i] = b[i];
+        r[i][0] = b[i];
     }
-    for (int k = 0; k < 3; ++k) {
-        int p = k;
-        for (int i = k + 1; i < 3; ++i)
-            if (fabs(m[i][k]) > fabs(m[p][k])) p = i;
-        for (int j = 0; j < 3; ++j) {
-            const double swap = m[k][j];
-            m[k][j] = m[p][j];
-            m[p][j] = swap;
-        }
-        const double swap = r[k];
-        r[k] = r[p];
-        r[p] = swap;
-        const double inverse = 1 / m[k][k];
-        for (int i = k + 1; i < 3; ++i) {
-            const double l = m[i][k] * inverse;
-            for (int j = k + 1; j < 3; ++j) m[i][j] -= l * m[k][j];
-            r[i] -= l * r[k];
-        }
-    }
-    for (int i = 2; i >= 0; --i) {
-        double sum = r[i];
-        for (int j = i + 1; j < 3; ++j) sum -= m[i][j] * x[j];
-        x[i] = sum / m[i][i];
-    }
+    solve_small(m, r, 3, 1);
+    for (int i = 0; i < 3; ++i) x[i] = r[i][0];
 }
 
 // fit._normal_sums of one hit, added: the weighted normal equations' terms (w J_i) J_j and
@@ -483,36 +495,28 @@ extern "C" __global__ void line_gls_hits(long long n_hits, const long long *tid,
     }
 }
 
-// fit.gls_step before its inverse: per track, the normal matrix (the gram's first n rows
-// and columns; gram c x c) with its guard, 1e-12 of each diagonal entry (1e-12 where that
-// is not above 0), into guarded (n x n).
-extern "C" __global__ void gls_guard(long long n_tracks, const double *gram, long long c,
-                                     long long n, double *guarded) {
+// fit.gls_step, a thread per track (its gram c x c: the normal matrix in the first n rows
+// and columns, grad the last column, rr the corner): the normal matrix guarded by 1e-12 of
+// each diagonal entry (of 1 where that is not above 0) and inverted (solve_small) into cov
+// (n x n), the step -cov grad (0 where any part is not finite) into step (n) and the
+// chi-square rr + 2 step.grad + step.(normal step) into chi2.
+extern "C" __global__ void gls_solve(long long n_tracks, const double *gram, long long c,
+                                     long long n, double *cov, double *step, double *chi2) {
     FOR_EACH_THREAD(t, n_tracks) {
         const double *g = gram + t * c * c;
+        double m[SMALL_N][SMALL_N], v[SMALL_N][SMALL_N] = {}, st[SMALL_N];
         for (long long i = 0; i < n; ++i) {
             for (long long j = 0; j < n; ++j) {
                 const double scale = g[j * c + j] > 0 ? g[j * c + j] : 1.0;
-                const double guard = 1e-12 * (i == j ? 1.0 : 0.0) * scale;
-                guarded[(t * n + i) * n + j] = g[i * c + j] + guard;
+                m[i][j] = g[i * c + j] + 1e-12 * (i == j ? 1.0 : 0.0) * scale;
             }
+            v[i][i] = 1.0;
         }
-    }
-}
-
-// fit.gls_step after its inverse cov (n x n): the step -cov grad (0 where any part is not
-// finite) and the chi-square rr + 2 step.grad + step.(normal step), grad and rr the gram's
-// last column and corner.
-extern "C" __global__ void gls_finish(long long n_tracks, const double *gram, long long c,
-                                      long long n, const double *cov, double *step,
-                                      double *chi2) {
-    FOR_EACH_THREAD(t, n_tracks) {
-        const double *g = gram + t * c * c, *v = cov + t * n * n;
-        double st[GLS_MAX_C - 1];
+        solve_small(m, v, (int)n, (int)n);
         bool finite = true;
         for (long long i = 0; i < n; ++i) {
-            double sum = v[i * n] * g[n];
-            for (long long k = 1; k < n; ++k) sum += v[i * n + k] * g[k * c + n];
+            double sum = v[i][0] * g[n];
+            for (long long k = 1; k < n; ++k) sum += v[i][k] * g[k * c + n];
             st[i] = -sum;
             finite = finite && isfinite(st[i]);
         }
@@ -526,6 +530,7 @@ extern "C" __global__ void gls_finish(long long n_tracks, const double *gram, lo
             along = i ? along + st[i] * g[i * c + n] : st[i] * g[i * c + n];
             curved = i ? curved + st[i] * normal_step : st[i] * normal_step;
             step[t * n + i] = st[i];
+            for (long long k = 0; k < n; ++k) cov[(t * n + i) * n + k] = v[i][k];
         }
         chi2[t] = g[n * c + n] + 2 * along + curved;
     }

@@ -35,7 +35,7 @@ from streamtrk.recon.fit import (
     fit_tracks,
     gls_columns,
     gls_step,
-    gls_step_kernels,
+    gls_step_kernel,
     gram_arrays,
     gram_kernel,
     karimaki_kernel,
@@ -622,7 +622,7 @@ def test_host_kernels_of_the_gls_columns_are_the_arrays(host_launcher):
 
 
 def test_host_kernels_of_the_gls_step_are_the_arrays(host_launcher):
-    """gls_guard and gls_finish, built for the host around the same inverse, give the
+    """gls_solve, built for the host (its own inverse), gives the
     arrays' step, covariance and chi-square: circle (3 parameters) and line (2) sums of
     random tracks, a degenerate track (a zero row: the guard) and one with an infinite
     entry (its step 0)."""
@@ -635,15 +635,15 @@ def test_host_kernels_of_the_gls_step_are_the_arrays(host_launcher):
         gram[1, 0, n] = gram[1, n, 0] = np.inf
         with np.errstate(invalid="ignore", over="ignore"):  # the infinite entry's NaNs
             arrays = gls_step(gram, n, np)
-            kernel = gls_step_kernels(gram, n, launch)
+            kernel = gls_step_kernel(gram, n, launch)
         assert (arrays[0][1] == 0).all() and np.isfinite(arrays[0][2:]).all()
         for got, want in zip(kernel, arrays, strict=True):
             scale = np.abs(want[np.isfinite(want)]).max()
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * scale)
         assert np.isnan(kernel[2][1]) == np.isnan(arrays[2][1])
     for n, c in [(4, 5), (3, 3), (0, 2)]:  # past the kernels' fixed-size state, or no step
-        with pytest.raises(ValueError, match="take 0 < n < c <= 4"):
-            gls_step_kernels(np.zeros((1, c, c)), n, launch)
+        with pytest.raises(ValueError, match="takes 0 < n < c <= 4"):
+            gls_step_kernel(np.zeros((1, c, c)), n, launch)
 
 
 def _starting_fits(det, rng):

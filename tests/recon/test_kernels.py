@@ -36,8 +36,7 @@ ENTRIES = {
         "track_parameters",
         "circle_gls_hits",
         "line_gls_hits",
-        "gls_guard",
-        "gls_finish",
+        "gls_solve",
     ),
     "track_building.cu": (
         "propagate_labels",
