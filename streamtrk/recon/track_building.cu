@@ -1,12 +1,13 @@
 // Track building's kernels (streamtrk/recon/tracks.py).
 //
-// Min-label propagation with pointer jumping (_propagate) as two kernels an iteration, where
-// the array path launches eight: propagate_labels, a thread per edge, gives each end the
-// smaller label of the two (read from the iteration's labels, written by atomic minimum
-// into their copy); jump_labels, a thread per node, replaces a node's label by its label's
-// label's label, in place. Every label stays a node of its own component and no larger than
-// the node (so the fixed point, each component labelled by its smallest node, is the array
-// path's), whatever order the threads run in.
+// Min-label propagation with pointer jumping (components_label_propagation) as one kernel
+// an iteration, where the array path launches eight: propagate_labels, a thread per edge,
+// in place over all the nodes, gives each end the smaller label of the two and then its
+// label's label's label (atomic minimum), and sets *changed where it lowers any. Every
+// label stays a node of its own component and no larger than the node, whatever order the
+// threads run in; an iteration that lowers none read labels that did not change, equal
+// at both ends of every edge: each component labelled by its smallest node, the array
+// path's fixed point.
 //
 // Junction resolution (_junction_edges, its mutual-best choice _mutual_best) as two kernels
 // a pass over all the edges for the arrays' thirty-odd operations and two compactions a
@@ -36,17 +37,19 @@ inline long long atomicMin(long long *address, long long value) {  // one thread
 #endif
 
 extern "C" __global__ void propagate_labels(long long n_edges, const long long *a,
-                                            const long long *b, const long long *labels,
-                                            long long *next) {
+                                            const long long *b, long long *labels,
+                                            int *changed) {
     FOR_EACH_THREAD(e, n_edges) {
         const long long la = labels[a[e]], lb = labels[b[e]], low = la < lb ? la : lb;
-        atomicMin(&next[a[e]], low);
-        atomicMin(&next[b[e]], low);
+        const long long ends[2] = {a[e], b[e]};
+        bool lowered = false;
+        for (int k = 0; k < 2; ++k) {
+            lowered = atomicMin(&labels[ends[k]], low) > low || lowered;
+            const long long jump = labels[labels[labels[ends[k]]]];
+            lowered = atomicMin(&labels[ends[k]], jump) > jump || lowered;
+        }
+        if (lowered) *changed = 1;
     }
-}
-
-extern "C" __global__ void jump_labels(long long n_nodes, long long *labels) {
-    FOR_EACH_THREAD(n, n_nodes) { labels[n] = labels[labels[labels[n]]]; }
 }
 
 #define NO_CODE 9223372036854775807LL  // int64's largest: no candidate

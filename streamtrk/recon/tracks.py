@@ -219,35 +219,36 @@ _CHECK_EVERY = 4
 
 def components_label_propagation(edge_index: Array, n_nodes: int, max_iter: int = 1000) -> Array:
     """Connected components (NumPy or CuPy), each labelled by its smallest node. Nodes
-    without edges are their own; min-label propagation with pointer jumping runs over the
-    nodes the edges touch (a few % of a track graph's hits; one host synchronisation on the
-    device for their count). Its iterations grow with the components' length where the
-    nodes are numbered against their order along it (hundreds for a chain of 1,000 hits):
-    fine for track chains, a few dozen hits; ``max_iter`` bounds them (RuntimeError)."""
+    without edges are their own. Min-label propagation with pointer jumping: on NumPy over
+    the nodes the edges touch (a few % of a track graph's hits), on the device over all of
+    them, one kernel an iteration over the edges (:func:`propagation_kernel`). Its
+    iterations grow with the components' length where the nodes are numbered against their
+    order along it (hundreds for a chain of 1,000 hits): fine for track chains, a few dozen
+    hits; ``max_iter`` bounds them (RuntimeError)."""
     xp = array_module(edge_index)
     labels = xp.arange(n_nodes, dtype=xp.int64)
     if edge_index.shape[1] == 0:
         return labels
+    if xp is not np:
+        return propagation_kernel(edge_index, n_nodes, max_iter, cupy_launcher(KERNELS))
     touched = xp.zeros(n_nodes, dtype=bool)
     touched[edge_index[0]] = True
     touched[edge_index[1]] = True
     nodes = xp.nonzero(touched)[0]  # ascending: the smallest local label is the smallest node
     local = xp.empty(n_nodes, dtype=xp.int64)
     local[nodes] = xp.arange(len(nodes))
-    labels[nodes] = nodes[_propagate(local[edge_index], len(nodes), max_iter)]
+    step = array_step(local[edge_index])
+    labels[nodes] = nodes[iterate_labels(step, len(nodes), max_iter, xp)]
     return labels
 
 
-def _propagate(edge_index: Array, n_nodes: int, max_iter: int) -> Array:
-    """Min-label propagation with pointer jumping: each node's smallest connected node. On
-    the device two kernels an iteration (:func:`kernel_step`) for the arrays' eight
-    operations (:func:`array_step`)."""
-    xp = array_module(edge_index)
-    if xp is np:
-        step = array_step(edge_index)
-    else:
-        step = kernel_step(edge_index, n_nodes, cupy_launcher(KERNELS))
-    return iterate_labels(step, n_nodes, max_iter, xp)
+def _checked(i: int, max_iter: int) -> bool:
+    """Whether label propagation checks for convergence after iteration ``i`` (from 1)."""
+    return i % _CHECK_EVERY == 0 or i == max_iter
+
+
+def _not_converged(max_iter: int) -> RuntimeError:
+    return RuntimeError(f"label propagation did not converge in {max_iter} iterations")
 
 
 def iterate_labels(step: Callable[[Array], Array], n_nodes: int, max_iter: int, xp: Any) -> Array:
@@ -256,10 +257,10 @@ def iterate_labels(step: Callable[[Array], Array], n_nodes: int, max_iter: int, 
     labels = xp.arange(n_nodes, dtype=xp.int64)
     for i in range(1, max_iter + 1):
         new = step(labels)
-        if (i % _CHECK_EVERY == 0 or i == max_iter) and bool((new == labels).all()):
+        if _checked(i, max_iter) and bool((new == labels).all()):
             return labels
         labels = new
-    raise RuntimeError(f"label propagation did not converge in {max_iter} iterations")
+    raise _not_converged(max_iter)
 
 
 def array_step(edge_index: Array) -> Callable[[Array], Array]:
@@ -279,21 +280,26 @@ def array_step(edge_index: Array) -> Callable[[Array], Array]:
     return step
 
 
-def kernel_step(edge_index: Array, n_nodes: int, launch: Launch) -> Callable[[Array], Array]:
-    """An iteration as two kernels (``track_building.cu``): over the edges, then over the
-    nodes, pointer jumping in place. The same fixed point as :func:`array_step`'s; the
-    iterations to reach it may differ."""
+def propagation_kernel(edge_index: Array, n_nodes: int, max_iter: int, launch: Launch) -> Array:
+    """:func:`components_label_propagation`'s labels as one kernel an iteration
+    (``propagate_labels``: over the edges, in place, each end taking the smaller label of
+    the two, then its label's label's label), until an iteration checked (as
+    :func:`iterate_labels` checks) lowers no label: one host synchronisation a check, a
+    flag the kernel sets. The arrays' fixed point; the iterations to reach it may differ.
+    RuntimeError past ``max_iter``."""
     xp, i64 = array_module(edge_index), np.int64
     n_edges = edge_index.shape[1]
     a, b = contiguous(tuple(e.astype(xp.int64, copy=False) for e in edge_index), xp)
-
-    def step(labels: Array) -> Array:
-        new = labels.copy()
-        launch("propagate_labels", n_edges, (i64(n_edges), a, b, labels, new))
-        launch("jump_labels", n_nodes, (i64(n_nodes), new))
-        return new
-
-    return step
+    labels = xp.arange(n_nodes, dtype=xp.int64)
+    changed = xp.zeros(max_iter // _CHECK_EVERY + 2, dtype=xp.int32)  # a flag a check; 0: none
+    checks = 0
+    for i in range(1, max_iter + 1):
+        checks += _checked(i, max_iter)
+        flag = changed[checks:][:1] if _checked(i, max_iter) else changed[:1]
+        launch("propagate_labels", n_edges, (i64(n_edges), a, b, labels, flag))
+        if _checked(i, max_iter) and int(flag[0]) == 0:
+            return labels
+    raise _not_converged(max_iter)
 
 
 @dataclass(frozen=True)

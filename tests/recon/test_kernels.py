@@ -40,7 +40,6 @@ ENTRIES = {
     ),
     "track_building.cu": (
         "propagate_labels",
-        "jump_labels",
         "junction_codes",
         "junction_take",
         "piece_ends",

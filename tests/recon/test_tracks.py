@@ -16,10 +16,9 @@ from streamtrk.recon.tracks import (
     build_tracks,
     components_label_propagation,
     fit_cuts,
-    iterate_labels,
     junction_kernels,
-    kernel_step,
     merge_labels,
+    propagation_kernel,
     resolve_junctions,
     select_tracks,
     split_by_event,
@@ -172,18 +171,22 @@ def test_label_propagation_equals_scipy_on_random_graphs():
         assert np.array_equal(components_label_propagation(edges, n), components_scipy(edges, n))
 
 
-def test_host_kernels_label_as_the_arrays(host_launcher):
-    """track_building.cu, built for the host (its threads one after another, its atomic
-    minimum a plain one), labels random graphs and long chains numbered against their order
-    as SciPy does; too few iterations raise as the arrays' do."""
+def test_host_kernel_labels_as_the_arrays(host_launcher):
+    """track_building.cu's label propagation, built for the host (its threads one after
+    another, its atomic minimum a plain one), labels random graphs and long chains numbered
+    along or against their order as SciPy does; it stops at the first iteration checked
+    that lowers no label, and too few iterations raise as the arrays' do."""
     rng = np.random.default_rng(1)
     chain = np.stack([np.arange(2999), np.arange(1, 3000)])[:, ::-1].copy()
     graphs = [(rng.integers(0, n, size=(2, e)), n) for n, e in [(50, 30), (5000, 12000)]]
     for edges, n in [*graphs, (chain, 3000), (chain[::-1].copy(), 3000)]:
-        step = kernel_step(edges, n, host_launcher(KERNELS))
-        assert np.array_equal(iterate_labels(step, n, 1000, np), components_scipy(edges, n))
-    with pytest.raises(RuntimeError, match="did not converge in 1 iterations"):
-        iterate_labels(kernel_step(chain, 3000, host_launcher(KERNELS)), 3000, 1, np)
+        labels = propagation_kernel(edges, n, 1000, host_launcher(KERNELS))
+        assert np.array_equal(labels, components_scipy(edges, n))
+    pairs = np.array([[0, 2], [1, 3]])  # labels final after one iteration, seen in the second
+    assert propagation_kernel(pairs, 5, 2, host_launcher(KERNELS)).tolist() == [0, 0, 2, 2, 4]
+    for edges, n in [(pairs, 5), (chain, 3000)]:
+        with pytest.raises(RuntimeError, match="did not converge in 1 iterations"):
+            propagation_kernel(edges, n, 1, host_launcher(KERNELS))
 
 
 def test_long_chains_converge():
