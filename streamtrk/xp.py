@@ -199,12 +199,8 @@ def _multiprocessors() -> int:
     return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
 
 
-@cache
-def _shared_bincount_kernels() -> tuple[Any, Any]:
-    """Counts and weighted sums, each block into its own bins in shared memory first."""
-    import cupy
-
-    code = r"""
+#: :func:`bincount`'s kernels of counts and weighted sums into bins in shared memory.
+SHARED_BINCOUNT_SOURCE = r"""
 extern "C" __global__ void streamtrk_shared_bincount(
         const long long *idx, long long n, long long size, unsigned long long *out) {
     extern __shared__ unsigned long long shared_counts[];
@@ -231,7 +227,14 @@ extern "C" __global__ void streamtrk_shared_bincount_weighted(
         if (shared_sums[b] != 0.0) atomicAdd(&out[b], shared_sums[b]);
 }
 """
-    module = cupy.RawModule(code=code)
+
+
+@cache
+def _shared_bincount_kernels() -> tuple[Any, Any]:
+    """Counts and weighted sums, each block into its own bins in shared memory first."""
+    import cupy
+
+    module = cupy.RawModule(code=SHARED_BINCOUNT_SOURCE)
     return (
         module.get_function("streamtrk_shared_bincount"),
         module.get_function("streamtrk_shared_bincount_weighted"),

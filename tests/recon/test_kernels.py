@@ -1,15 +1,15 @@
-"""The CUDA kernel files compile for the device (nvcc, no GPU needed). Each stage's tests
-run its kernels' host form against its NumPy path; on a GPU, ``test_gpu_parity.py`` compares
-the CuPy results with NumPy's."""
+"""The CUDA kernel files compile for the device (NVRTC, as CuPy compiles them; no GPU
+needed). Each stage's tests run its kernels' host form against its NumPy path; on a GPU,
+``test_gpu_parity.py`` compares the CuPy results with NumPy's."""
 
-import shutil
-import subprocess
 from importlib import resources
 
 import numpy as np
+import nvrtc as nvrtc_compiler
 import pytest
 
 from streamtrk.recon.kernels import OPTIONS, source
+from streamtrk.xp import SHARED_BINCOUNT_SOURCE
 
 FILES = sorted(
     p.name for p in resources.files("streamtrk.recon").iterdir() if p.name.endswith(".cu")
@@ -55,30 +55,41 @@ def test_every_kernel_file_is_known():
     assert sorted(ENTRIES) == FILES
 
 
+@pytest.fixture(scope="module")
+def nvrtc():
+    """NVRTC (tests/recon/nvrtc.py); skips where the dev dependency is not installed."""
+    if nvrtc_compiler.library() is None:
+        pytest.skip("NVRTC not installed (the dev extras' nvidia-cuda-nvrtc, Linux only)")
+    return nvrtc_compiler
+
+
 @pytest.mark.parametrize("name", FILES)
-def test_kernels_compile_for_the_device(tmp_path, name):
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not found: cannot compile the CUDA kernels for the device")
-    ptx, src = tmp_path / "k.ptx", tmp_path / "k.cu"
-    src.write_text(source(name))
-    # CuPy adds -ftz=true to the options it is given.
-    cmd = [
-        nvcc,
-        "-ptx",
-        "-arch=sm_90",
-        *OPTIONS,
-        "-ftz=true",
-        "-Werror",
-        "all-warnings",
-        "-o",
-        ptx,
-        src,
-    ]
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    text = ptx.read_text()
-    assert all(f".entry {kernel}(" in text for kernel in ENTRIES[name])
+def test_kernels_compile_for_the_device_as_cupy_compiles_them(nvrtc, name):
+    """Each kernel file compiles with NVRTC for the H200 with CuPy's options (ours, and the
+    -ftz=true CuPy adds), every warning an error, and holds exactly its listed kernels."""
+    rc, log, ptx = nvrtc.compile_ptx(
+        source(name), (*OPTIONS, "-ftz=true", "-Werror", "all-warnings")
+    )
+    assert rc == 0 and not log.strip(), log
+    assert nvrtc.entries(ptx) == set(ENTRIES[name])
+
+
+def test_the_shared_memory_bincount_compiles_for_the_device(nvrtc):
+    """streamtrk.xp's raw kernels, as CuPy compiles them (no options of ours)."""
+    rc, log, ptx = nvrtc.compile_ptx(
+        SHARED_BINCOUNT_SOURCE, ("-ftz=true", "-Werror", "all-warnings")
+    )
+    assert rc == 0 and not log.strip(), log
+    assert nvrtc.entries(ptx) == {"streamtrk_shared_bincount", "streamtrk_shared_bincount_weighted"}
+
+
+def test_a_kernel_that_does_not_compile_is_seen(nvrtc):
+    """The check above can fail: a warning is an error, and an error is reported."""
+    unused = 'extern "C" __global__ void k(long long *a) { int unused = 1; a[0] = 2; }'
+    rc, log, _ = nvrtc.compile_ptx(unused, ("-Werror", "all-warnings"))
+    assert rc != 0 and "unused" in log
+    rc, log, _ = nvrtc.compile_ptx(source("gls_filter.cu") + "\nnot C;\n", OPTIONS)
+    assert rc != 0 and "error" in log
 
 
 @pytest.mark.parametrize("scalar", [5, 2.5, np.int32(5), np.float32(2.5)])
