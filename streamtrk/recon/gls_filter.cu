@@ -504,7 +504,7 @@ extern "C" __global__ void gls_solve(long long n_tracks, const double *gram, lon
                                      long long n, double *cov, double *step, double *chi2) {
     FOR_EACH_THREAD(t, n_tracks) {
         const double *g = gram + t * c * c;
-        double m[SMALL_N][SMALL_N], v[SMALL_N][SMALL_N] = {}, st[SMALL_N];
+        double m[SMALL_N][SMALL_N] = {}, v[SMALL_N][SMALL_N] = {}, st[SMALL_N];
         for (long long i = 0; i < n; ++i) {
             for (long long j = 0; j < n; ++j) {
                 const double scale = g[j * c + j] > 0 ? g[j * c + j] : 1.0;
