@@ -318,7 +318,7 @@ __device__ void solve_small(double a[SMALL_N][SMALL_N], double b[SMALL_N][SMALL_
 // x = (a + g I)^-1 b for a 3 x 3 matrix a (solve_small).
 __device__ void guarded_solve3(const double a[3][3], double g, const double b[3],
                                double x[3]) {
-    double m[SMALL_N][SMALL_N], r[SMALL_N][SMALL_N] = {};
+    double m[SMALL_N][SMALL_N] = {}, r[SMALL_N][SMALL_N] = {};
     for (int i = 0; i < 3; ++i) {
         for (int j = 0; j < 3; ++j) m[i][j] = i == j ? a[i][j] + g : a[i][j];
         r[i][0] = b[i];

@@ -12,7 +12,8 @@ tests run them against the NumPy path without a GPU. No fused multiply-adds
 where CUDA's maths functions (``asinh``, and CuPy's own for the inputs) differ from the
 host's by an ulp. (CuPy also compiles with ``-ftz=true``, flushing float32 values under
 1.2e-38 to zero: the float32 quantities compared, angles and curvatures and their
-differences in multiples of their rounding step, are zero or far above that.)
+differences in multiples of their rounding step, are zero or far above that; edge scores,
+which a sigmoid can make that small, are compared by their bits, ``track_building.cu``.)
 """
 
 from __future__ import annotations

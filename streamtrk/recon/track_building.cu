@@ -54,32 +54,44 @@ extern "C" __global__ void propagate_labels(long long n_edges, const long long *
 
 #define NO_CODE 9223372036854775807LL  // int64's largest: no candidate
 
-// The code of an item of float32 score s and tie-break key (below 2^31) in a mutual-best
-// choice: (2^32 - 1 - rank) * 2^31 + key, rank the score's order among floats offset by
-// 2^31 (-0.0 as 0.0, subnormals kept: the score's bits, no float arithmetic that
-// -ftz=true would flush), so the smallest code is the best score, then the smallest key.
-__device__ inline long long score_code(float s, long long key) {
+// The rank of a float32 score s among floats, offset by 2^31 (-0.0 as 0.0, subnormals kept:
+// the score's bits, no float arithmetic that -ftz=true would flush); a NaN's is above all.
+__device__ inline long long score_rank(float s) {
     int bits = __float_as_int(s);
     if ((bits & 0x7FFFFFFF) == 0) bits = 0;  // -0.0 as 0.0
-    const long long rank = (long long)(bits ^ ((bits >> 31) & 0x7FFFFFFF)) + 2147483648LL;
-    return ((4294967295LL - rank) << 31) | key;
+    return (long long)(bits ^ ((bits >> 31) & 0x7FFFFFFF)) + 2147483648LL;
+}
+
+// Whether score s is above the threshold of rank threshold_rank (score_rank of the float32
+// threshold, from the host): numpy's s > threshold in float32, subnormals included.
+__device__ inline bool above(float s, long long threshold_rank) {
+    return (__float_as_int(s) & 0x7FFFFFFF) <= 0x7F800000 && score_rank(s) > threshold_rank;
+}
+
+// The code of an item of float32 score s and tie-break key (below 2^31) in a mutual-best
+// choice: (2^32 - 1 - rank) * 2^31 + key, so the smallest code is the best score, then the
+// smallest key.
+__device__ inline long long score_code(float s, long long key) {
+    return ((4294967295LL - score_rank(s)) << 31) | key;
 }
 
 // A pass of junction resolution (_junction_edges) over the graph's edges: those scored
-// above the threshold (float32) and not chosen, whose source has no chosen edge out and
-// target none in (out_used, in_used), take part. junction_codes: each one's code (key: its
-// index, the arrays' order) in code[e] (NO_CODE for the others), the smallest code of each
-// source's out-edges into low_out, of each target's in-edges into low_in (both filled with
-// NO_CODE first).
+// above the threshold (above, by its rank) and not chosen, whose source has no chosen edge
+// out and target none in (out_used, in_used), take part. junction_codes: each one's code
+// (key: its index, the arrays' order) in code[e] (NO_CODE for the others), the smallest code
+// of each source's out-edges into low_out, of each target's in-edges into low_in (both
+// filled with NO_CODE first).
 extern "C" __global__ void junction_codes(long long n_edges, const long long *src,
                                           const long long *dst, const float *score,
-                                          double threshold, const unsigned char *chosen,
+                                          long long threshold_rank,
+                                          const unsigned char *chosen,
                                           const unsigned char *out_used,
                                           const unsigned char *in_used, long long *code,
                                           long long *low_out, long long *low_in) {
     FOR_EACH_THREAD(e, n_edges) {
         long long c = NO_CODE;
-        if (score[e] > (float)threshold && !chosen[e] && !out_used[src[e]] && !in_used[dst[e]]) {
+        if (above(score[e], threshold_rank) && !chosen[e] && !out_used[src[e]] &&
+            !in_used[dst[e]]) {
             c = score_code(score[e], e);
             atomicMin(&low_out[src[e]], c);
             atomicMin(&low_in[dst[e]], c);
@@ -106,10 +118,10 @@ extern "C" __global__ void junction_take(long long n_edges, const long long *src
 }
 
 // Stitching (stitch_edges) as four kernels over the graph's edges, those scored above the
-// threshold (float32) taking part; an edge's index keeps the arrays' order, so no list is
-// compacted. piece_ends, a thread per kept edge: which hits have a kept edge out (has_out)
-// and in (has_in); a piece's last hit has one in and none out, its first one out and none
-// in, a free hit neither.
+// threshold (above, by its rank) taking part; an edge's index keeps the arrays' order, so
+// no list is compacted. piece_ends, a thread per kept edge: which hits have a kept edge out
+// (has_out) and in (has_in); a piece's last hit has one in and none out, its first one out
+// and none in, a free hit neither.
 extern "C" __global__ void piece_ends(long long n_kept, const long long *src,
                                       const long long *dst, unsigned char *has_out,
                                       unsigned char *has_in) {
@@ -121,8 +133,8 @@ extern "C" __global__ void piece_ends(long long n_kept, const long long *src,
 
 #define STITCH_PARAMS                                                                       \
     long long n_edges, const long long *src, const long long *dst, const float *score,      \
-        double threshold, const unsigned char *has_out, const unsigned char *has_in
-#define STITCH_ARGS n_edges, src, dst, score, threshold, has_out, has_in
+        long long threshold_rank, const unsigned char *has_out, const unsigned char *has_in
+#define STITCH_ARGS n_edges, src, dst, score, threshold_rank, has_out, has_in
 
 __device__ inline bool is_last(long long h, const unsigned char *has_out,
                                const unsigned char *has_in) {
@@ -144,7 +156,7 @@ __device__ inline bool is_free(long long h, const unsigned char *has_out,
 // smallest code, key the edge's index.
 extern "C" __global__ void stitch_ends(STITCH_PARAMS, long long *into, long long *out) {
     FOR_EACH_THREAD(e, n_edges) {
-        if (score[e] > (float)threshold) {
+        if (above(score[e], threshold_rank)) {
             const long long a = src[e], b = dst[e];
             if (is_last(a, has_out, has_in) && is_free(b, has_out, has_in))
                 atomicMin(&into[b], score_code(score[e], e));
@@ -171,7 +183,7 @@ extern "C" __global__ void stitch_candidates(STITCH_PARAMS, const long long *lab
                                              long long *low_src, long long *low_dst) {
     FOR_EACH_THREAD(e, n_edges) {
         long long d = NO_CODE, g = NO_CODE;
-        if (score[e] > (float)threshold) {
+        if (above(score[e], threshold_rank)) {
             const long long a = src[e], b = dst[e];
             if (is_last(a, has_out, has_in) && is_first(b, has_out, has_in) &&
                 labels[a] != labels[b]) {
@@ -182,7 +194,8 @@ extern "C" __global__ void stitch_candidates(STITCH_PARAMS, const long long *lab
                        into[b] == score_code(score[e], e) && exit_of(b, out) >= 0) {
                 const long long o = exit_of(b, out), far = dst[o];
                 if (labels[a] != labels[far]) {
-                    const float weaker = score[o] < score[e] ? score[o] : score[e];
+                    const bool o_weaker = score_rank(score[o]) < score_rank(score[e]);
+                    const float weaker = o_weaker ? score[o] : score[e];
                     g = score_code(weaker, n_edges + b);
                     atomicMin(&low_src[a], g);
                     atomicMin(&low_dst[far], g);

@@ -51,14 +51,28 @@ def _mutual_best(e: Array, s: Array, n_nodes: int, xp: Any) -> Array:
     if e.shape[1] == 0:
         return xp.ones(0, dtype=bool)
     best = xp.ones(e.shape[1], dtype=bool)
-    bits = (s.astype(xp.float32) + xp.float32(0)).view(xp.int32)  # -0.0 as 0.0
-    rank = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(xp.int64) + 2**31  # in float order
-    code = ((2**32 - 1 - rank) << 31) | xp.arange(e.shape[1], dtype=xp.int64)
+    code = ((2**32 - 1 - _float32_rank(s, xp)) << 31) | xp.arange(e.shape[1], dtype=xp.int64)
     for end in (0, 1):  # best outgoing edge per source, best incoming per target
         low = xp.full(n_nodes, xp.iinfo(xp.int64).max, dtype=xp.int64)
         scatter_min(low, e[end], code)
         best &= low[e[end]] == code
     return best
+
+
+def _float32_rank(s: Array, xp: Any) -> Array:
+    """The rank of each value of ``s`` as float32 among floats, offset by 2^31 (int64; -0.0
+    as 0.0): the kernels' ``score_rank``, from the bits (on the device, where CuPy compiles
+    with -ftz=true, a float comparison would take subnormal scores as 0)."""
+    bits = (s.astype(xp.float32) + xp.float32(0)).view(xp.int32)  # -0.0 as 0.0
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(xp.int64) + 2**31
+
+
+def _threshold_rank(threshold: float) -> np.int64:
+    """The kernels' rank of a score threshold (float32, as the scores): a score is above it
+    when its rank is greater (a NaN threshold's rank is above every score's)."""
+    if np.isnan(threshold):
+        return np.int64(2**33)
+    return np.int64(_float32_rank(np.array([threshold]), np)[0])
 
 
 def _junction_edges(
@@ -71,7 +85,7 @@ def _junction_edges(
         return junction_kernels(
             edge_index, scores, threshold, passes, n_nodes, cupy_launcher(KERNELS)
         )
-    idx = xp.nonzero(scores > threshold)[0]
+    idx = xp.nonzero(scores > float(threshold))[0]  # in the scores' dtype
     e, s = edge_index[:, idx], scores[idx]
     if e.shape[1] == 0 or passes < 1:
         return idx[:0]
@@ -108,7 +122,17 @@ def junction_kernels(
     code = xp.empty(n_edges, dtype=xp.int64)
     for _ in range(passes if n_edges else 0):
         low = xp.full((2, n_nodes), np.iinfo(np.int64).max, dtype=xp.int64)  # out, in
-        args = (i64(n_edges), src, dst, score, np.float64(threshold), chosen, *used, code, *low)
+        args = (
+            i64(n_edges),
+            src,
+            dst,
+            score,
+            _threshold_rank(threshold),
+            chosen,
+            *used,
+            code,
+            *low,
+        )
         launch("junction_codes", n_edges, args)
         launch("junction_take", n_edges, (i64(n_edges), src, dst, code, *low, chosen, *used))
     return xp.nonzero(chosen)[0]
@@ -146,7 +170,7 @@ def stitch_edges(
     piece = (out_deg + in_deg) > 0
     last = piece & (out_deg == 0)
     first = piece & (in_deg == 0)
-    cand = xp.nonzero(scores > threshold)[0]  # a few % of the graph: work on those only
+    cand = xp.nonzero(scores > float(threshold))[0]  # a few % of the graph: work on those only
     a, b, sc = edge_index[0, cand], edge_index[1, cand], scores[cand]
     direct = xp.nonzero(last[a] & first[b] & (labels[a] != labels[b]))[0]
     into = xp.nonzero(last[a] & ~piece[b])[0]
@@ -189,7 +213,7 @@ def stitch_kernels(
     ends = xp.zeros((2, n), dtype=xp.uint8)  # has_out, has_in
     k_src, k_dst = contiguous(tuple(kept.astype(xp.int64, copy=False)), xp)
     launch("piece_ends", len(k_src), (i64(len(k_src)), k_src, k_dst, *ends))
-    stitch = (i64(n_edges), src, dst, score, np.float64(threshold), *ends)
+    stitch = (i64(n_edges), src, dst, score, _threshold_rank(threshold), *ends)
     free_ends = xp.full((2, n), np.iinfo(np.int64).max, dtype=xp.int64)  # into, out
     launch("stitch_ends", n_edges, (*stitch, *free_ends))
     codes = xp.empty((2, n_edges), dtype=xp.int64)  # direct, bridge

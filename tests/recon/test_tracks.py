@@ -82,8 +82,10 @@ def test_junction_scores_rank_in_float32_order_over_their_whole_range():
 def test_host_kernels_resolve_junctions_as_the_arrays(host_launcher, passes: int):
     """track_building.cu's junction kernels, built for the host: the arrays' edges, in
     their order, on random graphs with many ties, on the float32 ladder's scores (-0.0 as
-    0.0), on float64 scores that tie only in float32, edges at the threshold, a graph
-    without edges; over one pass or several (chains that lost a junction continue)."""
+    0.0, subnormals above a threshold of 0), on float64 scores that tie only in float32,
+    edges at the threshold (a float64 one compared in float32, as the scores), NaN scores
+    (not above any threshold), a NaN threshold (none above), a graph without edges; over
+    one pass or several (chains that lost a junction continue)."""
     rng = np.random.default_rng(4)
     f32 = np.float32
     ladder = np.array([-3e38, -0.5, -1e-45, -0.0, 0.0, 1e-45, 0.5, 1.0, 3e38], f32)
@@ -93,12 +95,17 @@ def test_host_kernels_resolve_junctions_as_the_arrays(host_launcher, passes: int
         cases.append((edges, rng.choice(ladder, m), n, -np.inf))
         cases.append((edges, rng.integers(0, 4, m) / 4, n, 0.25))  # float64, ties, at 0.25
         cases.append((edges, 0.9 + rng.integers(0, 3, m) * 1e-12, n, 0.5))  # ties in float32
+        cases.append((edges, rng.choice(ladder, m), n, 0.0))  # subnormals above 0, -0.0 not
+        cases.append((edges, rng.choice([f32(0.1), f32(0.2)], m), n, np.float64(0.1)))
+        cases.append((edges, rng.choice([*ladder, np.nan], m).astype(f32), n, -np.inf))
     cases.append((np.zeros((2, 0), np.int64), np.zeros(0, f32), 5, 0.5))
     grew = False
     for edges, scores, n, threshold in cases:
         want = _junction_edges(edges, scores, threshold, passes, n)
         got = junction_kernels(edges, scores, threshold, passes, n, host_launcher(KERNELS))
         assert np.array_equal(got, want)
+        nothing = junction_kernels(edges, scores, np.nan, passes, n, host_launcher(KERNELS))
+        assert len(nothing) == len(_junction_edges(edges, scores, np.nan, passes, n)) == 0
         if passes and len(scores):
             one = _junction_edges(edges, scores, threshold, 1, n)
             assert 0 < len(one) < len(scores)
