@@ -49,7 +49,11 @@ using std::sin;
 using std::sqrt;
 #define __global__
 #define __device__
+#ifdef STREAMTRK_HOST_REVERSED  // the last thread first: a result that hangs on their order shows
+#define FOR_EACH_THREAD(t, n) for (long long t = (n) - 1; t >= 0; --t)
+#else
 #define FOR_EACH_THREAD(t, n) for (long long t = 0; t < (n); ++t)
+#endif
 #else
 #define FOR_EACH_THREAD(t, n)                                          \\
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; \\
@@ -104,16 +108,19 @@ def cupy_launcher(name: str) -> Launch:
     return launch
 
 
-def build_for_host(code: str, lib: Path) -> ctypes.CDLL:
+def build_for_host(code: str, lib: Path, reversed_threads: bool = False) -> ctypes.CDLL:
     """Kernel source ``code`` built as host functions (g++, its ``STREAMTRK_HOST`` form) into
-    the shared library ``lib`` (its source beside it), loaded. Raises ``FileNotFoundError``
-    without g++."""
+    the shared library ``lib`` (its source beside it), loaded; their threads one after
+    another, first to last or, ``reversed_threads``, last to first (a GPU runs them in any
+    order: a result that differs between the two hangs on it). Raises
+    ``FileNotFoundError`` without g++."""
     cxx = shutil.which("g++")
     if cxx is None:
         raise FileNotFoundError("g++ not found: cannot build the CUDA kernels for the host")
     src = lib.with_suffix(".cpp")
     src.write_text(code)
     flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-DSTREAMTRK_HOST"]
+    flags += ["-DSTREAMTRK_HOST_REVERSED"] if reversed_threads else []
     subprocess.run([cxx, *flags, "-o", str(lib), str(src)], check=True)
     return ctypes.CDLL(str(lib))
 

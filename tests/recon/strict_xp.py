@@ -367,8 +367,12 @@ class _RawModule:
         self._signatures = _signatures(code)
         if set(self._signatures) <= set(_RAW_AS_NUMPY):
             return
-        lib = cupy.build_dir / f"{hashlib.sha256(code.encode()).hexdigest()[:16]}.so"
-        self._lib = ctypes.CDLL(str(lib)) if lib.exists() else kernels.build_for_host(code, lib)
+        order = "reversed" if cupy.reversed_threads else "forward"
+        lib = cupy.build_dir / f"{hashlib.sha256(code.encode()).hexdigest()[:16]}-{order}.so"
+        if lib.exists():
+            self._lib = ctypes.CDLL(str(lib))
+        else:
+            self._lib = kernels.build_for_host(code, lib, cupy.reversed_threads)
 
     def get_function(self, name: str) -> Any:
         if name in _RAW_AS_NUMPY:
@@ -438,6 +442,7 @@ cupy.cuda = types.SimpleNamespace(
 )
 cupy.counts = Counter()
 cupy.build_dir = Path()
+cupy.reversed_threads = False
 
 #: Caches of the chain that hold CuPy objects (kernels, tables): cleared on both sides.
 _CACHES = (
@@ -454,14 +459,16 @@ _CACHES = (
 
 
 @contextmanager
-def installed(build_dir: Path) -> Iterator[Any]:
+def installed(build_dir: Path, reversed_threads: bool = False) -> Iterator[Any]:
     """:data:`cupy` as ``sys.modules["cupy"]`` inside the block (kernels built in
-    ``build_dir``), its counts reset; the module there before, and empty caches, after."""
+    ``build_dir``, their threads run last to first where ``reversed_threads``), its counts
+    reset; the module there before, and empty caches, after."""
     before = sys.modules.get("cupy")
     for c in _CACHES:
         c.cache_clear()
     sys.modules["cupy"] = cupy
     cupy.build_dir = build_dir
+    cupy.reversed_threads = reversed_threads
     cupy.counts.clear()
     try:
         yield cupy

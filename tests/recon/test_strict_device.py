@@ -146,6 +146,28 @@ def test_the_chain_on_strict_device_arrays_equals_numpy(small_events, kernel_dir
     assert counts.get("host-to-device (index)", 0) == 0, counts  # no host index arrays
 
 
+@pytest.mark.parametrize("chain", CHAINS)
+def test_the_chain_does_not_hang_on_the_order_of_the_kernels_threads(
+    small_events, kernel_dir, chain
+):
+    """The chain's kernels built with their threads run last to first give what they give
+    first to last, bit for bit (a GPU runs them in any order): outputs placed by prefix
+    sums, flags, atomic minima and in-place label propagation whatever the order."""
+    events = list(small_events)
+    runs = []
+    for reversed_threads in (False, True):
+        with installed(kernel_dir, reversed_threads):
+            runs.append(_run("cuda", chain, events))
+    (forward, forward_metrics), (backward, backward_metrics) = runs
+    assert forward.keys() == backward.keys()
+    for k, v in forward.items():
+        np.testing.assert_array_equal(backward[k], v, err_msg=k)
+    samples = [{k: v for k, v in m["samples"].items() if not k[0].endswith("_created")}
+               for m in (forward_metrics, backward_metrics)]  # fmt: skip
+    assert samples[0] == samples[1]  # but the metrics' creation times
+    np.testing.assert_array_equal(forward_metrics["tracks"], backward_metrics["tracks"])
+
+
 def _array_paths(events: list[Event], det: Any, xp: Any) -> dict[str, np.ndarray]:
     """The stages' array-operation forms that the GPU runs only in ``bench/gpu_bench.py``
     (against their kernels): candidate search, triplet cuts (3 and 4 hits), GLS sums."""
