@@ -59,7 +59,7 @@ def test_device_run_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_pat
 DEVICE_PACKAGES = {
     "numpy", "scipy", "torch", "msgpack", "prometheus-client", "tqdm", "matplotlib", "pytest",
     "hypothesis", "pytest-timeout", "pyyaml", "onnx", "onnxruntime", "onnxscript",
-    "setuptools", "cupy-cuda13x",
+    "setuptools", "cupy-cuda13x", "nvidia-cuda-nvrtc",
 }  # fmt: skip
 
 
