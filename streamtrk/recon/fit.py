@@ -7,12 +7,13 @@ Kasa circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from the 
 that is worse), then a straight line of z against the transverse arc length s from the
 perigee, each hit weighted by its measurement error: the r-phi resolution ``res_a`` (on
 disks also the r resolution ``res_b``, barrel hits lying on their cylinder); in z,
-``res_b`` on barrels and, on disks (z exact), the r error carried along the track. All
-per-track sums are ``bincount`` reductions (``streamtrk.xp.bincount``: no host
-synchronisation on the device), so there is no loop over tracks. On the device most of the
-fit runs as kernels (``gls_filter.cu``, a thread per hit or per track: the per-hit terms,
-the normal equations, the least-squares sums below, the reported parameters), each checked
-against these array operations on its host build; the array operations stay the CPU's.
+``res_b`` on barrels and, on disks (z exact), the r error carried along the track. On
+the CPU all per-track sums are ``bincount`` reductions, so there is no loop over tracks.
+On the device the fit runs as kernels (``gls_filter.cu``, a thread per hit or per track
+over its hits: the hits' inputs, the starting circle and line with their solves, the
+per-hit terms, the least-squares sums and steps below, the reported parameters), each
+checked against these array operations on its host build; the array operations stay the
+CPU's.
 
 Then one generalised least-squares step from the starting fit, weighted with the inverse of
 the hits' full covariance V: the measurement errors projected on the fitted helix
