@@ -72,7 +72,8 @@ def _threshold_rank(threshold: float) -> np.int64:
     when its rank is greater (a NaN threshold's rank is above every score's)."""
     if np.isnan(threshold):
         return np.int64(2**33)
-    return np.int64(_float32_rank(np.array([threshold]), np)[0])
+    with np.errstate(over="ignore"):  # past float32's range: its infinity
+        return np.int64(_float32_rank(np.array([threshold]), np)[0])
 
 
 def _junction_edges(
@@ -119,20 +120,10 @@ def junction_kernels(
         (*edge_index.astype(xp.int64, copy=False), scores.astype(xp.float32, copy=False)), xp
     )
     chosen, used = xp.zeros(n_edges, dtype=xp.uint8), xp.zeros((2, n_nodes), dtype=xp.uint8)
-    code = xp.empty(n_edges, dtype=xp.int64)
+    code, rank = xp.empty(n_edges, dtype=xp.int64), _threshold_rank(threshold)
     for _ in range(passes if n_edges else 0):
         low = xp.full((2, n_nodes), np.iinfo(np.int64).max, dtype=xp.int64)  # out, in
-        args = (
-            i64(n_edges),
-            src,
-            dst,
-            score,
-            _threshold_rank(threshold),
-            chosen,
-            *used,
-            code,
-            *low,
-        )
+        args = (i64(n_edges), src, dst, score, rank, chosen, *used, code, *low)
         launch("junction_codes", n_edges, args)
         launch("junction_take", n_edges, (i64(n_edges), src, dst, code, *low, chosen, *used))
     return xp.nonzero(chosen)[0]
