@@ -293,8 +293,6 @@ def circle_kernel(
     params: tuple[Array, Array, Array], step: Array, launch: Launch
 ) -> tuple[Array, Array, Array]:
     """:func:`_stepped_circle` as one kernel (``karimaki_circle``), a thread per track."""
-    xp = array_module(step)
-    step = contiguous((step.astype(xp.float64, copy=False),), xp)[0]
     out = _run_kernel("karimaki_circle", (3, len(step)), (*params, step), (), launch)
     return out[0], out[1], out[2]
 

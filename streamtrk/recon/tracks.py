@@ -309,10 +309,11 @@ def propagation_kernel(edge_index: Array, n_nodes: int, max_iter: int, launch: L
     changed = xp.zeros(max_iter // _CHECK_EVERY + 2, dtype=xp.int32)  # a flag a check; 0: none
     checks = 0
     for i in range(1, max_iter + 1):
-        checks += _checked(i, max_iter)
-        flag = changed[checks:][:1] if _checked(i, max_iter) else changed[:1]
+        checked = _checked(i, max_iter)
+        checks += checked
+        flag = changed[checks:][:1] if checked else changed[:1]
         launch("propagate_labels", n_edges, (i64(n_edges), a, b, labels, flag))
-        if _checked(i, max_iter) and int(flag[0]) == 0:
+        if checked and int(flag[0]) == 0:
             return labels
     raise _not_converged(max_iter)
 
