@@ -133,6 +133,54 @@ __device__ long long bin_of(double u, const double *u_min, const double *u_max, 
     return (long long)numpy_min(numpy_max(floor(frac * nb), 0.0), (double)(nb - 1));
 }
 
+// Per hit on its layer's surface, its queries (the hit, an outer layer): one per layer pair
+// of its layer (pair_start[lay] to pair_start[lay + 1], their outer layers in pair_outer)
+// whose outer layer holds a hit of the hit's event, in the grid (its layer_cells cells from
+// cell_start, (event, layer) on, are not empty). Their number, or with FILL, the queries
+// written from query k on.
+template <bool FILL>
+__device__ long long hit_queries(long long h, const bool *on, const long long *event,
+                                 const long long *lay0, const long long *cell_start,
+                                 const long long *pair_start, const long long *pair_outer,
+                                 long long n_layers, long long layer_cells, long long k,
+                                 long long *qi, long long *outer) {
+    if (!on[h]) return 0;
+    long long n = 0;
+    for (long long p = pair_start[lay0[h]]; p < pair_start[lay0[h] + 1]; ++p) {
+        const long long first = (event[h] * n_layers + pair_outer[p]) * layer_cells;
+        if (cell_start[first + layer_cells] > cell_start[first]) {
+            if (FILL) {
+                qi[k + n] = h;
+                outer[k + n] = pair_outer[p];
+            }
+            ++n;
+        }
+    }
+    return n;
+}
+
+#define QUERY_PARAMS                                                                        \
+    long long n_hits, const bool *on, const long long *event, const long long *lay0,       \
+        const long long *cell_start, const long long *pair_start,                           \
+        const long long *pair_outer, long long n_layers, long long layer_cells
+
+// Per hit, how many queries it makes (graph.query_pairs).
+extern "C" __global__ void query_counts(QUERY_PARAMS, long long *counts) {
+    FOR_EACH_THREAD(h, n_hits) {
+        counts[h] = hit_queries<false>(h, on, event, lay0, cell_start, pair_start, pair_outer,
+                                       n_layers, layer_cells, 0, 0, 0);
+    }
+}
+
+// Per hit, its queries, from query_start[h] (the queries of the hits before it) on.
+extern "C" __global__ void query_fill(QUERY_PARAMS, const long long *query_start, long long *qi,
+                                      long long *outer) {
+    FOR_EACH_THREAD(h, n_hits) {
+        hit_queries<true>(h, on, event, lay0, cell_start, pair_start, pair_outer, n_layers,
+                          layer_cells, query_start[h], qi, outer);
+    }
+}
+
 // Per query (inner hit qi, outer layer), as prepare_search's queries after the queries of
 // layers without a hit are dropped, operation by operation: its z0 reach, its outer
 // layer's range of z (barrel) or r (disk) on lines from the hit to |z0| <= reach

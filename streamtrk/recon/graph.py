@@ -4,13 +4,14 @@ A batch of events is one disjoint graph: hits are sorted into grid cells (event,
 bin in z or r, phi bin) with every hit entered twice (phi and phi + 2 pi) so that a phi
 window never wraps. For every layer pair and every hit of the inner layer, the window of
 candidate outer hits is, per bin it reaches, one slice of consecutive cells (their offsets
-looked up, no search); the candidates are cut on phi slope, z0 and eta consistency. On the CPU they
-are expanded in vectorised chunks; on the GPU CUDA kernels (``doublet_search.cu``: flag,
-then fill) run the same cuts, a thread per candidate. The work grows with hits x
-candidates per window, and the number of host synchronisations per batch is constant (one
-per expansion step, one to drop queries into empty layers, one to check the candidates
-against the budget, one for the kernels' per-event counts that size their output), not
-per layer pair. Hits piled into one window would still make hits squared candidates: an
+looked up, no search); the candidates are cut on phi slope, z0 and eta consistency. On the
+CPU they are expanded in vectorised chunks; on the GPU CUDA kernels (``doublet_search.cu``:
+the queries, counted then written a thread per hit, their windows, then the candidates
+flagged and the edges filled, a thread per candidate) run the same cuts. The work grows
+with hits x candidates per window, and the number of host synchronisations per batch is
+constant, not per layer pair: on the GPU three (the queries' total, the candidates' per
+event against the budget, which also sizes the flags, and the edges' per event, which
+size the output). Hits piled into one window would still make hits squared candidates: an
 event with more candidates (counted before they are expanded) or doublets (counted once
 found; on the GPU before they are written) than its
 :class:`~streamtrk.recon.budget.Budget` allows raises
@@ -174,6 +175,8 @@ def _device_tables(det: Detector, z0_limit: float, skip: bool, xp: Any) -> dict[
         "lut": det.layer_lut,
         "pair_inner": pairs[:, 0],
         "pair_outer": pairs[:, 1],
+        # The pairs of inner layer l are pair_start[l] to pair_start[l + 1] (pairs sorted).
+        "pair_start": np.searchsorted(pairs[:, 0], np.arange(len(det) + 1), side="left"),
         "barrel": barrel,
         "r": np.nan_to_num(det.r).astype(f64),
         "z": np.nan_to_num(det.z).astype(f64),
@@ -316,7 +319,6 @@ def prepare_search(
     # Geometry in float64 so that the NumPy and CuPy paths agree on every cut decision
     # (float32 rounding differs between CPU and GPU maths libraries at cut boundaries).
     two_pi = 2 * np.pi
-    to_bin = nphi / (2 * np.pi)
     x, y, z = (a.astype(xp.float64) for a in (x, y, z))
     r = xp.hypot(x, y)
     phi = xp.arctan2(y, x)
@@ -325,7 +327,6 @@ def prepare_search(
     layer = lookup_layer(t["lut"], volume_id, layer_id)
     n_events = int(node_offsets.shape[0] - 1)
     n_cells = n_events * n_layers * nb * 2 * nphi
-    m = cfg.layer_margin
     per_hit = (r, z, phi_p, event, layer)
     if xp is np:
         on, cell, lay0 = hit_cells(per_hit, n_cells, t, cfg)
@@ -339,68 +340,39 @@ def prepare_search(
     )
 
     # Queries: (inner hit, layer pair), then one per bin of the outer layer it can reach.
-    starts = xp.searchsorted(t["pair_inner"], xp.arange(n_layers + 1), side="left")
-    hits_on = xp.nonzero(on)[0]
-    occupied = bincount(event[hits_on] * n_layers + layer[hits_on], n_events * n_layers)
+    # Layers without a hit in the query's event (the disks of a barrel-only event) get no
+    # queries: nothing to find there.
+    layer_cells = nb * 2 * nphi
+    if xp is np:
+        hits_on = np.nonzero(on)[0]
+        occupied = bincount(event[hits_on] * n_layers + layer[hits_on], n_events * n_layers)
 
-    def queries(hits: Array) -> tuple[Array, ...]:
-        """The queries of ``hits``: hit, its r and z, first grid row of the outer layer,
-        bins, z0 reach, phi centre and phi bins."""
-        lay_on = layer[hits]
-        q_hit, q_pair = expand_ranges(starts[lay_on], starts[lay_on + 1])
-        qi = hits[q_hit]
-        outer = t["pair_outer"][q_pair]
-        # Layers without a hit in the query's event (the disks of a barrel-only event) get
-        # no queries: nothing to find there.
-        alive = xp.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
-        qi, outer = qi[alive], outer[alive]
-        if xp is not np:
-            columns = (r, z, lay0, event, phi_p, cell_start)
-            launch = cupy_launcher(KERNELS)
-            return query_windows(qi, outer, columns, t, cfg, det.bfield, launch)
-        ob = t["barrel"][outer]
-        ri, zi = r[qi], z[qi]
-        # z0 reach: between barrel layers the resolution term at the outer layer's nearest
-        # radius (a hit there, up to the margin inside, has the largest error: the reach
-        # holds every segment the final cut keeps), else the bound.
-        inner = lay0[qi]
-        r_out = t["r"][outer]
-        r_near = r_out - m
-        dr_b = xp.maximum(r_near - ri, 1.0)
-        sig = xp.where(
-            ob & t["barrel"][inner],
-            xp.hypot(t["sigma_z"][inner] * r_near / dr_b, t["sigma_z"][outer] * ri / dr_b),
-            cfg.z0_lever_max * xp.maximum(t["sigma"][inner], t["sigma"][outer]),
-        )
-        reach = xp.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-        z_out, u_max = t["z"][outer], t["u_max"][outer]
-        u_lo, u_hi = _target_range(ri, zi, ob, r_out, z_out, u_max, reach, m, xp)
-        dr_max = xp.where(ob, r_out + m, u_hi) - ri
-        # Half-width of the phi window, just under pi (the whole circle; more would reach
-        # outside the grid). The dphi cut stops there too: a hit exactly opposite, at dphi
-        # -pi in one copy and +pi in the other, is found as neither (no segment from the
-        # beam line turns by pi), not as both.
-        w = xp.minimum(
-            cfg.phi_slope_max(det.bfield) * xp.maximum(dr_max, 0.0) + cfg.phi_tolerance, PHI_CAP
-        )
-        b_lo, b_hi = _bin_of(u_lo, outer, t, nb), _bin_of(u_hi, outer, t, nb)
-        # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
-        # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last]
-        # are a difference of two cell starts.
-        row0 = (event[qi] * n_layers + outer) * nb
-        first, last = (row0 + b_lo) * (2 * nphi), (row0 + b_hi + 1) * (2 * nphi)
-        b_hi = xp.where(cell_start[last] - cell_start[first] > 0, b_hi, b_lo - 1)
-        # phi-bin range, moved up by n_phi (and 2 pi) when it would start below 0.
-        p_lo = xp.floor((phi_p[qi] - w) * to_bin).astype(xp.int64)
-        p_hi = xp.floor((phi_p[qi] + w) * to_bin).astype(xp.int64)
-        low = p_lo < 0
-        p_lo, p_hi = p_lo + low * nphi, xp.minimum(p_hi + low * nphi, 2 * nphi - 1)
-        return qi, ri, zi, row0, b_lo, b_hi, reach, phi_p[qi] + low * two_pi, p_lo, p_hi
+        def queries(hits: Array) -> tuple[Array, ...]:
+            """The queries of ``hits``: hit, its r and z, first grid row of the outer
+            layer, bins, z0 reach, phi centre and phi bins."""
+            starts = t["pair_start"]
+            lay_on = layer[hits]
+            q_hit, q_pair = expand_ranges(starts[lay_on], starts[lay_on + 1])
+            qi = hits[q_hit]
+            outer = t["pair_outer"][q_pair]
+            alive = np.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
+            return _query_windows_arrays(
+                qi[alive], outer[alive], (r, z, lay0, event, phi_p, cell_start), t, cfg, det
+            )
 
-    bounds = chunk_bounds(len(hits_on), QUERY_HIT_CHUNK, xp)
-    parts = [queries(hits_on[lo:hi]) for lo, hi in pairwise(bounds)]
-    if len(parts) > 1:
-        parts = [tuple(xp.concatenate(field) for field in zip(*parts, strict=True))]
+        bounds = chunk_bounds(len(hits_on), QUERY_HIT_CHUNK, np)
+        parts = [queries(hits_on[lo:hi]) for lo, hi in pairwise(bounds)]
+        if len(parts) > 1:
+            parts = [tuple(np.concatenate(field) for field in zip(*parts, strict=True))]
+        on_layer = per_event(hits_on, node_offsets)
+    else:
+        launch = cupy_launcher(KERNELS)
+        qi, outer = query_pairs(on, event, lay0, cell_start, t, layer_cells, launch)
+        columns = (r, z, lay0, event, phi_p, cell_start)
+        parts = [query_windows(qi, outer, columns, t, cfg, det.bfield, launch)]
+        # Each event's hits on a layer: half its cells' entries (a hit is in two cells).
+        event_cells = np.arange(n_events + 1, dtype=np.int64) * (n_layers * layer_cells)
+        on_layer = xp.diff(cell_start[xp.asarray(event_cells)]) // 2
     qi, ri, zi, row0, b_lo, b_hi, reach, centre, p_lo, p_hi = parts[0]
     ctx = CandidateSearch(
         qi=qi,
@@ -428,7 +400,7 @@ def prepare_search(
         cfg=cfg,
         xp=xp,
         node_offsets=np.asarray(node_offsets, dtype=np.int64),
-        on_layer=per_event(hits_on, node_offsets),
+        on_layer=on_layer,
         budget=budget,
     )
     node_features = xp.stack([r / 1000.0, phi / np.pi, z / 1000.0], axis=1).astype(xp.float32)
@@ -496,6 +468,89 @@ def hit_cells_kernel(
     args = contiguous((i64(n), *columns, *tables), xp)
     launch("hit_cells", n, (*args, *sizes, *map(np.float64, scalars), on, cell, lay0))
     return on, cell, lay0
+
+
+def _query_windows_arrays(
+    qi: Array,
+    outer: Array,
+    columns: tuple[Array, ...],
+    t: dict[str, Array],
+    cfg: GraphConfig,
+    det: Detector,
+) -> tuple[Array, ...]:
+    """:func:`query_windows` in array operations (the CPU's): the windows of the queries
+    (inner hit ``qi``, ``outer`` layer; ``columns``: per hit r, z, layer, event, phi + pi,
+    then the grid's cell starts)."""
+    r, z, lay0, event, phi_p, cell_start = columns
+    n_layers, nb, nphi, m = len(det), cfg.n_bins, cfg.n_phi_bins, cfg.layer_margin
+    ob = t["barrel"][outer]
+    ri, zi = r[qi], z[qi]
+    # z0 reach: between barrel layers the resolution term at the outer layer's nearest
+    # radius (a hit there, up to the margin inside, has the largest error: the reach holds
+    # every segment the final cut keeps), else the bound.
+    inner = lay0[qi]
+    r_out = t["r"][outer]
+    r_near = r_out - m
+    dr_b = np.maximum(r_near - ri, 1.0)
+    sig = np.where(
+        ob & t["barrel"][inner],
+        np.hypot(t["sigma_z"][inner] * r_near / dr_b, t["sigma_z"][outer] * ri / dr_b),
+        cfg.z0_lever_max * np.maximum(t["sigma"][inner], t["sigma"][outer]),
+    )
+    reach = np.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
+    z_out, u_max = t["z"][outer], t["u_max"][outer]
+    u_lo, u_hi = _target_range(ri, zi, ob, r_out, z_out, u_max, reach, m, np)
+    dr_max = np.where(ob, r_out + m, u_hi) - ri
+    # Half-width of the phi window, just under pi (the whole circle; more would reach
+    # outside the grid). The dphi cut stops there too: a hit exactly opposite, at dphi -pi
+    # in one copy and +pi in the other, is found as neither (no segment from the beam line
+    # turns by pi), not as both.
+    w = np.minimum(
+        cfg.phi_slope_max(det.bfield) * np.maximum(dr_max, 0.0) + cfg.phi_tolerance, PHI_CAP
+    )
+    b_lo, b_hi = _bin_of(u_lo, outer, t, nb), _bin_of(u_hi, outer, t, nb)
+    # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
+    # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last] are a
+    # difference of two cell starts.
+    row0 = (event[qi] * n_layers + outer) * nb
+    first, last = (row0 + b_lo) * (2 * nphi), (row0 + b_hi + 1) * (2 * nphi)
+    b_hi = np.where(cell_start[last] - cell_start[first] > 0, b_hi, b_lo - 1)
+    # phi-bin range, moved up by n_phi (and 2 pi) when it would start below 0.
+    to_bin = nphi / (2 * np.pi)
+    p_lo = np.floor((phi_p[qi] - w) * to_bin).astype(np.int64)
+    p_hi = np.floor((phi_p[qi] + w) * to_bin).astype(np.int64)
+    low = p_lo < 0
+    p_lo, p_hi = p_lo + low * nphi, np.minimum(p_hi + low * nphi, 2 * nphi - 1)
+    return qi, ri, zi, row0, b_lo, b_hi, reach, phi_p[qi] + low * (2 * np.pi), p_lo, p_hi
+
+
+def query_pairs(
+    on: Array,
+    event: Array,
+    lay0: Array,
+    cell_start: Array,
+    t: dict[str, Array],
+    layer_cells: int,
+    launch: Launch,
+) -> tuple[Array, Array]:
+    """The queries (inner hit, outer layer) of the hits ``on`` their layer's surface, hit by
+    hit, a hit's in the order of its layer pairs, but where the outer layer holds no hit of
+    the hit's event (its ``layer_cells`` cells from ``cell_start`` are empty): what the
+    arrays' expansion and compaction give, in two kernels (``query_counts``, then
+    ``query_fill`` from the counts' prefix sum), a thread per hit, and one host
+    synchronisation (the total)."""
+    xp, i64, n = array_module(on), np.int64, len(on)
+    counts = xp.zeros(n + 1, dtype=xp.int64)
+    per_hit = (on, event, lay0.astype(xp.int64, copy=False), cell_start)
+    sizes = (i64(len(t["r"])), i64(layer_cells))  # layers, cells a layer
+    args = contiguous((i64(n), *per_hit, t["pair_start"], t["pair_outer"], *sizes), xp)
+    launch("query_counts", n, (*args, counts[1:]))
+    start = xp.cumsum(counts)
+    total = int(start[-1])
+    qi, outer = xp.empty(total, dtype=xp.int64), xp.empty(total, dtype=xp.int64)
+    if total:
+        launch("query_fill", n, (*args, start, qi, outer))
+    return qi, outer
 
 
 def query_windows(

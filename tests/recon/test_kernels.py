@@ -17,6 +17,8 @@ FILES = sorted(
 ENTRIES = {
     "doublet_search.cu": (
         "hit_cells",
+        "query_counts",
+        "query_fill",
         "doublet_queries",
         "doublet_candidates",
         "doublet_flags",

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from strict_xp import DeviceArray, installed
 from torch.utils.dlpack import from_dlpack
 
+from streamtrk.detector import BARREL
 from streamtrk.eval.evaluate import Evaluation
 from streamtrk.event import Event, Hits
 from streamtrk.recon import fit, prune
@@ -201,20 +202,40 @@ def test_the_array_paths_on_strict_device_arrays_equal_numpy(small_events, det, 
 QUERY_FIELDS = ("qi", "ri", "zi", "row0", "b_lo", "b_hi", "reach", "centre", "p_lo", "p_hi")
 
 
+def _query_batch(events: Sequence[Event], det: Any) -> list[Event]:
+    """A full event, the next one's barrel hits only (no queries into the disks), an event
+    without hits, then the first again with hits of unknown layers and hits moved off their
+    surface (no queries from them)."""
+    full, other = events
+    layer = det.layer_lut[other.hits.volume_id, other.hits.layer_id]
+    barrel = Event(1, 2, other.hits.take(np.nonzero(det.kind[layer] == BARREL)[0]))
+    odd = Event(1, 4, full.hits.take(np.arange(len(full.hits))))
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(odd.hits), 600, replace=False)
+    odd.hits.volume_id[picks[:300]] = 99  # no such volume
+    odd.hits.x[picks[300:]] *= 1.3  # far off their layer
+    return [full, barrel, _empty_event(), odd]
+
+
 def test_the_query_windows_on_strict_device_arrays_equal_numpy(small_events, det, kernel_dir):
-    """``doublet_queries`` (the device's windows) gives each query the arrays' windows bit
-    for bit: the edges alone would not tell a window wider than it needs be."""
-    cols, offsets = batch_columns(small_events, np)
+    """``query_pairs`` and ``doublet_queries`` (the device's queries and windows) give the
+    arrays' queries, in their order, with their windows bit for bit (the edges alone would
+    not tell a window wider than it needs be), and each event's hits on a layer, on a batch
+    whose events lack layers, hits, or have hits off every layer."""
+    events = _query_batch(small_events, det)
+    cols, offsets = batch_columns(events, np)
     expected, _, _ = graph_stage.prepare_search(**cols, node_offsets=offsets, det=det,
                                                 cfg=GraphConfig())  # fmt: skip
     with installed(kernel_dir) as cupy:
-        cols, _ = batch_columns(small_events, cupy)
+        cols, _ = batch_columns(events, cupy)
         ctx, _, _ = graph_stage.prepare_search(**cols, node_offsets=offsets, det=det,
                                                cfg=GraphConfig())  # fmt: skip
-        got = {k: to_host(getattr(ctx, k)) for k in QUERY_FIELDS}
+        got = {k: to_host(getattr(ctx, k)) for k in (*QUERY_FIELDS, "on_layer")}
     assert len(expected.qi) > 10_000 and (expected.p_lo < expected.p_hi).any()
     assert (expected.b_hi < expected.b_lo).any() and (expected.centre > 2 * np.pi).any()
-    for k in QUERY_FIELDS:
+    on_layer = expected.on_layer
+    assert on_layer[2] == 0 and 0 < on_layer[3] <= on_layer[0] - 300  # unknown or off
+    for k in (*QUERY_FIELDS, "on_layer"):
         np.testing.assert_array_equal(got[k], getattr(expected, k), err_msg=k)
 
 
