@@ -23,8 +23,11 @@ On MU=200 simulated events (simulated once, in a process pool, then reused):
    the kernels run as their host build.
 5. ``daemon``: ``streamtrk serve --device cuda`` as a subprocess (batches of up to 16 events,
    no queue delay), the events replayed through ZeroMQ with ``streamtrk replay`` as fast as
-   taken (large batches: throughput) and at 100 Hz (batches of one: the p99 latency
-   target), as compact hits messages (wire version 5, 20 bytes a hit); start-up to ready.
+   taken (large batches: throughput), at 100 Hz, and at half the rate the chain reached at
+   batch 1 in this run (10 Hz if not measured; batches of one: the p99 latency target,
+   which a rate the daemon cannot keep up with would turn into queueing), as compact hits
+   messages (wire version 5, 20 bytes a hit); each replay's mean batch size from the
+   daemon's metrics; start-up to ready.
 
 The summary has the MU=200 ``end_to_end`` rows (events/s, p50, p99 per configuration and
 batch size) and ``against_reference``: each stage's milliseconds per event beside the
@@ -344,6 +347,7 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
         ]
     daemon = parts.get("daemon", {}).get("replay_max_rate", {})
     slow = parts.get("daemon", {}).get("replay_100hz", {})
+    single = parts.get("daemon", {}).get("replay_batch1", {})
     rates = [r["events_per_s"]["16"] for r in rows.values() if r["events_per_s"].get("16")]
     p99s = [r["p99_ms_batch1"] for r in rows.values() if r["p99_ms_batch1"]]
     return {
@@ -359,6 +363,11 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
             "events_per_s_max_rate": daemon.get("events_per_second"),
             "latency_p50_ms_100hz": slow.get("latency_p50_ms"),
             "latency_p99_ms_100hz": slow.get("latency_p99_ms"),
+            "mean_batch_events_100hz": slow.get("mean_batch_events"),
+            "rate_hz_batch1": single.get("offered_rate_hz"),
+            "mean_batch_events_batch1": single.get("mean_batch_events"),
+            "latency_p50_ms_batch1": single.get("latency_p50_ms"),
+            "latency_p99_ms_batch1": single.get("latency_p99_ms"),
             "target_p99_ms": TARGETS["p99_ms_batch1"],
         },
     }
@@ -691,17 +700,31 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
 # --------------------------------------------------------------------------- daemon
 
 
+def batch1_rate_hz(parts: dict[str, Any]) -> float:
+    """The rate of the daemon's latency replay: half the events/s the chain reached at
+    batch 1 in ``parts`` (its slowest configuration), at most 100 Hz; 10 Hz if none did.
+    Each event then finds the daemon idle, and is a batch of one."""
+    rates = [
+        p["batches"]["1"]["events_per_s"]
+        for p in parts.values()
+        if isinstance(p, dict) and "events_per_s" in p.get("batches", {}).get("1", {})
+    ]
+    return round(min(100.0, 0.5 * min(rates)), 2) if rates else 10.0
+
+
 def daemon_part(
     bench: Bench,
     dev: Device,
     events: list[Event],
     net: Network,
     engine: str,
+    rate_batch1_hz: float,
 ) -> dict[str, Any]:
     """``streamtrk serve`` in a subprocess, replayed through ZeroMQ by ``streamtrk replay``
     (serving the benchmark's random network from a temporary model directory when there is
-    no shipped model). ``engine``: eager starts in seconds; compile warms up every shape
-    bucket first (minutes on CUDA)."""
+    no shipped model): as fast as taken, at 100 Hz and at ``rate_batch1_hz``, each replay's
+    mean batch size from the daemon's metrics. ``engine``: eager starts in seconds; compile
+    warms up every shape bucket first (minutes on CUDA)."""
     if not (ROOT / "streamtrk" / "service" / "serve.py").is_file():
         return {"skipped": "streamtrk serve is not in this checkout"}
     try:
@@ -720,8 +743,8 @@ def daemon_part(
         flags += ["--precision", "bf16"]
     if "max_queue_delay_ms" in settings:
         # Batches of up to 16 MU=200 events when events queue up (as fast as taken), and no
-        # wait for a second event when they do not (100 Hz: batches of one, the latency
-        # figure); room in the queue for the next full batch.
+        # wait for a second event when they do not (the latency replay: batches of one);
+        # room in the queue for the next full batch.
         flags += ["--max-batch-events", "16", "--max-batch-hits", "2000000"]
         flags += ["--max-queue-delay-ms", "0", "--queue-capacity", "32"]
     tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
@@ -760,12 +783,14 @@ def daemon_part(
             replays = (
                 ("replay_max_rate", ["--loop", "4"]),
                 ("replay_100hz", ["--rate", "100", "--loop", "4"]),
+                ("replay_batch1", ["--rate", str(rate_batch1_hz), "--loop", "2"]),
             )
             for name, extra in replays:
                 if bench.left() < 15:
                     out[name] = {"skipped": "time budget"}
                     continue
                 report = tmp / f"{name}.json"
+                before = _batches(http)
                 replay = [sys.executable, "-m", "streamtrk", "replay", str(run), "--quiet"]
                 replay += ["--to", ep_in, "--from", ep_out, "--report", str(report), *extra]
                 done = subprocess.run(
@@ -779,12 +804,32 @@ def daemon_part(
                     out[name] = json.loads(report.read_text()) | {"exit_code": done.returncode}
                 else:
                     out[name] = {"exit_code": done.returncode, "stderr": done.stderr[-2000:]}
+                events_before, batches_before = before
+                events_after, batches_after = _batches(http)
+                if batches_after > batches_before:
+                    mean = (events_after - events_before) / (batches_after - batches_before)
+                    out[name]["mean_batch_events"] = round(mean, 3)
                 log(f"  daemon {name}: {out[name].get('events_per_second')} events/s")
             out["metrics"] = _scrape(http)
         finally:
             out["exit_code"] = terminate(proc, 40)
             out["log_tail"] = log_path.read_text(errors="replace")[-3000:]
     return out
+
+
+def _batches(http: str) -> tuple[float, float]:
+    """The events in the daemon's batches so far and the batches: its
+    ``streamtrk_batch_events`` histogram's sum and count."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("streamtrk_batch_events_sum ", "streamtrk_batch_events_count ")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values["streamtrk_batch_events_sum"], values["streamtrk_batch_events_count"]
 
 
 def _scrape(http: str) -> list[str]:
@@ -850,7 +895,13 @@ def main() -> None:
         (c, CONFIGS[c][3], config(c)) for c in ("eager_fp32", "compile_fp32", "compile_bf16")
     ]
     parts += [
-        ("daemon", need, lambda: daemon_part(bench, dev, events, net, engine)),
+        (
+            "daemon",
+            need,
+            lambda: daemon_part(
+                bench, dev, events, net, engine, batch1_rate_hz(bench.result["parts"])
+            ),
+        ),
         ("kernels", 20, lambda: kernels_part(dev, events, net, small)),
         ("bf16_parity", 40, lambda: parity_part(dev, events, net)),
     ]

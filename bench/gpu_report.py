@@ -90,7 +90,9 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
         f"{_f(s.get('target_events_per_s_batch16'), 0)}); at batch 64, "
         f"{_f(best_64)} (target 1,000); p99 at batch 1 "
         f"{_f(s.get('best_p99_ms_batch1'))} ms in `reconstruct`, "
-        f"{_f(daemon.get('latency_p99_ms_100hz'))} ms through the daemon at 100 Hz (target "
+        f"{_f(daemon.get('latency_p99_ms_batch1'))} ms through the daemon at "
+        f"{_f(daemon.get('rate_hz_batch1'))} Hz (mean batch "
+        f"{_f(daemon.get('mean_batch_events_batch1'), 2)} events; target "
         f"{_f(s.get('target_p99_ms_batch1'), 0)} ms).",
         "",
         "Each stage against docs/gpu.md's reference figures (ms per event; ratio below 1:"
@@ -163,7 +165,13 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
             f" {_f(d.get('start_to_ready_s'))} s; as fast as taken"
             f" {_f(daemon.get('events_per_s_max_rate'))} events/s; at 100 Hz p50"
             f" {_f(daemon.get('latency_p50_ms_100hz'))} ms, p99"
-            f" {_f(daemon.get('latency_p99_ms_100hz'))} ms; exit code {d.get('exit_code')}.",
+            f" {_f(daemon.get('latency_p99_ms_100hz'))} ms (mean batch"
+            f" {_f(daemon.get('mean_batch_events_100hz'), 2)} events); at"
+            f" {_f(daemon.get('rate_hz_batch1'))} Hz p50"
+            f" {_f(daemon.get('latency_p50_ms_batch1'))} ms, p99"
+            f" {_f(daemon.get('latency_p99_ms_batch1'))} ms (mean batch"
+            f" {_f(daemon.get('mean_batch_events_batch1'), 2)} events); exit code"
+            f" {d.get('exit_code')}.",
         ]
     problems = [
         f"- {name}: {p.get('error') or p.get('skipped')}"

@@ -45,6 +45,13 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     assert table[-1]["config"] == "daemon" and table[-1]["events_per_second"] > 0
     daemon = result["summary"]["daemon"]
     assert daemon["events_per_s_max_rate"] > 0 and daemon["latency_p99_ms_100hz"] > 0
+    # The latency replay at half the chain's batch-1 rate in this run, each replay's mean
+    # batch size from the daemon's metrics.
+    batch1 = parts["eager_fp32"]["batches"]["1"]["events_per_s"]
+    assert daemon["rate_hz_batch1"] == round(min(100.0, batch1 / 2), 2)
+    assert parts["daemon"]["replay_batch1"]["offered_rate_hz"] == daemon["rate_hz_batch1"]
+    assert daemon["latency_p99_ms_batch1"] > 0 and daemon["mean_batch_events_batch1"] >= 1
+    assert parts["daemon"]["replay_max_rate"]["mean_batch_events"] >= 1
 
     # What the device session commits: the raw result under bench/results, and the summary.
     report = [sys.executable, str(ROOT / "bench" / "gpu_report.py")]
