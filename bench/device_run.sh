@@ -1,12 +1,13 @@
 #!/bin/sh
 # The GPU issue's device run, prepared to run once within one `run` call (at most 9 minutes;
 # 218 s on an H200 on 2026-12-04, before the profile step): import checks, the `gpu` tests,
-# then a small bench/gpu_bench.py (batches 1, 4, 16, 64; 16 MU=200 events; eager fp32 and
-# compiled bf16, the kernels part, bf16 parity, the daemon in eager bf16 with batches of up
-# to 16 and no queue delay), then bench/host_path.py (the daemon's host-side work per
+# then a small bench/gpu_bench.py (batches 1, 16, 64: the targets'; 16 MU=200 events; eager
+# fp32, compiled bf16, the daemon in compiled bf16 with CUDA graphs, batches of up to 16 and
+# no queue delay, then compiled bf16 with CUDA graphs, the kernels part and bf16 parity as
+# the budget allows), then bench/host_path.py (the daemon's host-side work per
 # event, on this host's CPU, and ZeroMQ's transfer), then bench/chain_profile.py (where the
 # chain's time goes, batches 1 and 16).
-# Every step is bounded by `timeout` (530 s in all, and a few seconds for the wheels) and
+# Every step is bounded by `timeout` (535 s in all, and a few seconds for the wheels) and
 # writes under $OUT (imports.txt, gpu-tests.txt, gpu-bench.log, gpu_bench.json,
 # host-path.log, host_path.json, chain-profile.tar); a failing step does not stop the next.
 #
@@ -92,13 +93,14 @@ echo "device_run: gpu tests exit $?"
 tail -n 50 "$OUT/gpu-tests.txt"
 
 if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 4 16 64 --configs eager_fp32 compile_bf16 --budget-s 150
+    set -- --events 16 --batches 1 16 64 --configs eager_fp32 compile_bf16 \
+        compile_bf16_cudagraphs --daemon-config compile_bf16_cudagraphs --budget-s 155
 else
     set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
         --workers 1
 fi
 # SIGINT at the limit: its `finally` stops the daemon it started (no orphan on the GPU).
-timeout -s INT -k 10 175 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
+timeout -s INT -k 10 180 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
 echo "device_run: gpu_bench exit $?"
 grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
 
