@@ -541,7 +541,7 @@ def query_pairs(
     synchronisation (the total)."""
     xp, i64, n = array_module(on), np.int64, len(on)
     counts = xp.zeros(n + 1, dtype=xp.int64)
-    per_hit = (on, event, lay0.astype(xp.int64, copy=False), cell_start)
+    per_hit = (on, *(a.astype(xp.int64, copy=False) for a in (event, lay0)), cell_start)
     sizes = (i64(len(t["r"])), i64(layer_cells))  # layers, cells a layer
     args = contiguous((i64(n), *per_hit, t["pair_start"], t["pair_outer"], *sizes), xp)
     launch("query_counts", n, (*args, counts[1:]))
