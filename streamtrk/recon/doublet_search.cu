@@ -145,13 +145,14 @@ __device__ long long hit_queries(long long h, const bool *on, const long long *e
                                  long long n_layers, long long layer_cells, long long k,
                                  long long *qi, long long *outer) {
     if (!on[h]) return 0;
+    const long long lay = lay0[h], rows = event[h] * n_layers;
     long long n = 0;
-    for (long long p = pair_start[lay0[h]]; p < pair_start[lay0[h] + 1]; ++p) {
-        const long long first = (event[h] * n_layers + pair_outer[p]) * layer_cells;
+    for (long long p = pair_start[lay]; p < pair_start[lay + 1]; ++p) {
+        const long long o = pair_outer[p], first = (rows + o) * layer_cells;
         if (cell_start[first + layer_cells] > cell_start[first]) {
             if (FILL) {
                 qi[k + n] = h;
-                outer[k + n] = pair_outer[p];
+                outer[k + n] = o;
             }
             ++n;
         }
