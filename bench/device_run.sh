@@ -1,6 +1,7 @@
 #!/bin/sh
 # The GPU issue's device run, prepared to run once within one `run` call (at most 9 minutes;
-# 218 s on an H200 on 2026-12-04, before the profile step): import checks, the `gpu` tests,
+# 218 s on an H200 on 2026-12-04 with that day's smaller benchmark, before the profile step;
+# longer now): import checks, the `gpu` tests,
 # then a small bench/gpu_bench.py (batches 1, 16, 64: the targets'; 16 MU=200 events; eager
 # fp32, compiled bf16, the daemon in compiled bf16 with CUDA graphs, batches of up to 16 and
 # no queue delay, then compiled bf16 with CUDA graphs, the kernels part and bf16 parity as

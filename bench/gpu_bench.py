@@ -106,7 +106,7 @@ CONFIGS = {
     "eager_fp32": ("eager", "fp32", False, 30),
     "compile_fp32": ("compile", "fp32", False, 45),
     "compile_bf16": ("compile", "bf16", False, 45),
-    "compile_bf16_cudagraphs": ("compile", "bf16", True, 60),
+    "compile_bf16_cudagraphs": ("compile", "bf16", True, 45),
     "eager_bf16": ("eager", "bf16", False, 30),
 }
 ITERATIONS = {1: 100, 4: 20, 16: 8, 64: 3}  # timed batches per batch size
@@ -705,7 +705,7 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
 def batch1_rate_hz(parts: dict[str, Any], config: str) -> float:
     """The rate of the daemon's latency replay: half the events/s the chain reached at
     batch 1 in ``parts`` in the daemon's ``config`` (else in the slowest configuration
-    measured), at most 100 Hz; 10 Hz if none was. Each event then finds the daemon idle, and
+    measured), from 0.1 to 100 Hz; 10 Hz if none was. Each event then finds the daemon idle, and
     is a batch of one."""
     rates = {
         name: p["batches"]["1"]["events_per_s"]
@@ -714,7 +714,7 @@ def batch1_rate_hz(parts: dict[str, Any], config: str) -> float:
     }
     if not rates:
         return 10.0
-    return round(min(100.0, 0.5 * rates.get(config, min(rates.values()))), 2)
+    return round(min(100.0, max(0.1, 0.5 * rates.get(config, min(rates.values())))), 2)
 
 
 def daemon_part(
@@ -803,42 +803,55 @@ def daemon_part(
                 before = _batches(http)
                 replay = [sys.executable, "-m", "streamtrk", "replay", str(run), "--quiet"]
                 replay += ["--to", ep_in, "--from", ep_out, "--report", str(report), *extra]
-                done = subprocess.run(
-                    replay,
-                    cwd=ROOT,
-                    capture_output=True,
-                    text=True,
-                    timeout=max(15.0, bench.left() - 10),
-                )
+                try:
+                    done = subprocess.run(
+                        replay,
+                        cwd=ROOT,
+                        capture_output=True,
+                        text=True,
+                        timeout=max(15.0, bench.left() - 10),
+                    )
+                except subprocess.TimeoutExpired as exc:  # the replays before it are kept
+                    out[name] = {"error": f"timed out after {exc.timeout:.0f} s"}
+                    continue
                 if report.is_file():
                     out[name] = json.loads(report.read_text()) | {"exit_code": done.returncode}
                 else:
                     out[name] = {"exit_code": done.returncode, "stderr": done.stderr[-2000:]}
-                events_before, batches_before = before
-                events_after, batches_after = _batches(http)
-                if batches_after > batches_before:
-                    mean = (events_after - events_before) / (batches_after - batches_before)
+                after = _batches(http)
+                if before and after and after[1] > before[1]:
+                    mean = (after[0] - before[0]) / (after[1] - before[1])
                     out[name]["mean_batch_events"] = round(mean, 3)
                 log(f"  daemon {name}: {out[name].get('events_per_second')} events/s")
-            out["metrics"] = _scrape(http)
+            try:
+                out["metrics"] = _scrape(http)
+            except OSError as exc:
+                out["metrics"] = f"not read: {exc}"
         finally:
             out["exit_code"] = terminate(proc, 40)
             out["log_tail"] = log_path.read_text(errors="replace")[-3000:]
     return out
 
 
-def _batches(http: str) -> tuple[float, float]:
+def _batches(http: str) -> tuple[float, float] | None:
     """The events in the daemon's batches so far and the batches: its
-    ``streamtrk_batch_events`` histogram's sum and count."""
+    ``streamtrk_batch_events`` histogram's sum and count; None where /metrics cannot be
+    read (the replays' reports are kept)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        log(f"  daemon /metrics not read: {exc}")
+        return None
     values = {}
     for line in text.splitlines():
         if line.startswith(("streamtrk_batch_events_sum ", "streamtrk_batch_events_count ")):
             name, value = line.split()
             values[name] = float(value)
+    if len(values) != 2:
+        return None
     return values["streamtrk_batch_events_sum"], values["streamtrk_batch_events_count"]
 
 
