@@ -180,10 +180,10 @@ def bincount(idx: Array, size: int, weights: Array | None = None) -> Array:
     n, bins = np.int64(len(idx)), np.int64(size)
     args: tuple[Any, ...]
     if weights is None:
-        args, kernel = (idx, n, bins, out), _shared_bincount_kernels()[0]
+        args, kernel = (idx, n, bins, out), _raw_kernel("streamtrk_shared_bincount")
     else:
         w = xp.ascontiguousarray(weights, dtype=xp.float64)
-        args, kernel = (idx, w, n, bins, out), _shared_bincount_kernels()[1]
+        args, kernel = (idx, w, n, bins, out), _raw_kernel("streamtrk_shared_bincount_weighted")
     kernel((blocks,), (256,), args, shared_mem=size * 8)
     return out
 
@@ -199,8 +199,9 @@ def _multiprocessors() -> int:
     return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
 
 
-#: :func:`bincount`'s kernels of counts and weighted sums into bins in shared memory.
-SHARED_BINCOUNT_SOURCE = r"""
+#: The raw kernels: :func:`bincount`'s counts and weighted sums into bins in shared memory,
+#: :func:`compact`'s scatter of indices.
+RAW_KERNELS_SOURCE = r"""
 extern "C" __global__ void streamtrk_shared_bincount(
         const long long *idx, long long n, long long size, unsigned long long *out) {
     extern __shared__ unsigned long long shared_counts[];
@@ -226,19 +227,25 @@ extern "C" __global__ void streamtrk_shared_bincount_weighted(
     for (long long b = threadIdx.x; b < size; b += blockDim.x)
         if (shared_sums[b] != 0.0) atomicAdd(&out[b], shared_sums[b]);
 }
+
+extern "C" __global__ void streamtrk_compact(
+        const bool *mask, const long long *ends, long long n, long long *out) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n && mask[t]) out[ends[t] - 1] = t;
+}
 """
 
 
 @cache
-def _shared_bincount_kernels() -> tuple[Any, Any]:
-    """Counts and weighted sums, each block into its own bins in shared memory first."""
+def _raw_kernel(name: str) -> Any:
+    return _raw_module().get_function(name)
+
+
+@cache
+def _raw_module() -> Any:
     import cupy
 
-    module = cupy.RawModule(code=SHARED_BINCOUNT_SOURCE)
-    return (
-        module.get_function("streamtrk_shared_bincount"),
-        module.get_function("streamtrk_shared_bincount_weighted"),
-    )
+    return cupy.RawModule(code=RAW_KERNELS_SOURCE)
 
 
 @cache
@@ -272,6 +279,34 @@ def _atomic_min_kernel() -> Any:
     return cupy.ElementwiseKernel(
         "S index, T v", "raw T target", "atomicMin(&target[index], v)", "streamtrk_scatter_min"
     )
+
+
+def nonzeros(*masks: Array) -> list[Array]:
+    """The indices of each boolean mask's True entries (int64, ascending: ``nonzero(m)[0]``
+    of each). On the device one host synchronisation for all (their counts, brought down
+    together), where CuPy's ``nonzero`` costs one each."""
+    xp = array_module(masks[0])
+    if xp is np:
+        return [np.nonzero(m)[0] for m in masks]
+    ends = [xp.cumsum(m, dtype=xp.int64) for m in masks]
+    last = [e[-1] if len(e) else xp.zeros((), dtype=xp.int64) for e in ends]
+    totals = to_host(xp.stack(last))
+    return [compact(m, e, int(t)) for m, e, t in zip(masks, ends, totals, strict=True)]
+
+
+def compact(mask: Array, ends: Array, total: int) -> Array:
+    """The indices of boolean ``mask``'s True entries (int64, ascending), given ``ends``,
+    its running count (``cumsum(mask)``), and ``total``, the count of them all (known on
+    the host): no host synchronisation on the device."""
+    xp = array_module(mask)
+    if xp is np:
+        return np.nonzero(mask)[0]
+    out = xp.empty(total, dtype=xp.int64)
+    if total:
+        n = len(mask)
+        args = (xp.ascontiguousarray(mask), xp.ascontiguousarray(ends, dtype=xp.int64))
+        _raw_kernel("streamtrk_compact")((-(-n // 256),), (256,), (*args, np.int64(n), out))
+    return out
 
 
 def csr_rows(offsets: Array, total: int | None = None) -> Array:

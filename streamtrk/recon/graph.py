@@ -39,6 +39,7 @@ from streamtrk.xp import (
     array_module,
     bincount,
     chunk_bounds,
+    compact,
     concatenate_to_device,
     expand_ranges,
     to_host,
@@ -843,10 +844,13 @@ def without_isolated_hits(graph: Graph) -> Graph:
     used = xp.zeros(graph.num_nodes, dtype=bool)
     used[graph.edge_index[0]] = True
     used[graph.edge_index[1]] = True
-    kept = xp.nonzero(used)[0]
-    new_id = xp.cumsum(used) - 1
-    at = xp.searchsorted(kept, xp.asarray(graph.node_offsets), side="left")
-    offsets = to_host(at).astype(np.int64)  # events + 1 numbers down, not every kept hit
+    ends = xp.cumsum(used, dtype=xp.int64)
+    # The kept hits before each event's first: events + 1 numbers down (one host
+    # synchronisation), not every kept hit; the last, all of them, sizes the compaction.
+    before = xp.concatenate([xp.zeros(1, dtype=xp.int64), ends])
+    offsets = to_host(before[xp.asarray(graph.node_offsets)]).astype(np.int64)
+    kept = compact(used, ends, int(offsets[-1]))
+    new_id = ends - 1
     return Graph(
         node_features=graph.node_features[kept],
         edge_index=new_id[graph.edge_index],

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, bincount, csr_rows, scatter_min
+from streamtrk.xp import Array, array_module, bincount, csr_rows, nonzeros, scatter_min
 
 KERNELS = "track_building.cu"  # label propagation and mutual-best choice on the GPU
 
@@ -425,13 +425,13 @@ def _csr(group: Array, xp: Any) -> Array:
 def select_tracks(
     offsets: Array, hit_index: Array, params: dict[str, Array], keep: Array
 ) -> tuple[Array, Array, dict[str, Array]]:
-    """The CSR tracks (and their parameters) where ``keep`` is true, order preserved. Two
-    host synchronisations on the device (the kept tracks' and hits' counts); the parameters
+    """The CSR tracks (and their parameters) where ``keep`` is true, order preserved. One
+    host synchronisation on the device (the kept tracks' and hits' counts); the parameters
     gathered a dtype at a time (two gathers for the fit's seventeen columns)."""
     xp = array_module(offsets)
     sizes = offsets[1:] - offsets[:-1]
     tid = csr_rows(offsets, len(hit_index))
-    kept = xp.nonzero(keep)[0]
+    kept, kept_hits = nonzeros(keep, keep[tid])
     new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes[kept])])
     taken: dict[str, Array] = {}
     for dtype in dict.fromkeys(v.dtype for v in params.values()):
@@ -439,7 +439,7 @@ def select_tracks(
         taken |= zip(names, xp.stack([params[k] for k in names])[:, kept], strict=True)
     return (
         new_offsets.astype(xp.int64),
-        hit_index[xp.nonzero(keep[tid])[0]],
+        hit_index[kept_hits],
         {k: taken[k] for k in params},
     )
 

@@ -386,6 +386,9 @@ _RAW_AS_NUMPY: dict[str, Callable[..., None]] = {
     "streamtrk_shared_bincount_weighted": lambda idx, w, n, size, out: np.add.at(
         out, idx[:n], w[:n]
     ),
+    "streamtrk_compact": lambda mask, ends, n, out: out.__setitem__(
+        ends[:n][mask[:n]] - 1, np.nonzero(mask[:n])[0]
+    ),
 }
 
 
@@ -450,7 +453,8 @@ _CACHES = (
     kernels._function,
     streamtrk_xp._atomic_add_kernels,
     streamtrk_xp._atomic_min_kernel,
-    streamtrk_xp._shared_bincount_kernels,
+    streamtrk_xp._raw_kernel,
+    streamtrk_xp._raw_module,
     streamtrk_xp._multiprocessors,
     graph._device_tables,
     prune._fold_table,

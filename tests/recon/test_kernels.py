@@ -9,7 +9,7 @@ import nvrtc as nvrtc_compiler
 import pytest
 
 from streamtrk.recon.kernels import OPTIONS, source
-from streamtrk.xp import SHARED_BINCOUNT_SOURCE
+from streamtrk.xp import RAW_KERNELS_SOURCE
 
 FILES = sorted(
     p.name for p in resources.files("streamtrk.recon").iterdir() if p.name.endswith(".cu")
@@ -76,13 +76,12 @@ def test_kernels_compile_for_the_device_as_cupy_compiles_them(nvrtc, name):
     assert nvrtc.entries(ptx) == set(ENTRIES[name])
 
 
-def test_the_shared_memory_bincount_compiles_for_the_device(nvrtc):
+def test_the_raw_kernels_of_xp_compile_for_the_device(nvrtc):
     """streamtrk.xp's raw kernels, as CuPy compiles them (no options of ours)."""
-    rc, log, ptx = nvrtc.compile_ptx(
-        SHARED_BINCOUNT_SOURCE, ("-ftz=true", "-Werror", "all-warnings")
-    )
+    rc, log, ptx = nvrtc.compile_ptx(RAW_KERNELS_SOURCE, ("-ftz=true", "-Werror", "all-warnings"))
     assert rc == 0 and not log.strip(), log
-    assert nvrtc.entries(ptx) == {"streamtrk_shared_bincount", "streamtrk_shared_bincount_weighted"}
+    entries = {"streamtrk_shared_bincount", "streamtrk_shared_bincount_weighted"}
+    assert nvrtc.entries(ptx) == entries | {"streamtrk_compact"}
 
 
 def test_a_kernel_that_does_not_compile_is_seen(nvrtc):

@@ -32,7 +32,15 @@ from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import OracleScorer, ReconResult, Reconstructor
 from streamtrk.recon.tracks import TrackConfig, build_tracks
 from streamtrk.service.physics import Observation, PhysicsMetrics
-from streamtrk.xp import _staging, array_module, concatenate_to_device, csr_rows, to_host
+from streamtrk.xp import (
+    _staging,
+    array_module,
+    compact,
+    concatenate_to_device,
+    csr_rows,
+    nonzeros,
+    to_host,
+)
 
 
 @pytest.fixture(scope="session")
@@ -318,3 +326,21 @@ def test_columns_go_up_through_one_reused_page_locked_buffer(strict_cupy):
     np.testing.assert_array_equal(to_host(up["id"]), [0, 1, 2, 0, 1])
     np.testing.assert_array_equal(to_host(again["x"]), np.full(6, 7))
     assert strict_cupy.counts["host-to-device"] == 2  # one copy a batch
+
+
+def test_nonzeros_of_several_masks_cost_one_synchronisation(strict_cupy):
+    """``streamtrk.xp.nonzeros`` gives NumPy's indices of each mask (empty, none set, all
+    set, random), their counts brought down in one synchronisation; ``compact`` none."""
+    rng = np.random.default_rng(3)
+    masks = [np.zeros(0, bool), np.zeros(7, bool), np.ones(300, bool), rng.random(5000) < 0.3]
+    device = [strict_cupy.asarray(m) for m in masks]
+    strict_cupy.counts.clear()
+    got = nonzeros(*device)
+    assert strict_cupy.counts["sync"] == 1
+    for g, m in zip(got, masks, strict=True):
+        assert g.dtype == np.int64 and np.array_equal(to_host(g), np.nonzero(m)[0])
+    ends = strict_cupy.cumsum(device[3], dtype=strict_cupy.int64)
+    strict_cupy.counts.clear()
+    kept = compact(device[3], ends, int(masks[3].sum()))
+    assert strict_cupy.counts["sync"] == 0
+    assert np.array_equal(to_host(kept), np.nonzero(masks[3])[0])
