@@ -849,7 +849,7 @@ def without_isolated_hits(graph: Graph) -> Graph:
     # synchronisation), not every kept hit; the last, all of them, sizes the compaction.
     before = xp.concatenate([xp.zeros(1, dtype=xp.int64), ends])
     offsets = to_host(before[xp.asarray(graph.node_offsets)]).astype(np.int64)
-    kept = compact(used, ends, int(offsets[-1]))
+    kept = compact(used, int(offsets[-1]), ends)
     new_id = ends - 1
     return Graph(
         node_features=graph.node_features[kept],

@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, bincount, csr_rows, nonzeros, scatter_min
+from streamtrk.xp import (
+    Array,
+    array_module,
+    bincount,
+    compact,
+    csr_rows,
+    nonzeros,
+    scatter_min,
+    to_host,
+)
 
 KERNELS = "track_building.cu"  # label propagation and mutual-best choice on the GPU
 
@@ -409,16 +418,21 @@ def build_tracks(
     if config.min_mean_score > 0:
         score_sum = bincount(labels[kept[0]], n, kept_scores)
         good &= score_sum > config.min_mean_score * xp.maximum(size - 1, 1)
-    hits = xp.nonzero(good[labels])[0]
+    on_track = good[labels]
+    # A component's label is its smallest hit: the tracks are the good labels' own hits,
+    # counted with the hits on them (one host synchronisation for both).
+    own = good & (labels == xp.arange(n))
+    n_hits, n_tracks = (int(c) for c in to_host(xp.stack([on_track.sum(), own.sum()])))
+    hits = compact(on_track, n_hits)
     order = hits[xp.lexsort(xp.stack([r[hits], labels[hits]]))]
-    return _csr(labels[order], xp), order
+    return _csr(labels[order], n_tracks, xp), order
 
 
-def _csr(group: Array, xp: Any) -> Array:
-    """CSR offsets of consecutive runs of equal ``group`` values."""
+def _csr(group: Array, runs: int, xp: Any) -> Array:
+    """CSR offsets of the ``runs`` consecutive runs of equal ``group`` values."""
     first = xp.ones(len(group), dtype=bool)
     first[1:] = group[1:] != group[:-1]
-    starts = xp.nonzero(first)[0]
+    starts = compact(first, runs)
     return xp.concatenate([starts, xp.asarray([len(group)])]).astype(xp.int64)
 
 

@@ -386,10 +386,16 @@ _RAW_AS_NUMPY: dict[str, Callable[..., None]] = {
     "streamtrk_shared_bincount_weighted": lambda idx, w, n, size, out: np.add.at(
         out, idx[:n], w[:n]
     ),
-    "streamtrk_compact": lambda mask, ends, n, out: out.__setitem__(
-        ends[:n][mask[:n]] - 1, np.nonzero(mask[:n])[0]
-    ),
+    "streamtrk_compact": lambda mask, ends, n, total, out: _compact(mask[:n], ends[:n], out),
 }
+
+
+def _compact(mask: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
+    """``streamtrk_compact``: each set entry's index at its running count less one; a count
+    that is not the mask's (the device would leave entries unwritten) raises."""
+    if int(mask.sum()) != len(out) or (len(mask) and int(ends[-1]) != len(out)):
+        raise ValueError(f"streamtrk_compact: {int(mask.sum())} set, room for {len(out)}")
+    out[ends[mask] - 1] = np.nonzero(mask)[0]
 
 
 def _numpy_kernel(name: str, params: list[str]) -> Callable[..., None]:

@@ -330,7 +330,8 @@ def test_columns_go_up_through_one_reused_page_locked_buffer(strict_cupy):
 
 def test_nonzeros_of_several_masks_cost_one_synchronisation(strict_cupy):
     """``streamtrk.xp.nonzeros`` gives NumPy's indices of each mask (empty, none set, all
-    set, random), their counts brought down in one synchronisation; ``compact`` none."""
+    set, random), their counts brought down in one synchronisation; ``compact`` none, and
+    its kernel's stand-in refuses a count that is not the mask's."""
     rng = np.random.default_rng(3)
     masks = [np.zeros(0, bool), np.zeros(7, bool), np.ones(300, bool), rng.random(5000) < 0.3]
     device = [strict_cupy.asarray(m) for m in masks]
@@ -340,7 +341,10 @@ def test_nonzeros_of_several_masks_cost_one_synchronisation(strict_cupy):
     for g, m in zip(got, masks, strict=True):
         assert g.dtype == np.int64 and np.array_equal(to_host(g), np.nonzero(m)[0])
     ends = strict_cupy.cumsum(device[3], dtype=strict_cupy.int64)
-    strict_cupy.counts.clear()
-    kept = compact(device[3], ends, int(masks[3].sum()))
-    assert strict_cupy.counts["sync"] == 0
-    assert np.array_equal(to_host(kept), np.nonzero(masks[3])[0])
+    for given in (ends, None):
+        strict_cupy.counts.clear()
+        kept = compact(device[3], int(masks[3].sum()), given)
+        assert strict_cupy.counts["sync"] == 0
+        assert np.array_equal(to_host(kept), np.nonzero(masks[3])[0])
+    with pytest.raises(ValueError, match="room for"):
+        compact(device[3], int(masks[3].sum()) - 1)
