@@ -288,6 +288,7 @@ def nonzeros(*masks: Array) -> list[Array]:
     xp = array_module(masks[0])
     if xp is np:
         return [np.nonzero(m)[0] for m in masks]
+    masks = tuple(m.astype(bool, copy=False) for m in masks)  # nonzero: not zero
     ends = [xp.cumsum(m, dtype=xp.int64) for m in masks]
     last = [e[-1] if len(e) else xp.zeros((), dtype=xp.int64) for e in ends]
     totals = to_host(xp.stack(last))
@@ -304,7 +305,7 @@ def compact(mask: Array, total: int, ends: Array | None = None) -> Array:
         return np.nonzero(mask)[0]
     out = xp.empty(total, dtype=xp.int64)
     if total:
-        n = len(mask)
+        n, mask = len(mask), mask.astype(bool, copy=False)  # the kernel reads bools
         ends = xp.cumsum(mask, dtype=xp.int64) if ends is None else ends
         args = (xp.ascontiguousarray(mask), xp.ascontiguousarray(ends, dtype=xp.int64))
         sizes = (np.int64(n), np.int64(total))

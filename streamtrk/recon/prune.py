@@ -22,8 +22,8 @@ edges by (middle hit, theta), outer edges by (middle hit, theta)), two binary se
 each inner edge's theta window among the outer edges at its middle hit, then the per-pair
 cuts: on the CPU over the candidate pairs expanded in chunks, on the GPU in two CUDA kernels
 (``triplet_search.cu``) a thread per inner edge. Nothing is per hit or per edge in Python;
-on the GPU the host synchronisations are the two compactions' counts, together, and the
-work budget's check.
+on the GPU the host synchronisations are the two compactions' counts, together, the
+work budget's check and, in ``select_edges``, the kept edges' count.
 Edges of different events never share a hit, so a batched graph needs nothing special.
 About 0.12-0.15 s per MU=200 event (780k edges) on the project's 2-core CPU.
 """

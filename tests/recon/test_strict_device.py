@@ -330,10 +330,11 @@ def test_columns_go_up_through_one_reused_page_locked_buffer(strict_cupy):
 
 def test_nonzeros_of_several_masks_cost_one_synchronisation(strict_cupy):
     """``streamtrk.xp.nonzeros`` gives NumPy's indices of each mask (empty, none set, all
-    set, random), their counts brought down in one synchronisation; ``compact`` none, and
+    set, random, integers), their counts brought down in one synchronisation; ``compact`` none, and
     its kernel's stand-in refuses a count that is not the mask's."""
     rng = np.random.default_rng(3)
     masks = [np.zeros(0, bool), np.zeros(7, bool), np.ones(300, bool), rng.random(5000) < 0.3]
+    masks.append((rng.random(900) < 0.5).astype(np.uint8) * 2)  # not bools: not zero
     device = [strict_cupy.asarray(m) for m in masks]
     strict_cupy.counts.clear()
     got = nonzeros(*device)
