@@ -705,8 +705,8 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
 def batch1_rate_hz(parts: dict[str, Any], config: str) -> float:
     """The rate of the daemon's latency replay: half the events/s the chain reached at
     batch 1 in ``parts`` in the daemon's ``config`` (else in the slowest configuration
-    measured), from 0.1 to 100 Hz; 10 Hz if none was. Each event then finds the daemon idle, and
-    is a batch of one."""
+    measured), from 0.1 to 100 Hz; 10 Hz if none was. Each event then finds the daemon
+    idle, and is a batch of one."""
     rates = {
         name: p["batches"]["1"]["events_per_s"]
         for name, p in parts.items()
@@ -833,36 +833,39 @@ def daemon_part(
     return out
 
 
+def _metrics_text(http: str) -> str:
+    """The daemon's /metrics page."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
 def _batches(http: str) -> tuple[float, float] | None:
     """The events in the daemon's batches so far and the batches: its
     ``streamtrk_batch_events`` histogram's sum and count; None where /metrics cannot be
     read (the replays' reports are kept)."""
-    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        text = _metrics_text(http)
     except OSError as exc:
         log(f"  daemon /metrics not read: {exc}")
         return None
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(("streamtrk_batch_events_sum ", "streamtrk_batch_events_count ")):
-            name, value = line.split()
-            values[name] = float(value)
-    if len(values) != 2:
-        return None
-    return values["streamtrk_batch_events_sum"], values["streamtrk_batch_events_count"]
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "streamtrk_batch_events"
+        for s in family.samples
+    }
+    names = ("streamtrk_batch_events_sum", "streamtrk_batch_events_count")
+    return (samples[names[0]], samples[names[1]]) if set(names) <= set(samples) else None
 
 
 def _scrape(http: str) -> list[str]:
     """The build-info and per-stage lines of the daemon's /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
-        text = r.read().decode()
     keep = ("streamtrk_build_info", "streamtrk_stage_seconds_sum", "streamtrk_stage_seconds_count")
-    return [line for line in text.splitlines() if line.startswith(keep)]
+    return [line for line in _metrics_text(http).splitlines() if line.startswith(keep)]
 
 
 # --------------------------------------------------------------------------- main
