@@ -41,6 +41,7 @@ chi-square (not per degree of freedom) and ``ndf`` its degrees of freedom.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -809,16 +810,22 @@ def fit_hits_kernel(
     launch: Launch,
 ) -> FitHits:  # fmt: skip
     """:func:`_fit_hits` as one kernel (``fit_hits``), a thread per hit; the detector's
-    layer table goes up as one array."""
+    layer table on the device (:func:`_layer_table`)."""
     xp, n = array_module(hit_index), len(hit_index)
-    table = np.stack([det.res_a, det.res_b, det.x0, det.kind == BARREL]).astype(np.float64)
     out, barrel = xp.empty((7, n)), xp.empty(n, dtype=bool)
     args = contiguous(
         (np.int64(n), hit_index.astype(xp.int64, copy=False),
          *(c.astype(xp.float64, copy=False) for c in positions),
-         layer.astype(xp.int64, copy=False), xp.asarray(table), np.int64(len(det.kind))),
+         layer.astype(xp.int64, copy=False), _layer_table(det, xp), np.int64(len(det.kind))),
         xp,
     )  # fmt: skip
     launch("fit_hits", n, (*args, out, barrel))
     hx, hy, hz, res_a, res_b, x0, w = out
     return FitHits(hx, hy, hz, res_a, res_b, x0, barrel, w)
+
+
+@cache
+def _layer_table(det: Detector, xp: Any) -> Array:
+    """The layers' res_a, res_b, x0 and whether a barrel, as one (4, layers) float64 array
+    on ``xp``'s device, uploaded once a detector."""
+    return xp.asarray(np.stack([det.res_a, det.res_b, det.x0, det.kind == BARREL]), xp.float64)

@@ -49,7 +49,7 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from streamtrk import xp as streamtrk_xp
-from streamtrk.recon import graph, kernels, prune
+from streamtrk.recon import fit, graph, kernels, prune
 
 REFUSED = "Implicit conversion to a NumPy array is not allowed. Please use `.get()`"
 
@@ -463,6 +463,7 @@ _CACHES = (
     streamtrk_xp._raw_module,
     streamtrk_xp._multiprocessors,
     graph._device_tables,
+    fit._layer_table,
     prune._fold_table,
     prune._window_tables,
 )
