@@ -1,16 +1,19 @@
 #!/bin/sh
-# The GPU issue's device run, prepared to run once within one `run` call (at most 9 minutes;
-# 218 s on an H200 on 2026-12-04 with that day's smaller benchmark, before the profile step;
-# longer now): import checks, the `gpu` tests,
+# The GPU issue's device run, prepared to run once within one `run` call (at most 8 minutes,
+# the issue's limit; 218 s on an H200 on 2026-12-04 with that day's smaller benchmark, before
+# the profile step; about 300 s expected now): import checks, the `gpu` tests,
 # then a small bench/gpu_bench.py (batches 1, 16, 64: the targets'; 16 MU=200 events; eager
 # fp32, compiled bf16, the daemon in compiled bf16 with CUDA graphs, batches of up to 16 and
 # no queue delay, then compiled bf16 with CUDA graphs, the kernels part and bf16 parity as
 # the budget allows), then bench/host_path.py (the daemon's host-side work per
 # event, on this host's CPU, and ZeroMQ's transfer), then bench/chain_profile.py (where the
 # chain's time goes, batches 1 and 16).
-# Every step is bounded by `timeout` (535 s in all, and a few seconds for the wheels) and
+# Every step is bounded by `timeout` (460 s in all, and a few seconds for the wheels) and
 # writes under $OUT (imports.txt, gpu-tests.txt, gpu-bench.log, gpu_bench.json,
 # host-path.log, host_path.json, chain-profile.tar); a failing step does not stop the next.
+# STEPS picks the steps after the import check (default "tests bench host profile"): a
+# rerun in what is left of a session's 15 minutes runs the ones that failed, e.g.
+# `STEPS=bench sh bench/device_run.sh` (at most 210 s).
 #
 # On the device (pyzmq and tomli-w are not installed there, see
 # /work/.library/device/KINDS.md; bring their wheels, ignored by git):
@@ -18,7 +21,7 @@
 #          python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #            --implementation cp --platform manylinux_2_28_x86_64 \
 #            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0 tomli-w==1.2.0
-#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 540)
+#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 480)
 #   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json \
 #            --host-path FILES_AT/host_path.json   (writes
 #          bench/results/h200-DATE.json, prints the summary for bench/RESULTS.md)
@@ -27,7 +30,20 @@
 set -u
 OUT=${OUT:-/tmp/device-run}
 DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-tests bench host profile}
 PYTHON=${PYTHON:-python3}
+for step in $STEPS; do  # a misspelt step would cost a rerun's device time for nothing
+    case $step in
+        tests | bench | host | profile) ;;
+        *) echo "device_run: unknown step $step (steps: tests bench host profile)"; exit 2 ;;
+    esac
+done
+# Whether step $1 is to run; says so where it is not.
+step() {
+    case " $STEPS " in *" $1 "*) return 0 ;; esac
+    echo "device_run: $1 not in STEPS, skipped"
+    return 1
+}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PYTHONPATH=$PWD
@@ -82,50 +98,58 @@ cat "$OUT/imports.txt"
 # one check of CUDA graphs called from another thread (the daemon's worker: torch issue
 # 123177); then the files cheapest first, so that a run cut by `timeout` in the compiled
 # pipeline still has them.
-THREAD_TEST=test_cuda_graphs_score_from_another_thread
-set -- -m gpu -v -rs -W default --timeout 100 --durations 10 -p no:cacheprovider
-timeout 80 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
-    >"$OUT/gpu-tests.txt" 2>&1
-echo "device_run: gpu thread test exit $?"
-timeout 140 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
-    tests/recon/test_prune.py tests/recon/test_gpu_parity.py tests/recon/test_gpu_pipeline.py \
-    >>"$OUT/gpu-tests.txt" 2>&1
-echo "device_run: gpu tests exit $?"
-tail -n 50 "$OUT/gpu-tests.txt"
+if step tests; then
+    THREAD_TEST=test_cuda_graphs_score_from_another_thread
+    set -- -m gpu -v -rs -W default --timeout 100 --durations 10 -p no:cacheprovider
+    timeout 50 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
+        >"$OUT/gpu-tests.txt" 2>&1
+    echo "device_run: gpu thread test exit $?"
+    timeout 110 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
+        tests/recon/test_prune.py tests/recon/test_gpu_parity.py tests/recon/test_gpu_pipeline.py \
+        >>"$OUT/gpu-tests.txt" 2>&1
+    echo "device_run: gpu tests exit $?"
+    tail -n 50 "$OUT/gpu-tests.txt"
+fi
 
-if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 16 64 --configs eager_fp32 compile_bf16 \
-        compile_bf16_cudagraphs --daemon-config compile_bf16_cudagraphs --budget-s 155
-else
-    set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
-        --workers 1
+if step bench; then
+    if [ "$DEVICE" = cuda ]; then
+        set -- --events 16 --batches 1 16 64 --configs eager_fp32 compile_bf16 \
+            compile_bf16_cudagraphs --daemon-config compile_bf16_cudagraphs --budget-s 145
+    else
+        set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
+            --workers 1
 fi
 # SIGINT at the limit: its `finally` stops the daemon it started (no orphan on the GPU).
-timeout -s INT -k 10 180 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
+timeout -s INT -k 10 170 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
 echo "device_run: gpu_bench exit $?"
 grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
-
-if [ "$DEVICE" = cuda ]; then
-    set -- --events 4 --repeats 10 --messages 200 --device cuda
-else
-    set -- --events 2 --mu 10 --repeats 3 --messages 20
 fi
-timeout 35 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
+
+if step host; then
+    if [ "$DEVICE" = cuda ]; then
+        set -- --events 4 --repeats 10 --messages 200 --device cuda
+    else
+        set -- --events 2 --mu 10 --repeats 3 --messages 20
+fi
+timeout 30 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
     2>"$OUT/host-path.log"
 echo "device_run: host_path exit $?"
+fi
 
-# Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler tables,
-# its log), in one file: a run brings back at most 8. In the headline configuration,
-# compiled bf16 (2026-12-04's profile was eager fp32: its network's small kernels hid the
-# rest); the CuPy stages are the same in both.
-if [ "$DEVICE" = cuda ]; then
-    set -- --events 16 --batches 1 16 --engine compile --precision bf16
-else
-    set -- --device cpu --events 1 --mu 10 --batches 1 --repeats 1 --kernel-repeats 1 \
-        --workers 1
+if step profile; then
+    # Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler tables,
+    # its log), in one file: a run brings back at most 8. In the headline configuration,
+    # compiled bf16 (2026-12-04's profile was eager fp32: its network's small kernels hid the
+    # rest); the CuPy stages are the same in both.
+    if [ "$DEVICE" = cuda ]; then
+        set -- --events 16 --batches 1 16 --engine compile --precision bf16
+    else
+        set -- --device cpu --events 1 --mu 10 --batches 1 --repeats 1 --kernel-repeats 1 \
+            --workers 1
 fi
 PROFILE=$(mktemp -d)/chain-profile
 mkdir -p "$PROFILE"
 timeout 60 "$PYTHON" bench/chain_profile.py --out "$PROFILE" "$@" >"$PROFILE/log.txt" 2>&1
 echo "device_run: chain_profile exit $?"
 tar -C "$(dirname "$PROFILE")" -cf "$OUT/chain-profile.tar" chain-profile
+fi

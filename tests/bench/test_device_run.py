@@ -54,6 +54,26 @@ def test_device_run_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_pat
     assert f"| host total | {host['host_us_per_event']:,.0f} |" in text
 
 
+def test_device_run_reruns_the_steps_named(tmp_path: Path) -> None:
+    """STEPS runs the steps it names after the import check (a rerun in what is left of the
+    device time), says which it skipped, and refuses a name it does not know before any."""
+    env = {"DEVICE": "cpu", "PYTHON": sys.executable, "PATH": os.environ["PATH"]}
+    script = ["sh", str(ROOT / "bench" / "device_run.sh")]
+    out_dir = tmp_path / "out"
+    done = subprocess.run(script, cwd=ROOT, env={**env, "OUT": str(out_dir), "STEPS": "host"},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p.name for p in out_dir.iterdir()} == {"imports.txt", "host_path.json", "host-path.log"}
+    assert "device_run: host_path exit 0" in done.stdout
+    for skipped in ("tests", "bench", "profile"):
+        assert f"device_run: {skipped} not in STEPS, skipped" in done.stdout
+    misspelt = tmp_path / "misspelt"
+    env |= {"OUT": str(misspelt), "STEPS": "host bnech"}
+    done = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown step bnech" in done.stdout
+    assert not misspelt.exists()
+
+
 #: What the device machine has installed, as /work/.library/device/KINDS.md lists it
 #: (read 2026-11-17; distribution names): the project's other needs travel as wheels.
 DEVICE_PACKAGES = {
