@@ -12,7 +12,10 @@ network's; ``gnn`` counts only the hand-over), copies CuPy makes inside one func
 Approximate: a CuPy function may launch several kernels (a sort, ``nonzero``). Also
 ``host_syncs``: CuPy's host synchronisations of the same reconstruct, as the stand-in counts
 them (copies down, outputs sized by their values; torch's not counted), also by stage and
-function.
+function; and ``array_bytes``: the bytes of the device arrays each counted operation takes
+and gives, by stage, a proxy of the device's memory traffic at large batches (a kernel may
+read part of an array, a sort passes over its keys several times, a scattered read costs a
+32-byte sector), with the time it would take at the H200's 4.8 TB/s (``floor_ms``).
 
     .venv/bin/python bench/launch_count.py                # MU=200, batches of 1 and 16
     .venv/bin/python bench/launch_count.py --mu 20 --batches 1 --top 40
@@ -48,6 +51,7 @@ from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
 
 ROOT = Path(__file__).resolve().parents[1]
+H200_BYTES_PER_S = 4.8e12  # the H200's memory bandwidth
 
 #: The reconstructor's calls of its stages, by the function's name in the stage's module.
 STAGES = {
@@ -63,7 +67,7 @@ STAGES = {
 NO_LAUNCH = frozenset(
     {"reshape", "view", "ravel", "transpose", "swapaxes", "moveaxis", "expand_dims", "squeeze",
      "diagonal", "ndim", "shape", "size", "dtype", "result_type", "broadcast_to", "atleast_1d",
-     "ascontiguousarray", "asarray", "isscalar", "iterable"}
+     "ascontiguousarray", "asarray", "isscalar", "iterable", "empty", "empty_like"}
 )  # fmt: skip
 
 
@@ -76,8 +80,9 @@ class Launches:
         self.by_function: Counter[str] = Counter()
         self.syncs_by_stage: Counter[str] = Counter()
         self.syncs_by_function: Counter[str] = Counter()
+        self.bytes_by_stage: Counter[str] = Counter()
 
-    def note(self, sync: bool = False) -> None:
+    def note(self, sync: bool = False, nbytes: int = 0) -> None:
         frame: FrameType | None = sys._getframe(2)
         inner, stage = None, "other"
         while frame is not None:
@@ -93,6 +98,7 @@ class Launches:
         else:
             self.by_stage[stage] += 1
             self.by_function[inner or "?"] += 1
+            self.bytes_by_stage[stage] += nbytes
 
 
 def strict_stand_in() -> Any:
@@ -100,6 +106,29 @@ def strict_stand_in() -> Any:
     if str(ROOT / "tests" / "recon") not in sys.path:
         sys.path.insert(0, str(ROOT / "tests" / "recon"))
     return importlib.import_module("strict_xp")
+
+
+def _nbytes(strict_xp: Any, *objs: Any) -> int:
+    """Bytes of the arrays among ``objs`` (tuples, lists and dicts opened): the stand-in's
+    device arrays, and the NumPy arrays its kernels run on."""
+    total = 0
+    for o in objs:
+        if isinstance(o, tuple | list):
+            total += _nbytes(strict_xp, *o)
+        elif isinstance(o, dict):
+            total += _nbytes(strict_xp, *o.values())
+        elif isinstance(o, strict_xp.DeviceArray):
+            total += o._a.nbytes
+        elif isinstance(o, np.ndarray):
+            total += o.nbytes
+    return total
+
+
+def _lazily_wrapped(strict_xp: Any, value: Any) -> bool:
+    """Whether ``value`` is what the stand-in's namespace wrapped on first use: a function,
+    or a nested namespace (``cupy.linalg``)."""
+    qualname = getattr(value, "__qualname__", "")
+    return isinstance(value, strict_xp._Namespace) or qualname.startswith("_wrapped.")
 
 
 def _copies_nothing(name: str, fn: Any, args: tuple, kwargs: dict) -> bool:
@@ -122,19 +151,21 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
             launches.note(sync=True)
         count(what)
 
-    def on_ufunc(self: Any, *args: Any, **kwargs: Any) -> Any:
-        launches.note()
-        return ufunc(self, *args, **kwargs)
+    def on_ufunc(self: Any, ufunc_: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        out = ufunc(self, ufunc_, method, *args, **kwargs)
+        launches.note(nbytes=_nbytes(strict_xp, args, kwargs, out))
+        return out
 
     def on_getitem(self: Any, key: Any) -> Any:
+        out = getitem(self, key)
         keys = key if isinstance(key, tuple) else (key,)
         if any(isinstance(k, strict_xp.DeviceArray | np.ndarray | list) for k in keys):
-            launches.note()  # a gather; plain slices are views
-        return getitem(self, key)
+            launches.note(nbytes=2 * _nbytes(strict_xp, out) + _nbytes(strict_xp, keys))
+        return out  # a gather (values read and written, the indices); plain slices are views
 
     def on_setitem(self: Any, key: Any, value: Any) -> None:
-        launches.note()
         setitem(self, key, value)
+        launches.note(nbytes=_nbytes(strict_xp, key, value))
 
     def on_wrapped(fn: Any, name: str) -> Any:
         call = wrapped(fn, name)
@@ -142,15 +173,17 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
             return call
 
         def counted(*args: Any, **kwargs: Any) -> Any:
+            out = call(*args, **kwargs)
             if not _copies_nothing(name, fn, args, kwargs):
-                launches.note()
-            return call(*args, **kwargs)
+                own = getattr(fn, "__self__", None)  # a method's array
+                launches.note(nbytes=_nbytes(strict_xp, args, kwargs, out, own))
+            return out
 
         return counted
 
     def on_kernel(run: Any) -> Any:
         def counted(*args: Any, **kwargs: Any) -> Any:
-            launches.note()
+            launches.note(nbytes=_nbytes(strict_xp, args, kwargs))
             return run(*args, **kwargs)
 
         return counted
@@ -165,9 +198,20 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
     strict_xp._HostKernel.__call__ = on_kernel(host_kernel)
     array.__array_ufunc__, array.__getitem__, array.__setitem__ = on_ufunc, on_getitem, on_setitem
     strict_xp._wrapped, strict_xp._count = on_wrapped, on_count
+    # The stand-in keeps the functions it wrapped on first use (an earlier reconstruct's):
+    # set aside, so that every one used in the block is wrapped, and counted, anew.
+    namespace = strict_xp.cupy
+    cached = {k: v for k, v in vars(namespace).items() if _lazily_wrapped(strict_xp, v)}
+    for name in cached:
+        delattr(namespace, name)
+    own = set(vars(namespace))
     try:
         yield
     finally:
+        for name in set(vars(namespace)) - own:
+            delattr(namespace, name)
+        for name, value in cached.items():
+            setattr(namespace, name, value)
         array.__array_ufunc__, array.__getitem__, array.__setitem__, strict_xp._wrapped = saved
         strict_xp._count = count
         strict_xp._HostKernel.__call__ = host_kernel
@@ -212,6 +256,9 @@ def main() -> None:
                 "top_functions": dict(launches.by_function.most_common(args.top)),
                 "host_syncs_by_stage": dict(launches.syncs_by_stage.most_common()),
                 "host_syncs_by_function": dict(launches.syncs_by_function.most_common()),
+                "array_bytes": sum(launches.bytes_by_stage.values()),
+                "array_bytes_by_stage": dict(launches.bytes_by_stage.most_common()),
+                "floor_ms": sum(launches.bytes_by_stage.values()) / H200_BYTES_PER_S * 1e3,
             }
     print(json.dumps(out, indent=1))
 
