@@ -40,11 +40,12 @@ def to_host_packed(arrays: dict[str, Array]) -> dict[str, np.ndarray]:
         return {}
     xp = array_module(next(iter(arrays.values())))
     spans, _ = _spans([v.nbytes for v in arrays.values()])
-    parts = []
+    parts, pad = [], None  # pad: one fill, sliced for every part padded
     for v in arrays.values():
         parts.append(xp.ascontiguousarray(v).reshape(-1).view(xp.uint8))
         if -v.nbytes % 8:
-            parts.append(xp.zeros(-v.nbytes % 8, dtype=xp.uint8))
+            pad = xp.zeros(7, dtype=xp.uint8) if pad is None else pad
+            parts.append(pad[: -v.nbytes % 8])
     buffer = to_host(xp.concatenate(parts))
     return {
         k: buffer[lo : lo + n].view(v.dtype).reshape(v.shape)
