@@ -669,8 +669,12 @@ def _starting_fits(det, rng):
 def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
     """start_circle and start_line, built for the host, give the NumPy path's starting
     circles and lines: loopers to 10 TeV tracks, collinear hits (the chord's line taken
-    over Kasa's) and 2-hit tracks. The circle within a part in 10^12 (the sums are the
-    arrays', in order; the 3 x 3 solves round as LAPACK's may not), the line bit for bit."""
+    over Kasa's) and 2-hit tracks. The sums are the arrays', in order; the 3 x 3 solves
+    round as LAPACK's may not, which the Kasa system of a nearly straight track magnifies
+    (how much hangs on the machine's LAPACK kernels). So: the circles of the 0.2-3 GeV
+    tracks within a part in 10^12; those of the stiff and collinear tracks within 10^-8 of
+    their radius; every circle, the 2-hit tracks' too (a circle through two points is any
+    of many), within 10^-5 mm of the arrays' at its hits; the line bit for bit."""
     offsets, hx, hy, hz, w = _starting_fits(det, np.random.default_rng(19))
     n_tracks = len(offsets) - 1
     tid = np.repeat(np.arange(n_tracks), np.diff(offsets))
@@ -688,7 +692,12 @@ def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
     radius = arrays[2]
     assert (radius[:400] < 1e4).all() and (radius[400:-10] > 1e5).all()
     for got, want in zip(kernel, arrays, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-12)
+        np.testing.assert_allclose(got[:400], want[:400], rtol=1e-12)
+        assert (np.abs(got - want)[400:-10] <= 1e-8 * radius[400:-10]).all()
+    got_at, want_at = (
+        np.hypot(hx - xc[tid], hy - yc[tid]) - r[tid] for xc, yc, r in (kernel, arrays)
+    )
+    np.testing.assert_allclose(got_at, want_at, rtol=0, atol=1e-5)
     s = np.random.default_rng(20).normal(0, 500, len(hx))
     radius = np.where(np.arange(n_tracks) % 7 == 0, 1.0, radius)  # under 0.01 GeV: the floor
     lines = (
