@@ -159,8 +159,8 @@ def bincount(idx: Array, size: int, weights: Array | None = None) -> Array:
     Up to :data:`SHARED_BINS` bins, each block of the kernel adds into its own copy of the
     bins in shared memory, then into the output (a few bins taking millions of values, one
     global atomic add each, serialised on their addresses: the work budget's per-event sums
-    took 10 ms each on an H200). Values outside the range raise on NumPy and are undefined
-    on the device."""
+    took 10 ms each on an H200). Values outside the range raise on NumPy; the device leaves
+    them out (a write past the bins could end the process's use of the GPU)."""
     xp = array_module(idx)
     if xp is np:
         out = np.bincount(idx, weights, minlength=size)
@@ -210,7 +210,8 @@ extern "C" __global__ void streamtrk_shared_bincount(
     __syncthreads();
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
          t += (long long)gridDim.x * blockDim.x)
-        atomicAdd(&shared_counts[idx[t]], 1ULL);
+        if ((unsigned long long)idx[t] < (unsigned long long)size)  // no write past the bins
+            atomicAdd(&shared_counts[idx[t]], 1ULL);
     __syncthreads();
     for (long long b = threadIdx.x; b < size; b += blockDim.x)
         if (shared_counts[b]) atomicAdd(&out[b], shared_counts[b]);
@@ -223,7 +224,8 @@ extern "C" __global__ void streamtrk_shared_bincount_weighted(
     __syncthreads();
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
          t += (long long)gridDim.x * blockDim.x)
-        atomicAdd(&shared_sums[idx[t]], w[t]);
+        if ((unsigned long long)idx[t] < (unsigned long long)size)
+            atomicAdd(&shared_sums[idx[t]], w[t]);
     __syncthreads();
     for (long long b = threadIdx.x; b < size; b += blockDim.x)
         if (shared_sums[b] != 0.0) atomicAdd(&out[b], shared_sums[b]);
@@ -254,11 +256,12 @@ def _atomic_add_kernels() -> tuple[Any, Any]:
     """CuPy's own ``bincount`` kernels (counts, weighted sums), without its checks."""
     import cupy
 
+    inside = "if (x >= 0 && x < bin.size()) "  # no write past the bins
     count = cupy.ElementwiseKernel(
-        "S x", "raw U bin", "atomicAdd(&bin[x], U(1))", "streamtrk_bincount"
+        "S x", "raw U bin", inside + "atomicAdd(&bin[x], U(1))", "streamtrk_bincount"
     )
     weighted = cupy.ElementwiseKernel(
-        "S x, T w", "raw U bin", "atomicAdd(&bin[x], w)", "streamtrk_bincount_weighted"
+        "S x, T w", "raw U bin", inside + "atomicAdd(&bin[x], w)", "streamtrk_bincount_weighted"
     )
     return count, weighted
 
