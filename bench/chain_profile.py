@@ -156,7 +156,8 @@ def main() -> None:
             **kernels,
             "device_busy_share": kernels["device_ms_per_call"] / wall_ms,
         }
-    (args.out / "chain_profile.json").write_text(json.dumps(result, indent=1))
+        # After each size: a run cut by its time limit keeps the sizes done.
+        (args.out / "chain_profile.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
 
 

@@ -278,6 +278,7 @@ class Bench:
         self.out = out
         self.t0 = time.monotonic()
         self.budget_s = budget_s
+        self.partial: dict[str, Any] = {}  # the running part's results so far (see part)
         self.result: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": " ".join(sys.argv),
@@ -298,11 +299,20 @@ class Bench:
             return
         log(f"{name}: start ({self.left():.0f} s of budget left)")
         t = time.monotonic()
+        self.partial = {}
         try:
             data = fn()
         except Exception as exc:
-            data = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            data = self.partial | {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
             log(f"{name}: FAILED {data['error']}")
+        except KeyboardInterrupt:  # the step's time limit (SIGINT): what was measured, kept
+            self.result["parts"][name] = self.partial | {"interrupted": "SIGINT (time limit)"}
+            log(f"{name}: interrupted")
+            self.write()
+            raise
         data["part_seconds"] = round(time.monotonic() - t, 2)
         self.result["parts"][name] = data
         log(f"{name}: done in {data['part_seconds']} s")
@@ -441,10 +451,10 @@ def info_part(dev: Device, events: list[Event], mu: float, net: Network) -> dict
 def transfers_part(dev: Device, events: list[Event], rec: Reconstructor) -> dict[str, Any]:
     """The chain's own transfers at batch 1 and 16, medians over 16 batches of one and 5 of
     16, each size's first batch untimed (kernel compilation, pool growth): the hits up as
-    ``Reconstructor.reconstruct`` sends them (``batch_columns``: the columns concatenated
-    into one host buffer, one copy; CuPy stages it through its page-locked pool) and the
-    tracks down (``to_host_packed``: the track arrays packed on the device, one copy). On
-    the CPU both are host copies only."""
+    ``Reconstructor.reconstruct`` sends them (``batch_columns``: the NaN checks, the
+    columns concatenated into the thread's page-locked buffer, one copy up: ``upload_*``,
+    the whole path, not the link alone) and the tracks down (``to_host_packed``: the track
+    arrays packed on the device, one copy). On the CPU both are host copies only."""
     det = rec.detector
     out: dict[str, Any] = {"by_batch": {}}
     for size in sorted({1, min(16, len(events))}):
@@ -478,11 +488,11 @@ def transfers_part(dev: Device, events: list[Event], rec: Reconstructor) -> dict
                 bytes_out.append(sum(a.nbytes for a in host.values()))
         out["by_batch"][str(size)] = {
             "batches": len(up),
-            "h2d_ms": float(np.median(up) * 1000),
+            "upload_ms": float(np.median(up) * 1000),
             "d2h_ms": float(np.median(down) * 1000),
-            "h2d_bytes": float(np.median(bytes_in)),
+            "upload_bytes": float(np.median(bytes_in)),
             "d2h_bytes": float(np.median(bytes_out)),
-            "h2d_gb_per_s": float(np.median(bytes_in) / np.median(up) / 1e9),
+            "upload_gb_per_s": float(np.median(bytes_in) / np.median(up) / 1e9),
         }
     return out
 
@@ -501,6 +511,7 @@ def config_part(
     engine, precision, graphs, _ = CONFIGS[config]
     torch._dynamo.reset()
     graphs_before = counters["stats"]["unique_graphs"]
+    skips_before = counters["inductor"]["cudagraph_skips"]
     scorer = EngineScorer(
         net.model, dev.name, engine, precision, buckets=net.chain.buckets(), cuda_graphs=graphs
     )
@@ -516,6 +527,7 @@ def config_part(
         "first_call_s": round(time.perf_counter() - t, 2),
         "batches": {},
     }
+    bench.partial = out  # kept if the step's time limit interrupts the part
     for size in batches:
         if bench.left() < 10:
             out["batches"][str(size)] = {"skipped": "time budget"}
@@ -536,9 +548,15 @@ def config_part(
             dev.release()
         log(f"  {config} batch {size}: {out['batches'][str(size)].get('events_per_s')}")
     out["compiled_graphs"] = counters["stats"]["unique_graphs"] - graphs_before
+    # Graphs Inductor ran without CUDA graphs (it says so in a log line only): with
+    # cuda_graphs on, anything but 0 means the timings are partly without them.
+    out["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips_before
     out["memory"] = dev.memory()
     if engine == "compile" and bench.left() > 60:
-        out["warm_up_again_s"] = round(scorer.warm_up(), 2)  # compiled already: a lower bound
+        try:  # compiled already: a lower bound
+            out["warm_up_again_s"] = round(scorer.warm_up(), 2)
+        except Exception as exc:  # the batches measured are kept
+            out["warm_up_again_s"] = f"failed: {type(exc).__name__}: {exc}"
     del rec, scorer
     dev.release()
     return out
@@ -778,7 +796,9 @@ def daemon_part(
         "recording_events": len(events),
         "hits_messages": "compact (wire version 5)",
     }
+    bench.partial = out  # the replays done, kept if the step's time limit interrupts
     t = time.monotonic()
+    grace_s = 40.0  # for the daemon to drain and exit
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -825,19 +845,26 @@ def daemon_part(
                 log(f"  daemon {name}: {out[name].get('events_per_second')} events/s")
             try:
                 out["metrics"] = _scrape(http)
-            except OSError as exc:
-                out["metrics"] = f"not read: {exc}"
+                # What it served: engine_note says where CUDA graphs or an engine fell back.
+                status = json.loads(_http_get(http, "/status"))
+                out["status_model"] = status.get("model")
+            except (OSError, ValueError) as exc:
+                out.setdefault("metrics", f"not read: {exc}")
+                out["status_model"] = f"not read: {exc}"
+        except KeyboardInterrupt:  # the step's time limit: seconds left before its SIGKILL
+            grace_s = 5.0
+            raise
         finally:
-            out["exit_code"] = terminate(proc, 40)
+            out["exit_code"] = terminate(proc, grace_s)
             out["log_tail"] = log_path.read_text(errors="replace")[-3000:]
     return out
 
 
-def _metrics_text(http: str) -> str:
-    """The daemon's /metrics page."""
+def _http_get(http: str, path: str) -> str:
+    """The daemon's page ``path`` (/metrics, /status)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://{http}{path}", timeout=5) as r:
         return r.read().decode()
 
 
@@ -848,7 +875,7 @@ def _batches(http: str) -> tuple[float, float] | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = _metrics_text(http)
+        text = _http_get(http, "/metrics")
     except OSError as exc:
         log(f"  daemon /metrics not read: {exc}")
         return None
@@ -865,7 +892,7 @@ def _batches(http: str) -> tuple[float, float] | None:
 def _scrape(http: str) -> list[str]:
     """The build-info and per-stage lines of the daemon's /metrics."""
     keep = ("streamtrk_build_info", "streamtrk_stage_seconds_sum", "streamtrk_stage_seconds_count")
-    return [line for line in _metrics_text(http).splitlines() if line.startswith(keep)]
+    return [line for line in _http_get(http, "/metrics").splitlines() if line.startswith(keep)]
 
 
 # --------------------------------------------------------------------------- main
@@ -915,15 +942,17 @@ def main() -> None:
 
         return name, CONFIGS[name][3], run
 
-    # Most wanted first (a short device session may not reach the end): the baseline, the
-    # headline configuration, the daemon (its latency replay's rate from the configurations
-    # measured before it), CUDA graphs, then the rest.
+    # Most wanted first (a short device session may not reach the end): the headline
+    # configuration, the daemon's own (the latency replay's rate comes from it; on the CPU
+    # the daemon serves eager fp32), the daemon, the baseline, the kernels, bf16 parity,
+    # then the rest.
     small = [b for b in args.batches if b <= 16]  # the kernels part's batch sizes
-    served = args.daemon_config
+    served = args.daemon_config if args.device == "cuda" else "eager_fp32"
     need = CONFIGS[served][3] + 15 if args.device == "cuda" else 40  # replays, start and stop
-    parts: list[tuple[str, float, Callable[[], dict[str, Any]]]] = [
-        entry(c) for c in ("eager_fp32", "compile_fp32", "compile_bf16")
-    ]
+    first = [c for c in dict.fromkeys(("compile_bf16", served)) if c in args.configs]
+    rest = [c for c in ("eager_fp32", "compile_fp32", "compile_bf16_cudagraphs", "eager_bf16")
+            if c not in first]  # fmt: skip
+    parts: list[tuple[str, float, Callable[[], dict[str, Any]]]] = [entry(c) for c in first]
     parts += [
         (
             "daemon",
@@ -932,10 +961,10 @@ def main() -> None:
                 bench, dev, events, net, served, batch1_rate_hz(bench.result["parts"], served)
             ),
         ),
-        entry("compile_bf16_cudagraphs"),
+        entry(rest[0]),
         ("kernels", 20, lambda: kernels_part(dev, events, net, small)),
         ("bf16_parity", 40, lambda: parity_part(dev, events, net)),
-        entry("eager_bf16"),
+        *(entry(c) for c in rest[1:]),
     ]
     for name, need_s, fn in parts:
         if name in CONFIGS and name not in args.configs:

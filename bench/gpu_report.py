@@ -9,9 +9,10 @@ a Markdown summary for ``bench/RESULTS.md`` (printed, or written with ``--markdo
 The summary: versions and command; end to end per configuration and batch size (events/s,
 p50, p99, stages, host synchronisations); the targets; each stage against docs/gpu.md's
 reference figures; the GNN against the reference network and the GPU's limit; bf16 parity;
-the kernels against CuPy array operations; the daemon; parts that failed or were skipped;
-with ``--host-path``, ``bench/host_path.py``'s result of the same run (kept in the results
-file as ``host_path``): the daemon's host-side work per event on the device's host.
+the kernels against CuPy array operations; the daemon; parts that failed, were skipped or
+cut, or ran otherwise than asked; with ``--host-path``, ``bench/host_path.py``'s result of
+the same run (kept in the results file as ``host_path``): the daemon's host-side work per
+event on the device's host.
 """
 
 from __future__ import annotations
@@ -173,14 +174,29 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
             f" {_f(daemon.get('mean_batch_events_batch1'), 2)} events); exit code"
             f" {d.get('exit_code')}.",
         ]
-    problems = [
-        f"- {name}: {p.get('error') or p.get('skipped')}"
-        for name, p in parts.items()
-        if isinstance(p, dict) and (p.get("error") or p.get("skipped"))
-    ]
-    if problems:
-        out += ["", "Failed or skipped:", "", *problems]
+    if problems := _problems(parts):
+        out += ["", "Failed, skipped, cut or not as asked:", "", *problems]
     return "\n".join(out) + "\n"
+
+
+def _problems(parts: dict[str, Any]) -> list[str]:
+    """A line for each part that failed, was skipped or cut by the step's time limit, each
+    configuration that fell back (its engine, or CUDA graphs off or skipped for some
+    graphs), and a daemon that served otherwise than asked (its ``/status`` engine note)."""
+    out = []
+    for name, p in parts.items():
+        if not isinstance(p, dict):
+            continue
+        if why := p.get("error") or p.get("skipped") or p.get("interrupted"):
+            out.append(f"- {name}: {why}")
+        if p.get("fallback_reason"):
+            out.append(f"- {name}: {p['fallback_reason']}")
+        if p.get("cuda_graphs") and p.get("cudagraph_skips"):
+            out.append(f"- {name}: {p['cudagraph_skips']} graph(s) run without CUDA graphs")
+        model = p.get("status_model")
+        if isinstance(model, dict) and model.get("engine_note"):
+            out.append(f"- {name} served: {model['engine_note']}")
+    return out
 
 
 LABELS = {

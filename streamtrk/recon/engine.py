@@ -374,7 +374,8 @@ class EngineScorer:
     # ------------------------------------------------------------------ use
 
     def logits(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        """Float32 logits of the real edges (call under ``torch.inference_mode``)."""
+        """Float32 logits of the real edges (call under ``torch.inference_mode``). With CUDA
+        graphs they live in the graphs' memory pool: valid until the next call."""
         return self._run(x, edge_index, edge_attr)
 
     def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:

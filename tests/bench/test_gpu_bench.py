@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,9 +23,12 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     parts = result["parts"]
     failed = {k: v["error"] for k, v in parts.items() if isinstance(v, dict) and "error" in v}
     assert failed == {}
-    assert {"info", "transfers", "eager_fp32", "bf16_parity", "kernels", "daemon"} <= set(parts)
+    # In order: the daemon's configuration (on the CPU eager fp32) before the daemon.
+    assert list(parts) == ["info", "transfers", "eager_fp32", "daemon", "kernels", "bf16_parity"]
     for size, moved in parts["transfers"]["by_batch"].items():  # the chain's upload, download
-        assert moved["h2d_bytes"] >= 20 * 200 * int(size) and moved["d2h_bytes"] > 0, size
+        assert moved["upload_bytes"] >= 20 * 200 * int(size) and moved["d2h_bytes"] > 0, size
+    assert parts["eager_fp32"]["cudagraph_skips"] == 0
+    assert parts["daemon"]["status_model"]["engine"] == "eager"  # what it served, from /status
     assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
     assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
     assert parts["daemon"]["exit_code"] == 0
@@ -67,7 +71,7 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     text = (tmp_path / "summary.md").read_text()
     assert "| eager_fp32 | 1 |" in text and "| eager_fp32 | 2 |" in text
     assert "| graph | " in text and "Daemon (`--device cpu" in text
-    assert "Failed or skipped" not in text
+    assert "Failed, skipped" not in text
 
 
 def test_report_takes_the_best_batch_64_and_kernels_without_pruning(gpu_report) -> None:
@@ -81,3 +85,42 @@ def test_report_takes_the_best_batch_64_and_kernels_without_pruning(gpu_report) 
     text = gpu_report.markdown(result, "x.json")
     assert "at batch 64, 1,234.5 (target 1,000)" in text
     assert "| 16 | 2.00 | 0.50 | n/a | n/a | n/a | n/a | yes |" in text
+
+
+def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:
+    graphs: dict[str, Any] = {"cuda_graphs": True, "fallback_reason": None, "batches": {}}
+    parts = {
+        "compile_bf16_cudagraphs": graphs | {"cudagraph_skips": 2},
+        "compile_bf16": graphs | {"cuda_graphs": False, "cudagraph_skips": 0},
+        "eager_fp32": {"batches": {}, "interrupted": "SIGINT (time limit)"},
+        "daemon": {"status_model": {"engine": "compile", "engine_note": "CUDA graphs off: X"}},
+    }
+    text = gpu_report.markdown({"date": "2026-12-05", "summary": {}, "parts": parts}, "x.json")
+    listed = text.split("Failed, skipped, cut or not as asked:\n\n")[1].splitlines()
+    assert listed == [
+        "- compile_bf16_cudagraphs: 2 graph(s) run without CUDA graphs",
+        "- eager_fp32: SIGINT (time limit)",
+        "- daemon served: CUDA graphs off: X",
+    ]
+
+
+def test_a_part_cut_or_failing_keeps_what_it_measured(tmp_path: Path) -> None:
+    """The step's time limit (SIGINT: KeyboardInterrupt) or an error in a part: the results
+    it had put in ``bench.partial`` are written with the reason; the interrupt goes on."""
+    from bench_scripts import bench_script
+
+    gpu_bench = bench_script("gpu_bench")
+    bench = gpu_bench.Bench(tmp_path, budget_s=100)
+
+    def measured_then(exc: BaseException) -> dict[str, object]:
+        bench.partial = {"replay_max_rate": {"events_per_second": 9.0}}
+        raise exc
+
+    bench.part("failing", 0, lambda: measured_then(RuntimeError("boom")))
+    with pytest.raises(KeyboardInterrupt):
+        bench.part("cut", 0, lambda: measured_then(KeyboardInterrupt()))
+    parts = json.loads((tmp_path / "gpu_bench.json").read_text())["parts"]
+    for name in ("failing", "cut"):
+        assert parts[name]["replay_max_rate"] == {"events_per_second": 9.0}, name
+    assert parts["failing"]["error"] == "RuntimeError: boom"
+    assert parts["cut"]["interrupted"] == "SIGINT (time limit)"
