@@ -813,7 +813,7 @@ def daemon_part(
             replays = (
                 ("replay_max_rate", ["--loop", "4"]),
                 ("replay_100hz", ["--rate", "100", "--loop", "4"]),
-                ("replay_batch1", ["--rate", str(rate_batch1_hz), "--loop", "2"]),
+                ("replay_batch1", ["--rate", str(rate_batch1_hz), "--loop", "6"]),  # 16 events: 96
             )
             for name, extra in replays:
                 if bench.left() < 15:
