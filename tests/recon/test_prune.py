@@ -159,7 +159,9 @@ def test_host_kernels_on_a_mu200_event(host_launcher, mu200_events, det):
 
 def test_host_geometry_kernel_is_the_arrays(host_launcher, mu200_events, det):
     """The per-edge geometry kernel gives the arrays' quantities and mask bit for bit, but
-    theta: its atan2f is the C library's, NumPy's float32 arctan2 may be its own (SIMD)."""
+    theta: its atan2f is the C library's (within an ulp), NumPy's float32 arctan2 may be its
+    own, by the machine's SIMD (AVX-512's SVML: within 4 ulp, numpy pull request 19478;
+    3 ulp apart on a Sapphire Rapids machine): within 5."""
     g = batch_graph(mu200_events[:1], det)
     geo, usable, t = triplet_inputs(g, PruneConfig(), det)
     k_geo, k_usable = geometry_kernel(g, det, t, host_launcher(KERNELS))
@@ -168,7 +170,7 @@ def test_host_geometry_kernel_is_the_arrays(host_launcher, mu200_events, det):
     for name, v in geo.items():
         assert k_geo[name].dtype == v.dtype or name in ("i", "j"), name
         if name == "theta":
-            np.testing.assert_array_max_ulp(k_geo[name], v, maxulp=2)
+            np.testing.assert_array_max_ulp(k_geo[name], v, maxulp=5)
         else:
             assert np.array_equal(k_geo[name], v), name
 
