@@ -204,11 +204,11 @@ def counting(strict_xp: Any, launches: Launches) -> Iterator[None]:
     cached = {k: v for k, v in vars(namespace).items() if _lazily_wrapped(strict_xp, v)}
     for name in cached:
         delattr(namespace, name)
-    own = set(vars(namespace))
+    names = set(vars(namespace))
     try:
         yield
     finally:
-        for name in set(vars(namespace)) - own:
+        for name in set(vars(namespace)) - names:
             delattr(namespace, name)
         for name, value in cached.items():
             setattr(namespace, name, value)
