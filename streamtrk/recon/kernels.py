@@ -19,6 +19,7 @@ which a sigmoid can make that small, are compared by their bits, ``track_buildin
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -70,6 +71,10 @@ __device__ inline double numpy_mod(double a, double b) {
 """
 OPTIONS = ("--fmad=false", "-std=c++17")
 THREADS_PER_BLOCK = 256
+#: Set to ``address``, the host builds are compiled with AddressSanitizer (the process must
+#: preload its runtime, ``libasan``): a read or write past an array stops the process,
+#: where on a GPU it could end the process's use of the device.
+SANITIZE_ENV = "STREAMTRK_HOST_SANITIZE"
 
 #: ``launch(kernel, n_threads, args)``: run a kernel on ``n_threads`` threads.
 Launch = Callable[[str, int, tuple[Any, ...]], None]
@@ -112,8 +117,8 @@ def build_for_host(code: str, lib: Path, reversed_threads: bool = False) -> ctyp
     """Kernel source ``code`` built as host functions (g++, its ``STREAMTRK_HOST`` form) into
     the shared library ``lib`` (its source beside it), loaded; their threads one after
     another, first to last or, ``reversed_threads``, last to first (a GPU runs them in any
-    order: a result that differs between the two hangs on it). Raises
-    ``FileNotFoundError`` without g++."""
+    order: a result that differs between the two hangs on it); with AddressSanitizer where
+    ``$STREAMTRK_HOST_SANITIZE`` is ``address``. Raises ``FileNotFoundError`` without g++."""
     cxx = shutil.which("g++")
     if cxx is None:
         raise FileNotFoundError("g++ not found: cannot build the CUDA kernels for the host")
@@ -121,6 +126,8 @@ def build_for_host(code: str, lib: Path, reversed_threads: bool = False) -> ctyp
     src.write_text(code)
     flags = ["-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-DSTREAMTRK_HOST"]
     flags += ["-DSTREAMTRK_HOST_REVERSED"] if reversed_threads else []
+    if os.environ.get(SANITIZE_ENV) == "address":
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
     subprocess.run([cxx, *flags, "-o", str(lib), str(src)], check=True)
     return ctypes.CDLL(str(lib))
 
