@@ -382,12 +382,18 @@ class _RawModule:
 
 #: Raw kernels of ``streamtrk.xp`` with no host form: NumPy's equivalent on their arguments.
 _RAW_AS_NUMPY: dict[str, Callable[..., None]] = {
-    "streamtrk_shared_bincount": lambda idx, n, size, out: np.add.at(out, idx[:n], 1),
-    "streamtrk_shared_bincount_weighted": lambda idx, w, n, size, out: np.add.at(
-        out, idx[:n], w[:n]
-    ),
+    "streamtrk_shared_bincount": lambda idx, n, size, out: _add_at(out, idx[:n], 1),
+    "streamtrk_shared_bincount_weighted": lambda idx, w, n, size, out: _add_at(out, idx[:n], w[:n]),
     "streamtrk_compact": lambda mask, ends, n, total, out: _compact(mask[:n], ends[:n], out),
 }
+
+
+def _add_at(out: np.ndarray, idx: np.ndarray, values: Any) -> None:
+    """``bincount``'s atomic adds: a bin outside ``out`` raises, as NumPy's ``bincount``
+    does (``np.add.at`` would wrap a negative one; the device leaves it out)."""
+    if len(idx) and not (idx.min() >= 0 and idx.max() < len(out)):
+        raise ValueError(f"bincount: bins {idx.min()}..{idx.max()} outside [0, {len(out)})")
+    np.add.at(out, idx, values)
 
 
 def _compact(mask: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
@@ -412,8 +418,8 @@ def _numpy_kernel(name: str, params: list[str]) -> Callable[..., None]:
 
 #: ``ElementwiseKernel`` names known here: NumPy's equivalent on (args..., target).
 _ELEMENTWISE: dict[str, Callable[..., None]] = {
-    "streamtrk_bincount": lambda idx, out: np.add.at(out, idx, 1),
-    "streamtrk_bincount_weighted": lambda idx, w, out: np.add.at(out, idx, w),
+    "streamtrk_bincount": lambda idx, out: _add_at(out, idx, 1),
+    "streamtrk_bincount_weighted": lambda idx, w, out: _add_at(out, idx, w),
     "streamtrk_scatter_min": lambda idx, v, out: np.minimum.at(out, idx, v),
 }
 

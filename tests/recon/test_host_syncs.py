@@ -55,6 +55,17 @@ def test_bincount_equals_numpy_without_synchronising(n: int, used: int, size: in
     assert bincount(d_idx[:0], size).get().tolist() == [0] * size
 
 
+@pytest.mark.parametrize("size", [5, 3000], ids=["shared", "global"])
+def test_bincount_leaves_out_values_outside_its_bins(size: int):
+    """Where NumPy raises, the device leaves the value out (a write past the bins could end
+    the process's use of the GPU)."""
+    idx = cupy.asarray([-1, 0, size, 2, -(2**40), 2**40])
+    w = cupy.asarray([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    counts, sums = bincount(idx, size).get(), bincount(idx, size, w).get()
+    assert counts[:3].tolist() == [1, 0, 1] and counts.sum() == 2
+    assert sums[:3].tolist() == [2.0, 0.0, 8.0] and sums.sum() == 10.0
+
+
 def test_scatter_min_equals_numpy_without_synchronising():
     rng = np.random.default_rng(4)
     target = rng.integers(0, 2**40, size=300)

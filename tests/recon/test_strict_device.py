@@ -35,6 +35,7 @@ from streamtrk.service.physics import Observation, PhysicsMetrics
 from streamtrk.xp import (
     _staging,
     array_module,
+    bincount,
     compact,
     concatenate_to_device,
     csr_rows,
@@ -293,6 +294,10 @@ def test_strict_arrays_refuse_what_cupy_refuses(strict_cupy):
         "set of another dtype": lambda: d.set(h.astype(np.float64)),
         "set of another shape": lambda: d.set(h[:4]),
         "set of a device array": lambda: d.set(d),
+        # bincount's kernels: NumPy raises on a bin outside [0, size), the device skips it
+        "bincount below its bins": lambda: bincount(d - 1, 5),
+        "bincount past its bins": lambda: bincount(d + 1, 5),
+        "bincount past many bins": lambda: bincount(d + 3000, 3000, d * 1.0),
     }
     for name, fn in refused.items():
         with pytest.raises((TypeError, ValueError)):
