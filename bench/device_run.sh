@@ -101,7 +101,7 @@ cat "$OUT/imports.txt"
 if step tests; then
     THREAD_TEST=test_cuda_graphs_score_from_another_thread
     set -- -m gpu -v -rs -W default --timeout 100 --durations 10 -p no:cacheprovider
-    timeout 50 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
+    timeout 40 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
         >"$OUT/gpu-tests.txt" 2>&1
     echo "device_run: gpu thread test exit $?"
     timeout 110 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
@@ -116,13 +116,14 @@ if step bench; then
         set -- --events 16 --batches 1 16 64 --configs eager_fp32 compile_bf16 \
             compile_bf16_cudagraphs --daemon-config compile_bf16_cudagraphs --budget-s 175
     else
-        set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 --budget-s 120 \
-            --workers 1
-fi
-# SIGINT at the limit: its `finally` stops the daemon it started (no orphan on the GPU).
-timeout -s INT -k 10 200 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" >"$OUT/gpu-bench.log" 2>&1
-echo "device_run: gpu_bench exit $?"
-grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
+        set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 \
+            --budget-s 120 --workers 1
+    fi
+    # SIGINT at the limit: its `finally` stops the daemon it started (no orphan on the GPU).
+    timeout -s INT -k 10 200 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" \
+        >"$OUT/gpu-bench.log" 2>&1
+    echo "device_run: gpu_bench exit $?"
+    grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
 fi
 
 if step host; then
@@ -130,26 +131,27 @@ if step host; then
         set -- --events 4 --repeats 10 --messages 200 --device cuda
     else
         set -- --events 2 --mu 10 --repeats 3 --messages 20
-fi
-timeout 25 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
-    2>"$OUT/host-path.log"
-echo "device_run: host_path exit $?"
+    fi
+    timeout 25 "$PYTHON" bench/host_path.py --json "$OUT/host_path.json" "$@" >/dev/null \
+        2>"$OUT/host-path.log"
+    echo "device_run: host_path exit $?"
 fi
 
 if step profile; then
-    # Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler tables,
-    # its log), in one file: a run brings back at most 8. In the headline configuration,
-    # compiled bf16 (2026-12-04's profile was eager fp32: its network's small kernels hid the
-    # rest); the CuPy stages are the same in both.
+    # Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler
+    # tables, its log), in one file: a run brings back at most 8. In the headline
+    # configuration, compiled bf16 (2026-12-04's profile was eager fp32: its network's small
+    # kernels hid the rest); the CuPy stages are the same in both. Its JSON is written after
+    # each batch size: a cut run keeps batch 1.
     if [ "$DEVICE" = cuda ]; then
         set -- --events 16 --batches 1 16 --engine compile --precision bf16
     else
         set -- --device cpu --events 1 --mu 10 --batches 1 --repeats 1 --kernel-repeats 1 \
             --workers 1
-fi
-PROFILE=$(mktemp -d)/chain-profile
-mkdir -p "$PROFILE"
-timeout 45 "$PYTHON" bench/chain_profile.py --out "$PROFILE" "$@" >"$PROFILE/log.txt" 2>&1
-echo "device_run: chain_profile exit $?"
-tar -C "$(dirname "$PROFILE")" -cf "$OUT/chain-profile.tar" chain-profile
+    fi
+    PROFILE=$(mktemp -d)/chain-profile
+    mkdir -p "$PROFILE"
+    timeout 55 "$PYTHON" bench/chain_profile.py --out "$PROFILE" "$@" >"$PROFILE/log.txt" 2>&1
+    echo "device_run: chain_profile exit $?"
+    tar -C "$(dirname "$PROFILE")" -cf "$OUT/chain-profile.tar" chain-profile
 fi

@@ -1,33 +1,35 @@
 """GPU benchmark of the reconstruction chain: stages, throughput, latency, memory, daemon.
 
-On MU=200 simulated events (simulated once, in a process pool, then reused):
+On MU=200 simulated events (simulated once, in a process pool, then reused), most wanted
+first (a short device session may not reach the end):
 
 1. ``info``: GPU, versions, model, hits and edges per event.
 2. ``transfers``: the chain's hit upload and track download at batch 1 and 16 (one copy
    each way per batch; milliseconds, bytes, medians).
-3. ``eager_fp32``, ``compile_fp32``, ``compile_bf16``, ``eager_bf16``,
-   ``compile_bf16_cudagraphs``: for batch sizes 1, 4, 16, 64, ``Reconstructor.reconstruct``
-   timed end to end (events/s, wall percentiles; p99 at batch 1 is the latency figure) and
-   per stage (graph, gnn, tracks, fit; "other" is the host-side batching, the hit upload
-   and the track download); on CUDA the host synchronisations of one reconstruct
-   (``host_syncs``: CuPy's and torch's); first-call seconds (compilation included), peak
-   device memory;
-   on CUDA the GNN's edges/s against the reference (133 M edges/s) and against the H200's
-   limit for the graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
-4. ``bf16_parity``: edge-score differences and physics, bf16 against fp32 (target: tracking
-   efficiency within 0.2% absolute).
-   ``kernels``: graph construction's candidate search, pruning's triplet cuts and the fit's
-   least-squares sums (over the batch's oracle tracks, random columns), each as its CUDA
-   kernels and as CuPy array operations, on the same inputs at batch 1 and 16
-   (milliseconds, medians; whether both give the same edges, mask and sums). On the CPU
-   the kernels run as their host build.
-5. ``daemon``: ``streamtrk serve --device cuda`` as a subprocess (batches of up to 16 events,
-   no queue delay), the events replayed through ZeroMQ with ``streamtrk replay`` as fast as
-   taken (large batches: throughput), at 100 Hz, and at half the rate the chain reached at
-   batch 1 in this run (10 Hz if not measured; batches of one: the p99 latency target,
-   which a rate the daemon cannot keep up with would turn into queueing), as compact hits
-   messages (wire version 5, 20 bytes a hit); each replay's mean batch size from the
-   daemon's metrics; start-up to ready.
+3. The configurations (``CONFIGS``), the headline ``compile_bf16`` and the daemon's own
+   first, for batch sizes 1, 4, 16, 64: ``Reconstructor.reconstruct`` timed end to end
+   (events/s, wall percentiles; p99 at batch 1 is the latency figure) and per stage
+   (graph, gnn, tracks, fit; "other" is the host-side batching, the hit upload and the
+   track download); on CUDA the host synchronisations of one reconstruct (``host_syncs``:
+   CuPy's and torch's); first-call seconds (compilation included), peak device memory,
+   the graphs Inductor ran without CUDA graphs (``cudagraph_skips``); on CUDA the GNN's
+   edges/s against the reference (133 M edges/s) and against the H200's limit for the
+   graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
+4. ``daemon``: ``streamtrk serve --device cuda`` in the ``--daemon-config`` configuration as
+   a subprocess (batches of up to 16 events, no queue delay), the events replayed through
+   ZeroMQ with ``streamtrk replay`` as fast as taken (large batches: throughput), at 100 Hz,
+   and at half the rate its configuration reached at batch 1 in this run (10 Hz if not
+   measured; batches of one: the p99 latency target, which a rate the daemon cannot keep
+   up with would turn into queueing), as compact hits messages (wire version 5, 20 bytes a
+   hit); each replay's mean batch size from the daemon's metrics; start-up to ready; what
+   it served (``status_model``, its ``/status``: an engine note where it fell back).
+5. The baseline ``eager_fp32`` (where not run before), then ``kernels``: graph
+   construction's candidate search, pruning's triplet cuts and the fit's least-squares
+   sums (over the batch's oracle tracks, random columns), each as its CUDA kernels and as
+   CuPy array operations, on the same inputs at batch 1 and 16 (milliseconds, medians;
+   whether both give the same edges, mask and sums; on the CPU the kernels run as their
+   host build); ``bf16_parity``: edge-score differences and physics, bf16 against fp32
+   (target: tracking efficiency within 0.2% absolute); the other configurations.
 
 The summary has the MU=200 ``end_to_end`` rows (events/s, p50, p99 per configuration and
 batch size) and ``against_reference``: each stage's milliseconds per event beside the
@@ -36,12 +38,15 @@ reference figure for it (docs/gpu.md, "Reference figures": graph: naive CuPy dou
 components 0.8 ms; the daemon: pyzmq's 2,200 messages/s).
 
 Every part is timed against a budget (``--budget-s``) and skipped with a note when too
-little is left; a part that fails records its error and the run goes on. The JSON is
-rewritten after every part (``OUT/gpu_bench.json``) and printed at the end.
+little is left; a part that fails records its error and what it measured, and the run goes
+on; one cut by SIGINT (the device run's time limit) records ``interrupted`` and what it
+measured, and the run ends. The JSON is rewritten after every part
+(``OUT/gpu_bench.json``) and printed at the end.
 
 Device command: ``sh bench/device_run.sh`` (its header says how to bring pyzmq's wheel):
-import checks, the ``gpu`` tests, then this script with a small first configuration
-(batches 1, 4, 16; 16 events; eager fp32 and compiled bf16), each step under ``timeout``.
+import checks, the ``gpu`` tests, then this script at batches 1, 16 and 64 on 16 events in
+compiled bf16, with CUDA graphs (the daemon's configuration) and eager fp32, each step
+under ``timeout``.
 The whole benchmark, for a longer device session:
 
     PYTHONPATH=/tmp/site:$PWD timeout 560 python3 bench/gpu_bench.py --out $OUT --budget-s 420
@@ -64,6 +69,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -309,6 +315,7 @@ class Bench:
             }
             log(f"{name}: FAILED {data['error']}")
         except KeyboardInterrupt:  # the step's time limit (SIGINT): what was measured, kept
+            _no_more_interrupts()
             self.result["parts"][name] = self.partial | {"interrupted": "SIGINT (time limit)"}
             log(f"{name}: interrupted")
             self.write()
@@ -325,6 +332,12 @@ class Bench:
         tmp = self.out / "gpu_bench.json.tmp"
         tmp.write_text(json.dumps(self.result, indent=2, default=str) + "\n")
         tmp.replace(self.out / "gpu_bench.json")
+
+
+def _no_more_interrupts() -> None:
+    """Ignore SIGINT from here on: ``timeout`` sends its signal to the process and to its
+    group, and a second one would cut the saving of what was measured."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def summary(parts: dict[str, Any]) -> dict[str, Any]:
@@ -810,10 +823,13 @@ def daemon_part(
                 out["error"] = f"not ready (exit code {proc.poll()})"
                 return out
             ep_in, ep_out, http = bound["input"], bound["output"], bound["http"]
+            # The latency replay: 2 to 6 passes, about 20 s (a slow chain's replay must end
+            # before its time out, which would lose its report).
+            passes = max(2, min(6, int(rate_batch1_hz * 20 / len(events))))
             replays = (
                 ("replay_max_rate", ["--loop", "4"]),
                 ("replay_100hz", ["--rate", "100", "--loop", "4"]),
-                ("replay_batch1", ["--rate", str(rate_batch1_hz), "--loop", "6"]),  # 16 events: 96
+                ("replay_batch1", ["--rate", str(rate_batch1_hz), "--loop", str(passes)]),
             )
             for name, extra in replays:
                 if bench.left() < 15:
@@ -852,6 +868,7 @@ def daemon_part(
                 out.setdefault("metrics", f"not read: {exc}")
                 out["status_model"] = f"not read: {exc}"
         except KeyboardInterrupt:  # the step's time limit: seconds left before its SIGKILL
+            _no_more_interrupts()
             grace_s = 5.0
             raise
         finally:
@@ -950,8 +967,7 @@ def main() -> None:
     served = args.daemon_config if args.device == "cuda" else "eager_fp32"
     need = CONFIGS[served][3] + 15 if args.device == "cuda" else 40  # replays, start and stop
     first = [c for c in dict.fromkeys(("compile_bf16", served)) if c in args.configs]
-    rest = [c for c in ("eager_fp32", "compile_fp32", "compile_bf16_cudagraphs", "eager_bf16")
-            if c not in first]  # fmt: skip
+    rest = [c for c in CONFIGS if c not in first]  # the baseline, eager fp32, first
     parts: list[tuple[str, float, Callable[[], dict[str, Any]]]] = [entry(c) for c in first]
     parts += [
         (

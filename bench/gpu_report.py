@@ -196,6 +196,8 @@ def _problems(parts: dict[str, Any]) -> list[str]:
         model = p.get("status_model")
         if isinstance(model, dict) and model.get("engine_note"):
             out.append(f"- {name} served: {model['engine_note']}")
+        elif isinstance(model, str):  # /status not read: what it served is unknown
+            out.append(f"- {name} /status: {model}")
     return out
 
 

@@ -27,7 +27,7 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     assert list(parts) == ["info", "transfers", "eager_fp32", "daemon", "kernels", "bf16_parity"]
     for size, moved in parts["transfers"]["by_batch"].items():  # the chain's upload, download
         assert moved["upload_bytes"] >= 20 * 200 * int(size) and moved["d2h_bytes"] > 0, size
-    assert parts["eager_fp32"]["cudagraph_skips"] == 0
+    assert "cudagraph_skips" in parts["eager_fp32"]  # counted (eager on the CPU: none to skip)
     assert parts["daemon"]["status_model"]["engine"] == "eager"  # what it served, from /status
     assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
     assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
@@ -94,6 +94,7 @@ def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:
         "compile_bf16": graphs | {"cuda_graphs": False, "cudagraph_skips": 0},
         "eager_fp32": {"batches": {}, "interrupted": "SIGINT (time limit)"},
         "daemon": {"status_model": {"engine": "compile", "engine_note": "CUDA graphs off: X"}},
+        "daemon_again": {"status_model": "not read: timed out"},
     }
     text = gpu_report.markdown({"date": "2026-12-05", "summary": {}, "parts": parts}, "x.json")
     listed = text.split("Failed, skipped, cut or not as asked:\n\n")[1].splitlines()
@@ -101,6 +102,7 @@ def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:
         "- compile_bf16_cudagraphs: 2 graph(s) run without CUDA graphs",
         "- eager_fp32: SIGINT (time limit)",
         "- daemon served: CUDA graphs off: X",
+        "- daemon_again /status: not read: timed out",
     ]
 
 
