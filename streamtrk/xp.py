@@ -138,13 +138,53 @@ def chunk_bounds(n: int, chunk: int, xp: Any, cumulative: np.ndarray | None = No
     return np.unique([0, *cuts, n]).tolist()  # no empty runs
 
 
+#: DLPack's device type of CUDA memory.
+DLPACK_CUDA = 2
+
+
+def argsort(keys: Array, stable: bool = False) -> Array:
+    """The indices (int64) that sort 1-D ``keys``: NumPy's ``argsort`` (``stable``: ties
+    keep their order, else its default quicksort); on the device always stable, by torch
+    where the keys are in CUDA memory (through DLPack, no copy, on the same stream). CuPy's
+    sorts are Thrust's with its ``par`` policy, which waits for the device at the end of
+    each: a host synchronisation that CuPy does not declare. torch's (CUB's radix sort)
+    does not wait. CuPy's own elsewhere (the tests' stand-in)."""
+    xp = array_module(keys)
+    if xp is np:
+        return np.argsort(keys, kind="stable" if stable else None)
+    if len(keys) < 2:  # nothing to sort (and no empty arrays through DLPack)
+        return xp.arange(len(keys), dtype=xp.int64)
+    if keys.__dlpack_device__()[0] != DLPACK_CUDA:
+        return xp.argsort(keys, kind="stable")
+    import torch
+    from torch.utils.dlpack import from_dlpack
+
+    order = torch.argsort(from_dlpack(xp.ascontiguousarray(keys)), stable=True)
+    return xp.from_dlpack(order)
+
+
+def lexsort(keys: tuple[Array, ...]) -> Array:
+    """NumPy's ``lexsort`` of 1-D ``keys`` without NaN (the last key primary; ties keep
+    their order). On the device a stable :func:`argsort` per key, the least significant
+    first: radix sorts, where CuPy's ``lexsort`` is a stable comparison sort of the indices
+    per key, two scattered reads a comparison (and a wait for the device after each). Zeros
+    of either sign are equal, as in NumPy."""
+    xp = array_module(keys[0])
+    if xp is np:
+        return np.lexsort(keys)
+    order = argsort(keys[0])
+    for key in keys[1:]:
+        order = order[argsort(key[order])]
+    return order
+
+
 def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     """Where each of ``queries`` sits in ``keys`` (unique values, any order): ``(index,
     found)``; ``index`` is 0 where ``found`` is False. One sort of ``keys``, one search."""
     xp = array_module(keys)
     if len(keys) == 0:
         return xp.zeros(len(queries), dtype=xp.int64), xp.zeros(len(queries), dtype=bool)
-    order = xp.argsort(keys, kind="stable")
+    order = argsort(keys, stable=True)
     pos = xp.minimum(xp.searchsorted(keys[order], queries), len(keys) - 1)
     index = order[pos]
     found = keys[index] == queries

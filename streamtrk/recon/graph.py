@@ -36,6 +36,7 @@ from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
 from streamtrk.xp import (
     Array,
+    argsort,
     array_module,
     bincount,
     chunk_bounds,
@@ -333,7 +334,7 @@ def prepare_search(
         on, cell, lay0 = hit_cells(per_hit, n_cells, t, cfg)
     else:
         on, cell, lay0 = hit_cells_kernel(per_hit, n_cells, t, cfg, cupy_launcher(KERNELS))
-    order = xp.argsort(cell, kind="stable")
+    order = argsort(cell, stable=True)
     hit_of = order % n
     phi_sorted = xp.concatenate([phi_p, phi_p + two_pi])[order]
     cell_start = xp.concatenate(

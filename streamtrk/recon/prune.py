@@ -45,7 +45,7 @@ from streamtrk.detector import BARREL, Detector
 from streamtrk.recon.budget import Budget, enforce, event_by_event, per_event
 from streamtrk.recon.graph import Graph, event_graphs
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, chunk_bounds, expand_ranges, nonzeros
+from streamtrk.xp import Array, argsort, array_module, chunk_bounds, expand_ranges, nonzeros
 
 WINDOWS_FILE = "prune_windows.toml"
 KERNELS = "triplet_search.cu"  # the GPU triplet search
@@ -336,10 +336,10 @@ def triplet_candidates(
     pair = g["pair"]
     a_ids, b_ids = nonzeros(usable & t["opens"][pair], usable & t["closes"][pair])
     key_b = g["i"][b_ids] * _KEY_SPAN + g["theta"][b_ids]
-    ob = xp.argsort(key_b)
+    ob = argsort(key_b)
     key_b, b_ids = key_b[ob], b_ids[ob]
     key_a = g["j"][a_ids] * _KEY_SPAN + g["theta"][a_ids]
-    oa = xp.argsort(key_a)
+    oa = argsort(key_a)
     key_a, a_ids = key_a[oa], a_ids[oa]
     # A margin keeps float rounding of the keys from losing a candidate at a window's edge.
     w = t["join"][g["pair"][a_ids]] + 1e-6

@@ -24,6 +24,7 @@ from streamtrk.xp import (
     bincount,
     compact,
     csr_rows,
+    lexsort,
     nonzeros,
     scatter_min,
     to_host,
@@ -35,7 +36,7 @@ KERNELS = "track_building.cu"  # label propagation and mutual-best choice on the
 def _by_key_then_score(key: Array, s: Array, xp: Any) -> tuple[Array, Array]:
     """Order of the entries by ``key``, best score first within a key (ties: first index),
     and in that order, whether an entry is its key's first (best)."""
-    order = xp.lexsort(xp.stack([xp.arange(len(key)), -s, key]))
+    order = lexsort((xp.arange(len(key)), -s, key))
     first = xp.ones(len(order), dtype=bool)
     first[1:] = key[order][1:] != key[order][:-1]
     return order, first
@@ -424,7 +425,7 @@ def build_tracks(
     own = good & (labels == xp.arange(n))
     n_hits, n_tracks = (int(c) for c in to_host(xp.stack([on_track.sum(), own.sum()])))
     hits = compact(on_track, n_hits)
-    order = hits[xp.lexsort(xp.stack([r[hits], labels[hits]]))]
+    order = hits[lexsort((r[hits], labels[hits]))]
     return _csr(labels[order], n_tracks, xp), order
 
 

@@ -59,6 +59,11 @@ NOT_IN_CUPY = frozenset({"errstate", "seterr", "geterr", "ma", "rec", "char"})
 #: CuPy functions (and methods) that synchronise to size their output.
 SIZED_BY_VALUES = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"})
 
+#: CuPy functions refused for their cost on the device, with what to use instead.
+SLOW = {
+    "lexsort": "a comparison sort of the indices per key on CuPy: use streamtrk.xp.lexsort",
+}
+
 #: Functions whose Python-number results CuPy gives as such (others give 0-d arrays).
 HOST_RESULTS = frozenset({"ndim", "size", "shape", "isscalar", "iterable", "may_share_memory"})
 
@@ -235,6 +240,8 @@ def _wrapped(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         if name.rsplit(".", 1)[-1] in SIZED_BY_VALUES or (name == "cupy.where" and len(args) == 1):
             _count("sync")  # the output's size is read back
+        if (slow := SLOW.get(name.rsplit(".", 1)[-1])) is not None:
+            raise ValueError(f"{name}: {slow}")
         for a in (*args, *kwargs.values()):
             _refuse_host(a if isinstance(a, tuple | list) else (a,), name)
         if name.rsplit(".", 1)[-1] in ("argsort", "sort"):  # CuPy's sorts: stable only

@@ -1,12 +1,21 @@
 """Counting host synchronisations, and the helpers that avoid them (GPU only)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from gpu_only import cupy_on_cuda
 
 from streamtrk.recon.host_syncs import count_host_syncs, counting_unavailable
-from streamtrk.xp import bincount, concatenate_to_device, csr_rows, scatter_min
+from streamtrk.xp import (
+    argsort,
+    bincount,
+    concatenate_to_device,
+    csr_rows,
+    lexsort,
+    scatter_min,
+)
 
 pytestmark = pytest.mark.gpu
 cupy = cupy_on_cuda(torch_too=True)
@@ -77,6 +86,58 @@ def test_scatter_min_equals_numpy_without_synchronising():
     np.minimum.at(target, idx, values)
     assert syncs.total == 0
     np.testing.assert_array_equal(d_target.get(), target)
+
+
+def test_lexsort_equals_numpy_without_synchronising():
+    """An argsort a key (torch's, CUB's radix sorts) gives NumPy's lexsort: ties kept in
+    order, zeros of either sign equal (CUB treats them so), 64-bit and 32-bit keys."""
+    rng = np.random.default_rng(6)
+    n = 200_000
+    keys = (
+        rng.choice([-0.0, 0.0, 0.25, -3.5, 1e300], n),
+        rng.integers(-(2**40), 2**40, n) // 2**38,
+        rng.integers(0, 7, n).astype(np.int32),
+    )
+    device = tuple(cupy.asarray(k) for k in keys)
+    with count_host_syncs() as syncs:
+        orders = [lexsort(tuple(k[:m] for k in device)) for m in (3000, n)]  # torch: 2 paths
+    assert syncs.total == 0
+    for order in orders:
+        m = len(order)
+        np.testing.assert_array_equal(order.get(), np.lexsort(tuple(k[:m] for k in keys)))
+
+
+#: Keeps the device busy for ``ns`` nanoseconds (its global timer).
+SPIN = r"""
+extern "C" __global__ void spin(long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < (unsigned long long)ns);
+}
+"""
+
+
+def test_argsort_does_not_wait_for_the_device_as_cupys_does():
+    """CuPy's sorts (Thrust's, policy ``par``) wait for the device at their end, a
+    synchronisation CuPy does not declare; ``streamtrk.xp.argsort`` (torch's) queues its
+    work and returns. Behind a kernel that keeps the device busy for 0.3 s, ours returns at
+    once and CuPy's when the kernel is done; both give NumPy's stable order."""
+    spin = cupy.RawKernel(SPIN, "spin")
+    keys = cupy.asarray(np.random.default_rng(7).integers(0, 1000, 100_000))
+    for sort in (argsort, cupy.argsort):  # first calls: compilation, allocations
+        sort(keys)
+    cupy.cuda.Device().synchronize()
+    waited = {}
+    for name, sort in (("streamtrk", argsort), ("cupy", cupy.argsort)):
+        spin((1,), (1,), (np.int64(300_000_000),))
+        start = time.perf_counter()
+        order = sort(keys)
+        waited[name] = time.perf_counter() - start
+        cupy.cuda.Device().synchronize()
+        np.testing.assert_array_equal(order.get(), np.argsort(keys.get(), kind="stable"))
+    assert waited["streamtrk"] < 0.15 < waited["cupy"], waited
 
 
 def test_csr_rows_with_a_known_total_does_not_synchronise():

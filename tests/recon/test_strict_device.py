@@ -39,6 +39,7 @@ from streamtrk.xp import (
     compact,
     concatenate_to_device,
     csr_rows,
+    lexsort,
     nonzeros,
     to_host,
 )
@@ -291,6 +292,7 @@ def test_strict_arrays_refuse_what_cupy_refuses(strict_cupy):
         "float of many": lambda: float(d),
         "torch.from_numpy": lambda: torch.from_numpy(d),
         "unstable sort": lambda: strict_cupy.argsort(d, kind="quicksort"),
+        "CuPy's lexsort (a comparison sort)": lambda: strict_cupy.lexsort(strict_cupy.stack([d])),
         "set of another dtype": lambda: d.set(h.astype(np.float64)),
         "set of another shape": lambda: d.set(h[:4]),
         "set of a device array": lambda: d.set(d),
@@ -331,6 +333,29 @@ def test_columns_go_up_through_one_reused_page_locked_buffer(strict_cupy):
     np.testing.assert_array_equal(to_host(up["id"]), [0, 1, 2, 0, 1])
     np.testing.assert_array_equal(to_host(again["x"]), np.full(6, 7))
     assert strict_cupy.counts["host-to-device"] == 2  # one copy a batch
+
+
+def test_lexsort_by_stable_argsorts_is_numpys(strict_cupy):
+    """``streamtrk.xp.lexsort`` on device arrays (an argsort a key) gives NumPy's order:
+    three keys of many ties (ints, floats with zeros of both signs, ints), one key, none
+    tied, and no synchronisation."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    keys = (
+        rng.integers(0, 3, n),
+        rng.choice([-0.0, 0.0, 0.5, -1.5], n),
+        rng.integers(0, 40, n).astype(np.int32),
+    )
+    device = tuple(strict_cupy.asarray(k) for k in keys)
+    strict_cupy.counts.clear()
+    takes = (slice(None), slice(1, 2), slice(2, 3))
+    got = [lexsort(device[take]) for take in takes]
+    assert strict_cupy.counts["sync"] == 0
+    for g, take in zip(got, takes, strict=True):
+        np.testing.assert_array_equal(to_host(g), np.lexsort(keys[take]))
+    unique = rng.permutation(n).astype(np.float64)
+    got = lexsort((strict_cupy.asarray(unique),))
+    np.testing.assert_array_equal(to_host(got), np.argsort(unique))
 
 
 def test_nonzeros_of_several_masks_cost_one_synchronisation(strict_cupy):
