@@ -13,7 +13,8 @@ Approximate: a CuPy function may launch several kernels (a sort, ``nonzero``). A
 ``host_syncs``: CuPy's host synchronisations of the same reconstruct, as the stand-in counts
 them (copies down, outputs sized by their values; torch's not counted), also by stage and
 function; and ``array_bytes``: the bytes of the device arrays each counted operation takes
-and gives, by stage, a proxy of the device's memory traffic at large batches (a kernel may
+and gives, by stage and by function (``array_bytes_by_function``: a kernel's are its
+arguments' whole arrays), a proxy of the device's memory traffic at large batches (a kernel may
 read part of an array, a sort passes over its keys several times, a scattered read costs a
 32-byte sector), with the time it would take at the H200's 4.8 TB/s (``floor_ms``).
 
@@ -81,6 +82,7 @@ class Launches:
         self.syncs_by_stage: Counter[str] = Counter()
         self.syncs_by_function: Counter[str] = Counter()
         self.bytes_by_stage: Counter[str] = Counter()
+        self.bytes_by_function: Counter[str] = Counter()
 
     def note(self, sync: bool = False, nbytes: int = 0) -> None:
         frame: FrameType | None = sys._getframe(2)
@@ -99,6 +101,7 @@ class Launches:
             self.by_stage[stage] += 1
             self.by_function[inner or "?"] += 1
             self.bytes_by_stage[stage] += nbytes
+            self.bytes_by_function[inner or "?"] += nbytes
 
 
 def strict_stand_in() -> Any:
@@ -258,6 +261,7 @@ def main() -> None:
                 "host_syncs_by_function": dict(launches.syncs_by_function.most_common()),
                 "array_bytes": sum(launches.bytes_by_stage.values()),
                 "array_bytes_by_stage": dict(launches.bytes_by_stage.most_common()),
+                "array_bytes_by_function": dict(launches.bytes_by_function.most_common(args.top)),
                 "floor_ms": sum(launches.bytes_by_stage.values()) / H200_BYTES_PER_S * 1e3,
             }
     print(json.dumps(out, indent=1))

@@ -30,6 +30,8 @@ def test_each_operation_counted_once_with_its_arrays_bytes(tmp_path: Path) -> No
     nbytes = [16_000, 2_400, 800, 8_008, 9_000, 1_000 + 8_000 + 3_992]
     assert launches.by_stage == {"other": 6}
     assert launches.bytes_by_stage == {"other": sum(nbytes)}
+    own = "streamtrk/xp.py:compact"  # the innermost function of streamtrk's that made them
+    assert launches.bytes_by_function == {"?": sum(nbytes[:4]), own: sum(nbytes[4:])}
 
 
 def test_functions_used_before_counting_are_counted(tmp_path: Path) -> None:
