@@ -143,18 +143,26 @@ DLPACK_CUDA = 2
 
 
 def argsort(keys: Array, stable: bool = False) -> Array:
-    """The indices (int64) that sort 1-D ``keys``: NumPy's ``argsort`` (``stable``: ties
-    keep their order, else its default quicksort); on the device always stable, by torch
-    where the keys are in CUDA memory (through DLPack, no copy, on the same stream). CuPy's
-    sorts are Thrust's with its ``par`` policy, which waits for the device at the end of
-    each: a host synchronisation that CuPy does not declare. torch's (CUB's radix sort)
-    does not wait. CuPy's own elsewhere (the tests' stand-in)."""
+    """The indices (int64) that sort 1-D ``keys`` (without NaN on the device): NumPy's
+    ``argsort`` (``stable``: ties keep their order, else its default quicksort); on the
+    device always stable, by torch where the keys are in CUDA memory and CuPy works on the
+    default stream, as the chain does (the keys go to torch through DLPack without a copy,
+    torch sorts on that stream, the indices come back likewise). CuPy's sorts are Thrust's
+    with its ``par`` policy, which waits for the device at the end of each of its steps
+    (the index sequence, the sort): host synchronisations that CuPy does not declare.
+    torch's (CUB's radix sort; a merge sort up to 128 keys) do not wait. CuPy's own
+    elsewhere: the tests' stand-in, another stream (torch could reuse the indices' memory
+    before CuPy's work on it is done), unsigned keys wider than a byte (torch sorts none)."""
     xp = array_module(keys)
     if xp is np:
         return np.argsort(keys, kind="stable" if stable else None)
     if len(keys) < 2:  # nothing to sort (and no empty arrays through DLPack)
         return xp.arange(len(keys), dtype=xp.int64)
-    if keys.__dlpack_device__()[0] != DLPACK_CUDA:
+    if (
+        keys.__dlpack_device__()[0] != DLPACK_CUDA
+        or xp.cuda.get_current_stream().ptr != 0
+        or (keys.dtype.kind == "u" and keys.dtype.itemsize > 1)
+    ):
         return xp.argsort(keys, kind="stable")
     import torch
     from torch.utils.dlpack import from_dlpack
@@ -164,17 +172,18 @@ def argsort(keys: Array, stable: bool = False) -> Array:
 
 
 def lexsort(keys: tuple[Array, ...]) -> Array:
-    """NumPy's ``lexsort`` of 1-D ``keys`` without NaN (the last key primary; ties keep
-    their order). On the device a stable :func:`argsort` per key, the least significant
-    first: radix sorts, where CuPy's ``lexsort`` is a stable comparison sort of the indices
-    per key, two scattered reads a comparison (and a wait for the device after each). Zeros
-    of either sign are equal, as in NumPy."""
+    """NumPy's ``lexsort`` of 1-D ``keys`` (the last key primary; ties keep their order;
+    without NaN on the device). On the device a stable :func:`argsort` per key, the least
+    significant first: radix sorts that do not wait for the device, where CuPy's
+    ``lexsort`` is a stable comparison sort of the indices per key (two scattered reads a
+    comparison), waiting for the device after each and after the index sequence. Zeros of
+    either sign are equal, as in NumPy."""
     xp = array_module(keys[0])
     if xp is np:
         return np.lexsort(keys)
-    order = argsort(keys[0])
+    order = argsort(keys[0], stable=True)
     for key in keys[1:]:
-        order = order[argsort(key[order])]
+        order = order[argsort(key[order], stable=True)]
     return order
 
 

@@ -36,7 +36,7 @@ KERNELS = "track_building.cu"  # label propagation and mutual-best choice on the
 def _by_key_then_score(key: Array, s: Array, xp: Any) -> tuple[Array, Array]:
     """Order of the entries by ``key``, best score first within a key (ties: first index),
     and in that order, whether an entry is its key's first (best)."""
-    order = lexsort((xp.arange(len(key)), -s, key))
+    order = lexsort((-s, key))  # stable: ties keep their order
     first = xp.ones(len(order), dtype=bool)
     first[1:] = key[order][1:] != key[order][:-1]
     return order, first

@@ -60,7 +60,7 @@ NOT_IN_CUPY = frozenset({"errstate", "seterr", "geterr", "ma", "rec", "char"})
 SIZED_BY_VALUES = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"})
 
 #: CuPy functions refused for their cost on the device, with what to use instead.
-SLOW = {
+SLOW: dict[str, str] = {
     "lexsort": "a comparison sort of the indices per key on CuPy: use streamtrk.xp.lexsort",
 }
 
