@@ -334,7 +334,9 @@ def prepare_search(
         on, cell, lay0 = hit_cells(per_hit, n_cells, t, cfg)
     else:
         on, cell, lay0 = hit_cells_kernel(per_hit, n_cells, t, cfg, cupy_launcher(KERNELS))
-    order = argsort(cell, stable=True)
+    # int32 keys while the grid's cells fit: on the device a radix sort of half the passes
+    # of int64 keys; the same order
+    order = argsort(cell.astype(xp.int32) if n_cells < 2**31 else cell, stable=True)
     hit_of = order % n
     phi_sorted = xp.concatenate([phi_p, phi_p + two_pi])[order]
     cell_start = xp.concatenate(
