@@ -226,3 +226,24 @@ extern "C" __global__ void stitch_take(long long n_edges, const long long *src,
         }
     }
 }
+
+// The fit's cuts (fit_cuts) as one kernel, a thread per track, for the arrays' dozen
+// operations: a track of fewer than short_hits hits is dropped where a cut is on and fails,
+// chi2 > max_chi2_ndf x ndf (in double: the arrays compare the float32 chi2 with their
+// float64 product) or |d0| > max_d0 (in float: the arrays compare the float32 |d0| with
+// the bound rounded to a float32); a NaN fails either.
+extern "C" __global__ void track_cuts(long long n_tracks, const long long *sizes,
+                                      const float *chi2, const int *ndf, const float *d0,
+                                      long long short_hits, long long cut_chi2,
+                                      double max_chi2_ndf, long long cut_d0, double max_d0,
+                                      bool *keep) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        bool ok = true;
+        if (sizes[t] < short_hits) {
+            if (cut_chi2) ok = (double)chi2[t] <= max_chi2_ndf * (double)ndf[t];
+            const float abs_d0 = d0[t] < 0.0f ? -d0[t] : d0[t];
+            if (cut_d0) ok = ok && abs_d0 <= (float)max_d0;
+        }
+        keep[t] = ok;
+    }
+}

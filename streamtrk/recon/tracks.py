@@ -376,14 +376,42 @@ class TrackConfig:
 
 
 def fit_cuts(sizes: Array, params: dict[str, Array], config: TrackConfig) -> Array:
-    """Mask of the tracks kept by the fit cuts of ``config`` (see TrackConfig)."""
+    """Mask of the tracks kept by the fit cuts of ``config`` (see TrackConfig); on the device
+    one kernel (:func:`cuts_kernel`)."""
     xp = array_module(sizes)
+    if xp is not np:
+        return cuts_kernel(sizes, params, config, cupy_launcher(KERNELS))
     keep = xp.ones(len(sizes), dtype=bool)
     short = sizes < config.short_hits
     if config.max_chi2_ndf is not None:
         keep &= ~short | (params["chi2"] <= config.max_chi2_ndf * params["ndf"])
     if config.max_d0 is not None:
         keep &= ~short | (xp.abs(params["d0"]) <= config.max_d0)
+    return keep
+
+
+def cuts_kernel(
+    sizes: Array, params: dict[str, Array], config: TrackConfig, launch: Launch
+) -> Array:
+    """:func:`fit_cuts` as one kernel (``track_cuts``), a thread per track, for the arrays'
+    dozen operations: the same mask."""
+    xp, n = array_module(sizes), len(sizes)
+    keep = xp.empty(n, dtype=bool)
+    chi2_on, d0_on = config.max_chi2_ndf is not None, config.max_d0 is not None
+    columns = (
+        sizes.astype(xp.int64, copy=False),
+        params["chi2"].astype(xp.float32, copy=False),
+        params["ndf"].astype(xp.int32, copy=False),
+        params["d0"].astype(xp.float32, copy=False),
+    )
+    cuts = (
+        np.int64(config.short_hits),
+        np.int64(chi2_on),
+        np.float64(config.max_chi2_ndf if chi2_on else 0.0),
+        np.int64(d0_on),
+        np.float64(config.max_d0 if d0_on else 0.0),
+    )
+    launch("track_cuts", n, (np.int64(n), *contiguous(columns, xp), *cuts, keep))
     return keep
 
 

@@ -48,6 +48,7 @@ ENTRIES = {
         "stitch_ends",
         "stitch_candidates",
         "stitch_take",
+        "track_cuts",
     ),
     "triplet_search.cu": ("triplet_flags", "quadruplet_ends", "edge_geometry"),
 }

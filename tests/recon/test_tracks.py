@@ -15,6 +15,7 @@ from streamtrk.recon.tracks import (
     _mutual_best,
     build_tracks,
     components_label_propagation,
+    cuts_kernel,
     fit_cuts,
     junction_kernels,
     merge_labels,
@@ -471,6 +472,41 @@ def test_settings_out_of_range_are_refused(setting, value):
 )
 def test_settings_at_the_ends_of_their_range_are_accepted(setting, value):
     assert getattr(TrackConfig(**{setting: value}), setting) == value
+
+
+@pytest.mark.parametrize("chi2_cut", [None, 2.7, 5.0])
+@pytest.mark.parametrize("d0_cut", [None, 0.1, 1.0])
+def test_host_kernel_cuts_as_the_arrays(host_launcher, chi2_cut, d0_cut):
+    """``track_cuts`` (the kernel's host build) keeps the tracks the arrays keep, in the
+    fit's dtypes: chi2 at, just under and just over max_chi2_ndf x ndf (of 5, and of 2.7,
+    where a float32 product rounds otherwise); |d0| at the bound as
+    a float32 (float32(0.1) is above 0.1, within it as the arrays compare), either side;
+    NaNs; tracks long enough to pass whatever they hold."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    sizes = rng.integers(3, 8, n)
+    ndf = (2 * sizes - 5).astype(np.int32)
+    f32 = np.float32
+    at = f32(5.0) * ndf.astype(f32)  # chi2 exactly at 5 per ndf (exact in float32)
+    chi2 = rng.choice([0.5, 1.0, 2.0, 3.0], n).astype(f32) * ndf.astype(f32)
+    chi2[::7] = at[::7]
+    chi2[1::7] = np.nextafter(at[1::7], f32(np.inf))
+    chi2[2::7] = np.nextafter(at[2::7], f32(0))
+    near = (2.7 * ndf).astype(f32)  # 2.7 is no float32: the product's rounding shows
+    chi2[5::11], chi2[6::11] = near[5::11], np.nextafter(near[6::11], f32(np.inf))
+    chi2[7::11] = np.nextafter(near[7::11], f32(0))
+    chi2[3::97] = np.nan
+    d0 = rng.choice([f32(0.1), f32(1.0), f32(0.05), f32(2.0)], n) * rng.choice([-1, 1], n)
+    d0 = d0.astype(f32)
+    d0[4::7] = np.nextafter(f32(1.0), f32(2))
+    d0[5::97] = np.nan
+    params = {"chi2": chi2, "ndf": ndf, "d0": d0}
+    for short_hits in (3, 5, 8):
+        cfg = TrackConfig(short_hits=short_hits, max_chi2_ndf=chi2_cut, max_d0=d0_cut)
+        want = fit_cuts(sizes, params, cfg)
+        got = cuts_kernel(sizes, params, cfg, host_launcher(KERNELS))
+        np.testing.assert_array_equal(got, want)
+        assert 0 < want.sum() < n or (chi2_cut is None and d0_cut is None) or short_hits == 3
 
 
 def test_fit_cuts_apply_to_short_tracks_only():
