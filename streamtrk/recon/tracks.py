@@ -383,10 +383,14 @@ def fit_cuts(sizes: Array, params: dict[str, Array], config: TrackConfig) -> Arr
         return cuts_kernel(sizes, params, config, cupy_launcher(KERNELS))
     keep = xp.ones(len(sizes), dtype=bool)
     short = sizes < config.short_hits
+    # The bounds' dtypes whatever the settings' types: chi2 against a float64 product,
+    # |d0| against the bound rounded to a float32 (inf past the float32 range)
     if config.max_chi2_ndf is not None:
-        keep &= ~short | (params["chi2"] <= config.max_chi2_ndf * params["ndf"])
+        keep &= ~short | (params["chi2"] <= float(config.max_chi2_ndf) * params["ndf"])
     if config.max_d0 is not None:
-        keep &= ~short | (xp.abs(params["d0"]) <= config.max_d0)
+        with np.errstate(over="ignore"):
+            max_d0 = np.float32(config.max_d0)
+        keep &= ~short | (xp.abs(params["d0"]) <= max_d0)
     return keep
 
 

@@ -1,6 +1,7 @@
 """Track building: junction resolution, components (label propagation vs SciPy), CSR tracks."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -507,6 +508,14 @@ def test_host_kernel_cuts_as_the_arrays(host_launcher, chi2_cut, d0_cut):
         got = cuts_kernel(sizes, params, cfg, host_launcher(KERNELS))
         np.testing.assert_array_equal(got, want)
         assert 0 < want.sum() < n or (chi2_cut is None and d0_cut is None) or short_hits == 3
+    # Settings of other types give the same mask (an int bound would make an int32
+    # product, a float64 one a float64 comparison): np.float64(0.1) > float32(0.1) > 0.1
+    if d0_cut is not None and chi2_cut is not None:
+        cfg = TrackConfig(short_hits=8, max_chi2_ndf=chi2_cut, max_d0=d0_cut)
+        typed = replace(cfg, max_chi2_ndf=np.float64(chi2_cut), max_d0=np.float64(d0_cut))
+        np.testing.assert_array_equal(fit_cuts(sizes, params, typed), fit_cuts(sizes, params, cfg))
+        huge = replace(cfg, max_chi2_ndf=10**9, max_d0=1e39)
+        assert fit_cuts(sizes, params, huge).sum() == n - (np.isnan(chi2) | np.isnan(d0)).sum()
 
 
 def test_fit_cuts_apply_to_short_tracks_only():
