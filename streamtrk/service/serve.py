@@ -44,6 +44,7 @@ from streamtrk.service.config import RESTART_ONLY, ServeConfig, unknown_variable
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.emit import Emitter
 from streamtrk.service.health import HealthServer, Readiness
+from streamtrk.service.heap import Freeze, freeze_heap, refreeze_heap
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
 from streamtrk.service.monitor import Reconnects, SocketMonitor
@@ -125,6 +126,7 @@ class Daemon:
         self._stop_signalled = False
         self._hup_signalled = False
         self._reloading = threading.Lock()
+        self._reloaded = False  # a model was reloaded: the heap is to be frozen again
         # A thread is still inside torch or using its socket: leave by os._exit.
         self.abandoned_thread = False
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
@@ -165,9 +167,11 @@ class Daemon:
             self._stop_signalled = True  # stopped as it loads: nothing received yet
         log.info(set_torch_threads(cfg.torch_threads))
         ctx = zmq.Context()
+        self.metrics.gc_pauses.start()
         try:
             return self._run(ctx)
         finally:
+            self.metrics.gc_pauses.stop()
             if not self.abandoned_thread:  # else a thread may still use its socket
                 ctx.destroy(linger=0)  # closes only sockets no thread closed (after an error)
 
@@ -258,6 +262,7 @@ class Daemon:
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
         if (status := self._load()) is not None:
             return status
+        self._freeze_heap(freeze_heap, "installed")
         if cfg.connect:
             try:
                 self._attach(pull, cfg.input)
@@ -291,6 +296,7 @@ class Daemon:
             lambda: not ingest.is_alive(),
             observer.offer,
             on_failure=self._on_thread_failure,
+            between_batches=self._refreeze_after_reload,
         )
         emitter = Emitter(
             push,
@@ -315,6 +321,22 @@ class Daemon:
                 self._hup_signalled = False
                 self._start_reload()
         return self._drain(stop_intake, ingest, worker, emitter, observer)
+
+    def _freeze_heap(self, how: Callable[[], Freeze], after: str) -> None:
+        """Freeze the Python heap (``streamtrk.service.heap``), the model ``after`` being
+        installed or reloaded, and log it."""
+        freeze = how()
+        log.info(
+            "heap frozen",
+            extra=_fields(after=after, objects=freeze.objects, ms=round(freeze.seconds * 1e3, 1)),
+        )
+
+    def _refreeze_after_reload(self) -> None:
+        """The worker, between batches: after a reload, freeze the heap again (the old model
+        is garbage once no batch holds it)."""
+        if self._reloaded:
+            self._reloaded = False
+            self._freeze_heap(refreeze_heap, "reload")
 
     def _reconnect(self, name: str, sock: zmq.Socket[Any], endpoint: str) -> Callable[[], None]:
         """What the thread that owns ``sock`` calls as it polls (monitor.Reconnects)."""
@@ -528,6 +550,7 @@ class Daemon:
             faults.delay("reload")  # tests: a reload that takes long, the start-up load not
             model = load_served_model(new)
             self._install(model, new)
+            self._reloaded = True  # the worker freezes the heap again between batches
             self.config = new
             logs.configure(new.log_format, new.log_level)
         except Exception as e:

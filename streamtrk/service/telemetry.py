@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -9,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streamtrk.recon.reconstructor import STAGES as RECON_STAGES
+from streamtrk.service.heap import CollectorPauses
 from streamtrk.service.physics import PhysicsMetrics
 
 #: Pipeline stages, in order; graph to fit come from ``Reconstructor.reconstruct``, physics
@@ -198,6 +200,15 @@ class Metrics(SocketMetrics):
         self.model_reloads = Counter(
             "streamtrk_model_reloads", "SIGHUP reloads, by result.", ["result"], registry=r
         )
+        self.gc_pauses = CollectorPauses()  # timed from the daemon's start()
+        r.register(self.gc_pauses)
+        self.gc_frozen = Gauge(
+            "streamtrk_gc_frozen_objects",
+            "Objects out of the cyclic garbage collector's scans (frozen once the model is "
+            "installed, again after a reload).",
+            registry=r,
+        )
+        self.gc_frozen.set_function(gc.get_freeze_count)
         self.device_memory = Gauge(
             "streamtrk_device_memory_bytes",
             "GPU memory of this process, by kind (only on CUDA).",

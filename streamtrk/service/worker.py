@@ -62,6 +62,7 @@ class Worker(Supervised):
         intake_done: Callable[[], bool],
         observe: Callable[[Observation], object],
         on_failure: Callable[[Supervised], None] = lambda thread: None,
+        between_batches: Callable[[], object] = lambda: None,
     ) -> None:
         super().__init__("worker", on_failure)
         self.batcher = batcher
@@ -70,6 +71,7 @@ class Worker(Supervised):
         self.reconstructor = reconstructor
         self.intake_done = intake_done
         self.observe = observe  # takes each batch's physics, never waits (Observer.offer)
+        self.between_batches = between_batches  # called when no batch (nor model) is held
         self.drain_by: float | None = None  # perf_counter time; set when draining
         self.abandoned = threading.Event()
         self.done = threading.Event()  # no more replies will come from this worker
@@ -84,6 +86,7 @@ class Worker(Supervised):
     def loop(self) -> None:
         while not self.abandoned.is_set():
             self.beat()
+            self.between_batches()
             with self._taking:
                 batch = None if self.abandoned.is_set() else self.batcher.next_batch(POLL_S)
                 self._current = [] if batch is None else batch.jobs + batch.expired

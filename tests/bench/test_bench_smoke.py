@@ -36,6 +36,7 @@ RUNS = {
     "search_balance": (["--mu", "5", "--events", "1"], True),
     "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "2",
                    "--transfers", "1"], True),
+    "gc_pause": (["--events", "1", "--mu", "5", "--repeats", "1"], True),
 }  # fmt: skip
 
 

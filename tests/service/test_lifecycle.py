@@ -68,6 +68,13 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert (build["engine_requested"], build["precision"]) == ("auto", "fp32")
     before = model_labels(d)
     assert before["threshold"] == "0.5" and before["hash"] == banner["model_hash"]
+    # The heap frozen once the model is installed: the imports and the model, out of the
+    # collector's scans; that full collection's pause counted.
+    [frozen] = [line for line in d.logs() if line["message"] == "heap frozen"]
+    assert frozen["after"] == "installed" and frozen["objects"] > 50_000
+    assert sample(m, "streamtrk_gc_frozen_objects") > 50_000  # less those freed since
+    full = sample(m, "streamtrk_gc_pause_seconds_count", generation="2")
+    assert full >= 1
     assert (
         sample(m, "streamtrk_beam_line_x_meters") == sample(m, "streamtrk_beam_line_y_meters") == 0
     )
@@ -97,6 +104,10 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
     assert model_labels(d)["threshold"] == "0.7"
+    # Frozen again by the worker between batches (the old model freed first), not after
+    # the failed reloads.
+    wait_for(lambda: [line.get("after") for line in d.logs()].count("reload") == 1)
+    assert sample(d.metrics(), "streamtrk_gc_pause_seconds_count", generation="2") > full
     m = d.metrics()
     assert sample(m, "streamtrk_beam_line_x_meters") == pytest.approx(1.5e-3)
     assert sample(m, "streamtrk_beam_line_y_meters") == pytest.approx(-1.0e-3)

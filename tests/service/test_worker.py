@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -88,6 +89,34 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     hits = sum(len(ev.hits) for ev in events if ev.event != 13)
     samples = next(iter(metrics.physics.layer_hits.collect())).samples
     assert sum(s.value for s in samples if s.name == "streamtrk_layer_hits_total") == hits
+
+
+def test_between_batches_runs_when_no_batch_holds_a_model() -> None:
+    """The hook (the daemon's heap refreeze after a reload) runs before each batch is
+    taken, when the batch before no longer holds the model it was reconstructed with: a
+    model a reload replaced is garbage there."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3))
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    made: list[weakref.ref[Reconstructor]] = []
+
+    def reconstructor() -> Reconstructor:  # a new model for each batch, as after reloads
+        rec = Reconstructor(FailOnEvent13(), detector=det)
+        made.append(weakref.ref(rec))
+        return rec
+
+    alive: list[int] = []
+    worker = Worker(
+        batcher, replies, Metrics(), reconstructor, lambda: True, lambda o: None,
+        between_batches=lambda: alive.append(sum(r() is not None for r in made)),
+    )  # fmt: skip
+    for ev in events:
+        batcher.put(Job(ev, time.perf_counter(), None, {"decode": 0.0}))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and replies.qsize() == len(made) == len(events)
+    assert len(alive) >= len(events) + 1 and not any(alive)
 
 
 def test_an_event_over_the_work_budget_is_answered_too_dense() -> None:

@@ -1,0 +1,70 @@
+"""The Python heap frozen out of the cyclic collector's scans, and the collector's pauses."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamtrk.service.heap import PAUSE_BUCKETS, CollectorPauses, freeze_heap, refreeze_heap
+
+
+class Node:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """The test process's heap unfrozen again after the test."""
+    yield
+    gc.unfreeze()
+
+
+def test_frozen_objects_are_out_of_the_collections_until_frozen_again(unfrozen) -> None:
+    """Frozen, garbage in a cycle stays (no collection scans it); :func:`refreeze_heap`
+    frees it first, then freezes what is left."""
+    node = Node()
+    ref = weakref.ref(node)
+    freeze = freeze_heap()
+    assert freeze.objects == gc.get_freeze_count() > 0 and freeze.seconds > 0
+    del node
+    gc.collect()
+    assert ref() is not None  # frozen: not scanned
+    again = refreeze_heap()
+    assert ref() is None and again.objects == gc.get_freeze_count() > 0
+
+
+def test_pauses_counted_by_generation_while_started() -> None:
+    """Each collection between ``start`` and ``stop``, in its generation's histogram; the
+    exposition's buckets cumulative, ``+Inf`` the count."""
+    pauses = CollectorPauses()
+    registry = CollectorRegistry()
+    registry.register(pauses)
+    pauses.start()
+    pauses.start()  # once only
+    try:
+        gc.collect(2)
+        gc.collect(0)
+        gc.collect(0)
+    finally:
+        pauses.stop()
+    gc.collect(2)  # stopped: not counted
+
+    def value(name: str, labels: dict[str, str]) -> float:
+        got = registry.get_sample_value(name, labels)
+        assert got is not None, (name, labels)
+        return got
+
+    name = "streamtrk_gc_pause_seconds"
+    counts = {g: value(f"{name}_count", {"generation": str(g)}) for g in range(3)}
+    assert counts == {0: 2, 1: 0, 2: 1}
+    assert value(f"{name}_sum", {"generation": "2"}) > 0
+    buckets = [value(f"{name}_bucket", {"generation": "0", "le": str(b)}) for b in PAUSE_BUCKETS]
+    assert buckets == sorted(buckets) and buckets[-1] <= 2
+    assert value(f"{name}_bucket", {"generation": "0", "le": "+Inf"}) == 2
