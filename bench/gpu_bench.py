@@ -907,8 +907,16 @@ def _batches(http: str) -> tuple[float, float] | None:
 
 
 def _scrape(http: str) -> list[str]:
-    """The build-info and per-stage lines of the daemon's /metrics."""
-    keep = ("streamtrk_build_info", "streamtrk_stage_seconds_sum", "streamtrk_stage_seconds_count")
+    """The build-info, per-stage and garbage-collector lines of the daemon's /metrics (the
+    objects frozen, the collections' pauses by generation)."""
+    keep = (
+        "streamtrk_build_info",
+        "streamtrk_stage_seconds_sum",
+        "streamtrk_stage_seconds_count",
+        "streamtrk_gc_frozen_objects",
+        "streamtrk_gc_pause_seconds_sum",
+        "streamtrk_gc_pause_seconds_count",
+    )
     return [line for line in _http_get(http, "/metrics").splitlines() if line.startswith(keep)]
 
 

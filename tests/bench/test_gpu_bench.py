@@ -29,6 +29,10 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
         assert moved["upload_bytes"] >= 20 * 200 * int(size) and moved["d2h_bytes"] > 0, size
     assert "cudagraph_skips" in parts["eager_fp32"]  # counted (eager on the CPU: none to skip)
     assert parts["daemon"]["status_model"]["engine"] == "eager"  # what it served, from /status
+    scraped = parts["daemon"]["metrics"]  # the heap frozen, the collections' pauses
+    assert any(line.startswith("streamtrk_gc_frozen_objects ") for line in scraped)
+    full = 'streamtrk_gc_pause_seconds_count{generation="2"}'
+    assert any(line.startswith(full) for line in scraped)
     assert parts["info"]["prune"] is True  # the shipped card's settings, pruning included
     assert parts["eager_fp32"]["batches"]["1"]["stage_ms"]["prune"] > 0
     assert parts["daemon"]["exit_code"] == 0
