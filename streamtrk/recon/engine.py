@@ -468,10 +468,20 @@ class EngineScorer:
         why = f"CUDA graphs off: {exc!r:.300}"
         self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
         self.cuda_graphs = False
+        self._stop_graph_thread()
+        self._run = self._make(self.engine)
+
+    def close(self) -> None:
+        """Free what the scorer holds outside Python's reach, now: its CUDA graphs' memory
+        pool and their thread (a model a reload replaced; else both go only when the
+        collector finds the scorer). The scorer scores no more with CUDA graphs after."""
+        self._stop_graph_thread()
+
+    def _stop_graph_thread(self) -> None:
+        """Free the CUDA-graph trees on the thread that made them and stop that thread."""
         if self._graph_thread is not None:
             # A failure to free them leaves them to the thread's end.
             with contextlib.suppress(Exception):
                 self._graph_thread.submit(drop_graph_trees).result()
             self._graph_thread.shutdown()
             self._graph_thread = None
-        self._run = self._make(self.engine)

@@ -126,7 +126,9 @@ class Daemon:
         self._stop_signalled = False
         self._hup_signalled = False
         self._reloading = threading.Lock()
-        self._reloaded = False  # a model was reloaded: the heap is to be frozen again
+        # Models a reload replaced: the worker closes them and freezes the heap again.
+        self._replaced: list[ServedModel] = []
+        self._replacing = threading.Lock()
         # A thread is still inside torch or using its socket: leave by os._exit.
         self.abandoned_thread = False
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
@@ -296,7 +298,7 @@ class Daemon:
             lambda: not ingest.is_alive(),
             observer.offer,
             on_failure=self._on_thread_failure,
-            between_batches=self._refreeze_after_reload,
+            between_batches=lambda: self._refreeze_after_reload(worker),
         )
         emitter = Emitter(
             push,
@@ -326,17 +328,24 @@ class Daemon:
         """Freeze the Python heap (``streamtrk.service.heap``), the model ``after`` being
         installed or reloaded, and log it."""
         freeze = how()
+        self.metrics.gc_frozen.set(freeze.objects)
         log.info(
             "heap frozen",
             extra=_fields(after=after, objects=freeze.objects, ms=round(freeze.seconds * 1e3, 1)),
         )
 
-    def _refreeze_after_reload(self) -> None:
-        """The worker, between batches: after a reload, freeze the heap again (the old model
-        is garbage once no batch holds it)."""
-        if self._reloaded:
-            self._reloaded = False
-            self._freeze_heap(refreeze_heap, "reload")
+    def _refreeze_after_reload(self, worker: Worker) -> None:
+        """The worker, between batches, after a reload: close the models the reload replaced
+        (no batch uses them now) and freeze the heap again, which frees them first. Not
+        while draining: its pause would come out of the drain's time."""
+        if not self._replaced or worker.drain_by is not None:
+            return
+        with self._replacing:
+            replaced, self._replaced = self._replaced, []
+        for model in replaced:
+            model.close()
+        del model, replaced
+        self._freeze_heap(refreeze_heap, "reload")
 
     def _reconnect(self, name: str, sock: zmq.Socket[Any], endpoint: str) -> Callable[[], None]:
         """What the thread that owns ``sock`` calls as it polls (monitor.Reconnects)."""
@@ -549,8 +558,12 @@ class Daemon:
                 raise ValueError(f"{e}, with {', '.join(changed)} kept until a restart") from e
             faults.delay("reload")  # tests: a reload that takes long, the start-up load not
             model = load_served_model(new)
+            replaced = self.model
             self._install(model, new)
-            self._reloaded = True  # the worker freezes the heap again between batches
+            if replaced is not None:  # closed by the worker between batches (heap refrozen)
+                with self._replacing:
+                    self._replaced.append(replaced)
+            del replaced
             self.config = new
             logs.configure(new.log_format, new.log_level)
         except Exception as e:

@@ -58,6 +58,13 @@ class ServedModel:
     warmup_s: float
     card: dict[str, Any]
 
+    def close(self) -> None:
+        """Free what the model holds outside Python's reach (its engine's CUDA graphs and
+        their thread), once a reload has replaced it and no batch uses it."""
+        scorer = self.reconstructor.scorer
+        if isinstance(scorer, EngineScorer):
+            scorer.close()
+
 
 def load_served_model(cfg: ServeConfig) -> ServedModel:
     """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine`` and

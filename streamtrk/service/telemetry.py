@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -204,11 +203,10 @@ class Metrics(SocketMetrics):
         r.register(self.gc_pauses)
         self.gc_frozen = Gauge(
             "streamtrk_gc_frozen_objects",
-            "Objects out of the cyclic garbage collector's scans (frozen once the model is "
-            "installed, again after a reload).",
+            "Objects frozen out of the cyclic garbage collector's scans when last frozen "
+            "(once the model is installed, again after a reload).",
             registry=r,
         )
-        self.gc_frozen.set_function(gc.get_freeze_count)
         self.device_memory = Gauge(
             "streamtrk_device_memory_bytes",
             "GPU memory of this process, by kind (only on CUDA).",

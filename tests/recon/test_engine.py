@@ -325,6 +325,27 @@ def test_graph_thread_has_graph_trees_of_its_own(model: InteractionNetwork) -> N
     assert scorer._graph_thread is None and "CUDA graphs off" in scorer.fallback_reason  # type: ignore[unreachable]
 
 
+def test_close_drops_the_graph_trees_and_stops_their_thread(model: InteractionNetwork) -> None:
+    """``close`` (a model a reload replaced) frees the thread's graph trees on that thread
+    and stops it, the scorer's notes unchanged."""
+    with warnings.catch_warnings():  # torch 2.13's import of torch.jit.script_method
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch._inductor import cudagraph_trees as trees
+
+    scorer = EngineScorer(model, "cpu", "eager")
+    call = scorer._on_graph_thread(lambda *_: trees.get_container(0))  # type: ignore[arg-type]
+    call(*synthetic_graph(10, 20, CPU, 0))
+    pool = scorer._graph_thread
+    assert pool is not None
+    held = pool.submit(lambda: trees.local.tree_manager_containers).result()
+    thread = pool.submit(threading.current_thread).result()
+    scorer.close()
+    thread.join(timeout=10)
+    assert held == {} and not thread.is_alive()
+    assert (scorer._graph_thread, scorer.fallback_reason) == (None, None)
+    scorer.close()  # again: nothing to do
+
+
 def test_graph_thread_runs_every_call_on_one_thread(model: InteractionNetwork) -> None:
     """With CUDA graphs every call runs on the scorer's own thread (graph trees keep their
     state per thread), under inference mode, whichever thread calls."""
