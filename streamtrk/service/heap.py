@@ -1,14 +1,15 @@
 """The daemon's Python heap and the pauses of its cyclic garbage collector.
 
 A full collection (generation 2) scans every object the collector tracks while every
-thread waits: with the shipped model loaded on the CPU, about 170,000 objects and 60 ms
-(``bench/gc_pause.py``), the tail of an event's latency whenever one falls inside it.
-What lives as long as the model (the imports, the model, its engine, warmed up) is frozen
-once the model is installed (:func:`freeze_heap`, ``gc.freeze``): the collector scans
-only what serving allocates from then on. A reload installs a new model: the worker
-freezes the heap again between two batches (:func:`refreeze_heap`), once no batch holds
-the old model, so that a full collection can free the old one; that collection is the
-pause a reload costs. :class:`CollectorPauses` exports every collection's pause.
+Python thread waits: with the shipped model loaded on the CPU, about 170,000 objects and
+60 ms (``bench/gc_pause.py``; 540,000 and 200 ms with the compiled engine), the tail of an
+event's latency whenever one falls inside it. What lives as long as the model (the
+imports, the model, its engine, warmed up) is frozen once the model is installed
+(:func:`freeze_heap`, ``gc.freeze``): the collector scans only what serving allocates from
+then on. A reload installs a new model: the worker, between two batches (no batch holds
+the old model then), closes the old one and freezes the heap again
+(:func:`refreeze_heap`), which frees it first; that collection is the pause a reload
+costs. :class:`CollectorPauses` exports every collection's pause.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class CollectorPauses(Collector):
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
             "streamtrk_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector (every thread waits), by generation "
-            "(2: a full collection).",
+            "Pauses of Python's cyclic garbage collector (every Python thread waits), by "
+            "generation (2: a full collection).",
             labels=["generation"],
         )
         for g in range(3):

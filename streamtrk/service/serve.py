@@ -343,7 +343,10 @@ class Daemon:
         with self._replacing:
             replaced, self._replaced = self._replaced, []
         for model in replaced:
-            model.close()
+            try:
+                model.close()
+            except Exception as e:  # the worker carries on; the collector frees it later
+                log.warning("closing the model a reload replaced failed: %s", e)
         del model, replaced
         self._freeze_heap(refreeze_heap, "reload")
 
