@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from streamtrk.xp import (
+    PARALLEL_BYTES,
+    NotFinite,
+    _copy_pool,
     bincount,
     chunk_bounds,
     concatenate_to_device,
@@ -64,6 +67,31 @@ def test_concatenate_to_device_packs_the_columns_in_one_buffer():
         np.testing.assert_array_equal(out[k], np.concatenate(parts))
     assert len({id(v.base) for v in out.values()}) == 1  # views of one buffer
     assert all(v.ctypes.data % v.itemsize == 0 for v in out.values())  # aligned
+
+
+def test_concatenate_to_device_copies_large_batches_on_threads():
+    """Past PARALLEL_BYTES the columns are copied on the pool's threads (where the process
+    may use more than one CPU), the same bytes as one at a time."""
+    rng = np.random.default_rng(3)
+    n = PARALLEL_BYTES // 4 // 4 + 1  # four float32 columns: just past the threshold
+    part = n // 3
+    columns = {
+        k: [rng.random(part, dtype=np.float32), rng.random(n - part, dtype=np.float32)]
+        for k in "abcd"
+    }
+    small = {k: [p[:10] for p in parts] for k, parts in columns.items()}
+    _copy_pool.cache_clear()
+    concatenate_to_device(small, np)
+    assert _copy_pool.cache_info().currsize == 0  # small: copied in the calling thread
+    out = concatenate_to_device(columns, np)
+    assert _copy_pool.cache_info().currsize == 1
+    for k, parts in columns.items():
+        np.testing.assert_array_equal(out[k], np.concatenate(parts), strict=True)
+    columns["b"][1][-1] = np.nan  # checked on the threads too, where asked
+    with pytest.raises(NotFinite) as e:
+        concatenate_to_device(columns, np, finite=("a", "b"))
+    assert e.value.columns == ["b"]
+    concatenate_to_device(columns, np, finite=("a", "c"))
 
 
 def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():

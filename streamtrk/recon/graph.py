@@ -36,6 +36,7 @@ from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.threads import available_cpus
 from streamtrk.xp import (
     Array,
+    NotFinite,
     argsort,
     array_module,
     bincount,
@@ -142,12 +143,18 @@ def batch_columns(events: Sequence[Event], xp: Any = np) -> tuple[dict[str, Arra
     infinite coordinate (the wire refuses those; here for callers of the API)."""
     if not events:
         raise ValueError("a batch needs at least one event")
-    for ev in events:
-        if not all(bool(np.isfinite(getattr(ev.hits, k)).all()) for k in ("x", "y", "z")):
-            raise ValueError(f"event {ev.run}/{ev.event}: a hit coordinate is NaN or infinite")
     offsets = np.concatenate([[0], np.cumsum([len(ev.hits) for ev in events])]).astype(np.int64)
     names = ("x", "y", "z", "volume_id", "layer_id")
-    cols = concatenate_to_device({k: [getattr(ev.hits, k) for ev in events] for k in names}, xp)
+    columns = {k: [getattr(ev.hits, k) for ev in events] for k in names}
+    try:  # the coordinates checked as they are concatenated
+        cols = concatenate_to_device(columns, xp, finite=("x", "y", "z"))
+    except NotFinite as e:
+        for ev in events:  # which event
+            if not all(bool(np.isfinite(getattr(ev.hits, k)).all()) for k in e.columns):
+                raise ValueError(
+                    f"event {ev.run}/{ev.event}: a hit coordinate is NaN or infinite"
+                ) from None
+        raise
     return cols, offsets
 
 

@@ -156,6 +156,12 @@ def test_a_batch_without_events_or_with_a_nan_hit_is_refused(small_events, det):
     x[3] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         batch_graph([replace(ev, hits=replace(ev.hits, x=x))], det)
+    # In a batch, the event that holds it is named (an infinite z of the second)
+    z = small_events[1].hits.z.copy()
+    z[-1] = -np.inf
+    bad = replace(small_events[1], hits=replace(small_events[1].hits, z=z))
+    with pytest.raises(ValueError, match=f"event {bad.run}/{bad.event}: a hit coordinate"):
+        batch_graph([small_events[0], bad], det)
 
 
 def test_batch_is_the_disjoint_union_of_events(small_events, det):
