@@ -8,6 +8,7 @@ host synchronisations it costs on the device.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -121,6 +122,9 @@ def _copy_pool() -> ThreadPoolExecutor | None:
 
     threads = min(8, available_cpus()[0])
     return ThreadPoolExecutor(threads, thread_name_prefix="columns") if threads > 1 else None
+
+
+os.register_at_fork(after_in_child=_copy_pool.cache_clear)  # a child has none of its threads
 
 
 class _Staging(threading.local):

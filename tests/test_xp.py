@@ -1,5 +1,9 @@
 """The array-module helpers on NumPy (the CuPy side runs in the ``gpu`` tests)."""
 
+import os
+import signal
+import warnings
+
 import numpy as np
 import pytest
 
@@ -92,6 +96,22 @@ def test_concatenate_to_device_copies_large_batches_on_threads():
         concatenate_to_device(columns, np, finite=("a", "b"))
     assert e.value.columns == ["b"]
     concatenate_to_device(columns, np, finite=("a", "c"))
+    # A forked child makes a pool of its own: the parent's would queue work for threads the
+    # child does not have, and wait for ever (the child's alarm ends that in 20 s)
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12: fork() of a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        signal.alarm(20)
+        os.close(read)
+        fresh = _copy_pool.cache_info().currsize == 0
+        concatenate_to_device(columns, np, finite=("a",))
+        os.write(write, b"ok" if fresh else b"no")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 2) == b"ok" and os.waitpid(pid, 0)[1] == 0
+    os.close(read)
 
 
 def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():
