@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
 from typing import Any
 
@@ -83,7 +83,10 @@ def concatenate_to_device(
         for (k, parts), (lo, n) in zip(columns.items(), spans, strict=True)
     ]
     if total >= PARALLEL_BYTES and len(jobs) > 1 and (pool := _copy_pool()) is not None:
-        ok = list(pool.map(lambda job: concatenate(*job), jobs))
+        # Every copy ended before anything is raised: none writes into the buffer after.
+        copies = [pool.submit(concatenate, *job) for job in jobs]
+        wait(copies)
+        ok = [copy.result() for copy in copies]
     else:
         ok = [concatenate(*job) for job in jobs]
     if not all(ok):
@@ -117,7 +120,8 @@ PARALLEL_BYTES = 4 << 20
 @cache
 def _copy_pool() -> ThreadPoolExecutor | None:
     """The threads :func:`concatenate_to_device` copies columns on: as many as the CPUs this
-    process may use, at most 8 (a batch has a handful of columns); None with one CPU."""
+    process may use, at most 8 (a batch has a handful of columns); None with one CPU. (Two
+    first calls at once may each make one: the spare is collected, its threads end.)"""
     from streamtrk.threads import available_cpus
 
     threads = min(8, available_cpus()[0])

@@ -102,16 +102,21 @@ def test_concatenate_to_device_copies_large_batches_on_threads():
     with warnings.catch_warnings():  # Python 3.12: fork() of a process with threads
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        signal.alarm(20)
-        os.close(read)
-        fresh = _copy_pool.cache_info().currsize == 0
-        concatenate_to_device(columns, np, finite=("a",))
-        os.write(write, b"ok" if fresh else b"no")
-        os._exit(0)
+    if pid == 0:  # pragma: no cover (the child: never back into pytest)
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+            signal.alarm(20)
+            os.close(read)
+            fresh = _copy_pool.cache_info().currsize == 0
+            concatenate_to_device(columns, np, finite=("a",))
+            os.write(write, b"ok" if fresh else b"no")
+        finally:
+            os._exit(0)
     os.close(write)
-    assert os.read(read, 2) == b"ok" and os.waitpid(pid, 0)[1] == 0
+    said = os.read(read, 2)
+    status = os.waitpid(pid, 0)[1]
     os.close(read)
+    assert said == b"ok" and status == 0, (said, status)
 
 
 def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():
