@@ -120,11 +120,11 @@ PARALLEL_BYTES = 4 << 20
 @cache
 def _copy_pool() -> ThreadPoolExecutor | None:
     """The threads :func:`concatenate_to_device` copies columns on: as many as the CPUs this
-    process may use, at most 8 (a batch has a handful of columns); None with one CPU. (Two
-    first calls at once may each make one: the spare is collected, its threads end.)"""
-    from streamtrk.threads import available_cpus
-
-    threads = min(8, available_cpus()[0])
+    process may run on (its affinity mask; a CPU quota, short copies may pass), at most 8 (a
+    batch has a handful of columns); None with one CPU. (Two first calls at once may each
+    make one: the spare is collected, its threads end.)"""
+    affinity = getattr(os, "sched_getaffinity", None)
+    threads = min(8, len(affinity(0)) if affinity is not None else os.cpu_count() or 1)
     return ThreadPoolExecutor(threads, thread_name_prefix="columns") if threads > 1 else None
 
 

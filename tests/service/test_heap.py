@@ -31,13 +31,13 @@ def test_frozen_objects_are_out_of_the_collections_until_frozen_again(unfrozen) 
     frees it first, then freezes what is left."""
     node = Node()
     ref = weakref.ref(node)
-    freeze = freeze_heap()
-    assert freeze.objects == gc.get_freeze_count() > 0 and freeze.seconds > 0
+    freeze = freeze_heap()  # (frozen objects may be freed since: by their reference counts)
+    assert freeze.objects >= gc.get_freeze_count() > 0 and freeze.seconds > 0
     del node
     gc.collect()
     assert ref() is not None  # frozen: not scanned
     again = refreeze_heap()
-    assert ref() is None and again.objects == gc.get_freeze_count() > 0
+    assert ref() is None and again.objects >= gc.get_freeze_count() > 0
 
 
 def test_pauses_counted_by_generation_while_started() -> None:
