@@ -19,6 +19,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily
@@ -86,11 +87,8 @@ class CollectorPauses(Collector):
             "generation (2: a full collection).",
             labels=["generation"],
         )
+        bounds = (*map(str, PAUSE_BUCKETS), "+Inf")
         for g in range(3):
-            counts, running = list(self._counts[g]), 0
-            buckets = []
-            for bound, n in zip((*map(str, PAUSE_BUCKETS), "+Inf"), counts, strict=True):
-                running += n
-                buckets.append((bound, running))
-            family.add_metric([str(g)], buckets, self._sums[g])
+            cumulative = accumulate(list(self._counts[g]))
+            family.add_metric([str(g)], list(zip(bounds, cumulative, strict=True)), self._sums[g])
         yield family
