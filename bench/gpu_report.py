@@ -81,6 +81,18 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
                 + " | ".join(_f(stages.get(st)) for st in STAGES)
                 + f" | {sync_text} |"
             )
+    full = [
+        f"{name} batch {size}: {b['gc_collections'][2]}"
+        for name, p in parts.items()
+        for size, b in (p.get("batches", {}).items() if isinstance(p, dict) else ())
+        if b.get("gc_collections") and b["gc_collections"][2]
+    ]
+    out += [
+        "",
+        "Full garbage collections inside the timed batches (heap frozen): "
+        + ("; ".join(full) if full else "none")
+        + ".",
+    ]
     rows_64 = [r["events_per_second"] for r in s.get("end_to_end", []) if r["batch"] == 64]
     best_64 = max((v for v in rows_64 if v is not None), default=None)
     daemon = s.get("daemon", {})

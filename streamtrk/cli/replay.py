@@ -97,6 +97,7 @@ def _replay(args: argparse.Namespace) -> int:
         plot_latency,
         replay,
     )
+    from streamtrk.service.heap import heap_frozen
 
     if args.events is not None and args.events < 1:
         raise ValueError(f"--events must be at least 1, got {args.events}")
@@ -123,7 +124,9 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     if args.submission:  # checked before the replay, as its files name events by number
         by_event_number({ev.key: None for ev in events})
-    with stop_on_signals() as stop:
+    # The recording and the imports frozen out of the collector's scans while replies are
+    # timed: a full collection in the receiving thread would delay the replies it times.
+    with stop_on_signals() as stop, heap_frozen():
         result = replay(events, opts, stop)
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)

@@ -9,7 +9,9 @@ imports, the model, its engine, warmed up) is frozen once the model is installed
 then on. A reload installs a new model: the worker, between two batches (no batch holds
 the old model then), closes the old one and freezes the heap again
 (:func:`refreeze_heap`), which frees it first; that collection is the pause a reload
-costs. :class:`CollectorPauses` exports every collection's pause.
+costs. :class:`CollectorPauses` exports every collection's pause. A process that times
+latencies for a while (``streamtrk replay``, ``bench/gpu_bench.py``) freezes its heap while
+it does (:func:`heap_frozen`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import gc
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
@@ -51,6 +54,20 @@ def refreeze_heap() -> Freeze:
     model replaced by a reload) is freed first."""
     gc.unfreeze()
     return freeze_heap()
+
+
+@contextmanager
+def heap_frozen() -> Iterator[Freeze]:
+    """The heap frozen (:func:`freeze_heap`) while the block runs, unfrozen after, so that
+    what it froze can be freed later; left frozen where it was frozen before (a daemon's
+    heap: ``gc.unfreeze`` would thaw all of it)."""
+    frozen_before = gc.get_freeze_count() > 0
+    freeze = freeze_heap()
+    try:
+        yield freeze
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
 
 
 class CollectorPauses(Collector):

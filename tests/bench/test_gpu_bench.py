@@ -40,6 +40,8 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
         k = parts["kernels"][size]
         assert k["edges"] > 0 and k["same_edges"] and k["same_features"] and k["same_mask"]
         assert k["tracks"] > 0 and k["same_gls"] and k["gls_ms"]["kernels"] > 0
+    for timed in parts["eager_fp32"]["batches"].values():  # by generation, heap frozen
+        assert len(timed["gc_collections"]) == 3 and min(timed["gc_collections"]) >= 0
     rows = result["summary"]["end_to_end"]
     assert [(r["batch"], r["engine"], r["precision"]) for r in rows] == [
         (1, "eager", "fp32"),
@@ -76,6 +78,7 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     assert "| eager_fp32 | 1 |" in text and "| eager_fp32 | 2 |" in text
     assert "| graph | " in text and "Daemon (`--device cpu" in text
     assert "Failed, skipped" not in text
+    assert "Full garbage collections inside the timed batches (heap frozen): " in text
 
 
 def test_report_takes_the_best_batch_64_and_kernels_without_pruning(gpu_report) -> None:
@@ -89,6 +92,17 @@ def test_report_takes_the_best_batch_64_and_kernels_without_pruning(gpu_report) 
     text = gpu_report.markdown(result, "x.json")
     assert "at batch 64, 1,234.5 (target 1,000)" in text
     assert "| 16 | 2.00 | 0.50 | n/a | n/a | n/a | n/a | yes |" in text
+
+
+def test_report_names_full_collections_inside_timed_batches(gpu_report) -> None:
+    timed = {"events_per_s": 1.0, "wall_ms": {"p50": 1.0, "p99": 2.0}, "stage_ms": {}}
+    batches = {
+        "1": timed | {"gc_collections": [40, 3, 1]},
+        "16": timed | {"gc_collections": [9, 0, 0]},
+    }
+    result = {"date": "2026-12-01", "summary": {}, "parts": {"compile_bf16": {"batches": batches}}}
+    text = gpu_report.markdown(result, "x.json")
+    assert "inside the timed batches (heap frozen): compile_bf16 batch 1: 1." in text
 
 
 def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamtrk.service.heap import PAUSE_BUCKETS, CollectorPauses, freeze_heap, refreeze_heap
+from streamtrk.service.heap import (
+    PAUSE_BUCKETS,
+    CollectorPauses,
+    freeze_heap,
+    heap_frozen,
+    refreeze_heap,
+)
 
 
 class Node:
@@ -70,3 +76,25 @@ def test_pauses_counted_by_generation_while_started() -> None:
     buckets = [value(f"{name}_bucket", {"generation": "0", "le": str(b)}) for b in PAUSE_BUCKETS]
     assert buckets == sorted(buckets) and buckets[-1] <= 2
     assert value(f"{name}_bucket", {"generation": "0", "le": "+Inf"}) == 2
+
+
+def test_heap_frozen_for_a_block_then_collectable(unfrozen) -> None:
+    """Frozen inside the block (garbage in a cycle stays), unfrozen after it: collectable."""
+    node = Node()
+    ref = weakref.ref(node)
+    with heap_frozen() as freeze:
+        assert freeze.objects >= gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert ref() is not None
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None
+
+
+def test_heap_frozen_before_stays_frozen(unfrozen) -> None:
+    """A heap frozen before the block (a daemon's) is not thawed by its end."""
+    freeze_heap()
+    with heap_frozen():
+        pass
+    assert gc.get_freeze_count() > 0
