@@ -91,13 +91,16 @@ class Emitter(Supervised):
             faults.fail("emit")
 
     def cleanup(self) -> None:
+        linger = self._linger()
         if self.unconnected and not self.connected():
             log.warning(
-                "%d replies taken by ZeroMQ while no consumer was connected are lost",
+                "%d replies taken by ZeroMQ while no consumer was connected are lost unless "
+                "one connects within the socket's LINGER (%d ms); counted dropped",
                 self.unconnected,
+                linger,
             )
             self.dropped += self.unconnected
-        self.socket.close(linger=self._linger())
+        self.socket.close(linger=linger)
         self.reconnect = lambda: None  # a reconnection due now would use the closed socket
         if self.error is not None:
             # Nothing can be sent: take the replies still coming, so that the threads

@@ -129,8 +129,11 @@ class Daemon:
         # Models a reload replaced: the worker closes them and freezes the heap again.
         self._replaced: list[ServedModel] = []
         self._replacing = threading.Lock()
-        # A thread is still inside torch or using its socket: leave by os._exit.
+        # A thread is still inside torch or NumPy, or using its socket: leave by os._exit.
         self.abandoned_thread = False
+        # Ingest or emit may still use its socket: the ZeroMQ context is left as it is (else
+        # it is terminated first, so that the replies ZeroMQ holds go out within LINGER).
+        self.sockets_in_use = False
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit, physics once serving
         self.monitor: SocketMonitor | None = None
@@ -174,8 +177,10 @@ class Daemon:
             return self._run(ctx)
         finally:
             self.metrics.gc_pauses.stop()
-            if not self.abandoned_thread:  # else a thread may still use its socket
-                ctx.destroy(linger=0)  # closes only sockets no thread closed (after an error)
+            if not self.sockets_in_use:
+                # Closes only sockets no thread closed (after an error), then waits for the
+                # replies ZeroMQ still holds within the emitter's LINGER.
+                ctx.destroy(linger=0)
 
     def _sockets(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         cfg = self.config
@@ -263,6 +268,8 @@ class Daemon:
         assert monitor is not None  # made by _sockets, before _serve
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
         if (status := self._load()) is not None:
+            if not cfg.connect:  # producers send to a bound input as soon as it listens
+                status = max(status, self._answer_unloaded(pull, push, dead))
             return status
         self._freeze_heap(freeze_heap, "installed")
         if cfg.connect:
@@ -416,7 +423,10 @@ class Daemon:
         if ingest.is_alive() or emitter.is_alive():
             # Its socket may be in use: the context is not destroyed under it (pyzmq: not
             # with sockets in use by other threads); the process leaves by os._exit.
+            self.abandoned_thread = self.sockets_in_use = True
+        if observer.is_alive():  # in NumPy or CuPy: no interpreter teardown under it
             self.abandoned_thread = True
+            log.warning("the physics thread overran the drain; its last batches are not counted")
         if self._reloading.locked():  # a SIGHUP reload is still loading a model
             self.abandoned_thread = True
             log.warning("exiting during a model reload; the reload is abandoned")
@@ -496,8 +506,9 @@ class Daemon:
 
     def _load(self) -> int | None:
         """Load the model in a thread while this one watches for SIGTERM/SIGINT: None once
-        it is installed; 1 when loading fails; 0 when a stop comes first (nothing has been
-        received yet, so nothing is lost; the loading thread is left to the process exit)."""
+        it is installed; 1 when loading fails; 0 when a stop comes first (the loading thread
+        is left to the process exit; in connect mode nothing has been received yet, in bind
+        mode :meth:`_answer_unloaded` answers what the input took)."""
         outcome: list[ServedModel | BaseException] = []
 
         def load() -> None:
@@ -510,7 +521,12 @@ class Daemon:
         loader.start()
         while loader.is_alive():
             if self._stopping(0.05):
-                log.info("stopped while loading the model; no event was received")
+                what = (
+                    "no event was received"
+                    if self.config.connect
+                    else "answering what the input took"
+                )
+                log.info("stopped while loading the model; %s", what)
                 self.abandoned_thread = True
                 return 0
         [result] = outcome
@@ -521,6 +537,38 @@ class Daemon:
             return 1
         self._install(result, self.config)
         return None
+
+    def _answer_unloaded(
+        self, pull: zmq.Socket[Any], push: zmq.Socket[Any], dead: DeadLetters | None
+    ) -> int:
+        """Bind mode, no model installed (a stop, or a failure, while loading): the events
+        the input took meanwhile answered ``shutdown`` (the batcher closed, nothing is
+        reconstructed), as a drain answers them, within ``drain_timeout_s``; 0 when every
+        reply was sent."""
+        cfg = self.config
+        deadline = time.perf_counter() + cfg.drain_timeout_s
+        self.batcher.close()
+        replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
+        leave = threading.Event()
+        leave.set()  # ingest takes what the socket has queued, then stops
+        ingest = Ingest(pull, self.batcher, replies, self.metrics, lambda: self.config, leave, dead)
+        ingest.leave_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * cfg.drain_timeout_s)
+        emitter = Emitter(push, replies, self.metrics, lambda: not ingest.is_alive(), cfg.linger_ms)
+        emitter.give_up_at = deadline
+        for thread in (ingest, emitter):
+            thread.start()
+        ingest.join(max(0.0, deadline - time.perf_counter()))
+        emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
+        if ingest.is_alive() or emitter.is_alive():
+            self.abandoned_thread = self.sockets_in_use = True
+        value = self.metrics.registry.get_sample_value
+        shutdown = int(value("streamtrk_events_rejected_total", {"reason": "shutdown"}) or 0)
+        summary = _fields(shutdown=shutdown, dropped=emitter.dropped)
+        if emitter.is_alive() or emitter.dropped or ingest.error or emitter.error:
+            log.error("the events taken while loading could not all be answered", extra=summary)
+            return 1
+        log.info("answered the events taken while loading", extra=summary)
+        return 0
 
     def _model(self) -> ServedModel:
         assert self.model is not None

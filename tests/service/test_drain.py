@@ -156,6 +156,39 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
     assert drained["seconds"] <= 2 + 0.5 + 0.25
 
 
+def test_replies_zeromq_holds_go_out_until_the_drain_ends_after_a_batch_overran(
+    daemon_factory,
+) -> None:
+    """A batch overran the drain, so the process leaves by ``os._exit`` (a thread is still in
+    it); the replies ZeroMQ holds (here the ``shutdown`` answers, taken while no collector
+    was connected) still go out until the drain's end, to a collector that binds only once
+    the emitter has closed its socket."""
+    from live_daemon import wait_for
+
+    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=5)), 8, 2))
+    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as gone:
+        later = gone.endpoint  # nothing listens there until the collector binds below
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        d = daemon_factory(
+            "--connect", "--input", producer.endpoint, "--output", later,
+            "--drain-timeout-s", "4", "--max-batch-events", "2", "--max-queue-delay-ms", "5000",
+            env={"STREAMTRK_TEST_FAULTS": "batch_delay_s=30"},
+        )  # fmt: skip
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        wait_for(lambda: sample(d.metrics(), "streamtrk_batch_events_count") >= 1, timeout=120)
+        d.process.send_signal(signal.SIGTERM)
+        # The emitter's last words, at the drain's reserve (1 s before its end).
+        wait_for(lambda: any("no consumer was connected" in x["message"] for x in d.logs()), 30)
+        with Consumer(later, bind=True, linger_ms=0) as collector:
+            replies = [collector.recv(timeout_ms=5_000) for _ in events]
+        d.process.wait(timeout=60)
+    assert all(r is not None for r in replies)
+    got = sorted((r.event, r.to_reply().reason) for r in replies if r is not None)
+    assert got == [(ev.event, "shutdown") for ev in events]
+    assert any("overran the drain" in line["message"] for line in d.logs())
+
+
 @pytest.mark.parametrize("drain_s", ["2", "0"])
 def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory, drain_s) -> None:
     """A queue of one behind a busy worker: intake waits for room with an event in hand when

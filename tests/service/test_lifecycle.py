@@ -302,9 +302,32 @@ def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
     d.process.send_signal(signal.SIGTERM)
     code = d.process.wait(timeout=60)
     assert time.monotonic() - t0 < 2 and code == 0
-    assert "stopped while loading the model; no event was received" in [
-        line["message"] for line in d.logs()
-    ]
+    messages = [line["message"] for line in d.logs()]
+    assert "stopped while loading the model; answering what the input took" in messages
+    assert messages[-1] == "answered the events taken while loading"
+
+
+def test_events_sent_to_a_bound_input_while_loading_are_answered_at_a_stop(
+    daemon_factory,
+) -> None:
+    """Bound, the input takes events as soon as it listens, before the model is loaded: a
+    SIGTERM then answers each ``shutdown`` (none lost), and the daemon exits 0."""
+    events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=2)), 3, 3))
+    d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for ev in events:
+            assert producer.send_event(ev, timeout_ms=30_000)
+        time.sleep(1)  # over loopback, in the daemon's socket long before this
+        d.process.send_signal(signal.SIGTERM)
+        replies = [consumer.recv(timeout_ms=10_000) for _ in events]
+        code = d.process.wait(timeout=60)
+    assert code == 0 and all(r is not None for r in replies)
+    got = sorted((r.event, r.to_reply().reason) for r in replies if r is not None)
+    assert got == [(ev.event, "shutdown") for ev in events]
+    answered = next(
+        x for x in d.logs() if x["message"] == "answered the events taken while loading"
+    )
+    assert answered["shutdown"] == len(events) and answered["dropped"] == 0
 
 
 # Runs `streamtrk serve` with a signal (argv[1]) sent to itself as torch starts to import:
@@ -348,7 +371,8 @@ def test_a_stop_during_the_start_up_imports_ends_the_daemon_as_it_starts(
         terminate(process, 10)
     assert code == 0, log_path.read_text()
     messages = [json.loads(line)["message"] for line in log_path.read_text().splitlines()]
-    assert messages[-1] == "stopped while loading the model; no event was received"
+    assert "stopped while loading the model; answering what the input took" in messages
+    assert messages[-1] == "answered the events taken while loading"
 
 
 def test_a_sighup_during_the_start_up_imports_is_a_reload_once_ready(tmp_path: Path) -> None:
