@@ -61,17 +61,21 @@ class ServedModel:
     def close(self) -> None:
         """Free what the model holds outside Python's reach (its engine's CUDA graphs and
         their thread), once a reload has replaced it and no batch uses it."""
-        scorer = self.reconstructor.scorer
-        if isinstance(scorer, EngineScorer):
-            scorer.close()
+        _close_engine(self.reconstructor)
+
+
+def _close_engine(rec: Reconstructor) -> None:
+    if isinstance(scorer := rec.scorer, EngineScorer):
+        scorer.close()
 
 
 def load_served_model(cfg: ServeConfig) -> ServedModel:
-    """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine`` and
-    ``cfg.precision``, warm up the engine (see ``load_reconstructor``), then run one ``reconstruct``
-    call; raises whatever loading or the warm-up raises. The directory's card and digest are
-    read before the weights; a directory whose files changed while loading is refused (the
-    name, card and hash reported would not be those of the weights in use)."""
+    """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine``
+    and ``cfg.precision``, warm up the engine (see ``load_reconstructor``), then run one
+    ``reconstruct`` call; raises whatever loading or the warm-up raises (the engine closed
+    first, where there is one). The directory's card and digest are read before the
+    weights; a directory whose files changed while loading is refused (the name, card and
+    hash reported would not be those of the weights in use)."""
     from streamtrk.recon.budget import Budget
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import default_model_path, read_card
@@ -92,11 +96,17 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         budget=Budget().scaled(cfg.budget_scale),
         beam_spot=(cfg.beam_spot_x_mm, cfg.beam_spot_y_mm),
     )
-    rec.reconstruct([warmup_event()])
+    try:
+        rec.reconstruct([warmup_event()])
+        if model_digest(path) != digest:
+            raise RuntimeError(
+                f"the model directory {path} changed while it was loaded: load it again"
+            )
+    except BaseException:
+        _close_engine(rec)  # its CUDA graphs now, not when the collector finds them
+        raise
     scorer = rec.scorer
     assert isinstance(scorer, EngineScorer)
-    if model_digest(path) != digest:
-        raise RuntimeError(f"the model directory {path} changed while it was loaded: load it again")
     warmup_s = time.perf_counter() - t0
     return ServedModel(
         reconstructor=rec,
