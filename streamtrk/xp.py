@@ -193,9 +193,10 @@ DLPACK_CUDA = 2
 
 
 def argsort(keys: Array, stable: bool = False) -> Array:
-    """The indices (int64) that sort 1-D ``keys`` (without NaN on the device): NumPy's
-    ``argsort`` (``stable``: ties keep their order, else its default quicksort); on the
-    device always stable, by torch where the keys are in CUDA memory and CuPy works on the
+    """The indices (int64) that sort 1-D ``keys`` (without NaN on the device, where -0.0
+    may sort before 0.0: the chain's float keys are positive): NumPy's ``argsort``
+    (``stable``: ties keep their order, else its default quicksort); on the device always
+    stable, by torch where the keys are in CUDA memory and both CuPy and torch work on the
     default stream, as the chain does (the keys go to torch through DLPack without a copy,
     torch sorts on that stream, the indices come back likewise). CuPy's sorts are Thrust's
     with its ``par`` policy, which waits for the device at the end of each of its steps
@@ -208,14 +209,16 @@ def argsort(keys: Array, stable: bool = False) -> Array:
         return np.argsort(keys, kind="stable" if stable else None)
     if len(keys) < 2:  # nothing to sort (and no empty arrays through DLPack)
         return xp.arange(len(keys), dtype=xp.int64)
+    import torch
+    from torch.utils.dlpack import from_dlpack
+
     if (
         keys.__dlpack_device__()[0] != DLPACK_CUDA
         or xp.cuda.get_current_stream().ptr != 0
+        or torch.cuda.current_stream().cuda_stream != 0
         or (keys.dtype.kind == "u" and keys.dtype.itemsize > 1)
     ):
         return xp.argsort(keys, kind="stable")
-    import torch
-    from torch.utils.dlpack import from_dlpack
 
     order = torch.argsort(from_dlpack(xp.ascontiguousarray(keys)), stable=True)
     return xp.from_dlpack(order)
@@ -226,8 +229,7 @@ def lexsort(keys: tuple[Array, ...]) -> Array:
     without NaN on the device). On the device a stable :func:`argsort` per key, the least
     significant first: radix sorts that do not wait for the device, where CuPy's
     ``lexsort`` is a stable comparison sort of the indices per key (two scattered reads a
-    comparison), waiting for the device after each and after the index sequence. Zeros of
-    either sign are equal, as in NumPy."""
+    comparison), waiting for the device after each and after the index sequence."""
     xp = array_module(keys[0])
     if xp is np:
         return np.lexsort(keys)
