@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, Self
 
+import numpy as np
+
 from streamtrk.event import Event
 from streamtrk.io.paths import replaced_whole
 from streamtrk.wire import (
@@ -69,10 +71,11 @@ def record_bytes(frames: Iterable[Any]) -> int:
 
 class RecordingError(ValueError):
     """A recording is truncated or corrupt; the message names the byte offset. ``cut_at``:
-    the offset of a damaged tail (a record that runs to or past the end of the file, or
-    zeros to its end: what a crash mid-write leaves), where :func:`repair` cuts the file
-    back to the whole records before it; None for a bad file header, a whole record it
-    keeps, or damage that whole records may follow (cutting there would drop them)."""
+    the offset of a damaged tail (a damaged record that no whole record follows: what a
+    crash mid-write leaves, a record cut short or turned to zeros from some byte to the
+    end), where :func:`repair` cuts the file back to the whole records before it; None for
+    a bad file header, a whole record it keeps, or damage that a whole record (its CRC
+    right) follows, anywhere after it (a flipped bit: cutting there would drop them)."""
 
     def __init__(self, message: str, *, path: Path | None = None, cut_at: int | None = None):
         super().__init__(message)
@@ -134,19 +137,20 @@ class RecordingReader:
             yield offset, self._read_record(f, offset, head, size)
 
     def _read_record(self, f: BinaryIO, offset: int, head: bytes, size: int) -> list[bytes]:
-        def fail(what: str, repaired: bool = True) -> RecordingError:
+        def fail(what: str, whole: bool = False) -> RecordingError:
+            """The error of damage at ``offset``; ``whole``: a whole record, kept by repair."""
+            tail = not whole and not _whole_record_after(f, offset, size)
             return RecordingError(
                 f"{self.path}: record at offset {offset}: {what}",
                 path=self.path,
-                cut_at=offset if repaired else None,
+                cut_at=offset if tail else None,
             )
 
         if len(head) < _RECORD_HEADER.size:
             raise fail(f"truncated frame count/CRC ({len(head)} of {_RECORD_HEADER.size} bytes)")
         n, crc = _RECORD_HEADER.unpack(head)
-        if not 1 <= n <= MAX_FRAMES:  # a record's extent unknown: a tail if zeros to the end
-            zeros = head == bytes(len(head)) and _zeros_to_end(f)
-            raise fail(f"frame count {n} outside 1..{MAX_FRAMES}", repaired=zeros)
+        if not 1 <= n <= MAX_FRAMES:
+            raise fail(f"frame count {n} outside 1..{MAX_FRAMES}")
         frames = []
         for i in range(n):
             field = f.read(_LENGTH.size)
@@ -157,7 +161,7 @@ class RecordingReader:
             if self.max_frame_bytes is not None and length > self.max_frame_bytes:
                 raise fail(
                     f"frame {i} length {length} above the {self.max_frame_bytes}-byte limit",
-                    repaired=length > left,  # a whole record, kept by repair
+                    whole=length <= left and self._whole_here(f, offset, size),
                 )
             if length > left:
                 raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
@@ -167,11 +171,18 @@ class RecordingReader:
             frames.append(data)
         computed = _crc([memoryview(b) for b in frames])
         if computed != crc:
-            raise fail(
-                f"CRC mismatch (stored {crc:#010x}, computed {computed:#010x})",
-                repaired=f.tell() == size,  # the last record; else whole ones may follow
-            )
+            raise fail(f"CRC mismatch (stored {crc:#010x}, computed {computed:#010x})")
         return frames
+
+    @staticmethod
+    def _whole_here(f: BinaryIO, offset: int, size: int) -> bool:
+        """Whether the record at ``offset`` is whole (any frame length); ``f`` left where
+        it was."""
+        at = f.tell()
+        try:
+            return _is_whole_record(f, offset, size)
+        finally:
+            f.seek(at)
 
     def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
         """Decoded ``hits`` messages as events, with ``.truth`` from a directly following
@@ -219,13 +230,64 @@ class RecordingReader:
         self.close()
 
 
-def _zeros_to_end(f: BinaryIO) -> bool:
-    """Whether ``f`` holds only zero bytes from where it is to its end (read until the
-    first other byte)."""
-    while chunk := f.read(1 << 16):
-        if chunk.count(0) != len(chunk):
+#: Bytes of a recording searched for record starts (or read for a CRC) at a time, after
+#: damage: the search's memory about four times this.
+_SCAN_BYTES = 1 << 18
+
+
+def _whole_record_after(f: BinaryIO, offset: int, size: int) -> bool:
+    """Whether a whole record (its CRC right) starts anywhere in ``f`` after byte
+    ``offset``: every position whose frame count and first length could start one is
+    tried, a window of positions at a time. ``f`` is left where it was."""
+    at = f.tell()
+    head = _RECORD_HEADER.size + _LENGTH.size  # a record's bytes before its first frame's
+    try:
+        pos = offset + 1
+        while pos + head <= size:
+            f.seek(pos)
+            data = f.read(_SCAN_BYTES + head - 1)
+            m = len(data) - head + 1  # positions whose count and first length are in data
+            counts = np.ndarray((m,), "<u4", data, 0, (1,))
+            firsts = np.ndarray((m,), "<u8", data, _RECORD_HEADER.size, (1,))
+            maybe = (counts >= 1) & (counts <= MAX_FRAMES) & (firsts <= size - pos - head)
+            if any(_is_whole_record(f, pos + int(i), size) for i in np.flatnonzero(maybe)):
+                return True
+            pos += m
+        return False
+    finally:
+        f.seek(at)
+
+
+def _is_whole_record(f: BinaryIO, offset: int, size: int) -> bool:
+    """Whether a whole record (any frame length, its CRC right) starts at ``offset``: its
+    lengths checked against the file first, by seeking past each frame, then its CRC over
+    frames read a piece at a time (a false start may claim long ones)."""
+    f.seek(offset)
+    head = f.read(_RECORD_HEADER.size)
+    if len(head) < _RECORD_HEADER.size:
+        return False
+    n, stored = _RECORD_HEADER.unpack(head)
+    if not 1 <= n <= MAX_FRAMES:
+        return False
+    lengths = []
+    for _ in range(n):
+        field = f.read(_LENGTH.size)
+        if len(field) < _LENGTH.size:
             return False
-    return True
+        (length,) = _LENGTH.unpack(field)
+        if length > size - f.tell():
+            return False
+        lengths.append(length)
+        f.seek(length, os.SEEK_CUR)
+    f.seek(offset + _RECORD_HEADER.size)
+    crc = zlib.crc32(_COUNT.pack(n))
+    for length in lengths:
+        crc = zlib.crc32(f.read(_LENGTH.size), crc)
+        while length:
+            piece = f.read(min(length, _SCAN_BYTES))
+            crc = zlib.crc32(piece, crc)
+            length -= len(piece)
+    return crc == stored
 
 
 def iter_records(path: StrPath) -> Iterator[Record]:

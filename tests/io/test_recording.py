@@ -479,6 +479,21 @@ def test_cut_at_is_set_only_where_no_whole_record_can_follow(small: Any, tmp_pat
     assert damage(flip(offsets[2] - 1)) is None  # a CRC mismatch with a whole record after
     assert damage(data + data) is None  # a second recording's file header, read as a record
     assert damage(data + bytes(40) + data[12:]) is None  # zeros, then records
+    # zeros from inside the last record to the end, the file's size kept (a power loss)
+    inside = offsets[2] + 8 + 4
+    assert damage(data[:inside] + bytes(len(data) - inside)) == offsets[2]
+    # A flipped bit that makes a record's extent run past the end, whole records after it:
+    # the middle record's frame count one more (its next length read from the record
+    # after), or a first frame's length with its top bit set.
+    more = bytearray(data)
+    more[offsets[1]] += 1
+    assert damage(bytes(more)) is None
+    assert damage(_top_bit(data, offsets[1] + 8)) is None
+
+
+def _top_bit(data: bytes, at: int) -> bytes:
+    """``data`` with the top bit of the 8-byte length field at ``at`` flipped."""
+    return data[: at + 7] + bytes([data[at + 7] ^ 0x80]) + data[at + 8 :]
 
 
 def test_a_length_field_cut_short_is_named_by_its_own_offset(small: Any) -> None:
