@@ -255,6 +255,19 @@ def test_encoders_refuse_run_and_event_numbers_out_of_range(run: int, event: int
             lambda ev: encode_tracks(1, 2, ev.hits.hit_id, None, beam_line=(float("inf"), 0)),
             r"beam_line must be \[x, y\] in mm",
         ),
+        (lambda ev: encode_hits(ev, t_send_ns=-1), r"t_send_ns must be an int in \[0, 2\*\*63\)"),
+        (
+            lambda ev: encode_tracks(
+                1, 2, ev.hits.hit_id, None, status="error", reason="x" * 70_000
+            ),
+            "header_too_large: header is 70",
+        ),
+        (
+            lambda ev: encode_tracks(
+                1, 2, ev.hits.hit_id, None, timings={f"stage{i}": 0.0 for i in range(65)}
+            ),
+            r"65 exceeds max_map_len\(64\)",
+        ),
     ],
 )
 def test_encoders_refuse_what_the_decoder_would(rng: np.random.Generator, encode, match) -> None:
