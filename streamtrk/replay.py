@@ -5,7 +5,10 @@ A sender thread pushes the recording's ``hits`` messages as recorded (the frames
 rate or as fast as the daemon takes them, then, with ``retries``, resends those still
 unanswered ``retry_after_s`` after their last send, the newest first (libzmq drops what
 was queued behind a frame over the daemon's size limit, with the connection: an event lost
-that way goes out ahead of that frame on the resend); the calling thread receives the
+that way goes out ahead of that frame on the resend), once it looks lost rather than
+queued: an event sent after it has been answered since, or no reply at all has come for
+``retry_after_s`` (a slow farm's queues could otherwise hold every event past
+``retry_after_s`` and draw every resend); the calling thread receives the
 replies and matches them to the sends by ``msg_id`` (the oldest unanswered send of the same
 (run, event) for a reply without one), so every event counts once: a second reply to the
 same message (or, without ids, to an answered event) is counted as a duplicate; once every
@@ -212,23 +215,36 @@ RESEND_POLL_S = 0.05
 ID_COUNT_BITS = 39
 
 
-def due_newest_first(sends: list[_Send], now: float, retry_after_s: float) -> list[_Send]:
-    """The sends ``retry_after_s`` or more past their last send at ``now``, the last sent
-    first (see the module docstring)."""
-    due = [p for p in sends if now - p.t_last >= retry_after_s]
+def due_newest_first(
+    sends: list[_Send], now: float, retry_after_s: float, answered_seq: int, quiet_since: float
+) -> list[_Send]:
+    """The sends due for a resend at ``now``, the last sent first (see the module
+    docstring): ``retry_after_s`` or more past their last send, and either sent before
+    the latest send answered (``answered_seq``, the ``seq`` of a send whose reply came) or
+    with no reply of any kind for ``retry_after_s`` (since ``quiet_since``); and those
+    whose ``shutdown`` reply was set aside (due at once)."""
+    quiet = now - quiet_since >= retry_after_s
+    due = [
+        p
+        for p in sends
+        if p.t_last == -math.inf
+        or (now - p.t_last >= retry_after_s and (quiet or p.seq < answered_seq))
+    ]
     return sorted(due, key=lambda p: p.t_last, reverse=True)
 
 
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
-    times, sends so far, whether a reply came, and the last ``shutdown`` reply set aside for
-    a resend (with its arrival time) and how many were."""
+    times (the last once ZeroMQ took it), its last send's number among the replay's sends
+    (``seq``), sends so far, whether a reply came, and the last ``shutdown`` reply set
+    aside for a resend (with its arrival time) and how many were."""
 
     key: Key
     frames: list[Any]
     t_first: float
     t_last: float
+    seq: int = 0
     sends: int = 1
     answered: bool = False
     shutdown: tuple[float, Message] | None = None
@@ -238,7 +254,8 @@ class _Send:
 class _Sender(threading.Thread):
     """Sends every event with a message id of its own (the id prefix is random, so replays
     sharing a collector do not mix), paced at ``rate`` when given; meanwhile, and after
-    the last, resends those still unanswered ``retry_after_s`` after their last send. A
+    the last, resends those still unanswered ``retry_after_s`` after their last send that
+    look lost (:func:`due_newest_first`). A
     send's id is pending until answered: the ids sent and no longer pending are the answered
     ones (no record of each is kept: a ``--loop`` may run for days)."""
 
@@ -254,6 +271,9 @@ class _Sender(threading.Thread):
         self.prefix = random.getrandbits(63 - ID_COUNT_BITS) << ID_COUNT_BITS
         self.next_id = self.prefix  # the ids from the prefix up to this one went out
         self._next_check = 0.0  # when resends are next looked for
+        self.seq = 0  # sends and resends taken by ZeroMQ so far
+        self.answered_seq = 0  # the largest seq of a send answered; 0: none yet
+        self.t_reply = -math.inf  # when the last reply to one of ours came
 
     def run(self) -> None:
         total = len(self.events) * self.opts.loop
@@ -281,8 +301,9 @@ class _Sender(threading.Thread):
             msg_id = self.prefix | i
             frames = with_msg_id(ev.frames, msg_id)
             t = time.perf_counter()
+            sent = _Send(ev.key, frames, t, t)
             with self.lock:
-                self.pending[msg_id] = _Send(ev.key, frames, t, t)
+                self.pending[msg_id] = sent
                 self.next_id = msg_id + 1
                 r.t_first_send = r.t_first_send or t
             if not self._send(frames):
@@ -291,6 +312,7 @@ class _Sender(threading.Thread):
                     self.next_id = msg_id
                 r.unsent = total - i
                 return
+            self._taken(sent)
             r.sent += 1
             r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
@@ -310,9 +332,15 @@ class _Sender(threading.Thread):
                 return False
         return False
 
+    def _taken(self, p: _Send) -> None:
+        """``p`` just taken by ZeroMQ: its last send's time and number."""
+        self.seq += 1
+        with self.lock:
+            p.t_last, p.seq = time.perf_counter(), self.seq
+
     def _resend_due(self) -> bool:
-        """Resend (once each, newest first) what has had no reply for ``retry_after_s``
-        since its last send and has resends left; at most every ``RESEND_POLL_S``. False
+        """Resend (once each, newest first) what is due (:func:`due_newest_first`) and has
+        resends left; at most every ``RESEND_POLL_S``. False
         once nothing is left to resend, or a send timed out."""
         opts, now = self.opts, time.perf_counter()
         if opts.retries == 0 or now < self._next_check:
@@ -320,12 +348,15 @@ class _Sender(threading.Thread):
         self._next_check = now + RESEND_POLL_S
         with self.lock:
             todo = [p for p in self.pending.values() if p.sends <= opts.retries]
-        for p in due_newest_first(todo, now, opts.retry_after_s):
+            answered_seq = self.answered_seq
+            quiet_since = max(self.t_reply, self.result.t_first_send)
+        for p in due_newest_first(todo, now, opts.retry_after_s, answered_seq, quiet_since):
             if p.answered:  # its reply came while the resends before it went out
                 continue
             if not self._send(p.frames):
                 return False
-            p.t_last, p.sends = time.perf_counter(), p.sends + 1
+            self._taken(p)
+            p.sends += 1
             self.result.resent += 1
             self.result.t_last_send = p.t_last
         return bool(todo)
@@ -345,6 +376,7 @@ class _Sender(threading.Thread):
             out = p.sends - 1 - p.set_aside  # sends this reply and those before are not for
             if (p.sends > self.opts.retries or not self.is_alive()) and out <= 0:
                 return False
+            self.t_reply = max(self.t_reply, t)
             p.shutdown = (t, msg)
             p.set_aside += 1
             p.t_last = -math.inf  # due now
@@ -376,9 +408,12 @@ class _Sender(threading.Thread):
             if msg_id is None or sent is None:
                 if answered:
                     self.result.duplicates += 1
+                    self.t_reply = time.perf_counter()
                 else:
                     self.result.unexpected += 1
                 return None
+            self.t_reply = time.perf_counter()
+            self.answered_seq = max(self.answered_seq, sent.seq)
             sent.answered = True
             self.answered_keys.add(key)
             return sent.t_first

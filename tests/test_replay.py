@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import signal
 import subprocess
@@ -541,8 +542,39 @@ def test_resends_go_newest_first() -> None:
     """An event lost behind a frame that dropped the connection (sent after it) goes out
     ahead of that frame on the resend."""
     sends = [_Send((0, k), [], t_first=t, t_last=t) for k, t in enumerate([1.0, 1.2, 3.0, 1.1])]
-    due = due_newest_first(sends, now=2.5, retry_after_s=1.0)
+    due = due_newest_first(sends, now=2.5, retry_after_s=1.0, answered_seq=0, quiet_since=0.0)
     assert [p.t_last for p in due] == [1.2, 1.1, 1.0]  # the one sent at 3.0 is not due yet
+
+
+def test_only_sends_that_look_lost_are_due() -> None:
+    """Past ``retry_after_s``, a send is due once a later send has been answered, or no
+    reply has come for ``retry_after_s``; not while replies keep coming to earlier sends
+    (it is likely queued in a slow farm); one whose ``shutdown`` reply was set aside is due
+    at once."""
+    sends = [_Send((0, k), [], 0.0, t_last=1.0, seq=k + 1) for k in range(3)]
+    sends[2].t_last = -math.inf  # set aside
+    busy = {"now": 5.0, "retry_after_s": 1.0, "quiet_since": 4.5}
+    assert due_newest_first(sends, answered_seq=0, **busy) == [sends[2]]
+    assert due_newest_first(sends, answered_seq=2, **busy) == [sends[0], sends[2]]
+    quiet = busy | {"quiet_since": 3.9}
+    assert due_newest_first(sends, answered_seq=0, **quiet) == [sends[0], sends[1], sends[2]]
+
+
+def test_a_slow_daemon_that_answers_every_event_draws_no_resend() -> None:
+    """A daemon slower than the replay sends (20 events a second, every one answered in
+    turn): each event waits in the queues far past ``retry_after_s``, yet replies keep
+    coming to earlier sends, so none is resent (before: most were, again and again)."""
+    events = _events(30)
+
+    def slowly(frames: list[bytes], out: zmq.Socket) -> None:
+        time.sleep(0.05)
+        out.send_multipart(_tracks_reply(frames))
+
+    with _stand_in(slowly) as (to, from_):
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=5.0, retries=3, retry_after_s=0.3)
+        report = replay(events, opts).report(events, None)
+    assert report["received"] == 30 and report["missing"] == 0
+    assert report["resent"] == 0 and report["duplicates"] == 0
 
 
 def test_replays_number_their_messages_apart() -> None:
