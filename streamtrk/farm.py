@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 ROLES = ("distributor", "collector")
 POLL_MS = 100
 STOP_DRAIN_MAX = 10_000  # messages taken off the front at a stop, at most
+STOP_LINGER_MS = 1000  # at a stop, how long the messages queued for peers have to go out
 
 
 class ForwarderMetrics(SocketMetrics):
@@ -120,8 +121,10 @@ def forward(
         raise ValueError(f"--http {http!r} {e}") from None
     metrics = ForwarderMetrics(role)
     events = EVENTS if http is not None else 0  # the sockets' monitors, set before binding
-    ctx: zmq.Context[Any] = zmq.Context.instance()  # the ZAP authenticator's and both sockets'
-    with contextlib.ExitStack() as stack:
+    # The ZAP authenticator's and both sockets', its own: ended once they close, so that what
+    # is queued for peers goes out within STOP_LINGER_MS.
+    ctx: zmq.Context[Any]
+    with zmq.Context() as ctx, contextlib.ExitStack() as stack:
         if server_key is not None:
             auth = start_authenticator(ctx, allowed_keys)
             stack.callback(auth.stop)
@@ -131,7 +134,7 @@ def forward(
                      **(clients if back_faces_daemons else daemons))
         )  # fmt: skip
         push = stack.enter_context(
-            Producer(back, bind=True, sndhwm=hwm, linger_ms=0, context=ctx,
+            Producer(back, bind=True, sndhwm=hwm, linger_ms=STOP_LINGER_MS, context=ctx,
                      monitor_events=events, **(daemons if back_faces_daemons else clients))
         )  # fmt: skip
         bound = {
@@ -192,8 +195,9 @@ def _proxy(
 
     At the stop, the messages that have already arrived (at most ``STOP_DRAIN_MAX``) are
     taken off ``pull``: sent on where a peer has room at once, else dropped and counted,
-    with the one held, instead of vanishing with the socket. (Messages queued for a peer,
-    up to its high-water mark, and in the socket buffers still go with the socket.)"""
+    with the one held, instead of vanishing with the socket. Those queued for a peer (up
+    to its high-water mark) then have ``STOP_LINGER_MS`` to go out (what is left then goes
+    with the socket, as what the socket buffers hold does when a peer is gone)."""
     held: list[zmq.Frame] | None = None
     forwarded = 0
     while not stop.is_set():

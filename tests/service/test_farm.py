@@ -3,6 +3,7 @@ each a process of its own (streamtrk farm, streamtrk serve --connect, streamtrk 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -384,3 +385,40 @@ def test_a_forwarder_takes_frames_as_long_as_its_max_hits_allows(
                 assert not daemon.poll(500)
     finally:
         assert dist.stop() == 0
+
+
+def test_what_a_stopping_distributor_counts_forwarded_reaches_a_daemon_still_reading(
+    tmp_path: Path,
+) -> None:
+    """At SIGTERM the messages queued for a daemon (up to --hwm) are counted forwarded: they
+    go out while the daemon reads, not with the socket (here a daemon that reads slowly, and
+    only once the stop has come; 1 MB messages, its kernel buffer kept small)."""
+    import zmq
+
+    dist = Forwarder(tmp_path, "distributor")
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    received = 0
+    try:
+        with ctx.socket(zmq.PULL) as daemon, ctx.socket(zmq.PUSH) as producer:
+            daemon.setsockopt(zmq.LINGER, 0)
+            daemon.setsockopt(zmq.RCVHWM, 1)
+            daemon.setsockopt(zmq.RCVBUF, 4096)
+            daemon.connect(dist.back)
+            producer.setsockopt(zmq.LINGER, 0)
+            producer.setsockopt(zmq.SNDTIMEO, 100)
+            producer.connect(dist.front)
+            for _ in range(100):
+                with contextlib.suppress(zmq.Again):  # queues full: the rest stay here
+                    producer.send(bytes(1_000_000))
+            time.sleep(1)
+            dist.process.send_signal(signal.SIGTERM)
+            while daemon.poll(2000):  # slowly: the stop finds messages queued for it
+                daemon.recv()
+                received += 1
+                time.sleep(0.05)
+            assert dist.process.wait(timeout=10) == 0
+    finally:
+        dist.stop()
+    said = json.loads(dist.log.read_text().splitlines()[-1])
+    assert said["message"] == "stopped" and said["forwarded"] >= 3
+    assert received == said["forwarded"], (received, said)
