@@ -118,11 +118,11 @@ class Daemon:
 
     def metrics(self) -> dict[str, Any]:
         """What the daemon says about itself: build labels, batch sizes, device memory."""
-        import urllib.request
-
         from prometheus_client.parser import text_string_to_metric_families
 
-        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as r:
+        from streamtrk.client import DIRECT
+
+        with DIRECT.open(f"http://{self.http}/metrics", timeout=10) as r:
             text = r.read().decode()
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value

@@ -887,9 +887,9 @@ def daemon_part(
 
 def _http_get(http: str, path: str) -> str:
     """The daemon's page ``path`` (/metrics, /status)."""
-    import urllib.request
+    from streamtrk.client import DIRECT
 
-    with urllib.request.urlopen(f"http://{http}{path}", timeout=5) as r:
+    with DIRECT.open(f"http://{http}{path}", timeout=5) as r:
         return r.read().decode()
 
 

@@ -27,14 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrk.client import wait_listening, wait_ready
+from streamtrk.client import DIRECT, wait_listening, wait_ready
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.recon.load import load_reconstructor
@@ -56,7 +55,7 @@ SCAN = {
 
 
 def scrape(http: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    with urllib.request.urlopen(f"http://{http}/metrics", timeout=30) as r:
+    with DIRECT.open(f"http://{http}/metrics", timeout=30) as r:
         text = r.read().decode()
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):

@@ -281,6 +281,11 @@ class Consumer(_Endpoint):
         return None if frames is None else decode(frames, limits=self.limits)
 
 
+#: Opens the daemons' and forwarders' own HTTP endpoints directly, whatever proxy the
+#: environment names (``http_proxy`` would take even a loopback probe to the proxy).
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | None = None) -> bool:
     """Poll ``http://HOST:PORT/readyz`` until it answers 200 (True), ``timeout_s`` passes or
     ``process`` exits (False). What is not an HTTP answer (nothing listening yet, something
@@ -290,7 +295,7 @@ def wait_ready(http: str, timeout_s: float, process: subprocess.Popen[Any] | Non
         if process is not None and process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"http://{http}/readyz", timeout=min(2, left)) as r:
+            with DIRECT.open(f"http://{http}/readyz", timeout=min(2, left)) as r:
                 if r.status == 200:
                     return True
         except (OSError, HTTPException):

@@ -576,3 +576,28 @@ def test_wait_ready_polls_past_answers_other_than_200() -> None:
         finally:
             for conn in held:
                 conn.close()
+
+
+def test_wait_ready_reaches_the_daemon_whatever_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``http_proxy`` (common on clusters and CI) would take the loopback probe to the proxy
+    (here nothing listens there): ``wait_ready`` asks the daemon's port directly."""
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def serve() -> None:
+            server.settimeout(30)
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nready\n")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        host, port = server.getsockname()
+        assert wait_ready(f"{host}:{port}", 5.0) is True
+        thread.join(5)

@@ -292,3 +292,18 @@ def test_healthcheck_exit_status(
     assert hc.main(["/readyz"]) == 1  # 503
     monkeypatch.setenv("STREAMTRK_HTTP", f"{host}:1")
     assert hc.main(["/healthz"]) == 1  # nothing listening
+
+
+def test_healthcheck_probes_directly_whatever_proxy_the_environment_names(
+    http_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's environment may name a proxy (``http_proxy``): the probe of the
+    daemon's own port goes to the daemon, not to the proxy (here nothing listens there)."""
+    hc = _load_healthcheck()
+    host, port = http_server
+    monkeypatch.setenv("STREAMTRK_HTTP", f"{host}:{port}")
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert hc.main(["/healthz"]) == 0

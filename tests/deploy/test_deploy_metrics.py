@@ -25,6 +25,8 @@ from deploy_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamtrk.client import DIRECT
+
 READY_TIMEOUT_S = 300
 REPLY_TIMEOUT_MS = 120_000
 #: Exported only when the daemon runs on CUDA (``Metrics.watch_cuda_memory``).
@@ -89,7 +91,7 @@ def test_names_are_documented() -> None:
 
 def _get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with DIRECT.open(url, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         with e:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrk.client import terminate, wait_listening, wait_ready
+from streamtrk.client import DIRECT, terminate, wait_listening, wait_ready
 
 # Acceptance runs use MU=2 pileup (about 900 hits per event) so that 200 events are
 # reconstructed twice (daemon and offline) in well under a minute on two shared CPU cores.
@@ -53,7 +53,7 @@ class HttpEndpoints:
     def get(self, path: str, method: str = "GET") -> tuple[int, str]:
         request = urllib.request.Request(f"http://{self.http}{path}", method=method)
         try:
-            with urllib.request.urlopen(request, timeout=10) as r:
+            with DIRECT.open(request, timeout=10) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             with e:
@@ -198,7 +198,7 @@ class Prometheus:
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": promql} | ({} if at is None else {"time": f"{at:.3f}"})
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with DIRECT.open(url, timeout=10) as r:
             body = json.load(r)
         assert body["status"] == "success", body
         return body["data"]["result"]

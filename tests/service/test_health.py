@@ -17,6 +17,7 @@ from typing import TypedDict, Unpack
 
 import pytest
 
+from streamtrk.client import DIRECT
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.telemetry import Metrics
 
@@ -42,7 +43,7 @@ def serving(**limits: Unpack[Limits]) -> Iterator[tuple[HealthServer, Metrics]]:
 
 def get(server: HealthServer, path: str = "/healthz") -> int:
     host, port = server.address
-    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as r:
+    with DIRECT.open(f"http://{host}:{port}{path}", timeout=5) as r:
         return r.status
 
 
