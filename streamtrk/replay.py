@@ -252,12 +252,14 @@ class _Send:
 
 
 class _Sender(threading.Thread):
-    """Sends every event with a message id of its own (the id prefix is random, so replays
-    sharing a collector do not mix), paced at ``rate`` when given; meanwhile, and after
-    the last, resends those still unanswered ``retry_after_s`` after their last send that
-    look lost (:func:`due_newest_first`). A
-    send's id is pending until answered: the ids sent and no longer pending are the answered
-    ones (no record of each is kept: a ``--loop`` may run for days)."""
+    """Sends every event with a message id of its own (the id prefix is random, so a reply
+    to another replay sharing a collector is told apart: ``unexpected``; the collector hands
+    each reply to one of its consumers in turn, so such replays miss about half of their
+    own), paced at ``rate`` when given; meanwhile, and after the last, resends those still
+    unanswered ``retry_after_s`` after their last send that look lost
+    (:func:`due_newest_first`). A send's id is pending until answered: the ids sent and no
+    longer pending are the answered ones (no record of each is kept: a ``--loop`` may run
+    for days)."""
 
     def __init__(
         self, producer: Producer, events: list[Recorded], opts: ReplayOptions, result: ReplayResult
