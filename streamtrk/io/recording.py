@@ -377,8 +377,10 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     """A writer of a new recording at ``path`` that only takes its place once the block ends
     without an error: until then records go to a partial file beside it, removed on an error (or
     Ctrl-C), so that a failed run neither leaves a cut recording nor destroys the file
-    that was there. Its folder is made."""
-    with replaced_whole(Path(path)) as partial, RecordingWriter(partial) as writer:
+    that was there. Its folder is made. A link is written through to its file, kept (as
+    ``open`` would)."""
+    target = Path(os.path.realpath(path))
+    with replaced_whole(target) as partial, RecordingWriter(partial) as writer:
         yield writer
 
 

@@ -598,3 +598,15 @@ def test_summarize_an_empty_recording(tmp_path: Path) -> None:
     assert (s["records"], s["events"], s["hits_max"], s["events_with_truth"]) == (0, 0, 0, 0)
     assert s["hits_mean"] == 0.0 and s["kinds"] == {} and s["invalid"] == {}
     assert (s["error"], s["cut_at"], s["file_bytes"]) == (None, None, 12)
+
+
+def test_a_new_recording_at_a_link_is_written_through_to_its_file(tmp_path: Path, rng) -> None:
+    """As ``open`` (and every other output of the package) would: the link stays a link."""
+    real, link = tmp_path / "real.stk", tmp_path / "link.stk"
+    real.write_bytes(b"old")
+    link.symlink_to(real)
+    event = make_event(rng, 3, 0)
+    with new_recording(link) as w:
+        w.write_event(event)
+    assert link.is_symlink() and link.resolve() == real
+    assert [ev.event for ev in iter_events(real)] == [0]
