@@ -443,6 +443,33 @@ def test_replay_settings_out_of_range_are_refused(setting, message) -> None:
         ReplayOptions(**setting)
 
 
+def test_the_submission_holds_every_event_those_without_an_ok_reply_without_tracks(
+    tmp_path: Path,
+) -> None:
+    """A scorer expects every hit of every event: an event answered with an error (or not at
+    all) is written with no track, each hit one of its own, as ``evaluate`` writes it."""
+    recorded = _events(2)
+    run = tmp_path / "two.stk"
+    with RecordingWriter(run) as w:
+        for rec in recorded:
+            w.write_event(rec.event)
+
+    def refuse(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        out.send_multipart(encode_tracks(msg.run, msg.event, [], None, status="error",
+                                         reason="too_dense", msg_id=msg.msg_id))  # fmt: skip
+
+    sub = tmp_path / "sub.csv"
+    with _stand_in(refuse) as (to, from_):
+        argv = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
+        assert main([*argv, "--submission", str(sub)]) == 0
+    rows = [tuple(map(int, r.split(","))) for r in sub.read_text().splitlines()[1:]]
+    for rec in recorded:
+        mine = [(hit, track) for event, hit, track in rows if event == rec.event.event]
+        assert [hit for hit, _ in mine] == rec.event.hits.hit_id.tolist()
+        assert len({track for _, track in mine}) == len(mine)  # each hit alone
+
+
 def test_the_submission_of_an_event_recorded_twice_is_its_first_copy(tmp_path: Path) -> None:
     """The same (run, event) recorded twice with other hits: its reply and its hit ids, in
     the submission, are both the first copy's."""

@@ -49,7 +49,12 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     curve_arguments(s)
     allow_insecure_argument(s)
     s.add_argument("--report", type=Path, help="write the report JSON here")
-    s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
+    s.add_argument(
+        "--submission",
+        type=Path,
+        help="write a TrackML submission CSV (every event; one without an ok reply has no "
+        "track: each hit alone)",
+    )
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument(
@@ -88,6 +93,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "received until then).",
 )
 def _replay(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from streamtrk.io.trackml import by_event_number, write_submission
     from streamtrk.replay import (
         ReplayOptions,
@@ -136,10 +143,13 @@ def _replay(args: argparse.Namespace) -> int:
         if args.report:
             write_report(args.report, strict_json(report, indent=2))
         if args.submission:
-            hit_ids: dict[tuple[int, int], Any] = {}
+            # Every event (a scorer expects every hit): one without an ok reply (or with one
+            # naming hits it lacks) has no track, each hit one of its own, as evaluate writes.
+            rows: dict[tuple[int, int], Any] = {}
             for ev in events:  # an event recorded twice: its first copy, as labels_of takes
-                hit_ids.setdefault(ev.key, ev.event.hits.hit_id)
-            rows = {k: (hit_ids[k], v) for k, v in labels.items() if v is not None}
+                ids = ev.event.hits.hit_id
+                found = labels.get(ev.key)
+                rows.setdefault(ev.key, (ids, np.zeros(len(ids)) if found is None else found))
             write_submission(args.submission, by_event_number(rows))
         if args.plot:
             plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
