@@ -21,9 +21,10 @@ def address(config_path: str) -> str:
     http = os.environ.get("STREAMTRK_HTTP")
     if not http:
         try:
-            with open(config_path, "rb") as f:
-                http = tomllib.load(f).get("http")
-        except (OSError, tomllib.TOMLDecodeError):
+            # As the daemon reads it: a byte-order mark allowed.
+            with open(config_path, encoding="utf-8-sig") as f:
+                http = tomllib.loads(f.read()).get("http")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             http = None
     host, _, port = (http or "127.0.0.1:10062").rpartition(":")
     if host in WILDCARDS:

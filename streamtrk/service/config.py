@@ -28,6 +28,7 @@ from streamtrk.recon.choices import (
     threshold_ok,
 )
 from streamtrk.recon.graph import MAX_BEAM_SPOT
+from streamtrk.recon.kernels import SANITIZE_ENV
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.wire.curve import bound_host, exposed_without_curve
@@ -511,7 +512,7 @@ def load_config(
 
 
 #: ``STREAMTRK_*`` variables that are read elsewhere, not settings of the daemon.
-OTHER_VARIABLES = frozenset({ENGINE_CACHE_ENV, faults.ENV, "STREAMTRK_SHARED"})
+OTHER_VARIABLES = frozenset({ENGINE_CACHE_ENV, SANITIZE_ENV, faults.ENV, "STREAMTRK_SHARED"})
 
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:

@@ -278,6 +278,10 @@ def test_healthcheck_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert hc.address(str(config)) == "127.0.0.1:9200"
     assert hc.address(str(tmp_path / "missing.toml")) == "127.0.0.1:10062"
     assert hc.address(str(DEPLOY / "streamtrk.toml")) == "127.0.0.1:10062"
+    config.write_bytes(
+        b"\xef\xbb\xbfhttp = '0.0.0.0:9300'\n"
+    )  # a byte-order mark, as the daemon allows
+    assert hc.address(str(config)) == "127.0.0.1:9300"
     monkeypatch.setenv("STREAMTRK_HTTP", "10.1.2.3:9300")
     assert hc.address(str(config)) == "10.1.2.3:9300"
 

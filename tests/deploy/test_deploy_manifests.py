@@ -381,6 +381,19 @@ def test_systemd_unit() -> None:
     assert _unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_systemd_unit_allows_the_gpu_under_the_drivers_old_and_new_names() -> None:
+    """``DeviceAllow`` groups are /proc/devices names: the GPUs and the control device are
+    ``nvidia`` and ``nvidiactl`` from driver 550.40 (any that runs CUDA 13), ``nvidia-frontend``
+    before; a unit naming the old one alone hides the GPU (CUDA fails to start)."""
+    allowed = {
+        line.removeprefix("DeviceAllow=").split()[0]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("DeviceAllow=")
+    }
+    assert {"char-nvidia", "char-nvidiactl", "char-nvidia-uvm"} <= allowed
+    assert "char-nvidia-frontend" in allowed  # older drivers
+
+
 def test_image_and_unit_cap_malloc_arenas_alike() -> None:
     """Both deployments run the daemon with the same few glibc malloc arenas (its RSS
     crept for 25 minutes with the default of up to 8 a core; bench/RESULTS.md)."""

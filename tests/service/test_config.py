@@ -221,6 +221,19 @@ def test_unknown_streamtrk_variables_are_named_with_close_settings() -> None:
     ]
 
 
+def test_every_streamtrk_variable_the_package_reads_is_known() -> None:
+    """A ``STREAMTRK_*`` name in the package's sources is a setting or one of the variables
+    read elsewhere: none draws the warning that it is ignored."""
+    package = Path(__file__).resolve().parents[2] / "streamtrk"
+    names = {
+        name
+        for path in package.rglob("*.py")
+        for name in re.findall(r"[\"'](STREAMTRK_[A-Z0-9_]+)[\"']", path.read_text())
+    }
+    assert {"STREAMTRK_HOST_SANITIZE", "STREAMTRK_SHARED"} <= names
+    assert unknown_variables(dict.fromkeys(names, "x")) == []
+
+
 def test_serve_warns_of_unknown_streamtrk_variables() -> None:
     out = _serve("--print-config", env={"STREAMTRK_DEADLINE": "5"})
     assert out.returncode == 0
