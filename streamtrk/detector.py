@@ -177,7 +177,9 @@ def _check_row(row: dict[str, Any], envelope_r: float, envelope_z: float) -> Non
     _most = f"at most {MAX_MODULES}"
     checks: list[tuple[str, Any, bool, str]] = [
         ("id", row["layer_id"], 0 <= row["layer_id"] < MAX_ID, f">= 0 and below {MAX_ID}"),
-        ("resolution", res, all(0 <= v < math.inf for v in res), "two finite numbers >= 0"),
+        # > 0: the fit weighs each hit by its inverse variance (0 made every track through
+        # the layer NaN)
+        ("resolution", res, all(0 < v < math.inf for v in res), "two finite numbers > 0"),
         ("inefficiency", row["inefficiency"], 0 <= row["inefficiency"] <= 1, "in [0, 1]"),
         ("x0", row["x0"], 0 <= row["x0"] < math.inf, "a finite number >= 0"),
     ]
