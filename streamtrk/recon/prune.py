@@ -97,6 +97,12 @@ def windows_is_path(name: str) -> bool:
     return "/" in name
 
 
+def windows_bytes(name: str) -> bytes:
+    """The bytes of a windows file (a name among the package's data files, or a path)."""
+    data: bytes = _windows_path(name).read_bytes()
+    return data
+
+
 def _windows_path(name: str) -> Any:
     return Path(name) if windows_is_path(name) else resources.files("streamtrk.data").joinpath(name)
 

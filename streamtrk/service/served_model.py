@@ -22,12 +22,23 @@ WARMUP_SEED = 20261128
 
 
 def model_digest(path: Path) -> str:
-    """SHA-256 (first 16 hex digits) of a model file, or of a directory's files in order."""
+    """SHA-256 (first 16 hex digits) of a model file, or of a directory's files in order and
+    of the pruning windows its card takes from outside it (the package's, or a path): they
+    decide which edges the network scores, so a change of them changes the model served."""
+    from streamtrk.recon.card import card_prune
+    from streamtrk.recon.model import read_card
+    from streamtrk.recon.prune import windows_bytes
+
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
         h.update(f.read_bytes())
+    if path.is_dir() and (prune := card_prune(read_card(path), path)) is not None:
+        windows = Path(prune.windows)
+        if not windows.is_relative_to(path.resolve()):  # else among the files above
+            h.update(f"windows {prune.windows}".encode())
+            h.update(windows_bytes(prune.windows))
     return h.hexdigest()[:16]
 
 

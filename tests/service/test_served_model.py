@@ -35,3 +35,27 @@ def test_a_model_loaded_keeps_its_engine_open(monkeypatch) -> None:
     assert isinstance(served.reconstructor.scorer, EngineScorer) and not closed
     served.close()
     assert closed == [served.reconstructor.scorer]
+
+
+def test_the_digest_covers_the_pruning_windows_the_card_takes_from_outside(tmp_path) -> None:
+    """The windows decide which edges the network scores: a model directory whose card
+    names windows outside it (the package's, or a path) has a digest that changes with
+    them, as with its own files."""
+    import shutil
+
+    from streamtrk.recon.model import default_model_path
+    from streamtrk.recon.prune import windows_bytes
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    windows = tmp_path / "windows.toml"
+    windows.write_bytes(windows_bytes("prune_windows.toml"))
+    card = model / "card.toml"
+    text = card.read_text()
+    assert 'windows = "prune_windows.toml"' in text  # the package's, shipped
+    shipped = served_model.model_digest(model)
+    card.write_text(text.replace('"prune_windows.toml"', f'"{windows}"'))
+    before = served_model.model_digest(model)
+    assert before != shipped  # another card
+    windows.write_bytes(windows.read_bytes() + b"\n# edited\n")
+    assert served_model.model_digest(model) != before
