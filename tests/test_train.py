@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,10 @@ def test_training_replaces_a_model_only_when_told_and_only_when_complete(
     assert sorted(p.name for p in out.iterdir()) == [
         "card.toml", "checkpoints", "training.png", "weights.pt"
     ]  # fmt: skip
+    # its reproduce command, run where it was, replaces it too (refused without)
+    assert tomllib.loads((out / "card.toml").read_text())["reproduce"]["command"].endswith(
+        " --overwrite"
+    )
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m")) == ["m"]
     weights = (out / "weights.pt").read_bytes()
     config.write_text(TINY.replace("[val]\nmu = 10\n", '[val]\nrecording = "none.stk"\n'))

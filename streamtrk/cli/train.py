@@ -43,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     out = args.out or Path("models") / cfg.name
     argv = ["streamtrk", "train", "--config", str(args.config), "--out", str(out)]
+    if args.overwrite:  # the card's reproduce command, run again, replaces the model too
+        argv.append("--overwrite")
     threads = torch.get_num_threads()
     if args.torch_threads is None:
         torch.set_num_threads(cfg.threads)
