@@ -60,6 +60,7 @@ from streamtrk.wire import Limits, decode, encode_hits
 
 BUDGETS_US = {"500 events/s": 2000.0, "1000 events/s": 1000.0}
 NOT_IN_TOTAL = ("physics_edge_scores", "decode_compact")  # a part of one, instead of one
+MIN_MESSAGES = 20  # sent in a transfer run, at least
 REFERENCE_BYTES = 1_600_000  # the reference's message: 1.6 MB, ~2,200 msgs/s on the device
 
 
@@ -205,6 +206,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where reconstruction runs")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.messages < MIN_MESSAGES:  # a rate of a few back-to-back arrivals is no rate
+        ap.error(f"--messages must be at least {MIN_MESSAGES}, got {args.messages}")
     det = load_detector()
     cfg = SimConfig(generator=GeneratorConfig(mu=args.mu))
     events = list(simulate(det, cfg, args.seed, args.events))

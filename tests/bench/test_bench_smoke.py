@@ -34,7 +34,7 @@ RUNS = {
                        "--out", "{tmp}"], True),
     "launch_count": (["--mu", "5", "--batches", "1", "--top", "3"], True),
     "search_balance": (["--mu", "5", "--events", "1"], True),
-    "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "2",
+    "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "20",
                    "--transfers", "1"], True),
     "gc_pause": (["--events", "1", "--mu", "5", "--repeats", "1"], True),
 }  # fmt: skip

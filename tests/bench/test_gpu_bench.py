@@ -105,6 +105,23 @@ def test_report_names_full_collections_inside_timed_batches(gpu_report) -> None:
     assert "inside the timed batches (heap frozen): compile_bf16 batch 1: 1." in text
 
 
+def test_report_says_what_a_p99_is_of_and_lists_replays_that_lost_events(gpu_report) -> None:
+    """A p99 of fewer than 100 timings is about the largest: the table says of how many; a
+    daemon replay skipped, or with events missing, is listed (its latencies are only of the
+    replies that came)."""
+    timed = {"events_per_s": 1.0, "wall_ms": {"p50": 1.0, "p99": 2.0, "n": 8}, "stage_ms": {}}
+    daemon = {
+        "replay_100hz": {"received": 60, "missing": 4, "errors": {}, "exit_code": 1},
+        "replay_batch1": {"skipped": "time budget"},
+    }
+    parts = {"compile_bf16": {"batches": {"16": timed}}, "daemon": daemon}
+    text = gpu_report.markdown({"date": "2026-12-01", "summary": {}, "parts": parts}, "x.json")
+    assert "| compile_bf16 | 16 | 1.0 | 1.0 | 2.0 (of 8) |" in text
+    assert "- daemon replay_100hz: 4 missing, errors none, exit code 1" in text
+    assert "- daemon replay_batch1: time budget" in text
+    assert "p99 n/a ms of 60 replies" in text
+
+
 def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:
     graphs: dict[str, Any] = {"cuda_graphs": True, "fallback_reason": None, "batches": {}}
     parts = {
