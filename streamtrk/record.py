@@ -151,7 +151,7 @@ class _CreatedOnFirstWrite:
         try:
             if not self._end:
                 self._writer.flush()  # the file header
-                self._end = self.path.stat().st_size
+                self._end = self._writer.end
             self._writer.write(frames)
             self._writer.flush()
         except OSError:
@@ -161,11 +161,14 @@ class _CreatedOnFirstWrite:
         self.records += 1
 
     def _cut_back(self) -> None:
-        """After a failed write: the file back to its whole records (none: removed)."""
+        """After a failed write: the file back to its whole records (none: removed); what is
+        no regular file (a device, a FIFO) is left as it is."""
         if self._writer is not None:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
             self._writer = None
+        if not self.path.is_file():
+            return
         try:
             if self.records:
                 os.truncate(self.path, self._end)

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Literal, Self
 import numpy as np
 
 from streamtrk.event import Event
-from streamtrk.io.paths import replaced_whole
+from streamtrk.io.paths import replaced_whole, written_in_place
 from streamtrk.wire import (
     DEFAULT_LIMITS,
     Limits,
@@ -305,7 +305,8 @@ def iter_events(path: StrPath, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[E
 class RecordingWriter:
     """Writes records to a recording; ``mode="a"`` appends to a valid existing file: after
     its last record, found by reading it, or at ``end`` where the caller knows that its
-    whole records end (the file is not read)."""
+    whole records end (the file is not read). Written from start to end, without seeking
+    (``/dev/stdout``, a FIFO)."""
 
     def __init__(
         self, path: StrPath, mode: Literal["w", "a"] = "w", *, end: int | None = None
@@ -317,9 +318,11 @@ class RecordingWriter:
             end = _end_of_records(self.path) if end is None else end
             self._file: BinaryIO = open(self.path, "r+b")  # noqa: SIM115 - closed by close()
             self._file.seek(end)
+            self.end = end
         else:
             self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
             self._file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+            self.end = _FILE_HEADER.size  # bytes written: where the next record goes
 
     def write(self, frames: Iterable[Any]) -> int:
         """Append one message's frames as a record; return the record's byte offset."""
@@ -328,11 +331,12 @@ class RecordingWriter:
             raise ValueError(f"a record holds 1 to {MAX_FRAMES} frames, got {len(views)}")
         if (longest := max(v.nbytes for v in views)) > MAX_FRAME_BYTES:
             raise ValueError(f"a frame holds at most {MAX_FRAME_BYTES} bytes, got {longest}")
-        offset = self._file.tell()
+        offset = self.end
         self._file.write(_RECORD_HEADER.pack(len(views), _crc(views)))
         for v in views:
             self._file.write(_LENGTH.pack(v.nbytes))
             self._file.write(v)
+        self.end += record_bytes(views)
         return offset
 
     def write_event(self, event: Event, *, compact: bool = False) -> int:
@@ -378,7 +382,12 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     without an error: until then records go to a partial file beside it, removed on an error (or
     Ctrl-C), so that a failed run neither leaves a cut recording nor destroys the file
     that was there. Its folder is made. A link is written through to its file, kept (as
-    ``open`` would)."""
+    ``open`` would); a ``path`` that is no regular file (``/dev/stdout``, ``/dev/null``, a
+    FIFO) is written in place (renaming a file over it would replace it)."""
+    if written_in_place(Path(path)):
+        with RecordingWriter(path) as writer:
+            yield writer
+        return
     target = Path(os.path.realpath(path))
     with replaced_whole(target) as partial, RecordingWriter(partial) as writer:
         yield writer

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
+import threading
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -610,3 +612,23 @@ def test_a_new_recording_at_a_link_is_written_through_to_its_file(tmp_path: Path
         w.write_event(event)
     assert link.is_symlink() and link.resolve() == real
     assert [ev.event for ev in iter_events(real)] == [0]
+
+
+def test_a_new_recording_into_a_fifo_is_written_in_place(tmp_path: Path, rng) -> None:
+    """``/dev/stdout``, ``/dev/null``, a FIFO: written in place, as they are (a file renamed
+    over one would replace it: as root, a device node too); written without seeking."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    events = [make_event(rng, 3, k) for k in range(2)]
+    with new_recording(fifo) as w:
+        offsets = [w.write_event(ev) for ev in events]
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    copy = tmp_path / "copy.stk"
+    copy.write_bytes(got[0])
+    assert [ev.event for ev in iter_events(copy)] == [0, 1]
+    hits_at = [off for off, frames in iter_records(copy) if decode(frames).kind == "hits"]
+    assert offsets == hits_at

@@ -293,3 +293,31 @@ def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
     assert done.returncode == 1
     assert f"OSError: cannot write {out}: File too large; nothing recorded" in done.stderr
     assert not out.exists()
+
+
+def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
+    """A tap into what is no regular file (a FIFO, a device such as /dev/full) cannot be
+    cut back: a failed write leaves it as it is (as root, removing it removed a device
+    node), and the error says what was recorded."""
+    import os
+    import stat
+    from collections import Counter
+
+    import streamtrk.record as r
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def read_a_little() -> None:
+        with fifo.open("rb") as f:
+            f.read(100)  # then gone: the next writes find no reader (EPIPE)
+
+    reader = threading.Thread(target=read_a_little, daemon=True)
+    reader.start()
+    writer, n = r._CreatedOnFirstWrite(fifo), Counter[str]()
+    with pytest.raises(OSError, match=f"cannot write {fifo}: Broken pipe"):
+        for _ in range(1000):
+            r._write(writer, [b"a" * 100_000], n)
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert not writer.cut_failed
