@@ -8,6 +8,7 @@ versioned. ``$STREAMTRK_MODEL`` names another default.
 
 from __future__ import annotations
 
+import io
 import os
 import tomllib
 from importlib import resources
@@ -37,6 +38,17 @@ def default_model_path() -> Path:
     return Path(env) if env else shipped_model_path()
 
 
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` through a buffer: a failed write (a full disk)
+    is an OSError naming the file, where torch's own writer raises a RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        path.write_bytes(buffer.getbuffer())
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+
+
 def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str, Any]) -> None:
     """Write ``weights.pt`` and ``card.toml`` (the card is checked first), each whole: to a
     partial file first, renamed into place once both are written (a reader never sees half a
@@ -45,7 +57,7 @@ def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str,
     check_card(card)
     directory = Path(directory)
     with replaced_whole(directory / CARD) as card_file, replaced_whole(directory / WEIGHTS) as w:
-        torch.save(model.state_dict(), w)
+        save_torch(model.state_dict(), w)
         card_file.write_text(tomlio.dumps(card))
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from streamtrk.io.paths import save_png
 from streamtrk.recon.gnn import InteractionNetwork
+from streamtrk.recon.model import save_torch
 from streamtrk.train.config import OptimConfig, TrainConfig
 from streamtrk.train.samples import Sample
 
@@ -114,7 +115,7 @@ def fit(
                 f"epoch {epoch}: train loss {row['train_loss']:.4f}  val loss {v['loss']:.4f}  "
                 f"edge eff {v['edge_efficiency']:.4f}  purity {v['edge_purity']:.4f}"
             )
-        torch.save(
+        save_torch(
             {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict()},
             checkpoints / f"epoch-{epoch:03d}.pt",
         )

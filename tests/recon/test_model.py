@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import re
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamtrk.recon import model as model_module
 from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE
 from streamtrk.recon.card import ModelCardError, model_card
 from streamtrk.recon.engine import EngineScorer
@@ -65,7 +68,7 @@ def test_a_failed_save_leaves_the_model_there_as_it_was(
         Path(f).write_bytes(b"half a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(model_module, "save_torch", disk_full)
     card = model_card("other", ARCH, GraphConfig(), 0.5)
     with pytest.raises(OSError, match="No space left"):
         save_model(path, InteractionNetwork(ARCH), card)
@@ -320,3 +323,23 @@ def test_a_threshold_of_one_passes_no_edge_and_is_refused(saved: tuple[Path, Int
     _edit_card(path, "threshold = 0", "threshold = 1")
     with pytest.raises(ModelCardError, match=r"in \[0, 1\) \(1 passes no edge\), got 1"):
         load_reconstructor(path)
+
+
+def test_a_model_save_the_disk_refuses_is_an_oserror_naming_the_file(tmp_path) -> None:
+    """torch's own writer raises a RuntimeError ("unexpected pos") on a full disk: the CLI
+    would show a traceback. Here the file size limit refuses the write (EFBIG, as ENOSPC)."""
+    script = (
+        "import resource, sys, torch\n"
+        "from pathlib import Path\n"
+        "from streamtrk.recon.model import save_torch\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "try:\n"
+        "    save_torch({'w': torch.zeros(10_000)}, Path(sys.argv[1]))\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    path = tmp_path / "w.pt"
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"cannot write {path}: File too large"
