@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from streamtrk import __version__
 from streamtrk.cli.common import COMMANDS, LIST_OPTIONS, repair_hint
@@ -50,18 +53,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a command without its own stop: unwinds as Ctrl-C does (partial files
+    removed), the exit status 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM (``timeout``, a batch scheduler, a container stop) raises :class:`Terminated`
+    while the block runs, where it would end the process at once (leaving partial files);
+    commands that stop on it themselves (serve, replay, record) set their own handler inside.
+    Only in the main thread, and where SIGTERM has its default action."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
     parser = build_parser()  # LIST_OPTIONS filled
     args = parser.parse_args(_negative_lists(sys.argv[1:] if argv is None else argv))
     try:
-        return int(args.func(args))
+        with _terminated_as_interrupted():
+            return int(args.func(args))
     except BrokenPipeError:
         # The reader of our output went away (``streamtrk replay ... | head``): stop quietly,
         # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
-    except KeyboardInterrupt:  # Ctrl-C in a command without its own stop (simulate, train)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM in a command without its own stop
+        if isinstance(e, Terminated):
+            print(f"streamtrk {args.command}: terminated", file=sys.stderr)
+            return 143  # 128 + SIGTERM
         print(f"streamtrk {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT
     except Exception as exc:

@@ -69,6 +69,33 @@ def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing left, nor the folder made for the CSV
 
 
+def test_sigterm_in_a_long_command_cleans_up_as_ctrl_c_does_and_exits_143(tmp_path):
+    """``timeout``, a batch scheduler or a container stop sends SIGTERM: the partial
+    recording and the CSV folder go as with Ctrl-C (they stayed, the process killed)."""
+    cmd = [sys.executable, "-m", "streamtrk", "simulate", "--events", "100000", "-o"]
+    csv = tmp_path / "csv"
+    proc = subprocess.Popen(
+        [*cmd, str(tmp_path / "s.stk"), "--trackml-dir", str(csv)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 120)  # its progress bar: simulating
+        assert ready, "no progress bar in 120 s"
+        t_end = time.monotonic() + 120  # and events written, whose CSV files are not kept
+        while not any(csv.rglob("*-hits.csv")) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143
+    assert "streamtrk simulate: terminated" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _with_files(tmp_path, args: list[str]) -> list[str]:
     """``args`` with RUN a one-event recording and OUT an output file in ``tmp_path``."""
     run = tmp_path / "e.stk"
