@@ -101,6 +101,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
+    if args.events < 1:  # a recording of no event is no simulation (as demo and evaluate)
+        raise ValueError(f"--events must be at least 1, got {args.events}")
     gen = replace(
         GeneratorConfig(),
         mu=args.mu,

@@ -254,6 +254,10 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert "streamtrk import-trackml: error" in err and "streamtrk inspect: error" in err
     assert "--repair" not in err  # a file that is no recording is not for it to mend
     assert not (tmp_path / "x.stk").exists()
+    # a recording of no event is no simulation (demo and evaluate refuse it too)
+    assert main(["simulate", "--events", "0", "-q", "-o", str(tmp_path / "x.stk")]) == 1
+    assert "--events must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.stk").exists()
 
 
 @pytest.mark.parametrize(
