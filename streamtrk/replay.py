@@ -219,10 +219,10 @@ def due_newest_first(
     sends: list[_Send], now: float, retry_after_s: float, answered_seq: int, quiet_since: float
 ) -> list[_Send]:
     """The sends due for a resend at ``now``, the last sent first (see the module
-    docstring): ``retry_after_s`` or more past their last send, and either sent before
-    the latest send answered (``answered_seq``, the ``seq`` of a send whose reply came) or
-    with no reply of any kind for ``retry_after_s`` (since ``quiet_since``); and those
-    whose ``shutdown`` reply was set aside (due at once)."""
+    docstring): ``retry_after_s`` or more past their last send, and either last sent
+    before the first send of an event answered since (``answered_seq``) or with no reply
+    of any kind for ``retry_after_s`` (since ``quiet_since``); and those whose ``shutdown``
+    reply was set aside (due at once)."""
     quiet = now - quiet_since >= retry_after_s
     due = [
         p
@@ -236,15 +236,17 @@ def due_newest_first(
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
-    times (the last once ZeroMQ took it), its last send's number among the replay's sends
-    (``seq``), sends so far, whether a reply came, and the last ``shutdown`` reply set
-    aside for a resend (with its arrival time) and how many were."""
+    times (a resend's once ZeroMQ took it), the numbers among the replay's sends of its
+    first send (``first_seq``) and of its last (``seq``), sends so far, whether a reply
+    came, and the last ``shutdown`` reply set aside for a resend (with its arrival time)
+    and how many were."""
 
     key: Key
     frames: list[Any]
     t_first: float
     t_last: float
     seq: int = 0
+    first_seq: int = 0
     sends: int = 1
     answered: bool = False
     shutdown: tuple[float, Message] | None = None
@@ -274,7 +276,9 @@ class _Sender(threading.Thread):
         self.next_id = self.prefix  # the ids from the prefix up to this one went out
         self._next_check = 0.0  # when resends are next looked for
         self.seq = 0  # sends and resends taken by ZeroMQ so far
-        self.answered_seq = 0  # the largest seq of a send answered; 0: none yet
+        # The largest first_seq of an event answered (0: none yet): a reply may be to any of
+        # an event's sends, so its first is the latest it surely answers.
+        self.answered_seq = 0
         self.t_reply = -math.inf  # when the last reply to one of ours came
 
     def run(self) -> None:
@@ -314,7 +318,7 @@ class _Sender(threading.Thread):
                     self.next_id = msg_id
                 r.unsent = total - i
                 return
-            self._taken(sent)
+            self._taken(sent, first=True)
             r.sent += 1
             r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
@@ -334,11 +338,17 @@ class _Sender(threading.Thread):
                 return False
         return False
 
-    def _taken(self, p: _Send) -> None:
-        """``p`` just taken by ZeroMQ: its last send's time and number."""
+    def _taken(self, p: _Send, first: bool = False) -> None:
+        """``p`` just taken by ZeroMQ: its send's number and, for a resend, its time (a
+        first send's is when it was made: a ``shutdown`` reply set aside meanwhile, which
+        makes it due at once, is kept)."""
         self.seq += 1
         with self.lock:
-            p.t_last, p.seq = time.perf_counter(), self.seq
+            p.seq = self.seq
+            if first:
+                p.first_seq = self.seq
+            else:
+                p.t_last = time.perf_counter()
 
     def _resend_due(self) -> bool:
         """Resend (once each, newest first) what is due (:func:`due_newest_first`) and has
@@ -415,7 +425,7 @@ class _Sender(threading.Thread):
                     self.result.unexpected += 1
                 return None
             self.t_reply = time.perf_counter()
-            self.answered_seq = max(self.answered_seq, sent.seq)
+            self.answered_seq = max(self.answered_seq, sent.first_seq)
             sent.answered = True
             self.answered_keys.add(key)
             return sent.t_first

@@ -587,6 +587,27 @@ def test_only_sends_that_look_lost_are_due() -> None:
     assert due_newest_first(sends, answered_seq=0, **quiet) == [sends[0], sends[1], sends[2]]
 
 
+def test_replies_after_a_silence_draw_no_second_round_of_resends() -> None:
+    """A daemon silent past ``retry_after_s`` (warming up) draws one round of resends, the
+    oldest resent last; its first reply, to the oldest event, may answer the first send or
+    the resend (one msg_id): it counts as of the first, so the events resent after it are
+    not taken for lost (as the resend's number they were all due again)."""
+    events = _events(3)
+    sender = _Sender(None, events, ReplayOptions(retries=3), ReplayResult())  # type: ignore[arg-type]
+    sends = {k: _Send(rec.key, [], 0.0, 0.0) for k, rec in enumerate(events)}
+    for k, p in sends.items():
+        sender.pending[k] = p
+        sender._taken(p, first=True)
+    for k in sorted(sends, reverse=True):  # the resends, newest first
+        sender._taken(sends[k])
+    assert sender.match(0, events[0].key) is not None  # the oldest event's reply
+    now = time.perf_counter() + 10.0  # long past every send ...
+    due = due_newest_first(
+        list(sender.pending.values()), now, 5.0, sender.answered_seq, quiet_since=now
+    )  # ... with replies coming
+    assert due == []
+
+
 def test_a_slow_daemon_that_answers_every_event_draws_no_resend() -> None:
     """A daemon slower than the replay sends (20 events a second, every one answered in
     turn): each event waits in the queues far past ``retry_after_s``, yet replies keep

@@ -247,6 +247,8 @@ def _whole_record_after(f: BinaryIO, offset: int, size: int) -> bool:
             f.seek(pos)
             data = f.read(_SCAN_BYTES + head - 1)
             m = len(data) - head + 1  # positions whose count and first length are in data
+            if m <= 0:  # the file shrank while searched
+                return False
             counts = np.ndarray((m,), "<u4", data, 0, (1,))
             firsts = np.ndarray((m,), "<u8", data, _RECORD_HEADER.size, (1,))
             maybe = (counts >= 1) & (counts <= MAX_FRAMES) & (firsts <= size - pos - head)
@@ -285,6 +287,8 @@ def _is_whole_record(f: BinaryIO, offset: int, size: int) -> bool:
         crc = zlib.crc32(f.read(_LENGTH.size), crc)
         while length:
             piece = f.read(min(length, _SCAN_BYTES))
+            if not piece:  # the file shrank while read
+                return False
             crc = zlib.crc32(piece, crc)
             length -= len(piece)
     return crc == stored

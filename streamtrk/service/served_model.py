@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
                 f"the model directory {path} changed while it was loaded: load it again"
             )
     except BaseException:
-        _close_engine(rec)  # its CUDA graphs now, not when the collector finds them
+        with contextlib.suppress(Exception):  # the error raised is the load's
+            _close_engine(rec)  # its CUDA graphs now, not when the collector finds them
         raise
     scorer = rec.scorer
     assert isinstance(scorer, EngineScorer)
