@@ -43,7 +43,14 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_stop_in_a_long_command_is_one_line_and_leaves_nothing(tmp_path, sig, status, said):
+    """Ctrl-C, or SIGTERM (``timeout``, a batch scheduler, a container stop; it killed the
+    process, its partial recording and CSV folder left behind): one line, the exit status
+    of the signal, nothing left."""
     cmd = [sys.executable, "-m", "streamtrk", "simulate", "--events", "100000", "-o"]
     csv = tmp_path / "csv"
     proc = subprocess.Popen(
@@ -59,41 +66,14 @@ def test_ctrl_c_in_a_long_command_is_one_line_and_exit_130(tmp_path):
         t_end = time.monotonic() + 120  # and events written, whose CSV files are not kept
         while not any(csv.rglob("*-hits.csv")) and time.monotonic() < t_end:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 130
-    assert "streamtrk simulate: interrupted" in err and "Traceback" not in err
+    assert proc.returncode == status
+    assert f"streamtrk simulate: {said}" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing left, nor the folder made for the CSV
-
-
-def test_sigterm_in_a_long_command_cleans_up_as_ctrl_c_does_and_exits_143(tmp_path):
-    """``timeout``, a batch scheduler or a container stop sends SIGTERM: the partial
-    recording and the CSV folder go as with Ctrl-C (they stayed, the process killed)."""
-    cmd = [sys.executable, "-m", "streamtrk", "simulate", "--events", "100000", "-o"]
-    csv = tmp_path / "csv"
-    proc = subprocess.Popen(
-        [*cmd, str(tmp_path / "s.stk"), "--trackml-dir", str(csv)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        ready, _, _ = select.select([proc.stderr], [], [], 120)  # its progress bar: simulating
-        assert ready, "no progress bar in 120 s"
-        t_end = time.monotonic() + 120  # and events written, whose CSV files are not kept
-        while not any(csv.rglob("*-hits.csv")) and time.monotonic() < t_end:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 143
-    assert "streamtrk simulate: terminated" in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
 
 
 def _with_files(tmp_path, args: list[str]) -> list[str]:
