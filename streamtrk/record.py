@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.io.paths import check_writable
-from streamtrk.io.recording import RecordingWriter, record_bytes
+from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
 
@@ -140,7 +140,6 @@ class _CreatedOnFirstWrite:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: RecordingWriter | None = None
-        self._end = 0  # bytes of the file header and the whole records
         self.records = 0  # written whole
         self.cut_failed = False  # a failed write left the file cut: cutting it back failed
 
@@ -148,21 +147,18 @@ class _CreatedOnFirstWrite:
         if self._writer is None:  # a file that cannot be opened is left as it is
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = RecordingWriter(self.path)
+        whole = self._writer.end  # the file header and the records written whole
         try:
-            if not self._end:
-                self._writer.flush()  # the file header
-                self._end = self._writer.end
             self._writer.write(frames)
             self._writer.flush()
         except OSError:
-            self._cut_back()
+            self._cut_back(whole)
             raise
-        self._end += record_bytes(frames)
         self.records += 1
 
-    def _cut_back(self) -> None:
-        """After a failed write: the file back to its whole records (none: removed); what is
-        no regular file (a device, a FIFO) is left as it is."""
+    def _cut_back(self, whole: int) -> None:
+        """After a failed write: the file back to its ``whole`` bytes (no record: removed);
+        what is no regular file (a device, a FIFO) is left as it is."""
         if self._writer is not None:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
@@ -171,7 +167,7 @@ class _CreatedOnFirstWrite:
             return
         try:
             if self.records:
-                os.truncate(self.path, self._end)
+                os.truncate(self.path, whole)
             else:
                 self.path.unlink(missing_ok=True)
         except OSError:  # said by the caller, with the remedy

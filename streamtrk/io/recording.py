@@ -161,7 +161,7 @@ class RecordingReader:
             if self.max_frame_bytes is not None and length > self.max_frame_bytes:
                 raise fail(
                     f"frame {i} length {length} above the {self.max_frame_bytes}-byte limit",
-                    whole=length <= left and self._whole_here(f, offset, size),
+                    whole=length <= left and _is_whole_record(f, offset, size),
                 )
             if length > left:
                 raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
@@ -173,16 +173,6 @@ class RecordingReader:
         if computed != crc:
             raise fail(f"CRC mismatch (stored {crc:#010x}, computed {computed:#010x})")
         return frames
-
-    @staticmethod
-    def _whole_here(f: BinaryIO, offset: int, size: int) -> bool:
-        """Whether the record at ``offset`` is whole (any frame length); ``f`` left where
-        it was."""
-        at = f.tell()
-        try:
-            return _is_whole_record(f, offset, size)
-        finally:
-            f.seek(at)
 
     def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
         """Decoded ``hits`` messages as events, with ``.truth`` from a directly following
@@ -238,26 +228,23 @@ _SCAN_BYTES = 1 << 18
 def _whole_record_after(f: BinaryIO, offset: int, size: int) -> bool:
     """Whether a whole record (its CRC right) starts anywhere in ``f`` after byte
     ``offset``: every position whose frame count and first length could start one is
-    tried, a window of positions at a time. ``f`` is left where it was."""
-    at = f.tell()
+    tried, a window of positions at a time. (Called on damage, after which ``f`` is read
+    no more: where it is left does not matter.)"""
     head = _RECORD_HEADER.size + _LENGTH.size  # a record's bytes before its first frame's
-    try:
-        pos = offset + 1
-        while pos + head <= size:
-            f.seek(pos)
-            data = f.read(_SCAN_BYTES + head - 1)
-            m = len(data) - head + 1  # positions whose count and first length are in data
-            if m <= 0:  # the file shrank while searched
-                return False
-            counts = np.ndarray((m,), "<u4", data, 0, (1,))
-            firsts = np.ndarray((m,), "<u8", data, _RECORD_HEADER.size, (1,))
-            maybe = (counts >= 1) & (counts <= MAX_FRAMES) & (firsts <= size - pos - head)
-            if any(_is_whole_record(f, pos + int(i), size) for i in np.flatnonzero(maybe)):
-                return True
-            pos += m
-        return False
-    finally:
-        f.seek(at)
+    pos = offset + 1
+    while pos + head <= size:
+        f.seek(pos)
+        data = f.read(_SCAN_BYTES + head - 1)
+        m = len(data) - head + 1  # positions whose count and first length are in data
+        if m <= 0:  # the file shrank while searched
+            return False
+        counts = np.ndarray((m,), "<u4", data, 0, (1,))
+        firsts = np.ndarray((m,), "<u8", data, _RECORD_HEADER.size, (1,))
+        maybe = (counts >= 1) & (counts <= MAX_FRAMES) & (firsts <= size - pos - head)
+        if any(_is_whole_record(f, pos + int(i), size) for i in np.flatnonzero(maybe)):
+            return True
+        pos += m
+    return False
 
 
 def _is_whole_record(f: BinaryIO, offset: int, size: int) -> bool:
