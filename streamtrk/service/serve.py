@@ -81,6 +81,11 @@ def _policy(cfg: ServeConfig, device: str) -> BatchPolicy:
     return BatchPolicy(cfg.max_batch_events, batch_hits(cfg, device), cfg.max_queue_delay_ms)
 
 
+def _drain_reserve_s(timeout: float) -> float:
+    """Seconds of a drain of ``timeout`` kept for answering and sending the last replies."""
+    return min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
+
+
 def _fields(**kv: Any) -> dict[str, Any]:
     return {"fields": kv}
 
@@ -397,7 +402,7 @@ class Daemon:
         self.readiness.set("draining")
         log.info("draining", extra=_fields(drain_timeout_s=timeout))
         emitter.give_up_at = deadline
-        worker.drain_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * timeout)
+        worker.drain_by = deadline - _drain_reserve_s(timeout)
         ingest.leave_by = worker.drain_by  # what it takes after this could not be answered
         stop_intake.set()
         # Intake may be waiting for room with an event in hand: the worker makes room, or
@@ -552,7 +557,7 @@ class Daemon:
         leave = threading.Event()
         leave.set()  # ingest takes what the socket has queued, then stops
         ingest = Ingest(pull, self.batcher, replies, self.metrics, lambda: self.config, leave, dead)
-        ingest.leave_by = deadline - min(DRAIN_RESERVE_S, DRAIN_RESERVE_SHARE * cfg.drain_timeout_s)
+        ingest.leave_by = deadline - _drain_reserve_s(cfg.drain_timeout_s)
         emitter = Emitter(push, replies, self.metrics, lambda: not ingest.is_alive(), cfg.linger_ms)
         emitter.give_up_at = deadline
         for thread in (ingest, emitter):
