@@ -9,10 +9,11 @@ first (a short device session may not reach the end):
 3. The configurations (``CONFIGS``), the headline ``compile_bf16`` and the daemon's own
    first, for batch sizes 1, 4, 16, 64: ``Reconstructor.reconstruct`` timed end to end
    (events/s, wall percentiles; p99 at batch 1 is the latency figure) and per stage
-   (graph, gnn, tracks, fit; "other" is the host-side batching, the hit upload and the
-   track download); on CUDA the host synchronisations of one reconstruct (``host_syncs``:
-   CuPy's and torch's); first-call seconds (compilation included), peak device memory,
-   the graphs Inductor ran without CUDA graphs (``cudagraph_skips``); on CUDA the GNN's
+   (upload: the host-side batching and the hits' copy up; graph, prune, gnn, tracks,
+   fit; "other" is the tracks' copy down and their split by event); on CUDA the host
+   synchronisations of one reconstruct (``host_syncs``: CuPy's and torch's); first-call
+   seconds (compilation included), peak device memory, the graphs Inductor ran without
+   CUDA graphs (``cudagraph_skips``); on CUDA the GNN's
    edges/s against the reference (133 M edges/s) and against the H200's limit for the
    graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
 4. ``daemon``: ``streamtrk serve --device cuda`` in the ``--daemon-config`` configuration as

@@ -10,7 +10,8 @@ medians of ``--repeats`` calls, divided by the batch's events where it works per
 the physics metrics' edge-score histogram is given apart (on a GPU it is counted on the
 device). The parts are the daemon's own functions on real reconstructed events (the
 shipped model, one batch of ``--events``). With ``--device cuda`` the batch's columns go up
-to the device in ``batch_columns`` and the edge scores are counted there.
+to the device in ``batch_columns`` (timed to the copy's end) and the edge scores are counted
+there.
 
 ZeroMQ's transfer runs in libzmq's I/O threads (no interpreter lock): hits messages sent
 as fast as taken over TCP loopback from another process, received zero-copy as the
@@ -178,6 +179,11 @@ def per_event_parts(
         for f in messages:
             decode(f, limits=limits).to_event()
 
+    def columns_up() -> None:  # on CUDA with its copy up: the call returns before it lands
+        batch_columns(events, rec.xp)
+        if rec.xp is not np:
+            rec.xp.cuda.Device().synchronize()
+
     def encode_all() -> None:
         for reply in replies:
             _with_timing(_encode(reply), "encode", 1e-4)
@@ -185,7 +191,7 @@ def per_event_parts(
     parts = {
         "decode": lambda: decode_all(frames),
         "decode_compact": lambda: decode_all(compact),
-        "batch_columns": lambda: batch_columns(events, rec.xp),
+        "batch_columns": columns_up,
         "split_by_event": lambda: split_by_event(*batch_tracks, node_offsets),
         "physics": lambda: physics.observe(observation),
         "physics_edge_scores": lambda: physics.edge_score.observe(result.scores),

@@ -56,6 +56,7 @@ H200_BYTES_PER_S = 4.8e12  # the H200's memory bandwidth
 
 #: The reconstructor's calls of its stages, by the function's name in the stage's module.
 STAGES = {
+    ("reconstructor.py", "_columns"): "upload",
     ("graph.py", "build_graph"): "graph",
     ("prune.py", "prune_edges"): "prune",
     ("graph.py", "select_edges"): "prune",

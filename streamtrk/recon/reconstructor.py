@@ -33,7 +33,9 @@ from streamtrk.recon.tracks import (
 from streamtrk.recon.truth import edge_labels
 from streamtrk.xp import array_module, bincount, to_host, to_host_packed
 
-STAGES = ("graph", "prune", "gnn", "tracks", "fit")
+#: The stages of ``Reconstructor.reconstruct``, in order: ``upload`` puts the batch's columns
+#: on the device (a copy up on CUDA; a concatenation on the CPU), the others are the chain's.
+STAGES = ("upload", "graph", "prune", "gnn", "tracks", "fit")
 
 
 class EdgeScorer(Protocol):
@@ -147,16 +149,21 @@ class Reconstructor:
         keep = fit_cuts(offsets[1:] - offsets[:-1], params, self.tracks)
         return select_tracks(offsets, hit_index, params, keep)
 
+    def _columns(self, events: Sequence[Event]) -> tuple[dict[str, Any], np.ndarray]:
+        """The batch's columns on the device (``batch_columns``), about the beam spot."""
+        cols, node_offsets = batch_columns(events, self.xp)
+        for name, shift in zip(("x", "y"), self.beam_spot, strict=True):
+            if shift:
+                cols[name] = cols[name] - cols[name].dtype.type(shift)
+        return cols, node_offsets
+
     def reconstruct(self, events: Sequence[Event]) -> ReconResult:
         """Reconstruct a batch of events as one disjoint graph. Raises EventTooDense, naming
         them, for events whose graph would pass the work budget (``streamtrk.recon.budget``);
         nothing of the batch is returned then."""
         xp, det = self.xp, self.detector
-        cols, node_offsets = batch_columns(events, xp)
-        for name, shift in zip(("x", "y"), self.beam_spot, strict=True):
-            if shift:
-                cols[name] = cols[name] - cols[name].dtype.type(shift)
         timings: dict[str, float] = {}
+        cols, node_offsets = self._timed(timings, "upload", lambda: self._columns(events))
         try:
             graph = self._timed(
                 timings,

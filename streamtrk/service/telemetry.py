@@ -12,7 +12,7 @@ from streamtrk.recon.reconstructor import STAGES as RECON_STAGES
 from streamtrk.service.heap import CollectorPauses
 from streamtrk.service.physics import PhysicsMetrics
 
-#: Pipeline stages, in order; graph to fit come from ``Reconstructor.reconstruct``, physics
+#: Pipeline stages, in order; upload to fit come from ``Reconstructor.reconstruct``, physics
 #: is the physics metrics' bookkeeping of a batch (after its replies are queued).
 STAGES = ("decode", "queue", *RECON_STAGES, "physics", "encode")
 

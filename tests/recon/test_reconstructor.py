@@ -83,6 +83,13 @@ def test_batching_does_not_change_tracks(small_events):
         assert np.array_equal(alone.params["pt"], batched.params["pt"])
 
 
+def test_each_stage_is_timed_the_columns_upload_apart_from_the_graph(small_events):
+    # On CUDA the copy up is asynchronous: untimed, it landed in the graph stage's time.
+    timings = Reconstructor.oracle().reconstruct(small_events).timings
+    assert list(timings) == ["upload", "graph", "prune", "gnn", "tracks", "fit"] == list(STAGES)
+    assert all(t >= 0 for t in timings.values()) and timings["upload"] > 0
+
+
 def test_the_chain_follows_a_displaced_beam_line(small_events):
     """An event moved by (1.5, -1) mm (collisions off the z axis): centred on that beam line,
     the shipped chain finds the tracks it finds in the event in place, with the same
