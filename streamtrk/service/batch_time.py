@@ -8,7 +8,9 @@ two cannot be told apart and the time is taken as proportional to the hits. The 
 is raised at once to cover the latest batch when that was slower than the fit predicts (the
 batcher and the drain never count on more speed than the last batch showed), and is the fit
 again after the next batch that is not; in the fit each batch weighs its share of the
-window. Before any batch the estimate is 0 s.
+window. Before any batch the estimate is 0 s. After :meth:`BatchTime.forget` (a new model:
+the old one's batches say nothing of its cost) the estimate stands until the next batch,
+which starts the window afresh.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class BatchTime:
 
     def estimate(self, hits: int) -> float:
         return self.fixed + self.per_hit * hits
+
+    def forget(self) -> None:
+        """Start the window afresh at the next batch; the estimate stands until then."""
+        self._seen.clear()
 
     def observe(self, hits: int, seconds: float) -> None:
         """A batch of ``hits`` hits took ``seconds``."""

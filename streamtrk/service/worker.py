@@ -14,10 +14,10 @@ works (a sticky CUDA error: every later batch would fail too): then the worker d
 resends them elsewhere) and the daemon exits 1 for a restart.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
-the batches so far: :mod:`streamtrk.service.batch_time`) is answered ``shutdown`` instead
-of started, and :meth:`abandon` answers ``shutdown`` for the batch in progress and
-everything still queued when the worker overruns. Each job is answered once: by whoever
-claims it first.
+the batches so far, of the model serving now: :mod:`streamtrk.service.batch_time`) is
+answered ``shutdown`` instead of started, and :meth:`abandon` answers ``shutdown`` for the
+batch in progress and everything still queued when the worker overruns. Each job is
+answered once: by whoever claims it first.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from streamtrk.recon.budget import EventTooDense
@@ -78,6 +79,7 @@ class Worker(Supervised):
         self._current: list[Job] = []  # the batch in progress, its set-aside events too
         self._taking = threading.Lock()  # held while a batch is taken off the queue
         self._owed = 0  # replies claimed and not yet queued (abandon() waits for them)
+        self._timed: weakref.ref[Reconstructor] | None = None  # whose batches batch_time has
         self._owing = threading.Lock()
         self._abandon_answered = False  # abandon() has queued its own replies
         self._dense = Throttle(DENSE_LOG_S)  # events refused as too dense
@@ -230,7 +232,11 @@ class Worker(Supervised):
             answered = self._reject(jobs, "internal")  # unless abandon() was first
             m.internal_errors.labels("reconstruction").inc(answered)
             return True
-        self.batcher.batch_time.observe(sum(job.n_hits for job in jobs), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if self._timed is None or self._timed() is not rec:  # a reload: another model's cost
+            self.batcher.batch_time.forget()
+            self._timed = weakref.ref(rec)
+        self.batcher.batch_time.observe(sum(job.n_hits for job in jobs), seconds)
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         sent = [job for job, reply in zip(jobs, replies, strict=True) if self._answer(job, reply)]

@@ -80,3 +80,13 @@ def test_neither_cost_is_negative(batches: list[tuple[int, float]]) -> None:
     for hits, seconds in batches:
         bt.observe(hits, seconds)
     assert bt.fixed >= 0 and bt.per_hit >= 0 and bt.estimate(10_000) >= 0.05
+
+
+def test_forgotten_batches_stand_until_the_next_which_starts_the_window_afresh() -> None:
+    bt = BatchTime()
+    for _ in range(WINDOW):
+        bt.observe(1_000, 1.0)
+    bt.forget()  # a reload: another model
+    assert bt.estimate(1_000) == pytest.approx(1.0)
+    bt.observe(1_000, 0.01)
+    assert bt.estimate(1_000) == pytest.approx(0.01)

@@ -656,3 +656,32 @@ def test_a_retry_that_cannot_finish_before_the_drain_ends_is_not_started() -> No
     worker = _worker(batcher, replies, FailingBatchThen(sigterm), det)
     worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
     assert [r.reason for r in _drained(replies)] == ["shutdown", "shutdown"]
+
+
+class Sleeping:
+    """Edge scorer: all edges 0, after ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, graph, events):
+        time.sleep(self.seconds)
+        return np.zeros(graph.num_edges, dtype=np.float32)
+
+
+def test_the_batch_time_is_the_serving_models_after_a_reload() -> None:
+    """A faster model swapped in: its first batch alone sets the estimate, not a mean over
+    the old one's batches (which would answer a drain's events 'shutdown' needlessly)."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    batcher = Batcher(8, BatchPolicy())
+    serving = Reconstructor(Sleeping(0.6), detector=det)
+    worker = Worker(batcher, replies, Metrics(), lambda: serving, lambda: True, lambda o: None)
+    worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
+    hits = len(events[0].hits)
+    assert batcher.batch_time.estimate(hits) >= 0.6
+    serving = Reconstructor(Sleeping(0.0), detector=det)  # reloaded
+    worker.process(Batch(jobs=[Job(events[1], time.perf_counter(), None)]))
+    assert [r.status for r in _drained(replies)] == ["ok", "ok"]
+    assert batcher.batch_time.estimate(hits) < 0.2
