@@ -31,7 +31,8 @@ chi-square with ``ndf = 2 n - 5`` degrees of freedom.
 
 Conventions (ATLAS and ACTS perigee to the beam line, the origin of the hits given):
 ``charge`` from the sense of rotation and the field's (clockwise seen from +z is positive
-in +B_z); ``phi`` the direction at the perigee; ``d0`` signed by the geometry alone, in
+in +B_z); ``phi`` the direction at the perigee, within +-``PHI_MAX`` (float32's nearest to pi
+is above pi); ``d0`` signed by the geometry alone, in
 either field: the perigee is at ``d0 (-sin phi, cos phi)``, so a track from (x, y) has
 ``d0 = -x sin(phi) + y cos(phi)`` to first order; in +B_z that is ``charge * (R - |c|)``
 with ``c`` the circle centre (d0 > 0 when a positive track's circle encloses the beam
@@ -134,6 +135,8 @@ class Fitted(NamedTuple):
     sizes: Array
 
 
+#: The largest float32 below pi: the reported phi (float32) lies within +-PHI_MAX.
+PHI_MAX = np.nextafter(np.float32(np.pi), np.float32(0))
 #: The float32 parameters in the rows of ``track_parameters``'s output, in its order.
 PARAMETER_ROWS = (
     "pt", "eta", "phi", "d0", "z0", "chi2", "sigma_q_over_pt", "sigma_eta", "sigma_phi",
@@ -149,7 +152,7 @@ def _parameters(fitted: Fitted, bfield: float, xp: Any) -> dict[str, Array]:
         return parameters_kernel(fitted, bfield, cupy_launcher(KERNELS))
     (xc, yc, radius), h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes = fitted
     tan_l, z0 = tan_l + step_z[:, 0], z0 + step_z[:, 1]
-    chi2 = chi2_c + chi2_z
+    chi2 = xp.maximum(chi2_c + chi2_z, 0)  # rounding: -1e-25 where the hits lie on the helix
     charge = (-h * np.sign(bfield)).astype(xp.int32)
     phi = _wrapped(theta_p + h * np.pi / 2, xp)
     d0 = -h * (radius - xp.hypot(xc, yc))  # the perigee at d0 (-sin phi, cos phi)
@@ -182,7 +185,9 @@ def _parameters(fitted: Fitted, bfield: float, xp: Any) -> dict[str, Array]:
         "corr_phi_d0": corr_c[:, 1, 2],
         "corr_eta_z0": cov_z[:, 0, 1] / xp.sqrt(var_tan_l * var_z0),
     }
-    return {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    out = {k: params[k].astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    out["phi"] = xp.clip(out["phi"], -PHI_MAX, PHI_MAX)  # float32(pi) is above pi
+    return out
 
 
 def parameters_kernel(fitted: Fitted, bfield: float, launch: Launch) -> dict[str, Array]:

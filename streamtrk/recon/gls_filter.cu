@@ -23,6 +23,7 @@
 
 #define GLS_MAX_M 5  // fit.GLS_MAX_STATE
 #define GLS_MAX_C 4  // fit.GLS_MAX_COLUMNS
+#define PHI_MAX 3.14159250259399414f  // fit.PHI_MAX: the largest float32 below pi
 
 extern "C" __global__ void gls_gram(long long n_tracks, const long long *offsets,
                                     const double *hits, long long n_cols, long long c,
@@ -199,7 +200,8 @@ extern "C" __global__ void hit_scattering(long long n_hits, const long long *tid
 // Per track, as fit._parameters: the reported parameters of the fit's results (the circle
 // after its step: radius, centre, sense h, perigee angle theta_p from the centre; the line
 // before its step step_z; the chi-squares; the circle's 3 x 3 and the line's 2 x 2
-// covariances), rounded as numpy.ndarray.astype rounds. floats: 15 rows of n_tracks in the
+// covariances), rounded as numpy.ndarray.astype rounds; chi2 at least 0 and phi within
+// +-PHI_MAX, as there. floats: 15 rows of n_tracks in the
 // order of fit.PARAMETER_ROWS; ints: 2 rows (charge, ndf).
 extern "C" __global__ void track_parameters(
     long long n_tracks, const double *radius, const double *xc, const double *yc,
@@ -218,7 +220,7 @@ extern "C" __global__ void track_parameters(
             wrapped(theta_p[t] + h[t] * PI / 2),
             -h[t] * (radius[t] - hypot(xc[t], yc[t])),
             z0,
-            chi2_c[t] + chi2_z[t],
+            numpy_max(chi2_c[t] + chi2_z[t], 0.0),
             sqrt(c[0]) / pt_per_mm,
             sqrt(cz[0]) / cosh,
             s_phi,
@@ -230,6 +232,8 @@ extern "C" __global__ void track_parameters(
             cz[1] / sqrt(cz[0] * cz[3]),
         };
         for (int k = 0; k < 15; ++k) floats[k * n_tracks + t] = (float)row[k];
+        const float phi = floats[2 * n_tracks + t];  // float32's nearest to pi is above it
+        floats[2 * n_tracks + t] = phi > PHI_MAX ? PHI_MAX : (phi < -PHI_MAX ? -PHI_MAX : phi);
         const long long ndf = 2 * sizes[t] - 5;
         ints[t] = (int)(-h[t] * sign_b);
         ints[n_tracks + t] = (int)(ndf < 1 ? 1 : ndf);

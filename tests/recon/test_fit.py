@@ -819,6 +819,31 @@ def test_host_kernel_parameters_are_the_arrays(host_launcher, bfield: float):
         np.testing.assert_array_equal(kernel[k], want, err_msg=k)
 
 
+@pytest.mark.parametrize("path", ["arrays", "host kernel"])
+def test_reported_phi_lies_within_pi_and_chi2_is_not_negative(host_launcher, path: str):
+    """A direction just below pi (or at -pi) rounds to float32(pi) = 3.1415927 > pi (or
+    below -pi): reported as the float32 nearest within; a chi-square of -1e-25 (the hits on
+    the helix, its terms cancelling) as 0."""
+    n = 3
+    phi = np.array([np.pi - 1e-9, -np.pi, 1.0])
+    h = np.ones(n)
+    circle = (np.zeros(n), np.full(n, 500.0), np.full(n, 600.0))
+    cov = np.broadcast_to(np.eye(3), (n, 3, 3)), np.broadcast_to(np.eye(2), (n, 2, 2))
+    fitted = Fitted(
+        circle, h, phi - np.pi / 2, np.zeros(n), np.zeros(n), np.zeros((n, 2)),
+        np.array([-1e-25, 0.0, 1.0]), np.zeros(n), *cov, np.full(n, 4),
+    )  # fmt: skip
+    if path == "arrays":
+        got = _parameters(fitted, 2.0, np)
+    else:
+        got = parameters_kernel(fitted, 2.0, host_launcher(KERNELS))
+    highest = np.nextafter(np.float32(np.pi), np.float32(0))
+    assert float(np.float32(np.pi)) > np.pi > float(highest)
+    assert got["phi"].dtype == np.float32 and np.all(np.abs(got["phi"].astype(float)) < np.pi)
+    np.testing.assert_array_equal(got["phi"], np.array([highest, -highest, 1.0], np.float32))
+    np.testing.assert_array_equal(got["chi2"], np.array([0.0, 0.0, 1.0], np.float32))
+
+
 def test_host_kernel_refuses_more_than_it_holds_and_other_rows(host_launcher):
     offsets, launch = np.array([0, 1]), host_launcher(KERNELS)
     for dims in ((3, 3), (1, 1, 1)):
