@@ -150,6 +150,7 @@ def test_live_daemon_exports_every_metric_named(tmp_path: Path) -> None:
         assert values("streamtrk_stage_seconds_count", "stage") == {
             "decode",
             "queue",
+            "upload",
             "graph",
             "prune",
             "gnn",

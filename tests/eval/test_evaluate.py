@@ -49,7 +49,7 @@ def test_edge_counts_along_the_chain(small_events) -> None:
     assert 0.95 < pruned["pruned_edge_efficiency"] <= pruned["graph_edge_efficiency"]
     assert pruned["pruned_edge_efficiency_all"] <= pruned["graph_edge_efficiency_all"]
     assert pruned["pruned_edge_purity"] > pruned["graph_edge_purity"]
-    assert set(pruned["timings"]) == {"graph", "prune", "gnn", "tracks", "fit"}
+    assert set(pruned["timings"]) == {"upload", "graph", "prune", "gnn", "tracks", "fit"}
     # the graph's edges per hit, as built (before pruning)
     per_hit = pruned["graph_edges_per_event"] / pruned["hits_per_event"]
     assert pruned["edges_per_hit"] == pytest.approx(per_hit)
