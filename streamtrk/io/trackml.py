@@ -55,8 +55,9 @@ from streamtrk.xp import index_of
 TRUTH_COLUMNS = ("hit_id", "particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
 _TRUTH_CSV_DTYPES = {"hit_id": "<i8", **{k: HIT_TRUTH_DTYPES[k] for k in TRUTH_COLUMNS[1:]}}
 _SUBMISSION_DTYPES = {"event_id": "<i8", "hit_id": "<i8", "track_id": "<i8"}
-#: Integer columns that may be negative: the charge, and a submission's track labels.
-SIGNED_COLUMNS = frozenset({"q", "track_id"})
+#: Integer columns that may be negative: the charge (ids, counts and a submission's track
+#: ids not: TrackML's scorer takes track ids from 0).
+SIGNED_COLUMNS = frozenset({"q"})
 T = TypeVar("T")
 _EVENT_RE = re.compile(r"event(\d+)")
 _HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
@@ -120,6 +121,8 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     """
     header, _, body = _read_bytes(path).replace(b"\r", b"").partition(b"\n")
     head = header.decode("utf-8", errors="replace").removeprefix("\ufeff")  # a BOM
+    if not head.strip() and not body.strip():
+        raise ValueError(f"{path}: empty file (no header)")
     fields = [name.strip() for name in head.split(",")]
     index = {name: i for i, name in enumerate(fields)}
     if len(index) != len(fields):
@@ -177,10 +180,18 @@ def _event_number(prefix: Path) -> int:
     return number
 
 
+def _once_each(path: Path, name: str, ids: np.ndarray) -> None:
+    """ValueError naming the smallest id of column ``name`` met twice and its first two
+    data rows (from 1)."""
+    order = np.argsort(ids, kind="stable")  # a repeated id's rows in file order
+    if (twice := np.flatnonzero(ids[order][1:] == ids[order][:-1])).size:
+        a, b = order[twice[0]], order[twice[0] + 1]
+        raise ValueError(f"{path}: column {name!r}: {ids[a]} in data rows {a + 1} and {b + 1}")
+
+
 def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
     """Rows of ``file_ids`` holding each of ``hit_id`` (unique, all present, else ValueError)."""
-    if len(np.unique(file_ids)) != len(file_ids):
-        raise ValueError(f"{path}: duplicate hit_id")
+    _once_each(path, "hit_id", file_ids)
     rows, found = index_of(file_ids, hit_id)
     if not found.all():
         raise ValueError(f"{path}: no row for hit_id {hit_id[~found][0]}")
@@ -250,8 +261,7 @@ def read_particles(path: str | Path) -> Particles:
     charge and hits of each particle; a particle_id met twice is an error."""
     path = Path(path)
     particles = Particles.from_columns(_read_csv(path, PARTICLE_DTYPES))
-    if len(np.unique(particles.particle_id)) != len(particles):
-        raise ValueError(f"{path}: duplicate particle_id")
+    _once_each(path, "particle_id", particles.particle_id)
     return particles
 
 
@@ -278,8 +288,7 @@ def read_event(path: str | Path, *, run: int = 0, truth: bool = True) -> Event:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")
     number = _event_number(prefix)
     hits = Hits.from_columns(_read_csv(hits_path, HIT_DTYPES))
-    if len(np.unique(hits.hit_id)) != len(hits):
-        raise ValueError(f"{hits_path}: duplicate hit_id")
+    _once_each(hits_path, "hit_id", hits.hit_id)
     truth_path = _find(prefix, "truth") if truth else None
     if truth_path is None:
         return Event(run=run, event=number, hits=hits)
@@ -487,7 +496,8 @@ def write_submission(
     """Write one submission CSV (``event_id,hit_id,track_id``) for several events.
 
     ``submission`` maps event id to (hit_id, track_id) arrays, one entry per hit; track ids
-    start at 1 and 0 marks a hit in no track (see ``Tracks.track_id_per_hit``). Such a hit
+    start at 1 and 0 marks a hit in no track (see ``Tracks.track_id_per_hit``); a negative
+    one is refused (TrackML's scorer would leave its hits out of every track). Such a hit
     is written as a track of its own, numbered after the event's tracks: the TrackML scorer
     reads every id as a track, and would take all those hits together as one (a track that
     can be good). Events are written in increasing id order; ``.gz`` paths are gzipped.
@@ -498,6 +508,12 @@ def write_submission(
         if hit_id.shape != track_id.shape or hit_id.ndim != 1:
             raise ValueError(f"event {event_id}: hit_id and track_id must be equal-length 1-D")
         _each_hit_once(event_id, hit_id)
+        if (negative := track_id < 0).any():
+            k = int(np.argmax(negative))
+            raise ValueError(
+                f"event {event_id}: hit {hit_id[k]} has track id {track_id[k]}: track ids "
+                "are from 1 (0: in no track)"
+            )
         track_id = alone_as_tracks(track_id)
         event_ids.append(np.full(len(hit_id), event_id, dtype=np.int64))
         hit_ids.append(hit_id)
@@ -548,19 +564,28 @@ def by_event_number(per_event: Mapping[tuple[int, int], T]) -> dict[int, T]:
 
 def read_submission(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Read a submission CSV: event id -> (hit_id, track_id) in file order; ValueError
-    when an event names a hit twice."""
+    when an event names a hit twice or a track id is negative.
+
+    Track ids as the file gives them, but 0: TrackML's scorer reads a 0 as a track like any
+    other, where here it marks a hit in no track (``trackml_score``), so a file's track 0 is
+    returned as its event's largest id plus 1."""
     cols = _read_csv(Path(path), _SUBMISSION_DTYPES)
     event_id = cols["event_id"]
     srt = np.argsort(event_id, kind="stable")
     ids, starts = np.unique(event_id[srt], return_index=True)
     bounds = np.r_[starts, len(srt)]
     out = {
-        int(e): (cols["hit_id"][srt[a:b]], cols["track_id"][srt[a:b]])
+        int(e): (cols["hit_id"][srt[a:b]], _zero_as_a_track(cols["track_id"][srt[a:b]]))
         for e, a, b in zip(ids, bounds[:-1], bounds[1:], strict=True)
     }
     for e, (hit_id, _) in out.items():
         _each_hit_once(e, hit_id, f"{path}: ")
     return out
+
+
+def _zero_as_a_track(track_id: np.ndarray) -> np.ndarray:
+    """``track_id`` with its 0s (a track, in a file) numbered after its largest id."""
+    return np.where(track_id == 0, track_id.max(initial=0) + 1, track_id)
 
 
 def _each_hit_once(event_id: int, hit_id: np.ndarray, where: str = "") -> None:

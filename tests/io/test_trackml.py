@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamtrk.eval.score import trackml_score
 from streamtrk.event import Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.io.trackml import (
     _located,
@@ -170,6 +171,10 @@ def test_columns_by_name_and_missing_column(tmp_path):
     _rewrite_csv(hits_path, _drop_column("volume_id"))
     with pytest.raises(ValueError, match=r"event000000042-hits\.csv: missing column 'volume_id'"):
         read_event(prefix)
+    for empty in (b"", b" \n\n"):  # said as such, not as a header without the columns
+        hits_path.write_bytes(empty)
+        with pytest.raises(ValueError, match=r"-hits\.csv: empty file \(no header\)$"):
+            read_event(prefix)
 
 
 def test_windows_line_ends_and_spaced_headers_are_read(tmp_path):
@@ -293,32 +298,33 @@ def test_values_that_do_not_fit_are_refused(tmp_path, kind, column, value, messa
         read_event(prefix)
 
 
-def test_negative_charge_and_track_labels_are_read(tmp_path):
+def test_negative_charge_is_read(tmp_path):
     event = synthetic_event()
     assert event.truth is not None
     assert (event.truth.particles.q < 0).any()
     back = read_event(write_event(event, tmp_path))
     assert back.truth is not None
     assert back.truth.particles.q.min() == -1
-    path = tmp_path / "sub.csv"
-    path.write_text("event_id,hit_id,track_id\n1,5,-1\n1,6,3\n")
-    assert read_submission(path)[1][1].tolist() == [-1, 3]
 
 
 def test_duplicate_particle_and_bad_gzip_are_refused(tmp_path):
     prefix = write_event(synthetic_event(), tmp_path)
     particles = tmp_path / "event000000042-particles.csv"
     _rewrite_csv(particles, lambda header, rows: (header, [*rows, rows[0]]))
-    with pytest.raises(ValueError, match=r"particles\.csv: duplicate particle_id"):
+    rows = len(particles.read_text().splitlines()) - 1
+    again = rf"particles\.csv: column 'particle_id': \d+ in data rows 1 and {rows}"
+    with pytest.raises(ValueError, match=again):
         read_event(prefix)
-    with pytest.raises(ValueError, match=r"particles\.csv: duplicate particle_id"):
+    with pytest.raises(ValueError, match=again):
         read_particles(particles)
     particles.unlink()
     for kind in ("hits", "truth"):
         path = tmp_path / f"event000000042-{kind}.csv"
         text = path.read_text()
         path.write_text(text + text.splitlines()[1] + "\n")  # the first row again
-        with pytest.raises(ValueError, match=rf"{kind}\.csv: duplicate hit_id"):
+        rows = len(text.splitlines())  # with the header: the new row's number
+        again = rf"{kind}\.csv: column 'hit_id': \d+ in data rows 1 and {rows}"
+        with pytest.raises(ValueError, match=again):
             read_event(prefix)
         path.write_text(text)
     hits = tmp_path / "event000000042-hits.csv"
@@ -556,6 +562,23 @@ def test_submission(tmp_path):
     assert list(back) == [2, 9]
     assert np.array_equal(back[2][0], hit_id) and back[2][1].tolist() == [1, 3, 2, 4, 1, 5]
     assert back[9][1].tolist() == [2, 1]
+
+
+def test_a_submissions_track_0_is_a_track_and_a_negative_id_is_refused(tmp_path):
+    """Read in, a file's track 0 is a track (as TrackML's scorer reads it), not hits in no
+    track; a negative id, which the scorer leaves out of every track, is refused both ways."""
+    path = tmp_path / "zero.csv"
+    path.write_text("event_id,hit_id,track_id\n1,1,0\n1,2,0\n1,3,0\n1,4,1\n")
+    hit_id, track_id = read_submission(path)[1]
+    assert hit_id.tolist() == [1, 2, 3, 4]
+    assert track_id.tolist() == [2, 2, 2, 1]
+    particle_id, weight = np.array([7, 7, 7, 8]), np.array([0.3, 0.3, 0.3, 0.1])
+    assert trackml_score(particle_id, weight, track_id) == pytest.approx(1.0)
+    path.write_text("event_id,hit_id,track_id\n1,1,3\n1,2,-1\n")
+    with pytest.raises(ValueError, match="column 'track_id', data row 2: -1 is outside"):
+        read_submission(path)
+    with pytest.raises(ValueError, match="event 1: hit 2 has track id -1: track ids are from 1"):
+        write_submission(tmp_path / "w.csv", {1: (np.array([1, 2]), np.array([3, -1]))})
 
 
 def test_a_submission_names_each_hit_once(tmp_path):
