@@ -57,12 +57,13 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
     ``particle_id``, ``distance`` (|z - vz| of the hit) and ``pt`` (its particle's
     production pT, GeV) are per hit. A particle's hit count is its number of hits here;
     beyond 20 hits its first 20 take the n = 20 row and the later ones weigh 0, as in the
-    TrackML reference code.
+    TrackML reference code. Hits of a particle at the same distance share an index, as the
+    reference's (its average rank less 1, truncated: ties at 1 and 2 both take 1).
     """
     pid = np.asarray(particle_id)
     _, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
     nhits = counts[inverse]
-    order = hit_order(pid, distance)
+    order = _tied_order(pid, np.asarray(distance), hit_order(pid, distance))
     w_order = np.where(
         order < MAX_HITS,
         ORDER_WEIGHTS[np.minimum(nhits, MAX_HITS), np.clip(order, 0, MAX_HITS - 1)],
@@ -71,3 +72,18 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
     w = np.where((pid != 0) & (nhits >= MIN_HITS), pt_weight(pt) * w_order, 0.0)
     total = w.sum()
     return (w / total if total > 0 else w).astype(np.float32)
+
+
+def _tied_order(pid: np.ndarray, distance: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``order`` (``hit_order``'s) with each run of a particle's hits at one distance given
+    the floor of the mean of its indices."""
+    srt = np.lexsort((order, pid))
+    spid, sd, so = pid[srt], distance[srt], order[srt]
+    start = np.ones(len(srt), dtype=bool)
+    start[1:] = (spid[1:] != spid[:-1]) | (sd[1:] != sd[:-1])
+    run = np.cumsum(start) - 1
+    first = so[start]
+    last = np.append(so[np.flatnonzero(start)[1:] - 1], so[-1:])
+    out = np.empty_like(order)
+    out[srt] = ((first + last) // 2)[run]
+    return out

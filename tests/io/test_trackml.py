@@ -743,7 +743,8 @@ def test_events_are_written_into_a_new_folder_given_as_str(tmp_path) -> None:
 
 
 def test_one_particle_s_vertex_orders_its_hits(tmp_path) -> None:
-    # particle 7 alone in -particles.csv, vz = 10: |tz - vz| = 40, 20, 5, 20 (tie: file order)
+    # particle 7 alone in -particles.csv, vz = 10: |tz - vz| = 40, 20, 5, 20 (tie: file order
+    # along the particle; one order weight, the reference's, both at index 1)
     (tmp_path / "event000000005-hits.csv").write_text(
         "hit_id,x,y,z,volume_id,layer_id,module_id\n"
         + "".join(f"{i},0,0,0,8,2,1\n" for i in (10, 11, 12, 13))
@@ -758,7 +759,8 @@ def test_one_particle_s_vertex_orders_its_hits(tmp_path) -> None:
     truth = read_event(tmp_path / "event000000005").truth
     assert truth is not None
     assert truth.hits.hit_order.tolist() == [3, 1, 0, 2]
-    assert truth.hits.weight == pytest.approx(ORDER_WEIGHTS[4, [3, 1, 0, 2]])
+    order_weights = ORDER_WEIGHTS[4, [3, 1, 0, 1]]
+    assert truth.hits.weight == pytest.approx(order_weights / order_weights.sum())
 
 
 def test_weights_without_particles_take_each_particle_s_first_hit_pt(tmp_path) -> None:

@@ -103,3 +103,15 @@ def test_one_light_particle_is_normalised_to_one() -> None:
     w = hit_weights(np.array([3, 3, 3, 3, 3]), np.array([4.0, 0.0, 3.0, 1.0, 2.0]), np.ones(5))
     assert float(w.sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-6)
     assert w == pytest.approx(ORDER_WEIGHTS[5, [4, 0, 3, 1, 2]])
+
+
+def test_hits_at_one_distance_share_the_references_order_weight() -> None:
+    """The reference ranks a particle's hits by distance with ties averaged, less 1,
+    truncated: |dz| 1, 2, 2, 3, 4 (and 5, 5, 5 after) take the orders 0, 1, 1, 3, 4, 6, 6, 6."""
+    distance = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0])
+    perm = np.array([3, 6, 0, 2, 7, 5, 1, 4])  # input order does not matter
+    pid = np.r_[np.full(8, 4), 0]
+    w = hit_weights(pid, np.r_[distance[perm], 5.0], np.full(9, 3.0))
+    want = ORDER_WEIGHTS[8, [0, 1, 1, 3, 4, 6, 6, 6]]
+    assert w[:8] == pytest.approx((want / want.sum())[perm], rel=1e-6)
+    assert w[8] == 0  # noise
