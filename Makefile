@@ -15,15 +15,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev]'
-	@# The service tests start a real Prometheus server (Debian's package; no service started).
-	@if ! command -v prometheus >/dev/null 2>&1; then \
+	@# The service tests start a real Prometheus server (Debian's package; no service started);
+	@# the kernel tests build the CUDA kernels for the host with g++.
+	@need=""; for p in prometheus g++; do command -v $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
+	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends prometheus; } \
-	    || echo "warning: could not install prometheus; the Prometheus scrape test will skip"; \
+	      apt-get install -y -qq --no-install-recommends $$need; } \
+	    || echo "warning: could not install$$need; the tests that need it will skip"; \
 	  else \
-	    echo "note: prometheus is not on PATH and installing it needs root;" \
-	      "the Prometheus scrape test will be skipped (apt-get install prometheus)"; \
+	    echo "note:$$need not on PATH and installing needs root;" \
+	      "the tests that need it will be skipped (apt-get install$$need)"; \
 	  fi; \
 	fi
 	touch $@
@@ -33,9 +35,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check streamtrk tests bench
 	@# Type check of streamtrk/, bench/ and tests/ ([tool.mypy] in pyproject.toml): ~16 s cold,
 	@# under 1 s warm; then each conftest.py of tests' subfolders on its own (all are module
-	@# `conftest`): ~1 s.
+	@# `conftest`; tests/ on the search path for its helpers, as pytest has it): ~1 s.
 	$(VENV)/bin/mypy
-	for f in tests/*/conftest.py; do $(VENV)/bin/mypy "$$f" || exit 1; done
+	for f in tests/*/conftest.py; do MYPYPATH=tests $(VENV)/bin/mypy "$$f" || exit 1; done
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest

@@ -3,6 +3,7 @@
 from functools import cache
 
 import pytest
+from needs import missing
 
 from streamtrk.recon.kernels import host_launcher as build
 
@@ -10,7 +11,7 @@ from streamtrk.recon.kernels import host_launcher as build
 @pytest.fixture(scope="session")
 def host_launcher(tmp_path_factory):
     """``host_launcher(name)``: a ``Launch`` running the kernels of file ``name`` built as
-    host functions, over NumPy arrays (skips without g++)."""
+    host functions, over NumPy arrays (without g++: ``needs.missing``)."""
     tmp = tmp_path_factory.mktemp("kernels")
 
     @cache
@@ -18,6 +19,6 @@ def host_launcher(tmp_path_factory):
         try:
             return build(name, tmp)
         except FileNotFoundError as e:
-            pytest.skip(str(e))
+            missing(str(e))
 
     return launcher

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 from streamtrk.recon.kernels import SANITIZE_ENV
 
@@ -24,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def sanitized_env() -> dict[str, str]:
     """The environment of a process whose host builds check every access."""
     if shutil.which("g++") is None:
-        pytest.skip("g++ not found: cannot build the CUDA kernels for the host")
+        missing("g++ not found: cannot build the CUDA kernels for the host")
     runtimes = []
     for name in ("libasan.so", "libstdc++.so.6"):  # libstdc++ first seen by ASan (torch throws)
         path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip
         if not Path(path).is_file():
-            pytest.skip(f"g++ has no {name} (AddressSanitizer's runtime)")
+            missing(f"g++ has no {name} (AddressSanitizer's runtime)")
         runtimes.append(path)
     return os.environ | {
         SANITIZE_ENV: "address",

@@ -7,6 +7,7 @@ from importlib import resources
 import numpy as np
 import nvrtc as nvrtc_compiler
 import pytest
+from needs import missing
 
 from streamtrk.recon.kernels import OPTIONS, source
 from streamtrk.xp import RAW_KERNELS_SOURCE
@@ -60,9 +61,9 @@ def test_every_kernel_file_is_known():
 
 @pytest.fixture(scope="module")
 def nvrtc():
-    """NVRTC (tests/recon/nvrtc.py); skips where the dev dependency is not installed."""
+    """NVRTC (tests/recon/nvrtc.py); ``needs.missing`` where the dev dependency is not."""
     if nvrtc_compiler.library() is None:
-        pytest.skip("NVRTC not installed (the dev extras' nvidia-cuda-nvrtc, Linux only)")
+        missing("NVRTC not installed (the dev extras' nvidia-cuda-nvrtc, Linux only)")
     return nvrtc_compiler
 
 

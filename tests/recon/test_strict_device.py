@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from needs import missing
 from piles import pile
 from prometheus_client import CollectorRegistry
 from strict_xp import DeviceArray, installed
@@ -48,7 +49,7 @@ from streamtrk.xp import (
 @pytest.fixture(scope="session")
 def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("g++") is None:
-        pytest.skip("g++ not found: cannot build the CUDA kernels for the host")
+        missing("g++ not found: cannot build the CUDA kernels for the host")
     return tmp_path_factory.mktemp("strict_kernels")
 
 
