@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
+import sys
+import threading
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from streamtrk.service.telemetry import InfoGauge, Metrics
 
@@ -21,12 +24,39 @@ def test_a_new_model_replaces_the_one_series() -> None:
 
 
 def test_a_swap_during_a_scrape_gives_one_series_old_or_new() -> None:
-    """collect() reads the labels once: a swap between its steps changes nothing in it."""
+    """Scrapes while another thread swaps the labels as fast as it can (thread switches
+    made as frequent as the interpreter allows): each scrape holds one series, never none
+    and never two."""
+    registry = CollectorRegistry()
     info = InfoGauge("x_info", "test", ("version",))
-    info.set({"version": "1"})
-    scrape = info.collect()
-    info.set({"version": "2"})  # lands while the scrape is under way
-    (family,) = list(scrape)
-    assert [s.labels for s in family.samples] in ([{"version": "1"}], [{"version": "2"}])
+    registry.register(info)
+    info.set({"version": "0"})
+    stop = threading.Event()
+
+    def swap() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            info.set({"version": str(k % 7)})
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        series = [
+            [line for line in generate_latest(registry).decode().splitlines() if line[:1] != "#"]
+            for _ in range(3000)
+        ]
+    finally:
+        stop.set()
+        swapper.join()
+        sys.setswitchinterval(interval)
+    assert {len(s) for s in series} == {1}
+    assert {s[0] for s in series} <= {f'x_info{{version="{k}"}} 1.0' for k in range(7)}
+    assert len({s[0] for s in series}) > 1  # the swaps did land between scrapes
+
+
+def test_the_build_info_is_exported_as_a_gauge() -> None:
     text = generate_latest(Metrics().registry).decode()
     assert "# TYPE streamtrk_build_info gauge" in text
