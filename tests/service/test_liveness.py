@@ -10,6 +10,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from live_daemon import sample
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.io.recording import iter_events
@@ -161,6 +162,9 @@ def test_a_slow_consumer_is_back_pressure_not_a_stall(daemon_factory, sim_run: P
         while time.monotonic() < t_end:
             assert d.get("/healthz") == (200, "ok\n")
             time.sleep(0.2)
+        held = d.metrics()  # none answered: the worker was held, not idle
+        assert sample(held, "streamtrk_inflight_events") == len(events)
+        assert sample(held, "streamtrk_events_completed_total", status="ok") == 0
         with Consumer(d.output, linger_ms=0) as consumer:
             replies = [consumer.recv(timeout_ms=60_000) for _ in events]
     assert all(r is not None and r.to_reply().ok for r in replies)
