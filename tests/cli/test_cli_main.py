@@ -66,6 +66,7 @@ def test_a_stop_in_a_long_command_is_one_line_and_leaves_nothing(tmp_path, sig, 
         t_end = time.monotonic() + 120  # and events written, whose CSV files are not kept
         while not any(csv.rglob("*-hits.csv")) and time.monotonic() < t_end:
             time.sleep(0.05)
+        assert any(csv.rglob("*-hits.csv")), "no CSV file written in 120 s"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
