@@ -168,6 +168,17 @@ def repair_hint(path: Path, cut_at: int | None) -> str:
     )
 
 
+def print_results(text: str) -> bool:
+    """Print a command's results (before its files: a file the disk refuses does not take
+    them along); False where stdout's reader has gone (``| head``): the command writes its
+    files all the same, then raises BrokenPipeError (exit 141)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        return False
+    return True
+
+
 def write_report(path: Path, text: str) -> None:
     """A report's ``text`` (a line) into ``path``, its folder made (check_outputs made
     none); whole or not at all (``write_whole``)."""

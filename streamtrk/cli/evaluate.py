@@ -12,6 +12,7 @@ from streamtrk.cli.common import (
     beam_line_xy,
     check_outputs,
     list_argument,
+    print_results,
     strict_json,
     subcommand,
     torch_threads_argument,
@@ -155,7 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report["scorer"] = scorer
     _say_unscored(ev, report["events_with_truth"])
     text = strict_json(report, indent=2, sort_keys=True)
-    print(text, flush=True)  # first: a file the disk refuses below does not take it along
+    printed = print_results(text)
     print(f"streamtrk evaluate: {_headline(report)}", file=sys.stderr)
     if args.report:
         write_report(args.report, text)
@@ -169,6 +170,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         write_submission(args.submission, submission)
     if tracks is not None:
         write_track_parameters(args.tracks, tracks)
+    if not printed:
+        raise BrokenPipeError("stdout's reader has gone")
     return 0
 
 

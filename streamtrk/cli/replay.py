@@ -14,6 +14,7 @@ from streamtrk.cli.common import (
     check_outputs,
     compact_argument,
     curve_arguments,
+    print_results,
     stop_on_signals,
     strict_json,
     subcommand,
@@ -137,8 +138,7 @@ def _replay(args: argparse.Namespace) -> int:
         result = replay(events, opts, stop)
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
-    # Printed first: a file the disk refuses below does not take the results with it.
-    print(strict_json(report, indent=2) if args.json else format_report(report), flush=True)
+    printed = print_results(strict_json(report, indent=2) if args.json else format_report(report))
     try:
         if args.report:
             write_report(args.report, strict_json(report, indent=2))
@@ -155,6 +155,8 @@ def _replay(args: argparse.Namespace) -> int:
             plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
     finally:  # what went wrong in the replay is said before a file the disk refused
         status = _exit_status(args, report, result.interrupted)
+    if not printed:
+        raise BrokenPipeError("stdout's reader has gone")
     return status
 
 

@@ -153,6 +153,28 @@ def test_evaluate_keeps_the_report_when_a_file_by_event_number_cannot_be_written
     assert not sub.exists() and not tracks.exists()
 
 
+def test_evaluate_writes_its_files_when_the_reader_of_its_output_has_gone(tmp_path):
+    """``streamtrk evaluate ... --report r.json | head -0``: the report, plots and
+    submission are written all the same, and the exit status is a cut pipe's (141)."""
+    import subprocess
+    import sys
+
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    report, sub, plots = tmp_path / "r.json", tmp_path / "sub.csv", tmp_path / "plots"
+    args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q", "--report", str(report)]
+    args += ["--submission", str(sub), "--plots", str(plots)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err
+    assert json.loads(report.read_text())["events"] == 1
+    assert sub.read_text().startswith("event_id,hit_id,track_id\n") and any(plots.glob("*.png"))
+
+
 def test_evaluate_prints_its_report_before_a_full_disk_refuses_the_file(tmp_path):
     """The report file is written after the work: one a full disk refuses (here past the
     process's file size limit, EFBIG, as ENOSPC) is named in the error and left absent, and

@@ -1,6 +1,9 @@
 """``streamtrk replay``'s errors without a daemon (with one: tests/test_replay.py)."""
 
+import json
 import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +24,24 @@ def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
     assert f"no reply at all: 2 events were sent to {to} and nothing came back from {from_}" in (
         out.stderr
     )
+
+
+def test_replay_writes_its_files_when_the_reader_of_its_output_has_gone(tmp_path):
+    """``streamtrk replay ... | head -0``: its report and submission are written all the same
+    (here of a replay nobody answered), and the exit status is a cut pipe's (141)."""
+    main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    report, sub = tmp_path / "r.json", tmp_path / "sub.csv"
+    args = ["replay", str(tmp_path / "e.stk"), "--to", "tcp://127.0.0.1:1", "--timeout", "1"]
+    args += ["--from", "tcp://127.0.0.1:2", "--report", str(report), "--submission", str(sub)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and json.loads(report.read_text())["sent"] == 2
+    assert sub.read_text().startswith("event_id,hit_id,track_id\n")
 
 
 def test_a_bound_replay_that_sends_nothing_asks_for_a_daemon_that_connects(tmp_path):
