@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,33 @@ def test_tiny_training_is_reproducible(tmp_path: Path) -> None:
     assert card["training"]["epochs_run"] == 2
     assert "streamtrk train --config" in card["reproduce"]["command"]
     assert np.isfinite(card["metrics"]["validation"]["val_loss"])
+
+
+def test_train_called_directly_runs_with_the_recipes_threads(tmp_path: Path) -> None:
+    """Not only through the CLI: the card's thread count is the one the fit ran with (the
+    caller's count restored after)."""
+    from streamtrk.train import train
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    cfg = replace(load_config(config), threads=1)
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    original = torch.nn.Module.train
+
+    def spy(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+        seen.append(torch.get_num_threads())
+        return original(module, mode)
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.nn.Module, "train", spy)
+            card = train(cfg, tmp_path / "m", progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1} and card["training"]["threads"] == 1
 
 
 def test_training_names_its_stages_and_a_report_input_it_cannot_find(

@@ -45,26 +45,22 @@ def _train(args: argparse.Namespace) -> int:
     argv = ["streamtrk", "train", "--config", str(args.config), "--out", str(out)]
     if args.overwrite:  # the card's reproduce command, run again, replaces the model too
         argv.append("--overwrite")
-    threads = torch.get_num_threads()
     if args.torch_threads is None:
-        torch.set_num_threads(cfg.threads)
         print(f"streamtrk train: torch threads {cfg.threads} (the recipe's)", file=sys.stderr)
-    else:
+    else:  # the count asked for (0: this machine's), in place of the recipe's
+        threads = torch.get_num_threads()
         print(f"streamtrk train: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
         cfg = replace(cfg, threads=torch.get_num_threads())
+        torch.set_num_threads(threads)  # train() sets cfg.threads for its run
         argv += ["--torch-threads", str(args.torch_threads)]
-    command = shlex.join(argv)
-    try:
-        card = train(
-            cfg,
-            out,
-            config_text=args.config.read_text(encoding="utf-8-sig"),  # as load_config reads it
-            command=command,
-            progress=not args.quiet,
-            overwrite=args.overwrite,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    card = train(
+        cfg,
+        out,
+        config_text=args.config.read_text(encoding="utf-8-sig"),  # as load_config reads it
+        command=shlex.join(argv),
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     summary = {
         "model": str(out),
         "threshold": card["model"]["threshold"],

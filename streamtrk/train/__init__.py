@@ -109,7 +109,22 @@ def train(
     anything is refused before any work unless ``overwrite``; a run that fails or is
     interrupted leaves ``out`` as it was (its checkpoints stay in ``OUT.partial``). With
     ``progress``, each stage is named on stderr as it starts; a report input that is not
-    found is said there in any case (the card records it as skipped)."""
+    found is said there in any case (the card records it as skipped). Runs with the
+    recipe's ``threads`` torch threads (the card records them; the count is restored
+    after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, out, config_text, command, progress, overwrite)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(
+    cfg: TrainConfig, out: Path, config_text: str, command: str, progress: bool, overwrite: bool
+) -> dict[str, Any]:
     work = _work_directory(out, overwrite)
     t_start = time.perf_counter()
 
