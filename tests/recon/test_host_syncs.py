@@ -1,6 +1,5 @@
 """Counting host synchronisations, and the helpers that avoid them (GPU only)."""
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -131,7 +130,8 @@ def test_sorts_do_not_wait_for_the_device_as_cupys_do():
     """CuPy's sorts (Thrust's, policy ``par``) wait for the device at the end of their steps,
     synchronisations CuPy does not declare; ``streamtrk.xp.argsort`` and ``lexsort``
     (torch's) queue their work and return. Behind a kernel that keeps the device busy for
-    0.3 s, ours return at once and CuPy's when the kernel is done; all give NumPy's order."""
+    1 s (an event recorded after it): when ours return the kernel is still running, when
+    CuPy's return it is done; all give NumPy's order. No wall-clock bound: the event says."""
     spin = cupy.RawKernel(SPIN, "spin")
     rng = np.random.default_rng(7)
     keys = cupy.asarray(rng.integers(0, 1000, 100_000))
@@ -145,17 +145,22 @@ def test_sorts_do_not_wait_for_the_device_as_cupys_do():
     for sort, _ in sorts.values():  # first calls: compilation, allocations
         sort()
     cupy.cuda.Device().synchronize()
-    waited = {}
+    spun_when_returned = {}
     for name, (sort, expected) in sorts.items():
-        spin((1,), (1,), (np.int64(300_000_000),))
-        start = time.perf_counter()
+        spin((1,), (1,), (np.int64(1_000_000_000),))
+        spun = cupy.cuda.Event()
+        spun.record()
         order = sort()
-        waited[name] = time.perf_counter() - start
+        spun_when_returned[name] = spun.done
         cupy.cuda.Device().synchronize()
         want = expected if expected is not None else sorts[name[5:]][1]
         np.testing.assert_array_equal(order.get(), want)
-    assert max(waited["argsort"], waited["lexsort"]) < 0.15, waited
-    assert min(waited["cupy.argsort"], waited["cupy.lexsort"]) > 0.15, waited
+    assert spun_when_returned == {
+        "argsort": False,
+        "lexsort": False,
+        "cupy.argsort": True,
+        "cupy.lexsort": True,
+    }
 
 
 def test_csr_rows_with_a_known_total_does_not_synchronise():
