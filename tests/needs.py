@@ -23,11 +23,12 @@ def missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def need_program(name: str) -> str:
+def need_program(name: str, how: str = "`make setup` installs it when run as root") -> str:
     """The path of program ``name`` (Debian's ``prometheus`` package has both servers'
-    programs, installed by ``make setup`` when run as root), or :func:`missing`."""
+    programs, installed by ``make setup`` when run as root), or :func:`missing`, saying
+    ``how`` to get it."""
     if (path := shutil.which(name)) is None:
-        missing(f"{name} is not on PATH: `make setup` installs it when run as root")
+        missing(f"{name} is not on PATH: {how}")
     return path
 
 

@@ -29,6 +29,7 @@ from deploy_helpers import (
     dockerfile_instructions,
     exec_form,
 )
+from needs import missing, need_program
 
 from streamtrk.cli import main
 from streamtrk.recon.model import CARD, DEFAULT_MODEL_NAME, WEIGHTS
@@ -123,8 +124,9 @@ def test_the_secrets_the_docs_write_in_the_checkout_stay_out_of_git(secret: str)
     """docs/deployment.md has `streamtrk keys keys server` (and client-keys) run where the
     image is built, the repository root: their secret certificates must never be committed
     by a `git add`."""
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("not a git checkout")
+    need_program("git", "install git to check what a commit would take")
+    if not (REPO / ".git").exists():
+        missing("not a git checkout")
     out = subprocess.run(
         ["git", "-C", str(REPO), "check-ignore", "--no-index", "-q", secret], check=False
     )

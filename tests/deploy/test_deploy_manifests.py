@@ -7,7 +7,6 @@ import configparser
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from deploy_helpers import (
     promql_metric_names,
     rules,
 )
+from needs import need_program
 
 from streamtrk.cli import build_parser
 from streamtrk.service.config import ServeConfig, load_config
@@ -322,10 +322,10 @@ def test_k8s_autoscaler(k8s: dict[str, dict[str, Any]]) -> None:
             assert name in records or name.startswith("streamtrk_"), q
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_kustomize_builds_every_manifest() -> None:
+    kubectl = need_program("kubectl", "install kubectl to build the Kubernetes manifests")
     r = subprocess.run(
-        ["kubectl", "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=60
+        [kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout)]
@@ -420,10 +420,10 @@ def test_systemd_hands_the_curve_secret_to_the_dynamic_user() -> None:
     assert overridden.log_format == "plain"  # the file's choice for journald stands
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
 def test_systemd_analyze(tmp_path: Path) -> None:
     """No warnings from systemd's own parser (ExecStart pointed at this venv's script), and
     a low exposure score from its security analysis."""
+    need_program("systemd-analyze", "install systemd to check the unit file")
     exe = str(Path(sys.executable).with_name("streamtrk"))
     unit = tmp_path / "streamtrk.service"
     unit.write_text(UNIT.read_text().replace("/opt/streamtrk/venv/bin/streamtrk", exe))
