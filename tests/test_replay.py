@@ -610,18 +610,18 @@ def test_replies_after_a_silence_draw_no_second_round_of_resends() -> None:
 
 def test_a_slow_daemon_that_answers_every_event_draws_no_resend() -> None:
     """A daemon slower than the replay sends (20 events a second, every one answered in
-    turn): each event waits in the queues far past ``retry_after_s``, yet replies keep
+    turn): the later events wait in the queues twice ``retry_after_s``, yet replies keep
     coming to earlier sends, so none is resent (before: most were, again and again)."""
-    events = _events(30)
+    events = _events(40)
 
     def slowly(frames: list[bytes], out: zmq.Socket) -> None:
         time.sleep(0.05)
         out.send_multipart(_tracks_reply(frames))
 
     with _stand_in(slowly) as (to, from_):
-        opts = ReplayOptions(to=to, from_=from_, timeout_s=5.0, retries=3, retry_after_s=0.3)
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=5.0, retries=3, retry_after_s=1.0)
         report = replay(events, opts).report(events, None)
-    assert report["received"] == 30 and report["missing"] == 0
+    assert report["received"] == 40 and report["missing"] == 0
     assert report["resent"] == 0 and report["duplicates"] == 0
 
 
