@@ -37,3 +37,15 @@ def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Comp
         [sys.executable, "-m", "streamtrk", *args],
         capture_output=True, text=True, timeout=300, env={**base, **(env or {})}, **kw,
     )  # fmt: skip
+
+
+def _run_unread(*args: str) -> tuple[int, str]:
+    """``streamtrk ARGS`` in a child process whose stdout's reader is gone before the first
+    line (``| head -0``): its exit status and stderr."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        return proc.wait(timeout=300), err

@@ -5,7 +5,7 @@ import re
 from dataclasses import replace
 
 import pytest
-from cli_helpers import _run
+from cli_helpers import _run, _run_unread
 
 from streamtrk.cli import main
 from streamtrk.cli.evaluate import _headline
@@ -156,21 +156,12 @@ def test_evaluate_keeps_the_report_when_a_file_by_event_number_cannot_be_written
 def test_evaluate_writes_its_files_when_the_reader_of_its_output_has_gone(tmp_path):
     """``streamtrk evaluate ... --report r.json | head -0``: the report, plots and
     submission are written all the same, and the exit status is a cut pipe's (141)."""
-    import subprocess
-    import sys
-
     main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
     report, sub, plots = tmp_path / "r.json", tmp_path / "sub.csv", tmp_path / "plots"
     args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q", "--report", str(report)]
     args += ["--submission", str(sub), "--plots", str(plots)]
-    with subprocess.Popen(
-        [sys.executable, "-m", "streamtrk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()  # the reader is gone before the first line
-        err = proc.stderr.read().decode()
-        assert proc.wait(timeout=300) == 141, err
-    assert "Traceback" not in err
+    status, err = _run_unread(*args)
+    assert status == 141 and "Traceback" not in err, err
     assert json.loads(report.read_text())["events"] == 1
     assert sub.read_text().startswith("event_id,hit_id,track_id\n") and any(plots.glob("*.png"))
 

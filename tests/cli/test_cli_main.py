@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import _run, _simulate
+from cli_helpers import _run, _run_unread, _simulate
 
 from streamtrk.cli import _negative_lists, build_parser, main
 
@@ -185,15 +185,8 @@ def _parsers(parser: argparse.ArgumentParser, name: str) -> list:
 
 def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
     _simulate(tmp_path)
-    with subprocess.Popen(
-        [sys.executable, "-m", "streamtrk", "inspect", str(tmp_path / "a.stk")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    ) as proc:  # fmt: skip
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
-        err = proc.stderr.read().decode()
-        assert proc.wait(timeout=120) == 141
-    assert "BrokenPipeError" not in err and "Traceback" not in err
+    status, err = _run_unread("inspect", str(tmp_path / "a.stk"))
+    assert status == 141 and "BrokenPipeError" not in err and "Traceback" not in err
 
 
 def test_the_readme_tours_every_command() -> None:

@@ -2,13 +2,11 @@
 
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from cli_helpers import _run
+from cli_helpers import _run, _run_unread
 
 from streamtrk.cli import main
 from streamtrk.eval.score import PhysicsTotals
@@ -33,14 +31,9 @@ def test_replay_writes_its_files_when_the_reader_of_its_output_has_gone(tmp_path
     report, sub = tmp_path / "r.json", tmp_path / "sub.csv"
     args = ["replay", str(tmp_path / "e.stk"), "--to", "tcp://127.0.0.1:1", "--timeout", "1"]
     args += ["--from", "tcp://127.0.0.1:2", "--report", str(report), "--submission", str(sub)]
-    with subprocess.Popen(
-        [sys.executable, "-m", "streamtrk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()  # the reader is gone before the first line
-        err = proc.stderr.read().decode()
-        assert proc.wait(timeout=120) == 141, err
-    assert "Traceback" not in err and json.loads(report.read_text())["sent"] == 2
+    status, err = _run_unread(*args)
+    assert status == 141 and "Traceback" not in err, err
+    assert json.loads(report.read_text())["sent"] == 2
     assert sub.read_text().startswith("event_id,hit_id,track_id\n")
 
 
