@@ -214,6 +214,13 @@ class ServeConfig:
         for name in ("input", "output") if self.connect else ():
             if why := endpoint_problem(getattr(self, name), bind=False):
                 raise ConfigError(f"{name} {why} (connect = true)", name, "connect")
+        if self.curve_allowed_keys is not None and self.curve_secret_key is None:
+            raise ConfigError(
+                "curve_allowed_keys is set without curve_secret_key: CURVE would be off and "
+                "no client checked; set curve_secret_key (the daemon's NAME.key_secret) too",
+                "curve_allowed_keys",
+                "curve_secret_key",
+            )
         if not self.connect and self.curve_secret_key is None and not self.allow_insecure:
             remedy = (
                 'Set curve_secret_key and curve_allowed_keys (docs/operations.md, "Keys"), '

@@ -665,6 +665,7 @@ class Daemon:
                 input=f"{self.endpoints['input']} (PULL, {mode})",
                 output=f"{self.endpoints['output']} (PUSH, {mode})",
                 http=f"http://{self.endpoints['http']}",
+                curve=_curve_said(cfg),
                 max_batch_events=cfg.max_batch_events,
                 max_batch_hits=batch_hits(cfg, model.device),
                 max_queue_delay_ms=cfg.max_queue_delay_ms,
@@ -672,6 +673,14 @@ class Daemon:
                 deadline_ms=cfg.deadline_ms,
             ),
         )
+
+
+def _curve_said(cfg: ServeConfig) -> str:
+    """Whether the sockets admit only allowed clients, as the banner says it."""
+    if cfg.curve_secret_key is None:
+        return "off: any peer that reaches the sockets is served"
+    allowed = cfg.curve_allowed_keys or "none (no client allowed)"
+    return f"on: clients whose certificates are in {allowed}"
 
 
 def _as_used(model: ServedModel) -> dict[str, Any]:

@@ -377,6 +377,14 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
     ServeConfig(input="tcp://10.0.0.5:5555", output="tcp://10.0.0.5:5556", connect=True)
 
 
+def test_allowed_keys_without_the_daemons_secret_are_refused(tmp_path: Path) -> None:
+    """An allow-list alone would leave CURVE off, every client let in, nothing said."""
+    with pytest.raises(ConfigError, match=r"curve_allowed_keys is set without curve_secret_key"):
+        ServeConfig(curve_allowed_keys=tmp_path)
+    with pytest.raises(ConfigError, match=r"without curve_secret_key"):
+        load_config(None, {"STREAMTRK_CURVE_ALLOWED_KEYS": str(tmp_path)})
+
+
 @pytest.mark.parametrize(
     ("endpoint", "loopback"),
     [

@@ -84,6 +84,8 @@ def test_only_allowed_clients_get_through(daemon_factory, keys: Path, sim_run: P
     assert sample(m, "streamtrk_events_received_total") == len(events)  # no stranger's event
     assert sample(m, "streamtrk_auth_failures_total", socket="output", cause="auth") >= 1
     logs = d.logs()
+    [banner] = [line for line in logs if line["message"] == "streamtrk serve ready"]
+    assert banner["curve"] == f"on: clients whose certificates are in {keys / 'allowed'}"
     denials = [line for line in logs if line["message"].startswith("refused a CURVE client")]
     mallory = (keys / "mallory.key").read_text()
     assert denials and all(line["client_key"] in mallory for line in denials)

@@ -59,6 +59,7 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     for key in ("version", "torch", "device", "engine", "model", "model_hash", "input", "http"):
         assert banner[key] not in (None, ""), key
     assert banner["device"] == "cpu" and d.input in banner["input"]
+    assert banner["curve"].startswith("off:")
     assert banner["max_batch_hits"] == CPU_BATCH_HITS  # max_batch_hits = 0: the CPU's
     m = d.metrics()
     assert sample(m, "streamtrk_ready") == 1
@@ -93,11 +94,12 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     failed = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
     assert failed[-1].endswith("with queue_capacity kept until a restart")
 
-    # A good one (and settings that need a restart, which are kept: the allowed-keys
-    # directory is read by the authenticator started with the sockets).
+    # A good one (and settings that need a restart, which are kept: the CURVE certificate
+    # and allowed-keys directory are read by the authenticator started with the sockets).
     keys = tmp_path / "keys"
     config.write_text(
         model + f'threshold = 0.7\nrcvhwm = 5\ncurve_allowed_keys = "{keys}"\ndrain_timeout_s = 2\n'
+        f'curve_secret_key = "{keys / "server.key_secret"}"\n'
         "linger_ms = 7\n"  # the sockets' LINGER, set when they open
         "beam_spot_x_mm = 1.5\nbeam_spot_y_mm = -1.0\n"
     )
@@ -114,7 +116,7 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     beam = json.loads(d.get("/status")[1])["beam_spot"]
     assert beam == {"beam_line_mm": [1.5, -1.0], "measured_mm": None, "tracks": 0}
     kept = [line["message"] for line in d.logs() if "need a restart" in line["message"]]
-    assert kept[-1].endswith("curve_allowed_keys, linger_ms, rcvhwm")
+    assert kept[-1].endswith("curve_allowed_keys, curve_secret_key, linger_ms, rcvhwm")
     [reloaded] = [line for line in d.logs() if line["message"] == "reloaded"]
     assert reloaded["settings_changed"] == (
         "threshold 0.5 -> 0.7, drain_timeout_s 30.0 -> 2.0, beam_spot_x_mm 0.0 -> 1.5, "
