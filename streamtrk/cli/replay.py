@@ -184,7 +184,8 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
     elif not report["sent"] and report["unsent"]:
         print(
             f"streamtrk replay: error: nothing could be sent to {args.to} within "
-            f"{args.timeout:g} s: {_daemon_there(args.bind)}?",
+            f"{args.timeout:g} s: {_daemon_there(args.bind)} (and is --to its input, not its "
+            "output)?",
             file=sys.stderr,
         )
     elif (report["missing"] or report["unsent"]) and not report["send_error"]:  # partial
@@ -211,10 +212,16 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             file=sys.stderr,
         )
         return 1
-    if args.fail_on_error and report["errors"]:
+    if report["errors"]:  # said either way: the exit status alone would hide them
         reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
-        print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
-        return 1
+        if args.fail_on_error:
+            print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
+            return 1
+        print(
+            f"streamtrk replay: warning: error replies: {reasons} (events answered without "
+            "tracks; --fail-on-error makes them exit status 1)",
+            file=sys.stderr,
+        )
     failed = report["missing"] or report["unsent"] or report["send_error"] or report["refused"]
     return 1 if failed else 0
 

@@ -128,6 +128,24 @@ def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
     assert f"streamtrk replay: error: {said}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fail_on_error", [False, True])
+def test_error_replies_are_said_on_stderr_whatever_the_exit_status(capsys, fail_on_error):
+    """Events answered 'shutdown' were not reconstructed: exit 0 unless --fail-on-error, but
+    said on stderr either way (a canary's log should show them)."""
+    import argparse
+
+    from streamtrk.cli.replay import _exit_status
+
+    report = ReplayResult().report([], None, {}) | {"sent": 10, "received": 10}
+    report["errors"] = {"shutdown": 5}
+    args = argparse.Namespace(
+        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=fail_on_error
+    )
+    assert _exit_status(args, report, interrupted=False) == int(fail_on_error)
+    said = "error" if fail_on_error else "warning"
+    assert f"streamtrk replay: {said}: error replies: 5 shutdown" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flag", "value"), [("--rate", "0"), ("--loop", "0"), ("--retries", "-1"), ("--timeout", "0")]
 )
