@@ -58,6 +58,20 @@ def _serve(args: argparse.Namespace) -> int:
     def load() -> ServeConfig:
         return load_config(args.config, os.environ, flags)
 
+    def refused_here(cfg: ServeConfig) -> str | None:
+        """Why this host cannot serve ``cfg`` (a device or engine it lacks), or None."""
+        if cfg.device == "cuda" and (no_cuda := cuda_unavailable()):
+            return f"device cuda: {no_cuda}"
+        if cfg.engine == "tensorrt":  # the one engine refused; the others fall back
+            return engine_unavailable(cfg.engine, resolve_device(cfg.device))
+        return None
+
+    def reload() -> ServeConfig:  # SIGHUP: refused as at start-up, the old model kept
+        cfg = load()
+        if why := refused_here(cfg):
+            raise ConfigError(why, "device", "engine")
+        return cfg
+
     try:
         cfg = load()
     except ConfigError as e:
@@ -65,13 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"invalid configuration: {e}", log_format_asked(args.config, os.environ, flags)
         )
         return 2
-    no_cuda = cuda_unavailable() if cfg.device == "cuda" else None
-    no_engine = (  # tensorrt: the one engine refused where it cannot run; the others fall back
-        engine_unavailable(cfg.engine, resolve_device(cfg.device))
-        if cfg.engine == "tensorrt" and not no_cuda
-        else None
-    )
-    refusal = f"device cuda: {no_cuda}" if no_cuda else no_engine
+    refusal = refused_here(cfg)
     if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
         warnings = unknown_variables(os.environ)
         warnings += [f"{refusal} (serving would refuse it here)"] if refusal else []
@@ -84,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from streamtrk.service.serve import serve
 
-    return serve(cfg, load, hup, stop)
+    return serve(cfg, reload, hup, stop)
 
 
 def _serve_error(message: str, log_format: str) -> None:

@@ -133,6 +133,24 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     assert last["message"].startswith("drain incomplete") and last["dropped"] == 1
 
 
+def test_a_reload_to_a_device_this_host_lacks_fails_as_start_up_would(daemon_factory, tmp_path):
+    """SIGHUP with ``device = "cuda"`` on a host without CUDA: refused with start-up's
+    reason (not torch's bare error), the old model kept."""
+    from streamtrk.recon.device import cuda_unavailable
+
+    if (why := cuda_unavailable()) is None:
+        pytest.skip("this machine can run device=cuda")
+    config = tmp_path / "serve.toml"
+    config.write_text("")
+    d = daemon_factory("--config", str(config))
+    config.write_text('device = "cuda"\n')
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 1)
+    [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
+    assert failed == f"reload failed, still serving the previous model: device cuda: {why}"
+    assert d.get("/readyz")[0] == 200
+
+
 def test_readyz_is_503_while_loading_and_while_draining(daemon_factory) -> None:
     # Returned once the daemon listens, before the model is loaded (made to take 5 s).
     d = daemon_factory("--drain-timeout-s", "120", wait=False, env=SLOW_LOAD)
