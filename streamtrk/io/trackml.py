@@ -190,11 +190,22 @@ def _once_each(path: Path, name: str, ids: np.ndarray) -> None:
 
 
 def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
-    """Rows of ``file_ids`` holding each of ``hit_id`` (unique, all present, else ValueError)."""
+    """Rows of ``file_ids`` holding each of ``hit_id``: ValueError unless each hit has one
+    row and each row a hit (a TrackML truth file has one row a hit; rows of hits the hits
+    file lacks are a file cut short or of other hits, whose weights would not add up)."""
     _once_each(path, "hit_id", file_ids)
     rows, found = index_of(file_ids, hit_id)
     if not found.all():
         raise ValueError(f"{path}: no row for hit_id {hit_id[~found][0]}")
+    if len(file_ids) > len(hit_id):
+        extra = np.ones(len(file_ids), dtype=bool)
+        extra[rows] = False
+        first = int(np.argmax(extra))
+        raise ValueError(
+            f"{path}: {int(extra.sum())} rows of hits the hits file does not have (hit_id "
+            f"{file_ids[first]}, data row {first + 1}, first): a hits file cut short, or "
+            "truth of other hits?"
+        )
     return rows
 
 

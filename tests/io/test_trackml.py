@@ -441,6 +441,15 @@ def test_truth_aligned_by_hit_id(tmp_path):
     _rewrite_csv(truth_path, lambda h, rows: (h, rows[1:]))
     with pytest.raises(ValueError, match="no row for hit_id"):
         read_event(prefix)
+    # a hits file cut short beside its whole truth file: refused, not scored as an event
+    write_event(event, tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    _rewrite_csv(hits_path, lambda h, rows: (h, rows[:-3]))
+    last = event.hits.hit_id[-3]
+    with pytest.raises(
+        ValueError, match=rf"truth.csv: 3 rows of hits the hits file does not have \(hit_id {last}"
+    ):
+        read_event(prefix)
 
 
 def test_missing_particles_and_weights(tmp_path):
