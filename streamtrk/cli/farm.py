@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from streamtrk.cli.common import (
+    UsageError,
     allow_insecure_argument,
     check_endpoints,
     curve_arguments,
@@ -80,16 +81,16 @@ def _farm(args: argparse.Namespace) -> int:
     configure("json", "info")  # refused clients and, with --http, connections: JSON on stderr
 
     if args.max_hits < 1:
-        raise ValueError(f"--max-hits must be at least 1, got {args.max_hits}")
+        raise UsageError(f"--max-hits must be at least 1, got {args.max_hits}")
     if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
-        raise ValueError(f"--hwm must be at least 1, got {args.hwm}")
+        raise UsageError(f"--hwm must be at least 1, got {args.hwm}")
     # The daemon's bounds of max_hits and of its high-water marks.
     for flag, value, setting in (
         ("--max-hits", args.max_hits, "max_hits"),
         ("--hwm", args.hwm, "rcvhwm"),
     ):
         if value > (most := MAX_SETTING_INT[setting]):
-            raise ValueError(f"{flag} must be at most {most}, got {value}")
+            raise UsageError(f"{flag} must be at most {most}, got {value}")
     check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
     with stop_on_signals() as stop:
         forward(

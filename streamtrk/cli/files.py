@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from streamtrk.cli.common import (
+    UsageError,
     beam_spot_xyz,
     check_outputs,
     compact_argument,
@@ -43,9 +44,9 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
         s,
         "--hard-scatter-pt",
         type=pt_range,
-        default=(5.0, 50.0),
         metavar="LO,HI",
-        help="pT range of the hard-scatter particles in GeV, log-uniform (default 5,50)",
+        help="pT range of the hard-scatter particles in GeV, log-uniform (default 5,50; "
+        "with --hard-scatter)",
     )
     s.add_argument(
         "--dead-layer",
@@ -102,20 +103,27 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.simulate import SimConfig, simulate
 
     if args.events < 1:  # a recording of no event is no simulation (as demo and evaluate)
-        raise ValueError(f"--events must be at least 1, got {args.events}")
-    gen = replace(
-        GeneratorConfig(),
-        mu=args.mu,
-        hard_scatter=args.hard_scatter,
-        hard_scatter_pt=args.hard_scatter_pt,
-        beam_spot=args.beam_spot,
-    )
-    cfg = SimConfig(
-        generator=gen,
-        noise_fraction=args.noise,
-        dead_layers=frozenset(args.dead_layer),
-        noisy_layers=tuple(args.noisy_layer),
-    )
+        raise UsageError(f"--events must be at least 1, got {args.events}")
+    if args.hard_scatter_pt is not None and not args.hard_scatter:
+        raise UsageError(
+            "--hard-scatter-pt is the range of --hard-scatter N's particles: give both"
+        )
+    try:  # the settings' own checks, of values the command line gave
+        gen = replace(
+            GeneratorConfig(),
+            mu=args.mu,
+            hard_scatter=args.hard_scatter,
+            beam_spot=args.beam_spot,
+            **({"hard_scatter_pt": args.hard_scatter_pt} if args.hard_scatter_pt else {}),
+        )
+        cfg = SimConfig(
+            generator=gen,
+            noise_fraction=args.noise,
+            dead_layers=frozenset(args.dead_layer),
+            noisy_layers=tuple(args.noisy_layer),
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     det = load_detector(args.detector)
     check_outputs(args.output, folder=args.trackml_dir)  # before the events are made
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
@@ -168,7 +176,7 @@ def _import_trackml(args: argparse.Namespace) -> int:
     from streamtrk.wire.schema import MAX_INT
 
     if not 0 <= args.run < MAX_INT:  # as the wire takes it, said before the events are read
-        raise ValueError(f"--run must be 0 to 2**63 - 1, got {args.run}")
+        raise UsageError(f"--run must be 0 to 2**63 - 1, got {args.run}")
     check_outputs(args.output)
     n = 0
     with new_recording(args.output) as rec:  # the file there stays if this fails

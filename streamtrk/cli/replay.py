@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.cli.common import (
+    UsageError,
     allow_insecure_argument,
     check_bound_curve,
     check_endpoints,
@@ -45,7 +46,10 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
         "daemon that stopped, at once)",
     )
     s.add_argument(
-        "--retry-after", type=float, default=5.0, metavar="S", help="seconds before a resend (5)"
+        "--retry-after",
+        type=float,
+        metavar="S",
+        help="seconds of silence before a resend (5; with --retries)",
     )
     curve_arguments(s)
     allow_insecure_argument(s)
@@ -108,24 +112,29 @@ def _replay(args: argparse.Namespace) -> int:
     from streamtrk.service.heap import heap_frozen
 
     if args.events is not None and args.events < 1:
-        raise ValueError(f"--events must be at least 1, got {args.events}")
+        raise UsageError(f"--events must be at least 1, got {args.events}")
     check_endpoints(("--to", args.to), ("--from", args.from_), bind=args.bind)
     check_bound_curve(args, args.to, args.from_)
     check_outputs(args.report, args.submission, args.plot)
-    # Checked before a large recording is read.
-    opts = ReplayOptions(
-        to=args.to,
-        from_=args.from_,
-        bind=args.bind,
-        rate=args.rate,
-        loop=args.loop,
-        timeout_s=args.timeout,
-        progress=not args.quiet,
-        retries=args.retries,
-        retry_after_s=args.retry_after,
-        curve_key=args.curve_key,
-        curve_server_key=args.curve_server_key,
-    )
+    if args.retry_after is not None and not args.retries:
+        raise UsageError("--retry-after is the wait before a resend: it needs --retries N")
+    retry_after = ReplayOptions.retry_after_s if args.retry_after is None else args.retry_after
+    try:  # checked before a large recording is read
+        opts = ReplayOptions(
+            to=args.to,
+            from_=args.from_,
+            bind=args.bind,
+            rate=args.rate,
+            loop=args.loop,
+            timeout_s=args.timeout,
+            progress=not args.quiet,
+            retries=args.retries,
+            retry_after_s=retry_after,
+            curve_key=args.curve_key,
+            curve_server_key=args.curve_server_key,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)

@@ -17,6 +17,6 @@ from streamtrk.cli import main
 def test_demo_refuses_settings_out_of_range_before_its_work(capsys, flags, said) -> None:
     """They were taken: a daemon started, then "did not become ready" (a timeout of 0, or
     NaN), or a run of no events simulated and refused by the replay."""
-    assert main(["demo", *flags]) == 1
+    assert main(["demo", *flags]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"streamtrk demo: error: {said}\n"

@@ -199,7 +199,7 @@ def test_evaluate_prints_its_report_before_a_full_disk_refuses_the_file(tmp_path
 def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message):
     run = tmp_path / "e.stk"
     assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
-    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 1
+    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 2
     assert f"streamtrk evaluate: error: {message}" in capsys.readouterr().err
 
 
@@ -211,7 +211,7 @@ def test_evaluate_refuses_model_settings_with_the_oracle(tmp_path, capsys, flags
     taken silently and change nothing, as if the run had measured them."""
     run = tmp_path / "e.stk"
     assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
-    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 1
+    assert main(["evaluate", str(run), "--oracle", "-q", *flags]) == 2
     assert (
         f"streamtrk evaluate: error: {flags[0]} is a setting of a model's chain: --oracle "
         "scores edges from truth" in capsys.readouterr().err
@@ -256,7 +256,7 @@ def test_evaluate_reports_events_over_the_work_budget(tmp_path, capsys):
     assert report["events_refused"] == report["events"] == 1
     assert report["refused"][0]["what"] == "doublet candidates"
     assert "1 of 1 events over the work budget" in capsys.readouterr().err
-    assert main([*args, "--budget-scale", "0"]) == 1
+    assert main([*args, "--budget-scale", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "streamtrk evaluate: error: --budget-scale must be a finite number > 0, got 0.0\n"
 

@@ -8,7 +8,7 @@ from streamtrk.cli import main
 @pytest.mark.parametrize(("flag", "value"), [("--hwm", "0"), ("--hwm", "-1"), ("--max-hits", "0")])
 def test_a_forwarder_refuses_limits_below_one(capsys, flag: str, value: str) -> None:
     args = ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
-    assert main([*args, flag, value]) == 1
+    assert main([*args, flag, value]) == 2
     assert f"{flag} must be at least 1, got {value}" in capsys.readouterr().err
 
 
@@ -33,5 +33,5 @@ def test_a_forwarder_refuses_limits_past_what_its_sockets_take(
     larger value is one error line (as the daemon's config says), not an OverflowError's
     traceback from setsockopt."""
     args = ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
-    assert main([*args, flag, value]) == 1
+    assert main([*args, flag, value]) == 2
     assert f"{flag} must be at most {most}, got {value}" in capsys.readouterr().err

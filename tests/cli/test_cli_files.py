@@ -64,8 +64,12 @@ def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):
         main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "200"])
     assert stop.value.code == 2
     assert "expected LO,HI in GeV" in capsys.readouterr().err
-    assert main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "300,200"]) == 1
+    assert main([*args, "--hard-scatter", "1", "--hard-scatter-pt", "300,200"]) == 2
     assert "hard_scatter_pt must be 0 < low <= high" in capsys.readouterr().err
+    assert main([*args, "--hard-scatter-pt", "200,300"]) == 2  # a range of no particles
+    assert "--hard-scatter-pt is the range of --hard-scatter N's particles: give both" in (
+        capsys.readouterr().err
+    )
 
 
 def test_simulate_provokes_detector_faults(tmp_path, capsys):
@@ -255,7 +259,7 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert "--repair" not in err  # a file that is no recording is not for it to mend
     assert not (tmp_path / "x.stk").exists()
     # a recording of no event is no simulation (demo and evaluate refuse it too)
-    assert main(["simulate", "--events", "0", "-q", "-o", str(tmp_path / "x.stk")]) == 1
+    assert main(["simulate", "--events", "0", "-q", "-o", str(tmp_path / "x.stk")]) == 2
     assert "--events must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x.stk").exists()
 
@@ -297,7 +301,7 @@ def test_import_trackml_refuses_a_run_number_out_of_range_in_words(tmp_path, cap
     "bad_header: run must be an int in [0, 2**63)", at the first event written)."""
     _simulate(tmp_path)
     out = tmp_path / "x.stk"
-    assert main(["import-trackml", str(tmp_path / "csv"), "--run", run, "-o", str(out)]) == 1
+    assert main(["import-trackml", str(tmp_path / "csv"), "--run", run, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == f"streamtrk import-trackml: error: --run must be 0 to 2**63 - 1, got {run}\n"
     assert not out.exists()

@@ -103,7 +103,7 @@ def _with_files(tmp_path, args: list[str]) -> list[str]:
 def test_a_bad_endpoint_is_one_line_that_names_the_option(tmp_path, args, why):
     """As the daemon's settings: libzmq's own error says only "Invalid argument"."""
     out = _run(*_with_files(tmp_path, args))
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"streamtrk {args[0]}: error: {why}"), out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
 
@@ -121,7 +121,7 @@ def test_a_bind_beyond_this_host_without_curve_is_refused_unless_allowed(tmp_pat
     events or send it replies, and a bound record records whatever is pushed to it."""
     argv = _with_files(tmp_path, args)
     out = _run(*argv)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"streamtrk {args[0]}: error: tcp://"), out.stderr
     assert "is not a loopback address and CURVE is off on it" in out.stderr
     assert "--allow-insecure on a trusted network" in out.stderr

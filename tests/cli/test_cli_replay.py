@@ -153,5 +153,14 @@ def test_replay_refuses_a_bad_setting_before_it_reads_the_recording(tmp_path, fl
     """A setting out of range is said at once, not after a large recording was read (here
     the recording does not even exist)."""
     out = _run("replay", str(tmp_path / "absent.stk"), flag, value)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.startswith(f"streamtrk replay: error: {flag} must be "), out.stderr
+
+
+def test_replay_refuses_a_wait_before_resends_without_resends(tmp_path):
+    """--retry-after alone would change nothing (no resend without --retries): refused."""
+    out = _run("replay", str(tmp_path / "absent.stk"), "--retry-after", "2")
+    assert out.returncode == 2
+    assert out.stderr == (
+        "streamtrk replay: error: --retry-after is the wait before a resend: it needs --retries N\n"
+    )
