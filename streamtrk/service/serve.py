@@ -400,7 +400,8 @@ class Daemon:
         timeout = self.config.drain_timeout_s
         deadline = t0 + timeout
         self.readiness.set("draining")
-        log.info("draining", extra=_fields(drain_timeout_s=timeout))
+        # a second SIGTERM or Ctrl-C changes nothing: the drain keeps its deadline
+        log.info("draining", extra=_fields(drain_timeout_s=timeout, sooner="SIGKILL"))
         emitter.give_up_at = deadline
         worker.drain_by = deadline - _drain_reserve_s(timeout)
         ingest.leave_by = worker.drain_by  # what it takes after this could not be answered
@@ -418,7 +419,7 @@ class Daemon:
             self.abandoned_thread = True
             what = "the batch in progress" if worker.in_batch() else "intake"
             n = worker.abandon()
-            log.warning("%s overran the drain; %d events answered 'shutdown'", what, n)
+            log.warning("%s overran the drain; the %d events it held answered 'shutdown'", what, n)
         elif worker.error is not None:
             n = worker.abandon()
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)

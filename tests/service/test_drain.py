@@ -224,3 +224,25 @@ def test_sigterm_while_intake_waits_for_room_answers_everything(daemon_factory, 
     assert drained["dropped"] == 0 and {r.reason for r in replies} <= {"", "shutdown"}
     if drain_s == "0":
         assert {r.reason for r in replies} == {"shutdown"}
+
+
+def test_a_second_signal_during_the_drain_changes_nothing(daemon_factory) -> None:
+    """SIGTERM, then SIGTERM and Ctrl-C again while a batch runs: the drain keeps going, the
+    event is reconstructed and answered, and the daemon exits 0; the ``draining`` line
+    names what stops it sooner."""
+    event = next(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=5)), 4, 1))
+    d = daemon_factory("--drain-timeout-s", "60", env={"STREAMTRK_TEST_FAULTS": "batch_delay_s=3"})
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(event, timeout_ms=30_000)
+        t_end = time.monotonic() + 120
+        while sample(d.metrics(), "streamtrk_batch_events_count") < 1:  # the batch started
+            assert time.monotonic() < t_end, "the batch never started"
+            time.sleep(0.05)
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+            d.process.send_signal(sig)
+            time.sleep(0.2)
+        reply = consumer.recv(timeout_ms=60_000)
+        assert d.process.wait(timeout=60) == 0
+    assert reply is not None and reply.to_reply().ok
+    [draining] = [line for line in d.logs() if line["message"] == "draining"]
+    assert draining["sooner"] == "SIGKILL"
