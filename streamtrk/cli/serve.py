@@ -44,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     from streamtrk.recon.device import cuda_unavailable, resolve_device
     from streamtrk.recon.engine import engine_unavailable
+    from streamtrk.recon.model import model_missing
     from streamtrk.service.config import (
         ConfigError,
         ServeConfig,
@@ -59,7 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
         return load_config(args.config, os.environ, flags)
 
     def refused_here(cfg: ServeConfig) -> str | None:
-        """Why this host cannot serve ``cfg`` (a device or engine it lacks), or None."""
+        """Why this host cannot serve ``cfg`` (a model, device or engine it lacks), or
+        None."""
+        if cfg.model is not None and (no_model := model_missing(cfg.model)):
+            return f"model: {no_model}"
         if cfg.device == "cuda" and (no_cuda := cuda_unavailable()):
             return f"device cuda: {no_cuda}"
         if cfg.engine == "tensorrt":  # the one engine refused; the others fall back
@@ -69,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
     def reload() -> ServeConfig:  # SIGHUP: refused as at start-up, the old model kept
         cfg = load()
         if why := refused_here(cfg):
-            raise ConfigError(why, "device", "engine")
+            raise ConfigError(why, "model", "device", "engine")
         return cfg
 
     try:

@@ -61,21 +61,29 @@ def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str,
         card_file.write_text(tomlio.dumps(card))
 
 
-def read_card(directory: str | Path) -> dict[str, Any]:
-    """The card of a model directory (FileNotFoundError, saying how to make one, where the
-    directory lacks its card or weights)."""
+def model_missing(directory: str | Path) -> str | None:
+    """Why ``directory`` holds no model (no card or weights there, or a file named), saying
+    what to do; None where both files are there."""
     directory = Path(directory)
     if directory.is_file():  # its weights.pt or card.toml named, say
-        raise FileNotFoundError(
-            f"{directory} is a file: a model is the directory holding {CARD} and {WEIGHTS}"
-            + (f" ({directory.parent}?)" if directory.name in (CARD, WEIGHTS) else "")
+        return f"{directory} is a file: a model is the directory holding {CARD} and {WEIGHTS}" + (
+            f" ({directory.parent}?)" if directory.name in (CARD, WEIGHTS) else ""
         )
     if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(
-            f"no model at {directory} ({CARD} and {WEIGHTS} expected): train one with "
-            f"`streamtrk train --config models/configs/default.toml --out {directory}`"
+        return (
+            f"no model at {directory} ({CARD} and {WEIGHTS} expected): check the path (the "
+            f"shipped model is {shipped_model_path()}), or train one there with `streamtrk "
+            f"train --config models/configs/default.toml --out {directory}`"
         )
-    path = directory / CARD
+    return None
+
+
+def read_card(directory: str | Path) -> dict[str, Any]:
+    """The card of a model directory (FileNotFoundError, saying how to make one, where the
+    directory lacks its card or weights: :func:`model_missing`)."""
+    if why := model_missing(directory):
+        raise FileNotFoundError(why)
+    path = Path(directory) / CARD
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -27,6 +27,20 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
     assert "warning: device cuda: " in out.stderr and "serving would refuse it here" in out.stderr
 
 
+def test_a_model_path_without_a_model_is_a_configuration_error(tmp_path):
+    """Refused before the sockets bind (exit 2, as a bad setting), naming the shipped model
+    (a typo is likelier than a model still to train); --print-config warns of it."""
+    missing = tmp_path / "modle"
+    out = _run("serve", "--model", str(missing))  # the default ports: refused before binding
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(
+        f"streamtrk serve: invalid configuration: model: no model at {missing}"
+    )
+    assert "check the path (the shipped model is " in out.stderr
+    out = _run("serve", "--model", str(missing), "--print-config")
+    assert out.returncode == 0 and "warning: model: no model at " in out.stderr
+
+
 def test_serve_s_start_up_error_is_a_json_line_where_json_logs_are_asked_for(tmp_path):
     """A log shipper reading the daemon's JSON lines gets its start-up failure as one, asked
     for by flag, variable or the file itself; plain text otherwise."""

@@ -221,7 +221,10 @@ def test_a_broken_model_directory_is_named(
 
 
 def test_missing_model_explains(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no model at .*: train one with `streamtrk train"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no model at .*: check the path \(the shipped model is .*\), or train one there",
+    ):
         load_reconstructor(tmp_path / "nothing")
 
 
