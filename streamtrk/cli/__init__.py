@@ -105,8 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _user_error(exc):
             raise
-        print(f"streamtrk {args.command}: error: {exc}{_remedy(exc)}", file=sys.stderr)
+        print(f"streamtrk {args.command}: error: {_said(exc)}{_remedy(exc)}", file=sys.stderr)
         return 1
+
+
+def _said(exc: Exception) -> str:
+    """The error in words: an operating system's error as "PATH: what" (not Python's
+    "[Errno 2] No such file or directory: 'PATH'")."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}" + (
+            f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        )
+    return str(exc)
 
 
 def _remedy(exc: Exception) -> str:

@@ -183,6 +183,15 @@ def _parsers(parser: argparse.ArgumentParser, name: str) -> list:
     return [(name, parser), *(pair for pairs in nested for pair in pairs)]
 
 
+def test_a_file_the_system_refuses_is_named_in_words(tmp_path, capsys):
+    """Not Python's "[Errno 2] No such file or directory: '...'"."""
+    absent = tmp_path / "absent.stk"
+    assert main(["inspect", str(absent)]) == 1
+    assert capsys.readouterr().err == (
+        f"streamtrk inspect: error: {absent}: No such file or directory\n"
+    )
+
+
 def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
     _simulate(tmp_path)
     status, err = _run_unread("inspect", str(tmp_path / "a.stk"))
