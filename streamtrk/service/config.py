@@ -211,6 +211,12 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
+        if self.input == self.output and not self.input.endswith((":*", ":0")):
+            raise ConfigError(
+                f"input and output must be two endpoints, both are {self.input!r}",
+                "input",
+                "output",
+            )
         for name in ("input", "output") if self.connect else ():
             if why := endpoint_problem(getattr(self, name), bind=False):
                 raise ConfigError(f"{name} {why} (connect = true)", name, "connect")

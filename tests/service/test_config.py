@@ -377,6 +377,14 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
     ServeConfig(input="tcp://10.0.0.5:5555", output="tcp://10.0.0.5:5556", connect=True)
 
 
+def test_input_and_output_are_two_endpoints() -> None:
+    """One endpoint for both would fail at the second bind ('Address already in use'), or
+    connect both sockets to one peer; ports chosen at bind (``*``, 0) are two."""
+    with pytest.raises(ConfigError, match=r"two endpoints, both are 'tcp://127.0.0.1:5555'"):
+        ServeConfig(input="tcp://127.0.0.1:5555", output="tcp://127.0.0.1:5555")
+    ServeConfig(input="tcp://127.0.0.1:*", output="tcp://127.0.0.1:*")
+
+
 def test_allowed_keys_without_the_daemons_secret_are_refused(tmp_path: Path) -> None:
     """An allow-list alone would leave CURVE off, every client let in, nothing said."""
     with pytest.raises(ConfigError, match=r"curve_allowed_keys is set without curve_secret_key"):
