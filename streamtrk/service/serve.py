@@ -419,7 +419,11 @@ class Daemon:
             self.abandoned_thread = True
             what = "the batch in progress" if worker.in_batch() else "intake"
             n = worker.abandon()
-            log.warning("%s overran the drain; the %d events it held answered 'shutdown'", what, n)
+            log.warning(
+                "%s overran the drain; %d more events (its batch, the queue) answered 'shutdown'",
+                what,
+                n,
+            )
         elif worker.error is not None:
             n = worker.abandon()
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)
