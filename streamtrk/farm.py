@@ -35,6 +35,7 @@ import zmq
 from prometheus_client import Counter
 
 from streamtrk.client import Consumer, Producer
+from streamtrk.errors import SettingError
 from streamtrk.service.auth import start_authenticator
 from streamtrk.service.config import split_http
 from streamtrk.service.health import HealthServer, Readiness
@@ -91,7 +92,7 @@ def forward(
     the module docstring, its address in the ``listening`` line.
     """
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise SettingError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     back_faces_daemons = role == "distributor"
     inside, outside = (back, front) if back_faces_daemons else (front, back)
     for endpoint, curve, flags in (
@@ -103,9 +104,9 @@ def forward(
                 f"Give {flags} (docs/operations.md, Keys), or --allow-insecure on a trusted network"
             )
             if why := exposed_without_curve(endpoint, remedy):
-                raise ValueError(why)
+                raise SettingError(why)
     if server_key is None and allowed_keys is not None:
-        raise ValueError("--allowed-keys needs --server-key (the forwarder's own certificate)")
+        raise SettingError("--allowed-keys needs --server-key (the forwarder's own certificate)")
     if server_key is not None and allowed_keys is None:  # as the daemon warns
         peers = "producer" if back_faces_daemons else "consumer"
         log.warning("--server-key without --allowed-keys: no %s can connect", peers)
@@ -118,7 +119,7 @@ def forward(
     try:
         http_address = None if http is None else split_http(http)
     except ValueError as e:
-        raise ValueError(f"--http {http!r} {e}") from None
+        raise SettingError(f"--http {http!r} {e}") from None
     metrics = ForwarderMetrics(role)
     events = EVENTS if http is not None else 0  # the sockets' monitors, set before binding
     # The ZAP authenticator's and both sockets', its own: ended once they close, so that what

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
+from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
@@ -53,9 +54,9 @@ def record(
     are none), so that what was tapped before stays readable.
     """
     if events is not None and events < 1:
-        raise ValueError(f"--events must be at least 1, got {events}")
+        raise SettingError(f"--events must be at least 1, got {events}")
     if duration_s is not None and not 0 < duration_s < math.inf:
-        raise ValueError(f"--duration must be a positive number, got {duration_s}")
+        raise SettingError(f"--duration must be a positive number, got {duration_s}")
     stop = StopFlag() if stop is None else stop
     n: Counter[str] = Counter()
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded

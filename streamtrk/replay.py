@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from streamtrk.client import REFUSAL_EVENTS, Consumer, Producer, SocketSettings
+from streamtrk.errors import SettingError
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.paths import save_png
@@ -133,7 +134,7 @@ class ReplayOptions:
         ]
         for flag, value, ok, rule in checks:  # a NaN fails every comparison: refused too
             if not ok:
-                raise ValueError(f"{flag} must be {rule}, got {value}")
+                raise SettingError(f"{flag} must be {rule}, got {value}")
 
 
 @dataclass

@@ -14,6 +14,8 @@ import math
 import os
 from pathlib import Path
 
+from streamtrk.errors import SettingError
+
 #: The most torch intra-op threads one may ask for (a few thousand more crash torch).
 MAX_TORCH_THREADS = 4096
 
@@ -58,7 +60,7 @@ def set_torch_threads(requested: int = 0) -> str:
     import torch
 
     if not 0 <= requested <= MAX_TORCH_THREADS:
-        raise ValueError(f"torch threads must be 0 to {MAX_TORCH_THREADS}, got {requested}")
+        raise SettingError(f"torch threads must be 0 to {MAX_TORCH_THREADS}, got {requested}")
     if requested > 0:
         torch.set_num_threads(requested)
         return f"torch threads {requested} (asked for)"

@@ -15,15 +15,17 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from streamtrk.errors import SettingError
+
 T = TypeVar("T")
 
 
 def require(obj: object, checks: Iterable[tuple[str, bool, str]]) -> None:
-    """ValueError naming the first ``(field, holds, rule)`` of ``obj`` that does not hold (a
-    NaN fails every comparison: it is refused too)."""
+    """SettingError naming the first ``(field, holds, rule)`` of ``obj`` that does not hold
+    (a NaN fails every comparison: it is refused too)."""
     for name, ok, rule in checks:
         if not ok:
-            raise ValueError(f"{name} must be {rule}, got {getattr(obj, name)}")
+            raise SettingError(f"{name} must be {rule}, got {getattr(obj, name)}")
 
 
 def dataclass_from(

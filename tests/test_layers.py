@@ -15,6 +15,7 @@ PACKAGE = Path(streamtrk.__file__).parent
 
 # Lowest first. A part is a subpackage or a top-level module of streamtrk.
 LAYERS: list[set[str]] = [
+    {"errors"},
     {"xp", "tomlio", "threads", "stop"},
     {"event", "detector"},
     {"wire"},

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from streamtrk import __version__
-from streamtrk.cli.common import COMMANDS, LIST_OPTIONS, UsageError, repair_hint
+from streamtrk.cli.common import COMMANDS, LIST_OPTIONS, repair_hint
+from streamtrk.errors import SettingError
 from streamtrk.threads import wait_passively
 
 # Importing a command module registers its commands: the order of these imports is the
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamtrk",
         description="Streaming particle-track reconstruction: simulate, train, evaluate, serve, "
         "replay. Run `streamtrk COMMAND --help` for a command's options. Exit status: 0 done, "
-        "1 the work failed, 2 the command line (or serve's configuration) refused, 130 "
-        "interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 output's reader gone.",
+        "1 the work failed, 2 the command line (or a configuration) refused, 130 interrupted "
+        "(Ctrl-C), 143 terminated (SIGTERM; serve, record and replay stop on it as on "
+        "Ctrl-C), 141 output's reader gone.",
     )
     p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
-    except UsageError as exc:  # the arguments, as argparse refuses its own: status 2
+    except SettingError as exc:  # the arguments, as argparse refuses its own: status 2
         print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM in a command without its own stop

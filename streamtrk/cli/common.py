@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable, write_whole, written_in_place
 from streamtrk.stop import StopFlag
 
@@ -19,11 +20,6 @@ Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
 LIST_OPTIONS: set[str] = set()  # options of comma lists of numbers (see list_argument)
-
-
-class UsageError(ValueError):
-    """A command's arguments out of range or at odds with each other: exit status 2, as for
-    argparse's own refusals (1 is a failure of the work itself)."""
 
 
 def strict_json(obj: Any, **kw: Any) -> str:
@@ -117,17 +113,6 @@ def torch_threads_argument(s: argparse.ArgumentParser, default: int | None = 0) 
     )
 
 
-def torch_threads_set(requested: int) -> str:
-    """``streamtrk.threads.set_torch_threads`` for ``--torch-threads``: out of range, a
-    UsageError."""
-    from streamtrk.threads import set_torch_threads
-
-    try:
-        return set_torch_threads(requested)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
 def curve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--curve-key", type=Path, metavar="FILE", help="CURVE: own secret certificate")
     s.add_argument(
@@ -159,18 +144,18 @@ def check_bound_curve(args: argparse.Namespace, *endpoints: str) -> None:
     )
     for endpoint in endpoints:
         if why := exposed_without_curve(endpoint, remedy):
-            raise UsageError(why)
+            raise SettingError(why)
 
 
 def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
-    """UsageError naming the first ``(option, endpoint)`` whose endpoint the daemon would
+    """SettingError naming the first ``(option, endpoint)`` whose endpoint the daemon would
     refuse too, to bind or (``bind`` false) to connect to (libzmq's own error says only
     "Invalid argument")."""
     from streamtrk.service.config import endpoint_problem
 
     for option, endpoint in options:
         if why := endpoint_problem(endpoint, bind):
-            raise UsageError(f"{option} {why}, got {endpoint!r}")
+            raise SettingError(f"{option} {why}, got {endpoint!r}")
 
 
 def repair_hint(path: Path, cut_at: int | None) -> str:
@@ -210,7 +195,7 @@ def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
         if written_in_place(given):
             continue  # /dev/null, /dev/stdout: by any number of outputs
         if (whole := given.resolve()) in seen:
-            raise UsageError(f"{given} is given for two outputs: each needs its own")
+            raise SettingError(f"{given} is given for two outputs: each needs its own")
         seen.add(whole)
     for path in files:
         if path is not None:

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import UsageError, subcommand
+from streamtrk.cli.common import subcommand
+from streamtrk.errors import SettingError
 
 
 def _demo_arguments(s: argparse.ArgumentParser) -> None:
@@ -37,9 +38,9 @@ def _demo(args: argparse.Namespace) -> int:
     from streamtrk.client import terminate, wait_listening, wait_ready
 
     if args.events < 1:  # checked before a daemon is started for them
-        raise UsageError(f"--events must be at least 1, got {args.events}")
+        raise SettingError(f"--events must be at least 1, got {args.events}")
     if not (math.isfinite(args.ready_timeout) and args.ready_timeout > 0):
-        raise UsageError(f"--ready-timeout must be a finite number > 0, got {args.ready_timeout}")
+        raise SettingError(f"--ready-timeout must be a finite number > 0, got {args.ready_timeout}")
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
         run, log_path = str(Path(tmp) / "demo.stk"), Path(tmp) / "daemon.log"
         print(f"simulating {args.events} events at mu={args.mu:g} -> {run} (compact)", flush=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamtrk.cli.common import (
-    UsageError,
     beam_line_xy,
     check_outputs,
     list_argument,
@@ -17,10 +16,11 @@ from streamtrk.cli.common import (
     strict_json,
     subcommand,
     torch_threads_argument,
-    torch_threads_set,
     write_report,
 )
+from streamtrk.errors import SettingError
 from streamtrk.recon.choices import DEVICES, ENGINES, PRECISIONS, threshold_ok
+from streamtrk.threads import set_torch_threads
 
 if TYPE_CHECKING:
     from streamtrk.eval.evaluate import Evaluation
@@ -126,12 +126,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"streamtrk evaluate: error: {why}", file=sys.stderr)
         return 2
     if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
-        raise UsageError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
+        raise SettingError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
     if args.threshold is not None and not threshold_ok(args.threshold):
-        raise UsageError(f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}")
+        raise SettingError(
+            f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}"
+        )
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
         if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
+            raise SettingError(f"{flag} must be at least 1, got {value}")
     model_settings = (
         ("--threshold", args.threshold is not None),
         ("--engine", args.engine != "eager"),
@@ -139,11 +141,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     for flag, given in model_settings if args.oracle else ():
         if given:
-            raise UsageError(
+            raise SettingError(
                 f"{flag} is a setting of a model's chain: --oracle scores edges from truth"
             )
     check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
-    threads = torch_threads_set(args.torch_threads)
+    threads = set_torch_threads(args.torch_threads)
     rec, scorer = _reconstructor(args)
     print(f"streamtrk evaluate: {threads}", file=sys.stderr)
     ev = evaluate(

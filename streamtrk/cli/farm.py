@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from streamtrk.cli.common import (
-    UsageError,
     allow_insecure_argument,
     check_endpoints,
     curve_arguments,
     stop_on_signals,
     subcommand,
 )
+from streamtrk.errors import SettingError
 
 
 def _farm_arguments(s: argparse.ArgumentParser) -> None:
@@ -81,16 +81,16 @@ def _farm(args: argparse.Namespace) -> int:
     configure("json", "info")  # refused clients and, with --http, connections: JSON on stderr
 
     if args.max_hits < 1:
-        raise UsageError(f"--max-hits must be at least 1, got {args.max_hits}")
+        raise SettingError(f"--max-hits must be at least 1, got {args.max_hits}")
     if args.hwm < 1:  # 0 is no limit to ZeroMQ: no back-pressure at all
-        raise UsageError(f"--hwm must be at least 1, got {args.hwm}")
+        raise SettingError(f"--hwm must be at least 1, got {args.hwm}")
     # The daemon's bounds of max_hits and of its high-water marks.
     for flag, value, setting in (
         ("--max-hits", args.max_hits, "max_hits"),
         ("--hwm", args.hwm, "rcvhwm"),
     ):
         if value > (most := MAX_SETTING_INT[setting]):
-            raise UsageError(f"{flag} must be at most {most}, got {value}")
+            raise SettingError(f"{flag} must be at most {most}, got {value}")
     check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
     with stop_on_signals() as stop:
         forward(

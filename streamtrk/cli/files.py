@@ -9,7 +9,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from streamtrk.cli.common import (
-    UsageError,
     beam_spot_xyz,
     check_outputs,
     compact_argument,
@@ -21,6 +20,7 @@ from streamtrk.cli.common import (
     subcommand,
     vol_layer,
 )
+from streamtrk.errors import SettingError
 
 
 def _simulate_arguments(s: argparse.ArgumentParser) -> None:
@@ -103,27 +103,24 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.simulate import SimConfig, simulate
 
     if args.events < 1:  # a recording of no event is no simulation (as demo and evaluate)
-        raise UsageError(f"--events must be at least 1, got {args.events}")
+        raise SettingError(f"--events must be at least 1, got {args.events}")
     if args.hard_scatter_pt is not None and not args.hard_scatter:
-        raise UsageError(
+        raise SettingError(
             "--hard-scatter-pt is the range of --hard-scatter N's particles: give both"
         )
-    try:  # the settings' own checks, of values the command line gave
-        gen = replace(
-            GeneratorConfig(),
-            mu=args.mu,
-            hard_scatter=args.hard_scatter,
-            beam_spot=args.beam_spot,
-            **({"hard_scatter_pt": args.hard_scatter_pt} if args.hard_scatter_pt else {}),
-        )
-        cfg = SimConfig(
-            generator=gen,
-            noise_fraction=args.noise,
-            dead_layers=frozenset(args.dead_layer),
-            noisy_layers=tuple(args.noisy_layer),
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    gen = replace(
+        GeneratorConfig(),
+        mu=args.mu,
+        hard_scatter=args.hard_scatter,
+        beam_spot=args.beam_spot,
+        **({"hard_scatter_pt": args.hard_scatter_pt} if args.hard_scatter_pt else {}),
+    )
+    cfg = SimConfig(
+        generator=gen,
+        noise_fraction=args.noise,
+        dead_layers=frozenset(args.dead_layer),
+        noisy_layers=tuple(args.noisy_layer),
+    )
     det = load_detector(args.detector)
     check_outputs(args.output, folder=args.trackml_dir)  # before the events are made
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
@@ -176,7 +173,7 @@ def _import_trackml(args: argparse.Namespace) -> int:
     from streamtrk.wire.schema import MAX_INT
 
     if not 0 <= args.run < MAX_INT:  # as the wire takes it, said before the events are read
-        raise UsageError(f"--run must be 0 to 2**63 - 1, got {args.run}")
+        raise SettingError(f"--run must be 0 to 2**63 - 1, got {args.run}")
     check_outputs(args.output)
     n = 0
     with new_recording(args.output) as rec:  # the file there stays if this fails

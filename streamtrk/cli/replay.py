@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.cli.common import (
-    UsageError,
     allow_insecure_argument,
     check_bound_curve,
     check_endpoints,
@@ -21,6 +20,7 @@ from streamtrk.cli.common import (
     subcommand,
     write_report,
 )
+from streamtrk.errors import SettingError
 
 
 def _replay_arguments(s: argparse.ArgumentParser) -> None:
@@ -112,29 +112,27 @@ def _replay(args: argparse.Namespace) -> int:
     from streamtrk.service.heap import heap_frozen
 
     if args.events is not None and args.events < 1:
-        raise UsageError(f"--events must be at least 1, got {args.events}")
+        raise SettingError(f"--events must be at least 1, got {args.events}")
     check_endpoints(("--to", args.to), ("--from", args.from_), bind=args.bind)
     check_bound_curve(args, args.to, args.from_)
     check_outputs(args.report, args.submission, args.plot)
     if args.retry_after is not None and not args.retries:
-        raise UsageError("--retry-after is the wait before a resend: it needs --retries N")
+        raise SettingError("--retry-after is the wait before a resend: it needs --retries N")
     retry_after = ReplayOptions.retry_after_s if args.retry_after is None else args.retry_after
-    try:  # checked before a large recording is read
-        opts = ReplayOptions(
-            to=args.to,
-            from_=args.from_,
-            bind=args.bind,
-            rate=args.rate,
-            loop=args.loop,
-            timeout_s=args.timeout,
-            progress=not args.quiet,
-            retries=args.retries,
-            retry_after_s=retry_after,
-            curve_key=args.curve_key,
-            curve_server_key=args.curve_server_key,
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    # Checked before a large recording is read.
+    opts = ReplayOptions(
+        to=args.to,
+        from_=args.from_,
+        bind=args.bind,
+        rate=args.rate,
+        loop=args.loop,
+        timeout_s=args.timeout,
+        progress=not args.quiet,
+        retries=args.retries,
+        retry_after_s=retry_after,
+        curve_key=args.curve_key,
+        curve_server_key=args.curve_server_key,
+    )
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:
         print(f"streamtrk replay: error: no hits messages in {args.recording}", file=sys.stderr)

@@ -10,8 +10,8 @@ from streamtrk.cli.common import (
     strict_json,
     subcommand,
     torch_threads_argument,
-    torch_threads_set,
 )
+from streamtrk.threads import set_torch_threads
 
 
 def _train_arguments(s: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"streamtrk train: torch threads {cfg.threads} (the recipe's)", file=sys.stderr)
     else:  # the count asked for (0: this machine's), in place of the recipe's
         threads = torch.get_num_threads()
-        print(f"streamtrk train: {torch_threads_set(args.torch_threads)}", file=sys.stderr)
+        print(f"streamtrk train: {set_torch_threads(args.torch_threads)}", file=sys.stderr)
         cfg = replace(cfg, threads=torch.get_num_threads())
         torch.set_num_threads(threads)  # train() sets cfg.threads for its run
         argv += ["--torch-threads", str(args.torch_threads)]

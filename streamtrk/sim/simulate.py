@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamtrk.detector import BARREL, Detector
+from streamtrk.errors import SettingError
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.weights import hit_order, hit_weights
 from streamtrk.sim.generator import GeneratorConfig, generate
@@ -47,23 +48,23 @@ class SimConfig:
     def __post_init__(self) -> None:
         # Written so that a NaN fails each check (it fails every comparison).
         if not 0 <= self.noise_fraction <= MAX_NOISE_FRACTION:
-            raise ValueError(
+            raise SettingError(
                 f"noise fraction must be in [0, {MAX_NOISE_FRACTION}], got {self.noise_fraction}"
             )
         if not 0 < self.max_turns < math.inf:
-            raise ValueError(f"max_turns must be a finite number > 0, got {self.max_turns}")
+            raise SettingError(f"max_turns must be a finite number > 0, got {self.max_turns}")
         if not self.min_pt >= 0:
-            raise ValueError(f"min_pt must be >= 0, got {self.min_pt}")
+            raise SettingError(f"min_pt must be >= 0, got {self.min_pt}")
         for layer, hits in self.noisy_layers:
             if not 0 <= hits <= MAX_NOISY_HITS:
-                raise ValueError(
+                raise SettingError(
                     f"extra noise hits of layer {layer} must be >= 0 and at most "
                     f"{MAX_NOISY_HITS}, got {hits}"
                 )
         both = sorted(set(self.dead_layers) & {tuple(layer) for layer, _ in self.noisy_layers})
         if both:
             v, la = both[0]
-            raise ValueError(f"layer {v}:{la} is both dead and noisy: a dead layer reads nothing")
+            raise SettingError(f"layer {v}:{la} is both dead and noisy: a dead layer reads nothing")
 
 
 def layer_indices(det: Detector, layers: Iterable[LayerId]) -> np.ndarray:
@@ -75,7 +76,7 @@ def layer_indices(det: Detector, layers: Iterable[LayerId]) -> np.ndarray:
     index = det.layer_index(vol, lay)
     for (v, la), i in zip(pairs, index, strict=True):
         if i < 0:
-            raise ValueError(f"the detector has no layer {v}:{la} (volume:layer)")
+            raise SettingError(f"the detector has no layer {v}:{la} (volume:layer)")
     return index
 
 
@@ -217,9 +218,9 @@ def simulate(
         ("n_events", n_events), ("first_event", first_event), ("seed", seed), ("run", run)
     ):  # fmt: skip
         if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+            raise SettingError(f"{name} must be >= 0, got {value}")
     if max(run, last) >= MAX_INT:
-        raise ValueError(f"run and event numbers must be below 2**63, got {max(run, last)}")
+        raise SettingError(f"run and event numbers must be below 2**63, got {max(run, last)}")
     layer_indices(det, [*cfg.dead_layers, *(layer for layer, _ in cfg.noisy_layers)])
     return (
         simulate_event(det, cfg, _stream(seed, k), run=run, event=k)

@@ -15,7 +15,7 @@ def test_a_forwarder_refuses_limits_below_one(capsys, flag: str, value: str) -> 
 @pytest.mark.parametrize("http", ["10062", "127.0.0.1:http", "127.0.0.1:70000"])
 def test_a_forwarder_refuses_an_http_address_that_is_not_host_port(capsys, http: str) -> None:
     args = ["farm", "collector", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
-    assert main([*args, "--http", http]) == 1
+    assert main([*args, "--http", http]) == 2
     assert f"--http {http!r} must be HOST:PORT" in capsys.readouterr().err
 
 

@@ -97,7 +97,7 @@ def test_simulate_provokes_detector_faults(tmp_path, capsys):
             main([*args, *bad])
         assert stop.value.code == 2
         assert expected in capsys.readouterr().err
-    assert main([*args, "--dead-layer", "8:3"]) == 1
+    assert main([*args, "--dead-layer", "8:3"]) == 2
     assert "the detector has no layer 8:3" in capsys.readouterr().err
 
 

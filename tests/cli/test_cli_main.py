@@ -183,6 +183,42 @@ def _parsers(parser: argparse.ArgumentParser, name: str) -> list:
     return [(name, parser), *(pair for pairs in nested for pair in pairs)]
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["record", "--from", "tcp://127.0.0.1:1", "-o", "X", "--events", "0"], "--events must"),
+        (["record", "--from", "tcp://127.0.0.1:1", "-o", "X", "--duration", "-1"], "--duration"),
+        (["simulate", "--events", "1", "--seed", "-1", "-o", "X"], "seed must be >= 0"),
+        (["simulate", "--events", "1", "--mu", "0", "-o", "X"], "mu must be > 0"),
+        (
+            ["farm", "collector", "--from", "tcp://0.0.0.0:*", "--to", "tcp://127.0.0.1:*"],
+            "is not a loopback",
+        ),
+        (
+            [
+                "farm",
+                "collector",
+                "--from",
+                "tcp://127.0.0.1:*",
+                "--to",
+                "ipc://X",
+                "--allowed-keys",
+                "X",
+            ],
+            "--allowed-keys needs --server-key",
+        ),
+        (["evaluate", "X", "--oracle", "--torch-threads", "100000"], "torch threads must be"),
+    ],
+)
+def test_a_command_line_out_of_range_is_exit_status_2(tmp_path, capsys, args, said):
+    """As argparse's own refusals, whichever part of the package checks the setting; 1 is
+    kept for a failure of the work."""
+    args = [str(tmp_path / "x") if a == "X" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamtrk {args[0]}: error: ") and said in err, err
+
+
 def test_a_file_the_system_refuses_is_named_in_words(tmp_path, capsys):
     """Not Python's "[Errno 2] No such file or directory: '...'"."""
     absent = tmp_path / "absent.stk"
