@@ -1,7 +1,8 @@
 """What CI always has and a user's clone may lack: the shared TrackML data, Prometheus'
-server and promtool, g++ and NVRTC for the kernel tests. Missing, a test skips with the
-reason; with ``STREAMTRK_STRICT_SKIPS=1`` (``.ci/run`` sets it) it fails instead, so that CI
-never counts such a skip as a pass. And what a container may lack: an IPv6 loopback
+server and promtool, g++ and NVRTC for the kernel tests, kubectl, systemd-analyze and git
+for the deployment's. Missing, a test skips with the reason; with
+``STREAMTRK_STRICT_SKIPS=1`` (``.ci/run`` sets it) it fails instead, so that CI never
+counts such a skip as a pass. And what a container may lack: an IPv6 loopback
 (:func:`no_ipv6_loopback`)."""
 
 from __future__ import annotations
