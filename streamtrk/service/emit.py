@@ -1,13 +1,13 @@
 """The emit thread: owns the PUSH socket, encodes replies and sends them zero-copy.
 
 A reply carries the event's hit ids (not indices) and the seconds the event spent in each
-stage (``decode``, ``queue``, the batch's ``graph``, ``prune``, ``gnn``, ``tracks``,
-``fit``, and ``encode``). When no downstream peer takes replies, sending waits (backpressure up the
-pipeline); once a drain deadline is set and passed, unsent replies are dropped and counted,
-and so are all replies after the thread failed. A socket that connects (connect mode) takes
-replies while no consumer is connected, to send them once one is: those taken since the
-last one sent with a consumer connected are counted dropped if none is connected when the
-socket closes.
+stage (``decode``, ``queue``, the batch's ``upload``, ``graph``, ``prune``, ``gnn``,
+``tracks``, ``fit``, and ``encode``). When no downstream peer takes replies, sending waits
+(backpressure up the pipeline); once a drain deadline is set and passed, unsent replies
+are dropped and counted, and so are all replies after the thread failed. A socket that
+connects (connect mode) takes replies while no consumer is connected, to send them once
+one is: those taken since the last one sent with a consumer connected are counted dropped
+if none is connected when the socket closes.
 """
 
 from __future__ import annotations

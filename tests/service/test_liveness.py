@@ -162,7 +162,9 @@ def test_a_slow_consumer_is_back_pressure_not_a_stall(daemon_factory, sim_run: P
         while time.monotonic() < t_end:
             assert d.get("/healthz") == (200, "ok\n")
             time.sleep(0.2)
-        held = d.metrics()  # none answered: the worker was held, not idle
+        held = d.metrics()  # batches made, none answered, the reply queue full: held
+        assert sample(held, "streamtrk_batch_events_count") >= 1
+        assert sample(held, "streamtrk_queue_depth", queue="reply") == 1
         assert sample(held, "streamtrk_inflight_events") == len(events)
         assert sample(held, "streamtrk_events_completed_total", status="ok") == 0
         with Consumer(d.output, linger_ms=0) as consumer:
