@@ -6,11 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import (
-    strict_json,
-    subcommand,
-    torch_threads_argument,
-)
+from streamtrk.cli.common import strict_json, subcommand, torch_threads_argument
 from streamtrk.threads import set_torch_threads
 
 

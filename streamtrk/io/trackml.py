@@ -180,7 +180,7 @@ def _event_number(prefix: Path) -> int:
     return number
 
 
-def _once_each(path: Path, name: str, ids: np.ndarray) -> None:
+def _unique_column(path: Path, name: str, ids: np.ndarray) -> None:
     """ValueError naming the smallest id of column ``name`` met twice and its first two
     data rows (from 1)."""
     order = np.argsort(ids, kind="stable")  # a repeated id's rows in file order
@@ -193,7 +193,7 @@ def _align(file_ids: np.ndarray, hit_id: np.ndarray, path: Path) -> np.ndarray:
     """Rows of ``file_ids`` holding each of ``hit_id``: ValueError unless each hit has one
     row and each row a hit (a TrackML truth file has one row a hit; rows of hits the hits
     file lacks are a file cut short or of other hits, whose weights would not add up)."""
-    _once_each(path, "hit_id", file_ids)
+    _unique_column(path, "hit_id", file_ids)
     rows, found = index_of(file_ids, hit_id)
     if not found.all():
         raise ValueError(f"{path}: no row for hit_id {hit_id[~found][0]}")
@@ -272,7 +272,7 @@ def read_particles(path: str | Path) -> Particles:
     charge and hits of each particle; a particle_id met twice is an error."""
     path = Path(path)
     particles = Particles.from_columns(_read_csv(path, PARTICLE_DTYPES))
-    _once_each(path, "particle_id", particles.particle_id)
+    _unique_column(path, "particle_id", particles.particle_id)
     return particles
 
 
@@ -299,7 +299,7 @@ def read_event(path: str | Path, *, run: int = 0, truth: bool = True) -> Event:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")
     number = _event_number(prefix)
     hits = Hits.from_columns(_read_csv(hits_path, HIT_DTYPES))
-    _once_each(hits_path, "hit_id", hits.hit_id)
+    _unique_column(hits_path, "hit_id", hits.hit_id)
     truth_path = _find(prefix, "truth") if truth else None
     if truth_path is None:
         return Event(run=run, event=number, hits=hits)

@@ -31,13 +31,13 @@ chi-square with ``ndf = 2 n - 5`` degrees of freedom.
 
 Conventions (ATLAS and ACTS perigee to the beam line, the origin of the hits given):
 ``charge`` from the sense of rotation and the field's (clockwise seen from +z is positive
-in +B_z); ``phi`` the direction at the perigee, within +-``PHI_MAX`` (float32's nearest to pi
-is above pi); ``d0`` signed by the geometry alone, in
-either field: the perigee is at ``d0 (-sin phi, cos phi)``, so a track from (x, y) has
-``d0 = -x sin(phi) + y cos(phi)`` to first order; in +B_z that is ``charge * (R - |c|)``
-with ``c`` the circle centre (d0 > 0 when a positive track's circle encloses the beam
-line), in -B_z ``-charge * (R - |c|)``; ``z0`` the z at the perigee; ``chi2`` the total
-chi-square (not per degree of freedom) and ``ndf`` its degrees of freedom.
+in +B_z); ``phi`` the direction at the perigee, within +-``PHI_MAX`` (float32's nearest to
+pi is above pi); ``d0`` signed by the geometry alone, in either field: the perigee is at
+``d0 (-sin phi, cos phi)``, so a track from (x, y) has ``d0 = -x sin(phi) + y cos(phi)`` to
+first order; in +B_z that is ``charge * (R - |c|)`` with ``c`` the circle centre (d0 > 0
+when a positive track's circle encloses the beam line), in -B_z ``-charge * (R - |c|)``;
+``z0`` the z at the perigee; ``chi2`` the total chi-square (not per degree of freedom, at
+least 0) and ``ndf`` its degrees of freedom.
 """
 
 from __future__ import annotations

@@ -201,8 +201,8 @@ extern "C" __global__ void hit_scattering(long long n_hits, const long long *tid
 // after its step: radius, centre, sense h, perigee angle theta_p from the centre; the line
 // before its step step_z; the chi-squares; the circle's 3 x 3 and the line's 2 x 2
 // covariances), rounded as numpy.ndarray.astype rounds; chi2 at least 0 and phi within
-// +-PHI_MAX, as there. floats: 15 rows of n_tracks in the
-// order of fit.PARAMETER_ROWS; ints: 2 rows (charge, ndf).
+// +-PHI_MAX, as there. floats: 15 rows of n_tracks in the order of fit.PARAMETER_ROWS;
+// ints: 2 rows (charge, ndf).
 extern "C" __global__ void track_parameters(
     long long n_tracks, const double *radius, const double *xc, const double *yc,
     const double *h, const double *theta_p, const double *tan_l0, const double *z0_0,
