@@ -37,7 +37,7 @@ from prometheus_client import Counter
 from streamtrk.client import Consumer, Producer
 from streamtrk.errors import SettingError
 from streamtrk.service.auth import start_authenticator
-from streamtrk.service.config import split_http
+from streamtrk.service.config import one_endpoint, split_http
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.monitor import EVENTS, SocketMonitor
 from streamtrk.service.telemetry import SocketMetrics
@@ -93,6 +93,8 @@ def forward(
     """
     if role not in ROLES:
         raise SettingError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if one_endpoint(front, back):
+        raise SettingError(f"--from and --to must be two endpoints, got {front!r} and {back!r}")
     back_faces_daemons = role == "distributor"
     inside, outside = (back, front) if back_faces_daemons else (front, back)
     for endpoint, curve, flags in (

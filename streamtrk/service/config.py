@@ -211,9 +211,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
-        if self.input == self.output and not self.input.endswith((":*", ":0")):
+        if one_endpoint(self.input, self.output):
             raise ConfigError(
-                f"input and output must be two endpoints, both are {self.input!r}",
+                f"input and output must be two endpoints, got {self.input!r} and {self.output!r}",
                 "input",
                 "output",
             )
@@ -359,6 +359,30 @@ def endpoint_problem(value: str, bind: bool = True) -> str | None:
     if scheme == "tcp" and not bind and "*" in (host, port):
         return "must name the host and port to connect to (* is for binding)"
     return None
+
+
+#: Hosts that bind every address (a port taken by one is taken for any host on it).
+_ANY_HOST = frozenset({"*", "0.0.0.0", "[::]"})
+
+
+def one_endpoint(a: str, b: str) -> bool:
+    """Whether endpoints ``a`` and ``b`` are one (the second bind would fail, or both sockets
+    connect to one peer): the same string, or tcp on one port (not ``*`` or 0, chosen at
+    bind) whose hosts are the same, ``localhost`` taken as 127.0.0.1, or either a host that
+    binds every address."""
+    if a == b:
+        return not a.endswith((":*", ":0"))
+    (scheme_a, _, rest_a), (scheme_b, _, rest_b) = a.partition("://"), b.partition("://")
+    if not scheme_a == scheme_b == "tcp":
+        return False
+    port_a, port_b = rest_a.rpartition(":")[2], rest_b.rpartition(":")[2]
+    if port_a != port_b or port_a in ("*", "0"):
+        return False
+    hosts = {
+        {"localhost": "127.0.0.1"}.get(h.lower(), h.lower())
+        for h in (bound_host(rest_a), bound_host(rest_b))
+    }
+    return len(hosts) == 1 or bool(hosts & _ANY_HOST)
 
 
 def split_http(value: str) -> tuple[str, int]:

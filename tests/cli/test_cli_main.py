@@ -208,6 +208,10 @@ def _parsers(parser: argparse.ArgumentParser, name: str) -> list:
             "--allowed-keys needs --server-key",
         ),
         (["evaluate", "X", "--oracle", "--torch-threads", "100000"], "torch threads must be"),
+        (
+            ["farm", "distributor", "--from", "tcp://127.0.0.1:7000", "--to", "tcp://*:7000"],
+            "--from and --to must be two endpoints",
+        ),
     ],
 )
 def test_a_command_line_out_of_range_is_exit_status_2(tmp_path, capsys, args, said):

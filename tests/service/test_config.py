@@ -377,12 +377,36 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
     ServeConfig(input="tcp://10.0.0.5:5555", output="tcp://10.0.0.5:5556", connect=True)
 
 
-def test_input_and_output_are_two_endpoints() -> None:
+@pytest.mark.parametrize(
+    ("output", "one"),
+    [
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://localhost:5555", True),
+        ("tcp://LOCALHOST:5555", True),
+        ("tcp://0.0.0.0:5555", True),  # binds every address: 127.0.0.1:5555 among them
+        ("tcp://*:5555", True),
+        ("tcp://127.0.0.1:5556", False),
+        ("tcp://127.0.0.2:5555", False),
+        ("ipc:///tmp/x:5555", False),
+    ],
+)
+def test_input_and_output_are_two_endpoints(output: str, one: bool) -> None:
     """One endpoint for both would fail at the second bind ('Address already in use'), or
-    connect both sockets to one peer; ports chosen at bind (``*``, 0) are two."""
-    with pytest.raises(ConfigError, match=r"two endpoints, both are 'tcp://127.0.0.1:5555'"):
-        ServeConfig(input="tcp://127.0.0.1:5555", output="tcp://127.0.0.1:5555")
+    connect both sockets to one peer."""
+
+    def config() -> ServeConfig:
+        return ServeConfig(input="tcp://127.0.0.1:5555", output=output, allow_insecure=True)
+
+    if one:
+        with pytest.raises(ConfigError, match=r"input and output must be two endpoints, got"):
+            config()
+    else:
+        config()
+
+
+def test_ports_chosen_at_bind_are_two_endpoints() -> None:
     ServeConfig(input="tcp://127.0.0.1:*", output="tcp://127.0.0.1:*")
+    ServeConfig(input="tcp://127.0.0.1:0", output="tcp://localhost:0")
 
 
 def test_allowed_keys_without_the_daemons_secret_are_refused(tmp_path: Path) -> None:
