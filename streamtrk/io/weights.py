@@ -38,17 +38,30 @@ def pt_weight(pt: np.ndarray) -> np.ndarray:
 def hit_order(particle_id: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Index (int32) of each hit along its particle, by increasing ``distance`` (the TrackML
     reference uses |z - vz|); ties keep input order; -1 for noise (particle_id 0)."""
-    pid = np.asarray(particle_id)
+    return _orders(np.asarray(particle_id), np.asarray(distance))[0]
+
+
+def _orders(pid: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hit_order`, and the reference's index for the weights, where a particle's hits
+    at one distance share the floor of the mean of their indices (its average rank less 1,
+    truncated); both -1 for noise."""
     n = len(pid)
-    srt = np.lexsort((np.asarray(distance), pid))  # stable: ties keep input order
-    spid = pid[srt]
+    srt = np.lexsort((distance, pid))  # stable: ties keep input order
+    spid, sd = pid[srt], distance[srt]
     first = np.ones(n, dtype=bool)
     first[1:] = spid[1:] != spid[:-1]
     group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    order = np.empty(n, dtype=np.int32)
-    order[srt] = np.arange(n) - group_start
-    order[pid == 0] = -1
-    return order
+    along = np.arange(n) - group_start
+    tie_start = first.copy()
+    tie_start[1:] |= sd[1:] != sd[:-1]
+    run = np.cumsum(tie_start) - 1
+    starts = np.flatnonzero(tie_start)
+    ends = np.append(starts[1:] - 1, n - 1)[: len(starts)]  # none where no hit
+    tied = (along[starts] + along[ends]) // 2
+    order, tied_order = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    order[srt], tied_order[srt] = along, tied[run]
+    order[pid == 0] = tied_order[pid == 0] = -1
+    return order, tied_order
 
 
 def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -> np.ndarray:
@@ -63,7 +76,7 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
     pid = np.asarray(particle_id)
     _, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
     nhits = counts[inverse]
-    order = _tied_order(pid, np.asarray(distance), hit_order(pid, distance))
+    order = _orders(pid, np.asarray(distance))[1]
     w_order = np.where(
         order < MAX_HITS,
         ORDER_WEIGHTS[np.minimum(nhits, MAX_HITS), np.clip(order, 0, MAX_HITS - 1)],
@@ -72,18 +85,3 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
     w = np.where((pid != 0) & (nhits >= MIN_HITS), pt_weight(pt) * w_order, 0.0)
     total = w.sum()
     return (w / total if total > 0 else w).astype(np.float32)
-
-
-def _tied_order(pid: np.ndarray, distance: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``order`` (``hit_order``'s) with each run of a particle's hits at one distance given
-    the floor of the mean of its indices."""
-    srt = np.lexsort((order, pid))
-    spid, sd, so = pid[srt], distance[srt], order[srt]
-    start = np.ones(len(srt), dtype=bool)
-    start[1:] = (spid[1:] != spid[:-1]) | (sd[1:] != sd[:-1])
-    run = np.cumsum(start) - 1
-    first = so[start]
-    last = np.append(so[np.flatnonzero(start)[1:] - 1], so[-1:])
-    out = np.empty_like(order)
-    out[srt] = ((first + last) // 2)[run]
-    return out
