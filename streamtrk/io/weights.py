@@ -73,10 +73,17 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
     TrackML reference code. Hits of a particle at the same distance share an index, as the
     reference's (its average rank less 1, truncated: ties at 1 and 2 both take 1).
     """
+    return hit_order_and_weights(particle_id, distance, pt)[1]
+
+
+def hit_order_and_weights(
+    particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hit_order` and :func:`hit_weights` of the same hits, from one sort."""
     pid = np.asarray(particle_id)
     _, inverse, counts = np.unique(pid, return_inverse=True, return_counts=True)
     nhits = counts[inverse]
-    order = _orders(pid, np.asarray(distance))[1]
+    along, order = _orders(pid, np.asarray(distance))
     w_order = np.where(
         order < MAX_HITS,
         ORDER_WEIGHTS[np.minimum(nhits, MAX_HITS), np.clip(order, 0, MAX_HITS - 1)],
@@ -84,4 +91,4 @@ def hit_weights(particle_id: np.ndarray, distance: np.ndarray, pt: np.ndarray) -
     )
     w = np.where((pid != 0) & (nhits >= MIN_HITS), pt_weight(pt) * w_order, 0.0)
     total = w.sum()
-    return (w / total if total > 0 else w).astype(np.float32)
+    return along, (w / total if total > 0 else w).astype(np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 from streamtrk.detector import BARREL, Detector
 from streamtrk.errors import SettingError
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
-from streamtrk.io.weights import hit_order, hit_weights
+from streamtrk.io.weights import hit_order_and_weights
 from streamtrk.sim.generator import GeneratorConfig, generate
 from streamtrk.sim.propagate import Crossings, propagate
 from streamtrk.wire.schema import MAX_INT
@@ -168,8 +168,7 @@ def simulate_event(
     # Order along the track by |z - vz| (the TrackML convention, also what the CSV reader
     # recomputes), so that the recording and the CSV files hold the same truth.
     dist = np.abs(true_pos[srt, 2].astype(np.float32) - p_vz[pidx].astype(np.float32))
-    order = hit_order(pid_s, dist)
-    weight = hit_weights(pid_s, dist, np.where(pid_s > 0, p_pt[pidx], 0.0))
+    order, weight = hit_order_and_weights(pid_s, dist, np.where(pid_s > 0, p_pt[pidx], 0.0))
     hits = Hits(
         hit_id=np.arange(1, len(srt) + 1, dtype=np.int64),
         x=pos[srt, 0].astype(np.float32),
