@@ -169,15 +169,17 @@ def repair_hint(path: Path, cut_at: int | None) -> str:
     )
 
 
-def print_results(text: str) -> bool:
-    """Print a command's results (before its files: a file the disk refuses does not take
-    them along); False where stdout's reader has gone (``| head``): the command writes its
-    files all the same, then raises BrokenPipeError (exit 141)."""
+@contextmanager
+def results_printed(text: str) -> Iterator[None]:
+    """Print a command's results, then let the body write its files (after the results: a
+    file the disk refuses does not take them along). Where stdout's reader has gone (``|
+    head``) the body writes them all the same, then BrokenPipeError is raised (exit 141)."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        return False
-    return True
+        yield
+        raise BrokenPipeError("stdout's reader has gone") from None
+    yield
 
 
 def write_report(path: Path, text: str) -> None:

@@ -12,7 +12,7 @@ from streamtrk.cli.common import (
     beam_line_xy,
     check_outputs,
     list_argument,
-    print_results,
+    results_printed,
     strict_json,
     subcommand,
     torch_threads_argument,
@@ -159,22 +159,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     report["scorer"] = scorer
     _say_unscored(ev, report["events_with_truth"])
     text = strict_json(report, indent=2, sort_keys=True)
-    printed = print_results(text)
-    print(f"streamtrk evaluate: {_headline(report)}", file=sys.stderr)
-    if args.report:
-        write_report(args.report, text)
-    if args.plots:
-        plot(ev, args.plots)
-    # The files named by event number last, both checked before either is written: two
-    # runs sharing a number cannot be in them (ValueError), and the report is kept.
-    submission = by_event_number(ev.submission) if args.submission else None
-    tracks = by_event_number(ev.tracks) if args.tracks else None
-    if submission is not None:
-        write_submission(args.submission, submission)
-    if tracks is not None:
-        write_track_parameters(args.tracks, tracks)
-    if not printed:
-        raise BrokenPipeError("stdout's reader has gone")
+    with results_printed(text):
+        print(f"streamtrk evaluate: {_headline(report)}", file=sys.stderr)
+        if args.report:
+            write_report(args.report, text)
+        if args.plots:
+            plot(ev, args.plots)
+        # The files named by event number last, both checked before either is written: two
+        # runs sharing a number cannot be in them (ValueError), and the report is kept.
+        submission = by_event_number(ev.submission) if args.submission else None
+        tracks = by_event_number(ev.tracks) if args.tracks else None
+        if submission is not None:
+            write_submission(args.submission, submission)
+        if tracks is not None:
+            write_track_parameters(args.tracks, tracks)
     return 0
 
 

@@ -14,7 +14,7 @@ from streamtrk.cli.common import (
     check_outputs,
     compact_argument,
     curve_arguments,
-    print_results,
+    results_printed,
     stop_on_signals,
     strict_json,
     subcommand,
@@ -145,25 +145,25 @@ def _replay(args: argparse.Namespace) -> int:
         result = replay(events, opts, stop)
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
-    printed = print_results(strict_json(report, indent=2) if args.json else format_report(report))
-    try:
-        if args.report:
-            write_report(args.report, strict_json(report, indent=2))
-        if args.submission:
-            # Every event (a scorer expects every hit): one without an ok reply (or with one
-            # naming hits it lacks) has no track, each hit one of its own, as evaluate writes.
-            rows: dict[tuple[int, int], Any] = {}
-            for ev in events:  # an event recorded twice: its first copy, as labels_of takes
-                ids = ev.event.hits.hit_id
-                found = labels.get(ev.key)
-                rows.setdefault(ev.key, (ids, np.zeros(len(ids)) if found is None else found))
-            write_submission(args.submission, by_event_number(rows))
-        if args.plot:
-            plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
-    finally:  # what went wrong in the replay is said before a file the disk refused
-        status = _exit_status(args, report, result.interrupted)
-    if not printed:
-        raise BrokenPipeError("stdout's reader has gone")
+    text = strict_json(report, indent=2) if args.json else format_report(report)
+    with results_printed(text):
+        try:
+            if args.report:
+                write_report(args.report, strict_json(report, indent=2))
+            if args.submission:
+                # Every event (a scorer expects every hit): one without an ok reply (or with
+                # one naming hits it lacks) has no track, each hit one of its own, as
+                # evaluate writes.
+                rows: dict[tuple[int, int], Any] = {}
+                for ev in events:  # an event recorded twice: its first copy, as labels_of
+                    ids = ev.event.hits.hit_id
+                    found = labels.get(ev.key)
+                    rows.setdefault(ev.key, (ids, np.zeros(len(ids)) if found is None else found))
+                write_submission(args.submission, by_event_number(rows))
+            if args.plot:
+                plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
+        finally:  # what went wrong in the replay is said before a file the disk refused
+            status = _exit_status(args, report, result.interrupted)
     return status
 
 
