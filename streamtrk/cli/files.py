@@ -89,7 +89,7 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     "recording with their truth (and, with --trackml-dir, TrackML CSV files). The same seed "
     "gives byte-identical files. The recording and the CSV files take their place once every "
     "event is written: Ctrl-C or an error leaves what was there. Exit status 0, else 1 with "
-    "the error, 130 after Ctrl-C.",
+    "the error, 2 a setting refused, 130 after Ctrl-C.",
 )
 def _simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
@@ -245,6 +245,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("recording", type=Path, help="a .stk recording")
     s.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 @subcommand(
@@ -259,6 +260,8 @@ def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:
     "directory replaces them, and is said.",
 )
 def _export_trackml(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from streamtrk.io.recording import iter_events
     from streamtrk.io.trackml import new_events
 
@@ -266,7 +269,9 @@ def _export_trackml(args: argparse.Namespace) -> int:
     repeats = replaced = 0
     check_outputs(folder=args.output)
     with new_events(args.output) as write:  # all events or, on an error, none
-        for ev in iter_events(args.recording):
+        for ev in tqdm(
+            iter_events(args.recording), desc="export", unit="event", disable=args.quiet
+        ):
             this, seen = (ev.run, ev.hits.digest()), written.get(ev.event)
             if seen == this:  # recorded twice (a looped replay): written once
                 repeats += 1

@@ -36,7 +36,7 @@ def _record_arguments(s: argparse.ArgumentParser) -> None:
     "daemon, or on a stream fanned out to it). The file is written from the first message "
     "recorded, a recording already there replaced only then; a write that fails mid-tap "
     "keeps the records written whole. Exit status 0, else 1: nothing recorded (no file "
-    "written), a handshake refused, a write failed. See docs/serve.md.",
+    "written), a handshake refused, a write failed; 2 a setting refused. See docs/serve.md.",
 )
 def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record

@@ -190,6 +190,14 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
     assert "1 events recorded more than once were written once" in capsys.readouterr().err
 
 
+def test_export_trackml_shows_its_progress_unless_quiet(tmp_path, capsys):
+    _simulate(tmp_path)
+    assert main(["export-trackml", str(tmp_path / "a.stk"), "-o", str(tmp_path / "o")]) == 0
+    assert "export: 2event" in capsys.readouterr().err
+    assert main(["export-trackml", str(tmp_path / "a.stk"), "-o", str(tmp_path / "q"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_two_events_of_one_run_and_number_are_refused_not_merged(tmp_path, capsys):
     """Two recordings joined (two simulations of one run) hold other events under the same
     run and number: ``export-trackml`` would write the first alone and ``evaluate`` pair
