@@ -348,10 +348,10 @@ def endpoint_problem(value: str, bind: bool = True) -> str | None:
     if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
         return "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
     host, colon, port = rest.rpartition(":")
-    if scheme == "tcp" and not (
-        colon and host and (port == "*" or (_digits(port) and int(port) < 65536))
-    ):
+    if scheme == "tcp" and not (colon and host and (port == "*" or _digits(port))):
         return "must be tcp://HOST:PORT, PORT a number (or * to bind a free one)"
+    if scheme == "tcp" and port != "*" and int(port) > 65535:
+        return "must have a port of 0 to 65535 (or * to bind a free one)"
     address = bound_host(rest)  # after a source address (tcp://SOURCE;HOST:PORT)
     bracketed = address.startswith("[") and address.endswith("]")
     if scheme == "tcp" and ":" in address and not bracketed:
@@ -388,8 +388,10 @@ def one_endpoint(a: str, b: str) -> bool:
 def split_http(value: str) -> tuple[str, int]:
     """(host, port) of ``HOST:PORT`` (an IPv6 host in brackets); ValueError if it is not one."""
     host, sep, port = value.rpartition(":")
-    if not (sep and host and "/" not in host and _digits(port) and int(port) < 65536):
+    if not (sep and host and "/" not in host and _digits(port)):
         raise ValueError("must be HOST:PORT, such as 127.0.0.1:10062")
+    if int(port) > 65535:
+        raise ValueError("must have a port of 0 to 65535")
     return host.strip("[]"), int(port)
 
 

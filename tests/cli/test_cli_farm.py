@@ -12,11 +12,20 @@ def test_a_forwarder_refuses_limits_below_one(capsys, flag: str, value: str) -> 
     assert f"{flag} must be at least 1, got {value}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("http", ["10062", "127.0.0.1:http", "127.0.0.1:70000"])
-def test_a_forwarder_refuses_an_http_address_that_is_not_host_port(capsys, http: str) -> None:
+@pytest.mark.parametrize(
+    ("http", "why"),
+    [
+        ("10062", "must be HOST:PORT"),
+        ("127.0.0.1:http", "must be HOST:PORT"),
+        ("127.0.0.1:70000", "must have a port of 0 to 65535"),
+    ],
+)
+def test_a_forwarder_refuses_an_http_address_that_is_not_host_port(
+    capsys, http: str, why: str
+) -> None:
     args = ["farm", "collector", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
     assert main([*args, "--http", http]) == 2
-    assert f"--http {http!r} must be HOST:PORT" in capsys.readouterr().err
+    assert f"--http {http!r} {why}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
