@@ -90,10 +90,12 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     hash reported would not be those of the weights in use)."""
     from streamtrk.recon.budget import Budget
     from streamtrk.recon.load import load_reconstructor
-    from streamtrk.recon.model import default_model_path, read_card
+    from streamtrk.recon.model import read_card, shipped_model_path
 
     device = resolve_device(cfg.device)
-    path = (cfg.model or default_model_path()).resolve()
+    # None is the shipped model: $STREAMTRK_MODEL is the configuration's (a flag's empty
+    # --model, which unsets it, would otherwise lose to it here).
+    path = (cfg.model or shipped_model_path()).resolve()
     t0 = time.perf_counter()
     card, digest = read_card(path), model_digest(path)
     faults.delay("load")

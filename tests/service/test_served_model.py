@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamtrk.recon.engine import EngineScorer
+from streamtrk.recon.model import shipped_model_path
 from streamtrk.service import served_model
 from streamtrk.service.config import ServeConfig
 
@@ -35,6 +36,15 @@ def test_a_model_loaded_keeps_its_engine_open(monkeypatch) -> None:
     assert isinstance(served.reconstructor.scorer, EngineScorer) and not closed
     served.close()
     assert closed == [served.reconstructor.scorer]
+
+
+def test_no_model_set_is_the_shipped_one_whatever_the_environment(monkeypatch, tmp_path) -> None:
+    """The configuration has read $STREAMTRK_MODEL (a flag's empty --model unsets it): a
+    model left unset is the shipped one, not the variable's read a second time."""
+    monkeypatch.setenv("STREAMTRK_MODEL", str(tmp_path / "no-model-here"))
+    served = served_model.load_served_model(ServeConfig(device="cpu", engine="eager"))
+    assert served.path == str(shipped_model_path().resolve())
+    served.close()
 
 
 def test_the_digest_covers_the_pruning_windows_the_card_takes_from_outside(tmp_path) -> None:
