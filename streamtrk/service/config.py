@@ -356,8 +356,8 @@ def endpoint_problem(value: str, bind: bool = True) -> str | None:
     bracketed = address.startswith("[") and address.endswith("]")
     if scheme == "tcp" and ":" in address and not bracketed:
         return "must put an IPv6 address in brackets, such as tcp://[::1]:5555"
-    if scheme == "tcp" and not bind and "*" in (host, port):
-        return "must name the host and port to connect to (* is for binding)"
+    if scheme == "tcp" and not bind and ("*" in (host, port) or int(port) == 0):
+        return "must name the host and port to connect to (* and port 0 are for binding)"
     return None
 
 
@@ -388,7 +388,7 @@ def one_endpoint(a: str, b: str) -> bool:
 def split_http(value: str) -> tuple[str, int]:
     """(host, port) of ``HOST:PORT`` (an IPv6 host in brackets); ValueError if it is not one."""
     host, sep, port = value.rpartition(":")
-    if not (sep and host and "/" not in host and _digits(port)):
+    if not (sep and host.strip("[]") and "/" not in host and _digits(port)):
         raise ValueError("must be HOST:PORT, such as 127.0.0.1:10062")
     if int(port) > 65535:
         raise ValueError("must have a port of 0 to 65535")

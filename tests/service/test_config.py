@@ -158,6 +158,7 @@ def test_cross_checks_see_the_final_values() -> None:
         ('http = "127.0.0.1:\u00b2"', {}, r"http must be HOST:PORT"),
         ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
         ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
+        ('http = "[]:10062"', {}, r"http must be HOST:PORT"),  # bound every address
         ('model = ""', {}, r"model must be a path \(leave it out for the default\), got ''"),
         ("", {"STREAMTRK_SNDHWM": "4294967296"}, r"sndhwm must be at most 2147483647"),
         # A TOML value must have the setting's type: a string is no integer, and the
@@ -689,9 +690,16 @@ def test_a_cross_check_names_where_each_value_came_from() -> None:
             {"STREAMTRK_INPUT": "tcp://*:5555"},
             {"connect": True},
             ("input", "connect"),
-            ["input must name the host and port to connect to (* is for binding) (connect = "
-             "true) (input from environment variable STREAMTRK_INPUT, connect from flag "
-             "--connect)"],
+            ["input must name the host and port to connect to (* and port 0 are for binding) "
+             "(connect = true) (input from environment variable STREAMTRK_INPUT, connect from "
+             "flag --connect)"],
+        ),
+        (  # libzmq takes a connect to port 0 and never connects
+            {},
+            {"connect": True, "output": "tcp://127.0.0.1:0"},
+            ("output", "connect"),
+            ["output must name the host and port to connect to (* and port 0 are for binding) "
+             "(connect = true) (output from flag --output, connect from flag --connect)"],
         ),
         (
             {},
