@@ -14,8 +14,9 @@ first (a short device session may not reach the end):
    synchronisations of one reconstruct (``host_syncs``: CuPy's and torch's); first-call
    seconds (compilation included), peak device memory, the graphs Inductor ran without
    CUDA graphs (``cudagraph_skips``); on CUDA the GNN's
-   edges/s against the reference (133 M edges/s) and against the H200's limit for the
-   graph (``gnn_figures``: matrix-product FLOPs and least memory traffic).
+   edges/s against the reference (133 M edges/s) and against the GPU's limit for the
+   graph (``gnn_figures``: matrix-product FLOPs and least memory traffic, from the card's
+   datasheet in GPU_LIMITS).
 4. ``daemon``: ``streamtrk serve --device cuda`` in the ``--daemon-config`` configuration as
    a subprocess (batches of up to 16 events, no queue delay), the events replayed through
    ZeroMQ with ``streamtrk replay`` as fast as taken (large batches: throughput), at 100 Hz,
@@ -120,8 +121,22 @@ CONFIGS = {
 ITERATIONS = {1: 100, 4: 20, 16: 8, 64: 3}  # timed batches per batch size
 RANDOM = "random (seed 0): no shipped model"
 TARGETS = {"events_per_s_batch16": 500.0, "p99_ms_batch1": 25.0}
-# NVIDIA H200 SXM datasheet: dense tensor-core bf16/fp16, fp32 without TF32 (off here), HBM3e.
-H200: dict[str, Any] = {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8}
+# Datasheet limits by a word of the device's name (first match; the H100 PCIe before the
+# SXM): dense tensor-core bf16/fp16, fp32 without TF32 (off here), memory bandwidth. The
+# targets and the reference figures are of an H200: a run on another card is said so.
+GPU_LIMITS: dict[str, dict[str, Any]] = {
+    "H200": {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 4.8},
+    "H100 PCIe": {"tflops": {"fp32": 51.0, "bf16": 756.0, "fp16": 756.0}, "tb_per_s": 2.0},
+    "H100": {"tflops": {"fp32": 67.0, "bf16": 989.0, "fp16": 989.0}, "tb_per_s": 3.35},
+}
+
+
+def gpu_limits(name: str) -> tuple[str, dict[str, Any]] | None:
+    """The datasheet limits of the GPU called ``name`` (and the key they are under), or
+    None for a card not in GPU_LIMITS."""
+    return next(((k, v) for k, v in GPU_LIMITS.items() if k in name), None)
+
+
 # The measured reference: an Interaction Network of hidden 64 and 8 steps, torch.compile in
 # bf16 on this GPU (docs/gpu.md, Reference figures).
 REFERENCE_GNN_EDGES_PER_S = 133e6
@@ -260,19 +275,28 @@ def gnn_traffic_bytes(cfg: Any, act_bytes: int) -> tuple[float, float]:
     return float(per_edge), float(per_hit + cfg.node_in * 4)
 
 
-def gnn_figures(cfg: Any, precision: str, edges: float, hits: float, seconds: float) -> dict:
-    """The GNN stage's achieved rates against the reference and against the H200's limits
-    for this graph (matrix-product FLOPs and least traffic per edge and hit)."""
+def gnn_figures(
+    cfg: Any, precision: str, edges: float, hits: float, seconds: float, gpu: str
+) -> dict:
+    """The GNN stage's achieved rates against the reference and against the limits of
+    ``gpu`` (its name) for this graph (matrix-product FLOPs and least traffic per edge and
+    hit; none for a card without limits in GPU_LIMITS)."""
     f_edge, f_hit = cfg.matmul_flops()
     b_edge, b_hit = gnn_traffic_bytes(cfg, 4 if precision == "fp32" else 2)
     flops, traffic = edges * f_edge + hits * f_hit, edges * b_edge + hits * b_hit
-    compute_s = flops / (H200["tflops"][precision] * 1e12)
-    memory_s = traffic / (H200["tb_per_s"] * 1e12)
-    return {
+    out = {
         "edges_per_s": edges / seconds,
         "over_reference": edges / seconds / REFERENCE_GNN_EDGES_PER_S,
         "achieved_tflops": flops / seconds / 1e12,
         "achieved_tb_per_s_at_least_traffic": traffic / seconds / 1e12,
+    }
+    if (found := gpu_limits(gpu)) is None:
+        return out | {"limits_of": None}
+    card, limits = found
+    compute_s = flops / (limits["tflops"][precision] * 1e12)
+    memory_s = traffic / (limits["tb_per_s"] * 1e12)
+    return out | {
+        "limits_of": card,
         "limit_ms": max(compute_s, memory_s) * 1000,
         "limit_bound_by": "memory" if memory_s > compute_s else "compute",
         "of_limit": max(compute_s, memory_s) / seconds,
@@ -564,6 +588,7 @@ def config_part(
                     row["edges_per_batch"],
                     row["gnn_hits_per_batch"],
                     row["stage_ms"]["gnn"] / 1000,
+                    torch.cuda.get_device_name(0),
                 )
             out["batches"][str(size)] = row
         except Exception as exc:  # e.g. out of memory at the largest batch
@@ -663,7 +688,9 @@ def parity_part(dev: Device, events: list[Event], net: Network) -> dict[str, Any
     )
 
 
-def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int]) -> dict:
+def kernels_part(
+    bench: Bench, dev: Device, events: list[Event], net: Network, sizes: list[int]
+) -> dict:
     """The graph search, the triplet cuts and the fit's least-squares sums as kernels and as
     array operations, timed on the same prepared inputs (medians of 5 after one warm-up
     call), and compared."""
@@ -741,6 +768,7 @@ def kernels_part(dev: Device, events: list[Event], net: Network, sizes: list[int
         return row
 
     out: dict[str, Any] = {}
+    bench.partial = out  # the batch sizes done, kept if a later one fails or is cut
     for size in sizes:
         out[str(size)] = measure(size)
         log(f"  kernels batch {size}: {out[str(size)]}")
@@ -987,8 +1015,8 @@ def main() -> None:
 
     # Most wanted first (a short device session may not reach the end): the headline
     # configuration, the daemon's own (the latency replay's rate comes from it; on the CPU
-    # the daemon serves eager fp32), the daemon, the baseline, the kernels, bf16 parity,
-    # then the rest.
+    # the daemon serves eager fp32), the daemon, the baseline, bf16 parity (12.7 s on the
+    # H200 on 2026-12-04), the kernels, then the rest.
     small = [b for b in args.batches if b <= 16]  # the kernels part's batch sizes
     served = args.daemon_config if args.device == "cuda" else "eager_fp32"
     need = CONFIGS[served][3] + 15 if args.device == "cuda" else 40  # replays, start and stop
@@ -1004,8 +1032,8 @@ def main() -> None:
             ),
         ),
         entry(rest[0]),
-        ("kernels", 20, lambda: kernels_part(dev, events, net, small)),
-        ("bf16_parity", 40, lambda: parity_part(dev, events, net)),
+        ("bf16_parity", 25, lambda: parity_part(dev, events, net)),
+        ("kernels", 20, lambda: kernels_part(bench, dev, events, net, small)),
         *(entry(c) for c in rest[1:]),
     ]
     for name, need_s, fn in parts:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +137,17 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
     for name, row in s.get("configs", {}).items():
         g = row.get("gnn_batch16")
         if g:
+            limit = (
+                f" {_f(100 * g['of_limit'])}% of the {g.get('limits_of', 'H200')}'s limit for"
+                f" this graph ({_f(g['limit_ms'], 2)} ms, {g['limit_bound_by']} bound)."
+                if "of_limit" in g
+                else " (no datasheet limits for this GPU)."
+            )
             out.append(
                 f"GNN at batch 16, {name}: {_f(g['edges_per_s'] / 1e6)} M edges/s"
                 f" ({_f(g['over_reference'], 2)} of the reference network's 133 M; that"
                 " network, hidden 64 and 8 steps, does several times the work an edge of"
-                " the shipped one, hidden 32 and 6 steps),"
-                f" {_f(100 * g['of_limit'])}% of the GPU's limit for this graph"
-                f" ({_f(g['limit_ms'], 2)} ms, {g['limit_bound_by']} bound)."
+                " the shipped one, hidden 32 and 6 steps)," + limit
             )
     parity = parts.get("bf16_parity", {})
     if "tracking_efficiency_change" in parity:
@@ -180,7 +185,8 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
             "",
             f"Daemon (`{' '.join(d.get('serve_flags', []))}`,"
             f" {d.get('hits_messages', 'default hits messages')}): ready in"
-            f" {_f(d.get('start_to_ready_s'))} s; as fast as taken"
+            f" {_f(d.get('start_to_ready_s'))} s (the compiler's caches warm from the parts"
+            " before it: not a cold start); as fast as taken"
             f" {_f(daemon.get('events_per_s_max_rate'))} events/s (its first"
             f" {_replies(d, 'replay_max_rate')} replies); at 100 Hz p50"
             f" {_f(daemon.get('latency_p50_ms_100hz'))} ms, p99"
@@ -212,15 +218,25 @@ def _replies(daemon: dict[str, Any], replay: str) -> str:
 
 
 def _problems(parts: dict[str, Any]) -> list[str]:
-    """A line for each part that failed, was skipped or cut by the step's time limit, each
-    configuration that fell back (its engine, or CUDA graphs off or skipped for some
-    graphs), and a daemon that served otherwise than asked (its ``/status`` engine note)."""
+    """A line for a GPU other than the H200, each part (and batch size) that failed, was
+    skipped or cut by the step's time limit, each configuration that fell back (its engine,
+    or CUDA graphs off or skipped for some graphs), and a daemon that served otherwise than
+    asked (its ``/status`` engine note)."""
     out = []
+    info = parts.get("info")
+    if isinstance(info, dict) and info.get("device") == "cuda" and "H200" not in info["gpu"]:
+        out.append(
+            f"- info: the GPU is an {info['gpu']}, not the H200 of the targets and the"
+            " reference figures: its ratios to them are not the issue's"
+        )
     for name, p in parts.items():
         if not isinstance(p, dict):
             continue
         if why := p.get("error") or p.get("skipped") or p.get("interrupted"):
             out.append(f"- {name}: {why}")
+        for size, row in (p.get("batches") or {}).items():
+            if isinstance(row, dict) and (why := row.get("error") or row.get("skipped")):
+                out.append(f"- {name} batch {size}: {why}")
         if p.get("fallback_reason"):
             out.append(f"- {name}: {p['fallback_reason']}")
         if p.get("cuda_graphs") and p.get("cudagraph_skips"):
@@ -292,8 +308,11 @@ def main() -> None:
     ap.add_argument("--host-path", type=Path, help="host_path.json of the same run")
     args = ap.parse_args()
     result = json.loads(args.result.read_text())
-    host = json.loads(args.host_path.read_text()) if args.host_path else None
-    if host is not None:
+    host = None
+    if args.host_path and not args.host_path.exists():  # its step cut or failed: not fatal
+        print(f"gpu_report: no {args.host_path}: host-path figures left out", file=sys.stderr)
+    elif args.host_path:
+        host = json.loads(args.host_path.read_text())
         result["host_path"] = host
     name = results_name(result)
     args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     failed = {k: v["error"] for k, v in parts.items() if isinstance(v, dict) and "error" in v}
     assert failed == {}
     # In order: the daemon's configuration (on the CPU eager fp32) before the daemon.
-    assert list(parts) == ["info", "transfers", "eager_fp32", "daemon", "kernels", "bf16_parity"]
+    assert list(parts) == ["info", "transfers", "eager_fp32", "daemon", "bf16_parity", "kernels"]
     for size, moved in parts["transfers"]["by_batch"].items():  # the chain's upload, download
         assert moved["upload_bytes"] >= 20 * 200 * int(size) and moved["d2h_bytes"] > 0, size
     assert "cudagraph_skips" in parts["eager_fp32"]  # counted (eager on the CPU: none to skip)
@@ -161,3 +161,57 @@ def test_a_part_cut_or_failing_keeps_what_it_measured(tmp_path: Path) -> None:
         assert parts[name]["replay_max_rate"] == {"events_per_second": 9.0}, name
     assert parts["failing"]["error"] == "RuntimeError: boom"
     assert parts["cut"]["interrupted"] == "SIGINT (time limit)"
+
+
+def test_report_lists_another_gpu_and_batch_sizes_that_failed(gpu_report) -> None:
+    """A run on another card than the targets' H200 is said; so is each batch size that
+    failed (out of memory at batch 64) or was skipped, inside a part that ran."""
+    batches = {"16": {"skipped": "time budget"}, "64": {"error": "OutOfMemoryError: x"}}
+    parts = {
+        "info": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"},
+        "compile_bf16": {"batches": batches},
+    }
+    text = gpu_report.markdown({"date": "2026-12-05", "summary": {}, "parts": parts}, "x.json")
+    listed = text.split("Failed, skipped, cut or not as asked:\n\n")[1].splitlines()
+    assert listed == [
+        "- info: the GPU is an NVIDIA H100 80GB HBM3, not the H200 of the targets and the"
+        " reference figures: its ratios to them are not the issue's",
+        "- compile_bf16 batch 16: time budget",
+        "- compile_bf16 batch 64: OutOfMemoryError: x",
+    ]
+
+
+def test_the_gnn_limit_is_the_cards_own() -> None:
+    """The GNN's share of the GPU's limit is of the card it ran on (an H100 moves 3.35 TB/s,
+    the H200 4.8): none for a card without datasheet figures."""
+    from bench_scripts import bench_script
+
+    from streamtrk.recon.model import load_model, shipped_model_path
+
+    gpu_bench = bench_script("gpu_bench")
+    cfg = load_model(shipped_model_path())[0].config
+    figures = {
+        gpu: gpu_bench.gnn_figures(cfg, "bf16", 1e6, 1e5, 1e-3, gpu)
+        for gpu in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100")
+    }
+    assert [f["limits_of"] for f in figures.values()] == ["H200", "H100", "H100 PCIe", None]
+    memory_bound = {g: f for g, f in figures.items() if f.get("limit_bound_by") == "memory"}
+    assert len(memory_bound) == 3  # the shipped network's few FLOPs an edge
+    h200, h100 = figures["NVIDIA H200"], figures["NVIDIA H100 80GB HBM3"]
+    assert h100["limit_ms"] == pytest.approx(h200["limit_ms"] * 4.8 / 3.35)
+    assert "of_limit" not in figures["NVIDIA A100"]
+
+
+def test_report_leaves_out_host_path_figures_it_was_not_given(gpu_report, tmp_path, capsys):
+    """The host-path step cut or failed: the report is written without its figures."""
+    result = {"date": "2026-12-05 10:00:00 UTC", "summary": {"gpu": "NVIDIA H200"}, "parts": {}}
+    (tmp_path / "gpu_bench.json").write_text(json.dumps(result))
+    argv = [str(tmp_path / "gpu_bench.json"), "--results-dir", str(tmp_path / "results")]
+    argv += ["--host-path", str(tmp_path / "host_path.json")]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", ["gpu_report", *argv])
+        gpu_report.main()
+    out, err = capsys.readouterr()
+    assert "host_path.json: host-path figures left out" in err
+    assert "### GPU chain: NVIDIA H200" in out
+    assert (tmp_path / "results" / "h200-2026-12-05.json").exists()
