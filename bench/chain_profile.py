@@ -110,7 +110,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=60, help="rows of each table")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/chain-profile")))
+    ap.add_argument("--json", type=Path, help="the JSON's path (default OUT/chain_profile.json)")
     args = ap.parse_args()
+    json_path = args.json or args.out / "chain_profile.json"
     args.out.mkdir(parents=True, exist_ok=True)
 
     gb = _gpu_bench()
@@ -157,7 +159,7 @@ def main() -> None:
             "device_busy_share": kernels["device_ms_per_call"] / wall_ms,
         }
         # After each size: a run cut by its time limit keeps the sizes done.
-        (args.out / "chain_profile.json").write_text(json.dumps(result, indent=1))
+        json_path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
 
 

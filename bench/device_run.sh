@@ -4,16 +4,18 @@
 # the profile step; about 300 s expected now): import checks, the `gpu` tests,
 # then a small bench/gpu_bench.py (batches 1, 16, 64: the targets'; 16 MU=200 events;
 # compiled bf16, compiled bf16 with CUDA graphs, the daemon served so, batches of up to 16
-# and no queue delay, then eager fp32, the kernels part and bf16 parity as the budget
+# and no queue delay, then eager fp32, bf16 parity and the kernels part as the budget
 # allows), then bench/host_path.py (the daemon's host-side work per
 # event, on this host's CPU, and ZeroMQ's transfer), then bench/chain_profile.py (where the
-# chain's time goes, batches 1 and 16).
-# Every step is bounded by `timeout` (470 s in all, and a few seconds for the wheels) and
-# writes under $OUT (imports.txt, gpu-tests.txt, gpu-bench.log, gpu_bench.json,
-# host-path.log, host_path.json, chain-profile.tar); a failing step does not stop the next.
+# chain's time goes, batches 16 and 1).
+# Every step is bounded by `timeout` (465 s in all with the kill grace, and a few seconds
+# for the wheels) and writes under $OUT (imports.txt, gpu-tests.txt, gpu-bench.log,
+# gpu_bench.json, host-path.log, host_path.json, chain_profile.json, chain-profile.tar: the
+# 8 files a run brings back); a failing step does not stop the next, and a call cut by its
+# own limit brings back what is under $OUT.
 # STEPS picks the steps after the import check (default "tests bench host profile"): a
 # rerun in what is left of a session's 15 minutes runs the ones that failed, e.g.
-# `STEPS=bench sh bench/device_run.sh` (at most 240 s).
+# `STEPS=bench sh bench/device_run.sh` (at most 230 s).
 #
 # On the device (pyzmq and tomli-w are not installed there, see
 # /work/.library/device/KINDS.md; bring their wheels, ignored by git):
@@ -21,7 +23,9 @@
 #          python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #            --implementation cp --platform manylinux_2_28_x86_64 \
 #            --platform manylinux_2_17_x86_64 -d .whl pyzmq==27.3.0 tomli-w==1.2.0
-#   run:   sh bench/device_run.sh      (carry [".whl"], timeout_s 480)
+#   run:   sh bench/device_run.sh      (kind "nvidia-h200": the targets' and the reference
+#          figures' card, where a run naming none may get an H100; carry [".whl"],
+#          timeout_s 480)
 #   then:  .venv/bin/python bench/gpu_report.py FILES_AT/gpu_bench.json \
 #            --host-path FILES_AT/host_path.json   (writes
 #          bench/results/h200-DATE.json, prints the summary for bench/RESULTS.md)
@@ -100,11 +104,12 @@ cat "$OUT/imports.txt"
 # pipeline still has them.
 if step tests; then
     THREAD_TEST=test_cuda_graphs_score_from_another_thread
-    set -- -m gpu -v -rs -W default --timeout 100 --durations 10 -p no:cacheprovider
+    # -rsP: the skips' reasons and what passing tests printed (parity, synchronisations).
+    set -- -m gpu -v -rsP -W default --timeout 100 --durations 10 -p no:cacheprovider
     timeout 40 "$PYTHON" -m pytest "$@" -k "$THREAD_TEST" tests/recon/test_gpu_pipeline.py \
         >"$OUT/gpu-tests.txt" 2>&1
     echo "device_run: gpu thread test exit $?"
-    timeout 110 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
+    timeout 105 "$PYTHON" -m pytest "$@" -k "not $THREAD_TEST" tests/recon/test_host_syncs.py \
         tests/recon/test_prune.py tests/recon/test_gpu_parity.py tests/recon/test_gpu_pipeline.py \
         >>"$OUT/gpu-tests.txt" 2>&1
     echo "device_run: gpu tests exit $?"
@@ -114,13 +119,13 @@ fi
 if step bench; then
     if [ "$DEVICE" = cuda ]; then
         set -- --events 16 --batches 1 16 64 --configs eager_fp32 compile_bf16 \
-            compile_bf16_cudagraphs --daemon-config compile_bf16_cudagraphs --budget-s 175
+            compile_bf16_cudagraphs --daemon-config compile_bf16_cudagraphs --budget-s 160
     else
         set -- --device cpu --events 2 --mu 10 --batches 1 2 --configs eager_fp32 \
             --budget-s 120 --workers 1
     fi
     # SIGINT at the limit: its `finally` stops the daemon it started (no orphan on the GPU).
-    timeout -s INT -k 10 200 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" \
+    timeout -s INT -k 10 185 "$PYTHON" bench/gpu_bench.py --out "$OUT" "$@" \
         >"$OUT/gpu-bench.log" 2>&1
     echo "device_run: gpu_bench exit $?"
     grep -v '^ ' "$OUT/gpu-bench.log" | tail -n 40
@@ -139,19 +144,21 @@ fi
 
 if step profile; then
     # Where the chain's time goes (bench/chain_profile.py: cProfile and torch.profiler
-    # tables, its log), in one file: a run brings back at most 8. In the headline
-    # configuration, compiled bf16 (2026-12-04's profile was eager fp32: its network's small
-    # kernels hid the rest); the CuPy stages are the same in both. Its JSON is written after
-    # each batch size: a cut run keeps batch 1.
+    # tables, its log, in one file: a run brings back at most 8; its JSON beside it). In the
+    # headline configuration, compiled bf16 (2026-12-04's profile was eager fp32: its
+    # network's small kernels hid the rest); the CuPy stages are the same in both. Batch 16
+    # first (the device-bound profile); the JSON is written after each batch size, in $OUT
+    # itself: a step or call cut keeps the sizes done.
     if [ "$DEVICE" = cuda ]; then
-        set -- --events 16 --batches 1 16 --engine compile --precision bf16
+        set -- --events 16 --batches 16 1 --engine compile --precision bf16
     else
         set -- --device cpu --events 1 --mu 10 --batches 1 --repeats 1 --kernel-repeats 1 \
             --workers 1
     fi
     PROFILE=$(mktemp -d)/chain-profile
     mkdir -p "$PROFILE"
-    timeout 55 "$PYTHON" bench/chain_profile.py --out "$PROFILE" "$@" >"$PROFILE/log.txt" 2>&1
+    timeout 70 "$PYTHON" bench/chain_profile.py --out "$PROFILE" \
+        --json "$OUT/chain_profile.json" "$@" >"$PROFILE/log.txt" 2>&1
     echo "device_run: chain_profile exit $?"
     tar -C "$(dirname "$PROFILE")" -cf "$OUT/chain-profile.tar" chain-profile
 fi

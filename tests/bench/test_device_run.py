@@ -24,7 +24,7 @@ def test_device_run_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_pat
     stdout, out_dir = device_dry_run
     assert {p.name for p in out_dir.iterdir()} == {
         "imports.txt", "gpu-tests.txt", "gpu-bench.log", "gpu_bench.json", "host_path.json",
-        "host-path.log", "chain-profile.tar",
+        "host-path.log", "chain_profile.json", "chain-profile.tar",
     }  # fmt: skip
     assert len(list(out_dir.iterdir())) <= 8  # what a device run brings back
     # 5: pytest's "no tests collected", as the module skips at import (no CuPy or no CUDA)
@@ -35,7 +35,8 @@ def test_device_run_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_pat
     assert "device_run: chain_profile exit 0" in stdout
     with tarfile.open(out_dir / "chain-profile.tar") as tar:
         names = {Path(n).name for n in tar.getnames()}
-    assert {"chain_profile.json", "cprofile-b1.txt", "kernels-b1.txt", "log.txt"} <= names
+    assert {"cprofile-b1.txt", "kernels-b1.txt", "log.txt"} <= names
+    assert json.loads((out_dir / "chain_profile.json").read_text())["batches"]["1"]["wall_ms"] > 0
     assert "zmq " in (out_dir / "imports.txt").read_text()
     parts = json.loads((out_dir / "gpu_bench.json").read_text())["parts"]
     assert {"info", "eager_fp32", "kernels", "daemon"} <= set(parts)
