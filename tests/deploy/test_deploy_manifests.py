@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def test_compose_stack() -> None:
     daemon = services["streamtrk"]
     assert daemon["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (COMPOSE.parent / daemon["build"]["context"]).resolve() == DEPLOY.parent
-    env = {k: str(v) for k, v in daemon["environment"].items()}
+    env = {k: str(v) for k, v in daemon.get("environment", {}).items()}
     cfg = load_config(DEPLOY / "streamtrk.toml", env=env)
     assert daemon["stop_signal"] == "SIGTERM"
     grace = _seconds(daemon["stop_grace_period"])
@@ -418,6 +419,29 @@ def test_systemd_hands_the_curve_secret_to_the_dynamic_user() -> None:
     )
     assert overridden.curve_secret_key == Path(f"/run/credentials/streamtrk.service/{name}")
     assert overridden.log_format == "plain"  # the file's choice for journald stands
+
+
+def test_environments_do_not_shadow_their_configuration_files() -> None:
+    """An operator edits the TOML (SIGHUP re-reads it): a variable of the unit's environment
+    file, or of the compose service, for a setting the file holds would keep its own value
+    (drain_timeout_s stayed 30 s whatever the file said). But log_format: the same value in
+    both, so that a file that does not load is reported in the format a log shipper reads."""
+    compose = load_yaml_documents(COMPOSE)[0]["services"]["streamtrk"].get("environment", {})
+    for where, env, toml in [
+        (
+            "streamtrk.env",
+            _env_file(DEPLOY / "systemd" / "streamtrk.env"),
+            "systemd/streamtrk.toml",
+        ),
+        ("compose.yaml", compose, "streamtrk.toml"),
+    ]:
+        settings = tomllib.loads((DEPLOY / toml).read_text())
+        for var, value in env.items():
+            name = var.removeprefix("STREAMTRK_").lower()
+            if name == "log_format":
+                assert settings.get(name, value) == value, f"{where}: {var} is not {toml}'s"
+            else:
+                assert name not in settings, f"{where}: {var} shadows {toml}"
 
 
 def test_systemd_analyze(tmp_path: Path) -> None:
