@@ -13,6 +13,7 @@ import torch
 
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
+from streamtrk.errors import SettingError
 from streamtrk.recon.graph import GraphConfig, event_graph
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import DEFAULT_MODEL_NAME, load_model, read_card
@@ -73,8 +74,19 @@ def test_the_card_keeps_the_recipe_as_it_was_read(tmp_path: Path) -> None:
 def test_unknown_config_key_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(TINY.replace("[optim]", "[optim]\nlearning_rate = 1"))
-    with pytest.raises(ValueError, match="learning_rate"):
+    with pytest.raises(SettingError, match="learning_rate"):
         load_config(path)
+    path.write_text(TINY.replace("seed = 3", "seeds = 3"))
+    with pytest.raises(SettingError, match=r"unknown keys seeds \(did you mean seed\?\)"):
+        load_config(path)
+
+
+def test_a_recipe_refused_is_exit_status_2(tmp_path: Path, capsys) -> None:
+    """A configuration file refused, as every command's (README: exit status 2)."""
+    path = tmp_path / "c.toml"
+    path.write_text(TINY.replace("epochs = 2", "epochs = 0"))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "m"), "-q"]) == 2
+    assert "epochs must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -127,7 +139,7 @@ def test_settings_of_the_wrong_type_or_range_are_refused(
 ) -> None:
     path = tmp_path / "c.toml"
     path.write_bytes(TINY.replace(edit, new, 1).encode("latin-1"))  # latin-1: not UTF-8
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(SettingError, match=match):
         load_config(path)
 
 
@@ -145,7 +157,7 @@ def test_splits_that_would_share_events_are_refused(tmp_path: Path, extra: str, 
     path = tmp_path / "c.toml"
     text = TINY.replace("[val]\nmu = 10\nseed = 12\nevents = 1\n", "") if "[val]" in extra else TINY
     path.write_text(text + extra)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(SettingError, match=match):
         load_config(path)
 
 

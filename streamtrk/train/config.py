@@ -6,6 +6,7 @@ default.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk.detector import Detector
+from streamtrk.errors import SettingError
 from streamtrk.event import Event
 from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
@@ -152,11 +154,12 @@ class TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Parse a training config (see models/configs/default.toml); unknown keys are errors."""
+    """Parse a training config (see models/configs/default.toml); SettingError for a file
+    that is not one (unknown keys, values out of range, splits sharing events)."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+        raise SettingError(f"{path}: not valid TOML ({e})") from None
     sub = {
         "model": GNNConfig,
         "graph": GraphConfig,
@@ -170,27 +173,34 @@ def load_config(path: str | Path) -> TrainConfig:
     top = {f.name for f in fields(TrainConfig)}
     unknown = sorted(raw.keys() - top)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
+        close = sorted({m for k in unknown for m in difflib.get_close_matches(k, top, n=1)})
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SettingError(f"{path}: unknown keys {', '.join(unknown)}{hint}")
     if "name" not in raw:
-        raise ValueError(f"{path}: a config needs a name")
+        raise SettingError(f"{path}: a config needs a name")
     kw: dict[str, Any] = {
-        k: dataclass_from(cls, raw[k], f"{path} [{k}]") for k, cls in sub.items() if k in raw
+        k: dataclass_from(cls, raw[k], f"{path} [{k}]", error=SettingError)
+        for k, cls in sub.items()
+        if k in raw
     }
     if "report" in raw:
         if not isinstance(raw["report"], dict):
-            raise ValueError(f"{path}: report must be a table of label = path")
+            raise SettingError(f"{path}: report must be a table of label = path")
         for label, value in raw["report"].items():
             if not isinstance(value, str):
-                raise ValueError(f"{path}: report {label} must be a path (a string), got {value!r}")
+                raise SettingError(
+                    f"{path}: report {label} must be a path (a string), got {value!r}"
+                )
         kw["report"] = dict(raw["report"])
     scalars = ("name", "seed", "threads", "pt_min", "thresholds")
-    cfg = dataclass_from(TrainConfig, {**{k: raw[k] for k in scalars if k in raw}, **kw}, str(path))
+    given = {**{k: raw[k] for k in scalars if k in raw}, **kw}
+    cfg = dataclass_from(TrainConfig, given, str(path), error=SettingError)
     _check_disjoint(cfg, path)
     return cfg
 
 
 def _check_disjoint(cfg: TrainConfig, path: str | Path) -> None:
-    """ValueError when two of train, val and test could hold the same events: simulated
+    """SettingError when two of train, val and test could hold the same events: simulated
     ones from the same seed, or the same recording (each takes its first events)."""
     splits = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
     seen: dict[tuple[str, object], str] = {}
@@ -199,7 +209,7 @@ def _check_disjoint(cfg: TrainConfig, path: str | Path) -> None:
             continue
         key = ("recording", src.recording) if src.recording else ("seed", src.seed)
         if key in seen:
-            raise ValueError(
+            raise SettingError(
                 f"{path}: [{seen[key]}] and [{name}] would share events (the same {key[0]} "
                 f"{key[1]!r}): give each its own"
             )
