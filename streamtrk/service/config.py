@@ -282,8 +282,10 @@ _POSITIVE_INT = (
     "reply_capacity",
     "dead_letter_max_bytes",
     "max_hits",
+    "sndhwm",  # ZeroMQ's 0 is no limit: the memory bound would not hold
+    "rcvhwm",
 )
-_NONNEG_INT = ("sndhwm", "rcvhwm", "linger_ms", "torch_threads", "max_batch_hits")
+_NONNEG_INT = ("linger_ms", "torch_threads", "max_batch_hits")
 #: Largest values: ZeroMQ socket options are C ints, torch's thread count too (more than a
 #: few thousand threads crash it), byte and hit counts int64 after scaling.
 MAX_SETTING_INT = {

@@ -105,19 +105,19 @@ class Ingest(Supervised):
         """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages, and
         none after ``leave_by``, so that the drain has time to answer them), and stop
         receiving. Connect mode: take the ``rcvhwm`` messages the socket holds (and the one
-        libzmq may have read past them; all with ``rcvhwm`` 0, no limit), then disconnect,
-        so that the distributor sends nothing more here (libzmq drops what is still in
-        flight); while they are taken the distributor goes on sending, and those events are
-        for other daemons. Bind mode: unbind first (libzmq closes the peers' connections and
-        keeps what it had queued readable; a peer keeps what it has not sent, its bytes in
-        flight are lost), then take: the port is free for a replacement at once."""
+        libzmq may have read past them), then disconnect, so that the distributor sends
+        nothing more here (libzmq drops what is still in flight); while they are taken the
+        distributor goes on sending, and those events are for other daemons. Bind mode:
+        unbind first (libzmq closes the peers' connections and keeps what it had queued
+        readable; a peer keeps what it has not sent, its bytes in flight are lost), then
+        take: the port is free for a replacement at once."""
         cfg = self.config()
         connect = cfg.connect
         endpoint = cfg.input if connect else self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if not connect:
             self.socket.unbind(endpoint)  # done by libzmq's I/O thread, a little later
         wait_ms = 0 if connect else UNBIND_QUIET_MS
-        most = min(cfg.rcvhwm + 1, LEAVE_MAX) if connect and cfg.rcvhwm else LEAVE_MAX
+        most = min(cfg.rcvhwm + 1, LEAVE_MAX) if connect else LEAVE_MAX
         taken = 0
         while (
             taken < most

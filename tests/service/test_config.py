@@ -522,8 +522,8 @@ INT_RANGES = {
     "max_hits": (1, 2**40),
     "max_message_bytes": (1, 2**62),
     "dead_letter_max_bytes": (1, 2**62),
-    "sndhwm": (0, 2**31 - 1),
-    "rcvhwm": (0, 2**31 - 1),
+    "sndhwm": (1, 2**31 - 1),  # ZeroMQ's 0, no limit, refused: memory stays bounded
+    "rcvhwm": (1, 2**31 - 1),
     "linger_ms": (0, 2**31 - 1),
     "torch_threads": (0, 4096),
     "max_batch_hits": (0, 2**40),
