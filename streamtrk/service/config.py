@@ -452,12 +452,23 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
             raise ValueError(f"must be {want}") from None
         if base == "Path" and v == "":  # Path("") would be the current directory
             raise ValueError("must be a path (leave it out for the default)")
+        if isinstance(v, str) and not _utf8(v):  # bytes the environment or argv could not decode
+            raise ValueError("must be UTF-8 text (the configuration file, TOML, holds no other)")
         return Path(v) if base == "Path" else v
 
     return convert
 
 
 _FIELDS = {f.name: f for f in fields(ServeConfig)}
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (not so: undecodable bytes, as surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _digits(text: str) -> bool:

@@ -159,6 +159,8 @@ def test_cross_checks_see_the_final_values() -> None:
         ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
         ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
         ('http = "[]:10062"', {}, r"http must be HOST:PORT"),  # bound every address
+        # bytes the environment could not decode: --print-config could not write them back
+        ("", {"STREAMTRK_DEAD_LETTER": "/tmp/\udcff.stk"}, r"dead_letter must be UTF-8 text"),
         ('model = ""', {}, r"model must be a path \(leave it out for the default\), got ''"),
         ("", {"STREAMTRK_SNDHWM": "4294967296"}, r"sndhwm must be at most 2147483647"),
         # A TOML value must have the setting's type: a string is no integer, and the
