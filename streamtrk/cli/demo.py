@@ -26,16 +26,18 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
     _demo_arguments,
     help="the `make demo` job",
     description="Simulate a small run, start the daemon with the embedded default "
-    "configuration (on ports it chooses), replay the run through it, print the report, stop "
-    "the daemon with SIGTERM.",
+    "configuration (on ports it chooses; STREAMTRK_<SETTING> variables left out), replay the "
+    "run through it, print the report, stop the daemon with SIGTERM.",
 )
 def _demo(args: argparse.Namespace) -> int:
     import math
+    import os
     import subprocess
     import tempfile
 
     from streamtrk.cli import main  # here: the package, main's module, imports this one
     from streamtrk.client import terminate, wait_listening, wait_ready
+    from streamtrk.service.config import SETTING_VARIABLES
 
     if args.events < 1:  # checked before a daemon is started for them
         raise SettingError(f"--events must be at least 1, got {args.events}")
@@ -51,8 +53,10 @@ def _demo(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port]
         cmd += ["--output", any_port, "--http", "127.0.0.1:0", "--log-format", "json"]
         print(f"starting the daemon: {' '.join(cmd[1:])}", flush=True)
+        # The embedded defaults: the settings' variables of this environment left out.
+        env = {k: v for k, v in os.environ.items() if k not in SETTING_VARIABLES}
         with log_path.open("wb") as log:
-            daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             bound = wait_listening(log_path, args.ready_timeout, daemon)
             if bound is None or not wait_ready(bound["http"], args.ready_timeout, daemon):

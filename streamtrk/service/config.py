@@ -563,14 +563,26 @@ def load_config(
         raise ConfigError(f"{e} ({where})", *e.settings) from None
 
 
-#: ``STREAMTRK_*`` variables that are read elsewhere, not settings of the daemon.
-OTHER_VARIABLES = frozenset({ENGINE_CACHE_ENV, SANITIZE_ENV, faults.ENV, "STREAMTRK_SHARED"})
+#: The variables of the daemon's settings.
+SETTING_VARIABLES = frozenset(ENV_PREFIX + name.upper() for name in _FIELDS)
+#: ``STREAMTRK_*`` variables that are read elsewhere, not settings of the daemon: the
+#: project's own (the tests' strict skips, the compose file's image variant) among them.
+OTHER_VARIABLES = frozenset(
+    {
+        ENGINE_CACHE_ENV,
+        SANITIZE_ENV,
+        faults.ENV,
+        "STREAMTRK_SHARED",
+        "STREAMTRK_STRICT_SKIPS",
+        "STREAMTRK_VARIANT",
+    }
+)
 
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """A warning for each ``STREAMTRK_*`` variable that names no setting (it would otherwise
     be ignored without a word), with the settings' variables it is close to."""
-    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | OTHER_VARIABLES
+    known = SETTING_VARIABLES | OTHER_VARIABLES
     out = []
     for var in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
         close = difflib.get_close_matches(var, sorted(known), n=3)

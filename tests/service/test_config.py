@@ -224,16 +224,26 @@ def test_unknown_streamtrk_variables_are_named_with_close_settings() -> None:
     ]
 
 
-def test_every_streamtrk_variable_the_package_reads_is_known() -> None:
-    """A ``STREAMTRK_*`` name in the package's sources is a setting or one of the variables
-    read elsewhere: none draws the warning that it is ignored."""
-    package = Path(__file__).resolve().parents[2] / "streamtrk"
+def test_every_streamtrk_variable_the_project_reads_is_known() -> None:
+    """A ``STREAMTRK_*`` name in the package's sources, the deployment files, CI's script or
+    the tests' needs is a setting or one of the variables read elsewhere: none draws the
+    warning that it is ignored."""
+    root = Path(__file__).resolve().parents[2]
+    package = root / "streamtrk"
     names = {
         name
         for path in package.rglob("*.py")
         for name in re.findall(r"[\"'](STREAMTRK_[A-Z0-9_]+)[\"']", path.read_text())
     }
-    assert {"STREAMTRK_HOST_SANITIZE", "STREAMTRK_SHARED"} <= names
+    others = [*(root / "deploy").rglob("*.*"), root / ".ci" / "run", root / "tests" / "needs.py"]
+    names |= {
+        name
+        for path in others
+        for line in path.read_text().splitlines()
+        if not line.lstrip().startswith("#")  # comments name variables that must not be set
+        for name in re.findall(r"\b(STREAMTRK_[A-Z0-9_]+)\b", line)
+    }
+    assert {"STREAMTRK_HOST_SANITIZE", "STREAMTRK_STRICT_SKIPS", "STREAMTRK_VARIANT"} <= names
     assert unknown_variables(dict.fromkeys(names, "x")) == []
 
 

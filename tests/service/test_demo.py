@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,11 +12,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_simulates_serves_replays_and_stops_cleanly() -> None:
+    # The demo's daemon runs on the embedded defaults: a setting's variable here (connect
+    # mode would never bind the ports the demo replays to) is not the daemon's.
+    env = os.environ | {"STREAMTRK_CONNECT": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "streamtrk", "demo", "--events", "3", "--mu", "5"],
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     table = dict(line.split(None, 1) for line in out.stdout.splitlines() if "  " in line)
