@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from streamtrk import __version__
-from streamtrk.cli.common import COMMANDS, LIST_OPTIONS, repair_hint
+from streamtrk.cli.common import COMMANDS, SIGNED_OPTIONS, repair_hint
 from streamtrk.errors import SettingError
 from streamtrk.threads import wait_passively
 
@@ -36,7 +36,8 @@ from streamtrk.cli import (  # noqa: F401
 )
 # isort: on
 
-_NEGATIVE_LIST = re.compile(r"-[0-9.][^,]*(,[^,]*)+")  # -1,0,0 (a value, not an option)
+# -1,0,0 or -1e-3 (a value: no option starts with a minus and a digit or a dot)
+_NEGATIVE = re.compile(r"-[0-9.].*")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +86,8 @@ def _terminated_as_interrupted() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
-    parser = build_parser()  # LIST_OPTIONS filled
-    args = parser.parse_args(_negative_lists(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()  # SIGNED_OPTIONS filled
+    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         with _terminated_as_interrupted():
             return int(args.func(args))
@@ -130,15 +131,15 @@ def _remedy(exc: Exception) -> str:
     return ""
 
 
-def _negative_lists(argv: Sequence[str]) -> list[str]:
+def _negative_values(argv: Sequence[str]) -> list[str]:
     """``--beam-spot -1,0,0`` read as ``--beam-spot=-1,0,0``: argparse takes a value that
-    starts with a minus, and is not a plain number, for an option. Only the values of
-    ``LIST_OPTIONS``, and none after ``--``."""
+    starts with a minus, and is not a plain number (``-1e-3`` is none), for an option. Only
+    the values of ``SIGNED_OPTIONS``, and none after ``--``."""
     out: list[str] = []
     for k, token in enumerate(argv):
         if token == "--":
             return out + list(argv[k:])
-        if out and out[-1] in LIST_OPTIONS and _NEGATIVE_LIST.fullmatch(token):
+        if out and out[-1] in SIGNED_OPTIONS and _NEGATIVE.fullmatch(token):
             out[-1] += "=" + token
         else:
             out.append(token)

@@ -19,7 +19,8 @@ from streamtrk.stop import StopFlag
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
-LIST_OPTIONS: set[str] = set()  # options of comma lists of numbers (see list_argument)
+#: Options whose value may start with a minus (see list_argument, signed_options).
+SIGNED_OPTIONS: set[str] = set()
 
 
 def strict_json(obj: Any, **kw: Any) -> str:
@@ -62,8 +63,8 @@ def _split(text: str, sep: str, kinds: tuple[type, ...], what: str) -> list[Any]
 
 def list_argument(s: argparse.ArgumentParser, name: str, **kw: Any) -> None:
     """Option ``name``, whose value is a comma list of numbers, added to ``s``: listed in
-    ``LIST_OPTIONS``, so that its value may start with a minus (``--beam-spot -1,0,0``)."""
-    LIST_OPTIONS.add(name)
+    ``SIGNED_OPTIONS``, so that its value may start with a minus (``--beam-spot -1,0,0``)."""
+    SIGNED_OPTIONS.add(name)
     s.add_argument(name, **kw)
 
 

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import subcommand
+from streamtrk.cli.common import SIGNED_OPTIONS, subcommand
 from streamtrk.stop import StopFlag
 
 
@@ -18,9 +18,10 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--print-config", action="store_true", help="print the effective configuration and exit"
     )
-    from streamtrk.service.config import add_arguments
+    from streamtrk.service.config import add_arguments, number_flags
 
     add_arguments(s)
+    SIGNED_OPTIONS.update(number_flags())  # --beam-spot-x-mm -1e-3
 
 
 @subcommand(

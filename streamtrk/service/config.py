@@ -591,6 +591,16 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     return out
 
 
+def number_flags() -> set[str]:
+    """The flags of the numeric settings (their values may start with a minus: refused, or
+    taken, by the setting's own range, not by argparse as an unknown option)."""
+    return {
+        "--" + f.name.replace("_", "-")
+        for f in fields(ServeConfig)
+        if str(f.type).replace(" | None", "") in ("int", "float")
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting (default None: not given)."""
     for f in fields(ServeConfig):

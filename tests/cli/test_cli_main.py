@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import _run, _run_unread, _simulate
 
-from streamtrk.cli import _negative_lists, build_parser, main
+from streamtrk.cli import _negative_values, build_parser, main
 
 
 def test_a_list_value_may_start_with_a_minus(tmp_path):
@@ -24,17 +24,27 @@ def test_a_list_value_may_start_with_a_minus(tmp_path):
     assert main([*sim, "-o", str(spaced), "--beam-spot", "-.5,-1,0", "--hard-scatter", "1"]) == 0
 
 
-def test_only_a_list_option_takes_a_value_with_a_leading_minus_and_none_after_the_end():
+def test_only_a_signed_option_takes_a_value_with_a_leading_minus_and_none_after_the_end():
     build_parser()
-    assert _negative_lists(["evaluate", "r.stk", "--beam-spot", "-1,0"]) == [
+    assert _negative_values(["evaluate", "r.stk", "--beam-spot", "-1,0"]) == [
         "evaluate",
         "r.stk",
         "--beam-spot=-1,0",
     ]
+    # a number argparse would take for an option (it reads -1.5, not -1e-3, as a number)
+    exponent = ["serve", "--beam-spot-x-mm", "-1e-3", "--max-frames", "-.5e1"]
+    assert _negative_values(exponent) == ["serve", "--beam-spot-x-mm=-1e-3", "--max-frames=-.5e1"]
     flag = ["evaluate", "r.stk", "--oracle", "-1,0"]  # a flag takes no value
-    assert _negative_lists(flag) == flag
+    assert _negative_values(flag) == flag
     ended = ["keys", "--", "--beam-spot", "-1,2"]  # positionals after --, as argparse reads them
-    assert _negative_lists(ended) == ended
+    assert _negative_values(ended) == ended
+
+
+def test_a_setting_s_negative_number_is_the_setting_s_to_refuse(capsys) -> None:
+    assert main(["serve", "--beam-spot-x-mm", "-1e-3", "--print-config"]) == 0
+    assert "beam_spot_x_mm = -0.001" in capsys.readouterr().out
+    assert main(["serve", "--deadline-ms", "-1e3", "--print-config"]) == 2
+    assert "deadline_ms must be a finite number > 0, got -1000.0" in capsys.readouterr().err
 
 
 def _sigint_default() -> None:
