@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import replace
@@ -294,7 +295,9 @@ def test_training_names_its_stages_and_a_report_input_it_cannot_find(
         f'here = "{tmp_path / "event000001000"}"\n'  # its folder there, not its files
     )
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m")]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert json.loads(out)["model"] == str(tmp_path / "m")  # the epochs' lines on stderr
+    assert "epoch 1: train loss" in err
     assert re.search(r"report 'real': .*nowhere/event000001000 not found .*, skipped", err)
     assert re.search(r"report 'here': .*/event000001000 not found .*, skipped", err)
     for stage in ("train: the events", "train: graphs of 2 training and 1 validation events",

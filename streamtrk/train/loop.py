@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,9 +112,10 @@ def fit(
         row |= {f"val_{k}": x for k, x in v.items()} | {"seconds": time.perf_counter() - t0}
         history.append(row)
         if progress:
-            tqdm.write(
+            tqdm.write(  # beside the bars, on stderr: stdout holds the summary's JSON alone
                 f"epoch {epoch}: train loss {row['train_loss']:.4f}  val loss {v['loss']:.4f}  "
-                f"edge eff {v['edge_efficiency']:.4f}  purity {v['edge_purity']:.4f}"
+                f"edge eff {v['edge_efficiency']:.4f}  purity {v['edge_purity']:.4f}",
+                file=sys.stderr,
             )
         save_torch(
             {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict()},
