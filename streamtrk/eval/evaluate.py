@@ -514,6 +514,10 @@ def plot(ev: Evaluation, directory: str | Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         if logx:
             ax.set_xscale("log")
+        if np.isnan(f).all():  # an empty plot that says so, on the axes it would have
+            _empty_note(ax, ev, "track" if ylabel == "fake rate" else "particle in range")
+            ax.set_xlim(max(bins[0], bins[1] / 2) if logx else bins[0], bins[-1])
+            ax.set_ylim(0, 1)
         ax.set_title(f"{ylabel} ({ev.n_events} events)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -565,6 +569,8 @@ def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:
         if len(pull):
             ax.hist(np.clip(pull, -5, 5), bins=edges, density=True, alpha=0.6)
             ax.set_title(f"{name}: {len(pull)} tracks, width {_half_width(pull):.2f}")
+        else:
+            _empty_note(ax, ev, "matched track with standard errors")
         ax.plot(centres, np.exp(-(centres**2) / 2) / np.sqrt(2 * np.pi), color="black", lw=1)
         ax.set_xlabel(f"{name} pull (error / sigma; ends hold the tails)")
         ax.grid(alpha=0.3)
@@ -572,6 +578,12 @@ def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:
     fig.tight_layout()
     save_png(fig, path)
     return path
+
+
+def _empty_note(ax: Any, ev: Evaluation, what: str) -> None:
+    """The note of a plot with nothing to draw: why, as far as is known."""
+    why = "no event has truth" if not ev.particles else f"no {what}"
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
 
 
 def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
@@ -600,8 +612,7 @@ def _plot_resolution(ev: Evaluation, path: Path, plt: Any) -> Path:
         top.set_yscale("log")
         bottom.set_xscale("log")
     else:  # no truth, or too few tracks: an empty plot that says so
-        top.text(0.5, 0.5, "no true-pT bin with 5 matched tracks", ha="center",
-                 transform=top.transAxes)  # fmt: skip
+        _empty_note(top, ev, "true-pT bin with 5 matched tracks")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -500,3 +500,23 @@ def test_plotted_fractions_by_bin_by_hand() -> None:
     # the bins at the end are there too, empty or without an ok value
     tail = binned(x[[1, 4]], ok[[1, 4]], edges)[1]
     np.testing.assert_allclose(tail, [1.0, np.nan, np.nan, 0.0, np.nan])
+
+
+def test_plots_with_nothing_to_draw_say_why(tmp_path, monkeypatch) -> None:
+    """No event with truth: each plot is drawn empty with a note saying so (they were blank
+    axes, the pulls a lone reference curve)."""
+    from streamtrk.eval import evaluate as module
+
+    notes: dict[str, list[str]] = {}
+
+    def keep_notes(fig, path) -> None:
+        notes[path.name] = [t.get_text() for ax in fig.axes for t in ax.texts]
+
+    monkeypatch.setattr(module, "save_png", keep_notes)
+    module.plot(Evaluation(n_events=2), tmp_path)
+    assert set(notes) == {
+        "efficiency_vs_pt.png", "efficiency_vs_eta.png", "efficiency_vs_vertex_r.png",
+        "fake_rate_vs_eta.png", "pt_resolution_vs_pt.png", "pulls.png",
+    }  # fmt: skip
+    for name, texts in notes.items():
+        assert texts and set(texts) == {"no event has truth"}, name
