@@ -69,13 +69,19 @@ def model_missing(directory: str | Path) -> str | None:
         return f"{directory} is a file: a model is the directory holding {CARD} and {WEIGHTS}" + (
             f" ({directory.parent}?)" if directory.name in (CARD, WEIGHTS) else ""
         )
-    if not (directory / CARD).is_file() or not (directory / WEIGHTS).is_file():
-        return (
-            f"no model at {directory} ({CARD} and {WEIGHTS} expected): check the path (the "
-            f"shipped model is {shipped_model_path()}), or train one there with `streamtrk "
-            f"train --config models/configs/default.toml --out {directory}`"
-        )
-    return None
+    lacking = [name for name in (CARD, WEIGHTS) if not (directory / name).is_file()]
+    if not lacking:
+        return None
+    if not directory.is_dir():
+        what, overwrite = "no such directory", ""
+    else:  # train refuses a directory that is not empty without --overwrite
+        what = f"{' and '.join(lacking)} missing"
+        overwrite = " --overwrite" if any(directory.iterdir()) else ""
+    return (
+        f"no model at {directory} ({what}; a model holds {CARD} and {WEIGHTS}): check the "
+        f"path (the shipped model is {shipped_model_path()}), or train one there with "
+        f"`streamtrk train --config models/configs/default.toml --out {directory}{overwrite}`"
+    )
 
 
 def read_card(directory: str | Path) -> dict[str, Any]:

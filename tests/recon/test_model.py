@@ -223,9 +223,22 @@ def test_a_broken_model_directory_is_named(
 def test_missing_model_explains(tmp_path: Path) -> None:
     with pytest.raises(
         FileNotFoundError,
-        match=r"no model at .*: check the path \(the shipped model is .*\), or train one there",
+        match=r"no model at .*nothing \(no such directory; a model holds card.toml and "
+        r"weights.pt\): check the path \(the shipped model is .*\), or train one there with "
+        r"`streamtrk train --config models/configs/default.toml --out .*nothing`$",
     ):
         load_reconstructor(tmp_path / "nothing")
+
+
+def test_a_model_lacking_a_file_is_said_so(saved: tuple[Path, InteractionNetwork]) -> None:
+    """The file that is missing is named, and the training suggested would replace what is
+    there (without --overwrite, train refuses a directory that is not empty)."""
+    path, _ = saved
+    (path / "weights.pt").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        read_card(path)
+    assert f"no model at {path} (weights.pt missing; a model holds" in str(e.value)
+    assert str(e.value).endswith(f"--out {path} --overwrite`")
 
 
 def test_a_model_s_file_given_for_its_directory_is_named(
