@@ -434,3 +434,15 @@ def test_samples_without_counted_edges_are_left_out(tmp_path: Path) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ValueError, match="no edge counts in the loss"):
         fit(cfg, [empty], samples, tmp_path / "ck2", progress=False)
+
+
+def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) -> None:
+    """The simulation, the graphs and the evaluations have bars (with their totals), not
+    only the fit: the shipped recipe spends minutes in them."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY + "[test]\nmu = 10\nseed = 13\nevents = 2\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    for bar in ("simulate train: 100%", "simulate validation: 100%", "simulate test: 100%",
+                "graphs train: 100%", "graphs validation: 100%", "evaluate: 100%"):  # fmt: skip
+        assert bar in err, bar

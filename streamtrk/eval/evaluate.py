@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -432,7 +432,8 @@ def evaluate(
     from tqdm import tqdm
 
     ev = Evaluation.of(rec)
-    bar = tqdm(desc="evaluate", unit="event", disable=not progress)
+    total = len(events) if isinstance(events, Sized) else None
+    bar = tqdm(desc="evaluate", total=total, unit="event", disable=not progress)
     for batch in batches(events, batch_size):
         n, t0 = len(batch), time.perf_counter()
         while batch:

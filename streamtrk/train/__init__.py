@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event
@@ -83,13 +84,17 @@ CARD_METRICS = (
 
 
 def evaluate_model(
-    model: InteractionNetwork, events: Iterable[Event], cfg: TrainConfig, threshold: float
+    model: InteractionNetwork,
+    events: Iterable[Event],
+    cfg: TrainConfig,
+    threshold: float,
+    progress: bool = False,
 ) -> dict[str, float]:
     """The ``streamtrk evaluate`` figures of the card (see CARD_METRICS)."""
     from streamtrk.eval.evaluate import evaluate
 
     rec = ChainSettings(threshold, cfg.graph, cfg.prune, cfg.tracks).reconstructor(GNNScorer(model))
-    report = evaluate(rec, events).report()
+    report = evaluate(rec, events, progress=progress).report()
     out = {k: report[k] for k in CARD_METRICS if k in report}
     out["gnn_seconds_per_event"] = report["stage_seconds"]["gnn"]
     return out
@@ -135,9 +140,13 @@ def _train(
     det = load_detector()
     o = cfg.optim
     stage("the events: training, validation, test and report")
-    train_events = cfg.train.load(det)
-    val_events = cfg.val.load(det)
-    test_events = cfg.test.load(det) if cfg.test is not None else None
+
+    def bar(split: str) -> str | None:
+        return f"simulate {split}" if progress else None
+
+    train_events = cfg.train.load(det, bar("train"))
+    val_events = cfg.val.load(det, bar("validation"))
+    test_events = cfg.test.load(det, bar("test")) if cfg.test is not None else None
     reports = {}
     for label, path in cfg.report.items():
         try:
@@ -149,11 +158,13 @@ def _train(
         | {f"report {label}": events for label, events in reports.items()}
     )
     stage(f"graphs of {len(train_events)} training and {len(val_events)} validation events")
+    graphs = tqdm(train_events, "graphs train", unit="event", disable=not progress)
     train_samples = make_samples(
-        train_events, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin, cfg.prune
+        graphs, det, cfg.graph, cfg.pt_min, o.sectors, o.sector_margin, cfg.prune
     )
-    del train_events
-    val_samples = make_samples(val_events, det, cfg.graph, cfg.pt_min, prune=cfg.prune)
+    del train_events, graphs
+    graphs = tqdm(val_events, "graphs validation", unit="event", disable=not progress)
+    val_samples = make_samples(graphs, det, cfg.graph, cfg.pt_min, prune=cfg.prune)
     t_data = time.perf_counter() - t_start
     model, history = fit(cfg, train_samples, val_samples, work / "checkpoints", progress=progress)
     t_fit = time.perf_counter() - t_start - t_data
@@ -171,12 +182,12 @@ def _train(
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None and test_events is not None:
         stage(f"evaluation on {len(test_events)} test events")
-        test = evaluate_model(model, test_events, cfg, scan["chosen"])
+        test = evaluate_model(model, test_events, cfg, scan["chosen"], progress)
         metrics["test"] = {**cfg.test.card(), **test}
     for label, path in cfg.report.items():
         if label in reports:
             stage(f"evaluation on report {label!r}")
-            found = evaluate_model(model, reports[label], cfg, scan["chosen"])
+            found = evaluate_model(model, reports[label], cfg, scan["chosen"], progress)
             metrics[label] = {"input": path, **found}
         else:
             metrics[label] = {"input": path, "skipped": "not found"}

@@ -14,6 +14,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from streamtrk.detector import Detector
 from streamtrk.errors import SettingError
 from streamtrk.event import Event
@@ -50,7 +52,8 @@ class EventSource:
             ],
         )
 
-    def load(self, det: Detector) -> list[Event]:
+    def load(self, det: Detector, progress: str | None = None) -> list[Event]:
+        """The events; with ``progress``, a bar of that name over those simulated."""
         if self.recording:
             from streamtrk.io.recording import iter_events
 
@@ -66,7 +69,8 @@ class EventSource:
 
         gen = replace(GeneratorConfig(), mu=self.mu)
         cfg = SimConfig(generator=gen, noise_fraction=self.noise)
-        return list(simulate(det, cfg, self.seed, self.events))
+        made = simulate(det, cfg, self.seed, self.events)
+        return list(tqdm(made, progress, self.events, unit="event", disable=progress is None))
 
     def card(self) -> dict[str, Any]:
         """What a model card records of these events: the recording and the count, or the

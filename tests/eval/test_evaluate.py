@@ -311,9 +311,11 @@ def test_stage_times_are_per_event_over_batches_of_any_size(small_events) -> Non
 def test_progress_is_a_bar_of_events_when_asked_for(small_events, capsys) -> None:
     evaluate(Reconstructor.oracle(), small_events)
     assert capsys.readouterr().err == ""
-    evaluate(Reconstructor.oracle(), small_events, progress=True)
+    evaluate(Reconstructor.oracle(), iter(small_events), progress=True)
     err = capsys.readouterr().err
-    assert "evaluate: 2event [" in err  # two events, one at a time
+    assert "evaluate: 2event [" in err  # two events, one at a time, their number unknown
+    evaluate(Reconstructor.oracle(), small_events, progress=True)
+    assert "evaluate: 100%|" in capsys.readouterr().err  # a list: its length known
 
 
 def test_events_of_two_runs_keep_their_tracks_and_one_submission_per_number(small_events):
