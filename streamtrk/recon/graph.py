@@ -49,6 +49,7 @@ from streamtrk.xp import (
 
 SEARCH_CHUNK = 65_536  # candidates per chunk of the CPU candidate search (MU=200: 34k bin queries)
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
+SEARCH_GROUP = 4  # chunks a thread searches between two checks of the doublet budget
 QUERY_BIN_CHUNK = 8_192  # queries per chunk of the CPU (query, bin) expansion (MU=200: 44k pairs)
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
@@ -609,7 +610,7 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     in cache (1.5x faster at MU=200 than one pass), on threads when allowed (NumPy releases
     the GIL in its loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the
     kernels). The candidates are checked against the budget before they are expanded, the
-    doublets once found."""
+    doublets as they are found."""
     xp = ctx.xp
     bounds = list(pairwise(chunk_bounds(len(ctx.qi), QUERY_BIN_CHUNK, xp)))
     threads = min(ctx.cfg.threads, available_cpus()[0], len(bounds))
@@ -631,10 +632,19 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
                 chunk_bounds(len(q), SEARCH_CHUNK, xp, np.cumsum(hi - lo) if xp is np else None)
             )
         ]
-        parts = list(run(lambda c: ctx.run(*c), chunks))
+        # The doublets counted as the chunks are searched, a group at a time: an event over
+        # its budget is refused once it passes it (with the count so far), not after its
+        # every doublet is built (up to candidates_per_hit / edges_per_hit times as many).
+        parts: list[tuple[Array, Array, Array]] = []
+        found = xp.zeros(len(ctx.node_offsets) - 1, dtype=xp.int64)
+        group = SEARCH_GROUP * threads
+        for start in range(0, len(chunks), group):
+            done = list(run(lambda c: ctx.run(*c), chunks[start : start + group]))
+            parts += done
+            for i, _, _ in done:
+                found += per_event(i, ctx.node_offsets)
+            enforce("doublets", found, ctx.on_layer, ctx.budget.edges_per_hit, ctx.budget)
     i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
-    budget = ctx.budget
-    enforce("doublets", per_event(i, ctx.node_offsets), ctx.on_layer, budget.edges_per_hit, budget)
     return i, j, edge_features
 
 
