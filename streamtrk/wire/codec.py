@@ -342,7 +342,7 @@ def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return out
 
 
-def _unpack_header(view: memoryview, limits: Limits, *, unique_keys: bool = True) -> Any:
+def _unpack_header(view: memoryview, limits: Limits) -> Any:
     if view.nbytes > limits.max_header_bytes:
         raise WireError(
             "header_too_large", f"header is {view.nbytes} bytes, limit {limits.max_header_bytes}"
@@ -357,7 +357,7 @@ def _unpack_header(view: memoryview, limits: Limits, *, unique_keys: bool = True
             max_array_len=max(limits.max_columns, 3),
             max_map_len=limits.max_map_entries,
             max_ext_len=0,
-            object_pairs_hook=_unique_keys if unique_keys else None,
+            object_pairs_hook=_unique_keys,
         )
     except WireError:
         raise
@@ -609,11 +609,28 @@ def decode(frames: Frames, *, limits: Limits = DEFAULT_LIMITS) -> Message:
 
 
 def peek_header(frames: Frames) -> dict[str, Any] | None:
-    """The unvalidated header map of a message, or None; never raises."""
+    """The unvalidated header map of a message, or None; never raises. Lenient where
+    decode is strict, so that a header it refuses still names the event to answer: any
+    map keys, text that is not UTF-8, more entries than the limits allow (each bounded by
+    the header's bytes, themselves limited); a key twice: the last, as msgpack keeps it
+    (decode refuses such a header; the refusal is answered to the event it names last)."""
     try:
-        # A key twice: the last, as msgpack keeps it (decode refuses such a header; the
-        # refusal is answered to the event it names last).
-        header = _unpack_header(frame_view(next(iter(frames))), DEFAULT_LIMITS, unique_keys=False)
+        view = frame_view(next(iter(frames)))
+        n = view.nbytes
+        if n > DEFAULT_LIMITS.max_header_bytes:
+            return None
+        header = msgpack.unpackb(
+            view,
+            raw=False,
+            unicode_errors="surrogateescape",
+            strict_map_key=False,
+            use_list=False,  # an array as a map key: a tuple, hashable
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=n,
+        )
     except Exception:
         return None
     return header if isinstance(header, dict) else None

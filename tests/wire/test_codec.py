@@ -664,6 +664,38 @@ def test_peek_identity(hits: list[Any]) -> None:
         assert peek_identity(bad) is None  # type: ignore[arg-type]  # 42: deliberately wrong
 
 
+def _raw_map(items: list[tuple[bytes, bytes]]) -> bytes:
+    """A msgpack map of packed (key, value) pairs, in order (a key of any type)."""
+    head = (
+        bytes([0x80 | len(items)]) if len(items) < 16 else b"\xde" + len(items).to_bytes(2, "big")
+    )
+    return head + b"".join(k + v for k, v in items)
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ([(msgpack.packb("note"), b"\xa1\xff")], "text that is not UTF-8"),
+        ([(msgpack.packb(f"k{i}"), msgpack.packb(i)) for i in range(60)], "over 64 entries"),
+        ([(msgpack.packb(1), msgpack.packb(2))], "an integer key"),
+        ([(msgpack.packb("note"), msgpack.packb(list(range(65))))], "an array over 64"),
+        ([(msgpack.packb((1, 2)), msgpack.packb(2))], "an array as a key"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_header_decode_refuses_still_names_its_event(
+    hits: list[Any], extra: list[tuple[bytes, bytes]], why: str
+) -> None:
+    """The refusal is answered to the event the header names (it was unidentified, and the
+    event had no reply), whatever else in the header decode refuses."""
+    header = msgpack.unpackb(hits[0])
+    items = [(msgpack.packb(k), msgpack.packb(v)) for k, v in header.items()]
+    frames = [_raw_map(items + extra), *hits[1:]]
+    with pytest.raises(WireError):
+        decode(frames)
+    assert peek_identity(frames) == (7, 42), why
+
+
 def test_messages_name_the_problem_plainly(hits: list[Any]) -> None:
     def message(frames: list[Any]) -> str:
         with pytest.raises(WireError) as e:
