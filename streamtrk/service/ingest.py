@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
 UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive this late
 MISROUTED_LOG_S = 60.0  # at most one warning this often about replies on the input
 DEAD_LETTER_LOG_S = 60.0  # at most one warning this often about failed dead-letter writes
+REFUSED_LOG_S = 60.0  # at most one warning this often about refused input
 
 
 class Ingest(Supervised):
@@ -72,6 +74,9 @@ class Ingest(Supervised):
         self._misrouted = Throttle(MISROUTED_LOG_S)  # replies on the input
         self._dead_failed = Throttle(DEAD_LETTER_LOG_S)  # dead letters that could not be written
         self._dead_error: OSError | None = None  # the last dead letter's write error
+        self._refused = Throttle(REFUSED_LOG_S)  # input refused by the decoder or for its size
+        self._refused_reasons: Counter[str] = Counter()  # since the last warning
+        self._refused_last = ""  # the last refusal: the event it names, its reason and why
 
     def loop(self) -> None:
         while not self.stop.is_set():
@@ -97,6 +102,8 @@ class Ingest(Supervised):
         if since := self._misrouted.pending(final):
             log.warning("%d more replies (tracks messages) came in on the input since the last "
                         "warning", since)  # fmt: skip
+        if since := self._refused.pending(final):
+            self._warn_refused(since)
         if since := self._dead_failed.pending(final):
             log.warning("%d more dead letters could not be written since the last warning: %s",
                         since, self._dead_error)  # fmt: skip
@@ -225,6 +232,8 @@ class Ingest(Supervised):
         # Counted before the reply is queued (in flight until it is sent), so that a scrape
         # never sees the reply sent and its rejection not yet counted.
         identity = peek_identity(frames)
+        if error is not None:  # "internal" is logged with its traceback
+            self._say_refused(error, identity)
         if identity is not None:
             self.metrics.inflight.inc()
             self.metrics.rejected.labels(reason).inc()
@@ -233,6 +242,21 @@ class Ingest(Supervised):
             self.put(self.replies, Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
         else:
             self._unanswered(frames, error or WireError(reason, "unexpected failure"), count)
+
+    def _say_refused(self, error: WireError, identity: tuple[int, int] | None) -> None:
+        """Count a refusal for the throttled warning that says why (the reply carries its
+        reason's code alone, and an unidentified message has none)."""
+        self._refused_reasons[error.reason] += 1
+        who = "unidentified" if identity is None else f"run {identity[0]} event {identity[1]}"
+        self._refused_last = f"{who}: {error}"
+        if since := self._refused.count():
+            self._warn_refused(since)
+
+    def _warn_refused(self, since: int) -> None:
+        reasons = ", ".join(f"{r} {n}" for r, n in self._refused_reasons.most_common())
+        log.warning("%d input messages refused since the last warning (%s); the last: %s",
+                    since, reasons, self._refused_last)  # fmt: skip
+        self._refused_reasons.clear()
 
     def _unanswered(self, frames: list[zmq.Frame], error: WireError, count: int = 0) -> None:
         """Count a message that gets no reply, and offer it to the dead-letter file."""

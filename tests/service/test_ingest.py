@@ -297,7 +297,7 @@ def test_dead_letters_failing_on_a_full_disk_are_one_warning_a_minute(rig, tmp_p
     with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
         for _ in range(5):  # a producer sending garbage, each write failing
             r.ingest.handle([b"\xc1garbage"])
-    warnings = [rec.getMessage() for rec in caplog.records]
+    warnings = [rec.getMessage() for rec in caplog.records if "dead-letter" in rec.getMessage()]
     assert warnings == [
         "cannot write to the dead-letter file (1 since the last warning): "
         "[Errno 28] No space left on device"
@@ -458,3 +458,23 @@ def test_leaving_takes_nothing_after_the_drain_s_cut_off(rig) -> None:
     r.stop.set()
     r.ingest.loop()
     assert r.replies.empty() and r.value("streamtrk_events_received_total") == 0
+
+
+def test_refused_input_is_said_with_its_reasons_once_a_minute(rig, caplog) -> None:
+    """A reply carries its reason's code alone, and an unidentified message none: the log
+    says why, throttled (a flood of refusals is one line a minute), the rest when the
+    thread stops."""
+    r = rig()
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        r.ingest.handle([b"\xc1garbage"])
+        for _ in range(2):
+            r.ingest.handle([bytes(f) for f in _bad_version(5)])
+        r.stop.set()
+        r.ingest.loop()
+    said = [rec.getMessage() for rec in caplog.records]
+    assert said == [
+        "1 input messages refused since the last warning (not_msgpack 1); the last: "
+        "unidentified: not_msgpack: frame 0 (8 bytes) is not one msgpack object: invalid format",
+        "2 input messages refused since the last warning (bad_version 2); the last: run 1 "
+        "event 5: bad_version: version 9 not supported (supported: [1, 2, 3, 4, 5])",
+    ]
