@@ -232,7 +232,7 @@ def _headline(report: dict[str, Any]) -> str:
             f"{report['n_tracks'] - report['n_fake']} tracks of a particle)"
         )
     if known("trackml_score"):
-        parts.append(f"TrackML score {report['trackml_score']:.4f}")
+        parts.append(f"TrackML score {report['trackml_score']:.4f} (by the truth's weights)")
     return "; ".join(parts)
 
 
