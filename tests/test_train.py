@@ -233,6 +233,8 @@ def test_sectors_count_every_edge_once() -> None:
     assert len(samples) == 4
     assert sum(int(s.counted.sum()) for s in samples) == int((~soft).sum())
     assert sum(int(s.target[s.counted].sum()) for s in samples) == int(labels.sum())
+    # each edge is home in one sample, though the margins put it in two (the card's count)
+    assert sum(s.home_edges for s in samples) == g.num_edges < sum(s.num_edges for s in samples)
     for s in samples:
         assert int(s.edge_index.max()) < s.x.shape[0]
 

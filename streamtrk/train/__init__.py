@@ -208,7 +208,10 @@ def _train(
             "optim": asdict(o),
             "epochs_run": len(history),
             "best_epoch": int(best["epoch"]),
-            "train_edges": sum(s.num_edges for s in train_samples),
+            # The training graphs' edges (a sector's margin edges are in its neighbours'
+            # samples too, and counted once), and those in the loss (no softer segments).
+            "train_edges": sum(s.home_edges for s in train_samples),
+            "train_edges_in_loss": sum(int(s.counted.sum()) for s in train_samples),
             "parameters": sum(p.numel() for p in model.parameters()),
             "seconds_data": round(t_data, 1),
             "seconds_fit": round(t_fit, 1),

@@ -32,6 +32,7 @@ class Sample:
     edge_attr: Tensor
     target: Tensor
     counted: Tensor
+    home_edges: int  # edges whose inner hit lies in the sector: each edge in one sample
 
     @property
     def num_edges(self) -> int:
@@ -55,12 +56,14 @@ def _sectors(
         ext = np.abs(np.mod(phi - centre + np.pi, 2 * np.pi) - np.pi) < width / 2 + margin
         sel = ext[src] | ext[dst]
         nodes, inverse = np.unique(g.edge_index[:, sel], return_inverse=True)
+        home = sector[src[sel]] == k
         yield Sample(
             x=torch.from_numpy(g.node_features[nodes]),
             edge_index=torch.from_numpy(inverse.reshape(2, -1).astype(np.int64)),
             edge_attr=torch.from_numpy(g.edge_features[sel]),
             target=torch.from_numpy(target[sel].astype(np.float32)),
-            counted=torch.from_numpy(counted[sel] & (sector[src[sel]] == k)),
+            counted=torch.from_numpy(counted[sel] & home),
+            home_edges=int(home.sum()),
         )
 
 
