@@ -448,3 +448,20 @@ def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) 
     for bar in ("simulate train: 100%", "simulate validation: 100%", "simulate test: 100%",
                 "graphs train: 100%", "graphs validation: 100%", "evaluate: 100%"):  # fmt: skip
         assert bar in err, bar
+
+
+def test_a_symbolic_link_is_no_model_directory_to_replace(tmp_path: Path, capsys) -> None:
+    """``--out current --overwrite``, ``current`` a link to a release's directory: refused
+    before any work (the link became a directory and a stale ``current.old`` link stayed)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "card.toml").write_text("kept")
+    (tmp_path / "current").symlink_to("v1")
+    args = ["train", "--config", str(config), "--out", str(tmp_path / "current"), "--overwrite"]
+    assert main([*args, "-q"]) == 1
+    assert (
+        "current is a symbolic link (to v1): give the model a directory" in capsys.readouterr().err
+    )
+    assert (tmp_path / "current").is_symlink() and not (tmp_path / "current.old").exists()
+    assert (tmp_path / "v1" / "card.toml").read_text() == "kept"

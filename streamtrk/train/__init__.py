@@ -239,13 +239,18 @@ def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:
 
 def _work_directory(out: Path, overwrite: bool) -> Path:
     """``OUT.partial`` beside ``out``, not there yet (what an earlier run left is removed;
-    the fit makes it for its checkpoints); ValueError when ``out`` is not a directory, or
-    holds anything and not ``overwrite``; OSError when ``OUT.partial`` cannot be made there.
-    All of it before any work."""
+    the fit makes it for its checkpoints); ValueError when ``out`` is not a directory (or
+    is a symbolic link), or holds anything and not ``overwrite``; OSError when
+    ``OUT.partial`` cannot be made there. All of it before any work."""
     if out.name in ("", ".", ".."):  # Path(".").with_name() would raise, unclearly
         raise ValueError(
             f"--out {out} names no directory of its own: give the model directory's name "
             "(models/NAME)"
+        )
+    if out.is_symlink():  # replaced, the link would become a directory, its target kept
+        raise ValueError(
+            f"{out} is a symbolic link (to {out.readlink()}): give the model a directory of its "
+            "own, then point the link at it"
         )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
