@@ -137,6 +137,7 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
@@ -153,5 +154,6 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
     b.legend()
     for ax in (a, b):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.5
     fig.tight_layout()
     save_png(fig, path)

@@ -288,3 +288,15 @@ def test_evaluate_help_names_every_report_key(tmp_path, capsys):
     shorthand = r"(graph|pruned|gnn)_edge_(efficiency|purity)(_all)?|n_\w+"
     keys = json.loads(report.read_text())
     assert [k for k in keys if k not in words and not re.fullmatch(shorthand, k)] == []
+
+
+def test_the_report_s_bins_are_in_their_order(tmp_path, capsys) -> None:
+    """The keys sorted, the bins within each as they are ordered (a sort of all keys put
+    the pT bin 10-100 before 3-10)."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    assert main(["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out)
+    assert list(report) == sorted(report)
+    bins = list(report["fake_rate_by_pt"])
+    assert bins.index("3-10") < bins.index("10-inf")
