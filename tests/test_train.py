@@ -15,6 +15,7 @@ import torch
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.errors import SettingError
+from streamtrk.io.recording import RecordingWriter, iter_events
 from streamtrk.recon.graph import GraphConfig, event_graph
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import DEFAULT_MODEL_NAME, load_model, read_card
@@ -187,6 +188,21 @@ def test_an_event_in_two_splits_is_refused_before_training(
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 1
     assert re.search(match + ".* have the same hits", capsys.readouterr().err)
     assert not (tmp_path / "m").exists()
+
+
+def test_a_recording_without_truth_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    args = ["simulate", "--events", "2", "--mu", "10", "--seed", "11", "-q"]
+    assert main([*args, "-o", str(tmp_path / "r.stk")]) == 0
+    with RecordingWriter(tmp_path / "bare.stk") as w:
+        for ev in iter_events(tmp_path / "r.stk"):
+            w.write_event(replace(ev, truth=None))
+    config = tmp_path / "tiny.toml"
+    recorded = f'[train]\nrecording = "{tmp_path / "bare.stk"}"\nevents = 2\n'
+    config.write_text(TINY.replace("[train]\nmu = 10\nseed = 11\nevents = 2\n", recorded))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 1
+    assert "bare.stk: run 1 event 0 has no truth: training and validation need it" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_recording_holding_fewer_events_than_asked_is_refused(
@@ -448,6 +464,8 @@ def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) 
     for bar in ("simulate train: 100%", "simulate validation: 100%", "simulate test: 100%",
                 "graphs train: 100%", "graphs validation: 100%", "evaluate: 100%"):  # fmt: skip
         assert bar in err, bar
+    # the card says how many events its physics figures are of
+    assert read_card(tmp_path / "m")["metrics"]["test"]["events_with_truth"] == 2
 
 
 def test_a_symbolic_link_is_no_model_directory_to_replace(tmp_path: Path, capsys) -> None:

@@ -77,6 +77,7 @@ CARD_METRICS = (
     "graph_edge_efficiency",
     "graph_edge_purity",
     "events",
+    "events_with_truth",  # the physics keys are of these (0: none, and they are absent)
     "hits_per_event",
     "edges_per_hit",
     "seconds_per_event",
