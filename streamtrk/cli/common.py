@@ -19,7 +19,7 @@ from streamtrk.stop import StopFlag
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
-#: Options whose value may start with a minus (see list_argument, signed_options).
+#: Options whose value may start with a minus: list_argument's, and serve's numeric flags.
 SIGNED_OPTIONS: set[str] = set()
 
 
