@@ -214,13 +214,15 @@ class PhysicsMetrics:
         self.events_without_tracks.inc(int(np.sum((n_tracks == 0) & (n_hits > 0))))
         params = {k: np.concatenate([t.params[k] for t in tracks]) for k in
                   ("pt", "eta", "phi", "d0", "z0", "sigma_d0")}  # fmt: skip
-        self.pt.observe(params["pt"] * GEV)
+        # Scaled to base units in float64: float32(1e-3) is above 1e-3, and a d0 of 5 mm
+        # would land above the 0.005 m bound (a bucket is "at or below" it).
+        self.pt.observe(params["pt"].astype(np.float64) * GEV)
         self.eta.observe(params["eta"])
         self.phi.observe(params["phi"])
-        self.d0.observe(params["d0"] * MM)
+        self.d0.observe(params["d0"].astype(np.float64) * MM)
         sigma = params["sigma_d0"]
         self.d0_significance.observe(np.abs(params["d0"]) / np.where(sigma > 0, sigma, np.nan))
-        self.z0.observe(params["z0"] * MM)
+        self.z0.observe(params["z0"].astype(np.float64) * MM)
         self.track_hits.observe(np.concatenate([t.sizes for t in tracks]))
         serial = self._events_seen + np.arange(len(n_hits))
         self._events_seen += len(n_hits)

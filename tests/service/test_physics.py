@@ -287,6 +287,26 @@ def test_a_track_phi_rounded_to_float32_stays_in_a_finite_bucket() -> None:
     assert value(bucket, {"le": str(PHI_BUCKETS[-1])}) == value(bucket, {"le": "+Inf"}) == 2
 
 
+def test_a_parameter_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    """Prometheus' ``le`` is "at or below": a fitted d0 of 5 mm (float32, as the fit keeps
+    it) is in the 0.005 m bucket; scaled in float32 it was above (float32(1e-3) > 1e-3)."""
+    from streamtrk.event import TRACK_PARAM_DTYPES, Tracks
+
+    params = {k: np.zeros(3, dtype=dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    params["d0"][:] = (0.5, 5.0, 10.0)
+    params["z0"][:] = (2.5, 7.5, 100.0)
+    params["pt"][:] = 2.0
+    tracks = Tracks(np.array([0, 3, 6, 9]), np.arange(9), params)
+    registry = CollectorRegistry()
+    cells = np.zeros((2, DET.layer_lut.size), np.int64)
+    obs = Observation(np.array([9]), [tracks], np.zeros(0, np.float32), cells, DET, 0.5)
+    PhysicsMetrics(registry).observe(obs)
+    value = registry.get_sample_value
+    for name, bounds in (("d0", ("0.0005", "0.005", "0.01")), ("z0", ("0.0025", "0.0075", "0.1"))):
+        counts = [value(f"streamtrk_track_{name}_meters_bucket", {"le": le}) for le in bounds]
+        assert counts == [1, 2, 3], name
+
+
 def test_a_scrape_reads_the_beam_spot_gauges_from_one_estimate(monkeypatch) -> None:
     """Read one by one, the six gauges could mix windows when a batch lands in between."""
     from prometheus_client import generate_latest
