@@ -207,7 +207,9 @@ class Evaluation:
             for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
         )
         pt = np.hypot(px, py)
-        out = {"pt": pt, "q": q}
+        # Binned and cut as the reconstructable selection cuts it (Particles.pt, its float32
+        # hypot): a particle of exactly 1 GeV is of "pT >= 1 GeV" in every key.
+        out = {"pt": np.where(known, p.pt[idx], np.nan).astype(np.float64), "q": q}
         if self.bfield is None:
             return out | {"d0": np.full(len(q), np.nan), "z0": np.full(len(q), np.nan)}
         with np.errstate(divide="ignore", invalid="ignore"):  # a particle at rest: NaN

@@ -522,3 +522,41 @@ def test_plots_with_nothing_to_draw_say_why(tmp_path, monkeypatch) -> None:
     }  # fmt: skip
     for name, texts in notes.items():
         assert texts and set(texts) == {"no event has truth"}, name
+
+
+def test_a_particle_of_exactly_1_gev_is_of_pt_1_gev_in_every_key() -> None:
+    """px 0.28, py 0.96 GeV: pT 1 GeV in float32, as the reconstructable cut takes it, but
+    0.99999998 in a float64 hypot of the same values, which put its matched track in the
+    0-1 GeV bin and out of the keys of pT >= 1 GeV particles."""
+    from types import SimpleNamespace
+
+    from streamtrk.event import TRACK_PARAM_DTYPES, Hits, HitTruth, Tracks, Truth
+
+    n, f32 = 6, np.float32
+    zero, ints = np.zeros(n, f32), np.zeros(n, np.int32)
+    hits = Hits(np.arange(1, n + 1), np.linspace(30, 300, n).astype(f32), zero, zero, ints,
+                ints, ints)  # fmt: skip
+    hit_truth = HitTruth(
+        particle_id=np.ones(n, np.int64),
+        **{k: zero for k in ("tx", "ty", "tz", "tpx", "tpy", "tpz")},
+        weight=np.full(n, 1 / n, f32),
+        hit_order=np.arange(n, dtype=np.int32),
+    )
+    f = [np.array([v], f32) for v in (0, 0, 0, 0.28, 0.96, 0)]
+    particles = Particles(
+        np.array([1]), f[0], f[1], f[2], f[3], f[4], f[5], np.array([1], np.int32),
+        np.array([n], np.int32),
+    )  # fmt: skip
+    event = Event(0, 1, hits, Truth(hit_truth, particles))
+    params = {k: np.zeros(1, dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    params["pt"][:], params["charge"][:], params["ndf"][:] = 1.0, 1, 7
+    graph = SimpleNamespace(edge_index=np.stack([np.arange(n - 1), np.arange(1, n)]))
+    result = SimpleNamespace(tracks=[Tracks(np.array([0, n]), np.arange(n), params)],
+                             timings={}, graph=graph, built=graph, node_offsets=np.array([0, n]),
+                             scores=np.ones(n - 1, f32))  # fmt: skip
+    ev = Evaluation()
+    ev.add([event], result, 0.0, 0.5)  # type: ignore[arg-type]  # a result's stand-in
+    report = ev.report()
+    assert float(particles.pt[0]) == 1.0 and report["n_reconstructable"] == 1
+    assert report["matched_tracks_by_true_pt"]["1-3"] == 1
+    assert report["pt_bias_by_abs_eta"]["0-1"] == 0.0  # the track is of a pT >= 1 GeV particle
