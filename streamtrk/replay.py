@@ -559,7 +559,9 @@ def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
 
 def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray | None]:
     """Per-hit track ids (TrackML submission labels) of every event with an ok reply; None
-    where the reply's tracks name hit ids the event does not have (a daemon's fault)."""
+    where the reply's tracks name hit ids the event does not have, or a hit twice (a
+    daemon's fault: its tracks share no hit, and a label holds one track: a track whose
+    hits later ones took would vanish from the physics, its fake or duplicate unseen)."""
     out: dict[Key, np.ndarray | None] = {}
     for rec in events:
         msg = replies.get(rec.key)
@@ -569,9 +571,12 @@ def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, 
         if reply.ok:
             hit_ids = rec.event.hits.hit_id
             try:
-                out[rec.key] = reply.to_tracks(hit_ids).track_id_per_hit(len(hit_ids))
+                tracks = reply.to_tracks(hit_ids)
             except ValueError:  # hit ids not in the event
                 out[rec.key] = None
+                continue
+            labels = tracks.track_id_per_hit(len(hit_ids))
+            out[rec.key] = labels if np.count_nonzero(labels) == len(tracks.hit_index) else None
     return out
 
 

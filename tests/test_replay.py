@@ -429,6 +429,26 @@ def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> No
     assert report["n_tracks"] == len(_truth_tracks(events[1].event))
 
 
+def test_a_reply_with_a_hit_in_two_tracks_is_counted_and_left_out() -> None:
+    """A daemon's tracks share no hit, and a label holds one track: the first event's reply
+    repeats its first track (a duplicate), which one label a hit hid (1 track, none
+    duplicate); it is a daemon's fault, counted and not scored."""
+    events = _events(2)
+    result = ReplayResult()
+    for rec in events:
+        tracks = _truth_tracks(rec.event)
+        if rec is events[0]:
+            first = tracks.hit_index[: tracks.offsets[1]]
+            params = {k: np.append(v, v[:1]) for k, v in tracks.params.items()}
+            tracks = Tracks(np.append(tracks.offsets, tracks.offsets[-1] + len(first)),
+                            np.append(tracks.hit_index, first), params)  # fmt: skip
+        result.scored_replies[rec.key] = decode(encode_tracks(*rec.key, rec.event.hits.hit_id,
+                                                              tracks))  # fmt: skip
+    report = result.report(events, None)
+    assert report["mismatched_replies"] == 1
+    assert report["n_tracks"] == len(_truth_tracks(events[1].event))
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

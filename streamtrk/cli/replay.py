@@ -86,7 +86,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "replies to a resent event, not counted again), unexpected (replies to no message of "
     "this replay), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
-    "ids their event lacks), interrupted, duration_s (first send to the last send or reply), "
+    "ids their event lacks, or a hit in two tracks), interrupted, duration_s (first send to "
+    "the last send or reply), "
     "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus, when the "
@@ -215,7 +216,7 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
     if mismatched := report["mismatched_replies"]:
         print(
             f"streamtrk replay: error: {mismatched} ok replies name hit ids their events do "
-            "not have (left out of the physics and the submission)",
+            "not have, or a hit in two tracks (left out of the physics and the submission)",
             file=sys.stderr,
         )
         return 1
