@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.errors import SettingError
-from streamtrk.io.paths import check_writable
+from streamtrk.io.paths import check_writable, replaced_whole, written_in_place
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
@@ -133,9 +133,10 @@ def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> 
 
 
 class _CreatedOnFirstWrite:
-    """A new recording at ``path``, created (replacing the file there, and making its
-    folder) by its first record. Each record is flushed as it is written; a write that fails
-    (a full disk) cuts the file back to its whole records, or removes it when it has none,
+    """A new recording at ``path``, created (making its folder) by its first record, which
+    replaces the file there only once it is written whole (into a partial file beside it,
+    renamed over it; a device or FIFO is written in place). Each record is flushed as it is
+    written; a later write that fails (a full disk) cuts the file back to its whole records
     and raises."""
 
     def __init__(self, path: Path) -> None:
@@ -145,21 +146,41 @@ class _CreatedOnFirstWrite:
         self.cut_failed = False  # a failed write left the file cut: cutting it back failed
 
     def write(self, frames: list[Any]) -> None:
-        if self._writer is None:  # a file that cannot be opened is left as it is
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = RecordingWriter(self.path)
-        whole = self._writer.end  # the file header and the records written whole
-        try:
-            self._writer.write(frames)
-            self._writer.flush()
-        except OSError:
-            self._cut_back(whole)
-            raise
+        if self._writer is None:
+            self._write_first(frames)
+        else:
+            whole = self._writer.end  # the file header and the records written whole
+            try:
+                self._writer.write(frames)
+                self._writer.flush()
+            except OSError:
+                self._cut_back(whole)
+                raise
         self.records += 1
 
+    def _write_first(self, frames: list[Any]) -> None:
+        """The file's header and first record; on an error the file there is as it was."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        in_place = written_in_place(self.path)
+        place = contextlib.nullcontext(self.path) if in_place else replaced_whole(
+            Path(os.path.realpath(self.path))  # a link's file, which takes the partial's place
+        )  # fmt: skip
+        writer = None
+        try:
+            with place as file:
+                writer = RecordingWriter(file)
+                writer.write(frames)
+                writer.flush()
+        except BaseException:
+            if writer is not None:
+                with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
+                    writer.close()
+            raise
+        self._writer = writer  # its file renamed into place, still open
+
     def _cut_back(self, whole: int) -> None:
-        """After a failed write: the file back to its ``whole`` bytes (no record: removed);
-        what is no regular file (a device, a FIFO) is left as it is."""
+        """After a failed write: the file back to its ``whole`` bytes; what is no regular
+        file (a device, a FIFO) is left as it is."""
         if self._writer is not None:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
@@ -167,10 +188,7 @@ class _CreatedOnFirstWrite:
         if not self.path.is_file():
             return
         try:
-            if self.records:
-                os.truncate(self.path, whole)
-            else:
-                self.path.unlink(missing_ok=True)
+            os.truncate(self.path, whole)
         except OSError:  # said by the caller, with the remedy
             self.cut_failed = True
 

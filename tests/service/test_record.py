@@ -273,13 +273,16 @@ def test_a_tap_called_in_process_waits_its_duration_and_stops_at_one_event(
     assert [frames for _, frames in iter_records(out)] == records[:2]
 
 
+@pytest.mark.parametrize("there", [False, True], ids=["new", "a recording there"])
 def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
-    tmp_path: Path,
+    tmp_path: Path, there: bool
 ) -> None:
     """The disk refuses the first record (past the file size limit, EFBIG, as ENOSPC): no
-    file with a header and no records is left behind, and the error says nothing was
-    recorded."""
+    file with a header and no records is left behind, a recording already there is left as
+    it was (it was cut, then removed), and the error says nothing was recorded."""
     out = tmp_path / "tap.stk"
+    if there:
+        out.write_bytes(b"an earlier recording")
     script = (
         "import resource, sys\n"
         "from collections import Counter\n"
@@ -292,7 +295,8 @@ def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert f"OSError: cannot write {out}: File too large; nothing recorded" in done.stderr
-    assert not out.exists()
+    assert out.read_bytes() == b"an earlier recording" if there else not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == (["tap.stk"] if there else [])
 
 
 def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
