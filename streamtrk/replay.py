@@ -206,6 +206,7 @@ class ReplayResult:
             "latency_mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
             "beam_lines_mm": beam_lines(self.scored_replies),
             "mismatched_replies": sum(v is None for v in labels.values()),
+            "ambiguous_events": len(ambiguous_keys(events)),
         }
         return out | physics(events, self.scored_replies, labels)
 
@@ -557,15 +558,30 @@ def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
     return [list(b) for b in sorted(b for b in found if b is not None)]
 
 
+def ambiguous_keys(events: list[Recorded]) -> set[Key]:
+    """The (run, event) numbers that name events of different hits in ``events`` (two
+    producers' runs recorded together): replies name events by number, so theirs cannot be
+    told apart. An event recorded twice (a looped replay) is one event."""
+    seen: dict[Key, Recorded] = {}
+    out: set[Key] = set()
+    for rec in events:
+        first = seen.setdefault(rec.key, rec)
+        if first is not rec and rec.key not in out and not first.event.hits.equals(rec.event.hits):
+            out.add(rec.key)
+    return out
+
+
 def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, np.ndarray | None]:
-    """Per-hit track ids (TrackML submission labels) of every event with an ok reply; None
-    where the reply's tracks name hit ids the event does not have, or a hit twice (a
-    daemon's fault: its tracks share no hit, and a label holds one track: a track whose
-    hits later ones took would vanish from the physics, its fake or duplicate unseen)."""
+    """Per-hit track ids (TrackML submission labels) of every event with an ok reply, but
+    those of :func:`ambiguous_keys`; None where the reply's tracks name hit ids the event
+    does not have, or a hit twice (a daemon's fault: its tracks share no hit, and a label
+    holds one track: a track whose hits later ones took would vanish from the physics, its
+    fake or duplicate unseen)."""
     out: dict[Key, np.ndarray | None] = {}
+    ambiguous = ambiguous_keys(events)
     for rec in events:
         msg = replies.get(rec.key)
-        if msg is None or rec.key in out:
+        if msg is None or rec.key in out or rec.key in ambiguous:
             continue
         reply = msg.to_reply()
         if reply.ok:

@@ -429,6 +429,23 @@ def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> No
     assert report["n_tracks"] == len(_truth_tracks(events[1].event))
 
 
+def test_events_of_different_hits_under_one_number_are_left_out_of_the_physics() -> None:
+    """Two producers' runs recorded together: one (run, event) names two events. Replies
+    name events by number: the reply to the second was scored against the first's hits (a
+    "mismatched" daemon, or another event's tracks on this one's truth); now those events
+    are counted as ambiguous and left out, and an event recorded twice is one event."""
+    a, b, c = _events(3)
+    b = Recorded(b.frames, replace(b.event, event=a.event.event))  # a's number, b's hits
+    events = [a, b, c, c]
+    result = ReplayResult()
+    for rec in (b, c):  # b's reply came last: the one kept for the number
+        reply = encode_tracks(*rec.key, rec.event.hits.hit_id, _truth_tracks(rec.event))
+        result.scored_replies[rec.key] = decode(reply)
+    report = result.report(events, None)
+    assert (report["ambiguous_events"], report["mismatched_replies"]) == (1, 0)
+    assert report["n_tracks"] == len(_truth_tracks(c.event))
+
+
 def test_a_reply_with_a_hit_in_two_tracks_is_counted_and_left_out() -> None:
     """A daemon's tracks share no hit, and a label holds one track: the first event's reply
     repeats its first track (a duplicate), which one label a hit hid (1 track, none

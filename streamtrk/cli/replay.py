@@ -86,7 +86,9 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "replies to a resent event, not counted again), unexpected (replies to no message of "
     "this replay), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
-    "ids their event lacks, or a hit in two tracks), interrupted, duration_s (first send to "
+    "ids their event lacks, or a hit in two tracks), ambiguous_events ((run, event) numbers "
+    "of events of different hits, left out of the physics), interrupted, duration_s (first "
+    "send to "
     "the last send or reply), "
     "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
@@ -183,10 +185,12 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
     elif interrupted:  # stopped early: --timeout did not run out, nor is "no reply" news
         pass
     elif report["sent"] and not report["received"]:
+        unsent = f" ({report['unsent']} more not sent)" if report["unsent"] else ""
         print(
             f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
-            f"{args.to} and nothing came back from {args.from_} within {args.timeout:g} s; "
-            f"{_daemon_there(args.bind)} (and are --to and --from its input and output)?",
+            f"{args.to}{unsent} and nothing came back from {args.from_} within "
+            f"{args.timeout:g} s; {_daemon_there(args.bind)} (and are --to and --from its "
+            "input and output)?",
             file=sys.stderr,
         )
     elif not report["sent"] and report["unsent"]:
@@ -205,6 +209,11 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             )
         if report["unsent"]:
             parts.append(f"{report['unsent']} events were not sent {within}")
+        if report["missing"] and report["unexpected"]:  # a collector shares them out
+            parts.append(
+                f"{report['unexpected']} replies to no send of this replay came: another "
+                f"consumer of {args.from_} (another replay) takes a share of the replies"
+            )
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
@@ -213,24 +222,32 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
         )
         return 130  # 128 + SIGINT
+    if ambiguous := report["ambiguous_events"]:
+        print(
+            f"streamtrk replay: warning: {ambiguous} (run, event) numbers name events of "
+            "different hits in the recording (runs of two producers recorded together?): "
+            "replies name events by number, so those are left out of the physics",
+            file=sys.stderr,
+        )
+    failed = report["missing"] or report["unsent"] or report["send_error"] or report["refused"]
+    if report["errors"]:  # said either way: the exit status alone would hide them
+        reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
+        if args.fail_on_error:
+            print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
+            failed = True
+        else:
+            print(
+                f"streamtrk replay: warning: error replies: {reasons} (events answered without "
+                "tracks; --fail-on-error makes them exit status 1)",
+                file=sys.stderr,
+            )
     if mismatched := report["mismatched_replies"]:
         print(
             f"streamtrk replay: error: {mismatched} ok replies name hit ids their events do "
             "not have, or a hit in two tracks (left out of the physics and the submission)",
             file=sys.stderr,
         )
-        return 1
-    if report["errors"]:  # said either way: the exit status alone would hide them
-        reasons = ", ".join(f"{n} {reason}" for reason, n in report["errors"].items())
-        if args.fail_on_error:
-            print(f"streamtrk replay: error: error replies: {reasons}", file=sys.stderr)
-            return 1
-        print(
-            f"streamtrk replay: warning: error replies: {reasons} (events answered without "
-            "tracks; --fail-on-error makes them exit status 1)",
-            file=sys.stderr,
-        )
-    failed = report["missing"] or report["unsent"] or report["send_error"] or report["refused"]
+        failed = True
     return 1 if failed else 0
 
 

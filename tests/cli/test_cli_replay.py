@@ -110,6 +110,15 @@ def test_replay_help_names_every_report_key(tmp_path, capsys):
             {"missing": 1, "unsent": 4},
             "1 of the 5 events sent got no reply within 3 s; 4 events were not sent",
         ),
+        (  # a second replay on the same output takes a share of the replies
+            {"missing": 2, "unexpected": 3},
+            "2 of the 5 events sent got no reply within 3 s; 3 replies to no send of this "
+            "replay came: another consumer of tcp://a:2 (another replay) takes a share",
+        ),
+        (  # nothing listens: what was not sent is said too
+            {"missing": 5, "unsent": 95},
+            "no reply at all: 5 events were sent to tcp://a:1 (95 more not sent) and nothing",
+        ),
     ],
 )
 def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
@@ -144,6 +153,12 @@ def test_error_replies_are_said_on_stderr_whatever_the_exit_status(capsys, fail_
     assert _exit_status(args, report, interrupted=False) == int(fail_on_error)
     said = "error" if fail_on_error else "warning"
     assert f"streamtrk replay: {said}: error replies: 5 shutdown" in capsys.readouterr().err
+    # said with a mismatched reply too (it returned before them), which makes the exit 1
+    report["mismatched_replies"] = 1
+    assert _exit_status(args, report, interrupted=False) == 1
+    err = capsys.readouterr().err
+    assert f"streamtrk replay: {said}: error replies: 5 shutdown" in err
+    assert "1 ok replies name hit ids their events do not have, or a hit in two" in err
 
 
 @pytest.mark.parametrize(
