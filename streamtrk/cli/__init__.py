@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replay. Run `streamtrk COMMAND --help` for a command's options. Exit status: 0 done, "
         "1 the work failed, 2 the command line (or a configuration) refused, 130 interrupted "
         "(Ctrl-C), 143 terminated (SIGTERM; serve, record and replay stop on it as on "
-        "Ctrl-C), 141 output's reader gone.",
+        "Ctrl-C, farm stops on either with 0), 141 output's reader gone.",
     )
     p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -71,7 +71,8 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     "client of theirs; with --server-key and --allowed-keys the other one is a CURVE server "
     "for the producers or consumers. A socket bound beyond this host without CURVE is "
     "refused unless --allow-insecure. Prints a JSON 'listening' line with the bound "
-    "addresses (front, back); stops on SIGTERM or SIGINT. See docs/farm-topology.md.",
+    "addresses (front, back); stops on SIGTERM or SIGINT with exit status 0 (1: a socket "
+    "could not bind; 2: a setting refused). See docs/farm-topology.md.",
 )
 def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
