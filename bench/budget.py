@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,20 @@ def one(k: int) -> None:
         event = Event(1, 1, Hits.from_columns(columns))
     rec = load_reconstructor()
     rec.reconstruct([next(iter(simulate(det, SimConfig(generator=GeneratorConfig(mu=5)), 1, 1)))])
+    print(json.dumps({"k": k, "hits": len(event.hits)} | reconstructed_alone(rec, event)))
+
+
+def reconstructed_alone(rec: Any, event: Event) -> dict[str, Any]:
+    """Reconstruct ``event`` alone (after a collection; the peak RSS counted from here:
+    Linux's ``clear_refs``): seconds, the outcome (reconstructed, or what it passed), the
+    stages' seconds, and the process's RSS before and at its peak (MiB)."""
     gc.collect()
+    status = Path("/proc/self/status")
+
+    def kib(field: str) -> int:
+        return next(int(x.split()[1]) for x in status.read_text().split("\n") if x[:6] == field)
+
+    before = kib("VmRSS:") / 1024
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here (Linux)
     t0, stages = time.perf_counter(), {}
     try:
@@ -73,10 +87,8 @@ def one(k: int) -> None:
     except EventTooDense as e:
         outcome = str(e)
     seconds = time.perf_counter() - t0
-    status = Path("/proc/self/status").read_text().split("\n")
-    rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-    print(json.dumps({"k": k, "hits": len(event.hits), "seconds": seconds, "peak_rss_mib": rss,
-                      "outcome": outcome, "stages": stages}))  # fmt: skip
+    return {"seconds": seconds, "outcome": outcome, "stages": stages,
+            "rss_before_mib": before, "peak_rss_mib": kib("VmHWM:") / 1024}  # fmt: skip
 
 
 def usage(det, event: Event) -> dict[str, float]:

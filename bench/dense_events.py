@@ -19,17 +19,15 @@ from streamtrk.threads import wait_passively
 wait_passively()  # before the imports below load torch's OpenMP runtime, as `serve` does
 
 import argparse
-import gc
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from budget import reconstructed_alone
 
 from streamtrk.event import Event, Hits
-from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.load import load_reconstructor
 
 #: The four pixel-barrel layers (volume 8) and their radii in mm.
@@ -81,21 +79,9 @@ def one(case: str) -> None:
         event = clusters(k, c)
     rec = load_reconstructor()
     rec.reconstruct([uniform(200)])
-    gc.collect()
-    status = Path("/proc/self/status")
-    before = next(int(x.split()[1]) for x in status.read_text().split("\n") if x[:6] == "VmRSS:")
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here (Linux)
-    t0, stages = time.perf_counter(), {}
-    try:
-        stages = rec.reconstruct([event]).timings
-        outcome = "reconstructed"
-    except EventTooDense as e:
-        outcome = str(e)
-    seconds = time.perf_counter() - t0
-    peak = next(int(x.split()[1]) for x in status.read_text().split("\n") if x[:6] == "VmHWM:")
-    print(json.dumps({"case": case, "hits": len(event.hits), "outcome": outcome,
-                      "seconds": seconds, "peak_rss_above_mib": (peak - before) / 1024,
-                      "stages": stages}))  # fmt: skip
+    row = reconstructed_alone(rec, event)
+    row["peak_rss_above_mib"] = row["peak_rss_mib"] - row["rss_before_mib"]
+    print(json.dumps({"case": case, "hits": len(event.hits)} | row))
 
 
 def main() -> None:
