@@ -116,6 +116,11 @@ class RecordingReader:
     def __init__(self, path: StrPath, *, max_frame_bytes: int | None = MAX_FRAME_BYTES) -> None:
         self.path = Path(path)
         self.max_frame_bytes = max_frame_bytes  # None: any length the file holds
+        if self.path.is_dir():  # TrackML CSV files, maybe: named as such by io.events
+            raise RecordingError(
+                f"{self.path}: a folder, not a recording (.stk); TrackML CSV files are "
+                "converted with `streamtrk import-trackml`"
+            )
         if self.path.exists() and not self.path.is_file():  # a FIFO would block the open
             raise RecordingError(f"{self.path}: not a regular file")
         self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()

@@ -632,3 +632,10 @@ def test_a_new_recording_into_a_fifo_is_written_in_place(tmp_path: Path, rng) ->
     assert [ev.event for ev in iter_events(copy)] == [0, 1]
     hits_at = [off for off, frames in iter_records(copy) if decode(frames).kind == "hits"]
     assert offsets == hits_at
+
+
+def test_a_folder_is_no_recording_and_said_so(tmp_path: Path) -> None:
+    """A folder of TrackML CSV files named where a recording is wanted (a training split's
+    ``recording``, replay, inspect): said, with the command that converts them."""
+    with pytest.raises(RecordingError, match=r"a folder, not a recording \(\.stk\); TrackML CSV"):
+        RecordingReader(tmp_path)
