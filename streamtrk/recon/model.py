@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tomllib
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str,
 
 
 def model_missing(directory: str | Path) -> str | None:
-    """Why ``directory`` holds no model (no card or weights there, or a file named), saying
-    what to do; None where both files are there."""
+    """Why ``directory`` holds no model (no card or weights there, weights that are no whole
+    torch file, or a file named), saying what to do; None where both files are there."""
     directory = Path(directory)
     if directory.is_file():  # its weights.pt or card.toml named, say
         return f"{directory} is a file: a model is the directory holding {CARD} and {WEIGHTS}" + (
@@ -71,7 +72,12 @@ def model_missing(directory: str | Path) -> str | None:
         )
     lacking = [name for name in (CARD, WEIGHTS) if not (directory / name).is_file()]
     if not lacking:
-        return None
+        if zipfile.is_zipfile(directory / WEIGHTS):  # torch.save's format: a whole zip
+            return None
+        return (
+            f"{directory / WEIGHTS} is not a whole torch file (cut short in a copy?): copy the "
+            "model again, or train it again"
+        )
     if not directory.is_dir():
         what, overwrite = "no such directory", ""
     else:  # train refuses a directory that is not empty without --overwrite

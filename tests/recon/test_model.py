@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from streamtrk.recon.model import (
     WEIGHTS,
     default_model_path,
     load_model,
+    model_missing,
     read_card,
     save_model,
     shipped_model_path,
@@ -194,7 +197,7 @@ def test_a_card_claiming_a_huge_network_is_refused_before_it_is_built(
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
-        ("cut_weights", r"weights\.pt: cannot be read as a torch state dict"),
+        ("zip_not_torch", r"weights\.pt: cannot be read as a torch state dict"),
         ("nan_weights", r"weights\.pt: not finite in"),
         ("card_not_toml", r"card\.toml: not valid TOML"),
         ("card_not_utf8", r"card\.toml: not valid TOML \('utf-8' codec"),
@@ -205,8 +208,9 @@ def test_a_broken_model_directory_is_named(
     saved: tuple[Path, InteractionNetwork], spoil: str, message: str
 ) -> None:
     path, model = saved
-    if spoil == "cut_weights":
-        (path / WEIGHTS).write_bytes((path / WEIGHTS).read_bytes()[:100])
+    if spoil == "zip_not_torch":  # a whole zip, as torch.save writes (a cut one: below)
+        with zipfile.ZipFile(path / WEIGHTS, "w") as z:
+            z.writestr("data.txt", "not a state dict")
     elif spoil == "nan_weights":
         state = {k: torch.full_like(v, float("nan")) for k, v in model.state_dict().items()}
         torch.save(state, path / WEIGHTS)
@@ -228,6 +232,18 @@ def test_missing_model_explains(tmp_path: Path) -> None:
         r"`streamtrk train --config models/configs/default.toml --out .*nothing`$",
     ):
         load_reconstructor(tmp_path / "nothing")
+
+
+def test_weights_cut_short_are_no_model(saved: tuple[Path, InteractionNetwork]) -> None:
+    """A copy cut short (a full disk): said before anything loads it, so that serve refuses
+    it before its sockets bind (exit 2) and --print-config warns of it."""
+    path, _ = saved
+    weights = path / "weights.pt"
+    os.truncate(weights, weights.stat().st_size // 2)
+    assert model_missing(path) == (
+        f"{weights} is not a whole torch file (cut short in a copy?): copy the model again, "
+        "or train it again"
+    )
 
 
 def test_a_model_lacking_a_file_is_said_so(saved: tuple[Path, InteractionNetwork]) -> None:
