@@ -34,7 +34,7 @@ from streamtrk.service.job import Job, Reply
 from streamtrk.service.logs import Throttle
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
-from streamtrk.wire import Limits, WireError, decode, peek_header, peek_identity, peek_msg_id
+from streamtrk.wire import Limits, WireError, decode, identity_of, msg_id_of, peek_header
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
@@ -226,19 +226,20 @@ class Ingest(Supervised):
         error: WireError | None = None,
         count: int = 0,
     ) -> None:
-        if (peek_header(frames) or {}).get("kind") == "tracks":  # a reply, even one refused
+        header = peek_header(frames) or {}  # read once, leniently
+        if header.get("kind") == "tracks":  # a reply, even one refused
             self._reply_on_input(frames, error or WireError(reason, "unexpected failure"), count)
             return
         # Counted before the reply is queued (in flight until it is sent), so that a scrape
         # never sees the reply sent and its rejection not yet counted.
-        identity = peek_identity(frames)
+        identity = identity_of(header)
         if error is not None:  # "internal" is logged with its traceback
             self._say_refused(error, identity)
         if identity is not None:
             self.metrics.inflight.inc()
             self.metrics.rejected.labels(reason).inc()
             timings = {"decode": time.perf_counter() - t_recv}
-            msg_id = peek_msg_id(frames)
+            msg_id = msg_id_of(header)
             self.put(self.replies, Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
         else:
             self._unanswered(frames, error or WireError(reason, "unexpected failure"), count)

@@ -14,6 +14,7 @@ input and never allocates memory in proportion to a number written in a header.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -608,47 +609,63 @@ def decode(frames: Frames, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     return Message(kind, header["run"], header["event"], header["t_send_ns"], header, cols)
 
 
+#: The header fields a peek reads: what a reply needs, and what a message is.
+PEEKED = frozenset({"run", "event", "msg_id", "kind", "version"})
+
+
 def peek_header(frames: Frames) -> dict[str, Any] | None:
-    """The unvalidated header map of a message, or None; never raises. Lenient where
-    decode is strict, so that a header it refuses still names the event to answer: any
-    map keys, text that is not UTF-8, more entries than the limits allow (each bounded by
-    the header's bytes, themselves limited); a key twice: the last, as msgpack keeps it
-    (decode refuses such a header; the refusal is answered to the event it names last)."""
+    """The fields of :data:`PEEKED` that a header map holds, unvalidated, or None (no map);
+    never raises. Lenient where decode is strict, so that a header it refuses still names
+    the event to answer: every other key's value is skipped unread (any type, text not
+    UTF-8, more entries than the limits allow), in time bounded by the header's bytes and no
+    memory, and the fields before an entry that does not parse are kept; a key twice: the
+    last."""
     try:
         view = frame_view(next(iter(frames)))
-        n = view.nbytes
-        if n > DEFAULT_LIMITS.max_header_bytes:
+        if view.nbytes > DEFAULT_LIMITS.max_header_bytes:
             return None
-        header = msgpack.unpackb(
-            view,
+        limits = {f"max_{k}_len": 64 for k in ("str", "bin", "array", "map", "ext")}
+        unpacker = msgpack.Unpacker(  # the limits: of what is read, not of what is skipped
             raw=False,
             unicode_errors="surrogateescape",
             strict_map_key=False,
-            use_list=False,  # an array as a map key: a tuple, hashable
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,
-            max_map_len=n,
-            max_ext_len=n,
+            max_buffer_size=max(view.nbytes, 1),  # its buffer, 1 MiB by default
+            **limits,
         )
+        unpacker.feed(view)
+        entries = unpacker.read_map_header()
     except Exception:
         return None
-    return header if isinstance(header, dict) else None
+    out: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        for _ in range(entries):
+            key = unpacker.unpack()
+            if isinstance(key, str) and key in PEEKED:
+                out[key] = unpacker.unpack()
+            else:
+                unpacker.skip()
+    return out
 
 
-def peek_identity(frames: Frames) -> tuple[int, int] | None:
-    """Best-effort ``(run, event)`` of a possibly invalid message, or None; never raises."""
-    header = peek_header(frames)
-    if header is None:
-        return None
+def identity_of(header: dict[str, Any]) -> tuple[int, int] | None:
+    """``(run, event)`` of a peeked header (:func:`peek_header`), or None."""
     run, event = header.get("run"), header.get("event")
     if _is_int(run) and _is_int(event) and 0 <= run < MAX_INT and 0 <= event < MAX_INT:
         return run, event
     return None
 
 
+def msg_id_of(header: dict[str, Any]) -> int | None:
+    """``msg_id`` of a peeked header (:func:`peek_header`), or None."""
+    m = header.get("msg_id")
+    return m if _is_int(m) and 0 <= m < MAX_INT else None
+
+
+def peek_identity(frames: Frames) -> tuple[int, int] | None:
+    """Best-effort ``(run, event)`` of a possibly invalid message, or None; never raises."""
+    return identity_of(peek_header(frames) or {})
+
+
 def peek_msg_id(frames: Frames) -> int | None:
     """Best-effort ``msg_id`` of a possibly invalid message, or None; never raises."""
-    header = peek_header(frames)
-    m = None if header is None else header.get("msg_id")
-    return m if _is_int(m) and 0 <= m < MAX_INT else None
+    return msg_id_of(peek_header(frames) or {})

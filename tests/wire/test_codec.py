@@ -23,11 +23,13 @@ from streamtrk.wire import (
     encode_hits,
     encode_tracks,
     encode_truth,
+    identity_of,
+    peek_header,
     peek_identity,
     peek_msg_id,
     with_msg_id,
 )
-from streamtrk.wire.schema import COMMON_KEYS, STATUSES, columns_of, keys_of
+from streamtrk.wire.schema import COMMON_KEYS, DEFAULT_LIMITS, STATUSES, columns_of, keys_of
 
 DROP = object()
 FLOATS = ("vx", "vy", "vz", "px", "py", "pz")
@@ -880,3 +882,25 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     # The reply echoes it.
     reply = decode(encode_tracks(1, 2, np.arange(5), None, status="error", reason="x", msg_id=9))
     assert reply.to_reply().msg_id == 9 and reply.msg_id == 9
+
+
+def test_a_peek_of_a_hostile_header_allocates_next_to_nothing(hits: list[Any]) -> None:
+    """A 64 kB header of nested arrays each claiming 65,535 entries: msgpack builds every
+    container it reads, so a peek that read them all held tens of MB and took tens of ms,
+    two or three times a refused message; one that skips what it does not need holds
+    nothing of them. The event it names is still read."""
+    import tracemalloc
+
+    header = msgpack.unpackb(hits[0])
+    items = [(msgpack.packb(k), msgpack.packb(v)) for k, v in header.items()]
+    nest = b"\xdd\x00\x00\xff\xff" * 1100  # array32 of 65,535, inside another, ...
+    frame = _raw_map([*items, (msgpack.packb("note"), nest)])
+    frame += b"\xc0" * (DEFAULT_LIMITS.max_header_bytes - len(frame))
+    tracemalloc.start()
+    try:
+        found = peek_header([frame])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    assert found is not None and identity_of(found) == (7, 42)
