@@ -18,8 +18,9 @@ _partials = itertools.count()  # this process's partial files, numbered
 def check_writable(path: Path, *, folder: bool = False) -> None:
     """Raise now, not when the results are ready (and would be lost), where ``path`` cannot
     be written: a file (or, with ``folder``, a folder of files) there. Nothing is created:
-    a file there is checked for writing, a new one by the folder it goes in (or the first
-    folder that exists above it, where it would be made)."""
+    a file there is checked for writing, and its folder, where its replacement is written
+    first (:func:`replaced_whole`); a new one by the folder it goes in (or the first folder
+    that exists above it, where it would be made)."""
     if path.is_symlink() and not path.exists():  # open() would follow it, mkdir not
         raise FileNotFoundError(f"{path} links to {path.resolve()}, which is not there")
     if path.exists():
@@ -30,6 +31,12 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
             )
         if not os.access(path, _WRITE_IN if folder else os.W_OK):
             raise PermissionError(f"cannot write {path}")
+        beside = Path(os.path.realpath(path)).parent  # a file is written beside it, renamed
+        if not folder and not written_in_place(path) and not os.access(beside, _WRITE_IN):
+            raise PermissionError(
+                f"cannot write {path}: no permission to write in {beside}, where the new file "
+                "is written whole before it takes the place of the old one"
+            )
         return
     above = path.parent
     while not above.exists():
@@ -42,7 +49,11 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
 
 def written_in_place(path: Path) -> bool:
     """Whether :func:`write_whole` writes ``path`` in place: it exists and is no regular file
-    or folder (``/dev/stdout``, ``/dev/null``, a FIFO)."""
+    or folder (``/dev/null``, a FIFO), or names a descriptor of the process (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``) whatever it points to: a file renamed over the one
+    behind a redirected stdout would not reach the caller's descriptor."""
+    if os.path.abspath(path).startswith(("/dev/std", "/dev/fd/", "/proc/")):
+        return True
     return path.exists() and not path.is_file() and not path.is_dir()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,8 +77,10 @@ def _as_unprivileged(path: Path, folder: bool = False) -> str:
 
 
 def test_permissions_are_those_the_writers_need(shared: Path) -> None:
-    """An existing file needs its own write permission, not its folder's (writers open it in
-    place); a new one needs its folder's; a file that is read-only is refused."""
+    """An existing file needs its own write permission and its folder's (writers write its
+    replacement beside it, then rename it: a report in a closed folder failed once the
+    results were ready); a new one needs its folder's; a file that is read-only is
+    refused."""
     closed = shared / "closed"
     closed.mkdir(mode=0o555)
     closed.chmod(0o555)
@@ -84,7 +88,13 @@ def test_permissions_are_those_the_writers_need(shared: Path) -> None:
     (closed / "report.json").chmod(0o666)
     (closed / "read-only.json").write_text("")
     (closed / "read-only.json").chmod(0o444)
-    assert _as_unprivileged(closed / "report.json") == "ok"
+    assert _as_unprivileged(closed / "report.json") == "PermissionError"
+    opened = shared / "open"
+    opened.mkdir()
+    opened.chmod(0o777)
+    (opened / "report.json").write_text("")
+    (opened / "report.json").chmod(0o666)
+    assert _as_unprivileged(opened / "report.json") == "ok"
     assert _as_unprivileged(closed / "new.json") == "PermissionError"
     assert _as_unprivileged(closed / "new" / "deeper.json") == "PermissionError"
     assert _as_unprivileged(closed / "read-only.json") == "PermissionError"
@@ -191,3 +201,18 @@ def test_a_folder_at_the_path_is_named_not_the_partial_file(tmp_path: Path) -> N
     with pytest.raises(OSError, match=f"cannot write {path}: Is a directory$"):
         write_whole(path, lambda f: f.write(b"{}"))
     assert sorted(os.listdir(tmp_path)) == ["r.json"]
+
+
+def test_stdout_redirected_to_a_file_is_written_through_its_descriptor(tmp_path: Path) -> None:
+    """``--report /dev/stdout > out.json``: /dev/stdout links to out.json, a regular file,
+    and a new file renamed over it left the caller's descriptor on the old, empty one."""
+    out = tmp_path / "out.json"
+    script = (
+        "import sys; from pathlib import Path; from streamtrk.io.paths import write_whole; "
+        "write_whole(Path('/dev/stdout'), lambda f: f.write(b'{}\\n'))"
+    )
+    with out.open("w+b") as f:  # the caller's descriptor, as a shell's redirection holds it
+        subprocess.run([sys.executable, "-c", script], stdout=f, check=True, timeout=60)
+        f.seek(0)
+        assert f.read() == b"{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
