@@ -3,13 +3,15 @@
 Each case in a fresh process (the shipped model, the CPU, after a warm-up; peak RSS from
 Linux's ``clear_refs``): hits spread uniformly over the four pixel-barrel layers, ``n`` a
 layer, no tracks (the doublets grow as the square of the density: the budget's doublets a
-hit are what bounds such an event), and hits in ``c`` clusters of ``k`` a layer pointing at
-the origin (an event of a MU=200 event's size whose doublets pass the budget). Per case:
+hit are what bounds such an event), the same in a band of z (``n`` a layer within
++-``z`` mm: as dense as the budget admits at fewer hits), and hits in ``c`` clusters of
+``k`` a layer pointing at the origin (an event of a MU=200 event's size whose doublets pass
+the budget). Per case:
 hits, the outcome (reconstructed, or what it passed), seconds, peak RSS above the process's
 size before, the stages' seconds. What ``docs/serve.md``'s memory bound rests on.
 
     PYTHONPATH=. .venv/bin/python bench/dense_events.py [--uniform 25000 62500 125000]
-        [--clusters 170x150] [--json out.json]
+        [--bands 25000x85 62500x212] [--clusters 170x150] [--json out.json]
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ def _event(phi: np.ndarray, z: np.ndarray, per_layer: int) -> Event:
     return Event(1, 1, Hits.from_columns(columns))
 
 
-def uniform(n: int) -> Event:
-    """``n`` hits a layer, uniform in phi and in z within +-490 mm."""
+def uniform(n: int, half_z: float = 490.0) -> Event:
+    """``n`` hits a layer, uniform in phi and in z within +-``half_z`` mm (the layers'
+    length, or a band of it: denser, up to the budget's doublets a hit)."""
     rng = np.random.default_rng(1)
-    return _event(rng.uniform(-np.pi, np.pi, 4 * n), rng.uniform(-490, 490, 4 * n), n)
+    return _event(rng.uniform(-np.pi, np.pi, 4 * n), rng.uniform(-half_z, half_z, 4 * n), n)
 
 
 def clusters(k: int, c: int) -> Event:
@@ -69,11 +72,14 @@ def clusters(k: int, c: int) -> Event:
 
 
 def one(case: str) -> None:
-    """Reconstruct the case (``uniform:N`` or ``clusters:KxC``) after a warm-up; print its
-    figures as JSON."""
+    """Reconstruct the case (``uniform:N``, ``band:NxZ`` or ``clusters:KxC``) after a
+    warm-up; print its figures as JSON."""
     kind, _, size = case.partition(":")
     if kind == "uniform":
         event = uniform(int(size))
+    elif kind == "band":
+        n, half_z = size.split("x")
+        event = uniform(int(n), float(half_z))
     else:
         k, c = map(int, size.split("x"))
         event = clusters(k, c)
@@ -87,6 +93,9 @@ def one(case: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--uniform", type=int, nargs="*", default=[25_000, 62_500, 125_000])
+    ap.add_argument(
+        "--bands", nargs="*", default=["25000x85", "62500x212"], help="N x Z: hits, half-length"
+    )
     ap.add_argument("--clusters", nargs="*", default=["170x150"], help="K x C: hits, clusters")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a fresh process's case
@@ -94,7 +103,8 @@ def main() -> None:
     if args.one is not None:
         one(args.one)
         return
-    cases = [f"uniform:{n}" for n in args.uniform] + [f"clusters:{kc}" for kc in args.clusters]
+    cases = [f"uniform:{n}" for n in args.uniform] + [f"band:{b}" for b in args.bands]
+    cases += [f"clusters:{kc}" for kc in args.clusters]
     print("| case | hits | outcome | seconds | peak RSS above the idle process (MiB) |")
     print("| --- | ---: | --- | ---: | ---: |")
     rows = []
