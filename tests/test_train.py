@@ -190,19 +190,28 @@ def test_an_event_in_two_splits_is_refused_before_training(
     assert not (tmp_path / "m").exists()
 
 
-def test_a_recording_without_truth_is_refused_naming_it(tmp_path: Path, capsys) -> None:
-    args = ["simulate", "--events", "2", "--mu", "10", "--seed", "11", "-q"]
-    assert main([*args, "-o", str(tmp_path / "r.stk")]) == 0
-    with RecordingWriter(tmp_path / "bare.stk") as w:
-        for ev in iter_events(tmp_path / "r.stk"):
+def _simulated_without_truth(path: Path, seed: int) -> Path:
+    """Two MU=10 events of ``seed``, recorded without their truth."""
+    args = ["simulate", "--events", "2", "--mu", "10", "--seed", str(seed), "-q"]
+    assert main([*args, "-o", str(path.with_suffix(".truth.stk"))]) == 0
+    with RecordingWriter(path) as w:
+        for ev in iter_events(path.with_suffix(".truth.stk")):
             w.write_event(replace(ev, truth=None))
+    return path
+
+
+def test_a_recording_without_truth_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    """For training or validation; a test split without truth is evaluated, unscored."""
+    bare = _simulated_without_truth(tmp_path / "bare.stk", 11)
     config = tmp_path / "tiny.toml"
-    recorded = f'[train]\nrecording = "{tmp_path / "bare.stk"}"\nevents = 2\n'
+    recorded = f'[train]\nrecording = "{bare}"\nevents = 2\n'
     config.write_text(TINY.replace("[train]\nmu = 10\nseed = 11\nevents = 2\n", recorded))
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 1
-    assert "bare.stk: run 1 event 0 has no truth: training and validation need it" in (
-        capsys.readouterr().err
-    )
+    assert f"[train] {bare}: run 1 event 0 has no truth, which" in capsys.readouterr().err
+    bare_test = _simulated_without_truth(tmp_path / "bare-test.stk", 21)
+    config.write_text(TINY + f'[test]\nrecording = "{bare_test}"\nevents = 2\n')
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
+    assert read_card(tmp_path / "m")["metrics"]["test"]["events_with_truth"] == 0
 
 
 def test_a_recording_holding_fewer_events_than_asked_is_refused(

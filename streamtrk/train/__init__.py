@@ -147,6 +147,13 @@ def _train(
 
     train_events = cfg.train.load(det, bar("train"))
     val_events = cfg.val.load(det, bar("validation"))
+    for split, source, events in (("train", cfg.train, train_events), ("val", cfg.val, val_events)):
+        if bare := next((e for e in events if e.truth is None), None):  # [test]: unscored
+            raise ValueError(
+                f"[{split}] {source.recording}: run {bare.run} event {bare.event} has no "
+                "truth, which training and validation need (a recording from simulate has "
+                "it; import-trackml keeps a -truth.csv with its -particles.csv)"
+            )
     test_events = cfg.test.load(det, bar("test")) if cfg.test is not None else None
     reports = {}
     for label, path in cfg.report.items():

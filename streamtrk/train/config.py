@@ -63,12 +63,6 @@ class EventSource:
                     f"{self.recording} holds {len(events)} events, fewer than the "
                     f"{self.events} asked for"
                 )
-            if bare := next((e for e in events if e.truth is None), None):
-                raise ValueError(
-                    f"{self.recording}: run {bare.run} event {bare.event} has no truth: "
-                    "training and validation need it (a recording from simulate has it; "
-                    "import-trackml keeps a -truth.csv with its -particles.csv)"
-                )
             return events
         from streamtrk.sim.generator import GeneratorConfig
         from streamtrk.sim.simulate import SimConfig, simulate
