@@ -26,7 +26,8 @@ def _demo_arguments(s: argparse.ArgumentParser) -> None:
     _demo_arguments,
     help="the `make demo` job",
     description="Simulate a small run, start the daemon with the embedded default "
-    "configuration (on ports it chooses; STREAMTRK_<SETTING> variables left out), replay the "
+    "configuration (on ports it chooses; STREAMTRK_<SETTING> variables left out, but "
+    "STREAMTRK_MODEL), replay the "
     "run through it, print the report, stop the daemon with SIGTERM.",
 )
 def _demo(args: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from streamtrk.cli import main  # here: the package, main's module, imports this one
     from streamtrk.client import terminate, wait_listening, wait_ready
+    from streamtrk.recon.model import MODEL_ENV
     from streamtrk.service.config import SETTING_VARIABLES
 
     if args.events < 1:  # checked before a daemon is started for them
@@ -53,8 +55,10 @@ def _demo(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", any_port]
         cmd += ["--output", any_port, "--http", "127.0.0.1:0", "--log-format", "json"]
         print(f"starting the daemon: {' '.join(cmd[1:])}", flush=True)
-        # The embedded defaults: the settings' variables of this environment left out.
-        env = {k: v for k, v in os.environ.items() if k not in SETTING_VARIABLES}
+        # The embedded defaults: the settings' variables of this environment left out, but
+        # the model's (docs/reconstruction.md: the demo serves $STREAMTRK_MODEL when set).
+        left_out = SETTING_VARIABLES - {MODEL_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in left_out}
         with log_path.open("wb") as log:
             daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

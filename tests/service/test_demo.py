@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +14,10 @@ pytestmark = pytest.mark.slow
 
 def test_demo_simulates_serves_replays_and_stops_cleanly() -> None:
     # The demo's daemon runs on the embedded defaults: a setting's variable here (connect
-    # mode would never bind the ports the demo replays to) is not the daemon's.
-    env = os.environ | {"STREAMTRK_CONNECT": "1"}
+    # mode would never bind the ports the demo replays to) is not the daemon's; but the
+    # model's, which the docs say the demo serves.
+    other = Path(__file__).resolve().parents[2] / "models" / "in-h32-s6-v1"
+    env = os.environ | {"STREAMTRK_CONNECT": "1", "STREAMTRK_MODEL": str(other)}
     out = subprocess.run(
         [sys.executable, "-m", "streamtrk", "demo", "--events", "3", "--mu", "5"],
         capture_output=True,
@@ -31,5 +34,6 @@ def test_demo_simulates_serves_replays_and_stops_cleanly() -> None:
     lines = out.stdout.splitlines()
     [ready] = [line for line in lines if line.startswith("daemon: streamtrk serve ready")]
     assert "device=cpu" in ready and "engine=eager" in ready and "threshold=" in ready
+    assert f"model={other}" in ready
     assert "daemon: drained, exiting received=3 replies_ok=3 replies_error=0" in out.stdout
     assert "daemon stopped with SIGTERM, exit code 0" in lines
