@@ -82,7 +82,10 @@ def model_missing(directory: str | Path) -> str | None:
         what, overwrite = "no such directory", ""
     else:  # train refuses a directory that is not empty without --overwrite
         what = f"{' and '.join(lacking)} missing"
-        overwrite = " --overwrite" if any(directory.iterdir()) else ""
+        try:
+            overwrite = " --overwrite" if any(directory.iterdir()) else ""
+        except OSError:  # a folder that may be entered, not listed: what it holds unknown
+            overwrite = " --overwrite"
     return (
         f"no model at {directory} ({what}; a model holds {CARD} and {WEIGHTS}): check the "
         f"path (the shipped model is {shipped_model_path()}), or train one there with "

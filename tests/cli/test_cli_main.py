@@ -34,6 +34,8 @@ def test_only_a_signed_option_takes_a_value_with_a_leading_minus_and_none_after_
     # a number argparse would take for an option (it reads -1.5, not -1e-3, as a number)
     exponent = ["serve", "--beam-spot-x-mm", "-1e-3", "--max-frames", "-.5e1"]
     assert _negative_values(exponent) == ["serve", "--beam-spot-x-mm=-1e-3", "--max-frames=-.5e1"]
+    abbreviated = ["serve", "--beam-spot-x", "-1e-3"]  # argparse takes a unique prefix
+    assert _negative_values(abbreviated) == ["serve", "--beam-spot-x=-1e-3"]
     flag = ["evaluate", "r.stk", "--oracle", "-1,0"]  # a flag takes no value
     assert _negative_values(flag) == flag
     ended = ["keys", "--", "--beam-spot", "-1,2"]  # positionals after --, as argparse reads them

@@ -9,7 +9,6 @@ from streamtrk.io.weights import (
     ORDER_PROPOSAL,
     ORDER_WEIGHTS,
     hit_order,
-    hit_order_and_weights,
     hit_weights,
     pt_weight,
 )
@@ -122,11 +121,3 @@ def test_hits_at_one_distance_share_the_references_order_weight() -> None:
     want = ORDER_WEIGHTS[8, [0, 1, 1, 3, 4, 6, 6, 6]]
     assert w[:8] == pytest.approx((want / want.sum())[perm], rel=1e-6)
     assert w[8] == 0  # noise
-
-
-def test_order_and_weights_together_are_each_alone() -> None:
-    pid, distance, pt = _event([3, 4, 12, 25], [0.3, 1.0, 2.0, 8.0], seed=3)
-    distance[:6] = np.round(distance[:6], -3)  # some ties
-    order, weight = hit_order_and_weights(pid, distance, pt)
-    assert np.array_equal(order, hit_order(pid, distance))
-    assert np.array_equal(weight, hit_weights(pid, distance, pt))
