@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.errors import SettingError
-from streamtrk.io.paths import check_writable, replaced_whole, written_in_place
+from streamtrk.io.paths import check_writable, file_to_write
 from streamtrk.io.recording import RecordingWriter
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
@@ -160,14 +160,9 @@ class _CreatedOnFirstWrite:
 
     def _write_first(self, frames: list[Any]) -> None:
         """The file's header and first record; on an error the file there is as it was."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        in_place = written_in_place(self.path)
-        place = contextlib.nullcontext(self.path) if in_place else replaced_whole(
-            Path(os.path.realpath(self.path))  # a link's file, which takes the partial's place
-        )  # fmt: skip
         writer = None
         try:
-            with place as file:
+            with file_to_write(self.path) as file:
                 writer = RecordingWriter(file)
                 writer.write(frames)
                 writer.flush()

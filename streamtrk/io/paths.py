@@ -65,17 +65,23 @@ def write_whole(path: Path, write: Callable[[BinaryIO], object]) -> None:
     :func:`check_writable` checks), a link is written through to its file, kept; a ``path``
     that is no regular file (``/dev/stdout``, ``/dev/null``, a FIFO) is written in place:
     renaming a file over it would replace it (as root, ``/dev/null`` too)."""
-    in_place = written_in_place(path)
-    target = Path(os.path.realpath(path))  # a link's file, which takes the partial's place
-    whole = contextlib.nullcontext(path) if in_place else replaced_whole(target)
     out = path
     try:
-        with whole as out, out.open("wb") as f:
+        with file_to_write(path) as out, out.open("wb") as f:
             write(f)
     except OSError as e:
         unmade = out != path and e.filename2 is None and e.filename == str(out)  # (name too long)
         where = f"{e.filename}: " if unmade else ""
         raise OSError(f"cannot write {path}: {where}{e.strerror or e}") from e
+
+
+def file_to_write(path: Path) -> contextlib.AbstractContextManager[Path]:
+    """Where to write the file ``path`` whole: :func:`replaced_whole` of the file it names
+    (a link's, which keeps the link), or ``path`` itself where it is written in place
+    (:func:`written_in_place`)."""
+    if written_in_place(path):
+        return contextlib.nullcontext(path)
+    return replaced_whole(Path(os.path.realpath(path)))
 
 
 @contextmanager

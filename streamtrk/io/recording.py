@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Literal, Self
 import numpy as np
 
 from streamtrk.event import Event
-from streamtrk.io.paths import replaced_whole, written_in_place
+from streamtrk.io.paths import file_to_write
 from streamtrk.wire import (
     DEFAULT_LIMITS,
     Limits,
@@ -380,12 +380,7 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     that was there. Its folder is made. A link is written through to its file, kept (as
     ``open`` would); a ``path`` that is no regular file (``/dev/stdout``, ``/dev/null``, a
     FIFO) is written in place (renaming a file over it would replace it)."""
-    if written_in_place(Path(path)):
-        with RecordingWriter(path) as writer:
-            yield writer
-        return
-    target = Path(os.path.realpath(path))
-    with replaced_whole(target) as partial, RecordingWriter(partial) as writer:
+    with file_to_write(Path(path)) as file, RecordingWriter(file) as writer:
         yield writer
 
 
