@@ -190,7 +190,13 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             f"streamtrk replay: error: no reply at all: {report['sent']} events were sent to "
             f"{args.to}{unsent} and nothing came back from {args.from_} within "
             f"{args.timeout:g} s; {_daemon_there(args.bind)} (and are --to and --from its "
-            "input and output)?",
+            "input and output)?"
+            + (  # replies came, none to this replay: another consumer took them
+                f" {report['unexpected']} replies to no send of this replay came: another "
+                f"consumer of {args.from_} (another replay) takes the replies"
+                if report["unexpected"]
+                else ""
+            ),
             file=sys.stderr,
         )
     elif not report["sent"] and report["unsent"]:
@@ -217,11 +223,6 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
-    if interrupted:
-        print(
-            "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
-        )
-        return 130  # 128 + SIGINT
     if ambiguous := report["ambiguous_events"]:
         print(
             f"streamtrk replay: warning: {ambiguous} (run, event) numbers name events of "
@@ -248,6 +249,11 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             file=sys.stderr,
         )
         failed = True
+    if interrupted:  # after what the replies so far say
+        print(
+            "streamtrk replay: interrupted; the report covers the replies so far", file=sys.stderr
+        )
+        return 130  # 128 + SIGINT
     return 1 if failed else 0
 
 

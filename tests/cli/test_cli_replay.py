@@ -119,6 +119,13 @@ def test_replay_help_names_every_report_key(tmp_path, capsys):
             {"missing": 5, "unsent": 95},
             "no reply at all: 5 events were sent to tcp://a:1 (95 more not sent) and nothing",
         ),
+        (  # every reply taken by another consumer of the output
+            {"missing": 5, "unexpected": 4},
+            "no reply at all: 5 events were sent to tcp://a:1 and nothing came back from "
+            "tcp://a:2 within 3 s; is a daemon listening there (and are --to and --from its "
+            "input and output)? 4 replies to no send of this replay came: another consumer of "
+            "tcp://a:2 (another replay) takes the replies",
+        ),
     ],
 )
 def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
@@ -179,3 +186,23 @@ def test_replay_refuses_a_wait_before_resends_without_resends(tmp_path):
     assert out.stderr == (
         "streamtrk replay: error: --retry-after is the wait before a resend: it needs --retries N\n"
     )
+
+
+def test_a_replay_interrupted_says_what_its_replies_so_far_say(capsys) -> None:
+    """Ctrl-C: exit 130, after the warnings about the replies that came (they were left
+    unsaid)."""
+    import argparse
+
+    from streamtrk.cli.replay import _exit_status
+
+    report = ReplayResult().report([], None, {}) | {"sent": 10, "received": 4, "missing": 6}
+    report |= {"errors": {"too_dense": 1}, "ambiguous_events": 2}
+    args = argparse.Namespace(
+        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=False
+    )
+    assert _exit_status(args, report, interrupted=True) == 130
+    err = capsys.readouterr().err
+    assert "warning: error replies: 1 too_dense" in err
+    assert "warning: 2 (run, event) numbers name events of different hits" in err
+    assert err.rstrip().endswith("interrupted; the report covers the replies so far")
+    assert "got no reply" not in err  # stopped early: not the timeout's doing
