@@ -423,12 +423,21 @@ def _ok_unquoted(base: str, v: Any) -> bool:
         return False
 
 
+def _base_type(f: Any) -> str:
+    """The name of a setting's type, ``None`` left out (``"int"`` for ``int | None``)."""
+    return (f.type if isinstance(f.type, str) else f.type.__name__).replace(" | None", "")
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of setting ``name``."""
+    return "--" + name.replace("_", "-")
+
+
 def _converter(f: Any) -> Callable[[Any, bool], Any]:
     """Converts a setting's value to the field's type: a TOML value must already have it
     (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed."""
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    optional = "None" in kind
-    base = kind.replace(" | None", "")
+    optional = "None" in (f.type if isinstance(f.type, str) else f.type.__name__)
+    base = _base_type(f)
     want = _TYPE_NAMES.get(base, "a string")
 
     def convert(v: Any, typed: bool) -> Any:
@@ -551,7 +560,7 @@ def load_config(
             _convert(values, name, env[var], f"environment variable {var}")
     for name, raw in (flags or {}).items():
         if raw is not None:
-            _convert(values, name, raw, f"flag --{name.replace('_', '-')}")
+            _convert(values, name, raw, f"flag {_flag(name)}")
     try:
         return ServeConfig(**{k: v for k, (v, _) in values.items()})
     except ConfigError as e:
@@ -594,17 +603,13 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
 def number_flags() -> set[str]:
     """The flags of the numeric settings (their values may start with a minus: refused, or
     taken, by the setting's own range, not by argparse as an unknown option)."""
-    return {
-        "--" + f.name.replace("_", "-")
-        for f in fields(ServeConfig)
-        if str(f.type).replace(" | None", "") in ("int", "float")
-    }
+    return {_flag(f.name) for f in fields(ServeConfig) if _base_type(f) in ("int", "float")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting (default None: not given)."""
     for f in fields(ServeConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         env = ENV_PREFIX + f.name.upper()
         default = "unset" if f.default in (None, MISSING) else f.default
         help_ = f"{f.metadata['help']} [{env}; default {default}]"
