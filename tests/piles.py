@@ -1,4 +1,5 @@
-"""Events of hits piled at one point: graphs far past the work budget."""
+"""Events of hits piled at one point (graphs far past the work budget), and how two devices
+must refuse them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
+from streamtrk.recon.budget import EventTooDense
 
 
 def pile(det, k: int, event: int = 1) -> Event:
@@ -23,3 +25,12 @@ def pile(det, k: int, event: int = 1) -> Event:
         "module_id": np.zeros(n),
     }
     return Event(1, event, Hits.from_columns(columns))
+
+
+def assert_same_refusals(cpu: EventTooDense, cuda: EventTooDense) -> None:
+    """Both devices refuse the same events at the same stages and limits. The CPU stops
+    searching an event past its doublet limit: its count, so far, is past the limit and at
+    most the device's, which counts every doublet before writing any."""
+    assert (cuda.whats, cuda.events, cuda.limits) == (cpu.whats, cpu.events, cpu.limits)
+    assert all(lim < c <= d for lim, c, d in zip(cpu.limits, cpu.counts, cuda.counts, strict=True))
+    assert cpu.counts == cuda.counts or set(cpu.whats) == {"doublets"}
