@@ -8,9 +8,9 @@ two cannot be told apart and the time is taken as proportional to the hits. The 
 is raised at once to cover the latest batch when that was slower than the fit predicts (the
 batcher and the drain never count on more speed than the last batch showed), and is the fit
 again after the next batch that is not; in the fit each batch weighs its share of the
-window. Before any batch the estimate is 0 s. After :meth:`BatchTime.forget` (a new model:
-the old one's batches say nothing of its cost) the estimate stands until the next batch,
-which starts the window afresh.
+window. Before any batch the estimate is 0 s (the daemon observes its warm-up reconstruct
+first). After :meth:`BatchTime.forget` (a new model: the old one's batches say nothing of
+its cost) the estimate stands until the next batch, which starts the window afresh.
 """
 
 from __future__ import annotations

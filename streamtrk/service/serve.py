@@ -546,6 +546,9 @@ class Daemon:
             log.error("cannot load the model: %s", result, exc_info=None if expected else result)
             return 1
         self._install(result, self.config)
+        # The first estimate of a batch's cost (the worker's first batch replaces it): with
+        # none, a batch would wait for its earliest deadline, and miss it.
+        self.batcher.batch_time.observe(*result.warmup_batch)
         return None
 
     def _answer_unloaded(

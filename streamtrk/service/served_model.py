@@ -68,6 +68,7 @@ class ServedModel:
     digest: str
     threshold: float
     warmup_s: float
+    warmup_batch: tuple[int, float]  # the warm-up reconstruct's hits and seconds
     card: dict[str, Any]
 
     def close(self) -> None:
@@ -111,7 +112,10 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         beam_spot=(cfg.beam_spot_x_mm, cfg.beam_spot_y_mm),
     )
     try:
-        rec.reconstruct([warmup_event()])
+        event = warmup_event()
+        t_batch = time.perf_counter()
+        rec.reconstruct([event])
+        warmup_batch = (len(event.hits), time.perf_counter() - t_batch)
         if model_digest(path) != digest:
             raise RuntimeError(
                 f"the model directory {path} changed while it was loaded: load it again"
@@ -135,5 +139,6 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
         digest=digest,
         threshold=float(rec.threshold),
         warmup_s=warmup_s,
+        warmup_batch=warmup_batch,
         card=card,
     )

@@ -117,15 +117,16 @@ def test_block_pushes_back_on_the_sender(daemon_factory) -> None:
 
 
 def test_a_batch_waits_no_longer_than_its_deadlines_allow(daemon_factory, sim_run) -> None:
-    # Deadlines of 1 ms and a 50 ms queue delay: answered 'deadline', not 'ok' 50 ms later.
-    d = daemon_factory("--deadline-ms", "1", "--max-queue-delay-ms", "50")
-    events = list(islice(iter_events(sim_run), 5))
+    # Deadlines of 0.5 s and a 60 s queue delay: each batch closes in time to start before
+    # its deadline, from the daemon's first batch on (the warm-up's reconstruct is the first
+    # estimate of a batch's cost: with none, every batch waited for its deadline and missed it).
+    d = daemon_factory("--deadline-ms", "500", "--max-queue-delay-ms", "60000")
+    events = list(islice(iter_events(sim_run), 3))
     with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
         replies: list[TrackReply] = []
         for ev in events:
             assert producer.send_event(ev, timeout_ms=30_000)
-            msg = consumer.recv(timeout_ms=60_000)
+            msg = consumer.recv(timeout_ms=30_000)  # not the 60 s delay
             assert msg is not None, "no reply"
             replies.append(msg.to_reply())
-    assert [(r.event, r.reason) for r in replies] == [(ev.event, "deadline") for ev in events]
-    assert all("gnn" not in r.timings for r in replies)
+    assert [(r.event, r.status) for r in replies] == [(ev.event, "ok") for ev in events]
