@@ -10,13 +10,15 @@ comes first. Events that waited while the worker was busy are therefore batched 
 without further delay. An event that would make the batch end past the earliest deadline
 among its events (its own included) opens the next batch, as one past ``max_hits`` does,
 unless the batch is late already. An event whose deadline has passed when the batcher
-reaches it is set aside, unprocessed.
+reaches it is set aside, unprocessed; it opens no batch (the first event that does starts
+its delay), and events set aside alone are handed over at once.
 Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
 waiting; once :meth:`Batcher.close` is called nothing more is queued.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -102,8 +104,7 @@ class Batcher:
                 return None
         policy = self.policy
         batch = Batch()
-        delay_end = first.t_queued + policy.max_queue_delay_ms / 1000
-        close_at = delay_end
+        close_at = delay_end = -math.inf  # until an event opens the batch: no waiting
         hits = 0
         earliest: float | None = None  # the earliest deadline of the batch's events
         job: Job | None = first
@@ -119,6 +120,8 @@ class Batcher:
                 self._held = job  # past the hit limit, or it would make the batch late
                 break
             else:
+                if not batch.jobs:
+                    close_at = delay_end = job.t_queued + policy.max_queue_delay_ms / 1000
                 batch.jobs.append(job)
                 hits += job.n_hits
                 earliest = with_job

@@ -179,13 +179,32 @@ def test_an_event_whose_own_deadline_is_too_tight_opens_the_next_batch() -> None
     assert events(b.next_batch(1)) == [1]
 
 
-def test_the_earliest_deadline_among_the_events_rules() -> None:
+def test_an_earlier_events_deadline_keeps_a_later_event_out() -> None:
     b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=50))
     b.batch_time.observe(500, 0.5)
-    b.put(job(500, 0, deadline_s=5))
-    b.put(job(500, 1, deadline_s=0.8))  # 1 s of work together ends past 0.8 s
+    b.put(job(500, 0, deadline_s=0.8))  # 1 s of work together ends past event 0's deadline
+    b.put(job(500, 1, deadline_s=60))
     assert events(b.next_batch(1)) == [0]
     assert events(b.next_batch(1)) == [1]
+
+
+def test_a_later_events_deadline_closes_the_batch_earlier() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.put(job(5, 0, deadline_s=60))
+    b.put(job(5, 1, deadline_s=1))
+    t0 = time.perf_counter()
+    assert events(b.next_batch(1)) == [0, 1]
+    assert time.perf_counter() - t0 < 30  # at event 1's deadline, not event 0's (60 s)
+
+
+def test_an_event_past_its_deadline_opens_no_batch() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.put(job(5, 0, deadline_s=-1))
+    t0 = time.perf_counter()
+    batch = b.next_batch(1)
+    assert batch is not None and events(batch) == []
+    assert [j.event.event for j in batch.expired] == [0]
+    assert time.perf_counter() - t0 < 30  # handed over at once, not after the 60 s delay
 
 
 def test_full_queue_rejects_without_blocking() -> None:
