@@ -285,3 +285,21 @@ def test_the_autoscalers_queries_give_a_number_idle_and_busy(
     path.write_text(yaml.safe_dump(test))
     r = promtool("test", "rules", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_share_panels_do_not_add_up_the_daemons() -> None:
+    """A panel in percent is a share: a ratio of sums, or a mean over the instances chosen,
+    never a sum of the daemons' own shares (three daemons busy half the time read 150%)."""
+
+    def panels(items: list[dict]) -> list[dict]:
+        return [q for p in items for q in [p, *panels(p.get("panels", []))]]
+
+    summed = [
+        (p["title"], t["expr"])
+        for p in panels(dashboard()["panels"])
+        if p.get("fieldConfig", {}).get("defaults", {}).get("unit") == "percentunit"
+        for t in p["targets"]
+        if " / " not in t["expr"]
+        and not re.match(r"\s*(avg|max|min)\b|\s*sum by \([^)]*\binstance\b", t["expr"])
+    ]
+    assert not summed
