@@ -418,14 +418,14 @@ class Daemon:
         if worker.is_alive():
             self.abandoned_thread = True
             what = "the batch in progress" if worker.in_batch() else "intake"
-            n = worker.abandon()
+            n = worker.abandon(deadline)
             log.warning(
                 "%s overran the drain; %d more events (its batch, the queue) answered 'shutdown'",
                 what,
                 n,
             )
         elif worker.error is not None:
-            n = worker.abandon()
+            n = worker.abandon(deadline)
             log.warning("the worker died; %d waiting events answered 'shutdown'", n)
         ingest.join(max(0.0, deadline - time.perf_counter()))
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)

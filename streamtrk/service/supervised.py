@@ -34,14 +34,17 @@ class Supervised(threading.Thread):
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
 
-    def put(self, q: queue.Queue[T], item: T) -> None:
+    def put(self, q: queue.Queue[T], item: T, until: float | None = None) -> bool:
         """Put ``item`` on the bounded queue ``q``, beating while it waits for room: waiting
-        on a slow consumer downstream is back-pressure, not a stall."""
+        on a slow consumer downstream is back-pressure, not a stall. False, not put, when
+        there is no room by ``until`` (a ``time.perf_counter()`` time; None: no limit)."""
         while True:
             try:
                 q.put(item, timeout=PUT_POLL_S)
-                return
+                return True
             except queue.Full:
+                if until is not None and time.perf_counter() >= until:
+                    return False
                 self.beat()
 
     def loop(self) -> None:

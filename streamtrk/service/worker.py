@@ -82,6 +82,7 @@ class Worker(Supervised):
         self._timed: weakref.ref[Reconstructor] | None = None  # whose batches batch_time has
         self._owing = threading.Lock()
         self._abandon_answered = False  # abandon() has queued its own replies
+        self.give_up_at: float | None = None  # after abandon(): replies not queued by then
         self._dense = Throttle(DENSE_LOG_S)  # events refused as too dense
         self._failed = Throttle(FAILED_LOG_S)  # reconstructions that raised (events may repeat)
 
@@ -128,9 +129,11 @@ class Worker(Supervised):
         return claimed
 
     def _queue(self, reply: Reply) -> None:
-        """Queue an owed reply; the last one owed after :meth:`abandon` sets ``done``."""
+        """Queue an owed reply (after :meth:`abandon`, unless there is no room by its
+        ``give_up_at``: left unsent, still in flight); the last one owed after
+        :meth:`abandon` sets ``done``."""
         try:
-            self.put(self.replies, reply)
+            self.put(self.replies, reply, until=self.give_up_at)
         finally:
             with self._owing:
                 self._owed -= 1
@@ -260,10 +263,13 @@ class Worker(Supervised):
             raise DeviceFault(f"the device no longer works ({why}); a restart is needed")
         release_cached_memory(device)
 
-    def abandon(self) -> int:
+    def abandon(self, give_up_at: float | None = None) -> int:
         """Answer ``shutdown`` for the batch in progress and every queued event; the worker
         stops at its next step. Returns how many events this answered. ``done`` is set once
-        the replies the worker had claimed are queued too (at once if it died)."""
+        the replies the worker had claimed are queued too (at once if it died). Replies
+        that find no room in the reply queue by ``give_up_at`` (the drain's end) are left
+        unsent, the worker's own too: the caller does not wait on a stalled emitter."""
+        self.give_up_at = give_up_at
         self.abandoned.set()
         self.batcher.close()  # nothing queued after this point could be answered
         with self._taking:
