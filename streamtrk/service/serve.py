@@ -90,6 +90,14 @@ def _fields(**kv: Any) -> dict[str, Any]:
     return {"fields": kv}
 
 
+def _close_quietly(model: ServedModel) -> None:
+    """Close a model no batch uses any more; a failure is logged (the collector frees it)."""
+    try:
+        model.close()
+    except Exception as e:
+        log.warning("closing a model no longer served failed: %s", e)
+
+
 def _build_labels(model: ServedModel) -> dict[str, str]:
     """What runs: the ``streamtrk_build_info`` labels, also in the start-up banner."""
     return {
@@ -134,6 +142,8 @@ class Daemon:
         # Models a reload replaced: the worker closes them and freezes the heap again.
         self._replaced: list[ServedModel] = []
         self._replacing = threading.Lock()
+        self._draining = False  # set under _swapping: a reload ending after it installs nothing
+        self._swapping = threading.Lock()
         # A thread is still inside torch or NumPy, or using its socket: leave by os._exit.
         self.abandoned_thread = False
         # Ingest or emit may still use its socket: the ZeroMQ context is left as it is (else
@@ -355,12 +365,10 @@ class Daemon:
         with self._replacing:
             replaced, self._replaced = self._replaced, []
         for model in replaced:
-            try:
-                model.close()
-            except Exception as e:  # the worker carries on; the collector frees it later
-                log.warning("closing the model a reload replaced failed: %s", e)
+            _close_quietly(model)
         del model, replaced
-        self._freeze_heap(refreeze_heap, "reload")
+        if worker.drain_by is None:  # a drain begun meanwhile: not out of its time
+            self._freeze_heap(refreeze_heap, "reload")
 
     def _reconnect(self, name: str, sock: zmq.Socket[Any], endpoint: str) -> Callable[[], None]:
         """What the thread that owns ``sock`` calls as it polls (monitor.Reconnects)."""
@@ -397,6 +405,8 @@ class Daemon:
         finishes the batches it holds within the same deadline (not counted in the exit
         status: its metrics are not replies)."""
         t0 = time.perf_counter()
+        with self._swapping:
+            self._draining = True
         timeout = self.config.drain_timeout_s
         deadline = t0 + timeout
         self.readiness.set("draining")
@@ -603,12 +613,13 @@ class Daemon:
             )
         if model.device == "cuda":
             m.watch_cuda_memory()
+        faults.fail("install")  # tests: an install that fails once the model is in place
 
     def reload(self) -> None:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
         Called holding ``_reloading``, which it releases."""
         log.info("reloading")
-        in_use = {} if self.model is None else _as_used(self.model)
+        in_use = _as_used(self._model())
         try:
             old = self.config
             new = self.reload_config()
@@ -622,13 +633,22 @@ class Daemon:
                 raise ValueError(f"{e}, with {', '.join(changed)} kept until a restart") from e
             faults.delay("reload")  # tests: a reload that takes long, the start-up load not
             model = load_served_model(new)
-            replaced = self.model
-            self._install(model, new)
-            if replaced is not None:  # closed by the worker between batches (heap refrozen)
-                with self._replacing:
-                    self._replaced.append(replaced)
+            with self._swapping:
+                if self._draining:  # the drain answers with the model it began with
+                    _close_quietly(model)
+                    log.warning("reload abandoned: the daemon is draining")
+                    return
+                replaced = self._model()
+                try:
+                    self._install(model, new)
+                except BaseException:  # as it was: the previous model, its metrics
+                    self._install(replaced, old)
+                    _close_quietly(model)
+                    raise
+                self.config = new
+            with self._replacing:  # closed by the worker between batches (heap refrozen)
+                self._replaced.append(replaced)
             del replaced
-            self.config = new
             logs.configure(new.log_format, new.log_level)
         except Exception as e:
             self.metrics.model_reloads.labels("failure").inc()

@@ -216,6 +216,52 @@ def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) ->
     assert "reloaded" not in messages
 
 
+def test_a_reload_failing_as_its_model_is_installed_keeps_the_previous_one(
+    daemon_factory, tmp_path
+) -> None:
+    """A reload that fails once its model is half installed (here the last step of the
+    install) says it keeps the previous model, and does: model, settings and metrics."""
+    config = tmp_path / "serve.toml"
+    config.write_text("")
+    d = daemon_factory(
+        "--config", str(config), env={"STREAMTRK_TEST_FAULTS": "install_fail_after=2"}
+    )  # fmt: skip
+    config.write_text("threshold = 0.9\n")
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 1)
+    [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
+    assert failed.startswith("reload failed, still serving the previous model: fault injected")
+    status = json.loads(d.get("/status")[1])
+    assert status["model"]["threshold"] == 0.5 and status["settings"]["threshold"] is None
+    assert model_labels(d)["threshold"] == "0.5"
+    assert d.stop() == 0
+
+
+def test_a_reload_ending_during_the_drain_is_abandoned(daemon_factory, sim_run, tmp_path):
+    """SIGTERM while a reload loads: a reload that ends before the drain does installs
+    nothing (the drain answers with the model it began with)."""
+    config = tmp_path / "serve.toml"
+    config.write_text("")
+    d = daemon_factory(
+        "--config", str(config), "--max-batch-events", "1",
+        env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=2,batch_delay_s=3"},
+    )  # fmt: skip
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        for event, _ in zip(iter_events(sim_run), range(4), strict=False):
+            assert producer.send_event(event, timeout_ms=30_000)
+        wait_for(lambda: sample(d.metrics(), "streamtrk_batch_events_count") >= 1)
+        config.write_text("threshold = 0.9\n")
+        d.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
+        d.process.send_signal(signal.SIGTERM)  # three batches of 3 s left: the reload ends first
+        assert d.process.wait(timeout=120) == 0
+        replies = [consumer.recv(timeout_ms=10_000) for _ in range(4)]
+    assert all(r is not None and r.to_reply().ok for r in replies)
+    messages = [line["message"] for line in d.logs()]
+    assert "reload abandoned: the daemon is draining" in messages
+    assert "reloaded" not in messages
+
+
 def test_a_model_directory_changed_while_loading_is_refused(daemon_factory, tmp_path) -> None:
     """The name, card and hash the daemon reports must be those of the weights it runs: a
     directory whose files change during the (here 5 s) load is refused, not half-reported."""
