@@ -86,12 +86,12 @@ class PlainFormatter(logging.Formatter):
 
 
 def configure(fmt: str, level: str) -> None:
-    """(Re)configure the ``streamtrk`` logger: one stderr handler, ``fmt`` plain or json."""
+    """(Re)configure the ``streamtrk`` logger: one stderr handler, ``fmt`` plain or json. The
+    handlers are swapped in one assignment: other threads' records (a reload's) never find
+    none, which would send them to logging's last resort."""
     logger = logging.getLogger(LOGGER)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
-    logger.addHandler(handler)
+    logger.handlers = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False

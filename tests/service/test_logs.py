@@ -66,3 +66,45 @@ def test_a_caller_that_stops_takes_all_held_back_due_or_not() -> None:
     assert lines.pending() == 0  # not due for a minute
     assert lines.pending(final=True) == 4
     assert lines.pending(final=True) == 0
+
+
+def test_reconfiguring_leaves_no_moment_without_a_handler(monkeypatch) -> None:
+    """A reload reconfigures logging while other threads log: none of their records may
+    fall through to logging's last resort (a bare line amid the JSON ones)."""
+    import io
+    import logging
+    import sys
+    import threading
+
+    from streamtrk.service.logs import LOGGER, configure
+
+    fell_through: list[logging.LogRecord] = []
+
+    class LastResort(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            fell_through.append(record)
+
+    monkeypatch.setattr(logging, "lastResort", LastResort())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    logger = logging.getLogger(LOGGER)
+    monkeypatch.setattr(logger, "handlers", logger.handlers[:])
+    monkeypatch.setattr(logger, "level", logger.level)
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            logging.getLogger(f"{LOGGER}.test").warning("busy")
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        for _ in range(3000):
+            configure("json", "info")
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert not fell_through
