@@ -243,7 +243,7 @@ class Daemon:
                 pull, push = self._sockets(ctx)
                 assert self.monitor is not None  # made by _sockets
                 self.monitor.start()
-                stack.callback(self.monitor.stop)
+                stack.callback(self._stop_monitor, self.monitor)
                 dead = None
                 if cfg.dead_letter is not None:
                     try:
@@ -345,6 +345,14 @@ class Daemon:
                 self._hup_signalled = False
                 self._start_reload()
         return self._drain(stop_intake, ingest, worker, emitter, observer)
+
+    def _stop_monitor(self, monitor: SocketMonitor) -> None:
+        """Stop the socket monitor; one still in a poll after its wait is left (its sockets
+        in use: the context is not destroyed under it, the process leaves by os._exit)."""
+        monitor.stop()
+        if monitor.is_alive():
+            log.warning("the socket monitor did not stop; leaving it")
+            self.abandoned_thread = self.sockets_in_use = True
 
     def _freeze_heap(self, how: Callable[[], Freeze], after: str) -> None:
         """Freeze the Python heap (``streamtrk.service.heap``), the model ``after`` being

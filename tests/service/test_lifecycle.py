@@ -506,3 +506,17 @@ def test_a_stop_signal_never_takes_a_lock_the_main_thread_may_hold() -> None:
     threading.Thread(target=main_thread_inside_its_wait, daemon=True).start()
     assert answered.wait(5), "the signal handler blocked on the stop event's lock"
     assert d._stopping(0) and d._hup_signalled
+
+
+def test_a_socket_monitor_that_does_not_stop_is_left_not_destroyed_under(daemon_factory):
+    """A monitor thread still busy past its 5 s stop (here 30 s over a connection's event)
+    keeps its sockets: the context is not destroyed under it, and the daemon exits 0."""
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "monitor_delay_s=30"})
+    with Consumer(d.output, linger_ms=0):
+        wait_for(
+            lambda: any(x["message"] == "injected fault: monitor delayed 30 s" for x in d.logs())
+        )
+    t0 = time.monotonic()
+    assert d.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 25  # not the 30 s the monitor waits
+    assert "the socket monitor did not stop; leaving it" in [x["message"] for x in d.logs()]
