@@ -363,7 +363,7 @@ def test_training_replaces_a_model_only_when_told_and_only_when_complete(
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     train = ["train", "--config", str(config), "--out", str(out), "-q"]
-    assert main(train) == 1
+    assert main(train) == 2  # the command line refused
     assert "m exists and is not empty: give another --out, or --overwrite" in (
         capsys.readouterr().err
     )
@@ -383,16 +383,16 @@ def test_training_replaces_a_model_only_when_told_and_only_when_complete(
     assert (out / "weights.pt").read_bytes() == weights
     assert not (tmp_path / "m.partial").exists()  # nothing was trained
     (tmp_path / "file").write_text("")
-    assert main(["train", "--config", str(config), "--out", str(tmp_path / "file")]) == 1
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "file")]) == 2
     assert "file exists and is not a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    ("out", "match"),
+    ("out", "match", "status"),
     [
-        ("file/m", r"file/m\.partial: .*file is a file, not a folder"),
-        ("m", r"m\.partial is a file, not a folder"),  # what made it, not a run's directory
-        (".", r"--out \. names no directory of its own: give the model directory's name"),
+        ("file/m", r"file/m\.partial: .*file is a file, not a folder", 1),
+        ("m", r"m\.partial is a file, not a folder", 1),  # what made it, not a run's directory
+        (".", r"--out \. names no directory of its own: give the model directory's name", 2),
     ],
 )
 def test_an_out_that_cannot_be_made_is_refused_before_any_work(
@@ -401,9 +401,10 @@ def test_an_out_that_cannot_be_made_is_refused_before_any_work(
     capsys: pytest.CaptureFixture[str],
     out: str,
     match: str,
+    status: int,
 ) -> None:
     """Not after the events are simulated and their graphs built (minutes), nor with
-    "PosixPath('.') has an empty name"."""
+    "PosixPath('.') has an empty name"; a refused --out is the command line's (2)."""
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
     (tmp_path / "file").write_text("")
@@ -411,7 +412,7 @@ def test_an_out_that_cannot_be_made_is_refused_before_any_work(
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     path = out if out == "." else str(tmp_path / out)
-    assert main(["train", "--config", str(config), "--out", path]) == 1
+    assert main(["train", "--config", str(config), "--out", path]) == status
     err = capsys.readouterr().err
     assert re.search(match, err), err
     assert "train: the events" not in err
@@ -486,7 +487,7 @@ def test_a_symbolic_link_is_no_model_directory_to_replace(tmp_path: Path, capsys
     (tmp_path / "v1" / "card.toml").write_text("kept")
     (tmp_path / "current").symlink_to("v1")
     args = ["train", "--config", str(config), "--out", str(tmp_path / "current"), "--overwrite"]
-    assert main([*args, "-q"]) == 1
+    assert main([*args, "-q"]) == 2
     assert (
         "current is a symbolic link (to v1): give the model a directory" in capsys.readouterr().err
     )

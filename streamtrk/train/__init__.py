@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from streamtrk.detector import load_detector
+from streamtrk.errors import SettingError
 from streamtrk.event import Event
 from streamtrk.io.events import read_events
 from streamtrk.io.paths import check_writable
@@ -247,23 +248,23 @@ def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:
 
 def _work_directory(out: Path, overwrite: bool) -> Path:
     """``OUT.partial`` beside ``out``, not there yet (what an earlier run left is removed;
-    the fit makes it for its checkpoints); ValueError when ``out`` is not a directory (or
+    the fit makes it for its checkpoints); SettingError when ``out`` is not a directory (or
     is a symbolic link), or holds anything and not ``overwrite``; OSError when
     ``OUT.partial`` cannot be made there. All of it before any work."""
     if out.name in ("", ".", ".."):  # Path(".").with_name() would raise, unclearly
-        raise ValueError(
+        raise SettingError(
             f"--out {out} names no directory of its own: give the model directory's name "
             "(models/NAME)"
         )
     if out.is_symlink():  # replaced, the link would become a directory, its target kept
-        raise ValueError(
+        raise SettingError(
             f"{out} is a symbolic link (to {out.readlink()}): give the model a directory of its "
             "own, then point the link at it"
         )
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory")
+        raise SettingError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(
+        raise SettingError(
             f"{out} exists and is not empty: give another --out, or --overwrite to replace it "
             "once the new model is complete"
         )

@@ -19,6 +19,8 @@ import zmq
 import zmq.auth
 from zmq.utils.z85 import Z85CHARS
 
+from streamtrk.errors import SettingError
+
 # A handshake refused by the peer, by its monitor event: the cause named in metrics and
 # messages (a CURVE key not allowed; no common mechanism, as CURVE on one side only).
 REFUSALS: dict[int, str] = {
@@ -81,7 +83,9 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     (FileExistsError). The secret file is created readable by its owner only, before a key
     is written into it."""
     if not name or Path(name).name != name or name.startswith("."):
-        raise ValueError(f"a certificate name is a plain file name not starting with '.': {name!r}")
+        raise SettingError(
+            f"a certificate name is a plain file name not starting with '.': {name!r}"
+        )
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

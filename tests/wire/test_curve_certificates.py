@@ -45,7 +45,7 @@ def test_a_pair_is_written_with_the_secret_never_readable_by_others(tmp_path, mo
 def test_a_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name, capsys):
     """An empty name writes the hidden ``.key`` (which a keys directory would still allow),
     a path writes outside the directory."""
-    assert main(["keys", str(tmp_path / "keys"), name]) == 1
+    assert main(["keys", str(tmp_path / "keys"), name]) == 2  # the command line refused
     assert "a certificate name is a plain file name" in capsys.readouterr().err
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
