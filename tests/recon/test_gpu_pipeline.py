@@ -214,3 +214,25 @@ def test_cuda_graphs_score_from_another_thread(recs, mu200_events, det) -> None:
     assert counters["inductor"]["cudagraph_skips"] == skips
     eager = EngineScorer(model, "cuda", "eager")(g, []).get()
     np.testing.assert_allclose(scores, eager, rtol=0, atol=1e-4)
+
+
+def test_a_reloads_scorer_with_cuda_graphs_scores_once_the_old_one_is_closed(
+    recs, mu200_events, det
+) -> None:
+    """A reload with CUDA graphs: the new scorer (its own weights, as loaded again) warms up
+    while the old one serves, on a thread of its own; then the old one is closed, its graph
+    trees shut down. The compiled graph is the two scorers' (one code, same guards): the new
+    one must still score, the eager scores."""
+    model = recs[1].scorer.model
+    g = batch_graph(mu200_events[:1], det, xp=cupy)
+    few = Buckets(2**16, 2**20, 2**19, 2**21, edges_per_node=UNPRUNED_EDGES_PER_NODE)
+    old = EngineScorer(model, "cuda", "compile", buckets=few, cuda_graphs=True)
+    old.warm_up()
+    new = EngineScorer(copy.deepcopy(model), "cuda", "compile", buckets=few, cuda_graphs=True)
+    new.warm_up()
+    old.close()
+    assert new.cuda_graphs, new.fallback_reason
+    with ThreadPoolExecutor(1) as worker:
+        scores = worker.submit(lambda: new(g, []).get()).result()
+    eager = EngineScorer(model, "cuda", "eager")(g, []).get()
+    np.testing.assert_allclose(scores, eager, rtol=0, atol=1e-4)
