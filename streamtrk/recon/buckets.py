@@ -1,11 +1,12 @@
 """Shape buckets: graphs padded to a few fixed sizes so that compiled code is reused.
 
-A batched graph of ``n`` hits and ``e`` edges is padded to the smallest node bucket above
-``n`` (there is always at least one padding hit) and the smallest edge bucket at or above
-``e``. Padding hits have zero features; padding edges are self-loops spread over the padding
-hits (not all on one: their sums would pile onto one row, serialising a GPU's atomic adds),
-so no real hit or edge ever reads them: the network's outputs for the real edges are those
-of the unpadded graph, and the padded ones are sliced off.
+A batched graph of ``n`` hits and ``e`` edges is padded to the smallest edge bucket at or
+above ``e`` and the smallest node bucket that leaves a padding hit for every
+``PAD_EDGES_PER_HIT`` padding edges (one at least). Padding hits have zero features; padding
+edges are self-loops spread over the padding hits (not all on a few: their sums would pile
+onto one row, serialising a GPU's atomic adds), so no real hit or edge ever reads them: the
+network's outputs for the real edges are those of the unpadded graph, and the padded ones
+are sliced off.
 
 Buckets form a geometric ladder (``steps`` per doubling, rounded up to a multiple of
 ``ALIGN``); sizes above the top bucket round up to a multiple of it, so the set of shapes
@@ -24,6 +25,8 @@ import torch
 from torch import Tensor
 
 ALIGN = 1024
+#: Most padding edges (self-loops) on one padding hit.
+PAD_EDGES_PER_HIT = 256
 #: Most padded edges: times the widest per-edge tensor (64 columns), below 2**31.
 MAX_PADDED_EDGES = 2**31 // 64 - ALIGN
 
@@ -75,11 +78,13 @@ class Buckets:
         return ladder(self.min_edges, self.max_edges, self.steps)
 
     def shape(self, n_nodes: int, n_edges: int) -> tuple[int, int]:
-        """Padded (nodes, edges) of a graph: one padding hit at least."""
+        """Padded (nodes, edges) of a graph: one padding hit at least, and one for every
+        ``PAD_EDGES_PER_HIT`` padding edges."""
         edges = bucket(max(n_edges, 1), self.edges)
         if edges > MAX_PADDED_EDGES:
             edges = max(-(-n_edges // ALIGN) * ALIGN, 1)
-        return bucket(n_nodes + 1, self.nodes), edges
+        padding_hits = max(1, -(-(edges - n_edges) // PAD_EDGES_PER_HIT))
+        return bucket(n_nodes + padding_hits, self.nodes), edges
 
     def pairs(self) -> list[tuple[int, int]]:
         """The shapes a warm-up runs, by edge bucket then node bucket: each edge bucket with

@@ -19,6 +19,7 @@ from torch._dynamo.utils import counters
 from streamtrk.recon.buckets import (
     ALIGN,
     MAX_PADDED_EDGES,
+    PAD_EDGES_PER_HIT,
     PRUNED_EDGES_PER_NODE,
     UNPRUNED_EDGES_PER_NODE,
     Buckets,
@@ -67,10 +68,15 @@ def test_ladder_and_bucket() -> None:
         ladder(10, 5)
 
 
-def test_bucket_shapes_keep_a_padding_hit() -> None:
+def test_bucket_shapes_keep_a_padding_hit_for_each_256_padding_edges() -> None:
     b = SMALL
     assert b.shape(1024, 0) == (2048, 2048)  # 1024 hits need a 1025th, the padding hit
-    assert b.shape(1023, 2049) == (1024, 4096)
+    assert b.shape(1023, 4096) == (1024, 4096)  # no padding edge: one padding hit
+    assert b.shape(1023, 2049) == (2048, 4096)  # 2047 self-loops: not all on one hit
+    rng = np.random.default_rng(5)
+    for n, e in rng.integers(1, 3_000_000, size=(2000, 2)):
+        n_to, e_to = Buckets().shape(int(n), int(e))
+        assert n_to > n and (n_to - n) * PAD_EDGES_PER_HIT >= e_to - e
     assert b.opt_pair() == (8192, 16384)  # opt_edges above the top: the top buckets
     assert Buckets().opt_pair() == (742400, 1024 * 1024)  # 1Mi edges, 655k hits
     # Past the top bucket, multiples of it, but never so many edges that edges x 64
