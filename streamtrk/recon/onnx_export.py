@@ -1,4 +1,7 @@
-"""ONNX export of the edge classifier (the entry point for TensorRT's trtexec and Triton).
+"""ONNX export of the edge classifier, for ONNX Runtime (and Triton's onnxruntime backend).
+
+Not for TensorRT's ONNX parser: the sums at the hits export as ``ScatterND`` with
+``reduction="add"``, which it does not import (docs/gpu.md).
 
 The graph takes ``x`` (nodes, 3) float32, ``edge_index`` (2, edges) int64 and ``edge_attr``
 (edges, 6) float32, with ``nodes`` and ``edges`` dynamic, and returns ``scores`` (edges,)
