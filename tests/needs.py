@@ -2,8 +2,9 @@
 server and promtool, g++ and NVRTC for the kernel tests, kubectl, systemd-analyze and git
 for the deployment's. Missing, a test skips with the reason; with
 ``STREAMTRK_STRICT_SKIPS=1`` (``.ci/run`` sets it) it fails instead, so that CI never
-counts such a skip as a pass. And what a container may lack: an IPv6 loopback
-(:func:`no_ipv6_loopback`)."""
+counts such a skip as a pass (tests/conftest.py fails any other skip there too, but the
+``gpu`` tests'). And what a container may lack: an IPv6 loopback (:func:`no_ipv6_loopback`;
+its tests skip without one, but in CI)."""
 
 from __future__ import annotations
 
