@@ -111,16 +111,24 @@ def replay_and_read(
     recording: Path, daemon: Daemon, prometheus: Prometheus
 ) -> tuple[float, Callable[[str], float]]:
     """Replay ``recording``, then wait for the scrape after the last reply: (the time 2 s
-    later, a reader of ``streamtrk_<name>`` then). A query at that time made before the scrape
-    answers with an earlier one, a window holding only part of the replay."""
+    after that scrape, when the rules have been evaluated on it, a reader of
+    ``streamtrk_<name>`` then). A query made before the scrape answers with an earlier one,
+    a window holding only part of the replay; on a loaded machine the scrape comes late."""
     t_end = replay(recording, daemon)
-    time.sleep(max(0.0, t_end + 3 - time.time()))
+
+    def scraped_since() -> list[dict[str, Any]]:
+        scrapes = prometheus.query('timestamp(up{job="streamtrk"})')
+        return [r for r in scrapes if float(r["value"][1]) > t_end]
+
+    (scrape,) = poll(scraped_since)
+    at = float(scrape["value"][1]) + 2
+    time.sleep(max(0.0, at + 1 - time.time()))
 
     def gauge(name: str) -> float:
-        (result,) = poll(lambda: prometheus.query(f"streamtrk_{name}", at=t_end + 2))
+        (result,) = poll(lambda: prometheus.query(f"streamtrk_{name}", at=at))
         return float(result["value"][1])
 
-    return t_end + 2, gauge
+    return at, gauge
 
 
 @pytest.fixture
