@@ -29,7 +29,14 @@ from streamtrk.wire import (
     peek_msg_id,
     with_msg_id,
 )
-from streamtrk.wire.schema import COMMON_KEYS, DEFAULT_LIMITS, STATUSES, columns_of, keys_of
+from streamtrk.wire.schema import (
+    COMMON_KEYS,
+    DEFAULT_LIMITS,
+    STATUSES,
+    SUPPORTED_VERSIONS,
+    columns_of,
+    keys_of,
+)
 
 DROP = object()
 FLOATS = ("vx", "vy", "vz", "px", "py", "pz")
@@ -782,6 +789,23 @@ def test_version_3_is_still_decoded(rng: np.random.Generator) -> None:
     v4 = encode_tracks(1, 2, np.arange(30), tr)
     with pytest.raises(WireError, match="bad_column"):
         decode([msgpack.packb({**msgpack.unpackb(v4[0]), "version": 3}), *v4[1:]])
+
+
+@pytest.mark.parametrize("version", sorted(SUPPORTED_VERSIONS))
+def test_hits_and_truth_of_every_supported_version_are_decoded(
+    rng: np.random.Generator, version: int
+) -> None:
+    """Their layouts have not changed since versions 2 and 1: any supported version's
+    header over them decodes to the same event (version 1's hits without a msg_id)."""
+    ev = random_event(rng, 20)
+    hits = encode_hits(ev) if version == 1 else encode_hits(ev, msg_id=9)
+    got = decode(patch(hits, version=version))
+    assert got.version == version and got.msg_id == (None if version == 1 else 9)
+    for k in Hits.DTYPES:
+        np.testing.assert_array_equal(getattr(got.to_event().hits, k), getattr(ev.hits, k))
+    truth = decode(patch(encode_truth(1, 2, truth_of(ev)), version=version)).to_truth()
+    np.testing.assert_array_equal(truth.hits.particle_id, truth_of(ev).hits.particle_id)
+    np.testing.assert_array_equal(truth.particles.px, truth_of(ev).particles.px)
 
 
 def test_each_kind_is_written_in_the_oldest_version_that_carries_it(
