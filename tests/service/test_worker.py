@@ -471,7 +471,7 @@ def test_the_rest_of_a_burst_of_dense_events_is_said_once_its_warning_is_due(
 ) -> None:
     """Without a next dense event (the producer stopped), the events refused after the
     warning are said once the next warning is due, from the worker's idle polls."""
-    monkeypatch.setattr("streamtrk.service.worker.DENSE_LOG_S", 1.0)
+    monkeypatch.setattr("streamtrk.service.worker.DENSE_LOG_S", 5.0)  # the three refused within it
     det = load_detector()
     batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue()
