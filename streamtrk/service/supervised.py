@@ -39,11 +39,15 @@ class Supervised(threading.Thread):
         on a slow consumer downstream is back-pressure, not a stall. False, not put, when
         there is no room by ``until`` (a ``time.perf_counter()`` time; None: no limit)."""
         while True:
+            wait = PUT_POLL_S if until is None else min(PUT_POLL_S, until - time.perf_counter())
             try:
-                q.put(item, timeout=PUT_POLL_S)
+                if wait <= 0:
+                    q.put_nowait(item)
+                else:
+                    q.put(item, timeout=wait)
                 return True
             except queue.Full:
-                if until is not None and time.perf_counter() >= until:
+                if wait <= 0:
                     return False
                 self.beat()
 

@@ -268,7 +268,8 @@ class Worker(Supervised):
         stops at its next step. Returns how many events this answered. ``done`` is set once
         the replies the worker had claimed are queued too (at once if it died). Replies
         that find no room in the reply queue by ``give_up_at`` (the drain's end) are left
-        unsent, the worker's own too: the caller does not wait on a stalled emitter."""
+        unsent (and those the worker queues after this): the caller does not wait on a
+        stalled emitter."""
         self.give_up_at = give_up_at
         self.abandoned.set()
         self.batcher.close()  # nothing queued after this point could be answered

@@ -414,6 +414,23 @@ def test_abandon_answers_queued_events_past_their_deadline() -> None:
     assert [(r.event, r.reason) for r in _drained(replies)] == [(events[0].event, "shutdown")]
 
 
+def test_abandon_leaves_unsent_what_finds_no_room_by_its_give_up_time() -> None:
+    """The drain's end: a full reply queue (a stalled emitter) holds the abandon no longer,
+    however many events are queued (each waited a poll's time past it before)."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    batcher = Batcher(64, BatchPolicy())
+    replies: queue.Queue[Reply] = queue.Queue(1)
+    replies.put_nowait(Reply.failure(Job(event, 0.0, None), "internal"))  # full
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
+    for _ in range(64):
+        batcher.put(Job(event, time.perf_counter(), None))
+    t0 = time.perf_counter()
+    assert worker.abandon(give_up_at=t0 + 0.25) == 64
+    assert time.perf_counter() - t0 < 3  # not 64 polls of 0.1 s past the give-up time
+    assert replies.qsize() == 1 and worker.done.is_set()
+
+
 def test_an_event_past_its_deadline_when_its_batch_starts_is_not_reconstructed() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3))
