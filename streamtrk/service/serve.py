@@ -366,8 +366,9 @@ class Daemon:
 
     def _refreeze_after_reload(self, worker: Worker) -> None:
         """The worker, between batches, after a reload: close the models the reload replaced
-        (no batch uses them now) and freeze the heap again, which frees them first. Not
-        while draining: its pause would come out of the drain's time."""
+        (or failed to install) now that no batch uses them, and freeze the heap again, which
+        frees them first. Not while draining: its pause would come out of the drain's
+        time."""
         if not self._replaced or worker.drain_by is not None:
             return
         with self._replacing:
@@ -650,8 +651,11 @@ class Daemon:
                 try:
                     self._install(model, new)
                 except BaseException:  # as it was: the previous model, its metrics
-                    self._install(replaced, old)
-                    _close_quietly(model)
+                    try:
+                        self._install(replaced, old)
+                    finally:  # a batch may have begun on it: closed between batches
+                        with self._replacing:
+                            self._replaced.append(model)
                     raise
                 self.config = new
             with self._replacing:  # closed by the worker between batches (heap refrozen)

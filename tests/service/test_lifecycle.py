@@ -217,7 +217,7 @@ def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) ->
 
 
 def test_a_reload_failing_as_its_model_is_installed_keeps_the_previous_one(
-    daemon_factory, tmp_path
+    daemon_factory, sim_run, tmp_path
 ) -> None:
     """A reload that fails once its model is half installed (here the last step of the
     install) says it keeps the previous model, and does: model, settings and metrics."""
@@ -234,6 +234,12 @@ def test_a_reload_failing_as_its_model_is_installed_keeps_the_previous_one(
     status = json.loads(d.get("/status")[1])
     assert status["model"]["threshold"] == 0.5 and status["settings"]["threshold"] is None
     assert model_labels(d)["threshold"] == "0.5"
+    # A batch may have begun on the failed model: the worker closes it between batches.
+    with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(next(iter_events(sim_run)), timeout_ms=30_000)
+        reply = consumer.recv(timeout_ms=60_000)
+    assert reply is not None and reply.to_reply().ok
+    wait_for(lambda: any(x.get("after") == "reload" for x in d.logs()))
     assert d.stop() == 0
 
 
