@@ -149,6 +149,10 @@ class Daemon:
         # Ingest or emit may still use its socket: the ZeroMQ context is left as it is (else
         # it is terminated first, so that the replies ZeroMQ holds go out within LINGER).
         self.sockets_in_use = False
+        # The socket monitor did not stop: its sockets are not destroyed under it, but the
+        # context is still terminated, in a thread of its own, for the emitter's LINGER.
+        self.monitor_left = False
+        self.drain_ends: float | None = None  # the drain's deadline, once draining
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit, physics once serving
         self.monitor: SocketMonitor | None = None
@@ -192,7 +196,14 @@ class Daemon:
             return self._run(ctx)
         finally:
             self.metrics.gc_pauses.stop()
-            if not self.sockets_in_use:
+            if self.monitor_left and not self.sockets_in_use:
+                # Terminating (not destroying) leaves the monitor's sockets to it, and waits
+                # for the replies ZeroMQ still holds within the emitter's LINGER (the drain's).
+                left = 0.0 if self.drain_ends is None else self.drain_ends - time.perf_counter()
+                term = threading.Thread(target=ctx.term, name="zmq-term", daemon=True)
+                term.start()
+                term.join(max(0.0, left) + 0.5)
+            elif not self.sockets_in_use:
                 # Closes only sockets no thread closed (after an error), then waits for the
                 # replies ZeroMQ still holds within the emitter's LINGER.
                 ctx.destroy(linger=0)
@@ -347,12 +358,13 @@ class Daemon:
         return self._drain(stop_intake, ingest, worker, emitter, observer)
 
     def _stop_monitor(self, monitor: SocketMonitor) -> None:
-        """Stop the socket monitor; one still in a poll after its wait is left (its sockets
-        in use: the context is not destroyed under it, the process leaves by os._exit)."""
+        """Stop the socket monitor; one still busy after its wait is left (its sockets in
+        use: the context is terminated, not destroyed under it, and the process leaves by
+        os._exit)."""
         monitor.stop()
         if monitor.is_alive():
             log.warning("the socket monitor did not stop; leaving it")
-            self.abandoned_thread = self.sockets_in_use = True
+            self.abandoned_thread = self.monitor_left = True
 
     def _freeze_heap(self, how: Callable[[], Freeze], after: str) -> None:
         """Freeze the Python heap (``streamtrk.service.heap``), the model ``after`` being
@@ -417,7 +429,7 @@ class Daemon:
         with self._swapping:
             self._draining = True
         timeout = self.config.drain_timeout_s
-        deadline = t0 + timeout
+        deadline = self.drain_ends = t0 + timeout
         self.readiness.set("draining")
         # a second SIGTERM or Ctrl-C changes nothing: the drain keeps its deadline
         log.info("draining", extra=_fields(drain_timeout_s=timeout, sooner="SIGKILL"))
