@@ -13,7 +13,7 @@ unless the batch is late already. An event whose deadline has passed when the ba
 reaches it is set aside, unprocessed; it opens no batch (the first event that does starts
 its delay), and events set aside alone are handed over at once.
 Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
-waiting; once :meth:`Batcher.close` is called nothing more is queued.
+waiting; once :meth:`Batcher.close` is called nothing more is queued (and ``flush`` is set).
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ class Batcher:
             waiting()
 
     def close(self) -> None:
-        """Take no more events (the drain has given up on what is queued)."""
+        """Take no more events (the drain has given up on what is queued); batches close
+        without waiting, as after ``flush``."""
         with self._lock:
-            self.closed = True
+            self.closed = self.flush = True
 
     def depth(self) -> int:
         """Events waiting, the held one included."""

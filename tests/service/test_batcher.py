@@ -285,3 +285,14 @@ def test_a_queue_delay_past_what_a_thread_can_wait_batches_all_the_same() -> Non
     b.put(job(5, 1))
     thread.join(60)
     assert [events(batch) for batch in out] == [[0, 1]]
+
+
+def test_closing_flushes_what_is_queued_without_the_delay() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_queue_delay_ms=60_000))
+    for i in range(3):
+        assert b.put(job(5, i))
+    b.close()
+    t0 = time.perf_counter()
+    assert events(b.next_batch(0.0)) == [0, 1, 2]
+    assert time.perf_counter() - t0 < 30  # not waiting 60 s for a fourth
+    assert not b.put(job(5, 3))
