@@ -429,12 +429,13 @@ def csr_rows(offsets: Array, total: int | None = None) -> Array:
     return xp.searchsorted(offsets[1:], xp.arange(n), side="right")
 
 
-def expand_ranges(lo: Array, hi: Array) -> tuple[Array, Array]:
+def expand_ranges(lo: Array, hi: Array, ends: Array | None = None) -> tuple[Array, Array]:
     """Flatten ranges ``[lo, hi)``: (range id, position) of every element, range by range.
-    One host synchronisation (the total)."""
+    ``ends``: the running total of the ranges' lengths (``cumsum(maximum(hi - lo, 0))``),
+    where at hand. One host synchronisation (the total)."""
     xp = array_module(lo)
     counts = xp.maximum(hi - lo, 0)
-    ends = xp.cumsum(counts)
+    ends = xp.cumsum(counts) if ends is None else ends
     total = int(ends[-1]) if len(ends) else 0
     if xp is np:  # same result; repeat is the fast primitive on the CPU, search on the GPU
         rid = np.repeat(np.arange(len(counts)), counts)

@@ -37,7 +37,7 @@ from functools import cache
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -54,6 +54,7 @@ KERNELS = "triplet_search.cu"  # the GPU triplet search
 _KEY_SPAN = 4.0
 _THETA_JOIN_MAX = 0.85
 TRIPLET_CHUNK = 65_536  # candidate (inner, outer) pairs per chunk of the CPU triplet cuts
+WINDOW_BLOCK = 8_192  # inner edges per binary search of the CPU's theta windows
 
 
 def layer_code(det: Detector) -> np.ndarray:
@@ -338,7 +339,6 @@ def triplet_candidates(
     Both are sorted by (middle hit, theta): the inner edges' binary searches, and the
     candidates' reads, run forward in memory.
     """
-    xp = array_module(usable)
     pair = g["pair"]
     a_ids, b_ids = nonzeros(usable & t["opens"][pair], usable & t["closes"][pair])
     key_b = g["i"][b_ids] * _KEY_SPAN + g["theta"][b_ids]
@@ -349,9 +349,31 @@ def triplet_candidates(
     key_a, a_ids = key_a[oa], a_ids[oa]
     # A margin keeps float rounding of the keys from losing a candidate at a window's edge.
     w = t["join"][g["pair"][a_ids]] + 1e-6
-    lo = xp.searchsorted(key_b, key_a - w, side="left")
-    hi = xp.searchsorted(key_b, key_a + w, side="right")
+    lo = _search_sorted(key_b, key_a - w, "left")
+    hi = _search_sorted(key_b, key_a + w, "right")
     return a_ids, b_ids, lo, hi
+
+
+def _search_sorted(keys: Array, needles: Array, side: Literal["left", "right"]) -> Array:
+    """``searchsorted(keys, needles, side)`` (``keys`` ascending). On the CPU, where the
+    needles are nearly ascending (the windows' ends of inner edges in key order), by
+    blocks of :data:`WINDOW_BLOCK` needles, each searched among the keys between its least
+    and greatest (the same positions: no key outside lies between them): 12 steps of a
+    binary search in cache, not 19 across all keys."""
+    xp = array_module(keys)
+    if xp is not np:
+        return xp.searchsorted(keys, needles, side=side)
+    out = np.empty(len(needles), dtype=np.intp)
+    for s in range(0, len(needles), WINDOW_BLOCK):
+        x = needles[s : s + WINDOW_BLOCK]
+        least, most = x.min(), x.max()
+        if not (np.isfinite(least) and np.isfinite(most)):  # NaN: the whole search
+            out[s : s + WINDOW_BLOCK] = np.searchsorted(keys, x, side=side)
+            continue
+        lo = int(np.searchsorted(keys, least, side="left"))
+        hi = int(np.searchsorted(keys, most, side="right"))
+        np.add(np.searchsorted(keys[lo:hi], x, side=side), lo, out=out[s : s + WINDOW_BLOCK])
+    return out
 
 
 def compatible_triplets(
@@ -373,14 +395,16 @@ def compatible_triplets(
     expanded."""
     xp = array_module(usable)
     a_ids, b_ids, lo, hi = triplet_candidates(g, usable, t)
-    within_budget(g, a_ids, lo, hi, limit)
+    ends = np.cumsum(np.maximum(hi - lo, 0)) if xp is np else None
+    within_budget(g, a_ids, lo, hi, limit, ends)
     pair_a, th_a, k2_a = (g[k][a_ids] for k in ("pair", "theta", "k2"))
     lay_b, th_b, k2_b = (g[k][b_ids] for k in ("lay_j", "theta", "k2"))
     found_a, found_b = [], []
     small = xp.int32 if len(usable) <= np.iinfo(np.int32).max else xp.int64  # 8 B a triplet
-    ends = np.cumsum(np.maximum(hi - lo, 0)) if xp is np else None
     for s, e in pairwise(chunk_bounds(len(lo), TRIPLET_CHUNK, xp, ends)):
-        q, pos = expand_ranges(lo[s:e], hi[s:e])
+        # The chunk's running total of candidates, from the whole's (the CPU's).
+        part = None if ends is None else ends[s:e] - ends[s - 1] if s else ends[:e]
+        q, pos = expand_ranges(lo[s:e], hi[s:e], part)
         if s:
             q += s
         tr = pair_a[q] * n_layers + lay_b[pos]
@@ -403,15 +427,20 @@ def within_budget(
     lo: Array,
     hi: Array,
     limit: tuple[np.ndarray, Budget] | None,
+    ends: Array | None = None,
 ) -> None:
     """Raise EventTooDense for events with more triplet candidates (inner edges ``a_ids``,
-    each with outer candidates ``[lo, hi)``) than ``limit`` (node offsets, budget) allows
-    for their hits in the graph (those an edge touches)."""
+    each with outer candidates ``[lo, hi)``; ``ends``: the running total of their counts,
+    where at hand) than ``limit`` (node offsets, budget) allows for their hits in the graph
+    (those an edge touches)."""
     if limit is None:
         return
     node_offsets, budget = limit
     xp = array_module(lo)
-    n = per_event(g["j"][a_ids], node_offsets, xp.maximum(hi - lo, 0))
+    if ends is not None and len(node_offsets) == 2:  # one event: the running total's last
+        n = ends[-1:] if len(ends) else xp.zeros(1, dtype=xp.int64)
+    else:
+        n = per_event(g["j"][a_ids], node_offsets, xp.maximum(hi - lo, 0))
     in_graph = xp.zeros(int(node_offsets[-1]), dtype=bool)  # the hits an edge touches
     in_graph[g["i"]] = True
     in_graph[g["j"]] = True
