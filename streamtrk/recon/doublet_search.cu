@@ -185,11 +185,11 @@ extern "C" __global__ void query_fill(QUERY_PARAMS, const long long *query_start
 // Per query (inner hit qi, outer layer), as prepare_search's queries after the queries of
 // layers without a hit are dropped, operation by operation: its z0 reach, its outer
 // layer's range of z (barrel) or r (disk) on lines from the hit to |z0| <= reach
-// (graph._target_range) and their bins, the phi window's half-width and phi bins (moved up
-// by n_phi, and its centre by 2 pi, when it would start below 0), its grid row, and b_hi
-// b_lo - 1 where its bins hold no hit. floats: 4 rows of n_queries (ri, zi, reach, centre);
-// ints: 5 rows (row0, b_lo, b_hi, p_lo, p_hi). Tables per layer: barrel, r, z, u_min,
-// u_max, sigma_z, sigma.
+// (graph._barrel_range, graph._disk_range) and their bins, the phi window's half-width and
+// phi bins (moved up by n_phi, and its centre by 2 pi, when it would start below 0), its
+// grid row, and b_hi b_lo - 1 where its bins hold no hit. floats: 4 rows of n_queries (ri,
+// zi, reach, centre); ints: 5 rows (row0, b_lo, b_hi, p_lo, p_hi). Tables per layer:
+// barrel, r, z, u_min, u_max, sigma_z, sigma.
 extern "C" __global__ void doublet_queries(
     long long n_queries, const long long *qi, const long long *outer, const double *r,
     const double *z, const long long *lay0, const long long *event, const double *phi_p,
@@ -208,7 +208,7 @@ extern "C" __global__ void doublet_queries(
                 ? hypot(t_sigma_z[inner] * r_near / dr_b, t_sigma_z[o] * ri / dr_b)
                 : z0_lever_max * numpy_max(t_sigma[inner], t_sigma[o]);
         const double reach = numpy_min(z0_max + z0_sigmas * sig, z0_limit);
-        // graph._target_range: the barrel's z range at r_out -+ m, the disk's r range.
+        // graph._barrel_range: the barrel's z range at r_out -+ m; _disk_range: the disk's r range.
         double lo = 0.0, hi = 0.0;
         for (int k = 0; k < 2; ++k) {
             const double s = (k == 0 ? r_out - m : r_out + m) / ri;

@@ -201,38 +201,46 @@ def _device_tables(det: Detector, z0_limit: float, skip: bool, xp: Any) -> dict[
     return {k: xp.asarray(v) for k, v in tables.items()}
 
 
-def _target_range(
-    ri: Array,
-    zi: Array,
-    barrel: Array,
-    r_t: Array,
-    z_t: Array,
-    u_max: Array,
-    zmax: Array,
-    margin: float,
-    xp: Any,
+def _barrel_range(
+    ri: Array, zi: Array, r_t: Array, zmax: Array, margin: float, xp: Any
 ) -> tuple[Array, Array]:
-    """Range of the target layer's coordinate (z or r) on lines from (r_i, z_i) to |z0| <= zmax.
-
-    ``margin`` (mm) widens it for hits off the nominal surface (modules are not exact
-    cylinders and disks, and strip measurements along r are coarse).
-    """
-    # Barrel target at radius r_t (+- margin): z = z0 + (z_i - z0) r / r_i, linear in z0.
-    lo = hi = None
+    """Range of a barrel target layer's z (at radius ``r_t``) on lines from (r_i, z_i) to
+    |z0| <= zmax. ``margin`` (mm) widens it for hits off the nominal surface (modules are
+    not exact cylinders, and strip measurements along r are coarse)."""
+    # z = z0 + (z_i - z0) r / r_i at r = r_t +- margin, linear in z0.
+    ends = []
     for rt in (r_t - margin, r_t + margin):
         s = rt / ri
-        za, zb = -zmax + (zi + zmax) * s, zmax + (zi - zmax) * s
-        lo = xp.minimum(za, zb) if lo is None else xp.minimum(lo, xp.minimum(za, zb))
-        hi = xp.maximum(za, zb) if hi is None else xp.maximum(hi, xp.maximum(za, zb))
-    # Disk target at z_t: r = r_i (z_t - z0) / (z_i - z0), monotonic in z0 when |z_i| > zmax.
+        ends.append((-zmax + (zi + zmax) * s, zmax + (zi - zmax) * s))
+    (za, zb), (zc, zd) = ends
+    lo = xp.minimum(xp.minimum(za, zb), xp.minimum(zc, zd))
+    hi = xp.maximum(xp.maximum(za, zb), xp.maximum(zc, zd))
+    # 1 mm of slack keeps rounding at the range ends from losing candidates.
+    return lo - 1.0, hi + 1.0
+
+
+def _disk_range(
+    ri: Array, zi: Array, z_t: Array, u_max: Array, zmax: Array, margin: float, xp: Any
+) -> tuple[Array, Array]:
+    """Range of a disk target layer's r (at ``z_t``, out to ``u_max``) on lines from
+    (r_i, z_i) to |z0| <= zmax, widened by ``margin`` (mm) as :func:`_barrel_range`'s."""
+    # r = r_i (z_t - z0) / (z_i - z0), monotonic in z0 when |z_i| > zmax.
     far = xp.abs(zi) > zmax
     den_a = xp.where(far, zi + zmax, 1.0)
     den_b = xp.where(far, zi - zmax, 1.0)
     ra, rb = ri * (z_t + zmax) / den_a, ri * (z_t - zmax) / den_b
     r_lo = xp.where(far, xp.maximum(xp.minimum(ra, rb), ri), ri) - margin
     r_hi = xp.where(far, xp.minimum(xp.maximum(ra, rb), u_max), u_max) + margin
-    # 1 mm of slack keeps rounding at the range ends from losing candidates.
-    return xp.where(barrel, lo, r_lo) - 1.0, xp.where(barrel, hi, r_hi) + 1.0
+    return r_lo - 1.0, r_hi + 1.0
+
+
+def _part(mask: np.ndarray) -> slice | np.ndarray | None:
+    """Where NumPy ``mask`` holds: all (a slice, no gather), some (their indices) or none
+    (None)."""
+    if mask.all():
+        return slice(None)
+    k = np.nonzero(mask)[0]
+    return k if len(k) else None
 
 
 def build_graph(
@@ -296,13 +304,18 @@ def _build(
     ctx, node_features, layer = prepare_search(
         x, y, z, volume_id, layer_id, node_offsets, det, cfg, budget
     )
-    if xp is np:
-        i, j, edge_features = search_arrays(ctx)
+    if xp is np:  # the chunks' edges joined straight into the edge index's rows
+        i, j, features = _search_chunks(ctx)
+        edge_index = np.empty((2, sum(len(part) for part in i)), dtype=np.int64)
+        np.concatenate(i, out=edge_index[0])
+        np.concatenate(j, out=edge_index[1])
+        edge_features = np.concatenate(features)
     else:
         i, j, edge_features = search_kernels(ctx, cupy_launcher(KERNELS))
+        edge_index = xp.stack([i, j])
     return Graph(
         node_features=node_features,
-        edge_index=xp.stack([i, j]),
+        edge_index=edge_index,
         edge_features=edge_features,
         node_offsets=np.asarray(node_offsets, dtype=np.int64),
         layer=layer,
@@ -359,23 +372,35 @@ def prepare_search(
         hits_on = np.nonzero(on)[0]
         occupied = bincount(event[hits_on] * n_layers + layer[hits_on], n_events * n_layers)
 
-        def queries(hits: Array) -> tuple[Array, ...]:
-            """The queries of ``hits``: hit, its r and z, first grid row of the outer
-            layer, bins, z0 reach, phi centre and phi bins."""
+        def queries(hits: Array) -> int:
+            """The queries of ``hits`` (hit, its r and z, first grid row of the outer layer,
+            bins, z0 reach, phi centre and phi bins), written into ``fields`` from
+            ``made`` on; their count."""
             starts = t["pair_start"]
             lay_on = layer[hits]
             q_hit, q_pair = expand_ranges(starts[lay_on], starts[lay_on + 1])
             qi = hits[q_hit]
             outer = t["pair_outer"][q_pair]
             alive = np.nonzero(occupied[event[qi] * n_layers + outer] > 0)[0]
-            return _query_windows_arrays(
-                qi[alive], outer[alive], (r, z, lay0, event, phi_p, cell_start), t, cfg, det
-            )
+            out = tuple(field[made : made + len(alive)] for field in fields)
+            np.take(qi, alive, out=out[0])
+            columns = (r, z, lay0, event, phi_p, cell_start)
+            _query_windows_arrays(out[0], outer[alive], columns, t, cfg, det, out)
+            return len(alive)
 
-        bounds = chunk_bounds(len(hits_on), QUERY_HIT_CHUNK, np)
-        parts = [queries(hits_on[lo:hi]) for lo, hi in pairwise(bounds)]
-        if len(parts) > 1:
-            parts = [tuple(np.concatenate(field) for field in zip(*parts, strict=True))]
+        # Each chunk's queries written straight into the fields' arrays, sized from the
+        # queries a hit makes on each layer of each event (its pairs to occupied layers):
+        # no chunk kept for a join.
+        events = np.arange(n_events)[:, None] * n_layers
+        live = occupied[events + t["pair_outer"]] > 0
+        per_layer = np.zeros(n_events * n_layers, dtype=np.int64)
+        np.add.at(per_layer, (events + t["pair_inner"]).ravel(), live.ravel())
+        total = int(per_layer[event[hits_on] * n_layers + layer[hits_on]].sum())
+        fields = [np.empty(total, dtype=f) for f in QUERY_FIELDS]
+        made = 0
+        for lo, hi in pairwise(chunk_bounds(len(hits_on), QUERY_HIT_CHUNK, np)):
+            made += queries(hits_on[lo:hi])
+        parts = [tuple(field[:made] for field in fields)]  # all of them: made == total
         on_layer = per_event(hits_on, node_offsets)
     else:
         launch = cupy_launcher(KERNELS)
@@ -420,6 +445,15 @@ def prepare_search(
 
 
 HitColumns = tuple[Array, Array, Array, Array, Array]  # r, z, phi + pi, event, layer
+#: dtypes of the queries' fields on the CPU: hit, r, z, grid row, bins, reach, centre, phi bins
+QUERY_FIELDS = (
+    np.int64,
+    np.float64,
+    np.float64,
+    *[np.int64] * 3,
+    *[np.float64] * 2,
+    *[np.int64] * 2,
+)
 
 
 def hit_cells(
@@ -489,29 +523,51 @@ def _query_windows_arrays(
     t: dict[str, Array],
     cfg: GraphConfig,
     det: Detector,
+    out: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[Array, ...]:
     """:func:`query_windows` in array operations (the CPU's): the windows of the queries
     (inner hit ``qi``, ``outer`` layer; ``columns``: per hit r, z, layer, event, phi + pi,
-    then the grid's cell starts)."""
+    then the grid's cell starts); written into ``out`` (arrays of :data:`QUERY_FIELDS`,
+    ``qi``'s first, the length of ``qi``) where given."""
     r, z, lay0, event, phi_p, cell_start = columns
     n_layers, nb, nphi, m = len(det), cfg.n_bins, cfg.n_phi_bins, cfg.layer_margin
+    if out is None:
+        out = tuple(np.empty(len(qi), dtype=f) for f in QUERY_FIELDS)
+        out[0][:] = qi
+    _, ri, zi, row0, b_lo, b_hi, reach, centre, p_lo, p_hi = out
     ob = t["barrel"][outer]
-    ri, zi = r[qi], z[qi]
+    np.take(r, qi, out=ri)
+    np.take(z, qi, out=zi)
     # z0 reach: between barrel layers the resolution term at the outer layer's nearest
     # radius (a hit there, up to the margin inside, has the largest error: the reach holds
-    # every segment the final cut keeps), else the bound.
+    # every segment the final cut keeps), else the bound. Each formula (hypot, barrel and
+    # disk ranges) is computed on the queries it is for only (elementwise: the same values
+    # as computed on all and picked).
     inner = lay0[qi]
     r_out = t["r"][outer]
-    r_near = r_out - m
-    dr_b = np.maximum(r_near - ri, 1.0)
-    sig = np.where(
-        ob & t["barrel"][inner],
-        np.hypot(t["sigma_z"][inner] * r_near / dr_b, t["sigma_z"][outer] * ri / dr_b),
-        cfg.z0_lever_max * np.maximum(t["sigma"][inner], t["sigma"][outer]),
+    sig = cfg.z0_lever_max * np.maximum(t["sigma"][inner], t["sigma"][outer])
+    if (k := _part(ob & t["barrel"][inner])) is not None:
+        ri_k, r_near = ri[k], r_out[k] - m
+        dr_b = np.maximum(r_near - ri_k, 1.0)
+        sz_in, sz_out = t["sigma_z"][inner[k]], t["sigma_z"][outer[k]]
+        sig[k] = np.hypot(sz_in * r_near / dr_b, sz_out * ri_k / dr_b)
+    np.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit, out=reach)
+
+    # The more common kind of target on all queries (no gather), the other's gathered and
+    # put in its place.
+    def barrel(k: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _barrel_range(ri[k], zi[k], r_out[k], reach[k], m, np)
+
+    def disk(k: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        o = outer[k]
+        return _disk_range(ri[k], zi[k], t["z"][o], t["u_max"][o], reach[k], m, np)
+
+    most, other, fewer = (
+        (barrel, disk, ~ob) if 2 * np.count_nonzero(ob) >= len(ob) else (disk, barrel, ob)
     )
-    reach = np.minimum(cfg.z0_max + cfg.z0_sigmas * sig, cfg.z0_limit)
-    z_out, u_max = t["z"][outer], t["u_max"][outer]
-    u_lo, u_hi = _target_range(ri, zi, ob, r_out, z_out, u_max, reach, m, np)
+    u_lo, u_hi = most(slice(None))
+    if len(k := np.nonzero(fewer)[0]):
+        u_lo[k], u_hi[k] = other(k)
     dr_max = np.where(ob, r_out + m, u_hi) - ri
     # Half-width of the phi window, just under pi (the whole circle; more would reach
     # outside the grid). The dphi cut stops there too: a hit exactly opposite, at dphi -pi
@@ -520,20 +576,26 @@ def _query_windows_arrays(
     w = np.minimum(
         cfg.phi_slope_max(det.bfield) * np.maximum(dr_max, 0.0) + cfg.phi_tolerance, PHI_CAP
     )
-    b_lo, b_hi = _bin_of(u_lo, outer, t, nb), _bin_of(u_hi, outer, t, nb)
+    u_min = t["u_min"][outer]  # _bin_of of both ends, the outer layer's range read once
+    width = t["u_max"][outer] - u_min
+    for u, b in ((u_lo, b_lo), (u_hi, b_hi)):
+        b[:] = np.clip(np.floor((u - u_min) / width * nb), 0, nb - 1).astype(np.int64)
     # A query whose bins hold no hit at all searches nothing (the disks of a barrel-only
     # event, windows clipped onto an empty bin). Exact: the hits of rows [first, last] are a
     # difference of two cell starts.
-    row0 = (event[qi] * n_layers + outer) * nb
+    np.multiply(event[qi] * n_layers + outer, nb, out=row0)
     first, last = (row0 + b_lo) * (2 * nphi), (row0 + b_hi + 1) * (2 * nphi)
-    b_hi = np.where(cell_start[last] - cell_start[first] > 0, b_hi, b_lo - 1)
+    np.copyto(b_hi, b_lo - 1, where=cell_start[last] - cell_start[first] <= 0)
     # phi-bin range, moved up by n_phi (and 2 pi) when it would start below 0.
     to_bin = nphi / (2 * np.pi)
-    p_lo = np.floor((phi_p[qi] - w) * to_bin).astype(np.int64)
-    p_hi = np.floor((phi_p[qi] + w) * to_bin).astype(np.int64)
-    low = p_lo < 0
-    p_lo, p_hi = p_lo + low * nphi, np.minimum(p_hi + low * nphi, 2 * nphi - 1)
-    return qi, ri, zi, row0, b_lo, b_hi, reach, phi_p[qi] + low * (2 * np.pi), p_lo, p_hi
+    phi_i = phi_p[qi]
+    lo_bin = np.floor((phi_i - w) * to_bin).astype(np.int64)
+    hi_bin = np.floor((phi_i + w) * to_bin).astype(np.int64)
+    low = lo_bin < 0
+    np.add(lo_bin, low * nphi, out=p_lo)
+    np.minimum(hi_bin + low * nphi, 2 * nphi - 1, out=p_hi)
+    np.add(phi_i, low * (2 * np.pi), out=centre)
+    return out
 
 
 def query_pairs(
@@ -611,13 +673,39 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
     the GIL in its loops); on CuPy in one chunk (``bench/gpu_bench.py`` compares it with the
     kernels). The candidates are checked against the budget before they are expanded, the
     doublets as they are found."""
+    i, j, edge_features = (ctx.xp.concatenate(cols) for cols in _search_chunks(ctx))
+    return i, j, edge_features
+
+
+def _search_chunks(ctx: CandidateSearch) -> tuple[tuple[Array, ...], ...]:
+    """:func:`search_arrays`'s edges (i, j) and features, chunk by chunk (not joined)."""
     xp = ctx.xp
     bounds = list(pairwise(chunk_bounds(len(ctx.qi), QUERY_BIN_CHUNK, xp)))
     threads = min(ctx.cfg.threads, available_cpus()[0], len(bounds))
+    one_event = len(ctx.node_offsets) == 2
+
+    def slots(b: tuple[int, int]) -> tuple[Array, ...]:
+        """A piece's bin queries and, on the CPU, the running total of their candidates,
+        summed while the slots are in cache (the budget, the chunks' bounds and their
+        expansion read it)."""
+        q, lo, hi = ctx.bin_slots(*b)  # hi >= lo: the cell starts ascend
+        return q, lo, hi, np.cumsum(hi - lo) if xp is np else None
+
+    def count(q: Array, lo: Array, hi: Array, ends: Array | None) -> Array:
+        if ends is not None and one_event:  # the CPU builds events one by one
+            return ends[-1:] if len(ends) else np.zeros(1, dtype=np.int64)
+        return per_event(ctx.qi[q], ctx.node_offsets, hi - lo)
+
+    def search(c: tuple[Array, ...]) -> tuple[Array, ...]:
+        q, lo, hi, ends, s, e = c
+        if ends is not None:  # the chunk's own running total
+            ends = ends[s:e] - ends[s - 1] if s else ends[:e]
+        return ctx.run(q[s:e], lo[s:e], hi[s:e], ends)
+
     with ThreadPoolExecutor(threads) as pool:
         run = map if threads == 1 else pool.map
-        pieces = list(run(lambda b: ctx.bin_slots(*b), bounds))
-        per_ev = [per_event(ctx.qi[q], ctx.node_offsets, hi - lo) for q, lo, hi in pieces]
+        pieces = list(run(slots, bounds))
+        per_ev = [count(*piece) for piece in pieces]
         enforce(
             "doublet candidates",
             sum(per_ev[1:], per_ev[0]),
@@ -626,11 +714,9 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
             ctx.budget,
         )
         chunks = [
-            (q[s:e], lo[s:e], hi[s:e])
-            for q, lo, hi in pieces
-            for s, e in pairwise(
-                chunk_bounds(len(q), SEARCH_CHUNK, xp, np.cumsum(hi - lo) if xp is np else None)
-            )
+            (q, lo, hi, ends, s, e)
+            for q, lo, hi, ends in pieces
+            for s, e in pairwise(chunk_bounds(len(q), SEARCH_CHUNK, xp, ends))
         ]
         # The doublets counted as the chunks are searched, a group at a time: an event over
         # its budget is refused once it passes it (with the count so far), not after its
@@ -639,13 +725,13 @@ def search_arrays(ctx: CandidateSearch) -> tuple[Array, Array, Array]:
         found = xp.zeros(len(ctx.node_offsets) - 1, dtype=xp.int64)
         group = SEARCH_GROUP * threads
         for start in range(0, len(chunks), group):
-            done = list(run(lambda c: ctx.run(*c), chunks[start : start + group]))
+            done = list(run(search, chunks[start : start + group]))
             parts += done
             for i, _, _ in done:
                 found += per_event(i, ctx.node_offsets)
             enforce("doublets", found, ctx.on_layer, ctx.budget.edges_per_hit, ctx.budget)
-    i, j, edge_features = (xp.concatenate(cols) for cols in zip(*parts, strict=True))
-    return i, j, edge_features
+    i, j, features = zip(*parts, strict=True)
+    return i, j, features
 
 
 def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, Array]:
@@ -766,17 +852,39 @@ class CandidateSearch:
 
     def bin_slots(self, start: int, stop: int) -> tuple[Array, Array, Array]:
         """The bin queries of queries ``[start, stop)``: their query and slots ``[lo, hi)``."""
+        if self.xp is np:
+            return self._bin_slots_cpu(start, stop)
         q, b = expand_ranges(self.b_lo[start:stop], self.b_hi[start:stop] + 1)
         lo, hi = self.slots(q, b, start, stop)
         q += start
         return q, lo, hi
 
-    def run(self, q: Array, lo: Array, hi: Array) -> tuple[Array, ...]:
+    def _bin_slots_cpu(self, start: int, stop: int) -> tuple[Array, Array, Array]:
+        """:meth:`bin_slots` on the CPU, the same numbers: the k-th bin query of a query
+        reads the cells (row0 + b_lo + k) * 2 n_phi + p_lo (to p_hi + 1), k * 2 n_phi past
+        those of the query's first, so each bin query's cells are a per-query number plus
+        its place in the expansion times 2 n_phi (no bin gathered and scaled per bin
+        query)."""
+        queries = slice(start, stop)
+        span = 2 * self.nphi
+        b_lo = self.b_lo[queries]
+        counts = np.maximum(self.b_hi[queries] + 1 - b_lo, 0)
+        ends = np.cumsum(counts)
+        q = np.repeat(np.arange(len(counts)), counts)
+        first = (b_lo - ends + counts + self.row0[queries]) * span  # less k * span
+        step = np.arange(int(ends[-1]) if len(ends) else 0) * span
+        lo = self.cell_start[step + (first + self.p_lo[queries])[q]]
+        hi = self.cell_start[step + (first + self.p_hi[queries] + 1)[q]]
+        q += start
+        return q, lo, hi
+
+    def run(self, q: Array, lo: Array, hi: Array, ends: Array | None = None) -> tuple[Array, ...]:
         """Edges (i, j) of bin queries of queries ``q``, whose candidates are the slots
-        ``[lo, hi)``, and their features (float32, one row an edge: dr, dphi, dz, deta,
-        dphi/dr over the largest slope, z0; each scaled to about unit range)."""
+        ``[lo, hi)`` (``ends``: the running total of their counts, where at hand), and their
+        features (float32, one row an edge: dr, dphi, dz, deta, dphi/dr over the largest
+        slope, z0; each scaled to about unit range)."""
         xp, cfg = self.xp, self.cfg
-        cand, pos = expand_ranges(lo, hi)
+        cand, pos = expand_ranges(lo, hi, ends)
         qq = q[cand]
         # Per-query values are read through qq, per-hit ones through the sorted slots (both
         # gathers run mostly forward in memory). The phi window and the z0 reach are cut in
