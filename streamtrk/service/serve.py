@@ -636,6 +636,23 @@ class Daemon:
             m.watch_cuda_memory()
         faults.fail("install")  # tests: an install that fails once the model is in place
 
+    def _swap(
+        self, model: ServedModel, cfg: ServeConfig, replaced: ServedModel, old: ServeConfig
+    ) -> None:
+        """Install ``model`` and ``cfg`` in place of ``replaced`` and ``old``; when that fails
+        half-way, ``replaced`` and ``old`` as they were (then ``model`` goes to the worker to
+        close between batches: a batch may have begun on it), and the failure is raised."""
+        try:
+            self._install(model, cfg)
+        except BaseException:
+            try:
+                self._install(replaced, old)
+            finally:
+                with self._replacing:
+                    self._replaced.append(model)
+            raise
+        self.config = cfg
+
     def reload(self) -> None:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
         Called holding ``_reloading``, which it releases."""
@@ -654,22 +671,15 @@ class Daemon:
                 raise ValueError(f"{e}, with {', '.join(changed)} kept until a restart") from e
             faults.delay("reload")  # tests: a reload that takes long, the start-up load not
             model = load_served_model(new)
+            replaced = self._model()  # only a reload changes it, and one runs at a time
             with self._swapping:
-                if self._draining:  # the drain answers with the model it began with
-                    _close_quietly(model)
-                    log.warning("reload abandoned: the daemon is draining")
-                    return
-                replaced = self._model()
-                try:
-                    self._install(model, new)
-                except BaseException:  # as it was: the previous model, its metrics
-                    try:
-                        self._install(replaced, old)
-                    finally:  # a batch may have begun on it: closed between batches
-                        with self._replacing:
-                            self._replaced.append(model)
-                    raise
-                self.config = new
+                draining = self._draining  # the drain answers with the model it began with
+                if not draining:
+                    self._swap(model, new, replaced, old)
+            if draining:  # closed out of the lock, which the drain's start takes
+                _close_quietly(model)
+                log.warning("reload abandoned: the daemon is draining")
+                return
             with self._replacing:  # closed by the worker between batches (heap refrozen)
                 self._replaced.append(replaced)
             del replaced
