@@ -88,8 +88,7 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
     "ids their event lacks, or a hit in two tracks), ambiguous_events ((run, event) numbers "
     "of events of different hits, left out of the physics), interrupted, duration_s (first "
-    "send to "
-    "the last send or reply), "
+    "send to the last send or reply), "
     "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
     "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus, when the "
@@ -191,12 +190,8 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             f"{args.to}{unsent} and nothing came back from {args.from_} within "
             f"{args.timeout:g} s; {_daemon_there(args.bind)} (and are --to and --from its "
             "input and output)?"
-            + (  # replies came, none to this replay: another consumer took them
-                f" {report['unexpected']} replies to no send of this replay came: another "
-                f"consumer of {args.from_} (another replay) takes the replies"
-                if report["unexpected"]
-                else ""
-            ),
+            # replies came, none to this replay: another consumer took them
+            + (f" {_other_consumer(report, args.from_, 'the')}" if report["unexpected"] else ""),
             file=sys.stderr,
         )
     elif not report["sent"] and report["unsent"]:
@@ -216,10 +211,7 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         if report["unsent"]:
             parts.append(f"{report['unsent']} events were not sent {within}")
         if report["missing"] and report["unexpected"]:  # a collector shares them out
-            parts.append(
-                f"{report['unexpected']} replies to no send of this replay came: another "
-                f"consumer of {args.from_} (another replay) takes a share of the replies"
-            )
+            parts.append(_other_consumer(report, args.from_, "a share of the"))
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
@@ -255,6 +247,15 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         )
         return 130  # 128 + SIGINT
     return 1 if failed else 0
+
+
+def _other_consumer(report: dict[str, Any], from_: str, takes: str) -> str:
+    """What replies to no send of this replay say: another consumer of ``from_`` takes
+    ``takes`` replies."""
+    return (
+        f"{report['unexpected']} replies to no send of this replay came: another consumer of "
+        f"{from_} (another replay) takes {takes} replies"
+    )
 
 
 def _daemon_there(bind: bool) -> str:
