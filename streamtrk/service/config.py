@@ -423,9 +423,14 @@ def _ok_unquoted(base: str, v: Any) -> bool:
         return False
 
 
+def _type_name(f: Any) -> str:
+    """The name of a setting's type (``"int | None"``)."""
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
 def _base_type(f: Any) -> str:
     """The name of a setting's type, ``None`` left out (``"int"`` for ``int | None``)."""
-    return (f.type if isinstance(f.type, str) else f.type.__name__).replace(" | None", "")
+    return _type_name(f).replace(" | None", "")
 
 
 def _flag(name: str) -> str:
@@ -436,7 +441,7 @@ def _flag(name: str) -> str:
 def _converter(f: Any) -> Callable[[Any, bool], Any]:
     """Converts a setting's value to the field's type: a TOML value must already have it
     (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed."""
-    optional = "None" in (f.type if isinstance(f.type, str) else f.type.__name__)
+    optional = "None" in _type_name(f)
     base = _base_type(f)
     want = _TYPE_NAMES.get(base, "a string")
 
