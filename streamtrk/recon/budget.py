@@ -126,14 +126,19 @@ def event_by_event(items: Iterable[T], make: Callable[[T], R]) -> list[R]:
     return made
 
 
-def per_event(hit: Array, node_offsets: np.ndarray, weights: Array | None = None) -> Array:
+def per_event(
+    hit: Array, node_offsets: np.ndarray, weights: Array | None = None, of: Array | None = None
+) -> Array:
     """Per event of the batch (``node_offsets``), the number of items whose hit is ``hit``
-    (or the sum of their ``weights``), on ``hit``'s device."""
+    (or the sum of their ``weights``), on ``hit``'s device. With ``of``, the items' hits are
+    ``hit[of]``, gathered only where the batch has several events."""
     xp: Any = array_module(hit)
     if len(node_offsets) == 2:  # one event (the CPU builds events one by one)
         if weights is None:
-            return xp.full(1, len(hit), dtype=xp.int64)
+            return xp.full(1, len(hit if of is None else of), dtype=xp.int64)
         return weights.sum(keepdims=True)  # stays on the device, as bincount's would
+    if of is not None:
+        hit = hit[of]
     bounds = xp.asarray(np.asarray(node_offsets[1:], dtype=np.int64))
     event = xp.searchsorted(bounds, hit, side="right")
     return bincount(event, len(node_offsets) - 1, weights)

@@ -682,19 +682,13 @@ def _search_chunks(ctx: CandidateSearch) -> tuple[tuple[Array, ...], ...]:
     xp = ctx.xp
     bounds = list(pairwise(chunk_bounds(len(ctx.qi), QUERY_BIN_CHUNK, xp)))
     threads = min(ctx.cfg.threads, available_cpus()[0], len(bounds))
-    one_event = len(ctx.node_offsets) == 2
 
     def slots(b: tuple[int, int]) -> tuple[Array, ...]:
         """A piece's bin queries and, on the CPU, the running total of their candidates,
-        summed while the slots are in cache (the budget, the chunks' bounds and their
-        expansion read it)."""
+        summed while the slots are in cache (the chunks' bounds and their expansion read
+        it)."""
         q, lo, hi = ctx.bin_slots(*b)  # hi >= lo: the cell starts ascend
         return q, lo, hi, np.cumsum(hi - lo) if xp is np else None
-
-    def count(q: Array, lo: Array, hi: Array, ends: Array | None) -> Array:
-        if ends is not None and one_event:  # the CPU builds events one by one
-            return ends[-1:] if len(ends) else np.zeros(1, dtype=np.int64)
-        return per_event(ctx.qi[q], ctx.node_offsets, hi - lo)
 
     def search(c: tuple[Array, ...]) -> tuple[Array, ...]:
         q, lo, hi, ends, s, e = c
@@ -705,7 +699,7 @@ def _search_chunks(ctx: CandidateSearch) -> tuple[tuple[Array, ...], ...]:
     with ThreadPoolExecutor(threads) as pool:
         run = map if threads == 1 else pool.map
         pieces = list(run(slots, bounds))
-        per_ev = [count(*piece) for piece in pieces]
+        per_ev = [per_event(ctx.qi, ctx.node_offsets, hi - lo, of=q) for q, lo, hi, _ in pieces]
         enforce(
             "doublet candidates",
             sum(per_ev[1:], per_ev[0]),

@@ -395,8 +395,8 @@ def compatible_triplets(
     expanded."""
     xp = array_module(usable)
     a_ids, b_ids, lo, hi = triplet_candidates(g, usable, t)
+    within_budget(g, a_ids, lo, hi, limit)
     ends = np.cumsum(np.maximum(hi - lo, 0)) if xp is np else None
-    within_budget(g, a_ids, lo, hi, limit, ends)
     pair_a, th_a, k2_a = (g[k][a_ids] for k in ("pair", "theta", "k2"))
     lay_b, th_b, k2_b = (g[k][b_ids] for k in ("lay_j", "theta", "k2"))
     found_a, found_b = [], []
@@ -427,20 +427,15 @@ def within_budget(
     lo: Array,
     hi: Array,
     limit: tuple[np.ndarray, Budget] | None,
-    ends: Array | None = None,
 ) -> None:
     """Raise EventTooDense for events with more triplet candidates (inner edges ``a_ids``,
-    each with outer candidates ``[lo, hi)``; ``ends``: the running total of their counts,
-    where at hand) than ``limit`` (node offsets, budget) allows for their hits in the graph
-    (those an edge touches)."""
+    each with outer candidates ``[lo, hi)``) than ``limit`` (node offsets, budget) allows
+    for their hits in the graph (those an edge touches)."""
     if limit is None:
         return
     node_offsets, budget = limit
     xp = array_module(lo)
-    if ends is not None and len(node_offsets) == 2:  # one event: the running total's last
-        n = ends[-1:] if len(ends) else xp.zeros(1, dtype=xp.int64)
-    else:
-        n = per_event(g["j"][a_ids], node_offsets, xp.maximum(hi - lo, 0))
+    n = per_event(g["j"], node_offsets, xp.maximum(hi - lo, 0), of=a_ids)
     in_graph = xp.zeros(int(node_offsets[-1]), dtype=bool)  # the hits an edge touches
     in_graph[g["i"]] = True
     in_graph[g["j"]] = True

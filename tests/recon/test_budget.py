@@ -239,3 +239,7 @@ def test_per_event_counts_one_entry_per_event_of_the_batch() -> None:
     assert per_event(hit, offsets, np.array([1, 2, 4, 8])).tolist() == [11, 4, 0]
     assert per_event(hit[:2], offsets[:2]).tolist() == [2]  # one event: every item is its
     assert per_event(hit[:2], offsets[:2], np.array([1, 2])).tolist() == [3]
+    # Items whose hit is ``hit[of]``: the same counts.
+    of = np.array([3, 0, 2, 1, 3])
+    assert per_event(hit, offsets, of=of).tolist() == per_event(hit[of], offsets).tolist()
+    assert per_event(hit, offsets[:2], of=of).tolist() == [5]
