@@ -139,6 +139,7 @@ class Daemon:
         self._stop_signalled = False
         self._hup_signalled = False
         self._reloading = threading.Lock()
+        self._reload_again = False  # a SIGHUP came during a reload: one more follows it
         # Models a reload replaced: the worker closes them and freezes the heap again.
         self._replaced: list[ServedModel] = []
         self._replacing = threading.Lock()
@@ -355,6 +356,9 @@ class Daemon:
             if self._hup_signalled:
                 self._hup_signalled = False
                 self._start_reload()
+            elif self._reload_again and not self._reloading.locked():
+                self._reload_again = False
+                self._start_reload()
         return self._drain(stop_intake, ingest, worker, emitter, observer)
 
     def _stop_monitor(self, monitor: SocketMonitor) -> None:
@@ -399,11 +403,13 @@ class Daemon:
         return lambda: reconnects.apply(name, sock, endpoint)
 
     def _start_reload(self) -> None:
-        """SIGHUP: :meth:`reload` in a thread of its own, one reload at a time. The lock is
-        taken here, not in the thread: the drain's check of a reload in progress must not
-        miss one whose thread has not started yet."""
+        """SIGHUP: :meth:`reload` in a thread of its own, one reload at a time; SIGHUPs during
+        a reload start one more once it ends (it may have read the files before they
+        changed). The lock is taken here, not in the thread: the drain's check of a reload
+        in progress must not miss one whose thread has not started yet."""
         if not self._reloading.acquire(blocking=False):
-            log.warning("reload already in progress; SIGHUP ignored")
+            self._reload_again = True
+            log.warning("reload already in progress; another follows it")
             return
         try:
             faults.fail("reload_thread")  # tests: the thread cannot start
