@@ -1,4 +1,4 @@
-"""``streamtrk farm``'s refusals of its settings (the forwarders: tests/service/test_farm.py)."""
+"""``streamtrk farm``'s refusals of its settings (the forwarders: tests/test_farm.py)."""
 
 import pytest
 

@@ -33,7 +33,7 @@ from streamtrk.client import terminate, wait_listening
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 class Forwarder(HttpEndpoints):
