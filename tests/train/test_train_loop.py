@@ -1,0 +1,34 @@
+"""The optimisation loop."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import TINY
+
+from streamtrk.detector import load_detector
+from streamtrk.recon.graph import GraphConfig
+from streamtrk.train import EventSource, load_config, make_samples
+
+
+def test_samples_without_counted_edges_are_left_out(tmp_path: Path) -> None:
+    """A sector with no counted edge has a NaN loss: left out of training and validation,
+    it can neither spoil the weights nor the choice of the best epoch."""
+
+    from streamtrk.train.loop import fit
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    cfg = load_config(config)
+    det = load_detector()
+    samples = make_samples(EventSource(mu=5, seed=5, events=1).load(det), det, GraphConfig(), 1.0)
+    empty = replace(samples[0], counted=torch.zeros_like(samples[0].counted))
+    model, history = fit(cfg, [empty, *samples], [empty, *samples], tmp_path / "ck", progress=False)
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="no edge counts in the loss"):
+        fit(cfg, [empty], samples, tmp_path / "ck2", progress=False)
