@@ -40,7 +40,8 @@ lint: $(STAMP)
 	for f in tests/*/conftest.py; do MYPYPATH=tests $(VENV)/bin/mypy "$$f" || exit 1; done
 
 test: $(STAMP) lint
-	$(VENV)/bin/pytest
+	@# The slowest tests listed at the end: what sizes pytest's per-test timeout (pyproject.toml).
+	$(VENV)/bin/pytest --durations=20
 
 demo: $(STAMP)
 	$(VENV)/bin/streamtrk demo
