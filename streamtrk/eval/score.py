@@ -150,8 +150,10 @@ def classify(
     central = selected & (particles.vr_from(beam_line) < RECONSTRUCTABLE_MAX_VR)
     found = np.isin(particles.particle_id, m.particle_id[m.matched & (m.particle_id != 0)])
     real = m.pure & (m.particle_id != 0)
-    # A duplicate is a real track whose particle already has an earlier real track.
-    order = np.lexsort((m.track_id, ~real, m.particle_id))
+    # A duplicate is a real track whose particle already has another: each particle's
+    # best real track (the one matched, else the one holding most of its hits, else the
+    # lowest id) is not, so that the binned rates see the fragments' pT and eta.
+    order = np.lexsort((m.track_id, -m.majority_hits, ~m.matched, ~real, m.particle_id))
     later = np.zeros(len(m), dtype=bool)
     same = m.particle_id[order][1:] == m.particle_id[order][:-1]
     later[order[1:]] = same & real[order][1:] & real[order][:-1]
@@ -181,7 +183,8 @@ def physics_metrics(
     - ``fake_rate``: tracks with no majority particle over 50% of the hits, or a noise
       majority, over all tracks.
     - ``duplicate_rate``: pure (non-noise) tracks whose particle already has another pure
-      track, over all pure tracks.
+      track, over all pure tracks (the particle's best track is not the duplicate:
+      :func:`classify`).
     Also returns the counts behind them. Rates with an empty denominator are NaN.
     """
     return metrics_from_counts(counts(classify(event, track_id_per_hit, beam_line)))

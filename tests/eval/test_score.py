@@ -156,10 +156,25 @@ def test_the_vertex_cut_is_about_the_beam_line():
     assert about_x12.reconstructable_all.all()
 
 
-def test_the_duplicate_is_the_later_track():
+def test_the_duplicate_is_the_later_track_of_two_alike():
     # track 2 comes first in hit order, track 1 has the lower id: track 2 is the duplicate
     c = classify(metrics_event([1] * 6, {1: (2.0, 0.0, 6)}), np.array([2, 2, 2, 1, 1, 1]))
     assert c.track_id.tolist() == [1, 2] and c.track_duplicate.tolist() == [False, True]
+
+
+def test_the_duplicate_is_never_the_track_that_found_the_particle():
+    # track 1 holds 2 of the particle's 6 hits, track 2 the 4 that find it: track 1 is the
+    # duplicate (its pT and eta go into the binned duplicate rates), whatever the ids
+    ev = metrics_event([1] * 6 + [0] * 2, {1: (2.0, 0.0, 6)})
+    for first, second in ((1, 2), (2, 1)):
+        c = classify(ev, np.array([first] * 2 + [second] * 4 + [0] * 2))
+        duplicate = dict(zip(c.track_id.tolist(), c.track_duplicate.tolist(), strict=True))
+        matched = dict(zip(c.track_id.tolist(), c.track_matched.tolist(), strict=True))
+        assert (duplicate, matched) == ({first: True, second: False}, {first: False, second: True})
+    # of two fragments (neither finds it), the one with more of its hits is the primary
+    c = classify(ev, np.array([1, 2, 2, 2, 0, 0, 0, 0]))
+    assert c.track_matched.tolist() == [False, False]
+    assert c.track_duplicate.tolist() == [True, False]
 
 
 def test_a_track_of_noise_hits_matches_nothing():
