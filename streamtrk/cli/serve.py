@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from streamtrk.cli.common import SIGNED_OPTIONS, subcommand
@@ -52,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         flags_from_args,
         load_config,
         log_format_asked,
+        source_of,
         unknown_variables,
     )
 
@@ -61,15 +63,18 @@ def _serve(args: argparse.Namespace) -> int:
         return load_config(args.config, os.environ, flags)
 
     def refused_here(cfg: ServeConfig) -> str | None:
-        """Why this host cannot serve ``cfg`` (a model, device or engine it lacks), or
-        None."""
+        """Why this host cannot serve ``cfg`` (a model, device or engine it lacks), and
+        where the setting came from, or None."""
+        why, setting = None, ""
         if cfg.model is not None and (no_model := model_missing(cfg.model)):
-            return f"model: {no_model}"
-        if cfg.device == "cuda" and (no_cuda := cuda_unavailable()):
-            return f"device cuda: {no_cuda}"
-        if cfg.engine == "tensorrt":  # the one engine refused; the others fall back
-            return engine_unavailable(cfg.engine, resolve_device(cfg.device))
-        return None
+            why, setting = f"model: {no_model}", "model"
+        elif cfg.device == "cuda" and (no_cuda := cuda_unavailable()):
+            why, setting = f"device cuda: {no_cuda}", "device"
+        elif cfg.engine == "tensorrt":  # the one engine refused; the others fall back
+            why, setting = engine_unavailable(cfg.engine, resolve_device(cfg.device)), "engine"
+        if why is None:
+            return None
+        return f"{why} (from {source_of(setting, args.config, os.environ, flags)})"
 
     def reload() -> ServeConfig:  # SIGHUP: refused as at start-up, the old model kept
         cfg = load()
@@ -80,8 +85,11 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = load()
     except ConfigError as e:
+        # A mistyped variable is likeliest to matter now: said before the refusal.
         _serve_error(
-            f"invalid configuration: {e}", log_format_asked(args.config, os.environ, flags)
+            f"invalid configuration: {e}",
+            log_format_asked(args.config, os.environ, flags),
+            unknown_variables(os.environ),
         )
         return 2
     refusal = refused_here(cfg)
@@ -93,20 +101,28 @@ def _serve(args: argparse.Namespace) -> int:
         print(cfg.to_toml(), end="")
         return 0
     if refusal:
-        _serve_error(f"invalid configuration: {refusal}", cfg.log_format)
+        _serve_error(
+            f"invalid configuration: {refusal}", cfg.log_format, unknown_variables(os.environ)
+        )
         return 2
     from streamtrk.service.serve import serve
 
     return serve(cfg, reload, hup, stop)
 
 
-def _serve_error(message: str, log_format: str) -> None:
-    """A start-up failure before the daemon's logging exists: one line on stderr, a JSON
-    object where the configuration asks for JSON logs (as a log shipper reads them)."""
+def _serve_error(message: str, log_format: str, warnings: Sequence[str] = ()) -> None:
+    """A start-up failure before the daemon's logging exists, after ``warnings``: a line
+    each on stderr, a JSON object each where the configuration asks for JSON logs (as a log
+    shipper reads them)."""
     if log_format == "json":
         from streamtrk.service.logs import configure
 
-        configure("json", "error")
-        logging.getLogger("streamtrk.serve").error(message)
+        configure("json", "warning")
+        log = logging.getLogger("streamtrk.serve")
+        for warning in warnings:
+            log.warning(warning)
+        log.error(message)
     else:
+        for warning in warnings:
+            print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
         print(f"streamtrk serve: {message}", file=sys.stderr)

@@ -126,7 +126,7 @@ class ServeConfig:
         default=None,
         metadata=_help(
             "CURVE: directory of the allowed clients' public certificates (*.key), read at "
-            "every handshake (none: no client allowed)"
+            "every handshake (unset: no client allowed)"
         ),
     )
     allow_insecure: bool = field(
@@ -143,7 +143,7 @@ class ServeConfig:
         default=5.0, metadata=_help("longest wait for a batch to fill after its first event")
     )
     deadline_ms: float | None = field(
-        default=None, metadata=_help("default per-event deadline from receipt (none: no deadline)")
+        default=None, metadata=_help("default per-event deadline from receipt (unset: no deadline)")
     )
     queue_capacity: int = field(default=16, metadata=_help("events waiting to be batched"))
     reply_capacity: int = field(default=64, metadata=_help("replies waiting to be sent"))
@@ -175,7 +175,7 @@ class ServeConfig:
         default=30.0, metadata=_help("longest drain on SIGTERM/SIGINT before exiting")
     )
     dead_letter: Path | None = field(
-        default=None, metadata=_help("recording file for unidentifiable input (none: not kept)")
+        default=None, metadata=_help("recording file for unidentifiable input (unset: not kept)")
     )
     dead_letter_max_bytes: int = field(
         default=64 * 1024 * 1024, metadata=_help("size cap of the dead-letter file")
@@ -554,6 +554,35 @@ def load_config(
 ) -> ServeConfig:
     """Defaults, then the TOML file, then ``STREAMTRK_*`` variables, then ``flags``
     (setting name -> value, None meaning not given). Raises :class:`ConfigError`."""
+    values = _given(path, env, flags)
+    try:
+        return ServeConfig(**{k: v for k, (v, _) in values.items()})
+    except ConfigError as e:
+        sources = [values[k][1] if k in values else "the default" for k in e.settings]
+        where = ", ".join(
+            f"{k} from {src}" if len(sources) > 1 else f"from {src}"
+            for k, src in zip(e.settings, sources, strict=True)
+        )
+        raise ConfigError(f"{e} ({where})", *e.settings) from None
+
+
+def source_of(
+    name: str,
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> str:
+    """Where the setting ``name`` of :func:`load_config` (same arguments) came from: "flag
+    --model", "environment variable STREAMTRK_MODEL", "config file F" or "the default"."""
+    given = _given(path, env, flags)
+    return given[name][1] if name in given else "the default"
+
+
+def _given(
+    path: Path | None, env: Mapping[str, str] | None, flags: Mapping[str, Any] | None
+) -> dict[str, tuple[Any, str]]:
+    """The settings given (name -> value and its source), each from the last place that
+    gives it: the file, the environment, the flags."""
     values: dict[str, tuple[Any, str]] = {}
     if path is not None:
         for key, raw in _file_settings(path).values():
@@ -566,15 +595,7 @@ def load_config(
     for name, raw in (flags or {}).items():
         if raw is not None:
             _convert(values, name, raw, f"flag {_flag(name)}")
-    try:
-        return ServeConfig(**{k: v for k, (v, _) in values.items()})
-    except ConfigError as e:
-        sources = [values[k][1] if k in values else "the default" for k in e.settings]
-        where = ", ".join(
-            f"{k} from {src}" if len(sources) > 1 else f"from {src}"
-            for k, src in zip(e.settings, sources, strict=True)
-        )
-        raise ConfigError(f"{e} ({where})", *e.settings) from None
+    return values
 
 
 #: The variables of the daemon's settings.

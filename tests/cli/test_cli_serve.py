@@ -20,6 +20,7 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
         out = _run(*args)
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.startswith(f"{who}: device cuda: {cuda_unavailable()}")
+        assert args[0] == "evaluate" or out.stderr.endswith(" (from flag --device)\n")
         assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     # Printing the configuration checks it, not this host: a GPU node's prints here too.
     out = _run("serve", "--device", "cuda", "--print-config")
@@ -37,6 +38,7 @@ def test_a_model_path_without_a_model_is_a_configuration_error(tmp_path):
         f"streamtrk serve: invalid configuration: model: no model at {missing}"
     )
     assert "check the path (the shipped model is " in out.stderr
+    assert out.stderr.endswith(" (from flag --model)\n")
     out = _run("serve", "--model", str(missing), "--print-config")
     assert out.returncode == 0 and "warning: model: no model at " in out.stderr
 

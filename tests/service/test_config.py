@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -252,6 +253,23 @@ def test_serve_warns_of_unknown_streamtrk_variables() -> None:
     assert out.returncode == 0
     assert "STREAMTRK_DEADLINE is not a setting and is ignored" in out.stderr
     assert "STREAMTRK_DEADLINE_MS" in out.stderr
+
+
+def test_a_refused_configuration_names_the_variables_that_are_not_settings_first() -> None:
+    """A mistyped variable is likeliest to matter when the configuration is refused: here
+    the queue's length was meant to be set, and the default is too short."""
+    env = {"STREAMTRK_QUEUE_CAPACTY": "64", "STREAMTRK_MAX_BATCH_EVENTS": "32"}
+    out = _serve("--print-config", env=env)
+    assert out.returncode == 2 and out.stdout == ""
+    warning, error = out.stderr.splitlines()
+    assert warning.startswith(
+        "streamtrk serve: warning: environment variable STREAMTRK_QUEUE_CAPACTY is not a "
+        "setting and is ignored; did you mean STREAMTRK_QUEUE_CAPACITY"
+    )
+    assert error.startswith("streamtrk serve: invalid configuration: queue_capacity (16) must")
+    json_out = _serve(env={**env, "STREAMTRK_LOG_FORMAT": "json"})
+    levels = [json.loads(line)["level"] for line in json_out.stderr.splitlines()]
+    assert json_out.returncode == 2 and levels == ["warning", "error"]
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -511,7 +529,7 @@ def test_printed_configuration_says_each_setting_s_help_and_leaves_none_unset() 
     assert (
         "# longest wait for a batch to fill after its first event\n"
         "max_queue_delay_ms = 5.0\n"
-        "# default per-event deadline from receipt (none: no deadline)\n"
+        "# default per-event deadline from receipt (unset: no deadline)\n"
         "# deadline_ms = (unset)\n"
     ) in printed
 

@@ -148,7 +148,10 @@ def test_a_reload_to_a_device_this_host_lacks_fails_as_start_up_would(daemon_fac
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="failure") == 1)
     [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
-    assert failed == f"reload failed, still serving the previous model: device cuda: {why}"
+    assert failed == (
+        f"reload failed, still serving the previous model: device cuda: {why} "
+        f"(from config file {config})"
+    )
     assert d.get("/readyz")[0] == 200
 
 
