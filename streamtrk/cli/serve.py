@@ -53,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         flags_from_args,
         load_config,
         log_format_asked,
+        shadowed,
         source_of,
         unknown_variables,
     )
@@ -61,6 +62,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     def load() -> ServeConfig:
         return load_config(args.config, os.environ, flags)
+
+    def overridden() -> list[str]:  # after load(): the file read
+        return shadowed(args.config, os.environ, flags)
 
     def refused_here(cfg: ServeConfig) -> str | None:
         """Why this host cannot serve ``cfg`` (a model, device or engine it lacks), and
@@ -94,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     refusal = refused_here(cfg)
     if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
-        warnings = unknown_variables(os.environ)
+        warnings = unknown_variables(os.environ) + overridden()
         warnings += [f"{refusal} (serving would refuse it here)"] if refusal else []
         for warning in warnings:
             print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
@@ -107,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from streamtrk.service.serve import serve
 
-    return serve(cfg, reload, hup, stop)
+    return serve(cfg, reload, hup, stop, overridden)
 
 
 def _serve_error(message: str, log_format: str, warnings: Sequence[str] = ()) -> None:

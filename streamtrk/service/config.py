@@ -262,12 +262,7 @@ class ServeConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             lines.append(f"# {f.metadata['help']}")
-            if value is None:
-                lines.append(f"# {f.name} = (unset)")
-            else:
-                lines.append(
-                    tomlio.dumps({f.name: str(value) if isinstance(value, Path) else value})
-                )
+            lines.append(f"# {f.name} = (unset)" if value is None else _shown(f.name, value))
         return "\n".join(line.rstrip("\n") for line in lines) + "\n"
 
 
@@ -576,6 +571,28 @@ def source_of(
     --model", "environment variable STREAMTRK_MODEL", "config file F" or "the default"."""
     given = _given(path, env, flags)
     return given[name][1] if name in given else "the default"
+
+
+def shadowed(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> list[str]:
+    """A warning for each setting of the file ``path`` that a variable or flag overrides
+    with another value: an operator who edits the file and sends SIGHUP would otherwise
+    see nothing change, and no word why."""
+    if path is None:
+        return []
+    in_file, used = _given(path, {}, {}), _given(path, env, flags)
+    return [
+        f"config file {path}: {_shown(name, value)} is overridden by {used[name][1]}: "
+        f"{_shown(name, used[name][0])}"
+        for name, (value, _) in in_file.items()
+        if used[name][0] != value
+    ]
+
+
+def _shown(name: str, value: Any) -> str:
+    """``name = value`` as TOML writes it (``name unset`` for None)."""
+    if value is None:
+        return f"{name} unset"
+    return tomlio.dumps({name: str(value) if isinstance(value, Path) else value}).strip()
 
 
 def _given(

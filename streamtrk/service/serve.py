@@ -123,9 +123,11 @@ class Daemon:
         reload_config: Callable[[], ServeConfig],
         hup_before: StopFlag | None = None,
         stop_before: StopFlag | None = None,
+        overridden: Callable[[], list[str]] = lambda: [],
     ) -> None:
         self.config = cfg
         self.reload_config = reload_config
+        self.overridden = overridden  # the file's settings a variable or flag overrides
         # Set by a SIGHUP, or a SIGTERM/SIGINT, before run() took the signals over.
         self.hup_before, self.stop_before = hup_before, stop_before
         self.metrics = Metrics()
@@ -181,7 +183,7 @@ class Daemon:
     def run(self) -> int:
         cfg = self.config
         logs.configure(cfg.log_format, cfg.log_level)
-        for warning in unknown_variables(os.environ):
+        for warning in unknown_variables(os.environ) + self.overridden():
             log.warning(warning)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
@@ -667,6 +669,8 @@ class Daemon:
         try:
             old = self.config
             new = self.reload_config()
+            for warning in self.overridden():  # the file changed, they did not
+                log.warning(warning)
             kept = {f.name: getattr(old, f.name) for f in fields(old) if f.name in RESTART_ONLY}
             changed = sorted(k for k, v in kept.items() if getattr(new, k) != v)
             if changed:
@@ -762,16 +766,19 @@ def serve(
     reload_config: Callable[[], ServeConfig],
     hup_before: StopFlag | None = None,
     stop_before: StopFlag | None = None,
+    overridden: Callable[[], list[str]] = lambda: [],
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit status. ``hup_before``,
     ``stop_before``: set by a SIGHUP (it reloads once ready), or a SIGTERM/SIGINT (it stops
-    as it loads the model), that came before the daemon's own handlers.
+    as it loads the model), that came before the daemon's own handlers. ``overridden``:
+    warnings about the file's settings that variables or flags override, logged at start
+    and at each reload.
 
     When a thread is left running inside torch (a batch that overran the drain, a model
     still loading at SIGTERM, or a reload's), the process ends here with ``os._exit``: a
     normal interpreter exit would tear torch down under that thread (``terminate called
     without an active exception``, status -6)."""
-    daemon = Daemon(cfg, reload_config, hup_before, stop_before)
+    daemon = Daemon(cfg, reload_config, hup_before, stop_before, overridden)
     status = daemon.run()
     if daemon.abandoned_thread:
         logging.shutdown()

@@ -272,6 +272,23 @@ def test_a_refused_configuration_names_the_variables_that_are_not_settings_first
     assert json_out.returncode == 2 and levels == ["warning", "error"]
 
 
+def test_print_config_warns_of_the_file_s_settings_that_variables_or_flags_override(
+    tmp_path: Path,
+) -> None:
+    """Not those given again with the same value (the deploy files' log_format)."""
+    path = tmp_path / "serve.toml"
+    path.write_text('log_format = "json"\nmax_batch_events = 4\ndeadline_ms = 50.0\n')
+    env = {"STREAMTRK_LOG_FORMAT": "json", "STREAMTRK_MAX_BATCH_EVENTS": "6"}
+    out = _serve("--config", str(path), "--deadline-ms", "", "--print-config", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        f"streamtrk serve: warning: config file {path}: max_batch_events = 4 is overridden by "
+        "environment variable STREAMTRK_MAX_BATCH_EVENTS: max_batch_events = 6",
+        f"streamtrk serve: warning: config file {path}: deadline_ms = 50.0 is overridden by "
+        "flag --deadline-ms: deadline_ms unset",
+    ]
+
+
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "streamtrk", "serve", *args],

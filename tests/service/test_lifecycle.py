@@ -203,6 +203,28 @@ def test_sighups_during_a_reload_start_one_more_after_it(daemon_factory) -> None
     assert d.stop() == 0
 
 
+def test_the_file_s_settings_a_variable_overrides_are_said_at_start_and_at_each_reload(
+    daemon_factory, tmp_path: Path
+) -> None:
+    """The operator edits the file and sends SIGHUP; the variable still wins (as at start),
+    and the log says so: the reload alone would say that nothing changed."""
+    config = tmp_path / "serve.toml"
+    config.write_text("max_batch_events = 4\n")
+    d = daemon_factory("--config", str(config), env={"STREAMTRK_MAX_BATCH_EVENTS": "6"})
+    said = f"config file {config}: max_batch_events = {{}} is overridden by environment " + (
+        "variable STREAMTRK_MAX_BATCH_EVENTS: max_batch_events = 6"
+    )
+    assert [m["message"] for m in d.logs()].count(said.format(4)) == 1
+    config.write_text("max_batch_events = 8\n")
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
+    messages = [line["message"] for line in d.logs()]
+    assert messages.count(said.format(8)) == 1
+    assert messages.index("reloading") < messages.index(said.format(8))
+    reloaded = next(line for line in d.logs() if line["message"] == "reloaded")
+    assert reloaded["settings_changed"] == "none"
+
+
 def test_a_reload_whose_thread_cannot_start_fails_and_the_next_one_works(daemon_factory):
     """Out of threads at a SIGHUP: the reload fails as any other (logged, counted), the
     daemon goes on serving and drains, and the next SIGHUP reloads."""
