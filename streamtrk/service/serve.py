@@ -185,6 +185,9 @@ class Daemon:
         logs.configure(cfg.log_format, cfg.log_level)
         for warning in unknown_variables(os.environ) + self.overridden():
             log.warning(warning)
+        if faults.FAULTS:  # a test hook left set on a farm node would fail batches unexplained
+            log.warning("%s is set: faults injected on purpose (tests only): %s", faults.ENV,
+                        ", ".join(f"{k}={v:g}" for k, v in faults.FAULTS.items()))  # fmt: skip
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)

@@ -195,6 +195,9 @@ def test_sighups_during_a_reload_start_one_more_after_it(daemon_factory) -> None
     reloads = "streamtrk_model_reloads_total"
     wait_for(lambda: sample(d.metrics(), reloads, result="success") == 2, timeout=60)
     messages = [line["message"] for line in d.logs()]
+    # the test hook is said at start: set on a farm node by mistake, it would not go unseen
+    hook = "STREAMTRK_TEST_FAULTS is set: faults injected on purpose (tests only): "
+    assert messages.count(hook + "reload_delay_s=5") == 1
     assert messages.count(following) == 2
     assert messages.count("reloading") == 2 and messages.count("reloaded") == 2
     assert messages.index("reloaded") < messages.index("reloading", messages.index("reloading") + 1)
