@@ -34,6 +34,7 @@ from streamtrk.wire.curve import (
     make_server,
     names_another_host,
 )
+from streamtrk.wire.sockets import SEND_ONLY_OPTIONS
 
 # A connecting socket's handshake refused by its peer: libzmq gives that connection up and
 # does not try it again.
@@ -190,7 +191,7 @@ class Producer(_Endpoint):
             zmq.PUSH,
             endpoint,
             bind=bind,
-            options={zmq.SNDHWM: sndhwm},
+            options={zmq.SNDHWM: sndhwm, **SEND_ONLY_OPTIONS},
             linger_ms=linger_ms,
             curve_key=curve_key,
             curve_server_key=curve_server_key,

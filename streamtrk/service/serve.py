@@ -57,6 +57,7 @@ from streamtrk.stop import StopFlag
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
 from streamtrk.wire.curve import ipv6_literal, make_server, names_another_host
+from streamtrk.wire.sockets import SEND_ONLY_OPTIONS
 
 log = logging.getLogger("streamtrk.serve")
 DRAIN_RESERVE_S = 1.0  # of drain_timeout_s, kept for answering and sending the last replies
@@ -224,6 +225,8 @@ class Daemon:
         frame_limit = max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes)
         pull.setsockopt(zmq.MAXMSGSIZE, min(frame_limit, cfg.max_message_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        for option, value in SEND_ONLY_OPTIONS.items():  # a peer sending there: dropped
+            push.setsockopt(option, value)
         push.setsockopt(zmq.LINGER, cfg.linger_ms)
         if cfg.curve_secret_key is not None:
             for sock in (pull, push):

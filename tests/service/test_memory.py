@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import zmq
 from live_daemon import sample
+from zmtp_peer import peer_is_dropped
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
@@ -77,3 +78,11 @@ def test_a_flood_of_huge_messages_stays_bounded(daemon_factory, sim_run: Path) -
     assert grown < BOUND_BYTES, f"peak RSS grew by {grown / 2**30:.2f} GiB"
     m = d.settled()
     assert sample(m, "streamtrk_events_unidentified_total") == MESSAGES
+
+
+def test_a_peer_sending_to_the_output_is_dropped(daemon_factory) -> None:
+    """The output (PUSH) reads nothing: a peer sending there (a raw client) would have
+    libzmq queue up to 1,000 messages of any size, unread; it is dropped instead."""
+    d = daemon_factory()
+    assert peer_is_dropped(d.output, 4 * 2**20)
+    assert d.get("/readyz")[0] == 200
