@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 ROLES = ("distributor", "collector")
 POLL_MS = 100
 STOP_DRAIN_MAX = 10_000  # messages taken off the front at a stop, at most
-STOP_LINGER_MS = 1000  # at a stop, how long the messages queued for peers have to go out
+STOP_LINGER_MS = 1000  # at a stop, how long the messages taken and queued have to go out
+UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive this late
 
 
 class ForwarderMetrics(SocketMetrics):
@@ -196,11 +198,13 @@ def _proxy(
     would block in its send). A message taken just before its peer left waits for another
     peer.
 
-    At the stop, the messages that have already arrived (at most ``STOP_DRAIN_MAX``) are
-    taken off ``pull``: sent on where a peer has room at once, else dropped and counted,
-    with the one held, instead of vanishing with the socket. Those queued for a peer (up
-    to its high-water mark) then have ``STOP_LINGER_MS`` to go out (what is left then goes
-    with the socket, as what the socket buffers hold does when a peer is gone)."""
+    At the stop, ``pull`` is unbound first (its peers keep what they have not sent, for a
+    forwarder that takes its place; their bytes in flight are lost), then the message held
+    and those that had arrived (at most ``STOP_DRAIN_MAX``) are taken off it and sent on
+    as peers make room, until ``STOP_LINGER_MS`` after the stop; what finds no room by then
+    is dropped and counted, instead of vanishing with the socket. Those queued for a peer
+    (up to its high-water mark) go out within what is left of that time (what is left then
+    goes with the socket, as what the socket buffers hold does when a peer is gone)."""
     held: list[zmq.Frame] | None = None
     forwarded = 0
     while not stop.is_set():
@@ -215,15 +219,32 @@ def _proxy(
             metrics.forwarded.inc()
         except zmq.Again:
             push.poll(POLL_MS, zmq.POLLOUT)
-    dropped = int(held is not None)
+    give_up = time.monotonic() + STOP_LINGER_MS / 1000
+    pull.unbind(pull.getsockopt_string(zmq.LAST_ENDPOINT))  # by libzmq's I/O thread, soon
+    dropped = 0
     for _ in range(STOP_DRAIN_MAX):
-        if not pull.poll(0, zmq.POLLIN):
+        if held is None and pull.poll(UNBIND_QUIET_MS, zmq.POLLIN):
+            held = pull.recv_multipart(copy=False)
+        if held is None:
             break
-        message = pull.recv_multipart(copy=False)
-        try:
-            push.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+        if _send_by(push, held, give_up):
             forwarded += 1
             metrics.forwarded.inc()
-        except zmq.Again:
+        else:
             dropped += 1
+        held = None
+    push.setsockopt(zmq.LINGER, max(0, round((give_up - time.monotonic()) * 1000)))
     return forwarded, dropped
+
+
+def _send_by(push: zmq.Socket[Any], message: list[zmq.Frame], give_up: float) -> bool:
+    """Send ``message`` once a peer has room, by ``give_up`` (a monotonic time) at the
+    latest: whether it was sent."""
+    while True:
+        try:
+            push.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            if (left := give_up - time.monotonic()) <= 0:
+                return False
+            push.poll(min(POLL_MS, max(1, round(left * 1000))), zmq.POLLOUT)
