@@ -48,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         "1 the work failed, 2 the command line (or a configuration) refused, 130 interrupted "
         "(Ctrl-C), 143 terminated (SIGTERM; serve, record and replay stop on it as on "
         "Ctrl-C, farm stops on either with 0), 141 output's reader gone.",
+        allow_abbrev=False,
     )
     p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, arguments, handler, parser in COMMANDS:
-        s = sub.add_parser(name, **parser)
+        # No abbreviations: a flag mistyped short of its name is refused, not taken for
+        # another (``--dead-letter-max`` for ``--dead-letter-max-bytes``).
+        s = sub.add_parser(name, allow_abbrev=False, **parser)
         arguments(s)
         s.set_defaults(func=handler)
     return p

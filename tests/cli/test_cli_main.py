@@ -49,6 +49,14 @@ def test_a_setting_s_negative_number_is_the_setting_s_to_refuse(capsys) -> None:
     assert "deadline_ms must be a finite number > 0, got -1000.0" in capsys.readouterr().err
 
 
+def test_a_flag_short_of_its_name_is_refused_not_taken_for_another(capsys) -> None:
+    for args in (["--dead-letter-max", "100"], ["--thresh", "0.3"]):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", *args, "--print-config"])
+        assert e.value.code == 2
+        assert f"unrecognized arguments: {' '.join(args)}" in capsys.readouterr().err
+
+
 def _sigint_default() -> None:
     # A job started in the background of a script inherits SIGINT ignored (and Python then
     # installs no handler): the child gets the default, as a command typed at a terminal.
