@@ -342,7 +342,9 @@ def endpoint_problem(value: str, bind: bool = True) -> str | None:
     """What makes ``value`` no ZeroMQ endpoint to bind (or, ``bind`` false, to connect to)
     for the daemon's sockets or its clients' (``"must be ..."``), or None."""
     scheme, sep, rest = value.partition("://")
-    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+    if scheme == "inproc":  # the daemon's peers are other processes
+        return "must be tcp:// or ipc:// (inproc:// reaches no other process)"
+    if not sep or scheme not in ("tcp", "ipc") or not rest:
         return "must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"
     host, colon, port = rest.rpartition(":")
     if scheme == "tcp" and not (colon and host and (port == "*" or _digits(port))):

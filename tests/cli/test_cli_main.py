@@ -114,6 +114,7 @@ def _with_files(tmp_path, args: list[str]) -> list[str]:
         (["record", "--from", "tcp://127.0.0.1:*", "-o", "OUT"], "--from must name the host"),
         (["replay", "RUN", "--to", "tcp://*:5555"], "--to must name the host and port"),
         (["replay", "RUN", "--to", "tcp://::1:5555"], "--to must put an IPv6 address in"),
+        (["replay", "RUN", "--to", "inproc://x"], "--to must be tcp:// or ipc:// (inproc:// r"),
         (
             ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"],
             "--to must be a ZeroMQ endpoint",

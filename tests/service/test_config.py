@@ -140,6 +140,8 @@ def test_cross_checks_see_the_final_values() -> None:
         ("", {"STREAMTRK_HTTP": "10062"}, r"http must be HOST:PORT"),
         ("", {"STREAMTRK_INPUT": "127.0.0.1:5555"}, r"input must be a ZeroMQ endpoint"),
         ("", {"STREAMTRK_INPUT": "tcp://127.0.0.1"}, r"input must be tcp://HOST:PORT"),
+        # inproc binds, and no producer (another process) ever reaches it
+        ('output = "inproc://out"', {}, r"output must be tcp:// or ipc:// \(inproc:// reaches"),
         ('output = "tcp://localhost:notaport"', {}, r"output must be tcp://HOST:PORT"),
         ('output = "tcp://127.0.0.1:70000"', {}, r"output must have a port of 0 to 65535"),
         # An IPv6 address without brackets: bound, "No such device"; connected, never there.
@@ -474,7 +476,6 @@ def test_allowed_keys_without_the_daemons_secret_are_refused(tmp_path: Path) -> 
         ("tcp://[::1]:5555", True),
         ("tcp://lo:5555", True),  # libzmq binds the loopback interface by name
         ("ipc:///tmp/streamtrk.in", True),
-        ("inproc://streamtrk.in", True),
         ("tcp://*:5555", False),
         ("tcp://0.0.0.0:5555", False),
         ("tcp://[::]:5555", False),
