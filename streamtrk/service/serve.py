@@ -462,7 +462,14 @@ class Daemon:
         worker.join(max(0.0, worker.drain_by - time.perf_counter()))
         if worker.is_alive():
             self.abandoned_thread = True
-            what = "the batch in progress" if worker.in_batch() else "intake"
+            what = (
+                "the worker, waiting for room in the reply queue (replies not sent as fast as "
+                "made),"
+                if worker.replying
+                else "the batch in progress"
+                if worker.in_batch()
+                else "intake"
+            )
             n = worker.abandon(deadline)
             log.warning(
                 "%s overran the drain; %d more events (its batch, the queue) answered 'shutdown'",

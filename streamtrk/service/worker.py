@@ -77,6 +77,7 @@ class Worker(Supervised):
         self.abandoned = threading.Event()
         self.done = threading.Event()  # no more replies will come from this worker
         self._current: list[Job] = []  # the batch in progress, its set-aside events too
+        self.replying = False  # queueing a reply (for the drain, which reads it before abandon())
         self._taking = threading.Lock()  # held while a batch is taken off the queue
         self._owed = 0  # replies claimed and not yet queued (abandon() waits for them)
         self._timed: weakref.ref[Reconstructor] | None = None  # whose batches batch_time has
@@ -132,9 +133,11 @@ class Worker(Supervised):
         """Queue an owed reply (after :meth:`abandon`, unless there is no room by its
         ``give_up_at``: left unsent, still in flight); the last one owed after
         :meth:`abandon` sets ``done``."""
+        self.replying = True
         try:
             self.put(self.replies, reply, until=self.give_up_at)
         finally:
+            self.replying = False
             with self._owing:
                 self._owed -= 1
                 if self._owed == 0 and self._abandon_answered:

@@ -101,6 +101,9 @@ def test_replies_the_emitter_still_holds_at_exit_are_counted_unsent(
     incomplete = next(line for line in d.logs() if line["message"].startswith("drain incomplete"))
     assert incomplete["received"] == 5 and incomplete["replies_ok"] == 0
     assert incomplete["dropped"] + incomplete["unsent"] == 5
+    # the worker was not in a batch: it waited for room for a reply
+    overran = "the worker, waiting for room in the reply queue (replies not sent as fast as made)"
+    assert any(line["message"].startswith(overran + ", overran") for line in d.logs())
 
 
 def test_replies_sent_by_a_bound_output_are_not_counted_lost(daemon_factory, sim_run) -> None:
