@@ -164,6 +164,13 @@ def repair_hint(path: Path, cut_at: int | None) -> str:
     ``cut_at``, after "; " (to follow its error); "" where no tail is damaged (None)."""
     if cut_at is None:
         return ""
+    from streamtrk.io.recording import being_written
+
+    if being_written(path):
+        return (
+            "; another process is writing it (a `streamtrk record` tap?): its last record "
+            "may be the one being written; read it again once that process has stopped"
+        )
     return (
         f"; `streamtrk inspect --repair {path}` cuts it back to the whole records before "
         f"offset {cut_at}"

@@ -4,6 +4,7 @@ export-trackml."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -218,10 +219,10 @@ def _inspect_arguments(s: argparse.ArgumentParser) -> None:
     "whether --repair can mend it), else 0.",
 )
 def _inspect(args: argparse.Namespace) -> int:
-    from streamtrk.io.recording import repair, summarize
+    from streamtrk.io.recording import summarize
 
-    if args.repair and (cut := repair(args.recording, tail_only=True)):
-        print(f"streamtrk inspect: cut {cut[0]} bytes: {cut[1]}", file=sys.stderr)
+    if args.repair and not _repair(args.recording):
+        return 1
     summary = summarize(args.recording)
     if args.repair and summary["error"] and summary["cut_at"] is None:
         print(
@@ -240,6 +241,30 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"streamtrk inspect: error: {summary['error']}{remedy}", file=sys.stderr)
         return 1
     return 0
+
+
+def _repair(path: Path) -> bool:
+    """``inspect --repair``: cut a damaged tail, said on stderr; False (said why) when
+    another process writes the file: its last record may be the one it is writing."""
+    from streamtrk.io.recording import exclusive_lock, repair
+
+    if path.is_file():  # else summarize says what it is
+        try:
+            fd = exclusive_lock(path)
+        except BlockingIOError:
+            print(
+                f"streamtrk inspect: error: {path} is being written by another process (a "
+                "`streamtrk record` tap, a daemon's dead letters): --repair would cut the "
+                "record it is writing; stop that process first",
+                file=sys.stderr,
+            )
+            return False
+        try:
+            if cut := repair(path, tail_only=True):
+                print(f"streamtrk inspect: cut {cut[0]} bytes: {cut[1]}", file=sys.stderr)
+        finally:
+            os.close(fd)
+    return True
 
 
 def _export_trackml_arguments(s: argparse.ArgumentParser) -> None:

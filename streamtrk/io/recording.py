@@ -24,6 +24,8 @@ offset of the bad record, once they reach a truncated or corrupt one.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import struct
 import zlib
@@ -133,8 +135,8 @@ class RecordingReader:
     def __iter__(self) -> Iterator[Record]:
         f = self._file
         f.seek(_FILE_HEADER.size)
-        size = os.fstat(f.fileno()).st_size
         while True:
+            size = os.fstat(f.fileno()).st_size  # a file being written grows meanwhile
             offset = f.tell()
             head = f.read(_RECORD_HEADER.size)
             if not head:
@@ -302,23 +304,35 @@ class RecordingWriter:
     """Writes records to a recording; ``mode="a"`` appends to a valid existing file: after
     its last record, found by reading it, or at ``end`` where the caller knows that its
     whole records end (the file is not read). Written from start to end, without seeking
-    (``/dev/stdout``, a FIFO)."""
+    (``/dev/stdout``, a FIFO). A regular file is held under an exclusive ``flock`` while
+    open (``lock``; OSError when another process holds it), which :func:`being_written`
+    sees: a repair must not cut the record a writer is in the middle of."""
 
     def __init__(
-        self, path: StrPath, mode: Literal["w", "a"] = "w", *, end: int | None = None
+        self,
+        path: StrPath,
+        mode: Literal["w", "a"] = "w",
+        *,
+        end: int | None = None,
+        lock: bool = True,
     ) -> None:
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
         self.path = Path(path)
-        if mode == "a" and self.path.exists() and self.path.stat().st_size > 0:
-            end = _end_of_records(self.path) if end is None else end
-            self._file: BinaryIO = open(self.path, "r+b")  # noqa: SIM115 - closed by close()
-            self._file.seek(end)
-            self.end = end
-        else:
-            self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
-            self._file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0))
-            self.end = _FILE_HEADER.size  # bytes written: where the next record goes
+        append = mode == "a" and self.path.exists() and self.path.stat().st_size > 0
+        self._file: BinaryIO = open(self.path, "r+b" if append else "wb")  # noqa: SIM115
+        try:
+            if lock and self.path.is_file():
+                _hold(self._file.fileno(), self.path)
+            if append:
+                self.end = _end_of_records(self.path) if end is None else end
+                self._file.seek(self.end)
+            else:
+                self._file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+                self.end = _FILE_HEADER.size  # bytes written: where the next record goes
+        except BaseException:
+            self._file.close()
+            raise
 
     def write(self, frames: Iterable[Any]) -> int:
         """Append one message's frames as a record; return the record's byte offset."""
@@ -386,22 +400,28 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
 
 def repair(path: StrPath, *, tail_only: bool = False) -> tuple[int, str] | None:
     """Cut a recording back to its last whole record, as a crash mid-write leaves it: the
-    bytes cut and why, or None when the file was intact. A bad file header is not repaired
-    (RecordingError). ``tail_only``: only a damaged tail (the error's ``cut_at``) is cut;
-    other damage, which whole records may follow, is left (None)."""
+    bytes cut and why, or None when the file was intact. In a recording of events with
+    truth, a last hits message whose truth was cut goes too (read back, it would be an event
+    without truth). A bad file header is not repaired (RecordingError). ``tail_only``: only
+    a damaged tail (the error's ``cut_at``) is cut; other damage, which whole records may
+    follow, is left (None). The caller makes sure no process writes the file
+    (:func:`exclusive_lock`)."""
     path = Path(path)
-    end, error = _scan(path)
+    end, error, last_hits = _scan(path)
     if error is None or (tail_only and error.cut_at is None):
         return None
+    why = str(error)
+    if last_hits is not None:
+        end, why = last_hits[0], f"{why}; with event {last_hits[1]}'s hits, its truth cut"
     size = path.stat().st_size
     os.truncate(path, end)
-    return size - end, str(error)
+    return size - end, why
 
 
 def _end_of_records(path: Path) -> int:
     """Byte offset after the last record; RecordingError if the file is not clean."""
     try:
-        end, error = _scan(path)  # raises for a bad file header
+        end, error, _ = _scan(path)  # raises for a bad file header
         if error is not None:
             raise error
     except RecordingError as e:
@@ -409,18 +429,63 @@ def _end_of_records(path: Path) -> int:
     return end
 
 
-def _scan(path: Path) -> tuple[int, RecordingError | None]:
-    """Byte offset after the last whole record, and the error that stopped the scan (None:
-    the file is clean). A bad file header raises. Frames of any length count: a whole
-    record over ``MAX_FRAME_BYTES`` (an older version's dead letters) is kept, not cut."""
+def _scan(path: Path) -> tuple[int, RecordingError | None, tuple[int, str] | None]:
+    """Byte offset after the last whole record, the error that stopped the scan (None: the
+    file is clean), and the offset and "run/event" of the last whole record where it is
+    a hits message in a recording whose hits are followed by their truth (else None). A
+    bad file header raises. Frames of any length count: a whole record over
+    ``MAX_FRAME_BYTES`` (an older version's dead letters) is kept, not cut."""
     end = _FILE_HEADER.size
+    paired = False  # a truth message followed its hits
+    hits: tuple[int, str] | None = None  # the last record, a hits message: where, which
     with RecordingReader(path, max_frame_bytes=None) as reader:
         try:
             for offset, frames in reader:
                 end = offset + record_bytes(frames)
+                header = peek_header(frames) or {}
+                named = f"{header.get('run')}/{header.get('event')}"
+                kind = header.get("kind")
+                paired = paired or (kind == "truth" and hits is not None and hits[1] == named)
+                hits = (offset, named) if kind == "hits" else None
         except RecordingError as e:
-            return end, e
-    return end, None
+            return end, e, hits if paired else None
+    return end, None, None
+
+
+def exclusive_lock(path: Path) -> int:
+    """A descriptor of ``path`` (made empty where absent) holding its exclusive ``flock``:
+    OSError (EAGAIN) when another process holds it (a writer: a tap, a daemon's dead
+    letters)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        _hold(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def being_written(path: StrPath) -> bool:
+    """Whether another process holds ``path`` open to write it (:class:`RecordingWriter`'s
+    lock): its last record may be one it is in the middle of."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock
+    return False
+
+
+def _hold(fd: int, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EAGAIN, "in use by another process", str(path)) from None
 
 
 def summarize(path: StrPath) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from streamtrk.io.recording import (
     MAX_FRAME_BYTES,
     MAX_FRAMES,
     RecordingWriter,
+    exclusive_lock,
     record_bytes,
     repair,
 )
@@ -43,12 +43,14 @@ class DeadLetters:
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(path)
+        # Another daemon given the same path would take the record this one is writing for
+        # one cut short by a crash, and write over its records: the file is held locked.
+        self._lock = exclusive_lock(path)
         try:
             if path.stat().st_size > 0 and (cut := repair(path)):
                 log.warning("dead-letter file %s cut back to its last whole record", path,
                             extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
-            self.writer: RecordingWriter | None = RecordingWriter(path, "a")
+            self.writer: RecordingWriter | None = RecordingWriter(path, "a", lock=False)
             self.writer.flush()  # a new file's header
         except BaseException:
             os.close(self._lock)
@@ -105,7 +107,7 @@ class DeadLetters:
         try:
             os.truncate(self.path, self.size)
             # Whole records up to self.size: not read again (a full disk fails every write).
-            self.writer = RecordingWriter(self.path, "a", end=self.size)
+            self.writer = RecordingWriter(self.path, "a", end=self.size, lock=False)
         except OSError as e:
             log.error("cannot cut the dead-letter file %s back after a failed write: %s",
                       self.path, e)  # fmt: skip
@@ -118,16 +120,3 @@ class DeadLetters:
         if self._lock >= 0:
             os.close(self._lock)  # the lock goes with it
             self._lock = -1
-
-
-def _lock(path: Path) -> int:
-    """A descriptor of ``path`` (made empty where absent) holding its exclusive ``flock``:
-    another daemon given the same path would take the record this one is writing for one
-    cut short by a crash, and write over its records. OSError when another holds it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError(errno.EAGAIN, "in use by another process", str(path)) from None
-    return fd

@@ -1,6 +1,7 @@
 """``streamtrk simulate``, ``import-trackml``, ``inspect`` and ``export-trackml``."""
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from cli_helpers import _simulate
 
 from streamtrk.cli import main
-from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
+from streamtrk.io.recording import RecordingWriter, exclusive_lock, iter_events, iter_records
 from streamtrk.io.trackml import read_event
 from streamtrk.wire import decode
 
@@ -132,12 +133,42 @@ def test_a_truncated_file_is_named_with_its_offset_and_inspect_repair_mends_it(t
     assert capsys.readouterr().err.endswith(f"{remedy}offset {last}\n")
     assert main(["inspect", "--json", "--repair", str(cut)]) == 0
     out = capsys.readouterr()
-    assert out.err == f"streamtrk inspect: cut {len(data) - 100 - last} bytes: {summary['error']}\n"
+    # the last event's truth was cut: its hits go too (read back, no truth would be said)
+    hits = [offset for offset, _ in iter_records(tmp_path / "a.stk")][-2]
+    assert out.err == (
+        f"streamtrk inspect: cut {len(data) - 100 - hits} bytes: {summary['error']}; with "
+        "event 1/1's hits, its truth cut\n"
+    )
     repaired = json.loads(out.out)
-    assert repaired["error"] is None and repaired["file_bytes"] == last
-    assert (repaired["events"], repaired["events_with_truth"]) == (2, 1)  # the last truth cut
+    assert repaired["error"] is None and repaired["file_bytes"] == hits
+    assert (repaired["events"], repaired["events_with_truth"]) == (1, 1)
     assert main(["inspect", "--repair", str(cut)]) == 0  # intact now: nothing to say
-    assert capsys.readouterr().err == "" and cut.read_bytes() == data[:last]
+    assert capsys.readouterr().err == "" and cut.read_bytes() == data[:hits]
+
+
+def test_a_recording_being_written_is_not_repaired_nor_said_to_need_it(tmp_path, capsys):
+    """Its last record may be the one its writer (a tap) is in the middle of: --repair
+    would cut it, and the writer would go on past a hole. Refused, file unchanged."""
+    _simulate(tmp_path)
+    cut = tmp_path / "cut.stk"
+    cut.write_bytes((tmp_path / "a.stk").read_bytes()[:-100])
+    fd = exclusive_lock(cut)  # as a tap's writer holds it
+    try:
+        capsys.readouterr()
+        assert main(["inspect", "--repair", str(cut)]) == 1
+        assert capsys.readouterr().err == (
+            f"streamtrk inspect: error: {cut} is being written by another process (a "
+            "`streamtrk record` tap, a daemon's dead letters): --repair would cut the record "
+            "it is writing; stop that process first\n"
+        )
+        assert main(["inspect", str(cut)]) == 1
+        assert capsys.readouterr().err.endswith(
+            "; another process is writing it (a `streamtrk record` tap?): its last record may "
+            "be the one being written; read it again once that process has stopped\n"
+        )
+    finally:
+        os.close(fd)
+    assert cut.stat().st_size == len((tmp_path / "a.stk").read_bytes()) - 100
 
 
 def test_inspect_repair_leaves_damage_that_whole_records_follow(tmp_path, capsys):

@@ -22,6 +22,8 @@ from streamtrk.io.recording import (
     RecordingError,
     RecordingReader,
     RecordingWriter,
+    being_written,
+    exclusive_lock,
     iter_events,
     iter_records,
     new_recording,
@@ -144,6 +146,51 @@ def test_append_refuses_truncated_or_foreign_file(small: Any) -> None:
     path.write_bytes(b"not a recording")
     with pytest.raises(RecordingError, match="bad magic"):
         RecordingWriter(path, "a")
+
+
+def test_a_record_written_while_the_file_is_read_is_read_whole(small: Any) -> None:
+    """A reader of a recording a tap is writing reads the records appended meanwhile (it
+    read them against the size it found when it started: damaged, 'truncated?')."""
+    path, _, frames = small
+    with RecordingWriter(path, "a") as writer, RecordingReader(path) as reader:
+        records = iter(reader)
+        assert [next(records)[1] for _ in range(3)] == frames
+        writer.write(frames[0])
+        writer.flush()
+        assert next(records)[1] == frames[0]
+        assert next(records, None) is None
+
+
+def test_a_file_being_written_is_said_so_and_locked_to_other_writers(small: Any) -> None:
+    path, _, _ = small
+    assert not being_written(path)
+    with RecordingWriter(path, "a"):
+        assert being_written(path)
+        with pytest.raises(BlockingIOError, match="in use by another process"):
+            RecordingWriter(path, "a")
+        with pytest.raises(BlockingIOError, match="in use by another process"):
+            exclusive_lock(path)
+    assert not being_written(path)
+    os.close(exclusive_lock(path))
+
+
+def test_repair_cuts_the_hits_whose_truth_it_cuts(small: Any) -> None:
+    """In a recording of events with truth, hits left last by the cut would read back as an
+    event without truth: cut with it. In one without truth, hits are whole events."""
+    path, offsets, frames = small  # hits 3/0, truth 3/0, hits 3/1
+    data = path.read_bytes()
+    torn = data[offsets[1] : offsets[2]][:-3]  # a truth record cut short (3/1's, as it were)
+    path.write_bytes(data + torn)
+    repaired = repair(path)
+    assert repaired is not None and repaired[1].endswith("; with event 3/1's hits, its truth cut")
+    assert repaired[0] == len(data) + len(torn) - offsets[2]
+    assert [f for _, f in iter_records(path)] == frames[:2]
+    hits_only = data[: offsets[1]] + data[offsets[2] :]  # hits 3/0, hits 3/1: no truth
+    path.write_bytes(hits_only + torn)
+    assert repair(path) == (len(torn), repaired[1].split("; with")[0].replace(
+        f"offset {len(data)}", f"offset {len(hits_only)}"
+    ))  # fmt: skip
+    assert path.read_bytes() == hits_only
 
 
 def test_repair_cuts_back_to_the_last_whole_record(small: Any, tmp_path: Path) -> None:
