@@ -72,7 +72,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
         "--tracks",
         type=Path,
         help="write the tracks' parameters (pt ... chi2, ndf, standard errors sigma_*, their "
-        "correlations corr_*; phi, d0, z0 at the perigee to the beam line of --beam-spot) as CSV",
+        "correlations corr_*; phi, d0, z0 at the perigee to the beam line of --beam-spot, "
+        "which the columns beam_x, beam_y name) as CSV",
     )
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument("--plots", type=Path, help="write PNG plots into this directory")
@@ -173,7 +174,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if submission is not None:
             write_submission(args.submission, submission)
         if tracks is not None:
-            write_track_parameters(args.tracks, tracks)
+            write_track_parameters(args.tracks, tracks, args.beam_spot)
     return 0
 
 

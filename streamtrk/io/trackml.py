@@ -535,13 +535,16 @@ def write_submission(
     _write_bytes(Path(path), _csv_bytes(list(_SUBMISSION_DTYPES), columns))
 
 
-def write_track_parameters(path: str | Path, tracks: Mapping[int, Tracks]) -> None:
+def write_track_parameters(
+    path: str | Path, tracks: Mapping[int, Tracks], beam_line: tuple[float, float] = (0.0, 0.0)
+) -> None:
     """Write the tracks' fitted parameters as CSV beside a submission: ``event_id,
     track_id, hits`` then the columns of ``TRACK_PARAM_DTYPES`` (pt in GeV, eta, phi, d0 and
-    z0 in mm, charge, chi2, ndf, the standard errors sigma_* and correlations corr_*), one
+    z0 in mm, charge, chi2, ndf, the standard errors sigma_* and correlations corr_*) and
+    ``beam_x, beam_y``, the beam line (mm) that phi, d0 and z0 are at the perigee to; one
     row per track; track ids are the submission's (from 1, in the order of ``Tracks``).
     ``.gz`` paths are gzipped."""
-    names = ["event_id", "track_id", "hits", *TRACK_PARAM_DTYPES]
+    names = ["event_id", "track_id", "hits", *TRACK_PARAM_DTYPES, "beam_x", "beam_y"]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for event_id in sorted(tracks):
         t = tracks[event_id]
@@ -551,6 +554,8 @@ def write_track_parameters(path: str | Path, tracks: Mapping[int, Tracks]) -> No
         rows["hits"].append(np.asarray(t.sizes, dtype=np.int64))
         for k, dt in TRACK_PARAM_DTYPES.items():
             rows[k].append(np.asarray(t.params[k], dtype=dt))
+        for k, v in zip(("beam_x", "beam_y"), beam_line, strict=True):
+            rows[k].append(np.full(n, v, dtype="<f4"))
     columns = [
         np.concatenate(rows[k]) if rows[k] else np.zeros(0, np.int64 if k in names[:3] else "<f4")
         for k in names

@@ -300,3 +300,15 @@ def test_the_report_s_bins_are_in_their_order(tmp_path, capsys) -> None:
     assert list(report) == sorted(report)
     bins = list(report["fake_rate_by_pt"])
     assert bins.index("3-10") < bins.index("10-inf")
+
+
+def test_the_tracks_file_names_the_beam_line_its_perigees_are_to(tmp_path):
+    """phi, d0 and z0 are at the perigee to --beam-spot's line: a file that did not say
+    which would be read about the z axis."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    tracks = tmp_path / "tracks.csv"
+    args = ["evaluate", str(tmp_path / "e.stk"), "--oracle", "-q", "--tracks", str(tracks)]
+    assert main([*args, "--beam-spot", "0.5,-0.25"]) == 0
+    header, *rows = tracks.read_text().splitlines()
+    assert header.split(",")[-2:] == ["beam_x", "beam_y"] and rows
+    assert {tuple(map(float, row.split(",")[-2:])) for row in rows} == {(0.5, -0.25)}
