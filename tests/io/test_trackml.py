@@ -678,13 +678,14 @@ def test_track_parameters_csv(tmp_path) -> None:
     params = {k: rng.normal(size=2).astype(dt) for k, dt in TRACK_PARAM_DTYPES.items()}
     tracks = {7: Tracks(np.array([0, 3, 8]), np.arange(8), params), 2: Tracks.empty()}
     path = tmp_path / "tracks.csv"
-    write_track_parameters(path, tracks)
+    write_track_parameters(path, tracks, beam_line=(0.5, -1.25))
     header, *rows = path.read_text().splitlines()
-    assert header == "event_id,track_id,hits," + ",".join(TRACK_PARAM_DTYPES)
+    assert header == "event_id,track_id,hits," + ",".join(TRACK_PARAM_DTYPES) + ",beam_x,beam_y"
     table = np.loadtxt(rows, delimiter=",", ndmin=2)
     assert table[:, :3].tolist() == [[7, 1, 3], [7, 2, 5]]
     for i, (k, dt) in enumerate(TRACK_PARAM_DTYPES.items(), start=3):
         np.testing.assert_array_equal(table[:, i].astype(dt), params[k])  # exact round trip
+    assert table[:, -2:].tolist() == [[0.5, -1.25]] * 2  # the perigees' beam line
 
 
 # ------------------------------------------------------------------------- edge cases
