@@ -27,7 +27,7 @@ def test_gpu():
 
 
 def run(tmp_path: Path, strict: bool) -> str:
-    for name in ("conftest.py", "needs.py"):
+    for name in ("conftest.py", "needs.py", "live_daemon.py"):  # the conftest and its imports
         shutil.copy(TESTS / name, tmp_path / name)
     (tmp_path / "pyproject.toml").write_text(
         (TESTS.parent / "pyproject.toml").read_text()  # the markers, strict settings
