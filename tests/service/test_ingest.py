@@ -3,7 +3,6 @@ replies, dead letters, connect mode; a rejection is counted before its reply is 
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
@@ -61,9 +60,6 @@ def test_a_rejection_is_counted_before_its_reply_is_queued() -> None:
     assert replies.counted == [1.0]
 
 
-_ADDR = itertools.count()
-
-
 def _event(event: int = 2, n: int = 6) -> Event:
     cols = {k: np.arange(n).astype(dt) for k, dt in Hits.DTYPES.items()}
     return Event(1, event, Hits(**cols))
@@ -86,7 +82,7 @@ class FullDisk(DeadLetters):
 
 
 class Rig:
-    """An Ingest on an inproc PULL socket, bound (or connected with ``connect``), and a PUSH
+    """An Ingest on a loopback PULL socket, bound (or connected with ``connect``), and a PUSH
     socket to feed it."""
 
     def __init__(
@@ -97,11 +93,11 @@ class Rig:
         connect: bool = False,
     ) -> None:
         self.ctx = zmq.Context()
-        addr = f"inproc://ingest-test-{next(_ADDR)}"
         self.push, self.pull = self.ctx.socket(zmq.PUSH), self.ctx.socket(zmq.PULL)
         self.push.setsockopt(zmq.SNDTIMEO, 2000)  # a send never hangs a test
         server, client = (self.push, self.pull) if connect else (self.pull, self.push)
-        server.bind(addr)  # the daemon's input binds, or connects to a distributor
+        server.bind("tcp://127.0.0.1:*")  # the daemon's input binds, or connects to a distributor
+        addr = server.getsockopt_string(zmq.LAST_ENDPOINT)  # tcp: its settings refuse inproc
         client.connect(addr)
         cfg = cfg or ServeConfig()
         if connect:
