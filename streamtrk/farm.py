@@ -155,6 +155,7 @@ def forward(
         print(json.dumps(bound), flush=True)
         stop = StopFlag() if stop is None else stop
         forwarded, dropped = _proxy(pull.socket, push.socket, stop, metrics)
+        push.linger_ms = int(push.socket.getsockopt(zmq.LINGER))  # left of the stop's second
         stopped = {"message": "stopped", "role": role, "forwarded": forwarded}
         print(json.dumps({**stopped, "not_forwarded": dropped}), flush=True)
 

@@ -63,8 +63,11 @@ def _serve(args: argparse.Namespace) -> int:
     def load() -> ServeConfig:
         return load_config(args.config, os.environ, flags)
 
-    def overridden() -> list[str]:  # after load(): the file read
-        return shadowed(args.config, os.environ, flags)
+    def overridden() -> list[str]:  # after load(); a file since made invalid: said by a reload
+        try:
+            return shadowed(args.config, os.environ, flags)
+        except ConfigError:
+            return []
 
     def refused_here(cfg: ServeConfig) -> str | None:
         """Why this host cannot serve ``cfg`` (a model, device or engine it lacks), and
