@@ -36,9 +36,10 @@ import random
 import threading
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from streamtrk.errors import SettingError
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.event import Event
 from streamtrk.io.paths import save_png
-from streamtrk.io.recording import RecordingError, iter_records
+from streamtrk.io.recording import RecordingError, TruthPairs, iter_records
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, TrackReply, WireError, decode, encode_hits, with_msg_id
 
@@ -73,12 +74,14 @@ def load_recording(
     path: str | Path, limit: int | None = None, *, compact: bool = False
 ) -> list[Recorded]:
     """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
-    directly following ``truth`` record of the same event; ``tracks`` records are skipped.
+    ``truth`` record of the same event that follows it (paired as
+    :class:`~streamtrk.io.recording.TruthPairs` pairs them); ``tracks`` records are skipped.
     ``compact``: each hits message re-encoded compact (wire version 5; header fields kept),
     else as recorded. A record that does not decode, or a truth that does not fit its event,
     is a RecordingError naming the file and the record's offset (``record`` stores only
     valid messages: such a record is damage)."""
     out: list[Recorded] = []
+    pairs: TruthPairs[Recorded] = TruthPairs()
     for offset, frames in iter_records(path):
         try:
             msg = decode(frames)
@@ -96,12 +99,18 @@ def load_recording(
                     )
                     frames = [bytes(f) for f in again]
                 out.append(Recorded(frames, event))
-            elif msg.kind == "truth" and out and out[-1].key == (msg.run, msg.event):
-                last = out[-1].event
-                out[-1].event = Event(last.run, last.event, last.hits, msg.to_truth())
+                pairs.hits(out[-1].key, out[-1])
+            elif msg.kind == "truth":
+                pairs.truth((msg.run, msg.event), partial(_with_truth, msg=msg))
         except ValueError as e:  # WireError, or a truth of another length than its hits
             raise RecordingError(f"{path}: record at offset {offset}: {e}") from e
+        deque(pairs.ready(), maxlen=0)  # paired, or past the window: in ``out`` already
     return out
+
+
+def _with_truth(rec: Recorded, msg: Message) -> Recorded:
+    rec.event = Event(rec.event.run, rec.event.event, rec.event.hits, msg.to_truth())
+    return rec
 
 
 @dataclass

@@ -27,7 +27,7 @@ from streamtrk.cli.common import COMMANDS
 from streamtrk.client import Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
-from streamtrk.io.recording import RecordingWriter
+from streamtrk.io.recording import RecordingWriter, iter_events
 from streamtrk.replay import (
     Recorded,
     ReplayOptions,
@@ -691,6 +691,23 @@ def test_load_recording_stops_at_the_limit_and_attaches_only_matching_truth(
     assert [r.event.event for r in loaded] == [0, 1, 2]
     assert loaded[0].event.truth is None and loaded[1].event.truth is not None
     assert [r.event.event for r in load_recording(path, limit=2)] == [0, 1]
+
+
+def test_load_recording_pairs_interleaved_truth_as_readers_do(tmp_path: Path) -> None:
+    """Two producers' pairs, tapped together: hits A, hits B, truth A, truth B."""
+    from streamtrk.replay import load_recording
+
+    a, b = (rec.event for rec in _events(2))
+    assert a.truth is not None and b.truth is not None
+    path = tmp_path / "interleaved.stk"
+    with RecordingWriter(path) as w:
+        w.write(encode_hits(a))
+        w.write(encode_hits(b))
+        w.write(encode_truth(a.run, a.event, a.truth))
+        w.write(encode_truth(b.run, b.event, b.truth))
+    loaded = load_recording(path)
+    assert [(r.event.event, r.event.truth is not None) for r in loaded] == [(0, True), (1, True)]
+    assert [e.truth is not None for e in iter_events(path)] == [True, True]
 
 
 def test_replies_to_resends_after_the_last_event_is_answered_are_duplicates() -> None:

@@ -29,12 +29,13 @@ import fcntl
 import os
 import struct
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, Self
+from typing import Any, BinaryIO, Generic, Literal, Self, TypeVar
 
 import numpy as np
 
@@ -64,6 +65,7 @@ _LENGTH = struct.Struct("<Q")
 
 StrPath = str | os.PathLike[str]
 Record = tuple[int, list[bytes]]
+T = TypeVar("T")
 
 
 def record_bytes(frames: Iterable[Any]) -> int:
@@ -182,26 +184,19 @@ class RecordingReader:
         return frames
 
     def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
-        """Decoded ``hits`` messages as events, with ``.truth`` from a directly following
-        ``truth`` message of the same (run, event); other messages are skipped. A damaged
-        record raises RecordingError; the event read just before it is not yielded (the
-        damaged record may be its truth)."""
-        pending: Event | None = None
+        """Decoded ``hits`` messages as events, in their order, with ``.truth`` from a
+        ``truth`` message of the same (run, event) that follows them (:class:`TruthPairs`);
+        other messages are skipped. A damaged record raises RecordingError; the events
+        still waiting for their truth then are not yielded (the damaged record may be it)."""
+        pairs: TruthPairs[Event] = TruthPairs()
         for offset, frames in self:
             msg = self._decode(offset, frames, limits)
-            if (
-                msg.kind == "truth"
-                and pending is not None
-                and (msg.run, msg.event) == (pending.run, pending.event)
-            ):
-                yield self._with_truth(offset, pending, msg)
-                pending = None
-                continue
-            if pending is not None:
-                yield pending
-            pending = msg.to_event() if msg.kind == "hits" else None
-        if pending is not None:
-            yield pending
+            if msg.kind == "hits":
+                pairs.hits((msg.run, msg.event), msg.to_event())
+            elif msg.kind == "truth":
+                pairs.truth((msg.run, msg.event), partial(self._with_truth, offset, msg=msg))
+            yield from pairs.ready()
+        yield from pairs.rest()
 
     def _decode(self, offset: int, frames: list[bytes], limits: Limits) -> Message:
         try:
@@ -225,6 +220,39 @@ class RecordingReader:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+#: Hits messages a truth message may come after its own and still be paired with it: a tap
+#: of several producers interleaves their (hits, truth) pairs.
+PAIR_WINDOW = 16
+
+
+class TruthPairs(Generic[T]):
+    """Hits waiting for their truth, in order: a ``truth`` goes to the oldest waiting hits of
+    its (run, event) among the last ``PAIR_WINDOW`` hits; the hits are handed on in their
+    order, each once it has its truth or ``PAIR_WINDOW`` later hits came (without)."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[list[Any]] = deque()  # [key, item, has its truth]
+
+    def hits(self, key: tuple[int, int], item: T) -> None:
+        self._waiting.append([key, item, False])
+
+    def truth(self, key: tuple[int, int], attach: Callable[[T], T]) -> bool:
+        """Give ``key``'s waiting hits their truth (``attach``); False where none waits."""
+        for slot in self._waiting:
+            if slot[0] == key and not slot[2]:
+                slot[1], slot[2] = attach(slot[1]), True
+                return True
+        return False
+
+    def ready(self) -> Iterator[T]:
+        while self._waiting and (self._waiting[0][2] or len(self._waiting) > PAIR_WINDOW):
+            yield self._waiting.popleft()[1]
+
+    def rest(self) -> Iterator[T]:
+        while self._waiting:
+            yield self._waiting.popleft()[1]
 
 
 #: Bytes of a recording searched for record starts (or read for a CRC) at a time, after
@@ -502,7 +530,7 @@ def summarize(path: StrPath) -> dict[str, Any]:
     invalid: Counter[str] = Counter()
     versions: set[int] = set()
     records = hits_total = hits_max = with_truth = 0
-    last_hits: tuple[int, int] | None = None
+    pairs: TruthPairs[None] = TruthPairs()  # as events() pairs them
     error: RecordingError | None = None
     with RecordingReader(path) as reader:
         try:
@@ -515,15 +543,15 @@ def summarize(path: StrPath) -> dict[str, Any]:
                     msg = decode(frames)
                 except WireError as e:
                     invalid[e.reason] += 1
-                    last_hits = None
                     continue
                 kinds[msg.kind] += 1
-                if msg.kind == "truth" and last_hits == (msg.run, msg.event):
-                    with_truth += 1
+                if msg.kind == "truth":
+                    with_truth += pairs.truth((msg.run, msg.event), lambda _: None)
                 if msg.kind == "hits":
                     n = len(msg.columns["hit_id"])
                     hits_total, hits_max = hits_total + n, max(hits_max, n)
-                last_hits = (msg.run, msg.event) if msg.kind == "hits" else None
+                    pairs.hits((msg.run, msg.event), None)
+                deque(pairs.ready(), maxlen=0)  # handed on: paired, or past the window
         except RecordingError as e:
             error = e
     events = kinds["hits"]

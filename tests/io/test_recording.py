@@ -19,6 +19,7 @@ from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.recording import (
     MAGIC,
     MAX_FRAME_BYTES,
+    PAIR_WINDOW,
     RecordingError,
     RecordingReader,
     RecordingWriter,
@@ -103,23 +104,37 @@ def test_round_trip_and_replay_byte_identity(tmp_path: Path, rng: np.random.Gene
         assert a.truth is not None and a.truth.equals(b.truth)
 
 
-def test_events_pairing(tmp_path: Path, rng: np.random.Generator) -> None:
-    e0, e1, e2 = (make_event(rng, 4, i) for i in range(3))
-    assert e0.truth is not None and e1.truth is not None
+def test_events_pair_truth_with_the_hits_of_its_event(tmp_path: Path, rng) -> None:
+    """A truth message goes to the oldest waiting hits of its (run, event) among the last
+    ``PAIR_WINDOW`` hits: a tap of several producers interleaves their pairs (hits A, hits
+    B, truth A, truth B), and two producers' events may share a number. Events come in the
+    order of their hits."""
+    e0, e1, e2, e3 = (make_event(rng, 4, i) for i in range(4))
+    twin = make_event(rng, 5, 1)  # another producer's event 1
+    assert e0.truth and e1.truth and e3.truth and twin.truth
     path = tmp_path / "p.stk"
     write(
         path,
         [
-            encode_hits(e0),  # no truth
+            encode_hits(e0),
             encode_hits(e1),
-            encode_tracks(3, 1, e1.hits.hit_id, None),  # skipped; separates e1 from its truth
-            encode_truth(3, 1, e1.truth),  # orphan: skipped
-            encode_hits(e2),
-            encode_truth(3, 0, e0.truth),  # other event: skipped
+            encode_hits(twin),
+            encode_tracks(3, 1, e1.hits.hit_id, None),  # skipped
+            encode_truth(3, 1, e1.truth),  # the first event 1 waiting: e1
+            encode_truth(3, 7, e1.truth),  # of no event: skipped
+            encode_hits(e2),  # no truth
+            encode_truth(3, 0, e0.truth),
+            encode_truth(3, 1, twin.truth),
+            *[encode_hits(make_event(rng, 1, 10 + i)) for i in range(PAIR_WINDOW)],
+            encode_truth(3, 3, e3.truth),  # its hits 16 hits before: too late, skipped
         ],
     )
     back = list(iter_events(path))
-    assert [(e.event, e.truth) for e in back] == [(0, None), (1, None), (2, None)]
+    assert [(e.event, len(e.hits)) for e in back[:4]] == [(0, 4), (1, 4), (1, 5), (2, 4)]
+    assert [e.truth is not None for e in back[:4]] == [True, True, True, False]
+    assert [len(e.truth.hits.particle_id) for e in back[1:3] if e.truth] == [4, 5]
+    assert not any(e.truth for e in back[4:]) and len(back) == 4 + PAIR_WINDOW
+    assert summarize(path)["events_with_truth"] == 3
 
 
 def test_append(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -487,19 +502,20 @@ def test_new_recording_takes_its_place_only_on_success(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["n.stk"]
 
 
-def test_summarize_pairs_truth_only_with_the_hits_just_before(tmp_path: Path, rng) -> None:
+def test_summarize_pairs_truth_as_events_does(tmp_path: Path, rng) -> None:
     ev = make_event(rng, 2, 0)
     truth = ev.truth
     assert truth is not None
     path = tmp_path / "s.stk"
     with RecordingWriter(path) as w:
         w.write(encode_hits(ev))
-        w.write([b"\xc1"])  # invalid between the hits and its truth
+        w.write([b"\xc1"])  # invalid between the hits and its truth: counted, skipped
         w.write(encode_truth(3, 0, truth))
         w.write(encode_truth(3, 7, truth))  # truth of no event
+        w.write(encode_truth(3, 0, truth))  # its hits have theirs already
         w.write([msgpack.packb({"version": True})])
     s = summarize(path)
-    assert s["events_with_truth"] == 0
+    assert s["events_with_truth"] == 1 and s["kinds"]["truth"] == 3
     assert s["versions"] == [1, 2]
 
 
