@@ -24,7 +24,9 @@ def peer_is_dropped(endpoint: str, nbytes: int, timeout_s: float = 10.0) -> bool
         peer.sendall(greeting_and_ready())
         shake = b""
         while not shake.endswith(b"Socket-Type\x00\x00\x00\x04PUSH"):  # its READY, last
-            shake += peer.recv(65_536)
+            if not (chunk := peer.recv(65_536)):
+                raise ConnectionError(f"{endpoint} closed the connection in the handshake")
+            shake += chunk
         frame = b"\x00" + bytes([nbytes]) if nbytes < 256 else b"\x02" + struct.pack(">Q", nbytes)
         try:
             peer.sendall(frame + bytes(nbytes))
