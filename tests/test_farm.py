@@ -387,52 +387,13 @@ def test_a_forwarder_takes_frames_as_long_as_its_max_hits_allows(
         assert dist.stop() == 0
 
 
-def test_what_a_stopping_distributor_counts_forwarded_reaches_a_daemon_still_reading(
-    tmp_path: Path,
-) -> None:
-    """At SIGTERM the messages queued for a daemon (up to --hwm) are counted forwarded: they
-    go out while the daemon reads, not with the socket (here a daemon that reads slowly, and
-    only once the stop has come; 1 MB messages, its kernel buffer kept small)."""
+def _stopped_as_a_daemon_reads_slowly(dist: Forwarder, after_s: float, every_s: float):
+    """Fill ``dist``'s queues with 1 MB messages from a producer, a daemon connected but not
+    reading (its kernel buffer kept small); SIGTERM, then the daemon reads one message
+    every ``every_s`` from ``after_s`` after it. The messages it received, the forwarded
+    count before the stop, and the forwarder's last line."""
     import zmq
 
-    dist = Forwarder(tmp_path, "distributor")
-    ctx: zmq.Context[Any] = zmq.Context.instance()
-    received = 0
-    try:
-        with ctx.socket(zmq.PULL) as daemon, ctx.socket(zmq.PUSH) as producer:
-            daemon.setsockopt(zmq.LINGER, 0)
-            daemon.setsockopt(zmq.RCVHWM, 1)
-            daemon.setsockopt(zmq.RCVBUF, 4096)
-            daemon.connect(dist.back)
-            producer.setsockopt(zmq.LINGER, 0)
-            producer.setsockopt(zmq.SNDTIMEO, 100)
-            producer.connect(dist.front)
-            for _ in range(100):
-                with contextlib.suppress(zmq.Again):  # queues full: the rest stay here
-                    producer.send(bytes(1_000_000))
-            time.sleep(1)
-            dist.process.send_signal(signal.SIGTERM)
-            while daemon.poll(2000):  # slowly: the stop finds messages queued for it
-                daemon.recv()
-                received += 1
-                time.sleep(0.05)
-            assert dist.process.wait(timeout=10) == 0
-    finally:
-        dist.stop()
-    said = json.loads(dist.log.read_text().splitlines()[-1])
-    assert said["message"] == "stopped" and said["forwarded"] >= 3
-    assert received == said["forwarded"], (received, said)
-
-
-def test_a_stopping_distributor_passes_on_what_it_had_taken_as_a_daemon_makes_room(
-    tmp_path: Path,
-) -> None:
-    """At SIGTERM the messages on the distributor's input (taken after it unbinds it) wait
-    for room at a daemon that reads, up to a second, rather than being dropped at once: a
-    daemon that begins to read 0.2 s after the stop, a message every 20 ms, gets them all."""
-    import zmq
-
-    dist = Forwarder(tmp_path, "distributor", "--hwm", "1")
     ctx: zmq.Context[Any] = zmq.Context.instance()
     received = 0
     try:
@@ -450,14 +411,37 @@ def test_a_stopping_distributor_passes_on_what_it_had_taken_as_a_daemon_makes_ro
             time.sleep(1)
             before = sample(dist.metrics(), "streamtrk_farm_forwarded_total", role="distributor")
             dist.process.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
+            time.sleep(after_s)
             while daemon.poll(2000):
                 daemon.recv()
                 received += 1
-                time.sleep(0.02)
+                time.sleep(every_s)
             assert dist.process.wait(timeout=10) == 0
     finally:
         dist.stop()
     said = json.loads(dist.log.read_text().splitlines()[-1])
-    assert said["message"] == "stopped" and said["not_forwarded"] == 0, said
+    assert said["message"] == "stopped", said
+    return received, before, said
+
+
+def test_what_a_stopping_distributor_counts_forwarded_reaches_a_daemon_still_reading(
+    tmp_path: Path,
+) -> None:
+    """At SIGTERM the messages queued for a daemon (up to --hwm) are counted forwarded: they
+    go out while the daemon reads, not with the socket (here a daemon that reads slowly, and
+    only once the stop has come; 1 MB messages, its kernel buffer kept small)."""
+    dist = Forwarder(tmp_path, "distributor")
+    received, _, said = _stopped_as_a_daemon_reads_slowly(dist, 0.0, 0.05)
+    assert said["forwarded"] >= 3 and received == said["forwarded"], (received, said)
+
+
+def test_a_stopping_distributor_passes_on_what_it_had_taken_as_a_daemon_makes_room(
+    tmp_path: Path,
+) -> None:
+    """At SIGTERM the messages on the distributor's input (taken after it unbinds it) wait
+    for room at a daemon that reads, up to a second, rather than being dropped at once: a
+    daemon that begins to read 0.2 s after the stop, a message every 20 ms, gets them all."""
+    dist = Forwarder(tmp_path, "distributor", "--hwm", "1")
+    received, before, said = _stopped_as_a_daemon_reads_slowly(dist, 0.2, 0.02)
+    assert said["not_forwarded"] == 0, said
     assert said["forwarded"] > before and received == said["forwarded"], (before, said)
