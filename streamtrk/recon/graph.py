@@ -523,17 +523,14 @@ def _query_windows_arrays(
     t: dict[str, Array],
     cfg: GraphConfig,
     det: Detector,
-    out: tuple[np.ndarray, ...] | None = None,
-) -> tuple[Array, ...]:
+    out: tuple[np.ndarray, ...],
+) -> None:
     """:func:`query_windows` in array operations (the CPU's): the windows of the queries
     (inner hit ``qi``, ``outer`` layer; ``columns``: per hit r, z, layer, event, phi + pi,
-    then the grid's cell starts); written into ``out`` (arrays of :data:`QUERY_FIELDS`,
-    ``qi``'s first, the length of ``qi``) where given."""
+    then the grid's cell starts), written into ``out`` (arrays of :data:`QUERY_FIELDS`,
+    ``qi`` the first, the length of ``qi``)."""
     r, z, lay0, event, phi_p, cell_start = columns
     n_layers, nb, nphi, m = len(det), cfg.n_bins, cfg.n_phi_bins, cfg.layer_margin
-    if out is None:
-        out = tuple(np.empty(len(qi), dtype=f) for f in QUERY_FIELDS)
-        out[0][:] = qi
     _, ri, zi, row0, b_lo, b_hi, reach, centre, p_lo, p_hi = out
     ob = t["barrel"][outer]
     np.take(r, qi, out=ri)
@@ -595,7 +592,6 @@ def _query_windows_arrays(
     np.add(lo_bin, low * nphi, out=p_lo)
     np.minimum(hi_bin + low * nphi, 2 * nphi - 1, out=p_hi)
     np.add(phi_i, low * (2 * np.pi), out=centre)
-    return out
 
 
 def query_pairs(
