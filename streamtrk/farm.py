@@ -154,8 +154,7 @@ def forward(
             bound["http"] = _serve_http(stack, http_address, metrics, sockets, status)
         print(json.dumps(bound), flush=True)
         stop = StopFlag() if stop is None else stop
-        forwarded, dropped = _proxy(pull.socket, push.socket, stop, metrics)
-        push.linger_ms = int(push.socket.getsockopt(zmq.LINGER))  # left of the stop's second
+        forwarded, dropped, push.linger_ms = _proxy(pull.socket, push.socket, stop, metrics)
         stopped = {"message": "stopped", "role": role, "forwarded": forwarded}
         print(json.dumps({**stopped, "not_forwarded": dropped}), flush=True)
 
@@ -191,10 +190,11 @@ def _serve_http(
 
 def _proxy(
     pull: zmq.Socket[Any], push: zmq.Socket[Any], stop: Stop, metrics: ForwarderMetrics
-) -> tuple[int, int]:
-    """Forward whole messages (zero-copy) until ``stop``; the messages forwarded and those
-    dropped at the stop. A message is taken from ``pull``
-    only when ``push`` has a peer with room, so back-pressure reaches the producers; the
+) -> tuple[int, int, int]:
+    """Forward whole messages (zero-copy) until ``stop``; the messages forwarded, those
+    dropped at the stop, and the milliseconds left of the stop's second (``push``'s
+    LINGER). A message is taken from ``pull`` only when ``push`` has a peer with room, so
+    back-pressure reaches the producers; the
     stop is seen within two polls of ``POLL_MS`` even when no peer is left (``zmq.proxy``
     would block in its send). A message taken just before its peer left waits for another
     peer.
@@ -234,8 +234,7 @@ def _proxy(
         else:
             dropped += 1
         held = None
-    push.setsockopt(zmq.LINGER, max(0, round((give_up - time.monotonic()) * 1000)))
-    return forwarded, dropped
+    return forwarded, dropped, max(0, round((give_up - time.monotonic()) * 1000))
 
 
 def _send_by(push: zmq.Socket[Any], message: list[zmq.Frame], give_up: float) -> bool:
