@@ -437,7 +437,8 @@ def _flag(name: str) -> str:
 
 def _converter(f: Any) -> Callable[[Any, bool], Any]:
     """Converts a setting's value to the field's type: a TOML value must already have it
-    (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed."""
+    (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed; a
+    choice is read in any case (``DEBUG`` is ``debug``)."""
     optional = "None" in _type_name(f)
     base = _base_type(f)
     want = _TYPE_NAMES.get(base, "a string")
@@ -465,6 +466,8 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
             raise ValueError("must be a path (leave it out for the default)")
         if isinstance(v, str) and not _utf8(v):  # bytes the environment or argv could not decode
             raise ValueError("must be UTF-8 text (the configuration file, TOML, holds no other)")
+        if f.name in CHOICES and isinstance(v, str):
+            return v.lower()  # choices in any case: STREAMTRK_LOG_LEVEL=DEBUG
         return Path(v) if base == "Path" else v
 
     return convert
@@ -535,12 +538,12 @@ def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[s
     """The log format the sources of :func:`load_config` ask for, with its precedence, where
     the configuration may not load: to report why in the format asked for."""
     if (flag := flags.get("log_format")) is not None:
-        return str(flag)
+        return str(flag).lower()
     if (var := env.get(ENV_PREFIX + "LOG_FORMAT")) is not None:
-        return var
+        return var.lower()
     if path is not None:
         with contextlib.suppress(ConfigError):
-            return str(_file_settings(path).get("log_format", ("", "plain"))[1])
+            return str(_file_settings(path).get("log_format", ("", "plain"))[1]).lower()
     return "plain"
 
 

@@ -98,6 +98,7 @@ def test_a_file_s_keys_may_be_spelt_with_dashes(tmp_path: Path) -> None:
         ('log_format = "json"', {"STREAMTRK_LOG_FORMAT": "plain"}, {"log_format": "json"}, "json"),
         ('log_format = "json"', {"STREAMTRK_LOG_FORMAT": "plain"}, {"log_format": None}, "plain"),
         ('log_format = "plain"', {"STREAMTRK_LOG_FORMAT": "json"}, {}, "json"),
+        ('log_format = "JSON"', {}, {}, "json"),  # read as the configuration reads it
         ('log_format = "json"\nmax_batch_events = 0', {}, {}, "json"),  # an invalid file
         ("max_batch_events = 3", {}, {}, "plain"),
         ('log_format = "json"\nlog_format = "json"', {}, {}, "plain"),  # no TOML
@@ -532,6 +533,14 @@ def test_every_documented_choice_is_accepted(name: str, values: tuple[str, ...])
         assert getattr(load_config(env={f"STREAMTRK_{name.upper()}": value}), name) == value
     with pytest.raises(ConfigError, match=rf"^{name} must be one of {', '.join(values)}, got"):
         load_config(env={f"STREAMTRK_{name.upper()}": "other"})
+
+
+def test_a_choice_is_read_in_any_case(tmp_path: Path) -> None:
+    """``STREAMTRK_LOG_LEVEL=DEBUG`` is what an operator types; it means debug."""
+    path = tmp_path / "serve.toml"
+    path.write_text('overload = "Reject"\n')
+    cfg = load_config(path, {"STREAMTRK_LOG_LEVEL": "DEBUG"}, {"precision": "BF16"})
+    assert (cfg.overload, cfg.log_level, cfg.precision) == ("reject", "debug", "bf16")
 
 
 def test_a_configuration_cannot_be_changed_in_place() -> None:
