@@ -4,7 +4,9 @@ at named points, so that tests can check what an operator would see.
 The variable holds ``name=value`` pairs separated by commas, for example
 ``load_delay_s=5,worker_fail_after=2``: ``<point>_delay_s`` sleeps that long at the point,
 ``<point>_fail_after`` raises :class:`InjectedFault` at its Nth pass. Unset (always, outside
-tests) every point does nothing.
+tests) every point does nothing. An item that is not ``name=number`` is ignored and kept in
+:data:`IGNORED`, for the daemon to warn about (a mistyped hook must not make every
+``streamtrk`` command fail at import).
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ ENV = "STREAMTRK_TEST_FAULTS"
 log = logging.getLogger(__name__)
 
 
-def _parse(text: str) -> dict[str, float]:
-    faults = {}
+def _parse(text: str) -> tuple[dict[str, float], list[str]]:
+    """The faults ``text`` asks for, and the items that are not ``name=number``."""
+    faults, ignored = {}, []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{ENV}: expected name=value, got {item!r}")
-        faults[name.strip()] = float(value)
-    return faults
+        try:
+            if not (sep and name.strip()):
+                raise ValueError
+            faults[name.strip()] = float(value)
+        except ValueError:
+            ignored.append(item)
+    return faults, ignored
 
 
-FAULTS = _parse(os.environ.get(ENV, ""))
+FAULTS, IGNORED = _parse(os.environ.get(ENV, ""))
 
 
 class InjectedFault(RuntimeError):

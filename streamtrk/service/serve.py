@@ -189,6 +189,9 @@ class Daemon:
         if faults.FAULTS:  # a test hook left set on a farm node would fail batches unexplained
             log.warning("%s is set: faults injected on purpose (tests only): %s", faults.ENV,
                         ", ".join(f"{k}={v:g}" for k, v in faults.FAULTS.items()))  # fmt: skip
+        if faults.IGNORED:
+            log.warning("%s: ignored %s (not name=number)", faults.ENV,
+                        ", ".join(map(repr, faults.IGNORED)))  # fmt: skip
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)

@@ -31,8 +31,6 @@ pytestmark = pytest.mark.slow
 
 
 SLOW_LOAD = {"STREAMTRK_TEST_FAULTS": "load_delay_s=5"}  # every model load takes 5 s more
-# A reload (SIGHUP) takes 5 s more before its model load; the start-up load takes no more.
-SLOW_RELOAD = {"STREAMTRK_TEST_FAULTS": "reload_delay_s=5"}
 
 
 def model_labels(d) -> dict[str, str]:
@@ -181,7 +179,7 @@ def test_readyz_is_503_while_loading_and_while_draining(daemon_factory) -> None:
 def test_sighups_during_a_reload_start_one_more_after_it(daemon_factory) -> None:
     """The reload in progress may have read the files before the operator's last edit: the
     SIGHUPs that came during it start one more reload (one for all of them) once it ends."""
-    d = daemon_factory(env=SLOW_RELOAD)
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=5, slow, fail_after=x"})
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
     following = "reload already in progress; another follows it"
@@ -198,6 +196,8 @@ def test_sighups_during_a_reload_start_one_more_after_it(daemon_factory) -> None
     # the test hook is said at start: set on a farm node by mistake, it would not go unseen
     hook = "STREAMTRK_TEST_FAULTS is set: faults injected on purpose (tests only): "
     assert messages.count(hook + "reload_delay_s=5") == 1
+    ignored = "STREAMTRK_TEST_FAULTS: ignored 'slow', 'fail_after=x' (not name=number)"
+    assert messages.count(ignored) == 1  # a mistyped hook is said, not a traceback
     assert messages.count(following) == 2
     assert messages.count("reloading") == 2 and messages.count("reloaded") == 2
     assert messages.index("reloaded") < messages.index("reloading", messages.index("reloading") + 1)
