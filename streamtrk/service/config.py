@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -504,12 +505,14 @@ def _convert(
         raise ConfigError(f"{name} {e}, got {raw!r:.200} (from {source})", name) from None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    """The TOML table of the configuration file ``path``; ConfigError saying why not."""
+def _read_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """The text of the configuration file ``path`` and its TOML table; ConfigError saying
+    why not."""
     if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
         raise ConfigError(f"config file {path} is not a regular file")
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # BOM or not
+        text = Path(path).read_text(encoding="utf-8-sig")  # BOM or not
+        return text, tomllib.loads(text)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
@@ -518,19 +521,30 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def _file_settings(path: Path) -> dict[str, tuple[str, Any]]:
-    """The file's settings: setting name -> (the key as written, its value), a dash read as
-    an underscore (``max-batch-events`` is ``max_batch_events``); ConfigError where a
-    setting is given in both spellings."""
-    settings: dict[str, tuple[str, Any]] = {}
-    for key, raw in _read_file(path).items():
+def _key_line(text: str, key: str) -> int | None:
+    """The line (from 1) of the TOML ``text`` that sets the top-level ``key``, bare or
+    quoted; None where no line starts so (a key set in an inline table)."""
+    spelt = "|".join(re.escape(k) for k in (key, f'"{key}"', f"'{key}'"))
+    match = re.search(rf"^[ \t]*(?:{spelt})[ \t]*=", text, re.MULTILINE)
+    return None if match is None else text.count("\n", 0, match.start()) + 1
+
+
+def _file_settings(path: Path) -> dict[str, tuple[str, Any, str]]:
+    """The file's settings: setting name -> (the key as written, its value, where: "config
+    file F, line N"), a dash read as an underscore (``max-batch-events`` is
+    ``max_batch_events``); ConfigError where a setting is given in both spellings."""
+    text, table = _read_file(path)
+    settings: dict[str, tuple[str, Any, str]] = {}
+    for key, raw in table.items():
         name = key.replace("-", "_")
+        line = _key_line(text, key)
+        at = "" if line is None else f", line {line}"
         if name in settings:
-            first = settings[name][0]
+            first, _, first_at = settings[name]
             raise ConfigError(
-                f"{name} is given twice in config file {path}, as {first!r} and {key!r}", name
+                f"{name} is given twice in {first_at}, as {first!r}, and{at}, as {key!r}", name
             )
-        settings[name] = (key, raw)
+        settings[name] = (key, raw, f"config file {path}{at}")
     return settings
 
 
@@ -543,7 +557,7 @@ def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[s
         return var.lower()
     if path is not None:
         with contextlib.suppress(ConfigError):
-            return str(_file_settings(path).get("log_format", ("", "plain"))[1]).lower()
+            return str(_file_settings(path).get("log_format", ("", "plain", ""))[1]).lower()
     return "plain"
 
 
@@ -573,7 +587,8 @@ def source_of(
     flags: Mapping[str, Any] | None = None,
 ) -> str:
     """Where the setting ``name`` of :func:`load_config` (same arguments) came from: "flag
-    --model", "environment variable STREAMTRK_MODEL", "config file F" or "the default"."""
+    --model", "environment variable STREAMTRK_MODEL", "config file F, line N" or "the
+    default"."""
     given = _given(path, env, flags)
     return given[name][1] if name in given else "the default"
 
@@ -586,9 +601,9 @@ def shadowed(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]
         return []
     in_file, used = _given(path, {}, {}), _given(path, env, flags)
     return [
-        f"config file {path}: {_shown(name, value)} is overridden by {used[name][1]}: "
+        f"{where}: {_shown(name, value)} is overridden by {used[name][1]}: "
         f"{_shown(name, used[name][0])}"
-        for name, (value, _) in in_file.items()
+        for name, (value, where) in in_file.items()
         if used[name][0] != value
     ]
 
@@ -607,8 +622,8 @@ def _given(
     gives it: the file, the environment, the flags."""
     values: dict[str, tuple[Any, str]] = {}
     if path is not None:
-        for key, raw in _file_settings(path).values():
-            _convert(values, key, raw, f"config file {path}", typed=True)
+        for key, raw, where in _file_settings(path).values():
+            _convert(values, key, raw, where, typed=True)
     env = os.environ if env is None else env
     for name in _FIELDS:
         var = ENV_PREFIX + name.upper()

@@ -173,7 +173,7 @@ def test_cross_checks_see_the_final_values() -> None:
             'max_batch_events = "4"',
             {},
             r"max_batch_events must be an integer, unquoted in TOML, got '4' "
-            r"\(from config file .*serve.toml\)",
+            r"\(from config file .*serve.toml, line 1\)",
         ),
         ("max_batch_events = 4.0", {}, r"max_batch_events must be an integer, got 4.0"),
         # (a string of two lines is no value unquoted, whatever its first line)
@@ -199,8 +199,8 @@ def test_cross_checks_see_the_final_values() -> None:
         (  # one setting in both spellings: the later one no longer wins unseen
             "max_batch_events = 3\nmax-batch-events = 4",
             {},
-            r"max_batch_events is given twice in config file .*serve.toml, "
-            r"as 'max_batch_events' and 'max-batch-events'",
+            r"max_batch_events is given twice in config file .*serve.toml, line 1, "
+            r"as 'max_batch_events', and, line 2, as 'max-batch-events'",
         ),
     ],
 )
@@ -209,6 +209,18 @@ def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match:
     path.write_text(toml + "\n")
     with pytest.raises(ConfigError, match=match):
         load_config(path, env)
+
+
+def test_a_file_s_invalid_value_is_named_with_its_line(tmp_path: Path) -> None:
+    """Bare or quoted, after comments and a multi-line string: the line that sets it."""
+    path = tmp_path / "serve.toml"
+    for toml, line in [
+        ('# the farm\n\nlog_level = "info"\n"max_batch_events" = 0\n', 4),
+        ('model = """\nmax_queue_delay_ms = 5\n"""\n  max-batch-events = 0\n', 4),
+    ]:
+        path.write_text(toml)
+        with pytest.raises(ConfigError, match=rf"\(from config file .*serve.toml, line {line}\)$"):
+            load_config(path, {})
 
 
 def test_unknown_streamtrk_variables_are_named_with_close_settings() -> None:
@@ -285,9 +297,11 @@ def test_print_config_warns_of_the_file_s_settings_that_variables_or_flags_overr
     out = _serve("--config", str(path), "--deadline-ms", "", "--print-config", env=env)
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
-        f"streamtrk serve: warning: config file {path}: max_batch_events = 4 is overridden by "
+        f"streamtrk serve: warning: config file {path}, line 2: max_batch_events = 4 is "
+        "overridden by "
         "environment variable STREAMTRK_MAX_BATCH_EVENTS: max_batch_events = 6",
-        f"streamtrk serve: warning: config file {path}: deadline_ms = 50.0 is overridden by "
+        f"streamtrk serve: warning: config file {path}, line 3: deadline_ms = 50.0 is "
+        "overridden by "
         "flag --deadline-ms: deadline_ms unset",
     ]
 

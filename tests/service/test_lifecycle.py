@@ -148,7 +148,7 @@ def test_a_reload_to_a_device_this_host_lacks_fails_as_start_up_would(daemon_fac
     [failed] = [line["message"] for line in d.logs() if line["message"].startswith("reload failed")]
     assert failed == (
         f"reload failed, still serving the previous model: device cuda: {why} "
-        f"(from config file {config})"
+        f"(from config file {config}, line 1)"
     )
     assert d.get("/readyz")[0] == 200
 
@@ -214,8 +214,8 @@ def test_the_file_s_settings_a_variable_overrides_are_said_at_start_and_at_each_
     config = tmp_path / "serve.toml"
     config.write_text("max_batch_events = 4\n")
     d = daemon_factory("--config", str(config), env={"STREAMTRK_MAX_BATCH_EVENTS": "6"})
-    said = f"config file {config}: max_batch_events = {{}} is overridden by environment " + (
-        "variable STREAMTRK_MAX_BATCH_EVENTS: max_batch_events = 6"
+    said = f"config file {config}, line 1: max_batch_events = {{}} is overridden by " + (
+        "environment variable STREAMTRK_MAX_BATCH_EVENTS: max_batch_events = 6"
     )
     assert [m["message"] for m in d.logs()].count(said.format(4)) == 1
     config.write_text("max_batch_events = 8\n")
