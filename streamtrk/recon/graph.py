@@ -20,6 +20,7 @@ found; on the GPU before they are written) than its
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +75,20 @@ class GraphConfig:
     n_phi_bins: int = 256  # search grid: bins in phi per layer
     threads: int = 2  # most CPU threads for the candidate search (NumPy; no more than usable)
     layer_margin: float = 10.0  # mm: hits may lie this far off their layer's surface, no more
+
+    def __post_init__(self) -> None:
+        """ValueError naming the first setting out of range (a card's ``[graph]`` table is
+        read through this class: a bad value would fail, or empty, every event)."""
+        positive = ("pt_min", "phi_slope_margin", "z0_max", "z0_limit", "deta_max")
+        non_negative = ("phi_tolerance", "z0_sigmas", "z0_lever_max", "layer_margin")
+        checks = [(name, getattr(self, name) > 0, "a finite number > 0") for name in positive]
+        checks += [(n, getattr(self, n) >= 0, "a finite number >= 0") for n in non_negative]
+        for name, ok, rule in checks:
+            if not (ok and math.isfinite(getattr(self, name))):
+                raise ValueError(f"GraphConfig.{name} must be {rule}, got {getattr(self, name)}")
+        for name in ("n_bins", "n_phi_bins", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GraphConfig.{name} must be >= 1, got {getattr(self, name)}")
 
     def phi_slope_max(self, bfield: float) -> float:
         """Largest |dphi/dr| (rad/mm) accepted (either sign of the field: tracks turn the

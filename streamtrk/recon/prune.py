@@ -30,6 +30,7 @@ About 0.12-0.15 s per MU=200 event (780k edges) on the project's 2-core CPU.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -168,8 +169,10 @@ class PruneConfig:
     def __post_init__(self) -> None:
         if self.min_hits not in (3, 4):
             raise ValueError(f"min_hits must be 3 or 4, got {self.min_hits}")
-        if self.scale <= 0 or self.kappa_scale <= 0:
-            raise ValueError(f"scales must be > 0, got {self.scale}, {self.kappa_scale}")
+        if not all(math.isfinite(v) and v > 0 for v in (self.scale, self.kappa_scale)):
+            raise ValueError(
+                f"scales must be finite numbers > 0, got {self.scale}, {self.kappa_scale}"
+            )
 
     @property
     def triplets(self) -> tuple[tuple[float, ...], ...]:

@@ -13,6 +13,7 @@ import numpy as np
 from streamtrk.detector import Detector, layer_keys, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.budget import Budget, EventTooDense
+from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.graph import (
     MAX_BEAM_SPOT,
@@ -102,6 +103,8 @@ class Reconstructor:
                 f"beam_spot must be finite and within {MAX_BEAM_SPOT:g} mm of the axis, "
                 f"got {beam_spot}"
             )
+        if not threshold_ok(threshold):
+            raise ValueError(f"threshold must lie in [0, 1) (1 passes no edge), got {threshold}")
         self.beam_spot = (float(bx), float(by))
         self.scorer = scorer
         self.budget = budget or Budget()

@@ -741,3 +741,25 @@ def test_the_search_pairs_layers_seen_from_z0_up_to_50_mm(det) -> None:
         (a, b) for a, b, _ in layer_pairs(det, z0_max=0.0).tolist()
     }
     assert off_axis == {(40, 38), (43, 45)}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("pt_min", 0.0),
+        ("pt_min", math.nan),
+        ("pt_min", -1.0),
+        ("z0_limit", math.inf),
+        ("deta_max", 0.0),
+        ("phi_tolerance", -0.001),
+        ("layer_margin", math.nan),
+        ("n_bins", 0),
+        ("n_phi_bins", 0),
+        ("threads", 0),
+    ],
+)
+def test_graph_settings_out_of_range_are_refused(setting, value) -> None:
+    """A model card's [graph] table is read through GraphConfig: these failed every event
+    (pt_min 0: a division by zero) or emptied it (pt_min -1: no edge), unsaid."""
+    with pytest.raises(ValueError, match=f"GraphConfig.{setting} must be"):
+        GraphConfig(**{setting: value})

@@ -157,6 +157,8 @@ def _edit_card(path: Path, edit: str, new: str) -> None:
         ("n_bins = ", "n_bins_old = ", r"\[graph\].*unknown \['n_bins_old'\]"),
         ("edge_in = 6", "edge_in = 7", r"edge_in must be 6 \(the graph's\), got 7"),
         ("threshold = 0.7", "threshold = 1.5", "threshold"),
+        ("pt_min = 1.0", "pt_min = 0.0", r"\[graph\].*pt_min must be a finite number > 0, got 0"),
+        ("n_phi_bins = 256", "n_phi_bins = 0", r"n_phi_bins must be >= 1, got 0"),
         ("steps = 2\n", 'steps = "2"\n', r"\[architecture\]: steps must be int, got '2'"),
     ],
 )

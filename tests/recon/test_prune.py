@@ -567,3 +567,14 @@ def test_a_layer_pair_without_a_window_makes_even_a_straight_edge_unusable(tmp_p
     geo, usable, _ = triplet_inputs(g, PruneConfig(windows=path), det)
     assert geo["k2"].tolist() == [0.0, 0.0]
     assert usable.tolist() == [False, True]  # 802-804 has no pair window; 804-806 has one
+
+
+@pytest.mark.parametrize("scales", [(0.0, 1.0), (1.0, -1.0), (math.nan, 1.0), (1.0, math.inf)])
+def test_window_scales_that_are_not_finite_and_positive_are_refused(scales) -> None:
+    with pytest.raises(ValueError, match="scales must be finite numbers > 0"):
+        PruneConfig(scale=scales[0], kappa_scale=scales[1])
+
+
+def test_a_chain_length_other_than_a_triplet_or_quadruplet_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_hits must be 3 or 4, got 5"):
+        PruneConfig(min_hits=5)

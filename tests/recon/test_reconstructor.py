@@ -121,6 +121,15 @@ def test_the_chain_follows_a_displaced_beam_line(small_events):
         Reconstructor.oracle(beam_spot=(15.0, 15.0))
 
 
+@pytest.mark.parametrize("threshold", [float("nan"), 1.0, 2.0, -0.1])
+def test_a_threshold_outside_zero_to_one_is_refused(threshold: float) -> None:
+    """An edge passes above the threshold: these would pass every edge or none, silently."""
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\)"):
+        Reconstructor.oracle(threshold=threshold)
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\)"):
+        load_reconstructor(threshold=threshold)
+
+
 def test_tracks_are_disjoint_and_long_enough(small_events):
     tracks = Reconstructor.oracle().reconstruct(small_events[:1]).tracks[0]
     assert len(tracks) > 100
