@@ -51,8 +51,10 @@ class SegmentTruth:
         seg = true_segments(event, 0.0)
         assert event.truth is not None  # true_segments refuses an event without truth
         pid = event.truth.hits.particle_id[seg[0]]
-        idx, known = index_of(event.truth.particles.particle_id, pid)
-        vr = np.where(known, event.truth.particles.vr_from(beam_line)[idx], np.inf)
+        particles = event.truth.particles
+        idx, known = index_of(particles.particle_id, pid)
+        vr = np.full(len(pid), np.inf)  # unknown particles: not central
+        vr[known] = particles.vr_from(beam_line)[idx[known]]
         target = particle_pt(event, pid) >= EDGE_PT_MIN
         n = len(event.hits)
         return cls(

@@ -98,11 +98,14 @@ def trackml_score(
     """TrackML score of one event (arrays aligned per hit; track id 0: hit in no track).
 
     The truth weight of the majority hits in good tracks over the total truth weight;
-    NaN if the total weight is 0. A hit in no track scores as a track of its own, as in a
-    submission (``write_submission``), where the TrackML scorer reads every id as a track:
-    good only for a particle with that one hit in the event.
+    NaN if the total weight is 0; ValueError for a negative or non-finite weight. A hit in
+    no track scores as a track of its own, as in a submission (``write_submission``), where
+    the TrackML scorer reads every id as a track: good only for a particle with that one hit
+    in the event.
     """
     weight = np.asarray(truth_weight, dtype=np.float64)
+    if not np.all(np.isfinite(weight) & (weight >= 0)):  # the readers refuse such truth
+        raise ValueError("truth weights must be finite and >= 0")
     total = weight.sum()
     if total == 0:
         return float("nan")

@@ -416,6 +416,18 @@ def test_edge_counts_of_one_event_by_hand() -> None:
     assert report["graph_edge_purity"] == 0.75  # 3 of the 4 edges that count
 
 
+def test_segments_of_particles_missing_from_the_table_are_no_targets() -> None:
+    """Hits may name particles the table lacks (an empty table among them: it raised an
+    IndexError); their segments are neither targets nor central, as for an unknown id."""
+    event = metrics_event([1, 1, 2, 2], {1: (2.0, 0.0, 2), 2: (2.0, 0.0, 2)})
+    assert event.truth is not None
+    for keep in ([0], []):
+        particles = Particles(**{k: v[keep] for k, v in event.truth.particles.columns().items()})
+        partial = replace(event, truth=replace(event.truth, particles=particles))
+        counts = edge_counts(partial, np.array([[0, 2], [1, 3]]))
+        assert (counts["targets"], counts["central"]) == (len(keep), len(keep))
+
+
 @pytest.mark.parametrize("prune", [None, PruneConfig()])
 def test_a_batch_counts_edges_to_their_own_events(small_events, prune) -> None:
     """An event whose first hit starts an edge: batched, its edges still count as its own,

@@ -76,6 +76,13 @@ def test_tie_goes_to_smallest_particle_and_strict_half():
     assert trackml_score(pid, weight, track) == 0.0
 
 
+@pytest.mark.parametrize("bad", [-0.5, np.nan, np.inf])
+def test_weights_that_are_negative_or_not_finite_are_refused(bad: float) -> None:
+    """A negative weight scored 2.0 here (the readers refuse such truth; the API did not)."""
+    with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+        trackml_score(np.array([1, 1, 2, 2]), np.array([1, 1, bad, bad]), np.array([1, 1, 0, 0]))
+
+
 def test_arrays_of_different_shapes_are_refused():
     with pytest.raises(ValueError, match="must be equal 1-D"):
         match_tracks(np.zeros(3), np.zeros(4))
