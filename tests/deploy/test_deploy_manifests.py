@@ -304,6 +304,8 @@ def test_k8s_service_servicemonitor_pdb_select_the_pods(k8s: dict[str, dict[str,
     assert sm["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     (endpoint,) = sm["endpoints"]
     assert endpoint["port"] == svc_port["name"] and endpoint["path"] == "/metrics"
+    # the autoscaler selects track="stable": the pods' label, copied onto their series
+    assert sm["podTargetLabels"] == ["track"] and pod_labels["track"] == "stable"
     # the rules select job="streamtrk": the operator names the job after the Service
     assert svc["metadata"]["name"] == "streamtrk"
     pdb = k8s["PodDisruptionBudget"]["spec"]

@@ -242,23 +242,28 @@ def test_the_autoscalers_queries_give_a_number_idle_and_busy(
     tmp_path: Path, counts: str, latency: float
 ) -> None:
     """An idle farm (no event in 5 minutes) gives a latency of 0, not NaN (KEDA reads NaN
-    as a huge negative number); a busy one its p99 (every event under 0.1 s here)."""
+    as a huge negative number); a busy one its p99 (every event under 0.1 s here). A canary
+    pod (track="canary": slow, its queue full) does not count: it is not what they scale."""
     triggers = {
         t["name"]: t["metadata"]["query"] for t in k8s_objects()["ScaledObject"]["spec"]["triggers"]
     }
-    labels = 'job="streamtrk", instance="a"'
+    stable = 'job="streamtrk", instance="a", track="stable"'
+    canary = 'job="streamtrk", instance="c"'
     series = [
         {
-            "series": f'streamtrk_event_latency_seconds_bucket{{{labels}, le="{le}"}}',
+            "series": f'streamtrk_event_latency_seconds_bucket{{{stable}, le="{le}"}}',
             "values": counts,
         }
         for le in ("0.1", "+Inf")
     ] + [
-        {
-            "series": 'streamtrk_queue_depth{job="streamtrk", instance="a", queue="batch"}',
-            "values": "3x20",
-        }
-    ]
+        {"series": f'streamtrk_event_latency_seconds_bucket{{{canary}, track="canary", le="{le}"}}',
+         "values": "0+60x20" if le == "+Inf" else "0x20"}
+        for le in ("0.1", "+Inf")
+    ] + [
+        {"series": f'streamtrk_queue_depth{{{stable}, queue="batch"}}', "values": "3x20"},
+        {"series": f'streamtrk_queue_depth{{{canary}, track="canary", queue="batch"}}',
+         "values": "64x20"},
+    ]  # fmt: skip
     test = {
         "rule_files": [str(RULES)],
         "evaluation_interval": "1m",
