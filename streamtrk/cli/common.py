@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -196,22 +197,35 @@ def write_report(path: Path, text: str) -> None:
     write_whole(path, lambda f: f.write((text + "\n").encode()))
 
 
-def check_outputs(*files: Path | None, folder: Path | None = None) -> None:
+def check_outputs(
+    *files: Path | None, folder: Path | None = None, inputs: Sequence[Path] = ()
+) -> None:
     """The output files (and folder of plots) given, checked before the work that fills
     them: a path that cannot be written fails now, not with the results, as does one
-    given for two outputs (the second would replace the first)."""
+    given for two outputs (the second would replace the first) or one of the ``inputs``
+    (the files read: the output would replace them)."""
     seen: set[Path] = set()
     for given in (p for p in (*files, folder) if p is not None):
         if written_in_place(given):
             continue  # /dev/null, /dev/stdout: by any number of outputs
         if (whole := given.resolve()) in seen:
             raise SettingError(f"{given} is given for two outputs: each needs its own")
+        if any(_same_file(given, read) for read in inputs):
+            raise SettingError(f"{given} is an input too: the output would replace it")
         seen.add(whole)
     for path in files:
         if path is not None:
             check_writable(path)
     if folder is not None:
         check_writable(folder, folder=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (a link, another spelling of its path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is not there
+        return a.resolve() == b.resolve()
 
 
 @contextmanager

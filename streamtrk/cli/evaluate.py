@@ -115,7 +115,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
 )
 def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.eval.evaluate import evaluate, plot
-    from streamtrk.io.events import read_events
+    from streamtrk.io.events import files_read, read_events
     from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
     from streamtrk.recon.device import cuda_unavailable
     from streamtrk.recon.engine import engine_unavailable
@@ -145,7 +145,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise SettingError(
                 f"{flag} is a setting of a model's chain: --oracle scores edges from truth"
             )
-    check_outputs(args.report, args.submission, args.tracks, folder=args.plots)
+    check_outputs(
+        args.report, args.submission, args.tracks, folder=args.plots, inputs=files_read(args.input)
+    )
     threads = set_torch_threads(args.torch_threads)
     rec, scorer = _reconstructor(args)
     print(f"streamtrk evaluate: {threads}", file=sys.stderr)

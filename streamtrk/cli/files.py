@@ -170,12 +170,12 @@ def _import_trackml(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from streamtrk.io.recording import new_recording
-    from streamtrk.io.trackml import iter_events, kinematics_unknown
+    from streamtrk.io.trackml import files_read, iter_events, kinematics_unknown
     from streamtrk.wire.schema import MAX_INT
 
     if not 0 <= args.run < MAX_INT:  # as the wire takes it, said before the events are read
         raise SettingError(f"--run must be 0 to 2**63 - 1, got {args.run}")
-    check_outputs(args.output)
+    check_outputs(args.output, inputs=files_read(args.path))
     n = 0
     with new_recording(args.output) as rec:  # the file there stays if this fails
         for ev in tqdm(

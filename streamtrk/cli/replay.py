@@ -117,7 +117,7 @@ def _replay(args: argparse.Namespace) -> int:
         raise SettingError(f"--events must be at least 1, got {args.events}")
     check_endpoints(("--to", args.to), ("--from", args.from_), bind=args.bind)
     check_bound_curve(args, args.to, args.from_)
-    check_outputs(args.report, args.submission, args.plot)
+    check_outputs(args.report, args.submission, args.plot, inputs=[args.recording])
     if args.retry_after is not None and not args.retries:
         raise SettingError("--retry-after is the wait before a resend: it needs --retries N")
     retry_after = ReplayOptions.retry_after_s if args.retry_after is None else args.retry_after

@@ -25,6 +25,19 @@ def read_events(path: str | Path, limit: int | None = None) -> Iterator[Event]:
     return islice(events, limit if limit is None else min(limit, sys.maxsize))  # islice's most
 
 
+def files_read(path: str | Path) -> list[Path]:
+    """The files :func:`read_events` of ``path`` reads (those there now): outputs must not
+    replace them."""
+    try:
+        if str(path).endswith(".stk") or _starts_as_recording(Path(path)):
+            return [Path(path)]
+        from streamtrk.io import trackml
+
+        return trackml.files_read(path)
+    except OSError:  # unreadable: reading it fails, and says why
+        return [Path(path)]
+
+
 def _starts_as_recording(path: Path) -> bool:
     from streamtrk.io.recording import MAGIC
 

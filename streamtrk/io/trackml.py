@@ -324,6 +324,22 @@ def event_prefixes(directory: str | Path) -> list[Path]:
     return prefixes
 
 
+def files_read(path: str | Path) -> list[Path]:
+    """The TrackML files there now that :func:`iter_events` of ``path`` may read: a
+    directory's event files, or those of one event (a prefix or one of its files)."""
+    path = Path(path)
+    if path.is_dir():
+        return [f for f in path.iterdir() if _EVENT_FILE_RE.fullmatch(f.name)]
+    prefix = path.name if (m := _EVENT_FILE_RE.fullmatch(path.name)) is None else m[1]
+    if not path.parent.is_dir():
+        return []
+    return [
+        f
+        for f in path.parent.iterdir()
+        if (m := _EVENT_FILE_RE.fullmatch(f.name)) is not None and m[1] == prefix
+    ]
+
+
 def iter_events(path: str | Path, *, run: int = 0, truth: bool = True) -> Iterator[Event]:
     """Events of a directory (sorted by event number) or of a single event prefix; without
     ``truth``, their hits alone (as :func:`read_event`)."""

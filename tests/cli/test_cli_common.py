@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streamtrk.cli import main
 from streamtrk.cli.common import check_outputs, stop_on_signals
 
 
@@ -51,3 +52,36 @@ def test_two_outputs_named_alike_are_refused_before_the_work(tmp_path) -> None:
             check_outputs(*files, folder=folder)
     check_outputs(x, None, tmp_path / "y", folder=tmp_path / "z")
     check_outputs(Path("/dev/null"), Path("/dev/null"))  # written in place, not replaced
+
+
+def test_an_output_that_is_an_input_is_refused_before_the_work(tmp_path) -> None:
+    """``evaluate v.stk --report v.stk``: the report replaced the recording, and the
+    command exited 0. Another spelling of the path, or a link to it, is the same file."""
+    read = tmp_path / "v.stk"
+    read.write_bytes(b"events")
+    (tmp_path / "link.stk").symlink_to(read)
+    for given in (read, tmp_path / "." / "v.stk", tmp_path / "link.stk"):
+        with pytest.raises(ValueError, match="is an input too: the output would replace it"):
+            check_outputs(tmp_path / "report.json", given, inputs=[read])
+    check_outputs(tmp_path / "report.json", inputs=[read])
+    assert read.read_bytes() == b"events"
+
+
+def test_the_commands_refuse_to_write_over_what_they_read(tmp_path, capsys) -> None:
+    """Exit status 2, the input as it was: a report over the recording (evaluate, replay),
+    a recording over a TrackML file (import-trackml), a submission over a particles file."""
+    run = tmp_path / "v.stk"
+    assert main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(run)]) == 0
+    assert main(["export-trackml", str(run), "-o", str(tmp_path / "csv"), "-q"]) == 0
+    hits = tmp_path / "csv" / "event000000000-hits.csv"
+    particles = hits.with_name("event000000000-particles.csv")
+    before = {path: path.read_bytes() for path in (run, hits, particles)}
+    for args, output in [
+        (["evaluate", str(run), "--oracle", "-q", "--report"], run),
+        (["replay", str(run), "--report"], run),
+        (["import-trackml", "-q", str(tmp_path / "csv"), "-o"], hits),
+        (["evaluate", str(tmp_path / "csv"), "--oracle", "-q", "--submission"], particles),
+    ]:
+        assert main([*args, str(output)]) == 2
+        assert f"{output} is an input too" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in before} == before

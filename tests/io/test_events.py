@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtrk.event import Event, Hits
-from streamtrk.io.events import read_events
+from streamtrk.io.events import files_read, read_events
 from streamtrk.io.recording import RecordingWriter
 
 
@@ -28,3 +28,23 @@ def test_a_limit_past_any_count_of_events_reads_them_all(tmp_path: Path) -> None
     with RecordingWriter(path) as w:
         w.write_event(Event(1, 5, hits))
     assert [e.event for e in read_events(path, limit=10**20)] == [5]
+
+
+def test_the_files_read_are_named_for_the_outputs_to_spare(tmp_path: Path) -> None:
+    """A recording is one file; TrackML input is its events' files (not the folder's other
+    files: a report written there by an earlier run may be replaced)."""
+    hits = Hits(**{k: np.arange(3).astype(dt) for k, dt in Hits.DTYPES.items()})
+    with RecordingWriter(tmp_path / "run.rec") as w:
+        w.write_event(Event(1, 5, hits))
+    assert files_read(tmp_path / "run.rec") == [tmp_path / "run.rec"]
+    event = ["event000000007-hits.csv", "event000000007-truth.csv.gz", "event7-cells.csv"]
+    for name in [*event, "event000000008-particles.csv", "report.json"]:
+        (tmp_path / name).write_text("")
+
+    def names(path: Path) -> list[str]:
+        return sorted(p.name for p in files_read(path))
+
+    assert names(tmp_path) == sorted([*event, "event000000008-particles.csv"])
+    assert names(tmp_path / "event000000007") == sorted(event[:2])
+    assert names(tmp_path / "event000000007-truth.csv.gz") == sorted(event[:2])
+    assert files_read(tmp_path / "nowhere" / "event000000007") == []
