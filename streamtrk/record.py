@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import time
@@ -13,7 +14,7 @@ from typing import Any, Self
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable, file_to_write
-from streamtrk.io.recording import RecordingWriter
+from streamtrk.io.recording import RecordingWriter, being_written
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
 
@@ -48,7 +49,8 @@ def record(
 
     ``output`` is created at the first message recorded: a tap that records nothing (its
     handshake refused, stopped, a silent stream) leaves a recording already there as it was.
-    One that cannot be written (a folder, no permission) is refused before the tap opens.
+    One that cannot be written (a folder, no permission) or that another process is writing
+    (another tap) is refused before the tap opens, and that again at the first record.
     A write that fails during the tap (a full disk) stops it with an OSError naming the file
     and what it holds: the file is cut back to the records written whole (removed when there
     are none), so that what was tapped before stays readable.
@@ -62,6 +64,7 @@ def record(
     last: tuple[int, int] | None = None  # (run, event) of a hits message just recorded
     t_end = None if duration_s is None else time.monotonic() + duration_s
     check_writable(output)
+    _not_being_written(output)
     with (
         Consumer(
             source,
@@ -132,6 +135,17 @@ def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> 
         raise OSError(f"{what}; {held}") from e
 
 
+def _not_being_written(path: Path) -> None:
+    """OSError where another process writes ``path`` (a tap, a daemon's dead letters): this
+    tap's file would take its place, and what that one writes after would be lost."""
+    if being_written(path):
+        raise OSError(
+            errno.EBUSY,
+            "another process is writing it (a tap, a daemon's dead letters): choose another output",
+            str(path),
+        )
+
+
 class _CreatedOnFirstWrite:
     """A new recording at ``path``, created (making its folder) by its first record, which
     replaces the file there only once it is written whole (into a partial file beside it,
@@ -161,6 +175,7 @@ class _CreatedOnFirstWrite:
     def _write_first(self, frames: list[Any]) -> None:
         """The file's header and first record; on an error the file there is as it was."""
         writer = None
+        _not_being_written(self.path)  # again: another tap may have started since
         try:
             with file_to_write(self.path) as file:
                 writer = RecordingWriter(file)

@@ -16,7 +16,7 @@ from live_daemon import wait_for
 
 from streamtrk.cli import main
 from streamtrk.client import Producer
-from streamtrk.io.recording import iter_records
+from streamtrk.io.recording import RecordingWriter, iter_records
 from streamtrk.record import record
 from streamtrk.stop import StopFlag
 from streamtrk.wire import decode
@@ -129,6 +129,43 @@ def test_a_recording_that_cannot_be_written_is_refused_before_the_tap_opens(
         code = main(["record", "--from", silent.endpoint, "-o", str(out), "--duration", "5"])
     assert code == 1
     assert f"streamtrk record: error: {out} is a folder, not a file" in capsys.readouterr().err
+
+
+def test_a_recording_another_process_writes_is_refused_before_the_tap_and_at_its_first_record(
+    sim_run: Path, tmp_path: Path, capsys
+) -> None:
+    """Two taps given one ``-o``: the later one's file took the place of the first's, which
+    went on writing into a file no longer there (both said "recorded", one recording
+    was left). A writer's lock is looked for when the tap opens, and again at its first
+    record (the other may have started meanwhile); the other's file is kept."""
+    out = tmp_path / "tap.stk"
+    busy = "another process is writing it (a tap, a daemon's dead letters): choose another output"
+    with RecordingWriter(out), Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as silent:
+        code = main(["record", "--from", silent.endpoint, "-o", str(out), "--duration", "5"])
+    assert code == 1 and f"streamtrk record: error: {out}: {busy}\n" == capsys.readouterr().err
+    out.unlink()
+    records = [frames for _, frames in islice(iter_records(sim_run), 2)]
+    failed: list[OSError] = []
+
+    def tap() -> None:
+        try:
+            record(producer.endpoint, out, events=1, duration_s=60)
+        except OSError as e:
+            failed.append(e)
+
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        tapping = threading.Thread(target=tap)
+        tapping.start()
+        time.sleep(0.5)
+        with RecordingWriter(out) as other:
+            other.write(records[1])
+            other.flush()
+            for frames in records:
+                assert producer.send_frames(frames, timeout_ms=10_000)
+            tapping.join(60)
+    assert not tapping.is_alive() and len(failed) == 1
+    assert str(failed[0]) == f"cannot write {out}: {busy}; nothing recorded"
+    assert [frames for _, frames in iter_records(out)] == records[1:]
 
 
 def test_a_tap_whose_disk_fills_keeps_the_whole_records_it_wrote(

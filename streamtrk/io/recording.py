@@ -495,7 +495,10 @@ def exclusive_lock(path: Path) -> int:
 
 def being_written(path: StrPath) -> bool:
     """Whether another process holds ``path`` open to write it (:class:`RecordingWriter`'s
-    lock): its last record may be one it is in the middle of."""
+    lock, taken on regular files alone: a FIFO's open would wait for a writer): its last
+    record may be one it is in the middle of."""
+    if not Path(path).is_file():
+        return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
