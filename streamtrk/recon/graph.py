@@ -58,6 +58,11 @@ MAX_BEAM_SPOT = 20.0  # mm: the farthest off axis (in the pipe) a beam line the 
 PHI_CAP = float(np.nextafter(np.pi, 0.0))  # the widest |dphi| searched, just under pi
 
 
+#: Most search-grid cells per layer (``n_bins x n_phi_bins``; the shipped 32 x 256 = 8192):
+#: each costs 16 bytes per layer and event in a batch's grid (two halves, int64 starts).
+MAX_GRID_CELLS = 2**16
+
+
 @dataclass(frozen=True)
 class GraphConfig:
     """Doublet cuts, aimed by default at pT >= 1 GeV particles from the luminous region."""
@@ -89,6 +94,11 @@ class GraphConfig:
         for name in ("n_bins", "n_phi_bins", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GraphConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_bins * self.n_phi_bins > MAX_GRID_CELLS:
+            raise ValueError(
+                f"GraphConfig.n_bins x n_phi_bins must be at most {MAX_GRID_CELLS} (cells per "
+                f"layer and event), got {self.n_bins} x {self.n_phi_bins}"
+            )
 
     def phi_slope_max(self, bfield: float) -> float:
         """Largest |dphi/dr| (rad/mm) accepted (either sign of the field: tracks turn the

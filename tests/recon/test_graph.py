@@ -756,10 +756,12 @@ def test_the_search_pairs_layers_seen_from_z0_up_to_50_mm(det) -> None:
         ("n_bins", 0),
         ("n_phi_bins", 0),
         ("threads", 0),
+        ("n_bins", 100_000_000),  # 17.9 TiB of grid: a MemoryError at the first event
+        ("n_phi_bins", 2**16 + 1),
     ],
 )
 def test_graph_settings_out_of_range_are_refused(setting, value) -> None:
     """A model card's [graph] table is read through GraphConfig: these failed every event
     (pt_min 0: a division by zero) or emptied it (pt_min -1: no edge), unsaid."""
-    with pytest.raises(ValueError, match=f"GraphConfig.{setting} must be"):
+    with pytest.raises(ValueError, match=f"GraphConfig.({setting}|n_bins x n_phi_bins) must be"):
         GraphConfig(**{setting: value})
