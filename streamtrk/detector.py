@@ -22,6 +22,8 @@ BARREL, ENDCAP = 0, 1
 #: GeV per (T mm): a charged particle on a helix of radius R mm in B tesla has pT = c B R,
 #: c = 0.299792458 GeV per (T m) (the speed of light in units that make it so).
 GEV_PER_TESLA_MM = 0.299792458e-3
+#: mm: the farthest off the z axis (inside the beam pipe) a beam line may be, served or simulated.
+MAX_BEAM_SPOT = 20.0
 PION_MASS = 0.13957  # GeV: the particles simulated, and the fit's scattering assumption
 DEFAULT_DETECTOR = "trackml_detector.toml"
 MAX_ID = 1000  # volume and layer ids are below it: Detector.layer_lut has a cell per id pair

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, Detector, lookup_layer
+from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, MAX_BEAM_SPOT, Detector, lookup_layer
 from streamtrk.event import Event
 from streamtrk.recon.budget import Budget, enforce, event_by_event, per_event
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
@@ -54,7 +54,6 @@ SEARCH_GROUP = 4  # chunks a thread searches between two checks of the doublet b
 QUERY_BIN_CHUNK = 8_192  # queries per chunk of the CPU (query, bin) expansion (MU=200: 44k pairs)
 KERNELS = "doublet_search.cu"  # the GPU candidate search
 MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
-MAX_BEAM_SPOT = 20.0  # mm: the farthest off axis (in the pipe) a beam line the hits are centred on
 PHI_CAP = float(np.nextafter(np.pi, 0.0))  # the widest |dphi| searched, just under pi
 
 

@@ -10,13 +10,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamtrk.detector import Detector, layer_keys, load_detector
+from streamtrk.detector import MAX_BEAM_SPOT, Detector, layer_keys, load_detector
 from streamtrk.event import Event, Tracks
 from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.fit import fit_tracks
 from streamtrk.recon.graph import (
-    MAX_BEAM_SPOT,
     Graph,
     GraphConfig,
     batch_columns,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtrk import tomlio
+from streamtrk.detector import MAX_BEAM_SPOT
 from streamtrk.recon.choices import (
     DEVICES,
     ENGINE_CACHE_ENV,
@@ -28,7 +29,6 @@ from streamtrk.recon.choices import (
     PRECISIONS,
     threshold_ok,
 )
-from streamtrk.recon.graph import MAX_BEAM_SPOT
 from streamtrk.recon.kernels import SANITIZE_ENV
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS

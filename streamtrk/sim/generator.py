@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamtrk.detector import MAX_BEAM_SPOT
 from streamtrk.tomlio import require
 
 MAX_MU = 10_000  # fifty times the HL-LHC's 200: millions of hits an event, not a hang
 MAX_HARD_SCATTER = 100_000  # hard-scatter particles: a million hits an event, not a hang
+MAX_BEAM_SPOT_Z = 250.0  # mm: a luminous region centred farther along z gives no tracks
 
 _Q = np.array(
     [
@@ -141,7 +143,12 @@ class GeneratorConfig:
             ("multiplicity_shape", self.multiplicity_shape > 0, "> 0"),
             ("sigma_z", self.sigma_z >= 0, ">= 0"),
             ("sigma_r", self.sigma_r >= 0, ">= 0"),
-            ("beam_spot", all(map(math.isfinite, self.beam_spot)), "finite"),
+            (
+                "beam_spot",
+                math.hypot(*self.beam_spot[:2]) <= MAX_BEAM_SPOT
+                and abs(self.beam_spot[2]) <= MAX_BEAM_SPOT_Z,
+                f"within {MAX_BEAM_SPOT:g} mm of the z axis and {MAX_BEAM_SPOT_Z:g} mm of z = 0",
+            ),
             ("eta_max", self.eta_max > 0, "> 0"),
             ("positive_fraction", 0 <= self.positive_fraction <= 1, "in [0, 1]"),
             ("secondary_fraction", 0 <= self.secondary_fraction < 1, "in [0, 1)"),

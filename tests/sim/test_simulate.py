@@ -626,7 +626,11 @@ def test_the_defaults_are_the_documented_ones():
             "layer 8:4 is both dead and noisy",
         ),
         (lambda: GeneratorConfig(hard_scatter_pt=(1.0, float("inf"))), "hard_scatter_pt must"),
-        (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be finite"),
+        (lambda: GeneratorConfig(beam_spot=(float("nan"), 0, 0)), "beam_spot must be within"),
+        # vertices a kilometre away made hits as if from the axis, without a word
+        (lambda: GeneratorConfig(beam_spot=(1e9, 0, 0)), "within 20 mm of the z axis"),
+        (lambda: GeneratorConfig(beam_spot=(15, 15, 0)), "within 20 mm of the z axis"),
+        (lambda: GeneratorConfig(beam_spot=(0, 0, -251)), "and 250 mm of z = 0"),
         (lambda: simulate(load_detector(), SimConfig(), 0, -1), "n_events must be >= 0"),
         (lambda: simulate(load_detector(), SimConfig(), 0, 1, run=-1), "run must be >= 0"),
         (lambda: simulate(load_detector(), SimConfig(), 0, 2**63 + 1), "must be below 2\\*\\*63"),
