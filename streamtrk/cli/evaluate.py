@@ -106,7 +106,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "gnn above the threshold; tracks where those still join them: track building or the "
     "fit's cuts; refused: events over the work budget); events, events_with_truth (the "
     "events the physics keys are of: events without truth are reconstructed, not scored), "
-    "hits_per_event, graph_edges_per_event (built), "
+    "hits_per_event, hits_on_no_layer (hits whose volume and layer the detector does not "
+    "have: they make no edge), graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
     "seconds_per_event, stage_seconds (mean per event), timings (median per event), scorer "
     "(the model directory, or oracle); "
@@ -241,7 +242,15 @@ def _headline(report: dict[str, Any]) -> str:
 
 
 def _say_unscored(ev: Evaluation, with_truth: int) -> None:
-    """Say on stderr which events the physics keys leave out, or count as trackless."""
+    """Say on stderr which events the physics keys leave out, or count as trackless, and
+    the hits no track can hold."""
+    if ev.n_hits_no_layer:
+        print(
+            f"streamtrk evaluate: warning: {ev.n_hits_no_layer} of {ev.n_hits} hits "
+            f"({ev.n_hits_no_layer / ev.n_hits:.2%}) are on layers the detector does not have "
+            "(their volume_id and layer_id): they make no edge, no track holds them",
+            file=sys.stderr,
+        )
     if ev.refused:
         print(
             f"streamtrk evaluate: {len(ev.refused)} of {ev.n_events} events over the work "

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrk.detector import GEV_PER_TESLA_MM
+from streamtrk.detector import GEV_PER_TESLA_MM, lookup_layer
 from streamtrk.eval.missed import STAGES, lost_at
 from streamtrk.eval.score import (
     RECONSTRUCTABLE_MAX_VR,
@@ -143,11 +143,19 @@ class Evaluation:
     # the particles' helices: the reconstructor's (see ``of``).
     beam_line: tuple[float, float] = (0.0, 0.0)
     bfield: float | None = None
+    # The detector's layer table (``Detector.layer_lut``): hits on layers it does not have
+    # make no edge, and are counted (None: not counted).
+    layer_lut: np.ndarray | None = None
+    n_hits_no_layer: int = 0
 
     @classmethod
     def of(cls, rec: Reconstructor) -> Evaluation:
-        """An empty evaluation of ``rec``'s tracks (its beam line and field)."""
-        return cls(beam_line=rec.beam_spot, bfield=float(rec.detector.bfield))
+        """An empty evaluation of ``rec``'s tracks (its beam line, field and layers)."""
+        return cls(
+            beam_line=rec.beam_spot,
+            bfield=float(rec.detector.bfield),
+            layer_lut=rec.detector.layer_lut,
+        )
 
     def add(
         self, events: list[Event], result: ReconResult, seconds: float, threshold: float
@@ -167,7 +175,7 @@ class Evaluation:
         self.n_scored_edges += edges.shape[1]
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
             labels = tracks.track_id_per_hit(len(ev.hits))
-            self.n_hits += len(ev.hits)
+            self._count_hits(ev)
             self._once(ev)
             self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
             self.tracks[ev.run, ev.event] = tracks
@@ -269,7 +277,7 @@ class Evaluation:
                 {"run": ev.run, "event": ev.event, "what": what, "count": count, "limit": limit}
             )
             self.n_events += 1
-            self.n_hits += len(ev.hits)
+            self._count_hits(ev)
             labels = np.zeros(len(ev.hits), dtype=np.int64)
             self._once(ev)
             self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
@@ -280,6 +288,13 @@ class Evaluation:
             for counts in (self.graph_edges, self.pruned_edges, self.gnn_edges):
                 counts.update(none)
             self._score(ev, labels, None)
+
+    def _count_hits(self, ev: Event) -> None:
+        """Count the event's hits, and those on layers the detector does not have."""
+        self.n_hits += len(ev.hits)
+        if self.layer_lut is not None:
+            layer = lookup_layer(self.layer_lut, ev.hits.volume_id, ev.hits.layer_id)
+            self.n_hits_no_layer += int(np.count_nonzero(layer < 0))
 
     def _once(self, ev: Event) -> None:
         """ValueError when another event of the same run and number came before: its tracks
@@ -302,6 +317,7 @@ class Evaluation:
             "stage_seconds": {k: sum(v) / len(v) for k, v in self.stage_seconds.items()},
             "timings": {k: float(np.median(v)) for k, v in self.stage_seconds.items()},
             "hits_per_event": self.n_hits / n,
+            "hits_on_no_layer": self.n_hits_no_layer,
             "edges_per_hit": self.n_built_edges / max(self.n_hits, 1),
             "graph_edges_per_event": self.n_built_edges / n,
             "gnn_edges_per_event": self.n_scored_edges / n,

@@ -82,6 +82,23 @@ def test_evaluate_of_events_none_with_truth_reports_and_headlines(tmp_path, caps
     assert "streamtrk evaluate: 1 events, " in err and "efficiency" not in err
 
 
+def test_evaluate_counts_and_says_the_hits_on_layers_the_detector_lacks(tmp_path, capsys):
+    """Another detector's data (volume 999 here) made no edge and no track, and the report
+    said only that the particles were missed at the graph."""
+    main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    event = next(iter_events(tmp_path / "e.stk"))
+    volume = event.hits.volume_id.copy()
+    volume[::4] = 999
+    with RecordingWriter(tmp_path / "other.stk") as w:
+        w.write_event(replace(event, hits=replace(event.hits, volume_id=volume)))
+    for name, off in (("e.stk", 0), ("other.stk", len(volume[::4]))):
+        assert main(["evaluate", str(tmp_path / name), "--oracle", "-q"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["hits_on_no_layer"] == off
+        said = f"warning: {off} of {len(volume)} hits ({off / len(volume):.2%}) are on layers "
+        assert (said in err) == bool(off), err
+
+
 def test_evaluate_says_when_truth_has_no_particle_kinematics(tmp_path, capsys):
     main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
     assert main(["export-trackml", str(tmp_path / "e.stk"), "-o", str(tmp_path / "csv")]) == 0
