@@ -149,6 +149,16 @@ def check_bound_curve(args: argparse.Namespace, *endpoints: str) -> None:
             raise SettingError(why)
 
 
+def check_curve_pair(args: argparse.Namespace) -> None:
+    """SettingError where one of ``--curve-key`` and ``--curve-server-key`` is given without
+    the other (a CURVE client needs its own secret and the server's public certificate)."""
+    if (args.curve_key is None) != (args.curve_server_key is None):
+        raise SettingError(
+            "--curve-key (this client's secret certificate) and --curve-server-key (the "
+            "server's public one) go together"
+        )
+
+
 def check_endpoints(*options: tuple[str, str], bind: bool) -> None:
     """SettingError naming the first ``(option, endpoint)`` whose endpoint the daemon would
     refuse too, to bind or (``bind`` false) to connect to (libzmq's own error says only

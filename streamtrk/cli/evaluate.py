@@ -115,6 +115,7 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "budget, which the daemon answers too_dense, scored as events with no tracks.",
 )
 def _evaluate(args: argparse.Namespace) -> int:
+    from streamtrk.detector import MAX_BEAM_SPOT
     from streamtrk.eval.evaluate import evaluate, plot
     from streamtrk.io.events import files_read, read_events
     from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
@@ -127,6 +128,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if why := engine_unavailable(args.engine, args.device):
         print(f"streamtrk evaluate: error: {why}", file=sys.stderr)
         return 2
+    if not math.hypot(*args.beam_spot) <= MAX_BEAM_SPOT:  # NaN too
+        raise SettingError(
+            f"--beam-spot must be within {MAX_BEAM_SPOT:g} mm of the z axis, got "
+            f"{args.beam_spot[0]:g},{args.beam_spot[1]:g}"
+        )
     if not (math.isfinite(args.budget_scale) and args.budget_scale > 0):
         raise SettingError(f"--budget-scale must be a finite number > 0, got {args.budget_scale}")
     if args.threshold is not None and not threshold_ok(args.threshold):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from streamtrk.cli.common import (
     allow_insecure_argument,
+    check_curve_pair,
     check_endpoints,
     curve_arguments,
     stop_on_signals,
@@ -93,6 +94,7 @@ def _farm(args: argparse.Namespace) -> int:
         if value > (most := MAX_SETTING_INT[setting]):
             raise SettingError(f"{flag} must be at most {most}, got {value}")
     check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
+    check_curve_pair(args)
     with stop_on_signals() as stop:
         forward(
             args.role,

@@ -9,6 +9,7 @@ from pathlib import Path
 from streamtrk.cli.common import (
     allow_insecure_argument,
     check_bound_curve,
+    check_curve_pair,
     check_endpoints,
     curve_arguments,
     stop_on_signals,
@@ -42,6 +43,7 @@ def _record(args: argparse.Namespace) -> int:
     from streamtrk.record import record
 
     check_endpoints(("--from", args.from_), bind=args.bind)
+    check_curve_pair(args)
     check_bound_curve(args, args.from_)
     with stop_on_signals() as stop:
         counts = record(

@@ -10,6 +10,7 @@ from typing import Any
 from streamtrk.cli.common import (
     allow_insecure_argument,
     check_bound_curve,
+    check_curve_pair,
     check_endpoints,
     check_outputs,
     compact_argument,
@@ -111,11 +112,17 @@ def _replay(args: argparse.Namespace) -> int:
         plot_latency,
         replay,
     )
+    from streamtrk.service.config import one_endpoint
     from streamtrk.service.heap import heap_frozen
 
     if args.events is not None and args.events < 1:
         raise SettingError(f"--events must be at least 1, got {args.events}")
     check_endpoints(("--to", args.to), ("--from", args.from_), bind=args.bind)
+    if one_endpoint(args.to, args.from_):  # sent to the daemon's input, read from its output
+        raise SettingError(
+            f"--to and --from must be two endpoints, got {args.to!r} and {args.from_!r}"
+        )
+    check_curve_pair(args)
     check_bound_curve(args, args.to, args.from_)
     check_outputs(args.report, args.submission, args.plot, inputs=[args.recording])
     if args.retry_after is not None and not args.retries:

@@ -211,6 +211,8 @@ def test_evaluate_prints_its_report_before_a_full_disk_refuses_the_file(tmp_path
         (["--threshold", "nan"], "--threshold must lie in [0, 1) (1 passes no edge), got nan"),
         (["--threshold", "1"], "--threshold must lie in [0, 1) (1 passes no edge), got 1.0"),
         (["--torch-threads", "100000"], "torch threads must be 0 to 4096, got 100000"),
+        (["--beam-spot", "50,0"], "--beam-spot must be within 20 mm of the z axis, got 50,0"),
+        (["--beam-spot", "nan,0"], "--beam-spot must be within 20 mm of the z axis, got nan,0"),
     ],
 )
 def test_evaluate_refuses_settings_out_of_range(tmp_path, capsys, flags, message):

@@ -1,4 +1,5 @@
-"""``streamtrk farm``'s refusals of its settings (the forwarders: tests/test_farm.py)."""
+"""``streamtrk farm``'s refusals of its settings (the forwarders: tests/test_farm.py), and
+those it shares with the other clients, replay and record."""
 
 import pytest
 
@@ -44,3 +45,18 @@ def test_a_forwarder_refuses_limits_past_what_its_sockets_take(
     args = ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
     assert main([*args, flag, value]) == 2
     assert f"{flag} must be at most {most}, got {value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["farm", "replay", "record"])
+@pytest.mark.parametrize("flag", ["--curve-key", "--curve-server-key"])
+def test_half_a_curve_client_pair_is_a_usage_error(tmp_path, capsys, command, flag) -> None:
+    """Exit status 2, as for the server pair (it was 1: the socket's own refusal)."""
+    args = {
+        "farm": ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"],
+        "replay": ["replay", str(tmp_path / "absent.stk")],
+        "record": ["record", "--from", "tcp://127.0.0.1:5", "-o", str(tmp_path / "r.stk")],
+    }[command]
+    assert main([*args, flag, str(tmp_path / "k")]) == 2
+    assert "--curve-key (this client's secret certificate) and --curve-server-key (the " in (
+        capsys.readouterr().err
+    )

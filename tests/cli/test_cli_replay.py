@@ -179,6 +179,15 @@ def test_replay_refuses_a_bad_setting_before_it_reads_the_recording(tmp_path, fl
     assert out.stderr.startswith(f"streamtrk replay: error: {flag} must be "), out.stderr
 
 
+@pytest.mark.parametrize("back", ["tcp://127.0.0.1:47101", "tcp://localhost:47101"])
+def test_replay_refuses_to_read_replies_where_it_sends_events(tmp_path, back):
+    """One endpoint for --to and --from: it waited for replies and said none came (exit 1)."""
+    out = _run("replay", str(tmp_path / "absent.stk"), "--to", "tcp://127.0.0.1:47101",
+               "--from", back)  # fmt: skip
+    assert out.returncode == 2
+    assert "--to and --from must be two endpoints, got 'tcp://127.0.0.1:47101' and" in out.stderr
+
+
 def test_replay_refuses_a_wait_before_resends_without_resends(tmp_path):
     """--retry-after alone would change nothing (no resend without --retries): refused."""
     out = _run("replay", str(tmp_path / "absent.stk"), "--retry-after", "2")
