@@ -78,18 +78,24 @@ def model_missing(directory: str | Path) -> str | None:
             f"{directory / WEIGHTS} is not a whole torch file (cut short in a copy?): copy the "
             "model again, or train it again"
         )
+    train = "`streamtrk train --config models/configs/default.toml --out"
+    there = f"train one there with {train} {directory}`"
     if not directory.is_dir():
-        what, overwrite = "no such directory", ""
+        what = "no such directory"
     else:  # train refuses a directory that is not empty without --overwrite
         what = f"{' and '.join(lacking)} missing"
         try:
-            overwrite = " --overwrite" if any(directory.iterdir()) else ""
+            empty = not any(directory.iterdir())
         except OSError:  # a folder that may be entered, not listed: what it holds unknown
-            overwrite = " --overwrite"
+            empty = False
+        if len(lacking) < 2:  # a model's files, one of them lost: replaced whole
+            there = f"train one there with {train} {directory} --overwrite`"
+        elif not empty:  # other files, which --overwrite would delete: not suggested
+            there = f"train one in a folder of its own with {train} NEW_FOLDER` ({directory} "
+            there += "holds other files)"
     return (
         f"no model at {directory} ({what}; a model holds {CARD} and {WEIGHTS}): check the "
-        f"path (the shipped model is {shipped_model_path()}), or train one there with "
-        f"`streamtrk train --config models/configs/default.toml --out {directory}{overwrite}`"
+        f"path (the shipped model is {shipped_model_path()}), or {there}"
     )
 
 

@@ -259,6 +259,18 @@ def test_a_model_lacking_a_file_is_said_so(saved: tuple[Path, InteractionNetwork
     assert str(e.value).endswith(f"--out {path} --overwrite`")
 
 
+def test_a_folder_of_other_files_is_not_suggested_for_overwrite(tmp_path: Path) -> None:
+    """``--model keys/`` (a folder of certificates): the suggested ``train --out keys
+    --overwrite`` would have deleted them."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "daemon.key").write_text("a certificate")
+    why = model_missing(tmp_path / "keys")
+    assert why is not None and "--overwrite" not in why
+    assert why.endswith(f"--out NEW_FOLDER` ({tmp_path / 'keys'} holds other files)")
+    (tmp_path / "empty").mkdir()
+    assert str(model_missing(tmp_path / "empty")).endswith(f"--out {tmp_path / 'empty'}`")
+
+
 def test_a_model_s_file_given_for_its_directory_is_named(
     saved: tuple[Path, InteractionNetwork],
 ) -> None:
