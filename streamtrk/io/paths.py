@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,12 +48,17 @@ def check_writable(path: Path, *, folder: bool = False) -> None:
         raise PermissionError(f"cannot write {path}: no permission to write in {above}")
 
 
+#: Paths naming a descriptor of the process (not the rest of /proc: /proc/x is refused as
+#: a file, checked before the work as any other).
+_DESCRIPTOR = re.compile(r"/dev/std|/dev/fd/|/proc/(self|thread-self|\d+)/fd/")
+
+
 def written_in_place(path: Path) -> bool:
     """Whether :func:`write_whole` writes ``path`` in place: it exists and is no regular file
     or folder (``/dev/null``, a FIFO), or names a descriptor of the process (``/dev/stdout``,
     ``/dev/fd/N``, ``/proc/self/fd/N``) whatever it points to: a file renamed over the one
     behind a redirected stdout would not reach the caller's descriptor."""
-    if os.path.abspath(path).startswith(("/dev/std", "/dev/fd/", "/proc/")):
+    if _DESCRIPTOR.match(os.path.abspath(path)):
         return True
     return path.exists() and not path.is_file() and not path.is_dir()
 

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from streamtrk.io.paths import check_writable, replaced_whole, save_png, write_whole
+from streamtrk.io.paths import (
+    check_writable,
+    replaced_whole,
+    save_png,
+    write_whole,
+    written_in_place,
+)
 
 NOBODY = 65534
 
@@ -26,6 +32,14 @@ def test_a_new_file_is_checked_by_the_first_folder_that_exists_and_nothing_is_ma
     (tmp_path / "file").write_text("")
     with pytest.raises(NotADirectoryError, match="file is a file, not a folder"):
         check_writable(tmp_path / "file" / "b" / "report.json")
+
+
+def test_descriptors_of_the_process_are_written_in_place_not_the_rest_of_proc() -> None:
+    """All of /proc was taken for descriptors, written in place: ``--report /proc/x.json``
+    was not checked before the work (for a user; root may write any folder)."""
+    for path in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", f"/proc/{os.getpid()}/fd/2"):
+        assert written_in_place(Path(path)), path
+    assert not written_in_place(Path("/proc/nonexistent.json"))
 
 
 def test_a_folder_where_a_file_goes_is_refused(tmp_path: Path) -> None:
