@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         # another (``--dead-letter-max`` for ``--dead-letter-max-bytes``).
         s = sub.add_parser(name, allow_abbrev=False, **parser)
         arguments(s)
-        s.set_defaults(func=handler)
+        s.set_defaults(func=handler, command_parser=s)
     return p
 
 
@@ -90,7 +90,11 @@ def _terminated_as_interrupted() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
     parser = build_parser()  # SIGNED_OPTIONS filled
-    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(
+        _negative_values(sys.argv[1:] if argv is None else argv)
+    )
+    if unknown:  # said with the command's usage line, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with _terminated_as_interrupted():
             return int(args.func(args))

@@ -54,7 +54,9 @@ def test_a_flag_short_of_its_name_is_refused_not_taken_for_another(capsys) -> No
         with pytest.raises(SystemExit) as e:
             main(["serve", *args, "--print-config"])
         assert e.value.code == 2
-        assert f"unrecognized arguments: {' '.join(args)}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"streamtrk serve: error: unrecognized arguments: {' '.join(args)}" in err
+        assert err.startswith("usage: streamtrk serve [-h]"), err  # the command's options
 
 
 def _sigint_default() -> None:
