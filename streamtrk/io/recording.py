@@ -103,7 +103,12 @@ def _read_file_header(f: BinaryIO, path: Path) -> None:
         )
     magic, version, reserved = _FILE_HEADER.unpack(head)
     if magic != MAGIC:
-        raise RecordingError(f"{path}: offset 0: bad magic {magic!r}, not a streamtrk recording")
+        # TrackML's CSV files (hits, truth, particles, cells) start with their ids' column.
+        csv = magic.startswith((b"hit_id", b"particl")) or ".csv" in path.name
+        hint = " (TrackML CSV files: `streamtrk import-trackml` makes one)" if csv else ""
+        raise RecordingError(
+            f"{path}: offset 0: bad magic {magic!r}, not a streamtrk recording{hint}"
+        )
     if version != FORMAT_VERSION:
         raise RecordingError(
             f"{path}: offset 8: unsupported format version {version} "

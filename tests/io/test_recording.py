@@ -228,6 +228,18 @@ def test_repair_cuts_back_to_the_last_whole_record(small: Any, tmp_path: Path) -
         repair(path)
 
 
+def test_a_trackml_csv_read_as_a_recording_is_said_to_be_imported(tmp_path: Path) -> None:
+    """``replay event000001000-hits.csv``: "bad magic b'hit_id,x'" alone did not say what to
+    do; a file that is neither is refused without the hint."""
+    csv = tmp_path / "event000001000-hits.csv"
+    csv.write_text("hit_id,x,y,z,volume_id,layer_id,module_id\n")
+    with pytest.raises(RecordingError, match=r"`streamtrk import-trackml` makes one\)$"):
+        list(iter_records(csv))
+    (tmp_path / "x.bin").write_bytes(b"not a recording")
+    with pytest.raises(RecordingError, match=r"not a streamtrk recording$"):
+        list(iter_records(tmp_path / "x.bin"))
+
+
 def test_writer_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode"):
         RecordingWriter(tmp_path / "x.stk", "r")  # type: ignore[arg-type]
