@@ -34,3 +34,21 @@ def test_onnx_export_checks_its_output_first_and_writes_it_whole(tmp_path):
     out = _run("export", "--onnx", model, "-o", str(onnx), preexec_fn=small_files)
     assert out.returncode == 1 and f"cannot write {onnx}: File too large" in out.stderr
     assert not list(tmp_path.glob("m.onnx*"))
+
+
+def test_onnx_export_refuses_to_write_over_a_file_of_the_model(tmp_path):
+    """``export --onnx m -o m/weights.pt`` replaced the weights with the ONNX graph, exit 0:
+    the model was gone."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(default_model_path(), model)
+    before = {f.name: f.read_bytes() for f in model.iterdir()}
+    for name in ("weights.pt", "card.toml"):
+        out = _run("export", "--onnx", str(model), "-o", str(model / name))
+        assert out.returncode == 2
+        assert out.stderr == f"streamtrk export: error: {model / name} is an input too: " + (
+            "the output would replace it\n"
+        )
+    assert {f.name: f.read_bytes() for f in model.iterdir()} == before
+    assert _run("export", "--onnx", str(model), "-o", str(model / "m.onnx")).returncode == 0
