@@ -126,6 +126,8 @@ def _said(exc: Exception) -> str:
         return f"{exc.filename}: {exc.strerror}" + (
             f" -> {exc.filename2}" if exc.filename2 is not None else ""
         )
+    if isinstance(exc, MemoryError):  # NumPy says what it could not allocate; Python nothing
+        return "out of memory" + (f": {exc}" if str(exc) else " (fewer events, a smaller batch?)")
     return str(exc)
 
 
@@ -163,7 +165,8 @@ def _signed(option: str) -> bool:
 
 
 def _user_error(exc: Exception) -> bool:
-    """Errors of the input, files or endpoints given: one line, not a traceback."""
+    """Errors of the input, files or endpoints given, or of the memory they need: one line,
+    not a traceback."""
     import zmq  # a bad endpoint or a port in use: ZMQError (neither OSError nor ValueError)
 
-    return isinstance(exc, OSError | ValueError | zmq.ZMQError)
+    return isinstance(exc, OSError | ValueError | MemoryError | zmq.ZMQError)

@@ -299,3 +299,16 @@ def test_a_symbolic_link_is_no_model_directory_to_replace(tmp_path: Path, capsys
     )
     assert (tmp_path / "current").is_symlink() and not (tmp_path / "current.old").exists()
     assert (tmp_path / "v1" / "card.toml").read_text() == "kept"
+
+
+def test_events_past_the_memory_are_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``events = 9223372036854775807``: the list of events could not be allocated, and a
+    MemoryError traceback ended the command."""
+    config = tmp_path / "c.toml"
+    config.write_text(TINY.replace("events = 1\n", "events = 9223372036854775807\n"))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "streamtrk train: error: out of memory" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
