@@ -159,9 +159,14 @@ class TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); SettingError for a file
-    that is not one (unknown keys, values out of range, splits sharing events)."""
+    that is not one (unknown keys, values out of range, splits sharing events), or that
+    cannot be read (as the daemon's configuration file: exit status 2)."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
+        raise SettingError(f"config file {path} is not a regular file")
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
+    except OSError as e:
+        raise SettingError(f"cannot read config file {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SettingError(f"{path}: not valid TOML ({e})") from None
     sub = {

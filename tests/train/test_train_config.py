@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,19 @@ def test_splits_that_would_share_events_are_refused(tmp_path: Path, extra: str, 
     path.write_text(text + extra)
     with pytest.raises(SettingError, match=match):
         load_config(path)
+
+
+def test_a_config_that_cannot_be_read_is_refused_as_a_setting(tmp_path: Path) -> None:
+    """Exit status 2, as the daemon's configuration file (it was 1: an OSError); a FIFO is
+    refused before a read that would wait for a writer."""
+    os.mkfifo(tmp_path / "fifo")
+    for path, why in (
+        (tmp_path / "absent.toml", "cannot read config file .*absent.toml: No such file"),
+        (tmp_path, f"config file {tmp_path} is not a regular file"),
+        (tmp_path / "fifo", "fifo is not a regular file"),
+    ):
+        with pytest.raises(SettingError, match=why):
+            load_config(path)
 
 
 def test_the_card_records_what_each_source_of_events_was() -> None:
