@@ -14,7 +14,7 @@ def read_events(path: str | Path, limit: int | None = None) -> Iterator[Event]:
     """Events of a recording (``.stk``, or any file that starts as one) or of TrackML CSV
     files (an event prefix such as ``.../event000001000``, or a directory of events); at
     most ``limit``."""
-    if str(path).endswith(".stk") or _starts_as_recording(Path(path)):
+    if _is_recording(path):
         from streamtrk.io import recording
 
         events = recording.iter_events(path)
@@ -29,13 +29,18 @@ def files_read(path: str | Path) -> list[Path]:
     """The files :func:`read_events` of ``path`` reads (those there now): outputs must not
     replace them."""
     try:
-        if str(path).endswith(".stk") or _starts_as_recording(Path(path)):
+        if _is_recording(path):
             return [Path(path)]
         from streamtrk.io import trackml
 
         return trackml.files_read(path)
     except OSError:  # unreadable: reading it fails, and says why
         return [Path(path)]
+
+
+def _is_recording(path: str | Path) -> bool:
+    """Whether ``path`` is read as a recording: named ``.stk``, or starting as one."""
+    return str(path).endswith(".stk") or _starts_as_recording(Path(path))
 
 
 def _starts_as_recording(path: Path) -> bool:

@@ -551,14 +551,15 @@ def _file_settings(path: Path) -> dict[str, tuple[str, Any, str]]:
 def log_format_asked(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> str:
     """The log format the sources of :func:`load_config` ask for, with its precedence, where
     the configuration may not load: to report why in the format asked for."""
+    asked: Any = "plain"
     if (flag := flags.get("log_format")) is not None:
-        return str(flag).lower()
-    if (var := env.get(ENV_PREFIX + "LOG_FORMAT")) is not None:
-        return var.lower()
-    if path is not None:
+        asked = flag
+    elif (var := env.get(ENV_PREFIX + "LOG_FORMAT")) is not None:
+        asked = var
+    elif path is not None:
         with contextlib.suppress(ConfigError):
-            return str(_file_settings(path).get("log_format", ("", "plain", ""))[1]).lower()
-    return "plain"
+            asked = _file_settings(path).get("log_format", ("", "plain", ""))[1]
+    return str(asked).lower()  # a choice, in any case
 
 
 def load_config(

@@ -27,10 +27,12 @@ def _parse(text: str) -> tuple[dict[str, float], list[str]]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         try:
-            if not (sep and name.strip()):
-                raise ValueError
-            faults[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
+            number = None
+        if sep and name.strip() and number is not None:
+            faults[name.strip()] = number
+        else:
             ignored.append(item)
     return faults, ignored
 
