@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,6 +33,7 @@ def record(
     stop: Stop | None = None,
     curve_key: Path | None = None,
     curve_server_key: Path | None = None,
+    bound: Callable[[str], None] | None = None,
 ) -> Counter[str]:
     """Write valid ``hits`` (and ``truth``) messages from a PULL socket on ``source`` to
     ``output`` until ``events`` hits messages, ``duration_s`` seconds or ``stop``.
@@ -45,7 +47,8 @@ def record(
     other peer would get (past ``events`` among them: taken as above). With CURVE
     certificates, ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
     handshake that server refuses raises ConnectionRefusedError (libzmq does not try that
-    connection again: nothing would be recorded).
+    connection again: nothing would be recorded). With ``bind``, ``bound`` is told the
+    endpoint bound (the real port of ``:*``) before anything is taken.
 
     ``output`` is created at the first message recorded: a tap that records nothing (its
     handshake refused, stopped, a silent stream) leaves a recording already there as it was.
@@ -76,6 +79,8 @@ def record(
         ) as consumer,
         _CreatedOnFirstWrite(output) as writer,
     ):
+        if bind and bound is not None:
+            bound(consumer.endpoint)
 
         def take(frames: list[Any]) -> None:
             nonlocal last

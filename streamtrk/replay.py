@@ -37,7 +37,7 @@ import threading
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, repeat
@@ -442,10 +442,17 @@ class _Sender(threading.Thread):
             return sent.t_first
 
 
-def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None) -> ReplayResult:
+def replay(
+    events: list[Recorded],
+    opts: ReplayOptions,
+    stop: Stop | None = None,
+    bound: Callable[[str, str], None] | None = None,
+) -> ReplayResult:
     """Send ``events`` (``opts.loop`` times over) and collect the replies, one per event
     (resends' duplicates are counted, not reported twice). Setting ``stop`` (a signal
-    handler's, as the CLI's) or Ctrl-C ends it early, ``interrupted``, with what came so far."""
+    handler's, as the CLI's) or Ctrl-C ends it early, ``interrupted``, with what came so far.
+    With ``opts.bind``, ``bound`` is told the endpoints bound (``to``, ``from``; the real
+    port of ``:*``) before anything is sent."""
     from tqdm import tqdm
 
     stop = StopFlag() if stop is None else stop
@@ -463,6 +470,8 @@ def replay(events: list[Recorded], opts: ReplayOptions, stop: Stop | None = None
         Producer(opts.to, sndhwm=opts.hwm, **both) as producer,
     ):
         sockets: dict[str, Producer | Consumer] = {"to": producer, "from": consumer}
+        if opts.bind and bound is not None:
+            bound(producer.endpoint, consumer.endpoint)
         sender = _Sender(producer, events, opts, result)
         bar = tqdm(total=total, desc="replay", unit="event", disable=not opts.progress)
         sender.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -141,6 +142,14 @@ def wait_for(condition: Callable[[], object], timeout: float = 180, poll_s: floa
     while not condition():
         assert time.monotonic() < t_end, "timed out"
         time.sleep(poll_s)
+
+
+def first_line(stream: IO[str], timeout: float = 60) -> str:
+    """The first line a child process writes on ``stream`` (a pipe); the test fails when
+    none has begun within ``timeout`` seconds."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"no line within {timeout:g} s"
+    return stream.readline()
 
 
 def sample(metrics: dict, name: str, **labels: str) -> float:

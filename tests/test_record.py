@@ -12,7 +12,7 @@ from itertools import cycle, islice
 from pathlib import Path
 
 import pytest
-from live_daemon import wait_for
+from live_daemon import first_line, wait_for
 
 from streamtrk.cli import main
 from streamtrk.client import Producer
@@ -66,6 +66,34 @@ def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> No
     assert "recorded 3 hits and 3 truth messages" in stdout and "skipped 1 invalid" in stdout
     assert "more arrived past --events and were not recorded" in stdout
     assert [frames for _, frames in iter_records(out)] == records[:6]
+
+
+def test_a_bound_tap_says_the_port_it_took_and_records_what_is_pushed_there(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """``--bind`` on ``:*``: the port the system chose is said on stderr before the tap
+    takes anything, and a producer that connects there is recorded."""
+    out = tmp_path / "tap.stk"
+    records = [frames for _, frames in islice(iter_records(sim_run), 2)]  # hits, truth
+    tap = subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", "record", "--bind", "--from", "tcp://127.0.0.1:*",
+         "-o", str(out), "--events", "1", "--duration", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert tap.stderr is not None
+        said = first_line(tap.stderr)
+        bound = re.fullmatch(r"streamtrk record: bound --from (tcp://127\.0\.0\.1:\d+): .*\n", said)
+        assert bound, said
+        with Producer(bound[1], linger_ms=5000) as producer:
+            for frames in records:
+                assert producer.send_frames(frames, timeout_ms=60_000)
+            stdout, _ = tap.communicate(timeout=120)
+    finally:
+        tap.kill()  # when it failed; else it has exited
+        tap.wait()
+    assert tap.returncode == 0 and "recorded 1 hits and 1 truth messages" in stdout
+    assert [frames for _, frames in iter_records(out)] == records
 
 
 def test_events_stop_the_tap_on_a_stream_that_does_not_pause(sim_run: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from live_daemon import first_line
 
 from streamtrk.cli import main
 from streamtrk.cli.common import COMMANDS
@@ -200,7 +201,7 @@ def test_a_replay_stopped_before_anything_went_out_does_not_blame_the_timeout(
     try:
         assert proc.stderr is not None
         started = ""
-        while "replay:" not in started:  # its progress bar: the replay is sending
+        while "replay:" not in started:  # where it is bound: the replay is about to send
             line = proc.stderr.read(1)
             assert line, f"replay ended before it started: {proc.communicate()}"
             started += line
@@ -214,6 +215,36 @@ def test_a_replay_stopped_before_anything_went_out_does_not_blame_the_timeout(
     assert proc.returncode == 130, err
     assert "interrupted" in err and "within 600 s" not in err, err
     assert '"unsent": 2' in out or re.search(r"unsent\s+2", out), out
+
+
+def test_a_bound_replay_says_the_ports_it_took_and_sends_there(tmp_path: Path) -> None:
+    """``--bind`` on ``:*``: the ports the system chose are said on stderr before anything
+    is sent, and a daemon's input connected to the first takes the events."""
+    run = _recording(tmp_path, 2)
+    anywhere = "tcp://127.0.0.1:*"
+    argv = [sys.executable, "-m", "streamtrk", "replay", str(run), "--bind", "--to", anywhere,
+            "--from", anywhere, "--timeout", "600", "-q"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    try:
+        assert proc.stderr is not None
+        said = first_line(proc.stderr)
+        port = r"tcp://127\.0\.0\.1:(\d+)"
+        bound = re.fullmatch(f"streamtrk replay: bound --to {port} and --from {port}: .*\n", said)
+        assert bound and bound[1] != bound[2], said
+        pull.connect(f"tcp://127.0.0.1:{bound[1]}")
+        assert pull.poll(60_000), "nothing came to the port said"
+        assert decode(pull.recv_multipart()).kind == "hits"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        pull.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
 
 
 def test_a_stop_is_not_held_up_by_a_daemon_that_takes_nothing() -> None:

@@ -55,6 +55,7 @@ def _record(args: argparse.Namespace) -> int:
             stop=stop,
             curve_key=args.curve_key,
             curve_server_key=args.curve_server_key,
+            bound=_say_bound,
         )
     past = counts["past_limit"]
     skipped = f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
@@ -70,3 +71,8 @@ def _record(args: argparse.Namespace) -> int:
         + (f"; {past} more arrived past --events and were not recorded" if past else "")
     )
     return 0
+
+
+def _say_bound(endpoint: str) -> None:
+    """Where a bound tap listens (the port the system chose for ``:*``), for its producers."""
+    print(f"streamtrk record: bound --from {endpoint}: producers connect there", file=sys.stderr)

@@ -151,7 +151,7 @@ def _replay(args: argparse.Namespace) -> int:
     # The recording and the imports frozen out of the collector's scans while replies are
     # timed: a full collection in the receiving thread would delay the replies it times.
     with stop_on_signals() as stop, heap_frozen():
-        result = replay(events, opts, stop)
+        result = replay(events, opts, stop, _say_bound)
     labels = labels_of(events, result.scored_replies)
     report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
     text = strict_json(report, indent=2) if args.json else format_report(report)
@@ -262,6 +262,17 @@ def _other_consumer(report: dict[str, Any], from_: str, takes: str) -> str:
     return (
         f"{report['unexpected']} replies to no send of this replay came: another consumer of "
         f"{from_} (another replay) takes {takes} replies"
+    )
+
+
+def _say_bound(to: str, from_: str) -> None:
+    """Where a bound replay listens (the ports the system chose for ``:*``), for the daemons
+    that connect to it."""
+    print(
+        f"streamtrk replay: bound --to {to} and --from {from_}: daemons connect there "
+        "(serve --connect, their input to --to, their output to --from)",
+        file=sys.stderr,
+        flush=True,
     )
 
 
