@@ -40,9 +40,14 @@ def _demo(args: argparse.Namespace) -> int:
     from streamtrk.client import terminate, wait_listening, wait_ready
     from streamtrk.recon.model import MODEL_ENV
     from streamtrk.service.config import SETTING_VARIABLES
+    from streamtrk.sim.generator import GeneratorConfig
 
     if args.events < 1:  # checked before a daemon is started for them
         raise SettingError(f"--events must be at least 1, got {args.events}")
+    try:  # the generator's rule, said as the demo's option
+        GeneratorConfig(mu=args.mu)
+    except ValueError as e:
+        raise SettingError(f"--{e}") from None
     if not (math.isfinite(args.ready_timeout) and args.ready_timeout > 0):
         raise SettingError(f"--ready-timeout must be a finite number > 0, got {args.ready_timeout}")
     with tempfile.TemporaryDirectory(prefix="streamtrk-demo-") as tmp:
