@@ -22,6 +22,8 @@ from deploy_helpers import (
 )
 from needs import need_program
 
+from streamtrk.service.telemetry import BATCH_EVENT_BUCKETS
+
 PROMETHEUS = DEPLOY / "prometheus"
 RULE_TESTS = PROMETHEUS / "tests" / "streamtrk.rules.test.yml"
 RUNBOOK = REPO / "docs" / "operations.md"
@@ -226,6 +228,48 @@ def test_the_farm_panels_count_each_forwarders_messages_daemons_and_clients(
     }
     path = tmp_path / "farm-panels.test.yml"
     path.write_text(yaml.safe_dump(test))
+    r = promtool("test", "rules", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_the_batch_size_panel_reads_whole_events(tmp_path: Path) -> None:
+    """Batches all of one size (1, 3, 16 events; one a second): the panel's mean is that
+    size, its p90 the size rounded up to a bucket's bound (Prometheus interpolates inside a
+    bucket: batches of one event read 0.9)."""
+    (mean, p90) = next(
+        [t["expr"] for t in p["targets"] if "batch_events" in t["expr"]]
+        for p in dashboard()["panels"]
+        if p.get("title") == "Batch size"
+    )
+    tests = []
+    for size, bucket_bound in ((1, 1), (3, 4), (16, 16)):
+        daemon = 'job="streamtrk", instance="a:10062"'
+        series = {
+            f'streamtrk_batch_events_bucket{{{daemon}, le="{le}"}}': (
+                "0x10" if le != "+Inf" and float(le) < size else "0+60x10"
+            )
+            for le in [*map(str, BATCH_EVENT_BUCKETS), "+Inf"]
+        }
+        series[f"streamtrk_batch_events_count{{{daemon}}}"] = "0+60x10"
+        series[f"streamtrk_batch_events_sum{{{daemon}}}"] = f"0+{60 * size}x10"
+        checks = [
+            {
+                "expr": expr.replace("$instance", ".*").replace("$__rate_interval", "5m"),
+                "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": value}],
+            }
+            for expr, value in ((mean, size), (p90, bucket_bound))
+        ]
+        tests.append(
+            {
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": checks,
+            }
+        )
+    path = tmp_path / "batch-panel.test.yml"
+    path.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
     r = promtool("test", "rules", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
 
