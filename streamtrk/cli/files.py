@@ -35,6 +35,14 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
         help="fraction of all hits that are noise (default 0.19)",
     )
     s.add_argument(
+        "--overlaps",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of crossings that leave a second hit on their layer, in the overlapping "
+        "module (default 0)",
+    )
+    s.add_argument(
         "--hard-scatter",
         type=int,
         default=0,
@@ -119,6 +127,7 @@ def _simulate(args: argparse.Namespace) -> int:
     cfg = SimConfig(
         generator=gen,
         noise_fraction=args.noise,
+        overlap_fraction=args.overlaps,
         dead_layers=frozenset(args.dead_layer),
         noisy_layers=tuple(args.noisy_layer),
     )

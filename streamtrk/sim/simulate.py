@@ -27,6 +27,7 @@ SIMULATOR_VERSION = 2  # 2: bent with c = 0.299792458 GeV/(T m) (1: with 0.3); a
 
 MAX_NOISE_FRACTION = 0.99  # 99 noise hits a signal hit: beyond it, tens of GB an event
 MAX_NOISY_HITS = 10_000_000  # mean extra noise hits of a noisy layer (a mu = 10000 event's)
+OVERLAP_GAP = 3.0  # mm between a module and the one overlapping it, along the surface's normal
 
 #: A detector layer as (volume_id, layer_id).
 LayerId = tuple[int, int]
@@ -36,7 +37,9 @@ LayerId = tuple[int, int]
 class SimConfig:
     """Simulation settings. ``noise_fraction`` is the fraction of all hits that are noise;
     ``dead_layers`` read nothing; ``noisy_layers`` maps a layer to the mean number of extra
-    noise hits per event on it."""
+    noise hits per event on it; ``overlap_fraction`` is the share of crossings that also
+    cross the neighbouring module of their layer where the two overlap (a second hit of the
+    particle on that layer, as real detectors give; none by default)."""
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     noise_fraction: float = 0.19
@@ -44,9 +47,12 @@ class SimConfig:
     min_pt: float = 0.15  # GeV; as in TrackML, softer particles are generated but not propagated
     dead_layers: frozenset[LayerId] = frozenset()
     noisy_layers: tuple[tuple[LayerId, float], ...] = ()
+    overlap_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         # Written so that a NaN fails each check (it fails every comparison).
+        if not 0 <= self.overlap_fraction <= 1:
+            raise SettingError(f"overlap fraction must be in [0, 1], got {self.overlap_fraction}")
         if not 0 <= self.noise_fraction <= MAX_NOISE_FRACTION:
             raise SettingError(
                 f"noise fraction must be in [0, {MAX_NOISE_FRACTION}], got {self.noise_fraction}"
@@ -93,6 +99,32 @@ def smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
     return np.stack([r_m * np.cos(phi_m), r_m * np.sin(phi_m), z_m], axis=1)
 
 
+def overlaps(det: Detector, c: Crossings, fraction: float, rng: np.random.Generator) -> Crossings:
+    """``c`` and, for a share ``fraction`` of its crossings, a second crossing of the same
+    layer by the same particle: the overlapping module, ``OVERLAP_GAP`` further across the
+    surface along the particle's way out of it (a straight line along the momentum: the
+    helix's sagitta over a few mm is microns)."""
+    extra = np.flatnonzero(rng.random(len(c.layer)) < fraction)
+    pos, mom = c.position[extra], c.momentum[extra]
+    barrel = det.kind[c.layer[extra]] == BARREL
+    normal = np.where(
+        barrel[:, None],
+        pos * np.array([1.0, 1.0, 0.0]) / np.hypot(pos[:, 0], pos[:, 1])[:, None],
+        np.stack([np.zeros(len(pos)), np.zeros(len(pos)), np.sign(pos[:, 2])], axis=1),
+    )
+    u = mom / np.linalg.norm(mom, axis=1)[:, None]
+    cos_inc = np.maximum(np.abs(np.einsum("ij,ij->i", u, normal)), 0.05)  # as the scattering
+    second = pos + u * (OVERLAP_GAP / cos_inc)[:, None]
+    parts = (
+        (c.particle, c.particle[extra]),
+        (c.layer, c.layer[extra]),
+        (c.position, second),
+        (c.momentum, mom),
+        (c.order, c.order[extra]),
+    )
+    return Crossings(*(np.concatenate(pair) for pair in parts))
+
+
 def _noise(det: Detector, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` noise hits, uniform over modules (as in real TrackML data): (layer, position)."""
     weight = det.n_modules / det.n_modules.sum()
@@ -131,6 +163,8 @@ def simulate_event(
             for a in (cross.particle, cross.layer, cross.position, cross.momentum, cross.order)
         )
     )
+    if cfg.overlap_fraction > 0:  # no draw without: the default's events stay as they were
+        c = overlaps(det, c, cfg.overlap_fraction, rng)
     measured = smear(det, c, rng)
     n_sig = len(c.layer)
     f = cfg.noise_fraction

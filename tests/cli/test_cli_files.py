@@ -73,6 +73,20 @@ def test_simulate_adds_a_hard_scatter_in_the_asked_pt_range(tmp_path, capsys):
     )
 
 
+def test_simulate_overlaps_give_particles_two_hits_on_a_layer(tmp_path, capsys):
+    out = tmp_path / "overlaps.stk"
+    args = ["simulate", "--events", "1", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]
+    assert main([*args, "--overlaps", "0.5"]) == 0
+    (ev,) = iter_events(out)
+    assert ev.truth is not None
+    signal = ev.truth.hits.particle_id > 0
+    keys = np.stack([ev.truth.hits.particle_id, ev.hits.volume_id, ev.hits.layer_id])[:, signal]
+    _, counts = np.unique(keys, axis=1, return_counts=True)
+    assert 0.4 < np.mean(counts == 2) < 0.6  # (a looper may cross a layer twice, each with 2)
+    assert main([*args, "--overlaps", "2"]) == 2
+    assert "overlap fraction must be in [0, 1], got 2.0" in capsys.readouterr().err
+
+
 def test_simulate_provokes_detector_faults(tmp_path, capsys):
     out = tmp_path / "faulty.stk"
     args = ["simulate", "--events", "2", "--mu", "5", "--seed", "3", "-q", "-o", str(out)]

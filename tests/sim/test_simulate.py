@@ -11,6 +11,7 @@ from streamtrk.recon.fit import _MIN_COS_INCIDENCE
 from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig, generate
 from streamtrk.sim.propagate import propagate
 from streamtrk.sim.simulate import (
+    OVERLAP_GAP,
     SimConfig,
     _noise,
     layer_indices,
@@ -614,6 +615,9 @@ def test_the_defaults_are_the_documented_ones():
         (lambda: SimConfig(max_turns=0), "max_turns must be"),
         (lambda: SimConfig(max_turns=float("inf")), "max_turns must be"),
         (lambda: SimConfig(min_pt=-0.1), "min_pt must be"),
+        (lambda: SimConfig(overlap_fraction=float("nan")), "overlap fraction must be in"),
+        (lambda: SimConfig(overlap_fraction=-0.1), "overlap fraction must be in"),
+        (lambda: SimConfig(overlap_fraction=1.5), "overlap fraction must be in \\[0, 1\\]"),
         (lambda: SimConfig(noisy_layers=(((8, 2), float("inf")),)), "extra noise hits"),
         (lambda: SimConfig(noisy_layers=(((8, 2), float("nan")),)), "extra noise hits"),
         # Huge values: refused in one line, not a MemoryError of tens of GB or more.
@@ -644,6 +648,7 @@ def test_invalid_settings_are_refused(make, match):
 def test_settings_at_the_edge_of_their_range_are_taken():
     SimConfig(min_pt=0.0, noise_fraction=0.0, noisy_layers=(((8, 2), 0.0),), max_turns=1e-3)
     SimConfig(noise_fraction=0.99, noisy_layers=(((8, 2), 1e7),))
+    SimConfig(overlap_fraction=1.0)
     GeneratorConfig(hard_scatter=100_000)
 
 
@@ -699,6 +704,42 @@ def test_dead_layers_read_nothing_and_leave_the_others_alone():
     pid = faulty.truth.hits.particle_id
     counts = np.bincount(pid, minlength=len(faulty.truth.particles) + 1)[1:]
     assert np.array_equal(counts, faulty.truth.particles.nhits)
+
+
+def test_overlaps_give_a_share_of_crossings_a_second_hit_further_across_their_layer():
+    """Each crossing drawn (a share ``overlap_fraction`` of them) has a second hit of the same
+    particle on the same layer: OVERLAP_GAP further across the surface, along the particle's
+    way out of it (outward in the barrel, away from z = 0 on a disk, for particles from the
+    vertex)."""
+    fraction = 0.3
+    ev = simulate_event(DET, replace(SMALL, overlap_fraction=fraction), np.random.default_rng(5))
+    assert ev.truth is not None
+    pid, layer = ev.truth.hits.particle_id, DET.layer_index(ev.hits.volume_id, ev.hits.layer_id)
+    true_pos = np.stack([ev.truth.hits.tx, ev.truth.hits.ty, ev.truth.hits.tz], axis=1)
+    sig = np.flatnonzero(pid > 0)
+    order = sig[np.lexsort((ev.truth.hits.hit_order[sig], layer[sig], pid[sig]))]
+    again = (pid[order][1:] == pid[order][:-1]) & (layer[order][1:] == layer[order][:-1])
+    first, second = order[:-1][again], order[1:][again]  # a layer's two hits, along the track
+    share = len(first) / (len(sig) - len(first))  # of the crossings; binomial sigma ~0.006
+    assert abs(share - fraction) < 0.03, share
+    barrel = DET.kind[layer[first]] == BARREL
+    assert barrel.any() and (~barrel).any()
+    r, z = np.hypot(true_pos[:, 0], true_pos[:, 1]), np.abs(true_pos[:, 2])
+    across = np.where(barrel, r[second] - r[first], z[second] - z[first])
+    assert abs(np.median(across) - OVERLAP_GAP) < 0.1, np.median(across)  # loopers aside
+    step = np.linalg.norm(true_pos[second] - true_pos[first], axis=1)
+    assert np.all(step >= OVERLAP_GAP * 0.999)  # inclined crossings go further
+    nhits = np.bincount(pid, minlength=len(ev.truth.particles) + 1)[1:]
+    assert np.array_equal(nhits, ev.truth.particles.nhits)  # the second hits counted too
+
+
+def test_without_overlaps_no_crossing_is_drawn_for_them():
+    """The default (no overlaps) draws nothing for them: events as before the option."""
+    plain = simulate_event(DET, SMALL, np.random.default_rng(9))
+    again = simulate_event(DET, replace(SMALL, overlap_fraction=0.0), np.random.default_rng(9))
+    assert plain.hits.digest() == again.hits.digest()
+    some = simulate_event(DET, replace(SMALL, overlap_fraction=0.1), np.random.default_rng(9))
+    assert len(some.hits) > len(plain.hits)
 
 
 def test_noisy_layers_get_extra_noise_hits_on_their_modules():
