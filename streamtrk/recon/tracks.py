@@ -4,9 +4,11 @@ Every step is vectorised over all edges of a batch and runs on NumPy or CuPy arr
 hit keeps at most its best outgoing and its best incoming edge (an edge survives when it is
 the best of both of its ends), so what remains is a set of chains; their connected
 components are the track pieces. Pieces of one particle cut by a weak segment are then
-joined end to end over weaker edges that are the best at both piece ends (stitching), and
-short or weak tracks are cut (``TrackConfig``). Components come from min-label propagation
-with pointer jumping on both devices, labelled by their smallest hit index.
+joined end to end over weaker edges that are the best at both piece ends (stitching), pieces
+cut at a particle's two hits on one layer (overlapping modules) are joined where the graph
+holds both crossings between them (``join_doubles``), and short or weak tracks are cut
+(``TrackConfig``). Components come from min-label propagation with pointer jumping on both
+devices, labelled by their smallest hit index.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from streamtrk.xp import (
     bincount,
     compact,
     csr_rows,
+    index_of,
     lexsort,
     nonzeros,
     scatter_min,
@@ -195,6 +198,40 @@ def stitch_edges(
     return cand[xp.concatenate([direct[take_direct], into[take_bridge], out[take_bridge]])]
 
 
+def join_doubles(
+    edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float
+) -> Array:
+    """Pairs (2, k) of hits that join track pieces over a particle's two hits on one layer
+    (overlapping modules: A -> B1 -> B2 -> C). The graph never joins two hits of a layer, so
+    when A's best edge is A -> B1 and C's best is B2 -> C the particle is two pieces, one
+    ending at B1 and one starting at B2. A pair (B1, B2) of a piece's last hit and another
+    piece's first hit is a candidate when the graph scores both crossings of that diamond
+    above ``threshold``: from B1's predecessor to B2 (A -> B2) and from B1 to B2's successor
+    (B1 -> C); scored by the weaker. A candidate is taken when it is the best one at both
+    of its ends (mutual best, as in :func:`stitch_edges`)."""
+    xp = array_module(edge_index)
+    n = len(labels)
+    none = xp.full(n, -1, dtype=xp.int64)
+    pred, succ = none.copy(), none.copy()  # along the pieces (at most one edge each way)
+    pred[kept[1]] = kept[0]
+    succ[kept[0]] = kept[1]
+    last = (pred >= 0) & (succ < 0)
+    first = (succ >= 0) & (pred < 0)
+    cand = xp.nonzero(scores > float(threshold))[0]
+    a, b = (edge_index[k, cand].astype(xp.int64) for k in (0, 1))
+    sc = scores[cand]
+    # A -> B2: A's successor B1 ends a piece, B2 starts another one ...
+    succ_a = succ[a]
+    b1 = xp.maximum(succ_a, 0)
+    cross = xp.nonzero((succ_a >= 0) & first[b] & last[b1] & (labels[b1] != labels[b]))[0]
+    end, start = succ_a[cross], b[cross]
+    # ... and B1 -> C, C the successor of B2.
+    at, found = index_of(a * n + b, end * n + succ[start])
+    weaker = xp.minimum(sc[cross], sc[at])[found]
+    pairs = xp.stack([end[found], start[found]])
+    return pairs[:, _mutual_best(pairs, weaker, n, xp)]
+
+
 def stitch_kernels(
     edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float, launch: Launch
 ) -> Array:
@@ -336,6 +373,8 @@ class TrackConfig:
     - ``junction_passes``: rounds of mutual-best junction resolution (see resolve_junctions).
     - ``stitch_threshold``: join pieces end to end over edges (or one-hit bridges) scored
       above it (see stitch_edges); None: no stitching.
+    - ``join_doubles``: then join pieces over a particle's two hits on one layer, where
+      both crossings of the diamond score above ``stitch_threshold`` (see join_doubles).
     - ``min_hits``: shortest track kept.
     - ``min_mean_score``: tracks whose edges' mean score is not above it are dropped (0:
       none is, as every edge a track keeps scores above the threshold or the stitching's,
@@ -348,6 +387,7 @@ class TrackConfig:
 
     junction_passes: int = 1
     stitch_threshold: float | None = None
+    join_doubles: bool = False
     min_hits: int = 3
     min_mean_score: float = 0.0
     short_hits: int = 5
@@ -366,6 +406,11 @@ class TrackConfig:
                 "stitch_threshold",
                 self.stitch_threshold is None or 0.0 <= self.stitch_threshold <= 1.0,
                 "in [0, 1]",
+            ),
+            (
+                "join_doubles",
+                not self.join_doubles or self.stitch_threshold is not None,
+                "false without a stitch_threshold (its edges score above that)",
             ),
             ("max_chi2_ndf", self.max_chi2_ndf is None or self.max_chi2_ndf > 0, "> 0"),
             ("max_d0", self.max_d0 is None or self.max_d0 > 0, "> 0"),
@@ -429,11 +474,12 @@ def build_tracks(
 ) -> tuple[Array, Array]:
     """Track candidates of a batch as CSR ``(offsets, hit_index)``, batch hit numbering.
 
-    Edges above ``threshold`` resolved at junctions, pieces stitched (``config``), connected
-    components. Hits of a track are ordered by radius (edges point outwards, so chains do
-    too). A hit belongs to at most one track; tracks have at least ``config.min_hits`` hits
-    and a mean edge score above ``config.min_mean_score``; tracks are ordered by their first
-    hit, so the tracks of one event are contiguous.
+    Edges above ``threshold`` resolved at junctions, pieces stitched and joined over a
+    layer's two hits (``config``), connected components. Hits of a track are ordered by
+    radius (edges point outwards, so chains do too). A hit belongs to at most one track;
+    tracks have at least ``config.min_hits`` hits and a mean edge score above
+    ``config.min_mean_score``; tracks are ordered by their first hit, so the tracks of one
+    event are contiguous.
     """
     xp = array_module(edge_index)
     n = int(r.shape[0])
@@ -445,6 +491,11 @@ def build_tracks(
         )
         labels = merge_labels(labels, edge_index[:, extra])
         idx = xp.concatenate([idx, extra])
+        if config.join_doubles:
+            doubles = join_doubles(
+                edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold
+            )
+            labels = merge_labels(labels, doubles)
     kept, kept_scores = edge_index[:, idx], scores[idx]
     size = bincount(labels, n)
     good = size >= config.min_hits

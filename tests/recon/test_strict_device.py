@@ -90,13 +90,20 @@ CHAINS = {
         {
             "beam_spot": (0.4, -0.2),
             "tracks": TrackConfig(
-                junction_passes=2, stitch_threshold=0.05, min_mean_score=0.5, max_chi2_ndf=2.0
+                junction_passes=2,
+                stitch_threshold=0.05,
+                join_doubles=True,
+                min_mean_score=0.5,
+                max_chi2_ndf=2.0,
             ),
         },
     ),
     "hash-pruned-with-empty-event": lambda: (
         HashScorer(),
-        {"prune": PruneConfig(), "tracks": TrackConfig(max_d0=0.5)},
+        {  # random scores: stitching and joined doubles have work to do
+            "prune": PruneConfig(),
+            "tracks": TrackConfig(max_d0=0.5, stitch_threshold=0.3, join_doubles=True),
+        },
     ),
 }
 

@@ -301,6 +301,43 @@ def test_a_bridge_competes_with_its_weaker_edge():
     ]
 
 
+# One particle crossing a layer twice (overlapping modules): A = 2, B1 = 3, B2 = 4 on one
+# layer, C = 5. The graph has no edge B1 -> B2; A's best is A -> B1, C's best is B2 -> C.
+DOUBLE = (
+    [(0, 1), (1, 2), (2, 3), (2, 4), (3, 5), (4, 5), (5, 6), (6, 7)],
+    [0.9, 0.9, 0.9, 0.8, 0.8, 0.9, 0.9, 0.9],
+)
+
+
+def test_pieces_are_joined_over_a_layers_two_hits():
+    assert _tracks(*DOUBLE, 8, stitch_threshold=0.2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _tracks(*DOUBLE, 8, stitch_threshold=0.2, join_doubles=True) == [list(range(8))]
+
+
+def test_a_double_is_joined_only_where_both_crossings_score_above_the_stitch_threshold():
+    for crossing in (3, 4):  # A -> B2, then B1 -> C, at 0.1
+        scores = [0.1 if k == crossing else s for k, s in enumerate(DOUBLE[1])]
+        got = _tracks(DOUBLE[0], scores, 8, stitch_threshold=0.2, join_doubles=True)
+        assert got == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_a_piece_end_joins_its_best_double_only():
+    # A second piece 8-9-10 starts at 8, also a diamond with A (2 -> 8 at 0.7) and B1
+    # (3 -> 9 at 0.7): weaker than the one through B2 (0.8), so B1 joins B2's piece only.
+    edges = [*DOUBLE[0], (8, 9), (9, 10), (2, 8), (3, 9)]
+    scores = [*DOUBLE[1], 0.9, 0.9, 0.7, 0.7]
+    got = _tracks(edges, scores, 11, stitch_threshold=0.2, join_doubles=True)
+    assert sorted(got) == [list(range(8)), [8, 9, 10]]
+    scores[-2:] = [0.85, 0.85]  # now the stronger one
+    got = _tracks(edges, scores, 11, stitch_threshold=0.2, join_doubles=True)
+    assert sorted(got) == [[0, 1, 2, 3, 8, 9, 10], [4, 5, 6, 7]]
+
+
+def test_joining_doubles_needs_the_stitch_threshold():
+    with pytest.raises(ValueError, match="join_doubles must be false without a stitch_threshold"):
+        TrackConfig(join_doubles=True)
+
+
 def test_stitching_does_not_join_two_particles():
     # Particle A: 0-1-2-3 and 4-5-6-7 split at 3 -> 4 (0.45). Particle B ends at 10
     # (8-9-10) and has a weak chance edge 10 -> 4 (0.25), and A's end has a chance edge to
