@@ -5,7 +5,8 @@ Validation events only, never the test seed 3000 nor real data: MU=200, seeds 20
 events like the shared real one, seeds 2000..2005 cut to their barrel hits. Each event's
 graph and edge scores (the shipped model, or ``--model``) are computed once and cached as
 .npz under ``--cache``/<model name>/. The scan then rebuilds the tracks from the cache for
-every build setting (threshold, junction passes, stitch threshold), fits them, and applies
+every build setting (threshold, junction passes, stitch threshold, joined doubles), fits
+them, and applies
 every combination of the track cuts of ``TrackConfig`` (min hits, min mean edge score, and
 for short tracks max chi2/ndf and max |d0|) to the same tracks: cuts drop whole tracks, so
 the counts follow from one per-track table (they equal ``streamtrk evaluate``'s).
@@ -51,7 +52,7 @@ VALIDATION = ["2000:4", *(f"{s}:4" for s in range(2001, 2011))]
 BARREL_VALIDATION = ["2000:4", *(f"{s}:4" for s in range(2001, 2006))]
 BARREL_VOLUMES = (8, 13, 17)
 TARGETS = {"tracking_efficiency": 0.992, "fake_rate": 0.003, "duplicate_rate": 0.003}
-BUILD = ("threshold", "junction_passes", "stitch_threshold")
+BUILD = ("threshold", "junction_passes", "stitch_threshold", "join_doubles")
 CUTS = ("min_hits", "min_mean_score", "short_hits", "max_chi2_ndf", "max_d0")
 
 
@@ -75,20 +76,22 @@ def barrel_only(ev: Event) -> Event:
 
 
 def cached_events(
-    model: Path, specs: list[str], cache: Path, *, barrel: bool = False
+    model: Path, specs: list[str], cache: Path, *, barrel: bool = False, overlaps: float = 0.0
 ) -> Iterator[Cached]:
-    """Simulated events with their graph and edge scores, scored once and cached;
-    ``barrel``: the events cut to their barrel hits."""
+    """Simulated events (``overlaps``: the share of crossings doubled, see ``SimConfig``)
+    with their graph and edge scores, scored once and cached; ``barrel``: the events cut to
+    their barrel hits."""
     det = load_detector()
     folder = cache / model.name
     folder.mkdir(parents=True, exist_ok=True)
     rec = None
     for spec in specs:
         seed, n = (int(v) for v in spec.split(":"))
-        for k, ev in enumerate(simulate(det, SimConfig(), seed, n)):
+        for k, ev in enumerate(simulate(det, SimConfig(overlap_fraction=overlaps), seed, n)):
             if barrel:
                 ev = barrel_only(ev)
-            path = folder / f"mu200{'_barrel' if barrel else ''}_s{seed}_e{k}.npz"
+            kind = ("_barrel" if barrel else "") + (f"_o{overlaps:g}" if overlaps else "")
+            path = folder / f"mu200{kind}_s{seed}_e{k}.npz"
             if not path.exists():
                 rec = rec or load_reconstructor(model)
                 res = rec.reconstruct([ev])
@@ -191,10 +194,13 @@ def _none(v: float) -> float | None:
 def scan(args: argparse.Namespace, sets: dict[str, list[Cached]]) -> tuple[list, dict]:
     """Every row of the scan, and the per-track tables of each build."""
     rows, tables = [], {}
-    for t, passes, st in itertools.product(args.thresholds, args.passes, args.stitch):
-        build = TrackConfig(junction_passes=passes, stitch_threshold=_none(st))
+    builds = itertools.product(args.thresholds, args.passes, args.stitch, args.join_doubles)
+    for t, passes, st, jd in builds:
+        if jd and st < 0:
+            continue  # doubles are joined over edges above the stitch threshold
+        build = TrackConfig(junction_passes=passes, stitch_threshold=_none(st), join_doubles=jd)
         tabs = {name: [track_table(c, t, build) for c in data] for name, data in sets.items()}
-        tables[(t, passes, _none(st))] = tabs
+        tables[(t, passes, _none(st), jd)] = tabs
         secs = np.mean([tab["seconds"] for tab in tabs["full"]], axis=0)
         for mh, ms, sh, mc, md in itertools.product(
             args.min_hits, args.min_mean_score, args.short_hits, args.max_chi2_ndf, args.max_d0
@@ -204,6 +210,7 @@ def scan(args: argparse.Namespace, sets: dict[str, list[Cached]]) -> tuple[list,
             cfg = TrackConfig(
                 junction_passes=passes,
                 stitch_threshold=_none(st),
+                join_doubles=jd,
                 min_hits=mh,
                 min_mean_score=ms,
                 short_hits=sh,
@@ -262,6 +269,20 @@ def main() -> None:
         default=[-1, 0.05, 0.1],
         help="stitch thresholds; negative: no stitching",
     )
+    ap.add_argument(
+        "--join-doubles",
+        type=int,
+        nargs="+",
+        choices=(0, 1),
+        default=[0, 1],
+        help="join pieces over a layer's two hits (1) or not (0)",
+    )
+    ap.add_argument(
+        "--overlaps",
+        type=float,
+        default=0.0,
+        help="share of crossings with a second hit on their layer in the simulated events",
+    )
     ap.add_argument("--min-hits", type=int, nargs="+", default=[3, 4, 5])
     ap.add_argument("--min-mean-score", type=float, nargs="+", default=[0.0, 0.6, 0.65, 0.7])
     ap.add_argument("--short-hits", type=int, nargs="+", default=[5])
@@ -284,9 +305,12 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     model = args.model or default_model_path()
-    sets = {"full": list(cached_events(model, args.seeds, args.cache))}
+    args.join_doubles = [bool(v) for v in args.join_doubles]
+    sets = {"full": list(cached_events(model, args.seeds, args.cache, overlaps=args.overlaps))}
     if args.barrel_seeds:
-        sets["barrel"] = list(cached_events(model, args.barrel_seeds, args.cache, barrel=True))
+        sets["barrel"] = list(
+            cached_events(model, args.barrel_seeds, args.cache, barrel=True, overlaps=args.overlaps)
+        )
     rows, tables = scan(args, sets)
     names = list(sets)
     best = max(rows, key=lambda r: (r["meets_targets"], r["score"]))

@@ -227,9 +227,9 @@ def join_doubles(
     end, start = succ_a[cross], b[cross]
     # ... and B1 -> C, C the successor of B2.
     at, found = index_of(a * n + b, end * n + succ[start])
-    weaker = xp.minimum(sc[cross], sc[at])[found]
-    pairs = xp.stack([end[found], start[found]])
-    return pairs[:, _mutual_best(pairs, weaker, n, xp)]
+    weaker = xp.where(found, xp.minimum(sc[cross], sc[at]), -xp.inf)  # none: never the best
+    pairs = xp.stack([end, start])
+    return pairs[:, found & _mutual_best(pairs, weaker, n, xp)]
 
 
 def stitch_kernels(
