@@ -204,11 +204,14 @@ def join_doubles(
     """Pairs (2, k) of hits that join track pieces over a particle's two hits on one layer
     (overlapping modules: A -> B1 -> B2 -> C). The graph never joins two hits of a layer, so
     when A's best edge is A -> B1 and C's best is B2 -> C the particle is two pieces, one
-    ending at B1 and one starting at B2. A pair (B1, B2) of a piece's last hit and another
-    piece's first hit is a candidate when the graph scores both crossings of that diamond
-    above ``threshold``: from B1's predecessor to B2 (A -> B2) and from B1 to B2's successor
-    (B1 -> C); scored by the weaker. A candidate is taken when it is the best one at both
-    of its ends (mutual best, as in :func:`stitch_edges`)."""
+    ending at B1 and one starting at B2. A pair (B1, B2) of the last hit of a chain of
+    ``kept`` edges and the first hit of another (of another component in ``labels``: with
+    stitched edges in ``kept`` and ``labels`` from before them, a pair may close a loop of
+    one stitched chain, which changes no component) is a candidate when the graph scores
+    both crossings of that diamond above ``threshold``: from B1's predecessor to B2
+    (A -> B2) and from B1 to B2's successor (B1 -> C); scored by the weaker. A candidate is
+    taken when it is the best one at both of its ends (mutual best, as in
+    :func:`stitch_edges`)."""
     xp = array_module(edge_index)
     n = len(labels)
     none = xp.full(n, -1, dtype=xp.int64)
@@ -489,13 +492,14 @@ def build_tracks(
         extra = stitch_edges(
             edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold
         )
-        labels = merge_labels(labels, edge_index[:, extra])
+        joins = edge_index[:, extra]
         idx = xp.concatenate([idx, extra])
-        if config.join_doubles:
+        if config.join_doubles:  # at the stitched pieces' ends; one merge of the labels
             doubles = join_doubles(
                 edge_index, scores, edge_index[:, idx], labels, config.stitch_threshold
             )
-            labels = merge_labels(labels, doubles)
+            joins = xp.concatenate([joins, doubles], axis=1)
+        labels = merge_labels(labels, joins)
     kept, kept_scores = edge_index[:, idx], scores[idx]
     size = bincount(labels, n)
     good = size >= config.min_hits
