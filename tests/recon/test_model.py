@@ -130,12 +130,15 @@ def test_pruning_windows_that_are_no_regular_file_are_refused(tmp_path: Path) ->
         load_reconstructor(tmp_path / "m")
 
 
-def test_the_shipped_card_prunes_and_stitches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shipped_card_prunes_stitches_and_joins_doubles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("STREAMTRK_MODEL", raising=False)
     card = read_card(default_model_path())
     rec = load_reconstructor()
     assert rec.prune == PruneConfig(**card["prune"]) and rec.prune.min_hits == 4
     assert rec.tracks.stitch_threshold == card["tracks"]["stitch_threshold"] is not None
+    assert rec.tracks.join_doubles is card["tracks"]["join_doubles"] is True
     assert card["metrics"]["test"]["gnn_edge_efficiency"] > 0.98  # measured on pruned graphs
 
 
