@@ -6,10 +6,11 @@ events like the shared real one, seeds 2000..2005 cut to their barrel hits. Each
 graph and edge scores (the shipped model, or ``--model``) are computed once and cached as
 .npz under ``--cache``/<model name>/. The scan then rebuilds the tracks from the cache for
 every build setting (threshold, junction passes, stitch threshold, joined doubles), fits
-them, and applies
-every combination of the track cuts of ``TrackConfig`` (min hits, min mean edge score, and
-for short tracks max chi2/ndf and max |d0|) to the same tracks: cuts drop whole tracks, so
-the counts follow from one per-track table (they equal ``streamtrk evaluate``'s).
+them, and applies every combination of the track cuts of ``TrackConfig`` (min hits, min
+mean edge score, and for short tracks max chi2/ndf and max |d0|) to the same tracks: cuts
+drop whole tracks, so the counts follow from one per-track table (they equal ``streamtrk
+evaluate``'s). ``--overlaps F`` simulates the events with a share F of the crossings
+doubled on their layer (``SimConfig.overlap_fraction``).
 
 The chosen setting meets the targets on the full events (efficiency >= 99.2%, fake and
 duplicate <= 0.3%) and, among those, has the largest sum of (efficiency - fake - duplicate)
