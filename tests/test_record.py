@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import cycle, islice
 from pathlib import Path
 
@@ -20,6 +22,21 @@ from streamtrk.io.recording import RecordingWriter, iter_records
 from streamtrk.record import record
 from streamtrk.stop import StopFlag
 from streamtrk.wire import decode
+
+
+@contextmanager
+def _tap(*flags: str) -> Iterator[subprocess.Popen[str]]:
+    """``streamtrk record`` with ``flags`` in a process of its own (stdout and stderr piped),
+    killed at the block's end when a failed test leaves it running."""
+    tap = subprocess.Popen(
+        [sys.executable, "-m", "streamtrk", "record", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield tap
+    finally:
+        tap.kill()
+        tap.wait()
 
 
 @pytest.mark.parametrize(
@@ -47,20 +64,15 @@ def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> No
     records = [frames for _, frames in islice(iter_records(sim_run), 10)]  # hits, truth x 5
     # The producer binds (a port of its choice) and the tap connects: a bound PUSH socket
     # holds messages until its peer is there, so nothing is sent before the tap listens.
-    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=5000) as producer:
-        tap = subprocess.Popen(
-            [sys.executable, "-m", "streamtrk", "record", "--from", producer.endpoint, "-o",
-             str(out), "--events", "3", "--duration", "120"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert producer.send_frames([b"not a message"], timeout_ms=60_000)
-            for frames in records:
-                assert producer.send_frames(frames, timeout_ms=60_000)
-            stdout, _ = tap.communicate(timeout=120)
-        finally:
-            tap.kill()  # when it failed; else it has exited
-            tap.wait()
+    with (
+        Producer("tcp://127.0.0.1:*", bind=True, linger_ms=5000) as producer,
+        _tap(
+            "--from", producer.endpoint, "-o", str(out), "--events", "3", "--duration", "120"
+        ) as tap,
+    ):
+        for frames in [[b"not a message"], *records]:
+            assert producer.send_frames(frames, timeout_ms=60_000)
+        stdout, _ = tap.communicate(timeout=120)
     assert tap.returncode == 0
     # Three events with their truth; what arrived after them is counted, not lost silently.
     assert "recorded 3 hits and 3 truth messages" in stdout and "skipped 1 invalid" in stdout
@@ -75,12 +87,8 @@ def test_a_bound_tap_says_the_port_it_took_and_records_what_is_pushed_there(
     takes anything, and a producer that connects there is recorded."""
     out = tmp_path / "tap.stk"
     records = [frames for _, frames in islice(iter_records(sim_run), 2)]  # hits, truth
-    tap = subprocess.Popen(
-        [sys.executable, "-m", "streamtrk", "record", "--bind", "--from", "tcp://127.0.0.1:*",
-         "-o", str(out), "--events", "1", "--duration", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    flags = ["--from", "tcp://127.0.0.1:*", "-o", str(out), "--events", "1", "--duration", "120"]
+    with _tap("--bind", *flags) as tap:
         assert tap.stderr is not None
         said = first_line(tap.stderr)
         bound = re.fullmatch(r"streamtrk record: bound --from (tcp://127\.0\.0\.1:\d+): .*\n", said)
@@ -89,9 +97,6 @@ def test_a_bound_tap_says_the_port_it_took_and_records_what_is_pushed_there(
             for frames in records:
                 assert producer.send_frames(frames, timeout_ms=60_000)
             stdout, _ = tap.communicate(timeout=120)
-    finally:
-        tap.kill()  # when it failed; else it has exited
-        tap.wait()
     assert tap.returncode == 0 and "recorded 1 hits and 1 truth messages" in stdout
     assert [frames for _, frames in iter_records(out)] == records
 
