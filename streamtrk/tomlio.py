@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
@@ -18,6 +19,18 @@ import tomli_w
 from streamtrk.errors import SettingError
 
 T = TypeVar("T")
+
+
+def read_config_text(path: str | Path, error: Callable[[str], Exception]) -> str:
+    """The text of the configuration file ``path`` (UTF-8, a BOM as editors write it left
+    out); ``error(message)`` raised where it is no regular file (a FIFO's read would wait for
+    a writer) or cannot be read. Text that is not UTF-8 raises UnicodeDecodeError."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise error(f"config file {path} is not a regular file")
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise error(f"cannot read config file {path}: {e.strerror}") from None
 
 
 def require(obj: object, checks: Iterable[tuple[str, bool, str]]) -> None:

@@ -508,15 +508,12 @@ def _convert(
 def _read_file(path: Path) -> tuple[str, dict[str, Any]]:
     """The text of the configuration file ``path`` and its TOML table; ConfigError saying
     why not."""
-    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
-        raise ConfigError(f"config file {path} is not a regular file")
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # BOM or not
-        return text, tomllib.loads(text)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        text = tomlio.read_config_text(path, ConfigError)
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
+    try:
+        return text, tomllib.loads(text)
     except (ValueError, RecursionError) as e:  # TOMLDecodeError, digit or nesting limits
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 

@@ -27,7 +27,7 @@ from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.generator import MAX_MU
 from streamtrk.sim.simulate import MAX_NOISE_FRACTION as MAX_NOISE
 from streamtrk.threads import MAX_TORCH_THREADS
-from streamtrk.tomlio import dataclass_from, require
+from streamtrk.tomlio import dataclass_from, read_config_text, require
 
 
 @dataclass(frozen=True)
@@ -161,12 +161,8 @@ def load_config(path: str | Path) -> TrainConfig:
     """Parse a training config (see models/configs/default.toml); SettingError for a file
     that is not one (unknown keys, values out of range, splits sharing events), or that
     cannot be read (as the daemon's configuration file: exit status 2)."""
-    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read
-        raise SettingError(f"config file {path} is not a regular file")
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM, as editors write
-    except OSError as e:
-        raise SettingError(f"cannot read config file {path}: {e.strerror}") from None
+        raw = tomllib.loads(read_config_text(path, SettingError))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SettingError(f"{path}: not valid TOML ({e})") from None
     sub = {
