@@ -19,6 +19,7 @@ from streamtrk.sim.generator import GeneratedParticles
 TWO_PI = 2 * np.pi
 _EPS = 1e-9
 MAX_CROSSINGS = 64  # steps of the propagation: surface crossings of one particle at most
+MIN_COS_INCIDENCE = 0.05  # see cos_incidence
 
 
 @dataclass
@@ -32,13 +33,30 @@ class Crossings:
     order: np.ndarray  # index along the particle's trajectory
 
 
+def surface_normals(det: Detector, layer: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Unit normals (n, 3) of the layers' surfaces at the crossings ``pos``: radial on a
+    barrel cylinder, along z on a disk."""
+    barrel = det.kind[layer] == BARREL
+    return np.where(
+        barrel[:, None],
+        pos * np.array([1.0, 1.0, 0.0]) / np.hypot(pos[:, 0], pos[:, 1])[:, None],
+        np.array([0.0, 0.0, 1.0]),
+    )
+
+
+def cos_incidence(u: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """|cos| of the angle between the unit directions ``u`` and the surfaces' ``normal``, at
+    least ``MIN_COS_INCIDENCE`` (a grazing crossing's path across a layer: at most 20 times
+    its thickness)."""
+    return np.maximum(np.abs(np.einsum("ij,ij->i", u, normal)), MIN_COS_INCIDENCE)
+
+
 def _scatter(
     rng: np.random.Generator, mom: np.ndarray, normal: np.ndarray, x0: np.ndarray
 ) -> np.ndarray:
     p = np.linalg.norm(mom, axis=1)
     u = mom / p[:, None]
-    cos_inc = np.maximum(np.abs(np.einsum("ij,ij->i", u, normal)), 0.05)
-    theta0 = highland(p, x0 / cos_inc)
+    theta0 = highland(p, x0 / cos_incidence(u, normal))
     e1 = np.cross(u, np.array([0.0, 0.0, 1.0]))
     n1 = np.linalg.norm(e1, axis=1)
     e1 = np.where(n1[:, None] > 1e-6, e1 / np.maximum(n1, 1e-12)[:, None], [1.0, 0.0, 0.0])
@@ -140,12 +158,7 @@ def propagate(
         )
         phi = th + h[hit] * np.pi / 2
         new_mom = np.stack([pt[hit] * np.cos(phi), pt[hit] * np.sin(phi), pz[hit]], axis=1)
-        barrel = det.kind[layer] == BARREL
-        normal = np.where(
-            barrel[:, None],
-            new_pos * np.array([1.0, 1.0, 0.0]) / np.hypot(new_pos[:, 0], new_pos[:, 1])[:, None],
-            np.array([0.0, 0.0, 1.0]),
-        )
+        normal = surface_normals(det, layer, new_pos)
         new_mom = _scatter(rng, new_mom, normal, det.x0[layer])
         out.append((idx, layer, new_pos, new_mom, n_seen[idx].copy()))
 

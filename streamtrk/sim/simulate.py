@@ -19,7 +19,7 @@ from streamtrk.errors import SettingError
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 from streamtrk.io.weights import hit_order_and_weights
 from streamtrk.sim.generator import GeneratorConfig, generate
-from streamtrk.sim.propagate import Crossings, propagate
+from streamtrk.sim.propagate import Crossings, cos_incidence, propagate, surface_normals
 from streamtrk.wire.schema import MAX_INT
 
 SIMULATOR_VERSION = 2  # 2: bent with c = 0.299792458 GeV/(T m) (1: with 0.3); a card records it
@@ -106,14 +106,8 @@ def overlaps(det: Detector, c: Crossings, fraction: float, rng: np.random.Genera
     helix's sagitta over a few mm is microns)."""
     extra = np.flatnonzero(rng.random(len(c.layer)) < fraction)
     pos, mom = c.position[extra], c.momentum[extra]
-    barrel = det.kind[c.layer[extra]] == BARREL
-    normal = np.where(
-        barrel[:, None],
-        pos * np.array([1.0, 1.0, 0.0]) / np.hypot(pos[:, 0], pos[:, 1])[:, None],
-        np.stack([np.zeros(len(pos)), np.zeros(len(pos)), np.sign(pos[:, 2])], axis=1),
-    )
     u = mom / np.linalg.norm(mom, axis=1)[:, None]
-    cos_inc = np.maximum(np.abs(np.einsum("ij,ij->i", u, normal)), 0.05)  # as the scattering
+    cos_inc = cos_incidence(u, surface_normals(det, c.layer[extra], pos))
     second = pos + u * (OVERLAP_GAP / cos_inc)[:, None]
     parts = (
         (c.particle, c.particle[extra]),
