@@ -224,9 +224,11 @@ class Daemon:
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
         # A frame over its limit makes libzmq drop the connection (counted by the monitor):
-        # the largest column (8 bytes a hit) of the largest event, and within the message's.
-        frame_limit = max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes)
-        pull.setsockopt(zmq.MAXMSGSIZE, min(frame_limit, cfg.max_message_bytes))
+        # the largest column (8 bytes a hit) of the largest event, within the message's; never
+        # below a header's, so that a message over max_message_bytes in frames that small is
+        # read and answered message_too_large (its sender's header names the event).
+        column = min(cfg.max_hits * 8, cfg.max_message_bytes)
+        pull.setsockopt(zmq.MAXMSGSIZE, max(column, DEFAULT_LIMITS.max_header_bytes))
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         for option, value in SEND_ONLY_OPTIONS.items():  # a peer sending there: dropped
             push.setsockopt(option, value)

@@ -94,3 +94,19 @@ def test_replies_lost_with_a_restarting_consumer_are_counted(daemon_factory, sim
     again = replay(todo, options(d, retries=2, retry_after_s=2.0)).report(todo, None)
     assert again["missing"] == 0 and again["ok"] == len(todo) == len(events) - 3
     stopped(d)
+
+
+def test_a_message_over_the_byte_limit_with_small_frames_is_answered(daemon_factory, sim_run):
+    """Frames within a header's 64 KiB are taken in whatever ``max_message_bytes`` says: a
+    message over it is answered ``message_too_large``, its sender's connection kept (a
+    frame limit below it had libzmq drop the connection, and the event had no reply)."""
+    d = daemon_factory("--max-message-bytes", "1024")
+    [ev] = load_recording(sim_run, limit=1)
+    assert max(len(f) for f in ev.frames) > 1024 > len(ev.frames[0])
+    with Producer(d.input, linger_ms=0) as producer, Consumer(d.output, linger_ms=0) as consumer:
+        assert producer.send_frames(ev.frames, timeout_ms=30_000)
+        message = consumer.recv(timeout_ms=30_000)
+        assert disconnects(d, "input") == 0
+    assert message is not None
+    reply = message.to_reply()
+    assert ((reply.run, reply.event), reply.reason) == (ev.key, "message_too_large")
