@@ -106,6 +106,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "gnn above the threshold; tracks where those still join them: track building or the "
     "fit's cuts; refused: events over the work budget); events, events_with_truth (the "
     "events the physics keys are of: events without truth are reconstructed, not scored), "
+    "events_repeated (events read again, same run, number and hits, as a looped replay "
+    "records: scored once, not in events), "
     "hits_per_event, hits_on_no_layer (hits whose volume and layer the detector does not "
     "have: they make no edge), graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
@@ -255,6 +257,12 @@ def _say_unscored(ev: Evaluation, with_truth: int) -> None:
             f"streamtrk evaluate: warning: {ev.n_hits_no_layer} of {ev.n_hits} hits "
             f"({ev.n_hits_no_layer / ev.n_hits:.2%}) are on layers the detector does not have "
             "(their volume_id and layer_id): they make no edge, no track holds them",
+            file=sys.stderr,
+        )
+    if ev.n_repeated:
+        print(
+            f"streamtrk evaluate: {ev.n_repeated} events were read again (same run, number "
+            "and hits, as a looped replay records): each scored once",
             file=sys.stderr,
         )
     if ev.refused:

@@ -111,6 +111,8 @@ class Evaluation:
     """Accumulates physics, edge and timing figures over batches."""
 
     n_events: int = 0
+    # Events read again (same run, number and hits: a looped replay's recording), scored once.
+    n_repeated: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, list[float]] = field(default_factory=dict)  # one per event
     physics: PhysicsTotals = field(default_factory=PhysicsTotals)
@@ -296,22 +298,34 @@ class Evaluation:
             layer = lookup_layer(self.layer_lut, ev.hits.volume_id, ev.hits.layer_id)
             self.n_hits_no_layer += int(np.count_nonzero(layer < 0))
 
-    def _once(self, ev: Event) -> None:
-        """ValueError when another event of the same run and number came before: its tracks
-        and submission rows would be replaced (an event recorded twice, as a looped replay
-        records, is scored again)."""
-        digest = ev.hits.digest()
-        if self.hits_digests.setdefault((ev.run, ev.event), digest) != digest:
+    def _once(self, ev: Event) -> bool:
+        """Whether this event came before (same run, number and hits: recorded twice, as a
+        looped replay records); ValueError when another of its run and number did: its tracks
+        and submission rows would be replaced."""
+        key, digest = (ev.run, ev.event), ev.hits.digest()
+        seen = key in self.hits_digests
+        if self.hits_digests.setdefault(key, digest) != digest:
             raise ValueError(
                 f"two events with other hits are both run {ev.run}, event {ev.event}: a "
                 "submission and the tracks name events by run and number"
             )
+        return seen
+
+    def first_reads(self, events: Iterable[Event]) -> Iterator[Event]:
+        """``events`` but those read before (see :meth:`_once`), which are counted in
+        ``n_repeated``: an event is scored once however often it was recorded."""
+        for event in events:
+            if self._once(event):
+                self.n_repeated += 1
+            else:
+                yield event
 
     def report(self) -> dict[str, Any]:
         """The report JSON (keys documented in ``streamtrk evaluate --help``)."""
         n = max(self.n_events, 1)
         out: dict[str, Any] = {
             "events": self.n_events,
+            "events_repeated": self.n_repeated,
             "events_with_truth": len(self.particles),  # one row block per event scored
             "seconds_per_event": self.seconds / n,
             "stage_seconds": {k: sum(v) / len(v) for k, v in self.stage_seconds.items()},
@@ -446,16 +460,18 @@ def batches(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
 def evaluate(
     rec: Reconstructor, events: Iterable[Event], *, batch_size: int = 1, progress: bool = False
 ) -> Evaluation:
-    """Reconstruct ``events`` batch by batch and accumulate the evaluation. Events over
-    the work budget are counted as refused (see :meth:`Evaluation.refuse`) and the rest of
-    their batch reconstructed without them, as the daemon does."""
+    """Reconstruct ``events`` batch by batch and accumulate the evaluation. An event read
+    again (same run, number and hits) is counted, not scored again (see
+    :meth:`Evaluation.first_reads`). Events over the work budget are counted as refused (see
+    :meth:`Evaluation.refuse`) and the rest of their batch reconstructed without them, as
+    the daemon does."""
     from tqdm import tqdm
 
     ev = Evaluation.of(rec)
     total = len(events) if isinstance(events, Sized) else None
     bar = tqdm(desc="evaluate", total=total, unit="event", disable=not progress)
-    for batch in batches(events, batch_size):
-        n, t0 = len(batch), time.perf_counter()
+    for batch in batches(ev.first_reads(events), batch_size):
+        t0 = time.perf_counter()
         while batch:
             try:
                 result = rec.reconstruct(batch)
@@ -466,7 +482,8 @@ def evaluate(
                 continue
             ev.add(batch, result, time.perf_counter() - t0, rec.threshold)
             break
-        bar.update(n)
+        bar.update(ev.n_events + ev.n_repeated - bar.n)  # the events read, repeats too
+    bar.update(ev.n_events + ev.n_repeated - bar.n)
     bar.close()
     return ev
 

@@ -280,6 +280,25 @@ def test_evaluate_reports_events_over_the_work_budget(tmp_path, capsys):
     assert err == "streamtrk evaluate: error: --budget-scale must be a finite number > 0, got 0.0\n"
 
 
+def test_evaluate_scores_an_event_read_again_once_and_says_so(tmp_path, capsys):
+    """A looped replay's recording holds its events more than once: scored once each, as
+    replay scores them."""
+    main(["simulate", "--events", "2", "--mu", "10", "-q", "-o", str(tmp_path / "e.stk")])
+    first, second = iter_events(tmp_path / "e.stk")
+    with RecordingWriter(tmp_path / "looped.stk") as w:
+        for ev in (first, second, first):
+            w.write_event(ev)
+    reports = {}
+    for name in ("e", "looped"):
+        args = ["evaluate", str(tmp_path / f"{name}.stk"), "--oracle", "-q"]
+        assert main([*args, "--report", str(tmp_path / f"{name}.json")]) == 0
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert "1 events were read again" in capsys.readouterr().err
+    assert (reports["looped"].pop("events_repeated"), reports["e"].pop("events_repeated")) == (1, 0)
+    for key in ("events", "n_reconstructable", "n_tracks", "trackml_score"):
+        assert reports["looped"][key] == reports["e"][key], key
+
+
 @pytest.mark.parametrize("flag", ["--report", "--submission", "--tracks", "--plots"])
 def test_evaluate_refuses_an_output_it_cannot_write_before_it_works(tmp_path, capsys, flag):
     """Before the model loads and the events run (minutes), not with the results."""

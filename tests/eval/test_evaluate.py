@@ -296,7 +296,8 @@ class _FixedTimings(Reconstructor):
 
 
 def test_stage_times_are_per_event_over_batches_of_any_size(small_events) -> None:
-    events = [small_events[0]] * 4 + [small_events[1]]  # batches of 4 and 1
+    # Batches of 4 and 1 (four numbers of one event: read again, it would be scored once).
+    events = [replace(small_events[0], event=100 + k) for k in range(4)] + [small_events[1]]
     t0 = time.perf_counter()
     ev = evaluate(_FixedTimings(OracleScorer()), events, batch_size=4)
     wall = time.perf_counter() - t0
@@ -316,6 +317,8 @@ def test_progress_is_a_bar_of_events_when_asked_for(small_events, capsys) -> Non
     assert "evaluate: 2event [" in err  # two events, one at a time, their number unknown
     evaluate(Reconstructor.oracle(), small_events, progress=True)
     assert "evaluate: 100%|" in capsys.readouterr().err  # a list: its length known
+    evaluate(Reconstructor.oracle(), [*small_events, small_events[0]], progress=True)
+    assert "| 3/3 [" in capsys.readouterr().err  # an event read again: read, not scored
 
 
 def test_events_of_two_runs_keep_their_tracks_and_one_submission_per_number(small_events):
@@ -473,10 +476,16 @@ def test_edges_scored_at_the_threshold_are_not_kept(small_events) -> None:
 
 
 def test_two_events_of_one_run_and_number_are_refused_unless_the_same(small_events) -> None:
-    """The same event twice (a looped replay) is scored again; another one of its run and
+    """The same event twice (a looped replay) is scored once; another one of its run and
     number is refused, reconstructed or over the budget."""
     a, b = small_events
-    assert evaluate(Reconstructor.oracle(), [a, a]).n_events == 2
+    twice = evaluate(Reconstructor.oracle(), [a, b, a, a])
+    assert (twice.n_events, twice.n_repeated) == (2, 2)
+    once = evaluate(Reconstructor.oracle(), [a, b]).report()
+    report = twice.report()
+    assert report.pop("events_repeated") == 2 and once.pop("events_repeated") == 0
+    for key in ("tracking_efficiency", "n_reconstructable", "n_tracks", "trackml_score"):
+        assert report[key] == once[key], key
     twin = Event(a.run, a.event, b.hits, b.truth)
     for budget in (None, Budget(0, 0, 0, allowance=0)):
         with pytest.raises(ValueError, match=f"both run {a.run}, event {a.event}"):
