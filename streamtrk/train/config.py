@@ -145,8 +145,10 @@ class TrainConfig:
                 ("pt_min", 0 <= self.pt_min < math.inf, "a finite number >= 0 (GeV)"),
                 (
                     "thresholds",
-                    bool(self.thresholds) and all(map(threshold_ok, self.thresholds)),
-                    "one or more numbers in [0, 1) (1 passes no edge)",
+                    bool(self.thresholds)
+                    and all(map(threshold_ok, self.thresholds))
+                    and len(set(self.thresholds)) == len(self.thresholds),
+                    "one or more distinct numbers in [0, 1) (1 passes no edge)",
                 ),
                 (
                     "report",

@@ -46,7 +46,7 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         # ranges, refused before any event is simulated or any weight trained
         *[
             ("thresholds = [0.4, 0.6]", f"thresholds = {v}", r"thresholds must be one or more")
-            for v in ("[2.0]", "[]", "[nan]", "[0.5, 1.0]")
+            for v in ("[2.0]", "[]", "[nan]", "[0.5, 1.0]", "[0.4, 0.6, 0.4]")
         ],
         ("epochs = 2", "epochs = 0", r"\[optim\]: epochs must be >= 1, got 0"),
         ("sectors = 2", "sectors = 0", r"\[optim\]: sectors must be >= 1"),
