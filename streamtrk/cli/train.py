@@ -28,7 +28,8 @@ def _train_arguments(s: argparse.ArgumentParser) -> None:
     help="train the edge classifier on simulated events",
     description="Train the edge classifier on simulated events (or a recording) as the "
     "config file says, choose its threshold on the validation events, evaluate it, and "
-    "write weights.pt, card.toml, training.png and checkpoints/ into the output directory. "
+    "write weights.pt, card.toml, training.png and checkpoints/ (of the best epoch and the "
+    "last) into the output directory. "
     "The model is built in OUT.partial and moved to OUT when complete: an interrupted or "
     "failed run leaves OUT as it was (and its checkpoints in OUT.partial, until the next run).",
 )

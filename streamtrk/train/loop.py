@@ -1,6 +1,6 @@
 """The training loop: weighted BCE, Adam with a linear warm-up and a cosine decay, validation
 on full held-out events after every epoch, early stopping on the validation loss (the best
-epoch is kept), a checkpoint per epoch, and the history plot."""
+epoch is kept), checkpoints of the best epoch and the last, and the history plot."""
 
 from __future__ import annotations
 
@@ -119,16 +119,24 @@ def fit(
             )
         save_torch(
             {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict()},
-            checkpoints / f"epoch-{epoch:03d}.pt",
+            _checkpoint(checkpoints, epoch),
         )
         if v["loss"] < best[0]:
             best = (v["loss"], epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= o.patience:
+        # The best epoch's checkpoint and the last are kept: one an epoch would fill the disk.
+        keep = {_checkpoint(checkpoints, best[1]), _checkpoint(checkpoints, epoch)}
+        for path in set(checkpoints.glob("epoch-*.pt")) - keep:
+            path.unlink()
+        if epoch - best[1] >= o.patience:
             break
     if best[1] < 0:
         raise RuntimeError("the validation loss was never finite: the training diverged")
     model.load_state_dict(best[2])
     return model.eval(), history
+
+
+def _checkpoint(checkpoints: Path, epoch: int) -> Path:
+    return checkpoints / f"epoch-{epoch:03d}.pt"
 
 
 def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:

@@ -32,3 +32,23 @@ def test_samples_without_counted_edges_are_left_out(tmp_path: Path) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ValueError, match="no edge counts in the loss"):
         fit(cfg, [empty], samples, tmp_path / "ck2", progress=False)
+
+
+def test_checkpoints_of_the_best_epoch_and_the_last_are_kept(tmp_path: Path) -> None:
+    """One an epoch would fill a disk in a long run. Validated on the inverted targets, the
+    network gets worse as it learns: the best epoch is the first."""
+    from streamtrk.train.loop import fit
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.replace("epochs = 2", "epochs = 4\npatience = 4"))
+    cfg = load_config(config)
+    det = load_detector()
+    samples = make_samples(EventSource(mu=5, seed=5, events=1).load(det), det, GraphConfig(), 1.0)
+    inverted = [replace(s, target=1 - s.target) for s in samples]
+    _, history = fit(cfg, samples, inverted, tmp_path / "ck", progress=False)
+    assert len(history) == 4
+    best = int(np.argmin([h["val_loss"] for h in history]))
+    assert best < 3
+    kept = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert kept == [f"epoch-{best:03d}.pt", "epoch-003.pt"]
+    assert torch.load(tmp_path / "ck" / kept[0], weights_only=True)["epoch"] == best
