@@ -20,6 +20,11 @@
 // stitch_candidates, stitch_take; below) for its sixty-odd array operations and the
 // compactions between them.
 //
+// Joining pieces over a layer's two hits (join_doubles) as five kernels (piece_links,
+// double_exit_count, double_exits, double_codes, double_take; below) for its seventy-odd
+// array operations: the diamonds' second crossings go into a hash table, which the first
+// crossings look up, and the same codes choose.
+//
 // streamtrk/recon/kernels.py puts its PRELUDE (FOR_EACH_THREAD, the host form) first.
 
 #ifdef STREAMTRK_HOST
@@ -32,6 +37,17 @@ inline int __float_as_int(float f) {
 inline long long atomicMin(long long *address, long long value) {  // one thread at a time
     const long long old = *address;
     if (value < old) *address = value;
+    return old;
+}
+inline unsigned long long atomicAdd(unsigned long long *address, unsigned long long value) {
+    const unsigned long long old = *address;
+    *address = old + value;
+    return old;
+}
+inline unsigned long long atomicCAS(unsigned long long *address, unsigned long long compare,
+                                    unsigned long long value) {
+    const unsigned long long old = *address;
+    if (old == compare) *address = value;
     return old;
 }
 #endif
@@ -224,6 +240,112 @@ extern "C" __global__ void stitch_take(long long n_edges, const long long *src,
                 take[o] = 1;
             }
         }
+    }
+}
+
+// Joining pieces over a layer's two hits (join_doubles): a piece's last hit B1 and another
+// piece's first hit B2 are a pair where the graph holds A -> B2 (A: B1's predecessor) and
+// B1 -> C (C: B2's successor), both above the threshold. piece_links, a thread per kept
+// edge: each hit's predecessor and successor along the pieces (pred, succ: -1 first).
+extern "C" __global__ void piece_links(long long n_kept, const long long *src,
+                                       const long long *dst, long long *pred, long long *succ) {
+    FOR_EACH_THREAD(e, n_kept) {
+        succ[src[e]] = dst[e];
+        pred[dst[e]] = src[e];
+    }
+}
+
+#define DOUBLE_PARAMS                                                                        \
+    long long n_edges, const long long *src, const long long *dst, const float *score,       \
+        long long threshold_rank, const long long *pred, const long long *succ,              \
+        const long long *labels, long long n_nodes
+#define DOUBLE_ARGS n_edges, src, dst, score, threshold_rank, pred, succ, labels, n_nodes
+#define NO_KEY -1LL  // an empty slot of the hash table
+
+// The pair key (B1 x n_nodes + B2) of edge e as a diamond's second crossing B1 -> C (C's
+// predecessor B2 a piece's first hit, B1 a piece's last, of another piece), else NO_KEY.
+__device__ inline long long exit_key(long long e, DOUBLE_PARAMS) {
+    if (!above(score[e], threshold_rank)) return NO_KEY;
+    const long long b1 = src[e], b2 = pred[dst[e]];
+    if (pred[b1] < 0 || succ[b1] >= 0 || b2 < 0 || pred[b2] >= 0 || labels[b1] == labels[b2])
+        return NO_KEY;
+    return b1 * n_nodes + b2;
+}
+
+// double_exit_count: how many edges are second crossings (*count, zero first), which sizes
+// the hash table.
+extern "C" __global__ void double_exit_count(DOUBLE_PARAMS, unsigned long long *count) {
+    FOR_EACH_THREAD(e, n_edges) {
+        if (exit_key(e, DOUBLE_ARGS) != NO_KEY) atomicAdd(count, 1ULL);
+    }
+}
+
+// The first slot of a key in a table of 2^bits slots (Fibonacci hashing).
+__device__ inline long long slot_of(long long key, long long bits) {
+    return (long long)(((unsigned long long)key * 11400714819323198485ULL) >> (64 - bits));
+}
+
+// double_exits: each second crossing into the hash table (open addressing, linear probing;
+// keys NO_KEY and edges NO_CODE first, at most half the slots taken): its pair's key, and
+// the smallest edge index of that key (the arrays look up the first).
+extern "C" __global__ void double_exits(DOUBLE_PARAMS, long long bits, long long *keys,
+                                        long long *edges) {
+    FOR_EACH_THREAD(e, n_edges) {
+        const long long key = exit_key(e, DOUBLE_ARGS);
+        if (key != NO_KEY) {
+            const long long mask = (1LL << bits) - 1;
+            long long slot = slot_of(key, bits);
+            for (;;) {
+                const unsigned long long was = atomicCAS(
+                    (unsigned long long *)&keys[slot], (unsigned long long)NO_KEY,
+                    (unsigned long long)key);
+                if ((long long)was == NO_KEY || (long long)was == key) {
+                    atomicMin(&edges[slot], e);
+                    break;
+                }
+                slot = (slot + 1) & mask;
+            }
+        }
+    }
+}
+
+// double_codes: each edge that is a diamond's first crossing A -> B2 (A's successor B1 a
+// piece's last hit, B2 another piece's first) whose pair has a second crossing in the
+// table: its code (the weaker crossing's score, key the edge's index: the arrays' order of
+// the pairs) in code[e] (NO_CODE for the others), the smallest code at each pair's B1 into
+// low_end, at its B2 into low_start (both NO_CODE first).
+extern "C" __global__ void double_codes(DOUBLE_PARAMS, long long bits, const long long *keys,
+                                        const long long *edges, long long *code,
+                                        long long *low_end, long long *low_start) {
+    FOR_EACH_THREAD(e, n_edges) {
+        long long c = NO_CODE;
+        const long long a = src[e], b2 = dst[e], b1 = succ[a];
+        if (above(score[e], threshold_rank) && b1 >= 0 && succ[b1] < 0 && succ[b2] >= 0 &&
+            pred[b2] < 0 && labels[b1] != labels[b2]) {
+            const long long key = b1 * n_nodes + b2, mask = (1LL << bits) - 1;
+            long long slot = slot_of(key, bits);
+            while (keys[slot] != key && keys[slot] != NO_KEY) slot = (slot + 1) & mask;
+            if (keys[slot] == key) {
+                const long long x = edges[slot];
+                const bool x_weaker = score_rank(score[x]) < score_rank(score[e]);
+                c = score_code(x_weaker ? score[x] : score[e], e);
+                atomicMin(&low_end[b1], c);
+                atomicMin(&low_start[b2], c);
+            }
+        }
+        code[e] = c;
+    }
+}
+
+// double_take: the pairs whose code is the smallest at both their ends, flagged at their
+// first crossing (take: zeros first).
+extern "C" __global__ void double_take(long long n_edges, const long long *src,
+                                       const long long *dst, const long long *succ,
+                                       const long long *code, const long long *low_end,
+                                       const long long *low_start, unsigned char *take) {
+    FOR_EACH_THREAD(e, n_edges) {
+        const long long c = code[e];
+        if (c != NO_CODE && low_end[succ[src[e]]] == c && low_start[dst[e]] == c) take[e] = 1;
     }
 }
 

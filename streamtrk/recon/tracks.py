@@ -214,6 +214,8 @@ def join_doubles(
     :func:`stitch_edges`)."""
     xp = array_module(edge_index)
     n = len(labels)
+    if xp is not np:
+        return doubles_kernels(edge_index, scores, kept, labels, threshold, cupy_launcher(KERNELS))
     none = xp.full(n, -1, dtype=xp.int64)
     pred, succ = none.copy(), none.copy()  # along the pieces (at most one edge each way)
     pred[kept[1]] = kept[0]
@@ -233,6 +235,46 @@ def join_doubles(
     weaker = xp.where(found, xp.minimum(sc[cross], sc[at]), -xp.inf)  # none: never the best
     pairs = xp.stack([end, start])
     return pairs[:, found & _mutual_best(pairs, weaker, n, xp)]
+
+
+def doubles_kernels(
+    edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float, launch: Launch
+) -> Array:
+    """:func:`join_doubles` in five kernels (``track_building.cu``) over all the edges, for
+    the arrays' seventy-odd operations: the diamonds' second crossings (B1 -> C) go into a
+    hash table keyed by their pair, sized by their count; the first crossings (A -> B2) look
+    their pair up there and choose by the same codes. The same pairs, in the same order
+    (their first crossings'). Two host synchronisations (the count, the result's size) for
+    the arrays' three."""
+    xp, i64 = array_module(edge_index), np.int64
+    n_edges, n = edge_index.shape[1], len(labels)
+    if n_edges >= 2**31:  # the codes' key: an edge
+        raise ValueError(f"at most 2^31 - 1 edges, got {n_edges}")
+    src, dst, score = contiguous(
+        (*edge_index.astype(xp.int64, copy=False), scores.astype(xp.float32, copy=False)), xp
+    )
+    pred, succ = xp.full((2, n), -1, dtype=xp.int64)
+    k_src, k_dst = contiguous(tuple(kept.astype(xp.int64, copy=False)), xp)
+    launch("piece_links", len(k_src), (i64(len(k_src)), k_src, k_dst, pred, succ))
+    labels = contiguous((labels.astype(xp.int64, copy=False),), xp)[0]
+    rank = _threshold_rank(threshold)
+    params = (i64(n_edges), src, dst, score, rank, pred, succ, labels, i64(n))
+    count = xp.zeros(1, dtype=xp.uint64)
+    launch("double_exit_count", n_edges, (*params, count))
+    n_exits = int(to_host(count)[0])
+    if n_exits == 0:
+        return xp.zeros((2, 0), dtype=xp.int64)
+    bits = i64((2 * n_exits - 1).bit_length())  # 2^bits slots, at most half of them taken
+    keys = xp.full(2**bits, -1, dtype=xp.int64)
+    exits = xp.full(2**bits, np.iinfo(np.int64).max, dtype=xp.int64)
+    launch("double_exits", n_edges, (*params, bits, keys, exits))
+    code = xp.empty(n_edges, dtype=xp.int64)
+    low = xp.full((2, n), np.iinfo(np.int64).max, dtype=xp.int64)  # at B1, at B2
+    launch("double_codes", n_edges, (*params, bits, keys, exits, code, *low))
+    take = xp.zeros(n_edges, dtype=xp.uint8)
+    launch("double_take", n_edges, (i64(n_edges), src, dst, succ, code, *low, take))
+    first = xp.nonzero(take)[0]
+    return xp.stack([succ[src[first]], dst[first]])
 
 
 def stitch_kernels(

@@ -17,7 +17,9 @@ from streamtrk.recon.tracks import (
     build_tracks,
     components_label_propagation,
     cuts_kernel,
+    doubles_kernels,
     fit_cuts,
+    join_doubles,
     junction_kernels,
     merge_labels,
     propagation_kernel,
@@ -27,6 +29,7 @@ from streamtrk.recon.tracks import (
     stitch_edges,
     stitch_kernels,
 )
+from streamtrk.xp import Array
 
 
 def components_scipy(edges: np.ndarray, n: int) -> np.ndarray:
@@ -331,6 +334,49 @@ def test_a_piece_end_joins_its_best_double_only():
     scores[-2:] = [0.85, 0.85]  # now the stronger one
     got = _tracks(edges, scores, 11, stitch_threshold=0.2, join_doubles=True)
     assert sorted(got) == [[0, 1, 2, 3, 8, 9, 10], [4, 5, 6, 7]]
+
+
+def _pieces(edges: Array, scores: Array, n: int) -> tuple[Array, Array]:
+    """The kept edges and labels join_doubles takes in the chain: junctions at 0.6, then
+    stitching at 0.1 (labels of the junctions' pieces)."""
+    kept = resolve_junctions(edges, scores, 0.6)
+    labels = components_scipy(kept, n)
+    stitched = stitch_edges(edges, scores, kept, labels, 0.1)
+    return np.concatenate([kept, edges[:, stitched]], axis=1), labels
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3])
+def test_host_kernels_join_doubles_as_the_arrays(host_launcher, small_events, det, threshold):
+    """track_building.cu's doubles kernels, built for the host, take the arrays' pairs in
+    their order: on a real event's graph scored at random, on 300 diamonds with edges between
+    them at random and ties, on the diamonds above, where no edge is a second crossing, and
+    where one is there twice (the first one counts, as the arrays' look-up finds it)."""
+    rng = np.random.default_rng(8)
+    event = batch_graph(small_events[:1], det)
+    # 300 particles of 8 hits (DOUBLE's diamond) and 1,000 edges between them at random,
+    # scored 0.625, 0.75 or 0.875.
+    diamonds = np.concatenate([np.array(DOUBLE[0]).T + 8 * k for k in range(300)], axis=1)
+    graph = np.sort(rng.integers(0, 2400, size=(2, 1000)), axis=0)
+    graph = np.unique(np.concatenate([diamonds, graph[:, graph[0] != graph[1]]], 1), axis=1)
+    with_rival = [*DOUBLE[0], (8, 9), (9, 10), (2, 8), (3, 9)]
+    dup_scores = [0.9, 0.9, 0.9, 0.875, 0.875, 0.9, 0.9, 0.9, 0.9, 0.9, 0.85, 0.85, 0.5]
+    cases = [
+        (event.edge_index, rng.random(event.num_edges, dtype=np.float32), event.num_nodes),
+        (graph, (rng.integers(5, 8, graph.shape[1]) / 8).astype(np.float32), 2400),  # ties
+        (np.array(with_rival).T, np.array([*DOUBLE[1], 0.9, 0.9, 0.85, 0.85], np.float32), 11),
+        (np.array(DOUBLE[0][:4]).T, np.array(DOUBLE[1][:4], np.float32), 8),  # no B1 -> C
+        # B1 -> C twice: the first one's score counts (0.875 against the rival's 0.85)
+        (np.array([*with_rival, (3, 5)]).T, np.array(dup_scores, np.float32), 11),
+    ]
+    pairs = []
+    for edges, scores, n in cases:
+        kept, labels = _pieces(edges, scores, n)
+        want = join_doubles(edges, scores, kept, labels, threshold)
+        got = doubles_kernels(edges, scores, kept, labels, threshold, host_launcher(KERNELS))
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        pairs.append(want.tolist())
+    assert len(pairs[0][0]) > 20 and len(pairs[1][0]) > 40
+    assert pairs[2:] == [[[3], [8]], [[], []], [[3], [4]]]
 
 
 def test_joining_doubles_needs_the_stitch_threshold():
