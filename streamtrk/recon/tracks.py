@@ -211,7 +211,9 @@ def join_doubles(
     both crossings of that diamond above ``threshold``: from B1's predecessor to B2
     (A -> B2) and from B1 to B2's successor (B1 -> C); scored by the weaker. A candidate is
     taken when it is the best one at both of its ends (mutual best, as in
-    :func:`stitch_edges`)."""
+    :func:`stitch_edges`). ``kept`` gives each hit at most one edge in and one out (as the
+    chain's junctions and stitching do). On the device five kernels
+    (:func:`doubles_kernels`, scores compared as float32, the scorers' dtype)."""
     xp = array_module(edge_index)
     n = len(labels)
     if xp is not np:
@@ -240,16 +242,17 @@ def join_doubles(
 def doubles_kernels(
     edge_index: Array, scores: Array, kept: Array, labels: Array, threshold: float, launch: Launch
 ) -> Array:
-    """:func:`join_doubles` in five kernels (``track_building.cu``) over all the edges, for
-    the arrays' seventy-odd operations: the diamonds' second crossings (B1 -> C) go into a
-    hash table keyed by their pair, sized by their count; the first crossings (A -> B2) look
-    their pair up there and choose by the same codes. The same pairs, in the same order
-    (their first crossings'). Two host synchronisations (the count, the result's size) for
-    the arrays' three."""
+    """:func:`join_doubles` in five kernels (``track_building.cu``; the pieces' links over
+    the kept edges, the rest over all the edges), for the arrays' seventy-odd operations:
+    the diamonds' second crossings (B1 -> C) go into a hash table keyed by their pair, sized
+    by their count; the first crossings (A -> B2) look their pair up there and choose by the
+    same codes, scores compared as float32 (the scorers' dtype). The same pairs, in the same
+    order (their first crossings'). Two host synchronisations (the count, the result's
+    size) for the arrays' three."""
     xp, i64 = array_module(edge_index), np.int64
     n_edges, n = edge_index.shape[1], len(labels)
-    if n_edges >= 2**31:  # the codes' key: an edge
-        raise ValueError(f"at most 2^31 - 1 edges, got {n_edges}")
+    if n_edges >= 2**31 or n >= 2**31:  # the codes' key (an edge), a pair's (B1 x n + B2)
+        raise ValueError(f"at most 2^31 - 1 edges and hits, got {n_edges} and {n}")
     src, dst, score = contiguous(
         (*edge_index.astype(xp.int64, copy=False), scores.astype(xp.float32, copy=False)), xp
     )
