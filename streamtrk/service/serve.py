@@ -223,12 +223,12 @@ class Daemon:
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
-        # A frame over its limit makes libzmq drop the connection (counted by the monitor):
-        # the largest column (8 bytes a hit) of the largest event, within the message's; never
-        # below a header's, so that a message over max_message_bytes in frames that small is
-        # read and answered message_too_large (its sender's header names the event).
-        column = min(cfg.max_hits * 8, cfg.max_message_bytes)
-        pull.setsockopt(zmq.MAXMSGSIZE, max(column, DEFAULT_LIMITS.max_header_bytes))
+        # A frame over its limit makes libzmq drop the connection (counted by the monitor),
+        # the event unanswered: the largest column (8 bytes a hit) of the largest event, or a
+        # header's. Not max_message_bytes: a valid event over it is read and answered
+        # message_too_large (its header names it).
+        frame_limit = max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes)
+        pull.setsockopt(zmq.MAXMSGSIZE, frame_limit)
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         for option, value in SEND_ONLY_OPTIONS.items():  # a peer sending there: dropped
             push.setsockopt(option, value)
