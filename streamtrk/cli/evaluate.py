@@ -66,7 +66,9 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
         "beam_spot_y_mm (default 0,0)",
     )
     torch_threads_argument(s)
-    s.add_argument("--events", type=int, help="at most this many events")
+    s.add_argument(
+        "--events", type=int, help="read at most this many events (one read again counts)"
+    )
     s.add_argument("--submission", type=Path, help="write a TrackML submission CSV")
     s.add_argument(
         "--tracks",
@@ -106,8 +108,8 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "gnn above the threshold; tracks where those still join them: track building or the "
     "fit's cuts; refused: events over the work budget); events, events_with_truth (the "
     "events the physics keys are of: events without truth are reconstructed, not scored), "
-    "events_repeated (events read again, same run, number and hits, as a looped replay "
-    "records: scored once, not in events), "
+    "events_repeated (reads of an event read before, same run, number and hits, as a "
+    "looped replay records: each event scored once, in events once), "
     "hits_per_event, hits_on_no_layer (hits whose volume and layer the detector does not "
     "have: they make no edge), graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
@@ -261,8 +263,8 @@ def _say_unscored(ev: Evaluation, with_truth: int) -> None:
         )
     if ev.n_repeated:
         print(
-            f"streamtrk evaluate: {ev.n_repeated} events were read again (same run, number "
-            "and hits, as a looped replay records): each scored once",
+            f"streamtrk evaluate: {ev.n_repeated} reads were of an event read before (same "
+            "run, number and hits, as a looped replay records): each event scored once",
             file=sys.stderr,
         )
     if ev.refused:
