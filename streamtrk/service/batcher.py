@@ -14,6 +14,8 @@ reaches it is set aside, unprocessed; it opens no batch (the first event that do
 its delay), and events set aside alone are handed over at once.
 Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
 waiting; once :meth:`Batcher.close` is called nothing more is queued (and ``flush`` is set).
+A new policy (a reload) sets the limits of the batches after the one being formed, and its
+``max_queue_delay_ms`` that one's delay too.
 """
 
 from __future__ import annotations
@@ -103,9 +105,9 @@ class Batcher:
                 first = self.queue.get(timeout=timeout)
             except queue.Empty:
                 return None
-        policy = self.policy
+        policy = self.policy  # its limits for this batch; its delay as it is at each wait
         batch = Batch()
-        close_at = delay_end = -math.inf  # until an event opens the batch: no waiting
+        opened, due = -math.inf, math.inf  # until an event opens the batch: no waiting
         hits = 0
         earliest: float | None = None  # the earliest deadline of the batch's events
         job: Job | None = first
@@ -122,15 +124,15 @@ class Batcher:
                 break
             else:
                 if not batch.jobs:
-                    close_at = delay_end = job.t_queued + policy.max_queue_delay_ms / 1000
+                    opened = job.t_queued
                 batch.jobs.append(job)
                 hits += job.n_hits
                 earliest = with_job
                 if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
                     break
                 if earliest is not None:
-                    close_at = min(delay_end, earliest - self.batch_time.estimate(hits))
-            job = self._next(close_at)
+                    due = earliest - self.batch_time.estimate(hits)
+            job = self._next(opened, due)
         return batch
 
     def _late(self, now: float, deadline: float | None, hits: int) -> bool:
@@ -141,11 +143,14 @@ class Batcher:
         job, self._held = self._held, None
         return job
 
-    def _next(self, close_at: float) -> Job | None:
-        """The next event, waiting for it until ``close_at`` at most; none once ``flush`` is
-        set (looked at every ``FLUSH_POLL_S`` while waiting: a batch already waiting closes
+    def _next(self, opened: float, due: float) -> Job | None:
+        """The next event, waiting for it until the queue delay after ``opened`` (the batch's
+        first event queued; the policy's delay as it is now: a reload that shortens it
+        shortens a batch already waiting) or ``due`` at most; none once ``flush`` is set
+        (both looked at every ``FLUSH_POLL_S`` while waiting: a batch already waiting closes
         too, and a wait past what a thread can wait, ``threading.TIMEOUT_MAX``, is one)."""
         while True:
+            close_at = min(opened + self.policy.max_queue_delay_ms / 1000, due)
             wait = 0.0 if self.flush else close_at - time.perf_counter()
             try:
                 if wait <= 0:

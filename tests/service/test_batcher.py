@@ -277,6 +277,16 @@ def test_flush_closes_a_batch_already_waiting_for_the_delay() -> None:
     assert [events(batch) for batch in out] == [[0]]  # not after the 600 s delay
 
 
+def test_a_reload_that_shortens_the_delay_closes_a_batch_already_waiting() -> None:
+    """The delay is the policy's as it is at each wait; its limits, the batch's own."""
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=600_000))
+    b.put(job(5, 0))
+    thread, out = _open_batch(b)
+    b.policy = BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=1.0)  # a SIGHUP
+    thread.join(60)
+    assert [events(batch) for batch in out] == [[0]]  # not after the 600 s delay
+
+
 def test_a_queue_delay_past_what_a_thread_can_wait_batches_all_the_same() -> None:
     """1e13 ms is finite, as the setting must be, and past threading.TIMEOUT_MAX."""
     b = Batcher(16, BatchPolicy(max_events=2, max_hits=10**6, max_queue_delay_ms=1e13))
