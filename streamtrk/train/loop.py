@@ -91,6 +91,7 @@ def fit(
     sched = _schedule(opt, o, o.epochs * len(train))
     checkpoints.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
+    saved: list[int] = []  # the epochs of this run's checkpoints still on disk
     best: tuple[float, int, dict[str, Tensor]] = (math.inf, -1, {})
     for epoch in range(o.epochs):
         model.train()
@@ -123,10 +124,12 @@ def fit(
         )
         if v["loss"] < best[0]:
             best = (v["loss"], epoch, copy.deepcopy(model.state_dict()))
-        # The best epoch's checkpoint and the last are kept: one an epoch would fill the disk.
-        keep = {_checkpoint(checkpoints, best[1]), _checkpoint(checkpoints, epoch)}
-        for path in set(checkpoints.glob("epoch-*.pt")) - keep:
-            path.unlink()
+        # The best epoch's checkpoint and the last are kept (one an epoch would fill the
+        # disk); no other file is touched.
+        kept = {best[1], epoch}
+        for old in set(saved) - kept:
+            _checkpoint(checkpoints, old).unlink()
+        saved = sorted(kept)
         if epoch - best[1] >= o.patience:
             break
     if best[1] < 0:

@@ -45,10 +45,12 @@ def test_checkpoints_of_the_best_epoch_and_the_last_are_kept(tmp_path: Path) -> 
     det = load_detector()
     samples = make_samples(EventSource(mu=5, seed=5, events=1).load(det), det, GraphConfig(), 1.0)
     inverted = [replace(s, target=1 - s.target) for s in samples]
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "epoch-old.pt").write_text("another run's")  # left as it is
     _, history = fit(cfg, samples, inverted, tmp_path / "ck", progress=False)
     assert len(history) == 4
     best = int(np.argmin([h["val_loss"] for h in history]))
     assert best < 3
     kept = sorted(p.name for p in (tmp_path / "ck").iterdir())
-    assert kept == [f"epoch-{best:03d}.pt", "epoch-003.pt"]
+    assert kept == [f"epoch-{best:03d}.pt", "epoch-003.pt", "epoch-old.pt"]
     assert torch.load(tmp_path / "ck" / kept[0], weights_only=True)["epoch"] == best
