@@ -33,7 +33,7 @@ EDGE_PT_MIN = RECONSTRUCTABLE_MIN_PT  # GeV: target particles of the edge effici
 
 @dataclass(frozen=True)
 class SegmentTruth:
-    """One event's true segments (consecutive hits of a particle), found once and counted
+    """One event's true segments (``recon.truth.true_segments``), found once and counted
     against any of its edge sets.
 
     Targets are segments of particles with pT >= 1 GeV; ``central`` ones also come from

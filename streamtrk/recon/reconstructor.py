@@ -45,7 +45,7 @@ class EdgeScorer(Protocol):
 
 
 class OracleScorer:
-    """Scores from truth: 1 for edges joining consecutive hits of one particle, else 0."""
+    """Scores from truth: 1 for edges that are true segments (``recon.truth``), else 0."""
 
     def __call__(self, graph: Graph, events: Sequence[Event]) -> Any:
         edges = to_host(graph.edge_index)

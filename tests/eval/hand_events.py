@@ -8,7 +8,9 @@ from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
 
 
 def metrics_event(hit_pid: list[int], particles: dict[int, tuple[float, float, int]]) -> Event:
-    """An event with the given per-hit particle ids; particles: id -> (pT, vertex r, nhits)."""
+    """An event with the given per-hit particle ids, each hit on a layer of its own (so a
+    particle's consecutive hits are a true segment); particles: id -> (pT, vertex r,
+    nhits)."""
     n = len(hit_pid)
     z = np.zeros(n, np.float32)
     ints = np.zeros(n, np.int32)
@@ -18,7 +20,7 @@ def metrics_event(hit_pid: list[int], particles: dict[int, tuple[float, float, i
     return Event(
         run=0,
         event=1,
-        hits=Hits(np.arange(n, dtype=np.int64), z, z, z, ints, ints, ints),
+        hits=Hits(np.arange(n, dtype=np.int64), z, z, z, ints, np.arange(n, dtype=np.int32), ints),
         truth=Truth(
             HitTruth(np.array(hit_pid, np.int64), z, z, z, z, z, z, z, ints),
             Particles(
