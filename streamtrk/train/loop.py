@@ -126,10 +126,10 @@ def fit(
             best = (v["loss"], epoch, copy.deepcopy(model.state_dict()))
         # The best epoch's checkpoint and the last are kept (one an epoch would fill the
         # disk); no other file is touched.
-        kept = {best[1], epoch}
+        kept = {best[1], epoch}  # best[1] is -1 while no loss was finite
         for old in set(saved) - kept:
             _checkpoint(checkpoints, old).unlink()
-        saved = sorted(kept)
+        saved = [e for e in sorted(kept) if e >= 0]
         if epoch - best[1] >= o.patience:
             break
     if best[1] < 0:

@@ -54,3 +54,29 @@ def test_checkpoints_of_the_best_epoch_and_the_last_are_kept(tmp_path: Path) -> 
     kept = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert kept == [f"epoch-{best:03d}.pt", "epoch-003.pt", "epoch-old.pt"]
     assert torch.load(tmp_path / "ck" / kept[0], weights_only=True)["epoch"] == best
+
+
+def test_checkpoints_after_an_epoch_of_no_finite_validation_loss(tmp_path: Path, monkeypatch):
+    """The first epoch's validation loss NaN (no best epoch yet): its checkpoint goes once a
+    later epoch is the best."""
+    from streamtrk.train import loop
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.replace("epochs = 2", "epochs = 3\npatience = 3"))
+    cfg = load_config(config)
+    det = load_detector()
+    samples = make_samples(EventSource(mu=5, seed=5, events=1).load(det), det, GraphConfig(), 1.0)
+    calls: list[int] = []
+
+    def first_nan(*args, **kwargs):
+        calls.append(1)
+        v = validate(*args, **kwargs)
+        return v | {"loss": float("nan")} if len(calls) == 1 else v
+
+    validate = loop.validate
+    monkeypatch.setattr(loop, "validate", first_nan)
+    _, history = loop.fit(cfg, samples, samples, tmp_path / "ck", progress=False)
+    assert len(history) == 3 and np.isnan(history[0]["val_loss"])
+    best = 1 + int(np.argmin([h["val_loss"] for h in history[1:]]))
+    kept = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert kept == sorted({f"epoch-{best:03d}.pt", "epoch-002.pt"})
