@@ -9,7 +9,7 @@ stops when it leaves the envelope, when no surface is ahead, or after ``max_turn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -31,6 +31,10 @@ class Crossings:
     position: np.ndarray  # (n, 3) mm
     momentum: np.ndarray  # (n, 3) GeV, after the crossing's scattering
     order: np.ndarray  # index along the particle's trajectory
+
+    def take(self, idx: np.ndarray) -> Crossings:
+        """The crossings at ``idx`` (indices or a mask), in its order."""
+        return Crossings(*(getattr(self, f.name)[idx] for f in fields(self)))
 
 
 def surface_normals(det: Detector, layer: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -103,20 +103,14 @@ def overlaps(det: Detector, c: Crossings, fraction: float, rng: np.random.Genera
     """``c`` and, for a share ``fraction`` of its crossings, a second crossing of the same
     layer by the same particle: the overlapping module, ``OVERLAP_GAP`` further across the
     surface along the particle's way out of it (a straight line along the momentum: the
-    helix's sagitta over a few mm is microns)."""
-    extra = np.flatnonzero(rng.random(len(c.layer)) < fraction)
-    pos, mom = c.position[extra], c.momentum[extra]
-    u = mom / np.linalg.norm(mom, axis=1)[:, None]
-    cos_inc = cos_incidence(u, surface_normals(det, c.layer[extra], pos))
-    second = pos + u * (OVERLAP_GAP / cos_inc)[:, None]
-    parts = (
-        (c.particle, c.particle[extra]),
-        (c.layer, c.layer[extra]),
-        (c.position, second),
-        (c.momentum, mom),
-        (c.order, c.order[extra]),
+    helix's sagitta over a few mm is microns), appended after ``c``'s."""
+    extra = c.take(rng.random(len(c.layer)) < fraction)
+    u = extra.momentum / np.linalg.norm(extra.momentum, axis=1)[:, None]
+    cos_inc = cos_incidence(u, surface_normals(det, extra.layer, extra.position))
+    extra.position = extra.position + u * (OVERLAP_GAP / cos_inc)[:, None]
+    return Crossings(
+        *(np.concatenate([getattr(c, f.name), getattr(extra, f.name)]) for f in fields(c))
     )
-    return Crossings(*(np.concatenate(pair) for pair in parts))
 
 
 def _noise(det: Detector, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -150,13 +144,7 @@ def simulate_event(
     """Simulate one bunch crossing with truth."""
     gen = generate(cfg.generator, rng)
     cross = propagate(det, gen, rng, max_turns=cfg.max_turns, min_pt=cfg.min_pt)
-    keep = rng.random(len(cross.layer)) >= det.inefficiency[cross.layer]
-    c = Crossings(
-        *(
-            a[keep]
-            for a in (cross.particle, cross.layer, cross.position, cross.momentum, cross.order)
-        )
-    )
+    c = cross.take(rng.random(len(cross.layer)) >= det.inefficiency[cross.layer])
     if cfg.overlap_fraction > 0:  # no draw without: the default's events stay as they were
         c = overlaps(det, c, cfg.overlap_fraction, rng)
     measured = smear(det, c, rng)
