@@ -162,6 +162,8 @@ class Evaluation:
     def add(
         self, events: list[Event], result: ReconResult, seconds: float, threshold: float
     ) -> None:
+        """Count a batch's events and their reconstruction (events of distinct run and event
+        numbers: :func:`evaluate` passes :meth:`first_reads`)."""
         self.n_events += len(events)
         self.seconds += seconds
         for stage, v in result.timings.items():  # a batch's time shared by its events
@@ -178,7 +180,6 @@ class Evaluation:
         for k, (ev, tracks) in enumerate(zip(events, result.tracks, strict=True)):
             labels = tracks.track_id_per_hit(len(ev.hits))
             self._count_hits(ev)
-            self._once(ev)
             self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
             self.tracks[ev.run, ev.event] = tracks
             if ev.truth is None:
@@ -281,7 +282,6 @@ class Evaluation:
             self.n_events += 1
             self._count_hits(ev)
             labels = np.zeros(len(ev.hits), dtype=np.int64)
-            self._once(ev)
             self.submission[ev.run, ev.event] = (np.asarray(ev.hits.hit_id), labels)
             self.tracks[ev.run, ev.event] = Tracks.empty()
             if ev.truth is None:
@@ -298,27 +298,23 @@ class Evaluation:
             layer = lookup_layer(self.layer_lut, ev.hits.volume_id, ev.hits.layer_id)
             self.n_hits_no_layer += int(np.count_nonzero(layer < 0))
 
-    def _once(self, ev: Event) -> bool:
-        """Whether this event came before (same run, number and hits: recorded twice, as a
-        looped replay records); ValueError when another of its run and number did: its tracks
-        and submission rows would be replaced."""
-        key, digest = (ev.run, ev.event), ev.hits.digest()
-        seen = key in self.hits_digests
-        if self.hits_digests.setdefault(key, digest) != digest:
-            raise ValueError(
-                f"two events with other hits are both run {ev.run}, event {ev.event}: a "
-                "submission and the tracks name events by run and number"
-            )
-        return seen
-
     def first_reads(self, events: Iterable[Event]) -> Iterator[Event]:
-        """``events`` but those read before (see :meth:`_once`), which are counted in
-        ``n_repeated``: an event is scored once however often it was recorded."""
-        for event in events:
-            if self._once(event):
+        """``events`` but those read before (same run, number and hits: recorded twice, as a
+        looped replay records), which are counted in ``n_repeated``: an event is scored once
+        however often it was recorded. ValueError where another event of its run and number
+        came before: its tracks and submission rows would replace the first one's."""
+        for ev in events:
+            key, digest = (ev.run, ev.event), ev.hits.digest()
+            known = self.hits_digests.setdefault(key, digest)
+            if known is digest:  # the first of its run and number
+                yield ev
+            elif known == digest:
                 self.n_repeated += 1
             else:
-                yield event
+                raise ValueError(
+                    f"two events with other hits are both run {ev.run}, event {ev.event}: a "
+                    "submission and the tracks name events by run and number"
+                )
 
     def report(self) -> dict[str, Any]:
         """The report JSON (keys documented in ``streamtrk evaluate --help``)."""
