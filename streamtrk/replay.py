@@ -36,7 +36,7 @@ import random
 import threading
 import time
 from array import array
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -75,19 +75,22 @@ def load_recording(
 ) -> list[Recorded]:
     """The ``hits`` records of ``path`` (at most ``limit``), each with the truth of a
     ``truth`` record of the same event that follows it (paired as
-    :class:`~streamtrk.io.recording.TruthPairs` pairs them); ``tracks`` records are skipped.
+    :class:`~streamtrk.io.recording.TruthPairs` pairs them: past the limit, read until the
+    last event kept has its truth or has left the pairing window, as a reader of the whole
+    file would pair it); ``tracks`` records are skipped.
     ``compact``: each hits message re-encoded compact (wire version 5; header fields kept),
     else as recorded. A record that does not decode, or a truth that does not fit its event,
     is a RecordingError naming the file and the record's offset (``record`` stores only
     valid messages: such a record is damage)."""
     out: list[Recorded] = []
-    pairs: TruthPairs[Recorded] = TruthPairs()
+    pairs: TruthPairs[Recorded | None] = TruthPairs()  # None: a hits record past the limit
+    handed = 0  # of ``out``, paired or past the window
     for offset, frames in iter_records(path):
         try:
             msg = decode(frames)
-            if msg.kind == "hits":
-                if limit is not None and len(out) >= limit:
-                    break
+            if msg.kind == "hits" and limit is not None and len(out) >= limit:
+                pairs.hits((msg.run, msg.event), None)  # counts towards the window only
+            elif msg.kind == "hits":
                 event = msg.to_event()
                 if compact:
                     again = encode_hits(
@@ -104,12 +107,15 @@ def load_recording(
                 pairs.truth((msg.run, msg.event), partial(_with_truth, msg=msg))
         except ValueError as e:  # WireError, or a truth of another length than its hits
             raise RecordingError(f"{path}: record at offset {offset}: {e}") from e
-        deque(pairs.ready(), maxlen=0)  # paired, or past the window: in ``out`` already
+        handed += sum(rec is not None for rec in pairs.ready())  # in ``out`` already
+        if handed == limit:
+            break
     return out
 
 
-def _with_truth(rec: Recorded, msg: Message) -> Recorded:
-    rec.event = Event(rec.event.run, rec.event.event, rec.event.hits, msg.to_truth())
+def _with_truth(rec: Recorded | None, msg: Message) -> Recorded | None:
+    if rec is not None:
+        rec.event = Event(rec.event.run, rec.event.event, rec.event.hits, msg.to_truth())
     return rec
 
 

@@ -739,6 +739,31 @@ def test_load_recording_pairs_interleaved_truth_as_readers_do(tmp_path: Path) ->
     loaded = load_recording(path)
     assert [(r.event.event, r.event.truth is not None) for r in loaded] == [(0, True), (1, True)]
     assert [e.truth is not None for e in iter_events(path)] == [True, True]
+    # With a limit, the last event kept still gets its truth recorded after the next hits.
+    assert [(r.event.event, r.event.truth is not None) for r in load_recording(path, 1)] == [
+        (0, True)
+    ]
+
+
+def test_load_recording_with_a_limit_reads_past_it_only_for_truth_within_the_window(
+    tmp_path: Path,
+) -> None:
+    """Past the limit a truth still pairs while its hits are within ``PAIR_WINDOW`` hits
+    messages of the last read, as every reader pairs them; past the window, none does."""
+    from streamtrk.io.recording import PAIR_WINDOW
+    from streamtrk.replay import load_recording
+
+    a, b = (rec.event for rec in _events(2))
+    assert a.truth is not None
+    for later, paired in ((PAIR_WINDOW - 1, True), (PAIR_WINDOW, False)):
+        path = tmp_path / f"late-{later}.stk"
+        with RecordingWriter(path) as w:
+            w.write(encode_hits(a))
+            for k in range(later):
+                w.write(encode_hits(replace(b, event=100 + k)))
+            w.write(encode_truth(a.run, a.event, a.truth))
+        assert next(e.truth is not None for e in iter_events(path)) is paired
+        assert [r.event.truth is not None for r in load_recording(path, 1)] == [paired]
 
 
 def test_replies_to_resends_after_the_last_event_is_answered_are_duplicates() -> None:
