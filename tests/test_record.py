@@ -18,7 +18,7 @@ from live_daemon import first_line, wait_for
 
 from streamtrk.cli import main
 from streamtrk.client import Producer
-from streamtrk.io.recording import RecordingWriter, iter_records
+from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.record import record
 from streamtrk.stop import StopFlag
 from streamtrk.wire import decode
@@ -341,6 +341,33 @@ def test_a_tap_called_in_process_waits_its_duration_and_stops_at_one_event(
     assert not tap.is_alive()
     assert got == [Counter(hits=1, truth=1, past_limit=1)]
     assert [frames for _, frames in iter_records(out)] == records[:2]
+
+
+def test_past_the_limit_the_truth_of_any_event_recorded_within_the_window_is_kept(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """Two producers tapped together send hits A, hits B, truth A, truth B: with
+    ``events=2`` both truths come past the limit, and both are recorded (a reader pairs
+    each with its hits); hits that come after, and a truth already recorded, are not."""
+    out = tmp_path / "tap.stk"
+    hits_a, truth_a, hits_b, truth_b, hits_c = (
+        frames for _, frames in islice(iter_records(sim_run), 5)
+    )
+    sent = [hits_a, hits_b, truth_a, truth_b, truth_b, hits_c]
+    got: list[Counter[str]] = []
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        tap = threading.Thread(
+            target=lambda: got.append(record(producer.endpoint, out, events=2, duration_s=60))
+        )
+        tap.start()
+        time.sleep(0.5)
+        for frames in sent:
+            assert producer.send_frames(frames, timeout_ms=10_000)
+        tap.join(60)
+    assert not tap.is_alive()
+    assert got == [Counter(hits=2, truth=2, past_limit=2)]
+    assert [frames for _, frames in iter_records(out)] == sent[:4]
+    assert [e.truth is not None for e in iter_events(out)] == [True, True]
 
 
 @pytest.mark.parametrize("there", [False, True], ids=["new", "a recording there"])
