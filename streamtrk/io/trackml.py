@@ -63,6 +63,8 @@ _EVENT_RE = re.compile(r"event(\d+)")
 _HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
 _EVENT_FILE_RE = re.compile(r"(event\d+)-(?:hits|truth|particles|cells)\.csv(?:\.gz)?")
 _POW10 = 10.0 ** np.arange(23)
+GZIP_MAGIC = b"\x1f\x8b"
+SHOWN_CHARS = 120  # of a header line quoted in an error
 
 Columns = dict[str, np.ndarray]
 
@@ -71,13 +73,21 @@ Columns = dict[str, np.ndarray]
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed where it is named ``.gz`` or starts as gzip does (a
+    CSV file cannot: ``gzip -c`` into a ``.csv``)."""
     data = path.read_bytes()
-    if not path.name.endswith(".gz"):
+    if not path.name.endswith(".gz") and not data.startswith(GZIP_MAGIC):
         return data
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: not a whole gzip file ({err})") from err
+
+
+def _shown(header: str) -> str:
+    """A header line as an error quotes it: its first ``SHOWN_CHARS`` characters."""
+    cut = header[:SHOWN_CHARS]
+    return repr(cut) + (f" (the first {SHOWN_CHARS} characters)" if len(header) > len(cut) else "")
 
 
 def _checked(path: Path, name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -127,10 +137,10 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     index = {name: i for i, name in enumerate(fields)}
     if len(index) != len(fields):
         twice = next(name for name in fields if fields.count(name) > 1)
-        raise ValueError(f"{path}: column {twice!r} twice in the header {head!r}")
+        raise ValueError(f"{path}: column {_shown(twice)} twice in the header {_shown(head)}")
     for name in dtypes:
         if name not in index and name not in optional:
-            raise ValueError(f"{path}: missing column {name!r} (header: {head!r})")
+            raise ValueError(f"{path}: missing column {name!r} (header: {_shown(head)})")
     names = [name for name in dtypes if name in index]
     parse = [(n, np.int64 if np.dtype(dtypes[n]).kind == "i" else np.float64) for n in names]
     cols = [index[n] for n in names]

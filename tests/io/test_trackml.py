@@ -141,6 +141,31 @@ def test_gzip_round_trip(tmp_path):
     assert back.hits.equals(event.hits) and back.truth.equals(event.truth)
 
 
+def test_gzipped_files_named_csv_are_read(tmp_path):
+    """A gzip file is known by its first bytes, not only by its name (``gzip -c`` into a
+    ``.csv``): read as the plain file it holds, not parsed as text."""
+    event = synthetic_event(seed=1)
+    prefix = write_event(event, tmp_path / "plain")
+    for kind in ("hits", "truth", "particles"):
+        data = Path(f"{prefix}-{kind}.csv").read_bytes()
+        (tmp_path / "zipped").mkdir(exist_ok=True)
+        (tmp_path / "zipped" / f"event000000042-{kind}.csv").write_bytes(gzip.compress(data))
+    back = read_event(tmp_path / "zipped" / "event000000042")
+    assert back.hits.equals(event.hits) and back.truth is not None and event.truth is not None
+    assert back.truth.equals(event.truth)
+
+
+def test_a_binary_header_is_not_quoted_whole(tmp_path):
+    """A file that is no CSV (a recording given as hits): its error quotes the start of its
+    first line, not all of it."""
+    path = tmp_path / "event000000001-hits.csv"
+    path.write_bytes(bytes(b for b in range(1, 256) if b not in b"\r\n,") * 40 + b"\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"missing column 'hit_id'") as err:
+        read_event(tmp_path / "event000000001")
+    assert str(err.value).endswith(" (the first 120 characters))")
+    assert len(str(err.value)) < len(str(path)) + 700  # the whole line: about 30,000
+
+
 def test_float32_values_round_trip_exactly(tmp_path):
     rng = np.random.default_rng(2)
     bits = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
