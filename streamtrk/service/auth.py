@@ -24,7 +24,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from streamtrk.service.logs import Throttle
-from streamtrk.wire.curve import CurveError, allowed_keys
+from streamtrk.wire.curve import allowed_keys
 
 log = logging.getLogger(__name__)
 KEY_LOG_S = 60.0  # one refused key named at most this often
@@ -50,7 +50,7 @@ class AllowedKeys:
         else:
             try:
                 allowed = allowed_keys(self.directory)
-            except (OSError, CurveError) as e:
+            except Exception as e:  # raised, it would end the ZAP thread: no client after
                 if since := self._unreadable.count():
                     log.error(
                         "cannot read the allowed CURVE keys, every client is refused%s: %s",
@@ -85,14 +85,34 @@ class AllowedKeys:
         return unlogged
 
 
-def start_authenticator(context: zmq.Context[Any], directory: Path | None) -> ThreadAuthenticator:
+class Authenticator:
+    """pyzmq's ZAP thread (``zap``) admitting the clients of :class:`AllowedKeys`."""
+
+    def __init__(self, zap: ThreadAuthenticator) -> None:
+        self.zap = zap
+
+    @property
+    def died(self) -> bool:
+        """Whether the thread has ended (then no CURVE client can connect)."""
+        return not self.zap.is_alive()
+
+    def stop(self) -> None:
+        """End the thread. pyzmq's ``stop`` sends it TERMINATE over a PAIR socket, which waits
+        for ever where the thread has ended: its socket is closed without it."""
+        if self.died and self.zap.pipe is not None:
+            self.zap.pipe.close(linger=0)
+            self.zap.pipe = None  # type: ignore[assignment]  # pyzmq's own "no pipe"
+        self.zap.stop()
+
+
+def start_authenticator(context: zmq.Context[Any], directory: Path | None) -> Authenticator:
     """Start ZAP authentication on ``context`` for the clients allowed by ``directory``; a
     CurveError first when the directory or a certificate in it cannot be read."""
     if directory is not None and not allowed_keys(directory):
         log.warning(
             "no *.key certificate in %s: no client can connect until one is added", directory
         )
-    auth = ThreadAuthenticator(context, log=logging.getLogger("streamtrk.service.zap"))
-    auth.start()
-    auth.configure_curve_callback("*", AllowedKeys(directory))
-    return auth
+    zap = ThreadAuthenticator(context, log=logging.getLogger("streamtrk.service.zap"))
+    zap.start()
+    zap.configure_curve_callback("*", AllowedKeys(directory))
+    return Authenticator(zap)

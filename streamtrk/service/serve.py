@@ -38,7 +38,7 @@ import zmq
 from streamtrk import __version__
 from streamtrk.recon.card import ModelCardError
 from streamtrk.service import faults, logs
-from streamtrk.service.auth import start_authenticator
+from streamtrk.service.auth import Authenticator, start_authenticator
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import RESTART_ONLY, ServeConfig, unknown_variables
 from streamtrk.service.deadletter import DeadLetters
@@ -160,6 +160,7 @@ class Daemon:
         self.endpoints: dict[str, str] = {}  # input, output, http as bound (ports resolved)
         self.threads: list[Supervised] = []  # ingest, worker, emit, physics once serving
         self.monitor: SocketMonitor | None = None
+        self.authenticator: Authenticator | None = None  # with CURVE
         self.reconnects: Reconnects | None = None  # connect mode
 
     # ------------------------------------------------------------------ signals
@@ -264,7 +265,8 @@ class Daemon:
                     if cfg.curve_allowed_keys is None:
                         log.warning("CURVE is on and curve_allowed_keys is unset: no client "
                                     "can connect")  # fmt: skip
-                    stack.callback(start_authenticator(ctx, cfg.curve_allowed_keys).stop)
+                    self.authenticator = start_authenticator(ctx, cfg.curve_allowed_keys)
+                    stack.callback(self.authenticator.stop)
                 pull, push = self._sockets(ctx)
                 assert self.monitor is not None  # made by _sockets
                 self.monitor.start()
@@ -533,6 +535,8 @@ class Daemon:
         problems = [p for t in self.threads if (p := t.problem(timeout)) is not None]
         if self.monitor is not None and self.monitor.died:
             problems.append("monitor died: the connection metrics no longer change")
+        if self.authenticator is not None and self.authenticator.died:
+            problems.append("CURVE authenticator (ZAP) died: no client can connect")
         return problems
 
     def status(self) -> dict[str, Any]:

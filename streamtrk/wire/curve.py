@@ -112,8 +112,13 @@ def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
         raise CurveError(f"cannot read the CURVE certificate {path}: no such file")
     try:
         return zmq.auth.load_certificate(Path(path))
-    except (OSError, ValueError) as e:
-        raise CurveError(f"cannot read the CURVE certificate {path}: {e}") from None
+    except (OSError, ValueError, IndexError) as e:  # IndexError: a key line without "="
+        raise CurveError(f"cannot read the CURVE certificate {path}: {_why(e)}") from None
+
+
+def _why(e: Exception) -> str:
+    """What was wrong with a certificate, from pyzmq's exception."""
+    return "a key line without its value" if isinstance(e, IndexError) else str(e)
 
 
 def _checked(path: str | Path, field: str, key: bytes) -> bytes:

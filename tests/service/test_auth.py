@@ -4,14 +4,16 @@ about refused clients, which a peer repeating handshakes cannot turn into a floo
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 import zmq.auth
 
-from streamtrk.service.auth import LINE_LOG_S, LINES_BURST, AllowedKeys
+from streamtrk.service.auth import LINE_LOG_S, LINES_BURST, AllowedKeys, start_authenticator
 
 
 def _key() -> bytes:
@@ -84,3 +86,47 @@ def test_a_directory_that_cannot_be_read_refuses_all_and_says_so_once_a_while(
         f"cannot read the allowed CURVE keys, every client is refused: the allowed CURVE keys "
         f"directory {keys.directory} does not exist"
     )
+
+
+def test_a_damaged_certificate_refuses_all_until_it_is_mended(allowed, caplog, tmp_path) -> None:
+    """A key file cut short in the directory: every client refused and the file named, not
+    an exception (which would end the ZAP thread: no client admitted ever after)."""
+    keys, alice = allowed
+    (tmp_path / "bob.key").write_text("#   ZeroMQ CURVE Public Certificate\n    public-key\n")
+    assert not keys.callback("*", alice)
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "every client is refused: cannot read the CURVE certificate" in line.getMessage()
+    (tmp_path / "bob.key").unlink()
+    assert keys.callback("*", alice)
+
+
+def test_any_error_reading_the_keys_refuses_the_client_and_is_said(
+    allowed, caplog, monkeypatch
+) -> None:
+    """Whatever reading the keys raises, the callback refuses, logs it and returns: an
+    exception would end the ZAP thread."""
+    keys, alice = allowed
+
+    def broken(directory: Path) -> set[bytes]:
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr("streamtrk.service.auth.allowed_keys", broken)
+    assert not keys.callback("*", alice)
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage().endswith("every client is refused: something unforeseen")
+
+
+def test_stopping_an_authenticator_whose_thread_ended_returns(tmp_path: Path) -> None:
+    """pyzmq's ``stop`` sends its thread TERMINATE over a PAIR socket: with the thread gone
+    (no reader) the send waited for ever, and a daemon drained but never exited."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth = start_authenticator(ctx, tmp_path)
+    assert not auth.died
+    auth.zap.pipe.send(b"TERMINATE")  # how pyzmq ends the thread: it is gone, as if it died
+    auth.zap.thread.join(10)
+    assert bool(auth.died)  # (bool(): mypy keeps the first assertion's narrowing otherwise)
+    stopping = threading.Thread(target=auth.stop, daemon=True)
+    stopping.start()
+    stopping.join(10)
+    assert not stopping.is_alive()
+    ctx.term()

@@ -107,6 +107,30 @@ def test_keys_rotate_without_a_restart(daemon_factory, keys: Path, sim_run: Path
         wait_for(lambda: refused(d, "input", "auth") >= 1)
 
 
+def test_a_damaged_key_file_refuses_clients_only_while_it_is_there(
+    daemon_factory, keys: Path, sim_run: Path
+) -> None:
+    """A certificate cut short in the allowed directory (a key line without its value):
+    clients are refused while it is there and admitted again once it is gone (it ended the
+    authenticator's thread: no client ever after, and the daemon hung at exit); the
+    daemon stays healthy and drains and exits 0 at teardown."""
+    d = daemon_factory(*server(keys))
+    event = next(iter_events(sim_run))
+    damaged = "#   ZeroMQ CURVE Public Certificate\n    public-key\n"  # cut short
+    (keys / "allowed" / "bob.key").write_text(damaged)
+    with Producer(d.input, linger_ms=0, **client(keys, "alice")) as producer:
+        producer.send_event(event, timeout_ms=500)
+        wait_for(lambda: refused(d, "input", "auth") >= 1, timeout=60)
+    (keys / "allowed" / "bob.key").unlink()
+    with (
+        Consumer(d.output, linger_ms=0, **client(keys, "alice")) as consumer,
+        Producer(d.input, linger_ms=0, **client(keys, "alice")) as producer,
+    ):
+        assert producer.send_event(event, timeout_ms=30_000)
+        assert consumer.recv(timeout_ms=60_000) is not None
+    assert d.get("/healthz")[0] == 200
+
+
 def test_a_replay_whose_key_is_refused_stops_at_once_and_says_why(
     daemon_factory, keys: Path, sim_run: Path, capsys
 ) -> None:

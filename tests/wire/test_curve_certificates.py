@@ -76,6 +76,18 @@ def test_a_missing_certificate_is_said_to_be_missing(tmp_path: Path, load) -> No
         load(tmp_path / "server.key_secret")
 
 
+@pytest.mark.parametrize("load", [load_keypair, load_public, allowed_keys])
+@pytest.mark.parametrize("line", ["public-key", "secret-key"])
+def test_a_key_line_without_its_value_is_refused_naming_the_file(
+    tmp_path: Path, load, line: str
+) -> None:
+    """A key line cut before its ``=`` (an edit, a file read while copied): pyzmq's parser
+    raises IndexError there, which would end the ZAP thread reading the allowed keys."""
+    (tmp_path / "bob.key").write_text(f"#   ZeroMQ CURVE Public Certificate\n    {line}\n")
+    with pytest.raises(CurveError, match=r"cannot read the CURVE certificate \S+/bob\.key: "):
+        load(tmp_path if load is allowed_keys else tmp_path / "bob.key")
+
+
 def test_an_allowed_keys_path_says_whether_it_is_missing_or_no_directory(tmp_path: Path) -> None:
     with pytest.raises(CurveError, match=r"directory \S+/nowhere does not exist$"):
         allowed_keys(tmp_path / "nowhere")
