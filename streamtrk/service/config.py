@@ -436,6 +436,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _flag_given(name: str, raw: Any) -> str:
+    """The flag that gave setting ``name`` the value ``raw``: a boolean's false from its
+    ``--no-`` form."""
+    return _flag(name).replace("--", "--no-", 1) if raw is False else _flag(name)
+
+
 def _converter(f: Any) -> Callable[[Any, bool], Any]:
     """Converts a setting's value to the field's type: a TOML value must already have it
     (``typed``: no ``"4"`` for an integer), an environment or flag string is parsed; a
@@ -629,7 +635,7 @@ def _given(
             _convert(values, name, env[var], f"environment variable {var}")
     for name, raw in (flags or {}).items():
         if raw is not None:
-            _convert(values, name, raw, f"flag {_flag(name)}")
+            _convert(values, name, raw, f"flag {_flag_given(name, raw)}")
     return values
 
 

@@ -25,6 +25,7 @@ from streamtrk.service.config import (
     add_arguments,
     load_config,
     log_format_asked,
+    shadowed,
     unknown_variables,
 )
 
@@ -845,3 +846,17 @@ def test_flags_help_and_boolean_flags() -> None:
     assert parser.parse_args(["--connect"]).connect is True
     assert parser.parse_args(["--no-connect"]).connect is False
     assert parser.parse_args([]).connect is None
+
+
+def test_an_override_by_a_negated_flag_names_that_flag(tmp_path: Path) -> None:
+    """``--no-connect`` over ``connect = true`` in the file: the warning names the flag the
+    operator typed, not ``--connect`` (which would set it true)."""
+    config = tmp_path / "c.toml"
+    config.write_text("connect = true\nallow_insecure = false\n")
+    flags = {"connect": False, "allow_insecure": True}
+    assert shadowed(config, {}, flags) == [
+        f"config file {config}, line 1: connect = true is overridden by flag --no-connect: "
+        "connect = false",
+        f"config file {config}, line 2: allow_insecure = false is overridden by flag "
+        "--allow-insecure: allow_insecure = true",
+    ]
