@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -300,7 +301,8 @@ def _export_trackml(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import new_events
 
     written: dict[int, tuple[int, bytes]] = {}  # event number -> run, hits digest
-    repeats = replaced = 0
+    repeats: Counter[int] = Counter()  # event number -> later copies left out
+    replaced = 0
     check_outputs(folder=args.output)
     with new_events(args.output) as write:  # all events or, on an error, none
         for ev in tqdm(
@@ -308,7 +310,7 @@ def _export_trackml(args: argparse.Namespace) -> int:
         ):
             this, seen = (ev.run, ev.hits.digest()), written.get(ev.event)
             if seen == this:  # recorded twice (a looped replay): written once
-                repeats += 1
+                repeats[ev.event] += 1
                 continue
             if seen is not None:  # its files would overwrite the other event's
                 where = (f"run {seen[0]} and run {ev.run}" if seen[0] != ev.run
@@ -322,8 +324,9 @@ def _export_trackml(args: argparse.Namespace) -> int:
         if not written:
             raise ValueError(f"no events in {args.recording}")
     if repeats:
-        print(f"streamtrk export-trackml: {repeats} events recorded more than once were "
-              "written once", file=sys.stderr)  # fmt: skip
+        print(f"streamtrk export-trackml: {len(repeats)} events recorded more than once were "
+              f"written once ({repeats.total()} later copies left out)",
+              file=sys.stderr)  # fmt: skip
     _say_replaced("export-trackml", replaced, args.output)
     return 0
 

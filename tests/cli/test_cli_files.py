@@ -3,6 +3,7 @@
 import json
 import os
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -228,11 +229,16 @@ def test_export_trackml_never_overwrites_an_event_of_another_run(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"event number {first.event} occurs in run {first.run} and run {first.run + 1}" in err
     assert not out.exists()  # all events or none: not the first one alone
-    with RecordingWriter(tmp_path / "twice.stk") as w:
-        w.write_event(first)
-        w.write_event(first)
-    assert main(["export-trackml", str(tmp_path / "twice.stk"), "-o", str(tmp_path / "o2")]) == 0
-    assert "1 events recorded more than once were written once" in capsys.readouterr().err
+    second = list(islice(iter_events(tmp_path / "a.stk"), 2))[1]
+    with RecordingWriter(tmp_path / "looped.stk") as w:  # a looped replay of 2 events, 3 times
+        for _ in range(3):
+            w.write_event(first)
+            w.write_event(second)
+    assert main(["export-trackml", str(tmp_path / "looped.stk"), "-o", str(tmp_path / "o2")]) == 0
+    assert (
+        "2 events recorded more than once were written once (4 later copies left out)"
+        in capsys.readouterr().err
+    )
 
 
 def test_export_trackml_shows_its_progress_unless_quiet(tmp_path, capsys):
