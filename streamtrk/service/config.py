@@ -504,6 +504,8 @@ def _convert(
     if name not in _FIELDS:
         close = difflib.get_close_matches(name, _FIELDS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        if isinstance(raw, dict):  # a [table], as other daemons' files have them
+            hint = " (a table: the settings are top-level keys)"
         raise ConfigError(f"unknown setting {key!r} in {source}{hint}", key)
     try:
         values[name] = (_converter(_FIELDS[name])(raw, typed), source)
@@ -526,9 +528,12 @@ def _read_file(path: Path) -> tuple[str, dict[str, Any]]:
 
 def _key_line(text: str, key: str) -> int | None:
     """The line (from 1) of the TOML ``text`` that sets the top-level ``key``, bare or
-    quoted; None where no line starts so (a key set in an inline table)."""
+    quoted, or opens it as a table (``[key]``, ``[key.sub]``); None where no line starts
+    so (a key set in an inline table)."""
     spelt = "|".join(re.escape(k) for k in (key, f'"{key}"', f"'{key}'"))
-    match = re.search(rf"^[ \t]*(?:{spelt})[ \t]*=", text, re.MULTILINE)
+    match = re.search(
+        rf"^[ \t]*(?:(?:{spelt})[ \t]*=|\[\[?[ \t]*(?:{spelt})[ \t]*[\].])", text, re.MULTILINE
+    )
     return None if match is None else text.count("\n", 0, match.start()) + 1
 
 

@@ -197,6 +197,12 @@ def test_cross_checks_see_the_final_values() -> None:
             {},
             r"unknown setting 'max_batch_event' .*did you mean max_batch_events",
         ),
+        (  # a table, as other daemons' files have them: where, and why it is not read
+            "# the daemon\n[serve]\nmax_batch_events = 4",
+            {},
+            r"^unknown setting 'serve' in config file .*serve.toml, line 2 \(a table: the "
+            r"settings are top-level keys\)$",
+        ),
         (  # one setting in both spellings: the later one no longer wins unseen
             "max_batch_events = 3\nmax-batch-events = 4",
             {},
