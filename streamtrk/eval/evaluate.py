@@ -429,9 +429,10 @@ def _fit_errors(
 
 
 def _half_width(values: np.ndarray) -> float:
-    """Half the width of the central 68% of the finite ``values`` (NaN if none)."""
+    """Half the width of the central 68% of the finite ``values`` (NaN for fewer than two:
+    one value has no width)."""
     known = values[np.isfinite(values)]
-    if not len(known):
+    if len(known) < 2:
         return float("nan")
     low, high = np.percentile(known, [16, 84])
     return float(high - low) / 2

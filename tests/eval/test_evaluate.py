@@ -151,6 +151,16 @@ def test_pt_resolution_and_charge_by_true_pt() -> None:
     assert math.isnan(out["charge_misid_rate_by_true_pt"]["10-100"])
 
 
+def test_a_width_of_one_track_is_unknown_not_zero() -> None:
+    """A pT bin with one matched track has no width to report (NaN, null in the JSON),
+    where the central 68% of one value gave 0: a perfect resolution; its bias is its error."""
+    out = _resolution(np.array([row(22.0, 20.0, 1, 1, d0=0.3, true_d0=0.1, sigma=0.05)]))
+    assert out["matched_tracks_by_true_pt"]["10-100"] == 1
+    for name in ("pt_resolution", "q_over_pt_resolution", "d0_resolution", "d0_pull"):
+        assert math.isnan(out[f"{name}_by_true_pt"]["10-100"]), name
+    assert out["pt_bias_by_true_pt"]["10-100"] == pytest.approx(0.1)
+
+
 def test_resolution_edges_by_hand() -> None:
     """A particle of 1 GeV exactly is in the pT bias by |eta|, a track of |eta| 1.5 exactly in
     the bin it opens; d0 and z0 errors are fitted minus true (tracks on their particle's d0,
