@@ -410,6 +410,44 @@ def _refusal(endpoint: Producer, timeout_s: float = 10.0) -> str | None:
     return None
 
 
+def test_a_curve_server_admits_no_client_while_no_authenticator_answers(tmp_path: Path) -> None:
+    """libzmq admits any CURVE client where no ZAP handler answers: before the
+    authenticator starts, and after it stops (a daemon's last replies linger in its socket
+    at exit, and a peer may connect again meanwhile). Servers enforce their ZAP domain:
+    refused then, even a key the directory allows."""
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    (tmp_path / "allowed").mkdir()
+    shutil.copy(tmp_path / "alice.key", tmp_path / "allowed")
+    ctx: zmq.Context[Any] = zmq.Context()
+
+    def heard_alice(consumer: Consumer) -> bool:
+        with Producer(
+            consumer.endpoint,
+            linger_ms=0,
+            curve_key=tmp_path / "alice.key_secret",
+            curve_server_key=tmp_path / "server.key",
+        ) as alice:
+            assert alice.send_frames([b"alice"], timeout_ms=5000)
+            return consumer.recv_frames(timeout_ms=2000) is not None
+
+    try:
+        with Consumer(
+            "tcp://127.0.0.1:*",
+            bind=True,
+            linger_ms=0,
+            curve_secret_key=tmp_path / "server.key_secret",
+            context=ctx,
+        ) as consumer:
+            assert not heard_alice(consumer)  # no authenticator yet
+            auth = start_authenticator(ctx, tmp_path / "allowed")
+            assert heard_alice(consumer)
+            auth.stop()
+            assert not heard_alice(consumer)  # none any more
+    finally:
+        ctx.term()
+
+
 def test_only_a_curve_client_whose_key_is_allowed_gets_through(tmp_path: Path) -> None:
     """A Consumer bound as CURVE server (``curve_secret_key``) on the context its ZAP
     authenticator runs on hears the allowed client; the one refused learns it from

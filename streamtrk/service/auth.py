@@ -24,7 +24,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from streamtrk.service.logs import Throttle
-from streamtrk.wire.curve import allowed_keys
+from streamtrk.wire.curve import ZAP_DOMAIN, allowed_keys
 
 log = logging.getLogger(__name__)
 KEY_LOG_S = 60.0  # one refused key named at most this often
@@ -114,5 +114,7 @@ def start_authenticator(context: zmq.Context[Any], directory: Path | None) -> Au
         )
     zap = ThreadAuthenticator(context, log=logging.getLogger("streamtrk.service.zap"))
     zap.start()
-    zap.configure_curve_callback("*", AllowedKeys(directory))
+    keys = AllowedKeys(directory)
+    for domain in (ZAP_DOMAIN, "*"):  # make_server's sockets; any other
+        zap.configure_curve_callback(domain, keys)
     return Authenticator(zap)

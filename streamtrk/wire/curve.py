@@ -21,6 +21,8 @@ from zmq.utils.z85 import Z85CHARS
 
 from streamtrk.errors import SettingError
 
+#: The ZAP domain of the project's CURVE servers (see :func:`make_server`).
+ZAP_DOMAIN = "streamtrk"
 # A handshake refused by the peer, by its monitor event: the cause named in metrics and
 # messages (a CURVE key not allowed; no common mechanism, as CURVE on one side only).
 REFUSALS: dict[int, str] = {
@@ -153,10 +155,15 @@ def allowed_keys(directory: str | Path) -> set[bytes]:
 
 
 def make_server(socket: zmq.Socket[Any], secret_certificate: str | Path) -> None:
-    """Make ``socket`` a CURVE server with this secret certificate (before bind/connect)."""
+    """Make ``socket`` a CURVE server with this secret certificate (before bind/connect),
+    in the ZAP domain :data:`ZAP_DOMAIN`, enforced: a client is admitted only when a ZAP
+    handler (``streamtrk.service.auth``) answers yes; libzmq would admit any client while
+    none answers (before it starts, after it stops)."""
     public, secret = load_keypair(secret_certificate)
     socket.curve_publickey, socket.curve_secretkey = public, secret
     socket.curve_server = True
+    socket.zap_domain = ZAP_DOMAIN.encode()
+    socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
 def make_client(
