@@ -163,6 +163,11 @@ class RecordingReader:
         if len(head) < _RECORD_HEADER.size:
             raise fail(f"truncated frame count/CRC ({len(head)} of {_RECORD_HEADER.size} bytes)")
         n, crc = _RECORD_HEADER.unpack(head)
+        if head == MAGIC[: len(head)]:
+            raise fail(
+                "a recording's file header (two recordings joined into one file? read each "
+                "on its own)"
+            )
         if not 1 <= n <= MAX_FRAMES:
             raise fail(f"frame count {n} outside 1..{MAX_FRAMES}")
         frames = []

@@ -531,6 +531,18 @@ def test_summarize_pairs_truth_as_events_does(tmp_path: Path, rng) -> None:
     assert s["versions"] == [1, 2]
 
 
+def test_two_recordings_joined_are_said_to_be(small: Any, tmp_path: Path) -> None:
+    """``cat a.stk b.stk``: the second file's header is read where a record starts, and the
+    error says what it is, not only a frame count out of range."""
+    path, _, _ = small
+    joined = tmp_path / "joined.stk"
+    joined.write_bytes(path.read_bytes() * 2)
+    size = path.stat().st_size
+    with pytest.raises(RecordingError, match=rf"record at offset {size}: a recording's file "
+                       r"header \(two recordings joined into one file\?"):  # fmt: skip
+        list(iter_records(joined))
+
+
 def test_cut_at_is_set_only_where_no_whole_record_can_follow(small: Any, tmp_path: Path) -> None:
     """``cut_at`` (the remedy every reader's error names: ``inspect --repair``) is for a
     damaged tail, as a crash leaves it: a record cut short, the last record's CRC wrong, a
