@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from itertools import pairwise
 from typing import Any
@@ -277,9 +277,12 @@ def build_graph(
     det: Detector,
     cfg: GraphConfig = GraphConfig(),
     budget: Budget = Budget(),
+    beam_offset: float = 0.0,
 ) -> Graph:
     """Build the doublet graph of a batch of events (hits concatenated, ``node_offsets``);
-    EventTooDense names the events over ``budget``.
+    EventTooDense names the events over ``budget``. ``beam_offset``: how far (mm, at most
+    ``MAX_BEAM_SPOT``) the hits were moved to centre the beam spot: a hit may lie that much
+    further off its layer's surface, and the search windows reach as far.
 
     On the CPU the events are built one by one and joined (the same edges in the same
     order: no edge joins two events): a batch's working set past a few 10k hits leaves
@@ -290,11 +293,12 @@ def build_graph(
 
         def one(bounds: tuple[int, int]) -> Graph:
             lo, hi = bounds
-            return _build([c[lo:hi] for c in cols], np.array([0, hi - lo]), det, cfg, budget)
+            part = [c[lo:hi] for c in cols]
+            return _build(part, np.array([0, hi - lo]), det, cfg, budget, beam_offset)
 
         parts = event_by_event(pairwise(int(o) for o in node_offsets), one)
         return _join(parts, np.asarray(node_offsets, dtype=np.int64))
-    return _build(cols, node_offsets, det, cfg, budget)
+    return _build(cols, node_offsets, det, cfg, budget, beam_offset)
 
 
 def _join(parts: list[Graph], node_offsets: np.ndarray) -> Graph:
@@ -321,12 +325,13 @@ def _build(
     det: Detector,
     cfg: GraphConfig,
     budget: Budget = Budget(),
+    beam_offset: float = 0.0,
 ) -> Graph:
     """``build_graph`` of one batch, built whole (``cols``: its hit columns, in order)."""
     xp = array_module(cols[0])
     x, y, z, volume_id, layer_id = cols
     ctx, node_features, layer = prepare_search(
-        x, y, z, volume_id, layer_id, node_offsets, det, cfg, budget
+        x, y, z, volume_id, layer_id, node_offsets, det, cfg, budget, beam_offset
     )
     if xp is np:  # the chunks' edges joined straight into the edge index's rows
         i, j, features = _search_chunks(ctx)
@@ -356,9 +361,15 @@ def prepare_search(
     det: Detector,
     cfg: GraphConfig,
     budget: Budget = Budget(),
+    beam_offset: float = 0.0,
 ) -> tuple[CandidateSearch, Array, Array]:
     """The candidate search's inputs (hits sorted into grid cells, one query per inner hit
-    and layer pair with its bin and phi windows), the node features and each hit's layer."""
+    and layer pair with its bin and phi windows), the node features and each hit's layer.
+    The windows reach ``layer_margin`` and ``beam_offset`` off each layer's surface (see
+    :func:`build_graph`)."""
+    if not 0 <= beam_offset <= MAX_BEAM_SPOT:
+        raise ValueError(f"beam_offset must lie in [0, {MAX_BEAM_SPOT:g}] mm, got {beam_offset}")
+    windows = replace(cfg, layer_margin=cfg.layer_margin + beam_offset) if beam_offset else cfg
     xp = array_module(x)
     t = _device_tables(det, cfg.z0_limit, cfg.skip_layers, xp)
     n = int(x.shape[0])
@@ -409,7 +420,7 @@ def prepare_search(
             out = tuple(field[made : made + len(alive)] for field in fields)
             np.take(qi, alive, out=out[0])
             columns = (r, z, lay0, event, phi_p, cell_start)
-            _query_windows_arrays(out[0], outer[alive], columns, t, cfg, det, out)
+            _query_windows_arrays(out[0], outer[alive], columns, t, windows, det, out)
             return len(alive)
 
         # Each chunk's queries written straight into the fields' arrays, sized from the
@@ -430,7 +441,7 @@ def prepare_search(
         launch = cupy_launcher(KERNELS)
         qi, outer = query_pairs(on, event, lay0, cell_start, t, layer_cells, launch)
         columns = (r, z, lay0, event, phi_p, cell_start)
-        parts = [query_windows(qi, outer, columns, t, cfg, det.bfield, launch)]
+        parts = [query_windows(qi, outer, columns, t, windows, det.bfield, launch)]
         # Each event's hits on a layer: half its cells' entries (a hit is in two cells).
         event_cells = np.arange(n_events + 1, dtype=np.int64) * (n_layers * layer_cells)
         on_layer = xp.diff(cell_start[xp.asarray(event_cells)]) // 2

@@ -176,6 +176,7 @@ class Reconstructor:
                     det=det,
                     cfg=self.graph_config,
                     budget=self.budget,
+                    beam_offset=math.hypot(*self.beam_spot),
                 ),
             )
             built = graph

@@ -53,6 +53,28 @@ def test_grid_search_equals_brute_force(small_events, det):
     assert np.array_equal(_keys(fine), _keys(brute))
 
 
+@pytest.mark.parametrize("beam_spot", [(20.0, 0.0), (-9.0, 17.0)])
+def test_the_search_off_a_beam_spot_equals_brute_force(det, beam_spot):
+    """Collisions up to 20 mm off the axis (the most a reconstructor takes): centred on
+    them, hits lie up to that much further off their layer's nominal surface, and the
+    search windows reach as far (with the layer margin alone they missed segments, true
+    ones among them, from 15 mm on)."""
+    from streamtrk.recon.reconstructor import OracleScorer, Reconstructor
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+
+    gen = GeneratorConfig(mu=10, beam_spot=(*beam_spot, 0.0))
+    [ev] = simulate(det, SimConfig(generator=gen), seed=4, n_events=1)
+
+    def built(cfg: GraphConfig) -> Graph:
+        rec = Reconstructor(OracleScorer(), graph_config=cfg, budget=NO_LIMIT, beam_spot=beam_spot)
+        return rec.reconstruct([ev]).built
+
+    fine, brute = built(GraphConfig()), built(GraphConfig(n_bins=1, n_phi_bins=1))
+    assert fine.num_edges > 5_000
+    assert np.array_equal(_keys(fine), _keys(brute))
+
+
 def test_the_z0_reach_keeps_every_edge_the_final_cut_keeps(small_events, det, monkeypatch):
     """Barrel hits moved inward by up to the layer margin (real modules are not on the
     layer's radius): the queries' z0 reach, a pre-cut, drops nothing that the graph built
