@@ -130,7 +130,8 @@ def track_table(c: Cached, threshold: float, cfg: TrackConfig) -> dict[str, Any]
     labels[hits] = np.repeat(np.arange(1, len(sizes) + 1), sizes)
     assert c.event.truth is not None
     m = match_tracks(labels, c.event.truth.hits.particle_id)
-    # mean score of the edges between consecutive hits: build_tracks' mean (chains by radius)
+    # mean score of the edges between consecutive hits: build_tracks' mean (chains by radius;
+    # a layer's two hits joined have no edge between them, and count in neither sum)
     key = c.edge_index[0] * n_hits + c.edge_index[1]
     order = np.argsort(key)
     inner = np.ones(len(hits), dtype=bool)
@@ -138,9 +139,11 @@ def track_table(c: Cached, threshold: float, cfg: TrackConfig) -> dict[str, Any]
     inner = inner[:-1]
     pair = hits[:-1][inner] * n_hits + hits[1:][inner]
     pos = np.clip(np.searchsorted(key[order], pair), 0, len(key) - 1)
-    s = np.where(key[order][pos] == pair, c.scores[order[pos]], 0.0)
+    edge = key[order][pos] == pair
+    s = np.where(edge, c.scores[order[pos]], 0.0)
     tid = np.repeat(np.arange(len(sizes)), sizes)[:-1][inner]
-    mean_score = np.bincount(tid, weights=s, minlength=len(sizes)) / np.maximum(sizes - 1, 1)
+    n_edges = np.bincount(tid, weights=edge, minlength=len(sizes))
+    mean_score = np.bincount(tid, weights=s, minlength=len(sizes)) / np.maximum(n_edges, 1)
     reco = classify(c.event, np.zeros(n_hits, dtype=np.int64)).reconstructable
     return {
         "size": sizes,

@@ -548,9 +548,10 @@ def build_tracks(
     kept, kept_scores = edge_index[:, idx], scores[idx]
     size = bincount(labels, n)
     good = size >= config.min_hits
-    if config.min_mean_score > 0:
+    if config.min_mean_score > 0:  # over the track's edges (a join of doubles is none)
         score_sum = bincount(labels[kept[0]], n, kept_scores)
-        good &= score_sum > config.min_mean_score * xp.maximum(size - 1, 1)
+        n_edges = bincount(labels[kept[0]], n)
+        good &= score_sum > config.min_mean_score * xp.maximum(n_edges, 1)
     on_track = good[labels]
     # A component's label is its smallest hit: the tracks are the good labels' own hits,
     # counted with the hits on them (one host synchronisation for both).

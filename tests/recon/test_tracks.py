@@ -420,6 +420,10 @@ def test_min_hits_and_mean_score_drop_tracks():
     assert _tracks(edges, scores, 12, min_mean_score=0.8) == [[0, 1, 2], [3, 4, 5, 6]]
     # Stitched edges count in the mean: 6 x 0.9 and the stitch 0.4 over 7 edges is 0.83.
     assert _tracks(*SPLIT, 8, stitch_threshold=0.2, min_mean_score=0.8) == [list(range(8))]
+    # A join over a layer's two hits is no edge: the mean is of the 6 edges kept, 0.9 (not
+    # 5.4 over 7, the joined track's hits less one)
+    joined = _tracks(*DOUBLE, 8, stitch_threshold=0.2, join_doubles=True, min_mean_score=0.85)
+    assert joined == [list(range(8))]
     # A mean exactly at the setting is not above it: dropped.
     edges, scores = [(0, 1), (1, 2), (3, 4), (4, 5)], [0.75, 0.75, 0.875, 0.75]
     assert _tracks(edges, scores, 6, min_mean_score=0.75) == [[3, 4, 5]]
