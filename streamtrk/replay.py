@@ -136,6 +136,9 @@ class ReplayOptions:
     retry_after_s: float = 5.0
     curve_key: Path | None = None  # own secret certificate
     curve_server_key: Path | None = None  # the daemon's public certificate
+    # Replies without a msg_id answer the oldest send of their (run, event): for a daemon
+    # that echoes none. Else they are another producer's (every send carries one).
+    match_by_event: bool = False
 
     def __post_init__(self) -> None:
         """ValueError naming the first setting out of range, by its flag."""
@@ -164,6 +167,7 @@ class ReplayResult:
     latencies: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a reply
     errors: Counter[str] = field(default_factory=Counter)
     unexpected: int = 0
+    unexpected_without_msg_id: int = 0  # of them: a producer's that sets none, or a daemon
     duplicates: int = 0
     shutdown_resent: int = 0  # 'shutdown' replies set aside: their event resent, or a resend out
     invalid_replies: int = 0
@@ -208,6 +212,7 @@ class ReplayResult:
             "shutdown_resent": self.shutdown_resent,
             "duplicates": self.duplicates,
             "unexpected": self.unexpected,
+            "unexpected_without_msg_id": self.unexpected_without_msg_id,
             "invalid_replies": self.invalid_replies,
             "interrupted": self.interrupted,
             "duration_s": span,
@@ -397,7 +402,7 @@ class _Sender(threading.Thread):
         already made). The reply is kept in case no other comes
         (:meth:`unanswered_shutdowns`)."""
         with self.lock:
-            if msg_id is None:
+            if msg_id is None and self.opts.match_by_event:
                 msg_id = min((m for m, p in self.pending.items() if p.key == key), default=None)
             p = None if msg_id is None else self.pending.get(msg_id)
             if p is None:
@@ -426,8 +431,13 @@ class _Sender(threading.Thread):
 
     def match(self, msg_id: int | None, key: Key) -> float | None:
         """The first send time of the message this reply answers; None for a reply to a
-        message already answered (a duplicate: counted) or to none of ours."""
+        message already answered (a duplicate: counted) or to none of ours (one without a
+        msg_id among them, unless ``match_by_event``)."""
         with self.lock:
+            if msg_id is None and not self.opts.match_by_event:
+                self.result.unexpected += 1
+                self.result.unexpected_without_msg_id += 1
+                return None
             if msg_id is None:  # a daemon that does not echo ids: the oldest send of key
                 msg_id = min((m for m, p in self.pending.items() if p.key == key), default=None)
                 answered = key in self.answered_keys

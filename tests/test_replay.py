@@ -102,13 +102,16 @@ def _daemon_sockets() -> Iterator[tuple[zmq.Socket, zmq.Socket, str, str]]:
 
 
 def _replay_to_stand_in(
-    events: list[Recorded], answer: Callable[[zmq.Socket, zmq.Socket], None]
+    events: list[Recorded],
+    answer: Callable[[zmq.Socket, zmq.Socket], None],
+    match_by_event: bool = False,
 ) -> ReplayResult:
     """Replay ``events`` to a stand-in daemon whose thread runs ``answer(sink, out)``."""
     with _daemon_sockets() as (sink, out, to, from_):
         daemon = threading.Thread(target=answer, args=(sink, out), daemon=True)
         daemon.start()
-        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=1.0))
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=1.0, match_by_event=match_by_event)
+        result = replay(events, opts)
         daemon.join(10)
     return result
 
@@ -143,10 +146,11 @@ def _recording(tmp_path: Path, n: int) -> Path:
 
 
 def test_second_replies_without_message_ids_are_duplicates() -> None:
-    """A daemon that echoes no msg_id and answers every event but the last twice: one reply
-    each counts, the second is a duplicate (not an unexpected reply). The last is answered
-    once: the replay ends at its reply, and a second one could arrive after that (replies
-    come in order on the one socket, so the others' second replies are all in by then)."""
+    """A daemon that echoes no msg_id (``match_by_event``) and answers every event but the
+    last twice: one reply each counts, the second is a duplicate (not an unexpected reply).
+    The last is answered once: the replay ends at its reply, and a second one could arrive
+    after that (replies come in order on the one socket, so the others' second replies are
+    all in by then)."""
     events = _events(5)
 
     def answer_twice(sink: zmq.Socket, out: zmq.Socket) -> None:
@@ -155,8 +159,26 @@ def test_second_replies_without_message_ids_are_duplicates() -> None:
             for _ in range(1 if i == len(events) - 1 else 2):
                 out.send_multipart(encode_tracks(msg.run, msg.event, [], None))
 
-    report = _replay_to_stand_in(events, answer_twice).report(events, None)
+    report = _replay_to_stand_in(events, answer_twice, match_by_event=True).report(events, None)
     assert (report["received"], report["duplicates"], report["unexpected"]) == (5, 4, 0)
+
+
+def test_replies_without_a_message_id_are_another_producers() -> None:
+    """Every send of a replay carries its msg_id, which daemons echo: a reply without one,
+    even for an event number of this replay (another producer's, through a shared collector:
+    simulated runs share their numbers), answers none of its events."""
+    events = _events(3)
+
+    def answer_with_a_strangers_reply_first(sink: zmq.Socket, out: zmq.Socket) -> None:
+        for _ in events:
+            frames = sink.recv_multipart()
+            msg = decode(frames)
+            out.send_multipart(encode_tracks(msg.run, msg.event, [], None))  # no msg_id
+            out.send_multipart(_tracks_reply(frames))
+
+    report = _replay_to_stand_in(events, answer_with_a_strangers_reply_first).report(events, None)
+    assert (report["received"], report["duplicates"], report["unexpected"]) == (3, 0, 3)
+    assert report["unexpected_without_msg_id"] == 3
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

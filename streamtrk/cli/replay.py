@@ -54,6 +54,12 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     )
     curve_arguments(s)
     allow_insecure_argument(s)
+    s.add_argument(
+        "--match-by-event",
+        action="store_true",
+        help="match replies without a msg_id to the oldest send of their (run, event): for "
+        "a daemon that echoes no msg_id (else they are another producer's: unexpected)",
+    )
     s.add_argument("--report", type=Path, help="write the report JSON here")
     s.add_argument(
         "--submission",
@@ -85,7 +91,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "replies, from a daemon that stopped with the event unprocessed, set aside as the event "
     "was resent or a resend was out: --retries), duplicates (second "
     "replies to a resent event, not counted again), unexpected (replies to no message of "
-    "this replay), "
+    "this replay), unexpected_without_msg_id (of them, those without a msg_id: another "
+    "producer's, or a daemon's that echoes none: --match-by-event), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
     "ids their event lacks, or a hit in two tracks), ambiguous_events ((run, event) numbers "
     "of events of different hits, left out of the physics), interrupted, duration_s (first "
@@ -141,6 +148,7 @@ def _replay(args: argparse.Namespace) -> int:
         retry_after_s=retry_after,
         curve_key=args.curve_key,
         curve_server_key=args.curve_server_key,
+        match_by_event=args.match_by_event,
     )
     events = load_recording(args.recording, args.events, compact=args.compact)
     if not events:
@@ -259,9 +267,16 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
 def _other_consumer(report: dict[str, Any], from_: str, takes: str) -> str:
     """What replies to no send of this replay say: another consumer of ``from_`` takes
     ``takes`` replies."""
+    without = report["unexpected_without_msg_id"]
     return (
         f"{report['unexpected']} replies to no send of this replay came: another consumer of "
         f"{from_} (another replay) takes {takes} replies"
+        + (
+            f"; {without} carried no msg_id (another producer's, or a daemon that echoes "
+            "none: --match-by-event)"
+            if without
+            else ""
+        )
     )
 
 
