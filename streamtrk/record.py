@@ -15,7 +15,7 @@ from typing import Any, Self
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable, file_to_write
-from streamtrk.io.recording import PAIR_WINDOW, RecordingWriter, being_written
+from streamtrk.io.recording import RecordingWriter, TruthPairs, being_written
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
 
@@ -41,13 +41,13 @@ def record(
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode), ``other`` (valid
     messages of another kind, not recorded) and ``past_limit``: once ``events`` hits
     messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` is taken, as the
-    socket would drop it on close: a ``truth`` of an event recorded without one among the
-    last ``PAIR_WINDOW`` hits messages (those a reader pairs it with: a tap of several
-    producers interleaves their pairs) is recorded, the others counted here. Stopped
-    (``stop``, ``duration_s``) before that, it records what arrives in the next
-    ``PAST_LIMIT_WAIT_MS``: messages sent to it, which no other peer would get (past
-    ``events`` among them: taken as above). With CURVE
-    certificates, ``record`` is a client of the server it taps (see ``streamtrk.wire.curve``); a
+    socket would drop it on close: a ``truth`` that a reader would pair with a hits message
+    recorded (:class:`~streamtrk.io.recording.TruthPairs`: one without its truth among the
+    last 16; a tap of several producers interleaves their pairs) is recorded, the others
+    counted here. Stopped (``stop``, ``duration_s``) before that, it records what arrives
+    in the next ``PAST_LIMIT_WAIT_MS``: messages sent to it, which no other peer would get
+    (past ``events`` among them: taken as above). With CURVE certificates, ``record`` is a
+    client of the server it taps (see ``streamtrk.wire.curve``); a
     handshake that server refuses raises ConnectionRefusedError (libzmq does not try that
     connection again: nothing would be recorded). With ``bind``, ``bound`` is told the
     endpoint bound (the real port of ``:*``) before anything is taken.
@@ -66,8 +66,7 @@ def record(
         raise SettingError(f"--duration must be a positive number, got {duration_s}")
     stop = StopFlag() if stop is None else stop
     n: Counter[str] = Counter()
-    # (run, event) of the last hits messages recorded, and whether their truth was recorded
-    recent: deque[list[Any]] = deque(maxlen=PAIR_WINDOW)
+    pairs: TruthPairs[None] = TruthPairs()  # the hits recorded, paired as a reader pairs them
     t_end = None if duration_s is None else time.monotonic() + duration_s
     check_writable(output)
     _not_being_written(output)
@@ -94,9 +93,10 @@ def record(
             if msg.kind in RECORDED_KINDS:
                 _write(writer, frames, n)
                 if msg.kind == "hits":
-                    recent.append([(msg.run, msg.event), False])
+                    pairs.hits((msg.run, msg.event), None)
+                    deque(pairs.ready(), maxlen=0)  # paired, or past the window
                 else:
-                    _paired(recent, (msg.run, msg.event))
+                    pairs.truth((msg.run, msg.event), _unchanged)
             n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
 
         while not stop.is_set() and (events is None or n["hits"] < events):
@@ -122,7 +122,7 @@ def record(
             except WireError:
                 late = None
             key = None if late is None or late.kind != "truth" else (late.run, late.event)
-            if key is not None and _paired(recent, key):
+            if key is not None and pairs.truth(key, _unchanged):
                 _write(writer, frames, n)
                 n["truth"] += 1
             else:
@@ -130,14 +130,9 @@ def record(
     return n
 
 
-def _paired(recent: deque[list[Any]], key: tuple[int, int]) -> bool:
-    """Mark the oldest of the ``recent`` hits of ``key`` without its truth as paired (as
-    :class:`~streamtrk.io.recording.TruthPairs` pairs a truth); False where none waits."""
-    for slot in recent:
-        if slot[0] == key and not slot[1]:
-            slot[1] = True
-            return True
-    return False
+def _unchanged(item: None) -> None:
+    """A truth's pairing, noted only (the tap writes frames, not events)."""
+    return item
 
 
 def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> None:
