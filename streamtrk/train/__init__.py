@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, replace
@@ -276,14 +277,17 @@ def _work_directory(out: Path, overwrite: bool) -> Path:
 
 
 def _replace_directory(out: Path, work: Path) -> None:
-    """Rename ``work`` to ``out``, the old ``out`` (if any) moved aside first, then removed:
-    ``out`` is always one whole model, old or new (or briefly absent)."""
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
+    """Rename ``work`` to ``out``, the old ``out`` (if any) moved aside first, into a new
+    directory of its own beside it (no other is touched), then removed: ``out`` is always
+    one whole model, old or new (or briefly absent)."""
+    if not out.exists():
+        work.rename(out)
+        return
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.old-"))
+    old = aside / out.name
+    out.rename(old)
     work.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_no_shared_events(splits: dict[str, list[Event]]) -> None:

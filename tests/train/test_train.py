@@ -284,6 +284,21 @@ def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) 
     assert read_card(tmp_path / "m")["metrics"]["test"]["events_with_truth"] == 2
 
 
+def test_replacing_a_model_leaves_a_directory_named_like_its_old_copy(tmp_path: Path) -> None:
+    """The old model is moved aside under a name of its own while the new one takes its
+    place: an ``OUT.old`` of the user's (a backup) is neither removed nor replaced."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out, backup = tmp_path / "m", tmp_path / "m.old"
+    backup.mkdir()
+    (backup / "important.txt").write_text("mine")
+    train = ["train", "--config", str(config), "--out", str(out), "-q"]
+    assert main(train) == 0  # a new model
+    assert main([*train, "--overwrite"]) == 0  # one replaced
+    assert [p.name for p in backup.iterdir()] == ["important.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.old", "tiny.toml"]
+
+
 def test_a_symbolic_link_is_no_model_directory_to_replace(tmp_path: Path, capsys) -> None:
     """``--out current --overwrite``, ``current`` a link to a release's directory: refused
     before any work (the link became a directory and a stale ``current.old`` link stayed)."""
