@@ -20,7 +20,7 @@ from typing import Any
 from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.prune import PruneConfig, read_windows, windows_is_path
+from streamtrk.recon.prune import MODEL_WINDOWS_FILE, PruneConfig, read_windows, windows_is_path
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.tomlio import dataclass_from
 
@@ -52,6 +52,13 @@ def card_prune(card: dict[str, Any], model_dir: Path | None = None) -> PruneConf
     cfg = dataclass_from(PruneConfig, table, "model card [prune]", error=ModelCardError)
     if model_dir is not None and (model_dir / cfg.windows).is_file():
         cfg = replace(cfg, windows=str((model_dir / cfg.windows).resolve()))
+    elif cfg.windows == MODEL_WINDOWS_FILE:  # the model's own, not the package's
+        where = "given" if model_dir is None else f"directory {model_dir}"
+        raise ModelCardError(
+            f"model card [prune]: windows {cfg.windows} is not in the model {where}: a model "
+            "trained with windows of its own carries them beside its card and weights (copy "
+            "the whole directory)"
+        )
     path = Path(cfg.windows)
     if windows_is_path(cfg.windows) and path.exists() and not path.is_file():  # a FIFO
         raise ModelCardError(f"model card [prune]: windows {cfg.windows} is not a regular file")

@@ -49,6 +49,10 @@ from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, argsort, array_module, chunk_bounds, expand_ranges, nonzeros
 
 WINDOWS_FILE = "prune_windows.toml"
+#: A model's own windows (a training recipe's file, copied beside its card): a name that is
+#: none of the package's, so that a model copied without them is refused, not served with
+#: the package's windows.
+MODEL_WINDOWS_FILE = "model_prune_windows.toml"
 KERNELS = "triplet_search.cu"  # the GPU triplet search
 # Join key: hit * _KEY_SPAN + theta, theta in (0, pi). A window narrower than _THETA_JOIN_MAX
 # never reaches the keys of a neighbouring hit (those start 4 - pi = 0.86 rad away).

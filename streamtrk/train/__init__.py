@@ -46,7 +46,7 @@ from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import save_model
-from streamtrk.recon.prune import WINDOWS_FILE, PruneConfig, windows_is_path
+from streamtrk.recon.prune import MODEL_WINDOWS_FILE, PruneConfig, windows_is_path
 from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_config
 from streamtrk.train.loop import fit, plot_history
 from streamtrk.train.samples import Sample, make_samples
@@ -239,12 +239,12 @@ def _train(
 
 def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:
     """``prune`` as the card names it: windows of the recipe's own (a path) are copied into
-    the model directory as ``prune_windows.toml``, which a model's loading looks for there
+    the model directory as ``MODEL_WINDOWS_FILE``, which a model's loading looks for there
     first, so that the model serves on another host or from another folder."""
     if prune is None or not windows_is_path(prune.windows):  # the package's own, by name
         return prune
-    shutil.copyfile(prune.windows, work / WINDOWS_FILE)
-    return replace(prune, windows=WINDOWS_FILE)
+    shutil.copyfile(prune.windows, work / MODEL_WINDOWS_FILE)
+    return replace(prune, windows=MODEL_WINDOWS_FILE)
 
 
 def _work_directory(out: Path, overwrite: bool) -> Path:

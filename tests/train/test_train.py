@@ -17,8 +17,10 @@ from train_helpers import REPO, TINY
 from streamtrk.cli import main
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter, iter_events
+from streamtrk.recon.card import ModelCardError
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import load_model, read_card
+from streamtrk.recon.prune import MODEL_WINDOWS_FILE
 from streamtrk.train import EventSource, load_config
 
 
@@ -197,11 +199,19 @@ def test_a_model_trained_with_windows_of_its_own_carries_them(tmp_path: Path) ->
     config.write_text(TINY + f'[prune]\nwindows = "{own}"\n')
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
     own.unlink()
-    assert read_card(tmp_path / "m")["prune"]["windows"] == "prune_windows.toml"
-    assert (tmp_path / "m" / "prune_windows.toml").read_bytes() == shipped.read_bytes()
+    assert read_card(tmp_path / "m")["prune"]["windows"] == MODEL_WINDOWS_FILE
+    assert (tmp_path / "m" / MODEL_WINDOWS_FILE).read_bytes() == shipped.read_bytes()
     rec = load_reconstructor(tmp_path / "m")
     assert rec.prune is not None
-    assert rec.prune.windows == str(tmp_path / "m" / "prune_windows.toml")
+    assert rec.prune.windows == str(tmp_path / "m" / MODEL_WINDOWS_FILE)
+    # Copied without them (its card and weights only), the model is refused: its copy's name
+    # is none of the package's, whose windows it was not trained with.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("card.toml", "weights.pt"):
+        (copy / name).write_bytes((tmp_path / "m" / name).read_bytes())
+    with pytest.raises(ModelCardError, match=rf"{MODEL_WINDOWS_FILE} is not in the model "):
+        load_reconstructor(copy)
 
 
 def test_training_replaces_a_model_only_when_told_and_only_when_complete(
