@@ -22,7 +22,7 @@ from streamtrk.event import Event
 from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.prune import PruneConfig, read_windows
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.generator import MAX_MU
 from streamtrk.sim.simulate import MAX_NOISE_FRACTION as MAX_NOISE
@@ -203,6 +203,11 @@ def load_config(path: str | Path) -> TrainConfig:
     given = {**{k: raw[k] for k in scalars if k in raw}, **kw}
     cfg = dataclass_from(TrainConfig, given, str(path), error=SettingError)
     _check_disjoint(cfg, path)
+    if cfg.prune is not None:  # read now, not once every split's events are made
+        try:
+            read_windows(cfg.prune.windows)
+        except ValueError as e:
+            raise SettingError(f"{path} [prune]: {e}") from None
     return cfg
 
 

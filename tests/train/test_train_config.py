@@ -121,6 +121,14 @@ def test_a_config_that_cannot_be_read_is_refused_as_a_setting(tmp_path: Path) ->
             load_config(path)
 
 
+def test_pruning_windows_that_cannot_be_read_are_refused_with_the_recipe(tmp_path: Path) -> None:
+    """Before any event is simulated (they were refused after all the splits were made)."""
+    path = tmp_path / "c.toml"
+    path.write_text(TINY + f'[prune]\nwindows = "{tmp_path / "none.toml"}"\n')
+    with pytest.raises(SettingError, match=r"\[prune\].*cannot read pruning windows .*none\.toml"):
+        load_config(path)
+
+
 def test_the_card_records_what_each_source_of_events_was() -> None:
     recorded = EventSource(recording="r.stk", events=3)
     assert recorded.card() == {"recording": "r.stk", "events": 3}  # no mu or seed unused
