@@ -1,7 +1,10 @@
 """Compare simulated events with real TrackML barrel data (the qallse subsets in shared/).
 
 The real subsets hold barrel hits only and at most one hit per particle and layer (their
-maker removed double hits), so the simulated events are reduced the same way here.
+maker removed double hits): the hits per particle count a simulated particle's layers, not
+its hits, likewise. The layer counts and the noise fraction count every simulated hit (a
+particle's second hit on a layer, about 0.9% of the signal barrel hits without overlaps,
+among them; a review's figure, 2026-12-06).
 """
 
 from __future__ import annotations
