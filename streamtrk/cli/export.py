@@ -23,11 +23,14 @@ def _export_arguments(s: argparse.ArgumentParser) -> None:
     "model card's name, threshold and feature version go into the ONNX metadata.",
 )
 def _export(args: argparse.Namespace) -> int:
-    from streamtrk.recon.onnx_export import export_model_dir
+    from streamtrk.recon.onnx_export import ORT_CPU_NOTE, export_model_dir
 
     # Before the export's seconds of work; not over a file of the model (its weights, card).
     model_files = [f for f in args.onnx.iterdir() if f.is_file()] if args.onnx.is_dir() else []
     check_outputs(args.output, inputs=model_files)
     path = export_model_dir(args.onnx, args.output)
-    print(f"wrote {path} ({path.stat().st_size} bytes): ONNX edge classifier of {args.onnx}")
+    print(
+        f"wrote {path} ({path.stat().st_size} bytes): ONNX edge classifier of {args.onnx}; "
+        f"for ONNX Runtime's CPU provider, {ORT_CPU_NOTE}"
+    )
     return 0

@@ -26,6 +26,11 @@ from streamtrk.recon.gnn import InteractionNetwork
 INPUTS = ("x", "edge_index", "edge_attr")
 OUTPUT = "scores"
 OPSET = 20  # ScatterND with reduction="add" (index_add) needs 16 or later
+#: How ONNX Runtime's CPU provider must run the file (in its metadata, said on export).
+ORT_CPU_NOTE = (
+    "intra_op_num_threads = 1: the threaded ScatterND add races (onnxruntime issues 18048, "
+    "23396; the shipped model's scores moved by up to 0.9 on two threads)"
+)
 
 
 class EdgeScores(nn.Module):
@@ -99,5 +104,6 @@ def export_model_dir(model_dir: str | Path, path: str | Path) -> Path:
         "streamtrk.feature_version": str(info["feature_version"]),
         "streamtrk.inputs": "x: r/1000, phi/pi, z/1000; edge_attr: dr, dphi, dz, deta, "
         "phi slope, z0 (see streamtrk/recon/graph.py)",
+        "streamtrk.onnxruntime_cpu": ORT_CPU_NOTE,
     }
     return export_onnx(model, path, metadata)

@@ -9,6 +9,7 @@ def test_onnx_export_prints_one_line(tmp_path):
     out = _run("export", "--onnx", str(default_model_path()), "-o", str(tmp_path / "m.onnx"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1 and out.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}")
+    assert "for ONNX Runtime's CPU provider, intra_op_num_threads = 1" in out.stdout
     assert out.stderr == ""
 
 

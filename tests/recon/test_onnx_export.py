@@ -30,6 +30,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> N
     assert [o.name for o in proto.graph.output] == [OUTPUT]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["streamtrk.model"] == "tiny" and float(meta["streamtrk.threshold"]) == 0.6
+    assert meta["streamtrk.onnxruntime_cpu"].startswith("intra_op_num_threads = 1")
     # One intra-op thread: ORT's CPU ScatterND with reduction="add" (our index_add) races
     # when threaded, giving run-to-run differences up to 1e-2 here (microsoft/onnxruntime
     # issues 18048 and 23396); with one thread it agrees with torch to 1e-7.
