@@ -410,6 +410,17 @@ def _refusal(endpoint: Producer, timeout_s: float = 10.0) -> str | None:
     return None
 
 
+def _curve_server(keys: Path, ctx: zmq.Context[Any]) -> Consumer:
+    """A Consumer bound as CURVE server on ``ctx`` with the certificate ``server`` of ``keys``."""
+    return Consumer(
+        "tcp://127.0.0.1:*",
+        bind=True,
+        linger_ms=0,
+        curve_secret_key=keys / "server.key_secret",
+        context=ctx,
+    )
+
+
 def test_a_curve_server_admits_no_client_while_no_authenticator_answers(tmp_path: Path) -> None:
     """libzmq admits any CURVE client where no ZAP handler answers: before the
     authenticator starts, and after it stops (a daemon's last replies linger in its socket
@@ -432,13 +443,7 @@ def test_a_curve_server_admits_no_client_while_no_authenticator_answers(tmp_path
             return consumer.recv_frames(timeout_ms=2000) is not None
 
     try:
-        with Consumer(
-            "tcp://127.0.0.1:*",
-            bind=True,
-            linger_ms=0,
-            curve_secret_key=tmp_path / "server.key_secret",
-            context=ctx,
-        ) as consumer:
+        with _curve_server(tmp_path, ctx) as consumer:
             assert not heard_alice(consumer)  # no authenticator yet
             auth = start_authenticator(ctx, tmp_path / "allowed")
             assert heard_alice(consumer)
@@ -469,13 +474,7 @@ def test_only_a_curve_client_whose_key_is_allowed_gets_through(tmp_path: Path) -
     ctx: zmq.Context[Any] = zmq.Context()
     auth = start_authenticator(ctx, tmp_path / "allowed")
     try:
-        with Consumer(
-            "tcp://127.0.0.1:*",
-            bind=True,
-            linger_ms=0,
-            curve_secret_key=tmp_path / "server.key_secret",
-            context=ctx,
-        ) as consumer:
+        with _curve_server(tmp_path, ctx) as consumer:
             with client("mallory") as mallory:
                 assert mallory.send_frames([b"mallory"], timeout_ms=5000)
                 assert _refusal(mallory) == "auth"

@@ -328,19 +328,26 @@ def test_a_tap_called_in_process_waits_its_duration_and_stops_at_one_event(
     recording's folders are made."""
     out = tmp_path / "a" / "b" / "tap.stk"  # folders made at the first record
     records = [frames for _, frames in islice(iter_records(sim_run), 3)]  # hits, truth, hits
+    assert _tapped(records, out, events=1) == Counter(hits=1, truth=1, past_limit=1)
+    assert [frames for _, frames in iter_records(out)] == records[:2]
+
+
+def _tapped(sent: list[list[bytes]], out: Path, events: int) -> Counter[str]:
+    """``record``'s counts, called in a thread (connecting to a bound stream, 60 s at
+    most) that is sent ``sent`` half a second after it opened."""
     got: list[Counter[str]] = []
     with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
         tap = threading.Thread(
-            target=lambda: got.append(record(producer.endpoint, out, events=1, duration_s=60))
+            target=lambda: got.append(record(producer.endpoint, out, events=events, duration_s=60))
         )
         tap.start()
         time.sleep(0.5)
-        for frames in records:
+        for frames in sent:
             assert producer.send_frames(frames, timeout_ms=10_000)
         tap.join(60)
     assert not tap.is_alive()
-    assert got == [Counter(hits=1, truth=1, past_limit=1)]
-    assert [frames for _, frames in iter_records(out)] == records[:2]
+    [counts] = got
+    return counts
 
 
 def test_past_the_limit_the_truth_of_any_event_recorded_within_the_window_is_kept(
@@ -354,18 +361,7 @@ def test_past_the_limit_the_truth_of_any_event_recorded_within_the_window_is_kep
         frames for _, frames in islice(iter_records(sim_run), 5)
     )
     sent = [hits_a, hits_b, truth_a, truth_b, truth_b, hits_c]
-    got: list[Counter[str]] = []
-    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
-        tap = threading.Thread(
-            target=lambda: got.append(record(producer.endpoint, out, events=2, duration_s=60))
-        )
-        tap.start()
-        time.sleep(0.5)
-        for frames in sent:
-            assert producer.send_frames(frames, timeout_ms=10_000)
-        tap.join(60)
-    assert not tap.is_alive()
-    assert got == [Counter(hits=2, truth=2, past_limit=2)]
+    assert _tapped(sent, out, events=2) == Counter(hits=2, truth=2, past_limit=2)
     assert [frames for _, frames in iter_records(out)] == sent[:4]
     assert [e.truth is not None for e in iter_events(out)] == [True, True]
 
