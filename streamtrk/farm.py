@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,17 @@ def forward(
         if server_key is not None:
             auth = start_authenticator(ctx, allowed_keys)
             stack.callback(auth.stop)
-        pull = stack.enter_context(
-            Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
-                     context=ctx, monitor_events=events,
-                     **(clients if back_faces_daemons else daemons))
-        )  # fmt: skip
-        push = stack.enter_context(
-            Producer(back, bind=True, sndhwm=hwm, linger_ms=STOP_LINGER_MS, context=ctx,
-                     monitor_events=events, **(daemons if back_faces_daemons else clients))
-        )  # fmt: skip
+        with _bind_named("--from", front):
+            pull = stack.enter_context(
+                Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
+                         context=ctx, monitor_events=events,
+                         **(clients if back_faces_daemons else daemons))
+            )  # fmt: skip
+        with _bind_named("--to", back):
+            push = stack.enter_context(
+                Producer(back, bind=True, sndhwm=hwm, linger_ms=STOP_LINGER_MS, context=ctx,
+                         monitor_events=events, **(daemons if back_faces_daemons else clients))
+            )  # fmt: skip
         bound = {
             "message": "listening",
             "role": role,
@@ -157,6 +160,15 @@ def forward(
         forwarded, dropped, push.linger_ms = _proxy(pull.socket, push.socket, stop, metrics)
         stopped = {"message": "stopped", "role": role, "forwarded": forwarded}
         print(json.dumps({**stopped, "not_forwarded": dropped}), flush=True)
+
+
+@contextlib.contextmanager
+def _bind_named(flag: str, endpoint: str) -> Iterator[None]:
+    """libzmq's bind errors (a port in use) as an OSError naming the side by its flag."""
+    try:
+        yield
+    except zmq.ZMQError as e:
+        raise OSError(f"cannot bind {flag} {endpoint}: {e.strerror}") from None
 
 
 def _serve_http(

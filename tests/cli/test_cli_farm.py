@@ -2,6 +2,7 @@
 those it shares with the other clients, replay and record."""
 
 import pytest
+import zmq
 
 from streamtrk.cli import main
 
@@ -60,3 +61,22 @@ def test_half_a_curve_client_pair_is_a_usage_error(tmp_path, capsys, command, fl
     assert "--curve-key (this client's secret certificate) and --curve-server-key (the " in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("side", ["--from", "--to"])
+def test_a_port_in_use_is_said_to_be_the_sides(capsys, side: str) -> None:
+    """Which of the two addresses could not be bound, by its flag (libzmq's error named
+    neither: "Address already in use (addr='tcp://...')")."""
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.PULL)
+    try:
+        port = taken.bind_to_random_port("tcp://127.0.0.1")
+        ends = {"--from": "tcp://127.0.0.1:*", "--to": "tcp://127.0.0.1:*"}
+        ends[side] = f"tcp://127.0.0.1:{port}"
+        args = ["farm", "distributor", "--from", ends["--from"], "--to", ends["--to"]]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"cannot bind {side} tcp://127.0.0.1:{port}: Address already in use" in err
+    finally:
+        taken.close(linger=0)
+        ctx.term()
