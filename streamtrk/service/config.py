@@ -221,6 +221,14 @@ class ServeConfig:
         for name in ("input", "output") if self.connect else ():
             if why := endpoint_problem(getattr(self, name), bind=False):
                 raise ConfigError(f"{name} {why} (connect = true)", name, "connect")
+        for name in () if self.connect else ("input", "output"):  # bound here, as http is
+            if one_endpoint(f"tcp://{self.http}", getattr(self, name)):
+                raise ConfigError(
+                    f"http and {name} must be two addresses, got {self.http!r} and "
+                    f"{getattr(self, name)!r}",
+                    "http",
+                    name,
+                )
         if self.curve_allowed_keys is not None and self.curve_secret_key is None:
             raise ConfigError(
                 "curve_allowed_keys is set without curve_secret_key: CURVE would be off and "

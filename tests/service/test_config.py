@@ -450,6 +450,31 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
 
 
 @pytest.mark.parametrize(
+    ("http", "connect", "clash"),
+    [
+        ("127.0.0.1:5555", False, "input"),
+        ("0.0.0.0:5556", False, "output"),  # every address: 127.0.0.1:5556 among them
+        ("localhost:5556", False, "output"),
+        ("127.0.0.1:5557", False, None),
+        ("127.0.0.1:5555", True, None),  # connected: the peers' ports, not this daemon's
+    ],
+)
+def test_http_takes_a_port_of_its_own(http: str, connect: bool, clash: str | None) -> None:
+    """The HTTP server on the port the daemon binds for ZeroMQ: refused as the setting it
+    is, where it failed at start-up as a port "already in use" by someone."""
+    settings = {"input": "tcp://127.0.0.1:5555", "output": "tcp://127.0.0.1:5556", "http": http}
+
+    def config() -> ServeConfig:
+        return ServeConfig(**settings, connect=connect, allow_insecure=True)  # type: ignore[arg-type]
+
+    if clash is None:
+        assert config().http == http
+    else:
+        with pytest.raises(ConfigError, match=rf"^http and {clash} must be two addresses, got"):
+            config()
+
+
+@pytest.mark.parametrize(
     ("output", "one"),
     [
         ("tcp://127.0.0.1:5555", True),
@@ -688,7 +713,7 @@ def test_bad_endpoints_are_refused(endpoint: str, why: str) -> None:
 
 
 def test_endpoint_and_http_port_65535_accepted_65536_refused() -> None:
-    ServeConfig(input="tcp://127.0.0.1:65535", http="127.0.0.1:65535")
+    ServeConfig(input="tcp://127.0.0.1:65535", http="127.0.0.2:65535")  # two hosts
     with pytest.raises(ConfigError) as e:
         ServeConfig(http="127.0.0.1:65536")
     assert str(e.value) == "http must have a port of 0 to 65535, got '127.0.0.1:65536'"
