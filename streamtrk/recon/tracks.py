@@ -549,8 +549,9 @@ def build_tracks(
     size = bincount(labels, n)
     good = size >= config.min_hits
     if config.min_mean_score > 0:  # over the track's edges (a join of doubles is none)
-        score_sum = bincount(labels[kept[0]], n, kept_scores)
-        n_edges = bincount(labels[kept[0]], n)
+        track_of_edge = labels[kept[0]]
+        score_sum = bincount(track_of_edge, n, kept_scores)
+        n_edges = bincount(track_of_edge, n)
         good &= score_sum > config.min_mean_score * xp.maximum(n_edges, 1)
     on_track = good[labels]
     # A component's label is its smallest hit: the tracks are the good labels' own hits,
