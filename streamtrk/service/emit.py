@@ -170,6 +170,7 @@ class Emitter(Supervised):
             m.completed.labels(reply.status).inc()
             if reply.tracks is not None:
                 m.tracks.inc(len(reply.tracks))
+                m.hits.inc(len(reply.hit_ids))
         else:
             self.dropped += 1
         m.inflight.dec()  # last, so that inflight 0 means every counter is up to date

@@ -182,7 +182,9 @@ class Metrics(SocketMetrics):
         self.inflight = Gauge(
             "streamtrk_inflight_events", "Events received and not yet answered.", registry=r
         )
-        self.hits = Counter("streamtrk_hits", "Hits of the events reconstructed.", registry=r)
+        self.hits = Counter(
+            "streamtrk_hits", "Hits of the events answered with their tracks.", registry=r
+        )
         self.tracks = Counter("streamtrk_tracks", "Tracks sent in ok replies.", registry=r)
         self.build_info = InfoGauge(
             "streamtrk_build_info",

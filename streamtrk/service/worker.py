@@ -246,7 +246,6 @@ class Worker(Supervised):
         for stage, seconds in result.timings.items():
             m.stage.labels(stage).observe(seconds)
         sent = [job for job, reply in zip(jobs, replies, strict=True) if self._answer(job, reply)]
-        m.hits.inc(sum(job.n_hits for job in sent))
         if len(sent) < len(jobs):  # abandon() answered the rest 'shutdown': no tracks went out
             return True
         self.observe(Observation.of(events, result, rec))

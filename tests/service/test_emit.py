@@ -44,6 +44,7 @@ def test_a_reply_that_cannot_be_encoded_is_sent_as_internal() -> None:
     value = metrics.registry.get_sample_value
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 1
     assert value("streamtrk_events_completed_total", {"status": "error"}) == 1
+    assert value("streamtrk_hits_total") == 0  # answered without its tracks
     assert value("streamtrk_inflight_events") == 0
 
 
@@ -139,6 +140,7 @@ def test_a_sent_reply_carries_its_tracks_msg_id_and_is_counted(rig) -> None:
     assert "encode" in reply.timings
     assert r.value("streamtrk_events_completed_total", {"status": "ok"}) == 1
     assert r.value("streamtrk_tracks_total") == 2
+    assert r.value("streamtrk_hits_total") == 4
     assert r.value("streamtrk_stage_seconds_count", {"stage": "encode"}) == 1
     assert r.value("streamtrk_event_latency_seconds_count") == 1
     assert 0.002 <= r.value("streamtrk_event_latency_seconds_sum") < 5
@@ -148,6 +150,7 @@ def test_a_sent_reply_carries_its_tracks_msg_id_and_is_counted(rig) -> None:
     r.emitter.emit(Reply(1, 3, t_recv, {}, reason="deadline"))  # no tracks: none counted
     assert r.recv().to_reply().reason == "deadline"
     assert r.value("streamtrk_tracks_total") == 2
+    assert r.value("streamtrk_hits_total") == 4
 
 
 def test_an_error_reply_that_cannot_be_encoded_is_not_counted_twice(rig) -> None:
@@ -264,11 +267,12 @@ def test_past_the_drain_deadline_an_unsendable_reply_is_dropped_and_counted(rig)
     r = rig(peer=False)
     r.emitter.give_up_at = time.perf_counter() - 0.01
     r.metrics.inflight.inc()
-    t = _emit_in_thread(r, Reply(1, 2, 0.0, {}, reason="deadline"))
+    t = _emit_in_thread(r, Reply(1, 2, 0.0, {}, hit_ids=np.arange(3), tracks=_tracks(1)))
     t.join(5)
     assert not t.is_alive(), "the reply was never given up"
     assert r.emitter.dropped == 1
-    assert not r.value("streamtrk_events_completed_total", {"status": "error"})
+    assert not r.value("streamtrk_events_completed_total", {"status": "ok"})
+    assert not r.value("streamtrk_hits_total") and not r.value("streamtrk_tracks_total")
     assert r.value("streamtrk_inflight_events") == 0
 
 

@@ -126,7 +126,8 @@ def test_health_banner_reload_and_exit(daemon_factory, sim_run: Path, tmp_path: 
     # A reply nobody takes: the drain gives up after drain_timeout_s and says so.
     with Producer(d.input, linger_ms=0) as producer:
         assert producer.send_event(next(iter_events(sim_run)), timeout_ms=30_000)
-        wait_for(lambda: sample(d.metrics(), "streamtrk_hits_total") > 0)
+        wait_for(lambda: sample(d.metrics(), "streamtrk_stage_seconds_count", stage="fit") > 0)
+        assert sample(d.metrics(), "streamtrk_hits_total") == 0  # counted once it is sent
     assert d.stop(signal.SIGINT) == 1
     last = d.logs()[-1]
     assert last["message"].startswith("drain incomplete") and last["dropped"] == 1
