@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import struct
 import zlib
 from collections import Counter, deque
@@ -358,14 +359,19 @@ class RecordingWriter:
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
         self.path = Path(path)
         append = mode == "a" and self.path.exists() and self.path.stat().st_size > 0
-        self._file: BinaryIO = open(self.path, "r+b" if append else "wb")  # noqa: SIM115
+        # Opened without truncating: a file another process writes is refused as it was.
+        fd = os.open(self.path, os.O_RDWR if append else os.O_WRONLY | os.O_CREAT, 0o666)
+        self._file: BinaryIO = os.fdopen(fd, "r+b" if append else "wb")
         try:
-            if lock and self.path.is_file():
-                _hold(self._file.fileno(), self.path)
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if lock and regular:
+                _hold(fd, self.path)
             if append:
                 self.end = _end_of_records(self.path) if end is None else end
                 self._file.seek(self.end)
             else:
+                if regular:
+                    self._file.truncate(0)
                 self._file.write(_FILE_HEADER.pack(MAGIC, FORMAT_VERSION, 0))
                 self.end = _FILE_HEADER.size  # bytes written: where the next record goes
         except BaseException:

@@ -183,6 +183,10 @@ def test_a_file_being_written_is_said_so_and_locked_to_other_writers(small: Any)
         assert being_written(path)
         with pytest.raises(BlockingIOError, match="in use by another process"):
             RecordingWriter(path, "a")
+        before = path.read_bytes()
+        with pytest.raises(BlockingIOError, match="in use by another process"):
+            RecordingWriter(path)  # a new recording: refused before it empties the file
+        assert path.read_bytes() == before
         with pytest.raises(BlockingIOError, match="in use by another process"):
             exclusive_lock(path)
     assert not being_written(path)
