@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import time
@@ -15,7 +14,7 @@ from typing import Any, Self
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable, file_to_write
-from streamtrk.io.recording import RecordingWriter, TruthPairs, being_written
+from streamtrk.io.recording import RecordingWriter, TruthPairs, refuse_being_written
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
 
@@ -69,7 +68,7 @@ def record(
     pairs: TruthPairs[None] = TruthPairs()  # the hits recorded, paired as a reader pairs them
     t_end = None if duration_s is None else time.monotonic() + duration_s
     check_writable(output)
-    _not_being_written(output)
+    refuse_being_written(output)
     with (
         Consumer(
             source,
@@ -150,17 +149,6 @@ def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> 
         raise OSError(f"{what}; {held}") from e
 
 
-def _not_being_written(path: Path) -> None:
-    """OSError where another process writes ``path`` (a tap, a daemon's dead letters): this
-    tap's file would take its place, and what that one writes after would be lost."""
-    if being_written(path):
-        raise OSError(
-            errno.EBUSY,
-            "another process is writing it (a tap, a daemon's dead letters): choose another output",
-            str(path),
-        )
-
-
 class _CreatedOnFirstWrite:
     """A new recording at ``path``, created (making its folder) by its first record, which
     replaces the file there only once it is written whole (into a partial file beside it,
@@ -190,7 +178,7 @@ class _CreatedOnFirstWrite:
     def _write_first(self, frames: list[Any]) -> None:
         """The file's header and first record; on an error the file there is as it was."""
         writer = None
-        _not_being_written(self.path)  # again: another tap may have started since
+        refuse_being_written(self.path)  # again: another tap may have started since
         try:
             with file_to_write(self.path) as file:
                 writer = RecordingWriter(file)

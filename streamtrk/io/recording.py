@@ -435,11 +435,16 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     """A writer of a new recording at ``path`` that only takes its place once the block ends
     without an error: until then records go to a partial file beside it, removed on an error (or
     Ctrl-C), so that a failed run neither leaves a cut recording nor destroys the file
-    that was there. Its folder is made. A link is written through to its file, kept (as
+    that was there. A file another process writes is refused (OSError), at the start and
+    before it is replaced. Its folder is made. A link is written through to its file, kept (as
     ``open`` would); a ``path`` that is no regular file (``/dev/stdout``, ``/dev/null``, a
     FIFO) is written in place (renaming a file over it would replace it)."""
-    with file_to_write(Path(path)) as file, RecordingWriter(file) as writer:
-        yield writer
+    path = Path(path)
+    refuse_being_written(path)
+    with file_to_write(path) as file:
+        with RecordingWriter(file) as writer:
+            yield writer
+        refuse_being_written(path)  # again: a tap may have begun on it since
 
 
 def repair(path: StrPath, *, tail_only: bool = False) -> tuple[int, str] | None:
@@ -507,6 +512,17 @@ def exclusive_lock(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def refuse_being_written(path: Path) -> None:
+    """OSError where another process writes ``path`` (a tap, a daemon's dead letters): a
+    new file would take its place, and what that one writes after would be lost."""
+    if being_written(path):
+        raise OSError(
+            errno.EBUSY,
+            "another process is writing it (a tap, a daemon's dead letters): choose another output",
+            str(path),
+        )
 
 
 def being_written(path: StrPath) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
@@ -516,6 +517,26 @@ def test_new_recording_takes_its_place_only_on_success(tmp_path: Path) -> None:
         raise RuntimeError("cut")
     assert [f for _, f in iter_records(path)] == [[b"x"]]  # the old file is kept
     assert os.listdir(tmp_path) == ["n.stk"]
+
+
+def test_new_recording_refuses_a_file_another_process_writes(tmp_path: Path) -> None:
+    """A tap's file replaced would lose all it writes after: refused at the start, and
+    before the replace when the tap began meanwhile (the file there kept, no partial)."""
+    path = tmp_path / "tap.stk"
+    with RecordingWriter(path) as tap:
+        tap.write([b"t"])
+        tap.flush()
+        with pytest.raises(OSError, match="another process is writing it"):
+            new_recording(path).__enter__()
+    with (
+        contextlib.ExitStack() as taps,
+        pytest.raises(OSError, match="another process is writing it"),
+        new_recording(path) as w,
+    ):
+        w.write([b"x"])
+        taps.enter_context(RecordingWriter(path, "a"))  # a tap begins on it meanwhile
+    assert [f for _, f in iter_records(path)] == [[b"t"]]
+    assert os.listdir(tmp_path) == ["tap.stk"]
 
 
 def test_summarize_pairs_truth_as_events_does(tmp_path: Path, rng) -> None:
