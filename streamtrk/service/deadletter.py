@@ -6,9 +6,11 @@ map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames k
 refused the message for its frame count or size: ``frames`` gives the count received).
 Read it with ``iter_records``. A message that would take the file past its cap is only
 counted (the first such message is logged). A file cut short by a crash mid-write is cut
-back to its last whole record at start-up; a write that fails (a full disk) is cut back at
-once, so that the records after it are whole. One daemon at a time writes a file: another
-given the same path is refused at start-up (an exclusive ``flock`` held while it is open).
+back to its last whole record at start-up; one damaged before whole records (a flipped
+bit) is moved aside (``PATH.damaged-TIME``) and a new one begun; a write that fails (a
+full disk) is cut back at once, so that the records after it are whole. One daemon at a
+time writes a file: another given the same path is refused at start-up (an exclusive
+``flock`` held while it is open).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import msgpack
 from streamtrk.io.recording import (
     MAX_FRAME_BYTES,
     MAX_FRAMES,
+    RecordingError,
     RecordingWriter,
     exclusive_lock,
     record_bytes,
@@ -47,10 +50,14 @@ class DeadLetters:
         # one cut short by a crash, and write over its records: the file is held locked.
         self._lock = exclusive_lock(path)
         try:
-            if path.stat().st_size > 0 and (cut := repair(path)):
+            if path.stat().st_size > 0 and (cut := repair(path, tail_only=True)):
                 log.warning("dead-letter file %s cut back to its last whole record", path,
                             extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
-            self.writer: RecordingWriter | None = RecordingWriter(path, "a", lock=False)
+            try:
+                self.writer: RecordingWriter | None = RecordingWriter(path, "a", lock=False)
+            except RecordingError as e:  # damage that whole records follow (repair read
+                self._set_aside(path, e)  # the file header: a bad one raised)
+                self.writer = RecordingWriter(path, "a", lock=False)
             self.writer.flush()  # a new file's header
         except BaseException:
             os.close(self._lock)
@@ -59,6 +66,18 @@ class DeadLetters:
         self.max_bytes = max_bytes
         self.size = path.stat().st_size  # to the end of the whole records
         self.full = False  # a message found no room (logged once)
+
+    def _set_aside(self, path: Path, damage: RecordingError) -> None:
+        """Move ``path`` aside, named ``PATH.damaged-TIME``, and hold a new file's lock: its
+        damage (a flipped bit) is followed by whole records, which cutting would lose."""
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(path, aside)
+        lock, self._lock = self._lock, exclusive_lock(path)  # a new, empty file
+        os.close(lock)
+        log.warning(
+            "dead-letter file %s is damaged before its last records: moved to %s, a new file "
+            "begun", path, aside, extra={"fields": {"why": str(damage)}},
+        )  # fmt: skip
 
     def write(self, frames: Sequence[Any], error: WireError, received: int = 0) -> bool:
         """Record ``frames`` with the error and the count of frames the message had

@@ -135,3 +135,30 @@ def test_a_file_another_daemon_writes_is_refused_until_it_closes(tmp_path: Path)
     second.close()
     kept = [bytes(frames[1]) for _, frames in iter_records(path)]
     assert kept == [b"from the first", b"still the first's", b"the second"]
+
+
+def test_a_file_damaged_before_whole_records_is_moved_aside_not_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped bit in an early record: cutting there would lose every whole record after
+    it. The file is kept, renamed, and a new one begun."""
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 20)
+    for fill in (b"a", b"b", b"c"):
+        assert dead.write([b"\xc1", fill * 100], WireError("not_msgpack", "test"))
+    dead.close()
+    damaged = bytearray(path.read_bytes())
+    damaged[40] ^= 0x01  # in the first record
+    path.write_bytes(damaged)
+    with caplog.at_level(logging.WARNING, "streamtrk.service.deadletter"):
+        dead = DeadLetters(path, 1 << 20)
+    assert dead.write([b"\xc1", b"d" * 100], WireError("not_msgpack", "test"))
+    dead.close()
+    [aside] = tmp_path.glob("dead.stk.damaged-*")
+    assert aside.read_bytes() == damaged
+    assert [bytes(frames[2][:1]) for _, frames in iter_records(path)] == [b"d"]
+    [line] = caplog.records
+    assert line.getMessage() == (
+        f"dead-letter file {path} is damaged before its last records: moved to {aside}, "
+        "a new file begun"
+    )
