@@ -1,8 +1,9 @@
 """Dynamic batching with Triton-like semantics.
 
 A batch starts with the oldest waiting event and closes when it holds ``max_events``
-events, when the next event would take it past ``max_hits`` hits (that event opens the
-next batch; an event over the limit alone is a batch of its own), ``max_queue_delay_ms``
+events (those set aside included, below), when the next event would take it past
+``max_hits`` hits (that event opens the next batch; an event over the limit alone is a
+batch of its own), ``max_queue_delay_ms``
 after its first event was queued, or in time for the earliest deadline among its events
 (that deadline less the batch's expected reconstruction time for its hits: ``batch_time``,
 fitted to the batches so far by the worker, :mod:`streamtrk.service.batch_time`), whichever
@@ -11,7 +12,8 @@ without further delay. An event that would make the batch end past the earliest 
 among its events (its own included) opens the next batch, as one past ``max_hits`` does,
 unless the batch is late already. An event whose deadline has passed when the batcher
 reaches it is set aside, unprocessed; it opens no batch (the first event that does starts
-its delay), and events set aside alone are handed over at once.
+its delay), and events set aside alone are handed over at once. Those set aside count
+towards ``max_events``: a batch holds no more events than that in all (the memory bound).
 Once ``flush`` is set (intake has stopped: nothing more will arrive) batches close without
 waiting; once :meth:`Batcher.close` is called nothing more is queued (and ``flush`` is set).
 A new policy (a reload) sets the limits of the batches after the one being formed, and its
@@ -128,10 +130,12 @@ class Batcher:
                 batch.jobs.append(job)
                 hits += job.n_hits
                 earliest = with_job
-                if len(batch.jobs) >= policy.max_events or hits >= policy.max_hits:
+                if hits >= policy.max_hits:
                     break
                 if earliest is not None:
                     due = earliest - self.batch_time.estimate(hits)
+            if len(batch.jobs) + len(batch.expired) >= policy.max_events:
+                break
             job = self._next(opened, due)
         return batch
 

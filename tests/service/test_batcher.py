@@ -207,6 +207,36 @@ def test_an_event_past_its_deadline_opens_no_batch() -> None:
     assert time.perf_counter() - t0 < 30  # handed over at once, not after the 60 s delay
 
 
+def test_an_expired_event_does_not_start_the_delay_of_the_batch_after_it() -> None:
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=500))
+    b.put(job(5, 0, deadline_s=-1))
+    time.sleep(0.6)  # queued longer ago than the delay
+    b.put(job(5, 1))
+    thread, out = _open_batch(b)
+    time.sleep(0.1)
+    b.put(job(5, 2))  # within event 1's delay
+    thread.join(60)
+    assert [events(batch) for batch in out] == [[1, 2]]
+
+
+def test_events_set_aside_count_towards_max_events() -> None:
+    """Taken off the queue, they would otherwise pile up beyond every bound while a batch
+    waits out its delay (a producer's deadlines already past on arrival)."""
+    b = Batcher(16, BatchPolicy(max_events=4, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.put(job(5, 0))
+    thread, out = _open_batch(b)
+    for i in range(1, 9):
+        assert b.put(job(5, i, deadline_s=-1))
+    thread.join(60)
+    [batch] = out
+    assert events(batch) == [0] and len(batch.expired) == 3
+    assert b.depth() == 5  # the others still queued, counted
+    b.put(job(5, 9, deadline_s=-1))
+    b.put(job(5, 10))
+    batch = b.next_batch(1)
+    assert batch is not None and events(batch) == [] and len(batch.expired) == 4
+
+
 def test_full_queue_rejects_without_blocking() -> None:
     b = Batcher(2, BatchPolicy())
     assert b.put(job(1, 0), block=False) and b.put(job(1, 1), block=False)
@@ -285,6 +315,18 @@ def test_a_reload_that_shortens_the_delay_closes_a_batch_already_waiting() -> No
     b.policy = BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=1.0)  # a SIGHUP
     thread.join(60)
     assert [events(batch) for batch in out] == [[0]]  # not after the 600 s delay
+
+
+def test_a_reload_sets_the_limits_of_the_batches_after_the_one_being_formed() -> None:
+    b = Batcher(16, BatchPolicy(max_events=3, max_hits=10**6, max_queue_delay_ms=600_000))
+    b.put(job(5, 0))
+    thread, out = _open_batch(b)
+    b.policy = BatchPolicy(max_events=1, max_hits=10**6, max_queue_delay_ms=600_000)
+    for i in (1, 2, 3):
+        b.put(job(5, i))
+    thread.join(60)
+    assert [events(batch) for batch in out] == [[0, 1, 2]]  # the old limit
+    assert events(b.next_batch(1)) == [3]  # the new one
 
 
 def test_a_queue_delay_past_what_a_thread_can_wait_batches_all_the_same() -> None:
