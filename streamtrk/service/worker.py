@@ -96,6 +96,8 @@ class Worker(Supervised):
                 self._current = [] if batch is None else batch.jobs + batch.expired
             if batch is not None:
                 self.process(batch)
+                with self._taking:
+                    self._current = []  # answered: no work held while the next one forms
                 faults.fail("worker")
             elif self.intake_done() and self.batcher.depth() == 0:
                 return

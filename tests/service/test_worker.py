@@ -633,6 +633,34 @@ def test_the_one_by_one_retry_of_a_failed_batch_is_progress_not_a_stall() -> Non
     assert problems == set()
 
 
+def test_a_batch_waiting_out_its_queue_delay_is_not_a_stall() -> None:
+    """A delay longer than ``stall_timeout_s`` is waiting, not a stall; nor is the batch
+    before it, answered, work held (a liveness probe would restart a sound daemon)."""
+    det = load_detector()
+    first, second = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2)
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=1_500))
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(FailOnEvent13(), detector=det)
+    intake_done = False
+    worker = Worker(batcher, replies, Metrics(), lambda: rec, lambda: intake_done, lambda o: None)
+    problems = set()
+    worker.start()
+    try:
+        for ev in (first, second):
+            batcher.put(Job(ev, time.perf_counter(), None))
+            t_end = time.monotonic() + 60
+            while replies.empty():
+                assert time.monotonic() < t_end, "no reply"
+                if (problem := worker.problem(stall_timeout_s=0.5)) is not None:
+                    problems.add(problem.split(" for ")[0])
+                time.sleep(0.02)
+            assert replies.get_nowait().status == "ok"
+    finally:
+        intake_done = True
+        worker.join(60)
+    assert problems == set()
+
+
 class FailingBatchThen:
     """Edge scorer: all edges 0; a batch of two events or more takes 0.3 s, calls ``then``
     and raises."""
