@@ -397,7 +397,7 @@ class EngineScorer:
                 if self.requested != "auto" or self.engine not in FALLBACK:
                     raise
                 nxt = FALLBACK[self.engine]
-                self.fallback_reason = (
+                self._note(
                     f"{self.engine} failed to warm up ({type(exc).__name__}: {exc}); using {nxt}"
                 )
                 self.engine = nxt
@@ -419,7 +419,7 @@ class EngineScorer:
         return [(n - 1, e) for n, e in (pairs if self.device.type == "cuda" else pairs[-1:])]
 
     def _warm(self) -> None:
-        if self.cuda_graphs:
+        if self.cuda_graphs and self.engine == "compile":  # the engine that replays them
             try:
                 self._warm_shapes(runs=2)
                 return
@@ -465,11 +465,14 @@ class EngineScorer:
         pool (on the thread that made them) and stop that thread. Not
         ``torch._dynamo.reset()``: a reload's warm-up runs while the worker still scores
         with the old model."""
-        why = f"CUDA graphs off: {exc!r:.300}"
-        self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
+        self._note(f"CUDA graphs off: {exc!r:.300}")
         self.cuda_graphs = False
         self._stop_graph_thread()
         self._run = self._make(self.engine)
+
+    def _note(self, why: str) -> None:
+        """Add ``why`` to ``fallback_reason``: every step away from what was asked."""
+        self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
 
     def close(self) -> None:
         """Free what the scorer holds outside Python's reach, now: its CUDA graphs' memory

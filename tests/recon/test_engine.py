@@ -30,6 +30,7 @@ from streamtrk.recon.buckets import (
 from streamtrk.recon.engine import (
     EngineError,
     EngineScorer,
+    Run,
     cached,
     engine_cache_key,
     model_hash,
@@ -305,6 +306,36 @@ def test_auto_falls_back_when_an_engine_fails_to_warm_up(
     )
     g = _graph(200, 900, 3)
     np.testing.assert_allclose(scorer(g, []), GNNScorer(model)(g, []), rtol=0, atol=1e-6)
+
+
+def test_a_tensorrt_failure_falls_back_to_compile_with_cuda_graphs_as_asked(
+    model: InteractionNetwork,
+) -> None:
+    """TensorRT replays no CUDA graphs: its failure is its own (built once, not taken for
+    the graphs'), and compile, next, keeps the graphs asked for; the note keeps every step.
+    Emulated on the CPU: the scorer as ``auto`` on CUDA makes it (the device only gates
+    ``cuda_graphs`` at construction and the warm shapes)."""
+    scorer = EngineScorer(model, "cpu", "eager", buckets=SMALL, backend="eager")
+    scorer.requested, scorer.engine, scorer.cuda_graphs = "auto", "tensorrt", True
+    scorer.fallback_reason = "as resolved"
+    builds = []
+
+    def failing_build() -> Run:
+        builds.append(1)
+        raise RuntimeError("unsupported op index_add")
+
+    scorer._tensorrt = failing_build  # type: ignore[method-assign]
+    scorer._run = scorer._make("tensorrt")
+    with warnings.catch_warnings():  # the eager backend ignores mode="reduce-overhead"
+        warnings.simplefilter("ignore")
+        scorer.warm_up()
+    assert (scorer.engine, scorer.cuda_graphs, len(builds)) == ("compile", True, 1)
+    assert scorer.fallback_reason == (
+        "as resolved; tensorrt failed to warm up (RuntimeError: unsupported op index_add); "
+        "using compile"
+    )
+    scorer.close()
+    torch._dynamo.reset()
 
 
 def test_graph_thread_has_graph_trees_of_its_own(model: InteractionNetwork) -> None:
