@@ -137,9 +137,6 @@ def gpu_limits(name: str) -> tuple[str, dict[str, Any]] | None:
     return next(((k, v) for k, v in GPU_LIMITS.items() if k in name), None)
 
 
-# The measured reference: an Interaction Network of hidden 64 and 8 steps, torch.compile in
-# bf16 on this GPU (docs/gpu.md, Reference figures).
-REFERENCE_GNN_EDGES_PER_S = 133e6
 # The reference figures of docs/gpu.md (H200, plain reference code, a 100k-hit event with
 # 1.9M doublets): per stage, what it did and its milliseconds per event; the GNN's as edges/s
 # (eager: 1.9M edges in 123 ms), set against the edges our graph gives it.
@@ -149,7 +146,7 @@ REFERENCE_STAGES = {
 }
 REFERENCE_GNN = {
     "eager": ("Interaction Network H=64, 8 steps, eager", 1.9e6 / 0.123),
-    "compile": ("Interaction Network H=64, 8 steps, torch.compile bf16", REFERENCE_GNN_EDGES_PER_S),
+    "compile": ("Interaction Network H=64, 8 steps, torch.compile bf16", 133e6),
 }
 REFERENCE_ZMQ_MSGS_PER_S = 2200.0  # pyzmq TCP loopback, messages of 1.6 MB
 
@@ -276,17 +273,21 @@ def gnn_traffic_bytes(cfg: Any, act_bytes: int) -> tuple[float, float]:
 
 
 def gnn_figures(
-    cfg: Any, precision: str, edges: float, hits: float, seconds: float, gpu: str
+    cfg: Any, engine: str, precision: str, edges: float, hits: float, seconds: float, gpu: str
 ) -> dict:
-    """The GNN stage's achieved rates against the reference and against the limits of
-    ``gpu`` (its name) for this graph (matrix-product FLOPs and least traffic per edge and
-    hit; none for a card without limits in GPU_LIMITS)."""
+    """The GNN stage's achieved rates (the whole stage: compaction, padding and DLPack with
+    the network) against the reference of its engine (REFERENCE_GNN; none for TensorRT)
+    and against the limits of ``gpu`` (its name) for this graph (matrix-product FLOPs and
+    least traffic per edge and hit; none for a card without limits in GPU_LIMITS)."""
     f_edge, f_hit = cfg.matmul_flops()
     b_edge, b_hit = gnn_traffic_bytes(cfg, 4 if precision == "fp32" else 2)
     flops, traffic = edges * f_edge + hits * f_hit, edges * b_edge + hits * b_hit
+    what, rate = REFERENCE_GNN.get(engine, (None, None))
     out = {
         "edges_per_s": edges / seconds,
-        "over_reference": edges / seconds / REFERENCE_GNN_EDGES_PER_S,
+        "reference": what,
+        "reference_edges_per_s": rate,
+        "over_reference": None if rate is None else edges / seconds / rate,
         "achieved_tflops": flops / seconds / 1e12,
         "achieved_tb_per_s_at_least_traffic": traffic / seconds / 1e12,
     }
@@ -584,6 +585,7 @@ def config_part(
             if dev.cuda:
                 row["gnn"] = gnn_figures(
                     net.model.config,
+                    scorer.engine,
                     precision,
                     row["edges_per_batch"],
                     row["gnn_hits_per_batch"],
@@ -677,12 +679,13 @@ def parity_part(dev: Device, events: list[Event], net: Network) -> dict[str, Any
     from streamtrk.eval.precision import precision_parity
 
     n = min(8, len(events))
-    return precision_parity(
+    engine = "eager"  # the compiled engine's bf16 is not measured here (its compile time)
+    return {"engine": engine} | precision_parity(
         net.model,
         events[:n],
         precision="bf16",
         device=dev.name,
-        engine="eager",
+        engine=engine,
         chain=net.chain,
         batch_size=n,
     )

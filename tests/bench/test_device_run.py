@@ -140,6 +140,28 @@ def test_host_path_cut_during_its_transfers_keeps_its_per_event_figures(
     assert "ZeroMQ over TCP loopback: not measured (run cut)." in text
 
 
+def test_on_the_device_the_host_path_report_says_the_copy_is_in_its_columns(
+    gpu_report: Any,
+) -> None:
+    """host_path times batch_columns to the copy's end on the device: so labelled, and the
+    total with it, lest the copy be read as host work."""
+    host = {
+        "events": 2,
+        "mu": 200,
+        "device": "cuda",
+        "per_event_us": {"decode": 10.0, "batch_columns": 700.0},
+        "host_us_per_event": 710.0,
+        "share_of_budget": {"500 events/s": 0.36},
+        "zmq_tcp": None,
+    }
+    text = gpu_report.host_path_markdown(host)
+    assert "| batch_columns (with the copy up and its wait) | 700 |" in text
+    assert "| host total (the copy up included) | 710 |" in text
+    assert "| batch_columns | 6 |" in gpu_report.host_path_markdown(
+        host | {"device": "cpu", "per_event_us": {"batch_columns": 6.0}}
+    )
+
+
 def _children(pid: int) -> list[int]:
     """The processes ``pid`` started (Linux's /proc)."""
     return [

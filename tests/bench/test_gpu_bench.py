@@ -191,10 +191,15 @@ def test_the_gnn_limit_is_the_cards_own() -> None:
     gpu_bench = bench_script("gpu_bench")
     cfg = load_model(shipped_model_path())[0].config
     figures = {
-        gpu: gpu_bench.gnn_figures(cfg, "bf16", 1e6, 1e5, 1e-3, gpu)
+        gpu: gpu_bench.gnn_figures(cfg, "compile", "bf16", 1e6, 1e5, 1e-3, gpu)
         for gpu in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100")
     }
     assert [f["limits_of"] for f in figures.values()] == ["H200", "H100", "H100 PCIe", None]
+    # Each engine against its own reference: eager 1.9M edges in 123 ms, none for TensorRT.
+    eager = gpu_bench.gnn_figures(cfg, "eager", "fp32", 1e6, 1e5, 1e-3, "NVIDIA H200")
+    assert eager["over_reference"] == pytest.approx(1e9 / (1.9e6 / 0.123))
+    trt = gpu_bench.gnn_figures(cfg, "tensorrt", "bf16", 1e6, 1e5, 1e-3, "NVIDIA H200")
+    assert (trt["reference"], trt["over_reference"]) == (None, None)
     memory_bound = {g: f for g, f in figures.items() if f.get("limit_bound_by") == "memory"}
     assert len(memory_bound) == 3  # the shipped network's few FLOPs an edge
     h200, h100 = figures["NVIDIA H200"], figures["NVIDIA H100 80GB HBM3"]
