@@ -1,6 +1,7 @@
 """Edge-classifier engines and precisions on the CPU: why ``engine = auto`` is eager fp32
-there. Times the shipped model's scorer on simulated MU=200 events (seed 3000) for each
-``ENGINE:PRECISION`` given (first call, which compiles, and each later event).
+there. Times the shipped model's scorer on simulated MU=200 events (seed 3000), on the graph
+the chain gives it (after its card's pruning), for each ``ENGINE:PRECISION`` given (first
+call, which compiles, and each later event).
 
 Run: .venv/bin/python bench/cpu_engines.py eager:fp32 eager:bf16 compile:fp32
 """
@@ -15,11 +16,9 @@ import argparse
 import json
 import time
 
-from streamtrk.detector import load_detector
-from streamtrk.recon.card import check_card
 from streamtrk.recon.engine import EngineScorer
-from streamtrk.recon.graph import event_graph
-from streamtrk.recon.model import default_model_path, load_model
+from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.model import default_model_path
 from streamtrk.sim.simulate import SimConfig, simulate
 
 
@@ -28,15 +27,14 @@ def main() -> None:
     ap.add_argument("variants", nargs="+", help="ENGINE:PRECISION, e.g. eager:fp32")
     ap.add_argument("--events", type=int, default=2)
     args = ap.parse_args()
-    model, card = load_model(default_model_path())
-    _, graph, _ = check_card(card)
-    det = load_detector()
-    events = list(simulate(det, SimConfig(), 3000, args.events))
-    graphs = [event_graph(ev, det, graph) for ev in events]
+    rec = load_reconstructor(default_model_path())
+    assert isinstance(rec.scorer, EngineScorer)  # what load_reconstructor gives
+    events = list(simulate(rec.detector, SimConfig(), 3000, args.events))
+    graphs = [rec.reconstruct([ev]).graph for ev in events]
     rows = []
     for variant in args.variants:
         engine, precision = variant.split(":")
-        scorer = EngineScorer(model, "cpu", engine, precision)
+        scorer = EngineScorer(rec.scorer.model, "cpu", engine, precision)
         t0 = time.perf_counter()
         scorer(graphs[0], events[:1])
         first = time.perf_counter() - t0
@@ -49,6 +47,7 @@ def main() -> None:
             {
                 "engine": engine,
                 "precision": precision,
+                "edges_per_event": [g.num_edges for g in graphs],
                 "first_call_s": round(first, 1),
                 "seconds_per_event": seconds,
             }
