@@ -9,10 +9,10 @@ from typing import Any
 
 from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE, Buckets
 from streamtrk.recon.budget import Budget
-from streamtrk.recon.card import card_prune, card_tracks, check_card
+from streamtrk.recon.card import ModelCardError, card_prune, card_tracks, check_card
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.model import default_model_path, load_model
+from streamtrk.recon.model import CARD, default_model_path, load_model
 from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import EdgeScorer, Reconstructor
 from streamtrk.recon.tracks import TrackConfig
@@ -31,9 +31,15 @@ class ChainSettings:
     @classmethod
     def of_card(cls, card: dict[str, Any], model_dir: Path | None = None) -> ChainSettings:
         """The settings of a card; ``model_dir`` (the card's directory) is where a pruning
-        windows file named by the card is looked for first."""
-        _, graph, threshold = check_card(card)
-        return cls(threshold, graph, card_prune(card, model_dir), card_tracks(card))
+        windows file named by the card is looked for first, and named in its errors
+        (ModelCardError)."""
+        try:
+            _, graph, threshold = check_card(card)
+            return cls(threshold, graph, card_prune(card, model_dir), card_tracks(card))
+        except ModelCardError as exc:
+            if model_dir is None:
+                raise
+            raise ModelCardError(f"{model_dir / CARD}: {exc}") from exc
 
     def buckets(self) -> Buckets:
         """Shape buckets whose warm-up pairs match the graphs this chain scores (pruned

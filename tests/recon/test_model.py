@@ -96,8 +96,9 @@ def test_pruning_and_track_settings_round_trip(tmp_path: Path) -> None:
     assert rec.scorer.buckets.edges_per_node == PRUNED_EDGES_PER_NODE
     assert old.scorer.buckets.edges_per_node == UNPRUNED_EDGES_PER_NODE
     _edit_card(tmp_path / "m", "stitch_threshold = 0.1", "stitch_treshold = 0.1")
-    with pytest.raises(ModelCardError, match=r"\[tracks\].*stitch_treshold"):
+    with pytest.raises(ModelCardError, match=r"\[tracks\].*stitch_treshold") as refused:
         load_reconstructor(tmp_path / "m")
+    assert str(refused.value).startswith(f"{tmp_path / 'm' / 'card.toml'}: model card [tracks]")
 
 
 def test_pruning_windows_are_looked_for_beside_the_card(tmp_path: Path) -> None:
