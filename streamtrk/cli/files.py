@@ -226,7 +226,9 @@ def _inspect_arguments(s: argparse.ArgumentParser) -> None:
     description="Print a recording's counts: events, hits per event (mean, max), truth, the "
     "wire schema versions and the records' kinds. Exit status 1 when the file is damaged "
     "(the summary covers the records before the damage, and the error names its offset and "
-    "whether --repair can mend it), else 0.",
+    "whether --repair can mend it), else 0; records whole but no valid message (a newer "
+    "schema version, a daemon's dead letters) are counted under 'invalid' and said on "
+    "stderr.",
 )
 def _inspect(args: argparse.Namespace) -> int:
     from streamtrk.io.recording import summarize
@@ -246,6 +248,13 @@ def _inspect(args: argparse.Namespace) -> int:
         width = max(len(k) for k in summary)
         for k, v in summary.items():
             print(f"{k:<{width}}  {v}")
+    if invalid := sum(summary["invalid"].values()):
+        print(
+            f"streamtrk inspect: {invalid} of the records are no valid message (see 'invalid'):"
+            " replay, evaluate and export-trackml stop at the first; a daemon's dead letters"
+            " are all such records",
+            file=sys.stderr,
+        )
     if summary["error"]:
         remedy = repair_hint(args.recording, summary["cut_at"])
         print(f"streamtrk inspect: error: {summary['error']}{remedy}", file=sys.stderr)

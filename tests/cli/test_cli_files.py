@@ -127,6 +127,23 @@ def test_inspect_reports_events_and_truth(tmp_path, capsys):
     assert summary["versions"] == [1, 2] and summary["error"] is None
 
 
+def test_inspect_says_records_that_are_no_valid_message(tmp_path, capsys):
+    """Whole records the readers refuse (a dead letter, here one not msgpack): counted, and
+    said on stderr, since replay and evaluate stop at them."""
+    _simulate(tmp_path)
+    with RecordingWriter(tmp_path / "a.stk", "a") as w:
+        w.write([b"\xc1"])
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "a.stk")]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["invalid"] == {"not_msgpack": 1}
+    assert out.err == (
+        "streamtrk inspect: 1 of the records are no valid message (see 'invalid'): replay,"
+        " evaluate and export-trackml stop at the first; a daemon's dead letters are all"
+        " such records\n"
+    )
+
+
 def test_a_truncated_file_is_named_with_its_offset_and_inspect_repair_mends_it(tmp_path, capsys):
     """A crash mid-write leaves the last record cut: every reader names the offset and the
     remedy; ``inspect --repair`` cuts the file back to its whole records, says what it cut,
