@@ -279,7 +279,7 @@ def _repair(path: Path) -> bool:
             )
             return False
         try:
-            if cut := repair(path, tail_only=True):
+            if cut := repair(path):
                 print(f"streamtrk inspect: cut {cut[0]} bytes: {cut[1]}", file=sys.stderr)
         finally:
             os.close(fd)

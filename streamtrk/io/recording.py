@@ -197,16 +197,30 @@ class RecordingReader:
     def events(self, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[Event]:
         """Decoded ``hits`` messages as events, in their order, with ``.truth`` from a
         ``truth`` message of the same (run, event) that follows them (:class:`TruthPairs`);
-        other messages are skipped. A damaged record raises RecordingError; the events
-        still waiting for their truth then are not yielded (the damaged record may be it)."""
+        other messages are skipped. A damaged record raises RecordingError once the events
+        before it are yielded, but those whose truth it may be: the event its header names
+        as a truth, else (its header unreadable, in a recording that has truth) every event
+        still waiting for its truth."""
         pairs: TruthPairs[Event] = TruthPairs()
-        for offset, frames in self:
-            msg = self._decode(offset, frames, limits)
-            if msg.kind == "hits":
-                pairs.hits((msg.run, msg.event), msg.to_event())
-            elif msg.kind == "truth":
-                pairs.truth((msg.run, msg.event), partial(self._with_truth, offset, msg=msg))
-            yield from pairs.ready()
+        at, truth_seen = _FILE_HEADER.size, False  # the record being read; any truth so far
+        try:
+            for offset, frames in self:
+                at = offset
+                msg = self._decode(offset, frames, limits)
+                if msg.kind == "hits":
+                    pairs.hits((msg.run, msg.event), msg.to_event())
+                elif msg.kind == "truth":
+                    truth_seen = True
+                    pairs.truth((msg.run, msg.event), partial(self._with_truth, offset, msg=msg))
+                at = offset + record_bytes(frames)
+                yield from pairs.ready()
+        except RecordingError:
+            header = _damaged_header(self.path, at)
+            if header is None:
+                yield from pairs.rest(lambda key: truth_seen)
+            else:
+                yield from pairs.rest(lambda key: _truth_of(header) == key)
+            raise
         yield from pairs.rest()
 
     def _decode(self, offset: int, frames: list[bytes], limits: Limits) -> Message:
@@ -261,9 +275,37 @@ class TruthPairs(Generic[T]):
         while self._waiting and (self._waiting[0][2] or len(self._waiting) > PAIR_WINDOW):
             yield self._waiting.popleft()[1]
 
-    def rest(self) -> Iterator[T]:
+    def rest(self, withheld: Callable[[tuple[int, int]], bool] = lambda key: False) -> Iterator[T]:
+        """All still waiting, in order, but those without their truth whose key is
+        ``withheld``."""
         while self._waiting:
-            yield self._waiting.popleft()[1]
+            key, item, paired = self._waiting.popleft()
+            if paired or not withheld(key):
+                yield item
+
+
+def _damaged_header(path: Path, offset: int) -> dict[str, Any] | None:
+    """The header (:func:`peek_header`) of the damaged record at ``offset`` where its first
+    frame is there whole (a crash mid-write cuts a record in its columns, after the header),
+    else None."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(_RECORD_HEADER.size + _LENGTH.size)
+        if len(head) < _RECORD_HEADER.size + _LENGTH.size:
+            return None
+        (n, _), (length,) = (
+            _RECORD_HEADER.unpack_from(head),
+            _LENGTH.unpack_from(head, _RECORD_HEADER.size),
+        )
+        if not 1 <= n <= MAX_FRAMES or length > DEFAULT_LIMITS.max_header_bytes:
+            return None
+        frame = f.read(length)
+    return peek_header([frame]) if len(frame) == length else None
+
+
+def _truth_of(header: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The (run, event) a truth message's header names; None for any other message."""
+    return (header.get("run"), header.get("event")) if header.get("kind") == "truth" else None
 
 
 #: Bytes of a recording searched for record starts (or read for a CRC) at a time, after
@@ -447,21 +489,24 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
         refuse_being_written(path)  # again: a tap may have begun on it since
 
 
-def repair(path: StrPath, *, tail_only: bool = False) -> tuple[int, str] | None:
-    """Cut a recording back to its last whole record, as a crash mid-write leaves it: the
-    bytes cut and why, or None when the file was intact. In a recording of events with
-    truth, a last hits message whose truth was cut goes too (read back, it would be an event
-    without truth). A bad file header is not repaired (RecordingError). ``tail_only``: only
-    a damaged tail (the error's ``cut_at``) is cut; other damage, which whole records may
-    follow, is left (None). The caller makes sure no process writes the file
-    (:func:`exclusive_lock`)."""
+def repair(path: StrPath) -> tuple[int, str] | None:
+    """Cut a damaged tail (a RecordingError's ``cut_at``: what a crash mid-write leaves) back
+    to the whole records before it: the bytes cut and why, or None when there was no
+    damaged tail (an intact file, or damage that whole records may follow: left). A last
+    hits message goes too when the damaged record is its truth (read back, it would be an
+    event without truth): as the damaged record's header says, else where the file's hits
+    are followed by their truth. A bad file header is not repaired (RecordingError). The
+    caller makes sure no process writes the file (:func:`exclusive_lock`)."""
     path = Path(path)
-    end, error, last_hits = _scan(path)
-    if error is None or (tail_only and error.cut_at is None):
+    end, error, last_hits, paired = _scan(path)
+    if error is None or error.cut_at is None:
         return None
     why = str(error)
     if last_hits is not None:
-        end, why = last_hits[0], f"{why}; with event {last_hits[1]}'s hits, its truth cut"
+        at, key = last_hits
+        header = _damaged_header(path, end)  # the damaged record's, where it can be read
+        if paired if header is None else _truth_of(header) == key:
+            end, why = at, f"{why}; with event {key[0]}/{key[1]}'s hits, its truth cut"
     size = path.stat().st_size
     os.truncate(path, end)
     return size - end, why
@@ -470,7 +515,7 @@ def repair(path: StrPath, *, tail_only: bool = False) -> tuple[int, str] | None:
 def _end_of_records(path: Path) -> int:
     """Byte offset after the last record; RecordingError if the file is not clean."""
     try:
-        end, error, _ = _scan(path)  # raises for a bad file header
+        end, error, _, _ = _scan(path)  # raises for a bad file header
         if error is not None:
             raise error
     except RecordingError as e:
@@ -478,27 +523,29 @@ def _end_of_records(path: Path) -> int:
     return end
 
 
-def _scan(path: Path) -> tuple[int, RecordingError | None, tuple[int, str] | None]:
+def _scan(
+    path: Path,
+) -> tuple[int, RecordingError | None, tuple[int, tuple[Any, Any]] | None, bool]:
     """Byte offset after the last whole record, the error that stopped the scan (None: the
-    file is clean), and the offset and "run/event" of the last whole record where it is
-    a hits message in a recording whose hits are followed by their truth (else None). A
-    bad file header raises. Frames of any length count: a whole record over
+    file is clean), the offset and (run, event) of the last whole record where it is a
+    hits message (else None), and whether a truth message followed its hits in the file
+    so far. A bad file header raises. Frames of any length count: a whole record over
     ``MAX_FRAME_BYTES`` (an older version's dead letters) is kept, not cut."""
     end = _FILE_HEADER.size
     paired = False  # a truth message followed its hits
-    hits: tuple[int, str] | None = None  # the last record, a hits message: where, which
+    hits: tuple[int, tuple[Any, Any]] | None = None  # the last record, a hits message
     with RecordingReader(path, max_frame_bytes=None) as reader:
         try:
             for offset, frames in reader:
                 end = offset + record_bytes(frames)
                 header = peek_header(frames) or {}
-                named = f"{header.get('run')}/{header.get('event')}"
+                key = (header.get("run"), header.get("event"))
                 kind = header.get("kind")
-                paired = paired or (kind == "truth" and hits is not None and hits[1] == named)
-                hits = (offset, named) if kind == "hits" else None
+                paired = paired or (kind == "truth" and hits is not None and hits[1] == key)
+                hits = (offset, key) if kind == "hits" else None
         except RecordingError as e:
-            return end, e, hits if paired else None
-    return end, None, None
+            return end, e, hits, paired
+    return end, None, None, paired
 
 
 def exclusive_lock(path: Path) -> int:

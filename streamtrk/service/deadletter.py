@@ -50,7 +50,7 @@ class DeadLetters:
         # one cut short by a crash, and write over its records: the file is held locked.
         self._lock = exclusive_lock(path)
         try:
-            if path.stat().st_size > 0 and (cut := repair(path, tail_only=True)):
+            if path.stat().st_size > 0 and (cut := repair(path)):
                 log.warning("dead-letter file %s cut back to its last whole record", path,
                             extra={"fields": {"bytes_cut": cut[0], "why": cut[1]}})  # fmt: skip
             try:

@@ -29,6 +29,7 @@ from streamtrk.io.recording import (
     iter_events,
     iter_records,
     new_recording,
+    record_bytes,
     repair,
     summarize,
 )
@@ -194,23 +195,38 @@ def test_a_file_being_written_is_said_so_and_locked_to_other_writers(small: Any)
     os.close(exclusive_lock(path))
 
 
-def test_repair_cuts_the_hits_whose_truth_it_cuts(small: Any) -> None:
-    """In a recording of events with truth, hits left last by the cut would read back as an
-    event without truth: cut with it. In one without truth, hits are whole events."""
-    path, offsets, frames = small  # hits 3/0, truth 3/0, hits 3/1
-    data = path.read_bytes()
-    torn = data[offsets[1] : offsets[2]][:-3]  # a truth record cut short (3/1's, as it were)
-    path.write_bytes(data + torn)
-    repaired = repair(path)
-    assert repaired is not None and repaired[1].endswith("; with event 3/1's hits, its truth cut")
-    assert repaired[0] == len(data) + len(torn) - offsets[2]
-    assert [f for _, f in iter_records(path)] == frames[:2]
-    hits_only = data[: offsets[1]] + data[offsets[2] :]  # hits 3/0, hits 3/1: no truth
-    path.write_bytes(hits_only + torn)
-    assert repair(path) == (len(torn), repaired[1].split("; with")[0].replace(
-        f"offset {len(data)}", f"offset {len(hits_only)}"
-    ))  # fmt: skip
-    assert path.read_bytes() == hits_only
+def test_repair_cuts_the_hits_whose_truth_it_cuts(tmp_path: Path, rng) -> None:
+    """Hits left last by the cut of their truth would read back as an event without truth:
+    cut with it, as the damaged record's header says; hits whose truth is not the damaged
+    record (another's, or none) stay: whole events."""
+    path = tmp_path / "r.stk"
+    ev0, ev1 = make_event(rng, 2, 0), make_event(rng, 3, 1)
+    assert ev0.truth is not None and ev1.truth is not None
+    hits0, hits1 = encode_hits(ev0, t_send_ns=1), encode_hits(ev1, t_send_ns=1)
+    truth0, truth1 = (
+        encode_truth(3, e, t, t_send_ns=1) for e, t in ((0, ev0.truth), (1, ev1.truth))
+    )
+    for whole, cut, hits_cut in (
+        ([hits0, truth0, hits1], truth1, True),  # 3/1's truth: its hits go
+        ([hits0], truth0, True),  # the first event's truth (no truth in the file before)
+        ([hits0, truth0, hits1], truth0, False),  # another event's truth: 3/1 stays
+    ):
+        offsets = write(path, [*whole, cut])
+        data = path.read_bytes()
+        path.write_bytes(data[: offsets[-1] + record_bytes(cut) - 3])  # in its last frame
+        repaired = repair(path)
+        assert repaired is not None
+        last = decode(whole[-1]).event
+        assert repaired[1].endswith(f"; with event 3/{last}'s hits, its truth cut") == hits_cut
+        kept = whole[:-1] if hits_cut else whole
+        assert [f for _, f in iter_records(path)] == [[bytes(f) for f in m] for m in kept]
+    # A header that cannot be read: the hits go where the file's hits have their truth.
+    offsets = write(path, [hits0, truth0, hits1, truth1])
+    path.write_bytes(path.read_bytes()[: offsets[-1] + 10])
+    assert repair(path) is not None and len(list(iter_records(path))) == 2
+    offsets = write(path, [hits0, hits1, truth1])
+    path.write_bytes(path.read_bytes()[: offsets[-1] + 10])
+    assert repair(path) is not None and len(list(iter_records(path))) == 2
 
 
 def test_repair_cuts_back_to_the_last_whole_record(small: Any, tmp_path: Path) -> None:
@@ -354,6 +370,38 @@ def test_an_event_whose_truth_record_is_damaged_is_not_yielded_without_it(small:
         for ev in iter_events(path):
             events.append(ev)
     assert events == []
+
+
+def test_events_before_damage_are_yielded_but_the_one_whose_truth_it_is(
+    tmp_path: Path, rng
+) -> None:
+    """A crash cuts the last record: the events before it are whole, those of a recording
+    without truth (waiting for a truth that never comes) and those whose truth the damaged
+    record is not (its header says whose)."""
+    path = tmp_path / "d.stk"
+    events = [make_event(rng, 2, i) for i in range(4)]
+    offsets = write(path, [encode_hits(Event(3, e.event, e.hits)) for e in events])
+    path.write_bytes(path.read_bytes()[: offsets[-1] + 30])  # hits only: 3/3's cut
+    got: list = []
+    with pytest.raises(RecordingError, match=f"offset {offsets[-1]}"):
+        got.extend(e.event for e in iter_events(path))
+    assert got == [0, 1, 2]
+    # Two producers interleaved: 3/0's truth comes after 3/1's hits, and is cut.
+    truth = [encode_truth(3, e.event, e.truth, t_send_ns=1) for e in events if e.truth]
+    hits = [encode_hits(e, t_send_ns=1) for e in events]
+    offsets = write(path, [hits[0], hits[1], truth[1], hits[2], truth[0]])
+    path.write_bytes(path.read_bytes()[: offsets[-1] + record_bytes(truth[0]) - 3])
+    got = []
+    with pytest.raises(RecordingError, match=f"offset {offsets[-1]}"):
+        got.extend((e.event, e.truth is not None) for e in iter_events(path))
+    assert got == [(1, True), (2, False)]  # 3/0 withheld: the cut record is its truth
+    # Its header cut too, in a recording with truth: every event waiting for it withheld.
+    offsets = write(path, [hits[0], truth[0], hits[1], hits[2], truth[1]])
+    path.write_bytes(path.read_bytes()[: offsets[-1] + 10])
+    got = []
+    with pytest.raises(RecordingError, match=f"offset {offsets[-1]}"):
+        got.extend((e.event, e.truth is not None) for e in iter_events(path))
+    assert got == [(0, True)]
 
 
 def test_a_recording_that_is_no_regular_file_is_named(tmp_path: Path) -> None:
@@ -645,7 +693,7 @@ def test_a_garbage_length_in_the_last_record_is_a_damaged_tail_that_repair_cuts(
         pytest.raises(RecordingError, match=f"exceeds the {left} bytes left"),
     ):
         list(reader)
-    repaired = repair(path, tail_only=True)
+    repaired = repair(path)
     assert repaired is not None and repaired[0] == len(data) - offsets[2]
     assert [f for _, f in iter_records(path)] == frames[:2]
 
@@ -689,20 +737,14 @@ def test_write_event_returns_the_offset_of_its_hits_record(
     assert got == hits_at and len(set(got)) == 3
 
 
-def test_repair_cuts_damage_whole_records_follow_only_when_not_tail_only(small: Any) -> None:
-    """A flipped bit in the middle record, a whole record after it: ``tail_only`` (what
-    ``inspect --repair`` does) leaves the file; a plain ``repair`` cuts it back to the whole
-    records before the damage, saying how many bytes it cut and where."""
-    path, offsets, frames = small
+def test_repair_leaves_damage_that_whole_records_follow(small: Any) -> None:
+    """A flipped bit in the middle record, a whole record after it: cutting there would
+    drop that record; the file is left as it is."""
+    path, offsets, _ = small
     data = bytearray(path.read_bytes())
     data[offsets[1] + 20] ^= 0x40
     path.write_bytes(bytes(data))
-    assert repair(path, tail_only=True) is None and path.read_bytes() == data
-    repaired = repair(path)
-    assert repaired is not None
-    assert repaired[0] == len(data) - offsets[1] and f"record at offset {offsets[1]}" in repaired[1]
-    assert path.read_bytes() == data[: offsets[1]]
-    assert [f for _, f in iter_records(path)] == frames[:1]
+    assert repair(path) is None and path.read_bytes() == data
 
 
 def test_summarize_an_empty_recording(tmp_path: Path) -> None:
