@@ -428,12 +428,23 @@ class RecordingWriter:
         if (longest := max(v.nbytes for v in views)) > MAX_FRAME_BYTES:
             raise ValueError(f"a frame holds at most {MAX_FRAME_BYTES} bytes, got {longest}")
         offset = self.end
-        self._file.write(_RECORD_HEADER.pack(len(views), _crc(views)))
-        for v in views:
-            self._file.write(_LENGTH.pack(v.nbytes))
-            self._file.write(v)
+        with self._named():
+            self._file.write(_RECORD_HEADER.pack(len(views), _crc(views)))
+            for v in views:
+                self._file.write(_LENGTH.pack(v.nbytes))
+                self._file.write(v)
         self.end += record_bytes(views)
         return offset
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """An OSError of the block (a full disk) names this writer's file."""
+        try:
+            yield
+        except OSError as e:
+            if e.filename is None:
+                e.filename = str(self.path)
+            raise
 
     def write_event(self, event: Event, *, compact: bool = False) -> int:
         """Record an event: its hits message (``compact``: as ``encode_hits`` writes it), then
@@ -458,10 +469,12 @@ class RecordingWriter:
         return offset
 
     def flush(self) -> None:
-        self._file.flush()
+        with self._named():
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with self._named():
+            self._file.close()
 
     def __enter__(self) -> Self:
         return self
@@ -484,8 +497,13 @@ def new_recording(path: StrPath) -> Iterator[RecordingWriter]:
     path = Path(path)
     refuse_being_written(path)
     with file_to_write(path) as file:
-        with RecordingWriter(file) as writer:
-            yield writer
+        try:
+            with RecordingWriter(file) as writer:
+                yield writer
+        except OSError as e:  # a full disk: said of the recording, not its partial file
+            if e.filename == str(file):
+                e.filename = str(path)
+            raise
         refuse_being_written(path)  # again: a tap may have begun on it since
 
 

@@ -6,6 +6,8 @@ import contextlib
 import os
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import tracemalloc
 import zlib
@@ -565,6 +567,32 @@ def test_new_recording_takes_its_place_only_on_success(tmp_path: Path) -> None:
         raise RuntimeError("cut")
     assert [f for _, f in iter_records(path)] == [[b"x"]]  # the old file is kept
     assert os.listdir(tmp_path) == ["n.stk"]
+
+
+_FILL_THE_DISK = """
+import resource, sys
+from streamtrk.io.recording import new_recording
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    with new_recording(sys.argv[1]) as w:
+        for _ in range(100):
+            w.write([bytes(10_000)])
+except OSError as e:
+    print(e.filename, e.strerror)
+"""
+
+
+def test_a_write_that_fails_names_the_recording(tmp_path: Path) -> None:
+    """A full disk (here the file size limit, for real): the error names the file being
+    written, the recording, not its partial file."""
+    path = tmp_path / "full.stk"
+    out = subprocess.run(
+        [sys.executable, "-c", _FILL_THE_DISK, str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout == f"{path} File too large\n", out.stderr
+    assert os.listdir(tmp_path) == []  # nor any partial file left
 
 
 def test_new_recording_refuses_a_file_another_process_writes(tmp_path: Path) -> None:
