@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from streamtrk import tomlio
-from streamtrk.io.paths import replaced_whole
+from streamtrk.io.paths import replaced_whole, write_whole
 from streamtrk.recon.card import ModelCardError, check_card
 from streamtrk.recon.gnn import InteractionNetwork
 
@@ -40,14 +40,13 @@ def default_model_path() -> Path:
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` of ``obj`` to ``path`` through a buffer: a failed write (a full disk)
-    is an OSError naming the file, where torch's own writer raises a RuntimeError."""
+    """``torch.save`` of ``obj`` to ``path`` through a buffer, whole or not at all
+    (:func:`write_whole`: a checkpoint cut by a full disk or Ctrl-C is not left under its
+    name); a failed write is an OSError naming the file, where torch's own writer raises a
+    RuntimeError."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    try:
-        path.write_bytes(buffer.getbuffer())
-    except OSError as e:
-        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+    write_whole(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str, Any]) -> None:

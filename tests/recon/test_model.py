@@ -377,7 +377,8 @@ def test_a_threshold_of_one_passes_no_edge_and_is_refused(saved: tuple[Path, Int
 
 def test_a_model_save_the_disk_refuses_is_an_oserror_naming_the_file(tmp_path) -> None:
     """torch's own writer raises a RuntimeError ("unexpected pos") on a full disk: the CLI
-    would show a traceback. Here the file size limit refuses the write (EFBIG, as ENOSPC)."""
+    would show a traceback. Here the file size limit refuses the write (EFBIG, as ENOSPC).
+    The file there (a checkpoint of the same name) is left as it was, none cut short."""
     script = (
         "import resource, sys, torch\n"
         "from pathlib import Path\n"
@@ -389,7 +390,9 @@ def test_a_model_save_the_disk_refuses_is_an_oserror_naming_the_file(tmp_path) -
         "    print(e)\n"
     )
     path = tmp_path / "w.pt"
+    path.write_bytes(b"before")
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"cannot write {path}: File too large"
+    assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["w.pt"]
