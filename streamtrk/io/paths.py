@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 _WRITE_IN = os.W_OK | os.X_OK  # create and write files in a folder
 _partials = itertools.count()  # this process's partial files, numbered
+NAME_MAX = 255  # bytes of a file name (Linux's file systems)
 
 
 def check_writable(path: Path, *, folder: bool = False) -> None:
@@ -96,9 +97,12 @@ def replaced_whole(path: Path) -> Iterator[Path]:
     ends (with the permissions of a file it replaces, as an editor keeps them), removed when
     it raises (or Ctrl-C), so that a failed write neither leaves a file cut short nor
     destroys the one there. Its folder is made. The name is this writer's own (process id,
-    then a count): two writers of one path each write a whole file, the last one stays. A
-    writer killed outright (SIGKILL, the OOM killer) leaves its partial file, named so."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}-{next(_partials)}.partial")
+    then a count): two writers of one path each write a whole file, the last one stays; for
+    a name too long to take the suffix, ``.PID-N.partial`` beside it. A writer killed
+    outright (SIGKILL, the OOM killer) leaves its partial file, named so."""
+    suffix = f".{os.getpid()}-{next(_partials)}.partial"
+    fits = len(os.fsencode(path.name + suffix)) <= NAME_MAX
+    partial = path.with_name(path.name + suffix if fits else suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield partial
