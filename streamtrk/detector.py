@@ -358,3 +358,5 @@ def load_detector(path: str | Path | None = None) -> Detector:
         return parse_detector(tomllib.loads(text))
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"invalid detector file {path or DEFAULT_DETECTOR}: {exc}") from exc
+    except ValueError as exc:  # parse_detector's, which knows no file: named
+        raise ValueError(f"{path or DEFAULT_DETECTOR}: {exc}") from exc

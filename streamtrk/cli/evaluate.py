@@ -214,8 +214,8 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
             budget=budget,
             beam_spot=args.beam_spot,
         )
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}, or pass --oracle") from None
+    except FileNotFoundError as e:  # no model there (model_missing): the setting refused
+        raise SettingError(f"{e}, or pass --oracle") from None
     return rec, str(model)
 
 

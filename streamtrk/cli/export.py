@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from streamtrk.cli.common import check_outputs, subcommand
+from streamtrk.errors import SettingError
 
 
 def _export_arguments(s: argparse.ArgumentParser) -> None:
@@ -23,8 +24,11 @@ def _export_arguments(s: argparse.ArgumentParser) -> None:
     "model card's name, threshold and feature version go into the ONNX metadata.",
 )
 def _export(args: argparse.Namespace) -> int:
+    from streamtrk.recon.model import model_missing
     from streamtrk.recon.onnx_export import ORT_CPU_NOTE, export_model_dir
 
+    if why := model_missing(args.onnx):
+        raise SettingError(f"--onnx: {why}")
     # Before the export's seconds of work; not over a file of the model (its weights, card).
     model_files = [f for f in args.onnx.iterdir() if f.is_file()] if args.onnx.is_dir() else []
     check_outputs(args.output, inputs=model_files)

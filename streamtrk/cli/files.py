@@ -132,7 +132,12 @@ def _simulate(args: argparse.Namespace) -> int:
         dead_layers=frozenset(args.dead_layer),
         noisy_layers=tuple(args.noisy_layer),
     )
-    det = load_detector(args.detector)
+    try:
+        det = load_detector(args.detector)
+    except FileNotFoundError:
+        raise SettingError(f"--detector {args.detector}: no such file") from None
+    except ValueError as e:  # the file is no detector (its errors name it)
+        raise SettingError(f"--detector: {e}") from None
     check_outputs(args.output, folder=args.trackml_dir)  # before the events are made
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     replaced = 0

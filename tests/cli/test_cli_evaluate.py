@@ -261,7 +261,7 @@ def test_evaluate_names_the_model_it_used(tmp_path):
     assert report["scorer"] == str(model)
     assert None in report["fake_rate_by_pt"].values()  # an empty bin: null, not NaN
     out = _run("evaluate", str(tmp_path / "e.stk"), "-q", "--model", str(tmp_path / "none"))
-    assert out.returncode == 1
+    assert out.returncode == 2  # a setting refused, as serve's --model
     assert out.stderr.startswith(f"streamtrk evaluate: error: no model at {tmp_path / 'none'}")
     assert out.stderr.rstrip().endswith(", or pass --oracle")
 

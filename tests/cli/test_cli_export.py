@@ -13,6 +13,12 @@ def test_onnx_export_prints_one_line(tmp_path):
     assert out.stderr == ""
 
 
+def test_onnx_export_of_no_model_is_a_setting_refused(tmp_path):
+    out = _run("export", "--onnx", str(tmp_path / "none"), "-o", str(tmp_path / "m.onnx"))
+    assert out.returncode == 2  # as serve's and evaluate's --model
+    assert out.stderr.startswith(f"streamtrk export: error: --onnx: no model at {tmp_path}/none")
+
+
 def test_onnx_export_checks_its_output_first_and_writes_it_whole(tmp_path):
     """An output the export cannot write is refused before the export's seconds of work,
     in words (it failed after them with "[Errno 17] File exists"); one a full disk refuses

@@ -115,6 +115,10 @@ def test_simulate_provokes_detector_faults(tmp_path, capsys):
         assert expected in capsys.readouterr().err
     assert main([*args, "--dead-layer", "8:3"]) == 2
     assert "the detector has no layer 8:3" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text("[volumes]\n")
+    for detector, said in [("none.toml", ": no such file"), ("bad.toml", "bad.toml: detector")]:
+        assert main([*args, "--detector", str(tmp_path / detector)]) == 2
+        assert said in capsys.readouterr().err
 
 
 def test_inspect_reports_events_and_truth(tmp_path, capsys):
