@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import tomllib
 import zipfile
 from importlib import resources
@@ -61,6 +62,15 @@ def save_model(directory: str | Path, model: InteractionNetwork, card: dict[str,
         card_file.write_text(tomlio.dumps(card))
 
 
+#: How a file of torch.save's format before the zip one starts: its magic number pickled.
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def _legacy_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(_LEGACY_TORCH_MAGIC)) == _LEGACY_TORCH_MAGIC
+
+
 def model_missing(directory: str | Path) -> str | None:
     """Why ``directory`` holds no model (no card or weights there, weights that are no whole
     torch file, or a file named), saying what to do; None where both files are there."""
@@ -71,8 +81,8 @@ def model_missing(directory: str | Path) -> str | None:
         )
     lacking = [name for name in (CARD, WEIGHTS) if not (directory / name).is_file()]
     if not lacking:
-        if zipfile.is_zipfile(directory / WEIGHTS):  # torch.save's format: a whole zip
-            return None
+        if zipfile.is_zipfile(directory / WEIGHTS) or _legacy_torch_file(directory / WEIGHTS):
+            return None  # torch.save's format, a whole zip; or its older one (load checks)
         return (
             f"{directory / WEIGHTS} is not a whole torch file (cut short in a copy?): copy the "
             "model again, or train it again"

@@ -252,6 +252,17 @@ def test_weights_cut_short_are_no_model(saved: tuple[Path, InteractionNetwork]) 
     )
 
 
+def test_weights_in_torchs_older_format_load(saved: tuple[Path, InteractionNetwork]) -> None:
+    """torch.save's format before its zip one (``_use_new_zipfile_serialization=False``) is
+    no zip, and whole: loaded, not refused as cut short."""
+    path, model = saved
+    torch.save(model.state_dict(), path / "weights.pt", _use_new_zipfile_serialization=False)
+    assert model_missing(path) is None
+    loaded, _ = load_model(path)
+    for a, b in zip(loaded.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_a_model_lacking_a_file_is_said_so(saved: tuple[Path, InteractionNetwork]) -> None:
     """The file that is missing is named, and the training suggested would replace what is
     there (without --overwrite, train refuses a directory that is not empty)."""
