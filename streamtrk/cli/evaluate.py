@@ -42,7 +42,12 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--device", default="cpu", choices=DEVICES, help="where the chain runs (default cpu)"
     )
-    s.add_argument("--engine", default="eager", choices=ENGINES, help="edge classifier engine")
+    s.add_argument(
+        "--engine",
+        default="eager",
+        choices=ENGINES,
+        help="edge classifier engine (default eager; the daemon's is auto)",
+    )
     s.add_argument(
         "--precision",
         default="fp32",
@@ -171,6 +176,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = ev.report()
     report["input"] = str(args.input)
     report["scorer"] = scorer
+    report |= _engine(rec, args)
     _say_unscored(ev, report["events_with_truth"])
     # The keys in order, the bins within each in theirs (sort_keys put 10-100 before 3-10).
     text = strict_json(dict(sorted(report.items())), indent=2)
@@ -217,6 +223,22 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
     except FileNotFoundError as e:  # no model there (model_missing): the setting refused
         raise SettingError(f"{e}, or pass --oracle") from None
     return rec, str(model)
+
+
+def _engine(rec: Reconstructor, args: argparse.Namespace) -> dict[str, Any]:
+    """What scored the edges, for the timings beside it: the device, and for a model its
+    engine as used and as asked for, the reason where they differ, and the precision."""
+    from streamtrk.recon.engine import EngineScorer
+
+    out: dict[str, Any] = {"device": str(rec.device)}
+    if isinstance(rec.scorer, EngineScorer):
+        out |= {
+            "engine": rec.scorer.engine,
+            "engine_requested": args.engine,
+            "engine_note": rec.scorer.fallback_reason,
+            "precision": rec.scorer.precision,
+        }
+    return out
 
 
 def _headline(report: dict[str, Any]) -> str:

@@ -259,6 +259,8 @@ def test_evaluate_names_the_model_it_used(tmp_path):
 
     report = json.loads(out.stdout, parse_constant=not_json)
     assert report["scorer"] == str(model)
+    keys = ("device", "engine", "engine_requested", "engine_note", "precision")
+    assert [report[k] for k in keys] == ["cpu", "eager", "eager", None, "fp32"]
     assert None in report["fake_rate_by_pt"].values()  # an empty bin: null, not NaN
     out = _run("evaluate", str(tmp_path / "e.stk"), "-q", "--model", str(tmp_path / "none"))
     assert out.returncode == 2  # a setting refused, as serve's --model
