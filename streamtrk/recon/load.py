@@ -10,6 +10,7 @@ from typing import Any
 from streamtrk.recon.buckets import PRUNED_EDGES_PER_NODE, UNPRUNED_EDGES_PER_NODE, Buckets
 from streamtrk.recon.budget import Budget
 from streamtrk.recon.card import ModelCardError, card_prune, card_tracks, check_card
+from streamtrk.recon.device import cuda_unavailable, resolve_device
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.graph import GraphConfig
 from streamtrk.recon.model import CARD, default_model_path, load_model
@@ -85,7 +86,11 @@ def load_reconstructor(
     ``streamtrk.recon.engine``); ``warm_up`` runs the engine on the graphs of
     ``EngineScorer.warm_shapes`` before returning (every shape bucket on CUDA); ``budget``:
     the work budget (``streamtrk.recon.budget``, default its own); ``beam_spot``: the beam
-    line (x, y in mm) the chain is centred on (see ``Reconstructor``)."""
+    line (x, y in mm) the chain is centred on (see ``Reconstructor``); ``device``: ``cpu``,
+    ``cuda`` (ValueError saying why where this host cannot run it) or ``auto``."""
+    device = resolve_device(device)
+    if device == "cuda" and (why := cuda_unavailable()):
+        raise ValueError(f"device cuda: {why}")
     directory = Path(path) if path is not None else default_model_path()
     model, card = load_model(directory)
     chain = ChainSettings.of_card(card, directory)

@@ -252,6 +252,16 @@ def test_weights_cut_short_are_no_model(saved: tuple[Path, InteractionNetwork]) 
     )
 
 
+def test_load_reconstructor_says_why_a_device_cannot_run() -> None:
+    from streamtrk.recon.device import cuda_unavailable
+
+    if (why := cuda_unavailable()) is None:
+        pytest.skip("this machine runs device=cuda")
+    with pytest.raises(ValueError, match=f"^device cuda: {re.escape(why)}$"):
+        load_reconstructor(device="cuda")  # not torch's bare AssertionError
+    assert load_reconstructor(device="auto").device == "cpu"
+
+
 def test_weights_in_torchs_older_format_load(saved: tuple[Path, InteractionNetwork]) -> None:
     """torch.save's format before its zip one (``_use_new_zipfile_serialization=False``) is
     no zip, and whole: loaded, not refused as cut short."""
