@@ -185,6 +185,11 @@ class RecordingReader:
                 )
             if length > left:
                 raise fail(f"frame {i} length {length} exceeds the {left} bytes left (truncated?)")
+            if length > MAX_FRAME_BYTES:  # read whole only once its CRC is found right, a
+                at = f.tell()  # piece at a time: a damaged length may claim the whole file
+                if not _is_whole_record(f, offset, size):
+                    raise fail(f"frame {i} length {length}: no whole record (CRC mismatch)")
+                f.seek(at)
             data = f.read(length)
             if len(data) < length:
                 raise fail(f"truncated payload of frame {i} ({len(data)} of {length} bytes)")

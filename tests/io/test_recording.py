@@ -765,6 +765,26 @@ def test_write_event_returns_the_offset_of_its_hits_record(
     assert got == hits_at and len(set(got)) == 3
 
 
+def test_a_damaged_length_is_not_read_whole_into_memory(tmp_path: Path) -> None:
+    """repair (and append) read frames of any length: a flipped bit that makes a length
+    claim most of the file (here 9 MB, over the 8 MB limit) is found wrong a piece at a
+    time, not read into memory first (a multi-GB recording's)."""
+    path = tmp_path / "big.stk"
+    write(path, [[bytes(1_000_000)] for _ in range(12)])
+    with open(path, "r+b") as f:
+        f.seek(12 + 8)  # the first record's first length
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.seek(12 + 8)
+        f.write(struct.pack("<Q", length | 1 << 23))
+    tracemalloc.start()
+    try:
+        assert repair(path) is None  # whole records follow the damage: left as it is
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000
+
+
 def test_repair_leaves_damage_that_whole_records_follow(small: Any) -> None:
     """A flipped bit in the middle record, a whole record after it: cutting there would
     drop that record; the file is left as it is."""
