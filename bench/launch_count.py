@@ -47,7 +47,6 @@ from streamtrk.detector import load_detector
 from streamtrk.recon.gnn import GNNScorer
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import default_model_path, load_model
-from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate_event
 
@@ -240,13 +239,7 @@ def main() -> None:
     out: dict[str, Any] = {"mu": args.mu, "model": path.name, "batches": {}}
     strict_xp = strict_stand_in()
     with strict_xp.installed(Path(tempfile.mkdtemp(prefix="launch-count-"))):
-        rec = Reconstructor(
-            GNNScorer(model),
-            device="cuda",
-            prune=chain.prune,
-            tracks=chain.tracks,
-            threshold=chain.threshold,
-        )
+        rec = chain.reconstructor(GNNScorer(model), device="cuda")  # the card's whole chain
         for size in args.batches:
             rec.reconstruct(events[:size])  # kernels built, caches filled
             launches = Launches()
