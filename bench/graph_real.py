@@ -4,6 +4,9 @@ The reference in the developers' brief (then): a naive NumPy windowed builder ta
 on these CPUs, HEP.TrkX's pandas one 2.1 s.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/graph_real.py [--repeats 10]
+(the candidate search runs on ``GraphConfig.threads`` Python threads, 2 by default, which
+OMP_NUM_THREADS does not limit; ``bench/graph_profile.py`` times it beside the naive
+reference in one process)
 """
 
 from __future__ import annotations
