@@ -272,6 +272,7 @@ class EngineScorer:
         self.backend = backend
         self.cache_dir = cache_dir or default_cache_dir()
         self.engine, self.fallback_reason = resolve_engine(engine, self.device)
+        self.degraded = False  # an engine or CUDA graphs failed at warm-up (see _note)
         self._logits = Logits(self.model, DTYPES[precision])
         self._graph_thread: ThreadPoolExecutor | None = None  # with CUDA graphs (compile)
         self._run: Run = self._make(self.engine)
@@ -471,8 +472,10 @@ class EngineScorer:
         self._run = self._make(self.engine)
 
     def _note(self, why: str) -> None:
-        """Add ``why`` to ``fallback_reason``: every step away from what was asked."""
+        """Add ``why`` to ``fallback_reason``: every step away from what was asked; a failure
+        (``degraded``), not a choice of ``auto``."""
         self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
+        self.degraded = True
 
     def close(self) -> None:
         """Free what the scorer holds outside Python's reach, now: its CUDA graphs' memory

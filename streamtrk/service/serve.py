@@ -656,7 +656,12 @@ class Daemon:
         m.physics.set_beam_line(model.reconstructor.beam_spot)
         m.build_info.set(_build_labels(model))
         if model.engine_note:
-            log.info(
+            from streamtrk.recon.engine import EngineScorer  # torch: loaded with the model
+
+            scorer = model.reconstructor.scorer
+            failed = isinstance(scorer, EngineScorer) and scorer.degraded  # slower than asked
+            log.log(
+                logging.WARNING if failed else logging.INFO,
                 "engine %s (asked for %s): %s",
                 model.engine,
                 model.engine_requested,

@@ -295,6 +295,7 @@ def test_auto_falls_back_when_an_engine_fails_to_warm_up(
         raise RuntimeError("no compiler")
 
     scorer = EngineScorer(model, "cpu", "compile", buckets=SMALL, backend="eager")
+    assert not scorer.degraded
     monkeypatch.setattr(scorer, "_run", broken)
     with pytest.raises(RuntimeError, match="no compiler"):
         scorer.warm_up()  # asked for explicitly: no fallback
@@ -334,6 +335,7 @@ def test_a_tensorrt_failure_falls_back_to_compile_with_cuda_graphs_as_asked(
         "as resolved; tensorrt failed to warm up (RuntimeError: unsupported op index_add); "
         "using compile"
     )
+    assert scorer.degraded  # a failure, said at WARNING by the daemon, not auto's choice
     scorer.close()
     torch._dynamo.reset()
 
