@@ -9,9 +9,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamtrk.cli.common import SIGNED_OPTIONS, subcommand
 from streamtrk.stop import StopFlag
+
+if TYPE_CHECKING:
+    from streamtrk.service.config import ServeConfig
 
 
 def _serve_arguments(s: argparse.ArgumentParser) -> None:
@@ -49,7 +53,6 @@ def _serve(args: argparse.Namespace) -> int:
     from streamtrk.recon.model import model_missing
     from streamtrk.service.config import (
         ConfigError,
-        ServeConfig,
         flags_from_args,
         load_config,
         log_format_asked,
@@ -103,6 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_config:  # the configuration, checked on any host (a GPU node's, on a laptop)
         warnings = unknown_variables(os.environ) + overridden()
         warnings += [f"{refusal} (serving would refuse it here)"] if refusal else []
+        if unusable := _curve_unusable(cfg):
+            warnings.append(f"{unusable} (serving would stop at start-up here)")
         for warning in warnings:
             print(f"streamtrk serve: warning: {warning}", file=sys.stderr)
         print(cfg.to_toml(), end="")
@@ -115,6 +120,20 @@ def _serve(args: argparse.Namespace) -> int:
     from streamtrk.service.serve import serve
 
     return serve(cfg, reload, hup, stop, overridden)
+
+
+def _curve_unusable(cfg: ServeConfig) -> str | None:
+    """Why the CURVE files the configuration names cannot be used here, or None."""
+    from streamtrk.wire.curve import CurveError, allowed_keys, load_keypair
+
+    try:
+        if cfg.curve_secret_key is not None:
+            load_keypair(cfg.curve_secret_key)
+        if cfg.curve_allowed_keys is not None:
+            allowed_keys(cfg.curve_allowed_keys)
+    except CurveError as e:
+        return str(e)
+    return None
 
 
 def _serve_error(message: str, log_format: str, warnings: Sequence[str] = ()) -> None:

@@ -9,6 +9,15 @@ from streamtrk.cli import main
 from streamtrk.recon.device import cuda_unavailable
 
 
+def test_print_config_warns_of_curve_files_serving_would_stop_on(tmp_path):
+    out = _run("serve", "--curve-secret-key", str(tmp_path / "none.key_secret"), "--print-config")
+    assert out.returncode == 0 and "curve_secret_key" in out.stdout
+    assert out.stderr == (
+        f"streamtrk serve: warning: cannot read the CURVE certificate {tmp_path}/none.key_secret:"
+        " no such file (serving would stop at start-up here)\n"
+    )
+
+
 def test_cuda_without_cuda_is_one_line_and_exit_2(tmp_path):
     if cuda_unavailable() is None:
         pytest.skip("this machine can run device=cuda")
