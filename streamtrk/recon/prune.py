@@ -133,7 +133,12 @@ def _read_windows(name: str, signature: tuple[int, int] | None) -> dict[str, Any
             "pairs": tuple(tuple(row[:4]) for row in doc["pairs"]["rows"]),
         }
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"cannot read pruning windows {name}: {e}") from None
+        hint = (
+            f" (a name without '/' is one of the package's files; ./{name} for a file here)"
+            if isinstance(e, FileNotFoundError) and not windows_is_path(name)
+            else ""
+        )
+        raise ValueError(f"cannot read pruning windows {name}: {e}{hint}") from None
 
 
 @dataclass(frozen=True)

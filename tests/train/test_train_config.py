@@ -127,6 +127,11 @@ def test_pruning_windows_that_cannot_be_read_are_refused_with_the_recipe(tmp_pat
     path.write_text(TINY + f'[prune]\nwindows = "{tmp_path / "none.toml"}"\n')
     with pytest.raises(SettingError, match=r"\[prune\].*cannot read pruning windows .*none\.toml"):
         load_config(path)
+    path.write_text(
+        TINY + '[prune]\nwindows = "none.toml"\n'
+    )  # meant here, looked for in the package
+    with pytest.raises(SettingError, match=r"none\.toml: .*; \./none\.toml for a file here\)"):
+        load_config(path)
 
 
 def test_the_card_records_what_each_source_of_events_was() -> None:
