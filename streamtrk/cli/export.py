@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from streamtrk.cli.common import check_outputs, subcommand
@@ -29,6 +30,16 @@ def _export(args: argparse.Namespace) -> int:
 
     if why := model_missing(args.onnx):
         raise SettingError(f"--onnx: {why}")
+    try:  # torch's ONNX exporter needs both, not installed with streamtrk alone
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        print(
+            f"streamtrk export: error: the ONNX export needs {e.name}: "
+            "pip install 'streamtrk[onnx]'",
+            file=sys.stderr,
+        )
+        return 1
     # Before the export's seconds of work; not over a file of the model (its weights, card).
     model_files = [f for f in args.onnx.iterdir() if f.is_file()] if args.onnx.is_dir() else []
     check_outputs(args.output, inputs=model_files)

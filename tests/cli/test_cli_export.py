@@ -19,6 +19,21 @@ def test_onnx_export_of_no_model_is_a_setting_refused(tmp_path):
     assert out.stderr.startswith(f"streamtrk export: error: --onnx: no model at {tmp_path}/none")
 
 
+def test_onnx_export_without_its_packages_says_which_extra(tmp_path, monkeypatch, capsys):
+    """onnxscript is not installed with streamtrk alone: one line, not a traceback."""
+    import sys
+
+    from streamtrk.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as where it is not installed
+    args = ["export", "--onnx", str(default_model_path()), "-o", str(tmp_path / "m.onnx")]
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        "streamtrk export: error: the ONNX export needs onnxscript: pip install 'streamtrk[onnx]'\n"
+    )
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_onnx_export_checks_its_output_first_and_writes_it_whole(tmp_path):
     """An output the export cannot write is refused before the export's seconds of work,
     in words (it failed after them with "[Errno 17] File exists"); one a full disk refuses
