@@ -47,6 +47,21 @@ def pytest_runtest_makereport(
     return report
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """The same rule for a module skipped whole as it is imported: only ``gpu_only``'s skips
+    (their reasons begin "GPU-only") may."""
+    report: pytest.CollectReport = yield
+    if STRICT and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        if not str(reason).startswith(("GPU-only", "Skipped: GPU-only")):
+            report.outcome = "failed"
+            report.longrepr = f"{reason} (STREAMTRK_STRICT_SKIPS=1: only gpu tests skip)"
+    return report
+
+
 @pytest.fixture(autouse=True)
 def _streamtrk_logger_restored() -> Iterator[None]:
     """A command run in-process (``cli.main``) may configure the ``streamtrk`` logger for

@@ -33,12 +33,16 @@ def run(tmp_path: Path, strict: bool) -> str:
         (TESTS.parent / "pyproject.toml").read_text()  # the markers, strict settings
     )
     (tmp_path / "test_cases.py").write_text(CASES)
+    for name, reason in (("module", "a module's data absent"), ("gpu_module", "GPU-only: no CUDA")):
+        skipped = f"import pytest\npytest.skip({reason!r}, allow_module_level=True)\n"
+        (tmp_path / f"test_{name}.py").write_text(skipped + "def test_x():\n    pass\n")
     env = {k: v for k, v in os.environ.items() if k != "STREAMTRK_STRICT_SKIPS"}
     env["COLUMNS"] = "400"  # the summary's lines whole
     if strict:
         env["STREAMTRK_STRICT_SKIPS"] = "1"
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
+         "--continue-on-collection-errors", str(tmp_path)],  # (a failed module stops it)
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     return r.stdout
@@ -49,8 +53,11 @@ def test_under_strict_skips_only_the_gpu_tests_skip(tmp_path: Path) -> None:
     assert "SKIPPED [1] test_cases.py" in out and "no CUDA device" in out
     assert "ERROR test_cases.py::test_skipif - Skipped: a skipif (STREAMTRK_STRICT_SKIPS=1" in out
     assert "FAILED test_cases.py::test_skip - Skipped: a skip (STREAMTRK_STRICT_SKIPS=1" in out
+    # A module skipped whole as it is imported: the same rule.
+    assert "ERROR test_module.py - Skipped: a module's data absent (STREAMTRK_STRICT_SKIPS=1" in out
+    assert "SKIPPED [1] test_gpu_module.py:2: GPU-only: no CUDA" in out
 
 
 def test_without_it_a_skip_is_a_skip(tmp_path: Path) -> None:
     out = run(tmp_path, strict=False)
-    assert "3 skipped" in out
+    assert "5 skipped" in out

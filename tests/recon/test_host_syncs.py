@@ -21,7 +21,7 @@ from streamtrk.xp import (
 pytestmark = pytest.mark.gpu
 cupy = cupy_on_cuda(torch_too=True)
 if (why := counting_unavailable()) is not None:
-    pytest.skip(why, allow_module_level=True)
+    pytest.skip(f"GPU-only: {why}", allow_module_level=True)
 
 
 def test_counts_each_kind_of_synchronisation():
