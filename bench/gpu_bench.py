@@ -607,6 +607,7 @@ def config_part(
             out["warm_up_again_s"] = round(scorer.warm_up(), 2)
         except Exception as exc:  # the batches measured are kept
             out["warm_up_again_s"] = f"failed: {type(exc).__name__}: {exc}"
+    scorer.close()  # its CUDA graphs' memory pool and thread, now, not at a later collection
     del rec, scorer
     dev.release()
     return out

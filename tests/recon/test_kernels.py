@@ -60,6 +60,11 @@ ENTRIES = {
 }
 
 
+#: The options CuPy 14 gives NVRTC besides a kernel's own (cupy/cuda/compiler.py; -arch and
+#: --pch aside).
+CUPY_ADDS = ("-ftz=true", "--device-as-default-execution-space")
+
+
 def test_every_kernel_file_is_known():
     assert sorted(ENTRIES) == FILES
 
@@ -74,10 +79,10 @@ def nvrtc():
 
 @pytest.mark.parametrize("name", FILES)
 def test_kernels_compile_for_the_device_as_cupy_compiles_them(nvrtc, name):
-    """Each kernel file compiles with NVRTC for the H200 with CuPy's options (ours, and the
-    -ftz=true CuPy adds), every warning an error, and holds exactly its listed kernels."""
+    """Each kernel file compiles with NVRTC for the H200 with CuPy's options (ours, and those
+    CuPy 14 adds), every warning an error, and holds exactly its listed kernels."""
     rc, log, ptx = nvrtc.compile_ptx(
-        source(name), (*OPTIONS, "-ftz=true", "-Werror", "all-warnings")
+        source(name), (*OPTIONS, *CUPY_ADDS, "-Werror", "all-warnings")
     )
     assert rc == 0 and not log.strip(), log
     assert nvrtc.entries(ptx) == set(ENTRIES[name])
@@ -85,7 +90,7 @@ def test_kernels_compile_for_the_device_as_cupy_compiles_them(nvrtc, name):
 
 def test_the_raw_kernels_of_xp_compile_for_the_device(nvrtc):
     """streamtrk.xp's raw kernels, as CuPy compiles them (no options of ours)."""
-    rc, log, ptx = nvrtc.compile_ptx(RAW_KERNELS_SOURCE, ("-ftz=true", "-Werror", "all-warnings"))
+    rc, log, ptx = nvrtc.compile_ptx(RAW_KERNELS_SOURCE, (*CUPY_ADDS, "-Werror", "all-warnings"))
     assert rc == 0 and not log.strip(), log
     entries = {"streamtrk_shared_bincount", "streamtrk_shared_bincount_weighted"}
     assert nvrtc.entries(ptx) == entries | {"streamtrk_compact"}
