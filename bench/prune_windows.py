@@ -26,7 +26,7 @@ from streamtrk.recon.graph import build_graph
 from streamtrk.recon.prune import edge_geometry, layer_code, triplet_geometry
 from streamtrk.recon.truth import particle_pt, true_segments
 from streamtrk.sim.generator import GeneratorConfig
-from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.sim.simulate import SIMULATOR_VERSION, SimConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Validation (2000..2010, where bench/track_building.py chose the threshold and track cuts)
@@ -158,6 +158,8 @@ def main() -> None:
         f"{args.sparse_factor} x the largest value. Pair windows: {args.pair_factor} x the "
         "largest value.",
         "Layer code = volume_id * 100 + layer_id; disks at -z are folded onto their +z mirror.",
+        f"Simulator version {SIMULATOR_VERSION} (streamtrk.sim.simulate.SIMULATOR_VERSION; its "
+        "events differ from a later version's: rerunning the command today gives other windows).",
     ]
     write(args.out, rows, prow, header)
     print(
