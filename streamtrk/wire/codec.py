@@ -617,19 +617,21 @@ def peek_header(frames: Frames) -> dict[str, Any] | None:
     """The fields of :data:`PEEKED` that a header map holds, unvalidated, or None (no map);
     never raises. Lenient where decode is strict, so that a header it refuses still names
     the event to answer: every other key's value is skipped unread (any type, text not
-    UTF-8, more entries than the limits allow), in time bounded by the header's bytes and no
-    memory, and the fields before an entry that does not parse are kept; a key twice: the
-    last."""
+    UTF-8, more entries than the limits allow), in time bounded by the header's bytes, and
+    the keys and those fields read whatever their size (a long key or ``version`` before
+    ``run`` hides nothing), in memory bounded by them; the fields before an entry that does
+    not parse are kept; a key twice: the last."""
     try:
         view = frame_view(next(iter(frames)))
         if view.nbytes > DEFAULT_LIMITS.max_header_bytes:
             return None
-        limits = {f"max_{k}_len": 64 for k in ("str", "bin", "array", "map", "ext")}
-        unpacker = msgpack.Unpacker(  # the limits: of what is read, not of what is skipped
+        size = max(view.nbytes, 1)  # no string or container read is longer than the header
+        limits = {f"max_{k}_len": size for k in ("str", "bin", "array", "map", "ext")}
+        unpacker = msgpack.Unpacker(
             raw=False,
             unicode_errors="surrogateescape",
             strict_map_key=False,
-            max_buffer_size=max(view.nbytes, 1),  # its buffer, 1 MiB by default
+            max_buffer_size=size,  # its buffer, 1 MiB by default
             **limits,
         )
         unpacker.feed(view)

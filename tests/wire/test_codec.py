@@ -699,10 +699,24 @@ def test_a_header_decode_refuses_still_names_its_event(
     event had no reply), whatever else in the header decode refuses."""
     header = msgpack.unpackb(hits[0])
     items = [(msgpack.packb(k), msgpack.packb(v)) for k, v in header.items()]
-    frames = [_raw_map(items + extra), *hits[1:]]
-    with pytest.raises(WireError):
-        decode(frames)
-    assert peek_identity(frames) == (7, 42), why
+    for entries in (items + extra, extra + items):  # after the identity, and before it
+        frames = [_raw_map(entries), *hits[1:]]
+        with pytest.raises(WireError):
+            decode(frames)
+        assert peek_identity(frames) == (7, 42), why
+
+
+def test_a_long_version_or_key_before_the_identity_hides_nothing(hits: list[Any]) -> None:
+    """Encoders write ``version`` and ``kind`` before ``run`` and ``event``: a bad one of any
+    length (or a long unknown key first) is refused, answered to the event it names."""
+    for bad in (patch(hits, version="x" * 65), patch(hits, kind="k" * 65)):
+        with pytest.raises(WireError):
+            decode(bad)
+        assert peek_identity(bad) == (7, 42)
+    header = msgpack.unpackb(hits[0])
+    long_key = [(msgpack.packb("n" * 65), msgpack.packb(1))]
+    items = [(msgpack.packb(k), msgpack.packb(v)) for k, v in header.items()]
+    assert peek_identity([_raw_map(long_key + items), *hits[1:]]) == (7, 42)
 
 
 def test_messages_name_the_problem_plainly(hits: list[Any]) -> None:
