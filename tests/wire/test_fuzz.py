@@ -43,6 +43,7 @@ def _pool() -> list[list[bytes]]:
         tracks = Tracks(np.array([0, n // 2, n]), np.arange(n), params)
         out += [
             encode_hits(Event(1, n, hits), deadline_ms=3.0 if n else None),
+            encode_hits(Event(1, n, hits), compact=True),  # version 5: narrow id columns
             encode_truth(1, n, truth),
             encode_tracks(1, n, hits.hit_id, tracks, timings={"a": 0.5}),
             encode_tracks(1, n, hits.hit_id, None, status="error", reason="timeout"),
@@ -80,6 +81,12 @@ def check(frames: Any) -> None:
     else:
         event("valid")
         {"hits": msg.to_event, "truth": msg.to_truth, "tracks": msg.to_reply}[msg.kind]()
+        if msg.kind == "hits":  # what was accepted keeps the schema's rules (its docs)
+            hits = msg.to_event().hits
+            assert all(np.isfinite(getattr(hits, c)).all() for c in ("x", "y", "z"))
+            assert all((getattr(hits, c) >= 0).all() for c in ("hit_id", "volume_id", "layer_id"))
+            assert len(np.unique(hits.hit_id)) == len(hits)
+            assert all(getattr(hits, k).dtype == dt for k, dt in Hits.DTYPES.items())
     ident = peek_identity(frames)
     # (the ignore: checked at run time, what peek_identity's annotation says)
     assert ident is None or (len(ident) == 2 and all(type(i) is int for i in ident))  # type: ignore[redundant-expr]
