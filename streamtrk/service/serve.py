@@ -667,8 +667,7 @@ class Daemon:
                 model.engine_requested,
                 model.engine_note,
             )
-        if model.device == "cuda":
-            m.watch_cuda_memory()
+        m.watch_device_memory(model.device)
         faults.fail("install")  # tests: an install that fails once the model is in place
 
     def _swap(

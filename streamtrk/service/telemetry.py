@@ -126,7 +126,8 @@ class Metrics(SocketMetrics):
         )
         self.unidentified = Counter(
             "streamtrk_events_unidentified",
-            "Invalid messages whose header names no event: counted, never answered.",
+            "Invalid messages whose header names no event, and replies (tracks messages) sent"
+            " to the input: counted, never answered.",
             registry=r,
         )
         self.internal_errors = Counter(
@@ -234,8 +235,12 @@ class Metrics(SocketMetrics):
         labels = {"name": name, "path": path, "hash": digest, "threshold": f"{threshold:g}"}
         self.model_info.set(labels)
 
-    def watch_cuda_memory(self) -> None:
-        """Export torch's allocated/reserved and cupy's pool bytes of the current device."""
+    def watch_device_memory(self, device: str) -> None:
+        """On ``cuda``, export torch's allocated/reserved and cupy's pool bytes of the current
+        device; else none (a reload from CUDA to the CPU leaves no stale series)."""
+        if device != "cuda":
+            self.device_memory.clear()
+            return
         import cupy
         import torch
 

@@ -29,7 +29,7 @@ from streamtrk.client import DIRECT
 
 READY_TIMEOUT_S = 300
 REPLY_TIMEOUT_MS = 120_000
-#: Exported only when the daemon runs on CUDA (``Metrics.watch_cuda_memory``).
+#: Exported only when the daemon runs on CUDA (``Metrics.watch_device_memory``).
 GPU_ONLY = frozenset({"streamtrk_device_memory_bytes"})
 
 

@@ -60,3 +60,14 @@ def test_a_swap_during_a_scrape_gives_one_series_old_or_new() -> None:
 def test_the_build_info_is_exported_as_a_gauge() -> None:
     text = generate_latest(Metrics().registry).decode()
     assert "# TYPE streamtrk_build_info gauge" in text
+
+
+def test_device_memory_is_exported_only_while_serving_on_cuda() -> None:
+    """A reload from CUDA to the CPU leaves no series of the device's memory behind."""
+    m = Metrics()
+    m.device_memory.labels("torch_allocated").set(1.0)  # as watched on CUDA before
+    m.watch_device_memory("cpu")
+    assert (
+        m.registry.get_sample_value("streamtrk_device_memory_bytes", {"kind": "torch_allocated"})
+        is None
+    )
