@@ -7,7 +7,7 @@ refused the message for its frame count or size: ``frames`` gives the count rece
 Read it with ``iter_records``. A message that would take the file past its cap is only
 counted (the first such message is logged). A file cut short by a crash mid-write is cut
 back to its last whole record at start-up; one damaged before whole records (a flipped
-bit) is moved aside (``PATH.damaged-TIME``) and a new one begun; a write that fails (a
+bit) is moved aside (``PATH.damaged-TIME-PID``) and a new one begun; a write that fails (a
 full disk) is cut back at once, so that the records after it are whole. One daemon at a
 time writes a file: another given the same path is refused at start-up (an exclusive
 ``flock`` held while it is open).
@@ -68,9 +68,10 @@ class DeadLetters:
         self.full = False  # a message found no room (logged once)
 
     def _set_aside(self, path: Path, damage: RecordingError) -> None:
-        """Move ``path`` aside, named ``PATH.damaged-TIME``, and hold a new file's lock: its
-        damage (a flipped bit) is followed by whole records, which cutting would lose."""
-        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        """Move ``path`` aside, named ``PATH.damaged-TIME-PID``, and hold a new file's lock:
+        its damage (a flipped bit) is followed by whole records, which cutting would lose."""
+        when = time.strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{path.name}.damaged-{when}-{os.getpid()}")
         os.rename(path, aside)
         lock, self._lock = self._lock, exclusive_lock(path)  # a new, empty file
         os.close(lock)
