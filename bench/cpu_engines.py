@@ -1,7 +1,8 @@
-"""Edge-classifier engines and precisions on the CPU: why ``engine = auto`` is eager fp32
-there. Times the shipped model's scorer on simulated MU=200 events (seed 3000), on the graph
-the chain gives it (after its card's pruning), for each ``ENGINE:PRECISION`` given (first
-call, which compiles, and each later event).
+"""Edge-classifier engines and precisions on the CPU (``engine = auto`` is eager fp32 there:
+no compilation at start-up or reload, and the fp32 scores the threshold was set on). Times
+the shipped model's scorer on simulated MU=200 events (seed 3000), on the graph the chain
+gives it (after its card's pruning), for each ``ENGINE:PRECISION`` given (first call,
+which compiles, and each later event).
 
 Run: .venv/bin/python bench/cpu_engines.py eager:fp32 eager:bf16 compile:fp32
 """

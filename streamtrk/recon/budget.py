@@ -22,8 +22,8 @@ Simulated events use far less (per hit, ``bench/budget.py``): at MU=200 about 60
 candidates, 9 doublets and 15 triplet candidates; at MU=400 about 110, 15 and 46. The
 defaults leave about four times the MU=400 figures, and bound an event's working set by its
 hits (40 bytes a candidate, in chunks; 40 a doublet as built, about 190 through the chain;
-8 a compatible triplet): a MU=200 event with a pile just within the budget took 3.0 s and
-735 MiB peak RSS, against 0.7 s and 570 MiB without the pile (``bench/budget.py``); hits as
+8 a compatible triplet): a MU=200 event with a pile just within the budget took 2.3 s and
+720 MiB peak RSS, against 0.64 s and 557 MiB without the pile (``bench/budget.py``); hits as
 dense as the doublets' budget admits everywhere, about 11 KiB a hit
 (``bench/dense_events.py``).
 """
