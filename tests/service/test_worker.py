@@ -638,7 +638,7 @@ def test_a_batch_waiting_out_its_queue_delay_is_not_a_stall() -> None:
     before it, answered, work held (a liveness probe would restart a sound daemon)."""
     det = load_detector()
     first, second = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2)
-    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=1_500))
+    batcher = Batcher(8, BatchPolicy(max_events=8, max_queue_delay_ms=4_000))
     replies: queue.Queue[Reply] = queue.Queue()
     rec = Reconstructor(FailOnEvent13(), detector=det)
     intake_done = False
@@ -651,7 +651,7 @@ def test_a_batch_waiting_out_its_queue_delay_is_not_a_stall() -> None:
             t_end = time.monotonic() + 60
             while replies.empty():
                 assert time.monotonic() < t_end, "no reply"
-                if (problem := worker.problem(stall_timeout_s=0.5)) is not None:
+                if (problem := worker.problem(stall_timeout_s=2.0)) is not None:
                     problems.add(problem.split(" for ")[0])
                 time.sleep(0.02)
             assert replies.get_nowait().status == "ok"
