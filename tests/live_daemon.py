@@ -182,7 +182,7 @@ class Prometheus:
         rules: Path | None = None,
         scrape_configs: list[dict[str, Any]] | None = None,
     ) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.tmp = tmp
         config = tmp / "prometheus.yml"
         if scrape_configs is None:
             scrape_configs = [{"job_name": "streamtrk", "static_configs": [{"targets": [target]}]}]
@@ -192,17 +192,36 @@ class Prometheus:
             "scrape_configs": scrape_configs,
         }
         config.write_text(json.dumps(settings))  # YAML is a superset of JSON
-        self._log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log_path = tmp / "prometheus.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._starts = 0
+        self._start()
+
+    def _start(self) -> None:
+        """Start it on a port free just now (taken meanwhile: :meth:`_alive` starts again)."""
+        self._starts += 1
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.process = subprocess.Popen(
             [
                 "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--config.file={self.tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.tmp / 'tsdb'}",
                 f"--web.listen-address={self.url.removeprefix('http://')}",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    def _alive(self) -> None:
+        """Raise, with its log, where the process has exited; started again on another port
+        where another process took its port first (twice at most)."""
+        if self.process.poll() is None:
+            return
+        log = self.log_path.read_text(errors="replace")
+        if "address already in use" in log and self._starts < 3:
+            self._start()
+            return
+        raise AssertionError(f"prometheus exited ({self.process.returncode}): {log[-2000:]}")
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         params = {"query": promql} | ({} if at is None else {"time": f"{at:.3f}"})
@@ -217,6 +236,7 @@ class Prometheus:
         replay's increase shows)."""
         t_end = time.monotonic() + timeout
         while time.monotonic() < t_end:
+            self._alive()
             try:
                 up = self.query(f'up{{job="{job}"}} == 1')
             except OSError:
