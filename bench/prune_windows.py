@@ -28,7 +28,6 @@ from streamtrk.recon.truth import particle_pt, true_segments
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SIMULATOR_VERSION, SimConfig, simulate
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Validation (2000..2010, where bench/track_building.py chose the threshold and track cuts)
 #: and test (3000): never derive cuts from them.
 FORBIDDEN_SEEDS = frozenset(range(2000, 2011)) | {3000}
@@ -135,7 +134,12 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=30)
     ap.add_argument("--sparse-factor", type=float, default=1.5)
     ap.add_argument("--pair-factor", type=float, default=1.1)
-    ap.add_argument("--out", type=Path, default=ROOT / "streamtrk/data/prune_windows.toml")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        required=True,  # the shipped file (streamtrk/data/prune_windows.toml) only on purpose
+        help="windows file to write (the shipped model's are streamtrk/data/prune_windows.toml)",
+    )
     ap.add_argument("--save-raw", type=Path, help="also save the true triplets (npz)")
     args = ap.parse_args()
     if args.seed in FORBIDDEN_SEEDS:

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # results folder it files device runs in.
 OWN = {
     ("sim_validation", "output"): ROOT / "docs" / "sim-vs-real.png",
-    ("prune_windows", "out"): ROOT / "streamtrk" / "data" / "prune_windows.toml",
     ("gpu_report", "results_dir"): ROOT / "bench" / "results",
 }
 
