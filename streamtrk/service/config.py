@@ -613,15 +613,27 @@ def source_of(
 def shadowed(path: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> list[str]:
     """A warning for each setting of the file ``path`` that a variable or flag overrides
     with another value: an operator who edits the file and sends SIGHUP would otherwise
-    see nothing change, and no word why."""
+    see nothing change, and no word why. Not for a file systemd hands the daemon as a
+    credential (``LoadCredential``): its copy of the same file, in the directory
+    ``$CREDENTIALS_DIRECTORY`` names, is the file's value."""
     if path is None:
         return []
     in_file, used = _given(path, {}, {}), _given(path, env, flags)
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+
+    def copied(value: Any, instead: Any) -> bool:
+        return (
+            credentials is not None
+            and isinstance(value, Path)
+            and isinstance(instead, Path)
+            and instead == Path(credentials) / value.name
+        )
+
     return [
         f"{where}: {_shown(name, value)} is overridden by {used[name][1]}: "
         f"{_shown(name, used[name][0])}"
         for name, (value, where) in in_file.items()
-        if used[name][0] != value
+        if used[name][0] != value and not copied(value, used[name][0])
     ]
 
 

@@ -891,3 +891,22 @@ def test_an_override_by_a_negated_flag_names_that_flag(tmp_path: Path) -> None:
         f"config file {config}, line 2: allow_insecure = false is overridden by flag "
         "--allow-insecure: allow_insecure = true",
     ]
+
+
+def test_systemds_copy_of_a_credential_is_no_override_worth_a_warning(tmp_path: Path) -> None:
+    """The unit points STREAMTRK_CURVE_SECRET_KEY at systemd's copy of the file the TOML
+    names (``LoadCredential``): warned at every start and reload, operators would learn to
+    ignore the warning. Another file, or no credentials directory, is still said."""
+    config = tmp_path / "c.toml"
+    config.write_text('curve_secret_key = "/etc/streamtrk/keys/server.key_secret"\n')
+    env = {
+        "CREDENTIALS_DIRECTORY": "/run/credentials/streamtrk.service",
+        "STREAMTRK_CURVE_SECRET_KEY": "/run/credentials/streamtrk.service/server.key_secret",
+    }
+    assert shadowed(config, env, {}) == []
+    other = env | {"STREAMTRK_CURVE_SECRET_KEY": "/run/credentials/streamtrk.service/x.key_secret"}
+    assert len(shadowed(config, other, {})) == 1
+    assert (
+        len(shadowed(config, {k: v for k, v in env.items() if k != "CREDENTIALS_DIRECTORY"}, {}))
+        == 1
+    )
