@@ -49,7 +49,7 @@ def _f(v: Any, digits: int = 1) -> str:
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
 
-def markdown(result: dict[str, Any], results_file: str) -> str:
+def markdown(result: dict[str, Any], results_file: str | Path) -> str:
     s, parts = result["summary"], result["parts"]
     info = parts.get("info", {})
     out = [
@@ -58,7 +58,7 @@ def markdown(result: dict[str, Any], results_file: str) -> str:
         f"torch {info.get('torch')}, CUDA {info.get('cuda_runtime')}, CuPy {info.get('cupy')},"
         f" Python {info.get('python')}; model {info.get('model')}; {info.get('events')} events"
         f" of MU={info.get('mu')} ({_f(info.get('hits_per_event'), 0)} hits each).",
-        f"Command: `{result.get('command')}`. Raw result: `bench/results/{results_file}`.",
+        f"Command: `{result.get('command')}`. Raw result: `{_shown(Path(results_file))}`.",
         "",
         "End to end (`Reconstructor.reconstruct`, host batching, upload and download included;"
         " stages in ms per batch, medians):",
@@ -320,20 +320,28 @@ def main() -> None:
     ap.add_argument("--host-path", type=Path, help="host_path.json of the same run")
     args = ap.parse_args()
     result = json.loads(args.result.read_text())
+    if not isinstance(result, dict) or "summary" not in result or "parts" not in result:
+        raise SystemExit(f"gpu_report: {args.result} is no gpu_bench.json (no summary, parts)")
     host = None
     if args.host_path and not args.host_path.exists():  # its step cut or failed: not fatal
         print(f"gpu_report: no {args.host_path}: host-path figures left out", file=sys.stderr)
     elif args.host_path:
         host = json.loads(args.host_path.read_text())
         result["host_path"] = host
-    name = results_name(result)
+    filed = args.results_dir / results_name(result)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / name).write_text(json.dumps(with_headline(result), indent=1) + "\n")
-    text = markdown(result, name) + ("" if host is None else host_path_markdown(host))
+    filed.write_text(json.dumps(with_headline(result), indent=1) + "\n")
+    text = markdown(result, filed) + ("" if host is None else host_path_markdown(host))
     if args.markdown:
         args.markdown.write_text(text)
     else:
         print(text, end="")
+
+
+def _shown(path: Path) -> str:
+    """``path`` as RESULTS.md names it: from the repository's root where it is inside."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

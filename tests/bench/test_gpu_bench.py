@@ -220,3 +220,21 @@ def test_report_leaves_out_host_path_figures_it_was_not_given(gpu_report, tmp_pa
     assert "host_path.json: host-path figures left out" in err
     assert "### GPU chain: NVIDIA H200" in out
     assert (tmp_path / "results" / "h200-2026-12-05.json").exists()
+
+
+def test_report_files_where_told_says_so_and_refuses_other_json(tmp_path: Path) -> None:
+    """The summary names the file written (``--results-dir``), and a JSON that is no
+    gpu_bench result (another bench's) is one line, not a KeyError."""
+    run = [sys.executable, str(ROOT / "bench" / "gpu_report.py")]
+    h200 = ROOT / "bench" / "results" / "h200-2026-12-04.json"
+    out = subprocess.run([*run, str(h200), "--results-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"Raw result: `{tmp_path / h200.name}`." in out.stdout
+    other = ROOT / "bench" / "results" / "beam-spot-2026-12-01.json"
+    out = subprocess.run([*run, str(other), "--results-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (out.returncode, out.stderr) == (
+        1,
+        f"gpu_report: {other} is no gpu_bench.json (no summary, parts)\n",
+    )
