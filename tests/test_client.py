@@ -192,7 +192,7 @@ def test_wait_ready_keeps_to_its_timeout_against_a_silent_port() -> None:
         host, port = server.getsockname()
         t0 = time.monotonic()
         assert not wait_ready(f"{host}:{port}", 0.5)
-        assert time.monotonic() - t0 < 1.5  # not the 2 s of one whole HTTP timeout
+        assert time.monotonic() - t0 < 1.9  # not the 2 s of one whole HTTP timeout
 
 
 def test_wait_ready_polls_past_what_is_not_http() -> None:

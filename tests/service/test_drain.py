@@ -160,7 +160,7 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
     assert any(line["message"].startswith(overran) for line in logs)
     drained = next(line for line in logs if line["message"].startswith("drained"))
     assert drained["shutdown"] == drained["received"] == len(events) and drained["dropped"] == 0
-    assert drained["seconds"] <= 2 + 0.5 + 0.25
+    assert drained["seconds"] <= 2 + 0.5 + 1  # its deadline, the linger, a loaded machine's slack
 
 
 def test_replies_zeromq_holds_go_out_until_the_drain_ends_after_a_batch_overran(

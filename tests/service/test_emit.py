@@ -219,7 +219,8 @@ def test_in_a_drain_the_linger_is_what_is_left_of_it(rig) -> None:
     r = rig(linger_ms=1000)
     assert r.emitter._linger() == 1000  # closing outside a drain (the thread failed)
     r.emitter.give_up_at = time.perf_counter() + 0.5
-    assert 300 < r.emitter._linger() <= 500
+    got = r.emitter._linger()
+    assert int((r.emitter.give_up_at - time.perf_counter()) * 1000) <= got <= 500  # what is left
     r.emitter.give_up_at = time.perf_counter() + 60
     assert 59_000 < r.emitter._linger() <= 60_000
     r.emitter.give_up_at = time.perf_counter() - 1

@@ -152,13 +152,13 @@ def test_a_slow_consumer_is_back_pressure_not_a_stall(daemon_factory, sim_run: P
     """With no consumer the replies back up to the worker, which waits for room: /healthz
     stays 200 (a liveness probe must not restart a daemon for a slow consumer), and once a
     consumer connects every event is answered."""
-    d = daemon_factory("--stall-timeout-s", "1", "--reply-capacity", "1", "--sndhwm", "1",
+    d = daemon_factory("--stall-timeout-s", "2", "--reply-capacity", "1", "--sndhwm", "1",
                        "--max-batch-events", "1")  # fmt: skip
     events = list(islice(iter_events(sim_run), 5))
     with Producer(d.input, linger_ms=0) as producer:
         for ev in events:
             assert producer.send_event(ev, timeout_ms=30_000)
-        t_end = time.monotonic() + 4  # the worker waits for room well past the 1 s
+        t_end = time.monotonic() + 5  # the worker waits for room well past the 2 s
         while time.monotonic() < t_end:
             assert d.get("/healthz") == (200, "ok\n")
             time.sleep(0.2)
