@@ -70,7 +70,9 @@ class Ingest(Supervised):
         self.stop = stop
         self.dead_letters = dead_letters
         self.limits = Limits(max_hits=config().max_hits)
-        self.leave_by: float | None = None  # perf_counter time: stop taking on leaving
+        self.leave_by: float | None = None  # perf_counter time: answered 'shutdown' after it
+        self.give_up_at: float | None = None  # perf_counter time: the drain's end
+        self._unbound: str | None = None  # bind mode: the endpoint given up on stop
         self._misrouted = Throttle(MISROUTED_LOG_S)  # replies on the input
         self._dead_failed = Throttle(DEAD_LETTER_LOG_S)  # dead letters that could not be written
         self._dead_error: OSError | None = None  # the last dead letter's write error
@@ -109,34 +111,66 @@ class Ingest(Supervised):
                         since, self._dead_error)  # fmt: skip
 
     def _leave(self) -> None:
-        """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages, and
-        none after ``leave_by``, so that the drain has time to answer them), and stop
-        receiving. Connect mode: take the ``rcvhwm`` messages the socket holds (and the one
-        libzmq may have read past them), then disconnect, so that the distributor sends
-        nothing more here (libzmq drops what is still in flight); while they are taken the
-        distributor goes on sending, and those events are for other daemons. Bind mode:
-        unbind first (libzmq closes the peers' connections and keeps what it had queued
-        readable; a peer keeps what it has not sent, its bytes in flight are lost), then
-        take: the port is free for a replacement at once."""
+        """On stop, take what the socket has queued (at most ``LEAVE_MAX`` messages; those
+        taken after ``leave_by`` answered ``shutdown`` unread, as the drain has no time left
+        to process them), and stop receiving. Connect mode: take the ``rcvhwm`` messages
+        the socket holds (and the one libzmq may have read past them), then disconnect, so
+        that the distributor sends nothing more here (libzmq drops what is still in
+        flight); while they are taken the distributor goes on sending, and those events are
+        for other daemons. Bind mode: unbind first (libzmq closes the peers' connections and
+        keeps what it had queued readable; a peer keeps what it has not sent, its bytes in
+        flight are lost), then take: the port is free for a replacement at once (already
+        while an event waits for room in a full batch queue)."""
         cfg = self.config()
         connect = cfg.connect
-        endpoint = cfg.input if connect else self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if not connect:
-            self.socket.unbind(endpoint)  # done by libzmq's I/O thread, a little later
+            self._unbind()
         wait_ms = 0 if connect else UNBIND_QUIET_MS
         most = min(cfg.rcvhwm + 1, LEAVE_MAX) if connect else LEAVE_MAX
-        taken = 0
-        while (
-            taken < most
-            and (self.leave_by is None or time.perf_counter() < self.leave_by)
-            and self.socket.poll(wait_ms, zmq.POLLIN)
-        ):
-            self.handle(*self._receive())
+        taken = late = 0
+        while taken < most and self.socket.poll(wait_ms, zmq.POLLIN):
+            received = self._receive()
+            if self.leave_by is not None and time.perf_counter() >= self.leave_by:
+                self._too_late(*received)
+                late += 1
+            else:
+                self.handle(*received)
             taken += 1
         if connect:
-            self.socket.disconnect(endpoint)
+            self.socket.disconnect(cfg.input)
         verb = "disconnected the input from" if connect else "unbound the input"
-        log.info("%s %s; %d queued messages taken", verb, endpoint, taken)
+        endpoint = cfg.input if connect else self._unbound
+        log.info("%s %s; %d queued messages taken (%d of them after the intake's deadline, "
+                 "answered 'shutdown' unread)", verb, endpoint, taken, late)  # fmt: skip
+
+    def _unbind(self) -> None:
+        """Bind mode: give up the input's port (once)."""
+        if self._unbound is None:
+            self._unbound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.socket.unbind(self._unbound)  # done by libzmq's I/O thread, a little later
+
+    def _waiting_for_room(self) -> None:
+        """While an event waits for room in a full batch queue: progress, and once stopping
+        (bind mode) the port given up at once, not when the drain makes room."""
+        self.beat()
+        if self.stop.is_set() and not self.config().connect:
+            self._unbind()
+
+    def _too_late(self, frames: list[zmq.Frame], refused: WireError | None, count: int) -> None:
+        """A message taken past ``leave_by``: an event answered ``shutdown`` unread (its
+        header's identity; by the drain's end, else counted unsent); anything else as ever
+        (refused, or not answered)."""
+        header = peek_header(frames) or {}
+        if (identity := identity_of(header)) is None or header.get("kind") != "hits":
+            self.handle(frames, refused, count)
+            return
+        self.metrics.received.inc()
+        self.metrics.inflight.inc()
+        self.metrics.rejected.labels("shutdown").inc()
+        reply = Reply(
+            *identity, time.perf_counter(), {}, reason="shutdown", msg_id=msg_id_of(header)
+        )
+        self.put(self.replies, reply, until=self.give_up_at)
 
     def cleanup(self) -> None:
         self.socket.close(linger=0)
@@ -200,7 +234,7 @@ class Ingest(Supervised):
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
         job = Job(event, t_recv, deadline, {"decode": decode_s}, msg.msg_id)
         self.metrics.inflight.inc()
-        if not self.batcher.put(job, block=cfg.overload == "block", waiting=self.beat):
+        if not self.batcher.put(job, block=cfg.overload == "block", waiting=self._waiting_for_room):
             reason = "shutdown" if self.batcher.closed else "overloaded"
             self.metrics.rejected.labels(reason).inc()
             self.put(self.replies, Reply.failure(job, reason))

@@ -456,7 +456,8 @@ class Daemon:
         log.info("draining", extra=_fields(drain_timeout_s=timeout, sooner="SIGKILL"))
         emitter.give_up_at = deadline
         worker.drain_by = deadline - _drain_reserve_s(timeout)
-        ingest.leave_by = worker.drain_by  # what it takes after this could not be answered
+        ingest.leave_by = worker.drain_by  # what it takes after this is answered 'shutdown'
+        ingest.give_up_at = deadline
         stop_intake.set()
         # Intake may be waiting for room with an event in hand: the worker makes room, or
         # abandon() closes the batcher and intake answers that event 'shutdown'. A worker

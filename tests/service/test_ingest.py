@@ -444,16 +444,18 @@ def test_a_connected_ingest_answers_what_it_holds_then_leaves(rig, rcvhwm, taken
     assert r.replies.empty() and spy.disconnected == [r.cfg.input]
 
 
-def test_leaving_takes_nothing_after_the_drain_s_cut_off(rig) -> None:
-    """What is taken after ``leave_by`` could not be answered within the drain: it is left
-    to the distributor's resends, not received."""
+def test_leaving_after_the_drain_s_cut_off_answers_shutdown_unread(rig) -> None:
+    """What is taken after ``leave_by`` could not be processed within the drain: answered
+    'shutdown' from its header (the distributor resends it at once), where it was left in
+    the socket, for the distributor's resend timeout."""
     r = rig(connect=True)
     r.send(_bad_version(1))
     assert r.pull.poll(5000)
     r.ingest.leave_by = time.perf_counter()
     r.stop.set()
     r.ingest.loop()
-    assert r.replies.empty() and r.value("streamtrk_events_received_total") == 0
+    assert r.replies.get_nowait().reason == "shutdown" and r.replies.empty()
+    assert r.value("streamtrk_events_received_total") == 1
 
 
 def test_refused_input_is_said_with_its_reasons_once_a_minute(rig, caplog) -> None:
@@ -474,3 +476,61 @@ def test_refused_input_is_said_with_its_reasons_once_a_minute(rig, caplog) -> No
         "2 input messages refused since the last warning (bad_version 2); the last: run 1 "
         "event 5: bad_version: version 9 not supported (supported: [1, 2, 3, 4, 5])",
     ]
+
+
+def test_events_taken_after_the_intake_s_deadline_are_answered_shutdown(rig) -> None:
+    """Past ``leave_by`` the drain has no time to process what the socket still holds:
+    answered 'shutdown' from the header alone, where they were left in the socket, closed
+    with it, no reply and no count."""
+    r = rig()
+    for event in (1, 2, 3):
+        r.send(_good(event, msg_id=event))
+    deadline = time.monotonic() + 5
+    while not r.pull.poll(0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.0)  # the three arrived (a loaded CI's slack)
+    r.ingest.leave_by = time.perf_counter()  # passed already
+    r.stop.set()
+    r.ingest.loop()
+    replies = [r.replies.get_nowait() for _ in range(r.replies.qsize())]
+    assert [(x.event, x.reason, x.msg_id) for x in replies] == [
+        (1, "shutdown", 1), (2, "shutdown", 2), (3, "shutdown", 3)
+    ]  # fmt: skip
+    assert r.value("streamtrk_events_received_total") == 3
+    assert r.value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 3
+    assert r.value("streamtrk_inflight_events") == 3  # until the emitter sends them
+    assert r.batcher.depth() == 0
+
+
+def test_a_bound_input_waiting_for_room_on_stop_gives_up_its_port_at_once(rig) -> None:
+    """The batch queue full (the worker behind), intake waits for room with an event in
+    hand: on stop the port is free for a replacement then, not once the drain makes room."""
+    r = rig(batcher=Batcher(1, BatchPolicy()))
+    port = r.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+    for event in (1, 2):  # the first fills the queue, the second waits for room
+        r.send(_good(event))
+    thread = threading.Thread(target=r.ingest.loop)
+    thread.start()
+    replacement = r.ctx.socket(zmq.PULL)
+    try:
+        t_end = time.monotonic() + 10
+        while r.value("streamtrk_events_received_total") != 2:
+            assert time.monotonic() < t_end, "the second event never came"
+            time.sleep(0.01)
+        r.stop.set()
+        while True:  # bound once the ingest has given the port up
+            try:
+                replacement.bind(port)
+                break
+            except zmq.ZMQError:
+                assert time.monotonic() < t_end, "the port was held while waiting for room"
+                time.sleep(0.05)
+        assert thread.is_alive()  # still waiting for room
+        r.batcher.close()  # the drain gives up on the queue: answered 'shutdown'
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [x.reason for x in (r.replies.get_nowait(),)] == ["shutdown"]
+    finally:
+        replacement.close(linger=0)
+        r.batcher.close()
+        thread.join(10)
