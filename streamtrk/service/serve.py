@@ -496,7 +496,10 @@ class Daemon:
             self.abandoned_thread = self.sockets_in_use = True
         if observer.is_alive():  # in NumPy or CuPy: no interpreter teardown under it
             self.abandoned_thread = True
-            log.warning("the physics thread overran the drain; its last batches are not counted")
+            if observer.has_work():  # else it only waits for a worker that waited for room
+                log.warning(
+                    "the physics thread overran the drain; its last batches are not counted"
+                )
         if self._reloading.locked():  # a SIGHUP reload is still loading a model
             self.abandoned_thread = True
             log.warning("exiting during a model reload; the reload is abandoned")
