@@ -161,16 +161,11 @@ class Ingest(Supervised):
         header's identity; by the drain's end, else counted unsent); anything else as ever
         (refused, or not answered)."""
         header = peek_header(frames) or {}
-        if (identity := identity_of(header)) is None or header.get("kind") != "hits":
+        if identity_of(header) is None or header.get("kind") != "hits":
             self.handle(frames, refused, count)
             return
         self.metrics.received.inc()
-        self.metrics.inflight.inc()
-        self.metrics.rejected.labels("shutdown").inc()
-        reply = Reply(
-            *identity, time.perf_counter(), {}, reason="shutdown", msg_id=msg_id_of(header)
-        )
-        self.put(self.replies, reply, until=self.give_up_at)
+        self._reject(frames, "shutdown", time.perf_counter(), until=self.give_up_at)
 
     def cleanup(self) -> None:
         self.socket.close(linger=0)
@@ -259,7 +254,10 @@ class Ingest(Supervised):
         t_recv: float,
         error: WireError | None = None,
         count: int = 0,
+        until: float | None = None,
     ) -> None:
+        """Answer ``reason`` to the event the header names (its reply queued by ``until``,
+        else left unsent, still in flight), or count the message unanswered."""
         header = peek_header(frames) or {}  # read once, leniently
         if header.get("kind") == "tracks":  # a reply, even one refused
             self._reply_on_input(frames, error or WireError(reason, "unexpected failure"), count)
@@ -274,7 +272,8 @@ class Ingest(Supervised):
             self.metrics.rejected.labels(reason).inc()
             timings = {"decode": time.perf_counter() - t_recv}
             msg_id = msg_id_of(header)
-            self.put(self.replies, Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id))
+            reply = Reply(*identity, t_recv, timings, reason=reason, msg_id=msg_id)
+            self.put(self.replies, reply, until=until)
         else:
             self._unanswered(frames, error or WireError(reason, "unexpected failure"), count)
 
