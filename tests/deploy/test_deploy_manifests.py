@@ -429,12 +429,9 @@ def test_environments_do_not_shadow_their_configuration_files() -> None:
     (drain_timeout_s stayed 30 s whatever the file said). But log_format: the same value in
     both, so that a file that does not load is reported in the format a log shipper reads."""
     compose = load_yaml_documents(COMPOSE)[0]["services"]["streamtrk"].get("environment", {})
+    env_file = DEPLOY / "systemd" / "streamtrk.env"
     for where, env, toml in [
-        (
-            "streamtrk.env",
-            _env_file(DEPLOY / "systemd" / "streamtrk.env"),
-            "systemd/streamtrk.toml",
-        ),
+        ("streamtrk.env", _env_file(env_file), "systemd/streamtrk.toml"),
         ("compose.yaml", compose, "streamtrk.toml"),
     ]:
         settings = tomllib.loads((DEPLOY / toml).read_text())
@@ -444,6 +441,14 @@ def test_environments_do_not_shadow_their_configuration_files() -> None:
                 assert settings.get(name, value) == value, f"{where}: {var} is not {toml}'s"
             else:
                 assert name not in settings, f"{where}: {var} shadows {toml}"
+    # The environment file sets nothing; the variables it suggests (commented out, for an
+    # operator to uncomment) may differ from the file's log_format, but shadow nothing else.
+    suggested = re.findall(r"^#\s*(STREAMTRK_\w+)=", env_file.read_text(), re.MULTILINE)
+    settings = tomllib.loads((DEPLOY / "systemd" / "streamtrk.toml").read_text())
+    assert suggested
+    for var in suggested:
+        name = var.removeprefix("STREAMTRK_").lower()
+        assert name == "log_format" or name not in settings, f"streamtrk.env suggests {var}"
 
 
 def test_systemd_analyze(tmp_path: Path) -> None:
