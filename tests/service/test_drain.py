@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,13 @@ from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A directory for ipc:// endpoints (their paths are limited to about 100 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="st-") as d:
+        yield Path(d)
 
 
 def test_sigterm_during_full_speed_replay(daemon_factory, sim_run: Path, tmp_path: Path):
@@ -52,15 +61,14 @@ def test_sigterm_during_full_speed_replay(daemon_factory, sim_run: Path, tmp_pat
 
 
 def test_replies_queued_for_a_collector_that_is_gone_are_counted_dropped(
-    daemon_factory, sim_run: Path
+    daemon_factory, sim_run: Path, short_tmp: Path
 ) -> None:
     """In connect mode ZeroMQ takes replies while no collector is connected (they would go
     out once one is): at a drain with still none, they are lost, counted, and the exit
     status says so."""
     from streamtrk.io.recording import iter_events
 
-    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as gone:
-        nowhere = gone.endpoint  # a port that nothing listens on once this closes
+    nowhere = f"ipc://{short_tmp}/out"  # nothing listens there (a freed port could be taken)
     with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
         d = daemon_factory(
             "--connect", "--input", producer.endpoint, "--output", nowhere,
@@ -164,7 +172,7 @@ def test_sigterm_during_a_batch_longer_than_the_drain_timeout(daemon_factory) ->
 
 
 def test_replies_zeromq_holds_go_out_until_the_drain_ends_after_a_batch_overran(
-    daemon_factory,
+    daemon_factory, short_tmp: Path
 ) -> None:
     """A batch overran the drain, so the process leaves by ``os._exit`` (a thread is still in
     it); the replies ZeroMQ holds (here the ``shutdown`` answers, taken while no collector
@@ -173,8 +181,7 @@ def test_replies_zeromq_holds_go_out_until_the_drain_ends_after_a_batch_overran(
     from live_daemon import wait_for
 
     events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=5)), 8, 2))
-    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as gone:
-        later = gone.endpoint  # nothing listens there until the collector binds below
+    later = f"ipc://{short_tmp}/out"  # nothing listens there until the collector binds below
     with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
         d = daemon_factory(
             "--connect", "--input", producer.endpoint, "--output", later,
