@@ -20,16 +20,16 @@ def test_bf16_parity_report(small_events) -> None:
     one = small_events[:1]
     scores = Reconstructor(EngineScorer(model, "cpu", "eager")).reconstruct(one).scores
     chain = ChainSettings(threshold=float(np.quantile(scores, 0.8)))
-    same = precision_parity(model, one, precision="fp32", chain=chain)
+    same = precision_parity(model, small_events, precision="fp32", chain=chain)
     assert same["score_abs_diff_max"] == 0 and same["edge_decisions_flipped"] == 0
     assert same["tracking_efficiency_change"] == 0
     assert same["tracks_common"] == same["tracks_a"] == same["tracks_b"] > 0
     r = precision_parity(model, small_events, precision="bf16", chain=chain, batch_size=2)
-    assert r["events"] == 2 and r["edges"] > same["edges"]
+    assert r["events"] == 2 and r["edges"] == same["edges"]
     assert 0 < r["score_abs_diff_max"] < 0.05
     assert r["score_abs_diff_mean"] <= r["score_abs_diff_p99"] <= r["score_abs_diff_max"]
     assert 0 <= r["edge_decisions_flipped_fraction"] < 0.05
     for k in ("tracking_efficiency", "fake_rate", "duplicate_rate", "trackml_score"):
-        assert r[f"{k}_change"] == r[f"{k}_bf16"] - r[f"{k}_fp32"]
-        assert 0 <= r[f"{k}_fp32"] <= 1
+        # fp32 in batches of two, as fp32 one event at a time: the reference does not move.
+        assert r[f"{k}_fp32"] == same[f"{k}_fp32"] and 0 <= r[f"{k}_fp32"] <= 1
     assert tracks_agreement([], []) == {"tracks_a": 0, "tracks_b": 0, "tracks_common": 0}
