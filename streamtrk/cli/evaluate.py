@@ -118,7 +118,9 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "hits_per_event, hits_on_no_layer (hits whose volume and layer the detector does not "
     "have: they make no edge), graph_edges_per_event (built), "
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
-    "seconds_per_event, stage_seconds (mean per event), timings (median per event), scorer "
+    "seconds_per_event (the reconstruction's time over all events, the time up to a "
+    "refusal included), stage_seconds (mean per event reconstructed), timings (median per "
+    "event reconstructed), scorer "
     "(the model directory, or oracle); "
     "events_refused and refused (run, event, what, count, limit): events over the work "
     "budget, which the daemon answers too_dense, scored as events with no tracks.",
@@ -307,6 +309,7 @@ def _say_unscored(ev: Evaluation, with_truth: int) -> None:
         print(
             f"streamtrk evaluate: {ev.n_without_kinematics} events have truth but no particle "
             "vertices or momenta (TrackML without -particles.csv): they count in no efficiency "
-            "(null where no event does); the TrackML score uses the truth's momenta",
+            "(null where no event does); the TrackML score uses the truth's weight column "
+            "(where it has none, official weights from the truth's momenta)",
             file=sys.stderr,
         )

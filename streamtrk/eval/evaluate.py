@@ -479,6 +479,8 @@ def evaluate(
                 continue
             ev.add(batch, result, time.perf_counter() - t0, rec.threshold)
             break
+        else:  # all refused: the time up to their refusal is the batch's still
+            ev.seconds += time.perf_counter() - t0
         bar.update(ev.n_events + ev.n_repeated - bar.n)  # the events read, repeats too
     bar.update(ev.n_events + ev.n_repeated - bar.n)
     bar.close()

@@ -369,6 +369,7 @@ def test_refused_events_with_truth_count_their_particles_as_lost(small_events) -
     nothing = Budget(0, 0, 0, allowance=0)  # refuses any event that has a candidate
     report = evaluate(Reconstructor.oracle(budget=nothing), small_events, batch_size=2).report()
     assert report["events_refused"] == report["events"] == 2
+    assert report["seconds_per_event"] > 0  # the time spent up to the refusal
     assert report["tracking_efficiency"] == report["graph_edge_efficiency"] == 0.0
     assert report["trackml_score"] == 0.0
     assert math.isnan(report["graph_edge_purity"])  # no edge: no purity
