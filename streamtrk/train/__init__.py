@@ -16,7 +16,8 @@ full reconstruction is scored at each candidate threshold and the one maximising
 ``tracking_efficiency - fake_rate - duplicate_rate`` is kept. The model is then evaluated on
 held-out test events and on the ``report`` inputs (reported in the card, never used for a
 choice). Before anything is trained, no event may be in two of train, validation, test and
-the report inputs (compared by hit positions, whatever file or seed each came from).
+the report inputs (compared by hit positions and by the truth's particle momenta, whatever
+file or seed each came from).
 
 The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, sectors),
 ``loop`` (optimisation), ``threshold`` (the default threshold), and ``train`` here.
@@ -60,7 +61,7 @@ __all__ = [
     "Sample",
     "TrainConfig",
     "check_no_shared_events",
-    "event_fingerprint",
+    "event_fingerprints",
     "load_config",
     "make_samples",
     "scan_thresholds",
@@ -291,29 +292,42 @@ def _replace_directory(out: Path, work: Path) -> None:
 
 
 def check_no_shared_events(splits: dict[str, list[Event]]) -> None:
-    """ValueError when one event (the same hit positions, in any order) is in two of
-    ``splits``: a recording of the test seed given as training data, or the report's real
-    event recorded and trained on. The recipe file's check sees only seeds and paths."""
+    """ValueError when one event is in two of ``splits`` (the same hit positions in any
+    order, or the same particles): a recording of the test seed given as training data,
+    the same seed simulated with other noise or detector faults, or the report's real event
+    recorded and trained on. The recipe file's check sees only seeds and paths."""
     seen: dict[bytes, tuple[str, Event]] = {}
     for name, events in splits.items():
         for event in events:
-            key = event_fingerprint(event)
-            other = seen.setdefault(key, (name, event))
-            if other[0] != name:
-                raise ValueError(
-                    f"[{other[0]}] event ({other[1].run}, {other[1].event}) and [{name}] "
-                    f"event ({event.run}, {event.event}) have the same hits: the model would "
-                    "be judged on what it was trained or tuned on"
-                )
+            for key, what in event_fingerprints(event):
+                other = seen.setdefault(key, (name, event))
+                if other[0] != name:
+                    raise ValueError(
+                        f"[{other[0]}] event ({other[1].run}, {other[1].event}) and [{name}] "
+                        f"event ({event.run}, {event.event}) have the same {what}: the model "
+                        "would be judged on what it was trained or tuned on"
+                    )
 
 
-def event_fingerprint(event: Event) -> bytes:
-    """A digest of an event's hit positions that neither the hits' order nor their ids
-    change: the same crossing read from TrackML files or from a recording gives one digest."""
+def event_fingerprints(event: Event) -> list[tuple[bytes, str]]:
+    """Digests of an event that neither the rows' order nor the hits' ids change, each with
+    what it is of: its hit positions (the same crossing read from TrackML files or from a
+    recording gives one digest), and where its truth knows its particles' momenta, those
+    (unchanged by noise, dead or noisy layers, overlaps and the beam spot)."""
     h = event.hits
-    xyz = np.stack([to_host(h.x), to_host(h.y), to_host(h.z)], axis=1)
-    rows = np.ascontiguousarray(xyz[np.lexsort(xyz.T[::-1])])
-    return hashlib.blake2b(rows.tobytes(), digest_size=16).digest()
+    out = [(_rows_digest(b"hits", to_host(h.x), to_host(h.y), to_host(h.z)), "hits")]
+    if event.truth is not None:
+        p = event.truth.particles
+        pxyz = [to_host(p.px), to_host(p.py), to_host(p.pz)]
+        if len(pxyz[0]) and np.isfinite(np.stack(pxyz)).all():
+            out.append((_rows_digest(b"particles", *pxyz), "particle momenta"))
+    return out
+
+
+def _rows_digest(kind: bytes, *columns: np.ndarray) -> bytes:
+    rows = np.stack(columns, axis=1)
+    rows = np.ascontiguousarray(rows[np.lexsort(rows.T[::-1])])
+    return hashlib.blake2b(kind + rows.tobytes(), digest_size=16).digest()
 
 
 def _simulator_version() -> int:
