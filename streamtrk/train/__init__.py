@@ -26,6 +26,7 @@ The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, 
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import sys
 import tempfile
@@ -189,7 +190,7 @@ def _train(
         prune=cfg.prune,
         tracks=cfg.tracks,
     )
-    best = min(history, key=lambda h: h["val_loss"])
+    best = min((h for h in history if math.isfinite(h["val_loss"])), key=lambda h: h["val_loss"])
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None and test_events is not None:
         stage(f"evaluation on {len(test_events)} test events")

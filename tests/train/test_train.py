@@ -345,3 +345,25 @@ def test_events_past_the_memory_are_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert "streamtrk train: error: out of memory" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_the_card_names_the_best_finite_epoch_after_a_nan_one(tmp_path: Path, monkeypatch) -> None:
+    """The first epoch's validation loss NaN: the card's best epoch and validation metrics
+    are of the epoch whose weights were kept, not of the NaN one."""
+    from streamtrk.train import loop
+
+    calls: list[int] = []
+    validate = loop.validate
+
+    def first_nan(*args, **kwargs):
+        calls.append(1)
+        v = validate(*args, **kwargs)
+        return v | {"loss": float("nan")} if len(calls) == 1 else v
+
+    monkeypatch.setattr(loop, "validate", first_nan)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
+    card = read_card(tmp_path / "m")
+    assert card["training"]["best_epoch"] == 1  # of two: the only finite one
+    assert np.isfinite(card["metrics"]["validation"]["val_loss"])
