@@ -20,6 +20,9 @@ from streamtrk.tomlio import require
 MAX_MU = 10_000  # fifty times the HL-LHC's 200: millions of hits an event, not a hang
 MAX_HARD_SCATTER = 100_000  # hard-scatter particles: a million hits an event, not a hang
 MAX_BEAM_SPOT_Z = 250.0  # mm: a luminous region centred farther along z gives no tracks
+# GeV: the LHC's beam energy, which no particle's pT exceeds (from about 1e5 GeV, float64
+# loses the crossings of so straight a helix: hits 0.2 mm off their layer)
+MAX_HARD_SCATTER_PT = 7000.0
 
 _Q = np.array(
     [
@@ -164,8 +167,8 @@ class GeneratorConfig:
             ),
             (
                 "hard_scatter_pt",
-                0 < self.hard_scatter_pt[0] <= self.hard_scatter_pt[1] < math.inf,
-                "0 < low <= high < inf",
+                0 < self.hard_scatter_pt[0] <= self.hard_scatter_pt[1] <= MAX_HARD_SCATTER_PT,
+                f"0 < low <= high <= {MAX_HARD_SCATTER_PT:g}",
             ),
         ]
         require(self, checks)

@@ -4,7 +4,8 @@ All live particles advance together to their next surface crossing (barrel cylin
 endcap disk), found analytically: the helix is a circle in x-y, so cylinder crossings solve
 a circle-circle intersection and disk crossings a linear equation in the turning angle.
 Multiple scattering (Highland formula) deflects the direction at every crossing. A particle
-stops when it leaves the envelope, when no surface is ahead, or after ``max_turns`` turns.
+stops when it leaves the envelope, when no surface is ahead, after ``max_turns`` turns, or
+at its ``MAX_CROSSINGS``-th crossing (a looper of several turns).
 """
 
 from __future__ import annotations

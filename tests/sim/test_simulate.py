@@ -559,6 +559,7 @@ def test_hard_scatter_particles():
         {"hard_scatter": -1},
         {"hard_scatter_pt": (0.0, 5.0)},
         {"hard_scatter_pt": (6.0, 5.0)},
+        {"hard_scatter_pt": (5.0, 7000.5)},  # past the beam energy
         {"mu": 10_000.5},
     ],
 )
@@ -570,6 +571,7 @@ def test_generator_settings_out_of_range_are_refused(setting):
 def test_generator_settings_at_the_edges_of_their_range_are_taken():
     GeneratorConfig(mu=0.5, sigma_z=0.0, sigma_r=0.0, positive_fraction=0.0)
     GeneratorConfig(mu=10_000, positive_fraction=1.0, secondary_fraction=0.0)
+    GeneratorConfig(hard_scatter=1, hard_scatter_pt=(7000.0, 7000.0))
     GeneratorConfig(secondary_positive_fraction=0.0, hard_scatter_pt=(5.0, 5.0))
     GeneratorConfig(secondary_positive_fraction=1.0, primaries_per_vertex=1e-3)
     GeneratorConfig(eta_max=0.5, hard_scatter_pt=(0.5, 0.5), multiplicity_shape=0.5)
