@@ -589,8 +589,13 @@ def _on_circle(
     h = xp.where(tsum(step) < 0, -1.0, 1.0)
     theta_p = xp.arctan2(-yc, -xc)
     starts = offsets[:-1]
-    along = xp.cumsum(step) - step  # steps summed from the first hit of all to this one
+    # Steps summed from the first hit of all to this one, a non-finite step (a NaN hit)
+    # left out of the sum, so that it spoils its own track's turns only.
+    finite = xp.isfinite(step)
+    kept = xp.where(finite, step, 0.0)
+    along = xp.cumsum(kept) - kept
     along = along - along[starts][tid]
+    along = xp.where(tsum(~finite)[tid] > 0, xp.nan, along)
     first = _wrapped(h * (angle[starts] - theta_p), xp)
     return h, theta_p, first[tid] + h[tid] * along, dx, dy
 

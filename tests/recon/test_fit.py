@@ -497,6 +497,22 @@ def test_tracks_fitted_together_are_fitted_as_alone(det):
             assert np.allclose(values, together[name][k : k + 1], rtol=1e-9), (k, name)
 
 
+def test_a_track_with_a_non_finite_hit_spoils_no_other_track(det):
+    """A NaN coordinate on the first track of a batch: that track's fit is NaN, the others'
+    are as alone (the turns along a track are summed within it, as the device kernel
+    does)."""
+    offsets, idx, c, _ = _helices(det, 5, np.random.default_rng(5))
+    x, y, z = c.position.T.copy()
+    x[idx[offsets[0] + 1]] = np.nan
+    together = fit_tracks(offsets, idx, x, y, z, c.layer, det)
+    assert np.isnan(together["eta"][0]) and np.isnan(together["z0"][0])
+    for k in range(1, len(offsets) - 1):
+        mine = idx[offsets[k] : offsets[k + 1]]
+        alone = fit_tracks(np.array([0, len(mine)]), mine, x, y, z, c.layer, det)
+        for name, values in alone.items():
+            assert np.allclose(values, together[name][k : k + 1], rtol=1e-9), (k, name)
+
+
 def test_gls_step_is_that_of_the_dense_covariance():
     """The filter along the tracks gives the step, covariance and chi2 of V built whole:
     tracks of 1 to 9 hits, two scatter sets of two and three arms."""
