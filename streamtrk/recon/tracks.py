@@ -526,8 +526,8 @@ def build_tracks(
     layer's two hits (``config``), connected components. Hits of a track are ordered by
     radius (edges point outwards, so chains do too). A hit belongs to at most one track;
     tracks have at least ``config.min_hits`` hits and a mean edge score above
-    ``config.min_mean_score``; tracks are ordered by their first hit, so the tracks of one
-    event are contiguous.
+    ``config.min_mean_score``; tracks are ordered by their smallest hit index (not their
+    innermost hit's), so the tracks of one event are contiguous.
     """
     xp = array_module(edge_index)
     n = int(r.shape[0])

@@ -229,6 +229,15 @@ def test_build_tracks_orders_hits_and_drops_short_ones():
     assert hits.tolist() == [3, 2, 1, 0]
 
 
+def test_tracks_are_ordered_by_their_smallest_hit_index():
+    """Not by their innermost hit: 5-0-6 (hit 5 innermost) comes before 1-2-3."""
+    edges = np.array([[5, 0, 1, 2], [0, 6, 2, 3]])
+    r = np.array([2.0, 1.0, 2.0, 3.0, 0.0, 1.0, 3.0])
+    offsets, hits = build_tracks(edges, np.ones(4), r, threshold=0.5)
+    tracks = [hits[a:b].tolist() for a, b in itertools.pairwise(offsets.tolist())]
+    assert tracks == [[5, 0, 6], [1, 2, 3]]
+
+
 def test_split_by_event_gives_local_numbering():
     offsets = np.array([0, 3, 6, 9])
     hits = np.array([0, 1, 2, 5, 6, 7, 10, 11, 12])
