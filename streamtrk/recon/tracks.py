@@ -89,6 +89,12 @@ def _threshold_rank(threshold: float) -> np.int64:
         return np.int64(_float32_rank(np.array([threshold]), np)[0])
 
 
+def _above(scores: Array, threshold: float, xp: Any) -> Array:
+    """Indices of the scores above ``threshold``, compared as float32 (the scorers' dtype,
+    and the kernels' comparison: a float64 score just above it may round to it)."""
+    return xp.nonzero(scores.astype(xp.float32, copy=False) > float(threshold))[0]
+
+
 def _junction_edges(
     edge_index: Array, scores: Array, threshold: float, passes: int, n_nodes: int
 ) -> Array:
@@ -99,7 +105,7 @@ def _junction_edges(
         return junction_kernels(
             edge_index, scores, threshold, passes, n_nodes, cupy_launcher(KERNELS)
         )
-    idx = xp.nonzero(scores > float(threshold))[0]  # in the scores' dtype
+    idx = _above(scores, threshold, xp)
     e, s = edge_index[:, idx], scores[idx]
     if e.shape[1] == 0 or passes < 1:
         return idx[:0]
@@ -174,7 +180,7 @@ def stitch_edges(
     piece = (out_deg + in_deg) > 0
     last = piece & (out_deg == 0)
     first = piece & (in_deg == 0)
-    cand = xp.nonzero(scores > float(threshold))[0]  # a few % of the graph: work on those only
+    cand = _above(scores, threshold, xp)  # a few % of the graph: work on those only
     a, b, sc = edge_index[0, cand], edge_index[1, cand], scores[cand]
     direct = xp.nonzero(last[a] & first[b] & (labels[a] != labels[b]))[0]
     into = xp.nonzero(last[a] & ~piece[b])[0]
@@ -224,7 +230,7 @@ def join_doubles(
     succ[kept[0]] = kept[1]
     last = (pred >= 0) & (succ < 0)
     first = (succ >= 0) & (pred < 0)
-    cand = xp.nonzero(scores > float(threshold))[0]
+    cand = _above(scores, threshold, xp)
     a, b = (edge_index[k, cand].astype(xp.int64) for k in (0, 1))
     sc = scores[cand]
     # A -> B2: A's successor B1 ends a piece, B2 starts another one ...

@@ -65,6 +65,8 @@ def test_junction_scores_are_compared_as_float32():
     assert resolve_junctions(edges, np.array([-0.5, -0.2]), -1).T.tolist() == [[0, 2]]
     assert resolve_junctions(edges, np.array([0.0, -0.0]), -1).T.tolist() == [[0, 1]]
     assert resolve_junctions(edges, np.array([-0.0, 0.0]), -1).T.tolist() == [[0, 1]]
+    # The threshold too: a float64 score above it by less than float32 resolves is not.
+    assert resolve_junctions(edges, np.array([0.5 + 1e-9, 0.4]), 0.5).shape == (2, 0)
 
 
 def test_junction_scores_rank_in_float32_order_over_their_whole_range():
