@@ -7,7 +7,8 @@ count below the connections there are. Every disconnection is counted by cause i
 ``streamtrk_disconnects_total`` and logged: ``auth`` (the CURVE key is not allowed),
 ``handshake`` (the handshake was refused: a peer without CURVE against a CURVE socket, or
 another mechanism; on a CURVE socket also a peer that hung up during its handshake, as a
-client without CURVE may when it sees the mismatch first) or ``closed`` (any other end: the
+client without CURVE may when it sees the mismatch first, and as a CURVE server does to a
+client that has another server key than its own) or ``closed`` (any other end: the
 peer went away, on a plain socket also during its handshake, as a TCP port probe does; or
 libzmq dropped the connection, for a frame over ``ZMQ_MAXMSGSIZE`` or a peer of an
 incompatible socket type; what the peer had queued on it is lost with it). Refused
@@ -109,8 +110,8 @@ class SocketMonitor(threading.Thread):
         self.monitors = {name: sock.get_monitor_socket(EVENTS) for name, sock in sockets.items()}
         self._stopping = threading.Event()
         self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
-        self._curve = {
-            name: sock.getsockopt(zmq.CURVE_SERVER) == 1 for name, sock in sockets.items()
+        self._curve = {  # CURVE servers and clients (a forwarder's socket facing daemons)
+            name: sock.getsockopt(zmq.MECHANISM) == zmq.CURVE for name, sock in sockets.items()
         }
         # Causes of refused handshakes whose disconnection is still to come, oldest first.
         # (Handshake events carry no descriptor to pair them with; libzmq reports each

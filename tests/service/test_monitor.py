@@ -118,6 +118,34 @@ def test_on_a_curve_socket_a_peer_hanging_up_in_its_handshake_is_refused() -> No
         ctx.term()
 
 
+def test_a_curve_client_given_another_server_key_counts_refused_handshakes() -> None:
+    """A forwarder's socket facing the daemons is a CURVE client: a daemon whose server key
+    is not the one it was given hangs up in each handshake, a refusal (as the daemon
+    counts it), not a peer that closed."""
+    ctx = zmq.Context()
+    server, client = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    server.curve_secretkey = zmq.curve_keypair()[1]
+    server.curve_server = True
+    client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
+    client.curve_serverkey = zmq.curve_keypair()[0]  # not the server's
+    metrics = Metrics()
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    monitor = SocketMonitor({"back": client}, metrics)
+    monitor.start()
+    try:
+        client.connect(f"tcp://127.0.0.1:{port}")
+        labels = {"socket": "back", "cause": "handshake"}
+        wait_for(lambda: metrics.registry.get_sample_value("streamtrk_disconnects_total", labels))
+        assert metrics.registry.get_sample_value("streamtrk_auth_failures_total", labels)
+        closed = {"socket": "back", "cause": "closed"}
+        assert not metrics.registry.get_sample_value("streamtrk_disconnects_total", closed)
+    finally:
+        monitor.stop()
+        for sock in (client, server):
+            sock.close(linger=0)
+        ctx.term()
+
+
 class _Watched:
     """A PULL socket bound on loopback, its started SocketMonitor; stop with :meth:`stop`."""
 
