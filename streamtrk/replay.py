@@ -24,9 +24,9 @@ replies received so far. Latency runs from just before an event's first send to 
 ``truth`` messages are not sent: they score the replies (tracking efficiency, fake and
 duplicate rates, TrackML score).
 
-A connecting replay whose handshake the daemon refuses (a CURVE key it does not allow, or
-CURVE on one side only) stops at once and reports which socket was refused and why
-(``refused``): libzmq does not try that connection again, so nothing would get through.
+A connecting replay whose handshake the daemon refuses (a CURVE key it does not allow,
+CURVE on one side only, or another server key than the daemon's) stops at once and reports
+which socket was refused and why (``refused``): nothing would get through.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class ReplayResult:
     sent: int = 0
     unsent: int = 0
     send_error: str | None = None  # why sending stopped early (a socket failure)
-    refused: dict[str, str] = field(default_factory=dict)  # socket (to, from): auth, handshake
+    refused: dict[str, str] = field(default_factory=dict)  # socket (to, from): REFUSAL_HINTS
     resent: int = 0
     latencies: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a reply
     errors: Counter[str] = field(default_factory=Counter)

@@ -131,22 +131,27 @@ def test_a_damaged_key_file_refuses_clients_only_while_it_is_there(
     assert d.get("/healthz")[0] == 200
 
 
+@pytest.mark.parametrize(("name", "server_key", "cause"), [
+    ("mallory", "server.key", "auth"),  # a key the daemon does not allow
+    ("alice", "mallory.key", "server_key"),  # allowed, but another server key than its own
+])  # fmt: skip
 def test_a_replay_whose_key_is_refused_stops_at_once_and_says_why(
-    daemon_factory, keys: Path, sim_run: Path, capsys
+    daemon_factory, keys: Path, sim_run: Path, capsys, name: str, server_key: str, cause: str
 ) -> None:
-    """libzmq gives up a connection whose handshake the daemon refused: the replay stops at
-    the refusal, naming the socket and the cause, instead of waiting out its timeout to say
-    "no reply at all"."""
+    """libzmq gives up a connection whose handshake the daemon refused (or tries it again
+    without end, hung up on): the replay stops at the refusal, naming the socket and the
+    cause, instead of waiting out its timeout to say "no reply at all"."""
     d = daemon_factory(*server(keys))
-    mallory = client_args(keys, "mallory")
+    curve = ["--curve-key", str(keys / f"{name}.key_secret")]
+    curve += ["--curve-server-key", str(keys / server_key)]
     t0 = time.monotonic()
     args = ["replay", str(sim_run), "--to", d.input, "--from", d.output, "--timeout", "60"]
-    code = main([*args, *mallory, "-q"])
+    code = main([*args, *curve, "-q"])
     took = time.monotonic() - t0
     err = capsys.readouterr().err
     refusals = re.findall(r"--(to|from) (\S+) refused the handshake \((\w+)\)", err)
     assert code == 1 and refusals, err
-    assert all(cause == "auth" for _, _, cause in refusals), err
+    assert all(c == cause for _, _, c in refusals), err
     assert {(s, a) for s, a, _ in refusals} <= {("to", d.input), ("from", d.output)}, err
     assert "no reply at all" not in err
     assert took < 60  # stopped at the refusal, not at the timeout
