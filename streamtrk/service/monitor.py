@@ -65,11 +65,15 @@ class Reconnects:
     """Connecting sockets whose connection libzmq gave up: the monitor thread asks
     (:meth:`request`), the socket's own thread (a ZeroMQ socket is used by one thread) calls
     :meth:`apply` as it polls, which connects again once ``RECONNECT_AFTER_S`` has passed
-    (at most once a ``RECONNECT_AFTER_S``, however fast a peer refuses)."""
+    (at most once a ``RECONNECT_AFTER_S``, however fast a peer refuses), logged at most once
+    a ``DISCONNECT_LOG_S`` per socket."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._at: dict[str, float] = {}  # socket name -> when to connect again
+        self._lines: defaultdict[str, Throttle] = defaultdict(
+            lambda: Throttle(DISCONNECT_LOG_S)
+        )  # socket name -> its log lines (a peer refusing for hours: one a minute)
 
     def request(self, name: str) -> None:
         with self._lock:
@@ -86,12 +90,14 @@ class Reconnects:
         with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten the endpoint
             socket.disconnect(endpoint)
         socket.connect(endpoint)
-        log.info(
-            "connecting the %s to %s again (its handshake was refused)",
-            name,
-            endpoint,
-            extra={"fields": {"socket": name, "endpoint": endpoint}},
-        )
+        if since := self._lines[name].count():
+            log.info(
+                "connecting the %s to %s again (its handshake was refused)%s",
+                name,
+                endpoint,
+                f"; {since} times since the last line" if since > 1 else "",
+                extra={"fields": {"socket": name, "endpoint": endpoint, "since": since}},
+            )
 
 
 class SocketMonitor(threading.Thread):

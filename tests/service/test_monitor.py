@@ -216,3 +216,28 @@ def test_connections_held_back_are_said_when_the_monitor_stops(
         "connection on input ended (closed)",
         "2 more connections on input ended (closed) since the last line",
     ], said
+
+
+def test_connecting_again_is_logged_once_a_while_however_often(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A distributor without CURVE refuses a daemon's handshake every second for as long as
+    it runs: each reconnection is made, one line a ``DISCONNECT_LOG_S`` says so."""
+    from streamtrk.service.monitor import Reconnects
+
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.0)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    endpoint = "tcp://127.0.0.1:9"  # nothing listens: connect() only queues the attempt
+    try:
+        reconnects = Reconnects()
+        with caplog.at_level(logging.INFO, logger="streamtrk.service.monitor"):
+            for _ in range(5):
+                reconnects.request("input")
+                reconnects.apply("input", push, endpoint)
+        lines = [r for r in caplog.records if "again" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert push.getsockopt_string(zmq.LAST_ENDPOINT) == endpoint
+    finally:
+        push.close(linger=0)
+        ctx.term()
