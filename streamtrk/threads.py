@@ -26,17 +26,57 @@ def wait_passively() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+def cpu_quota(
+    root: Path = Path("/sys/fs/cgroup"), cgroups: Path = Path("/proc/self/cgroup")
+) -> float | None:
     """CPUs' worth of time the cgroup quota allows (cgroup v2 ``cpu.max`` or v1
-    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None without a quota."""
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None without a quota: the smallest on
+    the way from the process's own cgroup (``cgroups``, as ``/proc/self/cgroup`` names it:
+    a systemd unit's ``CPUQuota=`` is on the unit's) up to ``root`` (a container's)."""
+    v2, v1 = _own_cgroups(cgroups)
+    quotas = [q for d in _up(root, v2) if (q := _v2_quota(d)) is not None]
+    quotas += [q for d in _up(root / "cpu", v1) if (q := _v1_quota(d)) is not None]
+    return min(quotas, default=None)
+
+
+def _own_cgroups(cgroups: Path) -> tuple[str, str]:
+    """The process's cgroup v2 path and its v1 ``cpu`` controller's path ("/" if unknown)."""
+    v2 = v1 = "/"
     try:
-        max_quota, max_period = (root / "cpu.max").read_text().split()[:2]
+        lines = cgroups.read_text().splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and not controllers:
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _up(base: Path, path: str) -> list[Path]:
+    """``base`` joined with ``path`` and with each of its parents, ``base`` last (only
+    ``base`` for a path outside it, as a cgroup namespace shows one above its root)."""
+    if ".." in Path(path).parts:
+        return [base]
+    inner = base / path.strip("/")
+    return [inner, *[p for p in inner.parents if p.is_relative_to(base)]]
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        max_quota, max_period = (directory / "cpu.max").read_text().split()[:2]
         return None if max_quota == "max" else int(max_quota) / int(max_period)
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _v1_quota(directory: Path) -> float | None:
     try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return None if quota <= 0 or period <= 0 else quota / period

@@ -13,20 +13,45 @@ from streamtrk.threads import available_cpus, cpu_quota, set_torch_threads
 
 
 def test_cgroup_quotas_v2_and_v1(tmp_path: Path) -> None:
+    at_root = tmp_path / "cgroup"
+    at_root.write_text("0::/\n")
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cpu.max").write_text("150000 100000\n")
-    assert cpu_quota(v2) == 1.5
+    assert cpu_quota(v2, at_root) == 1.5
     (v2 / "cpu.max").write_text("max 100000\n")
-    assert cpu_quota(v2) is None
+    assert cpu_quota(v2, at_root) is None
     v1 = tmp_path / "v1" / "cpu"
     v1.mkdir(parents=True)
     (v1 / "cpu.cfs_quota_us").write_text("50000\n")
     (v1 / "cpu.cfs_period_us").write_text("100000\n")
-    assert cpu_quota(tmp_path / "v1") == 0.5
+    assert cpu_quota(tmp_path / "v1", at_root) == 0.5
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cpu_quota(tmp_path / "v1") is None
-    assert cpu_quota(tmp_path / "nothing") is None
+    assert cpu_quota(tmp_path / "v1", at_root) is None
+    assert cpu_quota(tmp_path / "nothing", at_root) is None
+    assert cpu_quota(tmp_path / "nothing", tmp_path / "no-proc-file") is None
+
+
+def test_the_quota_is_the_smallest_from_the_own_cgroup_up(tmp_path: Path) -> None:
+    """A systemd unit's ``CPUQuota=`` is on the unit's cgroup, not at the root (a host
+    without a cgroup namespace): read where /proc/self/cgroup says, and above it."""
+    unit = tmp_path / "v2" / "system.slice" / "streamtrk.service"
+    unit.mkdir(parents=True)
+    (unit / "cpu.max").write_text("100000 100000\n")
+    (tmp_path / "v2" / "cpu.max").write_text("400000 100000\n")
+    own = tmp_path / "cgroup"
+    own.write_text("0::/system.slice/streamtrk.service\n")
+    assert cpu_quota(tmp_path / "v2", own) == 1.0
+    (unit / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path / "v2", own) == 4.0  # the one above it
+    v1 = tmp_path / "v1" / "cpu" / "system.slice" / "streamtrk.service"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    own.write_text("4:memory:/x\n2:cpu,cpuacct:/system.slice/streamtrk.service\n0::/\n")
+    assert cpu_quota(tmp_path / "v1", own) == 0.5
+    own.write_text("0::/../elsewhere\n")  # outside the namespace's root: the root's
+    assert cpu_quota(tmp_path / "v2", own) == 4.0
 
 
 def test_the_affinity_mask_bounds_the_threads() -> None:
