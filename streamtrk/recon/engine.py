@@ -387,12 +387,16 @@ class EngineScorer:
         taken.
 
         Compilation, autotuning, CUDA-graph capture and TensorRT engine building happen here.
-        With ``engine="auto"``, a failure moves to the next engine and records why.
+        With ``engine="auto"``, a failure moves to the next engine and records why. Past
+        dynamo's ``recompile_limit`` (compiled variants of the network, kept for the
+        process: reloads of other sizes or precisions) compiling fails here, where dynamo
+        would run the network eagerly while the scorer said ``compile``.
         """
         t0 = time.perf_counter()
         while True:
             try:
-                self._warm()
+                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                    self._warm()
                 break
             except Exception as exc:
                 if self.requested != "auto" or self.engine not in FALLBACK:

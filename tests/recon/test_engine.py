@@ -288,6 +288,29 @@ def test_compiled_tracing_is_reused_across_buckets(model: InteractionNetwork) ->
     torch._dynamo.reset()
 
 
+def test_a_compile_past_the_recompile_limit_fails_to_warm_up(
+    model: InteractionNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dynamo compiles a function in so many variants, then runs it eagerly: a scorer that
+    warms up past that (a daemon reloaded with models of other sizes) is not ``compile``
+    (auto: eager, noted), rather than saying it while running eagerly."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    other = InteractionNetwork(GNNConfig(hidden=8, edge_hidden=4, steps=2)).eval()
+    try:
+        with torch._dynamo.config.patch(recompile_limit=1):
+            EngineScorer(model, "cpu", "compile", buckets=SMALL, backend="eager").warm_up()
+            second = EngineScorer(other, "cpu", "compile", buckets=SMALL, backend="eager")
+            with pytest.raises(Exception, match="recompile_limit"):
+                second.warm_up()
+            monkeypatch.setattr(second, "requested", "auto")  # auto picks eager on the CPU
+            second.warm_up()
+        assert second.engine == "eager" and second.degraded
+        assert "compile failed to warm up" in (second.fallback_reason or "")
+    finally:
+        torch._dynamo.reset()
+
+
 def test_auto_falls_back_when_an_engine_fails_to_warm_up(
     model: InteractionNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:
