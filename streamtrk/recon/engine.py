@@ -268,10 +268,16 @@ class EngineScorer:
         self.precision = precision
         self.requested = engine
         self.buckets = buckets or Buckets()
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        # Replayed by the compile engine on CUDA only (auto may come to it from tensorrt).
+        self.cuda_graphs = (
+            cuda_graphs and self.device.type == "cuda" and engine not in ("eager", "tensorrt")
+        )
         self.backend = backend
         self.cache_dir = cache_dir or default_cache_dir()
         self.engine, self.fallback_reason = resolve_engine(engine, self.device)
+        if cuda_graphs and not self.cuda_graphs:  # a choice, said; not a failure
+            why = "cuda_graphs ignored: only the compile engine on CUDA replays CUDA graphs"
+            self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
         self.degraded = False  # an engine or CUDA graphs failed at warm-up (see _note)
         self._logits = Logits(self.model, DTYPES[precision])
         self._graph_thread: ThreadPoolExecutor | None = None  # with CUDA graphs (compile)

@@ -332,6 +332,19 @@ def test_auto_falls_back_when_an_engine_fails_to_warm_up(
     np.testing.assert_allclose(scorer(g, []), GNNScorer(model)(g, []), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("engine", ["eager", "compile", "auto"])
+def test_cuda_graphs_asked_where_none_are_replayed_are_said_to_be_ignored(
+    model: InteractionNetwork, engine: str
+) -> None:
+    """On the CPU no engine replays CUDA graphs: the note says so (status, logs), not a
+    failure; without them asked for, nothing is said of them."""
+    scorer = EngineScorer(model, "cpu", engine, buckets=SMALL, backend="eager", cuda_graphs=True)
+    assert not scorer.cuda_graphs and not scorer.degraded
+    assert "cuda_graphs ignored" in (scorer.fallback_reason or "")
+    plain = EngineScorer(model, "cpu", engine, buckets=SMALL, backend="eager")
+    assert "cuda_graphs" not in (plain.fallback_reason or "")
+
+
 def test_a_tensorrt_failure_falls_back_to_compile_with_cuda_graphs_as_asked(
     model: InteractionNetwork,
 ) -> None:
