@@ -9,10 +9,11 @@ network's outputs for the real edges are those of the unpadded graph, and the pa
 are sliced off.
 
 Buckets form a geometric ladder (``steps`` per doubling, rounded up to a multiple of
-``ALIGN``); sizes above the top bucket round up to a multiple of it, so the set of shapes
-stays bounded for any input, but never past ``MAX_PADDED_EDGES``: a larger graph keeps its
-size (rounded up to ``ALIGN``), so that edges x features stays within the 32-bit indexing
-that compiled kernels use.
+``ALIGN``); sizes above the top bucket round up to a multiple of it, or to
+``MAX_PADDED_EDGES`` where that multiple would pass it, so the set of shapes stays bounded
+for any graph up to ``MAX_PADDED_EDGES`` edges; a larger graph keeps its size (rounded up to
+``ALIGN``), so that edges x features stays within the 32-bit indexing that compiled
+kernels use.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class Buckets:
         """Padded (nodes, edges) of a graph: one padding hit at least, and one for every
         ``PAD_EDGES_PER_HIT`` padding edges."""
         edges = bucket(max(n_edges, 1), self.edges)
-        if edges > MAX_PADDED_EDGES:
-            edges = max(-(-n_edges // ALIGN) * ALIGN, 1)
+        if edges > MAX_PADDED_EDGES:  # the largest padding, or past it its own size
+            edges = max(MAX_PADDED_EDGES, -(-n_edges // ALIGN) * ALIGN)
         padding_hits = max(1, -(-(edges - n_edges) // PAD_EDGES_PER_HIT))
         return bucket(n_nodes + padding_hits, self.nodes), edges
 

@@ -83,7 +83,7 @@ def test_bucket_shapes_keep_a_padding_hit_for_each_256_padding_edges() -> None:
     # Past the top bucket, multiples of it, but never so many edges that edges x 64
     # features reach 2**31 (64 MU=200 events used to pad to exactly that).
     assert Buckets().shape(10, 16_000_000)[1] == 16 * 1024 * 1024
-    assert Buckets().shape(10, 20_000_000)[1] == 20_000_768  # 32 Mi x 64 would be 2**31
+    assert Buckets().shape(10, 20_000_000)[1] == MAX_PADDED_EDGES  # 32 Mi x 64: 2**31
     assert Buckets().shape(10, 60_000_000)[1] == 60_000_256
 
 
@@ -144,6 +144,11 @@ def test_multiples_of_the_top_edge_bucket_reach_the_largest_padding_and_stop() -
     assert b.edges == (top,)
     assert b.shape(10, 6 * top + 1)[1] == 7 * top  # at the largest: still a multiple
     assert b.shape(10, 7 * top + 1)[1] == 7 * top + ALIGN  # past it: its own size
+    # The default top (16 Mi) has no second multiple below the largest padding: graphs
+    # above it pad to the largest, one shape (not each its own, a CUDA graph apiece).
+    top = Buckets().edges[-1]
+    sizes = {Buckets().shape(10, e)[1] for e in (top + 1, top + 12345, MAX_PADDED_EDGES)}
+    assert sizes == {MAX_PADDED_EDGES}
 
 
 def test_warm_pairs_of_aligned_ladders_are_exactly_the_shapes_graphs_reach() -> None:
