@@ -55,13 +55,16 @@ def precision_parity(
     """Score and physics differences of ``precision`` against fp32 on ``events``, the chain
     set up as a model card says (``chain``: threshold, graph, pruning and track settings).
 
-    Keys: score differences (``score_abs_diff_*``), threshold decisions flipped, each of
-    ``PHYSICS`` for both precisions and its change, and ``tracks_a`` (fp32), ``tracks_b``
-    (``precision``) and ``tracks_common`` (identical in both).
+    Keys: ``engine`` (the engine that ran, as ``engine`` resolved and warmed up; two where
+    the precisions' differ), score differences (``score_abs_diff_*``), threshold decisions
+    flipped, each of ``PHYSICS`` for both precisions and its change, and ``tracks_a``
+    (fp32), ``tracks_b`` (``precision``) and ``tracks_common`` (identical in both).
     """
-    evals, scores, found = {}, {}, {}
+    evals, scores, found, engines = {}, {}, {}, {}
     for p in ("fp32", precision):
         scorer = EngineScorer(model, device, engine, p, buckets=chain.buckets())
+        scorer.warm_up()  # where an engine fails (auto: the next one), before any timing
+        engines[p] = scorer.engine
         rec = chain.reconstructor(scorer, device)
         ev, s, t = Evaluation.of(rec), [], []
         for i in range(0, len(events), batch_size):
@@ -79,7 +82,7 @@ def precision_parity(
     out: dict[str, Any] = {
         "precision": precision,
         "device": device,
-        "engine": engine,
+        "engine": " and ".join(dict.fromkeys(engines.values())),  # those that ran
         "events": len(events),
         "edges": int(ref.size),
         "score_abs_diff_max": float(diff.max(initial=0.0)),

@@ -20,7 +20,8 @@ def test_bf16_parity_report(small_events) -> None:
     one = small_events[:1]
     scores = Reconstructor(EngineScorer(model, "cpu", "eager")).reconstruct(one).scores
     chain = ChainSettings(threshold=float(np.quantile(scores, 0.8)))
-    same = precision_parity(model, small_events, precision="fp32", chain=chain)
+    same = precision_parity(model, small_events, precision="fp32", chain=chain, engine="auto")
+    assert same["engine"] == "eager"  # what auto runs on the CPU, not what was asked
     assert same["score_abs_diff_max"] == 0 and same["edge_decisions_flipped"] == 0
     assert same["tracking_efficiency_change"] == 0
     assert same["tracks_common"] == same["tracks_a"] == same["tracks_b"] > 0
