@@ -165,6 +165,11 @@ class ReplayResult:
     refused: dict[str, str] = field(default_factory=dict)  # socket (to, from): REFUSAL_HINTS
     resent: int = 0
     latencies: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a reply
+    # With a rate: from the time each event was due on the schedule (see _Sender), and the
+    # most a first send came after that time (the daemon took nothing meanwhile).
+    schedule_latencies: array[float] = field(default_factory=lambda: array("d"))
+    send_lag_max: float = 0.0
+    other_event_replies: int = 0  # their msg_id one event's, their (run, event) another's
     errors: Counter[str] = field(default_factory=Counter)
     unexpected: int = 0
     unexpected_without_msg_id: int = 0  # of them: a producer's that sets none, or a daemon
@@ -196,8 +201,10 @@ class ReplayResult:
         span = max(self.t_last_reply, self.t_last_send) - self.t_first_send if self.sent else 0.0
         send_span = self.t_last_first_send - self.t_first_send
 
-        def pct(q: float) -> float | None:
-            return float(np.percentile(lat_ms, q)) if len(lat_ms) else None
+        def pct(q: float, ms: np.ndarray = lat_ms) -> float | None:
+            return float(np.percentile(ms, q)) if len(ms) else None
+
+        due_ms = np.asarray(self.schedule_latencies) * 1000
 
         out: dict[str, Any] = {
             "sent": self.sent,
@@ -224,8 +231,13 @@ class ReplayResult:
             "latency_p99_ms": pct(99),
             "latency_max_ms": float(lat_ms.max()) if len(lat_ms) else None,
             "latency_mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
+            "latency_from_schedule_p50_ms": pct(50, due_ms),
+            "latency_from_schedule_p99_ms": pct(99, due_ms),
+            "latency_from_schedule_max_ms": float(due_ms.max()) if len(due_ms) else None,
+            "send_lag_max_ms": self.send_lag_max * 1000 if rate and self.sent else None,
             "beam_lines_mm": beam_lines(self.scored_replies),
-            "mismatched_replies": sum(v is None for v in labels.values()),
+            "mismatched_replies": sum(v is None for v in labels.values())
+            + self.other_event_replies,
             "ambiguous_events": len(ambiguous_keys(events)),
         }
         return out | physics(events, self.scored_replies, labels)
@@ -258,15 +270,16 @@ def due_newest_first(
 @dataclass(eq=False)
 class _Send:
     """One event sent (pending under its message id): its key, frames, first and last send
-    times (a resend's once ZeroMQ took it), the numbers among the replay's sends of its
-    first send (``first_seq``) and of its last (``seq``), sends so far, whether a reply
-    came, and the last ``shutdown`` reply set aside for a resend (with its arrival time)
-    and how many were."""
+    times (a resend's once ZeroMQ took it), the time it was due (with a rate), the numbers
+    among the replay's sends of its first send (``first_seq``) and of its last (``seq``),
+    sends so far, whether a reply came, and the last ``shutdown`` reply set aside for a
+    resend (with its arrival time) and how many were."""
 
     key: Key
     frames: list[Any]
     t_first: float
     t_last: float
+    t_due: float | None = None  # on the schedule, with a rate (the first event's: its first send)
     seq: int = 0
     first_seq: int = 0
     sends: int = 1
@@ -316,9 +329,10 @@ class _Sender(threading.Thread):
         list of its sends)."""
         r, rate = self.result, self.opts.rate
         order = chain.from_iterable(repeat(self.events, self.opts.loop))
-        t0 = time.perf_counter()
+        t0: float | None = None  # the schedule's start: when the first event was taken
         for i, ev in enumerate(order):
-            while rate and (wait := t0 + i / rate - time.perf_counter()) > 0:
+            due = None if t0 is None or rate is None else t0 + i / rate
+            while due is not None and (wait := due - time.perf_counter()) > 0:
                 if self.stop.wait(min(wait, RESEND_POLL_S)):
                     break
                 self._resend_due()
@@ -329,7 +343,9 @@ class _Sender(threading.Thread):
             msg_id = self.prefix | i
             frames = with_msg_id(ev.frames, msg_id)
             t = time.perf_counter()
-            sent = _Send(ev.key, frames, t, t)
+            sent = _Send(ev.key, frames, t, t, t if due is None and rate else due)
+            if due is not None:
+                r.send_lag_max = max(r.send_lag_max, t - due)
             with self.lock:
                 self.pending[msg_id] = sent
                 self.next_id = msg_id + 1
@@ -341,6 +357,7 @@ class _Sender(threading.Thread):
                 r.unsent = total - i
                 return
             self._taken(sent, first=True)
+            t0 = time.perf_counter() if t0 is None else t0
             r.sent += 1
             r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
@@ -429,10 +446,10 @@ class _Sender(threading.Thread):
                 self.answered_keys.add(p.key)
         return [(p, *p.shutdown) for _, p in held if p.shutdown is not None]
 
-    def match(self, msg_id: int | None, key: Key) -> float | None:
-        """The first send time of the message this reply answers; None for a reply to a
-        message already answered (a duplicate: counted) or to none of ours (one without a
-        msg_id among them, unless ``match_by_event``)."""
+    def match(self, msg_id: int | None, key: Key) -> _Send | None:
+        """The send this reply answers; None for a reply to a message already answered (a
+        duplicate: counted) or to none of ours (one without a msg_id among them, unless
+        ``match_by_event``)."""
         with self.lock:
             if msg_id is None and not self.opts.match_by_event:
                 self.result.unexpected += 1
@@ -454,8 +471,8 @@ class _Sender(threading.Thread):
             self.t_reply = time.perf_counter()
             self.answered_seq = max(self.answered_seq, sent.first_seq)
             sent.answered = True
-            self.answered_keys.add(key)
-            return sent.t_first
+            self.answered_keys.add(sent.key)
+            return sent
 
 
 def replay(
@@ -512,7 +529,7 @@ def replay(
             bar.close()
         for sent, t, msg in sender.unanswered_shutdowns():  # no resend was answered
             result.shutdown_resent -= 1
-            _count(msg, msg.to_reply(), t - sent.t_first, result)
+            _count(msg, msg.to_reply(), sent, t, result)
         if not (timed_out or result.refused):  # after a silence or a refusal none will come
             try:
                 _late_replies(consumer, sender, result, opts.retry_after_s, stop)
@@ -568,19 +585,25 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     if reply.reason == "shutdown" and sender.set_aside(reply.msg_id, key, t, msg):
         result.t_last_reply = t
         return
-    t_send = sender.match(reply.msg_id, key)
-    if t_send is None:
+    sent = sender.match(reply.msg_id, key)
+    if sent is None:
         return
     result.t_last_reply = t
-    _count(msg, reply, t - t_send, result)
+    _count(msg, reply, sent, t, result)
 
 
-def _count(msg: Message, reply: TrackReply, latency_s: float, result: ReplayResult) -> None:
-    """``msg`` (``reply`` decoded) as its event's answer, ``latency_s`` after its first send."""
-    result.latencies.append(latency_s)
+def _count(msg: Message, reply: TrackReply, sent: _Send, t: float, result: ReplayResult) -> None:
+    """``msg`` (``reply`` decoded, arrived at ``t``) as the answer to ``sent``; scored as its
+    event's unless it names another event (a daemon's fault: ``mismatched_replies``)."""
+    result.latencies.append(t - sent.t_first)
+    if sent.t_due is not None:
+        result.schedule_latencies.append(t - sent.t_due)
     if not reply.ok:
         result.errors[reply.reason] += 1
     key = (reply.run, reply.event)
+    if key != sent.key:
+        result.other_event_replies += 1
+        return
     kept = result.scored_replies.get(key)
     if kept is None or (reply.ok and not kept.to_reply().ok):  # an ok reply came after all
         result.scored_replies[key] = msg

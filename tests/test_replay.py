@@ -33,6 +33,7 @@ from streamtrk.replay import (
     Recorded,
     ReplayOptions,
     ReplayResult,
+    _count,
     _receive,
     _Send,
     _Sender,
@@ -80,6 +81,83 @@ def test_resends_go_out_while_later_events_are_still_being_sent() -> None:
     assert len(ids) == 40 and len(set(ids)) == 20  # each event sent twice, no more
     first_resend = next(k for k, m in enumerate(ids) if m in ids[:k])
     assert first_resend < ids.index(max(ids))  # a resend went before the last event went once
+
+
+def test_a_paced_replay_starts_its_schedule_when_a_daemon_takes_the_first_event() -> None:
+    """Bound, with the daemon connecting a second late: the events then go at the rate, not
+    the second's worth at once (the schedule ran from before the wait)."""
+    events, rate = _events(12), 20.0
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    arrivals: list[float] = []
+    ends: list[str] = []
+
+    def daemon() -> None:
+        time.sleep(1.0)
+        with ctx.socket(zmq.PULL) as sink, ctx.socket(zmq.PUSH) as out:
+            for sock in (sink, out):
+                sock.setsockopt(zmq.LINGER, 0)
+            sink.connect(ends[0])
+            out.connect(ends[1])
+            while len(arrivals) < len(events) and sink.poll(5000):
+                msg = decode(sink.recv_multipart())
+                arrivals.append(time.perf_counter())
+                ev = next(r.event for r in events if r.key == (msg.run, msg.event))
+                out.send_multipart(
+                    encode_tracks(ev.run, ev.event, ev.hits.hit_id, None, msg_id=msg.msg_id)
+                )
+
+    anywhere = "tcp://127.0.0.1:*"
+    opts = ReplayOptions(to=anywhere, from_=anywhere, bind=True, rate=rate, timeout_s=10)
+    thread = threading.Thread(target=daemon, daemon=True)
+
+    def bound(to: str, from_: str) -> None:
+        ends.extend([to, from_])
+        thread.start()
+
+    result = replay(events, opts, bound=bound)
+    thread.join(10)
+    report = result.report(events, rate)
+    assert report["received"] == len(events)
+    gaps = np.diff(arrivals)
+    assert np.count_nonzero(gaps < 0.2 / rate) <= 1, gaps  # no burst after the wait
+    assert report["send_lag_max_ms"] < 0.5 * 1000 / rate
+    # The first event's latency holds the wait, from the schedule as from its send.
+    assert report["latency_from_schedule_max_ms"] == pytest.approx(report["latency_max_ms"])
+
+
+def test_latency_from_the_schedule_holds_the_time_an_event_waited_to_be_sent() -> None:
+    """With a rate, an event sent late (a daemon that took nothing meanwhile; those due go
+    out at once after it) counts its latency from when it was due as well as from its send;
+    without one there is no schedule."""
+    (rec,) = _events(1)
+    reply = encode_tracks(rec.event.run, rec.event.event, rec.event.hits.hit_id, None)
+    msg = decode(reply)
+    result = ReplayResult(sent=1, send_lag_max=0.9)
+    _count(msg, msg.to_reply(), _Send(rec.key, [], 11.0, 11.0, t_due=10.1), 11.25, result)
+    report = result.report([rec], 20.0)
+    assert report["latency_max_ms"] == pytest.approx(250)
+    assert report["latency_from_schedule_max_ms"] == pytest.approx(1150)
+    assert report["send_lag_max_ms"] == pytest.approx(900)
+    unpaced = ReplayResult()
+    _count(msg, msg.to_reply(), _Send(rec.key, [], 11.0, 11.0), 11.25, unpaced)
+    report = unpaced.report([rec], None)
+    assert report["latency_from_schedule_max_ms"] is None and report["send_lag_max_ms"] is None
+
+
+def test_a_reply_to_one_events_message_naming_another_is_mismatched() -> None:
+    """A daemon (or a proxy) that answers the message of event 0 with event 1's numbers: a
+    daemon's fault, counted, and not scored as event 1's answer."""
+    events = _events(2)
+
+    def handle(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        ev = events[1 - msg.event].event  # the other one's numbers
+        out.send_multipart(encode_tracks(ev.run, ev.event, ev.hits.hit_id, None, msg_id=msg.msg_id))
+
+    with _stand_in(handle) as (to, from_):
+        report = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=2)).report(events, None)
+    assert report["received"] == 2 and report["mismatched_replies"] == 2
+    assert report["missing"] == 0 and report["unexpected"] == 0
 
 
 def _events(n: int) -> list[Recorded]:
@@ -452,7 +530,10 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
     assert {k for k in keys if not k.startswith("latency_")} - named == set()
     assert {k for k in keys if k.startswith("latency_")} == {
         f"latency_{q}_ms" for q in ["p50", "p90", "p99", "max", "mean"]
-    } and "latency_p50/p90/p99/max/mean_ms" in description
+    } | {f"latency_from_schedule_{q}_ms" for q in ["p50", "p99", "max"]}
+    assert "latency_p50/p90/p99/max/mean_ms" in description
+    assert "latency_from_schedule_p50/p99/max_ms" in description
+    assert report["latency_from_schedule_p99_ms"] is None  # no --rate: no schedule
 
 
 def test_physics_cuts_vertices_about_the_beam_line_each_reply_names() -> None:

@@ -94,11 +94,16 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "this replay), unexpected_without_msg_id (of them, those without a msg_id: another "
     "producer's, or a daemon's that echoes none: --match-by-event), "
     "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
-    "ids their event lacks, or a hit in two tracks), ambiguous_events ((run, event) numbers "
+    "ids their event lacks, or a hit in two tracks, and replies to one event's message "
+    "naming another event), ambiguous_events ((run, event) numbers "
     "of events of different hits, left out of the physics), interrupted, duration_s (first "
     "send to the last send or reply), "
     "events_per_second, offered_rate_hz (--rate), send_rate_hz, "
-    "latency_p50/p90/p99/max/mean_ms (first send to reply), beam_lines_mm (the "
+    "latency_p50/p90/p99/max/mean_ms (first send to reply, error replies too), with "
+    "--rate latency_from_schedule_p50/p99/max_ms (from when the event was due: after a "
+    "stall the events due meanwhile go out at once, as a source that does not wait sends "
+    "them) and send_lag_max_ms (the most a first send came after it was due), "
+    "beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus, when the "
     "recording has truth, tracking_efficiency, tracking_efficiency_all (no vertex cut), "
     "fake_rate, duplicate_rate, their counts (n_*), trackml_score and events_scored (the "
@@ -251,8 +256,9 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             )
     if mismatched := report["mismatched_replies"]:
         print(
-            f"streamtrk replay: error: {mismatched} ok replies name hit ids their events do "
-            "not have, or a hit in two tracks (left out of the physics and the submission)",
+            f"streamtrk replay: error: {mismatched} replies name hit ids their events do "
+            "not have, or a hit in two tracks, or answer one event's message with another "
+            "event's numbers (left out of the physics and the submission)",
             file=sys.stderr,
         )
         failed = True
