@@ -319,7 +319,7 @@ def test_k8s_autoscaler(k8s: dict[str, dict[str, Any]]) -> None:
     assert so["minReplicaCount"] >= 2 and so["maxReplicaCount"] > so["minReplicaCount"]
     records = {r["record"] for r in rules() if "record" in r}
     queries = [t["metadata"]["query"] for t in so["triggers"] if t["type"] == "prometheus"]
-    assert any("streamtrk_queue_depth" in q for q in queries)
+    assert any("streamtrk_stage_seconds_sum" in q for q in queries)
     for q in queries:
         for name in promql_metric_names(q):
             assert name in records or name.startswith("streamtrk_"), q

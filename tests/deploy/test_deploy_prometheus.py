@@ -281,32 +281,38 @@ def test_kubernetes_prometheusrule_equals_the_rules_file() -> None:
 
 
 @needs_promtool
-@pytest.mark.parametrize(("counts", "latency"), [("0x20", 0), ("0+60x20", 0.099)])
-def test_the_autoscalers_queries_give_a_number_idle_and_busy(
-    tmp_path: Path, counts: str, latency: float
+@pytest.mark.parametrize(
+    ("stable_a", "stable_b", "busy"),
+    [
+        ("0x20", "0x20", 0.0),  # idle: 0, not NaN (KEDA reads NaN as a huge negative)
+        ("0+15x20", "0+6x20", 0.7),  # half and a fifth of each minute in two stages
+        (None, None, 0.0),  # no daemon has exported yet: 0, not nothing
+    ],
+)
+def test_the_autoscalers_query_is_the_workers_busy_time(
+    tmp_path: Path, stable_a: str | None, stable_b: str | None, busy: float
 ) -> None:
-    """An idle farm (no event in 5 minutes) gives a latency of 0, not NaN (KEDA reads NaN
-    as a huge negative number); a busy one its p99 (every event under 0.1 s here). A canary
-    pod (track="canary": slow, its queue full) does not count: it is not what they scale."""
-    triggers = {
-        t["name"]: t["metadata"]["query"] for t in k8s_objects()["ScaledObject"]["spec"]["triggers"]
-    }
-    stable = 'job="streamtrk", instance="a", track="stable"'
-    canary = 'job="streamtrk", instance="c"'
+    """The total share of wall time the stable daemons' workers spend in a batch's stages
+    (target 0.7 a daemon): not the queue stage (events wait side by side), not the physics
+    thread's, not a canary pod's (track="canary": saturated, it is not what this
+    scales)."""
+    (trigger,) = k8s_objects()["ScaledObject"]["spec"]["triggers"]
     series = [
         {
-            "series": f'streamtrk_event_latency_seconds_bucket{{{stable}, le="{le}"}}',
+            "series": f'streamtrk_stage_seconds_sum{{job="streamtrk", instance="{i}", '
+            f'track="stable", stage="{stage}"}}',
             "values": counts,
         }
-        for le in ("0.1", "+Inf")
+        for i, counts in (("a", stable_a), ("b", stable_b))
+        if counts is not None
+        for stage in ("graph", "gnn")
     ] + [
-        {"series": f'streamtrk_event_latency_seconds_bucket{{{canary}, track="canary", le="{le}"}}',
-         "values": "0+60x20" if le == "+Inf" else "0x20"}
-        for le in ("0.1", "+Inf")
+        {"series": 'streamtrk_stage_seconds_sum{job="streamtrk", instance="a", '
+                   f'track="stable", stage="{stage}"}}', "values": "0+600x20"}
+        for stage in ("queue", "physics")
     ] + [
-        {"series": f'streamtrk_queue_depth{{{stable}, queue="batch"}}', "values": "3x20"},
-        {"series": f'streamtrk_queue_depth{{{canary}, track="canary", queue="batch"}}',
-         "values": "64x20"},
+        {"series": 'streamtrk_stage_seconds_sum{job="streamtrk", instance="c", '
+                   'track="canary", stage="gnn"}', "values": "0+60x20"}
     ]  # fmt: skip
     test = {
         "rule_files": [str(RULES)],
@@ -317,19 +323,15 @@ def test_the_autoscalers_queries_give_a_number_idle_and_busy(
                 "input_series": series,
                 "promql_expr_test": [
                     {
-                        "expr": triggers["latency-p99"],
+                        "expr": trigger["metadata"]["query"],
                         "eval_time": "15m",
-                        "exp_samples": [{"labels": "{}", "value": latency}],
-                    },
-                    {
-                        "expr": triggers["queue-depth"],
-                        "eval_time": "15m",
-                        "exp_samples": [{"labels": "{}", "value": 3}],
+                        "exp_samples": [{"labels": "{}", "value": busy}],
                     },
                 ],
             }
         ],
     }
+    assert trigger["metricType"] == "AverageValue" and trigger["metadata"]["threshold"] == "0.7"
     path = tmp_path / "keda.test.yml"
     path.write_text(yaml.safe_dump(test))
     r = promtool("test", "rules", str(path))
