@@ -37,22 +37,23 @@ from streamtrk.wire.curve import (
 from streamtrk.wire.sockets import SEND_ONLY_OPTIONS
 
 # A connecting socket's handshake refused by its peer: libzmq gives that connection up and
-# does not try it again. A CURVE server hangs up on a client that has another server key
-# than its own, which libzmq tries again without end: a CURVE client whose handshakes were
-# hung up on HUNG_UP_REFUSAL times in a row, none succeeding, counts as refused too.
+# does not try it again. Handshakes hung up on are tried again without end (a CURVE server
+# does that to a client that has another server key than its own, but so does a daemon
+# still starting behind a proxy): counted (:attr:`_Endpoint.hung_up`), not a refusal.
 REFUSAL_EVENTS = (  # monitor_events for :meth:`_Endpoint.refusal`
     sum(REFUSALS) | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED
 )
-HUNG_UP_REFUSAL = 3
 REFUSAL_HINTS = {  # what each cause tells the user of a command
     "auth": "the daemon's (or forwarder's) CURVE authenticator does not allow this "
     "client's key (is the public half of --curve-key among its allowed keys?)",
     "handshake": "CURVE on one side only (does the daemon or forwarder want --curve-key "
     "and --curve-server-key, or not?)",
-    "server_key": "the daemon (or forwarder) hangs up in every CURVE handshake, as a CURVE "
-    "server does to a client that has another server key than its own (is "
-    "--curve-server-key its current public server key?)",
 }
+HUNG_UP_HINT = (  # what CURVE handshakes hung up on, none succeeding, may mean
+    "a CURVE server hangs up so on a client that has another server key than its own (is "
+    "--curve-server-key its current public key?); so do a proxy or tunnel that cannot "
+    "reach it, and a daemon whose authenticator died"
+)
 
 
 class SocketSettings(TypedDict, total=False):
@@ -102,7 +103,8 @@ class _Endpoint:
         self.address = endpoint
         self.monitor: zmq.Socket[Any] | None = None
         self._curve_client = curve_key is not None
-        self._hung_up = 0  # CURVE handshakes hung up on since the last that succeeded
+        self.hung_up = 0  # CURVE handshakes hung up on since the last that succeeded
+        self.shook = False  # a handshake succeeded (as far as refusal() has read)
         ctx = zmq.Context() if context is None else context
         self._own_context = ctx if context is None else None
         self.socket: zmq.Socket[Any] = ctx.socket(kind)
@@ -150,19 +152,17 @@ class _Endpoint:
 
     def refusal(self) -> str | None:
         """Why the peer refused this socket's handshake (``auth``, ``handshake``; see
-        ``REFUSALS``; ``server_key``: see ``HUNG_UP_REFUSAL``) since the last call, or None:
-        read off the monitor without waiting, for a socket made with
-        ``monitor_events=REFUSAL_EVENTS`` (a monitor read elsewhere would lose events to
-        it)."""
+        ``REFUSALS``) since the last call, or None: read off the monitor without waiting,
+        for a socket made with ``monitor_events=REFUSAL_EVENTS`` (a monitor read elsewhere
+        would lose events to it). Counts on the way the CURVE handshakes hung up on since
+        the last that succeeded (``hung_up``; ``shook``: one did)."""
         cause = None
         while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._hung_up = 0
+                self.hung_up, self.shook = 0, True
             elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._curve_client:
-                self._hung_up += 1
-                if self._hung_up >= HUNG_UP_REFUSAL:
-                    cause = cause or "server_key"
+                self.hung_up += 1
             cause = cause or REFUSALS.get(event)
         return cause
 

@@ -38,11 +38,13 @@ def record(
     ``output`` until ``events`` hits messages, ``duration_s`` seconds or ``stop``.
 
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode), ``other`` (valid
-    messages of another kind, not recorded) and ``past_limit``: once ``events`` hits
-    messages are recorded, what arrives in the next ``PAST_LIMIT_WAIT_MS`` is taken, as the
-    socket would drop it on close: a ``truth`` that a reader would pair with a hits message
-    recorded (:class:`~streamtrk.io.recording.TruthPairs`: one without its truth among the
-    last 16; a tap of several producers interleaves their pairs) is recorded, the others
+    messages of another kind, not recorded), ``handshakes_hung_up`` (CURVE handshakes hung
+    up on, none succeeding: see ``streamtrk.client.HUNG_UP_HINT``) and ``past_limit``:
+    once ``events`` hits messages are recorded, what arrives in the next
+    ``PAST_LIMIT_WAIT_MS`` is taken, as the socket would drop it on close: a ``truth``
+    that a reader would pair with a hits message recorded
+    (:class:`~streamtrk.io.recording.TruthPairs`: one without its truth among the last 16;
+    a tap of several producers interleaves their pairs) is recorded, the others
     counted here. Stopped (``stop``, ``duration_s``) before that, it records what arrives
     in the next ``PAST_LIMIT_WAIT_MS``: messages sent to it, which no other peer would get
     (past ``events`` among them: taken as above). With CURVE certificates, ``record`` is a
@@ -126,6 +128,9 @@ def record(
                 n["truth"] += 1
             else:
                 n["past_limit"] += 1
+        consumer.refusal()  # its monitor read to the end
+        if consumer.hung_up and not consumer.shook:
+            n["handshakes_hung_up"] = consumer.hung_up
     return n
 
 

@@ -24,9 +24,11 @@ replies received so far. Latency runs from just before an event's first send to 
 ``truth`` messages are not sent: they score the replies (tracking efficiency, fake and
 duplicate rates, TrackML score).
 
-A connecting replay whose handshake the daemon refuses (a CURVE key it does not allow,
-CURVE on one side only, or another server key than the daemon's) stops at once and reports
-which socket was refused and why (``refused``): nothing would get through.
+A connecting replay whose handshake the daemon refuses (a CURVE key it does not allow, or
+CURVE on one side only) stops at once and reports which socket was refused and why
+(``refused``): libzmq does not try that connection again, so nothing would get through.
+CURVE handshakes hung up on (another server key than the daemon's, or a proxy that cannot
+reach it yet), which libzmq tries again, are counted (``handshakes_hung_up``).
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ class ReplayResult:
     unsent: int = 0
     send_error: str | None = None  # why sending stopped early (a socket failure)
     refused: dict[str, str] = field(default_factory=dict)  # socket (to, from): REFUSAL_HINTS
+    # socket (to, from): its CURVE handshakes hung up on, none succeeding (HUNG_UP_HINT)
+    hung_up: dict[str, int] = field(default_factory=dict)
     resent: int = 0
     latencies: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a reply
     # With a rate: from the time each event was due on the schedule (see _Sender), and the
@@ -215,6 +219,7 @@ class ReplayResult:
             "unsent": self.unsent,
             "send_error": self.send_error,
             "refused": dict(self.refused),
+            "handshakes_hung_up": dict(self.hung_up),
             "resent": self.resent,
             "shutdown_resent": self.shutdown_resent,
             "duplicates": self.duplicates,
@@ -535,6 +540,8 @@ def replay(
                 _late_replies(consumer, sender, result, opts.retry_after_s, stop)
             except KeyboardInterrupt:
                 stop.set()
+        _refused(sockets, result)  # the monitors read to the end
+        result.hung_up = {k: p.hung_up for k, p in sockets.items() if p.hung_up and not p.shook}
     result.interrupted = stop.is_set()  # stop sending, report what came
     return result
 

@@ -64,6 +64,14 @@ def _record(args: argparse.Namespace) -> int:
             f"streamtrk record: recorded nothing ({skipped}): {args.output} not written",
             file=sys.stderr,
         )
+        if hung_up := counts["handshakes_hung_up"]:
+            from streamtrk.client import HUNG_UP_HINT
+
+            print(
+                f"streamtrk record: --from {args.from_}: its {hung_up} CURVE handshakes were "
+                f"hung up on, none succeeding: {HUNG_UP_HINT}",
+                file=sys.stderr,
+            )
         return 1
     print(
         f"recorded {counts['hits']} hits and {counts['truth']} truth messages to {args.output}; "

@@ -87,7 +87,9 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "missing (no reply within the timeout), ok, errors (by reason), unsent (given up: the "
     "daemon took nothing for the timeout, or sending failed), send_error (why sending "
     "failed, else null), refused (the sockets, to and from, whose handshake the daemon "
-    "refused: auth or handshake; the replay then stops), resent, shutdown_resent ('shutdown' "
+    "refused: auth or handshake; the replay then stops), handshakes_hung_up (per socket, its "
+    "CURVE handshakes hung up on, none succeeding: another server key than the daemon's, "
+    "or a proxy that cannot reach it; libzmq tries again), resent, shutdown_resent ('shutdown' "
     "replies, from a daemon that stopped with the event unprocessed, set aside as the event "
     "was resent or a resend was out: --retries), duplicates (second "
     "replies to a resent event, not counted again), unexpected (replies to no message of "
@@ -191,7 +193,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: bool) -> int:
     """The replay's exit status; what went wrong said on stderr."""
-    from streamtrk.client import REFUSAL_HINTS
+    from streamtrk.client import HUNG_UP_HINT, REFUSAL_HINTS
 
     if report["refused"]:  # what follows "no reply" would mislead
         for socket, cause in report["refused"].items():
@@ -233,6 +235,13 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         if report["missing"] and report["unexpected"]:  # a collector shares them out
             parts.append(_other_consumer(report, args.from_, "a share of the"))
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
+    for socket, n in report["handshakes_hung_up"].items():
+        address = args.to if socket == "to" else args.from_
+        print(
+            f"streamtrk replay: --{socket} {address}: its {n} CURVE handshakes were hung up on, "
+            f"none succeeding: {HUNG_UP_HINT}",
+            file=sys.stderr,
+        )
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
     if ambiguous := report["ambiguous_events"]:
