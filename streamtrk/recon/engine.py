@@ -74,6 +74,12 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
+def _strict_recompiles() -> contextlib.AbstractContextManager[None]:
+    """Compiling past dynamo's ``recompile_limit`` raises, where dynamo would run the
+    function eagerly: for the calling thread only (dynamo's settings are per thread)."""
+    return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
+
+
 def resolve_engine(requested: str, device: torch.device) -> tuple[str, str | None]:
     """The engine to start with and, when it is not what was asked for, the reason."""
     if requested not in ENGINES:
@@ -279,6 +285,7 @@ class EngineScorer:
             why = "cuda_graphs ignored: only the compile engine on CUDA replays CUDA graphs"
             self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
         self.degraded = False  # an engine or CUDA graphs failed at warm-up (see _note)
+        self._warming = False  # in warm_up: compiling past the recompile limit raises
         self._logits = Logits(self.model, DTYPES[precision])
         self._graph_thread: ThreadPoolExecutor | None = None  # with CUDA graphs (compile)
         self._run: Run = self._make(self.engine)
@@ -401,7 +408,8 @@ class EngineScorer:
         t0 = time.perf_counter()
         while True:
             try:
-                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                self._warming = True
+                with _strict_recompiles():  # this thread's; the graph thread sets its own
                     self._warm()
                 break
             except Exception as exc:
@@ -413,6 +421,8 @@ class EngineScorer:
                 )
                 self.engine = nxt
                 self._run = self._make(nxt)
+            finally:
+                self._warming = False
         return time.perf_counter() - t0
 
     def warm_shapes(self) -> list[tuple[int, int]]:
@@ -464,7 +474,8 @@ class EngineScorer:
         def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
             def job() -> Tensor:
                 own_graph_trees()
-                with torch.inference_mode():
+                strict = _strict_recompiles() if self._warming else contextlib.nullcontext()
+                with strict, torch.inference_mode():
                     return run(x, edge_index, edge_attr)
 
             return thread.submit(job).result()

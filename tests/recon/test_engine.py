@@ -316,6 +316,26 @@ def test_a_compile_past_the_recompile_limit_fails_to_warm_up(
         torch._dynamo.reset()
 
 
+def test_the_graph_thread_fails_past_the_recompile_limit_while_warming_up_only(
+    model: InteractionNetwork,
+) -> None:
+    """Dynamo's settings are per thread: with CUDA graphs the network compiles on the
+    scorer's own thread, which raises past the recompile limit during the warm-up (as the
+    warming thread does), and not once serving (a batch would fail, not run eagerly)."""
+    scorer = EngineScorer(model, "cpu", "eager")
+    seen: list[bool] = []
+
+    def run(x: torch.Tensor, ei: torch.Tensor, ea: torch.Tensor) -> torch.Tensor:
+        seen.append(torch._dynamo.config.fail_on_recompile_limit_hit)
+        return x.sum() + ei.shape[1] + ea.shape[0]
+
+    scorer._run = scorer._on_graph_thread(run)
+    scorer.warm_up()
+    scorer.logits(*synthetic_graph(10, 20, CPU, 0))
+    assert seen == [True, False]
+    scorer.close()
+
+
 def test_auto_falls_back_when_an_engine_fails_to_warm_up(
     model: InteractionNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:
