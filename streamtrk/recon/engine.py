@@ -74,6 +74,9 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
+GRAPHS_IGNORED = "cuda_graphs ignored: only the compile engine on CUDA replays CUDA graphs"
+
+
 def _strict_recompiles() -> contextlib.AbstractContextManager[None]:
     """Compiling past dynamo's ``recompile_limit`` raises, where dynamo would run the
     function eagerly: for the calling thread only (dynamo's settings are per thread)."""
@@ -281,9 +284,8 @@ class EngineScorer:
         self.backend = backend
         self.cache_dir = cache_dir or default_cache_dir()
         self.engine, self.fallback_reason = resolve_engine(engine, self.device)
-        if cuda_graphs and not self.cuda_graphs:  # a choice, said; not a failure
-            why = "cuda_graphs ignored: only the compile engine on CUDA replays CUDA graphs"
-            self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
+        if cuda_graphs and not self.cuda_graphs:
+            self._say(GRAPHS_IGNORED)
         self.degraded = False  # an engine or CUDA graphs failed at warm-up (see _note)
         self._warming = False  # in warm_up: compiling past the recompile limit raises
         self._logits = Logits(self.model, DTYPES[precision])
@@ -423,6 +425,9 @@ class EngineScorer:
                 self._run = self._make(nxt)
             finally:
                 self._warming = False
+        if self.cuda_graphs and self.engine != "compile":  # auto: TensorRT warmed up
+            self.cuda_graphs = False
+            self._say(GRAPHS_IGNORED)
         return time.perf_counter() - t0
 
     def warm_shapes(self) -> list[tuple[int, int]]:
@@ -495,8 +500,12 @@ class EngineScorer:
     def _note(self, why: str) -> None:
         """Add ``why`` to ``fallback_reason``: every step away from what was asked; a failure
         (``degraded``), not a choice of ``auto``."""
-        self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
+        self._say(why)
         self.degraded = True
+
+    def _say(self, why: str) -> None:
+        """Add ``why`` to ``fallback_reason`` (a choice, not a failure)."""
+        self.fallback_reason = f"{self.fallback_reason}; {why}" if self.fallback_reason else why
 
     def close(self) -> None:
         """Free what the scorer holds outside Python's reach, now: its CUDA graphs' memory

@@ -28,6 +28,7 @@ from streamtrk.recon.buckets import (
     pad_graph,
 )
 from streamtrk.recon.engine import (
+    GRAPHS_IGNORED,
     EngineError,
     EngineScorer,
     Run,
@@ -368,6 +369,23 @@ def test_cuda_graphs_asked_where_none_are_replayed_are_said_to_be_ignored(
     assert "cuda_graphs ignored" in (scorer.fallback_reason or "")
     plain = EngineScorer(model, "cpu", engine, buckets=SMALL, backend="eager")
     assert "cuda_graphs" not in (plain.fallback_reason or "")
+
+
+def test_auto_warmed_up_on_tensorrt_says_the_cuda_graphs_asked_are_ignored(
+    model: InteractionNetwork,
+) -> None:
+    """auto keeps CUDA graphs for compile, which it may come to; once TensorRT (which
+    replays none) has warmed up, the scorer says it has none. Emulated on the CPU as
+    below, the engine built as the eager one."""
+    scorer = EngineScorer(model, "cpu", "eager", buckets=SMALL)
+    scorer.requested, scorer.engine, scorer.cuda_graphs = "auto", "tensorrt", True
+    scorer._tensorrt = lambda: scorer._eager  # type: ignore[method-assign]
+    scorer._run = scorer._make("tensorrt")
+    with warnings.catch_warnings():  # torch 2.13's import of torch.jit.script_method
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scorer.warm_up()
+    assert (scorer.engine, scorer.cuda_graphs, scorer.degraded) == ("tensorrt", False, False)
+    assert scorer.fallback_reason == GRAPHS_IGNORED
 
 
 def test_a_tensorrt_failure_falls_back_to_compile_with_cuda_graphs_as_asked(
