@@ -9,11 +9,11 @@ network's outputs for the real edges are those of the unpadded graph, and the pa
 are sliced off.
 
 Buckets form a geometric ladder (``steps`` per doubling, rounded up to a multiple of
-``ALIGN``); sizes above the top bucket round up to a multiple of it, or to
-``MAX_PADDED_EDGES`` where that multiple would pass it, so the set of shapes stays bounded
-for any graph up to ``MAX_PADDED_EDGES`` edges; a larger graph keeps its size (rounded up to
-``ALIGN``), so that edges x features stays within the 32-bit indexing that compiled
-kernels use.
+``ALIGN``); node counts above the top bucket round up to a multiple of it; edge counts
+above it go on up the ladder (``steps`` per doubling) to ``MAX_PADDED_EDGES``, so the set of
+shapes stays bounded for any graph up to ``MAX_PADDED_EDGES`` edges, padded by a factor of
+``2 ** (1 / steps)`` at most; a larger graph keeps its size (rounded up to ``ALIGN``), so
+that edges x features stays within the 32-bit indexing that compiled kernels use.
 """
 
 from __future__ import annotations
@@ -78,12 +78,22 @@ class Buckets:
     def edges(self) -> tuple[int, ...]:
         return ladder(self.min_edges, self.max_edges, self.steps)
 
+    @cached_property
+    def edges_above(self) -> tuple[int, ...]:
+        """The edge ladder above the top bucket, to ``MAX_PADDED_EDGES`` (its last size)."""
+        top = self.edges[-1]
+        if top >= MAX_PADDED_EDGES:
+            return ()
+        going_on = ladder(top, MAX_PADDED_EDGES, self.steps)[1:]
+        return (*(s for s in going_on if s < MAX_PADDED_EDGES), MAX_PADDED_EDGES)
+
     def shape(self, n_nodes: int, n_edges: int) -> tuple[int, int]:
         """Padded (nodes, edges) of a graph: one padding hit at least, and one for every
         ``PAD_EDGES_PER_HIT`` padding edges."""
         edges = bucket(max(n_edges, 1), self.edges)
-        if edges > MAX_PADDED_EDGES:  # the largest padding, or past it its own size
-            edges = max(MAX_PADDED_EDGES, -(-n_edges // ALIGN) * ALIGN)
+        if edges > self.edges[-1]:  # up the ladder to the largest padding; past it, its own
+            above = (*self.edges_above, -(-n_edges // ALIGN) * ALIGN)
+            edges = next(s for s in above if s >= n_edges)
         padding_hits = max(1, -(-(edges - n_edges) // PAD_EDGES_PER_HIT))
         return bucket(n_nodes + padding_hits, self.nodes), edges
 

@@ -81,10 +81,11 @@ def test_bucket_shapes_keep_a_padding_hit_for_each_256_padding_edges() -> None:
         assert n_to > n and (n_to - n) * PAD_EDGES_PER_HIT >= e_to - e
     assert b.opt_pair() == (8192, 16384)  # opt_edges above the top: the top buckets
     assert Buckets().opt_pair() == (742400, 1024 * 1024)  # 1Mi edges, 655k hits
-    # Past the top bucket, multiples of it, but never so many edges that edges x 64
+    # Past the top bucket, the ladder goes on, but never so many edges that edges x 64
     # features reach 2**31 (64 MU=200 events used to pad to exactly that).
     assert Buckets().shape(10, 16_000_000)[1] == 16 * 1024 * 1024
-    assert Buckets().shape(10, 20_000_000)[1] == MAX_PADDED_EDGES  # 32 Mi x 64: 2**31
+    assert Buckets().shape(10, 20_000_000)[1] == 23_727_104  # 16 Mi x sqrt(2), aligned
+    assert Buckets().shape(10, 30_000_000)[1] == MAX_PADDED_EDGES  # 32 Mi x 64: 2**31
     assert Buckets().shape(10, 60_000_000)[1] == 60_000_256
 
 
@@ -136,20 +137,21 @@ def test_the_default_ladders_span_16ki_to_2mi_hits_and_16ki_to_16mi_edges() -> N
     assert (b.edges[0], b.edges[-1], len(b.edges)) == (16 * 1024, 16 * 1024 * 1024, 21)
 
 
-def test_multiples_of_the_top_edge_bucket_reach_the_largest_padding_and_stop() -> None:
+def test_the_edge_ladder_goes_on_above_the_top_to_the_largest_padding_and_stops() -> None:
     """The largest padded edge count is 2**31 / 64 less one ALIGN: 7 times a top bucket of
-    4,681 ALIGN; a graph that would pad past it keeps its own size, rounded up to ALIGN."""
+    4,681 ALIGN. Above the top the ladder goes on (a few shapes, not one a graph size: a
+    CUDA graph apiece; padded by about sqrt(2) at most with two steps a doubling, not twice) to
+    the largest; a graph that would pad past it keeps its own size, rounded up to ALIGN."""
     top = 4681 * ALIGN
     assert 7 * top == MAX_PADDED_EDGES and MAX_PADDED_EDGES * 64 < 2**31
     b = Buckets(min_edges=top, max_edges=top)
     assert b.edges == (top,)
-    assert b.shape(10, 6 * top + 1)[1] == 7 * top  # at the largest: still a multiple
+    assert b.shape(10, 6 * top + 1)[1] == 7 * top  # the largest
     assert b.shape(10, 7 * top + 1)[1] == 7 * top + ALIGN  # past it: its own size
-    # The default top (16 Mi) has no second multiple below the largest padding: graphs
-    # above it pad to the largest, one shape (not each its own, a CUDA graph apiece).
-    top = Buckets().edges[-1]
-    sizes = {Buckets().shape(10, e)[1] for e in (top + 1, top + 12345, MAX_PADDED_EDGES)}
-    assert sizes == {MAX_PADDED_EDGES}
+    default = Buckets()
+    sizes = range(default.edges[-1] + 1, MAX_PADDED_EDGES + 1, 99_991)
+    padded = [default.shape(10, e)[1] for e in sizes]
+    assert len(set(padded)) == 2 and max(p / e for p, e in zip(padded, sizes, strict=True)) < 1.42
 
 
 def test_warm_pairs_of_aligned_ladders_are_exactly_the_shapes_graphs_reach() -> None:
