@@ -284,7 +284,7 @@ class _Send:
     frames: list[Any]
     t_first: float
     t_last: float
-    t_due: float | None = None  # on the schedule, with a rate (the first event's: its first send)
+    t_due: float | None = None  # on the schedule, with a rate (the first: when it was taken)
     seq: int = 0
     first_seq: int = 0
     sends: int = 1
@@ -349,8 +349,6 @@ class _Sender(threading.Thread):
             frames = with_msg_id(ev.frames, msg_id)
             t = time.perf_counter()
             sent = _Send(ev.key, frames, t, t, t if due is None and rate else due)
-            if due is not None:
-                r.send_lag_max = max(r.send_lag_max, t - due)
             with self.lock:
                 self.pending[msg_id] = sent
                 self.next_id = msg_id + 1
@@ -362,7 +360,13 @@ class _Sender(threading.Thread):
                 r.unsent = total - i
                 return
             self._taken(sent, first=True)
-            t0 = time.perf_counter() if t0 is None else t0
+            taken = time.perf_counter()
+            if due is not None:  # how late it went out, the wait for room included
+                r.send_lag_max = max(r.send_lag_max, taken - due)
+            elif rate is not None:  # the first: the schedule starts now, it is due now
+                t0 = taken
+                with self.lock:
+                    sent.t_due = taken
             r.sent += 1
             r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
