@@ -35,7 +35,9 @@ def cpu_quota(
     a systemd unit's ``CPUQuota=`` is on the unit's) up to ``root`` (a container's)."""
     v2, v1 = _own_cgroups(cgroups)
     quotas = [q for d in _up(root, v2) if (q := _v2_quota(d)) is not None]
-    quotas += [q for d in _up(root / "cpu", v1) if (q := _v1_quota(d)) is not None]
+    # v1's cpu controller: mounted as cpu, or only as cpu,cpuacct (no cpu link to it)
+    cpu = next((d for d in (root / "cpu", root / "cpu,cpuacct") if d.is_dir()), root / "cpu")
+    quotas += [q for d in _up(cpu, v1) if (q := _v1_quota(d)) is not None]
     return min(quotas, default=None)
 
 

@@ -50,6 +50,11 @@ def test_the_quota_is_the_smallest_from_the_own_cgroup_up(tmp_path: Path) -> Non
     (v1 / "cpu.cfs_period_us").write_text("100000\n")
     own.write_text("4:memory:/x\n2:cpu,cpuacct:/system.slice/streamtrk.service\n0::/\n")
     assert cpu_quota(tmp_path / "v1", own) == 0.5
+    merged = tmp_path / "v1merged" / "cpu,cpuacct" / "system.slice" / "streamtrk.service"
+    merged.mkdir(parents=True)  # mounted under its controllers' names alone
+    (merged / "cpu.cfs_quota_us").write_text("150000\n")
+    (merged / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path / "v1merged", own) == 1.5
     own.write_text("0::/../elsewhere\n")  # outside the namespace's root: the root's
     assert cpu_quota(tmp_path / "v2", own) == 4.0
 
