@@ -274,8 +274,11 @@ def test_stitching_joins_two_pieces_over_a_weak_edge():
     assert _tracks(*SPLIT, 8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert _tracks(*SPLIT, 8, stitch_threshold=0.2) == [list(range(8))]
     assert _tracks(*SPLIT, 8, stitch_threshold=0.5) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    # an edge exactly at the stitch threshold is not above it
+    # an edge exactly at the stitch threshold is not above it, nor one a float64 score
+    # puts above it by less than float32 resolves (the scorers' dtype, the kernels')
     assert _tracks(*SPLIT, 8, stitch_threshold=0.4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    just_above = [0.9, 0.9, 0.9, 0.4 + 1e-9, 0.9, 0.9, 0.9]
+    assert _tracks(SPLIT[0], just_above, 8, stitch_threshold=0.4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_stitching_reattaches_a_single_hit_between_two_pieces():
