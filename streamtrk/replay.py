@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
 from streamtrk.client import REFUSAL_EVENTS, Consumer, Producer, SocketSettings
 from streamtrk.errors import SettingError
@@ -284,7 +285,7 @@ class _Send:
     frames: list[Any]
     t_first: float
     t_last: float
-    t_due: float | None = None  # on the schedule, with a rate (the first: when it was taken)
+    t_due: float | None = None  # on the schedule, with a rate (the first: its send)
     seq: int = 0
     first_seq: int = 0
     sends: int = 1
@@ -334,7 +335,7 @@ class _Sender(threading.Thread):
         list of its sends)."""
         r, rate = self.result, self.opts.rate
         order = chain.from_iterable(repeat(self.events, self.opts.loop))
-        t0: float | None = None  # the schedule's start: when the first event was taken
+        t0: float | None = None  # the schedule's start: the first send, once it had room
         for i, ev in enumerate(order):
             due = None if t0 is None or rate is None else t0 + i / rate
             while due is not None and (wait := due - time.perf_counter()) > 0:
@@ -342,7 +343,7 @@ class _Sender(threading.Thread):
                     break
                 self._resend_due()
             self._resend_due()
-            if self.stop.is_set():
+            if self.stop.is_set() or (i == 0 and not self._room()):
                 r.unsent = total - i
                 return
             msg_id = self.prefix | i
@@ -360,17 +361,27 @@ class _Sender(threading.Thread):
                 r.unsent = total - i
                 return
             self._taken(sent, first=True)
-            taken = time.perf_counter()
             if due is not None:  # how late it went out, the wait for room included
-                r.send_lag_max = max(r.send_lag_max, taken - due)
-            elif rate is not None:  # the first: the schedule starts now, it is due now
-                t0 = taken
-                with self.lock:
-                    sent.t_due = taken
+                r.send_lag_max = max(r.send_lag_max, time.perf_counter() - due)
+            t0 = t if t0 is None else t0  # the first, sent as a daemon had room: the start
             r.sent += 1
             r.t_last_send = r.t_last_first_send = t
         while not self.stop.wait(RESEND_POLL_S) and self._resend_due():
             pass
+
+    def _room(self) -> bool:
+        """Wait, within the timeout, until the socket can take a message (bound, until a
+        daemon connects), so that the first send's time and the schedule start then;
+        False after the timeout or once stopped."""
+        deadline = time.perf_counter() + self.opts.timeout_s
+        while not self.stop.is_set():
+            left = deadline - time.perf_counter()
+            slice_ms = max(0, int(1000 * min(left, RESEND_POLL_S)))
+            if self.producer.socket.poll(slice_ms, zmq.POLLOUT):
+                return True
+            if left <= 0:
+                return False
+        return False
 
     def _send(self, frames: list[Any]) -> bool:
         """Send ``frames`` within the timeout, waiting in slices of ``RESEND_POLL_S`` for a

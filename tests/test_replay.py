@@ -121,10 +121,10 @@ def test_a_paced_replay_starts_its_schedule_when_a_daemon_takes_the_first_event(
     gaps = np.diff(arrivals)
     assert np.count_nonzero(gaps < 0.2 / rate) <= 1, gaps  # no burst after the wait
     assert report["send_lag_max_ms"] < 0.5 * 1000 / rate
-    # The first event's latency from its send holds the wait; from the schedule, which
-    # starts when it was taken, it does not.
-    assert report["latency_max_ms"] > 900
-    assert report["latency_from_schedule_max_ms"] < report["latency_max_ms"] - 500
+    # The first event went once the daemon was there: neither its latency nor the rate
+    # achieved holds the wait.
+    assert report["latency_from_schedule_max_ms"] < 500 and report["latency_max_ms"] < 500
+    assert report["send_rate_hz"] == pytest.approx(rate, rel=0.15)
 
 
 def test_latency_from_the_schedule_holds_the_time_an_event_waited_to_be_sent() -> None:
