@@ -15,6 +15,7 @@ from deploy_helpers import (
     REPO,
     RULES,
     dashboard,
+    dashboard_exprs,
     exported_series,
     k8s_objects,
     load_yaml_documents,
@@ -354,3 +355,15 @@ def test_share_panels_do_not_add_up_the_daemons() -> None:
         and not re.match(r"\s*(avg|max|min)\b|\s*sum by \([^)]*\binstance\b", t["expr"])
     ]
     assert not summed
+
+
+def test_the_physics_partial_panel_divides_as_its_alert_does() -> None:
+    """Skipped batches over the reconstructions (one fit each), in the alert and the panel:
+    over the batches taken, a failed batch's events retried one by one read past 100%."""
+    (alert,) = [r for r in rules() if r.get("alert") == "StreamtrkPhysicsMetricsPartial"]
+    panels = [e for e in dashboard_exprs() if "streamtrk_physics_batches_skipped_total" in e]
+    assert panels
+    for expr in [alert["expr"], *panels]:
+        denominator = expr.split("/", 1)[1]
+        assert "streamtrk_stage_seconds_count" in denominator, expr
+        assert re.search(r'stage="fit"', denominator), expr
