@@ -61,6 +61,9 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
     assert daemon["rate_hz_batch1"] == round(min(100.0, batch1 / 2), 2)
     assert parts["daemon"]["replay_batch1"]["offered_rate_hz"] == daemon["rate_hz_batch1"]
     assert daemon["latency_p99_ms_batch1"] > 0 and daemon["mean_batch_events_batch1"] >= 1
+    # Each event is sent when due or later: from the schedule, no less than from the send.
+    assert daemon["latency_from_schedule_p99_ms_100hz"] >= daemon["latency_p99_ms_100hz"] - 1e-6
+    assert daemon["send_lag_max_ms_100hz"] >= 0
     assert parts["daemon"]["replay_max_rate"]["mean_batch_events"] >= 1
 
     # What the device session commits: the raw result under bench/results, and the summary.
@@ -119,7 +122,7 @@ def test_report_says_what_a_p99_is_of_and_lists_replays_that_lost_events(gpu_rep
     assert "| compile_bf16 | 16 | 1.0 | 1.0 | 2.0 (of 8) |" in text
     assert "- daemon replay_100hz: 4 missing, errors none, exit code 1" in text
     assert "- daemon replay_batch1: time budget" in text
-    assert "p99 n/a ms of 60 replies" in text
+    assert "p99 n/a ms (from when due n/a ms, sends up to n/a ms late) of 60 replies" in text
 
 
 def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:
