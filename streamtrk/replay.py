@@ -373,25 +373,21 @@ class _Sender(threading.Thread):
         """Wait, within the timeout, until the socket can take a message (bound, until a
         daemon connects), so that the first send's time and the schedule start then;
         False after the timeout or once stopped."""
-        deadline = time.perf_counter() + self.opts.timeout_s
-        while not self.stop.is_set():
-            left = deadline - time.perf_counter()
-            slice_ms = max(0, int(1000 * min(left, RESEND_POLL_S)))
-            if self.producer.socket.poll(slice_ms, zmq.POLLOUT):
-                return True
-            if left <= 0:
-                return False
-        return False
+        return self._within_timeout(lambda ms: bool(self.producer.socket.poll(ms, zmq.POLLOUT)))
 
     def _send(self, frames: list[Any]) -> bool:
-        """Send ``frames`` within the timeout, waiting in slices of ``RESEND_POLL_S`` for a
-        daemon that takes nothing; False after the timeout or once stopped (Ctrl-C is not
-        held up by a full or absent daemon)."""
+        """Send ``frames`` within the timeout, waiting for a daemon that takes nothing;
+        False after the timeout or once stopped (Ctrl-C is not held up by a full or absent
+        daemon)."""
+        return self._within_timeout(lambda ms: self.producer.send_frames(frames, timeout_ms=ms))
+
+    def _within_timeout(self, attempt: Callable[[int], bool]) -> bool:
+        """``attempt(ms)``, waiting up to ``ms`` milliseconds, in slices of
+        ``RESEND_POLL_S`` until it succeeds (True), the timeout passes or a stop (False)."""
         deadline = time.perf_counter() + self.opts.timeout_s
         while not self.stop.is_set():
             left = deadline - time.perf_counter()
-            slice_ms = max(0, int(1000 * min(left, RESEND_POLL_S)))
-            if self.producer.send_frames(frames, timeout_ms=slice_ms):
+            if attempt(max(0, int(1000 * min(left, RESEND_POLL_S)))):
                 return True
             if left <= 0:
                 return False
