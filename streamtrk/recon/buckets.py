@@ -11,7 +11,7 @@ are sliced off.
 Buckets form a geometric ladder (``steps`` per doubling, rounded up to a multiple of
 ``ALIGN``); node counts above the top bucket round up to a multiple of it; edge counts
 above it go on up the ladder (``steps`` per doubling) to ``MAX_PADDED_EDGES``, so the set of
-shapes stays bounded for any graph up to ``MAX_PADDED_EDGES`` edges, padded by a factor of
+shapes stays bounded for any graph up to ``MAX_PADDED_EDGES`` edges, padded by about
 ``2 ** (1 / steps)`` at most; a larger graph keeps its size (rounded up to ``ALIGN``), so
 that edges x features stays within the 32-bit indexing that compiled kernels use.
 """
