@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,13 +197,14 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
     from streamtrk.client import HUNG_UP_HINT, REFUSAL_HINTS
 
     if report["refused"]:  # what follows "no reply" would mislead
-        for socket, cause in report["refused"].items():
-            address = args.to if socket == "to" else args.from_
-            print(
-                f"streamtrk replay: error: --{socket} {address} refused the handshake "
-                f"({cause}): {REFUSAL_HINTS[cause]}; nothing more was sent",
-                file=sys.stderr,
-            )
+        _per_socket(
+            args,
+            report["refused"],
+            lambda where, cause: (
+                f"error: {where} refused the handshake ({cause}): "
+                f"{REFUSAL_HINTS[cause]}; nothing more was sent"
+            ),
+        )
     elif interrupted:  # stopped early: --timeout did not run out, nor is "no reply" news
         pass
     elif report["sent"] and not report["received"]:
@@ -235,13 +237,13 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         if report["missing"] and report["unexpected"]:  # a collector shares them out
             parts.append(_other_consumer(report, args.from_, "a share of the"))
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
-    for socket, n in report["handshakes_hung_up"].items():
-        address = args.to if socket == "to" else args.from_
-        print(
-            f"streamtrk replay: --{socket} {address}: its {n} CURVE handshakes were hung up on, "
-            f"none succeeding: {HUNG_UP_HINT}",
-            file=sys.stderr,
-        )
+    _per_socket(
+        args,
+        report["handshakes_hung_up"],
+        lambda where, n: (
+            f"{where}: its {n} CURVE handshakes were hung up on, none succeeding: {HUNG_UP_HINT}"
+        ),
+    )
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
     if ambiguous := report["ambiguous_events"]:
@@ -277,6 +279,16 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         )
         return 130  # 128 + SIGINT
     return 1 if failed else 0
+
+
+def _per_socket(
+    args: argparse.Namespace, by_socket: dict[str, Any], say: Callable[[str, Any], str]
+) -> None:
+    """A stderr line for each socket (``to``, ``from``) of ``by_socket``: ``say(where,
+    value)``, ``where`` the flag and its address."""
+    for socket, value in by_socket.items():
+        address = args.to if socket == "to" else args.from_
+        print(f"streamtrk replay: {say(f'--{socket} {address}', value)}", file=sys.stderr)
 
 
 def _other_consumer(report: dict[str, Any], from_: str, takes: str) -> str:
