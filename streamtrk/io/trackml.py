@@ -61,7 +61,8 @@ SIGNED_COLUMNS = frozenset({"q"})
 T = TypeVar("T")
 _EVENT_RE = re.compile(r"event(\d+)")
 _HITS_FILE_RE = re.compile(r"(event\d+)-hits\.csv(?:\.gz)?")
-_EVENT_FILE_RE = re.compile(r"(event\d+)-(?:hits|truth|particles|cells)\.csv(?:\.gz)?")
+_KINDS = ("hits", "truth", "particles", "cells")
+_EVENT_FILE_RE = re.compile(r"(event\d+)-(hits|truth|particles|cells)\.csv(?:\.gz)?")
 _POW10 = 10.0 ** np.arange(23)
 GZIP_MAGIC = b"\x1f\x8b"
 SHOWN_CHARS = 120  # of a header line quoted in an error
@@ -428,12 +429,20 @@ def _write_table(path: Path, table: Columns) -> None:
 
 
 def event_files(directory: str | Path, event_number: int) -> list[Path]:
-    """The files of event ``event_number`` in ``directory``: each kind, ``.csv`` or
-    ``.csv.gz``, that exists."""
-    prefix = Path(directory) / f"event{event_number:09d}"
-    kinds = ("hits", "truth", "particles", "cells")
-    paths = (prefix.with_name(f"{prefix.name}-{k}{s}") for k in kinds for s in (".csv", ".csv.gz"))
-    return [path for path in paths if path.is_file()]
+    """The files of event ``event_number`` in ``directory``, its number padded with zeros
+    or not (``event1-hits.csv`` is event 1's as ``event000000001-hits.csv`` is): each kind,
+    ``.csv`` or ``.csv.gz``, that exists, hits first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [
+        (_KINDS.index(m[2]), path)
+        for path in directory.iterdir()
+        if (m := _EVENT_FILE_RE.fullmatch(path.name))
+        and int(m[1].removeprefix("event")) == event_number
+        and path.is_file()
+    ]
+    return [path for _, path in sorted(found)]
 
 
 def write_event(event: Event, directory: str | Path, *, compress: bool = False) -> Path:

@@ -400,6 +400,22 @@ def test_an_event_written_again_leaves_none_of_the_old_files(tmp_path):
     assert back.truth.equals(event.truth)
 
 
+def test_an_event_written_again_replaces_its_files_under_another_padding(tmp_path):
+    """``event42-*`` are event 42's files as ``event000000042-*`` are: written again, the
+    event replaces them (readers refuse a folder that holds both)."""
+    event = synthetic_event()
+    write_event(event, tmp_path)
+    for path in tmp_path.iterdir():
+        path.rename(tmp_path / path.name.replace("event000000042", "event42"))
+    assert [p.name for p in event_files(tmp_path, 42)] == [
+        f"event42-{kind}.csv" for kind in ("hits", "truth", "particles")
+    ]
+    with new_events(tmp_path) as write:
+        assert write(Event(0, 42, event.hits))  # said replaced
+    assert event_files(tmp_path, 42) == [tmp_path / "event000000042-hits.csv"]
+    assert [back.truth for back in iter_events(tmp_path)] == [None]
+
+
 def test_new_events_take_their_place_whole_or_not_at_all(tmp_path):
     """Events written through ``new_events`` replace the files of their numbers once the
     block ends; a block that fails (or is interrupted) leaves the folder as it was."""
