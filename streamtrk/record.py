@@ -92,7 +92,7 @@ def record(
                 n["invalid"] += 1
                 return
             if msg.kind in RECORDED_KINDS:
-                _write(writer, frames, n)
+                _write(writer, frames, msg)
                 if msg.kind == "hits":
                     pairs.hits((msg.run, msg.event), None)
                     deque(pairs.ready(), maxlen=0)  # paired, or past the window
@@ -123,8 +123,8 @@ def record(
             except WireError:
                 late = None
             key = None if late is None or late.kind != "truth" else (late.run, late.event)
-            if key is not None and pairs.truth(key, _unchanged):
-                _write(writer, frames, n)
+            if late is not None and key is not None and pairs.truth(key, _unchanged):
+                _write(writer, frames, late)
                 n["truth"] += 1
             else:
                 n["past_limit"] += 1
@@ -139,16 +139,17 @@ def _unchanged(item: None) -> None:
     return item
 
 
-def _write(writer: _CreatedOnFirstWrite, frames: list[Any], n: Counter[str]) -> None:
-    """Record ``frames``; a failed write's OSError says what the recording holds (``n``)."""
+def _write(writer: _CreatedOnFirstWrite, frames: list[Any], msg: Message) -> None:
+    """Record ``frames`` (``msg``); a failed write's OSError says what the recording holds."""
     try:
-        writer.write(frames)
+        writer.write(frames, msg)
     except OSError as e:
         what = f"cannot write {writer.path}: {e.strerror or e}"
         if writer.cut_failed:
             held = f"it ends cut (`streamtrk inspect --repair {writer.path}` cuts it back)"
-        elif writer.records:
-            held = f"it holds the {n['hits']} hits and {n['truth']} truth messages recorded before"
+        elif writer.held.total():
+            h = writer.held
+            held = f"it holds the {h['hits']} hits and {h['truth']} truth messages recorded before"
         else:
             held = "nothing recorded"
         raise OSError(f"{what}; {held}") from e
@@ -159,26 +160,32 @@ class _CreatedOnFirstWrite:
     replaces the file there only once it is written whole (into a partial file beside it,
     renamed over it; a device or FIFO is written in place). Each record is flushed as it is
     written; a later write that fails (a full disk) cuts the file back to its whole records
-    and raises."""
+    and raises: a truth's cuts the hits record just before it too where they are its
+    event's, as :func:`~streamtrk.io.recording.repair` does (read back, they would be an
+    event without truth), and a file left with no record is removed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: RecordingWriter | None = None
-        self.records = 0  # written whole
+        self.held: Counter[str] = Counter()  # the records written whole, by kind
         self.cut_failed = False  # a failed write left the file cut: cutting it back failed
+        # Where the last record starts (None: the first) and its event, if a hits message.
+        self._hits: tuple[int | None, tuple[int, int]] | None = None
 
-    def write(self, frames: list[Any]) -> None:
+    def write(self, frames: list[Any], msg: Message) -> None:
+        """Write the record of ``frames``, which encode ``msg``."""
+        start = None if self._writer is None else self._writer.end
         if self._writer is None:
             self._write_first(frames)
         else:
-            whole = self._writer.end  # the file header and the records written whole
             try:
                 self._writer.write(frames)
                 self._writer.flush()
             except OSError:
-                self._cut_back(whole)
+                self._cut_back(start, msg)
                 raise
-        self.records += 1
+        self.held[msg.kind] += 1
+        self._hits = (start, (msg.run, msg.event)) if msg.kind == "hits" else None
 
     def _write_first(self, frames: list[Any]) -> None:
         """The file's header and first record; on an error the file there is as it was."""
@@ -196,17 +203,26 @@ class _CreatedOnFirstWrite:
             raise
         self._writer = writer  # its file renamed into place, still open
 
-    def _cut_back(self, whole: int) -> None:
-        """After a failed write: the file back to its ``whole`` bytes; what is no regular
-        file (a device, a FIFO) is left as it is."""
+    def _cut_back(self, whole: int | None, failed: Message) -> None:
+        """After ``failed``'s write failed: the file back to its ``whole`` bytes, or to the
+        start of the hits of ``failed``'s event just before it (None: the file removed);
+        what is no regular file (a device, a FIFO) is left as it is."""
         if self._writer is not None:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
             self._writer = None
         if not self.path.is_file():
             return
+        if failed.kind == "truth" and self._hits is not None:
+            start, key = self._hits
+            if key == (failed.run, failed.event):
+                whole = start
+                self.held["hits"] -= 1
         try:
-            os.truncate(self.path, whole)
+            if whole is None:
+                self.path.unlink()
+            else:
+                os.truncate(self.path, whole)
         except OSError:  # said by the caller, with the remedy
             self.cut_failed = True
 

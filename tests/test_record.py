@@ -21,7 +21,7 @@ from streamtrk.client import Producer
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.record import record
 from streamtrk.stop import StopFlag
-from streamtrk.wire import decode
+from streamtrk.wire import Message, decode
 
 
 @contextmanager
@@ -201,19 +201,22 @@ def test_a_recording_another_process_writes_is_refused_before_the_tap_and_at_its
     assert [frames for _, frames in iter_records(out)] == records[1:]
 
 
+@pytest.mark.parametrize("failing", [4, 5], ids=["hits", "truth"])
 def test_a_tap_whose_disk_fills_keeps_the_whole_records_it_wrote(
-    sim_run: Path, tmp_path: Path
+    sim_run: Path, tmp_path: Path, failing: int
 ) -> None:
     """A write that fails mid-tap (here past the process's file size limit, EFBIG, as a full
     disk's ENOSPC) stops the tap: the recording is cut back to the records written whole, so
     that what was tapped before stays readable, and the error names the file and what it
-    holds."""
+    holds. A truth's failed write cuts its event's hits too (read back, they would be an
+    event without truth), as ``inspect --repair`` does."""
     import resource
 
     out = tmp_path / "tap.stk"
     taken = list(islice(iter_records(sim_run), 10))
     offsets, records = [offset for offset, _ in taken], [frames for _, frames in taken]
-    limit = (offsets[4] + offsets[5]) // 2  # room for 4 records and half of the fifth
+    assert [decode(r).kind for r in records[4:6]] == ["hits", "truth"]
+    limit = (offsets[failing] + offsets[failing + 1]) // 2  # room for half of that record
 
     def small_files() -> None:  # in the tap's process (Python ignores SIGXFSZ: EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -297,15 +300,15 @@ def test_a_recording_that_cannot_be_cut_back_says_so_and_how_to_mend_it(tmp_path
     out = tmp_path / "tap.stk"
     script = (
         "import os, resource, sys\n"
-        "from collections import Counter\n"
         "from pathlib import Path\n"
         "import streamtrk.record as r\n"
         "def refuse(*args): raise PermissionError(1, 'Operation not permitted')\n"
         "os.truncate = refuse\n"
-        "writer, n = r._CreatedOnFirstWrite(Path(sys.argv[1])), Counter()\n"
-        "r._write(writer, [b'a' * 1000], n)\n"
+        "writer = r._CreatedOnFirstWrite(Path(sys.argv[1]))\n"
+        "hits = r.Message('hits', 0, 1, 0, {}, {})\n"
+        "r._write(writer, [b'a' * 1000], hits)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
-        "r._write(writer, [b'b' * 1000], n)\n"
+        "r._write(writer, [b'b' * 1000], hits)\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
@@ -378,11 +381,11 @@ def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
         out.write_bytes(b"an earlier recording")
     script = (
         "import resource, sys\n"
-        "from collections import Counter\n"
         "from pathlib import Path\n"
         "import streamtrk.record as r\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
-        "r._write(r._CreatedOnFirstWrite(Path(sys.argv[1])), [b'a' * 1000], Counter())\n"
+        "hits = r.Message('hits', 0, 1, 0, {}, {})\n"
+        "r._write(r._CreatedOnFirstWrite(Path(sys.argv[1])), [b'a' * 1000], hits)\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
@@ -392,13 +395,33 @@ def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
     assert [p.name for p in tmp_path.iterdir()] == (["tap.stk"] if there else [])
 
 
+def test_the_truth_of_a_first_hits_that_fails_leaves_no_file(tmp_path: Path) -> None:
+    """The first record, hits, written; its truth refused by the disk: cut with its hits,
+    the recording would hold no record and is removed, and the error says nothing was
+    recorded."""
+    out = tmp_path / "tap.stk"
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "import streamtrk.record as r\n"
+        "writer = r._CreatedOnFirstWrite(Path(sys.argv[1]))\n"
+        "r._write(writer, [b'a' * 1000], r.Message('hits', 0, 1, 0, {}, {}))\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
+        "r._write(writer, [b'b' * 1000], r.Message('truth', 0, 1, 0, {}, {}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert f"OSError: cannot write {out}: File too large; nothing recorded" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
     """A tap into what is no regular file (a FIFO, a device such as /dev/full) cannot be
     cut back: a failed write leaves it as it is (as root, removing it removed a device
     node), and the error says what was recorded."""
     import os
     import stat
-    from collections import Counter
 
     import streamtrk.record as r
 
@@ -411,10 +434,10 @@ def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
 
     reader = threading.Thread(target=read_a_little, daemon=True)
     reader.start()
-    writer, n = r._CreatedOnFirstWrite(fifo), Counter[str]()
+    writer, hits = r._CreatedOnFirstWrite(fifo), Message("hits", 0, 1, 0, {}, {})
     with pytest.raises(OSError, match=f"cannot write {fifo}: Broken pipe"):
         for _ in range(1000):
-            r._write(writer, [b"a" * 100_000], n)
+            r._write(writer, [b"a" * 100_000], hits)
     reader.join(10)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert not writer.cut_failed
