@@ -130,9 +130,11 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     Floats are parsed as float64 and rounded to the target dtype. Columns in ``optional``
     may be missing (then absent from the result); other missing columns raise ValueError.
     """
-    header, _, body = _read_bytes(path).replace(b"\r", b"").partition(b"\n")
+    text = _read_bytes(path).replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # any line ends
+    header, _, body = text.partition(b"\n")
     head = header.decode("utf-8", errors="replace").removeprefix("\ufeff")  # a BOM
-    if not head.strip() and not body.strip():
+    body = b"\n".join(line for line in body.split(b"\n") if line.strip())  # no blank lines
+    if not head.strip() and not body:
         raise ValueError(f"{path}: empty file (no header)")
     fields = [name.strip() for name in head.split(",")]
     index = {name: i for i, name in enumerate(fields)}
@@ -146,7 +148,7 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
     parse = [(n, np.int64 if np.dtype(dtypes[n]).kind == "i" else np.float64) for n in names]
     cols = [index[n] for n in names]
     table = np.zeros(0, dtype=parse)
-    if body.strip():
+    if body:
         try:  # no comment lines: a '#' is an error, not a hit left out
             table = np.loadtxt(
                 io.BytesIO(body), delimiter=",", dtype=parse, usecols=cols, ndmin=1, comments=None
@@ -163,7 +165,7 @@ def _read_csv(path: Path, dtypes: Mapping[str, str], optional: Sequence[str] = (
 
 def _other_fields(body: bytes, n_fields: int) -> str | None:
     """The first data row of other than ``n_fields`` fields, said, or None."""
-    rows = (line.count(b",") + 1 for line in body.split(b"\n") if line.strip())
+    rows = (line.count(b",") + 1 for line in body.split(b"\n"))
     row, n = next(((k, n) for k, n in enumerate(rows) if n != n_fields), (None, None))
     return None if row is None else f"data row {row + 1} has {n} fields, the header {n_fields}"
 

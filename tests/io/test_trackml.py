@@ -202,12 +202,17 @@ def test_columns_by_name_and_missing_column(tmp_path):
             read_event(prefix)
 
 
-def test_windows_line_ends_and_spaced_headers_are_read(tmp_path):
+@pytest.mark.parametrize("end", ["\r\n", "\r"], ids=["windows", "old-mac"])
+def test_other_line_ends_spaced_headers_and_blank_lines_are_read(tmp_path, end):
+    """Lines of spaces or tabs alone are blank lines wherever they are (they were refused
+    after data: "could not convert string '  '"); a lone CR ends a line (it was dropped,
+    the file read as one line)."""
     event = synthetic_event()
     prefix = write_event(event, tmp_path)
     hits_path = tmp_path / "event000000042-hits.csv"
     header, *rows = hits_path.read_text().splitlines()
-    hits_path.write_bytes("\r\n".join([header.replace(",", ", "), *rows, ""]).encode())
+    lines = [header.replace(",", ", "), rows[0], "", " \t", *rows[1:], "  ", ""]
+    hits_path.write_bytes(end.join(lines).encode())
     assert read_event(prefix).hits.equals(event.hits)
 
 
