@@ -20,6 +20,7 @@ from live_daemon import clean_env
 from streamtrk.recon.choices import ENGINE_CACHE_ENV
 from streamtrk.service import faults
 from streamtrk.service.config import (
+    RESTART_ONLY,
     ConfigError,
     ServeConfig,
     add_arguments,
@@ -66,6 +67,14 @@ def test_every_setting_and_its_default_are_the_documented_ones() -> None:
             assert text.startswith("("), name  # (none), (shipped), (model card)
         else:
             assert text == (str(value).lower() if isinstance(value, bool) else str(value)), name
+
+
+def test_the_settings_a_reload_cannot_change_are_the_documented_ones() -> None:
+    """docs/serve.md's SIGHUP item names each setting that needs a restart, and no other."""
+    text = SERVE_MD.read_text()
+    said = re.search(r"need a restart \(a warning names them[^)]*\): (.*?)\.", text, re.S)
+    assert said is not None
+    assert sorted(re.findall(r"`(\w+)`", said[1])) == sorted(RESTART_ONLY)
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
