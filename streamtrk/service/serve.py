@@ -699,12 +699,11 @@ class Daemon:
         try:
             old = self.config
             new = self.reload_config()
-            for warning in self.overridden():  # the file changed, they did not
-                log.warning(warning)
+            warnings = [*self.overridden()]  # the file changed, they did not: said once swapped
             kept = {f.name: getattr(old, f.name) for f in fields(old) if f.name in RESTART_ONLY}
             changed = sorted(k for k, v in kept.items() if getattr(new, k) != v)
             if changed:
-                log.warning("settings that need a restart kept: %s", ", ".join(changed))
+                warnings.append(f"settings that need a restart kept: {', '.join(changed)}")
             try:
                 new = replace(new, **kept)
             except ValueError as e:  # the new file with the kept values is not consistent
@@ -731,6 +730,8 @@ class Daemon:
         finally:
             self._reloading.release()
         self.metrics.model_reloads.labels("success").inc()
+        for warning in warnings:
+            log.warning(warning)
         now = _as_used(model)
         changes = (
             (

@@ -211,22 +211,35 @@ def test_the_file_s_settings_a_variable_overrides_are_said_at_start_and_at_each_
     daemon_factory, tmp_path: Path
 ) -> None:
     """The operator edits the file and sends SIGHUP; the variable still wins (as at start),
-    and the log says so: the reload alone would say that nothing changed."""
+    and the log says so: the reload alone would say that nothing changed. A reload that
+    fails says only why (here its model's install fails): not what it would have kept."""
     config = tmp_path / "serve.toml"
     config.write_text("max_batch_events = 4\n")
-    d = daemon_factory("--config", str(config), env={"STREAMTRK_MAX_BATCH_EVENTS": "6"})
+    d = daemon_factory(
+        "--config", str(config),
+        env={"STREAMTRK_MAX_BATCH_EVENTS": "6", "STREAMTRK_TEST_FAULTS": "install_fail_after=3"},
+    )  # fmt: skip
     said = f"config file {config}, line 1: max_batch_events = {{}} is overridden by " + (
         "environment variable STREAMTRK_MAX_BATCH_EVENTS: max_batch_events = 6"
     )
     assert [m["message"] for m in d.logs()].count(said.format(4)) == 1
-    config.write_text("max_batch_events = 8\n")
+    config.write_text("max_batch_events = 8\nlinger_ms = 999\n")
     d.process.send_signal(signal.SIGHUP)
-    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
+    wait_for(lambda: any(line["message"] == "reloaded" for line in d.logs()))
     messages = [line["message"] for line in d.logs()]
     assert messages.count(said.format(8)) == 1
+    assert messages.count("settings that need a restart kept: linger_ms") == 1
     assert messages.index("reloading") < messages.index(said.format(8))
     reloaded = next(line for line in d.logs() if line["message"] == "reloaded")
     assert reloaded["settings_changed"] == "none"
+    config.write_text("max_batch_events = 9\nhttp = '127.0.0.1:1'\n")
+    d.process.send_signal(signal.SIGHUP)
+    failed = "reload failed, still serving the previous model: fault injected"
+    wait_for(lambda: any(line["message"].startswith(failed) for line in d.logs()))
+    messages = [line["message"] for line in d.logs()]
+    assert said.format(9) not in messages
+    assert [m.startswith("settings that need a restart kept") for m in messages].count(True) == 1
+    assert d.stop() == 0
 
 
 def test_a_reload_whose_thread_cannot_start_fails_and_the_next_one_works(daemon_factory):
