@@ -503,6 +503,7 @@ class Daemon:
         if self._reloading.locked():  # a SIGHUP reload is still loading a model
             self.abandoned_thread = True
             log.warning("exiting during a model reload; the reload is abandoned")
+        self._say_hup_not_acted_on()
         value = self.metrics.registry.get_sample_value
         summary = _fields(
             received=int(value("streamtrk_events_received_total") or 0),
@@ -527,6 +528,12 @@ class Daemon:
             return 1
         log.info("drained, exiting", extra=summary)
         return 0
+
+    def _say_hup_not_acted_on(self) -> None:
+        """At the end of a stop: a SIGHUP that came during it (or a reload waiting for the
+        one in progress) reloads nothing, said rather than dropped without a word."""
+        if self._hup_signalled or self._reload_again:
+            log.warning("SIGHUP not acted on: the daemon was stopping")
 
     def _on_thread_failure(self, thread: Supervised) -> None:
         """A thread died from an unexpected exception: answer what can be, then exit 1."""
@@ -625,6 +632,7 @@ class Daemon:
         reply was sent."""
         cfg = self.config
         deadline = time.perf_counter() + cfg.drain_timeout_s
+        self.readiness.set("draining")
         self.batcher.close()
         replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
         leave = threading.Event()
@@ -639,6 +647,7 @@ class Daemon:
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         if ingest.is_alive() or emitter.is_alive():
             self.abandoned_thread = self.sockets_in_use = True
+        self._say_hup_not_acted_on()
         value = self.metrics.registry.get_sample_value
         shutdown = int(value("streamtrk_events_rejected_total", {"reason": "shutdown"}) or 0)
         summary = _fields(shutdown=shutdown, dropped=emitter.dropped)

@@ -300,7 +300,8 @@ def test_a_reload_failing_as_its_model_is_installed_keeps_the_previous_one(
 
 def test_a_reload_ending_during_the_drain_is_abandoned(daemon_factory, sim_run, tmp_path):
     """SIGTERM while a reload loads: a reload that ends before the drain does installs
-    nothing (the drain answers with the model it began with)."""
+    nothing (the drain answers with the model it began with). A SIGHUP during the drain
+    starts no reload, and is said."""
     config = tmp_path / "serve.toml"
     config.write_text("")
     d = daemon_factory(
@@ -315,12 +316,14 @@ def test_a_reload_ending_during_the_drain_is_abandoned(daemon_factory, sim_run, 
         d.process.send_signal(signal.SIGHUP)
         wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
         d.process.send_signal(signal.SIGTERM)  # three batches of 3 s left: the reload ends first
+        d.process.send_signal(signal.SIGHUP)  # in the drain: said, not dropped without a word
         assert d.process.wait(timeout=120) == 0
         replies = [consumer.recv(timeout_ms=10_000) for _ in range(4)]
     assert all(r is not None and r.to_reply().ok for r in replies)
     messages = [line["message"] for line in d.logs()]
     assert "reload abandoned: the daemon is draining" in messages
     assert "reloaded" not in messages
+    assert messages.count("SIGHUP not acted on: the daemon was stopping") == 1
 
 
 def test_a_model_directory_changed_while_loading_is_refused(daemon_factory, tmp_path) -> None:
@@ -455,6 +458,25 @@ def test_events_sent_to_a_bound_input_while_loading_are_answered_at_a_stop(
         x for x in d.logs() if x["message"] == "answered the events taken while loading"
     )
     assert answered["shutdown"] == len(events) and answered["dropped"] == 0
+
+
+def test_a_daemon_stopped_while_loading_is_draining_as_it_answers(daemon_factory) -> None:
+    """Stopped while loading, it answers what its input took (here until drain_timeout_s:
+    no collector takes the reply): meanwhile ``/readyz`` says ``draining``, not
+    ``loading``."""
+    event = next(iter(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=2)), 1, 1)))
+    d = daemon_factory(
+        "--drain-timeout-s", "10", wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"}
+    )  # fmt: skip
+    with Producer(d.input, linger_ms=0) as producer:
+        assert producer.send_event(event, timeout_ms=30_000)
+        time.sleep(1)  # over loopback, in the daemon's socket long before this
+    assert d.get("/readyz") == (503, "loading\n")
+    d.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: d.get("/readyz") == (503, "draining\n"), timeout=8)
+    assert d.process.wait(timeout=60) == 1  # its reply dropped, said
+    said = "the events taken while loading could not all be answered"
+    assert [x["dropped"] for x in d.logs() if x["message"] == said] == [1]
 
 
 # Runs `streamtrk serve` with a signal (argv[1]) sent to itself as torch starts to import:
