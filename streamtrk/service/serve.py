@@ -143,6 +143,8 @@ class Daemon:
         self._hup_signalled = False
         self._reloading = threading.Lock()
         self._reload_again = False  # a SIGHUP came during a reload: one more follows it
+        self._reload_began: float | None = None  # monotonic time of the reload in progress
+        self._reload_said_slow = False  # that reload's run past stall_timeout_s was said
         # Models a reload replaced: the worker closes them and freezes the heap again.
         self._replaced: list[ServedModel] = []
         self._replacing = threading.Lock()
@@ -374,6 +376,7 @@ class Daemon:
             elif self._reload_again and not self._reloading.locked():
                 self._reload_again = False
                 self._start_reload()
+            self._say_slow_reload()
         return self._drain(stop_intake, ingest, worker, emitter, observer)
 
     def _stop_monitor(self, monitor: SocketMonitor) -> None:
@@ -426,13 +429,34 @@ class Daemon:
             self._reload_again = True
             log.warning("reload already in progress; another follows it")
             return
+        self._reload_began, self._reload_said_slow = time.monotonic(), False
         try:
             faults.fail("reload_thread")  # tests: the thread cannot start
             threading.Thread(target=self.reload, name="reload", daemon=True).start()
         except RuntimeError as e:  # "can't start new thread": out of threads or memory
+            self._reload_began = None
             self._reloading.release()
             self.metrics.model_reloads.labels("failure").inc()
             log.error("reload failed, still serving the previous model: no thread for it: %s", e)
+
+    def _reload_s(self) -> float | None:
+        """Seconds the reload in progress has run; None when none runs."""
+        began = self._reload_began
+        return None if began is None else time.monotonic() - began
+
+    def _say_slow_reload(self) -> None:
+        """Warn, once per reload, of one that has run past ``stall_timeout_s`` (a model on a
+        stuck file system): meanwhile the daemon serves the old model, ready, and SIGHUPs
+        wait for it; ``/status`` gives ``reload_s``."""
+        if (took := self._reload_s()) is None or self._reload_said_slow:
+            return
+        if took > self.config.stall_timeout_s:
+            self._reload_said_slow = True
+            log.warning(
+                "a reload has run %.0f s, past stall_timeout_s; the previous model still "
+                "serves, and SIGHUPs wait for it (its model files on a stuck file system?)",
+                took,
+            )
 
     def _drain(
         self,
@@ -551,7 +575,8 @@ class Daemon:
         return problems
 
     def status(self) -> dict[str, Any]:
-        """``/status``: state, versions, endpoints, settings in force, the served model and
+        """``/status``: state, versions, endpoints, settings in force, how long the reload in
+        progress has run (``reload_s``, null when none), the served model and
         the beam spot (the beam line the chain is centred on, and where the tracks put the
         beam: null until the window holds tracks of two events)."""
         out: dict[str, Any] = {
@@ -559,6 +584,7 @@ class Daemon:
             "version": __version__,
             "endpoints": self.endpoints,
             "settings": {f.name: getattr(self.config, f.name) for f in fields(self.config)},
+            "reload_s": self._reload_s(),
             "model": None,
         }
         if (model := self.model) is not None:
@@ -737,6 +763,7 @@ class Daemon:
             log.error("reload failed, still serving the previous model: %s", e)
             return
         finally:
+            self._reload_began = None
             self._reloading.release()
         self.metrics.model_reloads.labels("success").inc()
         for warning in warnings:

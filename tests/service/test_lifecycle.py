@@ -4,6 +4,7 @@ that runs out of time."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -259,9 +260,19 @@ def test_a_reload_whose_thread_cannot_start_fails_and_the_next_one_works(daemon_
 
 
 def test_sigterm_during_a_reload_exits_without_waiting_for_it(daemon_factory) -> None:
-    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=120"})
+    """A reload that takes long (a model on a stuck file system) is seen: ``/status`` gives
+    its time so far, and once past ``stall_timeout_s`` a warning says so (the daemon is
+    ready meanwhile, serving the previous model)."""
+    d = daemon_factory(
+        "--stall-timeout-s", "1", env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=120"}
+    )  # fmt: skip
+    assert json.loads(d.get("/status")[1])["reload_s"] is None
     d.process.send_signal(signal.SIGHUP)
     wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
+    slow = re.compile(r"a reload has run \d+ s, past stall_timeout_s; the previous model still")
+    wait_for(lambda: any(slow.match(line["message"]) for line in d.logs()))
+    assert json.loads(d.get("/status")[1])["reload_s"] > 1
+    assert d.get("/readyz") == (200, "ready\n")
     t0 = time.monotonic()
     d.process.send_signal(signal.SIGTERM)
     assert d.process.wait(timeout=60) == 0
