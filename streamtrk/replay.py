@@ -674,16 +674,17 @@ def labels_of(events: list[Recorded], replies: dict[Key, Message]) -> dict[Key, 
 def physics(
     events: list[Recorded], replies: dict[Key, Message], labels: dict[Key, np.ndarray | None]
 ) -> dict[str, Any]:
-    """Physics metrics over the events that have truth and an ok reply that fits them ({} if
-    none; ``labels`` from :func:`labels_of`); the vertex cut of each event about the beam
-    line its reply names (the z axis if none)."""
+    """Physics metrics over the events that have truth and an ok reply that fits them
+    (``labels`` from :func:`labels_of`): {} for a recording without truth, NaN rates and
+    ``events_scored`` 0 where none was answered ok; the vertex cut of each event about the
+    beam line its reply names (the z axis if none)."""
     totals = PhysicsTotals()
     labels = dict(labels)
     for rec in events:
         ev, lab = rec.event, labels.pop(rec.key, None)
         if ev.truth is not None and lab is not None:
             totals.add(ev, lab, replies[rec.key].to_reply().beam_line or (0.0, 0.0))
-    return totals.report()
+    return totals.report(always=any(rec.event.truth is not None for rec in events))
 
 
 def plot_latency(latencies_s: Sequence[float], path: str | Path, title: str = "replay") -> None:
@@ -712,14 +713,15 @@ def plot_latency(latencies_s: Sequence[float], path: str | Path, title: str = "r
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as an aligned two-column table."""
+    """The report as an aligned two-column table; a value not known (None, or NaN: a rate
+    of nothing) as ``-``."""
 
     def fmt(v: Any) -> str:
-        if isinstance(v, float):
+        if isinstance(v, float) and not math.isnan(v):
             return f"{v:.4g}"
         if isinstance(v, dict):
             return ", ".join(f"{k}: {n}" for k, n in v.items()) or "none"
-        return "-" if v is None else str(v)
+        return "-" if v is None or isinstance(v, float) else str(v)
 
     width = max(map(len, report))
     return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in report.items())

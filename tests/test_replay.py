@@ -24,7 +24,7 @@ import zmq
 from live_daemon import first_line
 
 from streamtrk.cli import main
-from streamtrk.cli.common import COMMANDS
+from streamtrk.cli.common import COMMANDS, strict_json
 from streamtrk.client import Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
@@ -38,6 +38,7 @@ from streamtrk.replay import (
     _Send,
     _Sender,
     due_newest_first,
+    format_report,
     labels_of,
     physics,
     replay,
@@ -550,6 +551,21 @@ def test_physics_cuts_vertices_about_the_beam_line_each_reply_names() -> None:
     out = physics(events, replies, labels_of(events, replies))
     assert out["n_reconstructable"] >= 0.8 * out["n_reconstructable_all"] > 0
     assert out["tracking_efficiency"] == 1.0
+
+
+def test_a_recording_with_truth_and_no_ok_reply_reports_its_physics_as_unknown() -> None:
+    """Every event answered with an error: the physics keys are there, null in the JSON
+    (``events_scored`` 0), not missing (a CI check reading them would fail on a KeyError);
+    a recording without truth has none."""
+    events = _events(2)
+    report = ReplayResult().report(events, None)
+    assert report["events_scored"] == 0 and report["n_reconstructable"] == 0
+    assert math.isnan(report["tracking_efficiency"]) and math.isnan(report["trackml_score"])
+    assert json.loads(strict_json(report))["fake_rate"] is None
+    table = dict(line.split(maxsplit=1) for line in format_report(report).splitlines())
+    assert (table["fake_rate"], table["events_scored"]) == ("-", "0")
+    bare = [Recorded(rec.frames, replace(rec.event, truth=None)) for rec in events]
+    assert "tracking_efficiency" not in ReplayResult().report(bare, None)
 
 
 def test_a_reply_naming_hit_ids_not_in_its_event_is_counted_and_left_out() -> None:

@@ -193,8 +193,20 @@ def physics_metrics(
     return metrics_from_counts(counts(classify(event, track_id_per_hit, beam_line)))
 
 
+COUNT_NAMES = (
+    "n_tracks",
+    "n_reconstructable",
+    "n_reconstructable_all",
+    "n_reconstructed",
+    "n_reconstructed_all",
+    "n_fake",
+    "n_duplicate",
+)
+
+
 def counts(c: Classification) -> dict[str, int]:
-    """The counts behind the physics metrics (they add up over events)."""
+    """The counts behind the physics metrics (they add up over events), named as in
+    :data:`COUNT_NAMES`."""
     return {
         "n_tracks": len(c.track_id),
         "n_reconstructable": int(c.reconstructable.sum()),
@@ -239,14 +251,16 @@ class PhysicsTotals:
         self.scores.append(trackml_score(t.hits.particle_id, t.hits.weight, track_id_per_hit))
         return c
 
-    def report(self) -> dict[str, float]:
+    def report(self, *, always: bool = False) -> dict[str, float]:
         """Rates and counts (``metrics_from_counts``) of every event added, the mean TrackML
         score over the events that have one (a total truth weight above 0) and their number,
-        ``events_scored``; empty when no event was added."""
-        if not self.scores:
+        ``events_scored``; when no event was added, empty, or with ``always`` the same keys
+        (counts 0, rates and score NaN)."""
+        if not self.scores and not always:
             return {}
         defined = [s for s in self.scores if not np.isnan(s)]
-        return metrics_from_counts(dict(self.counts)) | {
+        n = {k: self.counts[k] for k in COUNT_NAMES}
+        return metrics_from_counts(n) | {
             "trackml_score": float(np.mean(defined)) if defined else float("nan"),
             "events_scored": len(defined),
         }
