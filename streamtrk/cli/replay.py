@@ -110,7 +110,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), plus, when the "
     "recording has truth, tracking_efficiency, tracking_efficiency_all (no vertex cut), "
     "fake_rate, duplicate_rate, their counts (n_*), trackml_score and events_scored (the "
-    "events it is the mean of; the rates and score null when none was answered ok). Exit status 1 when events are missing or unsent, sending "
+    "events it is the mean of; the rates and score null when none was answered ok). "
+    "Exit status 1 when events are missing or unsent, sending "
     "failed, a handshake was refused or a reply is mismatched (with --fail-on-error also when a "
     "reply is an error), 130 after Ctrl-C or SIGTERM (the report covers the replies "
     "received until then).",
