@@ -32,7 +32,11 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
         "input", help="a .stk recording, or TrackML CSV (event prefix, one of its files, directory)"
     )
     src = s.add_mutually_exclusive_group()
-    src.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    src.add_argument(
+        "--model",
+        type=Path,
+        help="model directory (default: $STREAMTRK_MODEL, else the shipped one)",
+    )
     src.add_argument(
         "--oracle",
         action="store_true",
@@ -203,7 +207,7 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
     """The chain ``--oracle`` or ``--model`` asks for, and the report's name of its scorer."""
     from streamtrk.recon.budget import Budget
     from streamtrk.recon.load import load_reconstructor
-    from streamtrk.recon.model import default_model_path
+    from streamtrk.recon.model import MODEL_ENV, default_model_path, shipped_model_path
     from streamtrk.recon.reconstructor import Reconstructor
 
     budget = Budget().scaled(args.budget_scale)
@@ -211,6 +215,8 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
         rec = Reconstructor.oracle(device=args.device, budget=budget, beam_spot=args.beam_spot)
         return rec, "oracle"
     model = args.model or default_model_path()
+    shipped = args.model or model == shipped_model_path()
+    source = "" if shipped else f" (that path is ${MODEL_ENV}'s: unset it for the shipped model)"
     try:
         rec = load_reconstructor(
             model,
@@ -223,7 +229,7 @@ def _reconstructor(args: argparse.Namespace) -> tuple[Reconstructor, str]:
             beam_spot=args.beam_spot,
         )
     except FileNotFoundError as e:  # no model there (model_missing): the setting refused
-        raise SettingError(f"{e}, or pass --oracle") from None
+        raise SettingError(f"{e}, or pass --oracle{source}") from None
     return rec, str(model)
 
 

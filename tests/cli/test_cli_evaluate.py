@@ -266,6 +266,12 @@ def test_evaluate_names_the_model_it_used(tmp_path):
     assert out.returncode == 2  # a setting refused, as serve's --model
     assert out.stderr.startswith(f"streamtrk evaluate: error: no model at {tmp_path / 'none'}")
     assert out.stderr.rstrip().endswith(", or pass --oracle")
+    out = _run("evaluate", str(tmp_path / "e.stk"), "-q", env={"STREAMTRK_MODEL": "/none"})
+    assert out.returncode == 2
+    assert out.stderr.startswith("streamtrk evaluate: error: no model at /none")
+    assert out.stderr.rstrip().endswith(
+        ", or pass --oracle (that path is $STREAMTRK_MODEL's: unset it for the shipped model)"
+    )
 
 
 def test_evaluate_reports_events_over_the_work_budget(tmp_path, capsys):
