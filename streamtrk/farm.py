@@ -151,15 +151,19 @@ def forward(
             "front": pull.endpoint,
             "back": push.endpoint,
         }
+        stop = StopFlag() if stop is None else stop
+        monitor = None
         if http_address is not None:
             status = {k: v for k, v in bound.items() if k != "message"}
             sockets = {"front": pull.socket, "back": push.socket}
-            bound["http"] = _serve_http(stack, http_address, metrics, sockets, status)
+            served = _serve_http(stack, http_address, metrics, sockets, status, stop)
+            bound["http"], monitor = served
         print(json.dumps(bound), flush=True)
-        stop = StopFlag() if stop is None else stop
         forwarded, dropped, push.linger_ms = _proxy(pull.socket, push.socket, stop, metrics)
         stopped = {"message": "stopped", "role": role, "forwarded": forwarded}
         print(json.dumps({**stopped, "not_forwarded": dropped}), flush=True)
+        if monitor is not None and monitor.error is not None:
+            raise OSError(f"stopped: the socket monitor died ({monitor.error!r})")
 
 
 @contextlib.contextmanager
@@ -177,17 +181,19 @@ def _serve_http(
     metrics: ForwarderMetrics,
     sockets: dict[str, zmq.Socket[Any]],
     status: dict[str, str],
-) -> str:
+    stop: Stop,
+) -> tuple[str, SocketMonitor]:
     """Monitor ``sockets`` and serve the HTTP endpoints on ``address`` until ``stack``
-    closes (the monitor stops before the sockets close); the address served."""
-    monitor = SocketMonitor(sockets, metrics)
+    closes (the monitor stops before the sockets close); the address served, and the
+    monitor, whose death sets ``stop`` (the sockets' traffic would soon wait for it)."""
+    monitor = SocketMonitor(sockets, metrics, on_failure=lambda _: stop.set())
     monitor.start()
     stack.callback(monitor.stop)
     readiness = Readiness()
     readiness.set("ready")  # forwarding from the start
 
     def problems() -> list[str]:
-        return ["monitor: the thread died (connection metrics frozen)"] if monitor.died else []
+        return ["monitor: the thread died (the forwarder stops)"] if monitor.died else []
 
     try:
         server = HealthServer(address, metrics, readiness, lambda: status, problems)
@@ -197,7 +203,7 @@ def _serve_http(
         ) from None
     stack.callback(server.close)
     server.start()
-    return server.host_port
+    return server.host_port, monitor
 
 
 def _proxy(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,13 +41,15 @@ class Forwarder(HttpEndpoints):
     """``streamtrk farm ROLE`` on ports it picks (HTTP too); ``front``/``back``/``http`` as
     bound."""
 
-    def __init__(self, tmp: Path, role: str, *extra: str) -> None:
+    def __init__(
+        self, tmp: Path, role: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log = tmp / f"{role}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streamtrk", "farm", role, "--from", "tcp://127.0.0.1:*",
                  "--to", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", *extra],
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out, stderr=subprocess.STDOUT, env=None if env is None else os.environ | env,
             )  # fmt: skip
         bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
         if bound is None:
@@ -257,6 +260,27 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
     said = lines[-1]
     assert said["message"] == "stopped" and said["role"] == "distributor"
     assert said["forwarded"] == 0 and 1 <= said["not_forwarded"] <= 3
+
+
+def test_a_forwarder_whose_socket_monitor_dies_stops_and_exits_1(tmp_path: Path) -> None:
+    """The monitor's death (here at its first connection event) would soon hold up the
+    sockets' traffic (libzmq's I/O thread waits for it): the forwarder stops, says why and
+    exits 1, for its supervisor to restart it."""
+    import zmq
+
+    dist = Forwarder(tmp_path, "distributor", env={"STREAMTRK_TEST_FAULTS": "monitor_fail_after=1"})
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    try:
+        with ctx.socket(zmq.PUSH) as producer:
+            producer.setsockopt(zmq.LINGER, 0)
+            producer.connect(dist.front)  # its connection: the monitor's first event
+            assert dist.process.wait(timeout=30) == 1
+    finally:
+        dist.stop()
+    said = dist.log.read_text()
+    assert "fault injected at pass 1 of monitor" in said
+    assert '"message": "stopped", "role": "distributor"' in said
+    assert "streamtrk farm: error: stopped: the socket monitor died (InjectedFault(" in said
 
 
 def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None:

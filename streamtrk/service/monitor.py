@@ -18,6 +18,11 @@ and drop connections at will, a port scanner thousands): it says how many ended 
 line before, and those of a burst that stopped are said once their line is due (and
 the period passed without one), or when the monitor stops.
 
+libzmq sends these events from its I/O thread, and waits there once a monitor holds 1000
+unread (the sockets' traffic waits with it): the thread reads on past an event it fails to
+handle (logged, at most once a ``DISCONNECT_LOG_S``), and should it die all the same, its
+``on_failure`` is told (the daemon then drains and exits 1, for a restart).
+
 libzmq 4.3 gives up for good a connection it made whose handshake failed for its protocol
 (a peer without CURVE against a CURVE socket, or the reverse), where it retries any other
 failure: in connect mode the monitor asks the socket's own thread (:class:`Reconnects`) to
@@ -33,6 +38,7 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -102,17 +108,22 @@ class Reconnects:
 
 class SocketMonitor(threading.Thread):
     """Reads the monitor sockets of ``sockets`` (name -> socket) until :meth:`stop`; with
-    ``reconnects`` (connect mode), asks there for a connection libzmq gave up."""
+    ``reconnects`` (connect mode), asks there for a connection libzmq gave up; tells
+    ``on_failure`` if it dies (its ``error`` then set)."""
 
     def __init__(
         self,
         sockets: dict[str, zmq.Socket[Any]],
         metrics: SocketMetrics,
         reconnects: Reconnects | None = None,
+        on_failure: Callable[[SocketMonitor], None] = lambda monitor: None,
     ) -> None:
         super().__init__(name="monitor", daemon=True)
         self.metrics = metrics
         self.reconnects = reconnects
+        self.on_failure = on_failure
+        self.error: BaseException | None = None
+        self._unhandled = Throttle(DISCONNECT_LOG_S)  # events handle() failed on
         self.monitors = {name: sock.get_monitor_socket(EVENTS) for name, sock in sockets.items()}
         self._stopping = threading.Event()
         self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
@@ -139,7 +150,8 @@ class SocketMonitor(threading.Thread):
 
     @property
     def died(self) -> bool:
-        """Whether the thread ended without being stopped (the connection metrics froze)."""
+        """Whether the thread ended without being stopped (its sockets' traffic may wait
+        for it)."""
         return self.ident is not None and not self.is_alive() and not self._stopping.is_set()
 
     def run(self) -> None:
@@ -150,12 +162,35 @@ class SocketMonitor(threading.Thread):
         try:
             while not self._stopping.is_set():
                 for mon, _ in poller.poll(POLL_MS):
-                    self.handle(by_socket[mon], recv_monitor_message(mon))
+                    message = recv_monitor_message(mon)
+                    faults.fail("monitor")  # tests: the thread dies
+                    self._handle_or_say(by_socket[mon], message)
                 self._say_pending()
+        except BaseException as e:  # logged here, in the log's format (not on bare stderr)
+            log.exception("the socket monitor died: %s", e)
+            self.error = e
+            self.on_failure(self)
         finally:
             for mon in self.monitors.values():
                 mon.close(linger=0)
             self._say_pending(final=True)
+
+    def _handle_or_say(self, socket: str, message: dict[str, Any]) -> None:
+        """:meth:`handle` ``message``; an event it fails on is logged (with its traceback,
+        at most once a ``DISCONNECT_LOG_S``) and left, and the next read: a monitor that
+        stopped reading would stop its sockets' traffic."""
+        try:
+            self.handle(socket, message)
+        except Exception as e:
+            if since := self._unhandled.count():
+                log.error(
+                    "the socket monitor could not handle a connection event (%d since the "
+                    "last line): %s",
+                    since,
+                    e,
+                    exc_info=e,
+                    extra={"fields": {"socket": socket, "since": since}},
+                )
 
     def _say_pending(self, final: bool = False) -> None:
         """The ended connections not logged yet, once their line is due, or all of them

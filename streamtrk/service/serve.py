@@ -240,7 +240,12 @@ class Daemon:
             for sock in (pull, push):
                 make_server(sock, cfg.curve_secret_key)
         self.reconnects = Reconnects() if cfg.connect else None
-        self.monitor = SocketMonitor({"input": pull, "output": push}, self.metrics, self.reconnects)
+        self.monitor = SocketMonitor(
+            {"input": pull, "output": push},
+            self.metrics,
+            self.reconnects,
+            on_failure=self._on_thread_failure,  # its sockets' traffic may wait for it
+        )
         # In connect mode the input connects only once the model is ready (see _serve), so
         # that a distributor never routes events to a daemon still loading.
         attach = [(push, cfg.output)] + ([] if cfg.connect else [(pull, cfg.input)])
@@ -314,7 +319,7 @@ class Daemon:
         if (status := self._load()) is not None:
             if not cfg.connect:  # producers send to a bound input as soon as it listens
                 status = max(status, self._answer_unloaded(pull, push, dead))
-            return status
+            return max(status, int(bool(self._died())))  # the monitor, dead while loading
         self._freeze_heap(freeze_heap, "installed")
         if cfg.connect:
             try:
@@ -544,7 +549,7 @@ class Daemon:
         if emitter.is_alive() or emitter.dropped or summary["fields"]["unsent"]:
             log.error("drain incomplete: replies could not be sent", extra=summary)
             return 1
-        if failed := [t.name for t in self.threads if t.error is not None]:
+        if failed := self._died():
             log.error(
                 "drained after a thread died, exiting 1 for a restart",
                 extra=_fields(threads=", ".join(failed), **summary["fields"]),
@@ -559,7 +564,12 @@ class Daemon:
         if self._hup_signalled or self._reload_again:
             log.warning("SIGHUP not acted on: the daemon was stopping")
 
-    def _on_thread_failure(self, thread: Supervised) -> None:
+    def _died(self) -> list[str]:
+        """The names of the threads that died (each makes the exit status 1)."""
+        threads: list[Supervised | SocketMonitor | None] = [*self.threads, self.monitor]
+        return [t.name for t in threads if t is not None and t.error is not None]
+
+    def _on_thread_failure(self, thread: Supervised | SocketMonitor) -> None:
         """A thread died from an unexpected exception: answer what can be, then exit 1."""
         self.readiness.set("draining")
         self.stop_requested.set()
@@ -569,7 +579,7 @@ class Daemon:
         timeout = self.config.stall_timeout_s
         problems = [p for t in self.threads if (p := t.problem(timeout)) is not None]
         if self.monitor is not None and self.monitor.died:
-            problems.append("monitor died: the connection metrics no longer change")
+            problems.append("monitor died: the sockets' traffic stops once it is behind")
         if self.authenticator is not None and self.authenticator.died:
             problems.append("CURVE authenticator (ZAP) died: no client can connect")
         return problems

@@ -42,6 +42,20 @@ def test_a_dying_worker_is_logged_and_the_daemon_exits_1(daemon_factory, sim_run
     assert last["threads"] == "worker" and last["received"] == 1 and last["replies_ok"] == 1
 
 
+def test_a_dying_socket_monitor_stops_the_daemon(daemon_factory) -> None:
+    """The monitor's death (here at its first connection event) would soon hold up the
+    sockets' traffic (libzmq's I/O thread waits for it): logged, and the daemon answers what
+    it can and exits 1, as for its other threads; /healthz says so meanwhile."""
+    d = daemon_factory("--drain-timeout-s", "5", env=faults("monitor_fail_after=1"))
+    with Consumer(d.output, linger_ms=0):
+        assert exits_by_itself(d) == 1
+    logs = d.logs()
+    [died] = [line for line in logs if line["message"].startswith("the socket monitor died")]
+    assert "InjectedFault: fault injected at pass 1 of monitor" in died["exception"]
+    [end] = [line for line in logs if line["message"].startswith("drained after a thread died")]
+    assert end["threads"] == "monitor"
+
+
 def test_a_failing_batch_on_a_working_device_fails_alone(daemon_factory, sim_run: Path) -> None:
     d = daemon_factory("--max-batch-events", "1", env=faults("batch_fail_after=1"))
     events = list(islice(iter_events(sim_run), 2))
