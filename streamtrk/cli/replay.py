@@ -27,9 +27,16 @@ from streamtrk.errors import SettingError
 
 def _replay_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("recording", type=Path, help="a .stk recording")
-    s.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon input endpoint")
     s.add_argument(
-        "--from", dest="from_", default="tcp://127.0.0.1:5556", help="daemon output endpoint"
+        "--to",
+        default="tcp://127.0.0.1:5555",
+        help="daemon input endpoint (default tcp://127.0.0.1:5555, serve's input)",
+    )
+    s.add_argument(
+        "--from",
+        dest="from_",
+        default="tcp://127.0.0.1:5556",
+        help="daemon output endpoint (default tcp://127.0.0.1:5556, serve's output)",
     )
     s.add_argument("--bind", action="store_true", help="bind both sockets (daemons connect)")
     s.add_argument("--rate", type=float, help="events per second (default: as fast as taken)")
