@@ -431,20 +431,14 @@ def _write_table(path: Path, table: Columns) -> None:
 
 
 def event_files(directory: str | Path, event_number: int) -> list[Path]:
-    """The files of event ``event_number`` in ``directory``, its number padded with zeros
-    or not (``event1-hits.csv`` is event 1's as ``event000000001-hits.csv`` is): each kind,
-    ``.csv`` or ``.csv.gz``, that exists, hits first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [
-        (_KINDS.index(m[2]), path)
-        for path in directory.iterdir()
-        if (m := _EVENT_FILE_RE.fullmatch(path.name))
-        and int(m[1].removeprefix("event")) == event_number
-        and path.is_file()
-    ]
-    return [path for _, path in sorted(found)]
+    """The files of event ``event_number`` in ``directory``, its number written with any
+    zero-padding up to TrackML's 9 digits (``event1-hits.csv`` is event 1's as
+    ``event000000001-hits.csv`` is): each kind, ``.csv`` or ``.csv.gz``, that exists, hits
+    first. (Names are tried, not the folder listed: an export of N events stays linear.)"""
+    digits = str(event_number)
+    prefixes = [f"event{digits:0>{width}}" for width in range(len(digits), max(len(digits), 9) + 1)]
+    names = (f"{p}-{kind}{s}" for kind in _KINDS for p in prefixes for s in (".csv", ".csv.gz"))
+    return [path for name in names if (path := Path(directory) / name).is_file()]
 
 
 def write_event(event: Event, directory: str | Path, *, compress: bool = False) -> Path:
