@@ -18,8 +18,8 @@ and drop connections at will, a port scanner thousands): it says how many ended 
 line before, and those of a burst that stopped are said once their line is due (and
 the period passed without one), or when the monitor stops.
 
-libzmq sends these events from its I/O thread, and waits there once a monitor holds 1000
-unread (the sockets' traffic waits with it): the thread reads on past an event it fails to
+libzmq sends these events from its I/O thread, and waits there once a monitor is a few
+thousand behind (the sockets' traffic waits with it): the thread reads on past an event it fails to
 handle (logged, at most once a ``DISCONNECT_LOG_S``), and should it die all the same, its
 ``on_failure`` is told (the daemon then drains and exits 1, for a restart).
 
@@ -193,8 +193,14 @@ class SocketMonitor(threading.Thread):
                 )
 
     def _say_pending(self, final: bool = False) -> None:
-        """The ended connections not logged yet, once their line is due, or all of them
-        when the thread stops (``final``)."""
+        """The ended connections and the events not handled, not logged yet, once their
+        line is due, or all of them when the thread stops (``final``)."""
+        if since := self._unhandled.pending(final):
+            log.error(
+                "the socket monitor could not handle %d more events since the last line",
+                since,
+                extra={"fields": {"since": since}},
+            )
         for (socket, cause), lines in self._lines.items():
             if since := lines.pending(final):
                 self._say(

@@ -4,6 +4,7 @@ from peers that only leave; a death is visible (``died``, and so ``/healthz``)."
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 
@@ -48,6 +49,12 @@ def test_a_monitor_reads_on_past_an_event_it_fails_to_handle(
         ]
         monitor.stop()
         assert not monitor.died
+        said = [r for r in caplog.records if r.name == "streamtrk.service.monitor"]
+        more = re.fullmatch(
+            r"the socket monitor could not handle (\d+) more events since the last line",
+            said[-1].getMessage(),
+        )  # the rest, said once the thread stops (or once their line is due)
+        assert more is not None and int(more[1]) >= 2 * 1500
     finally:
         pull.close(linger=0)
         ctx.term()
