@@ -319,7 +319,8 @@ class Daemon:
         if (status := self._load()) is not None:
             if not cfg.connect:  # producers send to a bound input as soon as it listens
                 status = max(status, self._answer_unloaded(pull, push, dead))
-            return max(status, int(bool(self._died())))  # the monitor, dead while loading
+            self._say_hup_not_acted_on()
+            return status
         self._freeze_heap(freeze_heap, "installed")
         if cfg.connect:
             try:
@@ -644,8 +645,15 @@ class Daemon:
                     if self.config.connect
                     else "answering what the input took"
                 )
-                log.info("stopped while loading the model; %s", what)
                 self.abandoned_thread = True
+                if died := self._died():  # not a signal: exit 1, for a restart
+                    log.error(
+                        "stopped while loading the model, the %s thread dead; %s",
+                        ", ".join(died),
+                        what,
+                    )
+                    return 1
+                log.info("stopped while loading the model; %s", what)
                 return 0
         [result] = outcome
         if isinstance(result, BaseException):
@@ -683,7 +691,6 @@ class Daemon:
         emitter.join(max(0.0, deadline - time.perf_counter()) + 0.5)
         if ingest.is_alive() or emitter.is_alive():
             self.abandoned_thread = self.sockets_in_use = True
-        self._say_hup_not_acted_on()
         value = self.metrics.registry.get_sample_value
         shutdown = int(value("streamtrk_events_rejected_total", {"reason": "shutdown"}) or 0)
         summary = _fields(shutdown=shutdown, dropped=emitter.dropped)

@@ -448,6 +448,35 @@ def test_sigterm_while_loading_stops_without_waiting_for_the_load(daemon_factory
     assert messages[-1] == "answered the events taken while loading"
 
 
+def test_a_sighup_then_a_stop_while_loading_in_connect_mode_is_said(daemon_factory) -> None:
+    """Connected, a daemon stopped while loading has nothing to answer: the SIGHUP that
+    came first is said all the same (not acted on), as in bind mode."""
+    d = daemon_factory(
+        "--connect", "--input", "tcp://127.0.0.1:1", "--output", "tcp://127.0.0.1:2",
+        wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"},
+    )  # fmt: skip
+    d.process.send_signal(signal.SIGHUP)
+    d.process.send_signal(signal.SIGTERM)
+    assert d.process.wait(timeout=60) == 0
+    messages = [line["message"] for line in d.logs()]
+    assert "stopped while loading the model; no event was received" in messages
+    assert messages[-1] == "SIGHUP not acted on: the daemon was stopping"
+
+
+def test_a_socket_monitor_dying_while_loading_exits_1_and_says_why(daemon_factory) -> None:
+    """Not a signal: the monitor's death (here at its first connection event) while the
+    model loads stops the daemon with exit status 1 and an error naming the thread."""
+    d = daemon_factory(
+        wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120,monitor_fail_after=1"}
+    )  # fmt: skip
+    with Producer(d.input, linger_ms=0):  # its connection: the monitor's first event
+        assert d.process.wait(timeout=60) == 1
+    messages = [line["message"] for line in d.logs()]
+    said = "stopped while loading the model, the monitor thread dead; answering what the input took"
+    assert said in messages
+    assert "stopped while loading the model; answering what the input took" not in messages
+
+
 def test_events_sent_to_a_bound_input_while_loading_are_answered_at_a_stop(
     daemon_factory,
 ) -> None:
