@@ -150,6 +150,8 @@ def _write(writer: _CreatedOnFirstWrite, frames: list[Any], msg: Message) -> Non
         elif writer.held.total():
             h = writer.held
             held = f"it holds the {h['hits']} hits and {h['truth']} truth messages recorded before"
+        elif writer.created:
+            held = "it holds no event (the first one's hits were cut with its truth)"
         else:
             held = "nothing recorded"
         raise OSError(f"{what}; {held}") from e
@@ -162,22 +164,23 @@ class _CreatedOnFirstWrite:
     written; a later write that fails (a full disk) cuts the file back to its whole records
     and raises: a truth's cuts the hits record just before it too where they are its
     event's, as :func:`~streamtrk.io.recording.repair` does (read back, they would be an
-    event without truth), and a file left with no record is removed."""
+    event without truth; the first event's leave the file header alone)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: RecordingWriter | None = None
+        self.created = False  # the first record was written (the file took its place)
         self.held: Counter[str] = Counter()  # the records written whole, by kind
         self.cut_failed = False  # a failed write left the file cut: cutting it back failed
-        # Where the last record starts (None: the first) and its event, if a hits message.
-        self._hits: tuple[int | None, tuple[int, int]] | None = None
+        # Where the last record starts and its event, if a hits message.
+        self._hits: tuple[int, tuple[int, int]] | None = None
 
     def write(self, frames: list[Any], msg: Message) -> None:
         """Write the record of ``frames``, which encode ``msg``."""
-        start = None if self._writer is None else self._writer.end
         if self._writer is None:
-            self._write_first(frames)
+            start = self._write_first(frames)
         else:
+            start = self._writer.end
             try:
                 self._writer.write(frames)
                 self._writer.flush()
@@ -187,13 +190,15 @@ class _CreatedOnFirstWrite:
         self.held[msg.kind] += 1
         self._hits = (start, (msg.run, msg.event)) if msg.kind == "hits" else None
 
-    def _write_first(self, frames: list[Any]) -> None:
-        """The file's header and first record; on an error the file there is as it was."""
+    def _write_first(self, frames: list[Any]) -> int:
+        """The file's header and first record; on an error the file there is as it was.
+        Returns where the record starts (the header's size)."""
         writer = None
         refuse_being_written(self.path)  # again: another tap may have started since
         try:
             with file_to_write(self.path) as file:
                 writer = RecordingWriter(file)
+                start = writer.end
                 writer.write(frames)
                 writer.flush()
         except BaseException:
@@ -202,11 +207,13 @@ class _CreatedOnFirstWrite:
                     writer.close()
             raise
         self._writer = writer  # its file renamed into place, still open
+        self.created = True
+        return start
 
-    def _cut_back(self, whole: int | None, failed: Message) -> None:
+    def _cut_back(self, whole: int, failed: Message) -> None:
         """After ``failed``'s write failed: the file back to its ``whole`` bytes, or to the
-        start of the hits of ``failed``'s event just before it (None: the file removed);
-        what is no regular file (a device, a FIFO) is left as it is."""
+        start of the hits of ``failed``'s event just before it; what is no regular file (a
+        device, a FIFO) is left as it is."""
         if self._writer is not None:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
@@ -219,10 +226,7 @@ class _CreatedOnFirstWrite:
                 whole = start
                 self.held["hits"] -= 1
         try:
-            if whole is None:
-                self.path.unlink()
-            else:
-                os.truncate(self.path, whole)
+            os.truncate(self.path, whole)
         except OSError:  # said by the caller, with the remedy
             self.cut_failed = True
 

@@ -395,10 +395,9 @@ def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
     assert [p.name for p in tmp_path.iterdir()] == (["tap.stk"] if there else [])
 
 
-def test_the_truth_of_a_first_hits_that_fails_leaves_no_file(tmp_path: Path) -> None:
-    """The first record, hits, written; its truth refused by the disk: cut with its hits,
-    the recording would hold no record and is removed, and the error says nothing was
-    recorded."""
+def test_the_truth_of_a_first_hits_that_fails_leaves_no_event(tmp_path: Path) -> None:
+    """The first record, hits, written (the file took its place); its truth refused by the
+    disk: cut with its hits, the recording holds no event, which the error says."""
     out = tmp_path / "tap.stk"
     script = (
         "import resource, sys\n"
@@ -412,8 +411,11 @@ def test_the_truth_of_a_first_hits_that_fails_leaves_no_file(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
-    assert f"OSError: cannot write {out}: File too large; nothing recorded" in done.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert (
+        f"OSError: cannot write {out}: File too large; it holds no event (the first one's hits "
+        "were cut with its truth)"
+    ) in done.stderr
+    assert list(iter_records(out)) == []
 
 
 def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
