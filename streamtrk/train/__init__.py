@@ -105,6 +105,13 @@ def evaluate_model(
     return out
 
 
+def _reconstructable(event: Event) -> bool:
+    """Whether ``event`` holds a particle the tracking efficiency counts."""
+    from streamtrk.eval.score import classify
+
+    return bool(classify(event, np.zeros(len(event.hits), dtype=np.int64)).reconstructable.any())
+
+
 def train(
     cfg: TrainConfig,
     out: Path,
@@ -158,6 +165,14 @@ def _train(
                 "truth, which training and validation need (a recording from simulate has "
                 "it; import-trackml keeps a -truth.csv with its -particles.csv)"
             )
+    if not any(_reconstructable(e) for e in val_events):  # before hours of fitting
+        raise ValueError(
+            f"[val] {cfg.val.recording or f'simulated (mu {cfg.val.mu:g}, seed {cfg.val.seed})'}"
+            f": none of its {len(val_events)} events "
+            "holds a reconstructable particle (pT >= 1 GeV, >= 5 hits, a vertex within 10 mm "
+            "of the axis; particles read without their momenta have none): the threshold, "
+            "chosen by the efficiency on them, could not be"
+        )
     test_events = cfg.test.load(det, bar("test")) if cfg.test is not None else None
     reports = {}
     for label, path in cfg.report.items():

@@ -40,7 +40,8 @@ def scan_thresholds(
     tracks: TrackConfig | None = None,
 ) -> dict[str, Any]:
     """Reconstruction metrics of ``events`` at each candidate threshold (edges scored once),
-    the objective, and the chosen threshold: the first with the highest objective."""
+    the objective, and the chosen threshold: the first with the highest objective;
+    ValueError where no objective is defined (no reconstructable particle)."""
     from streamtrk.eval.evaluate import evaluate
 
     scorer = CachedScorer(scorer)
@@ -54,6 +55,12 @@ def scan_thresholds(
             scan[k].append(float(report[k]))
         scan["objective"].append(float(report[keys[0]] - report[keys[1]] - report[keys[2]]))
     objective = np.nan_to_num(np.array(scan["objective"]), nan=-np.inf)
+    if not np.isfinite(objective).any():  # argmax would pick the first, unscored
+        raise ValueError(
+            "no threshold could be scored: the tracking efficiency of the events is undefined "
+            "(none holds a reconstructable particle: pT >= 1 GeV, >= 5 hits, a vertex within "
+            "10 mm of the axis)"
+        )
     scan["chosen"] = scan["thresholds"][int(np.argmax(objective))]
     scan["objective_definition"] = "tracking_efficiency - fake_rate - duplicate_rate"
     return scan

@@ -95,6 +95,24 @@ def test_a_recording_without_truth_is_refused_naming_it(tmp_path: Path, capsys) 
     assert read_card(tmp_path / "m")["metrics"]["test"]["events_with_truth"] == 0
 
 
+def test_validation_events_without_a_reconstructable_particle_are_refused_before_fitting(
+    tmp_path: Path, capsys
+) -> None:
+    """The threshold is chosen by the efficiency on the validation events: with no
+    reconstructable particle (here one crossing of MU 0.01 whose only particle is too soft)
+    it is undefined at every threshold, and the scan picked the first one without a word,
+    after the whole fit. Refused before it, naming the split."""
+    config = tmp_path / "tiny.toml"
+    soft = "[val]\nmu = 0.01\nseed = 1\nevents = 1\n"
+    config.write_text(TINY.replace("[val]\nmu = 10\nseed = 12\nevents = 1\n", soft))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    said = "[val] simulated (mu 0.01, seed 1): none of its 1 events holds a reconstructable"
+    assert said in err, err
+    assert "train: graphs of" not in err  # before the work
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_recording_holding_fewer_events_than_asked_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,3 +33,21 @@ def test_threshold_choice_maximises_the_objective() -> None:
     # Low thresholds keep chance edges (fakes), 0.95 drops every edge: 0.75 wins.
     assert scan["chosen"] == 0.75
     assert scan["fake_rate"][0] > scan["fake_rate"][2] and scan["tracking_efficiency"][3] == 0
+
+
+def test_no_threshold_scored_is_an_error_not_the_first() -> None:
+    """Events without a reconstructable particle (no momenta) leave every objective NaN:
+    the scan refuses to choose, where argmax took the first threshold."""
+    from dataclasses import replace
+
+    import pytest
+
+    from streamtrk.train import scan_thresholds
+
+    [event] = EventSource(mu=5, seed=5, events=1).load(load_detector())
+    assert event.truth is not None
+    p = event.truth.particles
+    nan = np.full(len(p.px), np.nan, dtype=p.px.dtype)
+    truth = replace(event.truth, particles=replace(p, px=nan, py=nan, pz=nan))
+    with pytest.raises(ValueError, match="no threshold could be scored"):
+        scan_thresholds(_TruthWithNoise(), [replace(event, truth=truth)], GraphConfig(), (0.5, 0.7))
