@@ -6,6 +6,12 @@ construction, track building and the fit run on CuPy arrays).
 
 from __future__ import annotations
 
+import logging
+
+from streamtrk.recon.choices import DEVICES
+
+log = logging.getLogger(__name__)
+
 
 def cuda_unavailable() -> str | None:
     """Why ``device = "cuda"`` cannot run here, in one line; None when it can."""
@@ -59,7 +65,17 @@ def release_cached_memory(device: str) -> None:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` is ``cuda`` when torch sees a GPU and CuPy runs there, else ``cpu``."""
+    """``auto`` is ``cuda`` when torch sees a GPU and CuPy runs there, else ``cpu`` (with a
+    warning saying why where torch sees a GPU the chain cannot use: a broken CuPy); a name
+    other than ``auto``, ``cpu`` or ``cuda`` is a ValueError."""
+    if device not in ("auto", *DEVICES):
+        raise ValueError(f"device {device!r}: one of auto, {', '.join(DEVICES)}")
     if device != "auto":
         return device
-    return "cuda" if cuda_unavailable() is None else "cpu"
+    if (why := cuda_unavailable()) is None:
+        return "cuda"
+    import torch
+
+    if torch.cuda.is_available():  # not on a host without a GPU: the CPU is what it has
+        log.warning("device auto: the GPU cannot be used, %s; the chain runs on the CPU", why)
+    return "cpu"

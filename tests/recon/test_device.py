@@ -33,3 +33,26 @@ def test_cuda_unavailable_says_why_in_one_line() -> None:
     if why is None:
         pytest.skip("this machine can run device=cuda")
     assert "\n" not in why and ("CUDA" in why or "CuPy" in why)
+
+
+def test_a_gpu_auto_cannot_use_is_said(monkeypatch, caplog) -> None:
+    """A host whose torch sees a GPU but whose CuPy is broken runs on the CPU: said, where
+    the banner showed ``device cpu`` alone; a host without a GPU is not warned about."""
+    why = "CuPy cannot be imported (no module named 'cupy'); install the [gpu] extra"
+    monkeypatch.setattr(device_module, "cuda_unavailable", lambda: why)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cpu"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"device auto: the GPU cannot be used, {why}; the chain runs on the CPU"
+    ]
+    caplog.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and caplog.records == []
+
+
+@pytest.mark.parametrize("device", ["gpu", "CPU", "cuda:0"])
+def test_other_device_names_are_refused(device: str) -> None:
+    """Library callers (the command line and the daemon check their own): not torch's
+    error, nor a device index that skips the check of what CUDA needs."""
+    with pytest.raises(ValueError, match=f"device '{device}': one of auto, cpu, cuda"):
+        resolve_device(device)
