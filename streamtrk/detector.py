@@ -320,6 +320,8 @@ def parse_detector(doc: dict[str, Any]) -> Detector:
     bfield = _float(doc, "bfield_tesla", "the header")
     if not (math.isfinite(bfield) and bfield != 0):
         raise ValueError(f"detector file: bfield_tesla must be finite and not 0, got {bfield}")
+    if "name" not in doc:
+        raise ValueError("detector file: the header lacks 'name'")
     return Detector(
         name=str(doc["name"]),
         version=_int(doc, "version", "the header"),

@@ -162,6 +162,7 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
         (_set("envelope_r", float("nan")), "envelope_r must be a finite number > 0, got nan"),
         (_set("envelope_z", -3000.0), "envelope_z must be a finite number > 0"),
         (_set("version", "x"), "the header version must be an integer, got 'x'"),
+        (lambda doc: doc.pop("name"), "the header lacks 'name'"),  # was a bare KeyError
         (_set("volumes", []), "volumes must be a list of tables"),
         (_set("volumes.0.kind", "barel"), "volume 8 kind must be barrel or endcap, got 'barel'"),
         (_set("volumes.0.id", -8), "volume id must be >= 0 and below 1000, got -8"),
