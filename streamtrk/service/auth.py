@@ -1,21 +1,25 @@
 """The daemon's side of CurveZMQ: a ZAP authenticator (pyzmq's ``ThreadAuthenticator``)
 that admits a client when its public key is in the allowed-keys directory.
 
-The directory is read at every handshake, so adding or removing a client's ``NAME.key``
-takes effect for its next connection without a restart (key rotation). A client whose key
-is not there is refused and logged with its key; the socket monitor counts the refusals.
-A peer can repeat handshakes at will, with a new key each time: one key is named at most
-once a ``KEY_LOG_S``, and the lines come at most ``LINES_BURST`` at once, then one a
-``LINE_LOG_S`` (libzmq clients do not try a refused key again: after a rotation each stale
-client is one refusal, and a farm's worth of them are each named); a line says how many
-refusals went unlogged before it. A directory that cannot be read refuses every client:
-said at most once a ``KEY_LOG_S``.
+The certificates are read again at a handshake once the directory's ``*.key`` names or files
+have changed (one added, removed, or replaced by a rename) or ``REREAD_S`` after the last
+read (one rewritten in place), so adding or removing a client's ``NAME.key`` takes effect
+for its next connection without a restart (key rotation), while a peer repeating handshakes
+at will does not make the daemon read every certificate each time (150 us for 10 keys, under
+the GIL the worker needs). A client whose key is not there is refused and logged with its
+key; the socket monitor counts the refusals. A peer can repeat handshakes at will, with a
+new key each time: one key is named at most once a ``KEY_LOG_S``, and the lines come at most
+``LINES_BURST`` at once, then one a ``LINE_LOG_S`` (libzmq clients do not try a refused key
+again: after a rotation each stale client is one refusal, and a farm's worth of them are
+each named); a line says how many refusals went unlogged before it. A directory that cannot
+be read refuses every client: said at most once a ``KEY_LOG_S``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 KEY_LOG_S = 60.0  # one refused key named at most this often
 LINES_BURST = 20  # refusal lines at once, whatever the keys ...
 LINE_LOG_S = 1.0  # ... then one this often
+REREAD_S = 1.0  # the allowed keys read again at least this often
 
 
 class AllowedKeys:
@@ -42,6 +47,23 @@ class AllowedKeys:
         self._lines = float(LINES_BURST)  # refusal lines that may go now (refilled with time)
         self._since = time.monotonic()  # when they were counted
         self._unlogged = 0  # refusals since the last line
+        self._keys: set[bytes] | None = None  # as last read
+        self._files: set[tuple[str, int]] = set()  # the certificates then: name, inode
+        self._read_at = -math.inf  # when (monotonic)
+
+    def _allowed(self, directory: Path) -> set[bytes]:
+        """The keys of ``directory``, read again where its certificates changed or
+        ``REREAD_S`` after the last read (a listing costs microseconds, reading them all
+        150 us for 10 keys)."""
+        try:
+            with os.scandir(directory) as entries:
+                files = {(e.name, e.inode()) for e in entries if e.name.endswith(".key")}
+        except OSError:
+            return allowed_keys(directory)  # which says why (no such folder, not one)
+        now = time.monotonic()
+        if self._keys is None or files != self._files or now >= self._read_at + REREAD_S:
+            self._keys, self._files, self._read_at = allowed_keys(directory), files, now
+        return self._keys
 
     def callback(self, domain: str, key: bytes) -> bool:
         """Whether the client with this (Z85) public key may connect."""
@@ -49,7 +71,7 @@ class AllowedKeys:
             allowed: set[bytes] = set()
         else:
             try:
-                allowed = allowed_keys(self.directory)
+                allowed = self._allowed(self.directory)
             except Exception as e:  # raised, it would end the ZAP thread: no client after
                 if since := self._unreadable.count():
                     log.error(

@@ -126,8 +126,8 @@ class ServeConfig:
     curve_allowed_keys: Path | None = field(
         default=None,
         metadata=_help(
-            "CURVE: directory of the allowed clients' public certificates (*.key), read at "
-            "every handshake (unset: no client allowed)"
+            "CURVE: directory of the allowed clients' public certificates (*.key), read again "
+            "at a handshake once it has changed, at least once a second (unset: none allowed)"
         ),
     )
     allow_insecure: bool = field(

@@ -116,6 +116,40 @@ def test_any_error_reading_the_keys_refuses_the_client_and_is_said(
     assert line.getMessage().endswith("every client is refused: something unforeseen")
 
 
+def test_the_keys_are_read_again_only_once_their_files_change(
+    allowed, monkeypatch, tmp_path
+) -> None:
+    """A peer repeating handshakes at will made the daemon read every certificate at each
+    one (150 us for 10 keys, under the GIL its worker needs): read again at once where a
+    certificate is added or removed, else ``REREAD_S`` after the last read (one rewritten
+    in place, its name and inode the same)."""
+    import streamtrk.service.auth as auth
+    from streamtrk.wire.curve import allowed_keys
+
+    keys, alice = allowed
+    reads: list[Path] = []
+
+    def counted(directory: Path) -> set[bytes]:
+        reads.append(directory)
+        return allowed_keys(directory)
+
+    monkeypatch.setattr(auth, "allowed_keys", counted)
+    monkeypatch.setattr(auth, "REREAD_S", 60.0)
+    for _ in range(100):
+        assert not keys.callback("*", _key())
+    assert keys.callback("*", alice) and len(reads) == 1
+    bob_file = Path(zmq.auth.create_certificates(tmp_path, "bob")[0])
+    bob = zmq.auth.load_certificate(bob_file)[0]
+    assert keys.callback("*", bob) and len(reads) == 2  # added: at once
+    bob_file.unlink()
+    assert not keys.callback("*", bob) and len(reads) == 3  # removed: at once
+    alice_file = tmp_path / "alice.key"
+    alice_file.write_text((tmp_path / "bob.key_secret").read_text())  # in place
+    assert keys.callback("*", alice) and len(reads) == 3  # not yet
+    monkeypatch.setattr(auth, "REREAD_S", 0.0)
+    assert not keys.callback("*", alice) and len(reads) == 4
+
+
 def test_stopping_an_authenticator_whose_thread_ended_returns(tmp_path: Path) -> None:
     """pyzmq's ``stop`` sends its thread TERMINATE over a PAIR socket: with the thread gone
     (no reader) the send waited for ever, and a daemon drained but never exited."""
