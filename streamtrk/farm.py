@@ -41,7 +41,7 @@ from streamtrk.errors import SettingError
 from streamtrk.service.auth import start_authenticator
 from streamtrk.service.config import one_endpoint, split_http
 from streamtrk.service.health import HealthServer, Readiness
-from streamtrk.service.monitor import EVENTS, SocketMonitor
+from streamtrk.service.monitor import SocketMonitor, events_of
 from streamtrk.service.telemetry import SocketMetrics
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import DEFAULT_LIMITS, Limits
@@ -126,7 +126,13 @@ def forward(
     except ValueError as e:
         raise SettingError(f"--http {http!r} {e}") from None
     metrics = ForwarderMetrics(role)
-    events = EVENTS if http is not None else 0  # the sockets' monitors, set before binding
+    # The sockets' monitors, set before binding: CURVE at the front where producers (a
+    # distributor) or consumers (a collector) are its clients, else where it faces daemons.
+    front_curve = (server_key if back_faces_daemons else curve_key) is not None
+    back_curve = (curve_key if back_faces_daemons else server_key) is not None
+    front_events, back_events = (
+        (events_of(front_curve), events_of(back_curve)) if http is not None else (0, 0)
+    )
     # The ZAP authenticator's and both sockets', its own: ended once they close, so that what
     # is queued for peers goes out within STOP_LINGER_MS.
     ctx: zmq.Context[Any]
@@ -137,13 +143,14 @@ def forward(
         with _bind_named("--from", front):
             pull = stack.enter_context(
                 Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
-                         context=ctx, monitor_events=events,
+                         context=ctx, monitor_events=front_events,
                          **(clients if back_faces_daemons else daemons))
             )  # fmt: skip
         with _bind_named("--to", back):
             push = stack.enter_context(
                 Producer(back, bind=True, sndhwm=hwm, linger_ms=STOP_LINGER_MS, context=ctx,
-                         monitor_events=events, **(daemons if back_faces_daemons else clients))
+                         monitor_events=back_events,
+                         **(daemons if back_faces_daemons else clients))
             )  # fmt: skip
         bound = {
             "message": "listening",

@@ -38,7 +38,7 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 DISCONNECT_LOG_S = 60.0  # at most one line this often per socket and cause
 RECONNECT_AFTER_S = 1.0  # a connection libzmq gave up is made again this much later
+READ_MAX = 1000  # events read off one monitor in a row (then the other's turn, a stop)
 # libzmq 4.3 reports a peer that leaves during its handshake as HANDSHAKE_FAILED_NO_DETAIL
 # (a TCP port probe; against a CURVE socket also a client without CURVE that saw the
 # mismatch first), and a peer of an incompatible socket type with no handshake event at
@@ -65,6 +66,13 @@ EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_DISCONNECTED
 )
+
+
+def events_of(curve: bool) -> int:
+    """The events monitored on a socket: HANDSHAKE_FAILED_NO_DETAIL only with CURVE (a
+    refusal there; on a plain socket a port probe's, a third of a probe flood's events,
+    which :meth:`SocketMonitor.handle` leaves)."""
+    return EVENTS if curve else EVENTS & ~zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 class Reconnects:
@@ -124,12 +132,15 @@ class SocketMonitor(threading.Thread):
         self.on_failure = on_failure
         self.error: BaseException | None = None
         self._unhandled = Throttle(DISCONNECT_LOG_S)  # events handle() failed on
-        self.monitors = {name: sock.get_monitor_socket(EVENTS) for name, sock in sockets.items()}
-        self._stopping = threading.Event()
-        self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
         self._curve = {  # CURVE servers and clients (a forwarder's socket facing daemons)
             name: sock.getsockopt(zmq.MECHANISM) == zmq.CURVE for name, sock in sockets.items()
         }
+        self.monitors = {  # (the one a socket was made with, where it was: pyzmq keeps it)
+            name: sock.get_monitor_socket(events_of(self._curve[name]))
+            for name, sock in sockets.items()
+        }
+        self._stopping = threading.Event()
+        self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
         # Causes of refused handshakes whose disconnection is still to come, oldest first.
         # (Handshake events carry no descriptor to pair them with; libzmq reports each
         # refusal's disconnection right after it, so the counts by cause come out right.)
@@ -162,9 +173,7 @@ class SocketMonitor(threading.Thread):
         try:
             while not self._stopping.is_set():
                 for mon, _ in poller.poll(POLL_MS):
-                    message = recv_monitor_message(mon)
-                    faults.fail("monitor")  # tests: the thread dies
-                    self._handle_or_say(by_socket[mon], message)
+                    self._read(by_socket[mon], mon)
                 self._say_pending()
         except BaseException as e:  # logged here, in the log's format (not on bare stderr)
             log.exception("the socket monitor died: %s", e)
@@ -175,7 +184,18 @@ class SocketMonitor(threading.Thread):
                 mon.close(linger=0)
             self._say_pending(final=True)
 
-    def _handle_or_say(self, socket: str, message: dict[str, Any]) -> None:
+    def _read(self, socket: str, mon: zmq.Socket[Any]) -> None:
+        """Handle the events waiting on ``socket``'s monitor ``mon``, up to ``READ_MAX`` (a
+        poll per event cost a probe flood a fifth more of the thread's time)."""
+        for _ in range(READ_MAX):
+            try:
+                message = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            faults.fail("monitor")  # tests: the thread dies
+            self._handle_or_say(socket, message)
+
+    def _handle_or_say(self, socket: str, message: Mapping[str, Any]) -> None:
         """:meth:`handle` ``message``; an event it fails on is logged (with its traceback,
         at most once a ``DISCONNECT_LOG_S``) and left, and the next read: a monitor that
         stopped reading would stop its sockets' traffic."""
@@ -226,7 +246,7 @@ class SocketMonitor(threading.Thread):
             extra={"fields": {"socket": socket, "cause": cause, "since": since, **fields}},
         )
 
-    def handle(self, socket: str, message: dict[str, Any]) -> None:
+    def handle(self, socket: str, message: Mapping[str, Any]) -> None:
         faults.delay("monitor")  # a monitor behind its sockets, as under load
         m, event = self.metrics, message["event"]
         endpoint = message["endpoint"].decode(errors="replace")

@@ -37,6 +37,7 @@ RUNS = {
     "host_path": (["--events", "1", "--mu", "5", "--repeats", "1", "--messages", "20",
                    "--transfers", "1"], True),
     "gc_pause": (["--events", "1", "--mu", "5", "--repeats", "1"], True),
+    "monitor_cost": (["--probes", "50", "--repeats", "1"], True),
     "dense_events": (["--uniform", "500", "--bands", "500x85", "--clusters", "5x3", "--json",
                       "{tmp}/d.json"], False),
 }  # fmt: skip

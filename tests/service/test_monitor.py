@@ -7,6 +7,8 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import zmq
@@ -29,7 +31,7 @@ def test_a_monitor_reads_on_past_an_event_it_fails_to_handle(
         port = pull.bind_to_random_port("tcp://127.0.0.1")
         monitor = SocketMonitor({"input": pull}, Metrics())
 
-        def broken(socket: str, message: dict) -> None:
+        def broken(socket: str, message: Mapping[str, Any]) -> None:
             raise RuntimeError("monitor bug")
 
         monitor.handle = broken  # type: ignore[method-assign]
@@ -78,7 +80,7 @@ def test_a_monitor_that_dies_says_so_and_one_stopped_does_not(
         # take the thread's setting it below for unreachable)
         assert not bool(monitor.died)
 
-        def unreadable(socket: zmq.Socket) -> dict:
+        def unreadable(socket: zmq.Socket, flags: int = 0) -> dict:
             raise zmq.ZMQError(zmq.ETERM)
 
         monkeypatch.setattr(monitor_module, "recv_monitor_message", unreadable)
@@ -139,6 +141,44 @@ def test_connections_are_those_open_whatever_peers_come_and_go() -> None:
         monitor.stop()
         for peer in peers:
             peer.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+
+
+@pytest.mark.parametrize(("curve", "events"), [(False, 2), (True, 3)], ids=["plain", "curve"])
+def test_a_port_probe_costs_a_plain_socket_two_events(curve: bool, events: int) -> None:
+    """A TCP probe's handshake failure (no detail) is a refusal on a CURVE socket only: a
+    plain socket's monitor is not sent it (a third of a probe flood's events, which the
+    thread read and left)."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    if curve:
+        pull.curve_secretkey = zmq.curve_keypair()[1]
+        pull.curve_server = True
+    metrics = Metrics()
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    monitor = SocketMonitor({"input": pull}, metrics)
+    handled: list[int] = []
+    handle = monitor.handle
+
+    def counted(socket: str, message: Mapping[str, Any]) -> None:
+        handled.append(message["event"])
+        handle(socket, message)
+
+    monitor.handle = counted  # type: ignore[method-assign]
+    monitor.start()
+    try:
+        for _ in range(5):
+            socket.create_connection(("127.0.0.1", port)).close()
+        cause = "handshake" if curve else "closed"
+        labels = {"socket": "input", "cause": cause}
+        wait_for(
+            lambda: metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) == 5
+        )
+        time.sleep(0.2)  # anything still to come
+        assert len(handled) == 5 * events
+    finally:
+        monitor.stop()
         pull.close(linger=0)
         ctx.term()
 
