@@ -28,6 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 from streamtrk.event import Event
 from streamtrk.wire import DEFAULT_LIMITS, Limits, Message, decode, encode_hits
 from streamtrk.wire.curve import (
+    CURVE_FRAME_OVERHEAD,
     REFUSALS,
     ipv6_literal,
     make_client,
@@ -99,6 +100,12 @@ class _Endpoint:
             )
         if curve_key is not None and curve_secret_key is not None:
             raise ValueError("a socket is a CURVE client or a CURVE server, not both")
+        if curve_secret_key is not None and context is None:  # no client, or a close hung
+            raise ValueError(
+                "a CURVE server admits its clients through a ZAP authenticator on its "
+                "context: give context= (start_authenticator's; stop it before the "
+                "context's term())"
+            )
         self.linger_ms = linger_ms
         self.address = endpoint
         self.monitor: zmq.Socket[Any] | None = None
@@ -156,6 +163,7 @@ class _Endpoint:
         for a socket made with ``monitor_events=REFUSAL_EVENTS`` (a monitor read elsewhere
         would lose events to it). Counts on the way the CURVE handshakes hung up on since
         the last that succeeded (``hung_up``; ``shook``: one did)."""
+        self._open()  # ValueError once closed, as sending and receiving
         cause = None
         while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
@@ -271,11 +279,13 @@ class Consumer(_Endpoint):
         context: zmq.Context[Any] | None = None,
         monitor_events: int = 0,
     ) -> None:
+        curve = curve_key is not None or curve_secret_key is not None
+        frame_limit = limits.max_frame_bytes + (CURVE_FRAME_OVERHEAD if curve else 0)
         super().__init__(
             zmq.PULL,
             endpoint,
             bind=bind,
-            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: limits.max_frame_bytes},
+            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: frame_limit},
             linger_ms=linger_ms,
             curve_key=curve_key,
             curve_server_key=curve_server_key,
@@ -286,11 +296,24 @@ class Consumer(_Endpoint):
         self.limits = limits
 
     def recv_frames(self, timeout_ms: int | None = None) -> list[zmq.Frame] | None:
-        """The next message's frames (zero-copy), or None after ``timeout_ms``."""
+        """The next message's frames (zero-copy), or None after ``timeout_ms``. Within a
+        timeout the message is taken without blocking once polled: a CURVE server's poll
+        can report one that a peer's dropped connection took back (cut by the peer's end,
+        or over ``ZMQ_MAXMSGSIZE``: libzmq leaves its ZAP credential behind), and a
+        blocking receive would then wait for the next message, past the timeout."""
         socket = self._open()
-        if timeout_ms is not None and not socket.poll(timeout_ms, zmq.POLLIN):
-            return None
-        return socket.recv_multipart(copy=False)
+        if timeout_ms is None:
+            return socket.recv_multipart(copy=False)
+        deadline = time.monotonic() + max(timeout_ms, 0) / 1000
+        while True:
+            left_ms = max(0, round((deadline - time.monotonic()) * 1000))
+            if not socket.poll(left_ms, zmq.POLLIN):
+                return None
+            try:
+                return socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # nothing behind that POLLIN
+                if left_ms == 0:
+                    return None
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next decoded message, or None after ``timeout_ms``; raises WireError if it is

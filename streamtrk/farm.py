@@ -237,7 +237,8 @@ def _proxy(
         if held is None:
             if not (push.poll(POLL_MS, zmq.POLLOUT) and pull.poll(POLL_MS, zmq.POLLIN)):
                 continue
-            held = pull.recv_multipart(copy=False)
+            if (held := _taken(pull)) is None:
+                continue
         try:
             push.send_multipart(held, flags=zmq.NOBLOCK, copy=False)
             held = None
@@ -249,10 +250,11 @@ def _proxy(
     pull.unbind(pull.getsockopt_string(zmq.LAST_ENDPOINT))  # by libzmq's I/O thread, soon
     dropped = 0
     for _ in range(STOP_DRAIN_MAX):
-        if held is None and pull.poll(UNBIND_QUIET_MS, zmq.POLLIN):
-            held = pull.recv_multipart(copy=False)
         if held is None:
-            break
+            if not pull.poll(UNBIND_QUIET_MS, zmq.POLLIN):
+                break
+            if (held := _taken(pull)) is None:
+                continue  # nothing behind the poll: poll again
         if _send_by(push, held, give_up):
             forwarded += 1
             metrics.forwarded.inc()
@@ -260,6 +262,16 @@ def _proxy(
             dropped += 1
         held = None
     return forwarded, dropped, max(0, round((give_up - time.monotonic()) * 1000))
+
+
+def _taken(pull: zmq.Socket[Any]) -> list[zmq.Frame] | None:
+    """The message ``pull`` polled in, without blocking: None where there was none behind
+    the poll (a CURVE server's, whose peer's dropped connection took its message back; a
+    blocking receive would wait for the next one, past a stop)."""
+    try:
+        return pull.recv_multipart(zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
 
 
 def _send_by(push: zmq.Socket[Any], message: list[zmq.Frame], give_up: float) -> bool:

@@ -166,6 +166,9 @@ def test_a_consumer_decodes_within_its_own_limits() -> None:
             {"curve_key": "a", "curve_server_key": "b", "curve_secret_key": "c"},
             "a CURVE client or a CURVE server, not both",
         ),
+        # its own context: no authenticator there (no client admitted), or one that its
+        # close, terminating the context, waited for without end
+        ({"curve_secret_key": "server.key_secret"}, "give context="),
     ],
 )
 def test_curve_settings_that_do_not_make_one_role_are_refused(keys, match) -> None:
@@ -255,6 +258,8 @@ def test_a_closed_endpoint_says_so_instead_of_a_socket_error() -> None:
         consumer.recv(timeout_ms=10)
     with pytest.raises(ValueError, match="is closed"):
         _ = producer.endpoint
+    with pytest.raises(ValueError, match="is closed"):  # not pyzmq's "Operation not supported"
+        consumer.refusal()
     producer.close()  # a second close is harmless
 
 
@@ -420,6 +425,53 @@ def _curve_server(keys: Path, ctx: zmq.Context[Any]) -> Consumer:
         curve_secret_key=keys / "server.key_secret",
         context=ctx,
     )
+
+
+def test_a_curve_server_takes_frames_up_to_its_limit_and_times_out_past_one(
+    tmp_path: Path,
+) -> None:
+    """libzmq checks ZMQ_MAXMSGSIZE against a frame as encrypted, 33 bytes longer: a frame
+    of the limit was dropped with its connection (an event of max_hits hits was never
+    answered). And a connection dropped mid-message leaves a CURVE server the client's ZAP
+    credential: a poll reported it, and ``recv_frames`` then blocked past its timeout,
+    until another message came."""
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    (tmp_path / "allowed").mkdir()
+    shutil.copy(tmp_path / "alice.key", tmp_path / "allowed")
+    limits = Limits(max_header_bytes=1024, max_hits=100, max_tracks=10, max_particles=50)
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth = start_authenticator(ctx, tmp_path / "allowed")
+    alice, server_key = tmp_path / "alice.key_secret", tmp_path / "server.key"
+
+    def client() -> Producer:
+        return Producer(
+            consumer.endpoint, linger_ms=2000, curve_key=alice, curve_server_key=server_key
+        )
+
+    try:
+        with Consumer(
+            "tcp://127.0.0.1:*", bind=True, linger_ms=0, limits=limits, context=ctx,
+            curve_secret_key=tmp_path / "server.key_secret",
+        ) as consumer:  # fmt: skip
+            with client() as fits:
+                assert fits.send_frames([b"h", bytes(1024)], timeout_ms=5000)
+                frames = consumer.recv_frames(timeout_ms=10_000)
+            assert frames is not None and len(frames[1].bytes) == 1024
+            with client() as big:
+                assert big.send_frames([b"h", bytes(1025 + 33)], timeout_ms=5000)
+            got: list[Any] = []
+            reader = threading.Thread(target=lambda: got.append(consumer.recv_frames(2000)))
+            reader.start()
+            reader.join(20)
+            if stuck := reader.is_alive():  # let go before its socket closes (libzmq aborts)
+                with client() as unblock:
+                    unblock.send_frames([b"h"], timeout_ms=5000)
+                reader.join(20)
+            assert not stuck and got == [None]
+    finally:
+        auth.stop()
+        ctx.term()
 
 
 def test_a_curve_server_admits_no_client_while_no_authenticator_answers(tmp_path: Path) -> None:

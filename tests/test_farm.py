@@ -353,6 +353,38 @@ def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -
         assert dist.stop() == 0
 
 
+def test_a_curve_distributor_stops_after_a_producer_s_frame_over_the_limit(
+    tmp_path: Path,
+) -> None:
+    """A CURVE server whose peer's connection is dropped mid-message (a frame over the
+    limit, or the producer killed) is left a ZAP credential without its message: a poll
+    reports it, and a blocking receive waited for the next message, through SIGTERM (no
+    daemon connected: only the stop's drain receives). Not now."""
+    import zmq
+
+    from streamtrk.wire.curve import create_certificates, make_client
+
+    keys, allowed = tmp_path / "keys", tmp_path / "keys" / "producers"
+    server_public, server_secret = create_certificates(keys, "distributor")
+    good_public, good_secret = create_certificates(keys, "good")
+    allowed.mkdir()
+    (allowed / good_public.name).write_bytes(good_public.read_bytes())
+    dist = Forwarder(tmp_path, "distributor", "--server-key", str(server_secret),
+                     "--allowed-keys", str(allowed), "--max-hits", "100")  # fmt: skip
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    try:
+        with ctx.socket(zmq.PUSH) as producer:
+            producer.setsockopt(zmq.LINGER, 2000)
+            make_client(producer, good_secret, server_public)
+            producer.connect(dist.front)
+            producer.send_multipart([b"header", bytes(100_000)])  # 800 bytes at most
+            time.sleep(1)  # over loopback, dropped long before this
+        dist.process.send_signal(signal.SIGTERM)
+        assert dist.process.wait(timeout=10) == 0
+    finally:
+        dist.stop()
+
+
 @pytest.mark.parametrize("role", ["distributor", "collector"])
 def test_a_curve_server_without_allowed_keys_says_that_no_client_can_connect(
     tmp_path: Path, role: str

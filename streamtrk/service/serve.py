@@ -56,7 +56,12 @@ from streamtrk.service.worker import Worker
 from streamtrk.stop import StopFlag
 from streamtrk.threads import set_torch_threads
 from streamtrk.wire import DEFAULT_LIMITS
-from streamtrk.wire.curve import ipv6_literal, make_server, names_another_host
+from streamtrk.wire.curve import (
+    CURVE_FRAME_OVERHEAD,
+    ipv6_literal,
+    make_server,
+    names_another_host,
+)
 from streamtrk.wire.sockets import SEND_ONLY_OPTIONS
 
 log = logging.getLogger("streamtrk.serve")
@@ -231,6 +236,8 @@ class Daemon:
         # header's. Not max_message_bytes: a valid event over it is read and answered
         # message_too_large (its header names it).
         frame_limit = max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes)
+        if cfg.curve_secret_key is not None:  # checked against the frame as encrypted
+            frame_limit += CURVE_FRAME_OVERHEAD
         pull.setsockopt(zmq.MAXMSGSIZE, frame_limit)
         push.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         for option, value in SEND_ONLY_OPTIONS.items():  # a peer sending there: dropped

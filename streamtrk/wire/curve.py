@@ -23,6 +23,10 @@ from streamtrk.errors import SettingError
 
 #: The ZAP domain of the project's CURVE servers (see :func:`make_server`).
 ZAP_DOMAIN = "streamtrk"
+#: Bytes CURVE adds to each frame as libzmq checks it against ``ZMQ_MAXMSGSIZE`` (the
+#: MESSAGE command's name and size byte 8, nonce 8, flags 1, MAC 16): a receiver's limit
+#: is raised by it, or frames just within the limit are dropped with their connection.
+CURVE_FRAME_OVERHEAD = 33
 # A handshake refused by the peer, by its monitor event: the cause named in metrics and
 # messages (a CURVE key not allowed; no common mechanism, as CURVE on one side only).
 REFUSALS: dict[int, str] = {

@@ -7,9 +7,11 @@ import json
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TypedDict
 
+import numpy as np
 import pytest
 from live_daemon import sample, wait_for
 
@@ -284,3 +286,22 @@ def test_a_missing_allowed_keys_directory_stops_the_start(keys: Path, tmp_path: 
 )
 def test_only_ipv6_addresses_get_ipv6_sockets(endpoint: str, ipv6: bool) -> None:
     assert ipv6_literal(endpoint) is ipv6
+
+
+def test_an_event_of_max_hits_is_answered_over_curve(daemon_factory, keys: Path, sim_run) -> None:
+    """libzmq checks a frame against ZMQ_MAXMSGSIZE as encrypted (33 bytes more): an event
+    of max_hits hits (its 8-byte columns at the limit) was dropped with its connection over
+    CURVE, unanswered, where it is answered in plain TCP."""
+    d = daemon_factory(*server(keys), "--max-hits", "10000")  # frames of 80,000 bytes at most
+    event = next(iter_events(sim_run))
+    tiled = np.resize(np.arange(len(event.hits)), 10_000)  # its hits again, to 10,000
+    hits = event.hits.take(tiled)
+    hits = replace(hits, hit_id=np.arange(1, 10_001, dtype=hits.hit_id.dtype))
+    event = replace(event, hits=hits, truth=None)
+    with (
+        Consumer(d.output, linger_ms=0, **client(keys, "alice")) as consumer,
+        Producer(d.input, linger_ms=0, **client(keys, "alice")) as producer,
+    ):
+        assert producer.send_event(event, timeout_ms=30_000)
+        reply = consumer.recv(timeout_ms=60_000)
+    assert reply is not None and reply.to_reply().event == event.event
