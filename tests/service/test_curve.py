@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -305,3 +306,22 @@ def test_an_event_of_max_hits_is_answered_over_curve(daemon_factory, keys: Path,
         assert producer.send_event(event, timeout_ms=30_000)
         reply = consumer.recv(timeout_ms=60_000)
     assert reply is not None and reply.to_reply().event == event.event
+
+
+def test_a_frame_over_the_limit_as_intake_stops_does_not_hold_up_the_drain(
+    daemon_factory, keys: Path
+) -> None:
+    """A CURVE connection cut mid-message (a frame over the limit; the unbind, cutting one
+    in flight) leaves the daemon's input a ZAP credential that a poll takes for a message:
+    the intake's last takes, after the stop, blocked on it until the drain's deadline."""
+    d = daemon_factory(
+        *server(keys), "--max-hits", "100", "--drain-timeout-s", "60",
+        env={"STREAMTRK_TEST_FAULTS": "leave_delay_s=2"},
+    )  # fmt: skip
+    d.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: any(x["message"] == "injected fault: leave delayed 2 s" for x in d.logs()))
+    with Producer(d.input, linger_ms=2000, **client(keys, "alice")) as producer:
+        producer.send_frames([b"header", bytes(200_000)], timeout_ms=5000)  # 65,569 at most
+    t0 = time.monotonic()
+    assert d.process.wait(timeout=30) == 0
+    assert time.monotonic() - t0 < 15  # not the drain's 60 s
