@@ -327,7 +327,7 @@ class Daemon:
             if not cfg.connect:  # producers send to a bound input as soon as it listens
                 status = max(status, self._answer_unloaded(pull, push, dead))
             self._say_hup_not_acted_on()
-            return status
+            return max(status, int(bool(self._died())))  # the monitor, dead since the stop
         self._freeze_heap(freeze_heap, "installed")
         if cfg.connect:
             try:

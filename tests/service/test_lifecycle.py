@@ -477,6 +477,22 @@ def test_a_socket_monitor_dying_while_loading_exits_1_and_says_why(daemon_factor
     assert "stopped while loading the model; answering what the input took" not in messages
 
 
+def test_a_socket_monitor_dying_after_a_stop_while_loading_exits_1(daemon_factory) -> None:
+    """Stopped while loading by a signal, the monitor dying as the daemon answers what its
+    input took (at its second event: the producer leaving then) still makes the exit
+    status 1."""
+    faults = "load_delay_s=120,monitor_fail_after=2,leave_delay_s=2"
+    d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": faults})
+    with Producer(d.input, linger_ms=0):  # its connection: the monitor's first event
+        wait_for(lambda: sample(d.metrics(), "streamtrk_connections", socket="input") == 1)
+        d.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: any(x["message"] == "injected fault: leave delayed 2 s" for x in d.logs()))
+    assert d.process.wait(timeout=60) == 1
+    messages = [line["message"] for line in d.logs()]
+    assert "stopped while loading the model; answering what the input took" in messages
+    assert any(m.startswith("the socket monitor died") for m in messages)
+
+
 def test_events_sent_to_a_bound_input_while_loading_are_answered_at_a_stop(
     daemon_factory,
 ) -> None:
