@@ -53,14 +53,18 @@ def scan_thresholds(
         report = evaluate(rec, events).report()
         for k in keys:
             scan[k].append(float(report[k]))
-        scan["objective"].append(float(report[keys[0]] - report[keys[1]] - report[keys[2]]))
-    objective = np.nan_to_num(np.array(scan["objective"]), nan=-np.inf)
-    if not np.isfinite(objective).any():  # argmax would pick the first, unscored
+        # No track (or no real one) makes no fakes (duplicates): those rates count 0 there.
+        fake, duplicate = np.nan_to_num([report[keys[1]], report[keys[2]]])
+        scan["objective"].append(float(report[keys[0]] - fake - duplicate))
+    if np.isnan(scan["tracking_efficiency"]).all():  # argmax would pick the first, unscored
         raise ValueError(
             "no threshold could be scored: the tracking efficiency of the events is undefined "
             "(none holds a reconstructable particle: pT >= 1 GeV, >= 5 hits, a vertex within "
             "10 mm of the axis)"
         )
+    objective = np.nan_to_num(np.array(scan["objective"]), nan=-np.inf)
     scan["chosen"] = scan["thresholds"][int(np.argmax(objective))]
-    scan["objective_definition"] = "tracking_efficiency - fake_rate - duplicate_rate"
+    scan["objective_definition"] = (
+        "tracking_efficiency - fake_rate - duplicate_rate (a rate of no tracks counting 0)"
+    )
     return scan

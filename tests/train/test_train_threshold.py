@@ -28,7 +28,8 @@ def test_threshold_choice_maximises_the_objective() -> None:
 
     events = EventSource(mu=20, seed=5, events=1).load(load_detector())
     scan = scan_thresholds(_TruthWithNoise(), events, GraphConfig(), (0.2, 0.5, 0.75, 0.95))
-    objective = np.array(scan["tracking_efficiency"]) - scan["fake_rate"] - scan["duplicate_rate"]
+    fake, duplicate = np.nan_to_num([scan["fake_rate"], scan["duplicate_rate"]])  # no tracks
+    objective = np.array(scan["tracking_efficiency"]) - fake - duplicate
     np.testing.assert_allclose(scan["objective"], objective)
     # Low thresholds keep chance edges (fakes), 0.95 drops every edge: 0.75 wins.
     assert scan["chosen"] == 0.75
@@ -51,3 +52,19 @@ def test_no_threshold_scored_is_an_error_not_the_first() -> None:
     truth = replace(event.truth, particles=replace(p, px=nan, py=nan, pz=nan))
     with pytest.raises(ValueError, match="no threshold could be scored"):
         scan_thresholds(_TruthWithNoise(), [replace(event, truth=truth)], GraphConfig(), (0.5, 0.7))
+
+
+def test_a_model_that_finds_no_track_is_scored_not_refused() -> None:
+    """A scorer passing no edge leaves no track at any threshold: the fake and duplicate
+    rates of no tracks count 0 (they were NaN, the objective undefined everywhere), the
+    efficiency 0 says what the model does."""
+    from streamtrk.train import scan_thresholds
+
+    events = EventSource(mu=20, seed=5, events=1).load(load_detector())
+
+    def nothing(graph, events):
+        return np.zeros(graph.num_edges, dtype=np.float32)
+
+    scan = scan_thresholds(nothing, events, GraphConfig(), (0.5, 0.7))
+    assert scan["tracking_efficiency"] == [0.0, 0.0] and scan["objective"] == [0.0, 0.0]
+    assert scan["chosen"] == 0.5
