@@ -139,6 +139,20 @@ def test_a_frame_larger_than_any_message_is_not_received() -> None:
         assert frames is not None and len(frames[1].bytes) == 1024
 
 
+def test_a_negative_timeout_waits_for_the_message() -> None:
+    """As pyzmq's poll: a negative ``timeout_ms`` waits as long as it takes (it returned
+    None at once)."""
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer,
+        Producer(consumer.endpoint, linger_ms=2000) as producer,
+    ):
+        later = threading.Timer(0.3, lambda: producer.send_frames([b"late"], timeout_ms=5000))
+        later.start()
+        frames = consumer.recv_frames(timeout_ms=-1)
+        later.join()
+    assert frames is not None and [f.bytes for f in frames] == [b"late"]
+
+
 def test_send_times_out_without_peer() -> None:
     with Producer("tcp://127.0.0.1:1", sndhwm=1, linger_ms=0) as producer:
         sent = [producer.send_frames([b"x"], timeout_ms=50) for _ in range(5)]
