@@ -1,22 +1,24 @@
 """The daemon's side of CurveZMQ: a ZAP authenticator (pyzmq's ``ThreadAuthenticator``)
 that admits a client when its public key is in the allowed-keys directory.
 
-The certificates are read again at a handshake once the directory's ``*.key`` names or files
-have changed (one added, removed, or replaced by a rename) or ``REREAD_S`` after the last
-read (one rewritten in place), so adding or removing a client's ``NAME.key`` takes effect
-for its next connection without a restart (key rotation), while a peer repeating handshakes
-at will does not make the daemon read every certificate each time (150 us for 10 keys, under
-the GIL the worker needs). A client whose key is not there is refused and logged with its
-key; the socket monitor counts the refusals. A peer can repeat handshakes at will, with a
-new key each time: one key is named at most once a ``KEY_LOG_S``, and the lines come at most
-``LINES_BURST`` at once, then one a ``LINE_LOG_S`` (libzmq clients do not try a refused key
-again: after a rotation each stale client is one refusal, and a farm's worth of them are
-each named); a line says how many refusals went unlogged before it. A directory that cannot
-be read refuses every client: said at most once a ``KEY_LOG_S``.
+The certificates are read again at a handshake once a ``*.key`` file's name, inode, time or
+size has changed, and ``REREAD_S`` after the last read at the latest (a file's time has the
+kernel's tick: a change within one of the last read may wait that long), so adding or
+removing a client's ``NAME.key`` takes effect for its next connection without a restart (key
+rotation), while a peer repeating handshakes at will does not make the daemon read every
+certificate each time (150 us for 10 keys, under the GIL the worker needs). A client whose
+key is not there is refused and logged with its key; the socket monitor counts the refusals.
+A peer can repeat handshakes at will, with a new key each time: one key is named at most
+once a ``KEY_LOG_S``, and the lines come at most ``LINES_BURST`` at once, then one a
+``LINE_LOG_S`` (libzmq clients do not try a refused key again: after a rotation each stale
+client is one refusal, and a farm's worth of them are each named); a line says how many
+refusals went unlogged before it. A directory that cannot be read refuses every client: said
+at most once a ``KEY_LOG_S``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +39,12 @@ LINE_LOG_S = 1.0  # ... then one this often
 REREAD_S = 1.0  # the allowed keys read again at least this often
 
 
+def _stamp(entry: os.DirEntry[str]) -> tuple[str, int, int, int]:
+    """What a certificate's change changes: its name, inode, time and size."""
+    st = entry.stat()
+    return entry.name, entry.inode(), st.st_mtime_ns, st.st_size
+
+
 class AllowedKeys:
     """ZAP credentials provider: the ``*.key`` certificates of one directory."""
 
@@ -48,18 +56,22 @@ class AllowedKeys:
         self._since = time.monotonic()  # when they were counted
         self._unlogged = 0  # refusals since the last line
         self._keys: set[bytes] | None = None  # as last read
-        self._files: set[tuple[str, int]] = set()  # the certificates then: name, inode
+        self._files: set[tuple[str, int, int, int]] = set()  # name, inode, mtime, size
         self._read_at = -math.inf  # when (monotonic)
 
     def _allowed(self, directory: Path) -> set[bytes]:
         """The keys of ``directory``, read again where its certificates changed or
         ``REREAD_S`` after the last read (a listing costs microseconds, reading them all
         150 us for 10 keys)."""
+        files = set()
         try:
             with os.scandir(directory) as entries:
-                files = {(e.name, e.inode()) for e in entries if e.name.endswith(".key")}
+                for entry in (e for e in entries if e.name.endswith(".key")):
+                    with contextlib.suppress(FileNotFoundError):  # removed as it was listed
+                        files.add(_stamp(entry))
         except OSError:
-            return allowed_keys(directory)  # which says why (no such folder, not one)
+            allowed_keys(directory)  # its CurveError where there is no such folder
+            raise  # a folder it may not read
         now = time.monotonic()
         if self._keys is None or files != self._files or now >= self._read_at + REREAD_S:
             self._keys, self._files, self._read_at = allowed_keys(directory), files, now

@@ -4,6 +4,7 @@ about refused clients, which a peer repeating handshakes cannot turn into a floo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -139,15 +140,22 @@ def test_the_keys_are_read_again_only_once_their_files_change(
         assert not keys.callback("*", _key())
     assert keys.callback("*", alice) and len(reads) == 1
     bob_file = Path(zmq.auth.create_certificates(tmp_path, "bob")[0])
-    bob = zmq.auth.load_certificate(bob_file)[0]
+    (tmp_path / "other").mkdir()
+    carol = Path(zmq.auth.create_certificates(tmp_path / "other", "carol")[0]).read_text()
+    bob, bob_text = zmq.auth.load_certificate(bob_file)[0], bob_file.read_text()
     assert keys.callback("*", bob) and len(reads) == 2  # added: at once
     bob_file.unlink()
     assert not keys.callback("*", bob) and len(reads) == 3  # removed: at once
     alice_file = tmp_path / "alice.key"
-    alice_file.write_text((tmp_path / "bob.key_secret").read_text())  # in place
-    assert keys.callback("*", alice) and len(reads) == 3  # not yet
+    alice_file.write_text(bob_text)  # rewritten in place: its time changes
+    assert keys.callback("*", bob) and not keys.callback("*", alice) and len(reads) == 4
+    read = alice_file.stat()
+    alice_file.write_text(carol)  # the same size ...
+    os.utime(alice_file, ns=(read.st_atime_ns, read.st_mtime_ns))  # ... and time
+    assert alice_file.stat().st_size == read.st_size
+    assert keys.callback("*", bob) and len(reads) == 4  # not seen: the same stamp
     monkeypatch.setattr(auth, "REREAD_S", 0.0)
-    assert not keys.callback("*", alice) and len(reads) == 4
+    assert not keys.callback("*", bob) and len(reads) == 5  # REREAD_S later
 
 
 def test_stopping_an_authenticator_whose_thread_ended_returns(tmp_path: Path) -> None:
