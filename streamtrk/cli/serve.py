@@ -81,7 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
         elif cfg.device == "cuda" and (no_cuda := cuda_unavailable()):
             why, setting = f"device cuda: {no_cuda}", "device"
         elif cfg.engine == "tensorrt":  # the one engine refused; the others fall back
-            why, setting = engine_unavailable(cfg.engine, resolve_device(cfg.device)), "engine"
+            # (quiet: before logging is set up; the model's load says it, once)
+            device = resolve_device(cfg.device, warn=False)
+            why, setting = engine_unavailable(cfg.engine, device), "engine"
         if why is None:
             return None
         return f"{why} (from {source_of(setting, args.config, os.environ, flags)})"

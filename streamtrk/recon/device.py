@@ -64,10 +64,10 @@ def release_cached_memory(device: str) -> None:
     torch.cuda.empty_cache()
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, *, warn: bool = True) -> str:
     """``auto`` is ``cuda`` when torch sees a GPU and CuPy runs there, else ``cpu`` (with a
-    warning saying why where torch sees a GPU the chain cannot use: a broken CuPy); a name
-    other than ``auto``, ``cpu`` or ``cuda`` is a ValueError."""
+    warning saying why, unless not ``warn``, where torch sees a GPU the chain cannot use: a
+    broken CuPy); a name other than ``auto``, ``cpu`` or ``cuda`` is a ValueError."""
     if device not in ("auto", *DEVICES):
         raise ValueError(f"device {device!r}: one of auto, {', '.join(DEVICES)}")
     if device != "auto":
@@ -76,6 +76,6 @@ def resolve_device(device: str) -> str:
         return "cuda"
     import torch
 
-    if torch.cuda.is_available():  # not on a host without a GPU: the CPU is what it has
+    if warn and torch.cuda.is_available():  # not on a host without a GPU: all it has
         log.warning("device auto: the GPU cannot be used, %s; the chain runs on the CPU", why)
     return "cpu"

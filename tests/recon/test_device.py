@@ -56,3 +56,11 @@ def test_other_device_names_are_refused(device: str) -> None:
     error, nor a device index that skips the check of what CUDA needs."""
     with pytest.raises(ValueError, match=f"device '{device}': one of auto, cpu, cuda"):
         resolve_device(device)
+
+
+def test_a_caller_may_resolve_auto_quietly(monkeypatch, caplog) -> None:
+    """The command line checks its engine before logging is set up: quiet there (the
+    model's load says it, once, in the log's format)."""
+    monkeypatch.setattr(device_module, "cuda_unavailable", lambda: "CuPy cannot run")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", warn=False) == "cpu" and caplog.records == []
