@@ -434,7 +434,9 @@ def event_files(directory: str | Path, event_number: int) -> list[Path]:
     """The files of event ``event_number`` in ``directory``, its number written with any
     zero-padding up to TrackML's 9 digits (``event1-hits.csv`` is event 1's as
     ``event000000001-hits.csv`` is): each kind, ``.csv`` or ``.csv.gz``, that exists, hits
-    first. (Names are tried, not the folder listed: an export of N events stays linear.)"""
+    first. (Names are tried, not the folder listed: an export of N events stays linear; a
+    number padded past 9 digits is not found, and readers refuse a folder holding it beside
+    another spelling of the number.)"""
     digits = str(event_number)
     prefixes = [f"event{digits:0>{width}}" for width in range(len(digits), max(len(digits), 9) + 1)]
     names = (f"{p}-{kind}{s}" for kind in _KINDS for p in prefixes for s in (".csv", ".csv.gz"))
