@@ -297,11 +297,11 @@ class Consumer(_Endpoint):
 
     def recv_frames(self, timeout_ms: int | None = None) -> list[zmq.Frame] | None:
         """The next message's frames (zero-copy), or None after ``timeout_ms`` (None or
-        negative: waits as long as it takes). Within a
-        timeout the message is taken without blocking once polled: a CURVE server's poll
-        can report one that a peer's dropped connection took back (cut by the peer's end,
-        or over ``ZMQ_MAXMSGSIZE``: libzmq leaves its ZAP credential behind), and a
-        blocking receive would then wait for the next message, past the timeout."""
+        negative: waits as long as it takes). Within a timeout the message is taken without
+        blocking once polled: a CURVE server's poll can report one that a peer's dropped
+        connection took back (cut by the peer's end, or over ``ZMQ_MAXMSGSIZE``: libzmq
+        leaves its ZAP credential behind), and a blocking receive would then wait for the
+        next message, past the timeout."""
         socket = self._open()
         if timeout_ms is None or timeout_ms < 0:  # as long as it takes, as for pyzmq's poll
             return socket.recv_multipart(copy=False)

@@ -594,9 +594,9 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """``/status``: state, versions, endpoints, settings in force, how long the reload in
-        progress has run (``reload_s``, null when none), the served model and
-        the beam spot (the beam line the chain is centred on, and where the tracks put the
-        beam: null until the window holds tracks of two events)."""
+        progress has run (``reload_s``, null when none), the served model and the beam spot
+        (the beam line the chain is centred on, and where the tracks put the beam: null
+        until the window holds tracks of two events)."""
         out: dict[str, Any] = {
             "state": self.readiness.state,
             "version": __version__,
