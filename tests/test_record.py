@@ -294,24 +294,33 @@ def test_a_stopped_tap_that_reaches_events_keeps_the_last_truth_and_counts_the_r
     assert [frames for _, frames in iter_records(out)] == records[:4]
 
 
+def _writes(out: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run in a process of its own (its file size limit its own), with ``os``,
+    ``resource``, ``r`` (``streamtrk.record``), a ``writer`` of ``out`` and a ``hits``
+    message at hand."""
+    given = (
+        "import os, resource, sys\n"
+        "from pathlib import Path\n"
+        "import streamtrk.record as r\n"
+        "writer = r._CreatedOnFirstWrite(Path(sys.argv[1]))\n"
+        "hits = r.Message('hits', 0, 1, 0, {}, {})\n"
+    )
+    return subprocess.run([sys.executable, "-c", given + script, str(out)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
 def test_a_recording_that_cannot_be_cut_back_says_so_and_how_to_mend_it(tmp_path: Path) -> None:
     """Cutting the file back after a failed write can fail too (here os.truncate refused):
     the error then says the file ends cut and names the remedy, not what it would hold."""
     out = tmp_path / "tap.stk"
-    script = (
-        "import os, resource, sys\n"
-        "from pathlib import Path\n"
-        "import streamtrk.record as r\n"
+    done = _writes(
+        out,
         "def refuse(*args): raise PermissionError(1, 'Operation not permitted')\n"
         "os.truncate = refuse\n"
-        "writer = r._CreatedOnFirstWrite(Path(sys.argv[1]))\n"
-        "hits = r.Message('hits', 0, 1, 0, {}, {})\n"
         "r._write(writer, [b'a' * 1000], hits)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
-        "r._write(writer, [b'b' * 1000], hits)\n"
+        "r._write(writer, [b'b' * 1000], hits)\n",
     )
-    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert (
         f"OSError: cannot write {out}: File too large; it ends cut "
@@ -379,16 +388,11 @@ def test_a_first_write_that_fails_leaves_no_file_and_says_nothing_was_recorded(
     out = tmp_path / "tap.stk"
     if there:
         out.write_bytes(b"an earlier recording")
-    script = (
-        "import resource, sys\n"
-        "from pathlib import Path\n"
-        "import streamtrk.record as r\n"
+    done = _writes(
+        out,
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
-        "hits = r.Message('hits', 0, 1, 0, {}, {})\n"
-        "r._write(r._CreatedOnFirstWrite(Path(sys.argv[1])), [b'a' * 1000], hits)\n"
+        "r._write(writer, [b'a' * 1000], hits)\n",
     )
-    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert f"OSError: cannot write {out}: File too large; nothing recorded" in done.stderr
     assert out.read_bytes() == b"an earlier recording" if there else not out.exists()
@@ -399,17 +403,12 @@ def test_the_truth_of_a_first_hits_that_fails_leaves_no_event(tmp_path: Path) ->
     """The first record, hits, written (the file took its place); its truth refused by the
     disk: cut with its hits, the recording holds no event, which the error says."""
     out = tmp_path / "tap.stk"
-    script = (
-        "import resource, sys\n"
-        "from pathlib import Path\n"
-        "import streamtrk.record as r\n"
-        "writer = r._CreatedOnFirstWrite(Path(sys.argv[1]))\n"
-        "r._write(writer, [b'a' * 1000], r.Message('hits', 0, 1, 0, {}, {}))\n"
+    done = _writes(
+        out,
+        "r._write(writer, [b'a' * 1000], hits)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
-        "r._write(writer, [b'b' * 1000], r.Message('truth', 0, 1, 0, {}, {}))\n"
+        "r._write(writer, [b'b' * 1000], r.Message('truth', 0, 1, 0, {}, {}))\n",
     )
-    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert (
         f"OSError: cannot write {out}: File too large; it holds no event (the first one's hits "
