@@ -126,13 +126,13 @@ def forward(
     except ValueError as e:
         raise SettingError(f"--http {http!r} {e}") from None
     metrics = ForwarderMetrics(role)
-    # The sockets' monitors, set before binding: CURVE at the front where producers (a
-    # distributor) or consumers (a collector) are its clients, else where it faces daemons.
-    front_curve = (server_key if back_faces_daemons else curve_key) is not None
-    back_curve = (curve_key if back_faces_daemons else server_key) is not None
-    front_events, back_events = (
-        (events_of(front_curve), events_of(back_curve)) if http is not None else (0, 0)
-    )
+    front_keys, back_keys = (clients, daemons) if back_faces_daemons else (daemons, clients)
+
+    def monitored(keys: dict[str, Path | None]) -> int:
+        """A socket's monitored events (set before binding), by the CURVE keys it is made
+        with; none without ``http``."""
+        return 0 if http is None else events_of(any(k is not None for k in keys.values()))
+
     # The ZAP authenticator's and both sockets', its own: ended once they close, so that what
     # is queued for peers goes out within STOP_LINGER_MS.
     ctx: zmq.Context[Any]
@@ -143,14 +143,12 @@ def forward(
         with _bind_named("--from", front):
             pull = stack.enter_context(
                 Consumer(front, bind=True, rcvhwm=hwm, linger_ms=0, limits=front_limits,
-                         context=ctx, monitor_events=front_events,
-                         **(clients if back_faces_daemons else daemons))
+                         context=ctx, monitor_events=monitored(front_keys), **front_keys)
             )  # fmt: skip
         with _bind_named("--to", back):
             push = stack.enter_context(
                 Producer(back, bind=True, sndhwm=hwm, linger_ms=STOP_LINGER_MS, context=ctx,
-                         monitor_events=back_events,
-                         **(daemons if back_faces_daemons else clients))
+                         monitor_events=monitored(back_keys), **back_keys)
             )  # fmt: skip
         bound = {
             "message": "listening",
