@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -213,22 +214,27 @@ class _CreatedOnFirstWrite:
     def _cut_back(self, whole: int, failed: Message) -> None:
         """After ``failed``'s write failed: the file back to its ``whole`` bytes, or to the
         start of the hits of ``failed``'s event just before it; what is no regular file (a
-        device, a FIFO) is left as it is."""
-        if self._writer is not None:
+        device, a FIFO) is left as it is. The file stays locked until cut: another tap
+        cannot take its place in between (and be cut instead)."""
+        assert self._writer is not None
+        held = os.dup(self._writer.fileno())  # its lock outlives the writer's close
+        try:
             with contextlib.suppress(OSError):  # its buffer holds the failed record's rest
                 self._writer.close()
             self._writer = None
-        if not self.path.is_file():
-            return
-        if failed.kind == "truth" and self._hits is not None:
-            start, key = self._hits
-            if key == (failed.run, failed.event):
-                whole = start
-                self.held["hits"] -= 1
-        try:
-            os.truncate(self.path, whole)
-        except OSError:  # said by the caller, with the remedy
-            self.cut_failed = True
+            if not stat.S_ISREG(os.fstat(held).st_mode):
+                return
+            if failed.kind == "truth" and self._hits is not None:
+                start, key = self._hits
+                if key == (failed.run, failed.event):
+                    whole = start
+                    self.held["hits"] -= 1
+            try:
+                os.ftruncate(held, whole)
+            except OSError:  # said by the caller, with the remedy
+                self.cut_failed = True
+        finally:
+            os.close(held)
 
     def __enter__(self) -> Self:
         return self

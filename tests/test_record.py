@@ -310,13 +310,13 @@ def _writes(out: Path, script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_recording_that_cannot_be_cut_back_says_so_and_how_to_mend_it(tmp_path: Path) -> None:
-    """Cutting the file back after a failed write can fail too (here os.truncate refused):
+    """Cutting the file back after a failed write can fail too (here os.ftruncate refused):
     the error then says the file ends cut and names the remedy, not what it would hold."""
     out = tmp_path / "tap.stk"
     done = _writes(
         out,
         "def refuse(*args): raise PermissionError(1, 'Operation not permitted')\n"
-        "os.truncate = refuse\n"
+        "os.ftruncate = refuse\n"
         "r._write(writer, [b'a' * 1000], hits)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
         "r._write(writer, [b'b' * 1000], hits)\n",
@@ -327,6 +327,29 @@ def test_a_recording_that_cannot_be_cut_back_says_so_and_how_to_mend_it(tmp_path
         f"(`streamtrk inspect --repair {out}` cuts it back)"
     ) in done.stderr
     assert main(["inspect", "--repair", str(out)]) == 0
+    assert [frames for _, frames in iter_records(out)] == [[b"a" * 1000]]
+
+
+def test_a_recording_stays_locked_until_cut_back(tmp_path: Path) -> None:
+    """Between a failed write and the cut back, the file stays locked: another tap, refused
+    while it is, cannot take its place in between (its new file would be cut instead)."""
+    out = tmp_path / "tap.stk"
+    done = _writes(
+        out,
+        "from streamtrk.io.recording import RecordingWriter, being_written\n"
+        "close = RecordingWriter.close\n"
+        "def closed(self):\n"
+        "    try:\n"
+        "        close(self)\n"
+        "    finally:\n"
+        "        print('locked after the close:', being_written(sys.argv[1]))\n"
+        "RecordingWriter.close = closed\n"
+        "r._write(writer, [b'a' * 1000], hits)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
+        "r._write(writer, [b'b' * 1000], hits)\n",
+    )
+    assert done.returncode == 1, done.stderr
+    assert "locked after the close: True" in done.stdout, done.stdout
     assert [frames for _, frames in iter_records(out)] == [[b"a" * 1000]]
 
 

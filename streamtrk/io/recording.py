@@ -477,6 +477,9 @@ class RecordingWriter:
         with self._named():
             self._file.flush()
 
+    def fileno(self) -> int:
+        return self._file.fileno()
+
     def close(self) -> None:
         with self._named():
             self._file.close()
