@@ -12,12 +12,12 @@ decay; validation on full held-out events after every epoch; early stopping on t
 validation loss, keeping the best epoch.
 
 After training, the default edge-score threshold is chosen on the validation events: the
-full reconstruction is scored at each candidate threshold and the one maximising
-``tracking_efficiency - fake_rate - duplicate_rate`` is kept. The model is then evaluated on
-held-out test events and on the ``report`` inputs (reported in the card, never used for a
-choice). Before anything is trained, no event may be in two of train, validation, test and
-the report inputs (compared by hit positions and by the truth's particle momenta, whatever
-file or seed each came from).
+full reconstruction is scored at each candidate threshold and, of those that build a
+track, the one maximising ``tracking_efficiency - fake_rate - duplicate_rate`` is kept.
+The model is then evaluated on held-out test events and on the ``report`` inputs (reported
+in the card, never used for a choice). Before anything is trained, no event may be in two
+of train, validation, test and the report inputs (compared by hit positions and by the
+truth's particle momenta, whatever file or seed each came from).
 
 The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, sectors),
 ``loop`` (optimisation), ``threshold`` (the default threshold), and ``train`` here.

@@ -1,6 +1,6 @@
 """The default edge-score threshold, chosen on validation events by scanning the full
 reconstruction and keeping the maximum of ``tracking_efficiency - fake_rate -
-duplicate_rate``."""
+duplicate_rate`` among the thresholds that build a track."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def scan_thresholds(
     tracks: TrackConfig | None = None,
 ) -> dict[str, Any]:
     """Reconstruction metrics of ``events`` at each candidate threshold (edges scored once),
-    the objective, and the chosen threshold: the first with the highest objective;
+    the objective, and the chosen threshold: the first with the highest objective among
+    those that build a track (a threshold passing no edge scores 0, above any whose fakes
+    and duplicates outweigh its efficiency; chosen only where none builds one);
     ValueError where no objective is defined (no reconstructable particle)."""
     from streamtrk.eval.evaluate import evaluate
 
@@ -63,8 +65,12 @@ def scan_thresholds(
             "10 mm of the axis)"
         )
     objective = np.nan_to_num(np.array(scan["objective"]), nan=-np.inf)
+    built = ~np.isnan(scan["fake_rate"])  # a fake rate is defined where a track was built
+    if built.any():
+        objective[~built] = -np.inf
     scan["chosen"] = scan["thresholds"][int(np.argmax(objective))]
     scan["objective_definition"] = (
-        "tracking_efficiency - fake_rate - duplicate_rate (a rate of no tracks counting 0)"
+        "tracking_efficiency - fake_rate - duplicate_rate (a rate of no tracks counting 0), "
+        "the maximum among the thresholds that build a track"
     )
     return scan

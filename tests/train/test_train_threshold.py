@@ -36,6 +36,22 @@ def test_threshold_choice_maximises_the_objective() -> None:
     assert scan["fake_rate"][0] > scan["fake_rate"][2] and scan["tracking_efficiency"][3] == 0
 
 
+def test_a_threshold_that_builds_no_track_is_not_chosen_over_one_that_does() -> None:
+    """Scores that say nothing (chance, 0-0.7): at 0.2 the tracks found are outweighed by
+    fakes and duplicates (an objective below 0); 0.95 passes no edge, its objective 0. A
+    model whose default threshold finds nothing is no choice: 0.2 is chosen."""
+    from streamtrk.train import scan_thresholds
+
+    events = EventSource(mu=20, seed=5, events=1).load(load_detector())
+
+    def chance(graph, events):
+        return np.random.default_rng(0).uniform(0, 0.7, graph.num_edges)
+
+    scan = scan_thresholds(chance, events, GraphConfig(), (0.95, 0.2))
+    assert scan["objective"][0] == 0 and scan["objective"][1] < 0, scan
+    assert scan["chosen"] == 0.2
+
+
 def test_no_threshold_scored_is_an_error_not_the_first() -> None:
     """Events without a reconstructable particle (no momenta) leave every objective NaN:
     the scan refuses to choose, where argmax took the first threshold."""
