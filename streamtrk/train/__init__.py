@@ -25,13 +25,16 @@ The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import math
+import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from streamtrk.errors import SettingError
 from streamtrk.event import Event
 from streamtrk.io.events import read_events
 from streamtrk.io.paths import check_writable
+from streamtrk.io.recording import exclusive_lock
 from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
 from streamtrk.recon.load import ChainSettings
@@ -134,15 +138,15 @@ def train(
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, out, config_text, command, progress, overwrite)
+        with _work_directory(out, overwrite) as work:
+            return _train(cfg, out, work, config_text, command, progress)
     finally:
         torch.set_num_threads(before)
 
 
 def _train(
-    cfg: TrainConfig, out: Path, config_text: str, command: str, progress: bool, overwrite: bool
+    cfg: TrainConfig, out: Path, work: Path, config_text: str, command: str, progress: bool
 ) -> dict[str, Any]:
-    work = _work_directory(out, overwrite)
     t_start = time.perf_counter()
 
     def stage(what: str) -> None:
@@ -250,6 +254,7 @@ def _train(
         reproduce={"command": command, "config": config_text},
     )
     save_model(work, model, card)
+    (work / _BUILDING).unlink()
     _replace_directory(out, work)
     return card
 
@@ -264,11 +269,19 @@ def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:
     return replace(prune, windows=MODEL_WINDOWS_FILE)
 
 
-def _work_directory(out: Path, overwrite: bool) -> Path:
-    """``OUT.partial`` beside ``out``, not there yet (what an earlier run left is removed;
-    the fit makes it for its checkpoints); SettingError when ``out`` is not a directory (or
-    is a symbolic link), or holds anything and not ``overwrite``; OSError when
-    ``OUT.partial`` cannot be made there. All of it before any work."""
+#: In ``OUT.partial`` while a run builds it, under the run's ``flock``.
+_BUILDING = ".building"
+
+
+@contextlib.contextmanager
+def _work_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+    """``OUT.partial`` beside ``out``, made for the run and held while it lasts (the
+    ``flock`` of its :data:`_BUILDING` file): another run of the same ``out`` is refused,
+    not mixed into it; what an earlier run left there is removed, a folder of that name that
+    no run made is refused. Removed when the block raises before anything is written in it.
+    SettingError when ``out`` is not a directory (or is a symbolic link), or holds anything
+    and not ``overwrite``; OSError when ``OUT.partial`` cannot be made there. All of it
+    before any work."""
     if out.name in ("", ".", ".."):  # Path(".").with_name() would raise, unclearly
         raise SettingError(
             f"--out {out} names no directory of its own: give the model directory's name "
@@ -287,10 +300,51 @@ def _work_directory(out: Path, overwrite: bool) -> Path:
             "once the new model is complete"
         )
     work = out.with_name(out.name + ".partial")
-    if work.is_dir() and not work.is_symlink():
-        shutil.rmtree(work)  # an error now, not stale checkpoints mixed into the new model
     check_writable(work, folder=True)
-    return work
+    mark = work / _BUILDING
+    if work.exists():
+        if work.is_symlink() or not mark.is_file():
+            raise SettingError(
+                f"{work} is no folder a train run left (it holds no {_BUILDING}): move it "
+                "away, or give another --out"
+            )
+        held = _claim(mark, out)
+        try:
+            shutil.rmtree(work)  # an error now, not stale checkpoints mixed into the new model
+        finally:
+            os.close(held)
+    try:
+        work.mkdir()
+    except FileExistsError:  # another run made it since
+        raise _building(out, work) from None
+    held = _claim(mark, out)
+    try:
+        yield work
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if [p.name for p in work.iterdir()] == [_BUILDING]:  # nothing trained
+                shutil.rmtree(work)
+        raise
+    finally:
+        os.close(held)
+
+
+def _claim(mark: Path, out: Path) -> int:
+    """A descriptor holding ``mark``'s exclusive ``flock``; SettingError where another run
+    holds it."""
+    try:
+        return exclusive_lock(mark)
+    except OSError as e:
+        if e.errno == errno.EAGAIN:
+            raise _building(out, mark.parent) from None
+        raise
+
+
+def _building(out: Path, work: Path) -> SettingError:
+    return SettingError(
+        f"another train run is building {out} (in {work}): wait for it to end, or give "
+        "another --out"
+    )
 
 
 def _replace_directory(out: Path, work: Path) -> None:

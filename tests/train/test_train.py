@@ -306,6 +306,40 @@ def test_an_out_that_cannot_be_made_is_refused_before_any_work(
     assert "train: the events" not in err
 
 
+def test_a_work_directory_is_removed_only_where_a_run_left_it_and_no_run_holds_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``OUT.partial`` held by a live run (its ``.building`` locked) refuses a second run of
+    the same ``--out`` (it removed the first one's checkpoints, then took one of them into
+    its model); one that no run made (no ``.building``) is refused, not removed; one an
+    interrupted run left is removed, none of its files in the new model."""
+    import os
+
+    from streamtrk.io.recording import exclusive_lock
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out, work = tmp_path / "m", tmp_path / "m.partial"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "checkpoints" / "epoch-160.pt").write_text("another run's")
+    train = ["train", "--config", str(config), "--out", str(out), "-q"]
+    assert main(train) == 2
+    assert "m.partial is no folder a train run left (it holds no .building)" in (
+        capsys.readouterr().err
+    )
+    held = exclusive_lock(work / ".building")  # a live run's
+    try:
+        assert main(train) == 2
+        assert f"another train run is building {out} (in {work})" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert (work / "checkpoints" / "epoch-160.pt").read_text() == "another run's"
+    assert main(train) == 0  # what that run left, it gone: removed
+    assert not work.exists()
+    assert "epoch-160.pt" not in [p.name for p in (out / "checkpoints").iterdir()]
+    assert not (out / ".building").exists()
+
+
 def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) -> None:
     """The simulation, the graphs and the evaluations have bars (with their totals), not
     only the fit: the shipped recipe spends minutes in them."""
