@@ -295,7 +295,10 @@ class Message:
 
 
 def _short(x: Any, n: int = 80) -> str:
-    r = repr(x)
+    try:
+        r = repr(x)
+    except RecursionError:  # msgpack nests up to 1023 deep
+        r = f"<{type(x).__name__} nested too deeply>"
     return r if len(r) <= n else r[: n - 3] + "..."
 
 

@@ -458,6 +458,10 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_version", "zero", lambda h, t, u: patch(h, version=0)),
         ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
         ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
+        # nested 1000 deep (msgpack allows 1023): its repr, in the error, passed Python's
+        # recursion limit (RecursionError, the daemon's reply "internal")
+        ("bad_version", "deep", lambda h, t, u: [_deep(h[0], "version"), *h[1:]]),
+        ("bad_header", "deep_run", lambda h, t, u: [_deep(h[0], "run"), *h[1:]]),
         ("bad_kind", "unknown", lambda h, t, u: patch(h, kind="photons")),
         ("bad_kind", "type", lambda h, t, u: patch(h, kind=[1])),
         ("bad_column", "order", lambda h, t, u: patch(h, columns=columns(h)[::-1])),
@@ -671,6 +675,13 @@ def test_peek_identity(hits: list[Any]) -> None:
         ["text"],
     ):
         assert peek_identity(bad) is None  # type: ignore[arg-type]  # 42: deliberately wrong
+
+
+def _deep(header: bytes, key: str) -> bytes:
+    """``header`` with ``key``'s value a one-element array nested 1000 deep."""
+    items = msgpack.unpackb(header).items()
+    deep = b"\x91" * 1000 + b"\x01"
+    return _raw_map([(msgpack.packb(k), deep if k == key else msgpack.packb(v)) for k, v in items])
 
 
 def _raw_map(items: list[tuple[bytes, bytes]]) -> bytes:
