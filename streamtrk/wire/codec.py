@@ -623,11 +623,10 @@ def peek_header(frames: Frames) -> dict[str, Any] | None:
     UTF-8, more entries than the limits allow), in time bounded by the header's bytes, and
     the keys and those fields read whatever their size (a long key or ``version`` before
     ``run`` hides nothing), in memory bounded by them; the fields before an entry that does
-    not parse are kept; a key twice: the last."""
+    not parse are kept; a key twice: the last. A header over the default
+    ``max_header_bytes`` is read up to them (an entry cut there ends it)."""
     try:
-        view = frame_view(next(iter(frames)))
-        if view.nbytes > DEFAULT_LIMITS.max_header_bytes:
-            return None
+        view = frame_view(next(iter(frames)))[: DEFAULT_LIMITS.max_header_bytes]
         size = max(view.nbytes, 1)  # no string or container read is longer than the header
         limits = {f"max_{k}_len": size for k in ("str", "bin", "array", "map", "ext")}
         unpacker = msgpack.Unpacker(

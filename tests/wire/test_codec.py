@@ -660,6 +660,8 @@ def test_peek_identity(hits: list[Any]) -> None:
     assert peek_identity(patch(hits, run=0, event=0)) == (0, 0)
     assert peek_identity(patch(hits, version=99, kind="?")) == (7, 42)
     assert peek_identity(patch(hits, columns=None)[:1]) == (7, 42)
+    # a header past max_header_bytes (decode: header_too_large) named its event before it
+    assert peek_identity(patch(hits, note="x" * 70_000)) == (7, 42)
     for bad in (
         [],
         42,
