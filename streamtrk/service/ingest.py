@@ -43,6 +43,7 @@ UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive t
 MISROUTED_LOG_S = 60.0  # at most one warning this often about replies on the input
 DEAD_LETTER_LOG_S = 60.0  # at most one warning this often about failed dead-letter writes
 REFUSED_LOG_S = 60.0  # at most one warning this often about refused input
+DEAD_LETTER_RESULTS = ("written", "over_cap", "failed")  # streamtrk_dead_letters_total{result}
 
 
 class Ingest(Supervised):
@@ -69,6 +70,9 @@ class Ingest(Supervised):
         self.config = config
         self.stop = stop
         self.dead_letters = dead_letters
+        if dead_letters is not None:  # at 0: rate() and increase() see the first one
+            for result in DEAD_LETTER_RESULTS:
+                metrics.dead_letters.labels(result)
         self.limits = Limits(max_hits=config().max_hits)
         self.leave_by: float | None = None  # perf_counter time: answered 'shutdown' after it
         self.give_up_at: float | None = None  # perf_counter time: the drain's end

@@ -148,8 +148,12 @@ class SocketMonitor(threading.Thread):
         self._lines: defaultdict[tuple[str, str], Throttle] = defaultdict(
             lambda: Throttle(DISCONNECT_LOG_S)
         )  # (socket, cause) -> its log lines
-        for name in sockets:
+        for name in sockets:  # at 0: rate() and increase() see the first one
             metrics.connections.labels(name).set(0)
+            for cause in REFUSALS.values():
+                metrics.auth_failures.labels(name, cause)
+                metrics.disconnects.labels(name, cause)
+            metrics.disconnects.labels(name, "closed")
 
     def connected(self, socket: str) -> bool:
         """Whether ``socket`` has a connection open now."""

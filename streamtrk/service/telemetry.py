@@ -8,13 +8,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import STAGES as RECON_STAGES
 from streamtrk.service.heap import CollectorPauses
 from streamtrk.service.physics import PhysicsMetrics
+from streamtrk.wire import REASONS
 
 #: Pipeline stages, in order; upload to fit come from ``Reconstructor.reconstruct``, physics
 #: is the physics metrics' bookkeeping of a batch (after its replies are queued).
 STAGES = ("decode", "queue", *RECON_STAGES, "physics", "encode")
+
+#: Why an event is not answered ok: the decoder's reasons, and the daemon's own.
+REJECTED_REASONS = (
+    *sorted(REASONS),
+    "message_too_large",
+    EventTooDense.reason,
+    "deadline",
+    "overloaded",
+    "internal",
+    "shutdown",
+)
 
 # 100 us to 10 s, about three buckets a decade.
 LATENCY_BUCKETS = (
@@ -225,6 +238,8 @@ class Metrics(SocketMetrics):
             self.model_reloads.labels(result)
         for stage in STAGES:
             self.stage.labels(stage)
+        for reason in REJECTED_REASONS:  # at 0: rate() and increase() see the first one
+            self.rejected.labels(reason)
 
     def watch_queue(self, name: str, depth: Callable[[], int], capacity: int) -> None:
         """Report ``depth()`` as ``streamtrk_queue_depth{queue=name}`` at every scrape."""

@@ -1,12 +1,21 @@
-"""Info gauges: one series each, replaced whole (a scrape sees the old or the new one)."""
+"""Info gauges: one series each, replaced whole (a scrape sees the old or the new one);
+counters of known labels exported from 0."""
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
+from pathlib import Path
 
+import zmq
 from prometheus_client import CollectorRegistry, generate_latest
 
+from streamtrk.service.batcher import Batcher, BatchPolicy
+from streamtrk.service.config import ServeConfig
+from streamtrk.service.deadletter import DeadLetters
+from streamtrk.service.ingest import Ingest
+from streamtrk.service.monitor import SocketMonitor
 from streamtrk.service.telemetry import InfoGauge, Metrics
 
 
@@ -71,3 +80,36 @@ def test_device_memory_is_exported_only_while_serving_on_cuda() -> None:
         m.registry.get_sample_value("streamtrk_device_memory_bytes", {"kind": "torch_allocated"})
         is None
     )
+
+
+def test_each_reason_and_cause_is_exported_from_0(tmp_path: Path) -> None:
+    """A series first seen at 1 has no increase to ``rate()`` and ``increase()``: a daemon's
+    first rejection of a reason (a sporadic ``internal``, one ``too_dense``), its first dead
+    letter, a socket's first refused handshake were missing from the breakdowns. Each known
+    label is exported from the start, at 0 (dead letters where the file is set)."""
+    m = Metrics()
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    monitor = SocketMonitor({"hits": pull}, m)
+    monitor.start()
+    dead = DeadLetters(tmp_path / "dead.stk", 1 << 20)
+    try:
+        Ingest(pull, Batcher(16, BatchPolicy()), queue.Queue(), m, ServeConfig, threading.Event(),
+               dead_letters=dead)  # fmt: skip
+        text = m.render().decode()
+    finally:
+        dead.close()
+        monitor.stop()
+        for mon in monitor.monitors.values():
+            mon.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+    for reason in ("non_finite", "bad_header", "message_too_large", "too_dense", "deadline",
+                   "overloaded", "internal", "shutdown"):  # fmt: skip
+        assert f'streamtrk_events_rejected_total{{reason="{reason}"}} 0.0' in text, reason
+    for result in ("written", "over_cap", "failed"):
+        assert f'streamtrk_dead_letters_total{{result="{result}"}} 0.0' in text, result
+    for cause in ("auth", "handshake", "closed"):
+        assert f'streamtrk_disconnects_total{{cause="{cause}",socket="hits"}} 0.0' in text
+    for cause in ("auth", "handshake"):
+        assert f'streamtrk_auth_failures_total{{cause="{cause}",socket="hits"}} 0.0' in text
