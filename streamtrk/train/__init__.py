@@ -17,7 +17,8 @@ track, the one maximising ``tracking_efficiency - fake_rate - duplicate_rate`` i
 The model is then evaluated on held-out test events and on the ``report`` inputs (reported
 in the card, never used for a choice). Before anything is trained, no event may be in two
 of train, validation, test and the report inputs (compared by hit positions and by the
-truth's particle momenta, whatever file or seed each came from).
+truth's particle momenta, half the particles of either shared, whatever file or seed each
+came from).
 
 The recipe's parts: ``config`` (the recipe file), ``samples`` (graphs, targets, sectors),
 ``loop`` (optimisation), ``threshold`` (the default threshold), and ``train`` here.
@@ -34,8 +35,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -363,35 +366,66 @@ def _replace_directory(out: Path, work: Path) -> None:
 
 def check_no_shared_events(splits: dict[str, list[Event]]) -> None:
     """ValueError when one event is in two of ``splits`` (the same hit positions in any
-    order, or the same particles): a recording of the test seed given as training data,
-    the same seed simulated with other noise or detector faults, or the report's real event
-    recorded and trained on. The recipe file's check sees only seeds and paths."""
+    order, or half the particles of either the same): a recording of the test seed given as
+    training data, the same seed simulated with other noise, detector faults or a hard
+    scatter added, or the report's real event recorded and trained on. The recipe file's
+    check sees only seeds and paths."""
     seen: dict[bytes, tuple[str, Event]] = {}
     for name, events in splits.items():
         for event in events:
             for key, what in event_fingerprints(event):
                 other = seen.setdefault(key, (name, event))
                 if other[0] != name:
-                    raise ValueError(
-                        f"[{other[0]}] event ({other[1].run}, {other[1].event}) and [{name}] "
-                        f"event ({event.run}, {event.event}) have the same {what}: the model "
-                        "would be judged on what it was trained or tuned on"
-                    )
+                    raise _shared(other, (name, event), f"have the same {what}")
+    _check_no_shared_particles(splits)
 
 
 def event_fingerprints(event: Event) -> list[tuple[bytes, str]]:
     """Digests of an event that neither the rows' order nor the hits' ids change, each with
     what it is of: its hit positions (the same crossing read from TrackML files or from a
-    recording gives one digest), and where its truth knows its particles' momenta, those
-    (unchanged by noise, dead or noisy layers, overlaps and the beam spot)."""
+    recording gives one digest)."""
     h = event.hits
-    out = [(_rows_digest(b"hits", to_host(h.x), to_host(h.y), to_host(h.z)), "hits")]
-    if event.truth is not None:
-        p = event.truth.particles
-        pxyz = [to_host(p.px), to_host(p.py), to_host(p.pz)]
-        if len(pxyz[0]) and np.isfinite(np.stack(pxyz)).all():
-            out.append((_rows_digest(b"particles", *pxyz), "particle momenta"))
-    return out
+    return [(_rows_digest(b"hits", to_host(h.x), to_host(h.y), to_host(h.z)), "hits")]
+
+
+def _check_no_shared_particles(splits: dict[str, list[Event]]) -> None:
+    """ValueError when events of two splits share half the particles of either (by their
+    momenta, where the truth knows them: unchanged by noise, dead or noisy layers, overlaps,
+    the beam spot, or particles added)."""
+    owners: list[tuple[str, Event]] = []
+    momenta: list[np.ndarray] = []
+    for name, events in splits.items():
+        for event in events:
+            if event.truth is None:
+                continue
+            p = event.truth.particles
+            rows = np.stack([to_host(p.px), to_host(p.py), to_host(p.pz)], axis=1)
+            if len(rows) and np.isfinite(rows).all():
+                owners.append((name, event))
+                momenta.append(rows.astype(np.float64))
+    if len(momenta) < 2:
+        return
+    which = np.repeat(np.arange(len(momenta)), [len(m) for m in momenta])
+    _, group = np.unique(np.concatenate(momenta), axis=0, return_inverse=True)
+    order = np.lexsort((which, group.ravel()))
+    group, which = group.ravel()[order], which[order]
+    shared: Counter[tuple[int, int]] = Counter()
+    bounds = np.flatnonzero(np.diff(group)) + 1
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(group)]
+    for first, end in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+        shared.update(combinations(sorted(set(which[first:end].tolist())), 2))
+    for (a, b), n in shared.most_common():
+        if owners[a][0] != owners[b][0] and 2 * n >= min(len(momenta[a]), len(momenta[b])):
+            particles = f"share {n} of their {len(momenta[a])} and {len(momenta[b])} particles"
+            raise _shared(owners[a], owners[b], f"{particles} (by momentum)")
+
+
+def _shared(first: tuple[str, Event], second: tuple[str, Event], what: str) -> ValueError:
+    (a, x), (b, y) = first, second
+    return ValueError(
+        f"[{a}] event ({x.run}, {x.event}) and [{b}] event ({y.run}, {y.event}) {what}: "
+        "the model would be judged on what it was trained or tuned on"
+    )
 
 
 def _rows_digest(kind: bytes, *columns: np.ndarray) -> bytes:

@@ -46,7 +46,7 @@ def test_a_recipe_refused_is_exit_status_2(tmp_path: Path, capsys) -> None:
     [
         ('[train]\nrecording = "{stk}"\n', "0.19", r"\[train\] event \(\d+, 0\) and \[val\] event"),
         ('[report]\nreal = "{csv}"\n', "0.19", r"\[train\] event \(\d+, 0\) and \[report real\]"),
-        ('[train]\nrecording = "{stk}"\n', "0", r"\[train\] event .* same particle momenta"),
+        ('[train]\nrecording = "{stk}"\n', "0", r"\[train\] event .* share \d+ of their"),
     ],
 )
 def test_an_event_in_two_splits_is_refused_before_training(
@@ -132,16 +132,36 @@ def test_event_fingerprints_ignore_row_order_and_ids() -> None:
     order = np.random.default_rng(0).permutation(len(event.hits))
     shuffled = replace(event.hits.take(order), hit_id=np.arange(len(order), dtype=np.int64) + 7)
     assert event_fingerprints(replace(event, hits=shuffled)) == event_fingerprints(event)
-    hits, particles = event_fingerprints(event)
-    assert event.truth is not None
-    rows = np.random.default_rng(1).permutation(len(event.truth.particles))
-    reordered = replace(event.truth, particles=event.truth.particles.take(rows))
-    assert event_fingerprints(replace(event, truth=reordered)) == [hits, particles]
     moved = event.hits.z.copy()
     moved[3] = np.nextafter(moved[3], np.float32(np.inf))
-    moved_hits, same = event_fingerprints(replace(event, hits=replace(event.hits, z=moved)))
-    assert moved_hits != hits and same == particles  # a hit moved: the same particles
-    assert event_fingerprints(replace(event, truth=None)) == [hits]
+    assert event_fingerprints(replace(event, hits=replace(event.hits, z=moved))) != (
+        event_fingerprints(event)
+    )
+
+
+def test_events_sharing_half_their_particles_are_refused_in_two_splits() -> None:
+    """The same seed simulated with a hard scatter added: other hits (other scattering
+    draws) and three particles more, the pile-up's particles the same. An event with the
+    whole particle table compared let it through into another split; shared by half the
+    particles of either (in any order), it is refused. Events of one split may share."""
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+    from streamtrk.train import check_no_shared_events
+
+    det = load_detector()
+    [plain] = EventSource(mu=10, seed=11, events=1).load(det)
+    [hard] = simulate(det, SimConfig(GeneratorConfig(mu=10, hard_scatter=3)), 11, 1)
+    [other] = EventSource(mu=10, seed=12, events=1).load(det)
+    assert plain.truth is not None and hard.truth is not None
+    assert len(hard.truth.particles) == len(plain.truth.particles) + 3
+    with pytest.raises(ValueError, match=r"\[train\] event \(\d+, 0\) and \[test\] event .* share"):
+        check_no_shared_events({"train": [plain, other], "test": [hard]})
+    rows = np.random.default_rng(1).permutation(len(plain.truth.particles))
+    half = plain.truth.particles.take(rows[: len(rows) // 2 + 1])
+    halved = replace(hard, truth=replace(hard.truth, particles=half))  # of other hits
+    with pytest.raises(ValueError, match="share"):  # a subset of the other's particles
+        check_no_shared_events({"val": [other, halved], "train": [plain]})
+    check_no_shared_events({"train": [plain, hard], "test": [other]})
 
 
 def test_tiny_training_is_reproducible(tmp_path: Path) -> None:
