@@ -15,7 +15,13 @@ from typing import Any, Self
 from streamtrk.client import REFUSAL_EVENTS, REFUSAL_HINTS, Consumer
 from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable, file_to_write
-from streamtrk.io.recording import RecordingWriter, TruthPairs, refuse_being_written
+from streamtrk.io.recording import (
+    RecordingWriter,
+    TruthPairs,
+    fitting,
+    hit_count,
+    refuse_being_written,
+)
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import Message, WireError, decode
 
@@ -38,7 +44,9 @@ def record(
     """Write valid ``hits`` (and ``truth``) messages from a PULL socket on ``source`` to
     ``output`` until ``events`` hits messages, ``duration_s`` seconds or ``stop``.
 
-    Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode), ``other`` (valid
+    Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode, or a truth of
+    another number of hits than the event it pairs with, at which a reader would refuse
+    the recording), ``other`` (valid
     messages of another kind, not recorded), ``handshakes_hung_up`` (CURVE handshakes hung
     up on, none succeeding: see ``streamtrk.client.HUNG_UP_HINT``) and ``past_limit``:
     once ``events`` hits messages are recorded, what arrives in the next
@@ -68,7 +76,7 @@ def record(
         raise SettingError(f"--duration must be a positive number, got {duration_s}")
     stop = StopFlag() if stop is None else stop
     n: Counter[str] = Counter()
-    pairs: TruthPairs[None] = TruthPairs()  # the hits recorded, paired as a reader pairs them
+    pairs: TruthPairs[int] = TruthPairs()  # the hits recorded, paired as a reader pairs them
     t_end = None if duration_s is None else time.monotonic() + duration_s
     check_writable(output)
     refuse_being_written(output)
@@ -89,16 +97,16 @@ def record(
         def take(frames: list[Any]) -> None:
             try:
                 msg = decode(frames)
-            except WireError:
+                if msg.kind == "truth":  # one a reader would refuse the file at: invalid
+                    pairs.truth((msg.run, msg.event), fitting(msg))
+            except (WireError, ValueError):
                 n["invalid"] += 1
                 return
             if msg.kind in RECORDED_KINDS:
                 _write(writer, frames, msg)
                 if msg.kind == "hits":
-                    pairs.hits((msg.run, msg.event), None)
+                    pairs.hits((msg.run, msg.event), hit_count(msg))
                     deque(pairs.ready(), maxlen=0)  # paired, or past the window
-                else:
-                    pairs.truth((msg.run, msg.event), _unchanged)
             n[msg.kind if msg.kind in RECORDED_KINDS else "other"] += 1
 
         while not stop.is_set() and (events is None or n["hits"] < events):
@@ -120,24 +128,21 @@ def record(
                 take(frames)
                 continue
             try:
-                late: Message | None = decode(frames)
+                late = decode(frames)
+                if late.kind == "truth" and pairs.truth((late.run, late.event), fitting(late)):
+                    _write(writer, frames, late)
+                    n["truth"] += 1
+                    continue
             except WireError:
-                late = None
-            key = None if late is None or late.kind != "truth" else (late.run, late.event)
-            if late is not None and key is not None and pairs.truth(key, _unchanged):
-                _write(writer, frames, late)
-                n["truth"] += 1
-            else:
-                n["past_limit"] += 1
+                pass
+            except ValueError:  # of another number of hits than its event
+                n["invalid"] += 1
+                continue
+            n["past_limit"] += 1
         consumer.refusal()  # its monitor read to the end
         if consumer.hung_up and not consumer.shook:
             n["handshakes_hung_up"] = consumer.hung_up
     return n
-
-
-def _unchanged(item: None) -> None:
-    """A truth's pairing, noted only (the tap writes frames, not events)."""
-    return item
 
 
 def _write(writer: _CreatedOnFirstWrite, frames: list[Any], msg: Message) -> None:

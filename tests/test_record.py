@@ -80,6 +80,33 @@ def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> No
     assert [frames for _, frames in iter_records(out)] == records[:6]
 
 
+def test_a_truth_that_does_not_fit_its_event_is_skipped_as_invalid(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """A truth of event 0 with another event's hits (another number of them): recorded, it
+    made the whole file unreadable to every reader (``truth has N hits, event has M``) while
+    the tap said it recorded it. Skipped as invalid; the right one after it is recorded."""
+    from streamtrk.wire import encode_truth
+
+    out = tmp_path / "tap.stk"
+    records = [frames for _, frames in islice(iter_records(sim_run), 4)]  # hits, truth x 2
+    first, second = decode(records[0]), decode(records[3])
+    assert len(first.columns["hit_id"]) != len(second.columns["hit.particle_id"])
+    wrong = [bytes(f) for f in encode_truth(first.run, first.event, second.to_truth())]
+    with (
+        Producer("tcp://127.0.0.1:*", bind=True, linger_ms=5000) as producer,
+        _tap("--from", producer.endpoint, "-o", str(out), "--events", "2", "--duration", "120")
+        as tap,
+    ):  # fmt: skip
+        for frames in [records[0], wrong, *records[1:]]:
+            assert producer.send_frames(frames, timeout_ms=60_000)
+        stdout, _ = tap.communicate(timeout=120)
+    assert tap.returncode == 0
+    assert "recorded 2 hits and 2 truth messages" in stdout and "skipped 1 invalid" in stdout
+    assert [frames for _, frames in iter_records(out)] == records
+    assert [e.truth is not None for e in iter_events(out)] == [True, True]
+
+
 def test_a_bound_tap_says_the_port_it_took_and_records_what_is_pushed_there(
     sim_run: Path, tmp_path: Path
 ) -> None:

@@ -257,6 +257,23 @@ class RecordingReader:
 PAIR_WINDOW = 16
 
 
+def hit_count(msg: Message) -> int:
+    """The number of hits a hits or truth message is of."""
+    return len(msg.columns["hit_id" if msg.kind == "hits" else "hit.particle_id"])
+
+
+def fitting(truth: Message) -> Callable[[int], int]:
+    """An ``attach`` of :class:`TruthPairs` of hit counts: ValueError, as a reader's, where
+    ``truth`` is of another number of hits than its event."""
+
+    def attach(hits: int) -> int:
+        if (n := hit_count(truth)) != hits:
+            raise ValueError(f"truth has {n} hits, event has {hits}")
+        return hits
+
+    return attach
+
+
 class TruthPairs(Generic[T]):
     """Hits waiting for their truth, in order: a ``truth`` goes to the oldest waiting hits of
     its (run, event) among the last ``PAIR_WINDOW`` hits; the hits are handed on in their
@@ -638,27 +655,32 @@ def summarize(path: StrPath) -> dict[str, Any]:
     invalid: Counter[str] = Counter()
     versions: set[int] = set()
     records = hits_total = hits_max = with_truth = 0
-    pairs: TruthPairs[None] = TruthPairs()  # as events() pairs them
+    pairs: TruthPairs[int] = TruthPairs()  # hit counts, paired as events() pairs them
     error: RecordingError | None = None
     with RecordingReader(path) as reader:
         try:
-            for _, frames in reader:
+            for offset, frames in reader:
+                try:
+                    msg: Message | None = decode(frames)
+                except WireError as e:
+                    msg = None
+                    invalid[e.reason] += 1
+                if msg is not None and msg.kind == "truth":
+                    try:
+                        with_truth += pairs.truth((msg.run, msg.event), fitting(msg))
+                    except ValueError as e:  # a reader refuses the file there
+                        raise RecordingError(f"{path}: record at offset {offset}: {e}") from e
                 records += 1
                 version = (peek_header(frames) or {}).get("version")
                 if isinstance(version, int) and not isinstance(version, bool):
                     versions.add(version)
-                try:
-                    msg = decode(frames)
-                except WireError as e:
-                    invalid[e.reason] += 1
+                if msg is None:
                     continue
                 kinds[msg.kind] += 1
-                if msg.kind == "truth":
-                    with_truth += pairs.truth((msg.run, msg.event), lambda _: None)
                 if msg.kind == "hits":
-                    n = len(msg.columns["hit_id"])
+                    n = hit_count(msg)
                     hits_total, hits_max = hits_total + n, max(hits_max, n)
-                    pairs.hits((msg.run, msg.event), None)
+                    pairs.hits((msg.run, msg.event), n)
                 deque(pairs.ready(), maxlen=0)  # handed on: paired, or past the window
         except RecordingError as e:
             error = e

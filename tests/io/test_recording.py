@@ -475,6 +475,21 @@ def test_summarize(small: Any, tmp_path: Path) -> None:
     assert summarize(empty)["events"] == 0
 
 
+def test_summarize_stops_at_a_truth_the_readers_refuse(tmp_path: Path, rng) -> None:
+    """A truth of another number of hits than its event: the readers refuse the file there
+    (``truth has 4 hits, event has 5``); ``inspect`` said it was whole, its counts of all."""
+    e0, e1 = make_event(rng, 5, 0), make_event(rng, 4, 1)
+    assert e0.truth is not None and e1.truth is not None
+    path = tmp_path / "m.stk"
+    write(path, [encode_hits(e0), encode_truth(3, 0, e1.truth), encode_hits(e1)])
+    bad = [offset for offset, _ in iter_records(path)][1]
+    with pytest.raises(RecordingError, match=f"offset {bad}: truth has 4 hits, event has 5"):
+        list(iter_events(path))
+    s = summarize(path)
+    assert s["error"] == f"{path}: record at offset {bad}: truth has 4 hits, event has 5"
+    assert (s["records"], s["events"], s["events_with_truth"], s["cut_at"]) == (1, 1, 0, None)
+
+
 def test_the_crc_covers_count_lengths_and_bytes_as_documented(tmp_path: Path) -> None:
     path = tmp_path / "c.stk"
     with RecordingWriter(path) as w:
