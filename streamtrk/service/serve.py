@@ -36,6 +36,7 @@ import torch
 import zmq
 
 from streamtrk import __version__
+from streamtrk.errors import SettingError
 from streamtrk.recon.card import ModelCardError
 from streamtrk.service import faults, logs
 from streamtrk.service.auth import Authenticator, start_authenticator
@@ -664,8 +665,9 @@ class Daemon:
                 return 0
         [result] = outcome
         if isinstance(result, BaseException):
-            # A missing, unreadable or mismatched model directory: its message says it all.
-            expected = isinstance(result, (OSError, ModelCardError))
+            # A missing, unreadable or mismatched model directory, or a setting it cannot
+            # serve with: its message says it all.
+            expected = isinstance(result, (OSError, ModelCardError, SettingError))
             log.error("cannot load the model: %s", result, exc_info=None if expected else result)
             return 1
         self._install(result, self.config)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from streamtrk.errors import SettingError
 from streamtrk.event import Event
 from streamtrk.recon.device import resolve_device
 from streamtrk.recon.engine import EngineScorer
@@ -89,7 +90,7 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     first, where there is one). The directory's card and digest are read before the
     weights; a directory whose files changed while loading is refused (the name, card and
     hash reported would not be those of the weights in use)."""
-    from streamtrk.recon.budget import Budget
+    from streamtrk.recon.budget import Budget, EventTooDense
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import read_card, shipped_model_path
 
@@ -114,7 +115,14 @@ def load_served_model(cfg: ServeConfig) -> ServedModel:
     try:
         event = warmup_event()
         t_batch = time.perf_counter()
-        rec.reconstruct([event])
+        try:
+            rec.reconstruct([event])
+        except EventTooDense as e:
+            raise SettingError(
+                f"budget_scale {cfg.budget_scale:g} leaves no room for the warm-up event (MU "
+                f"{WARMUP_MU:g}, {len(event.hits)} hits: {e}): every event of that pile-up or "
+                "more would be answered too_dense; raise budget_scale (1 by default)"
+            ) from None
         warmup_batch = (len(event.hits), time.perf_counter() - t_batch)
         if model_digest(path) != digest:
             raise RuntimeError(

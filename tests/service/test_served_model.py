@@ -29,6 +29,18 @@ def test_a_model_refused_after_its_warm_up_has_its_engine_closed(monkeypatch) ->
     assert len(closed) == 1
 
 
+def test_a_budget_that_refuses_the_warm_up_event_is_said_to_be_the_setting() -> None:
+    """``budget_scale`` so small that the warm-up event (MU 5) is too dense: the daemon
+    said "cannot load the model: too many doublet candidates (run 0 event 0 ...)" with a
+    traceback, as if the model were at fault and an event of the operator's to blame."""
+    from streamtrk.errors import SettingError
+
+    with pytest.raises(SettingError, match=r"budget_scale 0\.001 leaves no room for the warm-up"):
+        served_model.load_served_model(
+            ServeConfig(device="cpu", engine="eager", budget_scale=0.001)
+        )
+
+
 def test_a_model_loaded_keeps_its_engine_open(monkeypatch) -> None:
     closed: list[EngineScorer] = []
     monkeypatch.setattr(EngineScorer, "close", lambda self: closed.append(self))
