@@ -129,6 +129,7 @@ def _replay(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission
     from streamtrk.replay import (
         ReplayOptions,
+        ambiguous_keys,
         format_report,
         labels_of,
         load_recording,
@@ -172,6 +173,14 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     if args.submission:  # checked before the replay, as its files name events by number
         by_event_number({ev.key: None for ev in events})
+        if ambiguous := ambiguous_keys(events):
+            run, event = min(ambiguous)
+            raise ValueError(
+                f"{len(ambiguous)} (run, event) numbers name events of other hits in "
+                f"{args.recording} (run {run}, event {event} among them: two producers' runs "
+                "recorded together?): a submission names events by number and would hold one "
+                "of each; replay each producer's events apart"
+            )
     # The recording and the imports frozen out of the collector's scans while replies are
     # timed: a full collection in the receiving thread would delay the replies it times.
     with stop_on_signals() as stop, heap_frozen():

@@ -312,8 +312,10 @@ class Evaluation:
                 self.n_repeated += 1
             else:
                 raise ValueError(
-                    f"two events with other hits are both run {ev.run}, event {ev.event}: a "
-                    "submission and the tracks name events by run and number"
+                    f"two events with other hits are both run {ev.run}, event {ev.event} (two "
+                    "producers' runs recorded together?): events are scored, and their tracks "
+                    "and submission rows written, by run and number; evaluate each producer's "
+                    "events apart"
                 )
 
     def report(self) -> dict[str, Any]:

@@ -290,6 +290,13 @@ def test_two_events_of_one_run_and_number_are_refused_not_merged(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"two events with other hits are both run {first.run}, event {first.event}" in err
     assert not submission.exists()
+    # replay matches replies by msg_id, but its submission too names events by number: it
+    # wrote the first one's rows, each hit a track of its own, and the other's not at all
+    replay = ["replay", str(joined), "--to", "tcp://127.0.0.1:9", "--from", "tcp://127.0.0.1:7"]
+    assert main([*replay, "-q", "--submission", str(submission)]) == 1
+    err = capsys.readouterr().err
+    assert f"(run {first.run}, event {first.event} among them" in err, err
+    assert not submission.exists()
 
 
 def test_export_trackml_of_no_events_is_an_error(tmp_path, capsys):
