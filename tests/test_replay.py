@@ -660,33 +660,6 @@ def test_the_submission_holds_every_event_those_without_an_ok_reply_without_trac
         assert len({track for _, track in mine}) == len(mine)  # each hit alone
 
 
-def test_the_submission_of_an_event_recorded_twice_is_its_first_copy(tmp_path: Path) -> None:
-    """The same (run, event) recorded twice with other hits: its reply and its hit ids, in
-    the submission, are both the first copy's."""
-    ev = _events(1)[0].event
-    run = tmp_path / "twice.stk"
-    with RecordingWriter(run) as w:
-        w.write_event(ev)
-        w.write_event(replace(ev, hits=ev.hits.take(np.arange(10)), truth=None))
-    with _daemon_sockets() as (sink, out, to, from_):
-
-        def answer() -> None:  # no tracks: every hit labelled 0
-            for _ in range(2):
-                msg = decode(sink.recv_multipart())
-                ids = msg.to_event().hits.hit_id
-                out.send_multipart(encode_tracks(msg.run, msg.event, ids, Tracks.empty(),
-                                                 msg_id=msg.msg_id))  # fmt: skip
-
-        daemon = threading.Thread(target=answer, daemon=True)
-        daemon.start()
-        sub = tmp_path / "sub.csv"
-        argv = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
-        assert main([*argv, "--submission", str(sub)]) == 0
-        daemon.join(10)
-    rows = sub.read_text().splitlines()[1:]
-    assert [int(r.split(",")[1]) for r in rows] == ev.hits.hit_id.tolist()
-
-
 def test_resends_wait_retry_after_from_the_last_send() -> None:
     events = _events(1)
     times: list[float] = []
