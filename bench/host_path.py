@@ -57,7 +57,7 @@ from streamtrk.service.job import Job, Reply
 from streamtrk.service.physics import Observation, PhysicsMetrics
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
-from streamtrk.wire import Limits, decode, encode_hits
+from streamtrk.wire import Limits, ModelId, decode, encode_hits
 
 BUDGETS_US = {"500 events/s": 2000.0, "1000 events/s": 1000.0}
 NOT_IN_TOTAL = ("physics_edge_scores", "decode_compact")  # a part of one, instead of one
@@ -161,8 +161,9 @@ def per_event_parts(
     compact = [[bytes(f) for f in encode_hits(ev, compact=True)] for ev in events]
     limits = Limits(max_hits=max(len(ev.hits) for ev in events))
     jobs = [Job(decode(f, limits=limits).to_event(), 0.0, None, {"decode": 1e-4}) for f in frames]
+    ident = ModelId("in-h32-s6-v2", "0123456789abcdef", rec.threshold)  # as the daemon names it
     replies = [
-        Reply.success(job, tracks, {**job.timings, **result.timings}, rec.beam_spot)
+        Reply.success(job, tracks, {**job.timings, **result.timings}, rec.beam_spot, ident)
         for job, tracks in zip(jobs, result.tracks, strict=True)
     ]
     # the batch's tracks as the fit leaves them: one CSR over the batch's hit numbering

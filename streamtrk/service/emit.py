@@ -50,6 +50,7 @@ def _encode(reply: Reply) -> list[OutFrame]:
         timings=reply.timings,
         msg_id=reply.msg_id,
         beam_line=reply.beam_line,
+        model=reply.model,
     )
 
 

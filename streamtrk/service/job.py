@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamtrk.event import Event, Tracks
+from streamtrk.wire import ModelId
 
 NO_HITS = np.zeros(0, dtype=np.int64)
 
@@ -55,6 +56,7 @@ class Reply:
     reason: str = ""
     msg_id: int | None = None
     beam_line: tuple[float, float] | None = None  # mm: what the tracks' perigee is about
+    model: ModelId | None = None  # the model that made the tracks
 
     @property
     def status(self) -> str:
@@ -62,11 +64,25 @@ class Reply:
 
     @classmethod
     def success(
-        cls, job: Job, tracks: Tracks, timings: dict[str, float], beam_line: tuple[float, float]
+        cls,
+        job: Job,
+        tracks: Tracks,
+        timings: dict[str, float],
+        beam_line: tuple[float, float],
+        model: ModelId | None,
     ) -> Reply:
         ev = job.event
         return cls(
-            ev.run, ev.event, job.t_recv, timings, ev.hits.hit_id, tracks, "", job.msg_id, beam_line
+            ev.run,
+            ev.event,
+            job.t_recv,
+            timings,
+            ev.hits.hit_id,
+            tracks,
+            "",
+            job.msg_id,
+            beam_line,
+            model,
         )
 
     @classmethod

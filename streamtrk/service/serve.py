@@ -359,7 +359,7 @@ class Daemon:
             batcher,
             replies,
             self.metrics,
-            lambda: self._model().reconstructor,
+            lambda: self._model().serving,
             lambda: not ingest.is_alive(),
             observer.offer,
             on_failure=self._on_thread_failure,

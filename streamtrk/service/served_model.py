@@ -18,6 +18,7 @@ from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.reconstructor import Reconstructor
 from streamtrk.service import faults
 from streamtrk.service.config import ServeConfig
+from streamtrk.wire import ModelId
 
 WARMUP_MU = 5.0
 WARMUP_SEED = 20261128
@@ -71,6 +72,11 @@ class ServedModel:
     warmup_s: float
     warmup_batch: tuple[int, float]  # the warm-up reconstruct's hits and seconds
     card: dict[str, Any]
+
+    @property
+    def serving(self) -> tuple[Reconstructor, ModelId]:
+        """The reconstructor, and what names it in the replies."""
+        return self.reconstructor, ModelId(self.name, self.digest, self.threshold)
 
     def close(self) -> None:
         """Free what the model holds outside Python's reach (its engine's CUDA graphs and

@@ -39,6 +39,7 @@ from streamtrk.service.logs import Throttle
 from streamtrk.service.physics import Observation
 from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
+from streamtrk.wire import ModelId
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
@@ -59,7 +60,7 @@ class Worker(Supervised):
         batcher: Batcher,
         replies: queue.Queue[Reply],
         metrics: Metrics,
-        reconstructor: Callable[[], Reconstructor],
+        model: Callable[[], tuple[Reconstructor, ModelId | None]],
         intake_done: Callable[[], bool],
         observe: Callable[[Observation], object],
         on_failure: Callable[[Supervised], None] = lambda thread: None,
@@ -69,7 +70,7 @@ class Worker(Supervised):
         self.batcher = batcher
         self.replies = replies
         self.metrics = metrics
-        self.reconstructor = reconstructor
+        self.model = model  # the reconstructor in force, and what names it in the replies
         self.intake_done = intake_done
         self.observe = observe  # takes each batch's physics, never waits (Observer.offer)
         self.between_batches = between_batches  # called when no batch (nor model) is held
@@ -206,13 +207,13 @@ class Worker(Supervised):
         m = self.metrics
         events = [job.event for job in jobs]
         t0 = time.perf_counter()
-        rec = self.reconstructor()  # one model for the batch, whatever a reload swaps in
+        rec, ident = self.model()  # one model for the batch, whatever a reload swaps in
         try:
             faults.delay("batch")
             faults.fail("batch")
             result = rec.reconstruct(events)
             replies = [
-                Reply.success(job, tracks, {**job.timings, **result.timings}, rec.beam_spot)
+                Reply.success(job, tracks, {**job.timings, **result.timings}, rec.beam_spot, ident)
                 for job, tracks in zip(jobs, result.tracks, strict=True)
             ]
         except EventTooDense as e:

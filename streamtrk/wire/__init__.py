@@ -2,6 +2,7 @@
 
 from streamtrk.wire.codec import (
     Message,
+    ModelId,
     TrackReply,
     decode,
     encode_hits,
@@ -33,6 +34,7 @@ __all__ = [
     "VERSION",
     "Limits",
     "Message",
+    "ModelId",
     "TrackReply",
     "WireError",
     "decode",

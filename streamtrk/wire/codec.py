@@ -158,9 +158,11 @@ def encode_tracks(
     t_send_ns: int | None = None,
     msg_id: int | None = None,
     beam_line: tuple[float, float] | None = None,
+    model: ModelId | None = None,
 ) -> list[OutFrame]:
     """Frames of a ``tracks`` reply (``msg_id``: the one of the hits message answered;
-    ``beam_line``: the x, y in mm that the tracks' phi, d0 and z0 are about).
+    ``beam_line``: the x, y in mm that the tracks' phi, d0 and z0 are about; ``model``: the
+    model that made the tracks).
 
     ``tracks.hit_index`` indexes ``hit_ids`` (the event's hit ids); the message carries the
     hit ids themselves. ``tracks=None`` means no tracks, as an error reply requires.
@@ -183,11 +185,28 @@ def encode_tracks(
         extra["msg_id"] = int(msg_id)
     if beam_line is not None:
         extra["beam_line"] = [float(v) for v in beam_line]
+    if model is not None:
+        extra["model"] = {
+            "name": model.name,
+            "hash": model.hash,
+            "threshold": float(model.threshold),
+        }
     _check_reply_header(extra)  # what the decoder would refuse is not sent
     return _frames("tracks", run, event, t_send_ns, cols, **extra)
 
 
 # --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """What identifies the model that made a reply's tracks: the name and hash of its
+    directory (as ``/status`` and ``streamtrk_model_info`` give them) and the edge-score
+    threshold it served with."""
+
+    name: str
+    hash: str
+    threshold: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,6 +223,7 @@ class TrackReply:
     params: dict[str, np.ndarray]
     msg_id: int | None = None
     beam_line: tuple[float, float] | None = None  # x, y (mm) of the perigee parameters
+    model: ModelId | None = None  # the model that made the tracks (version 6)
 
     @property
     def ok(self) -> bool:
@@ -276,7 +296,7 @@ class Message:
             else:
                 params[k] = np.full(n_tracks, -1 if k == "ndf" else np.nan, dtype=dt)
                 params[k].flags.writeable = False  # read-only, as every decoded column
-        beam_line = h.get("beam_line")
+        beam_line, model = h.get("beam_line"), h.get("model")
         return TrackReply(
             self.run,
             self.event,
@@ -288,6 +308,9 @@ class Message:
             params,
             self.msg_id,
             None if beam_line is None else (float(beam_line[0]), float(beam_line[1])),
+            None
+            if model is None
+            else ModelId(model["name"], model["hash"], float(model["threshold"])),
         )
 
 
@@ -573,6 +596,20 @@ def _check_reply_header(header: dict[str, Any]) -> None:
         b = header["beam_line"]
         if not (isinstance(b, list) and len(b) == 2 and all(_is_number(v) for v in b)):
             raise WireError("bad_header", f"beam_line must be [x, y] in mm, got {_short(b)}")
+    if "model" in header:
+        m = header["model"]
+        if not (
+            isinstance(m, dict)
+            and m.keys() == {"name", "hash", "threshold"}
+            and isinstance(m["name"], str)
+            and isinstance(m["hash"], str)
+            and _is_number(m["threshold"])
+            and 0 <= m["threshold"] <= 1
+        ):
+            raise WireError(
+                "bad_header",
+                f"model must map name and hash to text and threshold to [0, 1], got {_short(m)}",
+            )
     status, reason, timings = header["status"], header["reason"], header["timings"]
     if not (isinstance(status, str) and status in STATUSES):
         raise WireError("bad_header", f"status must be 'ok' or 'error', got {_short(status)}")

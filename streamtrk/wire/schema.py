@@ -1,4 +1,4 @@
-"""Wire schema v5 (v1 to v4 still decoded; each kind written in the oldest version that
+"""Wire schema v6 (v1 to v5 still decoded; each kind written in the oldest version that
 carries it, ``ENCODED_VERSIONS``): header keys, column layouts per message kind, limits, and
 errors. Version 2 added the optional ``msg_id`` (hits, echoed in tracks) and
 the tracks column ``ndf``, and made ``chi2`` the total chi-square (v1: chi2 per ndf).
@@ -6,6 +6,8 @@ Version 3 added the tracks columns ``sigma_*`` (the fit's standard errors) and t
 tracks key ``beam_line`` (the x, y in mm that phi, d0 and z0 are about). Version 4 added the
 tracks columns ``corr_*`` (the correlations of the fit's errors). Version 5 lets an integer
 column travel in a narrower integer dtype (``dtype_allowed``): compact hits messages.
+Version 6 added the optional tracks key ``model`` (the name, hash and threshold of the
+model that made the tracks).
 
 See ``docs/wire-protocol.md`` for the full specification.
 """
@@ -19,8 +21,8 @@ import numpy as np
 from streamtrk.event import HIT_DTYPES, HIT_TRUTH_DTYPES, PARTICLE_DTYPES, TRACK_PARAM_DTYPES
 
 SCHEMA = "streamtrk"
-VERSION = 5
-SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, 3, 4, VERSION})
+VERSION = 6
+SUPPORTED_VERSIONS: frozenset[int] = frozenset({1, 2, 3, 4, 5, VERSION})
 #: The first version whose integer columns may be sent in a narrower integer dtype.
 NARROW_VERSION = 5
 
@@ -46,7 +48,10 @@ COMMON_KEYS: frozenset[str] = frozenset(
 #: Extra header keys per kind: (required, optional).
 KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "hits": (frozenset(), frozenset({"deadline_ms", "msg_id"})),
-    "tracks": (frozenset({"status", "reason", "timings"}), frozenset({"msg_id", "beam_line"})),
+    "tracks": (
+        frozenset({"status", "reason", "timings"}),
+        frozenset({"msg_id", "beam_line", "model"}),
+    ),
     "truth": (frozenset(), frozenset()),
 }
 STATUSES: frozenset[str] = frozenset({"ok", "error"})
@@ -58,7 +63,7 @@ _V2_TRACKS = {k: v for k, v in _V3_TRACKS.items() if not k.startswith("sigma_")}
 _V1_TRACKS = {k: v for k, v in _V2_TRACKS.items() if k != "ndf"}
 _OLD_TRACKS = {1: _V1_TRACKS, 2: _V2_TRACKS, 3: _V3_TRACKS}
 #: Optional header keys each version added.
-_ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"})}
+_ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"}), 6: frozenset({"model"})}
 
 
 def columns_of(kind: str, version: int) -> dict[str, str]:
@@ -88,7 +93,7 @@ def keys_of(kind: str, version: int) -> tuple[frozenset[str], frozenset[str]]:
 
 
 #: The version encoders write per kind: the oldest with the current keys and columns of that
-#: kind, so that an older decoder reads every message it can (hits: 2, truth: 1, tracks: 4;
+#: kind, so that an older decoder reads every message it can (hits: 2, truth: 1, tracks: 6;
 #: a producer of this version can feed a daemon of version 2).
 ENCODED_VERSIONS: dict[str, int] = {
     kind: min(

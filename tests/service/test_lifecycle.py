@@ -27,6 +27,7 @@ from streamtrk.recon.model import default_model_path
 from streamtrk.service.serve import CPU_BATCH_HITS
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
+from streamtrk.wire import ModelId
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +162,7 @@ def test_readyz_is_503_while_loading_and_while_draining(daemon_factory) -> None:
     assert d.get("/readyz") == (503, "loading\n")
     assert d.get("/healthz") == (200, "ok\n")
     wait_for(lambda: d.get("/readyz")[0] == 200)
+    served = json.loads(d.get("/status")[1])["model"]
     event = simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=100)), 3, 1)
     with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
         assert producer.send_event(next(event), timeout_ms=30_000)
@@ -169,9 +171,11 @@ def test_readyz_is_503_while_loading_and_while_draining(daemon_factory) -> None:
         wait_for(lambda: d.get("/readyz") == (503, "draining\n"), timeout=30)
         reply = consumer.recv(timeout_ms=120_000)
     assert reply is not None and reply.to_reply().ok
-    # A reply states the beam line of its perigee parameters and their standard errors.
+    # A reply states the beam line of its perigee parameters and their standard errors, and
+    # the model that made them, as /status names it.
     tracks = reply.to_reply()
     assert tracks.beam_line == (0.0, 0.0) and len(tracks) > 500  # MU=100: 992
+    assert tracks.model == ModelId(served["name"], served["hash"], served["threshold"])
     for name in ("q_over_pt", "eta", "phi", "d0", "z0"):
         sigma = tracks.params[f"sigma_{name}"]
         assert np.all((sigma > 0) & np.isfinite(sigma)), name

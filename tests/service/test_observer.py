@@ -51,7 +51,7 @@ def test_the_worker_does_not_wait_for_the_physics_metrics(inject) -> None:
     batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
     replies: queue.Queue[Reply] = queue.Queue()
     observer = Observer(metrics, lambda: worker.done.is_set())
-    worker = Worker(batcher, replies, metrics, lambda: REC, lambda: True, observer.offer)
+    worker = Worker(batcher, replies, metrics, lambda: (REC, None), lambda: True, observer.offer)
     for ev in EVENTS:
         batcher.put(Job(ev, time.perf_counter(), None))
     observer.start()

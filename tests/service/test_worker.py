@@ -49,7 +49,9 @@ def _worker(
     empty); the batches it hands to the physics metrics go to ``observed``."""
     rec = Reconstructor(scorer, detector=det)
     observe = (observed if observed is not None else []).append
-    return Worker(batcher, replies, metrics or Metrics(), lambda: rec, lambda: True, observe)
+    return Worker(
+        batcher, replies, metrics or Metrics(), lambda: (rec, None), lambda: True, observe
+    )
 
 
 def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
@@ -61,7 +63,7 @@ def test_failure_inside_reconstruction_fails_only_that_batch() -> None:
     rec = Reconstructor(FailOnEvent13(), detector=det)
     done = False
     observer = Observer(metrics, lambda: worker.done.is_set())
-    worker = Worker(batcher, replies, metrics, lambda: rec, lambda: done, observer.offer)
+    worker = Worker(batcher, replies, metrics, lambda: (rec, None), lambda: done, observer.offer)
     worker.start()
     observer.start()
     for ev in events:
@@ -101,10 +103,10 @@ def test_between_batches_runs_when_no_batch_holds_a_model() -> None:
     replies: queue.Queue[Reply] = queue.Queue()
     made: list[weakref.ref[Reconstructor]] = []
 
-    def reconstructor() -> Reconstructor:  # a new model for each batch, as after reloads
+    def reconstructor() -> tuple[Reconstructor, None]:  # a new model each batch, as reloads
         rec = Reconstructor(FailOnEvent13(), detector=det)
         made.append(weakref.ref(rec))
-        return rec
+        return rec, None
 
     alive: list[int] = []
     worker = Worker(
@@ -494,7 +496,7 @@ def test_the_rest_of_a_burst_of_dense_events_is_said_once_its_warning_is_due(
     replies: queue.Queue[Reply] = queue.Queue()
     rec = Reconstructor(FailOnEvent13(), detector=det)
     done = threading.Event()
-    worker = Worker(batcher, replies, Metrics(), lambda: rec, done.is_set, lambda o: None)
+    worker = Worker(batcher, replies, Metrics(), lambda: (rec, None), done.is_set, lambda o: None)
 
     def said() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "streamtrk.service.worker"]
@@ -642,7 +644,9 @@ def test_a_batch_waiting_out_its_queue_delay_is_not_a_stall() -> None:
     replies: queue.Queue[Reply] = queue.Queue()
     rec = Reconstructor(FailOnEvent13(), detector=det)
     intake_done = False
-    worker = Worker(batcher, replies, Metrics(), lambda: rec, lambda: intake_done, lambda o: None)
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: (rec, None), lambda: intake_done, lambda o: None
+    )
     problems = set()
     worker.start()
     try:
@@ -722,7 +726,9 @@ def test_the_batch_time_is_the_serving_models_after_a_reload() -> None:
     replies: queue.Queue[Reply] = queue.Queue()
     batcher = Batcher(8, BatchPolicy())
     serving = Reconstructor(Sleeping(1.2), detector=det)
-    worker = Worker(batcher, replies, Metrics(), lambda: serving, lambda: True, lambda o: None)
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: (serving, None), lambda: True, lambda o: None
+    )
     worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
     hits = len(events[0].hits)
     assert batcher.batch_time.estimate(hits) >= 1.2
@@ -732,3 +738,22 @@ def test_the_batch_time_is_the_serving_models_after_a_reload() -> None:
     # A mean with the old model's batch would be 0.6 s at least; this chain of an MU=1 event
     # takes under 0.1 s on an idle 2-core machine.
     assert batcher.batch_time.estimate(hits) < 0.6
+
+
+def test_each_reply_names_the_model_of_its_batch() -> None:
+    """A reload between two batches: each reply names the model that made its tracks, not
+    the one serving when it is sent (the daemon's /status and model_info say only that)."""
+    from streamtrk.recon.reconstructor import OracleScorer
+    from streamtrk.wire import ModelId
+
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    old, new = ModelId("a", "1111", 0.5), ModelId("b", "2222", 0.7)
+    serving = (Reconstructor(OracleScorer(), detector=det), old)
+    worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: serving,
+                    lambda: True, lambda o: None)  # fmt: skip
+    worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
+    serving = (Reconstructor(OracleScorer(), detector=det, threshold=0.7), new)  # reloaded
+    worker.process(Batch(jobs=[Job(events[1], time.perf_counter(), None)]))
+    assert [(r.status, r.model) for r in _drained(replies)] == [("ok", old), ("ok", new)]

@@ -454,7 +454,7 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "timings_type", lambda h, t, u: patch(t, timings=[])),
         ("bad_schema", "other", lambda h, t, u: patch(h, schema="other")),
         ("bad_schema", "missing", lambda h, t, u: patch(h, schema=DROP)),
-        ("bad_version", "six", lambda h, t, u: patch(h, version=6)),
+        ("bad_version", "seven", lambda h, t, u: patch(h, version=7)),
         ("bad_version", "zero", lambda h, t, u: patch(h, version=0)),
         ("bad_version", "str", lambda h, t, u: patch(h, version="1")),
         ("bad_version", "float", lambda h, t, u: patch(h, version=1.0)),
@@ -839,12 +839,12 @@ def test_each_kind_is_written_in_the_oldest_version_that_carries_it(
     rng: np.random.Generator,
 ) -> None:
     """Hits have not changed since version 2 and truth since version 1: a producer of this
-    version feeds a daemon that decodes only version 2; replies need version 4's columns."""
-    assert ENCODED_VERSIONS == {"hits": 2, "truth": 1, "tracks": 4}
+    version feeds a daemon that decodes only version 2; replies need version 6's keys."""
+    assert ENCODED_VERSIONS == {"hits": 2, "truth": 1, "tracks": 6}
     ev = random_event(rng, 5)
     hits = encode_hits(ev, msg_id=4, deadline_ms=2.0)
     assert msgpack.unpackb(hits[0])["version"] == 2 and decode(hits).msg_id == 4
-    assert msgpack.unpackb(encode_tracks(1, 2, [], None)[0])["version"] == 4
+    assert msgpack.unpackb(encode_tracks(1, 2, [], None)[0])["version"] == 6
     # A resend keeps a later version it was written with, and raises version 1 to 2.
     assert decode(with_msg_id(patch(hits, version=3), 5)).version == 3
     assert decode(with_msg_id(patch(hits, version=1, msg_id=DROP), 5)).version == 2
@@ -890,7 +890,7 @@ def test_any_kind_s_integer_columns_may_be_narrow_from_version_5(rng: np.random.
     frames = encode_tracks(1, 2, np.arange(30), tr)
     narrow = with_column(frames, "charge", tr.params["charge"].astype("|i1"))
     with pytest.raises(WireError, match=r"bad_dtype: column 'charge' must be <i4 or \(version 5\)"):
-        decode(narrow)
+        decode(patch(narrow, version=4))
     reply = decode(patch(narrow, version=5)).to_reply()
     assert reply.params["charge"].dtype == np.dtype("<i4")
     np.testing.assert_array_equal(reply.params["charge"], tr.params["charge"])
@@ -906,6 +906,37 @@ def test_beam_line_travels_and_is_checked(rng: np.random.Generator) -> None:
         with pytest.raises(WireError, match="bad_header: beam_line must be"):
             decode(patch(frames, beam_line=bad))
     assert decode(patch(frames, beam_line=[1, -2])).to_reply().beam_line == (1.0, -2.0)
+
+
+def test_the_model_travels_and_is_checked(rng: np.random.Generator) -> None:
+    """Version 6: the name, hash and threshold of the model that made a reply's tracks;
+    version 5 and older have no such key (a reply with it is written in version 6)."""
+    from streamtrk.wire import ModelId
+
+    tr = random_tracks(rng, 30, 4)
+    model = ModelId("in-h32-s6-v2", "0123456789abcdef", 0.5)
+    frames = encode_tracks(1, 2, np.arange(30), tr, model=model)
+    assert decode(frames).to_reply().model == model
+    assert decode(encode_tracks(1, 2, np.arange(30), tr)).to_reply().model is None
+    assert decode(patch(frames, model={**model.__dict__, "threshold": 1})).to_reply().model == (
+        ModelId(model.name, model.hash, 1.0)
+    )
+    for bad in (
+        "in-h32",
+        {"name": "m", "hash": "h"},
+        {"name": "m", "hash": "h", "threshold": 0.5, "path": "/m"},
+        {"name": 1, "hash": "h", "threshold": 0.5},
+        {"name": "m", "hash": b"h", "threshold": 0.5},
+        {"name": "m", "hash": "h", "threshold": float("nan")},
+        {"name": "m", "hash": "h", "threshold": 1.5},
+        {"name": "m", "hash": "h", "threshold": True},
+    ):
+        with pytest.raises(WireError, match="bad_header: model must map name and hash"):
+            decode(patch(frames, model=bad))
+    v5 = _as_version(frames, 5)
+    assert decode(v5).to_reply().model is None
+    with pytest.raises(WireError, match="unknown key 'model'"):
+        decode([msgpack.packb({**msgpack.unpackb(v5[0]), "model": model.__dict__}), *v5[1:]])
 
 
 def test_header_keys_that_are_not_strings_are_a_bad_header(rng: np.random.Generator) -> None:
