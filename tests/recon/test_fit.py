@@ -301,6 +301,56 @@ def _fitted_vector(det, position, layer):
     return np.concatenate(values), p
 
 
+@pytest.mark.parametrize(("q", "phi"), [(1, 1.5795), (-1, -1.5795)])
+def test_a_first_hit_across_the_perigee_angle_is_a_small_turn(det, q, phi):
+    """The circle's centre on the +x axis: the perigee's angle about it is near +-pi and the
+    first hit's just across: its turn from the perigee is small (wrapped), not about 2 pi,
+    which put z0 2 pi R tan(lambda) away (5.5 m here)."""
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    position, layer = _one_helix(ideal, 1.0, 0.5, phi, q)
+    _, p = _fitted_vector(ideal, position, layer)
+    assert p["z0"][0] == pytest.approx(3.0, abs=1e-2)
+    assert p["eta"][0] == pytest.approx(0.5, abs=1e-3)
+
+
+def _through_its_perigee(det):
+    """Seven hits on a circle of 1000 mm through its perigee (the origin, phi 0), three
+    before it: their arc lengths s are negative; z = 3 + 0.5 s."""
+    radius, tan_l = 1000.0, 0.5
+    t = np.array([-0.3, -0.2, -0.1, 0.05, 0.15, 0.25, 0.35])  # turns from the perigee
+    x, y, s = radius * np.sin(t), radius * (1 - np.cos(t)), radius * t
+    layer = np.zeros(len(t), np.int32)
+    p = fit_tracks(np.array([0, len(t)]), np.arange(len(t)), x, y, 3.0 + tan_l * s, layer, det)
+    return p, (x, y, s, layer, radius, tan_l)
+
+
+def test_hits_before_the_perigee_are_at_negative_arc_lengths(det):
+    ideal = replace(det, x0=np.full(len(det), 1e-12))
+    p, (*_, tan_l) = _through_its_perigee(ideal)
+    assert p["z0"][0] == pytest.approx(3.0, abs=1e-3)
+    assert p["eta"][0] == pytest.approx(np.arcsinh(tan_l), abs=1e-5)
+    assert p["d0"][0] == pytest.approx(0, abs=1e-3) and p["phi"][0] == pytest.approx(0, abs=1e-5)
+
+
+def test_line_errors_of_hits_before_the_perigee_are_the_documented_covariances(det):
+    """Through material: sigma_eta and sigma_z0 are those of the line's covariance, the
+    scatters' arms signed (path = s cosh, negative before the perigee); with |s| they came
+    out five times too small."""
+    p, (x, y, s, layer, radius, tan_l) = _through_its_perigee(det)
+    cosh = np.sqrt(1 + tan_l**2)
+    cos_inc = np.maximum(np.abs(x / np.hypot(x, y)) / cosh, 0.05)  # centre at (0, radius)
+    pt = GEV_PER_TESLA_MM * abs(det.bfield) * radius
+    theta = highland(np.full(len(s), pt * cosh), det.x0[layer] / cos_inc)
+    path = s * cosh
+    later = np.tril(np.ones((len(s), len(s))), -1)
+    d = (path[:, None] - path[None, :]) * later * (theta * cosh)
+    v = np.diag(det.res_b[layer] ** 2) + d @ d.T
+    jac = np.stack([s, np.ones_like(s)], -1)
+    line = np.linalg.inv(jac.T @ np.linalg.solve(v, jac))
+    assert p["sigma_z0"][0] == pytest.approx(np.sqrt(line[1, 1]), rel=1e-2)
+    assert p["sigma_eta"][0] == pytest.approx(np.sqrt(line[0, 0]) / cosh, rel=1e-2)
+
+
 @pytest.mark.parametrize(
     ("pt", "eta", "phi", "q", "field", "kinds", "vertex"),
     [

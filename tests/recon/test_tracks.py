@@ -350,6 +350,35 @@ def test_a_piece_end_joins_its_best_double_only():
     assert sorted(got) == [[0, 1, 2, 3, 8, 9, 10], [4, 5, 6, 7]]
 
 
+def test_a_double_is_scored_by_its_weaker_crossing():
+    # A -> B2 at 0.85 but B1 -> C at 0.3: the double through B2 scores 0.3, below a rival
+    # diamond from A and B1 to the piece 8-9-10 (2 -> 8 and 3 -> 9 at 0.6), which B1 joins.
+    edges = [*DOUBLE[0], (8, 9), (9, 10), (2, 8), (3, 9)]
+    scores = [0.9, 0.9, 0.9, 0.85, 0.3, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6, 0.6]
+    got = _tracks(edges, scores, 11, stitch_threshold=0.2, join_doubles=True)
+    assert sorted(got) == [[0, 1, 2, 3, 8, 9, 10], [4, 5, 6, 7]]
+
+
+def test_doubles_join_the_ends_of_the_stitched_pieces():
+    # The piece 8-9-10 stitched to 0-1-2-3 (3 -> 8 at 0.5): hit 3 ends no piece any more, so
+    # no double joins it to B2's piece too (one hit, two successors: three particles merged).
+    edges = [*DOUBLE[0], (8, 9), (9, 10), (3, 8)]
+    scores = [*DOUBLE[1], 0.9, 0.9, 0.5]
+    got = _tracks(edges, scores, 11, stitch_threshold=0.2, join_doubles=True)
+    assert sorted(got) == [[0, 1, 2, 3, 8, 9, 10], [4, 5, 6, 7]]
+
+
+def test_a_double_joins_only_where_b2_starts_a_piece():
+    # B2 = 4 has a kept predecessor, 8 (at r 3.5): it starts no piece, so no double.
+    edges = np.array([*DOUBLE[0], (8, 4)]).T.copy()
+    scores = np.array([*DOUBLE[1], 0.95])
+    r = np.array([0, 1, 2, 3, 4, 5, 6, 7, 3.5])
+    cfg = TrackConfig(stitch_threshold=0.2, join_doubles=True)
+    offsets, hits = build_tracks(edges, scores, r, threshold=0.6, config=cfg)
+    got = [hits[a:b].tolist() for a, b in itertools.pairwise(offsets)]
+    assert got == [[0, 1, 2, 3], [8, 4, 5, 6, 7]]
+
+
 def _pieces(edges: Array, scores: Array, n: int) -> tuple[Array, Array]:
     """The kept edges and labels join_doubles takes in the chain: junctions at 0.6, then
     stitching at 0.1 (labels of the junctions' pieces)."""
