@@ -264,3 +264,47 @@ def test_the_default_beam_line_is_the_z_axis() -> None:
     c = totals.add(ev, track)
     assert c.reconstructable.tolist() == [True, False] and c.found.tolist() == [True, True]
     assert totals.report()["n_reconstructable"] == 1
+
+
+def test_noise_hits_in_a_track_count_against_its_purity_in_the_score() -> None:
+    """trackml-scoring.md step 3: majority hits / *track* hits > 0.5, every hit of the
+    track counting, noise too (the official scorer joins all the submission's rows). 4 hits
+    of particle 1 with 5 noise hits: 4/9, not good; the same 4 with 3 noise hits: 4/7."""
+    pid = np.array([1, 1, 1, 1] + [0] * 5)
+    weight = np.array([0.25] * 4 + [0.0] * 5)
+    assert trackml_score(pid, weight, np.ones(9, np.int64)) == 0.0
+    assert trackml_score(pid, weight, np.r_[np.ones(7, np.int64), 0, 0]) == pytest.approx(1.0)
+    # and so in the totals the evaluation reports
+    ev = metrics_event(pid.tolist(), {1: (2.0, 0.0, 4)})
+    t = ev.truth
+    assert t is not None
+    ev = replace(ev, truth=replace(t, hits=replace(t.hits, weight=weight.astype(np.float32))))
+    totals = PhysicsTotals()
+    totals.add(ev, np.ones(9, np.int64))
+    assert totals.report()["trackml_score"] == 0.0
+
+
+def test_efficiency_without_the_vertex_cut_counts_only_reconstructable_particles() -> None:
+    """A found particle below 1 GeV (or with too few hits) is in neither the numerator nor
+    the denominator of tracking_efficiency_all: it can never exceed 1."""
+    hit_pid = [1] * 5 + [2] * 5 + [3] * 4
+    ev = metrics_event(hit_pid, {1: (2.0, 50.0, 5), 2: (0.5, 0.0, 5), 3: (2.0, 0.0, 4)})
+    track = np.array([1] * 5 + [2] * 5 + [3] * 4)  # every particle found
+    m = physics_metrics(ev, track)
+    assert m["n_reconstructable_all"] == 1 and m["n_reconstructed_all"] == 1
+    assert m["tracking_efficiency_all"] == 1.0
+    assert m["n_reconstructable"] == 0 and np.isnan(m["tracking_efficiency"])
+
+
+def test_the_reported_trackml_score_is_the_mean_of_the_events_scores() -> None:
+    """Each event's weights sum to 1: the challenge's figure is the mean of per-event scores
+    (0.0, 0.6 and 1.0 here: 8/15, where the median would say 0.6)."""
+    ev = metrics_event([1] * 5, {1: (2.0, 0.0, 5)})
+    t = ev.truth
+    assert t is not None
+    ev = replace(ev, truth=replace(t, hits=replace(t.hits, weight=np.full(5, 0.2, np.float32))))
+    totals = PhysicsTotals()
+    for labels in (np.zeros(5), np.r_[1, 1, 1, 0, 0], np.ones(5)):
+        totals.add(ev, labels)
+    assert totals.scores == pytest.approx([0.0, 0.6, 1.0])
+    assert totals.report()["trackml_score"] == pytest.approx(1.6 / 3)
