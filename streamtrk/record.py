@@ -46,9 +46,9 @@ def record(
 
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode, or a truth of
     another number of hits than the event it pairs with, at which a reader would refuse
-    the recording), ``other`` (valid
-    messages of another kind, not recorded), ``handshakes_hung_up`` (CURVE handshakes hung
-    up on, none succeeding: see ``streamtrk.client.HUNG_UP_HINT``) and ``past_limit``:
+    the recording), ``other`` (valid messages of another kind, not recorded),
+    ``handshakes_hung_up`` (CURVE handshakes hung up on, none succeeding: see
+    ``streamtrk.client.HUNG_UP_HINT``) and ``past_limit``:
     once ``events`` hits messages are recorded, what arrives in the next
     ``PAST_LIMIT_WAIT_MS`` is taken, as the socket would drop it on close: a ``truth``
     that a reader would pair with a hits message recorded
