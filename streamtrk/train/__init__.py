@@ -69,7 +69,7 @@ __all__ = [
     "Sample",
     "TrainConfig",
     "check_no_shared_events",
-    "event_fingerprints",
+    "hits_fingerprint",
     "load_config",
     "make_samples",
     "scan_thresholds",
@@ -373,19 +373,17 @@ def check_no_shared_events(splits: dict[str, list[Event]]) -> None:
     seen: dict[bytes, tuple[str, Event]] = {}
     for name, events in splits.items():
         for event in events:
-            for key, what in event_fingerprints(event):
-                other = seen.setdefault(key, (name, event))
-                if other[0] != name:
-                    raise _shared(other, (name, event), f"have the same {what}")
+            other = seen.setdefault(hits_fingerprint(event), (name, event))
+            if other[0] != name:
+                raise _shared(other, (name, event), "have the same hits")
     _check_no_shared_particles(splits)
 
 
-def event_fingerprints(event: Event) -> list[tuple[bytes, str]]:
-    """Digests of an event that neither the rows' order nor the hits' ids change, each with
-    what it is of: its hit positions (the same crossing read from TrackML files or from a
-    recording gives one digest)."""
+def hits_fingerprint(event: Event) -> bytes:
+    """A digest of an event's hit positions that neither the rows' order nor the hits' ids
+    change: the same crossing read from TrackML files or from a recording gives one."""
     h = event.hits
-    return [(_rows_digest(b"hits", to_host(h.x), to_host(h.y), to_host(h.z)), "hits")]
+    return _rows_digest(b"hits", to_host(h.x), to_host(h.y), to_host(h.z))
 
 
 def _check_no_shared_particles(splits: dict[str, list[Event]]) -> None:

@@ -125,17 +125,17 @@ def test_a_recording_holding_fewer_events_than_asked_is_refused(
     assert "r.stk holds 1 events, fewer than the 2 asked for" in capsys.readouterr().err
 
 
-def test_event_fingerprints_ignore_row_order_and_ids() -> None:
-    from streamtrk.train import event_fingerprints
+def test_hits_fingerprints_ignore_row_order_and_ids() -> None:
+    from streamtrk.train import hits_fingerprint
 
     event = EventSource(mu=5, seed=5, events=1).load(load_detector())[0]
     order = np.random.default_rng(0).permutation(len(event.hits))
     shuffled = replace(event.hits.take(order), hit_id=np.arange(len(order), dtype=np.int64) + 7)
-    assert event_fingerprints(replace(event, hits=shuffled)) == event_fingerprints(event)
+    assert hits_fingerprint(replace(event, hits=shuffled)) == hits_fingerprint(event)
     moved = event.hits.z.copy()
     moved[3] = np.nextafter(moved[3], np.float32(np.inf))
-    assert event_fingerprints(replace(event, hits=replace(event.hits, z=moved))) != (
-        event_fingerprints(event)
+    assert hits_fingerprint(replace(event, hits=replace(event.hits, z=moved))) != (
+        hits_fingerprint(event)
     )
 
 
