@@ -474,7 +474,7 @@ def test_refused_input_is_said_with_its_reasons_once_a_minute(rig, caplog) -> No
         "1 input messages refused since the last warning (not_msgpack 1); the last: "
         "unidentified: not_msgpack: frame 0 (8 bytes) is not one msgpack object: invalid format",
         "2 input messages refused since the last warning (bad_version 2); the last: run 1 "
-        "event 5: bad_version: version 9 not supported (supported: [1, 2, 3, 4, 5])",
+        "event 5: bad_version: version 9 not supported (supported: [1, 2, 3, 4, 5, 6])",
     ]
 
 
