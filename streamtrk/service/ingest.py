@@ -238,7 +238,14 @@ class Ingest(Supervised):
         deadline = None if deadline_ms is None else t_recv + deadline_ms / 1000
         job = Job(event, t_recv, deadline, {"decode": decode_s}, msg.msg_id)
         self.metrics.inflight.inc()
-        if not self.batcher.put(job, block=cfg.overload == "block", waiting=self._waiting_for_room):
+        try:
+            queued = self.batcher.put(
+                job, block=cfg.overload == "block", waiting=self._waiting_for_room
+            )
+        except Exception:  # not queued: handle() answers it, counted in flight again there
+            self.metrics.inflight.dec()
+            raise
+        if not queued:
             reason = "shutdown" if self.batcher.closed else "overloaded"
             self.metrics.rejected.labels(reason).inc()
             self.put(self.replies, Reply.failure(job, reason))

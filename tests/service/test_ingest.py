@@ -534,3 +534,58 @@ def test_a_bound_input_waiting_for_room_on_stop_gives_up_its_port_at_once(rig) -
         replacement.close(linger=0)
         r.batcher.close()
         thread.join(10)
+
+
+def test_a_put_that_fails_while_waiting_for_room_counts_its_event_in_flight_once(rig) -> None:
+    """The batch queue full and the wait for room failing (an unbind refused): the event is
+    answered 'internal' once, and in flight once, where it was counted twice (the drain
+    then reported a reply unsent that was sent, and exited 1)."""
+    batcher = Batcher(1, BatchPolicy())
+    assert batcher.put(Job(_event(9), time.perf_counter(), None))  # full
+    r = rig(batcher=batcher)
+
+    def refused() -> None:
+        raise RuntimeError("unbind failed")
+
+    r.ingest._waiting_for_room = refused
+    r.send(_good(1, msg_id=1))
+    r.ingest.handle(*r.receive())
+    answered = [r.replies.get_nowait() for _ in range(r.replies.qsize())]
+    assert [(x.event, x.reason) for x in answered] == [(1, "internal")]
+    assert r.value("streamtrk_inflight_events") == 1
+
+
+def test_a_reply_on_the_input_after_the_cut_off_is_not_answered(rig) -> None:
+    """Past the intake's deadline messages are answered 'shutdown' unread, but a reply (a
+    tracks message) is not answered at all: answering replies would loop for ever."""
+    r = rig(connect=True)
+    r.send([bytes(f) for f in encode_tracks(1, 5, np.zeros(0, dtype=np.int64), None)])
+    assert r.pull.poll(5000)
+    r.ingest.leave_by = time.perf_counter()
+    r.stop.set()
+    r.ingest.loop()
+    assert r.replies.empty()
+    assert r.value("streamtrk_events_unidentified_total") == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "bad_kind"}) == 1
+
+
+def test_after_the_cut_off_a_full_reply_queue_holds_intake_only_until_the_drain_ends(
+    rig,
+) -> None:
+    """Past the intake's deadline, its 'shutdown' answers wait for room in a full reply
+    queue (a stalled emitter) only until the drain's end: intake leaves then (in connect
+    mode, disconnecting from the distributor), the answer counted unsent."""
+    r = rig()
+    r.replies = r.ingest.replies = queue.Queue(1)
+    r.replies.put_nowait(Reply(0, 0, 0.0, {}, reason="shutdown"))  # the emitter stalled
+    r.send(_good(1, msg_id=1))
+    assert r.pull.poll(5000)
+    now = time.perf_counter()
+    r.ingest.leave_by, r.ingest.give_up_at = now, now + 0.3
+    r.stop.set()
+    intake = threading.Thread(target=r.ingest.loop, daemon=True)
+    intake.start()
+    intake.join(5)
+    assert not intake.is_alive() and r.replies.qsize() == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 1
+    assert r.value("streamtrk_inflight_events") == 1  # its answer unsent
