@@ -757,3 +757,70 @@ def test_each_reply_names_the_model_of_its_batch() -> None:
     serving = (Reconstructor(OracleScorer(), detector=det, threshold=0.7), new)  # reloaded
     worker.process(Batch(jobs=[Job(events[1], time.perf_counter(), None)]))
     assert [(r.status, r.model) for r in _drained(replies)] == [("ok", old), ("ok", new)]
+
+
+def _nothing(graph, events):
+    """Edge scores passing no edge."""
+    return np.zeros(graph.num_edges, dtype=np.float32)
+
+
+def test_an_ok_reply_echoes_the_msg_id_and_names_the_beam_line() -> None:
+    """What a producer matches a reply by (``msg_id``), and the beam line the tracks'
+    perigee parameters are about (the chain's): only slow daemon tests checked either."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    rec = Reconstructor(_nothing, detector=det, beam_spot=(1.0, -0.5))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: (rec, None),
+                    lambda: True, lambda o: None)  # fmt: skip
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None, msg_id=77)]))
+    [reply] = _drained(replies)
+    assert (reply.status, reply.msg_id, reply.beam_line) == ("ok", 77, (1.0, -0.5))
+
+
+def test_abandon_during_the_one_by_one_retry_stops_it() -> None:
+    """A failed batch is retried event by event; abandon() during the first retry (the
+    drain gave up) answers them all 'shutdown': the retries stop, where they went on
+    reconstructing events already answered."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3))
+    calls: list[int] = []
+
+    def scorer(graph, evs):
+        calls.append(len(evs))
+        if len(evs) > 1:
+            raise RuntimeError("batch failure")
+        worker.abandon()
+        return _nothing(graph, evs)
+
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(scorer, detector=det)
+    worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: (rec, None),
+                    lambda: True, lambda o: None)  # fmt: skip
+    jobs = [Job(ev, time.perf_counter(), None) for ev in events]
+    worker._current = list(jobs)  # as process() holds them
+    worker.process(Batch(jobs=jobs))
+    assert calls == [3, 1]
+    assert sorted(r.reason for r in _drained(replies)) == ["shutdown"] * 3
+
+
+def test_an_event_abandon_answered_is_not_counted_rejected_again() -> None:
+    """An event set aside (past its deadline) that abandon() answered 'shutdown' first: the
+    worker, coming to it after, neither answers nor counts it again (sum(rejected) is
+    completed{error} plus unidentified)."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    metrics = Metrics()
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(_nothing, detector=det)
+    worker = Worker(Batcher(8, BatchPolicy()), replies, metrics, lambda: (rec, None),
+                    lambda: True, lambda o: None)  # fmt: skip
+    now = time.perf_counter()
+    job = Job(ev, now, now - 1.0)
+    worker._current = [job]
+    assert worker.abandon() == 1
+    worker.process(Batch(expired=[job]))
+    value = metrics.registry.get_sample_value
+    assert [r.reason for r in _drained(replies)] == ["shutdown"]
+    assert value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 1
+    assert value("streamtrk_events_rejected_total", {"reason": "deadline"}) == 0
