@@ -286,3 +286,15 @@ def test_a_worker_waiting_for_room_is_not_said_to_leave_physics_uncounted(
     messages = [line["message"] for line in d.logs()]
     assert any(m.startswith("the worker, waiting for room in the reply queue") for m in messages)
     assert not [m for m in messages if "physics thread overran" in m]
+    # The emitter, given the drain's end, dropped what it could not send (it waited for a
+    # consumer for ever: each reply then said unsent, none dropped).
+    [incomplete] = [line for line in d.logs() if line["message"].startswith("drain incomplete")]
+    assert incomplete["dropped"] > 0
+
+
+def test_a_drain_keeps_a_second_at_most_a_quarter_of_it_for_the_last_replies() -> None:
+    """As docs/serve.md says: with the default 30 s, the last second (not 7.5 s, which would
+    answer 'shutdown' to work that had time to finish); with 2 s, half a second."""
+    from streamtrk.service.serve import _drain_reserve_s
+
+    assert (_drain_reserve_s(30), _drain_reserve_s(2)) == (1.0, 0.5)
