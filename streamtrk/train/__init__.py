@@ -257,8 +257,8 @@ def _train(
         reproduce={"command": command, "config": config_text},
     )
     save_model(work, model, card)
-    (work / _BUILDING).unlink()
     _replace_directory(out, work)
+    (out / _BUILDING).unlink()  # after: a failed replacement leaves OUT.partial a run's
     return card
 
 
@@ -334,13 +334,23 @@ def _work_directory(out: Path, overwrite: bool) -> Iterator[Path]:
 
 def _claim(mark: Path, out: Path) -> int:
     """A descriptor holding ``mark``'s exclusive ``flock``; SettingError where another run
-    holds it."""
+    holds it, or got there first: removed the folder, or made another ``mark`` there (a
+    lock taken on the file removed is no claim on its name)."""
     try:
-        return exclusive_lock(mark)
+        fd = exclusive_lock(mark)
+    except FileNotFoundError:  # its folder removed since
+        raise _building(out, mark.parent) from None
     except OSError as e:
         if e.errno == errno.EAGAIN:
             raise _building(out, mark.parent) from None
         raise
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(mark)):
+            return fd
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+    raise _building(out, mark.parent)
 
 
 def _building(out: Path, work: Path) -> SettingError:

@@ -360,6 +360,54 @@ def test_a_work_directory_is_removed_only_where_a_run_left_it_and_no_run_holds_i
     assert not (out / ".building").exists()
 
 
+def test_a_lock_taken_on_a_removed_building_file_is_no_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs starting together on what a third left: one locks the old ``.building``,
+    removes the folder and makes its own; the other, which had opened the old file, locks it
+    after (a lock is the file's, not its name's) and went on to remove the first run's new
+    folder. A lock on a file that is no longer the folder's ``.building`` is refused."""
+    import os
+
+    from streamtrk.errors import SettingError
+    from streamtrk.train import _claim
+
+    work = tmp_path / "m.partial"
+    work.mkdir()
+    mark = work / ".building"
+    old = os.open(tmp_path / "old", os.O_RDONLY | os.O_CREAT)  # opened, then removed
+    os.unlink(tmp_path / "old")
+    mark.write_text("")  # the first run's
+    monkeypatch.setattr("streamtrk.train.exclusive_lock", lambda path: old)  # its lock taken
+    with pytest.raises(SettingError, match="another train run is building"):
+        _claim(mark, tmp_path / "m")
+    monkeypatch.undo()
+    held = _claim(mark, tmp_path / "m")  # the folder's own: claimed
+    os.close(held)
+
+
+def test_a_model_that_could_not_take_its_place_leaves_a_folder_the_next_run_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last step (the new model taking ``--out``'s place) failing: ``OUT.partial`` keeps
+    its ``.building``, so the next run removes it, where it was refused as no run's."""
+    import streamtrk.train as train_module
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    train = ["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]
+
+    def refused(out: Path, work: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(train_module, "_replace_directory", refused)
+    assert main(train) == 1
+    assert (tmp_path / "m.partial" / ".building").exists()
+    monkeypatch.undo()
+    assert main(train) == 0, capsys.readouterr().err
+    assert not (tmp_path / "m.partial").exists() and not (tmp_path / "m" / ".building").exists()
+
+
 def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) -> None:
     """The simulation, the graphs and the evaluations have bars (with their totals), not
     only the fit: the shipped recipe spends minutes in them."""
