@@ -176,6 +176,7 @@ class ReplayResult:
     send_lag_max: float = 0.0
     other_event_replies: int = 0  # their msg_id one event's, their (run, event) another's
     errors: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)  # ok replies by the model named
     unexpected: int = 0
     unexpected_without_msg_id: int = 0  # of them: a producer's that sets none, or a daemon
     duplicates: int = 0
@@ -242,7 +243,7 @@ class ReplayResult:
             "latency_from_schedule_max_ms": float(due_ms.max()) if len(due_ms) else None,
             "send_lag_max_ms": self.send_lag_max * 1000 if rate and self.sent else None,
             "beam_lines_mm": beam_lines(self.scored_replies),
-            "models": models(self.scored_replies),
+            "models": dict(sorted(self.models.items())),
             "mismatched_replies": sum(v is None for v in labels.values())
             + self.other_event_replies,
             "ambiguous_events": len(ambiguous_keys(events)),
@@ -619,6 +620,8 @@ def _count(msg: Message, reply: TrackReply, sent: _Send, t: float, result: Repla
         result.schedule_latencies.append(t - sent.t_due)
     if not reply.ok:
         result.errors[reply.reason] += 1
+    elif (m := reply.model) is not None:  # a daemon before wire version 6 names none
+        result.models[f"{m.name} (hash {m.hash}, threshold {m.threshold:g})"] += 1
     key = (reply.run, reply.event)
     if key != sent.key:
         result.other_event_replies += 1
@@ -632,16 +635,6 @@ def beam_lines(replies: dict[Key, Message]) -> list[list[float]]:
     """The distinct beam lines ([x, y] mm) that ok replies' perigee parameters are about."""
     found = {r.beam_line for r in (m.to_reply() for m in replies.values()) if r.ok}
     return [list(b) for b in sorted(b for b in found if b is not None)]
-
-
-def models(replies: dict[Key, Message]) -> dict[str, int]:
-    """The models that made ok replies' tracks (``NAME (hash H, threshold T)``, as each
-    reply names it; a daemon before wire version 6 names none), with their replies."""
-    named = (r.model for r in (m.to_reply() for m in replies.values()) if r.ok)
-    found = Counter(
-        f"{m.name} (hash {m.hash}, threshold {m.threshold:g})" for m in named if m is not None
-    )
-    return dict(sorted(found.items()))
 
 
 def ambiguous_keys(events: list[Recorded]) -> set[Key]:

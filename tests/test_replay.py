@@ -506,13 +506,14 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
                     reason = "too_dense" if msg.event == 2 else "overloaded"
                     reply = encode_tracks(ev.run, ev.event, hit_ids, None, status="error",
                                           reason=reason, msg_id=msg_id)  # fmt: skip
-                elif n < 4 or msg.event == 3:
+                elif n < 4 or msg.event == 3:  # model b, then a (a reload) for the second loop
                     line = (0.25, 1) if msg.event == 3 else (0.5, 0)
-                    model = ModelId("a", "1", 0.5) if msg.event == 3 else ModelId("b", "2", 0.7)
+                    model = ModelId("a", "1", 0.5) if n >= 4 else ModelId("b", "2", 0.7)
                     reply = encode_tracks(ev.run, ev.event, hit_ids, _truth_tracks(ev),
                                           beam_line=line, msg_id=msg_id, model=model)  # fmt: skip
                 else:
-                    reply = encode_tracks(ev.run, ev.event, hit_ids, None, msg_id=msg_id)
+                    reply = encode_tracks(ev.run, ev.event, hit_ids, None, msg_id=msg_id,
+                                          model=ModelId("a", "1", 0.5))  # fmt: skip
                 out.send_multipart(reply)
 
         daemon = threading.Thread(target=answer, daemon=True)
@@ -526,7 +527,9 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
     assert report["tracking_efficiency"] == 1.0 and report["n_reconstructable"] > 0
     assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
     assert report["beam_lines_mm"] == [[0.25, 1.0], [0.5, 0.0]]
-    assert report["models"] == {"a (hash 1, threshold 0.5)": 1, "b (hash 2, threshold 0.7)": 2}
+    # every ok reply's model, not only those of the replies the events are scored by (b's):
+    # the model a reload put in answered the second loop
+    assert report["models"] == {"a (hash 1, threshold 0.5)": 3, "b (hash 2, threshold 0.7)": 2}
     # Every key but the physics ones (named as a group) is described in `replay --help`.
     (description,) = [p["description"] for name, *_, p in COMMANDS if name == "replay"]
     named = set(re.findall(r"[a-z][a-z0-9_]*", description))

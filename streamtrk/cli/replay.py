@@ -73,7 +73,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
         "--submission",
         type=Path,
         help="write a TrackML submission CSV (every event; one without an ok reply has no "
-        "track: each hit alone)",
+        "track: each hit alone); a recording whose (run, event) numbers name events of "
+        "other hits is refused before sending",
     )
     s.add_argument("--plot", type=Path, help="write a latency histogram PNG")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -115,7 +116,8 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "them) and send_lag_max_ms (the most a first send came after it was due), "
     "beam_lines_mm (the "
     "beam lines, x and y, that the replies' phi, d0 and z0 are about), models (the models "
-    "that made the replies' tracks, each with its count of replies: two around a reload), "
+    "that made the ok replies' tracks, each with its count of them, a looped replay's "
+    "too: two around a reload), "
     "plus, when the "
     "recording has truth, tracking_efficiency, tracking_efficiency_all (no vertex cut), "
     "fake_rate, duplicate_rate, their counts (n_*), trackml_score and events_scored (the "
