@@ -1,4 +1,4 @@
-"""Encode and strictly decode wire messages (schema v5, v1 to v4 still decoded).
+"""Encode and strictly decode wire messages (schema v6, v1 to v5 still decoded).
 
 A message is a list of ZeroMQ frames: frame 0 is a msgpack header map, frames 1..N are
 raw little-endian column buffers in the order the header's ``columns`` lists them.
