@@ -750,11 +750,15 @@ def test_each_reply_names_the_model_of_its_batch() -> None:
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
     replies: queue.Queue[Reply] = queue.Queue()
     old, new = ModelId("a", "1111", 0.5), ModelId("b", "2222", 0.7)
-    serving = (Reconstructor(OracleScorer(), detector=det), old)
-    worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: serving,
+
+    def reloaded_meanwhile(graph, events):  # a reload swaps the model in during the batch
+        serving[0] = (Reconstructor(OracleScorer(), detector=det, threshold=0.7), new)
+        return OracleScorer()(graph, events)
+
+    serving = [(Reconstructor(reloaded_meanwhile, detector=det), old)]
+    worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: serving[0],
                     lambda: True, lambda o: None)  # fmt: skip
     worker.process(Batch(jobs=[Job(events[0], time.perf_counter(), None)]))
-    serving = (Reconstructor(OracleScorer(), detector=det, threshold=0.7), new)  # reloaded
     worker.process(Batch(jobs=[Job(events[1], time.perf_counter(), None)]))
     assert [(r.status, r.model) for r in _drained(replies)] == [("ok", old), ("ok", new)]
 

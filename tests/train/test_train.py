@@ -143,7 +143,8 @@ def test_events_sharing_half_their_particles_are_refused_in_two_splits() -> None
     """The same seed simulated with a hard scatter added: other hits (other scattering
     draws) and three particles more, the pile-up's particles the same. An event with the
     whole particle table compared let it through into another split; shared by half the
-    particles of either (in any order), it is refused. Events of one split may share."""
+    particles of either (in any order), it is refused."""
+    from streamtrk.event import Particles
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
     from streamtrk.train import check_no_shared_events
@@ -156,12 +157,25 @@ def test_events_sharing_half_their_particles_are_refused_in_two_splits() -> None
     assert len(hard.truth.particles) == len(plain.truth.particles) + 3
     with pytest.raises(ValueError, match=r"\[train\] event \(\d+, 0\) and \[test\] event .* share"):
         check_no_shared_events({"train": [plain, other], "test": [hard]})
-    rows = np.random.default_rng(1).permutation(len(plain.truth.particles))
-    half = plain.truth.particles.take(rows[: len(rows) // 2 + 1])
-    halved = replace(hard, truth=replace(hard.truth, particles=half))  # of other hits
-    with pytest.raises(ValueError, match="share"):  # a subset of the other's particles
-        check_no_shared_events({"val": [other, halved], "train": [plain]})
-    check_no_shared_events({"train": [plain, hard], "test": [other]})
+    # Tables half as large again as plain's (on other hits), some of their particles
+    # plain's: half of plain's is refused (half of the smaller table), 40% is not (those of
+    # one split may share: plain and hard in train).
+    p = plain.truth.particles
+    n, m = len(p), len(p) * 3 // 2
+    rows = np.random.default_rng(1).permutation(n)
+    filler = {k: np.concatenate([v + 1000, v + 2000]) for k, v in p.columns().items()}
+    assert other.truth is not None
+    for shared, refused in ((n // 2, True), (n * 2 // 5, False)):
+        cols = {k: np.concatenate([v[rows[:shared]], filler[k][: m - shared]])
+                for k, v in p.columns().items()}  # fmt: skip
+        cols["particle_id"] = np.arange(1, m + 1, dtype=np.int64)
+        mixed = replace(other, truth=replace(other.truth, particles=Particles(**cols)))
+        splits = {"train": [plain, hard], "val": [mixed]}
+        if refused:
+            with pytest.raises(ValueError, match=f"share {shared} of their {n} and {m}"):
+                check_no_shared_events(splits)
+        else:
+            check_no_shared_events(splits)
 
 
 def test_tiny_training_is_reproducible(tmp_path: Path) -> None:
