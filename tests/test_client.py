@@ -764,3 +764,64 @@ def test_wait_ready_reaches_the_daemon_whatever_proxy_the_environment_names(
         host, port = server.getsockname()
         assert wait_ready(f"{host}:{port}", 5.0) is True
         thread.join(5)
+
+
+def test_a_producer_holds_nothing_a_peer_sends_it() -> None:
+    """A Producer (and so a forwarder's back, a replay's input) is send-only: one
+    inbound message of at most MAX_INBOUND_BYTES; a larger one drops that peer."""
+    from streamtrk.wire.sockets import MAX_INBOUND_BYTES
+
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        assert producer.socket.getsockopt(zmq.RCVHWM) == 1
+        assert producer.socket.getsockopt(zmq.MAXMSGSIZE) == MAX_INBOUND_BYTES
+
+
+def test_a_plain_client_counts_no_curve_handshake_hung_up() -> None:
+    """``hung_up`` counts CURVE handshakes (replay/record then say "CURVE handshakes
+    were hung up on" with the CURVE hint): a client without CURVE hung up on by a proxy
+    whose daemon is not up yet counts none."""
+    proxy = socket.create_server(("127.0.0.1", 0))
+    port = proxy.getsockname()[1]
+    stop = threading.Event()
+    accepted = [0]
+
+    def hang_up() -> None:
+        proxy.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                proxy.accept()[0].close()
+                accepted[0] += 1
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with Producer(
+            f"tcp://127.0.0.1:{port}", linger_ms=0, monitor_events=REFUSAL_EVENTS
+        ) as client:
+            assert client.send_frames([b"held"], timeout_ms=5000)
+            t_end = time.monotonic() + 10
+            while accepted[0] < 4 and time.monotonic() < t_end:
+                assert client.refusal() is None
+                time.sleep(0.05)
+            time.sleep(0.2)
+            assert client.refusal() is None
+            assert accepted[0] >= 4 and client.hung_up == 0
+    finally:
+        stop.set()
+        thread.join()
+        proxy.close()
+
+
+def test_a_zero_timeout_receive_returns_at_once() -> None:
+    """``timeout_ms=0`` is a look, not a wait for ever (only None or negative waits)."""
+    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer:
+        got: list[Any] = []
+        reader = threading.Thread(target=lambda: got.append(consumer.recv_frames(0)), daemon=True)
+        reader.start()
+        reader.join(5)
+        stuck = reader.is_alive()
+        if stuck:  # let the reader go before its socket closes
+            with Producer(consumer.endpoint, linger_ms=2000) as p:
+                p.send_frames([b"unblock"], timeout_ms=5000)
+            reader.join(10)
+        assert not stuck and got == [None]

@@ -501,3 +501,159 @@ def test_a_stopping_distributor_passes_on_what_it_had_taken_as_a_daemon_makes_ro
     received, before, said = _stopped_as_a_daemon_reads_slowly(dist, 0.2, 0.02)
     assert said["not_forwarded"] == 0, said
     assert said["forwarded"] > before and received == said["forwarded"], (before, said)
+
+
+@contextlib.contextmanager
+def _in_process(
+    capsys, role: str, **kw: Any
+) -> Iterator[tuple[dict[str, Any], threading.Event, list[dict[str, Any]]]]:
+    """``forward`` in a thread; yields (listening record, stop event, lines said)."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            forward(role, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", stop=stop, **kw)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    said: list[dict[str, Any]] = []
+    t_end = time.monotonic() + 20
+    while not said and time.monotonic() < t_end and not errors:
+        said += [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        time.sleep(0.02)
+    assert not errors and said and said[0]["message"] == "listening", (errors, said)
+    try:
+        yield said[0], stop, said
+    finally:
+        stop.set()
+        thread.join(30)
+        said += [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert not thread.is_alive() and not errors, errors
+
+
+def test_a_stopping_forwarder_counts_every_message_it_held_and_could_not_pass_on(capsys) -> None:
+    """With no daemon, the messages on the input at the stop are each counted in
+    ``not_forwarded`` (said, not vanished with the socket)."""
+    from streamtrk.client import Producer
+
+    with (
+        _in_process(capsys, "distributor", hwm=20) as (bound, stop, said),
+        Producer(bound["front"], linger_ms=2000) as producer,
+    ):
+        for k in range(8):
+            assert producer.send_frames([b"event %d" % k], timeout_ms=5000)
+        time.sleep(1.0)  # on the forwarder's input (its high-water mark is 20)
+        stop.set()
+    assert said[-1]["message"] == "stopped"
+    assert said[-1]["forwarded"] == 0 and said[-1]["not_forwarded"] == 8, said[-1]
+
+
+@pytest.mark.parametrize(
+    ("front", "back", "keys", "refused"),
+    [
+        # the collector's front faces the daemons: the daemons' CURVE makes it safe to expose
+        ("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", "daemons", False),
+        ("tcp://127.0.0.1:*", "tcp://0.0.0.0:*", "daemons", True),
+        ("tcp://127.0.0.1:*", "tcp://0.0.0.0:*", "server", False),
+        ("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", "server", True),
+    ],
+)
+def test_a_collector_checks_each_side_against_its_own_keys(
+    tmp_path: Path, front: str, back: str, keys: str, refused: bool
+) -> None:
+    """For a collector, the daemon-facing side is ``front`` (the daemons' CURVE client
+    keys), the consumer-facing side ``back`` (``server_key``)."""
+    from streamtrk.wire.curve import create_certificates
+
+    create_certificates(tmp_path, "daemon")
+    _, own_secret = create_certificates(tmp_path, "collector")
+    kw: dict[str, Any] = (
+        {"curve_key": own_secret, "curve_server_key": tmp_path / "daemon.key"}
+        if keys == "daemons"
+        else {"server_key": own_secret, "allowed_keys": tmp_path}
+    )
+    stopped = threading.Event()
+    stopped.set()
+    if refused:
+        with pytest.raises(ValueError, match="not a loopback address and CURVE is off"):
+            forward("collector", front, back, stop=stopped, **kw)
+    else:
+        forward("collector", front, back, stop=stopped, **kw)
+
+
+def test_a_curve_collector_passes_a_curve_daemon_s_replies_to_an_allowed_consumer(
+    tmp_path: Path, capsys
+) -> None:
+    """A collector is the daemons' CURVE client on its front and a CURVE server for
+    consumers on its back."""
+    import shutil
+
+    import zmq
+
+    from streamtrk.service.auth import start_authenticator
+    from streamtrk.wire.curve import create_certificates, make_client, make_server
+
+    for name in ("daemon", "collector", "consumer"):
+        create_certificates(tmp_path, name)
+    (tmp_path / "daemon-allows").mkdir()
+    shutil.copy(tmp_path / "collector.key", tmp_path / "daemon-allows")
+    (tmp_path / "collector-allows").mkdir()
+    shutil.copy(tmp_path / "consumer.key", tmp_path / "collector-allows")
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth = start_authenticator(ctx, tmp_path / "daemon-allows")
+    try:
+        with _in_process(
+            capsys, "collector",
+            curve_key=tmp_path / "collector.key_secret",
+            curve_server_key=tmp_path / "daemon.key",
+            server_key=tmp_path / "collector.key_secret",
+            allowed_keys=tmp_path / "collector-allows",
+        ) as (bound, _, _):  # fmt: skip
+            daemon = ctx.socket(zmq.PUSH)
+            daemon.setsockopt(zmq.LINGER, 0)
+            make_server(daemon, tmp_path / "daemon.key_secret")
+            daemon.connect(bound["front"])
+            consumer = ctx.socket(zmq.PULL)
+            consumer.setsockopt(zmq.LINGER, 0)
+            make_client(consumer, tmp_path / "consumer.key_secret", tmp_path / "collector.key")
+            consumer.connect(bound["back"])
+            try:
+                daemon.send(b"reply", flags=0)
+                assert consumer.poll(10_000), "the reply did not come through"
+                assert consumer.recv() == b"reply"
+            finally:
+                daemon.close()
+                consumer.close()
+    finally:
+        auth.stop()
+        ctx.term()
+
+
+def test_a_curve_distributor_counts_a_probe_as_a_refused_handshake(
+    tmp_path: Path,
+) -> None:
+    """A CURVE front monitors HANDSHAKE_FAILED_NO_DETAIL (a peer hanging up mid-handshake
+    there: counted as a handshake refused, as the daemon counts it, not as closed)."""
+    import socket
+
+    from streamtrk.wire.curve import create_certificates
+
+    _, server_secret = create_certificates(tmp_path / "keys", "distributor")
+    (tmp_path / "keys" / "allowed").mkdir()
+    dist = Forwarder(tmp_path, "distributor", "--server-key", str(server_secret),
+                     "--allowed-keys", str(tmp_path / "keys" / "allowed"))  # fmt: skip
+    try:
+        for _ in range(3):  # a port probe: connects and hangs up before any handshake
+            socket.create_connection(("127.0.0.1", int(dist.front.rsplit(":", 1)[1]))).close()
+        ended = ("streamtrk_disconnects_total",)
+
+        def counted(cause: str) -> float:
+            return sample(dist.metrics(), *ended, socket="front", cause=cause)
+
+        wait_for(lambda: counted("handshake") + counted("closed") >= 3, timeout=20)
+        assert counted("handshake") == 3 and counted("closed") == 0
+    finally:
+        assert dist.stop() == 0
