@@ -70,3 +70,22 @@ def test_serve_s_start_up_error_is_a_json_line_where_json_logs_are_asked_for(tmp
     out = _run("serve", "--max-batch-events", "0")
     assert out.returncode == 2
     assert out.stderr.startswith("streamtrk serve: invalid configuration: max_batch_events")
+
+
+def test_a_refusal_of_this_host_is_a_json_line_where_json_logs_are_asked_for(tmp_path) -> None:
+    """A model path without a model (refused after the configuration loads, by
+    refused_here) is reported in the log format the configuration asks for, as a
+    configuration error is: a log shipper reads one JSON line."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('log_format = "json"\n')
+    for args, env in (
+        (["--log-format", "json"], None),
+        ([], {"STREAMTRK_LOG_FORMAT": "json"}),
+        (["--config", str(cfg)], None),
+    ):
+        out = _run("serve", "--model", str(tmp_path / "modle"), *args, env=env)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        line = json.loads(out.stderr)
+        assert line["level"] == "error" and line["logger"] == "streamtrk.serve"
+        assert line["message"].startswith("invalid configuration: model: no model at ")
+        assert line["message"].endswith(" (from flag --model)")

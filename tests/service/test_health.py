@@ -5,6 +5,7 @@ answer again after them."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import socket
 import struct
@@ -148,3 +149,117 @@ def test_an_endpoint_that_fails_answers_500_with_the_reason_and_logs_it(capfd, c
     assert "Traceback" not in capfd.readouterr().err
     [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "/status" in line.getMessage() and line.exc_info is not None
+
+
+def request(
+    server: HealthServer, path: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    host, port = server.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[HealthServer, Readiness, list[str]]]:
+    """A HealthServer without a daemon: its readiness and its problems set by the test."""
+    readiness, found = Readiness(), list[str]()
+    server = HealthServer(("127.0.0.1", 0), Metrics(), readiness, lambda: {"a": 1}, lambda: found)
+    server.start()
+    try:
+        yield server, readiness, found
+    finally:
+        server.close()
+
+
+def test_readyz_is_200_only_when_ready(served) -> None:
+    """Loading, then ready, then draining: a load balancer sends events only while ready."""
+    server, readiness, _ = served
+    assert request(server, "/readyz")[::2] == (503, b"loading\n")
+    readiness.set("ready")
+    assert request(server, "/readyz")[::2] == (200, b"ready\n")
+    readiness.set("draining")
+    assert request(server, "/readyz")[::2] == (503, b"draining\n")
+
+
+def test_healthz_is_503_naming_each_problem(served) -> None:
+    """What the orchestrator restarts a daemon on, each problem said."""
+    server, _, found = served
+    assert request(server, "/healthz")[::2] == (200, b"ok\n")
+    found.extend(["worker: no progress for 301 s", "monitor died"])
+    assert request(server, "/healthz")[::2] == (
+        503,
+        b"worker: no progress for 301 s\nmonitor died\n",
+    )
+
+
+def test_head_answers_the_code_and_length_without_a_body(served) -> None:
+    """Load balancers probe with HEAD: the GET's code and length, no body."""
+    server, _, _ = served
+    for path, code in (("/readyz", 503), ("/healthz", 200), ("/status", 200), ("/metrics", 200)):
+        status, headers, body = request(server, path)
+        h_status, h_headers, h_body = request(server, path, "HEAD")
+        assert (h_status, h_body) == (code, b"") and status == code
+        assert int(h_headers["Content-Length"]) == len(body) == int(headers["Content-Length"])
+
+
+def test_a_query_string_is_ignored_and_an_unknown_path_is_404(served) -> None:
+    """Probes that add a query string are answered as without it."""
+    server, readiness, _ = served
+    readiness.set("ready")
+    assert request(server, "/readyz?probe=k8s")[::2] == (200, b"ready\n")
+    assert request(server, "/healthz?x")[0] == 200
+    assert request(server, "/nothing")[0] == 404
+    assert request(server, "/")[0] == 404
+
+
+def test_an_ipv6_host_is_served() -> None:
+    """``http = "[::1]:PORT"``, as documented."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no ::1 here: {e}")
+    server = HealthServer(("::1", 0), Metrics(), Readiness(), dict, list)
+    server.start()
+    try:
+        conn = http.client.HTTPConnection("::1", server.address[1], timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert server.host_port.startswith("[::1]:")
+    finally:
+        server.close()
+
+
+def test_a_peer_that_resets_is_not_logged_as_an_error(served, caplog) -> None:
+    """A TCP check ending in a reset (before or after its request) is no error with a
+    traceback in the daemon's log (the stderr test could not see the log, captured)."""
+    server, _, _ = served
+    with caplog.at_level(logging.DEBUG):
+        for req in (b"", b"GET /metrics HTTP/1.0\r\n\r\n"):
+            with socket.create_connection(server.address) as peer:
+                peer.sendall(req)
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.3)
+        assert request(server, "/healthz")[0] == 200
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_head_sends_no_body_on_the_wire(served) -> None:
+    """Read off the socket (http.client throws a HEAD's body away): none is sent."""
+    server, _, _ = served
+    for path in ("/readyz", "/metrics"):
+        with socket.create_connection(server.address, timeout=5) as peer:
+            peer.sendall(f"HEAD {path} HTTP/1.0\r\n\r\n".encode())
+            data = b""
+            while chunk := peer.recv(65536):
+                data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert b"Content-Length: " in head and rest == b""
