@@ -394,13 +394,17 @@ def one_endpoint(a: str, b: str) -> bool:
 
 
 def split_http(value: str) -> tuple[str, int]:
-    """(host, port) of ``HOST:PORT`` (an IPv6 host in brackets); ValueError if it is not one."""
+    """(host, port) of ``HOST:PORT`` (an IPv6 host in brackets); ValueError if it is not one,
+    or names no host the HTTP server can bind (``*``, ZeroMQ's every address)."""
     host, sep, port = value.rpartition(":")
-    if not (sep and host.strip("[]") and "/" not in host and _digits(port)):
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (sep and name and _digits(port)) or any(c in "[]/" or c.isspace() for c in name):
         raise ValueError("must be HOST:PORT, such as 127.0.0.1:10062")
+    if name == "*":
+        raise ValueError("must name a host: every address is 0.0.0.0 (or [::] for IPv6)")
     if int(port) > 65535:
         raise ValueError("must have a port of 0 to 65535")
-    return host.strip("[]"), int(port)
+    return name, int(port)
 
 
 # --------------------------------------------------------------------------- parsing

@@ -173,6 +173,10 @@ def test_cross_checks_see_the_final_values() -> None:
         ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
         ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
         ('http = "[]:10062"', {}, r"http must be HOST:PORT"),  # bound every address
+        # accepted, then the HTTP server could not bind them (exit 1, not 2)
+        ('http = "*:10062"', {}, r"http must name a host: every address is 0.0.0.0"),
+        ('http = " 127.0.0.1:10062"', {}, r"http must be HOST:PORT"),
+        ('http = "[::1:10062"', {}, r"http must be HOST:PORT"),
         # bytes the environment could not decode: --print-config could not write them back
         ("", {"STREAMTRK_DEAD_LETTER": "/tmp/\udcff.stk"}, r"dead_letter must be UTF-8 text"),
         ('model = ""', {}, r"model must be a path \(leave it out for the default\), got ''"),
