@@ -475,6 +475,8 @@ def _converter(f: Any) -> Callable[[Any, bool], Any]:
                 raise ValueError(f"must be {want}")
             return s in ("1", "true", "yes", "on")
         try:
+            if base in ("int", "float") and (not str(v).isascii() or "_" in str(v)):
+                raise ValueError  # int() and float() also take other scripts' digits, and 1_0
             if base == "int":
                 return int(str(v).strip())
             if base == "float":

@@ -173,6 +173,10 @@ def test_cross_checks_see_the_final_values() -> None:
         ("torch_threads = 1000000", {}, r"torch_threads must be at most 4096"),
         ('http = "tcp://:1"', {}, r"http must be HOST:PORT"),
         ('http = "[]:10062"', {}, r"http must be HOST:PORT"),  # bound every address
+        # taken as 3 and 10 by int(), where TOML and the ports refuse them
+        ("", {"STREAMTRK_MAX_BATCH_EVENTS": "\u0663"}, r"max_batch_events must be an integer"),
+        ("", {"STREAMTRK_MAX_BATCH_EVENTS": "1_0"}, r"max_batch_events must be an integer"),
+        ("", {"STREAMTRK_BUDGET_SCALE": "1_0"}, r"budget_scale must be a number"),
         # accepted, then the HTTP server could not bind them (exit 1, not 2)
         ('http = "*:10062"', {}, r"http must name a host: every address is 0.0.0.0"),
         ('http = " 127.0.0.1:10062"', {}, r"http must be HOST:PORT"),
