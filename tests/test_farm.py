@@ -657,3 +657,109 @@ def test_a_curve_distributor_counts_a_probe_as_a_refused_handshake(
         assert counted("handshake") == 3 and counted("closed") == 0
     finally:
         assert dist.stop() == 0
+
+
+def test_a_forwarder_whose_daemon_leaves_as_it_takes_a_message_still_stops() -> None:
+    """The daemon leaves between the forwarder's check for room and its send (here:
+    as its input poll returns). The send must not block until another daemon comes: the
+    stop is still seen, and the message held is counted dropped."""
+    import zmq
+
+    from streamtrk.farm import ForwarderMetrics, _proxy
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    daemon, producer = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    for s in (pull, push, daemon, producer):
+        s.setsockopt(zmq.LINGER, 0)
+    pull.bind("tcp://127.0.0.1:*")
+    push.bind("tcp://127.0.0.1:*")
+    daemon.connect(push.getsockopt_string(zmq.LAST_ENDPOINT))
+    producer.connect(pull.getsockopt_string(zmq.LAST_ENDPOINT))
+    wait_for(lambda: push.poll(0, zmq.POLLOUT), timeout=3, poll_s=0.01)
+    producer.send(b"event")
+
+    class LeavingAsItPolls:
+        """``pull``, whose first poll with a message in is as the daemon leaves."""
+
+        left = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(pull, name)
+
+        def poll(self, timeout: int, flags: int) -> int:
+            ready = pull.poll(timeout, flags)
+            if ready and not self.left:
+                self.left = True
+                daemon.close(linger=0)
+                wait_for(lambda: not push.poll(0, zmq.POLLOUT), timeout=3, poll_s=0.01)  # gone
+            return ready
+
+    stop = threading.Event()
+    result: list[tuple[int, int, int]] = []
+    thread = threading.Thread(
+        target=lambda: result.append(
+            _proxy(LeavingAsItPolls(), push, stop, ForwarderMetrics("distributor"))  # type: ignore[arg-type]
+        ),
+        daemon=True,
+    )
+    thread.start()
+    time.sleep(0.5)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive(), "the forwarder blocked in a send to a daemon that left"
+    assert result[0][:2] == (0, 1), result
+    for s in (pull, push, producer):
+        s.close(linger=0)
+    ctx.term()
+
+
+def test_a_curve_distributor_with_a_daemon_stops_after_a_producer_s_frame_over_the_limit(
+    tmp_path: Path, capsys
+) -> None:
+    """As the CURVE frame-over-the-limit test, but with a daemon connected, so
+    the forwarding loop (not only the stop's drain) polls the input: the ZAP credential
+    left without its message must not make it wait in a receive through the stop."""
+    import zmq
+
+    from streamtrk.wire.curve import create_certificates, make_client
+
+    keys, allowed = tmp_path / "keys", tmp_path / "keys" / "producers"
+    server_public, server_secret = create_certificates(keys, "distributor")
+    good_public, good_secret = create_certificates(keys, "good")
+    allowed.mkdir()
+    (allowed / good_public.name).write_bytes(good_public.read_bytes())
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            forward("distributor", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", stop=stop,
+                    server_key=server_secret, allowed_keys=allowed, max_hits=100)  # fmt: skip
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    said: list[dict[str, Any]] = []
+
+    def listening() -> bool:
+        said.extend(json.loads(x) for x in capsys.readouterr().out.splitlines())
+        return bool(said)
+
+    wait_for(listening, timeout=10, poll_s=0.01)
+    bound = said[0]
+    ctx: zmq.Context[Any] = zmq.Context()
+    with ctx.socket(zmq.PULL) as daemon, ctx.socket(zmq.PUSH) as producer:
+        daemon.setsockopt(zmq.LINGER, 0)
+        daemon.connect(bound["back"])
+        producer.setsockopt(zmq.LINGER, 0)
+        make_client(producer, good_secret, server_public)
+        producer.connect(bound["front"])
+        producer.send_multipart([b"header", bytes(100_000)])  # 800 bytes at most
+        time.sleep(1)  # over loopback, dropped long before this
+        stop.set()
+        thread.join(4)
+    assert not thread.is_alive(), "the distributor waited in a receive through its stop"
+    assert not errors, errors
+    ctx.term()
