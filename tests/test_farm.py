@@ -505,9 +505,10 @@ def test_a_stopping_distributor_passes_on_what_it_had_taken_as_a_daemon_makes_ro
 
 @contextlib.contextmanager
 def _in_process(
-    capsys, role: str, **kw: Any
+    capsys, role: str, stop_within_s: float = 30, **kw: Any
 ) -> Iterator[tuple[dict[str, Any], threading.Event, list[dict[str, Any]]]]:
-    """``forward`` in a thread; yields (listening record, stop event, lines said)."""
+    """``forward`` in a thread; yields (listening record, stop event, lines said); the
+    thread must end within ``stop_within_s`` of the block's end."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -529,9 +530,10 @@ def _in_process(
         yield said[0], stop, said
     finally:
         stop.set()
-        thread.join(30)
+        thread.join(stop_within_s)
         said += [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-        assert not thread.is_alive() and not errors, errors
+        assert not thread.is_alive(), f"{role} still forwarding {stop_within_s:g} s after its stop"
+        assert not errors, errors
 
 
 def test_a_stopping_forwarder_counts_every_message_it_held_and_could_not_pass_on(capsys) -> None:
@@ -729,37 +731,18 @@ def test_a_curve_distributor_with_a_daemon_stops_after_a_producer_s_frame_over_t
     good_public, good_secret = create_certificates(keys, "good")
     allowed.mkdir()
     (allowed / good_public.name).write_bytes(good_public.read_bytes())
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            forward("distributor", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", stop=stop,
-                    server_key=server_secret, allowed_keys=allowed, max_hits=100)  # fmt: skip
-        except BaseException as e:
-            errors.append(e)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    said: list[dict[str, Any]] = []
-
-    def listening() -> bool:
-        said.extend(json.loads(x) for x in capsys.readouterr().out.splitlines())
-        return bool(said)
-
-    wait_for(listening, timeout=10, poll_s=0.01)
-    bound = said[0]
     ctx: zmq.Context[Any] = zmq.Context()
-    with ctx.socket(zmq.PULL) as daemon, ctx.socket(zmq.PUSH) as producer:
+    with (
+        ctx.socket(zmq.PULL) as daemon,
+        ctx.socket(zmq.PUSH) as producer,
+        _in_process(capsys, "distributor", stop_within_s=4, server_key=server_secret,
+                    allowed_keys=allowed, max_hits=100) as (bound, _, _),  # stopped first
+    ):  # fmt: skip
         daemon.setsockopt(zmq.LINGER, 0)
         daemon.connect(bound["back"])
         producer.setsockopt(zmq.LINGER, 0)
         make_client(producer, good_secret, server_public)
         producer.connect(bound["front"])
         producer.send_multipart([b"header", bytes(100_000)])  # 800 bytes at most
-        time.sleep(1)  # over loopback, dropped long before this
-        stop.set()
-        thread.join(4)
-    assert not thread.is_alive(), "the distributor waited in a receive through its stop"
-    assert not errors, errors
+        time.sleep(1)  # over loopback, dropped long before this: then the stop
     ctx.term()
