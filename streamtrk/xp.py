@@ -188,6 +188,26 @@ def chunk_bounds(n: int, chunk: int, xp: Any, cumulative: np.ndarray | None = No
     return np.unique([0, *cuts, n]).tolist()  # no empty runs
 
 
+#: Most elements one scan (``cumsum``) covers: CuPy's scan indexes with 32-bit integers and,
+#: past 2^31 elements, silently gives wrong totals (cupy issue 9841).
+SCAN_CHUNK = 1 << 30
+
+
+def running_total(a: Array) -> Array:
+    """``cumsum(a)`` as int64, by scans of at most :data:`SCAN_CHUNK` elements, each
+    continuing the last on the device (no host synchronisation): right past 2^31 elements."""
+    xp = array_module(a)
+    if len(a) <= SCAN_CHUNK:
+        return xp.cumsum(a, dtype=xp.int64)
+    out = xp.empty(len(a), dtype=xp.int64)
+    for lo in range(0, len(a), SCAN_CHUNK):
+        part = out[lo : lo + SCAN_CHUNK]
+        xp.cumsum(a[lo : lo + SCAN_CHUNK], dtype=xp.int64, out=part)
+        if lo:
+            part += out[lo - 1]
+    return out
+
+
 #: DLPack's device type of CUDA memory.
 DLPACK_CUDA = 2
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+import streamtrk.xp
 from streamtrk.xp import (
     PARALLEL_BYTES,
     NotFinite,
@@ -17,6 +18,7 @@ from streamtrk.xp import (
     csr_rows,
     expand_ranges,
     index_of,
+    running_total,
     scatter_min,
     to_host_packed,
 )
@@ -129,6 +131,17 @@ def test_chunk_bounds_by_count_by_weight_and_one_run_off_numpy():
         b = chunk_bounds(6, chunk, np, np.cumsum([4, 0, 4, 1, 1, 4]))
         assert b[0] == 0 and b[-1] == 6 and (np.diff(b) > 0).all()
     assert chunk_bounds(10, 3, xp=None) == [0, 10]  # not NumPy: the GPU's one run
+
+
+def test_running_total_continues_each_scan_from_the_last(monkeypatch):
+    """Scans of at most ``SCAN_CHUNK`` elements (CuPy's is wrong past 2^31), each part
+    starting from the last's total: ``cumsum`` whatever the length against the parts."""
+    monkeypatch.setattr(streamtrk.xp, "SCAN_CHUNK", 4)
+    flags = np.random.default_rng(3).integers(0, 2, 23).astype(np.uint8)
+    for n in (0, 1, 4, 5, 8, 23):  # within one part, at a part's end, past it
+        got = running_total(flags[:n])
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, np.cumsum(flags[:n], dtype=np.int64))
 
 
 def test_chunk_bounds_by_weight_as_a_search_for_the_float_targets():

@@ -45,6 +45,7 @@ from streamtrk.xp import (
     compact,
     concatenate_to_device,
     expand_ranges,
+    running_total,
     to_host,
 )
 
@@ -781,7 +782,7 @@ def search_kernels(ctx: CandidateSearch, launch: Launch) -> tuple[Array, Array, 
     n_cand = int(per_ev.sum())
     flags = xp.zeros(n_cand + 1, dtype=xp.uint8)  # candidate t's at t + 1
     launch("doublet_flags", n_cand, (i64(n_cand), cand_start, *args, flags[1:]))
-    edge_start = xp.cumsum(flags, dtype=xp.int64)  # edges before candidate t
+    edge_start = running_total(flags)  # edges before candidate t (past 2^31 at batch 64)
     per_ev = enforce(
         "doublets",
         xp.diff(edge_start[events]),

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from strict_xp import DeviceArray, installed
 from torch.utils.dlpack import from_dlpack
 
+from streamtrk import xp as xp_module
 from streamtrk.detector import BARREL
 from streamtrk.eval.evaluate import Evaluation
 from streamtrk.event import Event, Hits
@@ -214,6 +215,22 @@ def test_the_array_paths_on_strict_device_arrays_equal_numpy(small_events, det, 
     assert len(expected["i"]) > 1000 and expected["keep4"].any()
     for k, v in expected.items():
         np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+
+
+def test_the_candidate_search_scans_its_flags_in_parts(small_events, det, kernel_dir, monkeypatch):
+    """Past ``SCAN_CHUNK`` candidates (CuPy's scan is wrong past 2^31 elements; batch 64 of
+    MU=200 within the budget has 2.6 billion), the flags' running total is scanned in parts,
+    each continuing the last on the device: the same graph (here with parts of 1,000)."""
+    cols, offsets = batch_columns(small_events, np)
+    expected = build_graph(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
+    monkeypatch.setattr(xp_module, "SCAN_CHUNK", 1000)
+    with installed(kernel_dir) as cupy:
+        cols, _ = batch_columns(small_events, cupy)
+        got = build_graph(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
+        edges, features = to_host(got.edge_index), to_host(got.edge_features)
+    assert expected.num_edges > 10 * 1000  # ten parts of candidates at least
+    np.testing.assert_array_equal(edges, expected.edge_index)
+    np.testing.assert_array_equal(features, expected.edge_features)
 
 
 #: The candidate search's per-query windows, made by a kernel on the device.
