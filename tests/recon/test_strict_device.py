@@ -219,7 +219,7 @@ def test_the_array_paths_on_strict_device_arrays_equal_numpy(small_events, det, 
 
 def test_the_candidate_search_scans_its_flags_in_parts(small_events, det, kernel_dir, monkeypatch):
     """Past ``SCAN_CHUNK`` candidates (CuPy's scan is wrong past 2^31 elements; batch 64 of
-    MU=200 within the budget has 2.6 billion), the flags' running total is scanned in parts,
+    MU=200 within the budget has 2.8 billion), the flags' running total is scanned in parts,
     each continuing the last on the device: the same graph (here with parts of 1,000)."""
     cols, offsets = batch_columns(small_events, np)
     expected = build_graph(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
