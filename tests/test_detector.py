@@ -167,6 +167,11 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
         (_set("volumes.0.kind", "barel"), "volume 8 kind must be barrel or endcap, got 'barel'"),
         (_set("volumes.0.id", -8), "volume id must be >= 0 and below 1000, got -8"),
         (_set("volumes.0.id", 10**8), "volume id must be >= 0 and below 1000"),
+        (_set("volumes.0.id", 1000), "volume id must be >= 0 and below 1000, got 1000"),
+        (_set("envelope_r", float("inf")), "envelope_r must be a finite number > 0, got inf"),
+        (_set("volumes.0.layers.0.id", 1000), "layer 1000 id must be >= 0 and below 1000"),
+        (_set("volumes.0.layers.0.id", True), "id must be an integer, got True"),
+        (_set("volumes.0.layers.0.n_phi", True), "n_phi must be an integer, got True"),
         (_set("volumes.0.resolution", [0.1, 0.1, 1]), "volume 8 resolution must be two numbers"),
         (_set("volumes.0.resolution", [-0.1, 0.1]), "resolution must be two finite numbers > 0"),
         (_set("volumes.0.resolution", [0.015, 0]), "resolution must be two finite numbers > 0"),
@@ -185,6 +190,7 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
         (_set("volumes.3.rings", []), "volume 7 layer 2 rings must be module counts >= 1"),
         (_set("volumes.3.rings", [0, 48]), "rings must be module counts >= 1, one at least"),
         (_set("volumes.3.r_min", 300.0), "volume 7 layer 2 r_max must be finite and above r_min"),
+        (lambda doc: doc["volumes"][3].update(r_min=doc["volumes"][3]["r_max"]), "r_max must be"),
         (_set("volumes.3.layers.0.z", -3000.0), "layer 2 z must be within \\+-envelope_z"),
         # Module ids past int32 (the hits' module_id): simulated as negative, then refused
         # by the recording's writer ("column 'module_id' has negative values").
@@ -208,6 +214,13 @@ def test_a_detector_file_with_values_out_of_range_is_refused(
     change(doc)
     with pytest.raises(ValueError, match=f"detector file: .*{match}"):
         parse_detector(doc)
+
+
+def test_a_layer_that_reads_nothing_is_taken() -> None:
+    """inefficiency 1 is in [0, 1]: a dead layer described in the file."""
+    doc = tomllib.loads(TEXT)
+    _set("volumes.0.inefficiency", 1.0)(doc)
+    assert parse_detector(doc).inefficiency.max() == 1.0
 
 
 def test_a_detector_file_that_is_no_text_is_named(tmp_path) -> None:

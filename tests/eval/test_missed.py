@@ -43,3 +43,14 @@ def test_half_of_the_hits_is_not_enough(joined: int, stage: str) -> None:
     graph = _edges(*((k, k + 1) for k in range(joined - 1)))
     (k,) = lost_at(PID, np.array([7]), [graph, graph, graph])
     assert STAGES[k] == stage
+
+
+def test_a_particle_without_hits_joins_none_wherever_it_is_listed() -> None:
+    """Other particles' hits count for none of ``particles``: a particle without hits is 0
+    first or last, and is lost at the graph."""
+    edges = _edges((0, 1), (6, 7), (7, 8))
+    assert largest_groups(PID, edges, np.array([5, 7])).tolist() == [0, 2]
+    expect = {5: "graph", 7: "graph", 8: "tracks"}  # 8: 3 of its 5 hits joined
+    for missed in ([5, 7, 8], [7, 8, 5]):
+        stages = lost_at(PID, np.array(missed), [edges, edges, edges])
+        assert [STAGES[k] for k in stages] == [expect[p] for p in missed]

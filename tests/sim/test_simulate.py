@@ -6,15 +6,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import streamtrk.sim.simulate as simulate_module
 from streamtrk.detector import BARREL, highland, load_detector
 from streamtrk.recon.fit import _MIN_COS_INCIDENCE
 from streamtrk.sim.generator import GeneratedParticles, GeneratorConfig, generate
-from streamtrk.sim.propagate import propagate
+from streamtrk.sim.propagate import _scatter, propagate
 from streamtrk.sim.simulate import (
     OVERLAP_GAP,
     SimConfig,
     _noise,
+    _noise_on,
     layer_indices,
+    overlaps,
     simulate,
     simulate_event,
     smear,
@@ -218,11 +221,20 @@ def test_noise_is_uniform_over_the_modules():
     assert np.array_equal(z[~barrel], DET.z[layer[~barrel]])
 
 
+def test_disk_noise_is_uniform_across_each_ring():
+    """Within a disk's ring, noise radii are uniform (not the ring's centre)."""
+    i = int(np.flatnonzero(DET.kind != BARREL)[0])
+    _, pos = _noise_on(DET, np.full(20_000, i), np.random.default_rng(1))
+    width = (DET.r_max[i] - DET.r_min[i]) / len(DET.rings[i])
+    within = ((np.hypot(pos[:, 0], pos[:, 1]) - DET.r_min[i]) / width) % 1
+    assert np.std(within) == pytest.approx(12**-0.5, rel=0.02)
+
+
 def test_noise_fraction_follows_setting():
     cfg = replace(SMALL, noise_fraction=0.3)
     ev = simulate_event(DET, cfg, np.random.default_rng(5))
     assert ev.truth is not None
-    assert (ev.truth.hits.particle_id == 0).mean() == pytest.approx(0.3, abs=0.03)
+    assert (ev.truth.hits.particle_id == 0).mean() == pytest.approx(0.3, abs=0.01)
     quiet = simulate_event(DET, replace(SMALL, noise_fraction=0.0), np.random.default_rng(5))
     assert quiet.truth is not None
     assert np.all(quiet.truth.hits.particle_id > 0)
@@ -356,6 +368,16 @@ def test_multiple_scattering_width_follows_highland():
     assert np.std(theta_z) == pytest.approx(expect, rel=0.06)
 
 
+def test_scattering_deflects_in_two_independent_planes():
+    """The two deflections across the momentum are independent draws of one width."""
+    n = 20_000
+    mom = np.tile([2.0, 0.0, 0.0], (n, 1))
+    normal = np.tile([1.0, 0.0, 0.0], (n, 1))
+    out = _scatter(np.random.default_rng(2), mom, normal, np.full(n, 0.02))
+    assert abs(np.corrcoef(out[:, 1], out[:, 2])[0, 1]) < 0.05
+    assert np.std(out[:, 1]) == pytest.approx(np.std(out[:, 2]), rel=0.05)
+
+
 @pytest.mark.parametrize("phi0", [0.0, 2.2])
 def test_an_inclined_crossing_scatters_over_its_longer_path(phi0):
     """At eta 1.5 a particle crosses the barrel layer along x0 / cos(incidence): Highland's
@@ -370,6 +392,19 @@ def test_an_inclined_crossing_scatters_over_its_longer_path(phi0):
     theta = np.arctan2(c.momentum[first, 2], np.hypot(*c.momentum[first, :2].T))
     expect = highland(np.array([p]), np.array([0.05 * np.cosh(eta)]))[0]  # 1 / cos(incidence)
     assert np.std(theta - np.arctan(np.sinh(eta))) == pytest.approx(expect, rel=0.06)
+
+
+def test_a_neutral_particle_off_the_axis_leaves_no_crossings():
+    mom = np.array([[1.0, 0.0, np.sinh(3.0)]])
+    particles = GeneratedParticles(np.array([[100.0, 0.0, 0.0]]), mom, np.zeros(1, np.int32))
+    assert len(propagate(DET, particles, np.random.default_rng(0)).layer) == 0
+
+
+def test_crossings_are_sorted_by_particle_then_order():
+    gen = generate(GeneratorConfig(mu=3), np.random.default_rng(0))
+    c = propagate(DET, gen, np.random.default_rng(0), max_turns=0.5, min_pt=0.15)
+    assert len(np.unique(c.particle)) > 10
+    assert np.array_equal(np.lexsort((c.order, c.particle)), np.arange(len(c.layer)))
 
 
 def test_neutral_particles_leave_no_crossings_and_layers_need_material():
@@ -505,6 +540,24 @@ def test_primary_and_secondary_spectra_are_the_documented_ones():
     assert (gen.charge[~prim] == 1).mean() == pytest.approx(0.68, abs=0.01)
 
 
+def test_primary_pt_is_log_interpolated_between_quantiles():
+    """Above the 99.9% quantile (8.36 GeV) up to 45 GeV, log-uniform: median sqrt(8.36 x 45)."""
+    gen = generate(GeneratorConfig(mu=5000, secondary_fraction=0.0), np.random.default_rng(5))
+    pt = np.hypot(gen.momentum[:, 0], gen.momentum[:, 1])
+    top = pt[pt > 8.3551]
+    assert len(top) > 100
+    assert np.median(top) == pytest.approx(np.sqrt(8.3551 * 45.0), rel=0.15)
+
+
+def test_secondary_vertices_end_at_2900_mm():
+    """docs/simulation.md: a secondary's vz is clipped at |z| = 2,900 mm (14% of them)."""
+    gen = generate(GeneratorConfig(mu=200), np.random.default_rng(1))
+    sec = np.hypot(gen.vertex[:, 0], gen.vertex[:, 1]) > 1.0
+    vz = np.abs(gen.vertex[sec, 2])
+    assert vz.max() == 2900.0
+    assert (vz == 2900.0).mean() == pytest.approx(0.14, abs=0.03)
+
+
 def test_charge_and_secondary_shares_follow_their_settings():
     cfg = GeneratorConfig(mu=2000, positive_fraction=0.8, secondary_fraction=0.1)
     gen = generate(cfg, np.random.default_rng(53))
@@ -544,6 +597,14 @@ def test_hard_scatter_particles():
     assert np.std(np.arctan2(py, px)) == pytest.approx(2 * np.pi / 12**0.5, rel=0.03)
 
 
+def test_the_hard_scatter_is_on_the_first_vertex():
+    """The hard scatter comes first, then the first vertex's primaries: the same vertex."""
+    cfg = GeneratorConfig(mu=50, hard_scatter=3, primaries_per_vertex=1000.0)
+    for seed in range(5):
+        gen = generate(cfg, np.random.default_rng(seed))
+        assert np.array_equal(gen.vertex[0], gen.vertex[3])
+
+
 @pytest.mark.parametrize(
     "setting",
     [
@@ -557,6 +618,7 @@ def test_hard_scatter_particles():
         {"secondary_positive_fraction": 1.1},
         {"secondary_positive_fraction": -0.1},
         {"hard_scatter": -1},
+        {"hard_scatter": 100_001},
         {"hard_scatter_pt": (0.0, 5.0)},
         {"hard_scatter_pt": (6.0, 5.0)},
         {"hard_scatter_pt": (5.0, 7000.5)},  # past the beam energy
@@ -569,6 +631,7 @@ def test_generator_settings_out_of_range_are_refused(setting):
 
 
 def test_generator_settings_at_the_edges_of_their_range_are_taken():
+    GeneratorConfig(beam_spot=(20.0, 0.0, 250.0), hard_scatter=100_000)
     GeneratorConfig(mu=0.5, sigma_z=0.0, sigma_r=0.0, positive_fraction=0.0)
     GeneratorConfig(mu=10_000, positive_fraction=1.0, secondary_fraction=0.0)
     GeneratorConfig(hard_scatter=1, hard_scatter_pt=(7000.0, 7000.0))
@@ -735,13 +798,45 @@ def test_overlaps_give_a_share_of_crossings_a_second_hit_further_across_their_la
     assert np.array_equal(nhits, ev.truth.particles.nhits)  # the second hits counted too
 
 
-def test_without_overlaps_no_crossing_is_drawn_for_them():
-    """The default (no overlaps) draws nothing for them: events as before the option."""
-    plain = simulate_event(DET, SMALL, np.random.default_rng(9))
-    again = simulate_event(DET, replace(SMALL, overlap_fraction=0.0), np.random.default_rng(9))
-    assert plain.hits.digest() == again.hits.digest()
+def test_an_overlap_hit_lies_ahead_of_its_crossing_along_the_momentum():
+    """The overlapping module is crossed after the first, on the particle's way out: the
+    same particle, layer and momentum, a step along the momentum."""
+    rng = np.random.default_rng(3)
+    c = propagate(DET, generate(GeneratorConfig(mu=5), rng), rng, max_turns=0.5, min_pt=0.5)
+    both = overlaps(DET, c, 1.0, np.random.default_rng(0))
+    n = len(c.layer)
+    assert np.array_equal(both.particle[n:], c.particle) and np.array_equal(both.layer[n:], c.layer)
+    assert np.array_equal(both.momentum[n:], c.momentum)
+    step = both.position[n:] - c.position
+    assert np.all(np.einsum("ij,ij->i", step, c.momentum) > 0)
+
+
+def test_without_overlaps_nothing_is_drawn_for_them(monkeypatch):
+    """The default (no overlaps) never reaches ``overlaps``: no draw, events as before the
+    option; with them, more hits."""
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("overlaps drawn without overlap_fraction")
+
     some = simulate_event(DET, replace(SMALL, overlap_fraction=0.1), np.random.default_rng(9))
+    monkeypatch.setattr(simulate_module, "overlaps", drawn)
+    plain = simulate_event(DET, SMALL, np.random.default_rng(9))
     assert len(some.hits) > len(plain.hits)
+
+
+def test_hits_within_a_module_are_shuffled():
+    """Sorted by volume, layer and module, in random order within a module: not noise last,
+    nor signal by particle (the hit ids would carry truth)."""
+    ev = simulate_event(DET, SMALL, np.random.default_rng(4))
+    assert ev.truth is not None
+    pid, h = ev.truth.hits.particle_id, ev.hits
+    same = (
+        (h.volume_id[1:] == h.volume_id[:-1])
+        & (h.layer_id[1:] == h.layer_id[:-1])
+        & (h.module_id[1:] == h.module_id[:-1])
+    )
+    assert (same & (pid[:-1] == 0) & (pid[1:] > 0)).any()  # noise before signal
+    assert (same & (pid[1:] > 0) & (pid[:-1] > pid[1:])).any()  # particles out of order
 
 
 def test_noisy_layers_get_extra_noise_hits_on_their_modules():
