@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamtrk.event import Event, Hits
 from streamtrk.io.events import files_read, read_events
-from streamtrk.io.recording import RecordingWriter
+from streamtrk.io.recording import RecordingError, RecordingWriter
 
 
 def test_a_recording_is_read_as_one_whatever_its_name(tmp_path: Path) -> None:
@@ -48,3 +49,21 @@ def test_the_files_read_are_named_for_the_outputs_to_spare(tmp_path: Path) -> No
     assert names(tmp_path / "event000000007") == sorted(event[:2])
     assert names(tmp_path / "event000000007-truth.csv.gz") == sorted(event[:2])
     assert files_read(tmp_path / "nowhere" / "event000000007") == []
+
+
+def test_a_stk_file_is_read_as_a_recording_whatever_its_first_bytes(tmp_path: Path) -> None:
+    """A recording cut before its file header is said to be one (not "no TrackML event
+    file"), and is an input the outputs spare."""
+    path = tmp_path / "run.stk"
+    path.write_bytes(b"")
+    assert files_read(path) == [path]
+    with pytest.raises(RecordingError, match="truncated file header"):
+        list(read_events(path))
+    with pytest.raises(FileNotFoundError, match=r"missing\.stk'"):
+        list(read_events(tmp_path / "missing.stk"))
+
+
+def test_the_files_read_of_a_path_that_cannot_be_looked_at_are_the_path(tmp_path: Path) -> None:
+    # A name past NAME_MAX: stat() itself fails (ENAMETOOLONG); reading it says so, later.
+    path = tmp_path / ("x" * 300)
+    assert files_read(path) == [path]

@@ -225,3 +225,8 @@ def test_stdout_redirected_to_a_file_is_written_through_its_descriptor(tmp_path:
         f.seek(0)
         assert f.read() == b"{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_folder_is_not_written_in_place() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        assert not written_in_place(Path(folder))

@@ -130,7 +130,7 @@ def test_events_pair_truth_with_the_hits_of_its_event(tmp_path: Path, rng) -> No
             encode_truth(3, 0, e0.truth),
             encode_truth(3, 1, twin.truth),
             *[encode_hits(make_event(rng, 1, 10 + i)) for i in range(PAIR_WINDOW)],
-            encode_truth(3, 3, e3.truth),  # its hits 16 hits before: too late, skipped
+            encode_truth(3, 3, e3.truth),  # of an event never sent: skipped
         ],
     )
     back = list(iter_events(path))
@@ -856,3 +856,87 @@ def test_a_folder_is_no_recording_and_said_so(tmp_path: Path) -> None:
     ``recording``, replay, inspect): said, with the command that converts them."""
     with pytest.raises(RecordingError, match=r"a folder, not a recording \(\.stk\); TrackML CSV"):
         RecordingReader(tmp_path)
+
+
+def test_truth_is_paired_among_the_last_16_hits_records_as_documented(tmp_path: Path, rng) -> None:
+    """docs/wire-protocol.md, serve.md: the truth goes to hits among the last 16 hits
+    records (its own and 15 later ones); one more and it is too late, for inspect too."""
+    for later, paired in ((15, True), (16, False)):
+        e0 = make_event(rng, 4, 0)
+        assert e0.truth
+        path = tmp_path / f"w{later}.stk"
+        others = [encode_hits(make_event(rng, 1, 10 + i)) for i in range(later)]
+        write(path, [encode_hits(e0), *others, encode_truth(3, 0, e0.truth)])
+        assert (next(iter_events(path)).truth is not None) == paired
+        assert summarize(path)["events_with_truth"] == int(paired)
+
+
+def test_damage_withholds_only_the_events_still_without_truth(tmp_path: Path, rng) -> None:
+    """A tap of two producers cut mid-write (hits A, hits B, truth B, a record cut in its
+    header): B has its truth and comes; A, whose truth the cut record may be, does not."""
+    a, b = make_event(rng, 4, 1), make_event(rng, 4, 2)
+    assert b.truth
+    path = tmp_path / "t.stk"
+    write(path, [encode_hits(a), encode_hits(b), encode_truth(3, 2, b.truth)])
+    with open(path, "ab") as f:
+        f.write(b"\x01\x00\x00")
+    got: list[Event] = []
+    with pytest.raises(RecordingError, match="truncated frame count"):
+        got.extend(iter_events(path))
+    assert [(e.event, e.truth is not None) for e in got] == [(2, True)]
+
+
+def test_repair_keeps_the_last_hits_where_no_truth_follows_its_own_hits(
+    tmp_path: Path, rng
+) -> None:
+    """Interleaved pairs (hits A, hits B, truth A, truth B): no hits are directly followed
+    by their own truth, so a tail cut in its header after hits C is not taken for C's."""
+    a, b, c = (make_event(rng, 4, i) for i in (1, 2, 3))
+    assert a.truth and b.truth
+    path = tmp_path / "t.stk"
+    write(
+        path,
+        [
+            encode_hits(a),
+            encode_hits(b),
+            encode_truth(3, 1, a.truth),
+            encode_truth(3, 2, b.truth),
+            encode_hits(c),
+        ],
+    )
+    with open(path, "ab") as f:
+        f.write(b"\x01\x00\x00")
+    assert repair(path) is not None
+    assert [(e.event, e.truth is not None) for e in iter_events(path)] == [
+        (1, True),
+        (2, True),
+        (3, False),
+    ]
+
+
+def test_a_damaged_first_length_is_not_read_whole_to_name_the_record(tmp_path: Path) -> None:
+    """Events read up to damage name the damaged record by its header, read only where it
+    is no longer than a header may be: a flipped bit that claims GBs reads none of them."""
+    path = tmp_path / "big.stk"
+    write(path, [[bytes(1_000_000)] for _ in range(12)])
+    with open(path, "r+b") as f:
+        f.seek(12 + 8)  # the first record's first length
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.seek(12 + 8)
+        f.write(struct.pack("<Q", length | 1 << 23))
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordingError, match="above the 8000000-byte limit"):
+            list(iter_events(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000
+
+
+def test_a_trackml_csv_under_another_name_is_said_to_be_imported(tmp_path: Path) -> None:
+    """The hint goes by the file's first bytes too, not by its name alone."""
+    for name, text in (("hits.stk", "hit_id,x,y,z\n"), ("p.txt", "particle_id,vx\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(RecordingError, match=r"`streamtrk import-trackml` makes one\)$"):
+            list(iter_records(tmp_path / name))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamtrk.eval.score import trackml_score
-from streamtrk.event import Event, Hits, HitTruth, Particles, Tracks, Truth
+from streamtrk.event import TRACK_PARAM_DTYPES, Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.io.trackml import (
     _located,
     by_event_number,
@@ -899,3 +899,62 @@ def test_a_missing_folder_is_said_to_be_missing(tmp_path) -> None:
         next(iter_events(f"{tmp_path}/run7/"))
     with pytest.raises(FileNotFoundError, match=r"no event1-hits\.csv"):
         next(iter_events(tmp_path / "event1"))  # a prefix: its files are looked for
+
+
+def test_a_submission_is_read_in_file_order_whatever_its_events_interleaving(tmp_path):
+    # More rows than NumPy's introsort sorts by insertion (16): an unstable sort by event
+    # reorders an event's rows.
+    hit_id = np.arange(100, 0, -1)
+    event_id = 1 + np.arange(100) % 2
+    path = tmp_path / "interleaved.csv"
+    path.write_text(
+        "event_id,hit_id,track_id\n"
+        + "".join(f"{e},{h},{h % 7 + 1}\n" for e, h in zip(event_id, hit_id, strict=True))
+    )
+    back = read_submission(path)
+    for e in (1, 2):
+        assert back[e][0].tolist() == hit_id[event_id == e].tolist()
+        assert back[e][1].tolist() == (hit_id[event_id == e] % 7 + 1).tolist()
+
+
+def test_truth_of_noise_alone_without_particles_or_weights_is_read(tmp_path):
+    # No particle at all: no particle's vertex or first hit to look up, and none needed.
+    (tmp_path / "event000000005-hits.csv").write_text(
+        "hit_id,x,y,z,volume_id,layer_id,module_id\n1,1,2,3,8,2,1\n2,4,5,6,8,4,1\n"
+    )
+    (tmp_path / "event000000005-truth.csv").write_text(
+        "hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz\n1,0,1,2,3,0,0,0\n2,0,4,5,6,0,0,0\n"
+    )
+    event = read_event(tmp_path / "event000000005")
+    assert event.truth is not None
+    assert event.truth.hits.weight.tolist() == [0.0, 0.0]
+    assert event.truth.hits.hit_order.tolist() == [-1, -1]
+    assert len(event.truth.particles) == 0
+
+
+def test_a_prefix_with_more_than_an_event_number_is_refused(tmp_path) -> None:
+    (tmp_path / "event000001000_v2-hits.csv").write_text(
+        "hit_id,x,y,z,volume_id,layer_id,module_id\n1,1,2,3,8,2,1\n"
+    )
+    with pytest.raises(ValueError, match="cannot parse an event number from 'event000001000_v2'"):
+        read_event(tmp_path / "event000001000_v2")
+
+
+def test_event_files_are_hits_first_whatever_their_padding(tmp_path) -> None:
+    for name in ("event1-truth.csv", "event000000001-hits.csv"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in event_files(tmp_path, 1)] == [
+        "event000000001-hits.csv",
+        "event1-truth.csv",
+    ]
+
+
+def test_track_parameters_are_written_in_increasing_event_order(tmp_path) -> None:
+    # As the submission beside them (write_submission sorts its events).
+    params = {k: np.zeros(1, dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    tracks = {9: Tracks(np.array([0, 2]), np.arange(2), params)}
+    tracks[2] = Tracks(np.array([0, 3]), np.arange(3), params)
+    path = tmp_path / "tracks.csv"
+    write_track_parameters(path, tracks)
+    rows = [r.split(",")[:3] for r in path.read_text().splitlines()[1:]]
+    assert rows == [["2", "1", "3"], ["9", "1", "2"]]
