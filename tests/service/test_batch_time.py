@@ -90,3 +90,54 @@ def test_forgotten_batches_stand_until_the_next_which_starts_the_window_afresh()
     assert bt.estimate(1_000) == pytest.approx(1.0)
     bt.observe(1_000, 0.01)
     assert bt.estimate(1_000) == pytest.approx(0.01)
+
+
+def test_a_batch_of_no_hits_slower_than_a_fit_without_fixed_cost_raises_it() -> None:
+    """Costs that grow faster than the hits (a line below 0 s at no hits: no fixed cost),
+    then a batch of empty events: the estimate covers it at once."""
+    bt = BatchTime()
+    for hits, seconds in [(1_000, 0.001), (3_000, 0.1), (10_000, 1.0)]:
+        bt.observe(hits, seconds)
+    assert bt.fixed == 0.0
+    bt.observe(0, 0.05)
+    assert bt.estimate(0) == pytest.approx(0.05)
+
+
+def test_batches_of_no_hits_alone_cost_their_mean() -> None:
+    bt = BatchTime()
+    for seconds in (0.02, 0.02, 0.05):
+        bt.observe(0, seconds)
+    assert bt.estimate(0) == pytest.approx(0.05)  # raised by the last
+    bt.observe(0, 0.02)
+    assert bt.estimate(0) == pytest.approx(0.11 / 4) and bt.per_hit == 0.0
+
+
+def test_a_negative_cost_is_the_least_squares_fit_without_it() -> None:
+    """Larger batches faster: no cost per hit, the fixed cost their mean; a line below 0 s
+    at no hits: no fixed cost, the cost per hit the least squares line through 0."""
+    bt = BatchTime()
+    for hits, seconds in [(1_000, 0.3), (3_000, 0.1), (10_000, 0.05)]:
+        bt.observe(hits, seconds)
+    assert bt.per_hit == 0.0 and bt.fixed == pytest.approx(0.15)
+    bt = BatchTime()
+    batches = [(3_000, 0.1), (10_000, 1.0), (1_000, 0.001)]  # the last not slower than the fit
+    for hits, seconds in batches:
+        bt.observe(hits, seconds)
+    slope = sum(h * s for h, s in batches) / sum(h * h for h, _ in batches)
+    assert bt.fixed == 0.0 and bt.per_hit == pytest.approx(slope)
+
+
+def test_a_batch_a_little_slower_raises_the_estimate_to_it() -> None:
+    bt = BatchTime()
+    for _ in range(WINDOW):
+        bt.observe(1_000, 1.0)
+    bt.observe(1_000, 1.5)
+    assert bt.estimate(1_000) == pytest.approx(1.5)
+
+
+def test_sizes_a_factor_spread_apart_give_both_costs() -> None:
+    """Batches of one and of two like events: a factor 2 apart, no longer within it."""
+    bt = BatchTime()
+    bt.observe(1_000, 0.03)
+    bt.observe(2_000, 0.04)
+    assert bt.fixed == pytest.approx(0.02) and bt.per_hit == pytest.approx(1e-5)

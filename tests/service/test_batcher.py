@@ -348,3 +348,30 @@ def test_closing_flushes_what_is_queued_without_the_delay() -> None:
     assert events(b.next_batch(0.0)) == [0, 1, 2]
     assert time.perf_counter() - t0 < 30  # not waiting 60 s for a fourth
     assert not b.put(job(5, 3))
+
+
+def test_a_late_event_does_not_extend_the_queue_delay() -> None:
+    """The delay counts from the batch's first event queued, not from its latest one."""
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=3000))
+    first = job(5, 0)
+    b.put(first)
+    thread, out = _open_batch(b)
+    time.sleep(max(0.0, first.t_queued + 2.0 - time.perf_counter()))
+    b.put(job(5, 1))  # 2 s into event 0's delay: the batch still closes at 3 s, not 5 s
+    thread.join(60)
+    waited = time.perf_counter() - first.t_queued
+    assert [events(batch) for batch in out] == [[0, 1]]
+    assert waited < 4.5  # (1.5 s of slack for a slow CI)
+
+
+def test_the_deadline_closes_the_batch_in_time_for_all_of_its_hits() -> None:
+    """The batch closes its expected reconstruction time, for all its hits, before the
+    earliest deadline: 10 s of work for two events, not the 5 s of one."""
+    b = Batcher(16, BatchPolicy(max_events=8, max_hits=10**6, max_queue_delay_ms=60_000))
+    b.batch_time.observe(100, 5.0)  # 0.05 s a hit
+    b.put(job(100, 0, deadline_s=11))
+    b.put(job(100, 1))  # 10 s of work together: due 1 s after event 0's queueing
+    t0 = time.perf_counter()
+    batch = b.next_batch(1)
+    assert events(batch) == [0, 1]
+    assert time.perf_counter() - t0 < 3.5  # not 6 s, past which 10 s of work ends too late

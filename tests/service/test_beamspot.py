@@ -94,3 +94,36 @@ def test_the_window_finds_the_collisions_from_fitted_tracks_in_either_field(det,
     spot = window.estimate()
     assert spot.tracks > 500
     assert spot.x == pytest.approx(0.8, abs=0.1) and spot.y == pytest.approx(-0.5, abs=0.1)
+
+
+def test_one_addition_past_the_capacity_keeps_its_last_tracks() -> None:
+    """The oldest tracks leave, those of one addition too: of 150 tracks into a window of
+    100, the last 100 stay."""
+    rng = np.random.default_rng(4)
+    old = _tracks_from(5.0, 0.0, 50, rng)
+    new = _tracks_from(0.4, -0.25, 100, rng)
+    window = BeamSpotWindow(capacity=100)
+    (d0, z0, phi, event), (d0_new, z0_new, phi_new, event_new) = old, new
+    window.add(
+        np.concatenate([d0, d0_new]),
+        np.concatenate([z0, z0_new]),
+        np.concatenate([phi, phi_new]),
+        np.concatenate([event, event_new + 1]),  # events 0, then 1 and 2
+    )
+    spot = window.estimate()
+    assert spot.tracks == 100
+    assert spot.x == pytest.approx(0.4, abs=0.05) and spot.y == pytest.approx(-0.25, abs=0.05)
+
+
+def test_the_z_error_is_that_of_the_mean_of_the_events() -> None:
+    """Events of equal track counts: the standard error of the mean of their mean z (the
+    sample standard deviation over the square root of their count), few as they are."""
+    means = np.array([0.0, 1.0, 5.0])
+    offsets = np.array([-0.3, -0.1, 0.1, 0.3])
+    z0 = (means[:, None] + offsets).ravel()
+    event = np.repeat(np.arange(3), 4)
+    window = BeamSpotWindow(capacity=100)
+    window.add(np.zeros(12), z0, np.linspace(-3, 3, 12), event)
+    spot = window.estimate()
+    assert spot.z == pytest.approx(2.0)
+    assert spot.z_error == pytest.approx(np.std(means, ddof=1) / np.sqrt(3))

@@ -4,7 +4,9 @@ full file says so once."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +164,66 @@ def test_a_file_damaged_before_whole_records_is_moved_aside_not_cut(
         f"dead-letter file {path} is damaged before its last records: moved to {aside}, "
         "a new file begun"
     )
+
+
+def test_a_message_that_fills_the_file_to_its_cap_is_written(tmp_path: Path) -> None:
+    """Only a message that would take the file past its cap is refused."""
+    err = WireError("not_msgpack", "test")
+    probe = DeadLetters(tmp_path / "probe.stk", 1 << 30)
+    empty = probe.size
+    assert probe.write([b"\xc1", b"a" * 1000], err)
+    probe.close()
+    record = probe.size - empty
+    dead = DeadLetters(tmp_path / "dead.stk", empty + 2 * record)
+    assert dead.write([b"\xc1", b"a" * 1000], err) and dead.write([b"\xc1", b"b" * 1000], err)
+    assert dead.size == dead.max_bytes
+    assert not dead.write([b"\xc1", b"c"], err)
+    dead.close()
+
+
+def test_a_message_of_more_frames_than_a_record_holds_keeps_its_first_1023(
+    tmp_path: Path,
+) -> None:
+    """A daemon whose max_frames passes 1023 can receive messages a record cannot hold
+    whole: the record keeps the first 1023, its head the count received."""
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 30)
+    frames = [b"%d" % i for i in range(2000)]
+    assert dead.write(frames, WireError("too_many_frames", "test"))
+    dead.close()
+    [(_, kept)] = list(iter_records(path))
+    assert [bytes(f) for f in kept[1:]] == frames[:1023]
+    assert msgpack.unpackb(kept[0])["frames"] == 2000
+
+
+def test_a_frame_of_a_recordings_limit_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 30)
+    big = b"b" * MAX_FRAME_BYTES
+    assert dead.write([b"\xc1", big, b"c"], WireError("not_msgpack", "test"))
+    dead.close()
+    [(_, frames)] = list(iter_records(path))
+    assert [len(f) for f in frames[1:]] == [1, MAX_FRAME_BYTES, 1]
+
+
+def test_a_file_that_cannot_be_cut_back_fails_every_write_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write fails and so does cutting the file back: later writes raise OSError (the
+    ingest thread counts them as failed), nothing else."""
+    dead = DeadLetters(tmp_path / "dead.stk", 1 << 30)
+    err = WireError("not_msgpack", "test")
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert dead.writer is not None
+    monkeypatch.setattr(dead.writer, "write", full)
+    truncate = os.truncate
+    monkeypatch.setattr(os, "truncate", full)  # the module's os
+    with pytest.raises(OSError, match="No space"):
+        dead.write([b"\xc1"], err)
+    monkeypatch.setattr(os, "truncate", truncate)
+    with pytest.raises(OSError, match="unusable since a write failed"):
+        dead.write([b"\xc1"], err)
+    dead.close()

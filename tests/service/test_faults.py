@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 
+import pytest
+
+from streamtrk.service import faults
 from streamtrk.service.faults import ENV, _parse
 
 
@@ -33,3 +37,14 @@ def test_a_malformed_hook_does_not_stop_the_command_line() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_fault_is_raised_at_its_nth_pass_only(monkeypatch) -> None:
+    """``<point>_fail_after=N``: the Nth pass raises; those before and after pass."""
+    monkeypatch.setitem(faults.FAULTS, "probe_fail_after", 2.0)
+    monkeypatch.setattr(faults, "_passes", Counter())
+    faults.fail("probe")
+    with pytest.raises(faults.InjectedFault, match="pass 2 of probe"):
+        faults.fail("probe")
+    faults.fail("probe")
+    faults.fail("other")  # not asked for: nothing

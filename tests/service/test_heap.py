@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamtrk.service import heap
 from streamtrk.service.heap import (
     PAUSE_BUCKETS,
     CollectorPauses,
@@ -98,3 +100,21 @@ def test_heap_frozen_before_stays_frozen(unfrozen) -> None:
     with heap_frozen():
         pass
     assert gc.get_freeze_count() > 0
+
+
+def test_pauses_add_up_in_their_generation_s_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pause in the first bucket at or above it, and all of them in the sum."""
+    clock = iter([0.0, 0.002, 1.0, 1.5, 2.0, 2.0005])
+    monkeypatch.setattr(heap, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    pauses = CollectorPauses()
+    for _ in range(3):
+        pauses._hook("start", {"generation": 0})
+        pauses._hook("stop", {"generation": 0})
+    registry = CollectorRegistry()
+    registry.register(pauses)
+    value = registry.get_sample_value
+    name = "streamtrk_gc_pause_seconds"
+    assert value(f"{name}_sum", {"generation": "0"}) == pytest.approx(0.5025)
+    assert value(f"{name}_count", {"generation": "0"}) == 3
+    assert value(f"{name}_bucket", {"generation": "0", "le": "0.001"}) == 1
+    assert value(f"{name}_bucket", {"generation": "0", "le": "0.003"}) == 2
