@@ -243,3 +243,16 @@ def test_per_event_counts_one_entry_per_event_of_the_batch() -> None:
     of = np.array([3, 0, 2, 1, 3])
     assert per_event(hit, offsets, of=of).tolist() == per_event(hit[of], offsets).tolist()
     assert per_event(hit, offsets[:2], of=of).tolist() == [5]
+
+
+def test_each_event_of_a_batch_is_checked_against_the_budget_given(det, small_events) -> None:
+    """The CPU builds and prunes a batch event by event: each against the caller's budget,
+    not the default one."""
+    batch = [small_events[0], pile(det, 400)]
+    with pytest.raises(EventTooDense, match=r"too many doublets \(event 1 of the batch"):
+        batch_graph(batch, det)
+    assert batch_graph(batch, det, budget=Budget(edges_per_hit=200)).num_edges > 800_000
+    dense = batch_graph([small_events[0], pile(det, 60)], det)
+    with pytest.raises(EventTooDense, match=r"too many triplet candidates \(event 1 of the"):
+        prune_edges(dense, PruneConfig(), det)
+    assert prune_edges(dense, PruneConfig(), det, Budget(triplets_per_hit=4_000)).any()

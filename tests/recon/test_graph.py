@@ -787,3 +787,58 @@ def test_graph_settings_out_of_range_are_refused(setting, value) -> None:
     (pt_min 0: a division by zero) or emptied it (pt_min -1: no edge), unsaid."""
     with pytest.raises(ValueError, match=f"GraphConfig.({setting}|n_bins x n_phi_bins) must be"):
         GraphConfig(**{setting: value})
+
+
+def test_a_grid_of_exactly_the_most_cells_is_allowed() -> None:
+    """'at most' MAX_GRID_CELLS: 256 x 256 (2**16) cells a layer are a valid grid."""
+    cfg = GraphConfig(n_bins=256, n_phi_bins=256)
+    assert cfg.n_bins * cfg.n_phi_bins == graph_module.MAX_GRID_CELLS
+
+
+@pytest.mark.parametrize("offset", [-0.5, 20.5])
+def test_a_beam_offset_outside_the_beam_spot_is_refused(det, offset) -> None:
+    """beam_offset lies in [0, MAX_BEAM_SPOT]: a negative one would narrow every window
+    below the layer margin, unsaid."""
+    cols, offsets = batch_columns([Event(0, 0, _hits([802, 804], [32.0, 72.0], [0.0, 10.0]))])
+    with pytest.raises(ValueError, match=r"beam_offset must lie in \[0, 20\] mm"):
+        graph_module.build_graph(**cols, node_offsets=offsets, det=det, beam_offset=offset)
+
+
+def test_the_z0_reach_holds_the_final_cut_past_the_outer_layers_nearest_radius(det) -> None:
+    """Windows 30 mm off the surfaces (beam_offset 20): a hit of 802 at r 52 lies past 804's
+    nearest radius (72 - 30); its segment to r 60 at z0 -30.7 is within the final cut (about
+    30.74 mm there) and so within the queries' z0 reach."""
+    ri, rj, z0 = 52.0, 60.0, -30.7
+    ev = Event(0, 0, _hits([802, 804], [ri, rj], [0.0, z0 - z0 * rj / ri]))
+    cols, offsets = batch_columns([ev])
+    g = graph_module.build_graph(**cols, node_offsets=offsets, det=det, beam_offset=20.0)
+    assert _edge_set(g) == {(0, 1)}
+
+
+def test_each_event_of_a_batch_gets_the_windows_of_the_beam_offset(det) -> None:
+    """The CPU builds a batch event by event, each with the windows ``beam_offset`` widens: a
+    hit 15 mm outside layer 804 on a line to z0 = 30.1 mm (the far end of the z window) is
+    an edge with an offset of 5 mm, not without; alone or in a batch."""
+    r = 87.0
+    ev = _barrel_pair_event([(r, 0.0, 30.1 - 30.1 * r / 32.0)])
+    cfg = GraphConfig(n_bins=2048, n_phi_bins=1)
+    for events, edges in (([ev], {(0, 1)}), ([ev, ev], {(0, 1), (2, 3)})):
+        cols, offsets = batch_columns(events)
+        for offset, expected in ((0.0, set()), (5.0, edges)):
+            g = graph_module.build_graph(
+                **cols, node_offsets=offsets, det=det, cfg=cfg, beam_offset=offset
+            )
+            assert _edge_set(g) == expected, (len(events), offset)
+
+
+def test_a_disk_window_from_a_hit_within_the_z0_reach_spans_the_whole_disk(det) -> None:
+    """Lines from z0 in [-reach, z_i) cross a disk anywhere past r(-reach), out to its edge:
+    a track of a beam spot 20 mm off the axis (hits centred on it), 12 mm from the spot on
+    802 at z 31 (within the 31.9 mm reach), then on disk 902 at r 160 (z0 = -15.1 mm)."""
+    ev = Event(0, 0, _hits([802, 902], [12.0, 160.0], [31.0, 600.0]))
+    cols, offsets = batch_columns([ev])
+    for cfg in (GraphConfig(), GraphConfig(n_bins=1, n_phi_bins=1)):
+        g = graph_module.build_graph(
+            **cols, node_offsets=offsets, det=det, cfg=cfg, beam_offset=20.0
+        )
+        assert _edge_set(g) == {(0, 1)}, cfg

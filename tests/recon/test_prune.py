@@ -3,6 +3,7 @@
 import math
 from collections import defaultdict
 from dataclasses import replace
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -578,3 +579,28 @@ def test_window_scales_that_are_not_finite_and_positive_are_refused(scales) -> N
 def test_a_chain_length_other_than_a_triplet_or_quadruplet_is_refused() -> None:
     with pytest.raises(ValueError, match="min_hits must be 3 or 4, got 5"):
         PruneConfig(min_hits=5)
+
+
+def test_a_windows_path_relative_to_the_working_directory_is_a_path(tmp_path, monkeypatch):
+    """A name with a '/' is a path, relative ones too (the error's hint offers ./name)."""
+    (tmp_path / "sub").mkdir()
+    text = resources.files("streamtrk.data").joinpath("prune_windows.toml").read_text()
+    (tmp_path / "sub" / "w.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    shipped = PruneConfig().triplets
+    for name in ("./sub/w.toml", "sub/w.toml"):
+        assert PruneConfig(windows=name).triplets == shipped
+
+
+@pytest.mark.parametrize("block", [1, 3, 8_192])
+def test_the_blocked_window_search_is_searchsorted(monkeypatch, block) -> None:
+    """Ties at a block's least and greatest needles, and a NaN needle (the whole search)."""
+    monkeypatch.setattr(prune, "WINDOW_BLOCK", block)
+    keys = np.array([0.0, 1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0])
+    for needles in (
+        np.array([1.0, 1.0, 1.5, 3.0, 3.0, 3.5, 4.0, 5.0, -1.0]),
+        np.array([0.5, np.nan, 3.0]),
+    ):
+        for side in ("left", "right"):
+            got = prune._search_sorted(keys, needles, side)
+            assert np.array_equal(got, np.searchsorted(keys, needles, side)), (side, needles)
