@@ -18,6 +18,7 @@ from streamtrk.wire import (
     ENCODED_VERSIONS,
     REASONS,
     Limits,
+    ModelId,
     WireError,
     decode,
     encode_hits,
@@ -407,6 +408,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         ("bad_header", "column_pair", lambda h, t, u: patch(h, columns=[["hit_id", "<i8"]])),
         (
             "bad_header",
+            "column_of_four",
+            lambda h, t, u: patch(h, columns=[[*c, 0] for c in columns(h)]),
+        ),
+        (
+            "bad_header",
             "column_name_type",
             lambda h, t, u: patch(h, columns=[[i, d, n] for i, (_, d, n) in enumerate(columns(h))]),
         ),
@@ -480,6 +486,13 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             lambda h, t, u: with_column(t, "offsets", np.array([0, 5, 10])),
         ),
         ("bad_dtype", "big_endian", lambda h, t, u: with_column(h, "x", np.zeros(10, ">f4"))),
+        (  # a narrower dtype too must be little-endian
+            "bad_dtype",
+            "big_endian_narrow",
+            lambda h, t, u: patch(
+                with_column(h, "hit_id", np.arange(1, 11, dtype=">i8")), version=5
+            ),
+        ),
         ("bad_dtype", "f8", lambda h, t, u: with_column(h, "x", np.zeros(10, "<f8"))),
         ("bad_dtype", "object", lambda h, t, u: with_column(h, "x", np.zeros(10), "O")),
         ("bad_dtype", "native_name", lambda h, t, u: with_column(h, "x", np.zeros(10), "f")),
@@ -570,6 +583,11 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
             "hit",
             lambda h, t, u: with_column(u, "hit.particle_id", np.full(10, 12345)),
         ),
+        (  # only 0 is noise: particle 1 must be in the table too
+            "unknown_particle",
+            "particle_1",
+            lambda h, t, u: with_column(u, "hit.particle_id", np.r_[np.zeros(9, "<i8"), 1]),
+        ),
         (
             "non_finite",
             "truth_weight",
@@ -622,6 +640,55 @@ def test_limits_are_inclusive(hits: list[Any], tracks: list[Any]) -> None:
     decode(hits, limits=Limits(max_header_bytes=len(bytes(hits[0])), max_hits=10, max_columns=7))
     decode(tracks, limits=Limits(max_tracks=3, max_hits=10))
     assert decode(patch(tracks, timings={"graph": 0.0})).to_reply().timings == {"graph": 0.0}
+
+
+def test_the_edges_of_every_range_are_accepted(rng: np.random.Generator, truth: list[Any]) -> None:
+    """The largest run, event, t_send_ns and msg_id [0, 2**63) admits; a truth weight of 0
+    (TrackML's noise hits have it); a model threshold of 0 (the daemon's [0, 1) admits it)."""
+    big = 2**63 - 1
+    msg = decode(encode_hits(random_event(rng, 5, run=big, event=big), t_send_ns=big, msg_id=big))
+    assert (msg.run, msg.event, msg.t_send_ns, msg.msg_id) == (big, big, big, big)
+    got = decode(with_column(truth, "hit.weight", np.zeros(10, "<f4"))).to_truth()
+    assert (got.hits.weight == 0).all()
+    model = ModelId("m", "h", 0.0)
+    frames = encode_tracks(1, 2, np.arange(30), random_tracks(rng, 30, 2), model=model)
+    assert decode(frames).to_reply().model == model
+
+
+def test_numpy_numbers_travel_as_plain_numbers(rng: np.random.Generator) -> None:
+    """Timings and a threshold computed with NumPy (float32, int) are sent as msgpack floats."""
+    tr = random_tracks(rng, 30, 2)
+    timings: dict[str, Any] = {"gnn": np.float32(0.25), "io": 1}
+    model = ModelId("m", "h", np.float32(0.5))  # type: ignore[arg-type]
+    frames = encode_tracks(1, 2, np.arange(30), tr, timings=timings, model=model)
+    reply = decode(frames).to_reply()
+    assert reply.timings == {"gnn": 0.25, "io": 1.0}
+    assert all(type(v) is float for v in reply.timings.values())
+    assert reply.model == ModelId("m", "h", 0.5)
+
+
+def test_no_frame_within_the_limits_is_longer_than_max_frame_bytes(
+    rng: np.random.Generator, hits: list[Any]
+) -> None:
+    """max_frame_bytes is a receiver's ZMQ_MAXMSGSIZE: the header, or the longest column of
+    any kind (here the particles of a truth message) within the limits, must pass it."""
+    t = truth_of(random_event(rng, 10_000))  # 1,000 particles
+    few = HitTruth.from_columns({k: v[:2] for k, v in t.hits.columns().items()})
+    truth = encode_truth(1, 2, Truth(few, t.particles))
+    for frames, limits in [
+        (hits, Limits(len(bytes(hits[0])), max_hits=10, max_tracks=0, max_particles=0)),
+        (truth, Limits(len(bytes(truth[0])), max_hits=2, max_tracks=0, max_particles=1000)),
+    ]:
+        decode(frames, limits=limits)  # within them
+        assert max(len(bytes(f)) for f in frames) <= limits.max_frame_bytes
+
+
+def test_a_peek_reads_no_further_than_max_header_bytes(hits: list[Any]) -> None:
+    """A header over the limit is read up to it: what lies past it is not read (nor held)."""
+    header = msgpack.unpackb(hits[0])
+    pad = "x" * DEFAULT_LIMITS.max_header_bytes
+    assert peek_identity([msgpack.packb({**header, "pad": pad})]) == (7, 42)
+    assert peek_identity([msgpack.packb({"pad": pad, **header})]) is None
 
 
 def test_default_limits_statuses_and_reasons_are_the_documented_ones() -> None:
@@ -702,6 +769,8 @@ def _raw_map(items: list[tuple[bytes, bytes]]) -> bytes:
         ([(msgpack.packb(1), msgpack.packb(2))], "an integer key"),
         ([(msgpack.packb("note"), msgpack.packb(list(range(65))))], "an array over 64"),
         ([(msgpack.packb((1, 2)), msgpack.packb(2))], "an array as a key"),
+        ([(msgpack.packb("version"), msgpack.packb({1: 2}))], "a map with an integer key"),
+        ([(b"\xa2\xff\xfe", msgpack.packb(1))], "a key that is not UTF-8"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

@@ -14,8 +14,10 @@ from streamtrk.wire.curve import (
     CurveError,
     allowed_keys,
     create_certificates,
+    host_only,
     load_keypair,
     load_public,
+    make_server,
 )
 
 
@@ -135,3 +137,28 @@ def test_a_damaged_key_is_refused_naming_its_file(tmp_path: Path, role: str, dam
                 make_client(sock, bad, tmp_path / "server.key")
     finally:
         ctx.term()
+
+
+def test_a_key_of_40_characters_not_all_z85_is_refused_naming_its_file(tmp_path: Path) -> None:
+    """libzmq says only "Invalid argument" to a key with a character outside Z85 too."""
+    create_certificates(tmp_path, "server")
+    path = tmp_path / "server.key_secret"
+    head, _, tail = path.read_text().partition('secret-key = "')
+    path.write_text(f'{head}secret-key = "~{tail[1:]}')  # still 40 characters
+    ctx = zmq.Context()
+    try:
+        with (
+            ctx.socket(zmq.PUSH) as sock,
+            pytest.raises(CurveError, match=rf"^{path}: its secret-key is not a CURVE key"),
+        ):
+            make_server(sock, path)
+    finally:
+        ctx.term()
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tipc://{5560,0,0}", "udp://239.0.0.1:5555", "epgm://eth0;239.192.1.1:5555"]
+)
+def test_transports_other_than_tcp_ipc_and_inproc_reach_other_hosts(endpoint: str) -> None:
+    """What the daemon's config refuses before asking, farm and the CLI's --bind ask too."""
+    assert not host_only(endpoint)
