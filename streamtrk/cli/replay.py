@@ -239,7 +239,7 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             + (f" {_other_consumer(report, args.from_, 'the')}" if report["unexpected"] else ""),
             file=sys.stderr,
         )
-    elif not report["sent"] and report["unsent"]:
+    elif not report["sent"] and report["unsent"] and not report["send_error"]:
         print(
             f"streamtrk replay: error: nothing could be sent to {args.to} within "
             f"{args.timeout:g} s: {_daemon_there(args.bind)} (and is --to its input, not its "

@@ -169,7 +169,15 @@ def test_error_replies_are_said_on_stderr_whatever_the_exit_status(capsys, fail_
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--rate", "0"), ("--loop", "0"), ("--retries", "-1"), ("--timeout", "0")]
+    ("flag", "value"),
+    [
+        ("--rate", "0"),
+        ("--loop", "0"),
+        ("--retries", "-1"),
+        ("--timeout", "0"),
+        ("--events", "0"),
+        ("--events", "-3"),
+    ],
 )
 def test_replay_refuses_a_bad_setting_before_it_reads_the_recording(tmp_path, flag, value):
     """A setting out of range is said at once, not after a large recording was read (here
@@ -215,3 +223,95 @@ def test_a_replay_interrupted_says_what_its_replies_so_far_say(capsys) -> None:
     assert "warning: 2 (run, event) numbers name events of different hits" in err
     assert err.rstrip().endswith("interrupted; the report covers the replies so far")
     assert "got no reply" not in err  # stopped early: not the timeout's doing
+
+
+def _status(report: dict, interrupted: bool = False) -> int:
+    """``_exit_status`` of ``report`` for a replay to tcp://a:1 from tcp://a:2, --timeout 3."""
+    import argparse
+
+    from streamtrk.cli.replay import _exit_status
+
+    args = argparse.Namespace(
+        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=False
+    )
+    return _exit_status(args, report, interrupted=interrupted)
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"sent": 3, "received": 3, "unsent": 3},  # after 3 events
+        {"sent": 0, "received": 0, "unsent": 6},  # at the first: it blamed --timeout too
+    ],
+)
+def test_a_socket_failure_is_said_as_such_not_as_a_timeout(capsys, counts):
+    """Sending failed (a socket error): stderr says why, and does not also blame --timeout
+    for the events left unsent."""
+    report = ReplayResult().report([], None, {}) | counts
+    report["send_error"] = "ZMQError: Socket operation on non-socket"
+    assert _status(report) == 1
+    assert capsys.readouterr().err == (
+        "streamtrk replay: error: sending failed: ZMQError: Socket operation on non-socket\n"
+    )
+
+
+def test_replies_of_another_replay_are_not_blamed_when_none_of_ours_is_missing(capsys):
+    """Every event sent was answered, some left unsent, and replies of another replay came
+    too: nothing is missing, so no other consumer is said to take a share of ours."""
+    report = ReplayResult().report([], None, {}) | {"sent": 5, "received": 5}
+    report |= {"unsent": 4, "unexpected": 3}
+    assert _status(report) == 1
+    assert capsys.readouterr().err == "streamtrk replay: error: 4 events were not sent within 3 s\n"
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [{"send_error": "ZMQError: Socket operation on non-socket"}, {"refused": {"to": "auth"}}],
+)
+def test_a_send_failure_or_a_refusal_alone_exits_1(counts):
+    """Sending failed (in a resend, every event answered) or a handshake was refused: exit
+    status 1 even with nothing missing or unsent (as --help says)."""
+    report = ReplayResult().report([], None, {}) | {"sent": 5, "received": 5} | counts
+    assert _status(report) == 1
+
+
+def test_unexpected_replies_without_a_msg_id_point_at_match_by_event(capsys):
+    """Replies came, none to a send of this replay, and they carried no msg_id: the daemon
+    may echo none, which --match-by-event is for; stderr says so."""
+    report = ReplayResult().report([], None, {}) | {"sent": 5, "missing": 5}
+    report |= {"unexpected": 5, "unexpected_without_msg_id": 5}
+    assert _status(report) == 1
+    assert (
+        "; 5 carried no msg_id (another producer's, or a daemon that echoes none: "
+        "--match-by-event)" in capsys.readouterr().err
+    )
+
+
+def test_replay_of_a_recording_without_hits_says_so_and_exits_1(tmp_path):
+    """Nothing to send (a tap that took only truth, or none): an error, not a report of 0
+    events sent and exit status 0."""
+    empty = tmp_path / "empty.stk"
+    with RecordingWriter(empty):
+        pass
+    out = _run("replay", str(empty), "--to", "tcp://127.0.0.1:47301",
+               "--from", "tcp://127.0.0.1:47302")  # fmt: skip
+    assert out.returncode == 1
+    assert f"streamtrk replay: error: no hits messages in {empty}" in out.stderr
+
+
+def test_replay_refuses_a_submission_of_one_number_naming_two_events_before_it_sends(tmp_path):
+    """Two producers' runs recorded together, one (run, event) naming events of other
+    hits: a submission would hold one of them; refused before anything is sent."""
+    main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    a, b = iter_events(tmp_path / "e.stk")
+    with RecordingWriter(tmp_path / "two.stk") as w:
+        w.write_event(a)
+        w.write_event(replace(b, run=a.run, event=a.event))
+    args = ["--to", "tcp://127.0.0.1:47303", "--from", "tcp://127.0.0.1:47304", "--timeout", "1",
+            "--submission", str(tmp_path / "s.csv")]  # fmt: skip
+    out = _run("replay", str(tmp_path / "two.stk"), *args)
+    assert out.returncode == 1
+    assert out.stderr.startswith(
+        "streamtrk replay: error: 1 (run, event) numbers name events of other hits"
+    ), out.stderr
+    assert not (tmp_path / "s.csv").exists()
