@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,6 +24,7 @@ import pytest
 import zmq
 from live_daemon import first_line
 
+import streamtrk.replay as replay_module
 from streamtrk.cli import main
 from streamtrk.cli.common import COMMANDS, strict_json
 from streamtrk.client import Producer
@@ -30,6 +32,7 @@ from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter, iter_events
 from streamtrk.replay import (
+    RESEND_POLL_S,
     Recorded,
     ReplayOptions,
     ReplayResult,
@@ -159,9 +162,11 @@ def test_a_reply_to_one_events_message_naming_another_is_mismatched() -> None:
         out.send_multipart(encode_tracks(ev.run, ev.event, ev.hits.hit_id, None, msg_id=msg.msg_id))
 
     with _stand_in(handle) as (to, from_):
-        report = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=2)).report(events, None)
+        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=2))
+    report = result.report(events, None)
     assert report["received"] == 2 and report["mismatched_replies"] == 2
     assert report["missing"] == 0 and report["unexpected"] == 0
+    assert result.scored_replies == {} and report["events_scored"] == 0
 
 
 def _events(n: int) -> list[Recorded]:
@@ -1084,3 +1089,236 @@ def test_replies_to_other_replays_do_not_hold_up_the_wait_for_late_duplicates() 
         daemon.join(10)
     assert (report["received"], report["missing"], report["resent"]) == (2, 0, 1)
     assert report["unexpected"] < 100, report  # 300 had it waited for the stream to end
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"timeout_s": math.inf}, "--timeout must be a positive number"),  # waits forever
+        ({"retry_after_s": math.inf}, "--retry-after must be a positive number"),
+        ({"rate": math.inf}, "--rate must be a positive number"),
+    ],
+)
+def test_replay_settings_without_end_are_refused(setting, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReplayOptions(**setting)
+
+
+def test_the_report_spans_first_send_to_last_send_or_reply_and_rates_over_it() -> None:
+    """duration_s runs to the later of the last send (a resend after the last reply) and
+    the last reply; events_per_second counts replies over it; send_rate_hz the gaps between
+    first sends over their span; send_lag_max_ms is about a schedule, none without --rate."""
+    result = ReplayResult(
+        sent=5, latencies=array("d", [0.1, 0.1]), t_first_send=10.0,
+        t_last_first_send=12.0, t_last_send=14.0, t_last_reply=13.0,
+    )  # fmt: skip
+    report = result.report([], None, {})
+    assert report["duration_s"] == pytest.approx(4.0)
+    assert report["events_per_second"] == pytest.approx(0.5)
+    assert report["send_rate_hz"] == pytest.approx(2.0)  # 4 gaps in 2 s
+    assert report["send_lag_max_ms"] is None
+    silent = ReplayResult(sent=2, t_first_send=10.0, t_last_first_send=11.0, t_last_send=11.0)
+    assert silent.report([], None, {})["duration_s"] == pytest.approx(1.0)  # no reply: not < 0
+
+
+def _answer_all(sink: zmq.Socket, out: zmq.Socket) -> None:
+    while sink.poll(2000):
+        msg = decode(sink.recv_multipart())
+        out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id))
+
+
+def test_a_send_that_times_out_leaves_it_and_the_rest_unsent(monkeypatch) -> None:
+    """The daemon takes nothing more from the 4th event on (its send times out): 3 sent,
+    the 4th and the 2 after it unsent, and no socket failure said."""
+    events = _events(6)
+    sends = 0
+    real_send = Producer.send_frames
+
+    def full_daemon(self, frames, timeout_ms=None):
+        nonlocal sends
+        sends += 1
+        if sends >= 4:
+            time.sleep((timeout_ms or 0) / 1000)
+            return False
+        return real_send(self, frames, timeout_ms=timeout_ms)
+
+    monkeypatch.setattr(Producer, "send_frames", full_daemon)
+    report = _replay_to_stand_in(events, _answer_all).report(events, None)
+    assert (report["sent"], report["received"], report["unsent"]) == (3, 3, 3)
+    assert report["send_error"] is None
+
+
+def test_a_paced_replay_times_every_event_from_its_schedule_and_says_a_stall(
+    monkeypatch,
+) -> None:
+    """With a rate every event, the first too, has a latency from its schedule; a send the
+    daemon held up 0.3 s shows in send_lag_max_ms."""
+    events, rate = _events(4), 50.0
+    sends = 0
+    real_send = Producer.send_frames
+
+    def stalling(self, frames, timeout_ms=None):
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            time.sleep(0.3)  # a daemon that took nothing meanwhile
+        return real_send(self, frames, timeout_ms=timeout_ms)
+
+    monkeypatch.setattr(Producer, "send_frames", stalling)
+    with _daemon_sockets() as (sink, out, to, from_):
+        daemon = threading.Thread(target=_answer_all, args=(sink, out), daemon=True)
+        daemon.start()
+        result = replay(events, ReplayOptions(to=to, from_=from_, rate=rate, timeout_s=2.0))
+        daemon.join(10)
+    report = result.report(events, rate)
+    assert report["received"] == len(events)
+    assert len(result.schedule_latencies) == len(result.latencies) == len(events)
+    assert report["send_lag_max_ms"] >= 250
+
+
+def test_the_timeout_runs_from_the_last_resend() -> None:
+    """A daemon that lost the first send and answers the resend late, within --timeout of
+    the resend but not of the first send: the reply is waited for, and counted."""
+    events = _events(1)
+    seen: list[int | None] = []
+
+    def handle(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        seen.append(msg.msg_id)
+        if len(seen) == 2:  # the resend (at 0.5 s), answered 1.6 s later
+            time.sleep(1.6)
+            reply = encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id)
+            with contextlib.suppress(zmq.Again):  # a replay gone already: no one takes it
+                out.send_multipart(reply, flags=zmq.NOBLOCK)
+
+    with _stand_in(handle) as (to, from_):
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=2.0, retries=1, retry_after_s=0.5)
+        result = replay(events, opts)
+    report = result.report(events, None)
+    assert (report["sent"], report["resent"], report["received"]) == (1, 1, 1), report
+
+
+def test_a_reply_with_an_id_this_replay_has_not_sent_is_unexpected() -> None:
+    """Only the ids sent (the prefix up to ``next_id``) and no longer pending are answered
+    ones: a reply naming one past them is another's, not a duplicate."""
+    events = _events(1)
+    with _daemon_sockets() as (_sink, _out, to, from_), Producer(to, linger_ms=0) as producer:
+        sender = _Sender(producer, events, ReplayOptions(to=to, from_=from_), ReplayResult())
+        sender.next_id = sender.prefix + 3  # three sent, all answered
+        for msg_id in (sender.prefix + 2, sender.next_id, sender.next_id + 100):
+            _receive(_tracks_reply(with_msg_id(events[0].frames, msg_id)), sender, sender.result)
+    assert (sender.result.duplicates, sender.result.unexpected) == (1, 2)
+
+
+def test_an_answer_to_an_earlier_event_does_not_make_later_sends_look_queued() -> None:
+    """``answered_seq`` is the latest first send answered: a reply to an earlier event
+    coming after does not lower it (the sends between still look lost)."""
+    events = _events(2)
+    with _daemon_sockets() as (_sink, _out, to, from_), Producer(to, linger_ms=0) as producer:
+        sender = _Sender(producer, events, ReplayOptions(to=to, from_=from_), ReplayResult())
+        for k, (rec, seq) in enumerate(zip(events, (2, 5), strict=True)):
+            sender.pending[sender.prefix + k] = _Send(rec.key, [], 0.0, 0.0, seq=seq, first_seq=seq)
+        sender.next_id = sender.prefix + 2
+        for k in (1, 0):  # the later event answered first
+            _receive(_tracks_reply(with_msg_id(events[k].frames, sender.prefix + k)), sender,
+                     sender.result)  # fmt: skip
+    assert sender.answered_seq == 5 and sender.result.received == 2
+
+
+def test_replies_without_ids_answer_the_oldest_send_of_their_event() -> None:
+    """--match-by-event, an event sent twice (--loop 2, 0.5 s apart) and both sends
+    answered later, in turn: each reply answers the oldest send still unanswered, so each
+    latency runs from its own send (about 0.6 s each, not 0.1 s and 1.1 s)."""
+    events = _events(1)
+    got: list[tuple[int, int]] = []
+
+    def handle(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        got.append((msg.run, msg.event))
+        if len(got) == 2:  # both sends in: answered 0.1 s and 0.6 s after the second
+            for wait in (0.1, 0.5):
+                time.sleep(wait)
+                out.send_multipart(encode_tracks(msg.run, msg.event, [], None))  # no msg_id
+
+    with _stand_in(handle) as (to, from_):
+        opts = ReplayOptions(to=to, from_=from_, rate=2.0, loop=2, timeout_s=2.0,
+                             match_by_event=True)  # fmt: skip
+        result = replay(events, opts)
+    assert result.received == 2 and result.duplicates == 0
+    assert min(result.latencies) > 0.35 and max(result.latencies) < 0.95, list(result.latencies)
+
+
+def test_an_event_recorded_twice_as_two_records_is_one_event() -> None:
+    """A recording that holds an event twice (a looped source tapped): two records of the
+    same hits under one number are not ambiguous, and the event is scored."""
+    (a,) = _events(1)
+    again = Recorded(list(a.frames), replace(a.event))  # read back from its own record
+    events = [a, again]
+    result = ReplayResult()
+    reply = encode_tracks(*a.key, a.event.hits.hit_id, _truth_tracks(a.event))
+    result.scored_replies[a.key] = decode(reply)
+    report = result.report(events, None)
+    assert (report["ambiguous_events"], report["mismatched_replies"]) == (0, 0)
+    assert report["events_scored"] == 1
+
+
+def test_a_shutdown_reply_set_aside_is_a_reply_for_the_quiet_that_draws_resends() -> None:
+    """A ``shutdown`` reply set aside still shows the daemon answers: the other sends do
+    not look lost by a silence (``t_reply`` moves), only the event it answers is due."""
+    events = _events(2)
+    with _daemon_sockets() as (_sink, _out, to, from_), Producer(to, linger_ms=0) as producer:
+
+        class Sending(_Sender):  # its thread still sending: the event is resent
+            def is_alive(self) -> bool:
+                return True
+
+        opts = ReplayOptions(to=to, from_=from_, retries=1, retry_after_s=1.0)
+        sender = Sending(producer, events, opts, ReplayResult())
+        for k, rec in enumerate(events):
+            sender.pending[sender.prefix + k] = _Send(rec.key, [], 0.0, 0.0, seq=k + 1)
+        sender.next_id = sender.prefix + 2
+        run, event = events[0].key
+        shut: list[Any] = encode_tracks(run, event, [], None, status="error", reason="shutdown",
+                                        msg_id=sender.prefix)  # fmt: skip
+        _receive(shut, sender, sender.result)
+    assert sender.result.shutdown_resent == 1 and sender.t_reply > -math.inf
+
+
+def test_resends_are_looked_for_at_most_every_poll(monkeypatch) -> None:
+    """A fast replay with --retries does not scan its pending sends before each send (a
+    large backlog would make that quadratic): at most once per RESEND_POLL_S."""
+    events = _events(50) * 4
+    looks = 0
+
+    def counted(*args, **kwargs):
+        nonlocal looks
+        looks += 1
+        return due_newest_first(*args, **kwargs)
+
+    def handle(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id))
+
+    monkeypatch.setattr(replay_module, "due_newest_first", counted)
+    with _stand_in(handle) as (to, from_):
+        t0 = time.perf_counter()
+        result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=5, retries=1))
+        took = time.perf_counter() - t0
+    assert result.received == len(events)
+    assert looks <= took / RESEND_POLL_S + 2, (looks, took)
+
+
+def test_replay_compact_sends_the_events_compact(tmp_path: Path) -> None:
+    """``--compact``: the events go out re-encoded compact (wire version 5)."""
+    versions: list[int] = []
+
+    def handle(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        versions.append(msg.version)
+        out.send_multipart(encode_tracks(msg.run, msg.event, [], None, msg_id=msg.msg_id))
+
+    run = _recording(tmp_path, 2)
+    with _stand_in(handle) as (to, from_):
+        code = main(["replay", str(run), "--to", to, "--from", from_, "--compact", "-q",
+                     "--timeout", "5"])  # fmt: skip
+    assert code == 0 and versions == [5, 5]
