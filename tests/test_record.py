@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -16,12 +18,14 @@ from pathlib import Path
 import pytest
 from live_daemon import first_line, wait_for
 
+import streamtrk.record as record_module
 from streamtrk.cli import main
 from streamtrk.client import Producer
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.record import record
 from streamtrk.stop import StopFlag
-from streamtrk.wire import Message, decode
+from streamtrk.wire import Message, decode, encode_truth
+from streamtrk.wire.codec import encode_tracks
 
 
 @contextmanager
@@ -86,7 +90,6 @@ def test_a_truth_that_does_not_fit_its_event_is_skipped_as_invalid(
     """A truth of event 0 with another event's hits (another number of them): recorded, it
     made the whole file unreadable to every reader (``truth has N hits, event has M``) while
     the tap said it recorded it. Skipped as invalid; the right one after it is recorded."""
-    from streamtrk.wire import encode_truth
 
     out = tmp_path / "tap.stk"
     records = [frames for _, frames in islice(iter_records(sim_run), 4)]  # hits, truth x 2
@@ -467,15 +470,126 @@ def test_the_truth_of_a_first_hits_that_fails_leaves_no_event(tmp_path: Path) ->
     assert list(iter_records(out)) == []
 
 
+def test_a_tap_records_no_tracks_messages(sim_run: Path, tmp_path: Path) -> None:
+    """A stream that carries a daemon's reply among the hits: the reply is counted as
+    ``other`` and not recorded (a recording holds hits and truth)."""
+    out = tmp_path / "tap.stk"
+    hits_a, truth_a, hits_b, truth_b = (frames for _, frames in islice(iter_records(sim_run), 4))
+    a = decode(hits_a)
+    tracks = [bytes(f) for f in encode_tracks(a.run, a.event, [], None)]
+    sent = [hits_a, tracks, truth_a, hits_b, truth_b]
+    assert _tapped(sent, out, events=2) == Counter(hits=2, truth=2, other=1)
+    assert [frames for _, frames in iter_records(out)] == [hits_a, truth_a, hits_b, truth_b]
+
+
+def test_past_the_limit_a_truth_of_an_event_out_of_the_window_is_not_recorded(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """Hits A, then 16 hits of B: A has left the pairing window (a reader hands it on
+    without truth), so its truth coming past the limit is not recorded."""
+    out = tmp_path / "tap.stk"
+    hits_a, truth_a, hits_b = (frames for _, frames in islice(iter_records(sim_run), 3))
+    sent = [hits_a, *[hits_b] * 16, truth_a]
+    assert _tapped(sent, out, events=17) == Counter(hits=17, past_limit=1)
+    assert [frames for _, frames in iter_records(out)] == sent[:17]
+
+
+def test_past_the_limit_a_truth_that_does_not_fit_its_event_is_invalid(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """As before the limit: a truth of another number of hits than its event is counted
+    invalid (not past_limit) and not recorded."""
+    out = tmp_path / "tap.stk"
+    records = [frames for _, frames in islice(iter_records(sim_run), 4)]
+    first, second = decode(records[0]), decode(records[3])
+    wrong = [bytes(f) for f in encode_truth(first.run, first.event, second.to_truth())]
+    assert _tapped([records[0], wrong], out, events=1) == Counter(hits=1, invalid=1)
+    assert [frames for _, frames in iter_records(out)] == records[:1]
+
+
+def test_handshakes_hung_up_are_said_only_when_none_succeeded(monkeypatch, tmp_path) -> None:
+    """A proxy that could not reach the server at first, then did: its hang-ups are not
+    news (``handshakes_hung_up`` is for CURVE handshakes hung up on, none succeeding)."""
+
+    class Tapped:
+        endpoint = "tcp://127.0.0.1:1"
+        hung_up, shook = 0, False
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def refusal(self):
+            return None
+
+        def recv_frames(self, timeout_ms):
+            time.sleep(timeout_ms / 1000)
+
+    monkeypatch.setattr(record_module, "Consumer", Tapped)
+    for shook, said in [(True, None), (False, 3)]:
+        Tapped.hung_up, Tapped.shook = 3, shook
+        counts = record("tcp://127.0.0.1:1", tmp_path / "t.stk", duration_s=0.1)
+        assert counts.get("handshakes_hung_up") == said
+
+
+def test_a_tap_of_truth_alone_says_what_it_recorded(sim_run: Path, tmp_path: Path, capsys) -> None:
+    """Only a truth came: the file is written (it holds it), so the tap says so and exits
+    0, not "recorded nothing ... not written"."""
+    out = tmp_path / "tap.stk"
+    truth = next(frames for _, frames in iter_records(sim_run) if decode(frames).kind == "truth")
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        sender = threading.Thread(target=producer.send_frames, args=(truth,),
+                                  kwargs={"timeout_ms": 10_000})  # fmt: skip
+        sender.start()
+        code = main(["record", "--from", producer.endpoint, "-o", str(out), "--duration", "1"])
+        sender.join(10)
+    assert code == 0
+    assert "recorded 0 hits and 1 truth messages" in capsys.readouterr().out
+    assert [frames for _, frames in iter_records(out)] == [truth]
+
+
+def test_a_failed_truth_of_another_event_keeps_the_hits_before_it(tmp_path: Path) -> None:
+    """Two producers tapped together: hits of event 1, then a truth of event 2 that the disk
+    refuses. Only the truth is cut: the hits before it are not its event's."""
+    out = tmp_path / "tap.stk"
+    done = _writes(
+        out,
+        "r._write(writer, [b'a' * 1000], hits)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
+        "r._write(writer, [b'b' * 1000], r.Message('truth', 0, 2, 0, {}, {}))\n",
+    )
+    assert done.returncode == 1
+    assert "it holds the 1 hits and 0 truth messages recorded before" in done.stderr, done.stderr
+    assert [frames for _, frames in iter_records(out)] == [[b"a" * 1000]]
+
+
+def test_a_failed_second_truth_of_an_event_keeps_its_hits_and_first_truth(tmp_path: Path) -> None:
+    """Hits, its truth, then the same truth again (a producer's resend) that the disk
+    refuses: the event recorded whole before stays; only the failed record is cut."""
+    out = tmp_path / "tap.stk"
+    done = _writes(
+        out,
+        "truth = r.Message('truth', 0, 1, 0, {}, {})\n"
+        "r._write(writer, [b'a' * 1000], hits)\n"
+        "r._write(writer, [b'b' * 1000], truth)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2500, 2500))\n"
+        "r._write(writer, [b'c' * 1000], truth)\n",
+    )
+    assert done.returncode == 1
+    assert "it holds the 1 hits and 1 truth messages recorded before" in done.stderr, done.stderr
+    assert [frames for _, frames in iter_records(out)] == [[b"a" * 1000], [b"b" * 1000]]
+
+
 def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
     """A tap into what is no regular file (a FIFO, a device such as /dev/full) cannot be
-    cut back: a failed write leaves it as it is (as root, removing it removed a device
-    node), and the error says what was recorded."""
-    import os
-    import stat
-
-    import streamtrk.record as r
-
+    cut back: a failed write after the first records went through (where a file would be
+    cut back) leaves it as it is (as root, removing it removed a device node), and the
+    error says what was recorded, not "it ends cut ... --repair"."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
 
@@ -485,10 +599,11 @@ def test_a_write_that_fails_on_a_fifo_leaves_the_fifo(tmp_path: Path) -> None:
 
     reader = threading.Thread(target=read_a_little, daemon=True)
     reader.start()
-    writer, hits = r._CreatedOnFirstWrite(fifo), Message("hits", 0, 1, 0, {}, {})
-    with pytest.raises(OSError, match=f"cannot write {fifo}: Broken pipe"):
+    writer, hits = record_module._CreatedOnFirstWrite(fifo), Message("hits", 0, 1, 0, {}, {})
+    with pytest.raises(OSError, match=f"cannot write {fifo}: Broken pipe; it holds the") as e:
         for _ in range(1000):
-            r._write(writer, [b"a" * 100_000], hits)
+            record_module._write(writer, [b"a" * 1000], hits)
     reader.join(10)
+    assert writer.held["hits"] >= 1, e.value  # a later write failed
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert not writer.cut_failed
