@@ -33,6 +33,7 @@ from streamtrk.recon.engine import (
     EngineScorer,
     Run,
     cached,
+    default_cache_dir,
     engine_cache_key,
     model_hash,
     resolve_engine,
@@ -483,3 +484,68 @@ def test_graph_thread_runs_every_call_on_one_thread(model: InteractionNetwork) -
     assert all(torch.equal(o, x.sum() + 40) for o in outs)
     assert {name for name, _ in seen} == {"cuda-graphs_0"}
     assert all(inference for _, inference in seen)
+
+
+def test_a_count_that_is_a_multiple_of_the_top_bucket_keeps_its_size() -> None:
+    sizes = Buckets().nodes
+    assert bucket(2 * sizes[-1], sizes) == 2 * sizes[-1]
+    assert bucket(3 * sizes[-1], sizes) == 3 * sizes[-1]
+
+
+def test_no_padding_hit_takes_more_than_256_self_loops() -> None:
+    # 257 padding edges need two padding hits: 2047 + 2 hits pad to the next node bucket
+    assert SMALL.shape(2047, 3839) == (4096, 4096)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_compile_engine_runs_at_the_precision_asked(
+    model: InteractionNetwork, precision: str
+) -> None:
+    g = _graph(500, 3000, 2)
+    fp32 = EngineScorer(model, "cpu", "eager")(g, [])
+    eager = EngineScorer(model, "cpu", "eager", precision)(g, [])
+    torch._dynamo.reset()
+    try:
+        compiled = EngineScorer(model, "cpu", "compile", precision, buckets=SMALL, backend="eager")
+        out = compiled(g, [])
+    finally:
+        torch._dynamo.reset()
+    assert np.abs(out - fp32).max() > 1e-5  # not float32
+    np.testing.assert_allclose(out, eager, rtol=0, atol=2e-3)
+
+
+def test_fp16_on_the_cpu_is_fp16_not_bf16(model: InteractionNetwork) -> None:
+    g = _graph(500, 3000, 2)
+    fp32 = EngineScorer(model, "cpu", "eager")(g, [])
+    bf16 = EngineScorer(model, "cpu", "eager", "bf16")(g, [])
+    fp16 = EngineScorer(model, "cpu", "eager", "fp16")(g, [])
+    assert not np.array_equal(fp16, bf16)
+    assert np.abs(fp16 - fp32).max() < np.abs(bf16 - fp32).max()  # 10 mantissa bits, not 7
+
+
+def test_auto_on_the_cpu_raises_the_eager_engines_own_failure(
+    model: InteractionNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("out of memory")
+
+    scorer = EngineScorer(model, "cpu", "auto")
+    assert scorer.engine == "eager"
+    monkeypatch.setattr(scorer, "_run", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):  # no next engine: not KeyError
+        scorer.warm_up()
+
+
+def test_an_empty_engine_cache_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMTRK_ENGINE_CACHE", "")
+    assert default_cache_dir().is_absolute()  # not "." (the working directory)
+
+
+def test_blocked_inference_of_one_edge_past_a_block(model: InteractionNetwork) -> None:
+    x, ei, ea = synthetic_graph(50, 129, CPU, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model.infer(x, ei, ea, block=128), model(x, ei, ea))
+
+
+def test_eager_warms_up_on_one_small_graph(model: InteractionNetwork) -> None:
+    assert EngineScorer(model, "cpu", "eager", buckets=SMALL).warm_shapes() == [(1000, 8000)]

@@ -157,3 +157,12 @@ def test_matmul_flops_are_what_torch_counts(cfg: GNNConfig) -> None:
         InteractionNetwork(cfg)(x, ei, ea)
     per_edge, per_hit = cfg.matmul_flops()
     assert counter.get_total_flops() == e * per_edge + n * per_hit
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"hidden": 0}, {"edge_hidden": 0}, {"steps": 0}, {"node_in": 4}, {"edge_in": 7}],
+)
+def test_an_architecture_that_cannot_run_is_refused(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+        GNNConfig(**bad)

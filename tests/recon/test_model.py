@@ -417,3 +417,91 @@ def test_a_model_save_the_disk_refuses_is_an_oserror_naming_the_file(tmp_path) -
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"cannot write {path}: File too large"
     assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["w.pt"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "new", "message"),
+    [
+        ("feature_version = 1", "feature_version = true", "features version True"),
+        ("threshold = 0.7", "threshold = false", r"threshold must be a number .* got False"),
+    ],
+)
+def test_a_boolean_for_a_number_is_refused(
+    saved: tuple[Path, InteractionNetwork], edit: str, new: str, message: str
+) -> None:
+    path, _ = saved
+    _edit_card(path, edit, new)
+    with pytest.raises(ModelCardError, match=message):
+        load_reconstructor(path)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_infinite_weights_are_refused(saved: tuple[Path, InteractionNetwork], value: float) -> None:
+    path, model = saved
+    state = model.state_dict()
+    state["head.2.bias"] = torch.full_like(state["head.2.bias"], value)
+    torch.save(state, path / WEIGHTS)
+    with pytest.raises(ModelCardError, match=r"weights\.pt: not finite in head\.2\.bias"):
+        load_model(path)
+
+
+def test_an_encoder_weight_of_no_matrix_is_refused(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    path, model = saved
+    state = model.state_dict()
+    state["node_encoder.0.weight"] = torch.tensor(1.0)
+    torch.save(state, path / WEIGHTS)
+    with pytest.raises(ModelCardError, match=r"weights\.pt does not match .* other keys"):
+        load_model(path)
+
+
+def test_an_empty_model_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMTRK_MODEL", "")
+    assert default_model_path() == shipped_model_path()
+
+
+def test_another_file_given_for_a_model_is_not_said_to_be_a_models(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    why = model_missing(tmp_path / "notes.txt")
+    assert why is not None and why.endswith(f"holding {CARD} and {WEIGHTS}")
+
+
+def test_a_threshold_of_zero_overrides_the_cards(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    path, _ = saved
+    assert load_reconstructor(path, threshold=0.0).threshold == 0.0
+
+
+def test_warm_up_runs_the_engine_before_returning(
+    saved: tuple[Path, InteractionNetwork], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = saved
+    warmed: list[EngineScorer] = []
+
+    def warm_up(self: EngineScorer) -> float:
+        warmed.append(self)
+        return 0.0
+
+    monkeypatch.setattr(EngineScorer, "warm_up", warm_up)
+    rec = load_reconstructor(path, warm_up=True)
+    assert warmed == [rec.scorer]
+    load_reconstructor(path)
+    assert len(warmed) == 1
+
+
+def test_a_card_without_its_model_table_is_refused(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    path, _ = saved
+    _edit_card(path, "[model]", "[modell]")
+    with pytest.raises(ModelCardError, match=r"card\.toml: model card has no \[model\] table"):
+        load_model(path)
+
+
+def test_a_card_that_does_not_match_is_not_saved(tmp_path: Path) -> None:
+    card = model_card("bad", ARCH, GraphConfig(), 1.5)  # threshold outside [0, 1)
+    with pytest.raises(ModelCardError, match="threshold"):
+        save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
+    assert not (tmp_path / "m" / CARD).exists() and not (tmp_path / "m" / WEIGHTS).exists()

@@ -5,14 +5,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_truth import _event
 
 from streamtrk.cli import main
+from streamtrk.detector import MAX_BEAM_SPOT
 from streamtrk.eval.evaluate import evaluate
 from streamtrk.event import Event, Hits
 from streamtrk.io.trackml import read_submission
+from streamtrk.recon import reconstructor as reconstructor_module
+from streamtrk.recon.graph import Graph, build_graph
 from streamtrk.recon.load import load_reconstructor
-from streamtrk.recon.reconstructor import STAGES, Reconstructor
+from streamtrk.recon.reconstructor import STAGES, OracleScorer, Reconstructor
 from streamtrk.recon.tracks import TrackConfig
+from streamtrk.recon.truth import true_segments
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.xp import index_of
@@ -201,3 +206,47 @@ def test_oracle_on_the_real_event(shared_trackml, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["tracking_efficiency"] >= 0.98
     assert report["graph_edge_efficiency"] >= 0.98
+
+
+def test_a_beam_spot_at_the_limit_is_accepted() -> None:
+    """A beam spot "within 20 mm" of the axis: 20 mm is."""
+    assert Reconstructor.oracle(beam_spot=(MAX_BEAM_SPOT, 0.0)).beam_spot == (MAX_BEAM_SPOT, 0.0)
+
+
+def test_either_fit_cut_applies_alone(small_events):
+    """A card with only max_d0, or only max_chi2_ndf, cuts tracks (not both needed)."""
+    plain = Reconstructor.oracle().reconstruct(small_events[:1]).tracks[0]
+    for cfg in (TrackConfig(max_d0=0.05), TrackConfig(max_chi2_ndf=0.5)):
+        cut = Reconstructor.oracle(tracks=cfg).reconstruct(small_events[:1]).tracks[0]
+        assert len(cut) < len(plain), cfg
+
+
+def test_the_graph_windows_reach_as_far_as_the_beam_spot(small_events, monkeypatch):
+    """The chain widens the graph's windows by the beam spot's distance from the axis."""
+    seen = []
+
+    def spy(**kwargs):
+        seen.append(kwargs["beam_offset"])
+        return build_graph(**kwargs)
+
+    monkeypatch.setattr(reconstructor_module, "build_graph", spy)
+    Reconstructor.oracle(beam_spot=(3.0, -4.0)).reconstruct(small_events[:1])
+    assert seen == [pytest.approx(5.0)]
+
+
+def test_the_oracle_labels_the_edges_of_each_events_first_hit():
+    """In a batch, an edge from an event's first hit is that event's (not the one before)."""
+    hits = [(1, 0, 8, 2), (1, 1, 8, 4), (1, 2, 8, 6), (2, 0, 8, 2), (2, 1, 8, 4)]
+    ev = _event(hits, {1: 2.0, 2: 3.0})
+    seg = true_segments(ev, 0.0)
+    n = len(ev.hits)
+    ei = np.concatenate([seg, seg + n], axis=1)  # the event twice, batched
+    assert (ei[0] == n).any()  # an edge from the second event's first hit
+    g = Graph(
+        np.zeros((2 * n, 3), np.float32),
+        ei,
+        np.zeros((ei.shape[1], 6), np.float32),
+        np.array([0, n, 2 * n]),
+        np.zeros(2 * n, np.int64),
+    )
+    assert (OracleScorer()(g, [ev, ev]) == 1).all()

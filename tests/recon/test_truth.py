@@ -6,7 +6,7 @@ import numpy as np
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
-from streamtrk.recon.truth import edge_labels, true_segments
+from streamtrk.recon.truth import edge_labels, particle_pt, true_segments
 from streamtrk.sim.simulate import SimConfig, simulate
 
 
@@ -62,3 +62,21 @@ def test_without_a_layers_two_hits_segments_are_consecutive_hits() -> None:
     assert plain <= got and 0 < len(got - plain) < 0.01 * len(got)
     vol, lay = event.hits.volume_id, event.hits.layer_id
     assert not ((vol[seg[0]] == vol[seg[1]]) & (lay[seg[0]] == lay[seg[1]])).any()
+
+
+def test_a_particle_at_the_pt_cut_is_kept() -> None:  # "pT >= pt_min"
+    event = _event([(1, 0, 8, 2), (1, 1, 8, 4), (1, 2, 8, 6)], {1: 1.0})
+    assert true_segments(event, 1.0).T.tolist() == [[0, 1], [1, 2]]
+
+
+def test_a_particle_of_unknown_pt_counts_as_zero() -> None:
+    event = _event([(1, 0, 8, 2), (1, 1, 8, 4)], {1: float("nan")})
+    assert particle_pt(event, np.array([1, 7, 0])).tolist() == [0.0, 0.0, 0.0]
+    assert edge_labels(event, np.array([[0], [1]])).tolist() == [1]  # pt_min 0: labelled
+
+
+def test_an_event_of_noise_alone_has_no_segments() -> None:  # an empty particles table
+    event = _event([(0, -1, 8, 2), (0, -1, 8, 4)], {})
+    assert particle_pt(event, np.array([0, 0])).tolist() == [0.0, 0.0]
+    assert true_segments(event, 0.0).shape == (2, 0)
+    assert edge_labels(event, np.array([[0], [1]])).tolist() == [0]
