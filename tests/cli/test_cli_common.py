@@ -1,5 +1,7 @@
 """What the commands share: the stop on signals, the check of output files."""
 
+import json
+import math
 import signal
 import sys
 import threading
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamtrk.cli import main
-from streamtrk.cli.common import check_outputs, stop_on_signals
+from streamtrk.cli.common import check_outputs, stop_on_signals, strict_json
 
 
 def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
@@ -85,3 +87,21 @@ def test_the_commands_refuse_to_write_over_what_they_read(tmp_path, capsys) -> N
         assert main([*args, str(output)]) == 2
         assert f"{output} is an input too" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_the_handlers_from_before_are_back_after_the_block() -> None:
+    """``main`` runs in-process (the demo's replay, tests): after a command, Ctrl-C is
+    the caller's again, not a flag nobody reads."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_strict_json_writes_every_non_finite_number_as_null() -> None:
+    """NaN and infinities, in lists, tuples and dicts alike (json.dumps writes a tuple as a
+    list; with allow_nan=False a NaN inside one raised)."""
+    report = {"rate": math.nan, "bins": {"1-3": (math.inf, 0.5)}, "interval": [-math.inf, 1.0]}
+    assert json.loads(strict_json(report)) == {
+        "rate": None, "bins": {"1-3": [None, 0.5]}, "interval": [None, 1.0]
+    }  # fmt: skip

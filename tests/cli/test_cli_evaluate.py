@@ -60,7 +60,7 @@ def test_evaluate_without_truth_or_with_few_tracks_plots_and_says_so(tmp_path, c
         report = json.loads(out)
         assert report["events"] == 1 + truthless and report["events_with_truth"] == 1
         note = f"{truthless} of 2 events have no truth: reconstructed, not scored"
-        assert (note in err) == bool(truthless)
+        assert (note in err) == bool(truthless) == ("have no truth" in err)
         for png in (plots / f"{n}.png" for n in [*names, "pulls"]):
             assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -358,3 +358,76 @@ def test_the_tracks_file_names_the_beam_line_its_perigees_are_to(tmp_path):
     header, *rows = tracks.read_text().splitlines()
     assert header.split(",")[-2:] == ["beam_x", "beam_y"] and rows
     assert {tuple(map(float, row.split(",")[-2:])) for row in rows} == {(0.5, -0.25)}
+
+
+def test_evaluate_reads_at_most_the_events_asked_for(tmp_path, capsys):
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--oracle", "-q", "--events", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 1
+
+
+def test_evaluate_of_a_recording_of_no_events_is_an_error(tmp_path, capsys):
+    empty = tmp_path / "empty.stk"
+    RecordingWriter(empty).close()
+    assert main(["evaluate", str(empty), "--oracle", "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.endswith(f"streamtrk evaluate: error: no events in {empty}\n")
+
+
+def test_evaluate_runs_the_model_at_the_threshold_and_precision_given(tmp_path, capsys):
+    """--threshold and --precision reach the model's chain: the report says the precision,
+    and a threshold few true edges pass (0.9999) keeps fewer of them than the model's."""
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(run)]) == 0
+    capsys.readouterr()
+    reports = []
+    for flags in ([], ["--precision", "bf16", "--threshold", "0.9999"]):
+        assert main(["evaluate", str(run), "-q", *flags]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert [r["precision"] for r in reports] == ["fp32", "bf16"]
+    assert reports[1]["gnn_edge_efficiency"] < reports[0]["gnn_edge_efficiency"] - 0.1
+
+
+def test_evaluate_centres_the_model_s_chain_on_the_beam_spot_given(tmp_path, capsys):
+    """As the oracle's (test above): the model's chain too fits and cuts about --beam-spot."""
+    out = tmp_path / "bs.stk"
+    sim = ["simulate", "--events", "1", "--mu", "20", "--seed", "5", "-q", "-o", str(out)]
+    assert main([*sim, "--beam-spot=1.5,-1,0"]) == 0
+    capsys.readouterr()
+    efficiency = {}
+    for name, extra in (("axis", []), ("beam", ["--beam-spot=1.5,-1"])):
+        assert main(["evaluate", str(out), "-q", *extra]) == 0
+        efficiency[name] = json.loads(capsys.readouterr().out)["tracking_efficiency"]
+    assert efficiency["beam"] > efficiency["axis"] + 0.02, efficiency
+
+
+def test_the_headline_s_duplicate_rate_is_of_the_tracks_of_a_particle() -> None:
+    report = {
+        "events": 1, "seconds_per_event": 0.5, "tracking_efficiency": None,
+        "fake_rate": 0.25, "n_fake": 1, "n_tracks": 4,
+        "duplicate_rate": 1 / 3, "n_duplicate": 1, "trackml_score": None,
+    }  # fmt: skip
+    assert _headline(report) == (
+        "1 events, 0.5 s an event; fake rate 25.00% (1 of 4 tracks); "
+        "duplicate rate 33.33% (1 of 3 tracks of a particle)"
+    )
+
+
+def test_the_report_names_the_engine_asked_for_beside_the_one_used(tmp_path, capsys):
+    """engine=auto on the CPU runs eager: the report says both, and why."""
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "-q", "--engine", "auto"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["engine"], report["engine_requested"]) == ("eager", "auto")
+    assert report["engine_note"].startswith("auto on the CPU: eager")
+
+
+def test_evaluate_takes_a_beam_spot_at_the_limit(tmp_path, capsys):
+    """20 mm is within 20 mm, as the simulation and the daemon take it."""
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    assert main(["evaluate", str(run), "--oracle", "-q", "--beam-spot", "20,0"]) == 0

@@ -437,3 +437,32 @@ def test_truth_that_cannot_be_imported_leaves_the_hits_alone_with_no_truth(
     assert main(["import-trackml", str(csv), "-o", str(out), "-q", "--no-truth"]) == 0
     (ev,) = iter_events(out)
     assert ev.truth is None and ev.hits.equals(next(iter_events(tmp_path / "s.stk")).hits)
+
+
+def test_an_event_of_noise_alone_is_imported_with_its_truth(tmp_path):
+    """No particle, so none without kinematics: a particles file of its header alone is
+    the whole truth (refused as "truth but no -particles.csv" where all() of no particle
+    is True)."""
+    csv = tmp_path / "csv"
+    main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(tmp_path / "s.stk"),
+          "--trackml-dir", str(csv)])  # fmt: skip
+    (particles,) = csv.glob("*-particles.csv")
+    particles.write_text(particles.read_text().splitlines()[0] + "\n")
+    (truth,) = csv.glob("*-truth.csv")
+    header, *rows = truth.read_text().splitlines()
+    pid = header.split(",").index("particle_id")
+    rows = [",".join("0" if i == pid else v for i, v in enumerate(r.split(","))) for r in rows]
+    truth.write_text("\n".join([header, *rows]) + "\n")
+    out = tmp_path / "x.stk"
+    assert main(["import-trackml", str(csv), "-o", str(out), "-q"]) == 0
+    (ev,) = iter_events(out)
+    assert ev.truth is not None and len(ev.truth.particles) == 0
+
+
+def test_inspect_repair_of_no_file_makes_none(tmp_path, capsys):
+    missing = tmp_path / "missing.stk"
+    assert main(["inspect", "--repair", str(missing)]) == 1
+    assert capsys.readouterr().err == (
+        f"streamtrk inspect: error: {missing}: No such file or directory\n"
+    )
+    assert not missing.exists()

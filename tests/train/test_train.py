@@ -501,3 +501,10 @@ def test_the_card_names_the_best_finite_epoch_after_a_nan_one(tmp_path: Path, mo
     card = read_card(tmp_path / "m")
     assert card["training"]["best_epoch"] == 1  # of two: the only finite one
     assert np.isfinite(card["metrics"]["validation"]["val_loss"])
+
+
+def test_a_recording_holding_more_events_than_asked_gives_its_first(tmp_path: Path) -> None:
+    args = ["simulate", "--events", "2", "--mu", "2", "--seed", "11", "-q"]
+    assert main([*args, "-o", str(tmp_path / "r.stk")]) == 0
+    events = EventSource(recording=str(tmp_path / "r.stk"), events=1).load(load_detector())
+    assert [ev.event for ev in events] == [0]

@@ -79,6 +79,12 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ("[val]", "[report]\nreal = 5\n[val]", r"report real must be a path \(a string\), got 5"),
         ("[val]", '[report.real]\npath = "r.stk"\n[val]', r"report real must be a path"),
         ('name = "tiny"', 'name = "t\xe9"', r"c.toml: not valid TOML \('utf-8' codec"),
+        ("warmup_steps = 2", "warmup_steps = 2\nlr_min = 0.01", r"lr_min must be in \[0, lr\]"),
+        ("warmup_steps = 2", "warmup_steps = 2\npatience = 0", r"patience must be >= 1, got 0"),
+        ("warmup_steps = 2", "warmup_steps = 2\nsector_margin = 4.0", r"sector_margin must be in"),
+        *[('name = "tiny"', f'name = "{n}"', "name must be a directory name") for n in (".", "..")],
+        ('name = "tiny"\n', "", r"c.toml: a config needs a name"),
+        ('name = "tiny"', 'name = "tiny"\nreport = "r.stk"', "report must be a table of label"),
     ],
 )
 def test_settings_of_the_wrong_type_or_range_are_refused(
@@ -138,3 +144,17 @@ def test_the_card_records_what_each_source_of_events_was() -> None:
     recorded = EventSource(recording="r.stk", events=3)
     assert recorded.card() == {"recording": "r.stk", "events": 3}  # no mu or seed unused
     assert EventSource(mu=5, seed=7).card() == {"mu": 5, "seed": 7, "events": 1, "noise": 0.19}
+
+
+def test_settings_at_the_edges_of_their_ranges_are_taken(tmp_path: Path) -> None:
+    """The generator's largest MU, no noise, no warm-up, every segment a target (pT_min 0):
+    each in range, each as given."""
+    path = tmp_path / "c.toml"
+    text = TINY.replace("seed = 3", "seed = 3\npt_min = 0.0").replace(
+        "warmup_steps = 2", "warmup_steps = 0"
+    )
+    path.write_text(text.replace("[val]\nmu = 10", "[val]\nmu = 10000\nnoise = 0.0"))
+    cfg = load_config(path)
+    assert (cfg.pt_min, cfg.optim.warmup_steps, cfg.val.mu, cfg.val.noise) == (0, 0, 10000, 0)
+    path.write_text(TINY.replace("seed = 3", "seed = 3\npt_min = 0.5"))
+    assert load_config(path).pt_min == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,16 +12,16 @@ import torch
 from train_helpers import TINY
 
 from streamtrk.detector import load_detector
+from streamtrk.recon.gnn import InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.train import EventSource, load_config, make_samples
+from streamtrk.train import EventSource, load_config, loop, make_samples
+from streamtrk.train.config import OptimConfig
+from streamtrk.train.loop import _loss, _schedule, fit, validate
 
 
 def test_samples_without_counted_edges_are_left_out(tmp_path: Path) -> None:
     """A sector with no counted edge has a NaN loss: left out of training and validation,
     it can neither spoil the weights nor the choice of the best epoch."""
-
-    from streamtrk.train.loop import fit
-
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
     cfg = load_config(config)
@@ -32,13 +33,13 @@ def test_samples_without_counted_edges_are_left_out(tmp_path: Path) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ValueError, match="no edge counts in the loss"):
         fit(cfg, [empty], samples, tmp_path / "ck2", progress=False)
+    with pytest.raises(ValueError, match="no edge counts in the loss"):
+        fit(cfg, samples, [empty], tmp_path / "ck3", progress=False)
 
 
 def test_checkpoints_of_the_best_epoch_and_the_last_are_kept(tmp_path: Path) -> None:
     """One an epoch would fill a disk in a long run. Validated on the inverted targets, the
     network gets worse as it learns: the best epoch is the first."""
-    from streamtrk.train.loop import fit
-
     config = tmp_path / "tiny.toml"
     config.write_text(TINY.replace("epochs = 2", "epochs = 4\npatience = 4"))
     cfg = load_config(config)
@@ -59,8 +60,6 @@ def test_checkpoints_of_the_best_epoch_and_the_last_are_kept(tmp_path: Path) -> 
 def test_checkpoints_after_an_epoch_of_no_finite_validation_loss(tmp_path: Path, monkeypatch):
     """The first epoch's validation loss NaN (no best epoch yet): its checkpoint goes once a
     later epoch is the best."""
-    from streamtrk.train import loop
-
     config = tmp_path / "tiny.toml"
     config.write_text(TINY.replace("epochs = 2", "epochs = 3\npatience = 3"))
     cfg = load_config(config)
@@ -80,3 +79,169 @@ def test_checkpoints_after_an_epoch_of_no_finite_validation_loss(tmp_path: Path,
     best = 1 + int(np.argmin([h["val_loss"] for h in history[1:]]))
     kept = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert kept == sorted({f"epoch-{best:03d}.pt", "epoch-002.pt"})
+
+
+def _tiny_samples(tmp_path: Path, recipe: str = TINY):
+    config = tmp_path / "tiny.toml"
+    config.write_text(recipe)
+    det = load_detector()
+    events = EventSource(mu=5, seed=5, events=1).load(det)
+    return load_config(config), make_samples(events, det, GraphConfig(), 1.0)
+
+
+def test_the_loss_counts_the_counted_edges_alone_weighted_by_pos_weight(tmp_path: Path) -> None:
+    """Soft segments (not counted) are out of the loss whatever their score; a true
+    segment's term is pos_weight times its unweighted one."""
+    _, [s] = _tiny_samples(tmp_path)
+    assert not bool(s.counted.all()) and bool(s.target[s.counted].any())
+    logits = torch.randn(s.num_edges, generator=torch.Generator().manual_seed(0))
+    moved = torch.where(s.counted, logits, logits + 5.0)  # the edges not counted only
+    assert torch.equal(_loss(logits, s, 3.0), _loss(moved, s, 3.0))
+    positives = replace(s, counted=s.counted & (s.target > 0.5))
+    assert float(_loss(logits, positives, 3.0)) == pytest.approx(
+        3.0 * float(_loss(logits, positives, 1.0)), rel=1e-6
+    )
+
+
+def test_validation_metrics_are_over_every_counted_edge_at_score_one_half(tmp_path: Path):
+    """The loss is the mean over all counted edges (a sample's weight is its edge count),
+    efficiency and purity those of the edges scoring above 0.5."""
+    cfg, [s] = _tiny_samples(tmp_path)
+    torch.manual_seed(0)
+    model = InteractionNetwork(cfg.model).eval()
+    half = replace(s, counted=s.counted & (torch.arange(s.num_edges) % 3 == 0))
+    v = validate(model, [s, half], 3.0)
+    logits = model.infer(s.x, s.edge_index, s.edge_attr)
+    c, h = int(s.counted.sum()), int(half.counted.sum())
+    want = (float(_loss(logits, s, 3.0)) * c + float(_loss(logits, half, 3.0)) * h) / (c + h)
+    assert v["loss"] == pytest.approx(want, rel=1e-5)
+    passed, truth = torch.sigmoid(logits) > 0.5, s.target > 0.5
+    tp = sum(int((passed & truth & k.counted).sum()) for k in (s, half))
+    assert v["edge_efficiency"] == tp / sum(int((truth & k.counted).sum()) for k in (s, half))
+    assert v["edge_purity"] == tp / sum(int((passed & k.counted).sum()) for k in (s, half))
+
+
+def test_the_fit_returns_the_best_epochs_weights_on_the_documented_schedule(
+    tmp_path: Path,
+) -> None:
+    """Validated on inverted targets, the best epoch is an early one: the network returned
+    has its checkpoint's weights, not the last epoch's; the learning rate of each checkpoint
+    is the warm-up then cosine schedule's after that epoch's steps."""
+    recipe = TINY.replace("epochs = 2", "epochs = 4\npatience = 4")
+    cfg, samples = _tiny_samples(tmp_path, recipe.replace("warmup_steps = 2", "warmup_steps = 0"))
+    inverted = [replace(s, target=1 - s.target) for s in samples]
+    model, history = fit(cfg, samples, inverted, tmp_path / "ck", progress=False)
+    best = int(np.argmin([h["val_loss"] for h in history]))
+    assert best < 3
+    saved = torch.load(tmp_path / "ck" / f"epoch-{best:03d}.pt", weights_only=True)
+    for name, weights in model.state_dict().items():
+        assert torch.equal(weights, saved["model"][name]), name
+    o, steps = cfg.optim, len(samples)
+    for epoch in (best, 3):
+        ck = torch.load(tmp_path / "ck" / f"epoch-{epoch:03d}.pt", weights_only=True)
+        t = min((epoch + 1) * steps / (o.epochs * steps), 1)  # no warm-up
+        lr = o.lr_min + (o.lr - o.lr_min) * 0.5 * (1 + math.cos(math.pi * t))
+        assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr, rel=1e-6)
+
+
+def test_the_warm_up_rises_linearly_to_the_learning_rate() -> None:
+
+    o = OptimConfig(lr=1e-3, lr_min=1e-4, warmup_steps=4)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=o.lr)
+    sched = _schedule(opt, o, total=10)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_validation_loss(
+    tmp_path: Path,
+) -> None:
+    """Validated on inverted targets, the loss rises after the first epoch: patience 2 runs
+    epochs 0 (the best), 1 and 2, then stops."""
+    cfg, samples = _tiny_samples(tmp_path, TINY.replace("epochs = 2", "epochs = 6\npatience = 2"))
+    inverted = [replace(s, target=1 - s.target) for s in samples]
+    _, history = fit(cfg, samples, inverted, tmp_path / "ck", progress=False)
+    losses = [h["val_loss"] for h in history]
+    best = int(np.argmin(losses))
+    assert len(history) == best + 3 and losses[best] < min(losses[best + 1 :])
+
+
+def test_a_validation_loss_never_finite_is_said_to_be_a_divergence(tmp_path: Path, monkeypatch):
+
+    cfg, samples = _tiny_samples(tmp_path)
+    validate = loop.validate
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: validate(*a, **k) | {"loss": np.nan})
+    with pytest.raises(RuntimeError, match="the validation loss was never finite"):
+        loop.fit(cfg, samples, samples, tmp_path / "ck", progress=False)
+
+
+def test_grad_clip_bounds_the_gradient_of_each_step(tmp_path: Path) -> None:
+    """A clip far below Adam's eps leaves the steps vanishingly small: the weights stay
+    the seeded initial ones (unclipped, each step moves them by about lr)."""
+    cfg, samples = _tiny_samples(tmp_path)
+    cfg = replace(cfg, optim=replace(cfg.optim, grad_clip=1e-14))
+    torch.manual_seed(cfg.seed)
+    initial = InteractionNetwork(cfg.model).state_dict()
+    model, _ = fit(cfg, samples, samples, tmp_path / "ck", progress=False)
+    for name, weights in model.state_dict().items():
+        torch.testing.assert_close(weights, initial[name], atol=1e-6, rtol=0)
+
+
+def test_each_step_takes_the_gradient_of_its_own_sample_alone(tmp_path: Path, monkeypatch):
+    """Gradients are zeroed between steps: each is the gradient of one sample's loss at
+    the weights of that step (accumulated, a step would add all those before it)."""
+    cfg, [s] = _tiny_samples(tmp_path)
+    seen: list[tuple[dict, list]] = []
+    clip = torch.nn.utils.clip_grad_norm_
+    networks: list[InteractionNetwork] = []  # the one fit trains
+
+    def spy(params, max_norm):
+        params = list(params)
+        seen.append(({k: v.detach().clone() for k, v in networks[-1].state_dict().items()},
+                     [None if p.grad is None else p.grad.clone() for p in params]))  # fmt: skip
+        return clip(params, max_norm)
+
+    made = InteractionNetwork
+
+    def network(config):
+        networks.append(made(config))
+        return networks[-1]
+
+    monkeypatch.setattr(loop, "InteractionNetwork", network)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    loop.fit(cfg, [s, s], [s], tmp_path / "ck", progress=False)
+    assert len(seen) == 2 * cfg.optim.epochs
+    for weights, grads in seen[1:]:
+        fresh = made(cfg.model)
+        fresh.load_state_dict(weights)
+        loop._loss(fresh(s.x, s.edge_index, s.edge_attr), s, cfg.optim.pos_weight).backward()
+        for p, g in zip(fresh.parameters(), grads, strict=True):
+            assert (g is None) == (p.grad is None)
+            if g is not None:
+                torch.testing.assert_close(g, p.grad)
+
+
+def test_the_train_loss_is_the_mean_over_the_counted_edges_of_the_epoch(tmp_path: Path):
+    """Weights held still (a clip far below Adam's eps): the epoch's train loss is each
+    sector's loss weighted by its counted edges, as the validation loss is."""
+    cfg, _ = _tiny_samples(tmp_path)
+    cfg = replace(cfg, optim=replace(cfg.optim, grad_clip=1e-14))
+    det = load_detector()
+    events = EventSource(mu=5, seed=5, events=1).load(det)
+    sectors = make_samples(events, det, GraphConfig(), 1.0, sectors=3, margin=0.1)
+    counts = [int(s.counted.sum()) for s in sectors]
+    assert len(set(counts)) > 1
+    torch.manual_seed(cfg.seed)
+    initial = InteractionNetwork(cfg.model)
+    with torch.no_grad():
+        logits = [initial(s.x, s.edge_index, s.edge_attr) for s in sectors]
+        losses = [
+            float(_loss(x, s, cfg.optim.pos_weight)) for x, s in zip(logits, sectors, strict=True)
+        ]
+    _, history = fit(cfg, sectors, sectors, tmp_path / "ck", progress=False)
+    want = sum(x * c for x, c in zip(losses, counts, strict=True)) / sum(counts)
+    assert history[0]["train_loss"] == pytest.approx(want, rel=1e-4)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from streamtrk.detector import load_detector
+from streamtrk.eval.evaluate import evaluate
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.train import EventSource
+from streamtrk.recon.prune import PruneConfig
+from streamtrk.recon.reconstructor import Reconstructor
+from streamtrk.recon.tracks import TrackConfig
+from streamtrk.train import EventSource, scan_thresholds
 
 
 class _TruthWithNoise:
@@ -24,7 +28,6 @@ class _TruthWithNoise:
 
 
 def test_threshold_choice_maximises_the_objective() -> None:
-    from streamtrk.train import scan_thresholds
 
     events = EventSource(mu=20, seed=5, events=1).load(load_detector())
     scan = scan_thresholds(_TruthWithNoise(), events, GraphConfig(), (0.2, 0.5, 0.75, 0.95))
@@ -40,8 +43,6 @@ def test_a_threshold_that_builds_no_track_is_not_chosen_over_one_that_does() -> 
     """Scores that say nothing (chance, 0-0.7): at 0.2 the tracks found are outweighed by
     fakes and duplicates (an objective below 0); 0.95 passes no edge, its objective 0. A
     model whose default threshold finds nothing is no choice: 0.2 is chosen."""
-    from streamtrk.train import scan_thresholds
-
     events = EventSource(mu=20, seed=5, events=1).load(load_detector())
 
     def chance(graph, events):
@@ -59,8 +60,6 @@ def test_no_threshold_scored_is_an_error_not_the_first() -> None:
 
     import pytest
 
-    from streamtrk.train import scan_thresholds
-
     [event] = EventSource(mu=5, seed=5, events=1).load(load_detector())
     assert event.truth is not None
     p = event.truth.particles
@@ -74,8 +73,6 @@ def test_a_model_that_finds_no_track_is_scored_not_refused() -> None:
     """A scorer passing no edge leaves no track at any threshold: the fake and duplicate
     rates of no tracks count 0 (they were NaN, the objective undefined everywhere), the
     efficiency 0 says what the model does."""
-    from streamtrk.train import scan_thresholds
-
     events = EventSource(mu=20, seed=5, events=1).load(load_detector())
 
     def nothing(graph, events):
@@ -84,3 +81,39 @@ def test_a_model_that_finds_no_track_is_scored_not_refused() -> None:
     scan = scan_thresholds(nothing, events, GraphConfig(), (0.5, 0.7))
     assert scan["tracking_efficiency"] == [0.0, 0.0] and scan["objective"] == [0.0, 0.0]
     assert scan["chosen"] == 0.5
+
+
+def test_a_threshold_whose_tracks_are_all_fakes_builds_a_track() -> None:
+    """Scores that pass only edges between noise hits: at 0.5 every track
+    is a fake (fake rate 1, no real track: the duplicate rate undefined), 0.95 passes no
+    edge. Tracks were built at 0.5: it is the choice, the model's failure in plain sight
+    (its objective -1), not a threshold that builds nothing."""
+    events = EventSource(mu=20, seed=5, events=1).load(load_detector())
+
+    def wrong(graph, events):  # edges joining two noise hits
+        noise = events[0].truth.hits.particle_id == 0
+        src, dst = np.asarray(graph.edge_index)
+        return np.where(noise[src] & noise[dst], 0.85, 0.0).astype(np.float32)
+
+    scan = scan_thresholds(wrong, events, GraphConfig(), (0.95, 0.5))
+    assert scan["fake_rate"][1] == 1 and np.isnan(scan["duplicate_rate"][1]), scan
+    assert scan["chosen"] == 0.5
+
+
+def test_the_scan_reconstructs_with_the_pruning_and_track_settings_given() -> None:
+    """The scan's figures are those of the chain the model will serve: its pruning and its
+    [tracks] settings (here 10 hits at least), as one reconstruction at that threshold
+    (0.2: chance edges pass, fakes to cut)."""
+    events = EventSource(mu=20, seed=5, events=1).load(load_detector())
+    prune, tracks = PruneConfig(), TrackConfig(min_hits=10)
+    scan = scan_thresholds(
+        _TruthWithNoise(), events, GraphConfig(), (0.2,), prune=prune, tracks=tracks
+    )
+    rec = Reconstructor(
+        _TruthWithNoise(), graph_config=GraphConfig(), threshold=0.2, prune=prune, tracks=tracks
+    )
+    report = evaluate(rec, events).report()
+    keys = ("tracking_efficiency", "fake_rate", "duplicate_rate")
+    assert [scan[k] for k in keys] == [[report[k]] for k in keys]
+    for other in ({"prune": prune}, {"tracks": tracks}):  # each setting changes the figures
+        assert scan_thresholds(_TruthWithNoise(), events, GraphConfig(), (0.2,), **other) != scan
