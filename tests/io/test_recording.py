@@ -780,17 +780,23 @@ def test_write_event_returns_the_offset_of_its_hits_record(
     assert got == hits_at and len(set(got)) == 3
 
 
-def test_a_damaged_length_is_not_read_whole_into_memory(tmp_path: Path) -> None:
-    """repair (and append) read frames of any length: a flipped bit that makes a length
-    claim most of the file (here 9 MB, over the 8 MB limit) is found wrong a piece at a
-    time, not read into memory first (a multi-GB recording's)."""
-    path = tmp_path / "big.stk"
+def _damaged_length(path: Path) -> Path:
+    """A recording of 12 records of 1 MB whose first length claims 9 MB (a flipped bit, over
+    the 8 MB limit)."""
     write(path, [[bytes(1_000_000)] for _ in range(12)])
     with open(path, "r+b") as f:
         f.seek(12 + 8)  # the first record's first length
         (length,) = struct.unpack("<Q", f.read(8))
         f.seek(12 + 8)
         f.write(struct.pack("<Q", length | 1 << 23))
+    return path
+
+
+def test_a_damaged_length_is_not_read_whole_into_memory(tmp_path: Path) -> None:
+    """repair (and append) read frames of any length: a flipped bit that makes a length
+    claim most of the file (here 9 MB, over the 8 MB limit) is found wrong a piece at a
+    time, not read into memory first (a multi-GB recording's)."""
+    path = _damaged_length(tmp_path / "big.stk")
     tracemalloc.start()
     try:
         assert repair(path) is None  # whole records follow the damage: left as it is
@@ -917,13 +923,7 @@ def test_repair_keeps_the_last_hits_where_no_truth_follows_its_own_hits(
 def test_a_damaged_first_length_is_not_read_whole_to_name_the_record(tmp_path: Path) -> None:
     """Events read up to damage name the damaged record by its header, read only where it
     is no longer than a header may be: a flipped bit that claims GBs reads none of them."""
-    path = tmp_path / "big.stk"
-    write(path, [[bytes(1_000_000)] for _ in range(12)])
-    with open(path, "r+b") as f:
-        f.seek(12 + 8)  # the first record's first length
-        (length,) = struct.unpack("<Q", f.read(8))
-        f.seek(12 + 8)
-        f.write(struct.pack("<Q", length | 1 << 23))
+    path = _damaged_length(tmp_path / "big.stk")
     tracemalloc.start()
     try:
         with pytest.raises(RecordingError, match="above the 8000000-byte limit"):
