@@ -395,17 +395,20 @@ class _Sender(threading.Thread):
                 return False
         return False
 
-    def _taken(self, p: _Send, first: bool = False) -> None:
-        """``p`` just taken by ZeroMQ: its send's number and, for a resend, its time (a
-        first send's is when it was made: a ``shutdown`` reply set aside meanwhile, which
-        makes it due at once, is kept)."""
+    def _taken(self, p: _Send, first: bool = False, set_aside: int = 0) -> float:
+        """``p`` just taken by ZeroMQ: its send's number and, for a resend (``set_aside``: its
+        count of ``shutdown`` replies set aside when it went), its time; when it was taken. A
+        ``shutdown`` reply set aside meanwhile, which makes it due at once, is kept (a first
+        send's time is when it was made)."""
         self.seq += 1
+        t = time.perf_counter()
         with self.lock:
             p.seq = self.seq
             if first:
                 p.first_seq = self.seq
-            else:
-                p.t_last = time.perf_counter()
+            elif p.set_aside == set_aside:
+                p.t_last = t
+        return t
 
     def _resend_due(self) -> bool:
         """Resend (once each, newest first) what is due (:func:`due_newest_first`) and has
@@ -422,12 +425,15 @@ class _Sender(threading.Thread):
         for p in due_newest_first(todo, now, opts.retry_after_s, answered_seq, quiet_since):
             if p.answered:  # its reply came while the resends before it went out
                 continue
+            with self.lock:  # counted before it goes: a reply to it may come before _taken
+                p.sends += 1
+                set_aside = p.set_aside
             if not self._send(p.frames):
+                with self.lock:
+                    p.sends -= 1
                 return False
-            self._taken(p)
-            p.sends += 1
+            self.result.t_last_send = self._taken(p, set_aside=set_aside)
             self.result.resent += 1
-            self.result.t_last_send = p.t_last
         return bool(todo)
 
     def set_aside(self, msg_id: int | None, key: Key, t: float, msg: Message) -> bool:

@@ -959,7 +959,43 @@ def test_events_answered_shutdown_are_resent_with_retries(retries: int, then: st
         assert report["errors"] == {"shutdown": 1} and report["ok"] == 2
         assert report["shutdown_resent"] == (retries if then == "shutdown" else 0)
     if then == "shutdown":  # the last 'shutdown' answers at once: no reply is still due
-        assert took < opts.timeout_s
+        assert took < opts.timeout_s, took
+
+
+def test_a_shutdown_reply_to_a_resend_not_yet_booked_still_makes_it_due_at_once(
+    monkeypatch,
+) -> None:
+    """A daemon answers a resend ``shutdown`` before the sender has booked it (its time and
+    count, after ZeroMQ took it): the event is still resent at once, not --retry-after later
+    (the booking overwrote the reply's "due now": now and then a 60 s wait in the test above)."""
+    events = _events(3)
+    shut = events[1].event.event
+
+    def answer(frames: list[bytes], out: zmq.Socket) -> None:
+        msg = decode(frames)
+        if msg.event != shut:
+            out.send_multipart(_tracks_reply(frames))
+            return
+        out.send_multipart(encode_tracks(msg.run, msg.event, [], None, status="error",
+                                         reason="shutdown", msg_id=msg.msg_id))  # fmt: skip
+
+    taken = _Sender._taken
+
+    def booked_late(self, p, *args, **kwargs):
+        if not kwargs.get("first"):  # a resend: its reply handled first
+            time.sleep(0.5)
+        return taken(self, p, *args, **kwargs)
+
+    monkeypatch.setattr(_Sender, "_taken", booked_late)
+    with _stand_in(answer) as (to, from_):
+        opts = ReplayOptions(to=to, from_=from_, timeout_s=2.0, retries=2, retry_after_s=20.0)
+        t0 = time.perf_counter()
+        result = replay(events, opts)
+        took = time.perf_counter() - t0
+    report = result.report(events, None)
+    assert (report["resent"], report["shutdown_resent"]) == (2, 2)
+    assert report["errors"] == {"shutdown": 1} and report["ok"] == 2
+    assert took < 10, took
 
 
 def test_a_shutdown_reply_waits_for_a_resend_already_out() -> None:
