@@ -1,5 +1,6 @@
 """``streamtrk replay``'s errors without a daemon (with one: tests/test_replay.py)."""
 
+import argparse
 import json
 import re
 from dataclasses import replace
@@ -9,6 +10,7 @@ import pytest
 from cli_helpers import _run, _run_unread
 
 from streamtrk.cli import main
+from streamtrk.cli.replay import _exit_status
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.io.recording import RecordingWriter, iter_events
 from streamtrk.replay import ReplayResult
@@ -101,6 +103,14 @@ def test_replay_help_names_every_report_key(tmp_path, capsys):
     assert [k for k in keys if k not in words and not re.fullmatch(shorthand, k)] == []
 
 
+def _status(report: dict, interrupted: bool = False, fail_on_error: bool = False) -> int:
+    """``_exit_status`` of ``report`` for a replay to tcp://a:1 from tcp://a:2, --timeout 3."""
+    args = argparse.Namespace(
+        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=fail_on_error
+    )
+    return _exit_status(args, report, interrupted=interrupted)
+
+
 @pytest.mark.parametrize(
     ("counts", "said"),
     [
@@ -131,16 +141,9 @@ def test_replay_help_names_every_report_key(tmp_path, capsys):
 def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
     """Some events answered, others missing or unsent: exit 1, and stderr says so (the
     report on stdout is not the only place to look)."""
-    import argparse
-
-    from streamtrk.cli.replay import _exit_status
-
     report = ReplayResult().report([], None, {}) | {"sent": 5, "received": 5} | counts
     report["received"] -= report["missing"]
-    args = argparse.Namespace(
-        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=False
-    )
-    assert _exit_status(args, report, interrupted=False) == 1
+    assert _status(report) == 1
     assert f"streamtrk replay: error: {said}" in capsys.readouterr().err
 
 
@@ -148,21 +151,14 @@ def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
 def test_error_replies_are_said_on_stderr_whatever_the_exit_status(capsys, fail_on_error):
     """Events answered 'shutdown' were not reconstructed: exit 0 unless --fail-on-error, but
     said on stderr either way (a canary's log should show them)."""
-    import argparse
-
-    from streamtrk.cli.replay import _exit_status
-
     report = ReplayResult().report([], None, {}) | {"sent": 10, "received": 10}
     report["errors"] = {"shutdown": 5}
-    args = argparse.Namespace(
-        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=fail_on_error
-    )
-    assert _exit_status(args, report, interrupted=False) == int(fail_on_error)
+    assert _status(report, fail_on_error=fail_on_error) == int(fail_on_error)
     said = "error" if fail_on_error else "warning"
     assert f"streamtrk replay: {said}: error replies: 5 shutdown" in capsys.readouterr().err
     # said with a mismatched reply too (it returned before them), which makes the exit 1
     report["mismatched_replies"] = 1
-    assert _exit_status(args, report, interrupted=False) == 1
+    assert _status(report, fail_on_error=fail_on_error) == 1
     err = capsys.readouterr().err
     assert f"streamtrk replay: {said}: error replies: 5 shutdown" in err
     assert "1 replies name hit ids their events do not have, or a hit in two" in err
@@ -208,33 +204,14 @@ def test_replay_refuses_a_wait_before_resends_without_resends(tmp_path):
 def test_a_replay_interrupted_says_what_its_replies_so_far_say(capsys) -> None:
     """Ctrl-C: exit 130, after the warnings about the replies that came (they were left
     unsaid)."""
-    import argparse
-
-    from streamtrk.cli.replay import _exit_status
-
     report = ReplayResult().report([], None, {}) | {"sent": 10, "received": 4, "missing": 6}
     report |= {"errors": {"too_dense": 1}, "ambiguous_events": 2}
-    args = argparse.Namespace(
-        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=False
-    )
-    assert _exit_status(args, report, interrupted=True) == 130
+    assert _status(report, interrupted=True) == 130
     err = capsys.readouterr().err
     assert "warning: error replies: 1 too_dense" in err
     assert "warning: 2 (run, event) numbers name events of different hits" in err
     assert err.rstrip().endswith("interrupted; the report covers the replies so far")
     assert "got no reply" not in err  # stopped early: not the timeout's doing
-
-
-def _status(report: dict, interrupted: bool = False) -> int:
-    """``_exit_status`` of ``report`` for a replay to tcp://a:1 from tcp://a:2, --timeout 3."""
-    import argparse
-
-    from streamtrk.cli.replay import _exit_status
-
-    args = argparse.Namespace(
-        to="tcp://a:1", from_="tcp://a:2", bind=False, timeout=3.0, fail_on_error=False
-    )
-    return _exit_status(args, report, interrupted=interrupted)
 
 
 @pytest.mark.parametrize(
