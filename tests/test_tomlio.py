@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -105,3 +105,26 @@ def test_dataclass_from_refuses_values_not_of_their_field_s_type(table, message)
 def test_dataclass_from_takes_ints_for_floats_and_arrays_for_tuples() -> None:
     got = dataclass_from(_Typed, {"x": 2, "maybe": 3, "many": [1, 0.5], "pair": [2, "b"]}, "[t]")
     assert got == _Typed(x=2, maybe=3, many=(1, 0.5), pair=(2, "b"))
+
+
+def test_dataclass_from_refuses_a_boolean_for_a_number() -> None:
+    """``pt_min = true`` is no number (Python's bool is an int): refused for a float field as
+    it is for an int one."""
+    with pytest.raises(_Refused, match=re.escape("[t]: x must be float, got True")):
+        dataclass_from(_Typed, {"x": True}, "[t]", error=_Refused)
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def test_dataclass_from_refuses_a_non_table_for_a_dict_field() -> None:
+    assert dataclass_from(_Labelled, {"labels": {"a": "b"}}, "[l]").labels == {"a": "b"}
+    with pytest.raises(_Refused, match=re.escape("[l]: labels must be dict[str, str], got 'x'")):
+        dataclass_from(_Labelled, {"labels": "x"}, "[l]", error=_Refused)
+
+
+def test_toml_writer_leaves_none_out_of_tables_in_arrays() -> None:
+    data = {"runs": [{"name": "a", "note": None}, {"name": "b"}]}
+    assert tomllib.loads(dumps(data)) == {"runs": [{"name": "a"}, {"name": "b"}]}

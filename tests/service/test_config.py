@@ -26,7 +26,9 @@ from streamtrk.service.config import (
     add_arguments,
     load_config,
     log_format_asked,
+    number_flags,
     shadowed,
+    source_of,
     unknown_variables,
 )
 
@@ -194,6 +196,9 @@ def test_cross_checks_see_the_final_values() -> None:
             r"\(from config file .*serve.toml, line 1\)",
         ),
         ("max_batch_events = 4.0", {}, r"max_batch_events must be an integer, got 4.0"),
+        # a boolean is no number (Python's bool is an int): not 1.0 or 0.0
+        ("budget_scale = true", {}, r"budget_scale must be a number, got True"),
+        ("max_batch_events = true", {}, r"max_batch_events must be an integer, got True"),
         # (a string of two lines is no value unquoted, whatever its first line)
         (r'max_batch_events = "4\nx = 1"', {}, r"max_batch_events must be an integer, got '4"),
         # ... but only where the value unquoted is one: yes is no TOML, four no integer
@@ -923,7 +928,40 @@ def test_systemds_copy_of_a_credential_is_no_override_worth_a_warning(tmp_path: 
     assert shadowed(config, env, {}) == []
     other = env | {"STREAMTRK_CURVE_SECRET_KEY": "/run/credentials/streamtrk.service/x.key_secret"}
     assert len(shadowed(config, other, {})) == 1
+    elsewhere = env | {"STREAMTRK_CURVE_SECRET_KEY": "/home/old/server.key_secret"}  # same name
+    assert len(shadowed(config, elsewhere, {})) == 1
     assert (
         len(shadowed(config, {k: v for k, v in env.items() if k != "CREDENTIALS_DIRECTORY"}, {}))
         == 1
     )
+
+
+def test_allowed_keys_with_the_daemons_secret_are_accepted(tmp_path: Path) -> None:
+    """The refusal of an allow-list alone is not of CURVE's documented setup: the daemon's
+    certificate and the allow-list, from the file or the environment."""
+    secret = tmp_path / "server.key_secret"
+    cfg = ServeConfig(curve_secret_key=secret, curve_allowed_keys=tmp_path)
+    assert (cfg.curve_secret_key, cfg.curve_allowed_keys) == (secret, tmp_path)
+    env = {"STREAMTRK_CURVE_SECRET_KEY": str(secret), "STREAMTRK_CURVE_ALLOWED_KEYS": str(tmp_path)}
+    assert load_config(None, env).curve_allowed_keys == tmp_path
+
+
+def test_every_numeric_flag_takes_a_value_with_a_minus(tmp_path: Path) -> None:
+    """``--beam-spot-x-mm -1.5``: the value, not an unknown option (argparse's reading of a
+    leading minus), for the float settings as for the integers."""
+    numeric = {f"--{f.name.replace('_', '-')}" for f in fields(ServeConfig)
+               if f.type.replace(" | None", "") in ("int", "float")}  # fmt: skip
+    assert {"--beam-spot-x-mm", "--threshold", "--max-queue-delay-ms"} <= numeric
+    assert number_flags() == numeric
+
+
+def test_source_of_names_where_a_setting_came_from(tmp_path: Path) -> None:
+    """A refusal at start-up says where its setting came from: flag over variable over
+    file (with its line) over the default."""
+    p = tmp_path / "serve.toml"
+    p.write_text('device = "cpu"\nmodel = "m"\n')
+    assert source_of("model", p, {}, {}) == f"config file {p}, line 2"
+    env = {"STREAMTRK_MODEL": "x"}
+    assert source_of("model", p, env, {}) == "environment variable STREAMTRK_MODEL"
+    assert source_of("model", p, env, {"model": "y"}) == "flag --model"
+    assert source_of("engine", p, env, {}) == "the default"

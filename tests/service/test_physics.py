@@ -364,3 +364,10 @@ def test_histogram_buckets_are_those_of_the_docs() -> None:
         assert got == pytest.approx(expected, rel=1e-12, abs=0), name
     assert "1e+09" in bounds["streamtrk_track_pt_electronvolts"]  # le="1e+09" is 1 GeV
     assert "0.005" in bounds["streamtrk_track_d0_meters"]  # and le="0.005" 5 mm
+
+
+def test_the_beam_spot_z_width_is_the_luminous_region_s_in_meters(observed: dict) -> None:
+    """The fixture's pileup vertices spread by 6 mm in z (GeneratorConfig.sigma_z), widened
+    by the z0 resolution: the width gauge says so in meters, as the other beam-spot gauges."""
+    value = observed["registry"].get_sample_value
+    assert 5e-3 < value("streamtrk_beam_spot_z_width_meters") < 10e-3
