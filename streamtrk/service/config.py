@@ -375,16 +375,16 @@ _ANY_HOST = frozenset({"*", "0.0.0.0", "[::]"})
 
 def one_endpoint(a: str, b: str) -> bool:
     """Whether endpoints ``a`` and ``b`` are one (the second bind would fail, or both sockets
-    connect to one peer): the same string, or tcp on one port (not ``*`` or 0, chosen at
-    bind) whose hosts are the same, ``localhost`` taken as 127.0.0.1, or either a host that
-    binds every address."""
-    if a == b:
-        return not a.endswith((":*", ":0"))
+    connect to one peer): the same string, or tcp on one port number (not ``*`` or 0,
+    chosen at bind; 05555 is 5555) whose hosts are the same, ``localhost`` taken as
+    127.0.0.1, or either a host that binds every address."""
     (scheme_a, _, rest_a), (scheme_b, _, rest_b) = a.partition("://"), b.partition("://")
     if not scheme_a == scheme_b == "tcp":
-        return False
-    port_a, port_b = rest_a.rpartition(":")[2], rest_b.rpartition(":")[2]
-    if port_a != port_b or port_a in ("*", "0"):
+        return a == b
+    port_a, port_b = (
+        int(port) if _digits(port := rest.rpartition(":")[2]) else port for rest in (rest_a, rest_b)
+    )
+    if port_a != port_b or port_a in ("*", 0):
         return False
     hosts = {
         {"localhost": "127.0.0.1"}.get(h.lower(), h.lower())
@@ -543,12 +543,17 @@ def _read_file(path: Path) -> tuple[str, dict[str, Any]]:
 def _key_line(text: str, key: str) -> int | None:
     """The line (from 1) of the TOML ``text`` that sets the top-level ``key``, bare or
     quoted, or opens it as a table (``[key]``, ``[key.sub]``); None where no line starts
-    so (a key set in an inline table)."""
+    so (a key set in an inline table). A line so within a multi-line string is text, not it:
+    the TOML before it does not parse."""
     spelt = "|".join(re.escape(k) for k in (key, f'"{key}"', f"'{key}'"))
-    match = re.search(
-        rf"^[ \t]*(?:(?:{spelt})[ \t]*=|\[\[?[ \t]*(?:{spelt})[ \t]*[\].])", text, re.MULTILINE
-    )
-    return None if match is None else text.count("\n", 0, match.start()) + 1
+    pattern = rf"^[ \t]*(?:(?:{spelt})[ \t]*=|\[\[?[ \t]*(?:{spelt})[ \t]*[\].])"
+    for match in re.finditer(pattern, text, re.MULTILINE):
+        try:
+            tomllib.loads(text[: match.start()])
+        except ValueError:  # TOMLDecodeError: an unclosed string
+            continue
+        return text.count("\n", 0, match.start()) + 1
+    return None
 
 
 def _file_settings(path: Path) -> dict[str, tuple[str, Any, str]]:

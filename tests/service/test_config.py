@@ -241,11 +241,15 @@ def test_invalid_settings_are_named(tmp_path: Path, toml: str, env: dict, match:
 
 
 def test_a_file_s_invalid_value_is_named_with_its_line(tmp_path: Path) -> None:
-    """Bare or quoted, after comments and a multi-line string: the line that sets it."""
+    """Bare or quoted, after comments and multi-line strings (holding text like it): the line
+    that sets it."""
     path = tmp_path / "serve.toml"
     for toml, line in [
         ('# the farm\n\nlog_level = "info"\n"max_batch_events" = 0\n', 4),
         ('model = """\nmax_queue_delay_ms = 5\n"""\n  max-batch-events = 0\n', 4),
+        # the same key as text in a string before it: not its line
+        ('dead_letter = """\nmax_batch_events = 9\n"""\nmax_batch_events = 0\n', 4),
+        ("model = '''\n[max_batch_events]\n'''\nmax_batch_events = 0\n", 4),
     ]:
         path.write_text(toml)
         with pytest.raises(ConfigError, match=rf"\(from config file .*serve.toml, line {line}\)$"):
@@ -477,6 +481,7 @@ def test_a_non_loopback_address_needs_curve_allow_insecure_or_connect() -> None:
         ("127.0.0.1:5555", False, "input"),
         ("0.0.0.0:5556", False, "output"),  # every address: 127.0.0.1:5556 among them
         ("localhost:5556", False, "output"),
+        ("127.0.0.1:05555", False, "input"),
         ("127.0.0.1:5557", False, None),
         ("127.0.0.1:5555", True, None),  # connected: the peers' ports, not this daemon's
     ],
@@ -504,6 +509,7 @@ def test_http_takes_a_port_of_its_own(http: str, connect: bool, clash: str | Non
         ("tcp://LOCALHOST:5555", True),
         ("tcp://0.0.0.0:5555", True),  # binds every address: 127.0.0.1:5555 among them
         ("tcp://*:5555", True),
+        ("tcp://127.0.0.1:05555", True),  # the same port number: libzmq reads 5555
         ("tcp://127.0.0.1:5556", False),
         ("tcp://127.0.0.2:5555", False),
         ("ipc:///tmp/x:5555", False),
@@ -526,6 +532,7 @@ def test_input_and_output_are_two_endpoints(output: str, one: bool) -> None:
 def test_ports_chosen_at_bind_are_two_endpoints() -> None:
     ServeConfig(input="tcp://127.0.0.1:*", output="tcp://127.0.0.1:*")
     ServeConfig(input="tcp://127.0.0.1:0", output="tcp://localhost:0")
+    ServeConfig(input="tcp://127.0.0.1:00", output="tcp://127.0.0.1:00")
 
 
 def test_allowed_keys_without_the_daemons_secret_are_refused(tmp_path: Path) -> None:
