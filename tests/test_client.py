@@ -106,9 +106,11 @@ def test_a_frame_that_cannot_be_sent_sends_none_of_its_message() -> None:
 
 def test_a_producer_that_exits_after_sending_loses_nothing_it_sent() -> None:
     """Closing waits for the queued messages to leave (up to ``linger_ms``): a producer
-    process that sends and exits at once does not drop what its socket still held."""
+    process that sends and exits at once does not drop what its socket still held. The
+    child has exited before anything is read: all it sent left on its close, held by the
+    consumer's queue (its high-water mark above the count)."""
     n, size = 200, 100_000  # 20 MB: far more than the TCP buffers between the two
-    with Consumer("tcp://127.0.0.1:*", bind=True, rcvhwm=10) as consumer:
+    with Consumer("tcp://127.0.0.1:*", bind=True, rcvhwm=2 * n) as consumer:
         script = (
             "import sys\nfrom streamtrk.client import Producer\n"
             "with Producer(sys.argv[1], linger_ms=30_000) as producer:\n"
@@ -116,10 +118,10 @@ def test_a_producer_that_exits_after_sending_loses_nothing_it_sent() -> None:
             f"        assert producer.send_frames([i.to_bytes(4, 'big'), bytes({size})])\n"
         )
         child = subprocess.Popen([sys.executable, "-c", script, consumer.endpoint])
+        assert child.wait(60) == 0
         received: list[int] = []
         while len(received) < n and (frames := consumer.recv_frames(timeout_ms=5000)):
             received.append(int.from_bytes(frames[0].bytes, "big"))
-        assert child.wait(10) == 0
     assert received == list(range(n))
 
 
@@ -825,3 +827,123 @@ def test_a_zero_timeout_receive_returns_at_once() -> None:
                 p.send_frames([b"unblock"], timeout_ms=5000)
             reader.join(10)
         assert not stuck and got == [None]
+
+
+def test_a_curve_client_consumer_takes_frames_up_to_its_limit(tmp_path: Path) -> None:
+    """A Consumer that is a CURVE *client* (replay's and record's reading a CURVE daemon's
+    output) allows for the 33 bytes of encryption too: a reply frame of its limit arrives."""
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    (tmp_path / "allowed").mkdir()
+    shutil.copy(tmp_path / "alice.key", tmp_path / "allowed")
+    limits = Limits(max_header_bytes=1024, max_hits=100, max_tracks=10, max_particles=50)
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth = start_authenticator(ctx, tmp_path / "allowed")
+    try:
+        with (
+            Producer(
+                "tcp://127.0.0.1:*",
+                bind=True,
+                linger_ms=0,
+                curve_secret_key=tmp_path / "server.key_secret",
+                context=ctx,
+            ) as server,
+            Consumer(
+                server.endpoint,
+                linger_ms=0,
+                limits=limits,
+                curve_key=tmp_path / "alice.key_secret",
+                curve_server_key=tmp_path / "server.key",
+            ) as reader,
+        ):
+            assert server.send_frames([b"h", bytes(1024)], timeout_ms=10_000)
+            frames = reader.recv_frames(timeout_ms=10_000)
+            assert frames is not None and len(frames[1].bytes) == 1024
+    finally:
+        auth.stop()
+        ctx.term()
+
+
+class _TakenBack:
+    """Stands in for a CURVE server's socket whose poll reports a message that a dropped
+    connection took back (``recv`` then finds none): the first poll reports it after
+    ``first_ms`` (past its own timeout when that is longer, as a poll on a busy host may
+    return late), later ones at once (``again``) or never. A negative timeout would wait
+    for ever; polling on past the caller's timeout would spin for ever."""
+
+    closed = False
+
+    def __init__(self, first_ms: float, timeout_ms: int, again: bool = False) -> None:
+        self.first_ms, self.again, self.polls = first_ms, again, 0
+        self.t_end = time.monotonic() + timeout_ms / 1000 + 1.0
+
+    def poll(self, timeout: int, flags: int) -> int:
+        assert timeout >= 0, f"poll({timeout}) waits for ever"
+        assert time.monotonic() < self.t_end, "polled on past the timeout"
+        self.polls += 1
+        if self.polls == 1:
+            time.sleep(self.first_ms / 1000)
+            return zmq.POLLIN
+        if self.again:
+            return zmq.POLLIN
+        time.sleep(timeout / 1000)
+        return 0
+
+    def recv_multipart(self, flags: int = 0, copy: bool = True) -> list[Any]:
+        raise zmq.Again()
+
+
+@pytest.mark.parametrize(
+    ("first_ms", "again"),
+    [
+        (600, False),  # taken back mid-way: the next poll waits what is left, not all again
+        (1020, False),  # the first poll returned late: no poll of a negative (endless) timeout
+        (0, True),  # reported on every poll: None at the timeout, not a spin without end
+    ],
+)
+def test_a_message_taken_back_does_not_stretch_the_timeout(first_ms: float, again: bool) -> None:
+    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer:
+        real, consumer.socket = consumer.socket, _TakenBack(first_ms, 1000, again)  # type: ignore[assignment]
+        try:
+            t0 = time.monotonic()
+            assert consumer.recv_frames(timeout_ms=1000) is None
+            assert time.monotonic() - t0 < 1.4
+        finally:
+            consumer.socket = real
+
+
+def test_terminate_sends_the_signal_it_is_given() -> None:
+    """``sig`` (SIGINT for a daemon run in a terminal, say), not always SIGTERM."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as process:
+        assert terminate(process, 30, signal.SIGUSR1) == -signal.SIGUSR1
+
+
+def test_wait_listening_reads_the_record_of_a_process_that_has_exited_since(tmp_path: Path) -> None:
+    """The record was written before the process exited: it is the answer, not None."""
+    log = tmp_path / "daemon.log"
+    log.write_text(json.dumps({"message": "listening", "http": "127.0.0.1:9"}) + "\n")
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as exited:
+        exited.wait()
+        assert wait_listening(log, 5, exited) == {"http": "127.0.0.1:9"}
+
+
+class _Full:
+    """Stands in for a socket whose poll says writable but whose send finds the queue
+    full (its only peer gone in between)."""
+
+    closed = False
+
+    def poll(self, timeout: int, flags: int) -> int:
+        return zmq.POLLOUT
+
+    def send_multipart(self, frames: Any, flags: int = 0, copy: bool = True) -> None:
+        raise zmq.Again()
+
+
+def test_a_send_that_finds_the_queue_full_says_it_was_not_sent() -> None:
+    with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
+        real, producer.socket = producer.socket, _Full()  # type: ignore[assignment]
+        try:
+            assert producer.send_frames([b"x"], timeout_ms=100) is False
+        finally:
+            producer.socket = real

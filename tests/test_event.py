@@ -212,3 +212,22 @@ def test_tracks_hit_lists_sizes_and_submission_labels() -> None:
 )
 def test_hits_in_no_track_become_tracks_of_their_own(track_id: list, alone: list) -> None:
     assert alone_as_tracks(np.array(track_id, dtype=np.int64)).tolist() == alone
+
+
+def test_a_0_d_column_is_named_not_a_len_error() -> None:
+    with pytest.raises(ValueError, match=r"^Hits.x must be 1-D, got shape \(\)$"):
+        replace(hits_of(3), x=np.zeros((), np.float32))
+
+
+@pytest.mark.parametrize("column", list(HIT_DTYPES))
+def test_every_column_counts_in_the_digest(column: str) -> None:
+    """``cli/files.py`` tells a re-sent event from a clash by the digest: hits that differ in
+    any one column are not the same hits."""
+    a = hits_of(3)
+    b = replace(a, **{column: (getattr(a, column) + 1).astype(HIT_DTYPES[column])})
+    assert not a.equals(b) and a.digest() != b.digest()
+
+
+def test_a_hit_in_several_tracks_gets_the_last_s_label() -> None:
+    tracks = Tracks(np.array([0, 2, 4]), np.array([0, 1, 1, 2]))  # hit 1 in tracks 1 and 2
+    assert tracks.track_id_per_hit(3).tolist() == [1, 2, 2]

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from streamtrk.threads import available_cpus, cpu_quota, set_torch_threads
+import streamtrk.threads as threads
+from streamtrk.threads import available_cpus, cpu_quota, set_torch_threads, wait_passively
 
 
 def test_cgroup_quotas_v2_and_v1(tmp_path: Path) -> None:
@@ -87,3 +89,55 @@ def test_openmp_workers_wait_passively_in_every_command() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout == "PASSIVE\n", out.stderr
+
+
+def test_an_omp_wait_policy_the_environment_sets_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_the_v1_cpu_controller_is_not_cpuset(tmp_path: Path) -> None:
+    """/proc/self/cgroup lists ``cpuset`` apart from ``cpu,cpuacct`` (here after it, at "/"):
+    the quota is read at the cpu controller's path, not at cpuset's."""
+    unit = tmp_path / "v1" / "cpu,cpuacct" / "system.slice" / "streamtrk.service"
+    unit.mkdir(parents=True)
+    (unit / "cpu.cfs_quota_us").write_text("50000\n")
+    (unit / "cpu.cfs_period_us").write_text("100000\n")
+    own = tmp_path / "cgroup"
+    own.write_text("3:cpu,cpuacct:/system.slice/streamtrk.service\n2:cpuset:/\n0::/\n")
+    assert cpu_quota(tmp_path / "v1", own) == 0.5
+
+
+def test_a_fractional_quota_rounds_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert available_cpus() == (2, "cgroup CPU quota 1.5 CPUs (4 in the mask)")
+    monkeypatch.setattr(threads, "cpu_quota", lambda: 0.5)
+    assert available_cpus()[0] == 1
+    monkeypatch.setattr(threads, "cpu_quota", lambda: 4.0)
+    assert available_cpus() == (4, "4 CPUs in the affinity mask, quota 4")
+
+
+@pytest.mark.parametrize("requested", [-1, 4097])
+def test_threads_asked_for_outside_the_range_are_refused(requested: int) -> None:
+    with pytest.raises(ValueError, match=rf"^torch threads must be 0 to 4096, got {requested}$"):
+        set_torch_threads(requested)
+
+
+def test_no_quota_is_read_outside_the_root(tmp_path: Path) -> None:
+    """Only ``root`` and below it: not above it, and not where ``..`` leads (a cgroup
+    namespace shows a path above its root so)."""
+    (tmp_path / "v2" / "unit").mkdir(parents=True)
+    (tmp_path / "v2" / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # above the root
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "cpu.max").write_text("100000 100000\n")
+    own = tmp_path / "cgroup"
+    own.write_text("0::/unit\n")
+    assert cpu_quota(tmp_path / "v2", own) == 4.0
+    own.write_text("0::/../elsewhere\n")
+    assert cpu_quota(tmp_path / "v2", own) == 4.0
