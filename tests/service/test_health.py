@@ -9,6 +9,7 @@ import http.client
 import logging
 import socket
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -148,7 +149,8 @@ def test_an_endpoint_that_fails_answers_500_with_the_reason_and_logs_it(capfd, c
     assert "the status is broken" in failed.value.read().decode()
     assert "Traceback" not in capfd.readouterr().err
     [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "/status" in line.getMessage() and line.exc_info is not None
+    assert "/status" in line.getMessage()
+    assert line.exc_info and line.exc_info[0] is RuntimeError  # (not None: False is none)
 
 
 def request(
@@ -263,3 +265,49 @@ def test_head_sends_no_body_on_the_wire(served) -> None:
                 data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
         assert b"Content-Length: " in head and rest == b""
+
+
+def test_failing_endpoints_are_logged_with_a_traceback_once_a_while(caplog) -> None:
+    """ANSWER_LOG_S: a scrape that fails every 15 s is one line (with its traceback) a
+    minute, the next one saying how many failed meanwhile."""
+
+    def status() -> dict:
+        raise RuntimeError("the status is broken")
+
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), status, list)
+    server.start()
+    try:
+        for _ in range(3):
+            with pytest.raises(urllib.error.HTTPError):
+                get(server, "/status")
+    finally:
+        server.close()
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage() == "the HTTP endpoint /status failed"  # the first: no count
+
+
+def test_a_server_never_started_closes_at_once() -> None:
+    """The daemon closes it on any error after binding, started or not."""
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list)
+    closer = threading.Thread(target=server.close, daemon=True)
+    closer.start()
+    closer.join(timeout=5)
+    assert not closer.is_alive()
+
+
+def test_a_silent_peer_is_closed_at_the_timeout_not_later() -> None:
+    """The read deadline is ``request_timeout_s`` from the connection (not twice that)."""
+    with (
+        serving(request_timeout_s=1) as (server, _),
+        socket.create_connection(server.address) as idle,
+    ):
+        t0 = time.monotonic()
+        assert closed_by_server(idle, within_s=5)
+        assert 0.9 < time.monotonic() - t0 < 1.9
+
+
+def test_metrics_are_served_in_prometheus_text_format(served) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    server, _, _ = served
+    assert request(server, "/metrics")[1]["Content-Type"] == CONTENT_TYPE_LATEST

@@ -109,3 +109,55 @@ def test_the_thread_ends_once_the_worker_is_done_and_the_queue_is_empty() -> Non
     assert len(pt) > 0  # both batches' tracks are in the pT histogram, in eV
     got = metrics.registry.get_sample_value("streamtrk_track_pt_electronvolts_sum")
     assert got == pytest.approx(float(pt.astype(np.float64).sum()) * 1e9, rel=1e-6)
+
+
+def test_a_batch_offered_as_the_worker_finishes_is_still_observed() -> None:
+    """The worker may offer its last batch between a poll that found the queue empty and
+    its being done: the thread looks at the queue again before it ends, and counts it."""
+    metrics = Metrics()
+    last = [_observation(0)]
+
+    def worker_done() -> bool:  # the last batch is offered just before the worker is done
+        if last:
+            observer.offer(last.pop())
+        return True
+
+    observer = Observer(metrics, worker_done)
+    observer.start()
+    observer.join(timeout=60)
+    assert not observer.is_alive() and _observed(metrics) == 1
+
+
+def test_a_thread_stuck_on_a_batch_with_others_waiting_is_a_stall(inject) -> None:
+    """A stall counts only with work waiting: batches queued behind one whose metrics do not
+    end make the thread unhealthy (/healthz), and it is healthy again once they are kept."""
+    inject("physics_delay_s", 1.0)
+    metrics = Metrics()
+    observer = Observer(metrics, lambda: True)
+    for k in range(2):
+        observer.offer(_observation(k))
+    observer.start()
+    time.sleep(0.6)  # in the first batch's metrics, the second waiting
+    assert "physics: no progress" in (observer.problem(0.3) or "")
+    observer.join(timeout=60)
+    assert observer.problem(0.3) is None and _observed(metrics) == 2
+
+
+def test_a_thread_waiting_for_batches_keeps_beating() -> None:
+    """Waiting for the worker is progress (a beat each poll): a batch offered after a quiet
+    while is not taken for a stall."""
+    done = False
+    observer = Observer(Metrics(), lambda: done)
+    observer.start()
+    time.sleep(0.8)
+    assert time.monotonic() - observer.heartbeat < 0.5  # POLL_S apart
+    done = True
+    observer.join(timeout=60)
+
+
+def test_the_thread_takes_eight_batches_behind_before_skipping() -> None:
+    """docs/serve.md: a batch that finds the thread 8 batches behind is left out."""
+    metrics = Metrics()
+    observer = Observer(metrics, lambda: True)
+    batch = _observation(0)
+    assert all(observer.offer(batch) for _ in range(8)) and not observer.offer(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from streamtrk.recon.engine import EngineScorer
@@ -63,8 +65,6 @@ def test_the_digest_covers_the_pruning_windows_the_card_takes_from_outside(tmp_p
     """The windows decide which edges the network scores: a model directory whose card
     names windows outside it (the package's, or a path) has a digest that changes with
     them, as with its own files."""
-    import shutil
-
     from streamtrk.recon.model import default_model_path
     from streamtrk.recon.prune import windows_bytes
 
@@ -81,3 +81,58 @@ def test_the_digest_covers_the_pruning_windows_the_card_takes_from_outside(tmp_p
     assert before != shipped  # another card
     windows.write_bytes(windows.read_bytes() + b"\n# edited\n")
     assert served_model.model_digest(model) != before
+
+
+def test_the_configured_threshold_and_beam_spot_are_served() -> None:
+    """``threshold`` and the beam spot reach the chain, and the replies' ModelId and
+    /status say the threshold in use."""
+    cfg = ServeConfig(
+        device="cpu", engine="eager", threshold=0.7, beam_spot_x_mm=1.5, beam_spot_y_mm=-0.5
+    )
+    served = served_model.load_served_model(cfg)
+    try:
+        rec, ident = served.serving
+        assert rec.threshold == served.threshold == ident.threshold == 0.7
+        assert rec.beam_spot == (1.5, -0.5)
+        assert served.warmup_batch[0] == len(served_model.warmup_event().hits) > 0
+    finally:
+        served.close()
+
+
+def test_an_engine_other_than_asked_is_said_with_its_reason() -> None:
+    served = served_model.load_served_model(ServeConfig(device="cpu", engine="auto"))
+    try:
+        assert (served.engine_requested, served.engine) == ("auto", "eager")
+        assert "auto on the CPU" in (served.engine_note or "")
+    finally:
+        served.close()
+
+
+def test_a_copied_model_is_named_by_its_card_and_serves_its_threshold(tmp_path) -> None:
+    """The name and default threshold are the card's, wherever the directory is."""
+    model = tmp_path / "renamed"
+    shutil.copytree(shipped_model_path(), model)
+    card = model / "card.toml"
+    text = card.read_text()
+    assert "threshold = 0.5" in text
+    card.write_text(text.replace("threshold = 0.5", "threshold = 0.6"))
+    served = served_model.load_served_model(ServeConfig(device="cpu", engine="eager", model=model))
+    try:
+        assert (served.name, served.threshold) == ("in-h32-s6-v2", 0.6)
+    finally:
+        served.close()
+
+
+def test_the_digest_is_16_hex_digits_of_every_file_s_name_and_bytes(tmp_path) -> None:
+    """Retrained weights, or a file renamed, are another model: another digest."""
+    model = tmp_path / "model"
+    shutil.copytree(shipped_model_path(), model)
+    digest = served_model.model_digest(model)
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    weights = model / "weights.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    retrained = served_model.model_digest(model)
+    assert retrained != digest
+    (model / "training.png").rename(model / "training-1.png")  # still between the others
+    assert served_model.model_digest(model) != retrained

@@ -1,0 +1,85 @@
+"""The supervised thread's rules: a bounded put that beats and gives up on time, a stall only
+with work waiting, a death reported with its cause."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from streamtrk.service.supervised import Supervised
+
+
+def test_a_put_with_no_room_by_its_time_is_not_put() -> None:
+    """``until`` bounds the wait for room: False then (not a wait for ever), the queue as it
+    was."""
+    q: queue.Queue[int] = queue.Queue(1)
+    q.put(0)
+    t0 = time.perf_counter()
+    assert Supervised("t", print).put(q, 1, until=t0 + 0.3) is False
+    assert 0.25 < time.perf_counter() - t0 < 1.0
+    assert q.get_nowait() == 0 and q.empty()
+    assert Supervised("t", print).put(q, 2, until=time.perf_counter() - 1)  # room: put
+    assert q.get_nowait() == 2
+
+
+def test_a_put_waiting_for_room_beats() -> None:
+    """Waiting on a slow consumer is back-pressure, not a stall: the heartbeat moves."""
+    q: queue.Queue[int] = queue.Queue(1)
+    q.put(0)
+    thread = Supervised("t", print)
+    thread.heartbeat -= 60
+    taker = threading.Timer(0.5, q.get)
+    taker.start()
+    assert thread.put(q, 1)
+    taker.join()
+    assert time.monotonic() - thread.heartbeat < 0.4 and q.get_nowait() == 1
+
+
+class _Idle(Supervised):
+    """Waits without beating until told to end; ``work`` says whether it has some."""
+
+    def __init__(self) -> None:
+        super().__init__("idle", print)
+        self.work, self.end = False, threading.Event()
+
+    def loop(self) -> None:
+        self.end.wait(30)
+
+    def has_work(self) -> bool:
+        return self.work
+
+
+def test_no_beat_is_a_stall_only_with_work_waiting() -> None:
+    thread = _Idle()
+    thread.start()
+    try:
+        thread.heartbeat -= 60
+        assert thread.problem(1.0) is None  # nothing to do: waiting is no stall
+        thread.work = True
+        assert (thread.problem(1.0) or "").startswith("idle: no progress for 60 s")
+    finally:
+        thread.end.set()
+        thread.join(5)
+    assert thread.problem(1.0) is None  # ended: not stalled
+
+
+class _Dying(Supervised):
+    def __init__(self, failed: list[Supervised]) -> None:
+        super().__init__("dying", failed.append)
+        self.cleaned = False
+
+    def loop(self) -> None:
+        raise OSError("the disk is gone")
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+
+
+def test_a_death_is_reported_with_its_cause_and_cleaned_up() -> None:
+    failed: list[Supervised] = []
+    thread = _Dying(failed)
+    thread.start()
+    thread.join(5)
+    assert failed == [thread] and thread.cleaned
+    assert thread.problem(1e9) == "dying: died (OSError: the disk is gone)"
