@@ -216,13 +216,13 @@ class Evaluation:
         p = particles.to(np)
         idx, known = index_of(p.particle_id, particle_id)
         vx, vy, vz, px, py, pz, q = (  # float64: a TeV track's circle is kilometres wide
-            np.where(known, getattr(p, k)[idx].astype(np.float64), np.nan)
+            _known_or_nan(getattr(p, k), idx, known)
             for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
         )
         pt = np.hypot(px, py)
         # Binned and cut as the reconstructable selection cuts it (Particles.pt, its float32
         # hypot): a particle of exactly 1 GeV is of "pT >= 1 GeV" in every key.
-        out = {"pt": np.where(known, p.pt[idx], np.nan).astype(np.float64), "q": q}
+        out = {"pt": _known_or_nan(p.pt, idx, known), "q": q}
         if self.bfield is None:
             return out | {"d0": np.full(len(q), np.nan), "z0": np.full(len(q), np.nan)}
         with np.errstate(divide="ignore", invalid="ignore"):  # a particle at rest: NaN
@@ -428,6 +428,13 @@ def _fit_errors(
         sigma = col[f"sigma_{n}"][matched]
         pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
     return matched, errors, pulls
+
+
+def _known_or_nan(values: np.ndarray, idx: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``values[idx]`` as float64 where ``known``, else NaN (all NaN from an empty table)."""
+    if len(values) == 0:
+        return np.full(len(idx), np.nan)
+    return np.where(known, values[idx].astype(np.float64), np.nan)
 
 
 def _half_width(values: np.ndarray) -> float:

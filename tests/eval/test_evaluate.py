@@ -592,3 +592,45 @@ def test_a_particle_of_exactly_1_gev_is_of_pt_1_gev_in_every_key() -> None:
     assert float(particles.pt[0]) == 1.0 and report["n_reconstructable"] == 1
     assert report["matched_tracks_by_true_pt"]["1-3"] == 1
     assert report["pt_bias_by_abs_eta"]["0-1"] == 0.0  # the track is of a pT >= 1 GeV particle
+
+
+def test_tracks_of_an_event_whose_truth_names_no_particle_are_fakes(small_events) -> None:
+    """Truth of noise only (TrackML CSV without -particles.csv whose hits are all noise: an
+    empty particle table) and tracks of its hits: scored as fakes, their particles' perigee
+    unknown, where the lookup in the empty table raised IndexError."""
+    ev = small_events[0]
+    assert ev.truth is not None
+    noise = np.zeros(len(ev.hits), np.int64)
+    empty = Particles(**{k: v[:0] for k, v in ev.truth.particles.columns().items()})
+    hits = replace(ev.truth.hits, particle_id=noise)
+    ev = replace(ev, truth=replace(ev.truth, hits=hits, particles=empty))
+    keep_all = lambda graph, events: np.ones(graph.num_edges, np.float32)  # noqa: E731
+    report = evaluate(Reconstructor(keep_all), [ev]).report()
+    assert report["n_tracks"] > 0 and report["fake_rate"] == 1.0
+    truth = Evaluation(bfield=2.0).perigee_truth(empty, np.array([0, 5]))
+    for key in ("pt", "q", "d0", "z0"):
+        assert np.isnan(truth[key]).all(), key
+
+
+def test_events_without_truth_report_no_physics_keys(small_events) -> None:
+    """Only events with truth are scored: with none, the report has no physics keys (not
+    null rates that read as measured), as streamtrk evaluate documents."""
+    keep_all = lambda graph, events: np.ones(graph.num_edges, np.float32)  # noqa: E731
+    bare = replace(small_events[0], truth=None)
+    report = evaluate(Reconstructor(keep_all), [bare]).report()
+    assert report["events"] == 1 and report["events_with_truth"] == 0
+    for key in ("tracking_efficiency", "fake_rate", "trackml_score", "missed_by_stage"):
+        assert key not in report, key
+
+
+def test_particle_rows_keep_the_vertex_distance_from_the_beam_line_of_the_chain(det) -> None:
+    """efficiency_vs_vertex_r.png bins the particles by their vertex's distance from the beam
+    line the chain is centred on (that of the vertex cut), not from the z axis."""
+    cfg = SimConfig(generator=GeneratorConfig(mu=10, beam_spot=(12.0, 0.0, 0.0)))
+    events = list(simulate(det, cfg, seed=5, n_events=1))
+    ev = evaluate(Reconstructor.oracle(beam_spot=(12.0, 0.0)), events)
+    _, _, reco, _, _, vr = np.concatenate(ev.particles).T
+    assert events[0].truth is not None
+    expect = events[0].truth.particles.vr_from((12.0, 0.0))
+    assert np.array_equal(vr, expect.astype(vr.dtype))
+    assert reco.any() and (vr[reco.astype(bool)] < 10).all()

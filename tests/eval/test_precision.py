@@ -58,3 +58,71 @@ def test_a_physics_change_is_the_low_precision_s_less_fp32_s(small_events, monke
     for k in PHYSICS:
         assert (r[f"{k}_fp32"], r[f"{k}_bf16"]) == (0.9, 0.8)
         assert r[f"{k}_change"] == pytest.approx(-0.1)
+
+
+def _unused_model() -> InteractionNetwork:
+    """A network for the signature: the scorer that stands in for its engine ignores it."""
+    return InteractionNetwork(GNNConfig(hidden=8, edge_hidden=8, steps=1)).eval()
+
+
+def _fixed_scorer(monkeypatch, scores_of) -> None:
+    """EngineScorer replaced by one giving ``scores_of(precision, n_edges)``."""
+    from streamtrk.eval import precision
+
+    class Fixed:
+        engine = "eager"
+
+        def __init__(self, model, device, engine, p, buckets=None) -> None:
+            self.precision = p
+
+        def warm_up(self) -> None:
+            pass
+
+        def __call__(self, graph, events):
+            return scores_of(self.precision, graph.num_edges)
+
+    monkeypatch.setattr(precision, "EngineScorer", Fixed)
+
+
+def test_an_edge_scored_at_the_threshold_in_low_precision_is_flipped(small_events, monkeypatch):
+    """The chain keeps edges scored above the threshold: one just above it in fp32 and at it
+    exactly in bf16 (its rounding) is a decision flipped, not kept by both."""
+    above = np.float32(0.5 + 2**-9)
+    _fixed_scorer(
+        monkeypatch,
+        lambda p, n: np.full(n, above if p == "fp32" else 0.5, np.float32),
+    )
+    r = precision_parity(_unused_model(), small_events[:1], chain=ChainSettings(threshold=0.5))
+    assert r["edge_decisions_flipped"] == r["edges"] > 0
+    assert r["edge_decisions_flipped_fraction"] == 1.0
+
+
+def test_score_differences_by_hand(small_events, monkeypatch) -> None:
+    """Differences 0, 0.001, ..., 0.099 over the edges: the mean, 99th percentile and
+    largest of them (``score_abs_diff_*``)."""
+
+    def scores_of(p, n):
+        base = np.full(n, 0.75, np.float64)
+        return (base - (np.arange(n) % 100) / 1000 * (p != "fp32")).astype(np.float32)
+
+    _fixed_scorer(monkeypatch, scores_of)
+    r = precision_parity(_unused_model(), small_events[:1], chain=ChainSettings(threshold=0.5))
+    diff = np.arange(r["edges"]) % 100 / 1000
+    assert r["score_abs_diff_max"] == pytest.approx(0.099, abs=1e-6)
+    assert r["score_abs_diff_mean"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert r["score_abs_diff_p99"] == pytest.approx(np.quantile(diff, 0.99), abs=1e-6)
+    assert r["edge_decisions_flipped"] == 0
+    assert r["engine"] == "eager"  # one engine ran both precisions: named once
+
+
+def test_tracks_in_common_are_those_of_the_same_hits_in_both() -> None:
+    """Per event, tracks of the same hits; a track in one only is in neither's common count."""
+    from streamtrk.event import Tracks
+
+    def tracks(*hit_lists):
+        off = np.cumsum([0, *map(len, hit_lists)])
+        return Tracks(off, np.concatenate([np.array(h, np.int64) for h in hit_lists]), {})
+
+    a = [tracks([0, 1, 2], [3, 4, 5]), tracks([0, 1])]
+    b = [tracks([0, 1, 2], [3, 4], [5, 6, 7]), tracks([2, 3])]
+    assert tracks_agreement(a, b) == {"tracks_a": 3, "tracks_b": 4, "tracks_common": 1}

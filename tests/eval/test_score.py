@@ -308,3 +308,28 @@ def test_the_reported_trackml_score_is_the_mean_of_the_events_scores() -> None:
         totals.add(ev, labels)
     assert totals.scores == pytest.approx([0.0, 0.6, 1.0])
     assert totals.report()["trackml_score"] == pytest.approx(1.6 / 3)
+
+
+def test_negative_track_ids_are_tracks() -> None:
+    """Only 0 means "in no track": a submission read back may number its tracks below 0,
+    and such a track is scored and classified as any other."""
+    pid = np.array([1, 1, 1, 2, 2])
+    track = np.array([-1, -1, -1, 0, 0])
+    m = match_tracks(track, pid)
+    assert m.track_id.tolist() == [-1] and m.matched.tolist() == [True]
+    assert trackml_score(pid, np.full(5, 0.2), track) == pytest.approx(0.6)
+    ev = metrics_event(pid.tolist(), {1: (2.0, 0.0, 3), 2: (2.0, 0.0, 2)})
+    assert classify(ev, track).found.tolist() == [True, False]
+
+
+def test_a_fake_track_between_two_fragments_hides_no_duplicate() -> None:
+    """Particle 1 in three tracks: 4 of its 9 hits alone (pure), 3 with 4 of others (fake)
+    and 2 alone (pure): the second pure fragment is a duplicate, whatever the fake one's
+    count of its hits."""
+    hit_pid = [1] * 9 + [2] * 2 + [3] * 2
+    track = np.array([1] * 4 + [2] * 3 + [3] * 2 + [2] * 4)
+    ev = metrics_event(hit_pid, {1: (2.0, 0.0, 9), 2: (2.0, 0.0, 2), 3: (2.0, 0.0, 2)})
+    c = classify(ev, track)
+    assert c.track_fake.tolist() == [False, True, False]
+    assert c.track_duplicate.tolist() == [False, False, True]
+    assert physics_metrics(ev, track)["duplicate_rate"] == pytest.approx(1 / 2)
