@@ -70,8 +70,8 @@ class AllowedKeys:
                     with contextlib.suppress(FileNotFoundError):  # removed as it was listed
                         files.add(_stamp(entry))
         except OSError:
-            allowed_keys(directory)  # its CurveError where there is no such folder
-            raise  # a folder it may not read
+            allowed_keys(directory)  # its CurveError: no such folder, or one it may not list
+            raise
         now = time.monotonic()
         if self._keys is None or files != self._files or now >= self._read_at + REREAD_S:
             self._keys, self._files, self._read_at = allowed_keys(directory), files, now

@@ -144,18 +144,35 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
 
 
 def load_public(path: str | Path) -> bytes:
-    """The public key (Z85 text) of a certificate file (``NAME.key`` or ``.key_secret``)."""
-    return _load_certificate(path)[0]
+    """The public key (Z85 text) of a certificate file (``NAME.key`` or ``.key_secret``);
+    a CurveError where it is none libzmq takes (a copy cut short within the key)."""
+    return _checked(path, "public-key", _load_certificate(path)[0])
 
 
 def allowed_keys(directory: str | Path) -> set[bytes]:
     """Public keys (Z85) of the ``*.key`` certificates in ``directory`` (maybe none); a
-    CurveError when ``directory`` is not one (a mistyped path would refuse every client)."""
+    CurveError when ``directory`` is not one or cannot be listed (a mistyped path, or one
+    the daemon's user may not read, would refuse every client), or a certificate there is
+    damaged. One removed after the listing (a rotation's ``rm OLD.key``) is not there."""
     path = Path(directory)
     if not path.is_dir():
         why = "is not a directory" if path.exists() else "does not exist"
         raise CurveError(f"the allowed CURVE keys directory {path} {why}")
-    return {load_public(p) for p in sorted(path.glob("*.key"))}
+    try:  # (pathlib's glob takes a folder it may not list for one without certificates)
+        with os.scandir(path) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".key"))
+    except OSError as e:
+        raise CurveError(
+            f"cannot list the allowed CURVE keys directory {path}: {e.strerror or e}"
+        ) from None
+    keys = set()
+    for name in names:
+        try:
+            keys.add(load_public(path / name))
+        except CurveError:
+            if os.path.lexists(path / name):
+                raise
+    return keys
 
 
 def make_server(socket: zmq.Socket[Any], secret_certificate: str | Path) -> None:
@@ -177,5 +194,4 @@ def make_client(
     server it talks to (before bind/connect)."""
     public, secret = load_keypair(secret_certificate)
     socket.curve_publickey, socket.curve_secretkey = public, secret
-    server = load_public(server_certificate)
-    socket.curve_serverkey = _checked(server_certificate, "public-key", server)
+    socket.curve_serverkey = load_public(server_certificate)

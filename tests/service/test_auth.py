@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,15 @@ import pytest
 import zmq
 import zmq.auth
 
-from streamtrk.service.auth import LINE_LOG_S, LINES_BURST, AllowedKeys, start_authenticator
+import streamtrk.service.auth as auth
+import streamtrk.service.logs as logs
+from streamtrk.service.auth import (
+    KEY_LOG_S,
+    LINE_LOG_S,
+    LINES_BURST,
+    AllowedKeys,
+    start_authenticator,
+)
 
 
 def _key() -> bytes:
@@ -124,7 +133,6 @@ def test_the_keys_are_read_again_only_once_their_files_change(
     one (150 us for 10 keys, under the GIL its worker needs): read again at once where a
     certificate is added or removed, else ``REREAD_S`` after the last read (one rewritten
     in place, its name and inode the same)."""
-    import streamtrk.service.auth as auth
     from streamtrk.wire.curve import allowed_keys
 
     keys, alice = allowed
@@ -172,3 +180,160 @@ def test_stopping_an_authenticator_whose_thread_ended_returns(tmp_path: Path) ->
     stopping.join(10)
     assert not stopping.is_alive()
     ctx.term()
+
+
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """The authenticator's monotonic clock and its log throttle's, set by the test (an hour
+    into the process); asked for before ``allowed``, which reads it."""
+    now = [3600.0]
+    fake = types.SimpleNamespace(monotonic=lambda: now[0])
+    monkeypatch.setattr(auth, "time", fake)
+    monkeypatch.setattr(logs, "time", fake)
+    return now
+
+
+def test_without_a_directory_no_client_is_admitted(caplog) -> None:
+    """CURVE on without curve_allowed_keys (a forwarder's --server-key without
+    --allowed-keys): every client refused, and named."""
+    keys = AllowedKeys(None)
+    mallory = _key()
+    assert not keys.callback("streamtrk", mallory)
+    [line] = _refusals(caplog)
+    assert line.fields["client_key"] == mallory.decode()  # type: ignore[attr-defined]
+    assert line.fields["allowed_keys"] == "(no curve_allowed_keys: none allowed)"  # type: ignore[attr-defined]
+
+
+def test_a_flood_gets_the_burst_then_one_line_a_second_however_long_the_daemon_ran(
+    clock, allowed, caplog
+) -> None:
+    """The budget refills with the time since the last refusal, not since the start."""
+    keys, _ = allowed
+    clock[0] += 3600  # an hour without a refusal
+    for _ in range(100):  # 100 new keys within a second
+        clock[0] += 0.009
+        assert not keys.callback("*", _key())
+    assert len(_refusals(caplog)) == LINES_BURST
+    clock[0] += 1.0
+    for _ in range(3):
+        assert not keys.callback("*", _key())
+    lines = _refusals(caplog)
+    assert len(lines) == LINES_BURST + 1
+    assert lines[-1].fields["unlogged"] == 100 - LINES_BURST  # type: ignore[attr-defined]
+
+
+def test_each_line_counts_the_refusals_unlogged_since_the_line_before(
+    clock, allowed, caplog
+) -> None:
+    keys, _ = allowed
+    for _ in range(3):  # three seconds of a flood: 100 new keys a second
+        for _ in range(100):
+            clock[0] += 0.01
+            assert not keys.callback("*", _key())
+    unlogged = [r.fields["unlogged"] for r in _refusals(caplog)]  # type: ignore[attr-defined]
+    assert sum(1 + u for u in unlogged) + keys._unlogged == 300
+    assert unlogged[:LINES_BURST] == [0] * LINES_BURST
+
+
+def test_named_keys_are_forgotten_once_not_named_for_a_while(clock, allowed, caplog) -> None:
+    """A peer with a new key each second for an hour, each key coming back 30 s later: no
+    key is named twice within KEY_LOG_S, and those named are not all kept for ever."""
+    keys, _ = allowed
+    sent = []
+    for _ in range(3600):
+        clock[0] += 1.0
+        sent.append(_key())
+        assert not keys.callback("*", sent[-1])
+        if len(sent) > 30:
+            assert not keys.callback("*", sent[-31])
+    named: dict[str, float] = {}
+    for r in _refusals(caplog):
+        key = r.fields["client_key"]  # type: ignore[attr-defined]
+        named[key] = named.get(key, 0) + 1
+    assert max(named.values()) == 1  # each named once: 30 s later is within KEY_LOG_S
+    assert len(keys._named) <= 2 * (LINES_BURST + KEY_LOG_S)
+
+
+def test_a_certificate_removed_as_the_directory_is_listed_refuses_no_one(
+    allowed, monkeypatch, tmp_path
+) -> None:
+    """A rotation's ``rm OLD.key`` between the listing and its stat: the others are still
+    admitted (a refused libzmq client never tries its key again)."""
+    keys, alice = allowed
+    zmq.auth.create_certificates(tmp_path, "old")
+    stamp = auth._stamp
+
+    def racing(entry: os.DirEntry[str]) -> tuple[str, int, int, int]:
+        if entry.name == "old.key":
+            os.unlink(entry.path)
+        return stamp(entry)
+
+    monkeypatch.setattr(auth, "_stamp", racing)
+    assert keys.callback("*", alice)
+
+
+@pytest.mark.parametrize("how", ["renamed over it", "rewritten in place, another size"])
+def test_a_certificate_replaced_at_the_same_time_is_read_again_at_once(
+    allowed, monkeypatch, tmp_path, how: str
+) -> None:
+    """Its time the same (``cp -p``, ``rsync -t``, a kernel tick): its inode or its size
+    still tells the change, without waiting for ``REREAD_S``."""
+    keys, alice = allowed
+    monkeypatch.setattr(auth, "REREAD_S", 60.0)
+    (tmp_path / "new").mkdir()
+    bob_file = Path(zmq.auth.create_certificates(tmp_path / "new", "bob")[0])
+    bob = zmq.auth.load_certificate(bob_file)[0]
+    assert keys.callback("*", alice) and not keys.callback("*", bob)
+    alice_file = tmp_path / "alice.key"
+    was = alice_file.stat()
+    if how == "renamed over it":
+        assert bob_file.stat().st_size == was.st_size
+        os.utime(bob_file, ns=(was.st_atime_ns, was.st_mtime_ns))
+        os.replace(bob_file, alice_file)
+    else:
+        alice_file.write_text(bob_file.read_text() + "\n")
+        os.utime(alice_file, ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert keys.callback("*", bob) and not keys.callback("*", alice)
+
+
+def test_the_unreadable_directory_line_says_how_many_refusals_it_covers(
+    clock, allowed, caplog, monkeypatch, tmp_path
+) -> None:
+    keys, alice = allowed
+    keys.directory = tmp_path / "gone"
+    for dt in (0.0, 1.0, KEY_LOG_S):
+        clock[0] += dt
+        assert not keys.callback("*", alice)
+    first, second = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "every client is refused: " in first
+    assert "every client is refused (2 since the last line): " in second
+
+
+def test_starting_on_a_missing_or_damaged_directory_is_refused(tmp_path: Path) -> None:
+    """A CurveError before the thread starts (a mistyped path would refuse every client)."""
+    from streamtrk.wire.curve import CurveError
+
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "bob.key").write_text("#   ZeroMQ CURVE Public Certificate\n")
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        for directory, why in (("nowhere", "does not exist"), ("damaged", "bob.key")):
+            with pytest.raises(CurveError, match=why):
+                start_authenticator(ctx, tmp_path / directory).stop()  # stop: not refused
+    finally:
+        ctx.term()
+
+
+@pytest.mark.parametrize("keys", [0, 1])
+def test_starting_on_a_directory_without_keys_says_no_client_can_connect(
+    tmp_path: Path, caplog, keys: int
+) -> None:
+    if keys:
+        zmq.auth.create_certificates(tmp_path, "alice")
+    ctx: zmq.Context[Any] = zmq.Context()
+    start_authenticator(ctx, tmp_path).stop()
+    ctx.term()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ([] if keys else [
+        f"no *.key certificate in {tmp_path}: no client can connect until one is added"
+    ])  # fmt: skip

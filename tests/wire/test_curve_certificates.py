@@ -86,7 +86,10 @@ def test_a_key_line_without_its_value_is_refused_naming_the_file(
     """A key line cut before its ``=`` (an edit, a file read while copied): pyzmq's parser
     raises IndexError there, which would end the ZAP thread reading the allowed keys."""
     (tmp_path / "bob.key").write_text(f"#   ZeroMQ CURVE Public Certificate\n    {line}\n")
-    with pytest.raises(CurveError, match=r"cannot read the CURVE certificate \S+/bob\.key: "):
+    with pytest.raises(
+        CurveError,
+        match=r"cannot read the CURVE certificate \S+/bob\.key: a key line without its value$",
+    ):
         load(tmp_path if load is allowed_keys else tmp_path / "bob.key")
 
 
@@ -162,3 +165,95 @@ def test_a_key_of_40_characters_not_all_z85_is_refused_naming_its_file(tmp_path:
 def test_transports_other_than_tcp_ipc_and_inproc_reach_other_hosts(endpoint: str) -> None:
     """What the daemon's config refuses before asking, farm and the CLI's --bind ask too."""
     assert not host_only(endpoint)
+
+
+def test_the_directory_is_created_with_its_parents(tmp_path: Path, capsys) -> None:
+    """docs/operations.md's ``streamtrk keys /etc/streamtrk/keys server`` on a host without
+    /etc/streamtrk yet."""
+    assert main(["keys", str(tmp_path / "etc" / "streamtrk" / "keys"), "server"]) == 0
+    assert sorted(p.name for p in (tmp_path / "etc" / "streamtrk" / "keys").iterdir()) == [
+        "server.key", "server.key_secret",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_pair_cut_short_leaves_no_file(tmp_path: Path, monkeypatch, stop) -> None:
+    """Ctrl-C (or any error) while the keys are written: no empty or half-written file is
+    left, which the next run would refuse to overwrite."""
+
+    def interrupted(directory, name):
+        raise stop()
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", interrupted)
+    with pytest.raises(stop):
+        create_certificates(tmp_path / "keys", "alice")
+    assert list((tmp_path / "keys").iterdir()) == []
+
+
+def test_only_the_key_files_of_the_directory_are_allowed(tmp_path: Path) -> None:
+    """A key set aside (renamed ``NAME.key.revoked``, an editor's ``NAME.key~``) is no longer
+    allowed; a secret file is not read as a client's."""
+    public, _ = create_certificates(tmp_path, "alice")
+    for name in ("bob", "carol"):
+        create_certificates(tmp_path / "other", name)
+    (tmp_path / "other" / "bob.key").rename(tmp_path / "bob.key.revoked")
+    (tmp_path / "other" / "carol.key").rename(tmp_path / "carol.key~")
+    assert allowed_keys(tmp_path) == {load_public(public)}
+
+
+def test_a_public_certificate_given_for_a_secret_one_is_said_to_be_one(tmp_path: Path) -> None:
+    """``--curve-key keys/alice.key`` for ``alice.key_secret``: said, not a TypeError."""
+    public, _ = create_certificates(tmp_path, "alice")
+    with pytest.raises(CurveError, match=r"alice\.key holds no secret key \(use the NAME\.key_"):
+        load_keypair(public)
+
+
+def test_a_hidden_key_file_is_allowed_as_any_other(tmp_path: Path) -> None:
+    """Why ``keys`` refuses a name starting with '.': the hidden ``.key`` would be allowed."""
+    public, _ = zmq.auth.create_certificates(tmp_path, "")
+    assert Path(public).name == ".key" and allowed_keys(tmp_path) == {load_public(public)}
+
+
+def test_a_damaged_key_among_the_allowed_is_refused_naming_its_file(tmp_path: Path) -> None:
+    """docs/serve.md: a certificate cut short in a copy refuses every client while it is
+    there, and is named (not taken as a 35-character key no client has)."""
+    create_certificates(tmp_path, "alice")
+    bad = _damaged(tmp_path / "alice.key", "public-key")
+    with pytest.raises(CurveError, match=rf"^{bad}: its public-key is not a CURVE key"):
+        allowed_keys(tmp_path)
+
+
+def test_a_key_removed_after_the_listing_is_not_there(tmp_path: Path, monkeypatch) -> None:
+    """A rotation's ``rm OLD.key`` between the listing and the reading of its file: the
+    others are the allowed keys, not a CurveError that refuses every client."""
+    from streamtrk.wire import curve
+
+    alice, _ = create_certificates(tmp_path, "alice")
+    create_certificates(tmp_path, "old")
+    load = curve._load_certificate
+
+    def racing(path: str | Path) -> tuple[bytes, bytes | None]:
+        if Path(path).name == "old.key":
+            os.unlink(path)
+        return load(path)
+
+    monkeypatch.setattr(curve, "_load_certificate", racing)
+    assert allowed_keys(tmp_path) == {load_public(alice)}
+
+
+def test_an_allowed_keys_directory_it_may_not_list_is_said_so(tmp_path: Path, monkeypatch) -> None:
+    """Not "no certificate there" (pathlib's glob says nothing of a folder it may not list):
+    the permission is what to mend. (EACCES made by hand: the tests may run as root.)"""
+    create_certificates(tmp_path, "alice")
+    scandir = os.scandir
+
+    def denied(path: str | Path = ".") -> object:
+        if Path(path) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(
+        CurveError, match=r"cannot list the allowed CURVE keys directory \S+: Permission denied$"
+    ):
+        allowed_keys(tmp_path)
