@@ -84,3 +84,25 @@ def test_bounds_must_be_finite_and_increasing() -> None:
         ArrayHistogram("y", "doc", (1.0, 1.0), CollectorRegistry())
     with pytest.raises(ValueError, match="finite"):
         ArrayHistogram("z", "doc", (1.0, float("inf")), CollectorRegistry())
+
+
+def test_the_sum_of_float32_values_with_nan_is_taken_in_float64() -> None:
+    """A float32 sum loses what is below the running total's precision (1e8 + 1 is 1e8 in
+    float32): the sum is taken in float64 with NaN in the values as without."""
+    values = np.array([1e8, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+    registry = CollectorRegistry()
+    hist = ArrayHistogram("x_meters", "doc", (1.0, 4.0), registry)
+    hist.observe(values)
+    hist.observe(np.append(values, np.float32("nan")))
+    assert _samples(registry, "x_meters")[("x_meters_sum", "")] == 2 * 100_000_004.0
+
+
+def test_counts_go_past_two_to_the_31() -> None:
+    """About 76,000 edge scores an event: 2**31 of them in under an hour at full rate."""
+    registry = CollectorRegistry()
+    hist = ArrayHistogram("x_meters", "doc", (1.0,), registry)
+    hist._counts[:] = 2**31 - 1  # as after hours of serving
+    hist.observe(np.array([0.5, 2.0]))
+    got = _samples(registry, "x_meters")
+    assert got[("x_meters_bucket", "1.0")] == 2**31
+    assert got[("x_meters_count", "")] == 2 * 2**31

@@ -14,7 +14,7 @@ import pytest
 import zmq
 from live_daemon import wait_for
 
-from streamtrk.service.monitor import SocketMonitor
+from streamtrk.service.monitor import Reconnects, SocketMonitor
 from streamtrk.service.telemetry import Metrics
 
 
@@ -334,3 +334,180 @@ def test_connecting_again_is_logged_once_a_while_however_often(
     finally:
         push.close(linger=0)
         ctx.term()
+
+
+class _Connects:
+    """A stand-in socket that records the reconnections made on it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def disconnect(self, endpoint: str) -> None:
+        self.calls.append(("disconnect", endpoint))
+
+    def connect(self, endpoint: str) -> None:
+        self.calls.append(("connect", endpoint))
+
+
+def test_a_connection_given_up_is_made_again_once_when_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused handshake's reconnection waits ``RECONNECT_AFTER_S`` (a peer refusing at
+    once is not hammered), replaces the connection libzmq gave up (no second one to the
+    endpoint), and is made once per request: a connection that works is left alone."""
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.5)
+    endpoint = "tcp://127.0.0.1:9"
+    sock = _Connects()
+    reconnects = Reconnects()
+    reconnects.request("input")
+    reconnects.apply("input", sock, endpoint)  # type: ignore[arg-type]
+    assert sock.calls == []  # not due yet
+    time.sleep(0.55)
+    for _ in range(3):  # the polls after it
+        reconnects.apply("input", sock, endpoint)  # type: ignore[arg-type]
+    assert sock.calls == [("disconnect", endpoint), ("connect", endpoint)]
+
+
+def test_a_second_request_does_not_put_off_the_reconnection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.5)
+    sock = _Connects()
+    reconnects = Reconnects()
+    reconnects.request("input")
+    time.sleep(0.3)
+    reconnects.request("input")  # asked again before the first was made
+    time.sleep(0.25)
+    reconnects.apply("input", sock, "tcp://127.0.0.1:9")  # type: ignore[arg-type]
+    assert ("connect", "tcp://127.0.0.1:9") in sock.calls
+
+
+def _event(event: int, fd: int = 0) -> dict[str, object]:
+    return {"event": event, "value": fd, "endpoint": b"tcp://127.0.0.1:1"}
+
+
+def _monitor(
+    curve: bool = False, reconnects: Reconnects | None = None
+) -> tuple[zmq.Context, zmq.Socket, SocketMonitor, Metrics]:
+    """A monitor, not started, of a PUSH socket (``handle`` fed events by hand)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    if curve:
+        sock.curve_secretkey = zmq.curve_keypair()[1]
+        sock.curve_server = True
+    metrics = Metrics()
+    return ctx, sock, SocketMonitor({"output": sock}, metrics, reconnects), metrics
+
+
+def _close(ctx: zmq.Context, sock: zmq.Socket, monitor: SocketMonitor) -> None:
+    for mon in monitor.monitors.values():
+        mon.close(linger=0)
+    sock.close(linger=0)
+    ctx.term()
+
+
+def test_a_connecting_socket_is_connected_from_its_connect_to_its_end() -> None:
+    """``connected`` (the emit thread's "a consumer is there", in connect mode) and the
+    gauge follow EVENT_CONNECTED as EVENT_ACCEPTED, by descriptor, from 0 at the start."""
+    ctx, sock, monitor, metrics = _monitor()
+    try:
+        gauge = lambda: metrics.registry.get_sample_value(  # noqa: E731
+            "streamtrk_connections", {"socket": "output"}
+        )
+        assert gauge() == 0 and not monitor.connected("output")
+        monitor.handle("output", _event(zmq.EVENT_CONNECTED, 7))
+        monitor.handle("output", _event(zmq.EVENT_ACCEPTED, 8))
+        assert gauge() == 2 and monitor.connected("output")
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 7))
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 99))  # never counted open
+        assert gauge() == 1 and monitor.connected("output")
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 8))
+        assert gauge() == 0 and not monitor.connected("output")
+    finally:
+        _close(ctx, sock, monitor)
+
+
+def test_only_a_protocol_refusal_asks_for_a_reconnection() -> None:
+    """libzmq retries a connection refused for its key (``auth``) itself: only a protocol
+    refusal, which it gives up, is connected again by the daemon."""
+    reconnects = Reconnects()
+    ctx, sock, monitor, _ = _monitor(curve=True, reconnects=reconnects)
+    try:
+        monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_AUTH))
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 5))
+        assert reconnects._at == {}
+        monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL))
+        assert list(reconnects._at) == ["output"]
+    finally:
+        _close(ctx, sock, monitor)
+
+
+def test_refusals_are_warnings_and_their_lines_apart_from_closed_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Connections ending ``closed`` are said at INFO; refusals are warnings, with a
+    throttle of their own (a flood of port probes does not hide a refused key)."""
+    ctx, sock, monitor, _ = _monitor(curve=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="streamtrk.service.monitor"):
+            monitor.handle("output", _event(zmq.EVENT_ACCEPTED, 5))
+            monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 5))
+            monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_AUTH))
+            monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 6))
+            monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL))
+            monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 7))
+        said = [
+            (r.levelno, r.getMessage())
+            for r in caplog.records
+            if r.name == "streamtrk.service.monitor"
+        ]
+        assert said == [
+            (logging.INFO, "connection on output ended (closed)"),
+            (logging.WARNING, "connection on output ended (auth)"),
+            (logging.WARNING, "connection on output ended (handshake)"),
+        ]
+    finally:
+        _close(ctx, sock, monitor)
+
+
+def test_refusals_in_flight_end_in_their_order() -> None:
+    """Two refusals reported before their disconnections: each disconnection takes the
+    oldest cause."""
+    ctx, sock, monitor, metrics = _monitor(curve=True)
+    try:
+        monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_AUTH))
+        monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL))
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 5))
+        value = lambda cause: metrics.registry.get_sample_value(  # noqa: E731
+            "streamtrk_disconnects_total", {"socket": "output", "cause": cause}
+        )
+        assert (value("auth"), value("handshake")) == (1, 0)
+    finally:
+        _close(ctx, sock, monitor)
+
+
+def test_a_peer_leaving_in_its_handshake_is_closed_on_a_plain_socket() -> None:
+    """HANDSHAKE_FAILED_NO_DETAIL is a refusal on a CURVE socket only (a client without
+    CURVE that saw the mismatch); on a plain one, a TCP probe that closed."""
+    for curve, cause in ((False, "closed"), (True, "handshake")):
+        ctx, sock, monitor, metrics = _monitor(curve=curve)
+        try:
+            monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL))
+            monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 5))
+            labels = {"socket": "output", "cause": cause}
+            assert metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) == 1
+        finally:
+            _close(ctx, sock, monitor)
+
+
+def test_a_single_reconnection_line_counts_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.0)
+    reconnects = Reconnects()
+    with caplog.at_level(logging.INFO, logger="streamtrk.service.monitor"):
+        reconnects.request("input")
+        reconnects.apply("input", _Connects(), "tcp://127.0.0.1:9")  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "connecting the input to tcp://127.0.0.1:9 again (its handshake was refused)"
+    ]

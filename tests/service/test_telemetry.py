@@ -10,6 +10,7 @@ from pathlib import Path
 
 import zmq
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import ServeConfig
@@ -113,3 +114,99 @@ def test_each_reason_and_cause_is_exported_from_0(tmp_path: Path) -> None:
         assert f'streamtrk_disconnects_total{{cause="{cause}",socket="hits"}} 0.0' in text
     for cause in ("auth", "handshake"):
         assert f'streamtrk_auth_failures_total{{cause="{cause}",socket="hits"}} 0.0' in text
+
+
+def _bounds(text: str, name: str) -> list[str]:
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == name]
+    return [s.labels["le"] for s in family.samples if s.name == f"{name}_bucket"]
+
+
+def test_every_known_label_is_exported_from_0() -> None:
+    """Beyond reasons and causes of refusals: statuses, internal-error causes, reload
+    results, HTTP drops and the stages of docs/metrics.md are all there before the first."""
+    text = Metrics().render().decode()
+    for status in ("ok", "error"):
+        assert f'streamtrk_events_completed_total{{status="{status}"}} 0.0' in text, status
+    for cause in ("decode", "reconstruction", "encode"):
+        assert f'streamtrk_internal_errors_total{{cause="{cause}"}} 0.0' in text, cause
+    for result in ("success", "failure"):
+        assert f'streamtrk_model_reloads_total{{result="{result}"}} 0.0' in text, result
+    for cause in ("timeout", "busy"):
+        assert f'streamtrk_http_connections_dropped_total{{cause="{cause}"}} 0.0' in text, cause
+    for stage in ("decode", "queue", "upload", "graph", "prune", "gnn", "tracks", "fit",
+                  "physics", "encode"):  # fmt: skip
+        assert f'streamtrk_stage_seconds_count{{stage="{stage}"}} 0.0' in text, stage
+
+
+def test_the_histograms_have_the_documented_buckets() -> None:
+    """docs/metrics.md: latencies 100 us to 10 s, about three a decade; events per batch 1 to
+    128 by powers of two; hits per batch 1e3 to 3e6."""
+    text = Metrics().render().decode()
+    latency = ["0.0001", "0.0002", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.05",
+               "0.1", "0.2", "0.5", "1.0", "2.0", "5.0", "10.0", "+Inf"]  # fmt: skip
+    assert _bounds(text, "streamtrk_event_latency_seconds") == latency
+    assert _bounds(text, "streamtrk_queue_delay_seconds") == latency
+    assert _bounds(text, "streamtrk_batch_events") == [*(f"{2.0**k}" for k in range(8)), "+Inf"]
+    assert _bounds(text, "streamtrk_batch_hits") == [
+        "1000.0",
+        "10000.0",
+        "30000.0",
+        "100000.0",
+        "300000.0",
+        "1e+06",
+        "3e+06",
+        "+Inf",
+    ]
+
+
+def test_a_queue_watched_reports_its_depth_at_each_scrape() -> None:
+    m = Metrics()
+    depth = [3]
+    m.watch_queue("batch", lambda: depth[0], 64)
+    depth[0] = 7
+    value = m.registry.get_sample_value
+    assert value("streamtrk_queue_depth", {"queue": "batch"}) == 7
+    assert value("streamtrk_queue_capacity", {"queue": "batch"}) == 64
+
+
+def test_the_threshold_label_is_short_and_exact_enough() -> None:
+    m = Metrics()
+    m.set_model("a", "/m/a", "1111", 0.1 + 0.2)
+    (family,) = [f for f in m.registry.collect() if f.name == "streamtrk_model_info"]
+    assert family.samples[0].labels["threshold"] == "0.3"
+
+
+def test_the_build_info_names_each_documented_label() -> None:
+    """docs/metrics.md's labels of the two info gauges."""
+    m = Metrics()
+    build = ("version", "python", "torch", "numpy", "pyzmq", "libzmq", "device", "engine",
+             "engine_requested", "precision")  # fmt: skip
+    m.build_info.set({k: k for k in build})
+    m.set_model("a", "/m/a", "1111", 0.5)
+    got = {f.name: f.samples[0].labels for f in m.registry.collect()
+           if f.name in ("streamtrk_build_info", "streamtrk_model_info")}  # fmt: skip
+    assert got["streamtrk_build_info"] == {k: k for k in build}
+    assert set(got["streamtrk_model_info"]) == {"name", "path", "hash", "threshold"}
+
+
+def test_device_memory_reads_each_source(monkeypatch) -> None:
+    """On CUDA each kind reads its own source (torch's and cupy's, faked here: no GPU)."""
+    import sys
+    import types
+
+    pool = types.SimpleNamespace(used_bytes=lambda: 1.0, total_bytes=lambda: 2.0)
+    cuda = types.SimpleNamespace(memory_allocated=lambda: 3.0, memory_reserved=lambda: 4.0)
+    monkeypatch.setitem(
+        sys.modules, "cupy", types.SimpleNamespace(get_default_memory_pool=lambda: pool)
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    m = Metrics()
+    m.watch_device_memory("cuda")
+    got = {kind: m.registry.get_sample_value("streamtrk_device_memory_bytes", {"kind": kind})
+           for kind in ("cupy_used", "cupy_pool", "torch_allocated", "torch_reserved")}  # fmt: skip
+    assert got == {
+        "cupy_used": 1.0,
+        "cupy_pool": 2.0,
+        "torch_allocated": 3.0,
+        "torch_reserved": 4.0,
+    }
