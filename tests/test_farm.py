@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+import zmq
 from live_daemon import (
     READY_TIMEOUT_S,
     Daemon,
@@ -30,7 +32,7 @@ from live_daemon import (
 )
 from needs import need_program
 
-from streamtrk.client import terminate, wait_listening
+from streamtrk.client import Producer, terminate, wait_listening
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
@@ -746,3 +748,51 @@ def test_a_curve_distributor_with_a_daemon_stops_after_a_producer_s_frame_over_t
         producer.send_multipart([b"header", bytes(100_000)])  # 800 bytes at most
         time.sleep(1)  # over loopback, dropped long before this: then the stop
     ctx.term()
+
+
+@pytest.mark.parametrize(
+    ("front", "back"),
+    [("tcp://0.0.0.0:*", "tcp://127.0.0.1:*"), ("tcp://127.0.0.1:*", "tcp://0.0.0.0:*")],
+)
+def test_a_forwarder_allowed_insecure_binds_beyond_the_host_without_curve(capsys, front, back):
+    """--allow-insecure, on a trusted network: each side binds every interface, no CURVE."""
+    stopped = threading.Event()
+    stopped.set()  # binds, says where, and returns at once
+    forward("distributor", front, back, allow_insecure=True, stop=stopped)
+    listening, stop_line = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert listening["message"] == "listening" and stop_line["message"] == "stopped"
+    assert (
+        "tcp://0.0.0.0:" in (listening["front"], listening["back"])[front.startswith("tcp://127")]
+    )
+
+
+def test_a_stopping_distributor_whose_daemon_reads_nothing_stops_within_its_second(capsys):
+    """Its stop's second spent on the messages it took off its input (no room at the
+    daemon), what is still queued for the daemon goes with the socket (LINGER 0, not a
+    negative LINGER: libzmq's "wait for ever")."""
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    with ctx.socket(zmq.PULL) as daemon:  # connected, never reading
+        daemon.setsockopt(zmq.LINGER, 0)
+        daemon.setsockopt(zmq.RCVHWM, 1)
+        with (
+            _in_process(capsys, "distributor", stop_within_s=10, hwm=1) as (bound, _, said),
+            Producer(bound["front"], sndhwm=1, linger_ms=0) as producer,
+        ):
+            daemon.connect(bound["back"])
+            sent = 0
+            while sent < 100 and producer.send_frames([bytes(1_000_000)], timeout_ms=300):
+                sent += 1
+            assert 2 < sent < 100  # back-pressure: the daemon's and the forwarder's queues full
+            time.sleep(0.5)
+        assert said[-1]["message"] == "stopped" and said[-1]["not_forwarded"] >= 1, said[-1]
+
+
+def test_a_forwarder_s_status_is_its_role_and_bound_addresses(capsys) -> None:
+    """docs/metrics.md: /status is JSON of the role and bound addresses (not the
+    ``listening`` line's message)."""
+    with (
+        _in_process(capsys, "collector", http="127.0.0.1:0") as (bound, _, _),
+        urllib.request.urlopen(f"http://{bound['http']}/status", timeout=10) as r,
+    ):
+        status = json.loads(r.read())
+    assert status == {"role": "collector", "front": bound["front"], "back": bound["back"]}

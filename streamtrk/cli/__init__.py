@@ -148,20 +148,11 @@ def _negative_values(argv: Sequence[str]) -> list[str]:
     for k, token in enumerate(argv):
         if token == "--":
             return out + list(argv[k:])
-        if out and _signed(out[-1]) and _NEGATIVE.fullmatch(token):
+        if out and out[-1] in SIGNED_OPTIONS and _NEGATIVE.fullmatch(token):
             out[-1] += "=" + token
         else:
             out.append(token)
     return out
-
-
-def _signed(option: str) -> bool:
-    """Whether ``option`` is one of ``SIGNED_OPTIONS``, or the one it abbreviates (argparse
-    takes a unique prefix)."""
-    if option in SIGNED_OPTIONS:
-        return True
-    found = [o for o in SIGNED_OPTIONS if o.startswith(option)]
-    return option.startswith("--") and len(found) == 1
 
 
 def _user_error(exc: Exception) -> bool:

@@ -10,6 +10,8 @@ from pathlib import Path
 from streamtrk.cli.common import subcommand
 from streamtrk.errors import SettingError
 
+STOP_S = 120.0  # a daemon's drain at SIGTERM, before it is killed
+
 
 def _demo_arguments(s: argparse.ArgumentParser) -> None:
     # MU=50 keeps the demo to about a minute on a 2-core CPU with the eager GNN; MU=200 events
@@ -76,12 +78,15 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"replaying {run} (metrics: http://{bound['http']}/metrics)", flush=True)
             rc = main(["replay", run, "--to", bound["input"], "--from", bound["output"]])
         finally:
-            code = terminate(daemon, 120)
+            code = terminate(daemon, STOP_S)
         _print_daemon_log(
             log_path, "drained, exiting", "drain incomplete: replies could not be sent"
         )
-        print(f"daemon stopped with SIGTERM, exit code {code}")
-        return rc or code
+        if code < 0:  # ended by a signal: SIGKILL after STOP_S without exiting
+            print(f"daemon did not stop on SIGTERM; ended by signal {-code}")
+        else:
+            print(f"daemon stopped with SIGTERM, exit code {code}")
+        return rc or (1 if code < 0 else code)
 
 
 def _print_daemon_log(path: Path, *messages: str) -> None:

@@ -12,6 +12,7 @@ from streamtrk.cli import main
         (["--events", "0"], "--events must be at least 1, got 0"),  # replayed nothing, exit 1
         (["--ready-timeout", "0"], "--ready-timeout must be a finite number > 0, got 0.0"),
         (["--ready-timeout", "nan"], "--ready-timeout must be a finite number > 0, got nan"),
+        (["--ready-timeout", "inf"], "--ready-timeout must be a finite number > 0, got inf"),
         (["--mu", "0"], "--mu must be > 0 and at most 10000, got 0.0"),  # said as simulate's
     ],
 )

@@ -80,3 +80,26 @@ def test_a_port_in_use_is_said_to_be_the_sides(capsys, side: str) -> None:
     finally:
         taken.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--hwm", "2147483647"), ("--max-hits", "1099511627776")]
+)
+def test_a_forwarder_takes_limits_up_to_what_its_sockets_take(capsys, flag, value) -> None:
+    """The bounds themselves are taken (the daemon's settings take them): the command is
+    refused here only for its --to, checked after the limits."""
+    args = ["farm", "distributor", "--from", "tcp://127.0.0.1:*", "--to", "nope"]
+    assert main([*args, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert "must be at most" not in err and "--to must be a ZeroMQ endpoint" in err
+
+
+def test_a_forwarder_is_given_the_settings_of_its_command_line(monkeypatch) -> None:
+    got: dict = {}
+    monkeypatch.setattr("streamtrk.farm.forward", lambda *a, **kw: got.update(kw, role=a))
+    ends = ["--from", "tcp://127.0.0.1:*", "--to", "tcp://0.0.0.0:*"]
+    flags = ["--hwm", "7", "--max-hits", "123", "--allow-insecure", "--http", "127.0.0.1:0"]
+    assert main(["farm", "collector", *ends, *flags]) == 0
+    assert got["role"] == ("collector", "tcp://127.0.0.1:*", "tcp://0.0.0.0:*")
+    assert (got["hwm"], got["max_hits"], got["allow_insecure"]) == (7, 123, True)
+    assert got["http"] == "127.0.0.1:0"

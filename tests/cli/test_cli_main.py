@@ -1,6 +1,7 @@
 """The ``streamtrk`` command: its help, its reading of arguments, its errors and signals."""
 
 import argparse
+import errno
 import re
 import select
 import signal
@@ -10,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 from cli_helpers import _run, _run_unread, _simulate
 
-from streamtrk.cli import _negative_values, build_parser, main
+from streamtrk.cli import _negative_values, _said, build_parser, main
 
 
 def test_a_list_value_may_start_with_a_minus(tmp_path):
@@ -34,8 +36,8 @@ def test_only_a_signed_option_takes_a_value_with_a_leading_minus_and_none_after_
     # a number argparse would take for an option (it reads -1.5, not -1e-3, as a number)
     exponent = ["serve", "--beam-spot-x-mm", "-1e-3", "--max-frames", "-.5e1"]
     assert _negative_values(exponent) == ["serve", "--beam-spot-x-mm=-1e-3", "--max-frames=-.5e1"]
-    abbreviated = ["serve", "--beam-spot-x", "-1e-3"]  # argparse takes a unique prefix
-    assert _negative_values(abbreviated) == ["serve", "--beam-spot-x=-1e-3"]
+    abbreviated = ["serve", "--beam-spot-x", "-1e-3"]  # no abbreviations: refused as typed
+    assert _negative_values(abbreviated) == abbreviated
     flag = ["evaluate", "r.stk", "--oracle", "-1,0"]  # a flag takes no value
     assert _negative_values(flag) == flag
     ended = ["keys", "--", "--beam-spot", "-1,2"]  # positionals after --, as argparse reads them
@@ -265,3 +267,40 @@ def test_the_readme_tours_every_command() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     toured = set(re.findall(r"^\| `streamtrk ([a-z-]+)", readme, flags=re.MULTILINE))
     assert toured == set(COMMANDS)
+
+
+def test_a_command_in_process_gives_sigterm_its_default_action_back(tmp_path, capsys) -> None:
+    """Run in process (a script, the demo's own simulate and replay), main() leaves no
+    handler behind: a later SIGTERM ends the process, not raises Terminated in other code."""
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert main(["inspect", str(tmp_path / "absent.stk")]) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_an_os_error_without_a_file_is_said_as_the_system_says_it() -> None:
+    """A full disk's write (no file named): no "None: " in front of the words."""
+    said = _said(OSError(errno.ENOSPC, "No space left on device"))
+    assert "None" not in said and "No space left on device" in said
+
+
+def test_out_of_memory_says_what_numpy_could_not_allocate_or_what_to_try() -> None:
+    assert _said(MemoryError()) == "out of memory (fewer events, a smaller batch?)"
+    assert _said(MemoryError("Unable to allocate 8.00 GiB")) == (
+        "out of memory: Unable to allocate 8.00 GiB"
+    )
+
+
+def test_a_bound_tap_s_port_in_use_is_one_line_and_exit_1(tmp_path, capsys) -> None:
+    """libzmq's bind error (a ZMQError: neither OSError nor ValueError) is the command's
+    error line, not a traceback."""
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.PULL)
+    try:
+        port = taken.bind_to_random_port("tcp://127.0.0.1")
+        args = ["record", "--bind", "--from", f"tcp://127.0.0.1:{port}"]
+        assert main([*args, "-o", str(tmp_path / "r.stk"), "--duration", "0.5"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("streamtrk record: error: ") and "Address already in use" in err
+    finally:
+        taken.close(linger=0)
+        ctx.term()

@@ -89,3 +89,28 @@ def test_a_refusal_of_this_host_is_a_json_line_where_json_logs_are_asked_for(tmp
         assert line["level"] == "error" and line["logger"] == "streamtrk.serve"
         assert line["message"].startswith("invalid configuration: model: no model at ")
         assert line["message"].endswith(" (from flag --model)")
+
+
+def test_print_config_warns_of_an_allowed_keys_directory_serving_would_stop_on(tmp_path):
+    assert main(["keys", str(tmp_path), "server"]) == 0
+    missing = tmp_path / "none"
+    secret = str(tmp_path / "server.key_secret")
+    out = _run("serve", "--curve-secret-key", secret, "--curve-allowed-keys", str(missing),
+               "--print-config")  # fmt: skip
+    assert out.returncode == 0 and "curve_allowed_keys" in out.stdout
+    assert out.stderr == (
+        f"streamtrk serve: warning: the allowed CURVE keys directory {missing} does not exist"
+        " (serving would stop at start-up here)\n"
+    )
+
+
+def test_a_refusal_of_this_host_names_the_variables_that_are_not_settings_first(tmp_path):
+    """As a refused configuration does: the mistyped variable may be what was meant to mend
+    the refused setting."""
+    out = _run("serve", "--model", str(tmp_path / "modle"), env={"STREAMTRK_MODLE": "x"})
+    assert out.returncode == 2, out.stderr
+    warning, error = out.stderr.splitlines()
+    assert warning.startswith(
+        "streamtrk serve: warning: environment variable STREAMTRK_MODLE is not a setting"
+    )
+    assert error.startswith("streamtrk serve: invalid configuration: model: no model at ")

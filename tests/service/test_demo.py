@@ -37,3 +37,21 @@ def test_demo_simulates_serves_replays_and_stops_cleanly() -> None:
     assert f"model={other}" in ready
     assert "daemon: drained, exiting received=3 replies_ok=3 replies_error=0" in out.stdout
     assert "daemon stopped with SIGTERM, exit code 0" in lines
+
+
+def test_a_daemon_that_had_to_be_killed_fails_the_demo(monkeypatch, capsys) -> None:
+    """Its exit code is then the signal's (-9): the demo fails with 1 and says so, not
+    with the undocumented status 247 nor "stopped with SIGTERM, exit code -9". (SIGKILL
+    sent here at once, for a daemon that would not stop within STOP_S.)"""
+    import signal
+
+    import streamtrk.client
+    from streamtrk.cli import main
+
+    real = streamtrk.client.terminate
+    killed = lambda process, timeout_s: real(process, timeout_s, signal.SIGKILL)  # noqa: E731
+    monkeypatch.setattr(streamtrk.client, "terminate", killed)
+    assert main(["demo", "--events", "1", "--mu", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "daemon did not stop on SIGTERM; ended by signal 9" in out
+    assert "exit code" not in out
