@@ -1046,3 +1046,14 @@ def test_chi2_of_simulated_tracks_follows_a_chi_square_of_ndf_degrees(mu200_even
     assert np.allclose(deciles, np.arange(1, 10) / 10, atol=0.03), deciles
     assert np.mean(probability > 0.99) < 0.03  # the tail: 1% for a chi-square
     assert np.mean(np.concatenate(ratios) > 10) < 0.005
+
+
+def test_hits_at_one_arc_length_give_a_finite_line(det):
+    """All hits at one transverse position (one arc length: the line's normal equations are
+    singular) still give finite parameters, not NaN (a NaN chi2 fails every cut silently)."""
+    layer = np.arange(4, dtype=np.int32)
+    x, y, z = np.full(4, 30.0), np.full(4, 20.0), np.array([100.0, 200.0, 300.0, 400.0])
+    with np.errstate(divide="ignore", invalid="ignore"):  # the Kasa circle of one point
+        p = fit_tracks(np.array([0, 4]), np.arange(4), x, y, z, layer, det)
+    for name, values in p.items():
+        assert np.all(np.isfinite(values)), name

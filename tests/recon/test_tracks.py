@@ -666,3 +666,13 @@ def test_fit_cuts_apply_to_short_tracks_only():
     two = {"chi2": np.zeros(2), "ndf": np.ones(2), "d0": np.array([-1.0, 1.0])}
     assert fit_cuts(np.array([3, 3]), two, TrackConfig(max_d0=1.0)).tolist() == [True, True]
     assert fit_cuts(np.array([3, 3]), two, TrackConfig(max_d0=0.99)).tolist() == [False, False]
+
+
+def test_a_double_never_closes_a_piece_on_itself():
+    """The piece 0-1-2-3 scores a diamond back onto its own first hit (2 -> 0 and 3 -> 1 at
+    0.5): a pair (3, 0) of one component joins nothing, so it must not outscore B1's genuine
+    double into the piece 4-5-6 (2 -> 4 and 3 -> 5 at 0.4), as the device kernel has it."""
+    edges = [(0, 1), (1, 2), (2, 3), (2, 0), (3, 1), (4, 5), (5, 6), (2, 4), (3, 5)]
+    scores = [0.9, 0.9, 0.9, 0.5, 0.5, 0.9, 0.9, 0.4, 0.4]
+    got = _tracks(edges, scores, 7, stitch_threshold=0.2, join_doubles=True)
+    assert got == [list(range(7))]
