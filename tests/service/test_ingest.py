@@ -16,7 +16,7 @@ import zmq
 from live_daemon import wait_for
 
 import streamtrk.service.ingest as ingest_module
-from streamtrk.event import TRACK_PARAM_DTYPES, Event, Hits, Tracks
+from streamtrk.event import TRACK_PARAM_DTYPES, Event, Hits, HitTruth, Particles, Tracks, Truth
 from streamtrk.io.recording import iter_records
 from streamtrk.service.batcher import Batcher, BatchPolicy
 from streamtrk.service.config import ServeConfig
@@ -24,7 +24,7 @@ from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Job, Reply
 from streamtrk.service.telemetry import Metrics
-from streamtrk.wire import WireError, encode_hits, encode_tracks
+from streamtrk.wire import WireError, encode_hits, encode_tracks, encode_truth
 
 
 class Watched(queue.Queue[Reply]):
@@ -589,3 +589,141 @@ def test_after_the_cut_off_a_full_reply_queue_holds_intake_only_until_the_drain_
     assert not intake.is_alive() and r.replies.qsize() == 1
     assert r.value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 1
     assert r.value("streamtrk_inflight_events") == 1  # its answer unsent
+
+
+def _truth(n: int = 3) -> Truth:
+    hits = HitTruth(**{k: np.zeros(n, dt) for k, dt in HitTruth.DTYPES.items()})
+    parts = Particles(**{k: np.zeros(1, dt) for k, dt in Particles.DTYPES.items()})
+    return Truth(hits=hits, particles=parts)
+
+
+def test_a_truth_message_is_answered_bad_kind(rig) -> None:
+    """Only a ``tracks`` message is a reply left unanswered: a ``truth`` message names its
+    event and is answered with the decoder's reason, not counted unidentified."""
+    r = rig()
+    r.ingest.handle([bytes(f) for f in encode_truth(1, 7, _truth())])
+    reply = r.replies.get_nowait()
+    assert (reply.run, reply.event, reply.reason) == (1, 7, "bad_kind")
+    assert r.value("streamtrk_events_unidentified_total") == 0
+    assert r.value("streamtrk_events_rejected_total", {"reason": "bad_kind"}) == 1
+
+
+def test_waiting_for_room_while_running_keeps_the_port(rig) -> None:
+    """Back-pressure is not a stop: a bound input waiting for room in a full batch queue
+    keeps its port (only a stop gives it up while waiting)."""
+    batcher = Batcher(1, BatchPolicy())
+    assert batcher.put(Job(_event(9), time.perf_counter(), None))  # full
+    r = rig(batcher=batcher)
+    port = r.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+    r.send(_good(1))
+    r.ingest.start()
+    replacement = r.ctx.socket(zmq.PULL)
+    try:
+        wait_for(lambda: r.value("streamtrk_events_received_total") == 1, timeout=10)
+        time.sleep(0.5)  # several waits for room
+        with pytest.raises(zmq.ZMQError):
+            replacement.bind(port)
+    finally:
+        replacement.close(linger=0)
+        r.stop.set()
+        batcher.close()
+        r.ingest.join(10)
+    assert not r.ingest.is_alive() and r.ingest.error is None
+
+
+def test_waiting_for_room_is_progress_not_a_stall(rig) -> None:
+    """The worker behind, intake waits for room with an event in hand: it beats while it
+    waits (back-pressure), so the liveness check does not call it stalled."""
+    batcher = Batcher(1, BatchPolicy())
+    assert batcher.put(Job(_event(9), time.perf_counter(), None))  # full
+    r = rig(batcher=batcher)
+    r.send(_good(1))
+    r.ingest.start()
+    try:
+        wait_for(lambda: r.value("streamtrk_events_received_total") == 1, timeout=10)
+        time.sleep(1.0)  # ten waits for room
+        assert r.ingest.problem(0.5) is None
+    finally:
+        r.stop.set()
+        batcher.close()
+        r.ingest.join(10)
+
+
+def test_past_the_cut_off_a_connected_ingest_still_takes_at_most_what_it_holds(rig) -> None:
+    """Messages answered 'shutdown' unread count toward the ``rcvhwm`` + 1 taken: past the
+    cut-off intake still leaves, not taking what the distributor goes on sending."""
+    r = rig(cfg=ServeConfig(rcvhwm=2), connect=True)
+    for event in range(1, 6):
+        r.send(_good(event))
+    deadline = time.monotonic() + 5
+    while not r.pull.poll(0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.0)  # every message arrived (a loaded CI's slack)
+    r.ingest.leave_by = time.perf_counter()  # passed already
+    r.stop.set()
+    r.ingest.loop()
+    replies = [r.replies.get_nowait() for _ in range(r.replies.qsize())]
+    assert sorted((x.event, x.reason) for x in replies) == [
+        (1, "shutdown"), (2, "shutdown"), (3, "shutdown")
+    ]  # fmt: skip
+
+
+def test_past_the_cut_off_an_unidentified_event_keeps_the_decoders_reason(rig) -> None:
+    """Only an event that names itself is answered 'shutdown' unread: a hits message
+    without an event number is refused for what it is (counted, not 'shutdown')."""
+    r = rig(connect=True)
+    r.send([msgpack.packb({"schema": "streamtrk", "version": 2, "kind": "hits", "run": 1})])
+    assert r.pull.poll(5000)
+    r.ingest.leave_by = time.perf_counter()
+    r.stop.set()
+    r.ingest.loop()
+    assert r.replies.empty()
+    assert r.value("streamtrk_events_rejected_total", {"reason": "bad_header"}) == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 0
+    assert r.value("streamtrk_events_unidentified_total") == 1
+
+
+def test_refused_input_while_running_is_one_warning_a_minute(rig, caplog) -> None:
+    """The loop's polls say the rest of a burst of refusals only once its warning is due
+    (a minute on), not at every poll: a flood is one line a minute."""
+    r = rig()
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        r.ingest.start()
+        try:
+            for event in range(3):
+                r.send(_bad_version(event))
+            wait_for(lambda: r.value("streamtrk_events_received_total") == 3, timeout=10)
+            time.sleep(0.5)  # several polls
+            said = [rec.getMessage() for rec in caplog.records]
+        finally:
+            r.stop.set()
+            r.ingest.join(10)
+    assert len(said) == 1 and said[0].startswith("1 input messages refused")
+    assert caplog.records[-1].getMessage().startswith("2 input messages refused")
+
+
+def test_a_refused_reply_is_dead_lettered_with_the_decoders_detail(rig, tmp_path) -> None:
+    """A reply the decoder refuses is offered to the dead letters with why it was refused,
+    not a generic detail."""
+    path = tmp_path / "dead.stk"
+    r = rig(cfg=ServeConfig(max_hits=5), dead_letters=DeadLetters(path, 1 << 20))
+    params = {k: np.zeros(1, dt) for k, dt in TRACK_PARAM_DTYPES.items()}
+    tracks = Tracks(np.array([0, 10]), np.arange(10), params)
+    r.ingest.handle([zmq.Frame(bytes(f)) for f in encode_tracks(1, 2, np.arange(10), tracks)])
+    r.dead_letters.close()
+    heads = [msgpack.unpackb(frames[0]) for _, frames in iter_records(path)]
+    assert [(h["reason"], h["detail"]) for h in heads] == [
+        ("too_many_hits", "too_many_hits: 10 hits, limit 5")
+    ]
+
+
+def test_an_error_reply_to_a_decoded_event_carries_its_stage_times(rig) -> None:
+    """Every reply carries the seconds its event spent per stage (docs/serve.md): one
+    answered 'overloaded' after decoding, its decode time."""
+    full = Batcher(1, BatchPolicy())
+    assert full.put(Job(_event(1), time.perf_counter(), None))
+    r = rig(cfg=ServeConfig(overload="reject"), batcher=full)
+    r.ingest.handle(_good(5))
+    reply = r.replies.get_nowait()
+    assert reply.reason == "overloaded" and set(reply.timings) == {"decode"}
+    assert reply.timings["decode"] >= 0

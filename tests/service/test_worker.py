@@ -828,3 +828,31 @@ def test_an_event_abandon_answered_is_not_counted_rejected_again() -> None:
     assert [r.reason for r in _drained(replies)] == ["shutdown"]
     assert value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 1
     assert value("streamtrk_events_rejected_total", {"reason": "deadline"}) == 0
+
+
+def test_an_ok_reply_carries_its_events_hit_ids() -> None:
+    """The tracks index the event's hits: the reply carries their ids, which a client maps
+    its tracks back to (only slow daemon tests scored them)."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    rec = Reconstructor(_nothing, detector=det)
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: (rec, None),
+                    lambda: True, lambda o: None)  # fmt: skip
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None)]))
+    [reply] = _drained(replies)
+    assert reply.status == "ok" and len(ev.hits.hit_id) > 0
+    assert np.array_equal(reply.hit_ids, ev.hits.hit_id)
+
+
+def test_a_claimed_job_is_refused_at_once() -> None:
+    """Whoever comes second (the worker after abandon(), or abandon() after the worker) is
+    told at once: abandon() claims a whole queue within the drain's deadline."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    job = Job(ev, time.perf_counter(), None)
+    before, first, after = job.claimed, job.claim(), job.claimed
+    assert (before, first, after) == (False, True, True)
+    t0 = time.perf_counter()
+    assert not job.claim()
+    assert time.perf_counter() - t0 < 0.1
