@@ -160,24 +160,26 @@ class Worker(Supervised):
             self._queue(Reply.failure(job, reason))
         return len(claimed)
 
-    def _startable(self, jobs: list[Job], t0: float) -> list[Job]:
-        """``jobs`` less those that must not start at ``t0``, answered: those past their
-        deadline (``deadline``), and all when they would not finish before the drain ends
-        (``shutdown``)."""
-        late = [j for j in jobs if j.deadline is not None and j.deadline < t0]
-        self._reject(late, "deadline")
-        jobs = [j for j in jobs if j not in late]
+    def _startable(self, jobs: list[Job]) -> tuple[list[Job], float]:
+        """``jobs`` less those that must not start now, answered: those past their deadline
+        (``deadline``), and all when they would not finish before the drain ends
+        (``shutdown``); and the time they start. Answering can wait for room in the reply
+        queue (a slow consumer): the deadlines and the drain are weighed after it."""
+        t0 = time.perf_counter()
+        while late := [j for j in jobs if j.deadline is not None and j.deadline < t0]:
+            self._reject(late, "deadline")
+            jobs = [j for j in jobs if j not in late]
+            t0 = time.perf_counter()
         estimate = SAFETY * self.batcher.batch_time.estimate(sum(j.n_hits for j in jobs))
         if self.drain_by is not None and t0 + estimate > self.drain_by:
             self._reject(jobs, "shutdown")
-            return []
-        return jobs
+            return [], t0
+        return jobs, t0
 
     def process(self, batch: Batch) -> None:
         m = self.metrics
-        t0 = time.perf_counter()
-        self._reject(batch.expired, "deadline")
-        batch.jobs = self._startable(batch.jobs, t0)
+        self._reject(batch.expired, "deadline")  # (can wait for room in the reply queue)
+        batch.jobs, t0 = self._startable(batch.jobs)
         if not batch.jobs or self.abandoned.is_set():  # abandon() answered them
             return
         n_hits = batch.n_hits
@@ -195,7 +197,7 @@ class Worker(Supervised):
         for job in left:
             if self.abandoned.is_set():  # abandon() answers what is left
                 return
-            if self._startable([job], time.perf_counter()):  # a batch of its own
+            if self._startable([job])[0]:  # a batch of its own
                 self._reconstruct([job])
 
     def _reconstruct(self, jobs: list[Job]) -> bool:

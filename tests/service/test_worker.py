@@ -856,3 +856,352 @@ def test_a_claimed_job_is_refused_at_once() -> None:
     t0 = time.perf_counter()
     assert not job.claim()
     assert time.perf_counter() - t0 < 0.1
+
+
+def test_an_event_queued_as_intake_ends_is_answered() -> None:
+    """The last event can land after the worker's poll found the queue empty and before
+    it sees intake over (ingest puts, then its thread exits): the worker answers it, it
+    does not stop with the event queued."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(_nothing, detector=det)
+    put: list[bool] = []
+
+    def intake_done() -> bool:  # the ingest thread's last put, then its exit
+        if not put:
+            put.append(batcher.put(Job(event, time.perf_counter(), None)))
+        return True
+
+    worker = Worker(batcher, replies, Metrics(), lambda: (rec, None), intake_done, lambda o: None)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and put == [True]
+    assert [(r.event, r.status) for r in _drained(replies)] == [(event.event, "ok")]
+    assert batcher.depth() == 0
+
+
+def test_a_worker_that_died_is_done_only_once_abandon_answered_its_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``done`` lets the emitter stop: a worker that died leaves its queue to abandon(), and
+    done must wait for abandon()'s 'shutdown' replies (else they would go to no one)."""
+    from collections import Counter
+
+    from streamtrk.service import faults
+
+    monkeypatch.setattr(faults, "_passes", Counter())
+    monkeypatch.setitem(faults.FAULTS, "worker_fail_after", 1)  # dies after its first batch
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3))
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    for ev in events:
+        batcher.put(Job(ev, time.perf_counter(), None))
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and worker.error is not None
+    assert not worker.done.is_set()
+    assert worker.abandon() == 2 and worker.done.is_set()
+    assert sorted(r.reason for r in _drained(replies)) == ["", "shutdown", "shutdown"]
+
+
+def test_a_batch_in_progress_is_work_for_the_stall_check() -> None:
+    """A batch hung inside the model, nothing else queued: the worker has work, so that
+    its missing heartbeats are a stall (a liveness restart), not idling."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    gate = Gate()
+    worker = _worker(batcher, replies, gate, det)
+    batcher.put(Job(event, time.perf_counter(), None))
+    worker.start()
+    try:
+        assert gate.entered.wait(60) and batcher.depth() == 0
+        assert worker.has_work()
+        time.sleep(0.3)
+        assert (worker.problem(stall_timeout_s=0.2) or "").startswith("worker: no progress")
+    finally:
+        gate.release.set()
+        worker.join(timeout=60)
+    assert [r.status for r in _drained(replies)] == ["ok"]
+
+
+def test_a_drain_weighs_the_whole_batch_not_its_largest_event() -> None:
+    """Two events, each of which would finish before the drain ends alone, together not:
+    the batch is not started (its estimate is for all of its hits)."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    gate = Gate()
+    gate.release.set()
+    batcher = Batcher(8, BatchPolicy())
+    worker = _worker(batcher, replies, gate, det)
+    batcher.batch_time.observe(100, 10.0)
+    batcher.batch_time.observe(200, 20.0)  # 0.1 s a hit
+    hits = [len(ev.hits) for ev in events]
+    alone, both = (1.5 * batcher.batch_time.estimate(n) for n in (max(hits), sum(hits)))
+    worker.drain_by = time.perf_counter() + (alone + both) / 2
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
+    assert [r.reason for r in _drained(replies)] == ["shutdown", "shutdown"] and not gate.batches
+
+
+def test_the_queue_time_is_from_the_queueing_not_the_receipt() -> None:
+    """``timings['queue']`` is the time an event waited in the queue: its decode and its
+    intake before it (``t_recv`` to ``t_queued``) are not counted again."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, metrics)
+    now = time.perf_counter()
+    job = Job(ev, now - 5.0, None, {"decode": 0.0})  # received 5 s before it was queued
+    job.t_queued = now
+    worker.process(Batch(jobs=[job]))
+    [reply] = _drained(replies)
+    assert 0.0 <= reply.timings["queue"] < 1.0
+    queued = metrics.registry.get_sample_value("streamtrk_queue_delay_seconds_sum")
+    assert queued is not None and queued < 1.0
+
+
+def test_the_batch_size_metrics_count_only_the_events_started() -> None:
+    """An event the batcher set aside (past its deadline) is answered 'deadline', not
+    counted in the batch's size: neither its event nor its hits."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    metrics = Metrics()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, metrics)
+    now = time.perf_counter()
+    worker.process(Batch(jobs=[Job(events[0], now, None)], expired=[Job(events[1], now, now - 1)]))
+    assert {r.event: r.reason for r in _drained(replies)} == {0: "", 1: "deadline"}
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_batch_events_sum") == 1
+    assert value("streamtrk_batch_hits_sum") == len(events[0].hits)
+
+
+def test_a_lone_failure_abandon_answered_is_no_internal_error() -> None:
+    """An event that fails alone after abandon() answered it 'shutdown': no 'internal'
+    reply, and no internal error counted for it."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    metrics = Metrics()
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker: Worker
+
+    def fail_and_abandon(graph, evs):
+        worker.abandon()
+        raise RuntimeError("scorer failure")
+
+    worker = _worker(Batcher(8, BatchPolicy()), replies, fail_and_abandon, det, metrics)
+    job = Job(ev, time.perf_counter(), None)
+    worker._current = [job]  # the batch in progress, as the worker's loop records it
+    worker.process(Batch(jobs=[job]))
+    assert [r.reason for r in _drained(replies)] == ["shutdown"]
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_internal_errors_total", {"cause": "reconstruction"}) == 0
+    assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 0
+
+
+def test_a_batch_abandon_answered_in_part_is_not_observed() -> None:
+    """abandon() comes while the worker queues a batch's replies: the first went out with
+    its tracks, the second 'shutdown'. The batch's physics is not that of the tracks sent:
+    it is not handed to the physics metrics."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    worker: Worker
+
+    class AbandonAfterFirstReply(queue.Queue):
+        def put(self, item, block=True, timeout=None):
+            super().put(item, block, timeout)
+            if self.qsize() == 1:
+                worker.abandon()
+
+    replies: queue.Queue[Reply] = AbandonAfterFirstReply()
+    observed: list[Observation] = []
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, observed=observed)
+    jobs = [Job(ev, time.perf_counter(), None) for ev in events]
+    worker._current = list(jobs)
+    worker.process(Batch(jobs=jobs))
+    assert [(r.event, r.reason) for r in _drained(replies)] == [(0, ""), (1, "shutdown")]
+    assert observed == []
+
+
+def test_a_warning_counts_every_dense_event_of_its_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det)
+    dense = [pile(det, 2000, 98), pile(det, 2000, 99)]
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.process(Batch(jobs=[Job(x, time.perf_counter(), None) for x in (*dense, ev)]))
+    assert {r.event: r.reason for r in _drained(replies)} == {
+        98: "too_dense",
+        99: "too_dense",
+        0: "",
+    }
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("2 of 3 events refused as too dense (2 since the last warning)")
+
+
+def test_a_failure_on_a_device_that_no_longer_works_kills_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sticky device error: the worker dies with DeviceFault (for a restart), its event
+    left to abandon() ('shutdown', resent elsewhere), not answered 'internal'."""
+    from streamtrk.service.worker import DeviceFault
+
+    monkeypatch.setattr("streamtrk.service.worker.device_fault", lambda device: "lost")
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1, first_event=13)
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    batcher.put(Job(event, time.perf_counter(), None))
+    worker = _worker(batcher, replies, FailOnEvent13(), det)
+    worker.start()
+    worker.join(timeout=60)
+    assert isinstance(worker.error, DeviceFault) and replies.empty()
+    assert worker.abandon() == 1
+    assert [r.reason for r in _drained(replies)] == ["shutdown"]
+
+
+def test_a_failed_reconstruction_frees_the_device_caches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The failure may have been out of memory: the caches are given back before the
+    retries (on the device the reconstruction ran on)."""
+    freed: list[str] = []
+    monkeypatch.setattr("streamtrk.service.worker.release_cached_memory", freed.append)
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2, first_event=12))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, FailOnEvent13(), det)
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
+    assert {r.event: r.reason for r in _drained(replies)} == {12: "", 13: "internal"}
+    assert freed == ["cpu", "cpu"]  # the batch of two, then event 13 alone
+
+
+def test_an_event_whose_deadline_passes_while_the_reply_queue_is_full_is_not_started() -> None:
+    """Answering the events set aside can wait on a full reply queue (a slow consumer): an
+    event whose deadline passed meanwhile is answered 'deadline' when its batch starts
+    after that wait, not reconstructed and answered late."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
+    replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
+    gate = Gate()
+    gate.release.set()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, gate, det)
+    got: list[Reply] = []
+
+    def slow_consumer() -> None:  # room after 1 s, then every reply taken
+        time.sleep(1.0)
+        while len(got) < 3:
+            got.append(replies.get(timeout=60))
+
+    consumer = threading.Thread(target=slow_consumer)
+    consumer.start()
+    now = time.perf_counter()
+    expired = Job(events[0], now, now - 1.0)  # the batcher set it aside
+    timely = Job(events[1], now, now + 0.5)  # its deadline passes while the worker waits
+    worker.process(Batch(jobs=[timely], expired=[expired]))
+    consumer.join(timeout=60)
+    assert {r.event: r.reason for r in got[1:]} == {0: "deadline", 1: "deadline"}
+    assert gate.batches == []
+
+
+def test_abandon_while_refusing_dense_events_stops_the_rest_of_the_batch() -> None:
+    """abandon() comes as the worker answers a batch's dense events 'too_dense': the rest of
+    the batch, answered 'shutdown' by it, is not reconstructed (that only delays the exit)."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    worker: Worker
+
+    class AbandonAfterFirstReply(queue.Queue):
+        def put(self, item, block=True, timeout=None):
+            super().put(item, block, timeout)
+            if self.qsize() == 1:
+                worker.abandon()
+
+    replies: queue.Queue[Reply] = AbandonAfterFirstReply()
+    gate = Gate()
+    gate.release.set()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, gate, det)
+    jobs = [Job(ev, time.perf_counter(), None) for ev in (pile(det, 2000, 99), event)]
+    worker._current = list(jobs)
+    worker.process(Batch(jobs=jobs))
+    assert {r.event: r.reason for r in _drained(replies)} == {99: "too_dense", 0: "shutdown"}
+    assert gate.batches == []
+
+
+def test_the_queue_stage_is_observed_per_event() -> None:
+    """docs/metrics.md: ``streamtrk_stage_seconds{stage="queue"}`` per event, the same
+    wait as ``streamtrk_queue_delay_seconds``."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    metrics = Metrics()
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, metrics)
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
+    value = metrics.registry.get_sample_value
+    assert value("streamtrk_stage_seconds_count", {"stage": "queue"}) == 2
+    assert value("streamtrk_stage_seconds_sum", {"stage": "queue"}) == value(
+        "streamtrk_queue_delay_seconds_sum"
+    )
+
+
+def test_abandon_sets_done_for_a_worker_that_died_holding_claimed_replies() -> None:
+    """A worker that died between claiming replies and queueing them never queues them:
+    abandon() does not wait for them (done at once), or the emitter would wait on them."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+
+    class Broken(queue.Queue):
+        def put(self, item, block=True, timeout=None):
+            raise RuntimeError("reply queue broken")
+
+    batcher = Batcher(8, BatchPolicy(max_events=2, max_queue_delay_ms=0))
+    now = time.perf_counter()
+    for ev in events:
+        batcher.put(Job(ev, now, now - 1.0))  # both set aside: claimed together
+    worker = _worker(batcher, Broken(), FailOnEvent13(), det)
+    worker.start()
+    worker.join(timeout=60)
+    assert worker.error is not None and worker._owed == 1
+    assert worker.abandon() == 0 and worker.done.is_set()
+
+
+def test_a_batch_taken_after_a_long_idle_is_not_a_stall() -> None:
+    """The worker beats on each idle poll: a batch taken after an idle longer than
+    ``stall_timeout_s`` is not, before its reconstruction starts, work without progress."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(_nothing, detector=det)
+    intake_done = False
+    worker = Worker(
+        batcher, replies, Metrics(), lambda: (rec, None), lambda: intake_done, lambda o: None
+    )
+    seen: list[str | None] = []
+    process = worker.process
+
+    def checked(batch: Batch) -> None:  # the batch is taken, not yet reconstructed
+        seen.append(worker.problem(stall_timeout_s=0.5))
+        process(batch)
+
+    worker.process = checked  # type: ignore[method-assign]
+    worker.start()
+    try:
+        time.sleep(1.0)  # idle, longer than the stall timeout
+        batcher.put(Job(event, time.perf_counter(), None))
+        assert replies.get(timeout=60).status == "ok"
+    finally:
+        intake_done = True
+        worker.join(timeout=60)
+    assert seen == [None]
