@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from live_daemon import ACCEPT_EVENTS, sample
@@ -298,3 +299,41 @@ def test_a_drain_keeps_a_second_at_most_a_quarter_of_it_for_the_last_replies() -
     from streamtrk.service.serve import _drain_reserve_s
 
     assert (_drain_reserve_s(30), _drain_reserve_s(2)) == (1.0, 0.5)
+
+
+class _Finished:
+    """A thread of the drain's that has finished, with nothing to report."""
+
+    error = None
+    dropped = 0
+    replying = False
+    drain_by = leave_by = give_up_at = None
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def has_work(self) -> bool:
+        return False
+
+    def in_batch(self) -> bool:
+        return False
+
+
+def test_a_reply_left_unsent_makes_the_drain_incomplete_once_every_thread_finished() -> None:
+    """A reply the worker or intake gave up queueing at the drain's end stays in flight
+    (``unsent``) however promptly the emitter then sent the rest and exited: exit 1, not
+    "drained" with a reply lost."""
+    import threading
+
+    from streamtrk.service.config import ServeConfig
+    from streamtrk.service.serve import Daemon
+
+    d = Daemon(ServeConfig(drain_timeout_s=1), ServeConfig)
+    d.metrics.inflight.inc()  # received, its reply never queued
+    threads: list[Any] = [_Finished() for _ in range(4)]  # ingest, worker, emitter, physics
+    assert d._drain(threading.Event(), *threads) == 1
+    d.metrics.inflight.dec()
+    assert d._drain(threading.Event(), *threads) == 0

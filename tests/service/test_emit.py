@@ -319,3 +319,71 @@ def test_a_dead_emitter_connects_nothing_again_while_it_drops_what_comes(
     assert isinstance(r.emitter.error, RuntimeError)
     assert r.emitter.dropped == 3 and r.replies.empty()
     assert r.value("streamtrk_inflight_events") == 0
+
+
+def test_hits_counted_are_all_the_event_s_not_only_those_on_tracks(rig) -> None:
+    """``streamtrk_hits_total``: hits of the events answered (docs/metrics.md; the rules
+    divide received bytes and throughput by it), noise hits on no track included."""
+    r = rig()
+    r.metrics.inflight.inc()
+    r.emitter.emit(Reply(1, 2, 0.0, {}, hit_ids=np.arange(100, 106), tracks=_tracks(2)))
+    assert r.recv().to_reply().ok
+    assert r.value("streamtrk_tracks_total") == 2
+    assert r.value("streamtrk_hits_total") == 6  # 4 on the tracks, 2 on none
+
+
+def test_past_the_drain_deadline_the_replies_left_are_given_up_at_once(rig) -> None:
+    """No consumer at the drain's end: each reply left is dropped without a poll's wait (30
+    replies waiting 100 ms each would overrun the drain by 3 s, the emitter then still
+    alive at exit and its replies said unsent)."""
+    r = rig(peer=False)
+    for event in range(30):
+        r.metrics.inflight.inc()
+        r.replies.put(Reply(1, event, 0.0, {}, reason="deadline"))
+    r.emitter.give_up_at = time.perf_counter() - 0.01
+    t0 = time.perf_counter()
+    r.emitter.start()
+    r.emitter.join(10)
+    assert not r.emitter.is_alive()
+    assert time.perf_counter() - t0 < 1.5
+    assert r.emitter.dropped == 30 and r.value("streamtrk_inflight_events") == 0
+
+
+def _connect_mode(r: Rig, connected: list[bool]) -> None:
+    r.emitter.connected = lambda: connected[0]
+
+
+def test_replies_sent_while_a_consumer_was_connected_are_not_counted_dropped_at_close(
+    rig,
+) -> None:
+    """Connect mode: a reply taken with a consumer connected has gone to it; one that then
+    leaves before the socket closes takes none of them with it."""
+    r = rig()
+    connected = [True]
+    _connect_mode(r, connected)
+    for event in range(3):
+        r.metrics.inflight.inc()
+        r.emitter.emit(Reply(1, event, 0.0, {}, reason="deadline"))
+    connected[0] = False
+    r.emitter.cleanup()
+    assert r.emitter.dropped == 0
+
+
+def test_replies_taken_while_no_consumer_was_connected_count_only_if_none_is_at_close(
+    rig,
+) -> None:
+    """Connect mode: replies ZeroMQ took with no consumer connected go out once one
+    connects: counted dropped only when none is connected as the socket closes."""
+    for back, dropped in ((True, 0), (False, 2)):
+        r = rig()
+        connected = [True]
+        _connect_mode(r, connected)
+        r.metrics.inflight.inc()
+        r.emitter.emit(Reply(1, 0, 0.0, {}, reason="deadline"))  # with a consumer there
+        connected[0] = False
+        for event in (1, 2):
+            r.metrics.inflight.inc()
+            r.emitter.emit(Reply(1, event, 0.0, {}, reason="deadline"))
+        connected[0] = back
+        r.emitter.cleanup()
+        assert r.emitter.dropped == dropped, back

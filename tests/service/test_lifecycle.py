@@ -335,6 +335,9 @@ def test_a_reload_ending_during_the_drain_is_abandoned(daemon_factory, sim_run, 
         assert d.process.wait(timeout=120) == 0
         replies = [consumer.recv(timeout_ms=10_000) for _ in range(4)]
     assert all(r is not None and r.to_reply().ok for r in replies)
+    # every batch of the drain made by the model it began with, none by the reload's
+    models = [r.to_reply().model for r in replies if r is not None]
+    assert {m.threshold if m else None for m in models} == {0.5}
     messages = [line["message"] for line in d.logs()]
     assert "reload abandoned: the daemon is draining" in messages
     assert "reloaded" not in messages
@@ -497,13 +500,16 @@ def test_a_socket_monitor_dying_after_a_stop_while_loading_exits_1(daemon_factor
     assert any(m.startswith("the socket monitor died") for m in messages)
 
 
+@pytest.mark.parametrize("faults", ["load_delay_s=120", "load_delay_s=120, leave_delay_s=1"])
 def test_events_sent_to_a_bound_input_while_loading_are_answered_at_a_stop(
-    daemon_factory,
+    daemon_factory, faults: str
 ) -> None:
     """Bound, the input takes events as soon as it listens, before the model is loaded: a
-    SIGTERM then answers each ``shutdown`` (none lost), and the daemon exits 0."""
+    SIGTERM then answers each ``shutdown`` (none lost), and the daemon exits 0. The emitter
+    answering them waits for intake to finish, however late it takes what its socket queued
+    (``leave_delay_s``: a loader thread holding the GIL), not for an empty queue a moment."""
     events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=2)), 3, 3))
-    d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=120"})
+    d = daemon_factory(wait=False, env={"STREAMTRK_TEST_FAULTS": faults})
     with Consumer(d.output, linger_ms=0) as consumer, Producer(d.input, linger_ms=0) as producer:
         for ev in events:
             assert producer.send_event(ev, timeout_ms=30_000)
@@ -666,3 +672,66 @@ def test_a_socket_monitor_that_does_not_stop_is_left_not_destroyed_under(daemon_
     assert d.stop(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 25  # not the 30 s the monitor waits
     assert "the socket monitor did not stop; leaving it" in [x["message"] for x in d.logs()]
+
+
+def test_once_a_reload_ended_none_is_said_to_run(daemon_factory) -> None:
+    """``reload_s`` is null again once a reload ended, whether its thread could not start or
+    it reloaded, and no "a reload has run N s" warning follows past ``stall_timeout_s``."""
+    d = daemon_factory(
+        "--stall-timeout-s", "1", env={"STREAMTRK_TEST_FAULTS": "reload_thread_fail_after=1"}
+    )  # fmt: skip
+    reloads = "streamtrk_model_reloads_total"
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), reloads, result="failure") == 1)
+    assert json.loads(d.get("/status")[1])["reload_s"] is None
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), reloads, result="success") == 1)
+    assert json.loads(d.get("/status")[1])["reload_s"] is None
+    time.sleep(1.5)  # past stall_timeout_s
+    assert not [line for line in d.logs() if line["message"].startswith("a reload has run")]
+    assert d.stop() == 0
+
+
+def test_a_sighup_waiting_for_the_reload_in_progress_at_a_stop_is_said(daemon_factory) -> None:
+    """A SIGHUP during a reload waits for it; a stop then comes first: that SIGHUP reloads
+    nothing, and the log says so."""
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=120"})
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
+    d.process.send_signal(signal.SIGHUP)
+    following = "reload already in progress; another follows it"
+    wait_for(lambda: any(line["message"] == following for line in d.logs()))
+    assert d.stop() == 0
+    messages = [line["message"] for line in d.logs()]
+    assert "SIGHUP not acted on: the daemon was stopping" in messages
+
+
+def test_the_reload_following_one_in_progress_is_the_last(daemon_factory) -> None:
+    """A SIGHUP during a reload starts one more once it ends, and only one: the daemon
+    does not go on reloading its model for ever."""
+    d = daemon_factory(env={"STREAMTRK_TEST_FAULTS": "reload_delay_s=1"})
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(line["message"] == "reloading" for line in d.logs()))
+    d.process.send_signal(signal.SIGHUP)
+    reloads = "streamtrk_model_reloads_total"
+    wait_for(lambda: sample(d.metrics(), reloads, result="success") == 2, timeout=60)
+    time.sleep(2)  # ten turns of the main loop, and a reload's 1 s more
+    messages = [line["message"] for line in d.logs()]
+    assert messages.count("reloading") == 2
+    assert sample(d.metrics(), reloads, result="success") == 2
+    assert d.stop() == 0
+
+
+def test_a_reload_puts_the_file_s_new_settings_in_force(daemon_factory, tmp_path) -> None:
+    """The settings a reload changes are those the daemon then uses (here the drain's
+    timeout) and ``/status`` gives."""
+    config = tmp_path / "serve.toml"
+    config.write_text("")
+    d = daemon_factory("--config", str(config))
+    config.write_text("drain_timeout_s = 7.0\n")
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(line["message"] == "reloaded" for line in d.logs()))
+    assert json.loads(d.get("/status")[1])["settings"]["drain_timeout_s"] == 7.0
+    assert d.stop() == 0
+    [draining] = [line for line in d.logs() if line["message"] == "draining"]
+    assert draining["drain_timeout_s"] == 7.0
