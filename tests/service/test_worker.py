@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -1006,6 +1007,19 @@ def test_a_lone_failure_abandon_answered_is_no_internal_error() -> None:
     assert value("streamtrk_events_rejected_total", {"reason": "internal"}) == 0
 
 
+class _AbandonAfterFirstReply(queue.Queue[Reply]):
+    """A reply queue whose first reply brings the worker's abandon() (a stop meanwhile)."""
+
+    def __init__(self, worker: Callable[[], Worker]) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def put(self, item: Reply, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        if self.qsize() == 1:
+            self.worker().abandon()
+
+
 def test_a_batch_abandon_answered_in_part_is_not_observed() -> None:
     """abandon() comes while the worker queues a batch's replies: the first went out with
     its tracks, the second 'shutdown'. The batch's physics is not that of the tracks sent:
@@ -1013,14 +1027,7 @@ def test_a_batch_abandon_answered_in_part_is_not_observed() -> None:
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
     worker: Worker
-
-    class AbandonAfterFirstReply(queue.Queue):
-        def put(self, item, block=True, timeout=None):
-            super().put(item, block, timeout)
-            if self.qsize() == 1:
-                worker.abandon()
-
-    replies: queue.Queue[Reply] = AbandonAfterFirstReply()
+    replies = _AbandonAfterFirstReply(lambda: worker)
     observed: list[Observation] = []
     worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, observed=observed)
     jobs = [Job(ev, time.perf_counter(), None) for ev in events]
@@ -1121,14 +1128,7 @@ def test_abandon_while_refusing_dense_events_stops_the_rest_of_the_batch() -> No
     det = load_detector()
     [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
     worker: Worker
-
-    class AbandonAfterFirstReply(queue.Queue):
-        def put(self, item, block=True, timeout=None):
-            super().put(item, block, timeout)
-            if self.qsize() == 1:
-                worker.abandon()
-
-    replies: queue.Queue[Reply] = AbandonAfterFirstReply()
+    replies = _AbandonAfterFirstReply(lambda: worker)
     gate = Gate()
     gate.release.set()
     worker = _worker(Batcher(8, BatchPolicy()), replies, gate, det)
