@@ -272,6 +272,15 @@ def index_of(keys: Array, queries: Array) -> tuple[Array, Array]:
     return xp.where(found, index, 0), found
 
 
+def lookup(values: Array, index: Array, found: Array) -> Array:
+    """``values[index]`` as float64 where ``found`` (:func:`index_of`'s pair), NaN where not;
+    all NaN from an empty ``values``, which ``index`` (0 where not found) cannot address."""
+    xp = array_module(values)
+    if len(values) == 0:
+        return xp.full(len(index), xp.nan)
+    return xp.where(found, values[index].astype(xp.float64), xp.nan)
+
+
 def bincount(idx: Array, size: int, weights: Array | None = None) -> Array:
     """NumPy's ``bincount`` with exactly ``size`` bins: counts (int64) or sums of ``weights``
     (float64) per value of ``idx``, which must lie in ``[0, size)``. No host

@@ -18,6 +18,7 @@ from streamtrk.xp import (
     csr_rows,
     expand_ranges,
     index_of,
+    lookup,
     running_total,
     scatter_min,
     to_host_packed,
@@ -166,6 +167,14 @@ def test_index_of_finds_queries_in_unsorted_keys() -> None:
     assert found.tolist() == [True, False, True, False, True]
     index, found = index_of(np.zeros(0, np.int64), np.array([1, 2]))
     assert index.tolist() == [0, 0] and not found.any()
+
+
+def test_lookup_gives_nan_where_not_found_and_from_an_empty_table() -> None:
+    values = np.array([1.5, 2.5, 3.5], np.float32)
+    got = lookup(values, *index_of(np.array([30, 10, 20]), np.array([20, 40, 30])))
+    assert got.dtype == np.float64 and np.array_equal(got, [3.5, np.nan, 1.5], equal_nan=True)
+    empty = lookup(values[:0], *index_of(np.zeros(0, np.int64), np.array([1, 2])))
+    assert empty.dtype == np.float64 and np.isnan(empty).all() and len(empty) == 2
 
 
 def test_expand_ranges_skips_empty_and_reversed_ranges() -> None:

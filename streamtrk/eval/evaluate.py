@@ -26,7 +26,7 @@ from streamtrk.io.paths import save_png
 from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
-from streamtrk.xp import index_of, to_host
+from streamtrk.xp import index_of, lookup, to_host
 
 EDGE_PT_MIN = RECONSTRUCTABLE_MIN_PT  # GeV: target particles of the edge efficiency, purity
 
@@ -216,13 +216,12 @@ class Evaluation:
         p = particles.to(np)
         idx, known = index_of(p.particle_id, particle_id)
         vx, vy, vz, px, py, pz, q = (  # float64: a TeV track's circle is kilometres wide
-            _known_or_nan(getattr(p, k), idx, known)
-            for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
+            lookup(getattr(p, k), idx, known) for k in ("vx", "vy", "vz", "px", "py", "pz", "q")
         )
         pt = np.hypot(px, py)
         # Binned and cut as the reconstructable selection cuts it (Particles.pt, its float32
         # hypot): a particle of exactly 1 GeV is of "pT >= 1 GeV" in every key.
-        out = {"pt": _known_or_nan(p.pt, idx, known), "q": q}
+        out = {"pt": lookup(p.pt, idx, known), "q": q}
         if self.bfield is None:
             return out | {"d0": np.full(len(q), np.nan), "z0": np.full(len(q), np.nan)}
         with np.errstate(divide="ignore", invalid="ignore"):  # a particle at rest: NaN
@@ -428,13 +427,6 @@ def _fit_errors(
         sigma = col[f"sigma_{n}"][matched]
         pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
     return matched, errors, pulls
-
-
-def _known_or_nan(values: np.ndarray, idx: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """``values[idx]`` as float64 where ``known``, else NaN (all NaN from an empty table)."""
-    if len(values) == 0:
-        return np.full(len(idx), np.nan)
-    return np.where(known, values[idx].astype(np.float64), np.nan)
 
 
 def _half_width(values: np.ndarray) -> float:

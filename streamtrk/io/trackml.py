@@ -50,7 +50,7 @@ from streamtrk.event import (
 from streamtrk.io.paths import write_whole
 from streamtrk.io.weights import hit_order, hit_weights
 from streamtrk.wire.schema import MAX_INT
-from streamtrk.xp import index_of
+from streamtrk.xp import index_of, lookup
 
 TRUTH_COLUMNS = ("hit_id", "particle_id", "tx", "ty", "tz", "tpx", "tpy", "tpz", "weight")
 _TRUTH_CSV_DTYPES = {"hit_id": "<i8", **{k: HIT_TRUTH_DTYPES[k] for k in TRUTH_COLUMNS[1:]}}
@@ -240,10 +240,7 @@ def _particles_from_truth(particle_id: np.ndarray) -> Particles:
 
 def _per_hit(particles: Particles, particle_id: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``values`` (per particle) looked up for each hit's particle; NaN where unknown."""
-    if len(particles) == 0:
-        return np.full(len(particle_id), np.nan)
-    index, found = index_of(particles.particle_id, particle_id)
-    return np.where(found, values[index].astype(np.float64), np.nan)
+    return lookup(values, *index_of(particles.particle_id, particle_id))
 
 
 def _pt_per_hit(particles: Particles, pid: np.ndarray, cols: Columns) -> np.ndarray:
