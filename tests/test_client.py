@@ -443,6 +443,29 @@ def _curve_server(keys: Path, ctx: zmq.Context[Any]) -> Consumer:
     )
 
 
+def _curve_producer(keys: Path, ctx: zmq.Context[Any]) -> Producer:
+    """A Producer bound as CURVE server on ``ctx`` with the certificate ``server`` of
+    ``keys``."""
+    return Producer(
+        "tcp://127.0.0.1:*",
+        bind=True,
+        linger_ms=0,
+        curve_secret_key=keys / "server.key_secret",
+        context=ctx,
+    )
+
+
+def _curve_reader(endpoint: str, keys: Path, limits: Limits = DEFAULT_LIMITS) -> Consumer:
+    """A Consumer connected to ``endpoint`` as the CURVE client ``alice`` of ``keys``."""
+    return Consumer(
+        endpoint,
+        linger_ms=0,
+        limits=limits,
+        curve_key=keys / "alice.key_secret",
+        curve_server_key=keys / "server.key",
+    )
+
+
 def test_a_curve_server_takes_frames_up_to_its_limit_and_times_out_past_one(
     tmp_path: Path,
 ) -> None:
@@ -559,19 +582,8 @@ def test_only_a_curve_client_whose_key_is_allowed_gets_through(tmp_path: Path) -
                 assert _refusal(misled, timeout_s=1.0) is None
                 assert misled.hung_up >= 2 and not misled.shook
         with (
-            Producer(
-                "tcp://127.0.0.1:*",
-                bind=True,
-                linger_ms=0,
-                curve_secret_key=tmp_path / "server.key_secret",
-                context=ctx,
-            ) as server,
-            Consumer(
-                server.endpoint,
-                linger_ms=0,
-                curve_key=tmp_path / "alice.key_secret",
-                curve_server_key=tmp_path / "server.key",
-            ) as reader,
+            _curve_producer(tmp_path, ctx) as server,
+            _curve_reader(server.endpoint, tmp_path) as reader,
         ):  # the other way round: a producer serves, a consumer is the client
             assert server.send_frames([b"to alice"], timeout_ms=10_000)
             frames = reader.recv_frames(timeout_ms=10_000)
@@ -841,20 +853,8 @@ def test_a_curve_client_consumer_takes_frames_up_to_its_limit(tmp_path: Path) ->
     auth = start_authenticator(ctx, tmp_path / "allowed")
     try:
         with (
-            Producer(
-                "tcp://127.0.0.1:*",
-                bind=True,
-                linger_ms=0,
-                curve_secret_key=tmp_path / "server.key_secret",
-                context=ctx,
-            ) as server,
-            Consumer(
-                server.endpoint,
-                linger_ms=0,
-                limits=limits,
-                curve_key=tmp_path / "alice.key_secret",
-                curve_server_key=tmp_path / "server.key",
-            ) as reader,
+            _curve_producer(tmp_path, ctx) as server,
+            _curve_reader(server.endpoint, tmp_path, limits) as reader,
         ):
             assert server.send_frames([b"h", bytes(1024)], timeout_ms=10_000)
             frames = reader.recv_frames(timeout_ms=10_000)
