@@ -9,7 +9,7 @@ from piles import pile
 
 from streamtrk.detector import BARREL
 from streamtrk.event import Event, Hits
-from streamtrk.recon.budget import Budget, EventTooDense, enforce, per_event
+from streamtrk.recon.budget import Budget, EventTooDense, enforce, event_by_event, per_event
 from streamtrk.recon.graph import (
     KERNELS,
     GraphConfig,
@@ -256,3 +256,25 @@ def test_each_event_of_a_batch_is_checked_against_the_budget_given(det, small_ev
     with pytest.raises(EventTooDense, match=r"too many triplet candidates \(event 1 of the"):
         prune_edges(dense, PruneConfig(), det)
     assert prune_edges(dense, PruneConfig(), det, Budget(triplets_per_hit=4_000)).any()
+
+
+def test_a_batch_refused_event_by_event_keeps_each_events_count_and_limit() -> None:
+    """``event_by_event`` names every refused event by its place in the batch, with what it
+    passed, its own count and its own limit (not the first event's, not swapped)."""
+
+    def make(k: int) -> int:
+        if k % 2:
+            raise EventTooDense([0], [f"what {k}"], [100 + k], [10 + k])
+        return k
+
+    assert event_by_event([0, 2], make) == [0, 2]
+    with pytest.raises(EventTooDense) as refused:
+        event_by_event([0, 1, 2, 3], make)
+    e = refused.value
+    assert (e.events, e.whats, e.counts, e.limits) == (
+        [1, 3],
+        ["what 1", "what 3"],
+        [101, 103],
+        [11, 13],
+    )
+    assert "too many what 3 (event 3 of the batch: 103 > 13)" in str(e)

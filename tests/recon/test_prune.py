@@ -1,6 +1,7 @@
 """Edge pruning: the vectorised mask against a brute-force loop, batching, physics sanity."""
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import replace
 from importlib import resources
@@ -29,10 +30,12 @@ from streamtrk.recon.prune import (
     layer_code,
     mirror_layers,
     prune_edges,
+    read_windows,
     three_hit_curvature,
     triplet_candidates,
     triplet_geometry,
     triplet_inputs,
+    window_tables,
     within_budget,
 )
 from streamtrk.recon.truth import particle_pt, true_segments
@@ -360,12 +363,8 @@ def test_cupy_mask_equals_numpy(mu200_events, det):
 
 
 def test_an_edited_windows_file_is_read_again(tmp_path, det):
-    """A model reload must see its windows file as it is now, not as first read."""
-    import os
-    from importlib import resources
-
-    from streamtrk.recon.prune import read_windows, window_tables
-
+    """A model reload must see its windows file as it is now, not as first read, even where
+    the edit keeps the file's size (it is known by modification time and size)."""
     path = tmp_path / "w.toml"
     text = resources.files("streamtrk.data").joinpath("prune_windows.toml").read_text()
     path.write_text(text)
@@ -374,10 +373,11 @@ def test_an_edited_windows_file_is_read_again(tmp_path, det):
     tables = window_tables(det, cfg, np)
     first = "[802, 804, 806, 0.004479,"  # the first triplet row: its |dtheta| window
     assert first in text and before[3] == 0.004479
-    path.write_text(text.replace(first, "[802, 804, 806, 9.5,", 1))
+    path.write_text(text.replace(first, "[802, 804, 806, 0.009479,", 1))  # the same size
+    assert path.stat().st_size == len(text.encode())
     os.utime(path, ns=(1, 10**18))  # a new modification time, whatever the clock
     after = read_windows(str(path))["triplets"][0]
-    assert after != before and after[3] == 9.5
+    assert after != before and after[3] == 0.009479
     assert window_tables(det, cfg, np) is not tables
 
 
@@ -514,7 +514,11 @@ def test_windows_of_layers_the_detector_lacks_are_ignored(tmp_path, det) -> None
     pairs = [[802, 804, 1e-3, 50.0]]
     known = PruneConfig(windows=_windows_file(tmp_path, triplets, pairs))
     tables = prune.window_tables(det, known, np)
-    foreign = [[802, 804, 9999, 0.1, 0.1, 0.1], [9999, 804, 806, 0.1, 0.1, 0.1]]
+    foreign = [
+        [802, 804, 9999, 0.1, 0.1, 0.1],
+        [802, 9999, 806, 0.1, 0.1, 0.1],
+        [9999, 804, 806, 0.1, 0.1, 0.1],
+    ]
     (tmp_path / "more").mkdir()
     more = PruneConfig(
         windows=_windows_file(
@@ -604,3 +608,64 @@ def test_the_blocked_window_search_is_searchsorted(monkeypatch, block) -> None:
         for side in ("left", "right"):
             got = prune._search_sorted(keys, needles, side)
             assert np.array_equal(got, np.searchsorted(keys, needles, side)), (side, needles)
+
+
+def test_a_disk_whose_radii_or_place_differ_from_its_mirrors_keeps_its_own_windows(det) -> None:
+    """A -z disk folds onto the +z disk of the same |z|, inner and outer radius (and
+    resolution): change any of them and it keeps its own index."""
+    code = layer_code(det)
+    at = {int(c): k for k, c in enumerate(code)}
+    a = at[702]  # pixel disk at z = -1500, folded onto 914
+    assert mirror_layers(det)[a] == at[914]
+    for field in ("r_min", "r_max", "z"):
+        values = getattr(det, field).copy()
+        values[a] *= 1.01
+        assert mirror_layers(replace(det, **{field: values}))[a] == a, field
+
+
+def test_the_theta_cap_is_0_85_rad_not_more(det) -> None:
+    """The capped |dtheta| window is 0.85 rad exactly (below the 4 - pi = 0.858 rad gap
+    between two hits' keys): a bend of 0.84 rad is kept, one of 0.86 rad is not."""
+    cfg = PruneConfig(scale=1000.0, kappa_cut=False, pair_cuts=False, min_hits=3)
+    dr = det.r[2] - det.r[1]
+    for bend, kept in ((0.84, True), (0.86, False)):
+        g = _three_barrel_hits(det, dz_outer=dr * math.tan(bend))
+        assert prune_edges(g, cfg, det).tolist() == [kept, kept], bend
+
+
+def test_the_theta_join_never_reaches_the_edges_of_the_next_hit() -> None:
+    """Keys are hit * 4 + theta: an inner edge ending at hit 1 at theta just below pi and an
+    outer edge starting at hit 2 at theta just above 0 are 0.86 rad apart in key, past the
+    widest (0.85 rad) join window: no candidate, although the keys are close."""
+    f32 = np.float32
+    g = {
+        "i": np.array([0, 2]),
+        "j": np.array([1, 3]),
+        "pair": np.zeros(2, np.int64),
+        "theta": np.array([math.pi - 1e-3, 1e-3], f32),
+    }
+    t = {"join": np.array([0.85]), "opens": np.array([True]), "closes": np.array([True])}
+    _, _, lo, hi = triplet_candidates(g, np.ones(2, bool), t)
+    assert (hi - lo).tolist() == [0, 0]
+
+
+def test_only_a_missing_bare_name_gets_the_hint_to_write_a_path(tmp_path) -> None:
+    """A missing windows file named without '/' is looked for among the package's files:
+    its error says how to name a file here; a missing path's error does not."""
+    with pytest.raises(
+        ValueError, match=r"cannot read pruning windows none\.toml: .*\./none\.toml"
+    ):
+        read_windows("none.toml")
+    missing = str(tmp_path / "none.toml")
+    with pytest.raises(ValueError, match="cannot read pruning windows") as e:
+        read_windows(missing)
+    assert "a name without '/'" not in str(e.value)
+
+
+def test_a_windows_file_without_its_pairs_table_is_a_clear_error(tmp_path) -> None:
+    """A file lacking the ``[pairs]`` table (or its rows) is refused as unreadable
+    windows, a ValueError naming it, not a bare KeyError."""
+    path = tmp_path / "triplets-only.toml"
+    path.write_text("[triplets]\nrows = [[802, 804, 806, 0.01, 1e-3, 1e-3]]\n")
+    with pytest.raises(ValueError, match=r"cannot read pruning windows .*triplets-only\.toml"):
+        read_windows(str(path))
