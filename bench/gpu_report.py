@@ -231,8 +231,9 @@ def _replies(daemon: dict[str, Any], replay: str) -> str:
 def _problems(parts: dict[str, Any]) -> list[str]:
     """A line for a GPU other than the H200, each part (and batch size) that failed, was
     skipped or cut by the step's time limit, each configuration that fell back (its engine,
-    or CUDA graphs off or skipped for some graphs), and a daemon that served otherwise than
-    asked (its ``/status`` engine note)."""
+    or CUDA graphs off or skipped for some graphs), each replay that lost events or ended
+    otherwise than 0, and a daemon that served otherwise than asked (its ``/status`` engine
+    note) or did not exit 0 when stopped."""
     out = []
     info = parts.get("info")
     if isinstance(info, dict) and info.get("device") == "cuda" and "H200" not in info["gpu"]:
@@ -264,6 +265,10 @@ def _problems(parts: dict[str, Any]) -> list[str]:
                     f" {r.get('errors') or 'none'}, exit code {r.get('exit_code')}"
                     " (its latencies are of the replies received)"
                 )
+        if p.get("exit_code"):  # the daemon's own, at its SIGTERM: a drain not done, a kill
+            out.append(
+                f"- {name}: exited with {p['exit_code']} when stopped (its log_tail says why)"
+            )
         model = p.get("status_model")
         if isinstance(model, dict) and model.get("engine_note"):
             out.append(f"- {name} served: {model['engine_note']}")
