@@ -75,6 +75,86 @@ def test_device_run_reruns_the_steps_named(tmp_path: Path) -> None:
     assert not misspelt.exists()
 
 
+#: Stands in for python3: logs each call with its PYTHONPATH to $CALLS; "-" is the import
+#: check, which exits $IMPORT_RC; any other call prints its arguments.
+FAKE_PYTHON = """#!/bin/sh
+echo "PYTHONPATH=${PYTHONPATH:-} $*" >>"$CALLS"
+if [ "$1" = - ]; then cat >/dev/null; exit "${IMPORT_RC:-0}"; fi
+echo "ran $*"
+"""
+
+
+def _device_run(
+    tmp_path: Path, cwd: Path = ROOT, **env: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """bench/device_run.sh run in ``cwd`` with the stand-in PYTHON: its result and the calls."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    fake = tmp_path / "python3"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    env = {"PATH": os.environ["PATH"], "PYTHON": str(fake), "CALLS": str(calls),
+           "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "STEPS": "host"} | env  # fmt: skip
+    done = subprocess.run(["sh", str(ROOT / "bench" / "device_run.sh")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return done, calls.read_text()
+
+
+def test_device_run_ends_at_a_failed_import_and_goes_on_past_a_slow_one(tmp_path: Path) -> None:
+    """A failed import check ends the run (exit 1, no step run); one cut by its 30 s (124:
+    cold caches) goes on to the steps, said; one that passed says nothing of a limit."""
+    failed, _ = _device_run(tmp_path / "failed", IMPORT_RC="1")
+    assert failed.returncode == 1 and "device_run: an import failed" in failed.stdout
+    assert "host_path exit" not in failed.stdout
+    slow, _ = _device_run(tmp_path / "slow", IMPORT_RC="124")
+    assert slow.returncode == 0, slow.stdout
+    assert "the import check ran past 30 s" in slow.stdout
+    assert "device_run: host_path exit 0" in slow.stdout
+    ok, _ = _device_run(tmp_path / "ok")
+    assert ok.returncode == 0 and "ran past" not in ok.stdout
+
+
+def test_device_run_unpacks_the_wheels_on_the_device_only_and_exports_its_path(
+    tmp_path: Path,
+) -> None:
+    """On the device the carried wheels go to /tmp/site, first on the steps' PYTHONPATH
+    (exported: the device has no editable install of the checkout); a CPU dry run leaves
+    them and puts only the checkout on it."""
+    checkout = tmp_path / "checkout"
+    (checkout / ".whl").mkdir(parents=True)
+    (checkout / ".whl" / "pyzmq-27.3.0-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    done, calls = _device_run(tmp_path, cwd=checkout, DEVICE="cuda")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"-m pip install .*--target /tmp/site .whl/pyzmq", calls), calls
+    assert f"PYTHONPATH=/tmp/site:{checkout} bench/host_path.py" in calls
+    done, calls = _device_run(tmp_path, cwd=checkout, DEVICE="cpu")
+    assert done.returncode == 0 and "pip" not in calls, calls
+    assert f"PYTHONPATH={checkout} bench/host_path.py" in calls
+
+
+def test_the_gpu_tests_log_keeps_both_pytest_runs(tmp_path: Path) -> None:
+    """gpu-tests.txt holds the thread test's run and the other files' run after it."""
+    done, _ = _device_run(tmp_path, STEPS="tests")
+    assert done.returncode == 0, done.stdout
+    log = (tmp_path / "out" / "gpu-tests.txt").read_text()
+    assert "-k test_cuda_graphs_score_from_another_thread" in log
+    assert "-k not test_cuda_graphs_score_from_another_thread" in log
+
+
+def test_the_device_runs_limits_fit_its_call() -> None:
+    """The steps' limits with the kill grace are at most the 465 s the header promises (the
+    `run` call gets 480), and each benchmark budget leaves its step 15 s to write its
+    results and stop the daemon before `timeout` interrupts it."""
+    script = (ROOT / "bench" / "device_run.sh").read_text()
+    limits = re.findall(r"(?<!-)timeout (?:-s \w+ )?(?:-k (\d+) )?(\d+) ", script)
+    assert sum(int(grace or 0) + int(limit) for grace, limit in limits) <= 465, limits
+    bench = re.search(r"timeout -s INT -k \d+ (\d+) \"\$PYTHON\" bench/gpu_bench.py", script)
+    assert bench is not None
+    budgets = [int(b) for b in re.findall(r"--budget-s (\d+)", script)]
+    assert budgets and all(b + 15 <= int(bench.group(1)) for b in budgets), budgets
+
+
 #: What the device machine has installed, as /work/.library/device/KINDS.md lists it
 #: (read 2026-11-17; distribution names): the project's other needs travel as wheels.
 DEVICE_PACKAGES = {

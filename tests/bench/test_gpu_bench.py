@@ -85,23 +85,33 @@ def test_gpu_bench_dry_run_on_the_cpu(device_dry_run: tuple[str, Path], tmp_path
 
 
 def test_report_takes_the_best_batch_64_and_kernels_without_pruning(gpu_report) -> None:
+    """The batch-64 target is met by the best configuration; a kernels row is the same result
+    only where its edges and features both are, the triplet cuts' arrays then kernels."""
     row = {"mu": 200, "batch": 64, "engine": "compile", "precision": "bf16", "p50_ms": 1.0}
     summary = {
-        "end_to_end": [row | {"events_per_second": 1234.5}, row | {"events_per_second": None}]
+        "end_to_end": [
+            row | {"events_per_second": 800.0},
+            row | {"events_per_second": 1234.5},
+            row | {"events_per_second": None},
+        ]
     }
-    kernels = {"16": {"search_ms": {"arrays": 2.0, "kernels": 0.5}, "same_edges": True,
-                      "same_features": True}}  # fmt: skip
+    search = {"search_ms": {"arrays": 2.0, "kernels": 0.5}, "same_edges": True}
+    kernels = {
+        "16": search | {"same_features": True},
+        "64": search | {"same_features": False, "triplets_ms": {"arrays": 3.0, "kernels": 1.0}},
+    }
     result = {"date": "2026-12-01", "summary": summary, "parts": {"kernels": kernels}}
     text = gpu_report.markdown(result, "x.json")
     assert "at batch 64, 1,234.5 (target 1,000)" in text
     assert "| 16 | 2.00 | 0.50 | n/a | n/a | n/a | n/a | yes |" in text
+    assert "| 64 | 2.00 | 0.50 | 3.00 | 1.00 | n/a | n/a | NO |" in text
 
 
 def test_report_names_full_collections_inside_timed_batches(gpu_report) -> None:
     timed = {"events_per_s": 1.0, "wall_ms": {"p50": 1.0, "p99": 2.0}, "stage_ms": {}}
     batches = {
         "1": timed | {"gc_collections": [40, 3, 1]},
-        "16": timed | {"gc_collections": [9, 0, 0]},
+        "16": timed | {"gc_collections": [9, 2, 0]},  # only younger generations: not listed
     }
     result = {"date": "2026-12-01", "summary": {}, "parts": {"compile_bf16": {"batches": batches}}}
     text = gpu_report.markdown(result, "x.json")
@@ -113,32 +123,52 @@ def test_report_says_what_a_p99_is_of_and_lists_replays_that_lost_events(gpu_rep
     daemon replay skipped, or with events missing, is listed (its latencies are only of the
     replies that came)."""
     timed = {"events_per_s": 1.0, "wall_ms": {"p50": 1.0, "p99": 2.0, "n": 8}, "stage_ms": {}}
+    hundred = timed | {"wall_ms": {"p50": 1.0, "p99": 2.0, "n": 100}}
     daemon = {
         "replay_100hz": {"received": 60, "missing": 4, "errors": {}, "exit_code": 1},
         "replay_batch1": {"skipped": "time budget"},
     }
-    parts = {"compile_bf16": {"batches": {"16": timed}}, "daemon": daemon}
+    parts = {"compile_bf16": {"batches": {"16": timed, "64": hundred}}, "daemon": daemon}
     text = gpu_report.markdown({"date": "2026-12-01", "summary": {}, "parts": parts}, "x.json")
     assert "| compile_bf16 | 16 | 1.0 | 1.0 | 2.0 (of 8) |" in text
+    assert "| compile_bf16 | 64 | 1.0 | 1.0 | 2.0 |" in text
     assert "- daemon replay_100hz: 4 missing, errors none, exit code 1" in text
     assert "- daemon replay_batch1: time budget" in text
     assert "p99 n/a ms (from when due n/a ms, sends up to n/a ms late) of 60 replies" in text
 
 
 def test_report_lists_parts_cut_or_run_otherwise_than_asked(gpu_report) -> None:
+    """Each part that failed, was skipped or cut, fell back or ran without CUDA graphs; each
+    replay that failed or ended otherwise than 0; a daemon that served otherwise than asked,
+    or exited otherwise than 0 when stopped."""
     graphs: dict[str, Any] = {"cuda_graphs": True, "fallback_reason": None, "batches": {}}
     parts = {
         "compile_bf16_cudagraphs": graphs | {"cudagraph_skips": 2},
         "compile_bf16": graphs | {"cuda_graphs": False, "cudagraph_skips": 0},
         "eager_fp32": {"batches": {}, "interrupted": "SIGINT (time limit)"},
-        "daemon": {"status_model": {"engine": "compile", "engine_note": "CUDA graphs off: X"}},
-        "daemon_again": {"status_model": "not read: timed out"},
+        "eager_bf16": {"error": "RuntimeError: boom", "batches": {}},
+        "bf16_parity": {"skipped": "time budget"},
+        "compile_fp32": {"fallback_reason": "eager: inductor failed", "batches": {}},
+        "daemon": {
+            "replay_max_rate": {"error": "TimeoutError: no reply"},
+            "replay_100hz": {"received": 64, "missing": 0, "errors": {}, "exit_code": -9},
+            "status_model": {"engine": "compile", "engine_note": "CUDA graphs off: X"},
+            "exit_code": 1,
+        },
+        "daemon_again": {"status_model": "not read: timed out", "exit_code": 0},
     }
     text = gpu_report.markdown({"date": "2026-12-05", "summary": {}, "parts": parts}, "x.json")
     listed = text.split("Failed, skipped, cut or not as asked:\n\n")[1].splitlines()
     assert listed == [
         "- compile_bf16_cudagraphs: 2 graph(s) run without CUDA graphs",
         "- eager_fp32: SIGINT (time limit)",
+        "- eager_bf16: RuntimeError: boom",
+        "- bf16_parity: time budget",
+        "- compile_fp32: eager: inductor failed",
+        "- daemon replay_max_rate: TimeoutError: no reply",
+        "- daemon replay_100hz: 0 missing, errors none, exit code -9"
+        " (its latencies are of the replies received)",
+        "- daemon: exited with 1 when stopped (its log_tail says why)",
         "- daemon served: CUDA graphs off: X",
         "- daemon_again /status: not read: timed out",
     ]
@@ -174,7 +204,9 @@ def test_report_lists_another_gpu_and_batch_sizes_that_failed(gpu_report) -> Non
         "info": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"},
         "compile_bf16": {"batches": batches},
     }
-    text = gpu_report.markdown({"date": "2026-12-05", "summary": {}, "parts": parts}, "x.json")
+    result = {"date": "2026-12-05 10:00:00 UTC", "summary": {"gpu": parts["info"]["gpu"]}}
+    assert gpu_report.results_name(result) == "h100-2026-12-05.json"  # the card's model
+    text = gpu_report.markdown(result | {"parts": parts}, "x.json")
     listed = text.split("Failed, skipped, cut or not as asked:\n\n")[1].splitlines()
     assert listed == [
         "- info: the GPU is an NVIDIA H100 80GB HBM3, not the H200 of the targets and the"
@@ -210,19 +242,64 @@ def test_the_gnn_limit_is_the_cards_own() -> None:
     assert "of_limit" not in figures["NVIDIA A100"]
 
 
-def test_report_leaves_out_host_path_figures_it_was_not_given(gpu_report, tmp_path, capsys):
-    """The host-path step cut or failed: the report is written without its figures."""
-    result = {"date": "2026-12-05 10:00:00 UTC", "summary": {"gpu": "NVIDIA H200"}, "parts": {}}
-    (tmp_path / "gpu_bench.json").write_text(json.dumps(result))
-    argv = [str(tmp_path / "gpu_bench.json"), "--results-dir", str(tmp_path / "results")]
-    argv += ["--host-path", str(tmp_path / "host_path.json")]
+def _report(gpu_report: Any, argv: list[str]) -> None:
+    """``bench/gpu_report.py`` run in this process with ``argv``."""
     with pytest.MonkeyPatch.context() as m:
         m.setattr(sys, "argv", ["gpu_report", *argv])
         gpu_report.main()
+
+
+def test_report_leaves_out_host_path_figures_it_was_not_given(gpu_report, tmp_path, capsys):
+    """The host-path step cut or failed: the report is written without its figures (into a
+    results folder it makes, parents too)."""
+    result = {"date": "2026-12-05 10:00:00 UTC", "summary": {"gpu": "NVIDIA H200"}, "parts": {}}
+    (tmp_path / "gpu_bench.json").write_text(json.dumps(result))
+    argv = [str(tmp_path / "gpu_bench.json"), "--results-dir", str(tmp_path / "a" / "results")]
+    _report(gpu_report, [*argv, "--host-path", str(tmp_path / "host_path.json")])
     out, err = capsys.readouterr()
     assert "host_path.json: host-path figures left out" in err
     assert "### GPU chain: NVIDIA H200" in out
-    assert (tmp_path / "results" / "h200-2026-12-05.json").exists()
+    assert (tmp_path / "a" / "results" / "h200-2026-12-05.json").exists()
+    # A result filed in the checkout (the default folder) is named from its root.
+    filed = gpu_report.ROOT / "bench" / "results" / "h200-2026-12-05.json"
+    assert gpu_report._shown(filed) == "bench/results/h200-2026-12-05.json"
+    (tmp_path / "no-parts.json").write_text(json.dumps({"date": "d", "summary": {}}))
+    with pytest.raises(SystemExit, match=r"no-parts\.json is no gpu_bench\.json"):
+        _report(gpu_report, [str(tmp_path / "no-parts.json"), "--results-dir", str(tmp_path)])
+
+
+def test_report_row_gives_host_syncs_cupy_first_and_a_zero_as_a_number(gpu_report) -> None:
+    """The host synchronisations are CuPy's + torch's; a figure of 0 is 0.0, not n/a."""
+    timed = {"events_per_s": 5.0, "wall_ms": {"p50": 1.0, "p99": 2.0}, "stage_ms": {},
+             "other_ms": 0.0, "host_syncs": {"cupy": 3, "torch": 1}}  # fmt: skip
+    parts = {"compile_bf16": {"batches": {"16": timed}}}
+    text = gpu_report.markdown({"date": "2026-12-01", "summary": {}, "parts": parts}, "x.json")
+    row = next(line for line in text.splitlines() if line.startswith("| compile_bf16 | 16 |"))
+    assert row.endswith("| 0.0 | 3 + 1 |")
+
+
+def test_report_gives_the_gnns_share_of_the_limit_and_bf16_parity_in_percent(gpu_report):
+    """The GNN line: its share of the card's limit in percent, against the compiled reference
+    (133 M edges/s where a run's figures predate the per-engine references); an engine
+    without a reference figure says so. bf16 parity's efficiency change and flipped
+    decisions are percentages (target 0.2%)."""
+    g = {"edges_per_s": 50e6, "over_reference": 0.38, "of_limit": 0.25, "limit_ms": 0.5,
+         "limit_bound_by": "memory", "limits_of": "H100"}  # fmt: skip
+    configs = {"compile_bf16": {"gnn_batch16": g},
+               "tensorrt_bf16": {"gnn_batch16": g | {"reference": None}}}  # fmt: skip
+    parity = {"events": 4, "tracking_efficiency_change": -0.0012, "score_abs_diff_p99": 0.01,
+              "edge_decisions_flipped_fraction": 0.0005}  # fmt: skip
+    result = {"date": "2026-12-01", "summary": {"configs": configs},
+              "parts": {"bf16_parity": parity}}  # fmt: skip
+    text = gpu_report.markdown(result, "x.json")
+    lines = text.splitlines()
+    compiled = next(line for line in lines if "compile_bf16: 50.0 M edges/s" in line)
+    assert "(0.38 of the 133.0 M of the reference, Interaction Network H=64" in compiled
+    assert compiled.endswith(" 25.0% of the H100's limit for this graph (0.50 ms, memory bound).")
+    trt = next(line for line in lines if "tensorrt_bf16: 50.0 M edges/s" in line)
+    assert "(no reference figure for this engine)," in trt
+    assert "tracking efficiency change -0.120% (target within 0.2%)" in text
+    assert "decisions flipped 0.050%." in text
 
 
 def test_report_files_where_told_says_so_and_refuses_other_json(tmp_path: Path) -> None:
