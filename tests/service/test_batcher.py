@@ -318,15 +318,16 @@ def test_a_reload_that_shortens_the_delay_closes_a_batch_already_waiting() -> No
 
 
 def test_a_reload_sets_the_limits_of_the_batches_after_the_one_being_formed() -> None:
-    b = Batcher(16, BatchPolicy(max_events=3, max_hits=10**6, max_queue_delay_ms=600_000))
-    b.put(job(5, 0))
+    """Events and hits alike: the batch being formed keeps the limits it opened with."""
+    b = Batcher(16, BatchPolicy(max_events=3, max_hits=100, max_queue_delay_ms=600_000))
+    b.put(job(30, 0))
     thread, out = _open_batch(b)
-    b.policy = BatchPolicy(max_events=1, max_hits=10**6, max_queue_delay_ms=600_000)
+    b.policy = BatchPolicy(max_events=1, max_hits=50, max_queue_delay_ms=600_000)
     for i in (1, 2, 3):
-        b.put(job(5, i))
+        b.put(job(30, i))
     thread.join(60)
-    assert [events(batch) for batch in out] == [[0, 1, 2]]  # the old limit
-    assert events(b.next_batch(1)) == [3]  # the new one
+    assert [events(batch) for batch in out] == [[0, 1, 2]]  # the old limits: 3 events, 90 hits
+    assert events(b.next_batch(1)) == [3]  # the new ones
 
 
 def test_a_queue_delay_past_what_a_thread_can_wait_batches_all_the_same() -> None:

@@ -1055,3 +1055,31 @@ def test_a_peek_of_a_hostile_header_allocates_next_to_nothing(hits: list[Any]) -
         tracemalloc.stop()
     assert peak < 1 << 20, peak
     assert found is not None and identity_of(found) == (7, 42)
+
+
+def test_encode_tracks_refuses_an_error_reply_with_a_single_track(
+    rng: np.random.Generator,
+) -> None:
+    """An error reply carries no tracks at all: one track is already one too many (the
+    decoder refuses it, so the encoder must not send it)."""
+    with pytest.raises(ValueError, match="an error reply carries no tracks"):
+        encode_tracks(1, 2, np.arange(5), random_tracks(rng, 5, 1), status="error", reason="x")
+
+
+def test_a_header_string_as_long_as_the_header_allows_is_accepted(
+    rng: np.random.Generator,
+) -> None:
+    """Strings in a header are bounded only by max_header_bytes: an error reason of 60,000
+    characters (a 64 KiB header) travels whole, from the encoder through the decoder."""
+    reason = "r" * 60_000
+    frames = encode_tracks(1, 2, np.arange(3), None, status="error", reason=reason)
+    assert decode(frames).to_reply().reason == reason
+
+
+def test_an_integer_dtype_on_a_float_column_is_not_offered_narrowing(hits: list[Any]) -> None:
+    """Only integer columns may narrow: refusing an integer dtype for a float column names
+    the column's dtype alone, not "a narrower integer dtype" (which would be refused too)."""
+    bad = patch(with_column(hits, "x", np.zeros(10, "|u1")), version=5)
+    with pytest.raises(WireError) as e:
+        decode(bad)
+    assert str(e.value) == "bad_dtype: column 'x' must be <f4, got |u1"
