@@ -701,6 +701,7 @@ def test_an_edge_exactly_at_each_final_cut_is_kept_and_just_past_it_is_not(det) 
     r, phi = np.hypot(x, y), np.arctan2(y, x) + np.pi
     dphi, sdr = phi[1] - phi[0], GraphConfig().phi_slope_max(det.bfield) * (r[1] - r[0])
     tol = past = dphi - sdr
+    assert tol > 0  # the hit lies past the slope's own window (else the loop never ends)
     while sdr + past >= dphi:  # the next tolerance down whose window misses the hit
         past = np.nextafter(past, 0)
     assert sdr + tol == dphi and past < tol
@@ -842,3 +843,51 @@ def test_a_disk_window_from_a_hit_within_the_z0_reach_spans_the_whole_disk(det) 
             **cols, node_offsets=offsets, det=det, cfg=cfg, beam_offset=20.0
         )
         assert _edge_set(g) == {(0, 1)}, cfg
+
+
+def test_a_disk_hit_inside_its_plane_is_found_at_the_near_end_of_the_r_window(det) -> None:
+    """Disk 902 (z 600) at r 150 to disk 904 (z 700), the outer hit 10 mm short of its disk's
+    plane (the margin) on a line to z0 = -29 mm: the nearest r the window must reach (the
+    line from -reach at the plane, less the margin), found with bins of 0.07 mm in r."""
+    ri, zi, zj, z0 = 150.0, 600.0, 690.0, -29.0
+    ev = Event(0, 0, _hits([902, 904], [ri, ri * (zj - z0) / (zi - z0)], [zi, zj]))
+    fine = batch_graph([ev], det, GraphConfig(n_bins=2048, n_phi_bins=1))
+    brute = batch_graph([ev], det, GraphConfig(n_bins=1, n_phi_bins=1))
+    assert _edge_set(fine) == _edge_set(brute) == {(0, 1)}
+
+
+def test_a_barrel_to_disk_z0_cut_counts_the_disk_hits_r_error_alone(det) -> None:
+    """From barrel layer 806 (r 116) to disk 902 (z 600, r 150) the z0 cut is 30 + 5 sigma
+    from the barrel hit's z and the disk hit's r resolution, about 31.025 mm: a z error of
+    the disk hit (it measures z exactly) would raise it to about 31.057 mm. A segment at
+    z0 = 31.0 is an edge, one at 31.04 is not."""
+
+    def edges(z0: float) -> set[tuple[int, int]]:
+        z_inner = z0 + (600.0 - z0) * 116.0 / 150.0
+        ev = Event(0, 0, _hits([806, 902], [116.0, 150.0], [z_inner, 600.0]))
+        return _edge_set(batch_graph([ev], det))
+
+    assert edges(31.0) == {(0, 1)}
+    assert edges(31.04) == set()
+
+
+def test_graphs_have_the_documented_dtypes_with_an_empty_event_in_the_batch(det) -> None:
+    """A graph's arrays are float32 features and int64 hit numbers, offsets and layers, as
+    :class:`Graph` documents (the GNN gathers with the edge index), for one event and for a
+    batch (joined event by event) whose middle event has no hit: its offsets repeat, it
+    has no edge, and the third event's edges are numbered past the first's hits."""
+    track = _hits([802, 804, 806, 808], [32.0, 72.0, 116.0, 172.0], [3.2, 7.2, 11.6, 17.2])
+    empty = _hits([], [], [])
+    one = {(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)}
+    for events, edges, offsets in (
+        ([Event(0, 0, track)], one, [0, 4]),
+        (
+            [Event(0, 0, track), Event(0, 1, empty), Event(0, 2, track)],
+            one | {(a + 4, b + 4) for a, b in one},
+            [0, 4, 4, 8],
+        ),
+    ):
+        g = batch_graph(events, det)
+        assert _edge_set(g) == edges and g.node_offsets.tolist() == offsets
+        assert g.edge_index.dtype == g.node_offsets.dtype == g.layer.dtype == np.int64
+        assert g.node_features.dtype == g.edge_features.dtype == np.float32

@@ -2,14 +2,17 @@
 needed). Each stage's tests run its kernels' host form against its NumPy path; on a GPU,
 ``test_gpu_parity.py`` compares the CuPy results with NumPy's."""
 
+import ctypes
+import shutil
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import nvrtc as nvrtc_compiler
 import pytest
 from needs import missing
 
-from streamtrk.recon.kernels import OPTIONS, source
+from streamtrk.recon.kernels import OPTIONS, PRELUDE, build_for_host, contiguous, source
 from streamtrk.xp import RAW_KERNELS_SOURCE
 
 FILES = sorted(
@@ -112,3 +115,33 @@ def test_the_host_build_refuses_scalars_a_device_would_misread(host_launcher, sc
     launch = host_launcher("gls_filter.cu")
     with pytest.raises(TypeError, match=r"kernel scalars are np\.int64 or np\.float64"):
         launch("gls_gram", 1, (scalar,))
+
+
+def test_kernel_arguments_are_made_contiguous_and_scalars_pass_through() -> None:
+    """A kernel reads its arrays' pointers as dense rows: ``contiguous`` gives every strided
+    view (a column, a step) as a C-contiguous copy of the same values, and the scalars as
+    they are."""
+    grid = np.arange(24, dtype=np.float64).reshape(4, 6)
+    n = np.int64(7)
+    out = contiguous((n, grid[:, 1], grid[::2], np.float64(0.5)), np)
+    assert out[0] is n and out[3] == 0.5
+    for got, view in zip(out[1:3], (grid[:, 1], grid[::2]), strict=True):
+        assert got.flags.c_contiguous and np.array_equal(got, view)
+
+
+def test_a_reversed_host_build_runs_its_threads_last_to_first(tmp_path: Path) -> None:
+    """``build_for_host(..., reversed_threads=True)`` runs the last thread first (the tests
+    that a result does not hang on the threads' order rely on it), the plain build the
+    first: each thread writes the number of threads run before it."""
+    if shutil.which("g++") is None:
+        missing("g++ not found: cannot build the CUDA kernels for the host")
+    code = PRELUDE + (
+        'extern "C" __global__ void order(long long n, long long *seen, long long *a) '
+        "{ FOR_EACH_THREAD(t, n) a[t] = seen[0]++; }"
+    )
+    n = 5
+    for reversed_threads, expected in ((False, [0, 1, 2, 3, 4]), (True, [4, 3, 2, 1, 0])):
+        lib = build_for_host(code, tmp_path / f"order-{reversed_threads}.so", reversed_threads)
+        seen, a = np.zeros(1, np.int64), np.full(n, -1, np.int64)
+        lib.order(ctypes.c_longlong(n), *(x.ctypes.data_as(ctypes.c_void_p) for x in (seen, a)))
+        assert a.tolist() == expected
