@@ -10,12 +10,12 @@ first (a short device session may not reach the end):
    first, for batch sizes 1, 4, 16, 64: ``Reconstructor.reconstruct`` timed end to end
    (events/s, wall percentiles; p99 at batch 1 is the latency figure) and per stage
    (upload: the host-side batching and the hits' copy up; graph, prune, gnn, tracks,
-   fit; "other" is the tracks' copy down and their split by event); on CUDA the host
-   synchronisations of one reconstruct (``host_syncs``: CuPy's and torch's); first-call
-   seconds (compilation included), peak device memory, the graphs Inductor ran without
-   CUDA graphs (``cudagraph_skips``); on CUDA the GNN's
-   edges/s against the reference (133 M edges/s) and against the GPU's limit for the
-   graph (``gnn_figures``: matrix-product FLOPs and least memory traffic, from the card's
+   fit; "other", the median of each batch's rest, is the tracks' copy down and their split
+   by event); on CUDA the host synchronisations of one reconstruct (``host_syncs``: CuPy's
+   and torch's); first-call seconds (compilation included), peak device memory, the graphs
+   Inductor ran without CUDA graphs (``cudagraph_skips``); on CUDA the GNN's edges/s
+   against the reference (133 M edges/s) and against the GPU's limit for the graph
+   (``gnn_figures``: matrix-product FLOPs and least memory traffic, from the card's
    datasheet in GPU_LIMITS).
 4. ``daemon``: ``streamtrk serve --device cuda`` in the ``--daemon-config`` configuration as
    a subprocess (batches of up to 16 events, no queue delay), the events replayed through
@@ -664,6 +664,9 @@ def time_batches(
         collections = [g["collections"] - n for g, n in zip(gc.get_stats(), before, strict=True)]
     wall = float(np.median(walls))
     stage_ms = {s: float(np.median(v) * 1000) for s, v in stages.items()}
+    # Each batch's own rest: the wall's median less the stages' medians is no time of any
+    # batch, and of a few batches it can be negative.
+    others = [w - sum(stages[s][k] for s in STAGES) for k, w in enumerate(walls)]
     return {
         "iterations": iterations,
         # the events over the time they took (as the daemon's rate is), not over the median
@@ -671,7 +674,7 @@ def time_batches(
         "wall_ms": ms_stats(walls),
         "per_event_ms": wall * 1000 / size,
         "stage_ms": stage_ms,
-        "other_ms": wall * 1000 - sum(stage_ms.values()),
+        "other_ms": float(np.median(others) * 1000),
         "edges_per_batch": float(np.median(edges)),
         "gnn_hits_per_batch": float(np.median(hits)),
         "host_syncs": syncs,
