@@ -12,6 +12,7 @@ from streamtrk.xp import (
     PARALLEL_BYTES,
     NotFinite,
     _copy_pool,
+    argsort,
     bincount,
     chunk_bounds,
     concatenate_to_device,
@@ -19,6 +20,7 @@ from streamtrk.xp import (
     expand_ranges,
     index_of,
     lookup,
+    nonzeros,
     running_total,
     scatter_min,
     to_host_packed,
@@ -180,3 +182,60 @@ def test_lookup_gives_nan_where_not_found_and_from_an_empty_table() -> None:
 def test_expand_ranges_skips_empty_and_reversed_ranges() -> None:
     rid, pos = expand_ranges(np.array([0, 5, 2, 7]), np.array([2, 3, 4, 7]))
     assert rid.tolist() == [0, 0, 2, 2] and pos.tolist() == [0, 1, 2, 3]
+
+
+def test_to_host_packed_pads_parts_of_any_byte_count() -> None:
+    """Each part is padded to 8 bytes whatever its size, odd ones too (bools, int8): the
+    parts after it start where their spans say."""
+    arrays: dict[str, np.ndarray] = {
+        "mask": np.array([True, False, True]),  # 3 bytes: 5 of padding
+        "layer": np.arange(5, dtype=np.int8),  # 5 bytes: 3 of padding
+        "x": np.array([1.5, -2.5, 3.25]),
+    }
+    out = to_host_packed(arrays)
+    for k, v in arrays.items():
+        assert out[k].dtype == v.dtype and np.array_equal(out[k], v), k
+
+
+def test_concatenate_to_device_checks_finite_columns_below_the_parallel_size() -> None:
+    """A small batch (copied in the calling thread) is checked as a large one is: NotFinite
+    naming each column asked for that holds a NaN or an infinity, the others not checked."""
+    columns = {
+        "x": [np.array([1.0, np.nan], np.float32)],
+        "y": [np.array([np.inf], np.float32), np.array([2.0], np.float32)],
+        "z": [np.array([np.nan])],
+    }
+    with pytest.raises(NotFinite) as e:
+        concatenate_to_device(columns, np, finite=("x", "y"))
+    assert e.value.columns == ["x", "y"]
+    assert concatenate_to_device(columns, np, finite=("w",))["y"].tolist()[1] == 2.0
+
+
+def test_chunk_bounds_of_no_items_is_one_empty_run_by_weight_too() -> None:
+    """No items, with an empty running total: ``[0, 0]`` (there is no last total to read)."""
+    assert chunk_bounds(0, 4, np, np.zeros(0, np.int64)) == [0, 0]
+
+
+def test_a_stable_argsort_keeps_tied_keys_in_their_order() -> None:
+    """``stable``: ties keep their order on NumPy as on the device (NumPy's default sort
+    does not keep them past a few dozen keys)."""
+    keys = np.tile(np.array([2, 1, 2, 0], np.int64), 64)
+    order = argsort(keys, stable=True)
+    assert order.dtype == np.int64
+    for value in (0, 1, 2):
+        tied = order[keys[order] == value]
+        assert tied.tolist() == np.flatnonzero(keys == value).tolist(), value
+    assert np.array_equal(keys[argsort(keys)], np.sort(keys))  # unstable: sorted all the same
+
+
+def test_nonzeros_gives_each_mask_its_own_indices() -> None:
+    """One list of ascending int64 indices per mask, nonzero values counting as True."""
+    got = nonzeros(np.array([True, False, True]), np.array([0, 3, 0, -1]), np.zeros(0, bool))
+    assert [g.tolist() for g in got] == [[0, 2], [1, 3], []]
+    assert all(g.dtype == np.int64 for g in got)
+
+
+def test_expand_ranges_of_no_ranges_is_empty() -> None:
+    """No ranges at all (an empty batch): no elements, not an error on the missing total."""
+    rid, pos = expand_ranges(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert rid.tolist() == [] and pos.tolist() == []

@@ -37,7 +37,8 @@ def test_a_new_file_is_checked_by_the_first_folder_that_exists_and_nothing_is_ma
 def test_descriptors_of_the_process_are_written_in_place_not_the_rest_of_proc() -> None:
     """All of /proc was taken for descriptors, written in place: ``--report /proc/x.json``
     was not checked before the work (for a user; root may write any folder)."""
-    for path in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", f"/proc/{os.getpid()}/fd/2"):
+    own = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "/proc/thread-self/fd/1")
+    for path in (*own, f"/proc/{os.getpid()}/fd/2"):
         assert written_in_place(Path(path)), path
     assert not written_in_place(Path("/proc/nonexistent.json"))
 
@@ -113,6 +114,17 @@ def test_permissions_are_those_the_writers_need(shared: Path) -> None:
     assert _as_unprivileged(closed / "new" / "deeper.json") == "PermissionError"
     assert _as_unprivileged(closed / "read-only.json") == "PermissionError"
     assert _as_unprivileged(closed, folder=True) == "PermissionError"
+    # A linked file's replacement is written beside the file, not the link.
+    (opened / "link.json").symlink_to(closed / "report.json")
+    assert _as_unprivileged(opened / "link.json") == "PermissionError"
+    # Files are made in a folder through its search (x) permission as well as its write one.
+    unsearchable = shared / "no-x"
+    unsearchable.mkdir()
+    unsearchable.chmod(0o776)  # others: rw-
+    assert _as_unprivileged(unsearchable, folder=True) == "PermissionError"
+    assert _as_unprivileged(unsearchable / "new.json") == "PermissionError"
+    # A device is written in place: its folder's permissions (/dev's) do not matter.
+    assert _as_unprivileged(Path("/dev/null")) == "ok"
 
 
 def test_a_file_is_written_whole_into_a_folder_made_for_it(tmp_path: Path) -> None:
@@ -148,6 +160,10 @@ def test_a_write_that_fails_leaves_the_file_there_as_it_was_and_names_it(tmp_pat
     with pytest.raises(OSError, match=f"cannot write {path}: No space left on device"):
         write_whole(path, full_disk)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["sub.csv"]
+    with pytest.raises(KeyboardInterrupt), replaced_whole(path) as partial:  # Ctrl-C too
+        partial.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["sub.csv"]
 
 
 def test_a_figure_is_saved_as_a_png_and_closed(tmp_path: Path) -> None:
@@ -156,9 +172,11 @@ def test_a_figure_is_saved_as_a_png_and_closed(tmp_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure()
+    fig = plt.figure(figsize=(6.4, 4.8))
     save_png(fig, tmp_path / "plots" / "a.png")
-    assert (tmp_path / "plots" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (tmp_path / "plots" / "a.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20]), int.from_bytes(png[20:24])) == (640, 480)  # 100 dpi
     assert not plt.fignum_exists(fig.number)
 
 
@@ -230,3 +248,16 @@ def test_stdout_redirected_to_a_file_is_written_through_its_descriptor(tmp_path:
 def test_a_folder_is_not_written_in_place() -> None:
     with tempfile.TemporaryDirectory() as folder:
         assert not written_in_place(Path(folder))
+
+
+def test_a_relative_path_to_a_descriptor_is_written_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--report fd/N`` from /dev names the descriptor as ``/dev/fd/N`` does, even one open
+    on a regular file (a file renamed over it would not reach the descriptor)."""
+    fd = os.open(tmp_path / "out.json", os.O_WRONLY | os.O_CREAT)
+    try:
+        monkeypatch.chdir("/dev")
+        assert written_in_place(Path("fd") / str(fd))
+    finally:
+        os.close(fd)

@@ -958,3 +958,45 @@ def test_track_parameters_are_written_in_increasing_event_order(tmp_path) -> Non
     write_track_parameters(path, tracks)
     rows = [r.split(",")[:3] for r in path.read_text().splitlines()[1:]]
     assert rows == [["2", "1", "3"], ["9", "1", "2"]]
+
+
+def test_a_gzip_file_corrupt_inside_is_refused_as_not_whole(tmp_path) -> None:
+    """A gzip stream damaged inside (zlib's "invalid ..." error, neither OSError nor
+    EOFError) is refused as a file cut short is: ValueError naming it."""
+    write_event(Event(0, 42, synthetic_event().hits), tmp_path, compress=True)
+    gz = tmp_path / "event000000042-hits.csv.gz"
+    data = bytearray(gz.read_bytes())
+    data[10:40] = b"\xff" * 30  # the deflate blocks' start
+    gz.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"hits\.csv\.gz: not a whole gzip file"):
+        read_event(tmp_path / "event000000042")
+
+
+def test_an_id_three_times_is_said_at_its_first_two_rows(tmp_path) -> None:
+    """The error names the first two rows holding the repeated id, not the first and last."""
+    prefix = write_event(Event(0, 42, synthetic_event().hits.take(np.arange(4))), tmp_path)
+    hits_path = tmp_path / "event000000042-hits.csv"
+    _rewrite_csv(hits_path, lambda h, rows: (h, [rows[0], rows[1], rows[0], rows[0]]))
+    with pytest.raises(ValueError, match=r"column 'hit_id': \d+ in data rows 1 and 3$"):
+        read_event(prefix)
+
+
+def test_without_truth_its_files_are_neither_read_nor_checked(tmp_path) -> None:
+    """``truth=False``: hits alone, even beside a truth file that would be refused, and the
+    run given is the event's."""
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    (tmp_path / "event000000042-truth.csv").write_text("hit_id,particle_id\n1,x\n")
+    back = read_event(prefix, run=5, truth=False)
+    assert back.truth is None and (back.run, back.event) == (5, 42)
+    assert back.hits.equals(event.hits)
+    assert [(e.run, e.truth) for e in iter_events(tmp_path, run=2, truth=False)] == [(2, None)]
+
+
+def test_files_of_an_event_without_hits_are_no_event(tmp_path) -> None:
+    """An event is known by its hits file: a truth or cells file alone (a copy cut short)
+    names no event to read."""
+    write_event(synthetic_event(), tmp_path)
+    (tmp_path / "event000000043-cells.csv").write_text("hit_id,ch0,ch1,value\n")
+    (tmp_path / "event000000044-truth.csv").write_text("hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz\n")
+    assert [e.event for e in iter_events(tmp_path)] == [42]

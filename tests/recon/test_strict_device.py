@@ -404,3 +404,11 @@ def test_nonzeros_of_several_masks_cost_one_synchronisation(strict_cupy):
         assert np.array_equal(to_host(kept), np.nonzero(masks[3])[0])
     with pytest.raises(ValueError, match="room for"):
         compact(device[3], int(masks[3].sum()) - 1)
+
+
+def test_the_page_locked_buffer_is_reused_at_exactly_its_size(strict_cupy: Any) -> None:
+    """A batch of exactly the buffer's size fits it: reused, not grown."""
+    held = xp_module._staging(64, strict_cupy)
+    assert held.base is not None
+    whole = xp_module._staging(int(held.base.nbytes), strict_cupy)
+    assert np.shares_memory(held, whole) and whole.base is held.base
