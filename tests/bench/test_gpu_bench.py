@@ -4,12 +4,16 @@ the shape the GPU issue asks for (a failure here would cost a device session).""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_scripts import bench_script
+
+from streamtrk.recon.gnn import GNNConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -318,3 +322,259 @@ def test_report_files_where_told_says_so_and_refuses_other_json(tmp_path: Path) 
         1,
         f"gpu_report: {other} is no gpu_bench.json (no summary, parts)\n",
     )
+
+
+def test_a_wide_network_in_fp32_is_bound_by_fp32_compute() -> None:
+    """The limit is of the precision that ran: a network with many FLOPs an edge, in fp32
+    (67 TFLOPS on the H200, no TF32), is compute-bound, its limit in milliseconds, and
+    ``of_limit`` the limit's share of the time taken."""
+    gpu_bench = bench_script("gpu_bench")
+    seconds = 0.1
+    wide = GNNConfig(hidden=256, edge_hidden=256)
+    f = gpu_bench.gnn_figures(wide, "compile", "fp32", 1e6, 1e5, seconds, "NVIDIA H200")
+    flops = f["achieved_tflops"] * 1e12 * seconds
+    assert f["limit_bound_by"] == "compute"
+    assert f["limit_ms"] == pytest.approx(flops / 67e12 * 1000)
+    assert f["of_limit"] == pytest.approx(f["limit_ms"] / 1000 / seconds)
+
+
+def test_gnn_traffic_of_one_step_and_of_half_precision() -> None:
+    """A one-step network has no hit update (no message sums, no hit state written back):
+    an edge reads and writes its state and reads two indices and two gathered projections
+    (4 he act + 16 bytes), plus its 6 inputs and its score; a hit reads its state and
+    writes two projections, plus its 3 inputs. bf16 moves 2 bytes an activation, not 4."""
+    gpu_bench = bench_script("gpu_bench")
+    one_step = GNNConfig(hidden=8, edge_hidden=8, steps=1)
+    assert gpu_bench.gnn_traffic_bytes(one_step, 2) == (
+        4 * 8 * 2 + 16 + 6 * 4 + 4,
+        8 * 2 + 2 * 8 * 2 + 3 * 4,
+    )
+    cfg = GNNConfig()
+    fp32, bf16 = (
+        gpu_bench.gnn_figures(cfg, "eager", p, 1e6, 1e5, 1e-3, "NVIDIA H200")
+        for p in ("fp32", "bf16")
+    )
+    traffic = "achieved_tb_per_s_at_least_traffic"
+    assert bf16[traffic] < fp32[traffic]
+
+
+def test_a_memory_bound_limit_scales_with_the_cards_bandwidth() -> None:
+    """The H100 PCIe moves 2.0 TB/s (the SXM 3.35, the H200 4.8): a memory-bound graph's
+    limit scales by the ratio."""
+    from streamtrk.recon.model import load_model, shipped_model_path
+
+    gpu_bench = bench_script("gpu_bench")
+    cfg = load_model(shipped_model_path())[0].config
+    h200, pcie = (
+        gpu_bench.gnn_figures(cfg, "compile", "bf16", 1e6, 1e5, 1e-3, gpu)
+        for gpu in ("NVIDIA H200", "NVIDIA H100 PCIe")
+    )
+    assert pcie["limit_bound_by"] == "memory"
+    assert pcie["limit_ms"] == pytest.approx(h200["limit_ms"] * 4.8 / 2.0)
+
+
+def test_a_part_over_budget_is_skipped_and_not_run(tmp_path: Path) -> None:
+    """A part needing more seconds than are left is not run: it is recorded as skipped, with
+    the seconds left and needed; the parts after it that fit still run."""
+    gpu_bench = bench_script("gpu_bench")
+    bench = gpu_bench.Bench(tmp_path, budget_s=30)
+    ran: list[str] = []
+
+    def run(name: str) -> dict[str, Any]:
+        ran.append(name)
+        return {"ran": name}
+
+    bench.part("long", 60, lambda: run("long"))
+    bench.part("short", 1, lambda: run("short"))
+    assert ran == ["short"]
+    parts = json.loads((tmp_path / "gpu_bench.json").read_text())["parts"]
+    assert parts["long"] == {"skipped": "time budget: 30 s left, the part needs ~60 s"}
+    assert parts["short"]["ran"] == "short"
+    assert 0 < bench.left() <= 30
+
+
+def test_a_failing_part_keeps_only_its_own_results(tmp_path: Path) -> None:
+    """Each part starts with nothing measured: a part that fails records its error and its
+    traceback, not what the part before it had put in ``bench.partial``."""
+    gpu_bench = bench_script("gpu_bench")
+    bench = gpu_bench.Bench(tmp_path, budget_s=100)
+
+    def measured() -> dict[str, Any]:
+        bench.partial = {"replay_max_rate": {"events_per_second": 9.0}}
+        return dict(bench.partial)
+
+    def failing() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    bench.part("measured", 0, measured)
+    bench.part("failing", 0, failing)
+    failed = json.loads((tmp_path / "gpu_bench.json").read_text())["parts"]["failing"]
+    assert set(failed) == {"error", "traceback", "part_seconds"}
+    assert "RuntimeError: boom" in failed["traceback"]
+
+
+def test_a_cut_part_ignores_a_second_sigint(tmp_path: Path) -> None:
+    """``timeout`` signals the process and its group: once SIGINT has cut a part, SIGINT is
+    ignored, lest a second one cut the saving of what was measured."""
+    gpu_bench = bench_script("gpu_bench")
+    bench = gpu_bench.Bench(tmp_path, budget_s=100)
+
+    def cut() -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt):
+            bench.part("cut", 0, cut)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _timed(events_per_s: float, p50: float, p99: float) -> dict[str, Any]:
+    wall = {"p50": p50, "p90": p99, "p99": p99, "max": p99 + 1, "mean": p50 + 0.5, "n": 100}
+    return {"events_per_s": events_per_s, "wall_ms": wall}
+
+
+def test_the_latency_replay_runs_at_half_the_daemon_configs_batch1_rate() -> None:
+    """Half the events/s at batch 1 of the daemon's own configuration (not a faster one's),
+    else of the slowest measured; within 0.1 to 100 Hz; 10 Hz when none was measured."""
+    gpu_bench = bench_script("gpu_bench")
+    parts = {
+        "info": {"mu": 200.0},
+        "compile_bf16": {"batches": {"1": _timed(900.0, 1.0, 2.0)}},
+        "eager_fp32": {"batches": {"1": _timed(60.0, 16.0, 20.0)}},
+    }
+    assert gpu_bench.batch1_rate_hz(parts, "eager_fp32") == 30.0
+    assert gpu_bench.batch1_rate_hz(parts, "eager_bf16") == 30.0  # not measured: the slowest
+    assert gpu_bench.batch1_rate_hz(parts, "compile_bf16") == 100.0
+    slow = {"eager_fp32": {"batches": {"1": _timed(0.05, 1.0, 2.0)}}}
+    assert gpu_bench.batch1_rate_hz(slow, "eager_fp32") == 0.1
+    assert gpu_bench.batch1_rate_hz({"info": {}, "kernels": {}}, "eager_fp32") == 10.0
+
+
+def test_summary_rows_and_bests_are_each_of_their_own_figure() -> None:
+    """``end_to_end``: a row per configuration and batch size with its own events/s, p50
+    and p99; the best events/s at batch 16 is the highest, the best p99 at batch 1 the
+    lowest, each with its configuration; the daemon's figures are of their own replays."""
+    gpu_bench = bench_script("gpu_bench")
+    kinds = {"cuda_graphs": False}
+    parts = {
+        "info": {"device": "cuda", "gpu": "NVIDIA H200", "mu": 200.0},
+        "eager_fp32": kinds | {"engine": "eager", "precision": "fp32", "batches": {
+            "1": _timed(50.0, 18.0, 30.0), "16": _timed(300.0, 50.0, 60.0)}},
+        "compile_bf16": kinds | {"engine": "compile", "precision": "bf16", "batches": {
+            "1": _timed(100.0, 8.0, 12.0), "16": _timed(900.0, 15.0, 20.0)}},
+        "daemon": {
+            "replay_max_rate": {"events_per_second": 700.0, "mean_batch_events": 9.0},
+            "replay_100hz": {"latency_p50_ms": 9.0, "latency_p99_ms": 14.0,
+                             "mean_batch_events": 1.2, "offered_rate_hz": 100.0},
+            "replay_batch1": {"offered_rate_hz": 25.0, "latency_p50_ms": 7.0,
+                              "latency_p99_ms": 11.0, "mean_batch_events": 1.0},
+        },
+    }  # fmt: skip
+    s = gpu_bench.summary(parts)
+    rows = s["end_to_end"]
+    assert rows[0] == {
+        "mu": 200.0, "batch": 1, "engine": "eager", "precision": "fp32", "cuda_graphs": False,
+        "events_per_second": 50.0, "p50_ms": 18.0, "p99_ms": 30.0, "host_syncs": None,
+    }  # fmt: skip
+    figures = [(r["batch"], r["events_per_second"], r["p50_ms"], r["p99_ms"]) for r in rows]
+    assert figures == [
+        (1, 50.0, 18.0, 30.0), (16, 300.0, 50.0, 60.0), (1, 100.0, 8.0, 12.0),
+        (16, 900.0, 15.0, 20.0),
+    ]  # fmt: skip
+    assert (s["best_events_per_s_batch16"], s["best_events_per_s_batch16_config"]) == (
+        900.0,
+        "compile_bf16",
+    )
+    assert (s["best_p99_ms_batch1"], s["best_p99_ms_batch1_config"]) == (12.0, "compile_bf16")
+    assert s["configs"]["eager_fp32"]["p99_ms_batch1"] == 30.0
+    d = s["daemon"]
+    assert (d["events_per_s_max_rate"], d["latency_p50_ms_100hz"], d["latency_p99_ms_100hz"]) == (
+        700.0,
+        9.0,
+        14.0,
+    )
+    assert (d["mean_batch_events_100hz"], d["rate_hz_batch1"], d["mean_batch_events_batch1"]) == (
+        1.2,
+        25.0,
+        1.0,
+    )
+
+
+def test_against_reference_is_per_event_and_ours_over_theirs() -> None:
+    """Each stage's milliseconds per event (the batch's over its size) over the reference's
+    (graph 15 ms, tracks 0.8 ms; the GNN's: our edges at its engine's reference edges/s);
+    the daemon's events/s over ZeroMQ's 2,200 messages/s."""
+    gpu_bench = bench_script("gpu_bench")
+    batch16 = {
+        "stage_ms": {"graph": 48.0, "gnn": 32.0, "tracks": 3.2},
+        "edges_per_batch": 16 * 133e3,
+    }
+    parts = {"compile_bf16": {"engine": "compile", "batches": {"16": batch16}}}
+    rows = {r["stage"]: r for r in gpu_bench.against_reference(parts, 1100.0)}
+    assert rows["graph"]["ms_per_event"] == 3.0
+    assert rows["graph"]["ratio"] == pytest.approx(3.0 / 15.0)
+    assert rows["tracks"]["ratio"] == pytest.approx(0.2 / 0.8)
+    assert rows["gnn"]["reference_ms"] == pytest.approx(1.0)  # 133k edges at 133M edges/s
+    assert rows["gnn"]["ratio"] == pytest.approx(2.0)
+    [daemon] = [r for r in rows.values() if r["config"] == "daemon"]
+    assert daemon["ratio"] == pytest.approx(0.5)
+
+
+def test_batches_cycle_through_the_events() -> None:
+    """The k-th batch of size s holds events k*s to k*s + s - 1, modulo their number."""
+    gpu_bench = bench_script("gpu_bench")
+    events = ["a", "b", "c", "d", "e"]
+    assert [gpu_bench.batch(events, 2, k) for k in range(4)] == [
+        ["a", "b"], ["c", "d"], ["e", "a"], ["b", "c"],
+    ]  # fmt: skip
+    assert gpu_bench.batch(events, 1, 7) == ["c"]
+
+
+def test_ms_stats_are_percentiles_of_the_timings_in_ms() -> None:
+    """Milliseconds: p50, p90 and p99 percentiles (not the mean), the largest, the mean, n."""
+    gpu_bench = bench_script("gpu_bench")
+    seconds = [i / 1000 for i in range(1, 100)] + [1.0]  # 1 to 99 ms, and one of a second
+    assert gpu_bench.ms_stats(seconds) == pytest.approx(
+        {"p50": 50.5, "p90": 90.1, "p99": 108.01, "max": 1000.0, "mean": 59.5, "n": 100}
+    )
+
+
+def test_dry_run_timings_are_of_the_timed_batches(device_dry_run: tuple[str, Path]) -> None:
+    """Each batch size's events/s is its events over the time its timed batches took (its
+    size over the mean wall), its per-event ms the median wall over its size; batch 1 is
+    timed 100 times (a p99 of 100); the transfers are timed at batch 1 (16 batches) and at
+    the events' number (2: 8 batches), each size's first batch untimed."""
+    result = json.loads((device_dry_run[1] / "gpu_bench.json").read_text())
+    batches = result["parts"]["eager_fp32"]["batches"]
+    for size, timed in batches.items():
+        wall = timed["wall_ms"]
+        assert timed["events_per_s"] == pytest.approx(int(size) * 1000 / wall["mean"]), size
+        assert timed["per_event_ms"] == pytest.approx(wall["p50"] / int(size)), size
+        assert wall["n"] == timed["iterations"], size
+        assert timed["other_ms"] >= 0, size  # the median of each batch's own rest
+    assert batches["1"]["iterations"] == 100
+    transfers = result["parts"]["transfers"]["by_batch"]
+    assert {size: t["batches"] for size, t in transfers.items()} == {"1": 16, "2": 8}
+
+
+def test_dry_run_daemon_replays_as_asked(device_dry_run: tuple[str, Path]) -> None:
+    """The daemon serves batches of up to 16 events with no queue delay; its replays: as
+    fast as taken and at 100 Hz, four passes over the recording (events queued up are served
+    in batches of more than one); the latency replay in 2 to 6 passes; each replay's exit
+    code."""
+    result = json.loads((device_dry_run[1] / "gpu_bench.json").read_text())
+    daemon = result["parts"]["daemon"]
+    flags = daemon["serve_flags"]
+    assert flags[flags.index("--max-queue-delay-ms") + 1] == "0"
+    assert flags[flags.index("--max-batch-events") + 1] == "16"
+    n = daemon["recording_events"]
+    fast, at_100, single = (daemon[r] for r in ("replay_max_rate", "replay_100hz", "replay_batch1"))
+    assert fast["sent"] == at_100["sent"] == 4 * n
+    assert at_100["offered_rate_hz"] == 100.0
+    assert fast["mean_batch_events"] > 1
+    assert single["sent"] in range(2 * n, 6 * n + 1, n)
+    assert [r["exit_code"] for r in (fast, at_100, single)] == [0, 0, 0]
