@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrk.recon.gnn import GNNConfig, GNNScorer, InteractionNetwork
+from streamtrk.recon.gnn import GNNConfig, GNNScorer, InteractionNetwork, edge_scores
 from streamtrk.recon.graph import Graph
+from streamtrk.recon.model import read_card, shipped_model_path
 
 
 def _graph(n: int, e: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,3 +167,38 @@ def test_matmul_flops_are_what_torch_counts(cfg: GNNConfig) -> None:
 def test_an_architecture_that_cannot_run_is_refused(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
         GNNConfig(**bad)
+
+
+def test_the_default_architecture_is_the_shipped_models() -> None:
+    """GNNConfig() is the shipped model's network, whose cost the module states: 29k
+    matmul FLOPs per edge and 68k per hit."""
+    assert GNNConfig() == GNNConfig(**read_card(shipped_model_path())["architecture"])
+    assert GNNConfig().matmul_flops() == (29_440, 67_776)
+
+
+def test_the_smallest_architecture_is_accepted_and_runs() -> None:
+    """Widths and steps of 1 are the least allowed (0 is refused): such a network runs."""
+    cfg = GNNConfig(hidden=1, edge_hidden=1, steps=1)
+    x, ei, ea = torch.randn(4, 3), torch.tensor([[0, 1], [2, 3]]), torch.randn(2, 6)
+    with torch.no_grad():
+        assert InteractionNetwork(cfg)(x, ei, ea).shape == (2,)
+
+
+def test_scores_of_low_precision_logits_are_float32() -> None:
+    """Logits in bfloat16 (a network run under autocast) give float32 scores, as NumPy has
+    no bfloat16."""
+    import numpy as np
+
+    graph = Graph(
+        node_features=np.zeros((4, 3), np.float32),
+        edge_index=np.array([[0, 1], [2, 3]]),
+        edge_features=np.zeros((2, 6), np.float32),
+        node_offsets=np.array([0, 4]),
+        layer=np.zeros(4, dtype=np.int64),
+    )
+
+    def logits(x: torch.Tensor, ei: torch.Tensor, ea: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(ei.shape[1], dtype=torch.bfloat16)
+
+    scores = edge_scores(graph, torch.device("cpu"), logits)
+    assert scores.dtype == np.float32 and scores.tolist() == [0.5, 0.5]

@@ -33,7 +33,7 @@ from streamtrk.recon.model import (
     save_model,
     shipped_model_path,
 )
-from streamtrk.recon.prune import WINDOWS_FILE, PruneConfig
+from streamtrk.recon.prune import MODEL_WINDOWS_FILE, WINDOWS_FILE, PruneConfig
 from streamtrk.recon.tracks import TrackConfig
 
 ARCH = GNNConfig(hidden=8, edge_hidden=4, steps=2)
@@ -491,3 +491,121 @@ def test_a_card_that_does_not_match_is_not_saved(tmp_path: Path) -> None:
     with pytest.raises(ModelCardError, match="threshold"):
         save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
     assert not (tmp_path / "m" / CARD).exists() and not (tmp_path / "m" / WEIGHTS).exists()
+
+
+def test_a_card_whose_model_entry_is_no_table_is_refused(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """``model = 1`` where the [model] table belongs: a ModelCardError naming the table, not
+    an AttributeError from reading it as one."""
+    path, _ = saved
+    _edit_card(path, "[model]", "model = 1\n[modell]")
+    with pytest.raises(ModelCardError, match=r"card\.toml: model card has no \[model\] table"):
+        load_model(path)
+
+
+def test_a_card_without_its_graph_table_is_refused(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """A card that lost its [graph] table is refused, not run with default graph settings
+    the model may not have been trained on."""
+    path, _ = saved
+    _edit_card(path, "[graph]", "[graph_old]")
+    with pytest.raises(ModelCardError, match=r"card\.toml: model card has no \[graph\] table"):
+        load_reconstructor(path)
+
+
+def test_a_model_whose_own_windows_were_not_copied_is_told_to_copy_the_directory(
+    tmp_path: Path,
+) -> None:
+    """A card naming the model's own windows file, missing beside it: the error says the
+    file belongs in the model directory (copy it whole), not that no such package file is."""
+    prune = PruneConfig(windows=MODEL_WINDOWS_FILE)
+    card = model_card("w", ARCH, GraphConfig(), 0.5, prune=prune)
+    save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
+    with pytest.raises(
+        ModelCardError,
+        match=rf"windows {MODEL_WINDOWS_FILE} is not in the model directory .*copy the whole",
+    ):
+        load_reconstructor(tmp_path / "m")
+
+
+def test_a_folder_named_as_the_windows_does_not_hide_the_packages(tmp_path: Path) -> None:
+    """Only a file beside the card stands for the package's windows of its name: a folder
+    of that name there is not read as the windows (the package's are used)."""
+    card = model_card("p", ARCH, GraphConfig(), 0.5, prune=PruneConfig())
+    save_model(tmp_path / "p", InteractionNetwork(ARCH), card)
+    (tmp_path / "p" / WINDOWS_FILE).mkdir()
+    assert load_reconstructor(tmp_path / "p").prune == PruneConfig()
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        [1, 2, 3],
+        {"node_encoder.0.weight": torch.zeros(8, 3), "edge_encoder.0.weight": torch.tensor(1.0)},
+    ],
+)
+def test_weights_of_no_state_dict_are_refused(
+    saved: tuple[Path, InteractionNetwork], state: object
+) -> None:
+    """A weights file holding a list, or an edge encoder weight of no matrix: refused as not
+    matching the card (ModelCardError), not a bare AttributeError or IndexError."""
+    path, _ = saved
+    torch.save(state, path / WEIGHTS)
+    with pytest.raises(ModelCardError, match=r"weights\.pt does not match .* other keys"):
+        load_model(path)
+
+
+class _NotATensor:
+    """A pickled object of a class of its own: what a hostile weights file would hold."""
+
+
+def test_weights_holding_other_objects_are_not_unpickled(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """Weights are loaded tensors-only (``weights_only``): a file pickling any other object
+    (which could run code as it loads) is refused unread."""
+    path, model = saved
+    torch.save({**model.state_dict(), "extra": _NotATensor()}, path / WEIGHTS)
+    with pytest.raises(ModelCardError, match=r"weights\.pt: cannot be read as a torch state"):
+        load_model(path)
+
+
+def test_a_threshold_chosen_as_a_numpy_number_is_saved(tmp_path: Path) -> None:
+    """A threshold picked from a NumPy scan (a float32) is written as a plain TOML float."""
+    card = model_card("t", ARCH, GraphConfig(), np.float32(0.75))
+    save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
+    assert "threshold = 0.75\n" in (tmp_path / "m" / CARD).read_text()
+    assert load_reconstructor(tmp_path / "m").threshold == 0.75
+
+
+def test_a_folder_in_place_of_the_weights_is_said_missing(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """A folder named weights.pt is no weights file: said missing, not an IsADirectoryError."""
+    path, _ = saved
+    (path / WEIGHTS).unlink()
+    (path / WEIGHTS).mkdir()
+    assert f"no model at {path} (weights.pt missing;" in str(model_missing(path))
+
+
+def test_weights_with_a_key_of_no_name_are_refused(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """A state dict with a key that is no string (an int): a ModelCardError naming the
+    weights, not an AttributeError from reading the key as a name."""
+    path, model = saved
+    torch.save({**model.state_dict(), 1: torch.zeros(1)}, path / WEIGHTS)
+    with pytest.raises(ModelCardError, match=r"weights\.pt does not match the architecture"):
+        load_model(path)
+
+
+def test_an_empty_prune_table_prunes_with_the_defaults(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """A card's ``[prune]`` table with no settings in it means pruning with the default
+    settings, not no pruning (a table absent means that)."""
+    path, _ = saved
+    (path / CARD).write_text((path / CARD).read_text() + "\n[prune]\n")
+    assert load_reconstructor(path).prune == PruneConfig()

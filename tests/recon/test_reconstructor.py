@@ -1,6 +1,8 @@
 """The reconstruction chain with oracle edge scores, and the evaluate command."""
 
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -13,8 +15,10 @@ from streamtrk.eval.evaluate import evaluate
 from streamtrk.event import Event, Hits
 from streamtrk.io.trackml import read_submission
 from streamtrk.recon import reconstructor as reconstructor_module
+from streamtrk.recon.budget import Budget, EventTooDense
 from streamtrk.recon.graph import Graph, build_graph
 from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.prune import PruneConfig
 from streamtrk.recon.reconstructor import STAGES, OracleScorer, Reconstructor
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.recon.truth import true_segments
@@ -250,3 +254,80 @@ def test_the_oracle_labels_the_edges_of_each_events_first_hit():
         np.zeros(2 * n, np.int64),
     )
     assert (OracleScorer()(g, [ev, ev]) == 1).all()
+
+
+class _Constant:
+    """An EdgeScorer giving every edge the same score."""
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+
+    def __call__(self, graph: Graph, events: Sequence[Event]) -> np.ndarray:
+        return np.full(graph.num_edges, self.score, dtype=np.float32)
+
+
+def test_edges_pass_above_the_threshold_given(small_events: list[Event]) -> None:
+    """Every edge scored 0.3: the chain builds tracks at threshold 0.2 and none at the
+    default, 0.5."""
+    events = small_events[:1]
+    assert len(Reconstructor(_Constant(0.3), threshold=0.2).reconstruct(events).tracks[0]) > 100
+    assert len(Reconstructor(_Constant(0.3)).reconstruct(events).tracks[0]) == 0
+
+
+def test_a_device_of_neither_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"device must be 'cpu' or 'cuda', got 'gpu'"):
+        Reconstructor.oracle(device="gpu")
+
+
+def test_the_result_holds_the_graph_as_built_and_the_pruned_graph_scored(
+    small_events: list[Event],
+) -> None:
+    """With pruning, ``built`` is the graph before it and ``graph`` the one scored (fewer
+    edges, one score each); without, they are one graph."""
+    result = Reconstructor.oracle(prune=PruneConfig()).reconstruct(small_events)
+    assert 0 < result.graph.num_edges < result.built.num_edges
+    assert result.scores.shape == (result.graph.num_edges,)
+    assert np.array_equal(result.node_offsets, result.built.node_offsets)
+    assert result.node_offsets[-1] == sum(len(ev.hits) for ev in small_events)
+    plain = Reconstructor.oracle().reconstruct(small_events[:1])
+    assert plain.graph is plain.built
+
+
+def test_layer_hits_count_the_batchs_hits_and_those_on_its_tracks(
+    small_events: list[Event],
+) -> None:
+    """Row 0: every hit of the batch in its layer's cell; row 1: the hits on tracks."""
+    rec = Reconstructor.oracle()
+    result = rec.reconstruct(small_events)
+    assert result.layer_hits.shape == (2, rec.detector.layer_lut.size)
+    assert result.layer_hits[0].sum() == sum(len(ev.hits) for ev in small_events)
+    on_tracks = sum(len(t.hit_index) for t in result.tracks)
+    assert 0 < result.layer_hits[1].sum() == on_tracks < result.layer_hits[0].sum()
+    assert (result.layer_hits[1] <= result.layer_hits[0]).all()
+
+
+def test_a_stage_is_timed_with_its_work(small_events: list[Event]) -> None:
+    """The time of a stage is that of its work: a scorer taking 50 ms shows in ``gnn``."""
+
+    def slow(graph: Graph, events: Sequence[Event]) -> np.ndarray:
+        time.sleep(0.05)
+        return OracleScorer()(graph, events)
+
+    timings = Reconstructor(slow).reconstruct(small_events[:1]).timings
+    assert timings["gnn"] >= 0.05
+
+
+def test_the_chain_keeps_to_the_budget_it_is_given(small_events: list[Event]) -> None:
+    """A budget given to the reconstructor is the one its graph is built within: a budget
+    of no doublets refuses an ordinary event, which the default budget admits."""
+    tight = Budget(edges_per_hit=0.0, allowance=0)
+    with pytest.raises(EventTooDense, match="too many doublets"):
+        Reconstructor.oracle(budget=tight).reconstruct(small_events[:1])
+    assert len(Reconstructor.oracle().reconstruct(small_events[:1]).tracks[0]) > 100
+
+
+def test_the_prune_stage_is_timed_apart_from_the_graph(small_events: list[Event]) -> None:
+    """In a chain that prunes, pruning has its own time, not added to or over the graph's."""
+    timings = Reconstructor.oracle(prune=PruneConfig()).reconstruct(small_events[:1]).timings
+    assert list(timings) == list(STAGES)
+    assert timings["prune"] > 0 and timings["graph"] > 0
