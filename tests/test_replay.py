@@ -27,7 +27,7 @@ from live_daemon import first_line
 import streamtrk.replay as replay_module
 from streamtrk.cli import main
 from streamtrk.cli.common import COMMANDS, strict_json
-from streamtrk.client import Producer
+from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
 from streamtrk.io.recording import RecordingWriter, iter_events
@@ -43,6 +43,7 @@ from streamtrk.replay import (
     due_newest_first,
     format_report,
     labels_of,
+    load_recording,
     physics,
     replay,
 )
@@ -424,7 +425,6 @@ def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: 
     """``record`` stores only valid messages: a record that does not decode is damage, not
     an event to skip without a word."""
     from streamtrk.io.recording import RecordingError
-    from streamtrk.replay import load_recording
 
     events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 1, 2))
     path = tmp_path / "damaged.stk"
@@ -437,7 +437,6 @@ def test_a_record_that_does_not_decode_stops_the_load_with_its_offset(tmp_path: 
 
 
 def test_a_recording_loads_compact_when_asked(tmp_path: Path) -> None:
-    from streamtrk.replay import load_recording
 
     events = list(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=1)), 2, 2))
     path = tmp_path / "run.stk"
@@ -822,7 +821,6 @@ def test_replays_number_their_messages_apart() -> None:
 def test_load_recording_stops_at_the_limit_and_attaches_only_matching_truth(
     tmp_path: Path,
 ) -> None:
-    from streamtrk.replay import load_recording
 
     evs = [rec.event for rec in _events(3)]
     path = tmp_path / "mixed.stk"
@@ -840,7 +838,6 @@ def test_load_recording_stops_at_the_limit_and_attaches_only_matching_truth(
 
 def test_load_recording_pairs_interleaved_truth_as_readers_do(tmp_path: Path) -> None:
     """Two producers' pairs, tapped together: hits A, hits B, truth A, truth B."""
-    from streamtrk.replay import load_recording
 
     a, b = (rec.event for rec in _events(2))
     assert a.truth is not None and b.truth is not None
@@ -865,7 +862,6 @@ def test_load_recording_with_a_limit_reads_past_it_only_for_truth_within_the_win
     """Past the limit a truth still pairs while its hits are within ``PAIR_WINDOW`` hits
     messages of the last read, as every reader pairs them; past the window, none does."""
     from streamtrk.io.recording import PAIR_WINDOW
-    from streamtrk.replay import load_recording
 
     a, b = (rec.event for rec in _events(2))
     assert a.truth is not None
@@ -1341,3 +1337,134 @@ def test_replay_compact_sends_the_events_compact(tmp_path: Path) -> None:
         code = main(["replay", str(run), "--to", to, "--from", from_, "--compact", "-q",
                      "--timeout", "5"])  # fmt: skip
     assert code == 0 and versions == [5, 5]
+
+
+def test_the_report_gives_the_percentiles_mean_and_max_of_each_latency() -> None:
+    """latency_p50/p90/p99/max/mean_ms are those of the reply latencies, in ms; the
+    latency_from_schedule_* ones those of the latencies from the schedule (not the others)."""
+    lat = array("d", [0.001] * 9 + [0.091])  # 9 replies in 1 ms, one in 91 ms
+    due = array("d", [x + 1.0 for x in lat])  # each was due 1 s before it went
+    result = ReplayResult(sent=10, latencies=lat, schedule_latencies=due)
+    report = result.report([], 10.0, {})
+    assert report["latency_p50_ms"] == pytest.approx(1.0)
+    assert report["latency_p90_ms"] == pytest.approx(10.0)  # 1 + 0.1 * 90, interpolated
+    assert report["latency_p99_ms"] == pytest.approx(82.9)
+    assert report["latency_max_ms"] == pytest.approx(91.0)
+    assert report["latency_mean_ms"] == pytest.approx(10.0)  # not the median's 1 ms
+    assert report["latency_from_schedule_p50_ms"] == pytest.approx(1001.0)
+    assert report["latency_from_schedule_p99_ms"] == pytest.approx(1082.9)
+    assert report["latency_from_schedule_max_ms"] == pytest.approx(1091.0)
+
+
+def test_duplicates_are_not_counted_off_the_missing_replies() -> None:
+    """``missing`` is the events sent without a reply: a second reply to an answered event
+    (a duplicate) does not stand in for a missing one."""
+    result = ReplayResult(sent=3, latencies=array("d", [0.1, 0.1]), duplicates=1)
+    report = result.report([], None, {})
+    assert (report["received"], report["missing"], report["duplicates"]) == (2, 1, 1)
+
+
+def test_the_table_gives_numbers_to_four_significant_digits() -> None:
+    """``format_report``: floats to 4 significant digits, an empty count as ``none``,
+    an unknown value as ``-``."""
+    table = format_report({"duration_s": 1.23456, "errors": {}, "send_error": None})
+    assert table.splitlines() == ["duration_s  1.235", "errors      none", "send_error  -"]
+
+
+def test_the_report_spans_to_a_late_reply() -> None:
+    """An event answered 0.6 s after it went: duration_s runs to that reply (the replay's
+    last moment), and events_per_second is over that span."""
+    events = _events(1)
+
+    def handle(frames: list[bytes], out: zmq.Socket) -> None:
+        time.sleep(0.6)
+        out.send_multipart(_tracks_reply(frames))
+
+    with _stand_in(handle) as (to, from_):
+        report = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=2.0)).report(
+            events, None
+        )
+    assert report["received"] == 1
+    assert 0.55 <= report["duration_s"] < 1.5
+    assert report["events_per_second"] == pytest.approx(1 / report["duration_s"])
+
+
+def test_load_recording_reads_no_further_than_the_limit_needs(tmp_path: Path) -> None:
+    """With a limit, the load stops once the last event kept has its truth: damage further on
+    (a record that does not decode) is not read, as ``--events`` promises a part of a file."""
+    a, b = (rec.event for rec in _events(2))
+    path = tmp_path / "damaged-later.stk"
+    with RecordingWriter(path) as w:
+        w.write_event(a)
+        w.write([b"\xc1"])  # damage past the part asked for
+        w.write_event(b)
+    (loaded,) = load_recording(path, 1)
+    assert loaded.key == (a.run, a.event)
+    assert loaded.event.truth is not None
+
+
+def test_a_compact_load_keeps_the_header_fields(tmp_path: Path) -> None:
+    """``compact``: the hits are re-encoded, their header fields (send time, deadline,
+    message id) kept as recorded."""
+    (rec,) = _events(1)
+    path = tmp_path / "deadline.stk"
+    with RecordingWriter(path) as w:
+        w.write(encode_hits(rec.event, t_send_ns=123, deadline_ms=250.0, msg_id=7))
+    (loaded,) = load_recording(path, compact=True)
+    msg = decode(loaded.frames)
+    assert (msg.version, msg.t_send_ns, msg.deadline_ms, msg.msg_id) == (5, 123, 250.0, 7)
+
+
+def test_handshakes_hung_up_are_said_only_when_none_succeeded(monkeypatch) -> None:
+    """A proxy that could not reach the daemon at first, then did: its hang-ups are not news
+    (``handshakes_hung_up`` is for CURVE handshakes hung up on, none succeeding)."""
+    events = _events(1)
+    for shook, said in [(True, {}), (False, {"from": 3})]:
+
+        def refusal(self: Consumer, shook: bool = shook) -> None:
+            self.hung_up, self.shook = 3, shook  # as its monitor would have read them
+
+        monkeypatch.setattr(Consumer, "refusal", refusal)
+        with _stand_in(lambda frames, out: out.send_multipart(_tracks_reply(frames))) as (
+            to,
+            from_,
+        ):
+            result = replay(events, ReplayOptions(to=to, from_=from_, timeout_s=2.0))
+        assert result.received == 1 and result.hung_up == said
+
+
+def test_a_replay_no_daemon_takes_gives_up_when_the_timeout_runs_out() -> None:
+    """Bound, and no daemon connects: the first event waits --timeout for one (0.5 s here),
+    then the replay ends with every event unsent, not a second later."""
+    events = _events(2)
+    anywhere = "tcp://127.0.0.1:*"
+    t0 = time.perf_counter()
+    result = replay(events, ReplayOptions(to=anywhere, from_=anywhere, bind=True, timeout_s=0.5))
+    took = time.perf_counter() - t0
+    assert (result.sent, result.unsent) == (0, 2)
+    assert 0.45 <= took < 1.2, took
+
+
+def test_a_stall_shows_in_the_send_lag_after_the_schedule_is_caught_up(monkeypatch) -> None:
+    """send_lag_max_ms is the most any event went late: a send held up 0.3 s shows though
+    the events after it caught up with the schedule and went on time."""
+    events, rate = _events(30), 50.0
+    sends = 0
+    real_send = Producer.send_frames
+
+    def stalling(self, frames, timeout_ms=None):
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            time.sleep(0.3)  # a daemon that took nothing meanwhile
+        return real_send(self, frames, timeout_ms=timeout_ms)
+
+    monkeypatch.setattr(Producer, "send_frames", stalling)
+    with _daemon_sockets() as (sink, out, to, from_):
+        daemon = threading.Thread(target=_answer_all, args=(sink, out), daemon=True)
+        daemon.start()
+        result = replay(events, ReplayOptions(to=to, from_=from_, rate=rate, timeout_s=2.0))
+        daemon.join(10)
+    report = result.report(events, rate)
+    assert report["received"] == len(events)
+    assert report["send_lag_max_ms"] >= 250

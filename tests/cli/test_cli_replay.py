@@ -13,7 +13,7 @@ from streamtrk.cli import main
 from streamtrk.cli.replay import _exit_status
 from streamtrk.eval.score import PhysicsTotals
 from streamtrk.io.recording import RecordingWriter, iter_events
-from streamtrk.replay import ReplayResult
+from streamtrk.replay import ReplayOptions, ReplayResult
 
 
 def test_replay_to_nobody_says_no_reply_came_and_where_it_went(tmp_path):
@@ -292,3 +292,12 @@ def test_replay_refuses_a_submission_of_one_number_naming_two_events_before_it_s
         "streamtrk replay: error: 1 (run, event) numbers name events of other hits"
     ), out.stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_replay_help_gives_the_wait_before_a_resend_that_is_used(capsys):
+    """``--retry-after`` left out with ``--retries`` waits ReplayOptions' default, which the
+    help states: the two say the same number of seconds."""
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    assert f"seconds of silence before a resend ({ReplayOptions.retry_after_s:g};" in words
