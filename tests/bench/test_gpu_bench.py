@@ -208,7 +208,10 @@ def test_report_lists_another_gpu_and_batch_sizes_that_failed(gpu_report) -> Non
         "info": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"},
         "compile_bf16": {"batches": batches},
     }
-    result = {"date": "2026-12-05 10:00:00 UTC", "summary": {"gpu": parts["info"]["gpu"]}}
+    result: dict[str, Any] = {
+        "date": "2026-12-05 10:00:00 UTC",
+        "summary": {"gpu": "NVIDIA H100 80GB HBM3"},
+    }
     assert gpu_report.results_name(result) == "h100-2026-12-05.json"  # the card's model
     text = gpu_report.markdown(result | {"parts": parts}, "x.json")
     listed = text.split("Failed, skipped, cut or not as asked:\n\n")[1].splitlines()

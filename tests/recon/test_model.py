@@ -574,7 +574,7 @@ def test_weights_holding_other_objects_are_not_unpickled(
 
 def test_a_threshold_chosen_as_a_numpy_number_is_saved(tmp_path: Path) -> None:
     """A threshold picked from a NumPy scan (a float32) is written as a plain TOML float."""
-    card = model_card("t", ARCH, GraphConfig(), np.float32(0.75))
+    card = model_card("t", ARCH, GraphConfig(), np.float32(0.75))  # type: ignore[arg-type]
     save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
     assert "threshold = 0.75\n" in (tmp_path / "m" / CARD).read_text()
     assert load_reconstructor(tmp_path / "m").threshold == 0.75
@@ -596,7 +596,9 @@ def test_weights_with_a_key_of_no_name_are_refused(
     """A state dict with a key that is no string (an int): a ModelCardError naming the
     weights, not an AttributeError from reading the key as a name."""
     path, model = saved
-    torch.save({**model.state_dict(), 1: torch.zeros(1)}, path / WEIGHTS)
+    state: dict[object, torch.Tensor] = {1: torch.zeros(1)}
+    state.update(model.state_dict())
+    torch.save(state, path / WEIGHTS)
     with pytest.raises(ModelCardError, match=r"weights\.pt does not match the architecture"):
         load_model(path)
 
