@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamtrk.detector import DEFAULT_DETECTOR, highland, load_detector, parse_detector
+from streamtrk.detector import (
+    DEFAULT_DETECTOR,
+    highland,
+    layer_keys,
+    load_detector,
+    parse_detector,
+)
 
 TEXT = resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text()
 
@@ -230,3 +236,35 @@ def test_a_detector_file_that_is_no_text_is_named(tmp_path) -> None:
     path.write_bytes(b"STKREC\x00\x01\xa6\xff")
     with pytest.raises(ValueError, match=f"^invalid detector file {path}: not UTF-8 text"):
         load_detector(path)
+
+
+def test_a_layer_of_as_many_modules_as_int32_ids_allow_is_taken() -> None:
+    """Module ids run from 1 to the layer's module count, an int32 (the hits' module_id):
+    2**31 - 1 modules on a barrel layer or a disk is the most, and is taken."""
+    doc = tomllib.loads(TEXT)
+    _set("volumes.0.layers.0.n_phi", 2**31 - 1)(doc)
+    _set("volumes.0.layers.0.n_z", 1)(doc)
+    _set("volumes.3.rings", [2**30, 2**30 - 1])(doc)
+    det = parse_detector(doc)
+    assert np.sort(det.n_modules)[-2:].tolist() == [2**31 - 1, 2**31 - 1]
+
+
+def test_each_layers_cell_is_its_key_in_the_lookup_table() -> None:
+    """``layer_cells`` is each layer's ``layer_keys`` cell, in table order: the flattened
+    ``layer_lut`` holds the layer's own index there (counts per cell are counts per layer)."""
+    det = load_detector()
+    keys = layer_keys(det.layer_lut, det.volume_id, det.layer_id)
+    assert det.layer_cells.tolist() == keys.tolist()
+    assert det.layer_lut.reshape(-1)[det.layer_cells].tolist() == list(range(len(det)))
+
+
+def test_a_disk_from_the_axis_is_taken() -> None:
+    """r_min >= 0: a disk whose inner ring starts on the z axis (r_min = 0) is taken, and a
+    point near its centre is in its first ring's modules."""
+    doc = tomllib.loads(TEXT)
+    _set("volumes.3.r_min", 0.0)(doc)
+    det = parse_detector(doc)
+    d = np.flatnonzero(det.volume_id == doc["volumes"][3]["id"])
+    assert np.all(det.r_min[d] == 0.0)
+    got = det.module_id(d[:1], np.array([0.5]), np.array([0.0]), det.z[d[:1]])
+    assert got.tolist() == [1]

@@ -919,3 +919,74 @@ def test_an_event_without_particles_holds_its_noisy_layers_noise():
     assert ev.truth is not None and len(ev.truth.particles) == 0
     assert len(ev.hits) > 10 and np.all(ev.truth.hits.particle_id == 0)
     assert np.all(ev.truth.hits.hit_order == -1) and np.all(ev.truth.hits.weight == 0)
+
+
+def test_secondary_directions_reach_the_beam_line() -> None:
+    """A secondary's direction is isotropic: cos(theta) is flat up to +-0.9999 (|eta| up to
+    4.95), so 1% of them have |cos(theta)| above 0.99, some of them above 0.999."""
+    gen = generate(GeneratorConfig(mu=2000), np.random.default_rng(61))
+    sec = np.hypot(gen.vertex[:, 0], gen.vertex[:, 1]) >= 1.0
+    cos_t = np.abs(gen.momentum[sec, 2]) / np.linalg.norm(gen.momentum[sec], axis=1)
+    assert (cos_t > 0.99).mean() == pytest.approx(0.01, abs=0.002)
+    assert (cos_t > 0.999).mean() == pytest.approx(0.001, abs=0.0005)
+    assert cos_t.max() <= 0.9999 + 1e-12
+
+
+def test_secondary_radii_are_linearly_interpolated_between_quantiles() -> None:
+    """Production radii are drawn linearly between the real event's quantiles (not in log,
+    as pT is): the first 2% lie between 1.03 and 3.09 mm, half of them below the midpoint
+    2.06 mm (log interpolation put 63% of them there)."""
+    gen = generate(GeneratorConfig(mu=2000), np.random.default_rng(62))
+    r = np.hypot(gen.vertex[:, 0], gen.vertex[:, 1])
+    r = r[r >= 1.0]
+    low = r[r <= 3.09]
+    assert len(low) / len(r) == pytest.approx(0.02, abs=0.002)
+    assert (low < 2.06).mean() == pytest.approx(0.5, abs=0.06)
+
+
+def test_secondary_pt_is_log_interpolated_between_quantiles() -> None:
+    """Between the real event's 99.5% and 99.9% quantiles of secondary pT (3.10 and 13.7 GeV)
+    the spectrum is log-uniform: half of those secondaries lie below sqrt(3.10 x 13.7)
+    (a linear interpolation put 32% there)."""
+    gen = generate(GeneratorConfig(mu=3000), np.random.default_rng(63))
+    sec = np.hypot(gen.vertex[:, 0], gen.vertex[:, 1]) >= 1.0
+    pt = np.hypot(gen.momentum[sec, 0], gen.momentum[sec, 1])
+    band = pt[(pt >= 3.0995) & (pt <= 13.7)]
+    assert len(band) / len(pt) == pytest.approx(0.004, abs=0.001)
+    assert (band < np.sqrt(3.0995 * 13.7)).mean() == pytest.approx(0.5, abs=0.09)
+
+
+def test_each_crossing_scatters_by_its_own_layers_material() -> None:
+    """Particles crossing different layers in the same step each scatter by the x0 of the
+    layer they cross: with material on the innermost barrel layer only, particles from the
+    origin scatter there by Highland's width; those produced beyond it (first crossing a
+    later layer, in the same step) are not deflected at all."""
+    det = replace(DET, x0=np.where(np.arange(len(DET)) == 0, 0.05, 1e-30))
+    n, pt = 4000, 2.0
+    inner, outer = _one(pt, 0.0, 0.0, 1, n), _one(pt, 0.0, 0.0, 1, n)
+    outer.vertex[:, 0] = 0.5 * (DET.r[0] + DET.r[2])  # between the first and third layers
+    fields = ("vertex", "momentum", "charge")
+    gen = GeneratedParticles(
+        *(np.concatenate([getattr(inner, f), getattr(outer, f)]) for f in fields)
+    )
+    c = propagate(det, gen, np.random.default_rng(8), max_turns=0.5)
+    first = c.order == 0
+    assert np.all(c.layer[first & (c.particle < n)] == 0)
+    assert np.all(c.layer[first & (c.particle >= n)] != 0)
+    theta = np.arctan2(c.momentum[first, 2], np.hypot(c.momentum[first, 0], c.momentum[first, 1]))
+    from_origin = c.particle[first] < n
+    expect = highland(np.array([pt]), np.array([0.05]))[0]
+    assert np.std(theta[from_origin]) == pytest.approx(expect, rel=0.06)
+    assert np.all(theta[~from_origin] == 0.0)
+
+
+def test_a_noisy_layers_extra_hits_are_a_poisson_count() -> None:
+    """``noisy_layers`` gives a layer's mean number of extra noise hits an event: the count
+    is a Poisson draw of that mean (variance = mean), not the mean rounded every event."""
+    gen = GeneratorConfig(mu=1e-6, primaries_per_vertex=1e-9)  # no particles: noise alone
+    cfg = SimConfig(generator=gen, noise_fraction=0.0, noisy_layers=(((8, 2), 50.5),))
+    counts = np.array(
+        [len(simulate_event(DET, cfg, np.random.default_rng(s)).hits) for s in range(60)]
+    )
+    assert counts.mean() == pytest.approx(50.5, abs=4 * np.sqrt(50.5 / 60))
+    assert counts.var() == pytest.approx(50.5, rel=0.6)
