@@ -408,7 +408,8 @@ def _check_no_shared_particles(splits: dict[str, list[Event]]) -> None:
                 continue
             p = event.truth.particles
             rows = np.stack([to_host(p.px), to_host(p.py), to_host(p.pz)], axis=1)
-            if len(rows) and np.isfinite(rows).all():
+            rows = rows[np.isfinite(rows).all(axis=1)]  # the particles whose momenta are known
+            if len(rows):
                 owners.append((name, event))
                 momenta.append(rows.astype(np.float64))
     if len(momenta) < 2:
