@@ -508,3 +508,47 @@ def test_a_recording_holding_more_events_than_asked_gives_its_first(tmp_path: Pa
     assert main([*args, "-o", str(tmp_path / "r.stk")]) == 0
     events = EventSource(recording=str(tmp_path / "r.stk"), events=1).load(load_detector())
     assert [ev.event for ev in events] == [0]
+
+
+def test_one_particle_of_unknown_momentum_does_not_hide_a_shared_event() -> None:
+    """The particles whose momenta are known are compared: a NaN momentum on one particle
+    of the same seed with a hard scatter added still shares the pile-up with the plain one."""
+    from streamtrk.event import Particles
+    from streamtrk.sim.generator import GeneratorConfig
+    from streamtrk.sim.simulate import SimConfig, simulate
+    from streamtrk.train import check_no_shared_events
+
+    det = load_detector()
+    [plain] = EventSource(mu=10, seed=11, events=1).load(det)
+    [hard] = simulate(det, SimConfig(GeneratorConfig(mu=10, hard_scatter=3)), 11, 1)
+    assert hard.truth is not None
+    cols = dict(hard.truth.particles.columns())
+    cols["px"] = cols["px"].copy()
+    cols["px"][0] = np.nan
+    hard = replace(hard, truth=replace(hard.truth, particles=Particles(**cols)))
+    with pytest.raises(ValueError, match=r"\[train\] event .* and \[test\] event .* share"):
+        check_no_shared_events({"train": [plain], "test": [hard]})
+
+
+def test_the_test_events_are_scored_at_the_chosen_threshold_and_the_loss_edges_counted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The card's test metrics are those at the threshold chosen on the validation events
+    (not a fixed 0.5), and train_edges_in_loss counts the counted edges alone: fewer than
+    the training graphs' edges (softer segments are out of the loss)."""
+    import streamtrk.train as training
+
+    seen: list[float] = []
+    evaluate_model = training.evaluate_model
+
+    def spy(model, events, cfg, threshold, progress=False):
+        seen.append(threshold)
+        return evaluate_model(model, events, cfg, threshold, progress)
+
+    monkeypatch.setattr(training, "evaluate_model", spy)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY + "\n[test]\nmu = 10\nseed = 13\nevents = 1\n")
+    card = training.train(load_config(config), tmp_path / "m", progress=False)
+    assert seen == [card["model"]["threshold"]] and seen[0] in (0.4, 0.6)
+    t = card["training"]
+    assert 0 < t["train_edges_in_loss"] < t["train_edges"]

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from train_helpers import REPO, TINY
 
+from streamtrk.detector import load_detector
 from streamtrk.errors import SettingError
 from streamtrk.recon.model import DEFAULT_MODEL_NAME
+from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.train import EventSource, load_config
 
 
@@ -158,3 +160,60 @@ def test_settings_at_the_edges_of_their_ranges_are_taken(tmp_path: Path) -> None
     assert (cfg.pt_min, cfg.optim.warmup_steps, cfg.val.mu, cfg.val.noise) == (0, 0, 10000, 0)
     path.write_text(TINY.replace("seed = 3", "seed = 3\npt_min = 0.5"))
     assert load_config(path).pt_min == 0.5
+
+
+@pytest.mark.parametrize(
+    ("edit", "new", "match"),
+    [
+        ("warmup_steps = 2", "warmup_steps = 2\nlr_min = -0.0001", r"lr_min must be in \[0, lr\]"),
+        *[
+            ("warmup_steps = 2", f"warmup_steps = 2\n{k} = inf", rf"{k} must be a finite number")
+            for k in ("grad_clip", "pos_weight")
+        ],
+        ("seed = 3", "seed = 3\npt_min = inf", r"pt_min must be a finite number >= 0"),
+        ("seed = 3", "seed = 3\nthreads = 0", r"threads must be 1 to \d+, got 0"),
+        ('name = "tiny"', 'name = "a\\\\b"', "name must be a directory name"),
+    ],
+)
+def test_settings_just_out_of_their_ranges_are_refused(
+    tmp_path: Path, edit: str, new: str, match: str
+) -> None:
+    """Each bound is refused on its own side: a negative lr_min, an infinite clip, weight or
+    pT_min, no threads, a backslash in the name (a Windows path separator)."""
+    path = tmp_path / "c.toml"
+    path.write_text(TINY.replace(edit, new, 1))
+    with pytest.raises(SettingError, match=match):
+        load_config(path)
+
+
+def test_the_inclusive_ends_of_the_optim_and_thread_ranges_are_taken(tmp_path: Path) -> None:
+    """lr_min may equal lr (a constant rate after the warm-up), the sector margin may be 0,
+    and the threads may be the most torch takes."""
+    path = tmp_path / "c.toml"
+    text = TINY.replace("seed = 3", f"seed = 3\nthreads = {MAX_TORCH_THREADS}").replace(
+        "warmup_steps = 2", "warmup_steps = 2\nlr = 0.002\nlr_min = 0.002\nsector_margin = 0.0"
+    )
+    path.write_text(text)
+    cfg = load_config(path)
+    assert (cfg.threads, cfg.optim.lr_min, cfg.optim.sector_margin) == (
+        MAX_TORCH_THREADS,
+        0.002,
+        0.0,
+    )
+
+
+def test_simulated_events_are_made_at_the_sources_mu() -> None:
+    """MU is the simulation's pile-up: ten times the MU, several times the hits (it was not
+    passed on, every source simulated at the generator's default)."""
+    det = load_detector()
+    [low] = EventSource(mu=5, seed=1, noise=0.0).load(det)
+    [high] = EventSource(mu=50, seed=1, noise=0.0).load(det)
+    assert len(high.hits) > 3 * len(low.hits)
+
+
+def test_simulated_events_carry_the_sources_noise() -> None:
+    """The noise fraction is the simulation's: noise adds hits to the same crossing."""
+    det = load_detector()
+    [clean] = EventSource(mu=5, seed=1, noise=0.0).load(det)
+    [noisy] = EventSource(mu=5, seed=1, noise=0.5).load(det)
+    assert len(noisy.hits) > len(clean.hits)

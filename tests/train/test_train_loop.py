@@ -245,3 +245,68 @@ def test_the_train_loss_is_the_mean_over_the_counted_edges_of_the_epoch(tmp_path
     _, history = fit(cfg, sectors, sectors, tmp_path / "ck", progress=False)
     want = sum(x * c for x, c in zip(losses, counts, strict=True)) / sum(counts)
     assert history[0]["train_loss"] == pytest.approx(want, rel=1e-4)
+
+
+def test_the_cosine_decays_from_the_end_of_the_warm_up_to_lr_min_and_stays() -> None:
+    """After the warm-up the cosine spans the remaining steps: half-way there the rate is
+    the mean of lr and lr_min, at the last step lr_min, and it stays there after."""
+    o = OptimConfig(lr=1e-3, lr_min=1e-4, warmup_steps=4)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=o.lr)
+    sched = _schedule(opt, o, total=10)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[7] == pytest.approx((o.lr + o.lr_min) / 2)
+    assert lrs[10:] == pytest.approx([o.lr_min] * 4)
+
+
+def test_a_sample_without_counted_edges_adds_nothing_to_the_validation(tmp_path: Path) -> None:
+    """Its loss would be NaN (a mean over no edge): it is skipped, not summed."""
+    cfg, [s] = _tiny_samples(tmp_path)
+    torch.manual_seed(0)
+    model = InteractionNetwork(cfg.model)
+    empty = replace(s, counted=torch.zeros_like(s.counted))
+    assert validate(model, [s, empty], 3.0) == validate(model, [s], 3.0)
+
+
+def test_validation_efficiency_without_a_true_edge_is_nan_not_zero(tmp_path: Path) -> None:
+    """No true segment among the counted edges: the efficiency is undefined (NaN), not 0."""
+    cfg, [s] = _tiny_samples(tmp_path)
+    torch.manual_seed(0)
+    fakes = replace(s, counted=s.counted & (s.target < 0.5))
+    assert bool(fakes.counted.any())
+    assert math.isnan(validate(InteractionNetwork(cfg.model), [fakes], 3.0)["edge_efficiency"])
+
+
+def test_a_validation_loss_that_only_ties_is_no_better_epoch(tmp_path: Path, monkeypatch):
+    """Early stopping wants a lower loss: with every epoch's the same, the first stays the
+    best, and patience 2 stops after epoch 2."""
+    recipe = TINY.replace("epochs = 2", "epochs = 5\npatience = 2")
+    cfg, samples = _tiny_samples(tmp_path, recipe)
+    validate_ = loop.validate
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: validate_(*a, **k) | {"loss": 1.0})
+    _, history = loop.fit(cfg, samples, samples, tmp_path / "ck", progress=False)
+    assert len(history) == 3
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch-000.pt", "epoch-002.pt"]
+
+
+def test_each_epoch_visits_the_samples_in_the_seeds_shuffled_order(tmp_path: Path, monkeypatch):
+    """The steps take the samples in a permutation drawn from the recipe's seed, a new one
+    each epoch (not always the order they were given in)."""
+    cfg, [s] = _tiny_samples(tmp_path, TINY.replace("epochs = 2", "epochs = 3\npatience = 3"))
+    samples = [replace(s, home_edges=i) for i in range(5)]  # told apart by home_edges
+    seen: list[int] = []
+    loss = loop._loss
+
+    def spy(logits, sample, pos_weight):
+        if sample.home_edges >= 0:  # not the validation's
+            seen.append(sample.home_edges)
+        return loss(logits, sample, pos_weight)
+
+    monkeypatch.setattr(loop, "_loss", spy)
+    loop.fit(cfg, samples, [replace(s, home_edges=-1)], tmp_path / "ck", progress=False)
+    rng = np.random.default_rng(cfg.seed)
+    want = [int(i) for _ in range(3) for i in rng.permutation(5)]
+    assert seen == want and want != list(range(5)) * 3
