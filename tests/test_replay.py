@@ -1167,8 +1167,9 @@ def test_a_paced_replay_times_every_event_from_its_schedule_and_says_a_stall(
     monkeypatch,
 ) -> None:
     """With a rate every event, the first too, has a latency from its schedule; a send the
-    daemon held up 0.3 s shows in send_lag_max_ms."""
-    events, rate = _events(4), 50.0
+    daemon held up 0.3 s shows in send_lag_max_ms (the most any event went late), though
+    the events after it caught up with the schedule and went on time."""
+    events, rate = _events(30), 50.0
     sends = 0
     real_send = Producer.send_frames
 
@@ -1443,28 +1444,3 @@ def test_a_replay_no_daemon_takes_gives_up_when_the_timeout_runs_out() -> None:
     took = time.perf_counter() - t0
     assert (result.sent, result.unsent) == (0, 2)
     assert 0.45 <= took < 1.2, took
-
-
-def test_a_stall_shows_in_the_send_lag_after_the_schedule_is_caught_up(monkeypatch) -> None:
-    """send_lag_max_ms is the most any event went late: a send held up 0.3 s shows though
-    the events after it caught up with the schedule and went on time."""
-    events, rate = _events(30), 50.0
-    sends = 0
-    real_send = Producer.send_frames
-
-    def stalling(self, frames, timeout_ms=None):
-        nonlocal sends
-        sends += 1
-        if sends == 2:
-            time.sleep(0.3)  # a daemon that took nothing meanwhile
-        return real_send(self, frames, timeout_ms=timeout_ms)
-
-    monkeypatch.setattr(Producer, "send_frames", stalling)
-    with _daemon_sockets() as (sink, out, to, from_):
-        daemon = threading.Thread(target=_answer_all, args=(sink, out), daemon=True)
-        daemon.start()
-        result = replay(events, ReplayOptions(to=to, from_=from_, rate=rate, timeout_s=2.0))
-        daemon.join(10)
-    report = result.report(events, rate)
-    assert report["received"] == len(events)
-    assert report["send_lag_max_ms"] >= 250

@@ -144,17 +144,20 @@ def test_the_fit_returns_the_best_epochs_weights_on_the_documented_schedule(
         assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr, rel=1e-6)
 
 
-def test_the_warm_up_rises_linearly_to_the_learning_rate() -> None:
-
+def test_the_warm_up_rises_linearly_then_a_cosine_decays_to_lr_min() -> None:
+    """A linear warm-up to lr; then the cosine spans the remaining steps: half-way there
+    the rate is the mean of lr and lr_min, at the last step lr_min, and it stays there."""
     o = OptimConfig(lr=1e-3, lr_min=1e-4, warmup_steps=4)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=o.lr)
     sched = _schedule(opt, o, total=10)
     lrs = []
-    for _ in range(5):
+    for _ in range(14):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert lrs[:5] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert lrs[7] == pytest.approx((o.lr + o.lr_min) / 2)
+    assert lrs[10:] == pytest.approx([o.lr_min] * 4)
 
 
 def test_patience_stops_after_that_many_epochs_without_a_better_validation_loss(
@@ -245,21 +248,6 @@ def test_the_train_loss_is_the_mean_over_the_counted_edges_of_the_epoch(tmp_path
     _, history = fit(cfg, sectors, sectors, tmp_path / "ck", progress=False)
     want = sum(x * c for x, c in zip(losses, counts, strict=True)) / sum(counts)
     assert history[0]["train_loss"] == pytest.approx(want, rel=1e-4)
-
-
-def test_the_cosine_decays_from_the_end_of_the_warm_up_to_lr_min_and_stays() -> None:
-    """After the warm-up the cosine spans the remaining steps: half-way there the rate is
-    the mean of lr and lr_min, at the last step lr_min, and it stays there after."""
-    o = OptimConfig(lr=1e-3, lr_min=1e-4, warmup_steps=4)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=o.lr)
-    sched = _schedule(opt, o, total=10)
-    lrs = []
-    for _ in range(14):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[7] == pytest.approx((o.lr + o.lr_min) / 2)
-    assert lrs[10:] == pytest.approx([o.lr_min] * 4)
 
 
 def test_a_sample_without_counted_edges_adds_nothing_to_the_validation(tmp_path: Path) -> None:
