@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -471,9 +473,9 @@ def test_a_curve_server_takes_frames_up_to_its_limit_and_times_out_past_one(
 ) -> None:
     """libzmq checks ZMQ_MAXMSGSIZE against a frame as encrypted, 33 bytes longer: a frame
     of the limit was dropped with its connection (an event of max_hits hits was never
-    answered). And a connection dropped mid-message leaves a CURVE server the client's ZAP
-    credential: a poll reported it, and ``recv_frames`` then blocked past its timeout,
-    until another message came."""
+    answered); one byte more is. And a connection dropped mid-message leaves a CURVE
+    server the client's ZAP credential: a poll reported it, and ``recv_frames`` then
+    blocked past its timeout, until another message came."""
     for name in ("server", "alice"):
         create_certificates(tmp_path, name)
     (tmp_path / "allowed").mkdir()
@@ -498,7 +500,7 @@ def test_a_curve_server_takes_frames_up_to_its_limit_and_times_out_past_one(
                 frames = consumer.recv_frames(timeout_ms=10_000)
             assert frames is not None and len(frames[1].bytes) == 1024
             with client() as big:
-                assert big.send_frames([b"h", bytes(1025 + 33)], timeout_ms=5000)
+                assert big.send_frames([b"h", bytes(1025)], timeout_ms=5000)
             got: list[Any] = []
             reader = threading.Thread(target=lambda: got.append(consumer.recv_frames(2000)))
             reader.start()
@@ -764,6 +766,7 @@ def test_wait_ready_reaches_the_daemon_whatever_proxy_the_environment_names(
         monkeypatch.setenv(name, "http://127.0.0.1:1")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # built afresh, as in a new process
     with socket.create_server(("127.0.0.1", 0)) as server:
 
         def serve() -> None:
@@ -790,14 +793,12 @@ def test_a_producer_holds_nothing_a_peer_sends_it() -> None:
         assert producer.socket.getsockopt(zmq.MAXMSGSIZE) == MAX_INBOUND_BYTES
 
 
-def test_a_plain_client_counts_no_curve_handshake_hung_up() -> None:
-    """``hung_up`` counts CURVE handshakes (replay/record then say "CURVE handshakes
-    were hung up on" with the CURVE hint): a client without CURVE hung up on by a proxy
-    whose daemon is not up yet counts none."""
+@contextlib.contextmanager
+def _hanging_up_proxy() -> Iterator[tuple[int, list[int]]]:
+    """A loopback port that takes each connection and closes it at once (a proxy whose
+    daemon is not up yet): yields the port and the count of connections taken so far."""
     proxy = socket.create_server(("127.0.0.1", 0))
-    port = proxy.getsockname()[1]
-    stop = threading.Event()
-    accepted = [0]
+    stop, accepted = threading.Event(), [0]
 
     def hang_up() -> None:
         proxy.settimeout(0.1)
@@ -809,21 +810,53 @@ def test_a_plain_client_counts_no_curve_handshake_hung_up() -> None:
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
     try:
-        with Producer(
-            f"tcp://127.0.0.1:{port}", linger_ms=0, monitor_events=REFUSAL_EVENTS
-        ) as client:
-            assert client.send_frames([b"held"], timeout_ms=5000)
-            t_end = time.monotonic() + 10
-            while accepted[0] < 4 and time.monotonic() < t_end:
-                assert client.refusal() is None
-                time.sleep(0.05)
-            time.sleep(0.2)
-            assert client.refusal() is None
-            assert accepted[0] >= 4 and client.hung_up == 0
+        yield proxy.getsockname()[1], accepted
     finally:
         stop.set()
         thread.join()
         proxy.close()
+
+
+def test_a_plain_client_counts_no_curve_handshake_hung_up() -> None:
+    """``hung_up`` counts CURVE handshakes (replay/record then say "CURVE handshakes
+    were hung up on" with the CURVE hint): a client without CURVE hung up on by a proxy
+    whose daemon is not up yet counts none."""
+    with (
+        _hanging_up_proxy() as (port, accepted),
+        Producer(f"tcp://127.0.0.1:{port}", linger_ms=0, monitor_events=REFUSAL_EVENTS) as client,
+    ):
+        assert client.send_frames([b"held"], timeout_ms=5000)
+        t_end = time.monotonic() + 10
+        while accepted[0] < 4 and time.monotonic() < t_end:
+            assert client.refusal() is None
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert client.refusal() is None
+        assert accepted[0] >= 4 and client.hung_up == 0
+
+
+def test_one_refusal_call_counts_every_hang_up_waiting(tmp_path: Path) -> None:
+    """``refusal`` reads the monitor to its end (record and replay call it once more at the
+    end): the CURVE hang-ups that piled up since the last call are all counted by one call."""
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    with (
+        _hanging_up_proxy() as (port, accepted),
+        Producer(
+            f"tcp://127.0.0.1:{port}",
+            linger_ms=0,
+            curve_key=tmp_path / "alice.key_secret",
+            curve_server_key=tmp_path / "server.key",
+            monitor_events=REFUSAL_EVENTS,
+        ) as client,
+    ):
+        assert client.send_frames([b"held"], timeout_ms=5000)
+        t_end = time.monotonic() + 30
+        while accepted[0] < 5 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the last hang-up's event reaches the monitor
+        assert client.refusal() is None
+        assert client.hung_up >= 4 and not client.shook
 
 
 def test_a_zero_timeout_receive_returns_at_once() -> None:
@@ -929,7 +962,7 @@ def test_wait_listening_reads_the_record_of_a_process_that_has_exited_since(tmp_
 
 class _Full:
     """Stands in for a socket whose poll says writable but whose send finds the queue
-    full (its only peer gone in between)."""
+    full (its only peer gone in between); a send within a timeout must not block there."""
 
     closed = False
 
@@ -937,6 +970,7 @@ class _Full:
         return zmq.POLLOUT
 
     def send_multipart(self, frames: Any, flags: int = 0, copy: bool = True) -> None:
+        assert flags & zmq.NOBLOCK, "a send within a timeout would block"
         raise zmq.Again()
 
 

@@ -9,6 +9,7 @@ from streamtrk.io.weights import (
     ORDER_PROPOSAL,
     ORDER_WEIGHTS,
     hit_order,
+    hit_order_and_weights,
     hit_weights,
     pt_weight,
 )
@@ -121,3 +122,21 @@ def test_hits_at_one_distance_share_the_references_order_weight() -> None:
     want = ORDER_WEIGHTS[8, [0, 1, 1, 3, 4, 6, 6, 6]]
     assert w[:8] == pytest.approx((want / want.sum())[perm], rel=1e-6)
     assert w[8] == 0  # noise
+
+
+def test_an_event_without_hits_has_no_weights() -> None:
+    """An empty event (a readout with no hits, an event cut to none) gives empty arrays."""
+    empty = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    order, w = hit_order_and_weights(*empty)
+    assert order.shape == w.shape == (0,) and w.dtype == np.float32
+    assert hit_weights(*empty).shape == (0,) and hit_order(*empty[:2]).shape == (0,)
+
+
+def test_the_order_given_with_the_weights_is_hit_order_ties_in_input_order() -> None:
+    """``hit_order_and_weights`` answers :func:`hit_order` (ties keep input order: 0, 1, 2),
+    not the reference's shared index of tied hits (1, 1, 1) that only the weights use."""
+    pid = np.array([4, 4, 4, 4, 0])
+    distance = np.array([2.0, 2.0, 2.0, 1.0, 0.0])
+    order, w = hit_order_and_weights(pid, distance, np.full(5, 3.0))
+    assert order.tolist() == hit_order(pid, distance).tolist() == [1, 2, 3, 0, -1]
+    assert w.tolist() == hit_weights(pid, distance, np.full(5, 3.0)).tolist()

@@ -14,6 +14,7 @@ from streamtrk.wire.curve import (
     CurveError,
     allowed_keys,
     create_certificates,
+    exposed_without_curve,
     host_only,
     load_keypair,
     load_public,
@@ -167,6 +168,26 @@ def test_transports_other_than_tcp_ipc_and_inproc_reach_other_hosts(endpoint: st
     assert not host_only(endpoint)
 
 
+@pytest.mark.parametrize("endpoint", ["inproc://events", "ipc:///tmp/streamtrk.in"])
+def test_inproc_and_ipc_reach_this_host_only(endpoint: str) -> None:
+    """Neither leaves the host: no CURVE is asked of them."""
+    assert host_only(endpoint) and exposed_without_curve(endpoint, "remedy") is None
+
+
+@pytest.mark.parametrize("host", ["1270.0.0.1", "127net", "12.7.0.1"])
+def test_only_127_dot_addresses_are_loopback(host: str) -> None:
+    """Loopback is 127.0.0.0/8: a host or interface name that merely starts with the
+    digits 127 is another address, bound only with CURVE."""
+    assert not host_only(f"tcp://{host}:5555")
+
+
+def test_the_refusal_ends_with_the_remedy_it_is_given() -> None:
+    """The remedy (which option turns CURVE on there) is what the user acts on."""
+    why = exposed_without_curve("tcp://0.0.0.0:5555", "Give --curve-key or bind 127.0.0.1.")
+    assert why is not None and why.startswith("tcp://0.0.0.0:5555 is not a loopback address")
+    assert why.endswith("replies. Give --curve-key or bind 127.0.0.1.")
+
+
 def test_the_directory_is_created_with_its_parents(tmp_path: Path, capsys) -> None:
     """docs/operations.md's ``streamtrk keys /etc/streamtrk/keys server`` on a host without
     /etc/streamtrk yet."""
@@ -220,6 +241,15 @@ def test_a_damaged_key_among_the_allowed_is_refused_naming_its_file(tmp_path: Pa
     create_certificates(tmp_path, "alice")
     bad = _damaged(tmp_path / "alice.key", "public-key")
     with pytest.raises(CurveError, match=rf"^{bad}: its public-key is not a CURVE key"):
+        allowed_keys(tmp_path)
+
+
+def test_a_dangling_key_link_among_the_allowed_is_refused_naming_it(tmp_path: Path) -> None:
+    """A ``NAME.key`` symlink whose target is gone (a secret mount mid-update) is named as
+    unreadable, not taken for a key removed after the listing."""
+    create_certificates(tmp_path, "alice")
+    (tmp_path / "bob.key").symlink_to(tmp_path / "gone" / "bob.key")
+    with pytest.raises(CurveError, match=r"certificate \S+/bob\.key: no such file$"):
         allowed_keys(tmp_path)
 
 
