@@ -4,17 +4,19 @@ full file says so once."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from streamtrk.io.recording import MAX_FRAME_BYTES, iter_records
+from streamtrk.io.recording import MAX_FRAME_BYTES, RecordingError, iter_records
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.wire import WireError
 
@@ -227,3 +229,91 @@ def test_a_file_that_cannot_be_cut_back_fails_every_write_after(
     with pytest.raises(OSError, match="unusable since a write failed"):
         dead.write([b"\xc1"], err)
     dead.close()
+
+
+def test_a_record_says_when_its_message_came_in_wall_clock_time(tmp_path: Path) -> None:
+    """``t_recv_ns`` is wall-clock time (ns since the epoch), to match a dead letter with
+    the sender's and the daemon's logs, not a monotonic clock's meaningless count."""
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 30)
+    before = time.time_ns()
+    assert dead.write([b"\xc1"], WireError("not_msgpack", "test"))
+    after = time.time_ns()
+    dead.close()
+    [(_, frames)] = list(iter_records(path))
+    assert before <= msgpack.unpackb(frames[0])["t_recv_ns"] <= after
+
+
+def test_a_file_cut_short_by_a_crash_is_cut_back_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record cut short by a crash mid-write is cut back at start-up, with a warning that
+    says how many bytes went; the records before it and those written after read back."""
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 20)
+    for fill in (b"a", b"b"):
+        assert dead.write([b"\xc1", fill * 100], WireError("not_msgpack", "test"))
+    dead.close()
+    os.truncate(path, path.stat().st_size - 10)  # the last record's end never written
+    with caplog.at_level(logging.WARNING, "streamtrk.service.deadletter"):
+        dead = DeadLetters(path, 1 << 20)
+    assert dead.write([b"\xc1", b"c" * 100], WireError("not_msgpack", "test"))
+    dead.close()
+    assert [bytes(frames[2][:1]) for _, frames in iter_records(path)] == [b"a", b"c"]
+    [line] = caplog.records
+    assert line.getMessage() == f"dead-letter file {path} cut back to its last whole record"
+    assert line.levelno == logging.WARNING
+    assert line.fields["bytes_cut"] > 0  # type: ignore[attr-defined]
+
+
+def test_a_file_refused_at_start_up_keeps_no_lock(tmp_path: Path) -> None:
+    """A path that holds no recording (a wrong path given) is refused, and its lock given
+    up with it: once the file is fixed the same daemon takes it, not 'in use by another
+    process' until it exits."""
+    path = tmp_path / "dead.stk"
+    path.write_bytes(b"this is not a recording, but somebody's notes")
+    with pytest.raises(RecordingError):
+        DeadLetters(path, 1 << 20)
+    path.write_bytes(b"")  # the same file, emptied
+    dead = DeadLetters(path, 1 << 20)
+    assert dead.write([b"\xc1"], WireError("not_msgpack", "test"))
+    dead.close()
+
+
+def _held(where: Path) -> list[str]:
+    """The files under ``where`` this process holds a descriptor of."""
+    fds = Path("/proc/self/fd")
+    held = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith(str(where)):
+                held.append(target)
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux's /proc/self/fd")
+def test_a_damaged_file_moved_aside_is_not_held_open(tmp_path: Path) -> None:
+    """The damaged file moved aside is let go (its lock too): once closed, the daemon holds
+    no descriptor of either file."""
+    path = tmp_path / "dead.stk"
+    dead = DeadLetters(path, 1 << 20)
+    for fill in (b"a", b"b", b"c"):
+        assert dead.write([b"\xc1", fill * 100], WireError("not_msgpack", "test"))
+    dead.close()
+    damaged = bytearray(path.read_bytes())
+    damaged[40] ^= 0x01  # in the first record
+    path.write_bytes(damaged)
+    dead = DeadLetters(path, 1 << 20)
+    assert sorted(Path(p).name for p in _held(tmp_path)) == ["dead.stk", "dead.stk"]  # lock, writer
+    dead.close()
+    assert _held(tmp_path) == []
+
+
+def test_the_file_s_directory_is_made_where_absent(tmp_path: Path) -> None:
+    """``dead_letter_path`` may name a directory not made yet (a fresh node's spool): it is
+    made, not a start-up failure."""
+    path = tmp_path / "spool" / "streamtrk" / "dead.stk"
+    dead = DeadLetters(path, 1 << 20)
+    assert dead.write([b"\xc1"], WireError("not_msgpack", "test"))
+    dead.close()
+    assert [bytes(frames[1]) for _, frames in iter_records(path)] == [b"\xc1"]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from live_daemon import wait_for
 
 from streamtrk.event import TRACK_PARAM_DTYPES, Tracks
 from streamtrk.service.emit import Emitter
@@ -19,6 +20,7 @@ from streamtrk.service.job import Reply
 from streamtrk.service.monitor import Reconnects
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import decode
+from streamtrk.wire.codec import ModelId
 
 
 def test_a_reply_that_cannot_be_encoded_is_sent_as_internal() -> None:
@@ -387,3 +389,111 @@ def test_replies_taken_while_no_consumer_was_connected_count_only_if_none_is_at_
         connected[0] = back
         r.emitter.cleanup()
         assert r.emitter.dropped == dropped, back
+
+
+def test_a_sent_reply_says_its_beam_line_and_model(rig) -> None:
+    """A reply names the beam line its tracks' perigee parameters are about and the model
+    that made them (docs/wire.md, version 6): both reach the consumer."""
+    r = rig()
+    r.metrics.inflight.inc()
+    model = ModelId("gnn-a", "0123abcd", 0.5)
+    r.emitter.emit(
+        Reply(1, 2, 0.0, {}, np.arange(4), _tracks(2), beam_line=(0.5, -1.25), model=model)
+    )
+    reply = r.recv().to_reply()
+    assert reply.beam_line == (0.5, -1.25) and reply.model == model
+
+
+def test_an_event_with_no_track_found_counts_its_hits(rig) -> None:
+    """``streamtrk_hits_total`` counts the hits of every event answered ok, one where no
+    track was found too (the rules divide received bytes and throughput by it)."""
+    r = rig()
+    r.metrics.inflight.inc()
+    r.emitter.emit(Reply(1, 2, 0.0, {}, hit_ids=np.arange(5), tracks=_tracks(0)))
+    reply = r.recv().to_reply()
+    assert reply.ok and len(reply) == 0
+    assert r.value("streamtrk_tracks_total") == 0
+    assert r.value("streamtrk_hits_total") == 5
+
+
+def test_the_encode_time_sent_is_the_one_observed(rig) -> None:
+    """The reply's ``timings["encode"]`` is the time its encoding took, the same seconds
+    ``streamtrk_stage_seconds{stage="encode"}`` observed."""
+    r = rig()
+    r.metrics.inflight.inc()
+    r.emitter.emit(Reply(1, 2, 0.0, {}, hit_ids=np.arange(4), tracks=_tracks(2)))
+    sent = r.recv().to_reply().timings["encode"]
+    assert sent > 0
+    assert sent == r.value("streamtrk_stage_seconds_sum", {"stage": "encode"})
+
+
+def test_waiting_for_a_consumer_is_progress_not_a_stall(rig) -> None:
+    """No consumer yet, the emitter waits to send the reply in hand with more queued: it
+    beats while it waits (back-pressure), so the liveness check does not call it stalled."""
+    done = threading.Event()
+    r = rig(peer=False, done=done.is_set)
+    for event in (1, 2):
+        r.metrics.inflight.inc()
+        r.replies.put(Reply(1, event, 0.0, {}, reason="deadline"))
+    r.emitter.start()
+    try:
+        time.sleep(1.0)  # ten polls for a consumer
+        assert r.emitter.has_work() and r.emitter.problem(0.5) is None
+    finally:
+        r.connect()
+        done.set()
+        r.emitter.join(10)
+    assert not r.emitter.is_alive()
+    assert [r.recv().to_reply().event for _ in range(2)] == [1, 2]
+
+
+def _reconnected_while(
+    r: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, busy: bool
+) -> None:
+    """Connect mode: the monitor asks for the output to connect again (a handshake
+    refused); with ``busy``, while a reply waits for a consumer, else while idle."""
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.1)
+    reconnects = Reconnects()
+    endpoint = f"inproc://emit-nobody-{next(_ADDR)}"  # nothing binds it: the socket waits
+    r.emitter.reconnect = lambda: reconnects.apply("output", r.push, endpoint)
+    done = threading.Event()
+    r.emitter.upstream_done = done.is_set
+    if busy:
+        r.metrics.inflight.inc()
+        r.replies.put(Reply(1, 2, 0.0, {}, reason="deadline"))
+    with caplog.at_level("INFO", logger="streamtrk.service.monitor"):
+        r.emitter.start()
+        try:
+            time.sleep(0.3)  # the reply in hand, or none
+            reconnects.request("output")
+            wait_for(lambda: any(f"connecting the output to {endpoint}" in rec.getMessage()
+                                 for rec in caplog.records), timeout=10)  # fmt: skip
+        finally:
+            if busy:
+                r.connect()
+            done.set()
+            r.emitter.join(10)
+    assert not r.emitter.is_alive() and r.emitter.error is None
+
+
+def test_an_idle_emitter_connects_again_when_asked(rig, monkeypatch, caplog) -> None:
+    """With no reply to send, the emitter's polls still make a reconnection asked for (its
+    socket has one thread): a consumer that refused a handshake gets connected again."""
+    _reconnected_while(rig(peer=False), monkeypatch, caplog, busy=False)
+
+
+def test_an_emitter_waiting_for_a_consumer_connects_again_when_asked(
+    rig, monkeypatch, caplog
+) -> None:
+    """Waiting to send a reply (no consumer), the emitter makes a reconnection asked for:
+    that may be the very consumer it waits for."""
+    _reconnected_while(rig(peer=False), monkeypatch, caplog, busy=True)
+
+
+def test_an_emitter_that_sent_nothing_counts_nothing_dropped_at_close(rig) -> None:
+    """Connect mode, no consumer connected at close: only replies ZeroMQ took are counted
+    dropped; an emitter that was given none counts none (and says nothing)."""
+    r = rig(peer=False)
+    r.emitter.connected = lambda: False
+    r.emitter.cleanup()
+    assert r.emitter.dropped == 0

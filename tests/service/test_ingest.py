@@ -23,6 +23,7 @@ from streamtrk.service.config import ServeConfig
 from streamtrk.service.deadletter import DeadLetters
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Job, Reply
+from streamtrk.service.monitor import Reconnects
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import WireError, encode_hits, encode_tracks, encode_truth
 
@@ -727,3 +728,178 @@ def test_an_error_reply_to_a_decoded_event_carries_its_stage_times(rig) -> None:
     reply = r.replies.get_nowait()
     assert reply.reason == "overloaded" and set(reply.timings) == {"decode"}
     assert reply.timings["decode"] >= 0
+
+
+def test_a_message_over_the_byte_limit_is_answered_message_too_large(rig) -> None:
+    """A message refused for its size as it is read is answered with that reason (its
+    header, frame 0, is kept), not the frame count's."""
+    r = rig(cfg=ServeConfig(max_message_bytes=64))
+    r.send(_good(3, msg_id=8))
+    r.ingest.handle(*r.receive())
+    reply = r.replies.get_nowait()
+    assert (reply.event, reply.reason, reply.msg_id) == (3, "message_too_large", 8)
+    assert r.value("streamtrk_events_rejected_total", {"reason": "message_too_large"}) == 1
+    assert r.value("streamtrk_events_rejected_total", {"reason": "frame_count"}) == 0
+
+
+def test_past_the_cut_off_a_truth_message_is_still_answered_bad_kind(rig) -> None:
+    """Only a hits message is answered 'shutdown' unread past the intake's deadline: a
+    truth message naming its event is refused for what it is, as before the cut-off."""
+    r = rig(connect=True)
+    r.send([bytes(f) for f in encode_truth(1, 7, _truth())])
+    assert r.pull.poll(5000)
+    r.ingest.leave_by = time.perf_counter()
+    r.stop.set()
+    r.ingest.loop()
+    reply = r.replies.get_nowait()
+    assert (reply.event, reply.reason) == (7, "bad_kind") and r.replies.empty()
+    assert r.value("streamtrk_events_rejected_total", {"reason": "shutdown"}) == 0
+
+
+def test_a_stopped_ingest_closes_its_socket(rig) -> None:
+    """The thread owns its socket: closed when it ends (a context's term waits for every
+    socket, so one left open would hang the daemon's exit)."""
+    r = rig()
+    r.ingest.start()
+    r.stop.set()
+    r.ingest.join(10)
+    assert not r.ingest.is_alive() and r.ingest.error is None
+    assert r.pull.closed
+
+
+def test_a_connected_input_waiting_for_room_on_stop_is_answered_shutdown(rig) -> None:
+    """Connect mode has no port to give up: an event waiting for room when the stop comes
+    goes on waiting, answered 'shutdown' when the drain gives up on the queue (not
+    'internal', from an unbind of an endpoint never bound)."""
+    batcher = Batcher(1, BatchPolicy())
+    assert batcher.put(Job(_event(9), time.perf_counter(), None))  # full
+    r = rig(batcher=batcher, connect=True)
+    r.send(_good(1, msg_id=1))
+    thread = threading.Thread(target=r.ingest.loop, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: r.value("streamtrk_events_received_total") == 1, timeout=10)
+        r.stop.set()
+        time.sleep(0.3)  # several waits for room, stopping
+        assert r.replies.empty()
+    finally:
+        batcher.close()  # the drain gives up on the queue
+        thread.join(10)
+    assert not thread.is_alive()
+    reply = r.replies.get_nowait()
+    assert (reply.event, reply.reason) == (1, "shutdown")
+    assert r.value("streamtrk_internal_errors_total", {"cause": "decode"}) == 0
+
+
+def test_a_decoded_event_s_decode_time_is_observed(rig) -> None:
+    """``streamtrk_stage_seconds{stage="decode"}`` observes each event decoded."""
+    r = rig()
+    r.ingest.handle(_good(2))
+    r.ingest.handle(_good(3))
+    assert r.value("streamtrk_stage_seconds_count", {"stage": "decode"}) == 2
+
+
+def test_a_reply_refused_for_its_frame_count_is_dead_lettered_with_the_count(rig, tmp_path):
+    """A reply on the input refused as it is read keeps its first frames: its dead letter
+    says how many came, as for any unidentified message."""
+    path = tmp_path / "dead.stk"
+    r = rig(cfg=ServeConfig(max_frames=1), dead_letters=DeadLetters(path, 1 << 20))
+    reply = [bytes(f) for f in encode_tracks(1, 2, np.arange(3), None, status="error",
+                                             reason="timeout")]  # fmt: skip
+    r.send([*reply, b"extra"])
+    r.ingest.handle(*r.receive())
+    assert r.replies.empty()
+    r.dead_letters.close()
+    heads = [msgpack.unpackb(frames[0]) for _, frames in iter_records(path)]
+    assert [(h["reason"], h["frames"]) for h in heads] == [("frame_count", len(reply) + 1)]
+
+
+def test_an_event_refused_by_the_decoder_carries_its_decode_time(rig) -> None:
+    """Every reply carries the seconds its event spent per stage (docs/serve.md): one the
+    decoder refused, the time until it was refused."""
+    r = rig()
+    r.ingest.handle(_bad_version(5))
+    reply = r.replies.get_nowait()
+    assert reply.reason == "bad_version" and set(reply.timings) == {"decode"}
+    assert reply.timings["decode"] >= 0
+
+
+def test_leaving_says_how_many_it_took_and_how_many_past_the_cut_off(rig, caplog) -> None:
+    """The line an operator reads on leaving counts the messages taken and those of them
+    answered 'shutdown' unread, past the intake's deadline."""
+    r = rig(connect=True)
+    r.send(_good(1))
+    assert r.pull.poll(5000)
+    r.ingest.leave_by = time.perf_counter()
+    r.stop.set()
+    with caplog.at_level("INFO", logger="streamtrk.service.ingest"):
+        r.ingest.loop()
+    said = [rec.getMessage() for rec in caplog.records]
+    assert said == [
+        f"disconnected the input from {r.cfg.input}; 1 queued messages taken (1 of them after "
+        "the intake's deadline, answered 'shutdown' unread)"
+    ]
+
+
+def test_an_unidentified_message_is_dead_lettered_with_the_decoders_detail(rig, tmp_path):
+    """A message naming no event is offered to the dead letters with why the decoder
+    refused it (the reason's code alone does not say which frame, or what was wrong)."""
+    path = tmp_path / "dead.stk"
+    r = rig(dead_letters=DeadLetters(path, 1 << 20))
+    r.ingest.handle([b"\xc1garbage"])
+    r.dead_letters.close()
+    heads = [msgpack.unpackb(frames[0]) for _, frames in iter_records(path)]
+    assert [(h["reason"], h["detail"]) for h in heads] == [
+        ("not_msgpack", "not_msgpack: frame 0 (8 bytes) is not one msgpack object: invalid format")
+    ]
+
+
+def test_a_connected_ingest_connects_again_when_asked_as_it_polls(rig, monkeypatch, caplog) -> None:
+    """Connect mode: a reconnection the monitor asks for (a handshake refused) is made by
+    the ingest thread itself (a socket has one thread) at its polls, while no message
+    comes."""
+    monkeypatch.setattr("streamtrk.service.monitor.RECONNECT_AFTER_S", 0.1)
+    r = rig(connect=True)
+    reconnects = Reconnects()
+    r.ingest.reconnect = lambda: reconnects.apply("input", r.pull, r.cfg.input)
+    with caplog.at_level("INFO", logger="streamtrk.service.monitor"):
+        r.ingest.start()
+        try:
+            reconnects.request("input")
+            wait_for(lambda: any("connecting the input to" in rec.getMessage()
+                                 for rec in caplog.records), timeout=10)  # fmt: skip
+        finally:
+            r.stop.set()
+            r.ingest.join(10)
+    assert not r.ingest.is_alive() and r.ingest.error is None
+
+
+def test_a_bound_ingest_takes_all_it_holds_on_stop_not_rcvhwm(rig) -> None:
+    """Bind mode unbinds first, so nothing more comes: on stop it answers every message
+    its socket queued, not only ``rcvhwm`` + 1 (the bound for a connected input)."""
+    r = rig(cfg=ServeConfig(rcvhwm=2))
+    for event in range(1, 6):
+        r.send(_bad_version(event))
+    wait_for(lambda: r.pull.poll(0), timeout=5)
+    time.sleep(1.0)  # every message arrived (5 small ones over loopback; a loaded CI's slack)
+    r.stop.set()
+    r.ingest.loop()
+    events = sorted(r.replies.get_nowait().event for _ in range(r.replies.qsize()))
+    assert events == [1, 2, 3, 4, 5]
+
+
+def test_refused_reasons_are_said_most_frequent_first(rig, caplog) -> None:
+    """The throttled warning lists the reasons of the refusals since the last one, most
+    frequent first (a flood's cause leads, whatever came first)."""
+    r = rig()
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        r.ingest.handle([b"\xc1garbage"])  # warned at once
+        r.ingest.handle(_bad_version(5))
+        r.ingest.handle([b"\xc1garbage"])
+        r.ingest.handle([b"\xc1garbage"])
+        r.stop.set()
+        r.ingest.loop()
+    last = caplog.records[-1].getMessage()
+    assert last.startswith(
+        "3 input messages refused since the last warning (not_msgpack 2, bad_version 1)"
+    )
