@@ -24,6 +24,7 @@ from streamtrk.eval.evaluate import (
     wilson_interval,
 )
 from streamtrk.eval.missed import STAGES
+from streamtrk.eval.score import trackml_score
 from streamtrk.event import PARTICLE_DTYPES, Event, Particles
 from streamtrk.io.trackml import by_event_number
 from streamtrk.recon.budget import Budget
@@ -634,3 +635,90 @@ def test_particle_rows_keep_the_vertex_distance_from_the_beam_line_of_the_chain(
     expect = events[0].truth.particles.vr_from((12.0, 0.0))
     assert np.array_equal(vr, expect.astype(vr.dtype))
     assert reco.any() and (vr[reco.astype(bool)] < 10).all()
+
+
+def test_refused_events_count_their_target_segments_at_every_stage(small_events) -> None:
+    """A refused event has no edge at any stage: its target segments are lost in the graph,
+    pruned and GNN edge efficiencies alike (0, not undefined)."""
+    nothing = Budget(0, 0, 0, allowance=0)
+    report = evaluate(Reconstructor.oracle(budget=nothing), small_events, batch_size=2).report()
+    for stage in ("graph", "pruned", "gnn"):
+        for what in ("efficiency", "efficiency_all"):
+            assert report[f"{stage}_edge_{what}"] == 0.0, (stage, what)
+
+
+def test_events_read_again_count_in_no_per_event_figure(small_events) -> None:
+    """An event read again is scored once and counted once in the per-event figures: hits
+    and edges per event of a, b, a, a are those of a, b (not divided by four events)."""
+    a, b = small_events
+    twice = evaluate(Reconstructor.oracle(), [a, b, a, a]).report()
+    once = evaluate(Reconstructor.oracle(), [a, b]).report()
+    for key in ("hits_per_event", "graph_edges_per_event", "gnn_edges_per_event"):
+        assert twice[key] == once[key], key
+
+
+def test_plotted_error_bars_are_never_negative_at_0_or_all_of_n() -> None:
+    """Wilson's bounds at 0 of n and n of n meet the fraction up to rounding (-2e-16 at 6 of
+    6): the bars are clipped at 0, as matplotlib refuses a negative one (plot would raise)."""
+    for n in range(1, 101):
+        for ok in (np.zeros(n), np.ones(n)):
+            _, frac, err = binned(np.full(n, 0.5), ok, np.array([0.0, 1.0]))
+            assert frac[0] == ok[0] and (err >= 0).all(), (n, ok[0])
+
+
+def test_the_chi2_median_is_of_matched_tracks_only() -> None:
+    """chi2_ndf_median is of matched tracks: a real track that finds no particle (a
+    fragment, chi2/ndf 50) and another (60) do not move it from the matched ones' 1.2."""
+    # fitted pt, eta, chi2/ndf, fake, duplicate, matched
+    rows = np.array(
+        [
+            [2.0, 0.1, 1.0, 0, 0, 1],
+            [2.0, 0.1, 1.2, 0, 0, 1],
+            [2.0, 0.1, 1.4, 0, 0, 1],
+            [2.0, 0.1, 50.0, 0, 1, 0],  # a duplicate fragment: real, not matched
+            [2.0, 0.1, 60.0, 0, 0, 0],  # real, holds too few of its particle's hits
+        ]
+    )
+    assert _track_rates(rows)["chi2_ndf_median"] == pytest.approx(1.2)
+
+
+def test_hits_on_layers_the_detector_lacks_are_counted_in_events_without_truth(
+    small_events,
+) -> None:
+    """hits_on_no_layer counts the hits whose (volume, layer) the chain's detector lacks in
+    every event, those without truth too (another detector's data has none): a quarter of
+    the hits moved to volume 999 here, none on layer index 0 counted."""
+    keep_all = lambda graph, events: np.ones(graph.num_edges, np.float32)  # noqa: E731
+    ev = small_events[0]
+    volume = ev.hits.volume_id.copy()
+    volume[::4] = 999
+    bare = replace(ev, hits=replace(ev.hits, volume_id=volume), truth=None)
+    report = evaluate(Reconstructor(keep_all), [bare]).report()
+    assert report["hits_on_no_layer"] == len(volume[::4])
+
+
+def test_refused_events_count_central_segments_about_the_chain_s_beam_line(det) -> None:
+    """Collisions 12 mm off the axis, the chain centred there, every event refused: their
+    central segments (within 10 mm of the beam line) are all lost, an edge efficiency of 0,
+    where taken about the z axis none is central and the efficiencies were undefined."""
+    cfg = SimConfig(generator=GeneratorConfig(mu=10, beam_spot=(12.0, 0.0, 0.0)))
+    events = list(simulate(det, cfg, seed=5, n_events=1))
+    nothing = Budget(0, 0, 0, allowance=0)
+    rec = Reconstructor.oracle(beam_spot=(12.0, 0.0), budget=nothing)
+    out = evaluate(rec, events).report()
+    assert out["events_refused"] == 1 and out["n_reconstructable"] > 0
+    for stage in ("graph", "pruned", "gnn"):
+        assert out[f"{stage}_edge_efficiency"] == 0.0, stage
+
+
+def test_the_submission_rows_are_the_hit_ids_and_their_track_labels(small_events) -> None:
+    """``Evaluation.submission`` (the rows --submission writes): the event's hit ids and each
+    hit's track label, which score as the report's trackml_score."""
+    ev = evaluate(Reconstructor.oracle(), small_events[:1])
+    a = small_events[0]
+    assert a.truth is not None
+    hit_ids, labels = ev.submission[a.run, a.event]
+    assert np.array_equal(hit_ids, a.hits.hit_id)
+    assert np.array_equal(labels, ev.tracks[a.run, a.event].track_id_per_hit(len(a.hits)))
+    score = trackml_score(a.truth.hits.particle_id, a.truth.hits.weight, labels)
+    assert score == ev.report()["trackml_score"] > 0

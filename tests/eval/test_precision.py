@@ -126,3 +126,33 @@ def test_tracks_in_common_are_those_of_the_same_hits_in_both() -> None:
     a = [tracks([0, 1, 2], [3, 4, 5]), tracks([0, 1])]
     b = [tracks([0, 1, 2], [3, 4], [5, 6, 7]), tracks([2, 3])]
     assert tracks_agreement(a, b) == {"tracks_a": 3, "tracks_b": 4, "tracks_common": 1}
+
+
+def test_tracks_a_are_fp32_s_and_tracks_b_the_low_precision_s(small_events, monkeypatch):
+    """fp32 keeps every edge and bf16 none: the tracks (``tracks_a``) and the efficiency are
+    fp32's, bf16 has no track (``tracks_b``), and none is common."""
+    _fixed_scorer(monkeypatch, lambda p, n: np.full(n, 1.0 if p == "fp32" else 0.0, np.float32))
+    r = precision_parity(_unused_model(), small_events[:1], chain=ChainSettings(threshold=0.5))
+    assert r["tracks_a"] > 0 and r["tracks_b"] == r["tracks_common"] == 0
+    assert r["tracking_efficiency_fp32"] > 0 and r["tracking_efficiency_bf16"] == 0.0
+    assert r["edge_decisions_flipped"] == r["edges"] > 0
+
+
+def test_the_engine_named_is_the_one_that_warmed_up(small_events, monkeypatch) -> None:
+    """With ``auto``, an engine that fails to warm up gives way to the next one: the report
+    names the engine the scorer runs after its warm-up ("eager"), not the one it began with."""
+    from streamtrk.eval import precision
+
+    class FallsBack:
+        def __init__(self, model, device, engine, p, buckets=None) -> None:
+            self.engine = "compile"
+
+        def warm_up(self) -> None:
+            self.engine = "eager"  # compile failed to warm up: the next engine
+
+        def __call__(self, graph, events):
+            return np.ones(graph.num_edges, np.float32)
+
+    monkeypatch.setattr(precision, "EngineScorer", FallsBack)
+    r = precision_parity(_unused_model(), small_events[:1], engine="auto")
+    assert r["engine"] == "eager"

@@ -333,3 +333,23 @@ def test_a_fake_track_between_two_fragments_hides_no_duplicate() -> None:
     assert c.track_fake.tolist() == [False, True, False]
     assert c.track_duplicate.tolist() == [False, False, True]
     assert physics_metrics(ev, track)["duplicate_rate"] == pytest.approx(1 / 2)
+
+
+def test_totals_asked_always_report_every_key_before_any_event() -> None:
+    """``report(always=True)`` (a replay of events with truth, none scored yet) has the keys of
+    a report of scored events: counts 0, rates and the TrackML score NaN, not an empty dict."""
+    scored = PhysicsTotals()
+    scored.add(metrics_event([1] * 5, {1: (2.0, 0.0, 5)}), np.ones(5))
+    report = PhysicsTotals().report(always=True)
+    assert set(report) == set(scored.report())
+    assert report["n_tracks"] == report["n_reconstructable"] == report["events_scored"] == 0
+    for key in ("trackml_score", "tracking_efficiency", "fake_rate", "duplicate_rate"):
+        assert np.isnan(report[key]), key
+
+
+def test_matching_without_weights_gives_majority_weights_of_zero() -> None:
+    """``MatchResult.majority_weight`` is 0 where no truth weights are given (classify's
+    matching), not the majority hit count."""
+    m = match_tracks(np.array([1, 1, 1, 2, 2]), np.array([4, 4, 5, 6, 6]))
+    assert m.majority_hits.tolist() == [2, 2]
+    assert m.majority_weight.tolist() == [0.0, 0.0]
