@@ -20,7 +20,7 @@ from live_daemon import first_line, wait_for
 
 import streamtrk.record as record_module
 from streamtrk.cli import main
-from streamtrk.client import Producer
+from streamtrk.client import HUNG_UP_HINT, Producer
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.record import record
 from streamtrk.stop import StopFlag
@@ -507,34 +507,57 @@ def test_past_the_limit_a_truth_that_does_not_fit_its_event_is_invalid(
     assert [frames for _, frames in iter_records(out)] == records[:1]
 
 
+class _HungUpTap:
+    """Stands in for record's Consumer: nothing comes, and its CURVE handshakes were hung up
+    on (``hung_up``), one of them succeeding or not (``shook``)."""
+
+    endpoint = "tcp://127.0.0.1:1"
+    hung_up, shook = 0, False
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def refusal(self):
+        return None
+
+    def recv_frames(self, timeout_ms):
+        time.sleep(timeout_ms / 1000)
+
+
 def test_handshakes_hung_up_are_said_only_when_none_succeeded(monkeypatch, tmp_path) -> None:
     """A proxy that could not reach the server at first, then did: its hang-ups are not
     news (``handshakes_hung_up`` is for CURVE handshakes hung up on, none succeeding)."""
-
-    class Tapped:
-        endpoint = "tcp://127.0.0.1:1"
-        hung_up, shook = 0, False
-
-        def __init__(self, *args, **kwargs) -> None:
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            pass
-
-        def refusal(self):
-            return None
-
-        def recv_frames(self, timeout_ms):
-            time.sleep(timeout_ms / 1000)
-
-    monkeypatch.setattr(record_module, "Consumer", Tapped)
+    monkeypatch.setattr(record_module, "Consumer", _HungUpTap)
     for shook, said in [(True, None), (False, 3)]:
-        Tapped.hung_up, Tapped.shook = 3, shook
+        monkeypatch.setattr(_HungUpTap, "hung_up", 3)
+        monkeypatch.setattr(_HungUpTap, "shook", shook)
         counts = record("tcp://127.0.0.1:1", tmp_path / "t.stk", duration_s=0.1)
         assert counts.get("handshakes_hung_up") == said
+
+
+def test_a_tap_that_recorded_nothing_says_its_handshakes_hung_up_on(
+    monkeypatch, tmp_path, capsys
+) -> None:
+    """Nothing recorded and every CURVE handshake hung up on: after "recorded nothing" the
+    tap says so with the socket's address and what it may mean (a wrong server key), exit 1."""
+    monkeypatch.setattr(record_module, "Consumer", _HungUpTap)
+    monkeypatch.setattr(_HungUpTap, "hung_up", 3)
+    out = tmp_path / "t.stk"
+    args = ["record", "--from", _HungUpTap.endpoint, "-o", str(out), "--duration", "0.1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "streamtrk record: recorded nothing (skipped 0 invalid and 0 other messages)" in err
+    assert err.rstrip().endswith(
+        f"streamtrk record: --from {_HungUpTap.endpoint}: its 3 CURVE handshakes were hung up "
+        f"on, none succeeding: {HUNG_UP_HINT}"
+    )
+    assert not out.exists()
 
 
 def test_a_tap_of_truth_alone_says_what_it_recorded(sim_run: Path, tmp_path: Path, capsys) -> None:

@@ -105,3 +105,13 @@ def test_strict_json_writes_every_non_finite_number_as_null() -> None:
     assert json.loads(strict_json(report)) == {
         "rate": None, "bins": {"1-3": [None, 0.5]}, "interval": [None, 1.0]
     }  # fmt: skip
+
+
+def test_an_output_named_as_an_input_not_there_yet_is_refused_too(tmp_path) -> None:
+    """An input that does not exist (yet: a replay given the recording a tap is about to
+    write) compares by its resolved path: ``--report v.stk`` for the input ``./v.stk`` is
+    refused as one file, not left for the read to fail on."""
+    read = tmp_path / "v.stk"
+    with pytest.raises(ValueError, match="is an input too: the output would replace it"):
+        check_outputs(tmp_path / "." / "v.stk", inputs=[read])
+    check_outputs(tmp_path / "w.stk", inputs=[read])

@@ -431,3 +431,14 @@ def test_evaluate_takes_a_beam_spot_at_the_limit(tmp_path, capsys):
     run = tmp_path / "e.stk"
     assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
     assert main(["evaluate", str(run), "--oracle", "-q", "--beam-spot", "20,0"]) == 0
+
+
+def test_the_report_names_its_input_and_scorer(tmp_path, capsys) -> None:
+    """A report kept beside others says what it scored: the input as given, and the oracle
+    (or the model directory) that scored its edges, on the device it ran on."""
+    run = tmp_path / "e.stk"
+    assert main(["simulate", "--events", "1", "--mu", "1", "-q", "-o", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--oracle", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["input"], report["scorer"], report["device"]) == (str(run), "oracle", "cpu")

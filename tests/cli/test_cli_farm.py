@@ -1,6 +1,8 @@
 """``streamtrk farm``'s refusals of its settings (the forwarders: tests/test_farm.py), and
 those it shares with the other clients, replay and record."""
 
+from pathlib import Path
+
 import pytest
 import zmq
 
@@ -103,3 +105,30 @@ def test_a_forwarder_is_given_the_settings_of_its_command_line(monkeypatch) -> N
     assert got["role"] == ("collector", "tcp://127.0.0.1:*", "tcp://0.0.0.0:*")
     assert (got["hwm"], got["max_hits"], got["allow_insecure"]) == (7, 123, True)
     assert got["http"] == "127.0.0.1:0"
+
+
+def test_a_forwarder_s_defaults_are_those_its_help_gives(monkeypatch) -> None:
+    """Without --hwm and --max-hits a forwarder runs with the high-water marks of 2 messages
+    and the daemons' 1000000 hits its --help names, CURVE off and no HTTP."""
+    got: dict = {}
+    monkeypatch.setattr("streamtrk.farm.forward", lambda *a, **kw: got.update(kw, role=a))
+    ends = ["--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
+    assert main(["farm", "distributor", *ends]) == 0
+    assert (got["hwm"], got["max_hits"]) == (2, 1_000_000)
+    assert (got["allow_insecure"], got["http"], got["curve_key"], got["server_key"]) == (
+        False, None, None, None
+    )  # fmt: skip
+
+
+def test_a_forwarder_is_given_its_curve_files(monkeypatch, tmp_path: Path) -> None:
+    """The four CURVE paths reach the forwarder, each in its own place (client pair facing
+    the daemons, server key and allowed keys facing producers or consumers)."""
+    got: dict = {}
+    monkeypatch.setattr("streamtrk.farm.forward", lambda *a, **kw: got.update(kw))
+    ck, sk, own, allowed = (tmp_path / n for n in ("c.key_secret", "d.key", "s.key_secret", "ok"))
+    ends = ["--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"]
+    curve = ["--curve-key", str(ck), "--curve-server-key", str(sk), "--server-key", str(own),
+             "--allowed-keys", str(allowed)]  # fmt: skip
+    assert main(["farm", "collector", *ends, *curve]) == 0
+    assert (got["curve_key"], got["curve_server_key"]) == (ck, sk)
+    assert (got["server_key"], got["allowed_keys"]) == (own, allowed)

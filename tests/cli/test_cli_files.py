@@ -466,3 +466,24 @@ def test_inspect_repair_of_no_file_makes_none(tmp_path, capsys):
         f"streamtrk inspect: error: {missing}: No such file or directory\n"
     )
     assert not missing.exists()
+
+
+def test_import_trackml_numbers_its_events_run_0_unless_told(tmp_path) -> None:
+    """TrackML files carry no run number: the import's events are of run 0 (its --help's
+    default), or of --run's."""
+    _simulate(tmp_path)  # a.stk of run 1, its events as CSV in csv/
+    for extra, run in (([], 0), (["--run", "7"], 7)):
+        out = tmp_path / f"run{run}.stk"
+        assert main(["import-trackml", str(tmp_path / "csv"), "-q", "-o", str(out), *extra]) == 0
+        assert {ev.run for ev in iter_events(out)} == {run}
+
+
+def test_inspect_json_is_sorted_and_strict(tmp_path, capsys) -> None:
+    """``inspect --json`` prints its keys sorted (two recordings' summaries diff line by
+    line) and strict JSON (null, not NaN)."""
+    _simulate(tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(tmp_path / "a.stk")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    assert list(summary) == sorted(summary)

@@ -304,3 +304,10 @@ def test_a_bound_tap_s_port_in_use_is_one_line_and_exit_1(tmp_path, capsys) -> N
     finally:
         taken.close(linger=0)
         ctx.term()
+
+
+def test_an_os_error_of_two_files_names_both() -> None:
+    """A rename or link that fails names its source and its target, as the system's words
+    after them: "SRC: what -> DST"."""
+    said = _said(OSError(errno.EXDEV, "Invalid cross-device link", "/a/x.stk", None, "/b/x.stk"))
+    assert said == "/a/x.stk: Invalid cross-device link -> /b/x.stk"

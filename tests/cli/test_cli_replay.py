@@ -252,6 +252,16 @@ def test_a_send_failure_or_a_refusal_alone_exits_1(counts):
     assert _status(report) == 1
 
 
+def test_a_refused_handshake_names_the_socket_and_its_address(capsys):
+    """Each socket whose handshake was refused is said with its own flag and address (the
+    output's under --from): the operator mends the keys of that one."""
+    report = ReplayResult().report([], None, {}) | {"sent": 5, "received": 5}
+    assert _status(report | {"refused": {"from": "auth"}}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("streamtrk replay: error: --from tcp://a:2 refused the handshake (auth)")
+    assert "tcp://a:1" not in err
+
+
 def test_unexpected_replies_without_a_msg_id_point_at_match_by_event(capsys):
     """Replies came, none to a send of this replay, and they carried no msg_id: the daemon
     may echo none, which --match-by-event is for; stderr says so."""
@@ -277,20 +287,22 @@ def test_replay_of_a_recording_without_hits_says_so_and_exits_1(tmp_path):
 
 
 def test_replay_refuses_a_submission_of_one_number_naming_two_events_before_it_sends(tmp_path):
-    """Two producers' runs recorded together, one (run, event) naming events of other
-    hits: a submission would hold one of them; refused before anything is sent."""
-    main(["simulate", "--events", "2", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
-    a, b = iter_events(tmp_path / "e.stk")
+    """Two producers' runs recorded together, (run, event) numbers naming events of other
+    hits: a submission would hold one of each; refused before anything is sent, counting
+    them and naming the smallest (two runs of the refusal name the same one)."""
+    main(["simulate", "--events", "4", "--mu", "2", "-q", "-o", str(tmp_path / "e.stk")])
+    a, b, c, d = iter_events(tmp_path / "e.stk")
     with RecordingWriter(tmp_path / "two.stk") as w:
-        w.write_event(a)
-        w.write_event(replace(b, run=a.run, event=a.event))
+        for ev in (c, replace(d, event=c.event), a, replace(b, event=a.event)):
+            w.write_event(ev)
     args = ["--to", "tcp://127.0.0.1:47303", "--from", "tcp://127.0.0.1:47304", "--timeout", "1",
             "--submission", str(tmp_path / "s.csv")]  # fmt: skip
     out = _run("replay", str(tmp_path / "two.stk"), *args)
     assert out.returncode == 1
     assert out.stderr.startswith(
-        "streamtrk replay: error: 1 (run, event) numbers name events of other hits"
+        "streamtrk replay: error: 2 (run, event) numbers name events of other hits"
     ), out.stderr
+    assert f"(run {a.run}, event {a.event} among them" in out.stderr, out.stderr
     assert not (tmp_path / "s.csv").exists()
 
 

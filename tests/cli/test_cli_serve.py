@@ -114,3 +114,16 @@ def test_a_refusal_of_this_host_names_the_variables_that_are_not_settings_first(
         "streamtrk serve: warning: environment variable STREAMTRK_MODLE is not a setting"
     )
     assert error.startswith("streamtrk serve: invalid configuration: model: no model at ")
+
+
+def test_json_logs_carry_the_warnings_before_a_refusal_of_this_host(tmp_path) -> None:
+    """Where JSON logs are asked for, the variables that are not settings are JSON warning
+    lines too, before the refusal's error line (a log shipper reads every line)."""
+    out = _run("serve", "--model", str(tmp_path / "modle"), "--log-format", "json",
+               env={"STREAMTRK_MODLE": "x"})  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    warning, error = (json.loads(line) for line in out.stderr.splitlines())
+    assert (warning["level"], warning["logger"]) == ("warning", "streamtrk.serve")
+    assert warning["message"].startswith("environment variable STREAMTRK_MODLE is not a setting")
+    assert error["level"] == "error"
+    assert error["message"].startswith("invalid configuration: model: no model at ")
