@@ -21,6 +21,7 @@ from streamtrk.service.auth import (
     KEY_LOG_S,
     LINE_LOG_S,
     LINES_BURST,
+    REREAD_S,
     AllowedKeys,
     start_authenticator,
 )
@@ -337,3 +338,97 @@ def test_starting_on_a_directory_without_keys_says_no_client_can_connect(
     assert warned == ([] if keys else [
         f"no *.key certificate in {tmp_path}: no client can connect until one is added"
     ])  # fmt: skip
+
+
+def _counted_reads(monkeypatch) -> list[Path]:
+    """The directories ``allowed_keys`` reads from now on, one item per read."""
+    from streamtrk.wire.curve import allowed_keys
+
+    reads: list[Path] = []
+
+    def counted(directory: Path) -> set[bytes]:
+        reads.append(directory)
+        return allowed_keys(directory)
+
+    monkeypatch.setattr(auth, "allowed_keys", counted)
+    return reads
+
+
+def test_files_other_than_public_certificates_do_not_make_the_keys_read_again(
+    allowed, monkeypatch, tmp_path
+) -> None:
+    """Only ``*.key`` files are watched: a secret certificate, a note or an editor's swap
+    file written next to them is no reason to read every certificate again."""
+    keys, alice = allowed
+    reads = _counted_reads(monkeypatch)
+    monkeypatch.setattr(auth, "REREAD_S", 60.0)
+    assert keys.callback("*", alice) and len(reads) == 1
+    (tmp_path / "README").write_text("the farm's clients\n")
+    (tmp_path / ".alice.key.swp").write_text("x")
+    (tmp_path / "alice.key_secret").write_text("rewritten\n")
+    assert keys.callback("*", alice) and len(reads) == 1
+
+
+def test_the_keys_are_read_again_at_rereads_after_the_last_read_not_later(
+    clock, allowed, monkeypatch
+) -> None:
+    """``REREAD_S`` after the last read, to the tick, the keys are read again."""
+    keys, alice = allowed
+    reads = _counted_reads(monkeypatch)
+    assert keys.callback("*", alice) and len(reads) == 1
+    clock[0] += REREAD_S / 2
+    assert keys.callback("*", alice) and len(reads) == 1
+    clock[0] += REREAD_S / 2  # REREAD_S since the read, exactly
+    assert keys.callback("*", alice) and len(reads) == 2
+
+
+def test_a_refused_key_is_named_again_once_key_log_s_has_passed(clock, allowed, caplog) -> None:
+    """One key is named at most once a ``KEY_LOG_S``: at ``KEY_LOG_S`` after its last line,
+    to the tick, it is named again, with the refusals not logged since."""
+    keys, _ = allowed
+    mallory = _key()
+    assert not keys.callback("*", mallory)
+    clock[0] += KEY_LOG_S / 2
+    assert not keys.callback("*", mallory)  # within KEY_LOG_S: counted, not named
+    clock[0] += KEY_LOG_S / 2
+    assert not keys.callback("*", mallory)
+    named = [(r.fields["client_key"], r.fields["unlogged"]) for r in _refusals(caplog)]  # type: ignore[attr-defined]
+    assert named == [(mallory.decode(), 0), (mallory.decode(), 1)]
+
+
+def test_an_unreadable_directory_names_no_client_as_not_allowed(allowed, caplog, tmp_path) -> None:
+    """Refused because the keys cannot be read, a client is not said to be refused for its
+    key: the one error line, no warning naming the client."""
+    keys, alice = allowed
+    keys.directory = tmp_path / "gone"
+    assert not keys.callback("*", alice)
+    assert _refusals(caplog) == []
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+def test_a_curve_server_of_no_zap_domain_admits_only_the_allowed_keys(tmp_path: Path) -> None:
+    """The authenticator answers for a CURVE server socket without ``make_server``'s ZAP
+    domain as well (ZAP's empty domain): the allowed clients get through, others do not."""
+    server_public, server_secret = zmq.curve_keypair()
+    alice = zmq.auth.load_certificate(zmq.auth.create_certificates(tmp_path, "alice")[1])
+    ctx: zmq.Context[Any] = zmq.Context()
+    authenticator = start_authenticator(ctx, tmp_path)
+    sockets = [server := ctx.socket(zmq.PULL)]
+    try:
+        server.curve_server = True
+        server.curve_publickey, server.curve_secretkey = server_public, server_secret
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        got = []
+        for public, secret in (alice, zmq.curve_keypair()):
+            sockets.append(client := ctx.socket(zmq.PUSH))
+            client.curve_serverkey = server_public
+            client.curve_publickey, client.curve_secretkey = public, secret
+            client.connect(f"tcp://127.0.0.1:{port}")
+            client.send(public)
+            got += [server.recv() for _ in range(server.poll(2000))]
+        assert got == [alice[0]]  # alice's message only
+    finally:
+        for socket in sockets:
+            socket.close(linger=0)
+        authenticator.stop()
+        ctx.term()

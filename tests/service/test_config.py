@@ -509,6 +509,7 @@ def test_http_takes_a_port_of_its_own(http: str, connect: bool, clash: str | Non
         ("tcp://LOCALHOST:5555", True),
         ("tcp://0.0.0.0:5555", True),  # binds every address: 127.0.0.1:5555 among them
         ("tcp://*:5555", True),
+        ("tcp://[::]:5555", True),  # every address, IPv6 ones too
         ("tcp://127.0.0.1:05555", True),  # the same port number: libzmq reads 5555
         ("tcp://127.0.0.1:5556", False),
         ("tcp://127.0.0.2:5555", False),
@@ -529,6 +530,14 @@ def test_input_and_output_are_two_endpoints(output: str, one: bool) -> None:
         config()
 
 
+def test_one_ipc_path_for_both_sockets_is_refused() -> None:
+    """Endpoints other than tcp are one where their strings are: one ipc path for input and
+    output would fail at the second bind."""
+    with pytest.raises(ConfigError, match=r"^input and output must be two endpoints, got"):
+        ServeConfig(input="ipc:///tmp/streamtrk.sock", output="ipc:///tmp/streamtrk.sock")
+    ServeConfig(input="ipc:///tmp/streamtrk.in", output="ipc:///tmp/streamtrk.out")
+
+
 def test_ports_chosen_at_bind_are_two_endpoints() -> None:
     ServeConfig(input="tcp://127.0.0.1:*", output="tcp://127.0.0.1:*")
     ServeConfig(input="tcp://127.0.0.1:0", output="tcp://localhost:0")
@@ -539,8 +548,13 @@ def test_allowed_keys_without_the_daemons_secret_are_refused(tmp_path: Path) -> 
     """An allow-list alone would leave CURVE off, every client let in, nothing said."""
     with pytest.raises(ConfigError, match=r"curve_allowed_keys is set without curve_secret_key"):
         ServeConfig(curve_allowed_keys=tmp_path)
-    with pytest.raises(ConfigError, match=r"without curve_secret_key"):
+    with pytest.raises(ConfigError, match=r"without curve_secret_key") as e:
         load_config(None, {"STREAMTRK_CURVE_ALLOWED_KEYS": str(tmp_path)})
+    assert e.value.settings == ("curve_allowed_keys", "curve_secret_key")
+    assert str(e.value).endswith(  # where each came from
+        "(curve_allowed_keys from environment variable STREAMTRK_CURVE_ALLOWED_KEYS, "
+        "curve_secret_key from the default)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -732,6 +746,9 @@ def test_a_threshold_lies_in_zero_to_one_without_one() -> None:
         ("udp://127.0.0.1:5555", "be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
         ("ipc://", "be a ZeroMQ endpoint such as tcp://127.0.0.1:5555"),
         ("tcp://:5555", "be tcp://HOST:PORT, PORT a number (or * to bind a free one)"),
+        # digits of other scripts: str.isdigit takes them, int refuses or reads another number
+        ("tcp://127.0.0.1:\u00b2", "be tcp://HOST:PORT, PORT a number (or * to bind a free one)"),
+        ("tcp://127.0.0.1:\u0663", "be tcp://HOST:PORT, PORT a number (or * to bind a free one)"),
         ("tcp://127.0.0.1:65536", "have a port of 0 to 65535 (or * to bind a free one)"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -48,3 +49,36 @@ def test_a_fault_is_raised_at_its_nth_pass_only(monkeypatch) -> None:
         faults.fail("probe")
     faults.fail("probe")
     faults.fail("other")  # not asked for: nothing
+
+
+def test_spaces_around_the_equals_sign_are_not_part_of_the_name() -> None:
+    """``load_delay_s = 5`` names the point ``load_delay_s``, as ``load_delay_s=5`` does (a
+    name with a trailing space would never be asked for: the hook silently off)."""
+    assert _parse("load_delay_s = 5, worker_fail_after =2") == (
+        {"load_delay_s": 5.0, "worker_fail_after": 2.0},
+        [],
+    )
+
+
+def test_a_delay_may_be_a_fraction_of_a_second() -> None:
+    """A number, not only an integer: ``emit_delay_s=0.5`` is half a second."""
+    assert _parse("emit_delay_s=0.5,load_delay_s=1e-3") == (
+        {"emit_delay_s": 0.5, "load_delay_s": 0.001},
+        [],
+    )
+
+
+def test_a_delay_asked_for_is_logged_and_one_not_asked_for_is_not(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator (and the live tests) see the fault injected; a point not asked for
+    neither sleeps nor logs."""
+    monkeypatch.setitem(faults.FAULTS, "probe_delay_s", 0.01)
+    faults.delay("other")
+    assert caplog.records == []
+    faults.delay("probe")
+    [record] = caplog.records
+    assert (record.levelno, record.getMessage()) == (
+        logging.WARNING,
+        "injected fault: probe delayed 0.01 s",
+    )

@@ -3,9 +3,12 @@ with work waiting, a death reported with its cause."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
+
+import pytest
 
 from streamtrk.service.supervised import Supervised
 
@@ -83,3 +86,18 @@ def test_a_death_is_reported_with_its_cause_and_cleaned_up() -> None:
     thread.join(5)
     assert failed == [thread] and thread.cleaned
     assert thread.problem(1e9) == "dying: died (OSError: the disk is gone)"
+
+
+def test_a_supervised_thread_is_a_daemon_thread() -> None:
+    """A stuck thread must not keep the process from exiting once the drain has ended."""
+    assert Supervised("t", print).daemon
+
+
+def test_a_death_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """The operator's log holds where the thread died, not only the exception's text."""
+    thread = _Dying([])
+    thread.start()
+    thread.join(5)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage() == "the dying thread died: the disk is gone"
+    assert record.exc_info is not None and record.exc_info[0] is OSError
