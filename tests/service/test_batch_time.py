@@ -141,3 +141,22 @@ def test_sizes_a_factor_spread_apart_give_both_costs() -> None:
     bt.observe(1_000, 0.03)
     bt.observe(2_000, 0.04)
     assert bt.fixed == pytest.approx(0.02) and bt.per_hit == pytest.approx(1e-5)
+
+
+def test_the_window_is_the_documented_32_batches() -> None:
+    """docs/serve.md: "fitted to the last 32 batches": the 33rd before is forgotten, the
+    32nd before still counts (its share of the window)."""
+    bt = BatchTime()
+    bt.observe(1_000, 100.0)
+    for _ in range(31):
+        bt.observe(1_000, 1.0)
+    assert bt.estimate(1_000) == pytest.approx((100.0 + 31) / 32)
+    bt.observe(1_000, 1.0)
+    assert bt.estimate(1_000) == pytest.approx(1.0)
+
+
+def test_a_window_given_is_the_one_kept() -> None:
+    bt = BatchTime(window=2)
+    for seconds in (9.0, 1.0, 1.0):
+        bt.observe(1_000, seconds)
+    assert bt.estimate(1_000) == pytest.approx(1.0)

@@ -6,6 +6,7 @@ answer again after them."""
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import socket
 import struct
@@ -15,10 +16,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
 
+import streamtrk.service.health as health
 from streamtrk.client import DIRECT
 from streamtrk.service.health import HealthServer, Readiness
 from streamtrk.service.telemetry import Metrics
@@ -311,3 +314,164 @@ def test_metrics_are_served_in_prometheus_text_format(served) -> None:
 
     server, _, _ = served
     assert request(server, "/metrics")[1]["Content-Type"] == CONTENT_TYPE_LATEST
+
+
+def test_status_is_json_and_says_what_json_cannot_hold_as_text() -> None:
+    """``/status`` is ``application/json``; a value JSON has no type for (a path, a
+    timestamp) is its text, not a 500."""
+    server = HealthServer(
+        ("127.0.0.1", 0), Metrics(), Readiness(), lambda: {"model": Path("/m/a.pt")}, list
+    )
+    server.start()
+    try:
+        code, headers, body = request(server, "/status")
+    finally:
+        server.close()
+    assert (code, headers["Content-Type"]) == (200, "application/json")
+    assert json.loads(body) == {"model": "/m/a.pt"}
+
+
+def test_an_endpoint_that_fails_answers_its_error_type_and_message() -> None:
+    """The 500's body names the exception's type as well as its message."""
+
+    def status() -> dict:
+        raise RuntimeError("the status is broken")
+
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), status, list)
+    server.start()
+    try:
+        code, _, body = request(server, "/status")
+    finally:
+        server.close()
+    assert (code, body) == (500, b"internal error: RuntimeError: the status is broken\n")
+
+
+def test_the_next_failure_line_counts_those_held_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ANSWER_LOG_S (shortened here): the failures after a line, held back, are counted on
+    the next line once it is due."""
+    monkeypatch.setattr(health, "ANSWER_LOG_S", 0.5)
+
+    def status() -> dict:
+        raise RuntimeError("the status is broken")
+
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), status, list)
+    server.start()
+    try:
+        for _ in range(3):
+            assert request(server, "/status")[0] == 500
+        time.sleep(0.6)
+        assert request(server, "/status")[0] == 500
+    finally:
+        server.close()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said == [
+        "the HTTP endpoint /status failed",
+        "the HTTP endpoint /status failed (3 failures since the last line)",
+    ]
+
+
+def test_ready_only_when_ready_not_while_draining() -> None:
+    """``Readiness.ready`` (the ``streamtrk_ready`` gauge) is True in ``ready`` alone."""
+    readiness = Readiness()
+    states = []
+    for state in ("loading", "ready", "draining"):
+        readiness.set(state)
+        states.append(readiness.ready)
+    assert states == [False, True, False]
+
+
+def test_an_ipv4_host_port_has_no_brackets() -> None:
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list)
+    try:
+        assert server.host_port == f"127.0.0.1:{server.address[1]}"
+    finally:
+        server.close()
+
+
+def test_the_documented_limits() -> None:
+    """docs/metrics.md: a request not complete in 10 s, past 32 served at once; the failure
+    line at most once a minute."""
+    assert (health.REQUEST_TIMEOUT_S, health.MAX_CONNECTIONS, health.ANSWER_LOG_S) == (
+        10.0,
+        32,
+        60.0,
+    )
+
+
+def test_a_request_late_in_its_time_still_gets_the_whole_answer_time() -> None:
+    """Sending the answer has ``request_timeout_s`` of its own: a request complete just
+    before its deadline, read by a client that pauses past that deadline, is answered
+    whole (not cut off with what was left of the request's time)."""
+    big = {"x": "a" * 12_000_000}  # more than the sockets' buffers hold
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), lambda: big, list,
+                          request_timeout_s=3)  # fmt: skip
+    server.start()
+    try:
+        with socket.socket() as peer:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            peer.connect(server.address)
+            time.sleep(2.0)
+            peer.sendall(b"GET /status HTTP/1.0\r\n")  # a read then waits what is left
+            time.sleep(0.05)
+            peer.sendall(b"\r\n")
+            time.sleep(1.5)  # past the request's deadline, within the answer's own time
+            peer.settimeout(10)
+            data = bytearray()
+            while chunk := peer.recv(1 << 20):
+                data += chunk
+    finally:
+        server.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert len(body) == length
+
+
+def test_a_peer_that_goes_silent_mid_request_is_closed_at_the_deadline() -> None:
+    """A read waits at most what is left of the request's time: a request line begun just
+    before the deadline, never finished, is closed at the deadline, not a whole
+    ``request_timeout_s`` after its last bytes."""
+    with serving(request_timeout_s=2) as (server, metrics):
+        with socket.create_connection(server.address) as peer:
+            t0 = time.monotonic()
+            time.sleep(1.5)
+            peer.sendall(b"GET /healthz")  # no end of line: the request is not complete
+            assert closed_by_server(peer, within_s=5)
+            assert time.monotonic() - t0 < 2.9  # not 3.5 s: 2 s after its last bytes
+        assert dropped(metrics, "timeout") == 1
+
+
+def test_a_burst_of_connections_waits_in_the_listen_backlog() -> None:
+    """Connections made faster than they are accepted (here: none yet) wait in the listen
+    backlog of 128, rather than retrying their SYNs (a second's wait each)."""
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), dict, list)
+    try:
+        with ExitStack() as peers:
+            for _ in range(50):
+                peers.enter_context(socket.create_connection(server.address, timeout=0.5))
+    finally:
+        server.close()
+
+
+def test_a_connection_whose_thread_cannot_start_gives_its_place_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection's thread that fails to start (the process out of threads) is closed
+    and its place freed: the next peer is served, not refused as busy."""
+    import socketserver
+
+    start = socketserver.ThreadingMixIn.process_request
+    failures = [RuntimeError("can't start new thread")]
+
+    def flaky(self: socketserver.ThreadingMixIn, request: socket.socket, address: object) -> None:
+        if failures:
+            raise failures.pop()
+        start(self, request, address)
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", flaky)
+    with serving(max_connections=1) as (server, metrics):
+        with socket.create_connection(server.address) as first:
+            assert closed_by_server(first, within_s=5)
+        assert get(server) == 200
+        assert dropped(metrics, "busy") == 0

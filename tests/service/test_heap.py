@@ -118,3 +118,15 @@ def test_pauses_add_up_in_their_generation_s_sum(monkeypatch: pytest.MonkeyPatch
     assert value(f"{name}_count", {"generation": "0"}) == 3
     assert value(f"{name}_bucket", {"generation": "0", "le": "0.001"}) == 1
     assert value(f"{name}_bucket", {"generation": "0", "le": "0.003"}) == 2
+
+
+def test_the_pause_buckets_are_the_documented_ones() -> None:
+    """docs/metrics.md: 0.1, 0.3, 1, 3, 10, 30, 100, 300 ms, 1 s, for each generation."""
+    registry = CollectorRegistry()
+    registry.register(CollectorPauses())
+    (family,) = registry.collect()
+    for g in ("0", "1", "2"):
+        bounds = [s.labels["le"] for s in family.samples
+                  if s.name.endswith("_bucket") and s.labels["generation"] == g]  # fmt: skip
+        assert bounds == ["0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3",
+                          "1.0", "+Inf"], g  # fmt: skip

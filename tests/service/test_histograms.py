@@ -106,3 +106,10 @@ def test_counts_go_past_two_to_the_31() -> None:
     got = _samples(registry, "x_meters")
     assert got[("x_meters_bucket", "1.0")] == 2**31
     assert got[("x_meters_count", "")] == 2 * 2**31
+
+
+def test_bounds_from_0_keep_the_sum_as_prometheus_client_does() -> None:
+    """A sum is left out only where a value can be negative (a bound below 0): bounds
+    starting at 0 (counts, distances) keep it."""
+    ours, theirs = _both((0.0, 1.0, 2.0), [np.array([0.0, 0.5, 3.0])])
+    assert ours == theirs and ours[("x_meters_sum", "")] == 3.5

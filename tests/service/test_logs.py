@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import sys
 import time
 
 import pytest
 
-from streamtrk.service.logs import Throttle
+from streamtrk.service.logs import JsonFormatter, PlainFormatter, Throttle
 
 
 @pytest.fixture
@@ -108,3 +112,76 @@ def test_reconfiguring_leaves_no_moment_without_a_handler(monkeypatch) -> None:
         thread.join()
         sys.setswitchinterval(interval)
     assert not fell_through
+
+
+def test_a_warning_is_due_once_the_period_has_passed_exactly(clock) -> None:
+    """``every_s`` after the last warning, the next occurrence is said (not one later)."""
+    lines = Throttle(0.25)
+    assert lines.count() == 1
+    clock[0] += 0.25  # (binary fractions: the sums are exact)
+    assert lines.count() == 1
+
+
+def test_a_burst_is_pending_once_quiet_for_the_period_exactly(clock) -> None:
+    """A burst held back is said by the poll once ``every_s`` has passed since its last
+    occurrence, at that very time."""
+    lines = Throttle(0.25)
+    assert lines.count() == 1
+    clock[0] += 0.125
+    assert lines.count() == 0  # held back
+    clock[0] += 0.25  # quiet for exactly the period
+    assert lines.pending() == 1
+
+
+def _record(exc: bool = False) -> logging.LogRecord:
+    """A warning of ``streamtrk.x`` with two fields (and an exception's traceback)."""
+    exc_info = None
+    if exc:
+        try:
+            raise RuntimeError("broken")
+        except RuntimeError:
+            exc_info = sys.exc_info()
+    record = logging.LogRecord("streamtrk.x", logging.WARNING, "f.py", 1, "%d ended", (3,),
+                               exc_info)  # fmt: skip
+    record.fields = {"socket": "input", "since": 3}
+    return record
+
+
+def test_json_lines_hold_the_level_message_fields_and_exception() -> None:
+    """One JSON object a line: the level in lower case, the message with its arguments, the
+    fields merged in, the traceback under ``exception``."""
+    line = json.loads(JsonFormatter().format(_record(exc=True)))
+    assert {k: line[k] for k in ("level", "logger", "message", "socket", "since")} == {
+        "level": "warning",
+        "logger": "streamtrk.x",
+        "message": "3 ended",
+        "socket": "input",
+        "since": 3,
+    }
+    assert "RuntimeError: broken" in line["exception"] and "Traceback" in line["exception"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["time"])
+
+
+def test_plain_lines_end_with_the_fields_as_key_value() -> None:
+    text = PlainFormatter().format(_record())
+    assert text.endswith(" WARNING streamtrk.x: 3 ended socket=input since=3"), text
+
+
+def test_configure_sets_the_format_level_and_no_propagation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``configure("json", "info")``: JSON lines on stderr from INFO up (whatever the level
+    was), none passed on to the root logger's handlers (no line twice)."""
+    from streamtrk.service.logs import LOGGER, configure
+
+    logger = logging.getLogger(LOGGER)
+    monkeypatch.setattr(logger, "handlers", logger.handlers[:])
+    monkeypatch.setattr(logger, "level", logger.level)
+    logger.setLevel(logging.ERROR)  # as a quieter configuration left it
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    configure("json", "info")
+    logging.getLogger(f"{LOGGER}.x").debug("not said")
+    logging.getLogger(f"{LOGGER}.x").info("said")
+    [line] = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["message"] == "said"
+    assert logger.propagate is False

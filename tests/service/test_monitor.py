@@ -14,7 +14,12 @@ import pytest
 import zmq
 from live_daemon import wait_for
 
-from streamtrk.service.monitor import Reconnects, SocketMonitor
+from streamtrk.service.monitor import (
+    DISCONNECT_LOG_S,
+    RECONNECT_AFTER_S,
+    Reconnects,
+    SocketMonitor,
+)
 from streamtrk.service.telemetry import Metrics
 
 
@@ -511,3 +516,30 @@ def test_a_single_reconnection_line_counts_nothing(
     assert [r.getMessage() for r in caplog.records] == [
         "connecting the input to tcp://127.0.0.1:9 again (its handshake was refused)"
     ]
+
+
+def test_the_documented_periods() -> None:
+    """docs/operations.md, docs/farm-topology.md: a connection libzmq gave up is made again
+    a second later; ended connections are logged at most once a minute per socket and cause."""
+    assert (RECONNECT_AFTER_S, DISCONNECT_LOG_S) == (1.0, 60.0)
+
+
+def test_a_disconnection_line_names_the_peer_s_endpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The operator sees where an ended connection was (the ``endpoint`` field), and the
+    socket, cause and count."""
+    ctx, sock, monitor, _ = _monitor()
+    try:
+        with caplog.at_level(logging.INFO, logger="streamtrk.service.monitor"):
+            monitor.handle("output", _event(zmq.EVENT_ACCEPTED, 5))
+            monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 5))
+        [line] = [r for r in caplog.records if r.name == "streamtrk.service.monitor"]
+        assert line.fields == {  # type: ignore[attr-defined]
+            "socket": "output",
+            "cause": "closed",
+            "since": 1,
+            "endpoint": "tcp://127.0.0.1:1",
+        }
+    finally:
+        _close(ctx, sock, monitor)

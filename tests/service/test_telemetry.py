@@ -210,3 +210,39 @@ def test_device_memory_reads_each_source(monkeypatch) -> None:
         "torch_allocated": 3.0,
         "torch_reserved": 4.0,
     }
+
+
+def test_each_stage_has_the_documented_latency_buckets() -> None:
+    """docs/metrics.md: "All histograms below use the buckets 100 us ... 10 s": the
+    stages' too (a stage past the default buckets' 10 s is none of its own)."""
+    text = Metrics().render().decode()
+    latency = ["0.0001", "0.0002", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.05",
+               "0.1", "0.2", "0.5", "1.0", "2.0", "5.0", "10.0", "+Inf"]  # fmt: skip
+    (family,) = [f for f in text_string_to_metric_families(text)
+                 if f.name == "streamtrk_stage_seconds"]  # fmt: skip
+    for stage in ("decode", "gnn", "physics"):
+        bounds = [
+            s.labels["le"]
+            for s in family.samples
+            if s.name == "streamtrk_stage_seconds_bucket" and s.labels["stage"] == stage
+        ]
+        assert bounds == latency, stage
+
+
+def test_the_collector_pauses_and_frozen_objects_are_exported() -> None:
+    """docs/metrics.md: ``streamtrk_gc_pause_seconds`` by generation, from 0, and
+    ``streamtrk_gc_frozen_objects``."""
+    text = Metrics().render().decode()
+    for g in ("0", "1", "2"):
+        assert f'streamtrk_gc_pause_seconds_count{{generation="{g}"}} 0.0' in text, g
+    assert "# TYPE streamtrk_gc_frozen_objects gauge" in text
+
+
+def test_every_wire_reason_is_exported_from_0() -> None:
+    """Each reason the decoder can give (``streamtrk.wire.REASONS``), not only the ones
+    named in the docs' examples, has its rejected series at 0 from the start."""
+    from streamtrk.wire import REASONS
+
+    text = Metrics().render().decode()
+    for reason in sorted(REASONS):
+        assert f'streamtrk_events_rejected_total{{reason="{reason}"}} 0.0' in text, reason
