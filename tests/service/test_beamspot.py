@@ -127,3 +127,54 @@ def test_the_z_error_is_that_of_the_mean_of_the_events() -> None:
     spot = window.estimate()
     assert spot.z == pytest.approx(2.0)
     assert spot.z_error == pytest.approx(np.std(means, ddof=1) / np.sqrt(3))
+
+
+def test_the_window_holds_the_tracks_within_10_mm_of_the_beam_line() -> None:
+    """docs/metrics.md: |d0| < 10 mm; a track at 10 mm itself is left out, one just inside
+    it kept."""
+    rng = np.random.default_rng(6)
+    d0, z0, phi, event = _tracks_from(0.0, 0.0, 100, rng)
+    window = BeamSpotWindow(capacity=1000)
+    window.add(d0, z0, phi, event)
+    window.add(np.array([10.0, -10.0]), np.zeros(2), np.zeros(2), np.array([50, 50]))
+    assert window.estimate().tracks == 100
+    window.add(np.array([np.nextafter(10.0, 0.0)]), np.zeros(1), np.zeros(1), np.array([51]))
+    assert window.estimate().tracks == 101
+
+
+def test_the_window_holds_the_last_20000_tracks() -> None:
+    """docs/metrics.md: the daemon's last 20,000 tracks (about eleven MU = 200 events)."""
+    rng = np.random.default_rng(7)
+    window = BeamSpotWindow()
+    d0, z0, phi, event = _tracks_from(0.4, -0.25, 25_000, rng)
+    window.add(d0, z0, phi, event)
+    assert window.estimate().tracks == 20_000
+
+
+def test_the_refit_drops_only_tracks_beyond_4_robust_standard_deviations() -> None:
+    """Residuals within 3 standard deviations all count (the estimate is the least-squares
+    fit of those tracks); tracks 7.5 standard deviations off (secondaries) are dropped."""
+    rng = np.random.default_rng(8)
+    n, sigma = 2000, 0.02
+    phi = rng.uniform(-np.pi, np.pi, n)
+    noise = rng.normal(0, sigma, 3 * n)
+    noise = noise[np.abs(noise) < 3 * sigma][:n]
+    d0 = -0.4 * np.sin(phi) - 0.25 * np.cos(phi) + noise
+    d0[:20] += 7.5 * sigma  # secondaries
+    window = BeamSpotWindow(capacity=n)
+    window.add(d0, rng.normal(0, 6, n), phi, np.arange(n) // 50)
+    spot = window.estimate()
+    a = np.stack([-np.sin(phi), np.cos(phi)], axis=1)[20:]
+    (x, y), *_ = np.linalg.lstsq(a, d0[20:], rcond=None)
+    assert (spot.x, spot.y) == pytest.approx((x, y), abs=1e-9)
+
+
+def test_the_z_error_counts_the_events_in_the_window_whatever_their_numbers() -> None:
+    """The daemon numbers events from its start: three events numbered 1000-1002 in the
+    window are three clusters (the small-sample factor 3/2), not a thousand."""
+    means = np.array([0.0, 1.0, 5.0])
+    offsets = np.array([-0.3, -0.1, 0.1, 0.3])
+    z0 = (means[:, None] + offsets).ravel()
+    window = BeamSpotWindow(capacity=100)
+    window.add(np.zeros(12), z0, np.linspace(-3, 3, 12), 1000 + np.repeat(np.arange(3), 4))
+    assert window.estimate().z_error == pytest.approx(np.std(means, ddof=1) / np.sqrt(3))

@@ -371,3 +371,31 @@ def test_the_beam_spot_z_width_is_the_luminous_region_s_in_meters(observed: dict
     by the z0 resolution: the width gauge says so in meters, as the other beam-spot gauges."""
     value = observed["registry"].get_sample_value
     assert 5e-3 < value("streamtrk_beam_spot_z_width_meters") < 10e-3
+
+
+def test_edges_are_accepted_above_the_reconstructors_threshold(observed: dict) -> None:
+    """A model served at threshold 0.7: the edges scored above 0.7 are accepted (as track
+    building keeps them), not those above the default 0.5."""
+    events = observed["events"][:2]
+    rec = Reconstructor(
+        lambda graph, evs: np.linspace(0, 1, graph.num_edges, dtype=np.float32),
+        detector=DET,
+        threshold=0.7,
+    )
+    result = rec.reconstruct(events)
+    registry = CollectorRegistry()
+    PhysicsMetrics(registry).observe(Observation.of(events, result, rec))
+    scores = np.asarray(result.scores)
+    accepted = registry.get_sample_value("streamtrk_edges_accepted_total")
+    assert accepted == np.count_nonzero(scores > 0.7) < np.count_nonzero(scores > 0.5)
+
+
+def test_batches_of_one_event_each_give_a_beam_spot(observed: dict) -> None:
+    """Each batch's events are new events for the beam-spot window: two batches of one
+    event are two events, enough for an estimate (one event gives none)."""
+    events, rec = observed["events"][:2], Reconstructor.oracle(detector=DET)
+    physics = PhysicsMetrics(CollectorRegistry())
+    for ev in events:
+        physics.observe(Observation.of([ev], rec.reconstruct([ev]), rec))
+    spot = physics.beam_spot.estimate()
+    assert spot.tracks > 0 and np.isfinite(spot.z_error)

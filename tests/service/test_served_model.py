@@ -8,7 +8,7 @@ import pytest
 
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.model import shipped_model_path
-from streamtrk.service import served_model
+from streamtrk.service import faults, served_model
 from streamtrk.service.config import ServeConfig
 
 
@@ -37,17 +37,32 @@ def test_a_budget_that_refuses_the_warm_up_event_is_said_to_be_the_setting() -> 
     traceback, as if the model were at fault and an event of the operator's to blame."""
     from streamtrk.errors import SettingError
 
-    with pytest.raises(SettingError, match=r"budget_scale 0\.001 leaves no room for the warm-up"):
+    with pytest.raises(
+        SettingError, match=r"budget_scale 0\.001 leaves no room for the warm-up"
+    ) as e:
         served_model.load_served_model(
             ServeConfig(device="cpu", engine="eager", budget_scale=0.001)
         )
+    assert f"(MU 5, {len(served_model.warmup_event().hits)} hits: " in str(e.value)
+    assert str(e.value).endswith("raise budget_scale (1 by default)")  # what to do
 
 
-def test_a_model_loaded_keeps_its_engine_open(monkeypatch) -> None:
+def test_a_model_loaded_is_warmed_up_and_keeps_its_engine_open(monkeypatch) -> None:
+    """Compilation, graph capture, engine building happen at load (the warm-up), not in a
+    producer's first batch; the engine stays open until the model is let go."""
     closed: list[EngineScorer] = []
+    warmed: list[EngineScorer] = []
+    warm_up = EngineScorer.warm_up
     monkeypatch.setattr(EngineScorer, "close", lambda self: closed.append(self))
+
+    def recorded_warm_up(self: EngineScorer) -> float:
+        warmed.append(self)
+        return warm_up(self)
+
+    monkeypatch.setattr(EngineScorer, "warm_up", recorded_warm_up)
     served = served_model.load_served_model(ServeConfig(device="cpu", engine="eager"))
     assert isinstance(served.reconstructor.scorer, EngineScorer) and not closed
+    assert warmed == [served.reconstructor.scorer]
     served.close()
     assert closed == [served.reconstructor.scorer]
 
@@ -83,17 +98,18 @@ def test_the_digest_covers_the_pruning_windows_the_card_takes_from_outside(tmp_p
     assert served_model.model_digest(model) != before
 
 
-def test_the_configured_threshold_and_beam_spot_are_served() -> None:
+def test_the_configured_threshold_beam_spot_and_precision_are_served() -> None:
     """``threshold`` and the beam spot reach the chain, and the replies' ModelId and
-    /status say the threshold in use."""
+    /status say the threshold in use; /status says the configured precision."""
     cfg = ServeConfig(
-        device="cpu", engine="eager", threshold=0.7, beam_spot_x_mm=1.5, beam_spot_y_mm=-0.5
-    )
+        device="cpu", engine="eager", threshold=0.7, beam_spot_x_mm=1.5, beam_spot_y_mm=-0.5,
+        precision="bf16",
+    )  # fmt: skip
     served = served_model.load_served_model(cfg)
     try:
         rec, ident = served.serving
         assert rec.threshold == served.threshold == ident.threshold == 0.7
-        assert rec.beam_spot == (1.5, -0.5)
+        assert rec.beam_spot == (1.5, -0.5) and served.precision == "bf16"
         assert served.warmup_batch[0] == len(served_model.warmup_event().hits) > 0
     finally:
         served.close()
@@ -136,3 +152,33 @@ def test_the_digest_is_16_hex_digits_of_every_file_s_name_and_bytes(tmp_path) ->
     assert retrained != digest
     (model / "training.png").rename(model / "training-1.png")  # still between the others
     assert served_model.model_digest(model) != retrained
+
+
+def test_the_warm_up_batch_is_timed_alone_not_with_the_load(monkeypatch) -> None:
+    """``warmup_batch`` seeds the batch-time estimate (the drain's and the batcher's): it is
+    the warm-up reconstruct's seconds, not the load's before it; ``warmup_s`` is all of it."""
+    monkeypatch.setitem(faults.FAULTS, "load_delay_s", 2.0)  # a load of 2 s at least
+    served = served_model.load_served_model(ServeConfig(device="cpu", engine="eager"))
+    try:
+        hits, seconds = served.warmup_batch
+        assert hits == len(served_model.warmup_event().hits)
+        assert served.warmup_s >= 2.0
+        assert 0.0 < seconds <= served.warmup_s - 2.0
+    finally:
+        served.close()
+
+
+def test_the_digest_covers_files_in_subdirectories(tmp_path) -> None:
+    """A model directory may hold folders (an exported engine, say): their files count in
+    the digest, and the folders themselves do not make it fail."""
+    import shutil
+
+    from streamtrk.recon.model import shipped_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(shipped_model_path(), model)
+    (model / "extra").mkdir()
+    (model / "extra" / "notes.txt").write_text("a\n")
+    digest = served_model.model_digest(model)
+    (model / "extra" / "notes.txt").write_text("b\n")
+    assert served_model.model_digest(model) != digest

@@ -778,9 +778,38 @@ def test_an_ok_reply_echoes_the_msg_id_and_names_the_beam_line() -> None:
     replies: queue.Queue[Reply] = queue.Queue()
     worker = Worker(Batcher(8, BatchPolicy()), replies, Metrics(), lambda: (rec, None),
                     lambda: True, lambda o: None)  # fmt: skip
-    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None, msg_id=77)]))
+    job = Job(ev, time.perf_counter() - 0.5, None, msg_id=77)
+    worker.process(Batch(jobs=[job]))
     [reply] = _drained(replies)
     assert (reply.status, reply.msg_id, reply.beam_line) == ("ok", 77, (1.0, -0.5))
+    assert reply.t_recv == job.t_recv  # the end-to-end latency runs from the receipt
+
+
+def test_a_deadline_reply_echoes_the_msg_id_and_names_the_event() -> None:
+    """An error reply is matched as an ok one is: an event set aside past its deadline is
+    answered 'deadline' with its own run, event, msg_id and time of receipt."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    replies: queue.Queue[Reply] = queue.Queue()
+    now = time.perf_counter()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det)
+    worker.process(Batch(expired=[Job(ev, now - 0.5, now - 0.25, msg_id=41)]))
+    [reply] = _drained(replies)
+    assert (reply.reason, reply.msg_id) == ("deadline", 41)
+    assert (reply.run, reply.event, reply.t_recv) == (ev.run, ev.event, now - 0.5)
+
+
+def test_an_internal_reply_keeps_the_time_its_event_spent_queued() -> None:
+    """An event whose reconstruction failed after its wait in the queue: the error reply
+    carries that stage's time, as an ok reply does (the client's latency breakdown)."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1, first_event=13)
+    replies: queue.Queue[Reply] = queue.Queue()
+    job = Job(ev, time.perf_counter(), None, msg_id=9)
+    _worker(Batcher(8, BatchPolicy()), replies, FailOnEvent13(), det).process(Batch(jobs=[job]))
+    [reply] = _drained(replies)
+    assert (reply.reason, reply.msg_id) == ("internal", 9)
+    assert "queue" in reply.timings and reply.timings["queue"] == job.timings["queue"]
 
 
 def test_abandon_during_the_one_by_one_retry_stops_it() -> None:
@@ -1205,3 +1234,137 @@ def test_a_batch_taken_after_a_long_idle_is_not_a_stall() -> None:
         intake_done = True
         worker.join(timeout=60)
     assert seen == [None]
+
+
+def test_a_batch_is_started_in_a_drain_when_its_margin_fits() -> None:
+    """SAFETY is 1.5 exactly: an estimate of 20 s starts with 31 s left (30 s with the
+    margin), not with 29 s."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue()
+    gate = Gate()
+    gate.release.set()
+    batcher = Batcher(8, BatchPolicy())
+    worker = _worker(batcher, replies, gate, det)
+    got = []
+    for ev, left in zip(events, (29.0, 31.0), strict=True):
+        batcher.batch_time.forget()
+        batcher.batch_time.observe(len(ev.hits), 20.0)  # an estimate of 20 s for this event
+        worker.drain_by = time.perf_counter() + left
+        worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None)]))
+        got += [(r.event, r.reason) for r in _drained(replies)]
+    assert got == [(events[0].event, "shutdown"), (events[1].event, "")]
+
+
+def test_a_deadline_that_passes_while_late_events_wait_for_reply_room_is_weighed_again() -> None:
+    """A batch holding an event already past its deadline and a timely one: answering the
+    late one waits for room in the reply queue (a slow consumer), during which the timely
+    one's deadline passes; it is answered 'deadline' too, not reconstructed late."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
+    replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
+    gate = Gate()
+    gate.release.set()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, gate, det)
+    got: list[Reply] = []
+
+    def slow_consumer() -> None:  # room after 1 s, then every reply taken
+        time.sleep(1.0)
+        while len(got) < 3:
+            got.append(replies.get(timeout=60))
+
+    consumer = threading.Thread(target=slow_consumer)
+    consumer.start()
+    now = time.perf_counter()
+    late = Job(events[0], now, now - 1e-3)  # past its deadline as the batch starts
+    timely = Job(events[1], now, now + 0.5)  # its deadline passes while the worker waits
+    worker.process(Batch(jobs=[late, timely]))
+    consumer.join(timeout=60)
+    assert {r.event: r.reason for r in got[1:]} == {0: "deadline", 1: "deadline"}
+    assert gate.batches == []
+
+
+def test_each_stage_of_a_batch_is_observed_once_per_batch() -> None:
+    """docs/metrics.md: ``streamtrk_stage_seconds`` has the chain's stages (graph, gnn,
+    tracks, fit) once per batch reconstructed, beside the queue stage per event."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
+    metrics = Metrics()
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, metrics)
+    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
+    [_, reply] = _drained(replies)
+    stages = {k: v for k, v in reply.timings.items() if k != "queue"}
+    assert {"graph", "gnn", "tracks", "fit"} <= stages.keys()
+    value = metrics.registry.get_sample_value
+    for stage, seconds in stages.items():
+        assert value("streamtrk_stage_seconds_count", {"stage": stage}) == 1, stage
+        assert value("streamtrk_stage_seconds_sum", {"stage": stage}) == seconds, stage
+
+
+def test_events_queued_behind_a_worker_that_hangs_between_batches_are_a_stall() -> None:
+    """The hook between batches (the heap refreeze after a reload) hangs with events queued
+    and no batch taken: that is work without progress (a liveness restart), not idling."""
+    det = load_detector()
+    [event] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    batcher = Batcher(8, BatchPolicy(max_events=1, max_queue_delay_ms=0))
+    replies: queue.Queue[Reply] = queue.Queue()
+    rec = Reconstructor(_nothing, detector=det)
+    release = threading.Event()
+    worker = Worker(batcher, replies, Metrics(), lambda: (rec, None), lambda: True,
+                    lambda o: None, between_batches=lambda: release.wait(60))  # fmt: skip
+    batcher.put(Job(event, time.perf_counter(), None))
+    worker.start()
+    try:
+        time.sleep(0.5)
+        assert not worker.in_batch() and batcher.depth() == 1
+        assert (worker.problem(stall_timeout_s=0.2) or "").startswith("worker: no progress")
+    finally:
+        release.set()
+        worker.join(timeout=60)
+    assert [r.status for r in _drained(replies)] == ["ok"]
+
+
+def test_the_batch_time_is_of_all_the_hits_of_the_batch() -> None:
+    """A batch's seconds are those of all its hits: two alike events reconstructed together
+    make the estimate for one of them half the batch's time, not all of it (which would
+    double the drain's and the batcher's estimates)."""
+    det = load_detector()
+    [ev] = simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 1)
+    replies: queue.Queue[Reply] = queue.Queue()
+    batcher = Batcher(8, BatchPolicy())
+    worker = _worker(batcher, replies, Sleeping(0.2), det)
+    now = time.perf_counter()
+    worker.process(Batch(jobs=[Job(ev, now, None), Job(replace(ev, event=1), now, None)]))
+    reply, _ = _drained(replies)
+    stages = sum(v for k, v in reply.timings.items() if k != "queue")  # the batch's chain
+    estimate = batcher.batch_time.estimate
+    assert estimate(len(ev.hits)) < stages <= estimate(2 * len(ev.hits))
+
+
+def test_a_failed_batch_counts_as_one_failed_reconstruction_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The traceback's count is of reconstructions that raised (a batch, or an event retried
+    alone), not of their events: a failed batch of three is one."""
+    det = load_detector()
+    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 3, first_event=12))
+    replies: queue.Queue[Reply] = queue.Queue()
+    worker = _worker(Batcher(8, BatchPolicy()), replies, FailOnEvent13(), det)
+    now = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="streamtrk.service.worker"):
+        worker.process(Batch(jobs=[Job(ev, now, None) for ev in events]))
+    assert {r.event: r.reason for r in _drained(replies)} == {
+        12: "",
+        13: "internal",
+        14: "",
+    }
+    [traceback] = [r for r in caplog.records if r.exc_info is not None]
+    assert traceback.getMessage() == (
+        "reconstruction of 3 events failed (1 since the last traceback)"
+    )
+    worker._say_bursts(final=True)  # the retry of event 13 failed too, within the minute
+    assert caplog.records[-1].getMessage() == (
+        "1 more reconstructions failed since the last traceback"
+    )
