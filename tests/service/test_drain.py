@@ -4,10 +4,12 @@ batch longer than the drain timeout is answered 'shutdown' and the daemon still 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,8 @@ from live_daemon import ACCEPT_EVENTS, sample
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
+from streamtrk.service.config import ServeConfig
+from streamtrk.service.serve import Daemon
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 
@@ -304,7 +308,7 @@ def test_a_drain_keeps_a_second_at_most_a_quarter_of_it_for_the_last_replies() -
 class _Finished:
     """A thread of the drain's that has finished, with nothing to report."""
 
-    error = None
+    error: BaseException | None = None
     dropped = 0
     replying = False
     drain_by = leave_by = give_up_at = None
@@ -322,18 +326,154 @@ class _Finished:
         return False
 
 
+def _drain_with(d: Daemon, **threads: Any) -> int:
+    """``d``'s drain of its four threads (ingest, worker, emitter, observer), each a finished
+    one unless given."""
+    given: list[Any] = [threads.get(n) or _Finished() for n in ("ingest", "worker", "emitter",
+                                                                 "observer")]  # fmt: skip
+    return d._drain(threading.Event(), *given)
+
+
 def test_a_reply_left_unsent_makes_the_drain_incomplete_once_every_thread_finished() -> None:
     """A reply the worker or intake gave up queueing at the drain's end stays in flight
     (``unsent``) however promptly the emitter then sent the rest and exited: exit 1, not
     "drained" with a reply lost."""
-    import threading
-
-    from streamtrk.service.config import ServeConfig
-    from streamtrk.service.serve import Daemon
-
     d = Daemon(ServeConfig(drain_timeout_s=1), ServeConfig)
     d.metrics.inflight.inc()  # received, its reply never queued
-    threads: list[Any] = [_Finished() for _ in range(4)]  # ingest, worker, emitter, physics
-    assert d._drain(threading.Event(), *threads) == 1
+    assert _drain_with(d) == 1
     d.metrics.inflight.dec()
-    assert d._drain(threading.Event(), *threads) == 0
+    assert _drain_with(d) == 0
+
+
+def test_the_drain_lets_no_batch_wait_to_fill() -> None:
+    """Once the drain has stopped intake nothing more arrives: the batcher is told so
+    (``flush``), and a batch short of ``max_batch_events`` goes at once, not at its
+    ``max_queue_delay_ms``."""
+    d = Daemon(ServeConfig(drain_timeout_s=1), ServeConfig)
+    assert not d.batcher.flush
+    assert _drain_with(d) == 0
+    assert d.batcher.flush
+
+
+def test_the_drained_line_counts_each_outcome_from_its_own_metric(caplog) -> None:
+    """The exit line gives received, ok, error, ``shutdown`` and unidentified from their
+    own counters (what an operator reconciles a run's losses with)."""
+    d = Daemon(ServeConfig(drain_timeout_s=1), ServeConfig)
+    m = d.metrics
+    m.received.inc(15)
+    m.completed.labels("ok").inc(7)
+    m.completed.labels("error").inc(2)
+    m.rejected.labels("shutdown").inc(3)
+    m.rejected.labels("overloaded").inc(1)
+    m.unidentified.inc(4)
+    with caplog.at_level(logging.INFO, logger="streamtrk"):
+        assert _drain_with(d) == 0
+    [line] = [r for r in caplog.records if r.getMessage() == "drained, exiting"]
+    got = {k: line.fields[k] for k in ("received", "replies_ok", "replies_error", "shutdown")}
+    assert got == {"received": 15, "replies_ok": 7, "replies_error": 2, "shutdown": 3}
+    assert (line.fields["unidentified"], line.fields["dropped"], line.fields["unsent"]) == (4, 0, 0)
+
+
+class _DeadWorker(_Finished):
+    """A worker that died (its thread ended) with events still queued behind it."""
+
+    error = RuntimeError("device lost")
+
+    def __init__(self) -> None:
+        self.abandoned: list[float] = []
+
+    def abandon(self, deadline: float) -> int:
+        self.abandoned.append(deadline)
+        return 2
+
+
+def test_a_dead_worker_s_waiting_events_are_answered_shutdown_at_the_drain(caplog) -> None:
+    """A worker that died makes no room and answers nothing: the drain abandons it at
+    once (the queued events answered ``shutdown`` by the drain's deadline), and says how
+    many."""
+    d = Daemon(ServeConfig(drain_timeout_s=1), ServeConfig)
+    worker = _DeadWorker()
+    with caplog.at_level(logging.INFO, logger="streamtrk"):
+        _drain_with(d, worker=worker)
+    assert worker.abandoned == [d.drain_ends]
+    said = [r.getMessage() for r in caplog.records]
+    assert "the worker died; 2 waiting events answered 'shutdown'" in said
+
+
+class _StuckWorker(_Finished):
+    """A worker still alive at the drain's reserve, in no batch and not replying."""
+
+    def is_alive(self) -> bool:
+        return True
+
+    def abandon(self, deadline: float) -> int:
+        return 1
+
+
+def test_a_worker_that_overran_outside_a_batch_is_said_to_wait_on_intake(caplog) -> None:
+    """The overrun line names what held the worker: here neither a batch nor the reply
+    queue, so intake; the process then leaves by ``os._exit`` (a thread is left)."""
+    d = Daemon(ServeConfig(drain_timeout_s=0.2), ServeConfig)
+    with caplog.at_level(logging.INFO, logger="streamtrk"):
+        _drain_with(d, worker=_StuckWorker())
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        "intake overran the drain; 1 more events (its batch, the queue) answered 'shutdown'" in said
+    )
+    assert d.abandoned_thread
+
+
+class _StillRunning(_Finished):
+    """A thread still alive when the drain ends (with or without work in hand)."""
+
+    def __init__(self, work: bool = False) -> None:
+        self.work = work
+
+    def is_alive(self) -> bool:
+        return True
+
+    def has_work(self) -> bool:
+        return self.work
+
+
+def test_an_emitter_alive_at_the_drain_s_end_keeps_its_socket_and_context() -> None:
+    """An emitter still running may be inside its socket: the ZeroMQ context is not
+    destroyed under it, the process leaves by ``os._exit``, and the exit status is 1."""
+    d = Daemon(ServeConfig(drain_timeout_s=0.2), ServeConfig)
+    emitter = _StillRunning()
+    assert _drain_with(d, emitter=emitter) == 1
+    assert d.sockets_in_use and d.abandoned_thread
+
+
+def test_the_physics_thread_is_said_to_overrun_only_with_batches_in_hand(caplog) -> None:
+    """The physics thread alive at the drain's end: a warning that its last batches are
+    not counted only where it holds some; either way the process leaves by ``os._exit``."""
+    said = "the physics thread overran the drain; its last batches are not counted"
+    for work in (False, True):
+        caplog.clear()
+        d = Daemon(ServeConfig(drain_timeout_s=0.2), ServeConfig)
+        with caplog.at_level(logging.INFO, logger="streamtrk"):
+            observer = _StillRunning(work)
+            assert _drain_with(d, observer=observer) == 0
+        assert d.abandoned_thread
+        assert (said in [r.getMessage() for r in caplog.records]) is work
+
+
+def test_a_drain_during_a_reload_leaves_by_os_exit() -> None:
+    """A reload still loading its model is inside torch: the process must not tear the
+    interpreter down under it (``os._exit``), though the drain itself ends 0."""
+    d = Daemon(ServeConfig(drain_timeout_s=0.2), ServeConfig)
+    assert d._reloading.acquire(blocking=False)  # as _start_reload takes it
+    assert _drain_with(d) == 0
+    assert d.abandoned_thread
+
+
+def test_the_drain_gives_each_thread_its_deadline() -> None:
+    """Of a 2 s drain, the worker and intake get all but the reserve (0.5 s: what they take
+    after it is answered ``shutdown``); the emitter and intake's last answers get it all."""
+    d = Daemon(ServeConfig(drain_timeout_s=2), ServeConfig)
+    ingest, worker, emitter = _Finished(), _Finished(), _Finished()
+    assert _drain_with(d, ingest=ingest, worker=worker, emitter=emitter) == 0
+    assert d.drain_ends is not None
+    assert worker.drain_by == ingest.leave_by == pytest.approx(d.drain_ends - 0.5)
+    assert emitter.give_up_at == ingest.give_up_at == d.drain_ends

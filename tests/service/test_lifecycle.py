@@ -4,6 +4,7 @@ that runs out of time."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import socket
@@ -24,7 +25,8 @@ from streamtrk.client import Consumer, Producer, terminate, wait_listening, wait
 from streamtrk.detector import load_detector
 from streamtrk.io.recording import RecordingWriter, iter_events, iter_records
 from streamtrk.recon.model import default_model_path
-from streamtrk.service.serve import CPU_BATCH_HITS
+from streamtrk.service.config import ServeConfig
+from streamtrk.service.serve import CPU_BATCH_HITS, Daemon, _curve_said
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.wire import ModelId
@@ -639,9 +641,6 @@ def test_a_dead_letter_counts_the_frames_received(daemon_factory, tmp_path) -> N
 def test_a_stop_signal_never_takes_a_lock_the_main_thread_may_hold() -> None:
     """Signal handlers run on the main thread between two of its bytecodes, maybe inside
     its own wait on the stop event: a handler taking that event's lock would deadlock."""
-    from streamtrk.service.config import ServeConfig
-    from streamtrk.service.serve import Daemon
-
     d = Daemon(ServeConfig(), ServeConfig)
     answered = threading.Event()
 
@@ -735,3 +734,122 @@ def test_a_reload_puts_the_file_s_new_settings_in_force(daemon_factory, tmp_path
     assert d.stop() == 0
     [draining] = [line for line in d.logs() if line["message"] == "draining"]
     assert draining["drain_timeout_s"] == 7.0
+
+
+def test_a_slow_reload_is_warned_of_once_and_only_past_stall_timeout_s(caplog) -> None:
+    """``stall_timeout_s`` is the line: a reload within it is not said to be slow; past it,
+    one warning per reload, however many turns of the main loop follow."""
+    d = Daemon(ServeConfig(stall_timeout_s=2), ServeConfig)
+    slow = "a reload has run"
+    with caplog.at_level(logging.INFO, logger="streamtrk"):
+        d._reload_began = time.monotonic() - 1.5
+        d._say_slow_reload()
+        assert not [r for r in caplog.records if r.getMessage().startswith(slow)]
+        d._reload_began = time.monotonic() - 3
+        for _ in range(3):
+            d._say_slow_reload()
+    assert [r.getMessage().startswith(slow) for r in caplog.records].count(True) == 1
+
+
+def test_a_thread_s_death_makes_the_daemon_not_ready_at_once() -> None:
+    """A dead thread stops the daemon: ``/readyz`` fails from that moment (a load balancer
+    sends no more), not only once the main thread begins the drain."""
+    d = Daemon(ServeConfig(), ServeConfig)
+    d.readiness.set("ready")
+    d._on_thread_failure(threading.current_thread())  # type: ignore[arg-type]
+    assert d.readiness.state == "draining"
+    assert d.metrics.registry.get_sample_value("streamtrk_ready") == 0
+    assert d._stopping(0)
+
+
+class _Dead:
+    """A socket monitor or CURVE authenticator whose thread has ended."""
+
+    died = True
+
+
+def test_healthz_names_a_dead_monitor_and_a_dead_authenticator() -> None:
+    d = Daemon(ServeConfig(), ServeConfig)
+    assert d.health_problems() == []
+    d.monitor, d.authenticator = _Dead(), _Dead()  # type: ignore[assignment]
+    assert d.health_problems() == [
+        "monitor died: the sockets' traffic stops once it is behind",
+        "CURVE authenticator (ZAP) died: no client can connect",
+    ]
+
+
+def test_the_banner_says_no_client_is_allowed_without_allowed_keys(tmp_path: Path) -> None:
+    """CURVE on and no ``curve_allowed_keys``: the banner must not read as open."""
+    secret = tmp_path / "server.key_secret"
+    on = ServeConfig(curve_secret_key=secret)
+    assert _curve_said(on) == "on: clients whose certificates are in none (no client allowed)"
+    allowed = ServeConfig(curve_secret_key=secret, curve_allowed_keys=tmp_path)
+    assert _curve_said(allowed) == f"on: clients whose certificates are in {tmp_path}"
+    assert _curve_said(ServeConfig()).startswith("off: ")
+
+
+def test_status_before_the_model_is_loaded_has_no_beam_spot_measured() -> None:
+    """``/status`` while loading: no model, no beam line, and no beam spot measured (null,
+    not a position of NaNs) until tracks of two events are in the window."""
+    d = Daemon(ServeConfig(), ServeConfig)
+    status = d.status()
+    assert (status["state"], status["model"], status["reload_s"]) == ("loading", None, None)
+    assert status["beam_spot"] == {"beam_line_mm": None, "measured_mm": None, "tracks": 0}
+
+
+class _MonitorThatWillNotStop:
+    """A socket monitor still busy (in libzmq) after its stop's wait."""
+
+    def stop(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return True
+
+
+def test_a_socket_monitor_left_running_makes_the_process_leave_by_os_exit() -> None:
+    """Its sockets may be in use: the context is terminated, not destroyed, and the
+    interpreter is not torn down under it (``os._exit``)."""
+    d = Daemon(ServeConfig(), ServeConfig)
+    d._stop_monitor(_MonitorThatWillNotStop())  # type: ignore[arg-type]
+    assert d.monitor_left and d.abandoned_thread
+
+
+def test_a_reload_puts_the_file_s_new_log_level_in_force(daemon_factory, tmp_path) -> None:
+    """``log_level`` is no restart-only setting: after a SIGHUP the file's new level is the
+    one the daemon logs at (here ``warning``: the reload's and the drain's info lines are
+    no longer written)."""
+    config = tmp_path / "serve.toml"
+    config.write_text("")
+    d = daemon_factory("--config", str(config))
+    config.write_text('log_level = "warning"\n')
+    d.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: sample(d.metrics(), "streamtrk_model_reloads_total", result="success") == 1)
+    assert d.stop() == 0
+    messages = [line["message"] for line in d.logs()]
+    assert "reloading" in messages  # at info, before the new level
+    assert not {"reloaded", "draining", "drained, exiting"} & set(messages)
+
+
+def test_a_connected_daemon_takes_no_event_while_its_model_loads(
+    daemon_factory, sim_run: Path
+) -> None:
+    """Connect mode: the input connects once the model is ready, so that a distributor
+    routes no event to a daemon still loading. While it loads, a send to it alone finds no
+    peer; once ready, the same send is taken and answered."""
+    [event] = list(iter_events(sim_run))[:1]
+    with (
+        Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer,
+        Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer,
+    ):
+        d = daemon_factory(
+            "--connect", "--input", producer.endpoint, "--output", consumer.endpoint,
+            wait=False, env={"STREAMTRK_TEST_FAULTS": "load_delay_s=4"},
+        )  # fmt: skip
+        wait_for(lambda: any(x["message"].startswith("injected fault: load") for x in d.logs()))
+        assert not producer.send_event(event, timeout_ms=1000)  # no peer: nobody took it
+        assert wait_ready(d.http, READY_TIMEOUT_S, d.process)
+        assert producer.send_event(event, timeout_ms=30_000)
+        frames = consumer.recv_frames(timeout_ms=60_000)
+        assert frames is not None
+        assert sample(d.settled(received=1), "streamtrk_events_completed_total", status="ok") == 1
