@@ -981,3 +981,28 @@ def test_a_send_that_finds_the_queue_full_says_it_was_not_sent() -> None:
             assert producer.send_frames([b"x"], timeout_ms=100) is False
         finally:
             producer.socket = real
+
+
+def test_a_curve_client_of_a_server_without_curve_is_refused_for_the_handshake(
+    tmp_path: Path,
+) -> None:
+    """No common mechanism (CURVE on the client's side only) is a failed handshake, not a
+    key refused: ``refusal`` says ``handshake`` (replay's and record's hint differ)."""
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as plain,
+        Producer(
+            plain.endpoint,
+            linger_ms=0,
+            curve_key=tmp_path / "alice.key_secret",
+            curve_server_key=tmp_path / "server.key",
+            monitor_events=REFUSAL_EVENTS,
+        ) as client,
+    ):
+        client.send_frames([b"x"], timeout_ms=100)
+        t_end, said = time.monotonic() + 30, None
+        while said is None and time.monotonic() < t_end:
+            said = client.refusal()
+            time.sleep(0.05)
+        assert said == "handshake"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 WINDOW_TRACKS = 20_000  # at least ten MU=200 events (1,932 tracks each, before the d0 cut)
-D0_MAX_MM = 10.0  # tracks farther than this from the beam line are left out (secondaries, fakes)
+D0_MAX_MM = 10.0  # tracks this far or farther from the beam line are left out (secondaries, fakes)
 CLIP_SIGMAS = 4.0  # the fit's second pass drops residuals beyond this many robust sigmas
 
 

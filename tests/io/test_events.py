@@ -67,3 +67,14 @@ def test_the_files_read_of_a_path_that_cannot_be_looked_at_are_the_path(tmp_path
     # A name past NAME_MAX: stat() itself fails (ENAMETOOLONG); reading it says so, later.
     path = tmp_path / ("x" * 300)
     assert files_read(path) == [path]
+
+
+def test_a_file_is_a_recording_only_if_it_starts_with_the_whole_magic(tmp_path: Path) -> None:
+    """Not ``.stk`` and its first bytes the magic but for the last (``STKREC\\r`` then not
+    ``\\n``: a text file of another format): not taken for a recording, nor spared."""
+    path = tmp_path / "notes.rec"
+    path.write_bytes(b"STKREC\r\x00" + bytes(40))
+    assert files_read(path) == []
+    with pytest.raises(ValueError, match="is no TrackML event file") as e:
+        list(read_events(path))
+    assert not isinstance(e.value, RecordingError)
