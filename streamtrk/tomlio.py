@@ -93,6 +93,8 @@ def _is(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Any:  # a class to Python 3.11, which isinstance refuses
+        return True
     if isinstance(hint, type):  # str, bool, a dataclass
         return isinstance(value, hint)
     return True

@@ -6,6 +6,7 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import pytest
 
@@ -127,4 +128,34 @@ def test_dataclass_from_refuses_a_non_table_for_a_dict_field() -> None:
 
 def test_toml_writer_leaves_none_out_of_tables_in_arrays() -> None:
     data = {"runs": [{"name": "a", "note": None}, {"name": "b"}]}
+    assert tomllib.loads(dumps(data)) == {"runs": [{"name": "a"}, {"name": "b"}]}
+
+
+def test_dataclass_from_names_missing_then_unknown_and_hints_only_close_keys() -> None:
+    """Missing keys first, then unknown ones; "did you mean" only for a key close to a
+    field's name (none for ``cat``, nothing like ``a`` or ``b``)."""
+    with pytest.raises(ValueError, match=r"code: unknown \['cat'\]$"):
+        dataclass_from(_Settings, {"cat": 1}, "[s]")
+    with pytest.raises(ValueError, match=r"code: missing \['b'\], unknown \['c'\]$"):
+        dataclass_from(_Settings, {"a": 1, "c": 2}, "[s]", defaults=False)
+
+
+@dataclass(frozen=True)
+class _Loose:
+    maybe: Optional[int] = None  # noqa: UP045 (typing's spelling, checked as ``int | None`` is)
+    items: list[int] = field(default_factory=list)
+    anything: Any = None
+
+
+def test_dataclass_from_checks_optional_and_leaves_other_hints_unchecked() -> None:
+    """``Optional[int]`` is checked as ``int | None`` is (its name without ``typing.``);
+    a hint of no kind these files use (``list[int]``, ``Any``) takes any value."""
+    with pytest.raises(_Refused, match=re.escape("[o]: maybe must be Optional[int], got 'x'")):
+        dataclass_from(_Loose, {"maybe": "x"}, "[o]", error=_Refused)
+    got = dataclass_from(_Loose, {"maybe": 2, "items": ["a"], "anything": [1]}, "[o]")
+    assert got == _Loose(maybe=2, items=["a"], anything=[1])  # type: ignore[list-item]
+
+
+def test_toml_writer_leaves_none_out_of_tables_in_tuples() -> None:
+    data = {"runs": ({"name": "a", "note": None}, {"name": "b"})}
     assert tomllib.loads(dumps(data)) == {"runs": [{"name": "a"}, {"name": "b"}]}
