@@ -231,3 +231,17 @@ def test_every_column_counts_in_the_digest(column: str) -> None:
 def test_a_hit_in_several_tracks_gets_the_last_s_label() -> None:
     tracks = Tracks(np.array([0, 2, 4]), np.array([0, 1, 1, 2]))  # hit 1 in tracks 1 and 2
     assert tracks.track_id_per_hit(3).tolist() == [1, 2, 2]
+
+
+def test_a_strided_column_has_the_digest_of_its_copy() -> None:
+    """A column that is a view (every other value, a column of a 2-D array) hashes as its
+    values do, not an error on a non-contiguous buffer."""
+    xyz = np.arange(9, dtype=np.float32).reshape(3, 3)
+    a = replace(hits_of(3), x=xyz[:, 0], z=np.arange(6, dtype=np.float32)[::2])
+    b = replace(a, x=a.x.copy(), z=a.z.copy())
+    assert a.equals(b) and a.digest() == b.digest()
+
+
+def test_submission_labels_are_int64_whatever_they_came_as() -> None:
+    assert alone_as_tracks(np.array([0, 2], np.int32)).dtype == np.int64
+    assert alone_as_tracks([]).dtype == np.int64  # type: ignore[arg-type]

@@ -141,3 +141,54 @@ def test_no_quota_is_read_outside_the_root(tmp_path: Path) -> None:
     assert cpu_quota(tmp_path / "v2", own) == 4.0
     own.write_text("0::/../elsewhere\n")
     assert cpu_quota(tmp_path / "v2", own) == 4.0
+
+
+def test_a_quota_above_the_own_cgroup_that_is_smaller_wins(tmp_path: Path) -> None:
+    """A pod's limit (on its slice) below a container's looser one: the smallest anywhere on
+    the way up, not the first found."""
+    unit = tmp_path / "v2" / "pod" / "container"
+    unit.mkdir(parents=True)
+    (unit / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "v2" / "pod" / "cpu.max").write_text("150000 100000\n")
+    own = tmp_path / "cgroup"
+    own.write_text("0::/pod/container\n")
+    assert cpu_quota(tmp_path / "v2", own) == 1.5
+
+
+def test_quota_files_that_do_not_parse_are_no_quota(tmp_path: Path) -> None:
+    """A cpu.max or cfs file that holds no numbers is read as no quota, not a crash at
+    startup."""
+    own = tmp_path / "cgroup"
+    own.write_text("0::/\n")
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    for text in ("", "150000\n", "lots 100000\n"):
+        (v2 / "cpu.max").write_text(text)
+        assert cpu_quota(v2, own) is None, text
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("lots\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path / "v1", own) is None
+
+
+def test_the_threads_chosen_are_set_in_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 0 asked for, torch runs the count chosen (a quota of 1 CPU under a mask of 4),
+    not only the line saying it."""
+    monkeypatch.setattr(threads, "cpu_quota", lambda: 1.0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert set_torch_threads() == "torch threads 1 (cgroup CPU quota 1 CPUs (4 in the mask))"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_up_to_the_limit_are_taken() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(4096) == "torch threads 4096 (asked for)"
+    finally:
+        torch.set_num_threads(before)
