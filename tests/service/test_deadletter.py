@@ -141,12 +141,8 @@ def test_a_file_another_daemon_writes_is_refused_until_it_closes(tmp_path: Path)
     assert kept == [b"from the first", b"still the first's", b"the second"]
 
 
-def test_a_file_damaged_before_whole_records_is_moved_aside_not_cut(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A flipped bit in an early record: cutting there would lose every whole record after
-    it. The file is kept, renamed, and a new one begun."""
-    path = tmp_path / "dead.stk"
+def _damaged_file(path: Path) -> Path:
+    """``path``: a dead-letter file of three records, a bit flipped in the first."""
     dead = DeadLetters(path, 1 << 20)
     for fill in (b"a", b"b", b"c"):
         assert dead.write([b"\xc1", fill * 100], WireError("not_msgpack", "test"))
@@ -154,6 +150,16 @@ def test_a_file_damaged_before_whole_records_is_moved_aside_not_cut(
     damaged = bytearray(path.read_bytes())
     damaged[40] ^= 0x01  # in the first record
     path.write_bytes(damaged)
+    return path
+
+
+def test_a_file_damaged_before_whole_records_is_moved_aside_not_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped bit in an early record: cutting there would lose every whole record after
+    it. The file is kept, renamed, and a new one begun."""
+    path = _damaged_file(tmp_path / "dead.stk")
+    damaged = path.read_bytes()
     with caplog.at_level(logging.WARNING, "streamtrk.service.deadletter"):
         dead = DeadLetters(path, 1 << 20)
     assert dead.write([b"\xc1", b"d" * 100], WireError("not_msgpack", "test"))
@@ -295,14 +301,7 @@ def _held(where: Path) -> list[str]:
 def test_a_damaged_file_moved_aside_is_not_held_open(tmp_path: Path) -> None:
     """The damaged file moved aside is let go (its lock too): once closed, the daemon holds
     no descriptor of either file."""
-    path = tmp_path / "dead.stk"
-    dead = DeadLetters(path, 1 << 20)
-    for fill in (b"a", b"b", b"c"):
-        assert dead.write([b"\xc1", fill * 100], WireError("not_msgpack", "test"))
-    dead.close()
-    damaged = bytearray(path.read_bytes())
-    damaged[40] ^= 0x01  # in the first record
-    path.write_bytes(damaged)
+    path = _damaged_file(tmp_path / "dead.stk")
     dead = DeadLetters(path, 1 << 20)
     assert sorted(Path(p).name for p in _held(tmp_path)) == ["dead.stk", "dead.stk"]  # lock, writer
     dead.close()

@@ -270,9 +270,12 @@ def test_head_sends_no_body_on_the_wire(served) -> None:
         assert b"Content-Length: " in head and rest == b""
 
 
-def test_failing_endpoints_are_logged_with_a_traceback_once_a_while(caplog) -> None:
-    """ANSWER_LOG_S: a scrape that fails every 15 s is one line (with its traceback) a
-    minute, the next one saying how many failed meanwhile."""
+def test_failing_endpoints_are_logged_with_a_traceback_once_a_while(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ANSWER_LOG_S (shortened here): a scrape that fails every 15 s is one line (with its
+    traceback) a minute, the next one saying how many failed meanwhile."""
+    monkeypatch.setattr(health, "ANSWER_LOG_S", 0.5)
 
     def status() -> dict:
         raise RuntimeError("the status is broken")
@@ -283,10 +286,15 @@ def test_failing_endpoints_are_logged_with_a_traceback_once_a_while(caplog) -> N
         for _ in range(3):
             with pytest.raises(urllib.error.HTTPError):
                 get(server, "/status")
+        [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert line.getMessage() == "the HTTP endpoint /status failed"  # the first: no count
+        assert line.exc_info is not None
+        time.sleep(0.6)
+        assert request(server, "/status")[0] == 500
     finally:
         server.close()
-    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert line.getMessage() == "the HTTP endpoint /status failed"  # the first: no count
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said[1:] == ["the HTTP endpoint /status failed (3 failures since the last line)"]
 
 
 def test_a_server_never_started_closes_at_once() -> None:
@@ -344,32 +352,6 @@ def test_an_endpoint_that_fails_answers_its_error_type_and_message() -> None:
     finally:
         server.close()
     assert (code, body) == (500, b"internal error: RuntimeError: the status is broken\n")
-
-
-def test_the_next_failure_line_counts_those_held_back(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """ANSWER_LOG_S (shortened here): the failures after a line, held back, are counted on
-    the next line once it is due."""
-    monkeypatch.setattr(health, "ANSWER_LOG_S", 0.5)
-
-    def status() -> dict:
-        raise RuntimeError("the status is broken")
-
-    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), status, list)
-    server.start()
-    try:
-        for _ in range(3):
-            assert request(server, "/status")[0] == 500
-        time.sleep(0.6)
-        assert request(server, "/status")[0] == 500
-    finally:
-        server.close()
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert said == [
-        "the HTTP endpoint /status failed",
-        "the HTTP endpoint /status failed (3 failures since the last line)",
-    ]
 
 
 def test_ready_only_when_ready_not_while_draining() -> None:

@@ -1122,10 +1122,14 @@ def test_a_failed_reconstruction_frees_the_device_caches(
     assert freed == ["cpu", "cpu"]  # the batch of two, then event 13 alone
 
 
-def test_an_event_whose_deadline_passes_while_the_reply_queue_is_full_is_not_started() -> None:
-    """Answering the events set aside can wait on a full reply queue (a slow consumer): an
-    event whose deadline passed meanwhile is answered 'deadline' when its batch starts
-    after that wait, not reconstructed and answered late."""
+@pytest.mark.parametrize("late_as", ["set aside", "found as its batch starts"])
+def test_an_event_whose_deadline_passes_while_the_reply_queue_is_full_is_not_started(
+    late_as: str,
+) -> None:
+    """Answering a late event (set aside by the batcher, or found late as its batch starts)
+    can wait on a full reply queue (a slow consumer): an event whose deadline passed
+    meanwhile is answered 'deadline' when its batch starts after that wait, not
+    reconstructed and answered late."""
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
     replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
@@ -1143,9 +1147,12 @@ def test_an_event_whose_deadline_passes_while_the_reply_queue_is_full_is_not_sta
     consumer = threading.Thread(target=slow_consumer)
     consumer.start()
     now = time.perf_counter()
-    expired = Job(events[0], now, now - 1.0)  # the batcher set it aside
+    late = Job(events[0], now, now - 1.0)
     timely = Job(events[1], now, now + 0.5)  # its deadline passes while the worker waits
-    worker.process(Batch(jobs=[timely], expired=[expired]))
+    if late_as == "set aside":
+        worker.process(Batch(jobs=[timely], expired=[late]))
+    else:
+        worker.process(Batch(jobs=[late, timely]))
     consumer.join(timeout=60)
     assert {r.event: r.reason for r in got[1:]} == {0: "deadline", 1: "deadline"}
     assert gate.batches == []
@@ -1254,35 +1261,6 @@ def test_a_batch_is_started_in_a_drain_when_its_margin_fits() -> None:
         worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None)]))
         got += [(r.event, r.reason) for r in _drained(replies)]
     assert got == [(events[0].event, "shutdown"), (events[1].event, "")]
-
-
-def test_a_deadline_that_passes_while_late_events_wait_for_reply_room_is_weighed_again() -> None:
-    """A batch holding an event already past its deadline and a timely one: answering the
-    late one waits for room in the reply queue (a slow consumer), during which the timely
-    one's deadline passes; it is answered 'deadline' too, not reconstructed late."""
-    det = load_detector()
-    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
-    replies: queue.Queue[Reply] = queue.Queue(maxsize=1)
-    replies.put(Reply(0, 0, 0.0, {}, reason="shutdown"))  # full: the worker's put waits
-    gate = Gate()
-    gate.release.set()
-    worker = _worker(Batcher(8, BatchPolicy()), replies, gate, det)
-    got: list[Reply] = []
-
-    def slow_consumer() -> None:  # room after 1 s, then every reply taken
-        time.sleep(1.0)
-        while len(got) < 3:
-            got.append(replies.get(timeout=60))
-
-    consumer = threading.Thread(target=slow_consumer)
-    consumer.start()
-    now = time.perf_counter()
-    late = Job(events[0], now, now - 1e-3)  # past its deadline as the batch starts
-    timely = Job(events[1], now, now + 0.5)  # its deadline passes while the worker waits
-    worker.process(Batch(jobs=[late, timely]))
-    consumer.join(timeout=60)
-    assert {r.event: r.reason for r in got[1:]} == {0: "deadline", 1: "deadline"}
-    assert gate.batches == []
 
 
 def test_each_stage_of_a_batch_is_observed_once_per_batch() -> None:
