@@ -1180,9 +1180,10 @@ def test_abandon_while_refusing_dense_events_stops_the_rest_of_the_batch() -> No
     assert gate.batches == []
 
 
-def test_the_queue_stage_is_observed_per_event() -> None:
+def test_the_queue_stage_is_observed_per_event_and_the_chain_s_per_batch() -> None:
     """docs/metrics.md: ``streamtrk_stage_seconds{stage="queue"}`` per event, the same
-    wait as ``streamtrk_queue_delay_seconds``."""
+    wait as ``streamtrk_queue_delay_seconds``; the chain's stages (graph, gnn, tracks,
+    fit) once per batch reconstructed, the seconds its replies carry."""
     det = load_detector()
     events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
     metrics = Metrics()
@@ -1194,6 +1195,12 @@ def test_the_queue_stage_is_observed_per_event() -> None:
     assert value("streamtrk_stage_seconds_sum", {"stage": "queue"}) == value(
         "streamtrk_queue_delay_seconds_sum"
     )
+    [_, reply] = _drained(replies)
+    stages = {k: v for k, v in reply.timings.items() if k != "queue"}
+    assert {"graph", "gnn", "tracks", "fit"} <= stages.keys()
+    for stage, seconds in stages.items():
+        assert value("streamtrk_stage_seconds_count", {"stage": stage}) == 1, stage
+        assert value("streamtrk_stage_seconds_sum", {"stage": stage}) == seconds, stage
 
 
 def test_abandon_sets_done_for_a_worker_that_died_holding_claimed_replies() -> None:
@@ -1246,24 +1253,6 @@ def test_a_batch_taken_after_a_long_idle_is_not_a_stall() -> None:
         intake_done = True
         worker.join(timeout=60)
     assert seen == [None]
-
-
-def test_each_stage_of_a_batch_is_observed_once_per_batch() -> None:
-    """docs/metrics.md: ``streamtrk_stage_seconds`` has the chain's stages (graph, gnn,
-    tracks, fit) once per batch reconstructed, beside the queue stage per event."""
-    det = load_detector()
-    events = list(simulate(det, SimConfig(generator=GeneratorConfig(mu=1)), 3, 2))
-    metrics = Metrics()
-    replies: queue.Queue[Reply] = queue.Queue()
-    worker = _worker(Batcher(8, BatchPolicy()), replies, _nothing, det, metrics)
-    worker.process(Batch(jobs=[Job(ev, time.perf_counter(), None) for ev in events]))
-    [_, reply] = _drained(replies)
-    stages = {k: v for k, v in reply.timings.items() if k != "queue"}
-    assert {"graph", "gnn", "tracks", "fit"} <= stages.keys()
-    value = metrics.registry.get_sample_value
-    for stage, seconds in stages.items():
-        assert value("streamtrk_stage_seconds_count", {"stage": stage}) == 1, stage
-        assert value("streamtrk_stage_seconds_sum", {"stage": stage}) == seconds, stage
 
 
 def test_events_queued_behind_a_worker_that_hangs_between_batches_are_a_stall() -> None:
