@@ -8,10 +8,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +34,7 @@ from live_daemon import (
 )
 from needs import need_program
 
-from streamtrk.client import Producer, terminate, wait_listening
+from streamtrk.client import Consumer, Producer, terminate, wait_listening
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
@@ -294,7 +296,7 @@ def test_a_forwarder_given_half_a_curve_key_pair_refuses(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("role", "keys", "match"),
     [
-        ("balancer", {}, "role must be one of distributor, collector"),
+        ("balancer", {}, "role must be one of distributor, collector, got 'balancer'$"),
         ("distributor", {"allowed_keys": Path("keys")}, "--allowed-keys needs --server-key"),
     ],
 )
@@ -305,6 +307,19 @@ def test_a_forwarder_with_an_unknown_role_or_keys_without_its_own_refuses(
     stopped.set()  # were it accepted, it would return at once instead of forwarding
     with pytest.raises(ValueError, match=match):
         forward(role, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", stop=stopped, **keys)
+
+
+def test_a_forwarder_given_one_endpoint_twice_refuses_naming_both() -> None:
+    """--from and --to must be two endpoints (the second bind would fail): refused as a
+    setting, both named, before anything binds (localhost is 127.0.0.1)."""
+    stopped = threading.Event()
+    stopped.set()  # were it accepted, it would return at once instead of forwarding
+    with pytest.raises(
+        ValueError,
+        match=r"^--from and --to must be two endpoints, got 'tcp://127\.0\.0\.1:5555' and "
+        r"'tcp://localhost:5555'$",
+    ):
+        forward("distributor", "tcp://127.0.0.1:5555", "tcp://localhost:5555", stop=stopped)
 
 
 @pytest.mark.parametrize(
@@ -321,8 +336,9 @@ def test_a_forwarder_with_an_unknown_role_or_keys_without_its_own_refuses(
 def test_a_forwarder_refuses_to_bind_beyond_the_host_without_curve(front, back, named) -> None:
     stopped = threading.Event()
     stopped.set()  # were it accepted, it would return at once instead of forwarding
-    with pytest.raises(ValueError, match=f"not a loopback address and CURVE is off.*{named}"):
+    with pytest.raises(ValueError, match=f"not a loopback address and CURVE is off.*{named}") as e:
         forward("distributor", front, back, stop=stopped)
+    assert str(e.value).endswith("or --allow-insecure on a trusted network")  # the way out
 
 
 def test_a_distributor_admits_only_producers_with_allowed_keys(tmp_path: Path) -> None:
@@ -767,15 +783,16 @@ def test_a_forwarder_allowed_insecure_binds_beyond_the_host_without_curve(capsys
 
 
 def test_a_stopping_distributor_whose_daemon_reads_nothing_stops_within_its_second(capsys):
-    """Its stop's second spent on the messages it took off its input (no room at the
-    daemon), what is still queued for the daemon goes with the socket (LINGER 0, not a
-    negative LINGER: libzmq's "wait for ever")."""
+    """Its stop's second (STOP_LINGER_MS) spent on the messages it took off its input (no
+    room at the daemon), what is still queued for the daemon goes with the socket (LINGER
+    0, not a negative LINGER: libzmq's "wait for ever"): the whole stop in about a second
+    (2.5 s allowed, for a loaded machine), not a second for each."""
     ctx: zmq.Context[Any] = zmq.Context.instance()
     with ctx.socket(zmq.PULL) as daemon:  # connected, never reading
         daemon.setsockopt(zmq.LINGER, 0)
         daemon.setsockopt(zmq.RCVHWM, 1)
         with (
-            _in_process(capsys, "distributor", stop_within_s=10, hwm=1) as (bound, _, said),
+            _in_process(capsys, "distributor", stop_within_s=2.5, hwm=1) as (bound, _, said),
             Producer(bound["front"], sndhwm=1, linger_ms=0) as producer,
         ):
             daemon.connect(bound["back"])
@@ -796,3 +813,93 @@ def test_a_forwarder_s_status_is_its_role_and_bound_addresses(capsys) -> None:
     ):
         status = json.loads(r.read())
     assert status == {"role": "collector", "front": bound["front"], "back": bound["back"]}
+
+
+@pytest.mark.parametrize("role", ["distributor", "collector"])
+def test_a_forwarder_is_ready_and_counts_what_it_forwards_under_its_role(capsys, role: str) -> None:
+    """/readyz is ready from the start; each message passed on counts once in
+    streamtrk_farm_forwarded_total, labelled with the forwarder's own role."""
+    with (
+        _in_process(capsys, role, http="127.0.0.1:0") as (bound, _, _),
+        Consumer(bound["back"], linger_ms=0) as consumer,
+        Producer(bound["front"], linger_ms=2000) as producer,
+    ):
+        served = HttpEndpoints()
+        served.http = bound["http"]
+        assert served.get("/readyz") == (200, "ready\n")
+        for k in range(3):
+            assert producer.send_frames([b"message %d" % k], timeout_ms=5000)
+        for _ in range(3):
+            assert consumer.socket.poll(10_000)
+            consumer.socket.recv_multipart()
+        m = served.metrics()
+        assert sample(m, "streamtrk_farm_forwarded_total", role=role) == 3, m
+        other = "collector" if role == "distributor" else "distributor"
+        assert sample(m, "streamtrk_farm_forwarded_total", role=other) == 0
+
+
+def test_a_forwarder_whose_http_port_is_taken_says_which_address() -> None:
+    """An HTTP address in use is an OSError naming HOST:PORT (as the CLI prints it)."""
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stopped = threading.Event()
+        stopped.set()
+        with pytest.raises(OSError, match=rf"^cannot serve HTTP on 127\.0\.0\.1:{port}: "):
+            forward("collector", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
+                    http=f"127.0.0.1:{port}", stop=stopped)  # fmt: skip
+    finally:
+        taken.close()
+
+
+def test_a_stopped_forwarder_no_longer_serves_http(capsys) -> None:
+    """Once ``forward`` returns, its HTTP endpoints are closed (its port free again)."""
+    with _in_process(capsys, "distributor", http="127.0.0.1:0") as (bound, _, _):
+        address = bound["http"]
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=10) as r:
+            assert r.status == 200
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://{address}/healthz", timeout=5).close()
+
+
+def test_a_stopping_distributor_takes_nothing_more_from_producers_still_sending(capsys) -> None:
+    """At the stop the input is unbound first: a producer that keeps sending keeps what it
+    has not sent (for a forwarder in its place), rather than the stop's second taking (and
+    dropping, no daemon reading) all it sends meanwhile."""
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sending = threading.Event()
+    sending.set()
+
+    def produce(endpoint: str) -> None:
+        with Producer(endpoint, sndhwm=1000, linger_ms=0) as producer:
+            while sending.is_set():
+                producer.send_frames([b"event"], timeout_ms=10)
+
+    with ctx.socket(zmq.PULL) as daemon:  # connected, never reading
+        daemon.setsockopt(zmq.LINGER, 0)
+        daemon.setsockopt(zmq.RCVHWM, 1)
+        try:
+            with _in_process(capsys, "distributor", hwm=1) as (bound, _, said):
+                daemon.connect(bound["back"])
+                producer = threading.Thread(target=produce, args=(bound["front"],), daemon=True)
+                producer.start()
+                time.sleep(0.5)
+        finally:
+            sending.clear()
+    assert said[-1]["message"] == "stopped" and said[-1]["not_forwarded"] < 100, said[-1]
+
+
+def test_a_collector_takes_replies_with_as_many_tracks_as_a_daemon_may_send(capsys) -> None:
+    """A collector's front takes replies: its frame limit keeps room for max_tracks (200k
+    tracks, 1.6 MB columns) whatever --max-hits says; only a distributor's front, taking
+    hits messages, is bounded by max_hits alone."""
+    with (
+        _in_process(capsys, "collector", max_hits=100) as (bound, _, _),
+        Consumer(bound["back"], linger_ms=0) as consumer,
+        Producer(bound["front"], linger_ms=2000) as daemon,
+    ):
+        assert daemon.send_frames([b"header", bytes(1_000_000)], timeout_ms=5000)
+        assert consumer.socket.poll(10_000), "the reply's 1 MB column was dropped"
+        assert len(consumer.socket.recv_multipart()[1]) == 1_000_000
