@@ -25,6 +25,7 @@ from streamtrk.service.auth import (
     AllowedKeys,
     start_authenticator,
 )
+from streamtrk.wire.curve import allowed_keys
 
 
 def _key() -> bytes:
@@ -127,16 +128,8 @@ def test_any_error_reading_the_keys_refuses_the_client_and_is_said(
     assert line.getMessage().endswith("every client is refused: something unforeseen")
 
 
-def test_the_keys_are_read_again_only_once_their_files_change(
-    allowed, monkeypatch, tmp_path
-) -> None:
-    """A peer repeating handshakes at will made the daemon read every certificate at each
-    one (150 us for 10 keys, under the GIL its worker needs): read again at once where a
-    certificate is added or removed, else ``REREAD_S`` after the last read (one rewritten
-    in place, its name and inode the same)."""
-    from streamtrk.wire.curve import allowed_keys
-
-    keys, alice = allowed
+def _counted_reads(monkeypatch) -> list[Path]:
+    """The directories ``allowed_keys`` reads from now on, one item per read."""
     reads: list[Path] = []
 
     def counted(directory: Path) -> set[bytes]:
@@ -144,6 +137,18 @@ def test_the_keys_are_read_again_only_once_their_files_change(
         return allowed_keys(directory)
 
     monkeypatch.setattr(auth, "allowed_keys", counted)
+    return reads
+
+
+def test_the_keys_are_read_again_only_once_their_files_change(
+    allowed, monkeypatch, tmp_path
+) -> None:
+    """A peer repeating handshakes at will made the daemon read every certificate at each
+    one (150 us for 10 keys, under the GIL its worker needs): read again at once where a
+    certificate is added or removed, else ``REREAD_S`` after the last read (one rewritten
+    in place, its name and inode the same)."""
+    keys, alice = allowed
+    reads = _counted_reads(monkeypatch)
     monkeypatch.setattr(auth, "REREAD_S", 60.0)
     for _ in range(100):
         assert not keys.callback("*", _key())
@@ -338,20 +343,6 @@ def test_starting_on_a_directory_without_keys_says_no_client_can_connect(
     assert warned == ([] if keys else [
         f"no *.key certificate in {tmp_path}: no client can connect until one is added"
     ])  # fmt: skip
-
-
-def _counted_reads(monkeypatch) -> list[Path]:
-    """The directories ``allowed_keys`` reads from now on, one item per read."""
-    from streamtrk.wire.curve import allowed_keys
-
-    reads: list[Path] = []
-
-    def counted(directory: Path) -> set[bytes]:
-        reads.append(directory)
-        return allowed_keys(directory)
-
-    monkeypatch.setattr(auth, "allowed_keys", counted)
-    return reads
 
 
 def test_files_other_than_public_certificates_do_not_make_the_keys_read_again(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streamtrk.service.logs import JsonFormatter, PlainFormatter, Throttle
+from streamtrk.service.logs import LOGGER, JsonFormatter, PlainFormatter, Throttle, configure
 
 
 @pytest.fixture
@@ -79,8 +79,6 @@ def test_reconfiguring_leaves_no_moment_without_a_handler(monkeypatch) -> None:
     import logging
     import sys
     import threading
-
-    from streamtrk.service.logs import LOGGER, configure
 
     fell_through: list[logging.LogRecord] = []
 
@@ -172,8 +170,6 @@ def test_configure_sets_the_format_level_and_no_propagation(
 ) -> None:
     """``configure("json", "info")``: JSON lines on stderr from INFO up (whatever the level
     was), none passed on to the root logger's handlers (no line twice)."""
-    from streamtrk.service.logs import LOGGER, configure
-
     logger = logging.getLogger(LOGGER)
     monkeypatch.setattr(logger, "handlers", logger.handlers[:])
     monkeypatch.setattr(logger, "level", logger.level)

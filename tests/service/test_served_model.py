@@ -171,10 +171,6 @@ def test_the_warm_up_batch_is_timed_alone_not_with_the_load(monkeypatch) -> None
 def test_the_digest_covers_files_in_subdirectories(tmp_path) -> None:
     """A model directory may hold folders (an exported engine, say): their files count in
     the digest, and the folders themselves do not make it fail."""
-    import shutil
-
-    from streamtrk.recon.model import shipped_model_path
-
     model = tmp_path / "model"
     shutil.copytree(shipped_model_path(), model)
     (model / "extra").mkdir()
