@@ -30,6 +30,7 @@ from deploy_helpers import (
 from needs import need_program
 
 from streamtrk.cli import build_parser
+from streamtrk.recon.choices import ENGINE_CACHE_ENV
 from streamtrk.service.config import ServeConfig, load_config
 
 COMPOSE = DEPLOY / "compose.yaml"
@@ -378,6 +379,9 @@ def test_systemd_unit() -> None:
     }.items():
         assert service[key] == value, key
     assert service["StateDirectory"] == "streamtrk"
+    environment = dict(a.split("=", 1) for a in _unit_environment())
+    for cache in ("MPLCONFIGDIR", "CUPY_CACHE_DIR", ENGINE_CACHE_ENV):  # TensorRT programs too
+        assert environment[cache].startswith(f"/var/cache/{service['CacheDirectory']}/"), cache
     assert "/var/lib/streamtrk" in {p.lstrip("-") for p in service["ReadWritePaths"].split()}
     assert str(cfg.dead_letter).startswith("/var/lib/streamtrk/")
     assert cfg.model is None  # the package's shipped model
@@ -442,13 +446,16 @@ def test_environments_do_not_shadow_their_configuration_files() -> None:
             else:
                 assert name not in settings, f"{where}: {var} shadows {toml}"
     # The environment file sets nothing; the variables it suggests (commented out, for an
-    # operator to uncomment) may differ from the file's log_format, but shadow nothing else.
-    suggested = re.findall(r"^#\s*(STREAMTRK_\w+)=", env_file.read_text(), re.MULTILINE)
+    # operator to uncomment) may differ from the file's log_format, but shadow nothing else,
+    # and each line uncommented as it stands is a setting the daemon takes (systemd reads
+    # only whole lines as comments: a comment after the value would be part of it).
+    suggested = re.findall(r"^#\s*(STREAMTRK_\w+)=(.*)$", env_file.read_text(), re.MULTILINE)
     settings = tomllib.loads((DEPLOY / "systemd" / "streamtrk.toml").read_text())
     assert suggested
-    for var in suggested:
+    for var, value in suggested:
         name = var.removeprefix("STREAMTRK_").lower()
         assert name == "log_format" or name not in settings, f"streamtrk.env suggests {var}"
+        load_config(DEPLOY / "systemd" / "streamtrk.toml", env={var: value.strip()})
 
 
 def test_systemd_analyze(tmp_path: Path) -> None:
