@@ -45,6 +45,14 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def passes_promtool_tests(tmp_path: Path, tests: list[dict]) -> None:
+    """promtool's unit tests ``tests`` (input series, PromQL checks) pass, 1-minute steps."""
+    path = tmp_path / "panels.test.yml"
+    path.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
+    r = promtool("test", "rules", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @needs_promtool
 def test_promtool_check_config() -> None:
     r = promtool("check", "config", "prometheus.yml")
@@ -218,19 +226,43 @@ def test_the_farm_panels_count_each_forwarders_messages_daemons_and_clients(
                 }
             )
     test = {
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [{"series": k, "values": v} for k, v in series.items()],
-                "promql_expr_test": checks,
-            }
-        ],
+        "interval": "1m",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "promql_expr_test": checks,
     }
-    path = tmp_path / "farm-panels.test.yml"
-    path.write_text(yaml.safe_dump(test))
-    r = promtool("test", "rules", str(path))
-    assert r.returncode == 0, r.stdout + r.stderr
+    passes_promtool_tests(tmp_path, [test])
+
+
+@needs_promtool
+def test_the_connections_ended_panel_rates_each_socket_and_cause(tmp_path: Path) -> None:
+    """Two daemons' inputs refusing a key once a second each, one's output closed twice a
+    second: one series per (socket, cause), the daemons added up."""
+    (panel,) = [p for p in dashboard()["panels"] if p.get("title") == "Connections ended"]
+    (target,) = panel["targets"]
+    a, b = 'job="streamtrk", instance="a:10062"', 'job="streamtrk", instance="b:10062"'
+    series = {
+        f'streamtrk_disconnects_total{{{a}, socket="input", cause="auth"}}': "0+60x10",
+        f'streamtrk_disconnects_total{{{b}, socket="input", cause="auth"}}': "0+60x10",
+        f'streamtrk_disconnects_total{{{a}, socket="output", cause="closed"}}': "0+120x10",
+        f'streamtrk_disconnects_total{{{a}, socket="input", cause="closed"}}': "0x10",
+    }
+    expected = [
+        ('{cause="auth", socket="input"}', 2.0),
+        ('{cause="closed", socket="input"}', 0.0),
+        ('{cause="closed", socket="output"}', 2.0),
+    ]
+    expr = target["expr"].replace("$instance", ".*").replace("$__rate_interval", "5m")
+    check = {
+        "expr": expr,
+        "eval_time": "10m",
+        "exp_samples": [{"labels": k, "value": v} for k, v in expected],
+    }
+    test = {
+        "interval": "1m",
+        "input_series": [{"series": k, "values": v} for k, v in series.items()],
+        "promql_expr_test": [check],
+    }
+    passes_promtool_tests(tmp_path, [test])
 
 
 @needs_promtool
@@ -269,10 +301,7 @@ def test_the_batch_size_panel_reads_whole_events(tmp_path: Path) -> None:
                 "promql_expr_test": checks,
             }
         )
-    path = tmp_path / "batch-panel.test.yml"
-    path.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
-    r = promtool("test", "rules", str(path))
-    assert r.returncode == 0, r.stdout + r.stderr
+    passes_promtool_tests(tmp_path, tests)
 
 
 def test_kubernetes_prometheusrule_equals_the_rules_file() -> None:
