@@ -15,8 +15,8 @@ A record holds 1 to 1024 frames of at most 8 MB each (``MAX_FRAME_BYTES``, the l
 frame a message within the default ``Limits`` has; readers decode with those): a writer
 refuses more, a reader calls a longer length damage before reading it (unless told to read
 any length: ``repair`` and appending do, so that they never cut a whole record an older
-version wrote). Replaying a record sends its frames unchanged, so a replay is
-byte-identical to what was recorded.
+version wrote). A replay sends a record's column frames unchanged (its header gains the
+replay's ``msg_id``).
 
 Readers stream record by record and raise :class:`RecordingError`, naming the byte
 offset of the bad record, once they reach a truncated or corrupt one.
