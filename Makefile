@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# A CPU build of torch; a bare `torch` would pull a multi-GB CUDA build.
+# torch pinned: the CPU build where pip's configuration offers it (README); plain PyPI
+# serves CUDA builds of several GB.
 TORCH  ?= torch==2.13.0
 
 .PHONY: demo test lint setup system-programs clean

@@ -2,8 +2,9 @@
 
 Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is a msgpack
 map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames kept (at most
-1023, those before the first over a recording's ``MAX_FRAME_BYTES``, none when ingest
-refused the message for its frame count or size: ``frames`` gives the count received).
+1023, those before the first over a recording's ``MAX_FRAME_BYTES``; of a message ingest
+refused for its frame count or size, the frames read before the refusal: ``frames`` gives
+the count received).
 Read it with ``iter_records``. A message that would take the file past its cap is only
 counted (the first such message is logged). A file cut short by a crash mid-write is cut
 back to its last whole record at start-up; one damaged before whole records (a flipped

@@ -2,7 +2,7 @@
 
 Every message taken off the socket is counted, and its bytes. Messages are read frame by
 frame and one over ``max_frames`` frames or ``max_message_bytes`` bytes is refused as it is
-read (``frame_count``, ``message_too_large``), so the daemon never keeps it. A valid
+read (``frame_count``, ``message_too_large``), so the daemon never holds it whole. A valid
 ``hits`` message becomes a :class:`Job`; anything else is rejected with the decoder's reason,
 answered with an error reply when its header names a (run, event), else counted as
 unidentified and offered to the dead-letter file. So is a ``tracks`` message (``bad_kind``,

@@ -361,8 +361,10 @@ def test_a_dead_letter_records_how_many_frames_came(rig, tmp_path) -> None:
     r.send([b"\xc1", b"b", b"c", b"d"])
     r.ingest.handle(*r.receive())  # refused for its count: two frames kept of four
     r.ingest.handle([b"\xc1", b"b", b"c"])  # handled without a count: the frames kept
-    heads = [msgpack.unpackb(frames[0]) for _, frames in iter_records(path)]
+    records = [frames for _, frames in iter_records(path)]
+    heads = [msgpack.unpackb(frames[0]) for frames in records]
     assert [(h["reason"], h["frames"]) for h in heads] == [("frame_count", 4), ("not_msgpack", 3)]
+    assert [frames[1:] for frames in records] == [[b"\xc1", b"b"], [b"\xc1", b"b", b"c"]]
 
 
 def test_max_hits_reaches_the_decoder(rig) -> None:
