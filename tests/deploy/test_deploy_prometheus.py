@@ -45,10 +45,34 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def passes_promtool_tests(tmp_path: Path, tests: list[dict]) -> None:
-    """promtool's unit tests ``tests`` (input series, PromQL checks) pass, 1-minute steps."""
+def panel_check(expr: str, samples: list[tuple[str, float]]) -> dict:
+    """A promtool check of a dashboard query at 10 minutes (its variables: every instance,
+    5-minute rates): it gives exactly ``samples``, (labels, value) pairs."""
+    for variable in ("$instance", "$forwarder"):
+        expr = expr.replace(variable, ".*")
+    return {
+        "expr": expr.replace("$__rate_interval", "5m"),
+        "eval_time": "10m",
+        "exp_samples": [{"labels": k, "value": v} for k, v in samples],
+    }
+
+
+def passes_promtool_tests(tmp_path: Path, tests: list[tuple[dict[str, str], list[dict]]]) -> None:
+    """promtool's unit tests pass: each of ``tests`` its input series (name: values, in
+    1-minute steps) and its checks."""
+    doc = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": checks,
+            }
+            for series, checks in tests
+        ],
+    }
     path = tmp_path / "panels.test.yml"
-    path.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
+    path.write_text(yaml.safe_dump(doc))
     r = promtool("test", "rules", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -214,23 +238,12 @@ def test_the_farm_panels_count_each_forwarders_messages_daemons_and_clients(
             [(f'streamtrk_connections{{{c}, socket="back"}}', 1)],
         ],
     }
-    checks = []
-    for title, per_target in expected.items():  # the samples each of its queries gives
-        for expr, samples in zip(targets[title], per_target, strict=True):
-            expr = expr.replace("$forwarder", ".*").replace("$__rate_interval", "5m")
-            checks.append(
-                {
-                    "expr": expr,
-                    "eval_time": "10m",
-                    "exp_samples": [{"labels": k, "value": v} for k, v in samples],
-                }
-            )
-    test = {
-        "interval": "1m",
-        "input_series": [{"series": k, "values": v} for k, v in series.items()],
-        "promql_expr_test": checks,
-    }
-    passes_promtool_tests(tmp_path, [test])
+    checks = [  # the samples each of its queries gives
+        panel_check(expr, samples)
+        for title, per_target in expected.items()
+        for expr, samples in zip(targets[title], per_target, strict=True)
+    ]
+    passes_promtool_tests(tmp_path, [(series, checks)])
 
 
 @needs_promtool
@@ -251,18 +264,7 @@ def test_the_connections_ended_panel_rates_each_socket_and_cause(tmp_path: Path)
         ('{cause="closed", socket="input"}', 0.0),
         ('{cause="closed", socket="output"}', 2.0),
     ]
-    expr = target["expr"].replace("$instance", ".*").replace("$__rate_interval", "5m")
-    check = {
-        "expr": expr,
-        "eval_time": "10m",
-        "exp_samples": [{"labels": k, "value": v} for k, v in expected],
-    }
-    test = {
-        "interval": "1m",
-        "input_series": [{"series": k, "values": v} for k, v in series.items()],
-        "promql_expr_test": [check],
-    }
-    passes_promtool_tests(tmp_path, [test])
+    passes_promtool_tests(tmp_path, [(series, [panel_check(target["expr"], expected)])])
 
 
 @needs_promtool
@@ -286,21 +288,8 @@ def test_the_batch_size_panel_reads_whole_events(tmp_path: Path) -> None:
         }
         series[f"streamtrk_batch_events_count{{{daemon}}}"] = "0+60x10"
         series[f"streamtrk_batch_events_sum{{{daemon}}}"] = f"0+{60 * size}x10"
-        checks = [
-            {
-                "expr": expr.replace("$instance", ".*").replace("$__rate_interval", "5m"),
-                "eval_time": "10m",
-                "exp_samples": [{"labels": "{}", "value": value}],
-            }
-            for expr, value in ((mean, size), (p90, bucket_bound))
-        ]
-        tests.append(
-            {
-                "interval": "1m",
-                "input_series": [{"series": k, "values": v} for k, v in series.items()],
-                "promql_expr_test": checks,
-            }
-        )
+        checks = [panel_check(mean, [("{}", size)]), panel_check(p90, [("{}", bucket_bound)])]
+        tests.append((series, checks))
     passes_promtool_tests(tmp_path, tests)
 
 
