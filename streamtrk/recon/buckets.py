@@ -99,7 +99,7 @@ class Buckets:
 
     def pairs(self) -> list[tuple[int, int]]:
         """The shapes a warm-up runs, by edge bucket then node bucket: each edge bucket with
-        the node buckets (one or two) that graphs of ``edges_per_node`` edges a hit reach,
+        the node buckets (one to three) that graphs of ``edges_per_node`` edges a hit reach,
         up to the top node bucket (larger graphs compile or record on first use: warming
         them would only raise the warm-up's peak memory). Graphs of other ratios reuse the
         same compiled code."""

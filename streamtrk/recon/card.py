@@ -1,8 +1,9 @@
 """Model cards: what a trained model needs from the code, and what it is.
 
 A card (``card.toml`` beside the weights) records the card format, the graph-feature
-version, the architecture, the graph-construction settings and the default threshold, then
-free sections: training recipe, metrics, the command that reproduces them. A card that does
+version, the architecture, the graph-construction settings and the default threshold, the
+pruning (``[prune]``, optional) and track-building (``[tracks]``) settings, then free
+sections: training recipe, metrics, the command that reproduces them. A card that does
 not match the code is refused with :class:`ModelCardError` rather than run with the wrong
 inputs.
 

@@ -5,9 +5,10 @@ in curvature, direction and distance of closest approach to the hits' centroid, 
 Karimaki's fit: as good for a straight 1 TeV track as for a curved one; started from the
 Kasa circle, linear least squares on x^2 + y^2 + D x + E y + F = 0, or from the chord where
 that is worse), then a straight line of z against the transverse arc length s from the
-perigee, each hit weighted by its measurement error: the r-phi resolution ``res_a`` (on
-disks also the r resolution ``res_b``, barrel hits lying on their cylinder); in z,
-``res_b`` on barrels and, on disks (z exact), the r error carried along the track. On
+perigee, each hit weighted by its measurement error: the circle by the r-phi resolution
+``res_a`` alone; the line in z by ``res_b`` on barrels and, on disks (z exact), by the r
+error ``res_b`` carried along a straight line to the origin (the r error on disks enters
+the generalised least-squares step below). On
 the CPU all per-track sums are ``bincount`` reductions, so there is no loop over tracks.
 On the device the fit runs as kernels (``gls_filter.cu``, a thread per hit or per track
 over its hits: the hits' inputs, the starting circle and line with their solves, the
@@ -26,7 +27,8 @@ line on the new circle. Against a fit weighted by a diagonal share of the scatte
 simulated helices (``bench/fit_resolution.py``), the d0 and z0 errors are about a half and a
 third at 0.5 GeV, and q/pT's 5-8% smaller at 0.5-1 GeV; nothing changes where the hit
 resolutions dominate. The standard errors (``sigma_*``: of q/pT, eta, phi, d0, z0) are the
-diagonal of (J^T V^-1 J)^-1, and the chi2 is r^T V^-1 r: on simulated tracks it follows a
+square roots of the diagonal of (J^T V^-1 J)^-1 and the correlations (``corr_*``) its
+normalised off-diagonal terms, and the chi2 is r^T V^-1 r: on simulated tracks it follows a
 chi-square with ``ndf = 2 n - 5`` degrees of freedom.
 
 Conventions (ATLAS and ACTS perigee to the beam line, the origin of the hits given):
@@ -53,7 +55,7 @@ from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
 from streamtrk.xp import Array, array_module, bincount, csr_rows
 
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
-KERNELS = "gls_filter.cu"  # the least-squares sums on the GPU
+KERNELS = "gls_filter.cu"  # the fit's kernels on the GPU
 GLS_MAX_STATE, GLS_MAX_COLUMNS = 5, 4  # the kernel's arrays: its GLS_MAX_M and GLS_MAX_C
 
 
@@ -66,9 +68,9 @@ def fit_tracks(
     layer: Array,
     det: Detector,
 ) -> dict[str, Array]:
-    """Helix parameters (pt, eta, phi, d0, z0, charge), fit quality (chi2, ndf) and standard
-    errors (sigma_*) of CSR tracks whose hits are ordered along the track: the keys and
-    dtypes of ``TRACK_PARAM_DTYPES``."""
+    """Helix parameters (pt, eta, phi, d0, z0, charge), fit quality (chi2, ndf), standard
+    errors (sigma_*) and correlations (corr_*) of CSR tracks whose hits are ordered along
+    the track: the keys and dtypes of ``TRACK_PARAM_DTYPES``."""
     xp = array_module(offsets)
     n_tracks = len(offsets) - 1
     if n_tracks == 0:

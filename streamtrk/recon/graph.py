@@ -53,8 +53,8 @@ SEARCH_CHUNK = 65_536  # candidates per chunk of the CPU candidate search (MU=20
 QUERY_HIT_CHUNK = 8_192  # inner hits per chunk of the CPU query set-up
 SEARCH_GROUP = 4  # chunks a thread searches between two checks of the doublet budget
 QUERY_BIN_CHUNK = 8_192  # queries per chunk of the CPU (query, bin) expansion (MU=200: 44k pairs)
-KERNELS = "doublet_search.cu"  # the GPU candidate search
-MIN_QUERY_R = 1.0  # mm: inner hits closer to the beam line make no queries
+KERNELS = "doublet_search.cu"  # graph construction's kernels on the GPU
+MIN_QUERY_R = 1.0  # mm: hits closer to the beam line enter no search (and buy no budget)
 PHI_CAP = float(np.nextafter(np.pi, 0.0))  # the widest |dphi| searched, just under pi
 
 
@@ -79,7 +79,9 @@ class GraphConfig:
     n_bins: int = 32  # search grid: bins along z (barrel) or r (disk) per layer
     n_phi_bins: int = 256  # search grid: bins in phi per layer
     threads: int = 2  # most CPU threads for the candidate search (NumPy; no more than usable)
-    layer_margin: float = 10.0  # mm: hits may lie this far off their layer's surface, no more
+    # mm: search windows reach this far off a layer's surface (plus the beam offset); hits
+    # up to this plus MAX_BEAM_SPOT off it are searched, hits further off make no edge
+    layer_margin: float = 10.0
 
     def __post_init__(self) -> None:
         """ValueError naming the first setting out of range (a card's ``[graph]`` table is
@@ -110,7 +112,7 @@ class GraphConfig:
 def layer_pairs(det: Detector, z0_max: float = 50.0, skip: bool = True) -> np.ndarray:
     """Ordered layer pairs (inner, outer, gap) crossed in sequence by straight lines.
 
-    Lines from the beam axis (z0 in [-z0_max, z0_max]) at every pseudorapidity up to the
+    Lines from the beam axis (z0 = -z0_max, 0 and z0_max) at every pseudorapidity up to the
     detector's reach; consecutive crossings give the pairs (gap 1) and, with ``skip``, the
     crossings two apart (gap 2). Shaped only by the detector file.
     """

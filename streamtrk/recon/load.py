@@ -84,7 +84,9 @@ def load_reconstructor(
     """A Reconstructor scoring edges with a trained model (default: ``default_model_path()``)
     through ``EngineScorer`` (``engine``, ``precision``, ``cuda_graphs``: see
     ``streamtrk.recon.engine``); ``warm_up`` runs the engine on the graphs of
-    ``EngineScorer.warm_shapes`` before returning (every shape bucket on CUDA); ``budget``:
+    ``EngineScorer.warm_shapes`` before returning (on CUDA, for the compile and tensorrt
+    engines, every shape of ``Buckets.pairs``; one small graph for eager); ``threshold``: the
+    edge-score threshold, else the card's; ``budget``:
     the work budget (``streamtrk.recon.budget``, default its own); ``beam_spot``: the beam
     line (x, y in mm) the chain is centred on (see ``Reconstructor``); ``device``: ``cpu``,
     ``cuda`` (ValueError saying why where this host cannot run it) or ``auto``."""

@@ -53,7 +53,7 @@ WINDOWS_FILE = "prune_windows.toml"
 #: none of the package's, so that a model copied without them is refused, not served with
 #: the package's windows.
 MODEL_WINDOWS_FILE = "model_prune_windows.toml"
-KERNELS = "triplet_search.cu"  # the GPU triplet search
+KERNELS = "triplet_search.cu"  # pruning's kernels on the GPU
 # Join key: hit * _KEY_SPAN + theta, theta in (0, pi). A window narrower than _THETA_JOIN_MAX
 # never reaches the keys of a neighbouring hit (those start 4 - pi = 0.86 rad away).
 _KEY_SPAN = 4.0
