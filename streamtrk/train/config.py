@@ -165,7 +165,7 @@ def load_config(path: str | Path) -> TrainConfig:
     cannot be read (as the daemon's configuration file: exit status 2)."""
     try:
         raw = tomllib.loads(read_config_text(path, SettingError))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError, UTF-8, digit or nesting limits
         raise SettingError(f"{path}: not valid TOML ({e})") from None
     sub = {
         "model": GNNConfig,

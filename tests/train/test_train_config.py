@@ -73,6 +73,9 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
             )
         ],
         ("[model]", "[model", r"c.toml: not valid TOML \(Expected ']'"),
+        # past tomllib's own limits: an integer's digits (ValueError), nesting (RecursionError)
+        ("seed = 3", f"seed = {'9' * 5000}", r"c.toml: not valid TOML \(Exceeds the limit"),
+        ("seed = 3", f"seed = {'[' * 3000}{']' * 3000}", r"c.toml: not valid TOML \(maximum rec"),
         # a report labelled as the card's own metrics would overwrite them
         *[
             ("[val]", f'[report]\n{label} = "r.stk"\n[val]', r"report must be labels other than")
