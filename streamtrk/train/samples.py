@@ -53,7 +53,8 @@ def _sectors(
     src, dst = g.edge_index
     for k in range(n):
         centre = -np.pi + (k + 0.5) * width
-        ext = np.abs(np.mod(phi - centre + np.pi, 2 * np.pi) - np.pi) < width / 2 + margin
+        around = np.abs(np.mod(phi - centre + np.pi, 2 * np.pi) - np.pi) < width / 2 + margin
+        ext = (sector == k) | around  # its own hits, those on its boundaries too
         sel = ext[src] | ext[dst]
         nodes, inverse = np.unique(g.edge_index[:, sel], return_inverse=True)
         home = sector[src[sel]] == k

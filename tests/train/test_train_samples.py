@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from streamtrk.detector import load_detector
 from streamtrk.recon.graph import GraphConfig, event_graph, select_edges
@@ -78,16 +79,18 @@ def test_targets_are_the_segments_of_particles_above_pt_min() -> None:
         assert int(s.counted.sum()) == int((~soft).sum())
 
 
-def test_a_hit_at_phi_pi_is_in_the_last_sector() -> None:
+@pytest.mark.parametrize(("sectors", "margin"), [(4, 0.1), (4, 0.0), (1, 0.0)])
+def test_a_hit_at_phi_pi_is_in_the_last_sector(sectors: int, margin: float) -> None:
     """phi = pi (y = 0, x < 0; or phi / pi rounded to 1 in float32) is sector n - 1, not n
-    (a sector no loop makes): its edges counted nowhere."""
+    (a sector no loop makes), and in its sample also on the boundary without a margin (the
+    validation samples': one sector, no margin): an edge with both hits there counts."""
     det = load_detector()
     [ev] = EventSource(mu=20, seed=5, events=1).load(det)
     g = event_graph(ev, det, GraphConfig())
     features = g.node_features.copy()
-    features[g.edge_index[0, :10], 1] = np.float32(1.0)  # inner hits at phi = pi
+    features[g.edge_index[:, :10], 1] = np.float32(1.0)  # both hits at phi = pi
     g = replace(g, node_features=features)
     ones = np.ones(g.num_edges, dtype=bool)
-    samples = list(_sectors(g, ones, ones, 4, 0.1))
+    samples = list(_sectors(g, ones, ones, sectors, margin))
     assert sum(s.home_edges for s in samples) == g.num_edges
     assert sum(int(s.counted.sum()) for s in samples) == g.num_edges
