@@ -80,8 +80,8 @@ def propagate(
     min_pt: float = 0.0,
 ) -> Crossings:
     """Propagate every charged particle above ``min_pt`` (GeV); return its layer crossings."""
-    if (det.x0 <= 0).any():
-        raise ValueError("every detector layer needs a positive material thickness x0")
+    if not (det.x0 >= 0).all():  # 0: no scattering, as the detector file allows
+        raise ValueError("every detector layer needs a material thickness x0 >= 0")
     cyl = np.flatnonzero(det.kind == BARREL)
     dsk = np.flatnonzero(det.kind != BARREL)
     # Cylinders: the layers, then the envelope (an exit). Disks likewise.

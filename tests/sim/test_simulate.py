@@ -407,14 +407,21 @@ def test_crossings_are_sorted_by_particle_then_order():
     assert np.array_equal(np.lexsort((c.order, c.particle)), np.arange(len(c.layer)))
 
 
-def test_neutral_particles_leave_no_crossings_and_layers_need_material():
+def test_neutral_particles_leave_no_crossings():
     none = propagate(DET, _one(2.0, 0.0, 0.0, 0, 10), np.random.default_rng(3))
     assert len(none.layer) == len(none.particle) == len(none.order) == 0
     assert none.position.shape == none.momentum.shape == (0, 3)
-    with pytest.raises(ValueError, match="positive material thickness"):
-        propagate(
-            replace(DET, x0=np.zeros(len(DET))), _one(2.0, 0.0, 0.0, 1), np.random.default_rng(3)
-        )
+
+
+def test_layers_without_material_do_not_scatter():
+    """x0 = 0, which the detector file allows (its default): crossings without scattering,
+    every momentum as it started (the field turns it in x-y only)."""
+    c = propagate(
+        replace(DET, x0=np.zeros(len(DET))), _one(2.0, 0.3, 0.0, 1, 100), np.random.default_rng(3)
+    )
+    assert len(c.layer) > 100
+    np.testing.assert_allclose(c.momentum[:, 2], 2.0 * np.sinh(0.3), rtol=1e-12)
+    np.testing.assert_allclose(np.hypot(*c.momentum[:, :2].T), 2.0, rtol=1e-12)
 
 
 @pytest.mark.parametrize("eta", [2.2, -2.8])
@@ -468,9 +475,10 @@ def test_only_charged_particles_above_min_pt_are_propagated():
     assert set(c.particle.tolist()) == {2}
 
 
-def test_a_single_layer_without_material_is_refused():
-    det = replace(DET, x0=np.where(np.arange(len(DET)) == 5, 0.0, DET.x0))
-    with pytest.raises(ValueError, match="positive material thickness"):
+@pytest.mark.parametrize("x0", [-0.01, np.nan])
+def test_a_single_layer_of_negative_or_unknown_material_is_refused(x0: float) -> None:
+    det = replace(DET, x0=np.where(np.arange(len(DET)) == 5, x0, DET.x0))
+    with pytest.raises(ValueError, match=r"material thickness x0 >= 0"):
         propagate(det, _one(2.0, 0.0, 0.0, 1), np.random.default_rng(3))
 
 
