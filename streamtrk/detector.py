@@ -122,25 +122,41 @@ class Detector:
         self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
     ) -> np.ndarray:
         """Module id (from 1) of points on the given layers (table indices)."""
+        row, iphi, _, _ = self._module_cells(layer, x, y, z)
+        return (row + iphi + 1).astype(np.int32)
+
+    def overlapping_module(
+        self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
+    ) -> np.ndarray:
+        """Module id of the module overlapping the one holding each point: its neighbour in
+        phi (the same z row or ring) on the side of the point's nearer edge."""
+        row, iphi, nphi, frac = self._module_cells(layer, x, y, z)
+        return (row + np.mod(iphi + np.where(frac < 0.5, -1, 1), nphi) + 1).astype(np.int32)
+
+    def _module_cells(
+        self, layer: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per point: the ids before its module's row (z row or ring), its phi index in the
+        row, the row's modules, and where in its module's phi range it lies (0 to 1)."""
         phi = np.mod(np.arctan2(y, x), 2 * np.pi) / (2 * np.pi)
-        out = np.zeros(len(layer), dtype=np.int32)
+        row, nphi = np.zeros(len(layer), dtype=np.int64), np.zeros(len(layer), dtype=np.int64)
         barrel = self.kind[layer] == BARREL
         if barrel.any():
             lb = layer[barrel]
-            nphi, nz, hl = self.n_phi[lb], self.n_z[lb], self.half_length[lb]
-            iphi = np.minimum((phi[barrel] * nphi).astype(np.int64), nphi - 1)
+            n, nz, hl = self.n_phi[lb].astype(np.int64), self.n_z[lb], self.half_length[lb]
             iz = np.clip(((z[barrel] + hl) / (2 * hl) * nz).astype(np.int64), 0, nz - 1)
-            out[barrel] = iz * nphi + iphi + 1
+            row[barrel], nphi[barrel] = iz * n, n
         for i in np.unique(layer[~barrel]):
             sel = layer == i
-            rings = np.asarray(self.rings[i])
+            rings = np.asarray(self.rings[i], dtype=np.int64)
             width = (self.r_max[i] - self.r_min[i]) / len(rings)
             r = np.hypot(x[sel], y[sel])
             ring = np.clip(((r - self.r_min[i]) / width).astype(np.int64), 0, len(rings) - 1)
-            first = np.concatenate([[0], np.cumsum(rings)[:-1]])
-            iphi = np.minimum((phi[sel] * rings[ring]).astype(np.int64), rings[ring] - 1)
-            out[sel] = first[ring] + iphi + 1
-        return out
+            row[sel] = np.concatenate([[0], np.cumsum(rings)[:-1]])[ring]
+            nphi[sel] = rings[ring]
+        cells = phi * nphi
+        iphi = np.minimum(cells.astype(np.int64), nphi - 1)
+        return row, iphi, nphi, cells - iphi
 
 
 def highland(p: Any, t: Any, xp: Any = np) -> Any:

@@ -123,6 +123,27 @@ def test_module_ids_follow_the_detector_file() -> None:
     assert got.tolist() == [(nz // 2) * nphi + nphi, rings[0] + rings[1]]
 
 
+def test_the_overlapping_module_is_the_neighbour_in_phi_on_the_nearer_edge() -> None:
+    """A point in the lower half of its module's phi range overlaps the module before it,
+    one in the upper half the module after it, in its z row (barrel) or ring (disk), round
+    the circle at phi 0."""
+    det = load_detector()
+    b = int(np.flatnonzero((det.volume_id == 13) & (det.layer_id == 4))[0])
+    nphi, r = int(det.n_phi[b]), det.r[b]
+    iphi = np.array([5, 5, 0, nphi - 1])
+    phi = (iphi + np.array([0.25, 0.75, 0.25, 0.75])) * 2 * np.pi / nphi
+    z = np.full(4, det.half_length[b] / 3)
+    row = det.module_id(np.full(4, b), r * np.cos(phi), r * np.sin(phi), z) - 1 - iphi
+    got = det.overlapping_module(np.full(4, b), r * np.cos(phi), r * np.sin(phi), z)
+    assert got.tolist() == (row + np.array([4, 6, nphi - 1, 0]) + 1).tolist()
+    d = int(np.flatnonzero((det.volume_id == 14) & (det.layer_id == 6))[0])
+    rings = det.rings[d]
+    rr = np.full(2, det.r_min[d] + 1.5 * (det.r_max[d] - det.r_min[d]) / len(rings))  # ring 1
+    phi = (np.array([0, rings[1] - 1]) + np.array([0.25, 0.75])) * 2 * np.pi / rings[1]
+    got = det.overlapping_module(np.full(2, d), rr * np.cos(phi), rr * np.sin(phi), det.z[[d, d]])
+    assert got.tolist() == [rings[0] + rings[1], rings[0] + 1]
+
+
 def test_material_and_inefficiency_defaults_of_the_detector_file() -> None:
     """A layer's x0 is its own, else its volume's; a volume without ``inefficiency`` loses no
     hits."""

@@ -99,18 +99,23 @@ def smear(det: Detector, c: Crossings, rng: np.random.Generator) -> np.ndarray:
     return np.stack([r_m * np.cos(phi_m), r_m * np.sin(phi_m), z_m], axis=1)
 
 
-def overlaps(det: Detector, c: Crossings, fraction: float, rng: np.random.Generator) -> Crossings:
+def overlaps(
+    det: Detector, c: Crossings, fraction: float, rng: np.random.Generator
+) -> tuple[Crossings, np.ndarray]:
     """``c`` and, for a share ``fraction`` of its crossings, a second crossing of the same
     layer by the same particle: the overlapping module, ``OVERLAP_GAP`` further across the
     surface along the particle's way out of it (a straight line along the momentum: the
-    helix's sagitta over a few mm is microns), appended after ``c``'s."""
-    extra = c.take(rng.random(len(c.layer)) < fraction)
+    helix's sagitta over a few mm is microns), appended after ``c``'s; and the indices in
+    ``c`` of the crossings given a second, in the seconds' order."""
+    first = np.flatnonzero(rng.random(len(c.layer)) < fraction)
+    extra = c.take(first)
     u = extra.momentum / np.linalg.norm(extra.momentum, axis=1)[:, None]
     cos_inc = cos_incidence(u, surface_normals(det, extra.layer, extra.position))
     extra.position = extra.position + u * (OVERLAP_GAP / cos_inc)[:, None]
-    return Crossings(
+    both = Crossings(
         *(np.concatenate([getattr(c, f.name), getattr(extra, f.name)]) for f in fields(c))
     )
+    return both, first
 
 
 def _noise(det: Detector, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +150,9 @@ def simulate_event(
     gen = generate(cfg.generator, rng)
     cross = propagate(det, gen, rng, max_turns=cfg.max_turns, min_pt=cfg.min_pt)
     c = cross.take(rng.random(len(cross.layer)) >= det.inefficiency[cross.layer])
+    first = np.zeros(0, dtype=np.int64)  # the crossings given a second hit
     if cfg.overlap_fraction > 0:  # no draw without: the default's events stay as they were
-        c = overlaps(det, c, cfg.overlap_fraction, rng)
+        c, first = overlaps(det, c, cfg.overlap_fraction, rng)
     measured = smear(det, c, rng)
     n_sig = len(c.layer)
     f = cfg.noise_fraction
@@ -165,11 +171,15 @@ def simulate_event(
     true_pos = np.concatenate([c.position, noise_pos])
     true_mom = np.concatenate([c.momentum, np.zeros((n_noise, 3))])
     particle_id = np.concatenate([c.particle + 1, np.zeros(n_noise, dtype=np.int64)])
+    module = det.module_id(layer, pos[:, 0], pos[:, 1], pos[:, 2])
+    if len(first):  # a second hit is on the module overlapping the first's
+        p = pos[first]
+        second = slice(n_sig - len(first), n_sig)
+        module[second] = det.overlapping_module(layer[first], p[:, 0], p[:, 1], p[:, 2])
     if cfg.dead_layers:
         live = ~np.isin(layer, layer_indices(det, sorted(cfg.dead_layers)))
-        layer, pos, true_pos = layer[live], pos[live], true_pos[live]
+        layer, pos, true_pos, module = layer[live], pos[live], true_pos[live], module[live]
         true_mom, particle_id = true_mom[live], particle_id[live]
-    module = det.module_id(layer, pos[:, 0], pos[:, 1], pos[:, 2])
 
     # TrackML convention: hits sorted by volume, layer, module, ids from 1.
     perm = rng.permutation(len(layer))

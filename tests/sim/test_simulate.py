@@ -806,13 +806,44 @@ def test_overlaps_give_a_share_of_crossings_a_second_hit_further_across_their_la
     assert np.array_equal(nhits, ev.truth.particles.nhits)  # the second hits counted too
 
 
+def test_an_overlap_hit_is_on_the_module_overlapping_the_first_hits():
+    """The second hit's module is the first's neighbour in phi (its z row, or its ring), on
+    the side of the first hit's nearer edge: never the first's own module, though the few mm
+    between them rarely cross into another module."""
+    cfg = replace(SMALL, overlap_fraction=1.0, min_pt=1.0)  # stiff: no loopers back on a layer
+    ev = simulate_event(DET, cfg, np.random.default_rng(5))
+    assert ev.truth is not None
+    pid, layer = ev.truth.hits.particle_id, DET.layer_index(ev.hits.volume_id, ev.hits.layer_id)
+    sig = np.flatnonzero(pid > 0)
+    pairs = sig[np.lexsort((ev.truth.hits.hit_order[sig], layer[sig], pid[sig]))].reshape(-1, 2)
+    assert np.all(pid[pairs[:, 0]] == pid[pairs[:, 1]])  # every crossing and its second
+    assert np.all(layer[pairs[:, 0]] == layer[pairs[:, 1]])
+    module = ev.hits.module_id.astype(np.int64) - 1
+    a, b, lay = module[pairs[:, 0]], module[pairs[:, 1]], layer[pairs[:, 0]]
+    assert np.all(a != b)
+    rows = np.zeros(len(a), dtype=np.int64)  # modules in the pair's row (z row, or ring)
+    row_start = np.zeros(len(a), dtype=np.int64)
+    barrel = DET.kind[lay] == BARREL
+    rows[barrel] = DET.n_phi[lay[barrel]]
+    row_start[barrel] = a[barrel] // rows[barrel] * rows[barrel]
+    for i in np.flatnonzero(~barrel):
+        ends = np.cumsum(DET.rings[lay[i]])
+        ring = int(np.searchsorted(ends, a[i], side="right"))
+        rows[i], row_start[i] = DET.rings[lay[i]][ring], ends[ring] - DET.rings[lay[i]][ring]
+    assert barrel.any() and (~barrel).any()
+    assert np.all((b >= row_start) & (b < row_start + rows))  # the same row
+    step = np.mod(b - a, rows)
+    assert np.all((step == 1) | (step == rows - 1))  # a neighbour
+
+
 def test_an_overlap_hit_lies_ahead_of_its_crossing_along_the_momentum():
     """The overlapping module is crossed after the first, on the particle's way out: the
     same particle, layer and momentum, a step along the momentum."""
     rng = np.random.default_rng(3)
     c = propagate(DET, generate(GeneratorConfig(mu=5), rng), rng, max_turns=0.5, min_pt=0.5)
-    both = overlaps(DET, c, 1.0, np.random.default_rng(0))
+    both, first = overlaps(DET, c, 1.0, np.random.default_rng(0))
     n = len(c.layer)
+    assert np.array_equal(first, np.arange(n))  # every crossing, in order
     assert np.array_equal(both.particle[n:], c.particle) and np.array_equal(both.layer[n:], c.layer)
     assert np.array_equal(both.momentum[n:], c.momentum)
     step = both.position[n:] - c.position
