@@ -67,8 +67,10 @@ def record(
     One that cannot be written (a folder, no permission) or that another process is writing
     (another tap) is refused before the tap opens, and that again at the first record.
     A write that fails during the tap (a full disk) stops it with an OSError naming the file
-    and what it holds: the file is cut back to the records written whole (removed when there
-    are none), so that what was tapped before stays readable.
+    and what it holds: the file is cut back to the records written whole (a first record
+    that fails leaves no file, a recording already there as it was; a first event whose
+    truth fails leaves the file holding no record), so that what was tapped before stays
+    readable.
     """
     if events is not None and events < 1:
         raise SettingError(f"--events must be at least 1, got {events}")

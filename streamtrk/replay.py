@@ -1,17 +1,19 @@
 """Replay a recording through the daemon and report throughput, latency and physics.
 
 A sender thread pushes the recording's ``hits`` messages as recorded (the frames of
-``iter_records``; only the header gains a ``msg_id`` of its own for every send), at a fixed
-rate or as fast as the daemon takes them, then, with ``retries``, resends those still
+``iter_records``, or re-encoded with ``compact``; only the header gains a ``msg_id`` of its
+own for each event, which its resends carry too), at a fixed rate or as fast as the daemon
+takes them, meanwhile and after the last, with ``retries``, resends those still
 unanswered ``retry_after_s`` after their last send, the newest first (libzmq drops what
 was queued behind a frame over the daemon's size limit, with the connection: an event lost
 that way goes out ahead of that frame on the resend), once it looks lost rather than
 queued: an event sent after it has been answered since, or no reply at all has come for
 ``retry_after_s`` (a slow farm's queues could otherwise hold every event past
 ``retry_after_s`` and draw every resend); the calling thread receives the
-replies and matches them to the sends by ``msg_id`` (the oldest unanswered send of the same
-(run, event) for a reply without one), so every event counts once: a second reply to the
-same message (or, without ids, to an answered event) is counted as a duplicate; once every
+replies and matches them to the sends by ``msg_id`` (a reply without one is
+``unexpected``, another producer's; with ``match_by_event``, the oldest unanswered send of
+the same (run, event)), so every event counts once: a second reply to the same message (or,
+with ``match_by_event`` and no id, to an answered event) is counted as a duplicate; once every
 event has its reply, the replies still due to resends are awaited (until none comes for
 ``retry_after_s``; replies to other replays do not count) to be counted so. An event
 answered ``shutdown`` (a daemon stopped with it unprocessed: in a farm another daemon can

@@ -59,7 +59,8 @@ class Batch:
 
 class Batcher:
     """A bounded queue of jobs (filled by the ingest thread) and the batching rule
-    (applied by the worker thread; :meth:`next_batch` must be called from one thread)."""
+    (applied by the worker thread; :meth:`next_batch` must be called from one thread at a
+    time: the worker, or the drain's ``abandon`` under the worker's lock)."""
 
     def __init__(self, capacity: int, policy: BatchPolicy) -> None:
         self.queue: queue.Queue[Job] = queue.Queue(capacity)
@@ -150,9 +151,10 @@ class Batcher:
     def _next(self, opened: float, due: float) -> Job | None:
         """The next event, waiting for it until the queue delay after ``opened`` (the batch's
         first event queued; the policy's delay as it is now: a reload that shortens it
-        shortens a batch already waiting) or ``due`` at most; none once ``flush`` is set
-        (both looked at every ``FLUSH_POLL_S`` while waiting: a batch already waiting closes
-        too, and a wait past what a thread can wait, ``threading.TIMEOUT_MAX``, is one)."""
+        shortens a batch already waiting) or ``due`` at most; once ``flush`` is set, only an
+        event already queued, without waiting (both looked at every ``FLUSH_POLL_S`` while
+        waiting: a batch already waiting closes too, and a wait past what a thread can
+        wait, ``threading.TIMEOUT_MAX``, is one)."""
         while True:
             close_at = min(opened + self.policy.max_queue_delay_ms / 1000, due)
             wait = 0.0 if self.flush else close_at - time.perf_counter()

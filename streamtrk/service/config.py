@@ -176,7 +176,11 @@ class ServeConfig:
         default=30.0, metadata=_help("longest drain on SIGTERM/SIGINT before exiting")
     )
     dead_letter: Path | None = field(
-        default=None, metadata=_help("recording file for unidentifiable input (unset: not kept)")
+        default=None,
+        metadata=_help(
+            "recording file for input that gets no reply: unidentifiable messages, and "
+            "replies (tracks messages) sent to the input (unset: not kept)"
+        ),
     )
     dead_letter_max_bytes: int = field(
         default=64 * 1024 * 1024, metadata=_help("size cap of the dead-letter file")
@@ -195,7 +199,8 @@ class ServeConfig:
         default=0.0,
         metadata=_help(
             "x of the beam line the reconstruction is centred on (tracks' d0, phi, z0 are of "
-            "the perigee to it); set it where streamtrk_beam_spot_x_meters reads the beam"
+            "the perigee to it); set it where streamtrk_beam_spot_x_meters reads the beam "
+            "(x 1000: that metric is in metres)"
         ),
     )
     beam_spot_y_mm: float = field(
@@ -375,9 +380,9 @@ _ANY_HOST = frozenset({"*", "0.0.0.0", "[::]"})
 
 def one_endpoint(a: str, b: str) -> bool:
     """Whether endpoints ``a`` and ``b`` are one (the second bind would fail, or both sockets
-    connect to one peer): the same string, or tcp on one port number (not ``*`` or 0,
-    chosen at bind; 05555 is 5555) whose hosts are the same, ``localhost`` taken as
-    127.0.0.1, or either a host that binds every address."""
+    connect to one peer): the same string (other than tcp), or tcp on one port number (not
+    ``*`` or 0, chosen at bind: two of those are never one; 05555 is 5555) whose hosts are
+    the same, ``localhost`` taken as 127.0.0.1, or either a host that binds every address."""
     (scheme_a, _, rest_a), (scheme_b, _, rest_b) = a.partition("://"), b.partition("://")
     if not scheme_a == scheme_b == "tcp":
         return a == b

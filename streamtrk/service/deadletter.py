@@ -1,14 +1,17 @@
-"""A size-capped recording of input the daemon could not attribute to any event.
+"""A size-capped recording of the input the daemon does not answer: messages whose header
+names no event, and replies (``tracks`` messages) on the input.
 
 Each record is a recording record (``streamtrk.io.recording``) whose frame 0 is a msgpack
 map ``{"reason", "detail", "t_recv_ns", "frames"}`` followed by the raw frames kept (at most
 1023, those before the first over a recording's ``MAX_FRAME_BYTES``; of a message ingest
-refused for its frame count or size, the frames read before the refusal: ``frames`` gives
-the count received).
+refused for its frame count or size, the frames read before the refusal, frame 0 always:
+``frames`` gives the count received).
 Read it with ``iter_records``. A message that would take the file past its cap is only
 counted (the first such message is logged). A file cut short by a crash mid-write is cut
 back to its last whole record at start-up; one damaged before whole records (a flipped
-bit) is moved aside (``PATH.damaged-TIME-PID``) and a new one begun; a write that fails (a
+bit in a record) is moved aside (``PATH.damaged-TIME-PID``) and a new one begun, one whose
+own header is no recording's (a flipped bit there, or another file's path) refused at
+start-up; a write that fails (a
 full disk) is cut back at once, so that the records after it are whole. One daemon at a
 time writes a file: another given the same path is refused at start-up (an exclusive
 ``flock`` held while it is open).

@@ -8,7 +8,8 @@ connections start a thread each: a connection whose request is not complete
 timeout is what is left of that), and at most ``max_connections`` are served at once; one
 past that is closed at once, unanswered. Both are counted in
 ``streamtrk_http_connections_dropped_total`` (``cause``: ``timeout``, ``busy``). Sending the
-answer has ``request_timeout_s`` of its own. (Clients that keep reconnecting can still take
+answer has ``request_timeout_s`` of its own (one past it is closed and counted ``timeout``
+too). (Clients that keep reconnecting can still take
 every place: serve HTTP on a trusted network, as the default 127.0.0.1 does.) An endpoint
 that fails (its callback raises) answers 500 with the error, logged with its traceback at
 most once an ``ANSWER_LOG_S``; a peer that resets its connection is gone, nothing more.
@@ -66,7 +67,8 @@ class Readiness:
 
 
 class HealthServer:
-    """A small threading HTTP server on ``(host, port)``, serving in a daemon thread."""
+    """A small threading HTTP server on ``(host, port)``, serving in a thread of its own (not
+    a daemon thread: :meth:`close` ends it), each connection in a daemon thread."""
 
     def __init__(
         self,

@@ -38,7 +38,7 @@ from streamtrk.wire import Limits, WireError, decode, identity_of, msg_id_of, pe
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
-LEAVE_MAX = 10_000  # most messages taken on stop before leaving a distributor
+LEAVE_MAX = 10_000  # most messages taken on stop (connected: rcvhwm + 1 at most, then it leaves)
 UNBIND_QUIET_MS = 50  # after an unbind, messages libzmq had read still arrive this late
 MISROUTED_LOG_S = 60.0  # at most one warning this often about replies on the input
 DEAD_LETTER_LOG_S = 60.0  # at most one warning this often about failed dead-letter writes
@@ -101,10 +101,10 @@ class Ingest(Supervised):
         self._say_pending(final=True)
 
     def _say_pending(self, final: bool = False) -> None:
-        """The rest of a burst of misrouted replies or failed dead-letter writes, once its
-        warning is due and the burst stopped, or when the thread stops (``final``; else said
-        only at the next occurrence, maybe never; a stream still going gets its full
-        warnings from the occurrences)."""
+        """The rest of a burst of misrouted replies, refused input or failed dead-letter writes,
+        once its warning is due and the burst stopped, or when the thread stops (``final``;
+        else said only at the next occurrence, maybe never; a stream still going gets its
+        full warnings from the occurrences)."""
         if since := self._misrouted.pending(final):
             log.warning("%d more replies (tracks messages) came in on the input since the last "
                         "warning", since)  # fmt: skip

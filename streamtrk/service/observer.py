@@ -74,6 +74,6 @@ class Observer(Supervised):
             faults.fail("physics")
             self.metrics.physics.observe(o)
         except Exception:  # monitoring must never stop reconstruction
-            log.exception("physics metrics failed on a batch (its replies were sent)")
+            log.exception("physics metrics failed on a batch (its replies were not affected)")
             self.metrics.physics.batches_skipped.labels("failed").inc()
         self.metrics.stage.labels("physics").observe(time.perf_counter() - t0)

@@ -481,7 +481,8 @@ class Daemon:
         observer: Observer,
     ) -> int:
         """Answer everything received, within ``drain_timeout_s``: processed when there is
-        time for it, else ``shutdown``; 0 when every reply was sent. The physics thread
+        time for it, else ``shutdown``; 0 when every reply was sent and no thread died, else 1.
+        The physics thread
         finishes the batches it holds within the same deadline (not counted in the exit
         status: its metrics are not replies)."""
         t0 = time.perf_counter()
@@ -551,7 +552,8 @@ class Daemon:
             unidentified=int(value("streamtrk_events_unidentified_total") or 0),
             dropped=emitter.dropped,
             # Replies never handed to ZeroMQ and not counted dropped: those an emitter still
-            # busy at exit holds or has not taken yet (0 once it is done).
+            # busy at exit holds or has not taken yet, and those that found no room in the
+            # reply queue by the drain's end (the worker's after abandon(), intake's).
             unsent=int(value("streamtrk_inflight_events") or 0),
             seconds=round(time.perf_counter() - t0, 3),
         )
@@ -633,7 +635,8 @@ class Daemon:
 
     def _load(self) -> int | None:
         """Load the model in a thread while this one watches for SIGTERM/SIGINT: None once
-        it is installed; 1 when loading fails; 0 when a stop comes first (the loading thread
+        it is installed; 1 when loading fails, or a thread (the socket monitor) died
+        meanwhile; 0 when a stop signal comes first (the loading thread
         is left to the process exit; in connect mode nothing has been received yet, in bind
         mode :meth:`_answer_unloaded` answers what the input took)."""
         outcome: list[ServedModel | BaseException] = []
@@ -682,7 +685,7 @@ class Daemon:
         """Bind mode, no model installed (a stop, or a failure, while loading): the events
         the input took meanwhile answered ``shutdown`` (the batcher closed, nothing is
         reconstructed), as a drain answers them, within ``drain_timeout_s``; 0 when every
-        reply was sent."""
+        reply was sent and neither ingest nor the emitter failed."""
         cfg = self.config
         deadline = time.perf_counter() + cfg.drain_timeout_s
         self.readiness.set("draining")
@@ -865,7 +868,7 @@ def serve(
     ``stop_before``: set by a SIGHUP (it reloads once ready), or a SIGTERM/SIGINT (it stops
     as it loads the model), that came before the daemon's own handlers. ``overridden``:
     warnings about the file's settings that variables or flags override, logged at start
-    and at each reload.
+    and after each successful reload.
 
     When a thread is left running inside torch (a batch that overran the drain, a model
     still loading at SIGTERM, or a reload's), the process ends here with ``os._exit``: a

@@ -92,10 +92,11 @@ def _close_engine(rec: Reconstructor) -> None:
 def load_served_model(cfg: ServeConfig) -> ServedModel:
     """Load ``cfg.model`` (None: the shipped model) on ``cfg.device`` with ``cfg.engine``
     and ``cfg.precision``, warm up the engine (see ``load_reconstructor``), then run one
-    ``reconstruct`` call; raises whatever loading or the warm-up raises (the engine closed
-    first, where there is one). The directory's card and digest are read before the
-    weights; a directory whose files changed while loading is refused (the name, card and
-    hash reported would not be those of the weights in use)."""
+    ``reconstruct`` call; raises whatever loading or the warm-up raises (a warm-up event too
+    dense for ``budget_scale``: SettingError; a directory changed while loading:
+    RuntimeError), the engine closed first, where there is one. The directory's card and
+    digest are read before the weights; a directory whose files changed while loading is
+    refused (the name, card and hash reported would not be those of the weights in use)."""
     from streamtrk.recon.budget import Budget, EventTooDense
     from streamtrk.recon.load import load_reconstructor
     from streamtrk.recon.model import read_card, shipped_model_path

@@ -1,7 +1,9 @@
-"""Threads whose death and stalls the daemon sees: the base of ingest, worker and emitter.
+"""Threads whose death and stalls the daemon sees: the base of ingest, worker, emitter and
+the physics thread.
 
 A supervised thread runs :meth:`Supervised.loop` and calls :meth:`beat` whenever it makes
-progress (every pass of its loop, at most a fraction of a second apart while it waits).
+progress (every pass of its loop; while it waits, at most a fraction of a second apart,
+or, for the worker filling a batch, ``max_queue_delay_ms``).
 It is unhealthy when it has died, or when it has work (:meth:`has_work`) and has not beaten
 for ``stall_timeout_s``. An exception escaping the loop is logged with its traceback and
 reported to ``on_failure`` (the daemon then drains and exits non-zero); :meth:`cleanup`

@@ -102,7 +102,7 @@ class SocketMetrics:
         self.http_dropped = Counter(
             "streamtrk_http_connections_dropped",
             "HTTP connections closed unanswered, by cause (timeout: no complete request in "
-            "time; busy: too many at once).",
+            "time, or the answer not taken in time; busy: too many at once).",
             ["cause"],
             registry=r,
         )
@@ -133,7 +133,8 @@ class Metrics(SocketMetrics):
         self.rejected = Counter(
             "streamtrk_events_rejected",
             "Events not answered ok, by reason "
-            "(wire reasons, deadline, overloaded, internal, shutdown).",
+            "(wire reasons, message_too_large, too_dense, deadline, overloaded, internal, "
+            "shutdown).",
             ["reason"],
             registry=r,
         )
@@ -145,7 +146,8 @@ class Metrics(SocketMetrics):
         )
         self.internal_errors = Counter(
             "streamtrk_internal_errors",
-            "Events answered 'internal', by the step that failed (decode, reconstruction, encode).",
+            "Events answered 'internal', by the step that failed (decode, reconstruction, "
+            "encode); decode also counts messages naming no event (unanswered).",
             ["cause"],
             registry=r,
         )
@@ -157,7 +159,8 @@ class Metrics(SocketMetrics):
         )
         self.dead_letters = Counter(
             "streamtrk_dead_letters",
-            "Unidentifiable messages offered to the dead-letter file, by result.",
+            "Unanswered messages (naming no event, or replies on the input) offered to the "
+            "dead-letter file, by result.",
             ["result"],
             registry=r,
         )

@@ -14,7 +14,8 @@ works (a sticky CUDA error: every later batch would fail too): then the worker d
 resends them elsewhere) and the daemon exits 1 for a restart.
 
 Draining: once ``drain_by`` is set, a batch that would not finish by then (estimated from
-the batches so far, of the model serving now: :mod:`streamtrk.service.batch_time`) is
+the batches so far of the model serving now, or of the one before it until the first
+batch after a reload ends: :mod:`streamtrk.service.batch_time`) is
 answered ``shutdown`` instead of started, and :meth:`abandon` answers ``shutdown`` for the
 batch in progress and everything still queued when the worker overruns. Each job is
 answered once: by whoever claims it first.
@@ -162,9 +163,9 @@ class Worker(Supervised):
 
     def _startable(self, jobs: list[Job]) -> tuple[list[Job], float]:
         """``jobs`` less those that must not start now, answered: those past their deadline
-        (``deadline``), and all when they would not finish before the drain ends
-        (``shutdown``); and the time they start. Answering can wait for room in the reply
-        queue (a slow consumer): the deadlines and the drain are weighed after it."""
+        (``deadline``), and all when ``SAFETY`` times their estimated time would not fit before
+        ``drain_by`` (``shutdown``); and the time they start. Answering can wait for room in
+        the reply queue (a slow consumer): the deadlines and the drain are weighed after it."""
         t0 = time.perf_counter()
         while late := [j for j in jobs if j.deadline is not None and j.deadline < t0]:
             self._reject(late, "deadline")
