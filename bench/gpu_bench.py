@@ -47,8 +47,8 @@ measured, and the run ends. The JSON is rewritten after every part
 
 Device command: ``sh bench/device_run.sh`` (its header says how to bring pyzmq's wheel):
 import checks, the ``gpu`` tests, then this script at batches 1, 16 and 64 on 16 events in
-compiled bf16, with CUDA graphs (the daemon's configuration) and eager fp32, each step
-under ``timeout``.
+compiled bf16, with CUDA graphs (the daemon's configuration) and eager fp32, then
+``bench/host_path.py`` and ``bench/chain_profile.py``, each step under ``timeout``.
 The whole benchmark, for a longer device session:
 
     PYTHONPATH=/tmp/site:$PWD timeout 560 python3 bench/gpu_bench.py --out $OUT --budget-s 420

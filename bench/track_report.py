@@ -1,9 +1,10 @@
 """The full chain with frozen track settings against the plain chain, for the final report.
 
-Runs ``streamtrk.eval.evaluate`` (graph, GNN, tracks, fit; one event per batch) with the
-model's card threshold and default track settings (the plain chain), then with the setting
-given as JSON (as ``bench/track_building.py`` prints it), on simulated events and/or TrackML
-events read from a path prefix. Prints efficiency, fake and duplicate rates, the time per
+Runs ``streamtrk.eval.evaluate`` (graph, GNN, tracks, fit; one event per batch) first with
+the setting given as JSON (as ``bench/track_building.py`` prints it), then with the model's
+card threshold and default track settings (the plain chain), on simulated events and/or
+TrackML events read from a path prefix; the network scores each event once, so the plain
+chain's gnn time is a cache lookup. Prints efficiency, fake and duplicate rates, the time per
 stage and the median chi2/ndf of matched tracks, as JSON. Report-only: settings are chosen on
 validation events with ``bench/track_building.py``, never here.
 

@@ -1,7 +1,9 @@
 """TOML in and out: typed dataclasses from tables (unknown keys refused), text from dicts.
 
-Model cards, training recipes and the daemon's configuration all go through these two
-functions, so that they refuse and write TOML the same way.
+Model cards (read with ``dataclass_from``, written with ``dumps``), training recipes
+(``read_config_text``, ``dataclass_from``) and the daemon's configuration file
+(``read_config_text``; its settings shown as TOML with ``dumps``) share these functions, so
+that they read, refuse and write TOML alike.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def _name(hint: Any) -> str:
 
 
 def dumps(data: dict[str, Any]) -> str:
-    """TOML text of nested dicts of scalars and lists; ``None`` values are left out."""
+    """TOML text of nested dicts of scalars and lists; ``None`` values of tables are left out
+    (a ``None`` in a list is refused: TypeError)."""
     return tomli_w.dumps(_without_none(data))
 
 

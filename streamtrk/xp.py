@@ -2,8 +2,8 @@
 
 ``array_module(a)`` is ``numpy`` or ``cupy``, whichever owns ``a``; ``to_host(a)`` is a
 NumPy array of ``a`` (a device-to-host copy for CuPy, no copy for NumPy). CuPy is imported
-only when a CuPy array is seen, so CPU-only installs never need it. Each helper says how many
-host synchronisations it costs on the device.
+only when a CuPy array is seen, so CPU-only installs never need it. The device helpers say
+how many host synchronisations they cost (none where not said, but ``to_host``'s copy).
 """
 
 from __future__ import annotations

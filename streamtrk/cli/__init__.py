@@ -74,7 +74,8 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def _terminated_as_interrupted() -> Iterator[None]:
     """SIGTERM (``timeout``, a batch scheduler, a container stop) raises :class:`Terminated`
     while the block runs, where it would end the process at once (leaving partial files);
-    commands that stop on it themselves (serve, replay, record) set their own handler inside.
+    commands that stop on it themselves (serve, replay, record, farm) set their own handler
+    inside.
     Only in the main thread, and where SIGTERM has its default action."""
     main_thread = threading.current_thread() is threading.main_thread()
     if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:

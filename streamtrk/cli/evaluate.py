@@ -124,8 +124,9 @@ def _evaluate_arguments(s: argparse.ArgumentParser) -> None:
     "gnn_edges_per_event (after pruning: scored by the network), edges_per_hit, "
     "seconds_per_event (the reconstruction's time over all events, the time up to a "
     "refusal included), stage_seconds (mean per event reconstructed), timings (median per "
-    "event reconstructed), scorer "
-    "(the model directory, or oracle); "
+    "event reconstructed), scorer (the model directory, or oracle), input (as given), "
+    "device (where the chain ran) and, for a model, engine (as used), engine_requested, "
+    "engine_note (why they differ, else null) and precision; "
     "events_refused and refused (run, event, what, count, limit): events over the work "
     "budget, which the daemon answers too_dense, scored as events with no tracks.",
 )

@@ -1,7 +1,8 @@
 """Low precision against fp32: edge-score differences and the change in tracking physics.
 
-The same events are reconstructed twice with the same network and engine, once in fp32 and
-once under ``precision`` (bf16 or fp16 autocast); the graphs are the same, so the scores
+The same events are reconstructed twice with the same network and requested engine (a
+warm-up may fall back to another engine for one of them: the report names both), once in
+fp32 and once under ``precision`` (bf16 or fp16 autocast); the graphs are the same, so the scores
 compare edge by edge. The target is a tracking-efficiency change of at most 0.2% absolute.
 """
 

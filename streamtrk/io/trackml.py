@@ -7,13 +7,14 @@ name, so their order does not matter (a byte-order mark before the header is ski
 Refused, naming the file, and the column and data row where there is one: a column named
 twice, a value that is not a number, not finite or does not fit its type (or a negative
 hit weight), a row of other fields than the header, a hit id twice, truth without a row
-for a hit, a particle twice, or a truth particle that ``-particles.csv`` (where present)
-does not list.
+for a hit or with rows of hits the hits file lacks, a particle twice, or a truth particle
+that ``-particles.csv`` (where present) does not list.
 
-Floats are written with the fewest significant digits (``%.<p>g``, p <= 9) that parse back
-to the identical float32 (9 for magnitudes outside [1e-10, 1e15), which no detector
-coordinate has), so a write/read round trip reproduces every array exactly and the output
-stays as short as the original files. Output is deterministic (gzip with mtime 0).
+Floats are written with the fewest significant digits (``%.<p>g``: p <= 9, or the integer
+digits where there are more) that parse back to the identical float32 (9 for magnitudes
+outside [1e-10, 1e15), which no detector coordinate has), so a write/read round trip
+reproduces every array exactly and the output stays as short as the original files. Output
+is deterministic (gzip with mtime 0).
 """
 
 from __future__ import annotations
@@ -370,7 +371,8 @@ def _float32_digits(x: np.ndarray) -> np.ndarray:
     """Per value, the fewest significant digits p (at least the integer digits, so that
     ``'%.*g' % (p, v)`` is positional for |v| >= 1e-4) that parse back to the float32 ``v``.
 
-    Binary search over p <= 9 (9 always round-trips a float32), testing each p by decimal
+    Binary search from the integer digits up to at most max(9, those digits) (9 always
+    round-trips a float32), testing each p by decimal
     rounding in float64, which is exact for 1e-10 <= |v| < 1e15 (the powers of ten used are
     exact); other values, NaN and inf get 9.
     """

@@ -3,7 +3,8 @@
 Each event has its own random stream, spawned from the run seed, so the same seed gives
 byte-identical events whatever the number of events or the order they are made in.
 Detector faults for data-quality tests: dead layers read nothing (their hits are dropped
-after everything else is drawn), noisy layers get extra noise hits.
+once the particles, crossings and noise are drawn: the other hits stay the same, only their
+ids and their order within a module change), noisy layers get extra noise hits.
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ def encode_hits(
     """Frames of a ``hits`` message; ``t_send_ns`` defaults to now. ``msg_id`` identifies
     this message (a resend carries the same one); the reply echoes it. ``compact``: the id
     columns in the smallest unsigned dtypes that hold them (about 20 bytes a hit instead of
-    32), a version 5 message that decoders of version 4 and older refuse (``bad_version``)."""
+    32): a version 5 message, which decoders of version 4 and older refuse (``bad_version``),
+    where any column narrows (an event without hits stays version 2)."""
     extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
     if msg_id is not None:
         extra["msg_id"] = int(msg_id)
@@ -576,7 +577,7 @@ def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
     for k, col in cols.items():
         if col.dtype.kind == "f" and not np.isfinite(col).all():
             raise WireError("non_finite", f"column {k!r} has NaN or infinite values")
-    if (cols["hit.weight"] < 0).any():  # a hit's share of the score; the total must be > 0
+    if (cols["hit.weight"] < 0).any():  # a hit's share of the score (all 0: no score, NaN)
         raise WireError("negative_weight", "column 'hit.weight' has values below 0")
     pids = np.sort(cols["particle.particle_id"])
     if (pids[1:] == pids[:-1]).any():

@@ -150,7 +150,8 @@ class WireError(ValueError):
 class Limits:
     """Resource limits the decoder enforces before touching column data.
 
-    ``max_columns`` bounds the frame count and every header array, ``max_map_entries`` every
+    ``max_columns`` bounds the frame count and every header array (at least 3 entries
+    allowed: a column's [name, dtype, length]), ``max_map_entries`` every
     header map (such as ``timings``); ``max_hits`` also bounds a reply's ``hit_id`` column.
     """
 
