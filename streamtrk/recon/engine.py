@@ -77,9 +77,13 @@ def tensorrt_unavailable() -> str | None:
 GRAPHS_IGNORED = "cuda_graphs ignored: only the compile engine on CUDA replays CUDA graphs"
 
 
-def _strict_recompiles() -> contextlib.AbstractContextManager[None]:
-    """Compiling past dynamo's ``recompile_limit`` raises, where dynamo would run the
-    function eagerly: for the calling thread only (dynamo's settings are per thread)."""
+def _strict_recompiles(engine: str) -> contextlib.AbstractContextManager[None]:
+    """With ``compile``: compiling past dynamo's ``recompile_limit`` raises, where dynamo
+    would run the function eagerly, for the calling thread only (dynamo's settings are per
+    thread). Other engines: nothing, and dynamo is not imported for them (with its sympy,
+    110,000 objects more for every full collection of the daemon to scan)."""
+    if engine != "compile":
+        return contextlib.nullcontext()
     return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
 
 
@@ -411,7 +415,7 @@ class EngineScorer:
         while True:
             try:
                 self._warming = True
-                with _strict_recompiles():  # this thread's; the graph thread sets its own
+                with _strict_recompiles(self.engine):  # this thread's; the graph thread its own
                     self._warm()
                 break
             except Exception as exc:
@@ -479,7 +483,7 @@ class EngineScorer:
         def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
             def job() -> Tensor:
                 own_graph_trees()
-                strict = _strict_recompiles() if self._warming else contextlib.nullcontext()
+                strict = _strict_recompiles(self.engine if self._warming else "eager")
                 with strict, torch.inference_mode():
                     return run(x, edge_index, edge_attr)
 
