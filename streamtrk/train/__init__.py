@@ -317,7 +317,7 @@ def _work_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         finally:
             os.close(held)
     try:
-        work.mkdir()
+        work.mkdir(parents=True)  # models/ made too where there is none
     except FileExistsError:  # another run made it since
         raise _building(out, work) from None
     held = _claim(mark, out)
