@@ -4,7 +4,9 @@ model directory written whole."""
 from __future__ import annotations
 
 import json
+import math
 import re
+import shlex
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from streamtrk.recon.card import ModelCardError
 from streamtrk.recon.load import load_reconstructor
 from streamtrk.recon.model import load_model, read_card
 from streamtrk.recon.prune import MODEL_WINDOWS_FILE
+from streamtrk.threads import available_cpus
 from streamtrk.train import EventSource, load_config
 
 
@@ -552,3 +555,172 @@ def test_the_test_events_are_scored_at_the_chosen_threshold_and_the_loss_edges_c
     assert seen == [card["model"]["threshold"]] and seen[0] in (0.4, 0.6)
     t = card["training"]
     assert 0 < t["train_edges_in_loss"] < t["train_edges"]
+
+
+def test_a_config_is_required_as_the_command_line_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --config: argparse's refusal (exit status 2, naming the option), not a traceback."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--out", str(tmp_path / "m"), "-q"])
+    assert stop.value.code == 2
+    assert "the following arguments are required: --config" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_without_out_the_model_is_models_slash_the_recipes_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out left out: models/<config name> under the working directory (models/ made where
+    there is none), which the summary names and the card's reproduce command gives as its
+    --out (run again, the same place)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(config), "-q"]) == 0
+    assert (tmp_path / "models" / "tiny" / "weights.pt").is_file()
+    assert json.loads(capsys.readouterr().out)["model"] == str(Path("models") / "tiny")
+    command = read_card(tmp_path / "models" / "tiny")["reproduce"]["command"]
+    assert shlex.split(command) == [
+        "streamtrk", "train", "--config", str(config), "--out", "models/tiny"
+    ]  # fmt: skip
+
+
+def test_the_reproduce_command_is_the_command_line_quoted_for_a_shell(tmp_path: Path) -> None:
+    """The card's command, split as a shell splits it, is the run's own (a directory with a
+    space in its name one argument, --torch-threads kept), so that it can be pasted back."""
+    config = tmp_path / "my recipe.toml"
+    config.write_text(TINY)
+    out = tmp_path / "my model"
+    args = ["--config", str(config), "--out", str(out), "--torch-threads", "1"]
+    assert main(["train", *args, "-q"]) == 0
+    assert shlex.split(read_card(out)["reproduce"]["command"]) == ["streamtrk", "train", *args]
+
+
+def test_the_summary_is_the_cards_in_strict_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stdout is the model's directory, its threshold, total seconds and all its metrics as
+    the card has them; a rate of no tracks (NaN in the card) is null, not JSON's NaN."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(  # a threshold no edge passes: no tracks, their rates undefined
+        TINY.replace("thresholds = [0.4, 0.6]", "thresholds = [0.999]")
+        + "[test]\nmu = 10\nseed = 13\nevents = 1\n"
+    )
+    out = tmp_path / "m"
+    assert main(["train", "--config", str(config), "--out", str(out), "-q"]) == 0
+
+    def refused(constant: str) -> None:
+        raise AssertionError(f"{constant} in strict JSON")
+
+    summary = json.loads(capsys.readouterr().out, parse_constant=refused)
+    card = read_card(out)
+    assert summary["model"] == str(out) and summary["threshold"] == 0.999
+    assert summary["seconds"] == card["training"]["seconds_total"]
+    assert summary["metrics"].keys() == card["metrics"].keys() == {"validation", "test"}
+    assert summary["metrics"]["validation"] == card["metrics"]["validation"]
+    assert math.isnan(card["metrics"]["test"]["fake_rate"])
+    assert summary["metrics"]["test"]["fake_rate"] is None
+
+
+def test_quiet_training_names_no_stage_and_draws_no_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-q: stderr holds the thread count alone, no stage lines, epochs or progress bars."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err == "streamtrk train: torch threads 1 (the recipe's)\n", err
+
+
+@pytest.mark.parametrize("asked", ["recipe", "0", "more"])
+def test_torch_threads_are_the_recipes_unless_asked_and_the_callers_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], asked: str
+) -> None:
+    """Without --torch-threads the recipe's count (said on stderr); with N, N (0: this
+    machine's CPUs) in its place, in the card and in its reproduce command; either way the
+    caller's torch thread count is as it was after the run."""
+    cpus, _ = available_cpus()
+    recipe, caller = cpus + 2, cpus + 3  # neither the machine's nor each other's
+    config = tmp_path / "tiny.toml"
+    config.write_text(f"threads = {recipe}\n" + TINY)
+    args = ["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]
+    flag = {"recipe": [], "0": ["--torch-threads", "0"], "more": ["--torch-threads", str(cpus + 1)]}
+    expected = {"recipe": recipe, "0": cpus, "more": cpus + 1}[asked]
+    before = torch.get_num_threads()
+    torch.set_num_threads(caller)
+    try:
+        assert main([*args, *flag[asked]]) == 0
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)
+    card = read_card(tmp_path / "m")
+    assert card["training"]["threads"] == expected
+    assert shlex.split(card["reproduce"]["command"])[6:] == flag[asked]
+    err = capsys.readouterr().err
+    if asked == "recipe":
+        assert f"streamtrk train: torch threads {recipe} (the recipe's)" in err
+    else:
+        assert f"streamtrk train: torch threads {expected} (" in err
+
+
+def test_an_out_of_dot_dot_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out ..`` (or ``models/..``) names the directory above, no model's own: refused as
+    ``.`` is, not taken for a directory to replace."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in ("..", "models/.."):
+        assert main(["train", "--config", str(config), "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} names no directory of its own" in err, err
+        assert "train: the events" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "tiny.toml"]
+
+
+def test_an_empty_directory_is_taken_without_overwrite(tmp_path: Path) -> None:
+    """Only a directory that holds anything needs --overwrite: one made empty for the model
+    (mkdir first, a mount point) is written into."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    (tmp_path / "m").mkdir()
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
+    assert (tmp_path / "m" / "weights.pt").is_file()
+
+
+def test_a_work_directory_that_is_a_symbolic_link_is_refused_not_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``OUT.partial`` a link to a folder holding a ``.building``: no folder a run left
+    (status 2, its target kept), not a failed rmtree (status 1)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / ".building").write_text("")
+    (tmp_path / "m.partial").symlink_to("elsewhere")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 2
+    assert "m.partial is no folder a train run left" in capsys.readouterr().err
+    assert (tmp_path / "m.partial").is_symlink()
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == [".building"]
+
+
+def test_an_interrupted_run_that_wrote_nothing_leaves_no_work_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM) before anything is written in ``OUT.partial``: it is removed as
+    after a failure (exit status 130), not left with its ``.building`` alone."""
+    import streamtrk.train as train_module
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_train", interrupted)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
