@@ -22,6 +22,10 @@ from streamtrk.errors import SettingError
 
 T = TypeVar("T")
 
+#: What ``tomllib.loads`` raises for text that is no TOML (``TOMLDecodeError``) or goes past
+#: its own limits: an integer's digits (ValueError), nesting (RecursionError).
+NOT_TOML = (ValueError, RecursionError)
+
 
 def read_config_text(path: str | Path, error: Callable[[str], Exception]) -> str:
     """The text of the configuration file ``path`` (UTF-8, a BOM as editors write it left

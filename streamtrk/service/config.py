@@ -541,7 +541,7 @@ def _read_file(path: Path) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"config file {path} is not UTF-8 text: {e}") from None
     try:
         return text, tomllib.loads(text)
-    except (ValueError, RecursionError) as e:  # TOMLDecodeError, digit or nesting limits
+    except tomlio.NOT_TOML as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 

@@ -27,7 +27,7 @@ from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.generator import MAX_MU
 from streamtrk.sim.simulate import MAX_NOISE_FRACTION as MAX_NOISE
 from streamtrk.threads import MAX_TORCH_THREADS
-from streamtrk.tomlio import dataclass_from, read_config_text, require
+from streamtrk.tomlio import NOT_TOML, dataclass_from, read_config_text, require
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def load_config(path: str | Path) -> TrainConfig:
     cannot be read (as the daemon's configuration file: exit status 2)."""
     try:
         raw = tomllib.loads(read_config_text(path, SettingError))
-    except (ValueError, RecursionError) as e:  # TOMLDecodeError, UTF-8, digit or nesting limits
+    except NOT_TOML as e:  # UnicodeDecodeError too: a ValueError
         raise SettingError(f"{path}: not valid TOML ({e})") from None
     sub = {
         "model": GNNConfig,
