@@ -483,7 +483,8 @@ class EngineScorer:
         def call(x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
             def job() -> Tensor:
                 own_graph_trees()
-                strict = _strict_recompiles(self.engine if self._warming else "eager")
+                warming = self._warming
+                strict = _strict_recompiles(self.engine) if warming else contextlib.nullcontext()
                 with strict, torch.inference_mode():
                     return run(x, edge_index, edge_attr)
 
