@@ -250,7 +250,9 @@ class Metrics(SocketMetrics):
         self.queue_capacity.labels(name).set(capacity)
 
     def set_model(self, name: str, path: str, digest: str, threshold: float) -> None:
-        labels = {"name": name, "path": path, "hash": digest, "threshold": f"{threshold:g}"}
+        """Serve ``streamtrk_model_info`` of this model alone; its threshold to 15 significant
+        digits: any a configuration gives, as written, without a sum's rounding noise."""
+        labels = {"name": name, "path": path, "hash": digest, "threshold": f"{threshold:.15g}"}
         self.model_info.set(labels)
 
     def watch_device_memory(self, device: str) -> None:

@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import zmq
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -169,11 +170,15 @@ def test_a_queue_watched_reports_its_depth_at_each_scrape() -> None:
     assert value("streamtrk_queue_capacity", {"queue": "batch"}) == 64
 
 
-def test_the_threshold_label_is_short_and_exact_enough() -> None:
+@pytest.mark.parametrize(
+    ("threshold", "label"),
+    [(0.1 + 0.2, "0.3"), (0.12345678, "0.12345678"), (0.5000001, "0.5000001")],
+)
+def test_the_threshold_label_is_short_and_exact_enough(threshold: float, label: str) -> None:
+    """As configured (a reload from 0.5 to 0.5000001 is a new series), not a sum's rounding."""
     m = Metrics()
-    m.set_model("a", "/m/a", "1111", 0.1 + 0.2)
-    (family,) = [f for f in m.registry.collect() if f.name == "streamtrk_model_info"]
-    assert family.samples[0].labels["threshold"] == "0.3"
+    m.set_model("a", "/m/a", "1111", threshold)
+    assert _model_series(m)[0]["threshold"] == label
 
 
 def test_the_build_info_names_each_documented_label() -> None:
