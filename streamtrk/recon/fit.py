@@ -22,6 +22,11 @@ the hits' full covariance V: the measurement errors projected on the fitted heli
 |tan(lambda)| * |t . r|``), and multiple scattering (Highland, p from the starting fit, path
 x0 / cos(incidence) as simulated), whose scatter at a hit moves every later hit of the
 track, so V is dense per track (applied by a Kalman filter along the track, never formed).
+Its scatters are those at the hits and at the track's holes: the layers the starting helix
+crosses from its perigee to its last hit without a hit of the track (an inefficient or dead
+layer, a hit left out), rows without a measurement placed among the hits by their turn
+(with the scatters at hits alone, the eta and phi pulls of helices missing their first
+one or two hits were 1.3-1.7 at 0.2-10 GeV; ``bench/fit_resolution.py --holes``).
 The step is taken for the circle, in Karimaki's parameters about the origin, then for the
 line on the new circle. Against a fit weighted by a diagonal share of the scattering, on
 simulated helices (``bench/fit_resolution.py``), the d0 and z0 errors are about a half and a
@@ -52,7 +57,7 @@ import numpy as np
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, PION_MASS, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, bincount, csr_rows
+from streamtrk.xp import Array, array_module, bincount, csr_rows, lexsort, nonzeros
 
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
 KERNELS = "gls_filter.cu"  # the fit's kernels on the GPU
@@ -94,8 +99,28 @@ def fit_tracks(
     s, n_phi, var_c, w_z = _projections(radius, turn, dx, dy, hits, tid, xp)
     tan_l, z0, cosh, p = _fit_line(s, hz, w_z, radius, det.bfield, offsets, normal)
 
-    # Scattering: theta at each hit's layer (Highland, p from the starting fit).
+    # Holes: the layers the starting helix crosses from its perigee to its last hit without
+    # a hit of the track scatter it too, rows of their crossings among the hits' without a
+    # measurement (infinite variances: no weight, their scatter moves the rows after them).
+    holes = _holes((*circle, h, theta_p), (tan_l, z0), turn, layer[hit_index], offsets, tid, det)
+    hole = None  # per row, whether a hole
+    if holes is not None:
+        hx, hy, hz, res_a, res_b, x0, barrel, offsets, tid, hole = _merged(
+            (hx, hy, hz, res_a, res_b, x0, barrel), turn, holes, offsets, tid, det
+        )
+
+        def tsum(v: Array) -> Array:
+            return bincount(tid, n_tracks, v)
+
+        h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
+        hits = (hx, hy, hz, res_a, res_b, barrel)
+        s, n_phi, var_c, _ = _projections(radius, turn, dx, dy, hits, tid, xp)
+        var_c = xp.where(hole, xp.inf, var_c)
+
+    # Scattering: theta at each row's layer (Highland, p from the starting fit).
     var_z, theta, path = _scattering((tan_l, cosh, p), n_phi, s, (res_b, x0, barrel), tid, xp)
+    if hole is not None:
+        var_z = xp.where(hole, xp.inf, var_z)
 
     # Generalised least squares: one step from the starting fit (its geometry, its
     # scattering angles), weighted with the hits' full covariance V: measurement, and the
@@ -117,6 +142,96 @@ def fit_tracks(
     )
     fitted = Fitted(circle, h, theta_p, tan_l, z0, step_z, chi2_c, chi2_z, cov_c, cov_z, sizes)
     return _parameters(fitted, det.bfield, xp)
+
+
+def _holes(
+    helix: tuple[Array, ...],
+    line: tuple[Array, Array],
+    turn: Array,
+    hit_layer: Array,
+    offsets: Array,
+    tid: Array,
+    det: Detector,
+) -> Holes | None:
+    """The holes of the tracks' starting helices (``helix``: circle centre, radius, sense and
+    the perigee's angle from the centre; ``line``: tan(lambda), z0): each (track, layer)
+    whose layer the helix crosses (a barrel within its half-length, a disk within its radii;
+    a barrel's first crossing) after its perigee and before its last hit (``turn``: the
+    hits', along the track from the perigee), where the track has no hit (``hit_layer``), as
+    :class:`Holes`; None without any. A track is taken to come from
+    the beam line: a secondary's holes before its first hit are material it never crossed.
+    On the device one host synchronisation (their number)."""
+    xp = array_module(turn)
+    xc, yc, radius, h, theta_p = (a[:, None] for a in helix)
+    tan_l, z0 = (a[:, None] for a in line)
+    barrel, r, z, half_length, r_min, r_max = _layer_geometry(det, xp)
+    c2, big_r = xc * xc + yc * yc, radius
+    # A barrel: r^2 = c^2 + R^2 - 2 R c cos(turn) at the turn from the perigee.
+    twice_rc = 2 * big_r * xp.sqrt(c2)
+    cos_b = (c2 + big_r * big_r - r * r) / xp.where(twice_rc > 0, twice_rc, 1.0)
+    t_b = xp.arccos(xp.clip(cos_b, -1.0, 1.0))
+    on_b = (xp.abs(cos_b) <= 1) & (twice_rc > 0) & (xp.abs(z0 + tan_l * big_r * t_b) <= half_length)
+    # A disk: z = z0 + tan_l R turn.
+    rise = tan_l * big_r
+    t_d = (z - z0) / xp.where(rise != 0, rise, 1.0)
+    r2_d = c2 + big_r * big_r - twice_rc * xp.cos(t_d)
+    on_d = (rise != 0) & (r_min * r_min <= r2_d) & (r2_d <= r_max * r_max)
+    t = xp.where(barrel, t_b, t_d)
+    ends = offsets[1:]
+    last = xp.where(ends > offsets[:-1], turn[ends - 1], -xp.inf)[:, None]
+    hit = xp.zeros(t.shape, dtype=bool)
+    hit[tid, hit_layer] = True
+    crossed = xp.where(barrel, on_b, on_d) & (t > 0) & (t < last) & ~hit
+    (flat,) = nonzeros(crossed.ravel())
+    if len(flat) == 0:
+        return None
+    track, layer, t = flat // t.shape[1], flat % t.shape[1], t.ravel()[flat]
+    angle = theta_p[track, 0] + h[track, 0] * t
+    radius = radius[track, 0]
+    x = xc[track, 0] + radius * xp.cos(angle)
+    y = yc[track, 0] + radius * xp.sin(angle)
+    return Holes(track, layer, t, x, y, z0[track, 0] + tan_l[track, 0] * radius * t)
+
+
+class Holes(NamedTuple):
+    """Per hole (:func:`_holes`): its track, layer, turn from the perigee and position."""
+
+    track: Array
+    layer: Array
+    turn: Array
+    x: Array
+    y: Array
+    z: Array
+
+
+def _merged(
+    hits: tuple[Array, ...],
+    turn: Array,
+    holes: Holes,
+    offsets: Array,
+    tid: Array,
+    det: Detector,
+) -> tuple[Array, ...]:
+    """The fit's rows: ``hits`` (x, y, z, res_a, res_b, x0, barrel) and the ``holes`` (their
+    layer's errors and x0), a track's holes among its hits by turn (the hits of tracks
+    without holes in their order); with the rows' offsets, their tracks and whether each is
+    a hole."""
+    xp = array_module(turn)
+    track, t = holes.track, holes.turn
+    n_tracks, n_hits = len(offsets) - 1, len(tid)
+    res_a, res_b, x0, barrel = _layer_table(det, xp)[:, holes.layer]
+    extra = bincount(track, n_tracks)
+    with_holes = extra[tid] > 0
+    slot = (xp.arange(n_hits) - offsets[:-1][tid]).astype(xp.float64)
+    key = xp.concatenate([xp.where(with_holes, turn, slot), t])
+    rows_tid = xp.concatenate([tid, track])
+    order = lexsort((key, rows_tid.astype(xp.float64)))
+    hole_rows = (holes.x, holes.y, holes.z, res_a, res_b, x0, barrel > 0)
+    columns = [xp.concatenate([a, b])[order] for a, b in zip(hits, hole_rows, strict=True)]
+    sizes = offsets[1:] - offsets[:-1] + extra
+    new_offsets = xp.concatenate([xp.zeros(1, dtype=offsets.dtype), xp.cumsum(sizes)])
+    hole = xp.concatenate([xp.zeros(n_hits, dtype=bool), xp.ones(len(track), dtype=bool)])
+    return (*columns, new_offsets, rows_tid[order], hole[order])
 
 
 class Fitted(NamedTuple):
@@ -841,3 +956,12 @@ def _layer_table(det: Detector, xp: Any) -> Array:
     """The layers' res_a, res_b, x0 and whether a barrel, as one (4, layers) float64 array
     on ``xp``'s device, uploaded once a detector."""
     return xp.asarray(np.stack([det.res_a, det.res_b, det.x0, det.kind == BARREL]), xp.float64)
+
+
+@cache
+def _layer_geometry(det: Detector, xp: Any) -> tuple[Array, ...]:
+    """The layers' surfaces, on ``xp``'s device once a detector: whether a barrel, its
+    radius, z, half-length and radii (a disk's), each of shape (1, layers)."""
+    barrel = xp.asarray(det.kind == BARREL)[None, :]
+    columns = (det.r, det.z, det.half_length, det.r_min, det.r_max)
+    return (barrel, *(xp.asarray(c, xp.float64)[None, :] for c in columns))

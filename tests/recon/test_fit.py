@@ -163,6 +163,32 @@ def test_standard_errors_are_the_spread_of_the_fitted_parameters(det, pt, within
         assert abs(np.median(pull)) < 0.15, name
 
 
+@pytest.mark.parametrize("holes", [1, 2])
+def test_layers_crossed_without_a_hit_scatter_the_track(det, holes):
+    """Helices whose first crossings left no hit (a dead or inefficient inner layer, its
+    material crossed): the fit places their scatters too, so the pulls of all five
+    parameters keep a width of 1 (1.3-1.7 for eta and phi with the scatters at hits only);
+    ndf counts the hits."""
+    rng = np.random.default_rng(21)
+    offsets, idx, c, (pt, q, eta, phi, vz) = _helices(det, 1500, rng, pt=(1, 3), eta=1.0)
+    x, y, z = smear(det, c, rng).T
+    sizes = np.diff(offsets)
+    kept = np.arange(len(idx)) - np.repeat(offsets[:-1], sizes) >= holes
+    offsets = np.concatenate([[0], np.cumsum(sizes - holes)])
+    fitted = fit_tracks(offsets, idx[kept], x, y, z, c.layer, det)
+    p = {k: v.astype(float) for k, v in fitted.items()}
+    errors = {
+        "q_over_pt": p["charge"] / p["pt"] - q / pt,
+        "eta": p["eta"] - eta,
+        "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
+        "d0": p["d0"],
+        "z0": p["z0"] - vz,
+    }
+    for name, error in errors.items():
+        assert _half_width(error / p[f"sigma_{name}"]) == pytest.approx(1, abs=0.1), name
+    assert np.array_equal(p["ndf"], 2 * (sizes - holes) - 5)
+
+
 @pytest.mark.parametrize("field", [2.0, -2.0])
 @pytest.mark.parametrize("pt", [0.5, 10, 100])
 def test_correlations_are_those_of_the_fitted_parameters(det, field, pt):
