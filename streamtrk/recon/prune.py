@@ -277,9 +277,10 @@ def hit_positions(graph: Graph, det: Detector) -> tuple[Array, ...]:
     layer: what the per-edge geometry reads."""
     xp = array_module(graph.edge_index)
     nf = graph.node_features.astype(xp.float32, copy=False)
-    r = nf[:, 0] * np.float32(1000.0)
-    phi = nf[:, 1] * np.float32(np.pi)
-    x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
+    with np.errstate(over="ignore"):  # a hit past float32's range (finite on the wire): inf
+        r = nf[:, 0] * np.float32(1000.0)
+        phi = nf[:, 1] * np.float32(np.pi)
+        x, y, z = r * xp.cos(phi), r * xp.sin(phi), nf[:, 2] * np.float32(1000.0)
     return x, y, z, r, _fold_table(det, xp)[graph.layer]
 
 

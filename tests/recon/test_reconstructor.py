@@ -82,6 +82,18 @@ def test_an_empty_batch_or_a_nan_coordinate_is_a_clear_error(small_events):
         rec.reconstruct([small_events[1], bad])
 
 
+def test_a_hit_at_the_end_of_float32s_range_is_on_no_track_and_warns_nothing(small_events):
+    """3.4e38 mm is finite (the wire takes it) but past float32's range once scaled: the
+    pruning's geometry reads it as infinitely far, without a RuntimeWarning (a daemon's JSON
+    log would get its raw lines; the suite turns warnings into errors)."""
+    ev = small_events[0]
+    cols = {k: v.copy() for k, v in ev.hits.columns().items()}
+    cols["x"][7] = cols["y"][7] = np.float32(3.4e38)
+    far = Event(ev.run, ev.event, Hits(**cols), ev.truth)
+    (tracks,) = Reconstructor.oracle(prune=PruneConfig()).reconstruct([far]).tracks
+    assert len(tracks.offsets) > 100 and 7 not in tracks.hit_index
+
+
 def test_batching_does_not_change_tracks(small_events):
     rec = Reconstructor.oracle()
     both = rec.reconstruct(small_events).tracks
