@@ -125,6 +125,18 @@ def curve_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
+def curve_files(args: argparse.Namespace) -> list[Path]:
+    """The CURVE certificate files given (:func:`curve_arguments`): inputs no output may
+    replace."""
+    return [p for p in (args.curve_key, args.curve_server_key) if p is not None]
+
+
+def directory_files(path: Path) -> list[Path]:
+    """The files in directory ``path`` (a model's card and weights: inputs no output may
+    replace); none where it is no directory."""
+    return [f for f in path.iterdir() if f.is_file()] if path.is_dir() else []
+
+
 def allow_insecure_argument(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--allow-insecure",

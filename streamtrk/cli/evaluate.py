@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from streamtrk.cli.common import (
     beam_line_xy,
     check_outputs,
+    directory_files,
     list_argument,
     results_printed,
     strict_json,
@@ -137,6 +138,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from streamtrk.io.trackml import by_event_number, write_submission, write_track_parameters
     from streamtrk.recon.device import cuda_unavailable
     from streamtrk.recon.engine import engine_unavailable
+    from streamtrk.recon.model import default_model_path
 
     if args.device == "cuda" and (why := cuda_unavailable()):
         print(f"streamtrk evaluate: error: device cuda: {why}", file=sys.stderr)
@@ -168,8 +170,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise SettingError(
                 f"{flag} is a setting of a model's chain: --oracle scores edges from truth"
             )
+    model = [] if args.oracle else directory_files(Path(args.model or default_model_path()))
     check_outputs(
-        args.report, args.submission, args.tracks, folder=args.plots, inputs=files_read(args.input)
+        args.report,
+        args.submission,
+        args.tracks,
+        folder=args.plots,
+        inputs=[*files_read(args.input), *model],
     )
     threads = set_torch_threads(args.torch_threads)
     rec, scorer = _reconstructor(args)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import check_outputs, subcommand
+from streamtrk.cli.common import check_outputs, directory_files, subcommand
 from streamtrk.errors import SettingError
 
 
@@ -41,8 +41,7 @@ def _export(args: argparse.Namespace) -> int:
         )
         return 1
     # Before the export's seconds of work; not over a file of the model (its weights, card).
-    model_files = [f for f in args.onnx.iterdir() if f.is_file()] if args.onnx.is_dir() else []
-    check_outputs(args.output, inputs=model_files)
+    check_outputs(args.output, inputs=directory_files(args.onnx))
     path = export_model_dir(args.onnx, args.output)
     print(
         f"wrote {path} ({path.stat().st_size} bytes): ONNX edge classifier of {args.onnx}; "

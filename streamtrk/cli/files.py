@@ -138,7 +138,9 @@ def _simulate(args: argparse.Namespace) -> int:
         raise SettingError(f"--detector {args.detector}: no such file") from None
     except ValueError as e:  # the file is no detector (its errors name it)
         raise SettingError(f"--detector: {e}") from None
-    check_outputs(args.output, folder=args.trackml_dir)  # before the events are made
+    # Before the events are made; not over the detector file read.
+    read = [args.detector] if args.detector else []
+    check_outputs(args.output, folder=args.trackml_dir, inputs=read)
     events = simulate(det, cfg, args.seed, args.events, run=args.run)
     replaced = 0
     with (

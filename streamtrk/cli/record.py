@@ -11,7 +11,9 @@ from streamtrk.cli.common import (
     check_bound_curve,
     check_curve_pair,
     check_endpoints,
+    check_outputs,
     curve_arguments,
+    curve_files,
     stop_on_signals,
     subcommand,
 )
@@ -45,6 +47,7 @@ def _record(args: argparse.Namespace) -> int:
     check_endpoints(("--from", args.from_), bind=args.bind)
     check_curve_pair(args)
     check_bound_curve(args, args.from_)
+    check_outputs(args.output, inputs=curve_files(args))
     with stop_on_signals() as stop:
         counts = record(
             args.from_,

@@ -16,6 +16,7 @@ from streamtrk.cli.common import (
     check_outputs,
     compact_argument,
     curve_arguments,
+    curve_files,
     results_printed,
     stop_on_signals,
     strict_json,
@@ -152,7 +153,9 @@ def _replay(args: argparse.Namespace) -> int:
         )
     check_curve_pair(args)
     check_bound_curve(args, args.to, args.from_)
-    check_outputs(args.report, args.submission, args.plot, inputs=[args.recording])
+    check_outputs(
+        args.report, args.submission, args.plot, inputs=[args.recording, *curve_files(args)]
+    )
     if args.retry_after is not None and not args.retries:
         raise SettingError("--retry-after is the wait before a resend: it needs --retries N")
     retry_after = ReplayOptions.retry_after_s if args.retry_after is None else args.retry_after

@@ -2,15 +2,19 @@
 
 import json
 import math
+import shutil
 import signal
 import sys
 import threading
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from streamtrk.cli import main
 from streamtrk.cli.common import check_outputs, stop_on_signals, strict_json
+from streamtrk.detector import DEFAULT_DETECTOR
+from streamtrk.recon.model import shipped_model_path
 
 
 def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
@@ -87,6 +91,32 @@ def test_the_commands_refuse_to_write_over_what_they_read(tmp_path, capsys) -> N
         assert main([*args, str(output)]) == 2
         assert f"{output} is an input too" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in before} == before
+
+
+def test_no_output_replaces_a_model_detector_or_certificate_read(tmp_path, capsys) -> None:
+    """The model's card (evaluate), the detector file (simulate), a CURVE certificate
+    (replay, record): exit status 2, each as it was (each command had written over it)."""
+    model = tmp_path / "model"
+    shutil.copytree(shipped_model_path(), model)
+    detector = tmp_path / "det.toml"
+    detector.write_text(resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text())
+    run = tmp_path / "v.stk"
+    assert main(["simulate", "--events", "1", "--mu", "2", "-q", "-o", str(run)]) == 0
+    assert main(["keys", str(tmp_path), "client"]) == 0
+    assert main(["keys", str(tmp_path), "server"]) == 0
+    secret, public = tmp_path / "client.key_secret", tmp_path / "server.key"
+    before = {p: p.read_bytes() for p in (model / "card.toml", detector, secret, public)}
+    capsys.readouterr()
+    curve = ["--curve-key", str(secret), "--curve-server-key", str(public)]
+    for args, output in [
+        (["evaluate", str(run), "--model", str(model), "-q", "--report"], model / "card.toml"),
+        (["simulate", "--detector", str(detector), "-q", "-o"], detector),
+        (["replay", str(run), *curve, "--report"], secret),
+        (["record", "--from", "tcp://127.0.0.1:1", *curve, "-o"], public),
+    ]:
+        assert main([*args, str(output)]) == 2, args
+        assert f"{output} is an input too" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_the_handlers_from_before_are_back_after_the_block() -> None:
