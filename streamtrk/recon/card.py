@@ -2,10 +2,12 @@
 
 A card (``card.toml`` beside the weights) records the card format, the graph-feature
 version, the architecture, the graph-construction settings and the default threshold, the
-pruning (``[prune]``, optional) and track-building (``[tracks]``) settings, then free
-sections: training recipe, metrics, the command that reproduces them. A card that does
-not match the code is refused with :class:`ModelCardError` rather than run with the wrong
-inputs.
+pruning (``[prune]``, optional) and track-building (``[tracks]``) settings, then records of
+free content: the training recipe (``[training]``), the threshold scan, the metrics, the
+command that reproduces them. A card that does not match the code is refused with
+:class:`ModelCardError` rather than run with the wrong inputs, as is a table or a
+``[model]`` key of another name (``[track]`` for ``[tracks]`` would leave the chain's
+settings at their defaults without a word).
 
 Bump ``FEATURE_VERSION`` whenever the graph's node or edge features change meaning (their
 columns, scaling or order in ``streamtrk.recon.graph``): models trained before then are
@@ -14,6 +16,8 @@ refused until retrained.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,11 @@ from streamtrk.tomlio import dataclass_from
 
 CARD_FORMAT = 1
 FEATURE_VERSION = 1
+#: The tables a card may hold: the chain's settings, then the records.
+CARD_TABLES = ("model", "architecture", "graph", "prune", "tracks")
+RECORD_TABLES = ("training", "threshold_scan", "metrics", "reproduce")
+#: The keys of its [model] table.
+MODEL_KEYS = ("name", "card_format", "feature_version", "streamtrk_version", "threshold")
 
 
 class ModelCardError(ValueError):
@@ -38,6 +47,18 @@ def _section(card: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(sec, dict):
         raise ModelCardError(f"model card has no [{name}] table")
     return sec
+
+
+def _known(given: Iterable[str], names: tuple[str, ...], what: str) -> None:
+    """ModelCardError naming the first of ``given`` not among ``names`` (and the name it is
+    closest to)."""
+    for name in given:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ModelCardError(
+                f"model card has an unknown {what} {name!r}{hint}: it holds {', '.join(names)}"
+            )
 
 
 def card_prune(card: dict[str, Any], model_dir: Path | None = None) -> PruneConfig | None:
@@ -80,7 +101,9 @@ def card_tracks(card: dict[str, Any]) -> TrackConfig:
 
 def check_card(card: dict[str, Any]) -> tuple[GNNConfig, GraphConfig, float]:
     """Architecture, graph settings and threshold of a card that matches this code."""
+    _known(card.keys(), (*CARD_TABLES, *RECORD_TABLES), "table")
     model = _section(card, "model")
+    _known(model.keys(), MODEL_KEYS, "[model] key")
     if type(model.get("card_format")) is not int or model.get("card_format") != CARD_FORMAT:
         raise ModelCardError(
             f"model card format {model.get('card_format')!r}, this code reads {CARD_FORMAT}"

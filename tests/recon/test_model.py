@@ -482,7 +482,26 @@ def test_a_card_without_its_model_table_is_refused(
 ) -> None:
     path, _ = saved
     _edit_card(path, "[model]", "[modell]")
-    with pytest.raises(ModelCardError, match=r"card\.toml: model card has no \[model\] table"):
+    with pytest.raises(ModelCardError, match=r"card\.toml: .* unknown table 'modell' \(did you"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ("[graph]", "[track]\nmin_hits = 4\n[graph]", "unknown table 'track' (did you mean"),
+        ("[graph]", "[graphs]\n[graph]", "unknown table 'graphs' (did you mean 'graph'?)"),
+        ("threshold =", "treshold =", "unknown [model] key 'treshold' (did you mean 'threshold'?)"),
+    ],
+)
+def test_a_table_or_model_key_of_another_name_is_refused(
+    saved: tuple[Path, InteractionNetwork], old: str, new: str, match: str
+) -> None:
+    """A misspelt table would leave its settings at their defaults without a word (the
+    shipped model with ``[track]``: 117 tracks instead of 111 on a test event)."""
+    path, _ = saved
+    _edit_card(path, old, new)
+    with pytest.raises(ModelCardError, match=re.escape(match)):
         load_model(path)
 
 
@@ -499,7 +518,7 @@ def test_a_card_whose_model_entry_is_no_table_is_refused(
     """``model = 1`` where the [model] table belongs: a ModelCardError naming the table, not
     an AttributeError from reading it as one."""
     path, _ = saved
-    _edit_card(path, "[model]", "model = 1\n[modell]")
+    _edit_card(path, "[model]", "model = 1\n[metrics.old_model]")
     with pytest.raises(ModelCardError, match=r"card\.toml: model card has no \[model\] table"):
         load_model(path)
 
@@ -510,7 +529,7 @@ def test_a_card_without_its_graph_table_is_refused(
     """A card that lost its [graph] table is refused, not run with default graph settings
     the model may not have been trained on."""
     path, _ = saved
-    _edit_card(path, "[graph]", "[graph_old]")
+    _edit_card(path, "[graph]", "[metrics.old_graph]")
     with pytest.raises(ModelCardError, match=r"card\.toml: model card has no \[graph\] table"):
         load_reconstructor(path)
 
