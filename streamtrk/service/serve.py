@@ -282,10 +282,8 @@ class Daemon:
                                     "can connect")  # fmt: skip
                     self.authenticator = start_authenticator(ctx, cfg.curve_allowed_keys)
                     stack.callback(self.authenticator.stop)
-                pull, push = self._sockets(ctx)
-                assert self.monitor is not None  # made by _sockets
-                self.monitor.start()
-                stack.callback(self._stop_monitor, self.monitor)
+                # What can fail first, the input bound last: events a bound input took
+                # before a failed start would be lost unanswered when the context goes.
                 dead = None
                 if cfg.dead_letter is not None:
                     try:
@@ -307,6 +305,10 @@ class Daemon:
                 except OSError as e:
                     raise OSError(f"cannot serve HTTP on {cfg.http}: {e.strerror or e}") from None
                 stack.callback(http.close)
+                pull, push = self._sockets(ctx)
+                assert self.monitor is not None  # made by _sockets
+                self.monitor.start()
+                stack.callback(self._stop_monitor, self.monitor)
             except (OSError, ValueError) as e:
                 log.error("start-up failed: %s", e)
                 return 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import zmq
 from live_daemon import READY_TIMEOUT_S, clean_env, sample, wait_for
 from live_daemon import Daemon as LiveDaemon
 from needs import no_ipv6_loopback
@@ -406,6 +407,39 @@ def test_a_taken_http_port_is_named() -> None:
         )  # fmt: skip
     assert out.returncode == 1
     assert f"start-up failed: cannot serve HTTP on {http}: Address already in use" in out.stderr
+
+
+def test_the_input_is_bound_after_what_can_fail_at_start_up(tmp_path: Path) -> None:
+    """A failed start (here the dead-letter file, then the HTTP port) never had its input
+    bound: events it would have taken were lost unanswered with its context. The input's
+    port is held elsewhere too, so a daemon that bound it first says "cannot bind"."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a recording\n")
+    ctx = zmq.Context()
+    held = ctx.socket(zmq.PULL)
+    try:
+        port = held.bind_to_random_port("tcp://127.0.0.1")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            http = f"127.0.0.1:{taken.getsockname()[1]}"
+            base = ["serve", "--input", f"tcp://127.0.0.1:{port}", "--output", "tcp://127.0.0.1:*"]
+            for extra, said in (
+                (
+                    ["--http", "127.0.0.1:0", "--dead-letter", str(notes)],
+                    "cannot open the dead-letter file",
+                ),
+                (["--http", http], f"cannot serve HTTP on {http}"),
+            ):
+                out = subprocess.run(
+                    [sys.executable, "-m", "streamtrk", *base, *extra],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                assert out.returncode == 1
+                assert f"start-up failed: {said}" in out.stderr, out.stderr
+    finally:
+        held.close(linger=0)
+        ctx.term()
 
 
 def test_binding_another_host_s_name_says_to_connect() -> None:
