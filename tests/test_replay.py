@@ -26,7 +26,7 @@ from live_daemon import first_line
 
 import streamtrk.replay as replay_module
 from streamtrk.cli import main
-from streamtrk.cli.common import COMMANDS, strict_json
+from streamtrk.cli.common import COMMANDS, strict_json, write_report
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
 from streamtrk.event import TRACK_PARAM_DTYPES, Event, Tracks
@@ -485,6 +485,43 @@ def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -
             said = "error" if extra else "warning"  # said either way, failing only when asked
             assert f"replay: {said}: error replies: 3 too_dense" in err, err
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+def test_a_signal_while_the_report_is_written_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM again while the report is written (the first one stopped the
+    replay): caught as during the replay, the report written whole; it went to the
+    handlers from before the command, which ended it with no report and no output."""
+    run, report = _recording(tmp_path, 2), tmp_path / "report.json"
+
+    def interrupted(path: Path, text: str) -> None:
+        signal.raise_signal(signal.SIGINT)
+        write_report(path, text)
+
+    monkeypatch.setattr("streamtrk.cli.replay.write_report", interrupted)
+    reached: list[int] = []
+    before = signal.signal(signal.SIGINT, lambda sig, _: reached.append(sig))
+    try:
+        with _daemon_sockets() as (sink, out, to, from_):
+
+            def refuse(n: int) -> None:
+                for _ in range(n):
+                    msg = decode(sink.recv_multipart())
+                    refusal = encode_tracks(
+                        msg.run, msg.event, [], None, status="error", reason="too_dense",
+                        msg_id=msg.msg_id,
+                    )  # fmt: skip
+                    out.send_multipart(refusal)
+
+            daemon = threading.Thread(target=refuse, args=(2,), daemon=True)
+            daemon.start()
+            args = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
+            assert main([*args, "--report", str(report)]) == 0
+            daemon.join(10)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert reached == [] and json.loads(report.read_text())["received"] == 2
 
 
 def _truth_tracks(ev: Event) -> Tracks:

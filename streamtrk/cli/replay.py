@@ -188,31 +188,36 @@ def _replay(args: argparse.Namespace) -> int:
                 "recorded together?): a submission names events by number and would hold one "
                 "of each; replay each producer's events apart"
             )
-    # The recording and the imports frozen out of the collector's scans while replies are
-    # timed: a full collection in the receiving thread would delay the replies it times.
-    with stop_on_signals() as stop, heap_frozen():
-        result = replay(events, opts, stop, _say_bound)
-    labels = labels_of(events, result.scored_replies)
-    report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
-    text = strict_json(report, indent=2) if args.json else format_report(report)
-    with results_printed(text):
-        try:
-            if args.report:
-                write_report(args.report, strict_json(report, indent=2))
-            if args.submission:
-                # Every event (a scorer expects every hit): one without an ok reply (or with
-                # one naming hits it lacks) has no track, each hit one of its own, as
-                # evaluate writes.
-                rows: dict[tuple[int, int], Any] = {}
-                for ev in events:  # an event recorded twice: its first copy, as labels_of
-                    ids = ev.event.hits.hit_id
-                    found = labels.get(ev.key)
-                    rows.setdefault(ev.key, (ids, np.zeros(len(ids)) if found is None else found))
-                write_submission(args.submission, by_event_number(rows))
-            if args.plot:
-                plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
-        finally:  # what went wrong in the replay is said before a file the disk refused
-            status = _exit_status(args, report, result.interrupted)
+    # Signals caught until the report is out: a second Ctrl-C or SIGTERM (the first stops the
+    # replay) while it is written would lose it whole. The recording and the imports frozen
+    # out of the collector's scans while replies are timed: a full collection in the
+    # receiving thread would delay the replies it times.
+    with stop_on_signals() as stop:
+        with heap_frozen():
+            result = replay(events, opts, stop, _say_bound)
+        labels = labels_of(events, result.scored_replies)
+        report = {"recording": str(args.recording)} | result.report(events, args.rate, labels)
+        text = strict_json(report, indent=2) if args.json else format_report(report)
+        with results_printed(text):
+            try:
+                if args.report:
+                    write_report(args.report, strict_json(report, indent=2))
+                if args.submission:
+                    # Every event (a scorer expects every hit): one without an ok reply (or with
+                    # one naming hits it lacks) has no track, each hit one of its own, as
+                    # evaluate writes.
+                    rows: dict[tuple[int, int], Any] = {}
+                    for ev in events:  # an event recorded twice: its first copy, as labels_of
+                        ids = ev.event.hits.hit_id
+                        found = labels.get(ev.key)
+                        rows.setdefault(
+                            ev.key, (ids, np.zeros(len(ids)) if found is None else found)
+                        )
+                    write_submission(args.submission, by_event_number(rows))
+                if args.plot:
+                    plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
+            finally:  # what went wrong in the replay is said before a file the disk refused
+                status = _exit_status(args, report, result.interrupted)
     return status
 
 
