@@ -266,6 +266,22 @@ def test_a_forwarder_with_no_peer_left_stops_on_sigterm(tmp_path: Path) -> None:
     assert said["forwarded"] == 0 and 1 <= said["not_forwarded"] <= 3
 
 
+def test_a_forwarder_outlives_a_sighup_and_still_stops_on_sigterm(tmp_path: Path) -> None:
+    """SIGHUP, the daemons' reload (``pkill -HUP streamtrk`` reaches forwarders too), is
+    ignored: by default it ended the forwarder at once, exit 129, what it held uncounted."""
+    dist = Forwarder(tmp_path, "distributor")
+    try:
+        dist.process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert dist.process.poll() is None
+        assert dist.get("/healthz")[0] == 200
+        dist.process.send_signal(signal.SIGTERM)
+        assert dist.process.wait(timeout=10) == 0
+    finally:
+        dist.stop()
+    assert json.loads(dist.log.read_text().splitlines()[-1])["message"] == "stopped"
+
+
 def test_a_forwarder_whose_socket_monitor_dies_stops_and_exits_1(tmp_path: Path) -> None:
     """The monitor's death (here at its first connection event) would soon hold up the
     sockets' traffic (libzmq's I/O thread waits for it): the forwarder stops, says why and

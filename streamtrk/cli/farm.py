@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from streamtrk.cli.common import (
@@ -73,7 +74,8 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     "for the producers or consumers. A socket bound beyond this host without CURVE is "
     "refused unless --allow-insecure. Prints a JSON 'listening' line with the bound "
     "addresses (front, back); stops on SIGTERM or SIGINT with exit status 0 (1: a socket "
-    "could not bind; 2: a setting refused). See docs/farm-topology.md.",
+    "could not bind; 2: a setting refused); SIGHUP ignored (nothing to reload). See "
+    "docs/farm-topology.md.",
 )
 def _farm(args: argparse.Namespace) -> int:
     from streamtrk.farm import forward
@@ -95,19 +97,25 @@ def _farm(args: argparse.Namespace) -> int:
             raise SettingError(f"{flag} must be at most {most}, got {value}")
     check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
     check_curve_pair(args)
-    with stop_on_signals() as stop:
-        forward(
-            args.role,
-            args.from_,
-            args.to,
-            hwm=args.hwm,
-            max_hits=args.max_hits,
-            curve_key=args.curve_key,
-            curve_server_key=args.curve_server_key,
-            server_key=args.server_key,
-            allowed_keys=args.allowed_keys,
-            allow_insecure=args.allow_insecure,
-            http=args.http,
-            stop=stop,
-        )
+    # Nothing to reload: SIGHUP (the daemons' reload, which `pkill -HUP streamtrk` sends a
+    # forwarder alike) is ignored, not its default end that loses what it holds uncounted.
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_on_signals() as stop:
+            forward(
+                args.role,
+                args.from_,
+                args.to,
+                hwm=args.hwm,
+                max_hits=args.max_hits,
+                curve_key=args.curve_key,
+                curve_server_key=args.curve_server_key,
+                server_key=args.server_key,
+                allowed_keys=args.allowed_keys,
+                allow_insecure=args.allow_insecure,
+                http=args.http,
+                stop=stop,
+            )
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
     return 0
