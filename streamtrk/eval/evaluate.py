@@ -585,13 +585,16 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.nd
     default), per bin: inside [0, 1], and not empty at 0 or 1 of n, where the binomial
     sqrt(f (1 - f) / n) is (an efficiency of 100 of 100 is not known to be 1 exactly). NaN
     where n is 0."""
-    n = np.asarray(n, dtype=np.float64)
+    n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.asarray(k, dtype=np.float64) / n
+        f = k / n
         shrink = 1 + z * z / n
         centre = (f + z * z / (2 * n)) / shrink
         half = z / shrink * np.sqrt(f * (1 - f) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
+    # At 0 or n of n the bound is 0 or 1 exactly, not its rounding (0 of 49: -1.7e-18,
+    # printed -0.00%).
+    low = np.where((k == 0) & (n > 0), 0.0, centre - half)
+    return low, np.where((k == n) & (n > 0), 1.0, centre + half)
 
 
 def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:

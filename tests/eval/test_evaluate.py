@@ -517,6 +517,10 @@ def test_efficiency_intervals_are_wilson_s_and_not_empty_at_0_or_1_of_n() -> Non
     # two standard deviations: 0 of 10 is within z^2 / (n + z^2) = 2/7 of 0
     lo, hi = wilson_interval(np.array([0]), np.array([10]), z=2.0)
     np.testing.assert_allclose([lo[0], hi[0]], [0, 2 / 7], atol=1e-12)
+    # at 0 or n, exactly 0 or 1 (rounding gave -1.7e-18 for 0 of 49: "-0.00%" printed)
+    n = np.arange(1, 500)
+    assert (wilson_interval(np.zeros_like(n), n)[0] == 0).all()
+    assert (wilson_interval(n, n)[1] == 1).all()
 
 
 def test_plotted_fractions_by_bin_by_hand() -> None:
