@@ -84,6 +84,31 @@ def _check_columns(obj: Any, dtypes: dict[str, str], what: str) -> int:
     return int(n or 0)
 
 
+def _cast(a: Array, dt: str, name: str) -> Array:
+    """``a`` as dtype ``dt``, refused (ValueError) where that would change a value: see
+    :meth:`_Columns.from_columns`."""
+    target, xp = np.dtype(dt), array_module(a)
+    if a.dtype == target:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric, got {a.dtype}")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if a.dtype.kind == "f":  # whole numbers within range (NaN fails every comparison)
+            whole = (a == xp.floor(a)) & (a >= info.min) & (a < float(info.max) + 1)
+            fits = bool(xp.all(whole))
+        else:
+            fits = a.size == 0 or (int(a.min()) >= info.min and int(a.max()) <= info.max)
+        if not fits:
+            raise ValueError(f"{name} must hold whole numbers of {target}'s range")
+        return a.astype(target)
+    with np.errstate(over="ignore"):
+        out = a.astype(target)
+    if a.dtype.kind == "f" and not bool(xp.all(xp.isfinite(out) == xp.isfinite(a))):
+        raise ValueError(f"{name} holds a finite number past {target}'s range")
+    return out
+
+
 class _Columns:
     """Shared helpers for the column dataclasses; made, one checks its columns against
     ``DTYPES`` (1-D, of that dtype, all of one length)."""
@@ -101,8 +126,16 @@ class _Columns:
 
     @classmethod
     def from_columns(cls, cols: dict[str, Any]) -> Self:
+        """The columns ``cols`` (arrays or sequences) cast to ``DTYPES``; a value the cast
+        would turn into another (an integer column's value out of its range or not a whole
+        number, a finite number past float32's) raises ValueError naming its column."""
         xp = array_module(next(iter(cols.values()))) if cols else np
-        return cls(**{k: xp.asarray(cols[k], dtype=dt) for k, dt in cls.DTYPES.items()})
+        return cls(
+            **{
+                k: _cast(xp.asarray(cols[k]), dt, f"{cls.__name__}.{k}")
+                for k, dt in cls.DTYPES.items()
+            }
+        )
 
     def take(self, idx: Array) -> Self:
         return type(self)(**{k: v[idx] for k, v in self.columns().items()})

@@ -99,6 +99,27 @@ def test_each_kind_of_columns_names_itself_and_counts_its_rows() -> None:
         replace(truth.particles, nhits=np.zeros(3, np.int32))
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "error"),
+    [
+        ("volume_id", [8, 2**32 + 8, 9], "Hits.volume_id must hold whole numbers of int32's"),
+        ("hit_id", [1.2, 1.7, 2.0], "Hits.hit_id must hold whole numbers of int64's"),
+        ("hit_id", np.array([1, 2**63, 3], np.uint64), "Hits.hit_id must hold whole numbers"),
+        ("hit_id", [1.0, np.nan, 3.0], "Hits.hit_id must hold whole numbers"),
+        ("x", [1.0, 1e40, 3.0], "Hits.x holds a finite number past float32's range"),
+        ("z", ["1", "2", "3"], "Hits.z must be numeric"),
+    ],
+)
+def test_from_columns_refuses_a_cast_that_changes_a_value(column, values, error) -> None:
+    """The cast made other ids without a word: volume 2**32 + 8 became 8 (reconstructed as
+    volume 8), hit ids 1.2 and 1.7 both 1, 2**63 a negative one; 1e40 an infinite x."""
+    cols = {k: [5, 6, 7] for k in HIT_DTYPES} | {column: values}
+    with pytest.raises((ValueError, TypeError), match=re.escape(error)):
+        Hits.from_columns(cols)
+    kept = {k: [5, 6, 7] for k in HIT_DTYPES} | {"hit_id": [1.0, 2.0, 2**40], "x": [0.1, -1e30, 3]}
+    assert Hits.from_columns(kept).hit_id.tolist() == [1, 2, 2**40]  # whole floats, as CSV gives
+
+
 def test_from_columns_converts_to_the_column_dtypes_and_take_picks_rows() -> None:
     hits = Hits.from_columns({k: [5, 6, 7] for k in HIT_DTYPES})
     assert {k: str(v.dtype) for k, v in hits.columns().items()} == {
