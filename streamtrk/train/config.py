@@ -22,7 +22,7 @@ from streamtrk.event import Event
 from streamtrk.recon.choices import threshold_ok
 from streamtrk.recon.gnn import GNNConfig
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.prune import PruneConfig, read_windows
+from streamtrk.recon.prune import PruneConfig, read_windows, windows_is_path
 from streamtrk.recon.tracks import TrackConfig
 from streamtrk.sim.generator import MAX_MU
 from streamtrk.sim.simulate import MAX_NOISE_FRACTION as MAX_NOISE
@@ -133,6 +133,16 @@ class TrainConfig:
     # label -> TrackML prefix or recording (paths from the working directory, as
     # ``recording``), evaluated for the card only (never for a choice)
     report: dict[str, str] = field(default_factory=dict)
+
+    def inputs(self) -> list[Path]:
+        """The files the recipe reads besides itself: its recordings, report inputs and
+        pruning windows (a path)."""
+        sources = (self.train, self.val, self.test)
+        paths = [s.recording for s in sources if s is not None and s.recording]
+        paths += list(self.report.values())
+        if self.prune is not None and windows_is_path(self.prune.windows):
+            paths.append(self.prune.windows)
+        return [Path(p) for p in paths]
 
     def __post_init__(self) -> None:
         plain_name = self.name not in ("", ".", "..") and not set("/\\") & set(self.name)

@@ -682,6 +682,32 @@ def test_an_out_of_dot_dot_is_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "tiny.toml"]
 
 
+@pytest.mark.parametrize("inside", ["config", "recording"])
+def test_a_recipe_or_its_input_inside_out_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], inside: str
+) -> None:
+    """``--out DIR --overwrite`` with the recipe (or a recording it reads) in DIR: the new
+    model replaced DIR whole, the recipe gone with it (the card's reproduce command named
+    a file no longer there). Refused before any work, exit status 2, DIR as it was."""
+    out = tmp_path / "m"
+    out.mkdir()
+    config = (out if inside == "config" else tmp_path) / "tiny.toml"
+    text = TINY
+    if inside == "recording":
+        recording = out / "train.stk"
+        assert main(["simulate", "--events", "2", "--mu", "10", "-q", "-o", str(recording)]) == 0
+        text = TINY.replace(
+            "[train]\nmu = 10\nseed = 11\n", f'[train]\nrecording = "{recording}"\n'
+        )
+    config.write_text(text)
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--out", str(out), "-q", "--overwrite"]) == 2
+    read = config if inside == "config" else out / "train.stk"
+    assert f"{read} is inside --out {out}, which the new model replaces" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_an_empty_directory_is_taken_without_overwrite(tmp_path: Path) -> None:
     """Only a directory that holds anything needs --overwrite: one made empty for the model
     (mkdir first, a mount point) is written into."""
