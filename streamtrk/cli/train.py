@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from streamtrk.cli.common import strict_json, subcommand, torch_threads_argument
-from streamtrk.errors import SettingError
 from streamtrk.threads import set_torch_threads
 
 
@@ -44,12 +43,6 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or Path("models") / cfg.name
-    for read in (args.config, *cfg.inputs()):  # --overwrite would replace them with OUT
-        if read.resolve().is_relative_to(out.resolve()):
-            raise SettingError(
-                f"{read} is inside --out {out}, which the new model replaces whole: move it "
-                "out of there"
-            )
     argv = ["streamtrk", "train", "--config", str(args.config), "--out", str(out)]
     if args.overwrite:  # the card's reproduce command, run again, replaces the model too
         argv.append("--overwrite")
@@ -68,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         command=shlex.join(argv),
         progress=not args.quiet,
         overwrite=args.overwrite,
+        recipe=args.config,
     )
     summary = {
         "model": str(out),

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, replace
 from itertools import combinations
 from pathlib import Path
@@ -127,6 +127,7 @@ def train(
     command: str = "",
     progress: bool = True,
     overwrite: bool = False,
+    recipe: Path | None = None,
 ) -> dict[str, Any]:
     """The whole recipe: data, fit, threshold, evaluation; the model is built in
     ``OUT.partial`` and takes the place of ``out`` when it is complete. ``out`` holding
@@ -135,13 +136,15 @@ def train(
     ``progress``, each stage is named on stderr as it starts; a report input that is not
     found is said there in any case (the card records it as skipped). Runs with the
     recipe's ``threads`` torch threads (the card records them; the count is restored
-    after)."""
+    after). The ``recipe`` file and the files it reads inside ``out`` are refused before
+    any work: the new model replaces ``out`` whole."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with _work_directory(out, overwrite) as work:
+        reads = [*([] if recipe is None else [recipe]), *cfg.inputs()]
+        with _work_directory(out, overwrite, reads) as work:
             return _train(cfg, out, work, config_text, command, progress)
     finally:
         torch.set_num_threads(before)
@@ -277,14 +280,14 @@ _BUILDING = ".building"
 
 
 @contextlib.contextmanager
-def _work_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+def _work_directory(out: Path, overwrite: bool, reads: Sequence[Path] = ()) -> Iterator[Path]:
     """``OUT.partial`` beside ``out``, made for the run and held while it lasts (the
     ``flock`` of its :data:`_BUILDING` file): another run of the same ``out`` is refused,
     not mixed into it; what an earlier run left there is removed, a folder of that name that
     no run made is refused. Removed when the block raises before anything is written in it.
-    SettingError when ``out`` is not a directory (or is a symbolic link), or holds anything
-    and not ``overwrite``; OSError when ``OUT.partial`` cannot be made there. All of it
-    before any work."""
+    SettingError when ``out`` is not a directory (or is a symbolic link), holds one of the
+    files the run ``reads``, or holds anything and not ``overwrite``; OSError when
+    ``OUT.partial`` cannot be made there. All of it before any work."""
     if out.name in ("", ".", ".."):  # Path(".").with_name() would raise, unclearly
         raise SettingError(
             f"--out {out} names no directory of its own: give the model directory's name "
@@ -297,6 +300,12 @@ def _work_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         )
     if out.exists() and not out.is_dir():
         raise SettingError(f"{out} exists and is not a directory")
+    for read in reads:  # the recipe's own inputs: replaced with the directory
+        if read.resolve().is_relative_to(out.resolve()):
+            raise SettingError(
+                f"{read} is inside --out {out}, which the new model replaces whole: move it "
+                "out of there"
+            )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SettingError(
             f"{out} exists and is not empty: give another --out, or --overwrite to replace it "
