@@ -80,6 +80,9 @@ def model_missing(directory: str | Path) -> str | None:
             f" ({directory.parent}?)" if directory.name in (CARD, WEIGHTS) else ""
         )
     lacking = [name for name in (CARD, WEIGHTS) if not (directory / name).is_file()]
+    for name in lacking:
+        if (directory / name).exists():  # a folder or a FIFO of the name: not "missing"
+            return f"{directory / name} is not a regular file: a model's {name} is one"
     if not lacking:
         if zipfile.is_zipfile(directory / WEIGHTS) or _legacy_torch_file(directory / WEIGHTS):
             return None  # torch.save's format, a whole zip; or its older one (load checks)

@@ -254,6 +254,18 @@ def test_weights_cut_short_are_no_model(saved: tuple[Path, InteractionNetwork]) 
     )
 
 
+@pytest.mark.parametrize("name", ["weights.pt", "card.toml"])
+def test_a_model_file_that_is_no_regular_file_is_named_so(
+    saved: tuple[Path, InteractionNetwork], name: str
+) -> None:
+    """A folder (or a FIFO) where the file belongs: said as what it is, not an
+    IsADirectoryError, nor "missing" (it was: the folder is there to see)."""
+    path, _ = saved
+    (path / name).unlink()
+    (path / name).mkdir()
+    assert model_missing(path) == f"{path / name} is not a regular file: a model's {name} is one"
+
+
 def test_load_reconstructor_says_why_a_device_cannot_run() -> None:
     from streamtrk.recon.device import cuda_unavailable
 
@@ -597,16 +609,6 @@ def test_a_threshold_chosen_as_a_numpy_number_is_saved(tmp_path: Path) -> None:
     save_model(tmp_path / "m", InteractionNetwork(ARCH), card)
     assert "threshold = 0.75\n" in (tmp_path / "m" / CARD).read_text()
     assert load_reconstructor(tmp_path / "m").threshold == 0.75
-
-
-def test_a_folder_in_place_of_the_weights_is_said_missing(
-    saved: tuple[Path, InteractionNetwork],
-) -> None:
-    """A folder named weights.pt is no weights file: said missing, not an IsADirectoryError."""
-    path, _ = saved
-    (path / WEIGHTS).unlink()
-    (path / WEIGHTS).mkdir()
-    assert f"no model at {path} (weights.pt missing;" in str(model_missing(path))
 
 
 def test_weights_with_a_key_of_no_name_are_refused(
