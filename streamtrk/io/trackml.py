@@ -510,8 +510,11 @@ def new_events(directory: str | Path) -> Iterator[Callable[[Event], bool]]:
     done = False
     try:
         yield write
-        for number in sorted(numbers):
-            moved = [directory / path.name for path in event_files(staging, number)]
+        moves = {n: [directory / p.name for p in event_files(staging, n)] for n in sorted(numbers)}
+        for path in (p for paths in moves.values() for p in paths):  # before the first move
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise OSError(f"{path} is not a regular file: no event's file takes its place")
+        for number, moved in moves.items():
             for path in moved:
                 os.replace(staging / path.name, path)
             _remove_others(directory, number, moved)

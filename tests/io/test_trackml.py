@@ -446,6 +446,18 @@ def test_new_events_take_their_place_whole_or_not_at_all(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_file_name_held_by_a_folder_fails_before_any_event_takes_its_place(tmp_path):
+    """A folder at event 43's hits file: the block fails naming it, event 42's files not
+    moved in first (they were, the command exiting 1 with part of its output written)."""
+    (tmp_path / "event000000043-hits.csv").mkdir()
+    event = synthetic_event()
+    refused = pytest.raises(OSError, match=r"event000000043-hits\.csv is not a regular file")
+    with refused, new_events(tmp_path) as write:
+        write(event)
+        write(Event(0, 43, event.hits))
+    assert [p.name for p in tmp_path.iterdir()] == ["event000000043-hits.csv"]
+
+
 def test_new_events_that_fail_leave_no_folder_they_made(tmp_path):
     """A block that fails (an export of no events, Ctrl-C) leaves no new folder behind
     (it left an empty one, and the folders made above it); one that was there stays."""
