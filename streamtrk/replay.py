@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import threading
 import time
 from array import array
@@ -149,7 +150,7 @@ class ReplayOptions:
         """ValueError naming the first setting out of range, by its flag."""
         positive = "a positive number"
         checks = [
-            ("--loop", self.loop, self.loop >= 1, "at least 1"),
+            ("--loop", self.loop, 1 <= self.loop <= sys.maxsize, f"1 to {sys.maxsize}"),
             ("--rate", self.rate, self.rate is None or 0 < self.rate < math.inf, positive),
             ("--timeout", self.timeout_s, 0 < self.timeout_s < math.inf, positive),
             ("--retries", self.retries, self.retries >= 0, "0 or more"),

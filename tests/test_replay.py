@@ -679,7 +679,8 @@ def test_a_reply_with_a_hit_in_two_tracks_is_counted_and_left_out() -> None:
     [
         ({"rate": 0.0}, "--rate must be a positive number, got 0.0"),  # not "unlimited"
         ({"timeout_s": float("nan")}, "--timeout must be a positive number"),
-        ({"loop": 0}, "--loop must be at least 1"),
+        ({"loop": 0}, f"--loop must be 1 to {sys.maxsize}, got 0"),
+        ({"loop": 10**20}, f"--loop must be 1 to {sys.maxsize}, got {10**20}"),  # not islice's
         ({"retries": -1}, "--retries must be 0 or more"),
         ({"retry_after_s": 0.0}, "--retry-after must be a positive number"),  # a resend storm
     ],

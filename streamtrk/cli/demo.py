@@ -44,8 +44,8 @@ def _demo(args: argparse.Namespace) -> int:
     from streamtrk.service.config import SETTING_VARIABLES
     from streamtrk.sim.generator import GeneratorConfig
 
-    if args.events < 1:  # checked before a daemon is started for them
-        raise SettingError(f"--events must be at least 1, got {args.events}")
+    if not 1 <= args.events <= sys.maxsize:  # checked before a daemon is started for them
+        raise SettingError(f"--events must be 1 to {sys.maxsize}, got {args.events}")
     try:  # the generator's rule, said as the demo's option
         GeneratorConfig(mu=args.mu)
     except ValueError as e:

@@ -158,8 +158,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}"
         )
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
-        if value is not None and value < 1:
-            raise SettingError(f"{flag} must be at least 1, got {value}")
+        if value is not None and not 1 <= value <= sys.maxsize:
+            raise SettingError(f"{flag} must be 1 to {sys.maxsize}, got {value}")
     model_settings = (
         ("--threshold", args.threshold is not None),
         ("--engine", args.engine != "eager"),

@@ -112,8 +112,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
-    if args.events < 1:  # a recording of no event is no simulation (as demo and evaluate)
-        raise SettingError(f"--events must be at least 1, got {args.events}")
+    if not 1 <= args.events <= sys.maxsize:  # none is no simulation (as demo and evaluate)
+        raise SettingError(f"--events must be 1 to {sys.maxsize}, got {args.events}")
     if args.hard_scatter_pt is not None and not args.hard_scatter:
         raise SettingError(
             "--hard-scatter-pt is the range of --hard-scatter N's particles: give both"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import islice
@@ -48,7 +49,7 @@ class EventSource:
                 ("mu", 0 < self.mu <= MAX_MU, f"> 0 and at most {MAX_MU}"),  # the generator's
                 ("noise", 0 <= self.noise <= MAX_NOISE, f"in [0, {MAX_NOISE}]"),  # the sim's
                 ("seed", self.seed >= 0, ">= 0"),
-                ("events", self.events >= 1, ">= 1"),
+                ("events", 1 <= self.events <= sys.maxsize, f"1 to {sys.maxsize}"),
             ],
         )
 

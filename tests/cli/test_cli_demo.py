@@ -1,6 +1,8 @@
 """``streamtrk demo``: its options, checked before it simulates and starts a daemon (the
 run itself: tests/service/test_demo.py)."""
 
+import sys
+
 import pytest
 
 from streamtrk.cli import main
@@ -9,7 +11,8 @@ from streamtrk.cli import main
 @pytest.mark.parametrize(
     ("flags", "said"),
     [
-        (["--events", "0"], "--events must be at least 1, got 0"),  # replayed nothing, exit 1
+        (["--events", "0"], f"--events must be 1 to {sys.maxsize}, got 0"),  # replayed nothing
+        (["--events", str(10**20)], f"--events must be 1 to {sys.maxsize}, got {10**20}"),
         (["--ready-timeout", "0"], "--ready-timeout must be a finite number > 0, got 0.0"),
         (["--ready-timeout", "nan"], "--ready-timeout must be a finite number > 0, got nan"),
         (["--ready-timeout", "inf"], "--ready-timeout must be a finite number > 0, got inf"),

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from dataclasses import replace
 
 import pytest
@@ -206,8 +207,9 @@ def test_evaluate_prints_its_report_before_a_full_disk_refuses_the_file(tmp_path
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batch", "0"], "--batch must be at least 1, got 0"),  # not "no events in"
-        (["--events", "-1"], "--events must be at least 1, got -1"),
+        (["--batch", "0"], f"--batch must be 1 to {sys.maxsize}, got 0"),  # not "no events in"
+        (["--events", "-1"], f"--events must be 1 to {sys.maxsize}, got -1"),
+        (["--batch", str(10**20)], f"--batch must be 1 to {sys.maxsize}, got {10**20}"),
         (["--threshold", "nan"], "--threshold must lie in [0, 1) (1 passes no edge), got nan"),
         (["--threshold", "1"], "--threshold must lie in [0, 1) (1 passes no edge), got 1.0"),
         (["--torch-threads", "100000"], "torch threads must be 0 to 4096, got 100000"),

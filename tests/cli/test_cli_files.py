@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -347,8 +348,11 @@ def test_errors_are_clear_and_exit_nonzero(tmp_path, capsys):
     assert not (tmp_path / "x.stk").exists()
     # a recording of no event is no simulation (demo and evaluate refuse it too)
     assert main(["simulate", "--events", "0", "-q", "-o", str(tmp_path / "x.stk")]) == 2
-    assert "--events must be at least 1, got 0" in capsys.readouterr().err
+    assert f"--events must be 1 to {sys.maxsize}, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x.stk").exists()
+    huge = 10**20  # not "run and event numbers must be below 2**63, got 10**20 - 1"
+    assert main(["simulate", "--events", str(huge), "-q", "-o", str(tmp_path / "x.stk")]) == 2
+    assert f"--events must be 1 to {sys.maxsize}, got {huge}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,8 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
         ('name = "tiny"', 'name = ""', "name must be a directory name"),
         ('name = "tiny"', 'name = "../x"', "name must be a directory name"),
         ("seed = 3", "seed = -5", "seed must be >= 0, got -5"),
-        ("events = 2", "events = 0", r"\[train\]: events must be >= 1, got 0"),
+        ("events = 2", "events = 0", r"\[train\]: events must be 1 to \d+, got 0"),
+        ("events = 2", "events = 99999999999999999999", r"\[train\]: events must be 1 to \d+, got"),
         # the simulation's own ranges, refused before the training events are simulated
         *[
             ("[val]\nmu = 10", f"[val]\n{setting}", rf"\[val\]: {message}")
