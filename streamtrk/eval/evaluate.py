@@ -416,12 +416,13 @@ def _fit_errors(
     fit's standard error; NaN where that is unknown, as in an older reply)."""
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
     true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
-    errors = {
-        "pt": pt / true_pt - 1,
-        "q_over_pt": q / pt - true_q / true_pt,
-        "d0": col["d0"][matched] - col["true_d0"][matched],
-        "z0": col["z0"][matched] - col["true_z0"][matched],
-    }
+    with np.errstate(divide="ignore", invalid="ignore"):  # a particle of no momentum: not finite
+        errors = {
+            "pt": pt / true_pt - 1,
+            "q_over_pt": q / pt - true_q / true_pt,
+            "d0": col["d0"][matched] - col["true_d0"][matched],
+            "z0": col["z0"][matched] - col["true_z0"][matched],
+        }
     pulls = {}
     for n in ("q_over_pt", "d0", "z0"):
         sigma = col[f"sigma_{n}"][matched]

@@ -162,6 +162,15 @@ def test_a_width_of_one_track_is_unknown_not_zero() -> None:
     assert out["pt_bias_by_true_pt"]["10-100"] == pytest.approx(0.1)
 
 
+def test_a_particle_of_no_momentum_is_out_of_the_resolutions_without_a_warning() -> None:
+    """A matched track's particle of pT 0 (a particles file's zero momentum): its relative
+    error is not finite, left out of the widths, not a RuntimeWarning on stderr."""
+    rows = np.array([row(2.0, 0.0, 1, 1)] + [row(2.0 + k / 100, 2.0, 1, 1) for k in range(5)])
+    out = _resolution(rows)
+    assert out["matched_tracks_by_true_pt"]["0-1"] == 1
+    assert out["pt_bias_by_true_pt"]["1-3"] == pytest.approx(0.01)
+
+
 def test_resolution_edges_by_hand() -> None:
     """A particle of 1 GeV exactly is in the pT bias by |eta|, a track of |eta| 1.5 exactly in
     the bin it opens; d0 and z0 errors are fitted minus true (tracks on their particle's d0,
