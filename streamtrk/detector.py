@@ -369,7 +369,7 @@ def load_detector(path: str | Path | None = None) -> Detector:
         text = resources.files("streamtrk.data").joinpath(DEFAULT_DETECTOR).read_text()
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")  # a BOM as editors write it
         except UnicodeDecodeError as exc:  # a recording given for it: name the file
             raise ValueError(f"invalid detector file {path}: not UTF-8 text ({exc})") from None
     try:

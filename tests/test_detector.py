@@ -27,6 +27,14 @@ def test_the_shipped_detector_has_each_layer_once() -> None:
     assert len(ids) == len(det) == 48 and det.bfield == 2.0
 
 
+def test_a_detector_file_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    """As editors write UTF-8 (and as the daemon's configuration reads): not "Invalid
+    statement (at line 1, column 1)"."""
+    path = tmp_path / "det.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + TEXT.encode())
+    assert len(load_detector(path)) == len(load_detector())
+
+
 @pytest.mark.parametrize("field", [0.0, float("nan")])
 def test_a_field_of_zero_is_refused(field: float) -> None:
     doc = tomllib.loads(TEXT)

@@ -117,9 +117,8 @@ def read_card(directory: str | Path) -> dict[str, Any]:
     if why := model_missing(directory):
         raise FileNotFoundError(why)
     path = Path(directory) / CARD
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+    try:  # UTF-8, a BOM as editors write it left out (as the other TOML files read)
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise ModelCardError(f"{path}: not valid TOML ({exc})") from exc
 

@@ -127,12 +127,12 @@ def _read_windows(name: str, signature: tuple[int, int] | None) -> dict[str, Any
     """``read_windows`` of one version of the file (``signature``: the cache key's part)."""
     path = _windows_path(name)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # not the locale's
         return {
             "triplets": tuple(tuple(row[:6]) for row in doc["triplets"]["rows"]),
             "pairs": tuple(tuple(row[:4]) for row in doc["pairs"]["rows"]),
         }
-    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+    except (OSError, KeyError, TypeError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         hint = (
             f" (a name without '/' is one of the package's files; ./{name} for a file here)"
             if isinstance(e, FileNotFoundError) and not windows_is_path(name)

@@ -266,6 +266,12 @@ def test_a_model_file_that_is_no_regular_file_is_named_so(
     assert model_missing(path) == f"{path / name} is not a regular file: a model's {name} is one"
 
 
+def test_a_card_with_a_byte_order_mark_is_read(saved: tuple[Path, InteractionNetwork]) -> None:
+    path, _ = saved
+    (path / CARD).write_bytes(b"\xef\xbb\xbf" + (path / CARD).read_bytes())
+    assert read_card(path)["model"]["name"] == "test"
+
+
 def test_load_reconstructor_says_why_a_device_cannot_run() -> None:
     from streamtrk.recon.device import cuda_unavailable
 

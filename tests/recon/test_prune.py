@@ -362,6 +362,13 @@ def test_cupy_mask_equals_numpy(mu200_events, det):
     assert np.array_equal(kept[small.edge_index.get()], gpu.edge_index.get()[:, mask.get()])
 
 
+def test_a_windows_file_with_a_byte_order_mark_is_read(tmp_path):
+    text = resources.files("streamtrk.data").joinpath("prune_windows.toml").read_text()
+    path = tmp_path / "w.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_windows(str(path)) == read_windows("prune_windows.toml")
+
+
 def test_an_edited_windows_file_is_read_again(tmp_path, det):
     """A model reload must see its windows file as it is now, not as first read, even where
     the edit keeps the file's size (it is known by modification time and size)."""
