@@ -81,6 +81,7 @@ class _Layers:
 
     def __init__(self, det: Detector, hits: Counter, track_hits: Counter) -> None:
         self.detector = det
+        self.no_layer = det.layer_lut.ravel() < 0  # the cells of ids the detector lacks
         labels = [(str(v), str(la)) for v, la in zip(det.volume_id, det.layer_id, strict=True)]
         self.hits = [hits.labels(*lv) for lv in labels]
         self.track_hits = [track_hits.labels(*lv) for lv in labels]
@@ -135,6 +136,12 @@ class PhysicsMetrics:
             "streamtrk_layer_track_hits",
             "Hits per detector layer that are on a track.",
             ["volume", "layer"],
+            registry=r,
+        )
+        self.hits_on_no_layer = Counter(
+            "streamtrk_hits_on_no_layer",
+            "Hits of the events reconstructed whose (volume, layer) the detector file lacks: in "
+            "no graph, on no track.",
             registry=r,
         )
         self.events_without_tracks = Counter(
@@ -208,6 +215,7 @@ class PhysicsMetrics:
         layers = self._layers_of(o.detector)
         layers.count(o.layer_hits[0], layers.hits)
         layers.count(o.layer_hits[1], layers.track_hits)
+        self.hits_on_no_layer.inc(int(o.layer_hits[0][layers.no_layer].sum()))
 
         n_tracks = np.array([len(t) for t in tracks])
         self.event_tracks.observe(n_tracks)

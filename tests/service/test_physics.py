@@ -97,7 +97,8 @@ def test_an_observation_keeps_its_hit_counts_not_its_events(observed: dict) -> N
 
 def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
     """Ids of no layer (negative, past the table's, a layer id past its volume's) are
-    counted on no layer, on tracks or not; the others as their layer."""
+    counted on no layer, on tracks or not, and in streamtrk_hits_on_no_layer_total; the
+    others as their layer."""
     event = observed["events"][0]
     volume, layer = event.hits.volume_id.copy(), event.hits.layer_id.copy()
     volume[:3], layer[3:6] = [-1, 99, 2**31 - 1], [-2, 15, 40]
@@ -114,6 +115,7 @@ def test_hits_of_unknown_layers_are_counted_on_no_layer(observed: dict) -> None:
     on_tracks = _by_layer(registry, "streamtrk_layer_track_hits_total")
     on_known = np.isin(result.tracks[0].hit_index, np.arange(6), invert=True)
     assert sum(on_tracks.values()) == np.count_nonzero(on_known) > 0
+    assert registry.get_sample_value("streamtrk_hits_on_no_layer_total") == 6  # said, not lost
 
 
 def test_a_detector_swapped_in_counts_hits_on_its_own_layers(observed: dict) -> None:
