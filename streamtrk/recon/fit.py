@@ -11,10 +11,10 @@ error ``res_b`` carried along a straight line to the origin (the r error on disk
 the generalised least-squares step below). On
 the CPU all per-track sums are ``bincount`` reductions, so there is no loop over tracks.
 On the device the fit runs as kernels (``gls_filter.cu``, a thread per hit or per track
-over its hits: the hits' inputs, the starting circle and line with their solves, the
-per-hit terms, the least-squares sums and steps below, the reported parameters), each
+over its hits: the hits' inputs, the starting circle and line with their solves, the holes,
+the per-hit terms, the least-squares sums and steps below, the reported parameters), each
 checked against these array operations on its host build; the array operations stay the
-CPU's.
+CPU's, but for the merge of the holes' rows among the hits', array operations on both.
 
 Then one generalised least-squares step from the starting fit, weighted with the inverse of
 the hits' full covariance V: the measurement errors projected on the fitted helix
@@ -57,7 +57,7 @@ import numpy as np
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, PION_MASS, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, bincount, csr_rows, lexsort, nonzeros
+from streamtrk.xp import Array, array_module, bincount, csr_rows, lexsort, nonzeros, to_host
 
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
 KERNELS = "gls_filter.cu"  # the fit's kernels on the GPU
@@ -160,8 +160,11 @@ def _holes(
     hits', along the track from the perigee), where the track has no hit (``hit_layer``), as
     :class:`Holes`; None without any. A track is taken to come from
     the beam line: a secondary's holes before its first hit are material it never crossed.
-    On the device one host synchronisation (their number)."""
+    On the device two kernels (:func:`holes_kernel`) and one host synchronisation (their
+    number)."""
     xp = array_module(turn)
+    if xp is not np:
+        return holes_kernel(helix, line, turn, hit_layer, offsets, det, cupy_launcher(KERNELS))
     xc, yc, radius, h, theta_p = (a[:, None] for a in helix)
     tan_l, z0 = (a[:, None] for a in line)
     barrel, r, z, half_length, r_min, r_max = _layer_geometry(det, xp)
@@ -191,6 +194,39 @@ def _holes(
     x = xc[track, 0] + radius * xp.cos(angle)
     y = yc[track, 0] + radius * xp.sin(angle)
     return Holes(track, layer, t, x, y, z0[track, 0] + tan_l[track, 0] * radius * t)
+
+
+def holes_kernel(
+    helix: tuple[Array, ...],
+    line: tuple[Array, Array],
+    turn: Array,
+    hit_layer: Array,
+    offsets: Array,
+    det: Detector,
+    launch: Launch,
+) -> Holes | None:
+    """:func:`_holes` as two kernels, a thread per track: ``hole_counts``, then ``hole_rows``
+    from each track's place in their running total (brought down: the one synchronisation)."""
+    xp, i64, f64 = array_module(turn), np.int64, np.float64
+    n_tracks = len(offsets) - 1
+    columns = (turn, *helix, *line)
+    args = contiguous(
+        (i64(n_tracks), offsets.astype(xp.int64, copy=False), columns[0].astype(f64, copy=False),
+         hit_layer.astype(xp.int64, copy=False),
+         *(c.astype(f64, copy=False) for c in columns[1:]), _layer_surfaces(det, xp),
+         i64(len(det.kind))),
+        xp,
+    )  # fmt: skip
+    counts = xp.empty(n_tracks, dtype=xp.int64)
+    launch("hole_counts", n_tracks, (*args, counts))
+    ends = xp.cumsum(counts, dtype=xp.int64)
+    total = int(to_host(ends[-1:])[0]) if n_tracks else 0
+    if total == 0:
+        return None
+    track, layer = xp.empty(total, dtype=xp.int64), xp.empty(total, dtype=xp.int64)
+    out = xp.empty((total, 4))
+    launch("hole_rows", n_tracks, (*args, ends - counts, track, layer, out))
+    return Holes(track, layer, out[:, 0], out[:, 1], out[:, 2], out[:, 3])
 
 
 class Holes(NamedTuple):
@@ -956,6 +992,14 @@ def _layer_table(det: Detector, xp: Any) -> Array:
     """The layers' res_a, res_b, x0 and whether a barrel, as one (4, layers) float64 array
     on ``xp``'s device, uploaded once a detector."""
     return xp.asarray(np.stack([det.res_a, det.res_b, det.x0, det.kind == BARREL]), xp.float64)
+
+
+@cache
+def _layer_surfaces(det: Detector, xp: Any) -> Array:
+    """:func:`_layer_geometry` as one (6, layers) float64 array (1.0 for a barrel), what the
+    hole kernels read, on ``xp``'s device once a detector."""
+    rows = (det.kind == BARREL, det.r, det.z, det.half_length, det.r_min, det.r_max)
+    return xp.asarray(np.stack(rows).astype(np.float64))
 
 
 @cache

@@ -5,7 +5,8 @@
 // karimaki_params and karimaki_circle: fit._karimaki and fit._stepped_circle, a thread per
 // track.
 // start_circle and start_line: fit._fit_circle and fit._fit_line, a thread per track.
-// fit_hits: fit._fit_hits, a thread per hit.
+// fit_hits: fit._fit_hits, a thread per hit. hole_counts and hole_rows: fit._holes, a thread
+// per track.
 // circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
 // (what gls_gram reads), a thread per hit. gls_solve: fit.gls_step, a thread per track.
 // gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
@@ -537,5 +538,90 @@ extern "C" __global__ void gls_solve(long long n_tracks, const double *gram, lon
             for (long long k = 0; k < n; ++k) cov[(t * n + i) * n + k] = v[i][k];
         }
         chi2[t] = g[n * c + n] + 2 * along + curved;
+    }
+}
+
+// fit._holes of track t (a thread per track), operation by operation: whether its starting
+// helix (xc, yc, radius, h, theta_p; tan_l, z0) crosses layer l (geometry: six rows of
+// n_layers: 1.0 for a barrel, r, z, half_length, r_min, r_max) after its perigee and before
+// its last hit (turn[offsets[t + 1] - 1]) where none of its hits (hit_layer) is, and at
+// which turn (*turn_l).
+__device__ bool track_hole(long long t, long long l, const long long *offsets,
+                           const double *turn, const long long *hit_layer, const double *xc,
+                           const double *yc, const double *radius, const double *tan_l,
+                           const double *z0, const double *geometry, long long n_layers,
+                           double *turn_l) {
+    const double *g = geometry;
+    const double r = g[n_layers + l], z = g[2 * n_layers + l];
+    const double half_length = g[3 * n_layers + l], r_min = g[4 * n_layers + l];
+    const double r_max = g[5 * n_layers + l];
+    const double c2 = xc[t] * xc[t] + yc[t] * yc[t], big_r = radius[t];
+    const double twice_rc = 2 * big_r * sqrt(c2);
+    bool on;
+    double at;
+    if (g[l] != 0.0) {  // a barrel: r^2 = c^2 + R^2 - 2 R c cos(turn)
+        const double cos_b = (c2 + big_r * big_r - r * r) / (twice_rc > 0 ? twice_rc : 1.0);
+        at = acos(numpy_min(numpy_max(cos_b, -1.0), 1.0));  // numpy.clip: NaN stays NaN
+        on = fabs(cos_b) <= 1 && twice_rc > 0 && fabs(z0[t] + tan_l[t] * big_r * at) <= half_length;
+    } else {  // a disk: z = z0 + tan_l R turn
+        const double rise = tan_l[t] * big_r;
+        at = (z - z0[t]) / (rise != 0 ? rise : 1.0);
+        const double r2_d = c2 + big_r * big_r - twice_rc * cos(at);
+        on = rise != 0 && r_min * r_min <= r2_d && r2_d <= r_max * r_max;
+    }
+    const long long end = offsets[t + 1];
+    if (end == offsets[t] || !(on && at > 0 && at < turn[end - 1])) return false;
+    for (long long k = offsets[t]; k < end; ++k) {
+        if (hit_layer[k] == l) return false;
+    }
+    *turn_l = at;
+    return true;
+}
+
+// fit._holes, a thread per track: its holes' count.
+extern "C" __global__ void hole_counts(long long n_tracks, const long long *offsets,
+                                       const double *turn, const long long *hit_layer,
+                                       const double *xc, const double *yc,
+                                       const double *radius, const double *h,
+                                       const double *theta_p, const double *tan_l,
+                                       const double *z0, const double *geometry,
+                                       long long n_layers, long long *counts) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        long long n = 0;
+        double at;
+        for (long long l = 0; l < n_layers; ++l) {
+            n += track_hole(t, l, offsets, turn, hit_layer, xc, yc, radius, tan_l, z0, geometry,
+                            n_layers, &at);
+        }
+        counts[t] = n;
+    }
+}
+
+// fit._holes, a thread per track: its holes from starts[t] on, in layer order (their track,
+// layer, and in out four doubles a hole: its turn and position on the helix).
+extern "C" __global__ void hole_rows(long long n_tracks, const long long *offsets,
+                                     const double *turn, const long long *hit_layer,
+                                     const double *xc, const double *yc, const double *radius,
+                                     const double *h, const double *theta_p,
+                                     const double *tan_l, const double *z0,
+                                     const double *geometry, long long n_layers,
+                                     const long long *starts, long long *track,
+                                     long long *layer, double *out) {
+    FOR_EACH_THREAD(t, n_tracks) {  // out: per hole, its turn, x, y, z
+        long long k = starts[t];
+        double at;
+        for (long long l = 0; l < n_layers; ++l) {
+            if (!track_hole(t, l, offsets, turn, hit_layer, xc, yc, radius, tan_l, z0, geometry,
+                            n_layers, &at))
+                continue;
+            const double angle = theta_p[t] + h[t] * at;
+            track[k] = t;
+            layer[k] = l;
+            out[k * 4] = at;
+            out[k * 4 + 1] = xc[t] + radius[t] * cos(angle);
+            out[k * 4 + 2] = yc[t] + radius[t] * sin(angle);
+            out[k * 4 + 3] = z0[t] + tan_l[t] * radius[t] * at;
+            ++k;
+        }
     }
 }

@@ -36,6 +36,7 @@ import numpy as np
 PRELUDE = """\
 #ifdef STREAMTRK_HOST
 #include <cmath>
+using std::acos;
 using std::asinh;
 using std::atan2;
 using std::cos;

@@ -21,6 +21,7 @@ from streamtrk.recon.fit import (
     _fit_line,
     _gls,
     _gls_hits,
+    _holes,
     _karimaki,
     _line_terms,
     _normal_sums,
@@ -38,6 +39,7 @@ from streamtrk.recon.fit import (
     gls_step_kernel,
     gram_arrays,
     gram_kernel,
+    holes_kernel,
     karimaki_kernel,
     parameters_kernel,
     projections_kernel,
@@ -804,6 +806,46 @@ def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
     assert lines[0][3].min() == 0.01  # the momentum's floor
     for want, got in zip(*lines, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_host_kernels_of_the_holes_are_the_arrays(host_launcher, det):
+    """hole_counts and hole_rows, built for the host, find the NumPy path's holes, in its
+    order (track, then layer): helices from 0.3 to 10 GeV up to |eta| 3 with their first or
+    third crossing's hit gone (barrels and disks, loopers)."""
+    rng = np.random.default_rng(23)
+    offsets, idx, c, _ = _helices(det, 400, rng, pt=(0.3, 10), eta=3.0)
+    x, y, z = smear(det, c, rng).T
+    sizes = np.diff(offsets)
+    place = np.arange(len(idx)) - np.repeat(offsets[:-1], sizes)
+    gone = np.repeat(np.where(np.arange(len(sizes)) % 2, 2, 0), sizes)
+    kept = (place != gone) | (np.repeat(sizes, sizes) < 5)
+    idx = idx[kept]
+    offsets = np.concatenate(
+        [[0], np.cumsum(np.bincount(np.repeat(np.arange(len(sizes)), sizes)[kept]))]
+    )
+    tid = np.repeat(np.arange(len(sizes)), np.diff(offsets))
+    hits = _fit_hits(idx, (x, y, z), c.layer, det)
+
+    def tsum(v: np.ndarray) -> np.ndarray:
+        return np.bincount(tid, v, minlength=len(sizes))
+
+    def normal(columns, res, w):
+        return _normal_sums(columns, res, w, tsum, np)
+
+    circle = _fit_circle(hits.x, hits.y, hits.w, offsets, (tsum, normal), tid, np)
+    h, theta_p, turn, dx, dy = _on_circle(circle, hits.x, hits.y, offsets, tsum, tid, np)
+    columns = (hits.x, hits.y, hits.z, hits.res_a, hits.res_b, hits.barrel)
+    s, _, _, w_z = _projections(circle[2], turn, dx, dy, columns, tid, np)
+    tan_l, z0, _, _ = _fit_line(s, hits.z, w_z, circle[2], det.bfield, offsets, normal)
+    given = ((*circle, h, theta_p), (tan_l, z0), turn, c.layer[idx], offsets)
+    want = _holes(*given, tid, det)
+    got = holes_kernel(*given, det, host_launcher(KERNELS))
+    assert want is not None and got is not None and len(want.track) > 150
+    assert set(det.kind[want.layer]) == {BARREL, ENDCAP}
+    np.testing.assert_array_equal(got.track, want.track)
+    np.testing.assert_array_equal(got.layer, want.layer)
+    for name in ("turn", "x", "y", "z"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-12, atol=1e-9)
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):

@@ -39,6 +39,8 @@ ENTRIES = {
         "start_circle",
         "start_line",
         "fit_hits",
+        "hole_counts",
+        "hole_rows",
         "track_parameters",
         "circle_gls_hits",
         "line_gls_hits",
