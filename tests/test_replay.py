@@ -490,9 +490,10 @@ def test_error_replies_fail_the_replay_only_when_asked(tmp_path: Path, capsys) -
 def test_a_signal_while_the_report_is_written_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C or SIGTERM again while the report is written (the first one stopped the
-    replay): caught as during the replay, the report written whole; it went to the
-    handlers from before the command, which ended it with no report and no output."""
+    """Ctrl-C or SIGTERM while the report is written (a second one, the first having
+    stopped the replay): caught as during the replay, the report written whole, exit status
+    130; it went to the handlers from before the command, which ended it with no report and
+    no output."""
     run, report = _recording(tmp_path, 2), tmp_path / "report.json"
 
     def interrupted(path: Path, text: str) -> None:
@@ -517,7 +518,7 @@ def test_a_signal_while_the_report_is_written_loses_nothing(
             daemon = threading.Thread(target=refuse, args=(2,), daemon=True)
             daemon.start()
             args = ["replay", str(run), "--to", to, "--from", from_, "--timeout", "5", "-q"]
-            assert main([*args, "--report", str(report)]) == 0
+            assert main([*args, "--report", str(report)]) == 130
             daemon.join(10)
     finally:
         signal.signal(signal.SIGINT, before)

@@ -217,7 +217,8 @@ def _replay(args: argparse.Namespace) -> int:
                 if args.plot:
                     plot_latency(result.latencies, args.plot, title=Path(args.recording).name)
             finally:  # what went wrong in the replay is said before a file the disk refused
-                status = _exit_status(args, report, result.interrupted)
+                # A signal while the report was made: it is out whole, and the exit says so.
+                status = _exit_status(args, report, result.interrupted or stop.is_set())
     return status
 
 

@@ -148,7 +148,8 @@ def model_card(
     **sections: Any,
 ) -> dict[str, Any]:
     """A card: the [model] identity, architecture, graph, pruning and track-building
-    settings, then free ``sections``."""
+    settings, then ``sections``, records of free content under the names of
+    ``RECORD_TABLES`` (:func:`check_card` refuses others)."""
     from streamtrk import __version__
 
     return {
