@@ -133,11 +133,18 @@ def _fitted_errors(det, n, seed, pt, eta=2.5):
     ``eta``) and their errors against the truth: q/pT (1/GeV), eta, phi (rad), d0 and z0
     (mm)."""
     rng = np.random.default_rng(seed)
-    offsets, idx, c, (pt_true, q, eta, phi, vz) = _helices(det, n, rng, pt=pt, eta=eta)
+    offsets, idx, c, truth = _helices(det, n, rng, pt=pt, eta=eta)
     x, y, z = smear(det, c, rng).T
-    p = {k: v.astype(float) for k, v in fit_tracks(offsets, idx, x, y, z, c.layer, det).items()}
+    return _errors(fit_tracks(offsets, idx, x, y, z, c.layer, det), truth)
+
+
+def _errors(fitted, truth):
+    """The fitted parameters (float) and their errors against the ``truth`` of
+    :func:`_helices`: q/pT (1/GeV), eta, phi (rad), d0 and z0 (mm)."""
+    pt, q, eta, phi, vz = truth
+    p = {k: v.astype(float) for k, v in fitted.items()}
     errors = {
-        "q_over_pt": p["charge"] / p["pt"] - q / pt_true,
+        "q_over_pt": p["charge"] / p["pt"] - q / pt,
         "eta": p["eta"] - eta,
         "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
         "d0": p["d0"],
@@ -172,20 +179,12 @@ def test_layers_crossed_without_a_hit_scatter_the_track(det, holes):
     parameters keep a width of 1 (1.3-1.7 for eta and phi with the scatters at hits only);
     ndf counts the hits."""
     rng = np.random.default_rng(21)
-    offsets, idx, c, (pt, q, eta, phi, vz) = _helices(det, 1500, rng, pt=(1, 3), eta=1.0)
+    offsets, idx, c, truth = _helices(det, 1500, rng, pt=(1, 3), eta=1.0)
     x, y, z = smear(det, c, rng).T
     sizes = np.diff(offsets)
     kept = np.arange(len(idx)) - np.repeat(offsets[:-1], sizes) >= holes
     offsets = np.concatenate([[0], np.cumsum(sizes - holes)])
-    fitted = fit_tracks(offsets, idx[kept], x, y, z, c.layer, det)
-    p = {k: v.astype(float) for k, v in fitted.items()}
-    errors = {
-        "q_over_pt": p["charge"] / p["pt"] - q / pt,
-        "eta": p["eta"] - eta,
-        "phi": np.mod(p["phi"] - phi + np.pi, 2 * np.pi) - np.pi,
-        "d0": p["d0"],
-        "z0": p["z0"] - vz,
-    }
+    p, errors = _errors(fit_tracks(offsets, idx[kept], x, y, z, c.layer, det), truth)
     for name, error in errors.items():
         assert _half_width(error / p[f"sigma_{name}"]) == pytest.approx(1, abs=0.1), name
     assert np.array_equal(p["ndf"], 2 * (sizes - holes) - 5)
