@@ -268,6 +268,22 @@ def test_the_connections_ended_panel_rates_each_socket_and_cause(tmp_path: Path)
 
 
 @needs_promtool
+def test_the_hits_on_no_layer_line_is_per_event_of_all_daemons(tmp_path: Path) -> None:
+    """Two daemons, an event a second each, one of them with 32 hits a second on layers its
+    detector file lacks: 16 hits an event on no layer over the farm."""
+    (panel,) = [p for p in dashboard()["panels"] if p.get("title") == "Hits per event by layer"]
+    (target,) = [t for t in panel["targets"] if t["legendFormat"] == "no layer"]
+    a, b = 'job="streamtrk", instance="a:10062"', 'job="streamtrk", instance="b:10062"'
+    series = {
+        f"streamtrk_hits_on_no_layer_total{{{a}}}": "0+1920x10",
+        f"streamtrk_hits_on_no_layer_total{{{b}}}": "0x10",
+        f"streamtrk_event_tracks_count{{{a}}}": "0+60x10",
+        f"streamtrk_event_tracks_count{{{b}}}": "0+60x10",
+    }
+    passes_promtool_tests(tmp_path, [(series, [panel_check(target["expr"], [("{}", 16.0)])])])
+
+
+@needs_promtool
 def test_the_batch_size_panel_reads_whole_events(tmp_path: Path) -> None:
     """Batches all of one size (1, 3, 16 events; one a second): the panel's mean is that
     size, its p90 the size rounded up to a bucket's bound (Prometheus interpolates inside a
