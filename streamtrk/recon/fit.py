@@ -11,10 +11,10 @@ error ``res_b`` carried along a straight line to the origin (the r error on disk
 the generalised least-squares step below). On
 the CPU all per-track sums are ``bincount`` reductions, so there is no loop over tracks.
 On the device the fit runs as kernels (``gls_filter.cu``, a thread per hit or per track
-over its hits: the hits' inputs, the starting circle and line with their solves, the holes,
-the per-hit terms, the least-squares sums and steps below, the reported parameters), each
-checked against these array operations on its host build; the array operations stay the
-CPU's, but for the merge of the holes' rows among the hits', array operations on both.
+over its hits: the hits' inputs, the starting circle and line with their solves, the holes
+and their rows among the hits', the per-hit terms, the least-squares sums and steps below,
+the reported parameters), each checked against these array operations on its host build;
+the array operations stay the CPU's.
 
 Then one generalised least-squares step from the starting fit, weighted with the inverse of
 the hits' full covariance V: the measurement errors projected on the fitted helix
@@ -253,6 +253,8 @@ def _merged(
     without holes in their order); with the rows' offsets, their tracks and whether each is
     a hole."""
     xp = array_module(turn)
+    if xp is not np:
+        return merged_kernel(hits, turn, holes, offsets, det, cupy_launcher(KERNELS))
     track, t = holes.track, holes.turn
     n_tracks, n_hits = len(offsets) - 1, len(tid)
     res_a, res_b, x0, barrel = _layer_table(det, xp)[:, holes.layer]
@@ -268,6 +270,31 @@ def _merged(
     new_offsets = xp.concatenate([xp.zeros(1, dtype=offsets.dtype), xp.cumsum(sizes)])
     hole = xp.concatenate([xp.zeros(n_hits, dtype=bool), xp.ones(len(track), dtype=bool)])
     return (*columns, new_offsets, rows_tid[order], hole[order])
+
+
+def merged_kernel(
+    hits: tuple[Array, ...], turn: Array, holes: Holes, offsets: Array, det: Detector,
+    launch: Launch,
+) -> tuple[Array, ...]:  # fmt: skip
+    """:func:`_merged` as one kernel (``hole_merge``), a thread per track."""
+    xp, i64, f64 = array_module(turn), np.int64, np.float64
+    n_tracks, n_rows = len(offsets) - 1, len(turn) + len(holes.track)
+    sizes = offsets[1:] - offsets[:-1] + bincount(holes.track, n_tracks)
+    new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes, dtype=xp.int64)])
+    *columns, barrel = hits
+    values = (*columns, barrel.astype(bool, copy=False), turn, holes.turn, holes.x, holes.y)
+    args = contiguous(
+        (i64(n_tracks), offsets.astype(xp.int64, copy=False), new_offsets,
+         *(v if v.dtype == bool else v.astype(f64, copy=False) for v in values),
+         holes.z.astype(f64, copy=False), holes.layer.astype(xp.int64, copy=False),
+         _layer_table(det, xp), i64(len(det.kind)), i64(n_rows)),
+        xp,
+    )  # fmt: skip
+    out = xp.empty((6, n_rows))
+    row_barrel, hole = xp.empty(n_rows, dtype=bool), xp.empty(n_rows, dtype=bool)
+    row_track = xp.empty(n_rows, dtype=xp.int64)
+    launch("hole_merge", n_tracks, (*args, out, row_barrel, row_track, hole))
+    return (*out, row_barrel, new_offsets, row_track, hole)
 
 
 class Fitted(NamedTuple):

@@ -6,7 +6,7 @@
 // track.
 // start_circle and start_line: fit._fit_circle and fit._fit_line, a thread per track.
 // fit_hits: fit._fit_hits, a thread per hit. hole_counts and hole_rows: fit._holes, a thread
-// per track.
+// per track; hole_merge: fit._merged, a thread per track.
 // circle_gls_hits and line_gls_hits: the hits' columns of fit._circle_gls and fit._line_gls
 // (what gls_gram reads), a thread per hit. gls_solve: fit.gls_step, a thread per track.
 // gls_gram: the generalised least-squares sums (fit.gram_arrays), a thread
@@ -622,6 +622,65 @@ extern "C" __global__ void hole_rows(long long n_tracks, const long long *offset
             out[k * 4 + 2] = yc[t] + radius[t] * sin(angle);
             out[k * 4 + 3] = z0[t] + tan_l[t] * radius[t] * at;
             ++k;
+        }
+    }
+}
+
+// fit._merged, a thread per track: its hits (offsets; x, y, z, res_a, res_b, x0, barrel,
+// turn) and its holes (from new_offsets[t] - offsets[t] on: turn, x, y, z, layer; the
+// layer's res_a, res_b, x0 and barrel from table, four rows of n_layers) as rows from
+// new_offsets[t] on: a track without holes its hits in order, one with holes all by turn,
+// ties in the order hits then holes (NumPy's stable lexsort). out: six rows of n_rows (x,
+// y, z, res_a, res_b, x0); barrel, row_track and hole per row.
+extern "C" __global__ void hole_merge(long long n_tracks, const long long *offsets,
+                                      const long long *new_offsets, const double *hx,
+                                      const double *hy, const double *hz,
+                                      const double *res_a, const double *res_b,
+                                      const double *x0, const bool *barrel,
+                                      const double *turn, const double *hole_turn,
+                                      const double *hole_x, const double *hole_y,
+                                      const double *hole_z, const long long *hole_layer,
+                                      const double *table, long long n_layers,
+                                      long long n_rows, double *out, bool *row_barrel,
+                                      long long *row_track, bool *row_hole) {
+    FOR_EACH_THREAD(t, n_tracks) {
+        const long long first = offsets[t], n_hits = offsets[t + 1] - first;
+        const long long holes = new_offsets[t] - first;  // this track's first hole
+        const long long n = new_offsets[t + 1] - new_offsets[t], n_holes = n - n_hits;
+        for (long long i = 0; i < n; ++i) {
+            const bool is_hole = i >= n_hits;
+            const double key = is_hole ? hole_turn[holes + i - n_hits] : turn[first + i];
+            long long rank = i;
+            if (n_holes) {  // the stable sort's place: keys below, and equal ones before
+                rank = 0;
+                for (long long j = 0; j < n; ++j) {
+                    const double other = j >= n_hits ? hole_turn[holes + j - n_hits]
+                                                     : turn[first + j];
+                    rank += other < key || (other == key && j < i);
+                }
+            }
+            const long long row = new_offsets[t] + rank;
+            if (is_hole) {
+                const long long k = holes + i - n_hits, l = hole_layer[k];
+                out[row] = hole_x[k];
+                out[n_rows + row] = hole_y[k];
+                out[2 * n_rows + row] = hole_z[k];
+                out[3 * n_rows + row] = table[l];
+                out[4 * n_rows + row] = table[n_layers + l];
+                out[5 * n_rows + row] = table[2 * n_layers + l];
+                row_barrel[row] = table[3 * n_layers + l] > 0;
+            } else {
+                const long long h = first + i;
+                out[row] = hx[h];
+                out[n_rows + row] = hy[h];
+                out[2 * n_rows + row] = hz[h];
+                out[3 * n_rows + row] = res_a[h];
+                out[4 * n_rows + row] = res_b[h];
+                out[5 * n_rows + row] = x0[h];
+                row_barrel[row] = barrel[h];
+            }
+            row_track[row] = t;
+            row_hole[row] = is_hole;
         }
     }
 }

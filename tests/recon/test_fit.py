@@ -24,6 +24,7 @@ from streamtrk.recon.fit import (
     _holes,
     _karimaki,
     _line_terms,
+    _merged,
     _normal_sums,
     _on_circle,
     _parameters,
@@ -41,6 +42,7 @@ from streamtrk.recon.fit import (
     gram_kernel,
     holes_kernel,
     karimaki_kernel,
+    merged_kernel,
     parameters_kernel,
     projections_kernel,
     scattering_kernel,
@@ -809,7 +811,8 @@ def test_host_kernels_of_the_starting_fit_are_the_arrays(host_launcher, det):
 
 def test_host_kernels_of_the_holes_are_the_arrays(host_launcher, det):
     """hole_counts and hole_rows, built for the host, find the NumPy path's holes, in its
-    order (track, then layer): helices from 0.3 to 10 GeV up to |eta| 3 with their first or
+    order (track, then layer), and hole_merge places them among the hits as it does:
+    helices from 0.3 to 10 GeV up to |eta| 3 with their first or
     third crossing's hit gone (barrels and disks, loopers)."""
     rng = np.random.default_rng(23)
     offsets, idx, c, _ = _helices(det, 400, rng, pt=(0.3, 10), eta=3.0)
@@ -845,6 +848,13 @@ def test_host_kernels_of_the_holes_are_the_arrays(host_launcher, det):
     np.testing.assert_array_equal(got.layer, want.layer)
     for name in ("turn", "x", "y", "z"):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-12, atol=1e-9)
+    # hole_merge: the rows _merged gives, bit for bit (a hole between two hits, before all)
+    rows = (hits.x, hits.y, hits.z, hits.res_a, hits.res_b, hits.x0, hits.barrel)
+    merged = _merged(rows, turn, want, offsets, tid, det)
+    kernel = merged_kernel(rows, turn, want, offsets, det, host_launcher(KERNELS))
+    assert merged[-1].sum() == len(want.track)
+    for got_column, want_column in zip(kernel, merged, strict=True):
+        np.testing.assert_array_equal(got_column, want_column)
 
 
 def test_host_kernel_turns_are_the_arrays(host_launcher):

@@ -41,6 +41,7 @@ ENTRIES = {
         "fit_hits",
         "hole_counts",
         "hole_rows",
+        "hole_merge",
         "track_parameters",
         "circle_gls_hits",
         "line_gls_hits",
