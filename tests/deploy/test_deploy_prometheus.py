@@ -45,6 +45,18 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+#: Two daemons' labels, as Prometheus scrapes them.
+DAEMONS = ('job="streamtrk", instance="a:10062"', 'job="streamtrk", instance="b:10062"')
+
+
+def panel_query(title: str, legend: str | None = None) -> str:
+    """The query of the dashboard's panel ``title`` (its only one, or the one drawn as
+    ``legend``)."""
+    (panel,) = [p for p in dashboard()["panels"] if p.get("title") == title]
+    (target,) = [t for t in panel["targets"] if legend is None or t["legendFormat"] == legend]
+    return str(target["expr"])
+
+
 def panel_check(expr: str, samples: list[tuple[str, float]]) -> dict:
     """A promtool check of a dashboard query at 10 minutes (its variables: every instance,
     5-minute rates): it gives exactly ``samples``, (labels, value) pairs."""
@@ -250,9 +262,8 @@ def test_the_farm_panels_count_each_forwarders_messages_daemons_and_clients(
 def test_the_connections_ended_panel_rates_each_socket_and_cause(tmp_path: Path) -> None:
     """Two daemons' inputs refusing a key once a second each, one's output closed twice a
     second: one series per (socket, cause), the daemons added up."""
-    (panel,) = [p for p in dashboard()["panels"] if p.get("title") == "Connections ended"]
-    (target,) = panel["targets"]
-    a, b = 'job="streamtrk", instance="a:10062"', 'job="streamtrk", instance="b:10062"'
+    expr = panel_query("Connections ended")
+    a, b = DAEMONS
     series = {
         f'streamtrk_disconnects_total{{{a}, socket="input", cause="auth"}}': "0+60x10",
         f'streamtrk_disconnects_total{{{b}, socket="input", cause="auth"}}': "0+60x10",
@@ -264,23 +275,22 @@ def test_the_connections_ended_panel_rates_each_socket_and_cause(tmp_path: Path)
         ('{cause="closed", socket="input"}', 0.0),
         ('{cause="closed", socket="output"}', 2.0),
     ]
-    passes_promtool_tests(tmp_path, [(series, [panel_check(target["expr"], expected)])])
+    passes_promtool_tests(tmp_path, [(series, [panel_check(expr, expected)])])
 
 
 @needs_promtool
 def test_the_hits_on_no_layer_line_is_per_event_of_all_daemons(tmp_path: Path) -> None:
     """Two daemons, an event a second each, one of them with 32 hits a second on layers its
     detector file lacks: 16 hits an event on no layer over the farm."""
-    (panel,) = [p for p in dashboard()["panels"] if p.get("title") == "Hits per event by layer"]
-    (target,) = [t for t in panel["targets"] if t["legendFormat"] == "no layer"]
-    a, b = 'job="streamtrk", instance="a:10062"', 'job="streamtrk", instance="b:10062"'
+    expr = panel_query("Hits per event by layer", "no layer")
+    a, b = DAEMONS
     series = {
         f"streamtrk_hits_on_no_layer_total{{{a}}}": "0+1920x10",
         f"streamtrk_hits_on_no_layer_total{{{b}}}": "0x10",
         f"streamtrk_event_tracks_count{{{a}}}": "0+60x10",
         f"streamtrk_event_tracks_count{{{b}}}": "0+60x10",
     }
-    passes_promtool_tests(tmp_path, [(series, [panel_check(target["expr"], [("{}", 16.0)])])])
+    passes_promtool_tests(tmp_path, [(series, [panel_check(expr, [("{}", 16.0)])])])
 
 
 @needs_promtool
