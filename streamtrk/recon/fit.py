@@ -49,7 +49,7 @@ least 0) and ``ndf`` its degrees of freedom.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -84,8 +84,7 @@ def fit_tracks(
     tid = csr_rows(offsets, len(hit_index))
     hx, hy, hz, res_a, res_b, x0, barrel, w = _fit_hits(hit_index, (x, y, z), layer, det)
 
-    def tsum(v: Array) -> Array:
-        return bincount(tid, n_tracks, v)
+    tsum = partial(bincount, tid, n_tracks)  # per-track sums of a per-hit array
 
     def normal(columns: tuple[Array, ...], res: Array, w: Array) -> tuple[Array, Array]:
         return _normal_sums(columns, res, w, tsum, xp)
@@ -108,10 +107,7 @@ def fit_tracks(
         hx, hy, hz, res_a, res_b, x0, barrel, offsets, tid, hole = _merged(
             (hx, hy, hz, res_a, res_b, x0, barrel), turn, holes, offsets, tid, det
         )
-
-        def tsum(v: Array) -> Array:
-            return bincount(tid, n_tracks, v)
-
+        tsum = partial(bincount, tid, n_tracks)
         h, theta_p, turn, dx, dy = _on_circle(circle, hx, hy, offsets, tsum, tid, xp)
         hits = (hx, hy, hz, res_a, res_b, barrel)
         s, n_phi, var_c, _ = _projections(radius, turn, dx, dy, hits, tid, xp)
@@ -167,7 +163,7 @@ def _holes(
         return holes_kernel(helix, line, turn, hit_layer, offsets, det, cupy_launcher(KERNELS))
     xc, yc, radius, h, theta_p = (a[:, None] for a in helix)
     tan_l, z0 = (a[:, None] for a in line)
-    barrel, r, z, half_length, r_min, r_max = _layer_geometry(det, xp)
+    barrel, r, z, half_length, r_min, r_max = _layer_surfaces(det, xp)[:, None, :]
     c2, big_r = xc * xc + yc * yc, radius
     # A barrel: r^2 = c^2 + R^2 - 2 R c cos(turn) at the turn from the perigee.
     twice_rc = 2 * big_r * xp.sqrt(c2)
@@ -209,11 +205,10 @@ def holes_kernel(
     from each track's place in their running total (brought down: the one synchronisation)."""
     xp, i64, f64 = array_module(turn), np.int64, np.float64
     n_tracks = len(offsets) - 1
-    columns = (turn, *helix, *line)
     args = contiguous(
-        (i64(n_tracks), offsets.astype(xp.int64, copy=False), columns[0].astype(f64, copy=False),
+        (i64(n_tracks), offsets.astype(xp.int64, copy=False), turn.astype(f64, copy=False),
          hit_layer.astype(xp.int64, copy=False),
-         *(c.astype(f64, copy=False) for c in columns[1:]), _layer_surfaces(det, xp),
+         *(c.astype(f64, copy=False) for c in (*helix, *line)), _layer_surfaces(det, xp),
          i64(len(det.kind))),
         xp,
     )  # fmt: skip
@@ -256,9 +251,9 @@ def _merged(
     if xp is not np:
         return merged_kernel(hits, turn, holes, offsets, det, cupy_launcher(KERNELS))
     track, t = holes.track, holes.turn
-    n_tracks, n_hits = len(offsets) - 1, len(tid)
+    n_hits = len(tid)
     res_a, res_b, x0, barrel = _layer_table(det, xp)[:, holes.layer]
-    extra = bincount(track, n_tracks)
+    extra, new_offsets = _row_offsets(offsets, holes)
     with_holes = extra[tid] > 0
     slot = (xp.arange(n_hits) - offsets[:-1][tid]).astype(xp.float64)
     key = xp.concatenate([xp.where(with_holes, turn, slot), t])
@@ -266,10 +261,16 @@ def _merged(
     order = lexsort((key, rows_tid.astype(xp.float64)))
     hole_rows = (holes.x, holes.y, holes.z, res_a, res_b, x0, barrel > 0)
     columns = [xp.concatenate([a, b])[order] for a, b in zip(hits, hole_rows, strict=True)]
-    sizes = offsets[1:] - offsets[:-1] + extra
-    new_offsets = xp.concatenate([xp.zeros(1, dtype=offsets.dtype), xp.cumsum(sizes)])
     hole = xp.concatenate([xp.zeros(n_hits, dtype=bool), xp.ones(len(track), dtype=bool)])
     return (*columns, new_offsets, rows_tid[order], hole[order])
+
+
+def _row_offsets(offsets: Array, holes: Holes) -> tuple[Array, Array]:
+    """Per track, its holes' count, and the offsets (int64) of its rows, hits and holes."""
+    xp = array_module(offsets)
+    extra = bincount(holes.track, len(offsets) - 1)
+    sizes = offsets[1:] - offsets[:-1] + extra
+    return extra, xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes, dtype=xp.int64)])
 
 
 def merged_kernel(
@@ -279,8 +280,7 @@ def merged_kernel(
     """:func:`_merged` as one kernel (``hole_merge``), a thread per track."""
     xp, i64, f64 = array_module(turn), np.int64, np.float64
     n_tracks, n_rows = len(offsets) - 1, len(turn) + len(holes.track)
-    sizes = offsets[1:] - offsets[:-1] + bincount(holes.track, n_tracks)
-    new_offsets = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(sizes, dtype=xp.int64)])
+    _, new_offsets = _row_offsets(offsets, holes)
     *columns, barrel = hits
     values = (*columns, barrel.astype(bool, copy=False), turn, holes.turn, holes.x, holes.y)
     args = contiguous(
@@ -1023,16 +1023,7 @@ def _layer_table(det: Detector, xp: Any) -> Array:
 
 @cache
 def _layer_surfaces(det: Detector, xp: Any) -> Array:
-    """:func:`_layer_geometry` as one (6, layers) float64 array (1.0 for a barrel), what the
-    hole kernels read, on ``xp``'s device once a detector."""
+    """The layers' surfaces as one (6, layers) float64 array on ``xp``'s device, uploaded
+    once a detector: 1.0 for a barrel, its radius, z, half-length and radii (a disk's)."""
     rows = (det.kind == BARREL, det.r, det.z, det.half_length, det.r_min, det.r_max)
     return xp.asarray(np.stack(rows).astype(np.float64))
-
-
-@cache
-def _layer_geometry(det: Detector, xp: Any) -> tuple[Array, ...]:
-    """The layers' surfaces, on ``xp``'s device once a detector: whether a barrel, its
-    radius, z, half-length and radii (a disk's), each of shape (1, layers)."""
-    barrel = xp.asarray(det.kind == BARREL)[None, :]
-    columns = (det.r, det.z, det.half_length, det.r_min, det.r_max)
-    return (barrel, *(xp.asarray(c, xp.float64)[None, :] for c in columns))
