@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,6 +124,13 @@ def curve_arguments(s: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="CURVE: the daemon's public certificate (with --curve-key)",
     )
+
+
+def check_count(flag: str, value: int) -> None:
+    """SettingError unless ``value`` is a count of 1 to ``sys.maxsize`` (what ``range`` and
+    ``islice`` take): named by its ``flag``, before any work."""
+    if not 1 <= value <= sys.maxsize:
+        raise SettingError(f"{flag} must be 1 to {sys.maxsize}, got {value}")
 
 
 def curve_files(args: argparse.Namespace) -> list[Path]:

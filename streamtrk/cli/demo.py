@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from streamtrk.cli.common import subcommand
+from streamtrk.cli.common import check_count, subcommand
 from streamtrk.errors import SettingError
 
 STOP_S = 120.0  # a daemon's drain at SIGTERM, before it is killed
@@ -44,8 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
     from streamtrk.service.config import SETTING_VARIABLES
     from streamtrk.sim.generator import GeneratorConfig
 
-    if not 1 <= args.events <= sys.maxsize:  # checked before a daemon is started for them
-        raise SettingError(f"--events must be 1 to {sys.maxsize}, got {args.events}")
+    check_count("--events", args.events)  # before a daemon is started for them
     try:  # the generator's rule, said as the demo's option
         GeneratorConfig(mu=args.mu)
     except ValueError as e:

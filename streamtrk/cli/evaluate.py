@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamtrk.cli.common import (
     beam_line_xy,
+    check_count,
     check_outputs,
     directory_files,
     list_argument,
@@ -158,8 +159,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"--threshold must lie in [0, 1) (1 passes no edge), got {args.threshold}"
         )
     for flag, value in (("--batch", args.batch), ("--events", args.events)):
-        if value is not None and not 1 <= value <= sys.maxsize:
-            raise SettingError(f"{flag} must be 1 to {sys.maxsize}, got {value}")
+        if value is not None:
+            check_count(flag, value)
     model_settings = (
         ("--threshold", args.threshold is not None),
         ("--engine", args.engine != "eager"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from streamtrk.cli.common import (
     beam_spot_xyz,
+    check_count,
     check_outputs,
     compact_argument,
     list_argument,
@@ -112,8 +113,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from streamtrk.sim.generator import GeneratorConfig
     from streamtrk.sim.simulate import SimConfig, simulate
 
-    if not 1 <= args.events <= sys.maxsize:  # none is no simulation (as demo and evaluate)
-        raise SettingError(f"--events must be 1 to {sys.maxsize}, got {args.events}")
+    check_count("--events", args.events)  # none is no simulation (as demo and evaluate)
     if args.hard_scatter_pt is not None and not args.hard_scatter:
         raise SettingError(
             "--hard-scatter-pt is the range of --hard-scatter N's particles: give both"
