@@ -309,6 +309,7 @@ def read_event(path: str | Path, *, run: int = 0, truth: bool = True) -> Event:
     if hits_path is None:
         raise FileNotFoundError(f"no {prefix.name}-hits.csv[.gz] in {prefix.parent}")
     number = _event_number(prefix)
+    _one_spelling(prefix, number, ("hits", "truth", "particles") if truth else ("hits",))
     hits = Hits.from_columns(_read_csv(hits_path, HIT_DTYPES))
     _unique_column(hits_path, "hit_id", hits.hit_id)
     truth_path = _find(prefix, "truth") if truth else None
@@ -316,6 +317,20 @@ def read_event(path: str | Path, *, run: int = 0, truth: bool = True) -> Event:
         return Event(run=run, event=number, hits=hits)
     truth_read = _read_truth(truth_path, _find(prefix, "particles"), hits.hit_id)
     return Event(run=run, event=number, hits=hits, truth=truth_read)
+
+
+def _one_spelling(prefix: Path, number: int, kinds: tuple[str, ...]) -> None:
+    """ValueError when ``prefix``'s folder holds a file of one of ``kinds`` for event
+    ``number`` spelt another way (``event1000-hits.csv`` beside
+    ``event000001000-truth.csv``): which files belong together is not to be guessed, and
+    taking the prefix's alone would drop the others' truth unsaid."""
+    for path in event_files(prefix.parent, number):
+        spelling, kind = path.name.split("-", 1)
+        if spelling != prefix.name and kind.split(".", 1)[0] in kinds:
+            raise ValueError(
+                f"{path} is event {number}'s too, beside {prefix.name}'s files: one event "
+                "number spelt two ways; rename one"
+            )
 
 
 def event_prefixes(directory: str | Path) -> list[Path]:

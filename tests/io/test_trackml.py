@@ -471,6 +471,17 @@ def test_new_events_that_fail_leave_no_folder_they_made(tmp_path):
     assert list(tmp_path.rglob("*")) == [tmp_path / "a"]
 
 
+def test_an_event_whose_truth_is_spelt_with_other_padding_is_refused(tmp_path):
+    """``event42-hits.csv`` beside ``event000000042-truth.csv``: the truth was dropped
+    unsaid (the event read, imported and scored as one without truth); without truth read,
+    the other spelling's truth is not looked at."""
+    write_event(synthetic_event(), tmp_path)
+    (tmp_path / "event000000042-hits.csv").rename(tmp_path / "event42-hits.csv")
+    with pytest.raises(ValueError, match=r"event000000042-truth\.csv is event 42's too"):
+        read_event(tmp_path / "event42")
+    assert read_event(tmp_path / "event42", truth=False).truth is None
+
+
 def test_an_event_named_twice_in_a_folder_or_past_2_63_is_refused(tmp_path):
     """``event1`` and ``event000000001`` are one event number: read as two events of it, they
     would be scored and submitted as one. Event numbers are int64s, as on the wire."""
