@@ -471,6 +471,8 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     these hits.
     """
     particles_file = event.truth is not None and _particles_file(event.truth, event.event)
+    if event.event < 0:  # "event-0000007": a name no reader takes back
+        raise ValueError(f"event {event.event}: TrackML file names hold event numbers from 0")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     prefix = directory / f"event{event.event:09d}"

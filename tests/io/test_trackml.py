@@ -405,6 +405,13 @@ def test_an_event_written_again_leaves_none_of_the_old_files(tmp_path):
     assert back.truth.equals(event.truth)
 
 
+def test_an_event_of_a_negative_number_is_not_written(tmp_path):
+    """Event -7 was written ``event-00000007-hits.csv``, a name no reader finds."""
+    with pytest.raises(ValueError, match="event -7: TrackML file names hold event numbers"):
+        write_event(Event(0, -7, synthetic_event().hits), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_event_written_again_replaces_its_files_under_another_padding(tmp_path):
     """``event42-*`` are event 42's files as ``event000000042-*`` are: written again, the
     event replaces them (readers refuse a folder that holds both)."""
