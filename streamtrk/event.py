@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from streamtrk.xp import Array, array_module, to_host
 
@@ -107,6 +108,12 @@ def _cast(a: Array, dt: str, name: str) -> Array:
     if a.dtype.kind == "f" and not bool(xp.all(xp.isfinite(out) == xp.isfinite(a))):
         raise ValueError(f"{name} holds a finite number past {target}'s range")
     return out
+
+
+def as_int64(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` (host) as int64; ValueError where that would change one (a label 1.7 read
+    as 1 would merge two tracks; pandas makes a column of ids float where it holds a NaN)."""
+    return _cast(np.asarray(values), "int64", name)
 
 
 class _Columns:
@@ -308,6 +315,6 @@ def alone_as_tracks(track_id: np.ndarray) -> np.ndarray:
     """``track_id`` (0: a hit in no track) with each such hit a track of its own, numbered
     after the largest id: how a submission must give them, as the TrackML scorer reads every
     id, 0 too, as a track."""
-    track_id = np.asarray(track_id, dtype=np.int64)
+    track_id = as_int64(track_id, "track_id")
     alone = track_id == 0
     return np.where(alone, track_id.max(initial=0) + np.cumsum(alone), track_id)

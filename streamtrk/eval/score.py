@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamtrk.event import Event, alone_as_tracks
+from streamtrk.event import Event, alone_as_tracks, as_int64
 
 RECONSTRUCTABLE_MIN_PT = 1.0  # GeV
 RECONSTRUCTABLE_MIN_HITS = 5
@@ -60,8 +60,8 @@ def match_tracks(
     weight_per_hit: np.ndarray | None = None,
 ) -> MatchResult:
     """Match each track (hits sharing a non-zero track id) to its majority particle."""
-    track = np.asarray(track_id_per_hit, dtype=np.int64)
-    pid = np.asarray(particle_id_per_hit, dtype=np.int64)
+    track = as_int64(track_id_per_hit, "track ids")
+    pid = as_int64(particle_id_per_hit, "particle ids")
     if track.shape != pid.shape or track.ndim != 1:
         raise ValueError(f"track ids {track.shape} and particle ids {pid.shape} must be equal 1-D")
     weight = np.zeros(len(pid)) if weight_per_hit is None else np.asarray(weight_per_hit, float)

@@ -47,6 +47,7 @@ from streamtrk.event import (
     Tracks,
     Truth,
     alone_as_tracks,
+    as_int64,
 )
 from streamtrk.io.paths import write_whole
 from streamtrk.io.weights import hit_order, hit_weights
@@ -563,13 +564,22 @@ def write_submission(
     one is refused (TrackML's scorer would leave its hits out of every track). Such a hit
     is written as a track of its own, numbered after the event's tracks: the TrackML scorer
     reads every id as a track, and would take all those hits together as one (a track that
-    can be good). Events are written in increasing id order; ``.gz`` paths are gzipped.
+    can be good). Ids must be whole numbers of int64 (1.7 is not written as 1) and event and
+    hit ids not negative, as ``read_submission`` reads them back. Events are written in
+    increasing id order; ``.gz`` paths are gzipped.
     """
     event_ids, hit_ids, track_ids = [], [], []
-    for event_id in sorted(submission):
-        hit_id, track_id = (np.asarray(a, dtype=np.int64) for a in submission[event_id])
+    for key in sorted(submission):
+        event_id = int(as_int64([key], "event_id")[0])
+        hit_id, track_id = (
+            as_int64(a, f"event {event_id}: {name}")
+            for a, name in zip(submission[key], ("hit_id", "track_id"), strict=True)
+        )
         if hit_id.shape != track_id.shape or hit_id.ndim != 1:
             raise ValueError(f"event {event_id}: hit_id and track_id must be equal-length 1-D")
+        if event_id < 0 or (hit_id < 0).any():
+            what = "its id" if event_id < 0 else f"hit id {hit_id[hit_id < 0][0]}"
+            raise ValueError(f"event {event_id}: {what} is negative")
         _each_hit_once(event_id, hit_id)
         if (negative := track_id < 0).any():
             k = int(np.argmax(negative))

@@ -92,6 +92,17 @@ def test_arrays_of_different_shapes_are_refused():
         match_tracks(np.ones(3), np.ones(3), np.ones(4))
 
 
+def test_labels_that_are_not_whole_numbers_are_refused() -> None:
+    """Labels 1.7 and 2.9 scored as 1 and 2 (two tracks merged: 1/3, where as given each
+    hit is a track of its own and the score 1); whole floats score as their integers."""
+    pid, weight = np.array([1, 2, 3]), np.ones(3)
+    with pytest.raises(ValueError, match="track_id must hold whole numbers"):
+        trackml_score(pid, weight, np.array([1.0, 1.7, 2.9]))
+    with pytest.raises(ValueError, match="particle ids must hold whole numbers"):
+        match_tracks(np.array([1, 2, 3]), np.array([1.5, 2, 3]))
+    assert trackml_score(pid, weight, np.array([1.0, 2.0, 3.0])) == 1.0
+
+
 def test_a_particle_s_hits_count_those_in_no_track():
     # a track of 2 of the particle's 5 hits holds 40% of them: not matched, no score
     m = match_tracks(np.array([1, 1, 0, 0, 0]), np.ones(5))

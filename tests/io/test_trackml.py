@@ -7,6 +7,7 @@ import gzip
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -664,6 +665,26 @@ def test_a_submissions_track_0_is_a_track_and_a_negative_id_is_refused(tmp_path)
         read_submission(path)
     with pytest.raises(ValueError, match="event 1: hit 2 has track id -1: track ids are from 1"):
         write_submission(tmp_path / "w.csv", {1: (np.array([1, 2]), np.array([3, -1]))})
+
+
+def test_a_submissions_ids_are_written_as_given_or_refused(tmp_path):
+    """Ids are whole numbers of int64: labels 1.7 and 2.9 were written 1 and 2 (two tracks
+    merged), hit id 2**63 + 5 and negative ids written as numbers no reader takes back."""
+    path = tmp_path / "w.csv"
+    cases: list[tuple[dict[Any, tuple[np.ndarray, np.ndarray]], str]] = [
+        ({1: (np.array([1, 2, 3]), np.array([1.0, 1.7, 2.9]))}, "event 1: track_id must hold"),
+        ({1: (np.array([2**63 + 5], np.uint64), np.array([1]))}, "event 1: hit_id must hold"),
+        ({1.5: (np.array([1]), np.array([1]))}, "event_id must hold whole numbers"),
+        ({-1: (np.array([1]), np.array([1]))}, "event -1: its id is negative"),
+        ({1: (np.array([1, -4]), np.array([1, 1]))}, "event 1: hit id -4 is negative"),
+    ]
+    for submission, refused in cases:
+        with pytest.raises(ValueError, match=refused):
+            write_submission(path, submission)
+        assert not path.exists()
+    write_submission(path, {1: (np.array([1.0, 2.0]), np.array([2.0, 0.0]))})
+    back = read_submission(path)[1]
+    assert back[0].tolist() == [1, 2] and back[1].tolist() == [2, 3]
 
 
 def test_a_submission_names_each_hit_once(tmp_path):
