@@ -135,7 +135,10 @@ class _Columns:
     def from_columns(cls, cols: dict[str, Any]) -> Self:
         """The columns ``cols`` (arrays or sequences) cast to ``DTYPES``; a value the cast
         would turn into another (an integer column's value out of its range or not a whole
-        number, a finite number past float32's) raises ValueError naming its column."""
+        number, a finite number past float32's) raises ValueError naming its column, as
+        a column missing does."""
+        if missing := [k for k in cls.DTYPES if k not in cols]:
+            raise ValueError(f"{cls.__name__} has no column {', '.join(missing)}")
         xp = array_module(next(iter(cols.values()))) if cols else np
         return cls(
             **{

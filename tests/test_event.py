@@ -120,6 +120,13 @@ def test_from_columns_refuses_a_cast_that_changes_a_value(column, values, error)
     assert Hits.from_columns(kept).hit_id.tolist() == [1, 2, 2**40]  # whole floats, as CSV gives
 
 
+def test_from_columns_names_the_columns_missing() -> None:
+    """A column missing was a bare KeyError, where every other mistake names its column."""
+    cols = {k: [5, 6, 7] for k in HIT_DTYPES if k not in ("module_id", "z")}
+    with pytest.raises(ValueError, match="Hits has no column z, module_id"):
+        Hits.from_columns(cols)
+
+
 def test_from_columns_converts_to_the_column_dtypes_and_take_picks_rows() -> None:
     hits = Hits.from_columns({k: [5, 6, 7] for k in HIT_DTYPES})
     assert {k: str(v.dtype) for k, v in hits.columns().items()} == {
