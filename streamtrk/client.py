@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -77,7 +78,10 @@ class _Endpoint:
     context), see ``streamtrk.wire.curve``. With ``monitor_events``, the socket is monitored
     for those events from before it binds or connects (``socket.get_monitor_socket()`` then
     returns that monitor), so that no connection is missed. Sending, receiving or asking its
-    ``endpoint`` after :meth:`close` raises ValueError."""
+    ``endpoint`` after :meth:`close` raises ValueError. Threads may share one: a message is
+    sent or received whole under a lock (a ZeroMQ socket is not thread-safe; two threads
+    sending through one interleaved their messages' frames, events lost or refused); close
+    it once they are done with it."""
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class _Endpoint:
         self._curve_client = curve_key is not None
         self.hung_up = 0  # CURVE handshakes hung up on since the last that succeeded
         self.shook = False  # a handshake succeeded (as far as refusal() has read)
+        self._lock = threading.Lock()  # one message at a time through the socket
         ctx = zmq.Context() if context is None else context
         self._own_context = ctx if context is None else None
         self.socket: zmq.Socket[Any] = ctx.socket(kind)
@@ -232,11 +237,13 @@ class Producer(_Endpoint):
         *,
         timeout_ms: int | None = None,
         compact: bool = False,
+        msg_id: int | None = None,
     ) -> bool:
-        """Send ``event``'s hits (``compact``: see :func:`~streamtrk.wire.encode_hits`); see
-        :meth:`send_frames`. Do not modify the hit arrays until the message has left (the
-        frames are sent without copying)."""
-        frames = encode_hits(event, deadline_ms=deadline_ms, compact=compact)
+        """Send ``event``'s hits (``compact``, ``msg_id``: see
+        :func:`~streamtrk.wire.encode_hits`; the reply echoes ``msg_id``, telling a late
+        reply from a resend's); see :meth:`send_frames`. Do not modify the hit arrays until
+        the message has left (the frames are sent without copying)."""
+        frames = encode_hits(event, deadline_ms=deadline_ms, msg_id=msg_id, compact=compact)
         return self.send_frames(frames, timeout_ms=timeout_ms)
 
     def send_frames(self, frames: Sequence[Any], *, timeout_ms: int | None = None) -> bool:
@@ -249,15 +256,16 @@ class Producer(_Endpoint):
         for i, frame in enumerate(frames):
             if not isinstance(frame, zmq.Frame) and not memoryview(frame).contiguous:
                 raise ValueError(f"frame {i} is not a contiguous buffer")
-        socket = self._open()
-        if timeout_ms is not None and not socket.poll(timeout_ms, zmq.POLLOUT):
-            return False
-        flags = 0 if timeout_ms is None else zmq.NOBLOCK
-        try:
-            socket.send_multipart(frames, flags=flags, copy=False)
-        except zmq.Again:
-            return False
-        return True
+        with self._lock:
+            socket = self._open()
+            if timeout_ms is not None and not socket.poll(timeout_ms, zmq.POLLOUT):
+                return False
+            flags = 0 if timeout_ms is None else zmq.NOBLOCK
+            try:
+                socket.send_multipart(frames, flags=flags, copy=False)
+            except zmq.Again:
+                return False
+            return True
 
 
 class Consumer(_Endpoint):
@@ -302,19 +310,20 @@ class Consumer(_Endpoint):
         connection took back (cut by the peer's end, or over ``ZMQ_MAXMSGSIZE``: libzmq
         leaves its ZAP credential behind), and a blocking receive would then wait for the
         next message, past the timeout."""
-        socket = self._open()
-        if timeout_ms is None or timeout_ms < 0:  # as long as it takes, as for pyzmq's poll
-            return socket.recv_multipart(copy=False)
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            left_ms = max(0, round((deadline - time.monotonic()) * 1000))
-            if not socket.poll(left_ms, zmq.POLLIN):
-                return None
-            try:
-                return socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # nothing behind that POLLIN
-                if left_ms == 0:
+        with self._lock:
+            socket = self._open()
+            if timeout_ms is None or timeout_ms < 0:  # as long as it takes, as pyzmq's poll
+                return socket.recv_multipart(copy=False)
+            deadline = time.monotonic() + timeout_ms / 1000
+            while True:
+                left_ms = max(0, round((deadline - time.monotonic()) * 1000))
+                if not socket.poll(left_ms, zmq.POLLIN):
                     return None
+                try:
+                    return socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:  # nothing behind that POLLIN
+                    if left_ms == 0:
+                        return None
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next decoded message, or None after ``timeout_ms``; raises WireError if it is
