@@ -80,7 +80,7 @@ class GraphConfig:
     n_phi_bins: int = 256  # search grid: bins in phi per layer
     threads: int = 2  # most CPU threads for the candidate search (NumPy; no more than usable)
     # mm: search windows reach this far off a layer's surface (plus the beam offset); hits
-    # up to this plus MAX_BEAM_SPOT off it are searched, hits further off make no edge
+    # further off make no edge (they enter no search)
     layer_margin: float = 10.0
 
     def __post_init__(self) -> None:
@@ -390,9 +390,9 @@ def prepare_search(
     n_cells = n_events * n_layers * nb * 2 * nphi
     per_hit = (r, z, phi_p, event, layer)
     if xp is np:
-        on, cell, lay0 = hit_cells(per_hit, n_cells, t, cfg)
+        on, cell, lay0 = hit_cells(per_hit, n_cells, t, windows)
     else:
-        on, cell, lay0 = hit_cells_kernel(per_hit, n_cells, t, cfg, cupy_launcher(KERNELS))
+        on, cell, lay0 = hit_cells_kernel(per_hit, n_cells, t, windows, cupy_launcher(KERNELS))
     # int32 keys while the grid's cells fit: on the device a radix sort of half the passes
     # of int64 keys; the same order
     order = argsort(cell.astype(xp.int32) if n_cells < 2**31 else cell, stable=True)
@@ -500,8 +500,9 @@ def hit_cells(
     """Per hit (``per_hit``: r, z, phi + pi, event, layer or -1 where unknown, of a batch
     whose grid has ``n_cells``; ``t``: the layer tables of ``_device_tables``), whether it is on its
     layer's surface, its two grid cells and its layer (0 where unknown). On the surface: up
-    to the margin, and the beam line's offset (the hits may be centred on it), and off the
-    beam line; the others (an unknown layer, or bad input: a hit placed anywhere) can make
+    to ``cfg``'s margin (the windows' reach: the margin plus the beam line's offset) and off
+    the beam line (a hit further off was found or not as its grid cell overlapped a window);
+    the others (an unknown layer, or bad input: a hit placed anywhere) can make
     no edge, so they enter no search and buy no budget (they would pay for a pile): their
     cells are one past the grid's. A grid cell is (event, layer, u bin, phi bin), u the z
     along a barrel layer or the r across a disk; each hit also in phi bin + n_phi, at phi +
@@ -514,7 +515,7 @@ def hit_cells(
     barrel = t["barrel"][lay0]
     u = xp.where(barrel, z, r)
     off = xp.abs(xp.where(barrel, r - t["r"][lay0], z - t["z"][lay0]))
-    near = cfg.layer_margin + MAX_BEAM_SPOT
+    near = cfg.layer_margin
     on = (layer >= 0) & (off <= near) & (u >= t["u_min"][lay0] - near)
     on &= (u <= t["u_max"][lay0] + near) & (r >= MIN_QUERY_R)
     pbin = xp.minimum((phi_p * (nphi / (2 * np.pi))).astype(xp.int64), nphi - 1)
@@ -548,7 +549,7 @@ def hit_cells_kernel(
     columns = (*floats, *(a.astype(xp.int64, copy=False) for a in per_hit[3:]))
     tables = (t[k] for k in ("barrel", "r", "z", "u_min", "u_max"))
     sizes = (i64(n_layers), i64(nb), i64(nphi), i64(n_cells))
-    scalars = (cfg.layer_margin + MAX_BEAM_SPOT, MIN_QUERY_R, nphi / (2 * np.pi))
+    scalars = (cfg.layer_margin, MIN_QUERY_R, nphi / (2 * np.pi))
     args = contiguous((i64(n), *columns, *tables), xp)
     launch("hit_cells", n, (*args, *sizes, *map(np.float64, scalars), on, cell, lay0))
     return on, cell, lay0

@@ -20,6 +20,7 @@ from streamtrk.recon.graph import (
     _device_tables,
     batch_columns,
     batch_graph,
+    build_graph,
     candidate_starts,
     event_graph,
     event_graphs,
@@ -561,7 +562,7 @@ def _hits(layers: list[int], r: ArrayLike, z: ArrayLike, phi: ArrayLike = 0.0) -
     )
 
 
-def _queries_hit(det, code: int, x: float, z: float) -> bool:
+def _queries_hit(det, code: int, x: float, z: float, beam_offset: float) -> bool:
     """Whether a hit of layer ``code`` at (x, 0, z) makes queries (is taken to be on its
     layer), with one hit on the first layer it pairs with to make them."""
     at = {
@@ -577,37 +578,39 @@ def _queries_hit(det, code: int, x: float, z: float) -> bool:
     outer_code = int(det.volume_id[outer]) * 100 + int(det.layer_id[outer])
     hits = _hits([code, outer_code], [x, x_out], [z, z_out])  # at phi 0: (x, 0, z)
     cols, offsets = batch_columns([Event(0, 0, hits)])
-    ctx, _, _ = prepare_search(**cols, node_offsets=offsets, det=det, cfg=GraphConfig())
+    ctx, _, _ = prepare_search(
+        **cols, node_offsets=offsets, det=det, cfg=GraphConfig(), beam_offset=beam_offset
+    )
     return 0 in ctx.qi.tolist()
 
 
+def _surface_cases(reach: float) -> list[tuple[int, float, float, bool]]:
+    """(layer, x, z, on) at the edges of the surfaces ``reach`` mm thick about layers 804
+    (barrel: r 72, |z| <= 491) and 902 (disk: z 600, 30 <= r <= 176), and 1 mm from the
+    beam line (hits closer enter no search)."""
+    on, off = reach, reach + 0.25
+    return [
+        *[(804, 72 + s * d, 0.0, d == on) for s in (1, -1) for d in (on, off)],
+        *[(804, 72.0, s * (491 + d), d == on) for s in (1, -1) for d in (on, off)],
+        *[(902, 100.0, 600 + s * d, d == on) for s in (1, -1) for d in (on, off)],
+        *[(902, 176 + d, 600.0, d == on) for d in (on, off)],
+        *[(902, 30 - d, 600.0, d == on) for d in (on, off) if reach < 29],
+        *[(902, 1.0, 600.0, True), (902, 0.75, 600.0, False)] * (reach >= 29),
+    ]
+
+
 @pytest.mark.parametrize(
-    ("code", "x", "z", "on"),
-    [
-        # barrel layer 804 (r 72, |z| <= 491): up to 10 + 20 mm (margin, beam spot) off it
-        (804, 102.0, 0.0, True),
-        (804, 102.25, 0.0, False),
-        (804, 42.0, 0.0, True),
-        (804, 41.75, 0.0, False),
-        (804, 72.0, 521.0, True),
-        (804, 72.0, 521.25, False),
-        (804, 72.0, -521.0, True),
-        (804, 72.0, -521.25, False),
-        # disk 902 (z 600, 30 <= r <= 176), and no closer to the beam line than 1 mm
-        (902, 100.0, 630.0, True),
-        (902, 100.0, 630.25, False),
-        (902, 100.0, 570.0, True),
-        (902, 100.0, 569.75, False),
-        (902, 206.0, 600.0, True),
-        (902, 206.25, 600.0, False),
-        (902, 1.0, 600.0, True),
-        (902, 0.75, 600.0, False),
-    ],
+    ("beam_offset", "case"),
+    [(b, c) for b in (0.0, 20.0) for c in _surface_cases(10 + b)],
 )
-def test_a_hit_is_on_its_layer_up_to_the_margin_and_beam_spot_exactly(
-    det, code: int, x: float, z: float, on: bool
+def test_a_hit_is_on_its_layer_as_far_as_the_windows_reach_exactly(
+    det, beam_offset: float, case: tuple[int, float, float, bool]
 ) -> None:
-    assert _queries_hit(det, code, x, z) == on
+    """Up to the margin (10 mm) and the beam line's offset off a layer: the windows' reach.
+    A hit further off, up to 20 mm more, was searched whatever the offset, and found or not
+    as its grid cell overlapped a window (edges that changed with the grid's bins)."""
+    code, x, z, on = case
+    assert _queries_hit(det, code, x, z, beam_offset) == on
 
 
 def test_the_candidates_counted_for_the_budget_are_those_searched(
@@ -645,6 +648,20 @@ def _edge_set(g: Graph) -> set[tuple[int, int]]:
     return set(map(tuple, g.edge_index.T.tolist()))
 
 
+def test_edges_off_the_surfaces_do_not_depend_on_the_search_grid(det) -> None:
+    """Hits 11 and 21 mm off layers 804 and 806 (past the 10 mm margin): an edge with a grid
+    of 1 x 1 or 4 x 4 bins and none with the shipped 32 x 256 (a hit past the windows' reach
+    was searched, and found where its cell overlapped a window); none now whatever the grid,
+    and with a beam offset of 20 mm (windows reaching 30 mm) one with each."""
+    hits = _hits([804, 806], [60.9, 137.2], [146.08, 347.13], [3.1175, 3.1042])
+    cols, offsets = batch_columns([Event(0, 0, hits)])
+    for beam_offset, edges in ((0.0, set()), (20.0, {(0, 1)})):
+        for nb, nphi in ((1, 1), (4, 4), (32, 256), (2048, 1)):
+            cfg = GraphConfig(n_bins=nb, n_phi_bins=nphi)
+            g = build_graph(**cols, node_offsets=offsets, det=det, cfg=cfg, beam_offset=beam_offset)
+            assert _edge_set(g) == edges, (beam_offset, nb, nphi)
+
+
 def test_segments_at_the_far_ends_of_the_z_window_are_found_by_a_fine_grid(det) -> None:
     """Hits 10 mm outside layer 804 (the margin) on lines to z0 = +-30.1 mm (the cut there is
     30.13): the farthest z the window must reach, found with bins of half a millimetre."""
@@ -658,10 +675,11 @@ def test_segments_at_the_far_ends_of_the_z_window_are_found_by_a_fine_grid(det) 
 
 
 def test_segments_at_the_edges_of_the_phi_window_are_found_by_a_fine_grid(det) -> None:
-    """Hits 10 mm outside layer 804 at |dphi| just inside the slope cut there: the widest
-    the window must open, found with phi bins of 0.8 mrad."""
+    """Hits 10 mm outside layer 804 (less what rounding their float32 x and y may add) at
+    |dphi| just inside the slope cut there: the widest the window must open, found with phi
+    bins of 0.8 mrad."""
     cfg = GraphConfig(n_bins=1, n_phi_bins=8192)
-    r = 82.0
+    r = 81.999
     dphi = cfg.phi_slope_max(det.bfield) * (r - 32.0) + cfg.phi_tolerance - 1e-6
     ev = _barrel_pair_event([(r, -dphi, 0.0), (r, dphi, 0.0)])
     fine = batch_graph([ev], det, cfg)
@@ -724,8 +742,10 @@ def test_node_features_are_r_phi_and_z_scaled(det) -> None:
 
 
 def test_a_segment_a_millimetre_long_in_r_is_an_edge(det) -> None:
-    """Disks 902 and 904 (z 600, 700) on a line from the origin at r 6 and 7: dr is 1 mm."""
-    g = batch_graph([Event(0, 0, _hits([902, 904], [6.0, 7.0], [600.0, 700.0]))], det)
+    """Disks 902 and 904 (z 600, 700) on a line from the origin at r 6 and 7: dr is 1 mm
+    (the disks start at r 30: a margin of 25 mm takes the hits in)."""
+    hits = _hits([902, 904], [6.0, 7.0], [600.0, 700.0])
+    g = batch_graph([Event(0, 0, hits)], det, GraphConfig(layer_margin=25.0))
     assert _edge_set(g) == {(0, 1)}
 
 
