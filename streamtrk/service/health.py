@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 32
 #: Seconds from a connection's accept to its complete request (and again to send the answer).
 REQUEST_TIMEOUT_S = 10.0
+#: Seconds :meth:`HealthServer.close` waits for the answers in progress to finish (a
+#: scrape cut at exit fails; a silent peer is not waited for past this).
+CLOSE_WAIT_S = 2.0
+HANDLER_THREAD = "http connection"  # each connection's thread
 #: An endpoint that fails is logged, with its traceback, at most this often.
 ANSWER_LOG_S = 60.0
 
@@ -68,7 +72,8 @@ class Readiness:
 
 class HealthServer:
     """A small threading HTTP server on ``(host, port)``, serving in a thread of its own (not
-    a daemon thread: :meth:`close` ends it), each connection in a daemon thread."""
+    a daemon thread: :meth:`close` ends it), each connection in a daemon thread that
+    :meth:`close` waits for up to ``CLOSE_WAIT_S``."""
 
     def __init__(
         self,
@@ -167,10 +172,13 @@ class HealthServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop taking connections, then let the answers in progress finish (up to
+        ``CLOSE_WAIT_S``: a scrape in progress at exit was cut short)."""
         if self._thread.is_alive():
             self.server.shutdown()
             self._thread.join()
         self.server.server_close()
+        self.server.join_handlers(CLOSE_WAIT_S)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -214,15 +222,27 @@ class _Bounded(ThreadingHTTPServer):
         super().__init__(address, handler)
         self._places = threading.BoundedSemaphore(most)
         self._refused = refused
+        self._handlers: set[threading.Thread] = set()  # the connections' threads alive
+        self._handlers_lock = threading.Lock()
 
     def process_request(self, request: _Request, client_address: Any) -> None:
         if not self._places.acquire(blocking=False):
             self._refused()
             self.shutdown_request(request)
             return
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=HANDLER_THREAD,
+            daemon=True,
+        )
+        with self._handlers_lock:
+            self._handlers.add(thread)
         try:
-            super().process_request(request, client_address)  # starts the connection's thread
+            thread.start()
         except BaseException:
+            with self._handlers_lock:
+                self._handlers.discard(thread)
             self._places.release()
             raise
 
@@ -230,7 +250,17 @@ class _Bounded(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._handlers_lock:
+                self._handlers.discard(threading.current_thread())
             self._places.release()
+
+    def join_handlers(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds in all for the connections' threads to end."""
+        end = time.monotonic() + timeout
+        with self._handlers_lock:
+            handlers = list(self._handlers)
+        for thread in handlers:
+            thread.join(max(0.0, end - time.monotonic()))
 
     def handle_error(self, request: _Request, client_address: Any) -> None:
         """socketserver prints a traceback to stderr, past the log's format: a peer that

@@ -305,6 +305,31 @@ def test_a_server_never_started_closes_at_once() -> None:
     assert not closer.is_alive()
 
 
+def test_close_lets_an_answer_in_progress_finish_and_waits_no_longer_for_a_silent_peer():
+    """A /status answer in progress as the server closes (the daemon exiting) is sent
+    whole before close returns (the connection's daemon thread was cut at exit: a scrape
+    failed); a peer that sends nothing holds close no longer than ``CLOSE_WAIT_S``."""
+    answering, answers = threading.Event(), []
+
+    def slow_status() -> dict[str, int]:
+        answering.set()
+        time.sleep(0.5)
+        return {"a": 1}
+
+    server = HealthServer(("127.0.0.1", 0), Metrics(), Readiness(), slow_status, list)
+    server.start()
+    url = f"http://{server.host_port}/status"
+    scrape = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(url).read()))
+    with socket.create_connection(server.address):  # silent all along
+        scrape.start()
+        assert answering.wait(5)
+        t0 = time.monotonic()
+        server.close()
+        assert time.monotonic() - t0 < health.CLOSE_WAIT_S + 0.5
+        assert json.loads(answers[0]) == {"a": 1}  # before close returned
+    scrape.join()
+
+
 def test_a_silent_peer_is_closed_at_the_timeout_not_later() -> None:
     """The read deadline is ``request_timeout_s`` from the connection (not twice that)."""
     with (
@@ -413,17 +438,15 @@ def test_a_connection_whose_thread_cannot_start_gives_its_place_back(
 ) -> None:
     """A connection's thread that fails to start (the process out of threads) is closed
     and its place freed: the next peer is served, not refused as busy."""
-    import socketserver
-
-    start = socketserver.ThreadingMixIn.process_request
+    start = threading.Thread.start
     failures = [RuntimeError("can't start new thread")]
 
-    def flaky(self: socketserver.ThreadingMixIn, request: socket.socket, address: object) -> None:
-        if failures:
+    def flaky(self: threading.Thread) -> None:
+        if failures and self.name == health.HANDLER_THREAD:
             raise failures.pop()
-        start(self, request, address)
+        start(self)
 
-    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", flaky)
+    monkeypatch.setattr(threading.Thread, "start", flaky)
     with serving(max_connections=1) as (server, metrics):
         with socket.create_connection(server.address) as first:
             assert closed_by_server(first, within_s=5)
