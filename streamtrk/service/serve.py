@@ -132,7 +132,9 @@ class Daemon:
         stop_before: StopFlag | None = None,
         overridden: Callable[[], list[str]] = lambda: [],
     ) -> None:
-        self.config = cfg
+        # The model and the settings in force, swapped as one (/status, the metrics and the
+        # replies name one configuration); None until the first model is loaded.
+        self.in_force: tuple[ServedModel | None, ServeConfig] = (None, cfg)
         self.reload_config = reload_config
         self.overridden = overridden  # the file's settings a variable or flag overrides
         # Set by a SIGHUP, or a SIGTERM/SIGINT, before run() took the signals over.
@@ -140,7 +142,6 @@ class Daemon:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
-        self.model: ServedModel | None = None
         self.batcher = Batcher(cfg.queue_capacity, _policy(cfg, "cpu"))  # set at _install
         self.stop_requested = threading.Event()  # a stop signal, or a thread that died
         # Set by the signal handlers, read by the main thread: plain flags, as a handler that
@@ -170,6 +171,14 @@ class Daemon:
         self.monitor: SocketMonitor | None = None
         self.authenticator: Authenticator | None = None  # with CURVE
         self.reconnects: Reconnects | None = None  # connect mode
+
+    @property
+    def model(self) -> ServedModel | None:
+        return self.in_force[0]
+
+    @property
+    def config(self) -> ServeConfig:
+        return self.in_force[1]
 
     # ------------------------------------------------------------------ signals
 
@@ -488,8 +497,6 @@ class Daemon:
         finishes the batches it holds within the same deadline (not counted in the exit
         status: its metrics are not replies)."""
         t0 = time.perf_counter()
-        with self._swapping:
-            self._draining = True
         timeout = self.config.drain_timeout_s
         deadline = self.drain_ends = t0 + timeout
         self.readiness.set("draining")
@@ -500,6 +507,10 @@ class Daemon:
         ingest.leave_by = worker.drain_by  # what it takes after this is answered 'shutdown'
         ingest.give_up_at = deadline
         stop_intake.set()
+        # Not ready and taking nothing more at once; then no reload installs a model (one
+        # installing holds the lock: intake stopped first, it did not wait for it).
+        with self._swapping:
+            self._draining = True
         # Intake may be waiting for room with an event in hand: the worker makes room, or
         # abandon() closes the batcher and intake answers that event 'shutdown'. A worker
         # that died makes no room: then abandon() comes at once (below), not at drain_by.
@@ -602,15 +613,16 @@ class Daemon:
         progress has run (``reload_s``, null when none), the served model and the beam spot
         (the beam line the chain is centred on, and where the tracks put the beam: null
         until the window holds tracks of two events)."""
+        model, cfg = self.in_force  # one configuration, whatever a reload swaps meanwhile
         out: dict[str, Any] = {
             "state": self.readiness.state,
             "version": __version__,
             "endpoints": self.endpoints,
-            "settings": {f.name: getattr(self.config, f.name) for f in fields(self.config)},
+            "settings": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
             "reload_s": self._reload_s(),
             "model": None,
         }
-        if (model := self.model) is not None:
+        if model is not None:
             out["model"] = {
                 "name": model.name,
                 "path": model.path,
@@ -719,10 +731,11 @@ class Daemon:
         return self.model
 
     def _install(self, model: ServedModel, cfg: ServeConfig) -> None:
-        self.model = model
-        self.batcher.policy = _policy(cfg, model.device)
+        """Put ``model`` and ``cfg`` in force, the metrics that name them first (the replies
+        named a reload's model before /status and the model metrics did)."""
         m = self.metrics
         m.set_model(model.name, model.path, model.digest, model.threshold)
+        faults.delay("install")  # tests: an install that takes long (its log write stalled)
         m.physics.set_beam_line(model.reconstructor.beam_spot)
         m.build_info.set(_build_labels(model))
         if model.engine_note:
@@ -738,6 +751,8 @@ class Daemon:
                 model.engine_note,
             )
         m.watch_device_memory(model.device)
+        self.batcher.policy = _policy(cfg, model.device)
+        self.in_force = (model, cfg)
         faults.fail("install")  # tests: an install that fails once the model is in place
 
     def _swap(
@@ -755,7 +770,6 @@ class Daemon:
                 with self._replacing:
                     self._replaced.append(model)
             raise
-        self.config = cfg
 
     def reload(self) -> None:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
