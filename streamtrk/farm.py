@@ -46,6 +46,7 @@ from streamtrk.service.telemetry import SocketMetrics
 from streamtrk.stop import Stop, StopFlag
 from streamtrk.wire import DEFAULT_LIMITS, Limits
 from streamtrk.wire.curve import exposed_without_curve
+from streamtrk.wire.sockets import free_ended_peers
 
 log = logging.getLogger(__name__)
 ROLES = ("distributor", "collector")
@@ -233,7 +234,10 @@ def _proxy(
     forwarded = 0
     while not stop.is_set():
         if held is None:
-            if not (push.poll(POLL_MS, zmq.POLLOUT) and pull.poll(POLL_MS, zmq.POLLIN)):
+            if not push.poll(POLL_MS, zmq.POLLOUT):
+                free_ended_peers(pull)
+                continue
+            if not pull.poll(POLL_MS, zmq.POLLIN):
                 continue
             if (held := _taken(pull)) is None:
                 continue
@@ -244,6 +248,7 @@ def _proxy(
             metrics.forwarded.inc()
         except zmq.Again:
             push.poll(POLL_MS, zmq.POLLOUT)
+            free_ended_peers(pull)
     give_up = time.monotonic() + STOP_LINGER_MS / 1000
     pull.unbind(pull.getsockopt_string(zmq.LAST_ENDPOINT))  # by libzmq's I/O thread, soon
     dropped = 0

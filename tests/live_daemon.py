@@ -74,6 +74,30 @@ class HttpEndpoints:
         }
 
 
+class Forwarder(HttpEndpoints):
+    """``streamtrk farm ROLE`` on ports it picks (HTTP too); ``front``/``back``/``http`` as
+    bound."""
+
+    def __init__(
+        self, tmp: Path, role: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.log = tmp / f"{role}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamtrk", "farm", role, "--from", "tcp://127.0.0.1:*",
+                 "--to", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", *extra],
+                stdout=out, stderr=subprocess.STDOUT, env=None if env is None else os.environ | env,
+            )  # fmt: skip
+        bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
+        if bound is None:
+            self.stop()
+            pytest.fail(f"{role} not listening; log:\n{self.log.read_text()}")
+        self.front, self.back, self.http = bound["front"], bound["back"], bound["http"]
+
+    def stop(self) -> int:
+        return terminate(self.process, 30)
+
+
 class Daemon(HttpEndpoints):
     """``python -m streamtrk serve`` with JSON logs in ``log_path``; stop with :meth:`stop`."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
@@ -25,8 +24,8 @@ import pytest
 import yaml
 import zmq
 from live_daemon import (
-    READY_TIMEOUT_S,
     Daemon,
+    Forwarder,
     HttpEndpoints,
     Prometheus,
     sample,
@@ -34,35 +33,11 @@ from live_daemon import (
 )
 from needs import need_program
 
-from streamtrk.client import Consumer, Producer, terminate, wait_listening
+from streamtrk.client import Consumer, Producer, terminate
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-
-
-class Forwarder(HttpEndpoints):
-    """``streamtrk farm ROLE`` on ports it picks (HTTP too); ``front``/``back``/``http`` as
-    bound."""
-
-    def __init__(
-        self, tmp: Path, role: str, *extra: str, env: dict[str, str] | None = None
-    ) -> None:
-        self.log = tmp / f"{role}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamtrk", "farm", role, "--from", "tcp://127.0.0.1:*",
-                 "--to", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", *extra],
-                stdout=out, stderr=subprocess.STDOUT, env=None if env is None else os.environ | env,
-            )  # fmt: skip
-        bound = wait_listening(self.log, READY_TIMEOUT_S, self.process)
-        if bound is None:
-            self.stop()
-            pytest.fail(f"{role} not listening; log:\n{self.log.read_text()}")
-        self.front, self.back, self.http = bound["front"], bound["back"], bound["http"]
-
-    def stop(self) -> int:
-        return terminate(self.process, 30)
 
 
 @contextmanager

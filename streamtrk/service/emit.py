@@ -27,6 +27,7 @@ from streamtrk.service.supervised import Supervised
 from streamtrk.service.telemetry import Metrics
 from streamtrk.wire import encode_tracks
 from streamtrk.wire.codec import OutFrame
+from streamtrk.wire.sockets import free_ended_peers
 
 log = logging.getLogger(__name__)
 POLL_MS = 100
@@ -122,6 +123,7 @@ class Emitter(Supervised):
                     # Done is set after the last reply was queued: take what is there.
                     yield from iter(self._next_now, None)
                     return
+                free_ended_peers(self.socket)
                 continue
             yield reply
 
