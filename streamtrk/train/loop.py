@@ -73,7 +73,9 @@ def fit(
 ) -> tuple[InteractionNetwork, list[dict[str, float]]]:
     """Train; return the best-validation-loss network and the per-epoch history. Samples
     without a counted edge (a sector of a sparse event) are left out: their loss is NaN,
-    and one NaN gradient step would spoil the weights."""
+    and one NaN gradient step would spoil the weights. ValueError where no counted edge of
+    the training or of the validation samples is a true segment (nothing to learn), or
+    where the validation loss was never finite (the training diverged)."""
     from tqdm import tqdm
 
     train = [s for s in train if bool(s.counted.any())]
@@ -83,6 +85,13 @@ def fit(
             "no edge counts in the loss of the training or of the validation events: "
             "simulate more events, or at higher MU"
         )
+    for name, samples in (("training", train), ("validation", val)):
+        if not any(bool((s.target[s.counted] > 0).any()) for s in samples):
+            raise ValueError(  # a network trained so scores every edge fake
+                f"no edge of the {name} events' graphs is a true segment of a particle "
+                f"above pt_min ({cfg.pt_min:g} GeV): nothing to learn; lower pt_min, or "
+                "simulate more events"
+            )
     o = cfg.optim
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -133,7 +142,10 @@ def fit(
         if epoch - best[1] >= o.patience:
             break
     if best[1] < 0:
-        raise RuntimeError("the validation loss was never finite: the training diverged")
+        raise ValueError(
+            "the validation loss was never finite: the training diverged (a lower [optim] "
+            "lr or grad_clip?)"
+        )
     model.load_state_dict(best[2])
     return model.eval(), history
 

@@ -173,12 +173,22 @@ def test_patience_stops_after_that_many_epochs_without_a_better_validation_loss(
     assert len(history) == best + 3 and losses[best] < min(losses[best + 1 :])
 
 
+def test_samples_without_a_true_segment_in_the_loss_are_refused(tmp_path: Path) -> None:
+    """A recipe whose pt_min leaves no target edge trained a network that scores every edge
+    fake, and wrote it without a word (its card's validation edge efficiency NaN)."""
+    cfg, samples = _tiny_samples(tmp_path)
+    none = [replace(s, target=torch.zeros_like(s.target)) for s in samples]
+    for train, val, name in ((none, samples, "training"), (samples, none, "validation")):
+        with pytest.raises(ValueError, match=f"no edge of the {name} events' graphs is a true"):
+            fit(cfg, train, val, tmp_path / "ck", progress=False)
+
+
 def test_a_validation_loss_never_finite_is_said_to_be_a_divergence(tmp_path: Path, monkeypatch):
 
     cfg, samples = _tiny_samples(tmp_path)
     validate = loop.validate
     monkeypatch.setattr(loop, "validate", lambda *a, **k: validate(*a, **k) | {"loss": np.nan})
-    with pytest.raises(RuntimeError, match="the validation loss was never finite"):
+    with pytest.raises(ValueError, match="the validation loss was never finite"):
         loop.fit(cfg, samples, samples, tmp_path / "ck", progress=False)
 
 
