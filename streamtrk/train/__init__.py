@@ -32,8 +32,10 @@ import hashlib
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -161,6 +163,7 @@ def _train(
 
     det = load_detector()
     o = cfg.optim
+    _check_allocatable(cfg)  # before the events, which can take hours
     stage("the events: training, validation, test and report")
 
     def bar(split: str) -> str | None:
@@ -215,6 +218,7 @@ def _train(
         prune=cfg.prune,
         tracks=cfg.tracks,
     )
+    _check_useful(scan, work)
     best = min((h for h in history if math.isfinite(h["val_loss"])), key=lambda h: h["val_loss"])
     metrics: dict[str, Any] = {"validation": {k: v for k, v in best.items() if k != "seconds"}}
     if cfg.test is not None and test_events is not None:
@@ -260,9 +264,52 @@ def _train(
         reproduce={"command": command, "config": config_text},
     )
     save_model(work, model, card)
-    _replace_directory(out, work)
-    (out / _BUILDING).unlink()  # after: a failed replacement leaves OUT.partial a run's
+    with _stops_held():  # interrupted between its renames, OUT was gone, the model hidden
+        _replace_directory(out, work)
+        (out / _BUILDING).unlink()  # after: a failed replacement leaves OUT.partial a run's
     return card
+
+
+def _check_allocatable(cfg: TrainConfig) -> None:
+    """MemoryError, before any work, where the recipe's network cannot be allocated (torch
+    raised a bare RuntimeError once the events were simulated and their graphs built)."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # the seeded initial weights unchanged
+            InteractionNetwork(cfg.model)
+    except RuntimeError as e:
+        raise MemoryError(f"the [model] network cannot be allocated: {e}") from None
+
+
+def _check_useful(scan: dict[str, Any], work: Path) -> None:
+    """ValueError where the trained network builds no track of a reconstructable particle
+    on the validation events at any scanned threshold: such a model was written, exit 0,
+    and with --overwrite took the place of a working one."""
+    if any(e > 0 for e in scan["tracking_efficiency"]):  # NaN compares false
+        return
+    raise ValueError(
+        f"the trained network finds no reconstructable particle of the validation events at "
+        f"any threshold of {scan['thresholds']} (efficiency {scan['tracking_efficiency']}): "
+        f"not written (--out is left as it was; the checkpoints are in {work}); a lower "
+        "[optim] lr, more epochs or more training events?"
+    )
+
+
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored while the block runs (the main thread's, as signal
+    handlers are): the block is a run's last step, milliseconds long, and the run ends
+    complete."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
 
 
 def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:
@@ -292,6 +339,11 @@ def _work_directory(out: Path, overwrite: bool, reads: Sequence[Path] = ()) -> I
         raise SettingError(
             f"--out {out} names no directory of its own: give the model directory's name "
             "(models/NAME)"
+        )
+    if Path.cwd().is_relative_to(out.resolve()):  # "." is refused above, its path was not
+        raise SettingError(
+            f"--out {out} is the working directory or holds it, which the new model would "
+            "replace whole: give the model directory's name (models/NAME)"
         )
     if out.is_symlink():  # replaced, the link would become a directory, its target kept
         raise SettingError(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
+import signal
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -425,6 +427,76 @@ def test_a_model_that_could_not_take_its_place_leaves_a_folder_the_next_run_remo
     assert not (tmp_path / "m.partial").exists() and not (tmp_path / "m" / ".building").exists()
 
 
+def test_a_model_that_finds_no_particle_does_not_replace_one(tmp_path: Path, capsys) -> None:
+    """A run that diverged into a network passing no edge (lr 1000) wrote its model, exit 0,
+    and with --overwrite put it in place of a working one (0% efficiency); now it fails
+    saying so, --out as it was, the checkpoints kept in OUT.partial."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out = tmp_path / "m"
+    assert main(["train", "--config", str(config), "--out", str(out), "-q"]) == 0
+    weights = (out / "weights.pt").read_bytes()
+    config.write_text(TINY.replace("[optim]\n", "[optim]\nlr = 1000.0\n"))
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--out", str(out), "-q", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "the trained network finds no reconstructable particle" in err
+    assert (out / "weights.pt").read_bytes() == weights
+    assert any((tmp_path / "m.partial" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_as_the_model_takes_its_place_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM between the replacement's two renames left no --out (the old
+    model moved aside, the new one in OUT.partial, which the next run removed): the
+    replacement is the run's last step, milliseconds long, and ends."""
+    import streamtrk.train as train_module
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    replace_directory = train_module._replace_directory
+
+    def stopped_midway(out: Path, work: Path) -> None:
+        os.kill(os.getpid(), stop)
+        replace_directory(out, work)
+
+    monkeypatch.setattr(train_module, "_replace_directory", stopped_midway)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
+    assert (tmp_path / "m" / "weights.pt").is_file() and not (tmp_path / "m.partial").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_network_too_large_to_allocate_is_refused_before_the_events(tmp_path: Path, capsys):
+    """hidden = 1,000,000 (4 TB of weights) failed with torch's traceback once the events
+    were simulated and their graphs built (minutes with the shipped recipe)."""
+    config = tmp_path / "huge.toml"
+    config.write_text(TINY.replace("hidden = 8", "hidden = 1000000"))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert "error: out of memory: the [model] network cannot be allocated" in err
+    assert "train: the events" not in err and "Traceback" not in err
+
+
+def test_the_working_directory_is_no_out_by_any_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``--out .`` was refused, the same folder by its path not: moved aside with the
+    user's files in it and removed, the model in its place."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    here = tmp_path / "work" / "here"
+    here.mkdir(parents=True)
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for out in (here, here.parent):
+        args = ["train", "--config", str(config), "--out", str(out), "-q", "--overwrite"]
+        assert main(args) == 2
+        assert "is the working directory or holds it" in capsys.readouterr().err
+    assert (here / "notes.txt").read_text() == "mine"
+
+
 def test_training_shows_the_progress_of_its_long_stages(tmp_path: Path, capsys) -> None:
     """The simulation, the graphs and the evaluations have bars (with their totals), not
     only the fit: the shipped recipe spends minutes in them."""
@@ -603,9 +675,8 @@ def test_the_summary_is_the_cards_in_strict_json(
     """stdout is the model's directory, its threshold, total seconds and all its metrics as
     the card has them; a rate of no tracks (NaN in the card) is null, not JSON's NaN."""
     config = tmp_path / "tiny.toml"
-    config.write_text(  # a threshold no edge passes: no tracks, their rates undefined
-        TINY.replace("thresholds = [0.4, 0.6]", "thresholds = [0.999]")
-        + "[test]\nmu = 10\nseed = 13\nevents = 1\n"
+    config.write_text(  # test events of almost no particles: no tracks, their rates undefined
+        TINY + "[test]\nmu = 0.01\nseed = 13\nevents = 1\n"
     )
     out = tmp_path / "m"
     assert main(["train", "--config", str(config), "--out", str(out), "-q"]) == 0
@@ -615,7 +686,7 @@ def test_the_summary_is_the_cards_in_strict_json(
 
     summary = json.loads(capsys.readouterr().out, parse_constant=refused)
     card = read_card(out)
-    assert summary["model"] == str(out) and summary["threshold"] == 0.999
+    assert summary["model"] == str(out) and summary["threshold"] == card["model"]["threshold"]
     assert summary["seconds"] == card["training"]["seconds_total"]
     assert summary["metrics"].keys() == card["metrics"].keys() == {"validation", "test"}
     assert summary["metrics"]["validation"] == card["metrics"]["validation"]
