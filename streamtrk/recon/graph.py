@@ -72,7 +72,7 @@ class GraphConfig:
     phi_tolerance: float = 0.002  # rad, added to every phi window (resolution, scattering)
     z0_max: float = 30.0  # mm: luminous region (5 sigma), plus the segment's own z0 error
     z0_sigmas: float = 5.0  # z0 error allowance, in standard deviations from hit resolutions
-    z0_lever_max: float = 25.0  # z0 error bound for disk pairs: lever x worst hit resolution
+    z0_lever_max: float = 25.0  # z0 error bound of any pair: lever x worst hit resolution
     z0_limit: float = 250.0  # mm: hard bound on |z0|
     deta_max: float = 0.5  # |eta(segment) - eta(outer hit seen from the origin)|
     skip_layers: bool = True  # also connect layer i to i + 2
