@@ -51,7 +51,13 @@ step() {
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PYTHONPATH=$PWD
-if [ "$DEVICE" = cuda ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ "$DEVICE" = cuda ] && ! ls .whl/*.whl >/dev/null 2>&1; then
+    # The import check would fail on zmq after a machine's start: said at once instead.
+    echo "device_run: no .whl/*.whl (pyzmq and tomli-w for Python 3.12, which the device" \
+        "lacks): download them as this file's header says, and carry [\".whl\"]"
+    exit 1
+fi
+if [ "$DEVICE" = cuda ]; then
     # A wheel is a zip: unpacked as it is where pip is missing. The wheels are the device's
     # (Python 3.12): a CPU dry run, in this checkout's environment, leaves them.
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -133,6 +133,16 @@ def test_device_run_unpacks_the_wheels_on_the_device_only_and_exports_its_path(
     assert f"PYTHONPATH={checkout} bench/host_path.py" in calls
 
 
+def test_device_run_without_the_wheels_on_the_device_says_so_before_any_python(tmp_path):
+    """No .whl on the device: it went on to the import check, which failed on zmq after
+    the machine's start; now it says what to bring, exit 1, before any call."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    done, calls = _device_run(tmp_path, cwd=checkout, DEVICE="cuda")
+    assert done.returncode == 1 and calls == ""
+    assert "device_run: no .whl/*.whl (pyzmq and tomli-w" in done.stdout
+
+
 def test_the_gpu_tests_log_keeps_both_pytest_runs(tmp_path: Path) -> None:
     """gpu-tests.txt holds the thread test's run and the other files' run after it."""
     done, _ = _device_run(tmp_path, STEPS="tests")
