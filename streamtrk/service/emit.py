@@ -123,7 +123,8 @@ class Emitter(Supervised):
                     # Done is set after the last reply was queued: take what is there.
                     yield from iter(self._next_now, None)
                     return
-                free_ended_peers(self.socket)
+                if not self.socket.closed:  # closed: a dead emitter's cleanup
+                    free_ended_peers(self.socket)
                 continue
             yield reply
 
