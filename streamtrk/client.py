@@ -69,6 +69,21 @@ class SocketSettings(TypedDict, total=False):
     monitor_events: int
 
 
+def _deadline(timeout_ms: int | None) -> float | None:
+    """The monotonic time ``timeout_ms`` from now; None for None or a negative one (as long
+    as it takes, as for pyzmq's poll)."""
+    return None if timeout_ms is None or timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+
+
+def _lock_wait(deadline: float | None) -> float:
+    """``Lock.acquire``'s timeout for ``deadline``: -1 (no limit) for None."""
+    return -1 if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _left_ms(deadline: float) -> int:
+    return max(0, round((deadline - time.monotonic()) * 1000))
+
+
 class _Endpoint:
     """One socket with ``options`` set, bound or connected to ``endpoint``, closed with LINGER
     ``linger_ms`` (of ``context``, else of a context of its own, ended on close); a
@@ -80,8 +95,9 @@ class _Endpoint:
     returns that monitor), so that no connection is missed. Sending, receiving or asking its
     ``endpoint`` after :meth:`close` raises ValueError. Threads may share one: a message is
     sent or received whole under a lock (a ZeroMQ socket is not thread-safe; two threads
-    sending through one interleaved their messages' frames, events lost or refused); close
-    it once they are done with it."""
+    sending through one interleaved their messages' frames, events lost or refused), a
+    timeout counting the wait for another thread's turn too; close it once they are done
+    with it."""
 
     def __init__(
         self,
@@ -256,16 +272,21 @@ class Producer(_Endpoint):
         for i, frame in enumerate(frames):
             if not isinstance(frame, zmq.Frame) and not memoryview(frame).contiguous:
                 raise ValueError(f"frame {i} is not a contiguous buffer")
-        with self._lock:
+        deadline = _deadline(timeout_ms)
+        if not self._lock.acquire(timeout=_lock_wait(deadline)):  # another thread's turn
+            return False
+        try:
             socket = self._open()
-            if timeout_ms is not None and not socket.poll(timeout_ms, zmq.POLLOUT):
+            if deadline is not None and not socket.poll(_left_ms(deadline), zmq.POLLOUT):
                 return False
-            flags = 0 if timeout_ms is None else zmq.NOBLOCK
+            flags = 0 if deadline is None else zmq.NOBLOCK
             try:
                 socket.send_multipart(frames, flags=flags, copy=False)
             except zmq.Again:
                 return False
             return True
+        finally:
+            self._lock.release()
 
 
 class Consumer(_Endpoint):
@@ -310,13 +331,15 @@ class Consumer(_Endpoint):
         connection took back (cut by the peer's end, or over ``ZMQ_MAXMSGSIZE``: libzmq
         leaves its ZAP credential behind), and a blocking receive would then wait for the
         next message, past the timeout."""
-        with self._lock:
+        deadline = _deadline(timeout_ms)
+        if not self._lock.acquire(timeout=_lock_wait(deadline)):  # another thread's turn
+            return None
+        try:
             socket = self._open()
-            if timeout_ms is None or timeout_ms < 0:  # as long as it takes, as pyzmq's poll
+            if deadline is None:  # as long as it takes
                 return socket.recv_multipart(copy=False)
-            deadline = time.monotonic() + timeout_ms / 1000
             while True:
-                left_ms = max(0, round((deadline - time.monotonic()) * 1000))
+                left_ms = _left_ms(deadline)
                 if not socket.poll(left_ms, zmq.POLLIN):
                     return None
                 try:
@@ -324,6 +347,8 @@ class Consumer(_Endpoint):
                 except zmq.Again:  # nothing behind that POLLIN
                     if left_ms == 0:
                         return None
+        finally:
+            self._lock.release()
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:
         """The next decoded message, or None after ``timeout_ms``; raises WireError if it is

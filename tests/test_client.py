@@ -140,6 +140,24 @@ def test_threads_sharing_a_producer_and_a_consumer_keep_messages_whole() -> None
     assert sorted(got) == sorted([tag, *[b"%d" % i] * 8] for tag in (b"a", b"b") for i in range(n))
 
 
+def test_a_timeout_counts_the_wait_for_another_thread_s_turn() -> None:
+    """A thread receiving without a timeout holds the consumer: another's receive within
+    100 ms returns None after about that (it waited for the lock as long as the first)."""
+    with (
+        Consumer("tcp://127.0.0.1:*", bind=True) as consumer,
+        Producer(consumer.endpoint) as producer,
+    ):
+        waiting = threading.Thread(target=consumer.recv_frames)  # until a message comes
+        waiting.start()
+        time.sleep(0.2)  # it holds the turn
+        t0 = time.monotonic()
+        assert consumer.recv_frames(timeout_ms=100) is None
+        assert time.monotonic() - t0 < 1.0
+        assert producer.send_frames([b"end"], timeout_ms=1000)
+        waiting.join(5)
+        assert not waiting.is_alive()
+
+
 def test_a_producer_that_exits_after_sending_loses_nothing_it_sent() -> None:
     """Closing waits for the queued messages to leave (up to ``linger_ms``): a producer
     process that sends and exits at once does not drop what its socket still held. The
