@@ -14,7 +14,8 @@ message) took 20-40 s and 3.7 GB, 2,000 ran out of memory. The chain raises
   ``triplets_per_hit`` per hit that an edge touches, plus ``allowance``.
 
 Hits that can make no edge (on no layer, or off their layer's surface by more than the
-graph's ``layer_margin`` and ``MAX_BEAM_SPOT``, or on the beam line) buy no budget, so
+search windows reach: the graph's ``layer_margin`` plus the beam line's offset, or on the
+beam line) buy no budget, so
 padding an event with them does not raise its limits; hits that can (on a layer's surface)
 do, so an event's cost is bounded by those hits.
 
