@@ -191,9 +191,6 @@ class ReplayResult:
     t_last_first_send: float = 0.0  # of a new event (resends move t_last_send only)
     t_last_send: float = 0.0
     t_last_reply: float = 0.0
-    # The first and the last reply counted (an event's answer): events_per_second's span.
-    t_first_answer: float = 0.0
-    t_last_answer: float = 0.0
     interrupted: bool = False  # stopped early (Ctrl-C, SIGTERM): the report covers what came
 
     @property
@@ -212,7 +209,6 @@ class ReplayResult:
         # Nothing sent: no span (the first send was tried, and timed out or was stopped).
         span = max(self.t_last_reply, self.t_last_send) - self.t_first_send if self.sent else 0.0
         send_span = self.t_last_first_send - self.t_first_send
-        answer_span = self.t_last_answer - self.t_first_answer
 
         def pct(q: float, ms: np.ndarray = lat_ms) -> float | None:
             return float(np.percentile(ms, q)) if len(ms) else None
@@ -237,9 +233,7 @@ class ReplayResult:
             "invalid_replies": self.invalid_replies,
             "interrupted": self.interrupted,
             "duration_s": span,
-            # The rate replies came at: received over first send to last reply was N
-            # replies over N - 1 sends' gaps (2 events sent at 0.5 Hz: 0.96 events/s).
-            "events_per_second": (self.received - 1) / answer_span if answer_span > 0 else None,
+            "events_per_second": self.received / span if span > 0 else None,
             "offered_rate_hz": rate,
             "send_rate_hz": (self.sent - 1) / send_span if send_span > 0 else None,
             "latency_p50_ms": pct(50),
@@ -631,8 +625,6 @@ def _count(msg: Message, reply: TrackReply, sent: _Send, t: float, result: Repla
     """``msg`` (``reply`` decoded, arrived at ``t``) as the answer to ``sent``; scored as its
     event's unless it names another event (a daemon's fault: ``mismatched_replies``)."""
     result.latencies.append(t - sent.t_first)
-    result.t_first_answer = result.t_first_answer or t
-    result.t_last_answer = t
     if sent.t_due is not None:
         result.schedule_latencies.append(t - sent.t_due)
     if not reply.ok:
