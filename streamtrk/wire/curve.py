@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,10 @@ def ipv6_literal(endpoint: str) -> bool:
     return endpoint.partition("://")[2].startswith("[")
 
 
+#: A certificate's size at most (one is about 300 bytes).
+CERTIFICATE_MAX_BYTES = 65_536
+
+
 def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory`` (created if needed);
     return their paths. ``name`` is a plain file name (no folder, no leading dot: a hidden
@@ -112,19 +117,47 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
-    """(public, secret or None) keys of a certificate file; CurveError naming it and why not
-    (pyzmq calls a missing file "Invalid certificate file")."""
+    """(public, secret or None) keys of a certificate file, read as pyzmq's
+    ``load_certificate`` reads one; CurveError naming it and why not (pyzmq calls a missing
+    file "Invalid certificate file")."""
     if not Path(path).exists():
         raise CurveError(f"cannot read the CURVE certificate {path}: no such file")
+    keys: dict[bytes, bytes] = {}
     try:
-        return zmq.auth.load_certificate(Path(path))
-    except (OSError, ValueError, IndexError) as e:  # IndexError: a key line without "="
-        raise CurveError(f"cannot read the CURVE certificate {path}: {_why(e)}") from None
+        for line in (raw.strip() for raw in _certificate_bytes(path).split(b"\n")):
+            for name in (b"public-key", b"secret-key"):
+                if line.startswith(name):
+                    keys[name] = line.split(b"=", 1)[1].strip(b" \t'\"")
+            if len(keys) == 2:
+                break
+    except OSError as e:
+        raise CurveError(f"cannot read the CURVE certificate {path}: {e.strerror or e}") from None
+    except IndexError:  # a key line without "="
+        raise CurveError(
+            f"cannot read the CURVE certificate {path}: a key line without its value"
+        ) from None
+    if b"public-key" not in keys:
+        raise CurveError(f"cannot read the CURVE certificate {path}: No public key found in it")
+    return keys[b"public-key"], keys.get(b"secret-key")
 
 
-def _why(e: Exception) -> str:
-    """What was wrong with a certificate, from pyzmq's exception."""
-    return "a key line without its value" if isinstance(e, IndexError) else str(e)
+def _certificate_bytes(path: str | Path) -> bytes:
+    """The bytes of certificate file ``path``: a regular file of at most
+    ``CERTIFICATE_MAX_BYTES`` (a FIFO among the allowed keys held the authenticator in its
+    open for ever, every client refused; a link to /dev/zero filled the memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CurveError(f"cannot read the CURVE certificate {path}: not a regular file")
+        if info.st_size > CERTIFICATE_MAX_BYTES:
+            raise CurveError(
+                f"cannot read the CURVE certificate {path}: {info.st_size} bytes, past the "
+                f"{CERTIFICATE_MAX_BYTES} a certificate can take"
+            )
+        return os.read(fd, CERTIFICATE_MAX_BYTES)
+    finally:
+        os.close(fd)
 
 
 def _checked(path: str | Path, field: str, key: bytes) -> bytes:
@@ -136,10 +169,18 @@ def _checked(path: str | Path, field: str, key: bytes) -> bytes:
 
 
 def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) keys of a secret certificate file."""
+    """(public, secret) keys of a secret certificate file; a CurveError where other users
+    may read or write it (as ssh refuses such a key: used without a word, it was anyone's
+    on the host)."""
     public, secret = _load_certificate(path)
     if secret is None:
         raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
+    if (mode := os.stat(path).st_mode) & 0o007:
+        raise CurveError(
+            f"{path}: other users may read or write this secret key (mode "
+            f"{stat.S_IMODE(mode):o}): chmod o= {path}, and make a new pair where they may "
+            "have read it"
+        )
     return _checked(path, "public-key", public), _checked(path, "secret-key", secret)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import zmq.auth
 
 from streamtrk.cli import main
 from streamtrk.wire.curve import (
+    CERTIFICATE_MAX_BYTES,
     CurveError,
     allowed_keys,
     create_certificates,
@@ -108,6 +111,7 @@ def _damaged(path: Path, field: str) -> Path:
     head, _, tail = path.read_text().partition(f'{field} = "')
     damaged = path.with_name(f"damaged-{path.name}")
     damaged.write_text(f'{head}{field} = "{tail[5:]}')
+    damaged.chmod(path.stat().st_mode)  # a secret one its owner's alone, as the original
     return damaged
 
 
@@ -227,6 +231,44 @@ def test_a_public_certificate_given_for_a_secret_one_is_said_to_be_one(tmp_path:
     public, _ = create_certificates(tmp_path, "alice")
     with pytest.raises(CurveError, match=r"alice\.key holds no secret key \(use the NAME\.key_"):
         load_keypair(public)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_key_that_is_no_small_regular_file_is_refused_at_once(tmp_path: Path, kind) -> None:
+    """A FIFO among the allowed keys held the authenticator in its open for ever (every
+    client refused, the daemon's exit hung); a link to /dev/zero filled the memory."""
+    create_certificates(tmp_path, "alice")
+    odd = tmp_path / "odd.key"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "device":
+        odd.symlink_to("/dev/zero")
+    else:
+        odd.write_bytes(b"#" * (CERTIFICATE_MAX_BYTES + 1))
+    why = "past the 65536 a certificate can take" if kind == "huge" else "not a regular file"
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            allowed_keys(tmp_path)
+        except CurveError as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive() and len(outcome) == 1
+    assert re.search(rf"certificate \S+/odd\.key: .*{why}", str(outcome[0])), outcome
+
+
+def test_a_secret_key_other_users_may_read_is_refused(tmp_path: Path) -> None:
+    """Mode 666 (a copy under another umask, an archive unpacked): used without a word."""
+    _, secret = create_certificates(tmp_path, "server")
+    secret.chmod(0o644)
+    with pytest.raises(CurveError, match=r"server\.key_secret: other users may read or write"):
+        load_keypair(secret)
+    secret.chmod(0o640)  # its group's: a deployment's choice
+    assert load_keypair(secret)
 
 
 def test_a_hidden_key_file_is_allowed_as_any_other(tmp_path: Path) -> None:
