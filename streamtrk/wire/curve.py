@@ -98,8 +98,8 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
             f"a certificate name is a plain file name not starting with '.': {name!r}"
         )
     directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
+    try:  # 0755 whatever the umask (under 000 others could replace a pair made there)
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     except FileExistsError:  # a file of that name: no certificate there, as "exists" would say
         raise NotADirectoryError(f"{directory} is not a directory") from None
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"

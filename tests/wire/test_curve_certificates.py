@@ -47,6 +47,16 @@ def test_a_pair_is_written_with_the_secret_never_readable_by_others(tmp_path, mo
     assert load_public(public) == load_keypair(secret)[0]
 
 
+def test_the_directory_made_for_a_pair_is_its_owner_s_to_write_whatever_the_umask(tmp_path):
+    """Under umask 000 the directory was made 0777: another user could replace the pair."""
+    old = os.umask(0)
+    try:
+        create_certificates(tmp_path / "keys", "alice")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o755
+
+
 @pytest.mark.parametrize("name", ["", ".hidden", "../escape", "sub/alice"])
 def test_a_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name, capsys):
     """An empty name writes the hidden ``.key`` (which a keys directory would still allow),
