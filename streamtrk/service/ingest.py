@@ -84,11 +84,16 @@ class Ingest(Supervised):
         self._refused_reasons: Counter[str] = Counter()  # since the last warning
         self._refused_last = ""  # the last refusal: the event it names, its reason and why
 
+    def beat(self) -> None:
+        """Progress, and the rest of a burst's warnings once due, said also while the thread
+        waits for room downstream (a stalled collector held them back until the drain)."""
+        super().beat()
+        self._say_pending()
+
     def loop(self) -> None:
         while not self.stop.is_set():
             self.beat()
             self.reconnect()
-            self._say_pending()
             if not self.socket.poll(POLL_MS, zmq.POLLIN):
                 continue
             try:

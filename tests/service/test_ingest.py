@@ -3,6 +3,7 @@ replies, dead letters, connect mode; a rejection is counted before its reply is 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -703,6 +704,32 @@ def test_refused_input_while_running_is_one_warning_a_minute(rig, caplog) -> Non
             r.ingest.join(10)
     assert len(said) == 1 and said[0].startswith("1 input messages refused")
     assert caplog.records[-1].getMessage().startswith("2 input messages refused")
+
+
+def test_refused_input_is_said_while_the_thread_waits_for_room_downstream(
+    rig, caplog, monkeypatch
+) -> None:
+    """A burst of refusals, then the reply queue full (no collector reading): the rest of
+    the burst is said once due, while intake waits for room (it was said at the drain)."""
+    monkeypatch.setattr(ingest_module, "REFUSED_LOG_S", 0.3)
+    r = rig()
+    r.ingest.replies = r.replies = queue.Queue(maxsize=3)
+    with caplog.at_level("WARNING", logger="streamtrk.service.ingest"):
+        r.ingest.start()
+        try:
+            for event in range(4):  # the 4th's reply finds the queue full
+                r.send(_bad_version(event))
+            wait_for(lambda: r.value("streamtrk_events_received_total") == 4, timeout=10)
+            wait_for(lambda: len(caplog.records) == 2, timeout=5)
+            assert r.replies.full() and r.ingest.is_alive()  # still waiting for room
+        finally:
+            r.stop.set()
+            while r.ingest.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    r.replies.get(timeout=0.1)
+    said = [rec.getMessage() for rec in caplog.records]
+    assert said[0].startswith("1 input messages refused")
+    assert said[1].startswith("3 input messages refused since the last warning (bad_version 3)")
 
 
 def test_a_refused_reply_is_dead_lettered_with_the_decoders_detail(rig, tmp_path) -> None:
