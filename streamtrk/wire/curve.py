@@ -98,10 +98,13 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
             f"a certificate name is a plain file name not starting with '.': {name!r}"
         )
     directory = Path(directory)
-    try:  # 0755 whatever the umask (under 000 others could replace a pair made there)
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:  # each level made 0755 whatever the umask (under 000 others could replace a pair)
+        for level in reversed([p for p in (directory, *directory.parents) if not p.exists()]):
+            level.mkdir(mode=0o755, exist_ok=True)
     except FileExistsError:  # a file of that name: no certificate there, as "exists" would say
         raise NotADirectoryError(f"{directory} is not a directory") from None
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is not a directory")
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     made: list[Path] = []
     try:
@@ -128,7 +131,7 @@ def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
             for name in (b"public-key", b"secret-key"):
                 if line.startswith(name):
                     keys[name] = line.split(b"=", 1)[1].strip(b" \t'\"")
-            if len(keys) == 2:
+            if all(keys.get(name) for name in (b"public-key", b"secret-key")):
                 break
     except OSError as e:
         raise CurveError(f"cannot read the CURVE certificate {path}: {e.strerror or e}") from None
@@ -145,19 +148,28 @@ def _certificate_bytes(path: str | Path) -> bytes:
     """The bytes of certificate file ``path``: a regular file of at most
     ``CERTIFICATE_MAX_BYTES`` (a FIFO among the allowed keys held the authenticator in its
     open for ever, every client refused; a link to /dev/zero filled the memory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once
+    _regular(path, os.stat(path))  # a device is not even opened
+    try:  # a FIFO put there since the stat opens at once, refused below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BlockingIOError:  # a lease (an SMB oplock, an NFS delegation) being broken
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CurveError(f"cannot read the CURVE certificate {path}: not a regular file")
-        if info.st_size > CERTIFICATE_MAX_BYTES:
-            raise CurveError(
-                f"cannot read the CURVE certificate {path}: {info.st_size} bytes, past the "
-                f"{CERTIFICATE_MAX_BYTES} a certificate can take"
-            )
-        return os.read(fd, CERTIFICATE_MAX_BYTES)
+        _regular(path, os.fstat(fd))
+        with os.fdopen(os.dup(fd), "rb") as f:  # read to its end, however it comes
+            return f.read(CERTIFICATE_MAX_BYTES)
     finally:
         os.close(fd)
+
+
+def _regular(path: str | Path, info: os.stat_result) -> None:
+    """CurveError unless ``info`` is a regular file's of at most ``CERTIFICATE_MAX_BYTES``."""
+    if not stat.S_ISREG(info.st_mode):
+        raise CurveError(f"cannot read the CURVE certificate {path}: not a regular file")
+    if info.st_size > CERTIFICATE_MAX_BYTES:
+        raise CurveError(
+            f"cannot read the CURVE certificate {path}: {info.st_size} bytes, past the "
+            f"{CERTIFICATE_MAX_BYTES} a certificate can take"
+        )
 
 
 def _checked(path: str | Path, field: str, key: bytes) -> bytes:
@@ -169,9 +181,10 @@ def _checked(path: str | Path, field: str, key: bytes) -> bytes:
 
 
 def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) keys of a secret certificate file; a CurveError where other users
-    may read or write it (as ssh refuses such a key: used without a word, it was anyone's
-    on the host)."""
+    """(public, secret) keys of a secret certificate file; a CurveError where users other
+    than its owner and group may read or write it (used without a word, it was anyone's on
+    the host; ssh refuses a group's access too, which deployments sharing keys through a
+    group use here)."""
     public, secret = _load_certificate(path)
     if secret is None:
         raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")

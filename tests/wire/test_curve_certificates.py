@@ -51,10 +51,11 @@ def test_the_directory_made_for_a_pair_is_its_owner_s_to_write_whatever_the_umas
     """Under umask 000 the directory was made 0777: another user could replace the pair."""
     old = os.umask(0)
     try:
-        create_certificates(tmp_path / "keys", "alice")
+        create_certificates(tmp_path / "etc" / "keys" / "private", "alice")
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o755
+    for level in ("etc", "etc/keys", "etc/keys/private"):  # each level made
+        assert stat.S_IMODE((tmp_path / level).stat().st_mode) == 0o755, level
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "../escape", "sub/alice"])
@@ -269,6 +270,21 @@ def test_a_key_that_is_no_small_regular_file_is_refused_at_once(tmp_path: Path, 
     reader.join(5)
     assert not reader.is_alive() and len(outcome) == 1
     assert re.search(rf"certificate \S+/odd\.key: .*{why}", str(outcome[0])), outcome
+
+
+def test_a_certificate_is_read_as_pyzmq_reads_one(tmp_path: Path) -> None:
+    """Comments, CRLF, metadata and quotes as pyzmq's reader takes them; an empty key line
+    before the real one gives the real one (the reader stopped at the empty one)."""
+    _, secret = create_certificates(tmp_path, "alice")
+    keys = zmq.auth.load_certificate(secret)
+    text = secret.read_text()
+    for variant in (
+        text.replace("\n", "\r\n"),
+        text.replace('secret-key = "', 'secret-key = ""\n    secret-key = "'),
+        text.replace('"', "'"),
+    ):
+        secret.write_text(variant)
+        assert load_keypair(secret) == keys == zmq.auth.load_certificate(secret)
 
 
 def test_a_secret_key_other_users_may_read_is_refused(tmp_path: Path) -> None:
