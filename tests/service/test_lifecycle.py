@@ -319,17 +319,25 @@ def test_a_reload_failing_as_its_model_is_installed_keeps_the_previous_one(
     assert d.stop() == 0
 
 
+def installing(daemon_factory, tmp_path: Path, delay_s: float) -> LiveDaemon:
+    """A daemon in a reload (to threshold 0.9) whose install is held ``delay_s`` seconds
+    once the model metrics name the new model."""
+    config = tmp_path / "serve.toml"
+    config.write_text("")
+    faults = {"STREAMTRK_TEST_FAULTS": f"install_delay_s={delay_s}"}
+    d = daemon_factory("--config", str(config), env=faults)
+    config.write_text("threshold = 0.9\n")
+    hup_until_said(d, "reloading")
+    wait_for(lambda: model_labels(d)["threshold"] == "0.9")
+    return d
+
+
 def test_status_names_one_configuration_while_a_reload_installs(daemon_factory, tmp_path):
     """While a reload's model is installed (here held there 4 s once its metrics are set),
     ``/status`` gives the previous model with the previous settings, then both new: it gave
     the new model beside the old settings (the model was put in force first, the settings
     last, and replies named it before the metrics did)."""
-    config = tmp_path / "serve.toml"
-    config.write_text("")
-    d = daemon_factory("--config", str(config), env={"STREAMTRK_TEST_FAULTS": "install_delay_s=4"})
-    config.write_text("threshold = 0.9\n")
-    hup_until_said(d, "reloading")
-    wait_for(lambda: model_labels(d)["threshold"] == "0.9")  # in the install
+    d = installing(daemon_factory, tmp_path, 4)
     status = json.loads(d.get("/status")[1])
     assert (status["model"]["threshold"], status["settings"]["threshold"]) == (0.5, None)
     wait_for(lambda: any(line["message"] == "reloaded" for line in d.logs()))
@@ -342,12 +350,7 @@ def test_sigterm_while_a_reload_installs_stops_intake_at_once(daemon_factory, tm
     """SIGTERM while a reload's model is installed (held there 6 s): ``/readyz`` says
     draining at once; it said ready until the install ended (the drain waited for it before
     stopping intake)."""
-    config = tmp_path / "serve.toml"
-    config.write_text("")
-    d = daemon_factory("--config", str(config), env={"STREAMTRK_TEST_FAULTS": "install_delay_s=6"})
-    config.write_text("threshold = 0.9\n")
-    hup_until_said(d, "reloading")
-    wait_for(lambda: model_labels(d)["threshold"] == "0.9")  # in the install
+    d = installing(daemon_factory, tmp_path, 6)
     d.process.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     wait_for(lambda: d.get("/readyz")[0] == 503)
