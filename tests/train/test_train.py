@@ -463,9 +463,10 @@ def test_a_stop_as_the_model_takes_its_place_waits_for_it(
         replace_directory(out, work)
 
     monkeypatch.setattr(train_module, "_replace_directory", stopped_midway)
+    handler = signal.getsignal(signal.SIGINT)
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "-q"]) == 0
     assert (tmp_path / "m" / "weights.pt").is_file() and not (tmp_path / "m.partial").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # given back
 
 
 def test_a_network_too_large_to_allocate_is_refused_before_the_events(tmp_path: Path, capsys):
