@@ -9,6 +9,10 @@ an assignment and takes no lock; what waits for it polls ``is_set``.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -31,3 +35,22 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return self._set
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """A flag that SIGINT and SIGTERM set while the block runs (the command stops cleanly
+    on either; a flag, not an event: see above); their handlers from before are back after
+    it (``main`` may run in-process: the demo's replay, tests). Outside the main thread,
+    where handlers cannot be set, a flag nothing sets."""
+    stop = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

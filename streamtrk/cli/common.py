@@ -7,7 +7,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +15,6 @@ from typing import Any
 
 from streamtrk.errors import SettingError
 from streamtrk.io.paths import check_writable, write_whole, written_in_place
-from streamtrk.stop import StopFlag
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -256,18 +254,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one is not there
         return a.resolve() == b.resolve()
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    """A flag that SIGINT and SIGTERM set while the block runs (the command stops cleanly
-    on either; a flag, not an event: see :mod:`streamtrk.stop`); their handlers from before
-    are back after it (``main`` may run in-process: the demo's replay, tests)."""
-    stop = StopFlag()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
-    try:
-        yield stop
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)

@@ -11,10 +11,10 @@ from streamtrk.cli.common import (
     check_curve_pair,
     check_endpoints,
     curve_arguments,
-    stop_on_signals,
     subcommand,
 )
 from streamtrk.errors import SettingError
+from streamtrk.stop import stop_on_signals
 
 
 def _farm_arguments(s: argparse.ArgumentParser) -> None:

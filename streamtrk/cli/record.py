@@ -14,9 +14,9 @@ from streamtrk.cli.common import (
     check_outputs,
     curve_arguments,
     curve_files,
-    stop_on_signals,
     subcommand,
 )
+from streamtrk.stop import stop_on_signals
 
 
 def _record_arguments(s: argparse.ArgumentParser) -> None:

@@ -18,12 +18,12 @@ from streamtrk.cli.common import (
     curve_arguments,
     curve_files,
     results_printed,
-    stop_on_signals,
     strict_json,
     subcommand,
     write_report,
 )
 from streamtrk.errors import SettingError
+from streamtrk.stop import stop_on_signals
 
 
 def _replay_arguments(s: argparse.ArgumentParser) -> None:

@@ -32,10 +32,8 @@ import hashlib
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -58,6 +56,7 @@ from streamtrk.recon.gnn import GNNScorer, InteractionNetwork
 from streamtrk.recon.load import ChainSettings
 from streamtrk.recon.model import save_model
 from streamtrk.recon.prune import MODEL_WINDOWS_FILE, PruneConfig, windows_is_path
+from streamtrk.stop import stop_on_signals
 from streamtrk.train.config import EventSource, OptimConfig, TrainConfig, load_config
 from streamtrk.train.loop import fit, plot_history
 from streamtrk.train.samples import Sample, make_samples
@@ -264,7 +263,9 @@ def _train(
         reproduce={"command": command, "config": config_text},
     )
     save_model(work, model, card)
-    with _stops_held():  # interrupted between its renames, OUT was gone, the model hidden
+    # Ctrl-C or SIGTERM wait for this last step, milliseconds long (between its renames,
+    # OUT was gone, the model hidden): the run ends complete.
+    with stop_on_signals():
         _replace_directory(out, work)
         (out / _BUILDING).unlink()  # after: a failed replacement leaves OUT.partial a run's
     return card
@@ -294,22 +295,6 @@ def _check_useful(scan: dict[str, Any], work: Path) -> None:
         f"not written (--out is left as it was; the checkpoints are in {work}); a lower "
         "[optim] lr, more epochs or more training events?"
     )
-
-
-@contextlib.contextmanager
-def _stops_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM ignored while the block runs (the main thread's, as signal
-    handlers are): the block is a run's last step, milliseconds long, and the run ends
-    complete."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in held.items():
-            signal.signal(s, handler)
 
 
 def _carry_windows(prune: PruneConfig | None, work: Path) -> PruneConfig | None:

@@ -1,52 +1,17 @@
-"""What the commands share: the stop on signals, the check of output files."""
+"""What the commands share: the check of output files, strict JSON."""
 
 import json
 import math
 import shutil
-import signal
-import sys
-import threading
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from streamtrk.cli import main
-from streamtrk.cli.common import check_outputs, stop_on_signals, strict_json
+from streamtrk.cli.common import check_outputs, strict_json
 from streamtrk.detector import DEFAULT_DETECTOR
 from streamtrk.recon.model import shipped_model_path
-
-
-def test_a_signal_inside_the_stop_handler_does_not_wait_for_itself() -> None:
-    """A signal handler runs on the main thread between any two bytecodes, inside another
-    handler too (Ctrl-C twice, or Ctrl-C then a supervisor's SIGTERM). Here the stop handler
-    of replay, record and farm runs again at every Python call it makes (a profile hook), as
-    a second signal could: one that took a lock there, as ``threading.Event.set`` takes its
-    condition's, would wait for itself for ever."""
-    with stop_on_signals() as stop:
-        handler = signal.getsignal(signal.SIGINT)
-    assert callable(handler)
-    nested: list[str] = []  # where the handler ran again (not inside a nested run)
-
-    def hook(frame, event, arg) -> None:
-        if event == "call":
-            nested.append(frame.f_code.co_qualname)
-            sys.setprofile(None)
-            handler(signal.SIGTERM, None)
-            sys.setprofile(hook)
-
-    def interrupted() -> None:
-        sys.setprofile(hook)
-        try:
-            handler(signal.SIGINT, None)
-        finally:
-            sys.setprofile(None)
-
-    thread = threading.Thread(target=interrupted, daemon=True)
-    thread.start()
-    thread.join(10)
-    assert not thread.is_alive(), f"the handler waits for itself, nested at {nested}"
-    assert stop.is_set() and nested
 
 
 def test_two_outputs_named_alike_are_refused_before_the_work(tmp_path) -> None:
@@ -117,15 +82,6 @@ def test_no_output_replaces_a_model_detector_or_certificate_read(tmp_path, capsy
         assert main([*args, str(output)]) == 2, args
         assert f"{output} is an input too" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in before} == before
-
-
-def test_the_handlers_from_before_are_back_after_the_block() -> None:
-    """``main`` runs in-process (the demo's replay, tests): after a command, Ctrl-C is
-    the caller's again, not a flag nobody reads."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with stop_on_signals():
-        assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
-    assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 def test_strict_json_writes_every_non_finite_number_as_null() -> None:
