@@ -47,10 +47,20 @@ def stop_on_signals() -> Iterator[StopFlag]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
-    try:
+    with handlers_kept(signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         yield stop
+
+
+@contextmanager
+def handlers_kept(*signals: signal.Signals) -> Iterator[None]:
+    """The handlers of ``signals`` from before the block are back after it, whatever it
+    set (on the main thread, the one where handlers can be set)."""
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: set outside Python, not restorable from it
+                signal.signal(sig, handler)

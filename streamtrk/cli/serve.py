@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamtrk.cli.common import SIGNED_OPTIONS, subcommand
-from streamtrk.stop import StopFlag
+from streamtrk.stop import StopFlag, handlers_kept
 
 if TYPE_CHECKING:
     from streamtrk.service.config import ServeConfig
@@ -39,6 +39,13 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
     "drain and exit, SIGHUP reloads configuration and model.",
 )
 def _serve(args: argparse.Namespace) -> int:
+    # The handlers set here and by the daemon are undone on return (``main`` may run
+    # in-process: a --print-config, tests), as SIGINT would set a flag nothing reads.
+    with handlers_kept(signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        return _serve_kept(args)
+
+
+def _serve_kept(args: argparse.Namespace) -> int:
     # SIGHUP's default action ends the process: one during the imports below (seconds, with
     # torch) would stop the daemon unlogged, and a supervisor restarts no process a SIGHUP
     # ended (systemd's Restart=on-failure). Kept, it makes the daemon reload once ready.

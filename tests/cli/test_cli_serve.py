@@ -1,6 +1,7 @@
 """``streamtrk serve``'s start-up errors (the daemon itself: tests/service)."""
 
 import json
+import signal
 
 import pytest
 from cli_helpers import _run
@@ -127,3 +128,14 @@ def test_json_logs_carry_the_warnings_before_a_refusal_of_this_host(tmp_path) ->
     assert warning["message"].startswith("environment variable STREAMTRK_MODLE is not a setting")
     assert error["level"] == "error"
     assert error["message"].startswith("invalid configuration: model: no model at ")
+
+
+def test_serve_in_process_gives_the_signal_handlers_back(capsys):
+    """``main`` run in-process (a --print-config, a refused start) leaves SIGINT, SIGTERM
+    and SIGHUP as it found them: not set to a stop flag nothing reads (Ctrl-C ignored)."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    assert main(["serve", "--print-config"]) == 0
+    assert main(["serve", "--max-batch-events", "0"]) == 2
+    assert {sig: signal.getsignal(sig) for sig in signals} == before
+    capsys.readouterr()
