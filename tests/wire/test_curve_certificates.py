@@ -86,6 +86,16 @@ def test_a_directory_that_is_a_file_is_said_to_be_no_directory(tmp_path: Path, c
     assert [p.name for p in tmp_path.iterdir()] == ["keys"]
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_link_to_nowhere_is_said_to_be_no_directory(tmp_path: Path, capsys, below) -> None:
+    """A dangling link as the directory or a level above it: no pair there either."""
+    (tmp_path / "keys").symlink_to(tmp_path / "nowhere")
+    assert main(["keys", str(tmp_path / "keys" / below), "alice"]) == 1
+    err = capsys.readouterr().err
+    assert "not overwritten" not in err and f"{tmp_path / 'keys'} is not a directory" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["keys"]
+
+
 @pytest.mark.parametrize("load", [load_keypair, load_public])
 def test_a_missing_certificate_is_said_to_be_missing(tmp_path: Path, load) -> None:
     """Not pyzmq's "Invalid certificate file", which reads as a damaged one."""
