@@ -263,8 +263,9 @@ def _train(
         reproduce={"command": command, "config": config_text},
     )
     save_model(work, model, card)
-    # Ctrl-C or SIGTERM wait for this last step, milliseconds long (between its renames,
-    # OUT was gone, the model hidden): the run ends complete.
+    # Ctrl-C or SIGTERM during this last step, milliseconds long (between its renames, OUT
+    # was gone, the model hidden), are ignored: the run ends complete, as it would have a
+    # moment later.
     with stop_on_signals():
         _replace_directory(out, work)
         (out / _BUILDING).unlink()  # after: a failed replacement leaves OUT.partial a run's
