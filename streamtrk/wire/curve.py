@@ -98,11 +98,12 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
             f"a certificate name is a plain file name not starting with '.': {name!r}"
         )
     directory = Path(directory)
-    try:  # each level made at most 0755 (under umask 000 others could replace a pair)
-        for level in reversed([p for p in (directory, *directory.parents) if not p.exists()]):
+    # Each level made at most 0755 (under umask 000 others could replace a pair).
+    for level in reversed([p for p in (directory, *directory.parents) if not p.exists()]):
+        try:
             level.mkdir(mode=0o755, exist_ok=True)
-    except FileExistsError:  # a link to nowhere (not "exists"), or a file made meanwhile
-        raise NotADirectoryError(f"{level} is not a directory") from None
+        except FileExistsError:  # a link to nowhere (not "exists"), or a file made meanwhile
+            raise NotADirectoryError(f"{level} is not a directory") from None
     if not directory.is_dir():  # a file of that name: no certificate there, as "exists" says
         raise NotADirectoryError(f"{directory} is not a directory")
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
