@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import operator
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +62,18 @@ Frames = Iterable[Any]  # bytes, bytearray, memoryview, zmq.Frame or other buffe
 # --------------------------------------------------------------------------- encoding
 
 
+def _whole(value: Any) -> Any:
+    """``value`` as an int where it is an integer (a NumPy one too); else ``value`` itself,
+    for the header's checks to refuse as the decoder would (5.7 was sent as 5, and two
+    messages' ids 5.2 and 5.7 as one)."""
+    if isinstance(value, bool | np.bool_):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
 def _narrowest(a: np.ndarray) -> np.ndarray:
     """Integer ``a`` in the smallest unsigned dtype that holds its values, if they are all
     non-negative (ids) and one is smaller; else ``a`` itself. One pass: the largest value of
@@ -80,9 +93,12 @@ def _frames(
     compact: bool = False,
     **extra: Any,
 ) -> list[OutFrame]:
+    run, event = _whole(run), _whole(event)
     for key, value in (("run", run), ("event", event)):
-        if not 0 <= value < MAX_INT:
-            raise WireError("bad_header", f"{key} must be an int in [0, 2**63), got {value}")
+        if not (_is_int(value) and 0 <= value < MAX_INT):
+            raise WireError(
+                "bad_header", f"{key} must be an int in [0, 2**63), got {_short(value)}"
+            )
     spec = COLUMNS[kind]
     arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
     if compact:
@@ -92,9 +108,9 @@ def _frames(
         "schema": SCHEMA,
         "version": NARROW_VERSION if narrowed else ENCODED_VERSIONS[kind],
         "kind": kind,
-        "run": int(run),
-        "event": int(event),
-        "t_send_ns": time.time_ns() if t_send_ns is None else int(t_send_ns),
+        "run": run,
+        "event": event,
+        "t_send_ns": time.time_ns() if t_send_ns is None else _whole(t_send_ns),
         "columns": [[n, a.dtype.str, len(a)] for n, a in zip(spec, arrays, strict=True)],
         **extra,
     }
@@ -120,7 +136,7 @@ def encode_hits(
     where any column narrows (an event without hits stays version 2)."""
     extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
     if msg_id is not None:
-        extra["msg_id"] = int(msg_id)
+        extra["msg_id"] = _whole(msg_id)
     _check_msg_id(extra)  # what the decoder would refuse is not sent
     _check_deadline(extra)
     cols = event.hits.columns()
@@ -132,7 +148,7 @@ def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
     copied. A version 1 header (a recording made before ``msg_id``) is raised to version 2,
     which has the same hits columns and admits the key."""
     header = msgpack.unpackb(frame_view(frames[0]), raw=False)
-    header["msg_id"] = int(msg_id)
+    header["msg_id"] = _whole(msg_id)
     _check_msg_id(header)
     header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
@@ -183,7 +199,7 @@ def encode_tracks(
     times = {str(k): float(v) for k, v in (timings or {}).items()}
     extra: dict[str, Any] = {"status": status, "reason": reason, "timings": times}
     if msg_id is not None:
-        extra["msg_id"] = int(msg_id)
+        extra["msg_id"] = _whole(msg_id)
     if beam_line is not None:
         extra["beam_line"] = [float(v) for v in beam_line]
     if model is not None:

@@ -1035,6 +1035,36 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     assert reply.to_reply().msg_id == 9 and reply.msg_id == 9
 
 
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("msg_id", 5.7), ("msg_id", "12"), ("run", 1.9), ("event", 2.5), ("t_send_ns", 1.9)],
+)
+def test_an_id_that_is_no_integer_is_refused_not_truncated(
+    rng: np.random.Generator, where: str, value: Any
+) -> None:
+    """The encoders refuse what the decoder would: msg_ids 5.2 and 5.7 were both sent as 5
+    (a reply matched to the wrong message), run 1.9 as run 1."""
+    hits = random_event(rng, 5).hits
+    ids: dict[str, Any] = {"run": 1, "event": 2, "msg_id": 3, "t_send_ns": 4} | {where: value}
+    refused = rf"bad_header: {where} must be an int in \[0, 2\*\*63\), got {value!r}"
+    with pytest.raises(WireError, match=refused):
+        encode_hits(Event(ids["run"], ids["event"], hits),
+                    msg_id=ids["msg_id"], t_send_ns=ids["t_send_ns"])  # fmt: skip
+    with pytest.raises(WireError, match=refused):
+        encode_tracks(ids["run"], ids["event"], hits.hit_id, None, status="error", reason="x",
+                      msg_id=ids["msg_id"], t_send_ns=ids["t_send_ns"])  # fmt: skip
+
+
+def test_numpy_integers_are_ids(rng: np.random.Generator) -> None:
+    ev = random_event(rng, 5)
+    n: Any = np.int64(7)  # typed int: NumPy's are not int subclasses
+    msg = decode(encode_hits(Event(n, n, ev.hits), msg_id=n, t_send_ns=n))
+    assert (msg.run, msg.event, msg.msg_id, msg.header["t_send_ns"]) == (7, 7, 7, 7)
+    assert decode(with_msg_id(encode_hits(ev), n + 2)).msg_id == 9
+    with pytest.raises(WireError, match="bad_header: msg_id must be an int"):
+        with_msg_id(encode_hits(ev), n + 2.5)
+
+
 def test_a_peek_of_a_hostile_header_allocates_next_to_nothing(hits: list[Any]) -> None:
     """A 64 kB header of nested arrays each claiming 65,535 entries: msgpack builds every
     container it reads, so a peek that read them all held tens of MB and took tens of ms,
