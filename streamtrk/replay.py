@@ -185,6 +185,8 @@ class ReplayResult:
     duplicates: int = 0
     shutdown_resent: int = 0  # 'shutdown' replies set aside: their event resent, or a resend out
     invalid_replies: int = 0
+    invalid_reply_reasons: Counter[str] = field(default_factory=Counter)  # the decoder's codes
+    first_invalid_reply: str = ""  # the decoder's words for the first (a newer version's?)
     # Per event, the reply its physics is scored by: its first ok reply, else its first.
     scored_replies: dict[Key, Message] = field(default_factory=dict)
     t_first_send: float = 0.0
@@ -231,6 +233,8 @@ class ReplayResult:
             "unexpected": self.unexpected,
             "unexpected_without_msg_id": self.unexpected_without_msg_id,
             "invalid_replies": self.invalid_replies,
+            "invalid_reply_reasons": dict(sorted(self.invalid_reply_reasons.items())),
+            "first_invalid_reply": self.first_invalid_reply or None,
             "interrupted": self.interrupted,
             "duration_s": span,
             "events_per_second": self.received / span if span > 0 else None,
@@ -607,8 +611,10 @@ def _receive(frames: list[Any], sender: _Sender, result: ReplayResult) -> None:
     try:
         msg = decode(frames)
         reply = msg.to_reply()
-    except WireError:
+    except WireError as e:
         result.invalid_replies += 1
+        result.invalid_reply_reasons[e.reason] += 1
+        result.first_invalid_reply = result.first_invalid_reply or str(e)
         return
     key = (reply.run, reply.event)
     if reply.reason == "shutdown" and sender.set_aside(reply.msg_id, key, t, msg):

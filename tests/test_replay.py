@@ -576,6 +576,8 @@ def test_the_report_counts_each_event_by_its_first_ok_reply() -> None:
     assert (report["sent"], report["received"], report["ok"]) == (8, 8, 5)
     assert report["errors"] == {"overloaded": 1, "too_dense": 2}
     assert report["invalid_replies"] == 1
+    assert report["invalid_reply_reasons"] == {"not_msgpack": 1}
+    assert report["first_invalid_reply"].startswith("not_msgpack: frame 0 (1 bytes)")
     assert report["tracking_efficiency"] == 1.0 and report["n_reconstructable"] > 0
     assert report["n_tracks"] == sum(len(_truth_tracks(events[k].event)) for k in (0, 1, 3))
     assert report["beam_lines_mm"] == [[0.25, 1.0], [0.5, 0.0]]

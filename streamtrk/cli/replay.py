@@ -105,8 +105,9 @@ def _replay_arguments(s: argparse.ArgumentParser) -> None:
     "replies to a resent event, not counted again), unexpected (replies to no message of "
     "this replay), unexpected_without_msg_id (of them, those without a msg_id: another "
     "producer's, or a daemon's that echoes none: --match-by-event), "
-    "invalid_replies (not decodable as a reply), mismatched_replies (ok replies naming hit "
-    "ids their event lacks, or a hit in two tracks, and replies to one event's message "
+    "invalid_replies (not decodable as a reply; invalid_reply_reasons their decoder's "
+    "codes, first_invalid_reply its words for the first), mismatched_replies (ok replies "
+    "naming hit ids their event lacks, or a hit in two tracks, and replies to one event's message "
     "naming another event), ambiguous_events ((run, event) numbers "
     "of events of different hits, left out of the physics), interrupted, duration_s (first "
     "send to the last send or reply), "
@@ -223,6 +224,22 @@ def _replay(args: argparse.Namespace) -> int:
     return status
 
 
+def _undecodable(report: dict[str, Any]) -> str:
+    """The replies this replay could not decode, said with the decoder's words."""
+    reasons = report["invalid_reply_reasons"]
+    said = (
+        f"{report['invalid_replies']} replies came that it cannot decode "
+        f"({', '.join(f'{n} {reason}' for reason, n in reasons.items())}; the first: "
+        f"{report['first_invalid_reply']})"
+    )
+    if "bad_version" in reasons:  # the upgrade order's case
+        said += (
+            ": a daemon of a newer wire version? Upgrade the consumers of its replies, this "
+            "streamtrk among them, before the daemons (docs/wire-protocol.md, Versioning)"
+        )
+    return said
+
+
 def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: bool) -> int:
     """The replay's exit status; what went wrong said on stderr."""
     from streamtrk.client import HUNG_UP_HINT, REFUSAL_HINTS
@@ -238,6 +255,13 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         )
     elif interrupted:  # stopped early: --timeout did not run out, nor is "no reply" news
         pass
+    elif report["invalid_replies"] and report["missing"]:  # replies came: not "no reply"
+        print(
+            f"streamtrk replay: error: {report['missing']} of the {report['sent']} events sent "
+            f"got no reply this replay could read within {args.timeout:g} s: "
+            f"{_undecodable(report)}",
+            file=sys.stderr,
+        )
     elif report["sent"] and not report["received"]:
         unsent = f" ({report['unsent']} more not sent)" if report["unsent"] else ""
         print(
@@ -275,6 +299,8 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             f"{where}: its {n} CURVE handshakes were hung up on, none succeeding: {HUNG_UP_HINT}"
         ),
     )
+    if report["invalid_replies"] and not report["missing"]:
+        print(f"streamtrk replay: warning: {_undecodable(report)}", file=sys.stderr)
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)
     if ambiguous := report["ambiguous_events"]:

@@ -147,6 +147,23 @@ def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
     assert f"streamtrk replay: error: {said}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("missing", [3, 0])
+def test_replies_that_do_not_decode_are_said_with_the_decoder_s_words(capsys, missing):
+    """Replies of a newer daemon's wire version came: not "no reply at all", which sent the
+    operator looking for a daemon that was there, but what the decoder said, and the
+    upgrade order; a warning where every event was answered all the same."""
+    report = ReplayResult().report([], None, {}) | {"sent": 3, "received": 3 - missing}
+    first = "bad_version: version 7 not supported (supported: [1, 2, 3, 4, 5, 6])"
+    report |= {"missing": missing, "invalid_replies": 3, "first_invalid_reply": first}
+    report["invalid_reply_reasons"] = {"bad_version": 3}
+    assert _status(report) == int(missing > 0)
+    err = capsys.readouterr().err
+    said = "error: 3 of the 3 events sent got no reply this replay could read within 3 s: "
+    assert ("streamtrk replay: " + (said if missing else "warning: ")) in err
+    assert f"3 replies came that it cannot decode (3 bad_version; the first: {first}): a " in err
+    assert "Upgrade the consumers of its replies" in err and "no reply at all" not in err
+
+
 @pytest.mark.parametrize("fail_on_error", [False, True])
 def test_error_replies_are_said_on_stderr_whatever_the_exit_status(capsys, fail_on_error):
     """Events answered 'shutdown' were not reconstructed: exit 0 unless --fail-on-error, but
