@@ -355,7 +355,7 @@ def triplet_candidates(
     pair = g["pair"]
     a_ids, b_ids = nonzeros(usable & t["opens"][pair], usable & t["closes"][pair])
     key_b = g["i"][b_ids] * _KEY_SPAN + g["theta"][b_ids]
-    ob = argsort(key_b)
+    ob = argsort(key_b, stable=True)  # sorted by hit already (the graph's order): runs merged
     key_b, b_ids = key_b[ob], b_ids[ob]
     key_a = g["j"][a_ids] * _KEY_SPAN + g["theta"][a_ids]
     oa = argsort(key_a)
