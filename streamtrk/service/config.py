@@ -33,6 +33,7 @@ from streamtrk.recon.kernels import SANITIZE_ENV
 from streamtrk.service import faults
 from streamtrk.threads import MAX_TORCH_THREADS
 from streamtrk.wire.curve import bound_host, exposed_without_curve
+from streamtrk.wire.schema import COLUMNS
 
 ENV_PREFIX = "STREAMTRK_"
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -211,7 +212,10 @@ class ServeConfig:
         metadata=_help("most bytes of one message (frames together); larger ones are refused"),
     )
     max_frames: int = field(
-        default=32, metadata=_help("most frames of one message; more are refused")
+        default=32,
+        metadata=_help(
+            "most frames of one message (at least 8: a hits message's); more are refused"
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -313,6 +317,10 @@ MAX_SETTING_INT = {
 }
 
 
+#: Smallest values beyond positive: a hits message is a header and a frame per column.
+MIN_SETTING_INT = {"max_frames": 1 + len(COLUMNS["hits"])}
+
+
 #: The longest drain: the emitter's LINGER in a drain is what is left of it, in ms, a C int.
 MAX_DRAIN_S = (2**31 - 1) // 1000
 
@@ -327,6 +335,8 @@ def _check(name: str, value: Any) -> None:
         raise bad("must be a positive integer")
     if name in _NONNEG_INT and value < 0:
         raise bad("must be a non-negative integer")
+    if name in MIN_SETTING_INT and value < MIN_SETTING_INT[name]:
+        raise bad(f"must be at least {MIN_SETTING_INT[name]} (a hits message's frames)")
     if name in MAX_SETTING_INT and value > MAX_SETTING_INT[name]:
         raise bad(f"must be at most {MAX_SETTING_INT[name]}")
     if name in ("stall_timeout_s", "budget_scale") and not (math.isfinite(value) and value > 0):

@@ -20,6 +20,7 @@ from live_daemon import clean_env
 from streamtrk.recon.choices import ENGINE_CACHE_ENV
 from streamtrk.service import faults
 from streamtrk.service.config import (
+    MIN_SETTING_INT,
     RESTART_ONLY,
     ConfigError,
     ServeConfig,
@@ -664,7 +665,7 @@ INT_RANGES = {
     "max_batch_events": (1, 2**31 - 1),
     "queue_capacity": (1, 2**31 - 1),
     "reply_capacity": (1, 2**31 - 1),
-    "max_frames": (1, 2**31 - 1),
+    "max_frames": (8, 2**31 - 1),  # a hits message's frames
     "max_hits": (1, 2**40),
     "max_message_bytes": (1, 2**62),
     "dead_letter_max_bytes": (1, 2**62),
@@ -686,6 +687,8 @@ def test_each_integer_s_ends_are_accepted_and_one_past_them_refused(
     for value in (least, top):
         assert getattr(ServeConfig(**{**_ROOM, name: value}), name) == value  # type: ignore[arg-type]
     why = "a positive integer" if least else "a non-negative integer"
+    if name in MIN_SETTING_INT:
+        why = rf"at least {least} \(a hits message's frames\)"
     with pytest.raises(ConfigError, match=rf"^{name} must be {why}, got {least - 1}$"):
         ServeConfig(**{**_ROOM, name: least - 1})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=rf"^{name} must be at most {top}, got {top + 1}$"):

@@ -144,14 +144,15 @@ def rig(closed_after):
 
 
 def test_frame_limit_counts_frames_and_keeps_those_before(rig) -> None:
-    r = rig(cfg=ServeConfig(max_frames=3))
-    r.send([b"a", b"b", b"c"])
+    r = rig(cfg=ServeConfig(max_frames=8))
+    eight = [bytes([n]) for n in range(8)]
+    r.send(eight)
     frames, refused, count = r.receive()
-    assert refused is None and [bytes(f) for f in frames] == [b"a", b"b", b"c"] and count == 3
-    r.send([b"a", b"b", b"c", b"d", b"e"])
+    assert refused is None and [bytes(f) for f in frames] == eight and count == 8
+    r.send([*eight, b"i", b"j"])
     frames, refused, count = r.receive()
     assert refused is not None and refused.reason == "frame_count"
-    assert [bytes(f) for f in frames] == [b"a", b"b", b"c"] and count == 5
+    assert [bytes(f) for f in frames] == eight and count == 10
 
 
 def test_byte_limit_sums_the_frames_and_keeps_the_first(rig) -> None:
@@ -170,7 +171,7 @@ def test_byte_limit_sums_the_frames_and_keeps_the_first(rig) -> None:
 
 
 def test_a_refused_message_is_counted_and_answered_with_its_reason(rig) -> None:
-    r = rig(cfg=ServeConfig(max_frames=1))
+    r = rig(cfg=ServeConfig(max_frames=len(_good())))
     r.send([*_good(), b"extra"])
     r.ingest.handle(*r.receive())
     reply = r.replies.get_nowait()
@@ -358,14 +359,15 @@ def test_the_rest_of_a_burst_is_said_when_the_ingest_stops(rig, tmp_path, caplog
 
 def test_a_dead_letter_records_how_many_frames_came(rig, tmp_path) -> None:
     path = tmp_path / "dead.stk"
-    r = rig(cfg=ServeConfig(max_frames=2), dead_letters=DeadLetters(path, 1 << 20))
-    r.send([b"\xc1", b"b", b"c", b"d"])
-    r.ingest.handle(*r.receive())  # refused for its count: two frames kept of four
+    r = rig(cfg=ServeConfig(max_frames=8), dead_letters=DeadLetters(path, 1 << 20))
+    sent = [b"\xc1", *(bytes([n]) for n in range(9))]
+    r.send(sent)
+    r.ingest.handle(*r.receive())  # refused for its count: eight frames kept of ten
     r.ingest.handle([b"\xc1", b"b", b"c"])  # handled without a count: the frames kept
     records = [frames for _, frames in iter_records(path)]
     heads = [msgpack.unpackb(frames[0]) for frames in records]
-    assert [(h["reason"], h["frames"]) for h in heads] == [("frame_count", 4), ("not_msgpack", 3)]
-    assert [frames[1:] for frames in records] == [[b"\xc1", b"b"], [b"\xc1", b"b", b"c"]]
+    assert [(h["reason"], h["frames"]) for h in heads] == [("frame_count", 10), ("not_msgpack", 3)]
+    assert [frames[1:] for frames in records] == [sent[:8], [b"\xc1", b"b", b"c"]]
 
 
 def test_max_hits_reaches_the_decoder(rig) -> None:
@@ -832,7 +834,7 @@ def test_a_reply_refused_for_its_frame_count_is_dead_lettered_with_the_count(rig
     """A reply on the input refused as it is read keeps its first frames: its dead letter
     says how many came, as for any unidentified message."""
     path = tmp_path / "dead.stk"
-    r = rig(cfg=ServeConfig(max_frames=1), dead_letters=DeadLetters(path, 1 << 20))
+    r = rig(cfg=ServeConfig(max_frames=8), dead_letters=DeadLetters(path, 1 << 20))
     reply = [bytes(f) for f in encode_tracks(1, 2, np.arange(3), None, status="error",
                                              reason="timeout")]  # fmt: skip
     r.send([*reply, b"extra"])
