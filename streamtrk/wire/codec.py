@@ -41,6 +41,7 @@ from streamtrk.wire.schema import (
     COMMON_KEYS,
     DEFAULT_LIMITS,
     ENCODED_VERSIONS,
+    KIND_KEYS,
     MAX_INT,
     NARROW_VERSION,
     SCHEMA,
@@ -51,6 +52,7 @@ from streamtrk.wire.schema import (
     columns_of,
     dtype_allowed,
     keys_of,
+    version_adding,
 )
 from streamtrk.xp import index_of, to_host
 
@@ -440,7 +442,11 @@ def _check_envelope(header: Any) -> str:
     unknown = header.keys() - COMMON_KEYS - required - optional
     if missing or unknown:
         parts = [f"lacks {', '.join(map(repr, sorted(missing)))}"] if missing else []
-        if unknown:
+        # A key of this kind in a later version: the version said (a peer half upgraded).
+        current = KIND_KEYS[kind][1]
+        later = {k: v for k in sorted(unknown & current) if (v := version_adding(k) or 0) > version}
+        parts += [f"has {k!r}, a key of version {v} and later" for k, v in later.items()]
+        if unknown := unknown.difference(later):
             names = ", ".join(sorted(map(repr, unknown)))
             names = names if len(names) <= 200 else names[:197] + "..."
             parts.append(f"has unknown key{'s' if len(unknown) > 1 else ''} {names}")

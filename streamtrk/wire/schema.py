@@ -66,6 +66,11 @@ _OLD_TRACKS = {1: _V1_TRACKS, 2: _V2_TRACKS, 3: _V3_TRACKS}
 _ADDED_KEYS = {2: frozenset({"msg_id"}), 3: frozenset({"beam_line"}), 6: frozenset({"model"})}
 
 
+def version_adding(key: str) -> int | None:
+    """The version that added header key ``key``; None for one of version 1 (or none)."""
+    return next((v for v, keys in sorted(_ADDED_KEYS.items()) if key in keys), None)
+
+
 def columns_of(kind: str, version: int) -> dict[str, str]:
     """Column name -> dtype, in wire order, of ``kind`` in ``version``."""
     if kind == "tracks" and version in _OLD_TRACKS:

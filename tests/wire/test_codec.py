@@ -808,6 +808,8 @@ def test_messages_name_the_problem_plainly(hits: list[Any]) -> None:
         return str(e.value)
 
     assert message(patch(hits, extra=1)) == "bad_header: hits header has unknown key 'extra'"
+    # another kind's key of a later version is unknown here, not "of version 6"
+    assert message(patch(hits, model=1)) == "bad_header: hits header has unknown key 'model'"
     assert message(patch(hits, run=DROP, t_send_ns=DROP, b=2, a=1)) == (
         "bad_header: hits header lacks 'run', 't_send_ns' and has unknown keys 'a', 'b'"
     )
@@ -846,8 +848,11 @@ def test_version_1_is_still_decoded(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(reply.params["chi2"], tr.params["chi2"])
     # Keys that version 2 added are not version 1's.
     header = msgpack.unpackb(v1[0])
-    with pytest.raises(WireError, match="unknown key 'msg_id'"):
+    later = "bad_header: tracks header has 'msg_id', a key of version 2 and later"
+    with pytest.raises(WireError, match=later):  # not "unknown": a peer half upgraded
         decode([msgpack.packb({**header, "msg_id": 5}), *v1[1:]])
+    with pytest.raises(WireError, match=r"tracks header has unknown key 'note'$"):
+        decode([msgpack.packb({**header, "note": 5}), *v1[1:]])
 
 
 def test_version_2_is_still_decoded(rng: np.random.Generator) -> None:
@@ -862,7 +867,7 @@ def test_version_2_is_still_decoded(rng: np.random.Generator) -> None:
             assert np.isnan(reply.params[k]).all() and not reply.params[k].flags.writeable
             assert reply.params[k].dtype == np.dtype(TRACK_PARAM_DTYPES[k])
     header = msgpack.unpackb(v2[0])
-    with pytest.raises(WireError, match="unknown key 'beam_line'"):
+    with pytest.raises(WireError, match="has 'beam_line', a key of version 3 and later"):
         decode([msgpack.packb({**header, "beam_line": [1.0, 2.0]}), *v2[1:]])
     # A version 2 message with version 4's columns is refused, naming version 2's.
     v3 = encode_tracks(1, 2, np.arange(30), tr)
@@ -1004,7 +1009,7 @@ def test_the_model_travels_and_is_checked(rng: np.random.Generator) -> None:
             decode(patch(frames, model=bad))
     v5 = _as_version(frames, 5)
     assert decode(v5).to_reply().model is None
-    with pytest.raises(WireError, match="unknown key 'model'"):
+    with pytest.raises(WireError, match="has 'model', a key of version 6 and later"):
         decode([msgpack.packb({**msgpack.unpackb(v5[0]), "model": model.__dict__}), *v5[1:]])
 
 
