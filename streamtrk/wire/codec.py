@@ -411,6 +411,8 @@ def _unpack_header(view: memoryview, limits: Limits) -> Any:
         # Well-formed msgpack over the size limits, or with a non-string map key.
         if any(s in str(e) for s in ("exceeds max_", "not allowed for map key")):
             raise WireError("bad_header", f"header not acceptable: {e}") from e
+        if isinstance(e, msgpack.exceptions.StackError):  # well-formed too
+            raise WireError("bad_header", "header nested deeper than msgpack reads") from e
         why = {"ExtraData": "bytes follow the first object", "FormatError": "invalid format"}
         detail = str(e) or why.get(type(e).__name__, type(e).__name__)
         raise WireError(

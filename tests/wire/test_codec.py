@@ -468,6 +468,8 @@ def _cases() -> list[tuple[str, str, Callable[..., Any]]]:
         # recursion limit (RecursionError, the daemon's reply "internal")
         ("bad_version", "deep", lambda h, t, u: [_deep(h[0], "version"), *h[1:]]),
         ("bad_header", "deep_run", lambda h, t, u: [_deep(h[0], "run"), *h[1:]]),
+        # deeper than msgpack's 1023 levels: well-formed still, not "not_msgpack"
+        ("bad_header", "deeper", lambda h, t, u: [_deep(h[0], "run", 1100), *h[1:]]),
         ("bad_kind", "unknown", lambda h, t, u: patch(h, kind="photons")),
         ("bad_kind", "type", lambda h, t, u: patch(h, kind=[1])),
         ("bad_column", "order", lambda h, t, u: patch(h, columns=columns(h)[::-1])),
@@ -746,10 +748,10 @@ def test_peek_identity(hits: list[Any]) -> None:
         assert peek_identity(bad) is None  # type: ignore[arg-type]  # 42: deliberately wrong
 
 
-def _deep(header: bytes, key: str) -> bytes:
-    """``header`` with ``key``'s value a one-element array nested 1000 deep."""
+def _deep(header: bytes, key: str, depth: int = 1000) -> bytes:
+    """``header`` with ``key``'s value a one-element array nested ``depth`` deep."""
     items = msgpack.unpackb(header).items()
-    deep = b"\x91" * 1000 + b"\x01"
+    deep = b"\x91" * depth + b"\x01"
     return _raw_map([(msgpack.packb(k), deep if k == key else msgpack.packb(v)) for k, v in items])
 
 
