@@ -27,6 +27,7 @@ from streamtrk.wire import Message, WireError, decode
 
 RECORDED_KINDS = ("hits", "truth")
 PAST_LIMIT_WAIT_MS = 100  # after the events limit: how long to take what arrives
+TRUTH_MISMATCH = "truth_hit_count"  # a truth of another number of hits than its event
 
 
 def record(
@@ -46,7 +47,8 @@ def record(
 
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode, or a truth of
     another number of hits than the event it pairs with, at which a reader would refuse
-    the recording), ``other`` (valid messages of another kind, not recorded),
+    the recording; ``invalid:REASON`` of them by the decoder's reason, or
+    ``TRUTH_MISMATCH``), ``other`` (valid messages of another kind, not recorded),
     ``handshakes_hung_up`` (CURVE handshakes hung up on, none succeeding: see
     ``streamtrk.client.HUNG_UP_HINT``) and ``past_limit``:
     once ``events`` hits messages are recorded, what arrives in the next
@@ -101,8 +103,8 @@ def record(
                 msg = decode(frames)
                 if msg.kind == "truth":  # one a reader would refuse the file at: invalid
                     pairs.truth((msg.run, msg.event), fitting(msg))
-            except (WireError, ValueError):
-                n["invalid"] += 1
+            except (WireError, ValueError) as e:
+                _invalid(n, e)
                 return
             if msg.kind in RECORDED_KINDS:
                 _write(writer, frames, msg)
@@ -137,14 +139,20 @@ def record(
                     continue
             except WireError:
                 pass
-            except ValueError:  # of another number of hits than its event
-                n["invalid"] += 1
+            except ValueError as e:  # of another number of hits than its event
+                _invalid(n, e)
                 continue
             n["past_limit"] += 1
         consumer.refusal()  # its monitor read to the end
         if consumer.hung_up and not consumer.shook:
             n["handshakes_hung_up"] = consumer.hung_up
     return n
+
+
+def _invalid(n: Counter[str], e: ValueError) -> None:
+    """Count an invalid message, and by its reason (``invalid:REASON``)."""
+    n["invalid"] += 1
+    n[f"invalid:{e.reason if isinstance(e, WireError) else TRUTH_MISMATCH}"] += 1
 
 
 def _write(writer: _CreatedOnFirstWrite, frames: list[Any], msg: Message) -> None:

@@ -79,7 +79,8 @@ def test_record_taps_a_stream_byte_for_byte(sim_run: Path, tmp_path: Path) -> No
         stdout, _ = tap.communicate(timeout=120)
     assert tap.returncode == 0
     # Three events with their truth; what arrived after them is counted, not lost silently.
-    assert "recorded 3 hits and 3 truth messages" in stdout and "skipped 1 invalid" in stdout
+    assert "recorded 3 hits and 3 truth messages" in stdout
+    assert "skipped 1 invalid (1 not_msgpack)" in stdout  # the decoder's reason: what to mend
     assert "more arrived past --events and were not recorded" in stdout
     assert [frames for _, frames in iter_records(out)] == records[:6]
 
@@ -105,7 +106,8 @@ def test_a_truth_that_does_not_fit_its_event_is_skipped_as_invalid(
             assert producer.send_frames(frames, timeout_ms=60_000)
         stdout, _ = tap.communicate(timeout=120)
     assert tap.returncode == 0
-    assert "recorded 2 hits and 2 truth messages" in stdout and "skipped 1 invalid" in stdout
+    assert "recorded 2 hits and 2 truth messages" in stdout
+    assert "skipped 1 invalid (1 truth_hit_count)" in stdout
     assert [frames for _, frames in iter_records(out)] == records
     assert [e.truth is not None for e in iter_events(out)] == [True, True]
 
@@ -503,7 +505,8 @@ def test_past_the_limit_a_truth_that_does_not_fit_its_event_is_invalid(
     records = [frames for _, frames in islice(iter_records(sim_run), 4)]
     first, second = decode(records[0]), decode(records[3])
     wrong = [bytes(f) for f in encode_truth(first.run, first.event, second.to_truth())]
-    assert _tapped([records[0], wrong], out, events=1) == Counter(hits=1, invalid=1)
+    tapped = _tapped([records[0], wrong], out, events=1)
+    assert tapped == Counter({"hits": 1, "invalid": 1, "invalid:truth_hit_count": 1})
     assert [frames for _, frames in iter_records(out)] == records[:1]
 
 

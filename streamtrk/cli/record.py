@@ -61,7 +61,9 @@ def _record(args: argparse.Namespace) -> int:
             bound=_say_bound,
         )
     past = counts["past_limit"]
-    skipped = f"skipped {counts['invalid']} invalid and {counts['other']} other messages"
+    why = ", ".join(f"{n} {k[8:]}" for k, n in sorted(counts.items()) if k.startswith("invalid:"))
+    invalid = f"{counts['invalid']} invalid" + (f" ({why})" if why else "")
+    skipped = f"skipped {invalid} and {counts['other']} other messages"
     if not counts["hits"] + counts["truth"]:
         print(
             f"streamtrk record: recorded nothing ({skipped}): {args.output} not written",
