@@ -145,14 +145,17 @@ def encode_hits(
     return _frames("hits", event.run, event.event, t_send_ns, cols, compact, **extra)
 
 
-def with_msg_id(frames: list[Any], msg_id: int) -> list[Any]:
-    """A ``hits`` message's frames with ``msg_id`` set in its header; column frames are not
-    copied. A version 1 header (a recording made before ``msg_id``) is raised to version 2,
-    which has the same hits columns and admits the key."""
+def with_msg_id(frames: list[Any], msg_id: int, t_send_ns: int | None = None) -> list[Any]:
+    """A ``hits`` message's frames sent again: ``msg_id`` set in its header, and
+    ``t_send_ns`` (default now: a recording's stamp is its producer's, 0 in simulated ones);
+    column frames are not copied. A version 1 header (a recording made before ``msg_id``) is
+    raised to version 2, which has the same hits columns and admits the key."""
     header = msgpack.unpackb(frame_view(frames[0]), raw=False)
     header["msg_id"] = _whole(msg_id)
-    _check_msg_id(header)
+    header["t_send_ns"] = time.time_ns() if t_send_ns is None else _whole(t_send_ns)
     header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])
+    _check_msg_id(header)  # what the decoder would refuse is not sent
+    _check_envelope(header)
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
 

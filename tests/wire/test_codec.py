@@ -1031,6 +1031,12 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     assert msg.msg_id == 2**40
     assert decode(encode_hits(ev, msg_id=0)).msg_id == 0  # the range starts at 0
     assert decode(with_msg_id(encode_hits(ev), 7)).msg_id == 7
+    # Sent again, stamped again: a recording's stamp is its producer's (0 when simulated).
+    before = time.time_ns()
+    assert decode(with_msg_id(encode_hits(ev, t_send_ns=0), 7)).t_send_ns >= before
+    assert decode(with_msg_id(encode_hits(ev, t_send_ns=0), 7, t_send_ns=5)).t_send_ns == 5
+    with pytest.raises(WireError, match="bad_header: t_send_ns must be an int"):
+        with_msg_id(encode_hits(ev), 7, t_send_ns=-1)
     # A version 1 recording's hits, resent with an id by replay: decoded, the same hits.
     v1 = patch(encode_hits(ev), version=1)
     again = decode(with_msg_id(v1, 8))
