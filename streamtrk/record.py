@@ -48,9 +48,11 @@ def record(
     Returns counts: ``hits``, ``truth``, ``invalid`` (failed to decode, or a truth of
     another number of hits than the event it pairs with, at which a reader would refuse
     the recording; ``invalid:REASON`` of them by the decoder's reason, or
-    ``TRUTH_MISMATCH``), ``other`` (valid messages of another kind, not recorded),
-    ``handshakes_hung_up`` (CURVE handshakes hung up on, none succeeding: see
-    ``streamtrk.client.HUNG_UP_HINT``) and ``past_limit``:
+    ``TRUTH_MISMATCH``), ``unpaired_truth`` (a truth of no hits message recorded before it
+    within the pairing window, which readers would pass over: not recorded), ``other``
+    (valid messages of another kind, not recorded), ``handshakes_hung_up`` (CURVE
+    handshakes hung up on, none succeeding: see ``streamtrk.client.HUNG_UP_HINT``) and
+    ``past_limit``:
     once ``events`` hits messages are recorded, what arrives in the next
     ``PAST_LIMIT_WAIT_MS`` is taken, as the socket would drop it on close: a ``truth``
     that a reader would pair with a hits message recorded
@@ -101,8 +103,11 @@ def record(
         def take(frames: list[Any]) -> None:
             try:
                 msg = decode(frames)
-                if msg.kind == "truth":  # one a reader would refuse the file at: invalid
-                    pairs.truth((msg.run, msg.event), fitting(msg))
+                # One a reader would refuse the file at: invalid; one of no hits recorded
+                # before it (refused, or sent after it), that readers would pass over: unpaired.
+                if msg.kind == "truth" and not pairs.truth((msg.run, msg.event), fitting(msg)):
+                    n["unpaired_truth"] += 1
+                    return
             except (WireError, ValueError) as e:
                 _invalid(n, e)
                 return

@@ -484,6 +484,18 @@ def test_a_tap_records_no_tracks_messages(sim_run: Path, tmp_path: Path) -> None
     assert [frames for _, frames in iter_records(out)] == [hits_a, truth_a, hits_b, truth_b]
 
 
+def test_a_truth_of_no_event_recorded_before_it_is_counted_unpaired_not_recorded(
+    sim_run: Path, tmp_path: Path
+) -> None:
+    """Truth A before its hits, and truth B twice: readers pair a truth only with hits
+    before it, once, and would pass these over; the tap said "recorded 3 truth"."""
+    out = tmp_path / "tap.stk"
+    hits_a, truth_a, hits_b, truth_b = (frames for _, frames in islice(iter_records(sim_run), 4))
+    sent = [truth_a, hits_a, hits_b, truth_b, truth_b]
+    assert _tapped(sent, out, events=3) == Counter(hits=2, truth=1, unpaired_truth=2)
+    assert [frames for _, frames in iter_records(out)] == [hits_a, hits_b, truth_b]
+
+
 def test_past_the_limit_a_truth_of_an_event_out_of_the_window_is_not_recorded(
     sim_run: Path, tmp_path: Path
 ) -> None:
@@ -563,9 +575,11 @@ def test_a_tap_that_recorded_nothing_says_its_handshakes_hung_up_on(
     assert not out.exists()
 
 
-def test_a_tap_of_truth_alone_says_what_it_recorded(sim_run: Path, tmp_path: Path, capsys) -> None:
-    """Only a truth came: the file is written (it holds it), so the tap says so and exits
-    0, not "recorded nothing ... not written"."""
+def test_a_tap_of_truth_alone_records_nothing_and_says_why(
+    sim_run: Path, tmp_path: Path, capsys
+) -> None:
+    """Only a truth came: readers pair a truth with the hits before it, and would pass this
+    one over, so no file is written and the tap says what it skipped."""
     out = tmp_path / "tap.stk"
     truth = next(frames for _, frames in iter_records(sim_run) if decode(frames).kind == "truth")
     with Producer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as producer:
@@ -574,9 +588,11 @@ def test_a_tap_of_truth_alone_says_what_it_recorded(sim_run: Path, tmp_path: Pat
         sender.start()
         code = main(["record", "--from", producer.endpoint, "-o", str(out), "--duration", "1"])
         sender.join(10)
-    assert code == 0
-    assert "recorded 0 hits and 1 truth messages" in capsys.readouterr().out
-    assert [frames for _, frames in iter_records(out)] == [truth]
+    assert code == 1 and not out.exists()
+    assert (
+        "recorded nothing (skipped 0 invalid and 0 other messages and 1 truth messages of no "
+        f"event recorded before them): {out} not written"
+    ) in capsys.readouterr().err
 
 
 def test_a_failed_truth_of_another_event_keeps_the_hits_before_it(tmp_path: Path) -> None:

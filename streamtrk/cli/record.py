@@ -64,6 +64,8 @@ def _record(args: argparse.Namespace) -> int:
     why = ", ".join(f"{n} {k[8:]}" for k, n in sorted(counts.items()) if k.startswith("invalid:"))
     invalid = f"{counts['invalid']} invalid" + (f" ({why})" if why else "")
     skipped = f"skipped {invalid} and {counts['other']} other messages"
+    if unpaired := counts["unpaired_truth"]:
+        skipped += f" and {unpaired} truth messages of no event recorded before them"
     if not counts["hits"] + counts["truth"]:
         print(
             f"streamtrk record: recorded nothing ({skipped}): {args.output} not written",
