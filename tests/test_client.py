@@ -6,6 +6,7 @@ import contextlib
 import errno
 import http.server
 import json
+import os
 import shutil
 import signal
 import socket
@@ -1058,3 +1059,75 @@ def test_a_curve_client_of_a_server_without_curve_is_refused_for_the_handshake(
             said = client.refusal()
             time.sleep(0.05)
         assert said == "handshake"
+
+
+def test_a_refusal_is_said_though_a_handshake_succeeded_after_it(tmp_path: Path) -> None:
+    """A client connected to two servers, refused by one and then admitted by the other
+    before it next asks: :meth:`refusal` says the refusal (a later event does not hide it),
+    and that a handshake succeeded."""
+    for name in ("server", "alice"):
+        create_certificates(tmp_path, name)
+    for folder, keys in (("allowed", ["alice.key"]), ("nobody", [])):
+        (tmp_path / folder).mkdir()
+        for key in keys:
+            shutil.copy(tmp_path / key, tmp_path / folder)
+    admitting: zmq.Context[Any] = zmq.Context()
+    refusing: zmq.Context[Any] = zmq.Context()
+    auths = [
+        start_authenticator(admitting, tmp_path / "allowed"),
+        start_authenticator(refusing, tmp_path / "nobody"),
+    ]
+    try:
+        with (
+            _curve_server(tmp_path, admitting) as good,
+            _curve_server(tmp_path, refusing) as bad,
+            Producer(
+                bad.endpoint,
+                linger_ms=0,
+                curve_key=tmp_path / "alice.key_secret",
+                curve_server_key=tmp_path / "server.key",
+                monitor_events=REFUSAL_EVENTS,
+            ) as alice,
+        ):
+            assert alice.monitor is not None and alice.monitor.poll(10_000)  # refused
+            alice.socket.connect(good.endpoint)
+            for _ in range(20):  # round robin: some go to the refused connection's queue
+                assert alice.send_frames([b"alice"], timeout_ms=5000)
+                if good.recv_frames(timeout_ms=500) is not None:  # admitted
+                    break
+            else:
+                pytest.fail("the admitting server heard nothing")
+            time.sleep(0.2)  # the monitor's events of both, in that order
+            assert alice.refusal() == "auth" and alice.shook
+    finally:
+        for auth in auths:
+            auth.stop()
+        admitting.term()
+        refusing.term()
+
+
+def test_wait_ready_of_a_process_started_under_a_proxy_reaches_the_daemon() -> None:
+    """``http_proxy`` set when the process starts (a cluster's login environment), before
+    ``streamtrk.client`` is imported: the probe still goes to the daemon's port directly,
+    not to the proxy (here nothing listens there)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env |= {"http_proxy": "http://127.0.0.1:1", "HTTP_PROXY": "http://127.0.0.1:1"}
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def serve() -> None:
+            server.settimeout(30)
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nready\n")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        host, port = server.getsockname()
+        probe = (
+            "import sys; from streamtrk.client import wait_ready; "
+            "sys.exit(not wait_ready(sys.argv[1], 5.0))"
+        )
+        done = subprocess.run([sys.executable, "-c", probe, f"{host}:{port}"], env=env, timeout=60)
+        assert done.returncode == 0
+        thread.join(5)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+
+import pytest
 
 from streamtrk.stop import StopFlag, stop_on_signals
 
@@ -75,3 +78,17 @@ def test_outside_the_main_thread_the_block_sets_no_handler() -> None:
     thread.start()
     thread.join(10)
     assert flags == [False] and signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_each_set_the_flag(sig: signal.Signals) -> None:
+    """A supervisor's SIGTERM (systemd, Kubernetes) stops a command cleanly, as Ctrl-C does:
+    within the block either sets the flag, and reaches no handler from before."""
+    reached: list[int] = []
+    before = signal.signal(sig, lambda signum, _: reached.append(signum))
+    try:
+        with stop_on_signals() as stop:
+            os.kill(os.getpid(), sig)  # its handler runs before kill returns
+        assert stop.is_set() and not reached
+    finally:
+        signal.signal(sig, before)

@@ -1051,3 +1051,68 @@ def test_files_of_an_event_without_hits_are_no_event(tmp_path) -> None:
     (tmp_path / "event000000043-cells.csv").write_text("hit_id,ch0,ch1,value\n")
     (tmp_path / "event000000044-truth.csv").write_text("hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz\n")
     assert [e.event for e in iter_events(tmp_path)] == [42]
+
+
+def test_a_truth_file_one_row_longer_than_its_hits_is_refused(tmp_path):
+    """One truth row of a hit the hits file lacks (its last row cut off) is as refused as
+    three: its weight would not add up."""
+    event = synthetic_event()
+    prefix = write_event(event, tmp_path)
+    _rewrite_csv(tmp_path / "event000000042-hits.csv", lambda h, rows: (h, rows[:-1]))
+    with pytest.raises(ValueError, match=r"truth.csv: 1 rows of hits the hits file does not"):
+        read_event(prefix)
+
+
+def test_an_event_whose_particles_are_spelt_with_other_padding_is_refused(tmp_path):
+    """``event42-hits.csv`` and its truth beside ``event000000042-particles.csv``: those
+    particles are the event's too, not to be dropped unsaid (the truth read without them)."""
+    write_event(synthetic_event(), tmp_path)
+    for kind in ("hits", "truth"):
+        (tmp_path / f"event000000042-{kind}.csv").rename(tmp_path / f"event42-{kind}.csv")
+    with pytest.raises(ValueError, match=r"event000000042-particles\.csv is event 42's too"):
+        read_event(tmp_path / "event42")
+    assert read_event(tmp_path / "event42", truth=False).truth is None
+
+
+def test_an_event_numbered_minus_one_is_not_written(tmp_path):
+    """Every negative number is refused, -1 as -7: ``event-00000001`` is no reader's."""
+    with pytest.raises(ValueError, match="event -1: TrackML file names hold event numbers"):
+        write_event(Event(0, -1, synthetic_event().hits), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_at_an_event_s_file_fails_before_any_event_takes_its_place(tmp_path):
+    """A symlink where an event's file goes (to a file elsewhere) is no regular file there:
+    the block fails naming it, the link and what it points to left as they were."""
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text("mine\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "event000000042-hits.csv").symlink_to(elsewhere)
+    refused = pytest.raises(OSError, match=r"event000000042-hits\.csv is not a regular file")
+    with refused, new_events(out) as write:
+        write(synthetic_event())
+    assert (out / "event000000042-hits.csv").is_symlink()
+    assert elsewhere.read_text() == "mine\n" and sorted(p.name for p in out.iterdir()) == [
+        "event000000042-hits.csv"
+    ]
+
+
+def test_a_file_with_rows_under_a_blank_header_is_not_said_to_be_empty(tmp_path):
+    """A header line lost (a blank first line, data rows after): its columns are said to be
+    missing, not "empty file", which would send the user looking for a file cut to 0 bytes."""
+    prefix = write_event(synthetic_event(), tmp_path)
+    path = tmp_path / "event000000042-hits.csv"
+    path.write_text("\n" + path.read_text().split("\n", 1)[1])
+    with pytest.raises(ValueError, match=r"hits\.csv: missing column 'hit_id' \(header: ''\)"):
+        read_event(prefix)
+
+
+def test_a_long_header_is_quoted_to_its_first_120_characters(tmp_path):
+    """The quote of a long header line is its first ``SHOWN_CHARS`` (120) characters, no
+    fewer, said to be so."""
+    path = tmp_path / "event000000001-hits.csv"
+    path.write_text("x" * 200 + "\n1\n")
+    with pytest.raises(ValueError) as err:
+        read_event(tmp_path / "event000000001")
+    assert str(err.value).endswith(f"(header: {'x' * 120!r} (the first 120 characters))")

@@ -308,3 +308,28 @@ def test_each_epoch_visits_the_samples_in_the_seeds_shuffled_order(tmp_path: Pat
     rng = np.random.default_rng(cfg.seed)
     want = [int(i) for _ in range(3) for i in rng.permutation(5)]
     assert seen == want and want != list(range(5)) * 3
+
+
+def test_progress_goes_to_stderr_leaving_stdout_to_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With progress on, each epoch's line (and the bars) are written to stderr: stdout
+    holds ``streamtrk train``'s JSON summary alone."""
+    cfg, samples = _tiny_samples(tmp_path)
+    _, history = fit(cfg, samples, samples, tmp_path / "ck", progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert all(f"epoch {h['epoch']}: train loss" in err for h in history)
+
+
+def test_each_epoch_s_history_row_holds_the_documented_fields(tmp_path: Path) -> None:
+    """A history row (the training card's validation metrics, the plot) holds the epoch,
+    its train loss, the validation loss, edge efficiency and purity, and its seconds."""
+    cfg, samples = _tiny_samples(tmp_path)
+    _, history = fit(cfg, samples, samples, tmp_path / "ck", progress=False)
+    assert [h["epoch"] for h in history] == list(range(len(history)))
+    assert all(
+        set(h) == {"epoch", "train_loss", "val_loss", "val_edge_efficiency", "val_edge_purity",
+                   "seconds"}
+        for h in history
+    )  # fmt: skip

@@ -365,3 +365,62 @@ def test_an_allowed_keys_directory_it_may_not_list_is_said_so(tmp_path: Path, mo
         CurveError, match=r"cannot list the allowed CURVE keys directory \S+: Permission denied$"
     ):
         allowed_keys(tmp_path)
+
+
+@pytest.mark.parametrize("load", [load_public, allowed_keys])
+def test_a_certificate_without_a_public_key_is_refused_naming_it(tmp_path: Path, load) -> None:
+    """A ``.key`` file holding no ``public-key`` line (a truncated copy, a stray file) is a
+    CurveError naming it, not a KeyError that would end the ZAP thread."""
+    (tmp_path / "bob.key").write_text("#   ZeroMQ CURVE Public Certificate\nmetadata\n")
+    with pytest.raises(CurveError, match=r"certificate \S+/bob\.key: No public key found in it$"):
+        load(tmp_path if load is allowed_keys else tmp_path / "bob.key")
+
+
+def test_lines_after_both_keys_are_not_read(tmp_path: Path) -> None:
+    """As pyzmq's reader, the first public and secret keys are the certificate's: lines
+    after them (another key, a key line cut short) are neither taken nor refused."""
+    _, secret = create_certificates(tmp_path, "alice")
+    keys = zmq.auth.load_certificate(secret)
+    with secret.open("a") as f:
+        f.write('    public-key = "' + "x" * 40 + '"\n    secret-key\n')
+    assert load_keypair(secret) == keys == zmq.auth.load_certificate(secret)
+
+
+def test_a_certificate_of_exactly_the_size_limit_is_read(tmp_path: Path) -> None:
+    """``CERTIFICATE_MAX_BYTES`` is the most a certificate may take, that size included."""
+    public, _ = create_certificates(tmp_path, "alice")
+    text = public.read_bytes()
+    public.write_bytes(b"#" * (CERTIFICATE_MAX_BYTES - len(text) - 1) + b"\n" + text)
+    assert public.stat().st_size == CERTIFICATE_MAX_BYTES
+    assert load_public(public) == zmq.auth.load_certificate(public)[0]
+
+
+def test_a_fifo_put_in_place_after_the_stat_is_refused_at_once(tmp_path: Path, monkeypatch):
+    """A key replaced by a FIFO between the check of its path and its opening (a rotation
+    racing the authenticator): opened without waiting for a writer and refused as no
+    regular file, not read as an empty certificate nor waited on for ever."""
+    create_certificates(tmp_path, "alice")
+    odd = tmp_path / "odd.key"
+    odd.write_text("")
+    real_open = os.open
+
+    def racing(path, flags, *args):
+        if Path(path) == odd and not odd.is_fifo():
+            odd.unlink()
+            os.mkfifo(odd)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", racing)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            allowed_keys(tmp_path)
+        except CurveError as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive() and len(outcome) == 1
+    assert str(outcome[0]).endswith("odd.key: not a regular file"), outcome
