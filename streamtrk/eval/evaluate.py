@@ -103,6 +103,9 @@ TRACK_COLUMNS = (
     "sigma_q_over_pt",
     "sigma_d0",
     "sigma_z0",
+    "phi",
+    "true_phi",
+    "sigma_phi",
 )
 
 
@@ -197,7 +200,8 @@ class Evaluation:
             self.pruned_edges.update(pruned)
             self.gnn_edges.update(segments.counts(stage_edges[2]))
             c = self._score(ev, labels, stage_edges)
-            names = ("pt", "eta", "charge", "d0", "z0", "sigma_q_over_pt", "sigma_d0", "sigma_z0")
+            names: tuple[str, ...] = ("pt", "eta", "phi", "charge", "d0", "z0")
+            names += ("sigma_q_over_pt", "sigma_d0", "sigma_z0", "sigma_phi")
             p = {n: _track_param(tracks, c.track_id, n) for n in names}
             ndf = np.maximum(_track_param(tracks, c.track_id, "ndf"), 1)
             chi2_ndf = _track_param(tracks, c.track_id, "chi2") / ndf
@@ -207,12 +211,13 @@ class Evaluation:
             row = [p["pt"], p["eta"], chi2_ndf, *flags, truth["pt"], truth["q"], p["charge"]]
             row += [p["d0"], p["z0"], truth["d0"], truth["z0"]]
             row += [p["sigma_q_over_pt"], p["sigma_d0"], p["sigma_z0"]]
+            row += [p["phi"], truth["phi"], p["sigma_phi"]]
             self.track_rows.append(np.stack(row, 1))
 
     def perigee_truth(self, particles: Particles, particle_id: np.ndarray) -> dict[str, np.ndarray]:
-        """pT, charge, d0 and z0 of the particles ``particle_id`` of ``particles`` (NaN where
-        unknown: noise): the perigee to the beam line of the helix from each vertex, in the
-        fit's conventions (``streamtrk.recon.fit``; NaN without ``bfield``)."""
+        """pT, charge, d0, z0 and phi of the particles ``particle_id`` of ``particles`` (NaN
+        where unknown: noise): the perigee to the beam line of the helix from each vertex, in
+        the fit's conventions (``streamtrk.recon.fit``; NaN without ``bfield``)."""
         p = particles.to(np)
         idx, known = index_of(p.particle_id, particle_id)
         vx, vy, vz, px, py, pz, q = (  # float64: a TeV track's circle is kilometres wide
@@ -223,7 +228,7 @@ class Evaluation:
         # hypot): a particle of exactly 1 GeV is of "pT >= 1 GeV" in every key.
         out = {"pt": lookup(p.pt, idx, known), "q": q}
         if self.bfield is None:
-            return out | {"d0": np.full(len(q), np.nan), "z0": np.full(len(q), np.nan)}
+            return out | {k: np.full(len(q), np.nan) for k in ("d0", "z0", "phi")}
         with np.errstate(divide="ignore", invalid="ignore"):  # a particle at rest: NaN
             radius = pt / (GEV_PER_TESLA_MM * abs(self.bfield))
             h = -q * np.sign(self.bfield)  # +1: counter-clockwise seen from +z
@@ -236,6 +241,7 @@ class Evaluation:
             return out | {
                 "d0": -h * (radius - np.hypot(cx, cy)),  # at d0 (-sin phi, cos phi)
                 "z0": vz + pz / pt * radius * turn,
+                "phi": _wrapped(np.arctan2(uy, ux) + h * turn),  # turned with the position
             }
 
     @property
@@ -377,16 +383,17 @@ def _resolution(rows: np.ndarray) -> dict[str, Any]:
     TRACK_COLUMNS): pT resolution (half-width of the central 68% of fitted / true pT - 1),
     pT bias (its median), q/pT resolution (half-width of the central 68% of the error on
     q/pT, 1/GeV: the same at any pT where the hit resolutions dominate, while the relative pT
-    error grows with pT), charge misidentification, and d0 and z0 resolutions (half-widths
-    of the central 68% of their errors, mm; particles with a perigee truth only), the pulls of
-    q/pT, d0 and z0 (half-widths of the central 68% of error / the fit's standard error: 1
-    where the standard errors are right); and the pT bias of matched tracks of particles of
-    1 GeV or more by the tracks' |eta|."""
+    error grows with pT), charge misidentification, and d0, z0 and phi resolutions
+    (half-widths of the central 68% of their errors, mm and rad; particles with a perigee
+    truth only), the pulls of q/pT, d0, z0 and phi (half-widths of the central 68% of error /
+    the fit's standard error: 1 where the standard errors are right); and the pT bias of
+    matched tracks of particles of 1 GeV or more by the tracks' |eta|."""
     col = _columns(rows)
     matched, errors, pulls = _fit_errors(col)
     true_pt, q, true_q = (col[n][matched] for n in ("true_pt", "charge", "true_q"))
     names: tuple[str, ...] = ("matched_tracks", "pt_resolution", "pt_bias", "q_over_pt_resolution")
-    names += ("d0_resolution", "z0_resolution", "q_over_pt_pull", "d0_pull", "z0_pull")
+    names += ("d0_resolution", "z0_resolution", "phi_resolution")
+    names += ("q_over_pt_pull", "d0_pull", "z0_pull", "phi_pull")
     out: dict[str, dict[str, Any]] = {f"{n}_by_true_pt": {} for n in names}
     out["charge_misid_rate_by_true_pt"] = {}
     for lo, hi in itertools.pairwise(TRUE_PT_BINS):
@@ -412,8 +419,8 @@ def _fit_errors(
     col: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The matched, fitted tracks of the track columns ``col`` (a mask), their errors against
-    their particle (pt relative, q/pT, d0, z0) and the pulls of q/pT, d0 and z0 (error / the
-    fit's standard error; NaN where that is unknown, as in an older reply)."""
+    their particle (pt relative, q/pT, d0, z0, phi) and the pulls of q/pT, d0, z0 and phi
+    (error / the fit's standard error; NaN where that is unknown, as in an older reply)."""
     matched = col["matched"].astype(bool) & np.isfinite(col["pt"])
     true_pt, pt, q, true_q = (col[n][matched] for n in ("true_pt", "pt", "charge", "true_q"))
     with np.errstate(divide="ignore", invalid="ignore"):  # a particle of no momentum: not finite
@@ -422,12 +429,18 @@ def _fit_errors(
             "q_over_pt": q / pt - true_q / true_pt,
             "d0": col["d0"][matched] - col["true_d0"][matched],
             "z0": col["z0"][matched] - col["true_z0"][matched],
+            "phi": _wrapped(col["phi"][matched] - col["true_phi"][matched]),
         }
     pulls = {}
-    for n in ("q_over_pt", "d0", "z0"):
+    for n in ("q_over_pt", "d0", "z0", "phi"):
         sigma = col[f"sigma_{n}"][matched]
         pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
     return matched, errors, pulls
+
+
+def _wrapped(angle: np.ndarray) -> np.ndarray:
+    """``angle`` (rad) in [-pi, pi)."""
+    return np.mod(angle + np.pi, 2 * np.pi) - np.pi
 
 
 def _half_width(values: np.ndarray) -> float:
@@ -599,12 +612,12 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.nd
 
 
 def _plot_pulls(ev: Evaluation, path: Path, plt: Any) -> Path:
-    """Pulls (error / the fit's standard error) of q/pT, d0 and z0 of matched tracks, with
-    the unit Gaussian they follow when the standard errors are right."""
+    """Pulls (error / the fit's standard error) of q/pT, d0, z0 and phi of matched tracks,
+    with the unit Gaussian they follow when the standard errors are right."""
     _, _, pulls = _fit_errors(_columns(ev.track_table()))
     edges = np.linspace(-5, 5, 51)
     centres = (edges[1:] + edges[:-1]) / 2
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(pulls), figsize=(4 * len(pulls), 4), sharey=True)
     for ax, (key, pull) in zip(axes, pulls.items(), strict=True):
         name = "q/pT" if key == "q_over_pt" else key
         pull = pull[np.isfinite(pull)]

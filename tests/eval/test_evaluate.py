@@ -202,8 +202,12 @@ def test_resolution_of_the_oracle_chain(small_events) -> None:
     assert 1e-3 < out["q_over_pt_resolution_by_true_pt"]["1-3"] < 0.03
     assert 0.005 < out["d0_resolution_by_true_pt"]["1-3"] < 0.2  # mm
     assert 0.005 < out["z0_resolution_by_true_pt"]["1-3"] < 2  # all |eta| < 4: 0.76 mm
-    for name in ("q_over_pt", "d0", "z0"):
+    assert 1e-4 < out["phi_resolution_by_true_pt"]["1-3"] < 0.01  # rad
+    for name in ("q_over_pt", "d0", "z0", "phi"):
         assert 0.85 < out[f"{name}_pull_by_true_pt"]["1-3"] < 1.25, name
+    phi = rows[matched, TRACK_COLUMNS.index("phi")]
+    true_phi = rows[matched, TRACK_COLUMNS.index("true_phi")]
+    assert np.median(np.angle(np.exp(1j * (phi - true_phi)))) == pytest.approx(0, abs=1e-3)
 
 
 @pytest.mark.parametrize("field", [2.0, -2.0])
@@ -242,13 +246,19 @@ def test_perigee_truth_is_what_the_fit_of_an_exact_helix_gives(det, field) -> No
     assert np.abs(truth["d0"]).max() > 1.0  # displaced enough to matter
     assert np.allclose(fitted["d0"], truth["d0"], atol=2e-3)
     assert np.allclose(fitted["z0"], truth["z0"], atol=2e-3)
+    # phi at the perigee: the vertex's direction turned as far as the perigee is (soft
+    # tracks turn by milliradians between the two)
+    turned = np.abs(np.angle(np.exp(1j * (truth["phi"] - phi[who]))))
+    assert turned.max() > 1e-3
+    assert np.abs(np.angle(np.exp(1j * (fitted["phi"] - truth["phi"])))).max() < 1e-5
     stiff = pt[who] > 500  # the perigee within 1e-5 mm of the vertex's projection
     assert stiff.sum() > 10
     rx, ry = vertex[0] - beam[0], vertex[1] - beam[1]
     straight = -rx * np.sin(phi[who]) + ry * np.cos(phi[who])
     assert np.allclose(truth["d0"][stiff], straight[stiff], atol=1e-4)
     assert np.array_equal(truth["q"], q[who]) and np.allclose(truth["pt"], pt[who], rtol=1e-6)
-    assert np.isnan(Evaluation(beam_line=beam).perigee_truth(particles, who + 1)["d0"]).all()
+    no_field = Evaluation(beam_line=beam).perigee_truth(particles, who + 1)
+    assert np.isnan(no_field["d0"]).all() and np.isnan(no_field["phi"]).all()
     at_rest = metrics_event([1], {1: (0.0, 0.0, 1)})  # no helix: NaN, not a warning
     assert at_rest.truth is not None
     assert np.isnan(
@@ -287,14 +297,15 @@ def test_perigee_truth_of_curling_particles_by_hand() -> None:
 def test_perigee_truth_is_of_the_beam_line_the_chain_is_centred_on(det) -> None:
     """Collisions at (1.5, -1) mm, the chain centred there: d0 and z0 errors as small as on
     the axis (truth taken to the z axis instead would be off by up to 1.8 mm), and as large
-    as the tracks' standard errors say (pulls near 1: 0.98 to 1.10 on this event)."""
+    as the tracks' standard errors say (pulls near 1: 0.98 to 1.10 on this event); phi too."""
     cfg = SimConfig(generator=GeneratorConfig(mu=20, beam_spot=(1.5, -1.0, 0.0)))
     events = list(simulate(det, cfg, seed=12, n_events=1))
     out = evaluate(Reconstructor.oracle(beam_spot=(1.5, -1.0)), events).report()
     assert out["matched_tracks_by_true_pt"]["1-3"] > 100
     assert 0.005 < out["d0_resolution_by_true_pt"]["1-3"] < 0.2
     assert 0.005 < out["z0_resolution_by_true_pt"]["1-3"] < 2  # all |eta| < 4: 0.76 mm
-    for name in ("q_over_pt", "d0", "z0"):
+    assert 1e-4 < out["phi_resolution_by_true_pt"]["1-3"] < 0.01  # rad
+    for name in ("q_over_pt", "d0", "z0", "phi"):
         assert 0.85 < out[f"{name}_pull_by_true_pt"]["1-3"] < 1.25, name
 
 

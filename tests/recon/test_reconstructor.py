@@ -42,6 +42,8 @@ REPORT_KEYS = {
     "q_over_pt_pull_by_true_pt",
     "d0_pull_by_true_pt",
     "z0_pull_by_true_pt",
+    "phi_resolution_by_true_pt",
+    "phi_pull_by_true_pt",
 }
 
 
