@@ -769,15 +769,25 @@ def _on_circle(
     h = xp.where(tsum(step) < 0, -1.0, 1.0)
     theta_p = xp.arctan2(-yc, -xc)
     starts = offsets[:-1]
-    # Steps summed from the first hit of all to this one, a non-finite step (a NaN hit)
-    # left out of the sum, so that it spoils its own track's turns only.
+    # A non-finite step (a NaN hit) left out of the sums, so that it spoils its own track's
+    # turns only.
     finite = xp.isfinite(step)
-    kept = xp.where(finite, step, 0.0)
-    along = xp.cumsum(kept) - kept
-    along = along - along[starts][tid]
+    along = _sums_before(xp.where(finite, step, 0.0), offsets)
     along = xp.where(tsum(~finite)[tid] > 0, xp.nan, along)
     first = _wrapped(h * (angle[starts] - theta_p), xp)
     return h, theta_p, first[tid] + h[tid] * along, dx, dy
+
+
+def _sums_before(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per hit, the sum of ``values`` of the hits before it in its track, added in order
+    along the track as ``circle_turns`` does: a track's sums owe nothing to the tracks
+    before it (a cumulative sum over the batch, less its start, took their rounding)."""
+    out = np.zeros_like(values)
+    starts, length = offsets[:-1], np.diff(offsets)
+    for place in range(1, int(length.max(initial=0))):
+        at = starts[length > place] + place
+        out[at] = out[at - 1] + values[at - 1]
+    return out
 
 
 def turns_kernel(
