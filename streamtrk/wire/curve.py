@@ -120,15 +120,16 @@ def create_certificates(directory: str | Path, name: str) -> tuple[Path, Path]:
     return public, secret
 
 
-def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
+def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None, int]:
     """(public, secret or None) keys of a certificate file, read as pyzmq's
-    ``load_certificate`` reads one; CurveError naming it and why not (pyzmq calls a missing
-    file "Invalid certificate file")."""
+    ``load_certificate`` reads one, and the mode of the file read; CurveError naming it and
+    why not (pyzmq calls a missing file "Invalid certificate file")."""
     if not Path(path).exists():
         raise CurveError(f"cannot read the CURVE certificate {path}: no such file")
     keys: dict[bytes, bytes] = {}
     try:
-        for line in (raw.strip() for raw in _certificate_bytes(path).split(b"\n")):
+        data, mode = _certificate_bytes(path)
+        for line in (raw.strip() for raw in data.split(b"\n")):
             for name in (b"public-key", b"secret-key"):
                 if line.startswith(name):
                     keys[name] = line.split(b"=", 1)[1].strip(b" \t'\"")
@@ -142,11 +143,11 @@ def _load_certificate(path: str | Path) -> tuple[bytes, bytes | None]:
         ) from None
     if b"public-key" not in keys:
         raise CurveError(f"cannot read the CURVE certificate {path}: No public key found in it")
-    return keys[b"public-key"], keys.get(b"secret-key")
+    return keys[b"public-key"], keys.get(b"secret-key"), mode
 
 
-def _certificate_bytes(path: str | Path) -> bytes:
-    """The bytes of certificate file ``path``: a regular file of at most
+def _certificate_bytes(path: str | Path) -> tuple[bytes, int]:
+    """The bytes and mode of certificate file ``path``: a regular file of at most
     ``CERTIFICATE_MAX_BYTES`` (a FIFO among the allowed keys held the authenticator in its
     open for ever, every client refused; a link to /dev/zero filled the memory)."""
     _regular(path, os.stat(path))  # a device is not even opened
@@ -155,9 +156,9 @@ def _certificate_bytes(path: str | Path) -> bytes:
     except BlockingIOError:  # a lease (an SMB oplock, an NFS delegation) being broken
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _regular(path, os.fstat(fd))
+        _regular(path, info := os.fstat(fd))  # the file read, whatever the path names since
         with os.fdopen(os.dup(fd), "rb") as f:  # read to its end, however it comes
-            return f.read(CERTIFICATE_MAX_BYTES)
+            return f.read(CERTIFICATE_MAX_BYTES), info.st_mode
     finally:
         os.close(fd)
 
@@ -186,10 +187,10 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
     than its owner and group may read or write it (used without a word, it was anyone's on
     the host; ssh refuses a group's access too, which deployments sharing keys through a
     group use here)."""
-    public, secret = _load_certificate(path)
+    public, secret, mode = _load_certificate(path)
     if secret is None:
         raise CurveError(f"{path} holds no secret key (use the NAME.key_secret file)")
-    if (mode := os.stat(path).st_mode) & 0o007:
+    if mode & 0o007:
         raise CurveError(
             f"{path}: other users may read or write this secret key (mode "
             f"{stat.S_IMODE(mode):o}): chmod o= {path}, and make a new pair where they may "

@@ -7,6 +7,7 @@ import re
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq.auth
@@ -340,7 +341,7 @@ def test_a_key_removed_after_the_listing_is_not_there(tmp_path: Path, monkeypatc
     create_certificates(tmp_path, "old")
     load = curve._load_certificate
 
-    def racing(path: str | Path) -> tuple[bytes, bytes | None]:
+    def racing(path: str | Path) -> tuple[bytes, bytes | None, int]:
         if Path(path).name == "old.key":
             os.unlink(path)
         return load(path)
@@ -424,3 +425,23 @@ def test_a_fifo_put_in_place_after_the_stat_is_refused_at_once(tmp_path: Path, m
     reader.join(5)
     assert not reader.is_alive() and len(outcome) == 1
     assert str(outcome[0]).endswith("odd.key: not a regular file"), outcome
+
+
+def test_a_secret_key_s_mode_is_the_file_read_s(tmp_path: Path, monkeypatch) -> None:
+    """The secret file replaced just after it was read (a rotation) by one anyone may read:
+    the mode checked is that of the file read, not of whatever the path names by then (a
+    removal there let a FileNotFoundError out)."""
+    _, secret = create_certificates(tmp_path, "alice")
+    keys = zmq.auth.load_certificate(secret)
+    fdopen = os.fdopen
+
+    def racing(fd: int, *args: Any, **kwargs: Any) -> Any:
+        opened = fdopen(fd, *args, **kwargs)
+        if secret.stat().st_mode & 0o007 == 0:
+            secret.unlink()
+            secret.write_text("")
+            secret.chmod(0o666)
+        return opened
+
+    monkeypatch.setattr(os, "fdopen", racing)
+    assert load_keypair(secret) == keys
