@@ -244,6 +244,7 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
     """The replay's exit status; what went wrong said on stderr."""
     from streamtrk.client import HUNG_UP_HINT, REFUSAL_HINTS
 
+    said_invalid = False  # the replies it could not decode, said in the error
     if report["refused"]:  # what follows "no reply" would mislead
         _per_socket(
             args,
@@ -255,13 +256,16 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         )
     elif interrupted:  # stopped early: --timeout did not run out, nor is "no reply" news
         pass
-    elif report["invalid_replies"] and report["missing"]:  # replies came: not "no reply"
+    elif report["sent"] and not report["received"] and report["invalid_replies"]:
+        # replies came, none it could read: not "nothing came back"
+        unsent = f" ({report['unsent']} more not sent)" if report["unsent"] else ""
         print(
-            f"streamtrk replay: error: {report['missing']} of the {report['sent']} events sent "
-            f"got no reply this replay could read within {args.timeout:g} s: "
+            f"streamtrk replay: error: no reply this replay could read: {report['sent']} "
+            f"events were sent to {args.to}{unsent}, and within {args.timeout:g} s "
             f"{_undecodable(report)}",
             file=sys.stderr,
         )
+        said_invalid = True
     elif report["sent"] and not report["received"]:
         unsent = f" ({report['unsent']} more not sent)" if report["unsent"] else ""
         print(
@@ -291,6 +295,9 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             parts.append(f"{report['unsent']} events were not sent {within}")
         if report["missing"] and report["unexpected"]:  # a collector shares them out
             parts.append(_other_consumer(report, args.from_, "a share of the"))
+        if report["missing"] and report["invalid_replies"]:  # some were not readable
+            parts.append(_undecodable(report))
+            said_invalid = True
         print(f"streamtrk replay: error: {'; '.join(parts)}", file=sys.stderr)
     _per_socket(
         args,
@@ -299,7 +306,7 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
             f"{where}: its {n} CURVE handshakes were hung up on, none succeeding: {HUNG_UP_HINT}"
         ),
     )
-    if report["invalid_replies"] and not report["missing"]:
+    if report["invalid_replies"] and not said_invalid:  # however it went, said
         print(f"streamtrk replay: warning: {_undecodable(report)}", file=sys.stderr)
     if report["send_error"]:
         print(f"streamtrk replay: error: sending failed: {report['send_error']}", file=sys.stderr)

@@ -147,21 +147,43 @@ def test_a_partial_replay_says_on_stderr_why_it_exits_1(capsys, counts, said):
     assert f"streamtrk replay: error: {said}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("missing", [3, 0])
-def test_replies_that_do_not_decode_are_said_with_the_decoder_s_words(capsys, missing):
+@pytest.mark.parametrize(
+    ("counts", "interrupted", "said"),
+    [
+        (  # every reply unreadable: not "nothing came back"
+            {"received": 0, "missing": 3},
+            False,
+            "error: no reply this replay could read: 3 events were sent to tcp://a:1, and "
+            "within 3 s 3 replies came that it cannot decode",
+        ),
+        (  # said with the rest of a partial replay, which stays said
+            {"received": 1, "missing": 2, "unsent": 4, "unexpected": 1},
+            False,
+            "error: 2 of the 3 events sent got no reply within 3 s; 4 events were not sent "
+            "within 3 s; 1 replies to no send of this replay came: another consumer of "
+            "tcp://a:2 (another replay) takes a share of the replies; 3 replies came that it "
+            "cannot decode",
+        ),
+        ({"received": 3, "missing": 0}, False, "warning: 3 replies came that it cannot decode"),
+        ({"received": 1, "missing": 2}, True, "warning: 3 replies came that it cannot decode"),
+    ],
+)
+def test_replies_that_do_not_decode_are_said_with_the_decoder_s_words(
+    capsys, counts, interrupted, said
+):
     """Replies of a newer daemon's wire version came: not "no reply at all", which sent the
     operator looking for a daemon that was there, but what the decoder said, and the
-    upgrade order; a warning where every event was answered all the same."""
-    report = ReplayResult().report([], None, {}) | {"sent": 3, "received": 3 - missing}
+    upgrade order; with whatever else went wrong, and a warning where nothing else is."""
+    report = ReplayResult().report([], None, {}) | {"sent": 3} | counts
     first = "bad_version: version 7 not supported (supported: [1, 2, 3, 4, 5, 6])"
-    report |= {"missing": missing, "invalid_replies": 3, "first_invalid_reply": first}
+    report |= {"invalid_replies": 3, "first_invalid_reply": first}
     report["invalid_reply_reasons"] = {"bad_version": 3}
-    assert _status(report) == int(missing > 0)
+    failed = 130 if interrupted else int(bool(counts["missing"] or counts.get("unsent")))
+    assert _status(report, interrupted=interrupted) == failed
     err = capsys.readouterr().err
-    said = "error: 3 of the 3 events sent got no reply this replay could read within 3 s: "
-    assert ("streamtrk replay: " + (said if missing else "warning: ")) in err
-    assert f"3 replies came that it cannot decode (3 bad_version; the first: {first}): a " in err
+    assert f"streamtrk replay: {said} (3 bad_version; the first: {first}): a " in err
     assert "Upgrade the consumers of its replies" in err and "no reply at all" not in err
+    assert err.count("cannot decode") == 1
 
 
 @pytest.mark.parametrize("fail_on_error", [False, True])
