@@ -136,7 +136,10 @@ def encode_hits(
     columns in the smallest unsigned dtypes that hold them (about 20 bytes a hit instead of
     32): a version 5 message, which decoders of version 4 and older refuse (``bad_version``),
     where any column narrows (an event without hits stays version 2)."""
-    extra: dict[str, Any] = {} if deadline_ms is None else {"deadline_ms": float(deadline_ms)}
+    given: Any = deadline_ms  # typed float; a caller's True or str is refused below
+    extra: dict[str, Any] = {} if given is None else {"deadline_ms": given}
+    if isinstance(given, int | float | np.integer | np.floating) and not isinstance(given, bool):
+        extra["deadline_ms"] = float(given)  # a NumPy float too
     if msg_id is not None:
         extra["msg_id"] = _whole(msg_id)
     _check_msg_id(extra)  # what the decoder would refuse is not sent
@@ -151,6 +154,7 @@ def with_msg_id(frames: list[Any], msg_id: int, t_send_ns: int | None = None) ->
     column frames are not copied. A version 1 header (a recording made before ``msg_id``) is
     raised to version 2, which has the same hits columns and admits the key."""
     header = msgpack.unpackb(frame_view(frames[0]), raw=False)
+    _check_envelope(header)  # a WireError for any header that is no message's
     header["msg_id"] = _whole(msg_id)
     header["t_send_ns"] = time.time_ns() if t_send_ns is None else _whole(t_send_ns)
     header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])
@@ -414,7 +418,7 @@ def _unpack_header(view: memoryview, limits: Limits) -> Any:
         # Well-formed msgpack over the size limits, or with a non-string map key.
         if any(s in str(e) for s in ("exceeds max_", "not allowed for map key")):
             raise WireError("bad_header", f"header not acceptable: {e}") from e
-        if isinstance(e, msgpack.exceptions.StackError):  # well-formed too
+        if isinstance(e, msgpack.exceptions.StackError):  # read no further: maybe well-formed
             raise WireError("bad_header", "header nested deeper than msgpack reads") from e
         why = {"ExtraData": "bytes follow the first object", "FormatError": "invalid format"}
         detail = str(e) or why.get(type(e).__name__, type(e).__name__)

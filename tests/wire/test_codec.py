@@ -255,6 +255,8 @@ def test_encoders_refuse_run_and_event_numbers_out_of_range(run: int, event: int
     [
         (lambda ev: encode_hits(ev, deadline_ms=0), "deadline_ms must be a positive number"),
         (lambda ev: encode_hits(ev, deadline_ms=float("nan")), "deadline_ms must be"),
+        (lambda ev: encode_hits(ev, deadline_ms=True), "deadline_ms must be"),  # not 1 ms
+        (lambda ev: encode_hits(ev, deadline_ms="5"), "deadline_ms must be"),  # type: ignore[arg-type]
         (lambda ev: encode_hits(ev, msg_id=-1), r"msg_id must be an int in \[0, 2\*\*63\)"),
         (lambda ev: with_msg_id(encode_hits(ev), 2**63), "msg_id must be an int"),
         (
@@ -1076,6 +1078,11 @@ def test_numpy_integers_are_ids(rng: np.random.Generator) -> None:
     assert decode(with_msg_id(encode_hits(ev), n + 2)).msg_id == 9
     with pytest.raises(WireError, match="bad_header: msg_id must be an int"):
         with_msg_id(encode_hits(ev), n + 2.5)
+    single: Any = np.float32(2.5)
+    assert decode(encode_hits(ev, deadline_ms=single)).deadline_ms == 2.5
+    for header in ({}, {"version": None}, [1, 2]):  # no message's: a WireError, not KeyError
+        with pytest.raises(WireError, match="bad_"):
+            with_msg_id([msgpack.packb(header)], 9)
 
 
 def test_a_peek_of_a_hostile_header_allocates_next_to_nothing(hits: list[Any]) -> None:
