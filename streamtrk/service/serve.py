@@ -241,11 +241,12 @@ class Daemon:
         pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
         pull.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
-        # A frame over its limit makes libzmq drop the connection (counted by the monitor),
-        # the event unanswered: the largest column (8 bytes a hit) of the largest event, or a
-        # header's. Not max_message_bytes: a valid event over it is read and answered
-        # message_too_large (its header names it).
-        frame_limit = max(cfg.max_hits * 8, DEFAULT_LIMITS.max_header_bytes)
+        # A frame over its limit makes libzmq drop the connection (counted by the monitor)
+        # and the messages queued on it, unanswered: the largest column (8 bytes a hit) of
+        # the largest event, a header, or a whole message's bytes, whichever is most. An
+        # event over max_message_bytes is read and answered message_too_large, one over
+        # max_hits too_many_hits, while its frames are within the limit.
+        frame_limit = max(cfg.max_hits * 8, cfg.max_message_bytes, DEFAULT_LIMITS.max_header_bytes)
         if cfg.curve_secret_key is not None:  # checked against the frame as encrypted
             frame_limit += CURVE_FRAME_OVERHEAD
         pull.setsockopt(zmq.MAXMSGSIZE, frame_limit)

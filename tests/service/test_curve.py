@@ -293,7 +293,8 @@ def test_an_event_of_max_hits_is_answered_over_curve(daemon_factory, keys: Path,
     """libzmq checks a frame against ZMQ_MAXMSGSIZE as encrypted (33 bytes more): an event
     of max_hits hits (its 8-byte columns at the limit) was dropped with its connection over
     CURVE, unanswered, where it is answered in plain TCP."""
-    d = daemon_factory(*server(keys), "--max-hits", "10000")  # frames of 80,000 bytes at most
+    # frames of 80,000 bytes at most (the event, over max_message_bytes: message_too_large)
+    d = daemon_factory(*server(keys), "--max-hits", "10000", "--max-message-bytes", "80000")
     event = next(iter_events(sim_run))
     tiled = np.resize(np.arange(len(event.hits)), 10_000)  # its hits again, to 10,000
     hits = event.hits.take(tiled)
@@ -315,7 +316,8 @@ def test_a_frame_over_the_limit_as_intake_stops_does_not_hold_up_the_drain(
     in flight) leaves the daemon's input a ZAP credential that a poll takes for a message:
     the intake's last takes, after the stop, blocked on it until the drain's deadline."""
     d = daemon_factory(
-        *server(keys), "--max-hits", "100", "--drain-timeout-s", "60",
+        *server(keys), "--max-hits", "100", "--max-message-bytes", "65536",
+        "--drain-timeout-s", "60",
         env={"STREAMTRK_TEST_FAULTS": "leave_delay_s=2"},
     )  # fmt: skip
     d.process.send_signal(signal.SIGTERM)

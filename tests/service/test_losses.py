@@ -47,12 +47,19 @@ def disconnects(d, socket: str) -> float:
     return sample(d.metrics(), "streamtrk_disconnects_total", socket=socket, cause="closed")
 
 
-def test_an_oversized_frame_is_counted_and_resends_recover(daemon_factory, sim_run: Path):
-    d = daemon_factory("--max-hits", MAX_HITS, *SHORT_DRAIN)
-    small = load_recording(sim_run, limit=25)
+def _big() -> Recorded:
+    """An event of about 39,000 hits: a hit_id frame of 315 KB, 1.26 MB in all."""
     big_event = next(simulate(load_detector(), SimConfig(generator=GeneratorConfig(mu=50)), 7, 1))
-    assert len(big_event.hits) > 8 * 1024
-    big = Recorded([bytes(f) for f in encode_hits(big_event)], big_event)
+    assert len(big_event.hits) > 32 * 1024
+    return Recorded([bytes(f) for f in encode_hits(big_event)], big_event)
+
+
+def test_an_oversized_frame_is_counted_and_resends_recover(daemon_factory, sim_run: Path):
+    """A frame over the limit (the most of 8 bytes a hit of max_hits, max_message_bytes and
+    a header's 64 KiB: 256 KiB here) drops the connection, with what was queued on it."""
+    d = daemon_factory("--max-hits", MAX_HITS, "--max-message-bytes", "262144", *SHORT_DRAIN)
+    small = load_recording(sim_run, limit=25)
+    big = _big()
     events = [*small[:5], big, *small[5:]]
 
     plain = replay(events, options(d)).report(events, None)
@@ -65,6 +72,21 @@ def test_an_oversized_frame_is_counted_and_resends_recover(daemon_factory, sim_r
     resent = replay(events, opts).report(events, None)
     assert resent["missing"] == 1  # only the oversized event, on every resend
     assert resent["ok"] == len(small) and resent["resent"] >= 1
+    stopped(d)
+
+
+def test_an_event_over_max_hits_is_answered_and_the_events_after_it_too(
+    daemon_factory, sim_run: Path
+):
+    """An event of more hits than max_hits whose frames are within max_message_bytes is read
+    and answered too_many_hits, its connection kept: its 8-byte column was over a frame limit
+    of max_hits x 8, and libzmq dropped it with the events queued behind it, unanswered."""
+    d = daemon_factory("--max-hits", MAX_HITS)
+    small = load_recording(sim_run, limit=5)
+    events = [small[0], _big(), *small[1:]]
+    report = replay(events, options(d)).report(events, None)
+    assert (report["missing"], report["ok"]) == (0, len(small))
+    assert report["errors"] == {"too_many_hits": 1}  # (the replay's own leaving: no drop)
     stopped(d)
 
 
