@@ -57,7 +57,9 @@ READ_MAX = 1000  # events read off one monitor in a row (then the other's turn, 
 # libzmq 4.3 reports a peer that leaves during its handshake as HANDSHAKE_FAILED_NO_DETAIL
 # (a TCP port probe; against a CURVE socket also a client without CURVE that saw the
 # mismatch first), and a peer of an incompatible socket type with no handshake event at
-# all: the open connections are counted from the events that carry a descriptor.
+# all (and, connecting, never connects again): the open connections are counted from the
+# events that carry a descriptor, and a connecting socket's connection that ends before its
+# handshake succeeded is made again.
 EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_CONNECTED
@@ -135,10 +137,14 @@ class SocketMonitor(threading.Thread):
         self._curve = {  # CURVE servers and clients (a forwarder's socket facing daemons)
             name: sock.getsockopt(zmq.MECHANISM) == zmq.CURVE for name, sock in sockets.items()
         }
+        shook = zmq.EVENT_HANDSHAKE_SUCCEEDED if reconnects is not None else 0
         self.monitors = {  # (the one a socket was made with, where it was: pyzmq keeps it)
-            name: sock.get_monitor_socket(events_of(self._curve[name]))
+            name: sock.get_monitor_socket(events_of(self._curve[name]) | shook)
             for name, sock in sockets.items()
         }
+        # Per connecting socket, whether its connection's handshake succeeded (the event
+        # carries no descriptor; a connecting socket has one connection at a time).
+        self._shook: dict[str, bool] = dict.fromkeys(sockets, True)
         self._stopping = threading.Event()
         self._open: dict[str, set[int]] = {name: set() for name in sockets}  # descriptors
         # Causes of refused handshakes whose disconnection is still to come, oldest first.
@@ -258,6 +264,9 @@ class SocketMonitor(threading.Thread):
         if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
             open_now.add(message["value"])
             m.connections.labels(socket).set(len(open_now))
+            self._shook[socket] = event == zmq.EVENT_ACCEPTED
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._shook[socket] = True
         elif event in REFUSALS or (
             event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._curve[socket]
         ):
@@ -270,6 +279,13 @@ class SocketMonitor(threading.Thread):
             open_now.discard(message["value"])
             m.connections.labels(socket).set(len(open_now))
             refused = self._refused[socket]
+            if not refused and not self._shook[socket] and self.reconnects is not None:
+                # A peer of another socket type (a distributor with --from and --to
+                # swapped): libzmq says nothing of it and never connects again.
+                m.auth_failures.labels(socket, "handshake").inc()
+                refused.append("handshake")
+                self.reconnects.request(socket)
+            self._shook[socket] = True
             cause = refused.popleft() if refused else "closed"
             m.disconnects.labels(socket, cause).inc()
             if since := self._lines[socket, cause].count():

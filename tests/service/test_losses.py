@@ -19,8 +19,7 @@ from streamtrk.wire.codec import encode_hits
 
 pytestmark = pytest.mark.slow
 
-# The daemon's frame limit is max(8 * max_hits, 64 KiB): a column of more than 8,192 hits
-# is over it with this setting, the small events are far below it.
+# The small events are within this max_hits, _big() far over it.
 MAX_HITS = "8000"
 
 
@@ -87,6 +86,31 @@ def test_an_event_over_max_hits_is_answered_and_the_events_after_it_too(
     report = replay(events, options(d)).report(events, None)
     assert (report["missing"], report["ok"]) == (0, len(small))
     assert report["errors"] == {"too_many_hits": 1}  # (the replay's own leaving: no drop)
+    stopped(d)
+
+
+def test_a_connecting_daemon_cut_off_by_a_peer_of_another_type_connects_again(
+    daemon_factory, sim_run: Path
+) -> None:
+    """Its input connected first to a PULL (a distributor started with --from and --to
+    swapped), then that peer is put right: libzmq had dropped the connection and never made
+    it again (the daemon ready, taking nothing, one "closed" line); the daemon connects
+    again and the events are answered."""
+    wrong = Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0)
+    endpoint = wrong.endpoint
+    with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as collector:
+        d = daemon_factory("--connect", "--input", endpoint, "--output", collector.endpoint)
+        t_end = time.monotonic() + 60
+        while sample(d.metrics(), "streamtrk_auth_failures_total", socket="input",
+                     cause="handshake") < 1:  # fmt: skip
+            assert time.monotonic() < t_end, "the mismatch was not seen"
+            time.sleep(0.1)
+        wrong.close()
+        event = load_recording(sim_run, limit=1)[0]
+        with Producer(endpoint, bind=True, linger_ms=0) as producer:
+            assert producer.send_frames(event.frames, timeout_ms=30_000)
+            reply = collector.recv(timeout_ms=30_000)
+    assert reply is not None and reply.to_reply().event == event.event.event
     stopped(d)
 
 

@@ -447,6 +447,30 @@ def test_only_a_protocol_refusal_asks_for_a_reconnection() -> None:
         _close(ctx, sock, monitor)
 
 
+def test_a_connection_ended_before_its_handshake_is_made_again() -> None:
+    """A peer of another socket type (a distributor started with --from and --to swapped):
+    libzmq ends the connection with no handshake event and never connects again; a
+    connecting socket's connection that ends before its handshake succeeded is refused
+    ("handshake") and connected again. One that shook hands is closed, as before."""
+    reconnects = Reconnects()
+    ctx, sock, monitor, metrics = _monitor(reconnects=reconnects)
+    try:
+        monitor.handle("output", _event(zmq.EVENT_CONNECTED, 7))
+        monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 7))
+        assert reconnects._at == {}
+        monitor.handle("output", _event(zmq.EVENT_CONNECTED, 8))
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 8))
+        assert list(reconnects._at) == ["output"]
+        for cause in ("closed", "handshake"):
+            labels = {"socket": "output", "cause": cause}
+            assert metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) == 1
+        labels = {"socket": "output", "cause": "handshake"}
+        assert metrics.registry.get_sample_value("streamtrk_auth_failures_total", labels) == 1
+    finally:
+        _close(ctx, sock, monitor)
+
+
 def test_refusals_are_warnings_and_their_lines_apart_from_closed_ones(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
