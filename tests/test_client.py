@@ -820,6 +820,13 @@ def test_wait_ready_reaches_the_daemon_whatever_proxy_the_environment_names(
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.setattr(urllib.request, "_opener", None)  # built afresh, as in a new process
+    with _ready_once() as address:
+        assert wait_ready(address, 5.0) is True
+
+
+@contextlib.contextmanager
+def _ready_once() -> Iterator[str]:
+    """The HOST:PORT of a server that answers one request "ready" (a daemon's /readyz)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
 
         def serve() -> None:
@@ -832,7 +839,7 @@ def test_wait_ready_reaches_the_daemon_whatever_proxy_the_environment_names(
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
         host, port = server.getsockname()
-        assert wait_ready(f"{host}:{port}", 5.0) is True
+        yield f"{host}:{port}"
         thread.join(5)
 
 
@@ -1112,22 +1119,10 @@ def test_wait_ready_of_a_process_started_under_a_proxy_reaches_the_daemon() -> N
     not to the proxy (here nothing listens there)."""
     env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
     env |= {"http_proxy": "http://127.0.0.1:1", "HTTP_PROXY": "http://127.0.0.1:1"}
-    with socket.create_server(("127.0.0.1", 0)) as server:
-
-        def serve() -> None:
-            server.settimeout(30)
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nready\n")
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        host, port = server.getsockname()
-        probe = (
-            "import sys; from streamtrk.client import wait_ready; "
-            "sys.exit(not wait_ready(sys.argv[1], 5.0))"
-        )
-        done = subprocess.run([sys.executable, "-c", probe, f"{host}:{port}"], env=env, timeout=60)
+    probe = (
+        "import sys; from streamtrk.client import wait_ready; "
+        "sys.exit(not wait_ready(sys.argv[1], 5.0))"
+    )
+    with _ready_once() as address:
+        done = subprocess.run([sys.executable, "-c", probe, address], env=env, timeout=60)
         assert done.returncode == 0
-        thread.join(5)

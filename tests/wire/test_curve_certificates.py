@@ -268,19 +268,8 @@ def test_a_key_that_is_no_small_regular_file_is_refused_at_once(tmp_path: Path, 
     else:
         odd.write_bytes(b"#" * (CERTIFICATE_MAX_BYTES + 1))
     why = "past the 65536 a certificate can take" if kind == "huge" else "not a regular file"
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            allowed_keys(tmp_path)
-        except CurveError as e:
-            outcome.append(e)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(5)
-    assert not reader.is_alive() and len(outcome) == 1
-    assert re.search(rf"certificate \S+/odd\.key: .*{why}", str(outcome[0])), outcome
+    error = _refused_within_5_s(tmp_path)
+    assert re.search(rf"certificate \S+/odd\.key: .*{why}", error), error
 
 
 def test_a_certificate_is_read_as_pyzmq_reads_one(tmp_path: Path) -> None:
@@ -396,6 +385,23 @@ def test_a_certificate_of_exactly_the_size_limit_is_read(tmp_path: Path) -> None
     assert load_public(public) == zmq.auth.load_certificate(public)[0]
 
 
+def _refused_within_5_s(directory: Path) -> str:
+    """The CurveError ``allowed_keys(directory)`` gives within 5 s (not waiting on a FIFO)."""
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            allowed_keys(directory)
+        except CurveError as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive() and len(outcome) == 1
+    return str(outcome[0])
+
+
 def test_a_fifo_put_in_place_after_the_stat_is_refused_at_once(tmp_path: Path, monkeypatch):
     """A key replaced by a FIFO between the check of its path and its opening (a rotation
     racing the authenticator): opened without waiting for a writer and refused as no
@@ -412,19 +418,8 @@ def test_a_fifo_put_in_place_after_the_stat_is_refused_at_once(tmp_path: Path, m
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", racing)
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            allowed_keys(tmp_path)
-        except CurveError as e:
-            outcome.append(e)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(5)
-    assert not reader.is_alive() and len(outcome) == 1
-    assert str(outcome[0]).endswith("odd.key: not a regular file"), outcome
+    error = _refused_within_5_s(tmp_path)
+    assert error.endswith("odd.key: not a regular file"), error
 
 
 def test_a_secret_key_s_mode_is_the_file_read_s(tmp_path: Path, monkeypatch) -> None:
