@@ -29,6 +29,11 @@ def array_module(a: Array) -> Any:
     return np
 
 
+def wrapped_angle(angle: Array, xp: Any = np) -> Array:
+    """``angle`` (rad) in [-pi, pi), by ``xp`` (the module of ``angle``)."""
+    return xp.mod(angle + np.pi, 2 * np.pi) - np.pi
+
+
 def to_host(a: Array) -> np.ndarray:
     """``a`` as a NumPy array: CuPy arrays are copied to the host, anything else converted."""
     return a.get() if array_module(a) is not np else np.asarray(a)

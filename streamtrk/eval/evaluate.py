@@ -26,7 +26,7 @@ from streamtrk.io.paths import save_png
 from streamtrk.recon.budget import EventTooDense
 from streamtrk.recon.reconstructor import ReconResult, Reconstructor
 from streamtrk.recon.truth import particle_pt, true_segments
-from streamtrk.xp import index_of, lookup, to_host
+from streamtrk.xp import index_of, lookup, to_host, wrapped_angle
 
 EDGE_PT_MIN = RECONSTRUCTABLE_MIN_PT  # GeV: target particles of the edge efficiency, purity
 
@@ -237,11 +237,11 @@ class Evaluation:
             cx = vx - self.beam_line[0] - h * radius * uy
             cy = vy - self.beam_line[1] + h * radius * ux
             turn = h * (np.arctan2(-cy, -cx) - np.arctan2(-h * ux, h * uy))
-            turn = np.mod(turn + np.pi, 2 * np.pi) - np.pi
+            turn = wrapped_angle(turn)
             return out | {
                 "d0": -h * (radius - np.hypot(cx, cy)),  # at d0 (-sin phi, cos phi)
                 "z0": vz + pz / pt * radius * turn,
-                "phi": _wrapped(np.arctan2(uy, ux) + h * turn),  # turned with the position
+                "phi": wrapped_angle(np.arctan2(uy, ux) + h * turn),  # turned with the position
             }
 
     @property
@@ -429,18 +429,13 @@ def _fit_errors(
             "q_over_pt": q / pt - true_q / true_pt,
             "d0": col["d0"][matched] - col["true_d0"][matched],
             "z0": col["z0"][matched] - col["true_z0"][matched],
-            "phi": _wrapped(col["phi"][matched] - col["true_phi"][matched]),
+            "phi": wrapped_angle(col["phi"][matched] - col["true_phi"][matched]),
         }
     pulls = {}
     for n in ("q_over_pt", "d0", "z0", "phi"):
         sigma = col[f"sigma_{n}"][matched]
         pulls[n] = np.divide(errors[n], sigma, out=np.full(len(sigma), np.nan), where=sigma > 0)
     return matched, errors, pulls
-
-
-def _wrapped(angle: np.ndarray) -> np.ndarray:
-    """``angle`` (rad) in [-pi, pi)."""
-    return np.mod(angle + np.pi, 2 * np.pi) - np.pi
 
 
 def _half_width(values: np.ndarray) -> float:

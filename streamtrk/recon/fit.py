@@ -57,7 +57,16 @@ import numpy as np
 from streamtrk.detector import BARREL, GEV_PER_TESLA_MM, PION_MASS, Detector, highland
 from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.kernels import Launch, contiguous, cupy_launcher
-from streamtrk.xp import Array, array_module, bincount, csr_rows, lexsort, nonzeros, to_host
+from streamtrk.xp import (
+    Array,
+    array_module,
+    bincount,
+    csr_rows,
+    lexsort,
+    nonzeros,
+    to_host,
+    wrapped_angle,
+)
 
 _MIN_COS_INCIDENCE = 0.05  # as in the simulation
 KERNELS = "gls_filter.cu"  # the fit's kernels on the GPU
@@ -334,7 +343,7 @@ def _parameters(fitted: Fitted, bfield: float, xp: Any) -> dict[str, Array]:
     tan_l, z0 = tan_l + step_z[:, 0], z0 + step_z[:, 1]
     chi2 = xp.maximum(chi2_c + chi2_z, 0)  # rounding: -1e-25 where the hits lie on the helix
     charge = (-h * np.sign(bfield)).astype(xp.int32)
-    phi = _wrapped(theta_p + h * np.pi / 2, xp)
+    phi = wrapped_angle(theta_p + h * np.pi / 2, xp)
     d0 = -h * (radius - xp.hypot(xc, yc))  # the perigee at d0 (-sin phi, cos phi)
     cosh = xp.sqrt(1 + tan_l * tan_l)
     var_kappa, var_phi, var_d0 = (cov_c[:, i, i] for i in range(3))
@@ -764,7 +773,7 @@ def _on_circle(
     dx, dy = hx - xc[tid], hy - yc[tid]
     angle = xp.arctan2(dy, dx)
     step = xp.zeros_like(angle)  # to the next hit of the track; 0 from its last
-    step[:-1] = _wrapped(angle[1:] - angle[:-1], xp)
+    step[:-1] = wrapped_angle(angle[1:] - angle[:-1], xp)
     step[offsets[1:] - 1] = 0.0
     h = xp.where(tsum(step) < 0, -1.0, 1.0)
     theta_p = xp.arctan2(-yc, -xc)
@@ -774,7 +783,7 @@ def _on_circle(
     finite = xp.isfinite(step)
     along = _sums_before(xp.where(finite, step, 0.0), offsets)
     along = xp.where(tsum(~finite)[tid] > 0, xp.nan, along)
-    first = _wrapped(h * (angle[starts] - theta_p), xp)
+    first = wrapped_angle(h * (angle[starts] - theta_p), xp)
     return h, theta_p, first[tid] + h[tid] * along, dx, dy
 
 
@@ -899,11 +908,6 @@ def _run_kernel(
     args = contiguous((np.int64(n), *ids, *columns), xp)
     launch(name, n, (*args, *map(np.float64, scalars), out))
     return out
-
-
-def _wrapped(angle: Array, xp: Any) -> Array:
-    """``angle`` in [-pi, pi)."""
-    return xp.mod(angle + np.pi, 2 * np.pi) - np.pi
 
 
 def _distances(
