@@ -61,7 +61,10 @@ def _record(args: argparse.Namespace) -> int:
             bound=_say_bound,
         )
     past = counts["past_limit"]
-    why = ", ".join(f"{n} {k[8:]}" for k, n in sorted(counts.items()) if k.startswith("invalid:"))
+    by_reason = sorted(
+        (k.removeprefix("invalid:"), n) for k, n in counts.items() if k.startswith("invalid:")
+    )
+    why = ", ".join(f"{n} {reason}" for reason, n in by_reason)
     invalid = f"{counts['invalid']} invalid" + (f" ({why})" if why else "")
     skipped = f"skipped {invalid} and {counts['other']} other messages"
     if unpaired := counts["unpaired_truth"]:

@@ -96,11 +96,7 @@ def _frames(
     **extra: Any,
 ) -> list[OutFrame]:
     run, event = _whole(run), _whole(event)
-    for key, value in (("run", run), ("event", event)):
-        if not (_is_int(value) and 0 <= value < MAX_INT):
-            raise WireError(
-                "bad_header", f"{key} must be an int in [0, 2**63), got {_short(value)}"
-            )
+    _check_ids({"run": run, "event": event}, ("run", "event"))
     spec = COLUMNS[kind]
     arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
     if compact:
@@ -142,7 +138,7 @@ def encode_hits(
         extra["deadline_ms"] = float(given)  # a NumPy float too
     if msg_id is not None:
         extra["msg_id"] = _whole(msg_id)
-    _check_msg_id(extra)  # what the decoder would refuse is not sent
+    _check_ids(extra, ("msg_id",))  # what the decoder would refuse is not sent
     _check_deadline(extra)
     cols = event.hits.columns()
     return _frames("hits", event.run, event.event, t_send_ns, cols, compact, **extra)
@@ -158,8 +154,7 @@ def with_msg_id(frames: list[Any], msg_id: int, t_send_ns: int | None = None) ->
     header["msg_id"] = _whole(msg_id)
     header["t_send_ns"] = time.time_ns() if t_send_ns is None else _whole(t_send_ns)
     header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])
-    _check_msg_id(header)  # what the decoder would refuse is not sent
-    _check_envelope(header)
+    _check_ids(header, ("msg_id", "t_send_ns"))  # what the decoder would refuse is not sent
     return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
 
@@ -460,11 +455,7 @@ def _check_envelope(header: Any) -> str:
             names = names if len(names) <= 200 else names[:197] + "..."
             parts.append(f"has unknown key{'s' if len(unknown) > 1 else ''} {names}")
         raise WireError("bad_header", f"{kind} header {' and '.join(parts)}")
-    for key in ("run", "event", "t_send_ns"):
-        if not (_is_int(header[key]) and 0 <= header[key] < MAX_INT):
-            raise WireError(
-                "bad_header", f"{key} must be an int in [0, 2**63), got {_short(header[key])}"
-            )
+    _check_ids(header, ("run", "event", "t_send_ns"))
     return kind
 
 
@@ -574,11 +565,13 @@ def _nonneg(cols: dict[str, np.ndarray], names: Iterable[str]) -> None:
             raise WireError("id_range", f"column {k!r} has negative values")
 
 
-def _check_msg_id(header: dict[str, Any]) -> None:
-    if "msg_id" in header and not (_is_int(header["msg_id"]) and 0 <= header["msg_id"] < MAX_INT):
-        raise WireError(
-            "bad_header", f"msg_id must be an int in [0, 2**63), got {_short(header['msg_id'])}"
-        )
+def _check_ids(header: dict[str, Any], keys: Iterable[str]) -> None:
+    """``bad_header`` unless each of ``keys`` in ``header`` is an int in [0, 2**63)."""
+    for key in keys:
+        if key in header and not (_is_int(header[key]) and 0 <= header[key] < MAX_INT):
+            raise WireError(
+                "bad_header", f"{key} must be an int in [0, 2**63), got {_short(header[key])}"
+            )
 
 
 def _check_deadline(header: dict[str, Any]) -> None:
@@ -589,7 +582,7 @@ def _check_deadline(header: dict[str, Any]) -> None:
 
 
 def _check_hits(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
-    _check_msg_id(header)
+    _check_ids(header, ("msg_id",))
     _check_deadline(header)
     for k in ("x", "y", "z"):
         if not np.isfinite(cols[k]).all():
@@ -623,7 +616,7 @@ def _check_truth(header: dict[str, Any], cols: dict[str, np.ndarray]) -> None:
 
 
 def _check_reply_header(header: dict[str, Any]) -> None:
-    _check_msg_id(header)
+    _check_ids(header, ("msg_id",))
     if "beam_line" in header:
         b = header["beam_line"]
         if not (isinstance(b, list) and len(b) == 2 and all(_is_number(v) for v in b)):
