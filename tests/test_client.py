@@ -498,6 +498,18 @@ def _curve_server(keys: Path, ctx: zmq.Context[Any]) -> Consumer:
     )
 
 
+def _alice(keys: Path, endpoint: str) -> Producer:
+    """A CURVE client to ``endpoint`` with the certificate ``alice`` of ``keys``, expecting
+    the server ``server``, its refusals monitored."""
+    return Producer(
+        endpoint,
+        linger_ms=0,
+        curve_key=keys / "alice.key_secret",
+        curve_server_key=keys / "server.key",
+        monitor_events=REFUSAL_EVENTS,
+    )
+
+
 def _curve_producer(keys: Path, ctx: zmq.Context[Any]) -> Producer:
     """A Producer bound as CURVE server on ``ctx`` with the certificate ``server`` of
     ``keys``."""
@@ -666,13 +678,7 @@ def test_handshakes_hung_up_until_a_server_answers_are_no_refusal(tmp_path: Path
 
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
-    with Producer(
-        f"tcp://127.0.0.1:{port}",
-        linger_ms=0,
-        curve_key=tmp_path / "alice.key_secret",
-        curve_server_key=tmp_path / "server.key",
-        monitor_events=REFUSAL_EVENTS,
-    ) as client:
+    with _alice(tmp_path, f"tcp://127.0.0.1:{port}") as client:
         assert client.send_frames([b"held"], timeout_ms=5000)  # queued for the connection
         t_end = time.monotonic() + 30
         while client.hung_up < 3:
@@ -902,13 +908,7 @@ def test_one_refusal_call_counts_every_hang_up_waiting(tmp_path: Path) -> None:
         create_certificates(tmp_path, name)
     with (
         _hanging_up_proxy() as (port, accepted),
-        Producer(
-            f"tcp://127.0.0.1:{port}",
-            linger_ms=0,
-            curve_key=tmp_path / "alice.key_secret",
-            curve_server_key=tmp_path / "server.key",
-            monitor_events=REFUSAL_EVENTS,
-        ) as client,
+        _alice(tmp_path, f"tcp://127.0.0.1:{port}") as client,
     ):
         assert client.send_frames([b"held"], timeout_ms=5000)
         t_end = time.monotonic() + 30
@@ -1052,13 +1052,7 @@ def test_a_curve_client_of_a_server_without_curve_is_refused_for_the_handshake(
         create_certificates(tmp_path, name)
     with (
         Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as plain,
-        Producer(
-            plain.endpoint,
-            linger_ms=0,
-            curve_key=tmp_path / "alice.key_secret",
-            curve_server_key=tmp_path / "server.key",
-            monitor_events=REFUSAL_EVENTS,
-        ) as client,
+        _alice(tmp_path, plain.endpoint) as client,
     ):
         client.send_frames([b"x"], timeout_ms=100)
         t_end, said = time.monotonic() + 30, None
@@ -1088,13 +1082,7 @@ def test_a_refusal_is_said_though_a_handshake_succeeded_after_it(tmp_path: Path)
         with (
             _curve_server(tmp_path, admitting) as good,
             _curve_server(tmp_path, refusing) as bad,
-            Producer(
-                bad.endpoint,
-                linger_ms=0,
-                curve_key=tmp_path / "alice.key_secret",
-                curve_server_key=tmp_path / "server.key",
-                monitor_events=REFUSAL_EVENTS,
-            ) as alice,
+            _alice(tmp_path, bad.endpoint) as alice,
         ):
             assert alice.monitor is not None and alice.monitor.poll(10_000)  # refused
             alice.socket.connect(good.endpoint)
