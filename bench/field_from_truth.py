@@ -21,6 +21,7 @@ import numpy as np
 
 from streamtrk.detector import GEV_PER_TESLA_MM
 from streamtrk.io.events import read_events
+from streamtrk.xp import wrapped_angle
 
 EVENT = "data/trackml/qallse_ez-0.5_hpt-1.0/event000001000"
 
@@ -47,7 +48,7 @@ def field_per_pair(event_path: Path) -> dict[str, np.ndarray]:
     vertex_r = np.hypot(np.asarray(particles.vx, float), np.asarray(particles.vy, float))[row]
     pt0 = np.hypot(np.asarray(particles.px, float), np.asarray(particles.py, float))[row]
     pt = 0.5 * (np.hypot(px[a], py[a]) + np.hypot(px[b], py[b]))
-    dphi = np.angle(np.exp(1j * (np.arctan2(py[b], px[b]) - np.arctan2(py[a], px[a]))))
+    dphi = wrapped_angle(np.arctan2(py[b], px[b]) - np.arctan2(py[a], px[a]))
     chord = np.hypot(x[b] - x[a], y[b] - y[a])
     keep = (vertex_r < 1) & (pt0 >= 1) & (np.abs(r[b] - r[a]) > 20)
     with np.errstate(divide="ignore", invalid="ignore"):
