@@ -32,6 +32,24 @@ ACCEPT_MU = 2
 READY_TIMEOUT_S = 180
 
 
+# Runs `streamtrk ARGS...` (argv[3:]) with a signal (argv[1]) sent to itself as module argv[2]
+# starts to import: what `systemctl reload` (ExecReload=kill -HUP), `pkill -HUP streamtrk` or a
+# stop does to a process started a second earlier.
+SIGNAL_ON_IMPORT = """
+import os, signal, sys
+from streamtrk.cli import main
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[2]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+
+sys.meta_path.insert(0, SignalOnImport())
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def free_port() -> int:
     """A port free just now, for programs that cannot bind port 0 and report the port they
     got (Prometheus); another process can take it before it is used."""

@@ -24,6 +24,8 @@ import pytest
 import yaml
 import zmq
 from live_daemon import (
+    READY_TIMEOUT_S,
+    SIGNAL_ON_IMPORT,
     Daemon,
     Forwarder,
     HttpEndpoints,
@@ -33,7 +35,7 @@ from live_daemon import (
 )
 from needs import need_program
 
-from streamtrk.client import Consumer, Producer, terminate
+from streamtrk.client import Consumer, Producer, terminate, wait_listening
 from streamtrk.farm import forward
 
 pytestmark = pytest.mark.slow
@@ -255,6 +257,24 @@ def test_a_forwarder_outlives_a_sighup_and_still_stops_on_sigterm(tmp_path: Path
     finally:
         dist.stop()
     assert json.loads(dist.log.read_text().splitlines()[-1])["message"] == "stopped"
+
+
+def test_a_sighup_during_a_forwarders_imports_is_ignored(tmp_path: Path) -> None:
+    """Ignored from the start: one as the command line was read (the parser imports ZeroMQ
+    and the daemon's settings, half a second) ended the forwarder, exit 129, unlogged."""
+    log = tmp_path / "distributor.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "farm", "distributor",
+             "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        assert wait_listening(log, READY_TIMEOUT_S, process), f"exit {process.poll()}"
+    finally:
+        code = terminate(process, 30)
+    assert code == 0
+    assert json.loads(log.read_text().splitlines()[-1])["message"] == "stopped"
 
 
 def test_a_forwarder_whose_socket_monitor_dies_stops_and_exits_1(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from streamtrk import __version__
 from streamtrk.cli.common import COMMANDS, SIGNED_OPTIONS, repair_hint
 from streamtrk.errors import SettingError
+from streamtrk.stop import StopFlag, handlers_kept
 from streamtrk.threads import wait_passively
 
 # Importing a command module registers its commands: the order of these imports is the
@@ -52,12 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"streamtrk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, arguments, handler, parser in COMMANDS:
+    for name, arguments, handler, takes_hangup, parser in COMMANDS:
         # No abbreviations: a flag mistyped short of its name is refused, not taken for
         # another (``--dead-letter-max`` for ``--dead-letter-max-bytes``).
         s = sub.add_parser(name, allow_abbrev=False, **parser)
         arguments(s)
-        s.set_defaults(func=handler, command_parser=s)
+        s.set_defaults(func=handler, command_parser=s, takes_hangup=takes_hangup)
     return p
 
 
@@ -90,12 +91,40 @@ def _terminated_as_interrupted() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
-    parser = build_parser()  # SIGNED_OPTIONS filled
-    args, unknown = parser.parse_known_args(
-        _negative_values(sys.argv[1:] if argv is None else argv)
+    with handlers_kept(signal.SIGHUP):  # a command's own undone (tests run main in-process)
+        return _run(_parsed(sys.argv[1:] if argv is None else argv))
+
+
+def _parsed(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line read, a SIGHUP meanwhile held (the parser imports the daemon's
+    modules: half a second in which its default action would end a daemon just started):
+    ``args.hangup`` is set for a command that takes SIGHUP over (``subcommand``), and for
+    any other it then ends the process as by default. Held only on the main thread, where
+    SIGHUP has its default action."""
+    hangup = StopFlag()
+    held = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
     )
-    if unknown:  # said with the command's usage line, not the top level's
-        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if held:
+        signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    taken = False
+    try:
+        parser = build_parser()  # SIGNED_OPTIONS filled
+        args, unknown = parser.parse_known_args(_negative_values(argv))
+        if unknown:  # said with the command's usage line, not the top level's
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        taken = args.takes_hangup
+    finally:
+        if held and not taken:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            if hangup.is_set():
+                os.kill(os.getpid(), signal.SIGHUP)
+    args.hangup = hangup
+    return args
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         with _terminated_as_interrupted():
             return int(args.func(args))

@@ -18,7 +18,7 @@ from streamtrk.io.paths import check_writable, write_whole, written_in_place
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
-COMMANDS: list[tuple[str, Arguments, Handler, dict[str, Any]]] = []
+COMMANDS: list[tuple[str, Arguments, Handler, bool, dict[str, Any]]] = []
 #: Options whose value may start with a minus: list_argument's, and serve's numeric flags.
 SIGNED_OPTIONS: set[str] = set()
 
@@ -39,12 +39,17 @@ def strict_json(obj: Any, **kw: Any) -> str:
     return json.dumps(clean(obj), allow_nan=False, **kw)
 
 
-def subcommand(name: str, arguments: Arguments, **parser: Any) -> Callable[[Handler], Handler]:
+def subcommand(
+    name: str, arguments: Arguments, takes_hangup: bool = False, **parser: Any
+) -> Callable[[Handler], Handler]:
     """Register the decorated handler (parsed arguments -> exit status) as subcommand ``name``;
-    ``arguments`` adds its options, ``parser`` goes to ``add_parser`` (help, description)."""
+    ``arguments`` adds its options, ``parser`` goes to ``add_parser`` (help, description).
+    ``takes_hangup``: the handler sets SIGHUP's handler first thing, and one that came while
+    ``main`` read the command line is in ``args.hangup`` (a set flag); for the others such a
+    SIGHUP acts as by default once the line is read (it ends the process)."""
 
     def register(handler: Handler) -> Handler:
-        COMMANDS.append((name, arguments, handler, parser))
+        COMMANDS.append((name, arguments, handler, takes_hangup, parser))
         return handler
 
     return register

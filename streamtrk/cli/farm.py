@@ -65,6 +65,7 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
 @subcommand(
     "farm",
     _farm_arguments,
+    takes_hangup=True,
     help="run a farm's distributor or collector (a PULL -> PUSH forwarder)",
     description="Forward messages from a bound PULL socket to a bound PUSH socket: as the "
     "distributor, from producers to daemons in connect mode (which join only when ready and "
@@ -78,6 +79,10 @@ def _farm_arguments(s: argparse.ArgumentParser) -> None:
     "docs/farm-topology.md.",
 )
 def _farm(args: argparse.Namespace) -> int:
+    # Nothing to reload: SIGHUP (the daemons' reload, which `pkill -HUP streamtrk` sends a
+    # forwarder alike) is ignored, not its default end that loses what it holds uncounted
+    # (``main`` held one that came while it read the command line, and puts the handler back).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from streamtrk.farm import forward
     from streamtrk.service.config import MAX_SETTING_INT
     from streamtrk.service.logs import configure
@@ -97,25 +102,19 @@ def _farm(args: argparse.Namespace) -> int:
             raise SettingError(f"{flag} must be at most {most}, got {value}")
     check_endpoints(("--from", args.from_), ("--to", args.to), bind=True)
     check_curve_pair(args)
-    # Nothing to reload: SIGHUP (the daemons' reload, which `pkill -HUP streamtrk` sends a
-    # forwarder alike) is ignored, not its default end that loses what it holds uncounted.
-    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        with stop_on_signals() as stop:
-            forward(
-                args.role,
-                args.from_,
-                args.to,
-                hwm=args.hwm,
-                max_hits=args.max_hits,
-                curve_key=args.curve_key,
-                curve_server_key=args.curve_server_key,
-                server_key=args.server_key,
-                allowed_keys=args.allowed_keys,
-                allow_insecure=args.allow_insecure,
-                http=args.http,
-                stop=stop,
-            )
-    finally:
-        signal.signal(signal.SIGHUP, hangup)
+    with stop_on_signals() as stop:
+        forward(
+            args.role,
+            args.from_,
+            args.to,
+            hwm=args.hwm,
+            max_hits=args.max_hits,
+            curve_key=args.curve_key,
+            curve_server_key=args.curve_server_key,
+            server_key=args.server_key,
+            allowed_keys=args.allowed_keys,
+            allow_insecure=args.allow_insecure,
+            http=args.http,
+            stop=stop,
+        )
     return 0

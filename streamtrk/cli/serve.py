@@ -32,6 +32,7 @@ def _serve_arguments(s: argparse.ArgumentParser) -> None:
 @subcommand(
     "serve",
     _serve_arguments,
+    takes_hangup=True,
     help="run the daemon: hits in, tracks out, metrics and health over HTTP",
     description="Run the reconstruction daemon. Settings come from the embedded defaults, "
     "then --config FILE (TOML, keys named like the flags with underscores), then "
@@ -47,11 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_kept(args: argparse.Namespace) -> int:
     # SIGHUP's default action ends the process: one during the imports below (seconds, with
-    # torch) would stop the daemon unlogged, and a supervisor restarts no process a SIGHUP
-    # ended (systemd's Restart=on-failure). Kept, it makes the daemon reload once ready.
+    # torch) or while ``main`` read the command line would stop the daemon unlogged, and a
+    # supervisor restarts no process a SIGHUP ended (systemd's Restart=on-failure). Kept, it
+    # makes the daemon reload once ready.
     # SIGTERM's would end it unlogged too (status -15), SIGINT's with a traceback: kept,
     # either stops the daemon as it starts (logged, status 0; nothing received yet).
-    hup, stop = StopFlag(), StopFlag()
+    hup, stop = args.hangup, StopFlag()
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 from cli_helpers import _run, _run_unread, _simulate
+from live_daemon import SIGNAL_ON_IMPORT
 
 from streamtrk.cli import _negative_values, _said, build_parser, main
 
@@ -271,10 +272,23 @@ def test_the_readme_tours_every_command() -> None:
 
 def test_a_command_in_process_gives_sigterm_its_default_action_back(tmp_path, capsys) -> None:
     """Run in process (a script, the demo's own simulate and replay), main() leaves no
-    handler behind: a later SIGTERM ends the process, not raises Terminated in other code."""
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    handler behind: a later SIGTERM ends the process, not raises Terminated in other code
+    (nor SIGHUP, held while the command line is read, sets a flag nothing reads)."""
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    assert all(signal.getsignal(sig) is signal.SIG_DFL for sig in signals)
     assert main(["inspect", str(tmp_path / "absent.stk")]) == 1
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert all(signal.getsignal(sig) is signal.SIG_DFL for sig in signals)
+
+
+def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tmp_path):
+    """SIGHUP is held while the command line is read (the daemon's and the forwarder's
+    modules import meanwhile); for any other command it then acts as by default, as a
+    terminal's hangup ends a command."""
+    absent = str(tmp_path / "absent.stk")
+    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "inspect", absent]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGHUP, done.stderr
+    assert done.stderr == ""
 
 
 def test_an_os_error_without_a_file_is_said_as_the_system_says_it() -> None:

@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from live_daemon import READY_TIMEOUT_S, clean_env, sample, wait_for
+from live_daemon import READY_TIMEOUT_S, SIGNAL_ON_IMPORT, clean_env, sample, wait_for
 from live_daemon import Daemon as LiveDaemon
 from needs import no_ipv6_loopback
 
@@ -623,28 +623,12 @@ def test_a_daemon_stopped_while_loading_is_draining_as_it_answers(daemon_factory
     assert [x["dropped"] for x in d.logs() if x["message"] == said] == [1]
 
 
-# Runs `streamtrk serve` with a signal (argv[1]) sent to itself as torch starts to import:
-# what `systemctl reload` (ExecReload=kill -HUP) or a stop does to a daemon started a second
-# earlier.
-SIGNAL_DURING_IMPORTS = """
-import os, signal, sys
-from streamtrk.cli import main
-
-class SignalOnTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            sys.meta_path.remove(self)
-            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
-
-sys.meta_path.insert(0, SignalOnTorch())
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def _serve_signalled_during_imports(sig: str, log_path: Path) -> subprocess.Popen[bytes]:
+def _serve_signalled_during_imports(
+    sig: str, log_path: Path, module: str = "torch"
+) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", SIGNAL_DURING_IMPORTS, sig, "serve", "--input",
+            [sys.executable, "-c", SIGNAL_ON_IMPORT, sig, module, "serve", "--input",
              "tcp://127.0.0.1:*", "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
              "--log-format", "json"],
             stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
@@ -668,9 +652,12 @@ def test_a_stop_during_the_start_up_imports_ends_the_daemon_as_it_starts(
     assert messages[-1] == "answered the events taken while loading"
 
 
-def test_a_sighup_during_the_start_up_imports_is_a_reload_once_ready(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["zmq", "torch"])  # as the command line is read; serve's
+def test_a_sighup_during_the_start_up_imports_is_a_reload_once_ready(
+    module: str, tmp_path: Path
+) -> None:
     log_path = tmp_path / "daemon.log"
-    process = _serve_signalled_during_imports("SIGHUP", log_path)
+    process = _serve_signalled_during_imports("SIGHUP", log_path, module)
     try:
         bound = wait_listening(log_path, READY_TIMEOUT_S, process)
         assert bound is not None, f"exit {process.poll()}; log:\n{log_path.read_text()}"
