@@ -8,10 +8,12 @@ count below the connections there are. Every disconnection is counted by cause i
 ``handshake`` (the handshake was refused: a peer without CURVE against a CURVE socket, or
 another mechanism; on a CURVE socket also a peer that hung up during its handshake, as a
 client without CURVE may when it sees the mismatch first, and as a CURVE server does to a
-client that has another server key than its own) or ``closed`` (any other end: the
-peer went away, on a plain socket also during its handshake, as a TCP port probe does; or
-libzmq dropped the connection, for a frame over ``ZMQ_MAXMSGSIZE`` or a peer of an
-incompatible socket type; what the peer had queued on it is lost with it). Refused
+client that has another server key than its own; connecting, on any socket a connection
+that ended before its handshake succeeded: a peer of an incompatible socket type, a proxy
+with nothing behind it) or ``closed`` (any other end: the peer went away, on a plain
+socket also during its handshake, as a TCP port probe does; or libzmq dropped the
+connection, for a frame over ``ZMQ_MAXMSGSIZE`` or, accepted, a peer of an incompatible
+socket type; what the peer had queued on it is lost with it). Refused
 handshakes also count in ``streamtrk_auth_failures_total``.
 The log has at most one line a ``DISCONNECT_LOG_S`` per socket and cause (a peer can open
 and drop connections at will, a port scanner thousands): it says how many ended since the
@@ -59,7 +61,7 @@ READ_MAX = 1000  # events read off one monitor in a row (then the other's turn, 
 # mismatch first), and a peer of an incompatible socket type with no handshake event at
 # all (and, connecting, never connects again): the open connections are counted from the
 # events that carry a descriptor, and a connecting socket's connection that ends before its
-# handshake succeeded is made again.
+# handshake succeeded is made again, unless libzmq says it makes it again (CONNECT_RETRIED).
 EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_CONNECTED
@@ -94,6 +96,10 @@ class Reconnects:
     def request(self, name: str) -> None:
         with self._lock:
             self._at.setdefault(name, time.monotonic() + RECONNECT_AFTER_S)
+
+    def cancel(self, name: str) -> None:
+        with self._lock:
+            self._at.pop(name, None)
 
     def apply(self, name: str, socket: zmq.Socket[Any], endpoint: str) -> None:
         """Connect ``socket`` (``name``) to ``endpoint`` again if it was asked and is due."""
@@ -137,9 +143,13 @@ class SocketMonitor(threading.Thread):
         self._curve = {  # CURVE servers and clients (a forwarder's socket facing daemons)
             name: sock.getsockopt(zmq.MECHANISM) == zmq.CURVE for name, sock in sockets.items()
         }
-        shook = zmq.EVENT_HANDSHAKE_SUCCEEDED if reconnects is not None else 0
+        # Connecting: whether a connection's handshake succeeded, and whether libzmq
+        # connects again by itself.
+        connecting = 0
+        if reconnects is not None:
+            connecting = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED
         self.monitors = {  # (the one a socket was made with, where it was: pyzmq keeps it)
-            name: sock.get_monitor_socket(events_of(self._curve[name]) | shook)
+            name: sock.get_monitor_socket(events_of(self._curve[name]) | connecting)
             for name, sock in sockets.items()
         }
         # Per connecting socket, whether its connection's handshake succeeded (the event
@@ -267,6 +277,11 @@ class SocketMonitor(threading.Thread):
             self._shook[socket] = event == zmq.EVENT_ACCEPTED
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._shook[socket] = True
+        elif event == zmq.EVENT_CONNECT_RETRIED and self.reconnects is not None:
+            # libzmq connects again by itself (a peer that hung up before its handshake: a
+            # proxy with nothing behind it): connecting again too would drop the connection
+            # it makes, and what is queued on it.
+            self.reconnects.cancel(socket)
         elif event in REFUSALS or (
             event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._curve[socket]
         ):
@@ -281,7 +296,8 @@ class SocketMonitor(threading.Thread):
             refused = self._refused[socket]
             if not refused and not self._shook[socket] and self.reconnects is not None:
                 # A peer of another socket type (a distributor with --from and --to
-                # swapped): libzmq says nothing of it and never connects again.
+                # swapped): libzmq says nothing of it and never connects again (unless it
+                # says it does, CONNECT_RETRIED, next).
                 m.auth_failures.labels(socket, "handshake").inc()
                 refused.append("handshake")
                 self.reconnects.request(socket)

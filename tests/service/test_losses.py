@@ -4,15 +4,17 @@ it) and a consumer that restarts (libzmq drops the replies queued for it)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import pytest
-from live_daemon import sample
+from live_daemon import ACCEPT_EVENTS, sample
 
 from streamtrk.client import Consumer, Producer
 from streamtrk.detector import load_detector
 from streamtrk.replay import Recorded, ReplayOptions, load_recording, replay
+from streamtrk.service.monitor import RECONNECT_AFTER_S
 from streamtrk.sim.generator import GeneratorConfig
 from streamtrk.sim.simulate import SimConfig, simulate
 from streamtrk.wire.codec import encode_hits
@@ -111,6 +113,36 @@ def test_a_connecting_daemon_cut_off_by_a_peer_of_another_type_connects_again(
             assert producer.send_frames(event.frames, timeout_ms=30_000)
             reply = collector.recv(timeout_ms=30_000)
     assert reply is not None and reply.to_reply().event == event.event.event
+    stopped(d)
+
+
+def test_a_connecting_daemon_keeps_the_connection_libzmq_makes_again(
+    daemon_factory, sim_run: Path
+) -> None:
+    """Its input's first connection hung up before its handshake (a proxy with nothing
+    behind it yet): libzmq connects again by itself, and the daemon does not also, which
+    dropped that connection a second later, the events queued on it unanswered."""
+    with (
+        socket.socket() as listener,
+        Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as collector,
+    ):
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(60)
+        endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        d = daemon_factory("--connect", "--input", endpoint, "--output", collector.endpoint)
+        listener.accept()[0].close()
+        listener.close()
+        events = load_recording(sim_run, limit=ACCEPT_EVENTS)
+        with Producer(endpoint, bind=True, linger_ms=0) as producer:
+            for event in events:
+                assert producer.send_frames(event.frames, timeout_ms=30_000)
+            answered = 0
+            while answered < len(events) and collector.recv(timeout_ms=30_000) is not None:
+                answered += 1
+            time.sleep(2 * RECONNECT_AFTER_S)  # past a reconnect the daemon asked for
+    assert answered == len(events)
+    assert not [r for r in d.logs() if r["message"].startswith("connecting the input")]
     stopped(d)
 
 
