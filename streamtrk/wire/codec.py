@@ -95,8 +95,9 @@ def _frames(
     compact: bool = False,
     **extra: Any,
 ) -> list[OutFrame]:
-    run, event = _whole(run), _whole(event)
-    _check_ids({"run": run, "event": event}, ("run", "event"))
+    ids = {"run": _whole(run), "event": _whole(event)}
+    ids["t_send_ns"] = time.time_ns() if t_send_ns is None else _whole(t_send_ns)
+    _check_ids(ids, ids)  # before packing: what msgpack cannot pack (2**64) said as refused
     spec = COLUMNS[kind]
     arrays = [np.ascontiguousarray(to_host(cols[name]), dtype=dt) for name, dt in spec.items()]
     if compact:
@@ -106,9 +107,7 @@ def _frames(
         "schema": SCHEMA,
         "version": NARROW_VERSION if narrowed else ENCODED_VERSIONS[kind],
         "kind": kind,
-        "run": run,
-        "event": event,
-        "t_send_ns": time.time_ns() if t_send_ns is None else _whole(t_send_ns),
+        **ids,
         "columns": [[n, a.dtype.str, len(a)] for n, a in zip(spec, arrays, strict=True)],
         **extra,
     }
@@ -149,8 +148,10 @@ def with_msg_id(frames: list[Any], msg_id: int, t_send_ns: int | None = None) ->
     ``t_send_ns`` (default now: a recording's stamp is its producer's, 0 in simulated ones);
     column frames are not copied. A version 1 header (a recording made before ``msg_id``) is
     raised to version 2, which has the same hits columns and admits the key."""
-    header = msgpack.unpackb(frame_view(frames[0]), raw=False)
-    _check_envelope(header)  # a WireError for any header that is no message's
+    frames = _frame_list(frames, DEFAULT_LIMITS)  # a WireError for what is no message,
+    header = _unpack_header(frame_view(frames[0]), DEFAULT_LIMITS)  # or no message's header,
+    if (kind := _check_envelope(header)) != "hits":  # or a message of another kind
+        raise WireError("bad_kind", f"expected a 'hits' message, got {kind!r}")
     header["msg_id"] = _whole(msg_id)
     header["t_send_ns"] = time.time_ns() if t_send_ns is None else _whole(t_send_ns)
     header["version"] = max(header["version"], ENCODED_VERSIONS["hits"])

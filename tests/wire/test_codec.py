@@ -1050,15 +1050,27 @@ def test_msg_id_travels_and_is_checked(rng: np.random.Generator) -> None:
     assert reply.to_reply().msg_id == 9 and reply.msg_id == 9
 
 
+def test_only_a_hits_message_is_sent_again_with_an_id(truth: list[Any]) -> None:
+    """``with_msg_id`` refuses with a WireError what is no hits message: a truth message
+    (whose msg_id the decoder would refuse), frames that are no message at all."""
+    with pytest.raises(WireError, match="bad_kind: expected a 'hits' message, got 'truth'"):
+        with_msg_id(truth, 1)
+    for frames, reason in (([], "frame_count"), ([b"\xc1"], "not_msgpack"), ([7], "bad_frame")):
+        with pytest.raises(WireError, match=reason):
+            with_msg_id(frames, 1)
+
+
 @pytest.mark.parametrize(
     ("where", "value"),
-    [("msg_id", 5.7), ("msg_id", "12"), ("run", 1.9), ("event", 2.5), ("t_send_ns", 1.9)],
-)
+    [("msg_id", 5.7), ("msg_id", "12"), ("run", 1.9), ("event", 2.5), ("t_send_ns", 1.9),
+     ("t_send_ns", 2**64), ("t_send_ns", np.True_)],
+)  # fmt: skip
 def test_an_id_that_is_no_integer_is_refused_not_truncated(
     rng: np.random.Generator, where: str, value: Any
 ) -> None:
     """The encoders refuse what the decoder would: msg_ids 5.2 and 5.7 were both sent as 5
-    (a reply matched to the wrong message), run 1.9 as run 1."""
+    (a reply matched to the wrong message), run 1.9 as run 1; and what msgpack cannot pack
+    (an OverflowError, a TypeError escaped)."""
     hits = random_event(rng, 5).hits
     ids: dict[str, Any] = {"run": 1, "event": 2, "msg_id": 3, "t_send_ns": 4} | {where: value}
     refused = rf"bad_header: {where} must be an int in \[0, 2\*\*63\), got {value!r}"
