@@ -262,7 +262,12 @@ def _exit_status(args: argparse.Namespace, report: dict[str, Any], interrupted: 
         print(
             f"streamtrk replay: error: no reply this replay could read: {report['sent']} "
             f"events were sent to {args.to}{unsent}, and within {args.timeout:g} s "
-            f"{_undecodable(report)}",
+            f"{_undecodable(report)}"
+            + (
+                f"; {_other_consumer(report, args.from_, 'a share of the')}"
+                if report["unexpected"]
+                else ""
+            ),
             file=sys.stderr,
         )
         said_invalid = True

@@ -186,6 +186,18 @@ def test_replies_that_do_not_decode_are_said_with_the_decoder_s_words(
     assert err.count("cannot decode") == 1
 
 
+def test_no_readable_reply_and_replies_to_no_send_say_both(capsys) -> None:
+    """None of the replies readable, and some to no send of this replay: another consumer
+    takes a share of them, said after what the decoder said."""
+    report = ReplayResult().report([], None, {}) | {"sent": 3, "missing": 3, "unexpected": 2}
+    report |= {"invalid_replies": 1, "first_invalid_reply": "bad_version: version 7"}
+    report["invalid_reply_reasons"] = {"bad_version": 1}
+    assert _status(report) == 1
+    err = capsys.readouterr().err
+    assert "error: no reply this replay could read: 3 events were sent to tcp://a:1" in err
+    assert "; 2 replies to no send of this replay came: another consumer of tcp://a:2" in err
+
+
 @pytest.mark.parametrize("fail_on_error", [False, True])
 def test_error_replies_are_said_on_stderr_whatever_the_exit_status(capsys, fail_on_error):
     """Events answered 'shutdown' were not reconstructed: exit 0 unless --fail-on-error, but
