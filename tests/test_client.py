@@ -968,12 +968,14 @@ class _TakenBack:
 
     def __init__(self, first_ms: float, timeout_ms: int, again: bool = False) -> None:
         self.first_ms, self.again, self.polls = first_ms, again, 0
+        self.asked: list[int] = []  # each poll's timeout, as asked
         self.t_end = time.monotonic() + timeout_ms / 1000 + 1.0
 
     def poll(self, timeout: int, flags: int) -> int:
         assert timeout >= 0, f"poll({timeout}) waits for ever"
         assert time.monotonic() < self.t_end, "polled on past the timeout"
         self.polls += 1
+        self.asked.append(timeout)
         if self.polls == 1:
             time.sleep(self.first_ms / 1000)
             return zmq.POLLIN
@@ -996,11 +998,23 @@ class _TakenBack:
 )
 def test_a_message_taken_back_does_not_stretch_the_timeout(first_ms: float, again: bool) -> None:
     with Consumer("tcp://127.0.0.1:*", bind=True, linger_ms=0) as consumer:
-        real, consumer.socket = consumer.socket, _TakenBack(first_ms, 1000, again)  # type: ignore[assignment]
+        fake = _TakenBack(first_ms, 1000, again)
+        real, consumer.socket = consumer.socket, fake  # type: ignore[assignment]
         try:
             t0 = time.monotonic()
             assert consumer.recv_frames(timeout_ms=1000) is None
-            assert time.monotonic() - t0 < 1.4
+            # By the polls asked for, not the clock: after the first (1 s asked, answered
+            # after first_ms) they ask what is left of the 1 s, never the whole 1 s again
+            # (1.6 s in all) nor a negative (endless) wait; reported on every poll, they
+            # count down to 0 and it gives up there.
+            assert fake.asked[0] == 1000 and min(fake.asked) >= 0, fake.asked
+            if again:
+                assert fake.asked == sorted(fake.asked, reverse=True), fake.asked
+                assert fake.asked[-1] == 0, fake.asked
+            else:
+                assert sum(fake.asked[1:]) <= max(0, 1000 - first_ms), fake.asked
+            # The clock only as a backstop, below the 2 s at which the fake says a spin
+            assert time.monotonic() - t0 < 1.9
         finally:
             consumer.socket = real
 

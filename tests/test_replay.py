@@ -124,13 +124,21 @@ def test_a_paced_replay_starts_its_schedule_when_a_daemon_takes_the_first_event(
     thread.join(10)
     report = result.report(events, rate)
     assert report["received"] == len(events)
+    # The schedule run from before the wait would send the events due in the 1 s wait at
+    # once as the daemon connects (11 of the 11 gaps short, each event up to ~950 ms late,
+    # ~1 s of latency from the schedule). The bounds below keep far from that while a
+    # loaded machine's pauses (tens of ms, at times one of a few periods) pass: at most
+    # half the gaps short, no event 250 ms late (5 periods; 1/4 of the wait).
     gaps = np.diff(arrivals)
-    assert np.count_nonzero(gaps < 0.2 / rate) <= 1, gaps  # no burst after the wait
-    assert report["send_lag_max_ms"] < 0.5 * 1000 / rate
+    assert np.count_nonzero(gaps < 0.2 / rate) <= len(gaps) // 2, gaps  # no burst after the wait
+    assert report["send_lag_max_ms"] < 250, report["send_lag_max_ms"]
     # The first event went once the daemon was there: neither its latency nor the rate
     # achieved holds the wait.
     assert report["latency_from_schedule_max_ms"] < 500 and report["latency_max_ms"] < 500
-    assert report["send_rate_hz"] == pytest.approx(rate, rel=0.15)
+    # Over the first sends' span: a schedule cannot run faster than the rate (the burst:
+    # thousands of Hz); a stall only stretches the span (a first send timed from before
+    # the wait: ~7 Hz).
+    assert 0.6 * rate < report["send_rate_hz"] < 1.15 * rate, report["send_rate_hz"]
 
 
 def test_latency_from_the_schedule_holds_the_time_an_event_waited_to_be_sent() -> None:
@@ -1302,7 +1310,11 @@ def test_replies_without_ids_answer_the_oldest_send_of_their_event() -> None:
                              match_by_event=True)  # fmt: skip
         result = replay(events, opts)
     assert result.received == 2 and result.duplicates == 0
-    assert min(result.latencies) > 0.35 and max(result.latencies) < 0.95, list(result.latencies)
+    # Each from its own send: both at least the 0.5 s + 0.1 s slept (a loaded machine only
+    # adds), and about equal. Paired the other way round they are ~0.1 s and ~1.1 s: the
+    # shorter under 0.35 s and 1 s apart (that gap only grows with the load).
+    lats = sorted(result.latencies)
+    assert lats[0] > 0.35 and lats[1] - lats[0] < 0.5, lats
 
 
 def test_an_event_recorded_twice_as_two_records_is_one_event() -> None:

@@ -32,11 +32,24 @@ def test_a_put_waiting_for_room_beats() -> None:
     q.put(0)
     thread = Supervised("t", print)
     thread.heartbeat -= 60
-    taker = threading.Timer(0.5, q.get)
+    seen: set[float] = set()  # the heartbeats the taker saw set during the put
+
+    def take() -> None:  # room once the heartbeat has moved twice in the wait (or after 10 s)
+        t_end = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < t_end:
+            if (beat := thread.heartbeat) >= t_put:
+                seen.add(beat)
+            time.sleep(0.01)
+        q.get()
+
+    taker = threading.Thread(target=take)
+    t_put = time.monotonic()
     taker.start()
     assert thread.put(q, 1)
     taker.join()
-    assert time.monotonic() - thread.heartbeat < 0.4 and q.get_nowait() == 1
+    # It beat, and again, while it waited (not once, not 60 s ago); the last beat is recent.
+    assert len(seen) >= 2 and thread.heartbeat >= max(seen), seen
+    assert q.get_nowait() == 1
 
 
 class _Idle(Supervised):
