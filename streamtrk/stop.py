@@ -56,7 +56,11 @@ def stop_on_signals() -> Iterator[StopFlag]:
 @contextmanager
 def handlers_kept(*signals: signal.Signals) -> Iterator[None]:
     """The handlers of ``signals`` from before the block are back after it, whatever it
-    set (on the main thread, the one where handlers can be set)."""
+    set (on the main thread, the one where handlers can be set; elsewhere nothing is
+    done)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     before = {sig: signal.getsignal(sig) for sig in signals}
     try:
         yield

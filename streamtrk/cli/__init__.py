@@ -92,7 +92,12 @@ def _terminated_as_interrupted() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     wait_passively()  # before any command imports torch
     with handlers_kept(signal.SIGHUP):  # a command's own undone (tests run main in-process)
-        return _run(_parsed(sys.argv[1:] if argv is None else argv))
+        try:
+            args = _parsed(sys.argv[1:] if argv is None else argv)
+        except KeyboardInterrupt:  # Ctrl-C as the command line is read: no traceback
+            print("streamtrk: interrupted", file=sys.stderr)
+            return 130
+        return _run(args)
 
 
 def _parsed(argv: Sequence[str]) -> argparse.Namespace:

@@ -7,6 +7,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -289,6 +290,25 @@ def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tm
     done = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGHUP, done.stderr
     assert done.stderr == ""
+
+
+def test_ctrl_c_while_the_line_is_read_is_one_line_and_status_130(tmp_path) -> None:
+    """Not a KeyboardInterrupt traceback out of the parser's imports."""
+    absent = str(tmp_path / "absent.stk")
+    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGINT", "zmq", "inspect", absent]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "streamtrk: interrupted\n")
+
+
+def test_a_command_run_in_another_thread_returns_its_exit_status(tmp_path, capsys) -> None:
+    """In-process off the main thread, where no signal handler can be set: its status, not
+    a ValueError from putting one back."""
+    status: list[int] = []
+    absent = str(tmp_path / "absent.stk")
+    thread = threading.Thread(target=lambda: status.append(main(["inspect", absent])))
+    thread.start()
+    thread.join(60)
+    assert status == [1]
 
 
 def test_an_os_error_without_a_file_is_said_as_the_system_says_it() -> None:
