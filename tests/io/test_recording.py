@@ -940,3 +940,53 @@ def test_a_trackml_csv_under_another_name_is_said_to_be_imported(tmp_path: Path)
         (tmp_path / name).write_text(text)
         with pytest.raises(RecordingError, match=r"`streamtrk import-trackml` makes one\)$"):
             list(iter_records(tmp_path / name))
+
+
+def test_a_format_version_below_this_readers_is_refused_too(small: Any) -> None:
+    """Only version 1 is read: a version 0 file (no such format) is refused, not read as 1."""
+    path = small[0]
+    data = bytearray(path.read_bytes())
+    data[8:10] = b"\x00\x00"
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError, match="unsupported format version 0"):
+        list(iter_records(path))
+
+
+def test_a_csv_file_by_its_name_gets_the_import_hint(tmp_path: Path) -> None:
+    """A ``.csv`` named as a recording gets the import hint whatever its first column
+    (TrackML's detectors.csv starts with volume_id)."""
+    csv = tmp_path / "detectors.csv"
+    csv.write_text("volume_id,layer_id,module_id,cx\n")
+    with pytest.raises(RecordingError, match=r"`streamtrk import-trackml` makes one\)$"):
+        list(iter_records(csv))
+
+
+def test_two_hits_of_one_event_each_get_one_of_its_truths(tmp_path: Path, rng) -> None:
+    """An event sent twice (a resend) with its truth twice, behind an event still waiting
+    for its truth: each truth goes to the oldest hits of its event still without one, so
+    both come with truth."""
+    a, e = make_event(rng, 3, 1), make_event(rng, 4, 0)
+    assert a.truth and e.truth
+    path = tmp_path / "twice.stk"
+    hits_e, truth_e = encode_hits(e), encode_truth(3, 0, e.truth)
+    write(path, [encode_hits(a), hits_e, hits_e, truth_e, truth_e, encode_truth(3, 1, a.truth)])
+    got = [(ev.event, ev.truth is not None) for ev in iter_events(path)]
+    assert got == [(1, True), (0, True), (0, True)]
+
+
+def test_repair_keeps_the_last_hits_where_the_damaged_record_is_no_truth(
+    tmp_path: Path, rng
+) -> None:
+    """A tail cut in the tracks message of the last hits' event is not their truth: the
+    hits are kept, only the cut record goes."""
+    a, b = make_event(rng, 4, 1), make_event(rng, 4, 2)
+    assert a.truth
+    path = tmp_path / "t.stk"
+    write(path, [encode_hits(a), encode_truth(3, 1, a.truth), encode_hits(b)])
+    end = path.stat().st_size
+    write(path, [encode_tracks(3, 2, b.hits.hit_id, None)], mode="a")
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 1)  # cut in its columns, its header whole
+    assert repair(path) is not None
+    assert path.stat().st_size == end
+    assert [(ev.event, ev.truth is not None) for ev in iter_events(path)] == [(1, True), (2, False)]

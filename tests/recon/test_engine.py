@@ -36,6 +36,7 @@ from streamtrk.recon.engine import (
     cached,
     default_cache_dir,
     engine_cache_key,
+    engine_unavailable,
     model_hash,
     resolve_engine,
     synthetic_graph,
@@ -570,3 +571,40 @@ def test_blocked_inference_of_one_edge_past_a_block(model: InteractionNetwork) -
 
 def test_eager_warms_up_on_one_small_graph(model: InteractionNetwork) -> None:
     assert EngineScorer(model, "cpu", "eager", buckets=SMALL).warm_shapes() == [(1000, 8000)]
+
+
+def test_model_hash_is_16_hex_digits_of_names_dtypes_shapes_and_bytes() -> None:
+    """The same bytes in another shape or dtype are another model (another cached program)."""
+    a, b, c = (torch.nn.Module() for _ in range(3))
+    a.register_buffer("w", torch.arange(6, dtype=torch.int16).reshape(2, 3))
+    b.register_buffer("w", torch.arange(6, dtype=torch.int16).reshape(3, 2))
+    c.register_buffer("w", torch.arange(6, dtype=torch.int16).view(torch.float16).reshape(2, 3))
+    digests = {model_hash(m) for m in (a, b, c)}
+    assert len(digests) == 3
+    assert all(len(d) == 16 and int(d, 16) >= 0 for d in digests)
+
+
+def test_engine_unavailable_says_why_instead_of_raising() -> None:
+    """An engine this host cannot run is said (checked before a command starts), one it
+    can is None; an unknown engine name is a caller's error (ValueError), not a reason."""
+    assert engine_unavailable("tensorrt", "cpu") == "engine=tensorrt needs device=cuda"
+    assert engine_unavailable("eager", "cpu") is None
+    with pytest.raises(ValueError, match="engine must be one of"):
+        engine_unavailable("onnx", "cpu")
+
+
+def test_a_graph_of_more_edges_than_the_tensorrt_range_runs_eagerly(
+    model: InteractionNetwork,
+) -> None:
+    """TensorRT's program covers the bucket range: a graph over it in edges alone (hits
+    within) runs the network eagerly rather than the program, whose profile it exceeds."""
+    scorer = EngineScorer(model, "cpu", "eager", buckets=SMALL)
+
+    def program(x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the program ran on a graph above its range")
+
+    run = scorer._padded(program, eager_above_range=True)
+    x, ei, ea = synthetic_graph(1000, SMALL.edges[-1] + 1, CPU)
+    with torch.inference_mode():
+        got = run(x, ei, ea)
+        torch.testing.assert_close(got, scorer._logits(x, ei, ea))

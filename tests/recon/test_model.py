@@ -21,7 +21,7 @@ from streamtrk.recon.card import ModelCardError, model_card
 from streamtrk.recon.engine import EngineScorer
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig
-from streamtrk.recon.load import load_reconstructor
+from streamtrk.recon.load import ChainSettings, load_reconstructor
 from streamtrk.recon.model import (
     CARD,
     DEFAULT_MODEL_NAME,
@@ -638,3 +638,17 @@ def test_an_empty_prune_table_prunes_with_the_defaults(
     path, _ = saved
     (path / CARD).write_text((path / CARD).read_text() + "\n[prune]\n")
     assert load_reconstructor(path).prune == PruneConfig()
+
+
+def test_the_reconstructor_loaded_is_centred_on_the_beam_spot_given(
+    saved: tuple[Path, InteractionNetwork],
+) -> None:
+    """``beam_spot`` reaches the Reconstructor (its hits moved by it), not the default axis."""
+    rec = load_reconstructor(saved[0], beam_spot=(1.5, -2.0))
+    assert rec.beam_spot == (1.5, -2.0)
+
+
+def test_a_bad_card_without_its_directory_is_a_card_error_of_its_own_words() -> None:
+    """``of_card`` without ``model_dir`` raises the card's ModelCardError as it is."""
+    with pytest.raises(ModelCardError, match="model card format"):
+        ChainSettings.of_card({"model": {"card_format": 0}})

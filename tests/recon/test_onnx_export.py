@@ -3,6 +3,7 @@ agrees with torch."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from streamtrk.recon.card import model_card
 from streamtrk.recon.gnn import GNNConfig, InteractionNetwork
 from streamtrk.recon.graph import GraphConfig, batch_graph
 from streamtrk.recon.model import save_model
-from streamtrk.recon.onnx_export import INPUTS, OUTPUT
+from streamtrk.recon.onnx_export import INPUTS, OUTPUT, export_onnx
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path: Path, small_events, det) -> None:
@@ -66,3 +67,17 @@ def test_shipped_model_exports_and_agrees(tmp_path: Path, small_events, det) -> 
     np.testing.assert_allclose(scores, ref, rtol=0, atol=1e-4)
     flipped = np.count_nonzero((scores > rec.threshold) != (ref > rec.threshold))
     assert flipped <= 1e-4 * len(ref)
+
+
+def test_export_leaves_the_exporters_logging_as_it_was(tmp_path: Path) -> None:
+    """The exporter's registration log is quieted for the export only: its level after is
+    the caller's."""
+    torch.manual_seed(4)
+    model = InteractionNetwork(GNNConfig(hidden=16, edge_hidden=8, steps=3)).eval()
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registration.setLevel(logging.INFO)
+    try:
+        export_onnx(model, tmp_path / "tiny.onnx")
+        assert registration.level == logging.INFO
+    finally:
+        registration.setLevel(logging.NOTSET)

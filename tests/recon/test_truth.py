@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamtrk.detector import load_detector
 from streamtrk.event import Event, Hits, HitTruth, Particles, Truth
@@ -80,3 +81,24 @@ def test_an_event_of_noise_alone_has_no_segments() -> None:  # an empty particle
     assert particle_pt(event, np.array([0, 0])).tolist() == [0.0, 0.0]
     assert true_segments(event, 0.0).shape == (2, 0)
     assert edge_labels(event, np.array([[0], [1]])).tolist() == [0]
+
+
+def test_true_segments_default_to_particles_of_1_gev_and_up() -> None:
+    """``pt_min`` defaults to 1 GeV: a 0.5 GeV particle's segments are left out."""
+    event = _event([(1, 0, 8, 2), (1, 1, 8, 4), (2, 0, 8, 2), (2, 1, 8, 4)], {1: 2.0, 2: 0.5})
+    assert true_segments(event).T.tolist() == [[0, 1]]
+
+
+def test_noise_hits_are_joined_to_nothing_even_at_pt_min_0() -> None:
+    """Noise (particle 0) on consecutive layers is no particle: no segment joins it."""
+    event = _event([(0, -1, 8, 2), (0, -1, 8, 4), (0, -1, 8, 6)], {})
+    assert true_segments(event, 0.0).shape == (2, 0)
+    assert edge_labels(event, np.array([[0, 1], [1, 2]]), 0.0).tolist() == [0, 0]
+
+
+def test_an_event_without_truth_is_refused_by_name() -> None:
+    """Segments need truth: an event without it is a ValueError naming the event."""
+    event = _event([(1, 0, 8, 2), (1, 1, 8, 4)], {1: 2.0})
+    bare = Event(event.run, event.event, event.hits, None)
+    with pytest.raises(ValueError, match="event 1 has no truth"):
+        true_segments(bare)

@@ -1,6 +1,8 @@
 """The comparison with real barrel data: per-layer counts, noise fraction, layers per
 particle, on hand-made events (``test_vs_real.py`` runs them on both sides alike)."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,20 @@ def test_validation_counts_layers_noise_and_layers_per_particle():
     quiet = _event([8, 8], [2, 2], [1, 1])
     summary = validate.summarize([ev, noisy, quiet])
     assert summary["noise_fraction"] == pytest.approx((1 / 6 + 2 / 3 + 0) / 3)
+
+
+def test_binned_shares_bins_1_2_3_5_6_8_9_10_layers_inclusive() -> None:
+    """HPP_BINS are inclusive ranges of layer counts: 1-2, 3-5, 6-8, 9-10 (0 layers: none)."""
+    hist = np.array([7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # one particle at each count 1..10
+    assert validate.binned_shares(hist).tolist() == [0.2, 0.3, 0.3, 0.2]
+
+
+def test_events_without_truth_have_an_unknown_noise_fraction() -> None:
+    """Without truth the noise cannot be told: NaN and no histogram, not a noise of 0."""
+    ev = _event([8, 8], [2, 4], [1, 1])
+    bare = Event(ev.run, ev.event, ev.hits, None)
+    out = validate.summarize([bare])
+    layer_hits, hpp = out["layer_hits"], out["hits_per_particle"]
+    assert isinstance(layer_hits, np.ndarray) and isinstance(hpp, np.ndarray)
+    assert layer_hits.tolist()[:2] == [1, 1]
+    assert math.isnan(out["noise_fraction"]) and len(hpp) == 0

@@ -94,3 +94,18 @@ def test_a_hit_at_phi_pi_is_in_the_last_sector(sectors: int, margin: float) -> N
     samples = list(_sectors(g, ones, ones, sectors, margin))
     assert sum(s.home_edges for s in samples) == g.num_edges
     assert sum(int(s.counted.sum()) for s in samples) == g.num_edges
+
+
+def test_a_sector_holds_the_edges_coming_into_it_from_another() -> None:
+    """A sector holds every edge touching it, its outer hit's too: without a margin an edge
+    whose two hits lie in two sectors is in both samples (home in its inner hit's)."""
+    det = load_detector()
+    [ev] = EventSource(mu=20, seed=5, events=1).load(det)
+    g = event_graph(ev, det, GraphConfig())
+    phi = g.node_features[:, 1].astype(np.float64) * np.pi
+    sector = np.minimum(((phi + np.pi) / (np.pi / 2)).astype(np.int64), 3)
+    crossing = int((sector[g.edge_index[0]] != sector[g.edge_index[1]]).sum())
+    assert crossing > 0
+    ones = np.ones(g.num_edges, dtype=bool)
+    samples = list(_sectors(g, ones, ones, 4, 0.0))
+    assert sum(s.num_edges for s in samples) == g.num_edges + crossing

@@ -117,3 +117,30 @@ def test_the_scan_reconstructs_with_the_pruning_and_track_settings_given() -> No
     assert [scan[k] for k in keys] == [[report[k]] for k in keys]
     for other in ({"prune": prune}, {"tracks": tracks}):  # each setting changes the figures
         assert scan_thresholds(_TruthWithNoise(), events, GraphConfig(), (0.2,), **other) != scan
+
+
+def test_the_scan_scores_each_batch_of_events_once() -> None:
+    """Edges are scored once, whatever the number of thresholds (the network is the slow
+    part of a scan)."""
+    events = EventSource(mu=20, seed=5, events=1).load(load_detector())
+    calls: list[int] = []
+
+    def counted(graph, events):
+        calls.append(len(events))
+        return _TruthWithNoise()(graph, events)
+
+    scan_thresholds(counted, events, GraphConfig(), (0.2, 0.5, 0.75))
+    assert len(calls) == 1  # one batch, three thresholds
+
+
+def test_events_of_one_number_from_two_runs_are_scored_each_on_its_own() -> None:
+    """The scores cached are those of the very events (two runs may both hold an event 0):
+    renumbering the events to one number changes none of the scan's figures."""
+    from streamtrk.event import Event
+
+    events = EventSource(mu=20, seed=5, events=2).load(load_detector())
+    same = [Event(run, 0, ev.hits, ev.truth) for run, ev in enumerate(events)]
+    thresholds = (0.5, 0.75)
+    assert scan_thresholds(_TruthWithNoise(), same, GraphConfig(), thresholds) == scan_thresholds(
+        _TruthWithNoise(), events, GraphConfig(), thresholds
+    )
