@@ -356,7 +356,8 @@ def _parameters(fitted: Fitted, bfield: float, xp: Any) -> dict[str, Array]:
     sign_b = float(np.sign(bfield))
 
     params = {
-        "pt": GEV_PER_TESLA_MM * abs(bfield) * radius,
+        # A failed fit (a non-finite hit: chi2 NaN) has no pT either, not its start's 1e10 mm.
+        "pt": xp.where(xp.isfinite(chi2), GEV_PER_TESLA_MM * abs(bfield) * radius, np.nan),
         "eta": xp.arcsinh(tan_l),
         "phi": phi,
         "d0": d0,

@@ -215,13 +215,14 @@ extern "C" __global__ void track_parameters(
         const double *c = cov_c + 9 * t, *cz = cov_z + 4 * t;
         const double s_kappa = sqrt(c[0]), s_phi = sqrt(c[4]), s_d0 = sqrt(c[8]);
         const double cosh = sqrt(1 + tan_l * tan_l);
+        const double chi2 = numpy_max(chi2_c[t] + chi2_z[t], 0.0);
         const double row[15] = {
-            pt_per_mm * radius[t],
+            isfinite(chi2) ? pt_per_mm * radius[t] : nan(""),
             asinh(tan_l),
             wrapped(theta_p[t] + h[t] * PI / 2),
             -h[t] * (radius[t] - hypot(xc[t], yc[t])),
             z0,
-            numpy_max(chi2_c[t] + chi2_z[t], 0.0),
+            chi2,
             sqrt(c[0]) / pt_per_mm,
             sqrt(cz[0]) / cosh,
             s_phi,

@@ -47,6 +47,7 @@ using std::fmod;
 using std::hypot;
 using std::isfinite;
 using std::log;
+using std::nan;
 using std::sin;
 using std::sqrt;
 #define __global__

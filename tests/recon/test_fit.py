@@ -585,7 +585,7 @@ def test_a_track_with_a_non_finite_hit_spoils_no_other_track(det):
     x, y, z = c.position.T.copy()
     x[idx[offsets[0] + 1]] = np.nan
     together = fit_tracks(offsets, idx, x, y, z, c.layer, det)
-    assert np.isnan(together["eta"][0]) and np.isnan(together["z0"][0])
+    assert all(np.isnan(together[name][0]) for name in ("pt", "eta", "phi", "d0", "z0", "chi2"))
     for k in range(1, len(offsets) - 1):
         mine = idx[offsets[k] : offsets[k + 1]]
         alone = fit_tracks(np.array([0, len(mine)]), mine, x, y, z, c.layer, det)
@@ -951,6 +951,7 @@ def test_host_kernel_parameters_are_the_arrays(host_launcher, bfield: float):
     h, theta_p = rng.choice([-1.0, 1.0], n), rng.uniform(-np.pi, np.pi, n)
     tan_l, z0, step_z = rng.normal(0, 3, n), rng.normal(0, 50, n), rng.normal(0, 1e-3, (n, 2))
     chi2_c, chi2_z = rng.chisquare(5, n), rng.chisquare(4, n)
+    chi2_c[:5] = np.nan  # failed fits (a non-finite hit): no pT either
     a, b = rng.normal(size=(n, 3, 3)), rng.normal(size=(n, 2, 2))
     cov_c, cov_z = a @ a.swapaxes(1, 2), b @ b.swapaxes(1, 2)  # symmetric positive
     sizes = rng.integers(3, 20, n)
