@@ -14,6 +14,7 @@ from streamtrk.event import TRACK_PARAM_DTYPES
 from streamtrk.recon.fit import (
     KERNELS,
     Fitted,
+    Holes,
     _circle_scatters,
     _distances,
     _fit_circle,
@@ -1136,3 +1137,43 @@ def test_hits_at_one_arc_length_give_a_finite_line(det):
         p = fit_tracks(np.array([0, 4]), np.arange(4), x, y, z, layer, det)
     for name, values in p.items():
         assert np.all(np.isfinite(values)), name
+
+
+def test_layers_beyond_a_loopers_reach_are_no_holes(det):
+    """A looper through the origin on a circle of radius 200 mm reaches r = 400 mm at half a
+    turn and comes back: its hits on the six barrels within 400 mm, and a last one on its way
+    back in, leave no hole; the barrels at 500 mm and beyond are never crossed (its turn of
+    half a turn nearest to them is no crossing)."""
+    big_r = 200.0
+    helix = tuple(np.array([v]) for v in (0.0, big_r, big_r, 1.0, -np.pi / 2))
+    line = (np.array([0.1]), np.array([0.0]))
+    layer = np.arange(6)  # the barrels at 32-360 mm
+    turn = np.arccos(1 - det.r[layer].astype(float) ** 2 / (2 * big_r**2))
+    turn = np.append(turn, 2 * np.pi - turn[-1])  # layer 5 again, on the way back in
+    hit_layer = np.append(layer, 5)
+    offsets = np.array([0, 7])
+    holes = _holes(helix, line, turn, hit_layer, offsets, np.zeros(7, np.int64), det)
+    assert holes is None
+
+
+def test_the_hits_of_tracks_without_holes_keep_their_order(det):
+    """_merged places a track's holes among its hits by turn, and leaves the rows of a track
+    without holes in the order given, whatever their turns."""
+    n = 5
+    hits = (np.arange(n, dtype=float), *(np.zeros(n) for _ in range(5)), np.ones(n, bool))
+    turn = np.array([0.1, 0.2, 0.3, 0.1, 0.2])  # track 1's hits not in turn order
+    offsets, tid = np.array([0, 2, 5]), np.array([0, 0, 1, 1, 1])
+    hole = Holes(*(np.array([v]) for v in (0, 0, 0.05, 9.0, 9.0, 9.0)))
+    x, *_, new_offsets, rows_tid, is_hole = _merged(hits, turn, hole, offsets, tid, det)
+    assert x.tolist() == [9.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    assert new_offsets.tolist() == [0, 3, 6] and rows_tid.tolist() == [0, 0, 0, 1, 1, 1]
+    assert is_hole.tolist() == [True] + [False] * 5
+
+
+def test_a_hit_at_its_circles_centre_is_a_radius_inside_it():
+    """The root's square root is of 1 + 2 kappa p, 0 at the centre: where rounding takes it
+    below 0 the distance is still -1 / kappa, not NaN."""
+    kappa, phi, delta = np.array([3.0]), np.array([2.0]), np.array([0.0])
+    centre = (delta + 1 / kappa) * np.array([-np.sin(phi), np.cos(phi)])
+    eps, _ = _distances(kappa, phi, delta, centre[0], centre[1], np.array([0]), np)
+    assert eps[0] == pytest.approx(-1 / 3, abs=1e-12)

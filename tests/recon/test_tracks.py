@@ -676,3 +676,44 @@ def test_a_double_never_closes_a_piece_on_itself():
     scores = [0.9, 0.9, 0.9, 0.5, 0.5, 0.9, 0.9, 0.4, 0.4]
     got = _tracks(edges, scores, 7, stitch_threshold=0.2, join_doubles=True)
     assert got == [list(range(7))]
+
+
+def test_build_tracks_runs_the_configured_junction_passes():
+    """TrackConfig.junction_passes reaches build_tracks: hit 0 loses its best edge (0 -> 1,
+    hit 1 prefers 3 -> 1) in pass 1; its next-best 0 -> 2 joins 2 -> 5 in pass 2 only, and
+    no pass keeps no edge."""
+    edges = [(0, 1), (0, 2), (3, 1), (1, 4), (2, 5)]
+    scores = [0.9, 0.8, 0.95, 0.7, 0.9]
+    assert _tracks(edges, scores, 6) == [[1, 3, 4]]
+    assert _tracks(edges, scores, 6, junction_passes=2) == [[0, 2, 5], [1, 3, 4]]
+    assert _tracks(edges, scores, 6, junction_passes=0) == []
+
+
+def test_a_double_never_joins_a_hit_in_no_piece():
+    """B2 must start a piece: the free hit 4, reached from A = 2 (2 -> 4 at 0.5) but
+    leading nowhere, is no B2 of the piece 0-1-2-3's last hit, even where the look-up of
+    its (missing) successor lands on the key of the edge 2 -> 4 itself."""
+    edges = [(0, 1), (1, 2), (2, 3), (2, 4)]
+    scores = [0.9, 0.9, 0.9, 0.5]
+    got = _tracks(edges, scores, 5, stitch_threshold=0.2, join_doubles=True)
+    assert got == [[0, 1, 2, 3]]
+
+
+def test_junction_kernels_refuse_2_to_the_31_edges(host_launcher):
+    """Their codes' low 31 bits hold the edge: 2^31 edges are refused before anything is
+    allocated."""
+    many = 2**31  # read-only broadcast views: no memory for them
+    e = np.broadcast_to(np.zeros((2, 1), np.int64), (2, many))
+    s = np.broadcast_to(np.float32(0.9), (many,))
+    with pytest.raises(ValueError, match="at most 2\\^31 - 1 edges, got 2147483648"):
+        junction_kernels(e, s, 0.1, 1, 1, host_launcher(KERNELS))
+
+
+def test_doubles_kernels_refuse_2_to_the_31_hits(host_launcher):
+    """A pair's key is B1 x n + B2: 2^31 hits are refused, whatever the edges' count, before
+    anything is allocated."""
+    many = 2**31  # a read-only broadcast view: no memory for them
+    labels = np.broadcast_to(np.int64(0), (many,))
+    e = np.array([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="at most 2\\^31 - 1 edges and hits, got 2 and 2147483648"):
+        doubles_kernels(e, np.full(2, 0.9, np.float32), e, labels, 0.1, host_launcher(KERNELS))
