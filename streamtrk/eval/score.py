@@ -155,8 +155,10 @@ def classify(
     real = m.pure & (m.particle_id != 0)
     # A duplicate is a real track whose particle already has another: each particle's
     # best real track (the one matched, else the one holding most of its hits, else the
-    # lowest id) is not, so that the binned rates see the fragments' pT and eta.
-    order = np.lexsort((m.track_id, -m.majority_hits, ~m.matched, ~real, m.particle_id))
+    # one with the smallest hit id: not the lowest track id, which follows the hits' order
+    # in the message) is not, so that the binned rates see the fragments' pT and eta.
+    first_hit = _smallest_hit_ids(track_id_per_hit, event.hits.to(np).hit_id)
+    order = np.lexsort((first_hit, -m.majority_hits, ~m.matched, ~real, m.particle_id))
     later = np.zeros(len(m), dtype=bool)
     same = m.particle_id[order][1:] == m.particle_id[order][:-1]
     later[order[1:]] = same & real[order][1:] & real[order][:-1]
@@ -172,6 +174,17 @@ def classify(
         track_matched=m.matched & (m.particle_id != 0),
         track_particle=m.particle_id,
     )
+
+
+def _smallest_hit_ids(track_id_per_hit: np.ndarray, hit_id: np.ndarray) -> np.ndarray:
+    """Per track (non-zero id) in the order of their ids, as :func:`match_tracks` gives
+    them, the smallest id of its hits."""
+    track = as_int64(track_id_per_hit, "track ids")
+    assigned = track != 0
+    order = np.argsort(track[assigned])
+    grouped = track[assigned][order]
+    starts = np.flatnonzero(np.diff(grouped, prepend=grouped[:1] - 1))  # none without tracks
+    return np.minimum.reduceat(as_int64(hit_id, "hit ids")[assigned][order], starts)
 
 
 def physics_metrics(

@@ -174,10 +174,19 @@ def test_the_vertex_cut_is_about_the_beam_line():
     assert about_x12.reconstructable_all.all()
 
 
-def test_the_duplicate_is_the_later_track_of_two_alike():
-    # track 2 comes first in hit order, track 1 has the lower id: track 2 is the duplicate
-    c = classify(metrics_event([1] * 6, {1: (2.0, 0.0, 6)}), np.array([2, 2, 2, 1, 1, 1]))
-    assert c.track_id.tolist() == [1, 2] and c.track_duplicate.tolist() == [False, True]
+def test_of_two_alike_the_duplicate_is_the_track_without_the_smallest_hit_id():
+    """Whatever the tracks' numbers and the hits' order in the event (the chain numbers
+    its tracks by their hits' places in the message: a shuffled event's duplicate was
+    another track, and its pT and eta went into other bins)."""
+    ev = metrics_event([1] * 6, {1: (2.0, 0.0, 6)})
+    for labels in ([2, 2, 2, 1, 1, 1], [1, 1, 1, 2, 2, 2]):
+        c = classify(ev, np.array(labels))
+        duplicate = dict(zip(c.track_id.tolist(), c.track_duplicate.tolist(), strict=True))
+        assert duplicate == {labels[0]: False, labels[-1]: True}
+    shuffled = [5, 0, 4, 1, 3, 2]  # the same hits in another order, track 1 first
+    ev = replace(ev, hits=ev.hits.take(np.array(shuffled)))
+    c = classify(ev, np.array([1, 2, 1, 2, 1, 2]))  # track 2 holds hit ids 0, 1, 2
+    assert c.track_duplicate.tolist() == [True, False]
 
 
 def test_the_duplicate_is_never_the_track_that_found_the_particle():
