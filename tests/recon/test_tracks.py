@@ -120,7 +120,7 @@ def test_host_kernels_resolve_junctions_as_the_arrays(host_launcher, passes: int
     assert grew == (passes > 1)
 
 
-def test_mutual_best_refuses_2_to_the_31_edges():
+def test_mutual_best_refuses_2_to_the_31_edges(little_memory):
     """The edge index fills the low 31 bits of the code compared per end."""
     many = 2**31  # read-only broadcast views: no memory for 2^31 edges
     e = np.broadcast_to(np.zeros((2, 1), np.int64), (2, many))
@@ -129,7 +129,7 @@ def test_mutual_best_refuses_2_to_the_31_edges():
         _mutual_best(e, s, 1, np)
 
 
-def test_stitching_kernels_refuse_2_to_the_31_edges_and_hits(host_launcher):
+def test_stitching_kernels_refuse_2_to_the_31_edges_and_hits(host_launcher, little_memory):
     """Their codes' keys (an edge, or the edges' count plus a hit) fill the low 31 bits."""
     many = 2**31 - 10  # read-only broadcast views: no memory for them
     e = np.broadcast_to(np.zeros((2, 1), np.int64), (2, many))
@@ -699,7 +699,7 @@ def test_a_double_never_joins_a_hit_in_no_piece():
     assert got == [[0, 1, 2, 3]]
 
 
-def test_junction_kernels_refuse_2_to_the_31_edges(host_launcher):
+def test_junction_kernels_refuse_2_to_the_31_edges(host_launcher, little_memory):
     """Their codes' low 31 bits hold the edge: 2^31 edges are refused before anything is
     allocated."""
     many = 2**31  # read-only broadcast views: no memory for them
@@ -709,7 +709,7 @@ def test_junction_kernels_refuse_2_to_the_31_edges(host_launcher):
         junction_kernels(e, s, 0.1, 1, 1, host_launcher(KERNELS))
 
 
-def test_doubles_kernels_refuse_2_to_the_31_hits(host_launcher):
+def test_doubles_kernels_refuse_2_to_the_31_hits(host_launcher, little_memory):
     """A pair's key is B1 x n + B2: 2^31 hits are refused, whatever the edges' count, before
     anything is allocated."""
     many = 2**31  # a read-only broadcast view: no memory for them
