@@ -356,7 +356,8 @@ def _parameters(fitted: Fitted, bfield: float, xp: Any) -> dict[str, Array]:
     sign_b = float(np.sign(bfield))
 
     params = {
-        # A failed fit (a non-finite hit: chi2 NaN) has no pT either, not its start's 1e10 mm.
+        # A fit whose chi2 is not finite (a non-finite hit, hits at one point) has no pT,
+        # not the 1e10 mm radius its start may have left.
         "pt": xp.where(xp.isfinite(chi2), GEV_PER_TESLA_MM * abs(bfield) * radius, np.nan),
         "eta": xp.arcsinh(tan_l),
         "phi": phi,

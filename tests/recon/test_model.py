@@ -643,7 +643,7 @@ def test_an_empty_prune_table_prunes_with_the_defaults(
 def test_the_reconstructor_loaded_is_centred_on_the_beam_spot_given(
     saved: tuple[Path, InteractionNetwork],
 ) -> None:
-    """``beam_spot`` reaches the Reconstructor (its hits moved by it), not the default axis."""
+    """``beam_spot`` reaches the Reconstructor, not the default axis."""
     rec = load_reconstructor(saved[0], beam_spot=(1.5, -2.0))
     assert rec.beam_spot == (1.5, -2.0)
 

@@ -75,9 +75,10 @@ def test_export_leaves_the_exporters_logging_as_it_was(tmp_path: Path) -> None:
     torch.manual_seed(4)
     model = InteractionNetwork(GNNConfig(hidden=16, edge_hidden=8, steps=3)).eval()
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    before = registration.level
     registration.setLevel(logging.INFO)
     try:
         export_onnx(model, tmp_path / "tiny.onnx")
         assert registration.level == logging.INFO
     finally:
-        registration.setLevel(logging.NOTSET)
+        registration.setLevel(before)
