@@ -345,3 +345,16 @@ def test_an_os_error_of_two_files_names_both() -> None:
     after them: "SRC: what -> DST"."""
     said = _said(OSError(errno.EXDEV, "Invalid cross-device link", "/a/x.stk", None, "/b/x.stk"))
     assert said == "/a/x.stk: Invalid cross-device link -> /b/x.stk"
+
+
+IGNORING_SIGHUP = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + SIGNAL_ON_IMPORT
+
+
+def test_a_sighup_while_the_line_is_read_is_ignored_where_it_was_ignored(tmp_path) -> None:
+    """Only a default SIGHUP is held while the command line is read: under ``nohup`` (SIGHUP
+    ignored) a hangup meanwhile neither ends the command nor makes a later one end it."""
+    absent = str(tmp_path / "absent.stk")
+    run = [sys.executable, "-c", IGNORING_SIGHUP, "SIGHUP", "zmq", "inspect", absent]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # inspect's own error: the file is absent
+    assert "absent.stk" in done.stderr

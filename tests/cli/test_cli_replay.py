@@ -196,6 +196,7 @@ def test_no_readable_reply_and_replies_to_no_send_say_both(capsys) -> None:
     err = capsys.readouterr().err
     assert "error: no reply this replay could read: 3 events were sent to tcp://a:1" in err
     assert "; 2 replies to no send of this replay came: another consumer of tcp://a:2" in err
+    assert "(another replay) takes a share of the replies" in err  # some came to this one
 
 
 @pytest.mark.parametrize("fail_on_error", [False, True])

@@ -187,6 +187,11 @@ def test_of_two_alike_the_duplicate_is_the_track_without_the_smallest_hit_id():
     ev = replace(ev, hits=ev.hits.take(np.array(shuffled)))
     c = classify(ev, np.array([1, 2, 1, 2, 1, 2]))  # track 2 holds hit ids 0, 1, 2
     assert c.track_duplicate.tolist() == [True, False]
+    # the smallest of all their hit ids, not the smallest of their largest: track 1 holds
+    # ids 0, 4, 5, track 2 ids 1, 2, 3
+    ev = metrics_event([1] * 6, {1: (2.0, 0.0, 6)})
+    c = classify(ev, np.array([1, 2, 2, 2, 1, 1]))
+    assert c.track_duplicate.tolist() == [False, True]
 
 
 def test_the_duplicate_is_never_the_track_that_found_the_particle():

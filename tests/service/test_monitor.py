@@ -567,3 +567,80 @@ def test_a_disconnection_line_names_the_peer_s_endpoint(
         }
     finally:
         _close(ctx, sock, monitor)
+
+
+def test_a_connecting_socket_s_peer_going_away_after_its_handshake_is_closed() -> None:
+    """In connect mode the monitor hears a handshake succeed from libzmq itself: a peer that
+    shook hands and then went away ended its connection ``closed``, not refused, and is not
+    connected again by the daemon (libzmq does that)."""
+    ctx: zmq.Context = zmq.Context()
+    peer = ctx.socket(zmq.PULL)
+    peer.bind("tcp://127.0.0.1:*")
+    endpoint = peer.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock = ctx.socket(zmq.PUSH)
+    reconnects = Reconnects()
+    metrics = Metrics()
+    monitor = SocketMonitor({"output": sock}, metrics, reconnects)
+    monitor.start()
+    sample = lambda name, cause: metrics.registry.get_sample_value(  # noqa: E731
+        name, {"socket": "output", "cause": cause}
+    )
+    try:
+        sock.connect(endpoint)
+        sock.send(b"x")
+        assert peer.poll(5000) and peer.recv() == b"x"  # the handshake done
+        peer.close(linger=0)
+        wait_for(lambda: sample("streamtrk_disconnects_total", "closed") == 1, timeout=5)
+        assert sample("streamtrk_disconnects_total", "handshake") == 0
+        assert sample("streamtrk_auth_failures_total", "handshake") == 0
+        assert reconnects._at == {}
+    finally:
+        monitor.stop()
+        sock.close(linger=0)
+        peer.close(linger=0)
+        ctx.term()
+
+
+def test_a_connecting_socket_s_refused_key_is_one_refusal_and_no_reconnection() -> None:
+    """A connection refused for its key ends with that refusal alone: not counted again as
+    ended before its handshake (``handshake``), nor connected again by the daemon (libzmq
+    retries it itself)."""
+    reconnects = Reconnects()
+    ctx, sock, monitor, metrics = _monitor(curve=True, reconnects=reconnects)
+    try:
+        monitor.handle("output", _event(zmq.EVENT_CONNECTED, 7))
+        monitor.handle("output", _event(zmq.EVENT_HANDSHAKE_FAILED_AUTH))
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 7))
+        failures = lambda cause: metrics.registry.get_sample_value(  # noqa: E731
+            "streamtrk_auth_failures_total", {"socket": "output", "cause": cause}
+        )
+        assert (failures("auth"), failures("handshake")) == (1, 0)
+        assert reconnects._at == {}
+    finally:
+        _close(ctx, sock, monitor)
+
+
+def test_a_disconnection_before_any_connection_event_is_closed() -> None:
+    """A connection the monitor did not see made (made before it started) that ends is
+    ``closed``: not taken for one ended before its handshake, nor connected again."""
+    reconnects = Reconnects()
+    ctx, sock, monitor, metrics = _monitor(reconnects=reconnects)
+    try:
+        monitor.handle("output", _event(zmq.EVENT_DISCONNECTED, 7))
+        labels = {"socket": "output", "cause": "closed"}
+        assert metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) == 1
+        assert reconnects._at == {}
+    finally:
+        _close(ctx, sock, monitor)
+
+
+def test_every_cause_s_series_is_there_at_0_from_the_start() -> None:
+    """``closed`` too, as each refusal's cause: ``rate()`` and ``increase()`` see the first
+    disconnection of each, not a series that begins at 1."""
+    ctx, sock, monitor, metrics = _monitor()
+    try:
+        for cause in ("closed", "auth", "handshake"):
+            labels = {"socket": "output", "cause": cause}
+            assert metrics.registry.get_sample_value("streamtrk_disconnects_total", labels) == 0
+    finally:
+        _close(ctx, sock, monitor)

@@ -1145,3 +1145,11 @@ def test_an_integer_dtype_on_a_float_column_is_not_offered_narrowing(hits: list[
     with pytest.raises(WireError) as e:
         decode(bad)
     assert str(e.value) == "bad_dtype: column 'x' must be <f4, got |u1"
+
+
+def test_a_resent_message_s_numpy_stamp_is_an_int(rng: np.random.Generator) -> None:
+    """``with_msg_id`` takes a NumPy integer ``t_send_ns`` as ``encode_hits`` does (a
+    recording's stamps read as NumPy integers): sent as the int, not refused."""
+    ev: Event = random_event(rng, 5)
+    stamp: Any = np.int64(1_700_000_000_000_000_000)
+    assert decode(with_msg_id(encode_hits(ev), 3, t_send_ns=stamp)).header["t_send_ns"] == stamp
