@@ -16,7 +16,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrk.client import DIRECT, terminate, wait_listening, wait_ready
+from streamtrk.stop import handlers_kept
 
 # Acceptance runs use MU=2 pileup (about 900 hits per event) so that 200 events are
 # reconstructed twice (daemon and offline) in well under a minute on two shared CPU cores.
@@ -48,6 +50,18 @@ class SignalOnImport:
 sys.meta_path.insert(0, SignalOnImport())
 sys.exit(main(sys.argv[3:]))
 """
+
+
+@contextmanager
+def shell_signals(hangup: Any = signal.SIG_DFL) -> Iterator[None]:
+    """Processes started in the block get SIGHUP and SIGINT as a shell gives them to a
+    command, whatever this test run inherited (``nohup make test`` ignores SIGHUP, a
+    background job SIGINT: ignored signals stay ignored across exec); ``hangup=SIG_IGN``:
+    as under ``nohup``."""
+    with handlers_kept(signal.SIGHUP, signal.SIGINT):
+        signal.signal(signal.SIGHUP, hangup)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        yield
 
 
 def free_port() -> int:

@@ -31,6 +31,7 @@ from live_daemon import (
     HttpEndpoints,
     Prometheus,
     sample,
+    shell_signals,
     wait_for,
 )
 from needs import need_program
@@ -263,7 +264,7 @@ def test_a_sighup_during_a_forwarders_imports_is_ignored(tmp_path: Path) -> None
     """Ignored from the start: one as the command line was read (the parser imports ZeroMQ
     and the daemon's settings, half a second) ended the forwarder, exit 129, unlogged."""
     log = tmp_path / "distributor.log"
-    with log.open("wb") as out:
+    with log.open("wb") as out, shell_signals():
         process = subprocess.Popen(
             [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "farm", "distributor",
              "--from", "tcp://127.0.0.1:*", "--to", "tcp://127.0.0.1:*"],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 from cli_helpers import _run, _run_unread, _simulate
-from live_daemon import SIGNAL_ON_IMPORT
+from live_daemon import SIGNAL_ON_IMPORT, shell_signals
 
 from streamtrk.cli import _negative_values, _said, build_parser, main
 
@@ -275,10 +275,11 @@ def test_a_command_in_process_gives_sigterm_its_default_action_back(tmp_path, ca
     """Run in process (a script, the demo's own simulate and replay), main() leaves no
     handler behind: a later SIGTERM ends the process, not raises Terminated in other code
     (nor SIGHUP, held while the command line is read, sets a flag nothing reads)."""
-    signals = (signal.SIGTERM, signal.SIGHUP)
-    assert all(signal.getsignal(sig) is signal.SIG_DFL for sig in signals)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    hangup = signal.getsignal(signal.SIGHUP)  # ignored under nohup
     assert main(["inspect", str(tmp_path / "absent.stk")]) == 1
-    assert all(signal.getsignal(sig) is signal.SIG_DFL for sig in signals)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is hangup
 
 
 def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tmp_path):
@@ -287,7 +288,8 @@ def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tm
     terminal's hangup ends a command."""
     absent = str(tmp_path / "absent.stk")
     run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "inspect", absent]
-    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    with shell_signals():
+        done = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGHUP, done.stderr
     assert done.stderr == ""
 
@@ -296,7 +298,8 @@ def test_ctrl_c_while_the_line_is_read_is_one_line_and_status_130(tmp_path) -> N
     """Not a KeyboardInterrupt traceback out of the parser's imports."""
     absent = str(tmp_path / "absent.stk")
     run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGINT", "zmq", "inspect", absent]
-    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    with shell_signals():
+        done = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (130, "streamtrk: interrupted\n")
 
 
@@ -347,14 +350,12 @@ def test_an_os_error_of_two_files_names_both() -> None:
     assert said == "/a/x.stk: Invalid cross-device link -> /b/x.stk"
 
 
-IGNORING_SIGHUP = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + SIGNAL_ON_IMPORT
-
-
 def test_a_sighup_while_the_line_is_read_is_ignored_where_it_was_ignored(tmp_path) -> None:
     """Only a default SIGHUP is held while the command line is read: under ``nohup`` (SIGHUP
     ignored) a hangup meanwhile neither ends the command nor makes a later one end it."""
     absent = str(tmp_path / "absent.stk")
-    run = [sys.executable, "-c", IGNORING_SIGHUP, "SIGHUP", "zmq", "inspect", absent]
-    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "inspect", absent]
+    with shell_signals(hangup=signal.SIG_IGN):
+        done = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # inspect's own error: the file is absent
     assert "absent.stk" in done.stderr

@@ -19,7 +19,14 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from live_daemon import READY_TIMEOUT_S, SIGNAL_ON_IMPORT, clean_env, sample, wait_for
+from live_daemon import (
+    READY_TIMEOUT_S,
+    SIGNAL_ON_IMPORT,
+    clean_env,
+    sample,
+    shell_signals,
+    wait_for,
+)
 from live_daemon import Daemon as LiveDaemon
 from needs import no_ipv6_loopback
 
@@ -626,7 +633,7 @@ def test_a_daemon_stopped_while_loading_is_draining_as_it_answers(daemon_factory
 def _serve_signalled_during_imports(
     sig: str, log_path: Path, module: str = "torch"
 ) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as out:
+    with open(log_path, "wb") as out, shell_signals():
         return subprocess.Popen(
             [sys.executable, "-c", SIGNAL_ON_IMPORT, sig, module, "serve", "--input",
              "tcp://127.0.0.1:*", "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
