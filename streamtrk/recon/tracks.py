@@ -433,7 +433,7 @@ class TrackConfig:
     - ``min_hits``: shortest track kept.
     - ``min_mean_score``: tracks whose edges' mean score is not above it are dropped (0:
       none is, as every edge a track keeps scores above the threshold or the stitching's,
-      so above 0).
+      so above 0; below 1, as no mean is above 1).
     - ``short_hits``, ``max_chi2_ndf``, ``max_d0``: after the fit, tracks with fewer than
       ``short_hits`` hits are dropped when chi2/ndf > ``max_chi2_ndf`` or |d0| > ``max_d0``
       (mm), each cut when set (see fit_cuts). Chance chains are short and do not point back
@@ -456,7 +456,11 @@ class TrackConfig:
             ("junction_passes", self.junction_passes >= 0, ">= 0"),
             ("min_hits", self.min_hits >= 3, ">= 3"),
             ("short_hits", self.short_hits >= 0, ">= 0"),
-            ("min_mean_score", 0.0 <= self.min_mean_score <= 1.0, "in [0, 1]"),
+            (
+                "min_mean_score",
+                0.0 <= self.min_mean_score < 1.0,
+                "in [0, 1) (scores are at most 1: no track's mean is above 1)",
+            ),
             (
                 "stitch_threshold",
                 self.stitch_threshold is None or 0.0 <= self.stitch_threshold <= 1.0,

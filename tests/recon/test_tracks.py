@@ -571,6 +571,7 @@ def test_merge_labels_equals_components_of_all_edges():
         ("junction_passes", -1),
         ("short_hits", -1),
         ("min_mean_score", 1.5),
+        ("min_mean_score", 1.0),  # no track's mean is above 1: every track dropped
         ("stitch_threshold", -0.1),
         ("max_chi2_ndf", 0.0),
         ("max_d0", -1.0),
@@ -591,7 +592,7 @@ def test_settings_out_of_range_are_refused(setting, value):
         ("junction_passes", 0),
         ("short_hits", 0),
         ("min_mean_score", 0.0),
-        ("min_mean_score", 1.0),
+        ("min_mean_score", 0.999),
         ("stitch_threshold", 0.0),
         ("stitch_threshold", 1.0),
         ("max_chi2_ndf", 0.01),  # any value above 0
