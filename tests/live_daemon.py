@@ -57,7 +57,8 @@ def shell_signals(hangup: Any = signal.SIG_DFL) -> Iterator[None]:
     """Processes started in the block get SIGHUP and SIGINT as a shell gives them to a
     command, whatever this test run inherited (``nohup make test`` ignores SIGHUP, a
     background job SIGINT: ignored signals stay ignored across exec); ``hangup=SIG_IGN``:
-    as under ``nohup``."""
+    as under ``nohup``. Start them in the block and wait for them outside it: the test run
+    itself has those dispositions while it lasts."""
     with handlers_kept(signal.SIGHUP, signal.SIGINT):
         signal.signal(signal.SIGHUP, hangup)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -271,6 +272,24 @@ def test_the_readme_tours_every_command() -> None:
     assert toured == set(COMMANDS)
 
 
+def _signalled_on_import(
+    signame: str, *argv: str, hangup: Any = signal.SIG_DFL
+) -> subprocess.CompletedProcess[str]:
+    """``streamtrk ARGV`` sent ``signame`` as it imports ZeroMQ (while the command line is
+    read), started with a shell's signals (``shell_signals``), and waited for outside that
+    block: this test run keeps the dispositions it inherited meanwhile."""
+    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, signame, "zmq", *argv]
+    with shell_signals(hangup):
+        proc = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(run, proc.returncode, out, err)
+
+
 def test_a_command_in_process_gives_sigterm_its_default_action_back(tmp_path, capsys) -> None:
     """Run in process (a script, the demo's own simulate and replay), main() leaves no
     handler behind: a later SIGTERM ends the process, not raises Terminated in other code
@@ -280,6 +299,8 @@ def test_a_command_in_process_gives_sigterm_its_default_action_back(tmp_path, ca
     assert main(["inspect", str(tmp_path / "absent.stk")]) == 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGHUP) is hangup
+    assert main(["serve", "--print-config"]) == 0  # takes SIGHUP over from the parse
+    assert signal.getsignal(signal.SIGHUP) is hangup
 
 
 def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tmp_path):
@@ -287,9 +308,7 @@ def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tm
     modules import meanwhile); for any other command it then acts as by default, as a
     terminal's hangup ends a command."""
     absent = str(tmp_path / "absent.stk")
-    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "inspect", absent]
-    with shell_signals():
-        done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    done = _signalled_on_import("SIGHUP", "inspect", absent)
     assert done.returncode == -signal.SIGHUP, done.stderr
     assert done.stderr == ""
 
@@ -297,9 +316,7 @@ def test_a_sighup_while_the_line_is_read_ends_a_command_that_does_not_take_it(tm
 def test_ctrl_c_while_the_line_is_read_is_one_line_and_status_130(tmp_path) -> None:
     """Not a KeyboardInterrupt traceback out of the parser's imports."""
     absent = str(tmp_path / "absent.stk")
-    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGINT", "zmq", "inspect", absent]
-    with shell_signals():
-        done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    done = _signalled_on_import("SIGINT", "inspect", absent)
     assert (done.returncode, done.stderr) == (130, "streamtrk: interrupted\n")
 
 
@@ -354,8 +371,6 @@ def test_a_sighup_while_the_line_is_read_is_ignored_where_it_was_ignored(tmp_pat
     """Only a default SIGHUP is held while the command line is read: under ``nohup`` (SIGHUP
     ignored) a hangup meanwhile neither ends the command nor makes a later one end it."""
     absent = str(tmp_path / "absent.stk")
-    run = [sys.executable, "-c", SIGNAL_ON_IMPORT, "SIGHUP", "zmq", "inspect", absent]
-    with shell_signals(hangup=signal.SIG_IGN):
-        done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    done = _signalled_on_import("SIGHUP", "inspect", absent, hangup=signal.SIG_IGN)
     assert done.returncode == 1, done.stderr  # inspect's own error: the file is absent
     assert "absent.stk" in done.stderr
