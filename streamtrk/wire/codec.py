@@ -381,8 +381,11 @@ def _frame_list(frames: Frames, limits: Limits) -> list[Any]:
     return out
 
 
-def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    """A header map from its pairs; a key twice is refused (msgpack would keep the last)."""
+def _unique_keys(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A header map from its pairs; a key twice is refused (msgpack would keep the last).
+    The pairs come as a list from msgpack's C extension, as a generator from its pure-Python
+    one before 1.2.4 (installed where no wheel fits)."""
+    pairs = list(pairs)
     out = dict(pairs)
     if len(out) != len(pairs):
         keys = [k for k, _ in pairs]

@@ -241,6 +241,28 @@ def test_a_header_key_twice_is_refused_and_its_refusal_answered(hits: list[Any])
     assert peek_identity([raw]) == (header["run"], header["event"]) == (7, 42)
 
 
+def test_headers_decode_where_msgpack_hands_their_pairs_over_as_a_generator(
+    hits: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """msgpack's pure-Python unpacker before 1.2.4 (installed where no wheel fits) gives
+    ``object_pairs_hook`` a generator, not the C extension's list: every header was refused
+    as not msgpack. They decode, and a key twice is still refused."""
+    unpackb = msgpack.unpackb
+
+    def pairs_as_a_generator(*args: Any, object_pairs_hook: Any, **kwargs: Any) -> Any:
+        hook = lambda pairs: object_pairs_hook(p for p in pairs)  # noqa: E731
+        return unpackb(*args, object_pairs_hook=hook, **kwargs)
+
+    monkeypatch.setattr(msgpack, "unpackb", pairs_as_a_generator)
+    ev = decode(hits).to_event()
+    assert (ev.run, ev.event) == (7, 42) and len(ev.hits) > 0
+    pairs = [("run", 99), *unpackb(hits[0]).items()]
+    raw = bytes([0xDE]) + len(pairs).to_bytes(2, "big")  # a map16 of these pairs
+    raw += b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+    with pytest.raises(WireError, match="bad_header: header key 'run' appears more than once"):
+        decode([raw, *hits[1:]])
+
+
 @pytest.mark.parametrize(("run", "event"), [(2**64, 1), (1, -1), (2**63, 1)])
 def test_encoders_refuse_run_and_event_numbers_out_of_range(run: int, event: int) -> None:
     """As the decoder would (past 2**64 msgpack could not even write them)."""
