@@ -59,7 +59,9 @@ def test_junction_scores_are_compared_as_float32():
     edges = np.array([[0, 0], [1, 2]])
     tie = resolve_junctions(edges, np.array([0.9, 0.9 + 1e-12]), 0.5)
     assert tie.T.tolist() == [[0, 1]]
-    better = resolve_junctions(edges, np.array([0.9, np.nextafter(np.float32(0.9), 1)]), 0.5)
+    # float32 both (NumPy 1.x made nextafter(float32, int) float64: no step in float32)
+    step = np.nextafter(np.float32(0.9), np.float32(1))
+    better = resolve_junctions(edges, np.array([0.9, step]), 0.5)
     assert better.T.tolist() == [[0, 2]]
     # Below zero too (a scorer's logits, a negative threshold), and -0.0 is 0.0.
     assert resolve_junctions(edges, np.array([-0.5, -0.2]), -1).T.tolist() == [[0, 2]]
