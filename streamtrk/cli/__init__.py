@@ -132,7 +132,9 @@ def _parsed(argv: Sequence[str]) -> argparse.Namespace:
 def _run(args: argparse.Namespace) -> int:
     try:
         with _terminated_as_interrupted():
-            return int(args.func(args))
+            status = int(args.func(args))
+        sys.stdout.flush()  # output to a pipe is buffered: its reader's absence seen here
+        return status
     except BrokenPipeError:
         # The reader of our output went away (``streamtrk replay ... | head``): stop quietly,
         # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.

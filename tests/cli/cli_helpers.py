@@ -39,11 +39,19 @@ def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Comp
     )  # fmt: skip
 
 
-def _run_unread(*args: str) -> tuple[int, str]:
+def _run_unread(*args: str, unbuffered: bool = False) -> tuple[int, str]:
     """``streamtrk ARGS`` in a child process whose stdout's reader is gone before the first
-    line (``| head -0``): its exit status and stderr."""
+    line (``| head -0``): its exit status and stderr. Its output to the pipe is buffered, as
+    by default (written when the buffer fills or the command ends), or ``unbuffered``
+    (``PYTHONUNBUFFERED``: each line at once)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with subprocess.Popen(
-        [sys.executable, "-m", "streamtrk", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "streamtrk", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
