@@ -223,8 +223,11 @@ def test_package_builds_and_runs_from_the_copied_paths(tmp_path: Path) -> None:
     run(*pip, "--python", python, "install", "--no-deps", "--no-index", wheel)
     # The dependencies (torch and the rest) come from this environment's site-packages, added
     # as a plain path: its .pth files, the checkout's editable install among them, do not run.
+    # Written in ASCII: Python 3.11 reads a .pth file in the locale's encoding, and the path
+    # of a checkout may hold other letters (an "import" line runs, spelling them in escapes).
     [venv_site] = (venv / "lib").glob("python3*/site-packages")
-    (venv_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    deps = ascii(site.getsitepackages())
+    (venv_site / "deps.pth").write_text(f"import sys; sys.path.extend({deps})\n")
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = run(python, "-c", "import streamtrk; print(streamtrk.__file__)", cwd=work)

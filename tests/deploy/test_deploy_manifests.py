@@ -463,8 +463,9 @@ def test_systemd_analyze(tmp_path: Path) -> None:
     a low exposure score from its security analysis."""
     need_program("systemd-analyze", "install systemd to check the unit file")
     exe = str(Path(sys.executable).with_name("streamtrk"))
-    unit = tmp_path / "streamtrk.service"
-    unit.write_text(UNIT.read_text().replace("/opt/streamtrk/venv/bin/streamtrk", exe))
+    quoted = '"' + exe.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+    unit = tmp_path / "streamtrk.service"  # a checkout's path may hold spaces: quoted
+    unit.write_text(UNIT.read_text().replace("/opt/streamtrk/venv/bin/streamtrk", quoted))
     r = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )

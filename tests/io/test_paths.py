@@ -68,6 +68,8 @@ def shared() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="streamtrk-paths-"))
     path.chmod(0o755)
     yield path
+    for folder, _, _ in os.walk(path):  # the test's closed ones, for a user other than root
+        Path(folder).chmod(0o755)
     shutil.rmtree(path)
 
 
@@ -96,13 +98,15 @@ def test_permissions_are_those_the_writers_need(shared: Path) -> None:
     replacement beside it, then rename it: a report in a closed folder failed once the
     results were ready); a new one needs its folder's; a file that is read-only is
     refused."""
+    # Its files made before it is closed: its modes bind its owner too, where the tests run
+    # as a user other than root.
     closed = shared / "closed"
-    closed.mkdir(mode=0o555)
-    closed.chmod(0o555)
+    closed.mkdir()
     (closed / "report.json").write_text("")
     (closed / "report.json").chmod(0o666)
     (closed / "read-only.json").write_text("")
     (closed / "read-only.json").chmod(0o444)
+    closed.chmod(0o555)
     assert _as_unprivileged(closed / "report.json") == "PermissionError"
     opened = shared / "open"
     opened.mkdir()
@@ -120,7 +124,7 @@ def test_permissions_are_those_the_writers_need(shared: Path) -> None:
     # Files are made in a folder through its search (x) permission as well as its write one.
     unsearchable = shared / "no-x"
     unsearchable.mkdir()
-    unsearchable.chmod(0o776)  # others: rw-
+    unsearchable.chmod(0o666)  # rw- for all
     assert _as_unprivileged(unsearchable, folder=True) == "PermissionError"
     assert _as_unprivileged(unsearchable / "new.json") == "PermissionError"
     # A device is written in place: its folder's permissions (/dev's) do not matter.

@@ -114,16 +114,16 @@ def test_a_key_line_without_its_value_is_refused_naming_the_file(
     (tmp_path / "bob.key").write_text(f"#   ZeroMQ CURVE Public Certificate\n    {line}\n")
     with pytest.raises(
         CurveError,
-        match=r"cannot read the CURVE certificate \S+/bob\.key: a key line without its value$",
+        match=r"cannot read the CURVE certificate .+/bob\.key: a key line without its value$",
     ):
         load(tmp_path if load is allowed_keys else tmp_path / "bob.key")
 
 
 def test_an_allowed_keys_path_says_whether_it_is_missing_or_no_directory(tmp_path: Path) -> None:
-    with pytest.raises(CurveError, match=r"directory \S+/nowhere does not exist$"):
+    with pytest.raises(CurveError, match=r"directory .+/nowhere does not exist$"):
         allowed_keys(tmp_path / "nowhere")
     (tmp_path / "a.key").write_text("")
-    with pytest.raises(CurveError, match=r"directory \S+/a\.key is not a directory$"):
+    with pytest.raises(CurveError, match=r"directory .+/a\.key is not a directory$"):
         allowed_keys(tmp_path / "a.key")
 
 
@@ -269,7 +269,7 @@ def test_a_key_that_is_no_small_regular_file_is_refused_at_once(tmp_path: Path, 
         odd.write_bytes(b"#" * (CERTIFICATE_MAX_BYTES + 1))
     why = "past the 65536 a certificate can take" if kind == "huge" else "not a regular file"
     error = _refused_within_5_s(tmp_path)
-    assert re.search(rf"certificate \S+/odd\.key: .*{why}", error), error
+    assert re.search(rf"certificate .+/odd\.key: .*{why}", error), error
 
 
 def test_a_certificate_is_read_as_pyzmq_reads_one(tmp_path: Path) -> None:
@@ -317,7 +317,7 @@ def test_a_dangling_key_link_among_the_allowed_is_refused_naming_it(tmp_path: Pa
     unreadable, not taken for a key removed after the listing."""
     create_certificates(tmp_path, "alice")
     (tmp_path / "bob.key").symlink_to(tmp_path / "gone" / "bob.key")
-    with pytest.raises(CurveError, match=r"certificate \S+/bob\.key: no such file$"):
+    with pytest.raises(CurveError, match=r"certificate .+/bob\.key: no such file$"):
         allowed_keys(tmp_path)
 
 
@@ -352,7 +352,7 @@ def test_an_allowed_keys_directory_it_may_not_list_is_said_so(tmp_path: Path, mo
 
     monkeypatch.setattr(os, "scandir", denied)
     with pytest.raises(
-        CurveError, match=r"cannot list the allowed CURVE keys directory \S+: Permission denied$"
+        CurveError, match=r"cannot list the allowed CURVE keys directory .+: Permission denied$"
     ):
         allowed_keys(tmp_path)
 
@@ -362,7 +362,7 @@ def test_a_certificate_without_a_public_key_is_refused_naming_it(tmp_path: Path,
     """A ``.key`` file holding no ``public-key`` line (a truncated copy, a stray file) is a
     CurveError naming it, not a KeyError that would end the ZAP thread."""
     (tmp_path / "bob.key").write_text("#   ZeroMQ CURVE Public Certificate\nmetadata\n")
-    with pytest.raises(CurveError, match=r"certificate \S+/bob\.key: No public key found in it$"):
+    with pytest.raises(CurveError, match=r"certificate .+/bob\.key: No public key found in it$"):
         load(tmp_path if load is allowed_keys else tmp_path / "bob.key")
 
 
