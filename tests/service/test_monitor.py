@@ -573,14 +573,11 @@ def test_a_connecting_socket_s_peer_going_away_after_its_handshake_is_closed() -
     """In connect mode the monitor hears a handshake succeed from libzmq itself: a peer that
     shook hands and then went away ended its connection ``closed``, not refused, and is not
     connected again by the daemon (libzmq does that)."""
-    ctx: zmq.Context = zmq.Context()
+    reconnects = Reconnects()
+    ctx, sock, monitor, metrics = _monitor(reconnects=reconnects)
     peer = ctx.socket(zmq.PULL)
     peer.bind("tcp://127.0.0.1:*")
     endpoint = peer.getsockopt_string(zmq.LAST_ENDPOINT)
-    sock = ctx.socket(zmq.PUSH)
-    reconnects = Reconnects()
-    metrics = Metrics()
-    monitor = SocketMonitor({"output": sock}, metrics, reconnects)
     monitor.start()
     sample = lambda name, cause: metrics.registry.get_sample_value(  # noqa: E731
         name, {"socket": "output", "cause": cause}

@@ -234,8 +234,7 @@ def test_a_header_key_twice_is_refused_and_its_refusal_answered(hits: list[Any])
     header = msgpack.unpackb(hits[0])
     first, *rest = header.items()  # "run" twice: 99, then the header's own
     pairs = [first, ("run", 99), *rest]
-    raw = bytes([0xDE]) + len(pairs).to_bytes(2, "big")  # a map16 of these pairs
-    raw += b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+    raw = _raw_map([(msgpack.packb(k), msgpack.packb(v)) for k, v in pairs])
     with pytest.raises(WireError, match="bad_header: header key 'run' appears more than once"):
         decode([raw, *hits[1:]])
     assert peek_identity([raw]) == (header["run"], header["event"]) == (7, 42)
@@ -257,8 +256,7 @@ def test_headers_decode_where_msgpack_hands_their_pairs_over_as_a_generator(
     ev = decode(hits).to_event()
     assert (ev.run, ev.event) == (7, 42) and len(ev.hits) > 0
     pairs = [("run", 99), *unpackb(hits[0]).items()]
-    raw = bytes([0xDE]) + len(pairs).to_bytes(2, "big")  # a map16 of these pairs
-    raw += b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+    raw = _raw_map([(msgpack.packb(k), msgpack.packb(v)) for k, v in pairs])
     with pytest.raises(WireError, match="bad_header: header key 'run' appears more than once"):
         decode([raw, *hits[1:]])
 
