@@ -130,16 +130,28 @@ def _parsed(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The command's exit status; 141 where the reader of its output or of its messages
+    went away (``streamtrk replay ... | head``), quietly, as command-line tools stop."""
     try:
-        with _terminated_as_interrupted():
-            status = int(args.func(args))
-        sys.stdout.flush()  # output to a pipe is buffered: its reader's absence seen here
+        status = _outcome(args)
+        if sys.stdout is not None:  # None: started with no stdout (``>&-``)
+            sys.stdout.flush()  # output to a pipe is buffered: its reader's absence seen here
         return status
     except BrokenPipeError:
-        # The reader of our output went away (``streamtrk replay ... | head``): stop quietly,
-        # as command-line tools do, with stdout pointed at nothing for the interpreter's exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Output and messages pointed at nothing, for the interpreter's exit (its flush).
+        nothing = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                os.dup2(nothing, stream.fileno())
+        os.close(nothing)
         return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+
+
+def _outcome(args: argparse.Namespace) -> int:
+    """The command run, its errors said on stderr: its exit status."""
+    try:
+        with _terminated_as_interrupted():
+            return int(args.func(args))
     except SettingError as exc:  # the arguments, as argparse refuses its own: status 2
         print(f"streamtrk {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -149,6 +161,8 @@ def _run(args: argparse.Namespace) -> int:
             return 143  # 128 + SIGTERM
         print(f"streamtrk {args.command}: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT
+    except BrokenPipeError:
+        raise  # an OSError, but no error of the input: _run's
     except Exception as exc:
         if not _user_error(exc):
             raise

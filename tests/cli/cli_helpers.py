@@ -39,11 +39,12 @@ def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Comp
     )  # fmt: skip
 
 
-def _run_unread(*args: str, unbuffered: bool = False) -> tuple[int, str]:
-    """``streamtrk ARGS`` in a child process whose stdout's reader is gone before the first
-    line (``| head -0``): its exit status and stderr. Its output to the pipe is buffered, as
-    by default (written when the buffer fills or the command ends), or ``unbuffered``
-    (``PYTHONUNBUFFERED``: each line at once)."""
+def _run_unread(*args: str, unbuffered: bool = False, cut: str = "stdout") -> tuple[int, str]:
+    """``streamtrk ARGS`` in a child process whose stdout's reader (``cut="stderr"``: its
+    stderr's) is gone before the first line (``| head -0``): its exit status and what it
+    wrote to the other stream. Its output to the pipe is buffered, as by default (written
+    when the buffer fills or the command ends), or ``unbuffered`` (``PYTHONUNBUFFERED``:
+    each line at once)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
@@ -54,6 +55,7 @@ def _run_unread(*args: str, unbuffered: bool = False) -> tuple[int, str]:
         env=env,
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        err = proc.stderr.read().decode()
-        return proc.wait(timeout=300), err
+        gone, kept = (proc.stdout, proc.stderr) if cut == "stdout" else (proc.stderr, proc.stdout)
+        gone.close()
+        said = kept.read().decode()
+        return proc.wait(timeout=300), said

@@ -269,6 +269,33 @@ def test_output_cut_short_by_its_reader_is_no_error(tmp_path, unbuffered):
     assert status == 141 and "BrokenPipeError" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["simulate", "--events", "3", "--mu", "0", "-o", "a.stk"],  # its progress bar's
+        ["inspect", "absent.stk"],  # its error's
+    ],
+)
+def test_messages_cut_short_by_their_reader_are_no_error(tmp_path, command):
+    """stderr's reader gone (``2>&1 | head``, a log pipe that died): stopped quietly as for
+    stdout's, 141 (was 120: the write's BrokenPipeError, then the interpreter's own flush
+    at exit said "Exception ignored")."""
+    argv = [str(tmp_path / a) if a.endswith(".stk") else a for a in command]
+    assert _run_unread(*argv, cut="stderr") == (141, "")
+
+
+def test_a_command_started_without_stdout_ends_as_it_would(tmp_path):
+    """``streamtrk ... >&-``: Python's sys.stdout is None (a flush of it was a traceback,
+    status 1, after the work was done)."""
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "streamtrk", "keys",
+         str(tmp_path), "a"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (tmp_path / "a.key").is_file()
+
+
 def test_the_readme_tours_every_command() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     toured = set(re.findall(r"^\| `streamtrk ([a-z-]+)", readme, flags=re.MULTILINE))
