@@ -12,6 +12,8 @@ time is answered ``shutdown`` instead (see ``Worker``), so every received event 
 its reply; exit status 0, or 1 when replies could not be sent (no downstream peer) or a
 thread died.
 SIGHUP: reload the configuration and the model, keep the old ones when that fails.
+Under systemd (``Type=notify``) each of these changes is also told to it, and the main
+thread pings its watchdog while healthy (``notify``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from streamtrk.service.heap import Freeze, freeze_heap, refreeze_heap
 from streamtrk.service.ingest import Ingest
 from streamtrk.service.job import Reply
 from streamtrk.service.monitor import Reconnects, SocketMonitor
+from streamtrk.service.notify import Notifier
 from streamtrk.service.observer import Observer
 from streamtrk.service.served_model import ServedModel, load_served_model
 from streamtrk.service.supervised import Supervised
@@ -141,6 +144,7 @@ class Daemon:
         self.hup_before, self.stop_before = hup_before, stop_before
         self.metrics = Metrics()
         self.readiness = Readiness()
+        self.notifier = Notifier()  # systemd's, under Type=notify
         self.metrics.ready.set_function(lambda: float(self.readiness.ready))
         self.batcher = Batcher(cfg.queue_capacity, _policy(cfg, "cpu"))  # set at _install
         self.stop_requested = threading.Event()  # a stop signal, or a thread that died
@@ -336,6 +340,7 @@ class Daemon:
         monitor = self.monitor
         assert monitor is not None  # made by _sockets, before _serve
         log.info("loading the model", extra=_fields(model=str(cfg.model or "shipped")))
+        self.notifier.send("STATUS=loading the model")
         if (status := self._load()) is not None:
             if not cfg.connect:  # producers send to a bound input as soon as it listens
                 status = max(status, self._answer_unloaded(pull, push, dead))
@@ -393,7 +398,7 @@ class Daemon:
         for t in self.threads:
             t.start()
         if not self._stopping(0):
-            self.readiness.set("ready")
+            self._set_readiness("ready")
         self._banner()
         while not self._stopping(0.2):
             if self._hup_signalled:
@@ -403,7 +408,12 @@ class Daemon:
                 self._reload_again = False
                 self._start_reload()
             self._say_slow_reload()
+            self.notifier.watchdog(lambda: not self.health_problems())
         return self._drain(stop_intake, ingest, worker, emitter, observer)
+
+    def _set_readiness(self, state: str) -> None:
+        self.readiness.set(state)
+        self.notifier.state(state)
 
     def _stop_monitor(self, monitor: SocketMonitor) -> None:
         """Stop the socket monitor; one still busy after its wait is left (its sockets in
@@ -500,7 +510,7 @@ class Daemon:
         t0 = time.perf_counter()
         timeout = self.config.drain_timeout_s
         deadline = self.drain_ends = t0 + timeout
-        self.readiness.set("draining")
+        self._set_readiness("draining")
         # a second SIGTERM or Ctrl-C changes nothing: the drain keeps its deadline
         log.info("draining", extra=_fields(drain_timeout_s=timeout, sooner="SIGKILL"))
         emitter.give_up_at = deadline
@@ -596,7 +606,7 @@ class Daemon:
 
     def _on_thread_failure(self, thread: Supervised | SocketMonitor) -> None:
         """A thread died from an unexpected exception: answer what can be, then exit 1."""
-        self.readiness.set("draining")
+        self._set_readiness("draining")
         self.stop_requested.set()
 
     def health_problems(self) -> list[str]:
@@ -703,7 +713,7 @@ class Daemon:
         reply was sent and neither ingest nor the emitter failed."""
         cfg = self.config
         deadline = time.perf_counter() + cfg.drain_timeout_s
-        self.readiness.set("draining")
+        self._set_readiness("draining")
         self.batcher.close()
         replies: queue.Queue[Reply] = queue.Queue(cfg.reply_capacity)
         leave = threading.Event()
@@ -776,6 +786,7 @@ class Daemon:
         """Reload configuration and model (SIGHUP); on failure keep serving the old ones.
         Called holding ``_reloading``, which it releases."""
         log.info("reloading")
+        self.notifier.reloading()
         in_use = _as_used(self._model())
         try:
             old = self.config
@@ -811,6 +822,7 @@ class Daemon:
         finally:
             self._reload_began = None
             self._reloading.release()
+            self.notifier.state("ready")  # the reload over (nothing once draining)
         self.metrics.model_reloads.labels("success").inc()
         for warning in warnings:
             log.warning(warning)

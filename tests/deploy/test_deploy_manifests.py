@@ -365,6 +365,10 @@ def test_systemd_unit() -> None:
     assert service["KillSignal"] == "SIGTERM"
     assert _seconds(service["TimeoutStopSec"]) > cfg.drain_timeout_s + cfg.linger_ms / 1000
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # sd_notify (streamtrk/service/notify.py): pinged every half period by the main loop,
+    # which turns every 0.2 s; a missed ping stops the daemon as a stop does (a drain)
+    assert service["Type"] == "notify"
+    assert _seconds(service["WatchdogSec"]) >= 2 and service["WatchdogSignal"] == "SIGTERM"
     argv = shlex.split(service["ExecStart"])
     assert argv[1:3] == ["serve", "--config"] and argv[3] == "/etc/streamtrk/streamtrk.toml"
     assert service["EnvironmentFile"].lstrip("-") == "/etc/streamtrk/streamtrk.env"
