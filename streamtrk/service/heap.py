@@ -40,12 +40,19 @@ class Freeze:
     seconds: float
 
 
+# Whether freeze_heap froze the heap and nothing thawed it since: not gc.get_freeze_count()
+# > 0, as Python 3.12's collections move objects (its immortal ones) to the frozen set too.
+_frozen = False
+
+
 def freeze_heap() -> Freeze:
     """Collect the garbage there is, then freeze every object left (``gc.freeze``): the
     collector no longer scans them. The collection is a full one: a pause of its own."""
+    global _frozen
     t0 = time.perf_counter()
     gc.collect()
     gc.freeze()
+    _frozen = True
     return Freeze(gc.get_freeze_count(), time.perf_counter() - t0)
 
 
@@ -61,13 +68,15 @@ def heap_frozen() -> Iterator[Freeze]:
     """The heap frozen (:func:`freeze_heap`) while the block runs, unfrozen after, so that
     what it froze can be freed later; left frozen where it was frozen before (a daemon's
     heap: ``gc.unfreeze`` would thaw all of it)."""
-    frozen_before = gc.get_freeze_count() > 0
+    global _frozen
+    frozen_before = _frozen
     freeze = freeze_heap()
     try:
         yield freeze
     finally:
         if not frozen_before:
             gc.unfreeze()
+            _frozen = False
 
 
 class CollectorPauses(Collector):
