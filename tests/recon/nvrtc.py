@@ -15,10 +15,14 @@ ARCH = "compute_90"
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """NVRTC from the ``nvidia`` wheels' folder, or None where it is not installed."""
+    """NVRTC from the ``nvidia`` wheels' folder, or None where it is not installed. Its
+    built-ins library loaded first: NVRTC 13.0 looks for it by name only, on the loader's
+    path (13.1 and later next to itself)."""
     spec = importlib.util.find_spec("nvidia")
     for folder in (spec and spec.submodule_search_locations) or ():
         for lib in sorted(Path(folder).glob("cu*/lib/libnvrtc.so.*")):
+            for builtins in lib.parent.glob("libnvrtc-builtins.so.*"):
+                ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
             return ctypes.CDLL(str(lib))
     return None
 

@@ -86,27 +86,26 @@ def nvrtc():
 @pytest.mark.parametrize("name", FILES)
 def test_kernels_compile_for_the_device_as_cupy_compiles_them(nvrtc, name):
     """Each kernel file compiles with NVRTC for the H200 with CuPy's options (ours, and those
-    CuPy 14 adds), every warning an error, and holds exactly its listed kernels."""
-    rc, log, ptx = nvrtc.compile_ptx(
-        source(name), (*OPTIONS, *CUPY_ADDS, "-Werror", "all-warnings")
-    )
+    CuPy 14 adds), without a warning (the log empty: NVRTC 13.0, which the CUDA builds of
+    torch pin, has no -Werror), and holds exactly its listed kernels."""
+    rc, log, ptx = nvrtc.compile_ptx(source(name), (*OPTIONS, *CUPY_ADDS))
     assert rc == 0 and not log.strip(), log
     assert nvrtc.entries(ptx) == set(ENTRIES[name])
 
 
 def test_the_raw_kernels_of_xp_compile_for_the_device(nvrtc):
     """streamtrk.xp's raw kernels, as CuPy compiles them (no options of ours)."""
-    rc, log, ptx = nvrtc.compile_ptx(RAW_KERNELS_SOURCE, (*CUPY_ADDS, "-Werror", "all-warnings"))
+    rc, log, ptx = nvrtc.compile_ptx(RAW_KERNELS_SOURCE, CUPY_ADDS)
     assert rc == 0 and not log.strip(), log
     entries = {"streamtrk_shared_bincount", "streamtrk_shared_bincount_weighted"}
     assert nvrtc.entries(ptx) == entries | {"streamtrk_compact"}
 
 
 def test_a_kernel_that_does_not_compile_is_seen(nvrtc):
-    """The check above can fail: a warning is an error, and an error is reported."""
+    """The checks above can fail: a warning is in the log, and an error is reported."""
     unused = 'extern "C" __global__ void k(long long *a) { int unused = 1; a[0] = 2; }'
-    rc, log, _ = nvrtc.compile_ptx(unused, ("-Werror", "all-warnings"))
-    assert rc != 0 and "unused" in log
+    rc, log, _ = nvrtc.compile_ptx(unused, OPTIONS)
+    assert rc == 0 and 'warning #177-D: variable "unused"' in log
     rc, log, _ = nvrtc.compile_ptx(source("gls_filter.cu") + "\nnot C;\n", OPTIONS)
     assert rc != 0 and "error" in log
 
