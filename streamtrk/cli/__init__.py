@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TextIO
 
 from streamtrk import __version__
 from streamtrk.cli.common import COMMANDS, SIGNED_OPTIONS, repair_hint
@@ -138,13 +139,22 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.flush()  # output to a pipe is buffered: its reader's absence seen here
         return status
     except BrokenPipeError:
-        # Output and messages pointed at nothing, for the interpreter's exit (its flush).
-        nothing = os.open(os.devnull, os.O_WRONLY)
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                os.dup2(nothing, stream.fileno())
-        os.close(nothing)
+        _output_to_nothing()
         return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+    except OSError as exc:  # that flush: a full disk (``> /dev/full``), an I/O error
+        print(f"streamtrk {args.command}: error: {_said(exc)}", file=sys.stderr)
+        _output_to_nothing(sys.stdout)
+        return 1
+
+
+def _output_to_nothing(*streams: TextIO | None) -> None:
+    """``streams`` (stdout and stderr by default) pointed at nothing, for the interpreter's
+    exit: its flush of what they hold then fails no more."""
+    nothing = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams or (sys.stdout, sys.stderr):
+        if stream is not None:
+            os.dup2(nothing, stream.fileno())
+    os.close(nothing)
 
 
 def _outcome(args: argparse.Namespace) -> int:

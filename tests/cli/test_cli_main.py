@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import os
 import re
 import select
 import signal
@@ -282,6 +283,22 @@ def test_messages_cut_short_by_their_reader_are_no_error(tmp_path, command):
     at exit said "Exception ignored")."""
     argv = [str(tmp_path / a) if a.endswith(".stk") else a for a in command]
     assert _run_unread(*argv, cut="stderr") == (141, "")
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_output_to_a_full_disk_is_an_error_in_one_line(tmp_path, unbuffered):
+    """Written as the command runs (unbuffered: the command's own error) or as it ends (the
+    last flush: was a traceback, then "Exception ignored", status 120)."""
+    _simulate(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "streamtrk", "inspect", str(tmp_path / "a.stk")],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+            env=env | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {}),
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "streamtrk inspect: error: [Errno 28] No space left on device\n"
 
 
 def test_a_command_started_without_stdout_ends_as_it_would(tmp_path):
