@@ -11,7 +11,8 @@ Rules:
   ``$WATCHDOG_PID``), :meth:`Notifier.watchdog` sends ``WATCHDOG=1`` at most every half
   period, and only while the daemon is healthy (``/healthz`` passes): a stalled daemon stops
   pinging and systemd restarts it.
-- A notification that cannot be sent is logged once and never stops the daemon.
+- A notification that cannot be sent (within ``SEND_TIMEOUT_S``: a receiver that stopped
+  reading) is logged once and never stops the daemon.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 log = logging.getLogger(__name__)
 
 _STOPPING = "STOPPING=1"
+SEND_TIMEOUT_S = 1.0
 
 
 class Notifier:
@@ -46,7 +48,12 @@ class Notifier:
             self._stopping = _STOPPING in fields
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                    s.sendto("\n".join(fields).encode(), self.address)
+                    # Bounded: a receiver that stopped reading (its queue full) must not hold
+                    # the main loop (signals, pings) or a failing thread. Connected, the wait
+                    # is for room in the receiver's queue.
+                    s.settimeout(SEND_TIMEOUT_S)
+                    s.connect(self.address)
+                    s.send("\n".join(fields).encode())
             except OSError as e:
                 if not self._failed:
                     self._failed = True

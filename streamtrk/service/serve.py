@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import fields, replace
 from functools import partial
 from types import FrameType
@@ -907,7 +907,9 @@ def serve(
     status = daemon.run()
     if daemon.abandoned_thread:
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # None: started without it (``>&-``)
+            if stream is not None:
+                with suppress(OSError, ValueError):  # nothing more to say: os._exit regardless
+                    stream.flush()
         os._exit(status)
     return status

@@ -539,6 +539,27 @@ def test_sigterm_while_loading_stops_without_waiting_for_the_load(daemon_factory
     assert messages[-1] == "answered the events taken while loading"
 
 
+def test_a_daemon_started_without_stdout_stops_as_it_would(tmp_path: Path) -> None:
+    """``streamtrk serve ... >&-`` (Python's sys.stdout None), stopped while loading: the
+    loader thread is left, and the process leaves by ``os._exit`` after flushing its
+    streams (the flush of None was a traceback, status 1, or with a compiling engine an
+    abort, 134)."""
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "streamtrk", "serve", "--input", "tcp://127.0.0.1:*",
+           "--output", "tcp://127.0.0.1:*", "--http", "127.0.0.1:0", "--log-format",
+           "json"]  # fmt: skip
+    env = clean_env() | {"STREAMTRK_TEST_FAULTS": "load_delay_s=120"}
+    with log.open("wb") as err:
+        process = subprocess.Popen(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], stderr=err, env=env)
+    try:
+        assert wait_listening(log, READY_TIMEOUT_S, process) is not None, log.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        terminate(process, 30)
+    assert "Traceback" not in log.read_text()
+
+
 def test_a_sighup_then_a_stop_while_loading_in_connect_mode_is_said(daemon_factory) -> None:
     """Connected, a daemon stopped while loading has nothing to answer: the SIGHUP that
     came first is said all the same (not acted on), as in bind mode."""

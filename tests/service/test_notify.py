@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,6 +146,30 @@ def test_a_notification_that_cannot_be_sent_is_logged_once(
         notifier.send("WATCHDOG=1")
     [record] = caplog.records
     assert record.getMessage().startswith("cannot notify systemd at NOTIFY_SOCKET: ")
+
+
+def test_a_receiver_that_stopped_reading_holds_no_sender_for_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its queue full, each notification gives up after ``SEND_TIMEOUT_S`` (a blocking send
+    held the main loop: no drain on SIGTERM until systemd read again); said once."""
+    with listening() as (_, name):
+        notifier = Notifier({"NOTIFY_SOCKET": name})
+
+        def fill() -> None:  # until a send gives up (the queue's length: a sysctl)
+            for _ in range(100_000):
+                notifier.send("WATCHDOG=1")
+                if caplog.records:
+                    notifier.send("WATCHDOG=1")  # not said again
+                    return
+
+        sends = threading.Thread(target=fill, daemon=True)
+        with caplog.at_level(logging.WARNING, "streamtrk.service.notify"):
+            sends.start()
+            sends.join(30)
+            assert not sends.is_alive(), "a send waits for the reader"
+        [record] = caplog.records
+        assert record.getMessage() == "cannot notify systemd at NOTIFY_SOCKET: timed out"
 
 
 # ---------------------------------------------------------------- a live daemon
