@@ -225,7 +225,7 @@ def ms_stats(seconds: list[float]) -> dict[str, float]:
         "p50": float(np.percentile(a, 50)),
         "p90": float(np.percentile(a, 90)),
         "p99": float(np.percentile(a, 99)),
-        "max": float(a.max()),
+        "max": float(np.max(a)),
         "mean": float(a.mean()),
         "n": len(a),
     }

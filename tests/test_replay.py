@@ -736,7 +736,7 @@ def test_resends_wait_retry_after_from_the_last_send() -> None:
         opts = ReplayOptions(to=to, from_=from_, timeout_s=0.5, retries=2, retry_after_s=0.5)
         replay(events, opts)
     assert len(times) == 3  # sent, then resent twice
-    assert np.diff(times).min() >= 0.3  # each resend 0.5 s after the send before it
+    assert np.min(np.diff(times)) >= 0.3  # each resend 0.5 s after the send before it
 
 
 def test_an_event_answered_while_resends_go_out_is_not_resent() -> None:

@@ -41,7 +41,7 @@ def _fit_xy(d0: np.ndarray, phi: np.ndarray) -> tuple[float, float, np.ndarray]:
 def _mean_error(z: np.ndarray, event: np.ndarray) -> float:
     """Cluster-robust standard error of ``z.mean()``, with the events as clusters."""
     _, cluster = np.unique(event, return_inverse=True)
-    g = int(cluster.max()) + 1
+    g = int(np.max(cluster)) + 1
     sums = np.bincount(cluster, weights=z - z.mean(), minlength=g)
     return float(np.sqrt(g / (g - 1) * np.sum(sums**2)) / len(z))
 

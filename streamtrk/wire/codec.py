@@ -115,7 +115,7 @@ def _frames(
     # What the decoder would refuse is not sent: the header's size, map sizes and fields.
     _check_envelope(_unpack_header(memoryview(head), DEFAULT_LIMITS))
     # NumPy declares ndarray.__buffer__ for Python 3.12 on only; arrays are buffers in 3.11.
-    return [head, *(memoryview(a.view(np.uint8)) for a in arrays)]  # type: ignore[arg-type]
+    return [head, *(memoryview(a.view(np.uint8)) for a in arrays)]  # type: ignore[arg-type, unused-ignore]
 
 
 def encode_hits(

@@ -25,9 +25,10 @@ def _tracks_with_faults(pid: np.ndarray, rng: np.random.Generator) -> np.ndarray
     labels = np.where(pid == 0, 0, labels + 1)
     stray = rng.random(len(pid)) < 0.15
     labels[stray] = rng.choice(np.unique(labels[labels != 0]), stray.sum())
-    halves = np.isin(labels, rng.choice(labels.max(), labels.max() // 10))
+    top = int(np.max(labels))
+    halves = np.isin(labels, rng.choice(top, top // 10))
     split = halves & (rng.random(len(pid)) < 0.5)
-    labels[split] += labels.max()
+    labels[split] += top
     return labels
 
 
@@ -67,7 +68,7 @@ def test_the_subset_s_particles_and_the_tracks_it_judges_score_as_with_all_truth
     ours = np.isin(t.particles.particle_id, subset.truth.particles.particle_id)
     reco = c.reconstructable & ours
     assert got["reconstructable"] == reco.sum() > 50
-    assert got["tracking_efficiency"] == (c.found & reco).sum() / reco.sum() < 1
+    assert got["tracking_efficiency"] == int((c.found & reco).sum()) / int(reco.sum()) < 1
     in_subset = np.isin(event.hits.hit_id, subset.hits.hit_id)
     judged = np.array([2 * in_subset[labels == k].sum() > (labels == k).sum() for k in c.track_id])
     assert got["tracks"] == len(c.track_id) and got["tracks_judged"] == judged.sum()

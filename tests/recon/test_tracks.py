@@ -50,7 +50,7 @@ def test_junctions_keep_the_mutual_best_edges():
     assert set(map(tuple, kept.T.tolist())) == {(3, 1), (1, 4)}
     out_deg = np.bincount(kept[0], minlength=5)
     in_deg = np.bincount(kept[1], minlength=5)
-    assert out_deg.max() <= 1 and in_deg.max() <= 1
+    assert np.max(out_deg) <= 1 and np.max(in_deg) <= 1
 
 
 def test_junction_scores_are_compared_as_float32():
@@ -98,7 +98,7 @@ def test_host_kernels_resolve_junctions_as_the_arrays(host_launcher, passes: int
     rng = np.random.default_rng(4)
     f32 = np.float32
     ladder = np.array([-3e38, -0.5, -1e-45, -0.0, 0.0, 1e-45, 0.5, 1.0, 3e38], f32)
-    cases = []
+    cases: list[tuple[np.ndarray, np.ndarray, int, float]] = []
     for n, m in [(3, 8), (50, 400), (3000, 20000)]:
         edges = rng.integers(0, n, size=(2, m))
         cases.append((edges, rng.choice(ladder, m), n, -np.inf))
@@ -174,7 +174,7 @@ def test_repeated_passes_keep_at_most_one_edge_per_hit_end():
     assert set(map(tuple, one.T.tolist())) <= set(map(tuple, many.T.tolist()))
     assert many.shape[1] > one.shape[1]
     for end in (0, 1):
-        assert np.bincount(many[end]).max() == 1
+        assert np.max(np.bincount(many[end])) == 1
 
 
 def test_label_propagation_equals_scipy_on_random_graphs():
@@ -517,7 +517,7 @@ def test_stitching_on_random_graphs_keeps_chains():
     assert len(extra) > 50 and np.all(scores[extra] > 0.1)
     joined = np.concatenate([kept, edges[:, extra]], axis=1)
     for end in (0, 1):
-        assert np.bincount(joined[end]).max() == 1
+        assert np.max(np.bincount(joined[end])) == 1
     # only piece ends meet: a stitched edge starts where a piece ends and ends where one starts
     assert not np.isin(edges[0, extra], kept[0]).any()
     assert not np.isin(edges[1, extra], kept[1]).any()

@@ -352,7 +352,7 @@ def test_decode_accepts_buffer_kinds(rng: np.random.Generator) -> None:
         [memoryview(f) for f in raw],
         [FrameLike(f) for f in raw],
         # (the ignore: NumPy's stub gives ndarray __buffer__ for Python 3.12 and later only)
-        [raw[0], raw[1], memoryview(typed), *raw[3:]],  # type: ignore[arg-type]
+        [raw[0], raw[1], memoryview(typed), *raw[3:]],  # type: ignore[arg-type, unused-ignore]
         [raw[0], raw[1], typed, *raw[3:]],  # an array itself: a buffer with no .buffer
         tuple(raw),
         iter(raw),
