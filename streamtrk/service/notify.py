@@ -4,9 +4,10 @@ Rules:
 - Each notification is one datagram of ``KEY=value`` lines to the ``$NOTIFY_SOCKET``
   systemd gives the process (a path, or ``@name`` for the abstract namespace); where it is
   unset (not started by systemd with ``Type=notify``) nothing is sent.
-- The daemon says ``READY=1`` once it serves (``systemctl start`` returns then, and
-  ``systemctl reload`` waits for it), ``RELOADING=1`` then ``READY=1`` around a SIGHUP's
-  reload, ``STOPPING=1`` as it drains; nothing after ``STOPPING=1``.
+- The daemon says ``READY=1`` once it serves (``systemctl start`` returns then, and a
+  ``systemctl reload`` asked for meanwhile is queued until then), ``RELOADING=1`` then
+  ``READY=1`` around a SIGHUP's reload, ``STOPPING=1`` as it drains (or stops while
+  loading); nothing after ``STOPPING=1``.
 - Where the unit sets ``WatchdogSec=`` (``$WATCHDOG_USEC``, for this process by
   ``$WATCHDOG_PID``), :meth:`Notifier.watchdog` sends ``WATCHDOG=1`` at most every half
   period, and only while the daemon is healthy (``/healthz`` passes): a stalled daemon stops

@@ -344,6 +344,8 @@ class Daemon:
         if (status := self._load()) is not None:
             if not cfg.connect:  # producers send to a bound input as soon as it listens
                 status = max(status, self._answer_unloaded(pull, push, dead))
+            else:
+                self._set_readiness("draining")  # nothing to answer: said all the same
             self._say_hup_not_acted_on()
             return max(status, int(bool(self._died())))  # the monitor, dead since the stop
         self._freeze_heap(freeze_heap, "installed")

@@ -285,6 +285,18 @@ def test_messages_cut_short_by_their_reader_are_no_error(tmp_path, command):
     assert _run_unread(*argv, cut="stderr") == (141, "")
 
 
+def test_messages_cut_short_with_no_stdout_are_no_error(tmp_path):
+    """``streamtrk ... >&- 2>&1 | head``-like: no stdout to point at nothing, only stderr."""
+    with subprocess.Popen(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "streamtrk", "inspect",
+         str(tmp_path / "absent.stk")],
+        stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        proc.stderr.close()
+        assert proc.wait(timeout=300) == 141
+
+
 @pytest.mark.parametrize("unbuffered", [False, True])
 def test_output_to_a_full_disk_is_an_error_in_one_line(tmp_path, unbuffered):
     """Written as the command runs (unbuffered: the command's own error) or as it ends (the

@@ -367,8 +367,11 @@ def test_systemd_unit() -> None:
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     # sd_notify (streamtrk/service/notify.py): pinged every half period by the main loop,
     # which turns every 0.2 s; a missed ping stops the daemon as a stop does (a drain)
-    assert service["Type"] == "notify"
-    assert _seconds(service["WatchdogSec"]) >= 2 and service["WatchdogSignal"] == "SIGTERM"
+    # (docs/deployment.md and docs/operations.md say 30 s); a GPU's first compilation
+    # (engines) takes minutes, past systemd's default start timeout (90 s)
+    assert service["Type"] == "notify" and service["WatchdogSignal"] == "SIGTERM"
+    assert _seconds(service["WatchdogSec"]) == 30
+    assert _seconds(service["TimeoutStartSec"]) >= 600
     argv = shlex.split(service["ExecStart"])
     assert argv[1:3] == ["serve", "--config"] and argv[3] == "/etc/streamtrk/streamtrk.toml"
     assert service["EnvironmentFile"].lstrip("-") == "/etc/streamtrk/streamtrk.env"

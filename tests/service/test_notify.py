@@ -166,7 +166,7 @@ def test_a_receiver_that_stopped_reading_holds_no_sender_for_long(
         sends = threading.Thread(target=fill, daemon=True)
         with caplog.at_level(logging.WARNING, "streamtrk.service.notify"):
             sends.start()
-            sends.join(30)
+            sends.join(10)  # a send or two gives up (a second each)
             assert not sends.is_alive(), "a send waits for the reader"
         [record] = caplog.records
         assert record.getMessage() == "cannot notify systemd at NOTIFY_SOCKET: timed out"
@@ -191,6 +191,21 @@ def test_a_daemon_tells_systemd_it_serves_reloads_and_drains(daemon_factory) -> 
         assert received(s)[-1] == "STOPPING=1\nSTATUS=draining"
     [reloaded] = [line for line in d.logs() if line["message"] == "reloaded"]
     assert reloaded["level"] == "info"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [(), ("--connect",)], ids=["bind", "connect"])
+def test_a_daemon_stopped_while_loading_says_it_stops(daemon_factory, mode) -> None:
+    """Bound, it answers what its input took; connected, it took nothing: STOPPING=1 both
+    ways (systemd told of the stop, not left with a process that ended as it started)."""
+    with listening() as (s, name):
+        endpoints = ("--input", "tcp://127.0.0.1:1", "--output", "tcp://127.0.0.1:2")
+        env = {"NOTIFY_SOCKET": name, "STREAMTRK_TEST_FAULTS": "load_delay_s=120"}
+        d = daemon_factory(*mode, *(endpoints if mode else ()), wait=False, env=env)
+        s.settimeout(60)
+        assert s.recv(4096) == b"STATUS=loading the model"
+        assert d.stop(signal.SIGTERM) == 0
+        assert received(s) == ["STOPPING=1\nSTATUS=draining"]
 
 
 @pytest.mark.slow
