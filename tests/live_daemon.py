@@ -52,6 +52,10 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+# A command line run with no stdout, as ``COMMAND >&-`` runs it (Python's sys.stdout None).
+WITHOUT_STDOUT = ("sh", "-c", 'exec "$@" >&-', "sh")
+
+
 @contextmanager
 def shell_signals(hangup: Any = signal.SIG_DFL) -> Iterator[None]:
     """Processes started in the block get SIGHUP and SIGINT as a shell gives them to a

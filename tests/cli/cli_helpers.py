@@ -39,20 +39,24 @@ def _run(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Comp
     )  # fmt: skip
 
 
+def _buffering(unbuffered: bool) -> dict[str, str]:
+    """This environment with Python's output buffered to a pipe or a file, as by default, or
+    ``unbuffered`` (``PYTHONUNBUFFERED``, which the developers' shells may set)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return env | {"PYTHONUNBUFFERED": "1"} if unbuffered else env
+
+
 def _run_unread(*args: str, unbuffered: bool = False, cut: str = "stdout") -> tuple[int, str]:
     """``streamtrk ARGS`` in a child process whose stdout's reader (``cut="stderr"``: its
     stderr's) is gone before the first line (``| head -0``): its exit status and what it
     wrote to the other stream. Its output to the pipe is buffered, as by default (written
     when the buffer fills or the command ends), or ``unbuffered`` (``PYTHONUNBUFFERED``:
     each line at once)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    if unbuffered:
-        env["PYTHONUNBUFFERED"] = "1"
     with subprocess.Popen(
         [sys.executable, "-m", "streamtrk", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=_buffering(unbuffered),
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         gone, kept = (proc.stdout, proc.stderr) if cut == "stdout" else (proc.stderr, proc.stdout)

@@ -2,7 +2,6 @@
 
 import argparse
 import errno
-import os
 import re
 import select
 import signal
@@ -15,8 +14,8 @@ from typing import Any
 
 import pytest
 import zmq
-from cli_helpers import _run, _run_unread, _simulate
-from live_daemon import SIGNAL_ON_IMPORT, shell_signals
+from cli_helpers import _buffering, _run, _run_unread, _simulate
+from live_daemon import SIGNAL_ON_IMPORT, WITHOUT_STDOUT, shell_signals
 
 from streamtrk.cli import _negative_values, _said, build_parser, main
 
@@ -287,11 +286,8 @@ def test_messages_cut_short_by_their_reader_are_no_error(tmp_path, command):
 
 def test_messages_cut_short_with_no_stdout_are_no_error(tmp_path):
     """``streamtrk ... >&- 2>&1 | head``-like: no stdout to point at nothing, only stderr."""
-    with subprocess.Popen(
-        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "streamtrk", "inspect",
-         str(tmp_path / "absent.stk")],
-        stderr=subprocess.PIPE,
-    ) as proc:  # fmt: skip
+    argv = [sys.executable, "-m", "streamtrk", "inspect", str(tmp_path / "absent.stk")]
+    with subprocess.Popen([*WITHOUT_STDOUT, *argv], stderr=subprocess.PIPE) as proc:
         assert proc.stderr is not None
         proc.stderr.close()
         assert proc.wait(timeout=300) == 141
@@ -302,12 +298,11 @@ def test_output_to_a_full_disk_is_an_error_in_one_line(tmp_path, unbuffered):
     """Written as the command runs (unbuffered: the command's own error) or as it ends (the
     last flush: was a traceback, then "Exception ignored", status 120)."""
     _simulate(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     with open("/dev/full", "w") as full:
         done = subprocess.run(
             [sys.executable, "-m", "streamtrk", "inspect", str(tmp_path / "a.stk")],
             stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
-            env=env | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {}),
+            env=_buffering(unbuffered),
         )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr == "streamtrk inspect: error: [Errno 28] No space left on device\n"
@@ -317,8 +312,7 @@ def test_a_command_started_without_stdout_ends_as_it_would(tmp_path):
     """``streamtrk ... >&-``: Python's sys.stdout is None (a flush of it was a traceback,
     status 1, after the work was done)."""
     done = subprocess.run(
-        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "streamtrk", "keys",
-         str(tmp_path), "a"],
+        [*WITHOUT_STDOUT, sys.executable, "-m", "streamtrk", "keys", str(tmp_path), "a"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, "")

@@ -22,6 +22,7 @@ import zmq
 from live_daemon import (
     READY_TIMEOUT_S,
     SIGNAL_ON_IMPORT,
+    WITHOUT_STDOUT,
     clean_env,
     sample,
     shell_signals,
@@ -550,7 +551,7 @@ def test_a_daemon_started_without_stdout_stops_as_it_would(tmp_path: Path) -> No
            "json"]  # fmt: skip
     env = clean_env() | {"STREAMTRK_TEST_FAULTS": "load_delay_s=120"}
     with log.open("wb") as err:
-        process = subprocess.Popen(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], stderr=err, env=env)
+        process = subprocess.Popen([*WITHOUT_STDOUT, *cmd], stderr=err, env=env)
     try:
         assert wait_listening(log, READY_TIMEOUT_S, process) is not None, log.read_text()
         process.send_signal(signal.SIGTERM)
